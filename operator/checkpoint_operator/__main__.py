@@ -1,0 +1,3 @@
+from checkpoint_operator.cli import main
+
+raise SystemExit(main())

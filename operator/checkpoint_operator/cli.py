@@ -1,0 +1,67 @@
+"""The `checkpoint-operator` command: one entry point for the operator, the agent and tools.
+
+Subcommands import their modules lazily so that `agent` pods start fast and need no kopf.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="checkpoint-operator",
+        description="Kubernetes operator that makes ML training checkpoints immutable cluster objects.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    crds = sub.add_parser("crds", help="generate the CRD YAML from the API models",
+                          description="Write crds/*.yaml (and the Helm chart's copy) from the pydantic models.")
+    crds.add_argument("--output-dir", default=None,
+                      help="directory for the CRD files (default: crds/ of the project)")
+    crds.add_argument("--chart-dir", default=None,
+                      help="Helm chart whose templates/ gets the CRD copy (default: charts/checkpoint-operator "
+                           "when it exists beside --output-dir)")
+    crds.add_argument("--check", action="store_true",
+                      help="write nothing; exit 1 and name each file that differs from what the models generate")
+    crds.set_defaults(func=_run_crds)
+
+    run = sub.add_parser("run", help="run the operator (kopf) against the current cluster",
+                         description="Run the operator. Settings come from CKPT_* environment variables "
+                                     "(see the README); flags override them.")
+    scope = run.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", "-n", action="append", default=None, metavar="NS",
+                       help="watch only this namespace (repeatable)")
+    scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch the whole cluster (default)")
+    run.add_argument("--metrics-port", type=int, default=None, help="port of /metrics (0 disables; default 8080)")
+    run.add_argument("--liveness-port", type=int, default=None, help="port of /healthz (default 8081)")
+    run.add_argument("--log-format", choices=["text", "json"], default=None, help="log format (default text)")
+    run.add_argument("--standalone", action="store_true", help="no peering: do not coordinate with standby replicas")
+    run.set_defaults(func=_run_operator)
+
+    from checkpoint_operator.agent.cli import add_agent_parser
+    add_agent_parser(sub)
+
+    from checkpoint_operator.local.cli import add_local_parser
+    add_local_parser(sub)
+    return parser
+
+
+def _run_crds(args: argparse.Namespace) -> int:
+    from checkpoint_operator.api.crdgen import crds_command
+    return crds_command(output_dir=args.output_dir, chart_dir=args.chart_dir, check=args.check)
+
+
+def _run_operator(args: argparse.Namespace) -> int:
+    from checkpoint_operator.main import run_operator
+    return run_operator(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
