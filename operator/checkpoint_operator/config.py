@@ -28,6 +28,7 @@ class OperatorConfig(BaseModel):
     agent_resources: dict = Field(default_factory=lambda: {
         "requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}})
     agent_service_account: Optional[str] = None
+    reconcile_interval: float = Field(5.0, gt=0, description="seconds between checks of unfinished objects")
 
     @classmethod
     def from_env(cls, environ: Optional[dict[str, str]] = None) -> "OperatorConfig":

@@ -2,7 +2,11 @@
 
 The digest is `sha256:` + sha256 of the text `sha256sum` prints for the files sorted by path
 (`<hex>  <path>\\n` each), so anyone can check a checkpoint with coreutils:
-`cd CKPT && find . -type f ! -name '.*' -printf '%P\\n' | LC_ALL=C sort | xargs -d '\\n' sha256sum | sha256sum`.
+`cd CKPT && find . -type f ! -path ./.checkpoint-manifest.json -printf '%P\\n' | LC_ALL=C sort |
+xargs -r -d '\\n' sha256sum | sha256sum` (hidden files inside a checkpoint are content; only the
+manifest at its root is not). For the root-files checkpoint "." hash just the root files it lists. The command
+matches when the checkpoint has no symlinks (`agent scan` follows those that stay inside) and
+no file name holds a backslash or a newline (`sha256sum` escapes those; the digest does not).
 """
 
 from __future__ import annotations

@@ -1,0 +1,51 @@
+{{/*
+The operator's permissions. The source of truth is operator/checkpoint_operator/rbac.py;
+tests/test_chart.py fails when these rules and that table differ in either direction.
+*/}}
+
+{{/* Rules needed in every watched namespace (a Role each), or cluster-wide (the ClusterRole). */}}
+{{- define "checkpoint-operator.rules.namespaced" -}}
+- apiGroups: ["ckpt.dev"]
+  resources: ["checkpoints", "trainingjobs"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+- apiGroups: ["ckpt.dev"]
+  resources: ["checkpoints/status", "trainingjobs/status"]
+  verbs: ["get", "update", "patch"]
+- apiGroups: ["ckpt.dev"]
+  resources: ["checkpoints/finalizers", "trainingjobs/finalizers"]
+  verbs: ["update"]
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "list", "watch", "create", "delete"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch", "create", "delete"]
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: ["kopf.dev"]
+  resources: ["kopfpeerings"]
+  verbs: ["get", "list", "watch", "patch"]
+{{- end }}
+
+{{/* Rules only cluster-wide mode needs: kopf's namespace and CRD discovery and cluster peering. */}}
+{{- define "checkpoint-operator.rules.clusterOnly" -}}
+- apiGroups: ["kopf.dev"]
+  resources: ["clusterkopfpeerings"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["get", "list", "watch"]
+{{- end }}

@@ -1,0 +1,96 @@
+"""sha256 of files, each byte read once, many files at a time.
+
+Shared by `agent scan` and `agent upload`. hashlib releases the GIL while it hashes a large
+buffer, so plain threads use every core; one file is still hashed by one core (sha256 is
+sequential), so a checkpoint made of a single huge file is bound by one core's sha256 rate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterable, Optional, Sequence, Union
+
+# Large reads keep the syscall and Python-loop cost negligible next to hashing (measured:
+# 8 MiB reads hash at the in-memory rate; 256 KiB reads, hashlib.file_digest's default in
+# 3.11, lose a few percent), and stay small enough for many threads.
+READ_SIZE = 8 << 20
+
+PathLike = Union[str, os.PathLike]
+
+# One reused buffer per thread: no 8 MiB allocation per file.
+_buffers = threading.local()
+
+
+def _buffer() -> bytearray:
+    buf = getattr(_buffers, "buf", None)
+    if buf is None:
+        buf = _buffers.buf = bytearray(READ_SIZE)
+    return buf
+
+
+def sha256_file(path: PathLike) -> tuple[int, str]:
+    """(size in bytes actually read, hex sha256) of one file, read once, sequentially."""
+    buf = _buffer()
+    view = memoryview(buf)
+    digest = hashlib.sha256()
+    size = 0
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if hasattr(os, "posix_fadvise"):
+            # Doubles the kernel's readahead on a cold cache; harmless on a warm one.
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        while True:
+            n = os.readv(fd, [buf])
+            if n == 0:
+                break
+            digest.update(view[:n])
+            size += n
+    finally:
+        os.close(fd)
+    return size, digest.hexdigest()
+
+
+def default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def hash_files(paths: Sequence[PathLike], workers: Optional[int] = None,
+               sizes: Optional[Sequence[int]] = None) -> list[Union[tuple[int, str], OSError]]:
+    """sha256_file of every path, in parallel; results in the order of `paths`.
+
+    A file that cannot be read gives its OSError in its slot instead of failing the others.
+    `sizes` (from a previous stat) lets the biggest files start first, so that one large
+    shard picked up last does not leave the other cores idle at the end.
+    """
+    workers = workers or default_workers()
+    order: Iterable[int] = range(len(paths))
+    if sizes is not None:
+        order = sorted(order, key=lambda i: -sizes[i])
+    results: list[Union[tuple[int, str], OSError, None]] = [None] * len(paths)
+
+    def one(i: int) -> None:
+        try:
+            results[i] = sha256_file(paths[i])
+        except OSError as e:
+            results[i] = e
+
+    if workers == 1 or len(paths) <= 1:
+        for i in order:
+            one(i)
+    else:
+        with ThreadPoolExecutor(max_workers=min(workers, len(paths)), thread_name_prefix="sha256") as pool:
+            for _ in pool.map(one, order):
+                pass
+    return results  # type: ignore[return-value]
+
+
+def sha256_path(path: Path) -> str:
+    """Hex sha256 of one file (convenience for callers that do not need the size)."""
+    return sha256_file(path)[1]

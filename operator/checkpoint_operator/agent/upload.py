@@ -1,0 +1,477 @@
+"""`agent upload DIR s3://bucket/prefix/`: upload a checkpoint, manifest last (the commit marker).
+
+Every byte is read from disk once: each file is read in part-sized chunks that feed the sha256
+and are then sent as they are (small files with one PUT, big ones as a multipart upload whose
+parts travel in parallel). The sha256 of each object is stored in `x-amz-meta-sha256`, or, for
+a multipart object whose hash is only known once all parts are sent, in a journal object
+beside the data (keyed by the object's ETag), so that a rerun after an interruption skips
+every object already uploaded with the same size and sha256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import stat
+import sys
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from checkpoint_operator.agent.manifest import MANIFEST_NAME, FileEntry, Manifest, digest_of
+from checkpoint_operator.agent.progress import Progress, human_bytes
+from checkpoint_operator.agent.s3 import (
+    DEFAULT_CONCURRENCY, DEFAULT_PART_SIZE, AgentError, ByteBudget, FailureLatch, S3Location,
+    describe_error, env_size, error_code, is_not_found, list_objects, make_client, parse_s3_uri,
+    part_size_for, resolve_endpoint,
+)
+
+# Beside the data while an upload is in progress; removed once the manifest is written.
+JOURNAL_NAME = ".checkpoint-upload-journal.json"
+READ_CHUNK = 8 * 1024 * 1024
+
+
+@dataclass
+class LocalFile:
+    rel: str
+    path: str
+    size: int
+    expected_sha256: Optional[str] = None  # from --manifest
+    sha256: Optional[str] = None  # what was read
+
+
+@dataclass
+class UploadResult:
+    uri: str
+    manifest: Manifest
+    uploaded_files: int = 0
+    uploaded_bytes: int = 0
+    skipped_files: int = 0
+    skipped_bytes: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> dict:
+        return {"uri": self.uri, "digest": self.manifest.digest, "sizeBytes": self.manifest.sizeBytes,
+                "fileCount": self.manifest.fileCount}
+
+
+def collect_files(root: str) -> tuple[list[LocalFile], list[str]]:
+    """The files of a checkpoint directory, as `scan` counts them: hidden names and special
+    files are left out, symlinks are followed only when they stay inside the checkpoint.
+    Returns (files, skipped-with-reason)."""
+    files: list[LocalFile] = []
+    skipped: list[str] = []
+    real_root = os.path.realpath(root)
+
+    def inside(path: str) -> bool:
+        real = os.path.realpath(path)
+        return real == real_root or real.startswith(real_root + os.sep)
+
+    def walk(dirpath: str, relbase: str) -> None:
+        with os.scandir(dirpath) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            rel = f"{relbase}{entry.name}"
+            if entry.is_symlink() and not inside(entry.path):
+                skipped.append(f"{rel}: symlink leading outside the checkpoint")
+                continue
+            try:
+                st = os.stat(entry.path)
+            except FileNotFoundError:
+                skipped.append(f"{rel}: dangling symlink")
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                if entry.is_symlink():
+                    skipped.append(f"{rel}: symlinked directory")
+                    continue
+                walk(entry.path, rel + "/")
+            elif stat.S_ISREG(st.st_mode):
+                files.append(LocalFile(rel, entry.path, st.st_size))
+            else:
+                skipped.append(f"{rel}: special file")
+
+    if not os.path.isdir(root):
+        raise AgentError(f"not a directory: {root}")
+    walk(root, "")
+    return files, skipped
+
+
+def files_from_manifest(root: str, manifest: Manifest) -> list[LocalFile]:
+    files = []
+    for entry in manifest.files:
+        path = os.path.join(root, *entry.path.split("/"))
+        try:
+            size = os.stat(path).st_size
+        except FileNotFoundError:
+            raise AgentError(f"{path}: listed in the manifest but missing") from None
+        if size != entry.size:
+            raise AgentError(f"{path}: changed since it was scanned (size {size}, manifest says {entry.size})")
+        files.append(LocalFile(entry.path, path, size, expected_sha256=entry.sha256))
+    return files
+
+
+def describe_checkpoint(root: str, paths: list[str]) -> dict:
+    """format/step/resumable from the scan rules (agent.formats), when that module is present."""
+    try:
+        from checkpoint_operator.agent import formats
+    except ImportError:
+        return {}
+    info: dict = {"format": formats.detect_format(paths), "resumable": formats.is_resumable(paths)}
+    step = formats.step_from_name(os.path.basename(os.path.abspath(root)))
+    if step is None and "trainer_state.json" in paths:
+        try:
+            with open(os.path.join(root, "trainer_state.json"), encoding="utf-8") as f:
+                step = formats.step_from_trainer_state(f.read())
+        except OSError:
+            step = None
+    info["step"] = step
+    return info
+
+
+class Uploader:
+    def __init__(self, root: str, uri: str, *, manifest: Optional[Manifest] = None,
+                 concurrency: Optional[int] = None, endpoint_url: Optional[str] = None,
+                 part_size: Optional[int] = None,
+                 on_object_done: Optional[Callable[[str], None]] = None,
+                 log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> None:
+        self.root = root
+        self.prefix = parse_s3_uri(uri).as_prefix()
+        if not self.prefix.key:
+            raise AgentError(f"{uri}: give a prefix (s3://bucket/prefix/), not a whole bucket")
+        self.given_manifest = manifest
+        self.concurrency = max(1, concurrency or int(os.environ.get("CKPT_S3_CONCURRENCY", DEFAULT_CONCURRENCY)))
+        self.part_size = part_size or env_size("CKPT_S3_PART_SIZE", DEFAULT_PART_SIZE)
+        self.endpoint = resolve_endpoint(endpoint_url)
+        self.client = make_client(self.endpoint, max_pool_connections=self.concurrency + 4)
+        self.on_object_done = on_object_done
+        self.log = log
+        self.latch = FailureLatch()
+        self.budget = ByteBudget(env_size("CKPT_S3_MAX_BUFFER", max(2 * self.concurrency * self.part_size,
+                                                                   4 * self.part_size)))
+        self.journal: dict[str, dict] = {}
+        self._journal_lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        self.result: Optional[UploadResult] = None
+        self.progress: Optional[Progress] = None
+
+    # ---- entry point ----
+    def run(self) -> UploadResult:
+        started = time.monotonic()
+        if self.given_manifest is not None:
+            files = files_from_manifest(self.root, self.given_manifest)
+        else:
+            files, skipped = collect_files(self.root)
+            for reason in skipped:
+                self.log(f"upload: skipped {reason}")
+        remote = self._remote_inventory()
+        self._uncommit(remote)
+        self._load_journal(remote)
+
+        total = sum(f.size for f in files)
+        self.result = UploadResult(uri=self.prefix.uri, manifest=None)  # type: ignore[arg-type]
+        self.log(f"upload: {len(files)} files, {human_bytes(total)} from {self.root} to {self.prefix.uri}")
+        readers = min(len(files), max(2, self.concurrency // 2)) or 1
+        with Progress("upload", total) as self.progress, \
+                ThreadPoolExecutor(self.concurrency, thread_name_prefix="s3-put") as net, \
+                ThreadPoolExecutor(readers, thread_name_prefix="read") as read_pool:
+            self.net = net
+            futures = [read_pool.submit(self._guarded, self._upload_file, f, remote.get(self.prefix.key + f.rel))
+                       for f in files]
+            for fut in futures:
+                fut.result()
+            if self.latch.failed:
+                raise self._error()
+        if self.latch.failed:
+            raise self._error()
+
+        entries = [FileEntry(path=f.rel, size=f.size, sha256=f.sha256) for f in files]  # type: ignore[arg-type]
+        manifest = self._build_manifest(entries)
+        self._put_manifest(manifest)
+        self._delete_journal()
+        self.result.manifest = manifest
+        self.result.seconds = time.monotonic() - started
+        r = self.result
+        self.log(f"upload: uploaded {r.uploaded_files} files ({human_bytes(r.uploaded_bytes)}), skipped "
+                 f"{r.skipped_files} files already uploaded ({human_bytes(r.skipped_bytes)}) in {r.seconds:.1f}s")
+        return r
+
+    def _error(self) -> AgentError:
+        exc = self.latch.error
+        assert exc is not None
+        uri = getattr(exc, "ckpt_uri", self.prefix.uri)
+        return describe_error(exc, uri, self.endpoint)
+
+    def _guarded(self, fn, *args) -> None:
+        if self.latch.failed:
+            return
+        try:
+            fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - remembered, re-raised by run()
+            self.latch.fail(exc)
+
+    # ---- remote state ----
+    def _remote_inventory(self) -> dict[str, dict]:
+        try:
+            return {o["Key"]: o for o in list_objects(self.client, self.prefix)}
+        except Exception as exc:  # noqa: BLE001
+            raise describe_error(exc, self.prefix.uri, self.endpoint) from exc
+
+    def _uncommit(self, remote: dict) -> None:
+        """An upload over a committed checkpoint first withdraws its manifest: while objects
+        change, nothing may take the prefix for complete."""
+        key = self.prefix.key + MANIFEST_NAME
+        if key in remote:
+            self.log(f"upload: {self.prefix.uri} already has a manifest; replacing it once the upload completes")
+            try:
+                self.client.delete_object(Bucket=self.prefix.bucket, Key=key)
+            except Exception as exc:  # noqa: BLE001
+                raise describe_error(exc, self.prefix.uri + MANIFEST_NAME, self.endpoint) from exc
+
+    def _load_journal(self, remote: dict) -> None:
+        key = self.prefix.key + JOURNAL_NAME
+        if key not in remote:
+            return
+        try:
+            body = self.client.get_object(Bucket=self.prefix.bucket, Key=key)["Body"].read()
+            self.journal = json.loads(body).get("files", {})
+        except (ValueError, AttributeError):
+            self.journal = {}
+        except Exception as exc:  # noqa: BLE001
+            if not is_not_found(exc):
+                raise describe_error(exc, self.prefix.uri + JOURNAL_NAME, self.endpoint) from exc
+
+    def _record_in_journal(self, rel: str, size: int, etag: str, sha256: str) -> None:
+        with self._journal_lock:
+            self.journal[rel] = {"size": size, "etag": etag, "sha256": sha256}
+            body = json.dumps({"version": 1, "files": self.journal}, sort_keys=True).encode()
+            self.client.put_object(Bucket=self.prefix.bucket, Key=self.prefix.key + JOURNAL_NAME, Body=body,
+                                   ContentType="application/json")
+
+    def _delete_journal(self) -> None:
+        try:
+            self.client.delete_object(Bucket=self.prefix.bucket, Key=self.prefix.key + JOURNAL_NAME)
+        except Exception:  # noqa: BLE001 - a leftover journal is harmless
+            pass
+
+    def _remote_sha256(self, f: LocalFile, obj: dict) -> Optional[str]:
+        etag = obj.get("ETag", "").strip('"')
+        entry = self.journal.get(f.rel)
+        if entry and entry.get("etag", "").strip('"') == etag and entry.get("size") == f.size:
+            return entry.get("sha256")
+        loc = self.prefix.child(f.rel)
+        try:
+            head = self.client.head_object(Bucket=loc.bucket, Key=loc.key)
+        except Exception as exc:  # noqa: BLE001
+            if is_not_found(exc):
+                return None
+            raise _tag(exc, loc.uri)
+        return head.get("Metadata", {}).get("sha256")
+
+    # ---- one file ----
+    def _upload_file(self, f: LocalFile, remote_obj: Optional[dict]) -> None:
+        if remote_obj is not None and remote_obj.get("Size") == f.size:
+            remote_sha = self._remote_sha256(f, remote_obj)
+            if remote_sha:
+                local_sha = f.expected_sha256 or _hash_file(f.path, self.latch)
+                if local_sha == remote_sha:
+                    f.sha256 = local_sha
+                    self._count(skipped=f)
+                    return
+        if f.size <= self.part_size:
+            self._put_small(f)
+        else:
+            self._put_multipart(f)
+
+    def _check_changed(self, f: LocalFile, digest: str, read: int) -> None:
+        if read != f.size:
+            raise AgentError(f"{f.path}: changed while uploading (read {read} bytes, expected {f.size})")
+        if f.expected_sha256 and digest != f.expected_sha256:
+            raise AgentError(f"{f.path}: changed since it was scanned (sha256 {digest}, manifest says "
+                             f"{f.expected_sha256})")
+
+    def _put_small(self, f: LocalFile) -> None:
+        with open(f.path, "rb") as fh:
+            data = fh.read(f.size + 1)
+        digest = hashlib.sha256(data).hexdigest()
+        self._check_changed(f, digest, len(data))
+        f.sha256 = digest
+        loc = self.prefix.child(f.rel)
+        if not self.budget.acquire(len(data), self.latch.event):
+            return
+
+        def put() -> None:
+            try:
+                self.client.put_object(Bucket=loc.bucket, Key=loc.key, Body=data, Metadata={"sha256": digest})
+            except Exception as exc:  # noqa: BLE001
+                raise _tag(exc, loc.uri)
+            finally:
+                self.budget.release(len(data))
+            self._count(uploaded=f)
+            self.progress.add(f.size)
+
+        self.net.submit(self._guarded, put)
+        # the reader moves on; completion is observed through the latch and the pool's shutdown
+
+    def _put_multipart(self, f: LocalFile) -> None:
+        loc = self.prefix.child(f.rel)
+        part_size = part_size_for(f.size, self.part_size)
+        create_args = {"Bucket": loc.bucket, "Key": loc.key}
+        if f.expected_sha256:
+            create_args["Metadata"] = {"sha256": f.expected_sha256}
+        try:
+            upload_id = self.client.create_multipart_upload(**create_args)["UploadId"]
+        except Exception as exc:  # noqa: BLE001
+            raise _tag(exc, loc.uri)
+        parts: dict[int, str] = {}
+        futures: list[Future] = []
+        hasher = hashlib.sha256()
+        read = 0
+        completed = False
+        try:
+            with open(f.path, "rb") as fh:
+                number = 0
+                while True:
+                    if self.latch.failed:
+                        return
+                    if not self.budget.acquire(part_size, self.latch.event):
+                        return
+                    data = fh.read(part_size)
+                    if not data:
+                        self.budget.release(part_size)
+                        break
+                    hasher.update(data)
+                    read += len(data)
+                    number += 1
+                    futures.append(self.net.submit(self._guarded, self._put_part, loc, upload_id, number, data,
+                                                   part_size, parts))
+            for fut in futures:
+                fut.result()
+            if self.latch.failed:
+                return
+            digest = hasher.hexdigest()
+            self._check_changed(f, digest, read)
+            f.sha256 = digest
+            try:
+                resp = self.client.complete_multipart_upload(
+                    Bucket=loc.bucket, Key=loc.key, UploadId=upload_id,
+                    MultipartUpload={"Parts": [{"PartNumber": n, "ETag": parts[n]} for n in sorted(parts)]})
+            except Exception as exc:  # noqa: BLE001
+                raise _tag(exc, loc.uri)
+            completed = True
+            if not f.expected_sha256:
+                self._record_in_journal(f.rel, f.size, resp.get("ETag", "").strip('"'), digest)
+            self._count(uploaded=f)
+        finally:
+            if not completed:
+                try:
+                    self.client.abort_multipart_upload(Bucket=loc.bucket, Key=loc.key, UploadId=upload_id)
+                except Exception:  # noqa: BLE001 - best effort; the server may be gone
+                    pass
+
+    def _put_part(self, loc: S3Location, upload_id: str, number: int, data: bytes, reserved: int,
+                  parts: dict[int, str]) -> None:
+        try:
+            resp = self.client.upload_part(Bucket=loc.bucket, Key=loc.key, UploadId=upload_id, PartNumber=number,
+                                           Body=data)
+        except Exception as exc:  # noqa: BLE001
+            raise _tag(exc, loc.uri)
+        finally:
+            self.budget.release(reserved)
+        parts[number] = resp["ETag"]
+        self.progress.add(len(data))
+
+    def _count(self, uploaded: Optional[LocalFile] = None, skipped: Optional[LocalFile] = None) -> None:
+        with self._count_lock:
+            if uploaded is not None:
+                self.result.uploaded_files += 1
+                self.result.uploaded_bytes += uploaded.size
+            if skipped is not None:
+                self.result.skipped_files += 1
+                self.result.skipped_bytes += skipped.size
+                self.progress.add(skipped.size)
+        if self.on_object_done is not None:
+            self.on_object_done((uploaded or skipped).rel)
+
+    # ---- the commit marker ----
+    def _build_manifest(self, entries: list[FileEntry]) -> Manifest:
+        info: dict
+        if self.given_manifest is not None:
+            m = self.given_manifest
+            info = {"format": m.format, "step": m.step, "resumable": m.resumable}
+        else:
+            info = describe_checkpoint(self.root, [e.path for e in entries])
+        return Manifest(path=".", files=sorted(entries, key=lambda e: e.path.encode()),
+                        sizeBytes=sum(e.size for e in entries), fileCount=len(entries),
+                        digest=digest_of(entries), **info)
+
+    def _put_manifest(self, manifest: Manifest) -> None:
+        loc = self.prefix.child(MANIFEST_NAME)
+        try:
+            self.client.put_object(Bucket=loc.bucket, Key=loc.key, Body=manifest.to_json().encode(),
+                                   ContentType="application/json")
+        except Exception as exc:  # noqa: BLE001
+            raise describe_error(exc, loc.uri, self.endpoint) from exc
+
+
+def _tag(exc: BaseException, uri: str) -> BaseException:
+    """Remember which object a low-level failure was about, for the one-line message."""
+    try:
+        exc.ckpt_uri = uri  # type: ignore[attr-defined]
+    except AttributeError:
+        pass
+    return exc
+
+
+def _hash_file(path: str, latch: FailureLatch) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(READ_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def upload_dir(root: str, uri: str, **kwargs) -> UploadResult:
+    """Upload the checkpoint in `root` to the prefix `uri`; the manifest is written last."""
+    return Uploader(root, uri, **kwargs).run()
+
+
+def load_manifest_file(path: str) -> Manifest:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise AgentError(f"cannot read manifest {path}: {exc}") from exc
+    if isinstance(data, list):
+        if len(data) != 1:
+            raise AgentError(f"{path}: holds {len(data)} manifests; give the one of this checkpoint")
+        data = data[0]
+    if isinstance(data, dict) and "checkpoints" in data and "files" not in data:
+        cps = data["checkpoints"]
+        if len(cps) != 1:
+            raise AgentError(f"{path}: holds {len(cps)} checkpoints; give the manifest of one")
+        data = cps[0]
+    try:
+        return Manifest.model_validate(data)
+    except ValueError as exc:
+        raise AgentError(f"{path}: not a checkpoint manifest: {str(exc).splitlines()[0]}") from exc
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        manifest = load_manifest_file(args.manifest) if args.manifest else None
+        result = upload_dir(args.dir, args.uri, manifest=manifest, concurrency=args.concurrency,
+                            endpoint_url=args.endpoint_url)
+    except AgentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: upload interrupted; no manifest written, rerun to resume", file=sys.stderr)
+        return 130
+    print(json.dumps(result.summary()), flush=True)
+    return 0

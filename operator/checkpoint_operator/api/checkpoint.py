@@ -1,0 +1,139 @@
+"""The Checkpoint resource: an immutable, content-addressed set of files."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field
+
+from checkpoint_operator.api.common import Condition, ObjectRef, PinnedCheckpoint
+from checkpoint_operator.api.rules import ApiModel, Rule, has_exactly_one, path_has_dotdot
+
+CheckpointPhase = Literal["Pending", "Importing", "Ready", "Failed"]
+CheckpointFormat = Literal["huggingface", "safetensors", "torch", "deepspeed", "orbax", "cerebras", "file", "unknown"]
+SOURCE_KINDS = ("s3", "http", "volume", "trainingJob")
+
+
+class SecretRef(ApiModel):
+    name: str = Field(description="Name of a Secret in the same namespace with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.")
+
+
+class S3Source(ApiModel):
+    """Import from S3-compatible object storage."""
+
+    cel_rules = (Rule("self.uri.startsWith('s3://')",
+                      "spec.source.s3.uri must start with s3:// (for example s3://bucket/prefix/)",
+                      lambda s: s["uri"].startswith("s3://"), field_path=".uri"),)
+
+    uri: str = Field(description="s3://bucket/key for one object (archives are extracted) or s3://bucket/prefix/ for a tree.")
+    endpoint: Optional[str] = Field(None, description="Endpoint URL of an S3-compatible store; empty for AWS.")
+    region: Optional[str] = Field(None, description="Region of the bucket.")
+    secretRef: Optional[SecretRef] = Field(None, description="Secret holding the credentials; default: the operator's.")
+
+
+class HttpSource(ApiModel):
+    """Import from a web URL."""
+
+    cel_rules = (Rule("self.url.startsWith('http://') || self.url.startsWith('https://')",
+                      "spec.source.http.url must start with http:// or https://",
+                      lambda s: s["url"].startswith(("http://", "https://")), field_path=".url"),)
+
+    url: str = Field(description="URL of a file or an archive (.tar, .tar.gz, .tgz, .tar.bz2, .zip; extracted).")
+
+
+class VolumeSource(ApiModel):
+    """Adopt data already on a PersistentVolumeClaim of the same namespace (never deleted by the operator)."""
+
+    cel_rules = (Rule("!self.path.matches('(^|/)[.][.](/|$)')",
+                      "spec.source.volume.path must stay inside the volume: '..' is not allowed",
+                      lambda s: not path_has_dotdot(s.get("path", "")), field_path=".path"),)
+
+    claimName: str = Field(description="Name of the PersistentVolumeClaim.", min_length=1, max_length=253)
+    path: str = Field("/", description="Directory inside the volume that holds the checkpoint.")
+
+
+class TrainingJobSource(ApiModel):
+    """Written by the operator for snapshots of a TrainingJob's output; not for users."""
+
+    name: str = Field(description="Name of the producing TrainingJob.")
+    uid: str = Field(description="UID of the producing TrainingJob.")
+    directory: str = Field(description="Entry of the output directory this checkpoint was made from ('.' for the root files).")
+
+
+class CheckpointSource(ApiModel):
+    """Where the checkpoint's data comes from: exactly one of s3, http, volume, trainingJob."""
+
+    cel_rules = (Rule("[has(self.s3), has(self.http), has(self.volume), has(self.trainingJob)]"
+                      ".filter(x, x).size() == 1",
+                      "spec.source must set exactly one of s3, http, volume, trainingJob",
+                      lambda s: has_exactly_one(s, SOURCE_KINDS)),)
+
+    s3: Optional[S3Source] = Field(None, description="Import from object storage.")
+    http: Optional[HttpSource] = Field(None, description="Import from a web URL.")
+    volume: Optional[VolumeSource] = Field(None, description="Adopt data already on a PVC.")
+    trainingJob: Optional[TrainingJobSource] = Field(None, description="Snapshot of a TrainingJob's output.")
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in SOURCE_KINDS if getattr(self, k) is not None)
+
+
+class CheckpointSpec(ApiModel):
+    """Desired state of a Checkpoint. Immutable: a checkpoint is identified by its data."""
+
+    # A transition rule: only the API server can check it (it needs the stored object).
+    cel_rules = (Rule("self == oldSelf", "spec is immutable: create a new Checkpoint instead", None),)
+
+    source: CheckpointSource = Field(description="Where the data comes from.")
+    description: Optional[str] = Field(None, description="Free text shown to humans.")
+    format: Optional[CheckpointFormat] = Field(None, description="Format hint; detected from the files when empty.")
+
+
+class VolumeLocation(ApiModel):
+    claimName: str = Field(description="PersistentVolumeClaim holding the data.")
+    path: str = Field(description="Directory inside the volume ('.' for its root).")
+    items: Optional[list[str]] = Field(
+        None, description="When set, only these files of the directory belong to the checkpoint (mounted one by one).")
+
+
+class S3Location(ApiModel):
+    uri: str = Field(description="s3://bucket/prefix/ holding the data and its manifest.")
+
+
+class Location(ApiModel):
+    """Where the bytes are."""
+
+    volume: Optional[VolumeLocation] = Field(None, description="On a PersistentVolumeClaim.")
+    s3: Optional[S3Location] = Field(None, description="In object storage.")
+
+
+class CheckpointStatus(ApiModel):
+    """Observed state of a Checkpoint, written by the operator."""
+
+    phase: Optional[CheckpointPhase] = Field(None, description="Pending, Importing, Ready or Failed.")
+    message: Optional[str] = Field(None, description="Why the checkpoint is in this phase.")
+    location: Optional[Location] = Field(None, description="Where the bytes are.")
+    owned: Optional[bool] = Field(None, description="True when the operator owns the data and deletes it with the checkpoint.")
+    sizeBytes: Optional[int] = Field(None, description="Total size of the files in bytes.")
+    size: Optional[str] = Field(None, description="Total size, human-readable (for kubectl get).")
+    fileCount: Optional[int] = Field(None, description="Number of files.")
+    digest: Optional[str] = Field(None, description="sha256: of the canonical manifest; the checkpoint's identity.")
+    format: Optional[CheckpointFormat] = Field(None, description="Detected format.")
+    step: Optional[int] = Field(None, description="Training step, when known.")
+    resumable: Optional[bool] = Field(None, description="True when optimizer state is present, so training can resume.")
+    producedBy: Optional[ObjectRef] = Field(None, description="The TrainingJob that wrote it.")
+    parents: Optional[list[PinnedCheckpoint]] = Field(None, description="Inputs of the producing job: the lineage.")
+    usedBy: Optional[list[ObjectRef]] = Field(None, description="Live TrainingJobs that mount it; it cannot be deleted while any is listed.")
+    usedByCount: Optional[int] = Field(None, description="Number of entries in usedBy (for kubectl get).")
+    conditions: Optional[list[Condition]] = Field(None, description="Standard conditions (Ready).")
+    observedGeneration: Optional[int] = Field(None, description="The .metadata.generation last reconciled.")
+
+
+class Checkpoint(ApiModel):
+    model_config = ApiModel.model_config | {"extra": "ignore"}
+
+    apiVersion: str = "ckpt.dev/v1alpha1"
+    kind: Literal["Checkpoint"] = "Checkpoint"
+    metadata: dict = Field(default_factory=dict)
+    spec: CheckpointSpec
+    status: Optional[CheckpointStatus] = None

@@ -1,0 +1,159 @@
+"""The TrainingJob resource: runs the user's pod template on read-only input checkpoints
+and turns what it writes into new Checkpoints."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import Field
+
+from checkpoint_operator.api.common import Condition, PinnedCheckpoint
+from checkpoint_operator.api.rules import (DNS1123_MESSAGE, DNS1123_SUBDOMAIN, ApiModel, Rule, has_exactly_one,
+                                           is_dns1123)
+
+TrainingJobPhase = Literal["Pending", "Running", "Snapshotting", "Succeeded", "Failed"]
+DNS1123_CEL = DNS1123_SUBDOMAIN.replace("\\", "\\\\")
+
+
+def _dns_rule(field: str, where: str) -> Rule:
+    return Rule(f"!has(self.{field}) || (size(self.{field}) <= 253 && self.{field}.matches('{DNS1123_CEL}'))",
+                f"{where}.{field} must be {DNS1123_MESSAGE}",
+                lambda s: field not in s or is_dns1123(s[field]), field_path=f".{field}")
+
+
+class CheckpointRef(ApiModel):
+    """An input: a Checkpoint by name or uid, or the latest Checkpoint produced by a TrainingJob."""
+
+    cel_rules = (
+        Rule("[has(self.name), has(self.uid), has(self.fromTrainingJob)].filter(x, x).size() == 1",
+             "spec.checkpoints[] must set exactly one of name, uid, fromTrainingJob",
+             lambda s: has_exactly_one(s, ("name", "uid", "fromTrainingJob"))),
+        Rule("!has(self.select) || has(self.fromTrainingJob)",
+             "spec.checkpoints[].select is only allowed with fromTrainingJob",
+             lambda s: "select" not in s or "fromTrainingJob" in s, field_path=".select"),
+        _dns_rule("name", "spec.checkpoints[]"),
+        _dns_rule("fromTrainingJob", "spec.checkpoints[]"),
+        _dns_rule("mountName", "spec.checkpoints[]"),
+    )
+
+    name: Optional[str] = Field(None, description="Name of a Checkpoint in the same namespace.")
+    uid: Optional[str] = Field(None, description="UID of a Checkpoint in the same namespace.")
+    fromTrainingJob: Optional[str] = Field(None, description="Name of a TrainingJob whose output to use.")
+    select: Optional[Literal["latest"]] = Field(
+        None, description="Which output of fromTrainingJob: latest = the highest step, then the newest.")
+    mountName: Optional[str] = Field(
+        None, description="Directory name under inputDir (default: the Checkpoint's name).")
+
+
+class OutputSpec(ApiModel):
+    """What happens to the output directory."""
+
+    cel_rules = (
+        Rule("!has(self.keep) || self.keep >= 1", "spec.output.keep must be at least 1 (or unset to keep all)",
+             lambda s: s.get("keep") is None or s["keep"] >= 1, field_path=".keep"),
+        Rule("!has(self.namePrefix) || (size(self.namePrefix) <= 200 && "
+             "self.namePrefix.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))",
+             "spec.output.namePrefix must be lowercase letters, digits and '-', starting and ending "
+             "alphanumeric, at most 200 characters",
+             lambda s: "namePrefix" not in s or (len(s["namePrefix"]) <= 200 and is_dns1123(s["namePrefix"])
+                                                and "." not in s["namePrefix"]),
+             field_path=".namePrefix"),
+    )
+
+    enabled: bool = Field(True, description="Create an output volume and snapshot it into Checkpoints.")
+    size: str = Field("10Gi", description="Size of the output volume (a Kubernetes quantity).",
+                      pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+    storageClassName: Optional[str] = Field(None, description="StorageClass of the output volume; default: the operator's.")
+    layout: Literal["auto", "directories", "files"] = Field(
+        "auto", description="auto: each subdirectory and the root files are checkpoints; directories: subdirectories "
+                            "only; files: each root file is a checkpoint.")
+    keep: Optional[int] = Field(None, description="Keep only the N checkpoints with the highest steps.")
+    namePrefix: Optional[str] = Field(None, description="Prefix of the new Checkpoints' names (default: the job's name).")
+
+
+class PodTemplate(ApiModel):
+    """A PodTemplateSpec; the operator only adds volumes, mounts and environment variables."""
+
+    model_config = ApiModel.model_config | {"extra": "allow", "json_schema_extra": {
+        "x-kubernetes-preserve-unknown-fields": True}}
+    cel_rules = (Rule("has(self.spec) && has(self.spec.containers) && size(self.spec.containers) > 0",
+                      "spec.template.spec.containers must list at least one container",
+                      lambda s: bool(s.get("spec", {}).get("containers"))),)
+
+    metadata: Optional[dict[str, Any]] = Field(None, description="Labels and annotations of the pods.")
+    spec: dict[str, Any] = Field(description="A PodSpec.")
+
+
+def _absolute(field: str) -> Rule:
+    return Rule(f"self.{field}.startsWith('/') && !self.{field}.matches('(^|/)[.][.]?(/|$)') "
+                f"&& (self.{field} == '/' || !self.{field}.endsWith('/'))",
+                f"spec.{field} must be an absolute, normalized path (start with /, no '.' or '..', "
+                "no trailing /)",
+                lambda s: _is_clean_absolute(s.get(field, "/x")), field_path=f".{field}")
+
+
+def _is_clean_absolute(path: str) -> bool:
+    parts = path.split("/")
+    return path.startswith("/") and (path == "/" or not path.endswith("/")) and not any(
+        p in (".", "..") for p in parts)
+
+
+def _not_nested(a: str, b: str) -> bool:
+    return a != b and not a.startswith(b.rstrip("/") + "/") and not b.startswith(a.rstrip("/") + "/")
+
+
+class TrainingJobSpec(ApiModel):
+    """Desired state of a TrainingJob: its inputs, its pods and what to do with their output."""
+
+    cel_rules = (
+        _absolute("inputDir"),
+        _absolute("outputDir"),
+        Rule("self.inputDir != self.outputDir && !self.inputDir.startsWith(self.outputDir + '/') "
+             "&& !self.outputDir.startsWith(self.inputDir + '/') && self.inputDir != '/' && self.outputDir != '/'",
+             "spec.inputDir and spec.outputDir must differ and neither may be inside the other (nor be /)",
+             lambda s: "/" not in (s["inputDir"], s["outputDir"]) and _not_nested(s["inputDir"], s["outputDir"]),
+             field_path=".outputDir"),
+        Rule("self.replicas >= 1", "spec.replicas must be at least 1",
+             lambda s: s["replicas"] >= 1, field_path=".replicas"),
+    )
+
+    checkpoints: list[CheckpointRef] = Field(
+        default_factory=list, description="Input checkpoints, each mounted read-only at <inputDir>/<name>.")
+    output: OutputSpec = Field(default_factory=OutputSpec, description="The output volume and its snapshot.")
+    inputDir: str = Field("/input-checkpoint", description="Where inputs are mounted (CHECKPOINT_INPUT_DIR).")
+    outputDir: str = Field("/output-checkpoint", description="Where the code writes checkpoints (CHECKPOINT_OUTPUT_DIR).")
+    replicas: int = Field(1, description="Number of pods; more than 1 share one ReadWriteMany output volume.")
+    backoffLimit: Optional[int] = Field(None, ge=0, description="Retries before the job counts as failed (Job default: 6).")
+    activeDeadlineSeconds: Optional[int] = Field(None, ge=1, description="Time limit of the whole job in seconds.")
+    template: PodTemplate = Field(description="Pod template of the training workers.")
+
+
+class TrainingJobStatus(ApiModel):
+    """Observed state of a TrainingJob, written by the operator."""
+
+    phase: Optional[TrainingJobPhase] = Field(None, description="Pending, Running, Snapshotting, Succeeded or Failed.")
+    message: Optional[str] = Field(None, description="Why the job is in this phase.")
+    jobName: Optional[str] = Field(None, description="The batch/v1 Job running the pods.")
+    outputClaim: Optional[str] = Field(None, description="The PersistentVolumeClaim of the output directory.")
+    snapshotPod: Optional[str] = Field(None, description="The pod that scans the output.")
+    inputs: Optional[list[PinnedCheckpoint]] = Field(None, description="Inputs as resolved and pinned at start.")
+    inputCount: Optional[int] = Field(None, description="Number of inputs (for kubectl get).")
+    outputCheckpoints: Optional[list[str]] = Field(None, description="Checkpoints created from the output.")
+    outputCount: Optional[int] = Field(None, description="Number of output checkpoints (for kubectl get).")
+    jobSucceeded: Optional[bool] = Field(None, description="Whether the pods succeeded (recorded before the snapshot).")
+    snapshotStartTime: Optional[str] = Field(None, description="When the snapshot of the output started.")
+    snapshotAttempts: Optional[int] = Field(None, description="Failed snapshot pods so far (retried up to 3 times).")
+    startTime: Optional[str] = Field(None, description="When the pods were started.")
+    completionTime: Optional[str] = Field(None, description="When the job finished.")
+    conditions: Optional[list[Condition]] = Field(None, description="Standard conditions (Ready).")
+    observedGeneration: Optional[int] = Field(None, description="The .metadata.generation last reconciled.")
+
+
+class TrainingJob(ApiModel):
+    model_config = ApiModel.model_config | {"extra": "ignore"}
+
+    apiVersion: str = "ckpt.dev/v1alpha1"
+    kind: Literal["TrainingJob"] = "TrainingJob"
+    metadata: dict = Field(default_factory=dict)
+    spec: TrainingJobSpec
+    status: Optional[TrainingJobStatus] = None

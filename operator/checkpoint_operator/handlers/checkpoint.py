@@ -1,0 +1,173 @@
+"""Checkpoint: adopt or import the data, keep usedBy honest, refuse deletion while in use.
+
+Checkpoints made by a snapshot arrive Ready (the TrainingJob handler writes their status);
+the ones users create point at a volume path (scanned in place) or at s3/http (imported).
+"""
+
+from __future__ import annotations
+
+import kopf
+
+from checkpoint_operator.api.checkpoint import CheckpointStatus
+from checkpoint_operator.handlers.context import Context
+from checkpoint_operator.handlers.usage import unregister_users
+from checkpoint_operator.kube import CHECKPOINTS, PODS, PVCS, TRAINING_JOBS, Conflict
+from checkpoint_operator.logic import workload
+from checkpoint_operator.logic.conditions import get_condition, kstatus_conditions, now_rfc3339
+from checkpoint_operator.logic.inputs import is_deleting, is_live_user
+from checkpoint_operator.logic.snapshot import ScanOutputError, parse_scan_output, ready_status
+from checkpoint_operator import metrics
+
+
+def reconcile(ctx: Context, namespace: str, name: str) -> None:
+    checkpoint = ctx.kube.get(CHECKPOINTS, namespace, name)
+    if checkpoint is None or is_deleting(checkpoint):
+        return
+    status = checkpoint.get("status", {})
+    metrics.PHASES.observe("Checkpoint", checkpoint["metadata"]["uid"], status.get("phase"))
+    if status.get("usedBy"):
+        prune_finished_users(ctx, checkpoint)
+    if status.get("phase") in ("Ready", "Failed"):
+        return
+    source = checkpoint["spec"].get("source", {})
+    if "volume" in source:
+        adopt_volume(ctx, checkpoint)
+    elif "s3" in source or "http" in source:
+        from checkpoint_operator.handlers.imports import import_checkpoint
+        import_checkpoint(ctx, checkpoint)
+
+
+def _set_status(ctx: Context, checkpoint: dict, phase: str, reason: str, message: str, *,
+                ready: bool = False, stalled: bool = False, event: str | None = None, **fields) -> dict:
+    status = checkpoint.get("status", {})
+    previous = get_condition(status.get("conditions"), "Ready") or {}
+    generation = checkpoint["metadata"].get("generation")
+    conditions = kstatus_conditions(status.get("conditions"), ready=ready, reason=reason, message=message,
+                                    generation=generation, now=now_rfc3339(),
+                                    reconciling=phase in ("Pending", "Importing"), stalled=stalled)
+    patch = {"phase": phase, "message": message, "conditions": conditions, "observedGeneration": generation, **fields}
+    CheckpointStatus.model_validate({k: v for k, v in patch.items() if v is not None})
+    meta = checkpoint["metadata"]
+    updated = ctx.kube.patch_status(CHECKPOINTS, meta["namespace"], meta["name"], patch)
+    if event and (previous.get("reason"), previous.get("message")) != (reason, message):
+        ctx.event(updated, event, reason, message)
+    metrics.PHASES.observe("Checkpoint", meta["uid"], phase)
+    return updated
+
+
+def set_ready(ctx: Context, checkpoint: dict, manifest, location: dict, owned: bool) -> dict:
+    status = ready_status(manifest, location, owned=owned, now=now_rfc3339(),
+                          conditions=checkpoint.get("status", {}).get("conditions"),
+                          generation=checkpoint["metadata"].get("generation") or 1)
+    meta = checkpoint["metadata"]
+    updated = ctx.kube.patch_status(CHECKPOINTS, meta["namespace"], meta["name"], status)
+    ctx.info(updated, "Ready", status["message"] + f", digest {manifest.digest}")
+    metrics.PHASES.observe("Checkpoint", meta["uid"], "Ready")
+    return updated
+
+
+def prune_finished_users(ctx: Context, checkpoint: dict) -> None:
+    """Drop usedBy entries of jobs that are gone or finished (normally they remove themselves)."""
+    namespace = checkpoint["metadata"]["namespace"]
+    jobs = {j["metadata"]["uid"]: j for j in ctx.kube.list(TRAINING_JOBS, namespace)}
+    unregister_users(ctx.kube, namespace, checkpoint["metadata"]["name"],
+                     lambda user: not is_live_user(jobs.get(user.get("uid")), user.get("uid")))
+
+
+# --- source.volume: scan the data in place -----------------------------------------------------
+
+def adopt_volume(ctx: Context, checkpoint: dict) -> None:
+    meta, source = checkpoint["metadata"], checkpoint["spec"]["source"]["volume"]
+    namespace = meta["namespace"]
+    claim = ctx.kube.get(PVCS, namespace, source["claimName"])
+    if claim is None or claim.get("status", {}).get("phase") != "Bound":
+        state = "does not exist" if claim is None else f"is not Bound (phase {claim.get('status', {}).get('phase')})"
+        _set_status(ctx, checkpoint, "Pending", "WaitingForVolume",
+                    f"spec.source.volume.claimName: PersistentVolumeClaim {source['claimName']} {state}",
+                    event="Warning")
+        return
+    pod = run_agent_pod(ctx, checkpoint, workload.build_volume_scan_pod(checkpoint, ctx.config))
+    if pod is None:
+        if checkpoint.get("status", {}).get("phase") != "Pending":
+            _set_status(ctx, checkpoint, "Pending", "Scanning", f"scanning {source['claimName']}:{source.get('path', '/')}")
+        return
+    try:
+        scan = parse_scan_output(ctx.kube.read_log(namespace, pod["metadata"]["name"]))
+        if len(scan.checkpoints) != 1:
+            raise ScanOutputError(f"no files found at {source['claimName']}:{source.get('path', '/')}")
+    except ScanOutputError as exc:
+        _set_status(ctx, checkpoint, "Failed", "ScanFailed", str(exc), stalled=True, event="Warning")
+        return
+    finally:
+        ctx.kube.delete(PODS, namespace, pod["metadata"]["name"])
+    path = source.get("path", "/").strip("/") or "."
+    set_ready(ctx, checkpoint, scan.checkpoints[0],
+              {"volume": {"claimName": source["claimName"], "path": path}}, owned=False)
+
+
+def run_agent_pod(ctx: Context, owner: dict, pod_body: dict) -> dict | None:
+    """Create the pod if needed; return it once it has Succeeded, None while it runs.
+    A failed pod marks the owner Failed with the pod's log (raises PodFailed)."""
+    namespace = owner["metadata"]["namespace"]
+    name = pod_body["metadata"]["name"]
+    pod = ctx.kube.get(PODS, namespace, name)
+    if pod is None:
+        try:
+            ctx.kube.create(PODS, namespace, pod_body)
+        except Conflict:
+            pass
+        return None
+    phase = pod.get("status", {}).get("phase")
+    if phase == "Succeeded":
+        return pod
+    if phase == "Failed":
+        try:
+            log = ctx.kube.read_log(namespace, name)[-800:]
+        except Exception:  # noqa: BLE001 - the log only improves the message
+            log = ""
+        ctx.kube.delete(PODS, namespace, name)
+        _set_status(ctx, owner, "Failed", "AgentFailed", f"pod {name} failed: {log.strip()}", stalled=True,
+                    event="Warning")
+    return None
+
+
+# --- deletion: the in-use protection finalizer ---------------------------------------------------
+
+def guard_deletion(ctx: Context, body: dict, retry_delay: float) -> None:
+    """Runs while the Checkpoint has a deletionTimestamp; kopf removes the finalizer when it returns."""
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    checkpoint = ctx.kube.get(CHECKPOINTS, namespace, name)
+    if checkpoint is None:
+        return
+    jobs = {j["metadata"]["uid"]: j for j in ctx.kube.list(TRAINING_JOBS, namespace)}
+    users = [u for u in checkpoint.get("status", {}).get("usedBy") or []
+             if is_live_user(jobs.get(u.get("uid")), u.get("uid"))]
+    if users:
+        names = ", ".join(u["name"] for u in users)
+        message = f"deletion waits: in use by TrainingJob(s) {names}; it completes by itself when they finish"
+        _set_status(ctx, checkpoint, checkpoint.get("status", {}).get("phase") or "Pending", "DeletionBlocked",
+                    message, ready=checkpoint.get("status", {}).get("phase") == "Ready", event="Warning")
+        metrics.BLOCKED_DELETIONS.inc()
+        raise kopf.TemporaryError(message, delay=retry_delay)
+    # A conditional write proves that no job registered since we read: a job that reads after
+    # this sees the deletionTimestamp and refuses to start on this checkpoint.
+    try:
+        ctx.kube.patch_status(CHECKPOINTS, namespace, name, {"usedBy": [], "usedByCount": 0},
+                          resource_version=checkpoint["metadata"]["resourceVersion"])
+    except Conflict:
+        raise kopf.TemporaryError("the Checkpoint changed while checking its users; checking again", delay=0.1)
+    delete_owned_data(ctx, checkpoint)
+    metrics.PHASES.forget("Checkpoint", meta["uid"])
+
+
+def delete_owned_data(ctx: Context, checkpoint: dict) -> None:
+    """Only data the operator owns (snapshots, imports) is deleted, never data it points to.
+    Volume data goes with its PVC, which the Checkpoints own (Kubernetes GC); s3 data is
+    deleted here (idempotent)."""
+    status = checkpoint.get("status", {})
+    uri = (status.get("location") or {}).get("s3", {}).get("uri")
+    if status.get("owned") and uri:
+        from checkpoint_operator.storage.s3_store import delete_checkpoint_data
+        delete_checkpoint_data(ctx.config, uri)
+        ctx.info(checkpoint, "DataDeleted", f"deleted {uri}")

@@ -1,0 +1,150 @@
+"""A thin, dict-based Kubernetes API client for the handlers.
+
+Objects stay plain dicts (as kopf hands them to us) instead of the generated typed models:
+the logic builds manifests as dicts, and custom resources have no typed models anyway. Every
+call the operator makes goes through `Kube`, so tests/test_rbac.py can hold the calls
+against the chart's RBAC rules.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Optional
+from urllib.parse import quote
+
+import kubernetes
+
+from checkpoint_operator import GROUP, VERSION
+
+
+@dataclass(frozen=True)
+class Resource:
+    group: str
+    version: str
+    plural: str
+    kind: str
+
+    def path(self, namespace: str, name: Optional[str] = None, subresource: Optional[str] = None) -> str:
+        base = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
+        path = f"{base}/namespaces/{quote(namespace)}/{self.plural}"
+        if name:
+            path += f"/{quote(name)}"
+        if subresource:
+            path += f"/{subresource}"
+        return path
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+
+CHECKPOINTS = Resource(GROUP, VERSION, "checkpoints", "Checkpoint")
+TRAINING_JOBS = Resource(GROUP, VERSION, "trainingjobs", "TrainingJob")
+JOBS = Resource("batch", "v1", "jobs", "Job")
+PODS = Resource("", "v1", "pods", "Pod")
+PVCS = Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, reason: str, message: str):
+        super().__init__(f"{status} {reason}: {message}")
+        self.status, self.reason, self.message = status, reason, message
+
+
+class NotFound(ApiError):
+    pass
+
+
+class Conflict(ApiError):
+    """409: the object changed since it was read (or already exists)."""
+
+
+class Kube:
+    def __init__(self, api_client: kubernetes.client.ApiClient):
+        self.api = api_client
+
+    @classmethod
+    def from_url(cls, url: str) -> "Kube":
+        """For the local emulator and tests: plain HTTP, no credentials."""
+        config = kubernetes.client.Configuration(host=url)
+        config.verify_ssl = False
+        return cls(kubernetes.client.ApiClient(config))
+
+    @classmethod
+    def from_environment(cls) -> "Kube":
+        try:
+            kubernetes.config.load_incluster_config()
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config()
+        return cls(kubernetes.client.ApiClient())
+
+    # --- transport ---------------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, body: Any = None, query: Optional[dict] = None,
+              content_type: str = "application/json", raw: bool = False) -> Any:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        query_params = [(k, v) for k, v in (query or {}).items() if v is not None]
+        method, url, headers, body, _ = self.api.param_serialize(
+            method=method, resource_path=path, query_params=query_params, header_params=headers,
+            body=body, auth_settings=["BearerToken"])
+        try:
+            response = self.api.call_api(method, url, header_params=headers, body=body, _request_timeout=30)
+            response.read()
+        except kubernetes.client.ApiException as exc:  # some transports raise instead of returning
+            raise _error(exc.status, exc.body or "") from None
+        text = response.data.decode() if isinstance(response.data, bytes) else (response.data or "")
+        if response.status >= 400:
+            raise _error(response.status, text)
+        if raw:
+            return text
+        return json.loads(text) if text else {}
+
+    # --- verbs ---------------------------------------------------------------------------------
+
+    def get(self, resource: Resource, namespace: str, name: str) -> Optional[dict]:
+        try:
+            return self._call("GET", resource.path(namespace, name))
+        except NotFound:
+            return None
+
+    def list(self, resource: Resource, namespace: str, label_selector: Optional[str] = None) -> list[dict]:
+        return self._call("GET", resource.path(namespace), query={"labelSelector": label_selector}).get("items", [])
+
+    def create(self, resource: Resource, namespace: str, body: dict) -> dict:
+        body = {"apiVersion": resource.api_version, "kind": resource.kind, **body}
+        return self._call("POST", resource.path(namespace), body)
+
+    def patch(self, resource: Resource, namespace: str, name: str, patch: dict,
+              subresource: Optional[str] = None) -> dict:
+        """A JSON merge patch. Put metadata.resourceVersion in it to make it conditional (409 on change)."""
+        return self._call("PATCH", resource.path(namespace, name, subresource), patch,
+                          content_type="application/merge-patch+json")
+
+    def patch_status(self, resource: Resource, namespace: str, name: str, status: dict,
+                     resource_version: Optional[str] = None) -> dict:
+        patch: dict = {"status": status}
+        if resource_version is not None:
+            patch["metadata"] = {"resourceVersion": resource_version}
+        return self.patch(resource, namespace, name, patch, subresource="status")
+
+    def delete(self, resource: Resource, namespace: str, name: str, propagation: str = "Background") -> bool:
+        """Delete; False when it was already gone (deletes are idempotent)."""
+        try:
+            self._call("DELETE", resource.path(namespace, name), {"propagationPolicy": propagation})
+            return True
+        except NotFound:
+            return False
+
+    def read_log(self, namespace: str, pod: str, container: Optional[str] = None) -> str:
+        return self._call("GET", PODS.path(namespace, pod, "log"), query={"container": container}, raw=True)
+
+
+def _error(status: int, text: str) -> ApiError:
+    try:
+        payload = json.loads(text)
+        reason, message = payload.get("reason", ""), payload.get("message", text)
+    except (ValueError, AttributeError):
+        reason, message = "", text
+    cls = NotFound if status == 404 else Conflict if status == 409 else ApiError
+    return cls(status, reason, message)

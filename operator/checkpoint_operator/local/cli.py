@@ -1,0 +1,29 @@
+"""`checkpoint-operator local run`: the operator, an emulated API and a host 'kubelet' in one process."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_local_parser(sub: argparse._SubParsersAction) -> None:
+    local = sub.add_parser("local", help="try training code against the checkpoint contract without a cluster")
+    cmds = local.add_subparsers(dest="local_command", required=True, metavar="LOCAL_COMMAND")
+    run = cmds.add_parser(
+        "run", help="apply manifests to an emulated cluster and run them on this machine",
+        description="Start an emulated Kubernetes API, a local kubelet that runs pod commands as host processes, "
+                    "and the real operator; apply the manifests in order; wait until every TrainingJob has finished "
+                    "and every Checkpoint has settled; print them. Images are ignored: container commands run on "
+                    "this host, with nothing isolated (read-only mounts are not enforced). A development aid, not "
+                    "a runtime.")
+    run.add_argument("-f", "--filename", action="append", required=True, metavar="FILE",
+                     help="manifest file or directory (repeatable; applied in order)")
+    run.add_argument("--state-dir", default=".local-state",
+                     help="keeps objects and data between runs (default: ./.local-state)")
+    run.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    run.add_argument("--timeout", type=float, default=600, help="seconds to wait for everything to settle")
+    run.set_defaults(func=_run_local)
+
+
+def _run_local(args: argparse.Namespace) -> int:
+    from checkpoint_operator.local.run import local_run
+    return local_run(args)

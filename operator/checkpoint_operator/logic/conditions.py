@@ -1,0 +1,54 @@
+"""kstatus-style conditions: one `Ready` condition, plus `Reconciling`/`Stalled` while they apply."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Optional
+
+
+def now_rfc3339() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def set_condition(conditions: Optional[list[dict]], type_: str, status: str, reason: str, message: str,
+                  generation: Optional[int], now: str) -> list[dict]:
+    """Return the conditions with `type_` set; lastTransitionTime moves only when status changes."""
+    out, previous = [], None
+    for condition in conditions or []:
+        if condition.get("type") == type_:
+            previous = condition
+        else:
+            out.append(condition)
+    changed = previous is None or previous.get("status") != status
+    condition = {"type": type_, "status": status, "reason": reason, "message": message,
+                 "lastTransitionTime": now if changed else previous.get("lastTransitionTime", now)}
+    if generation is not None:
+        condition["observedGeneration"] = generation
+    out.append(condition)
+    return sorted(out, key=lambda c: c["type"])
+
+
+def remove_condition(conditions: Optional[list[dict]], type_: str) -> list[dict]:
+    return [c for c in conditions or [] if c.get("type") != type_]
+
+
+def get_condition(conditions: Optional[list[dict]], type_: str) -> Optional[dict]:
+    return next((c for c in conditions or [] if c.get("type") == type_), None)
+
+
+def kstatus_conditions(conditions: Optional[list[dict]], *, ready: bool, reason: str, message: str,
+                       generation: Optional[int], now: str, reconciling: bool = False,
+                       stalled: bool = False) -> list[dict]:
+    """Ready plus Reconciling/Stalled as kstatus reads them: present only while True."""
+    result = set_condition(conditions, "Ready", "True" if ready else "False", reason, message, generation, now)
+    for type_, active in (("Reconciling", reconciling), ("Stalled", stalled)):
+        if active:
+            result = set_condition(result, type_, "True", reason, message, generation, now)
+        else:
+            result = remove_condition(result, type_)
+    return result
+
+
+def seconds_since(rfc3339: str, now: Optional[datetime] = None) -> float:
+    then = datetime.fromisoformat(rfc3339.replace("Z", "+00:00"))
+    return max(0.0, ((now or datetime.now(timezone.utc)) - then).total_seconds())

@@ -1,0 +1,55 @@
+"""Prometheus metrics (prometheus-client). Names follow Prometheus conventions; labels are
+bounded sets (phase, kind, direction, store), never object names."""
+
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, REGISTRY
+from prometheus_client.registry import Collector
+
+PREFIX = "checkpoint_operator"
+
+SNAPSHOT_DURATION = Histogram(
+    f"{PREFIX}_snapshot_duration_seconds", "Time from a job's end to its Checkpoints being Ready.",
+    ["store"], buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200))
+TRANSFERRED_BYTES = Counter(
+    f"{PREFIX}_transferred_bytes_total", "Bytes snapshotted, uploaded or imported into Checkpoints.",
+    ["direction"])
+CHECKPOINTS_CREATED = Counter(f"{PREFIX}_checkpoints_created_total", "Checkpoints created from job outputs.")
+BLOCKED_DELETIONS = Counter(
+    f"{PREFIX}_blocked_deletions_total", "Checkpoint deletions refused because a live TrainingJob uses them.")
+RECONCILE_ERRORS = Counter(f"{PREFIX}_reconcile_errors_total", "Reconciliations that raised an error.", ["kind"])
+
+
+class PhaseTracker(Collector):
+    """Objects by phase, as last seen by the operator: a gauge per (kind, phase)."""
+
+    PHASES = {"Checkpoint": ("Pending", "Importing", "Ready", "Failed"),
+              "TrainingJob": ("Pending", "Running", "Snapshotting", "Succeeded", "Failed")}
+
+    def __init__(self) -> None:
+        self._phases: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+
+    def observe(self, kind: str, uid: str, phase: str | None) -> None:
+        with self._lock:
+            self._phases[(kind, uid)] = phase or "Pending"
+
+    def forget(self, kind: str, uid: str) -> None:
+        with self._lock:
+            self._phases.pop((kind, uid), None)
+
+    def collect(self):
+        with self._lock:
+            phases = dict(self._phases)
+        for kind, metric in (("Checkpoint", "checkpoints"), ("TrainingJob", "trainingjobs")):
+            family = GaugeMetricFamily(f"{PREFIX}_{metric}", f"{kind}s by phase.", labels=["phase"])
+            for phase in self.PHASES[kind]:
+                family.add_metric([phase], sum(1 for (k, _), p in phases.items() if k == kind and p == phase))
+            yield family
+
+
+PHASES = PhaseTracker()
+REGISTRY.register(PHASES)

@@ -1,0 +1,77 @@
+"""Every Kubernetes API permission the operator process needs, and why.
+
+This table is the source of truth for RBAC: the Helm chart's Role/ClusterRole must grant exactly
+these rules (tests/test_chart.py compares both ways), and every API call in the code must be
+covered by one of them. No wildcards: a permission that is not listed here is not granted.
+
+`cluster_only` rules exist only for cluster-wide mode (`checkpoint-operator run` without
+`--namespace`): kopf then discovers namespaces and CRDs itself and peers through a
+cluster-scoped ClusterKopfPeering. In namespaced mode the chart grants the other rules through
+one Role per watched namespace and no ClusterRole at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from checkpoint_operator import GROUP
+
+
+@dataclass(frozen=True)
+class PermissionRule:
+    api_groups: tuple[str, ...]
+    resources: tuple[str, ...]
+    verbs: tuple[str, ...]
+    why: str
+    cluster_only: bool = False
+
+    def to_policy_rule(self) -> dict[str, list[str]]:
+        """The rule as it appears in a Role or ClusterRole."""
+        return {"apiGroups": list(self.api_groups), "resources": list(self.resources), "verbs": list(self.verbs)}
+
+
+RULES: tuple[PermissionRule, ...] = (
+    PermissionRule((GROUP,), ("checkpoints", "trainingjobs"),
+                   ("get", "list", "watch", "create", "update", "patch", "delete"),
+                   "reconcile both kinds; create Checkpoints from snapshots; delete on retention"),
+    PermissionRule((GROUP,), ("checkpoints/status", "trainingjobs/status"), ("get", "update", "patch"),
+                   "write phase, conditions, usedBy (optimistic concurrency through update)"),
+    PermissionRule((GROUP,), ("checkpoints/finalizers", "trainingjobs/finalizers"), ("update",),
+                   "set owner references with blockOwnerDeletion on objects owned by our kinds"),
+    PermissionRule(("batch",), ("jobs",), ("get", "list", "watch", "create", "delete"),
+                   "the batch/v1 Job that runs a TrainingJob's pod template"),
+    PermissionRule(("",), ("pods",), ("get", "list", "watch", "create", "delete"),
+                   "agent pods (snapshot, upload, import) and watching the training pods"),
+    PermissionRule(("",), ("pods/log",), ("get",),
+                   "read an agent pod's result and quote a failed pod's last lines in events"),
+    PermissionRule(("",), ("persistentvolumeclaims",), ("get", "list", "watch", "create", "update", "patch", "delete"),
+                   "output volumes; move their owner references from the TrainingJob to its Checkpoints"),
+    PermissionRule(("",), ("events",), ("create", "patch"),
+                   "every wait, refusal and failure becomes an Event (core API, used by kopf)"),
+    PermissionRule(("events.k8s.io",), ("events",), ("create", "patch"),
+                   "the same Events through the events.k8s.io API"),
+    PermissionRule(("kopf.dev",), ("kopfpeerings",), ("get", "list", "watch", "patch"),
+                   "kopf peering between the active replica and standbys in namespaced mode"),
+    PermissionRule(("kopf.dev",), ("clusterkopfpeerings",), ("get", "list", "watch", "patch"),
+                   "kopf peering between the active replica and standbys in cluster-wide mode",
+                   cluster_only=True),
+    PermissionRule(("",), ("namespaces",), ("get", "list", "watch"),
+                   "kopf follows namespaces when it serves the whole cluster", cluster_only=True),
+    PermissionRule(("apiextensions.k8s.io",), ("customresourcedefinitions",), ("get", "list", "watch"),
+                   "kopf discovers our CRDs (and notices them appear) when it serves the whole cluster",
+                   cluster_only=True),
+)
+
+
+def policy_rules(*, cluster_wide: bool) -> list[dict[str, list[str]]]:
+    """The rules of the operator's ClusterRole (cluster_wide) or of each per-namespace Role."""
+    return [rule.to_policy_rule() for rule in RULES if cluster_wide or not rule.cluster_only]
+
+
+def permissions(rules: list[dict[str, list[str]]]) -> set[tuple[str, str, str]]:
+    """Flatten policy rules to (apiGroup, resource, verb) triples, the unit RBAC actually grants."""
+    return {(group, resource, verb)
+            for rule in rules
+            for group in rule.get("apiGroups", [])
+            for resource in rule.get("resources", [])
+            for verb in rule.get("verbs", [])}

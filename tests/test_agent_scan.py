@@ -1,0 +1,416 @@
+"""`agent scan` on real files: layouts, skip rules, symlinks, special files, digests, the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from checkpoint_operator.agent.hashing import hash_files, sha256_file
+from checkpoint_operator.agent.manifest import MANIFEST_NAME, Manifest
+from checkpoint_operator.agent.scan import LEAVES_CHECKPOINT, ScanResult, format_table, scan_directory
+
+
+def write(path: Path, data: bytes | str = b"x") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return path
+
+
+def by_path(result: ScanResult) -> dict[str, Manifest]:
+    return {m.path: m for m in result.checkpoints}
+
+
+def skipped(result: ScanResult) -> dict[str, str]:
+    return {s.path: s.reason for s in result.skipped}
+
+
+def file_paths(m: Manifest) -> list[str]:
+    return [f.path for f in m.files]
+
+
+@pytest.fixture
+def output(tmp_path: Path) -> Path:
+    """An output directory as a Transformers run leaves it: step dirs plus the final model at the root."""
+    root = tmp_path / "out"
+    write(root / "checkpoint-500" / "config.json", "{}")
+    write(root / "checkpoint-500" / "model.safetensors", b"w" * 1000)
+    write(root / "checkpoint-500" / "optimizer.pt", b"o" * 10)
+    write(root / "checkpoint-1000" / "config.json", "{}")
+    write(root / "checkpoint-1000" / "model.safetensors", b"v" * 2000)
+    write(root / "config.json", "{}")
+    write(root / "model.safetensors", b"final")
+    return root
+
+
+# --- layouts -------------------------------------------------------------------------------
+
+def test_auto_layout_makes_one_checkpoint_per_directory_plus_the_root_files(output):
+    result = scan_directory(output, "auto")
+    ckpts = by_path(result)
+    assert list(ckpts) == [".", "checkpoint-1000", "checkpoint-500"]  # sorted by path bytes
+    assert file_paths(ckpts["."]) == ["config.json", "model.safetensors"]
+    assert file_paths(ckpts["checkpoint-500"]) == ["config.json", "model.safetensors", "optimizer.pt"]
+    m = ckpts["checkpoint-500"]
+    assert (m.sizeBytes, m.fileCount, m.format, m.step, m.resumable) == (1012, 3, "huggingface", 500, True)
+    assert ckpts["checkpoint-1000"].resumable is False
+    assert ckpts["."].step is None
+    assert result.skipped == []
+
+
+def test_auto_layout_without_root_files_has_no_root_checkpoint(tmp_path):
+    write(tmp_path / "step-1" / "a.bin")
+    assert [m.path for m in scan_directory(tmp_path).checkpoints] == ["step-1"]
+
+
+def test_directories_layout_skips_root_files_with_a_reason(output):
+    result = scan_directory(output, "directories")
+    assert [m.path for m in result.checkpoints] == ["checkpoint-1000", "checkpoint-500"]
+    reasons = skipped(result)
+    assert set(reasons) == {"config.json", "model.safetensors"}
+    assert "layout 'directories'" in reasons["model.safetensors"]
+
+
+def test_files_layout_makes_one_checkpoint_per_root_file(tmp_path):
+    write(tmp_path / "checkpoint_20000.mdl", b"c" * 7)
+    write(tmp_path / "model_step_30.pt", b"t")
+    write(tmp_path / "sub" / "x.pt")
+    result = scan_directory(tmp_path, "files")
+    ckpts = by_path(result)
+    assert list(ckpts) == ["checkpoint_20000.mdl", "model_step_30.pt"]
+    mdl = ckpts["checkpoint_20000.mdl"]
+    assert file_paths(mdl) == ["checkpoint_20000.mdl"]
+    assert (mdl.sizeBytes, mdl.fileCount, mdl.format, mdl.step) == (7, 1, "cerebras", 20000)
+    assert mdl.files[0].sha256 == hashlib.sha256(b"c" * 7).hexdigest()
+    assert (ckpts["model_step_30.pt"].format, ckpts["model_step_30.pt"].step) == ("torch", 30)
+    assert "layout 'files'" in skipped(result)["sub"]
+
+
+def test_single_takes_the_whole_directory_as_one_checkpoint(tmp_path):
+    ckpt = tmp_path / "global_step700"
+    write(ckpt / "latest", "global_step700")
+    write(ckpt / "sub" / "deep" / "mp_rank_00_model_states.pt")
+    write(ckpt / ".hidden-inside", "kept")
+    write(ckpt / "x.tmp", "kept too: name rules are for top-level candidates")
+    write(ckpt / MANIFEST_NAME, "{}")
+    result = scan_directory(ckpt, single=True)
+    assert len(result.checkpoints) == 1
+    m = result.checkpoints[0]
+    assert m.path == "."
+    assert file_paths(m) == [".hidden-inside", "latest", "sub/deep/mp_rank_00_model_states.pt", "x.tmp"]
+    assert (m.format, m.step) == ("deepspeed", 700)
+
+
+def test_single_still_skips_escaping_symlinks_and_fifos(tmp_path):
+    write(tmp_path / "secret", "s")
+    ckpt = tmp_path / "adopt"
+    write(ckpt / "a.bin")
+    os.symlink("../secret", ckpt / "leak")
+    os.mkfifo(ckpt / "pipe")
+    result = scan_directory(ckpt, single=True)
+    assert file_paths(result.checkpoints[0]) == ["a.bin"]
+    assert skipped(result) == {"leak": LEAVES_CHECKPOINT, "pipe": "fifo"}
+
+
+# --- skip rules ----------------------------------------------------------------------------
+
+def test_hidden_unfinished_and_empty_candidates_are_skipped_with_reasons(tmp_path):
+    write(tmp_path / ".cache" / "x")
+    write(tmp_path / ".DS_Store")
+    write(tmp_path / "step-5.orbax-checkpoint-tmp-1712345" / "_METADATA")
+    write(tmp_path / "checkpoint-7-incomplete" / "model.pt")
+    write(tmp_path / "partial_model.bin")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "only-dirs" / "a" / "b").mkdir(parents=True)
+    write(tmp_path / "only-manifest" / MANIFEST_NAME, "{}")
+    write(tmp_path / "attempt-3" / "model.pt")
+    write(tmp_path / "template" / "model.pt")
+    result = scan_directory(tmp_path)
+    assert [m.path for m in result.checkpoints] == ["attempt-3", "template"]
+    reasons = skipped(result)
+    assert reasons[".cache"] == reasons[".DS_Store"] == "hidden name"
+    assert "'tmp'" in reasons["step-5.orbax-checkpoint-tmp-1712345"]
+    assert "'incomplete'" in reasons["checkpoint-7-incomplete"]
+    assert "'partial'" in reasons["partial_model.bin"]
+    for name in ("empty", "only-dirs", "only-manifest"):
+        assert reasons[name].startswith("empty directory"), name
+    assert len(reasons) == 8
+
+
+def test_manifest_is_excluded_only_at_the_checkpoint_root(tmp_path):
+    write(tmp_path / "step-1" / MANIFEST_NAME, "{}")
+    write(tmp_path / "step-1" / "nested" / MANIFEST_NAME, "{}")
+    write(tmp_path / "step-1" / "a")
+    m = scan_directory(tmp_path).checkpoints[0]
+    assert file_paths(m) == ["a", f"nested/{MANIFEST_NAME}"]
+
+
+# --- symlinks and special files ------------------------------------------------------------
+
+def test_symlink_inside_the_checkpoint_is_followed_under_its_own_path(tmp_path):
+    ckpt = tmp_path / "step-1"
+    write(ckpt / "shards" / "model.bin", b"weights")
+    os.symlink("shards/model.bin", ckpt / "model.bin")
+    os.symlink("shards", ckpt / "linked-dir")
+    m = scan_directory(tmp_path).checkpoints[0]
+    assert file_paths(m) == ["linked-dir/model.bin", "model.bin", "shards/model.bin"]
+    assert len({f.sha256 for f in m.files}) == 1
+    assert m.sizeBytes == 3 * len(b"weights")
+
+
+def test_symlinks_escaping_the_checkpoint_are_skipped(tmp_path):
+    write(tmp_path / "step-1" / "a")
+    write(tmp_path / "step-2" / "b", "other checkpoint")
+    outside = write(tmp_path.parent / f"{tmp_path.name}-outside", "secret")
+    os.symlink("../step-2/b", tmp_path / "step-1" / "sibling")
+    os.symlink(f"../../{outside.name}", tmp_path / "step-1" / "up")
+    os.symlink(str(tmp_path / "step-1" / "a"), tmp_path / "step-1" / "absolute-inside")  # absolute: never
+    os.symlink("/etc", tmp_path / "step-1" / "etc")
+    write(tmp_path / "step-1" / "d" / "x")
+    os.symlink("../../step-2", tmp_path / "step-1" / "d" / "dir-out")
+    result = scan_directory(tmp_path)
+    assert file_paths(by_path(result)["step-1"]) == ["a", "d/x"]
+    assert skipped(result) == {p: LEAVES_CHECKPOINT for p in (
+        "step-1/sibling", "step-1/up", "step-1/absolute-inside", "step-1/etc", "step-1/d/dir-out")}
+
+
+def test_symlink_loops_and_cycles_end(tmp_path):
+    ckpt = tmp_path / "step-1"
+    write(ckpt / "a" / "file")
+    os.symlink("..", ckpt / "a" / "up")  # back to the checkpoint root
+    os.symlink(".", ckpt / "self")
+    os.symlink("loop2", ckpt / "loop1")  # loop1 -> loop2 -> loop1
+    os.symlink("loop1", ckpt / "loop2")
+    os.symlink("missing", ckpt / "dangling")
+    result = scan_directory(tmp_path)
+    assert file_paths(result.checkpoints[0]) == ["a/file"]
+    reasons = skipped(result)
+    assert reasons["step-1/a/up"].startswith("symlink cycle")
+    assert reasons["step-1/self"].startswith("symlink cycle")
+    assert reasons["step-1/loop1"] == reasons["step-1/loop2"] == "symlink loop"
+    assert reasons["step-1/dangling"] == "broken symlink"
+
+
+def test_root_symlinks(tmp_path):
+    out = tmp_path / "out"
+    write(out / "step-1" / "model.bin", b"m")
+    write(tmp_path / "elsewhere.bin")
+    os.symlink("step-1", out / "latest")  # a second name for a checkpoint: not a second checkpoint
+    os.symlink("step-1/model.bin", out / "best.bin")  # a root file whose bytes are in the output
+    os.symlink("../elsewhere.bin", out / "outside.bin")
+    result = scan_directory(out)
+    assert file_paths(by_path(result)["."]) == ["best.bin"]
+    reasons = skipped(result)
+    assert reasons["latest"].startswith("symlink to a directory")
+    assert reasons["outside.bin"] == LEAVES_CHECKPOINT
+
+
+def test_fifo_and_socket_are_skipped(tmp_path):
+    ckpt = tmp_path / "step-1"
+    write(ckpt / "a")
+    os.mkfifo(ckpt / "pipe")
+    os.mkfifo(tmp_path / "root-pipe")
+    # AF_UNIX paths are limited to ~107 bytes: bind from inside the directory.
+    cwd = os.getcwd()
+    os.chdir(ckpt)
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind("sock")
+        result = scan_directory(tmp_path)  # must not block on opening the fifo
+    finally:
+        sock.close()
+        os.chdir(cwd)
+    assert file_paths(result.checkpoints[0]) == ["a"]
+    assert skipped(result) == {"step-1/pipe": "fifo", "step-1/sock": "socket", "root-pipe": "fifo"}
+
+
+def test_device_is_skipped(tmp_path):
+    write(tmp_path / "step-1" / "a")
+    os.symlink("/dev/null", tmp_path / "step-1" / "null")  # absolute symlink: refused before any stat
+    result = scan_directory(tmp_path)
+    assert skipped(result) == {"step-1/null": LEAVES_CHECKPOINT}
+    if not hasattr(os, "mknod") or os.geteuid() != 0:
+        return
+    os.mknod(tmp_path / "step-1" / "nulldev", 0o600 | 0o020000, os.makedev(1, 3))  # char device
+    assert skipped(scan_directory(tmp_path))["step-1/nulldev"] == "device"
+
+
+# --- names, digests ------------------------------------------------------------------------
+
+def test_unicode_and_spaces_in_names(tmp_path):
+    ckpt = tmp_path / "étape 10"
+    write(ckpt / "modèle final.safetensors", b"abc")
+    write(ckpt / "日本語" / "重み 1.bin", b"def")
+    m = scan_directory(tmp_path).checkpoints[0]
+    assert m.path == "étape 10"
+    assert file_paths(m) == ["modèle final.safetensors", "日本語/重み 1.bin"]
+    assert m.files[1].sha256 == hashlib.sha256(b"def").hexdigest()
+
+
+def _coreutils_digest(ckpt: Path) -> str:
+    listing = subprocess.run(["find", ".", "-type", "f", "!", "-path", f"./{MANIFEST_NAME}", "-printf", "%P\\n"],
+                             cwd=ckpt, check=True, capture_output=True).stdout
+    names = sorted(listing.splitlines())  # bytes order, as LC_ALL=C sort
+    sums = subprocess.run(["sha256sum", "--", *[n.decode() for n in names]],
+                          cwd=ckpt, check=True, capture_output=True, env={**os.environ, "LC_ALL": "C"}).stdout
+    return "sha256:" + hashlib.sha256(sums).hexdigest()
+
+
+@pytest.mark.skipif(shutil.which("sha256sum") is None, reason="coreutils sha256sum not installed")
+def test_digest_equals_sha256_of_real_sha256sum_output(tmp_path):
+    ckpt = tmp_path / "checkpoint-3"
+    write(ckpt / "b.bin", os.urandom(3 * 1024 * 1024 + 17))  # several reads of the hashing buffer
+    write(ckpt / "a.json", '{"x": 1}')
+    write(ckpt / "A-upper.txt", "sorts before lower case in byte order")
+    write(ckpt / "sub dir" / "ü.bin", b"\x00" * 5)
+    write(ckpt / "sub.dir" / "z", b"")  # byte order ' ' < '.' < '/' decides between these three
+    write(ckpt / MANIFEST_NAME, "not content")
+    m = scan_directory(tmp_path).checkpoints[0]
+    assert m.digest == _coreutils_digest(ckpt)
+    real = subprocess.run(["sha256sum", "b.bin"], cwd=ckpt, check=True, capture_output=True, text=True).stdout
+    assert next(f for f in m.files if f.path == "b.bin").sha256 == real.split()[0]
+
+
+def test_digest_changes_with_content_and_name(tmp_path):
+    write(tmp_path / "s-1" / "a", "1")
+    write(tmp_path / "s-2" / "a", "2")
+    write(tmp_path / "s-3" / "b", "1")
+    write(tmp_path / "s-4" / "a", "1")
+    digests = [m.digest for m in scan_directory(tmp_path).checkpoints]
+    assert len(set(digests[:3])) == 3
+    assert digests[0] == digests[3]
+
+
+def test_step_from_trainer_state_when_the_name_has_none(tmp_path):
+    write(tmp_path / "best" / "trainer_state.json", json.dumps({"global_step": 1234, "log_history": []}))
+    write(tmp_path / "best" / "model.pt")
+    write(tmp_path / "step-9" / "trainer_state.json", json.dumps({"global_step": 1}))  # the name wins
+    write(tmp_path / "trainer_state.json", json.dumps({"global_step": 77}))
+    ckpts = by_path(scan_directory(tmp_path))
+    assert (ckpts["best"].step, ckpts["step-9"].step, ckpts["."].step) == (1234, 9, 77)
+
+
+def test_orbax_manager_layout(tmp_path):
+    write(tmp_path / "2000" / "_CHECKPOINT_METADATA", "{}")
+    write(tmp_path / "2000" / "state" / "_METADATA", "{}")
+    write(tmp_path / "2000" / "state" / "opt_state" / "0")
+    write(tmp_path / "3000.orbax-checkpoint-tmp-99" / "_CHECKPOINT_METADATA", "{}")
+    result = scan_directory(tmp_path)
+    (m,) = result.checkpoints
+    assert (m.path, m.format, m.step, m.resumable) == ("2000", "orbax", 2000, True)
+    assert list(skipped(result)) == ["3000.orbax-checkpoint-tmp-99"]
+
+
+def test_hard_links_and_duplicate_paths_are_reported_per_path(tmp_path):
+    a = write(tmp_path / "s-1" / "a", b"same")
+    os.link(a, tmp_path / "s-1" / "b")
+    m = scan_directory(tmp_path, workers=4).checkpoints[0]
+    assert [(f.path, f.size) for f in m.files] == [("a", 4), ("b", 4)]
+
+
+def test_file_that_cannot_be_read_is_skipped_not_fatal(tmp_path, monkeypatch):
+    from checkpoint_operator.agent import scan
+    write(tmp_path / "s-1" / "ok")
+    gone = write(tmp_path / "s-1" / "gone")
+    write(tmp_path / "s-2" / "gone-too")
+
+    def vanish_then_hash(paths, workers=None, sizes=None):
+        # Root reads every file whatever its mode: make the read fail by removing the files
+        # between the walk and the hashing.
+        gone.unlink()
+        (tmp_path / "s-2" / "gone-too").unlink()
+        return hash_files(paths, workers, sizes)
+
+    monkeypatch.setattr(scan, "hash_files", vanish_then_hash)
+    result = scan.scan_directory(tmp_path)
+    assert [(m.path, file_paths(m)) for m in result.checkpoints] == [("s-1", ["ok"])]
+    reasons = skipped(result)
+    assert reasons["s-1/gone"].startswith("unreadable")
+    assert reasons["s-2/gone-too"].startswith("unreadable")
+    assert reasons["s-2"].startswith("empty directory")
+
+
+def test_scan_refuses_a_missing_or_non_directory_root(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        scan_directory(tmp_path / "missing")
+    with pytest.raises(NotADirectoryError):
+        scan_directory(write(tmp_path / "f"))
+    with pytest.raises(ValueError, match="layout 'flat'"):
+        scan_directory(tmp_path, "flat")
+
+
+# --- hashing -------------------------------------------------------------------------------
+
+def test_hash_files_keeps_order_and_reports_errors_in_place(tmp_path):
+    big = write(tmp_path / "big", os.urandom(20 * 1024 * 1024 + 3))
+    small = write(tmp_path / "small", b"hello")
+    results = hash_files([small, tmp_path / "missing", big], workers=2, sizes=[5, 0, big.stat().st_size])
+    assert results[0] == (5, hashlib.sha256(b"hello").hexdigest())
+    assert isinstance(results[1], FileNotFoundError)
+    assert results[2] == (big.stat().st_size, hashlib.sha256(big.read_bytes()).hexdigest())
+    assert sha256_file(tmp_path / "small") == results[0]
+
+
+def test_empty_file_hash(tmp_path):
+    assert sha256_file(write(tmp_path / "e", b"")) == (0, hashlib.sha256(b"").hexdigest())
+
+
+# --- output and CLI ------------------------------------------------------------------------
+
+def test_table_lists_checkpoints_and_skips(output):
+    write(output / ".trash" / "x")
+    table = format_table(scan_directory(output))
+    lines = table.splitlines()
+    assert lines[0].split() == ["PATH", "FORMAT", "STEP", "FILES", "SIZE", "RESUMABLE", "DIGEST"]
+    assert lines[3].split()[:6] == ["checkpoint-500", "huggingface", "500", "3", "1012", "B"]
+    assert "  .trash  hidden name" in table
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "checkpoint_operator", "agent", "scan", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_cli_json_matches_scan_directory(output):
+    os.symlink("/etc/passwd", output / "checkpoint-500" / "passwd")
+    proc = _cli(str(output), "--json", "--workers", "2")
+    assert proc.returncode == 0, proc.stderr
+    printed = json.loads(proc.stdout)
+    assert printed == scan_directory(output).model_dump(mode="json")
+    assert set(printed) == {"checkpoints", "skipped"}
+    assert set(printed["checkpoints"][0]) == {"version", "path", "files", "sizeBytes", "fileCount", "digest",
+                                              "format", "step", "resumable"}
+    assert printed["skipped"] == [{"path": "checkpoint-500/passwd", "reason": LEAVES_CHECKPOINT}]
+
+
+def test_cli_layout_and_single_options(output):
+    proc = _cli(str(output), "--json", "--layout", "files")
+    assert [c["path"] for c in json.loads(proc.stdout)["checkpoints"]] == ["config.json", "model.safetensors"]
+    proc = _cli(str(output / "checkpoint-500"), "--json", "--single")
+    (ckpt,) = json.loads(proc.stdout)["checkpoints"]
+    assert (ckpt["path"], ckpt["step"], ckpt["fileCount"]) == (".", 500, 3)
+
+
+def test_cli_table_by_default(output):
+    proc = _cli(str(output))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("PATH")
+    assert "checkpoint-1000" in proc.stdout
+
+
+def test_cli_missing_directory_fails_naming_it(tmp_path):
+    missing = tmp_path / "no-such-output"
+    proc = _cli(str(missing), "--json")
+    assert proc.returncode != 0
+    assert str(missing) in proc.stderr
+    assert "no such directory" in proc.stderr
+    assert proc.stdout == ""
+    proc = _cli(str(write(tmp_path / "a-file")))
+    assert proc.returncode != 0 and "not a directory" in proc.stderr
