@@ -82,7 +82,9 @@ class CheckpointSpec(ApiModel):
     """Desired state of a Checkpoint. Immutable: a checkpoint is identified by its data."""
 
     # A transition rule: only the API server can check it (it needs the stored object).
-    cel_rules = (Rule("self == oldSelf", "spec is immutable: create a new Checkpoint instead", None),)
+    cel_rules = (Rule("self == oldSelf",
+                      "spec is immutable (spec.source, spec.description, spec.format): create a new Checkpoint instead",
+                      None),)
 
     source: CheckpointSource = Field(description="Where the data comes from.")
     description: Optional[str] = Field(None, description="Free text shown to humans.")

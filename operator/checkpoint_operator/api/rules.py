@@ -19,7 +19,8 @@ DNS1123_MESSAGE = "a lowercase DNS-1123 name (a-z, 0-9, '-' and '.', starting an
 
 
 def is_dns1123(value: str) -> bool:
-    return len(value) <= 253 and re.match(DNS1123_SUBDOMAIN, value) is not None
+    # fullmatch, not match: Python's `$` also matches before a trailing newline, RE2's (CEL's) does not.
+    return len(value) <= 253 and re.fullmatch(DNS1123_SUBDOMAIN, value) is not None
 
 
 @dataclass(frozen=True)

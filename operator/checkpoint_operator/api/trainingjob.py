@@ -13,6 +13,7 @@ from checkpoint_operator.api.rules import (DNS1123_MESSAGE, DNS1123_SUBDOMAIN, A
 
 TrainingJobPhase = Literal["Pending", "Running", "Snapshotting", "Succeeded", "Failed"]
 DNS1123_CEL = DNS1123_SUBDOMAIN.replace("\\", "\\\\")
+MAX_INPUTS = 64  # maxItems of spec.checkpoints: bounds the CEL cost of the per-item rules
 
 
 def _dns_rule(field: str, where: str) -> Rule:
@@ -36,13 +37,15 @@ class CheckpointRef(ApiModel):
         _dns_rule("mountName", "spec.checkpoints[]"),
     )
 
-    name: Optional[str] = Field(None, description="Name of a Checkpoint in the same namespace.")
-    uid: Optional[str] = Field(None, description="UID of a Checkpoint in the same namespace.")
-    fromTrainingJob: Optional[str] = Field(None, description="Name of a TrainingJob whose output to use.")
+    # maxLength bounds the API server's CEL cost estimate of the matches() rules (with an
+    # unbounded string and list, the CRD is refused: "estimated rule cost exceeds budget").
+    name: Optional[str] = Field(None, max_length=253, description="Name of a Checkpoint in the same namespace.")
+    uid: Optional[str] = Field(None, max_length=128, description="UID of a Checkpoint in the same namespace.")
+    fromTrainingJob: Optional[str] = Field(None, max_length=253, description="Name of a TrainingJob whose output to use.")
     select: Optional[Literal["latest"]] = Field(
         None, description="Which output of fromTrainingJob: latest = the highest step, then the newest.")
     mountName: Optional[str] = Field(
-        None, description="Directory name under inputDir (default: the Checkpoint's name).")
+        None, max_length=253, description="Directory name under inputDir (default: the Checkpoint's name).")
 
 
 class OutputSpec(ApiModel):
@@ -81,25 +84,30 @@ class PodTemplate(ApiModel):
                       lambda s: bool(s.get("spec", {}).get("containers"))),)
 
     metadata: Optional[dict[str, Any]] = Field(None, description="Labels and annotations of the pods.")
-    spec: dict[str, Any] = Field(description="A PodSpec.")
+    # `containers` is declared so that the CEL rule may read it: the API server hides fields
+    # kept only by x-kubernetes-preserve-unknown-fields from CEL (the rule would not compile).
+    spec: dict[str, Any] = Field(description="A PodSpec.", json_schema_extra={"properties": {"containers": {
+        "type": "array", "description": "Containers of the pod (core/v1 Container).",
+        "items": {"type": "object", "additionalProperties": True}}}})
 
 
 def _absolute(field: str) -> Rule:
     return Rule(f"self.{field}.startsWith('/') && !self.{field}.matches('(^|/)[.][.]?(/|$)') "
-                f"&& (self.{field} == '/' || !self.{field}.endsWith('/'))",
+                f"&& !self.{field}.contains('//') && (self.{field} == '/' || !self.{field}.endsWith('/'))",
                 f"spec.{field} must be an absolute, normalized path (start with /, no '.' or '..', "
-                "no trailing /)",
+                "no // or trailing /)",
                 lambda s: _is_clean_absolute(s.get(field, "/x")), field_path=f".{field}")
 
 
 def _is_clean_absolute(path: str) -> bool:
     parts = path.split("/")
-    return path.startswith("/") and (path == "/" or not path.endswith("/")) and not any(
+    return path.startswith("/") and "//" not in path and (path == "/" or not path.endswith("/")) and not any(
         p in (".", "..") for p in parts)
 
 
 def _not_nested(a: str, b: str) -> bool:
-    return a != b and not a.startswith(b.rstrip("/") + "/") and not b.startswith(a.rstrip("/") + "/")
+    # Exactly the CEL expression (no normalization here: the path rules refuse unnormalized paths).
+    return a != b and not a.startswith(b + "/") and not b.startswith(a + "/")
 
 
 class TrainingJobSpec(ApiModel):
@@ -118,8 +126,12 @@ class TrainingJobSpec(ApiModel):
     )
 
     checkpoints: list[CheckpointRef] = Field(
-        default_factory=list, description="Input checkpoints, each mounted read-only at <inputDir>/<name>.")
-    output: OutputSpec = Field(default_factory=OutputSpec, description="The output volume and its snapshot.")
+        default_factory=list, max_length=MAX_INPUTS, json_schema_extra={"default": []},
+        description="Input checkpoints, each mounted read-only at <inputDir>/<name>.")
+    # The CRD defaults `output` to {} so that the API server fills in its fields' defaults too,
+    # and stores what the model sees.
+    output: OutputSpec = Field(default_factory=OutputSpec, json_schema_extra={"default": {}},
+                               description="The output volume and its snapshot.")
     inputDir: str = Field("/input-checkpoint", description="Where inputs are mounted (CHECKPOINT_INPUT_DIR).")
     outputDir: str = Field("/output-checkpoint", description="Where the code writes checkpoints (CHECKPOINT_OUTPUT_DIR).")
     replicas: int = Field(1, description="Number of pods; more than 1 share one ReadWriteMany output volume.")

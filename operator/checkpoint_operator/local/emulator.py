@@ -50,7 +50,6 @@ import itertools
 import json
 import re
 import secrets
-import string
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any

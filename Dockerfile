@@ -1,0 +1,46 @@
+# syntax=docker/dockerfile:1
+# The operator image. The same image runs the short-lived agent pods that move checkpoint data
+# (`checkpoint-operator agent ...`), so it carries the whole package and nothing else.
+
+ARG PYTHON_IMAGE=python:3.11-slim
+
+# --- builder: a wheel of the project, installed with its dependencies into a venv -------------
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+# Dependencies first, from the metadata only, so that code changes keep this layer cached.
+COPY pyproject.toml README.md ./
+RUN mkdir -p operator/checkpoint_operator \
+    && touch operator/checkpoint_operator/__init__.py \
+    && pip install . \
+    && pip uninstall --yes checkpoint-operator
+COPY operator ./operator
+RUN pip wheel --no-deps --wheel-dir /wheels . \
+    && pip install --no-deps /wheels/*.whl \
+    # bytecode now: at run time the root filesystem is read-only and PYTHONDONTWRITEBYTECODE is set
+    && python -m compileall -q /opt/venv/lib \
+    && checkpoint-operator --help > /dev/null
+
+# --- final: python slim, the venv, a numeric non-root user ----------------------------------
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="checkpoint-operator" \
+      org.opencontainers.image.description="Kubernetes operator that makes ML training checkpoints immutable cluster objects" \
+      org.opencontainers.image.source="https://github.com/ckpt-dev/checkpoint-operator" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=builder /opt/venv /opt/venv
+# Nothing is written outside /tmp (an emptyDir in the chart), so the root filesystem can be
+# read-only: HOME points there, and Python writes no bytecode.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp \
+    TMPDIR=/tmp
+WORKDIR /tmp
+USER 65532:65532
+EXPOSE 8080 8081
+ENTRYPOINT ["checkpoint-operator"]
+CMD ["run"]

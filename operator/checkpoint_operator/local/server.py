@@ -1,0 +1,271 @@
+"""Run the emulated API and the kopf operator outside pytest, each in its own thread and event loop.
+
+Used by local mode (``checkpoint-operator local run``) and by the integration-test fixtures.
+
+kmock's pytest plugin starts its emulator as ``async with Emulator() as kmock, kmock.Server(kmock)``.
+``EmulatorServer`` does the same first half (entering the handler, which starts kmock's background
+machinery and makes it answer errors as Kubernetes Status objects) but serves it with aiohttp's own
+``ServerRunner`` instead of ``kmock.Server``: that one also installs a process-wide interceptor of
+aiohttp's DNS resolver, which is not needed for a client given a plain ``http://127.0.0.1:PORT``
+URL and raises when two servers in different threads stop out of order.
+
+kopf runs in its own thread and loop: ``kopf.operator()`` cancels every other task of its loop when
+it exits, and in pytest-asyncio's loop it hangs at teardown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import json
+import logging
+import os
+import threading
+import time
+import urllib.request
+import weakref
+from collections.abc import Callable, Collection
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp.web
+
+from checkpoint_operator.local.emulator import Emulator, dumps_state
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+STATE_FILE_NAME = "api-objects.json"
+SAVE_INTERVAL = 0.5  # seconds between saves of a changed state in local mode
+
+
+class EmulatorServer:
+    """The emulator served over HTTP on 127.0.0.1 (a free port unless ``port`` is given).
+
+    ``state_dir``: when given, objects are loaded from ``<state_dir>/api-objects.json`` at start and
+    saved there (atomically) shortly after every change and at stop, so the next local run sees them.
+    """
+
+    def __init__(self, emulator: Emulator | None = None, *, state_dir: str | os.PathLike | None = None,
+                 port: int = 0) -> None:
+        self.emulator = emulator if emulator is not None else Emulator()
+        self.state_file = Path(state_dir) / STATE_FILE_NAME if state_dir is not None else None
+        self._port = port
+        self._url: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._dirty = False
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT`` (no trailing slash)."""
+        if self._url is None:
+            raise RuntimeError("the emulator server is not running")
+        return self._url
+
+    def start(self, timeout: float = 10) -> str:
+        """Start serving in a daemon thread; return the base URL."""
+        if self._thread is not None:
+            raise RuntimeError("the emulator server can be started only once")
+        if self.state_file is not None and self.state_file.exists():
+            self.emulator.import_state(json.loads(self.state_file.read_text()))
+        if self.state_file is not None:
+            self.emulator.on_change = self._mark_dirty
+        self._thread = threading.Thread(target=self._thread_main, name="k8s-emulator", daemon=True)
+        self._thread.start()
+        if not self._started.wait(timeout) or self._error is not None:
+            raise RuntimeError(f"the emulator server did not start: {self._error!r}")
+        return self.url
+
+    def stop(self, timeout: float = 10) -> None:
+        """Stop serving (open watch streams are cut), save the state, join the thread."""
+        if self._thread is None or self._loop is None or self._stopping is None:
+            return
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stopping.set)
+            self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise RuntimeError("the emulator server did not stop in time")
+        self._thread = None
+
+    def call(self, fn: Callable[[], T], timeout: float = 10) -> T:
+        """Run ``fn()`` in the server's event loop (the safe way to read or change emulator state)."""
+        assert self._loop is not None
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+                future.set_exception(exc)
+
+        self._loop.call_soon_threadsafe(run)
+        return future.result(timeout)
+
+    def __enter__(self) -> "EmulatorServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- in the server thread ---------------------------------------------------------------------
+
+    def _thread_main(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:  # noqa: BLE001 - reported by start()
+            self._error = exc
+            logger.exception("the emulated Kubernetes API failed")
+        finally:
+            self._started.set()
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        async with self.emulator:
+            runner = aiohttp.web.ServerRunner(
+                aiohttp.web.Server(self.emulator, handler_cancellation=True), shutdown_timeout=0.5)
+            await runner.setup()
+            site = aiohttp.web.TCPSite(runner, "127.0.0.1", self._port)
+            await site.start()
+            host, port = runner.addresses[0][:2]
+            self._url = f"http://{host}:{port}"
+            saver = asyncio.create_task(self._save_when_changed())
+            self._started.set()
+            try:
+                await self._stopping.wait()
+            finally:
+                saver.cancel()
+                await runner.cleanup()
+                self._save_state()
+
+    def _mark_dirty(self) -> None:
+        self._dirty = True
+
+    async def _save_when_changed(self) -> None:
+        while True:
+            await asyncio.sleep(SAVE_INTERVAL)
+            if self._dirty:
+                self._save_state()
+
+    def _save_state(self) -> None:
+        if self.state_file is None:
+            return
+        self._dirty = False
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.state_file.with_suffix(".json.partial")
+        partial.write_text(dumps_state(self.emulator.export_state()))
+        partial.replace(self.state_file)
+
+
+def open_watches(server_url: str) -> list[dict[str, Any]]:
+    """The watch streams open on an ``Emulator`` (its ``/_emulator/watches`` extension)."""
+    with urllib.request.urlopen(f"{server_url}/_emulator/watches", timeout=5) as response:
+        return json.loads(response.read())["watches"]
+
+
+# --- kopf in its own thread --------------------------------------------------------------------------
+
+# The API server of the kopf run in the current thread; read by the login handler (kopf copies the
+# context into its tasks), so one registry can serve several successive or parallel runs.
+_LOCAL_API_URL: contextvars.ContextVar[str] = contextvars.ContextVar("checkpoint_operator_local_api_url")
+_REGISTRIES_WITH_LOGIN: "weakref.WeakSet[Any]" = weakref.WeakSet()
+LOGIN_HANDLER_ID = "checkpoint-operator-local-api"
+
+
+def _ensure_local_login(registry: Any) -> None:
+    """Give ``registry`` (once) a login handler that connects to this run's emulator.
+
+    With any login handler registered, kopf does not fall back to its default ones, which would read
+    the user's kubeconfig and could reach a real cluster from local mode.
+    """
+    import kopf
+
+    if registry in _REGISTRIES_WITH_LOGIN:
+        return
+
+    async def login_to_local_api(**_: Any) -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(server=_LOCAL_API_URL.get(), insecure=True)
+
+    kopf.on.login(registry=registry, id=LOGIN_HANDLER_ID)(login_to_local_api)
+    _REGISTRIES_WITH_LOGIN.add(registry)
+
+
+class KopfHandle:
+    """A kopf operator running in its own thread; ``stop()`` ends it."""
+
+    def __init__(self, thread: threading.Thread, stop_flag: threading.Event) -> None:
+        self.thread = thread
+        self._stop_flag = stop_flag
+        self.error: BaseException | None = None
+
+    def stop(self, timeout: float = 15) -> None:
+        self._stop_flag.set()
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            raise RuntimeError("the kopf operator did not stop in time")
+        if self.error is not None:
+            raise RuntimeError("the kopf operator failed") from self.error
+
+    def __enter__(self) -> "KopfHandle":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def run_kopf_in_thread(registry: Any, settings: Any, namespaces: Collection[str], server_url: str, *,
+                       memo: Any = None, ready_timeout: float = 30, settle: float = 0.3) -> KopfHandle:
+    """Run ``kopf.operator(registry, settings)`` against ``server_url``, return once it watches.
+
+    ``namespaces`` empty means cluster-wide. Returns after kopf reported readiness and its watch
+    streams on the emulator have been open and unchanged for ``settle`` seconds.
+    """
+    import kopf
+
+    _ensure_local_login(registry)
+    stop_flag, ready_flag = threading.Event(), threading.Event()
+    handle: KopfHandle
+
+    def thread_main() -> None:
+        _LOCAL_API_URL.set(server_url)
+        try:
+            asyncio.run(kopf.operator(
+                registry=registry, settings=settings, standalone=True,
+                namespaces=list(namespaces), clusterwide=not namespaces,
+                stop_flag=stop_flag, ready_flag=ready_flag, memo=memo))
+        except BaseException as exc:  # noqa: BLE001 - reported by stop()
+            handle.error = exc
+            logger.exception("the kopf operator failed")
+        finally:
+            ready_flag.set()
+
+    thread = threading.Thread(target=thread_main, name="kopf-operator", daemon=True)
+    handle = KopfHandle(thread, stop_flag)
+    thread.start()
+    if not ready_flag.wait(ready_timeout) or handle.error is not None:
+        handle.stop()
+        raise RuntimeError("the kopf operator did not become ready")
+    _wait_for_kopf_watches(server_url, ready_timeout, settle)
+    return handle
+
+
+def _wait_for_kopf_watches(server_url: str, timeout: float, settle: float) -> None:
+    deadline = time.monotonic() + timeout
+    seen: list[Any] = []
+    stable_since = time.monotonic()
+    while time.monotonic() < deadline:
+        current = sorted((w["resource"], w["namespace"] or "") for w in open_watches(server_url)
+                         if w["user_agent"].startswith("kopf/"))
+        if current != seen:
+            seen, stable_since = current, time.monotonic()
+        elif current and time.monotonic() - stable_since >= settle:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"kopf opened no watch stream on {server_url} within {timeout} s")

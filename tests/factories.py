@@ -1,0 +1,48 @@
+"""Small builders of API objects for unit tests (plain dicts, as the API returns them)."""
+
+from __future__ import annotations
+
+import itertools
+
+_uids = itertools.count(1)
+
+
+def uid() -> str:
+    return f"00000000-0000-0000-0000-{next(_uids):012d}"
+
+
+def checkpoint(name: str, *, phase: str = "Ready", step: int | None = None, produced_by: str | None = None,
+               created: str = "2026-01-01T00:00:00Z", deleting: bool = False, claim: str = "data",
+               path: str | None = None, used_by: list | None = None) -> dict:
+    status: dict = {"phase": phase, "digest": f"sha256:{name}",
+                    "location": {"volume": {"claimName": claim, "path": path or name}}}
+    if step is not None:
+        status["step"] = step
+    if produced_by:
+        status["producedBy"] = {"name": produced_by, "uid": "u-" + produced_by}
+    if used_by is not None:
+        status["usedBy"] = used_by
+    meta = {"name": name, "namespace": "default", "uid": uid(), "creationTimestamp": created, "resourceVersion": "1"}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-02T00:00:00Z"
+    return {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint", "metadata": meta,
+            "spec": {"source": {"volume": {"claimName": claim, "path": "/"}}}, "status": status}
+
+
+def training_job(name: str = "train", *, phase: str | None = None, checkpoints: list | None = None,
+                 output: dict | None = None, replicas: int = 1, containers: list | None = None,
+                 volumes: list | None = None, **spec_fields) -> dict:
+    spec = {"checkpoints": checkpoints or [], "output": {"enabled": True, "size": "10Gi", "layout": "auto",
+                                                         **(output or {})},
+            "inputDir": "/input-checkpoint", "outputDir": "/output-checkpoint", "replicas": replicas,
+            "template": {"spec": {"containers": containers or [
+                {"name": "trainer", "image": "python:3.11", "command": ["python", "train.py"]}]}}, **spec_fields}
+    if volumes:
+        spec["template"]["spec"]["volumes"] = volumes
+    obj = {"apiVersion": "ckpt.dev/v1alpha1", "kind": "TrainingJob",
+           "metadata": {"name": name, "namespace": "default", "uid": "u-" + name, "generation": 1,
+                        "resourceVersion": "1"},
+           "spec": spec}
+    if phase:
+        obj["status"] = {"phase": phase}
+    return obj

@@ -1,0 +1,132 @@
+import pytest
+
+from checkpoint_operator.config import OperatorConfig
+from checkpoint_operator.logic import workload
+from checkpoint_operator.logic.inputs import ResolvedInput
+from factories import training_job
+
+CONFIG = OperatorConfig()
+
+
+def _input(name, path=None, claim="data", items=None):
+    location = {"volume": {"claimName": claim, "path": path or name}}
+    if items:
+        location["volume"]["items"] = items
+    return ResolvedInput(name=name, uid="u-" + name, digest="sha256:x", mount_name=name, location=location)
+
+
+def _env(container):
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def test_job_gets_inputs_read_only_output_and_the_env_contract_in_every_container():
+    tj = training_job(containers=[{"name": "a", "image": "x"}, {"name": "b", "image": "y"}])
+    built = workload.build_job(tj, [_input("base", path="models/base"), _input("other", claim="data2")], CONFIG)
+    pod = built.job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    for container in pod["containers"]:
+        env = _env(container)
+        assert env["CHECKPOINT_INPUT_DIR"] == env["FLEXAI_INPUT_CHECKPOINT_DIR"] == "/input-checkpoint"
+        assert env["CHECKPOINT_OUTPUT_DIR"] == env["FLEXAI_OUTPUT_CHECKPOINT_DIR"] == "/output-checkpoint"
+        assert env["CHECKPOINT_INPUT_PATH"] == env["ML_CHECKPOINT_PATH"] == "/input-checkpoint/base"
+        assert env["CHECKPOINT_INPUT_NAMES"] == "base,other"
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        assert mounts["/input-checkpoint/base"]["readOnly"] is True
+        assert mounts["/input-checkpoint/base"]["subPath"] == "models/base"
+        assert mounts["/input-checkpoint/other"]["readOnly"] is True
+        assert "readOnly" not in mounts["/output-checkpoint"]
+    claims = {v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"] for v in pod["volumes"]}
+    assert claims["data"]["readOnly"] and claims["data2"]["readOnly"]
+    assert claims["train-output"].get("readOnly") is not True
+    assert built.job["metadata"]["ownerReferences"][0]["uid"] == "u-train"
+
+
+def test_root_file_checkpoints_mount_file_by_file():
+    built = workload.build_job(training_job(), [_input("final", path=".", items=["config.json", "model.safetensors"])],
+                               CONFIG)
+    mounts = {m["mountPath"]: m for m in built.job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
+    assert mounts["/input-checkpoint/final/config.json"]["subPath"] == "config.json"
+    assert mounts["/input-checkpoint/final/model.safetensors"]["readOnly"] is True
+    assert "/input-checkpoint/final" not in mounts
+
+
+def test_operator_env_wins_and_each_conflict_is_reported():
+    tj = training_job(containers=[{"name": "t", "image": "x", "env": [
+        {"name": "CHECKPOINT_OUTPUT_DIR", "value": "/elsewhere"}, {"name": "KEEP", "value": "1"}]}])
+    built = workload.build_job(tj, [], CONFIG)
+    env = _env(built.job["spec"]["template"]["spec"]["containers"][0])
+    assert env["CHECKPOINT_OUTPUT_DIR"] == "/output-checkpoint" and env["KEEP"] == "1"
+    assert len(built.warnings) == 1 and "CHECKPOINT_OUTPUT_DIR" in built.warnings[0]
+    assert "CHECKPOINT_INPUT_PATH" not in env  # no inputs, no input path
+
+
+@pytest.mark.parametrize("mount_path", ["/output-checkpoint", "/output-checkpoint/logs", "/input-checkpoint/x"])
+def test_user_mount_at_or_inside_operator_dirs_is_refused(mount_path):
+    tj = training_job(containers=[{"name": "t", "image": "x",
+                                   "volumeMounts": [{"name": "scratch", "mountPath": mount_path}]}],
+                      volumes=[{"name": "scratch", "emptyDir": {}}])
+    with pytest.raises(workload.InvalidSpec, match="volumeMounts 'scratch'"):
+        workload.build_job(tj, [], CONFIG)
+
+
+def test_user_mount_beside_operator_dirs_is_fine():
+    tj = training_job(containers=[{"name": "t", "image": "x",
+                                   "volumeMounts": [{"name": "scratch", "mountPath": "/output-checkpoint-2"}]}],
+                      volumes=[{"name": "scratch", "emptyDir": {}}])
+    workload.build_job(tj, [], CONFIG)
+
+
+def test_reserved_volume_names_are_refused():
+    tj = training_job(volumes=[{"name": "ckpt-output", "emptyDir": {}}])
+    with pytest.raises(workload.InvalidSpec, match="reserved"):
+        workload.build_job(tj, [], CONFIG)
+
+
+def test_replicas_make_an_indexed_job_and_a_shared_volume():
+    tj = training_job(replicas=4, backoffLimit=2, activeDeadlineSeconds=600)
+    job = workload.build_job(tj, [], CONFIG).job["spec"]
+    assert (job["completions"], job["parallelism"], job["completionMode"]) == (4, 4, "Indexed")
+    assert (job["backoffLimit"], job["activeDeadlineSeconds"]) == (2, 600)
+    assert workload.build_output_claim(tj, CONFIG)["spec"]["accessModes"] == ["ReadWriteMany"]
+    single = training_job()
+    assert "completionMode" not in workload.build_job(single, [], CONFIG).job["spec"]
+    assert workload.build_output_claim(single, CONFIG)["spec"]["accessModes"] == ["ReadWriteOnce"]
+
+
+def test_output_claim_size_and_class():
+    tj = training_job(output={"size": "50Gi", "storageClassName": "fast"})
+    claim = workload.build_output_claim(tj, OperatorConfig(default_storage_class="slow"))
+    assert claim["spec"]["resources"]["requests"]["storage"] == "50Gi"
+    assert claim["spec"]["storageClassName"] == "fast"
+    assert workload.build_output_claim(training_job(), OperatorConfig(default_storage_class="slow"))[
+        "spec"]["storageClassName"] == "slow"
+
+
+def test_long_job_names_fit_the_label_limit():
+    tj = training_job("x" * 200)
+    assert len(workload.build_job(tj, [], CONFIG).job["metadata"]["name"]) <= 63
+
+
+def test_snapshot_pod_mounts_the_output_read_only_and_runs_the_agent_scan():
+    pod = workload.build_snapshot_pod(training_job(output={"layout": "directories"}), CONFIG)
+    container = pod["spec"]["containers"][0]
+    assert container["command"][:3] == ["checkpoint-operator", "agent", "scan"]
+    assert "--json" in container["command"] and "directories" in container["command"]
+    assert container["volumeMounts"][0]["readOnly"] is True
+    assert pod["spec"]["volumes"][0]["persistentVolumeClaim"]["readOnly"] is True
+    assert container["image"] == CONFIG.agent_image
+
+
+def test_s3_store_downloads_inputs_in_an_init_container():
+    config = OperatorConfig(storage_type="s3", s3_bucket="b", s3_endpoint="http://s3:9000", s3_secret_name="creds")
+    tj = training_job()
+    inp = ResolvedInput(name="base", uid="u", digest=None, mount_name="base",
+                        location={"s3": {"uri": "s3://b/ckpt/default/base/"}})
+    pod = workload.build_job(tj, [inp], config).job["spec"]["template"]["spec"]
+    init = pod["initContainers"][0]
+    assert "agent download s3://b/ckpt/default/base/" in init["command"][-1]
+    env = {e["name"]: e for e in init["env"]}
+    assert env["AWS_ENDPOINT_URL"]["value"] == "http://s3:9000"
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "creds"
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == "/input-checkpoint/base")
+    assert mount["readOnly"] is True and mount["subPath"] == "base"
