@@ -23,6 +23,18 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     scan.add_argument("--workers", type=int, default=None, help="hashing threads (default: number of cores)")
     scan.set_defaults(func=lambda a: _call("scan", a))
 
+    snap = cmds.add_parser("snapshot", help="scan an output directory and upload each checkpoint (s3 store)",
+                           description="Scan DIR like `scan`, upload every checkpoint found under --upload-to "
+                                       "(manifest last), and print the scan JSON plus the uploaded URIs.")
+    snap.add_argument("dir")
+    snap.add_argument("--upload-to", required=True, metavar="S3_PREFIX", help="s3://bucket/prefix/ for this output")
+    snap.add_argument("--layout", choices=["auto", "directories", "files"], default="auto")
+    snap.add_argument("--single", action="store_true", help="DIR itself is one checkpoint (uploaded to S3_PREFIX)")
+    snap.add_argument("--json", action="store_true", help="accepted for symmetry with scan; output is always JSON")
+    snap.add_argument("--concurrency", type=int, default=None, help="parallel transfers")
+    snap.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
+    snap.set_defaults(func=lambda a: _call("snapshot", a))
+
     upload = cmds.add_parser("upload", help="upload a checkpoint directory to s3://bucket/prefix/",
                              description="Upload DIR to an S3 prefix; the manifest is written last as the commit marker.")
     upload.add_argument("dir")

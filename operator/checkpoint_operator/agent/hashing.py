@@ -11,13 +11,14 @@ import hashlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
-# Large reads keep the syscall and Python-loop cost negligible next to hashing (measured:
-# 8 MiB reads hash at the in-memory rate; 256 KiB reads, hashlib.file_digest's default in
-# 3.11, lose a few percent), and stay small enough for many threads.
-READ_SIZE = 8 << 20
+# Each read is copied by the kernel into the buffer and then read again by sha256: a buffer
+# that stays in the core's L2 cache makes the second read cheap. Measured on a 2-core EPYC
+# (1 MiB L2 per core, warm page cache, two files hashed at once): 256 KiB-1 MiB reads reach
+# 0.86-0.90 of the in-memory sha256 rate, 8 MiB reads 0.84, hashlib.file_digest (256 KiB,
+# buffered file object) 0.88. 1 MiB also keeps the syscall count low on network volumes.
+READ_SIZE = 1 << 20
 
 PathLike = Union[str, os.PathLike]
 
@@ -89,8 +90,3 @@ def hash_files(paths: Sequence[PathLike], workers: Optional[int] = None,
             for _ in pool.map(one, order):
                 pass
     return results  # type: ignore[return-value]
-
-
-def sha256_path(path: Path) -> str:
-    """Hex sha256 of one file (convenience for callers that do not need the size)."""
-    return sha256_file(path)[1]

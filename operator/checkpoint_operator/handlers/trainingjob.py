@@ -32,6 +32,7 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
         tj = ctx.kube.get(TRAINING_JOBS, namespace, name)
         if tj is None or is_deleting(tj):
             return
+        tj = with_defaults(tj)
         phase = tj.get("status", {}).get("phase") or "Pending"
         metrics.PHASES.observe("TrainingJob", tj["metadata"]["uid"], phase)
         step = steps.get(phase)
@@ -40,6 +41,16 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
             return
         if not step(ctx, tj):
             return
+
+
+def with_defaults(tj: dict) -> dict:
+    """The spec with the CRD's defaults filled in, as the API server would have done (an API
+    without schema defaulting, such as local mode's, gives it as written). An invalid spec is
+    left as it is for `start` to refuse."""
+    try:
+        return {**tj, "spec": TrainingJobSpec.model_validate(tj["spec"]).to_wire()}
+    except pydantic.ValidationError:
+        return tj
 
 
 # --- status helpers -------------------------------------------------------------------------------

@@ -307,7 +307,7 @@ class Emulator(kmock.KubernetesEmulator):
 
     _resource_versions: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
     _current_rv: int = attrs.field(default=0, init=False)
-    _pod_logs: dict[tuple[str, str], str] = attrs.field(factory=dict, init=False)
+    _pod_logs: dict[tuple[str, str, str], str] = attrs.field(factory=dict, init=False)
     _responses: dict[int, dict[str, Any]] = attrs.field(factory=dict, init=False)
     open_watches: list[OpenWatch] = attrs.field(factory=list, init=False)
     # Called (without arguments, in the server's loop) after every change; local mode saves state.
@@ -517,7 +517,8 @@ class Emulator(kmock.KubernetesEmulator):
     async def _remove(self, key: ObjectKey, last: dict[str, Any]) -> None:
         self._objects[key].delete()
         if key[0] == PODS:
-            self._pod_logs.pop((key[1], key[2]), None)
+            for log_key in [k for k in self._pod_logs if k[:2] == (key[1], key[2])]:
+                del self._pod_logs[log_key]
         await self._publish(key[0], "DELETED", last)
 
     async def _orphan_dependents(self, owner: Mapping[str, Any]) -> None:
@@ -600,21 +601,29 @@ class Emulator(kmock.KubernetesEmulator):
 
     def _serve_pod_log(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         key = (PODS, request.namespace, request.name)
-        if self._live(key) is None:
-            status = self._object_not_found(key)
-            return aiohttp.web.json_response(self._status_body(status), status=404)
+        pod = self._live(key)
+        if pod is None:
+            return aiohttp.web.json_response(self._status_body(self._object_not_found(key)), status=404)
+        container = request.params.get("container") or _default_container(pod)
         if request.method == kmock.method.PUT:
-            self.set_pod_log(request.namespace, request.name, request.text)
+            self.set_pod_log(request.namespace, request.name, request.text, container=container)
             return aiohttp.web.Response(status=204)
-        return aiohttp.web.Response(text=self._pod_logs.get((request.namespace, request.name), ""),
+        return aiohttp.web.Response(text=self.pod_log(request.namespace, request.name, container),
                                     content_type="text/plain")
 
-    def set_pod_log(self, namespace: str, name: str, text: str) -> None:
-        """Replace a pod's log (what ``GET .../pods/NAME/log`` serves)."""
-        self._pod_logs[(namespace, name)] = text
+    def set_pod_log(self, namespace: str, name: str, text: str, container: str | None = None) -> None:
+        """Replace the log of one container of a pod (what ``GET .../pods/NAME/log`` serves).
 
-    def pod_log(self, namespace: str, name: str) -> str:
-        return self._pod_logs.get((namespace, name), "")
+        Without ``container``: the pod's first container, as ``kubectl logs POD`` picks by default.
+        """
+        pod = self._live((PODS, namespace, name))
+        container = container or (_default_container(pod) if pod else None) or ""
+        self._pod_logs[(namespace, name, container)] = text
+
+    def pod_log(self, namespace: str, name: str, container: str | None = None) -> str:
+        pod = self._live((PODS, namespace, name))
+        container = container or (_default_container(pod) if pod else None) or ""
+        return self._pod_logs.get((namespace, name, container), "")
 
     # -- extensions -------------------------------------------------------------------------------
 
@@ -637,7 +646,8 @@ class Emulator(kmock.KubernetesEmulator):
             "resources": {key: {k: sorted(v) if isinstance(v, set) else v for k, v in info.items()}
                           for key, info in crds.items()},
             "objects": objects,
-            "podLogs": [{"namespace": ns, "name": name, "text": text} for (ns, name), text in self._pod_logs.items()],
+            "podLogs": [{"namespace": ns, "name": name, "container": container, "text": text}
+                        for (ns, name, container), text in self._pod_logs.items()],
         }
 
     def import_state(self, state: Mapping[str, Any]) -> None:
@@ -650,7 +660,7 @@ class Emulator(kmock.KubernetesEmulator):
             meta = obj["metadata"]
             self._objects[(resource, meta.get("namespace"), meta["name"])] = obj
         for log in state.get("podLogs", []):
-            self._pod_logs[(log["namespace"], log["name"])] = log["text"]
+            self._pod_logs[(log["namespace"], log["name"], log.get("container", ""))] = log["text"]
         rv = int(state.get("resourceVersion", 0))
         self._current_rv = max(self._current_rv, rv)
         self._resource_versions = itertools.count(self._current_rv + 1)
@@ -694,6 +704,11 @@ class Emulator(kmock.KubernetesEmulator):
 
     async def _publish(self, resource: Resource, event_type: str, obj: Mapping[str, Any]) -> None:
         await self._buses[resource].put({"type": event_type, "object": copy.deepcopy(dict(obj))})
+
+
+def _default_container(pod: Mapping[str, Any]) -> str | None:
+    containers = pod.get("spec", {}).get("containers") or []
+    return containers[0].get("name") if containers else None
 
 
 def _merge_patch(current: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:

@@ -269,3 +269,123 @@ def _wait_for_kopf_watches(server_url: str, timeout: float, settle: float) -> No
             return
         time.sleep(0.05)
     raise RuntimeError(f"kopf opened no watch stream on {server_url} within {timeout} s")
+
+
+# --- a small client of the API ------------------------------------------------------------------------
+
+class ApiError(Exception):
+    """A non-2xx answer of the API; ``status`` is the HTTP status, ``body`` the Status object (or text)."""
+
+    def __init__(self, status: int, body: Any, method: str, path: str) -> None:
+        reason = body.get("reason") if isinstance(body, dict) else None
+        message = body.get("message") if isinstance(body, dict) else str(body)[:200]
+        super().__init__(f"{method} {path}: {status} {reason or ''} {message or ''}".strip())
+        self.status = status
+        self.body = body
+        self.reason = reason
+
+
+def resource_path(resource: str, namespace: str | None = None, name: str | None = None,
+                  subresource: str | None = None) -> str:
+    """``resource_path("batch/v1/jobs", "ns", "j")`` -> ``/apis/batch/v1/namespaces/ns/jobs/j``.
+
+    ``resource`` is ``[group/]version/plural``: ``v1/pods``, ``batch/v1/jobs``, ``ckpt.dev/v1alpha1/checkpoints``.
+    """
+    *api_version, plural = resource.split("/")
+    path = "/api/v1" if api_version == ["v1"] else "/apis/" + "/".join(api_version)
+    if namespace is not None:
+        path += f"/namespaces/{namespace}"
+    path += f"/{plural}"
+    if name is not None:
+        path += f"/{name}"
+    if subresource is not None:
+        path += f"/{subresource}"
+    return path
+
+
+class ApiClient:
+    """A small asyncio client of a Kubernetes API (aiohttp); enough for the local cluster and tests.
+
+    Create and use it inside one event loop; ``await client.close()`` (or ``async with``) at the end.
+    """
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> "ApiClient":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def request(self, method: str, path: str, *, json_body: Any = None, params: dict | None = None,
+                      content_type: str = "application/json", text: str | None = None) -> Any:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        data = text.encode() if text is not None else (json.dumps(json_body).encode() if json_body is not None else None)
+        headers = {"Content-Type": "text/plain" if text is not None else content_type}
+        async with self._session.request(method, self.base_url + path, data=data, params=params,
+                                         headers=headers) as response:
+            raw = await response.read()
+            is_json = response.content_type == "application/json"
+            body = json.loads(raw) if is_json and raw else raw.decode(errors="replace")
+            if response.status >= 400:
+                raise ApiError(response.status, body, method, path)
+            return body
+
+    async def get(self, resource: str, namespace: str | None, name: str) -> dict | None:
+        """The object, or None when it does not exist."""
+        try:
+            return await self.request("GET", resource_path(resource, namespace, name))
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def list(self, resource: str, namespace: str | None = None, *, label_selector: str | None = None) -> list[dict]:
+        params = {"labelSelector": label_selector} if label_selector else None
+        return (await self.request("GET", resource_path(resource, namespace), params=params))["items"]
+
+    async def create(self, resource: str, namespace: str | None, body: dict) -> dict:
+        return await self.request("POST", resource_path(resource, namespace), json_body=body)
+
+    async def patch(self, resource: str, namespace: str | None, name: str, body: Any, *,
+                    subresource: str | None = None) -> dict:
+        """A JSON merge patch (a dict body) or a JSON patch (a list body)."""
+        content_type = "application/json-patch+json" if isinstance(body, list) else "application/merge-patch+json"
+        return await self.request("PATCH", resource_path(resource, namespace, name, subresource),
+                                  json_body=body, content_type=content_type)
+
+    async def replace(self, resource: str, namespace: str | None, name: str, body: dict, *,
+                      subresource: str | None = None) -> dict:
+        return await self.request("PUT", resource_path(resource, namespace, name, subresource), json_body=body)
+
+    async def delete(self, resource: str, namespace: str | None, name: str, *,
+                     propagation_policy: str | None = "Background", preconditions: dict | None = None) -> dict | None:
+        """Delete; None when the object was already gone."""
+        options: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions"}
+        if propagation_policy:
+            options["propagationPolicy"] = propagation_policy
+        if preconditions:
+            options["preconditions"] = preconditions
+        try:
+            return await self.request("DELETE", resource_path(resource, namespace, name), json_body=options)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def read_log(self, namespace: str, name: str, container: str | None = None) -> str:
+        params = {"container": container} if container else None
+        return await self.request("GET", resource_path("v1/pods", namespace, name, "log"), params=params)
+
+    async def write_log(self, namespace: str, name: str, container: str, text: str) -> None:
+        """Set a container's log (an extension of the emulator, used by the local kubelet)."""
+        await self.request("PUT", resource_path("v1/pods", namespace, name, "log"),
+                           params={"container": container}, text=text)

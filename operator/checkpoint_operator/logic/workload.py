@@ -265,9 +265,11 @@ def snapshot_upload_prefix(tj: dict, config: OperatorConfig) -> str:
 def build_snapshot_pod(tj: dict, config: OperatorConfig) -> dict:
     """The pod that scans the output volume (read-only) and prints the checkpoints as JSON."""
     layout = tj["spec"].get("output", {}).get("layout", "auto")
-    command = ["checkpoint-operator", "agent", "scan", AGENT_OUTPUT_MOUNT, "--layout", layout, "--json"]
     if config.storage_type == "s3":
-        command += ["--upload-to", snapshot_upload_prefix(tj, config)]
+        command = ["checkpoint-operator", "agent", "snapshot", AGENT_OUTPUT_MOUNT, "--layout", layout,
+                   "--upload-to", snapshot_upload_prefix(tj, config)]
+    else:
+        command = ["checkpoint-operator", "agent", "scan", AGENT_OUTPUT_MOUNT, "--layout", layout, "--json"]
     container = agent_container("snapshot", command, config,
                                 mounts=[{"name": OUTPUT_VOLUME, "mountPath": AGENT_OUTPUT_MOUNT, "readOnly": True}])
     return {"metadata": {"name": snapshot_pod_name(tj), "namespace": tj["metadata"]["namespace"],
@@ -295,3 +297,78 @@ def build_volume_scan_pod(checkpoint: dict, config: OperatorConfig) -> dict:
             "spec": {"restartPolicy": "Never", "containers": [container],
                      "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": source["claimName"],
                                                                             "readOnly": True}}]}}
+
+
+# --- imports (Checkpoints with source.s3 / source.http) ------------------------------------------
+
+IMPORT_SIZE_ANNOTATION = "ckpt.dev/volume-size"
+IMPORT_DIR = "data"
+
+
+def import_claim_name(checkpoint: dict) -> str:
+    return child_name(checkpoint["metadata"]["name"], "data")
+
+
+def import_upload_prefix(checkpoint: dict, config: OperatorConfig) -> str:
+    meta = checkpoint["metadata"]
+    parts = [p for p in (config.s3_prefix.strip("/"), meta["namespace"], f"{meta['name']}-{meta['uid'][:8]}") if p]
+    return f"s3://{config.s3_bucket}/" + "/".join(parts) + "/"
+
+
+def build_import_claim(checkpoint: dict, config: OperatorConfig) -> dict:
+    meta = checkpoint["metadata"]
+    size = (meta.get("annotations") or {}).get(IMPORT_SIZE_ANNOTATION) or config.default_output_size
+    claim_spec: dict = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}
+    if config.default_storage_class:
+        claim_spec["storageClassName"] = config.default_storage_class
+    return {"metadata": {"name": import_claim_name(checkpoint), "namespace": meta["namespace"],
+                         "labels": {LABEL_MANAGED_BY: MANAGER, LABEL_COMPONENT: "import",
+                                    LABEL_CHECKPOINT: bounded_name(meta["name"], MAX_LABEL_NAME)},
+                         "ownerReferences": [owner_reference(checkpoint)]},
+            "spec": claim_spec}
+
+
+def source_env(source: dict) -> list[dict]:
+    """Credentials and endpoint of an s3 source (its own Secret, else the store's)."""
+    s3 = source.get("s3")
+    if not s3:
+        return []
+    env = []
+    if s3.get("endpoint"):
+        env.append({"name": "AWS_ENDPOINT_URL", "value": s3["endpoint"]})
+    if s3.get("region"):
+        env.append({"name": "AWS_DEFAULT_REGION", "value": s3["region"]})
+    if s3.get("secretRef"):
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": s3["secretRef"]["name"], "key": key}}})
+    return env
+
+
+def build_import_pod(checkpoint: dict, config: OperatorConfig) -> dict:
+    """Volume store: import into the Checkpoint's own PVC, then scan it. s3 store: import into
+    an emptyDir (init container, with the source's credentials), then upload it into the store
+    (with the store's credentials)."""
+    meta, source = checkpoint["metadata"], checkpoint["spec"]["source"]
+    uri = source["s3"]["uri"] if "s3" in source else source["http"]["url"]
+    data = posixpath.join(AGENT_DATA_MOUNT, IMPORT_DIR)
+    import_command = ["checkpoint-operator", "agent", "import", uri, data]
+    labels = {LABEL_MANAGED_BY: MANAGER, LABEL_COMPONENT: "import",
+              LABEL_CHECKPOINT: bounded_name(meta["name"], MAX_LABEL_NAME)}
+    mount = [{"name": "data", "mountPath": AGENT_DATA_MOUNT}]
+    if config.storage_type == "s3":
+        fetch = agent_container("import", import_command, config, mounts=mount)
+        fetch["env"] = source_env(source)  # the source's endpoint and credentials, not the store's
+        if not fetch["env"]:
+            del fetch["env"]
+        upload = agent_container("upload", ["checkpoint-operator", "agent", "snapshot", data, "--single",
+                                            "--upload-to", import_upload_prefix(checkpoint, config)], config, mount)
+        spec = {"initContainers": [fetch], "containers": [upload], "volumes": [{"name": "data", "emptyDir": {}}]}
+    else:
+        fetch = agent_container("import", ["sh", "-c", 'checkpoint-operator agent import "$0" "$1" && '
+                                                        'checkpoint-operator agent scan "$1" --single --json',
+                                           uri, data], config, mounts=mount, env=source_env(source))
+        spec = {"containers": [fetch], "volumes": [{"name": "data", "persistentVolumeClaim": {
+            "claimName": import_claim_name(checkpoint)}}]}
+    return {"metadata": {"name": child_name(meta["name"], "import"), "namespace": meta["namespace"],
+                         "labels": labels, "ownerReferences": [owner_reference(checkpoint)]},
+            "spec": {"restartPolicy": "Never", **spec}}

@@ -1,1 +1,1 @@
-
+"""Where checkpoint bytes live: the volume store (PVCs) and the s3 store."""

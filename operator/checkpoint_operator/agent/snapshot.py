@@ -1,0 +1,55 @@
+"""`agent snapshot`: scan an output directory and upload each checkpoint found (s3 store).
+
+Each checkpoint's manifest object is written last by the upload, so a checkpoint whose upload
+was cut off has no manifest and is never reported. The result is the scan's JSON plus
+`uploads` ({checkpoint path: s3 uri}), printed as one line on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from checkpoint_operator.agent.s3 import AgentError
+from checkpoint_operator.agent.scan import scan_directory
+from checkpoint_operator.agent.upload import upload_dir
+
+
+def upload_uri(prefix: str, path: str, single: bool) -> str:
+    """Where one checkpoint of the output goes. Directories and the root files live in separate
+    sub-prefixes, so no directory name can collide with the root-files checkpoint."""
+    prefix = prefix if prefix.endswith("/") else prefix + "/"
+    if single:
+        return prefix
+    return prefix + ("root/" if path == "." else f"dirs/{path}/")
+
+
+def checkpoint_root(directory: str, path: str, layout: str, single: bool) -> str:
+    """Directory that a checkpoint's file paths are relative to."""
+    return directory if single or path == "." or layout == "files" else os.path.join(directory, path)
+
+
+def snapshot(directory: str, layout: str, upload_to: str, single: bool = False, concurrency=None,
+             endpoint_url=None) -> dict:
+    result = scan_directory(Path(directory), layout=layout, single=single)
+    uploads = {}
+    for manifest in result.checkpoints:
+        uri = upload_uri(upload_to, manifest.path, single)
+        upload_dir(checkpoint_root(directory, manifest.path, layout, single), uri, manifest=manifest,
+                   concurrency=concurrency, endpoint_url=endpoint_url)
+        uploads[manifest.path] = uri
+    return {**result.model_dump(mode="json"), "uploads": uploads}
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        output = snapshot(args.dir, args.layout, args.upload_to, single=args.single,
+                          concurrency=args.concurrency, endpoint_url=args.endpoint_url)
+    except AgentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(output), flush=True)
+    return 0
