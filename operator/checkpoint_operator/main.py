@@ -22,6 +22,7 @@ CHECKPOINTS = (GROUP, VERSION, "checkpoints")
 TRAINING_JOBS = (GROUP, VERSION, "trainingjobs")
 # Timers are declared at import time, so their interval comes from the environment then.
 INTERVAL = OperatorConfig.from_env().reconcile_interval
+RETRY_BACKOFF = max(1.0, INTERVAL * 5)  # after an unexpected error (kopf's default is 60 s)
 
 
 def _ctx(memo: kopf.Memo) -> Context:
@@ -40,19 +41,19 @@ def _guarded(kind: str, fn, *args) -> None:
 
 # --- TrainingJob ---------------------------------------------------------------------------------
 
-@kopf.timer(*TRAINING_JOBS, interval=INTERVAL, when=lambda status, **_: status.get("phase") not in ("Succeeded", "Failed"))
+@kopf.timer(*TRAINING_JOBS, interval=INTERVAL, backoff=RETRY_BACKOFF, when=lambda status, **_: status.get("phase") not in ("Succeeded", "Failed"))
 def reconcile_training_job(namespace: str, name: str, memo: kopf.Memo, **_) -> None:
     _guarded("TrainingJob", trainingjob.reconcile, _ctx(memo), namespace, name)
 
 
-@kopf.on.delete(*TRAINING_JOBS)
+@kopf.on.delete(*TRAINING_JOBS, backoff=RETRY_BACKOFF)
 def release_training_job(body: kopf.Body, memo: kopf.Memo, **_) -> None:
     _guarded("TrainingJob", trainingjob.on_delete, _ctx(memo), dict(body))
 
 
 # --- Checkpoint ----------------------------------------------------------------------------------
 
-@kopf.timer(*CHECKPOINTS, interval=INTERVAL,
+@kopf.timer(*CHECKPOINTS, interval=INTERVAL, backoff=RETRY_BACKOFF,
             when=lambda status, **_: status.get("phase") not in ("Ready", "Failed") or bool(status.get("usedBy")))
 def reconcile_checkpoint(namespace: str, name: str, memo: kopf.Memo, **_) -> None:
     _guarded("Checkpoint", checkpoint.reconcile, _ctx(memo), namespace, name)
@@ -75,6 +76,10 @@ def configure_settings(settings: kopf.OperatorSettings, *, peering_priority: Opt
     if peering_priority is not None:
         settings.peering.priority = peering_priority
     settings.execution.max_workers = 20
+    # A sync timer caught mid-run when deletion starts finishes its pass in well under a
+    # second; check for it often instead of kopf's default of once a minute.
+    settings.background.cancellation_polling = min(INTERVAL, 1.0)
+    settings.background.instant_exit_timeout = 2.0
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
 

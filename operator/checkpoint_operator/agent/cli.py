@@ -58,7 +58,9 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
                                       "archives (.tar, .tar.gz, .tgz, .tar.bz2, .zip) are extracted safely.")
     imp.add_argument("source")
     imp.add_argument("dest")
-    imp.add_argument("--max-size", default=None, help="refuse archives that expand past this size (e.g. 2Ti)")
+    imp.add_argument("--max-size", default=None, help="refuse archives that expand past this size (default 2Ti)")
+    imp.add_argument("--max-files", type=int, default=None,
+                     help="refuse archives with more members than this (default 1000000)")
     imp.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
     imp.set_defaults(func=lambda a: _call("importer", a))
 

@@ -17,6 +17,7 @@ from typing import Iterator, Optional
 
 import boto3
 import botocore.exceptions as bexc
+import botocore.handlers
 from botocore.config import Config
 
 from checkpoint_operator.agent.manifest import MANIFEST_NAME, Manifest
@@ -105,7 +106,11 @@ def make_client(endpoint_url: Optional[str] = None, *, max_pool_connections: int
     with _session_lock:  # boto3 sessions are not thread-safe to create clients from
         session = boto3.session.Session(**_secret_dir_credentials())
         region = region or session.region_name or os.environ.get("CKPT_S3_REGION") or "us-east-1"
-        return session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+        client = session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+    # No `Expect: 100-continue`: it costs a round trip per PUT, and some S3 servers (SeaweedFS
+    # 4.x) answer it in a way that leaves botocore waiting for the read timeout.
+    client.meta.events.unregister("before-call.s3", botocore.handlers.add_expect_header)
+    return client
 
 
 _ACCESS_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",

@@ -30,7 +30,8 @@ from checkpoint_operator.agent.s3 import (
     part_size_for, resolve_endpoint,
 )
 
-# Beside the data while an upload is in progress; removed once the manifest is written.
+# Beside the data: sha256 of the multipart objects (keyed by ETag), which have no room for it
+# in their metadata when it is only known after the last part. Kept, so reruns can skip them.
 JOURNAL_NAME = ".checkpoint-upload-journal.json"
 READ_CHUNK = 8 * 1024 * 1024
 
@@ -193,7 +194,6 @@ class Uploader:
         entries = [FileEntry(path=f.rel, size=f.size, sha256=f.sha256) for f in files]  # type: ignore[arg-type]
         manifest = self._build_manifest(entries)
         self._put_manifest(manifest)
-        self._delete_journal()
         self.result.manifest = manifest
         self.result.seconds = time.monotonic() - started
         r = self.result
@@ -252,12 +252,6 @@ class Uploader:
             body = json.dumps({"version": 1, "files": self.journal}, sort_keys=True).encode()
             self.client.put_object(Bucket=self.prefix.bucket, Key=self.prefix.key + JOURNAL_NAME, Body=body,
                                    ContentType="application/json")
-
-    def _delete_journal(self) -> None:
-        try:
-            self.client.delete_object(Bucket=self.prefix.bucket, Key=self.prefix.key + JOURNAL_NAME)
-        except Exception:  # noqa: BLE001 - a leftover journal is harmless
-            pass
 
     def _remote_sha256(self, f: LocalFile, obj: dict) -> Optional[str]:
         etag = obj.get("ETag", "").strip('"')

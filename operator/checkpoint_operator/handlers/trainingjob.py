@@ -109,8 +109,8 @@ def start(ctx: Context, tj: dict) -> bool:
         return False
 
     # Pin first, then register: a restart between the two finds the same inputs.
-    tj = ctx.kube.patch_status(TRAINING_JOBS, tj["metadata"]["namespace"], tj["metadata"]["name"], {
-        "inputs": [i.pinned() for i in inputs], "inputCount": len(inputs)})
+    tj = with_defaults(ctx.kube.patch_status(TRAINING_JOBS, tj["metadata"]["namespace"], tj["metadata"]["name"], {
+        "inputs": [i.pinned() for i in inputs], "inputCount": len(inputs)}))
     for item in inputs:
         wait = register_user(ctx.kube, tj["metadata"]["namespace"], item.name, item.uid, tj)
         if wait is not None:

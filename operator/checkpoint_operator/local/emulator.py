@@ -51,6 +51,7 @@ import json
 import re
 import secrets
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -316,7 +317,9 @@ class Emulator(kmock.KubernetesEmulator):
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.fallback[kmock.method.PUT] << self._serve_replace
-        self.resources.load_bundled()
+        with warnings.catch_warnings():  # kmock 0.8 reads its bundle with a deprecated importlib call
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.resources.load_bundled()
         for key, info in PROJECT_RESOURCES.items():
             self.resources[key] = info
         self._store_new(NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}})

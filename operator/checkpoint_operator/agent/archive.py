@@ -1,0 +1,277 @@
+"""Safe extraction of checkpoint archives (.tar, .tar.gz/.tgz, .tar.bz2, .zip).
+
+An archive comes from outside the cluster and is treated as hostile. Refused, naming the member:
+absolute paths, `..` components, symlinks and hardlinks whose target leaves the destination,
+device files, fifos and other special members, more than `max_members` members, and more than
+`max_size` bytes once expanded (checked against the declared sizes before any data is
+decompressed, and again while writing). Checks are our own, member by member, in one pass;
+Python's `data` tar filter runs behind them as a second layer, and a last pass checks every
+symlink left in the tree by where it really resolves.
+
+The caller extracts into an empty staging directory and removes it on any error, so a refused
+archive leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import shutil
+import stat
+import tarfile
+import zipfile
+from typing import Optional
+
+from checkpoint_operator.agent.s3 import AgentError
+
+DEFAULT_MAX_SIZE = 2 * 1024 ** 4  # 2 TiB
+DEFAULT_MAX_MEMBERS = 1_000_000
+COPY_CHUNK = 8 * 1024 * 1024
+
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar", ".zip")
+
+
+def archive_kind(name: str) -> Optional[str]:
+    """'tar' or 'zip' from the file name, or None when it is not an archive we extract."""
+    lower = name.lower()
+    if lower.endswith(".zip"):
+        return "zip"
+    if lower.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2")):
+        return "tar"
+    return None
+
+
+class UnsafeArchive(AgentError):
+    pass
+
+
+def _member_path(name: str, archive: str) -> str:
+    """The normalized relative path of a member, or UnsafeArchive naming it."""
+    if "\x00" in name:
+        raise UnsafeArchive(f"{archive}: member {name!r} has a NUL byte in its name; archive refused")
+    unified = name.replace("\\", "/")
+    if unified.startswith("/") or (len(unified) > 1 and unified[1] == ":"):
+        raise UnsafeArchive(f"{archive}: member {name!r} has an absolute path; archive refused")
+    parts = [p for p in unified.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise UnsafeArchive(f"{archive}: member {name!r} leaves the destination ('..'); archive refused")
+    return "/".join(parts)
+
+
+def _link_stays_inside(member_rel: str, target: str) -> bool:
+    """A symlink at `member_rel` pointing at `target`, resolved lexically, stays in the root."""
+    if target.startswith("/") or "\x00" in target:
+        return False
+    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(member_rel), target))
+    return not (resolved == ".." or resolved.startswith("../") or resolved.startswith("/"))
+
+
+class _Limits:
+    def __init__(self, archive: str, max_size: int, max_members: int) -> None:
+        self.archive = archive
+        self.max_size = max_size
+        self.max_members = max_members
+        self.size = 0
+        self.members = 0
+
+    def count(self, name: str, size: int) -> None:
+        self.members += 1
+        if self.members > self.max_members:
+            raise UnsafeArchive(f"{self.archive}: more than {self.max_members} members (at {name!r}); "
+                                f"archive refused (raise the member limit if this is intended)")
+        self.size += size
+        if self.size > self.max_size:
+            raise UnsafeArchive(f"{self.archive}: expands past the size limit of {self.max_size} bytes "
+                                f"(at member {name!r}); archive refused (see --max-size)")
+
+
+def _inside(root_real: str, path: str) -> bool:
+    real = os.path.realpath(path)
+    return real == root_real or real.startswith(root_real + os.sep)
+
+
+def _prepare_target(root: str, root_real: str, rel: str, archive: str, name: str) -> str:
+    """Create the parent directories of a member, check they really lie inside the root, and
+    remove a symlink already standing at the member's own path (never write through one)."""
+    target = os.path.join(root, *rel.split("/"))
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    if not _inside(root_real, parent):
+        raise UnsafeArchive(f"{archive}: member {name!r} would be written through a symlink leading outside "
+                            f"the destination; archive refused")
+    if os.path.islink(target):
+        os.unlink(target)
+    return target
+
+
+def extract_tar(path: str, dest: str, *, max_size: int = DEFAULT_MAX_SIZE,
+                max_members: int = DEFAULT_MAX_MEMBERS, label: Optional[str] = None) -> int:
+    """Extract a tar archive (any compression tarfile knows) into the existing directory dest.
+    Returns the number of bytes written."""
+    archive = label or os.path.basename(path)
+    limits = _Limits(archive, max_size, max_members)
+    root_real = os.path.realpath(dest)
+    written = 0
+    try:
+        tar = tarfile.open(path, mode="r:*")
+    except (tarfile.TarError, OSError) as exc:
+        raise AgentError(f"{archive}: not a readable tar archive: {exc}") from exc
+    with tar:
+        try:
+            # Iterating reads one header at a time: the limits are checked on the declared sizes
+            # before the data of a member is decompressed (a gzip bomb is refused unexpanded).
+            for member in tar:
+                written += _extract_tar_member(tar, member, dest, root_real, archive, limits)
+        except (tarfile.TarError, EOFError, zlib_error()) as exc:
+            raise AgentError(f"{archive}: corrupt archive: {exc}") from exc
+    _check_symlinks(dest, root_real, archive)
+    return written
+
+
+def zlib_error():
+    import zlib
+    return zlib.error
+
+
+def _extract_tar_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str, root_real: str,
+                        archive: str, limits: _Limits) -> int:
+    name = member.name
+    rel = _member_path(name, archive)
+    if member.isdev() or member.isfifo() or not (member.isreg() or member.isdir() or member.issym()
+                                                   or member.islnk()):
+        kind = ("character device" if member.ischr() else "block device" if member.isblk()
+                else "fifo" if member.isfifo() else f"special member (type {member.type!r})")
+        raise UnsafeArchive(f"{archive}: member {name!r} is a {kind}; archive refused")
+    limits.count(name, member.size if member.isreg() else 0)
+    if not rel:  # the archive's root directory itself ("./")
+        return 0
+    if member.issym():
+        if not _link_stays_inside(rel, member.linkname):
+            raise UnsafeArchive(f"{archive}: symlink {name!r} -> {member.linkname!r} leads outside the "
+                                f"destination; archive refused")
+    if member.islnk():
+        try:
+            link_rel = _member_path(member.linkname, archive)
+        except UnsafeArchive:
+            link_rel = None
+        if not link_rel:
+            raise UnsafeArchive(f"{archive}: hardlink {name!r} -> {member.linkname!r} leads outside the "
+                                f"destination; archive refused")
+        link_path = os.path.join(dest, *link_rel.split("/"))
+        if not _inside(root_real, link_path) or not os.path.isfile(link_path) or os.path.islink(link_path):
+            raise UnsafeArchive(f"{archive}: hardlink {name!r} -> {member.linkname!r} does not point at a file "
+                                f"extracted before it; archive refused")
+    target = _prepare_target(dest, root_real, rel, archive, name)
+    if member.issym():
+        real = os.path.realpath(os.path.join(os.path.dirname(target), member.linkname))
+        if not (real == root_real or real.startswith(root_real + os.sep)):
+            raise UnsafeArchive(f"{archive}: symlink {name!r} -> {member.linkname!r} leads outside the "
+                                f"destination; archive refused")
+    # Second layer: the standard library's own rules for untrusted archives.
+    member.name = rel
+    if member.islnk():
+        member.linkname = _member_path(member.linkname, archive)
+    try:
+        safe = tarfile.data_filter(member, dest)
+    except tarfile.FilterError as exc:
+        raise UnsafeArchive(f"{archive}: member {name!r} refused: {exc}") from exc
+    if member.isreg():
+        if os.path.isdir(target) and not os.path.islink(target):
+            raise UnsafeArchive(f"{archive}: member {name!r} would replace a directory; archive refused")
+        src = tar.extractfile(member)
+        written = 0
+        with open(target, "wb") as out:
+            while written < member.size:
+                chunk = src.read(min(COPY_CHUNK, member.size - written))
+                if not chunk:
+                    raise AgentError(f"{archive}: member {name!r} is truncated")
+                out.write(chunk)
+                written += len(chunk)
+        os.chmod(target, (safe.mode if safe.mode is not None else 0o644) & 0o755 | 0o600)
+        return written
+    tar.extract(safe, dest, set_attrs=not member.issym(), filter="fully_trusted")
+    return 0
+
+
+def extract_zip(path: str, dest: str, *, max_size: int = DEFAULT_MAX_SIZE,
+                max_members: int = DEFAULT_MAX_MEMBERS, label: Optional[str] = None) -> int:
+    archive = label or os.path.basename(path)
+    limits = _Limits(archive, max_size, max_members)
+    root_real = os.path.realpath(dest)
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise AgentError(f"{archive}: not a readable zip archive: {exc}") from exc
+    written = 0
+    with zf:
+        infos = zf.infolist()
+        # The central directory lists every member up front: check them all before writing.
+        plan = []
+        for info in infos:
+            rel = _member_path(info.filename, archive)
+            mode = info.external_attr >> 16
+            kind = stat.S_IFMT(mode) if info.create_system == 3 and mode else 0
+            if kind and kind not in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK):
+                raise UnsafeArchive(f"{archive}: member {info.filename!r} is a special file; archive refused")
+            is_link = kind == stat.S_IFLNK
+            limits.count(info.filename, 0 if info.is_dir() else info.file_size)
+            if is_link:
+                if info.file_size > 4096:
+                    raise UnsafeArchive(f"{archive}: symlink {info.filename!r} has an oversized target")
+                link_target = zf.read(info).decode("utf-8", "surrogateescape")
+                if not _link_stays_inside(rel, link_target):
+                    raise UnsafeArchive(f"{archive}: symlink {info.filename!r} -> {link_target!r} leads outside "
+                                        f"the destination; archive refused")
+                plan.append((info, rel, link_target))
+            else:
+                plan.append((info, rel, None))
+        try:
+            for info, rel, link_target in plan:
+                if not rel:
+                    continue
+                target = _prepare_target(dest, root_real, rel, archive, info.filename)
+                if info.is_dir():
+                    os.makedirs(target, exist_ok=True)
+                    continue
+                if link_target is not None:
+                    real = os.path.realpath(os.path.join(os.path.dirname(target), link_target))
+                    if not (real == root_real or real.startswith(root_real + os.sep)):
+                        raise UnsafeArchive(f"{archive}: symlink {info.filename!r} -> {link_target!r} leads "
+                                            f"outside the destination; archive refused")
+                    os.symlink(link_target, target)
+                    continue
+                with zf.open(info) as src, open(target, "wb") as out:
+                    # zipfile stops at the declared size and checks the CRC: a lying header fails.
+                    shutil.copyfileobj(src, out, COPY_CHUNK)
+                    written += out.tell()
+                if written > max_size:
+                    raise UnsafeArchive(f"{archive}: expands past the size limit of {max_size} bytes "
+                                        f"(at member {info.filename!r}); archive refused (see --max-size)")
+        except (zipfile.BadZipFile, zlib_error(), EOFError, NotImplementedError) as exc:
+            raise AgentError(f"{archive}: corrupt or unsupported zip archive: {exc}") from exc
+    _check_symlinks(dest, root_real, archive)
+    return written
+
+
+def _check_symlinks(dest: str, root_real: str, archive: str) -> None:
+    """Last pass: links that each looked fine can still combine into one that leads out
+    (`a -> .` then `b -> a/..`). Every symlink in the tree must really resolve inside it."""
+    for dirpath, dirnames, filenames in os.walk(dest):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path) and not _inside(root_real, path):
+                rel = os.path.relpath(path, dest)
+                raise UnsafeArchive(f"{archive}: symlink {rel!r} -> {os.readlink(path)!r} resolves outside the "
+                                    f"destination; archive refused")
+
+
+def extract_archive(path: str, dest: str, *, max_size: int = DEFAULT_MAX_SIZE,
+                    max_members: int = DEFAULT_MAX_MEMBERS, label: Optional[str] = None) -> int:
+    """Extract an archive into the existing empty directory `dest` (the caller removes `dest`
+    on error). Returns the bytes written."""
+    kind = archive_kind(label or path)
+    if kind == "zip":
+        return extract_zip(path, dest, max_size=max_size, max_members=max_members, label=label)
+    if kind == "tar":
+        return extract_tar(path, dest, max_size=max_size, max_members=max_members, label=label)
+    raise AgentError(f"{label or path}: not an archive (expected {', '.join(ARCHIVE_SUFFIXES)})")

@@ -1,0 +1,286 @@
+"""Whole lifecycles through the real operator: train -> Checkpoints -> consume -> lineage,
+deletion protection, failures, retries, retention, naming, waiting, races and restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import subprocess
+
+import pytest
+
+from conftest import CKPT, NS, TJ, training_job, write_checkpoint
+
+pytestmark = pytest.mark.timeout(120)
+
+
+async def phase_of(api, resource, name):
+    obj = await api.get(resource, NS, name)
+    return (obj or {}).get("status", {}).get("phase")
+
+
+async def wait_phase(api, wait_for, resource, name, phases, timeout=30):
+    phases = (phases,) if isinstance(phases, str) else phases
+
+    async def reached():
+        obj = await api.get(resource, NS, name)
+        return obj if obj and obj.get("status", {}).get("phase") in phases else None
+    return await wait_for(reached, timeout=timeout)
+
+
+async def events_for(api, name):
+    return [e for e in await api.list("v1/events", NS) if e.get("involvedObject", {}).get("name") == name]
+
+
+def ready_condition(obj):
+    return next(c for c in obj["status"]["conditions"] if c["type"] == "Ready")
+
+
+def sha256sum_digest(directory: str) -> str:
+    """The digest the README promises anyone can recompute with coreutils."""
+    files = sorted((os.path.relpath(os.path.join(d, f), directory) for d, _, fs in os.walk(directory) for f in fs),
+                   key=lambda p: p.encode())
+    out = subprocess.run(["sha256sum", *files], cwd=directory, capture_output=True, check=True).stdout
+    return "sha256:" + hashlib.sha256(out).hexdigest()
+
+
+async def test_train_then_consume_latest_with_lineage(api, operator, cluster, trainer, wait_for):
+    def pretrain(attempt, env):
+        out = env["CHECKPOINT_OUTPUT_DIR"]
+        for step in (100, 200):
+            write_checkpoint(out, f"step-{step}", {"model.safetensors": b"w" * step, "optimizer.pt": b"o",
+                                                   "nested/config.json": b"{}"})
+        write_checkpoint(out, ".", {"config.json": b"{}", "model.safetensors": b"final"})
+        return 0
+    trainer.behaviours["pretrain"] = pretrain
+
+    seen = {}
+
+    def finetune(attempt, env):
+        seen.update(env)
+        src = env["CHECKPOINT_INPUT_PATH"]
+        seen["read"] = open(os.path.join(src, "model.safetensors"), "rb").read()
+        write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-300", {"model.safetensors": b"x"})
+        return 0
+    trainer.behaviours["finetune"] = finetune
+
+    # The consumer first: it waits for the producer to finish, then takes its latest checkpoint.
+    await api.create(TJ, NS, training_job("finetune", checkpoints=[{"fromTrainingJob": "pretrain", "select": "latest"}]))
+    waiting = await wait_phase(api, wait_for, TJ, "finetune", "Pending")
+    await api.create(TJ, NS, training_job("pretrain"))
+
+    tj = await wait_phase(api, wait_for, TJ, "pretrain", "Succeeded")
+    assert sorted(tj["status"]["outputCheckpoints"]) == ["pretrain-final", "pretrain-step-100", "pretrain-step-200"]
+    assert ready_condition(tj)["status"] == "True"
+
+    step200 = await api.get(CKPT, NS, "pretrain-step-200")
+    status = step200["status"]
+    assert status["phase"] == "Ready" and status["step"] == 200 and status["resumable"] is True
+    assert status["fileCount"] == 3 and status["sizeBytes"] == 200 + 1 + 2
+    assert status["producedBy"] == {"name": "pretrain", "uid": tj["metadata"]["uid"]}
+    assert status["parents"] == []
+    claim_dir = cluster.claim_dir(NS, "pretrain-output")
+    assert status["digest"] == sha256sum_digest(os.path.join(claim_dir, "step-200"))
+    assert status["location"] == {"volume": {"claimName": "pretrain-output", "path": "step-200"}}
+    assert "ckpt.dev/in-use-protection" in step200["metadata"]["finalizers"]
+    final = await api.get(CKPT, NS, "pretrain-final")
+    assert final["status"]["location"]["volume"]["items"] == ["config.json", "model.safetensors"]
+
+    # The output volume now belongs to the Checkpoints, not to the job.
+    claim = await api.get("v1/persistentvolumeclaims", NS, "pretrain-output")
+    assert {o["kind"] for o in claim["metadata"]["ownerReferences"]} == {"Checkpoint"}
+    assert len(claim["metadata"]["ownerReferences"]) == 3
+
+    done = await wait_phase(api, wait_for, TJ, "finetune", "Succeeded")
+    assert done["status"]["inputs"] == [{"name": "pretrain-step-200", "uid": step200["metadata"]["uid"],
+                                         "digest": status["digest"]}]
+    assert seen["read"] == b"w" * 200
+    assert seen["CHECKPOINT_INPUT_NAMES"] == "pretrain-step-200"
+    assert seen["CHECKPOINT_INPUT_PATH"] == seen["ML_CHECKPOINT_PATH"]
+    assert seen["CHECKPOINT_OUTPUT_DIR"] == seen["FLEXAI_OUTPUT_CHECKPOINT_DIR"]
+    child = await api.get(CKPT, NS, "finetune-step-300")
+    assert child["status"]["parents"][0]["name"] == "pretrain-step-200"
+    # The waiting job said why it waited.
+    assert "pretrain" in ready_condition(waiting)["message"]
+
+    job = await api.get("batch/v1/jobs", NS, "finetune")
+    mounts = job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    input_mount = next(m for m in mounts if m["mountPath"] == "/input-checkpoint/pretrain-step-200")
+    assert input_mount["readOnly"] is True and input_mount["subPath"] == "step-200"
+    # Released: nothing uses the input any more.
+    assert not (await api.get(CKPT, NS, "pretrain-step-200"))["status"].get("usedBy")
+
+
+async def test_delete_while_in_use_is_blocked_then_released(api, operator, trainer, wait_for):
+    trainer.behaviours["producer"] = lambda a, env: write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-1",
+                                                                      {"w.pt": b"1"}) or 0
+    release = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def consumer(attempt, env):
+        asyncio.run_coroutine_threadsafe(release.wait(), loop).result(30)
+        return 0
+    trainer.behaviours["consumer"] = consumer
+
+    await api.create(TJ, NS, training_job("producer"))
+    await wait_phase(api, wait_for, TJ, "producer", "Succeeded")
+    await api.create(TJ, NS, training_job("consumer", checkpoints=[{"name": "producer-step-1"}]))
+    await wait_phase(api, wait_for, TJ, "consumer", "Running")
+    used = await api.get(CKPT, NS, "producer-step-1")
+    assert [u["name"] for u in used["status"]["usedBy"]] == ["consumer"] and used["status"]["usedByCount"] == 1
+
+    await api.delete(CKPT, NS, "producer-step-1")
+
+    async def blocked():
+        obj = await api.get(CKPT, NS, "producer-step-1")
+        if obj and any(c.get("reason") == "DeletionBlocked" for c in obj["status"].get("conditions", [])):
+            return obj
+    obj = await wait_for(blocked, timeout=15)
+    assert obj["metadata"].get("deletionTimestamp")
+    assert "consumer" in ready_condition(obj)["message"]
+    warnings = [e for e in await events_for(api, "producer-step-1") if e.get("reason") == "DeletionBlocked"]
+    assert warnings and warnings[0]["type"] == "Warning" and "consumer" in warnings[0]["message"]
+    await asyncio.sleep(1.0)
+    assert await api.get(CKPT, NS, "producer-step-1") is not None  # still there
+
+    release.set()
+    await wait_phase(api, wait_for, TJ, "consumer", "Succeeded")
+    await wait_for(lambda: _gone(api, CKPT, "producer-step-1"), timeout=15)
+
+
+async def _gone(api, resource, name):
+    return await api.get(resource, NS, name) is None
+
+
+async def test_failed_job_still_snapshots_its_partial_checkpoints(api, operator, trainer, wait_for):
+    def crash(attempt, env):
+        write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-50", {"model.pt": b"partial but complete"})
+        write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-60.tmp", {"model.pt": b"half"})
+        return 1
+    trainer.behaviours["crashy"] = crash
+    await api.create(TJ, NS, training_job("crashy", backoffLimit=0))
+    tj = await wait_phase(api, wait_for, TJ, "crashy", "Failed")
+    assert tj["status"]["outputCheckpoints"] == ["crashy-step-50"]
+    assert {c["type"]: c["status"] for c in tj["status"]["conditions"]} == {"Ready": "False", "Stalled": "True"}
+    assert (await phase_of(api, CKPT, "crashy-step-50")) == "Ready"
+    skipped = [e for e in await events_for(api, "crashy") if e.get("reason") == "Skipped"]
+    assert any("step-60.tmp" in e["message"] for e in skipped)
+
+
+async def test_retried_pod_resumes_from_its_own_earlier_checkpoints(api, operator, trainer, wait_for):
+    def flaky(attempt, env):
+        out = env["CHECKPOINT_OUTPUT_DIR"]
+        if attempt == 1:
+            write_checkpoint(out, "step-1", {"w.pt": b"1"})
+            return 1
+        assert os.path.exists(os.path.join(out, "step-1", "w.pt")), "the retry sees the first attempt's output"
+        write_checkpoint(out, "step-2", {"w.pt": b"2"})
+        return 0
+    trainer.behaviours["flaky"] = flaky
+    await api.create(TJ, NS, training_job("flaky", backoffLimit=2))
+    tj = await wait_phase(api, wait_for, TJ, "flaky", "Succeeded")
+    assert sorted(tj["status"]["outputCheckpoints"]) == ["flaky-step-1", "flaky-step-2"]
+    assert len(trainer.envs["flaky"]) == 2
+
+
+async def test_keep_names_and_collisions(api, operator, trainer, wait_for):
+    # A foreign object already has one of the names the snapshot would use.
+    await api.create(CKPT, NS, {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint",
+                                "metadata": {"name": "multi-step-3", "namespace": NS},
+                                "spec": {"source": {"http": {"url": "http://127.0.0.1:9/none"}}}})
+
+    def many(attempt, env):
+        out = env["CHECKPOINT_OUTPUT_DIR"]
+        for d in ("step-1", "step-2", "step-3", "Step_4", "step-4", "ümlaut dir", "empty-later"):
+            write_checkpoint(out, d, {"w.pt": d.encode()})
+        os.remove(os.path.join(out, "empty-later", "w.pt"))
+        write_checkpoint(out, ".hidden", {"w.pt": b"h"})
+        return 0
+    trainer.behaviours["multi"] = many
+    await api.create(TJ, NS, training_job("multi", output={"keep": 3}))
+    tj = await wait_phase(api, wait_for, TJ, "multi", "Succeeded")
+    names = sorted(tj["status"]["outputCheckpoints"])
+    # keep 3 highest steps: Step_4, step-4 (both step 4) and step-3; "ümlaut dir" has no step, so it is kept
+    assert "multi-step-4" in names
+    step3 = [n for n in names if n.startswith("multi-step-3")]
+    assert len(step3) == 1 and step3[0] != "multi-step-3"            # foreign name avoided with a hash
+    hashed4 = [n for n in names if n.startswith("multi-step-4-")]
+    assert len(hashed4) == 1                                           # Step_4 told apart from step-4
+    assert any(n.startswith("multi-mlaut-dir") for n in names)
+    assert not any("step-1" in n or "step-2" in n or "hidden" in n or "empty" in n for n in names)
+    assert len(names) == 4
+    for name in names:
+        assert (await phase_of(api, CKPT, name)) == "Ready"
+
+
+async def test_missing_input_waits_then_proceeds_when_created(api, operator, cluster, trainer, wait_for, tmp_path):
+    trainer.behaviours["late"] = lambda a, env: 0 if os.path.exists(
+        os.path.join(env["CHECKPOINT_INPUT_PATH"], "weights.bin")) else 3
+    await api.create(TJ, NS, training_job("late", checkpoints=[{"name": "adopted"}], output={"enabled": False}))
+    tj = await wait_phase(api, wait_for, TJ, "late", "Pending")
+
+    async def says_why():
+        obj = await api.get(TJ, NS, "late")
+        cond = next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == "Ready"), None)
+        return cond if cond and cond["reason"] == "InputNotFound" else None
+    cond = await wait_for(says_why)
+    assert "adopted" in cond["message"] and cond["status"] == "False"
+    assert any(e["type"] == "Warning" and "adopted" in e["message"] for e in await events_for(api, "late"))
+
+    # Adopt data that already sits on a PVC: scanned in place, never owned.
+    await api.create("v1/persistentvolumeclaims", NS, {"metadata": {"name": "datasets"},
+                                                       "spec": {"accessModes": ["ReadWriteOnce"],
+                                                                "resources": {"requests": {"storage": "1Gi"}}}})
+    claim_dir = await wait_for(lambda: cluster.claim_dir(NS, "datasets"))
+    write_checkpoint(str(claim_dir), "models/base", {"weights.bin": b"base weights", "config.json": b"{}"})
+    await api.create(CKPT, NS, {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint",
+                                "metadata": {"name": "adopted", "namespace": NS},
+                                "spec": {"source": {"volume": {"claimName": "datasets", "path": "/models/base"}}}})
+    adopted = await wait_phase(api, wait_for, CKPT, "adopted", "Ready")
+    assert adopted["status"]["owned"] is False and adopted["status"]["fileCount"] == 2
+    assert adopted["status"]["location"] == {"volume": {"claimName": "datasets", "path": "models/base"}}
+    await wait_phase(api, wait_for, TJ, "late", "Succeeded")
+
+    # Deleting an adopted checkpoint never deletes the data it points to.
+    await api.delete(CKPT, NS, "adopted")
+    await wait_for(lambda: _gone(api, CKPT, "adopted"))
+    assert os.path.exists(os.path.join(claim_dir, "models/base/weights.bin"))
+    assert await api.get("v1/persistentvolumeclaims", NS, "datasets") is not None
+
+
+async def test_bad_template_mount_and_env_conflict_are_reported(api, operator, trainer, wait_for):
+    bad = training_job("bad")
+    bad["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] = [{"name": "x", "mountPath": "/output-checkpoint/logs"}]
+    bad["spec"]["template"]["spec"]["volumes"] = [{"name": "x", "emptyDir": {}}]
+    await api.create(TJ, NS, bad)
+    tj = await wait_phase(api, wait_for, TJ, "bad", "Failed")
+    cond = ready_condition(tj)
+    assert cond["reason"] == "InvalidSpec" and "/output-checkpoint/logs" in cond["message"]
+    assert await api.get("batch/v1/jobs", NS, "bad") is None
+
+    trainer.behaviours["env"] = lambda a, env: 0
+    envjob = training_job("env", output={"enabled": False})
+    envjob["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "CHECKPOINT_INPUT_DIR", "value": "/mine"}]
+    await api.create(TJ, NS, envjob)
+    await wait_phase(api, wait_for, TJ, "env", "Succeeded")
+    assert trainer.envs["env"][0]["CHECKPOINT_INPUT_DIR"] != "/mine"
+    assert any(e["reason"] == "EnvOverridden" and e["type"] == "Warning" for e in await events_for(api, "env"))
+
+
+async def test_deleting_a_job_deletes_its_job_and_releases_inputs(api, operator, trainer, wait_for):
+    trainer.behaviours["src"] = lambda a, env: write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "s-1", {"a": b"1"}) or 0
+    hold = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    trainer.behaviours["user"] = lambda a, env: asyncio.run_coroutine_threadsafe(
+        asyncio.wait_for(hold.wait(), 20), loop).result(25) or 0
+    await api.create(TJ, NS, training_job("src"))
+    await wait_phase(api, wait_for, TJ, "src", "Succeeded")
+    await api.create(TJ, NS, training_job("user", checkpoints=[{"name": "src-s-1"}]))
+    await wait_phase(api, wait_for, TJ, "user", "Running")
+    await api.delete(TJ, NS, "user")
+    await wait_for(lambda: _gone(api, TJ, "user"))
+    await wait_for(lambda: _gone(api, "batch/v1/jobs", "user"))
+    ckpt = await api.get(CKPT, NS, "src-s-1")
+    assert not ckpt["status"].get("usedBy")
+    hold.set()

@@ -1,0 +1,269 @@
+"""The adaptations of kmock's emulator (checkpoint_operator.local.emulator): each fails on plain kmock 0.8."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import kopf
+import pytest
+
+from checkpoint_operator.local.server import ApiClient, ApiError, EmulatorServer, open_watches, run_kopf_in_thread
+
+CKPTS = "ckpt.dev/v1alpha1/checkpoints"
+NS = "default"
+
+
+def checkpoint(name: str, **labels: str) -> dict:
+    return {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint",
+            "metadata": {"name": name, "labels": labels}, "spec": {"description": "d"}}
+
+
+def pod(name: str, **labels: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},
+            "spec": {"containers": [{"name": "main", "image": "x"}]}}
+
+
+async def test_create_sets_server_metadata(api: ApiClient) -> None:
+    created = await api.create(CKPTS, NS, checkpoint("c1"))
+    meta = created["metadata"]
+    assert meta["uid"] and meta["creationTimestamp"].endswith("Z")
+    assert meta["generation"] == 1 and int(meta["resourceVersion"]) > 0
+    assert meta["namespace"] == NS
+
+
+async def test_generate_name(api: ApiClient) -> None:
+    created = await api.create("v1/pods", NS, {"metadata": {"generateName": "p-"}, "spec": {}})
+    assert created["metadata"]["name"].startswith("p-") and len(created["metadata"]["name"]) == 7
+
+
+async def test_resource_version_bumps_on_every_change_generation_on_spec_only(api: ApiClient) -> None:
+    rv = lambda obj: int(obj["metadata"]["resourceVersion"])  # noqa: E731
+    c0 = await api.create(CKPTS, NS, checkpoint("c1"))
+    c1 = await api.patch(CKPTS, NS, "c1", {"status": {"phase": "Ready"}}, subresource="status")
+    c2 = await api.patch(CKPTS, NS, "c1", {"metadata": {"finalizers": ["ckpt.dev/in-use-protection"]}})
+    c3 = await api.patch(CKPTS, NS, "c1", {"spec": {"description": "changed"}})
+    await api.delete(CKPTS, NS, "c1")
+    c4 = await api.get(CKPTS, NS, "c1")
+    assert rv(c0) < rv(c1) < rv(c2) < rv(c3) < rv(c4)
+    assert [c["metadata"]["generation"] for c in (c0, c1, c2, c3, c4)] == [1, 1, 1, 2, 2]
+    assert c4["metadata"]["deletionTimestamp"]
+    # A no-op patch keeps the resourceVersion, as the real API does.
+    c5 = await api.patch(CKPTS, NS, "c1", {"spec": {"description": "changed"}})
+    assert rv(c5) == rv(c4)
+
+
+async def test_stale_resource_version_conflicts(api: ApiClient) -> None:
+    created = await api.create(CKPTS, NS, checkpoint("c1"))
+    stale = created["metadata"]["resourceVersion"]
+    await api.patch(CKPTS, NS, "c1", {"metadata": {"labels": {"a": "b"}}})
+    for attempt in (
+        api.patch(CKPTS, NS, "c1", {"metadata": {"resourceVersion": stale, "finalizers": ["x"]}}),
+        api.patch(CKPTS, NS, "c1", {"metadata": {"resourceVersion": stale}, "status": {"phase": "Ready"}},
+                  subresource="status"),
+        api.replace(CKPTS, NS, "c1", created),
+        api.request("DELETE", f"/apis/{CKPTS.rsplit('/', 1)[0]}/namespaces/{NS}/checkpoints/c1",
+                    json_body={"preconditions": {"resourceVersion": stale}}),
+    ):
+        with pytest.raises(ApiError) as caught:
+            await attempt
+        assert caught.value.status == 409 and caught.value.reason == "Conflict"
+    current = await api.get(CKPTS, NS, "c1")
+    assert "finalizers" not in current["metadata"] and "status" not in current
+    # With the current resourceVersion the same change passes.
+    updated = await api.patch(CKPTS, NS, "c1", {"metadata": {"resourceVersion": current["metadata"]["resourceVersion"],
+                                                             "finalizers": ["x"]}})
+    assert updated["metadata"]["finalizers"] == ["x"]
+
+
+async def test_create_existing_name_is_already_exists(api: ApiClient) -> None:
+    await api.create(CKPTS, NS, checkpoint("c1"))
+    with pytest.raises(ApiError) as caught:
+        await api.create(CKPTS, NS, checkpoint("c1"))
+    assert caught.value.status == 409 and caught.value.reason == "AlreadyExists"
+
+
+async def test_failed_json_patch_test_is_422(api: ApiClient) -> None:
+    await api.create(CKPTS, NS, checkpoint("c1"))
+    with pytest.raises(ApiError) as caught:
+        await api.patch(CKPTS, NS, "c1", [{"op": "test", "path": "/metadata/resourceVersion", "value": "0"},
+                                          {"op": "add", "path": "/metadata/finalizers", "value": ["x"]}])
+    assert caught.value.status == 422 and caught.value.reason == "Invalid"
+
+
+@pytest.mark.parametrize("selector, expected", [
+    ("app=a", ["p1", "p2"]), ("app==a", ["p1", "p2"]), ("app!=a", ["p3", "p4"]), ("tier", ["p1", "p3"]),
+    ("!tier", ["p2", "p4"]), ("app in (a,b)", ["p1", "p2", "p3"]), ("app notin (a)", ["p3", "p4"]),
+    ("app=a,tier=web", ["p1"]), ("app in (a, b),!tier", ["p2"]),
+])
+async def test_label_selectors_filter_lists(api: ApiClient, selector: str, expected: list[str]) -> None:
+    await api.create("v1/pods", NS, pod("p1", app="a", tier="web"))
+    await api.create("v1/pods", NS, pod("p2", app="a"))
+    await api.create("v1/pods", NS, pod("p3", app="b", tier="db"))
+    await api.create("v1/pods", NS, pod("p4"))
+    items = await api.list("v1/pods", NS, label_selector=selector)
+    assert sorted(item["metadata"]["name"] for item in items) == expected
+
+
+async def test_list_has_kind_api_version_and_resource_version(api: ApiClient) -> None:
+    created = await api.create("batch/v1/jobs", NS, {"metadata": {"name": "j"}, "spec": {}})
+    listing = await api.request("GET", "/apis/batch/v1/namespaces/default/jobs")
+    assert listing["kind"] == "JobList" and listing["apiVersion"] == "batch/v1"
+    assert int(listing["metadata"]["resourceVersion"]) >= int(created["metadata"]["resourceVersion"])
+    assert (await api.request("GET", "/api/v1/pods"))["kind"] == "PodList"
+
+
+async def _watch_events(url: str, path: str, count: int) -> list[dict]:
+    events = []
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url + path, params={"watch": "true"}) as response:
+            async for line in response.content:
+                if line.strip():
+                    events.append(json.loads(line))
+                if len(events) == count:
+                    return events
+    return events
+
+
+async def test_watch_replays_then_streams_only_selected_objects(api: ApiClient, api_url: str, wait_for) -> None:
+    await api.create("v1/pods", NS, pod("before", app="a"))
+    await api.create("v1/pods", NS, pod("other", app="b"))
+    watching = asyncio.create_task(_watch_events(api_url, "/api/v1/namespaces/default/pods?labelSelector=app%3Da", 3))
+    await wait_for(lambda: asyncio.to_thread(open_watches, api_url))
+    await api.create("v1/pods", NS, pod("ignored", app="b"))
+    await api.create("v1/pods", NS, pod("after", app="a"))
+    await api.delete("v1/pods", NS, "before")
+    events = await asyncio.wait_for(watching, 5)
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
+        ("ADDED", "before"), ("ADDED", "after"), ("DELETED", "before")]
+
+
+async def test_watch_timeout_seconds_ends_the_stream(api_url: str) -> None:
+    events = await asyncio.wait_for(_watch_events(api_url, "/api/v1/pods?timeoutSeconds=0.2", 99), 5)
+    assert events == []
+
+
+async def test_discovery_serves_project_crds_with_status(api: ApiClient) -> None:
+    resources = (await api.request("GET", "/apis/ckpt.dev/v1alpha1"))["resources"]
+    names = {r["name"]: r for r in resources}
+    assert {"checkpoints", "checkpoints/status", "trainingjobs", "trainingjobs/status"} <= set(names)
+    assert names["checkpoints"]["kind"] == "Checkpoint" and names["trainingjobs"]["kind"] == "TrainingJob"
+    assert names["checkpoints"]["namespaced"] and "ckpt" in names["checkpoints"]["shortNames"]
+
+
+@pytest.mark.parametrize("resource, body", [
+    (CKPTS, checkpoint("o")), ("ckpt.dev/v1alpha1/trainingjobs", {"metadata": {"name": "o"}, "spec": {"a": 1}}),
+    ("batch/v1/jobs", {"metadata": {"name": "o"}, "spec": {"a": 1}}), ("v1/pods", pod("o")),
+])
+async def test_status_subresource_separates_spec_and_status(api: ApiClient, resource: str, body: dict) -> None:
+    created = await api.create(resource, NS, {**body, "status": {"phase": "Ignored"}})
+    assert created.get("status", {}).get("phase") != "Ignored"  # create drops status
+    spec = created["spec"]
+    after_status = await api.patch(resource, NS, "o", {"spec": {"sneaky": 1}, "status": {"phase": "Ready"}},
+                                   subresource="status")
+    assert after_status["status"]["phase"] == "Ready" and after_status["spec"] == spec
+    after_main = await api.patch(resource, NS, "o", {"spec": {"extra": 2}, "status": {"phase": "Lost"}})
+    assert after_main["status"]["phase"] == "Ready" and after_main["spec"]["extra"] == 2
+    replaced = await api.replace(resource, NS, "o", {**after_main, "status": {"phase": "Put"}}, subresource="status")
+    assert replaced["status"] == {"phase": "Put"} and replaced["spec"] == after_main["spec"]
+
+
+async def test_pod_log(api: ApiClient, emulator_server: EmulatorServer) -> None:
+    await api.create("v1/pods", NS, pod("p1"))
+    await api.write_log(NS, "p1", "main", '{"ok": true}\nwarning\n')
+    assert await api.read_log(NS, "p1") == '{"ok": true}\nwarning\n'
+    assert await api.read_log(NS, "p1", container="main") == '{"ok": true}\nwarning\n'
+    assert emulator_server.call(lambda: emulator_server.emulator.pod_log(NS, "p1")) == '{"ok": true}\nwarning\n'
+    with pytest.raises(ApiError) as caught:
+        await api.read_log(NS, "missing")
+    assert caught.value.status == 404
+
+
+async def test_finalizers_hold_deletion_until_removed(api: ApiClient) -> None:
+    await api.create(CKPTS, NS, {**checkpoint("c1"), "metadata": {"name": "c1", "finalizers": ["x"]}})
+    await api.delete(CKPTS, NS, "c1")
+    held = await api.get(CKPTS, NS, "c1")
+    assert held["metadata"]["deletionTimestamp"]
+    await api.patch(CKPTS, NS, "c1", {"metadata": {"finalizers": None}})
+    assert await api.get(CKPTS, NS, "c1") is None
+
+
+async def test_job_deletion_orphans_pods_unless_a_policy_is_given(api: ApiClient) -> None:
+    for job_name in ("orphaning", "background"):
+        job = await api.create("batch/v1/jobs", NS, {"metadata": {"name": job_name}, "spec": {}})
+        owner = {"apiVersion": "batch/v1", "kind": "Job", "name": job_name, "uid": job["metadata"]["uid"]}
+        await api.create("v1/pods", NS, {**pod(f"{job_name}-pod"), "metadata": {
+            "name": f"{job_name}-pod", "ownerReferences": [owner]}})
+    await api.delete("batch/v1/jobs", NS, "orphaning", propagation_policy=None)
+    await api.delete("batch/v1/jobs", NS, "background", propagation_policy="Background")
+    assert "ownerReferences" not in (await api.get("v1/pods", NS, "orphaning-pod"))["metadata"]
+    assert (await api.get("v1/pods", NS, "background-pod"))["metadata"]["ownerReferences"]  # left to the GC
+
+
+async def test_namespaces_can_be_listed_fetched_and_created(api: ApiClient) -> None:
+    await api.create("v1/namespaces", None, {"metadata": {"name": "team-a"}})
+    names = [ns["metadata"]["name"] for ns in await api.list("v1/namespaces")]
+    assert names == ["default", "team-a"]
+    assert (await api.get("v1/namespaces", None, "team-a"))["kind"] == "Namespace"
+
+
+async def test_crd_created_through_the_api_registers_its_resource(api: ApiClient) -> None:
+    await api.create("apiextensions.k8s.io/v1/customresourcedefinitions", None, {
+        "metadata": {"name": "widgets.example.com"},
+        "spec": {"group": "example.com", "scope": "Namespaced",
+                 "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+                 "versions": [{"name": "v1", "served": True, "storage": True, "subresources": {"status": {}}}]}})
+    await api.create("example.com/v1/widgets", NS, {"metadata": {"name": "w"}, "spec": {}})
+    assert (await api.request("GET", "/apis/example.com/v1/namespaces/default/widgets"))["kind"] == "WidgetList"
+
+
+def test_state_survives_a_restart(tmp_path) -> None:
+    async def create_checkpoint(url: str) -> dict:
+        async with ApiClient(url) as client:
+            created = await client.create(CKPTS, NS, checkpoint("kept"))
+            await client.create("v1/pods", NS, pod("p"))
+            await client.write_log(NS, "p", "main", "hello\n")
+            return created
+
+    async def read_back(url: str) -> tuple[dict, dict, str]:
+        async with ApiClient(url) as client:
+            kept = await client.get(CKPTS, NS, "kept")
+            newer = await client.create(CKPTS, NS, checkpoint("newer"))
+            return kept, newer, await client.read_log(NS, "p")
+
+    with EmulatorServer(state_dir=tmp_path) as first:
+        created = asyncio.run(create_checkpoint(first.url))
+    assert (tmp_path / "api-objects.json").exists()
+    with EmulatorServer(state_dir=tmp_path) as second:
+        kept, newer, log = asyncio.run(read_back(second.url))
+    assert kept["metadata"]["uid"] == created["metadata"]["uid"]
+    assert int(newer["metadata"]["resourceVersion"]) > int(created["metadata"]["resourceVersion"])
+    assert log == "hello\n"
+
+
+def test_kopf_runs_twice_in_one_process_with_one_registry(emulator_server: EmulatorServer) -> None:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.create("ckpt.dev", "v1alpha1", "checkpoints", registry=registry)
+    def mark_ready(patch: kopf.Patch, **_: object) -> None:
+        patch.status["phase"] = "Ready"
+
+    async def create_and_wait(url: str, name: str) -> dict:
+        async with ApiClient(url) as client:
+            await client.create(CKPTS, NS, checkpoint(name))
+            for _ in range(200):
+                obj = await client.get(CKPTS, NS, name)
+                if obj.get("status", {}).get("phase") == "Ready":
+                    return obj
+                await asyncio.sleep(0.05)
+            raise AssertionError(f"{name} never became Ready")
+
+    for run, namespaces in enumerate((["default"], [])):  # namespaced, then cluster-wide (with scanning)
+        with EmulatorServer() as server:
+            settings = kopf.OperatorSettings()
+            handle = run_kopf_in_thread(registry, settings, namespaces, server.url)
+            try:
+                assert asyncio.run(create_and_wait(server.url, f"c{run}"))["status"]["phase"] == "Ready"
+            finally:
+                handle.stop()
