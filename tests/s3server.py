@@ -182,13 +182,17 @@ def seaweedfs():
 class S3Env:
     server: SeaweedFS
     bucket: str
+    root: str  # a key prefix of its own for each test ("<id>/")
 
     @property
     def endpoint(self) -> str:
         return self.server.endpoint
 
+    def key(self, rel: str = "") -> str:
+        return self.root + rel
+
     def uri(self, prefix: str = "") -> str:
-        return f"s3://{self.bucket}/{prefix}"
+        return f"s3://{self.bucket}/{self.root}{prefix}"
 
     def client(self):
         return self.server.client()
@@ -196,7 +200,7 @@ class S3Env:
 
 @pytest.fixture
 def s3(seaweedfs, monkeypatch):
-    """AWS environment pointing at the test server, fast failure settings, and a fresh bucket."""
+    """AWS environment pointing at the test server, fast failure settings, a prefix of its own."""
     if not seaweedfs.running:
         seaweedfs.start()
     for key, value in seaweedfs.env().items():
@@ -210,8 +214,12 @@ def s3(seaweedfs, monkeypatch):
     monkeypatch.setenv("CKPT_S3_MAX_ATTEMPTS", "2")
     monkeypatch.setenv("CKPT_S3_CONNECT_TIMEOUT", "2")
     monkeypatch.setenv("CKPT_PROGRESS_INTERVAL", "1")
-    bucket = f"t-{uuid.uuid4().hex[:12]}"
-    seaweedfs.client().create_bucket(Bucket=bucket)
-    yield S3Env(seaweedfs, bucket)
+    # One bucket for the session (a new bucket costs SeaweedFS a volume allocation on its
+    # first write); each test works under a prefix of its own.
+    bucket = "ckpt-tests"
+    if not getattr(seaweedfs, "_bucket_made", False):
+        seaweedfs.client().create_bucket(Bucket=bucket)
+        seaweedfs._bucket_made = True
+    yield S3Env(seaweedfs, bucket, f"{uuid.uuid4().hex[:12]}/")
     if not seaweedfs.running:
         seaweedfs.start()

@@ -132,8 +132,8 @@ def test_upload_killed_mid_way_leaves_no_manifest_and_resumes(s3, seaweedfs, tmp
     # (their sha256 lives in the journal, keyed by ETag)
     third = upload_dir(str(src), uri)
     assert third.skipped_files == total_files and third.uploaded_files == 0
-    keys = {o["Key"] for o in s3.client().list_objects_v2(Bucket=s3.bucket, Prefix="resume/")["Contents"]}
-    assert f"resume/{JOURNAL_NAME}" in keys
+    keys = {o["Key"] for o in s3.client().list_objects_v2(Bucket=s3.bucket, Prefix=s3.key("resume/"))["Contents"]}
+    assert s3.key(f"resume/{JOURNAL_NAME}") in keys
 
     dst = tmp_path / "dst"
     assert download_prefix(uri, str(dst)).manifest.digest == local_digest(src)
@@ -147,8 +147,8 @@ def test_tampered_object_is_refused_by_download(s3, tmp_path):
     big = "model-00000-of-00003.safetensors"
     data = bytearray((src / big).read_bytes())
     data[7 * MiB] ^= 0xFF  # same size, one byte flipped in the second part
-    client.put_object(Bucket=s3.bucket, Key=f"tamper/{big}", Body=bytes(data))
-    client.put_object(Bucket=s3.bucket, Key="tamper/config.json", Body=b'{"model_type": "evil!"}')
+    client.put_object(Bucket=s3.bucket, Key=s3.key(f"tamper/{big}"), Body=bytes(data))
+    client.put_object(Bucket=s3.bucket, Key=s3.key("tamper/config.json"), Body=b'{"model_type": "evil!"}')
 
     dst = tmp_path / "dst"
     proc = agent("download", uri, str(dst))
@@ -246,12 +246,12 @@ def test_delete_prefix_is_idempotent(s3, tmp_path):
     upload_dir(str(src), keep)
     assert delete_prefix(uri) > 0
     assert not manifest_exists(uri)
-    assert s3.client().list_objects_v2(Bucket=s3.bucket, Prefix="gone/").get("KeyCount", 0) == 0
+    assert s3.client().list_objects_v2(Bucket=s3.bucket, Prefix=s3.key("gone/")).get("KeyCount", 0) == 0
     assert delete_prefix(uri) == 0
     assert delete_prefix("s3://no-such-bucket-ckpt/x/") == 0
     assert manifest_exists(keep)
     with pytest.raises(AgentError, match="whole bucket"):
-        delete_prefix(s3.uri(""))
+        delete_prefix(f"s3://{s3.bucket}/")
 
 
 def test_temp_name_is_hidden():

@@ -1,0 +1,123 @@
+"""Concurrency and crash safety: create/delete races and an operator restart mid-snapshot."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from checkpoint_operator.handlers import trainingjob as trainingjob_handler
+from conftest import CKPT, NS, TJ, training_job, write_checkpoint
+
+pytestmark = pytest.mark.timeout(120)
+
+
+async def make_ready_checkpoint(api, name: str) -> dict:
+    """A Ready Checkpoint pointing at a volume path, as if the operator had adopted it."""
+    obj = await api.create(CKPT, NS, {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint",
+                                      "metadata": {"name": name, "namespace": NS},
+                                      "spec": {"source": {"volume": {"claimName": "shared", "path": f"/{name}"}}}})
+    return await api.patch(CKPT, NS, name, {"status": {
+        "phase": "Ready", "owned": False, "digest": "sha256:" + "0" * 64, "fileCount": 1, "sizeBytes": 1,
+        "location": {"volume": {"claimName": "shared", "path": name}}}}, subresource="status")
+
+
+async def test_create_delete_race_never_deletes_a_used_checkpoint(api, operator, cluster, trainer, wait_for):
+    await api.create("v1/persistentvolumeclaims", NS, {"metadata": {"name": "shared"}, "spec": {
+        "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
+    hold = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    rounds = 6
+    for i in range(rounds):
+        trainer.behaviours[f"race-{i}"] = lambda a, env: asyncio.run_coroutine_threadsafe(
+            asyncio.wait_for(hold.wait(), 60), loop).result(65) or 0
+        await make_ready_checkpoint(api, f"input-{i}")
+
+    # Start each job and delete its input at the same moment, with the delete a little later
+    # or earlier each round, so both orders (and the tie) are exercised.
+    async def race(i: int) -> None:
+        delay = (i % 3) * 0.1
+        create = api.create(TJ, NS, training_job(f"race-{i}", checkpoints=[{"name": f"input-{i}"}],
+                                                 output={"enabled": False}))
+        async def delete_later():
+            await asyncio.sleep(delay)
+            await api.delete(CKPT, NS, f"input-{i}")
+        await asyncio.gather(create, delete_later())
+    await asyncio.gather(*(race(i) for i in range(rounds)))
+
+    async def settled():
+        states = []
+        for i in range(rounds):
+            tj = await api.get(TJ, NS, f"race-{i}")
+            phase = tj.get("status", {}).get("phase")
+            reason = next((c["reason"] for c in tj.get("status", {}).get("conditions", []) if c["type"] == "Ready"), None)
+            checkpoint = await api.get(CKPT, NS, f"input-{i}")
+            if phase == "Running" and checkpoint is not None:
+                states.append("ran")
+            elif phase == "Pending" and reason in ("InputDeleting", "InputNotFound") and checkpoint is None:
+                states.append("refused")
+            else:
+                return None
+        return states
+    states = await wait_for(settled, timeout=30)
+
+    for i, state in enumerate(states):
+        job = await api.get("batch/v1/jobs", NS, f"race-{i}")
+        checkpoint = await api.get(CKPT, NS, f"input-{i}")
+        if state == "ran":
+            # The job got in first: its input stays, deletion blocked until the job ends.
+            assert job is not None and checkpoint["metadata"].get("deletionTimestamp")
+        else:
+            # The deletion got in first: the job never created a pod on the deleted input.
+            assert job is None
+    hold.set()
+    for i, state in enumerate(states):
+        if state == "ran":
+            async def gone(name=f"input-{i}"):
+                return await api.get(CKPT, NS, name) is None
+            await wait_for(gone, timeout=20)
+
+
+async def test_operator_restart_in_the_middle_of_a_snapshot(api, operator, trainer, wait_for, monkeypatch):
+    def produce(attempt, env):
+        for step in (1, 2, 3):
+            write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], f"step-{step}", {"w.pt": bytes([step])})
+        return 0
+    trainer.behaviours["resumable"] = produce
+
+    # "Crash" the operator right after it created the first of the three Checkpoints.
+    original = trainingjob_handler._create_checkpoint
+    created = []
+    crashed = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def crash_after_first(ctx, tj, planned):
+        if created:
+            loop.call_soon_threadsafe(crashed.set)
+            raise RuntimeError("simulated crash")  # kopf retries after its backoff: crashes again until restored
+        created.append(planned.name)
+        return original(ctx, tj, planned)
+    monkeypatch.setattr(trainingjob_handler, "_create_checkpoint", crash_after_first)
+
+    await api.create(TJ, NS, training_job("resumable"))
+    await asyncio.wait_for(crashed.wait(), 30)
+    await operator.stop()
+    monkeypatch.setattr(trainingjob_handler, "_create_checkpoint", original)
+    tj = await api.get(TJ, NS, "resumable")
+    assert tj["status"]["phase"] == "Snapshotting"
+    assert len(await api.list(CKPT, NS)) == 1
+
+    await operator.start()
+
+    async def done():
+        obj = await api.get(TJ, NS, "resumable")
+        return obj if obj["status"].get("phase") == "Succeeded" else None
+    tj = await wait_for(done, timeout=30)
+    names = sorted(c["metadata"]["name"] for c in await api.list(CKPT, NS))
+    assert names == ["resumable-step-1", "resumable-step-2", "resumable-step-3"]  # none missing, none twice
+    assert sorted(tj["status"]["outputCheckpoints"]) == names
+    for name in names:
+        checkpoint = await api.get(CKPT, NS, name)
+        assert checkpoint["status"]["phase"] == "Ready"
+    claim = await api.get("v1/persistentvolumeclaims", NS, "resumable-output")
+    assert sorted(o["name"] for o in claim["metadata"]["ownerReferences"]) == names
