@@ -110,21 +110,25 @@ class SeaweedFS:
                               aws_secret_access_key=self.secret_key, region_name="us-east-1",
                               config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=5))
         deadline = time.monotonic() + timeout
-        probe = f"ready-{uuid.uuid4().hex[:8]}"
+        probe = "ready-probe"  # the same bucket on restarts: a new one costs a volume allocation
         last: Exception | None = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"weed mini exited with {self.proc.returncode}; see {self.log_path}")
             try:
                 # A write proves master, volume, filer and gateway are all up.
-                client.create_bucket(Bucket=probe)
+                try:
+                    client.create_bucket(Bucket=probe)
+                except client.exceptions.BucketAlreadyOwnedByYou:
+                    pass
+                except client.exceptions.BucketAlreadyExists:
+                    pass
                 client.put_object(Bucket=probe, Key="x", Body=b"x")
                 client.delete_object(Bucket=probe, Key="x")
-                client.delete_bucket(Bucket=probe)
                 return
             except Exception as exc:  # noqa: BLE001 - not ready yet
                 last = exc
-                time.sleep(0.2)
+                time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"SeaweedFS did not become ready in {timeout}s: {last}; see {self.log_path}")
 

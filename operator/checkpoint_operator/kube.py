@@ -115,6 +115,13 @@ class Kube:
         body = {"apiVersion": resource.api_version, "kind": resource.kind, **body}
         return self._call("POST", resource.path(namespace), body)
 
+    def ensure(self, resource: Resource, namespace: str, body: dict) -> dict:
+        """Create the object, or return the existing one of that name (idempotent creates)."""
+        try:
+            return self.create(resource, namespace, body)
+        except Conflict:
+            return self.get(resource, namespace, body["metadata"]["name"]) or {}
+
     def patch(self, resource: Resource, namespace: str, name: str, patch: dict,
               subresource: Optional[str] = None) -> dict:
         """A JSON merge patch. Put metadata.resourceVersion in it to make it conditional (409 on change)."""

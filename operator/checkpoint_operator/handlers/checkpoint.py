@@ -112,10 +112,7 @@ def run_agent_pod(ctx: Context, owner: dict, pod_body: dict) -> dict | None:
     name = pod_body["metadata"]["name"]
     pod = ctx.kube.get(PODS, namespace, name)
     if pod is None:
-        try:
-            ctx.kube.create(PODS, namespace, pod_body)
-        except Conflict:
-            pass
+        ctx.kube.ensure(PODS, namespace, pod_body)
         return None
     phase = pod.get("status", {}).get("phase")
     if phase == "Succeeded":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from checkpoint_operator.handlers.checkpoint import _set_status, run_agent_pod, set_ready
 from checkpoint_operator.handlers.context import Context
-from checkpoint_operator.kube import PODS, PVCS, Conflict
+from checkpoint_operator.kube import PODS, PVCS
 from checkpoint_operator.logic import workload
 from checkpoint_operator.logic.snapshot import ScanOutputError, parse_scan_output
 from checkpoint_operator import metrics
@@ -15,10 +15,7 @@ def import_checkpoint(ctx: Context, checkpoint: dict) -> None:
     namespace = meta["namespace"]
     origin = source["s3"]["uri"] if "s3" in source else source["http"]["url"]
     if ctx.config.storage_type == "volume":
-        try:
-            ctx.kube.create(PVCS, namespace, workload.build_import_claim(checkpoint, ctx.config))
-        except Conflict:
-            pass
+        ctx.kube.ensure(PVCS, namespace, workload.build_import_claim(checkpoint, ctx.config))
     pod = run_agent_pod(ctx, checkpoint, workload.build_import_pod(checkpoint, ctx.config))
     if pod is None:
         if checkpoint.get("status", {}).get("phase") not in ("Importing", "Failed"):

@@ -126,21 +126,14 @@ def start(ctx: Context, tj: dict) -> bool:
 
     namespace = tj["metadata"]["namespace"]
     if tj["spec"].get("output", {}).get("enabled", True):
-        _create_if_absent(ctx, PVCS, namespace, workload.build_output_claim(tj, ctx.config))
-    _create_if_absent(ctx, JOBS, namespace, built.job)
+        ctx.kube.ensure(PVCS, namespace, workload.build_output_claim(tj, ctx.config))
+    ctx.kube.ensure(JOBS, namespace, built.job)
     names = ", ".join(i.name for i in inputs) or "no inputs"
     _set_status(ctx, tj, "Running", "Running", f"Job {built.job['metadata']['name']} started on {names}",
                 event="Normal", jobName=built.job["metadata"]["name"],
                 outputClaim=workload.output_claim_name(tj) if tj["spec"].get("output", {}).get("enabled", True) else None,
                 startTime=now_rfc3339())
     return True
-
-
-def _create_if_absent(ctx: Context, resource, namespace: str, body: dict) -> dict:
-    try:
-        return ctx.kube.create(resource, namespace, body)
-    except Conflict:
-        return ctx.kube.get(resource, namespace, body["metadata"]["name"]) or {}
 
 
 def _validation_message(exc: pydantic.ValidationError) -> str:
@@ -198,7 +191,7 @@ def snapshot(ctx: Context, tj: dict) -> bool:
     pod_name = workload.snapshot_pod_name(tj)
     pod = ctx.kube.get(PODS, namespace, pod_name)
     if pod is None:
-        _create_if_absent(ctx, PODS, namespace, workload.build_snapshot_pod(tj, ctx.config))
+        ctx.kube.ensure(PODS, namespace, workload.build_snapshot_pod(tj, ctx.config))
         ctx.kube.patch_status(TRAINING_JOBS, namespace, meta["name"], {"snapshotPod": pod_name})
         return False
     phase = pod.get("status", {}).get("phase")

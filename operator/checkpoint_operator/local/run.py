@@ -1,0 +1,175 @@
+"""`checkpoint-operator local run`: apply manifests to an emulated cluster, run everything on
+this machine, and report the resulting Checkpoints and TrainingJobs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Iterable
+
+import pydantic
+import yaml
+
+from checkpoint_operator import API_VERSION
+
+NAMESPACE = "default"
+SETTLED_CHECKPOINT = ("Ready", "Failed")
+FINISHED_JOB = ("Succeeded", "Failed")
+
+
+class ManifestError(ValueError):
+    pass
+
+
+def manifest_files(paths: Iterable[str]) -> list[Path]:
+    """Files in the order given; a directory contributes its *.yaml/*.yml files in name order."""
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml"))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ManifestError(f"-f {raw}: no such file or directory")
+    return files
+
+
+def load_manifests(paths: Iterable[str]) -> list[dict]:
+    """Parse and validate like the API server would (the CRD schema and CEL rules live in the
+    pydantic models), so a bad manifest fails here with the field named."""
+    from checkpoint_operator.api.checkpoint import CheckpointSpec
+    from checkpoint_operator.api.trainingjob import TrainingJobSpec
+    models = {"Checkpoint": CheckpointSpec, "TrainingJob": TrainingJobSpec}
+    objects = []
+    for file in manifest_files(paths):
+        for doc in yaml.safe_load_all(file.read_text()):
+            if not doc:
+                continue
+            kind = doc.get("kind")
+            if doc.get("apiVersion") != API_VERSION or kind not in models:
+                raise ManifestError(f"{file}: only {API_VERSION} Checkpoint and TrainingJob are supported in local "
+                                    f"mode, not {doc.get('apiVersion')} {kind}")
+            name = (doc.get("metadata") or {}).get("name")
+            if not name:
+                raise ManifestError(f"{file}: {kind} without metadata.name")
+            try:
+                doc["spec"] = models[kind].model_validate(doc.get("spec") or {}).to_wire()
+            except pydantic.ValidationError as exc:
+                details = "; ".join(f"spec.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+                raise ManifestError(f"{file}: {kind} {name}: {details}") from None
+            doc["metadata"] = {**doc["metadata"], "namespace": NAMESPACE}
+            objects.append(doc)
+    return objects
+
+
+def local_run(args: argparse.Namespace) -> int:
+    # The operator's timers read their interval at import: make local mode react quickly.
+    os.environ.setdefault("CKPT_RECONCILE_INTERVAL", "0.3")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        objects = load_manifests(args.filename)
+    except (ManifestError, yaml.YAMLError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    import kopf
+    from checkpoint_operator import main
+    from checkpoint_operator.config import OperatorConfig
+    from checkpoint_operator.handlers.context import Context
+    from checkpoint_operator.kube import CHECKPOINTS, TRAINING_JOBS, Conflict, Kube
+    from checkpoint_operator.local.cluster import LocalCluster
+    from checkpoint_operator.local.server import EmulatorServer, run_kopf_in_thread
+
+    state_dir = Path(args.state_dir).resolve()
+    server = EmulatorServer(state_dir=state_dir)
+    url = server.start()
+    cluster = LocalCluster(url, state_dir / "cluster", namespaces=[NAMESPACE], workdir=os.getcwd())
+    cluster.start_in_thread()
+    settings = kopf.OperatorSettings()
+    main.configure_settings(settings)
+    settings.posting.enabled = True
+    kube = Kube.from_url(url)
+    config = OperatorConfig(reconcile_interval=main.INTERVAL, agent_image="checkpoint-operator:local")
+    handle = run_kopf_in_thread(kopf.get_default_registry(), settings, [NAMESPACE], url,
+                                memo=main.make_memo(Context(kube, config)))
+    try:
+        for obj in objects:
+            resource = CHECKPOINTS if obj["kind"] == "Checkpoint" else TRAINING_JOBS
+            name = obj["metadata"]["name"]
+            try:
+                kube.create(resource, NAMESPACE, obj)
+                print(f"{obj['kind'].lower()}.ckpt.dev/{name} created", file=sys.stderr)
+            except Conflict:
+                existing = kube.get(resource, NAMESPACE, name) or {}
+                same = existing.get("spec") == obj["spec"]
+                print(f"{obj['kind'].lower()}.ckpt.dev/{name} {'unchanged' if same else 'exists with another spec (kept; delete the state dir to start over)'}",
+                      file=sys.stderr)
+        settled = wait_until_settled(kube, args.timeout)
+        checkpoints = kube.list(CHECKPOINTS, NAMESPACE)
+        jobs = kube.list(TRAINING_JOBS, NAMESPACE)
+    finally:
+        handle.stop()
+        cluster.stop_thread()
+        server.stop()
+    report = build_report(checkpoints, jobs)
+    print(json.dumps(report, indent=2) if args.output == "json" else render_table(report))
+    if not settled:
+        print(f"error: not everything settled within {args.timeout:.0f} s (see the phases above)", file=sys.stderr)
+        return 1
+    return 1 if any(j["phase"] == "Failed" for j in report["trainingJobs"]) else 0
+
+
+def wait_until_settled(kube, timeout: float) -> bool:
+    from checkpoint_operator.kube import CHECKPOINTS, TRAINING_JOBS
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = kube.list(TRAINING_JOBS, NAMESPACE)
+        checkpoints = kube.list(CHECKPOINTS, NAMESPACE)
+        if all(j.get("status", {}).get("phase") in FINISHED_JOB for j in jobs) and \
+                all(c.get("status", {}).get("phase") in SETTLED_CHECKPOINT for c in checkpoints):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def build_report(checkpoints: list[dict], jobs: list[dict]) -> dict:
+    def ckpt(c: dict) -> dict:
+        s = c.get("status", {})
+        return {"name": c["metadata"]["name"], "phase": s.get("phase"), "format": s.get("format"),
+                "step": s.get("step"), "resumable": s.get("resumable"), "sizeBytes": s.get("sizeBytes"),
+                "fileCount": s.get("fileCount"), "digest": s.get("digest"), "parents": s.get("parents") or [],
+                "producedBy": s.get("producedBy")}
+
+    def job(j: dict) -> dict:
+        s = j.get("status", {})
+        return {"name": j["metadata"]["name"], "phase": s.get("phase"),
+                "inputs": [{"name": i["name"], "digest": i.get("digest")} for i in s.get("inputs") or []],
+                "outputCheckpoints": s.get("outputCheckpoints") or [], "message": s.get("message")}
+    by_name = lambda o: o["metadata"]["name"]  # noqa: E731
+    return {"checkpoints": [ckpt(c) for c in sorted(checkpoints, key=by_name)],
+            "trainingJobs": [job(j) for j in sorted(jobs, key=by_name)]}
+
+
+def _table(headers: list[str], rows: list[list]) -> str:
+    cells = [headers] + [["" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return "\n".join("   ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells)
+
+
+def render_table(report: dict) -> str:
+    from checkpoint_operator.logic.quantity import format_size
+    ckpts = _table(["CHECKPOINT", "PHASE", "FORMAT", "STEP", "RESUMABLE", "SIZE", "FILES", "PARENTS", "DIGEST"],
+                   [[c["name"], c["phase"], c["format"], c["step"], c["resumable"],
+                     format_size(c["sizeBytes"]) if c["sizeBytes"] is not None else None, c["fileCount"],
+                     ",".join(p["name"] for p in c["parents"]) or "-",
+                     (c["digest"] or "")[:19]] for c in report["checkpoints"]])
+    jobs = _table(["TRAININGJOB", "PHASE", "INPUTS", "OUTPUTS"],
+                  [[j["name"], j["phase"], ",".join(i["name"] for i in j["inputs"]) or "-",
+                    ",".join(j["outputCheckpoints"]) or "-"] for j in report["trainingJobs"]])
+    return f"{jobs}\n\n{ckpts}"
