@@ -22,7 +22,7 @@ from checkpoint_operator.agent.upload import upload_dir
 
 FILES = {
     "config.json": b'{"model_type": "gpt2"}',
-    "model.safetensors": os.urandom(6 * 1024 * 1024 + 3),
+    "model.safetensors": os.urandom(1024 * 1024 + 3),
     "tokenizer/vocab.json": b'{"a": 1}',
     "tokenizer/empty.txt": b"",
     "données/模型.bin": os.urandom(1000),
@@ -93,7 +93,7 @@ def test_http_404_is_clear_and_leaves_nothing(http_dir, tmp_path):  # noqa: F811
     dest = tmp_path / "ckpt"
     with pytest.raises(AgentError, match=r"missing.tar.gz: HTTP 404"):
         import_checkpoint(f"{base}/missing.tar.gz", str(dest))
-    assert not dest.exists() and list(tmp_path.iterdir()) == []
+    assert not dest.exists() and [p.name for p in tmp_path.iterdir()] == ["www"]
 
 
 def test_tree_from_s3_prefix_without_manifest(s3, tmp_path):

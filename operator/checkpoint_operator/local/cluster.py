@@ -96,6 +96,22 @@ def claim_names_of_pod(pod: Mapping[str, Any]) -> list[str]:
             if volume.get("persistentVolumeClaim")]
 
 
+@contextlib.contextmanager
+def racing_with_the_api(what: str) -> Any:
+    """Skip one object for this round when it changed (409) or vanished (404) since it was listed.
+
+    Other API errors are logged and skipped too, so one bad object cannot starve the others;
+    the next round retries.
+    """
+    try:
+        yield
+    except ApiError as exc:
+        if exc.status in (404, 409, 422):
+            logger.debug("local cluster: %s changed meanwhile: %s", what, exc)
+        else:
+            logger.warning("local cluster: %s: %s", what, exc)
+
+
 # --- PVC binder --------------------------------------------------------------------------------------
 
 class PvcBinder:
@@ -115,10 +131,11 @@ class PvcBinder:
 
     async def reconcile(self, claims: list[dict], pods: list[dict]) -> None:
         for claim in claims:
-            if is_deleting(claim):
-                await self._release_when_unused(claim, pods)
-            else:
-                await self._bind(claim)
+            with racing_with_the_api(f"claim {meta(claim)['name']}"):
+                if is_deleting(claim):
+                    await self._release_when_unused(claim, pods)
+                else:
+                    await self._bind(claim)
         live = {(meta(c)["namespace"], meta(c)["name"]): uid_of(c) for c in claims}
         for key, (uid, directory) in list(self._bound.items()):
             if live.get(key) != uid:
@@ -178,7 +195,8 @@ class JobController:
             if is_deleting(job) or job_is_finished(job):
                 continue
             owned = [pod for pod in pods if uid_of(job) in owner_uids(pod)]
-            await self._reconcile_job(job, owned)
+            with racing_with_the_api(f"job {meta(job)['name']}"):
+                await self._reconcile_job(job, owned)
 
     async def _reconcile_job(self, job: dict, pods: list[dict]) -> None:
         spec, status = job.get("spec", {}), dict(job.get("status", {}))
@@ -351,6 +369,7 @@ class Kubelet:
             if pod_phase(pod) == "Pending" and not pod.get("status", {}).get("startTime"):
                 self._running[uid] = asyncio.create_task(self._run_pod(pod), name=f"pod {meta(pod)['name']}")
             elif not self._adopted_existing and pod_phase(pod) not in TERMINAL_PHASES:
+                # Left running by an earlier kubelet (an earlier local run): its processes are gone.
                 await self._patch_status(pod, {"phase": "Failed", "reason": "NodeLost",
                                                "message": "the local kubelet restarted while the pod ran"})
         self._adopted_existing = True
@@ -542,10 +561,11 @@ class GarbageCollector:
             refs = meta(obj).get("ownerReferences") or []
             if not refs or is_deleting(obj):
                 continue
-            alive = [await self._owner_exists(meta(obj)["namespace"], ref, owner_exists) for ref in refs]
-            if not any(alive):
-                await self.api.delete(resource, meta(obj)["namespace"], meta(obj)["name"],
-                                      preconditions={"uid": uid_of(obj)})
+            with racing_with_the_api(f"{resource} {meta(obj)['name']}"):
+                alive = [await self._owner_exists(meta(obj)["namespace"], ref, owner_exists) for ref in refs]
+                if not any(alive):
+                    await self.api.delete(resource, meta(obj)["namespace"], meta(obj)["name"],
+                                          preconditions={"uid": uid_of(obj)})
 
     async def _owner_exists(self, namespace: str, ref: Mapping[str, Any], cache: dict[tuple, bool]) -> bool:
         key = (namespace, ref.get("apiVersion"), ref.get("kind"), ref.get("name"), ref.get("uid"))
