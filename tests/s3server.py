@@ -142,7 +142,7 @@ class SeaweedFS:
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
-                self.proc.wait(10)
+                self.proc.wait(3)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
@@ -152,9 +152,14 @@ class SeaweedFS:
         return bool(self.proc and self.proc.poll() is None)
 
     def client(self):
+        """A plain boto3 client, minus `Expect: 100-continue` (SeaweedFS answers it in a way that
+        leaves botocore waiting for its read timeout on bodies over 1 MiB)."""
         import boto3
-        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
-                            aws_secret_access_key=self.secret_key, region_name="us-east-1")
+        import botocore.handlers
+        client = boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
+                              aws_secret_access_key=self.secret_key, region_name="us-east-1")
+        client.meta.events.unregister("before-call.s3", botocore.handlers.add_expect_header)
+        return client
 
     def listening(self) -> list[str]:
         """Local addresses the server listens on (from `ss`), to check it stays on loopback."""
@@ -178,7 +183,7 @@ def seaweedfs():
     try:
         yield server
     finally:
-        server.stop()
+        server.kill()  # its data goes with the directory: no need for a graceful stop
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import sys
@@ -152,16 +153,11 @@ async def test_bare_pod_waits_for_its_claim(api: ApiClient, cluster: LocalCluste
         "containers": [python_container("main", "import os, sys; print(os.listdir(sys.argv[1]))", args=["/data"],
                                         volumeMounts=[{"name": "d", "mountPath": "/data"}])],
         "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "late"}}]}})
-    await _sleep(0.3)
+    await asyncio.sleep(0.3)
     assert (await api.get("v1/pods", NS, "early"))["status"]["phase"] == "Pending"
     await api.create("v1/persistentvolumeclaims", NS, claim("late"))
     await wait_for(lambda: _phase_is(api, "v1/pods", "early", "Succeeded"))
     assert await api.read_log(NS, "early") == "[]\n"
-
-
-async def _sleep(seconds: float) -> None:
-    import asyncio
-    await asyncio.sleep(seconds)
 
 
 async def test_container_runner_plays_the_training_code(api: ApiClient, cluster: LocalCluster, wait_for) -> None:
@@ -197,7 +193,7 @@ async def test_gc_deletes_a_claim_whose_owner_is_gone(api: ApiClient, cluster: L
     await api.create("v1/persistentvolumeclaims", NS, claim("owned", owner=ref))
     await wait_for(lambda: _phase_is(api, "v1/persistentvolumeclaims", "owned", "Bound"))
     directory = cluster.claim_dir(NS, "owned")
-    await _sleep(0.3)
+    await asyncio.sleep(0.3)
     assert await api.get("v1/persistentvolumeclaims", NS, "owned")  # the owner exists: kept
     await api.delete("ckpt.dev/v1alpha1/trainingjobs", NS, "tj")
     await wait_for(lambda: _gone(api, "v1/persistentvolumeclaims", "owned"))
@@ -250,7 +246,6 @@ def test_python_maps_to_this_interpreter() -> None:
 
 def test_cluster_runs_in_its_own_thread(tmp_path: Path) -> None:
     """Local mode: emulator and cluster each in a thread, driven from synchronous code."""
-    import asyncio
     import time
 
     from checkpoint_operator.local.server import EmulatorServer

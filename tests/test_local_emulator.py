@@ -267,3 +267,11 @@ def test_kopf_runs_twice_in_one_process_with_one_registry(emulator_server: Emula
                 assert asyncio.run(create_and_wait(server.url, f"c{run}"))["status"]["phase"] == "Ready"
             finally:
                 handle.stop()
+
+
+async def test_old_request_records_are_forgotten(api: ApiClient, emulator_server: EmulatorServer) -> None:
+    for _ in range(30):
+        await api.get("v1/pods", NS, "missing")  # each one also records a 404 error in kmock
+    emulator = emulator_server.emulator
+    emulator_server.call(lambda: emulator.forget_old_requests(keep=10))
+    assert emulator_server.call(lambda: (len(emulator._requests), len(emulator.errors))) == (10, 10)

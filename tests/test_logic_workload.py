@@ -124,7 +124,8 @@ def test_s3_store_downloads_inputs_in_an_init_container():
                         location={"s3": {"uri": "s3://b/ckpt/default/base/"}})
     pod = workload.build_job(tj, [inp], config).job["spec"]["template"]["spec"]
     init = pod["initContainers"][0]
-    assert "agent download s3://b/ckpt/default/base/" in init["command"][-1]
+    assert init["command"] == ["checkpoint-operator", "agent", "download", "s3://b/ckpt/default/base/",
+                               "/checkpoint-inputs/base"]
     env = {e["name"]: e for e in init["env"]}
     assert env["AWS_ENDPOINT_URL"]["value"] == "http://s3:9000"
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "creds"

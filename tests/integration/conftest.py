@@ -88,8 +88,9 @@ class Trainer:
 
     async def __call__(self, pod: dict, container: dict, env: dict, mounts: dict) -> int | None:
         job = pod["metadata"].get("labels", {}).get("ckpt.dev/trainingjob")
-        if pod["metadata"].get("labels", {}).get("ckpt.dev/component") != "worker" or job not in self.behaviours:
-            return None  # the operator's own agent pods (and unknown pods) run for real
+        if pod["metadata"].get("labels", {}).get("ckpt.dev/component") != "worker" or job not in self.behaviours \
+                or container["name"] != "trainer":
+            return None  # the operator's own agent pods and init containers (and unknown pods) run for real
         self.envs.setdefault(job, []).append(dict(env))
         attempt = len(self.envs[job])
         return await asyncio.to_thread(self.behaviours[job], attempt, env)

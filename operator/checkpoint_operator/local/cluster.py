@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import copy
 import datetime
 import logging
 import os
@@ -264,8 +265,6 @@ class JobController:
 
 def build_job_pod(job: Mapping[str, Any], index: int | None) -> dict[str, Any]:
     """The pod the Job controller creates from ``spec.template`` (with the completion index if Indexed)."""
-    import copy
-
     template = copy.deepcopy(job.get("spec", {}).get("template", {}))
     job_name, job_uid = meta(job)["name"], uid_of(job)
     pod_meta = template.get("metadata") or {}

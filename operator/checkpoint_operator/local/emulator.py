@@ -309,7 +309,7 @@ class Emulator(kmock.KubernetesEmulator):
     _resource_versions: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
     _current_rv: int = attrs.field(default=0, init=False)
     _pod_logs: dict[tuple[str, str, str], str] = attrs.field(factory=dict, init=False)
-    _responses: dict[int, dict[str, Any]] = attrs.field(factory=dict, init=False)
+    _responses: dict[int, dict[str, Any]] = attrs.field(factory=dict, init=False)  # by id(request)
     open_watches: list[OpenWatch] = attrs.field(factory=list, init=False)
     # Called (without arguments, in the server's loop) after every change; local mode saves state.
     on_change: Callable[[], None] | None = None
@@ -333,7 +333,7 @@ class Emulator(kmock.KubernetesEmulator):
             return self._serve_pod_log(request)
         if request.resource is not None and self._changes_state(request):
             async with self._lock:
-                self._responses[request.id] = await self._apply_change(request)
+                self._responses[id(request)] = await self._apply_change(request)
             if self.on_change is not None:
                 self.on_change()
         # Skip KubernetesEmulator._handle (its state changes are replaced above); keep kmock's
@@ -587,18 +587,18 @@ class Emulator(kmock.KubernetesEmulator):
             await bus.unmark(mark)
 
     async def _serve_create(self, request: kmock.Request) -> dict[str, Any]:
-        return self._responses.pop(request.id)
+        return self._responses.pop(id(request))
 
     async def _serve_update(self, request: kmock.Request) -> dict[str, Any]:
-        return self._responses.pop(request.id)
+        return self._responses.pop(id(request))
 
     async def _serve_delete(self, request: kmock.Request) -> dict[str, Any]:
-        return self._responses.pop(request.id)
+        return self._responses.pop(id(request))
 
     async def _serve_replace(self, request: kmock.Request) -> dict[str, Any]:
-        if request.id not in self._responses:
+        if id(request) not in self._responses:
             raise kmock.KubernetesEndpointNotFoundError()
-        return self._responses.pop(request.id)
+        return self._responses.pop(id(request))
 
     # -- pod logs ---------------------------------------------------------------------------------
 
@@ -634,6 +634,21 @@ class Emulator(kmock.KubernetesEmulator):
         if request.url.path == "/_emulator/watches":
             return aiohttp.web.json_response({"watches": [attrs.asdict(watch) for watch in self.open_watches]})
         return aiohttp.web.json_response({"message": f"unknown emulator extension {request.url.path}"}, status=404)
+
+    # -- housekeeping -----------------------------------------------------------------------------
+
+    def forget_old_requests(self, keep: int = 5000) -> None:
+        """Trim kmock's request records and accumulated errors (they grow forever in a long local run).
+
+        kmock records every request (for assertions) and every error response (with its traceback).
+        Only the newest ``keep`` of each stay once there are twice as many. Call it in the server's loop.
+        """
+        if len(self._requests) > 2 * keep:
+            del self._requests[:-keep]
+            for payload in self._payloads:
+                del payload._requests[:-keep]
+        if self._errors and len(self._errors[-1]) > 2 * keep:
+            del self._errors[-1][:-keep]
 
     # -- persistence ------------------------------------------------------------------------------
 

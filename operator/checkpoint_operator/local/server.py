@@ -136,7 +136,7 @@ class EmulatorServer:
             await site.start()
             host, port = runner.addresses[0][:2]
             self._url = f"http://{host}:{port}"
-            saver = asyncio.create_task(self._save_when_changed())
+            saver = asyncio.create_task(self._housekeeping())
             self._started.set()
             try:
                 await self._stopping.wait()
@@ -148,11 +148,13 @@ class EmulatorServer:
     def _mark_dirty(self) -> None:
         self._dirty = True
 
-    async def _save_when_changed(self) -> None:
+    async def _housekeeping(self) -> None:
+        """Save a changed state; keep kmock's request and error records from growing forever."""
         while True:
             await asyncio.sleep(SAVE_INTERVAL)
             if self._dirty:
                 self._save_state()
+            self.emulator.forget_old_requests()
 
     def _save_state(self) -> None:
         if self.state_file is None:

@@ -153,21 +153,21 @@ def volume_input_mounts(spec: dict, inputs: list[ResolvedInput]) -> tuple[list[d
 
 
 def s3_input_mounts(spec: dict, inputs: list[ResolvedInput], config: OperatorConfig) -> tuple[list[dict], list[dict], list[dict]]:
-    """S3 store: an init container downloads (and verifies) every input into an emptyDir that
-    the training containers mount read-only."""
+    """S3 store: init containers download (and verify) each input into an emptyDir that the
+    training containers mount read-only, at the same paths as on the volume store."""
     if not inputs:
         return [], [], []
     volumes = [{"name": STAGING_VOLUME, "emptyDir": {}}]
-    args = []
-    mounts = []
-    for item in inputs:
-        args += [item.location["s3"]["uri"], posixpath.join(STAGING_MOUNT, item.mount_name)]
+    mounts, init_containers = [], []
+    for index, item in enumerate(inputs):
         mounts.append({"name": STAGING_VOLUME, "readOnly": True, "subPath": item.mount_name,
                        "mountPath": posixpath.join(spec["inputDir"], item.mount_name)})
-    script = " && ".join(f"checkpoint-operator agent download {args[i]} {args[i + 1]}" for i in range(0, len(args), 2))
-    init = agent_container("download-inputs", ["sh", "-c", script], config,
-                           mounts=[{"name": STAGING_VOLUME, "mountPath": STAGING_MOUNT}])
-    return volumes, mounts, [init]
+        init_containers.append(agent_container(
+            f"download-input-{index}",
+            ["checkpoint-operator", "agent", "download", item.location["s3"]["uri"],
+             posixpath.join(STAGING_MOUNT, item.mount_name)],
+            config, mounts=[{"name": STAGING_VOLUME, "mountPath": STAGING_MOUNT}]))
+    return volumes, mounts, init_containers
 
 
 # --- objects -----------------------------------------------------------------------------------

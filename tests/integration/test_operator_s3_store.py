@@ -1,0 +1,102 @@
+"""The operator lifecycle again with `storage.type: s3`, against a real S3 server (SeaweedFS on
+127.0.0.1): snapshots upload, inputs download and verify in an init container, deletion
+removes owned data, imports land in the store. Agent pods get credentials only from a Secret."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import pytest
+
+from checkpoint_operator.agent.s3 import manifest_exists, read_manifest
+from checkpoint_operator.config import OperatorConfig
+from conftest import CKPT, NS, TJ, training_job, write_checkpoint
+from s3server import s3, seaweedfs  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def operator_config(s3) -> OperatorConfig:  # noqa: F811
+    return OperatorConfig(reconcile_interval=0.2, agent_image="checkpoint-operator:test", storage_type="s3",
+                          s3_endpoint=s3.endpoint, s3_bucket=s3.bucket, s3_prefix=s3.root.rstrip("/"),
+                          s3_secret_name="store-credentials")
+
+
+@pytest.fixture
+async def store_secret(api, s3):  # noqa: F811
+    def b64(text):
+        return base64.b64encode(text.encode()).decode()
+    await api.create("v1/secrets", NS, {"metadata": {"name": "store-credentials"}, "data": {
+        "AWS_ACCESS_KEY_ID": b64(s3.server.access_key), "AWS_SECRET_ACCESS_KEY": b64(s3.server.secret_key)}})
+
+
+async def wait_phase(api, wait_for, resource, name, phase, timeout=60):
+    async def reached():
+        obj = await api.get(resource, NS, name)
+        return obj if obj and obj.get("status", {}).get("phase") == phase else None
+    return await wait_for(reached, timeout=timeout)
+
+
+async def test_s3_store_lifecycle(api, store_secret, operator, trainer, wait_for, s3):  # noqa: F811
+    def pretrain(attempt, env):
+        for step in (10, 20):
+            write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], f"step-{step}", {
+                "model.safetensors": os.urandom(7 * 1024 * 1024) if step == 20 else b"small",
+                "trainer_state.json": b'{"global_step": %d}' % step, "optimizer.pt": b"opt"})
+        return 0
+    trainer.behaviours["pre"] = pretrain
+    seen = {}
+
+    def finetune(attempt, env):
+        src = env["CHECKPOINT_INPUT_PATH"]
+        seen["files"] = sorted(os.listdir(src))
+        seen["size"] = os.path.getsize(os.path.join(src, "model.safetensors"))
+        write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-30", {"model.safetensors": b"tuned"})
+        return 0
+    trainer.behaviours["tune"] = finetune
+
+    await api.create(TJ, NS, training_job("pre"))
+    tj = await wait_phase(api, wait_for, TJ, "pre", "Succeeded")
+    assert sorted(tj["status"]["outputCheckpoints"]) == ["pre-step-10", "pre-step-20"]
+    step20 = await api.get(CKPT, NS, "pre-step-20")
+    uri = step20["status"]["location"]["s3"]["uri"]
+    assert uri.startswith(f"s3://{s3.bucket}/{s3.root}") and step20["status"]["owned"] is True
+    assert manifest_exists(uri) and read_manifest(uri).digest == step20["status"]["digest"]
+    assert step20["status"]["step"] == 20 and step20["status"]["resumable"] is True
+    # The output volume is released once the data is in the store.
+    await wait_for(lambda: _gone(api, "v1/persistentvolumeclaims", "pre-output"))
+
+    await api.create(TJ, NS, training_job("tune", checkpoints=[{"fromTrainingJob": "pre", "select": "latest"}]))
+    tuned = await wait_phase(api, wait_for, TJ, "tune", "Succeeded")
+    assert seen["size"] == 7 * 1024 * 1024 and "model.safetensors" in seen["files"]
+    assert tuned["status"]["inputs"][0]["digest"] == step20["status"]["digest"]
+    job = await api.get("batch/v1/jobs", NS, "tune")
+    init = job["spec"]["template"]["spec"]["initContainers"][0]
+    assert init["command"][:3] == ["checkpoint-operator", "agent", "download"]
+
+    # Deleting an owned checkpoint deletes its data in the store (and nothing else).
+    await api.delete(CKPT, NS, "pre-step-20")
+    await wait_for(lambda: _gone(api, CKPT, "pre-step-20"), timeout=20)
+    assert not manifest_exists(uri)
+    other = (await api.get(CKPT, NS, "pre-step-10"))["status"]["location"]["s3"]["uri"]
+    assert manifest_exists(other)
+
+
+async def test_s3_store_imports_an_external_tree(api, store_secret, operator, wait_for, s3):  # noqa: F811
+    client = s3.client()
+    for rel, data in {"config.json": b"{}", "model-00001.safetensors": b"a" * 100, "sub/x.bin": b"x"}.items():
+        client.put_object(Bucket=s3.bucket, Key=s3.key(f"external/llama/{rel}"), Body=data)
+    await api.create(CKPT, NS, {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint",
+                                "metadata": {"name": "llama", "namespace": NS},
+                                "spec": {"source": {"s3": {"uri": s3.uri("external/llama/"), "endpoint": s3.endpoint,
+                                                           "secretRef": {"name": "store-credentials"}}}}})
+    ckpt = await wait_phase(api, wait_for, CKPT, "llama", "Ready")
+    assert ckpt["status"]["fileCount"] == 3 and ckpt["status"]["format"] == "huggingface"
+    uri = ckpt["status"]["location"]["s3"]["uri"]
+    assert "external" not in uri and manifest_exists(uri)
+
+
+async def _gone(api, resource, name):
+    return await api.get(resource, NS, name) is None
