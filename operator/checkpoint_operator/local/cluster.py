@@ -346,11 +346,12 @@ class Kubelet:
     """Runs pending pods as host processes and reports their status and logs."""
 
     def __init__(self, api: ApiClient, binder: PvcBinder, data_dir: Path,
-                 container_runner: ContainerRunner | None = None) -> None:
+                 container_runner: ContainerRunner | None = None, workdir: Path | None = None) -> None:
         self.api = api
         self.binder = binder
         self.pods_dir = data_dir / "pods"
         self.container_runner = container_runner
+        self.workdir = workdir  # of containers without workingDir (default: the pod's own directory)
         self._running: dict[str, asyncio.Task] = {}  # pod uid -> task
         self._adopted_existing = False
 
@@ -479,7 +480,7 @@ class Kubelet:
             argv = [translate_path(expand_variables(arg, env), mounts)
                     for arg in [*(container.get("command") or []), *(container.get("args") or [])]]
             workdir = translate_path(container["workingDir"], mounts) if container.get("workingDir") else None
-            exit_code, stdout, stderr = await run_process(host_command(argv), env, workdir or workspace.root)
+            exit_code, stdout, stderr = await run_process(host_command(argv), env, workdir or self.workdir or workspace.root)
         log = stdout.decode(errors="replace") + stderr.decode(errors="replace")
         with contextlib.suppress(ApiError):
             await self.api.write_log(meta(pod)["namespace"], meta(pod)["name"], container["name"], log)
@@ -591,7 +592,9 @@ class LocalCluster:
     """
 
     def __init__(self, api_url: str, data_dir: str | os.PathLike, namespaces: Iterable[str] | None = None,
-                 container_runner: ContainerRunner | None = None, *, poll_interval: float = 0.1) -> None:
+                 container_runner: ContainerRunner | None = None, *, poll_interval: float = 0.1,
+                 workdir: str | os.PathLike | None = None) -> None:
+        self.workdir = Path(workdir) if workdir is not None else None
         self.api_url = api_url
         self.data_dir = Path(data_dir)
         self.namespaces = list(namespaces or [])
@@ -617,7 +620,7 @@ class LocalCluster:
         self.api = ApiClient(self.api_url)
         self.binder = PvcBinder(self.api, self.data_dir)
         self.jobs = JobController(self.api)
-        self.kubelet = Kubelet(self.api, self.binder, self.data_dir, self.container_runner)
+        self.kubelet = Kubelet(self.api, self.binder, self.data_dir, self.container_runner, self.workdir)
         self.gc = GarbageCollector(self.api)
         self._task = asyncio.create_task(self._loop(), name="local cluster")
 

@@ -72,6 +72,7 @@ def local_run(args: argparse.Namespace) -> int:
     # The operator's timers read their interval at import: make local mode react quickly.
     os.environ.setdefault("CKPT_RECONCILE_INTERVAL", "0.3")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kopf._core.reactor.running").setLevel(logging.ERROR)  # "OS signals are ignored" in a thread
     try:
         objects = load_manifests(args.filename)
     except (ManifestError, yaml.YAMLError) as exc:
