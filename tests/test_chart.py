@@ -289,6 +289,10 @@ def test_s3_store_settings(chart):
         (s3["endpoint"], s3["bucket"], s3["prefix"], s3["region"], s3["existingSecret"])
     assert config.default_storage_class == "fast"
     assert config.default_output_size == "50Gi"
+    # The operator deletes owned store data itself, with the same Secret as the agent pods.
+    env = env_of(container)
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert env[key]["secretKeyRef"] == {"name": s3["existingSecret"], "key": key}
 
 
 def test_s3_store_needs_a_bucket(chart):
