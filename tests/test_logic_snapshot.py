@@ -3,8 +3,9 @@ import json
 import pytest
 
 from checkpoint_operator.agent.manifest import FileEntry, Manifest, digest_of
-from checkpoint_operator.logic.snapshot import (ScanOutputError, ScanResult, parse_scan_output, plan_snapshot,
-                                                volume_location)
+from checkpoint_operator.config import OperatorConfig
+from checkpoint_operator.logic.snapshot import ScanOutputError, ScanResult, parse_scan_output, plan_snapshot
+from checkpoint_operator.storage.volume import VolumeStore
 from factories import training_job
 
 
@@ -15,7 +16,7 @@ def manifest(path, step=None, files=("model.pt",)):
 
 
 def location(m):
-    return volume_location("train-output", m, "auto")
+    return VolumeStore(OperatorConfig()).snapshot_location("train-output", m, "auto", {})
 
 
 def test_parse_scan_output_finds_the_json_line_among_log_noise():

@@ -131,3 +131,34 @@ def test_s3_store_downloads_inputs_in_an_init_container():
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "creds"
     mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == "/input-checkpoint/base")
     assert mount["readOnly"] is True and mount["subPath"] == "base"
+
+
+def test_s3_store_snapshot_pod_uploads_to_a_prefix_of_its_own_with_the_store_credentials():
+    config = OperatorConfig(storage_type="s3", s3_bucket="b", s3_prefix="ckpts", s3_secret_name="creds")
+    pod = workload.build_snapshot_pod(training_job(), config)
+    container = pod["spec"]["containers"][0]
+    assert container["command"][:4] == ["checkpoint-operator", "agent", "snapshot", "/checkpoint-output"]
+    assert container["command"][-1] == "s3://b/ckpts/default/train-u-train/"
+    assert {e["name"] for e in container["env"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+
+
+def test_imports_fetch_with_the_source_credentials_and_store_with_the_store_ones():
+    checkpoint = {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint",
+                  "metadata": {"name": "llama", "namespace": "default", "uid": "abcdef0123"},
+                  "spec": {"source": {"s3": {"uri": "s3://ext/llama/", "endpoint": "http://ext:9000",
+                                             "secretRef": {"name": "ext-creds"}}}}}
+    volume_pod = workload.build_import_pod(checkpoint, CONFIG)
+    fetch = volume_pod["spec"]["containers"][0]
+    assert fetch["command"][-2:] == ["s3://ext/llama/", "/checkpoint-data/data"]
+    assert volume_pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "llama-data"
+    env = {e["name"]: e for e in fetch["env"]}
+    assert env["AWS_ENDPOINT_URL"]["value"] == "http://ext:9000"
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "ext-creds"
+
+    s3_config = OperatorConfig(storage_type="s3", s3_bucket="store", s3_secret_name="store-creds")
+    s3_pod = workload.build_import_pod(checkpoint, s3_config)
+    init, upload = s3_pod["spec"]["initContainers"][0], s3_pod["spec"]["containers"][0]
+    assert {e["valueFrom"]["secretKeyRef"]["name"] for e in init["env"] if "valueFrom" in e} == {"ext-creds"}
+    assert {e["valueFrom"]["secretKeyRef"]["name"] for e in upload["env"] if "valueFrom" in e} == {"store-creds"}
+    assert upload["command"][-1] == "s3://store/checkpoints/default/llama-abcdef01/"
+    assert s3_pod["spec"]["volumes"] == [{"name": "data", "emptyDir": {}}]

@@ -17,6 +17,7 @@ from checkpoint_operator.logic.conditions import get_condition, kstatus_conditio
 from checkpoint_operator.logic.inputs import is_deleting, is_live_user
 from checkpoint_operator.logic.snapshot import ScanOutputError, parse_scan_output, ready_status
 from checkpoint_operator import metrics
+from checkpoint_operator.storage import store_for
 
 
 def reconcile(ctx: Context, namespace: str, name: str) -> None:
@@ -159,12 +160,7 @@ def guard_deletion(ctx: Context, body: dict, retry_delay: float) -> None:
 
 
 def delete_owned_data(ctx: Context, checkpoint: dict) -> None:
-    """Only data the operator owns (snapshots, imports) is deleted, never data it points to.
-    Volume data goes with its PVC, which the Checkpoints own (Kubernetes GC); s3 data is
-    deleted here (idempotent)."""
-    status = checkpoint.get("status", {})
-    uri = (status.get("location") or {}).get("s3", {}).get("uri")
-    if status.get("owned") and uri:
-        from checkpoint_operator.storage.s3_store import delete_checkpoint_data
-        delete_checkpoint_data(ctx.config, uri)
-        ctx.info(checkpoint, "DataDeleted", f"deleted {uri}")
+    """Only data the operator owns (snapshots, imports) is deleted, never data it points to."""
+    deleted = store_for(ctx.config).delete_owned_data(checkpoint.get("status", {}))
+    if deleted:
+        ctx.info(checkpoint, "DataDeleted", f"deleted {deleted}")

@@ -7,6 +7,8 @@ from checkpoint_operator.handlers.context import Context
 from checkpoint_operator.kube import PODS, PVCS
 from checkpoint_operator.logic import workload
 from checkpoint_operator.logic.snapshot import ScanOutputError, parse_scan_output
+from checkpoint_operator.storage import store_for
+from checkpoint_operator.storage.base import MissingUpload
 from checkpoint_operator import metrics
 
 
@@ -14,7 +16,8 @@ def import_checkpoint(ctx: Context, checkpoint: dict) -> None:
     meta, source = checkpoint["metadata"], checkpoint["spec"]["source"]
     namespace = meta["namespace"]
     origin = source["s3"]["uri"] if "s3" in source else source["http"]["url"]
-    if ctx.config.storage_type == "volume":
+    store = store_for(ctx.config)
+    if store.import_needs_claim:
         ctx.kube.ensure(PVCS, namespace, workload.build_import_claim(checkpoint, ctx.config))
     pod = run_agent_pod(ctx, checkpoint, workload.build_import_pod(checkpoint, ctx.config))
     if pod is None:
@@ -32,9 +35,11 @@ def import_checkpoint(ctx: Context, checkpoint: dict) -> None:
     finally:
         ctx.kube.delete(PODS, namespace, pod["metadata"]["name"])
     manifest = scan.checkpoints[0]
-    if ctx.config.storage_type == "s3":
-        location = {"s3": {"uri": scan.uploads["."]}}
-    else:
-        location = {"volume": {"claimName": workload.import_claim_name(checkpoint), "path": workload.IMPORT_DIR}}
+    try:
+        location = store.import_location(checkpoint, workload.import_claim_name(checkpoint), scan.uploads)
+    except MissingUpload as exc:
+        _set_status(ctx, checkpoint, "Failed", "ImportFailed", f"import of {origin}: {exc}", stalled=True,
+                    event="Warning")
+        return
     metrics.TRANSFERRED_BYTES.labels("import").inc(manifest.sizeBytes)
     set_ready(ctx, checkpoint, manifest, location, owned=True)

@@ -19,8 +19,9 @@ from checkpoint_operator.logic import workload
 from checkpoint_operator.logic.conditions import get_condition, kstatus_conditions, now_rfc3339, seconds_since
 from checkpoint_operator.logic.inputs import (FINISHED_JOB_PHASES, InputWait, ResolvedInput, is_deleting,
                                               resolve_inputs, resolve_one)
-from checkpoint_operator.logic.snapshot import (ScanOutputError, is_produced_by, parse_scan_output, plan_snapshot,
-                                                volume_location)
+from checkpoint_operator.logic.snapshot import ScanOutputError, is_produced_by, parse_scan_output, plan_snapshot
+from checkpoint_operator.storage import store_for
+from checkpoint_operator.storage.base import MissingUpload
 from checkpoint_operator import metrics
 
 MAX_SNAPSHOT_ATTEMPTS = 3
@@ -206,15 +207,15 @@ def snapshot(ctx: Context, tj: dict) -> bool:
 
     claim = workload.output_claim_name(tj)
     layout = tj["spec"].get("output", {}).get("layout", "auto")
-    if ctx.config.storage_type == "s3":
-        def location_of(manifest):
-            return {"s3": {"uri": scan.uploads[manifest.path]}}
-        missing = [m.path for m in scan.checkpoints if m.path not in scan.uploads]
-        if missing:
-            return _fail(ctx, tj, "SnapshotFailed", f"pod {pod_name} did not upload {', '.join(missing)}")
-    else:
-        def location_of(manifest):
-            return volume_location(claim, manifest, layout)
+    store = store_for(ctx.config)
+    try:
+        for manifest in scan.checkpoints:  # every checkpoint must have reached the store
+            store.snapshot_location(claim, manifest, layout, scan.uploads)
+    except MissingUpload as exc:
+        return _fail(ctx, tj, "SnapshotFailed", f"pod {pod_name}: {exc}")
+
+    def location_of(manifest):
+        return store.snapshot_location(claim, manifest, layout, scan.uploads)
 
     plan = plan_snapshot(tj, scan, ctx.kube.list(CHECKPOINTS, namespace), location_of, now_rfc3339())
     created = [_create_checkpoint(ctx, tj, planned) for planned in plan.checkpoints]
@@ -290,12 +291,11 @@ def _hand_over_output_claim(ctx: Context, tj: dict, claim: str, created: list[di
     """Volume store: the Checkpoints own the output volume from now on, so Kubernetes deletes it
     with the last of them (and not with the job). s3 store: the data was uploaded; release it."""
     namespace = tj["metadata"]["namespace"]
-    if ctx.config.storage_type == "s3" or not created:
-        if ctx.config.storage_type == "s3":
-            ctx.kube.delete(PVCS, namespace, claim)
-        return
-    owners = [workload.owner_reference(c, controller=False) for c in created]
-    ctx.kube.patch(PVCS, namespace, claim, {"metadata": {"ownerReferences": owners}})
+    if not store_for(ctx.config).keeps_output_claim:
+        ctx.kube.delete(PVCS, namespace, claim)
+    elif created:
+        owners = [workload.owner_reference(c, controller=False) for c in created]
+        ctx.kube.patch(PVCS, namespace, claim, {"metadata": {"ownerReferences": owners}})
 
 
 # --- deletion -------------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ def is_produced_by(checkpoint: dict, job_uid: str, directory: str) -> bool:
 
 
 def plan_snapshot(tj: dict, scan: ScanResult, existing: list[dict], location_of, now: str) -> SnapshotPlan:
-    """`location_of(manifest)` gives the status.location of an entry (store-specific)."""
+    """`location_of(manifest)` gives the status.location of an entry (the store decides)."""
     meta, spec, status = tj["metadata"], tj["spec"], tj.get("status", {})
     output = spec.get("output", {})
     kept, dropped = apply_keep(scan.checkpoints, output.get("keep"), lambda m: m.step)
@@ -110,12 +110,3 @@ def ready_status(manifest: Manifest, location: dict, *, owned: bool, now: str,
     if produced_by:
         status["producedBy"] = produced_by
     return status
-
-
-def volume_location(claim: str, manifest: Manifest, layout: str) -> dict:
-    """Volume store: the checkpoint stays where it was written. The root files (and, in the
-    `files` layout, each file) share their directory with other checkpoints, so only their
-    own files are listed as items (mounted one by one)."""
-    if manifest.path == "." or layout == "files":
-        return {"volume": {"claimName": claim, "path": ".", "items": [f.path for f in manifest.files]}}
-    return {"volume": {"claimName": claim, "path": manifest.path}}

@@ -14,7 +14,12 @@ from typing import Optional
 from checkpoint_operator import API_VERSION
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic.inputs import ResolvedInput
+from checkpoint_operator.logic.agent_pods import AGENT_DATA_MOUNT, AGENT_OUTPUT_MOUNT, agent_container, agent_pod
 from checkpoint_operator.logic.naming import MAX_LABEL_NAME, bounded_name, child_name
+from checkpoint_operator.storage import store_for
+from checkpoint_operator.storage.base import IMPORT_DIR
+from checkpoint_operator.storage.s3 import STAGING_VOLUME
+from checkpoint_operator.storage.volume import INPUT_VOLUME_PREFIX
 
 LABEL_TRAINING_JOB = "ckpt.dev/trainingjob"
 LABEL_TRAINING_JOB_UID = "ckpt.dev/trainingjob-uid"
@@ -24,11 +29,6 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "checkpoint-operator"
 
 OUTPUT_VOLUME = "ckpt-output"
-INPUT_VOLUME_PREFIX = "ckpt-in-"
-STAGING_VOLUME = "ckpt-inputs"        # s3 store: the emptyDir the init container downloads into
-AGENT_OUTPUT_MOUNT = "/checkpoint-output"
-AGENT_DATA_MOUNT = "/checkpoint-data"
-STAGING_MOUNT = "/checkpoint-inputs"
 
 CONTRACT_VARIABLES = ("CHECKPOINT_INPUT_DIR", "CHECKPOINT_OUTPUT_DIR", "CHECKPOINT_INPUT_PATH",
                       "CHECKPOINT_INPUT_NAMES", "FLEXAI_INPUT_CHECKPOINT_DIR", "FLEXAI_OUTPUT_CHECKPOINT_DIR",
@@ -132,44 +132,6 @@ def check_user_mounts(template_spec: dict, spec: dict) -> None:
                           f"({OUTPUT_VOLUME}, {STAGING_VOLUME}, {INPUT_VOLUME_PREFIX}*); rename them")
 
 
-def volume_input_mounts(spec: dict, inputs: list[ResolvedInput]) -> tuple[list[dict], list[dict]]:
-    """Volume store: each input's PVC, read-only, with subPath at <inputDir>/<name>."""
-    volumes: dict[str, dict] = {}
-    mounts = []
-    for item in inputs:
-        location = item.location["volume"]
-        claim = location["claimName"]
-        volume_name = volumes.setdefault(claim, {
-            "name": f"{INPUT_VOLUME_PREFIX}{len(volumes)}",
-            "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})["name"]
-        base = posixpath.join(spec["inputDir"], item.mount_name)
-        sub_path = posixpath.normpath(location.get("path", ".").lstrip("/") or ".")
-        for rel in location.get("items") or [None]:  # items: only these files (e.g. the root files)
-            path = sub_path if rel is None else posixpath.join(sub_path, rel)
-            mounts.append({"name": volume_name, "readOnly": True,
-                           "mountPath": base if rel is None else posixpath.join(base, rel),
-                           "subPath": "" if path == "." else posixpath.normpath(path)})
-    return list(volumes.values()), mounts
-
-
-def s3_input_mounts(spec: dict, inputs: list[ResolvedInput], config: OperatorConfig) -> tuple[list[dict], list[dict], list[dict]]:
-    """S3 store: init containers download (and verify) each input into an emptyDir that the
-    training containers mount read-only, at the same paths as on the volume store."""
-    if not inputs:
-        return [], [], []
-    volumes = [{"name": STAGING_VOLUME, "emptyDir": {}}]
-    mounts, init_containers = [], []
-    for index, item in enumerate(inputs):
-        mounts.append({"name": STAGING_VOLUME, "readOnly": True, "subPath": item.mount_name,
-                       "mountPath": posixpath.join(spec["inputDir"], item.mount_name)})
-        init_containers.append(agent_container(
-            f"download-input-{index}",
-            ["checkpoint-operator", "agent", "download", item.location["s3"]["uri"],
-             posixpath.join(STAGING_MOUNT, item.mount_name)],
-            config, mounts=[{"name": STAGING_VOLUME, "mountPath": STAGING_MOUNT}]))
-    return volumes, mounts, init_containers
-
-
 # --- objects -----------------------------------------------------------------------------------
 
 def build_output_claim(tj: dict, config: OperatorConfig) -> dict:
@@ -193,11 +155,8 @@ def build_job(tj: dict, inputs: list[ResolvedInput], config: OperatorConfig) -> 
     pod_spec = template.setdefault("spec", {})
     check_user_mounts(pod_spec, spec)
 
-    if config.storage_type == "s3":
-        volumes, input_mounts, init_containers = s3_input_mounts(spec, inputs, config)
-    else:
-        (volumes, input_mounts), init_containers = volume_input_mounts(spec, inputs), []
-    mounts = list(input_mounts)
+    staged = store_for(config).input_volumes(spec, inputs)
+    volumes, mounts, init_containers = list(staged.volumes), list(staged.mounts), list(staged.init_containers)
     if spec.get("output", {}).get("enabled", True):
         volumes.append({"name": OUTPUT_VOLUME, "persistentVolumeClaim": {"claimName": output_claim_name(tj)}})
         mounts.append({"name": OUTPUT_VOLUME, "mountPath": spec["outputDir"]})
@@ -230,54 +189,18 @@ def build_job(tj: dict, inputs: list[ResolvedInput], config: OperatorConfig) -> 
     return BuiltJob(job, warnings)
 
 
-def agent_container(name: str, command: list[str], config: OperatorConfig, mounts: list[dict],
-                    env: Optional[list[dict]] = None) -> dict:
-    container = {"name": name, "image": config.agent_image, "imagePullPolicy": config.agent_image_pull_policy,
-                 "command": command, "volumeMounts": mounts, "resources": copy.deepcopy(config.agent_resources)}
-    s3_env = s3_agent_env(config)
-    if s3_env or env:
-        container["env"] = (env or []) + s3_env
-    return container
-
-
-def s3_agent_env(config: OperatorConfig) -> list[dict]:
-    if config.storage_type != "s3":
-        return []
-    env = []
-    if config.s3_endpoint:
-        env.append({"name": "AWS_ENDPOINT_URL", "value": config.s3_endpoint})
-    if config.s3_region:
-        env.append({"name": "AWS_DEFAULT_REGION", "value": config.s3_region})
-    if config.s3_secret_name:
-        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-            env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": config.s3_secret_name, "key": key}}})
-    return env
-
-
-def snapshot_upload_prefix(tj: dict, config: OperatorConfig) -> str:
-    """s3 store: where a job's output goes, one sub-prefix per scanned directory."""
-    meta = tj["metadata"]
-    prefix = config.s3_prefix.strip("/")
-    parts = [p for p in (prefix, meta["namespace"], f"{meta['name']}-{meta['uid'][:8]}") if p]
-    return f"s3://{config.s3_bucket}/" + "/".join(parts) + "/"
-
-
 def build_snapshot_pod(tj: dict, config: OperatorConfig) -> dict:
-    """The pod that scans the output volume (read-only) and prints the checkpoints as JSON."""
+    """The pod that scans the output volume (read-only) and prints the checkpoints as JSON
+    (and, on the s3 store, uploads them first)."""
+    store = store_for(config)
     layout = tj["spec"].get("output", {}).get("layout", "auto")
-    if config.storage_type == "s3":
-        command = ["checkpoint-operator", "agent", "snapshot", AGENT_OUTPUT_MOUNT, "--layout", layout,
-                   "--upload-to", snapshot_upload_prefix(tj, config)]
-    else:
-        command = ["checkpoint-operator", "agent", "scan", AGENT_OUTPUT_MOUNT, "--layout", layout, "--json"]
-    container = agent_container("snapshot", command, config,
-                                mounts=[{"name": OUTPUT_VOLUME, "mountPath": AGENT_OUTPUT_MOUNT, "readOnly": True}])
-    return {"metadata": {"name": snapshot_pod_name(tj), "namespace": tj["metadata"]["namespace"],
-                         "labels": _labels(tj, "snapshot"), "ownerReferences": [owner_reference(tj)]},
-            "spec": {"restartPolicy": "Never", "containers": [container],
-                     **({"serviceAccountName": config.agent_service_account} if config.agent_service_account else {}),
-                     "volumes": [{"name": OUTPUT_VOLUME, "persistentVolumeClaim": {
-                         "claimName": output_claim_name(tj), "readOnly": True}}]}}
+    container = agent_container("snapshot", store.snapshot_command(tj, AGENT_OUTPUT_MOUNT, layout), config,
+                                mounts=[{"name": OUTPUT_VOLUME, "mountPath": AGENT_OUTPUT_MOUNT, "readOnly": True}],
+                                env=store.agent_env())
+    metadata = {"name": snapshot_pod_name(tj), "namespace": tj["metadata"]["namespace"],
+                "labels": _labels(tj, "snapshot"), "ownerReferences": [owner_reference(tj)]}
+    return agent_pod(metadata, config, [container], [{"name": OUTPUT_VOLUME, "persistentVolumeClaim": {
+        "claimName": output_claim_name(tj), "readOnly": True}}])
 
 
 def build_volume_scan_pod(checkpoint: dict, config: OperatorConfig) -> dict:
@@ -290,29 +213,21 @@ def build_volume_scan_pod(checkpoint: dict, config: OperatorConfig) -> dict:
         mount["subPath"] = sub_path
     container = agent_container("scan", ["checkpoint-operator", "agent", "scan", AGENT_DATA_MOUNT, "--single", "--json"],
                                 config, mounts=[mount])
-    return {"metadata": {"name": child_name(meta["name"], "scan"), "namespace": meta["namespace"],
-                         "labels": {LABEL_MANAGED_BY: MANAGER, LABEL_COMPONENT: "scan",
-                                    LABEL_CHECKPOINT: bounded_name(meta["name"], MAX_LABEL_NAME)},
-                         "ownerReferences": [owner_reference(checkpoint)]},
-            "spec": {"restartPolicy": "Never", "containers": [container],
-                     "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": source["claimName"],
-                                                                            "readOnly": True}}]}}
+    metadata = {"name": child_name(meta["name"], "scan"), "namespace": meta["namespace"],
+                "labels": {LABEL_MANAGED_BY: MANAGER, LABEL_COMPONENT: "scan",
+                           LABEL_CHECKPOINT: bounded_name(meta["name"], MAX_LABEL_NAME)},
+                "ownerReferences": [owner_reference(checkpoint)]}
+    return agent_pod(metadata, config, [container], [{"name": "data", "persistentVolumeClaim": {
+        "claimName": source["claimName"], "readOnly": True}}])
 
 
 # --- imports (Checkpoints with source.s3 / source.http) ------------------------------------------
 
 IMPORT_SIZE_ANNOTATION = "ckpt.dev/volume-size"
-IMPORT_DIR = "data"
 
 
 def import_claim_name(checkpoint: dict) -> str:
     return child_name(checkpoint["metadata"]["name"], "data")
-
-
-def import_upload_prefix(checkpoint: dict, config: OperatorConfig) -> str:
-    meta = checkpoint["metadata"]
-    parts = [p for p in (config.s3_prefix.strip("/"), meta["namespace"], f"{meta['name']}-{meta['uid'][:8]}") if p]
-    return f"s3://{config.s3_bucket}/" + "/".join(parts) + "/"
 
 
 def build_import_claim(checkpoint: dict, config: OperatorConfig) -> dict:
@@ -345,30 +260,15 @@ def source_env(source: dict) -> list[dict]:
 
 
 def build_import_pod(checkpoint: dict, config: OperatorConfig) -> dict:
-    """Volume store: import into the Checkpoint's own PVC, then scan it. s3 store: import into
-    an emptyDir (init container, with the source's credentials), then upload it into the store
-    (with the store's credentials)."""
+    """Fetch the source into the store: onto the Checkpoint's own PVC (volume store) or into an
+    emptyDir that is then uploaded (s3 store); either way the pod prints the scan as JSON."""
     meta, source = checkpoint["metadata"], checkpoint["spec"]["source"]
     uri = source["s3"]["uri"] if "s3" in source else source["http"]["url"]
-    data = posixpath.join(AGENT_DATA_MOUNT, IMPORT_DIR)
-    import_command = ["checkpoint-operator", "agent", "import", uri, data]
-    labels = {LABEL_MANAGED_BY: MANAGER, LABEL_COMPONENT: "import",
-              LABEL_CHECKPOINT: bounded_name(meta["name"], MAX_LABEL_NAME)}
-    mount = [{"name": "data", "mountPath": AGENT_DATA_MOUNT}]
-    if config.storage_type == "s3":
-        fetch = agent_container("import", import_command, config, mounts=mount)
-        fetch["env"] = source_env(source)  # the source's endpoint and credentials, not the store's
-        if not fetch["env"]:
-            del fetch["env"]
-        upload = agent_container("upload", ["checkpoint-operator", "agent", "snapshot", data, "--single",
-                                            "--upload-to", import_upload_prefix(checkpoint, config)], config, mount)
-        spec = {"initContainers": [fetch], "containers": [upload], "volumes": [{"name": "data", "emptyDir": {}}]}
-    else:
-        fetch = agent_container("import", ["sh", "-c", 'checkpoint-operator agent import "$0" "$1" && '
-                                                        'checkpoint-operator agent scan "$1" --single --json',
-                                           uri, data], config, mounts=mount, env=source_env(source))
-        spec = {"containers": [fetch], "volumes": [{"name": "data", "persistentVolumeClaim": {
-            "claimName": import_claim_name(checkpoint)}}]}
-    return {"metadata": {"name": child_name(meta["name"], "import"), "namespace": meta["namespace"],
-                         "labels": labels, "ownerReferences": [owner_reference(checkpoint)]},
-            "spec": {"restartPolicy": "Never", **spec}}
+    data_dir = posixpath.join(AGENT_DATA_MOUNT, IMPORT_DIR)
+    init_containers, containers, volumes = store_for(config).import_containers(
+        checkpoint, ["checkpoint-operator", "agent", "import", uri, data_dir], data_dir, source_env(source))
+    metadata = {"name": child_name(meta["name"], "import"), "namespace": meta["namespace"],
+                "labels": {LABEL_MANAGED_BY: MANAGER, LABEL_COMPONENT: "import",
+                           LABEL_CHECKPOINT: bounded_name(meta["name"], MAX_LABEL_NAME)},
+                "ownerReferences": [owner_reference(checkpoint)]}
+    return agent_pod(metadata, config, containers, volumes, init_containers)

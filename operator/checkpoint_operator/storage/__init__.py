@@ -1,1 +1,19 @@
-"""Where checkpoint bytes live: the volume store (PVCs) and the s3 store."""
+"""Where checkpoint bytes live. One interface (`Store`), two stores: `volume` (the default:
+checkpoints stay on the PVCs they were written to) and `s3` (uploaded to object storage).
+The operator picks one for the whole installation (`CKPT_STORAGE_TYPE`)."""
+
+from __future__ import annotations
+
+from checkpoint_operator.config import OperatorConfig
+from checkpoint_operator.storage.base import InputVolumes, Store
+
+
+def store_for(config: OperatorConfig) -> Store:
+    if config.storage_type == "s3":
+        from checkpoint_operator.storage.s3 import S3Store
+        return S3Store(config)
+    from checkpoint_operator.storage.volume import VolumeStore
+    return VolumeStore(config)
+
+
+__all__ = ["InputVolumes", "Store", "store_for"]

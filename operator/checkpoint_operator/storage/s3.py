@@ -1,0 +1,91 @@
+"""The s3 store: checkpoints live in S3-compatible object storage.
+
+A snapshot pod uploads each checkpoint (manifest last: the commit marker) and the output PVC
+is released; inputs are downloaded by init containers into an emptyDir that the training
+containers mount read-only, verified against the manifest. The operator itself only deletes
+the data of Checkpoints it owns."""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Optional
+
+from checkpoint_operator.agent.manifest import Manifest
+from checkpoint_operator.logic.agent_pods import agent_container
+from checkpoint_operator.logic.inputs import ResolvedInput
+from checkpoint_operator.storage.base import InputVolumes, MissingUpload, Store
+
+STAGING_VOLUME = "ckpt-inputs"
+STAGING_MOUNT = "/checkpoint-inputs"
+
+
+class S3Store(Store):
+    name = "s3"
+    keeps_output_claim = False
+    import_needs_claim = False
+
+    def agent_env(self) -> list[dict]:
+        config, env = self.config, []
+        if config.s3_endpoint:
+            env.append({"name": "AWS_ENDPOINT_URL", "value": config.s3_endpoint})
+        if config.s3_region:
+            env.append({"name": "AWS_DEFAULT_REGION", "value": config.s3_region})
+        if config.s3_secret_name:
+            for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+                env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": config.s3_secret_name, "key": key}}})
+        return env
+
+    def prefix_for(self, namespace: str, name: str, uid: str) -> str:
+        """s3://<bucket>/<prefix>/<namespace>/<name>-<uid8>/: unique even for re-created namesakes."""
+        parts = [p for p in (self.config.s3_prefix.strip("/"), namespace, f"{name}-{uid[:8]}") if p]
+        return f"s3://{self.config.s3_bucket}/" + "/".join(parts) + "/"
+
+    def input_volumes(self, spec: dict, inputs: list[ResolvedInput]) -> InputVolumes:
+        if not inputs:
+            return InputVolumes()
+        result = InputVolumes(volumes=[{"name": STAGING_VOLUME, "emptyDir": {}}])
+        for index, item in enumerate(inputs):
+            result.mounts.append({"name": STAGING_VOLUME, "readOnly": True, "subPath": item.mount_name,
+                                  "mountPath": posixpath.join(spec["inputDir"], item.mount_name)})
+            result.init_containers.append(agent_container(
+                f"download-input-{index}",
+                ["checkpoint-operator", "agent", "download", item.location["s3"]["uri"],
+                 posixpath.join(STAGING_MOUNT, item.mount_name)],
+                self.config, mounts=[{"name": STAGING_VOLUME, "mountPath": STAGING_MOUNT}], env=self.agent_env()))
+        return result
+
+    def snapshot_command(self, tj: dict, output_dir: str, layout: str) -> list[str]:
+        meta = tj["metadata"]
+        return ["checkpoint-operator", "agent", "snapshot", output_dir, "--layout", layout,
+                "--upload-to", self.prefix_for(meta["namespace"], meta["name"], meta["uid"])]
+
+    def snapshot_location(self, claim: str, manifest: Manifest, layout: str, uploads: dict[str, str]) -> dict:
+        if manifest.path not in uploads:
+            raise MissingUpload(f"the snapshot pod did not upload {manifest.path!r}")
+        return {"s3": {"uri": uploads[manifest.path]}}
+
+    def import_containers(self, checkpoint: dict, fetch_command: list[str], data_dir: str,
+                          source_env: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
+        """Fetch with the source's credentials (init container), upload with the store's."""
+        meta = checkpoint["metadata"]
+        mount = [{"name": "data", "mountPath": posixpath.dirname(data_dir)}]
+        fetch = agent_container("import", fetch_command, self.config, mounts=mount, env=source_env)
+        upload = agent_container("upload", ["checkpoint-operator", "agent", "snapshot", data_dir, "--single",
+                                            "--upload-to", self.prefix_for(meta["namespace"], meta["name"], meta["uid"])],
+                                 self.config, mounts=mount, env=self.agent_env())
+        return [fetch], [upload], [{"name": "data", "emptyDir": {}}]
+
+    def import_location(self, checkpoint: dict, claim: str, uploads: dict[str, str]) -> dict:
+        if "." not in uploads:
+            raise MissingUpload("the import pod did not upload the checkpoint")
+        return {"s3": {"uri": uploads["."]}}
+
+    def delete_owned_data(self, status: dict) -> Optional[str]:
+        """Everything under the Checkpoint's prefix (a second delete of gone data succeeds).
+        Credentials come from the operator's environment (the chart passes the store's Secret)."""
+        uri = (status.get("location") or {}).get("s3", {}).get("uri")
+        if not (status.get("owned") and uri):
+            return None  # data it merely points to is never deleted
+        from checkpoint_operator.agent.s3 import delete_prefix
+        delete_prefix(uri, endpoint_url=self.config.s3_endpoint)
+        return uri
