@@ -181,7 +181,9 @@ def main() -> int:
               f"SeaweedFS at {server.endpoint}; {runs} run(s) per tool; {os.cpu_count()} cores", flush=True)
         times: dict[str, dict[str, list[float]]] = {t: {"upload": [], "download": []} for t in tools}
         for n in range(runs):
-            for tool in tools:  # interleaved, so a slow patch of the machine hits every tool
+            # interleaved, and rotated each run, so neither a slow patch of the machine nor the
+            # server's state after the previous tool favours one tool
+            for tool in tools[n % len(tools):] + tools[:n % len(tools)]:
                 t_up, t_down = bench.once(tool, n)
                 times[tool]["upload"].append(t_up)
                 times[tool]["download"].append(t_down)

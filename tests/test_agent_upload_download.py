@@ -256,3 +256,28 @@ def test_delete_prefix_is_idempotent(s3, tmp_path):
 
 def test_temp_name_is_hidden():
     assert Path(temp_name("/d/sub/model.bin")).name == ".model.bin.ckpt-download"
+
+
+def test_progress_is_a_bar_on_a_tty_and_log_lines_otherwise():
+    import io
+
+    from checkpoint_operator.agent.progress import Progress
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty = Tty()
+    with Progress("upload", 2048, stream=tty) as progress:
+        progress.add(1024)
+        progress.add(1024)
+    assert "\r" in tty.getvalue() and "[####" in tty.getvalue() and "100.0%" in tty.getvalue()
+
+    log = io.StringIO()
+    with Progress("download", 10, stream=log, interval=0.01) as progress:
+        progress.add(5)
+        import time
+        time.sleep(0.05)
+    lines = log.getvalue().splitlines()
+    assert len(lines) >= 2 and "\r" not in log.getvalue()
+    assert lines[-1].startswith("download: done") and "(5 of 10 bytes)" in lines[-1] and "/s" in lines[-1]

@@ -14,7 +14,6 @@ import argparse
 import hashlib
 import json
 import os
-import queue
 import sys
 import threading
 import time
@@ -43,24 +42,6 @@ def sha256_of(path: str) -> str:
         while chunk := fh.read(READ_CHUNK):
             h.update(chunk)
     return h.hexdigest()
-
-
-class _PooledView:
-    """A part's bytes in a pooled buffer; `give_back()` once hashed and written."""
-
-    __slots__ = ("view", "buf", "pool")
-
-    def __init__(self, view: memoryview, buf: bytearray, pool: "queue.Queue[bytearray]") -> None:
-        self.view, self.buf, self.pool = view, buf, pool
-
-    def __len__(self) -> int:
-        return len(self.view)
-
-    def __getitem__(self, item):
-        return self.view[item]
-
-    def give_back(self) -> None:
-        self.pool.put(self.buf)
 
 
 @dataclass
@@ -115,9 +96,6 @@ class Downloader:
         self.latch = FailureLatch()
         self.budget = ByteBudget(env_size("CKPT_S3_MAX_BUFFER", max(2 * self.concurrency * self.part_size,
                                                                    4 * self.part_size)))
-        self._buffers: "queue.Queue[bytearray]" = queue.Queue()
-        for _ in range(max(1, self.budget.limit // self.part_size) + 1):
-            self._buffers.put(bytearray(self.part_size))
         self._open_jobs: dict[int, FileJob] = {}
         self._jobs_lock = threading.Lock()
         self._count_lock = threading.Lock()
@@ -232,30 +210,6 @@ class Downloader:
                 pass
             raise
 
-    def _get_into(self, loc: S3Location, rng: str, size: int) -> memoryview:
-        """A ranged GET read straight into a pooled buffer: no fresh 32 MiB allocation (and page
-        faults) per part."""
-        buf = self._buffers.get()
-        try:
-            resp = self.client.get_object(Bucket=loc.bucket, Key=loc.key, Range=rng)
-            raw = resp["Body"]._raw_stream
-            view = memoryview(buf)[:size]
-            got = 0
-            while got < size:
-                n = raw.readinto(view[got:])
-                if not n:
-                    break
-                got += n
-            resp["Body"].close()
-        except Exception as exc:  # noqa: BLE001
-            self._buffers.put(buf)
-            try:
-                exc.ckpt_uri = loc.uri  # type: ignore[attr-defined]
-            except AttributeError:
-                pass
-            raise
-        return _PooledView(view[:got], buf, self._buffers)
-
     def _get_whole(self, job: FileJob) -> None:
         try:
             data = self._get(job.loc, None) if job.entry.size else b""
@@ -275,12 +229,12 @@ class Downloader:
         released = False
         try:
             start = index * job.part_size
-            data = self._get_into(job.loc, f"bytes={start}-{start + size - 1}", size)
+            data = self._get(job.loc, f"bytes={start}-{start + size - 1}")
             if len(data) != size:
                 raise AgentError(f"{job.entry.path}: short read from {job.loc.uri} at offset {start}: "
                                  f"{len(data)} of {size} bytes (the object does not match its manifest)")
             written = 0
-            view = data.view
+            view = memoryview(data)
             while written < size:
                 written += os.pwrite(job.fd, view[written:], start + written)
             self.progress.add(size)
@@ -304,10 +258,8 @@ class Downloader:
                     finished = job.next_hash == job.nparts
                     break
                 job.next_hash += 1
-            job.hasher.update(part.view)
+            job.hasher.update(part)
             self.budget.release(len(part))
-            if isinstance(part, _PooledView):
-                part.give_back()
         if finished:
             self._finish_multipart(job)
         return True

@@ -19,14 +19,14 @@ import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 from checkpoint_operator.agent.manifest import MANIFEST_NAME, FileEntry, Manifest, digest_of
 from checkpoint_operator.agent.progress import Progress, human_bytes
 from checkpoint_operator.agent.s3 import (
     DEFAULT_CONCURRENCY, DEFAULT_PART_SIZE, AgentError, ByteBudget, FailureLatch, S3Location,
-    describe_error, env_size, error_code, is_not_found, list_objects, make_client, parse_s3_uri,
+    describe_error, env_size, is_not_found, list_objects, make_client, parse_s3_uri,
     part_size_for, resolve_endpoint,
 )
 

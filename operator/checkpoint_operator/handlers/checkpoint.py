@@ -6,16 +6,18 @@ the ones users create point at a volume path (scanned in place) or at s3/http (i
 
 from __future__ import annotations
 
+from typing import Optional
+
 import kopf
 
-from checkpoint_operator.api.checkpoint import CheckpointStatus
 from checkpoint_operator.handlers.context import Context
+from checkpoint_operator.handlers.status import write_status
 from checkpoint_operator.handlers.usage import unregister_users
-from checkpoint_operator.kube import CHECKPOINTS, PODS, PVCS, TRAINING_JOBS, Conflict
+from checkpoint_operator.kube import CHECKPOINTS, PODS, PVCS, TRAINING_JOBS, ApiError, Conflict
 from checkpoint_operator.logic import workload
-from checkpoint_operator.logic.conditions import get_condition, kstatus_conditions, now_rfc3339
+from checkpoint_operator.logic.conditions import now_rfc3339
 from checkpoint_operator.logic.inputs import is_deleting, is_live_user
-from checkpoint_operator.logic.snapshot import ScanOutputError, parse_scan_output, ready_status
+from checkpoint_operator.logic.snapshot import ScanOutputError, ScanResult, parse_scan_output, ready_status
 from checkpoint_operator import metrics
 from checkpoint_operator.storage import store_for
 
@@ -38,22 +40,10 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
         import_checkpoint(ctx, checkpoint)
 
 
-def _set_status(ctx: Context, checkpoint: dict, phase: str, reason: str, message: str, *,
-                ready: bool = False, stalled: bool = False, event: str | None = None, **fields) -> dict:
-    status = checkpoint.get("status", {})
-    previous = get_condition(status.get("conditions"), "Ready") or {}
-    generation = checkpoint["metadata"].get("generation")
-    conditions = kstatus_conditions(status.get("conditions"), ready=ready, reason=reason, message=message,
-                                    generation=generation, now=now_rfc3339(),
-                                    reconciling=phase in ("Pending", "Importing"), stalled=stalled)
-    patch = {"phase": phase, "message": message, "conditions": conditions, "observedGeneration": generation, **fields}
-    CheckpointStatus.model_validate({k: v for k, v in patch.items() if v is not None})
-    meta = checkpoint["metadata"]
-    updated = ctx.kube.patch_status(CHECKPOINTS, meta["namespace"], meta["name"], patch)
-    if event and (previous.get("reason"), previous.get("message")) != (reason, message):
-        ctx.event(updated, event, reason, message)
-    metrics.PHASES.observe("Checkpoint", meta["uid"], phase)
-    return updated
+def _set_status(ctx: Context, obj: dict, phase: str, reason: str, message: str, *, ready: bool = False,
+                stalled: bool = False, event: Optional[str] = None, **fields) -> dict:
+    return write_status(ctx, obj, phase, reason, message, ready=ready, stalled=stalled, event=event,
+                        reconciling=phase in ("Pending", "Importing"), **fields)
 
 
 def set_ready(ctx: Context, checkpoint: dict, manifest, location: dict, owned: bool) -> dict:
@@ -79,54 +69,51 @@ def prune_finished_users(ctx: Context, checkpoint: dict) -> None:
 
 def adopt_volume(ctx: Context, checkpoint: dict) -> None:
     meta, source = checkpoint["metadata"], checkpoint["spec"]["source"]["volume"]
-    namespace = meta["namespace"]
-    claim = ctx.kube.get(PVCS, namespace, source["claimName"])
+    where = f"{source['claimName']}:{source.get('path', '/')}"
+    claim = ctx.kube.get(PVCS, meta["namespace"], source["claimName"])
     if claim is None or claim.get("status", {}).get("phase") != "Bound":
         state = "does not exist" if claim is None else f"is not Bound (phase {claim.get('status', {}).get('phase')})"
         _set_status(ctx, checkpoint, "Pending", "WaitingForVolume",
                     f"spec.source.volume.claimName: PersistentVolumeClaim {source['claimName']} {state}",
                     event="Warning")
         return
-    pod = run_agent_pod(ctx, checkpoint, workload.build_volume_scan_pod(checkpoint, ctx.config))
-    if pod is None:
-        if checkpoint.get("status", {}).get("phase") != "Pending":
-            _set_status(ctx, checkpoint, "Pending", "Scanning", f"scanning {source['claimName']}:{source.get('path', '/')}")
-        return
-    try:
-        scan = parse_scan_output(ctx.kube.read_log(namespace, pod["metadata"]["name"]))
-        if len(scan.checkpoints) != 1:
-            raise ScanOutputError(f"no files found at {source['claimName']}:{source.get('path', '/')}")
-    except ScanOutputError as exc:
-        _set_status(ctx, checkpoint, "Failed", "ScanFailed", str(exc), stalled=True, event="Warning")
-        return
-    finally:
-        ctx.kube.delete(PODS, namespace, pod["metadata"]["name"])
-    path = source.get("path", "/").strip("/") or "."
-    set_ready(ctx, checkpoint, scan.checkpoints[0],
-              {"volume": {"claimName": source["claimName"], "path": path}}, owned=False)
+    scan = run_single_scan(ctx, checkpoint, workload.build_volume_scan_pod(checkpoint, ctx.config),
+                           phase="Pending", reason="Scanning", failure_reason="ScanFailed", describe=where)
+    if scan is not None:
+        path = source.get("path", "/").strip("/") or "."
+        set_ready(ctx, checkpoint, scan.checkpoints[0],
+                  {"volume": {"claimName": source["claimName"], "path": path}}, owned=False)
 
 
-def run_agent_pod(ctx: Context, owner: dict, pod_body: dict) -> dict | None:
-    """Create the pod if needed; return it once it has Succeeded, None while it runs.
-    A failed pod marks the owner Failed with the pod's log (raises PodFailed)."""
-    namespace = owner["metadata"]["namespace"]
-    name = pod_body["metadata"]["name"]
+def run_single_scan(ctx: Context, checkpoint: dict, pod_body: dict, *, phase: str, reason: str,
+                    failure_reason: str, describe: str) -> Optional[ScanResult]:
+    """Run an agent pod whose log ends with the scan of one checkpoint (adoption, import).
+
+    Returns the scan once the pod has succeeded; None while it runs (phase/reason say so) or
+    when it failed (the Checkpoint is then Failed, with the pod's last log lines)."""
+    namespace, name = checkpoint["metadata"]["namespace"], pod_body["metadata"]["name"]
     pod = ctx.kube.get(PODS, namespace, name)
     if pod is None:
         ctx.kube.ensure(PODS, namespace, pod_body)
+        if checkpoint.get("status", {}).get("phase") != phase:
+            _set_status(ctx, checkpoint, phase, reason, f"{reason.lower()} {describe}", event="Normal")
         return None
-    phase = pod.get("status", {}).get("phase")
-    if phase == "Succeeded":
-        return pod
-    if phase == "Failed":
-        try:
-            log = ctx.kube.read_log(namespace, name)[-800:]
-        except Exception:  # noqa: BLE001 - the log only improves the message
-            log = ""
+    pod_phase = pod.get("status", {}).get("phase")
+    if pod_phase not in ("Succeeded", "Failed"):
+        return None
+    try:
+        log = ctx.kube.read_log(namespace, name)
+        if pod_phase == "Failed":
+            raise ScanOutputError(f"pod {name} failed: {log[-800:].strip()}")
+        scan = parse_scan_output(log)
+        if len(scan.checkpoints) != 1:
+            raise ScanOutputError("no files found")
+        return scan
+    except (ScanOutputError, ApiError) as exc:
+        _set_status(ctx, checkpoint, "Failed", failure_reason, f"{describe}: {exc}", stalled=True, event="Warning")
+        return None
+    finally:
         ctx.kube.delete(PODS, namespace, name)
-        _set_status(ctx, owner, "Failed", "AgentFailed", f"pod {name} failed: {log.strip()}", stalled=True,
-                    event="Warning")
-    return None
 
 
 # --- deletion: the in-use protection finalizer ---------------------------------------------------

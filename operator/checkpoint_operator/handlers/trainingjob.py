@@ -11,12 +11,13 @@ from typing import Optional
 
 import pydantic
 
-from checkpoint_operator.api.trainingjob import TrainingJobSpec, TrainingJobStatus
+from checkpoint_operator.api.trainingjob import TrainingJobSpec
 from checkpoint_operator.handlers.context import Context
+from checkpoint_operator.handlers.status import write_status
 from checkpoint_operator.handlers.usage import register_user, release_inputs
 from checkpoint_operator.kube import CHECKPOINTS, JOBS, PODS, PVCS, TRAINING_JOBS, Conflict
 from checkpoint_operator.logic import workload
-from checkpoint_operator.logic.conditions import get_condition, kstatus_conditions, now_rfc3339, seconds_since
+from checkpoint_operator.logic.conditions import kstatus_conditions, now_rfc3339, seconds_since
 from checkpoint_operator.logic.inputs import (FINISHED_JOB_PHASES, InputWait, ResolvedInput, is_deleting,
                                               resolve_inputs, resolve_one)
 from checkpoint_operator.logic.snapshot import ScanOutputError, is_produced_by, parse_scan_output, plan_snapshot
@@ -56,24 +57,10 @@ def with_defaults(tj: dict) -> dict:
 
 # --- status helpers -------------------------------------------------------------------------------
 
-def _set_status(ctx: Context, tj: dict, phase: str, reason: str, message: str, *, ready: bool = False,
+def _set_status(ctx: Context, obj: dict, phase: str, reason: str, message: str, *, ready: bool = False,
                 stalled: bool = False, event: Optional[str] = None, **fields) -> dict:
-    """Write phase, message and conditions; post an event only when the reason or message changed."""
-    status = tj.get("status", {})
-    previous = get_condition(status.get("conditions"), "Ready") or {}
-    generation = tj["metadata"].get("generation")
-    conditions = kstatus_conditions(status.get("conditions"), ready=ready, reason=reason, message=message,
-                                    generation=generation, now=now_rfc3339(),
-                                    reconciling=not (ready or stalled or phase in FINISHED_JOB_PHASES),
-                                    stalled=stalled)
-    patch = {"phase": phase, "message": message, "conditions": conditions, "observedGeneration": generation, **fields}
-    TrainingJobStatus.model_validate({k: v for k, v in patch.items() if v is not None})  # nothing the CRD would prune
-    meta = tj["metadata"]
-    updated = ctx.kube.patch_status(TRAINING_JOBS, meta["namespace"], meta["name"], patch)
-    if event and (previous.get("reason"), previous.get("message")) != (reason, message):
-        ctx.event(updated, event, reason, message)
-    metrics.PHASES.observe("TrainingJob", meta["uid"], phase)
-    return updated
+    return write_status(ctx, obj, phase, reason, message, ready=ready, stalled=stalled, event=event,
+                        reconciling=not (ready or stalled or phase in FINISHED_JOB_PHASES), **fields)
 
 
 def _fail(ctx: Context, tj: dict, reason: str, message: str) -> bool:

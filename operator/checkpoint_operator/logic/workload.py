@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import posixpath
 from dataclasses import dataclass, field
-from typing import Optional
 
 from checkpoint_operator import API_VERSION
 from checkpoint_operator.config import OperatorConfig
