@@ -25,6 +25,8 @@ def import_checkpoint(ctx: Context, checkpoint: dict) -> None:
     manifest = scan.checkpoints[0]
     try:
         location = store.import_location(checkpoint, workload.import_claim_name(checkpoint), scan.uploads)
+        if not store.is_committed(location):
+            raise MissingUpload("the upload into the store did not complete (no manifest)")
     except MissingUpload as exc:
         _set_status(ctx, checkpoint, "Failed", "ImportFailed", f"import of {origin}: {exc}", stalled=True,
                     event="Warning")

@@ -196,8 +196,10 @@ def snapshot(ctx: Context, tj: dict) -> bool:
     layout = tj["spec"].get("output", {}).get("layout", "auto")
     store = store_for(ctx.config)
     try:
-        for manifest in scan.checkpoints:  # every checkpoint must have reached the store
-            store.snapshot_location(claim, manifest, layout, scan.uploads)
+        for manifest in scan.checkpoints:  # every checkpoint must have reached the store, committed
+            location = store.snapshot_location(claim, manifest, layout, scan.uploads)
+            if not store.is_committed(location):
+                raise MissingUpload(f"{manifest.path!r} has no manifest in the store: the upload did not complete")
     except MissingUpload as exc:
         return _fail(ctx, tj, "SnapshotFailed", f"pod {pod_name}: {exc}")
 

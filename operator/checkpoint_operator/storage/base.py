@@ -56,6 +56,10 @@ class Store(ABC):
     @abstractmethod
     def import_location(self, checkpoint: dict, claim: str, uploads: dict[str, str]) -> dict: ...
 
+    def is_committed(self, location: dict) -> bool:
+        """Is the data at `location` complete? Checked before a Checkpoint is marked Ready."""
+        return True
+
     def delete_owned_data(self, status: dict) -> Optional[str]:
         """Delete the data of a deleted Checkpoint that the operator owns; return where it was.
         Idempotent. Volume data goes with its PVC (owner references), so nothing to do there."""

@@ -80,6 +80,11 @@ class S3Store(Store):
             raise MissingUpload("the import pod did not upload the checkpoint")
         return {"s3": {"uri": uploads["."]}}
 
+    def is_committed(self, location: dict) -> bool:
+        """The manifest is written last: without it the upload does not exist."""
+        from checkpoint_operator.agent.s3 import manifest_exists
+        return manifest_exists(location["s3"]["uri"], endpoint_url=self.config.s3_endpoint)
+
     def delete_owned_data(self, status: dict) -> Optional[str]:
         """Everything under the Checkpoint's prefix (a second delete of gone data succeeds).
         Credentials come from the operator's environment (the chart passes the store's Secret)."""
