@@ -105,9 +105,10 @@ def iter_schema_rules(schema: dict, path: str = "") -> Iterator[tuple[str, dict,
 
 
 @functools.lru_cache(maxsize=None)
-def model_rules() -> dict[str, Rule]:
-    """Every Rule declared on the API models, by CEL text."""
-    found: dict[str, Rule] = {}
+def model_rules() -> dict[tuple[str, str], Rule]:
+    """Every Rule declared on the API models, by CEL text and message (both kinds have a
+    `self == oldSelf` rule, each with its own message)."""
+    found: dict[tuple[str, str], Rule] = {}
     seen: set[type] = set()
 
     def visit(model: type) -> None:
@@ -115,7 +116,7 @@ def model_rules() -> dict[str, Rule]:
             return
         seen.add(model)
         for rule in getattr(model, "cel_rules", ()):
-            found[rule.cel] = rule
+            found[(rule.cel, rule.message)] = rule
         for info in model.model_fields.values():
             sub = crdgen._model_of(info.annotation)
             if sub is not None:
@@ -263,6 +264,10 @@ CASES: list[Case] = [
     Case("prefix-trailing-dash", training_job(output={"namePrefix": "llama-"}), (PREFIX,)),
     Case("prefix-newline", training_job(output={"namePrefix": "llama\n"}), (PREFIX,)),
     # replicas
+    # TrainingJob immutability (transition rule): a run is what it was started with
+    Case("tj-immutable-same", training_job(replicas=2), old=training_job(replicas=2)),
+    Case("tj-immutable-replicas", training_job(replicas=2), (IMMUTABLE,), old=training_job(replicas=1)),
+    Case("tj-immutable-inputs", training_job(checkpoints=[{"name": "other"}]), (IMMUTABLE,), old=training_job()),
     Case("replicas-unset", training_job()),
     Case("replicas-4", training_job(replicas=4)),
     Case("replicas-0", training_job(replicas=0), (REPLICAS,)),
@@ -325,7 +330,7 @@ def test_rules_accept_and_reject_as_stated(case: Case) -> None:
     assert not missing, f"no rule refused {case.id}; expected {missing}, all refusals: {failed}"
     # the Python twin of each rule (what the operator's models run) says the same on every node
     for e in results:
-        rule = twins[e.rule["rule"]]
+        rule = twins[(e.rule["rule"], e.rule["message"])]
         if rule.check is not None:
             python = rule.check(e.value)
             assert python == e.ok, (f"{case.id}: at {e.path} CEL says {e.ok} and Python says {python} "
@@ -333,15 +338,15 @@ def test_rules_accept_and_reject_as_stated(case: Case) -> None:
 
 
 def test_every_rule_has_an_accepting_and_a_rejecting_case() -> None:
-    coverage: dict[str, set[bool]] = {}
+    coverage: dict[tuple[str, str], set[bool]] = {}
     for kind in CRD_FILES:
         for _, _, rule in iter_schema_rules(open_api_schema(load_crd(kind))):
-            coverage.setdefault(rule["rule"], set())
-    assert len(coverage) >= 17  # the rules this test was written for; more is fine
+            coverage.setdefault((rule["rule"], rule["message"]), set())
+    assert len(coverage) >= 18  # the rules this test was written for; more is fine
     for case in CASES:
         for e in evaluations(case):
             if e.ok is not None:
-                coverage[e.rule["rule"]].add(e.ok)
+                coverage[(e.rule["rule"], e.rule["message"])].add(e.ok)
     uncovered = {rule: sorted(seen) for rule, seen in coverage.items() if seen != {True, False}}
     assert not uncovered, f"rules without both an accepting and a rejecting case (outcomes seen): {uncovered}"
 
@@ -350,9 +355,9 @@ def test_every_crd_rule_is_declared_on_a_model() -> None:
     twins = model_rules()
     for kind in CRD_FILES:
         for path, _, rule in iter_schema_rules(open_api_schema(load_crd(kind))):
-            assert rule["rule"] in twins, f"{kind} {path}: rule {rule['rule']!r} has no Rule in api/"
-            assert twins[rule["rule"]].message == rule["message"]
-            if twins[rule["rule"]].check is None:
+            key = (rule["rule"], rule["message"])
+            assert key in twins, f"{kind} {path}: rule {rule['rule']!r} ({rule['message']!r}) has no Rule in api/"
+            if twins[key].check is None:
                 assert is_transition_rule(rule), f"{rule['rule']!r} has no Python check but is not a transition rule"
 
 

@@ -37,7 +37,7 @@ def test_job_gets_inputs_read_only_output_and_the_env_contract_in_every_containe
         assert "readOnly" not in mounts["/output-checkpoint"]
     claims = {v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"] for v in pod["volumes"]}
     assert claims["data"]["readOnly"] and claims["data2"]["readOnly"]
-    assert claims["train-output"].get("readOnly") is not True
+    assert claims["train-output-u-tra"].get("readOnly") is not True
     assert built.job["metadata"]["ownerReferences"][0]["uid"] == "u-train"
 
 

@@ -6,7 +6,7 @@ import json
 import os
 from typing import Literal, Optional
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 ENV_PREFIX = "CKPT_"
 
@@ -29,6 +29,12 @@ class OperatorConfig(BaseModel):
         "requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}})
     agent_service_account: Optional[str] = None
     reconcile_interval: float = Field(5.0, gt=0, description="seconds between checks of unfinished objects")
+
+    @model_validator(mode="after")
+    def _s3_store_needs_a_bucket(self):
+        if self.storage_type == "s3" and not self.s3_bucket:
+            raise ValueError("CKPT_S3_BUCKET must be set when CKPT_STORAGE_TYPE is s3")
+        return self
 
     @classmethod
     def from_env(cls, environ: Optional[dict[str, str]] = None) -> "OperatorConfig":

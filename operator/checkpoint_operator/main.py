@@ -10,13 +10,13 @@ from typing import Optional
 
 import kopf
 
-from checkpoint_operator import GROUP, VERSION
+from checkpoint_operator import GROUP, PROTECTION_FINALIZER, VERSION
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.handlers import checkpoint, trainingjob
 from checkpoint_operator.handlers.context import Context
 from checkpoint_operator import metrics
 
-FINALIZER = "ckpt.dev/in-use-protection"
+FINALIZER = PROTECTION_FINALIZER
 PEERING_NAME = "checkpoint-operator"
 CHECKPOINTS = (GROUP, VERSION, "checkpoints")
 TRAINING_JOBS = (GROUP, VERSION, "trainingjobs")
@@ -62,6 +62,18 @@ def reconcile_checkpoint(namespace: str, name: str, memo: kopf.Memo, **_) -> Non
 @kopf.on.delete(*CHECKPOINTS)
 def protect_checkpoint_in_use(body: kopf.Body, memo: kopf.Memo, **_) -> None:
     _guarded("Checkpoint", checkpoint.guard_deletion, _ctx(memo), dict(body), INTERVAL)
+
+
+# --- metrics: objects by phase, from every change kopf sees (also right after a restart) ---------
+
+@kopf.on.event(*CHECKPOINTS)
+@kopf.on.event(*TRAINING_JOBS)
+def count_by_phase(event: dict, body: kopf.Body, **_) -> None:
+    kind, uid = body.get("kind") or "", body.get("metadata", {}).get("uid", "")
+    if event.get("type") == "DELETED":
+        metrics.PHASES.forget(kind, uid)
+    else:
+        metrics.PHASES.observe(kind, uid, body.get("status", {}).get("phase"))
 
 
 # --- settings and process ------------------------------------------------------------------------

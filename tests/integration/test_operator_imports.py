@@ -72,5 +72,7 @@ async def test_broken_sources_fail_with_the_reason(api, operator, wait_for, web,
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "False" and ready["reason"] == "ImportFailed"
     assert fragment in ready["message"] and path in ready["message"]
-    events = [e for e in await api.list("v1/events", NS) if e["involvedObject"]["name"] == "broken"]
-    assert any(e["type"] == "Warning" and e["reason"] == "ImportFailed" for e in events)
+    async def warned():  # kopf posts events in the background
+        return any(e["involvedObject"]["name"] == "broken" and e["type"] == "Warning" and e["reason"] == "ImportFailed"
+                   for e in await api.list("v1/events", NS))
+    await wait_for(warned, timeout=10)

@@ -33,6 +33,13 @@ async def events_for(api, name):
     return [e for e in await api.list("v1/events", NS) if e.get("involvedObject", {}).get("name") == name]
 
 
+async def wait_event(api, wait_for, name, matches):
+    """kopf posts events in the background, so they may trail the status that announced them."""
+    async def found():
+        return [e for e in await events_for(api, name) if matches(e)]
+    return await wait_for(found, timeout=10)
+
+
 def ready_condition(obj):
     return next(c for c in obj["status"]["conditions"] if c["type"] == "Ready")
 
@@ -80,15 +87,17 @@ async def test_train_then_consume_latest_with_lineage(api, operator, cluster, tr
     assert status["fileCount"] == 3 and status["sizeBytes"] == 200 + 1 + 2
     assert status["producedBy"] == {"name": "pretrain", "uid": tj["metadata"]["uid"]}
     assert status["parents"] == []
-    claim_dir = cluster.claim_dir(NS, "pretrain-output")
+    claim_name = tj["status"]["outputClaim"]
+    assert claim_name.startswith("pretrain-output-")  # unique per run
+    claim_dir = cluster.claim_dir(NS, claim_name)
     assert status["digest"] == sha256sum_digest(os.path.join(claim_dir, "step-200"))
-    assert status["location"] == {"volume": {"claimName": "pretrain-output", "path": "step-200"}}
+    assert status["location"] == {"volume": {"claimName": claim_name, "path": "step-200"}}
     assert "ckpt.dev/in-use-protection" in step200["metadata"]["finalizers"]
     final = await api.get(CKPT, NS, "pretrain-final")
     assert final["status"]["location"]["volume"]["items"] == ["config.json", "model.safetensors"]
 
     # The output volume now belongs to the Checkpoints, not to the job.
-    claim = await api.get("v1/persistentvolumeclaims", NS, "pretrain-output")
+    claim = await api.get("v1/persistentvolumeclaims", NS, claim_name)
     assert {o["kind"] for o in claim["metadata"]["ownerReferences"]} == {"Checkpoint"}
     assert len(claim["metadata"]["ownerReferences"]) == 3
 
@@ -139,8 +148,8 @@ async def test_delete_while_in_use_is_blocked_then_released(api, operator, train
     obj = await wait_for(blocked, timeout=15)
     assert obj["metadata"].get("deletionTimestamp")
     assert "consumer" in ready_condition(obj)["message"]
-    warnings = [e for e in await events_for(api, "producer-step-1") if e.get("reason") == "DeletionBlocked"]
-    assert warnings and warnings[0]["type"] == "Warning" and "consumer" in warnings[0]["message"]
+    warnings = await wait_event(api, wait_for, "producer-step-1", lambda e: e.get("reason") == "DeletionBlocked")
+    assert warnings[0]["type"] == "Warning" and "consumer" in warnings[0]["message"]
     await asyncio.sleep(1.0)
     assert await api.get(CKPT, NS, "producer-step-1") is not None  # still there
 
@@ -164,8 +173,7 @@ async def test_failed_job_still_snapshots_its_partial_checkpoints(api, operator,
     assert tj["status"]["outputCheckpoints"] == ["crashy-step-50"]
     assert {c["type"]: c["status"] for c in tj["status"]["conditions"]} == {"Ready": "False", "Stalled": "True"}
     assert (await phase_of(api, CKPT, "crashy-step-50")) == "Ready"
-    skipped = [e for e in await events_for(api, "crashy") if e.get("reason") == "Skipped"]
-    assert any("step-60.tmp" in e["message"] for e in skipped)
+    await wait_event(api, wait_for, "crashy", lambda e: e.get("reason") == "Skipped" and "step-60.tmp" in e["message"])
 
 
 async def test_retried_pod_resumes_from_its_own_earlier_checkpoints(api, operator, trainer, wait_for):
@@ -226,7 +234,7 @@ async def test_missing_input_waits_then_proceeds_when_created(api, operator, clu
         return cond if cond and cond["reason"] == "InputNotFound" else None
     cond = await wait_for(says_why)
     assert "adopted" in cond["message"] and cond["status"] == "False"
-    assert any(e["type"] == "Warning" and "adopted" in e["message"] for e in await events_for(api, "late"))
+    await wait_event(api, wait_for, "late", lambda e: e["type"] == "Warning" and "adopted" in e["message"])
 
     # Adopt data that already sits on a PVC: scanned in place, never owned.
     await api.create("v1/persistentvolumeclaims", NS, {"metadata": {"name": "datasets"},
@@ -265,7 +273,7 @@ async def test_bad_template_mount_and_env_conflict_are_reported(api, operator, t
     await api.create(TJ, NS, envjob)
     await wait_phase(api, wait_for, TJ, "env", "Succeeded")
     assert trainer.envs["env"][0]["CHECKPOINT_INPUT_DIR"] != "/mine"
-    assert any(e["reason"] == "EnvOverridden" and e["type"] == "Warning" for e in await events_for(api, "env"))
+    await wait_event(api, wait_for, "env", lambda e: e["reason"] == "EnvOverridden" and e["type"] == "Warning")
 
 
 async def test_deleting_a_job_deletes_its_job_and_releases_inputs(api, operator, trainer, wait_for):

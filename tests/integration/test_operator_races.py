@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 
@@ -119,5 +120,44 @@ async def test_operator_restart_in_the_middle_of_a_snapshot(api, operator, train
     for name in names:
         checkpoint = await api.get(CKPT, NS, name)
         assert checkpoint["status"]["phase"] == "Ready"
-    claim = await api.get("v1/persistentvolumeclaims", NS, "resumable-output")
+    claim = await api.get("v1/persistentvolumeclaims", NS, tj["status"]["outputClaim"])
     assert sorted(o["name"] for o in claim["metadata"]["ownerReferences"]) == names
+
+
+async def test_a_recreated_job_of_the_same_name_never_touches_the_earlier_run(api, operator, trainer, wait_for):
+    runs = []
+
+    def train(attempt, env):
+        runs.append(sorted(os.listdir(env["CHECKPOINT_OUTPUT_DIR"])))
+        step = 5 if len(runs) == 1 else 3   # the second run reaches a lower step than the first
+        write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], f"step-{step}", {"w.pt": bytes([len(runs)])})
+        return 0
+    trainer.behaviours["again"] = train
+
+    async def succeeded(name):
+        obj = await api.get(TJ, NS, name)
+        return obj if obj and obj.get("status", {}).get("phase") == "Succeeded" else None
+
+    await api.create(TJ, NS, training_job("again"))
+    first = await wait_for(lambda: succeeded("again"), timeout=30)
+    await api.delete(TJ, NS, "again")
+    await wait_for(lambda: _absent(api, TJ, "again"))
+    await api.create(TJ, NS, training_job("again"))
+    second = await wait_for(lambda: succeeded("again"), timeout=30)
+
+    assert second["metadata"]["uid"] != first["metadata"]["uid"]
+    assert second["status"]["outputClaim"] != first["status"]["outputClaim"]
+    assert runs == [[], []]  # the second run started on an empty volume of its own
+    old = await api.get(CKPT, NS, "again-step-5")
+    assert old["status"]["phase"] == "Ready" and old["status"]["producedBy"]["uid"] == first["metadata"]["uid"]
+
+    # `latest` means the latest of this TrainingJob, not of an earlier one with the same name.
+    trainer.behaviours["next"] = lambda a, env: 0
+    await api.create(TJ, NS, training_job("next", checkpoints=[{"fromTrainingJob": "again", "select": "latest"}],
+                                          output={"enabled": False}))
+    done = await wait_for(lambda: succeeded("next"), timeout=30)
+    assert done["status"]["inputs"][0]["name"] == "again-step-3"
+
+
+async def _absent(api, resource, name):
+    return await api.get(resource, NS, name) is None

@@ -66,7 +66,7 @@ async def test_s3_store_lifecycle(api, store_secret, operator, trainer, wait_for
     assert manifest_exists(uri) and read_manifest(uri).digest == step20["status"]["digest"]
     assert step20["status"]["step"] == 20 and step20["status"]["resumable"] is True
     # The output volume is released once the data is in the store.
-    await wait_for(lambda: _gone(api, "v1/persistentvolumeclaims", "pre-output"))
+    await wait_for(lambda: _gone(api, "v1/persistentvolumeclaims", tj["status"]["outputClaim"]))
 
     await api.create(TJ, NS, training_job("tune", checkpoints=[{"fromTrainingJob": "pre", "select": "latest"}]))
     tuned = await wait_phase(api, wait_for, TJ, "tune", "Succeeded")

@@ -30,6 +30,62 @@ from checkpoint_operator.agent.s3 import (
 
 READ_CHUNK = 8 * 1024 * 1024
 
+# Files up to this size come in one GET into memory; bigger ones are streamed to disk.
+SMALL_FILE = 1 << 20
+
+# The streaming buffer of each network thread. The socket copies into it, then pwrite and
+# sha256 read it: 1 MiB stays in a core's L2 cache for the second and third reads, and is
+# large enough that the per-chunk Python work is noise (a few hundred chunks per second).
+STREAM_CHUNK = int(os.environ.get("CKPT_S3_STREAM_CHUNK", 1 << 20))
+
+_buffers = threading.local()
+
+
+def _buffer() -> bytearray:
+    buf = getattr(_buffers, "buf", None)
+    if buf is None:
+        buf = _buffers.buf = bytearray(STREAM_CHUNK)
+    return buf
+
+
+def _tag(exc: BaseException, uri: str) -> None:
+    if not hasattr(exc, "ckpt_uri"):
+        try:
+            exc.ckpt_uri = uri  # type: ignore[attr-defined]
+        except AttributeError:
+            pass
+
+
+def _body_readinto(body) -> Callable[[memoryview], int]:
+    """readinto for a botocore StreamingBody, straight from the socket into our buffer.
+
+    botocore's and urllib3's read(n) allocate a new bytes object per call (and read() of a
+    whole part maps fresh pages for every part); http.client's readinto fills the caller's
+    buffer with recv_into. The response is not content-encoded (botocore asks urllib3 not to
+    decode), so the bytes are the same. Falls back to read(n) if the layers ever change.
+    """
+    fp = getattr(getattr(body, "_raw_stream", None), "_fp", None)
+    if fp is not None and callable(getattr(fp, "readinto", None)):
+        return fp.readinto
+
+    def readinto(view: memoryview) -> int:
+        data = body.read(len(view))
+        view[:len(data)] = data
+        return len(data)
+    return readinto
+
+
+def _finish_body(body) -> None:
+    """Hand the connection back to the pool once the body is read to its end."""
+    raw = getattr(body, "_raw_stream", None)
+    fp = getattr(raw, "_fp", None)
+    if fp is not None and callable(getattr(fp, "isclosed", None)) and fp.isclosed():
+        release = getattr(raw, "release_conn", None)
+        if release is not None:
+            release()
+            return
+    body.close()
+
 
 def temp_name(final_path: str) -> str:
     head, tail = os.path.split(final_path)
@@ -46,7 +102,13 @@ def sha256_of(path: str) -> str:
 
 @dataclass
 class FileJob:
-    """One file being downloaded: parts land at their offsets, the hash follows in order."""
+    """One file being streamed to disk: parts land at their offsets, the hash follows in order.
+
+    At most one thread owns the hash at a time (`hashing`). The owner hashes each chunk of its
+    own part as it arrives (no second pass); when its part is done it goes on with the next
+    parts already on disk (read back from the page cache), and lets go at the first part still
+    in flight, whose thread takes over as soon as it sees the hash has caught up with it.
+    """
 
     entry: FileEntry
     loc: S3Location
@@ -55,11 +117,10 @@ class FileJob:
     nparts: int
     part_size: int
     fd: int = -1
-    next_hash: int = 0
-    pending: dict = field(default_factory=dict)  # part index -> bytes, arrived but not hashed yet
+    hash_pos: int = 0  # bytes hashed so far, from the start of the file
+    done: set = field(default_factory=set)  # indices of the parts completely on disk
     hashing: bool = False
     hasher: "hashlib._Hash" = field(default_factory=hashlib.sha256)
-    received: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -175,16 +236,18 @@ class Downloader:
             raise AgentError(f"{final}: exists and is not a regular file")
         nparts = max(1, -(-entry.size // self.part_size))
         job = FileJob(entry, self.prefix.child(entry.path), final, temp_name(final), nparts, self.part_size)
-        if nparts == 1:
+        if entry.size <= SMALL_FILE:
             if self.budget.acquire(entry.size, self.latch.event):
                 net.submit(self._guarded, self._get_whole, job)
             return
-        job.fd = os.open(job.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
-        os.ftruncate(job.fd, entry.size)
+        job.fd = os.open(job.tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
         with self._jobs_lock:
             self._open_jobs[id(job)] = job
+        os.ftruncate(job.fd, entry.size)
         for index in range(nparts):
             size = min(self.part_size, entry.size - index * self.part_size)
+            # Parts are streamed through a small per-thread buffer: the budget bounds the
+            # queued parts (and so the files open at once), not memory.
             if not self.budget.acquire(size, self.latch.event):
                 return
             net.submit(self._guarded, self._get_part, job, index, size)
@@ -197,22 +260,27 @@ class Downloader:
         except BaseException as exc:  # noqa: BLE001 - re-raised by run()
             self.latch.fail(exc)
 
-    def _get(self, loc: S3Location, rng: Optional[str]) -> bytes:
+    def _open(self, loc: S3Location, rng: Optional[str]):
         try:
             kwargs = {"Bucket": loc.bucket, "Key": loc.key}
             if rng:
                 kwargs["Range"] = rng
-            return self.client.get_object(**kwargs)["Body"].read()
+            return self.client.get_object(**kwargs)
         except Exception as exc:  # noqa: BLE001
-            try:
-                exc.ckpt_uri = loc.uri  # type: ignore[attr-defined]
-            except AttributeError:
-                pass
+            _tag(exc, loc.uri)
             raise
 
     def _get_whole(self, job: FileJob) -> None:
+        """A small file: one GET into memory, hashed, written under its temporary name."""
         try:
-            data = self._get(job.loc, None) if job.entry.size else b""
+            data = b""
+            if job.entry.size:
+                body = self._open(job.loc, None)["Body"]
+                try:
+                    data = body.read()
+                except Exception as exc:  # noqa: BLE001
+                    _tag(exc, job.loc.uri)
+                    raise
             if len(data) != job.entry.size:
                 raise AgentError(f"{job.entry.path}: size mismatch from {job.loc.uri}: got {len(data)} bytes, "
                                  f"the manifest says {job.entry.size}; refusing the file")
@@ -224,47 +292,87 @@ class Downloader:
             self.budget.release(job.entry.size)
         os.replace(job.tmp, job.final)
         self._done(job)
+        self.progress.add(job.entry.size)
 
     def _get_part(self, job: FileJob, index: int, size: int) -> None:
-        released = False
+        """One ranged GET streamed to its offset: socket -> reused buffer -> pwrite (-> sha256)."""
         try:
             start = index * job.part_size
-            data = self._get(job.loc, f"bytes={start}-{start + size - 1}")
-            if len(data) != size:
-                raise AgentError(f"{job.entry.path}: short read from {job.loc.uri} at offset {start}: "
-                                 f"{len(data)} of {size} bytes (the object does not match its manifest)")
-            written = 0
-            view = memoryview(data)
-            while written < size:
-                written += os.pwrite(job.fd, view[written:], start + written)
+            end = start + size
+            rng = f"bytes={start}-{end - 1}" if job.nparts > 1 else None
+            resp = self._open(job.loc, rng)
+            body = resp["Body"]
+            if resp.get("ContentLength", size) != size:
+                body.close()
+                raise AgentError(f"{job.entry.path}: {job.loc.uri} answered {resp.get('ContentLength')} bytes "
+                                 f"for {size} asked at offset {start} (the object does not match its manifest)")
+            buf = _buffer()
+            view = memoryview(buf)
+            readinto = _body_readinto(body)
+            owner = False
+            pos = start
+            try:
+                while pos < end:
+                    want = min(len(buf), end - pos)
+                    n = readinto(view[:want])
+                    if not n:
+                        raise AgentError(f"{job.entry.path}: short read from {job.loc.uri} at offset {start}: "
+                                         f"{pos - start} of {size} bytes (the object does not match its "
+                                         f"manifest)")
+                    chunk = view[:n]
+                    written = 0
+                    while written < n:
+                        written += os.pwrite(job.fd, chunk[written:], pos + written)
+                    if owner:
+                        job.hasher.update(chunk)
+                        job.hash_pos = pos + n
+                    else:
+                        with job.lock:
+                            if not job.hashing and job.hash_pos == start:
+                                job.hashing = owner = True
+                        if owner:  # the hash has caught up with this part: take it over
+                            self._hash_from_disk(job, pos + n, view)
+                    pos += n
+                _finish_body(body)
+            except Exception as exc:  # noqa: BLE001
+                body.close()
+                _tag(exc, job.loc.uri)
+                raise
             self.progress.add(size)
-            released = self._feed_hash(job, index, data)
+            with job.lock:
+                job.done.add(index)
+                if not owner and not job.hashing and job.hash_pos // job.part_size in job.done:
+                    job.hashing = owner = True
+            if owner:
+                self._drain_hash(job, view)
         finally:
-            if not released:
-                self.budget.release(size)
+            self.budget.release(size)
 
-    def _feed_hash(self, job: FileJob, index: int, data: bytes) -> bool:
-        """Hash the parts in order; whichever thread brings the next one does the hashing."""
-        with job.lock:
-            job.pending[index] = data
-            if job.hashing:
-                return True  # the budget is released by the hashing thread
-            job.hashing = True
+    def _hash_from_disk(self, job: FileJob, upto: int, view: memoryview) -> None:
+        """Feed the hash with bytes already written (back from the page cache), up to `upto`."""
+        while job.hash_pos < upto:
+            n = os.preadv(job.fd, [view[:min(len(view), upto - job.hash_pos)]], job.hash_pos)
+            if not n:
+                raise AgentError(f"{job.tmp}: shorter than written (was it truncated by another process?)")
+            job.hasher.update(view[:n])
+            job.hash_pos += n
+
+    def _drain_hash(self, job: FileJob, view: memoryview) -> None:
+        """As the hash owner: hash every part already on disk, in order; let go at the first part
+        still in flight (its thread takes over), or finish the file after the last one."""
         while True:
             with job.lock:
-                part = job.pending.pop(job.next_hash, None)
-                if part is None:
+                if job.hash_pos >= job.entry.size:
                     job.hashing = False
-                    finished = job.next_hash == job.nparts
                     break
-                job.next_hash += 1
-            job.hasher.update(part)
-            self.budget.release(len(part))
-        if finished:
-            self._finish_multipart(job)
-        return True
+                index = job.hash_pos // job.part_size
+                if index not in job.done:
+                    job.hashing = False
+                    return
+            self._hash_from_disk(job, min(job.entry.size, (index + 1) * job.part_size), view)
+        self._finish_file(job)
 
-    def _finish_multipart(self, job: FileJob) -> None:
+    def _finish_file(self, job: FileJob) -> None:
         os.close(job.fd)
         job.fd = -1
         with self._jobs_lock:
@@ -284,8 +392,6 @@ class Downloader:
         with self._count_lock:
             self.result.downloaded_files += 1
             self.result.downloaded_bytes += job.entry.size
-        if job.nparts == 1:
-            self.progress.add(job.entry.size)
 
     def _discard_open_jobs(self) -> None:
         """After a failure, temp files of unfinished files go (they never had a real name)."""

@@ -64,7 +64,8 @@ class OutputSpec(ApiModel):
     )
 
     enabled: bool = Field(True, description="Create an output volume and snapshot it into Checkpoints.")
-    size: str = Field("10Gi", description="Size of the output volume (a Kubernetes quantity).",
+    size: Optional[str] = Field(None, description="Size of the output volume (a Kubernetes quantity); default: "
+                                                  "the operator's (Helm value storage.defaultSize, 10Gi).",
                       pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
     storageClassName: Optional[str] = Field(None, description="StorageClass of the output volume; default: the operator's.")
     layout: Literal["auto", "directories", "files"] = Field(
@@ -111,9 +112,13 @@ def _not_nested(a: str, b: str) -> bool:
 
 
 class TrainingJobSpec(ApiModel):
-    """Desired state of a TrainingJob: its inputs, its pods and what to do with their output."""
+    """Desired state of a TrainingJob: its inputs, its pods and what to do with their output.
+    Immutable, like a Job's template: a run is what it was started with."""
 
     cel_rules = (
+        # A transition rule: only the API server can check it (it needs the stored object).
+        Rule("self == oldSelf", "spec is immutable (spec.checkpoints, spec.output, spec.template, ...): "
+                                "delete and re-create the TrainingJob to change it", None),
         _absolute("inputDir"),
         _absolute("outputDir"),
         Rule("self.inputDir != self.outputDir && !self.inputDir.startsWith(self.outputDir + '/') "

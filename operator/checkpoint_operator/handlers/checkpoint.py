@@ -58,11 +58,18 @@ def set_ready(ctx: Context, checkpoint: dict, manifest, location: dict, owned: b
 
 
 def prune_finished_users(ctx: Context, checkpoint: dict) -> None:
-    """Drop usedBy entries of jobs that are gone or finished (normally they remove themselves)."""
+    """Drop usedBy entries of jobs that are gone or finished (normally they remove themselves).
+
+    Only entries proven dead are removed: a job missing from the list may have registered
+    after it was taken, so it is looked up by name before it goes."""
     namespace = checkpoint["metadata"]["namespace"]
     jobs = {j["metadata"]["uid"]: j for j in ctx.kube.list(TRAINING_JOBS, namespace)}
-    unregister_users(ctx.kube, namespace, checkpoint["metadata"]["name"],
-                     lambda user: not is_live_user(jobs.get(user.get("uid")), user.get("uid")))
+
+    def is_dead(user: dict) -> bool:
+        uid = user.get("uid")
+        job = jobs.get(uid) if uid in jobs else ctx.kube.get(TRAINING_JOBS, namespace, user.get("name", ""))
+        return not is_live_user(job, uid)
+    unregister_users(ctx.kube, namespace, checkpoint["metadata"]["name"], is_dead)
 
 
 # --- source.volume: scan the data in place -----------------------------------------------------

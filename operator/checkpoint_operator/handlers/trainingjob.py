@@ -15,7 +15,7 @@ from checkpoint_operator.api.trainingjob import TrainingJobSpec
 from checkpoint_operator.handlers.context import Context
 from checkpoint_operator.handlers.status import write_status
 from checkpoint_operator.handlers.usage import register_user, release_inputs
-from checkpoint_operator.kube import CHECKPOINTS, JOBS, PODS, PVCS, TRAINING_JOBS, Conflict
+from checkpoint_operator.kube import CHECKPOINTS, JOBS, PODS, PVCS, TRAINING_JOBS, ApiError, Conflict
 from checkpoint_operator.logic import workload
 from checkpoint_operator.logic.conditions import kstatus_conditions, now_rfc3339, seconds_since
 from checkpoint_operator.logic.inputs import (FINISHED_JOB_PHASES, InputWait, ResolvedInput, is_deleting,
@@ -78,8 +78,8 @@ def _resolve(ctx: Context, tj: dict) -> tuple[list[ResolvedInput], list[InputWai
     pinned = tj.get("status", {}).get("inputs")
     refs = tj["spec"].get("checkpoints") or []
     if pinned is not None and len(pinned) == len(refs):
-        results = [resolve_one({"uid": p["uid"], "mountName": ref.get("mountName") or p["name"]}, checkpoints, [])
-                   for p, ref in zip(pinned, refs)]
+        results = [resolve_one({"uid": p["uid"], "mountName": ref.get("mountName") or p["name"]}, checkpoints, [],
+                               job_uid=tj["metadata"]["uid"]) for p, ref in zip(pinned, refs)]
         return ([r for r in results if isinstance(r, ResolvedInput)], [r for r in results if isinstance(r, InputWait)])
     resolution = resolve_inputs(refs, checkpoints, ctx.kube.list(TRAINING_JOBS, namespace))
     return resolution.inputs, resolution.waits
@@ -102,7 +102,11 @@ def start(ctx: Context, tj: dict) -> bool:
     for item in inputs:
         wait = register_user(ctx.kube, tj["metadata"]["namespace"], item.name, item.uid, tj)
         if wait is not None:
-            _set_status(ctx, tj, "Pending", wait.reason, wait.message, event="Warning")
+            # Hold nothing while waiting: release what was taken and resolve afresh next pass,
+            # so a waiting job never keeps another input from being deleted.
+            release_inputs(ctx.kube, tj)
+            tj = _set_status(ctx, tj, "Pending", wait.reason, wait.message, event="Warning", inputs=None,
+                             inputCount=None)
             return False
 
     try:
@@ -113,9 +117,19 @@ def start(ctx: Context, tj: dict) -> bool:
         ctx.warn(tj, "EnvOverridden", warning)
 
     namespace = tj["metadata"]["namespace"]
-    if tj["spec"].get("output", {}).get("enabled", True):
-        ctx.kube.ensure(PVCS, namespace, workload.build_output_claim(tj, ctx.config))
-    ctx.kube.ensure(JOBS, namespace, built.job)
+    try:
+        if tj["spec"].get("output", {}).get("enabled", True):
+            _ensure_owned(tj, ctx.kube.ensure(PVCS, namespace, workload.build_output_claim(tj, ctx.config)))
+        _ensure_owned(tj, ctx.kube.ensure(JOBS, namespace, built.job))
+    except NameConflict as exc:  # usually an earlier run's Job that garbage collection is removing
+        _set_status(ctx, tj, "Pending", "NameConflict", str(exc), event="Warning")
+        return False
+    except ApiError as exc:
+        if exc.status in (400, 422):
+            return _fail(ctx, tj, "InvalidSpec", f"the API server refused the Job or its volume: {exc.message}")
+        _set_status(ctx, tj, "Pending", "CreateRefused", f"creating the Job or its volume failed: {exc}",
+                    event="Warning")
+        return False
     names = ", ".join(i.name for i in inputs) or "no inputs"
     _set_status(ctx, tj, "Running", "Running", f"Job {built.job['metadata']['name']} started on {names}",
                 event="Normal", jobName=built.job["metadata"]["name"],
@@ -124,21 +138,46 @@ def start(ctx: Context, tj: dict) -> bool:
     return True
 
 
+class NameConflict(Exception):
+    pass
+
+
+def _ensure_owned(tj: dict, obj: dict) -> dict:
+    """An object found under the name we would use must be this job's, not a namesake's (an
+    earlier TrainingJob of the same name, or the user's own)."""
+    uid = tj["metadata"]["uid"]
+    if not any(o.get("uid") == uid for o in obj.get("metadata", {}).get("ownerReferences") or []):
+        raise NameConflict(f"{obj.get('kind')} {obj['metadata']['name']} exists and does not belong to this "
+                           f"TrainingJob (uid {uid}); waiting for it to go (an earlier run's objects are "
+                           f"garbage-collected), or delete it or rename the TrainingJob")
+    return obj
+
+
 def _validation_message(exc: pydantic.ValidationError) -> str:
-    return "; ".join(f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" if e["loc"] else e["msg"]
-                     for e in exc.errors())
+    def one(error: dict) -> str:
+        message = error["msg"].removeprefix("Value error, ")
+        if message.startswith("spec."):  # our CEL-twin messages already name the field
+            return message
+        return f"spec.{'.'.join(str(p) for p in error['loc'])}: {message}" if error["loc"] else message
+    return "; ".join(one(e) for e in exc.errors())
 
 
 # --- Running: wait for the Job --------------------------------------------------------------------
 
 def job_outcome(job: Optional[dict]) -> Optional[bool]:
-    """True/False once the Job has succeeded/failed (after its retries), None while it runs."""
+    """True/False once the Job has succeeded/failed (after its retries) and none of its pods is
+    still running; None until then. Only the final conditions count: FailureTarget and
+    SuccessCriteriaMet are set while pods may still be writing (a deadline's SIGTERM grace
+    period, say), and a snapshot taken then would freeze half-written files."""
     if job is None:
         return False
-    for condition in job.get("status", {}).get("conditions") or []:
-        if condition.get("status") == "True" and condition.get("type") in ("Complete", "SuccessCriteriaMet"):
+    status = job.get("status", {})
+    if status.get("active") or status.get("terminating"):
+        return None
+    for condition in status.get("conditions") or []:
+        if condition.get("status") == "True" and condition.get("type") == "Complete":
             return True
-        if condition.get("status") == "True" and condition.get("type") in ("Failed", "FailureTarget"):
+        if condition.get("status") == "True" and condition.get("type") == "Failed":
             return False
     return None
 
@@ -182,6 +221,11 @@ def snapshot(ctx: Context, tj: dict) -> bool:
         ctx.kube.ensure(PODS, namespace, workload.build_snapshot_pod(tj, ctx.config))
         ctx.kube.patch_status(TRAINING_JOBS, namespace, meta["name"], {"snapshotPod": pod_name})
         return False
+    try:
+        _ensure_owned(tj, pod)
+    except NameConflict as exc:  # an earlier run's pod that garbage collection is removing
+        _set_status(ctx, tj, "Snapshotting", "NameConflict", str(exc), event="Warning")
+        return False
     phase = pod.get("status", {}).get("phase")
     if phase == "Failed":
         return _snapshot_pod_failed(ctx, tj, pod)
@@ -210,8 +254,11 @@ def snapshot(ctx: Context, tj: dict) -> bool:
     created = [_create_checkpoint(ctx, tj, planned) for planned in plan.checkpoints]
     if any(c is None for c in created):
         return False  # a name was taken meanwhile: plan again on the next pass
-    _report_snapshot(ctx, tj, plan, created)
+    # The Checkpoints own the data before any of them is Ready: deleting the job from here on
+    # can no longer take the volume away from under them.
     _hand_over_output_claim(ctx, tj, claim, created)
+    created = [_mark_ready(ctx, checkpoint, planned) for checkpoint, planned in zip(created, plan.checkpoints)]
+    _report_snapshot(ctx, tj, plan, created)
     ctx.kube.delete(PODS, namespace, pod_name)
 
     names = [c["metadata"]["name"] for c in created]
@@ -245,23 +292,29 @@ def _snapshot_pod_failed(ctx: Context, tj: dict, pod: dict) -> bool:
 
 
 def _create_checkpoint(ctx: Context, tj: dict, planned) -> Optional[dict]:
-    """Create (or find, when an earlier pass created it) one Checkpoint and make it Ready."""
+    """Create one Checkpoint, or find the one an earlier pass created (None: the name is taken
+    by an object that is not this job's)."""
     namespace = tj["metadata"]["namespace"]
     try:
         checkpoint = ctx.kube.create(CHECKPOINTS, namespace, planned.body)
         metrics.CHECKPOINTS_CREATED.inc()
+        return checkpoint
     except Conflict:
         checkpoint = ctx.kube.get(CHECKPOINTS, namespace, planned.name)
         if checkpoint is None or not is_produced_by(checkpoint, tj["metadata"]["uid"], planned.directory):
             return None
+        return checkpoint
+
+
+def _mark_ready(ctx: Context, checkpoint: dict, planned) -> dict:
     if checkpoint.get("status", {}).get("phase") == "Ready":
         return checkpoint
+    meta = checkpoint["metadata"]
     status = {**planned.status, "conditions": kstatus_conditions(
         None, ready=True, reason="Ready", message=planned.status["conditions"][0]["message"],
-        generation=checkpoint["metadata"].get("generation"), now=now_rfc3339()),
-        "observedGeneration": checkpoint["metadata"].get("generation")}
-    checkpoint = ctx.kube.patch_status(CHECKPOINTS, namespace, planned.name, status)
-    metrics.PHASES.observe("Checkpoint", checkpoint["metadata"]["uid"], "Ready")
+        generation=meta.get("generation"), now=now_rfc3339()), "observedGeneration": meta.get("generation")}
+    checkpoint = ctx.kube.patch_status(CHECKPOINTS, meta["namespace"], meta["name"], status)
+    metrics.PHASES.observe("Checkpoint", meta["uid"], "Ready")
     return checkpoint
 
 

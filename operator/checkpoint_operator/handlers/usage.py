@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from checkpoint_operator import PROTECTION_FINALIZER
 from checkpoint_operator.kube import CHECKPOINTS, Conflict, Kube
 from checkpoint_operator.logic.inputs import InputWait, is_deleting
 
@@ -30,11 +31,15 @@ def register_user(kube: Kube, namespace: str, name: str, uid: str, job: dict) ->
         checkpoint = kube.get(CHECKPOINTS, namespace, name)
         if checkpoint is None or checkpoint["metadata"].get("uid") != uid:
             return InputWait("InputNotFound", f"input Checkpoint {name} no longer exists")
-        if is_deleting(checkpoint):
-            return InputWait("InputDeleting", f"input Checkpoint {name} is being deleted")
         users = _users(checkpoint)
         if any(u.get("uid") == job_ref["uid"] for u in users):
-            return None
+            return None  # registered earlier: the finalizer keeps it for us even while deleting
+        if is_deleting(checkpoint):
+            return InputWait("InputDeleting", f"input Checkpoint {name} is being deleted")
+        if PROTECTION_FINALIZER not in (checkpoint["metadata"].get("finalizers") or []):
+            # Without the finalizer a deletion would not wait for us: never register then.
+            return InputWait("InputNotProtected", f"input Checkpoint {name} does not carry the "
+                                                  f"{PROTECTION_FINALIZER} finalizer yet")
         try:
             _write_users(kube, checkpoint, users + [job_ref])
             return None

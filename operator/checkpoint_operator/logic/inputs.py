@@ -49,10 +49,13 @@ def is_ready_checkpoint(obj: dict) -> bool:
     return obj.get("status", {}).get("phase") == "Ready" and not is_deleting(obj)
 
 
-def select_latest(checkpoints: list[dict], job_name: str) -> Optional[dict]:
-    """The Ready checkpoint produced by `job_name` with the highest step, then the newest."""
-    candidates = [c for c in checkpoints
-                  if is_ready_checkpoint(c) and c.get("status", {}).get("producedBy", {}).get("name") == job_name]
+def select_latest(checkpoints: list[dict], job_name: str, job_uid: Optional[str] = None) -> Optional[dict]:
+    """The Ready checkpoint produced by `job_name` (this incarnation of it, when `job_uid` is
+    given) with the highest step, then the newest."""
+    def produced_by_job(c: dict) -> bool:
+        producer = c.get("status", {}).get("producedBy", {})
+        return producer.get("name") == job_name and (job_uid is None or producer.get("uid") == job_uid)
+    candidates = [c for c in checkpoints if is_ready_checkpoint(c) and produced_by_job(c)]
     if not candidates:
         return None
 
@@ -75,7 +78,14 @@ def _describe(ref: dict) -> str:
     return f"Checkpoint {ref['name']}" if "name" in ref else f"Checkpoint with uid {ref['uid']}"
 
 
-def resolve_one(ref: dict, checkpoints: list[dict], training_jobs: list[dict]) -> ResolvedInput | InputWait:
+def is_used_by(checkpoint: dict, job_uid: Optional[str]) -> bool:
+    return bool(job_uid) and any(u.get("uid") == job_uid for u in checkpoint.get("status", {}).get("usedBy") or [])
+
+
+def resolve_one(ref: dict, checkpoints: list[dict], training_jobs: list[dict],
+                job_uid: Optional[str] = None) -> ResolvedInput | InputWait:
+    """`job_uid`: the resolving job; a checkpoint it is already registered in stays usable while
+    being deleted (the finalizer waits for the job)."""
     if "fromTrainingJob" in ref:
         job_name = ref["fromTrainingJob"]
         producer = next((j for j in training_jobs if j["metadata"]["name"] == job_name), None)
@@ -85,7 +95,7 @@ def resolve_one(ref: dict, checkpoints: list[dict], training_jobs: list[dict]) -
         if phase not in FINISHED_JOB_PHASES:
             return InputWait("WaitingForTrainingJob",
                              f"input {_describe(ref)}: TrainingJob {job_name} has not finished (phase {phase or 'Pending'})")
-        checkpoint = select_latest(checkpoints, job_name)
+        checkpoint = select_latest(checkpoints, job_name, producer["metadata"].get("uid"))
         if checkpoint is None:
             return InputWait("InputNotFound",
                              f"input {_describe(ref)}: TrainingJob {job_name} produced no Ready checkpoint")
@@ -94,7 +104,7 @@ def resolve_one(ref: dict, checkpoints: list[dict], training_jobs: list[dict]) -
         if checkpoint is None:
             return InputWait("InputNotFound", f"input {_describe(ref)} does not exist")
     name = checkpoint["metadata"]["name"]
-    if is_deleting(checkpoint):
+    if is_deleting(checkpoint) and not is_used_by(checkpoint, job_uid):
         return InputWait("InputDeleting", f"input Checkpoint {name} is being deleted")
     status = checkpoint.get("status", {})
     if status.get("phase") != "Ready":

@@ -25,7 +25,7 @@ def bounded_name(base: str, limit: int, salt: str = "") -> str:
     if len(base) <= limit and not salt:
         return base
     suffix = short_hash(base + salt)
-    return f"{base[:limit - len(suffix) - 1].rstrip('-')}-{suffix}"
+    return f"{base[:limit - len(suffix) - 1].rstrip('-.')}-{suffix}"
 
 
 def child_name(parent: str, suffix: str, limit: int = MAX_NAME) -> str:
@@ -42,7 +42,7 @@ def checkpoint_name(prefix: str, directory: str, force_hash: bool = False) -> st
     if not (force_hash or not part or len(plain) > MAX_NAME):
         return plain
     suffix = short_hash(directory)
-    head = plain[:MAX_NAME - len(suffix) - 1].rstrip("-")
+    head = plain[:MAX_NAME - len(suffix) - 1].rstrip("-.")
     return f"{head}-{suffix}"
 
 

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Optional
 
-from checkpoint_operator import API_VERSION
+from checkpoint_operator import API_VERSION, PROTECTION_FINALIZER
 from checkpoint_operator.agent.manifest import Manifest
 from checkpoint_operator.logic.conditions import kstatus_conditions
 from checkpoint_operator.logic.naming import MAX_LABEL_NAME, assign_checkpoint_names, bounded_name
@@ -79,7 +79,8 @@ def plan_snapshot(tj: dict, scan: ScanResult, existing: list[dict], location_of,
     for manifest in kept:
         name = names[manifest.path]
         body = {"apiVersion": API_VERSION, "kind": "Checkpoint",
-                "metadata": {"name": name, "namespace": meta["namespace"],
+                # Born with the finalizer: protected before any job can see it Ready.
+                "metadata": {"name": name, "namespace": meta["namespace"], "finalizers": [PROTECTION_FINALIZER],
                              "labels": {LABEL_MANAGED_BY: MANAGER,
                                         LABEL_TRAINING_JOB: bounded_name(meta["name"], MAX_LABEL_NAME),
                                         LABEL_TRAINING_JOB_UID: meta["uid"]}},

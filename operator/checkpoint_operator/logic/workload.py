@@ -63,7 +63,9 @@ def job_name(tj: dict) -> str:
 
 
 def output_claim_name(tj: dict) -> str:
-    return child_name(tj["metadata"]["name"], "output")
+    """Unique per run: the output of an earlier TrainingJob of the same name belongs to its
+    Checkpoints and must never be mounted read-write again."""
+    return child_name(tj["metadata"]["name"], f"output-{tj['metadata']['uid'][:5]}")
 
 
 def snapshot_pod_name(tj: dict) -> str:
