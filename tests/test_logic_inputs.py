@@ -53,3 +53,24 @@ def test_live_user():
     assert not is_live_user(job, "other-uid")          # re-created namesake
     assert not is_live_user(None, "u-t")               # gone
     assert not is_live_user(training_job("t", phase="Failed"), "u-t")
+
+
+def test_latest_is_of_this_incarnation_of_the_job():
+    earlier = checkpoint("t-step-9", step=9, produced_by="t")
+    earlier["status"]["producedBy"]["uid"] = "an-earlier-run"
+    current = checkpoint("t-step-3", step=3, produced_by="t")
+    res = resolve_inputs([{"fromTrainingJob": "t"}], [earlier, current], [training_job("t", phase="Succeeded")])
+    assert [i.name for i in res.inputs] == ["t-step-3"]
+
+
+def test_a_registered_job_may_keep_using_an_input_that_is_being_deleted():
+    from checkpoint_operator.logic.inputs import resolve_one
+    c = checkpoint("c", deleting=True, used_by=[{"name": "t", "uid": "u-t"}])
+    assert resolve_one({"name": "c"}, [c], [], job_uid="u-t").name == "c"
+    assert resolve_one({"name": "c"}, [c], [], job_uid="someone-else").reason == "InputDeleting"
+
+
+def test_failed_inputs_are_terminal_waits():
+    res = resolve_inputs([{"name": "c"}], [checkpoint("c", phase="Failed")], [])
+    assert res.waits[0].reason == "InputFailed" and res.waits[0].terminal
+    assert not resolve_inputs([{"name": "x"}], [], []).waits[0].terminal

@@ -76,3 +76,12 @@ async def test_broken_sources_fail_with_the_reason(api, operator, wait_for, web,
         return any(e["involvedObject"]["name"] == "broken" and e["type"] == "Warning" and e["reason"] == "ImportFailed"
                    for e in await api.list("v1/events", NS))
     await wait_for(warned, timeout=10)
+
+
+async def test_a_hand_written_snapshot_checkpoint_fails_with_the_reason(api, operator, wait_for):
+    await api.create(CKPT, NS, {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint",
+                                "metadata": {"name": "forged", "namespace": NS},
+                                "spec": {"source": {"trainingJob": {"name": "nobody", "uid": "u-1", "directory": "x"}}}})
+    ckpt = await settled(api, wait_for, "forged")
+    ready = next(c for c in ckpt["status"]["conditions"] if c["type"] == "Ready")
+    assert ckpt["status"]["phase"] == "Failed" and ready["reason"] == "ProducerGone" and "nobody" in ready["message"]

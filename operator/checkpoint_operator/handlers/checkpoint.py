@@ -33,7 +33,9 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
     if status.get("phase") in ("Ready", "Failed"):
         return
     source = checkpoint["spec"].get("source", {})
-    if "volume" in source:
+    if "trainingJob" in source:
+        wait_for_snapshot(ctx, checkpoint, source["trainingJob"])
+    elif "volume" in source:
         adopt_volume(ctx, checkpoint)
     elif "s3" in source or "http" in source:
         from checkpoint_operator.handlers.imports import import_checkpoint
@@ -70,6 +72,18 @@ def prune_finished_users(ctx: Context, checkpoint: dict) -> None:
         job = jobs.get(uid) if uid in jobs else ctx.kube.get(TRAINING_JOBS, namespace, user.get("name", ""))
         return not is_live_user(job, uid)
     unregister_users(ctx.kube, namespace, checkpoint["metadata"]["name"], is_dead)
+
+
+def wait_for_snapshot(ctx: Context, checkpoint: dict, source: dict) -> None:
+    """Snapshot Checkpoints are made Ready by their TrainingJob (only it writes their status
+    meanwhile, so nothing here can overwrite its Ready); the ones whose job is gone (or that a
+    user wrote by hand) fail, as nothing will ever write them."""
+    job = ctx.kube.get(TRAINING_JOBS, checkpoint["metadata"]["namespace"], source.get("name", ""))
+    if job is None or job["metadata"].get("uid") != source.get("uid"):
+        _set_status(ctx, checkpoint, "Failed", "ProducerGone",
+                    f"spec.source.trainingJob: TrainingJob {source.get('name')} (uid {source.get('uid')}) does not "
+                    "exist, so nothing will write this checkpoint; snapshot Checkpoints are created by the operator",
+                    stalled=True, event="Warning")
 
 
 # --- source.volume: scan the data in place -----------------------------------------------------
@@ -138,9 +152,12 @@ def guard_deletion(ctx: Context, body: dict, retry_delay: float) -> None:
     if users:
         names = ", ".join(u["name"] for u in users)
         message = f"deletion waits: in use by TrainingJob(s) {names}; it completes by itself when they finish"
+        already_blocked = any(c.get("reason") == "DeletionBlocked"
+                              for c in checkpoint.get("status", {}).get("conditions") or [])
         _set_status(ctx, checkpoint, checkpoint.get("status", {}).get("phase") or "Pending", "DeletionBlocked",
                     message, ready=checkpoint.get("status", {}).get("phase") == "Ready", event="Warning")
-        metrics.BLOCKED_DELETIONS.inc()
+        if not already_blocked:  # one deletion, however many times it is checked
+            metrics.BLOCKED_DELETIONS.inc()
         raise kopf.TemporaryError(message, delay=retry_delay)
     # A conditional write proves that no job registered since we read: a job that reads after
     # this sees the deletionTimestamp and refuses to start on this checkpoint.

@@ -93,7 +93,8 @@ def start(ctx: Context, tj: dict) -> bool:
 
     inputs, waits = _resolve(ctx, tj)
     if waits:
-        _set_status(ctx, tj, "Pending", waits[0].reason, "; ".join(w.message for w in waits), event="Warning")
+        _set_status(ctx, tj, "Pending", waits[0].reason, "; ".join(w.message for w in waits), event="Warning",
+                    stalled=any(w.terminal for w in waits))
         return False
 
     # Pin first, then register: a restart between the two finds the same inputs.

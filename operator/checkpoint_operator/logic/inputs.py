@@ -23,12 +23,20 @@ class ResolvedInput:
         return pinned
 
 
+# Waits that will not end by themselves: the job reports Stalled (GitOps shows Degraded).
+TERMINAL_WAITS = ("InputFailed", "DuplicateInput")
+
+
 @dataclass(frozen=True)
 class InputWait:
     """An input that is not usable yet: `reason` is a CamelCase word, `message` names the input."""
 
     reason: str
     message: str
+
+    @property
+    def terminal(self) -> bool:
+        return self.reason in TERMINAL_WAITS
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,8 @@ def resolve_one(ref: dict, checkpoints: list[dict], training_jobs: list[dict],
     if is_deleting(checkpoint) and not is_used_by(checkpoint, job_uid):
         return InputWait("InputDeleting", f"input Checkpoint {name} is being deleted")
     status = checkpoint.get("status", {})
+    if status.get("phase") == "Failed":
+        return InputWait("InputFailed", f"input Checkpoint {name} has failed: {status.get('message', '')}".rstrip(": "))
     if status.get("phase") != "Ready":
         return InputWait("InputNotReady", f"input Checkpoint {name} is not Ready (phase {status.get('phase') or 'Pending'})")
     if not status.get("location"):
