@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from checkpoint_operator.agent.hashing import sha256_file
 from checkpoint_operator.agent.manifest import MANIFEST_NAME, FileEntry, Manifest
 from checkpoint_operator.agent.progress import Progress, human_bytes
 from checkpoint_operator.agent.s3 import (
@@ -35,8 +36,11 @@ SMALL_FILE = 1 << 20
 
 # The streaming buffer of each network thread. The socket copies into it, then pwrite and
 # sha256 read it: 1 MiB stays in a core's L2 cache for the second and third reads, and is
-# large enough that the per-chunk Python work is noise (a few hundred chunks per second).
-STREAM_CHUNK = int(os.environ.get("CKPT_S3_STREAM_CHUNK", 1 << 20))
+# large enough that the per-chunk Python work is noise. Measured with bench/transfer.py on
+# 2 cores (ext4, kernel 6.18): 256-512 KiB slightly slower; 2 MiB and 4 MiB writes made the
+# kernel's copy into the page cache ~40x slower per byte (pwrite 20 ms per 2 MiB), halving
+# the download rate.
+STREAM_CHUNK = 1 << 20
 
 _buffers = threading.local()
 
@@ -93,11 +97,7 @@ def temp_name(final_path: str) -> str:
 
 
 def sha256_of(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(READ_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(path)[1]
 
 
 @dataclass
