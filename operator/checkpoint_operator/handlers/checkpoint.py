@@ -27,7 +27,6 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
     if checkpoint is None or is_deleting(checkpoint):
         return
     status = checkpoint.get("status", {})
-    metrics.PHASES.observe("Checkpoint", checkpoint["metadata"]["uid"], status.get("phase"))
     if status.get("usedBy"):
         prune_finished_users(ctx, checkpoint)
     if status.get("phase") in ("Ready", "Failed"):
@@ -55,7 +54,6 @@ def set_ready(ctx: Context, checkpoint: dict, manifest, location: dict, owned: b
     meta = checkpoint["metadata"]
     updated = ctx.kube.patch_status(CHECKPOINTS, meta["namespace"], meta["name"], status)
     ctx.info(updated, "Ready", status["message"] + f", digest {manifest.digest}")
-    metrics.PHASES.observe("Checkpoint", meta["uid"], "Ready")
     return updated
 
 
@@ -167,7 +165,6 @@ def guard_deletion(ctx: Context, body: dict, retry_delay: float) -> None:
     except Conflict:
         raise kopf.TemporaryError("the Checkpoint changed while checking its users; checking again", delay=0.1)
     delete_owned_data(ctx, checkpoint)
-    metrics.PHASES.forget("Checkpoint", meta["uid"])
 
 
 def delete_owned_data(ctx: Context, checkpoint: dict) -> None:

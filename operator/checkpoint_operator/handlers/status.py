@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-from checkpoint_operator import metrics
 from checkpoint_operator.api.checkpoint import CheckpointStatus
 from checkpoint_operator.api.trainingjob import TrainingJobStatus
 from checkpoint_operator.handlers.context import Context
@@ -33,5 +32,4 @@ def write_status(ctx: Context, obj: dict, phase: str, reason: str, message: str,
         updated = ctx.kube.patch_status(TRAINING_JOBS, meta["namespace"], meta["name"], patch)
     if event and (previous.get("reason"), previous.get("message")) != (reason, message):
         ctx.event(updated, event, reason, message)
-    metrics.PHASES.observe(obj["kind"], meta["uid"], phase)
     return updated

@@ -36,7 +36,6 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
             return
         tj = with_defaults(tj)
         phase = tj.get("status", {}).get("phase") or "Pending"
-        metrics.PHASES.observe("TrainingJob", tj["metadata"]["uid"], phase)
         step = steps.get(phase)
         if step is None:  # finished: make sure the inputs are free (idempotent)
             release_inputs(ctx.kube, tj)
@@ -315,7 +314,6 @@ def _mark_ready(ctx: Context, checkpoint: dict, planned) -> dict:
         None, ready=True, reason="Ready", message=planned.status["conditions"][0]["message"],
         generation=meta.get("generation"), now=now_rfc3339()), "observedGeneration": meta.get("generation")}
     checkpoint = ctx.kube.patch_status(CHECKPOINTS, meta["namespace"], meta["name"], status)
-    metrics.PHASES.observe("Checkpoint", meta["uid"], "Ready")
     return checkpoint
 
 
@@ -350,4 +348,3 @@ def on_delete(ctx: Context, body: dict) -> None:
     if status.get("jobName"):
         ctx.kube.delete(JOBS, meta["namespace"], status["jobName"])
     release_inputs(ctx.kube, body)
-    metrics.PHASES.forget("TrainingJob", meta["uid"])
