@@ -15,12 +15,21 @@ import hashlib
 import json
 from typing import Optional
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
+
+from checkpoint_operator.agent.errors import AgentError
+from checkpoint_operator.agent.names import path_problem, printable
 
 MANIFEST_VERSION = 1
 # Object name of the manifest next to the data in object storage. Hidden, so a scan of a
 # downloaded checkpoint never mistakes it for checkpoint content; written last = commit marker.
 MANIFEST_NAME = ".checkpoint-manifest.json"
+# Beside the data during an upload: sha256 of multipart objects (see upload.py).
+UPLOAD_JOURNAL_NAME = ".checkpoint-upload-journal.json"
+# Names at a checkpoint's root that the agent writes itself: never files of a checkpoint.
+RESERVED_ROOT_NAMES = (MANIFEST_NAME, UPLOAD_JOURNAL_NAME)
+# A manifest bigger than this is refused unread (a million files take ~150 MB).
+MAX_MANIFEST_BYTES = 512 * 1024 * 1024
 
 
 class FileEntry(BaseModel):
@@ -54,3 +63,68 @@ def sha256sum_text(files: list[FileEntry]) -> str:
 
 def digest_of(files: list[FileEntry]) -> str:
     return "sha256:" + hashlib.sha256(sha256sum_text(files).encode()).hexdigest()
+
+
+def manifest_problem(manifest: Manifest) -> Optional[str]:
+    """Why a manifest contradicts itself, or None: every path valid (agent/names.py), none
+    reserved, none twice, none both a file and a directory; fileCount, sizeBytes and digest
+    as computed from the files."""
+    if manifest.version > MANIFEST_VERSION:
+        return f"version {manifest.version} is newer than this agent understands ({MANIFEST_VERSION})"
+    if manifest.path != "." and path_problem(manifest.path):
+        return f"path '{printable(manifest.path)}' {path_problem(manifest.path)}"
+    paths: set[str] = set()
+    for entry in manifest.files:
+        problem = path_problem(entry.path)
+        if problem:
+            return f"file name '{printable(entry.path)}' {problem}"
+        if entry.path in RESERVED_ROOT_NAMES:
+            return f"file name {entry.path!r} is reserved for the agent's own use"
+        if entry.path in paths:
+            return f"file {entry.path!r} is listed twice"
+        paths.add(entry.path)
+    for path in paths:
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            if parent in paths:
+                return f"'{printable(parent)}' is both a file and a directory ('{printable(path)}')"
+    if manifest.fileCount != len(manifest.files):
+        return f"fileCount {manifest.fileCount} but {len(manifest.files)} files are listed"
+    total = sum(e.size for e in manifest.files)
+    if manifest.sizeBytes != total:
+        return f"sizeBytes {manifest.sizeBytes} but the files' sizes sum to {total}"
+    computed = digest_of(manifest.files)
+    if manifest.digest != computed:
+        return f"digest {manifest.digest} but its files give {computed}"
+    return None
+
+
+def _first_validation_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ""
+    for part in err.get("loc", ()):
+        where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
+    count = exc.error_count()
+    more = f" (and {count - 1} more)" if count > 1 else ""
+    return f"{where or 'manifest'}: {err.get('msg', 'invalid')}{more}"
+
+
+def parse_manifest(body, where: str) -> Manifest:
+    """A manifest from its JSON text (or already parsed JSON), checked for consistency;
+    AgentError (one line naming `where`) otherwise."""
+    if isinstance(body, (bytes, bytearray, str)):
+        try:
+            body = json.loads(body)
+        except ValueError as exc:
+            raise AgentError(f"invalid manifest at {where}: not JSON ({exc})") from None
+    if not isinstance(body, dict):
+        raise AgentError(f"invalid manifest at {where}: not a JSON object")
+    try:
+        manifest = Manifest.model_validate(body)
+    except ValidationError as exc:
+        raise AgentError(f"invalid manifest at {where}: {_first_validation_error(exc)}") from None
+    problem = manifest_problem(manifest)
+    if problem:
+        raise AgentError(f"invalid manifest at {where}: {problem}")
+    return manifest
