@@ -91,7 +91,7 @@ def test_round_trip_of_a_realistic_tree(s3, tmp_path):
     assert down.returncode == 0, down.stderr
     assert local_digest(dst) == summary["digest"]
     assert Manifest.model_validate_json((dst / MANIFEST_NAME).read_text()).digest == summary["digest"]
-    assert not [p for p in dst.rglob("*.ckpt-download")]
+    assert not [p for p in dst.rglob(".ckpt-download-*")]
     for path in src.rglob("*"):
         if path.is_file():
             assert (dst / path.relative_to(src)).read_bytes() == path.read_bytes()
@@ -156,7 +156,7 @@ def test_tampered_object_is_refused_by_download(s3, tmp_path):
     assert "sha256 mismatch" in line and ("config.json" in line or big in line), line
     assert not (dst / MANIFEST_NAME).exists()
     assert not (dst / big).exists() and not (dst / "config.json").exists()
-    assert not [p for p in dst.rglob("*.ckpt-download")]
+    assert not [p for p in dst.rglob(".ckpt-download-*")]
 
 
 def test_stale_local_file_is_replaced_not_trusted(s3, tmp_path):
@@ -255,7 +255,7 @@ def test_delete_prefix_is_idempotent(s3, tmp_path):
 
 
 def test_temp_name_is_hidden():
-    assert Path(temp_name("/d/sub/model.bin")).name == ".model.bin.ckpt-download"
+    assert Path(temp_name("/d/sub/model.bin")).name.startswith(".ckpt-download-")
 
 
 def test_progress_is_a_bar_on_a_tty_and_log_lines_otherwise():

@@ -25,8 +25,9 @@ from checkpoint_operator.agent.manifest import MANIFEST_NAME
 from checkpoint_operator.agent.progress import Progress, human_bytes
 from checkpoint_operator.agent.s3 import (
     AgentError, describe_error, list_objects, make_client, manifest_exists, parse_s3_uri, parse_size,
-    resolve_endpoint, safe_relpath,
+    resolve_endpoint,
 )
+from checkpoint_operator.agent.names import check_path
 
 COPY_CHUNK = 8 * 1024 * 1024
 HTTP_TIMEOUT = 60
@@ -141,10 +142,7 @@ def fetch_s3_tree(uri: str, tree: str, *, endpoint_url: Optional[str] = None) ->
             rel = obj["Key"][len(prefix.key):]
             if rel == MANIFEST_NAME:
                 return
-            try:
-                safe_relpath(rel, prefix.uri)
-            except ValueError as exc:
-                raise AgentError(f"{exc}: refusing to import it") from None
+            check_path(rel, f"the objects under {prefix.uri}")
             target = os.path.join(tree, *rel.split("/"))
             os.makedirs(os.path.dirname(target), exist_ok=True)
             try:
