@@ -497,8 +497,9 @@ class Downloader:
                             pass
                     raise
                 delay = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
-                self.log(f"download: {printable(job.entry.path)} ({what}): {describe_error(exc, job.loc.uri, self.endpoint)}; "
-                         f"retrying in {delay:.1f}s (attempt {attempt + 1} of {self.attempts})")
+                why = describe_error(exc, job.loc.uri, self.endpoint)
+                self.log(f"download: {printable(job.entry.path)} ({what}): {why}; retrying in {delay:.1f}s "
+                         f"(attempt {attempt + 1} of {self.attempts})")
                 with self._count_lock:
                     self.result.retries += 1
                 if self.latch.event.wait(delay):
