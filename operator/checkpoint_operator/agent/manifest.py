@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Optional
+from typing import Iterable, Optional
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -65,30 +65,38 @@ def digest_of(files: list[FileEntry]) -> str:
     return "sha256:" + hashlib.sha256(sha256sum_text(files).encode()).hexdigest()
 
 
+def paths_problem(paths: Iterable[str]) -> Optional[str]:
+    """Why these paths cannot be the files of one checkpoint, or None: each valid
+    (agent/names.py) and not reserved, none twice, none both a file and a directory."""
+    seen: set[str] = set()
+    for path in paths:
+        problem = path_problem(path)
+        if problem:
+            return f"file name '{printable(path)}' {problem}"
+        if path in RESERVED_ROOT_NAMES:
+            return f"file name {path!r} is reserved for the agent's own use"
+        if path in seen:
+            return f"file {path!r} is listed twice"
+        seen.add(path)
+    for path in seen:
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            if parent in seen:
+                return f"'{printable(parent)}' is both a file and a directory ('{printable(path)}')"
+    return None
+
+
 def manifest_problem(manifest: Manifest) -> Optional[str]:
-    """Why a manifest contradicts itself, or None: every path valid (agent/names.py), none
-    reserved, none twice, none both a file and a directory; fileCount, sizeBytes and digest
-    as computed from the files."""
+    """Why a manifest contradicts itself, or None: its paths (paths_problem); fileCount,
+    sizeBytes and digest as computed from the files."""
     if manifest.version > MANIFEST_VERSION:
         return f"version {manifest.version} is newer than this agent understands ({MANIFEST_VERSION})"
     if manifest.path != "." and path_problem(manifest.path):
         return f"path '{printable(manifest.path)}' {path_problem(manifest.path)}"
-    paths: set[str] = set()
-    for entry in manifest.files:
-        problem = path_problem(entry.path)
-        if problem:
-            return f"file name '{printable(entry.path)}' {problem}"
-        if entry.path in RESERVED_ROOT_NAMES:
-            return f"file name {entry.path!r} is reserved for the agent's own use"
-        if entry.path in paths:
-            return f"file {entry.path!r} is listed twice"
-        paths.add(entry.path)
-    for path in paths:
-        parts = path.split("/")
-        for i in range(1, len(parts)):
-            parent = "/".join(parts[:i])
-            if parent in paths:
-                return f"'{printable(parent)}' is both a file and a directory ('{printable(path)}')"
+    problem = paths_problem(e.path for e in manifest.files)
+    if problem:
+        return problem
     if manifest.fileCount != len(manifest.files):
         return f"fileCount {manifest.fileCount} but {len(manifest.files)} files are listed"
     total = sum(e.size for e in manifest.files)
