@@ -200,3 +200,34 @@ def add_entry(tree: Tree, stack: list, top: str, parts: list[str], entry: os.Dir
         tree.files.append(TreeFile(rel, open_path, (st.st_dev, st.st_ino), st.st_size))
     else:
         tree.skip(rel, special_kind(st.st_mode))
+
+
+def locate_file(top: str, rel: str) -> tuple[str, os.stat_result]:
+    """The real file that the valid path `rel` names in the checkpoint rooted at `top`, by the
+    rules of walk_checkpoint (no directory reached through a link; a link to a file resolved
+    inside the root), as (path to read, its stat); AgentError naming `rel` otherwise."""
+    parts = rel.split("/")
+    for i in range(1, len(parts)):
+        path = os.path.join(top, *parts[:i])
+        try:
+            st = os.lstat(path)
+        except OSError as exc:
+            raise AgentError(f"{os.path.join(top, rel)}: listed in the manifest but missing ({exc.strerror})") from None
+        if not stat.S_ISDIR(st.st_mode):
+            what = "a symlink (links to directories are not followed)" if stat.S_ISLNK(st.st_mode) else "not a directory"
+            raise AgentError(f"{os.path.join(top, rel)}: '{printable('/'.join(parts[:i]))}' is {what}")
+    path = os.path.join(top, *parts)
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise AgentError(f"{path}: listed in the manifest but missing ({exc.strerror})") from None
+    if stat.S_ISLNK(st.st_mode):
+        real, target, reason = resolve_link(top, parts[:-1], parts[-1])
+        if real is None:
+            raise AgentError(f"{path}: {reason}")
+        assert target is not None
+        path, st = real, target
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else special_kind(st.st_mode)
+        raise AgentError(f"{path}: not a regular file ({kind})")
+    return path, st
