@@ -5,8 +5,9 @@ The digest is `sha256:` + sha256 of the text `sha256sum` prints for the files so
 `cd CKPT && find . -type f ! -path ./.checkpoint-manifest.json -printf '%P\\n' | LC_ALL=C sort |
 xargs -r -d '\\n' sha256sum | sha256sum` (hidden files inside a checkpoint are content; only the
 manifest at its root is not). For the root-files checkpoint "." hash just the root files it lists. The command
-matches when the checkpoint has no symlinks (`agent scan` follows those that stay inside) and
-no file name holds a backslash or a newline (`sha256sum` escapes those; the digest does not).
+matches when the checkpoint has no symlinks (`agent scan` takes a link to a file inside as that
+file's bytes; `find -type f` skips it). Names `sha256sum` would escape (backslash, newline) are
+outside the names rule (agent/names.py), so no manifest holds one.
 """
 
 from __future__ import annotations
