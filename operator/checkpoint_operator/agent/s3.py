@@ -112,6 +112,7 @@ def make_client(endpoint_url: Optional[str] = None, *, max_pool_connections: int
             session = boto3.session.Session(**_secret_dir_credentials())
             region = region or session.region_name or os.environ.get("CKPT_S3_REGION") or "us-east-1"
             client = session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+            client.ckpt_credentials = session.get_credentials()  # for the fast data path (s3http.py)
         finally:
             if gc_was_enabled:
                 gc.enable()
@@ -119,6 +120,17 @@ def make_client(endpoint_url: Optional[str] = None, *, max_pool_connections: int
     # 4.x) answer it in a way that leaves botocore waiting for the read timeout.
     client.meta.events.unregister("before-call.s3", botocore.handlers.add_expect_header)
     return client
+
+
+def fast_data_path(client):
+    """The s3http.FastS3 for a client made by make_client, or None when botocore must carry the
+    object data (see s3http.py)."""
+    from checkpoint_operator.agent.s3http import FastS3
+    credentials = getattr(client, "ckpt_credentials", None)
+    if not FastS3.usable(client, credentials):
+        return None
+    return FastS3(client, credentials, connect_timeout=float(os.environ.get("CKPT_S3_CONNECT_TIMEOUT", "10")),
+                  read_timeout=float(os.environ.get("CKPT_S3_READ_TIMEOUT", "120")))
 
 
 _ACCESS_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
@@ -290,7 +302,10 @@ def _abort_multipart_uploads(client, prefix: S3Location) -> None:
 MiB = 1024 * 1024
 
 # Measured with bench/transfer.py against SeaweedFS on 2 cores (see the bench's docstring).
-DEFAULT_PART_SIZE = 32 * MiB
+DEFAULT_PART_SIZE = 32 * MiB  # download: the size of each ranged GET (streamed, not held in memory)
+# upload: each part is held in memory while it is sent, (concurrency + 2) of them at most: with
+# 8 MiB parts an upload's RSS stays under ~150 MB whatever the checkpoint's size.
+DEFAULT_UPLOAD_PART_SIZE = 8 * MiB
 DEFAULT_CONCURRENCY = 8
 MAX_PARTS = 10_000  # S3's limit on the parts of one multipart upload
 
