@@ -18,8 +18,12 @@ Tools (`--tools`; each with the settings in BEST, the winners of `--sweep` on a 
   aws     `aws s3 cp --recursive` (awscli; the module run by this interpreter: no shell shim)
   boto3   s3transfer's TransferManager (what `aws s3 cp` drives), every file submitted at once
   crt     s3transfer's CRT transfer manager (awscrt: the AWS Common Runtime, native code)
-  kserve  KServe's storage initializer, `Storage.download` of kserve-storage (download only;
-          from `--kserve-python`, a venv of its own: it pulls the GCS/Azure/HF SDKs)
+  kserve  KServe's storage initializer, `Storage.download` of kserve-storage (download only)
+crt and kserve run from `--peers-python`, an interpreter of a venv of their own (kserve-storage
+pulls the GCS/Azure/HF SDKs; and with awscrt installed botocore imports it at start, which every
+agent command would then pay for):
+    python -m venv /tmp/peers && /tmp/peers/bin/pip install kserve-storage awscrt
+    python bench/transfer.py --peers-python /tmp/peers/bin/python
 
 How it keeps the comparison fair (each point was wrong in an earlier version of this bench):
 - Every tool downloads the same objects: the checkpoint uploaded once by the agent. Each tool
@@ -137,18 +141,25 @@ BEST: dict[str, dict[str, dict[str, dict]]] = {
     "kserve": {"large": {"download": {"processes": 4}}, "small": {"download": {"processes": 4}}},
 }
 
-GRID: dict[str, dict[str, dict[str, list]]] = {
-    "agent": {"upload": {"concurrency": [4, 8, 16]}, "download": {"concurrency": [4, 8, 16]}},
-    "s5cmd": {"upload": {"workers": [32, 256], "concurrency": [5, 10, 20], "part_mb": [16, 50]},
-              "download": {"workers": [32, 256], "concurrency": [5, 10, 20], "part_mb": [16, 50]}},
-    "rclone": {"upload": {"transfers": [4, 8, 32], "upload_concurrency": [4, 8], "chunk_mb": [16, 64]},
-               "download": {"transfers": [4, 8, 32], "streams": [4, 8, 16]}},
-    "aws": {"upload": {"requests": [10, 20, 40], "chunk_mb": [8, 32]},
-            "download": {"requests": [10, 20, 40], "chunk_mb": [8, 32]}},
-    "boto3": {"upload": {"threads": [10, 20, 40], "chunk_mb": [8, 32]},
-              "download": {"threads": [10, 20, 40], "chunk_mb": [8, 32]}},
-    "crt": {"upload": {"gbps": [5, 10, 50], "part_mb": [8, 32]}, "download": {"gbps": [5, 10, 50], "part_mb": [8, 32]}},
-    "kserve": {"download": {"processes": [4, 8, 16]}},
+# The small sweep behind BEST (`--sweep`): per shape kind and direction, the settings tried.
+GRID: dict[str, dict[str, dict[str, dict[str, list]]]] = {
+    "agent": {k: {"upload": {"concurrency": [4, 8, 16]}, "download": {"concurrency": [4, 8, 16]}}
+              for k in ("large", "small")},
+    "s5cmd": {"large": {d: {"workers": [256], "concurrency": [5, 10, 20], "part_mb": [16, 50]}
+                        for d in ("upload", "download")},
+              "small": {d: {"workers": [64, 256, 512], "concurrency": [5], "part_mb": [50]}
+                        for d in ("upload", "download")}},
+    "rclone": {"large": {"upload": {"transfers": [8], "upload_concurrency": [4, 8, 16], "chunk_mb": [16, 64]},
+                         "download": {"transfers": [8], "streams": [2, 4, 8, 16]}},
+               "small": {"upload": {"transfers": [16, 32, 64], "upload_concurrency": [4], "chunk_mb": [16]},
+                         "download": {"transfers": [16, 32, 64], "streams": [4]}}},
+    "aws": {"large": {d: {"requests": [10, 20, 40], "chunk_mb": [8, 32]} for d in ("upload", "download")},
+            "small": {d: {"requests": [10, 20, 40], "chunk_mb": [8]} for d in ("upload", "download")}},
+    "boto3": {"large": {d: {"threads": [10, 20, 40], "chunk_mb": [8, 32]} for d in ("upload", "download")},
+              "small": {d: {"threads": [10, 20, 40], "chunk_mb": [8]} for d in ("upload", "download")}},
+    "crt": {"large": {d: {"gbps": [5, 10, 50], "part_mb": [8, 32]} for d in ("upload", "download")},
+            "small": {d: {"gbps": [5, 10, 50], "part_mb": [8]} for d in ("upload", "download")}},
+    "kserve": {k: {"download": {"processes": [2, 4, 8]}} for k in ("large", "small")},
 }
 
 ALL_TOOLS = ["agent", "s5cmd", "rclone", "aws", "boto3", "crt", "kserve"]
@@ -162,10 +173,10 @@ def _bucket_key(uri: str) -> tuple[str, str]:
 class Tools:
     """The command line of each tool for a direction and its settings."""
 
-    def __init__(self, server, work: Path, kserve_python: Optional[str]) -> None:
+    def __init__(self, server, work: Path, peers_python: Optional[str]) -> None:
         self.server = server
         self.work = work
-        self.kserve_python = kserve_python
+        self.peers_python = peers_python or sys.executable
         ep = server.endpoint
         self.env = dict(os.environ, **server.env())
         self.env.update({
@@ -188,16 +199,14 @@ class Tools:
             return f"`{tool}` not on PATH (pip install -e '.[bench]')"
         if tool == "aws" and subprocess.run([sys.executable, "-c", "import awscli"], capture_output=True).returncode:
             return "awscli not importable (pip install -e '.[bench]')"
-        if tool == "crt" and subprocess.run([sys.executable, "-c", "import awscrt, s3transfer.crt"],
-                                            capture_output=True).returncode:
-            return "awscrt not importable (pip install -e '.[bench]')"
-        if tool == "kserve":
-            python = self.kserve_python or sys.executable
+        if tool in ("crt", "kserve"):
+            python = self.peers_python
             if not shutil.which(python) and not os.path.exists(python):
-                return f"--kserve-python {python}: no such interpreter"
-            if subprocess.run([python, "-c", "import kserve_storage"], capture_output=True).returncode:
-                return (f"kserve_storage not importable by {python} (python -m venv /tmp/kserve && "
-                        f"/tmp/kserve/bin/pip install kserve-storage; then --kserve-python /tmp/kserve/bin/python)")
+                return f"--peers-python {python}: no such interpreter"
+            module = "awscrt, s3transfer.crt" if tool == "crt" else "kserve_storage"
+            if subprocess.run([python, "-c", f"import {module}"], capture_output=True).returncode:
+                return (f"{module} not importable by {python} (python -m venv /tmp/peers && /tmp/peers/bin/pip "
+                        f"install kserve-storage awscrt; then --peers-python /tmp/peers/bin/python)")
         return None
 
     def command(self, tool: str, direction: str, src: str, dst: str, s: dict) -> tuple[list[str], dict]:
@@ -238,10 +247,11 @@ class Tools:
                      "--only-show-errors", src, dst], dict(env, AWS_CONFIG_FILE=str(config)))
         if tool in ("boto3", "crt"):
             args = ",".join(f"{k}={v}" for k, v in s.items())
-            return [sys.executable, __file__, "--peer", tool, direction, src, dst, args], env
+            python = self.peers_python if tool == "crt" else sys.executable
+            return [python, __file__, "--peer", tool, direction, src, dst, args], env
         if tool == "kserve":
             code = "import sys; from kserve_storage import Storage; Storage.download(sys.argv[1], sys.argv[2])"
-            return ([self.kserve_python or sys.executable, "-c", code, src, dst],
+            return ([self.peers_python, "-c", code, src, dst],
                     dict(env, S3_MAX_FILE_CONCURRENCY=str(s["processes"])))
         raise ValueError(tool)
 
@@ -541,7 +551,7 @@ def sweep(bench: Bench, shape: Shape, tools: list[str], runs: int) -> None:
     print(f"\nsweep on shape {shape.name} (median MB/s of {runs} runs per setting)")
     for tool in tools:
         for d in directions(tool):
-            grid = GRID[tool][d]
+            grid = GRID[tool][shape.kind][d]
             rates = []
             for values in itertools.product(*grid.values()):
                 s = dict(zip(grid, values))
@@ -564,8 +574,9 @@ def main() -> int:
     parser.add_argument("--tools", default=",".join(ALL_TOOLS))
     parser.add_argument("--quick", action="store_true", help="small shapes, one run: a smoke test of the bench")
     parser.add_argument("--sweep", action="store_true", help="run each tool over GRID instead of BEST")
-    parser.add_argument("--kserve-python", default=os.environ.get("KSERVE_PYTHON"),
-                        help="an interpreter that can import kserve_storage (default: this one)")
+    parser.add_argument("--peers-python", default=os.environ.get("PEERS_PYTHON"),
+                        help="an interpreter that can import kserve_storage and awscrt, for the kserve and crt "
+                             "peers (default: this one)")
     parser.add_argument("--workdir", default=None, help="where the checkpoints and the server data go")
     parser.add_argument("--peer", nargs=5, metavar=("TOOL", "DIRECTION", "SRC", "DST", "SETTINGS"),
                         help=argparse.SUPPRESS)
@@ -587,7 +598,7 @@ def main() -> int:
     try:
         server.start()
         server.client().create_bucket(Bucket=BUCKET)
-        tools_ = Tools(server, work, args.kserve_python)
+        tools_ = Tools(server, work, args.peers_python)
         tools = []
         for tool in args.tools.split(","):
             why = tools_.available(tool)

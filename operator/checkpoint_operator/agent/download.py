@@ -49,12 +49,12 @@ from checkpoint_operator.agent.s3 import (
 SMALL_FILE = 1 << 20
 
 # The streaming buffer of each network thread. The socket copies into it, then pwrite and
-# sha256 read it: 1 MiB stays in a core's L2 cache for the second and third reads, and is
-# large enough that the per-chunk Python work is noise. Measured with bench/transfer.py on
-# 2 cores (ext4, kernel 6.18): 256-512 KiB slightly slower; 2 MiB and 4 MiB writes made the
-# kernel's copy into the page cache ~40x slower per byte (pwrite 20 ms per 2 MiB), halving
-# the download rate.
-STREAM_CHUNK = 1 << 20
+# sha256 read it while it is still in the core's L2 cache. Measured with bench/transfer.py and
+# perf on 2 cores (ext4, kernel 6.18, a VM), 1 GiB down: with 1 MiB writes the kernel's copy
+# into the page cache (copy_folio_from_iter_atomic) took 38% of all CPU samples, 1.7-1.9 s of
+# system time; with 256 KiB writes 0.75-0.9 s (128 KiB the same, 512 KiB in between; bigger
+# writes get bigger page-cache folios, slower to allocate and fill here).
+STREAM_CHUNK = 256 * 1024
 
 # Attempts per part (CKPT_S3_PART_ATTEMPTS), on top of botocore's own retries of each request:
 # those do not cover a body cut short, nor a server that is away for longer than they last.

@@ -16,10 +16,7 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
-import boto3
 import botocore.exceptions as bexc
-import botocore.handlers
-from botocore.config import Config
 
 from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, parse_manifest
@@ -90,6 +87,10 @@ def make_client(endpoint_url: Optional[str] = None, *, max_pool_connections: int
     second time for the signature; integrity is end to end instead (the manifest's sha256 of
     every file is verified on download). Checksums only where an operation requires them.
     """
+    import botocore.handlers
+    import botocore.session
+    from botocore.config import Config
+
     endpoint = resolve_endpoint(endpoint_url)
     attempts = int(os.environ.get("CKPT_S3_MAX_ATTEMPTS", "5"))
     config = Config(
@@ -103,15 +104,23 @@ def make_client(endpoint_url: Optional[str] = None, *, max_pool_connections: int
         s3={"payload_signing_enabled": False,
             "addressing_style": "path" if endpoint else "auto"},
     )
-    with _session_lock:  # boto3 sessions are not thread-safe to create clients from
+
+    with _session_lock:  # sessions are not thread-safe to create clients from
+        # botocore's own session, not boto3's: importing boto3 also imports s3transfer, ~40% of
+        # the start-up of `agent download`. (The importer, which uses s3transfer, imports it.)
         # Loading the service model makes ~10^5 objects, none of them cyclic garbage: the
         # cyclic GC passes it triggers cost ~30% of the client's creation time, for nothing.
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            session = boto3.session.Session(**_secret_dir_credentials())
-            region = region or session.region_name or os.environ.get("CKPT_S3_REGION") or "us-east-1"
-            client = session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+            session = botocore.session.get_session()
+            creds = _secret_dir_credentials()
+            if creds:
+                session.set_credentials(creds["aws_access_key_id"], creds["aws_secret_access_key"],
+                                        creds.get("aws_session_token"))
+            region = (region or session.get_config_variable("region") or os.environ.get("CKPT_S3_REGION")
+                      or "us-east-1")
+            client = session.create_client("s3", endpoint_url=endpoint, region_name=region, config=config)
             client.ckpt_credentials = session.get_credentials()  # for the fast data path (s3http.py)
         finally:
             if gc_was_enabled:

@@ -40,6 +40,7 @@ from checkpoint_operator.agent.tree import EntryBudget, entry_limit, locate_file
 # rerun over a committed prefix takes the same facts from the manifest instead.
 JOURNAL_NAME = UPLOAD_JOURNAL_NAME
 READ_CHUNK = 8 * 1024 * 1024
+TINY_FILE = 1024 * 1024  # up to this, a file is read into a buffer of its own size
 MAX_KEY_BYTES = 1024  # S3's limit on an object key (UTF-8)
 
 
@@ -282,8 +283,13 @@ class Uploader:
                              f"{f.expected_sha256})")
 
     def _put_small(self, f: LocalFile) -> None:
-        """A file of at most one part: read once into a pooled buffer (hashed there), one PUT."""
-        buf = self.buffers.take(self.part_size, self.latch.event)
+        """A file of at most one part: read once into memory (hashed there), one PUT. Files of up
+        to 1 MiB get a buffer of their own size, bigger ones a pooled part buffer; both count
+        against the same memory bound."""
+        if f.size <= TINY_FILE:
+            buf = self.buffers.take_exact(f.size + 1, self.latch.event)
+        else:
+            buf = self.buffers.take(self.part_size, self.latch.event)
         if buf is None:
             return
         try:
@@ -469,6 +475,7 @@ class BufferPool:
     def __init__(self, limit: int) -> None:
         self.budget = ByteBudget(limit)
         self._free: dict[int, list[bytearray]] = {}
+        self._sizes: set[int] = set()  # the part size whose buffers are kept for reuse
         self._lock = threading.Lock()
 
     def take(self, size: int, cancelled: threading.Event) -> Optional[bytearray]:
@@ -480,11 +487,19 @@ class BufferPool:
                 return free.pop()
             for other in [s for s in self._free if s != size]:
                 del self._free[other]  # another part size now: let those go
+            self._sizes = {size}
+        return bytearray(size)
+
+    def take_exact(self, size: int, cancelled: threading.Event) -> Optional[bytearray]:
+        """A buffer of exactly `size` bytes, counted against the limit but not kept for reuse."""
+        if not self.budget.acquire(size, cancelled):
+            return None
         return bytearray(size)
 
     def give(self, buf: bytearray) -> None:
-        with self._lock:
-            self._free.setdefault(len(buf), []).append(buf)
+        if len(buf) in self._sizes:
+            with self._lock:
+                self._free.setdefault(len(buf), []).append(buf)
         self.budget.release(len(buf))
 
 

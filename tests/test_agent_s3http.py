@@ -1,0 +1,94 @@
+"""The fast data path (agent/s3http.py): its signatures are botocore's, and its requests work
+against a real S3 server (SeaweedFS) with the same failures botocore would raise."""
+
+from __future__ import annotations
+
+import datetime
+
+import botocore.auth
+import botocore.exceptions as bexc
+import pytest
+from botocore.awsrequest import AWSRequest
+from botocore.config import Config
+from botocore.credentials import Credentials
+
+from checkpoint_operator.agent.s3 import fast_data_path, make_client
+from checkpoint_operator.agent.s3http import FastS3, sign_headers
+from s3server import s3, seaweedfs  # noqa: F401  (fixtures)
+
+WHEN = datetime.datetime(2026, 12, 1, 10, 4, 27)
+
+
+def botocore_signature(monkeypatch, method, url, headers, creds, region):
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda *a, **k: WHEN)
+    request = AWSRequest(method=method, url=url, headers=dict(headers))
+    request.context["client_config"] = Config(s3={"payload_signing_enabled": False})
+    botocore.auth.S3SigV4Auth(creds, "s3", region).add_auth(request)
+    return request.headers["Authorization"]
+
+
+@pytest.mark.parametrize("token", [None, "session-token/+="])
+@pytest.mark.parametrize("method,path,query,headers", [
+    ("GET", "/bucket/dir/model-00001-of-00003.safetensors", "", {}),
+    ("GET", "/bucket/a%20b/%C3%A9t%C3%A9~x.bin", "", {"range": "bytes=0-1048575"}),
+    ("PUT", "/bucket/k", "partNumber=7&uploadId=abc-DEF_1.2~3", {"content-length": "5"}),
+    ("PUT", "/bucket/k", "", {"content-length": "5", "x-amz-meta-sha256": "ab" * 32}),
+])
+def test_signature_is_botocores(monkeypatch, method, path, query, headers, token):
+    creds = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token)
+    host = "127.0.0.1:8333"
+    ours = sign_headers(method, host, path, query, headers, access_key=creds.access_key, secret_key=creds.secret_key,
+                        token=token, region="eu-west-3", amz_date=WHEN.strftime("%Y%m%dT%H%M%SZ"))
+    url = f"http://{host}{path}" + (f"?{query}" if query else "")
+    theirs = botocore_signature(monkeypatch, method, url, {k: v for k, v in headers.items()}, creds, "eu-west-3")
+    assert ours["authorization"] == theirs
+
+
+def test_fast_path_round_trip_and_errors(s3, monkeypatch):
+    client = make_client(s3.endpoint)
+    fast = fast_data_path(client)
+    assert isinstance(fast, FastS3)
+    key = s3.key("dir/a b/é~.bin")
+    body = bytes(range(256)) * 4096
+    etag = fast.put(s3.bucket, key, memoryview(body), metadata={"sha256": "x" * 64})
+    assert etag.strip('"') == client.head_object(Bucket=s3.bucket, Key=key)["ETag"].strip('"')
+    assert client.head_object(Bucket=s3.bucket, Key=key)["Metadata"] == {"sha256": "x" * 64}
+
+    resp = fast.get(s3.bucket, key, "bytes=1000-1999")
+    assert resp.content_length == 1000
+    buf = bytearray(1000)
+    view = memoryview(buf)
+    got = 0
+    while got < 1000:
+        got += resp.readinto(view[got:])
+    resp.finish()
+    assert bytes(buf) == body[1000:2000]
+    whole = fast.get(s3.bucket, key)  # the same kept-alive connection serves the next request
+    assert whole.read(len(body) + 1) == body
+    whole.finish()
+
+    with pytest.raises(bexc.ClientError) as info:
+        fast.get(s3.bucket, s3.key("missing"))
+    assert info.value.response["Error"]["Code"] == "NoSuchKey"
+
+    wrong = make_client(s3.endpoint)
+    wrong.ckpt_credentials = Credentials("ckpt-test-access", "not-the-secret")
+    with pytest.raises(bexc.ClientError) as info:
+        fast_data_path(wrong).get(s3.bucket, key)
+    assert info.value.response["Error"]["Code"] in {"SignatureDoesNotMatch", "AccessDenied", "403"}
+
+    s3.server.kill()
+    with pytest.raises(bexc.EndpointConnectionError):
+        fast_data_path(make_client(s3.endpoint)).get(s3.bucket, key)
+
+
+def test_fast_path_off_for_proxies_and_by_setting(s3, monkeypatch):
+    client = make_client(s3.endpoint)
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert fast_data_path(client) is None
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    assert fast_data_path(client) is not None
+    monkeypatch.setenv("CKPT_S3_FAST", "0")
+    assert fast_data_path(client) is None
