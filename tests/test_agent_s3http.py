@@ -4,6 +4,7 @@ against a real S3 server (SeaweedFS) with the same failures botocore would raise
 from __future__ import annotations
 
 import datetime
+import os
 
 import botocore.auth
 import botocore.exceptions as bexc
@@ -92,3 +93,40 @@ def test_fast_path_off_for_proxies_and_by_setting(s3, monkeypatch):
     assert fast_data_path(client) is not None
     monkeypatch.setenv("CKPT_S3_FAST", "0")
     assert fast_data_path(client) is None
+
+
+@pytest.mark.parametrize("path", ["fast, no botocore client", "fast from botocore's client", "botocore only"])
+def test_round_trip_and_tamper_on_every_data_path(s3, monkeypatch, tmp_path, path):
+    """Upload and download take the same bytes whichever way the requests go, and a tampered
+    object is refused on each."""
+    from checkpoint_operator.agent.download import Downloader, download_prefix
+    from checkpoint_operator.agent.s3 import AgentError
+    from checkpoint_operator.agent.upload import upload_dir
+
+    if path == "fast from botocore's client":
+        monkeypatch.delenv("AWS_ENDPOINT_URL")  # given as --endpoint-url below: the client's
+        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+        (tmp_path / "credentials").write_text(f"[default]\naws_access_key_id = {s3.server.access_key}\n"
+                                              f"aws_secret_access_key = {s3.server.secret_key}\n")
+        monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+        monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    if path == "botocore only":
+        monkeypatch.setenv("CKPT_S3_FAST", "0")
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    files = {"a.bin": os.urandom(12 * 1024 * 1024 + 3), "sub/b.json": b'{"x": 1}', "empty": b""}
+    for rel, data in files.items():
+        (src / rel).write_bytes(data)
+    uri = s3.uri("ckpt/")
+    upload_dir(str(src), uri, endpoint_url=s3.endpoint)
+    downloader = Downloader(uri, str(tmp_path / "dst"), endpoint_url=s3.endpoint)
+    assert (downloader._client is None) == (path == "fast, no botocore client")
+    assert (downloader.fast is None) == (path == "botocore only")
+    downloader.run()
+    for rel, data in files.items():
+        assert (tmp_path / "dst" / rel).read_bytes() == data
+
+    s3.client().put_object(Bucket=s3.bucket, Key=s3.key("ckpt/sub/b.json"), Body=b'{"x": 2}')
+    with pytest.raises(AgentError, match="sha256 mismatch"):
+        download_prefix(uri, str(tmp_path / "dst2"), endpoint_url=s3.endpoint)
+    assert not (tmp_path / "dst2" / "sub" / "b.json").exists()

@@ -41,8 +41,8 @@ from checkpoint_operator.agent.names import TEMP_PREFIX, printable
 from checkpoint_operator.agent.progress import Progress, human_bytes
 from checkpoint_operator.agent.s3 import (
     DEFAULT_CONCURRENCY, DEFAULT_PART_SIZE, AgentError, ByteBudget, FailureLatch, S3Location,
-    describe_error, env_size, fast_data_path, is_transient, make_client, parse_s3_uri, read_manifest,
-    resolve_endpoint,
+    describe_error, env_size, fast_data_path, fast_for_endpoint, is_transient, make_client, parse_s3_uri,
+    read_manifest, resolve_endpoint,
 )
 
 # Files up to this size come in one GET into memory; bigger ones are streamed to disk.
@@ -248,8 +248,12 @@ class Downloader:
         self.part_size = part_size or env_size("CKPT_S3_PART_SIZE", DEFAULT_PART_SIZE)
         self.attempts = max(1, int(os.environ.get("CKPT_S3_PART_ATTEMPTS", DEFAULT_PART_ATTEMPTS)))
         self.endpoint = resolve_endpoint(endpoint_url)
-        self.client = make_client(self.endpoint, max_pool_connections=self.concurrency + 4)
-        self.fast = fast_data_path(self.client)
+        # A custom endpoint with static credentials needs no botocore client (half the start-up);
+        # otherwise botocore's client supplies credentials, region and URLs (s3http.py).
+        self.fast = fast_for_endpoint(self.endpoint)
+        self._client = None
+        if self.fast is None:
+            self.fast = fast_data_path(self.client)
         self.manifest = manifest
         self.write_manifest = write_manifest
         self.digest = digest
@@ -264,6 +268,13 @@ class Downloader:
         self._jobs_lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._dirs_ok: set[str] = set()
+
+    @property
+    def client(self):
+        """botocore's client, made on first use (never, on the fast path with a custom endpoint)."""
+        if self._client is None:
+            self._client = make_client(self.endpoint, max_pool_connections=self.concurrency + 4)
+        return self._client
 
     def run(self) -> DownloadResult:
         started = time.monotonic()
@@ -314,7 +325,8 @@ class Downloader:
     def _checked_manifest(self) -> Manifest:
         uri = self.prefix.uri
         if self.manifest is None:  # read_manifest checks it
-            manifest = read_manifest(uri, client=self.client, endpoint_url=self.endpoint)
+            manifest = read_manifest(uri, endpoint_url=self.endpoint, fast=self.fast,
+                                     client=None if self.fast is not None else self.client)
         else:
             manifest = self.manifest
             problem = manifest_problem(manifest)

@@ -13,6 +13,7 @@ import gc
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
@@ -131,15 +132,43 @@ def make_client(endpoint_url: Optional[str] = None, *, max_pool_connections: int
     return client
 
 
+def _timeouts() -> dict:
+    return {"connect_timeout": float(os.environ.get("CKPT_S3_CONNECT_TIMEOUT", "10")),
+            "read_timeout": float(os.environ.get("CKPT_S3_READ_TIMEOUT", "120"))}
+
+
 def fast_data_path(client):
     """The s3http.FastS3 for a client made by make_client, or None when botocore must carry the
     object data (see s3http.py)."""
     from checkpoint_operator.agent.s3http import FastS3
     credentials = getattr(client, "ckpt_credentials", None)
-    if not FastS3.usable(client, credentials):
+    if not FastS3.usable(client.meta.endpoint_url, credentials):
         return None
-    return FastS3(client, credentials, connect_timeout=float(os.environ.get("CKPT_S3_CONNECT_TIMEOUT", "10")),
-                  read_timeout=float(os.environ.get("CKPT_S3_READ_TIMEOUT", "120")))
+    return FastS3(client, credentials, **_timeouts())
+
+
+def fast_for_endpoint(endpoint_url: Optional[str] = None):
+    """An s3http.FastS3 that needs no botocore client, or None: only for a custom endpoint
+    (path-style, as make_client addresses it) with static credentials from the environment or
+    CKPT_S3_SECRET_DIR, the ones botocore's chain would take first."""
+    from checkpoint_operator.agent.s3http import FastS3, StaticCredentials
+    endpoint = resolve_endpoint(endpoint_url)
+    if not endpoint:
+        return None
+    creds = _secret_dir_credentials()
+    if creds:
+        static = StaticCredentials(creds["aws_access_key_id"], creds["aws_secret_access_key"],
+                                   creds.get("aws_session_token"))
+    elif os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        static = StaticCredentials(os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"],
+                                   os.environ.get("AWS_SESSION_TOKEN") or None)
+    else:
+        return None
+    if not FastS3.usable(endpoint, static):
+        return None
+    region = (os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+              or os.environ.get("CKPT_S3_REGION") or "us-east-1")
+    return FastS3(None, static, endpoint=endpoint, region=region, **_timeouts())
 
 
 _ACCESS_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
@@ -235,22 +264,37 @@ def manifest_exists(uri: str, *, endpoint_url: Optional[str] = None, client=None
         raise describe_error(exc, loc.uri, resolve_endpoint(endpoint_url)) from exc
 
 
-def read_manifest(uri: str, *, endpoint_url: Optional[str] = None, client=None) -> Manifest:
-    """The manifest of the checkpoint at this prefix; AgentError if the upload never completed."""
+def read_manifest(uri: str, *, endpoint_url: Optional[str] = None, client=None, fast=None) -> Manifest:
+    """The manifest of the checkpoint at this prefix; AgentError if the upload never completed.
+    Read through `fast` (an s3http.FastS3, retried here as botocore would) when given."""
     prefix = parse_s3_uri(uri).as_prefix()
     loc = manifest_location(uri)
-    client = client or make_client(endpoint_url)
-    try:
-        resp = client.get_object(Bucket=loc.bucket, Key=loc.key)
-        if resp.get("ContentLength", 0) > MAX_MANIFEST_BYTES:
-            resp["Body"].close()
-            raise AgentError(f"invalid manifest at {loc.uri}: {resp['ContentLength']} bytes, more than the "
-                             f"{MAX_MANIFEST_BYTES} a manifest may have")
-        body = resp["Body"].read(MAX_MANIFEST_BYTES + 1)
-    except Exception as exc:  # noqa: BLE001
-        if is_not_found(exc):
-            raise AgentError(f"no manifest at {prefix.uri}: the upload never completed") from exc
-        raise describe_error(exc, loc.uri, resolve_endpoint(endpoint_url)) from exc
+    attempts = max(1, int(os.environ.get("CKPT_S3_MAX_ATTEMPTS", "5"))) if fast is not None else 1
+    for attempt in range(1, attempts + 1):
+        try:
+            if fast is not None:
+                resp = fast.get(loc.bucket, loc.key)
+                length = resp.content_length or 0
+                read, close = resp.read, resp.close
+            else:
+                client = client or make_client(endpoint_url)
+                answer = client.get_object(Bucket=loc.bucket, Key=loc.key)
+                length = answer.get("ContentLength", 0)
+                read, close = answer["Body"].read, answer["Body"].close
+            if length > MAX_MANIFEST_BYTES:
+                close()
+                raise AgentError(f"invalid manifest at {loc.uri}: {length} bytes, more than the "
+                                 f"{MAX_MANIFEST_BYTES} a manifest may have")
+            body = read(MAX_MANIFEST_BYTES + 1)
+            close()
+            break
+        except Exception as exc:  # noqa: BLE001
+            if is_not_found(exc):
+                raise AgentError(f"no manifest at {prefix.uri}: the upload never completed") from exc
+            if attempt < attempts and is_transient(exc):
+                time.sleep(min(8.0, 0.5 * 2 ** (attempt - 1)))
+                continue
+            raise describe_error(exc, loc.uri, resolve_endpoint(endpoint_url)) from exc
     if len(body) > MAX_MANIFEST_BYTES:
         raise AgentError(f"invalid manifest at {loc.uri}: more than the {MAX_MANIFEST_BYTES} bytes a manifest may have")
     return parse_manifest(body, loc.uri)

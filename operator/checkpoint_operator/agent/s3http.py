@@ -16,7 +16,10 @@ as the botocore exceptions s3.py already understands (ClientError with the S3 er
 EndpointConnectionError, ReadTimeoutError, ...), so messages and retries are the same.
 
 Not used (botocore carries the request instead) when a proxy applies to the endpoint
-(HTTP(S)_PROXY), or when CKPT_S3_FAST=0.
+(HTTP(S)_PROXY), or when CKPT_S3_FAST=0. With a custom endpoint and static credentials (the
+environment's AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or CKPT_S3_SECRET_DIR) `agent download`
+needs no botocore client at all (s3.fast_for_endpoint): making one loads botocore's endpoint
+and service models, about half of the command's start-up.
 """
 
 from __future__ import annotations
@@ -78,6 +81,16 @@ def sign_headers(method: str, host: str, path: str, query: str, headers: dict[st
     out["authorization"] = (f"AWS4-HMAC-SHA256 Credential={access_key}/{scope}, SignedHeaders={';'.join(names)}, "
                             f"Signature={signature}")
     return out
+
+
+class StaticCredentials:
+    """Credentials that do not change (botocore's chain returns refreshable ones otherwise)."""
+
+    def __init__(self, access_key: str, secret_key: str, token: Optional[str] = None) -> None:
+        self.access_key, self.secret_key, self.token = access_key, secret_key, token
+
+    def get_frozen_credentials(self) -> "StaticCredentials":
+        return self
 
 
 class Response:
@@ -145,10 +158,14 @@ class _Connection:
 class FastS3:
     """GET and PUT of object data for one botocore client's credentials, region and endpoint."""
 
-    def __init__(self, client, credentials, *, connect_timeout: float = 10.0, read_timeout: float = 120.0) -> None:
+    def __init__(self, client, credentials, *, connect_timeout: float = 10.0, read_timeout: float = 120.0,
+                 endpoint: Optional[str] = None, region: Optional[str] = None) -> None:
+        """For a botocore `client` (its region and bucket URLs), or, without one, for a custom
+        `endpoint` addressed path-style (as make_client does for any endpoint) in `region`."""
         self._client = client
+        self._endpoint = urlsplit(endpoint) if endpoint else None
         self._credentials = credentials
-        self.region = client.meta.region_name or "us-east-1"
+        self.region = region or (client.meta.region_name if client is not None else None) or "us-east-1"
         self.timeouts = (connect_timeout, read_timeout)
         self._bases: dict[str, tuple[str, str, str]] = {}  # bucket -> (scheme, netloc, path prefix)
         self._regions: dict[str, str] = {}  # buckets found in another region than the client's
@@ -158,11 +175,11 @@ class FastS3:
         self._context: Optional[ssl.SSLContext] = None
 
     @staticmethod
-    def usable(client, credentials) -> bool:
+    def usable(endpoint_url: str, credentials) -> bool:
         """False when botocore must carry the requests: turned off, no credentials, a proxy."""
         if os.environ.get("CKPT_S3_FAST", "1") == "0" or credentials is None:
             return False
-        url = urlsplit(client.meta.endpoint_url)
+        url = urlsplit(endpoint_url)
         proxies = urllib.request.getproxies_environment()
         if url.scheme in proxies and not urllib.request.proxy_bypass_environment(url.hostname or "", proxies):
             return False
@@ -171,12 +188,16 @@ class FastS3:
     def _base(self, bucket: str) -> tuple[str, str, str]:
         base = self._bases.get(bucket)
         if base is None:
-            # The URL botocore would use for an object of this bucket (its endpoint rules decide
-            # virtual-hosted or path style); only its scheme, host and bucket part are kept.
-            url = urlsplit(self._client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "k"},
-                                                              ExpiresIn=60))
-            assert url.path.endswith("/k"), url.path
-            base = (url.scheme, url.netloc, url.path[:-1])
+            if self._client is None:
+                url = self._endpoint
+                base = (url.scheme, url.netloc, f"{url.path.rstrip('/')}/{quote(bucket, safe='')}/")
+            else:
+                # The URL botocore would use for an object of this bucket (its endpoint rules
+                # decide virtual-hosted or path style); its scheme, host and bucket part are kept.
+                url = urlsplit(self._client.generate_presigned_url(
+                    "get_object", Params={"Bucket": bucket, "Key": "k"}, ExpiresIn=60))
+                assert url.path.endswith("/k"), url.path
+                base = (url.scheme, url.netloc, url.path[:-1])
             with self._lock:
                 self._bases[bucket] = base
                 if url.scheme == "https" and self._context is None:
