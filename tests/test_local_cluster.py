@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from checkpoint_operator.local.cluster import LocalCluster, translate_path
+from checkpoint_operator.local.cluster import LocalCluster
+from checkpoint_operator.local.podview import Mount, PodView
 from checkpoint_operator.local.server import ApiClient
 
 NS = "default"
@@ -230,16 +231,18 @@ async def _gone(api: ApiClient, resource: str, name: str) -> bool:
 
 
 @pytest.mark.parametrize("value, expected", [
-    ("/out", "/host/o"), ("/out/x/y", "/host/o/x/y"), ("/outside", "/outside"), ("/in/a", "/host/i/a"),
-    ("/in/a/deeper/f", "/host/deep/f"), ("--dir=/out/x", "--dir=/host/o/x"), ("relative", "relative"),
+    ("/out", "V/out"), ("/out/x/y", "V/out/x/y"), ("/outside", "/outside"), ("/in/a", "V/in/a"),
+    ("/in", "V/in"), ("/in/a/deeper/f", "V/in/a/deeper/f"), ("--dir=/out/x", "--dir=V/out/x"),
+    ("relative", "relative"), ("/", "/"), ("/in/../out", "V/out"),
 ])
-def test_translate_path_prefers_the_longest_mount(value: str, expected: str) -> None:
-    mounts = {"/out": Path("/host/o"), "/in": Path("/host/i"), "/in/a/deeper": Path("/host/deep")}
-    assert translate_path(value, mounts) == expected
+def test_view_translates_mounted_paths_and_their_parents(value: str, expected: str) -> None:
+    view = PodView(Path("V"), [Mount("/out", Path("/host/o"), False), Mount("/in/a", Path("/host/i"), True),
+                               Mount("/in/a/deeper", Path("/host/deep"), True)])
+    assert view.translate(value) == expected
 
 
 def test_python_maps_to_this_interpreter() -> None:
-    from checkpoint_operator.local.cluster import host_command
+    from checkpoint_operator.local.runtime import host_command
     assert host_command(["python3", "-c", "x"]) == [sys.executable, "-c", "x"]
     assert host_command(["checkpoint-operator", "agent"])[:3] == [sys.executable, "-m", "checkpoint_operator"]
 
