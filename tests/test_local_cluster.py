@@ -294,6 +294,9 @@ while True:
 """
 
 
+WAIT_FOR_RUNNING = "import os, sys, time\nwhile not os.path.exists(sys.argv[1] + '/running'): time.sleep(0.05)"
+
+
 def host_dir(tmp_path: Path) -> tuple[list[dict], list[dict]]:
     marks = tmp_path / "marks"
     marks.mkdir(exist_ok=True)
@@ -303,7 +306,10 @@ def host_dir(tmp_path: Path) -> tuple[list[dict], list[dict]]:
 async def test_native_sidecar_runs_beside_the_containers_and_is_stopped_after_them(
         api: ApiClient, cluster: LocalCluster, wait_for, tmp_path: Path) -> None:
     volumes, mounts = host_dir(tmp_path)
-    check = "import os, sys; assert os.path.exists(sys.argv[1] + '/sidecar-running'); print('sidecar seen')"
+    # A sidecar counts as started once its process runs (no startup probe), so the next containers
+    # wait for it to be up (as in Kubernetes); the sidecar must still be running while they do.
+    check = ("import os, sys, time\nwhile not os.path.exists(sys.argv[1] + '/sidecar-running'): time.sleep(0.05)\n"
+             "assert not os.path.exists(sys.argv[1] + '/sidecar-stopped'); print('sidecar seen')")
     await api.create("v1/pods", NS, {"metadata": {"name": "with-sidecar"}, "spec": {
         "terminationGracePeriodSeconds": 5, "volumes": volumes,
         "initContainers": [
@@ -327,7 +333,8 @@ async def test_sidecar_that_ignores_sigterm_is_killed_after_the_grace_period(
         "terminationGracePeriodSeconds": 1, "volumes": volumes,
         "initContainers": [python_container("agent", STUBBORN, args=["/marks"], restartPolicy="Always",
                                             volumeMounts=mounts)],
-        "containers": [python_container("main", "print('done')")]}})
+        # Waits until the sidecar has set up its handler (a sidecar counts as started once it runs).
+        "containers": [python_container("main", WAIT_FOR_RUNNING, args=["/marks"], volumeMounts=mounts)]}})
     pod = await wait_for(lambda: _phase_is(api, "v1/pods", "stubborn", "Succeeded"), timeout=15)
     assert (tmp_path / "marks" / "got-sigterm").read_text() == "ignored"
     assert pod["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 128 + 9  # SIGKILL
