@@ -209,19 +209,22 @@ class ProcessRuntime:
         try:
             if os.path.basename(command.argv[0]) == "checkpoint-operator":
                 child = await self.zygote.spawn(command.argv, command.env, command.cwd, out_write, err_write)
-                return HostProcess(child.pid, child.wait(), out_read, err_read)
-            try:
+                pid, exited = child.pid, child.wait()
+            else:
                 process = await asyncio.create_subprocess_exec(
                     *host_command(command.argv), env=command.env, cwd=str(command.cwd),
                     stdin=asyncio.subprocess.DEVNULL, stdout=out_write, stderr=err_write, start_new_session=True)
-            except OSError as exc:
-                for fd in (out_read, err_read):
-                    os.close(fd)
+                pid, exited = process.pid, _exit_code(process)
+        except BaseException as exc:
+            for fd in (out_read, err_read):
+                os.close(fd)
+            if isinstance(exc, OSError):
                 raise StartError("StartError", f"cannot run {command.argv[0]!r}: {exc}") from None
-            return HostProcess(process.pid, _exit_code(process), out_read, err_read)
+            raise
         finally:
             os.close(out_write)
             os.close(err_write)
+        return HostProcess(pid, exited, out_read, err_read)
 
     async def close(self) -> None:
         await self.zygote.stop()
