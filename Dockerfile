@@ -12,15 +12,17 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-# Dependencies first, from the metadata only, so that code changes keep this layer cached.
-COPY pyproject.toml README.md ./
-# The stub package and setuptools' build/ and egg-info go again: build/lib/ would keep the empty
-# __init__.py (newer than the real one copied next), and the wheel would ship it.
+# Dependencies first, from pyproject.toml only (an empty README and package stand in), so that
+# code and README changes keep this layer cached. The stubs and setuptools' build/ and egg-info
+# go again: build/lib/ would keep the empty __init__.py (newer than the real one copied next),
+# and the wheel would ship it.
+COPY pyproject.toml ./
 RUN mkdir -p operator/checkpoint_operator \
-    && touch operator/checkpoint_operator/__init__.py \
+    && touch operator/checkpoint_operator/__init__.py README.md \
     && pip install . \
     && pip uninstall --yes checkpoint-operator \
-    && rm -rf build operator
+    && rm -rf build operator README.md
+COPY README.md ./
 COPY operator ./operator
 RUN pip wheel --no-deps --wheel-dir /wheels . \
     && pip install --no-deps /wheels/*.whl \

@@ -156,6 +156,10 @@ def test_the_dependency_layer_leaves_no_stub_build_behind(stages):
     assert re.search(r"rm -rf (\S+ )*build\b", stub) and re.search(r"rm -rf (\S+ )*operator\b", stub), stub
     # the real import, not only --help (whose imports are lazy), is tried at build time
     assert "import checkpoint_operator.main" in " ".join(runs)
+    # only pyproject.toml reaches that layer: code and README edits keep it cached
+    keywords = [(i.keyword, i.args) for i in stages[0].instructions]
+    stub_at = keywords.index(("RUN", stub))
+    assert [args for keyword, args in keywords[:stub_at] if keyword == "COPY"] == ["pyproject.toml ./"]
 
 
 def test_entrypoint_and_cmd(final):

@@ -62,6 +62,16 @@ debian_mirror() {
 }
 
 # --- localhost/debian-python:3.11 -------------------------------------------------------------
+# debootstrap mounts /proc and /sys (and in some containers /dev nodes) into the rootfs and
+# unmounts them itself; never delete through one that a killed run left behind.
+remove_rootfs() {
+    local dir=$1 mnt
+    awk -v d="$dir/" 'index($2, d) == 1 { print $2 }' /proc/self/mounts | sort -r | while read -r mnt; do
+        umount -l "$mnt" || true
+    done
+    rm -rf --one-file-system "$dir"
+}
+
 build_base() {
     local codename mirror rootfs start=$SECONDS log
     codename=$(codename)
@@ -71,7 +81,7 @@ build_base() {
     rootfs=$(mktemp -d "$CKPT_PODMAN_DIR/rootfs.XXXXXX")
     log="$CKPT_PODMAN_DIR/debootstrap.log"
     # shellcheck disable=SC2064  # expand now: the path is fixed
-    trap "rm -rf '$rootfs'" EXIT
+    trap "remove_rootfs '$rootfs'" EXIT
     say "base: debootstrap --variant=minbase $codename from $mirror (log: $log)"
     debootstrap --variant=minbase "$codename" "$rootfs" "$mirror" >"$log" 2>&1 \
         || { tail -n 20 "$log" >&2; die "debootstrap failed (log: $log)"; }
@@ -110,7 +120,7 @@ EOF
         --change 'ENV LANG=C.UTF-8' --change 'CMD ["python3"]' \
         --message "debootstrap $codename + python3 python3-venv ca-certificates (e2e/image/build.sh)" \
         - "$CKPT_BASE_IMAGE" >/dev/null
-    rm -rf "$rootfs"
+    remove_rootfs "$rootfs"
     trap - EXIT
     say "base: $CKPT_BASE_IMAGE made in $(elapsed "$start") ($(ckpt_podman run --rm --network none "$CKPT_BASE_IMAGE" python3 --version))"
 }
@@ -134,6 +144,16 @@ main() {
     check_prerequisites
     mkdir -p "$CKPT_PODMAN_DIR/tmp"
     say "Podman state in $CKPT_PODMAN_DIR (CONTAINERS_CONF=$CONTAINERS_CONF)"
+    # One build at a time per work directory (local mode's tests may start one too).
+    exec 9>"$CKPT_PODMAN_DIR/build.lock"
+    flock 9
+    local stale
+    for stale in "$CKPT_PODMAN_DIR"/rootfs.*; do
+        if [[ -d $stale ]]; then
+            say "removing $stale (left by an interrupted base build)"
+            remove_rootfs "$stale"
+        fi
+    done
 
     if [[ ${CKPT_REBUILD_BASE:-} != 1 ]] && ckpt_podman image exists "$CKPT_BASE_IMAGE"; then
         say "base: $CKPT_BASE_IMAGE exists, not rebuilt (CKPT_REBUILD_BASE=1 rebuilds it)"
