@@ -45,7 +45,8 @@ class Image:
 
         `env_from_host` names variables passed by name only (`-e NAME`), so credentials never
         appear on a command line."""
-        cmd = ["run", "--rm", *flags, "--network", network]
+        # Podman kills the container itself at the timeout (killing the client would leave it running).
+        cmd = ["run", "--rm", "--timeout", str(int(timeout)), *flags, "--network", network]
         for host, path, mode in volumes:
             cmd += ["--volume", f"{host}:{path}:{mode}"]
         for key, value in env.items():
@@ -54,4 +55,4 @@ class Image:
             cmd += ["--env", key]
         if entrypoint:
             cmd += ["--entrypoint", entrypoint]
-        return podman.run(*cmd, self.name, *args, timeout=timeout)
+        return podman.run(*cmd, self.name, *args, timeout=timeout + 60)

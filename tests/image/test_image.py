@@ -134,6 +134,14 @@ def test_the_image_runs_as_65532_by_default_with_the_operator_as_entrypoint(imag
     assert ok(image.run("-g", entrypoint="id", flags=["--read-only", "--tmpfs", "/tmp"])).stdout.strip() == "65532"
 
 
+def test_the_ca_bundle_mounted_for_the_build_is_not_in_the_image(image: Image):
+    """build.sh mounts the host's CA bundle so that pip reaches the index; the image keeps the base's."""
+    bundle = "/etc/ssl/certs/ca-certificates.crt"
+    inside = ok(image.run(bundle, entrypoint="sha256sum")).stdout.split()[0]
+    base = ok(Image(podman.BASE_IMAGE).run("sha256sum", bundle)).stdout.split()[0]
+    assert inside == base
+
+
 WRITE_PROBE = r"""
 import errno, json, os, sys
 result = {}
