@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import sys
 import urllib.request
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 import yaml
 
 from image_helpers import CLUSTER_FLAGS, Image, podman, require_engine
+from s3server import free_port
 
 pytestmark = [pytest.mark.image, pytest.mark.timeout(180)]
 require_engine()
@@ -28,12 +28,6 @@ TJ = "ckpt.dev/v1alpha1/trainingjobs"
 CKPT = "ckpt.dev/v1alpha1/checkpoints"
 TRAIN = ("import os; d = os.path.join(os.environ['CHECKPOINT_OUTPUT_DIR'], 'step-7'); os.makedirs(d); "
          "open(os.path.join(d, 'model.safetensors'), 'wb').write(b'x' * 1000)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str) -> str:
