@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 
-from checkpoint_operator.agent.upload import JOURNAL_NAME
 from image_helpers import CLUSTER_FLAGS, ROOT, USER, Image, podman, require_engine
 from s3server import s3, seaweedfs  # noqa: F401  (fixtures)
 
@@ -238,17 +237,23 @@ def test_upload_to_and_download_from_seaweedfs_on_the_host(image: Image, output:
     listing = client.list_objects_v2(Bucket=s3.bucket, Prefix=s3.key("ckpt/step-200/"))["Contents"]
     keys = {obj["Key"][len(s3.key("ckpt/step-200/")):] for obj in listing}
     source = files_under(output / "step-200")
-    # the journal holds the sha256 of multipart objects (model.safetensors is over one part)
-    assert keys == set(source) | {MANIFEST, JOURNAL_NAME}
+    # nothing else: the upload journal (multipart sha256s, model.safetensors is over one part)
+    # goes once the manifest is committed
+    assert keys == set(source) | {MANIFEST}
     manifest = json.loads(client.get_object(Bucket=s3.bucket, Key=s3.key("ckpt/step-200/" + MANIFEST))["Body"].read())
     expected = next(c for c in host_scan(output)["checkpoints"] if c["path"] == "step-200")
     assert manifest["digest"] == expected["digest"] == readme_digest(output / "step-200")
     assert manifest["files"] == expected["files"]
 
-    # download into a volume, as the init container of a consuming pod does
+    # download into a volume, as the init container of a consuming pod does: the digest pinned
     volume = writable_by_the_user(tmp_path / "volume")
-    ok(image.run("agent", "download", uri, "/volume/step-200", volumes=[(volume, "/volume", "rw")],
-                 network="host", env_from_host=S3_ENV))
+    wrong = "sha256:" + "0" * 64
+    error = one_error_line(image.run("agent", "download", uri, "/volume/step-200", "--digest", wrong,
+                                     volumes=[(volume, "/volume", "rw")], network="host", env_from_host=S3_ENV))
+    assert wrong in error and manifest["digest"] in error
+    assert files_under(volume) == {}
+    ok(image.run("agent", "download", uri, "/volume/step-200", "--digest", manifest["digest"],
+                 volumes=[(volume, "/volume", "rw")], network="host", env_from_host=S3_ENV))
     got = files_under(volume / "step-200")
     assert set(got) == {e["path"] for e in manifest["files"]} | {MANIFEST}, "extra or missing files"
     for entry in manifest["files"]:
