@@ -10,6 +10,8 @@
 #   CKPT_PODMAN_FLAGS  Podman's global storage flags for that directory, for other tools
 #                      (shell words; podman.py builds the same list). Not CONTAINERS_STORAGE_CONF:
 #                      with it every `podman run --rm` stalled 20 s here (conmon timeout).
+# Outside it Podman 4.3 still keeps, whatever the flags, its blob-digest cache in
+# /var/lib/containers/cache and an empty /run/containers/networks (shared with any other Podman).
 # Keep in step with podman.py (tests/test_dockerfile.py checks that both agree).
 
 _ckpt_image_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
