@@ -318,15 +318,6 @@ def archive(kind: str, members: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
-def xfail_without_pep706(result: subprocess.CompletedProcess) -> None:
-    """Known bug, not the image's: agent/archive.py calls tarfile.data_filter and extract(filter=...),
-    new in Python 3.11.4 (PEP 706); the base's Debian Python is 3.11.2 (python:3.11-slim is newer),
-    so there `agent import` of a tar crashes with a traceback. Narrow: only that crash is excused."""
-    if result.returncode != 0 and "module 'tarfile' has no attribute" in result.stderr:
-        pytest.xfail("agent import of a tar needs Python >= 3.11.4 (tarfile.data_filter, PEP 706); "
-                     "the image's Debian Python 3.11.2 lacks it (agent/archive.py)")
-
-
 @pytest.mark.parametrize("kind", ["tar.gz", "zip"])
 def test_import_of_an_archive_served_on_the_loopback(image: Image, http_dir, tmp_path, kind):
     served, base = http_dir
@@ -336,7 +327,6 @@ def test_import_of_an_archive_served_on_the_loopback(image: Image, http_dir, tmp
     volume = writable_by_the_user(tmp_path / "volume")
     result = image.run("agent", "import", f"{base}/model.{kind}", "/volume/model", "--max-size", "64MiB",
                        volumes=[(volume, "/volume", "rw")], network="host")
-    xfail_without_pep706(result)
     ok(result)
     assert files_under(volume / "model") == members
 
@@ -348,7 +338,6 @@ def test_import_refuses_an_archive_that_leaves_its_destination(image: Image, htt
     volume = writable_by_the_user(tmp_path / "volume")
     result = image.run("agent", "import", f"{base}/evil.{kind}", "/volume/model",
                        volumes=[(volume, "/volume", "rw")], network="host")
-    xfail_without_pep706(result)
     assert "escaped.txt" in one_error_line(result)
     assert files_under(volume) == {}
 
