@@ -1,7 +1,8 @@
-"""Types shared by both resources: conditions and object references."""
+"""Types shared by both resources: conditions, object references and the Phase base."""
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Literal, Optional
 
 from pydantic import Field
@@ -34,3 +35,14 @@ class PinnedCheckpoint(ApiModel):
     name: str = Field(description="Name of the Checkpoint.")
     uid: str = Field(description="UID of the Checkpoint.")
     digest: Optional[str] = Field(None, description="Digest (sha256 of the manifest) of the Checkpoint's data.")
+    sizeBytes: Optional[int] = Field(None, description="Size of the Checkpoint's data (sizes staging volumes and deadlines).")
+
+
+class Phase(str, Enum):
+    """Base of the phase enums: compares and serialises as its string value."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
