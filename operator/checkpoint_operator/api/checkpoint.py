@@ -175,6 +175,10 @@ class Checkpoint(ApiModel):
         """Ready and not being deleted: a job may start on it."""
         return self.phase == CheckpointPhase.READY and not self.metadata.deleting
 
+    def ready_reason(self) -> Optional[str]:
+        ready = next((c for c in self.status.conditions or [] if c.type == "Ready"), None)
+        return ready.reason if ready else None
+
     def to_wire(self) -> dict:
         wire = super().to_wire()
         wire["metadata"] = self.metadata.wire()

@@ -210,6 +210,10 @@ class TrainingJob(ApiModel):
     def output_enabled(self) -> bool:
         return self.spec.output.enabled
 
+    def ready_reason(self) -> Optional[str]:
+        ready = next((c for c in self.status.conditions or [] if c.type == "Ready"), None)
+        return ready.reason if ready else None
+
     def to_wire(self) -> dict:
         wire = super().to_wire()
         wire["metadata"] = self.metadata.wire()
