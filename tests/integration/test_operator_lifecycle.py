@@ -231,7 +231,7 @@ async def test_missing_input_waits_then_proceeds_when_created(api, operator, clu
     trainer.behaviours["late"] = lambda a, env: 0 if os.path.exists(
         os.path.join(env["CHECKPOINT_INPUT_PATH"], "weights.bin")) else 3
     await api.create(TJ, NS, training_job("late", checkpoints=[{"name": "adopted"}], output={"enabled": False}))
-    tj = await wait_phase(api, wait_for, TJ, "late", "Pending")
+    await wait_phase(api, wait_for, TJ, "late", "Pending")
 
     async def says_why():
         obj = await api.get(TJ, NS, "late")

@@ -15,9 +15,9 @@ pytestmark = pytest.mark.timeout(120)
 
 async def make_ready_checkpoint(api, name: str) -> dict:
     """A Ready Checkpoint pointing at a volume path, as if the operator had adopted it."""
-    obj = await api.create(CKPT, NS, {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint",
-                                      "metadata": {"name": name, "namespace": NS},
-                                      "spec": {"source": {"volume": {"claimName": "shared", "path": f"/{name}"}}}})
+    await api.create(CKPT, NS, {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint",
+                                 "metadata": {"name": name, "namespace": NS},
+                                 "spec": {"source": {"volume": {"claimName": "shared", "path": f"/{name}"}}}})
     return await api.patch(CKPT, NS, name, {"status": {
         "phase": "Ready", "owned": False, "digest": "sha256:" + "0" * 64, "fileCount": 1, "sizeBytes": 1,
         "location": {"volume": {"claimName": "shared", "path": name}}}}, subresource="status")

@@ -28,8 +28,12 @@ def _agent_pins_digests() -> bool:
     """Contract 4: `agent download --digest` (workstream B). The operator image runs the same
     package as its agent pods, so the installed parser says whether the flag exists.
     TODO(after ws-b-agent lands): always pass it and drop this check."""
-    from checkpoint_operator.cli import build_parser
-    _, unknown = build_parser().parse_known_args(["agent", "download", "s3://b/p/", "d", "--digest", "sha256:0"])
+    import argparse
+
+    from checkpoint_operator.agent.cli import add_agent_parser
+    parser = argparse.ArgumentParser()
+    add_agent_parser(parser.add_subparsers())
+    _, unknown = parser.parse_known_args(["agent", "download", "s3://b/p/", "d", "--digest", "sha256:0"])
     return "--digest" not in unknown
 
 
