@@ -121,8 +121,10 @@ class WorkQueue:
             self._queued.discard(key)
             self._running.add(key)
             requeue: Optional[float] = None
+            logger.debug("reconcile %s", key)
             try:
                 requeue = await self._loop.run_in_executor(self._pool, self._reconcile, key)
+                logger.debug("reconciled %s -> %s", key, requeue)
                 self._failures.pop(key, None)
             except asyncio.CancelledError:
                 raise

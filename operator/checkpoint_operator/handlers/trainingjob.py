@@ -22,7 +22,8 @@ from checkpoint_operator.logic import trainingjob_flow as flow
 from checkpoint_operator.logic import workload
 from checkpoint_operator.logic.agent_pods import AGENT_OUTPUT_MOUNT
 from checkpoint_operator.logic.conditions import now_rfc3339, seconds_since
-from checkpoint_operator.logic.inputs import InputWait, ResolvedInput, check_live_input, resolve_inputs
+from checkpoint_operator.logic.inputs import (CheckpointInfo, InputWait, ResolvedInput, check_live_input,
+                                              resolve_inputs)
 from checkpoint_operator.logic.protection import label_patch, used_uids
 from checkpoint_operator.logic.results import Advance, Done, Fail, Result, Wait
 from checkpoint_operator.logic.snapshot import is_produced_by, not_stored, plan_snapshot, skipped_message
@@ -74,8 +75,28 @@ def _refuse_invalid(ctx: Context, invalid: InvalidObject) -> None:
 
 # --- Pending: resolve, claim, check live, create ----------------------------------------------------
 
+class _LiveNames:
+    """The indexes, with the Checkpoints named in the spec read live: a wait is only ever
+    decided on a fresh read (the watch cache may lag), never on the cache alone."""
+
+    def __init__(self, ctx: Context, tj: TrainingJob):
+        self._indexes, self._live = ctx.indexes, {}
+        for ref in tj.spec.checkpoints:
+            if ref.name:
+                body = ctx.kube.get(CHECKPOINTS, tj.metadata.namespace, ref.name)
+                self._live[ref.name] = CheckpointInfo.from_body(body) if body else None
+
+    def checkpoint(self, namespace: str, name: str):
+        return self._live[name] if name in self._live else self._indexes.checkpoint(namespace, name)
+
+    def __getattr__(self, attribute):
+        return getattr(self._indexes, attribute)
+
+
 def start(ctx: Context, tj: TrainingJob) -> Result:
     resolution = resolve_inputs(tj, ctx.indexes)
+    if resolution.waits and tj.status.inputs is None and any(r.name for r in tj.spec.checkpoints):
+        resolution = resolve_inputs(tj, _LiveNames(ctx, tj))
     if resolution.waits:
         # Hold nothing while waiting, so a waiting job never keeps an input from being deleted.
         _release_inputs(ctx, tj)

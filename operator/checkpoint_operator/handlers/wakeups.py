@@ -80,7 +80,9 @@ def checkpoint_event(ctx: Context, event_type: Optional[str], body: Mapping) -> 
     waiting |= set(ctx.indexes.jobs_waiting_on(namespace, "uid", info.uid))
     if info.producer_name:
         waiting |= set(ctx.indexes.jobs_waiting_on(namespace, "producer", info.producer_name))
-    ctx.queue.add_all(_tj(namespace, n) for n in _pending(ctx, namespace, sorted(waiting)))
+    pending = _pending(ctx, namespace, sorted(waiting))
+    logger.debug("checkpoint %s %s (%s): waking %s", name, info.phase, event_type, pending)
+    ctx.queue.add_all(_tj(namespace, n) for n in pending)
 
 
 def _checkpoint_has_work(ctx: Context, body: Mapping, info: CheckpointInfo) -> bool:
