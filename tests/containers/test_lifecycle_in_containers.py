@@ -6,7 +6,6 @@ real container runtime, and read-only inputs are really read-only."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 

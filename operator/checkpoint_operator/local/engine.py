@@ -25,7 +25,6 @@ left of them is removed when the runtime closes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import itertools
 import json

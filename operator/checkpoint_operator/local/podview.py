@@ -71,7 +71,7 @@ def read_only_copy(source: Path, target: Path) -> None:
     """Copy a file or a tree (symlinks kept as links), then remove every write bit."""
     if source.is_dir():
         shutil.copytree(source, target, symlinks=True, copy_function=clone_or_copy)
-        for directory, dirs, files in os.walk(target, topdown=False):
+        for directory, _dirs, files in os.walk(target, topdown=False):
             for name in files:
                 path = os.path.join(directory, name)
                 if not os.path.islink(path):
