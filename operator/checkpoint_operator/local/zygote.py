@@ -34,6 +34,16 @@ from pathlib import Path
 from typing import Any
 
 # Imported once in the zygote, so children start with them loaded.
+# The program a child becomes: the `checkpoint-operator` console script (what `python -m
+# checkpoint_operator` runs). Named, not imported: the command line sits above local/ in the layers.
+ENTRY_POINT = "checkpoint_operator.cli:main"
+
+
+def _entry_point():
+    module, _, name = ENTRY_POINT.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 PRELOAD = ("checkpoint_operator.cli", "checkpoint_operator.agent.cli", "checkpoint_operator.agent.scan",
            "checkpoint_operator.agent.snapshot", "checkpoint_operator.agent.upload",
            "checkpoint_operator.agent.download", "checkpoint_operator.agent.importer",
@@ -66,9 +76,8 @@ def _run_child(request: dict[str, Any], stdout_fd: int, stderr_fd: int) -> int:
     os.environ.update(request["env"])
     argv = request["argv"]
     sys.argv = argv
-    from checkpoint_operator.cli import main
     try:
-        return main(argv[1:])
+        return _entry_point()(argv[1:])
     except SystemExit as exc:  # as the interpreter handles it
         if exc.code is None or isinstance(exc.code, int):
             return exc.code or 0
