@@ -368,7 +368,7 @@ def test_table_lists_checkpoints_and_skips(output):
     write(output / ".trash" / "x")
     table = format_table(scan_directory(output))
     lines = table.splitlines()
-    assert lines[0].split() == ["PATH", "FORMAT", "STEP", "FILES", "SIZE", "RESUMABLE", "DIGEST"]
+    assert lines[0].split() == ["PATH", "FORMAT", "STEP", "FILES", "SIZE", "RESUMABLE", "COMPLETE", "DIGEST"]
     assert lines[3].split()[:6] == ["checkpoint-500", "huggingface", "500", "3", "1012", "B"]
     assert "  .trash  hidden name" in table
 
@@ -386,7 +386,7 @@ def test_cli_json_matches_scan_directory(output):
     assert printed == scan_directory(output).model_dump(mode="json")
     assert set(printed) == {"checkpoints", "skipped"}
     assert set(printed["checkpoints"][0]) == {"version", "path", "files", "sizeBytes", "fileCount", "digest",
-                                              "format", "step", "resumable"}
+                                              "format", "step", "resumable", "complete", "completeReason"}
     assert printed["skipped"] == [{"path": "checkpoint-500/passwd", "reason": LEAVES_CHECKPOINT}]
 
 

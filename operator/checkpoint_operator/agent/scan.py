@@ -18,13 +18,12 @@ from typing import Optional
 
 from pydantic import BaseModel
 
-from checkpoint_operator.agent import formats
+from checkpoint_operator.agent import containers, formats
 from checkpoint_operator.agent.hashing import hash_files
 from checkpoint_operator.agent.manifest import MANIFEST_NAME, FileEntry, Manifest, digest_of
 
 LAYOUTS = ("auto", "directories", "files")
 ROOT = "."
-TRAINER_STATE = "trainer_state.json"
 # Reasons a reader of `skipped` sees; tests and the operator's events quote them.
 LEAVES_CHECKPOINT = "symlink leaves the checkpoint"
 
@@ -153,6 +152,38 @@ def _walk_checkpoint(top: str, candidate: _Candidate, skips: _Skips) -> None:
                 skips.add(candidate.path, rel, _special_kind(st.st_mode))
 
 
+def _entry_kind(entry: os.DirEntry) -> str:
+    try:
+        if not _valid_name(entry.name) or entry.is_symlink():
+            return "other"
+        return "dir" if entry.is_dir() else "file" if entry.is_file() else "other"
+    except OSError:
+        return "other"
+
+
+def _directory_candidates(name: str, path: str, skips: _Skips) -> list[_Candidate]:
+    """One checkpoint for a top-level directory, or one per step subdirectory when it is a
+    container of step checkpoints (agent/containers.py decides)."""
+    try:
+        with os.scandir(path) as it:
+            entries = [containers.Entry(e.name, _entry_kind(e)) for e in it]
+        split = containers.split_container(name, entries)
+    except OSError:
+        split = None  # the walk reports the unreadable directory
+    if split is None:
+        candidate = _Candidate(path=name, step_name=name)
+        _walk_checkpoint(path, candidate, skips)
+        return [candidate]
+    for child, reason in split.skipped:
+        skips.add(ROOT, f"{name}/{child}", reason)
+    found = []
+    for child in split.checkpoints:
+        candidate = _Candidate(path=f"{name}/{child}", step_name=child)
+        _walk_checkpoint(os.path.join(path, child), candidate, skips)
+        found.append(candidate)
+    return found
+
+
 def _root_candidates(root: str, layout: str, skips: _Skips) -> list[_Candidate]:
     """The checkpoints the top-level entries of `root` make, per the layout; files not yet walked."""
     real_root = os.path.realpath(root)
@@ -182,9 +213,7 @@ def _root_candidates(root: str, layout: str, skips: _Skips) -> list[_Candidate]:
             if layout == "files":
                 skips.add(ROOT, name, "directory: layout 'files' takes only the files at the root")
                 continue
-            candidate = _Candidate(path=name, step_name=name)
-            _walk_checkpoint(entry.path, candidate, skips)
-            candidates.append(candidate)
+            candidates.extend(_directory_candidates(name, entry.path, skips))
         elif stat.S_ISREG(st.st_mode):
             file = _File(name, entry.path, (st.st_dev, st.st_ino), st.st_size)
             if layout == "directories":
@@ -200,15 +229,10 @@ def _root_candidates(root: str, layout: str, skips: _Skips) -> list[_Candidate]:
     return candidates
 
 
-def _step(candidate: _Candidate, top: str, files: list[FileEntry]) -> Optional[int]:
-    step = formats.step_from_name(candidate.step_name) if candidate.step_name else None
-    if step is None and any(f.path == TRAINER_STATE for f in files):
-        try:
-            text = Path(top, candidate.path, TRAINER_STATE).read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return None
-        step = formats.step_from_trainer_state(text)
-    return step
+def _describe(candidate: _Candidate, top: str, files: list[FileEntry]) -> formats.Description:
+    """Format, step, resumable and completeness from the names and small metadata files."""
+    root = top if candidate.path == ROOT or candidate.is_file else os.path.join(top, candidate.path)
+    return formats.describe_checkpoint(Path(root), {f.path: f.size for f in files}, candidate.step_name)
 
 
 def scan_directory(root: Path, layout: str = "auto", single: bool = False,
@@ -256,12 +280,12 @@ def scan_directory(root: Path, layout: str = "auto", single: bool = False,
             skips.add(ROOT, candidate.path, "empty directory: no regular files")
             continue
         entries.sort(key=lambda e: e.path.encode())
-        paths = [e.path for e in entries]
         size_bytes = sum(e.size for e in entries)
+        info = _describe(candidate, top, entries)
         manifests.append(Manifest(
             path=candidate.path, files=entries, sizeBytes=size_bytes, fileCount=len(entries),
-            digest=digest_of(entries), format=formats.detect_format(paths),
-            step=_step(candidate, top, entries), resumable=formats.is_resumable(paths)))
+            digest=digest_of(entries), format=info.format, step=info.step, resumable=info.resumable,
+            complete=info.complete, completeReason=info.completeReason))
     manifests.sort(key=lambda m: m.path.encode())
     skipped = sorted(skips.items, key=lambda s: s.path.encode())
     return ScanResult(checkpoints=manifests, skipped=skipped)
@@ -278,9 +302,10 @@ def _human_size(n: int) -> str:
 
 def format_table(result: ScanResult) -> str:
     """The scan as a table a person reads (`--json` is for programs)."""
-    header = ("PATH", "FORMAT", "STEP", "FILES", "SIZE", "RESUMABLE", "DIGEST")
+    header = ("PATH", "FORMAT", "STEP", "FILES", "SIZE", "RESUMABLE", "COMPLETE", "DIGEST")
     rows = [(m.path, m.format, "-" if m.step is None else str(m.step), str(m.fileCount),
-             _human_size(m.sizeBytes), "yes" if m.resumable else "no", m.digest[:19]) for m in result.checkpoints]
+             _human_size(m.sizeBytes), "yes" if m.resumable else "no",
+             "-" if m.complete is None else "yes" if m.complete else "NO", m.digest[:19]) for m in result.checkpoints]
     lines = []
     if rows:
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -288,6 +313,11 @@ def format_table(result: ScanResult) -> str:
             lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     else:
         lines.append("no checkpoints found")
+    incomplete = [m for m in result.checkpoints if m.complete is False]
+    if incomplete:
+        lines.append("")
+        lines.append(f"incomplete ({len(incomplete)}):")
+        lines.extend(f"  {m.path}  {m.completeReason}" for m in incomplete)
     if result.skipped:
         width = max(len(s.path) for s in result.skipped)
         lines.append("")

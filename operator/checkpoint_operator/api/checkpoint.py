@@ -10,7 +10,9 @@ from checkpoint_operator.api.common import Condition, ObjectRef, PinnedCheckpoin
 from checkpoint_operator.api.rules import ApiModel, Rule, has_exactly_one, path_has_dotdot
 
 CheckpointPhase = Literal["Pending", "Importing", "Ready", "Failed"]
-CheckpointFormat = Literal["huggingface", "safetensors", "torch", "deepspeed", "orbax", "cerebras", "file", "unknown"]
+# The formats agent/formats.py detects (its RULES table); a test keeps the two equal.
+CheckpointFormat = Literal["huggingface", "safetensors", "torch", "torch-dcp", "deepspeed", "megatron", "nemo",
+                           "lightning", "keras", "gguf", "orbax", "cerebras", "file", "unknown"]
 SOURCE_KINDS = ("s3", "http", "volume", "trainingJob")
 
 
@@ -123,11 +125,15 @@ class CheckpointStatus(ApiModel):
     format: Optional[CheckpointFormat] = Field(None, description="Detected format.")
     step: Optional[int] = Field(None, description="Training step, when known.")
     resumable: Optional[bool] = Field(None, description="True when optimizer state is present, so training can resume.")
+    complete: Optional[bool] = Field(
+        None, description="False when the checkpoint is incomplete (a save cut short: its format's completion marker "
+                          "or a file it names is missing); unset when no rule applies to its format. The Complete "
+                          "condition says why. Incomplete checkpoints are kept, but `select: latest` skips them.")
     producedBy: Optional[ObjectRef] = Field(None, description="The TrainingJob that wrote it.")
     parents: Optional[list[PinnedCheckpoint]] = Field(None, description="Inputs of the producing job: the lineage.")
     usedBy: Optional[list[ObjectRef]] = Field(None, description="Live TrainingJobs that mount it; it cannot be deleted while any is listed.")
     usedByCount: Optional[int] = Field(None, description="Number of entries in usedBy (for kubectl get).")
-    conditions: Optional[list[Condition]] = Field(None, description="Standard conditions (Ready).")
+    conditions: Optional[list[Condition]] = Field(None, description="Standard conditions (Ready; Complete for snapshots).")
     observedGeneration: Optional[int] = Field(None, description="The .metadata.generation last reconciled.")
 
 

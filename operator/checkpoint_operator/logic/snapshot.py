@@ -9,7 +9,7 @@ from typing import Optional
 
 from checkpoint_operator import API_VERSION, PROTECTION_FINALIZER
 from checkpoint_operator.agent.manifest import Manifest
-from checkpoint_operator.logic.conditions import kstatus_conditions
+from checkpoint_operator.logic.conditions import kstatus_conditions, set_condition
 from checkpoint_operator.logic.naming import MAX_LABEL_NAME, assign_checkpoint_names, bounded_name
 from checkpoint_operator.logic.quantity import format_size
 from checkpoint_operator.logic.retention import apply_keep
@@ -93,6 +93,15 @@ def plan_snapshot(tj: dict, scan: ScanResult, existing: list[dict], location_of,
     return SnapshotPlan(planned, [m.path for m in dropped], scan.skipped)
 
 
+def completeness_condition(manifest: Manifest) -> tuple[str, str, str]:
+    """(status, reason, message) of the `Complete` condition, from the manifest's verdict."""
+    if manifest.complete is None:
+        return "Unknown", "NoRule", f"no completeness rule for format {manifest.format}"
+    if manifest.complete:
+        return "True", "Complete", manifest.completeReason or "complete"
+    return "False", "Incomplete", manifest.completeReason or "incomplete"
+
+
 def ready_status(manifest: Manifest, location: dict, *, owned: bool, now: str,
                  produced_by: Optional[dict] = None, parents: Optional[list] = None,
                  conditions: Optional[list] = None, generation: int = 1) -> dict:
@@ -108,6 +117,14 @@ def ready_status(manifest: Manifest, location: dict, *, owned: bool, now: str,
     }
     if manifest.step is not None:
         status["step"] = manifest.step
+    # Complete (contract 2): kept and Ready even when False (weights can be salvaged), but
+    # `select: latest` skips it; the condition carries the one-line reason.
+    complete, reason, message = completeness_condition(manifest)
+    if manifest.complete is not None:
+        status["complete"] = manifest.complete
+    if manifest.complete is False:
+        status["message"] += f"; incomplete: {message}"
+    status["conditions"] = set_condition(status["conditions"], "Complete", complete, reason, message, generation, now)
     if produced_by:
         status["producedBy"] = produced_by
     return status
