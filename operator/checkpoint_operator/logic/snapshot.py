@@ -73,7 +73,7 @@ def plan_snapshot(tj: dict, scan: ScanResult, existing: list[dict], location_of,
     directories = [m.path for m in kept]
     ours = {c["metadata"]["name"] for c in existing if any(is_produced_by(c, meta["uid"], d) for d in directories)}
     taken_by_others = {c["metadata"]["name"] for c in existing} - ours
-    names = assign_checkpoint_names(prefix, directories, taken_by_others)
+    names = assign_checkpoint_names(prefix, directories, taken_by_others, files=output.get("layout") == "files")
 
     planned = []
     for manifest in kept:
