@@ -63,7 +63,9 @@ def is_huggingface(paths: Sequence[str], name: str = "") -> bool:
 
 def is_nemo(paths: Sequence[str], name: str = "") -> bool:
     root = {p for p in paths if "/" not in p}
-    nemo2 = any(p.startswith("context/") for p in paths) and any(p.startswith("weights/") for p in paths)
+    # NeMo 2: context/ (the model's config, io.json) and weights/ (a torch DCP checkpoint).
+    nemo2 = any(p.startswith("context/") for p in paths) or any(
+        p.startswith("weights/") and (p.endswith(".distcp") or p == "weights/.metadata") for p in paths)
     return _suffix(paths, ".nemo") or nemo2 or {"model_config.yaml", "model_weights.ckpt"} <= root
 
 
@@ -183,7 +185,7 @@ RULES: tuple[FormatRule, ...] = (
                "a valid `trainer_state.json`, which the Trainer writes last; " + _WEIGHTS,
                step_from_data=md.step_from_trainer_state, completeness=completeness.huggingface),
     FormatRule("nemo", is_nemo,
-               "a `*.nemo` file; NeMo 2 `context/` + `weights/`; `model_config.yaml` + `model_weights.ckpt`",
+               "a `*.nemo` file; NeMo 2 `context/` or a DCP `weights/`; `model_config.yaml` + `model_weights.ckpt`",
                _NAME_STEP + " (`step=N`)",
                "optimizer keys in `weights/.metadata` (torch DCP)",
                "a `.nemo` tar's members lie inside the file; NeMo 2: `weights/` and `context/` both present, "

@@ -20,6 +20,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 from checkpoint_operator.agent.manifest import MANIFEST_NAME, FileEntry, Manifest, digest_of
@@ -118,21 +119,20 @@ def files_from_manifest(root: str, manifest: Manifest) -> list[LocalFile]:
 
 
 def describe_checkpoint(root: str, paths: list[str]) -> dict:
-    """format/step/resumable from the scan rules (agent.formats), when that module is present."""
+    """format/step/resumable/complete by the scan's rules (agent.formats), when that module is present."""
     try:
         from checkpoint_operator.agent import formats
     except ImportError:
         return {}
-    info: dict = {"format": formats.detect_format(paths), "resumable": formats.is_resumable(paths)}
-    step = formats.step_from_name(os.path.basename(os.path.abspath(root)))
-    if step is None and "trainer_state.json" in paths:
+    sizes = {}
+    for p in paths:
         try:
-            with open(os.path.join(root, "trainer_state.json"), encoding="utf-8") as f:
-                step = formats.step_from_trainer_state(f.read())
+            sizes[p] = os.stat(os.path.join(root, *p.split("/"))).st_size
         except OSError:
-            step = None
-    info["step"] = step
-    return info
+            sizes[p] = 0
+    d = formats.describe_checkpoint(Path(root), sizes, os.path.basename(os.path.abspath(root)))
+    return {"format": d.format, "step": d.step, "resumable": d.resumable, "complete": d.complete,
+            "completeReason": d.completeReason}
 
 
 class Uploader:
@@ -397,7 +397,8 @@ class Uploader:
         info: dict
         if self.given_manifest is not None:
             m = self.given_manifest
-            info = {"format": m.format, "step": m.step, "resumable": m.resumable}
+            info = {"format": m.format, "step": m.step, "resumable": m.resumable, "complete": m.complete,
+                    "completeReason": m.completeReason}
         else:
             info = describe_checkpoint(self.root, [e.path for e in entries])
         return Manifest(path=".", files=sorted(entries, key=lambda e: e.path.encode()),
