@@ -1,8 +1,8 @@
 """The compatibility tier: each framework's real writer and reader, through `agent scan`.
 
-Not part of the default `python -m pytest` (deselected by the `frameworks` marker, see
-pyproject.toml); `.ci/run` runs it explicitly after `pip install -e '.[frameworks]'`. Without
-the packages nothing here is collected, and the run says so in its summary.
+Not part of the default `python -m pytest`: collected only with `-m frameworks` (pyproject.toml
+deselects the marker by default), as `.ci/run` runs it after `pip install -e '.[frameworks]'`.
+Without the packages nothing here is collected, and the run says so in its summary.
 """
 
 from __future__ import annotations
@@ -16,8 +16,17 @@ import pytest
 REQUIRED = ("torch", "transformers", "accelerate", "safetensors", "jax", "orbax.checkpoint", "optax",
             "pytorch_lightning", "keras", "gguf")
 MISSING = [m for m in REQUIRED if importlib.util.find_spec(m.split(".")[0]) is None]
-if MISSING:
-    collect_ignore_glob = ["test_*.py"]
+
+
+def _asked_for(config) -> bool:
+    return config.option.markexpr == "frameworks"
+
+
+def pytest_ignore_collect(collection_path, config):
+    # Not even imported unless asked for: importing the frameworks costs the default suite ~20 s.
+    if collection_path.name.startswith("test_") and collection_path.suffix == ".py":
+        return bool(MISSING) or not _asked_for(config)
+    return None
 
 # Everything offline: no Hub, no telemetry.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -35,8 +44,8 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.frameworks)
 
 
-def pytest_terminal_summary(terminalreporter):
-    if MISSING:
+def pytest_terminal_summary(terminalreporter, config):
+    if MISSING and _asked_for(config):
         terminalreporter.write_line(
             f"frameworks tier did NOT run: missing {', '.join(MISSING)} "
             "(install with pip install -e '.[frameworks]')")

@@ -172,8 +172,8 @@ class FormatRule:
     refine: Optional[Callable[[CheckpointFiles], str]] = None
 
 
-_NAME_STEP = "name"
-_WEIGHTS = "weight files whole (below)"
+_NAME_STEP = "name only"
+_WEIGHTS = "the weight-file checks"
 RULES: tuple[FormatRule, ...] = (
     FormatRule("huggingface", is_huggingface,
                "`config.json` or `adapter_config.json` at the root beside model weights (`*.safetensors`, "
@@ -224,7 +224,7 @@ RULES: tuple[FormatRule, ...] = (
                "nothing under an `*.orbax-checkpoint-tmp*` name; every `_METADATA` parses; OCDBT items have "
                "`manifest.ocdbt`",
                resumable_from_data=md.orbax_resumable, completeness=completeness.orbax),
-    FormatRule("cerebras", is_cerebras, "any `*.mdl`", _NAME_STEP, "-", "no rule (" + _WEIGHTS + ")"),
+    FormatRule("cerebras", is_cerebras, "any `*.mdl`", _NAME_STEP, "-", "no rule of its own; " + _WEIGHTS),
     FormatRule("gguf", is_gguf, "any `*.gguf`", _NAME_STEP, "-",
                "magic, version, metadata and tensor table parse, and the file holds all the tensor data"),
     FormatRule("keras", is_keras, "any `*.keras`", _NAME_STEP,
@@ -250,7 +250,7 @@ RULES: tuple[FormatRule, ...] = (
                step_from_data=_torch_step, resumable_from_data=_torch_resumable),
     FormatRule("file", is_single_file, "exactly one file, of none of the formats above", _NAME_STEP, "-",
                "no rule"),
-    FormatRule("unknown", _always, "anything else", _NAME_STEP, "-", "no rule (" + _WEIGHTS + ")"),
+    FormatRule("unknown", _always, "anything else", _NAME_STEP, "-", "no rule of its own; " + _WEIGHTS),
 )
 FORMATS = tuple(r.name for r in RULES)
 _BY_NAME = {r.name: r for r in RULES}

@@ -43,6 +43,9 @@ class _Global:
 
 
 _MARK = object()
+# Each opcode builds at most one object: this bounds memory (a few hundred MB at worst) whatever
+# the pickle. torch DCP metadata of a large sharded model is a few million opcodes.
+MAX_OPCODES = 3_000_000
 # Builders whose result is a plain dict when called without arguments.
 _DICT_TYPES = {"collections.OrderedDict", "builtins.dict", "__builtin__.dict", "collections.defaultdict"}
 _VALUES = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False}
@@ -84,8 +87,17 @@ class _Machine:
 
     def step(self, name: str, arg: Any) -> None:
         s = self.stack
-        if name in _PUSH_ARG:
+        # The commonest opcodes first: memo traffic is about half of a checkpoint pickle.
+        if name == "MEMOIZE":
+            self.memo[len(self.memo)] = s[-1]
+        elif name in _PUSH_ARG:
             s.append(arg)
+        elif name in ("BINGET", "LONG_BINGET", "GET"):
+            if arg not in self.memo:
+                raise NotAPickle(f"memo {arg} missing")
+            s.append(self.memo[arg])
+        elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
+            self.memo[arg] = s[-1]
         elif name in _VALUES:
             s.append(_VALUES[name])
         elif name == "MARK":
@@ -155,14 +167,6 @@ class _Machine:
         elif name in ("PERSID", "BINPERSID"):
             pid = arg if name == "PERSID" else s.pop()
             s.append(Opaque("persistent", pid))
-        elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-            self.memo[arg] = s[-1]
-        elif name == "MEMOIZE":
-            self.memo[len(self.memo)] = s[-1]
-        elif name in ("GET", "BINGET", "LONG_BINGET"):
-            if arg not in self.memo:
-                raise NotAPickle(f"memo {arg} missing")
-            s.append(self.memo[arg])
         elif name == "POP":
             s.pop()
         elif name == "POP_MARK":
@@ -182,7 +186,9 @@ def loads(data: bytes) -> Any:
     Raises NotAPickle for anything that is not a whole, well-formed pickle."""
     machine = _Machine()
     try:
-        for opcode, arg, _ in pickletools.genops(data):
+        for count, (opcode, arg, _) in enumerate(pickletools.genops(data)):
+            if count >= MAX_OPCODES:
+                raise NotAPickle(f"more than {MAX_OPCODES} opcodes: not read")
             if opcode.name == "STOP":
                 if len(machine.stack) != 1:
                     raise NotAPickle("stack is not one value at STOP")

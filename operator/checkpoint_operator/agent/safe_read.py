@@ -26,6 +26,7 @@ from checkpoint_operator.agent import safe_pickle
 
 MAX_METADATA_BYTES = 16 * 1024 * 1024  # cap of any one metadata read (json, pickle, header)
 MAX_TAR_MEMBERS = 100_000
+MAX_ZIP_ENTRIES = 100_000
 
 
 class Unreadable(Exception):
@@ -107,15 +108,16 @@ _ZIP64_EOCD = struct.Struct("<4sQHHIIQQQQ")  # 56 bytes
 
 
 def _central_directory(f, size: int) -> tuple[int, int, int]:
-    """(offset, size, end) of the central directory, from the records at the end of the file.
-    `end` is where the directory must stop: the zip64 record or the EOCD."""
+    """(offset, size, number of entries) of the central directory, from the records at the end of the
+    file (at most 64 KiB read): it must end where those records begin, as a writer that
+    finished leaves it."""
     tail_len = min(size, _EOCD.size + 0xFFFF)
     f.seek(size - tail_len)
     tail = f.read(tail_len)
     at = tail.rfind(b"PK\x05\x06")
     if at < 0 or at + _EOCD.size > len(tail):
         raise Unreadable("no end-of-central-directory record at the end (cut short, or not a zip)")
-    _, _, _, _, _, cd_size, cd_offset, comment_len = _EOCD.unpack_from(tail, at)
+    _, _, _, _, count, cd_size, cd_offset, comment_len = _EOCD.unpack_from(tail, at)
     eocd_pos = size - tail_len + at
     if eocd_pos + _EOCD.size + comment_len != size:
         raise Unreadable("end-of-central-directory record does not end the file")
@@ -132,21 +134,22 @@ def _central_directory(f, size: int) -> tuple[int, int, int]:
         record = f.read(_ZIP64_EOCD.size)
         if len(record) != _ZIP64_EOCD.size or record[:4] != b"PK\x06\x06":
             raise Unreadable("zip64 end-of-central-directory record is invalid")
-        cd_size, cd_offset = _ZIP64_EOCD.unpack(record)[8:10]
+        count, cd_size, cd_offset = _ZIP64_EOCD.unpack(record)[7:10]
         end = z64_pos
     if cd_offset + cd_size != end:
         raise Unreadable("central directory does not end where its end record begins")
-    if cd_size > MAX_METADATA_BYTES:
-        raise Unreadable(f"central directory of {cd_size} bytes is beyond the {MAX_METADATA_BYTES}-byte cap")
-    return cd_offset, cd_size, end
+    return cd_offset, cd_size, count
 
 
 def zip_entries(path: str) -> dict[str, zipfile.ZipInfo]:
-    """The entries of a zip whose central directory is whole; raises Unreadable otherwise."""
+    """The entries of a zip whose central directory is whole; raises Unreadable otherwise, or
+    when it has more than MAX_ZIP_ENTRIES (listing them is what costs memory)."""
     try:
         with _open_regular(path) as f:
             size = os.fstat(f.fileno()).st_size
-            cd_offset, _, _ = _central_directory(f, size)
+            cd_offset, cd_size, count = _central_directory(f, size)
+            if count > MAX_ZIP_ENTRIES or cd_size > MAX_METADATA_BYTES:
+                raise Unreadable(f"central directory of {count} entries, {cd_size} bytes: beyond the caps, not listed")
             infos = zipfile.ZipFile(f).infolist()
     except OSError as e:
         raise Unreadable(f"unreadable ({e.strerror})") from None
@@ -183,8 +186,12 @@ def is_zip(path: str) -> bool:
 
 
 def zip_structure(path: str) -> Structure:
+    """The central directory ends where the end records begin, at the end of the file."""
     try:
-        zip_entries(path)
+        with _open_regular(path) as f:
+            _central_directory(f, os.fstat(f.fileno()).st_size)
+    except OSError as e:
+        return Structure(False, f"unreadable ({e.strerror})")
     except Unreadable as e:
         return Structure(False, str(e))
     return Structure(True)

@@ -17,7 +17,7 @@ from checkpoint_operator.handlers.status import write_status
 from checkpoint_operator.handlers.usage import register_user, release_inputs
 from checkpoint_operator.kube import CHECKPOINTS, JOBS, PODS, PVCS, TRAINING_JOBS, ApiError, Conflict
 from checkpoint_operator.logic import workload
-from checkpoint_operator.logic.conditions import kstatus_conditions, now_rfc3339, seconds_since
+from checkpoint_operator.logic.conditions import get_condition, kstatus_conditions, now_rfc3339, seconds_since
 from checkpoint_operator.logic.inputs import (FINISHED_JOB_PHASES, InputWait, ResolvedInput, is_deleting,
                                               resolve_inputs, resolve_one)
 from checkpoint_operator.logic.snapshot import ScanOutputError, is_produced_by, parse_scan_output, plan_snapshot
@@ -310,8 +310,9 @@ def _mark_ready(ctx: Context, checkpoint: dict, planned) -> dict:
     if checkpoint.get("status", {}).get("phase") == "Ready":
         return checkpoint
     meta = checkpoint["metadata"]
-    status = {**planned.status, "conditions": kstatus_conditions(
-        None, ready=True, reason="Ready", message=planned.status["conditions"][0]["message"],
+    status = {**planned.status, "conditions": kstatus_conditions(  # keeps the planned Complete condition
+        planned.status["conditions"], ready=True, reason="Ready",
+        message=get_condition(planned.status["conditions"], "Ready")["message"],
         generation=meta.get("generation"), now=now_rfc3339()), "observedGeneration": meta.get("generation")}
     checkpoint = ctx.kube.patch_status(CHECKPOINTS, meta["namespace"], meta["name"], status)
     return checkpoint
