@@ -185,6 +185,9 @@ def test_dcp_incomplete_cases(tmp_path):
     root = dcp_checkpoint(tmp_path / "c")
     (root / ".metadata").rename(root / ".metadata.tmp")
     assert describe(root).completeReason == ".metadata.tmp but no .metadata: the save was still writing it"
+    root = dcp_checkpoint(tmp_path / "e")
+    (root / ".metadata").rename(root / "__0.metadata")  # saved without rank coordination
+    assert describe(root).complete is True
     write(tmp_path / "d" / "__0_0.distcp", b"x")
     assert describe(tmp_path / "d").completeReason == "no .metadata beside the .distcp files (torch DCP writes it last)"
 

@@ -8,10 +8,9 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
+from transformers import GPT2LMHeadModel, Trainer, TrainerCallback
 
 from frameworks_support import agent_scan, materialize, summary
 
@@ -122,3 +121,20 @@ def test_trainer_killed_while_saving_leaves_an_incomplete_checkpoint(tmp_path):
     assert (broken["format"], broken["step"], broken["complete"]) == ("huggingface", 10, False)
     assert broken["completeReason"] == "missing trainer_state.json (a Trainer checkpoint writes it last)"
     assert "checkpoint-15" not in found
+
+
+def test_sharded_save_pretrained_needs_every_shard_its_index_names(tmp_path):
+    model = _namespace()["model"]()
+    out = tmp_path / "out"
+    model.save_pretrained(out / "sharded", max_shard_size="5KB")
+    shards = sorted(p.name for p in (out / "sharded").glob("model-*.safetensors"))
+    assert len(shards) >= 2 and (out / "sharded" / "model.safetensors.index.json").exists()
+    model.save_pretrained(out / "broken", max_shard_size="5KB")
+    (out / "broken" / shards[-1]).unlink()
+
+    found = agent_scan(out)
+    assert summary(found["sharded"]) == ("huggingface", None, False, True)
+    assert (found["broken"]["complete"], found["broken"]["completeReason"]) == (
+        False, f"model.safetensors.index.json names {shards[-1]}, which is missing")
+    loaded = GPT2LMHeadModel.from_pretrained(materialize(found["sharded"], out / "sharded", tmp_path / "in" / "s"))
+    assert torch.equal(loaded.transformer.wte.weight, model.transformer.wte.weight)

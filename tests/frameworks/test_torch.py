@@ -42,7 +42,7 @@ def test_dcp_of_model_and_optimizer_is_resumable_complete_and_loads(tmp_path):
     assert summary(found["weights-only"]) == ("torch-dcp", None, False, True)
 
     mounted = materialize(found["step-3"], out / "step-3", tmp_path / "input" / "ckpt")
-    fresh_model, fresh_opt = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)), None
+    fresh_model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     fresh_opt = torch.optim.AdamW(fresh_model.parameters(), lr=1e-2)
     fresh_model_sd, fresh_optim_sd = get_state_dict(fresh_model, fresh_opt)
     state = {"model": fresh_model_sd, "optim": fresh_optim_sd}

@@ -152,6 +152,9 @@ def huggingface(files: CheckpointFiles) -> Optional[Verdict]:
 
 # --- torch distributed checkpoint ----------------------------------------------------------
 
+_RANK_METADATA = re.compile(r"^__\d+\.metadata$")
+
+
 def _dcp_directories(files: CheckpointFiles) -> list[str]:
     dirs = {posixpath.dirname(p) for p in files.paths
             if _base(p) in (md.DCP_METADATA, md.DCP_METADATA + ".tmp") or p.endswith(".distcp")}
@@ -167,22 +170,26 @@ def torch_dcp(files: CheckpointFiles) -> Optional[Verdict]:
         where = f"{directory}/" if directory else ""
         under = _files_under(files, directory) if directory else files.paths
         meta_rel = _join(directory, md.DCP_METADATA)
-        if not files.has(meta_rel):
+        # Saved without rank coordination, each rank writes its own `__<rank>.metadata`.
+        metadata_files = [meta_rel] if files.has(meta_rel) else [p for p in under if _RANK_METADATA.match(_base(p))
+                                                                 and posixpath.dirname(p) == directory]
+        if not metadata_files:
             if files.has(meta_rel + ".tmp"):
                 return _broken(f"{where}.metadata.tmp but no {where}.metadata: the save was still writing it")
             return _broken(f"no {where}.metadata beside the .distcp files (torch DCP writes it last)")
-        metadata = md.dcp_metadata(files, meta_rel)
-        if metadata is None:
-            if not any(p.endswith(".distcp") for p in under):
-                continue  # a `.metadata` of something else
-            return _broken(f"{where}.metadata is not a readable torch DCP metadata pickle")
-        for rel, end in sorted(set(md.dcp_storage(metadata))):
-            path = _join(directory, rel)
-            if not files.has(path):
-                return _broken(f"{path} is named by {where}.metadata but missing")
-            if files.sizes[path] < end:
-                return _broken(f"{path} has {files.sizes[path]} bytes, {where}.metadata needs {end} (cut short)")
-            named.add(path)
+        for meta in metadata_files:
+            metadata = md.dcp_metadata(files, meta)
+            if metadata is None:
+                if not any(p.endswith(".distcp") for p in under):
+                    continue  # a `.metadata` of something else
+                return _broken(f"{meta} is not a readable torch DCP metadata pickle")
+            for rel, end in sorted(set(md.dcp_storage(metadata))):
+                path = _join(directory, rel)
+                if not files.has(path):
+                    return _broken(f"{path} is named by {meta} but missing")
+                if files.sizes[path] < end:
+                    return _broken(f"{path} has {files.sizes[path]} bytes, {meta} needs {end} (cut short)")
+                named.add(path)
     if not named:
         return None
     return _ok(f".metadata (written last) and the {len(named)} data file{'s' if len(named) != 1 else ''} "

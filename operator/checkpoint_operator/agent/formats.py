@@ -136,7 +136,8 @@ def _megatron_rank_files(files: CheckpointFiles) -> list[str]:
 
 
 def _megatron_step(files: CheckpointFiles) -> Optional[int]:
-    return md.step_from_megatron(files) or md.step_from_torch_files(files, _megatron_rank_files(files))
+    step = md.step_from_megatron(files)
+    return step if step is not None else md.step_from_torch_files(files, _megatron_rank_files(files))
 
 
 def _megatron_resumable(files: CheckpointFiles) -> bool:

@@ -178,7 +178,8 @@ def dcp_keys_have_optimizer(keys: list[str]) -> bool:
 
 
 def dcp_metadata_files(files: CheckpointFiles) -> list[str]:
-    return [p for p in files.paths if p.rsplit("/", 1)[-1] == DCP_METADATA]
+    """`.metadata` files, and `__<rank>.metadata` of saves without rank coordination."""
+    return [p for p in files.paths if re.match(r"^(__\d+)?\.metadata$", p.rsplit("/", 1)[-1])]
 
 
 def dcp_resumable(files: CheckpointFiles) -> bool:

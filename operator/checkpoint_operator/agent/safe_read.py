@@ -340,7 +340,6 @@ class CheckpointFiles:
 
     def __post_init__(self) -> None:
         self.paths = sorted(self.sizes)
-        self.names = {p.rsplit("/", 1)[-1] for p in self.paths}
 
     def has(self, rel: str) -> bool:
         return rel in self.sizes
