@@ -72,6 +72,9 @@ def test_safetensors_structure(tmp_path):
     assert "not valid JSON" in safetensors_structure(str(write(tmp_path / "c", b"\x04\0\0\0\0\0\0\0{{{{"))).why
     huge = write(tmp_path / "d", (MAX_METADATA_BYTES + 1).to_bytes(8, "little") + b"{}")
     assert "cap" in safetensors_structure(str(huge)).why
+    assert safetensors_structure(str(write(tmp_path / "e", b""))).why == "empty (0 bytes): its save never wrote it"
+    for other in (b"w" * 200, b"final"):  # not safetensors bytes at all: nothing concluded
+        assert not safetensors_structure(str(write(tmp_path / "f", other))).checked
 
 
 def test_zip_structure_reads_only_the_end(tmp_path):
@@ -282,6 +285,15 @@ def test_accelerate_save_state_needs_its_last_file(tmp_path):
     assert (d.format, d.step, d.resumable, d.complete) == ("safetensors", 3, True, False)
     write(root / "random_states_0.pkl", torch_zip_bytes({"python": 1}))
     assert describe(root).complete is True
+    # Not Accelerate's: an optimizer.bin of another writer (examples/local/train.py saves safetensors
+    # bytes under that name beside a trainer_state.json).
+    other = tmp_path / "step-1"
+    write(other / "model.safetensors", safetensors_bytes({"w": 8}))
+    write(other / "optimizer.bin", safetensors_bytes({"m": 8}))
+    assert describe(other).complete is True
+    write(other / "optimizer.bin", torch_zip_bytes({"state": {}}))
+    write(other / "trainer_state.json", '{"global_step": 1}')
+    assert describe(other).complete is True
 
 
 def test_torch_save_pickle_gives_step_and_optimizer_state(tmp_path):
@@ -318,3 +330,16 @@ def test_completeness_of_is_the_verdict_describe_gives(tmp_path):
     verdict = completeness_of(root, list_files(root), root.name)
     d = describe(root)
     assert (verdict.complete, verdict.reason) == (d.complete, d.completeReason)
+
+
+def test_the_local_example_writes_complete_resumable_checkpoints(tmp_path):
+    import subprocess
+    import sys
+
+    from checkpoint_operator.agent.scan import scan_directory
+    example = Path(__file__).resolve().parents[1] / "examples" / "local" / "train.py"
+    env = {**os.environ, "CHECKPOINT_OUTPUT_DIR": str(tmp_path), "STEPS": "200", "SAVE_EVERY": "100"}
+    env.pop("CHECKPOINT_INPUT_PATH", None)
+    subprocess.run([sys.executable, str(example)], env=env, check=True, capture_output=True, timeout=120)
+    found = {m.path: (m.format, m.step, m.resumable, m.complete) for m in scan_directory(tmp_path).checkpoints}
+    assert found == {"step-100": ("safetensors", 100, True, True), "step-200": ("safetensors", 200, True, True)}

@@ -79,7 +79,9 @@ def _structure_check(path: str) -> Optional[Callable]:
 def weight_files(files: CheckpointFiles) -> Optional[Verdict]:
     """Every safetensors file's header agrees with its size; every torch.save/.keras zip has its
     central directory at its end; every GGUF header and tensor table fits; every .nemo tar's
-    members are inside it. A torch file that is not a zip (the pre-1.6 format) is not checked."""
+    members are inside it. An empty file is incomplete; a file that is not what its name says
+    (a torch file in the pre-1.6 format, not a zip; a `.safetensors` without a JSON header)
+    is not checked."""
     checked = 0
     for path in files.paths:
         check = _structure_check(path)
@@ -92,8 +94,10 @@ def weight_files(files: CheckpointFiles) -> Optional[Verdict]:
                 return _broken(f"{path} is empty (0 bytes): its save never wrote it")
             if not files.is_zip(path):
                 continue
-        checked += 1
         result = files.structure(path, check)
+        if not result.checked:
+            continue
+        checked += 1
         if not result.ok:
             return _broken(f"{path}: {result.why}")
     if not checked:
@@ -319,10 +323,18 @@ def keras(files: CheckpointFiles) -> Optional[Verdict]:
 _ACCELERATE_STATE = re.compile(r"^(optimizer(_\d+)?\.bin|scheduler(_\d+)?\.bin|random_states_\d+\.pkl)$")
 
 
+def is_accelerate_state(files: CheckpointFiles) -> bool:
+    """What `Accelerator.save_state` writes: `random_states_N.pkl`, or `optimizer*.bin` /
+    `scheduler*.bin` saved by torch.save (zips); never beside a `trainer_state.json`."""
+    if files.has(md.TRAINER_STATE):
+        return False
+    return any(_ACCELERATE_STATE.match(p) and (p.endswith(".pkl") or files.is_zip(p)) for p in files.paths)
+
+
 def accelerate(files: CheckpointFiles) -> Optional[Verdict]:
     """`Accelerator.save_state`: `random_states_0.pkl` is written after weights, optimizers and
     schedulers."""
-    if not any(_ACCELERATE_STATE.match(p) for p in files.paths):
+    if not is_accelerate_state(files):
         return None
     if not files.has("random_states_0.pkl"):
         return _broken("no random_states_0.pkl (Accelerate's save_state writes it after the model, "

@@ -35,10 +35,15 @@ class Unreadable(Exception):
 
 @dataclass(frozen=True)
 class Structure:
-    """A structural check of one file: ok, or why not."""
+    """A structural check of one file: ok, or why not; `checked` False when the file is not
+    what its name says (then nothing is concluded from it)."""
 
     ok: bool
     why: str = ""
+    checked: bool = True
+
+
+NOT_CHECKED = Structure(True, "", checked=False)
 
 
 def _open_regular(path: str):
@@ -68,15 +73,17 @@ def safetensors_structure(path: str) -> Structure:
     try:
         with _open_regular(path) as f:
             size = os.fstat(f.fileno()).st_size
-            head = f.read(8)
-            if len(head) < 8:
-                return Structure(False, f"{size} bytes: shorter than a safetensors header")
-            (n,) = struct.unpack("<Q", head)
-            if n > MAX_METADATA_BYTES:
-                return Structure(False, f"header length {n} is beyond the {MAX_METADATA_BYTES}-byte cap")
+            if size == 0:
+                return Structure(False, "empty (0 bytes): its save never wrote it")
+            head = f.read(9)
+            if len(head) < 9 or head[8:9] != b"{":
+                return NOT_CHECKED  # no JSON header where safetensors has one: another format
+            (n,) = struct.unpack("<Q", head[:8])
+            if n < 2 or n > MAX_METADATA_BYTES:
+                return Structure(False, f"header length {n} is not between 2 and the {MAX_METADATA_BYTES}-byte cap")
             if 8 + n > size:
                 return Structure(False, f"header of {n} bytes does not fit in {size} bytes (cut short)")
-            header = json.loads(f.read(n))
+            header = json.loads(b"{" + f.read(n - 1))
     except (OSError, Unreadable) as e:
         return Structure(False, str(getattr(e, "strerror", None) or e))
     except (ValueError, UnicodeDecodeError):
