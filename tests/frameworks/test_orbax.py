@@ -38,11 +38,11 @@ def test_default_single_item_save_is_resumable_and_restores(tmp_path):
     assert found["2"]["completeReason"].startswith("committed (_CHECKPOINT_METADATA commit_timestamp_nsecs)")
     assert not any(f["path"].startswith("opt_state/") for f in found["2"]["files"])  # keys only in _METADATA
 
-    # A second job restores the mounted checkpoint: its own manager over the input's parent.
-    mounted = materialize(found["2"], out / "2", tmp_path / "input" / "2")
-    with ocp.CheckpointManager(mounted.parent) as manager:
-        assert manager.all_steps() == [2]
-        restored = manager.restore(2, args=ocp.args.StandardRestore(state))
+    # A second job restores the checkpoint as mounted: under the Checkpoint's name, so it opens the
+    # item directly (a CheckpointManager knows steps only by their bare numbers).
+    mounted = materialize(found["2"], out / "2", tmp_path / "input-checkpoint" / "job-2")
+    with ocp.StandardCheckpointer() as checkpointer:
+        restored = checkpointer.restore(mounted / "default", state)
     assert np.array_equal(restored["params"]["w"], state["params"]["w"])
     assert jax.tree.structure(restored["opt_state"]) == jax.tree.structure(state["opt_state"])
 
@@ -58,10 +58,12 @@ def test_composite_save_in_a_subdirectory_is_a_container_of_steps(tmp_path):
     found = agent_scan(out)
     assert summary(found["orbax/3"]) == ("orbax", 3, True, True)
     assert summary(found["orbax/4"]) == ("orbax", 4, False, True)
-    mounted = materialize(found["orbax/3"], out / "orbax" / "3", tmp_path / "input" / "3")
-    with ocp.CheckpointManager(mounted.parent) as manager:
-        restored = manager.restore(3, args=ocp.args.Composite(params=ocp.args.StandardRestore(state["params"])))
-    assert np.array_equal(restored["params"]["b"], state["params"]["b"])
+    mounted = materialize(found["orbax/3"], out / "orbax" / "3", tmp_path / "input-checkpoint" / "job-orbax-3")
+    with ocp.StandardCheckpointer() as checkpointer:
+        params = checkpointer.restore(mounted / "params", state["params"])
+        opt_state = checkpointer.restore(mounted / "opt_state", state["opt_state"])
+    assert np.array_equal(params["b"], state["params"]["b"])
+    assert jax.tree.structure(opt_state) == jax.tree.structure(state["opt_state"])
 
 
 INTERRUPTED = textwrap.dedent('''
