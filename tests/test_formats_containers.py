@@ -63,3 +63,12 @@ def test_layout_directories_splits_containers_too_and_files_layout_never_looks_i
     write(tmp_path / "model.pt", torch_zip_bytes({}))
     assert [m.path for m in scan_directory(tmp_path, "directories").checkpoints] == ["runs/step-1"]
     assert [m.path for m in scan_directory(tmp_path, "files").checkpoints] == ["model.pt"]
+
+
+def test_a_container_is_listed_within_the_scan_entry_bound(tmp_path):
+    from checkpoint_operator.agent.tree import TooManyEntries
+    for n in range(30):
+        write(tmp_path / "shelf" / f"step-{n}" / "a.pt", torch_zip_bytes({}))
+    assert len(scan_directory(tmp_path, max_entries=100).checkpoints) == 30
+    with pytest.raises(TooManyEntries):
+        scan_directory(tmp_path, max_entries=20)

@@ -18,7 +18,7 @@ unfinished children are skipped with a reason, as at the top level.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Iterable, Optional
 
 from checkpoint_operator.agent import formats
 
@@ -37,13 +37,14 @@ class Split:
     skipped: list[tuple[str, str]]  # (child, reason)
 
 
-def split_container(name: str, entries: Sequence[Entry]) -> Optional[Split]:
+def split_container(name: str, entries: Iterable[Entry]) -> Optional[Split]:
     """The step checkpoints of the directory `name` with these entries, or None when it is not
-    a container (it is then one checkpoint, as before)."""
+    a container (it is then one checkpoint, as before). Stops reading `entries` at the first
+    that rules it out."""
     if formats.step_from_name(name) is not None:
         return None
     checkpoints, skipped, unfinished = [], [], 0
-    for entry in sorted(entries, key=lambda e: e.name.encode("utf-8", "surrogateescape")):
+    for entry in entries:
         if entry.name.startswith("."):
             skipped.append((entry.name, HIDDEN))  # .DS_Store: no reason to stay whole
             continue
@@ -59,4 +60,8 @@ def split_container(name: str, entries: Sequence[Entry]) -> Optional[Split]:
             return None
     if not checkpoints and not unfinished:
         return None
-    return Split(checkpoints, skipped)
+    return Split(sorted(checkpoints, key=_name_key), sorted(skipped, key=lambda s: _name_key(s[0])))
+
+
+def _name_key(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")

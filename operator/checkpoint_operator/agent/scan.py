@@ -85,10 +85,14 @@ def _entry_kind(entry: os.DirEntry) -> str:
 def _directory_candidates(name: str, path: str, skips: _Skips, budget: EntryBudget) -> list[_Candidate]:
     """One checkpoint for a top-level directory, or one per step subdirectory when it is a
     container of step checkpoints (agent/containers.py decides)."""
+    def entries(it):
+        for e in it:
+            budget.take(e.path)  # what a split keeps is bounded like everything the scan looks at
+            yield containers.Entry(e.name, _entry_kind(e))
+
     try:
         with os.scandir(path) as it:
-            entries = [containers.Entry(e.name, _entry_kind(e)) for e in it]
-        split = containers.split_container(name, entries)
+            split = containers.split_container(name, entries(it))
     except OSError:
         split = None  # the walk reports the unreadable directory
     if split is None:
