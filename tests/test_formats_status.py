@@ -11,10 +11,9 @@ import pytest
 
 from checkpoint_operator.agent.formats import FORMATS, format_table_markdown
 from checkpoint_operator.agent.manifest import FileEntry, Manifest
-from checkpoint_operator.api.checkpoint import CheckpointFormat, CheckpointStatus
-from checkpoint_operator.logic.conditions import get_condition
+from checkpoint_operator.api.checkpoint import CheckpointFormat
 from checkpoint_operator.logic.naming import assign_checkpoint_names, without_extension
-from checkpoint_operator.logic.snapshot import ready_status
+from checkpoint_operator.logic.snapshot import ready_change
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 FILE = FileEntry(path="model.pt", size=1, sha256="0" * 64)
@@ -26,19 +25,16 @@ def manifest(complete, reason=None) -> Manifest:
 
 
 @pytest.mark.parametrize("complete, reason, expected", [
-    (True, "trainer_state.json is present", ("True", "Complete", "trainer_state.json is present")),
-    (False, "missing trainer_state.json", ("False", "Incomplete", "missing trainer_state.json")),
-    (None, None, ("Unknown", "NoRule", "no completeness rule for format huggingface")),
+    (True, "trainer_state.json is present", (True, "True", "Complete", "trainer_state.json is present")),
+    (False, "missing trainer_state.json", (False, "False", "Incomplete", "missing trainer_state.json")),
+    (None, None, (True, "True", "Complete", "no completeness rule for format huggingface")),
 ])
 def test_ready_status_records_complete_and_its_condition(complete, reason, expected):
-    status = ready_status(manifest(complete, reason), {"volume": {"claimName": "c", "path": "x"}}, owned=True,
-                          now="2026-01-01T00:00:00Z")
-    condition = get_condition(status["conditions"], "Complete")
-    assert (condition["status"], condition["reason"], condition["message"]) == expected
-    assert status.get("complete") == complete and status["phase"] == "Ready"
-    assert get_condition(status["conditions"], "Ready")["status"] == "True"  # kept: weights can be salvaged
-    assert ("incomplete: missing trainer_state.json" in status["message"]) is (complete is False)
-    CheckpointStatus.model_validate(status)
+    change = ready_change(manifest(complete, reason), {"volume": {"claimName": "c", "path": "x"}}, owned=True)
+    (condition,) = [c for c in change.conditions if c.type == "Complete"]
+    assert (change.fields["complete"], condition.status, condition.reason, condition.message) == expected
+    assert change.ready and change.phase == "Ready"  # kept: weights can be salvaged
+    assert ("incomplete: missing trainer_state.json" in change.message) is (complete is False)
 
 
 def test_format_names_of_the_api_are_the_detected_ones():
