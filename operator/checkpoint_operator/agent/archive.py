@@ -245,14 +245,17 @@ def _extract_tar_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str
         if not (real == root_real or real.startswith(root_real + os.sep)):
             raise UnsafeArchive(f"{archive}: symlink {name!r} -> {member.linkname!r} leads outside the "
                                 f"destination; archive refused")
-    # Second layer: the standard library's own rules for untrusted archives.
+    # Second layer: the standard library's own rules for untrusted archives (PEP 706; absent
+    # before Python 3.11.4, e.g. Debian 12's 3.11.2 — the checks above are complete without it).
     member.name = rel
     if member.islnk():
         member.linkname = _member_path(member.linkname, archive)
-    try:
-        safe = tarfile.data_filter(member, dest)
-    except tarfile.FilterError as exc:
-        raise UnsafeArchive(f"{archive}: member {name!r} refused: {exc}") from exc
+    safe = member
+    if hasattr(tarfile, "data_filter"):
+        try:
+            safe = tarfile.data_filter(member, dest)
+        except tarfile.FilterError as exc:
+            raise UnsafeArchive(f"{archive}: member {name!r} refused: {exc}") from exc
     if member.isreg():
         if os.path.isdir(target) and not os.path.islink(target):
             raise UnsafeArchive(f"{archive}: member {name!r} would replace a directory; archive refused")
@@ -267,7 +270,14 @@ def _extract_tar_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str
                 written += len(chunk)
         os.chmod(target, (safe.mode if safe.mode is not None else 0o644) & 0o755 | 0o600)
         return written
-    tar.extract(safe, dest, set_attrs=not member.issym(), filter="fully_trusted")
+    # Directories and links are made here rather than by tar.extract, so that no mode, owner or
+    # time from the archive applies (and no `filter=` argument is needed on older Pythons).
+    if member.isdir():
+        os.makedirs(target, exist_ok=True)
+    elif member.issym():
+        os.symlink(member.linkname, target)
+    else:  # a hard link to a regular file extracted before it (checked above)
+        os.link(os.path.join(dest, *member.linkname.split("/")), target)
     return 0
 
 
