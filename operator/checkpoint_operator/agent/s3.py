@@ -1,10 +1,10 @@
 """S3 access for the agent: URIs, the client, one-line errors, and the calls the operator makes.
 
-Credentials come only from boto3's default chain (environment, config files, instance/pod
-identity) or from a mounted Secret directory (`CKPT_S3_SECRET_DIR` holding the files
+Credentials come only from botocore's default chain (the one boto3 uses: environment, config
+files, instance/pod identity) or from a mounted Secret directory (`CKPT_S3_SECRET_DIR` holding the files
 `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`, as `kubectl create secret generic` mounts
 them). They are never printed. The endpoint is `--endpoint-url`, else `AWS_ENDPOINT_URL`
-(which boto3 reads itself), else `CKPT_S3_ENDPOINT`.
+(which botocore reads itself), else `CKPT_S3_ENDPOINT`. Object data moves over s3http.py.
 """
 
 from __future__ import annotations

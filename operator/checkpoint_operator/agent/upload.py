@@ -112,6 +112,9 @@ class Uploader:
         self.attempts = max(1, int(os.environ.get("CKPT_S3_MAX_ATTEMPTS", "5")))
         # Parts in memory: those being sent plus a few read ahead; bounded in bytes (see BufferPool).
         self.buffers = BufferPool(env_size("CKPT_S3_MAX_BUFFER", (self.concurrency + 2) * self.part_size))
+        # Small files read ahead: a bound of their own, a few per connection (more only makes
+        # the allocator hold more freed memory, not the upload faster).
+        self.tiny_buffers = BufferPool(2 * self.concurrency * TINY_FILE)
         self.journal: dict[str, dict] = {}
         self._journal_written = False
         self._journal_lock = threading.Lock()
@@ -287,11 +290,12 @@ class Uploader:
         to 1 MiB get a buffer of their own size, bigger ones a pooled part buffer; both count
         against the same memory bound."""
         if f.size <= TINY_FILE:
-            buf = self.buffers.take_exact(f.size + 1, self.latch.event)
+            buf = self.tiny_buffers.take_exact(f.size + 1, self.latch.event)
         else:
             buf = self.buffers.take(self.part_size, self.latch.event)
         if buf is None:
             return
+        pool = self.tiny_buffers if f.size <= TINY_FILE else self.buffers
         try:
             view = memoryview(buf)
             with open(f.path, "rb", buffering=0) as fh:
@@ -300,7 +304,7 @@ class Uploader:
             digest = hashlib.sha256(view[:n]).hexdigest()
             self._check_changed(f, digest, n + len(extra))
         except BaseException:
-            self.buffers.give(buf)
+            pool.give(buf)
             raise
         f.sha256 = digest
         loc = self.prefix.child(f.rel)
@@ -309,7 +313,7 @@ class Uploader:
             try:
                 self._send(loc, view[:n], metadata={"sha256": digest})
             finally:
-                self.buffers.give(buf)
+                pool.give(buf)
             self._count(uploaded=f)
             self.progress.add(f.size)
 
