@@ -130,3 +130,60 @@ def test_round_trip_and_tamper_on_every_data_path(s3, monkeypatch, tmp_path, pat
     with pytest.raises(AgentError, match="sha256 mismatch"):
         download_prefix(uri, str(tmp_path / "dst2"), endpoint_url=s3.endpoint)
     assert not (tmp_path / "dst2" / "sub" / "b.json").exists()
+
+
+def test_https_endpoint_verified_with_the_ca_bundle(tmp_path, monkeypatch):
+    """An https endpoint: the certificate is checked against AWS_CA_BUNDLE (as botocore does),
+    and the request is signed. The server is a local TLS server with a self-signed certificate."""
+    import http.server
+    import shutil
+    import ssl
+    import subprocess
+    import threading
+
+    from checkpoint_operator.agent.s3 import fast_for_endpoint
+
+    openssl = shutil.which("openssl")
+    assert openssl, "the openssl binary (Debian package openssl) is needed to make a test certificate"
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    seen = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):  # noqa: N802 - http.server's name
+            seen.update(path=self.path, **{k.lower(): v for k, v in self.headers.items()})
+            self.send_response(200)
+            self.send_header("Content-Length", "5")
+            self.end_headers()
+            self.wfile.write(b"hello")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+        monkeypatch.delenv("CKPT_S3_SECRET_DIR", raising=False)
+        endpoint = f"https://127.0.0.1:{server.server_port}"
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))
+        resp = fast_for_endpoint(endpoint).get("bucket", "dir/k.bin")
+        assert resp.read(6) == b"hello"
+        assert seen["path"] == "/bucket/dir/k.bin"
+        assert seen["authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/")
+        assert seen["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+
+        monkeypatch.delenv("AWS_CA_BUNDLE")  # the default bundle does not know this certificate
+        with pytest.raises(bexc.SSLError):
+            fast_for_endpoint(endpoint).get("bucket", "dir/k.bin")
+    finally:
+        server.shutdown()
+        server.server_close()

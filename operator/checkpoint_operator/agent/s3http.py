@@ -253,6 +253,9 @@ class FastS3:
                 if timed_out_connecting:
                     raise bexc.ConnectTimeoutError(endpoint_url=endpoint, error=exc) from exc
                 raise bexc.ReadTimeoutError(endpoint_url=endpoint, error=exc) from exc
+            except ssl.SSLError as exc:  # a certificate or TLS failure: not retried
+                conn.drop()
+                raise bexc.SSLError(endpoint_url=endpoint, error=exc) from exc
             except (OSError, http.client.HTTPException) as exc:
                 conn.drop()
                 if attempt == 1 and not fresh:
