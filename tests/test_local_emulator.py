@@ -1,4 +1,7 @@
-"""The adaptations of kmock's emulator (checkpoint_operator.local.emulator): each fails on plain kmock 0.8."""
+"""The adaptations of kmock's emulator (checkpoint_operator.local.emulator): each fails on plain kmock 0.8.
+
+Admission (names, schemas, CEL) is tested in test_local_admission.py.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +19,13 @@ NS = "default"
 
 
 def checkpoint(name: str, **labels: str) -> dict:
-    return {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint",
-            "metadata": {"name": name, "labels": labels}, "spec": {"description": "d"}}
+    return {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint", "metadata": {"name": name, "labels": labels},
+            "spec": {"source": {"s3": {"uri": f"s3://models/{name}/"}}, "description": "d"}}
+
+
+def training_job(name: str) -> dict:
+    return {"apiVersion": "ckpt.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name},
+            "spec": {"template": {"spec": {"containers": [{"name": "main", "image": "x"}]}}}}
 
 
 def pod(name: str, **labels: str) -> dict:
@@ -40,18 +48,22 @@ async def test_generate_name(api: ApiClient) -> None:
 
 async def test_resource_version_bumps_on_every_change_generation_on_spec_only(api: ApiClient) -> None:
     rv = lambda obj: int(obj["metadata"]["resourceVersion"])  # noqa: E731
-    c0 = await api.create(CKPTS, NS, checkpoint("c1"))
-    c1 = await api.patch(CKPTS, NS, "c1", {"status": {"phase": "Ready"}}, subresource="status")
-    c2 = await api.patch(CKPTS, NS, "c1", {"metadata": {"finalizers": ["ckpt.dev/in-use-protection"]}})
-    c3 = await api.patch(CKPTS, NS, "c1", {"spec": {"description": "changed"}})
-    await api.delete(CKPTS, NS, "c1")
-    c4 = await api.get(CKPTS, NS, "c1")
+    jobs = "batch/v1/jobs"  # a Checkpoint's spec is immutable: a Job's spec can change
+    c0 = await api.create(jobs, NS, {"metadata": {"name": "j1"}, "spec": {"parallelism": 1}})
+    c1 = await api.patch(jobs, NS, "j1", {"status": {"active": 1}}, subresource="status")
+    c2 = await api.patch(jobs, NS, "j1", {"metadata": {"finalizers": ["ckpt.dev/in-use-protection"]}})
+    c3 = await api.patch(jobs, NS, "j1", {"spec": {"parallelism": 2}})
+    await api.delete(jobs, NS, "j1", propagation_policy="Background")
+    c4 = await api.get(jobs, NS, "j1")
     assert rv(c0) < rv(c1) < rv(c2) < rv(c3) < rv(c4)
     assert [c["metadata"]["generation"] for c in (c0, c1, c2, c3, c4)] == [1, 1, 1, 2, 2]
     assert c4["metadata"]["deletionTimestamp"]
     # A no-op patch keeps the resourceVersion, as the real API does.
-    c5 = await api.patch(CKPTS, NS, "c1", {"spec": {"description": "changed"}})
+    c5 = await api.patch(jobs, NS, "j1", {"spec": {"parallelism": 2}})
     assert rv(c5) == rv(c4)
+    # Removing the last finalizer is the deletion: a resourceVersion of its own.
+    gone = await api.patch(jobs, NS, "j1", {"metadata": {"finalizers": None}})
+    assert rv(gone) > rv(c5) and await api.get(jobs, NS, "j1") is None
 
 
 async def test_stale_resource_version_conflicts(api: ApiClient) -> None:
@@ -152,21 +164,30 @@ async def test_discovery_serves_project_crds_with_status(api: ApiClient) -> None
     assert names["checkpoints"]["namespaced"] and "ckpt" in names["checkpoints"]["shortNames"]
 
 
-@pytest.mark.parametrize("resource, body", [
-    (CKPTS, checkpoint("o")), ("ckpt.dev/v1alpha1/trainingjobs", {"metadata": {"name": "o"}, "spec": {"a": 1}}),
-    ("batch/v1/jobs", {"metadata": {"name": "o"}, "spec": {"a": 1}}), ("v1/pods", pod("o")),
+@pytest.mark.parametrize("resource, body, phases, main_change", [
+    # Custom resources: their specs are immutable (a CEL rule) and their phases an enum.
+    (CKPTS, checkpoint("o"), ("Pending", "Ready", "Failed", "Importing"), {"metadata": {"labels": {"a": "b"}}}),
+    ("ckpt.dev/v1alpha1/trainingjobs", training_job("o"), ("Pending", "Running", "Failed", "Succeeded"),
+     {"metadata": {"labels": {"a": "b"}}}),
+    ("batch/v1/jobs", {"metadata": {"name": "o"}, "spec": {"a": 1}}, ("Ignored", "Ready", "Lost", "Put"),
+     {"spec": {"extra": 2}}),
+    ("v1/pods", pod("o"), ("Ignored", "Ready", "Lost", "Put"), {"spec": {"extra": 2}}),
 ])
-async def test_status_subresource_separates_spec_and_status(api: ApiClient, resource: str, body: dict) -> None:
-    created = await api.create(resource, NS, {**body, "status": {"phase": "Ignored"}})
-    assert created.get("status", {}).get("phase") != "Ignored"  # create drops status
+async def test_status_subresource_separates_spec_and_status(api: ApiClient, resource: str, body: dict,
+                                                            phases: tuple[str, ...], main_change: dict) -> None:
+    ignored, ready, lost, put = phases
+    created = await api.create(resource, NS, {**body, "status": {"phase": ignored}})
+    assert created.get("status", {}).get("phase") != ignored  # create drops status
     spec = created["spec"]
-    after_status = await api.patch(resource, NS, "o", {"spec": {"sneaky": 1}, "status": {"phase": "Ready"}},
+    after_status = await api.patch(resource, NS, "o", {"spec": {"sneaky": 1}, "status": {"phase": ready}},
                                    subresource="status")
-    assert after_status["status"]["phase"] == "Ready" and after_status["spec"] == spec
-    after_main = await api.patch(resource, NS, "o", {"spec": {"extra": 2}, "status": {"phase": "Lost"}})
-    assert after_main["status"]["phase"] == "Ready" and after_main["spec"]["extra"] == 2
-    replaced = await api.replace(resource, NS, "o", {**after_main, "status": {"phase": "Put"}}, subresource="status")
-    assert replaced["status"] == {"phase": "Put"} and replaced["spec"] == after_main["spec"]
+    assert after_status["status"]["phase"] == ready and after_status["spec"] == spec
+    after_main = await api.patch(resource, NS, "o", {**main_change, "status": {"phase": lost}})
+    assert after_main["status"]["phase"] == ready
+    assert (after_main["metadata"].get("labels") or {}) == main_change.get("metadata", {}).get("labels", {})
+    assert after_main["spec"] == {**spec, **main_change.get("spec", {})}
+    replaced = await api.replace(resource, NS, "o", {**after_main, "status": {"phase": put}}, subresource="status")
+    assert replaced["status"] == {"phase": put} and replaced["spec"] == after_main["spec"]
 
 
 async def test_pod_log(api: ApiClient, emulator_server: EmulatorServer) -> None:
@@ -181,7 +202,7 @@ async def test_pod_log(api: ApiClient, emulator_server: EmulatorServer) -> None:
 
 
 async def test_finalizers_hold_deletion_until_removed(api: ApiClient) -> None:
-    await api.create(CKPTS, NS, {**checkpoint("c1"), "metadata": {"name": "c1", "finalizers": ["x"]}})
+    await api.create(CKPTS, NS, {**checkpoint("c1"), "metadata": {"name": "c1", "finalizers": ["example.com/x"]}})
     await api.delete(CKPTS, NS, "c1")
     held = await api.get(CKPTS, NS, "c1")
     assert held["metadata"]["deletionTimestamp"]
@@ -269,9 +290,3 @@ def test_kopf_runs_twice_in_one_process_with_one_registry(emulator_server: Emula
                 handle.stop()
 
 
-async def test_old_request_records_are_forgotten(api: ApiClient, emulator_server: EmulatorServer) -> None:
-    for _ in range(30):
-        await api.get("v1/pods", NS, "missing")  # each one also records a 404 error in kmock
-    emulator = emulator_server.emulator
-    emulator_server.call(lambda: emulator.forget_old_requests(keep=10))
-    assert emulator_server.call(lambda: (len(emulator._requests), len(emulator.errors))) == (10, 10)

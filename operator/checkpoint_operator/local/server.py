@@ -31,14 +31,15 @@ from typing import Any, TypeVar
 
 import aiohttp.web
 
-from checkpoint_operator.local.emulator import Emulator, dumps_state
+from checkpoint_operator.local.emulator import Emulator
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 STATE_FILE_NAME = "api-objects.json"
-SAVE_INTERVAL = 0.5  # seconds between saves of a changed state in local mode
+SAVE_INTERVAL = 0.5  # seconds between saves of a changed state in local mode, at least
+SAVE_SHARE = 0.05  # and at most this share of the time is spent saving (a large state is saved less often)
 
 
 class EmulatorServer:
@@ -136,7 +137,7 @@ class EmulatorServer:
             await site.start()
             host, port = runner.addresses[0][:2]
             self._url = f"http://{host}:{port}"
-            saver = asyncio.create_task(self._housekeeping())
+            saver = asyncio.create_task(self._save_changes())
             self._started.set()
             try:
                 await self._stopping.wait()
@@ -148,13 +149,15 @@ class EmulatorServer:
     def _mark_dirty(self) -> None:
         self._dirty = True
 
-    async def _housekeeping(self) -> None:
-        """Save a changed state; keep kmock's request and error records from growing forever."""
+    async def _save_changes(self) -> None:
+        """Save a changed state, every SAVE_INTERVAL or less often: saving takes at most SAVE_SHARE of the time."""
+        pause = SAVE_INTERVAL
         while True:
-            await asyncio.sleep(SAVE_INTERVAL)
+            await asyncio.sleep(pause)
             if self._dirty:
+                started = time.monotonic()
                 self._save_state()
-            self.emulator.forget_old_requests()
+                pause = max(SAVE_INTERVAL, (time.monotonic() - started) / SAVE_SHARE)
 
     def _save_state(self) -> None:
         if self.state_file is None:
@@ -162,7 +165,7 @@ class EmulatorServer:
         self._dirty = False
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         partial = self.state_file.with_suffix(".json.partial")
-        partial.write_text(dumps_state(self.emulator.export_state()))
+        partial.write_bytes(self.emulator.state_json())
         partial.replace(self.state_file)
 
 
