@@ -569,6 +569,11 @@ class Emulator(kmock.KubernetesEmulator):
     _own_reactions: dict[int, Callable[[rendering.Request], Any]] = attrs.field(factory=dict, init=False)
     _slice_counts: dict[int, int] = attrs.field(factory=dict, init=False)
     _builtin_crds: set[str] = attrs.field(factory=set, init=False)
+    _reactions_signature: tuple[int, ...] = attrs.field(default=(), init=False)
+    _reactions_cache: Any = attrs.field(default=None, init=False)
+    _builtin_signature: tuple[int, ...] = attrs.field(default=(), init=False)
+    _builtin_order: list[dsl.Reaction] = attrs.field(factory=list, init=False)
+    _by_action: dict[Any, Callable[[rendering.Request], Any]] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -589,6 +594,11 @@ class Emulator(kmock.KubernetesEmulator):
             self._builtin_crds.add(crd["metadata"]["name"])
             self._store_new(CRDS, crd)
         self._store_new(NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}})
+        self._by_action = {kmock.action.LIST: self._serve_list, kmock.action.WATCH: self._serve_watch,
+                           kmock.action.FETCH: self._serve_fetch, kmock.action.CREATE: self._serve_create,
+                           kmock.action.UPDATE: self._serve_update, kmock.action.DELETE: self._serve_delete}
+        self._builtin_order = self._reactions()[0]
+        self._builtin_signature = self._reactions_signature
 
     def _own(self, view: dsl.View, handler: Callable[[rendering.Request], Any]) -> None:
         reaction = view << handler
@@ -630,11 +640,14 @@ class Emulator(kmock.KubernetesEmulator):
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         """Find the reaction for the request as kmock does (by priority), deciding each match for this request only."""
+        payloads, slicers = self._reactions()
+        if not slicers and payloads is self._builtin_order:
+            own = self._route(request)  # only the emulator's own reactions: the same answer, found directly
+            if own is not None:
+                return await own(request)
         sight = _Sight(self, request)
-        payloads = self._ordered_payloads()
-        for payload in payloads:  # slices count every request their source sees, matched or not
-            for slicer in _slicers(payload._source):
-                sight(slicer)
+        for slicer in slicers:  # slices count every request their source sees, matched or not
+            sight(slicer)
         for payload in payloads:
             if payload._disabled.is_set() or not sight(payload._source):
                 continue
@@ -650,12 +663,37 @@ class Emulator(kmock.KubernetesEmulator):
                 pass
         raise NotImplementedError("no reaction matches the request")
 
-    def _ordered_payloads(self) -> list[dsl.Reaction]:
-        # kmock's order: by priority (highest first, sub-priorities compared padded), then by age.
-        priorities = [payload.priorities for payload in self._payloads]
-        width = max((len(p) for p in priorities), default=0)
-        keys = [tuple(-p for p in priority) + (0,) * (width - len(priority)) for priority in priorities]
-        return [self._payloads[i] for i in sorted(range(len(keys)), key=keys.__getitem__)]
+    def _reactions(self) -> tuple[list[dsl.Reaction], list[dsl.Slicer]]:
+        """The reactions in kmock's order (by priority, highest first, sub-priorities padded; then by age),
+        and the slices among their sources; recomputed only when reactions were added or replaced."""
+        signature = tuple(map(id, self._payloads))
+        if signature != self._reactions_signature:
+            priorities = [payload.priorities for payload in self._payloads]
+            width = max((len(p) for p in priorities), default=0)
+            keys = [tuple(-p for p in priority) + (0,) * (width - len(priority)) for priority in priorities]
+            order = [self._payloads[i] for i in sorted(range(len(keys)), key=keys.__getitem__)]
+            if signature == self._builtin_signature:
+                order = self._builtin_order
+            self._reactions_signature = signature
+            self._reactions_cache = (order, [s for payload in order for s in _slicers(payload._source)])
+        return self._reactions_cache
+
+    def _route(self, request: rendering.Request) -> Callable[[rendering.Request], Any] | None:
+        """The handler kmock's matching picks among the emulator's own reactions, without matching.
+
+        None: let the matching decide (discovery and other requests the emulator leaves to kmock).
+        tests/test_local_emulator.py checks that both agree.
+        """
+        if request.url.path.startswith("/_emulator/"):
+            return self._serve_extension
+        resource = request.resource
+        if resource is None or resource.plural is None:
+            return None
+        if resource == PODS and request.subresource == "log":
+            return self._serve_pod_log
+        if request.method == kmock.method.PUT:
+            return self._serve_update
+        return self._by_action.get(request.action)
 
     async def _render_error(self, exc: Exception) -> aiohttp.web.StreamResponse:
         if isinstance(exc, kmock.KubernetesError):
@@ -1092,9 +1130,10 @@ class Emulator(kmock.KubernetesEmulator):
         return str(self._current_rv)
 
     def _info(self, resource: Resource | None) -> kmock.ResourceInfo:
-        if resource is None or resource not in self.resources:
+        # The ResourcesArray's dict itself: its __contains__ parses keys with slow Protocol checks.
+        info = self.resources._resources.get(resource)
+        if info is None:
             raise kmock.KubernetesResourceNotFoundError()
-        info = self.resources[resource]
         if info.kind is None:
             info.kind = (resource.plural or "").capitalize()
         return info
