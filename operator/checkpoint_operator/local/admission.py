@@ -267,9 +267,8 @@ class CustomResourceSchema:
                 continue
             old_value = old.get(name, _NO_VALUE) if old is not None else _NO_VALUE
             errors += _validate(sub, obj[name], old_value, name)
-        if not errors:
-            errors += _evaluate_rules(self.schema, obj, old if old is not None else _NO_VALUE, "")
-        return errors
+        return errors + _evaluate_rules(self.schema, obj, old if old is not None else _NO_VALUE, "",
+                                        quiet=bool(errors))
 
 
 def _prune(schema: Mapping[str, Any], value: Any, *, root: bool = False) -> None:
@@ -333,9 +332,9 @@ def _validate(schema: Mapping[str, Any], value: Any, old: Any, path: str) -> lis
         errors += _object_problems(schema, value, old, path)
     elif isinstance(value, list):
         errors += _array_problems(schema, value, path)
-    if errors:
-        return errors
-    return _evaluate_rules(schema, value, old, path)
+    # The rules run even when a child is invalid (the API server reports both), but a rule that cannot
+    # be evaluated on an invalid child is not reported on top of the child's error.
+    return errors + _evaluate_rules(schema, value, old, path, quiet=bool(errors))
 
 
 def _scalar_problems(schema: Mapping[str, Any], value: Any, path: str) -> list[FieldError]:
@@ -414,7 +413,8 @@ def _array_problems(schema: Mapping[str, Any], value: list[Any], path: str) -> l
     return errors
 
 
-def _evaluate_rules(schema: Mapping[str, Any], value: Any, old: Any, path: str) -> list[FieldError]:
+def _evaluate_rules(schema: Mapping[str, Any], value: Any, old: Any, path: str, *, quiet: bool = False
+                    ) -> list[FieldError]:
     rules = schema.get("x-kubernetes-validations")
     if not rules:
         return []
@@ -430,7 +430,9 @@ def _evaluate_rules(schema: Mapping[str, Any], value: Any, old: Any, path: str) 
         try:
             result = compile_rule(text).execute(context)
         except Exception as exc:  # noqa: BLE001 - a rule that cannot be evaluated refuses, as in the API server
-            errors.append(FieldError(where, "Invalid value", f"rule evaluation error: {text!r}: {exc}", value_type))
+            if not quiet:
+                errors.append(FieldError(where, "Invalid value", f"rule evaluation error: {text!r}: {exc}",
+                                         value_type))
             continue
         if result is True:
             continue
