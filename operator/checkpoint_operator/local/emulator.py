@@ -8,8 +8,9 @@ here (``Emulator`` subclasses kmock's class; the one patched internal is ``_patc
 - cost: a request costs what it touches, not what was served before. Objects live in
   ``store.ObjectStore`` (by resource and namespace, as JSON, with label and owner indexes, no past
   versions); kmock's request and error records are capped at ``request_history`` each (kmock keeps
-  every request, and its matching scanned them all on every request: see ``_sees``); watches get
-  their events from ``WatchHub`` (fan-out by resource and namespace, one serialization per event);
+  every request, and its matching scanned them all on every request: see ``_Sight``); watches get
+  their events from ``watches.WatchHub`` (fan-out by resource and namespace, one serialization per
+  event); with no reaction injected, requests go straight to the emulator's handlers (``_route``);
 - admission (``admission.py``): names (DNS-1123 subdomain, or label, DNS-1035, path segment by
   resource; a Job's name also fits a label value, 63 characters), ``generateName``, labels,
   annotations, finalizers; custom resources pruned, defaulted and validated against their CRD's
@@ -30,12 +31,12 @@ here (``Emulator`` subclasses kmock's class; the one patched internal is ``_patc
   and simple ``fieldSelector`` equalities filter lists and watches; lists are sorted by namespace
   and name and carry ``kind`` (``PodList``), ``apiVersion`` and the current ``resourceVersion``;
 - watches: subscribe before they replay (no event is lost in between), honour ``timeoutSeconds``;
-  with a ``resourceVersion`` they resume from the last ``WATCH_WINDOW`` events of their resource
-  (an older one gets the real API's ``410 Expired`` ERROR event, and kopf relists), without one
+  with a ``resourceVersion`` they resume from the last ``watches.WATCH_WINDOW`` events of their
+  resource (an older one gets the real API's ``410 Expired`` ERROR event, and kopf relists), without one
   (or with ``0``) they start with the current objects as ADDED events (with ``sendInitialEvents``,
   then the initial-events-end BOOKMARK). An object that starts or stops matching a watch's selector
   arrives as ADDED or DELETED, as from the API server's watch cache. A watch whose client lags
-  ``WATCH_QUEUE_LIMIT`` events behind is closed (the API server drops slow watchers too);
+  ``watches.WATCH_QUEUE_LIMIT`` events behind is closed (the API server drops slow watchers too);
 - discovery: kmock's bundled built-in resources plus every served CRD;
 - ``GET /api/v1/namespaces`` (and ``/api/v1/namespaces/NAME``): kmock 0.8 fails to parse these paths
   (500); fixed, so kopf can run with namespace scanning; the ``default`` namespace exists;
@@ -53,8 +54,12 @@ here (``Emulator`` subclasses kmock's class; the one patched internal is ``_patc
 Responses injected with kmock's DSL take precedence over the emulator's own (by kmock's priorities)
 and replace them: such a request changes nothing, as when a real API server answers 429 or 500
 before storage. A reaction without a payload (``emulator[...] >> sink``) only records and lets the
-emulator answer. kmock's ``objects`` view is not kept (its per-object histories grow with every
-change): read objects through the API, ``get_object()`` or ``export_state()``.
+emulator answer. Examples: ``emulator[kmock.action.UPDATE, kmock.subresource("status")][:1] << 500``
+(the next status update fails), ``emulator[kmock.action.FETCH, lambda r: r.id % 10 == 0] << 429``
+(every tenth GET; ``Request.id`` is the request's serial number). A slice counts the requests its
+source sees from the moment the reaction is added (kmock counted from the server's start).
+kmock's ``objects`` view is not kept (its per-object histories grow with every change): read
+objects through the API, ``get_object()`` or ``export_state()``.
 
 Not emulated: the schemas of built-in resources (a Pod's spec is stored as sent, neither validated
 nor pruned), namespace existence (objects may be created in a namespace that was never created),
@@ -67,14 +72,12 @@ periodic watch bookmarks, CEL ``messageExpression``, authentication and authoriz
 from __future__ import annotations
 
 import asyncio
-import collections
 import copy
 import datetime
 import itertools
 import json
 import re
 import secrets
-import traceback
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -87,9 +90,10 @@ import jsonpointer
 import kmock
 from kmock._internal import dsl, k8s, parsing, references, rendering
 
-from checkpoint_operator import GROUP
 from checkpoint_operator.local import admission
-from checkpoint_operator.local.store import ObjectKey, ObjectStore, Selection, Stored, dumps
+from checkpoint_operator.local.selectors import ObjectFilter, bad_request
+from checkpoint_operator.local.store import ObjectKey, ObjectStore, Stored, dumps
+from checkpoint_operator.local.watches import WATCH_QUEUE_LIMIT, Change, Watcher, WatchHub, event_line
 
 SUPPORTED_KMOCK_VERSION = "0.8"
 if kmock.__version__ != SUPPORTED_KMOCK_VERSION:  # pragma: no cover
@@ -110,9 +114,7 @@ ALL_VERBS = {"get", "list", "watch", "create", "patch", "update", "delete", "del
 # Server-managed metadata that a client cannot change by PATCH or PUT.
 SERVER_MANAGED_METADATA = ("uid", "creationTimestamp", "deletionTimestamp", "generation", "name", "namespace")
 
-REQUEST_HISTORY = 256      # kmock request records (and error records) kept for assertions
-WATCH_WINDOW = 4096        # events per resource a watch can resume from (by resourceVersion)
-WATCH_QUEUE_LIMIT = 10_000  # events a watch client may lag behind before its watch is closed
+REQUEST_HISTORY = 256  # kmock request records (and error records) kept for assertions
 
 
 # --- the one patched kmock internal ---------------------------------------------------------------
@@ -164,10 +166,6 @@ def not_found(message: str, **details: Any) -> kmock.KubernetesError:
     return kmock.KubernetesError(status=404, reason="NotFound", message=message, details=details or None)
 
 
-def bad_request(message: str) -> kmock.KubernetesError:
-    return kmock.KubernetesError(status=400, reason="BadRequest", message=message, details={})
-
-
 def invalid_object(info: kmock.ResourceInfo, resource: Resource, name: str,
                    errors: list[admission.FieldError]) -> kmock.KubernetesError:
     """422 Invalid with one cause per field error, worded as the API server words them."""
@@ -180,129 +178,6 @@ def status_body(error: kmock.KubernetesError) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
             "code": error.status, "reason": error.reason, "message": error.message,
             "details": error.details or {}}
-
-
-# --- selectors -------------------------------------------------------------------------------------
-
-_SELECTOR_TERM = re.compile(
-    r"^\s*(?P<neg>!)?\s*(?P<key>[A-Za-z0-9_./-]+)\s*"
-    r"(?:(?P<op>==|!=|=|\s+in\s+|\s+notin\s+)\s*(?P<value>\([^)]*\)|[A-Za-z0-9_.-]*))?\s*$")
-
-
-@attrs.frozen
-class SelectorTerm:
-    key: str
-    operator: str  # "=", "!=", "in", "notin", "exists", "!exists"
-    values: frozenset[str] = frozenset()
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        present = self.key in labels
-        value = labels.get(self.key)
-        match self.operator:
-            case "exists":
-                return present
-            case "!exists":
-                return not present
-            case "=" | "in":
-                return present and value in self.values
-            case "!=" | "notin":
-                return not present or value not in self.values
-        raise AssertionError(self.operator)
-
-
-def _split_selector(text: str) -> list[str]:
-    """Split on commas outside parentheses: ``a in (x,y),b`` -> ``["a in (x,y)", "b"]``."""
-    terms, depth, current = [], 0, ""
-    for char in text:
-        depth += {"(": 1, ")": -1}.get(char, 0)
-        if char == "," and depth == 0:
-            terms.append(current)
-            current = ""
-        else:
-            current += char
-    terms.append(current)
-    return [term for term in terms if term.strip()]
-
-
-def parse_label_selector(text: str) -> list[SelectorTerm]:
-    """Parse a ``labelSelector`` query value; an invalid one raises 400 as the real API does."""
-    terms = []
-    for raw in _split_selector(text):
-        match = _SELECTOR_TERM.match(raw)
-        if not match or (match["neg"] and match["op"]):
-            raise bad_request(f"unable to parse requirement: {raw!r}")
-        op = (match["op"] or "").strip()
-        if not op:
-            terms.append(SelectorTerm(match["key"], "!exists" if match["neg"] else "exists"))
-            continue
-        value = match["value"] or ""
-        values = frozenset(v.strip() for v in value.strip("()").split(",")) if value.startswith("(") else {value}
-        terms.append(SelectorTerm(match["key"], {"==": "="}.get(op, op), frozenset(values)))
-    return terms
-
-
-def _field_value(obj: Mapping[str, Any], dotted: str) -> str | None:
-    value: Any = obj
-    for part in dotted.split("."):
-        value = value.get(part) if isinstance(value, Mapping) else None
-    return None if value is None else str(value)
-
-
-def parse_field_selector(text: str) -> list[Callable[[Mapping[str, Any]], bool]]:
-    """``metadata.name=x,status.phase!=Running``: equality and inequality on dotted paths only."""
-    checks = []
-    for raw in _split_selector(text):
-        match = re.match(r"^\s*([A-Za-z0-9_.]+)\s*(==|!=|=)\s*(.*?)\s*$", raw)
-        if match is None:
-            raise bad_request(f"invalid field selector: {raw!r}")
-        key, op, value = match.groups()
-        if op == "!=":
-            checks.append(lambda obj, k=key, v=value: _field_value(obj, k) != v)
-        else:
-            checks.append(lambda obj, k=key, v=value: _field_value(obj, k) == v)
-    return checks
-
-
-@attrs.frozen
-class ObjectFilter:
-    """What a list or watch request asks for: namespace, name, label and field selectors."""
-    namespace: str | None = None
-    name: str | None = None
-    labels: tuple[SelectorTerm, ...] = ()
-    fields: tuple[Callable[[Mapping[str, Any]], bool], ...] = ()
-
-    @classmethod
-    def from_request(cls, request: kmock.Request) -> "ObjectFilter":
-        return cls(
-            namespace=request.namespace, name=request.name,
-            labels=tuple(parse_label_selector(request.params.get("labelSelector", ""))),
-            fields=tuple(parse_field_selector(request.params.get("fieldSelector", ""))))
-
-    def matches_labels(self, labels: Mapping[str, str]) -> bool:
-        return all(term.matches(labels) for term in self.labels)
-
-    def matches_fields(self, obj: Mapping[str, Any]) -> bool:
-        return all(check(obj) for check in self.fields)
-
-    def matches(self, obj: Mapping[str, Any]) -> bool:
-        meta = obj.get("metadata", {})
-        if self.namespace is not None and meta.get("namespace") != self.namespace:
-            return False
-        if self.name is not None and meta.get("name") != self.name:
-            return False
-        return self.matches_labels(meta.get("labels") or {}) and self.matches_fields(obj)
-
-    def selection(self) -> Selection:
-        """The same question for ``ObjectStore.select`` (within a resource and namespace)."""
-        indexed = tuple((t.key, t.values) for t in self.labels if t.operator in ("=", "in"))
-        return Selection(name=self.name, indexed_terms=indexed, matches_labels=self.matches_labels,
-                         matches_object=self.matches_fields if self.fields else None)
-
-    def matches_stored(self, key: ObjectKey, stored: Stored) -> bool:
-        _, namespace, name = key
-        if self.namespace is not None and namespace != self.namespace:
-            return False
-        return self.selection().matches(name, stored)
 
 
 # --- small object helpers --------------------------------------------------------------------------
@@ -369,131 +244,13 @@ def project_crds() -> list[dict[str, Any]]:
     return [crdgen.build_crd(definition, check_bounds=False) for definition in crdgen.CRDS]
 
 
-def _event(event_type: str, raw: bytes) -> bytes:
-    return b'{"type":"' + event_type.encode() + b'","object":' + raw + b"}\n"
-
-
-# --- watches --------------------------------------------------------------------------------------
-
-@attrs.define(eq=False)
-class Watcher:
-    """One open watch stream: what it asks for and the events waiting to be sent to it."""
-
-    resource: Resource
-    filter: ObjectFilter
-    user_agent: str
-    limit: int
-    pending: collections.deque[bytes] = attrs.field(factory=collections.deque)
-    wakeup: asyncio.Event = attrs.field(factory=asyncio.Event)
-    overflowed: bool = False
-
-    @property
-    def namespace(self) -> str | None:
-        return self.filter.namespace
-
-    def offer(self, event: bytes) -> None:
-        if self.overflowed:
-            return
-        if len(self.pending) >= self.limit:
-            self.overflowed = True  # the stream ends; the client relists, as after a dropped watch
-            self.pending.clear()
-        else:
-            self.pending.append(event)
-        self.wakeup.set()
-
-    async def next_events(self, timeout: float | None) -> list[bytes] | None:
-        """Every pending event (at least one), or None when the watch must end (timeout, overflow)."""
-        while not self.pending and not self.overflowed:
-            self.wakeup.clear()
-            try:
-                await asyncio.wait_for(self.wakeup.wait(), timeout)
-            except asyncio.TimeoutError:
-                return None
-        if self.overflowed:
-            return None
-        events = list(self.pending)
-        self.pending.clear()
-        return events
-
-
-@attrs.frozen
-class Change:
-    """One change of one object, as watches see it (and as the resumption window keeps it)."""
-    rv: int
-    key: ObjectKey
-    type: str  # ADDED, MODIFIED, DELETED
-    new: Stored | None  # None for DELETED
-    old: Stored | None  # None for ADDED
-
-
-class WatchHub:
-    """Fans each change out to the watches of its resource and namespace (and the cluster-wide ones).
-
-    A change costs one check per interested watch and one serialization, whatever the number of objects
-    or of watches on other resources and namespaces. The last ``window`` changes of each resource are
-    kept so that a watch can resume from a resourceVersion.
-    """
-
-    def __init__(self, window: int = WATCH_WINDOW) -> None:
-        self._watchers: dict[tuple[Resource, str | None], set[Watcher]] = collections.defaultdict(set)
-        self._recent: dict[Resource, collections.deque[Change]] = {}
-        self._forgotten: dict[Resource, int] = {}  # newest rv that fell out of the window, per resource
-        self.floor = 0  # resourceVersions up to this one cannot be resumed from (before a restart)
-        self.window = window
-
-    def open(self, watcher: Watcher) -> None:
-        self._watchers[(watcher.resource, watcher.namespace)].add(watcher)
-
-    def close(self, watcher: Watcher) -> None:
-        key = (watcher.resource, watcher.namespace)
-        self._watchers[key].discard(watcher)
-        if not self._watchers[key]:
-            del self._watchers[key]
-
-    def all(self) -> list[Watcher]:
-        return [watcher for watchers in self._watchers.values() for watcher in watchers]
-
-    def publish(self, change: Change) -> None:
-        resource, namespace, _ = change.key
-        recent = self._recent.setdefault(resource, collections.deque())
-        recent.append(change)
-        if len(recent) > self.window:
-            self._forgotten[resource] = recent.popleft().rv
-        for watcher in (*self._watchers.get((resource, namespace), ()), *self._watchers.get((resource, None), ())):
-            event = self.event_for(watcher, change)
-            if event is not None:
-                watcher.offer(event)
-
-    def resumable(self, resource: Resource, rv: int) -> bool:
-        return rv >= max(self._forgotten.get(resource, 0), self.floor)
-
-    def since(self, watcher: Watcher, rv: int) -> list[bytes]:
-        """The events of the window after ``rv`` that ``watcher`` would have seen."""
-        events = []
-        for change in self._recent.get(watcher.resource, ()):
-            if change.rv > rv:
-                event = self.event_for(watcher, change)
-                if event is not None:
-                    events.append(event)
-        return events
-
-    @staticmethod
-    def event_for(watcher: Watcher, change: Change) -> bytes | None:
-        """The event a watch sees: an object entering its selection is ADDED, one leaving it DELETED."""
-        now = change.new is not None and watcher.filter.matches_stored(change.key, change.new)
-        before = change.old is not None and watcher.filter.matches_stored(change.key, change.old)
-        if now:
-            return _event("MODIFIED" if before else "ADDED", change.new.raw)  # type: ignore[union-attr]
-        if before:
-            return _event("DELETED", change.old.raw)  # type: ignore[union-attr]
-        return None
-
-
 @attrs.define(kw_only=True)
 class OpenWatch:
     resource: str
     namespace: str | None
     user_agent: str
+
+
 
 
 # --- matching kmock's reactions without scanning past requests -------------------------------------
@@ -995,7 +752,7 @@ class Emulator(kmock.KubernetesEmulator):
         response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
         try:
             if since_rv and not self.watches.resumable(resource, since_rv):
-                first = [_event("ERROR", dumps(status_body(kmock.KubernetesError(
+                first = [event_line("ERROR", dumps(status_body(kmock.KubernetesError(
                     status=410, reason="Expired",
                     message=f"too old resource version: {since_rv} ({self._current_rv})"))))]
                 timeout = 0  # the stream ends after the error, as the API server ends it
@@ -1004,9 +761,9 @@ class Emulator(kmock.KubernetesEmulator):
             else:
                 found = self.store.select(resource, request.namespace, selected.selection())
                 found.sort(key=lambda item: (item[0][1] or "", item[0][2]))
-                first = [_event("ADDED", stored.raw) for _, stored in found]
+                first = [event_line("ADDED", stored.raw) for _, stored in found]
                 if request.params.get("sendInitialEvents") == "true":
-                    first.append(_event("BOOKMARK", dumps({
+                    first.append(event_line("BOOKMARK", dumps({
                         "kind": info.kind, "apiVersion": api_version_of(resource), "metadata": {
                             "resourceVersion": str(self._current_rv),
                             "annotations": {"k8s.io/initial-events-end": "true"}}})))
