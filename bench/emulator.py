@@ -124,6 +124,10 @@ def write_state(state_dir: Path, objects: int) -> None:
                                                                   "resourceVersion": str(rv)}}})
         rv += 1
     state_dir.mkdir(parents=True, exist_ok=True)
+    # JSON Lines (format 2, read one object at a time) and the format-1 document an older emulator reads.
+    with (state_dir / "api-objects.jsonl").open("w") as out:
+        out.write(json.dumps({"format": 2, "resourceVersion": rv, "podLogs": []}) + "\n")
+        out.writelines(json.dumps(item) + "\n" for item in items)
     (state_dir / "api-objects.json").write_text(json.dumps(
         {"format": 1, "resourceVersion": rv, "resources": {}, "objects": items, "podLogs": []}))
 

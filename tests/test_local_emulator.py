@@ -258,12 +258,30 @@ def test_state_survives_a_restart(tmp_path) -> None:
 
     with EmulatorServer(state_dir=tmp_path) as first:
         created = asyncio.run(create_checkpoint(first.url))
-    assert (tmp_path / "api-objects.json").exists()
+    assert (tmp_path / "api-objects.jsonl").exists()
     with EmulatorServer(state_dir=tmp_path) as second:
         kept, newer, log = asyncio.run(read_back(second.url))
     assert kept["metadata"]["uid"] == created["metadata"]["uid"]
     assert int(newer["metadata"]["resourceVersion"]) > int(created["metadata"]["resourceVersion"])
     assert log == "hello\n"
+
+
+def test_a_format_1_state_file_is_read(tmp_path) -> None:
+    """The single JSON document that emulators before the JSON Lines state wrote."""
+    obj = {**checkpoint("kept"), "metadata": {"name": "kept", "namespace": NS, "uid": "u1", "resourceVersion": "7",
+                                              "generation": 1, "creationTimestamp": "2025-01-01T00:00:00Z"}}
+    (tmp_path / "api-objects.json").write_text(json.dumps({
+        "format": 1, "resourceVersion": 9, "resources": {}, "podLogs": [],
+        "objects": [{"resource": CKPTS, "object": obj}]}, indent=1))
+
+    async def read_back(url: str) -> tuple[dict, dict]:
+        async with ApiClient(url) as client:
+            return await client.get(CKPTS, NS, "kept"), await client.create(CKPTS, NS, checkpoint("newer"))
+
+    with EmulatorServer(state_dir=tmp_path) as server:
+        kept, newer = asyncio.run(read_back(server.url))
+    assert kept["metadata"]["uid"] == "u1" and int(newer["metadata"]["resourceVersion"]) > 9
+    assert (tmp_path / "api-objects.jsonl").exists() and not (tmp_path / "api-objects.json").exists()
 
 
 def test_kopf_runs_twice_in_one_process_with_one_registry(emulator_server: EmulatorServer) -> None:
@@ -389,7 +407,9 @@ async def test_deleted_objects_leave_nothing_behind(api: ApiClient, emulator_ser
     assert emulator_server.call(lambda: emulator.store._owned) == {}
 
 
-async def test_a_list_reads_only_its_resource_and_namespace(api: ApiClient, emulator_server: EmulatorServer) -> None:
+async def test_a_list_reads_only_its_resource_and_namespace(api: ApiClient, emulator_server: EmulatorServer,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(emulator_module, "LIST_CHUNK", 4)  # the longer lists below go out in chunks
     for ns in ("busy", "quiet"):
         await api.create("v1/namespaces", None, {"metadata": {"name": ns}})
     for i in range(30):

@@ -46,8 +46,9 @@ here (``Emulator`` subclasses kmock's class; the one patched internal is ``_patc
   ownerReferences from its dependents; ``Background`` and ``Foreground`` both leave dependents to
   the garbage collector of ``cluster.LocalCluster`` (Foreground does not block the owner here).
   As in the real API, deleting a ``batch/v1`` Job without a policy orphans its pods;
-- persistence for local mode: ``export_state()`` / ``import_state()`` (JSON-ready dicts),
-  ``state_json()`` (the same as bytes, from the stored JSON);
+- persistence for local mode: ``state_lines()`` / ``read_state()`` (JSON Lines, one object per line,
+  written from the stored JSON and read one object at a time), ``export_state()`` / ``import_state()``
+  (the same as JSON-ready dicts);
 - ``GET /_emulator/watches`` lists the open watch streams (an extension: lets a harness wait until an
   operator is watching before it creates objects).
 
@@ -80,7 +81,7 @@ import re
 import secrets
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import aiohttp.web
@@ -115,6 +116,7 @@ ALL_VERBS = {"get", "list", "watch", "create", "patch", "update", "delete", "del
 SERVER_MANAGED_METADATA = ("uid", "creationTimestamp", "deletionTimestamp", "generation", "name", "namespace")
 
 REQUEST_HISTORY = 256  # kmock request records (and error records) kept for assertions
+LIST_CHUNK = 500  # objects per write of a long list or watch replay
 
 
 # --- the one patched kmock internal ---------------------------------------------------------------
@@ -732,8 +734,20 @@ class Emulator(kmock.KubernetesEmulator):
         found.sort(key=lambda item: (item[0][1] or "", item[0][2]))
         head = dumps({"apiVersion": api_version_of(request.resource), "kind": f"{info.kind}List",
                       "metadata": {"resourceVersion": str(self._current_rv)}})
-        body = head[:-1] + b',"items":[' + b",".join(stored.raw for _, stored in found) + b"]}"
-        return self._json(body)
+        raws = [stored.raw for _, stored in found]
+        opening, closing = head[:-1] + b',"items":[', b"]}"
+        if len(raws) <= LIST_CHUNK:
+            return self._json(opening + b",".join(raws) + closing)
+        # A long list goes out in chunks: no copy of all its JSON is ever made (the objects are shared).
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = len(opening) + sum(map(len, raws)) + len(raws) - 1 + len(closing)
+        await response.prepare(request._raw_request)
+        await response.write(opening)
+        for start in range(0, len(raws), LIST_CHUNK):
+            await response.write((b"," if start else b"") + b",".join(raws[start:start + LIST_CHUNK]))
+        await response.write(closing)
+        await response.write_eof()
+        return response
 
     async def _serve_watch(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         resource = request.resource
@@ -768,8 +782,8 @@ class Emulator(kmock.KubernetesEmulator):
                             "resourceVersion": str(self._current_rv),
                             "annotations": {"k8s.io/initial-events-end": "true"}}})))
             await response.prepare(request._raw_request)
-            for start in range(0, len(first), 500):
-                await response.write(b"".join(first[start:start + 500]))
+            for start in range(0, len(first), LIST_CHUNK):
+                await response.write(b"".join(first[start:start + LIST_CHUNK]))
             deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
             while True:
                 remaining = None if deadline is None else deadline - asyncio.get_running_loop().time()
@@ -846,19 +860,35 @@ class Emulator(kmock.KubernetesEmulator):
 
     # -- persistence ------------------------------------------------------------------------------
 
+    STATE_FORMAT = 2  # JSON Lines: a header line, then one line per object
+
     def export_state(self) -> dict[str, Any]:
         """Every live object and pod log, JSON-ready. Call it in the emulator's event loop."""
-        return json.loads(self.state_json())
+        header, *objects = (json.loads(line) for line in self.state_lines())
+        return {**header, "objects": objects}
 
-    def state_json(self) -> bytes:
-        """``export_state()`` as JSON, written from the stored JSON of each object (no re-serialization)."""
-        head = dumps({"format": 2, "resourceVersion": self._current_rv, "podLogs": [
+    def state_lines(self) -> Iterator[bytes]:
+        """The state as JSON Lines (what local mode saves): a header with the resourceVersion and the pod
+        logs, then each object as stored (not serialized again), so saving holds no second copy."""
+        yield dumps({"format": self.STATE_FORMAT, "resourceVersion": self._current_rv, "podLogs": [
             {"namespace": ns, "name": name, "container": container, "text": text}
-            for (ns, name), logs in self._pod_logs.items() for container, text in logs.items()]})
-        items = [b'{"resource":' + dumps(resource_key(resource)) + b',"object":' + stored.raw + b"}"
-                 for (resource, _, name), stored in self.store.items()
-                 if not (resource == CRDS and name in self._builtin_crds)]
-        return head[:-1] + b',"objects":[' + b",\n".join(items) + b"]}"
+            for (ns, name), logs in self._pod_logs.items() for container, text in logs.items()]}) + b"\n"
+        for (resource, _, name), stored in self.store.items():
+            if not (resource == CRDS and name in self._builtin_crds):  # those are always this version's
+                yield b'{"resource":' + dumps(resource_key(resource)) + b',"object":' + stored.raw + b"}\n"
+
+    def read_state(self, lines: Iterable[bytes]) -> None:
+        """Load what ``state_lines`` wrote, one object at a time (or a format-1 file: one JSON document)."""
+        lines = iter(lines)
+        first = next(lines, b"")
+        try:
+            header = json.loads(first)
+        except ValueError:
+            header = None
+        if not isinstance(header, dict) or header.get("format") != self.STATE_FORMAT:
+            self.import_state(json.loads(first + b"".join(lines)))
+            return
+        self.import_state({**header, "objects": (json.loads(line) for line in lines if line.strip())})
 
     def import_state(self, state: Mapping[str, Any]) -> None:
         """Load what ``export_state`` produced, before the server serves requests (no admission)."""

@@ -37,7 +37,8 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-STATE_FILE_NAME = "api-objects.json"
+STATE_FILE_NAME = "api-objects.jsonl"  # JSON Lines: a header, then one object per line
+OLD_STATE_FILE_NAME = "api-objects.json"  # format 1 (one JSON document), still read
 SAVE_INTERVAL = 0.5  # seconds between saves of a changed state in local mode, at least
 SAVE_SHARE = 0.05  # and at most this share of the time is spent saving (a large state is saved less often)
 
@@ -45,7 +46,7 @@ SAVE_SHARE = 0.05  # and at most this share of the time is spent saving (a large
 class EmulatorServer:
     """The emulator served over HTTP on 127.0.0.1 (a free port unless ``port`` is given).
 
-    ``state_dir``: when given, objects are loaded from ``<state_dir>/api-objects.json`` at start and
+    ``state_dir``: when given, objects are loaded from ``<state_dir>/api-objects.jsonl`` at start and
     saved there (atomically) shortly after every change and at stop, so the next local run sees them.
     """
 
@@ -73,8 +74,12 @@ class EmulatorServer:
         """Start serving in a daemon thread; return the base URL."""
         if self._thread is not None:
             raise RuntimeError("the emulator server can be started only once")
-        if self.state_file is not None and self.state_file.exists():
-            self.emulator.import_state(json.loads(self.state_file.read_text()))
+        if self.state_file is not None:
+            for path in (self.state_file, self.state_file.with_name(OLD_STATE_FILE_NAME)):
+                if path.exists():
+                    with path.open("rb") as lines:
+                        self.emulator.read_state(lines)
+                    break
         if self.state_file is not None:
             self.emulator.on_change = self._mark_dirty
         self._thread = threading.Thread(target=self._thread_main, name="k8s-emulator", daemon=True)
@@ -164,9 +169,11 @@ class EmulatorServer:
             return
         self._dirty = False
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.state_file.with_suffix(".json.partial")
-        partial.write_bytes(self.emulator.state_json())
+        partial = self.state_file.with_suffix(".jsonl.partial")
+        with partial.open("wb") as out:
+            out.writelines(self.emulator.state_lines())
         partial.replace(self.state_file)
+        self.state_file.with_name(OLD_STATE_FILE_NAME).unlink(missing_ok=True)
 
 
 def open_watches(server_url: str) -> list[dict[str, Any]]:
