@@ -260,3 +260,21 @@ async def test_a_crd_whose_rule_does_not_compile_is_refused(api: ApiClient) -> N
         {"rule": "self.size <"}]
     error = await refused(api.create("apiextensions.k8s.io/v1/customresourcedefinitions", None, crd))
     assert "compilation failed" in error.body["message"]
+
+
+def test_local_run_refuses_an_invalid_name_in_one_line(tmp_path) -> None:
+    """The pydantic models do not check names; the emulated API does, as a cluster would."""
+    import subprocess
+    import sys
+
+    manifest = tmp_path / "bad.yaml"
+    manifest.write_text("apiVersion: ckpt.dev/v1alpha1\nkind: TrainingJob\nmetadata: {name: Finetune_1}\n"
+                        "spec: {template: {spec: {containers: [{name: c, command: ['true']}]}}}\n")
+    result = subprocess.run([sys.executable, "-m", "checkpoint_operator", "local", "run", "-f", str(manifest),
+                             "--state-dir", str(tmp_path / "state")], capture_output=True, text=True, timeout=120,
+                            cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        'error: TrainingJob.ckpt.dev "Finetune_1" is invalid: metadata.name: Invalid value: "Finetune_1": '
+        "a lowercase RFC 1123 subdomain")
+    assert "Traceback" not in result.stderr
