@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 from checkpoint_operator.agent.hashing import hash_files, sha256_file
 from checkpoint_operator.agent.manifest import MANIFEST_NAME, Manifest
 from checkpoint_operator.agent.scan import LEAVES_CHECKPOINT, ScanResult, format_table, scan_directory
+from checkpoint_operator.agent.tree import LINK_TO_DIRECTORY, SYMLINK_LOOP, TooManyEntries
 
 
 def write(path: Path, data: bytes | str = b"x") -> Path:
@@ -154,15 +156,69 @@ def test_manifest_is_excluded_only_at_the_checkpoint_root(tmp_path):
 
 # --- symlinks and special files ------------------------------------------------------------
 
-def test_symlink_inside_the_checkpoint_is_followed_under_its_own_path(tmp_path):
+def test_symlink_to_a_file_inside_is_followed_under_its_own_path(tmp_path):
     ckpt = tmp_path / "step-1"
     write(ckpt / "shards" / "model.bin", b"weights")
     os.symlink("shards/model.bin", ckpt / "model.bin")
-    os.symlink("shards", ckpt / "linked-dir")
-    m = scan_directory(tmp_path).checkpoints[0]
-    assert file_paths(m) == ["linked-dir/model.bin", "model.bin", "shards/model.bin"]
+    os.symlink("../model.bin", ckpt / "shards" / "again.bin")  # a link to a link, both inside
+    os.symlink("shards", ckpt / "linked-dir")  # its files are already there under shards/
+    result = scan_directory(tmp_path)
+    m = result.checkpoints[0]
+    assert file_paths(m) == ["model.bin", "shards/again.bin", "shards/model.bin"]
     assert len({f.sha256 for f in m.files}) == 1
     assert m.sizeBytes == 3 * len(b"weights")
+    assert skipped(result) == {"step-1/linked-dir": LINK_TO_DIRECTORY}
+
+
+def test_link_that_leaves_the_checkpoint_and_comes_back_is_skipped(tmp_path):
+    """Mounted alone (subPath), `step-1/sub/x -> ../../step-1/sub/model.safetensors` dangles:
+    every hop must stay inside the checkpoint's root."""
+    ckpt = tmp_path / "step-1"
+    write(ckpt / "sub" / "model.safetensors", b"w")
+    os.symlink("../../step-1/sub/model.safetensors", ckpt / "sub" / "x")
+    os.symlink("../step-1/sub/model.safetensors", ckpt / "y")
+    os.symlink("sub/../sub/model.safetensors", ckpt / "z")  # stays inside all the way: fine
+    os.symlink("sub", ckpt / "d")
+    os.symlink("d/../../step-1/sub/model.safetensors", ckpt / "via-link")  # out through a link's '..'
+    result = scan_directory(tmp_path)
+    assert file_paths(result.checkpoints[0]) == ["sub/model.safetensors", "z"]
+    reasons = skipped(result)
+    for name in ("sub/x", "y", "via-link"):
+        assert reasons[f"step-1/{name}"] == LEAVES_CHECKPOINT, name
+    # mounted alone, the one kept resolves
+    import tempfile
+    with tempfile.TemporaryDirectory() as alone:
+        shutil.copytree(ckpt, Path(alone) / "mnt", symlinks=True)
+        assert (Path(alone) / "mnt" / "z").read_bytes() == b"w"
+
+
+@pytest.mark.parametrize("depth", [22, 30])
+def test_symlink_dag_scans_in_linear_entries(tmp_path, depth):
+    """d0..dN, each with links a, b -> ../d(i+1): 2^N paths if links to directories were
+    followed; each directory inode is walked once instead."""
+    ckpt = tmp_path / "step-1"
+    for i in range(depth + 1):
+        write(ckpt / f"d{i}" / "w.bin", str(i))
+    for i in range(depth):
+        os.symlink(f"../d{i + 1}", ckpt / f"d{i}" / "a")
+        os.symlink(f"../d{i + 1}", ckpt / f"d{i}" / "b")
+    result = scan_directory(tmp_path, max_entries=10 * depth)
+    (m,) = result.checkpoints
+    assert m.fileCount == depth + 1
+    assert result.skippedCount == 2 * depth
+    assert set(skipped(result).values()) == {LINK_TO_DIRECTORY}
+
+
+def test_entry_limit_is_a_clear_error(tmp_path):
+    for i in range(30):
+        write(tmp_path / "step-1" / f"f{i}")
+    assert scan_directory(tmp_path, max_entries=31).checkpoints[0].fileCount == 30
+    with pytest.raises(TooManyEntries, match=r"more than 30 entries .*--max-entries"):
+        scan_directory(tmp_path, max_entries=30)
+    proc = _cli(str(tmp_path), "--json", "--max-entries", "10")
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.startswith("error: ") and "more than 10 entries" in proc.stderr
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
 
 
 def test_symlinks_escaping_the_checkpoint_are_skipped(tmp_path):
@@ -189,13 +245,13 @@ def test_symlink_loops_and_cycles_end(tmp_path):
     os.symlink("loop2", ckpt / "loop1")  # loop1 -> loop2 -> loop1
     os.symlink("loop1", ckpt / "loop2")
     os.symlink("missing", ckpt / "dangling")
+    os.symlink("a/file/x", ckpt / "through-a-file")
     result = scan_directory(tmp_path)
     assert file_paths(result.checkpoints[0]) == ["a/file"]
     reasons = skipped(result)
-    assert reasons["step-1/a/up"].startswith("symlink cycle")
-    assert reasons["step-1/self"].startswith("symlink cycle")
-    assert reasons["step-1/loop1"] == reasons["step-1/loop2"] == "symlink loop"
-    assert reasons["step-1/dangling"] == "broken symlink"
+    assert reasons["step-1/a/up"] == reasons["step-1/self"] == LINK_TO_DIRECTORY
+    assert reasons["step-1/loop1"] == reasons["step-1/loop2"] == SYMLINK_LOOP
+    assert reasons["step-1/dangling"] == reasons["step-1/through-a-file"] == "broken symlink"
 
 
 def test_root_symlinks(tmp_path):
@@ -252,6 +308,72 @@ def test_unicode_and_spaces_in_names(tmp_path):
     assert m.path == "étape 10"
     assert file_paths(m) == ["modèle final.safetensors", "日本語/重み 1.bin"]
     assert m.files[1].sha256 == hashlib.sha256(b"def").hexdigest()
+
+
+def test_names_outside_the_names_rule_are_skipped_with_the_rule(tmp_path):
+    ckpt = tmp_path / "step-1"
+    write(ckpt / "ok.bin")
+    write(ckpt / "shard\\0.bin")
+    write(ckpt / "line\nbreak.bin")
+    write(ckpt / "sub" / "esc\x1b[2J.bin")
+    write(ckpt / "bad\\dir" / "inside.bin")
+    write(ckpt / ".ckpt-download-0123")  # download's temporaries are not content
+    write(tmp_path / "step\n2" / "a.bin")  # a whole candidate
+    os.mkdir(os.fsencode(tmp_path / "step-1") + b"/latin1-\xe9")
+    result = scan_directory(tmp_path)
+    assert [(m.path, file_paths(m)) for m in result.checkpoints] == [("step-1", ["ok.bin"])]
+    reasons = skipped(result)
+    assert reasons == {
+        "step-1/shard\\\\0.bin": "name has a backslash",
+        "step-1/line\\nbreak.bin": "name has a control character U+000A",
+        "step-1/sub/esc\\x1b[2J.bin": "name has a control character U+001B",
+        "step-1/bad\\\\dir": "name has a backslash",
+        "step-1/.ckpt-download-0123": reasons["step-1/.ckpt-download-0123"],
+        "step\\n2": "name has a control character U+000A",
+        "step-1/latin1-\\xe9": "name is not valid UTF-8",
+    }
+    assert "reserved" in reasons["step-1/.ckpt-download-0123"]
+    table = format_table(result)
+    assert not any(c in table for c in "\x1b\r") and "line\nbreak" not in table
+    assert re.search(r"step-1/line\\nbreak\.bin +name has a control character U\+000A", table), table
+
+
+def test_longest_names_are_kept(tmp_path):
+    name = "n" * 251 + ".bin"  # 255 bytes: the longest a filesystem allows
+    write(tmp_path / "step-1" / name, b"x")
+    assert file_paths(scan_directory(tmp_path).checkpoints[0]) == [name]
+
+
+def test_file_changed_while_being_read_is_skipped(tmp_path, monkeypatch):
+    from checkpoint_operator.agent import hashing
+    write(tmp_path / "step-1" / "stable.bin", b"s" * 10)
+    growing = write(tmp_path / "step-1" / "growing.bin", os.urandom(3 * 1024 * 1024))
+    real_readv = os.readv
+    calls = []
+
+    def readv_while_a_writer_appends(fd, buffers):
+        # Stands in for a training process still writing: appends after the first read of the file.
+        n = real_readv(fd, buffers)
+        if os.fstat(fd).st_ino == growing.stat().st_ino and not calls:
+            calls.append(n)
+            with open(growing, "ab") as f:
+                f.write(b"more")
+        return n
+
+    monkeypatch.setattr(hashing.os, "readv", readv_while_a_writer_appends)
+    result = scan_directory(tmp_path, workers=1)
+    assert file_paths(result.checkpoints[0]) == ["stable.bin"]
+    assert skipped(result) == {"step-1/growing.bin": "changed while being read"}
+
+
+def test_skipped_list_is_bounded_and_counted(tmp_path):
+    write(tmp_path / "step-1" / "a.bin")
+    for i in range(1200):
+        os.symlink(f"/nowhere/{i}", tmp_path / "step-1" / f"l{i:04d}")
+    result = scan_directory(tmp_path)
+    assert result.skippedCount == 1200 and len(result.skipped) == 1000
+    assert result.skipped[0].path == "step-1/l0000"
+    assert "... and 200 more" in format_table(result)
 
 
 def _coreutils_digest(ckpt: Path) -> str:
@@ -384,7 +506,8 @@ def test_cli_json_matches_scan_directory(output):
     assert proc.returncode == 0, proc.stderr
     printed = json.loads(proc.stdout)
     assert printed == scan_directory(output).model_dump(mode="json")
-    assert set(printed) == {"checkpoints", "skipped"}
+    assert set(printed) == {"checkpoints", "skipped", "skippedCount"}
+    assert printed["skippedCount"] == 1
     assert set(printed["checkpoints"][0]) == {"version", "path", "files", "sizeBytes", "fileCount", "digest",
                                               "format", "step", "resumable"}
     assert printed["skipped"] == [{"path": "checkpoint-500/passwd", "reason": LEAVES_CHECKPOINT}]

@@ -91,7 +91,7 @@ def test_round_trip_of_a_realistic_tree(s3, tmp_path):
     assert down.returncode == 0, down.stderr
     assert local_digest(dst) == summary["digest"]
     assert Manifest.model_validate_json((dst / MANIFEST_NAME).read_text()).digest == summary["digest"]
-    assert not [p for p in dst.rglob("*.ckpt-download")]
+    assert not [p for p in dst.rglob(".ckpt-download-*")]
     for path in src.rglob("*"):
         if path.is_file():
             assert (dst / path.relative_to(src)).read_bytes() == path.read_bytes()
@@ -129,11 +129,11 @@ def test_upload_killed_mid_way_leaves_no_manifest_and_resumes(s3, seaweedfs, tmp
     assert result.manifest.digest == local_digest(src)
 
     # a second rerun over a complete upload skips everything, multipart shards included
-    # (their sha256 lives in the journal, keyed by ETag)
+    # (their sha256 comes from the committed manifest, for objects not modified since)
     third = upload_dir(str(src), uri)
     assert third.skipped_files == total_files and third.uploaded_files == 0
     keys = {o["Key"] for o in s3.client().list_objects_v2(Bucket=s3.bucket, Prefix=s3.key("resume/"))["Contents"]}
-    assert s3.key(f"resume/{JOURNAL_NAME}") in keys
+    assert s3.key(f"resume/{JOURNAL_NAME}") not in keys  # the manifest says it all once committed
 
     dst = tmp_path / "dst"
     assert download_prefix(uri, str(dst)).manifest.digest == local_digest(src)
@@ -156,7 +156,8 @@ def test_tampered_object_is_refused_by_download(s3, tmp_path):
     assert "sha256 mismatch" in line and ("config.json" in line or big in line), line
     assert not (dst / MANIFEST_NAME).exists()
     assert not (dst / big).exists() and not (dst / "config.json").exists()
-    assert not [p for p in dst.rglob("*.ckpt-download")]
+    refused = big if big in line else "config.json"
+    assert not os.path.exists(temp_name(str(dst / refused)))  # bad bytes are not kept for a resume
 
 
 def test_stale_local_file_is_replaced_not_trusted(s3, tmp_path):
@@ -255,7 +256,7 @@ def test_delete_prefix_is_idempotent(s3, tmp_path):
 
 
 def test_temp_name_is_hidden():
-    assert Path(temp_name("/d/sub/model.bin")).name == ".model.bin.ckpt-download"
+    assert Path(temp_name("/d/sub/model.bin")).name.startswith(".ckpt-download-")
 
 
 def test_progress_is_a_bar_on_a_tty_and_log_lines_otherwise():
@@ -281,3 +282,83 @@ def test_progress_is_a_bar_on_a_tty_and_log_lines_otherwise():
     lines = log.getvalue().splitlines()
     assert len(lines) >= 2 and "\r" not in log.getvalue()
     assert lines[-1].startswith("download: done") and "(5 of 10 bytes)" in lines[-1] and "/s" in lines[-1]
+
+
+# ---- one definition of the files of a checkpoint (upload without --manifest == scan) ----
+
+def test_upload_without_manifest_takes_exactly_the_files_scan_takes(s3, tmp_path):
+    ckpt = tmp_path / "checkpoint-7"
+    (ckpt / "sub" / ".hidden-dir").mkdir(parents=True)
+    (ckpt / "model.safetensors").write_bytes(os.urandom(6 * MiB))
+    (ckpt / ".hidden").write_text("hidden files inside a checkpoint are content")
+    (ckpt / "sub" / ".hidden-dir" / "state.pt").write_bytes(b"s" * 100)
+    os.symlink("model.safetensors", ckpt / "alias.safetensors")  # a link to a file inside: its bytes
+    os.symlink("sub", ckpt / "linked-dir")  # not followed: its files are under sub/
+    os.symlink("..", ckpt / "sub" / "up")  # a loop back to the root
+    os.symlink("loop-b", ckpt / "loop-a")
+    os.symlink("loop-a", ckpt / "loop-b")
+    os.symlink("/etc/hostname", ckpt / "outside")
+    (ckpt / "bad\\name.bin").write_bytes(b"x")
+    scan = subprocess.run([sys.executable, "-m", "checkpoint_operator", "agent", "scan", str(ckpt), "--single",
+                           "--json"], capture_output=True, text=True, timeout=60)
+    assert scan.returncode == 0, scan.stderr
+    (scanned,) = json.loads(scan.stdout)["checkpoints"]
+    up = agent("upload", str(ckpt), s3.uri("same/"))
+    assert up.returncode == 0, up.stderr
+    assert "Traceback" not in up.stderr
+    assert json.loads(up.stdout.strip().splitlines()[-1])["digest"] == scanned["digest"]
+    stored = read_manifest(s3.uri("same/"))
+    assert [f.path for f in stored.files] == [f["path"] for f in scanned["files"]]
+    assert (stored.step, stored.format) == (scanned["step"], scanned["format"]) == (7, "safetensors")
+    for skipped in ("linked-dir", "sub/up", "loop-a", "outside", "bad\\\\name.bin"):
+        assert f"upload: skipped {skipped}:" in up.stderr, (skipped, up.stderr)
+
+
+def test_upload_with_a_manifest_naming_files_outside_refuses_before_reading(s3, tmp_path):
+    src = make_tree(tmp_path / "ckpt", small=1)
+    for path, words in (("../../../etc/hostname", "'.' or '..'"), ("/etc/hostname", "absolute"),
+                        ("a\nb", "control character")):
+        entries = [FileEntry(path=path, size=10, sha256="0" * 64)]
+        bad = Manifest.model_construct(path=".", files=entries, sizeBytes=10, fileCount=1, digest=digest_of(entries),
+                                       format="unknown", step=None, resumable=False, version=1)
+        (tmp_path / "bad.json").write_text(bad.model_dump_json())
+        line = one_error_line(agent("upload", str(src), s3.uri("outside/"), "--manifest", str(tmp_path / "bad.json")))
+        assert "bad.json" in line and words in line, line
+    (tmp_path / "garbage.json").write_text("{nope")
+    line = one_error_line(agent("upload", str(src), s3.uri("outside/"), "--manifest", str(tmp_path / "garbage.json")))
+    assert "not JSON" in line and "validation error" not in line, line
+    assert s3.client().list_objects_v2(Bucket=s3.bucket, Prefix=s3.key("outside/")).get("KeyCount", 0) == 0
+
+
+def test_upload_with_a_manifest_refuses_a_file_replaced_by_a_link_out(s3, tmp_path):
+    src = tmp_path / "ckpt"
+    src.mkdir()
+    (src / "a.bin").write_bytes(b"a" * 10)
+    entries = [FileEntry(path="a.bin", size=10, sha256=hashlib.sha256(b"a" * 10).hexdigest())]
+    manifest = Manifest(path=".", files=entries, sizeBytes=10, fileCount=1, digest=digest_of(entries))
+    (tmp_path / "m.json").write_text(manifest.to_json())
+    outside = tmp_path / "secret"
+    outside.write_bytes(b"s" * 10)
+    (src / "a.bin").unlink()
+    os.symlink(outside, src / "a.bin")
+    line = one_error_line(agent("upload", str(src), s3.uri("swapped/"), "--manifest", str(tmp_path / "m.json")))
+    assert "a.bin" in line and "leaves the checkpoint" in line, line
+
+
+def test_key_too_long_for_s3_is_refused_before_any_upload(s3, tmp_path):
+    src = tmp_path / "ckpt"
+    deep = src / "/".join(["d" * 200] * 5)
+    deep.mkdir(parents=True)
+    (deep / "x.bin").write_bytes(b"x")
+    (src / "ok.bin").write_bytes(b"ok")
+    line = one_error_line(agent("upload", str(src), s3.uri("long-keys/")))
+    assert "1024" in line and "x.bin" in line, line
+    assert s3.client().list_objects_v2(Bucket=s3.bucket, Prefix=s3.key("long-keys/")).get("KeyCount", 0) == 0
+
+
+def test_journal_is_removed_once_the_manifest_is_committed(s3, tmp_path):
+    src = make_tree(tmp_path / "ckpt", small=2)  # multipart shards: their sha256 goes to the journal
+    uri = s3.uri("journal/")
+    upload_dir(str(src), uri)
+    keys = {o["Key"] for o in s3.client().list_objects_v2(Bucket=s3.bucket, Prefix=s3.key("journal/"))["Contents"]}
+    assert s3.key("journal/" + MANIFEST_NAME) in keys and s3.key("journal/" + JOURNAL_NAME) not in keys

@@ -1,16 +1,19 @@
-"""Static checks of the Dockerfile and .dockerignore.
+"""Static checks of the Dockerfile, .dockerignore and the Podman settings in e2e/image/.
 
-No container engine exists on the machines that run these tests, so the image is not built
-here: the build itself (and running the image with a read-only root filesystem as user 65532)
-is covered by the e2e suite (e2e/run.sh, .github/workflows/e2e.yaml), which builds the image,
-loads it into kind and installs the chart with it.
+The image itself is built by e2e/image/build.sh and run for real, as a cluster runs it, by the
+image tier (tests/image, `python -m pytest -m image`, which .ci/run runs); the kind suite in e2e/
+installs it with the chart. These checks need no engine and run in the default suite.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
+import shlex
+import subprocess
+import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,6 +146,22 @@ def test_bytecode_is_compiled_at_build_time(stages):
     assert "compileall" in runs
 
 
+def test_the_dependency_layer_leaves_no_stub_build_behind(stages):
+    """The dependencies are installed from a stub package first (a cached layer). setuptools' build/
+    of that stub must go with it: build/lib/ kept the stub's empty __init__.py, newer than the real
+    one copied next, and the wheel shipped it (the image's operator failed to import; found by the
+    image tier)."""
+    runs = [i.args for i in stages[0].all("RUN")]
+    stub = next(r for r in runs if "touch operator/checkpoint_operator/__init__.py" in r)
+    assert re.search(r"rm -rf (\S+ )*build\b", stub) and re.search(r"rm -rf (\S+ )*operator\b", stub), stub
+    # the real import, not only --help (whose imports are lazy), is tried at build time
+    assert "import checkpoint_operator.main" in " ".join(runs)
+    # only pyproject.toml reaches that layer: code and README edits keep it cached
+    keywords = [(i.keyword, i.args) for i in stages[0].instructions]
+    stub_at = keywords.index(("RUN", stub))
+    assert [args for keyword, args in keywords[:stub_at] if keyword == "COPY"] == ["pyproject.toml ./"]
+
+
 def test_entrypoint_and_cmd(final):
     entrypoint = final.all("ENTRYPOINT")[-1].args
     cmd = final.all("CMD")[-1].args
@@ -190,3 +209,67 @@ def test_dockerignore_keeps_the_build_inputs_and_drops_the_rest(stages):
                  ".venv/bin/python", "operator/checkpoint_operator/__pycache__/cli.cpython-311.pyc"):
         assert _ignored(path, patterns), f"{path} would be sent to the build context"
     assert not _ignored("operator/checkpoint_operator/cli.py", patterns)
+
+
+# --- e2e/image: one set of Podman settings for build.sh, podman.py and the tests ----------------
+
+IMAGE_DIR = ROOT / "e2e" / "image"
+
+
+def _shell(script: str, **env: str) -> str:
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30,
+                            env={**os.environ, **env})
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_podman_env_sh_and_podman_py_agree(monkeypatch, tmp_path):
+    sys.path.insert(0, str(IMAGE_DIR))
+    try:
+        import podman
+    finally:
+        sys.path.remove(str(IMAGE_DIR))
+    for work_dir in (None, str(tmp_path / "my podman")):  # the default, and a path with a space
+        monkeypatch.delenv("CKPT_PODMAN_DIR", raising=False)
+        setting = "unset CKPT_PODMAN_DIR"
+        if work_dir:
+            monkeypatch.setenv("CKPT_PODMAN_DIR", work_dir)
+            setting = f"export CKPT_PODMAN_DIR={shlex.quote(work_dir)}"
+        out = _shell(f"{setting}; source {IMAGE_DIR / 'podman-env.sh'}; "
+                     'printf "%s\\n" "$CKPT_PODMAN_DIR" "$CONTAINERS_CONF" "$CKPT_PODMAN_FLAGS" '
+                     '"$CKPT_BASE_IMAGE" "$CKPT_OPERATOR_IMAGE" "$CKPT_TRAIN_IMAGE" "${CKPT_PODMAN_ARGS[@]}"'
+                     ).splitlines()
+        assert out[0] == str(podman.work_dir()) == (work_dir or "/var/tmp/ckpt-podman")
+        assert out[1] == podman.env()["CONTAINERS_CONF"] == str(IMAGE_DIR / "containers.conf")
+        assert shlex.split(out[2]) == out[6:] == podman.global_args()
+        assert podman.global_args()[:4] == ["--root", f"{out[0]}/root", "--runroot", f"{out[0]}/run"]
+        assert out[3:6] == [podman.BASE_IMAGE, podman.OPERATOR_IMAGE, podman.TRAIN_IMAGE]
+
+
+def test_containers_conf_has_the_settings_these_machines_need():
+    conf = tomllib.loads((IMAGE_DIR / "containers.conf").read_text())
+    assert conf["engine"]["runtime"] == "runc"  # crun refuses hybrid cgroups
+    assert conf["engine"]["cgroup_manager"] == "cgroupfs"
+    ulimits = dict(u.split("=") for u in conf["containers"]["default_ulimits"])
+    assert ulimits["nofile"] == "20000:20000"  # Podman's default is above the hard limit here
+
+
+def test_build_script_takes_the_mirror_from_the_hosts_apt_sources(tmp_path):
+    lists = tmp_path / "sources.list.d"
+    lists.mkdir()
+    (lists / "debian.sources").write_text(
+        "Types: deb-src\nURIs: http://src.example/debian\nSuites: bookworm\nComponents: main\n\n"
+        "Types: deb\n# http://snapshot.debian.org/archive/debian/20250520T000000Z\n"
+        "URIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\n"
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\nComponents: main\n")
+    (lists / "nodesource.sources").write_text("Types: deb\nURIs: https://deb.nodesource.com/node_20.x\n"
+                                              "Suites: nodistro\nComponents: main\n")
+    (lists / "other.list.disabled").write_text("deb http://wrong.example/debian bookworm main\n")
+    script = f"source {IMAGE_DIR / 'build.sh'}; debian_mirror bookworm; debian_source_files bookworm"
+    out = _shell(script, CKPT_APT_ETC=str(tmp_path)).splitlines()
+    assert out == ["http://mirror.example/debian", str(lists / "debian.sources")]
+    # the one-line form, with options
+    (lists / "debian.sources").unlink()
+    (lists / "main.list").write_text("deb-src http://src.example/debian bookworm main\n"
+                                     "deb [signed-by=/usr/share/keyrings/k.gpg] http://one.example/debian bookworm main\n")
+    assert _shell(script, CKPT_APT_ETC=str(tmp_path)).splitlines() == ["http://one.example/debian", str(lists / "main.list")]

@@ -1,28 +1,63 @@
-from checkpoint_operator.logic.inputs import is_live_user, resolve_inputs, select_latest
-from factories import checkpoint, training_job
+"""Resolution of inputs from the indexes, selection policies (contract 3) and the live check."""
+
+from checkpoint_operator import PROTECTION_FINALIZER
+from checkpoint_operator.api.trainingjob import TrainingJob
+from checkpoint_operator.logic.inputs import (Candidate, CheckpointInfo, InputWait, ResolvedInput, check_live_input,
+                                              resolve_inputs, select_output)
+from factories import checkpoint, indexes, training_job
 
 
-def test_select_latest_prefers_highest_step_then_newest():
-    items = [checkpoint("a", step=100, produced_by="t"), checkpoint("b", step=300, produced_by="t"),
-             checkpoint("c", step=300, produced_by="t", created="2026-02-01T00:00:00Z"),
-             checkpoint("d", step=900, produced_by="other"), checkpoint("e", step=1000, produced_by="t", phase="Failed"),
-             checkpoint("f", step=2000, produced_by="t", deleting=True)]
-    assert select_latest(items, "t")["metadata"]["name"] == "c"
+def resolve(refs, checkpoints=(), jobs=(), pinned=None):
+    tj = training_job("consumer", checkpoints=refs)
+    if pinned is not None:
+        tj["status"] = {"inputs": pinned}
+    return resolve_inputs(TrainingJob.model_validate(tj), indexes(list(checkpoints), list(jobs)))
 
 
-def test_select_latest_ranks_checkpoints_with_steps_above_those_without():
-    items = [checkpoint("final", produced_by="t", created="2026-03-01T00:00:00Z"), checkpoint("s", step=5, produced_by="t")]
-    assert select_latest(items, "t")["metadata"]["name"] == "s"
+def info(name, **kw):
+    return CheckpointInfo.from_body(checkpoint(name, **kw))
 
 
-def test_resolve_by_name_uid_and_latest():
-    a = checkpoint("base")
+def test_latest_prefers_highest_step_then_newest_and_skips_unusable():
+    items = [info("a", step=100), info("b", step=300), info("c", step=300, created="2026-02-01T00:00:00Z"),
+             info("e", step=1000, phase="Failed"), info("f", step=2000, deleting=True),
+             info("g", step=5000, complete=False)]
+    assert select_output(items, "latest").name == "c"
+
+
+def test_latest_ranks_checkpoints_with_steps_above_those_without():
+    items = [info("final", created="2026-03-01T00:00:00Z"), info("s", step=5)]
+    assert select_output(items, "latest").name == "s"
+
+
+def test_latest_resumable_and_final():
+    items = [info("w", step=9, resumable=False), info("r", step=5, resumable=True),
+             info("r-incomplete", step=7, resumable=True, complete=False),
+             info("t-final", directory=".", produced_by="t")]
+    assert select_output(items, "latestResumable").name == "r"
+    assert select_output(items, "final").name == "t-final"
+    assert select_output([info("w", step=9)], "final") is None
+    assert select_output([info("w", step=9, resumable=False)], "latestResumable") is None
+
+
+def test_resolve_by_name_uid_and_latest_of_this_incarnation():
+    base = checkpoint("base")
     produced = checkpoint("t-step-5", step=5, produced_by="t")
+    earlier = checkpoint("t-step-9", step=9, produced_by="t")
+    earlier["status"]["producedBy"]["uid"] = "an-earlier-run"
     jobs = [training_job("t", phase="Succeeded")]
-    res = resolve_inputs([{"name": "base"}, {"fromTrainingJob": "t", "select": "latest"}], [a, produced], jobs)
-    assert res.ready and [i.name for i in res.inputs] == ["base", "t-step-5"]
-    res = resolve_inputs([{"uid": a["metadata"]["uid"]}], [a], [])
-    assert res.ready and res.inputs[0].name == "base" and res.inputs[0].digest == "sha256:base"
+    res = resolve([{"name": "base"}, {"fromTrainingJob": "t", "select": "latest"}], [base, produced, earlier], jobs)
+    assert not res.waits and [c.name for c in res.candidates] == ["base", "t-step-5"]
+    res = resolve([{"uid": base["metadata"]["uid"], "mountName": "m"}], [base])
+    assert res.candidates == [Candidate("base", base["metadata"]["uid"], "m")]
+
+
+def test_pinned_inputs_are_kept_by_uid():
+    old = checkpoint("t-step-5", step=5, produced_by="t")
+    newer = checkpoint("t-step-9", step=9, produced_by="t")
+    pinned = [{"name": "t-step-5", "uid": old["metadata"]["uid"]}]
+    res = resolve([{"fromTrainingJob": "t"}], [old, newer], [training_job("t", phase="Succeeded")], pinned=pinned)
+    assert [c.name for c in res.candidates] == ["t-step-5"]
 
 
 def test_waits_name_the_input_and_the_reason():
@@ -32,45 +67,38 @@ def test_waits_name_the_input_and_the_reason():
         ([{"name": "c"}], [checkpoint("c", deleting=True)], [], "InputDeleting", "being deleted"),
         ([{"fromTrainingJob": "t"}], [], [training_job("t", phase="Running")], "WaitingForTrainingJob", "Running"),
         ([{"fromTrainingJob": "t"}], [], [], "InputNotFound", "does not exist"),
-        ([{"fromTrainingJob": "t"}], [], [training_job("t", phase="Succeeded")], "InputNotFound", "no Ready"),
+        ([{"fromTrainingJob": "t", "select": "final"}], [checkpoint("t-step-1", step=1, produced_by="t")],
+         [training_job("t", phase="Succeeded")], "InputNotFound", "final checkpoint of TrainingJob t"),
     ]
     for refs, ckpts, jobs, reason, fragment in cases:
-        res = resolve_inputs(refs, ckpts, jobs)
-        assert not res.ready
-        assert res.waits[0].reason == reason, (refs, res.waits)
+        res = resolve(refs, ckpts, jobs)
+        assert res.waits and res.waits[0].reason == reason, (refs, res.waits)
         assert fragment in res.waits[0].message
 
 
 def test_two_inputs_on_the_same_mount_directory_are_refused():
     a = checkpoint("a")
-    res = resolve_inputs([{"name": "a"}, {"uid": a["metadata"]["uid"]}], [a], [])
+    res = resolve([{"name": "a"}, {"uid": a["metadata"]["uid"]}], [a])
     assert res.waits and res.waits[0].reason == "DuplicateInput" and "mountName" in res.waits[0].message
-
-
-def test_live_user():
-    job = training_job("t", phase="Running")
-    assert is_live_user(job, "u-t")
-    assert not is_live_user(job, "other-uid")          # re-created namesake
-    assert not is_live_user(None, "u-t")               # gone
-    assert not is_live_user(training_job("t", phase="Failed"), "u-t")
-
-
-def test_latest_is_of_this_incarnation_of_the_job():
-    earlier = checkpoint("t-step-9", step=9, produced_by="t")
-    earlier["status"]["producedBy"]["uid"] = "an-earlier-run"
-    current = checkpoint("t-step-3", step=3, produced_by="t")
-    res = resolve_inputs([{"fromTrainingJob": "t"}], [earlier, current], [training_job("t", phase="Succeeded")])
-    assert [i.name for i in res.inputs] == ["t-step-3"]
-
-
-def test_a_registered_job_may_keep_using_an_input_that_is_being_deleted():
-    from checkpoint_operator.logic.inputs import resolve_one
-    c = checkpoint("c", deleting=True, used_by=[{"name": "t", "uid": "u-t"}])
-    assert resolve_one({"name": "c"}, [c], [], job_uid="u-t").name == "c"
-    assert resolve_one({"name": "c"}, [c], [], job_uid="someone-else").reason == "InputDeleting"
+    assert res.waits[0].terminal
 
 
 def test_failed_inputs_are_terminal_waits():
-    res = resolve_inputs([{"name": "c"}], [checkpoint("c", phase="Failed")], [])
+    res = resolve([{"name": "c"}], [checkpoint("c", phase="Failed")])
     assert res.waits[0].reason == "InputFailed" and res.waits[0].terminal
-    assert not resolve_inputs([{"name": "x"}], [], []).waits[0].terminal
+    assert not resolve([{"name": "x"}]).waits[0].terminal
+
+
+def test_the_live_read_decides():
+    body = checkpoint("c")
+    body["metadata"]["finalizers"] = [PROTECTION_FINALIZER]
+    candidate = Candidate("c", body["metadata"]["uid"], "c")
+    ok = check_live_input(candidate, body)
+    assert isinstance(ok, ResolvedInput) and ok.digest == "sha256:c" and ok.location["volume"]["claimName"] == "data"
+    deleting = {**body, "metadata": {**body["metadata"], "deletionTimestamp": "2026-01-02T00:00:00Z"}}
+    unprotected = {**body, "metadata": {**body["metadata"], "finalizers": []}}
+    replaced = {**body, "metadata": {**body["metadata"], "uid": "another"}}
+    for live, reason in ((deleting, "InputDeleting"), (unprotected, "InputNotProtected"), (replaced, "InputNotFound"),
+                         (None, "InputNotFound")):
+        wait = check_live_input(candidate, live)
+        assert isinstance(wait, InputWait) and wait.reason == reason

@@ -1,12 +1,22 @@
 import json
+from typing import Optional
 
 import pytest
 
 from checkpoint_operator.agent.manifest import FileEntry, Manifest, digest_of
 from checkpoint_operator.config import OperatorConfig
-from checkpoint_operator.logic.snapshot import ScanOutputError, ScanResult, parse_scan_output, plan_snapshot
+from checkpoint_operator.api.trainingjob import TrainingJob
+from checkpoint_operator.logic.inputs import CheckpointInfo
+from checkpoint_operator.logic.snapshot import (ScanOutputError, ScanResult, not_stored, parse_scan_output,
+                                                plan_snapshot, ready_change, skipped_message)
 from checkpoint_operator.storage.volume import VolumeStore
 from factories import training_job
+
+
+def plan(tj: dict, scan: ScanResult, existing: list[dict] = ()):
+    """plan_snapshot with a look-up over `existing` bodies, as the index answers it."""
+    by_name = {c["metadata"]["name"]: CheckpointInfo.from_body(c) for c in existing}
+    return plan_snapshot(TrainingJob.model_validate(tj), scan, by_name.get, location)
 
 
 def manifest(path, step=None, files=("model.pt",)):
@@ -33,32 +43,63 @@ def test_plan_names_lineage_and_keep():
     tj["status"] = {"inputs": [{"name": "base", "uid": "u-base", "digest": "sha256:b"}]}
     scan = ScanResult([manifest("step-100", 100), manifest("step-300", 300), manifest("step-200", 200),
                        manifest(".", None, files=("config.json",))], [])
-    plan = plan_snapshot(tj, scan, [], location, "2026-01-01T00:00:00Z")
-    assert [p.name for p in plan.checkpoints] == ["train-step-300", "train-step-200", "train-final"]
-    assert plan.dropped == ["step-100"]
-    first = plan.checkpoints[0]
+    result = plan(tj, scan)
+    assert [p.name for p in result.checkpoints] == ["train-step-300", "train-step-200", "train-final"]
+    assert result.dropped == ["step-100"]
+    first = result.checkpoints[0]
     assert first.body["spec"]["source"]["trainingJob"] == {"name": "train", "uid": "u-train", "directory": "step-300"}
-    assert first.status["parents"] == [{"name": "base", "uid": "u-base", "digest": "sha256:b"}]
-    assert first.status["producedBy"] == {"name": "train", "uid": "u-train"}
-    assert first.status["step"] == 300 and first.status["phase"] == "Ready" and first.status["owned"] is True
-    assert first.status["location"] == {"volume": {"claimName": "train-output", "path": "step-300"}}
-    root = plan.checkpoints[2]
-    assert root.status["location"]["volume"] == {"claimName": "train-output", "path": ".", "items": ["config.json"]}
+    fields = first.ready.fields
+    assert fields["parents"] == [{"name": "base", "uid": "u-base", "digest": "sha256:b"}]
+    assert fields["producedBy"] == {"name": "train", "uid": "u-train"}
+    assert fields["step"] == 300 and first.ready.phase == "Ready" and first.ready.ready and fields["owned"] is True
+    assert fields["location"] == {"volume": {"claimName": "train-output", "path": "step-300"}}
+    assert fields["complete"] is True and first.ready.conditions[0].type == "Complete"
+    root = result.checkpoints[2]
+    assert root.ready.fields["location"]["volume"] == {"claimName": "train-output", "path": ".",
+                                                       "items": ["config.json"]}
 
 
 def test_plan_is_idempotent_against_its_own_earlier_checkpoints_and_avoids_foreign_names():
     tj = training_job("train")
     scan = ScanResult([manifest("step-1", 1)], [])
-    first = plan_snapshot(tj, scan, [], location, "t")
+    first = plan(tj, scan)
     ours = {**first.checkpoints[0].body, "metadata": {**first.checkpoints[0].body["metadata"], "uid": "x"}}
-    again = plan_snapshot(tj, scan, [ours], location, "t")
+    again = plan(tj, scan, [ours])
     assert again.checkpoints[0].name == "train-step-1"
     foreign = {"metadata": {"name": "train-step-1"}, "spec": {"source": {"volume": {"claimName": "c"}}}}
-    other = plan_snapshot(tj, scan, [foreign], location, "t")
+    other = plan(tj, scan, [foreign])
     assert other.checkpoints[0].name.startswith("train-step-1-")
 
 
 def test_name_prefix():
     tj = training_job("train", output={"namePrefix": "llama"})
-    plan = plan_snapshot(tj, ScanResult([manifest("step-1", 1)], []), [], location, "t")
-    assert plan.checkpoints[0].name == "llama-step-1"
+    assert plan(tj, ScanResult([manifest("step-1", 1)], [])).checkpoints[0].name == "llama-step-1"
+
+
+def test_completeness_from_the_manifest_contract_2():
+    m = manifest("checkpoint-10", 10)
+    assert ready_change(m, {}, owned=True).fields["complete"] is True  # no verdict: complete
+
+    class WithVerdict(Manifest):  # the fields contract 1 adds to the manifest (workstream E)
+        complete: Optional[bool] = None
+        completeReason: Optional[str] = None
+    incomplete = WithVerdict(**m.model_dump(), complete=False, completeReason="missing trainer_state.json")
+    change = ready_change(incomplete, {}, owned=True)
+    assert change.fields["complete"] is False and "incomplete" in change.message
+    (condition,) = change.conditions
+    assert (condition.type, condition.status, condition.reason) == ("Complete", "False", "Incomplete")
+    assert condition.message == "missing trainer_state.json"
+
+
+def test_one_aggregated_message_for_all_skipped_entries():
+    skipped = [{"path": f"link-{i}", "reason": "symlink leaves the output"} for i in range(3000)]
+    message = skipped_message(skipped)
+    assert message.startswith("3000 output entries skipped: 'link-0': symlink leaves the output")
+    assert message.endswith("and 2995 more") and message.count("link-") == 5
+
+
+def test_what_was_not_stored_keeps_the_volume():
+    assert not_stored(ScanResult([manifest("step-1", 1)], []), created=1) is None
+    assert "1 output entry skipped" in not_stored(ScanResult([], [{"path": "x.tmp", "reason": "temporary"}]), 0)
+    assert not_stored(ScanResult([manifest("step-1", 1)], []), created=0) == \
+        "no checkpoint was created from a non-empty output"

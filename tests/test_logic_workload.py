@@ -1,11 +1,35 @@
 import pytest
 
+from checkpoint_operator.api.checkpoint import Checkpoint
+from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic import workload
 from checkpoint_operator.logic.inputs import ResolvedInput
+from checkpoint_operator.storage import store_for
 from factories import training_job
 
 CONFIG = OperatorConfig()
+
+
+# The builders take typed objects and the store's parts, as the handlers call them.
+def build_job(tj: dict, inputs: list, config: OperatorConfig = CONFIG) -> workload.BuiltJob:
+    typed = TrainingJob.model_validate(tj)
+    return workload.build_job(typed, inputs, store_for(config).input_volumes(typed, inputs))
+
+
+def output_claim(tj: dict, config: OperatorConfig = CONFIG) -> dict:
+    return workload.build_output_claim(TrainingJob.model_validate(tj), config)
+
+
+def snapshot_pod(tj: dict, config: OperatorConfig = CONFIG) -> dict:
+    typed, store = TrainingJob.model_validate(tj), store_for(config)
+    return workload.build_snapshot_pod(typed, store.snapshot_command(typed, "/checkpoint-output"), store.agent_env(),
+                                       config)
+
+
+def import_pod(checkpoint: dict, config: OperatorConfig = CONFIG) -> dict:
+    typed = Checkpoint.model_validate(checkpoint)
+    return workload.build_import_pod(typed, config, store_for(config).import_containers(typed, config.max_checkpoint_bytes))
 
 
 def _input(name, path=None, claim="data", items=None):
@@ -21,7 +45,7 @@ def _env(container):
 
 def test_job_gets_inputs_read_only_output_and_the_env_contract_in_every_container():
     tj = training_job(containers=[{"name": "a", "image": "x"}, {"name": "b", "image": "y"}])
-    built = workload.build_job(tj, [_input("base", path="models/base"), _input("other", claim="data2")], CONFIG)
+    built = build_job(tj, [_input("base", path="models/base"), _input("other", claim="data2")], CONFIG)
     pod = built.job["spec"]["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
     for container in pod["containers"]:
@@ -42,7 +66,7 @@ def test_job_gets_inputs_read_only_output_and_the_env_contract_in_every_containe
 
 
 def test_root_file_checkpoints_mount_file_by_file():
-    built = workload.build_job(training_job(), [_input("final", path=".", items=["config.json", "model.safetensors"])],
+    built = build_job(training_job(), [_input("final", path=".", items=["config.json", "model.safetensors"])],
                                CONFIG)
     mounts = {m["mountPath"]: m for m in built.job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
     assert mounts["/input-checkpoint/final/config.json"]["subPath"] == "config.json"
@@ -53,7 +77,7 @@ def test_root_file_checkpoints_mount_file_by_file():
 def test_operator_env_wins_and_each_conflict_is_reported():
     tj = training_job(containers=[{"name": "t", "image": "x", "env": [
         {"name": "CHECKPOINT_OUTPUT_DIR", "value": "/elsewhere"}, {"name": "KEEP", "value": "1"}]}])
-    built = workload.build_job(tj, [], CONFIG)
+    built = build_job(tj, [], CONFIG)
     env = _env(built.job["spec"]["template"]["spec"]["containers"][0])
     assert env["CHECKPOINT_OUTPUT_DIR"] == "/output-checkpoint" and env["KEEP"] == "1"
     assert len(built.warnings) == 1 and "CHECKPOINT_OUTPUT_DIR" in built.warnings[0]
@@ -66,49 +90,49 @@ def test_user_mount_at_or_inside_operator_dirs_is_refused(mount_path):
                                    "volumeMounts": [{"name": "scratch", "mountPath": mount_path}]}],
                       volumes=[{"name": "scratch", "emptyDir": {}}])
     with pytest.raises(workload.InvalidSpec, match="volumeMounts 'scratch'"):
-        workload.build_job(tj, [], CONFIG)
+        build_job(tj, [], CONFIG)
 
 
 def test_user_mount_beside_operator_dirs_is_fine():
     tj = training_job(containers=[{"name": "t", "image": "x",
                                    "volumeMounts": [{"name": "scratch", "mountPath": "/output-checkpoint-2"}]}],
                       volumes=[{"name": "scratch", "emptyDir": {}}])
-    workload.build_job(tj, [], CONFIG)
+    build_job(tj, [], CONFIG)
 
 
 def test_reserved_volume_names_are_refused():
     tj = training_job(volumes=[{"name": "ckpt-output", "emptyDir": {}}])
     with pytest.raises(workload.InvalidSpec, match="reserved"):
-        workload.build_job(tj, [], CONFIG)
+        build_job(tj, [], CONFIG)
 
 
 def test_replicas_make_an_indexed_job_and_a_shared_volume():
     tj = training_job(replicas=4, backoffLimit=2, activeDeadlineSeconds=600)
-    job = workload.build_job(tj, [], CONFIG).job["spec"]
+    job = build_job(tj, [], CONFIG).job["spec"]
     assert (job["completions"], job["parallelism"], job["completionMode"]) == (4, 4, "Indexed")
     assert (job["backoffLimit"], job["activeDeadlineSeconds"]) == (2, 600)
-    assert workload.build_output_claim(tj, CONFIG)["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert output_claim(tj, CONFIG)["spec"]["accessModes"] == ["ReadWriteMany"]
     single = training_job()
-    assert "completionMode" not in workload.build_job(single, [], CONFIG).job["spec"]
-    assert workload.build_output_claim(single, CONFIG)["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert "completionMode" not in build_job(single, [], CONFIG).job["spec"]
+    assert output_claim(single, CONFIG)["spec"]["accessModes"] == ["ReadWriteOnce"]
 
 
 def test_output_claim_size_and_class():
     tj = training_job(output={"size": "50Gi", "storageClassName": "fast"})
-    claim = workload.build_output_claim(tj, OperatorConfig(default_storage_class="slow"))
+    claim = output_claim(tj, OperatorConfig(default_storage_class="slow"))
     assert claim["spec"]["resources"]["requests"]["storage"] == "50Gi"
     assert claim["spec"]["storageClassName"] == "fast"
-    assert workload.build_output_claim(training_job(), OperatorConfig(default_storage_class="slow"))[
+    assert output_claim(training_job(), OperatorConfig(default_storage_class="slow"))[
         "spec"]["storageClassName"] == "slow"
 
 
 def test_long_job_names_fit_the_label_limit():
     tj = training_job("x" * 200)
-    assert len(workload.build_job(tj, [], CONFIG).job["metadata"]["name"]) <= 63
+    assert len(build_job(tj, [], CONFIG).job["metadata"]["name"]) <= 63
 
 
 def test_snapshot_pod_mounts_the_output_read_only_and_runs_the_agent_scan():
-    pod = workload.build_snapshot_pod(training_job(output={"layout": "directories"}), CONFIG)
+    pod = snapshot_pod(training_job(output={"layout": "directories"}), CONFIG)
     container = pod["spec"]["containers"][0]
     assert container["command"][:3] == ["checkpoint-operator", "agent", "scan"]
     assert "--json" in container["command"] and "directories" in container["command"]
@@ -122,10 +146,10 @@ def test_s3_store_downloads_inputs_in_an_init_container():
     tj = training_job()
     inp = ResolvedInput(name="base", uid="u", digest=None, mount_name="base",
                         location={"s3": {"uri": "s3://b/ckpt/default/base/"}})
-    pod = workload.build_job(tj, [inp], config).job["spec"]["template"]["spec"]
+    pod = build_job(tj, [inp], config).job["spec"]["template"]["spec"]
     init = pod["initContainers"][0]
-    assert init["command"] == ["checkpoint-operator", "agent", "download", "s3://b/ckpt/default/base/",
-                               "/checkpoint-inputs/base"]
+    assert init["command"][:5] == ["checkpoint-operator", "agent", "download", "s3://b/ckpt/default/base/",
+                                   "/checkpoint-inputs/base"]
     env = {e["name"]: e for e in init["env"]}
     assert env["AWS_ENDPOINT_URL"]["value"] == "http://s3:9000"
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "creds"
@@ -135,7 +159,7 @@ def test_s3_store_downloads_inputs_in_an_init_container():
 
 def test_s3_store_snapshot_pod_uploads_to_a_prefix_of_its_own_with_the_store_credentials():
     config = OperatorConfig(storage_type="s3", s3_bucket="b", s3_prefix="ckpts", s3_secret_name="creds")
-    pod = workload.build_snapshot_pod(training_job(), config)
+    pod = snapshot_pod(training_job(), config)
     container = pod["spec"]["containers"][0]
     assert container["command"][:4] == ["checkpoint-operator", "agent", "snapshot", "/checkpoint-output"]
     assert container["command"][-1] == "s3://b/ckpts/default/train-u-train/"
@@ -147,18 +171,21 @@ def test_imports_fetch_with_the_source_credentials_and_store_with_the_store_ones
                   "metadata": {"name": "llama", "namespace": "default", "uid": "abcdef0123"},
                   "spec": {"source": {"s3": {"uri": "s3://ext/llama/", "endpoint": "http://ext:9000",
                                              "secretRef": {"name": "ext-creds"}}}}}
-    volume_pod = workload.build_import_pod(checkpoint, CONFIG)
+    volume_pod = import_pod(checkpoint, CONFIG)
     fetch = volume_pod["spec"]["containers"][0]
     assert fetch["command"][-2:] == ["s3://ext/llama/", "/checkpoint-data/data"]
+    assert "--max-size 536870912000" in fetch["command"][2]
     assert volume_pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "llama-data"
     env = {e["name"]: e for e in fetch["env"]}
     assert env["AWS_ENDPOINT_URL"]["value"] == "http://ext:9000"
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "ext-creds"
 
     s3_config = OperatorConfig(storage_type="s3", s3_bucket="store", s3_secret_name="store-creds")
-    s3_pod = workload.build_import_pod(checkpoint, s3_config)
+    s3_pod = import_pod(checkpoint, s3_config)
     init, upload = s3_pod["spec"]["initContainers"][0], s3_pod["spec"]["containers"][0]
     assert {e["valueFrom"]["secretKeyRef"]["name"] for e in init["env"] if "valueFrom" in e} == {"ext-creds"}
     assert {e["valueFrom"]["secretKeyRef"]["name"] for e in upload["env"] if "valueFrom" in e} == {"store-creds"}
     assert upload["command"][-1] == "s3://store/checkpoints/default/llama-abcdef01/"
-    assert s3_pod["spec"]["volumes"] == [{"name": "data", "emptyDir": {}}]
+    # the staging volume is capped at the size limit (500Gi by default)
+    assert s3_pod["spec"]["volumes"] == [{"name": "data", "emptyDir": {"sizeLimit": "536870912000"}}]
+    assert "--max-size" in init["command"] and init["command"][init["command"].index("--max-size") + 1] == "536870912000"

@@ -15,7 +15,7 @@ from checkpoint_operator import kube, rbac
 PACKAGE = Path(checkpoint_operator.__file__).parent
 
 # Kube client method -> (verb, subresource)
-METHOD_VERBS = {"get": ("get", None), "list": ("list", None), "create": ("create", None),
+METHOD_VERBS = {"get": ("get", None), "list": ("list", None), "list_live": ("list", None), "create": ("create", None),
                 "patch": ("patch", None), "patch_status": ("patch", "status"), "delete": ("delete", None)}
 
 # What kopf itself does with the configured settings (watching, finalizers and progress
@@ -25,6 +25,9 @@ KOPF_AND_KUBERNETES = {
     ("ckpt.dev", "trainingjobs", "list"), ("ckpt.dev", "trainingjobs", "watch"),
     ("ckpt.dev", "trainingjobs", "patch"),
     ("", "events", "create"),
+    # kopf watches (list + watch) Jobs, pods and PVCs for the event handlers and the pod index
+    ("batch", "jobs", "list"), ("batch", "jobs", "watch"), ("", "pods", "list"), ("", "pods", "watch"),
+    ("", "persistentvolumeclaims", "list"), ("", "persistentvolumeclaims", "watch"),
     ("kopf.dev", "kopfpeerings", "get"), ("kopf.dev", "kopfpeerings", "list"), ("kopf.dev", "kopfpeerings", "watch"),
     ("kopf.dev", "kopfpeerings", "patch"),
     # ownerReferences with blockOwnerDeletion=true need `update` on the owner's finalizers

@@ -8,6 +8,8 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, Field, model_validator
 
+from checkpoint_operator.api.common import QUANTITY_PATTERN, parse_quantity
+
 ENV_PREFIX = "CKPT_"
 
 DEFAULT_IMAGE = "ghcr.io/ckpt-dev/checkpoint-operator:0.1.0"
@@ -28,7 +30,21 @@ class OperatorConfig(BaseModel):
     agent_resources: dict = Field(default_factory=lambda: {
         "requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}})
     agent_service_account: Optional[str] = None
-    reconcile_interval: float = Field(5.0, gt=0, description="seconds between checks of unfinished objects")
+    reconcile_interval: float = Field(
+        1.0, gt=0, description="seconds: first retry after an error or a refused request (then doubled, up to 60)")
+    resync_interval: float = Field(
+        300.0, gt=0, description="seconds between safety-net passes over unfinished objects (events do the work)")
+    workers: int = Field(16, ge=1, description="reconciles running at once (one per object at most)")
+    agent_deadline_seconds: int = Field(3600, ge=60, description="activeDeadlineSeconds of every agent pod ...")
+    agent_deadline_seconds_per_gib: float = Field(
+        60.0, ge=0, description="... plus this per GiB of data, where its size is known (downloads, ...)")
+    max_checkpoint_size: str = Field(
+        "500Gi", pattern=QUANTITY_PATTERN,
+        description="largest import (a quantity); a Namespace annotation ckpt.dev/max-checkpoint-size may lower it")
+
+    @property
+    def max_checkpoint_bytes(self) -> int:
+        return parse_quantity(self.max_checkpoint_size)
 
     @model_validator(mode="after")
     def _s3_store_needs_a_bucket(self):

@@ -44,6 +44,7 @@ TRAINING_JOBS = Resource(GROUP, VERSION, "trainingjobs", "TrainingJob")
 JOBS = Resource("batch", "v1", "jobs", "Job")
 PODS = Resource("", "v1", "pods", "Pod")
 PVCS = Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
+EVENTS = Resource("", "v1", "events", "Event")
 
 
 class ApiError(Exception):
@@ -145,6 +146,11 @@ class Kube:
 
     def read_log(self, namespace: str, pod: str, container: Optional[str] = None) -> str:
         return self._call("GET", PODS.path(namespace, pod, "log"), query={"container": container}, raw=True)
+
+    def list_live(self, resource: Resource, namespace: str, label_selector: str) -> list[dict]:
+        """A LIST served from etcd, never from a watch cache (resourceVersion unset = a quorum
+        read on a real API server): what the in-use protection decides on."""
+        return self.list(resource, namespace, label_selector=label_selector)
 
 
 def _error(status: int, text: str) -> ApiError:

@@ -1,5 +1,11 @@
-"""The operator's table of contents: kopf decorators, each a line or two that hands over to
-handlers/. Settings and the process entry point (`checkpoint-operator run`) are below."""
+"""The operator's table of contents: kopf declarations, each a line or two.
+
+kopf watches, keeps the indexes and peers; its event handlers only put keys on the work queue
+(handlers/queue.py explains why a queue and not kopf daemons), mapping an event of one object
+to every object it may unblock. Reconciles run in the queue (handlers/trainingjob.py,
+handlers/checkpoint.py). Settings and the process entry point (`checkpoint-operator run`) are
+below.
+"""
 
 from __future__ import annotations
 
@@ -10,76 +16,100 @@ from typing import Optional
 
 import kopf
 
-from checkpoint_operator import GROUP, PROTECTION_FINALIZER, VERSION
+from checkpoint_operator import GROUP, VERSION, metrics
 from checkpoint_operator.config import OperatorConfig
-from checkpoint_operator.handlers import checkpoint, trainingjob
+from checkpoint_operator.handlers import checkpoint, trainingjob, wakeups
 from checkpoint_operator.handlers.context import Context
-from checkpoint_operator import metrics
+from checkpoint_operator.handlers.indexes import Indexes, checkpoint_keys, training_job_keys, worker_pod_keys
+from checkpoint_operator.handlers.queue import WorkQueue
+from checkpoint_operator.logic.workload import LABEL_MANAGED_BY, MANAGER
 
-FINALIZER = PROTECTION_FINALIZER
+# kopf's own finalizer: never added (no kopf change/delete handlers here), and distinct from the
+# in-use protection finalizer, which the Checkpoint reconcile manages itself.
+KOPF_FINALIZER = f"{GROUP}/kopf"
 PEERING_NAME = "checkpoint-operator"
 CHECKPOINTS = (GROUP, VERSION, "checkpoints")
 TRAINING_JOBS = (GROUP, VERSION, "trainingjobs")
-# Timers are declared at import time, so their interval comes from the environment then.
+MANAGED = {LABEL_MANAGED_BY: MANAGER}
+# Read at import by callers that configure local runs (local/run.py).
 INTERVAL = OperatorConfig.from_env().reconcile_interval
-RETRY_BACKOFF = max(1.0, INTERVAL * 5)  # after an unexpected error (kopf's default is 60 s)
 
 
 def _ctx(memo: kopf.Memo) -> Context:
     return memo["ctx"]
 
 
-def _guarded(kind: str, fn, *args) -> None:
-    try:
-        fn(*args)
-    except kopf.TemporaryError:
-        raise
-    except Exception:
-        metrics.RECONCILE_ERRORS.labels(kind).inc()
-        raise
+# --- indexes (kopf keeps them from the watch streams) ----------------------------------------------
+
+@kopf.index(*CHECKPOINTS)
+async def checkpoint_index(body: kopf.Body, **_) -> dict:
+    return checkpoint_keys(body)
 
 
-# --- TrainingJob ---------------------------------------------------------------------------------
-
-@kopf.timer(*TRAINING_JOBS, interval=INTERVAL, backoff=RETRY_BACKOFF, when=lambda status, **_: status.get("phase") not in ("Succeeded", "Failed"))
-def reconcile_training_job(namespace: str, name: str, memo: kopf.Memo, **_) -> None:
-    _guarded("TrainingJob", trainingjob.reconcile, _ctx(memo), namespace, name)
+@kopf.index(*TRAINING_JOBS)
+async def training_job_index(body: kopf.Body, **_) -> dict:
+    return training_job_keys(body)
 
 
-@kopf.on.delete(*TRAINING_JOBS, backoff=RETRY_BACKOFF)
-def release_training_job(body: kopf.Body, memo: kopf.Memo, **_) -> None:
-    _guarded("TrainingJob", trainingjob.on_delete, _ctx(memo), dict(body))
+@kopf.index("v1", "pods", labels=MANAGED)
+async def worker_pod_index(body: kopf.Body, **_) -> dict:
+    return worker_pod_keys(body)
 
 
-# --- Checkpoint ----------------------------------------------------------------------------------
+# --- events -> work queue -----------------------------------------------------------------------
 
-@kopf.timer(*CHECKPOINTS, interval=INTERVAL, backoff=RETRY_BACKOFF,
-            when=lambda status, **_: status.get("phase") not in ("Ready", "Failed") or bool(status.get("usedBy")))
-def reconcile_checkpoint(namespace: str, name: str, memo: kopf.Memo, **_) -> None:
-    _guarded("Checkpoint", checkpoint.reconcile, _ctx(memo), namespace, name)
+@kopf.on.event(*TRAINING_JOBS)
+async def training_job_changed(event: dict, body: kopf.Body, memo: kopf.Memo, **_) -> None:
+    metrics.observe_phase(event, body)
+    wakeups.training_job_event(_ctx(memo), event.get("type"), body)
 
-
-@kopf.on.delete(*CHECKPOINTS)
-def protect_checkpoint_in_use(body: kopf.Body, memo: kopf.Memo, **_) -> None:
-    _guarded("Checkpoint", checkpoint.guard_deletion, _ctx(memo), dict(body), INTERVAL)
-
-
-# --- metrics: objects by phase, from every change kopf sees (also right after a restart) ---------
 
 @kopf.on.event(*CHECKPOINTS)
-@kopf.on.event(*TRAINING_JOBS)
-def count_by_phase(event: dict, body: kopf.Body, **_) -> None:
-    kind, uid = body.get("kind") or "", body.get("metadata", {}).get("uid", "")
-    if event.get("type") == "DELETED":
-        metrics.PHASES.forget(kind, uid)
-    else:
-        metrics.PHASES.observe(kind, uid, body.get("status", {}).get("phase"))
+async def checkpoint_changed(event: dict, body: kopf.Body, memo: kopf.Memo, **_) -> None:
+    metrics.observe_phase(event, body)
+    wakeups.checkpoint_event(_ctx(memo), event.get("type"), body)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+@kopf.on.event("v1", "pods", labels=MANAGED)
+@kopf.on.event("v1", "persistentvolumeclaims")
+async def child_changed(body: kopf.Body, memo: kopf.Memo, **_) -> None:
+    wakeups.child_event(_ctx(memo), body)
+
+
+# --- the queue's life -----------------------------------------------------------------------------
+
+@kopf.on.startup()
+async def start_queue(memo: kopf.Memo, checkpoint_index: kopf.Index, training_job_index: kopf.Index,
+                      worker_pod_index: kopf.Index, **_) -> None:
+    ctx = _ctx(memo)
+    ctx.indexes = Indexes(checkpoint_index, training_job_index, worker_pod_index)
+    ctx.queue = WorkQueue(lambda key: reconcile(ctx, key), workers=ctx.config.workers,
+                          base_backoff=ctx.config.reconcile_interval,
+                          on_error=lambda key, _: metrics.RECONCILE_ERRORS.labels(key[0]).inc())
+    ctx.queue.start()
+    ctx.extra["resync"] = wakeups.start_resync(ctx)
+
+
+@kopf.on.cleanup()
+async def stop_queue(memo: kopf.Memo, **_) -> None:
+    ctx = _ctx(memo)
+    if ctx.extra.get("resync"):
+        ctx.extra.pop("resync").cancel()
+    if ctx.queue is not None:
+        await ctx.queue.stop()
+
+
+def reconcile(ctx: Context, key: tuple[str, str, str]) -> Optional[float]:
+    kind, namespace, name = key
+    handler = trainingjob.reconcile if kind == "TrainingJob" else checkpoint.reconcile
+    return handler(ctx, namespace, name)
 
 
 # --- settings and process ------------------------------------------------------------------------
 
 def configure_settings(settings: kopf.OperatorSettings, *, peering_priority: Optional[int] = None) -> None:
-    settings.persistence.finalizer = FINALIZER
+    settings.persistence.finalizer = KOPF_FINALIZER
     # Keep kopf's bookkeeping in annotations: the CRD schema would prune it from status.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
@@ -87,10 +117,7 @@ def configure_settings(settings: kopf.OperatorSettings, *, peering_priority: Opt
     settings.peering.name = PEERING_NAME
     if peering_priority is not None:
         settings.peering.priority = peering_priority
-    settings.execution.max_workers = 20
-    # A sync timer caught mid-run when deletion starts finishes its pass in well under a
-    # second; check for it often instead of kopf's default of once a minute.
-    settings.background.cancellation_polling = min(INTERVAL, 1.0)
+    settings.execution.max_workers = 4  # kopf's own sync work only; reconciles run in the queue's pool
     settings.background.instant_exit_timeout = 2.0
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60

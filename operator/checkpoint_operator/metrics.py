@@ -53,3 +53,12 @@ class PhaseTracker(Collector):
 
 PHASES = PhaseTracker()
 REGISTRY.register(PHASES)
+
+
+def observe_phase(event: dict, body) -> None:
+    """Objects by phase, from every change kopf sees (also right after a restart)."""
+    kind, uid = body.get("kind") or "", body.get("metadata", {}).get("uid", "")
+    if event.get("type") == "DELETED":
+        PHASES.forget(kind, uid)
+    else:
+        PHASES.observe(kind, uid, (body.get("status") or {}).get("phase"))

@@ -103,7 +103,7 @@ async def test_train_then_consume_latest_with_lineage(api, operator, cluster, tr
 
     done = await wait_phase(api, wait_for, TJ, "finetune", "Succeeded")
     assert done["status"]["inputs"] == [{"name": "pretrain-step-200", "uid": step200["metadata"]["uid"],
-                                         "digest": status["digest"]}]
+                                         "digest": status["digest"], "sizeBytes": 203}]
     assert seen["read"] == b"w" * 200
     assert seen["CHECKPOINT_INPUT_NAMES"] == "pretrain-step-200"
     assert seen["CHECKPOINT_INPUT_PATH"] == seen["ML_CHECKPOINT_PATH"]
@@ -171,7 +171,12 @@ async def test_failed_job_still_snapshots_its_partial_checkpoints(api, operator,
     await api.create(TJ, NS, training_job("crashy", backoffLimit=0))
     tj = await wait_phase(api, wait_for, TJ, "crashy", "Failed")
     assert tj["status"]["outputCheckpoints"] == ["crashy-step-50"]
-    assert {c["type"]: c["status"] for c in tj["status"]["conditions"]} == {"Ready": "False", "Stalled": "True"}
+    # step-60.tmp was skipped: the volume that holds it is kept (by the Checkpoint here), and said so.
+    assert {c["type"]: c["status"] for c in tj["status"]["conditions"]} == {
+        "Ready": "False", "Stalled": "True", "OutputRetained": "True"}
+    retained = next(c for c in tj["status"]["conditions"] if c["type"] == "OutputRetained")
+    assert "step-60.tmp" in retained["message"] and "ckpt.dev/release-output" in retained["message"]
+    assert tj["status"]["skippedCount"] == 1
     assert (await phase_of(api, CKPT, "crashy-step-50")) == "Ready"
     await wait_event(api, wait_for, "crashy", lambda e: e.get("reason") == "Skipped" and "step-60.tmp" in e["message"])
 
@@ -226,7 +231,7 @@ async def test_missing_input_waits_then_proceeds_when_created(api, operator, clu
     trainer.behaviours["late"] = lambda a, env: 0 if os.path.exists(
         os.path.join(env["CHECKPOINT_INPUT_PATH"], "weights.bin")) else 3
     await api.create(TJ, NS, training_job("late", checkpoints=[{"name": "adopted"}], output={"enabled": False}))
-    tj = await wait_phase(api, wait_for, TJ, "late", "Pending")
+    await wait_phase(api, wait_for, TJ, "late", "Pending")
 
     async def says_why():
         obj = await api.get(TJ, NS, "late")

@@ -15,9 +15,9 @@ pytestmark = pytest.mark.timeout(120)
 
 async def make_ready_checkpoint(api, name: str) -> dict:
     """A Ready Checkpoint pointing at a volume path, as if the operator had adopted it."""
-    obj = await api.create(CKPT, NS, {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint",
-                                      "metadata": {"name": name, "namespace": NS},
-                                      "spec": {"source": {"volume": {"claimName": "shared", "path": f"/{name}"}}}})
+    await api.create(CKPT, NS, {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint",
+                                 "metadata": {"name": name, "namespace": NS},
+                                 "spec": {"source": {"volume": {"claimName": "shared", "path": f"/{name}"}}}})
     return await api.patch(CKPT, NS, name, {"status": {
         "phase": "Ready", "owned": False, "digest": "sha256:" + "0" * 64, "fileCount": 1, "sizeBytes": 1,
         "location": {"volume": {"claimName": "shared", "path": name}}}}, subresource="status")
@@ -161,3 +161,70 @@ async def test_a_recreated_job_of_the_same_name_never_touches_the_earlier_run(ap
 
 async def _absent(api, resource, name):
     return await api.get(resource, NS, name) is None
+
+
+async def test_a_hot_input_used_by_many_jobs_at_once(api, operator, cluster, trainer, wait_for):
+    """Many jobs start on one Checkpoint together: none contends for it (each records its use on
+    itself), all finish, usedBy shows them while they run (bounded), and a deletion waits."""
+    trainer.behaviours["src"] = lambda a, env: write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "s-1", {"a": b"1"}) or 0
+    await api.create(TJ, NS, training_job("src"))
+    hold = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    count = 5  # 30 stalls (see report): the hot-input scale is measured in bench, not here
+    for i in range(count):
+        trainer.behaviours[f"hot-{i:02d}"] = lambda a, env: asyncio.run_coroutine_threadsafe(
+            asyncio.wait_for(hold.wait(), 60), loop).result(65) and 0
+    await asyncio.gather(*(api.create(TJ, NS, training_job(f"hot-{i:02d}", checkpoints=[{"name": "src-s-1"}],
+                                                           output={"enabled": False})) for i in range(count)))
+
+    async def all_running():
+        jobs = [j for j in await api.list(TJ, NS) if j["metadata"]["name"].startswith("hot-")]
+        return len(jobs) == count and all(j.get("status", {}).get("phase") == "Running" for j in jobs)
+    await wait_for(all_running, timeout=60)
+
+    async def used_by_all():
+        ckpt = await api.get(CKPT, NS, "src-s-1")
+        return ckpt if ckpt["status"].get("usedByCount") == count else None
+    ckpt = await wait_for(used_by_all, timeout=20)
+    assert len(ckpt["status"]["usedBy"]) == min(count, 20)  # bounded; the count says how many
+    assert ckpt["status"]["usedBy"][0]["name"] == "hot-00"
+    await api.delete(CKPT, NS, "src-s-1")
+    hold.set()
+
+    async def all_succeeded():
+        jobs = [j for j in await api.list(TJ, NS) if j["metadata"]["name"].startswith("hot-")]
+        return all(j.get("status", {}).get("phase") == "Succeeded" for j in jobs)
+    await wait_for(all_succeeded, timeout=60)
+    await wait_for(lambda: _absent(api, CKPT, "src-s-1"), timeout=20)  # the deletion went through after them
+
+
+async def test_a_job_never_starts_on_an_input_whose_deletion_began(api, operator, cluster, trainer, wait_for):
+    """The other order of the race: the deletion is first (blocked by a running user); a job
+    created afterwards sees it on its live read and waits, holding no label."""
+    trainer.behaviours["src"] = lambda a, env: write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "s-1", {"a": b"1"}) or 0
+    hold = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    trainer.behaviours["first"] = lambda a, env: asyncio.run_coroutine_threadsafe(
+        asyncio.wait_for(hold.wait(), 60), loop).result(65) and 0
+    trainer.behaviours["late"] = lambda a, env: 0
+    await api.create(TJ, NS, training_job("src"))
+    await api.create(TJ, NS, training_job("first", checkpoints=[{"name": "src-s-1"}], output={"enabled": False}))
+
+    async def running():
+        tj = await api.get(TJ, NS, "first")
+        return (tj or {}).get("status", {}).get("phase") == "Running"
+    await wait_for(running, timeout=30)
+    await api.delete(CKPT, NS, "src-s-1")
+    await api.create(TJ, NS, training_job("late", checkpoints=[{"name": "src-s-1"}], output={"enabled": False}))
+
+    async def late_waits():
+        tj = await api.get(TJ, NS, "late")
+        reason = next((c["reason"] for c in (tj or {}).get("status", {}).get("conditions", []) if c["type"] == "Ready"),
+                      None)
+        return tj if reason == "InputDeleting" else None
+    late = await wait_for(late_waits, timeout=20)
+    assert not any(k.startswith("uses.ckpt.dev/") for k in (late["metadata"].get("labels") or {}))
+    assert await api.get("batch/v1/jobs", NS, "late") is None
+    hold.set()
+    await wait_for(lambda: _absent(api, CKPT, "src-s-1"), timeout=30)
+    assert await api.get("batch/v1/jobs", NS, "late") is None  # never started on it

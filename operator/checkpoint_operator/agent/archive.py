@@ -8,25 +8,40 @@ decompressed, and again while writing). Checks are our own, member by member, in
 Python's `data` tar filter runs behind them as a second layer, and a last pass checks every
 symlink left in the tree by where it really resolves.
 
+Memory stays bounded whatever the headers claim: tarfile reads a GNU long name or a PAX header
+whole, so the decompressed stream it reads refuses any single read past MAX_READ (a 4 GiB
+long-name header is refused, not read); a zip's central directory is counted, entry by entry,
+before zipfile parses it (zipfile keeps an object per entry).
+
 The caller extracts into an empty staging directory and removes it on any error, so a refused
 archive leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import io
+import lzma
 import os
 import posixpath
 import shutil
 import stat
+import struct
 import tarfile
 import zipfile
 from typing import Optional
 
-from checkpoint_operator.agent.s3 import AgentError
+from checkpoint_operator.agent.errors import AgentError
+from checkpoint_operator.agent.names import path_problem, printable
 
 DEFAULT_MAX_SIZE = 2 * 1024 ** 4  # 2 TiB
 DEFAULT_MAX_MEMBERS = 1_000_000
 COPY_CHUNK = 8 * 1024 * 1024
+# The largest single read tarfile may make of the decompressed stream: member data is read in
+# COPY_CHUNK pieces; only a header (GNU long name/link, PAX) is read whole, and real ones are
+# a few KiB.
+MAX_READ = COPY_CHUNK
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar", ".zip")
 
@@ -55,7 +70,11 @@ def _member_path(name: str, archive: str) -> str:
     parts = [p for p in unified.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise UnsafeArchive(f"{archive}: member {name!r} leaves the destination ('..'); archive refused")
-    return "/".join(parts)
+    rel = "/".join(parts)
+    problem = path_problem(rel) if rel else None
+    if problem:
+        raise UnsafeArchive(f"{archive}: member '{printable(name)}': file name {problem}; archive refused")
+    return rel
 
 
 def _link_stays_inside(member_rel: str, target: str) -> bool:
@@ -104,25 +123,84 @@ def _prepare_target(root: str, root_real: str, rel: str, archive: str, name: str
     return target
 
 
+class _BoundedReads(io.RawIOBase):
+    """A readable stream whose single reads may not exceed `limit` bytes (nor be unbounded)."""
+
+    def __init__(self, stream, limit: int, archive: str, underlying=None) -> None:
+        self.stream = stream
+        self.limit = limit
+        self.archive = archive
+        self.underlying = underlying  # the file under a decompressor, closed with it
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0 or size > self.limit:
+            claimed = "everything" if size is None or size < 0 else f"{size} bytes"
+            raise UnsafeArchive(f"{self.archive}: a tar header (GNU long name or PAX) claims {claimed}, more than "
+                                f"the {self.limit} a header may have; archive refused")
+        return self.stream.read(size)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.stream.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.stream.tell()
+
+    def close(self) -> None:
+        self.stream.close()
+        if self.underlying is not None:
+            self.underlying.close()
+        super().close()
+
+
+def _decompressed(path: str, archive: str) -> _BoundedReads:
+    """The tar stream inside `path` (gzip, bzip2, xz or none, told by the magic bytes)."""
+    raw = open(path, "rb")
+    magic = raw.read(6)
+    raw.seek(0)
+    if magic[:2] == b"\x1f\x8b":
+        stream = gzip.GzipFile(fileobj=raw, mode="rb")
+    elif magic[:3] == b"BZh":
+        stream = bz2.BZ2File(raw)
+    elif magic == b"\xfd7zXZ\x00":
+        stream = lzma.LZMAFile(raw)
+    else:
+        return _BoundedReads(raw, MAX_READ, archive)
+    return _BoundedReads(stream, MAX_READ, archive, underlying=raw)
+
+
 def extract_tar(path: str, dest: str, *, max_size: int = DEFAULT_MAX_SIZE,
                 max_members: int = DEFAULT_MAX_MEMBERS, label: Optional[str] = None) -> int:
-    """Extract a tar archive (any compression tarfile knows) into the existing directory dest.
+    """Extract a tar archive (plain, gzip, bzip2 or xz) into the existing directory dest.
     Returns the number of bytes written."""
     archive = label or os.path.basename(path)
     limits = _Limits(archive, max_size, max_members)
     root_real = os.path.realpath(dest)
     written = 0
     try:
-        tar = tarfile.open(path, mode="r:*")
-    except (tarfile.TarError, OSError) as exc:
+        stream = _decompressed(path, archive)
+    except OSError as exc:
+        raise AgentError(f"{archive}: cannot read: {exc.strerror}") from exc
+    try:
+        tar = tarfile.open(fileobj=stream, mode="r:")
+    except UnsafeArchive:
+        stream.close()
+        raise
+    except (tarfile.TarError, OSError, EOFError, zlib_error(), lzma.LZMAError) as exc:
+        stream.close()
         raise AgentError(f"{archive}: not a readable tar archive: {exc}") from exc
-    with tar:
+    with tar, stream:
         try:
             # Iterating reads one header at a time: the limits are checked on the declared sizes
             # before the data of a member is decompressed (a gzip bomb is refused unexpanded).
             for member in tar:
                 written += _extract_tar_member(tar, member, dest, root_real, archive, limits)
-        except (tarfile.TarError, EOFError, zlib_error()) as exc:
+        except (tarfile.TarError, EOFError, OSError, zlib_error(), lzma.LZMAError) as exc:
             raise AgentError(f"{archive}: corrupt archive: {exc}") from exc
     _check_symlinks(dest, root_real, archive)
     return written
@@ -167,14 +245,17 @@ def _extract_tar_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str
         if not (real == root_real or real.startswith(root_real + os.sep)):
             raise UnsafeArchive(f"{archive}: symlink {name!r} -> {member.linkname!r} leads outside the "
                                 f"destination; archive refused")
-    # Second layer: the standard library's own rules for untrusted archives.
+    # Second layer: the standard library's own rules for untrusted archives (PEP 706; absent
+    # before Python 3.11.4, e.g. Debian 12's 3.11.2 — the checks above are complete without it).
     member.name = rel
     if member.islnk():
         member.linkname = _member_path(member.linkname, archive)
-    try:
-        safe = tarfile.data_filter(member, dest)
-    except tarfile.FilterError as exc:
-        raise UnsafeArchive(f"{archive}: member {name!r} refused: {exc}") from exc
+    safe = member
+    if hasattr(tarfile, "data_filter"):
+        try:
+            safe = tarfile.data_filter(member, dest)
+        except tarfile.FilterError as exc:
+            raise UnsafeArchive(f"{archive}: member {name!r} refused: {exc}") from exc
     if member.isreg():
         if os.path.isdir(target) and not os.path.islink(target):
             raise UnsafeArchive(f"{archive}: member {name!r} would replace a directory; archive refused")
@@ -189,7 +270,14 @@ def _extract_tar_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str
                 written += len(chunk)
         os.chmod(target, (safe.mode if safe.mode is not None else 0o644) & 0o755 | 0o600)
         return written
-    tar.extract(safe, dest, set_attrs=not member.issym(), filter="fully_trusted")
+    # Directories and links are made here rather than by tar.extract, so that no mode, owner or
+    # time from the archive applies (and no `filter=` argument is needed on older Pythons).
+    if member.isdir():
+        os.makedirs(target, exist_ok=True)
+    elif member.issym():
+        os.symlink(member.linkname, target)
+    else:  # a hard link to a regular file extracted before it (checked above)
+        os.link(os.path.join(dest, *member.linkname.split("/")), target)
     return 0
 
 
@@ -198,6 +286,7 @@ def extract_zip(path: str, dest: str, *, max_size: int = DEFAULT_MAX_SIZE,
     archive = label or os.path.basename(path)
     limits = _Limits(archive, max_size, max_members)
     root_real = os.path.realpath(dest)
+    _count_zip_directory(path, archive, max_members)
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
@@ -251,6 +340,52 @@ def extract_zip(path: str, dest: str, *, max_size: int = DEFAULT_MAX_SIZE,
             raise AgentError(f"{archive}: corrupt or unsupported zip archive: {exc}") from exc
     _check_symlinks(dest, root_real, archive)
     return written
+
+
+_EOCD = b"PK\x05\x06"
+_ZIP64_LOCATOR = b"PK\x06\x07"
+_ZIP64_EOCD = b"PK\x06\x06"
+_CENTRAL = b"PK\x01\x02"
+
+
+def _count_zip_directory(path: str, archive: str, max_members: int) -> None:
+    """Walk the central directory header by header (46 bytes each plus its variable fields),
+    refusing past `max_members` entries, before zipfile builds an object for every one. An
+    archive this cannot make sense of is left to zipfile, which refuses it."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        end = f.tell()
+        tail_start = max(0, end - (65535 + 22))
+        f.seek(tail_start)
+        tail = f.read()
+        at = tail.rfind(_EOCD)
+        if at < 0 or len(tail) - at < 22:
+            return
+        cd_size, cd_offset = struct.unpack("<II", tail[at + 12:at + 20])
+        locator = at - 20
+        if locator >= 0 and tail[locator:locator + 4] == _ZIP64_LOCATOR:
+            (zip64_at,) = struct.unpack("<Q", tail[locator + 8:locator + 16])
+            f.seek(zip64_at)
+            record = f.read(56)
+            zip64 = record[:4] == _ZIP64_EOCD and len(record) == 56
+            if zip64:
+                cd_size, cd_offset = struct.unpack("<QQ", record[40:56])
+        else:
+            zip64 = False
+        # zipfile allows data prepended to the archive: the directory then sits further on.
+        concat = (tail_start + at) - (cd_offset + cd_size) - (76 if zip64 else 0)
+        f.seek(max(0, cd_offset + max(0, concat)))
+        entries = 0
+        while True:
+            header = f.read(46)
+            if len(header) < 46 or header[:4] != _CENTRAL:
+                return
+            entries += 1
+            if entries > max_members:
+                raise UnsafeArchive(f"{archive}: more than {max_members} members (from its central directory); "
+                                    f"archive refused (raise the member limit if this is intended)")
+            name_len, extra_len, comment_len = struct.unpack("<HHH", header[28:34])
+            f.seek(name_len + extra_len + comment_len, os.SEEK_CUR)
 
 
 def _check_symlinks(dest: str, root_real: str, archive: str) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
+import traceback
 
 
 def add_agent_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +23,9 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     scan.add_argument("--single", action="store_true",
                       help="treat DIR itself as one checkpoint (used to adopt an existing volume path)")
     scan.add_argument("--json", action="store_true", help="print JSON (default: a human-readable table)")
-    scan.add_argument("--workers", type=int, default=None, help="hashing threads (default: number of cores)")
+    scan.add_argument("--workers", type=_positive_int, default=None, help="hashing threads (default: number of cores)")
+    scan.add_argument("--max-entries", type=_positive_int, default=None, metavar="N",
+                      help="fail past this many directory entries in all (default 1000000, or CKPT_SCAN_MAX_ENTRIES)")
     scan.set_defaults(func=lambda a: _call("scan", a))
 
     snap = cmds.add_parser("snapshot", help="scan an output directory and upload each checkpoint (s3 store)",
@@ -31,7 +36,9 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     snap.add_argument("--layout", choices=["auto", "directories", "files"], default="auto")
     snap.add_argument("--single", action="store_true", help="DIR itself is one checkpoint (uploaded to S3_PREFIX)")
     snap.add_argument("--json", action="store_true", help="accepted for symmetry with scan; output is always JSON")
-    snap.add_argument("--concurrency", type=int, default=None, help="parallel transfers")
+    snap.add_argument("--concurrency", type=_positive_int, default=None, help="parallel transfers")
+    snap.add_argument("--max-entries", type=_positive_int, default=None, metavar="N",
+                      help="fail past this many directory entries in all (default 1000000, or CKPT_SCAN_MAX_ENTRIES)")
     snap.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
     snap.set_defaults(func=lambda a: _call("snapshot", a))
 
@@ -40,7 +47,7 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     upload.add_argument("dir")
     upload.add_argument("uri", help="s3://bucket/prefix/")
     upload.add_argument("--manifest", default=None, help="a manifest JSON already computed by `scan` (skips hashing twice)")
-    upload.add_argument("--concurrency", type=int, default=None, help="parallel transfers")
+    upload.add_argument("--concurrency", type=_positive_int, default=None, help="parallel transfers")
     upload.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
     upload.set_defaults(func=lambda a: _call("upload", a))
 
@@ -49,7 +56,10 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
                                            "sha256 of every file against its manifest.")
     download.add_argument("uri", help="s3://bucket/prefix/")
     download.add_argument("dir")
-    download.add_argument("--concurrency", type=int, default=None, help="parallel transfers")
+    download.add_argument("--digest", default=None, metavar="sha256:HEX",
+                          help="the digest the checkpoint must have (pinned by the operator); a manifest with "
+                               "another digest is refused before anything is downloaded")
+    download.add_argument("--concurrency", type=_positive_int, default=None, help="parallel transfers")
     download.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
     download.set_defaults(func=lambda a: _call("download", a))
 
@@ -58,14 +68,55 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
                                       "archives (.tar, .tar.gz, .tgz, .tar.bz2, .zip) are extracted safely.")
     imp.add_argument("source")
     imp.add_argument("dest")
-    imp.add_argument("--max-size", default=None, help="refuse archives that expand past this size (default 2Ti)")
-    imp.add_argument("--max-files", type=int, default=None,
-                     help="refuse archives with more members than this (default 1000000)")
+    imp.add_argument("--max-size", default=None, metavar="BYTES",
+                     help="refuse a source that is, or expands to, more than this (e.g. 500Gi; default 2Ti): checked "
+                          "before any byte moves when the size is known, and while bytes move otherwise")
+    imp.add_argument("--max-files", type=_positive_int, default=None, metavar="N",
+                     help="refuse a source of more files (archive members, objects) than this (default 1000000)")
     imp.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
     imp.set_defaults(func=lambda a: _call("importer", a))
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
+    return value
+
+
+def _terminate(signum, frame) -> None:
+    from checkpoint_operator.agent.errors import Terminated
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated()
+
+
 def _call(module: str, args: argparse.Namespace) -> int:
+    """Run one agent command: exit 0 on success, 1 with one `error: ...` line on a failure, 130
+    (Ctrl-C) or 143 (SIGTERM) after cleaning up, never a traceback for an expected failure."""
     import importlib
-    mod = importlib.import_module(f"checkpoint_operator.agent.{module}")
-    return int(mod.main(args) or 0)
+
+    from checkpoint_operator.agent.errors import AgentError
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        mod = importlib.import_module(f"checkpoint_operator.agent.{module}")
+        return int(mod.main(args) or 0)
+    except AgentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as exc:
+        code = getattr(exc, "exit_code", 130)
+        print(f"error: agent {args.agent_command} interrupted ({'SIGTERM' if code == 143 else 'Ctrl-C'}); "
+              f"rerun to resume", file=sys.stderr)
+        return code
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: agent {args.agent_command}: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - a bug: show where, then the one line
+        traceback.print_exc()
+        print(f"error: agent {args.agent_command}: unexpected {type(exc).__name__}: {exc} (a bug: please report "
+              f"it with the traceback above)", file=sys.stderr)
+        return 1

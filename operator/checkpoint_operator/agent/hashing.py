@@ -7,6 +7,7 @@ sequential), so a checkpoint made of a single huge file is bound by one core's s
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import threading
@@ -33,14 +34,25 @@ def _buffer() -> bytearray:
     return buf
 
 
+class FileChanged(OSError):
+    """The file changed while it was read: its hash describes no state the file was ever in."""
+
+
+CHANGED_WHILE_READ = "changed while being read"
+
+
 def sha256_file(path: PathLike) -> tuple[int, str]:
-    """(size in bytes actually read, hex sha256) of one file, read once, sequentially."""
+    """(size in bytes actually read, hex sha256) of one file, read once, sequentially.
+
+    FileChanged when the bytes read differ from the size at the start, or the size or
+    modification time differ between the start and the end (a file still being written)."""
     buf = _buffer()
     view = memoryview(buf)
     digest = hashlib.sha256()
     size = 0
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
+        before = os.fstat(fd)
         if hasattr(os, "posix_fadvise"):
             # Doubles the kernel's readahead on a cold cache; harmless on a warm one.
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
@@ -50,8 +62,11 @@ def sha256_file(path: PathLike) -> tuple[int, str]:
                 break
             digest.update(view[:n])
             size += n
+        after = os.fstat(fd)
     finally:
         os.close(fd)
+    if size != before.st_size or (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        raise FileChanged(errno.EAGAIN, CHANGED_WHILE_READ, os.fspath(path))
     return size, digest.hexdigest()
 
 

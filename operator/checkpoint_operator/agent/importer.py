@@ -2,149 +2,267 @@
 
 SOURCE is an S3 object, an S3 prefix ending in `/` (copied as a tree; verified against its
 manifest when it has one), or an http(s) URL. Archives are extracted safely (see archive.py);
-any other single file lands as DEST/<its name>. Everything is staged in a hidden directory
-beside DEST (same filesystem) and moved into place only on success: a failed or refused
-import leaves DEST as it was.
+any other single file lands as DEST/<its name>. `--max-size` bounds the bytes fetched and the
+bytes extracted, `--max-files` the files: checked before any byte moves where the size is known
+(Content-Length, S3 HEAD, the manifest's or the listing's totals) and while bytes move
+otherwise. Everything is staged in a hidden directory beside DEST (inside it, when DEST is an
+existing empty directory such as a mount point; same filesystem) and moved into place only on
+success: a failed, refused or interrupted (SIGTERM) import leaves DEST as it was, and one
+killed outright leaves a staging directory that the next import into DEST removes.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import fcntl
+import hashlib
+import http.client
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Optional
 
 from checkpoint_operator.agent.archive import DEFAULT_MAX_MEMBERS, DEFAULT_MAX_SIZE, archive_kind, extract_archive
-from checkpoint_operator.agent.manifest import MANIFEST_NAME
+from checkpoint_operator.agent.errors import AgentError
+from checkpoint_operator.agent.manifest import RESERVED_ROOT_NAMES, paths_problem
+from checkpoint_operator.agent.names import component_problem, printable
 from checkpoint_operator.agent.progress import Progress, human_bytes
 from checkpoint_operator.agent.s3 import (
-    AgentError, describe_error, list_objects, make_client, manifest_exists, parse_s3_uri, parse_size,
-    resolve_endpoint, safe_relpath,
+    describe_error, list_objects, make_client, manifest_exists, parse_s3_uri, parse_size, resolve_endpoint,
 )
 
 COPY_CHUNK = 8 * 1024 * 1024
 HTTP_TIMEOUT = 60
+STAGING_PREFIX = ".ckpt-import-"
+_LOCK = "lock"
+
+
+@contextmanager
+def _no_sigterm():
+    """Hold SIGTERM back for a few renames, so that DEST is never left half committed."""
+    blocked = hasattr(signal, "pthread_sigmask")
+    if blocked:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        if blocked:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 class Staging:
-    """A hidden directory on DEST's filesystem; `commit()` puts its content at DEST."""
+    """A hidden directory on DEST's filesystem; `commit()` puts its content at DEST.
+
+    Its name, `.ckpt-import-<hash of DEST's name>-<random>`, fits whatever DEST is called. The
+    import holds a lock on a file inside it while it lives: a staging directory of this DEST
+    whose lock can be taken was left by a killed import and is removed before a new one starts.
+    """
 
     def __init__(self, dest: str) -> None:
         self.dest = os.path.abspath(dest)
+        tag = hashlib.sha256(os.fsencode(os.path.basename(self.dest))).hexdigest()[:16]
+        self.prefix = f"{STAGING_PREFIX}{tag}-"
         if os.path.lexists(self.dest):
             if not os.path.isdir(self.dest) or os.path.islink(self.dest):
                 raise AgentError(f"{dest}: exists and is not a directory")
-            if os.listdir(self.dest):
-                raise AgentError(f"{dest}: exists and is not empty; import into a new or empty directory")
             # An existing empty DEST may be a mount point: stage inside it, on its filesystem.
             self.into_existing = True
             base = self.dest
+            self._remove_stale(base)
+            if os.listdir(self.dest):
+                raise AgentError(f"{dest}: exists and is not empty; import into a new or empty directory")
         else:
             self.into_existing = False
             base = os.path.dirname(self.dest)
             os.makedirs(base, exist_ok=True)
-        name = "." + os.path.basename(self.dest) + ".ckpt-import-"
-        self.root = tempfile.mkdtemp(prefix=name, dir=base)
+            self._remove_stale(base)
+        self.root = tempfile.mkdtemp(prefix=self.prefix, dir=base)
+        self._lock_fd = os.open(os.path.join(self.root, _LOCK), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         self.tree = os.path.join(self.root, "tree")  # what becomes DEST
         os.mkdir(self.tree)
         self.downloads = os.path.join(self.root, "download")  # archives before extraction
         os.mkdir(self.downloads)
 
+    def _remove_stale(self, base: str) -> None:
+        for name in os.listdir(base):
+            if not name.startswith(self.prefix):
+                continue
+            path = os.path.join(base, name)
+            if os.path.islink(path) or not os.path.isdir(path):
+                continue
+            try:
+                fd = os.open(os.path.join(path, _LOCK), os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                fd = -1  # killed before it took its lock
+            try:
+                if fd >= 0:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    os.close(fd)
+                    continue  # a live import holds it
+                raise
+            shutil.rmtree(path, ignore_errors=True)
+            if fd >= 0:
+                os.close(fd)
+            print(f"import: removed {path}, left by an interrupted import", file=sys.stderr)
+
     def commit(self) -> None:
         shutil.rmtree(self.downloads, ignore_errors=True)
-        if self.into_existing:
-            for name in os.listdir(self.tree):
-                os.rename(os.path.join(self.tree, name), os.path.join(self.dest, name))
-        else:
-            os.rename(self.tree, self.dest)
-        shutil.rmtree(self.root, ignore_errors=True)
+        with _no_sigterm():
+            if self.into_existing:
+                for name in os.listdir(self.tree):
+                    os.rename(os.path.join(self.tree, name), os.path.join(self.dest, name))
+            else:
+                os.rename(self.tree, self.dest)
+        self.discard()
 
     def discard(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
 
 def _name_from_url(url: str) -> str:
     path = urllib.parse.urlparse(url).path
     name = urllib.parse.unquote(path.rstrip("/").rsplit("/", 1)[-1])
-    if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
-        raise AgentError(f"{url}: cannot tell a file name from the URL path")
+    if not name or "/" in name or component_problem(name):
+        raise AgentError(f"{url}: cannot tell a file name from the URL path"
+                         + (f" ('{printable(name)}' {component_problem(name)})" if name and "/" not in name else ""))
     return name
 
 
-def fetch_http(url: str, target: str) -> int:
-    """Stream an http(s) URL to a file. Returns its size."""
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if urllib.parse.urlparse(newurl).scheme not in ("http", "https"):
+            raise AgentError(f"{req.full_url}: redirected to {newurl!r}: only http(s) redirects are followed")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _over_limit(source: str, size: int, max_size: int, how: str) -> AgentError:
+    return AgentError(f"{source}: {size} bytes{how}, past the size limit of {max_size} (see --max-size)")
+
+
+def fetch_http(url: str, target: str, max_size: int = DEFAULT_MAX_SIZE) -> int:
+    """Stream an http(s) URL to a file, refusing more than `max_size` bytes: from the
+    Content-Length before reading the body when there is one, while reading otherwise."""
     request = urllib.request.Request(url, headers={"User-Agent": "checkpoint-operator-agent"})
+    opener = urllib.request.build_opener(_HttpOnlyRedirects)
+    size = 0
     try:
-        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as resp:  # noqa: S310 - http(s) only
+        with opener.open(request, timeout=HTTP_TIMEOUT) as resp:
             length = resp.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else 0
-            with Progress("import", total) as progress, open(target, "wb") as out:
-                while chunk := resp.read(COPY_CHUNK):
+            total = int(length) if length and length.strip().isdigit() else None
+            if total is not None and total > max_size:
+                raise _over_limit(url, total, max_size, " (its Content-Length)")
+            with Progress("import", total or 0) as progress, open(target, "wb") as out:
+                while chunk := resp.read(min(COPY_CHUNK, max_size - size + 1)):
+                    size += len(chunk)
+                    if size > max_size:
+                        raise AgentError(f"{url}: larger than the size limit of {max_size} (see --max-size): "
+                                         f"stopped reading after {size} bytes")
                     out.write(chunk)
                     progress.add(len(chunk))
-            size = os.path.getsize(target)
-            if total and size != total:
+            if total is not None and size != total:
                 raise AgentError(f"{url}: connection closed after {size} of {total} bytes")
             return size
     except urllib.error.HTTPError as exc:
-        raise AgentError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
+        raise AgentError(f"{url}: HTTP {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:
-        raise AgentError(f"{url}: cannot fetch: {exc.reason}") from exc
-    except (ConnectionError, TimeoutError, OSError) as exc:
-        if isinstance(exc, AgentError):
-            raise
-        raise AgentError(f"{url}: transfer failed: {exc}") from exc
+        if isinstance(exc.reason, AgentError):
+            raise exc.reason from None
+        raise AgentError(f"{url}: cannot fetch: {exc.reason}") from None
+    except http.client.IncompleteRead as exc:
+        raise AgentError(f"{url}: connection closed mid-transfer, after {size + len(exc.partial)} bytes") from None
+    except (http.client.BadStatusLine, http.client.LineTooLong, http.client.HTTPException) as exc:
+        if isinstance(exc, ConnectionError):  # RemoteDisconnected: closed before any answer
+            raise AgentError(f"{url}: connection closed without an answer") from None
+        raise AgentError(f"{url}: not a valid HTTP response ({type(exc).__name__}: "
+                         f"{printable(str(exc))[:200]})") from None
+    except (ConnectionError, TimeoutError) as exc:
+        raise AgentError(f"{url}: connection closed mid-transfer, after {size} bytes ({exc})") from None
+    except OSError as exc:
+        raise AgentError(f"{url}: transfer failed: {exc}") from None
 
 
-def fetch_s3_object(uri: str, target: str, *, endpoint_url: Optional[str] = None) -> int:
+def fetch_s3_object(uri: str, target: str, *, max_size: int = DEFAULT_MAX_SIZE,
+                    endpoint_url: Optional[str] = None) -> int:
+    """One object, refused from its HEAD when it is bigger than `max_size`."""
     loc = parse_s3_uri(uri)
     endpoint = resolve_endpoint(endpoint_url)
     client = make_client(endpoint)
     try:
         from boto3.s3.transfer import TransferConfig
         size = client.head_object(Bucket=loc.bucket, Key=loc.key)["ContentLength"]
+        if size > max_size:
+            raise _over_limit(uri, size, max_size, "")
         with Progress("import", size) as progress:
             client.download_file(loc.bucket, loc.key, target, Callback=progress.add,
                                  Config=TransferConfig(multipart_chunksize=32 * 1024 * 1024, max_concurrency=8))
-        return size
     except Exception as exc:  # noqa: BLE001
         raise describe_error(exc, uri, endpoint) from exc
+    got = os.path.getsize(target)
+    if got > max_size:  # replaced by a bigger object since the HEAD
+        raise _over_limit(uri, got, max_size, "")
+    return got
 
 
-def fetch_s3_tree(uri: str, tree: str, *, endpoint_url: Optional[str] = None) -> int:
-    """Copy every object under the prefix. With a manifest there, the copy is verified."""
+def _tree_objects(client, prefix, uri: str, max_members: int) -> list[tuple[str, dict]]:
+    """(path inside the tree, object) for every object under the prefix, listing at most
+    `max_members` + 1 of them."""
+    objects: list[tuple[str, dict]] = []
+    for obj in list_objects(client, prefix):
+        rel = obj["Key"][len(prefix.key):]
+        if obj["Key"].endswith("/") or rel in RESERVED_ROOT_NAMES:
+            continue  # directory markers; what the agent writes beside the data
+        objects.append((rel, obj))
+        if len(objects) > max_members:
+            raise AgentError(f"{uri}: more than the limit of {max_members} files (see --max-files)")
+    return objects
+
+
+def fetch_s3_tree(uri: str, tree: str, *, max_size: int = DEFAULT_MAX_SIZE, max_members: int = DEFAULT_MAX_MEMBERS,
+                  endpoint_url: Optional[str] = None) -> int:
+    """Copy every object under the prefix. With a manifest there, the copy is verified. The
+    limits are checked on the manifest's or the listing's totals before any byte moves."""
     prefix = parse_s3_uri(uri).as_prefix()
     endpoint = resolve_endpoint(endpoint_url)
     from checkpoint_operator.agent.download import download_prefix
     if manifest_exists(prefix.uri, endpoint_url=endpoint):
-        result = download_prefix(prefix.uri, tree, endpoint_url=endpoint, write_manifest=False)
+        result = download_prefix(prefix.uri, tree, endpoint_url=endpoint, write_manifest=False,
+                                 max_size=max_size, max_files=max_members)
         return result.manifest.sizeBytes
     client = make_client(endpoint, max_pool_connections=12)
     try:
-        objects = [o for o in list_objects(client, prefix) if not o["Key"].endswith("/")]
+        objects = _tree_objects(client, prefix, prefix.uri, max_members)
+    except AgentError:
+        raise
     except Exception as exc:  # noqa: BLE001
         raise describe_error(exc, prefix.uri, endpoint) from exc
     if not objects:
         raise AgentError(f"nothing under {prefix.uri}: no objects to import")
+    problem = paths_problem(rel for rel, _ in objects)
+    if problem:
+        raise AgentError(f"{prefix.uri}: {problem}; refusing to import it")
+    total = sum(o["Size"] for _, o in objects)
+    if total > max_size:
+        raise _over_limit(prefix.uri, total, max_size, f" in {len(objects)} files")
     from boto3.s3.transfer import TransferConfig
-    from concurrent.futures import ThreadPoolExecutor
     config = TransferConfig(multipart_chunksize=32 * 1024 * 1024, max_concurrency=4)
-    total = sum(o["Size"] for o in objects)
     with Progress("import", total) as progress:
-        def one(obj: dict) -> None:
-            rel = obj["Key"][len(prefix.key):]
-            if rel == MANIFEST_NAME:
-                return
-            try:
-                safe_relpath(rel, prefix.uri)
-            except ValueError as exc:
-                raise AgentError(f"{exc}: refusing to import it") from None
+        def one(item: tuple[str, dict]) -> None:
+            rel, obj = item
             target = os.path.join(tree, *rel.split("/"))
             os.makedirs(os.path.dirname(target), exist_ok=True)
             try:
@@ -155,17 +273,23 @@ def fetch_s3_tree(uri: str, tree: str, *, endpoint_url: Optional[str] = None) ->
         with ThreadPoolExecutor(4) as pool:
             for fut in [pool.submit(one, o) for o in objects]:
                 fut.result()
+    size, _ = _tree_totals(tree)
+    if size > max_size:  # objects replaced by bigger ones since the listing
+        raise _over_limit(prefix.uri, size, max_size, "")
     return total
 
 
 def import_checkpoint(source: str, dest: str, *, max_size: int = DEFAULT_MAX_SIZE,
                       max_members: int = DEFAULT_MAX_MEMBERS, endpoint_url: Optional[str] = None) -> dict:
-    """Import SOURCE into DEST (see the module doc). Returns {"source", "dest", "sizeBytes",
-    "fileCount", "extracted"}."""
+    """Import SOURCE into DEST (see the module doc). `max_size` bounds the bytes fetched and
+    the bytes an archive expands to; `max_members` the files. Returns {"source", "dest",
+    "sizeBytes", "fileCount", "extracted"}."""
     if source.startswith("s3://"):
         loc = parse_s3_uri(source)
         is_tree = not loc.key or loc.key.endswith("/")
         name = None if is_tree else loc.key.rsplit("/", 1)[-1]
+        if name is not None and component_problem(name):
+            raise AgentError(f"{source}: object name '{printable(name)}' {component_problem(name)}")
     elif source.startswith(("http://", "https://")):
         is_tree = False
         name = _name_from_url(source)
@@ -176,21 +300,19 @@ def import_checkpoint(source: str, dest: str, *, max_size: int = DEFAULT_MAX_SIZ
     try:
         extracted = False
         if is_tree:
-            fetch_s3_tree(source, staging.tree, endpoint_url=endpoint_url)
+            fetch_s3_tree(source, staging.tree, max_size=max_size, max_members=max_members, endpoint_url=endpoint_url)
         else:
             assert name is not None
             kind = archive_kind(name)
             target = os.path.join(staging.downloads if kind else staging.tree, name)
             if source.startswith("s3://"):
-                size = fetch_s3_object(source, target, endpoint_url=endpoint_url)
+                fetch_s3_object(source, target, max_size=max_size, endpoint_url=endpoint_url)
             else:
-                size = fetch_http(source, target)
+                fetch_http(source, target, max_size=max_size)
             if kind:
                 extract_archive(target, staging.tree, max_size=max_size, max_members=max_members, label=name)
                 os.unlink(target)
                 extracted = True
-            elif size > max_size:
-                raise AgentError(f"{source}: {size} bytes, past the size limit of {max_size} (see --max-size)")
         size, count = _tree_totals(staging.tree)
         if count == 0:
             raise AgentError(f"{source}: imported nothing (empty archive or prefix)")
@@ -216,22 +338,19 @@ def _tree_totals(root: str) -> tuple[int, int]:
 def main(args: argparse.Namespace) -> int:
     try:
         max_size = parse_size(args.max_size) if args.max_size else DEFAULT_MAX_SIZE
-        max_members = int(getattr(args, "max_files", None) or DEFAULT_MAX_MEMBERS)
     except ValueError as exc:
         print(f"error: --max-size: {exc}", file=sys.stderr)
         return 2
+    max_members = args.max_files or DEFAULT_MAX_MEMBERS
     try:
         result = import_checkpoint(args.source, args.dest, max_size=max_size, max_members=max_members,
                                    endpoint_url=args.endpoint_url)
-    except AgentError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     except OSError as exc:
         print(f"error: import of {args.source} into {args.dest} failed: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(f"error: import of {args.source} interrupted; nothing was left in {args.dest}", file=sys.stderr)
-        return 130
+        return getattr(exc, "exit_code", 130)
     print(json.dumps(result), flush=True)
     print(f"import: {result['fileCount']} files, {human_bytes(result['sizeBytes'])} in {result['dest']}",
           file=sys.stderr)

@@ -21,11 +21,10 @@ import botocore.exceptions as bexc
 import botocore.handlers
 from botocore.config import Config
 
-from checkpoint_operator.agent.manifest import MANIFEST_NAME, Manifest
+from checkpoint_operator.agent.errors import AgentError
+from checkpoint_operator.agent.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, parse_manifest
 
-
-class AgentError(Exception):
-    """A failure the user must see as one line: what (URI or file) and why."""
+__all__ = ["AgentError"]  # re-exported: callers import it from here
 
 
 @dataclass(frozen=True)
@@ -170,6 +169,25 @@ def describe_error(exc: BaseException, uri: str, endpoint: Optional[str] = None)
     return AgentError(f"{uri}: {type(exc).__name__}: {exc}")
 
 
+_TRANSIENT_CODES = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown",
+                    "RequestTimeout", "RequestTimeTooSkewed"}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A failure worth retrying: the connection, not the data (lost, reset, timed out, cut
+    short, or a 5xx/throttling answer)."""
+    if isinstance(exc, (AgentError, bexc.SSLError)):
+        return False
+    if isinstance(exc, bexc.ClientError):
+        return error_code(exc) in _TRANSIENT_CODES
+    if isinstance(exc, (bexc.HTTPClientError, bexc.ConnectionError, bexc.IncompleteReadError,
+                        bexc.ResponseStreamingError, ConnectionError, TimeoutError)):
+        return True
+    import http.client
+    import urllib3.exceptions
+    return isinstance(exc, (http.client.HTTPException, urllib3.exceptions.HTTPError))
+
+
 def list_objects(client, loc: S3Location) -> Iterator[dict]:
     """Every object under a prefix (Key, Size, ETag)."""
     paginator = client.get_paginator("list_objects_v2")
@@ -202,15 +220,19 @@ def read_manifest(uri: str, *, endpoint_url: Optional[str] = None, client=None) 
     loc = manifest_location(uri)
     client = client or make_client(endpoint_url)
     try:
-        body = client.get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read()
+        resp = client.get_object(Bucket=loc.bucket, Key=loc.key)
+        if resp.get("ContentLength", 0) > MAX_MANIFEST_BYTES:
+            resp["Body"].close()
+            raise AgentError(f"invalid manifest at {loc.uri}: {resp['ContentLength']} bytes, more than the "
+                             f"{MAX_MANIFEST_BYTES} a manifest may have")
+        body = resp["Body"].read(MAX_MANIFEST_BYTES + 1)
     except Exception as exc:  # noqa: BLE001
         if is_not_found(exc):
             raise AgentError(f"no manifest at {prefix.uri}: the upload never completed") from exc
         raise describe_error(exc, loc.uri, resolve_endpoint(endpoint_url)) from exc
-    try:
-        return Manifest.model_validate_json(body)
-    except ValueError as exc:
-        raise AgentError(f"invalid manifest at {loc.uri}: {str(exc).splitlines()[0]}") from exc
+    if len(body) > MAX_MANIFEST_BYTES:
+        raise AgentError(f"invalid manifest at {loc.uri}: more than the {MAX_MANIFEST_BYTES} bytes a manifest may have")
+    return parse_manifest(body, loc.uri)
 
 
 def delete_prefix(uri: str, *, endpoint_url: Optional[str] = None, client=None) -> int:
@@ -340,13 +362,3 @@ class FailureLatch:
     @property
     def failed(self) -> bool:
         return self.event.is_set()
-
-
-def safe_relpath(rel: str, what: str) -> str:
-    """A '/'-separated relative path that stays inside its root, or ValueError naming it."""
-    if not rel or rel.startswith("/") or "\\" in rel or "\x00" in rel:
-        raise ValueError(f"unsafe path {rel!r} in {what}")
-    parts = rel.split("/")
-    if any(p in ("", ".", "..") for p in parts):
-        raise ValueError(f"unsafe path {rel!r} in {what}")
-    return rel

@@ -7,7 +7,6 @@ result; `main` only checks the argument and prints.
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import stat
@@ -19,39 +18,43 @@ from typing import Optional
 from pydantic import BaseModel
 
 from checkpoint_operator.agent import formats
-from checkpoint_operator.agent.hashing import hash_files
-from checkpoint_operator.agent.manifest import MANIFEST_NAME, FileEntry, Manifest, digest_of
+from checkpoint_operator.agent.errors import AgentError
+from checkpoint_operator.agent.hashing import FileChanged, hash_files
+from checkpoint_operator.agent.manifest import FileEntry, Manifest, digest_of
+from checkpoint_operator.agent.names import component_problem, printable
+from checkpoint_operator.agent.tree import (
+    DEFAULT_MAX_ENTRIES, LEAVES_CHECKPOINT, EntryBudget, Tree, TreeFile, entry_limit, resolve_link, special_kind,
+    walk_checkpoint,
+)
+
+__all__ = ["LEAVES_CHECKPOINT", "ScanResult", "Skipped", "describe_checkpoint", "format_table", "scan_directory"]
 
 LAYOUTS = ("auto", "directories", "files")
 ROOT = "."
 TRAINER_STATE = "trainer_state.json"
-# Reasons a reader of `skipped` sees; tests and the operator's events quote them.
-LEAVES_CHECKPOINT = "symlink leaves the checkpoint"
+# `skipped` lists at most this many entries (the first in path order); `skippedCount` counts all.
+MAX_SKIPPED_LISTED = 1000
+# trainer_state.json is read for the step only when it is no bigger than this.
+MAX_TRAINER_STATE_BYTES = 16 * 1024 * 1024
 
 
 class Skipped(BaseModel):
-    path: str  # relative to the scanned directory, '/'-separated
+    path: str  # relative to the scanned directory, '/'-separated, with unsafe characters escaped
     reason: str
 
 
 class ScanResult(BaseModel):
     checkpoints: list[Manifest]
-    skipped: list[Skipped]
-
-
-@dataclass
-class _File:
-    rel: str  # path inside the checkpoint, '/'-separated
-    open_path: str  # path to read: through the symlink, when it is one
-    inode: tuple[int, int]  # (st_dev, st_ino): each distinct file is hashed once
-    size: int
+    skipped: list[Skipped]  # the first MAX_SKIPPED_LISTED, by path
+    skippedCount: int = 0  # all of them
 
 
 @dataclass
 class _Candidate:
     path: str  # checkpoint path relative to the scanned directory, or "."
+    top: str  # the directory its file paths are relative to
     step_name: str  # the name the step is read from
-    files: list[_File] = field(default_factory=list)
+    files: list[TreeFile] = field(default_factory=list)
     is_file: bool = False  # layout 'files': the checkpoint is this one root file
 
 
@@ -60,108 +63,31 @@ class _Skips:
         self.items: list[Skipped] = []
 
     def add(self, checkpoint: str, rel: str, reason: str) -> None:
+        """`rel` is printable already (escaped) unless it comes straight from a valid name."""
         path = rel if checkpoint == ROOT else (f"{checkpoint}/{rel}" if rel else checkpoint)
         self.items.append(Skipped(path=path or ROOT, reason=reason))
+
+    def add_tree(self, checkpoint: str, tree: Tree) -> None:
+        for rel, reason in tree.skipped:
+            self.add(checkpoint, rel, reason)
 
 
 def _name_bytes(name: str) -> bytes:
     return os.fsencode(name)
 
 
-def _inside(real_path: str, real_root: str) -> bool:
-    return real_path == real_root or real_path.startswith(real_root.rstrip(os.sep) + os.sep)
-
-
-def _symlink_problem(link: str, real_root: str) -> Optional[str]:
-    """Why this symlink must not be followed, or None when it stays inside `real_root`."""
-    if os.path.isabs(os.readlink(link)):
-        return LEAVES_CHECKPOINT  # absolute: means something else wherever the volume is mounted
-    if not _inside(os.path.realpath(link), real_root):
-        return LEAVES_CHECKPOINT
-    return None
-
-
-def _special_kind(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "fifo"
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    if stat.S_ISBLK(mode) or stat.S_ISCHR(mode):
-        return "device"
-    return "not a regular file"
-
-
-def _follow(path: str, is_link: bool, real_root: str) -> tuple[Optional[os.stat_result], Optional[str]]:
-    """(stat of what `path` stands for, None), or (None, reason to skip it)."""
-    try:
-        if is_link:
-            problem = _symlink_problem(path, real_root)
-            if problem:
-                return None, problem
-        return os.stat(path), None
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            return None, "symlink loop"
-        if e.errno == errno.ENOENT and is_link:
-            return None, "broken symlink"
-        return None, f"unreadable: {e.strerror}"
-
-
-def _valid_name(name: str) -> bool:
-    # Names that are not UTF-8 cannot be written into the JSON manifest faithfully.
-    try:
-        name.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
-
-
-def _walk_checkpoint(top: str, candidate: _Candidate, skips: _Skips) -> None:
-    """Every regular file under `top` into `candidate.files`; everything else into `skips`."""
-    real_root = os.path.realpath(top)
-    top_stat = os.stat(top)
-    # (directory, its path inside the checkpoint, the real directories it is inside of):
-    # a directory reached again through a symlink while inside itself is a cycle.
-    stack: list[tuple[str, str, frozenset]] = [(top, "", frozenset({(top_stat.st_dev, top_stat.st_ino)}))]
-    while stack:
-        directory, rel_dir, ancestors = stack.pop()
-        try:
-            entries = list(os.scandir(directory))
-        except OSError as e:
-            skips.add(candidate.path, rel_dir, f"unreadable directory: {e.strerror}")
-            continue
-        for entry in entries:
-            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-            if rel == MANIFEST_NAME:
-                continue  # a manifest written by an earlier upload describes, it is not content
-            if not _valid_name(entry.name):
-                skips.add(candidate.path, rel.encode("utf-8", "backslashreplace").decode(), "name is not valid UTF-8")
-                continue
-            is_link = entry.is_symlink()
-            st, problem = _follow(entry.path, is_link, real_root)
-            if st is None:
-                skips.add(candidate.path, rel, problem or "")
-            elif stat.S_ISREG(st.st_mode):
-                candidate.files.append(_File(rel, entry.path, (st.st_dev, st.st_ino), st.st_size))
-            elif stat.S_ISDIR(st.st_mode):
-                key = (st.st_dev, st.st_ino)
-                if key in ancestors:
-                    skips.add(candidate.path, rel, "symlink cycle: leads back into a directory that contains it")
-                else:
-                    stack.append((entry.path, rel, ancestors | {key}))
-            else:
-                skips.add(candidate.path, rel, _special_kind(st.st_mode))
-
-
-def _root_candidates(root: str, layout: str, skips: _Skips) -> list[_Candidate]:
+def _root_candidates(root: str, layout: str, skips: _Skips, budget: EntryBudget) -> list[_Candidate]:
     """The checkpoints the top-level entries of `root` make, per the layout; files not yet walked."""
-    real_root = os.path.realpath(root)
     candidates: list[_Candidate] = []
-    root_files = _Candidate(path=ROOT, step_name="")
-    for entry in sorted(os.scandir(root), key=lambda e: _name_bytes(e.name)):
+    root_files = _Candidate(path=ROOT, top=root, step_name="")
+    with os.scandir(root) as it:
+        entries = sorted(it, key=lambda e: _name_bytes(e.name))
+    for entry in entries:
         name = entry.name
-        if not _valid_name(name):
-            skips.add(ROOT, name.encode("utf-8", "backslashreplace").decode(), "name is not valid UTF-8")
+        budget.take(entry.path)
+        problem = component_problem(name)
+        if problem:
+            skips.add(ROOT, printable(name), f"name {problem}")
             continue
         if name.startswith("."):
             skips.add(ROOT, name, "hidden name")
@@ -170,54 +96,76 @@ def _root_candidates(root: str, layout: str, skips: _Skips) -> list[_Candidate]:
         if marker:
             skips.add(ROOT, name, f"name marks an unfinished write ({marker!r})")
             continue
-        is_link = entry.is_symlink()
-        st, problem = _follow(entry.path, is_link, real_root)
-        if st is None:
-            skips.add(ROOT, name, problem or "")
-        elif is_link and stat.S_ISDIR(st.st_mode):
-            # Its target is inside the output, so it is scanned under its own name; following
-            # the link would only make a second checkpoint of the same bytes.
-            skips.add(ROOT, name, "symlink to a directory: only real directories are checkpoints")
-        elif stat.S_ISDIR(st.st_mode):
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError as exc:
+            skips.add(ROOT, name, f"unreadable: {exc.strerror}")
+            continue
+        open_path = entry.path
+        if stat.S_ISLNK(st.st_mode):
+            real, target, reason = resolve_link(root, [], name)
+            if real is None:
+                skips.add(ROOT, name, reason)
+                continue
+            assert target is not None
+            if stat.S_ISDIR(target.st_mode):
+                # Its target is inside the output, so it is scanned under its own name; following
+                # the link would only make a second checkpoint of the same bytes.
+                skips.add(ROOT, name, "symlink to a directory: only real directories are checkpoints")
+                continue
+            open_path, st = real, target
+        if stat.S_ISDIR(st.st_mode):
             if layout == "files":
                 skips.add(ROOT, name, "directory: layout 'files' takes only the files at the root")
                 continue
-            candidate = _Candidate(path=name, step_name=name)
-            _walk_checkpoint(entry.path, candidate, skips)
+            candidate = _Candidate(path=name, top=entry.path, step_name=name)
+            tree = walk_checkpoint(entry.path, budget)
+            candidate.files = tree.files
+            skips.add_tree(name, tree)
             candidates.append(candidate)
         elif stat.S_ISREG(st.st_mode):
-            file = _File(name, entry.path, (st.st_dev, st.st_ino), st.st_size)
+            file = TreeFile(name, open_path, (st.st_dev, st.st_ino), st.st_size)
             if layout == "directories":
                 skips.add(ROOT, name, "file at the root: layout 'directories' takes only subdirectories")
             elif layout == "files":
-                candidates.append(_Candidate(path=name, step_name=name, files=[file], is_file=True))
+                candidates.append(_Candidate(path=name, top=root, step_name=name, files=[file], is_file=True))
             else:
                 root_files.files.append(file)
         else:
-            skips.add(ROOT, name, _special_kind(st.st_mode))
+            skips.add(ROOT, name, special_kind(st.st_mode))
     if root_files.files:
         candidates.append(root_files)
     return candidates
 
 
-def _step(candidate: _Candidate, top: str, files: list[FileEntry]) -> Optional[int]:
-    step = formats.step_from_name(candidate.step_name) if candidate.step_name else None
-    if step is None and any(f.path == TRAINER_STATE for f in files):
-        try:
-            text = Path(top, candidate.path, TRAINER_STATE).read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return None
-        step = formats.step_from_trainer_state(text)
-    return step
+def _read_small(path: str, limit: int) -> Optional[str]:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError:
+        return None
+    return None if len(data) > limit else data.decode("utf-8", errors="replace")
+
+
+def describe_checkpoint(top: str, paths: list[str], name: str) -> dict:
+    """What the files say about a checkpoint: format, step, resumable (the Manifest fields
+    beyond the files). `top` is the directory the `paths` are relative to, `name` the name
+    the step is read from ("" for none). Shared by scan and upload."""
+    step = formats.step_from_name(name) if name else None
+    if step is None and TRAINER_STATE in paths:
+        text = _read_small(os.path.join(top, TRAINER_STATE), MAX_TRAINER_STATE_BYTES)
+        step = formats.step_from_trainer_state(text) if text is not None else None
+    return {"format": formats.detect_format(paths), "step": step, "resumable": formats.is_resumable(paths)}
 
 
 def scan_directory(root: Path, layout: str = "auto", single: bool = False,
-                   workers: Optional[int] = None) -> ScanResult:
+                   workers: Optional[int] = None, max_entries: int = DEFAULT_MAX_ENTRIES) -> ScanResult:
     """The checkpoints under `root` per the snapshot rules, each with its manifest.
 
     `single`: `root` itself is one checkpoint, path ".", whatever its name (hidden and
-    unfinished-name rules do not apply; symlink and special-file rules do).
-    Raises NotADirectoryError / FileNotFoundError when `root` is not a directory.
+    unfinished-name rules do not apply; the rules of agent/tree.py do).
+    Raises NotADirectoryError / FileNotFoundError when `root` is not a directory, TooManyEntries
+    past `max_entries` directory entries.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
@@ -225,16 +173,19 @@ def scan_directory(root: Path, layout: str = "auto", single: bool = False,
     if not os.path.isdir(top):
         raise (NotADirectoryError if os.path.exists(top) else FileNotFoundError)(top)
     skips = _Skips()
+    budget = EntryBudget(max_entries, what=top)
     if single:
-        candidate = _Candidate(path=ROOT, step_name=Path(os.path.realpath(top)).name)
-        _walk_checkpoint(top, candidate, skips)
+        candidate = _Candidate(path=ROOT, top=top, step_name=Path(os.path.realpath(top)).name)
+        tree = walk_checkpoint(top, budget)
+        candidate.files = tree.files
+        skips.add_tree(ROOT, tree)
         candidates = [candidate]
     else:
-        candidates = _root_candidates(top, layout, skips)
+        candidates = _root_candidates(top, layout, skips, budget)
 
     # Hash every distinct file once, across all checkpoints at once, so that many small
     # checkpoints keep every core busy as well as a few big ones.
-    unique: dict[tuple[int, int], _File] = {}
+    unique: dict[tuple[int, int], TreeFile] = {}
     for candidate in candidates:
         for f in candidate.files:
             unique.setdefault(f.inode, f)
@@ -248,7 +199,8 @@ def scan_directory(root: Path, layout: str = "auto", single: bool = False,
         for f in candidate.files:
             result = hashed[f.inode]
             if isinstance(result, OSError):
-                skips.add(candidate.path, "" if candidate.is_file else f.rel, f"unreadable: {result.strerror}")
+                reason = result.strerror if isinstance(result, FileChanged) else f"unreadable: {result.strerror}"
+                skips.add(candidate.path, "" if candidate.is_file else f.rel, reason)
                 continue
             size, sha = result
             entries.append(FileEntry.model_construct(path=f.rel, size=size, sha256=sha))
@@ -256,15 +208,13 @@ def scan_directory(root: Path, layout: str = "auto", single: bool = False,
             skips.add(ROOT, candidate.path, "empty directory: no regular files")
             continue
         entries.sort(key=lambda e: e.path.encode())
-        paths = [e.path for e in entries]
-        size_bytes = sum(e.size for e in entries)
         manifests.append(Manifest(
-            path=candidate.path, files=entries, sizeBytes=size_bytes, fileCount=len(entries),
-            digest=digest_of(entries), format=formats.detect_format(paths),
-            step=_step(candidate, top, entries), resumable=formats.is_resumable(paths)))
+            path=candidate.path, files=entries, sizeBytes=sum(e.size for e in entries), fileCount=len(entries),
+            digest=digest_of(entries),
+            **describe_checkpoint(candidate.top, [e.path for e in entries], candidate.step_name)))
     manifests.sort(key=lambda m: m.path.encode())
     skipped = sorted(skips.items, key=lambda s: s.path.encode())
-    return ScanResult(checkpoints=manifests, skipped=skipped)
+    return ScanResult(checkpoints=manifests, skipped=skipped[:MAX_SKIPPED_LISTED], skippedCount=len(skipped))
 
 
 def _human_size(n: int) -> str:
@@ -291,24 +241,20 @@ def format_table(result: ScanResult) -> str:
     if result.skipped:
         width = max(len(s.path) for s in result.skipped)
         lines.append("")
-        lines.append(f"skipped ({len(result.skipped)}):")
+        lines.append(f"skipped ({result.skippedCount}):")
         lines.extend(f"  {s.path.ljust(width)}  {s.reason}" for s in result.skipped)
+        if result.skippedCount > len(result.skipped):
+            lines.append(f"  ... and {result.skippedCount - len(result.skipped)} more")
     return "\n".join(lines)
 
 
 def main(args: argparse.Namespace) -> int:
-    prog = "checkpoint-operator agent scan"
     if not os.path.exists(args.dir):
-        print(f"{prog}: {args.dir}: no such directory", file=sys.stderr)
-        return 2
+        raise AgentError(f"{args.dir}: no such directory")
     if not os.path.isdir(args.dir):
-        print(f"{prog}: {args.dir}: not a directory (scan takes the directory that holds the checkpoints)",
-              file=sys.stderr)
-        return 2
-    if args.workers is not None and args.workers < 1:
-        print(f"{prog}: --workers {args.workers}: must be at least 1", file=sys.stderr)
-        return 2
-    result = scan_directory(Path(args.dir), layout=args.layout, single=args.single, workers=args.workers)
+        raise AgentError(f"{args.dir}: not a directory (scan takes the directory that holds the checkpoints)")
+    result = scan_directory(Path(args.dir), layout=args.layout, single=args.single, workers=args.workers,
+                            max_entries=entry_limit(args.max_entries))
     if args.json:
         sys.stdout.write(json.dumps(result.model_dump(mode="json")) + "\n")
     else:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
+from typing import Optional
 
-from checkpoint_operator.agent.s3 import AgentError
+from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.scan import scan_directory
+from checkpoint_operator.agent.tree import entry_limit
 from checkpoint_operator.agent.upload import upload_dir
 
 
@@ -33,8 +34,8 @@ def checkpoint_root(directory: str, path: str, layout: str, single: bool) -> str
 
 
 def snapshot(directory: str, layout: str, upload_to: str, single: bool = False, concurrency=None,
-             endpoint_url=None) -> dict:
-    result = scan_directory(Path(directory), layout=layout, single=single)
+             endpoint_url=None, max_entries: Optional[int] = None) -> dict:
+    result = scan_directory(Path(directory), layout=layout, single=single, max_entries=entry_limit(max_entries))
     uploads = {}
     for manifest in result.checkpoints:
         uri = upload_uri(upload_to, manifest.path, single)
@@ -45,11 +46,9 @@ def snapshot(directory: str, layout: str, upload_to: str, single: bool = False, 
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        output = snapshot(args.dir, args.layout, args.upload_to, single=args.single,
-                          concurrency=args.concurrency, endpoint_url=args.endpoint_url)
-    except AgentError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    if not os.path.isdir(args.dir):
+        raise AgentError(f"{args.dir}: not a directory (snapshot takes the directory that holds the checkpoints)")
+    output = snapshot(args.dir, args.layout, args.upload_to, single=args.single, concurrency=args.concurrency,
+                      endpoint_url=args.endpoint_url, max_entries=args.max_entries)
     print(json.dumps(output), flush=True)
     return 0

@@ -14,7 +14,6 @@ import argparse
 import hashlib
 import json
 import os
-import stat
 import sys
 import threading
 import time
@@ -22,18 +21,25 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from checkpoint_operator.agent.manifest import MANIFEST_NAME, FileEntry, Manifest, digest_of
+from checkpoint_operator.agent.manifest import (
+    MANIFEST_NAME, MAX_MANIFEST_BYTES, UPLOAD_JOURNAL_NAME, FileEntry, Manifest, digest_of, parse_manifest,
+)
+from checkpoint_operator.agent.names import printable
 from checkpoint_operator.agent.progress import Progress, human_bytes
 from checkpoint_operator.agent.s3 import (
     DEFAULT_CONCURRENCY, DEFAULT_PART_SIZE, AgentError, ByteBudget, FailureLatch, S3Location,
     describe_error, env_size, is_not_found, list_objects, make_client, parse_s3_uri,
     part_size_for, resolve_endpoint,
 )
+from checkpoint_operator.agent.tree import EntryBudget, entry_limit, locate_file, walk_checkpoint
 
-# Beside the data: sha256 of the multipart objects (keyed by ETag), which have no room for it
-# in their metadata when it is only known after the last part. Kept, so reruns can skip them.
-JOURNAL_NAME = ".checkpoint-upload-journal.json"
+# Beside the data while an upload is under way: sha256 of the multipart objects (keyed by ETag),
+# which have no room for it in their metadata when it is only known after the last part, so
+# that a rerun after an interruption can skip them. Removed once the manifest is committed: a
+# rerun over a committed prefix takes the same facts from the manifest instead.
+JOURNAL_NAME = UPLOAD_JOURNAL_NAME
 READ_CHUNK = 8 * 1024 * 1024
+MAX_KEY_BYTES = 1024  # S3's limit on an object key (UTF-8)
 
 
 @dataclass
@@ -61,78 +67,25 @@ class UploadResult:
 
 
 def collect_files(root: str) -> tuple[list[LocalFile], list[str]]:
-    """The files of a checkpoint directory, as `scan` counts them: hidden names and special
-    files are left out, symlinks are followed only when they stay inside the checkpoint.
-    Returns (files, skipped-with-reason)."""
-    files: list[LocalFile] = []
-    skipped: list[str] = []
-    real_root = os.path.realpath(root)
-
-    def inside(path: str) -> bool:
-        real = os.path.realpath(path)
-        return real == real_root or real.startswith(real_root + os.sep)
-
-    def walk(dirpath: str, relbase: str) -> None:
-        with os.scandir(dirpath) as it:
-            entries = sorted(it, key=lambda e: e.name)
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            rel = f"{relbase}{entry.name}"
-            if entry.is_symlink() and not inside(entry.path):
-                skipped.append(f"{rel}: symlink leading outside the checkpoint")
-                continue
-            try:
-                st = os.stat(entry.path)
-            except FileNotFoundError:
-                skipped.append(f"{rel}: dangling symlink")
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                if entry.is_symlink():
-                    skipped.append(f"{rel}: symlinked directory")
-                    continue
-                walk(entry.path, rel + "/")
-            elif stat.S_ISREG(st.st_mode):
-                files.append(LocalFile(rel, entry.path, st.st_size))
-            else:
-                skipped.append(f"{rel}: special file")
-
+    """The files of a checkpoint directory, exactly as `scan --single` takes them (agent/tree.py).
+    Returns (files, skipped as "path: reason")."""
     if not os.path.isdir(root):
         raise AgentError(f"not a directory: {root}")
-    walk(root, "")
-    return files, skipped
+    tree = walk_checkpoint(root, EntryBudget(entry_limit(), what=root))
+    files = [LocalFile(f.rel, f.open_path, f.size) for f in sorted(tree.files, key=lambda f: f.rel.encode())]
+    return files, [f"{rel}: {reason}" for rel, reason in sorted(tree.skipped)]
 
 
 def files_from_manifest(root: str, manifest: Manifest) -> list[LocalFile]:
+    """The files a manifest lists, located by the same rules (never through a link that
+    leaves the checkpoint, nor a directory reached through a link)."""
     files = []
     for entry in manifest.files:
-        path = os.path.join(root, *entry.path.split("/"))
-        try:
-            size = os.stat(path).st_size
-        except FileNotFoundError:
-            raise AgentError(f"{path}: listed in the manifest but missing") from None
-        if size != entry.size:
-            raise AgentError(f"{path}: changed since it was scanned (size {size}, manifest says {entry.size})")
-        files.append(LocalFile(entry.path, path, size, expected_sha256=entry.sha256))
+        path, st = locate_file(root, entry.path)
+        if st.st_size != entry.size:
+            raise AgentError(f"{path}: changed since it was scanned (size {st.st_size}, manifest says {entry.size})")
+        files.append(LocalFile(entry.path, path, st.st_size, expected_sha256=entry.sha256))
     return files
-
-
-def describe_checkpoint(root: str, paths: list[str]) -> dict:
-    """format/step/resumable from the scan rules (agent.formats), when that module is present."""
-    try:
-        from checkpoint_operator.agent import formats
-    except ImportError:
-        return {}
-    info: dict = {"format": formats.detect_format(paths), "resumable": formats.is_resumable(paths)}
-    step = formats.step_from_name(os.path.basename(os.path.abspath(root)))
-    if step is None and "trainer_state.json" in paths:
-        try:
-            with open(os.path.join(root, "trainer_state.json"), encoding="utf-8") as f:
-                step = formats.step_from_trainer_state(f.read())
-        except OSError:
-            step = None
-    info["step"] = step
-    return info
 
 
 class Uploader:
@@ -156,6 +109,7 @@ class Uploader:
         self.budget = ByteBudget(env_size("CKPT_S3_MAX_BUFFER", max(2 * self.concurrency * self.part_size,
                                                                    4 * self.part_size)))
         self.journal: dict[str, dict] = {}
+        self._journal_written = False
         self._journal_lock = threading.Lock()
         self._count_lock = threading.Lock()
         self.result: Optional[UploadResult] = None
@@ -170,9 +124,10 @@ class Uploader:
             files, skipped = collect_files(self.root)
             for reason in skipped:
                 self.log(f"upload: skipped {reason}")
+        self._check_keys(files)
         remote = self._remote_inventory()
-        self._uncommit(remote)
         self._load_journal(remote)
+        self._uncommit(remote)
 
         total = sum(f.size for f in files)
         self.result = UploadResult(uri=self.prefix.uri, manifest=None)  # type: ignore[arg-type]
@@ -194,6 +149,7 @@ class Uploader:
         entries = [FileEntry(path=f.rel, size=f.size, sha256=f.sha256) for f in files]  # type: ignore[arg-type]
         manifest = self._build_manifest(entries)
         self._put_manifest(manifest)
+        self._remove_journal(remote)
         self.result.manifest = manifest
         self.result.seconds = time.monotonic() - started
         r = self.result
@@ -215,6 +171,13 @@ class Uploader:
         except BaseException as exc:  # noqa: BLE001 - remembered, re-raised by run()
             self.latch.fail(exc)
 
+    def _check_keys(self, files: list[LocalFile]) -> None:
+        for f in files:
+            size = len((self.prefix.key + f.rel).encode("utf-8"))
+            if size > MAX_KEY_BYTES:
+                raise AgentError(f"{printable(f.rel)}: its key under {self.prefix.uri} would be {size} bytes; S3 "
+                                 f"allows {MAX_KEY_BYTES} (shorten the path or the prefix); nothing uploaded")
+
     # ---- remote state ----
     def _remote_inventory(self) -> dict[str, dict]:
         try:
@@ -224,21 +187,46 @@ class Uploader:
 
     def _uncommit(self, remote: dict) -> None:
         """An upload over a committed checkpoint first withdraws its manifest: while objects
-        change, nothing may take the prefix for complete."""
+        change, nothing may take the prefix for complete. What the manifest says of objects
+        not modified since it was written goes into the journal, so they are not sent again."""
         key = self.prefix.key + MANIFEST_NAME
         if key in remote:
+            self._journal_from_manifest(remote, remote[key])
             self.log(f"upload: {self.prefix.uri} already has a manifest; replacing it once the upload completes")
             try:
                 self.client.delete_object(Bucket=self.prefix.bucket, Key=key)
             except Exception as exc:  # noqa: BLE001
                 raise describe_error(exc, self.prefix.uri + MANIFEST_NAME, self.endpoint) from exc
 
+    def _journal_from_manifest(self, remote: dict, manifest_obj: dict) -> None:
+        loc = self.prefix.child(MANIFEST_NAME)
+        try:
+            body = self.client.get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read(MAX_MANIFEST_BYTES + 1)
+            committed = parse_manifest(body, loc.uri)
+        except Exception:  # noqa: BLE001 - an unreadable old manifest only means more to upload
+            return
+        for entry in committed.files:
+            obj = remote.get(self.prefix.key + entry.path)
+            if (obj is not None and obj.get("Size") == entry.size
+                    and obj.get("LastModified") and obj["LastModified"] <= manifest_obj["LastModified"]):
+                self.journal.setdefault(entry.path, {"size": entry.size, "etag": obj.get("ETag", "").strip('"'),
+                                                     "sha256": entry.sha256})
+
+    def _remove_journal(self, remote: dict) -> None:
+        if not self._journal_written and self.prefix.key + JOURNAL_NAME not in remote:
+            return
+        try:
+            self.client.delete_object(Bucket=self.prefix.bucket, Key=self.prefix.key + JOURNAL_NAME)
+        except Exception as exc:  # noqa: BLE001 - committed already; a leftover journal is harmless
+            self.log(f"upload: could not remove {self.prefix.uri}{JOURNAL_NAME}: "
+                     f"{describe_error(exc, self.prefix.uri, self.endpoint)}")
+
     def _load_journal(self, remote: dict) -> None:
         key = self.prefix.key + JOURNAL_NAME
         if key not in remote:
             return
         try:
-            body = self.client.get_object(Bucket=self.prefix.bucket, Key=key)["Body"].read()
+            body = self.client.get_object(Bucket=self.prefix.bucket, Key=key)["Body"].read(MAX_MANIFEST_BYTES + 1)
             self.journal = json.loads(body).get("files", {})
         except (ValueError, AttributeError):
             self.journal = {}
@@ -250,6 +238,7 @@ class Uploader:
         with self._journal_lock:
             self.journal[rel] = {"size": size, "etag": etag, "sha256": sha256}
             body = json.dumps({"version": 1, "files": self.journal}, sort_keys=True).encode()
+            self._journal_written = True
             self.client.put_object(Bucket=self.prefix.bucket, Key=self.prefix.key + JOURNAL_NAME, Body=body,
                                    ContentType="application/json")
 
@@ -399,7 +388,9 @@ class Uploader:
             m = self.given_manifest
             info = {"format": m.format, "step": m.step, "resumable": m.resumable}
         else:
-            info = describe_checkpoint(self.root, [e.path for e in entries])
+            from checkpoint_operator.agent.scan import describe_checkpoint
+            info = describe_checkpoint(self.root, [e.path for e in entries],
+                                       os.path.basename(os.path.realpath(self.root)))
         return Manifest(path=".", files=sorted(entries, key=lambda e: e.path.encode()),
                         sizeBytes=sum(e.size for e in entries), fileCount=len(entries),
                         digest=digest_of(entries), **info)
@@ -436,24 +427,28 @@ def upload_dir(root: str, uri: str, **kwargs) -> UploadResult:
 
 
 def load_manifest_file(path: str) -> Manifest:
+    """The manifest in a file written by `scan --json` (the whole output of one checkpoint, or
+    one manifest), checked like any manifest (names rule, totals) before anything is opened."""
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise AgentError(f"cannot read manifest {path}: {exc}") from exc
+        with open(path, "rb") as f:
+            text = f.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as exc:
+        raise AgentError(f"cannot read manifest {path}: {exc.strerror}") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise AgentError(f"invalid manifest at {path}: not JSON ({exc})") from None
     if isinstance(data, list):
         if len(data) != 1:
             raise AgentError(f"{path}: holds {len(data)} manifests; give the one of this checkpoint")
         data = data[0]
     if isinstance(data, dict) and "checkpoints" in data and "files" not in data:
         cps = data["checkpoints"]
-        if len(cps) != 1:
-            raise AgentError(f"{path}: holds {len(cps)} checkpoints; give the manifest of one")
+        if not isinstance(cps, list) or len(cps) != 1:
+            raise AgentError(f"{path}: holds {len(cps) if isinstance(cps, list) else 'no list of'} checkpoints; "
+                             f"give the manifest of one")
         data = cps[0]
-    try:
-        return Manifest.model_validate(data)
-    except ValueError as exc:
-        raise AgentError(f"{path}: not a checkpoint manifest: {str(exc).splitlines()[0]}") from exc
+    return parse_manifest(data, path)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -461,9 +456,6 @@ def main(args: argparse.Namespace) -> int:
         manifest = load_manifest_file(args.manifest) if args.manifest else None
         result = upload_dir(args.dir, args.uri, manifest=manifest, concurrency=args.concurrency,
                             endpoint_url=args.endpoint_url)
-    except AgentError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("error: upload interrupted; no manifest written, rerun to resume", file=sys.stderr)
         return 130

@@ -6,11 +6,28 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
-from checkpoint_operator.api.common import Condition, ObjectRef, PinnedCheckpoint
+from checkpoint_operator.api.common import QUANTITY_PATTERN, Condition, ObjectRef, Phase, PinnedCheckpoint
+from checkpoint_operator.api.meta import ObjectMeta, meta_field
 from checkpoint_operator.api.rules import (ApiModel, Description, Digest, FileName, Message, Name, Path, Rule, Short,
                                            Uid, Uri, has_exactly_one, path_has_dotdot)
 
-CheckpointPhase = Literal["Pending", "Importing", "Ready", "Failed"]
+
+class CheckpointPhase(Phase):
+    """Pending -> (Importing) -> Ready | Failed."""
+
+    PENDING = "Pending"
+    IMPORTING = "Importing"
+    READY = "Ready"
+    FAILED = "Failed"
+
+    @property
+    def is_settled(self) -> bool:
+        """Nothing more will happen to the data (Ready or Failed)."""
+        return self in (CheckpointPhase.READY, CheckpointPhase.FAILED)
+
+
+# Bounded form of status.usedBy: the first users by name, and usedByCount for all of them.
+MAX_USED_BY_LISTED = 20
 CheckpointFormat = Literal["huggingface", "safetensors", "torch", "deepspeed", "orbax", "cerebras", "file", "unknown"]
 SOURCE_KINDS = ("s3", "http", "volume", "trainingJob")
 
@@ -84,12 +101,16 @@ class CheckpointSpec(ApiModel):
 
     # A transition rule: only the API server can check it (it needs the stored object).
     cel_rules = (Rule("self == oldSelf",
-                      "spec is immutable (spec.source, spec.description, spec.format): create a new Checkpoint instead",
+                      "spec is immutable (spec.source, spec.description, spec.format, spec.maxSize): create a new Checkpoint instead",
                       None),)
 
     source: CheckpointSource = Field(description="Where the data comes from.")
     description: Optional[Description] = Field(None, description="Free text shown to humans.")
     format: Optional[CheckpointFormat] = Field(None, description="Format hint; detected from the files when empty.")
+    maxSize: Optional[str] = Field(
+        None, pattern=QUANTITY_PATTERN, max_length=64,
+        description="Refuse an import larger than this (a quantity); may only lower the operator's and the "
+                    "namespace's limit.")
 
 
 class VolumeLocation(ApiModel):
@@ -124,11 +145,16 @@ class CheckpointStatus(ApiModel):
     format: Optional[CheckpointFormat] = Field(None, description="Detected format.")
     step: Optional[int] = Field(None, description="Training step, when known.")
     resumable: Optional[bool] = Field(None, description="True when optimizer state is present, so training can resume.")
+    complete: Optional[bool] = Field(
+        None, description="False when the format's completeness rule found it incomplete (never selected by latest).")
     producedBy: Optional[ObjectRef] = Field(None, description="The TrainingJob that wrote it.")
     parents: Optional[list[PinnedCheckpoint]] = Field(None, description="Inputs of the producing job: the lineage.")
-    usedBy: Optional[list[ObjectRef]] = Field(None, description="Live TrainingJobs that mount it; it cannot be deleted while any is listed.")
-    usedByCount: Optional[int] = Field(None, description="Number of entries in usedBy (for kubectl get).")
-    conditions: Optional[list[Condition]] = Field(None, description="Standard conditions (Ready).")
+    usedBy: Optional[list[ObjectRef]] = Field(
+        None, max_length=MAX_USED_BY_LISTED,
+        description=f"Live TrainingJobs that use it (the first {MAX_USED_BY_LISTED} by name; informational: the "
+                    "in-use protection asks the API server at deletion time).")
+    usedByCount: Optional[int] = Field(None, description="Number of live TrainingJobs that use it (for kubectl get).")
+    conditions: Optional[list[Condition]] = Field(None, description="Standard conditions (Ready, Complete).")
     observedGeneration: Optional[int] = Field(None, description="The .metadata.generation last reconciled.")
 
 
@@ -137,6 +163,26 @@ class Checkpoint(ApiModel):
 
     apiVersion: str = "ckpt.dev/v1alpha1"
     kind: Literal["Checkpoint"] = "Checkpoint"
-    metadata: dict = Field(default_factory=dict)
+    metadata: ObjectMeta = meta_field()
     spec: CheckpointSpec
-    status: Optional[CheckpointStatus] = None
+    status: CheckpointStatus = Field(default_factory=CheckpointStatus)
+
+    @property
+    def phase(self) -> CheckpointPhase:
+        return self.status.phase or CheckpointPhase.PENDING
+
+    @property
+    def is_usable(self) -> bool:
+        """Ready and not being deleted: a job may start on it."""
+        return self.phase == CheckpointPhase.READY and not self.metadata.deleting
+
+    def ready_reason(self) -> Optional[str]:
+        ready = next((c for c in self.status.conditions or [] if c.type == "Ready"), None)
+        return ready.reason if ready else None
+
+    def to_wire(self) -> dict:
+        wire = super().to_wire()
+        wire["metadata"] = self.metadata.wire()
+        if not wire.get("status"):
+            wire.pop("status", None)
+        return wire

@@ -1,7 +1,9 @@
-"""Types shared by both resources: conditions and object references."""
+"""Types shared by both resources: conditions, object references and the Phase base."""
 
 from __future__ import annotations
 
+import re
+from enum import Enum
 from typing import Literal, Optional
 
 from pydantic import Field
@@ -34,3 +36,25 @@ class PinnedCheckpoint(ApiModel):
     name: Name = Field(description="Name of the Checkpoint.")
     uid: Uid = Field(description="UID of the Checkpoint.")
     digest: Optional[Digest] = Field(None, description="Digest (sha256 of the manifest) of the Checkpoint's data.")
+    sizeBytes: Optional[int] = Field(None, description="Size of the Checkpoint's data (sizes staging volumes and deadlines).")
+
+
+class Phase(str, Enum):
+    """Base of the phase enums: compares and serialises as its string value."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+
+_SUFFIXES = {"": 1, "k": 10 ** 3, "M": 10 ** 6, "G": 10 ** 9, "T": 10 ** 12, "P": 10 ** 15, "E": 10 ** 18,
+             "Ki": 2 ** 10, "Mi": 2 ** 20, "Gi": 2 ** 30, "Ti": 2 ** 40, "Pi": 2 ** 50, "Ei": 2 ** 60}
+
+
+def parse_quantity(text: str) -> int:
+    """`500Gi` -> bytes; a plain number is bytes. ValueError names what is allowed."""
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?", text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a size: use a number of bytes or a quantity such as 500Gi or 10G")
+    return int(float(match.group(1)) * _SUFFIXES[match.group(2) or ""])

@@ -7,11 +7,31 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field
 
-from checkpoint_operator.api.common import Condition, PinnedCheckpoint
+from checkpoint_operator.api.common import QUANTITY_PATTERN, Condition, Phase, PinnedCheckpoint
+from checkpoint_operator.api.meta import ObjectMeta, meta_field
 from checkpoint_operator.api.rules import (DNS1123_MESSAGE, DNS1123_SUBDOMAIN, ApiModel, Message, Name, Path, Rule,
                                            Short, Timestamp, has_exactly_one, is_dns1123)
 
-TrainingJobPhase = Literal["Pending", "Running", "Snapshotting", "Succeeded", "Failed"]
+
+
+class TrainingJobPhase(Phase):
+    """Pending -> Running -> Snapshotting -> Succeeded | Failed."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SNAPSHOTTING = "Snapshotting"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+    @property
+    def is_finished(self) -> bool:
+        """The pods are done and the output is snapshotted: the job no longer uses its inputs."""
+        return self in (TrainingJobPhase.SUCCEEDED, TrainingJobPhase.FAILED)
+
+    is_settled = is_finished
+
+
+SelectPolicy = Literal["latest", "latestResumable", "final"]
 DNS1123_CEL = DNS1123_SUBDOMAIN.replace("\\", "\\\\")
 MAX_INPUTS = 64  # maxItems of spec.checkpoints: bounds the CEL cost of the per-item rules
 MAX_CONTAINERS = 64  # maxItems of spec.template.spec.containers, which a CEL rule reads
@@ -43,8 +63,10 @@ class CheckpointRef(ApiModel):
     name: Optional[str] = Field(None, max_length=253, description="Name of a Checkpoint in the same namespace.")
     uid: Optional[str] = Field(None, max_length=128, description="UID of a Checkpoint in the same namespace.")
     fromTrainingJob: Optional[str] = Field(None, max_length=253, description="Name of a TrainingJob whose output to use.")
-    select: Optional[Literal["latest"]] = Field(
-        None, description="Which output of fromTrainingJob: latest = the highest step, then the newest.")
+    select: Optional[SelectPolicy] = Field(
+        None, description="Which output of fromTrainingJob: latest (default) = the highest step, then the newest, "
+                          "of the Ready checkpoints not found incomplete; latestResumable = the same among those "
+                          "with optimizer state; final = the root-files checkpoint <prefix>-final.")
     mountName: Optional[str] = Field(
         None, max_length=253, description="Directory name under inputDir (default: the Checkpoint's name).")
 
@@ -67,7 +89,7 @@ class OutputSpec(ApiModel):
     enabled: bool = Field(True, description="Create an output volume and snapshot it into Checkpoints.")
     size: Optional[Short] = Field(None, description="Size of the output volume (a Kubernetes quantity); default: "
                                                   "the operator's (Helm value storage.defaultSize, 10Gi).",
-                      pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+                      pattern=QUANTITY_PATTERN)
     storageClassName: Optional[Name] = Field(None, description="StorageClass of the output volume; default: the operator's.")
     layout: Literal["auto", "directories", "files"] = Field(
         "auto", description="auto: each subdirectory and the root files are checkpoints; directories: subdirectories "
@@ -161,6 +183,7 @@ class TrainingJobStatus(ApiModel):
     jobSucceeded: Optional[bool] = Field(None, description="Whether the pods succeeded (recorded before the snapshot).")
     snapshotStartTime: Optional[Timestamp] = Field(None, description="When the snapshot of the output started.")
     snapshotAttempts: Optional[int] = Field(None, description="Failed snapshot pods so far (retried up to 3 times).")
+    skippedCount: Optional[int] = Field(None, description="Entries of the output the snapshot skipped (see events).")
     startTime: Optional[Timestamp] = Field(None, description="When the pods were started.")
     completionTime: Optional[Timestamp] = Field(None, description="When the job finished.")
     conditions: Optional[list[Condition]] = Field(None, description="Standard conditions (Ready).")
@@ -172,6 +195,29 @@ class TrainingJob(ApiModel):
 
     apiVersion: str = "ckpt.dev/v1alpha1"
     kind: Literal["TrainingJob"] = "TrainingJob"
-    metadata: dict = Field(default_factory=dict)
+    metadata: ObjectMeta = meta_field()
     spec: TrainingJobSpec
-    status: Optional[TrainingJobStatus] = None
+    status: TrainingJobStatus = Field(default_factory=TrainingJobStatus)
+
+    @property
+    def phase(self) -> TrainingJobPhase:
+        return self.status.phase or TrainingJobPhase.PENDING
+
+    @property
+    def is_finished(self) -> bool:
+        return self.phase.is_finished
+
+    @property
+    def output_enabled(self) -> bool:
+        return self.spec.output.enabled
+
+    def ready_reason(self) -> Optional[str]:
+        ready = next((c for c in self.status.conditions or [] if c.type == "Ready"), None)
+        return ready.reason if ready else None
+
+    def to_wire(self) -> dict:
+        wire = super().to_wire()
+        wire["metadata"] = self.metadata.wire()
+        if not wire.get("status"):
+            wire.pop("status", None)
+        return wire

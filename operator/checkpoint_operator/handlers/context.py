@@ -1,35 +1,61 @@
-"""What every handler needs: the API client, the settings, and a way to record events."""
+"""What every handler needs: the API client, the settings, the indexes, the work queue, and a
+way to record events.
+
+Events are posted through the API client, not kopf's poster: reconciles run in the operator's
+own work queue (handlers/queue.py), outside kopf's per-object handler context that
+`kopf.event()` needs. One POST per change of reason or message (never one per pass).
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-
-import kopf
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 from checkpoint_operator.config import OperatorConfig
-from checkpoint_operator.kube import Kube
+from checkpoint_operator.kube import EVENTS, ApiError, Kube
+from checkpoint_operator.logic.conditions import now_rfc3339
 
 logger = logging.getLogger("checkpoint_operator")
+COMPONENT = "checkpoint-operator"
+MAX_EVENT_MESSAGE = 1024
 
 
 @dataclass
 class Context:
     kube: Kube
     config: OperatorConfig
+    indexes: Any = None   # handlers.indexes.Indexes once kopf has started
+    queue: Any = None     # handlers.queue.WorkQueue once kopf has started
+    extra: dict = field(default_factory=dict)
 
-    def event(self, obj: dict, type_: str, reason: str, message: str) -> None:
-        """A Kubernetes Event on `obj` (through kopf's poster) and a log line."""
+    def event(self, obj: Any, type_: str, reason: str, message: str) -> None:
+        """A Kubernetes Event on `obj` (an api model or a body) and a log line."""
+        ref = _reference(obj)
         log = logger.warning if type_ == "Warning" else logger.info
-        meta = obj.get("metadata", {})
-        log("%s %s/%s: %s: %s", obj.get("kind"), meta.get("namespace"), meta.get("name"), reason, message)
+        log("%s %s/%s: %s: %s", ref["kind"], ref["namespace"], ref["name"], reason, message)
+        now = now_rfc3339()
+        body = {"metadata": {"generateName": f"{ref['name'][:200]}.", "namespace": ref["namespace"]},
+                "involvedObject": ref, "type": type_, "reason": reason, "message": message[:MAX_EVENT_MESSAGE],
+                "source": {"component": COMPONENT}, "reportingComponent": COMPONENT, "count": 1,
+                "firstTimestamp": now, "lastTimestamp": now}
         try:
-            kopf.event(obj, type=type_, reason=reason, message=message[:1024])
-        except LookupError:  # outside kopf's context (unit tests, tools): the log line is enough
-            pass
+            self.kube.create(EVENTS, ref["namespace"], body)
+        except (ApiError, OSError) as exc:  # an event is a courtesy: never fail a reconcile for it
+            logger.warning("could not post event %s on %s/%s: %s", reason, ref["namespace"], ref["name"], exc)
 
-    def warn(self, obj: dict, reason: str, message: str) -> None:
+    def warn(self, obj: Any, reason: str, message: str) -> None:
         self.event(obj, "Warning", reason, message)
 
-    def info(self, obj: dict, reason: str, message: str) -> None:
+    def info(self, obj: Any, reason: str, message: str) -> None:
         self.event(obj, "Normal", reason, message)
+
+
+def _reference(obj: Any) -> dict:
+    if hasattr(obj, "metadata") and not isinstance(obj, dict):
+        meta: Optional[Any] = obj.metadata
+        return {"apiVersion": obj.apiVersion, "kind": obj.kind, "name": meta.name, "namespace": meta.namespace,
+                "uid": meta.uid}
+    meta = obj.get("metadata", {})
+    return {"apiVersion": obj.get("apiVersion", ""), "kind": obj.get("kind", ""), "name": meta.get("name", ""),
+            "namespace": meta.get("namespace", ""), "uid": meta.get("uid", "")}

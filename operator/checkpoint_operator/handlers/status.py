@@ -1,35 +1,80 @@
-"""Writing phase, message and kstatus conditions of both kinds, with an event per change."""
+"""The one door every status change of both kinds goes through.
+
+`write_status` applies a `StatusChange` (logic/status.py) to the object as last read, skips
+the write when nothing changes, validates the result against the status model (nothing the
+CRD schema would prune), writes it as a conditional merge patch (resourceVersion) and, on a
+409, re-reads the object and applies the change again. An event is posted when the Ready
+reason or message changed.
+"""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TypeVar
 
-from checkpoint_operator.api.checkpoint import CheckpointStatus
-from checkpoint_operator.api.trainingjob import TrainingJobStatus
+from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointPhase
+from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobPhase
 from checkpoint_operator.handlers.context import Context
-from checkpoint_operator.kube import CHECKPOINTS, TRAINING_JOBS
-from checkpoint_operator.logic.conditions import get_condition, kstatus_conditions, now_rfc3339
+from checkpoint_operator.handlers.objects import parse_tolerant
+from checkpoint_operator.kube import CHECKPOINTS, TRAINING_JOBS, Conflict
+from checkpoint_operator.logic.conditions import now_rfc3339
+from checkpoint_operator.logic.status import StatusChange, apply_change, should_post_event, status_patch
+
+MAX_ATTEMPTS = 10
+Obj = TypeVar("Obj", TrainingJob, Checkpoint)
 
 
-def write_status(ctx: Context, obj: dict, phase: str, reason: str, message: str, *, ready: bool = False,
-                 stalled: bool = False, reconciling: bool = False, event: Optional[str] = None, **fields) -> dict:
-    """Patch the status; post an event (of type `event`) only when the reason or message changed,
-    so a wait that lasts an hour is one event, not one per pass."""
-    status = obj.get("status", {})
-    previous = get_condition(status.get("conditions"), "Ready") or {}
-    generation = obj["metadata"].get("generation")
-    conditions = kstatus_conditions(status.get("conditions"), ready=ready, reason=reason, message=message,
-                                    generation=generation, now=now_rfc3339(), reconciling=reconciling,
-                                    stalled=stalled)
-    patch = {"phase": phase, "message": message, "conditions": conditions, "observedGeneration": generation, **fields}
-    meta = obj["metadata"]
-    written = {k: v for k, v in patch.items() if v is not None}
-    if obj["kind"] == "Checkpoint":
-        CheckpointStatus.model_validate(written)  # nothing the CRD schema would prune
-        updated = ctx.kube.patch_status(CHECKPOINTS, meta["namespace"], meta["name"], patch)
-    else:
-        TrainingJobStatus.model_validate(written)
-        updated = ctx.kube.patch_status(TRAINING_JOBS, meta["namespace"], meta["name"], patch)
-    if event and (previous.get("reason"), previous.get("message")) != (reason, message):
-        ctx.event(updated, event, reason, message)
-    return updated
+class StatusConflict(RuntimeError):
+    pass
+
+
+def _settled(kind: str):
+    phases = TrainingJobPhase if kind == "TrainingJob" else CheckpointPhase
+
+    def is_settled(phase) -> bool:
+        try:
+            return phase is not None and phases(phase).is_settled
+        except ValueError:
+            return False
+    return is_settled
+
+
+def write_status(ctx: Context, obj: Obj, change: StatusChange) -> Obj:
+    """Apply `change` to `obj`'s status; return the object as written (or as read, if no-op)."""
+    model = type(obj)
+    meta = obj.metadata
+    for _ in range(MAX_ATTEMPTS):
+        before = obj.status.to_wire()
+        after = apply_change(before, change, generation=obj.metadata.generation, now=now_rfc3339(),
+                             is_settled=_settled(obj.kind))
+        patch = status_patch(before, after)
+        if not patch:
+            return obj
+        status_model = type(obj.status)
+        status_model.model_validate(after)  # nothing the CRD schema would prune
+        try:
+            written = _patch_status(ctx, obj, patch)
+        except Conflict:
+            fresh = _get(ctx, obj)
+            if fresh is None:
+                return obj
+            obj = parse_tolerant(model, fresh)
+            continue
+        updated = parse_tolerant(model, written)
+        if should_post_event(before, change):
+            ctx.event(updated, change.event or "Normal", change.reason or "", change.message)
+        return updated
+    raise StatusConflict(f"{obj.kind} {meta.namespace}/{meta.name}: status kept changing; will retry")
+
+
+def _patch_status(ctx: Context, obj: Obj, patch: dict) -> dict:
+    meta = obj.metadata
+    if obj.kind == "TrainingJob":
+        return ctx.kube.patch_status(TRAINING_JOBS, meta.namespace, meta.name, patch, meta.resourceVersion)
+    return ctx.kube.patch_status(CHECKPOINTS, meta.namespace, meta.name, patch, meta.resourceVersion)
+
+
+def _get(ctx: Context, obj: Obj) -> dict | None:
+    meta = obj.metadata
+    if obj.kind == "TrainingJob":
+        return ctx.kube.get(TRAINING_JOBS, meta.namespace, meta.name)
+    return ctx.kube.get(CHECKPOINTS, meta.namespace, meta.name)

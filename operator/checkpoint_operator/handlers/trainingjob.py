@@ -1,350 +1,357 @@
 """TrainingJob: Pending -> Running -> Snapshotting -> Succeeded | Failed.
 
-`reconcile` is level-triggered and idempotent: it reads the object, works out which step it
-is at from status.phase, and does that step. Every object it creates has a deterministic
-name, so running a step twice (say, after an operator restart) creates nothing twice.
+`reconcile` is level-triggered and idempotent: it reads the object, runs the step of its phase
+and records the step's result (logic/results.py). The decisions are in logic/trainingjob_flow.py
+and logic/inputs.py; here they are applied. Every object created has a deterministic name, so
+running a step twice (say, after an operator restart) creates nothing twice.
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
-import pydantic
-
-from checkpoint_operator.api.trainingjob import TrainingJobSpec
+from checkpoint_operator import PROTECTION_FINALIZER
+from checkpoint_operator.api.checkpoint import Checkpoint
+from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobPhase
+from checkpoint_operator.handlers import agent_runs
 from checkpoint_operator.handlers.context import Context
+from checkpoint_operator.handlers.objects import InvalidObject, parse, parse_tolerant
 from checkpoint_operator.handlers.status import write_status
-from checkpoint_operator.handlers.usage import register_user, release_inputs
-from checkpoint_operator.kube import CHECKPOINTS, JOBS, PODS, PVCS, TRAINING_JOBS, ApiError, Conflict
+from checkpoint_operator.kube import CHECKPOINTS, JOBS, PVCS, TRAINING_JOBS, ApiError, Conflict
+from checkpoint_operator.logic import trainingjob_flow as flow
 from checkpoint_operator.logic import workload
-from checkpoint_operator.logic.conditions import kstatus_conditions, now_rfc3339, seconds_since
-from checkpoint_operator.logic.inputs import (FINISHED_JOB_PHASES, InputWait, ResolvedInput, is_deleting,
-                                              resolve_inputs, resolve_one)
-from checkpoint_operator.logic.snapshot import ScanOutputError, is_produced_by, parse_scan_output, plan_snapshot
-from checkpoint_operator.storage import store_for
-from checkpoint_operator.storage.base import MissingUpload
+from checkpoint_operator.logic.agent_pods import AGENT_OUTPUT_MOUNT
+from checkpoint_operator.logic.conditions import now_rfc3339, seconds_since
+from checkpoint_operator.logic.inputs import (CheckpointInfo, InputWait, ResolvedInput, check_live_input,
+                                              resolve_inputs)
+from checkpoint_operator.logic.protection import label_patch, used_uids
+from checkpoint_operator.logic.results import Advance, Done, Fail, Result, Wait
+from checkpoint_operator.logic.snapshot import is_produced_by, not_stored, plan_snapshot, skipped_message
+from checkpoint_operator.logic.status import StatusChange
+from checkpoint_operator.storage import MissingUpload, store_for
 from checkpoint_operator import metrics
 
-MAX_SNAPSHOT_ATTEMPTS = 3
+RETRY_SOON = 5.0  # seconds: waits on things whose end brings no event of ours (a namesake's GC)
 
 
-def reconcile(ctx: Context, namespace: str, name: str) -> None:
-    steps = {"Pending": start, "Running": follow_job, "Snapshotting": snapshot}
-    for _ in range(len(steps) + 1):  # one pass may take a job through several phases
-        tj = ctx.kube.get(TRAINING_JOBS, namespace, name)
-        if tj is None or is_deleting(tj):
-            return
-        tj = with_defaults(tj)
-        phase = tj.get("status", {}).get("phase") or "Pending"
-        step = steps.get(phase)
-        if step is None:  # finished: make sure the inputs are free (idempotent)
-            release_inputs(ctx.kube, tj)
-            return
-        if not step(ctx, tj):
-            return
+def reconcile(ctx: Context, namespace: str, name: str) -> Optional[float]:
+    """One pass; returns when to look again without an event (None: an event will tell)."""
+    for _ in range(4):  # one pass may take a job through several phases
+        body = ctx.kube.get(TRAINING_JOBS, namespace, name)
+        if body is None:
+            return None
+        try:
+            tj = parse(TrainingJob, body)
+        except InvalidObject as invalid:
+            return _refuse_invalid(ctx, invalid)
+        if tj.metadata.deleting:
+            return _deleting(ctx, tj)
+        if tj.is_finished:
+            return _finished(ctx, tj)
+        result = STEPS[tj.phase](ctx, tj)
+        if not isinstance(result, Advance):
+            return record(ctx, tj, result)
+    return 0.0
 
 
-def with_defaults(tj: dict) -> dict:
-    """The spec with the CRD's defaults filled in, as the API server would have done (an API
-    without schema defaulting, such as local mode's, gives it as written). An invalid spec is
-    left as it is for `start` to refuse."""
-    try:
-        return {**tj, "spec": TrainingJobSpec.model_validate(tj["spec"]).to_wire()}
-    except pydantic.ValidationError:
-        return tj
+def record(ctx: Context, tj: TrainingJob, result: Result) -> Optional[float]:
+    if isinstance(result, Wait):
+        change = flow.wait_change(tj.phase, result)
+        if change is not None:
+            write_status(ctx, tj, change)
+        return result.requeue_after
+    if isinstance(result, Fail):
+        tj = write_status(ctx, tj, flow.fail_change(result, now_rfc3339()))
+        _release_inputs(ctx, tj)
+    return None
 
 
-# --- status helpers -------------------------------------------------------------------------------
-
-def _set_status(ctx: Context, obj: dict, phase: str, reason: str, message: str, *, ready: bool = False,
-                stalled: bool = False, event: Optional[str] = None, **fields) -> dict:
-    return write_status(ctx, obj, phase, reason, message, ready=ready, stalled=stalled, event=event,
-                        reconciling=not (ready or stalled or phase in FINISHED_JOB_PHASES), **fields)
-
-
-def _fail(ctx: Context, tj: dict, reason: str, message: str) -> bool:
-    _set_status(ctx, tj, "Failed", reason, message, stalled=True, event="Warning", completionTime=now_rfc3339())
-    release_inputs(ctx.kube, tj)
-    return False
+def _refuse_invalid(ctx: Context, invalid: InvalidObject) -> None:
+    tj = parse_tolerant(TrainingJob, invalid.body)
+    if not tj.is_finished and not tj.metadata.deleting:
+        write_status(ctx, tj, flow.fail_change(Fail("InvalidSpec", invalid.message()), now_rfc3339()))
+    return None
 
 
-# --- Pending: resolve, register, create ------------------------------------------------------------
+# --- Pending: resolve, claim, check live, create ----------------------------------------------------
 
-def _resolve(ctx: Context, tj: dict) -> tuple[list[ResolvedInput], list[InputWait]]:
-    """Inputs pinned at an earlier pass are kept (by uid), so a restart cannot switch `latest`."""
-    namespace = tj["metadata"]["namespace"]
-    checkpoints = ctx.kube.list(CHECKPOINTS, namespace)
-    pinned = tj.get("status", {}).get("inputs")
-    refs = tj["spec"].get("checkpoints") or []
-    if pinned is not None and len(pinned) == len(refs):
-        results = [resolve_one({"uid": p["uid"], "mountName": ref.get("mountName") or p["name"]}, checkpoints, [],
-                               job_uid=tj["metadata"]["uid"]) for p, ref in zip(pinned, refs)]
-        return ([r for r in results if isinstance(r, ResolvedInput)], [r for r in results if isinstance(r, InputWait)])
-    resolution = resolve_inputs(refs, checkpoints, ctx.kube.list(TRAINING_JOBS, namespace))
-    return resolution.inputs, resolution.waits
+class _LiveNames:
+    """The indexes, with the Checkpoints named in the spec read live: a wait is only ever
+    decided on a fresh read (the watch cache may lag), never on the cache alone."""
+
+    def __init__(self, ctx: Context, tj: TrainingJob):
+        self._indexes, self._live = ctx.indexes, {}
+        for ref in tj.spec.checkpoints:
+            if ref.name:
+                body = ctx.kube.get(CHECKPOINTS, tj.metadata.namespace, ref.name)
+                self._live[ref.name] = CheckpointInfo.from_body(body) if body else None
+
+    def checkpoint(self, namespace: str, name: str):
+        return self._live[name] if name in self._live else self._indexes.checkpoint(namespace, name)
+
+    def __getattr__(self, attribute):
+        return getattr(self._indexes, attribute)
 
 
-def start(ctx: Context, tj: dict) -> bool:
-    try:
-        TrainingJobSpec.model_validate(tj["spec"])
-    except pydantic.ValidationError as exc:
-        return _fail(ctx, tj, "InvalidSpec", _validation_message(exc))
+def start(ctx: Context, tj: TrainingJob) -> Result:
+    resolution = resolve_inputs(tj, ctx.indexes)
+    if resolution.waits and tj.status.inputs is None and any(r.name for r in tj.spec.checkpoints):
+        resolution = resolve_inputs(tj, _LiveNames(ctx, tj))
+    if resolution.waits:
+        # Hold nothing while waiting, so a waiting job never keeps an input from being deleted.
+        _release_inputs(ctx, tj)
+        return flow.input_wait(resolution.waits)
+    if tj.status.inputs is not None:
+        resumed = _adopt_started_job(ctx, tj)
+        if resumed is not None:
+            return resumed
 
-    inputs, waits = _resolve(ctx, tj)
+    # Record the use on the job itself first, then read each input live (logic/protection.py).
+    tj = _set_uses_labels(ctx, tj, [c.uid for c in resolution.candidates])
+    checked = [check_live_input(c, ctx.kube.get(CHECKPOINTS, tj.metadata.namespace, c.name))
+               for c in resolution.candidates]
+    waits = [c for c in checked if isinstance(c, InputWait)]
     if waits:
-        _set_status(ctx, tj, "Pending", waits[0].reason, "; ".join(w.message for w in waits), event="Warning",
-                    stalled=any(w.terminal for w in waits))
-        return False
+        _release_inputs(ctx, tj)
+        return flow.input_wait(waits)
+    inputs = [c for c in checked if isinstance(c, ResolvedInput)]
+    # Pinned before any pod exists: a restart finds the same inputs, and downloads check these digests.
+    tj = write_status(ctx, tj, StatusChange(fields={"inputs": [i.pinned().to_wire() for i in inputs],
+                                                    "inputCount": len(inputs)}))
+    return _create_workload(ctx, tj, inputs)
 
-    # Pin first, then register: a restart between the two finds the same inputs.
-    tj = with_defaults(ctx.kube.patch_status(TRAINING_JOBS, tj["metadata"]["namespace"], tj["metadata"]["name"], {
-        "inputs": [i.pinned() for i in inputs], "inputCount": len(inputs)}))
-    for item in inputs:
-        wait = register_user(ctx.kube, tj["metadata"]["namespace"], item.name, item.uid, tj)
-        if wait is not None:
-            # Hold nothing while waiting: release what was taken and resolve afresh next pass,
-            # so a waiting job never keeps another input from being deleted.
-            release_inputs(ctx.kube, tj)
-            tj = _set_status(ctx, tj, "Pending", wait.reason, wait.message, event="Warning", inputs=None,
-                             inputCount=None)
-            return False
 
+def _create_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput]) -> Result:
     try:
-        built = workload.build_job(tj, inputs, ctx.config)
+        built = workload.build_job(tj, inputs, store_for(ctx.config).input_volumes(tj, inputs))
     except workload.InvalidSpec as exc:
-        return _fail(ctx, tj, "InvalidSpec", str(exc))
+        return Fail("InvalidSpec", str(exc))
     for warning in built.warnings:
         ctx.warn(tj, "EnvOverridden", warning)
-
-    namespace = tj["metadata"]["namespace"]
+    namespace = tj.metadata.namespace
     try:
-        if tj["spec"].get("output", {}).get("enabled", True):
+        if tj.output_enabled:
             _ensure_owned(tj, ctx.kube.ensure(PVCS, namespace, workload.build_output_claim(tj, ctx.config)))
         _ensure_owned(tj, ctx.kube.ensure(JOBS, namespace, built.job))
     except NameConflict as exc:  # usually an earlier run's Job that garbage collection is removing
-        _set_status(ctx, tj, "Pending", "NameConflict", str(exc), event="Warning")
-        return False
+        return Wait("NameConflict", str(exc), requeue_after=RETRY_SOON)
     except ApiError as exc:
         if exc.status in (400, 422):
-            return _fail(ctx, tj, "InvalidSpec", f"the API server refused the Job or its volume: {exc.message}")
-        _set_status(ctx, tj, "Pending", "CreateRefused", f"creating the Job or its volume failed: {exc}",
-                    event="Warning")
-        return False
-    names = ", ".join(i.name for i in inputs) or "no inputs"
-    _set_status(ctx, tj, "Running", "Running", f"Job {built.job['metadata']['name']} started on {names}",
-                event="Normal", jobName=built.job["metadata"]["name"],
-                outputClaim=workload.output_claim_name(tj) if tj["spec"].get("output", {}).get("enabled", True) else None,
-                startTime=now_rfc3339())
-    return True
+            return Fail("InvalidSpec", f"the API server refused the Job or its volume: {exc.message}")
+        return Wait("CreateRefused", f"creating the Job or its volume failed: {exc}", requeue_after=RETRY_SOON)
+    write_status(ctx, tj, flow.running_change(built.job["metadata"]["name"], [i.name for i in inputs],
+                                              workload.output_claim_name(tj) if tj.output_enabled else None,
+                                              now_rfc3339()))
+    return Advance()
+
+
+def _adopt_started_job(ctx: Context, tj: TrainingJob) -> Optional[Result]:
+    """After a crash between creating the Job and recording it: the Job runs on the pinned
+    inputs (whose labels are still set), so go on with it instead of resolving again."""
+    job = ctx.kube.get(JOBS, tj.metadata.namespace, workload.job_name(tj))
+    if job is None or not _owns(tj, job):
+        return None
+    names = [p.name for p in tj.status.inputs or []]
+    write_status(ctx, tj, flow.running_change(job["metadata"]["name"], names,
+                                              workload.output_claim_name(tj) if tj.output_enabled else None,
+                                              now_rfc3339()))
+    return Advance()
 
 
 class NameConflict(Exception):
     pass
 
 
-def _ensure_owned(tj: dict, obj: dict) -> dict:
+def _owns(tj: TrainingJob, obj: dict) -> bool:
+    return any(o.get("uid") == tj.metadata.uid for o in obj.get("metadata", {}).get("ownerReferences") or [])
+
+
+def _ensure_owned(tj: TrainingJob, obj: dict) -> dict:
     """An object found under the name we would use must be this job's, not a namesake's (an
     earlier TrainingJob of the same name, or the user's own)."""
-    uid = tj["metadata"]["uid"]
-    if not any(o.get("uid") == uid for o in obj.get("metadata", {}).get("ownerReferences") or []):
+    if not _owns(tj, obj):
         raise NameConflict(f"{obj.get('kind')} {obj['metadata']['name']} exists and does not belong to this "
-                           f"TrainingJob (uid {uid}); waiting for it to go (an earlier run's objects are "
-                           f"garbage-collected), or delete it or rename the TrainingJob")
+                           f"TrainingJob (uid {tj.metadata.uid}); waiting for it to go (an earlier run's objects "
+                           f"are garbage-collected), or delete it or rename the TrainingJob")
     return obj
 
 
-def _validation_message(exc: pydantic.ValidationError) -> str:
-    def one(error: dict) -> str:
-        message = error["msg"].removeprefix("Value error, ")
-        if message.startswith("spec."):  # our CEL-twin messages already name the field
-            return message
-        return f"spec.{'.'.join(str(p) for p in error['loc'])}: {message}" if error["loc"] else message
-    return "; ".join(one(e) for e in exc.errors())
+def _set_uses_labels(ctx: Context, tj: TrainingJob, uids: list[str]) -> TrainingJob:
+    patch = label_patch(tj.metadata.labels, uids)
+    if not patch:
+        return tj
+    body = ctx.kube.patch(TRAINING_JOBS, tj.metadata.namespace, tj.metadata.name, {"metadata": {"labels": patch}})
+    return parse_tolerant(TrainingJob, body)
 
 
-# --- Running: wait for the Job --------------------------------------------------------------------
-
-def job_outcome(job: Optional[dict]) -> Optional[bool]:
-    """True/False once the Job has succeeded/failed (after its retries) and none of its pods is
-    still running; None until then. Only the final conditions count: FailureTarget and
-    SuccessCriteriaMet are set while pods may still be writing (a deadline's SIGTERM grace
-    period, say), and a snapshot taken then would freeze half-written files."""
-    if job is None:
-        return False
-    status = job.get("status", {})
-    if status.get("active") or status.get("terminating"):
-        return None
-    for condition in status.get("conditions") or []:
-        if condition.get("status") == "True" and condition.get("type") == "Complete":
-            return True
-        if condition.get("status") == "True" and condition.get("type") == "Failed":
-            return False
-    return None
+def _release_inputs(ctx: Context, tj: TrainingJob) -> TrainingJob:
+    """Drop the uses labels and (while Pending) the pins: the job no longer holds its inputs."""
+    tj = _set_uses_labels(ctx, tj, [])
+    if tj.phase == TrainingJobPhase.PENDING and tj.status.inputs is not None:
+        tj = write_status(ctx, tj, StatusChange(fields={"inputs": None, "inputCount": None}))
+    return tj
 
 
-def follow_job(ctx: Context, tj: dict) -> bool:
-    meta, status = tj["metadata"], tj.get("status", {})
-    job = ctx.kube.get(JOBS, meta["namespace"], status.get("jobName") or workload.job_name(tj))
-    succeeded = job_outcome(job)
+# --- Running: wait for the Job ----------------------------------------------------------------------
+
+def follow_job(ctx: Context, tj: TrainingJob) -> Result:
+    job = ctx.kube.get(JOBS, tj.metadata.namespace, tj.status.jobName or workload.job_name(tj))
+    succeeded = flow.job_outcome(job)
     if succeeded is None:
-        return False
-    outcome = "succeeded" if succeeded else _job_failure_message(job)
-    if not tj["spec"].get("output", {}).get("enabled", True):
-        if succeeded:
-            _set_status(ctx, tj, "Succeeded", "Succeeded", f"Job {outcome}", ready=True, event="Normal",
-                        completionTime=now_rfc3339(), jobSucceeded=True)
-            release_inputs(ctx.kube, tj)
-            return False
-        return _fail(ctx, tj, "JobFailed", f"Job {outcome}")
-    _set_status(ctx, tj, "Snapshotting", "Snapshotting", f"Job {outcome}; snapshotting the output",
-                event="Normal", jobSucceeded=succeeded, snapshotStartTime=now_rfc3339())
-    return True
+        problems = [p.problem for p in ctx.indexes.worker_pods(tj.metadata.namespace, tj.metadata.uid) if p.problem]
+        return flow.running_wait(tj, problems)
+    outcome = "succeeded" if succeeded else flow.job_failure_message(job)
+    change, snapshot_follows = flow.after_job(tj, succeeded, outcome, now_rfc3339())
+    tj = write_status(ctx, tj, change)
+    if not snapshot_follows:
+        _release_inputs(ctx, tj)
+        return Done()
+    return Advance()
 
 
-def _job_failure_message(job: Optional[dict]) -> str:
-    if job is None:
-        return "was deleted before it finished"
-    for condition in job.get("status", {}).get("conditions") or []:
-        if condition.get("type") == "Failed" and condition.get("status") == "True":
-            return f"failed: {condition.get('reason', '')} {condition.get('message', '')}".strip()
-    return "failed"
+# --- Snapshotting: scan the output, create Checkpoints -------------------------------------------------
+
+def snapshot(ctx: Context, tj: TrainingJob) -> Result:
+    store = store_for(ctx.config)
+    pod = workload.build_snapshot_pod(tj, store.snapshot_command(tj, AGENT_OUTPUT_MOUNT), store.agent_env(),
+                                      ctx.config)
+    run = agent_runs.run_agent_pod(ctx, tj.metadata.uid, pod, "snapshot")
+    if isinstance(run, agent_runs.Started):
+        write_status(ctx, tj, StatusChange(fields={"snapshotPod": pod["metadata"]["name"]}))
+        return Wait()
+    if isinstance(run, agent_runs.Running):
+        if run.problem:
+            return Wait(run.problem.reason, run.problem.message)
+        return Wait() if tj.ready_reason() == "Snapshotting" else Wait("Snapshotting", tj.status.message or "", warning=False)
+    if isinstance(run, agent_runs.NotOurs):
+        return Wait("NameConflict", run.message, requeue_after=RETRY_SOON)
+    if isinstance(run, agent_runs.PodFailed):
+        return _snapshot_pod_failed(ctx, tj, pod, run.message)
+    return _store_snapshot(ctx, tj, pod, run.scan)
 
 
-# --- Snapshotting: scan the output, create Checkpoints ---------------------------------------------
+def _snapshot_pod_failed(ctx: Context, tj: TrainingJob, pod: dict, message: str) -> Result:
+    attempts = (tj.status.snapshotAttempts or 0) + 1
+    agent_runs.finish(ctx, pod)
+    failed = flow.snapshot_retry(attempts, message)
+    if failed is not None:
+        return failed  # the output volume stays (s3 store: nothing was stored from it)
+    ctx.warn(tj, "SnapshotRetry", f"attempt {attempts}: {message}; retrying")
+    write_status(ctx, tj, StatusChange(fields={"snapshotAttempts": attempts}))
+    return Wait()  # the pod's deletion wakes the job, which starts the next attempt
 
-def snapshot(ctx: Context, tj: dict) -> bool:
-    meta, status = tj["metadata"], tj.get("status", {})
-    namespace = meta["namespace"]
-    pod_name = workload.snapshot_pod_name(tj)
-    pod = ctx.kube.get(PODS, namespace, pod_name)
-    if pod is None:
-        ctx.kube.ensure(PODS, namespace, workload.build_snapshot_pod(tj, ctx.config))
-        ctx.kube.patch_status(TRAINING_JOBS, namespace, meta["name"], {"snapshotPod": pod_name})
-        return False
-    try:
-        _ensure_owned(tj, pod)
-    except NameConflict as exc:  # an earlier run's pod that garbage collection is removing
-        _set_status(ctx, tj, "Snapshotting", "NameConflict", str(exc), event="Warning")
-        return False
-    phase = pod.get("status", {}).get("phase")
-    if phase == "Failed":
-        return _snapshot_pod_failed(ctx, tj, pod)
-    if phase != "Succeeded":
-        return False
-    try:
-        scan = parse_scan_output(ctx.kube.read_log(namespace, pod_name))
-    except ScanOutputError as exc:
-        return _fail(ctx, tj, "SnapshotFailed", f"pod {pod_name}: {exc}")
 
-    claim = workload.output_claim_name(tj)
-    layout = tj["spec"].get("output", {}).get("layout", "auto")
+def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict, scan) -> Result:
+    namespace, claim = tj.metadata.namespace, workload.output_claim_name(tj)
+    layout = tj.spec.output.layout
     store = store_for(ctx.config)
     try:
         for manifest in scan.checkpoints:  # every checkpoint must have reached the store, committed
-            location = store.snapshot_location(claim, manifest, layout, scan.uploads)
-            if not store.is_committed(location):
+            if not store.is_committed(store.snapshot_location(claim, manifest, layout, scan.uploads)):
                 raise MissingUpload(f"{manifest.path!r} has no manifest in the store: the upload did not complete")
     except MissingUpload as exc:
-        return _fail(ctx, tj, "SnapshotFailed", f"pod {pod_name}: {exc}")
+        agent_runs.finish(ctx, pod)
+        return Fail("SnapshotFailed", f"pod {pod['metadata']['name']}: {exc}")
 
-    def location_of(manifest):
-        return store.snapshot_location(claim, manifest, layout, scan.uploads)
-
-    plan = plan_snapshot(tj, scan, ctx.kube.list(CHECKPOINTS, namespace), location_of, now_rfc3339())
+    plan = plan_snapshot(tj, scan, lambda n: ctx.indexes.checkpoint(namespace, n),
+                         lambda m: store.snapshot_location(claim, m, layout, scan.uploads))
     created = [_create_checkpoint(ctx, tj, planned) for planned in plan.checkpoints]
     if any(c is None for c in created):
-        return False  # a name was taken meanwhile: plan again on the next pass
+        return Wait("NameConflict", "a Checkpoint name was taken meanwhile; planning again", requeue_after=0.5)
+    retained = not_stored(scan, len(created))
     # The Checkpoints own the data before any of them is Ready: deleting the job from here on
     # can no longer take the volume away from under them.
-    _hand_over_output_claim(ctx, tj, claim, created)
-    created = [_mark_ready(ctx, checkpoint, planned) for checkpoint, planned in zip(created, plan.checkpoints)]
-    _report_snapshot(ctx, tj, plan, created)
-    ctx.kube.delete(PODS, namespace, pod_name)
+    _hand_over_output_claim(ctx, tj, claim, created, keep=retained is not None)
+    ready = [_mark_ready(ctx, c, p) for c, p in zip(created, plan.checkpoints)]
+    _report_snapshot(ctx, tj, plan, scan, ready)
+    agent_runs.finish(ctx, pod)
 
-    names = [c["metadata"]["name"] for c in created]
-    if status.get("snapshotStartTime"):
-        metrics.SNAPSHOT_DURATION.labels(ctx.config.storage_type).observe(seconds_since(status["snapshotStartTime"]))
-    metrics.TRANSFERRED_BYTES.labels("snapshot").inc(sum(c["status"].get("sizeBytes", 0) for c in created))
-    summary = f"{len(names)} checkpoint(s): {', '.join(names)}" if names else "no checkpoints in the output"
-    fields = {"outputCheckpoints": names, "outputCount": len(names), "completionTime": now_rfc3339()}
-    if status.get("jobSucceeded"):
-        _set_status(ctx, tj, "Succeeded", "Succeeded", f"Job succeeded; {summary}", ready=True, event="Normal", **fields)
-    else:
-        _set_status(ctx, tj, "Failed", "JobFailed", f"Job failed; kept {summary}", stalled=True, event="Warning",
-                    **fields)
-    release_inputs(ctx.kube, tj)
-    return False
+    if tj.status.snapshotStartTime:
+        metrics.SNAPSHOT_DURATION.labels(ctx.config.storage_type).observe(seconds_since(tj.status.snapshotStartTime))
+    metrics.TRANSFERRED_BYTES.labels("snapshot").inc(sum(c.status.sizeBytes or 0 for c in ready))
+    tj = write_status(ctx, tj, flow.snapshot_done(tj, [c.metadata.name for c in ready], now_rfc3339(), retained,
+                                                  claim, scan.total_skipped))
+    if retained:
+        ctx.warn(tj, flow.OUTPUT_RETAINED, f"volume {claim} is kept: {retained}")
+    _release_inputs(ctx, tj)
+    return Done()
 
 
-def _snapshot_pod_failed(ctx: Context, tj: dict, pod: dict) -> bool:
-    meta = tj["metadata"]
-    attempts = (tj.get("status", {}).get("snapshotAttempts") or 0) + 1
-    try:
-        log_tail = ctx.kube.read_log(meta["namespace"], pod["metadata"]["name"])[-500:]
-    except Exception:  # noqa: BLE001 - the log is a courtesy for the message
-        log_tail = ""
-    if attempts >= MAX_SNAPSHOT_ATTEMPTS:
-        return _fail(ctx, tj, "SnapshotFailed", f"snapshot pod failed {attempts} times; last log: {log_tail}")
-    ctx.warn(tj, "SnapshotRetry", f"snapshot pod failed (attempt {attempts}); retrying: {log_tail}")
-    ctx.kube.delete(PODS, meta["namespace"], pod["metadata"]["name"])
-    ctx.kube.patch_status(TRAINING_JOBS, meta["namespace"], meta["name"], {"snapshotAttempts": attempts})
-    return False
-
-
-def _create_checkpoint(ctx: Context, tj: dict, planned) -> Optional[dict]:
+def _create_checkpoint(ctx: Context, tj: TrainingJob, planned) -> Optional[dict]:
     """Create one Checkpoint, or find the one an earlier pass created (None: the name is taken
     by an object that is not this job's)."""
-    namespace = tj["metadata"]["namespace"]
+    namespace = tj.metadata.namespace
     try:
         checkpoint = ctx.kube.create(CHECKPOINTS, namespace, planned.body)
         metrics.CHECKPOINTS_CREATED.inc()
         return checkpoint
     except Conflict:
         checkpoint = ctx.kube.get(CHECKPOINTS, namespace, planned.name)
-        if checkpoint is None or not is_produced_by(checkpoint, tj["metadata"]["uid"], planned.directory):
+        if checkpoint is None or not is_produced_by(checkpoint, tj.metadata.uid, planned.directory):
             return None
         return checkpoint
 
 
-def _mark_ready(ctx: Context, checkpoint: dict, planned) -> dict:
-    if checkpoint.get("status", {}).get("phase") == "Ready":
+def _mark_ready(ctx: Context, body: dict, planned) -> Checkpoint:
+    checkpoint = parse_tolerant(Checkpoint, body)
+    if checkpoint.status.phase == "Ready":
         return checkpoint
-    meta = checkpoint["metadata"]
-    status = {**planned.status, "conditions": kstatus_conditions(
-        None, ready=True, reason="Ready", message=planned.status["conditions"][0]["message"],
-        generation=meta.get("generation"), now=now_rfc3339()), "observedGeneration": meta.get("generation")}
-    checkpoint = ctx.kube.patch_status(CHECKPOINTS, meta["namespace"], meta["name"], status)
-    return checkpoint
+    return write_status(ctx, checkpoint, planned.ready)
 
 
-def _report_snapshot(ctx: Context, tj: dict, plan, created: list[dict]) -> None:
-    for skipped in plan.skipped:
-        ctx.warn(tj, "Skipped", f"output entry {skipped.get('path')!r} skipped: {skipped.get('reason')}")
+def _report_snapshot(ctx: Context, tj: TrainingJob, plan, scan, created: list[Checkpoint]) -> None:
+    if scan.total_skipped:  # one event for all of them (3,000 skipped links are one line)
+        ctx.warn(tj, "Skipped", skipped_message(scan.skipped, scan.skipped_count))
     if plan.dropped:
-        ctx.info(tj, "NotKept", f"output.keep={tj['spec']['output'].get('keep')}: not kept as Checkpoints: "
+        ctx.info(tj, "NotKept", f"output.keep={tj.spec.output.keep}: not kept as Checkpoints: "
                                 f"{', '.join(plan.dropped)}")
     for checkpoint in created:
-        ctx.info(checkpoint, "Created", f"snapshot of {tj['metadata']['name']} "
-                                        f"{checkpoint['spec']['source']['trainingJob']['directory']!r}")
+        source = checkpoint.spec.source.trainingJob
+        ctx.info(checkpoint, "Created", f"snapshot of {tj.metadata.name} {source.directory if source else ''!r}: "
+                                        f"{checkpoint.status.message}")
 
 
-def _hand_over_output_claim(ctx: Context, tj: dict, claim: str, created: list[dict]) -> None:
+def _hand_over_output_claim(ctx: Context, tj: TrainingJob, claim: str, created: list[dict], keep: bool) -> None:
     """Volume store: the Checkpoints own the output volume from now on, so Kubernetes deletes it
-    with the last of them (and not with the job). s3 store: the data was uploaded; release it."""
-    namespace = tj["metadata"]["namespace"]
+    with the last of them (and not with the job). s3 store: the data was uploaded; release the
+    volume, unless something in it was not stored (then it stays, owned by the job)."""
+    namespace = tj.metadata.namespace
     if not store_for(ctx.config).keeps_output_claim:
-        ctx.kube.delete(PVCS, namespace, claim)
+        if not keep:
+            ctx.kube.delete(PVCS, namespace, claim)
     elif created:
-        owners = [workload.owner_reference(c, controller=False) for c in created]
+        owners = [workload.owner_reference(parse_tolerant(Checkpoint, c), controller=False) for c in created]
         ctx.kube.patch(PVCS, namespace, claim, {"metadata": {"ownerReferences": owners}})
 
 
-# --- deletion -------------------------------------------------------------------------------------
+# --- finished, deleting -----------------------------------------------------------------------------
 
-def on_delete(ctx: Context, body: dict) -> None:
-    """The Job goes with the TrainingJob (owner references); the inputs are released now."""
-    meta = body["metadata"]
-    status = body.get("status", {})
-    if status.get("jobName"):
-        ctx.kube.delete(JOBS, meta["namespace"], status["jobName"])
-    release_inputs(ctx.kube, body)
+def _finished(ctx: Context, tj: TrainingJob) -> Optional[float]:
+    """Idempotent clean-up (after a crash) and the release of a retained output volume."""
+    if used_uids(tj.metadata.labels):
+        tj = _release_inputs(ctx, tj)
+    if flow.wants_output_released(tj):
+        claim = tj.status.outputClaim or workload.output_claim_name(tj)
+        pvc = ctx.kube.get(PVCS, tj.metadata.namespace, claim)
+        deleted = pvc is not None and _owns(tj, pvc) and ctx.kube.delete(PVCS, tj.metadata.namespace, claim)
+        tj = write_status(ctx, tj, flow.released_change(claim, bool(deleted)))
+        ctx.info(tj, "OutputReleased", f"volume {claim} released on request")
+    return None
+
+
+def _deleting(ctx: Context, tj: TrainingJob) -> None:
+    """The Job, pods and output volume go with the TrainingJob (owner references). Releases the
+    finalizer that operator versions before 0.2 put on TrainingJobs (kopf's, same name)."""
+    finalizers = tj.metadata.finalizers or []
+    if PROTECTION_FINALIZER in finalizers:
+        remaining = [f for f in finalizers if f != PROTECTION_FINALIZER]
+        try:
+            ctx.kube.patch(TRAINING_JOBS, tj.metadata.namespace, tj.metadata.name, {"metadata": {
+                "finalizers": remaining, "resourceVersion": tj.metadata.resourceVersion}})
+        except Conflict:
+            return 0.0
+    return None
+
+
+STEPS = {TrainingJobPhase.PENDING: start, TrainingJobPhase.RUNNING: follow_job,
+         TrainingJobPhase.SNAPSHOTTING: snapshot}

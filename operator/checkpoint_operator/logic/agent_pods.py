@@ -1,15 +1,32 @@
 """Pods that run the operator's own image (`checkpoint-operator agent ...`): snapshot, scan,
-import, download. The store-independent parts; the stores add their commands and env."""
+import, download. The store-independent parts (the stores add their commands and env), the
+deadline every agent pod gets, and how a pod's state reads (pure functions on pod dicts)."""
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 from typing import Optional
 
 from checkpoint_operator.config import OperatorConfig
 
 AGENT_OUTPUT_MOUNT = "/checkpoint-output"
 AGENT_DATA_MOUNT = "/checkpoint-data"
+# Volume names the operator adds to pods; a template may not use them.
+OUTPUT_VOLUME = "ckpt-output"
+STAGING_VOLUME = "ckpt-inputs"
+STAGING_MOUNT = "/checkpoint-inputs"
+INPUT_VOLUME_PREFIX = "ckpt-in-"
+GIB = 1024 ** 3
+
+
+@dataclass
+class InputVolumes:
+    """What a training pod needs to see its inputs at <inputDir>/<name>, read-only."""
+
+    volumes: list[dict] = field(default_factory=list)
+    mounts: list[dict] = field(default_factory=list)            # added to every training container
+    init_containers: list[dict] = field(default_factory=list)   # run before the training code
 
 
 def agent_container(name: str, command: list[str], config: OperatorConfig, mounts: list[dict],
@@ -21,11 +38,90 @@ def agent_container(name: str, command: list[str], config: OperatorConfig, mount
     return container
 
 
+def agent_deadline(config: OperatorConfig, size_bytes: Optional[int] = None) -> int:
+    """activeDeadlineSeconds of an agent pod: the base, plus time per GiB where the size is known."""
+    extra = (size_bytes or 0) / GIB * config.agent_deadline_seconds_per_gib
+    return int(config.agent_deadline_seconds + extra)
+
+
 def agent_pod(metadata: dict, config: OperatorConfig, containers: list[dict], volumes: list[dict],
-              init_containers: Optional[list[dict]] = None) -> dict:
-    spec: dict = {"restartPolicy": "Never", "containers": containers, "volumes": volumes}
+              init_containers: Optional[list[dict]] = None, *, size_bytes: Optional[int] = None) -> dict:
+    spec: dict = {"restartPolicy": "Never", "containers": containers, "volumes": volumes,
+                  "activeDeadlineSeconds": agent_deadline(config, size_bytes)}
     if init_containers:
         spec["initContainers"] = init_containers
     if config.agent_service_account:
         spec["serviceAccountName"] = config.agent_service_account
     return {"metadata": metadata, "spec": spec}
+
+
+def staging_size_limit(size_bytes: Optional[int], limit_bytes: int) -> str:
+    """sizeLimit of an emptyDir that receives data: the known size plus a margin, else the limit."""
+    if size_bytes is None:
+        return str(limit_bytes)
+    return str(min(limit_bytes, int(size_bytes * 1.1) + 64 * 1024 * 1024))
+
+
+# --- reading a pod ------------------------------------------------------------------------------
+
+# Waiting reasons of a container that will not start by themselves (or not soon).
+STUCK_WAITING_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
+                         "CreateContainerError", "CrashLoopBackOff", "RunContainerError")
+
+
+@dataclass(frozen=True)
+class PodProblem:
+    """Why a pod is not running: `reason` CamelCase, `message` names the pod."""
+
+    reason: str
+    message: str
+
+
+def pod_problem(pod: dict) -> Optional[PodProblem]:
+    """A Pending pod that is stuck (unschedulable, image pull back-off, bad config, ...), or None."""
+    meta, status = pod.get("metadata", {}), pod.get("status", {}) or {}
+    name = meta.get("name", "?")
+    if status.get("phase") not in (None, "Pending"):
+        return None
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False" \
+                and condition.get("reason") == "Unschedulable":
+            return PodProblem("Unschedulable", f"pod {name} cannot be scheduled: {condition.get('message', '')}".strip())
+    for kind in ("initContainerStatuses", "containerStatuses"):
+        for container in status.get(kind) or []:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in STUCK_WAITING_REASONS:
+                return PodProblem(waiting["reason"], f"pod {name} container {container.get('name')}: "
+                                                     f"{waiting['reason']}: {waiting.get('message', '')}".strip())
+    return None
+
+
+@dataclass(frozen=True)
+class PodFailure:
+    message: str
+    container: Optional[str] = None   # the container whose log tells why (None: the pod itself)
+
+
+def pod_failure(pod: dict, what: str) -> PodFailure:
+    """Why a Failed pod failed: a deadline, an eviction, or the first container that exited non-zero
+    (init containers first: a failed init container leaves the main container's log empty)."""
+    meta, status, spec = pod.get("metadata", {}), pod.get("status", {}) or {}, pod.get("spec", {}) or {}
+    name = meta.get("name", "?")
+    if status.get("reason") == "DeadlineExceeded":
+        return PodFailure(f"{what} pod {name} exceeded its deadline of {spec.get('activeDeadlineSeconds')} s")
+    for kind in ("initContainerStatuses", "containerStatuses"):
+        for container in status.get(kind) or []:
+            terminated = (container.get("state") or {}).get("terminated") or {}
+            if terminated and terminated.get("exitCode", 0) != 0:
+                reason = terminated.get("reason") or "Error"
+                return PodFailure(f"{what} pod {name}: container {container.get('name')} failed "
+                                  f"({reason}, exit code {terminated.get('exitCode')})", container.get("name"))
+    detail = status.get("message") or status.get("reason") or "no container reported why"
+    return PodFailure(f"{what} pod {name} failed: {detail}")
+
+
+def last_error_line(log: str) -> str:
+    """The agent ends a failure with one `error: ...` line on stderr; else the last line."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    return (errors or lines or [""])[-1][:800]

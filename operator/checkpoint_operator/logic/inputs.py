@@ -1,11 +1,94 @@
-"""Which Checkpoints a TrainingJob mounts: resolve each reference, or say why it must wait."""
+"""Which Checkpoints a TrainingJob mounts: resolve each reference, or say why it must wait.
+
+Resolution reads the operator's indexes (`Lookup`: the watch cache, no API request), then the
+handler reads each chosen input live and `check_live_input` decides on that fresh copy: a
+cached "Ready" is never enough to start pods on a checkpoint that is being deleted.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Mapping, Optional, Protocol
 
-FINISHED_JOB_PHASES = ("Succeeded", "Failed")
+from checkpoint_operator import PROTECTION_FINALIZER
+from checkpoint_operator.api.checkpoint import CheckpointPhase
+from checkpoint_operator.api.common import PinnedCheckpoint
+from checkpoint_operator.api.trainingjob import CheckpointRef, TrainingJob, TrainingJobPhase
+from checkpoint_operator.logic.naming import ROOT_DIRECTORY
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointInfo:
+    """What the indexes keep of a Checkpoint (small: thousands of them stay in memory)."""
+
+    name: str
+    uid: str
+    phase: CheckpointPhase
+    created: str = ""
+    step: Optional[int] = None
+    producer_name: Optional[str] = None
+    producer_uid: Optional[str] = None
+    directory: Optional[str] = None      # spec.source.trainingJob.directory of snapshots
+    complete: Optional[bool] = None
+    resumable: Optional[bool] = None
+    deleting: bool = False
+
+    @classmethod
+    def from_body(cls, body: Mapping) -> "CheckpointInfo":
+        meta, status = body.get("metadata", {}), body.get("status") or {}
+        producer = status.get("producedBy") or {}
+        source = ((body.get("spec") or {}).get("source") or {}).get("trainingJob") or {}
+        try:
+            phase = CheckpointPhase(status.get("phase") or "Pending")
+        except ValueError:
+            phase = CheckpointPhase.PENDING
+        return cls(name=meta.get("name", ""), uid=meta.get("uid", ""), phase=phase,
+                   created=meta.get("creationTimestamp") or "", step=status.get("step"),
+                   producer_name=producer.get("name") or source.get("name"),
+                   producer_uid=producer.get("uid") or source.get("uid"), directory=source.get("directory"),
+                   complete=status.get("complete"), resumable=status.get("resumable"),
+                   deleting=bool(meta.get("deletionTimestamp")))
+
+    @property
+    def is_usable(self) -> bool:
+        return self.phase == CheckpointPhase.READY and not self.deleting
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingJobInfo:
+    name: str
+    uid: str
+    phase: TrainingJobPhase
+
+    @classmethod
+    def from_body(cls, body: Mapping) -> "TrainingJobInfo":
+        meta, status = body.get("metadata", {}), body.get("status") or {}
+        try:
+            phase = TrainingJobPhase(status.get("phase") or "Pending")
+        except ValueError:
+            phase = TrainingJobPhase.PENDING
+        return cls(meta.get("name", ""), meta.get("uid", ""), phase)
+
+
+class Lookup(Protocol):
+    """The look-ups resolution needs; handlers/indexes.py answers them from kopf's indexes."""
+
+    def checkpoint(self, namespace: str, name: str) -> Optional[CheckpointInfo]: ...
+
+    def checkpoint_by_uid(self, namespace: str, uid: str) -> Optional[CheckpointInfo]: ...
+
+    def checkpoints_of(self, namespace: str, producer_uid: str) -> list[CheckpointInfo]: ...
+
+    def training_job(self, namespace: str, name: str) -> Optional[TrainingJobInfo]: ...
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An input chosen from the indexes, still to be checked live."""
+
+    name: str
+    uid: str
+    mount_name: str
 
 
 @dataclass(frozen=True)
@@ -15,12 +98,10 @@ class ResolvedInput:
     digest: Optional[str]
     mount_name: str
     location: dict
+    size_bytes: Optional[int] = None
 
-    def pinned(self) -> dict:
-        pinned = {"name": self.name, "uid": self.uid}
-        if self.digest:
-            pinned["digest"] = self.digest
-        return pinned
+    def pinned(self) -> PinnedCheckpoint:
+        return PinnedCheckpoint(name=self.name, uid=self.uid, digest=self.digest, sizeBytes=self.size_bytes)
 
 
 # Waits that will not end by themselves: the job reports Stalled (GitOps shows Degraded).
@@ -41,104 +122,104 @@ class InputWait:
 
 @dataclass(frozen=True)
 class Resolution:
-    inputs: list[ResolvedInput]
+    candidates: list[Candidate]
     waits: list[InputWait]
 
-    @property
-    def ready(self) -> bool:
-        return not self.waits
+
+# --- selection among a producer's outputs ----------------------------------------------------------
+
+def _rank(c: CheckpointInfo) -> tuple:
+    return (c.step is not None, c.step if c.step is not None else -1, c.created, c.name)
 
 
-def is_deleting(obj: dict) -> bool:
-    return bool(obj.get("metadata", {}).get("deletionTimestamp"))
+def select_output(outputs: list[CheckpointInfo], policy: str) -> Optional[CheckpointInfo]:
+    """`latest`: the highest step, then the newest, of the usable outputs not found incomplete;
+    `latestResumable`: the same among those with optimizer state; `final`: the root-files one."""
+    usable = [c for c in outputs if c.is_usable]
+    if policy == "final":
+        return next((c for c in usable if c.directory == ROOT_DIRECTORY), None)
+    candidates = [c for c in usable if c.complete is not False]
+    if policy == "latestResumable":
+        candidates = [c for c in candidates if c.resumable]
+    return max(candidates, key=_rank) if candidates else None
 
 
-def is_ready_checkpoint(obj: dict) -> bool:
-    return obj.get("status", {}).get("phase") == "Ready" and not is_deleting(obj)
+def _describe(ref: CheckpointRef) -> str:
+    if ref.fromTrainingJob:
+        return f"{ref.select or 'latest'} checkpoint of TrainingJob {ref.fromTrainingJob}"
+    return f"Checkpoint {ref.name}" if ref.name else f"Checkpoint with uid {ref.uid}"
 
 
-def select_latest(checkpoints: list[dict], job_name: str, job_uid: Optional[str] = None) -> Optional[dict]:
-    """The Ready checkpoint produced by `job_name` (this incarnation of it, when `job_uid` is
-    given) with the highest step, then the newest."""
-    def produced_by_job(c: dict) -> bool:
-        producer = c.get("status", {}).get("producedBy", {})
-        return producer.get("name") == job_name and (job_uid is None or producer.get("uid") == job_uid)
-    candidates = [c for c in checkpoints if is_ready_checkpoint(c) and produced_by_job(c)]
-    if not candidates:
-        return None
-
-    def rank(c: dict) -> tuple:
-        step = c["status"].get("step")
-        return (step is not None, step if step is not None else -1,
-                c["metadata"].get("creationTimestamp", ""), c["metadata"]["name"])
-    return max(candidates, key=rank)
+def _state_wait(checkpoint: CheckpointInfo) -> Optional[InputWait]:
+    name = checkpoint.name
+    if checkpoint.deleting:
+        return InputWait("InputDeleting", f"input Checkpoint {name} is being deleted")
+    if checkpoint.phase == CheckpointPhase.FAILED:
+        return InputWait("InputFailed", f"input Checkpoint {name} has failed")
+    if checkpoint.phase != CheckpointPhase.READY:
+        return InputWait("InputNotReady", f"input Checkpoint {name} is not Ready (phase {checkpoint.phase})")
+    return None
 
 
-def _find(checkpoints: list[dict], ref: dict) -> Optional[dict]:
-    if "name" in ref:
-        return next((c for c in checkpoints if c["metadata"]["name"] == ref["name"]), None)
-    return next((c for c in checkpoints if c["metadata"].get("uid") == ref["uid"]), None)
-
-
-def _describe(ref: dict) -> str:
-    if "fromTrainingJob" in ref:
-        return f"latest checkpoint of TrainingJob {ref['fromTrainingJob']}"
-    return f"Checkpoint {ref['name']}" if "name" in ref else f"Checkpoint with uid {ref['uid']}"
-
-
-def is_used_by(checkpoint: dict, job_uid: Optional[str]) -> bool:
-    return bool(job_uid) and any(u.get("uid") == job_uid for u in checkpoint.get("status", {}).get("usedBy") or [])
-
-
-def resolve_one(ref: dict, checkpoints: list[dict], training_jobs: list[dict],
-                job_uid: Optional[str] = None) -> ResolvedInput | InputWait:
-    """`job_uid`: the resolving job; a checkpoint it is already registered in stays usable while
-    being deleted (the finalizer waits for the job)."""
-    if "fromTrainingJob" in ref:
-        job_name = ref["fromTrainingJob"]
-        producer = next((j for j in training_jobs if j["metadata"]["name"] == job_name), None)
+def resolve_ref(ref: CheckpointRef, namespace: str, lookup: Lookup) -> Candidate | InputWait:
+    if ref.fromTrainingJob:
+        job_name = ref.fromTrainingJob
+        producer = lookup.training_job(namespace, job_name)
         if producer is None:
             return InputWait("InputNotFound", f"input {_describe(ref)}: TrainingJob {job_name} does not exist")
-        phase = producer.get("status", {}).get("phase")
-        if phase not in FINISHED_JOB_PHASES:
-            return InputWait("WaitingForTrainingJob",
-                             f"input {_describe(ref)}: TrainingJob {job_name} has not finished (phase {phase or 'Pending'})")
-        checkpoint = select_latest(checkpoints, job_name, producer["metadata"].get("uid"))
+        if not producer.phase.is_finished:
+            return InputWait("WaitingForTrainingJob", f"input {_describe(ref)}: TrainingJob {job_name} has not "
+                                                      f"finished (phase {producer.phase})")
+        checkpoint = select_output(lookup.checkpoints_of(namespace, producer.uid), ref.select or "latest")
         if checkpoint is None:
-            return InputWait("InputNotFound",
-                             f"input {_describe(ref)}: TrainingJob {job_name} produced no Ready checkpoint")
+            return InputWait("InputNotFound", f"input {_describe(ref)}: TrainingJob {job_name} produced no "
+                                              "such Ready checkpoint")
     else:
-        checkpoint = _find(checkpoints, ref)
+        checkpoint = lookup.checkpoint(namespace, ref.name) if ref.name else \
+            lookup.checkpoint_by_uid(namespace, ref.uid or "")
         if checkpoint is None:
             return InputWait("InputNotFound", f"input {_describe(ref)} does not exist")
-    name = checkpoint["metadata"]["name"]
-    if is_deleting(checkpoint) and not is_used_by(checkpoint, job_uid):
-        return InputWait("InputDeleting", f"input Checkpoint {name} is being deleted")
-    status = checkpoint.get("status", {})
-    if status.get("phase") == "Failed":
-        return InputWait("InputFailed", f"input Checkpoint {name} has failed: {status.get('message', '')}".rstrip(": "))
-    if status.get("phase") != "Ready":
-        return InputWait("InputNotReady", f"input Checkpoint {name} is not Ready (phase {status.get('phase') or 'Pending'})")
-    if not status.get("location"):
-        return InputWait("InputNotReady", f"input Checkpoint {name} has no location yet")
-    return ResolvedInput(name=name, uid=checkpoint["metadata"]["uid"], digest=status.get("digest"),
-                         mount_name=ref.get("mountName") or name, location=status["location"])
+    return _state_wait(checkpoint) or Candidate(checkpoint.name, checkpoint.uid, ref.mountName or checkpoint.name)
 
 
-def resolve_inputs(refs: list[dict], checkpoints: list[dict], training_jobs: list[dict]) -> Resolution:
-    inputs, waits = [], []
-    for ref in refs:
-        result = resolve_one(ref, checkpoints, training_jobs)
-        (inputs if isinstance(result, ResolvedInput) else waits).append(result)
-    mount_names = [i.mount_name for i in inputs]
+def resolve_pinned(pinned: PinnedCheckpoint, ref: CheckpointRef, namespace: str,
+                   lookup: Lookup) -> Candidate | InputWait:
+    """An input pinned at an earlier pass is kept by uid, so a restart cannot switch `latest`."""
+    checkpoint = lookup.checkpoint_by_uid(namespace, pinned.uid)
+    if checkpoint is None:
+        return InputWait("InputNotFound", f"input Checkpoint {pinned.name} (uid {pinned.uid}) no longer exists")
+    return _state_wait(checkpoint) or Candidate(checkpoint.name, checkpoint.uid, ref.mountName or checkpoint.name)
+
+
+def resolve_inputs(tj: TrainingJob, lookup: Lookup) -> Resolution:
+    namespace, refs, pinned = tj.metadata.namespace, tj.spec.checkpoints, tj.status.inputs
+    if pinned is not None and len(pinned) == len(refs):
+        results = [resolve_pinned(p, ref, namespace, lookup) for p, ref in zip(pinned, refs)]
+    else:
+        results = [resolve_ref(ref, namespace, lookup) for ref in refs]
+    candidates = [r for r in results if isinstance(r, Candidate)]
+    waits = [r for r in results if isinstance(r, InputWait)]
+    mount_names = [c.mount_name for c in candidates]
     for dup in sorted({m for m in mount_names if mount_names.count(m) > 1}):
         waits.append(InputWait("DuplicateInput", f"two inputs would be mounted at the same directory {dup!r}; "
                                                  "set spec.checkpoints[].mountName to tell them apart"))
-    return Resolution(inputs, waits)
+    return Resolution(candidates, waits)
 
 
-def is_live_user(job: Optional[dict], uid: Optional[str]) -> bool:
-    """Does this TrainingJob (as listed in a Checkpoint's usedBy) still need its inputs?"""
-    if job is None or (uid and job["metadata"].get("uid") != uid):
-        return False
-    return job.get("status", {}).get("phase") not in FINISHED_JOB_PHASES
+def check_live_input(candidate: Candidate, body: Optional[dict]) -> ResolvedInput | InputWait:
+    """The decision on a fresh read of the input, made after the job recorded its use (see
+    logic/protection.py): gone, replaced, deleting or unprotected means back off."""
+    name = candidate.name
+    if body is None or body.get("metadata", {}).get("uid") != candidate.uid:
+        return InputWait("InputNotFound", f"input Checkpoint {name} no longer exists")
+    meta, status = body["metadata"], body.get("status") or {}
+    if meta.get("deletionTimestamp"):
+        return InputWait("InputDeleting", f"input Checkpoint {name} is being deleted")
+    if PROTECTION_FINALIZER not in (meta.get("finalizers") or []):
+        # Without the finalizer a deletion would not wait for us: never start on it.
+        return InputWait("InputNotProtected", f"input Checkpoint {name} does not carry the "
+                                              f"{PROTECTION_FINALIZER} finalizer yet")
+    if status.get("phase") != CheckpointPhase.READY or not status.get("location"):
+        return InputWait("InputNotReady", f"input Checkpoint {name} is not Ready")
+    return ResolvedInput(name=name, uid=candidate.uid, digest=status.get("digest"), mount_name=candidate.mount_name,
+                         location=status["location"], size_bytes=status.get("sizeBytes"))

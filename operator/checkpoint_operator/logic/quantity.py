@@ -1,6 +1,10 @@
-"""Human-readable sizes for `kubectl get` columns."""
+"""Sizes: human-readable for `kubectl get` columns, and Kubernetes quantities parsed to bytes."""
 
 from __future__ import annotations
+
+from checkpoint_operator.api.common import parse_quantity
+
+__all__ = ["format_size", "parse_quantity"]
 
 _UNITS = ["B", "Ki", "Mi", "Gi", "Ti", "Pi"]
 
@@ -12,3 +16,4 @@ def format_size(size_bytes: int) -> str:
             return f"{int(value)}{unit}" if unit == "B" else f"{value:.1f}{unit}"
         value /= 1024
     raise AssertionError("unreachable")
+

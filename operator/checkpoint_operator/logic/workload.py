@@ -1,7 +1,8 @@
 """Build the Kubernetes objects of a TrainingJob: output PVC, batch/v1 Job, agent pods.
 
-Pure functions: objects in, manifests out. The user's pod template is copied and only
-gains volumes, mounts and environment variables.
+Pure functions: typed objects in, manifests out. The user's pod template is copied and only
+gains volumes, mounts and environment variables. What differs between stores (input volumes,
+agent commands) is passed in by the caller, so this module knows no store.
 """
 
 from __future__ import annotations
@@ -9,16 +10,16 @@ from __future__ import annotations
 import copy
 import posixpath
 from dataclasses import dataclass, field
-
 from checkpoint_operator import API_VERSION
+from checkpoint_operator.api.checkpoint import Checkpoint
+from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.config import OperatorConfig
+from checkpoint_operator.logic import agent_commands
+from checkpoint_operator.logic.agent_pods import (AGENT_DATA_MOUNT, AGENT_OUTPUT_MOUNT, INPUT_VOLUME_PREFIX,
+                                                  OUTPUT_VOLUME, STAGING_VOLUME, InputVolumes, agent_container,
+                                                  agent_pod)
 from checkpoint_operator.logic.inputs import ResolvedInput
-from checkpoint_operator.logic.agent_pods import AGENT_DATA_MOUNT, AGENT_OUTPUT_MOUNT, agent_container, agent_pod
 from checkpoint_operator.logic.naming import MAX_LABEL_NAME, bounded_name, child_name
-from checkpoint_operator.storage import store_for
-from checkpoint_operator.storage.base import IMPORT_DIR
-from checkpoint_operator.storage.s3 import STAGING_VOLUME
-from checkpoint_operator.storage.volume import INPUT_VOLUME_PREFIX
 
 LABEL_TRAINING_JOB = "ckpt.dev/trainingjob"
 LABEL_TRAINING_JOB_UID = "ckpt.dev/trainingjob-uid"
@@ -26,8 +27,7 @@ LABEL_CHECKPOINT = "ckpt.dev/checkpoint"
 LABEL_COMPONENT = "ckpt.dev/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "checkpoint-operator"
-
-OUTPUT_VOLUME = "ckpt-output"
+IMPORT_DIR = "data"
 
 CONTRACT_VARIABLES = ("CHECKPOINT_INPUT_DIR", "CHECKPOINT_OUTPUT_DIR", "CHECKPOINT_INPUT_PATH",
                       "CHECKPOINT_INPUT_NAMES", "FLEXAI_INPUT_CHECKPOINT_DIR", "FLEXAI_OUTPUT_CHECKPOINT_DIR",
@@ -44,42 +44,53 @@ class BuiltJob:
     warnings: list[str] = field(default_factory=list)
 
 
-def owner_reference(obj: dict, controller: bool = True) -> dict:
-    return {"apiVersion": obj.get("apiVersion", API_VERSION), "kind": obj["kind"],
-            "name": obj["metadata"]["name"], "uid": obj["metadata"]["uid"],
-            "controller": controller, "blockOwnerDeletion": True}
+def owner_reference(obj: TrainingJob | Checkpoint, controller: bool = True) -> dict:
+    return {"apiVersion": obj.apiVersion or API_VERSION, "kind": obj.kind, "name": obj.metadata.name,
+            "uid": obj.metadata.uid, "controller": controller, "blockOwnerDeletion": True}
 
 
-def _labels(tj: dict, component: str) -> dict:
-    name = tj["metadata"]["name"]
+def _labels(tj: TrainingJob, component: str) -> dict:
     return {LABEL_MANAGED_BY: MANAGER, LABEL_COMPONENT: component,
-            LABEL_TRAINING_JOB: bounded_name(name, MAX_LABEL_NAME),
-            LABEL_TRAINING_JOB_UID: tj["metadata"]["uid"]}
+            LABEL_TRAINING_JOB: bounded_name(tj.metadata.name, MAX_LABEL_NAME),
+            LABEL_TRAINING_JOB_UID: tj.metadata.uid}
 
 
-def job_name(tj: dict) -> str:
+def _checkpoint_labels(checkpoint: Checkpoint, component: str) -> dict:
+    return {LABEL_MANAGED_BY: MANAGER, LABEL_COMPONENT: component,
+            LABEL_CHECKPOINT: bounded_name(checkpoint.metadata.name, MAX_LABEL_NAME)}
+
+
+def job_name(tj: TrainingJob) -> str:
     # A Job's name becomes a label value of its pods, so it must fit 63 characters.
-    return bounded_name(tj["metadata"]["name"], MAX_LABEL_NAME)
+    return bounded_name(tj.metadata.name, MAX_LABEL_NAME)
 
 
-def output_claim_name(tj: dict) -> str:
+def output_claim_name(tj: TrainingJob) -> str:
     """Unique per run: the output of an earlier TrainingJob of the same name belongs to its
     Checkpoints and must never be mounted read-write again."""
-    return child_name(tj["metadata"]["name"], f"output-{tj['metadata']['uid'][:5]}")
+    return child_name(tj.metadata.name, f"output-{tj.metadata.uid[:5]}")
 
 
-def snapshot_pod_name(tj: dict) -> str:
-    return child_name(tj["metadata"]["name"], "snapshot")
+def snapshot_pod_name(tj: TrainingJob) -> str:
+    return child_name(tj.metadata.name, "snapshot")
+
+
+def scan_pod_name(checkpoint: Checkpoint) -> str:
+    return child_name(checkpoint.metadata.name, "scan")
+
+
+def import_pod_name(checkpoint: Checkpoint) -> str:
+    return child_name(checkpoint.metadata.name, "import")
 
 
 # --- environment -------------------------------------------------------------------------------
 
-def contract_env(spec: dict, inputs: list[ResolvedInput]) -> dict[str, str]:
+def contract_env(tj: TrainingJob, inputs: list[ResolvedInput]) -> dict[str, str]:
     """The variables of DESIGN §2 that every container gets."""
-    input_dir, output_dir = spec["inputDir"], spec["outputDir"]
+    input_dir, output_dir = tj.spec.inputDir, tj.spec.outputDir
     env = {"CHECKPOINT_INPUT_DIR": input_dir, "FLEXAI_INPUT_CHECKPOINT_DIR": input_dir,
            "CHECKPOINT_INPUT_NAMES": ",".join(i.mount_name for i in inputs)}
-    if spec.get("output", {}).get("enabled", True):
+    if tj.output_enabled:
         env["CHECKPOINT_OUTPUT_DIR"] = output_dir
         env["FLEXAI_OUTPUT_CHECKPOINT_DIR"] = output_dir
     if inputs:
@@ -111,11 +122,11 @@ def _is_at_or_inside(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
-def check_user_mounts(template_spec: dict, spec: dict) -> None:
+def check_user_mounts(template_spec: dict, tj: TrainingJob) -> None:
     """Refuse user mounts at or inside the operator's directories: the operator's would hide them or vice versa."""
-    reserved = {"spec.inputDir": spec["inputDir"]}
-    if spec.get("output", {}).get("enabled", True):
-        reserved["spec.outputDir"] = spec["outputDir"]
+    reserved = {"spec.inputDir": tj.spec.inputDir}
+    if tj.output_enabled:
+        reserved["spec.outputDir"] = tj.spec.outputDir
     for kind in ("initContainers", "containers"):
         for container in template_spec.get(kind, []) or []:
             for mount in container.get("volumeMounts", []) or []:
@@ -135,34 +146,33 @@ def check_user_mounts(template_spec: dict, spec: dict) -> None:
 
 # --- objects -----------------------------------------------------------------------------------
 
-def build_output_claim(tj: dict, config: OperatorConfig) -> dict:
-    spec = tj["spec"]
-    output = spec.get("output", {})
-    claim_spec = {
-        "accessModes": ["ReadWriteMany" if spec.get("replicas", 1) > 1 else "ReadWriteOnce"],
-        "resources": {"requests": {"storage": output.get("size") or config.default_output_size}},
+def build_output_claim(tj: TrainingJob, config: OperatorConfig) -> dict:
+    output = tj.spec.output
+    claim_spec: dict = {
+        "accessModes": ["ReadWriteMany" if tj.spec.replicas > 1 else "ReadWriteOnce"],
+        "resources": {"requests": {"storage": output.size or config.default_output_size}},
     }
-    storage_class = output.get("storageClassName") or config.default_storage_class
+    storage_class = output.storageClassName or config.default_storage_class
     if storage_class:
         claim_spec["storageClassName"] = storage_class
-    return {"metadata": {"name": output_claim_name(tj), "namespace": tj["metadata"]["namespace"],
+    return {"metadata": {"name": output_claim_name(tj), "namespace": tj.metadata.namespace,
                          "labels": _labels(tj, "output"), "ownerReferences": [owner_reference(tj)]},
             "spec": claim_spec}
 
 
-def build_job(tj: dict, inputs: list[ResolvedInput], config: OperatorConfig) -> BuiltJob:
-    spec = tj["spec"]
-    template = copy.deepcopy(spec["template"])
+def build_job(tj: TrainingJob, inputs: list[ResolvedInput], staged: InputVolumes) -> BuiltJob:
+    """`staged`: how the store makes the inputs visible (Store.input_volumes)."""
+    spec = tj.spec
+    template = copy.deepcopy(spec.template.to_wire())
     pod_spec = template.setdefault("spec", {})
-    check_user_mounts(pod_spec, spec)
+    check_user_mounts(pod_spec, tj)
 
-    staged = store_for(config).input_volumes(spec, inputs)
     volumes, mounts, init_containers = list(staged.volumes), list(staged.mounts), list(staged.init_containers)
-    if spec.get("output", {}).get("enabled", True):
+    if tj.output_enabled:
         volumes.append({"name": OUTPUT_VOLUME, "persistentVolumeClaim": {"claimName": output_claim_name(tj)}})
-        mounts.append({"name": OUTPUT_VOLUME, "mountPath": spec["outputDir"]})
+        mounts.append({"name": OUTPUT_VOLUME, "mountPath": spec.outputDir})
 
-    env = contract_env(spec, inputs)
+    env = contract_env(tj, inputs)
     warnings: list[str] = []
     for kind in ("initContainers", "containers"):
         for container in pod_spec.get(kind, []) or []:
@@ -177,49 +187,45 @@ def build_job(tj: dict, inputs: list[ResolvedInput], config: OperatorConfig) -> 
     metadata = template.setdefault("metadata", {})
     metadata["labels"] = {**(metadata.get("labels") or {}), **_labels(tj, "worker")}
 
-    replicas = spec.get("replicas", 1)
-    job_spec: dict = {"completions": replicas, "parallelism": replicas, "template": template}
-    if replicas > 1:
+    job_spec: dict = {"completions": spec.replicas, "parallelism": spec.replicas, "template": template}
+    if spec.replicas > 1:
         job_spec["completionMode"] = "Indexed"
-    for key in ("backoffLimit", "activeDeadlineSeconds"):
-        if spec.get(key) is not None:
-            job_spec[key] = spec[key]
-    job = {"metadata": {"name": job_name(tj), "namespace": tj["metadata"]["namespace"],
+    if spec.backoffLimit is not None:
+        job_spec["backoffLimit"] = spec.backoffLimit
+    if spec.activeDeadlineSeconds is not None:
+        job_spec["activeDeadlineSeconds"] = spec.activeDeadlineSeconds
+    job = {"metadata": {"name": job_name(tj), "namespace": tj.metadata.namespace,
                         "labels": _labels(tj, "worker"), "ownerReferences": [owner_reference(tj)]},
            "spec": job_spec}
     return BuiltJob(job, warnings)
 
 
-def build_snapshot_pod(tj: dict, config: OperatorConfig) -> dict:
+def build_snapshot_pod(tj: TrainingJob, command: list[str], env: list[dict], config: OperatorConfig) -> dict:
     """The pod that scans the output volume (read-only) and prints the checkpoints as JSON
-    (and, on the s3 store, uploads them first)."""
-    store = store_for(config)
-    layout = tj["spec"].get("output", {}).get("layout", "auto")
-    container = agent_container("snapshot", store.snapshot_command(tj, AGENT_OUTPUT_MOUNT, layout), config,
+    (on the s3 store `command` uploads them first). Its deadline is the base one: the output's
+    size is what it finds out."""
+    container = agent_container("snapshot", command, config,
                                 mounts=[{"name": OUTPUT_VOLUME, "mountPath": AGENT_OUTPUT_MOUNT, "readOnly": True}],
-                                env=store.agent_env())
-    metadata = {"name": snapshot_pod_name(tj), "namespace": tj["metadata"]["namespace"],
+                                env=env)
+    metadata = {"name": snapshot_pod_name(tj), "namespace": tj.metadata.namespace,
                 "labels": _labels(tj, "snapshot"), "ownerReferences": [owner_reference(tj)]}
     return agent_pod(metadata, config, [container], [{"name": OUTPUT_VOLUME, "persistentVolumeClaim": {
         "claimName": output_claim_name(tj), "readOnly": True}}])
 
 
-def build_volume_scan_pod(checkpoint: dict, config: OperatorConfig) -> dict:
+def build_volume_scan_pod(checkpoint: Checkpoint, config: OperatorConfig) -> dict:
     """The pod that scans an adopted volume path (spec.source.volume) as one checkpoint."""
-    source = checkpoint["spec"]["source"]["volume"]
-    meta = checkpoint["metadata"]
-    sub_path = posixpath.normpath(source.get("path", "/").lstrip("/") or ".")
+    source = checkpoint.spec.source.volume
+    assert source is not None
+    sub_path = posixpath.normpath(source.path.lstrip("/") or ".")
     mount = {"name": "data", "mountPath": AGENT_DATA_MOUNT, "readOnly": True}
     if sub_path != ".":
         mount["subPath"] = sub_path
-    container = agent_container("scan", ["checkpoint-operator", "agent", "scan", AGENT_DATA_MOUNT, "--single", "--json"],
-                                config, mounts=[mount])
-    metadata = {"name": child_name(meta["name"], "scan"), "namespace": meta["namespace"],
-                "labels": {LABEL_MANAGED_BY: MANAGER, LABEL_COMPONENT: "scan",
-                           LABEL_CHECKPOINT: bounded_name(meta["name"], MAX_LABEL_NAME)},
-                "ownerReferences": [owner_reference(checkpoint)]}
+    container = agent_container("scan", agent_commands.scan(AGENT_DATA_MOUNT, single=True), config, mounts=[mount])
+    metadata = {"name": scan_pod_name(checkpoint), "namespace": checkpoint.metadata.namespace,
+                "labels": _checkpoint_labels(checkpoint, "scan"), "ownerReferences": [owner_reference(checkpoint)]}
     return agent_pod(metadata, config, [container], [{"name": "data", "persistentVolumeClaim": {
-        "claimName": source["claimName"], "readOnly": True}}])
+        "claimName": source.claimName, "readOnly": True}}])
 
 
 # --- imports (Checkpoints with source.s3 / source.http) ------------------------------------------
@@ -227,49 +233,51 @@ def build_volume_scan_pod(checkpoint: dict, config: OperatorConfig) -> dict:
 IMPORT_SIZE_ANNOTATION = "ckpt.dev/volume-size"
 
 
-def import_claim_name(checkpoint: dict) -> str:
-    return child_name(checkpoint["metadata"]["name"], "data")
+def import_claim_name(checkpoint: Checkpoint) -> str:
+    return child_name(checkpoint.metadata.name, "data")
 
 
-def build_import_claim(checkpoint: dict, config: OperatorConfig) -> dict:
-    meta = checkpoint["metadata"]
-    size = (meta.get("annotations") or {}).get(IMPORT_SIZE_ANNOTATION) or config.default_output_size
+def import_origin(checkpoint: Checkpoint) -> str:
+    source = checkpoint.spec.source
+    return source.s3.uri if source.s3 else source.http.url if source.http else ""
+
+
+def build_import_claim(checkpoint: Checkpoint, config: OperatorConfig) -> dict:
+    size = checkpoint.metadata.annotation(IMPORT_SIZE_ANNOTATION) or config.default_output_size
     claim_spec: dict = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}
     if config.default_storage_class:
         claim_spec["storageClassName"] = config.default_storage_class
-    return {"metadata": {"name": import_claim_name(checkpoint), "namespace": meta["namespace"],
-                         "labels": {LABEL_MANAGED_BY: MANAGER, LABEL_COMPONENT: "import",
-                                    LABEL_CHECKPOINT: bounded_name(meta["name"], MAX_LABEL_NAME)},
+    return {"metadata": {"name": import_claim_name(checkpoint), "namespace": checkpoint.metadata.namespace,
+                         "labels": _checkpoint_labels(checkpoint, "import"),
                          "ownerReferences": [owner_reference(checkpoint)]},
             "spec": claim_spec}
 
 
-def source_env(source: dict) -> list[dict]:
+def source_env(checkpoint: Checkpoint) -> list[dict]:
     """Credentials and endpoint of an s3 source (its own Secret, else the store's)."""
-    s3 = source.get("s3")
+    s3 = checkpoint.spec.source.s3
     if not s3:
         return []
     env = []
-    if s3.get("endpoint"):
-        env.append({"name": "AWS_ENDPOINT_URL", "value": s3["endpoint"]})
-    if s3.get("region"):
-        env.append({"name": "AWS_DEFAULT_REGION", "value": s3["region"]})
-    if s3.get("secretRef"):
+    if s3.endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": s3.endpoint})
+    if s3.region:
+        env.append({"name": "AWS_DEFAULT_REGION", "value": s3.region})
+    if s3.secretRef:
         for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-            env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": s3["secretRef"]["name"], "key": key}}})
+            env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": s3.secretRef.name, "key": key}}})
     return env
 
 
-def build_import_pod(checkpoint: dict, config: OperatorConfig) -> dict:
-    """Fetch the source into the store: onto the Checkpoint's own PVC (volume store) or into an
-    emptyDir that is then uploaded (s3 store); either way the pod prints the scan as JSON."""
-    meta, source = checkpoint["metadata"], checkpoint["spec"]["source"]
-    uri = source["s3"]["uri"] if "s3" in source else source["http"]["url"]
-    data_dir = posixpath.join(AGENT_DATA_MOUNT, IMPORT_DIR)
-    init_containers, containers, volumes = store_for(config).import_containers(
-        checkpoint, ["checkpoint-operator", "agent", "import", uri, data_dir], data_dir, source_env(source))
-    metadata = {"name": child_name(meta["name"], "import"), "namespace": meta["namespace"],
-                "labels": {LABEL_MANAGED_BY: MANAGER, LABEL_COMPONENT: "import",
-                           LABEL_CHECKPOINT: bounded_name(meta["name"], MAX_LABEL_NAME)},
-                "ownerReferences": [owner_reference(checkpoint)]}
+def import_data_dir() -> str:
+    return posixpath.join(AGENT_DATA_MOUNT, IMPORT_DIR)
+
+
+def build_import_pod(checkpoint: Checkpoint, config: OperatorConfig,
+                     parts: tuple[list[dict], list[dict], list[dict]]) -> dict:
+    """Fetch the source into the store: `parts` = (init containers, containers, volumes) from
+    Store.import_containers; either way the pod prints the scan as JSON."""
+    init_containers, containers, volumes = parts
+    metadata = {"name": import_pod_name(checkpoint), "namespace": checkpoint.metadata.namespace,
+                "labels": _checkpoint_labels(checkpoint, "import"), "ownerReferences": [owner_reference(checkpoint)]}
     return agent_pod(metadata, config, containers, volumes, init_containers)

@@ -1,26 +1,17 @@
 """The store interface: everything that differs between keeping checkpoints on volumes and
-in object storage. Pure methods that build manifests; no API calls."""
+in object storage. Pure methods that build pod parts and locations; no API calls."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from typing import Optional
 
 from checkpoint_operator.agent.manifest import Manifest
+from checkpoint_operator.api.checkpoint import Checkpoint
+from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.config import OperatorConfig
+from checkpoint_operator.logic.agent_pods import InputVolumes
 from checkpoint_operator.logic.inputs import ResolvedInput
-
-IMPORT_DIR = "data"
-
-
-@dataclass
-class InputVolumes:
-    """What a training pod needs to see its inputs at <inputDir>/<name>, read-only."""
-
-    volumes: list[dict] = field(default_factory=list)
-    mounts: list[dict] = field(default_factory=list)            # added to every training container
-    init_containers: list[dict] = field(default_factory=list)   # run before the training code
 
 
 class MissingUpload(ValueError):
@@ -40,21 +31,20 @@ class Store(ABC):
         return []
 
     @abstractmethod
-    def input_volumes(self, spec: dict, inputs: list[ResolvedInput]) -> InputVolumes: ...
+    def input_volumes(self, tj: TrainingJob, inputs: list[ResolvedInput]) -> InputVolumes: ...
 
     @abstractmethod
-    def snapshot_command(self, tj: dict, output_dir: str, layout: str) -> list[str]: ...
+    def snapshot_command(self, tj: TrainingJob, output_dir: str) -> list[str]: ...
 
     @abstractmethod
     def snapshot_location(self, claim: str, manifest: Manifest, layout: str, uploads: dict[str, str]) -> dict: ...
 
     @abstractmethod
-    def import_containers(self, checkpoint: dict, fetch_command: list[str], data_dir: str,
-                          source_env: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
+    def import_containers(self, checkpoint: Checkpoint, max_size: int) -> tuple[list[dict], list[dict], list[dict]]:
         """(init containers, containers, volumes) of the pod that imports `checkpoint`."""
 
     @abstractmethod
-    def import_location(self, checkpoint: dict, claim: str, uploads: dict[str, str]) -> dict: ...
+    def import_location(self, checkpoint: Checkpoint, claim: str, uploads: dict[str, str]) -> dict: ...
 
     def is_committed(self, location: dict) -> bool:
         """Is the data at `location` complete? Checked before a Checkpoint is marked Ready."""

@@ -1,8 +1,11 @@
 """The s3 store: checkpoints live in S3-compatible object storage.
 
-A snapshot pod uploads each checkpoint (manifest last: the commit marker) and the output PVC
-is released; inputs are downloaded by init containers into an emptyDir that the training
-containers mount read-only, verified against the manifest. The operator itself only deletes
+A snapshot pod uploads each checkpoint (manifest last: the commit marker); the output PVC is
+released unless something in it was not stored. Inputs are downloaded by init containers into
+an emptyDir (sized after the inputs) that the training containers mount read-only, verified
+against the manifest and pinned to the digest recorded when the job started. Agent pods use
+the namespace's store Secret (its credentials should reach only `<prefix>/<namespace>/`, see
+README "Guarantees and threat model"); the operator itself only checks commits and deletes
 the data of Checkpoints it owns."""
 
 from __future__ import annotations
@@ -11,12 +14,30 @@ import posixpath
 from typing import Optional
 
 from checkpoint_operator.agent.manifest import Manifest
-from checkpoint_operator.logic.agent_pods import agent_container
+from checkpoint_operator.api.checkpoint import Checkpoint
+from checkpoint_operator.api.trainingjob import TrainingJob
+from checkpoint_operator.logic import agent_commands
+from checkpoint_operator.logic.agent_pods import (STAGING_MOUNT, STAGING_VOLUME, InputVolumes, agent_container,
+                                                  staging_size_limit)
 from checkpoint_operator.logic.inputs import ResolvedInput
-from checkpoint_operator.storage.base import InputVolumes, MissingUpload, Store
+from checkpoint_operator.logic.workload import import_data_dir, import_origin, source_env
+from checkpoint_operator.storage.base import MissingUpload, Store
 
-STAGING_VOLUME = "ckpt-inputs"
-STAGING_MOUNT = "/checkpoint-inputs"
+
+def _agent_pins_digests() -> bool:
+    """Contract 4: `agent download --digest` (workstream B). The operator image runs the same
+    package as its agent pods, so the installed parser says whether the flag exists.
+    TODO(after ws-b-agent lands): always pass it and drop this check."""
+    import argparse
+
+    from checkpoint_operator.agent.cli import add_agent_parser
+    parser = argparse.ArgumentParser()
+    add_agent_parser(parser.add_subparsers())
+    _, unknown = parser.parse_known_args(["agent", "download", "s3://b/p/", "d", "--digest", "sha256:0"])
+    return "--digest" not in unknown
+
+
+AGENT_PINS_DIGESTS = _agent_pins_digests()
 
 
 class S3Store(Store):
@@ -40,42 +61,47 @@ class S3Store(Store):
         parts = [p for p in (self.config.s3_prefix.strip("/"), namespace, f"{name}-{uid[:8]}") if p]
         return f"s3://{self.config.s3_bucket}/" + "/".join(parts) + "/"
 
-    def input_volumes(self, spec: dict, inputs: list[ResolvedInput]) -> InputVolumes:
+    def input_volumes(self, tj: TrainingJob, inputs: list[ResolvedInput]) -> InputVolumes:
         if not inputs:
             return InputVolumes()
-        result = InputVolumes(volumes=[{"name": STAGING_VOLUME, "emptyDir": {}}])
+        sizes = [i.size_bytes for i in inputs]
+        total = None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)
+        limit = staging_size_limit(total, self.config.max_checkpoint_bytes * len(inputs))
+        result = InputVolumes(volumes=[{"name": STAGING_VOLUME, "emptyDir": {"sizeLimit": limit}}])
         for index, item in enumerate(inputs):
             result.mounts.append({"name": STAGING_VOLUME, "readOnly": True, "subPath": item.mount_name,
-                                  "mountPath": posixpath.join(spec["inputDir"], item.mount_name)})
+                                  "mountPath": posixpath.join(tj.spec.inputDir, item.mount_name)})
+            command = agent_commands.download(item.location["s3"]["uri"], posixpath.join(STAGING_MOUNT, item.mount_name),
+                                              digest=item.digest if AGENT_PINS_DIGESTS else None)
             result.init_containers.append(agent_container(
-                f"download-input-{index}",
-                ["checkpoint-operator", "agent", "download", item.location["s3"]["uri"],
-                 posixpath.join(STAGING_MOUNT, item.mount_name)],
-                self.config, mounts=[{"name": STAGING_VOLUME, "mountPath": STAGING_MOUNT}], env=self.agent_env()))
+                f"download-input-{index}", command, self.config,
+                mounts=[{"name": STAGING_VOLUME, "mountPath": STAGING_MOUNT}], env=self.agent_env()))
         return result
 
-    def snapshot_command(self, tj: dict, output_dir: str, layout: str) -> list[str]:
-        meta = tj["metadata"]
-        return ["checkpoint-operator", "agent", "snapshot", output_dir, "--layout", layout,
-                "--upload-to", self.prefix_for(meta["namespace"], meta["name"], meta["uid"])]
+    def snapshot_command(self, tj: TrainingJob, output_dir: str) -> list[str]:
+        meta = tj.metadata
+        return agent_commands.snapshot(output_dir, self.prefix_for(meta.namespace, meta.name, meta.uid),
+                                       layout=tj.spec.output.layout)
 
     def snapshot_location(self, claim: str, manifest: Manifest, layout: str, uploads: dict[str, str]) -> dict:
         if manifest.path not in uploads:
             raise MissingUpload(f"the snapshot pod did not upload {manifest.path!r}")
         return {"s3": {"uri": uploads[manifest.path]}}
 
-    def import_containers(self, checkpoint: dict, fetch_command: list[str], data_dir: str,
-                          source_env: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
-        """Fetch with the source's credentials (init container), upload with the store's."""
-        meta = checkpoint["metadata"]
+    def import_containers(self, checkpoint: Checkpoint, max_size: int) -> tuple[list[dict], list[dict], list[dict]]:
+        """Fetch with the source's credentials (init container), upload with the store's; the
+        staging emptyDir is capped at the size limit."""
+        meta = checkpoint.metadata
+        data_dir = import_data_dir()
         mount = [{"name": "data", "mountPath": posixpath.dirname(data_dir)}]
-        fetch = agent_container("import", fetch_command, self.config, mounts=mount, env=source_env)
-        upload = agent_container("upload", ["checkpoint-operator", "agent", "snapshot", data_dir, "--single",
-                                            "--upload-to", self.prefix_for(meta["namespace"], meta["name"], meta["uid"])],
-                                 self.config, mounts=mount, env=self.agent_env())
-        return [fetch], [upload], [{"name": "data", "emptyDir": {}}]
+        fetch = agent_container("import", agent_commands.import_(import_origin(checkpoint), data_dir, max_size=max_size),
+                                self.config, mounts=mount, env=source_env(checkpoint))
+        upload = agent_container("upload", agent_commands.snapshot(
+            data_dir, self.prefix_for(meta.namespace, meta.name, meta.uid), single=True),
+            self.config, mounts=mount, env=self.agent_env())
+        return [fetch], [upload], [{"name": "data", "emptyDir": {"sizeLimit": staging_size_limit(None, max_size)}}]
 
-    def import_location(self, checkpoint: dict, claim: str, uploads: dict[str, str]) -> dict:
+    def import_location(self, checkpoint: Checkpoint, claim: str, uploads: dict[str, str]) -> dict:
         if "." not in uploads:
             raise MissingUpload("the import pod did not upload the checkpoint")
         return {"s3": {"uri": uploads["."]}}
@@ -87,7 +113,7 @@ class S3Store(Store):
 
     def delete_owned_data(self, status: dict) -> Optional[str]:
         """Everything under the Checkpoint's prefix (a second delete of gone data succeeds).
-        Credentials come from the operator's environment (the chart passes the store's Secret)."""
+        Credentials come from the operator's own environment."""
         uri = (status.get("location") or {}).get("s3", {}).get("uri")
         if not (status.get("owned") and uri):
             return None  # data it merely points to is never deleted

@@ -9,11 +9,13 @@ from __future__ import annotations
 import posixpath
 
 from checkpoint_operator.agent.manifest import Manifest
-from checkpoint_operator.logic.agent_pods import agent_container
+from checkpoint_operator.api.checkpoint import Checkpoint
+from checkpoint_operator.api.trainingjob import TrainingJob
+from checkpoint_operator.logic import agent_commands
+from checkpoint_operator.logic.agent_pods import INPUT_VOLUME_PREFIX, InputVolumes, agent_container
 from checkpoint_operator.logic.inputs import ResolvedInput
-from checkpoint_operator.storage.base import IMPORT_DIR, InputVolumes, Store
-
-INPUT_VOLUME_PREFIX = "ckpt-in-"
+from checkpoint_operator.logic.workload import IMPORT_DIR, import_claim_name, import_data_dir, import_origin, source_env
+from checkpoint_operator.storage.base import Store
 
 
 class VolumeStore(Store):
@@ -21,7 +23,7 @@ class VolumeStore(Store):
     keeps_output_claim = True
     import_needs_claim = True
 
-    def input_volumes(self, spec: dict, inputs: list[ResolvedInput]) -> InputVolumes:
+    def input_volumes(self, tj: TrainingJob, inputs: list[ResolvedInput]) -> InputVolumes:
         """Each input's PVC, read-only, with subPath at <inputDir>/<name>; one volume per claim."""
         volumes: dict[str, dict] = {}
         mounts = []
@@ -31,7 +33,7 @@ class VolumeStore(Store):
             volume_name = volumes.setdefault(claim, {
                 "name": f"{INPUT_VOLUME_PREFIX}{len(volumes)}",
                 "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})["name"]
-            base = posixpath.join(spec["inputDir"], item.mount_name)
+            base = posixpath.join(tj.spec.inputDir, item.mount_name)
             sub_path = posixpath.normpath(location.get("path", ".").lstrip("/") or ".")
             for rel in location.get("items") or [None]:  # items: only these files (e.g. the root files)
                 path = sub_path if rel is None else posixpath.join(sub_path, rel)
@@ -40,8 +42,8 @@ class VolumeStore(Store):
                                "subPath": "" if path == "." else posixpath.normpath(path)})
         return InputVolumes(volumes=list(volumes.values()), mounts=mounts)
 
-    def snapshot_command(self, tj: dict, output_dir: str, layout: str) -> list[str]:
-        return ["checkpoint-operator", "agent", "scan", output_dir, "--layout", layout, "--json"]
+    def snapshot_command(self, tj: TrainingJob, output_dir: str) -> list[str]:
+        return agent_commands.scan(output_dir, layout=tj.spec.output.layout)
 
     def snapshot_location(self, claim: str, manifest: Manifest, layout: str, uploads: dict[str, str]) -> dict:
         """The root files (and, in the `files` layout, each file) share their directory with
@@ -50,16 +52,17 @@ class VolumeStore(Store):
             return {"volume": {"claimName": claim, "path": ".", "items": [f.path for f in manifest.files]}}
         return {"volume": {"claimName": claim, "path": manifest.path}}
 
-    def import_containers(self, checkpoint: dict, fetch_command: list[str], data_dir: str,
-                          source_env: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
-        from checkpoint_operator.logic.workload import import_claim_name
+    def import_containers(self, checkpoint: Checkpoint, max_size: int) -> tuple[list[dict], list[dict], list[dict]]:
+        data_dir = import_data_dir()
         mount = [{"name": "data", "mountPath": posixpath.dirname(data_dir)}]
+        fetch = agent_commands.import_(import_origin(checkpoint), data_dir, max_size=max_size)
+        scan = agent_commands.scan(data_dir, single=True)
         # Import onto the Checkpoint's own PVC, then scan it: one container, paths passed as
         # arguments (never inside the script) so every runtime can rewrite them.
-        script = 'checkpoint-operator agent import "$0" "$1" && checkpoint-operator agent scan "$1" --single --json'
-        fetch = agent_container("import", ["sh", "-c", script, fetch_command[3], data_dir], self.config,
-                                mounts=mount, env=source_env)
-        return [], [fetch], [{"name": "data", "persistentVolumeClaim": {"claimName": import_claim_name(checkpoint)}}]
+        script = f'{" ".join(fetch[:3])} "$0" "$1" {" ".join(fetch[5:])} && {" ".join(scan[:3])} "$1" --single --json'
+        container = agent_container("import", ["sh", "-c", script, fetch[3], data_dir], self.config,
+                                    mounts=mount, env=source_env(checkpoint))
+        return [], [container], [{"name": "data", "persistentVolumeClaim": {"claimName": import_claim_name(checkpoint)}}]
 
-    def import_location(self, checkpoint: dict, claim: str, uploads: dict[str, str]) -> dict:
+    def import_location(self, checkpoint: Checkpoint, claim: str, uploads: dict[str, str]) -> dict:
         return {"volume": {"claimName": claim, "path": IMPORT_DIR}}

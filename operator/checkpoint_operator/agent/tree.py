@@ -1,0 +1,233 @@
+"""The files of a checkpoint: one walker for scan, upload and download.
+
+A checkpoint is a directory tree; its files are every regular file under it, with these rules:
+- names must pass agent/names.py; an entry whose name does not is skipped with the rule;
+- hidden names are content (only the manifest at the root is not: it describes, it is not
+  content; other names the agent reserves at the root are skipped);
+- a symlink is resolved hop by hop against the checkpoint's root as it will be mounted (on
+  its own, e.g. by `subPath`): every hop must stay inside the root (an absolute target, or a
+  `..` above the root, even one that comes back in, leaves it), at most 40 hops. A link to a
+  file stands for that file's bytes under the link's own path. A link to a directory is not
+  followed: the directory is inside the root, so its files are already taken under their real
+  path, and not following links to directories keeps the walk linear in the inodes (a DAG of
+  links `a`, `b` -> `../d(i+1)` would otherwise make 2^N paths);
+- fifos, sockets and devices are skipped; so are files that cannot be read;
+- at most `max_entries` directory entries are looked at in all (`EntryBudget`): past it the
+  walk fails with a clear error instead of growing without bound.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass, field
+from typing import Optional
+
+from checkpoint_operator.agent.errors import AgentError
+from checkpoint_operator.agent.manifest import MANIFEST_NAME, RESERVED_ROOT_NAMES
+from checkpoint_operator.agent.names import MAX_PATH_BYTES, component_problem, printable
+
+DEFAULT_MAX_ENTRIES = 1_000_000
+MAX_LINK_HOPS = 40  # Linux's MAXSYMLINKS
+# Components looked at while resolving one link (bounds the work of links to long paths of links).
+MAX_RESOLVE_STEPS = 4096
+
+# Reasons a reader of `skipped` sees; tests and the operator's events quote them.
+LEAVES_CHECKPOINT = "symlink leaves the checkpoint"
+LINK_TO_DIRECTORY = "symlink to a directory: not followed (its files are taken under their real path)"
+SYMLINK_LOOP = "symlink loop (more than 40 hops)"
+BROKEN_SYMLINK = "broken symlink"
+
+
+def entry_limit(given: Optional[int] = None) -> int:
+    """--max-entries, else CKPT_SCAN_MAX_ENTRIES, else the default."""
+    value = os.environ.get("CKPT_SCAN_MAX_ENTRIES", "")
+    return given or (int(value) if value.isdigit() and int(value) > 0 else DEFAULT_MAX_ENTRIES)
+
+
+class TooManyEntries(AgentError):
+    pass
+
+
+class EntryBudget:
+    """Counts the directory entries a walk looks at; fails past the limit."""
+
+    def __init__(self, limit: int = DEFAULT_MAX_ENTRIES, what: str = "") -> None:
+        self.limit = limit
+        self.used = 0
+        self.what = what
+
+    def take(self, where: str) -> None:
+        self.used += 1
+        if self.used > self.limit:
+            raise TooManyEntries(f"{self.what or 'the tree'}: more than {self.limit} entries (at '{printable(where)}'); "
+                                 f"refusing to go on (raise --max-entries if this is intended)")
+
+
+@dataclass
+class TreeFile:
+    rel: str  # path inside the checkpoint, '/'-separated
+    open_path: str  # the real file to read (symlinks resolved: no link in it)
+    inode: tuple[int, int]  # (st_dev, st_ino): each distinct file is read once
+    size: int
+
+
+@dataclass
+class Tree:
+    files: list[TreeFile] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (printable rel path, reason)
+
+    def skip(self, rel: str, reason: str) -> None:
+        self.skipped.append((printable(rel), reason))
+
+
+def special_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISBLK(mode) or stat.S_ISCHR(mode):
+        return "device"
+    return "not a regular file"
+
+
+def _os_reason(exc: OSError) -> str:
+    return f"unreadable: {exc.strerror or exc}"
+
+
+def resolve_link(top: str, dir_parts: list[str], name: str) -> tuple[Optional[str], Optional[os.stat_result], str]:
+    """Resolve the symlink `dir_parts/name` of the tree rooted at `top`, hop by hop, never above
+    `top`. Returns (real path, its lstat, "") or (None, None, reason)."""
+    resolved = list(dir_parts)  # real directories (no links) from the root
+    todo = [name]  # components still to walk, in reverse order (a stack)
+    hops = steps = 0
+    while todo:
+        part = todo.pop()
+        steps += 1
+        if steps > MAX_RESOLVE_STEPS:
+            return None, None, SYMLINK_LOOP
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not resolved:
+                return None, None, LEAVES_CHECKPOINT
+            resolved.pop()
+            continue
+        path = os.path.join(top, *resolved, part)
+        try:
+            st = os.lstat(path)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                return None, None, BROKEN_SYMLINK
+            return None, None, _os_reason(exc)
+        if stat.S_ISLNK(st.st_mode):
+            hops += 1
+            if hops > MAX_LINK_HOPS:
+                return None, None, SYMLINK_LOOP
+            try:
+                target = os.readlink(path)
+            except OSError as exc:
+                return None, None, _os_reason(exc)
+            if target.startswith("/"):
+                return None, None, LEAVES_CHECKPOINT  # means something else wherever the volume is mounted
+            todo.extend(reversed(target.split("/")))
+            continue
+        if todo and not stat.S_ISDIR(st.st_mode):
+            return None, None, BROKEN_SYMLINK  # a file used as a directory
+        resolved.append(part)
+    if not resolved:
+        return top, os.lstat(top), ""  # the root itself
+    path = os.path.join(top, *resolved)
+    return path, os.lstat(path), ""
+
+
+def walk_checkpoint(top: str, budget: Optional[EntryBudget] = None) -> Tree:
+    """Every file of the checkpoint rooted at `top` (see the module doc), and what was skipped."""
+    budget = budget or EntryBudget(what=top)
+    tree = Tree()
+    # (directory on disk, its components inside the checkpoint)
+    stack: list[tuple[str, list[str]]] = [(top, [])]
+    while stack:
+        directory, parts = stack.pop()
+        rel_dir = "/".join(parts)
+        try:
+            with os.scandir(directory) as it:
+                entries = list(it)
+        except OSError as exc:
+            tree.skip(rel_dir or ".", f"unreadable directory: {exc.strerror}")
+            continue
+        for entry in entries:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            budget.take(os.path.join(directory, entry.name))
+            if not parts and entry.name in RESERVED_ROOT_NAMES:
+                if entry.name != MANIFEST_NAME:  # a manifest written by an earlier download describes
+                    tree.skip(rel, "name reserved for the agent's own files")
+                continue
+            problem = component_problem(entry.name)
+            if problem:
+                tree.skip(rel, f"name {problem}")
+                continue
+            if len(rel.encode("utf-8")) > MAX_PATH_BYTES:
+                tree.skip(rel, f"path is longer than {MAX_PATH_BYTES} bytes")
+                continue
+            add_entry(tree, stack, top, parts, entry, rel)
+    return tree
+
+
+def add_entry(tree: Tree, stack: list, top: str, parts: list[str], entry: os.DirEntry, rel: str) -> None:
+    """One directory entry: a file into `tree.files`, a directory onto `stack`, else a skip."""
+    try:
+        st = entry.stat(follow_symlinks=False)
+    except OSError as exc:
+        tree.skip(rel, _os_reason(exc))
+        return
+    open_path = entry.path
+    if stat.S_ISLNK(st.st_mode):
+        real, target_st, reason = resolve_link(top, parts, entry.name)
+        if real is None:
+            tree.skip(rel, reason)
+            return
+        assert target_st is not None
+        if stat.S_ISDIR(target_st.st_mode):
+            tree.skip(rel, LINK_TO_DIRECTORY)
+            return
+        open_path, st = real, target_st
+    elif stat.S_ISDIR(st.st_mode):
+        stack.append((entry.path, [*parts, entry.name]))
+        return
+    if stat.S_ISREG(st.st_mode):
+        tree.files.append(TreeFile(rel, open_path, (st.st_dev, st.st_ino), st.st_size))
+    else:
+        tree.skip(rel, special_kind(st.st_mode))
+
+
+def locate_file(top: str, rel: str) -> tuple[str, os.stat_result]:
+    """The real file that the valid path `rel` names in the checkpoint rooted at `top`, by the
+    rules of walk_checkpoint (no directory reached through a link; a link to a file resolved
+    inside the root), as (path to read, its stat); AgentError naming `rel` otherwise."""
+    parts = rel.split("/")
+    for i in range(1, len(parts)):
+        path = os.path.join(top, *parts[:i])
+        try:
+            st = os.lstat(path)
+        except OSError as exc:
+            raise AgentError(f"{os.path.join(top, rel)}: listed in the manifest but missing ({exc.strerror})") from None
+        if not stat.S_ISDIR(st.st_mode):
+            what = "a symlink (links to directories are not followed)" if stat.S_ISLNK(st.st_mode) else "not a directory"
+            raise AgentError(f"{os.path.join(top, rel)}: '{printable('/'.join(parts[:i]))}' is {what}")
+    path = os.path.join(top, *parts)
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise AgentError(f"{path}: listed in the manifest but missing ({exc.strerror})") from None
+    if stat.S_ISLNK(st.st_mode):
+        real, target, reason = resolve_link(top, parts[:-1], parts[-1])
+        if real is None:
+            raise AgentError(f"{path}: {reason}")
+        assert target is not None
+        path, st = real, target
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else special_kind(st.st_mode)
+        raise AgentError(f"{path}: not a regular file ({kind})")
+    return path, st

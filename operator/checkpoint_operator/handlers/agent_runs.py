@@ -1,0 +1,83 @@
+"""One runner for every agent pod (snapshot, volume scan, import): ensure the pod, read how it
+is doing, read its result, delete it.
+
+`run_agent_pod` is called on every reconcile of the owner; the pod's events wake the owner,
+so nothing polls. It never deletes a pod before the caller has used the result: the caller
+calls `finish` once the result is recorded (a crash in between reruns an idempotent pod).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Union
+
+from checkpoint_operator.handlers.context import Context
+from checkpoint_operator.kube import PODS, ApiError
+from checkpoint_operator.logic.agent_pods import PodProblem, last_error_line, pod_failure, pod_problem
+from checkpoint_operator.logic.snapshot import ScanOutputError, ScanResult, parse_scan_output
+
+
+@dataclass(frozen=True)
+class Started:
+    pass
+
+
+@dataclass(frozen=True)
+class Running:
+    problem: Optional[PodProblem] = None
+
+
+@dataclass(frozen=True)
+class NotOurs:
+    message: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    scan: ScanResult
+
+
+@dataclass(frozen=True)
+class PodFailed:
+    message: str
+
+
+PodRun = Union[Started, Running, NotOurs, Finished, PodFailed]
+
+
+def run_agent_pod(ctx: Context, owner_uid: str, body: dict, what: str) -> PodRun:
+    """`what` names the pod's job in messages ("snapshot", "import", "scan")."""
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    pod = ctx.kube.get(PODS, namespace, name)
+    if pod is None:
+        ctx.kube.ensure(PODS, namespace, body)
+        return Started()
+    if not any(o.get("uid") == owner_uid for o in pod.get("metadata", {}).get("ownerReferences") or []):
+        return NotOurs(f"pod {name} exists and does not belong to this object (uid {owner_uid}); waiting for it "
+                       f"to go (an earlier object's pods are garbage-collected), or delete it")
+    phase = pod.get("status", {}).get("phase")
+    if phase == "Failed":
+        return PodFailed(_failure_message(ctx, pod, what))
+    if phase != "Succeeded":
+        return Running(pod_problem(pod))
+    try:
+        return Finished(parse_scan_output(ctx.kube.read_log(namespace, name)))
+    except (ScanOutputError, ApiError, ValueError) as exc:
+        return PodFailed(f"{what} pod {name}: {exc}")
+
+
+def _failure_message(ctx: Context, pod: dict, what: str) -> str:
+    """The failure and the failed container's own last error line (an init container's, when
+    that is the one that failed: the main container then never ran)."""
+    failure = pod_failure(pod, what)
+    meta = pod["metadata"]
+    try:
+        log = ctx.kube.read_log(meta["namespace"], meta["name"], failure.container)
+    except ApiError:
+        log = ""
+    line = last_error_line(log)
+    return f"{failure.message}: {line}" if line else failure.message
+
+
+def finish(ctx: Context, body: dict) -> None:
+    ctx.kube.delete(PODS, body["metadata"]["namespace"], body["metadata"]["name"])

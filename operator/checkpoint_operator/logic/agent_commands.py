@@ -1,0 +1,34 @@
+"""The agent command lines the operator puts into pods, built in one place.
+
+tests/test_agent_commands.py parses every one of them with the real parser of agent/cli.py,
+so a flag renamed on one side fails a test instead of a pod.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+AGENT = ("checkpoint-operator", "agent")
+Layout = str  # "auto" | "directories" | "files" (api.trainingjob.OutputSpec.layout)
+
+
+def scan(directory: str, *, layout: Layout = "auto", single: bool = False) -> list[str]:
+    """Print the scan of DIR as one JSON line (volume store snapshots, adoption of a volume path)."""
+    return [*AGENT, "scan", directory, *(["--single"] if single else ["--layout", layout]), "--json"]
+
+
+def snapshot(directory: str, upload_to: str, *, layout: Layout = "auto", single: bool = False) -> list[str]:
+    """Scan DIR and upload each checkpoint under UPLOAD_TO (s3 store); prints the scan JSON."""
+    return [*AGENT, "snapshot", directory, *(["--single"] if single else ["--layout", layout]),
+            "--upload-to", upload_to]
+
+
+def download(uri: str, directory: str, *, digest: Optional[str] = None) -> list[str]:
+    """Download and verify a checkpoint; with `digest`, a manifest with another digest is refused."""
+    return [*AGENT, "download", uri, directory, *(["--digest", digest] if digest else [])]
+
+
+def import_(source: str, dest: str, *, max_size: Optional[int] = None, max_files: Optional[int] = None) -> list[str]:
+    """Copy SOURCE (s3/http) into DEST, refusing more than `max_size` bytes or `max_files` files."""
+    return [*AGENT, "import", source, dest, *(["--max-size", str(max_size)] if max_size is not None else []),
+            *(["--max-files", str(max_files)] if max_files is not None else [])]

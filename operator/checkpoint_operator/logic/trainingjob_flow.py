@@ -1,0 +1,137 @@
+"""The TrainingJob's decisions, as pure functions: given what was read, what happens next.
+
+Pending -> Running -> Snapshotting -> Succeeded | Failed. handlers/trainingjob.py reads the
+objects, calls these, applies what they decide and records it; tests/test_trainingjob_flow.py
+tests every decision without an API.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobPhase
+from checkpoint_operator.logic.agent_pods import PodProblem
+from checkpoint_operator.logic.inputs import InputWait
+from checkpoint_operator.logic.results import Fail, Wait
+from checkpoint_operator.logic.status import ConditionChange, StatusChange
+
+MAX_SNAPSHOT_ATTEMPTS = 3
+RELEASE_OUTPUT_ANNOTATION = "ckpt.dev/release-output"
+OUTPUT_RETAINED = "OutputRetained"
+
+
+# Input waits are woken by the inputs' events; this re-check is the net under them (see README
+# "Performance": a wake-up lost under load was seen, cause not yet found).
+INPUT_RECHECK = 10.0
+
+
+def input_wait(waits: list[InputWait]) -> Wait:
+    """All waiting inputs in one message; Stalled when one of them cannot resolve by itself."""
+    stalled = any(w.terminal for w in waits)
+    return Wait(waits[0].reason, "; ".join(w.message for w in waits), stalled=stalled,
+                requeue_after=None if stalled else INPUT_RECHECK)
+
+
+def wait_change(phase: TrainingJobPhase, wait: Wait) -> Optional[StatusChange]:
+    if wait.reason is None:
+        return None
+    return StatusChange(phase=phase, reason=wait.reason, message=wait.message, stalled=wait.stalled,
+                        event="Warning" if wait.warning else "Normal")
+
+
+def fail_change(fail: Fail, now: str) -> StatusChange:
+    return StatusChange(phase=TrainingJobPhase.FAILED, reason=fail.reason, message=fail.message, stalled=True,
+                        event="Warning", fields={"completionTime": now})
+
+
+def running_change(job_name: str, inputs: list[str], output_claim: Optional[str], now: str) -> StatusChange:
+    names = ", ".join(inputs) or "no inputs"
+    return StatusChange(phase=TrainingJobPhase.RUNNING, reason="Running", message=f"Job {job_name} started on {names}",
+                        event="Normal", fields={"jobName": job_name, "outputClaim": output_claim, "startTime": now})
+
+
+def job_outcome(job: Optional[dict]) -> Optional[bool]:
+    """True/False once the Job has succeeded/failed (after its retries) and none of its pods is
+    still running; None until then. Only the final conditions count: FailureTarget and
+    SuccessCriteriaMet are set while pods may still be writing (a deadline's SIGTERM grace
+    period, say), and a snapshot taken then would freeze half-written files."""
+    if job is None:
+        return False
+    status = job.get("status", {})
+    if status.get("active") or status.get("terminating"):
+        return None
+    for condition in status.get("conditions") or []:
+        if condition.get("status") == "True" and condition.get("type") == "Complete":
+            return True
+        if condition.get("status") == "True" and condition.get("type") == "Failed":
+            return False
+    return None
+
+
+def job_failure_message(job: Optional[dict]) -> str:
+    if job is None:
+        return "was deleted before it finished"
+    for condition in job.get("status", {}).get("conditions") or []:
+        if condition.get("type") == "Failed" and condition.get("status") == "True":
+            return f"failed: {condition.get('reason', '')} {condition.get('message', '')}".strip()
+    return "failed"
+
+
+def running_wait(tj: TrainingJob, problems: list[PodProblem]) -> Wait:
+    """While the Job runs: quiet, unless a pod is stuck (then the condition names why, and goes
+    back to Running once it is not)."""
+    if problems:
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more pod(s))" if len(problems) > 1 else ""
+        return Wait(first.reason, first.message + more)
+    if tj.ready_reason() not in (None, "Running"):
+        return Wait("Running", f"Job {tj.status.jobName} is running", warning=False)
+    return Wait()
+
+
+def after_job(tj: TrainingJob, succeeded: bool, outcome: str, now: str) -> tuple[StatusChange, bool]:
+    """The status once the Job is over, and whether a snapshot follows."""
+    if not tj.output_enabled:
+        if succeeded:
+            return StatusChange(phase=TrainingJobPhase.SUCCEEDED, reason="Succeeded", message=f"Job {outcome}",
+                                ready=True, event="Normal", fields={"completionTime": now, "jobSucceeded": True}), False
+        return fail_change(Fail("JobFailed", f"Job {outcome}"), now), False
+    return StatusChange(phase=TrainingJobPhase.SNAPSHOTTING, reason="Snapshotting",
+                        message=f"Job {outcome}; snapshotting the output", event="Normal",
+                        fields={"jobSucceeded": succeeded, "snapshotStartTime": now}), True
+
+
+def snapshot_retry(attempts: int, message: str) -> Optional[Fail]:
+    """A failed snapshot pod is retried; after MAX_SNAPSHOT_ATTEMPTS the job fails."""
+    if attempts >= MAX_SNAPSHOT_ATTEMPTS:
+        return Fail("SnapshotFailed", f"snapshot failed {attempts} times; last: {message}")
+    return None
+
+
+def snapshot_done(tj: TrainingJob, names: list[str], now: str, retained: Optional[str],
+                  claim: Optional[str], skipped: int) -> StatusChange:
+    summary = f"{len(names)} checkpoint(s): {', '.join(names)}" if names else "no checkpoints in the output"
+    fields = {"outputCheckpoints": names, "outputCount": len(names), "completionTime": now, "skippedCount": skipped}
+    conditions: tuple[ConditionChange, ...] = ()
+    if retained:
+        conditions = (ConditionChange(OUTPUT_RETAINED, "True", "NotAllStored",
+                                      f"volume {claim} is kept: {retained}. Copy what you need, then annotate the "
+                                      f"TrainingJob {RELEASE_OUTPUT_ANNOTATION}=true to release it"),)
+    if tj.status.jobSucceeded:
+        return StatusChange(phase=TrainingJobPhase.SUCCEEDED, reason="Succeeded", message=f"Job succeeded; {summary}",
+                            ready=True, event="Normal", fields=fields, conditions=conditions)
+    return StatusChange(phase=TrainingJobPhase.FAILED, reason="JobFailed", message=f"Job failed; kept {summary}",
+                        stalled=True, event="Warning", fields=fields, conditions=conditions)
+
+
+def wants_output_released(tj: TrainingJob) -> bool:
+    """The user asked to release a retained output volume (and it is still retained)."""
+    retained = next((c for c in tj.status.conditions or [] if c.type == OUTPUT_RETAINED), None)
+    return (tj.metadata.annotation(RELEASE_OUTPUT_ANNOTATION) or "").lower() == "true" \
+        and retained is not None and retained.status == "True"
+
+
+def released_change(claim: Optional[str], deleted: bool) -> StatusChange:
+    what = f"volume {claim} deleted" if deleted else f"volume {claim} is owned by its Checkpoints and goes with them"
+    return StatusChange(conditions=(ConditionChange(OUTPUT_RETAINED, "False", "Released",
+                                                    f"released on request ({RELEASE_OUTPUT_ANNOTATION}): {what}"),))

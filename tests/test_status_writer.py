@@ -1,0 +1,52 @@
+"""The one status door against the emulated API: no-op writes skipped, 409s retried on a fresh
+read, events once per change, the status model enforced."""
+
+import pydantic
+import pytest
+
+from checkpoint_operator.api.trainingjob import TrainingJob
+from checkpoint_operator.config import OperatorConfig
+from checkpoint_operator.handlers.context import Context
+from checkpoint_operator.handlers.status import write_status
+from checkpoint_operator.kube import EVENTS, TRAINING_JOBS, Kube
+from checkpoint_operator.logic.status import StatusChange
+from factories import training_job
+
+
+@pytest.fixture
+def ctx(api_url):
+    return Context(kube=Kube.from_url(api_url), config=OperatorConfig())
+
+
+def created(ctx) -> TrainingJob:
+    body = training_job("w")
+    body["metadata"] = {"name": "w", "namespace": "default"}
+    return TrainingJob.model_validate(ctx.kube.create(TRAINING_JOBS, "default", body))
+
+
+def events(ctx):
+    return [e for e in ctx.kube.list(EVENTS, "default") if e["involvedObject"]["name"] == "w"]
+
+
+def test_writes_once_skips_no_ops_and_posts_one_event(ctx):
+    tj = created(ctx)
+    change = StatusChange(phase="Pending", reason="InputNotFound", message="input x does not exist", event="Warning")
+    written = write_status(ctx, tj, change)
+    assert written.status.phase == "Pending" and written.ready_reason() == "InputNotFound"
+    again = write_status(ctx, written, change)
+    assert again.metadata.resourceVersion == written.metadata.resourceVersion  # no write
+    assert [e["reason"] for e in events(ctx)] == ["InputNotFound"]
+
+
+def test_a_conflict_is_retried_on_a_fresh_read(ctx):
+    tj = created(ctx)
+    # someone else writes meanwhile: our copy is stale
+    ctx.kube.patch_status(TRAINING_JOBS, "default", "w", {"jobName": "by-someone-else"})
+    written = write_status(ctx, tj, StatusChange(fields={"inputCount": 2}))
+    assert written.status.inputCount == 2 and written.status.jobName == "by-someone-else"
+
+
+def test_the_status_model_refuses_what_the_schema_would_prune(ctx):
+    tj = created(ctx)
+    with pytest.raises(pydantic.ValidationError):
+        write_status(ctx, tj, StatusChange(fields={"notAField": 1}))

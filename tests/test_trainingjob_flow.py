@@ -1,0 +1,121 @@
+"""The TrainingJob's decisions (logic/trainingjob_flow.py, logic/protection.py), without an API."""
+
+from checkpoint_operator.api.trainingjob import TrainingJob
+from checkpoint_operator.logic import trainingjob_flow as flow
+from checkpoint_operator.logic.agent_pods import PodProblem, pod_failure, pod_problem
+from checkpoint_operator.logic.inputs import InputWait
+from checkpoint_operator.logic.protection import blocking_users, label_patch, used_by_status, used_uids
+from checkpoint_operator.logic.results import Fail, Wait
+from checkpoint_operator.logic.status import StatusChange, apply_change, should_post_event, status_patch
+from factories import training_job
+
+
+def tj(**kw) -> TrainingJob:
+    body = training_job("t", **{k: v for k, v in kw.items() if k != "status"})
+    if "status" in kw:
+        body["status"] = kw["status"]
+    return TrainingJob.model_validate(body)
+
+
+def job(**status):
+    return {"metadata": {"name": "t"}, "status": status}
+
+
+def test_job_outcome_waits_for_the_final_condition_and_no_running_pod():
+    assert flow.job_outcome(job(active=1)) is None
+    assert flow.job_outcome(job(conditions=[{"type": "FailureTarget", "status": "True"}])) is None
+    assert flow.job_outcome(job(terminating=1, conditions=[{"type": "Failed", "status": "True"}])) is None
+    assert flow.job_outcome(job(conditions=[{"type": "Complete", "status": "True"}])) is True
+    assert flow.job_outcome(job(conditions=[{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}])) \
+        is False
+    assert flow.job_outcome(None) is False and flow.job_failure_message(None) == "was deleted before it finished"
+
+
+def test_after_the_job_a_snapshot_follows_unless_there_is_no_output():
+    change, snapshot = flow.after_job(tj(), True, "succeeded", "now")
+    assert snapshot and change.phase == "Snapshotting" and change.fields["jobSucceeded"] is True
+    change, snapshot = flow.after_job(tj(output={"enabled": False}), True, "succeeded", "now")
+    assert not snapshot and change.phase == "Succeeded" and change.ready
+    change, snapshot = flow.after_job(tj(output={"enabled": False}), False, "failed: x", "now")
+    assert not snapshot and change.phase == "Failed" and change.stalled and change.reason == "JobFailed"
+
+
+def test_running_names_a_stuck_pod_then_goes_back_to_running():
+    running = tj(status={"phase": "Running", "jobName": "t", "conditions": [
+        {"type": "Ready", "status": "False", "reason": "Running", "message": "", "lastTransitionTime": "x"}]})
+    assert flow.running_wait(running, []) == Wait()  # quiet: nothing to record
+    stuck = flow.running_wait(running, [PodProblem("ImagePullBackOff", "pod t-1 container trainer: ...")])
+    assert stuck.reason == "ImagePullBackOff" and "t-1" in stuck.message
+    was_stuck = tj(status={"phase": "Running", "jobName": "t", "conditions": [
+        {"type": "Ready", "status": "False", "reason": "Unschedulable", "message": "", "lastTransitionTime": "x"}]})
+    assert flow.running_wait(was_stuck, []).reason == "Running"
+
+
+def test_pod_problems_and_failures_are_named():
+    unschedulable = {"metadata": {"name": "p"}, "status": {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes: gpu"}]}}
+    assert pod_problem(unschedulable) == PodProblem("Unschedulable", "pod p cannot be scheduled: 0/3 nodes: gpu")
+    pull = {"metadata": {"name": "p"}, "status": {"phase": "Pending", "initContainerStatuses": [
+        {"name": "download-input-0", "state": {"waiting": {"reason": "ImagePullBackOff", "message": "no such image"}}}]}}
+    assert pod_problem(pull).reason == "ImagePullBackOff" and "download-input-0" in pod_problem(pull).message
+    assert pod_problem({"metadata": {"name": "p"}, "status": {"phase": "Running"}}) is None
+    deadline = {"metadata": {"name": "p"}, "spec": {"activeDeadlineSeconds": 60},
+                "status": {"phase": "Failed", "reason": "DeadlineExceeded"}}
+    assert pod_failure(deadline, "snapshot").message == "snapshot pod p exceeded its deadline of 60 s"
+    init_failed = {"metadata": {"name": "p"}, "status": {"phase": "Failed", "initContainerStatuses": [
+        {"name": "import", "state": {"terminated": {"exitCode": 1, "reason": "Error"}}}], "containerStatuses": [
+        {"name": "upload", "state": {"waiting": {"reason": "PodInitializing"}}}]}}
+    failure = pod_failure(init_failed, "import")
+    assert failure.container == "import" and "container import failed (Error, exit code 1)" in failure.message
+
+
+def test_snapshot_attempts_and_the_retained_output():
+    assert flow.snapshot_retry(1, "x") is None
+    assert flow.snapshot_retry(3, "boom") == Fail("SnapshotFailed", "snapshot failed 3 times; last: boom")
+    done = flow.snapshot_done(tj(status={"phase": "Snapshotting", "jobSucceeded": False}), [], "now",
+                              "1 output entry skipped: 'x': y", "t-output", 1)
+    assert done.phase == "Failed" and done.conditions[0].type == "OutputRetained"
+    assert done.conditions[0].status == "True" and "ckpt.dev/release-output=true" in done.conditions[0].message
+    retained = tj(status={"phase": "Failed", "conditions": [
+        {"type": "OutputRetained", "status": "True", "reason": "NotAllStored", "message": "", "lastTransitionTime": "x"}]})
+    assert not flow.wants_output_released(retained)
+    released = retained.model_copy(update={"metadata": retained.metadata.model_copy(
+        update={"annotations": {flow.RELEASE_OUTPUT_ANNOTATION: "true"}})})
+    assert flow.wants_output_released(released)
+    assert flow.released_change("c", True).conditions[0].reason == "Released"
+
+
+def test_input_waits_are_stalled_only_when_they_cannot_end():
+    wait = flow.input_wait([InputWait("InputNotFound", "a"), InputWait("InputFailed", "b")])
+    assert wait.reason == "InputNotFound" and wait.message == "a; b" and wait.stalled
+    assert not flow.input_wait([InputWait("InputNotReady", "a")]).stalled
+    assert flow.input_wait([InputWait("InputNotReady", "a")]).requeue_after == flow.INPUT_RECHECK
+
+
+def test_uses_labels_and_bounded_used_by():
+    assert label_patch({"x": "1"}, ["u1"]) == {"uses.ckpt.dev/u1": "true"}
+    assert label_patch({"uses.ckpt.dev/u1": "true", "uses.ckpt.dev/u2": "true"}, ["u1"]) == {"uses.ckpt.dev/u2": None}
+    assert label_patch({"uses.ckpt.dev/u1": "true"}, ["u1"]) == {}
+    assert used_uids({"uses.ckpt.dev/b": "true", "uses.ckpt.dev/a": "true", "other": "x"}) == ["a", "b"]
+    status = used_by_status([(f"job-{i:04d}", f"u{i}") for i in range(1000)])
+    assert status["usedByCount"] == 1000 and len(status["usedBy"]) == 20 and status["usedBy"][0]["name"] == "job-0000"
+    bodies = [training_job("a", phase="Running"), training_job("b", phase="Succeeded"), training_job("c")]
+    assert blocking_users(bodies) == ["a", "c"]
+
+
+def test_status_changes_apply_once_and_post_one_event():
+    def settled(phase):
+        return phase in ("Succeeded", "Failed")
+    change = StatusChange(phase="Pending", reason="InputNotFound", message="input x does not exist", event="Warning")
+    first = apply_change({}, change, generation=1, now="t1", is_settled=settled)
+    assert {c["type"] for c in first["conditions"]} == {"Ready", "Reconciling"}
+    assert should_post_event({}, change) and not should_post_event(first, change)
+    again = apply_change(first, change, generation=1, now="t2", is_settled=settled)
+    assert status_patch(first, again) == {}  # a no-op is not written
+    failed = apply_change(first, StatusChange(phase="Failed", reason="X", message="m", stalled=True,
+                                              fields={"completionTime": "t3"}), generation=1, now="t3",
+                          is_settled=settled)
+    assert {c["type"] for c in failed["conditions"]} == {"Ready", "Stalled"}
+    removed = apply_change(failed, StatusChange(fields={"completionTime": None}), generation=1, now="t4",
+                           is_settled=settled)
+    assert "completionTime" not in removed and status_patch(failed, removed) == {"completionTime": None}
