@@ -430,6 +430,9 @@ async def test_a_list_reads_only_its_resource_and_namespace(api: ApiClient, emul
     assert (seen, [i["metadata"]["name"] for i in items]) == (1, ["p0"])
     seen, items = await visits(api.list("v1/pods", "busy", label_selector="app in (b),!tier"))
     assert (seen, len(items)) == (1, 1)
+    await api.patch("v1/pods", "busy", "p5", {"metadata": {"labels": {"uses.ckpt.dev/u1": "true"}}})
+    seen, items = await visits(api.list("v1/pods", "busy", label_selector="uses.ckpt.dev/u1"))  # existence
+    assert (seen, [i["metadata"]["name"] for i in items]) == (1, ["p5"])
     seen, obj = await visits(api.get(CKPTS, "quiet", "c7"))
     assert seen == 0 and obj["metadata"]["name"] == "c7"
     seen, items = await visits(api.list("v1/pods"))  # cluster-wide: the pods of every namespace, nothing else

@@ -131,7 +131,8 @@ class ObjectFilter:
 
     def selection(self) -> Selection:
         """The same question for ``ObjectStore.select`` (within a resource and namespace)."""
-        indexed = tuple((t.key, t.values) for t in self.labels if t.operator in ("=", "in"))
+        indexed = tuple((t.key, t.values if t.operator != "exists" else None)
+                        for t in self.labels if t.operator in ("=", "in", "exists"))
         return Selection(name=self.name, indexed_terms=indexed, matches_labels=self.matches_labels,
                          matches_object=self.matches_fields if self.fields else None)
 

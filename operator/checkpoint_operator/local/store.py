@@ -7,8 +7,8 @@ resource and namespace. This store does the same in memory:
   plus the few fields selectors read (labels), and nothing else: no past versions, no deleted objects;
 - objects are grouped by resource, then namespace, so a GET is one dict look-up and a LIST reads
   only the objects of its resource and namespace (all namespaces of that resource when cluster-wide);
-- a label index answers equality selectors (``job-name=x``, ``app in (a,b)``) without reading the
-  objects that do not carry the label;
+- a label index answers equality and existence selectors (``job-name=x``, ``app in (a,b)``,
+  ``uses.ckpt.dev/UID``) without reading the objects that do not carry the label;
 - an owner index (ownerReferences uid -> dependents) lets a deletion find the owner's dependents.
 
 ``visited`` counts the objects that selections have read: tests use it to check that a request's
@@ -57,8 +57,8 @@ class Selection:
     """What a list or watch asks for beyond resource and namespace (see emulator.ObjectFilter)."""
 
     name: str | None = None
-    # (key, values): a term whose match requires the label `key` to be one of `values`.
-    indexed_terms: tuple[tuple[str, frozenset[str]], ...] = ()
+    # (key, values): a term whose match requires the label `key` (to be one of `values`, unless None).
+    indexed_terms: tuple[tuple[str, frozenset[str] | None], ...] = ()
     matches_labels: Callable[[Mapping[str, str]], bool] = lambda labels: True
     matches_object: Callable[[Mapping[str, Any]], bool] | None = None  # needs the parsed object
 
@@ -75,8 +75,8 @@ class ObjectStore:
 
     def __init__(self) -> None:
         self._objects: dict[Resource, dict[str | None, dict[str, Stored]]] = {}
-        # (resource, label key, label value) -> namespace -> names
-        self._labels: dict[tuple[Resource, str, str], dict[str | None, set[str]]] = {}
+        # (resource, label key, label value) -> namespace -> names; value None: every object with the key
+        self._labels: dict[tuple[Resource, str, str | None], dict[str | None, set[str]]] = {}
         self._owned: dict[str, set[ObjectKey]] = {}
         self.visited = 0
 
@@ -150,7 +150,7 @@ class ObjectStore:
         best: set[str] | None = None
         for key, values in selection.indexed_terms:
             found: set[str] = set()
-            for value in values:
+            for value in (None,) if values is None else values:
                 found |= self._labels.get((resource, key, value), {}).get(namespace, set())
             if best is None or len(found) < len(best):
                 best = found
@@ -159,23 +159,25 @@ class ObjectStore:
     def _index(self, key: ObjectKey, stored: Stored) -> None:
         resource, namespace, name = key
         for label, value in stored.labels.items():
-            self._labels.setdefault((resource, label, value), {}).setdefault(namespace, set()).add(name)
+            for indexed in (value, None):
+                self._labels.setdefault((resource, label, indexed), {}).setdefault(namespace, set()).add(name)
         for uid in stored.owners:
             self._owned.setdefault(uid, set()).add(key)
 
     def _unindex(self, key: ObjectKey, stored: Stored) -> None:
         resource, namespace, name = key
         for label, value in stored.labels.items():
-            by_namespace = self._labels.get((resource, label, value))
-            if by_namespace is None:
-                continue
-            names = by_namespace.get(namespace)
-            if names is not None:
-                names.discard(name)
-                if not names:
-                    del by_namespace[namespace]
-            if not by_namespace:
-                del self._labels[(resource, label, value)]
+            for indexed in (value, None):
+                by_namespace = self._labels.get((resource, label, indexed))
+                if by_namespace is None:
+                    continue
+                names = by_namespace.get(namespace)
+                if names is not None:
+                    names.discard(name)
+                    if not names:
+                        del by_namespace[namespace]
+                if not by_namespace:
+                    del self._labels[(resource, label, indexed)]
         for uid in stored.owners:
             dependents = self._owned.get(uid)
             if dependents is not None:
