@@ -583,3 +583,19 @@ async def test_get_object(api: ApiClient, emulator_server: EmulatorServer) -> No
     found = emulator_server.call(lambda: emulator.get_object(CKPTS, NS, "c1"))
     assert found["spec"]["source"] == {"s3": {"uri": "s3://models/c1/"}}
     assert emulator_server.call(lambda: emulator.get_object("v1/pods", NS, "none")) is None
+
+
+async def test_a_pod_deleted_with_a_finalizer_keeps_its_grace_period(api: ApiClient) -> None:
+    for name, extra, options in (("default", {}, {}), ("own", {"terminationGracePeriodSeconds": 2}, {}),
+                                 ("asked", {}, {"gracePeriodSeconds": 0})):
+        body = pod(name)
+        body["metadata"]["finalizers"] = ["example.com/hold"]
+        body["spec"].update(extra)
+        await api.create("v1/pods", NS, body)
+        await api.request("DELETE", f"/api/v1/namespaces/{NS}/pods/{name}", json_body=options)
+    grace = {name: (await api.get("v1/pods", NS, name))["metadata"]["deletionGracePeriodSeconds"]
+             for name in ("default", "own", "asked")}
+    assert grace == {"default": 30, "own": 2, "asked": 0}
+    await api.create(CKPTS, NS, {**checkpoint("c"), "metadata": {"name": "c", "finalizers": ["example.com/hold"]}})
+    await api.delete(CKPTS, NS, "c")
+    assert (await api.get(CKPTS, NS, "c"))["metadata"]["deletionGracePeriodSeconds"] == 0

@@ -685,7 +685,7 @@ class Emulator(kmock.KubernetesEmulator):
         if current["metadata"].get("finalizers"):
             new = stored.load()
             new["metadata"]["deletionTimestamp"] = now_rfc3339()
-            new["metadata"]["deletionGracePeriodSeconds"] = 0
+            new["metadata"]["deletionGracePeriodSeconds"] = _grace_period(resource, current, options, request.params)
             return self._json(self._store_change(key, current, new))
         current["metadata"]["resourceVersion"] = self._next_rv()
         self._remove(key, current)
@@ -938,6 +938,18 @@ class Emulator(kmock.KubernetesEmulator):
     @property
     def objects(self) -> Any:  # kmock's view of every object and its history: not kept here
         raise AttributeError("Emulator keeps no kmock object histories: use get_object() or export_state()")
+
+
+def _grace_period(resource: Resource, obj: Mapping[str, Any], options: Mapping[str, Any],
+                  params: Mapping[str, str]) -> int:
+    """deletionGracePeriodSeconds as the API server sets it: for a pod, the request's gracePeriodSeconds or
+    the pod's terminationGracePeriodSeconds (30 by default); 0 for anything else."""
+    if resource != PODS:
+        return 0
+    asked = options.get("gracePeriodSeconds", params.get("gracePeriodSeconds"))
+    if asked is not None:
+        return int(asked)
+    return int(obj.get("spec", {}).get("terminationGracePeriodSeconds", 30))
 
 
 def _default_container(pod: Mapping[str, Any]) -> str | None:
