@@ -89,7 +89,7 @@ def test_input_waits_are_stalled_only_when_they_cannot_end():
     wait = flow.input_wait([InputWait("InputNotFound", "a"), InputWait("InputFailed", "b")])
     assert wait.reason == "InputNotFound" and wait.message == "a; b" and wait.stalled
     assert not flow.input_wait([InputWait("InputNotReady", "a")]).stalled
-    assert flow.input_wait([InputWait("InputNotReady", "a")]).requeue_after == flow.INPUT_RECHECK
+    assert flow.input_wait([InputWait("InputNotReady", "a")]).requeue_after is None  # the input's event wakes it
 
 
 def test_uses_labels_and_bounded_used_by():

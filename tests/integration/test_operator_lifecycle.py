@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from conftest import CKPT, NS, TJ, training_job, write_checkpoint
+from conftest import CKPT, NS, TJ, held_until, training_job, write_checkpoint
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -117,27 +117,28 @@ async def test_train_then_consume_latest_with_lineage(api, operator, cluster, tr
     mounts = job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
     input_mount = next(m for m in mounts if m["mountPath"] == "/input-checkpoint/pretrain-step-200")
     assert input_mount["readOnly"] is True and input_mount["subPath"] == "step-200"
-    # Released: nothing uses the input any more.
-    assert not (await api.get(CKPT, NS, "pretrain-step-200"))["status"].get("usedBy")
+    # Released: nothing uses the input any more (usedBy is written debounced, so it trails the job).
+    async def released():
+        ckpt = await api.get(CKPT, NS, "pretrain-step-200")
+        return ckpt if not ckpt["status"].get("usedBy") and not ckpt["status"].get("usedByCount") else None
+    await wait_for(released, timeout=10)
 
 
 async def test_delete_while_in_use_is_blocked_then_released(api, operator, trainer, wait_for):
     trainer.behaviours["producer"] = lambda a, env: write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-1",
                                                                       {"w.pt": b"1"}) or 0
     release = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def consumer(attempt, env):
-        asyncio.run_coroutine_threadsafe(release.wait(), loop).result(30)
-        return 0
-    trainer.behaviours["consumer"] = consumer
+    trainer.behaviours["consumer"] = held_until(release, timeout=30)
 
     await api.create(TJ, NS, training_job("producer"))
     await wait_phase(api, wait_for, TJ, "producer", "Succeeded")
     await api.create(TJ, NS, training_job("consumer", checkpoints=[{"name": "producer-step-1"}]))
     await wait_phase(api, wait_for, TJ, "consumer", "Running")
-    used = await api.get(CKPT, NS, "producer-step-1")
-    assert [u["name"] for u in used["status"]["usedBy"]] == ["consumer"] and used["status"]["usedByCount"] == 1
+    async def used_by_consumer():  # written debounced from the index: it may trail the job's Running
+        used = await api.get(CKPT, NS, "producer-step-1")
+        return [u["name"] for u in used["status"].get("usedBy") or []] == ["consumer"] \
+            and used["status"]["usedByCount"] == 1
+    await wait_for(used_by_consumer, timeout=10)
 
     await api.delete(CKPT, NS, "producer-step-1")
 
@@ -284,9 +285,7 @@ async def test_bad_template_mount_and_env_conflict_are_reported(api, operator, t
 async def test_deleting_a_job_deletes_its_job_and_releases_inputs(api, operator, trainer, wait_for):
     trainer.behaviours["src"] = lambda a, env: write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "s-1", {"a": b"1"}) or 0
     hold = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    trainer.behaviours["user"] = lambda a, env: asyncio.run_coroutine_threadsafe(
-        asyncio.wait_for(hold.wait(), 20), loop).result(25) or 0
+    trainer.behaviours["user"] = held_until(hold, timeout=20)
     await api.create(TJ, NS, training_job("src"))
     await wait_phase(api, wait_for, TJ, "src", "Succeeded")
     await api.create(TJ, NS, training_job("user", checkpoints=[{"name": "src-s-1"}]))
@@ -294,6 +293,7 @@ async def test_deleting_a_job_deletes_its_job_and_releases_inputs(api, operator,
     await api.delete(TJ, NS, "user")
     await wait_for(lambda: _gone(api, TJ, "user"))
     await wait_for(lambda: _gone(api, "batch/v1/jobs", "user"))
-    ckpt = await api.get(CKPT, NS, "src-s-1")
-    assert not ckpt["status"].get("usedBy")
+    async def released():
+        return not (await api.get(CKPT, NS, "src-s-1"))["status"].get("usedBy")
+    await wait_for(released, timeout=10)
     hold.set()

@@ -27,6 +27,9 @@ class Context:
     config: OperatorConfig
     indexes: Any = None   # handlers.indexes.Indexes once kopf has started
     queue: Any = None     # handlers.queue.WorkQueue once kopf has started
+    # (namespace, name) of a TrainingJob -> the Checkpoint uids its previous event showed it
+    # using: a job that drops its uses label still wakes those Checkpoints (handlers/wakeups.py)
+    last_uses: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     def event(self, obj: Any, type_: str, reason: str, message: str) -> None:

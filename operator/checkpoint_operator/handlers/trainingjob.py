@@ -8,6 +8,7 @@ running a step twice (say, after an operator restart) creates nothing twice.
 
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 from checkpoint_operator import PROTECTION_FINALIZER
@@ -22,8 +23,7 @@ from checkpoint_operator.logic import trainingjob_flow as flow
 from checkpoint_operator.logic import workload
 from checkpoint_operator.logic.agent_pods import AGENT_OUTPUT_MOUNT
 from checkpoint_operator.logic.conditions import now_rfc3339, seconds_since
-from checkpoint_operator.logic.inputs import (CheckpointInfo, InputWait, ResolvedInput, check_live_input,
-                                              resolve_inputs)
+from checkpoint_operator.logic.inputs import InputWait, ResolvedInput, check_live_input, resolve_inputs
 from checkpoint_operator.logic.protection import label_patch, used_uids
 from checkpoint_operator.logic.results import Advance, Done, Fail, Result, Wait
 from checkpoint_operator.logic.snapshot import is_produced_by, not_stored, plan_snapshot, skipped_message
@@ -31,6 +31,7 @@ from checkpoint_operator.logic.status import StatusChange
 from checkpoint_operator.storage import MissingUpload, store_for
 from checkpoint_operator import metrics
 
+logger = logging.getLogger("checkpoint_operator.trainingjob")
 RETRY_SOON = 5.0  # seconds: waits on things whose end brings no event of ours (a namesake's GC)
 
 
@@ -55,6 +56,8 @@ def reconcile(ctx: Context, namespace: str, name: str) -> Optional[float]:
 
 
 def record(ctx: Context, tj: TrainingJob, result: Result) -> Optional[float]:
+    logger.debug("TrainingJob %s/%s at %s (%s): %s", tj.metadata.namespace, tj.metadata.name,
+                 tj.metadata.resourceVersion, tj.phase, result)
     if isinstance(result, Wait):
         change = flow.wait_change(tj.phase, result)
         if change is not None:
@@ -75,28 +78,11 @@ def _refuse_invalid(ctx: Context, invalid: InvalidObject) -> None:
 
 # --- Pending: resolve, claim, check live, create ----------------------------------------------------
 
-class _LiveNames:
-    """The indexes, with the Checkpoints named in the spec read live: a wait is only ever
-    decided on a fresh read (the watch cache may lag), never on the cache alone."""
-
-    def __init__(self, ctx: Context, tj: TrainingJob):
-        self._indexes, self._live = ctx.indexes, {}
-        for ref in tj.spec.checkpoints:
-            if ref.name:
-                body = ctx.kube.get(CHECKPOINTS, tj.metadata.namespace, ref.name)
-                self._live[ref.name] = CheckpointInfo.from_body(body) if body else None
-
-    def checkpoint(self, namespace: str, name: str):
-        return self._live[name] if name in self._live else self._indexes.checkpoint(namespace, name)
-
-    def __getattr__(self, attribute):
-        return getattr(self._indexes, attribute)
-
-
 def start(ctx: Context, tj: TrainingJob) -> Result:
+    # A wait may be decided on the index alone: the event that ends it wakes this job again,
+    # after kopf has put it in the index (handlers/wakeups.py). Starting is decided live, below.
     resolution = resolve_inputs(tj, ctx.indexes)
-    if resolution.waits and tj.status.inputs is None and any(r.name for r in tj.spec.checkpoints):
-        resolution = resolve_inputs(tj, _LiveNames(ctx, tj))
+    logger.debug("TrainingJob %s/%s: inputs from the index: %s", tj.metadata.namespace, tj.metadata.name, resolution)
     if resolution.waits:
         # Hold nothing while waiting, so a waiting job never keeps an input from being deleted.
         _release_inputs(ctx, tj)
@@ -108,8 +94,10 @@ def start(ctx: Context, tj: TrainingJob) -> Result:
 
     # Record the use on the job itself first, then read each input live (logic/protection.py).
     tj = _set_uses_labels(ctx, tj, [c.uid for c in resolution.candidates])
-    checked = [check_live_input(c, ctx.kube.get(CHECKPOINTS, tj.metadata.namespace, c.name))
-               for c in resolution.candidates]
+    live = [ctx.kube.get(CHECKPOINTS, tj.metadata.namespace, c.name) for c in resolution.candidates]
+    checked = [check_live_input(c, body) for c, body in zip(resolution.candidates, live)]
+    logger.debug("TrainingJob %s/%s: inputs read live at %s: %s", tj.metadata.namespace, tj.metadata.name,
+                 [(b or {}).get("metadata", {}).get("resourceVersion") for b in live], checked)
     waits = [c for c in checked if isinstance(c, InputWait)]
     if waits:
         _release_inputs(ctx, tj)

@@ -2,12 +2,39 @@
 put keys on the work queue (each key once, however many events arrive meanwhile).
 
 - a TrainingJob changed: itself (unless there is nothing left to do); when it finished or went,
-  the jobs waiting for its outputs; always, the Checkpoints it uses or used (their usedBy, a
-  blocked deletion), debounced;
+  the jobs waiting for its outputs; the Checkpoints it uses, used or used as of its previous
+  event (their usedBy, a blocked deletion), debounced;
 - a Checkpoint changed: itself (unless settled and up to date); the Pending jobs that refer to
   it by name, uid or producer;
 - a Job, pod or PVC of ours changed: its owner (by ownerReference, or by the trainingjob-uid
   label for a Job's pods); a PVC a Checkpoint adopts: that Checkpoint.
+
+Why no wake-up is lost. A reconcile decides to wait from what it read: live GETs (never older
+than any event) and kopf's indexes. Three facts close the gap between them:
+
+1. kopf handles the events of one object in order, and for each event it first updates every
+   `kopf.index` from that event's body and only then calls the `on.event` handlers, in its
+   loop (kopf 1.45 `_core/reactor/processing.py`: `index_resource`, then
+   `process_resource_causes`). So when a function below runs, the indexes already hold the
+   body it was given, and every key it adds is reconciled after the index changed.
+2. The queue runs a key added while it waits once, and a key added while its reconcile runs
+   once more afterwards (handlers/queue.py). A reconcile that began before the index changed
+   is therefore always followed by one that begins after it: every reconcile that follows an
+   event reads state at least as fresh as that event.
+3. Every index entry a reconcile reads has an event here that adds the keys reading it (the
+   list above): a Checkpoint's entry is read by the jobs that want it (by name, uid or
+   producer), a TrainingJob's by the jobs that want its outputs and by the Checkpoints it
+   uses, a worker pod's by its job. A job not yet in the index when its input's event comes
+   is added by its own event afterwards, and then reads the index that already holds the
+   input.
+
+So a stale read can only make a reconcile wait once more, never wait forever: if it waits,
+what it waited on changes later, and that change is an event that wakes it. Kopf batches the
+events of one object (`batching.batch_window`) and keeps the latest, which is all a
+level-triggered reconcile needs; a broken watch is resumed or relisted, re-delivering the
+current state as events. What an event body no longer shows (a uses label just dropped) is
+remembered from the previous event (`Context.last_uses`). The resync (resync_interval) is a
+net for a bug in this mapping, not a part of the design; waits on inputs do not poll.
 """
 
 from __future__ import annotations
@@ -48,7 +75,11 @@ def training_job_event(ctx: Context, event_type: Optional[str], body: Mapping) -
         ctx.queue.add_all(_tj(namespace, n) for n in _pending(ctx, namespace,
                                                               ctx.indexes.jobs_waiting_on(namespace, "producer", name)))
     pinned = [p.get("uid") for p in (body.get("status") or {}).get("inputs") or []]
-    for uid in set(used_uids(meta.get("labels"))) | {u for u in pinned if u}:
+    uses = set(used_uids(meta.get("labels"))) | {u for u in pinned if u}
+    previous = ctx.last_uses.pop((namespace, name), set())
+    if uses and not gone and not info.phase.is_finished:  # a finished job keeps its pins in status
+        ctx.last_uses[(namespace, name)] = uses
+    for uid in uses | previous:
         checkpoint = ctx.indexes.checkpoint_by_uid(namespace, uid)
         if checkpoint is not None:
             ctx.queue.add(_ckpt(namespace, checkpoint.name), after=DEBOUNCE)

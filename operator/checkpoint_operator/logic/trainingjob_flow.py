@@ -20,16 +20,10 @@ RELEASE_OUTPUT_ANNOTATION = "ckpt.dev/release-output"
 OUTPUT_RETAINED = "OutputRetained"
 
 
-# Input waits are woken by the inputs' events; this re-check is the net under them (see README
-# "Performance": a wake-up lost under load was seen, cause not yet found).
-INPUT_RECHECK = 10.0
-
-
 def input_wait(waits: list[InputWait]) -> Wait:
-    """All waiting inputs in one message; Stalled when one of them cannot resolve by itself."""
-    stalled = any(w.terminal for w in waits)
-    return Wait(waits[0].reason, "; ".join(w.message for w in waits), stalled=stalled,
-                requeue_after=None if stalled else INPUT_RECHECK)
+    """All waiting inputs in one message; Stalled when one of them cannot resolve by itself.
+    No requeue: the inputs' events wake the job (handlers/wakeups.py says why none is lost)."""
+    return Wait(waits[0].reason, "; ".join(w.message for w in waits), stalled=any(w.terminal for w in waits))
 
 
 def wait_change(phase: TrainingJobPhase, wait: Wait) -> Optional[StatusChange]:
