@@ -2,7 +2,7 @@
 
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.logic import trainingjob_flow as flow
-from checkpoint_operator.logic.agent_pods import PodProblem, pod_failure, pod_problem
+from checkpoint_operator.logic.agent_pods import PodProblem, downloaded_input, pod_failure, pod_problem
 from checkpoint_operator.logic.inputs import InputWait
 from checkpoint_operator.logic.protection import blocking_users, label_patch, used_by_status, used_uids
 from checkpoint_operator.logic.results import Fail, Wait
@@ -119,3 +119,15 @@ def test_status_changes_apply_once_and_post_one_event():
     removed = apply_change(failed, StatusChange(fields={"completionTime": None}), generation=1, now="t4",
                            is_settled=settled)
     assert "completionTime" not in removed and status_patch(failed, removed) == {"completionTime": None}
+
+
+def test_a_refused_input_download_is_named_in_the_final_message():
+    assert downloaded_input("download-input-1", ["a", "b"]) == "b"
+    assert downloaded_input("trainer", ["a"]) is None and downloaded_input("download-input-7", ["a"]) is None
+    cause = flow.input_download_failure("b", "error: s3://x/: ... not the pinned sha256:0")
+    change, snapshot_follows = flow.after_job(tj(), False, f"failed: BackoffLimitExceeded; {cause}", "now")
+    assert snapshot_follows and change.fields["jobFailure"].endswith(cause)
+    done = flow.snapshot_done(tj(status={"phase": "Snapshotting", "jobSucceeded": False,
+                                         "jobFailure": change.fields["jobFailure"]}), [], "now", None, "c", 0)
+    assert done.reason == "JobFailed" and done.message == f"Job failed: BackoffLimitExceeded; {cause}; kept no " \
+                                                          "checkpoints in the output"

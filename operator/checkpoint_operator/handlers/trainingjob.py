@@ -18,10 +18,10 @@ from checkpoint_operator.handlers import agent_runs
 from checkpoint_operator.handlers.context import Context
 from checkpoint_operator.handlers.objects import InvalidObject, parse, parse_tolerant
 from checkpoint_operator.handlers.status import write_status
-from checkpoint_operator.kube import CHECKPOINTS, JOBS, PVCS, TRAINING_JOBS, ApiError, Conflict
+from checkpoint_operator.kube import CHECKPOINTS, JOBS, PODS, PVCS, TRAINING_JOBS, ApiError, Conflict
 from checkpoint_operator.logic import trainingjob_flow as flow
 from checkpoint_operator.logic import workload
-from checkpoint_operator.logic.agent_pods import AGENT_OUTPUT_MOUNT
+from checkpoint_operator.logic.agent_pods import AGENT_OUTPUT_MOUNT, downloaded_input, last_error_line, pod_failure
 from checkpoint_operator.logic.conditions import now_rfc3339, seconds_since
 from checkpoint_operator.logic.inputs import InputWait, ResolvedInput, check_live_input, resolve_inputs
 from checkpoint_operator.logic.protection import label_patch, used_uids
@@ -188,13 +188,32 @@ def follow_job(ctx: Context, tj: TrainingJob) -> Result:
     if succeeded is None:
         problems = [p.problem for p in ctx.indexes.worker_pods(tj.metadata.namespace, tj.metadata.uid) if p.problem]
         return flow.running_wait(tj, problems)
-    outcome = "succeeded" if succeeded else flow.job_failure_message(job)
+    outcome = "succeeded" if succeeded else "; ".join([flow.job_failure_message(job), *_input_failures(ctx, tj)])
     change, snapshot_follows = flow.after_job(tj, succeeded, outcome, now_rfc3339())
     tj = write_status(ctx, tj, change)
     if not snapshot_follows:
         _release_inputs(ctx, tj)
         return Done()
     return Advance()
+
+
+def _input_failures(ctx: Context, tj: TrainingJob) -> list[str]:
+    """The inputs whose download a failed training pod refused, with the agent's own line (one
+    GET and one log read per failed pod, once, when the Job has failed)."""
+    namespace, names = tj.metadata.namespace, [p.name for p in tj.status.inputs or []]
+    found: dict[str, str] = {}
+    for state in ctx.indexes.worker_pods(namespace, tj.metadata.uid):
+        pod = ctx.kube.get(PODS, namespace, state.name) if state.phase == "Failed" else None
+        failure = pod_failure(pod, "training") if pod else None
+        name = downloaded_input(failure.container, names) if failure else None
+        if name is None or name in found:
+            continue
+        try:
+            line = last_error_line(ctx.kube.read_log(namespace, state.name, failure.container))
+        except ApiError:
+            line = ""
+        found[name] = flow.input_download_failure(name, line or failure.message)
+    return list(found.values())
 
 
 # --- Snapshotting: scan the output, create Checkpoints -------------------------------------------------

@@ -17,6 +17,7 @@ OUTPUT_VOLUME = "ckpt-output"
 STAGING_VOLUME = "ckpt-inputs"
 STAGING_MOUNT = "/checkpoint-inputs"
 INPUT_VOLUME_PREFIX = "ckpt-in-"
+DOWNLOAD_CONTAINER_PREFIX = "download-input-"  # + the input's index in status.inputs (s3 store)
 GIB = 1024 ** 3
 
 
@@ -118,6 +119,18 @@ def pod_failure(pod: dict, what: str) -> PodFailure:
                                   f"({reason}, exit code {terminated.get('exitCode')})", container.get("name"))
     detail = status.get("message") or status.get("reason") or "no container reported why"
     return PodFailure(f"{what} pod {name} failed: {detail}")
+
+
+def download_container(index: int) -> str:
+    return f"{DOWNLOAD_CONTAINER_PREFIX}{index}"
+
+
+def downloaded_input(container: Optional[str], input_names: list[str]) -> Optional[str]:
+    """The input a training pod's init container downloads (None: not a download container)."""
+    if not container or not container.startswith(DOWNLOAD_CONTAINER_PREFIX):
+        return None
+    index = container[len(DOWNLOAD_CONTAINER_PREFIX):]
+    return input_names[int(index)] if index.isdigit() and int(index) < len(input_names) else None
 
 
 def last_error_line(log: str) -> str:

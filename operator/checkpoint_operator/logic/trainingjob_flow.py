@@ -62,6 +62,12 @@ def job_outcome(job: Optional[dict]) -> Optional[bool]:
     return None
 
 
+def input_download_failure(input_name: str, error: str) -> str:
+    """Added to the Job's failure when a training pod's input download was refused: the
+    training code never ran, and the agent's line says why (a digest that is not the pinned one)."""
+    return f"input {input_name} could not be downloaded: {error}"
+
+
 def job_failure_message(job: Optional[dict]) -> str:
     if job is None:
         return "was deleted before it finished"
@@ -92,7 +98,8 @@ def after_job(tj: TrainingJob, succeeded: bool, outcome: str, now: str) -> tuple
         return fail_change(Fail("JobFailed", f"Job {outcome}"), now), False
     return StatusChange(phase=TrainingJobPhase.SNAPSHOTTING, reason="Snapshotting",
                         message=f"Job {outcome}; snapshotting the output", event="Normal",
-                        fields={"jobSucceeded": succeeded, "snapshotStartTime": now}), True
+                        fields={"jobSucceeded": succeeded, "snapshotStartTime": now,
+                                "jobFailure": None if succeeded else outcome}), True
 
 
 def snapshot_retry(attempts: int, message: str) -> Optional[Fail]:
@@ -114,7 +121,8 @@ def snapshot_done(tj: TrainingJob, names: list[str], now: str, retained: Optiona
     if tj.status.jobSucceeded:
         return StatusChange(phase=TrainingJobPhase.SUCCEEDED, reason="Succeeded", message=f"Job succeeded; {summary}",
                             ready=True, event="Normal", fields=fields, conditions=conditions)
-    return StatusChange(phase=TrainingJobPhase.FAILED, reason="JobFailed", message=f"Job failed; kept {summary}",
+    return StatusChange(phase=TrainingJobPhase.FAILED, reason="JobFailed",
+                        message=f"Job {tj.status.jobFailure or 'failed'}; kept {summary}",
                         stalled=True, event="Warning", fields=fields, conditions=conditions)
 
 

@@ -18,26 +18,10 @@ from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.logic import agent_commands
 from checkpoint_operator.logic.agent_pods import (STAGING_MOUNT, STAGING_VOLUME, InputVolumes, agent_container,
-                                                  staging_size_limit)
+                                                  download_container, staging_size_limit)
 from checkpoint_operator.logic.inputs import ResolvedInput
 from checkpoint_operator.logic.workload import import_data_dir, import_origin, source_env
 from checkpoint_operator.storage.base import MissingUpload, Store
-
-
-def _agent_pins_digests() -> bool:
-    """Contract 4: `agent download --digest` (workstream B). The operator image runs the same
-    package as its agent pods, so the installed parser says whether the flag exists.
-    TODO(after ws-b-agent lands): always pass it and drop this check."""
-    import argparse
-
-    from checkpoint_operator.agent.cli import add_agent_parser
-    parser = argparse.ArgumentParser()
-    add_agent_parser(parser.add_subparsers())
-    _, unknown = parser.parse_known_args(["agent", "download", "s3://b/p/", "d", "--digest", "sha256:0"])
-    return "--digest" not in unknown
-
-
-AGENT_PINS_DIGESTS = _agent_pins_digests()
 
 
 class S3Store(Store):
@@ -72,9 +56,9 @@ class S3Store(Store):
             result.mounts.append({"name": STAGING_VOLUME, "readOnly": True, "subPath": item.mount_name,
                                   "mountPath": posixpath.join(tj.spec.inputDir, item.mount_name)})
             command = agent_commands.download(item.location["s3"]["uri"], posixpath.join(STAGING_MOUNT, item.mount_name),
-                                              digest=item.digest if AGENT_PINS_DIGESTS else None)
+                                              digest=item.digest)
             result.init_containers.append(agent_container(
-                f"download-input-{index}", command, self.config,
+                download_container(index), command, self.config,
                 mounts=[{"name": STAGING_VOLUME, "mountPath": STAGING_MOUNT}], env=self.agent_env()))
         return result
 
