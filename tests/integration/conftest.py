@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
 # The timers' interval is read when checkpoint_operator.main is imported: keep tests snappy.
@@ -35,12 +35,13 @@ class Operator:
     api_url: str
     config: OperatorConfig
     handle: Any = None
+    namespaces: list = field(default_factory=lambda: [NS])
 
     async def start(self) -> None:
         settings = kopf.OperatorSettings()
         main.configure_settings(settings)
         ctx = Context(kube=Kube.from_url(self.api_url), config=self.config)
-        self.handle = await asyncio.to_thread(run_kopf_in_thread, kopf.get_default_registry(), settings, [NS],
+        self.handle = await asyncio.to_thread(run_kopf_in_thread, kopf.get_default_registry(), settings, self.namespaces,
                                               self.api_url, memo=main.make_memo(ctx))
 
     async def stop(self) -> None:

@@ -254,14 +254,14 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict, scan) -> Result:
     store = store_for(ctx.config)
     try:
         for manifest in scan.checkpoints:  # every checkpoint must have reached the store, committed
-            if not store.is_committed(store.snapshot_location(claim, manifest, layout, scan.uploads)):
+            if not store.is_committed(store.snapshot_location(tj, claim, manifest, layout, scan.uploads)):
                 raise MissingUpload(f"{manifest.path!r} has no manifest in the store: the upload did not complete")
     except MissingUpload as exc:
         agent_runs.finish(ctx, pod)
         return Fail("SnapshotFailed", f"pod {pod['metadata']['name']}: {exc}")
 
     plan = plan_snapshot(tj, scan, lambda n: ctx.indexes.checkpoint(namespace, n),
-                         lambda m: store.snapshot_location(claim, m, layout, scan.uploads))
+                         lambda m: store.snapshot_location(tj, claim, m, layout, scan.uploads))
     created = [_create_checkpoint(ctx, tj, planned) for planned in plan.checkpoints]
     if any(c is None for c in created):
         return Wait("NameConflict", "a Checkpoint name was taken meanwhile; planning again", requeue_after=0.5)
