@@ -424,7 +424,10 @@ def test_cluster_wide_rbac_equals_the_table(chart, scenario):
 def test_namespaced_rbac_equals_the_table(chart, scenario):
     values = SCENARIOS[scenario]
     objects = render(chart, values)
-    assert not of_kind(objects, "ClusterRole") and not of_kind(objects, "ClusterRoleBinding")
+    # Cluster-wide, only `get` on the watched Namespaces by name (their size-limit annotation).
+    cluster_role, cluster_binding = one(objects, "ClusterRole"), one(objects, "ClusterRoleBinding")
+    assert cluster_role["rules"] == rbac.namespace_reader_rules(values["watchNamespaces"])
+    assert cluster_binding["roleRef"]["name"] == cluster_role["metadata"]["name"]
     roles = {r["metadata"]["namespace"]: r for r in of_kind(objects, "Role")}
     bindings = {b["metadata"]["namespace"]: b for b in of_kind(objects, "RoleBinding")}
     assert set(roles) == set(bindings) == set(values["watchNamespaces"])
@@ -438,6 +441,7 @@ def test_namespaced_rbac_equals_the_table(chart, scenario):
         assert bindings[namespace]["roleRef"]["name"] == role["metadata"]["name"]
         assert bindings[namespace]["subjects"] == [
             {"kind": "ServiceAccount", "name": service_account, "namespace": NAMESPACE}]
+    assert cluster_binding["subjects"] == [{"kind": "ServiceAccount", "name": service_account, "namespace": NAMESPACE}]
     args = operator_container(objects)["args"]
     assert [a for a in args if a.startswith("--namespace")] == ["--namespace=team-a", "--namespace=team-b"]
     assert "--all-namespaces" not in args

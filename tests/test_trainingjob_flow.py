@@ -131,3 +131,17 @@ def test_a_refused_input_download_is_named_in_the_final_message():
                                          "jobFailure": change.fields["jobFailure"]}), [], "now", None, "c", 0)
     assert done.reason == "JobFailed" and done.message == f"Job failed: BackoffLimitExceeded; {cause}; kept no " \
                                                           "checkpoints in the output"
+
+
+def test_an_unbound_claim_is_explained_by_its_latest_warning_event():
+    from checkpoint_operator.logic.agent_pods import claim_problem
+    claim = {"metadata": {"name": "out"}, "spec": {"storageClassName": "fast"}, "status": {"phase": "Pending"}}
+    events = [{"type": "Normal", "reason": "ExternalProvisioning", "message": "waiting", "lastTimestamp": "2026-01-01T00:00:03Z"},
+              {"type": "Warning", "reason": "ProvisioningFailed", "message": 'storageclass "fast" not found',
+               "lastTimestamp": "2026-01-01T00:00:01Z"}]
+    problem = claim_problem(claim, events)
+    assert problem.reason == "VolumeNotBound"
+    assert problem.message == 'PersistentVolumeClaim out is Pending: ProvisioningFailed: storageclass "fast" not found'
+    assert "storageClassName fast" in claim_problem(claim, []).message  # no event yet: what it asks for
+    assert claim_problem(claim, [{"type": "Normal", "reason": "WaitForFirstConsumer", "message": "m"}]) is None
+    assert claim_problem({**claim, "status": {"phase": "Bound"}}, events) is None and claim_problem(None, []) is None

@@ -24,10 +24,12 @@ class Resource:
     version: str
     plural: str
     kind: str
+    namespaced: bool = True
 
     def path(self, namespace: str, name: Optional[str] = None, subresource: Optional[str] = None) -> str:
+        """`namespace` is ignored for cluster-scoped resources (pass "")."""
         base = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
-        path = f"{base}/namespaces/{quote(namespace)}/{self.plural}"
+        path = f"{base}/namespaces/{quote(namespace)}/{self.plural}" if self.namespaced else f"{base}/{self.plural}"
         if name:
             path += f"/{quote(name)}"
         if subresource:
@@ -45,6 +47,7 @@ JOBS = Resource("batch", "v1", "jobs", "Job")
 PODS = Resource("", "v1", "pods", "Pod")
 PVCS = Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
 EVENTS = Resource("", "v1", "events", "Event")
+NAMESPACES = Resource("", "v1", "namespaces", "Namespace", namespaced=False)
 
 
 class ApiError(Exception):
@@ -109,8 +112,10 @@ class Kube:
         except NotFound:
             return None
 
-    def list(self, resource: Resource, namespace: str, label_selector: Optional[str] = None) -> list[dict]:
-        return self._call("GET", resource.path(namespace), query={"labelSelector": label_selector}).get("items", [])
+    def list(self, resource: Resource, namespace: str, label_selector: Optional[str] = None,
+             field_selector: Optional[str] = None) -> list[dict]:
+        query = {"labelSelector": label_selector, "fieldSelector": field_selector}
+        return self._call("GET", resource.path(namespace), query=query).get("items", [])
 
     def create(self, resource: Resource, namespace: str, body: dict) -> dict:
         body = {"apiVersion": resource.api_version, "kind": resource.kind, **body}

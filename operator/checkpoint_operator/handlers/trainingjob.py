@@ -9,12 +9,13 @@ running a step twice (say, after an operator restart) creates nothing twice.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Optional
 
 from checkpoint_operator import PROTECTION_FINALIZER
 from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobPhase
-from checkpoint_operator.handlers import agent_runs
+from checkpoint_operator.handlers import agent_runs, volumes
 from checkpoint_operator.handlers.context import Context
 from checkpoint_operator.handlers.objects import InvalidObject, parse, parse_tolerant
 from checkpoint_operator.handlers.status import write_status
@@ -186,7 +187,13 @@ def follow_job(ctx: Context, tj: TrainingJob) -> Result:
     job = ctx.kube.get(JOBS, tj.metadata.namespace, tj.status.jobName or workload.job_name(tj))
     succeeded = flow.job_outcome(job)
     if succeeded is None:
-        problems = [p.problem for p in ctx.indexes.worker_pods(tj.metadata.namespace, tj.metadata.uid) if p.problem]
+        pods = ctx.indexes.worker_pods(tj.metadata.namespace, tj.metadata.uid)
+        problems = [p.problem for p in pods if p.problem]
+        if not problems and tj.output_enabled and (not pods or any(p.phase == "Pending" for p in pods)):
+            claim = volumes.unbound_claim(ctx, tj.metadata.namespace,
+                                          tj.status.outputClaim or workload.output_claim_name(tj))
+            if claim is not None:
+                return replace(flow.running_wait(tj, [claim]), requeue_after=volumes.CLAIM_RECHECK)
         return flow.running_wait(tj, problems)
     outcome = "succeeded" if succeeded else "; ".join([flow.job_failure_message(job), *_input_failures(ctx, tj)])
     change, snapshot_follows = flow.after_job(tj, succeeded, outcome, now_rfc3339())
