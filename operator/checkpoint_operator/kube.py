@@ -8,7 +8,9 @@ against the chart's RBAC rules.
 
 from __future__ import annotations
 
+import collections
 import json
+import threading
 from dataclasses import dataclass
 from typing import Any, Optional
 from urllib.parse import quote
@@ -67,6 +69,9 @@ class Conflict(ApiError):
 class Kube:
     def __init__(self, api_client: kubernetes.client.ApiClient):
         self.api = api_client
+        # Requests sent, by verb: main.py exports them as a metric (bench/scale.py counts them).
+        self.requests: collections.Counter = collections.Counter()
+        self._count_lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: str) -> "Kube":
@@ -92,6 +97,8 @@ class Kube:
         method, url, headers, body, _ = self.api.param_serialize(
             method=method, resource_path=path, query_params=query_params, header_params=headers,
             body=body, auth_settings=["BearerToken"])
+        with self._count_lock:
+            self.requests[method] += 1
         try:
             response = self.api.call_api(method, url, header_params=headers, body=body, _request_timeout=30)
             response.read()
