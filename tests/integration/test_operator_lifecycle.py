@@ -297,3 +297,38 @@ async def test_deleting_a_job_deletes_its_job_and_releases_inputs(api, operator,
         return not (await api.get(CKPT, NS, "src-s-1"))["status"].get("usedBy")
     await wait_for(released, timeout=10)
     hold.set()
+
+
+async def test_an_output_volume_that_never_binds_is_named_with_its_reason(api, operator, cluster, trainer, wait_for,
+                                                                           monkeypatch):
+    """No provisioner runs here, so the local binder plays one that knows no StorageClass
+    `no-such-class`: it never binds the claim and says why in an Event, as the PV controller does."""
+    from checkpoint_operator.handlers import volumes
+    from checkpoint_operator.local.cluster import PvcBinder
+    monkeypatch.setattr(volumes, "CLAIM_RECHECK", 0.5)
+    bind = PvcBinder._bind
+
+    async def provisioner(self, claim):
+        if claim.get("spec", {}).get("storageClassName") != "no-such-class":
+            return await bind(self, claim)
+        meta = claim["metadata"]
+        await self.api.create("v1/events", meta["namespace"], {
+            "metadata": {"generateName": meta["name"] + "."}, "type": "Warning", "reason": "ProvisioningFailed",
+            "message": 'storageclass.storage.k8s.io "no-such-class" not found',
+            "involvedObject": {"kind": "PersistentVolumeClaim", "name": meta["name"], "namespace": meta["namespace"],
+                               "uid": meta["uid"]}, "lastTimestamp": "2026-01-01T00:00:00Z"})
+        return False
+    monkeypatch.setattr(PvcBinder, "_bind", provisioner)
+    trainer.behaviours["stuck"] = lambda a, env: 0
+    await api.create(TJ, NS, training_job("stuck", output={"storageClassName": "no-such-class"}))
+
+    async def explained():
+        tj = await api.get(TJ, NS, "stuck")
+        ready = next((c for c in (tj or {}).get("status", {}).get("conditions", []) if c["type"] == "Ready"), {})
+        return ready if ready.get("reason") == "VolumeNotBound" and "ProvisioningFailed" in ready["message"] else None
+    ready = await wait_for(explained, timeout=30)
+    claim = (await api.get(TJ, NS, "stuck"))["status"]["outputClaim"]
+    assert ready["message"] == f'PersistentVolumeClaim {claim} is Pending: ProvisioningFailed: ' \
+                               'storageclass.storage.k8s.io "no-such-class" not found'
+    assert (await api.get(TJ, NS, "stuck"))["status"]["phase"] == "Running" and "stuck" not in trainer.envs
+    await wait_event(api, wait_for, "stuck", lambda e: e["reason"] == "VolumeNotBound" and e["type"] == "Warning")
