@@ -73,3 +73,11 @@ def test_a_worker_pod_event_wakes_its_job_by_label():
     ctx = context(jobs=[job])
     wakeups.child_event(ctx, pod)
     assert ctx.queue.added == [("TrainingJob", "default", "train")]
+
+
+def test_a_failing_mapping_still_queues_the_object_itself():
+    ctx = context()
+    ctx.indexes = None  # any look-up fails
+    job = training_job("broken", phase="Succeeded")
+    wakeups.training_job_event(ctx, "MODIFIED", job)
+    assert ctx.queue.added == [("TrainingJob", "default", "broken")]

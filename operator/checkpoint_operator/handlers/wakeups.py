@@ -40,6 +40,7 @@ net for a bug in this mapping, not a part of the design; waits on inputs do not 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Mapping, Optional
 
@@ -56,6 +57,24 @@ logger = logging.getLogger("checkpoint_operator.wakeups")
 DEBOUNCE = 0.5  # seconds: a burst of job events on one Checkpoint is one usedBy write
 
 
+def _never_lost(kind: str):
+    """An event handler that fails still queues its own object (the resync covers the rest): an
+    error here must never be the reason an object waits."""
+    def wrap(handler):
+        @functools.wraps(handler)
+        def guarded(ctx: Context, event_type: Optional[str], body: Mapping) -> None:
+            try:
+                handler(ctx, event_type, body)
+            except Exception:  # noqa: BLE001 - logged; the object is queued anyway
+                meta = body.get("metadata", {})
+                logger.exception("mapping the %s event of %s %s/%s", event_type, kind, meta.get("namespace"),
+                                 meta.get("name"))
+                if event_type != "DELETED":
+                    ctx.queue.add((kind, meta.get("namespace", ""), meta.get("name", "")))
+        return guarded
+    return wrap
+
+
 def _tj(namespace: str, name: str) -> tuple:
     return ("TrainingJob", namespace, name)
 
@@ -64,6 +83,7 @@ def _ckpt(namespace: str, name: str) -> tuple:
     return ("Checkpoint", namespace, name)
 
 
+@_never_lost("TrainingJob")
 def training_job_event(ctx: Context, event_type: Optional[str], body: Mapping) -> None:
     meta = body.get("metadata", {})
     namespace, name = meta.get("namespace", ""), meta.get("name", "")
@@ -101,6 +121,7 @@ def _pending(ctx: Context, namespace: str, names: list[str]) -> list[str]:
     return out
 
 
+@_never_lost("Checkpoint")
 def checkpoint_event(ctx: Context, event_type: Optional[str], body: Mapping) -> None:
     meta = body.get("metadata", {})
     namespace, name = meta.get("namespace", ""), meta.get("name", "")
