@@ -81,3 +81,32 @@ def test_a_failing_mapping_still_queues_the_object_itself():
     job = training_job("broken", phase="Succeeded")
     wakeups.training_job_event(ctx, "MODIFIED", job)
     assert ctx.queue.added == [("TrainingJob", "default", "broken")]
+
+
+def test_the_event_of_our_own_write_needs_no_reconcile_of_the_object_but_still_wakes_dependents():
+    src = training_job("src", phase="Succeeded")
+    src["metadata"]["resourceVersion"] = "7"
+    waiting = training_job("next", checkpoints=[{"fromTrainingJob": "src"}])
+    ctx = context(jobs=[src, waiting])
+    running = training_job("self", phase="Running")
+    running["metadata"]["resourceVersion"] = "9"
+    ctx.wrote({**running, "kind": "TrainingJob"})
+    wakeups.training_job_event(ctx, "MODIFIED", running)
+    assert ("TrainingJob", "default", "self") not in ctx.queue.added  # the writer acted on it already
+    wakeups.training_job_event(ctx, "MODIFIED", running)
+    assert ("TrainingJob", "default", "self") in ctx.queue.added  # remembered once: a later event counts
+    ctx.wrote({**src, "kind": "TrainingJob"})
+    wakeups.training_job_event(ctx, "MODIFIED", src)
+    assert ("TrainingJob", "default", "next") in ctx.queue.added
+
+
+def test_a_pending_snapshot_checkpoint_waits_for_its_live_producer_alone():
+    producer = training_job("src", phase="Snapshotting")
+    ckpt = checkpoint("src-s-1", phase="Pending", produced_by="src", directory="s-1")
+    ckpt["metadata"]["finalizers"] = ["ckpt.dev/in-use-protection"]
+    ctx = context(checkpoints=[ckpt], jobs=[producer])
+    wakeups.checkpoint_event(ctx, "ADDED", ckpt)
+    assert ("Checkpoint", "default", "src-s-1") not in ctx.queue.added
+    ctx = context(checkpoints=[ckpt], jobs=[])  # the producer is gone: the Checkpoint fails on its own
+    wakeups.training_job_event(ctx, "DELETED", producer)
+    assert ("Checkpoint", "default", "src-s-1") in ctx.queue.added

@@ -69,8 +69,8 @@ def _add_finalizer(ctx: Context, checkpoint: Checkpoint) -> None:
     input without it). Conditional: a merge patch replaces the whole list."""
     meta = checkpoint.metadata
     try:
-        ctx.kube.patch(CHECKPOINTS, meta.namespace, meta.name, {"metadata": {
-            "finalizers": [*(meta.finalizers or []), PROTECTION_FINALIZER], "resourceVersion": meta.resourceVersion}})
+        ctx.wrote(ctx.kube.patch(CHECKPOINTS, meta.namespace, meta.name, {"metadata": {
+            "finalizers": [*(meta.finalizers or []), PROTECTION_FINALIZER], "resourceVersion": meta.resourceVersion}}))
     except Conflict:
         pass  # re-read and try again
 

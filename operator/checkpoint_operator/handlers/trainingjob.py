@@ -104,9 +104,9 @@ def start(ctx: Context, tj: TrainingJob) -> Result:
         _release_inputs(ctx, tj)
         return flow.input_wait(waits)
     inputs = [c for c in checked if isinstance(c, ResolvedInput)]
-    # Pinned before any pod exists: a restart finds the same inputs, and downloads check these digests.
-    tj = write_status(ctx, tj, StatusChange(fields={"inputs": [i.pinned().to_wire() for i in inputs],
-                                                    "inputCount": len(inputs)}))
+    if inputs:  # pinned before any pod exists: a restart finds the same inputs, downloads check these digests
+        tj = write_status(ctx, tj, StatusChange(fields={"inputs": [i.pinned().to_wire() for i in inputs],
+                                                        "inputCount": len(inputs)}))
     return _create_workload(ctx, tj, inputs)
 
 
@@ -130,7 +130,7 @@ def _create_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput])
         return Wait("CreateRefused", f"creating the Job or its volume failed: {exc}", requeue_after=RETRY_SOON)
     write_status(ctx, tj, flow.running_change(built.job["metadata"]["name"], [i.name for i in inputs],
                                               workload.output_claim_name(tj) if tj.output_enabled else None,
-                                              now_rfc3339()))
+                                              now_rfc3339(), pinned=tj.status.inputs is not None))
     return Advance()
 
 
@@ -170,6 +170,7 @@ def _set_uses_labels(ctx: Context, tj: TrainingJob, uids: list[str]) -> Training
     if not patch:
         return tj
     body = ctx.kube.patch(TRAINING_JOBS, tj.metadata.namespace, tj.metadata.name, {"metadata": {"labels": patch}})
+    ctx.wrote(body)
     return parse_tolerant(TrainingJob, body)
 
 
@@ -189,14 +190,15 @@ def follow_job(ctx: Context, tj: TrainingJob) -> Result:
     if succeeded is None:
         pods = ctx.indexes.worker_pods(tj.metadata.namespace, tj.metadata.uid)
         problems = [p.problem for p in pods if p.problem]
-        if not problems and tj.output_enabled and (not pods or any(p.phase == "Pending" for p in pods)):
+        if tj.output_enabled and any(p.phase == "Pending" for p in pods) and \
+                all(flow.may_wait_on_a_volume(p) for p in problems):
             claim = volumes.unbound_claim(ctx, tj.metadata.namespace,
                                           tj.status.outputClaim or workload.output_claim_name(tj))
-            if claim is not None:
+            if claim is not None:  # the claim's own reason says more than the scheduler's
                 return replace(flow.running_wait(tj, [claim]), requeue_after=volumes.CLAIM_RECHECK)
         return flow.running_wait(tj, problems)
     outcome = "succeeded" if succeeded else "; ".join([flow.job_failure_message(job), *_input_failures(ctx, tj)])
-    change, snapshot_follows = flow.after_job(tj, succeeded, outcome, now_rfc3339())
+    change, snapshot_follows = flow.after_job(tj, succeeded, outcome, now_rfc3339(), workload.snapshot_pod_name(tj))
     tj = write_status(ctx, tj, change)
     if not snapshot_follows:
         _release_inputs(ctx, tj)
@@ -231,8 +233,7 @@ def snapshot(ctx: Context, tj: TrainingJob) -> Result:
                                       ctx.config)
     run = agent_runs.run_agent_pod(ctx, tj.metadata.uid, pod, "snapshot")
     if isinstance(run, agent_runs.Started):
-        write_status(ctx, tj, StatusChange(fields={"snapshotPod": pod["metadata"]["name"]}))
-        return Wait()
+        return Wait()  # status.snapshotPod was written with the Snapshotting phase
     if isinstance(run, agent_runs.Running):
         if run.problem:
             return Wait(run.problem.reason, run.problem.message)

@@ -89,11 +89,14 @@ def training_job_event(ctx: Context, event_type: Optional[str], body: Mapping) -
     namespace, name = meta.get("namespace", ""), meta.get("name", "")
     info = TrainingJobInfo.from_body(body)
     gone = event_type == "DELETED"
-    if not gone and _training_job_has_work(body, info):
+    if not gone and not _own_write(ctx, "TrainingJob", body) and _training_job_has_work(body, info):
         ctx.queue.add(_tj(namespace, name))
     if gone or info.phase.is_finished:
         ctx.queue.add_all(_tj(namespace, n) for n in _pending(ctx, namespace,
                                                               ctx.indexes.jobs_waiting_on(namespace, "producer", name)))
+    if gone:  # its Pending snapshot Checkpoints will never be made Ready now: they fail
+        ctx.queue.add_all(_ckpt(namespace, c.name) for c in ctx.indexes.checkpoints_of(namespace, info.uid)
+                          if c.phase == CheckpointPhase.PENDING)
     pinned = [p.get("uid") for p in (body.get("status") or {}).get("inputs") or []]
     uses = set(used_uids(meta.get("labels"))) | {u for u in pinned if u}
     previous = ctx.last_uses.pop((namespace, name), set())
@@ -126,7 +129,7 @@ def checkpoint_event(ctx: Context, event_type: Optional[str], body: Mapping) -> 
     meta = body.get("metadata", {})
     namespace, name = meta.get("namespace", ""), meta.get("name", "")
     info = CheckpointInfo.from_body(body)
-    if event_type != "DELETED" and _checkpoint_has_work(ctx, body, info):
+    if event_type != "DELETED" and not _own_write(ctx, "Checkpoint", body) and _checkpoint_has_work(ctx, body, info):
         ctx.queue.add(_ckpt(namespace, name))
     waiting = set(ctx.indexes.jobs_waiting_on(namespace, "name", name))
     waiting |= set(ctx.indexes.jobs_waiting_on(namespace, "uid", info.uid))
@@ -137,10 +140,30 @@ def checkpoint_event(ctx: Context, event_type: Optional[str], body: Mapping) -> 
     ctx.queue.add_all(_tj(namespace, n) for n in pending)
 
 
+def _own_write(ctx: Context, kind: str, body: Mapping) -> bool:
+    """The event of our own last write of this object: the writer already acted on that state
+    (the dependents' wake-ups still happen)."""
+    meta = body.get("metadata", {})
+    key = (kind, meta.get("namespace", ""), meta.get("name", ""))
+    written = ctx.own_writes.pop(key, None)
+    return written is not None and written == meta.get("resourceVersion")
+
+
+def _made_by_a_live_job(ctx: Context, namespace: str, info: CheckpointInfo) -> bool:
+    """A Pending snapshot Checkpoint whose TrainingJob exists waits for that job alone, which
+    makes it Ready (its deletion wakes the Checkpoint: training_job_event)."""
+    if info.phase != CheckpointPhase.PENDING or not info.directory or not info.producer_uid:
+        return False
+    producer = ctx.indexes.training_job_by_uid(namespace, info.producer_uid)
+    return producer is not None and not producer.phase.is_finished
+
+
 def _checkpoint_has_work(ctx: Context, body: Mapping, info: CheckpointInfo) -> bool:
     meta, status = body.get("metadata", {}), body.get("status") or {}
-    if not info.phase.is_settled or info.deleting or PROTECTION_FINALIZER not in (meta.get("finalizers") or []):
+    if info.deleting or PROTECTION_FINALIZER not in (meta.get("finalizers") or []):
         return True
+    if not info.phase.is_settled:
+        return not _made_by_a_live_job(ctx, meta.get("namespace", ""), info)
     wanted = used_by_status(ctx.indexes.users_of(meta.get("namespace", ""), info.uid))
     return wanted != {"usedBy": status.get("usedBy") or [], "usedByCount": status.get("usedByCount") or 0}
 
@@ -153,7 +176,8 @@ def child_event(ctx: Context, body: Mapping) -> None:
             ctx.queue.add(_tj(namespace, owner.get("name", "")))
         elif owner.get("kind") == "Checkpoint":
             info = ctx.indexes.checkpoint(namespace, owner.get("name", ""))
-            if info is None or not info.phase.is_settled or info.deleting:
+            if info is None or info.deleting or (not info.phase.is_settled
+                                                 and not _made_by_a_live_job(ctx, namespace, info)):
                 ctx.queue.add(_ckpt(namespace, owner.get("name", "")))
     job_uid = (meta.get("labels") or {}).get(LABEL_TRAINING_JOB_UID)
     if job_uid:

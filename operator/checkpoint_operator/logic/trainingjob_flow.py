@@ -38,10 +38,15 @@ def fail_change(fail: Fail, now: str) -> StatusChange:
                         event="Warning", fields={"completionTime": now})
 
 
-def running_change(job_name: str, inputs: list[str], output_claim: Optional[str], now: str) -> StatusChange:
+def running_change(job_name: str, inputs: list[str], output_claim: Optional[str], now: str,
+                   pinned: bool = True) -> StatusChange:
+    """`pinned`: status.inputs was written before the Job (with inputs); else none, recorded here."""
     names = ", ".join(inputs) or "no inputs"
+    fields = {"jobName": job_name, "outputClaim": output_claim, "startTime": now}
+    if not pinned:
+        fields.update(inputs=[], inputCount=0)
     return StatusChange(phase=TrainingJobPhase.RUNNING, reason="Running", message=f"Job {job_name} started on {names}",
-                        event="Normal", fields={"jobName": job_name, "outputClaim": output_claim, "startTime": now})
+                        event="Normal", fields=fields)
 
 
 def job_outcome(job: Optional[dict]) -> Optional[bool]:
@@ -89,7 +94,13 @@ def running_wait(tj: TrainingJob, problems: list[PodProblem]) -> Wait:
     return Wait()
 
 
-def after_job(tj: TrainingJob, succeeded: bool, outcome: str, now: str) -> tuple[StatusChange, bool]:
+def may_wait_on_a_volume(problem: PodProblem) -> bool:
+    """A stuck pod whose cause may be an unbound claim (the scheduler says only that it is)."""
+    return problem.reason == "Unschedulable" and "PersistentVolumeClaim" in problem.message
+
+
+def after_job(tj: TrainingJob, succeeded: bool, outcome: str, now: str,
+              snapshot_pod: Optional[str] = None) -> tuple[StatusChange, bool]:
     """The status once the Job is over, and whether a snapshot follows."""
     if not tj.output_enabled:
         if succeeded:
@@ -98,7 +109,7 @@ def after_job(tj: TrainingJob, succeeded: bool, outcome: str, now: str) -> tuple
         return fail_change(Fail("JobFailed", f"Job {outcome}"), now), False
     return StatusChange(phase=TrainingJobPhase.SNAPSHOTTING, reason="Snapshotting",
                         message=f"Job {outcome}; snapshotting the output", event="Normal",
-                        fields={"jobSucceeded": succeeded, "snapshotStartTime": now,
+                        fields={"jobSucceeded": succeeded, "snapshotStartTime": now, "snapshotPod": snapshot_pod,
                                 "jobFailure": None if succeeded else outcome}), True
 
 
