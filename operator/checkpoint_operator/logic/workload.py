@@ -254,7 +254,8 @@ def build_import_claim(checkpoint: Checkpoint, config: OperatorConfig) -> dict:
 
 
 def source_env(checkpoint: Checkpoint) -> list[dict]:
-    """Credentials and endpoint of an s3 source (its own Secret, else the store's)."""
+    """Credentials and endpoint of an s3 source: its own Secret (in the Checkpoint's namespace),
+    else none (anonymous, or the pod's cloud identity); never the store's."""
     s3 = checkpoint.spec.source.s3
     if not s3:
         return []
