@@ -203,13 +203,13 @@ def fetch_s3_object(uri: str, target: str, *, max_size: int = DEFAULT_MAX_SIZE,
     endpoint = resolve_endpoint(endpoint_url)
     client = make_client(endpoint)
     try:
-        from boto3.s3.transfer import TransferConfig
+        from boto3.s3.transfer import S3Transfer, TransferConfig
         size = client.head_object(Bucket=loc.bucket, Key=loc.key)["ContentLength"]
         if size > max_size:
             raise _over_limit(uri, size, max_size, "")
         with Progress("import", size) as progress:
-            client.download_file(loc.bucket, loc.key, target, Callback=progress.add,
-                                 Config=TransferConfig(multipart_chunksize=32 * 1024 * 1024, max_concurrency=8))
+            S3Transfer(client, TransferConfig(multipart_chunksize=32 * 1024 * 1024, max_concurrency=8)).download_file(
+                loc.bucket, loc.key, target, callback=progress.add)
     except Exception as exc:  # noqa: BLE001
         raise describe_error(exc, uri, endpoint) from exc
     got = os.path.getsize(target)
@@ -258,15 +258,15 @@ def fetch_s3_tree(uri: str, tree: str, *, max_size: int = DEFAULT_MAX_SIZE, max_
     total = sum(o["Size"] for _, o in objects)
     if total > max_size:
         raise _over_limit(prefix.uri, total, max_size, f" in {len(objects)} files")
-    from boto3.s3.transfer import TransferConfig
-    config = TransferConfig(multipart_chunksize=32 * 1024 * 1024, max_concurrency=4)
+    from boto3.s3.transfer import S3Transfer, TransferConfig
+    transfer = S3Transfer(client, TransferConfig(multipart_chunksize=32 * 1024 * 1024, max_concurrency=4))
     with Progress("import", total) as progress:
         def one(item: tuple[str, dict]) -> None:
             rel, obj = item
             target = os.path.join(tree, *rel.split("/"))
             os.makedirs(os.path.dirname(target), exist_ok=True)
             try:
-                client.download_file(prefix.bucket, obj["Key"], target, Callback=progress.add, Config=config)
+                transfer.download_file(prefix.bucket, obj["Key"], target, callback=progress.add)
             except Exception as exc:  # noqa: BLE001
                 raise describe_error(exc, f"s3://{prefix.bucket}/{obj['Key']}", endpoint) from exc
 
