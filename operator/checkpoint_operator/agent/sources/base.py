@@ -104,16 +104,19 @@ class Cancelled(Exception):
 
 def copy_stream(read: Callable[[int], bytes], target: str, *, label: str, expected: Optional[int], limit: int,
                 progress=None, hasher: Optional["hashlib._Hash"] = None,
-                cancelled: Optional[threading.Event] = None) -> int:
+                cancelled: Optional[threading.Event] = None, framed: bool = False) -> int:
     """Write what `read(n)` yields to `target`, refusing more than `expected` bytes (when the size
-    is known) or `limit` (when it is not) as they arrive, and fewer than `expected` at the end."""
+    is known) or `limit` (when it is not) as they arrive, and fewer than `expected` at the end.
+    `framed`: the stream goes on after the object (git cat-file): read exactly `expected` bytes."""
     cap = expected if expected is not None else limit
     written = 0
     with open(target, "wb") as out:
         while True:
             if cancelled is not None and cancelled.is_set():
                 raise Cancelled()
-            chunk = read(min(COPY_CHUNK, cap - written + 1))
+            if framed and written == cap:
+                break
+            chunk = read(min(COPY_CHUNK, cap - written + (0 if framed else 1)))
             if not chunk:
                 break
             written += len(chunk)
