@@ -103,13 +103,17 @@ def make_client(endpoint_url: Optional[str] = None, *, max_pool_connections: int
         s3={"payload_signing_enabled": False,
             "addressing_style": "path" if endpoint else "auto"},
     )
+    unsigned = os.environ.get("CKPT_S3_UNSIGNED") == "1"  # anonymous requests (public buckets; gcs.py sets it)
+    if unsigned:
+        from botocore import UNSIGNED
+        config = config.merge(Config(signature_version=UNSIGNED))
     with _session_lock:  # boto3 sessions are not thread-safe to create clients from
         # Loading the service model makes ~10^5 objects, none of them cyclic garbage: the
         # cyclic GC passes it triggers cost ~30% of the client's creation time, for nothing.
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            session = boto3.session.Session(**_secret_dir_credentials())
+            session = boto3.session.Session(**({} if unsigned else _secret_dir_credentials()))
             region = region or session.region_name or os.environ.get("CKPT_S3_REGION") or "us-east-1"
             client = session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
         finally:
