@@ -197,6 +197,7 @@ def start_git_http(root: Path) -> GitHttp:
     handler = type("Front", (_Front,), {"state": state})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
+    server.handle_error = lambda request, address: None  # a client that hangs up is no error here
     state.server, state.port = server, server.server_address[1]
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     return state

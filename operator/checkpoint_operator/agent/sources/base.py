@@ -57,6 +57,12 @@ class Source(ABC):
     def fetch(self, tree: str, downloads: str, limits: Limits) -> Fetched: ...
 
 
+def redact(uri: str) -> str:
+    """`uri` with any `user:password@` replaced by `***@`, for messages about a URI that held one."""
+    import re
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@", r"\1***@", uri)
+
+
 def over_limit(label: str, size: int, limits: Limits, how: str = "") -> AgentError:
     return AgentError(f"{label}: {size} bytes{how}, past the size limit of {limits.max_size} (see --max-size)")
 

@@ -20,7 +20,7 @@ from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.names import printable
 from checkpoint_operator.agent.progress import Progress
 from checkpoint_operator.agent.sources.base import (
-    Fetched, Limits, Options, Source, file_name, over_limit, read_secret_dir, ssl_context,
+    Fetched, Limits, Options, Source, file_name, over_limit, read_secret_dir, redact, ssl_context,
 )
 
 FTP_TIMEOUT = 60
@@ -36,7 +36,7 @@ class FtpSource(Source):
         parts = urllib.parse.urlsplit(uri)
         self.tls = parts.scheme == "ftps"
         if "@" in parts.netloc:
-            raise AgentError(f"{uri}: credentials in the URL are refused: mount a Secret (username, password) and "
+            raise AgentError(f"{redact(uri)}: credentials in the URL are refused: mount a Secret (username, password) and "
                              f"set CKPT_SOURCE_SECRET_DIR")
         if not parts.hostname:
             raise AgentError(f"{uri}: no host (expected ftp://host/path/file or ftps://host/path/file)")

@@ -39,7 +39,7 @@ from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.names import printable
 from checkpoint_operator.agent.progress import Progress
 from checkpoint_operator.agent.sources.base import (
-    SECRET_DIR_ENV, Fetched, Limits, Options, Source, check_listing, copy_stream, target_path,
+    SECRET_DIR_ENV, Fetched, Limits, Options, Source, check_listing, copy_stream, redact, target_path,
 )
 
 LFS_POINTER = re.compile(rb"^version https://git-lfs\.github\.com/spec/v1\noid sha256:([0-9a-f]{64})\nsize ([0-9]+)\n")
@@ -72,7 +72,7 @@ def parse_git_uri(uri: str) -> tuple[str, Optional[str]]:
         raise AgentError(f"{uri}: not a Git repository URL (expected git+https://host/repo[@revision], "
                          f"git+http://host/repo[@revision] or git://host/repo[@revision])")
     if "@" in parts.netloc:
-        raise AgentError(f"{uri}: credentials in the URL are refused: mount a Secret (username, password) and set "
+        raise AgentError(f"{redact(uri)}: credentials in the URL are refused: mount a Secret (username, password) and set "
                          f"{SECRET_DIR_ENV}")
     path, revision = parts.path, None
     if "@" in path:
@@ -142,8 +142,8 @@ class GitSource(Source):
             proc.wait()
             raise
         if over.is_set():
-            raise AgentError(f"{self.label}: git {args[0]} passed the size limit of {watch[1]} bytes while fetching "
-                             f"(see --max-size); stopped")
+            raise AgentError(f"{self.label}: git {args[0]} went past the size limit while fetching (more than "
+                             f"{watch[1]} bytes received; see --max-size); stopped")
         if proc.returncode != 0:
             raise self._describe(args[0], err.decode("utf-8", "replace"))
         return out.decode("utf-8", "surrogateescape")
