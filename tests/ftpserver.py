@@ -34,12 +34,17 @@ class FtpServer:
 
 
 def _serve(handler_class, authorizer, **attrs):
+    from pyftpdlib.ioloop import IOLoop
     from pyftpdlib.servers import ThreadedFTPServer
 
     handler = type("Handler", (handler_class,), {"authorizer": authorizer, "passive_ports": None,
                                                  "permit_foreign_addresses": False, "banner": "ckpt test ftp",
+                                                 "auth_failed_timeout": 0,
                                                  **attrs})
-    server = ThreadedFTPServer(("127.0.0.1", 0), handler)
+    # An IOLoop, a lock and an exit event of its own: pyftpdlib's are shared by every server of
+    # the process (a singleton and class attributes), so one server's close would stop the next.
+    server_class = type("Server", (ThreadedFTPServer,), {"_lock": threading.Lock(), "_exit": threading.Event()})
+    server = server_class(("127.0.0.1", 0), handler, ioloop=IOLoop())
     thread = threading.Thread(target=server.serve_forever, kwargs={"timeout": 0.05, "blocking": True}, daemon=True)
     thread.start()
     return server, thread
