@@ -3,7 +3,6 @@ and FTP/FTPS (pyftpdlib), all on 127.0.0.1; the agent runs in the test process (
 
 from __future__ import annotations
 
-import os
 
 import pytest
 
