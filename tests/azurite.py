@@ -29,6 +29,8 @@ from typing import Optional
 
 import pytest
 
+from required import unavailable
+
 VERSION = "3.37.0"
 # Azurite's well-known development account (public, documented by Microsoft; not a secret).
 ACCOUNT = "devstoreaccount1"
@@ -62,16 +64,6 @@ def install() -> tuple[Optional[Path], str]:
             if proc.returncode != 0 or not binary.exists():
                 return None, f"npm install azurite@{VERSION} failed: {proc.stderr.strip()[-500:]}"
     return binary, ""
-
-
-def servers_required() -> bool:
-    return os.environ.get("CKPT_SOURCE_SERVERS") == "required"
-
-
-def unavailable(reason: str):
-    if servers_required():
-        pytest.fail(f"{reason} (CKPT_SOURCE_SERVERS=required)")
-    pytest.skip(reason)
 
 
 @dataclass

@@ -37,6 +37,7 @@ from typing import Optional
 import pytest
 
 from gitserver import git
+from required import unavailable
 
 # huggingface_hub reads HF_HOME (where a login's token file is) once, when it is first imported:
 # point it at an empty directory before any test imports it, so that no token of the machine's
@@ -80,7 +81,6 @@ def _olah_cli() -> Optional[str]:
 def olah_hub():
     cli = _olah_cli()
     if cli is None:
-        from azurite import unavailable
         unavailable("olah (pip install olah, in the dev extra) is not installed")
     workdir = Path(tempfile.mkdtemp(prefix="ckpt-olah-"))
     mirrors = workdir / "mirrors"

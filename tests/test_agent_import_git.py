@@ -11,6 +11,7 @@ import pytest
 from agentrun import run_agent
 from gitserver import git_daemon, git_http  # noqa: F401  (fixtures)
 from layouts import read_tree, tiny_model
+from required import unavailable
 
 pytestmark = pytest.mark.timeout(120)
 HAS_LFS = shutil.which("git-lfs") is not None
@@ -142,8 +143,9 @@ def test_lfs_pointers_without_lfs_are_refused(git_http, tmp_path):
     assert nothing_left(dest)
 
 
-@pytest.mark.skipif(not HAS_LFS, reason="git-lfs is not installed (apt-get install git-lfs; .ci/run installs it)")
 def test_lfs_files_fetched_and_checked(git_http, tmp_path):
+    if not HAS_LFS:
+        unavailable("git-lfs is not installed (apt-get install git-lfs; .ci/run installs it)")
     files = tiny_model()
     weights = files.pop("model.safetensors")
     git_http.add_repo("lfs", files, lfs_files={"model.safetensors": weights, "copy/model.safetensors": weights})
@@ -156,8 +158,9 @@ def test_lfs_files_fetched_and_checked(git_http, tmp_path):
     assert any("/info/lfs/objects/batch" in path for _, path, _ in git_http.requests)
 
 
-@pytest.mark.skipif(not HAS_LFS, reason="git-lfs is not installed (apt-get install git-lfs; .ci/run installs it)")
 def test_lfs_objects_that_do_not_match_their_pointers_are_refused(git_http, tmp_path):
+    if not HAS_LFS:
+        unavailable("git-lfs is not installed (apt-get install git-lfs; .ci/run installs it)")
     git_http.add_repo("lfs", {"config.json": b"{}"}, lfs_files={"model.safetensors": os.urandom(5000)})
     for stored in git_http.lfs_store.iterdir():
         stored.write_bytes(os.urandom(5000))  # the LFS server serves other bytes
