@@ -31,7 +31,7 @@ from checkpoint_operator.agent.formats import (
     (["checkpoint_20000.mdl"], "cerebras"),
     (["model.pt", "notes.txt"], "torch"),
     (["weights.pth"], "torch"),
-    (["epoch=3-step=500.ckpt"], "torch"),
+    (["epoch=3-step=500.ckpt"], "lightning"),
     (["model.bin", "vocab.txt"], "torch"),
     (["weights.npz"], "file"),
     (["a.txt", "b.txt"], "unknown"),

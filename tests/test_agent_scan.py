@@ -490,7 +490,7 @@ def test_table_lists_checkpoints_and_skips(output):
     write(output / ".trash" / "x")
     table = format_table(scan_directory(output))
     lines = table.splitlines()
-    assert lines[0].split() == ["PATH", "FORMAT", "STEP", "FILES", "SIZE", "RESUMABLE", "DIGEST"]
+    assert lines[0].split() == ["PATH", "FORMAT", "STEP", "FILES", "SIZE", "RESUMABLE", "COMPLETE", "DIGEST"]
     assert lines[3].split()[:6] == ["checkpoint-500", "huggingface", "500", "3", "1012", "B"]
     assert "  .trash  hidden name" in table
 
@@ -509,7 +509,7 @@ def test_cli_json_matches_scan_directory(output):
     assert set(printed) == {"checkpoints", "skipped", "skippedCount"}
     assert printed["skippedCount"] == 1
     assert set(printed["checkpoints"][0]) == {"version", "path", "files", "sizeBytes", "fileCount", "digest",
-                                              "format", "step", "resumable"}
+                                              "format", "step", "resumable", "complete", "completeReason"}
     assert printed["skipped"] == [{"path": "checkpoint-500/passwd", "reason": LEAVES_CHECKPOINT}]
 
 

@@ -115,7 +115,7 @@ def test_defaults_match_the_crd() -> None:
     training_job(output={"size": "ten"}),
     training_job(output={"layout": "flat"}),
     training_job(checkpoints=[{"name": f"c{i}"} for i in range(65)]),
-    checkpoint(format="gguf"),
+    checkpoint(format="onnx"),
     checkpoint(source={"volume": {"claimName": ""}}),
 ], ids=["replicas-float", "keep-float", "size", "layout", "too-many-inputs", "format", "empty-claim"])
 def test_models_refuse_what_the_openapi_schema_refuses(obj: dict) -> None:

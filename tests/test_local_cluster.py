@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from checkpoint_operator.local.cluster import LocalCluster, translate_path
+from checkpoint_operator.local.cluster import LocalCluster
+from checkpoint_operator.local.podview import Mount, PodView
 from checkpoint_operator.local.server import ApiClient
 
 NS = "default"
@@ -230,16 +231,18 @@ async def _gone(api: ApiClient, resource: str, name: str) -> bool:
 
 
 @pytest.mark.parametrize("value, expected", [
-    ("/out", "/host/o"), ("/out/x/y", "/host/o/x/y"), ("/outside", "/outside"), ("/in/a", "/host/i/a"),
-    ("/in/a/deeper/f", "/host/deep/f"), ("--dir=/out/x", "--dir=/host/o/x"), ("relative", "relative"),
+    ("/out", "V/out"), ("/out/x/y", "V/out/x/y"), ("/outside", "/outside"), ("/in/a", "V/in/a"),
+    ("/in", "V/in"), ("/in/a/deeper/f", "V/in/a/deeper/f"), ("--dir=/out/x", "--dir=V/out/x"),
+    ("relative", "relative"), ("/", "/"), ("/in/../out", "V/out"),
 ])
-def test_translate_path_prefers_the_longest_mount(value: str, expected: str) -> None:
-    mounts = {"/out": Path("/host/o"), "/in": Path("/host/i"), "/in/a/deeper": Path("/host/deep")}
-    assert translate_path(value, mounts) == expected
+def test_view_translates_mounted_paths_and_their_parents(value: str, expected: str) -> None:
+    view = PodView(Path("V"), [Mount("/out", Path("/host/o"), False), Mount("/in/a", Path("/host/i"), True),
+                               Mount("/in/a/deeper", Path("/host/deep"), True)])
+    assert view.translate(value) == expected
 
 
 def test_python_maps_to_this_interpreter() -> None:
-    from checkpoint_operator.local.cluster import host_command
+    from checkpoint_operator.local.runtime import host_command
     assert host_command(["python3", "-c", "x"]) == [sys.executable, "-c", "x"]
     assert host_command(["checkpoint-operator", "agent"])[:3] == [sys.executable, "-m", "checkpoint_operator"]
 
@@ -265,3 +268,207 @@ def test_cluster_runs_in_its_own_thread(tmp_path: Path) -> None:
             assert local_cluster.claim_dir(NS, "c").is_dir()
         finally:
             local_cluster.stop_thread()
+
+
+# --- native sidecars and graceful termination ---------------------------------------------------------
+
+SIDECAR = """
+import pathlib, signal, sys, time
+marks = pathlib.Path(sys.argv[1])
+def stop(*_):
+    (marks / "sidecar-stopped").write_text("SIGTERM")
+    sys.exit(int(sys.argv[2]))
+signal.signal(signal.SIGTERM, stop)
+(marks / "sidecar-running").write_text("yes")
+while True:
+    time.sleep(0.05)
+"""
+
+STUBBORN = """
+import pathlib, signal, sys, time
+marks = pathlib.Path(sys.argv[1])
+signal.signal(signal.SIGTERM, lambda *_: (marks / "got-sigterm").write_text("ignored"))
+(marks / "running").write_text("yes")
+while True:
+    time.sleep(0.05)
+"""
+
+
+WAIT_FOR_RUNNING = "import os, sys, time\nwhile not os.path.exists(sys.argv[1] + '/running'): time.sleep(0.05)"
+
+
+def host_dir(tmp_path: Path) -> tuple[list[dict], list[dict]]:
+    marks = tmp_path / "marks"
+    marks.mkdir(exist_ok=True)
+    return [{"name": "marks", "hostPath": {"path": str(marks)}}], [{"name": "marks", "mountPath": "/marks"}]
+
+
+async def test_native_sidecar_runs_beside_the_containers_and_is_stopped_after_them(
+        api: ApiClient, cluster: LocalCluster, wait_for, tmp_path: Path) -> None:
+    volumes, mounts = host_dir(tmp_path)
+    # A sidecar counts as started once its process runs (no startup probe), so the next containers
+    # wait for it to be up (as in Kubernetes); the sidecar must still be running while they do.
+    check = ("import os, sys, time\nwhile not os.path.exists(sys.argv[1] + '/sidecar-running'): time.sleep(0.05)\n"
+             "assert not os.path.exists(sys.argv[1] + '/sidecar-stopped'); print('sidecar seen')")
+    await api.create("v1/pods", NS, {"metadata": {"name": "with-sidecar"}, "spec": {
+        "terminationGracePeriodSeconds": 5, "volumes": volumes,
+        "initContainers": [
+            python_container("agent", SIDECAR, args=["/marks", "3"], restartPolicy="Always", volumeMounts=mounts),
+            python_container("after-sidecar", check, args=["/marks"], volumeMounts=mounts)],
+        "containers": [python_container("main", check, args=["/marks"], volumeMounts=mounts)]}})
+    pod = await wait_for(lambda: _phase_is(api, "v1/pods", "with-sidecar", "Succeeded"))
+    # The sidecar was running before the next init container and the main container started,
+    # got SIGTERM after the main container exited, and its exit code 3 did not fail the pod.
+    assert await api.read_log(NS, "with-sidecar", container="main") == "sidecar seen\n"
+    assert (tmp_path / "marks" / "sidecar-stopped").read_text() == "SIGTERM"
+    [sidecar, after] = pod["status"]["initContainerStatuses"]
+    assert sidecar["name"] == "agent" and sidecar["state"]["terminated"]["exitCode"] == 3
+    assert after["state"]["terminated"]["exitCode"] == 0
+
+
+async def test_sidecar_that_ignores_sigterm_is_killed_after_the_grace_period(
+        api: ApiClient, cluster: LocalCluster, wait_for, tmp_path: Path) -> None:
+    volumes, mounts = host_dir(tmp_path)
+    await api.create("v1/pods", NS, {"metadata": {"name": "stubborn"}, "spec": {
+        "terminationGracePeriodSeconds": 1, "volumes": volumes,
+        "initContainers": [python_container("agent", STUBBORN, args=["/marks"], restartPolicy="Always",
+                                            volumeMounts=mounts)],
+        # Waits until the sidecar has set up its handler (a sidecar counts as started once it runs).
+        "containers": [python_container("main", WAIT_FOR_RUNNING, args=["/marks"], volumeMounts=mounts)]}})
+    pod = await wait_for(lambda: _phase_is(api, "v1/pods", "stubborn", "Succeeded"), timeout=15)
+    assert (tmp_path / "marks" / "got-sigterm").read_text() == "ignored"
+    assert pod["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 128 + 9  # SIGKILL
+
+
+async def test_sidecar_that_exits_is_restarted(api: ApiClient, cluster: LocalCluster, wait_for, tmp_path: Path) -> None:
+    volumes, mounts = host_dir(tmp_path)
+    count = "import pathlib, sys; p = pathlib.Path(sys.argv[1]) / 'starts'; p.write_text(p.read_text() + 'x' if p.exists() else 'x')"
+    wait = "import pathlib, sys, time\nwhile len((pathlib.Path(sys.argv[1]) / 'starts').read_text()) < 3: time.sleep(0.05)"
+    await api.create("v1/pods", NS, {"metadata": {"name": "restarts"}, "spec": {
+        "volumes": volumes,
+        "initContainers": [python_container("agent", count, args=["/marks"], restartPolicy="Always", volumeMounts=mounts)],
+        "containers": [python_container("main", wait, args=["/marks"], volumeMounts=mounts)]}})
+    pod = await wait_for(lambda: _phase_is(api, "v1/pods", "restarts", "Succeeded"), timeout=20)
+    assert pod["status"]["initContainerStatuses"][0]["restartCount"] >= 2
+
+
+async def test_deleting_a_running_pod_terminates_it_gracefully(api: ApiClient, cluster: LocalCluster, wait_for,
+                                                               tmp_path: Path) -> None:
+    volumes, mounts = host_dir(tmp_path)
+    await api.create("batch/v1/jobs", NS, job_spec_with({"terminationGracePeriodSeconds": 2}, "slow", [
+        python_container("main", STUBBORN, args=["/marks"], volumeMounts=mounts)], volumes=volumes))
+    await wait_for(lambda: (tmp_path / "marks" / "running").exists())
+    [pod] = await job_pods(api, "slow")
+    name = pod["metadata"]["name"]
+    await api.delete("v1/pods", NS, name)
+
+    async def terminating() -> dict | None:
+        obj = await api.get("v1/pods", NS, name)
+        return obj if obj and obj["metadata"].get("deletionTimestamp") and obj["status"]["phase"] == "Running" else None
+    await wait_for(terminating)  # still there, still running, with its deletionTimestamp
+    await wait_for(lambda: (tmp_path / "marks" / "got-sigterm").exists())
+
+    async def counted() -> dict | None:
+        obj = await api.get("batch/v1/jobs", NS, "slow")
+        return obj if obj["status"].get("terminating") == 1 else None
+    counted_job = await wait_for(counted)
+    assert counted_job["status"]["active"] == 1  # the replacement pod; the terminating one is not active
+    await wait_for(lambda: _gone(api, "v1/pods", name), timeout=15)  # SIGKILL after 2 s, then removed
+
+
+def job_spec_with(pod_spec_extra: dict, *args, **kwargs) -> dict:
+    obj = job(*args, **kwargs)
+    obj["spec"]["template"]["spec"].update(pod_spec_extra)
+    return obj
+
+
+# --- the pod's view of its mounts (process runtime) ---------------------------------------------------
+
+VIEW_PROBE = """
+import json, os, pathlib
+inputs = os.environ["CHECKPOINT_INPUT_DIR"]
+seen = {"input_dir": sorted(os.listdir(inputs)),
+        "listing": {name: sorted(os.listdir(os.path.join(inputs, name))) for name in os.listdir(inputs)},
+        "input_path_name": os.path.basename(os.environ["CHECKPOINT_INPUT_PATH"]),
+        "input_parent": sorted(os.listdir(os.path.dirname(os.environ["CHECKPOINT_INPUT_PATH"]))),
+        "weights": open(os.path.join(os.environ["CHECKPOINT_INPUT_PATH"], "model.safetensors")).read()}
+try:
+    with open(os.path.join(os.environ["CHECKPOINT_INPUT_PATH"], "model.safetensors"), "w") as f:
+        f.write("overwritten")
+    seen["write"] = "allowed"
+except OSError as exc:
+    seen["write"] = type(exc).__name__
+out = pathlib.Path(os.environ["CHECKPOINT_OUTPUT_DIR"]) / "step-1"
+out.mkdir()
+(out / "w.bin").write_text("new")
+print(json.dumps(seen))
+"""
+
+
+async def test_pod_sees_its_inputs_exactly_as_mounted(api: ApiClient, cluster: LocalCluster, wait_for) -> None:
+    """The operator's volume-store layout: a directory checkpoint (subPath of a directory) and a
+    file checkpoint (one subPath mount per file), both read-only, beside other steps that the
+    pod must not see; the output volume read-write."""
+    await api.create("v1/persistentvolumeclaims", NS, claim("producer-output"))
+    await api.create("v1/persistentvolumeclaims", NS, claim("out"))
+    source = await wait_for(lambda: cluster.claim_dir(NS, "producer-output"))
+    for step in ("step-1", "step-2"):
+        (source / step).mkdir()
+        (source / step / "model.safetensors").write_text(f"weights of {step}")
+        (source / step / "optimizer.pt").write_text("o")
+    (source / "config.json").write_text("{}")
+    (source / "model.safetensors").write_text("final weights")
+    input_mounts = [
+        {"name": "in", "mountPath": "/input-checkpoint/pre-step-2", "subPath": "step-2", "readOnly": True},
+        {"name": "in", "mountPath": "/input-checkpoint/pre-final/config.json", "subPath": "config.json",
+         "readOnly": True},
+        {"name": "in", "mountPath": "/input-checkpoint/pre-final/model.safetensors", "subPath": "model.safetensors",
+         "readOnly": True}]
+    env = [{"name": "CHECKPOINT_INPUT_DIR", "value": "/input-checkpoint"},
+           {"name": "CHECKPOINT_INPUT_PATH", "value": "/input-checkpoint/pre-step-2"},
+           {"name": "CHECKPOINT_OUTPUT_DIR", "value": "/output-checkpoint"}]
+    await api.create("batch/v1/jobs", NS, job("consumer", [python_container(
+        "main", VIEW_PROBE, env=env, volumeMounts=[*input_mounts, {"name": "out", "mountPath": "/output-checkpoint"}])],
+        volumes=[{"name": "in", "persistentVolumeClaim": {"claimName": "producer-output", "readOnly": True}},
+                 {"name": "out", "persistentVolumeClaim": {"claimName": "out"}}], backoffLimit=0))
+    done = await finished_job(api, wait_for, "consumer")
+    [pod] = await job_pods(api, "consumer")
+    log = await api.read_log(NS, pod["metadata"]["name"])
+    assert condition_types(done) == [("Complete", None)], log
+    seen = json.loads(log)
+    assert seen["input_dir"] == ["pre-final", "pre-step-2"]  # exactly the mounted inputs
+    assert seen["listing"] == {"pre-final": ["config.json", "model.safetensors"],
+                               "pre-step-2": ["model.safetensors", "optimizer.pt"]}
+    assert seen["input_path_name"] == "pre-step-2"  # named after the Checkpoint, not the source directory
+    assert seen["input_parent"] == ["pre-final", "pre-step-2"]  # no sibling steps of the producer
+    assert seen["weights"] == "weights of step-2"
+    import os
+    # Read-only: a non-root process cannot write; root bypasses permission bits in the process
+    # runtime, but only changes the pod's private copy.
+    assert seen["write"] == ("allowed" if os.geteuid() == 0 else "PermissionError")
+    assert (source / "step-2" / "model.safetensors").read_text() == "weights of step-2"
+    assert (cluster.claim_dir(NS, "out") / "step-1" / "w.bin").read_text() == "new"
+
+
+def test_view_refuses_a_mount_nested_in_a_read_write_volume(tmp_path: Path) -> None:
+    from checkpoint_operator.local.podview import ViewError
+    (tmp_path / "vol").mkdir()
+    (tmp_path / "ro").mkdir()
+    view = PodView(tmp_path / "view", [Mount("/data", tmp_path / "vol", False),
+                                       Mount("/data/sub", tmp_path / "ro", True)])
+    with pytest.raises(ViewError, match="/data/sub.*inside the read-write mount /data"):
+        view.materialise()
+    assert not (tmp_path / "vol" / "sub").exists()  # the volume was not touched
+
+
+def test_read_only_copy_keeps_the_source_intact(tmp_path: Path) -> None:
+    from checkpoint_operator.local.podview import read_only_copy, remove_tree
+    (tmp_path / "src" / "nested").mkdir(parents=True)
+    (tmp_path / "src" / "nested" / "f").write_bytes(b"data")
+    read_only_copy(tmp_path / "src", tmp_path / "copy")
+    copied = tmp_path / "copy" / "nested" / "f"
+    assert copied.read_bytes() == b"data" and not copied.stat().st_mode & 0o222
+    assert not (tmp_path / "copy" / "nested").stat().st_mode & 0o222
+    assert (tmp_path / "src" / "nested" / "f").stat().st_mode & 0o200  # the source keeps its modes
+    remove_tree(tmp_path / "copy")
+    assert not (tmp_path / "copy").exists()

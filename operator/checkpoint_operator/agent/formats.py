@@ -1,17 +1,28 @@
-"""What a checkpoint is, from the names of its files: format, step, resumable.
+"""What a checkpoint is: format, step, resumable and complete, from its files.
 
-Pure functions over the checkpoint's relative, '/'-separated file paths (and, for the step,
-its name or the text of `trainer_state.json`); `scan` does the reading.
+Two layers. The name rules are pure functions of the checkpoint's relative, '/'-separated file
+paths (and its own name). `describe_checkpoint` adds what small metadata files say, read
+through `safe_read` (bounded, no unpickling): the step in `trainer_state.json`, DeepSpeed's
+`latest` or a torch pickle; optimizer keys in torch DCP `.metadata`, Orbax `_METADATA` or a
+`torch.save` pickle; and the completeness verdict of `completeness`.
+
+`RULES` is the one table: detection order, the readers each format uses, and the words of
+the README's format table (`format_table_markdown`, checked by a test).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Iterable, Optional, Sequence
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Optional, Sequence
 
-FORMATS = ("huggingface", "safetensors", "torch", "deepspeed", "orbax", "cerebras", "file", "unknown")
+from checkpoint_operator.agent import completeness
+from checkpoint_operator.agent import metadata as md
+from checkpoint_operator.agent.completeness import Verdict
+from checkpoint_operator.agent.safe_read import CheckpointFiles
 
 # Files a Transformers/PEFT model directory is loaded from (`from_pretrained`).
 _HF_CONFIGS = {"config.json", "adapter_config.json"}
@@ -19,10 +30,12 @@ _HF_WEIGHTS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin"
                "adapter_model.bin", "tf_model*.h5", "flax_model*.msgpack")
 _DEEPSPEED_FILES = ("*_model_states.pt", "*optim_states.pt", "zero_to_fp32.py")
 _ORBAX_MARKERS = {"_CHECKPOINT_METADATA", "_METADATA", "manifest.ocdbt", "commit_success.txt", ".zarray"}
-_TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+_TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 
 _GLOBAL_STEP_DIR = re.compile(r"^global_step\d+$")
-_OPTIMIZER_FILES = {"optimizer.pt", "optimizer.bin"}
+_MEGATRON_ITER_DIR = re.compile(r"^iter_\d{7}$")
+_OPTIMIZER_FILES = {"optimizer.pt", "optimizer.bin", "distrib_optim.pt"}
+_OPTIMIZER_FILE = re.compile(r"^optimizer(_\d+)?\.(pt|bin)$")  # Accelerate: optimizer_1.bin for a second one
 # Directories in which Orbax/Flax/T5X keep optimizer state.
 _OPTIMIZER_DIRS = {"opt_state", "optimizer", "optimizer_state"}
 
@@ -39,70 +52,274 @@ def _any_name(paths: Iterable[str], patterns: Sequence[str]) -> bool:
     return any(fnmatchcase(_basename(p), pat) for p in paths for pat in patterns)
 
 
-def is_huggingface(paths: Sequence[str]) -> bool:
+def _suffix(paths: Sequence[str], *suffixes: str) -> bool:
+    return any(p.lower().endswith(suffixes) for p in paths)
+
+
+def is_huggingface(paths: Sequence[str], name: str = "") -> bool:
     root = [p for p in paths if "/" not in p]
     return any(p in _HF_CONFIGS for p in root) and _any_name(root, _HF_WEIGHTS)
 
 
-def is_deepspeed(paths: Sequence[str]) -> bool:
-    return ("latest" in paths
+def is_nemo(paths: Sequence[str], name: str = "") -> bool:
+    root = {p for p in paths if "/" not in p}
+    # NeMo 2: context/ (the model's config, io.json) and weights/ (a torch DCP checkpoint).
+    nemo2 = any(p.startswith("context/") for p in paths) or any(
+        p.startswith("weights/") and (p.endswith(".distcp") or p == "weights/.metadata") for p in paths)
+    return _suffix(paths, ".nemo") or nemo2 or {"model_config.yaml", "model_weights.ckpt"} <= root
+
+
+def is_deepspeed(paths: Sequence[str], name: str = "") -> bool:
+    return ("latest" in paths or bool(_GLOBAL_STEP_DIR.match(name))
             or any(_GLOBAL_STEP_DIR.match(d) for p in paths for d in _dirs(p))
             or _any_name(paths, _DEEPSPEED_FILES))
 
 
-def is_orbax(paths: Sequence[str]) -> bool:
+def is_megatron(paths: Sequence[str], name: str = "") -> bool:
+    return (md.MEGATRON_TRACKER in paths or bool(_MEGATRON_ITER_DIR.match(name))
+            or any(_MEGATRON_ITER_DIR.match(d) for p in paths for d in _dirs(p))
+            or any(_basename(p) == "model_optim_rng.pt" for p in paths))
+
+
+def is_torch_dcp(paths: Sequence[str], name: str = "") -> bool:
+    return _suffix(paths, ".distcp")
+
+
+def is_orbax(paths: Sequence[str], name: str = "") -> bool:
     return any(_basename(p) in _ORBAX_MARKERS for p in paths)
 
 
-def detect_format(paths: Sequence[str]) -> str:
-    """The format of a checkpoint made of these files (paths relative to its root).
+def is_cerebras(paths: Sequence[str], name: str = "") -> bool:
+    return _suffix(paths, ".mdl")
 
-    The first rule that matches wins, most specific first:
-      1. huggingface: `config.json` (or PEFT's `adapter_config.json`) at the root with model
-         weights at the root (`*.safetensors`, `*.safetensors.index.json`, `pytorch_model*.bin`...).
-         Wins over everything: a Trainer checkpoint also holds `optimizer.pt`, and with
-         DeepSpeed also `global_step*/` and `latest`, yet it loads with `from_pretrained`.
-      2. deepspeed: a root `latest` file, a `global_step<N>/` directory, `*_model_states.pt`,
-         `*optim_states.pt` or `zero_to_fp32.py`.
-      3. orbax: `_CHECKPOINT_METADATA`, `_METADATA`, `manifest.ocdbt`, `commit_success.txt`,
-         or zarr arrays (`.zarray`) anywhere.
-      4. cerebras: any `*.mdl`.
-      5. safetensors: any `*.safetensors` (no Transformers config beside it).
-      6. torch: any `*.pt`, `*.pth`, `*.bin`, `*.ckpt`.
-      7. file: exactly one file, of none of the formats above.
-      8. unknown.
-    Framework layouts (2-4) come before bare weight suffixes (5-6) because their directories
-    also contain such files (DeepSpeed's shards are `.pt`).
-    """
-    if is_huggingface(paths):
-        return "huggingface"
-    if is_deepspeed(paths):
-        return "deepspeed"
-    if is_orbax(paths):
-        return "orbax"
-    names = [_basename(p).lower() for p in paths]
-    if any(n.endswith(".mdl") for n in names):
-        return "cerebras"
-    if any(n.endswith(".safetensors") for n in names):
-        return "safetensors"
-    if any(n.endswith(_TORCH_SUFFIXES) for n in names):
-        return "torch"
-    if len(paths) == 1:
-        return "file"
-    return "unknown"
+
+def is_gguf(paths: Sequence[str], name: str = "") -> bool:
+    return _suffix(paths, ".gguf")
+
+
+def is_keras(paths: Sequence[str], name: str = "") -> bool:
+    return _suffix(paths, ".keras")
+
+
+def is_safetensors(paths: Sequence[str], name: str = "") -> bool:
+    return _suffix(paths, ".safetensors")
+
+
+def is_lightning(paths: Sequence[str], name: str = "") -> bool:
+    return _suffix(paths, ".ckpt")
+
+
+def is_torch(paths: Sequence[str], name: str = "") -> bool:
+    return _suffix(paths, *_TORCH_SUFFIXES)
+
+
+def is_single_file(paths: Sequence[str], name: str = "") -> bool:
+    return len(paths) == 1
+
+
+def _always(paths: Sequence[str], name: str = "") -> bool:
+    return True
+
+
+# --- readers of the data, per format -------------------------------------------------------
+
+def _torch_step(files: CheckpointFiles) -> Optional[int]:
+    return md.step_from_torch_files(files, md.torch_files(files))
+
+
+def _torch_resumable(files: CheckpointFiles) -> bool:
+    return md.torch_files_resumable(files, md.torch_files(files))
+
+
+def _megatron_rank_files(files: CheckpointFiles) -> list[str]:
+    return [p for p in files.paths if _basename(p) == "model_optim_rng.pt" and files.is_zip(p)]
+
+
+def _megatron_step(files: CheckpointFiles) -> Optional[int]:
+    step = md.step_from_megatron(files)
+    return step if step is not None else md.step_from_torch_files(files, _megatron_rank_files(files))
+
+
+def _megatron_resumable(files: CheckpointFiles) -> bool:
+    return md.dcp_resumable(files) or md.torch_files_resumable(files, _megatron_rank_files(files))
+
+
+def _keras_resumable(files: CheckpointFiles) -> bool:
+    return any(md.keras_compiled_with_optimizer(files, p) for p in files.paths if p.lower().endswith(".keras"))
+
+
+def _lightning_or_torch(files: CheckpointFiles) -> str:
+    """A `.ckpt` is Lightning's unless its pickle is readable and says nothing of Lightning."""
+    ckpts = [p for p in md.torch_files(files) if p.lower().endswith(".ckpt")]
+    pickles = list(md.read_pickles(files, ckpts))
+    return "torch" if pickles and not any(md.is_lightning_pickle(o) for o in pickles) else "lightning"
+
+
+@dataclass(frozen=True)
+class FormatRule:
+    """One format: how it is recognised (first match in RULES wins), where its step and optimizer
+    state are read from beyond the names, how its completeness is decided, and those same
+    decisions in words for the README."""
+
+    name: str
+    matches: Callable[[Sequence[str], str], bool]
+    detected_by: str
+    step: str
+    resumable: str
+    complete: str
+    step_from_data: Optional[Callable[[CheckpointFiles], Optional[int]]] = None
+    resumable_from_data: Optional[Callable[[CheckpointFiles], bool]] = None
+    completeness: Optional[Callable[[CheckpointFiles], Optional[Verdict]]] = None
+    refine: Optional[Callable[[CheckpointFiles], str]] = None
+
+
+_NAME_STEP = "name only"
+_WEIGHTS = "the weight-file checks"
+RULES: tuple[FormatRule, ...] = (
+    FormatRule("huggingface", is_huggingface,
+               "`config.json` or `adapter_config.json` at the root beside model weights (`*.safetensors`, "
+               "`pytorch_model*.bin`, their `*.index.json`); wins over all others",
+               "name, else `trainer_state.json` `global_step`",
+               "`optimizer.pt`/`optimizer.bin`",
+               "every shard an `*.index.json` names is present; a Trainer checkpoint (`trainer_state.json`, or "
+               "`checkpoint-N/` with `optimizer.pt`/`scheduler.pt`/`rng_state*.pth`/`training_args.bin`) needs "
+               "a valid `trainer_state.json`, which the Trainer writes last; " + _WEIGHTS,
+               step_from_data=md.step_from_trainer_state, completeness=completeness.huggingface),
+    FormatRule("nemo", is_nemo,
+               "a `*.nemo` file; NeMo 2 `context/` or a DCP `weights/`; `model_config.yaml` + `model_weights.ckpt`",
+               _NAME_STEP + " (`step=N`)",
+               "optimizer keys in `weights/.metadata` (torch DCP)",
+               "a `.nemo` tar's members lie inside the file; NeMo 2: `weights/` and `context/` both present, "
+               "the DCP rule for `weights/`",
+               resumable_from_data=md.dcp_resumable, completeness=completeness.nemo),
+    FormatRule("deepspeed", is_deepspeed,
+               "a root `latest` file, a `global_stepN/` directory, `*_model_states.pt`, `*optim_states.pt` or "
+               "`zero_to_fp32.py`",
+               "name, else the `latest` tag (`global_stepN`)",
+               "`*optim_states*` files",
+               "`latest` (written after every rank saved) names a tag directory holding `*model_states.pt`; "
+               "without `latest`, model states present; " + _WEIGHTS,
+               step_from_data=md.step_from_deepspeed, completeness=completeness.deepspeed),
+    FormatRule("megatron", is_megatron,
+               "`latest_checkpointed_iteration.txt`, an `iter_NNNNNNN/` directory (or the checkpoint's own name), "
+               "`model_optim_rng.pt`",
+               "name, else `latest_checkpointed_iteration.txt`, else `iteration` in `model_optim_rng.pt`",
+               "`distrib_optim.pt`; an `optimizer` key in `model_optim_rng.pt`; optimizer keys in `.metadata`",
+               "the tracker file names an iteration directory holding `mp_rank_*/model_optim_rng.pt` or a "
+               "torch DCP checkpoint (DCP rule); " + _WEIGHTS,
+               step_from_data=_megatron_step, resumable_from_data=_megatron_resumable,
+               completeness=completeness.megatron),
+    FormatRule("torch-dcp", is_torch_dcp,
+               "`*.distcp` files (torch.distributed.checkpoint)",
+               _NAME_STEP,
+               "keys in `.metadata` under an optimizer name (`optim.state.*`, `optimizer.*`) or holding "
+               "`param_groups`, as `get_state_dict(model, optimizer)` saves them",
+               "`.metadata` (renamed into place after all data) present in each directory with `.distcp` "
+               "files, and every file it names present and as long as it says",
+               resumable_from_data=md.dcp_resumable, completeness=completeness.torch_dcp),
+    FormatRule("orbax", is_orbax,
+               "`_CHECKPOINT_METADATA`, `_METADATA`, `manifest.ocdbt`, `commit_success.txt` or `.zarray` anywhere",
+               _NAME_STEP + " (CheckpointManager's bare `N/`)",
+               "an `opt_state/`/`optimizer/` item, or optimizer keys (`opt_state`...) in an item's `_METADATA`",
+               "`_CHECKPOINT_METADATA` records `commit_timestamp_nsecs` or `commit_success.txt` is present; "
+               "nothing under an `*.orbax-checkpoint-tmp*` name; every `_METADATA` parses; OCDBT items have "
+               "`manifest.ocdbt`",
+               resumable_from_data=md.orbax_resumable, completeness=completeness.orbax),
+    FormatRule("cerebras", is_cerebras, "any `*.mdl`", _NAME_STEP, "-", "no rule of its own; " + _WEIGHTS),
+    FormatRule("gguf", is_gguf, "any `*.gguf`", _NAME_STEP, "-",
+               "magic, version, metadata and tensor table parse, and the file holds all the tensor data"),
+    FormatRule("keras", is_keras, "any `*.keras`", _NAME_STEP,
+               "the archive's `config.json` has a `compile_config` optimizer (Keras then saves its variables)",
+               "the zip's central directory is whole and it holds `config.json` and `model.weights.h5`",
+               resumable_from_data=_keras_resumable, completeness=completeness.keras),
+    FormatRule("safetensors", is_safetensors, "any `*.safetensors` (no Transformers config beside it)",
+               _NAME_STEP, "`optimizer*.bin` (Accelerate)",
+               "each header parses and its data ends at the end of the file; Accelerate `save_state` "
+               "directories need `random_states_0.pkl`, written last"),
+    FormatRule("lightning", is_lightning,
+               "any `*.ckpt`; a readable one whose pickle lacks `pytorch-lightning_version` is torch",
+               "name, else `global_step` in the pickle",
+               "`optimizer_states` (non-empty) in the pickle",
+               "the zip's central directory is whole",
+               step_from_data=_torch_step, resumable_from_data=_torch_resumable, refine=_lightning_or_torch),
+    FormatRule("torch", is_torch, "any `*.pt`, `*.pth`, `*.bin`",
+               "name, else `step`/`global_step`/`iteration` in the pickle of a root file",
+               "an optimizer key (`optimizer`, `optim`, `optimizer_state_dict`...) or an `Optimizer.state_dict()` "
+               "(`state` + `param_groups`) in the pickle of a root file (read with pickletools, never unpickled)",
+               "each `torch.save` zip's central directory is whole (the pre-1.6 format is not checked); Accelerate "
+               "as for safetensors",
+               step_from_data=_torch_step, resumable_from_data=_torch_resumable),
+    FormatRule("file", is_single_file, "exactly one file, of none of the formats above", _NAME_STEP, "-",
+               "no rule"),
+    FormatRule("unknown", _always, "anything else", _NAME_STEP, "-", "no rule of its own; " + _WEIGHTS),
+)
+FORMATS = tuple(r.name for r in RULES)
+_BY_NAME = {r.name: r for r in RULES}
+
+
+def rule_for(paths: Sequence[str], name: str = "") -> FormatRule:
+    return next(r for r in RULES if r.matches(paths, name))
+
+
+def detect_format(paths: Sequence[str], name: str = "") -> str:
+    """The format by file names alone (the first rule of RULES that matches). Framework layouts
+    come before bare weight suffixes because their directories also contain such files
+    (DeepSpeed's shards are `.pt`)."""
+    return rule_for(paths, name).name
 
 
 def is_resumable(paths: Sequence[str]) -> bool:
-    """True when optimizer state is present, so training can resume rather than only restart:
-    `optimizer.pt`/`optimizer.bin` at any depth (Transformers, Accelerate), DeepSpeed
+    """True when file names show optimizer state: `optimizer.pt`/`optimizer.bin`/`optimizer_N.bin`
+    at any depth (Transformers, Accelerate), Megatron `distrib_optim.pt`, DeepSpeed
     `*optim_states*` shards, or an Orbax/Flax directory named opt_state/optimizer/optimizer_state."""
     for p in paths:
         name = _basename(p)
-        if name in _OPTIMIZER_FILES or "optim_states" in name:
+        if name in _OPTIMIZER_FILES or _OPTIMIZER_FILE.match(name) or "optim_states" in name:
             return True
         if any(d in _OPTIMIZER_DIRS for d in _dirs(p)):
             return True
     return False
+
+
+@dataclass(frozen=True)
+class Description:
+    format: str
+    step: Optional[int]
+    resumable: bool
+    complete: Optional[bool]
+    completeReason: Optional[str]
+
+
+def describe_checkpoint(root: Path, sizes: Mapping[str, int], name: str = "") -> Description:
+    """Format, step, resumable and completeness of the checkpoint at `root` made of these files
+    (relative path -> size). `name` is its directory's name ("" for the root files)."""
+    files = CheckpointFiles(Path(root), sizes, name)
+    rule = rule_for(files.paths, name)
+    fmt = rule.refine(files) if rule.refine else rule.name
+    step = step_from_name(name) if name else None
+    if step is None and rule.step_from_data:
+        step = rule.step_from_data(files)
+    if step is None:  # a trainer_state.json says the step whatever the weights' format
+        step = md.step_from_trainer_state(files)
+    resumable = is_resumable(files.paths) or bool(rule.resumable_from_data and rule.resumable_from_data(files))
+    verdict = completeness.verdict(files, _BY_NAME[fmt].completeness)
+    return Description(fmt, step, resumable, verdict.complete, verdict.reason)
+
+
+def completeness_of(root: Path, sizes: Mapping[str, int], name: str = "") -> Verdict:
+    """Only the verdict: is the checkpoint at `root` complete now? (Cheap: no hashing.)"""
+    files = CheckpointFiles(Path(root), sizes, name)
+    return completeness.verdict(files, rule_for(files.paths, name).completeness)
+
+
+def format_table_markdown() -> str:
+    """The README's format table, from RULES."""
+    rows = ["| format | detected by (first match wins, top to bottom) | step | `resumable` | `complete` |",
+            "| --- | --- | --- | --- | --- |"]
+    for r in RULES:
+        cells = [f"`{r.name}`", r.detected_by, r.step, r.resumable, r.complete]
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(rows)
 
 
 # `step-2000`, `step_2000`, `step2000`, `checkpoint-2000`, `checkpoint_20000.mdl`, `ckpt-5`,

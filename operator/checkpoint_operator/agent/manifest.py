@@ -51,6 +51,10 @@ class Manifest(BaseModel):
     format: str = "unknown"
     step: Optional[int] = None
     resumable: bool = False
+    # None: no completeness rule for this format (treated as complete). The reason is one line
+    # a user reads: what decided it (agent/completeness.py).
+    complete: Optional[bool] = None
+    completeReason: Optional[str] = None
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=None, separators=(",", ":"), sort_keys=True)

@@ -17,7 +17,7 @@ from typing import Optional
 
 from pydantic import BaseModel
 
-from checkpoint_operator.agent import formats
+from checkpoint_operator.agent import containers, formats
 from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.hashing import FileChanged, hash_files
 from checkpoint_operator.agent.manifest import FileEntry, Manifest, digest_of
@@ -31,11 +31,8 @@ __all__ = ["LEAVES_CHECKPOINT", "ScanResult", "Skipped", "describe_checkpoint", 
 
 LAYOUTS = ("auto", "directories", "files")
 ROOT = "."
-TRAINER_STATE = "trainer_state.json"
 # `skipped` lists at most this many entries (the first in path order); `skippedCount` counts all.
 MAX_SKIPPED_LISTED = 1000
-# trainer_state.json is read for the step only when it is no bigger than this.
-MAX_TRAINER_STATE_BYTES = 16 * 1024 * 1024
 
 
 class Skipped(BaseModel):
@@ -74,6 +71,44 @@ class _Skips:
 
 def _name_bytes(name: str) -> bytes:
     return os.fsencode(name)
+
+
+def _entry_kind(entry: os.DirEntry) -> str:
+    try:
+        if component_problem(entry.name) or entry.is_symlink():
+            return "other"  # not a container then: the walk of the whole directory reports it
+        return "dir" if entry.is_dir() else "file" if entry.is_file() else "other"
+    except OSError:
+        return "other"
+
+
+def _directory_candidates(name: str, path: str, skips: _Skips, budget: EntryBudget) -> list[_Candidate]:
+    """One checkpoint for a top-level directory, or one per step subdirectory when it is a
+    container of step checkpoints (agent/containers.py decides)."""
+    def entries(it):
+        for e in it:
+            budget.take(e.path)  # what a split keeps is bounded like everything the scan looks at
+            yield containers.Entry(e.name, _entry_kind(e))
+
+    try:
+        with os.scandir(path) as it:
+            split = containers.split_container(name, entries(it))
+    except OSError:
+        split = None  # the walk reports the unreadable directory
+    if split is None:
+        split_paths = [(name, path, name)]
+    else:
+        for child, reason in split.skipped:
+            skips.add(ROOT, f"{name}/{child}", reason)
+        split_paths = [(f"{name}/{child}", os.path.join(path, child), child) for child in split.checkpoints]
+    found = []
+    for rel, directory, step_name in split_paths:
+        candidate = _Candidate(path=rel, top=directory, step_name=step_name)
+        tree = walk_checkpoint(directory, budget)
+        candidate.files = tree.files
+        skips.add_tree(rel, tree)
+        found.append(candidate)
+    return found
 
 
 def _root_candidates(root: str, layout: str, skips: _Skips, budget: EntryBudget) -> list[_Candidate]:
@@ -118,11 +153,7 @@ def _root_candidates(root: str, layout: str, skips: _Skips, budget: EntryBudget)
             if layout == "files":
                 skips.add(ROOT, name, "directory: layout 'files' takes only the files at the root")
                 continue
-            candidate = _Candidate(path=name, top=entry.path, step_name=name)
-            tree = walk_checkpoint(entry.path, budget)
-            candidate.files = tree.files
-            skips.add_tree(name, tree)
-            candidates.append(candidate)
+            candidates.extend(_directory_candidates(name, entry.path, skips, budget))
         elif stat.S_ISREG(st.st_mode):
             file = TreeFile(name, open_path, (st.st_dev, st.st_ino), st.st_size)
             if layout == "directories":
@@ -138,24 +169,21 @@ def _root_candidates(root: str, layout: str, skips: _Skips, budget: EntryBudget)
     return candidates
 
 
-def _read_small(path: str, limit: int) -> Optional[str]:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
-    except OSError:
-        return None
-    return None if len(data) > limit else data.decode("utf-8", errors="replace")
-
-
-def describe_checkpoint(top: str, paths: list[str], name: str) -> dict:
-    """What the files say about a checkpoint: format, step, resumable (the Manifest fields
-    beyond the files). `top` is the directory the `paths` are relative to, `name` the name
-    the step is read from ("" for none). Shared by scan and upload."""
-    step = formats.step_from_name(name) if name else None
-    if step is None and TRAINER_STATE in paths:
-        text = _read_small(os.path.join(top, TRAINER_STATE), MAX_TRAINER_STATE_BYTES)
-        step = formats.step_from_trainer_state(text) if text is not None else None
-    return {"format": formats.detect_format(paths), "step": step, "resumable": formats.is_resumable(paths)}
+def describe_checkpoint(top: str, paths: list[str], name: str, sizes: Optional[dict[str, int]] = None) -> dict:
+    """What the files say about a checkpoint: format, step, resumable, complete (the Manifest
+    fields beyond the files), by agent/formats.py. `top` is the directory the `paths` are
+    relative to, `name` the name the step is read from ("" for none); `sizes` (path -> bytes)
+    when known, else read with stat. Shared by scan and upload."""
+    if sizes is None:
+        sizes = {}
+        for p in paths:
+            try:
+                sizes[p] = os.stat(os.path.join(top, *p.split("/"))).st_size
+            except OSError:
+                sizes[p] = 0
+    d = formats.describe_checkpoint(Path(top), sizes, name)
+    return {"format": d.format, "step": d.step, "resumable": d.resumable, "complete": d.complete,
+            "completeReason": d.completeReason}
 
 
 def scan_directory(root: Path, layout: str = "auto", single: bool = False,
@@ -211,7 +239,8 @@ def scan_directory(root: Path, layout: str = "auto", single: bool = False,
         manifests.append(Manifest(
             path=candidate.path, files=entries, sizeBytes=sum(e.size for e in entries), fileCount=len(entries),
             digest=digest_of(entries),
-            **describe_checkpoint(candidate.top, [e.path for e in entries], candidate.step_name)))
+            **describe_checkpoint(candidate.top, [e.path for e in entries], candidate.step_name,
+                                  {e.path: e.size for e in entries})))
     manifests.sort(key=lambda m: m.path.encode())
     skipped = sorted(skips.items, key=lambda s: s.path.encode())
     return ScanResult(checkpoints=manifests, skipped=skipped[:MAX_SKIPPED_LISTED], skippedCount=len(skipped))
@@ -228,9 +257,10 @@ def _human_size(n: int) -> str:
 
 def format_table(result: ScanResult) -> str:
     """The scan as a table a person reads (`--json` is for programs)."""
-    header = ("PATH", "FORMAT", "STEP", "FILES", "SIZE", "RESUMABLE", "DIGEST")
+    header = ("PATH", "FORMAT", "STEP", "FILES", "SIZE", "RESUMABLE", "COMPLETE", "DIGEST")
     rows = [(m.path, m.format, "-" if m.step is None else str(m.step), str(m.fileCount),
-             _human_size(m.sizeBytes), "yes" if m.resumable else "no", m.digest[:19]) for m in result.checkpoints]
+             _human_size(m.sizeBytes), "yes" if m.resumable else "no",
+             "-" if m.complete is None else "yes" if m.complete else "NO", m.digest[:19]) for m in result.checkpoints]
     lines = []
     if rows:
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -238,6 +268,11 @@ def format_table(result: ScanResult) -> str:
             lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     else:
         lines.append("no checkpoints found")
+    incomplete = [m for m in result.checkpoints if m.complete is False]
+    if incomplete:
+        lines.append("")
+        lines.append(f"incomplete ({len(incomplete)}):")
+        lines.extend(f"  {m.path}  {m.completeReason}" for m in incomplete)
     if result.skipped:
         width = max(len(s.path) for s in result.skipped)
         lines.append("")

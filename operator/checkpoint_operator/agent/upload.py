@@ -386,7 +386,8 @@ class Uploader:
         info: dict
         if self.given_manifest is not None:
             m = self.given_manifest
-            info = {"format": m.format, "step": m.step, "resumable": m.resumable}
+            info = {"format": m.format, "step": m.step, "resumable": m.resumable, "complete": m.complete,
+                    "completeReason": m.completeReason}
         else:
             from checkpoint_operator.agent.scan import describe_checkpoint
             info = describe_checkpoint(self.root, [e.path for e in entries],

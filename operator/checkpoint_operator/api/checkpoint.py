@@ -31,7 +31,9 @@ class CheckpointPhase(Phase):
 
 # Bounded form of status.usedBy: the first users by name, and usedByCount for all of them.
 MAX_USED_BY_LISTED = 20
-CheckpointFormat = Literal["huggingface", "safetensors", "torch", "deepspeed", "orbax", "cerebras", "file", "unknown"]
+# The formats agent/formats.py detects (its RULES table); a test keeps the two equal.
+CheckpointFormat = Literal["huggingface", "safetensors", "torch", "torch-dcp", "deepspeed", "megatron", "nemo",
+                           "lightning", "keras", "gguf", "orbax", "cerebras", "file", "unknown"]
 SOURCE_KINDS = ("s3", "http", "huggingFace", "gcs", "azureBlob", "git", "volume", "trainingJob")
 # The kinds that copy data in (an import pod); volume adopts in place, trainingJob is a snapshot.
 IMPORT_KINDS = ("s3", "http", "huggingFace", "gcs", "azureBlob", "git")

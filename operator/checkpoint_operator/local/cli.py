@@ -10,16 +10,23 @@ def add_local_parser(sub: argparse._SubParsersAction) -> None:
     cmds = local.add_subparsers(dest="local_command", required=True, metavar="LOCAL_COMMAND")
     run = cmds.add_parser(
         "run", help="apply manifests to an emulated cluster and run them on this machine",
-        description="Start an emulated Kubernetes API, a local kubelet that runs pod commands as host processes, "
-                    "and the real operator; apply the manifests in order; wait until every TrainingJob has finished "
-                    "and every Checkpoint has settled; print them. Images are ignored: container commands run on "
-                    "this host, with nothing isolated (read-only mounts are not enforced). A development aid, not "
-                    "a runtime.")
+        description="Start an emulated Kubernetes API, a local kubelet and the real operator; apply the manifests "
+                    "in order; wait until every TrainingJob has finished and every Checkpoint has settled; print "
+                    "them. With a container engine (podman or docker) every pod runs as containers of its images, "
+                    "read-only mounts enforced; with the process runtime, pod commands run as host processes in a "
+                    "view of the pod's mounts (images ignored, nothing isolated). The first line of output says "
+                    "which runtime and why. A development aid, not a runtime.")
     run.add_argument("-f", "--filename", action="append", required=True, metavar="FILE",
                      help="manifest file or directory (repeatable; applied in order)")
     run.add_argument("--state-dir", default=".local-state",
                      help="keeps objects and data between runs (default: ./.local-state)")
     run.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    run.add_argument("--runtime", choices=["process", "podman", "docker"], default=None,
+                     help="how pods run (default: podman or docker when one is installed and runs the agent image, "
+                          "else process)")
+    run.add_argument("--agent-image", default=None, metavar="IMAGE",
+                     help="image of the operator's agent pods with a container engine "
+                          "(default: localhost/checkpoint-operator:dev, built by e2e/image/build.sh)")
     run.add_argument("--timeout", type=float, default=600, help="seconds to wait for everything to settle")
     run.set_defaults(func=_run_local)
 

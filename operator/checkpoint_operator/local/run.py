@@ -87,16 +87,28 @@ def local_run(args: argparse.Namespace) -> int:
     from checkpoint_operator.local.cluster import LocalCluster
     from checkpoint_operator.local.server import EmulatorServer, run_kopf_in_thread
 
+    from checkpoint_operator.local.engine import OPERATOR_IMAGE, ContainerEngineRuntime, choose_runtime
+    agent_image = args.agent_image or OPERATOR_IMAGE
+    try:
+        runtime, why = choose_runtime(args.runtime, agent_image, Path.cwd())
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(why, file=sys.stderr, flush=True)
+    containers = isinstance(runtime, ContainerEngineRuntime)
+
     state_dir = Path(args.state_dir).resolve()
     server = EmulatorServer(state_dir=state_dir)
     url = server.start()
-    cluster = LocalCluster(url, state_dir / "cluster", namespaces=[NAMESPACE], workdir=os.getcwd())
+    cluster = LocalCluster(url, state_dir / "cluster", namespaces=[NAMESPACE], workdir=os.getcwd(), runtime=runtime)
     cluster.start_in_thread()
     settings = kopf.OperatorSettings()
     main.configure_settings(settings)
     settings.posting.enabled = True
     kube = Kube.from_url(url)
-    config = OperatorConfig(reconcile_interval=main.INTERVAL, agent_image="checkpoint-operator:local")
+    # Agent pods run the operator's image in a container engine; the process runtime ignores images.
+    config = OperatorConfig(reconcile_interval=main.INTERVAL,
+                            agent_image=agent_image if containers else "checkpoint-operator:local")
     handle = run_kopf_in_thread(kopf.get_default_registry(), settings, [NAMESPACE], url,
                                 memo=main.make_memo(Context(kube, config)))
     try:

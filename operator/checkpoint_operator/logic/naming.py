@@ -33,11 +33,23 @@ def child_name(parent: str, suffix: str, limit: int = MAX_NAME) -> str:
     return bounded_name(f"{parent}-{suffix}", limit)
 
 
-def checkpoint_name(prefix: str, directory: str, force_hash: bool = False) -> str:
-    """`<prefix>-<directory>` lower-cased into a valid name. A short hash of the directory is
-    added only where needed: when the name would be too long or empty, or when `force_hash`
-    (another entry of the same output, or a foreign object, already has the plain name)."""
-    part = ROOT_SUFFIX if directory == ROOT_DIRECTORY else sanitize(directory)
+# The extension of a file checkpoint's name (`.pt`, `.safetensors`, `.mdl`): it has a letter,
+# so `step-1.5` keeps its `.5`.
+_EXTENSION = re.compile(r"\.[A-Za-z0-9]*[A-Za-z][A-Za-z0-9]*$")
+
+
+def without_extension(file_name: str) -> str:
+    """`tfiles-step-100.pt` -> `tfiles-step-100`: a `layout: files` entry is named without its suffix."""
+    stem = _EXTENSION.sub("", file_name)
+    return stem or file_name
+
+
+def checkpoint_name(prefix: str, directory: str, force_hash: bool = False, is_file: bool = False) -> str:
+    """`<prefix>-<directory>` lower-cased into a valid name (a file entry without its extension).
+    A short hash of the directory is added only where needed: when the name would be too long
+    or empty, or when `force_hash` (another entry of the same output, or a foreign object,
+    already has the plain name)."""
+    part = ROOT_SUFFIX if directory == ROOT_DIRECTORY else sanitize(without_extension(directory) if is_file else directory)
     plain = f"{prefix}-{part}" if part else prefix
     if not (force_hash or not part or len(plain) > MAX_NAME):
         return plain
@@ -46,12 +58,14 @@ def checkpoint_name(prefix: str, directory: str, force_hash: bool = False) -> st
     return f"{head}-{suffix}"
 
 
-def assign_checkpoint_names(prefix: str, directories: list[str], taken_by_others: set[str]) -> dict[str, str]:
-    """Names for all entries of one output, deterministic and unique.
+def assign_checkpoint_names(prefix: str, directories: list[str], taken_by_others: set[str],
+                            files: bool = False) -> dict[str, str]:
+    """Names for all entries of one output, deterministic and unique. `files`: the entries are
+    files (`layout: files`), named without their extension.
 
     Entries whose sanitized names clash are told apart by a hash, except the one whose
     directory is already the clean form (so `step-1` keeps its name beside `Step_1`)."""
-    plain = {d: checkpoint_name(prefix, d) for d in directories}
+    plain = {d: checkpoint_name(prefix, d, is_file=files) for d in directories}
     clashes: dict[str, list[str]] = {}
     for directory, name in plain.items():
         clashes.setdefault(name, []).append(directory)
@@ -61,5 +75,5 @@ def assign_checkpoint_names(prefix: str, directories: list[str], taken_by_others
             is_clean = directory == name[len(prefix) + 1:] or (directory == ROOT_DIRECTORY and len(group) == 1)
             unique_in_output = len(group) == 1 or is_clean
             names[directory] = name if unique_in_output and name not in taken_by_others else \
-                checkpoint_name(prefix, directory, force_hash=True)
+                checkpoint_name(prefix, directory, force_hash=True, is_file=files)
     return names

@@ -74,9 +74,9 @@ def is_produced_by(checkpoint: dict, job_uid: str, directory: str) -> bool:
     return source.get("uid") == job_uid and source.get("directory") == directory
 
 
-def candidate_names(prefix: str, directories: list[str]) -> set[str]:
+def candidate_names(prefix: str, directories: list[str], files: bool = False) -> set[str]:
     """Every name the plan could give these directories (plain and hashed forms)."""
-    return {checkpoint_name(prefix, d, force_hash=h) for d in directories for h in (False, True)}
+    return {checkpoint_name(prefix, d, force_hash=h, is_file=files) for d in directories for h in (False, True)}
 
 
 def plan_snapshot(tj: TrainingJob, scan: ScanResult, lookup: Callable[[str], Optional[CheckpointInfo]],
@@ -90,11 +90,12 @@ def plan_snapshot(tj: TrainingJob, scan: ScanResult, lookup: Callable[[str], Opt
 
     directories = [m.path for m in kept]
     taken_by_others = set()
-    for name in candidate_names(prefix, directories):
+    files = output.layout == "files"  # file entries are named without their extension
+    for name in candidate_names(prefix, directories, files):
         found = lookup(name)
         if found is not None and not (found.producer_uid == meta.uid and found.directory in directories):
             taken_by_others.add(name)
-    names = assign_checkpoint_names(prefix, directories, taken_by_others)
+    names = assign_checkpoint_names(prefix, directories, taken_by_others, files=files)
 
     planned = []
     for manifest in kept:

@@ -1,0 +1,231 @@
+"""Read the shape of a pickle without unpickling it: dicts, lists, tuples and plain values.
+
+A checkpoint's pickles (torch.save's `data.pkl`, torch DCP's `.metadata`, Lightning's `.ckpt`)
+say which keys were saved (`optimizer`, `param_groups`, `global_step`...). Unpickling them would
+run whatever code they name, so this walks the opcodes (`pickletools.genops`, which only
+decodes) on a small stack machine that builds containers and plain values and stands an
+`Opaque` in for anything else: a class, a call, a tensor. No import, no call, ever.
+"""
+
+from __future__ import annotations
+
+import pickletools
+from typing import Any, Iterator, Optional
+
+
+class NotAPickle(ValueError):
+    pass
+
+
+class Opaque:
+    """Something the pickle would build by calling code: `what` names it (`module.name`),
+    `state` is what BUILD would have set on it (dataclasses: their fields), `args` the call's
+    arguments. Hashable by identity, as the real objects would be as dict keys."""
+
+    __slots__ = ("what", "args", "state")
+
+    def __init__(self, what: str, args: Any = None) -> None:
+        self.what, self.args, self.state = what, args, None
+
+    def __repr__(self) -> str:
+        return f"Opaque({self.what})"
+
+
+class _Global:
+    __slots__ = ("module", "name")
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.module}.{self.name}"
+
+
+_MARK = object()
+# Each opcode builds at most one object: this bounds memory (a few hundred MB at worst) whatever
+# the pickle. torch DCP metadata of a large sharded model is a few million opcodes.
+MAX_OPCODES = 3_000_000
+# Builders whose result is a plain dict when called without arguments.
+_DICT_TYPES = {"collections.OrderedDict", "builtins.dict", "__builtin__.dict", "collections.defaultdict"}
+_VALUES = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False}
+_PUSH_ARG = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "FLOAT", "BINFLOAT",
+             "STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE",
+             "BINUNICODE8", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8"}
+
+
+def _called(func: Any, args: Any) -> Any:
+    if isinstance(func, _Global):
+        if func.qualified in _DICT_TYPES:
+            return {}
+        return Opaque(func.qualified, args)
+    return Opaque("call", args)
+
+
+class _Machine:
+    def __init__(self) -> None:
+        self.stack: list = []
+        self.memo: dict = {}
+
+    def pop_mark(self) -> list:
+        items = []
+        while True:
+            if not self.stack:
+                raise NotAPickle("MARK missing")
+            item = self.stack.pop()
+            if item is _MARK:
+                return items[::-1]
+            items.append(item)
+
+    def set_items(self, target: Any, items: list) -> None:
+        if isinstance(target, dict):
+            for k, v in zip(items[::2], items[1::2]):
+                try:
+                    target[k] = v
+                except TypeError:  # an unhashable key: keep the value under an opaque one
+                    target[Opaque("key")] = v
+
+    def step(self, name: str, arg: Any) -> None:
+        s = self.stack
+        # The commonest opcodes first: memo traffic is about half of a checkpoint pickle.
+        if name == "MEMOIZE":
+            self.memo[len(self.memo)] = s[-1]
+        elif name in _PUSH_ARG:
+            s.append(arg)
+        elif name in ("BINGET", "LONG_BINGET", "GET"):
+            if arg not in self.memo:
+                raise NotAPickle(f"memo {arg} missing")
+            s.append(self.memo[arg])
+        elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
+            self.memo[arg] = s[-1]
+        elif name in _VALUES:
+            s.append(_VALUES[name])
+        elif name == "MARK":
+            s.append(_MARK)
+        elif name == "EMPTY_DICT":
+            s.append({})
+        elif name == "EMPTY_LIST":
+            s.append([])
+        elif name == "EMPTY_TUPLE":
+            s.append(())
+        elif name in ("EMPTY_SET", "FROZENSET"):
+            s.append(Opaque("set", self.pop_mark() if name == "FROZENSET" else None))
+        elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+            n = int(name[-1])
+            if len(s) < n:
+                raise NotAPickle("stack underflow")
+            items = tuple(s[-n:])
+            del s[-n:]
+            s.append(items)
+        elif name == "TUPLE":
+            s.append(tuple(self.pop_mark()))
+        elif name == "LIST":
+            s.append(self.pop_mark())
+        elif name == "DICT":
+            d: dict = {}
+            self.set_items(d, self.pop_mark())
+            s.append(d)
+        elif name == "APPEND":
+            value = s.pop()
+            if isinstance(s[-1], list):
+                s[-1].append(value)
+        elif name == "APPENDS":
+            items = self.pop_mark()
+            if isinstance(s[-1], list):
+                s[-1].extend(items)
+        elif name == "SETITEM":
+            value, key = s.pop(), s.pop()
+            self.set_items(s[-1], [key, value])
+        elif name == "SETITEMS":
+            items = self.pop_mark()
+            self.set_items(s[-1], items)
+        elif name == "ADDITEMS":
+            self.pop_mark()
+        elif name in ("GLOBAL", "INST"):
+            module, _, attr = str(arg).partition(" ")
+            g = _Global(module, attr)
+            s.append(g if name == "GLOBAL" else _called(g, tuple(self.pop_mark())))
+        elif name == "STACK_GLOBAL":
+            attr, module = s.pop(), s.pop()
+            s.append(_Global(str(module), str(attr)))
+        elif name == "REDUCE":
+            args, func = s.pop(), s.pop()
+            s.append(_called(func, args))
+        elif name == "NEWOBJ":
+            args, cls = s.pop(), s.pop()
+            s.append(_called(cls, args))
+        elif name == "NEWOBJ_EX":
+            _, args, cls = s.pop(), s.pop(), s.pop()
+            s.append(_called(cls, args))
+        elif name == "OBJ":
+            items = self.pop_mark()
+            s.append(_called(items[0], tuple(items[1:])) if items else Opaque("obj"))
+        elif name == "BUILD":
+            state = s.pop()
+            if isinstance(s[-1], Opaque):
+                s[-1].state = state
+        elif name in ("PERSID", "BINPERSID"):
+            pid = arg if name == "PERSID" else s.pop()
+            s.append(Opaque("persistent", pid))
+        elif name == "POP":
+            s.pop()
+        elif name == "POP_MARK":
+            self.pop_mark()
+        elif name == "DUP":
+            s.append(s[-1])
+        elif name in ("EXT1", "EXT2", "EXT4", "NEXT_BUFFER"):
+            s.append(Opaque("extension"))
+        elif name in ("PROTO", "FRAME", "READONLY_BUFFER"):
+            pass
+        else:
+            raise NotAPickle(f"opcode {name} is not read")
+
+
+def loads(data: bytes) -> Any:
+    """The first pickle in `data`, as plain containers and values with `Opaque` stand-ins.
+    Raises NotAPickle for anything that is not a whole, well-formed pickle."""
+    machine = _Machine()
+    try:
+        for count, (opcode, arg, _) in enumerate(pickletools.genops(data)):
+            if count >= MAX_OPCODES:
+                raise NotAPickle(f"more than {MAX_OPCODES} opcodes: not read")
+            if opcode.name == "STOP":
+                if len(machine.stack) != 1:
+                    raise NotAPickle("stack is not one value at STOP")
+                return machine.stack[0]
+            machine.step(opcode.name, arg)
+    except NotAPickle:
+        raise
+    except (ValueError, IndexError, KeyError, TypeError) as e:  # truncated or malformed opcodes
+        raise NotAPickle(f"not a readable pickle: {e}") from None
+    raise NotAPickle("no STOP: cut short")
+
+
+def walk(obj: Any, limit: int = 1_000_000) -> Iterator[tuple[tuple, Any]]:
+    """(key path, value) of every node below `obj`, through dicts, lists, tuples and the state
+    of Opaque objects, each shared object once (pickles may share and cycle)."""
+    seen: set[int] = set()
+    stack: list[tuple[tuple, Any]] = [((), obj)]
+    count = 0
+    while stack and count < limit:
+        path, node = stack.pop()
+        count += 1
+        yield path, node
+        if isinstance(node, (dict, list, tuple, Opaque)):
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+        if isinstance(node, dict):
+            stack.extend((path + (k,), v) for k, v in node.items())
+        elif isinstance(node, (list, tuple)):
+            stack.extend((path + (i,), v) for i, v in enumerate(node))
+        elif isinstance(node, Opaque) and node.state is not None:
+            stack.append((path, node.state))
+
+
+def field(obj: Any, name: str) -> Optional[Any]:
+    """`obj.name` of an Opaque object built from a state dict (dataclasses, plain classes)."""
+    state = obj.state if isinstance(obj, Opaque) else None
+    if isinstance(state, tuple) and state and isinstance(state[0], dict):  # (dict, slots) states
+        state = state[0]
+    return state.get(name) if isinstance(state, dict) else None

@@ -1,0 +1,466 @@
+"""The local kubelet: runs each pod's containers with a runtime and reports them as a kubelet does.
+
+A pod, once its claims are bound: volumes become host directories under ``<data>/pods/<uid>/``
+(emptyDir, Secret and ConfigMap keys as files; PVCs are the binder's directories), then
+
+1. init containers in order; a native sidecar (an init container with ``restartPolicy: Always``)
+   is started and left running (restarted if it exits) and the next one starts;
+2. the regular containers, concurrently; the pod is Running;
+3. when every regular container has exited, the sidecars are stopped (SIGTERM, then SIGKILL after
+   the grace period), in reverse order; their exit codes do not count;
+4. the phase: Succeeded when every regular container exited 0, else Failed (``restartPolicy:
+   Never`` semantics, which is what Jobs of this operator use).
+
+Deleting a running pod terminates it gracefully: SIGTERM to every container, SIGKILL after
+``terminationGracePeriodSeconds`` (default 30). The emulated API deletes a pod at once, so the
+kubelet holds a finalizer (``LOCAL_KUBELET_FINALIZER``) while a pod runs: a deleted running pod
+stays visible with its deletionTimestamp (terminating) until its containers have stopped.
+
+A container's log is its stdout followed by its stderr (a real kubelet interleaves them; keeping
+stdout whole keeps a one-line JSON result of the agent parseable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime
+import logging
+import re
+import signal
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from checkpoint_operator.local.podview import Mount, normalise_mount_path, remove_tree
+from checkpoint_operator.local.runtime import (
+    ContainerProcess, ContainerRun, ProcessRuntime, Security, StartError, expand_variables, host_command_for,
+)
+from checkpoint_operator.local.server import ApiClient, ApiError
+
+logger = logging.getLogger(__name__)
+
+ContainerRunner = Callable[..., Awaitable["int | None"]]
+
+LOCAL_KUBELET_FINALIZER = "local.ckpt.dev/kubelet"
+TERMINAL_PHASES = ("Succeeded", "Failed")
+DEFAULT_GRACE_SECONDS = 30
+SIDECAR_RESTART_DELAYS = (0.1, 1.0, 5.0)
+READ_ONLY_VOLUME_KINDS = ("secret", "configMap", "downwardAPI", "projected")
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def meta(obj: Mapping[str, Any]) -> dict[str, Any]:
+    return obj.get("metadata", {})
+
+
+def pod_phase(pod: Mapping[str, Any]) -> str:
+    return pod.get("status", {}).get("phase") or "Pending"
+
+
+def is_sidecar(container: Mapping[str, Any]) -> bool:
+    return container.get("restartPolicy") == "Always"
+
+
+def grace_seconds(pod: Mapping[str, Any]) -> float:
+    value = meta(pod).get("deletionGracePeriodSeconds")
+    if value is None:
+        value = pod.get("spec", {}).get("terminationGracePeriodSeconds")
+    return float(DEFAULT_GRACE_SECONDS if value is None else value)
+
+
+def claim_names_of_pod(pod: Mapping[str, Any]) -> list[str]:
+    return [volume["persistentVolumeClaim"]["claimName"] for volume in pod.get("spec", {}).get("volumes") or []
+            if volume.get("persistentVolumeClaim")]
+
+
+def pod_field(pod: Mapping[str, Any], path: str) -> str:
+    """The value of a ``fieldRef.fieldPath``: metadata.name, metadata.labels['x'], status.podIP, ..."""
+    match = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", path)
+    if match:
+        return (meta(pod).get(match[1]) or {}).get(match[2], "")
+    if path in ("status.podIP", "status.hostIP"):
+        return "127.0.0.1"
+    if path == "spec.nodeName":
+        return "local"
+    value: Any = pod
+    for part in path.split("."):
+        value = value.get(part, "") if isinstance(value, Mapping) else ""
+    return str(value)
+
+
+def decoded_data(obj: Mapping[str, Any]) -> dict[str, bytes]:
+    """The keys of a Secret (base64 ``data`` and ``stringData``) or a ConfigMap, as bytes."""
+    if obj.get("kind") == "Secret":
+        values = {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
+    else:
+        values = {k: v.encode() for k, v in (obj.get("data") or {}).items()}
+    values.update({k: v.encode() for k, v in (obj.get("stringData") or {}).items()})
+    return values
+
+
+def terminated_status(container: Mapping[str, Any], exit_code: int, started: str, restarts: int = 0) -> dict:
+    reason = "Completed" if exit_code == 0 else "Error"
+    return {"name": container["name"], "image": container.get("image", ""), "ready": False,
+            "restartCount": restarts, "started": False, "state": {"terminated": {
+                "exitCode": exit_code, "reason": reason, "startedAt": started, "finishedAt": now_rfc3339()}}}
+
+
+def running_status(container: Mapping[str, Any], restarts: int = 0) -> dict[str, Any]:
+    return {"name": container["name"], "image": container.get("image", ""), "ready": True,
+            "restartCount": restarts, "started": True, "state": {"running": {"startedAt": now_rfc3339()}}}
+
+
+def waiting_status(container: Mapping[str, Any], reason: str, message: str = "") -> dict[str, Any]:
+    state: dict[str, Any] = {"reason": reason}
+    if message:
+        state["message"] = message
+    return {"name": container["name"], "image": container.get("image", ""), "ready": False,
+            "restartCount": 0, "started": False, "state": {"waiting": state}}
+
+
+class PodWorker:
+    """Runs one pod from start to a terminal phase, or terminates it when asked."""
+
+    def __init__(self, kubelet: "Kubelet", pod: dict) -> None:
+        self.kubelet = kubelet
+        self.pod = pod
+        self.pod_dir = kubelet.pods_dir / meta(pod)["uid"]
+        self.volumes: dict[str, Path] = {}
+        self.read_only_volumes: set[str] = set()
+        self.processes: dict[str, ContainerProcess] = {}
+        self.terminating = False  # the pod was deleted
+        self.sidecars_stopping = False  # the regular containers are done
+        self.init_statuses: list[dict] = []
+        self.task = asyncio.create_task(self._run(), name=f"pod {meta(pod)['name']}")
+
+    @property
+    def api(self) -> ApiClient:
+        return self.kubelet.api
+
+    def terminate(self, grace: float) -> None:
+        """SIGTERM to every container now, SIGKILL after ``grace`` seconds; start nothing new."""
+        if self.terminating:
+            return
+        self.terminating = True
+        for process in list(self.processes.values()):
+            process.send_signal(signal.SIGTERM)
+        asyncio.get_running_loop().call_later(grace, self._kill_all)
+
+    def _kill_all(self) -> None:
+        for process in list(self.processes.values()):
+            process.send_signal(signal.SIGKILL)
+
+    async def _run(self) -> None:
+        try:
+            await self._add_finalizer()
+            await self._prepare_volumes()
+            spec = self.pod.get("spec", {})
+            start = {"startTime": now_rfc3339(), "hostIP": "127.0.0.1", "podIP": "127.0.0.1"}
+            init_containers = spec.get("initContainers") or []
+            if init_containers:
+                await self._patch_status({"phase": "Pending", **start})
+            sidecars: list[asyncio.Task] = []
+            for container in init_containers:
+                if self.terminating:
+                    break
+                if is_sidecar(container):
+                    sidecars.append(await self._start_sidecar(container))
+                    continue
+                status = await self._run_to_end(container)
+                self.init_statuses.append(status)
+                if status["state"].get("terminated", {}).get("exitCode") != 0:
+                    await self._stop_sidecars(sidecars)
+                    await self._finish("Failed", init=True, failed_start=status)
+                    return
+            containers = spec.get("containers") or []
+            if self.terminating:
+                await self._stop_sidecars(sidecars)
+                await self._finish("Failed", statuses=[waiting_status(c, "PodInitializing") for c in containers])
+                return
+            await self._patch_status({"phase": "Running", **start, "initContainerStatuses": self._init_report(),
+                                      "containerStatuses": [running_status(c) for c in containers]})
+            statuses = await asyncio.gather(*(self._run_to_end(c) for c in containers))
+            await self._stop_sidecars(sidecars)
+            succeeded = all(s["state"].get("terminated", {}).get("exitCode") == 0 for s in statuses)
+            await self._finish("Succeeded" if succeeded else "Failed", statuses=list(statuses))
+        except asyncio.CancelledError:
+            self._kill_all()
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure of the harness fails the pod, visibly
+            logger.exception("local kubelet: pod %s failed to run", meta(self.pod)["name"])
+            self._kill_all()
+            with contextlib.suppress(Exception):
+                await self._patch_status({"phase": "Failed", "reason": "KubeletError", "message": str(exc)})
+                await self._remove_finalizer()
+
+    def _init_report(self) -> list[dict] | None:
+        return list(self.init_statuses) or None
+
+    async def _finish(self, phase: str, *, statuses: list[dict] | None = None, init: bool = False,
+                      failed_start: dict | None = None) -> None:
+        status: dict[str, Any] = {"phase": phase, "initContainerStatuses": self._init_report()}
+        if statuses is not None:
+            status["containerStatuses"] = statuses
+        waiting = [s for s in [*(statuses or []), *([failed_start] if failed_start else [])]
+                   if s["state"].get("waiting")]
+        if waiting:  # a container that could not even be created: say why on the pod
+            status["reason"] = waiting[0]["state"]["waiting"]["reason"]
+            status["message"] = waiting[0]["state"]["waiting"].get("message", "")
+        elif self.terminating:
+            status["reason"], status["message"] = "Terminated", "the pod was deleted"
+        await self._patch_status(status)
+        await self._remove_finalizer()
+
+    # -- containers -------------------------------------------------------------------------------
+
+    async def _run_to_end(self, container: dict, restarts: int = 0) -> dict[str, Any]:
+        """Run one container to its end; its status (terminated, or waiting when it could not start)."""
+        if self.terminating:
+            return waiting_status(container, "PodInitializing")
+        run = await self._container_run(container)
+        started = now_rfc3339()
+        runner = self.kubelet.container_runner
+        if runner is not None:
+            command = await host_command_for(run, self.kubelet.workdir)
+            mounts = {m.path: str(m.source) for m in run.mounts}
+            exit_code = await runner(self.pod, container, command.env, mounts)
+            if exit_code is not None:
+                return terminated_status(container, exit_code, started, restarts)
+        try:
+            process = await self.kubelet.runtime.start(run)
+        except StartError as exc:
+            await self._write_log(container, f"local kubelet: {exc.message}\n")
+            return waiting_status(container, exc.reason, exc.message)
+        self.processes[container["name"]] = process
+        if self.terminating:  # deleted while it was being created
+            process.send_signal(signal.SIGTERM)
+        try:
+            exit_code, log = await process.wait()
+        finally:
+            self.processes.pop(container["name"], None)
+        await self._write_log(container, log)
+        return terminated_status(container, exit_code, started, restarts)
+
+    async def _start_sidecar(self, container: dict) -> asyncio.Task:
+        """Start a native sidecar and keep it running (restarted with a backoff) until stopped."""
+        index = len(self.init_statuses)
+        self.init_statuses.append(running_status(container))
+
+        async def keep_running() -> None:
+            restarts = 0
+            while not (self.terminating or self.sidecars_stopping):
+                status = await self._run_to_end(container, restarts)
+                self.init_statuses[index] = status
+                if self.terminating or self.sidecars_stopping or status["state"].get("waiting"):
+                    return
+                await asyncio.sleep(SIDECAR_RESTART_DELAYS[min(restarts, len(SIDECAR_RESTART_DELAYS) - 1)])
+                restarts += 1
+                self.init_statuses[index] = running_status(container, restarts)
+
+        task = asyncio.create_task(keep_running(), name=f"sidecar {container['name']}")
+        await asyncio.sleep(0)  # let it be created before the next container starts
+        return task
+
+    async def _stop_sidecars(self, sidecars: list[asyncio.Task]) -> None:
+        if not sidecars:
+            return
+        self.sidecars_stopping = True  # nothing restarts from here
+        specs = [c for c in self.pod.get("spec", {}).get("initContainers") or [] if is_sidecar(c)]
+        for container in reversed(specs):  # the last started stops first
+            if container["name"] in self.processes:
+                self.processes[container["name"]].send_signal(signal.SIGTERM)
+        kill = asyncio.get_running_loop().call_later(grace_seconds(self.pod), self._kill_all)
+        await asyncio.gather(*sidecars, return_exceptions=True)
+        kill.cancel()
+
+    async def _container_run(self, container: dict) -> ContainerRun:
+        env = await self._container_env(container)
+        argv = [*(container.get("command") or []), *(container.get("args") or [])]
+        mounts = []
+        for mount in container.get("volumeMounts") or []:
+            source = self.volumes[mount["name"]]
+            if mount.get("subPath"):
+                source = source / mount["subPath"]
+                if not source.exists():
+                    source.mkdir(parents=True)  # as the kubelet does for a missing subPath
+            read_only = bool(mount.get("readOnly")) or mount["name"] in self.read_only_volumes
+            mounts.append(Mount(normalise_mount_path(mount["mountPath"]), source, read_only))
+        return ContainerRun(pod=self.pod, container=container, argv=argv, env=env, mounts=mounts,
+                            pod_dir=self.pod_dir, security=Security.of(self.pod, container))
+
+    # -- volumes and env --------------------------------------------------------------------------
+
+    async def _prepare_volumes(self) -> None:
+        namespace = meta(self.pod)["namespace"]
+        for volume in self.pod.get("spec", {}).get("volumes") or []:
+            name = volume["name"]
+            if volume.get("persistentVolumeClaim"):
+                claim = volume["persistentVolumeClaim"]["claimName"]
+                self.volumes[name] = self.kubelet.claim_dir(namespace, claim)
+                if volume["persistentVolumeClaim"].get("readOnly"):
+                    self.read_only_volumes.add(name)
+            elif volume.get("hostPath"):
+                self.volumes[name] = Path(volume["hostPath"]["path"])
+            else:
+                directory = self.pod_dir / "volumes" / name
+                directory.mkdir(parents=True, exist_ok=True)
+                directory.chmod(0o777)  # as a kubelet makes an emptyDir: any container user may write
+                self.volumes[name] = directory
+                if any(volume.get(kind) for kind in READ_ONLY_VOLUME_KINDS):
+                    self.read_only_volumes.add(name)
+                if volume.get("secret"):
+                    await self._write_keys(directory, "v1/secrets", namespace, volume["secret"].get("secretName"))
+                elif volume.get("configMap"):
+                    await self._write_keys(directory, "v1/configmaps", namespace, volume["configMap"].get("name"))
+
+    async def _write_keys(self, directory: Path, resource: str, namespace: str, name: str | None) -> None:
+        obj = await self.api.get(resource, namespace, name) if name else None
+        for key, value in decoded_data(obj or {}).items():
+            (directory / key).write_bytes(value)
+
+    async def _container_env(self, container: dict) -> dict[str, str]:
+        env = {"HOSTNAME": meta(self.pod)["name"]}
+        namespace = meta(self.pod)["namespace"]
+        for source in container.get("envFrom") or []:
+            ref = source.get("secretRef") or source.get("configMapRef") or {}
+            resource = "v1/secrets" if source.get("secretRef") else "v1/configmaps"
+            obj = await self.api.get(resource, namespace, ref.get("name")) or {}
+            env.update({source.get("prefix", "") + k: v.decode() for k, v in decoded_data(obj).items()})
+        for var in container.get("env") or []:
+            value = await self._env_value(var)
+            if value is not None:
+                env[var["name"]] = expand_variables(value, env)
+        return env
+
+    async def _env_value(self, var: Mapping[str, Any]) -> str | None:
+        if "valueFrom" not in var:
+            return var.get("value", "")
+        source = var["valueFrom"]
+        if "fieldRef" in source:
+            return pod_field(self.pod, source["fieldRef"]["fieldPath"])
+        for ref_name, resource in (("secretKeyRef", "v1/secrets"), ("configMapKeyRef", "v1/configmaps")):
+            if ref_name in source:
+                ref = source[ref_name]
+                obj = await self.api.get(resource, meta(self.pod)["namespace"], ref["name"]) or {}
+                value = decoded_data(obj).get(ref["key"])
+                if value is None and not ref.get("optional"):
+                    raise RuntimeError(f"{resource} {ref['name']!r} has no key {ref['key']!r}")
+                return value.decode() if value is not None else None
+        return None
+
+    # -- API --------------------------------------------------------------------------------------
+
+    async def _write_log(self, container: dict, log: str) -> None:
+        with contextlib.suppress(ApiError):
+            await self.api.write_log(meta(self.pod)["namespace"], meta(self.pod)["name"], container["name"], log)
+
+    async def _patch_status(self, status: dict) -> None:
+        with contextlib.suppress(ApiError):  # a deleted pod has no status to report
+            self.kubelet.observe(await self.api.patch(
+                "v1/pods", meta(self.pod)["namespace"], meta(self.pod)["name"], {"status": status},
+                subresource="status"))
+
+    async def _add_finalizer(self) -> None:
+        finalizers = meta(self.pod).get("finalizers") or []
+        if LOCAL_KUBELET_FINALIZER not in finalizers:
+            self.kubelet.observe(await self.api.patch("v1/pods", meta(self.pod)["namespace"], meta(self.pod)["name"], [
+                {"op": "test", "path": "/metadata/uid", "value": meta(self.pod)["uid"]},
+                {"op": "add", "path": "/metadata/finalizers", "value": [*finalizers, LOCAL_KUBELET_FINALIZER]}]))
+
+    async def _remove_finalizer(self) -> None:
+        await self.kubelet.remove_finalizer(meta(self.pod)["namespace"], meta(self.pod)["name"], meta(self.pod)["uid"])
+
+
+class Kubelet:
+    """Starts a worker per pod it sees pending, terminates deleted ones, cleans up after them."""
+
+    def __init__(self, api: ApiClient, data_dir: Path, claim_dir: Callable[[str, str], Path | None],
+                 observe: Callable[[dict], None], *, runtime: Any = None,
+                 container_runner: ContainerRunner | None = None, workdir: Path | None = None) -> None:
+        self.api = api
+        self.pods_dir = data_dir / "pods"
+        self.claim_dir = claim_dir
+        self.observe = observe  # hands the API's answers to the pod cache
+        self.runtime = runtime if runtime is not None else ProcessRuntime(workdir)
+        self.container_runner = container_runner
+        self.workdir = workdir  # of host processes without workingDir (default: the pod's own directory)
+        self.workers: dict[str, PodWorker] = {}  # pod uid -> worker
+        self._finished: set[str] = set()  # uids whose worker ended: never started again
+
+    def reconcile(self, pod: dict | None, uid: str, *, adopt: bool = False) -> Awaitable[None] | None:
+        """Act on the current state of one pod (None: it is gone from the API)."""
+        worker = self.workers.get(uid)
+        if pod is None:
+            self.workers.pop(uid, None)
+            self._finished.discard(uid)
+            if worker is not None:
+                worker.task.cancel()  # gone without a graceful deletion: stop at once
+                worker.task.add_done_callback(lambda _: remove_tree(self.pods_dir / uid))
+            else:
+                remove_tree(self.pods_dir / uid)
+            return None
+        if worker is not None and worker.task.done():
+            del self.workers[uid]
+            self._finished.add(uid)
+            worker = None
+        if meta(pod).get("deletionTimestamp"):
+            if worker is not None:
+                worker.terminate(grace_seconds(pod))
+            elif LOCAL_KUBELET_FINALIZER in (meta(pod).get("finalizers") or []):
+                return self.remove_finalizer(meta(pod)["namespace"], meta(pod)["name"], uid)
+            return None
+        if worker is not None or uid in self._finished or pod_phase(pod) in TERMINAL_PHASES:
+            return None
+        if pod.get("status", {}).get("startTime") or LOCAL_KUBELET_FINALIZER in (meta(pod).get("finalizers") or []):
+            if adopt:  # started by an earlier kubelet (an earlier local run): its processes are gone
+                return self._node_lost(pod)
+            return None
+        if all(self.claim_dir(meta(pod)["namespace"], claim) for claim in claim_names_of_pod(pod)):
+            self.workers[uid] = PodWorker(self, pod)
+            self.workers[uid].task.add_done_callback(lambda _: self._finished.add(uid))
+        return None
+
+    async def _node_lost(self, pod: dict) -> None:
+        self._finished.add(meta(pod)["uid"])
+        with contextlib.suppress(ApiError):
+            self.observe(await self.api.patch("v1/pods", meta(pod)["namespace"], meta(pod)["name"], {"status": {
+                "phase": "Failed", "reason": "NodeLost", "message": "the local kubelet restarted while the pod ran"}},
+                subresource="status"))
+        await self.remove_finalizer(meta(pod)["namespace"], meta(pod)["name"], meta(pod)["uid"])
+
+    async def remove_finalizer(self, namespace: str, name: str, uid: str) -> None:
+        """Drop the kubelet's finalizer (a deleted pod is then removed by the API)."""
+        for _ in range(5):
+            pod = await self.api.get("v1/pods", namespace, name)
+            if pod is None or meta(pod)["uid"] != uid:
+                return
+            finalizers = meta(pod).get("finalizers") or []
+            if LOCAL_KUBELET_FINALIZER not in finalizers:
+                return
+            try:
+                answer = await self.api.patch("v1/pods", namespace, name, [
+                    {"op": "test", "path": "/metadata/resourceVersion", "value": meta(pod)["resourceVersion"]},
+                    {"op": "replace", "path": "/metadata/finalizers",
+                     "value": [f for f in finalizers if f != LOCAL_KUBELET_FINALIZER]}])
+                if answer and answer.get("metadata", {}).get("name"):
+                    self.observe(answer)
+                return
+            except ApiError as exc:
+                if exc.status == 404:
+                    return
+                if exc.status not in (409, 422):
+                    raise
+
+    async def stop(self) -> None:
+        for worker in self.workers.values():
+            worker.task.cancel()
+        await asyncio.gather(*(w.task for w in self.workers.values()), return_exceptions=True)
+        self.workers.clear()
+        close = getattr(self.runtime, "close", None)
+        if close is not None:
+            await close()

@@ -1,0 +1,151 @@
+"""The tree a container would see, laid out on the host for the process runtime.
+
+Each container of a pod gets a view directory in which every volumeMount's mountPath exists as in
+the container: ``<view>/output-checkpoint`` is the output volume, ``<view>/input-checkpoint/<name>``
+holds exactly that input's files (a directory subPath, or one entry per single-file subPath mount),
+and nothing else is there. Container paths in env values, arguments and workingDir are rewritten
+into the view (``/input-checkpoint/x`` -> ``<view>/input-checkpoint/x``), so training code sees the
+same names, the same parents and the same listings as in a pod.
+
+- read-write mounts are symlinks to the volume (writes land in the volume, as in a pod);
+- read-only mounts are private copies (reflinked where the filesystem can, else copied), with
+  the write bits removed. A non-root process gets EACCES when it writes into an input. Root
+  ignores permission bits: its write succeeds, but only changes the pod's copy; the Checkpoint's
+  bytes are never reachable for writing through the view. The container runtimes enforce
+  read-only mounts for real (EROFS).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import posixpath
+import shutil
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+FICLONE = 0x40049409  # ioctl: share the data blocks (btrfs, xfs, bcachefs); copy-on-write
+NOT_WRITABLE = ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One volumeMount, resolved: ``path`` in the container, ``source`` on the host."""
+
+    path: str
+    source: Path
+    read_only: bool
+
+
+def normalise_mount_path(path: str) -> str:
+    return posixpath.normpath("/" + path.strip().lstrip("/"))
+
+
+def clone_or_copy(source: str, target: str) -> None:
+    """A reflink of ``source`` where the filesystem supports it, else a copy (kernel-side)."""
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        try:
+            fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS):
+                raise
+            _copy_range(src.fileno(), dst.fileno())
+    shutil.copystat(source, target)
+
+
+def _copy_range(src: int, dst: int) -> None:
+    size = os.fstat(src).st_size
+    offset = 0
+    while offset < size:
+        sent = os.sendfile(dst, src, offset, size - offset)
+        if sent == 0:
+            break
+        offset += sent
+
+
+def read_only_copy(source: Path, target: Path) -> None:
+    """Copy a file or a tree (symlinks kept as links), then remove every write bit."""
+    if source.is_dir():
+        shutil.copytree(source, target, symlinks=True, copy_function=clone_or_copy)
+        for directory, _dirs, files in os.walk(target, topdown=False):
+            for name in files:
+                path = os.path.join(directory, name)
+                if not os.path.islink(path):
+                    os.chmod(path, os.stat(path).st_mode & NOT_WRITABLE)
+            os.chmod(directory, os.stat(directory).st_mode & NOT_WRITABLE)
+    else:
+        clone_or_copy(str(source), str(target))
+        os.chmod(target, os.stat(target).st_mode & NOT_WRITABLE)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a view (or any tree), read-only directories included."""
+    def make_writable_and_retry(function, failed_path, _exc_info) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(failed_path), 0o700)
+            if os.path.isdir(failed_path) and not os.path.islink(failed_path):
+                os.chmod(failed_path, 0o700)
+        with contextlib.suppress(FileNotFoundError):
+            function(failed_path)
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path, onerror=make_writable_and_retry)
+
+
+class ViewError(RuntimeError):
+    pass
+
+
+class PodView:
+    """A container's mounts laid out under ``root`` (see the module's docstring)."""
+
+    def __init__(self, root: Path, mounts: Iterable[Mount]) -> None:
+        self.root = root
+        self.mounts = sorted(mounts, key=lambda m: (m.path.count("/"), m.path))
+
+    def host_path(self, container_path: str) -> Path:
+        return self.root / normalise_mount_path(container_path).lstrip("/")
+
+    def materialise(self) -> None:
+        """Lay the mounts out (again: an earlier container's leftovers are replaced)."""
+        if self.root.exists():
+            remove_tree(self.root)
+        self.root.mkdir(parents=True)
+        for mount in self.mounts:
+            target = self.host_path(mount.path)
+            self._check_not_inside_a_volume(mount, target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists() or target.is_symlink():
+                remove_tree(target)  # a single-file mount replaces a directory made for its parent
+            if mount.read_only:
+                read_only_copy(mount.source, target)
+            else:
+                target.symlink_to(mount.source, target_is_directory=mount.source.is_dir())
+
+    def _check_not_inside_a_volume(self, mount: Mount, target: Path) -> None:
+        """A mount nested in a read-write volume's mountPath would have to be created inside that
+        volume (a container runtime makes the mount point there); the process runtime refuses."""
+        for parent in target.relative_to(self.root).parents:
+            if parent != Path(".") and (self.root / parent).is_symlink():
+                raise ViewError(f"volumeMount {mount.path!r} is inside the read-write mount /{parent}: "
+                                "the process runtime cannot nest mounts in a volume (use --runtime podman)")
+
+    def translate(self, value: str) -> str:
+        """A container path at or under a mountPath, or a parent directory of one (``/input-checkpoint``),
+        becomes its place in the view; ``--flag=/path`` is translated after the ``=`` too."""
+        if "=" in value and not value.startswith("/"):
+            prefix, _, rest = value.partition("=")
+            return f"{prefix}={self.translate(rest)}" if rest.startswith("/") else value
+        if not value.startswith("/") or value == "/":
+            return value
+        path = normalise_mount_path(value)
+        for mount in self.mounts:
+            if path == mount.path or path.startswith(mount.path + "/") or mount.path.startswith(path + "/"):
+                return str(self.root) + path
+        return value
+
