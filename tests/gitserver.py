@@ -93,6 +93,7 @@ class GitHttp:
     lfs_store: Path
     port: int = 0
     login: Optional[tuple[str, str]] = None
+    pack_delay: float = 0.0  # seconds the server waits before answering a fetch (a slow server)
     requests: list = field(default_factory=list)
     server: Optional[http.server.ThreadingHTTPServer] = None
 
@@ -159,6 +160,8 @@ class _Front(http.server.BaseHTTPRequestHandler):
                    {"Content-Type": "application/vnd.git-lfs+json"})
 
     def _cgi(self, path: str, query: str, body: bytes) -> None:
+        if path.endswith("/git-upload-pack") and self.state.pack_delay:
+            time.sleep(self.state.pack_delay)
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("GIT_")}, **GIT_ENV,
                "GIT_PROJECT_ROOT": str(self.state.root), "GIT_HTTP_EXPORT_ALL": "1", "PATH_INFO": path,
                "QUERY_STRING": query, "REQUEST_METHOD": self.command, "REMOTE_ADDR": "127.0.0.1",

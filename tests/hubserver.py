@@ -152,6 +152,7 @@ class MiniHub:
     requests: list = field(default_factory=list)  # (role, method, path, Authorization header)
     tamper: dict = field(default_factory=dict)  # path -> bytes served instead
     redirect_api: bool = False  # send the API calls to the CDN origin (a token must not follow)
+    slow: float = 0.0  # seconds between 16 KiB pieces of a file's body (a slow link)
     servers: list = field(default_factory=list)
 
     @property
@@ -192,8 +193,15 @@ class _MiniHandler(http.server.BaseHTTPRequestHandler):
             self.send_header(key, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if not head:
+        if head:
+            return
+        if not self.hub.slow or len(body) < 65536:
             self.wfile.write(body)
+            return
+        for at in range(0, len(body), 16384):
+            self.wfile.write(body[at:at + 16384])
+            self.wfile.flush()
+            time.sleep(self.hub.slow)
 
     def _json(self, status: int, payload, headers: Optional[dict] = None, head: bool = False) -> None:
         self._send(status, json.dumps(payload).encode(), {"Content-Type": "application/json", **(headers or {})}, head)

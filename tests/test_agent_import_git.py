@@ -180,3 +180,32 @@ def test_bad_uris(tmp_path, uri, words):
     run = run_agent("import", uri, str(tmp_path / "ckpt"))
     assert words in run.error
     assert "token" not in run.error.replace("credentials", "")  # never echoed back
+
+
+def test_sigterm_during_the_fetch_stops_git_and_leaves_nothing(git_http, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+    git_http.add_repo("slow", tiny_model())
+    git_http.pack_delay = 30  # the server takes its time: the fetch is under way when SIGTERM comes
+    out = tmp_path / "out"
+    out.mkdir()
+    dest = out / "ckpt"
+    proc = subprocess.Popen([sys.executable, "-m", "checkpoint_operator", "agent", "import",
+                             f"git+{git_http.url('slow')}", str(dest)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 60
+    while not any(path.endswith("/git-upload-pack") for _, path, _ in git_http.requests):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    gits = [p for p in psutil.Process(proc.pid).children(recursive=True)]
+    assert gits  # git (and its remote helper) run under the agent
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert nothing_left(dest) and list(out.iterdir()) == []
+    psutil.wait_procs(gits, timeout=10)
+    assert not [p for p in gits if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]

@@ -195,3 +195,28 @@ def test_unreachable_endpoint(tmp_path):
     run = agent_import("hf://org/model", tmp_path / "ckpt", "--endpoint-url",
                        f"http://127.0.0.1:{free_port()}")
     assert "cannot reach the Hub at http://127.0.0.1:" in run.error
+
+
+def test_sigterm_mid_transfer_leaves_nothing(mini_hub, tmp_path):
+    import signal
+    import time
+    files = {**tiny_model(), "model.safetensors": os.urandom(4 * 1024 * 1024)}
+    mini_hub.add_repo("org/slow", files, lfs=("model.safetensors",))
+    mini_hub.slow = 0.05  # 4 MiB in 16 KiB pieces: about 13 s
+    out = tmp_path / "out"
+    out.mkdir()
+    dest = out / "ckpt"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    proc = subprocess.Popen([sys.executable, "-m", "checkpoint_operator", "agent", "import", "hf://org/slow", str(dest),
+                             "--endpoint-url", mini_hub.endpoint], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**env, "HF_HOME": str(tmp_path / "hf-home")})
+    deadline = time.monotonic() + 60
+    while not any(p.stat().st_size for p in out.rglob("model.safetensors")):  # bytes are moving
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "interrupted; nothing was left in" in err and "Traceback" not in err
+    assert "done 4.0 MiB" not in err  # stopped mid-transfer, not after it
+    assert nothing_left(dest) and list(out.iterdir()) == []

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 from checkpoint_operator.agent.errors import AgentError
@@ -25,7 +24,7 @@ from checkpoint_operator.agent.names import printable
 from checkpoint_operator.agent.progress import Progress
 from checkpoint_operator.agent.sources.base import (
     Cancelled, Fetched, Limits, Options, Source, check_count, check_listing, copy_stream, file_name, over_limit,
-    target_path,
+    run_parallel, target_path,
 )
 
 PARALLEL_BLOBS = 4
@@ -147,23 +146,12 @@ class AzureBlobSource(Source):
                 try:
                     self._download(container, self.path + rel, size, etag, target_path(tree, rel), label, progress,
                                    failed)
-                except Cancelled:
+                except (Cancelled, AgentError):
                     raise
                 except Exception as exc:  # noqa: BLE001
-                    failed.set()
                     raise self._describe(exc, label) from None
 
-            with ThreadPoolExecutor(PARALLEL_BLOBS) as pool:
-                errors = []
-                for fut in [pool.submit(one, b) for b in blobs]:
-                    try:
-                        fut.result()
-                    except Cancelled:
-                        pass
-                    except BaseException as exc:  # noqa: BLE001
-                        errors.append(exc)
-                if errors:
-                    raise errors[0]
+            run_parallel(one, blobs, PARALLEL_BLOBS, failed)
 
     @staticmethod
     def _download(container, name: str, size: int, etag: str, target: str, label: str, progress,

@@ -105,7 +105,35 @@ def target_path(tree: str, rel: str) -> str:
 
 
 class Cancelled(Exception):
-    """Another transfer of the same import failed: this one stops."""
+    """Another transfer of the same import failed (or the import was stopped): this one stops."""
+
+
+def run_parallel(fn: Callable, items: list, workers: int, stop: threading.Event) -> None:
+    """`fn(item)` for every item on `workers` threads; the first failure is raised once the
+    others have stopped (`stop` is set: each transfer checks it between chunks). The main
+    thread waits in short slices, so a SIGTERM delivered to a worker thread is acted on at
+    once (Python runs signal handlers in the main thread only, when it next runs)."""
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+    def guarded(item) -> None:
+        try:
+            fn(item)
+        except BaseException:
+            stop.set()
+            raise
+
+    with ThreadPoolExecutor(max(1, min(workers, len(items)))) as pool:
+        try:
+            pending = {pool.submit(guarded, item) for item in items}
+            failures: list[BaseException] = []
+            while pending and not failures:
+                done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+                failures += [f.exception() for f in done if f.exception() and not isinstance(f.exception(), Cancelled)]
+            if failures:
+                raise failures[0]
+        except BaseException:  # a failure, or SIGTERM: the other transfers stop at their next chunk
+            stop.set()
+            raise
 
 
 def copy_stream(read: Callable[[int], bytes], target: str, *, label: str, expected: Optional[int], limit: int,

@@ -26,14 +26,13 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.names import printable
 from checkpoint_operator.agent.progress import Progress
 from checkpoint_operator.agent.sources.base import (
-    Cancelled, Fetched, Limits, Options, Source, check_count, check_listing, copy_stream, git_blob_hasher, target_path,
+    Fetched, Limits, Options, Source, check_count, check_listing, copy_stream, git_blob_hasher, run_parallel, target_path,
 )
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -169,7 +168,8 @@ class HuggingFaceSource(Source):
                     served = resp.headers.get("X-Repo-Commit")
                     if served and served != commit:
                         raise AgentError(f"{label}: served from commit {served}, not {commit}; refused")
-                    copy_stream(resp.read, target_path(tree, f.path), label=label, expected=f.size,
+                    # read1: what has arrived (at most a chunk), so progress and a stop are seen as bytes move
+                    copy_stream(resp.read1, target_path(tree, f.path), label=label, expected=f.size,
                                 limit=limits.max_size, progress=progress, hasher=hasher, cancelled=failed)
             except urllib.error.HTTPError as exc:
                 raise AgentError(f"{label}: HTTP {exc.code} {exc.reason}") from None
@@ -186,26 +186,8 @@ class HuggingFaceSource(Source):
                 raise AgentError(f"{label}: the bytes served do not match the commit ({kind} {hasher.hexdigest()}, "
                                  f"the repository lists {expected_hash}); refused")
 
-        def guarded(f) -> None:
-            try:
-                one(f)
-            except BaseException:
-                failed.set()
-                raise
-
         with Progress("import", total) as progress:
-            with ThreadPoolExecutor(min(PARALLEL_FILES, len(files))) as pool:
-                futures = [pool.submit(guarded, f) for f in files]
-                errors = []
-                for fut in futures:
-                    try:
-                        fut.result()
-                    except Cancelled:
-                        pass
-                    except BaseException as exc:  # noqa: BLE001 - the first real failure is raised
-                        errors.append(exc)
-                if errors:
-                    raise errors[0]
+            run_parallel(one, files, PARALLEL_FILES, failed)
         return Fetched(provenance={"uri": self.uri, "revision": self.revision, "resolvedRevision": commit})
 
 
