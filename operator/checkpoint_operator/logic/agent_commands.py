@@ -23,9 +23,10 @@ def snapshot(directory: str, upload_to: str, *, layout: Layout = "auto", single:
             "--upload-to", upload_to]
 
 
-def download(uri: str, directory: str, *, digest: Optional[str] = None) -> list[str]:
-    """Download and verify a checkpoint; with `digest`, a manifest with another digest is refused."""
-    return [*AGENT, "download", uri, directory, *(["--digest", digest] if digest else [])]
+def download(uri: str, directory: str, *, digest: str) -> list[str]:
+    """Download and verify a checkpoint pinned to `digest`: a manifest with another digest (the
+    prefix was rewritten after the Checkpoint became Ready) is refused before a byte moves."""
+    return [*AGENT, "download", uri, directory, "--digest", digest]
 
 
 def import_(source: str, dest: str, *, max_size: Optional[int] = None, max_files: Optional[int] = None,

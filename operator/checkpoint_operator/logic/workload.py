@@ -254,7 +254,8 @@ def build_import_claim(checkpoint: Checkpoint, config: OperatorConfig) -> dict:
 
 
 def source_env(checkpoint: Checkpoint) -> list[dict]:
-    """Credentials and endpoint of the source (its own Secret; an s3 source without one uses the store's)."""
+    """Credentials and endpoint of the source: its own Secret (in the Checkpoint's namespace),
+    else none (anonymous, or the pod's cloud identity); never the store's."""
     return import_sources.import_spec(checkpoint).env
 
 

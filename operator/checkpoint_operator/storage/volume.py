@@ -46,7 +46,8 @@ class VolumeStore(Store):
     def snapshot_command(self, tj: TrainingJob, output_dir: str) -> list[str]:
         return agent_commands.scan(output_dir, layout=tj.spec.output.layout)
 
-    def snapshot_location(self, claim: str, manifest: Manifest, layout: str, uploads: dict[str, str]) -> dict:
+    def snapshot_location(self, tj: TrainingJob, claim: str, manifest: Manifest, layout: str,
+                          uploads: dict[str, str]) -> dict:
         """The root files (and, in the `files` layout, each file) share their directory with
         other checkpoints, so only their own files are listed as items (mounted one by one)."""
         if manifest.path == "." or layout == "files":
