@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 
+from checkpoint_operator.agent.sources import git as git_source
 from agentrun import run_agent
 from gitserver import git_daemon, git_http  # noqa: F401  (fixtures)
 from layouts import read_tree, tiny_model
@@ -112,8 +113,11 @@ def test_over_the_size_limit_refused_from_the_tree(git_http, tmp_path):
     assert nothing_left(dest)
 
 
-def test_a_fetch_growing_past_the_limit_is_stopped(git_http, tmp_path):
-    git_http.add_repo("big", {"weights.bin": os.urandom(4 * 1024 * 1024)})
+def test_a_fetch_growing_past_the_limit_is_stopped(git_http, tmp_path, monkeypatch):
+    # The watchdog must see the fetch while it runs: a pack of 32 MiB and a watch every 10 ms
+    # (a 4 MiB fetch could end before the first look, and the tree check then refuses it).
+    monkeypatch.setattr(git_source, "WATCH_INTERVAL", 0.01)
+    git_http.add_repo("big", {"weights.bin": os.urandom(32 * 1024 * 1024)})
     dest = tmp_path / "ckpt"
     run = run_agent("import", f"git+{git_http.url('big')}", str(dest), "--max-size", "100000")
     assert "went past the size limit while fetching" in run.error
