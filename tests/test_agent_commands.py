@@ -37,7 +37,8 @@ def pod_commands() -> list[list[str]]:
         for container in init + containers:
             command = container["command"]
             if command[:2] == ["sh", "-c"]:  # the volume store's import-then-scan script
-                script = command[2].replace('"$0"', shlex.quote(command[3])).replace('"$1"', shlex.quote(command[4]))
+                # $0 is DEST, "$@" the import's arguments (passed to the script, never inside it)
+                script = command[2].replace('"$0"', shlex.quote(command[3])).replace('"$@"', shlex.join(command[4:]))
                 commands += [shlex.split(part) for part in script.split(" && ")]
             else:
                 commands.append(command)

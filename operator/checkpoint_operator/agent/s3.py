@@ -105,6 +105,10 @@ def make_client(endpoint_url: Optional[str] = None, *, max_pool_connections: int
         s3={"payload_signing_enabled": False,
             "addressing_style": "path" if endpoint else "auto"},
     )
+    unsigned = os.environ.get("CKPT_S3_UNSIGNED") == "1"  # anonymous requests (public buckets; gcs.py sets it)
+    if unsigned:
+        from botocore import UNSIGNED
+        config = config.merge(Config(signature_version=UNSIGNED))
 
     with _session_lock:  # sessions are not thread-safe to create clients from
         # botocore's own session, not boto3's: importing boto3 also imports s3transfer, ~40% of
@@ -115,14 +119,15 @@ def make_client(endpoint_url: Optional[str] = None, *, max_pool_connections: int
         gc.disable()
         try:
             session = botocore.session.get_session()
-            creds = _secret_dir_credentials()
+            creds = {} if unsigned else _secret_dir_credentials()
             if creds:
                 session.set_credentials(creds["aws_access_key_id"], creds["aws_secret_access_key"],
                                         creds.get("aws_session_token"))
             region = (region or session.get_config_variable("region") or os.environ.get("CKPT_S3_REGION")
                       or "us-east-1")
             client = session.create_client("s3", endpoint_url=endpoint, region_name=region, config=config)
-            client.ckpt_credentials = session.get_credentials()  # for the fast data path (s3http.py)
+            # for the fast data path (s3http.py); unsigned requests stay with botocore
+            client.ckpt_credentials = None if unsigned else session.get_credentials()
         finally:
             if gc_was_enabled:
                 gc.enable()
@@ -153,7 +158,7 @@ def fast_for_endpoint(endpoint_url: Optional[str] = None):
     CKPT_S3_SECRET_DIR, the ones botocore's chain would take first."""
     from checkpoint_operator.agent.s3http import FastS3, StaticCredentials
     endpoint = resolve_endpoint(endpoint_url)
-    if not endpoint:
+    if not endpoint or os.environ.get("CKPT_S3_UNSIGNED") == "1":
         return None
     creds = _secret_dir_credentials()
     if creds:

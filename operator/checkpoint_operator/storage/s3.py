@@ -25,7 +25,8 @@ from checkpoint_operator.logic import agent_commands
 from checkpoint_operator.logic.agent_pods import (STAGING_MOUNT, STAGING_VOLUME, InputVolumes, agent_container,
                                                   download_container, staging_size_limit)
 from checkpoint_operator.logic.inputs import ResolvedInput
-from checkpoint_operator.logic.workload import import_data_dir, import_origin, source_env
+from checkpoint_operator.logic.import_sources import import_spec
+from checkpoint_operator.logic.workload import import_data_dir
 from checkpoint_operator.storage.base import ForeignLocation, MissingUpload, Store
 
 
@@ -101,14 +102,17 @@ class S3Store(Store):
         """Fetch with the source's credentials (init container), upload with the store's; the
         staging emptyDir is capped at the size limit."""
         meta = checkpoint.metadata
+        source = import_spec(checkpoint)
         data_dir = import_data_dir()
         mount = [{"name": "data", "mountPath": posixpath.dirname(data_dir)}]
-        fetch = agent_container("import", agent_commands.import_(import_origin(checkpoint), data_dir, max_size=max_size),
-                                self.config, mounts=mount, env=source_env(checkpoint))
+        fetch = agent_container("import", agent_commands.import_(source.uri, data_dir, max_size=max_size,
+                                                                 source_args=source.args),
+                                self.config, mounts=mount + source.mounts, env=source.env)
         upload = agent_container("upload", agent_commands.snapshot(
             data_dir, self.prefix_for(meta.namespace, meta.name, meta.uid), single=True),
             self.config, mounts=mount, env=self.agent_env())
-        return [fetch], [upload], [{"name": "data", "emptyDir": {"sizeLimit": staging_size_limit(None, max_size)}}]
+        volumes = [{"name": "data", "emptyDir": {"sizeLimit": staging_size_limit(None, max_size)}}, *source.volumes]
+        return [fetch], [upload], volumes
 
     def import_location(self, checkpoint: Checkpoint, claim: str, uploads: dict[str, str]) -> dict:
         if "." not in uploads:
