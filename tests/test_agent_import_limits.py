@@ -5,7 +5,6 @@ when the size is known and while they move otherwise; memory stays bounded; DEST
 from __future__ import annotations
 
 import os
-import resource
 import signal
 import struct
 import subprocess
@@ -114,13 +113,13 @@ def agent_import(*args: str, timeout: float = 120):
 def agent_import_measured(*args: str, limit_memory: int, workdir: Path):
     """`agent import` under RLIMIT_AS=limit_memory; returns (returncode, stderr, peak RSS in KiB)
     of that one process (os.wait4: not mixed with other children of the test process)."""
-    def preexec() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (limit_memory, limit_memory))
-
+    # The limit is set by a small launcher that then execs the agent, not by preexec_fn: a forked
+    # child counts the test process's own pages (hundreds of MB in a full run) in its peak RSS.
+    launcher = ("import os, resource, sys; resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]),) * 2); "
+                "os.execv(sys.executable, [sys.executable, '-m', 'checkpoint_operator', 'agent', 'import', *sys.argv[2:]])")
     err_path = workdir / "stderr.txt"
     with open(err_path, "w") as err, open(os.devnull, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "checkpoint_operator", "agent", "import", *args],
-                                stdout=out, stderr=err, preexec_fn=preexec)
+        proc = subprocess.Popen([sys.executable, "-c", launcher, str(limit_memory), *args], stdout=out, stderr=err)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     return proc.returncode, err_path.read_text(), usage.ru_maxrss

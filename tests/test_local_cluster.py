@@ -349,7 +349,7 @@ async def test_sidecar_that_exits_is_restarted(api: ApiClient, cluster: LocalClu
         "volumes": volumes,
         "initContainers": [python_container("agent", count, args=["/marks"], restartPolicy="Always", volumeMounts=mounts)],
         "containers": [python_container("main", wait, args=["/marks"], volumeMounts=mounts)]}})
-    pod = await wait_for(lambda: _phase_is(api, "v1/pods", "restarts", "Succeeded"), timeout=20)
+    pod = await wait_for(lambda: _phase_is(api, "v1/pods", "restarts", "Succeeded"), timeout=60)
     assert pod["status"]["initContainerStatuses"][0]["restartCount"] >= 2
 
 
