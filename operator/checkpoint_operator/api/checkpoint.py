@@ -9,6 +9,7 @@ from pydantic import Field
 from checkpoint_operator.api.common import QUANTITY_PATTERN, Condition, ObjectRef, Phase, PinnedCheckpoint
 from checkpoint_operator.api.meta import ObjectMeta, meta_field
 from checkpoint_operator.api.rules import ApiModel, Rule, has_exactly_one, path_has_dotdot
+from checkpoint_operator.api.upload import UploadSource, UploadStatus
 
 
 class CheckpointPhase(Phase):
@@ -30,7 +31,7 @@ MAX_USED_BY_LISTED = 20
 # The formats agent/formats.py detects (its RULES table); a test keeps the two equal.
 CheckpointFormat = Literal["huggingface", "safetensors", "torch", "torch-dcp", "deepspeed", "megatron", "nemo",
                            "lightning", "keras", "gguf", "orbax", "cerebras", "file", "unknown"]
-SOURCE_KINDS = ("s3", "http", "volume", "trainingJob")
+SOURCE_KINDS = ("s3", "http", "volume", "trainingJob", "upload")
 
 
 class SecretRef(ApiModel):
@@ -80,17 +81,17 @@ class TrainingJobSource(ApiModel):
 
 
 class CheckpointSource(ApiModel):
-    """Where the checkpoint's data comes from: exactly one of s3, http, volume, trainingJob."""
+    """Where the checkpoint's data comes from: exactly one of s3, http, volume, trainingJob, upload."""
 
-    cel_rules = (Rule("[has(self.s3), has(self.http), has(self.volume), has(self.trainingJob)]"
-                      ".filter(x, x).size() == 1",
-                      "spec.source must set exactly one of s3, http, volume, trainingJob",
+    cel_rules = (Rule("[" + ", ".join(f"has(self.{k})" for k in SOURCE_KINDS) + "].filter(x, x).size() == 1",
+                      f"spec.source must set exactly one of {', '.join(SOURCE_KINDS)}",
                       lambda s: has_exactly_one(s, SOURCE_KINDS)),)
 
     s3: Optional[S3Source] = Field(None, description="Import from object storage.")
     http: Optional[HttpSource] = Field(None, description="Import from a web URL.")
     volume: Optional[VolumeSource] = Field(None, description="Adopt data already on a PVC.")
     trainingJob: Optional[TrainingJobSource] = Field(None, description="Snapshot of a TrainingJob's output.")
+    upload: Optional[UploadSource] = Field(None, description="Data a user pushes (kubectl ckpt push).")
 
     @property
     def kind(self) -> str:
@@ -148,6 +149,7 @@ class CheckpointStatus(ApiModel):
     resumable: Optional[bool] = Field(None, description="True when optimizer state is present, so training can resume.")
     complete: Optional[bool] = Field(
         None, description="False when the format's completeness rule found it incomplete (never selected by latest).")
+    upload: Optional[UploadStatus] = Field(None, description="upload source: where the data is to be pushed.")
     producedBy: Optional[ObjectRef] = Field(None, description="The TrainingJob that wrote it.")
     parents: Optional[list[PinnedCheckpoint]] = Field(None, description="Inputs of the producing job: the lineage.")
     usedBy: Optional[list[ObjectRef]] = Field(
@@ -155,7 +157,7 @@ class CheckpointStatus(ApiModel):
         description=f"Live TrainingJobs that use it (the first {MAX_USED_BY_LISTED} by name; informational: the "
                     "in-use protection asks the API server at deletion time).")
     usedByCount: Optional[int] = Field(None, description="Number of live TrainingJobs that use it (for kubectl get).")
-    conditions: Optional[list[Condition]] = Field(None, description="Standard conditions (Ready, Complete).")
+    conditions: Optional[list[Condition]] = Field(None, description="Standard conditions (Ready, Complete, Verified).")
     observedGeneration: Optional[int] = Field(None, description="The .metadata.generation last reconciled.")
 
 

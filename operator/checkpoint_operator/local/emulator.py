@@ -27,6 +27,8 @@ class, the one patched internal is ``_patch_namespace_paths`` below):
   (500); fixed, so kopf can run with namespace scanning; the ``default`` namespace exists;
 - pod logs: ``GET .../pods/NAME/log`` answers ``text/plain``; the log is set by the local kubelet with
   ``PUT .../pods/NAME/log`` (an extension of this emulator) or ``Emulator.set_pod_log``;
+- ``pods/exec`` over websockets (``v5.channel.k8s.io``, ``v4.channel.k8s.io``), proxied to the kubelet
+  of the pod's node as a real API server does (``local/podexec.py``);
 - deletion: ``propagationPolicy`` (query or DeleteOptions body). ``Orphan`` strips the owner's
   ownerReferences from its dependents; ``Background`` and ``Foreground`` both leave dependents to
   the garbage collector of ``cluster.LocalCluster`` (Foreground does not block the owner here).
@@ -77,6 +79,7 @@ ObjectKey = tuple[Resource, "str | None", str]
 PODS = Resource("", "v1", "pods")
 NAMESPACES = Resource("", "v1", "namespaces")
 JOBS = Resource("batch", "v1", "jobs")
+NODES = Resource("", "v1", "nodes")
 CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 
 ALL_VERBS = {"get", "list", "watch", "create", "patch", "update", "delete", "deletecollection"}
@@ -331,6 +334,9 @@ class Emulator(kmock.KubernetesEmulator):
             return self._serve_extension(request)
         if request.resource == PODS and request.subresource == "log":
             return self._serve_pod_log(request)
+        if request.resource == PODS and request.subresource == "exec":
+            from checkpoint_operator.local.podexec import proxy_exec  # the kubelet runs it (local/podexec.py)
+            return await proxy_exec(self, request)
         if request.resource is not None and self._changes_state(request):
             async with self._lock:
                 self._responses[id(request)] = await self._apply_change(request)
