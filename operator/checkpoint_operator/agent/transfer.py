@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import stat
@@ -59,93 +60,173 @@ def lock_path(directory: str) -> str:
     return os.path.join(parent, f".ckpt-upload-{name}.lock")
 
 
-@contextlib.contextmanager
-def push_lock(directory: str) -> Iterator[None]:
-    """One push into DIR at a time (a second one is refused at once, not queued)."""
-    fd = os.open(lock_path(directory), os.O_RDWR | os.O_CREAT | _OPEN_FLAGS, 0o644)
+def take_push_lock(directory: str) -> int:
+    """One push into DIR at a time (a second one is refused at once, not queued). The lock is
+    never released by hand: the process's end releases it, so `agent receive` (which ends the
+    pod, and an exec with it) never ends before the push has exited."""
+    fd = os.open(lock_path(directory), os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise AgentError(f"{directory}: another push into it is under way; wait for it to end") from None
-        yield
-    finally:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         os.close(fd)
+        raise AgentError(f"{directory}: another push into it is under way; wait for it to end") from None
+    return fd
 
 
 def push_under_way(directory: str) -> bool:
-    try:
-        fd = os.open(lock_path(directory), os.O_RDONLY | _OPEN_FLAGS)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
+    return _locked(lock_path(directory))
 
 
-# --- unpack ------------------------------------------------------------------------------------
+# --- unpack (push) and the receiving end of a pull --------------------------------------------
 
 @dataclass
 class Unpacked:
+    manifest: Optional[Manifest] = None
     received_files: int = 0
     received_bytes: int = 0
     kept_files: int = 0
     removed_files: int = 0
 
 
-class Unpacker:
-    def __init__(self, directory: str, *, max_size: Optional[int] = None, name: str = "") -> None:
+class StreamReceiver:
+    """Writes a tar stream of a checkpoint into DIR.
+
+    A push (`pulled=False`, agent unpack in a receiver pod): the stream starts with the manifest;
+    files it does not send must already be in DIR as it lists them (an interrupted push); files
+    it does not list are removed; then the commit marker. A pull (`pulled=True`, kubectl ckpt
+    pull on the user's machine): the manifest may come first (then each file is checked against
+    it as it arrives); without one, the files stay under temporary names until the digest of
+    all of them is `digest`. Nothing else in DIR is touched. Either way a file gets its real
+    name only once verified, and the manifest is written into DIR last.
+    """
+
+    def __init__(self, directory: str, *, pulled: bool = False, digest: Optional[str] = None,
+                 max_size: Optional[int] = None, name: str = "", where: str = "the pushed stream",
+                 on_bytes=None) -> None:
         self.dir = directory
+        self.pulled = pulled
+        self.digest = digest
         self.max_size = max_size
         self.name = name
+        self.where = where
+        self.on_bytes = on_bytes or (lambda n: None)
         self._dirs_ok: set[str] = set()
 
     def run(self, source: BinaryIO) -> Unpacked:
+        """A push takes the lock of DIR first (take_push_lock)."""
         os.makedirs(self.dir, exist_ok=True)
-        with push_lock(self.dir):
+        if not self.pulled:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(commit_marker(self.dir))  # what DIR holds is no longer committed
-            return self._unpack(source)
+        return self._receive(source)
 
-    def _unpack(self, source: BinaryIO) -> Unpacked:
-        where = "the pushed stream"
-        members = iter_files(source, where)
+    def _receive(self, source: BinaryIO) -> Unpacked:
+        members = iter_files(source, self.where)
         first = next(members, None)
-        if first is None or first.path != MANIFEST_NAME:
-            raise AgentError(f"{where}: must start with {MANIFEST_NAME}, the manifest of the checkpoint")
-        if first.size > MAX_MANIFEST_BYTES:
-            raise AgentError(f"{where}: the manifest is {first.size} bytes, more than {MAX_MANIFEST_BYTES}")
-        manifest = parse_manifest(first.read(first.size), f"{where} ({MANIFEST_NAME})")
+        manifest = None
+        pending = None
+        if first is not None and first.path == MANIFEST_NAME:
+            if first.size > MAX_MANIFEST_BYTES:
+                raise AgentError(f"{self.where}: the manifest is {first.size} bytes, more than {MAX_MANIFEST_BYTES}")
+            manifest = parse_manifest(first.read(first.size), f"{self.where} ({MANIFEST_NAME})")
+            self._check_totals(manifest)
+        elif not self.pulled:
+            raise AgentError(f"{self.where}: must start with {MANIFEST_NAME}, the manifest of the checkpoint")
+        else:
+            pending = first
+        done = Unpacked(manifest)
+        if manifest is not None:
+            arrived = self._files_of_manifest(manifest, members, done)
+            if not self.pulled:
+                self._check_kept(manifest, arrived, done)
+                done.removed_files = self._remove_unlisted({e.path for e in manifest.files})
+        else:
+            manifest = done.manifest = self._files_without_manifest(pending, members, done)
+        _write_atomically(os.path.join(self.dir, MANIFEST_NAME), manifest.to_json().encode())
+        if not self.pulled:
+            marker = {"digest": manifest.digest, "name": self.name, "time": time.time()}
+            _write_atomically(commit_marker(self.dir), json.dumps(marker).encode())
+        return done
+
+    def _check_totals(self, manifest: Manifest) -> None:
+        if self.digest and manifest.digest != self.digest:
+            raise AgentError(f"{self.where}: the checkpoint has digest {manifest.digest}, not the recorded "
+                             f"{self.digest}; nothing written")
         if self.max_size is not None and manifest.sizeBytes > self.max_size:
             raise AgentError(f"the checkpoint is {manifest.sizeBytes} bytes, past the size limit of {self.max_size}")
+
+    def _files_of_manifest(self, manifest: Manifest, members, done: Unpacked) -> set[str]:
         expected = {e.path: e for e in manifest.files}
-        done = Unpacked()
         arrived: set[str] = set()
         for member in members:
             entry = expected.get(member.path)
             if entry is None or member.path in arrived:
                 why = "is not in the manifest" if entry is None else "arrives twice"
-                raise AgentError(f"{where}: file '{printable(member.path)}' {why}")
+                raise AgentError(f"{self.where}: file '{printable(member.path)}' {why}")
             if member.size != entry.size:
-                raise AgentError(f"{where}: file '{printable(member.path)}' is {member.size} bytes, the manifest "
+                raise AgentError(f"{self.where}: file '{printable(member.path)}' is {member.size} bytes, the manifest "
                                  f"says {entry.size}")
-            self._write(member, entry)
+            tmp, sha = self._write_temporary(member)
+            if sha != entry.sha256:
+                _unlink_quietly(tmp)
+                raise AgentError(f"file '{printable(entry.path)}': sha256 {sha}, the manifest says {entry.sha256} "
+                                 f"(it changed while it was sent, or was corrupted on the way); try again")
+            os.replace(tmp, self._final(entry.path))
             arrived.add(member.path)
             done.received_files += 1
             done.received_bytes += entry.size
-        self._check_kept(manifest, arrived, done)
-        done.removed_files = self._remove_unlisted(expected)
-        self._commit(manifest)
-        return done
+        if self.pulled and arrived != set(expected):
+            missing = sorted(set(expected) - arrived)
+            raise AgentError(f"{self.where}: ended without {len(missing)} of the files the manifest lists (first: "
+                             f"'{printable(missing[0])}')")
+        return arrived
 
-    def _write(self, member, entry: FileEntry) -> None:
-        rel_dir = os.path.dirname(entry.path)
-        self._make_dirs(rel_dir)
-        final = os.path.join(self.dir, *entry.path.split("/"))
+    def _files_without_manifest(self, first, members, done: Unpacked) -> Manifest:
+        """A pull of a checkpoint stored without a manifest: all files staged, then the digest decides."""
+        from checkpoint_operator.agent.manifest import digest_of, paths_problem
+        from checkpoint_operator.agent.names import check_path
+        staged: list[tuple[FileEntry, str]] = []
+        seen: set[str] = set()
+        try:
+            for member in itertools.chain([first] if first is not None else [], members):
+                if member.path in seen:
+                    raise AgentError(f"{self.where}: file '{printable(member.path)}' arrives twice")
+                seen.add(member.path)
+                check_path(member.path, self.where)
+                tmp, sha = self._write_temporary(member)
+                staged.append((FileEntry(path=member.path, size=member.size, sha256=sha), tmp))
+                done.received_files += 1
+                done.received_bytes += member.size
+            entries = [e for e, _ in staged]
+            problem = paths_problem(e.path for e in entries)
+            if problem:
+                raise AgentError(f"{self.where}: {problem}")
+            if not entries:
+                raise AgentError(f"{self.where}: no files")
+            digest = digest_of(entries)
+            if self.digest and digest != self.digest:
+                raise AgentError(f"{self.where}: the data received has digest {digest} ({len(entries)} files, "
+                                 f"{sum(e.size for e in entries)} bytes), not the recorded {self.digest}; nothing kept "
+                                 f"(no manifest is stored with it, so the file that differs cannot be named)")
+        except BaseException:
+            for _, tmp in staged:
+                _unlink_quietly(tmp)
+            raise
+        for entry, tmp in staged:
+            os.replace(tmp, self._final(entry.path))
+        from checkpoint_operator.agent.scan import describe_checkpoint
+        ordered = sorted(entries, key=lambda e: e.path.encode())
+        info = describe_checkpoint(self.dir, [e.path for e in ordered], self.name, {e.path: e.size for e in ordered})
+        return Manifest(path=".", files=ordered, sizeBytes=sum(e.size for e in ordered), fileCount=len(ordered),
+                        digest=digest, **info)
+
+    def _final(self, rel: str) -> str:
+        return os.path.join(self.dir, *rel.split("/"))
+
+    def _write_temporary(self, member) -> tuple[str, str]:
+        """The member under its temporary name beside its final place; (that name, its sha256)."""
+        self._make_dirs(os.path.dirname(member.path))
+        final = self._final(member.path)
         if os.path.isdir(final) and not os.path.islink(final):
             raise AgentError(f"{final}: is a directory, but the checkpoint has a file there")
         tmp = temp_name(final)
@@ -156,15 +237,11 @@ class Unpacker:
                 while chunk := member.read(COPY_CHUNK):
                     digest.update(chunk)
                     out.write(chunk)
-            if digest.hexdigest() != entry.sha256:
-                raise AgentError(f"file '{printable(entry.path)}': sha256 {digest.hexdigest()}, the manifest says "
-                                 f"{entry.sha256} (it changed while it was pushed, or was corrupted on the way); "
-                                 f"push again")
-            os.replace(tmp, final)
+                    self.on_bytes(len(chunk))
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            _unlink_quietly(tmp)
             raise
+        return tmp, digest.hexdigest()
 
     def _make_dirs(self, rel_dir: str) -> None:
         """Every component a real directory made here or found as one: never a symlink."""
@@ -201,24 +278,23 @@ class Unpacker:
                 raise AgentError(f"file '{printable(entry.path)}' in {self.dir} differs from the manifest; push again")
         done.kept_files = len(kept)
 
-    def _remove_unlisted(self, expected: dict[str, FileEntry]) -> int:
+    def _remove_unlisted(self, listed: set[str]) -> int:
         """Files an earlier push left that this checkpoint does not have, and temporary files."""
         tree = walk_checkpoint(self.dir, EntryBudget(entry_limit(), what=self.dir))
         removed = 0
         for f in tree.files:
-            if f.rel not in expected:
-                os.unlink(os.path.join(self.dir, *f.rel.split("/")))
+            if f.rel not in listed:
+                os.unlink(self._final(f.rel))
                 removed += 1
         for rel, _reason in tree.skipped:
             if os.path.basename(rel).startswith(TEMP_PREFIX):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(self.dir, *rel.split("/")))
+                _unlink_quietly(self._final(rel))
         return removed
 
-    def _commit(self, manifest: Manifest) -> None:
-        _write_atomically(os.path.join(self.dir, MANIFEST_NAME), manifest.to_json().encode())
-        marker = {"digest": manifest.digest, "name": self.name, "time": time.time()}
-        _write_atomically(commit_marker(self.dir), json.dumps(marker).encode())
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def _write_atomically(path: str, data: bytes) -> None:
@@ -234,19 +310,22 @@ def _write_atomically(path: str, data: bytes) -> None:
 # --- receive -----------------------------------------------------------------------------------
 
 def wait_for_commit(directory: str, idle_seconds: float) -> Optional[dict]:
-    """The commit marker's content once an unpack committed, or None after `idle_seconds` with
-    no push under way."""
+    """The commit marker's content once an unpack committed and ended (it holds the lock until it
+    has said its last word: this container's end would end it too), or None after
+    `idle_seconds` with no push under way."""
     marker = commit_marker(directory)
     idle_since = time.monotonic()
     while True:
-        try:
-            with open(marker, "rb") as f:
-                return json.loads(f.read(64 * 1024) or b"{}")
-        except FileNotFoundError:
-            pass
-        except ValueError:
-            return {}
-        if push_under_way(directory):
+        under_way = push_under_way(directory)
+        if not under_way:
+            try:
+                with open(marker, "rb") as f:
+                    return json.loads(f.read(64 * 1024) or b"{}")
+            except FileNotFoundError:
+                pass
+            except ValueError:
+                return {}
+        if under_way:
             idle_since = time.monotonic()
         elif time.monotonic() - idle_since >= idle_seconds:
             return None
@@ -313,20 +392,34 @@ def pack(directory: str, out: BinaryIO) -> int:
 
 @contextlib.contextmanager
 def pull_session(session_dir: Optional[str]) -> Iterator[None]:
-    """Seen by `agent hold` in the same pod: a pull under way, then one pull done."""
+    """Seen by `agent hold` in the same pod: a pull under way (a session file locked until this
+    process ends, so the pod never ends an exec that is still exiting), then one pull done."""
     if not session_dir:
         yield
         return
     sessions = os.path.join(session_dir, "sessions")
     os.makedirs(sessions, exist_ok=True)
-    mine = os.path.join(sessions, str(os.getpid()))
-    Path(mine).touch()
+    fd = os.open(os.path.join(sessions, f"{os.getpid()}-{time.monotonic_ns()}"),
+                 os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # released by the process's end, never by hand
     try:
         yield
     finally:
         Path(os.path.join(session_dir, "served")).touch()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(mine)
+
+
+def _locked(path: str) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | _OPEN_FLAGS)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def hold(session_dir: str, idle_seconds: float) -> str:
@@ -334,8 +427,8 @@ def hold(session_dir: str, idle_seconds: float) -> str:
     sessions = os.path.join(session_dir, "sessions")
     idle_since = time.monotonic()
     while True:
-        active = os.path.isdir(sessions) and bool(os.listdir(sessions))
-        if active:
+        names = os.listdir(sessions) if os.path.isdir(sessions) else []
+        if any(_locked(os.path.join(sessions, n)) for n in names):
             idle_since = time.monotonic()
         elif os.path.exists(os.path.join(session_dir, "served")):
             return "served"
@@ -353,7 +446,9 @@ def _max_size(args: argparse.Namespace) -> Optional[int]:
 
 def main_unpack(args: argparse.Namespace) -> int:
     stdin = os.fdopen(os.dup(0), "rb", buffering=COPY_CHUNK)
-    done = Unpacker(args.dir, max_size=_max_size(args), name=args.name or "").run(stdin)
+    os.makedirs(args.dir, exist_ok=True)
+    take_push_lock(args.dir)  # held until this process ends: `agent receive` waits for that
+    done = StreamReceiver(args.dir, max_size=_max_size(args), name=args.name or "").run(stdin)
     print(json.dumps({"dir": args.dir, "receivedFiles": done.received_files, "receivedBytes": done.received_bytes,
                       "keptFiles": done.kept_files, "removedFiles": done.removed_files}), flush=True)
     return 0
@@ -398,4 +493,4 @@ def main(args: argparse.Namespace) -> int:
             "hold": main_hold}[args.agent_command](args)
 
 
-__all__ = ["Unpacker", "commit_marker", "hold", "pack", "push_under_way", "received_result", "wait_for_commit"]
+__all__ = ["StreamReceiver", "commit_marker", "hold", "pack", "push_under_way", "received_result", "wait_for_commit"]

@@ -1,11 +1,12 @@
 """The steps of a user's Checkpoint until it is Ready: adopt a volume path (scan in place),
-import from s3/http (copy into storage the operator owns), or wait for a snapshot."""
+import from s3/http (copy into storage the operator owns), wait for a push (handlers/uploads.py),
+or wait for a snapshot."""
 
 from __future__ import annotations
 
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointPhase
 from checkpoint_operator.api.common import parse_quantity
-from checkpoint_operator.handlers import agent_runs
+from checkpoint_operator.handlers import agent_runs, uploads
 from checkpoint_operator.handlers.context import Context
 from checkpoint_operator.handlers.status import write_status
 from checkpoint_operator.kube import PVCS
@@ -102,4 +103,5 @@ def _run(ctx: Context, checkpoint: Checkpoint, pod: dict, what: str, phase: Chec
     return run.scan
 
 
-STEPS = {"trainingJob": wait_for_snapshot, "volume": adopt_volume, "s3": import_checkpoint, "http": import_checkpoint}
+STEPS = {"trainingJob": wait_for_snapshot, "volume": adopt_volume, "s3": import_checkpoint, "http": import_checkpoint,
+         "upload": uploads.await_upload}

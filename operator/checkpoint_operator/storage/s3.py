@@ -114,7 +114,8 @@ class S3Store(Store):
     def delete_owned_data(self, status: dict) -> Optional[str]:
         """Everything under the Checkpoint's prefix (a second delete of gone data succeeds).
         Credentials come from the operator's own environment."""
-        uri = (status.get("location") or {}).get("s3", {}).get("uri")
+        # An upload's prefix is the operator's from the moment it is assigned (status.upload).
+        uri = (status.get("location") or {}).get("s3", {}).get("uri") or (status.get("upload") or {}).get("uri")
         if not (status.get("owned") and uri):
             return None  # data it merely points to is never deleted
         from checkpoint_operator.agent.s3 import delete_prefix
