@@ -4,6 +4,7 @@ pod, verify runs the operator's verify pod; lineage and ls read what the operato
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 
@@ -56,16 +57,73 @@ async def test_push_ready_pull_identical_verify_and_tamper(ckpt, api, operator, 
     assert (await api.get(CKPT, NS, "laptop-model"))["status"]["phase"] == "Ready"  # recorded, not un-Ready
 
 
-async def test_an_interrupted_push_resumes_and_sends_only_the_rest(ckpt, api, operator, cluster, tmp_path):
+async def test_an_interrupted_push_resumes_and_sends_only_the_rest(ckpt, api, operator, cluster, tmp_path, wait_for):
+    """A push cut off after one file: that file stays on the receiver's volume (verified, under its
+    name), nothing is committed, and the next push sends only the others."""
+    from checkpoint_operator.agent.manifest import MANIFEST_NAME
+    from checkpoint_operator.agent.tarstream import TarWriter
+    from checkpoint_operator.logic import transfers
+    from checkpoint_operator.plugin import commands
+    from checkpoint_operator.plugin.client import connect
+
     source = make_model_dir(tmp_path, "step-7")
-    first = await ckpt("push", str(source), "--name", "resumed")
-    assert first.code == 0, first.err
-    # The same data pushed again into a new Checkpoint after part of it reached the receiver: the
-    # receiver's PVC holds what an interrupted push left (here: all but one file, one of them stale).
-    body = await api.get(CKPT, NS, "resumed")
-    assert (await ckpt("push", str(source), "--name", "resumed")).out.startswith(
-        "checkpoint.ckpt.dev/resumed is already Ready with this data")
-    assert body["status"]["step"] == 7
+    cluster_api = connect(ckpt.kubeconfig)
+    io = commands.Io(open(os.devnull, "w"), open(os.devnull, "w"))
+    manifest = commands.local_manifest(str(source), io)
+    body = await api.create(CKPT, NS, commands.new_upload_checkpoint("resumed", NS, manifest, None, None))
+    value = "first-attempt"
+    await api.patch(CKPT, NS, "resumed", {"metadata": {"annotations": {"ckpt.dev/upload-requested": value}}})
+    pod = await asyncio.to_thread(commands.wait_for_pod, cluster_api, transfers.upload_pod_name("resumed"), value,
+                                  body["metadata"]["uid"], 60, io)
+
+    def cut_off_push() -> tuple[int, str]:
+        session = commands.start_exec(cluster_api, pod, "receive", transfers.push_command(None, "step-7"), stdin=True)
+        writer = TarWriter(session)  # the manifest and one file; the connection ends there
+        writer.add_bytes(MANIFEST_NAME, manifest.to_json().encode())
+        size = (source / "model.safetensors").stat().st_size
+        writer.add_file("model.safetensors", str(source / "model.safetensors"), size)
+        writer.close()
+        session.close_stdin()
+        return session.finish(), session.last_error()
+    code, error = await asyncio.to_thread(cut_off_push)
+    assert code == 1 and "'config.json' was neither sent nor is it in" in error
+    claim_dir = cluster.claim_dir(NS, "resumed-data")
+    assert (claim_dir / "data" / "model.safetensors").exists()  # kept: verified before it got its name
+    assert not (claim_dir / ".ckpt-upload-data.commit").exists()
+    assert (await api.get(CKPT, NS, "resumed"))["status"]["phase"] == "Importing"  # nothing partial is Ready
+
+    resumed = await ckpt("push", str(source), "--name", "resumed")
+    assert resumed.code == 0, resumed.err
+    assert "1 files are in pod resumed-upload already (an earlier push); sending the other 3" in resumed.err
+    ready = await api.get(CKPT, NS, "resumed")
+    assert ready["status"]["phase"] == "Ready" and ready["status"]["digest"] == manifest.digest
+
+
+async def test_a_receiver_without_a_push_gives_up_and_the_checkpoint_waits_again(api, operator, cluster, wait_for,
+                                                                                  monkeypatch):
+    from checkpoint_operator.logic import transfers
+    monkeypatch.setattr(transfers, "IDLE_SECONDS", 1.0)  # the operator runs in this process
+    await api.create(CKPT, NS, {"metadata": {"name": "idle", "annotations": {
+        "ckpt.dev/upload-digest": "sha256:" + "1" * 64, "ckpt.dev/upload-requested": "r1"}},
+        "spec": {"source": {"upload": {}}}})
+
+    async def waiting_again():
+        body = await api.get(CKPT, NS, "idle")
+        status = body.get("status") or {}
+        return body if "ended without data" in (status.get("message") or "") else None
+    body = await wait_for(waiting_again, timeout=60)
+    assert body["status"]["phase"] == "Pending"
+    assert "no push within 1 s" in body["status"]["message"]
+    await wait_for(lambda: _no_pod(api, "idle-upload"), timeout=20)
+
+    async def request_dropped():  # after the result is recorded and the pod deleted
+        body = await api.get(CKPT, NS, "idle")
+        return "ckpt.dev/upload-requested" not in (body["metadata"].get("annotations") or {})
+    await wait_for(request_dropped, timeout=20)
+
+
+async def _no_pod(api, name):
+    return await api.get("v1/pods", NS, name) is None
 
 
 async def test_push_refusals_name_what_is_wrong(ckpt, api, operator, cluster, tmp_path):
@@ -155,5 +213,3 @@ async def _finished(api, wait_for, name):
     assert tj["status"]["phase"] == "Succeeded", tj["status"]
     return tj
 
-
-assert os  # used by helpers
