@@ -112,7 +112,7 @@ def _number(field: bytes, where: str) -> int:
     try:
         return int(text, 8) if text else 0
     except ValueError:
-        raise TarStreamError(f"{where}: corrupt tar header (number {field!r})") from None
+        raise TarStreamError(f"{where}: corrupt tar header (number {field!r}): not a tar stream") from None
 
 
 def _text(field: bytes) -> str:

@@ -111,6 +111,7 @@ class StreamReceiver:
         self.where = where
         self.on_bytes = on_bytes or (lambda n: None)
         self._dirs_ok: set[str] = set()
+        self._made_dirs: list[str] = []
 
     def run(self, source: BinaryIO) -> Unpacked:
         """A push takes the lock of DIR first (take_push_lock)."""
@@ -211,6 +212,9 @@ class StreamReceiver:
         except BaseException:
             for _, tmp in staged:
                 _unlink_quietly(tmp)
+            for made in reversed(self._made_dirs):  # nothing kept: not even the directories made for it
+                with contextlib.suppress(OSError):
+                    os.rmdir(made)
             raise
         for entry, tmp in staged:
             os.replace(tmp, self._final(entry.path))
@@ -251,6 +255,7 @@ class StreamReceiver:
         path = os.path.join(self.dir, *rel_dir.split("/"))
         try:
             os.mkdir(path)
+            self._made_dirs.append(path)
         except FileExistsError:
             pass
         st = os.lstat(path)
