@@ -213,3 +213,36 @@ async def _finished(api, wait_for, name):
     assert tj["status"]["phase"] == "Succeeded", tj["status"]
     return tj
 
+
+
+async def test_root_files_of_an_output_verify_and_pull_without_a_stored_manifest(ckpt, api, operator, cluster,
+                                                                                 trainer, wait_for, tmp_path):
+    """A snapshot keeps no manifest beside the data: verify compares the digest (and cannot name
+    the file), pull checks the digest of everything it received before keeping any of it."""
+    files = {"model.safetensors": os.urandom(200_000), "config.json": b'{"model_type": "gpt2"}'}
+
+    def train(attempt, env):
+        write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], ".", files)
+        write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-5", {"w.bin": b"five"})
+        return 0
+    trainer.behaviours["rooted"] = train
+    await api.create("ckpt.dev/v1alpha1/trainingjobs", NS, training_job("rooted"))
+    await _finished(api, wait_for, "rooted")
+    final = await api.get(CKPT, NS, "rooted-final")
+    assert sorted(final["status"]["location"]["volume"]["items"]) == ["config.json", "model.safetensors"]
+
+    assert (await ckpt("verify", "rooted-final")).code == 0
+    pulled = await ckpt("pull", "rooted-final", str(tmp_path / "final"))
+    assert pulled.code == 0, pulled.err
+    assert {k: (tmp_path / "final" / k).read_bytes() for k in files} == files
+    assert sorted(p.name for p in (tmp_path / "final").iterdir()) == [".checkpoint-manifest.json", "config.json",
+                                                                      "model.safetensors"]  # nothing else of the output
+
+    claim = cluster.claim_dir(NS, final["status"]["location"]["volume"]["claimName"])
+    (claim / "config.json").write_bytes(b'{"model_type": "gpt3"}')
+    tampered = await ckpt("verify", "rooted-final")
+    assert tampered.code == 1 and "no manifest is stored with it, so the file that differs cannot be named" in \
+        tampered.out
+    refused = await ckpt("pull", "rooted-final", str(tmp_path / "again"))
+    assert refused.code == 1 and "not the recorded" in refused.err and "nothing kept" in refused.err
+    assert not any((tmp_path / "again").rglob("*.json"))
