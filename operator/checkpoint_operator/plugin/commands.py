@@ -219,7 +219,7 @@ def _pull_through_pod(cluster: Cluster, body: dict, status: dict, args, io: Io) 
     session = start_exec(cluster, pod, "hold", transfers.pull_command(), stdin=False)
     receiver_name = os.path.basename(os.path.abspath(args.dir))
     try:
-        with Progress("pull", status.get("sizeBytes") or 0) as progress:
+        with Progress("pull", status.get("sizeBytes") or 0, stream=io.err) as progress:
             done = StreamReceiver(args.dir, pulled=True, digest=status.get("digest"), where=f"the stream from pod {pod}",
                                   name=receiver_name, on_bytes=progress.add).run(session)
     except AgentError as exc:
@@ -388,7 +388,7 @@ def _push_through_pod(cluster: Cluster, body: dict, args, manifest: Manifest, va
     command = transfers.push_command(None, os.path.basename(os.path.abspath(args.dir)))
     session = start_exec(cluster, pod, "receive", command, stdin=True)
     try:
-        with Progress("push", sum(e.size for e in to_send)) as progress:
+        with Progress("push", sum(e.size for e in to_send), stream=io.err) as progress:
             writer = TarWriter(session, on_bytes=progress.add)
             writer.add_bytes(MANIFEST_NAME, manifest.to_json().encode())
             for entry in to_send:
