@@ -11,7 +11,7 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
-from checkpoint_operator.api.rules import ApiModel
+from checkpoint_operator.api.rules import ApiModel, Name, Uri
 
 # Written by the plugin (or by hand), read by the operator.
 UPLOAD_DIGEST_ANNOTATION = "ckpt.dev/upload-digest"        # the digest the pushed data must have
@@ -30,11 +30,11 @@ class UploadStatus(ApiModel):
     """Where the operator takes the data of an upload Checkpoint (cleared once it is Ready)."""
 
     store: Literal["s3", "volume"] = Field(description="The store the data goes to: s3 or volume.")
-    uri: Optional[str] = Field(
+    uri: Optional[Uri] = Field(
         None, description="s3 store: push the files and their manifest under this prefix (s3://bucket/prefix/), then "
                           f"set the annotation {UPLOAD_REQUEST_ANNOTATION}.")
-    endpoint: Optional[str] = Field(None, description="s3 store: the store's endpoint as the operator reaches it.")
-    claimName: Optional[str] = Field(None, description="volume store: the PersistentVolumeClaim the data lands on.")
-    pod: Optional[str] = Field(
+    endpoint: Optional[Uri] = Field(None, description="s3 store: the store's endpoint as the operator reaches it.")
+    claimName: Optional[Name] = Field(None, description="volume store: the PersistentVolumeClaim the data lands on.")
+    pod: Optional[Name] = Field(
         None, description="volume store: the pod that receives the data (a push streams it in with exec), while a "
                           "push is requested.")

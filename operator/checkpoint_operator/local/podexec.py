@@ -286,8 +286,7 @@ async def proxy_exec(emulator: Any, request: Any) -> aiohttp.web.StreamResponse:
 
 
 def _exec_target(emulator: Any, request: Any) -> tuple[dict, str]:
-    from checkpoint_operator.local.emulator import PODS
-    pod = emulator._live((PODS, request.namespace, request.name))
+    pod = emulator.get_object("v1/pods", request.namespace, request.name)
     if pod is None:
         raise ExecError(404, f'pods "{request.name}" not found', "NotFound")
     spec = pod.get("spec", {})
@@ -306,9 +305,8 @@ def _exec_target(emulator: Any, request: Any) -> tuple[dict, str]:
 
 
 def _kubelet_url(emulator: Any, pod: dict, container: str) -> str:
-    from checkpoint_operator.local.emulator import NODES
     node_name = pod.get("spec", {}).get("nodeName")
-    nodes = [obj for (resource, _, _), obj in emulator._live_objects() if resource == NODES]
+    nodes = emulator.nodes()
     node = next((n for n in nodes if n["metadata"]["name"] == node_name), None) if node_name else \
         (nodes[0] if len(nodes) == 1 else None)
     status = (node or {}).get("status", {})
