@@ -21,7 +21,7 @@ from checkpoint_operator.logic.protection import (blocking_users, deletion_block
                                                   uses_selector)
 from checkpoint_operator.logic.results import Fail, Result, Wait
 from checkpoint_operator.logic.status import StatusChange
-from checkpoint_operator.storage import store_for
+from checkpoint_operator.storage import ForeignLocation, store_for
 from checkpoint_operator import metrics
 
 
@@ -69,8 +69,8 @@ def _add_finalizer(ctx: Context, checkpoint: Checkpoint) -> None:
     input without it). Conditional: a merge patch replaces the whole list."""
     meta = checkpoint.metadata
     try:
-        ctx.kube.patch(CHECKPOINTS, meta.namespace, meta.name, {"metadata": {
-            "finalizers": [*(meta.finalizers or []), PROTECTION_FINALIZER], "resourceVersion": meta.resourceVersion}})
+        ctx.wrote(ctx.kube.patch(CHECKPOINTS, meta.namespace, meta.name, {"metadata": {
+            "finalizers": [*(meta.finalizers or []), PROTECTION_FINALIZER], "resourceVersion": meta.resourceVersion}}))
     except Conflict:
         pass  # re-read and try again
 
@@ -101,9 +101,13 @@ def guard_deletion(ctx: Context, checkpoint: Checkpoint) -> Optional[float]:
         if first_time:  # one deletion, however many times it is checked
             metrics.BLOCKED_DELETIONS.inc()
         return None
-    deleted = store_for(ctx.config).delete_owned_data(checkpoint.status.to_wire())
-    if deleted:
-        ctx.info(checkpoint, "DataDeleted", f"deleted {deleted}")
+    try:
+        deleted = store_for(ctx.config).delete_owned_data(checkpoint.status.to_wire(), meta.namespace)
+    except ForeignLocation as exc:
+        ctx.warn(checkpoint, "DataNotDeleted", str(exc))
+    else:
+        if deleted:
+            ctx.info(checkpoint, "DataDeleted", f"deleted {deleted}")
     remaining = [f for f in meta.finalizers or [] if f != PROTECTION_FINALIZER]
     try:
         ctx.kube.patch(CHECKPOINTS, meta.namespace, meta.name, {"metadata": {

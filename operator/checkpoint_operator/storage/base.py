@@ -18,6 +18,12 @@ class MissingUpload(ValueError):
     pass
 
 
+class ForeignLocation(ValueError):
+    """A Checkpoint's recorded location lies outside its namespace's part of the store: its data
+    is not deleted (the operator's own credentials reach every namespace; a status written by
+    someone else must not steer them)."""
+
+
 class Store(ABC):
     name: str
     keeps_output_claim: bool   # volume: the output PVC becomes the Checkpoints' storage
@@ -37,7 +43,8 @@ class Store(ABC):
     def snapshot_command(self, tj: TrainingJob, output_dir: str) -> list[str]: ...
 
     @abstractmethod
-    def snapshot_location(self, claim: str, manifest: Manifest, layout: str, uploads: dict[str, str]) -> dict: ...
+    def snapshot_location(self, tj: TrainingJob, claim: str, manifest: Manifest, layout: str,
+                          uploads: dict[str, str]) -> dict: ...
 
     @abstractmethod
     def import_containers(self, checkpoint: Checkpoint, max_size: int) -> tuple[list[dict], list[dict], list[dict]]:
@@ -50,7 +57,8 @@ class Store(ABC):
         """Is the data at `location` complete? Checked before a Checkpoint is marked Ready."""
         return True
 
-    def delete_owned_data(self, status: dict) -> Optional[str]:
-        """Delete the data of a deleted Checkpoint that the operator owns; return where it was.
-        Idempotent. Volume data goes with its PVC (owner references), so nothing to do there."""
+    def delete_owned_data(self, status: dict, namespace: str) -> Optional[str]:
+        """Delete the data of a deleted Checkpoint (of `namespace`) that the operator owns; return
+        where it was. Idempotent. Volume data goes with its PVC (owner references), so nothing
+        to do there."""
         return None
