@@ -88,6 +88,57 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("--ca-file", default=None, metavar="PEM",
                      help="https://, ftps:// and git over https: trust these CA certificates instead of the system's")
     imp.set_defaults(func=lambda a: _call("importer", a))
+    _add_transfer_parsers(cmds)
+
+
+def _add_transfer_parsers(cmds: argparse._SubParsersAction) -> None:
+    """verify, and the commands of a push or pull over exec (agent/transfer.py)."""
+    verify = cmds.add_parser("verify", help="re-read a checkpoint where it lives and check every file",
+                             description="Check every file of the checkpoint at LOCATION (s3://bucket/prefix/ or a "
+                                         "directory) against its manifest, and the manifest against --digest. "
+                                         "Prints the verdict (one JSON line with --json; exit 0 either way with "
+                                         "--json, else 1 when not verified).")
+    verify.add_argument("location", help="s3://bucket/prefix/ or a directory")
+    verify.add_argument("--digest", default=None, metavar="sha256:HEX",
+                        help="the digest recorded for the checkpoint (required for a directory without a manifest)")
+    verify.add_argument("--max-size", default=None, metavar="BYTES", help="a checkpoint larger than this is a problem")
+    verify.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    verify.add_argument("--concurrency", type=_positive_int, default=None, help="parallel reads (S3)")
+    verify.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
+    verify.set_defaults(func=lambda a: _call("verify", a))
+
+    receive = cmds.add_parser("receive", help="an upload receiver pod: wait for a push into DIR, then check it",
+                              description="Wait until `agent unpack` (run in this pod by kubectl ckpt push) commits "
+                                          "an upload into DIR, then scan DIR and print the scan JSON with the "
+                                          "verdict against the pushed manifest and --digest.")
+    receive.add_argument("dir")
+    receive.add_argument("--digest", default=None, metavar="sha256:HEX", help="the digest the data must have")
+    receive.add_argument("--idle", type=float, default=900, metavar="SECONDS",
+                         help="give up after this long without a push under way (prints received: false)")
+    receive.add_argument("--max-size", default=None, metavar="BYTES", help="refuse more than this")
+    receive.set_defaults(func=lambda a: _call("transfer", a))
+
+    unpack = cmds.add_parser("unpack", help="write a pushed checkpoint (a tar stream on stdin) into DIR",
+                             description="Read a tar stream on stdin (the manifest first, then files it lists), "
+                                         "write each verified file into DIR, then commit (see agent receive).")
+    unpack.add_argument("dir")
+    unpack.add_argument("--max-size", default=None, metavar="BYTES", help="refuse more than this")
+    unpack.add_argument("--name", default=None, help="the pushed directory's name (the step may be read from it)")
+    unpack.set_defaults(func=lambda a: _call("transfer", a))
+
+    pack = cmds.add_parser("pack", help="write the checkpoint in DIR as a tar stream on stdout (a pull)",
+                           description="Write DIR's files (its stored manifest first, when it has one) as a tar "
+                                       "stream on stdout.")
+    pack.add_argument("dir")
+    pack.add_argument("--session-dir", default=None, help="where `agent hold` sees this pull (the pull pod's)")
+    pack.set_defaults(func=lambda a: _call("transfer", a))
+
+    hold = cmds.add_parser("hold", help="a pull pod: wait until the pulls run in the pod are over",
+                           description="Exit once a pull (agent pack --session-dir) was served and none is under "
+                                       "way, or after --idle seconds without one.")
+    hold.add_argument("--session-dir", required=True)
+    hold.add_argument("--idle", type=float, default=900, metavar="SECONDS")
+    hold.set_defaults(func=lambda a: _call("transfer", a))
 
 
 def _positive_int(text: str) -> int:

@@ -10,6 +10,7 @@ from checkpoint_operator.api.common import QUANTITY_PATTERN, Condition, ObjectRe
 from checkpoint_operator.api.meta import ObjectMeta, meta_field
 from checkpoint_operator.api.rules import (ApiModel, Description, Digest, FileName, Message, Name, Path, Rule, Short,
                                            Uid, Uri, has_exactly_one, path_has_dotdot)
+from checkpoint_operator.api.upload import UploadSource, UploadStatus
 from checkpoint_operator.api.sources import (
     USERINFO, AzureBlobSource, CaConfigMap, GcsSource, GitSource, HuggingFaceSource, LocalSecret, SourceStatus, cel_string,
     cel_matches,
@@ -35,7 +36,7 @@ MAX_USED_BY_LISTED = 20
 # The formats agent/formats.py detects (its RULES table); a test keeps the two equal.
 CheckpointFormat = Literal["huggingface", "safetensors", "torch", "torch-dcp", "deepspeed", "megatron", "nemo",
                            "lightning", "keras", "gguf", "orbax", "cerebras", "file", "unknown"]
-SOURCE_KINDS = ("s3", "http", "huggingFace", "gcs", "azureBlob", "git", "volume", "trainingJob")
+SOURCE_KINDS = ("s3", "http", "huggingFace", "gcs", "azureBlob", "git", "volume", "trainingJob", "upload")
 # The kinds that copy data in (an import pod); volume adopts in place, trainingJob is a snapshot.
 IMPORT_KINDS = ("s3", "http", "huggingFace", "gcs", "azureBlob", "git")
 WEB_SCHEMES = ("http://", "https://", "ftp://", "ftps://")
@@ -103,7 +104,7 @@ class TrainingJobSource(ApiModel):
 
 class CheckpointSource(ApiModel):
     """Where the checkpoint's data comes from: exactly one of s3, http, huggingFace, gcs, azureBlob, git,
-    volume, trainingJob."""
+    volume, trainingJob, upload."""
 
     cel_rules = (Rule("[" + ", ".join(f"has(self.{k})" for k in SOURCE_KINDS) + "].filter(x, x).size() == 1",
                       f"spec.source must set exactly one of {', '.join(SOURCE_KINDS)}",
@@ -117,6 +118,7 @@ class CheckpointSource(ApiModel):
     git: Optional[GitSource] = Field(None, description="Import a commit of a Git repository.")
     volume: Optional[VolumeSource] = Field(None, description="Adopt data already on a PVC.")
     trainingJob: Optional[TrainingJobSource] = Field(None, description="Snapshot of a TrainingJob's output.")
+    upload: Optional[UploadSource] = Field(None, description="Data a user pushes (kubectl ckpt push).")
 
     @property
     def kind(self) -> str:
@@ -174,6 +176,7 @@ class CheckpointStatus(ApiModel):
     resumable: Optional[bool] = Field(None, description="True when optimizer state is present, so training can resume.")
     complete: Optional[bool] = Field(
         None, description="False when the format's completeness rule found it incomplete (never selected by latest).")
+    upload: Optional[UploadStatus] = Field(None, description="upload source: where the data is to be pushed.")
     source: Optional[SourceStatus] = Field(
         None, description="Provenance of an imported checkpoint: what was fetched and, for Git and the Hub, the commit.")
     producedBy: Optional[ObjectRef] = Field(None, description="The TrainingJob that wrote it.")
@@ -183,7 +186,7 @@ class CheckpointStatus(ApiModel):
         description=f"Live TrainingJobs that use it (the first {MAX_USED_BY_LISTED} by name; informational: the "
                     "in-use protection asks the API server at deletion time).")
     usedByCount: Optional[int] = Field(None, description="Number of live TrainingJobs that use it (for kubectl get).")
-    conditions: Optional[list[Condition]] = Field(None, description="Standard conditions (Ready, Complete).")
+    conditions: Optional[list[Condition]] = Field(None, description="Standard conditions (Ready, Complete, Verified).")
     observedGeneration: Optional[int] = Field(None, description="The .metadata.generation last reconciled.")
 
 

@@ -1,6 +1,7 @@
 """The steps of a user's Checkpoint until it is Ready: adopt a volume path (scan in place),
 import (s3, http/ftp, huggingFace, gcs, azureBlob, git: copy into storage the operator owns,
-provenance in status.source), or wait for a snapshot."""
+provenance in status.source), wait for a push (handlers/uploads.py), or wait for a
+snapshot."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import dataclasses
 from typing import Optional
 
 from checkpoint_operator.api.checkpoint import IMPORT_KINDS, Checkpoint, CheckpointPhase
-from checkpoint_operator.handlers import agent_runs, volumes
+from checkpoint_operator.handlers import agent_runs, uploads, volumes
 from checkpoint_operator.handlers.context import Context
 from checkpoint_operator.handlers.status import write_status
 from checkpoint_operator.kube import NAMESPACES, PVCS, ApiError
@@ -146,4 +147,5 @@ def _claim_of(pod: dict) -> str | None:
     return None
 
 
-STEPS = {"trainingJob": wait_for_snapshot, "volume": adopt_volume, **{kind: import_checkpoint for kind in IMPORT_KINDS}}
+STEPS = {"trainingJob": wait_for_snapshot, "volume": adopt_volume, **{kind: import_checkpoint for kind in IMPORT_KINDS},
+         "upload": uploads.await_upload}

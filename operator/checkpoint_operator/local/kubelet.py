@@ -133,6 +133,7 @@ class PodWorker:
         self.volumes: dict[str, Path] = {}
         self.read_only_volumes: set[str] = set()
         self.processes: dict[str, ContainerProcess] = {}
+        self.runs: dict[str, ContainerRun] = {}  # by container name: what an exec runs beside it (podexec.py)
         self.terminating = False  # the pod was deleted
         self.sidecars_stopping = False  # the regular containers are done
         self.init_statuses: list[dict] = []
@@ -223,6 +224,7 @@ class PodWorker:
         if self.terminating:
             return waiting_status(container, "PodInitializing")
         run = await self._container_run(container)
+        self.runs[container["name"]] = run
         started = now_rfc3339()
         runner = self.kubelet.container_runner
         if runner is not None:

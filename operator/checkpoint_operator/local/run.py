@@ -131,16 +131,45 @@ def local_run(args: argparse.Namespace) -> int:
         settled = wait_until_settled(kube, args.timeout)
         checkpoints = kube.list(CHECKPOINTS, NAMESPACE)
         jobs = kube.list(TRAINING_JOBS, NAMESPACE)
+        if getattr(args, "serve", False):
+            report = build_report(checkpoints, jobs)
+            print(json.dumps(report, indent=2) if args.output == "json" else render_table(report), flush=True)
+            serve_until_interrupted(url, state_dir)
     finally:
         handle.stop()
         cluster.stop_thread()
         server.stop()
     report = build_report(checkpoints, jobs)
-    print(json.dumps(report, indent=2) if args.output == "json" else render_table(report))
+    if not getattr(args, "serve", False):  # --serve printed it before serving
+        print(json.dumps(report, indent=2) if args.output == "json" else render_table(report))
     if not settled:
         print(f"error: not everything settled within {args.timeout:.0f} s (see the phases above)", file=sys.stderr)
         return 1
     return 1 if any(j["phase"] == "Failed" for j in report["trainingJobs"]) else 0
+
+
+def serve_until_interrupted(url: str, state_dir: Path) -> None:
+    """--serve: keep the cluster and the operator running for kubectl (and kubectl ckpt) through a
+    kubeconfig, until Ctrl-C or SIGTERM."""
+    import signal
+    import threading
+
+    import yaml
+    kubeconfig = state_dir / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "local",
+        "clusters": [{"name": "local", "cluster": {"server": url}}], "users": [{"name": "local", "user": {}}],
+        "contexts": [{"name": "local", "context": {"cluster": "local", "user": "local", "namespace": NAMESPACE}}]}))
+    print(f"serving the local cluster at {url} until Ctrl-C; try:\n  export KUBECONFIG={kubeconfig}\n"
+          f"  kubectl ckpt ls", file=sys.stderr, flush=True)
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def wait_until_settled(kube, timeout: float) -> bool:

@@ -35,3 +35,33 @@ def import_(source: str, dest: str, *, max_size: Optional[int] = None, max_files
     `source_args`: the source's own flags (logic/import_sources.py: --include, --lfs, --ca-file...)."""
     return [*AGENT, "import", source, dest, *(["--max-size", str(max_size)] if max_size is not None else []),
             *(["--max-files", str(max_files)] if max_files is not None else []), *source_args]
+
+
+# --- verify, and push/pull over exec (agent/transfer.py) -----------------------------------------
+
+def verify(location: str, *, digest: Optional[str] = None, max_size: Optional[int] = None) -> list[str]:
+    """Re-read a checkpoint (s3://prefix/ or a directory) and check it against its manifest; one JSON line."""
+    return [*AGENT, "verify", location, *(["--digest", digest] if digest else []),
+            *(["--max-size", str(max_size)] if max_size is not None else []), "--json"]
+
+
+def receive(directory: str, *, digest: str, idle: float, max_size: Optional[int] = None) -> list[str]:
+    """An upload receiver: wait for a push into DIR (agent unpack, run by exec), then check it."""
+    return [*AGENT, "receive", directory, "--digest", digest, "--idle", f"{idle:g}",
+            *(["--max-size", str(max_size)] if max_size is not None else [])]
+
+
+def unpack(directory: str, *, max_size: Optional[int] = None, name: Optional[str] = None) -> list[str]:
+    """Write the tar stream on stdin into DIR and commit it (what `kubectl ckpt push` execs)."""
+    return [*AGENT, "unpack", directory, *(["--max-size", str(max_size)] if max_size is not None else []),
+            *(["--name", name] if name else [])]
+
+
+def pack(directory: str, *, session_dir: Optional[str] = None) -> list[str]:
+    """Write the checkpoint in DIR as a tar stream on stdout (what `kubectl ckpt pull` execs)."""
+    return [*AGENT, "pack", directory, *(["--session-dir", session_dir] if session_dir else [])]
+
+
+def hold(session_dir: str, *, idle: float) -> list[str]:
+    """A pull pod's main container: until the pulls in the pod are over."""
+    return [*AGENT, "hold", "--session-dir", session_dir, "--idle", f"{idle:g}"]

@@ -128,7 +128,8 @@ class S3Store(Store):
     def delete_owned_data(self, status: dict, namespace: str) -> Optional[str]:
         """Everything under the Checkpoint's prefix (a second delete of gone data succeeds), with
         the operator's own credentials: so never outside the Checkpoint's namespace's prefix."""
-        uri = (status.get("location") or {}).get("s3", {}).get("uri")
+        # An upload's prefix is the operator's from the moment it is assigned (status.upload).
+        uri = (status.get("location") or {}).get("s3", {}).get("uri") or (status.get("upload") or {}).get("uri")
         if not (status.get("owned") and uri):
             return None  # data it merely points to is never deleted
         if not _under(uri, self.namespace_prefix(namespace)):
