@@ -63,6 +63,26 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     download.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
     download.set_defaults(func=lambda a: _call("download", a))
 
+    watch = cmds.add_parser("watch", help="seal checkpoints as training writes them (the live-sealing sidecar)",
+                            description="Watch an output directory and seal each checkpoint directory once it is "
+                                        "complete (see the README's sealing rules); one JSON line per event on "
+                                        "stdout. Runs until SIGTERM, then seals what is left and exits 0.")
+    watch.add_argument("dir", help="the output directory the training code writes into")
+    watch.add_argument("--interval", type=_positive_float, default=0.25, metavar="SECONDS",
+                       help="time between two looks at the output (default 0.25)")
+    watch.add_argument("--upload-to", default=None, metavar="S3_PREFIX",
+                       help="s3 store: upload each sealed checkpoint under S3_PREFIX/sealed/ (volume store: omit)")
+    watch.add_argument("--upload-concurrency", type=_positive_int, default=2, metavar="N",
+                       help="parallel transfers of one upload (default 2: training keeps most of the I/O)")
+    watch.add_argument("--annotations-file", default=None, metavar="FILE",
+                       help="a downwardAPI file of the pod's annotations (ckpt.dev/live-remove: what to remove)")
+    watch.add_argument("--shared", action="store_true",
+                       help="several pods write this output (an Indexed Job): the end of this pod seals nothing")
+    watch.add_argument("--max-entries", type=_positive_int, default=None, metavar="N",
+                       help="directory entries looked at per pass (default 1000000, or CKPT_SCAN_MAX_ENTRIES)")
+    watch.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
+    watch.set_defaults(func=lambda a: _call("watch", a))
+
     imp = cmds.add_parser("import", help="import a checkpoint from s3:// or http(s):// into DEST",
                           description="Copy SOURCE (an S3 object or prefix ending in /, or an http(s) URL) into DEST; "
                                       "archives (.tar, .tar.gz, .tgz, .tar.bz2, .zip) are extracted safely.")
@@ -84,6 +104,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value}: must be more than 0")
     return value
 
 
