@@ -40,6 +40,9 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     snap.add_argument("--max-entries", type=_positive_int, default=None, metavar="N",
                       help="fail past this many directory entries in all (default 1000000, or CKPT_SCAN_MAX_ENTRIES)")
     snap.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
+    snap.add_argument("--reuse-sealed", action="store_true",
+                      help="a checkpoint `agent watch` sealed and uploaded (UPLOAD_TO/sealed/<path>/<digest>/) is not "
+                           "uploaded again: its sealed copy is reported")
     snap.set_defaults(func=lambda a: _call("snapshot", a))
 
     upload = cmds.add_parser("upload", help="upload a checkpoint directory to s3://bucket/prefix/",

@@ -75,6 +75,7 @@ class Sealed:
     stats: list = field(default_factory=list)   # [rel, size, mtime_ns, ctime_ns, ino] of each file
     uri: Optional[str] = None
     changed: bool = False
+    summary: dict = field(default_factory=dict)  # the sealed line's checkpoint (announced again at a restart)
 
     def stat_problem(self, directory: str) -> Optional[str]:
         """The first file whose stat differs from when it was sealed (cheap: no hashing), or None."""
@@ -218,8 +219,8 @@ class Watcher:
         have missed their lines: it creates nothing twice), after checking they did not change."""
         for sealed in sorted(self.sealed.values(), key=lambda s: s.path):
             self._check(sealed)
-            if not sealed.changed:
-                self.emit({"event": "sealed", "checkpoint": self._line_of(sealed, None)})
+            if not sealed.changed and sealed.summary:
+                self.emit({"event": "sealed", "checkpoint": {**sealed.summary, "announced": True}})
         self._update_resume_link_quietly()
 
     def _update_resume_link_quietly(self) -> None:
@@ -303,9 +304,10 @@ class Watcher:
         return sealed
 
     def _record(self, sealed: Sealed, manifest: Manifest, extra: dict) -> None:
+        sealed.summary = {**self._line_of(sealed, manifest), **extra}
         self.sealed[sealed.path] = sealed
         self._save_state()
-        self.emit({"event": "sealed", "checkpoint": {**self._line_of(sealed, manifest), **extra}})
+        self.emit({"event": "sealed", "checkpoint": sealed.summary})
 
     def _upload(self, directory: str, manifest: Manifest, sealed: Sealed, extra: dict) -> None:
         from checkpoint_operator.agent.upload import upload_dir
@@ -329,10 +331,7 @@ class Watcher:
         self._record(sealed, manifest, extra)
 
     @staticmethod
-    def _line_of(sealed: Sealed, manifest: Optional[Manifest]) -> dict:
-        if manifest is None:
-            return {"path": sealed.path, "digest": sealed.digest, "step": sealed.step, "complete": sealed.complete,
-                    "resumable": sealed.resumable, "uri": sealed.uri, "announced": True}
+    def _line_of(sealed: Sealed, manifest: Manifest) -> dict:
         line = manifest.model_dump(mode="json", exclude={"files", "version"})
         line["uri"] = sealed.uri
         return line

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 from pydantic import Field
 
@@ -148,6 +148,10 @@ class CheckpointStatus(ApiModel):
     resumable: Optional[bool] = Field(None, description="True when optimizer state is present, so training can resume.")
     complete: Optional[bool] = Field(
         None, description="False when the format's completeness rule found it incomplete (never selected by latest).")
+    metrics: Optional[dict[str, Annotated[float, Field(description="The metric's value.")]]] = Field(
+        None, max_length=16, description="A few numbers the checkpoint records about itself (metrics.json, or a "
+                                         "trainer_state.json's log_history at its step): retention.keepBest, "
+                                         "select: best.")
     producedBy: Optional[ObjectRef] = Field(None, description="The TrainingJob that wrote it.")
     parents: Optional[list[PinnedCheckpoint]] = Field(None, description="Inputs of the producing job: the lineage.")
     usedBy: Optional[list[ObjectRef]] = Field(

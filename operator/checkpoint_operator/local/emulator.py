@@ -26,7 +26,9 @@ class, the one patched internal is ``_patch_namespace_paths`` below):
 - ``GET /api/v1/namespaces`` (and ``/api/v1/namespaces/NAME``): kmock 0.8 fails to parse these paths
   (500); fixed, so kopf can run with namespace scanning; the ``default`` namespace exists;
 - pod logs: ``GET .../pods/NAME/log`` answers ``text/plain``; the log is set by the local kubelet with
-  ``PUT .../pods/NAME/log`` (an extension of this emulator) or ``Emulator.set_pod_log``;
+  ``PUT .../pods/NAME/log`` (an extension of this emulator; ``?append=true`` adds to it, as a
+  running container's output grows) or ``Emulator.set_pod_log``; ``sinceTime``/``timestamps``
+  are not implemented (the whole log is served, which readers of the real API must accept);
 - deletion: ``propagationPolicy`` (query or DeleteOptions body). ``Orphan`` strips the owner's
   ownerReferences from its dependents; ``Background`` and ``Foreground`` both leave dependents to
   the garbage collector of ``cluster.LocalCluster`` (Foreground does not block the owner here).
@@ -609,7 +611,11 @@ class Emulator(kmock.KubernetesEmulator):
             return aiohttp.web.json_response(self._status_body(self._object_not_found(key)), status=404)
         container = request.params.get("container") or _default_container(pod)
         if request.method == kmock.method.PUT:
-            self.set_pod_log(request.namespace, request.name, request.text, container=container)
+            if request.params.get("append") == "true":  # a running container's new output (the local kubelet)
+                text = self.pod_log(request.namespace, request.name, container) + request.text
+            else:
+                text = request.text
+            self.set_pod_log(request.namespace, request.name, text, container=container)
             return aiohttp.web.Response(status=204)
         return aiohttp.web.Response(text=self.pod_log(request.namespace, request.name, container),
                                     content_type="text/plain")

@@ -46,6 +46,14 @@ class Store(ABC):
     @abstractmethod
     def import_location(self, checkpoint: Checkpoint, claim: str, uploads: dict[str, str]) -> dict: ...
 
+    def live_sealed_prefix(self, tj: TrainingJob) -> Optional[str]:
+        """Where the sealing sidecar uploads (None: it uploads nothing, the volume is the store)."""
+        return None
+
+    def live_location(self, claim: str, manifest: Manifest, uploads: dict[str, str]) -> dict:
+        """status.location of a checkpoint sealed while the job runs."""
+        return {"volume": {"claimName": claim, "path": manifest.path}}
+
     def is_committed(self, location: dict) -> bool:
         """Is the data at `location` complete? Checked before a Checkpoint is marked Ready."""
         return True

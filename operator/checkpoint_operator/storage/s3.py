@@ -81,7 +81,19 @@ class S3Store(Store):
     def snapshot_command(self, tj: TrainingJob, output_dir: str) -> list[str]:
         meta = tj.metadata
         return agent_commands.snapshot(output_dir, self.prefix_for(meta.namespace, meta.name, meta.uid),
-                                       layout=tj.spec.output.layout)
+                                       layout=tj.spec.output.layout, reuse_sealed=tj.publishes_live)
+
+    def live_upload_prefix(self, tj: TrainingJob) -> str:
+        meta = tj.metadata
+        return self.prefix_for(meta.namespace, meta.name, meta.uid)
+
+    def live_sealed_prefix(self, tj: TrainingJob) -> Optional[str]:
+        return self.live_upload_prefix(tj) + "sealed/"
+
+    def live_location(self, claim: str, manifest: Manifest, uploads: dict[str, str]) -> dict:
+        if manifest.path not in uploads:
+            raise MissingUpload(f"the sealing sidecar did not upload {manifest.path!r}")
+        return {"s3": {"uri": uploads[manifest.path]}}
 
     def snapshot_location(self, claim: str, manifest: Manifest, layout: str, uploads: dict[str, str]) -> dict:
         if manifest.path not in uploads:
