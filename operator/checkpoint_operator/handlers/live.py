@@ -27,7 +27,8 @@ from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.handlers import publish
 from checkpoint_operator.handlers.context import Context
 from checkpoint_operator.handlers.status import write_status
-from checkpoint_operator.kube import CHECKPOINTS, PODS, ApiError
+from checkpoint_operator.handlers.objects import parse_tolerant
+from checkpoint_operator.kube import CHECKPOINTS, PODS, TRAINING_JOBS, ApiError
 from checkpoint_operator.logic import live, workload
 from checkpoint_operator.logic.conditions import now_rfc3339
 from checkpoint_operator.logic.snapshot import ScanResult, plan_snapshot
@@ -137,7 +138,12 @@ def _record_live(ctx: Context, tj: TrainingJob, *, sealed: int, retire: list[tup
     if sealed:
         wanted["sealedCount"] = (current.get("sealedCount") or 0) + sealed
         wanted["lastSealTime"] = now_rfc3339()
-    return write_status(ctx, tj, StatusChange(fields={"live": {k: v for k, v in wanted.items() if v is not None}}))
+    return write_status(ctx, tj, StatusChange(fields={"live": _live_field(wanted)}))
+
+
+def _live_field(wanted: dict) -> dict:
+    """status.live as a merge patch writes it: an emptied list is sent as null, or it would stay."""
+    return {k: v for k, v in wanted.items() if v is not None or k == "retired"}
 
 
 def _forget_removed(ctx: Context, tj: TrainingJob, events: live.LogEvents) -> TrainingJob:
@@ -148,7 +154,7 @@ def _forget_removed(ctx: Context, tj: TrainingJob, events: live.LogEvents) -> Tr
     if len(keep) == len(live_status.retired):
         return tj
     wanted = {**live_status.to_wire(), "retired": keep or None}
-    return write_status(ctx, tj, StatusChange(fields={"live": {k: v for k, v in wanted.items() if v is not None}}))
+    return write_status(ctx, tj, StatusChange(fields={"live": _live_field(wanted)}))
 
 
 def _ask_removals(ctx: Context, tj: TrainingJob, running: list[str]) -> None:
@@ -168,3 +174,20 @@ def _ask_removals(ctx: Context, tj: TrainingJob, running: list[str]) -> None:
             annotated[pod] = value
         except ApiError as exc:
             logger.info("could not annotate pod %s: %s", pod, exc)
+
+
+def checkpoint_released(ctx: Context, checkpoint) -> None:
+    """A Checkpoint of a running live-sealing job is about to go (its finalizer is released):
+    record its directory as retired first, so it is never published again and the sidecar
+    removes its bytes (a deletion by a user as by retention)."""
+    source = checkpoint.spec.source.trainingJob
+    digest = checkpoint.status.digest
+    if source is None or not digest or source.directory == ".":
+        return
+    body = ctx.kube.get(TRAINING_JOBS, checkpoint.metadata.namespace, source.name)
+    if body is None:
+        return
+    tj = parse_tolerant(TrainingJob, body)
+    if tj.metadata.uid != source.uid or tj.is_finished or not tj.publishes_live:
+        return
+    _record_live(ctx, tj, sealed=0, retire=[(source.directory, digest)])

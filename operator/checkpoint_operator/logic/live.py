@@ -134,6 +134,7 @@ def parse_log(text: str, *, sealed_prefix: Optional[str] = None) -> LogEvents:
                 events.not_read_only[manifest.path] = str(problem)[:300]
         elif kind == "removed" and _valid_path(line.get("path")):
             events.removed.add((line["path"], str(line.get("digest", ""))))
+            events.sealed = [m for m in events.sealed if (m.path, m.digest) not in events.removed]
         elif kind == "changed" and _valid_path(line.get("path")):
             events.changed[line["path"]] = line
         elif kind == "warning":
@@ -148,6 +149,8 @@ def merge(into: LogEvents, more: LogEvents) -> LogEvents:
     into.reasons.update(more.reasons)
     into.not_read_only.update(more.not_read_only)
     into.removed |= more.removed
+    # Removed is final, whichever pod's log said it (a retried pod announces what an earlier sealed).
+    into.sealed = [m for m in into.sealed if (m.path, m.digest) not in into.removed]
     into.changed.update(more.changed)
     into.warnings += more.warnings
     return into

@@ -46,6 +46,10 @@ class Store(ABC):
     @abstractmethod
     def import_location(self, checkpoint: Checkpoint, claim: str, uploads: dict[str, str]) -> dict: ...
 
+    def live_upload_prefix(self, tj: TrainingJob) -> Optional[str]:
+        """The sealing sidecar's --upload-to (None: the volume is the store, nothing is uploaded)."""
+        return None
+
     def live_sealed_prefix(self, tj: TrainingJob) -> Optional[str]:
         """Where the sealing sidecar uploads (None: it uploads nothing, the volume is the store)."""
         return None
