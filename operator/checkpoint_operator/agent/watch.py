@@ -292,7 +292,8 @@ class Watcher:
             return None
         read_only = modes is not None and modes.get("ok", False)
         sealed = Sealed(manifest.path, manifest.digest, manifest.step, manifest.complete, manifest.resumable, stats)
-        extra = {"sealReason": reason, "skipped": len(result.skipped), "readOnly": read_only}
+        extra = {"sealReason": reason, "skipped": len(result.skipped), "readOnly": read_only,
+                 "sealedAt": round(time.time(), 3)}
         if modes is not None and not read_only:
             extra["readOnlyProblem"] = modes.get("problem")
         if self.store == "s3":

@@ -100,16 +100,17 @@ def _publish(ctx: Context, tj: TrainingJob, events: live.LogEvents) -> TrainingJ
             publish.mark_changed(ctx, tj, info, f"{info.directory} was sealed again with digest {manifest.digest}",
                                  bytes_in_place=store.keeps_output_claim)
 
-    created = []
+    bodies = []
     for planned in plan.checkpoints:
-        location = planned.ready.fields["location"]
-        if not store.is_committed(location):
+        if not store.is_committed(planned.ready.fields["location"]):
             continue  # announced before its upload was committed: published at a later pass
         body = publish.create_checkpoint(ctx, tj, planned)
-        if body is None:
-            continue  # the name was taken meanwhile: planned again at the next pass
-        if store.keeps_output_claim:
-            publish.own_output_claim(ctx, tj, claim, [publish.checkpoint_owner(body)], keep_job=True)
+        if body is not None:  # None: the name was taken meanwhile; planned again at the next pass
+            bodies.append((body, planned))
+    if bodies and store.keeps_output_claim:  # owned before Ready: deleting the job never takes their bytes
+        publish.own_output_claim(ctx, tj, claim, [publish.checkpoint_owner(b) for b, _ in bodies], keep_job=True)
+    created = []
+    for body, planned in bodies:
         checkpoint = publish.mark_ready(ctx, body, planned)
         created.append(checkpoint.metadata.name)
         ctx.info(checkpoint, "Sealed", f"sealed while {tj.metadata.name} runs ({events.reasons.get(planned.directory)}"
