@@ -289,6 +289,9 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict, scan) -> Result:
     for info in plan.retire:
         ctx.info(tj, "Retired", f"retention: deleting Checkpoint {info.name} (step {info.step})")
         ctx.kube.delete(CHECKPOINTS, namespace, info.name)
+    unused = [scan.uploads[d] for d in [*plan.dropped, *plan.gone] if d in scan.uploads]
+    for uri in store.delete_unused_uploads(tj, unused):
+        ctx.info(tj, "DataDeleted", f"deleted {uri} (not kept as a Checkpoint)")
     _report_snapshot(ctx, tj, plan, scan, [c for c in ready if c.metadata.name not in {e.name for e in existing}])
     agent_runs.finish(ctx, pod)
 

@@ -62,6 +62,11 @@ class Store(ABC):
         """Is the data at `location` complete? Checked before a Checkpoint is marked Ready."""
         return True
 
+    def delete_unused_uploads(self, tj: TrainingJob, uris: list[str]) -> list[str]:
+        """Uploads of the snapshot that became no Checkpoint (dropped by retention, retired while
+        the job ran): deleted, so nothing is left in the store that no object owns."""
+        return []
+
     def delete_owned_data(self, status: dict) -> Optional[str]:
         """Delete the data of a deleted Checkpoint that the operator owns; return where it was.
         Idempotent. Volume data goes with its PVC (owner references), so nothing to do there."""

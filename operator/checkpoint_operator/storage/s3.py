@@ -123,6 +123,16 @@ class S3Store(Store):
         from checkpoint_operator.agent.s3 import manifest_exists
         return manifest_exists(location["s3"]["uri"], endpoint_url=self.config.s3_endpoint)
 
+    def delete_unused_uploads(self, tj: TrainingJob, uris: list[str]) -> list[str]:
+        from checkpoint_operator.agent.s3 import delete_prefix
+        own = self.live_upload_prefix(tj) + "dirs/"  # only the snapshot's own uploads, never a sealed copy
+        deleted = []
+        for uri in uris:
+            if uri.startswith(own):
+                delete_prefix(uri, endpoint_url=self.config.s3_endpoint)
+                deleted.append(uri)
+        return deleted
+
     def delete_owned_data(self, status: dict) -> Optional[str]:
         """Everything under the Checkpoint's prefix (a second delete of gone data succeeds).
         Credentials come from the operator's own environment."""
