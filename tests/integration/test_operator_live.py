@@ -219,3 +219,52 @@ async def test_a_sealed_directory_changed_afterwards_fails_its_checkpoint(api, o
     assert next(c for c in after["status"]["conditions"] if c["type"] == "Ready")["reason"] == "ChangedAfterSealing"
     assert after["status"]["digest"] == before["status"]["digest"], "its digest is never rewritten"
     assert await job_checkpoints(api, "mutating") == ["mutating-checkpoint-7"]
+
+
+async def test_retention_never_takes_a_checkpoint_a_running_consumer_uses(api, operator, cluster, trainer, wait_for):
+    """keep: 1 drops checkpoint-10 when checkpoint-20 seals, but a consumer pinned it: it stays
+    (deletion blocked, its directory on the volume) until the consumer finishes; then it goes and
+    the sidecar removes its directory, while the producer still runs."""
+    consumer_started, consumer_done, producer_done = gate(), gate(), gate()
+    volume = {}
+
+    def produce(attempt, env):
+        volume["out"] = os.path.realpath(env["CHECKPOINT_OUTPUT_DIR"])
+        trainer_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], 10)
+        assert consumer_started.wait(90)
+        trainer_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], 20)
+        assert producer_done.wait(90)
+        return 0
+
+    def consume(attempt, env):
+        consumer_started.set()
+        assert consumer_done.wait(90)
+        return 0
+    trainer.behaviours.update(held=produce, user=consume)
+    await api.create(TJ, NS, training_job("held", output={**LIVE, "keep": 1}))
+    await wait_for(lambda: ready(api, "held-checkpoint-10"), timeout=60)
+    await api.create(TJ, NS, training_job("user", checkpoints=[{"fromTrainingJob": "held"}],
+                                          output={"enabled": False}))
+    await wait_for(lambda: consumer_started.is_set(), timeout=60)
+    await wait_for(lambda: ready(api, "held-checkpoint-20"), timeout=60)
+
+    async def blocked():
+        obj = await checkpoint(api, "held-checkpoint-10")
+        reason = next((c["reason"] for c in (obj or {}).get("status", {}).get("conditions") or []
+                       if c["type"] == "Ready"), None)
+        return obj if obj and obj["metadata"].get("deletionTimestamp") and reason == "DeletionBlocked" else None
+    held = await wait_for(blocked, timeout=60)
+    assert held["status"]["phase"] == "Ready" and "user" in held["status"]["message"]
+    assert os.path.isdir(os.path.join(volume["out"], "checkpoint-10")), "its bytes stay while it is in use"
+
+    consumer_done.set()
+    await wait_phase(api, wait_for, TJ, "user", "Succeeded", timeout=60)
+
+    async def released_and_removed():
+        return await checkpoint(api, "held-checkpoint-10") is None and \
+            not os.path.exists(os.path.join(volume["out"], "checkpoint-10"))
+    await wait_for(released_and_removed, timeout=60)
+    assert (await api.get(TJ, NS, "held"))["status"]["phase"] == "Running"
+    producer_done.set()
+    tj = await wait_phase(api, wait_for, TJ, "held", "Succeeded", timeout=60)
+    assert tj["status"]["outputCheckpoints"] == ["held-checkpoint-20"]
