@@ -448,3 +448,41 @@ def test_regex_rules_fit_the_cost_budget(kind: str) -> None:
         assert cost * cardinality <= PER_RULE_COST_LIMIT, \
             f"{kind} {path}: {rule['rule']!r} is estimated at {cost * cardinality} (limit {PER_RULE_COST_LIMIT})"
     assert checked > 0
+
+
+PER_CRD_COST_LIMIT = 100_000_000  # StaticEstimatedCRDCostLimit: all rules of a CRD together
+STRING_TRAVERSAL = 0.1            # cel-go's cost factor per character of a string operation
+
+
+@pytest.mark.parametrize("kind", CRD_FILES)
+def test_rough_cost_estimate_of_every_rule(kind: str) -> None:
+    """A rough version of the API server's estimate (the `cel` package exposes no cost estimator): each
+    string operation on a field costs its maxLength x 0.1 (x 0.25 x the regex length for matches()),
+    times how often the rule runs (the maxItems of the lists above it). The real estimate runs in kind
+    (e2e/README.md); this one fails when a bound is missing or a rule grows out of proportion."""
+    schema = open_api_schema(load_crd(kind))
+
+    def walk(node: dict, cardinality: int, path: str) -> Iterator[tuple[str, dict, dict, int]]:
+        for rule in node.get("x-kubernetes-validations", []):
+            yield path, node, rule, cardinality
+        for name, sub in node.get("properties", {}).items():
+            yield from walk(sub, cardinality, f"{path}.{name}")
+        if "items" in node:
+            yield from walk(node["items"], cardinality * node.get("maxItems", UNBOUNDED_OBJECT_ITEMS), f"{path}[]")
+
+    operation = re.compile(r"(?:self|oldSelf)((?:\.[A-Za-z_][A-Za-z0-9_]*)+)\.(startsWith|endsWith|contains|matches)"
+                           r"\('((?:[^'\\]|\\.)*)'")
+    total, estimates = 0, {}
+    for path, node, rule, cardinality in walk(schema, 1, ""):
+        cost = 1
+        for chain, function, argument in operation.findall(rule["rule"]):
+            field = _resolve_field(node, [c for c in chain.split(".") if c])
+            length = field.get("maxLength", UNBOUNDED_STRING) if field else UNBOUNDED_STRING
+            factor = math.ceil(0.25 * len(argument)) if function == "matches" else 1
+            cost += math.ceil(STRING_TRAVERSAL * (length + 1)) * factor
+        estimates[f"{path or '.'}: {rule['rule'][:60]}"] = cost * cardinality
+        total += cost * cardinality
+    worst = max(estimates, key=estimates.get)
+    assert estimates[worst] <= PER_RULE_COST_LIMIT, f"{kind} {worst} is estimated at {estimates[worst]}"
+    assert total <= PER_CRD_COST_LIMIT, f"{kind}: all rules together are estimated at {total}"
+    assert len(estimates) >= 5

@@ -16,6 +16,7 @@ import yaml
 
 from checkpoint_operator.api import crdgen
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointSpec
+from checkpoint_operator.api.rules import Description
 from checkpoint_operator.api.trainingjob import TrainingJob
 from test_cel_rules import CASES, CRD_FILES, ROOT, apply_defaults, evaluate_rules, load_crd, open_api_schema
 
@@ -54,7 +55,7 @@ def test_check_fails_after_a_model_change(tmp_path: Path, monkeypatch: pytest.Mo
     assert crdgen.crds_command(output_dir=str(out), chart_dir=None, check=False) == 0
     changed = pydantic.create_model(
         "CheckpointSpec", __base__=CheckpointSpec,
-        license=(Optional[str], pydantic.Field(None, description="License of the weights.")))
+        license=(Optional[Description], pydantic.Field(None, description="License of the weights.")))
     monkeypatch.setattr(crdgen, "CRDS", (dataclasses.replace(crdgen.CHECKPOINT, spec_model=changed),
                                          crdgen.TRAINING_JOB))
     capsys.readouterr()
@@ -62,6 +63,94 @@ def test_check_fails_after_a_model_change(tmp_path: Path, monkeypatch: pytest.Mo
     err = capsys.readouterr().err
     assert "ckpt.dev_checkpoints.yaml" in err and "ckpt.dev_trainingjobs.yaml" not in err
     assert "License of the weights." in crdgen.render_crd_yaml(crdgen.CRDS[0])
+
+
+# --- bounds: what the API server's CEL cost estimate needs ---------------------------------------
+
+def fresh_schema(kind: str) -> dict:
+    """The schema the models generate now (unchecked), so a model change is caught before `crds` runs."""
+    (definition,) = [d for d in crdgen.CRDS if d.kind == kind]
+    return open_api_schema(crdgen.build_crd(definition, check_bounds=False))
+
+
+def models_of(kind: str) -> dict:
+    (definition,) = [d for d in crdgen.CRDS if d.kind == kind]
+    return {"spec": definition.spec_model, "status": definition.status_model}
+
+
+def problems(kind: str, schema: dict, roots: tuple[str, ...], strings_only: bool = False,
+             rule_scopes: bool = False) -> list[str]:
+    """Unbounded strings, lists and maps under `roots` (or, with rule_scopes, under every rule's node)."""
+    starts = []
+    for root in roots:
+        node = schema["properties"][root]
+        if rule_scopes:
+            starts += [(path, sub) for path, sub in crdgen.declared_nodes(node, root)
+                       if sub.get("x-kubernetes-validations")]
+        else:
+            starts.append((root, node))
+    found = {}
+    for start, node in starts:
+        for path, sub in crdgen.declared_nodes(node, start):
+            what = crdgen.unbounded(sub)
+            if what and (what == "string" or not strings_only):
+                why = f"(reached by the CEL rules at {start})" if rule_scopes else f"(in {start})"
+                found.setdefault(path, str(crdgen.UnboundedField(kind, path, what, why,
+                                                                 crdgen._model_field(models_of(kind), path))))
+    return list(found.values())
+
+
+@pytest.mark.parametrize("kind", CRD_FILES)
+@pytest.mark.parametrize("which", ["committed", "generated now"])
+def test_every_string_list_and_map_a_rule_reaches_is_bounded(kind: str, which: str) -> None:
+    """What a rule can reach from self and oldSelf: the declared subtree of the node carrying it."""
+    schema = open_api_schema(load_crd(kind)) if which == "committed" else fresh_schema(kind)
+    rule_nodes = [p for p, n in crdgen.declared_nodes(schema["properties"]["spec"], "spec")
+                  if n.get("x-kubernetes-validations")]
+    assert rule_nodes  # both kinds have rules (so the walk below walks something)
+    found = problems(kind, schema, ("spec", "status"), rule_scopes=True)
+    assert not found, "unbounded fields under CEL rules:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("kind", CRD_FILES)
+@pytest.mark.parametrize("which", ["committed", "generated now"])
+def test_every_string_list_and_map_of_a_spec_and_every_string_of_a_status_is_bounded(kind: str, which: str) -> None:
+    schema = open_api_schema(load_crd(kind)) if which == "committed" else fresh_schema(kind)
+    found = problems(kind, schema, ("spec",)) + problems(kind, schema, ("status",), strings_only=True)
+    assert not found, "unbounded fields:\n" + "\n".join(found)
+
+
+def test_an_unbounded_field_is_named_with_how_to_bound_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    """What another workstream sees when it adds a field without a bound (the tests above, and `crds`)."""
+    from checkpoint_operator.api.trainingjob import OutputSpec, TrainingJobSpec
+    output = pydantic.create_model("OutputSpec", __base__=OutputSpec,
+                                   tags=(Optional[list[Description]], pydantic.Field(None, description="Tags.")),
+                                   owner=(Optional[str], pydantic.Field(None, description="Owner.")))
+    spec = pydantic.create_model("TrainingJobSpec", __base__=TrainingJobSpec,
+                                 output=(output, pydantic.Field(default_factory=output, description="Output.")))
+    changed = dataclasses.replace(crdgen.TRAINING_JOB, spec_model=spec)
+    schema = open_api_schema(crdgen.build_crd(changed, check_bounds=False))
+    monkeypatch.setattr(crdgen, "CRDS", (crdgen.CHECKPOINT, changed))
+    found = problems("TrainingJob", schema, ("spec",), rule_scopes=True)
+    assert found == [
+        "TrainingJob spec.output.tags (model field OutputSpec.tags): a list without maxItems (reached by the CEL "
+        "rules at spec); give the list field Field(max_length=N) (it becomes maxItems)",
+        "TrainingJob spec.output.owner (model field OutputSpec.owner): a string without maxLength (reached by the "
+        "CEL rules at spec); declare the field with a bounded type of checkpoint_operator.api.rules (Name, Uid, "
+        "FileName, Path, Uri, Description, Message, Reason, Short, Timestamp, Digest) or with Field(max_length=N)"]
+    # The generator refuses it too, with the same words.
+    assert crdgen.crds_command(output_dir=str(tmp_path / "crds"), chart_dir=None, check=False) == 1
+    err = capsys.readouterr().err
+    assert "error: TrainingJob spec.output.tags (model field OutputSpec.tags): a list without maxItems" in err
+    assert "error: TrainingJob spec.output.owner (model field OutputSpec.owner): a string without maxLength" in err
+    assert not (tmp_path / "crds").exists()
+
+
+def test_enum_strings_are_bounded_by_their_longest_value() -> None:
+    layout = open_api_schema(load_crd("TrainingJob"))["properties"]["spec"]["properties"]["output"]["properties"][
+        "layout"]
+    assert layout["maxLength"] == max(len(v) for v in layout["enum"]) == len("directories")
 
 
 # --- structure --------------------------------------------------------------------------------

@@ -189,7 +189,8 @@ async def test_checkpoint_operator_command_runs_the_package_cli(api: ApiClient, 
 
 
 async def test_gc_deletes_a_claim_whose_owner_is_gone(api: ApiClient, cluster: LocalCluster, wait_for) -> None:
-    owner = await api.create("ckpt.dev/v1alpha1/trainingjobs", NS, {"metadata": {"name": "tj"}, "spec": {}})
+    owner = await api.create("ckpt.dev/v1alpha1/trainingjobs", NS, {"metadata": {"name": "tj"}, "spec": {
+        "template": {"spec": {"containers": [{"name": "main", "image": "x"}]}}}})
     ref = {"apiVersion": "ckpt.dev/v1alpha1", "kind": "TrainingJob", "name": "tj", "uid": owner["metadata"]["uid"]}
     await api.create("v1/persistentvolumeclaims", NS, claim("owned", owner=ref))
     await wait_for(lambda: _phase_is(api, "v1/persistentvolumeclaims", "owned", "Bound"))

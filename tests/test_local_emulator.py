@@ -1,4 +1,7 @@
-"""The adaptations of kmock's emulator (checkpoint_operator.local.emulator): each fails on plain kmock 0.8."""
+"""The adaptations of kmock's emulator (checkpoint_operator.local.emulator): each fails on plain kmock 0.8.
+
+Admission (names, schemas, CEL) is tested in test_local_admission.py.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +9,12 @@ import asyncio
 import json
 
 import aiohttp
+import kmock
 import kopf
 import pytest
+from kmock._internal import dsl, filtering
 
+from checkpoint_operator.local import emulator as emulator_module
 from checkpoint_operator.local.server import ApiClient, ApiError, EmulatorServer, open_watches, run_kopf_in_thread
 
 CKPTS = "ckpt.dev/v1alpha1/checkpoints"
@@ -16,8 +22,13 @@ NS = "default"
 
 
 def checkpoint(name: str, **labels: str) -> dict:
-    return {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint",
-            "metadata": {"name": name, "labels": labels}, "spec": {"description": "d"}}
+    return {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint", "metadata": {"name": name, "labels": labels},
+            "spec": {"source": {"s3": {"uri": f"s3://models/{name}/"}}, "description": "d"}}
+
+
+def training_job(name: str) -> dict:
+    return {"apiVersion": "ckpt.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name},
+            "spec": {"template": {"spec": {"containers": [{"name": "main", "image": "x"}]}}}}
 
 
 def pod(name: str, **labels: str) -> dict:
@@ -40,18 +51,22 @@ async def test_generate_name(api: ApiClient) -> None:
 
 async def test_resource_version_bumps_on_every_change_generation_on_spec_only(api: ApiClient) -> None:
     rv = lambda obj: int(obj["metadata"]["resourceVersion"])  # noqa: E731
-    c0 = await api.create(CKPTS, NS, checkpoint("c1"))
-    c1 = await api.patch(CKPTS, NS, "c1", {"status": {"phase": "Ready"}}, subresource="status")
-    c2 = await api.patch(CKPTS, NS, "c1", {"metadata": {"finalizers": ["ckpt.dev/in-use-protection"]}})
-    c3 = await api.patch(CKPTS, NS, "c1", {"spec": {"description": "changed"}})
-    await api.delete(CKPTS, NS, "c1")
-    c4 = await api.get(CKPTS, NS, "c1")
+    jobs = "batch/v1/jobs"  # a Checkpoint's spec is immutable: a Job's spec can change
+    c0 = await api.create(jobs, NS, {"metadata": {"name": "j1"}, "spec": {"parallelism": 1}})
+    c1 = await api.patch(jobs, NS, "j1", {"status": {"active": 1}}, subresource="status")
+    c2 = await api.patch(jobs, NS, "j1", {"metadata": {"finalizers": ["ckpt.dev/in-use-protection"]}})
+    c3 = await api.patch(jobs, NS, "j1", {"spec": {"parallelism": 2}})
+    await api.delete(jobs, NS, "j1", propagation_policy="Background")
+    c4 = await api.get(jobs, NS, "j1")
     assert rv(c0) < rv(c1) < rv(c2) < rv(c3) < rv(c4)
     assert [c["metadata"]["generation"] for c in (c0, c1, c2, c3, c4)] == [1, 1, 1, 2, 2]
     assert c4["metadata"]["deletionTimestamp"]
     # A no-op patch keeps the resourceVersion, as the real API does.
-    c5 = await api.patch(CKPTS, NS, "c1", {"spec": {"description": "changed"}})
+    c5 = await api.patch(jobs, NS, "j1", {"spec": {"parallelism": 2}})
     assert rv(c5) == rv(c4)
+    # Removing the last finalizer is the deletion: a resourceVersion of its own.
+    gone = await api.patch(jobs, NS, "j1", {"metadata": {"finalizers": None}})
+    assert rv(gone) > rv(c5) and await api.get(jobs, NS, "j1") is None
 
 
 async def test_stale_resource_version_conflicts(api: ApiClient) -> None:
@@ -152,21 +167,30 @@ async def test_discovery_serves_project_crds_with_status(api: ApiClient) -> None
     assert names["checkpoints"]["namespaced"] and "ckpt" in names["checkpoints"]["shortNames"]
 
 
-@pytest.mark.parametrize("resource, body", [
-    (CKPTS, checkpoint("o")), ("ckpt.dev/v1alpha1/trainingjobs", {"metadata": {"name": "o"}, "spec": {"a": 1}}),
-    ("batch/v1/jobs", {"metadata": {"name": "o"}, "spec": {"a": 1}}), ("v1/pods", pod("o")),
+@pytest.mark.parametrize("resource, body, phases, main_change", [
+    # Custom resources: their specs are immutable (a CEL rule) and their phases an enum.
+    (CKPTS, checkpoint("o"), ("Pending", "Ready", "Failed", "Importing"), {"metadata": {"labels": {"a": "b"}}}),
+    ("ckpt.dev/v1alpha1/trainingjobs", training_job("o"), ("Pending", "Running", "Failed", "Succeeded"),
+     {"metadata": {"labels": {"a": "b"}}}),
+    ("batch/v1/jobs", {"metadata": {"name": "o"}, "spec": {"a": 1}}, ("Ignored", "Ready", "Lost", "Put"),
+     {"spec": {"extra": 2}}),
+    ("v1/pods", pod("o"), ("Ignored", "Ready", "Lost", "Put"), {"spec": {"extra": 2}}),
 ])
-async def test_status_subresource_separates_spec_and_status(api: ApiClient, resource: str, body: dict) -> None:
-    created = await api.create(resource, NS, {**body, "status": {"phase": "Ignored"}})
-    assert created.get("status", {}).get("phase") != "Ignored"  # create drops status
+async def test_status_subresource_separates_spec_and_status(api: ApiClient, resource: str, body: dict,
+                                                            phases: tuple[str, ...], main_change: dict) -> None:
+    ignored, ready, lost, put = phases
+    created = await api.create(resource, NS, {**body, "status": {"phase": ignored}})
+    assert created.get("status", {}).get("phase") != ignored  # create drops status
     spec = created["spec"]
-    after_status = await api.patch(resource, NS, "o", {"spec": {"sneaky": 1}, "status": {"phase": "Ready"}},
+    after_status = await api.patch(resource, NS, "o", {"spec": {"sneaky": 1}, "status": {"phase": ready}},
                                    subresource="status")
-    assert after_status["status"]["phase"] == "Ready" and after_status["spec"] == spec
-    after_main = await api.patch(resource, NS, "o", {"spec": {"extra": 2}, "status": {"phase": "Lost"}})
-    assert after_main["status"]["phase"] == "Ready" and after_main["spec"]["extra"] == 2
-    replaced = await api.replace(resource, NS, "o", {**after_main, "status": {"phase": "Put"}}, subresource="status")
-    assert replaced["status"] == {"phase": "Put"} and replaced["spec"] == after_main["spec"]
+    assert after_status["status"]["phase"] == ready and after_status["spec"] == spec
+    after_main = await api.patch(resource, NS, "o", {**main_change, "status": {"phase": lost}})
+    assert after_main["status"]["phase"] == ready
+    assert (after_main["metadata"].get("labels") or {}) == main_change.get("metadata", {}).get("labels", {})
+    assert after_main["spec"] == {**spec, **main_change.get("spec", {})}
+    replaced = await api.replace(resource, NS, "o", {**after_main, "status": {"phase": put}}, subresource="status")
+    assert replaced["status"] == {"phase": put} and replaced["spec"] == after_main["spec"]
 
 
 async def test_pod_log(api: ApiClient, emulator_server: EmulatorServer) -> None:
@@ -181,7 +205,7 @@ async def test_pod_log(api: ApiClient, emulator_server: EmulatorServer) -> None:
 
 
 async def test_finalizers_hold_deletion_until_removed(api: ApiClient) -> None:
-    await api.create(CKPTS, NS, {**checkpoint("c1"), "metadata": {"name": "c1", "finalizers": ["x"]}})
+    await api.create(CKPTS, NS, {**checkpoint("c1"), "metadata": {"name": "c1", "finalizers": ["example.com/x"]}})
     await api.delete(CKPTS, NS, "c1")
     held = await api.get(CKPTS, NS, "c1")
     assert held["metadata"]["deletionTimestamp"]
@@ -234,12 +258,30 @@ def test_state_survives_a_restart(tmp_path) -> None:
 
     with EmulatorServer(state_dir=tmp_path) as first:
         created = asyncio.run(create_checkpoint(first.url))
-    assert (tmp_path / "api-objects.json").exists()
+    assert (tmp_path / "api-objects.jsonl").exists()
     with EmulatorServer(state_dir=tmp_path) as second:
         kept, newer, log = asyncio.run(read_back(second.url))
     assert kept["metadata"]["uid"] == created["metadata"]["uid"]
     assert int(newer["metadata"]["resourceVersion"]) > int(created["metadata"]["resourceVersion"])
     assert log == "hello\n"
+
+
+def test_a_format_1_state_file_is_read(tmp_path) -> None:
+    """The single JSON document that emulators before the JSON Lines state wrote."""
+    obj = {**checkpoint("kept"), "metadata": {"name": "kept", "namespace": NS, "uid": "u1", "resourceVersion": "7",
+                                              "generation": 1, "creationTimestamp": "2025-01-01T00:00:00Z"}}
+    (tmp_path / "api-objects.json").write_text(json.dumps({
+        "format": 1, "resourceVersion": 9, "resources": {}, "podLogs": [],
+        "objects": [{"resource": CKPTS, "object": obj}]}, indent=1))
+
+    async def read_back(url: str) -> tuple[dict, dict]:
+        async with ApiClient(url) as client:
+            return await client.get(CKPTS, NS, "kept"), await client.create(CKPTS, NS, checkpoint("newer"))
+
+    with EmulatorServer(state_dir=tmp_path) as server:
+        kept, newer = asyncio.run(read_back(server.url))
+    assert kept["metadata"]["uid"] == "u1" and int(newer["metadata"]["resourceVersion"]) > 9
+    assert (tmp_path / "api-objects.jsonl").exists() and not (tmp_path / "api-objects.json").exists()
 
 
 def test_kopf_runs_twice_in_one_process_with_one_registry(emulator_server: EmulatorServer) -> None:
@@ -269,9 +311,291 @@ def test_kopf_runs_twice_in_one_process_with_one_registry(emulator_server: Emula
                 handle.stop()
 
 
-async def test_old_request_records_are_forgotten(api: ApiClient, emulator_server: EmulatorServer) -> None:
-    for _ in range(30):
-        await api.get("v1/pods", NS, "missing")  # each one also records a 404 error in kmock
+
+
+# --- cost: what a request touches, not what was served before -------------------------------------
+
+class Counted:
+    """Counts, across threads, the calls of kmock's request matching and the request records it scans."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.counts = {"criteria calls": 0, "records scanned": 0}
+        for cls in (filtering.HTTPCriteria, filtering.K8sCriteria, filtering.FnCriteria):
+            monkeypatch.setattr(cls, "__call__", self._counting(cls.__call__))
+        for cls in (dsl.Root, dsl.Reaction):
+            monkeypatch.setattr(cls, "__iter__", self._scanning(cls.__iter__))
+
+    def _counting(self, call):
+        def counted(criteria, request):
+            self.counts["criteria calls"] += 1
+            return call(criteria, request)
+        return counted
+
+    def _scanning(self, iterate):
+        def scanned(view):
+            for item in iterate(view):
+                self.counts["records scanned"] += 1
+                yield item
+        return scanned
+
+
+async def _traffic(api: ApiClient, count: int, tag: str) -> None:
+    """``count`` requests of the kinds an operator sends (8 at a time): GET, 404, LIST, status PATCH."""
+    async def one(i: int) -> None:
+        match i % 4:
+            case 0:
+                await api.get(CKPTS, NS, "c0")
+            case 1:
+                await api.get(CKPTS, NS, f"missing-{i}")  # kmock records an error for each
+            case 2:
+                await api.list(CKPTS, NS, label_selector="app=x")
+            case 3:
+                await api.patch(CKPTS, NS, "c0", {"status": {"message": f"{tag} {i}"}}, subresource="status")
+
+    for start in range(0, count, 8):
+        await asyncio.gather(*(one(i) for i in range(start, min(count, start + 8))))
+
+
+async def test_per_request_cost_does_not_grow_with_requests_served(api: ApiClient, emulator_server: EmulatorServer,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     emulator = emulator_server.emulator
-    emulator_server.call(lambda: emulator.forget_old_requests(keep=10))
-    assert emulator_server.call(lambda: (len(emulator._requests), len(emulator.errors))) == (10, 10)
+    # A reaction injected with kmock's DSL (it never matches here): requests go through kmock's matching.
+    emulator_server.call(lambda: emulator[kmock.action.DELETE, kmock.resource("", "v1", "secrets")] << 500)
+    await api.create(CKPTS, NS, checkpoint("c0", app="x"))
+    counted = Counted(monkeypatch)
+
+    async def cost_of_a_batch() -> dict[str, int]:
+        before = dict(counted.counts, visited=emulator.store.visited)
+        await _traffic(api, 40, "measured")
+        after = dict(counted.counts, visited=emulator.store.visited)
+        return {key: after[key] - before[key] for key in after}
+
+    await _traffic(api, 100, "warm-up")
+    early = await cost_of_a_batch()
+    await _traffic(api, 10_000, "bulk")
+    late = await cost_of_a_batch()
+    assert early["criteria calls"] > 0 and early["visited"] > 0  # the counters do count
+    assert late == early, f"the same 40 requests cost more after 10,000 others: {early} -> {late}"
+
+    def records() -> dict[str, int]:
+        return {"requests": len(emulator._requests), "errors": len(emulator.errors),
+                "per reaction": max(len(p._requests) for p in emulator._payloads),
+                "objects": len(emulator.store), "watch window": max(
+                    (len(w) for w in emulator.watches._recent.values()), default=0)}
+
+    kept = emulator_server.call(records)
+    assert kept["requests"] <= 2 * emulator.request_history and kept["errors"] <= 2 * emulator.request_history
+    assert kept["per reaction"] <= 2 * emulator.request_history
+    assert kept["objects"] == 4  # c0, the default namespace, the project's two CRDs: no past versions
+    assert kept["watch window"] <= emulator.watches.window
+
+
+async def test_deleted_objects_leave_nothing_behind(api: ApiClient, emulator_server: EmulatorServer) -> None:
+    emulator = emulator_server.emulator
+    baseline = emulator_server.call(lambda: (len(emulator.store), dict(emulator.store._labels), emulator._pod_logs))
+    job = await api.create("batch/v1/jobs", NS, {"metadata": {"name": "j"}, "spec": {}})
+    owner = {"apiVersion": "batch/v1", "kind": "Job", "name": "j", "uid": job["metadata"]["uid"]}
+    for i in range(20):
+        await api.create("v1/pods", NS, {**pod(f"p{i}", app="a"), "metadata": {
+            "name": f"p{i}", "labels": {"app": "a"}, "ownerReferences": [owner]}})
+        await api.write_log(NS, f"p{i}", "main", "log\n")
+    for i in range(20):
+        await api.delete("v1/pods", NS, f"p{i}")
+    await api.delete("batch/v1/jobs", NS, "j")
+    after = emulator_server.call(lambda: (len(emulator.store), dict(emulator.store._labels), emulator._pod_logs))
+    assert after == baseline
+    assert emulator_server.call(lambda: emulator.store._owned) == {}
+
+
+async def test_a_list_reads_only_its_resource_and_namespace(api: ApiClient, emulator_server: EmulatorServer,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(emulator_module, "LIST_CHUNK", 4)  # the longer lists below go out in chunks
+    for ns in ("busy", "quiet"):
+        await api.create("v1/namespaces", None, {"metadata": {"name": ns}})
+    for i in range(30):
+        await api.create("v1/pods", "busy", pod(f"p{i}", app="a" if i else "b"))
+        await api.create(CKPTS, "quiet", checkpoint(f"c{i}"))
+    for i in range(3):
+        await api.create("v1/pods", "quiet", pod(f"p{i}"))
+    store = emulator_server.emulator.store
+
+    async def visits(coroutine) -> tuple[int, object]:
+        before = store.visited
+        result = await coroutine
+        return store.visited - before, result
+
+    seen, items = await visits(api.list("v1/pods", "quiet"))
+    assert (seen, len(items)) == (3, 3)
+    seen, items = await visits(api.list("v1/pods", "busy", label_selector="app=b"))  # the label index
+    assert (seen, [i["metadata"]["name"] for i in items]) == (1, ["p0"])
+    seen, items = await visits(api.list("v1/pods", "busy", label_selector="app in (b),!tier"))
+    assert (seen, len(items)) == (1, 1)
+    await api.patch("v1/pods", "busy", "p5", {"metadata": {"labels": {"uses.ckpt.dev/u1": "true"}}})
+    seen, items = await visits(api.list("v1/pods", "busy", label_selector="uses.ckpt.dev/u1"))  # existence
+    assert (seen, [i["metadata"]["name"] for i in items]) == (1, ["p5"])
+    seen, obj = await visits(api.get(CKPTS, "quiet", "c7"))
+    assert seen == 0 and obj["metadata"]["name"] == "c7"
+    seen, items = await visits(api.list("v1/pods"))  # cluster-wide: the pods of every namespace, nothing else
+    assert (seen, len(items)) == (33, 33)
+    assert [i["metadata"]["name"] for i in items][:3] == ["p0", "p1", "p10"]  # sorted by namespace and name
+
+
+async def test_an_event_reaches_only_the_watches_of_its_namespace(api: ApiClient, api_url: str,
+                                                                  emulator_server: EmulatorServer, wait_for,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    checked: list[str] = []
+    original = emulator_module.WatchHub.event_for
+    monkeypatch.setattr(emulator_module.WatchHub, "event_for", staticmethod(
+        lambda watcher, change: checked.append(watcher.namespace or "*") or original(watcher, change)))
+    paths = ["/api/v1/namespaces/a/pods", "/api/v1/namespaces/b/pods", "/api/v1/namespaces/c/pods",
+             "/api/v1/namespaces/a/configmaps", "/api/v1/pods"]
+    watching = [asyncio.create_task(_watch_events(api_url, path, 1)) for path in paths]
+    await wait_for(lambda: len(emulator_server.call(lambda: emulator_server.emulator.open_watches)) == 5)
+    await api.create("v1/pods", "a", pod("p"))
+    assert sorted(checked) == ["*", "a"]  # not the watches of namespaces b and c, nor of configmaps
+    done = await asyncio.wait_for(asyncio.gather(watching[0], watching[4]), 5)
+    assert [events[0]["object"]["metadata"]["name"] for events in done] == ["p", "p"]
+    for task in watching[1:4]:
+        task.cancel()
+
+
+async def test_watch_resumes_from_a_resource_version(api: ApiClient, api_url: str) -> None:
+    await api.create("v1/pods", NS, pod("old"))
+    listing = await api.request("GET", "/api/v1/namespaces/default/pods")
+    rv = listing["metadata"]["resourceVersion"]
+    await api.create("v1/pods", NS, pod("new"))
+    await api.delete("v1/pods", NS, "old")
+    events = await asyncio.wait_for(_watch_events(
+        api_url, f"/api/v1/namespaces/default/pods?resourceVersion={rv}&timeoutSeconds=1", 99), 5)
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "new"), ("DELETED", "old")]
+    # Without a resourceVersion (or with 0): the current objects, then (if asked) the initial-events bookmark.
+    events = await asyncio.wait_for(_watch_events(
+        api_url, "/api/v1/namespaces/default/pods?sendInitialEvents=true&timeoutSeconds=1", 99), 5)
+    assert [e["type"] for e in events] == ["ADDED", "BOOKMARK"]
+    assert events[1]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
+
+
+async def test_watch_from_a_forgotten_resource_version_gets_410(api_url: str, emulator_server: EmulatorServer,
+                                                                api: ApiClient) -> None:
+    emulator_server.emulator.watches.window = 3
+    for i in range(5):
+        await api.create("v1/pods", NS, pod(f"p{i}"))
+    events = await asyncio.wait_for(_watch_events(api_url, "/api/v1/pods?resourceVersion=2", 99), 5)
+    assert [(e["type"], e["object"]["code"], e["object"]["reason"]) for e in events] == [("ERROR", 410, "Expired")]
+
+
+async def test_objects_entering_or_leaving_a_selection_are_added_or_deleted(api: ApiClient, api_url: str,
+                                                                           wait_for) -> None:
+    watching = asyncio.create_task(_watch_events(api_url, "/api/v1/namespaces/default/pods?labelSelector=app%3Da", 3))
+    await wait_for(lambda: asyncio.to_thread(open_watches, api_url))
+    await api.create("v1/pods", NS, pod("p", app="b"))
+    await api.patch("v1/pods", NS, "p", {"metadata": {"labels": {"app": "a"}}})
+    await api.patch("v1/pods", NS, "p", {"metadata": {"labels": {"app": "a", "x": "y"}}})
+    await api.patch("v1/pods", NS, "p", {"metadata": {"labels": {"app": "c"}}})
+    events = await asyncio.wait_for(watching, 5)
+    assert [(e["type"], e["object"]["metadata"]["labels"]["app"]) for e in events] == [
+        ("ADDED", "a"), ("MODIFIED", "a"), ("DELETED", "a")]
+
+
+async def test_a_lagging_watch_is_closed() -> None:
+    watcher = emulator_module.Watcher(resource=emulator_module.PODS, filter=emulator_module.ObjectFilter(),
+                                      user_agent="", limit=3)
+    for i in range(3):
+        watcher.offer(b"%d" % i)
+    assert await watcher.next_events(0.1) == [b"0", b"1", b"2"]
+    for i in range(4):
+        watcher.offer(b"%d" % i)
+    assert watcher.overflowed and await watcher.next_events(0.1) is None
+
+
+async def test_builtin_routes_agree_with_kmock_matching(emulator_server: EmulatorServer) -> None:
+    """The direct route taken when only the emulator's own reactions exist is the one kmock's matching picks."""
+    emulator = emulator_server.emulator
+    requests = [
+        kmock.Request(method=method, url=path, action=action, resource=resource, namespace=namespace, name=name,
+                      subresource=subresource)
+        for method, path, action, resource, namespace, name, subresource in [
+            ("GET", "/api/v1/namespaces/default/pods", kmock.action.LIST, emulator_module.PODS, NS, None, None),
+            ("GET", "/api/v1/namespaces/default/pods", kmock.action.WATCH, emulator_module.PODS, NS, None, None),
+            ("GET", "/api/v1/namespaces/default/pods/p", kmock.action.FETCH, emulator_module.PODS, NS, "p", None),
+            ("POST", "/api/v1/namespaces/default/pods", kmock.action.CREATE, emulator_module.PODS, NS, None, None),
+            ("PATCH", "/api/v1/namespaces/default/pods/p", kmock.action.UPDATE, emulator_module.PODS, NS, "p", None),
+            ("PATCH", "/api/v1/namespaces/default/pods/p/status", kmock.action.UPDATE, emulator_module.PODS, NS, "p",
+             "status"),
+            ("PUT", "/api/v1/namespaces/default/pods/p", None, emulator_module.PODS, NS, "p", None),
+            ("DELETE", "/api/v1/namespaces/default/pods/p", kmock.action.DELETE, emulator_module.PODS, NS, "p", None),
+            ("GET", "/api/v1/namespaces/default/pods/p/log", kmock.action.FETCH, emulator_module.PODS, NS, "p", "log"),
+            ("PUT", "/api/v1/namespaces/default/pods/p/log", None, emulator_module.PODS, NS, "p", "log"),
+            ("GET", "/_emulator/watches", None, None, None, None, None),
+        ]]
+
+    def matched(request: kmock.Request):
+        sight = emulator_module._Sight(emulator, request)
+        payloads, _ = emulator._reactions()
+        return next(emulator._own_reactions.get(id(p)) for p in payloads if sight(p._source))
+
+    def compare() -> list:
+        return [(r.method, r.url.path, emulator._route(r), matched(r)) for r in requests]
+
+    for method, path, routed, by_matching in emulator_server.call(compare):
+        assert routed is not None and routed == by_matching, (method, path, routed, by_matching)
+
+
+# --- kmock's DSL still injects responses ----------------------------------------------------------------
+
+async def test_a_500_injected_with_kmocks_dsl_reaches_the_client_and_changes_nothing(
+        api: ApiClient, emulator_server: EmulatorServer) -> None:
+    emulator = emulator_server.emulator
+    await api.create(CKPTS, NS, checkpoint("c1"))
+    failure = {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 500, "reason": "InternalError",
+               "message": "injected"}
+    # The first status update of Checkpoints fails; later ones pass.
+    emulator_server.call(lambda: emulator[kmock.action.UPDATE, kmock.resource("ckpt.dev", "v1alpha1", "checkpoints"),
+                                          kmock.subresource("status")][:1] << 500 << failure)
+    with pytest.raises(ApiError) as caught:
+        await api.patch(CKPTS, NS, "c1", {"status": {"phase": "Ready"}}, subresource="status")
+    assert caught.value.status == 500 and caught.value.body["message"] == "injected"
+    assert "status" not in await api.get(CKPTS, NS, "c1")  # the injected answer replaced the write
+    updated = await api.patch(CKPTS, NS, "c1", {"status": {"phase": "Ready"}}, subresource="status")
+    assert updated["status"]["phase"] == "Ready"
+
+
+async def test_errors_on_a_fraction_of_requests(api: ApiClient, emulator_server: EmulatorServer) -> None:
+    """The fault-matrix shape: every other GET of pods answers 429 (by the request's serial number)."""
+    emulator = emulator_server.emulator
+    await api.create("v1/pods", NS, pod("p"))
+    emulator_server.call(lambda: emulator[kmock.action.FETCH, emulator_module.PODS,
+                                          lambda request: request.id % 2 == 0] << 429 << {
+        "kind": "Status", "code": 429, "reason": "TooManyRequests", "message": "slow down"})
+    statuses = []
+    for _ in range(10):
+        try:
+            await api.get("v1/pods", NS, "p")
+            statuses.append(200)
+        except ApiError as exc:
+            statuses.append(exc.status)
+    assert sorted(statuses) == [200] * 5 + [429] * 5
+
+
+async def test_get_object(api: ApiClient, emulator_server: EmulatorServer) -> None:
+    await api.create(CKPTS, NS, checkpoint("c1"))
+    emulator = emulator_server.emulator
+    found = emulator_server.call(lambda: emulator.get_object(CKPTS, NS, "c1"))
+    assert found["spec"]["source"] == {"s3": {"uri": "s3://models/c1/"}}
+    assert emulator_server.call(lambda: emulator.get_object("v1/pods", NS, "none")) is None
+
+
+async def test_a_pod_deleted_with_a_finalizer_keeps_its_grace_period(api: ApiClient) -> None:
+    for name, extra, options in (("default", {}, {}), ("own", {"terminationGracePeriodSeconds": 2}, {}),
+                                 ("asked", {}, {"gracePeriodSeconds": 0})):
+        body = pod(name)
+        body["metadata"]["finalizers"] = ["example.com/hold"]
+        body["spec"].update(extra)
+        await api.create("v1/pods", NS, body)
+        await api.request("DELETE", f"/api/v1/namespaces/{NS}/pods/{name}", json_body=options)
+    grace = {name: (await api.get("v1/pods", NS, name))["metadata"]["deletionGracePeriodSeconds"]
+             for name in ("default", "own", "asked")}
+    assert grace == {"default": 30, "own": 2, "asked": 0}
+    await api.create(CKPTS, NS, {**checkpoint("c"), "metadata": {"name": "c", "finalizers": ["example.com/hold"]}})
+    await api.delete(CKPTS, NS, "c")
+    assert (await api.get(CKPTS, NS, "c"))["metadata"]["deletionGracePeriodSeconds"] == 0

@@ -117,8 +117,10 @@ async def test_train_then_consume_latest_with_lineage(api, operator, cluster, tr
     mounts = job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
     input_mount = next(m for m in mounts if m["mountPath"] == "/input-checkpoint/pretrain-step-200")
     assert input_mount["readOnly"] is True and input_mount["subPath"] == "step-200"
-    # Released: nothing uses the input any more.
-    assert not (await api.get(CKPT, NS, "pretrain-step-200"))["status"].get("usedBy")
+    # Released: nothing uses the input any more (usedBy is informational, written debounced).
+    async def released() -> bool:
+        return not (await api.get(CKPT, NS, "pretrain-step-200"))["status"].get("usedBy")
+    await wait_for(released)
 
 
 async def test_delete_while_in_use_is_blocked_then_released(api, operator, trainer, wait_for):
@@ -136,8 +138,10 @@ async def test_delete_while_in_use_is_blocked_then_released(api, operator, train
     await wait_phase(api, wait_for, TJ, "producer", "Succeeded")
     await api.create(TJ, NS, training_job("consumer", checkpoints=[{"name": "producer-step-1"}]))
     await wait_phase(api, wait_for, TJ, "consumer", "Running")
-    used = await api.get(CKPT, NS, "producer-step-1")
-    assert [u["name"] for u in used["status"]["usedBy"]] == ["consumer"] and used["status"]["usedByCount"] == 1
+    async def used_by_consumer() -> bool:  # usedBy is informational, written debounced
+        status = (await api.get(CKPT, NS, "producer-step-1"))["status"]
+        return [u["name"] for u in status.get("usedBy") or []] == ["consumer"] and status.get("usedByCount") == 1
+    await wait_for(used_by_consumer)
 
     await api.delete(CKPT, NS, "producer-step-1")
 
@@ -294,6 +298,7 @@ async def test_deleting_a_job_deletes_its_job_and_releases_inputs(api, operator,
     await api.delete(TJ, NS, "user")
     await wait_for(lambda: _gone(api, TJ, "user"))
     await wait_for(lambda: _gone(api, "batch/v1/jobs", "user"))
-    ckpt = await api.get(CKPT, NS, "src-s-1")
-    assert not ckpt["status"].get("usedBy")
+    async def released() -> bool:  # usedBy is informational, written debounced
+        return not (await api.get(CKPT, NS, "src-s-1"))["status"].get("usedBy")
+    await wait_for(released)
     hold.set()

@@ -8,7 +8,8 @@ from pydantic import Field
 
 from checkpoint_operator.api.common import QUANTITY_PATTERN, Condition, ObjectRef, Phase, PinnedCheckpoint
 from checkpoint_operator.api.meta import ObjectMeta, meta_field
-from checkpoint_operator.api.rules import ApiModel, Rule, has_exactly_one, path_has_dotdot
+from checkpoint_operator.api.rules import (ApiModel, Description, Digest, FileName, Message, Name, Path, Rule, Short,
+                                           Uid, Uri, has_exactly_one, path_has_dotdot)
 
 
 class CheckpointPhase(Phase):
@@ -34,7 +35,7 @@ SOURCE_KINDS = ("s3", "http", "volume", "trainingJob")
 
 
 class SecretRef(ApiModel):
-    name: str = Field(description="Name of a Secret in the same namespace with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.")
+    name: Name = Field(description="Name of a Secret in the same namespace with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.")
 
 
 class S3Source(ApiModel):
@@ -44,9 +45,9 @@ class S3Source(ApiModel):
                       "spec.source.s3.uri must start with s3:// (for example s3://bucket/prefix/)",
                       lambda s: s["uri"].startswith("s3://"), field_path=".uri"),)
 
-    uri: str = Field(description="s3://bucket/key for one object (archives are extracted) or s3://bucket/prefix/ for a tree.")
-    endpoint: Optional[str] = Field(None, description="Endpoint URL of an S3-compatible store; empty for AWS.")
-    region: Optional[str] = Field(None, description="Region of the bucket.")
+    uri: Uri = Field(description="s3://bucket/key for one object (archives are extracted) or s3://bucket/prefix/ for a tree.")
+    endpoint: Optional[Uri] = Field(None, description="Endpoint URL of an S3-compatible store; empty for AWS.")
+    region: Optional[Short] = Field(None, description="Region of the bucket.")
     secretRef: Optional[SecretRef] = Field(None, description="Secret holding the credentials; default: the operator's.")
 
 
@@ -57,7 +58,7 @@ class HttpSource(ApiModel):
                       "spec.source.http.url must start with http:// or https://",
                       lambda s: s["url"].startswith(("http://", "https://")), field_path=".url"),)
 
-    url: str = Field(description="URL of a file or an archive (.tar, .tar.gz, .tgz, .tar.bz2, .zip; extracted).")
+    url: Uri = Field(description="URL of a file or an archive (.tar, .tar.gz, .tgz, .tar.bz2, .zip; extracted).")
 
 
 class VolumeSource(ApiModel):
@@ -68,15 +69,15 @@ class VolumeSource(ApiModel):
                       lambda s: not path_has_dotdot(s.get("path", "")), field_path=".path"),)
 
     claimName: str = Field(description="Name of the PersistentVolumeClaim.", min_length=1, max_length=253)
-    path: str = Field("/", description="Directory inside the volume that holds the checkpoint.")
+    path: Path = Field("/", description="Directory inside the volume that holds the checkpoint.")
 
 
 class TrainingJobSource(ApiModel):
     """Written by the operator for snapshots of a TrainingJob's output; not for users."""
 
-    name: str = Field(description="Name of the producing TrainingJob.")
-    uid: str = Field(description="UID of the producing TrainingJob.")
-    directory: str = Field(description="Entry of the output directory this checkpoint was made from ('.' for the root files).")
+    name: Name = Field(description="Name of the producing TrainingJob.")
+    uid: Uid = Field(description="UID of the producing TrainingJob.")
+    directory: FileName = Field(description="Entry of the output directory this checkpoint was made from ('.' for the root files).")
 
 
 class CheckpointSource(ApiModel):
@@ -106,7 +107,7 @@ class CheckpointSpec(ApiModel):
                       None),)
 
     source: CheckpointSource = Field(description="Where the data comes from.")
-    description: Optional[str] = Field(None, description="Free text shown to humans.")
+    description: Optional[Description] = Field(None, description="Free text shown to humans.")
     format: Optional[CheckpointFormat] = Field(None, description="Format hint; detected from the files when empty.")
     maxSize: Optional[str] = Field(
         None, pattern=QUANTITY_PATTERN, max_length=64,
@@ -115,14 +116,14 @@ class CheckpointSpec(ApiModel):
 
 
 class VolumeLocation(ApiModel):
-    claimName: str = Field(description="PersistentVolumeClaim holding the data.")
-    path: str = Field(description="Directory inside the volume ('.' for its root).")
-    items: Optional[list[str]] = Field(
+    claimName: Name = Field(description="PersistentVolumeClaim holding the data.")
+    path: Path = Field(description="Directory inside the volume ('.' for its root).")
+    items: Optional[list[FileName]] = Field(
         None, description="When set, only these files of the directory belong to the checkpoint (mounted one by one).")
 
 
 class S3Location(ApiModel):
-    uri: str = Field(description="s3://bucket/prefix/ holding the data and its manifest.")
+    uri: Uri = Field(description="s3://bucket/prefix/ holding the data and its manifest.")
 
 
 class Location(ApiModel):
@@ -136,13 +137,13 @@ class CheckpointStatus(ApiModel):
     """Observed state of a Checkpoint, written by the operator."""
 
     phase: Optional[CheckpointPhase] = Field(None, description="Pending, Importing, Ready or Failed.")
-    message: Optional[str] = Field(None, description="Why the checkpoint is in this phase.")
+    message: Optional[Message] = Field(None, description="Why the checkpoint is in this phase.")
     location: Optional[Location] = Field(None, description="Where the bytes are.")
     owned: Optional[bool] = Field(None, description="True when the operator owns the data and deletes it with the checkpoint.")
     sizeBytes: Optional[int] = Field(None, description="Total size of the files in bytes.")
-    size: Optional[str] = Field(None, description="Total size, human-readable (for kubectl get).")
+    size: Optional[Short] = Field(None, description="Total size, human-readable (for kubectl get).")
     fileCount: Optional[int] = Field(None, description="Number of files.")
-    digest: Optional[str] = Field(None, description="sha256: of the canonical manifest; the checkpoint's identity.")
+    digest: Optional[Digest] = Field(None, description="sha256: of the canonical manifest; the checkpoint's identity.")
     format: Optional[CheckpointFormat] = Field(None, description="Detected format.")
     step: Optional[int] = Field(None, description="Training step, when known.")
     resumable: Optional[bool] = Field(None, description="True when optimizer state is present, so training can resume.")

@@ -8,17 +8,17 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
-from checkpoint_operator.api.rules import ApiModel
+from checkpoint_operator.api.rules import ApiModel, ConditionType, Digest, Message, Name, Reason, Timestamp, Uid
 
 
 class Condition(ApiModel):
     """A kstatus-style condition, as metav1.Condition."""
 
-    type: str = Field(description="Kind of condition: Ready, Reconciling or Stalled.")
+    type: ConditionType = Field(description="Kind of condition: Ready, Reconciling or Stalled.")
     status: Literal["True", "False", "Unknown"] = Field(description="Status of the condition: True, False or Unknown.")
-    reason: str = Field(description="One-word CamelCase reason for the last transition.")
-    message: str = Field("", description="Human-readable details of the last transition.")
-    lastTransitionTime: str = Field(description="When the status last changed (RFC 3339).")
+    reason: Reason = Field(description="One-word CamelCase reason for the last transition.")
+    message: Message = Field("", description="Human-readable details of the last transition.")
+    lastTransitionTime: Timestamp = Field(description="When the status last changed (RFC 3339).")
     observedGeneration: Optional[int] = Field(
         None, description="The .metadata.generation the condition was computed from.")
 
@@ -26,16 +26,16 @@ class Condition(ApiModel):
 class ObjectRef(ApiModel):
     """A reference to an object of the same namespace by name and uid."""
 
-    name: str = Field(description="Name of the object.")
-    uid: Optional[str] = Field(None, description="UID of the object, so that a re-created namesake is told apart.")
+    name: Name = Field(description="Name of the object.")
+    uid: Optional[Uid] = Field(None, description="UID of the object, so that a re-created namesake is told apart.")
 
 
 class PinnedCheckpoint(ApiModel):
     """An input checkpoint as resolved when a job started: later changes cannot affect it."""
 
-    name: str = Field(description="Name of the Checkpoint.")
-    uid: str = Field(description="UID of the Checkpoint.")
-    digest: Optional[str] = Field(None, description="Digest (sha256 of the manifest) of the Checkpoint's data.")
+    name: Name = Field(description="Name of the Checkpoint.")
+    uid: Uid = Field(description="UID of the Checkpoint.")
+    digest: Optional[Digest] = Field(None, description="Digest (sha256 of the manifest) of the Checkpoint's data.")
     sizeBytes: Optional[int] = Field(None, description="Size of the Checkpoint's data (sizes staging volumes and deadlines).")
 
 

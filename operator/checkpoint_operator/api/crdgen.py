@@ -3,6 +3,14 @@
 pydantic writes JSON Schema (draft 2020-12, with $refs and anyOf-null for optionals); the
 API server wants a structural OpenAPI v3 schema. `to_structural` bridges the two, and the
 CEL rules of each model (api/rules.py) become `x-kubernetes-validations` on its schema.
+
+Bounds: a real API server estimates each CEL rule's cost from the maxLength, maxItems and
+maxProperties of what the rule reaches, and refuses the whole CRD when an estimate exceeds its
+budget. The generator refuses (`unbounded_fields`) a string without maxLength anywhere in spec or
+status, and a list or map without a bound in spec or under a rule; bounds come from the models
+(the types of api/rules.py, or Field(max_length=N)); enum strings get the length of their longest
+value. Objects that only preserve unknown fields (a pod template's PodSpec content) are opaque to
+CEL and are not walked into.
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ import copy
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Optional
 
 import yaml
 from pydantic import BaseModel
@@ -135,6 +143,8 @@ def _convert(node: dict, defs: dict, keep_defaults: bool) -> dict:
             out[key] = copy.deepcopy(value)
     if out.get("type") == "integer":
         out.setdefault("format", "int64")
+    if out.get("type") == "string" and "enum" in out:
+        out.setdefault("maxLength", max(len(str(value)) for value in out["enum"]))
     if out.get("type") == "array" and out.get("items", {}).get("properties", {}).get("type") and \
             "lastTransitionTime" in out["items"]["properties"]:
         out["x-kubernetes-list-type"] = "map"
@@ -170,6 +180,102 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+# --- bounds ---------------------------------------------------------------------------------
+
+BOUND_OF = {"string": "maxLength", "list": "maxItems", "map": "maxProperties"}
+HOW_TO_BOUND = {
+    "string": "declare the field with a bounded type of checkpoint_operator.api.rules (Name, Uid, FileName, Path, "
+              "Uri, Description, Message, Reason, Short, Timestamp, Digest) or with Field(max_length=N)",
+    "list": "give the list field Field(max_length=N) (it becomes maxItems)",
+    "map": "give the dict field Field(max_length=N) (it becomes maxProperties)",
+}
+
+
+@dataclass(frozen=True)
+class UnboundedField:
+    """A string, list or map of a generated schema without the bound the API server's cost estimate needs."""
+    kind: str
+    path: str                  # in the object: spec.output.storageClassName, spec.checkpoints[].name
+    what: str                  # string, list or map
+    why: str                   # which requirement it misses
+    model_field: Optional[str] = None  # OutputSpec.storageClassName
+
+    def __str__(self) -> str:
+        field_name = f" (model field {self.model_field})" if self.model_field else ""
+        return (f"{self.kind} {self.path}{field_name}: a {self.what} without {BOUND_OF[self.what]} {self.why}; "
+                f"{HOW_TO_BOUND[self.what]}")
+
+
+class UnboundedFieldsError(ValueError):
+    def __init__(self, problems: list[UnboundedField]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems
+
+
+def unbounded(node: dict) -> Optional[str]:
+    """"string", "list" or "map" when the node is one without its bound, else None."""
+    if node.get("type") == "string" or node.get("x-kubernetes-int-or-string"):
+        return None if "maxLength" in node else "string"
+    if node.get("type") == "array":
+        return None if "maxItems" in node else "list"
+    if node.get("type") == "object" and isinstance(node.get("additionalProperties"), dict):
+        return None if "maxProperties" in node else "map"
+    return None
+
+
+def declared_nodes(node: dict, path: str) -> Iterator[tuple[str, dict]]:
+    """The node and every node below it that the schema declares (opaque preserve-unknown content is not)."""
+    yield path, node
+    for name, sub in node.get("properties", {}).items():
+        yield from declared_nodes(sub, f"{path}.{name}" if path else name)
+    if isinstance(node.get("items"), dict):
+        yield from declared_nodes(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from declared_nodes(node["additionalProperties"], f"{path}{{}}")
+
+
+def unbounded_fields(kind: str, open_api: dict, models: Optional[dict[str, type[BaseModel]]] = None
+                     ) -> list[UnboundedField]:
+    """Every unbounded string of spec and status, and list or map of spec or of a CEL rule's scope (what the
+    rule reaches from `self` and `oldSelf`: the subtree of the node that carries it)."""
+    found: dict[str, UnboundedField] = {}
+
+    def report(path: str, what: str, why: str) -> None:
+        if path not in found:
+            found[path] = UnboundedField(kind, path, what, why, _model_field(models or {}, path))
+
+    for root in ("spec", "status"):
+        sub = open_api.get("properties", {}).get(root)
+        if sub is None:
+            continue
+        for path, node in declared_nodes(sub, root):
+            for rule in node.get("x-kubernetes-validations", ()):
+                for inner, reached in declared_nodes(node, path):
+                    what = unbounded(reached)
+                    if what:
+                        report(inner, what, f"(the CEL rule {rule['rule']!r} at {path} reaches it)")
+        for path, node in declared_nodes(sub, root):
+            what = unbounded(node)
+            if what == "string":
+                report(path, what, "(every string of the API is bounded)")
+            elif what and root == "spec":
+                report(path, what, "(every list and map of a spec is bounded)")
+    return list(found.values())
+
+
+def _model_field(models: dict[str, type[BaseModel]], path: str) -> Optional[str]:
+    """`OutputSpec.storageClassName` for `spec.output.storageClassName`, when the models declare it."""
+    parts = path.replace("[]", "").replace("{}", "").split(".")
+    model = models.get(parts[0])
+    owner = None
+    for name in parts[1:]:
+        if model is None or name not in model.model_fields:
+            return None
+        owner = f"{model.__name__}.{name}"
+        model = _model_of(model.model_fields[name].annotation)
+    return owner
+
+
 def model_schema(model: type[ApiModel], *, keep_defaults: bool = True) -> dict[str, Any]:
     schema = to_structural(model, keep_defaults=keep_defaults)
     _attach_rules(schema, model)
@@ -178,7 +284,8 @@ def model_schema(model: type[ApiModel], *, keep_defaults: bool = True) -> dict[s
 
 # --- the CRD documents ----------------------------------------------------------------------
 
-def build_crd(definition: CrdDefinition) -> dict[str, Any]:
+def build_crd(definition: CrdDefinition, *, check_bounds: bool = True) -> dict[str, Any]:
+    """The CRD document; raises UnboundedFieldsError when a string, list or map lacks its bound."""
     spec_schema = model_schema(definition.spec_model)
     status_schema = model_schema(definition.status_model, keep_defaults=False)
     open_api = {
@@ -193,6 +300,11 @@ def build_crd(definition: CrdDefinition) -> dict[str, Any]:
         },
         "required": ["spec"],
     }
+    if check_bounds:
+        problems = unbounded_fields(definition.kind, open_api, {"spec": definition.spec_model,
+                                                               "status": definition.status_model})
+        if problems:
+            raise UnboundedFieldsError(problems)
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -250,7 +362,12 @@ def crds_command(output_dir: str | None, chart_dir: str | None, check: bool) -> 
     else:
         default_chart = out.parent / "charts" / "checkpoint-operator"
         chart = default_chart if (default_chart / "Chart.yaml").exists() else None
-    files = expected_files(out, chart)
+    try:
+        files = expected_files(out, chart)
+    except UnboundedFieldsError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 1
     if check:
         stale = [p for p, text in files.items() if not p.exists() or p.read_text() != text]
         for path in stale:

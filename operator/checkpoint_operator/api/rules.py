@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Optional
+from typing import Annotated, Any, Callable, ClassVar, Optional
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 DNS1123_MESSAGE = "a lowercase DNS-1123 name (a-z, 0-9, '-' and '.', starting and ending alphanumeric, at most 253 characters)"
@@ -58,6 +58,39 @@ class ApiModel(BaseModel):
 
     def to_wire(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True, by_alias=True)
+
+
+# --- bounds ----------------------------------------------------------------------------------
+# Every string of the API, and every list and map of a spec, has a bound: the API server estimates the
+# cost of each CEL rule from the bounds of what it reaches and refuses the CRD when the estimate exceeds
+# its budget, and bounds keep user input small. crdgen refuses to generate a CRD with an unbounded one
+# (api/crdgen.py `unbounded_fields`). Declare a string field with one of these types, or with
+# Field(max_length=N); a list or a map with Field(max_length=N) (maxItems, maxProperties).
+
+MAX_NAME = 253          # object names: a DNS-1123 subdomain
+MAX_UID = 128           # object uids (36 in practice)
+MAX_FILE_NAME = 255     # one path component (NAME_MAX of Linux)
+MAX_PATH = 4096         # paths (PATH_MAX of Linux)
+MAX_URI = 4096          # URIs and URLs (s3://bucket/key: an S3 key alone may be 1024 bytes)
+MAX_DESCRIPTION = 4096  # free text written by users
+MAX_MESSAGE = 32768     # messages written by the operator (as metav1.Condition.message)
+MAX_REASON = 1024       # CamelCase reasons (as metav1.Condition.reason)
+MAX_CONDITION_TYPE = 316  # as metav1.Condition.type: a qualified name
+MAX_QUANTITY = 64       # Kubernetes quantities and other short values (sizes, regions, timestamps)
+MAX_DIGEST = 128        # "sha256:" and 64 hex digits (71), with room for longer algorithms
+
+Name = Annotated[str, Field(max_length=MAX_NAME)]
+Uid = Annotated[str, Field(max_length=MAX_UID)]
+FileName = Annotated[str, Field(max_length=MAX_FILE_NAME)]
+Path = Annotated[str, Field(max_length=MAX_PATH)]
+Uri = Annotated[str, Field(max_length=MAX_URI)]
+Description = Annotated[str, Field(max_length=MAX_DESCRIPTION)]
+Message = Annotated[str, Field(max_length=MAX_MESSAGE)]
+Reason = Annotated[str, Field(max_length=MAX_REASON)]
+ConditionType = Annotated[str, Field(max_length=MAX_CONDITION_TYPE)]
+Short = Annotated[str, Field(max_length=MAX_QUANTITY)]
+Timestamp = Annotated[str, Field(max_length=MAX_QUANTITY)]
+Digest = Annotated[str, Field(max_length=MAX_DIGEST)]
 
 
 def has_exactly_one(obj: dict, keys: tuple[str, ...]) -> bool:

@@ -9,8 +9,8 @@ from pydantic import Field
 
 from checkpoint_operator.api.common import QUANTITY_PATTERN, Condition, Phase, PinnedCheckpoint
 from checkpoint_operator.api.meta import ObjectMeta, meta_field
-from checkpoint_operator.api.rules import (DNS1123_MESSAGE, DNS1123_SUBDOMAIN, ApiModel, Rule, has_exactly_one,
-                                           is_dns1123)
+from checkpoint_operator.api.rules import (DNS1123_MESSAGE, DNS1123_SUBDOMAIN, ApiModel, Message, Name, Path, Rule,
+                                           Short, Timestamp, has_exactly_one, is_dns1123)
 
 
 
@@ -38,6 +38,7 @@ METRIC_PATTERN = r"^[A-Za-z0-9_.\-/]{1,63}$"  # agent/metrics_files.py METRIC_NA
 MAX_RETIRED_LISTED = 1000
 DNS1123_CEL = DNS1123_SUBDOMAIN.replace("\\", "\\\\")
 MAX_INPUTS = 64  # maxItems of spec.checkpoints: bounds the CEL cost of the per-item rules
+MAX_CONTAINERS = 64  # maxItems of spec.template.spec.containers, which a CEL rule reads
 
 
 def _dns_rule(field: str, where: str) -> Rule:
@@ -123,10 +124,10 @@ class OutputSpec(ApiModel):
     )
 
     enabled: bool = Field(True, description="Create an output volume and snapshot it into Checkpoints.")
-    size: Optional[str] = Field(None, description="Size of the output volume (a Kubernetes quantity); default: "
+    size: Optional[Short] = Field(None, description="Size of the output volume (a Kubernetes quantity); default: "
                                                   "the operator's (Helm value storage.defaultSize, 10Gi).",
                       pattern=QUANTITY_PATTERN)
-    storageClassName: Optional[str] = Field(None, description="StorageClass of the output volume; default: the operator's.")
+    storageClassName: Optional[Name] = Field(None, description="StorageClass of the output volume; default: the operator's.")
     layout: Literal["auto", "directories", "files"] = Field(
         "auto", description="auto: each subdirectory and the root files are checkpoints; directories: subdirectories "
                             "only; files: each root file is a checkpoint.")
@@ -140,7 +141,7 @@ class OutputSpec(ApiModel):
                           "seals each checkpoint as soon as it is complete and it becomes a Ready Checkpoint while "
                           "the job runs (needs Kubernetes 1.29+, native sidecars). Default: the operator's setting "
                           "(OnCompletion unless CKPT_DEFAULT_PUBLISH says otherwise).")
-    namePrefix: Optional[str] = Field(None, description="Prefix of the new Checkpoints' names (default: the job's name).")
+    namePrefix: Optional[Name] = Field(None, description="Prefix of the new Checkpoints' names (default: the job's name).")
 
 
 class PodTemplate(ApiModel):
@@ -156,7 +157,7 @@ class PodTemplate(ApiModel):
     # `containers` is declared so that the CEL rule may read it: the API server hides fields
     # kept only by x-kubernetes-preserve-unknown-fields from CEL (the rule would not compile).
     spec: dict[str, Any] = Field(description="A PodSpec.", json_schema_extra={"properties": {"containers": {
-        "type": "array", "description": "Containers of the pod (core/v1 Container).",
+        "type": "array", "description": "Containers of the pod (core/v1 Container).", "maxItems": MAX_CONTAINERS,
         "items": {"type": "object", "additionalProperties": True}}}})
 
 
@@ -205,8 +206,8 @@ class TrainingJobSpec(ApiModel):
     # and stores what the model sees.
     output: OutputSpec = Field(default_factory=OutputSpec, json_schema_extra={"default": {}},
                                description="The output volume and its snapshot.")
-    inputDir: str = Field("/input-checkpoint", description="Where inputs are mounted (CHECKPOINT_INPUT_DIR).")
-    outputDir: str = Field("/output-checkpoint", description="Where the code writes checkpoints (CHECKPOINT_OUTPUT_DIR).")
+    inputDir: Path = Field("/input-checkpoint", description="Where inputs are mounted (CHECKPOINT_INPUT_DIR).")
+    outputDir: Path = Field("/output-checkpoint", description="Where the code writes checkpoints (CHECKPOINT_OUTPUT_DIR).")
     replicas: int = Field(1, description="Number of pods; more than 1 share one ReadWriteMany output volume.")
     backoffLimit: Optional[int] = Field(None, ge=0, description="Retries before the job counts as failed (Job default: 6).")
     activeDeadlineSeconds: Optional[int] = Field(None, ge=1, description="Time limit of the whole job in seconds.")
@@ -232,22 +233,22 @@ class TrainingJobStatus(ApiModel):
     """Observed state of a TrainingJob, written by the operator."""
 
     phase: Optional[TrainingJobPhase] = Field(None, description="Pending, Running, Snapshotting, Succeeded or Failed.")
-    message: Optional[str] = Field(None, description="Why the job is in this phase.")
-    jobName: Optional[str] = Field(None, description="The batch/v1 Job running the pods.")
-    outputClaim: Optional[str] = Field(None, description="The PersistentVolumeClaim of the output directory.")
-    snapshotPod: Optional[str] = Field(None, description="The pod that scans the output.")
+    message: Optional[Message] = Field(None, description="Why the job is in this phase.")
+    jobName: Optional[Name] = Field(None, description="The batch/v1 Job running the pods.")
+    outputClaim: Optional[Name] = Field(None, description="The PersistentVolumeClaim of the output directory.")
+    snapshotPod: Optional[Name] = Field(None, description="The pod that scans the output.")
     inputs: Optional[list[PinnedCheckpoint]] = Field(None, description="Inputs as resolved and pinned at start.")
     inputCount: Optional[int] = Field(None, description="Number of inputs (for kubectl get).")
-    outputCheckpoints: Optional[list[str]] = Field(None, description="Checkpoints created from the output.")
+    outputCheckpoints: Optional[list[Name]] = Field(None, description="Checkpoints created from the output.")
     outputCount: Optional[int] = Field(None, description="Number of output checkpoints (for kubectl get).")
     jobSucceeded: Optional[bool] = Field(None, description="Whether the pods succeeded (recorded before the snapshot).")
-    snapshotStartTime: Optional[str] = Field(None, description="When the snapshot of the output started.")
+    snapshotStartTime: Optional[Timestamp] = Field(None, description="When the snapshot of the output started.")
     snapshotAttempts: Optional[int] = Field(None, description="Failed snapshot pods so far (retried up to 3 times).")
     skippedCount: Optional[int] = Field(None, description="Entries of the output the snapshot skipped (see events).")
     publish: Optional[PublishMode] = Field(None, description="How the output is published (as resolved at start).")
     live: Optional[LiveStatus] = Field(None, description="Live sealing, with publish: Continuous.")
-    startTime: Optional[str] = Field(None, description="When the pods were started.")
-    completionTime: Optional[str] = Field(None, description="When the job finished.")
+    startTime: Optional[Timestamp] = Field(None, description="When the pods were started.")
+    completionTime: Optional[Timestamp] = Field(None, description="When the job finished.")
     conditions: Optional[list[Condition]] = Field(None, description="Standard conditions (Ready).")
     observedGeneration: Optional[int] = Field(None, description="The .metadata.generation last reconciled.")
 

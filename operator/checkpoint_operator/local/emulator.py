@@ -1,28 +1,43 @@
 """The emulated Kubernetes API of the integration tests and of local mode: kmock 0.8 plus what it lacks.
 
-kmock's ``KubernetesEmulator`` keeps objects in memory and serves list/watch/get/create/patch/delete
-with watch streams, finalizers and deletionTimestamp. It does not behave like a real API server in the
-ways this operator depends on; every adaptation lives in this module (``Emulator`` subclasses kmock's
-class, the one patched internal is ``_patch_namespace_paths`` below):
+kmock's ``KubernetesEmulator`` gives the HTTP serving, the API discovery, the Status-shaped errors and
+the DSL that tests use to inject responses (``emulator[kmock.action.UPDATE] << 500``). Everything it
+does not do as a real API server does, or does at a cost that grows with the traffic, is replaced
+here (``Emulator`` subclasses kmock's class; the one patched internal is ``_patch_namespace_paths``):
 
+- cost: a request costs what it touches, not what was served before. Objects live in
+  ``store.ObjectStore`` (by resource and namespace, as JSON, with label and owner indexes, no past
+  versions); kmock's request and error records are capped at ``request_history`` each (kmock keeps
+  every request, and its matching scanned them all on every request: see ``_Sight``); watches get
+  their events from ``watches.WatchHub`` (fan-out by resource and namespace, one serialization per
+  event); with no reaction injected, requests go straight to the emulator's handlers (``_route``);
+- admission (``admission.py``): names (DNS-1123 subdomain, or label, DNS-1035, path segment by
+  resource; a Job's name also fits a label value, 63 characters), ``generateName``, labels,
+  annotations, finalizers; custom resources pruned, defaulted and validated against their CRD's
+  structural schema and CEL rules (transition rules on update), answered 422 Invalid with the
+  API server's field errors. The project's CRDs are served from ``api.crdgen`` (what
+  ``checkpoint-operator crds`` writes), and a CRD created through the API is served the same way;
 - metadata: ``uid``, ``creationTimestamp``, ``resourceVersion`` (one counter for the whole server,
   bumped on every change: spec, status, finalizers, deletionTimestamp, deletion), ``generation``
-  (bumped only when something outside ``metadata`` and ``status`` changes); ``generateName``;
+  (bumped only when something outside ``metadata`` and ``status`` changes);
 - optimistic concurrency: a PATCH/PUT whose resulting object carries a ``metadata.resourceVersion``
   other than the current one answers 409 Conflict; DeleteOptions ``preconditions`` (uid,
-  resourceVersion) likewise; create of an existing name answers 409 AlreadyExists;
+  resourceVersion) likewise; create of an existing name answers 409 AlreadyExists (201 on success);
 - a failed JSON-patch ``test`` operation (or any invalid patch) answers 422 Invalid, not 500;
 - PUT (replace) of an object, which kmock does not serve at all;
 - the ``status`` subresource: PATCH/PUT on ``.../status`` changes only ``status``; on the main
   resource ``status`` is ignored; create drops ``status`` (a Pod starts as ``phase: Pending``);
 - ``labelSelector`` (``a=b``, ``a==b``, ``a!=b``, ``a``, ``!a``, ``a in (x,y)``, ``a notin (x,y)``)
-  and simple ``fieldSelector`` equalities filter lists and watches;
-- lists carry ``kind`` (``PodList``), ``apiVersion`` and the current ``metadata.resourceVersion``;
-- watches subscribe before they replay the existing objects (kmock 0.8 replays first, so an event
-  emitted in between was lost) and honour ``timeoutSeconds``;
-- discovery: kmock's bundled built-in resources plus the project's CRDs (``checkpoints``,
-  ``trainingjobs`` in ``ckpt.dev/v1alpha1``); a CustomResourceDefinition created through the API
-  registers its resource too;
+  and simple ``fieldSelector`` equalities filter lists and watches; lists are sorted by namespace
+  and name and carry ``kind`` (``PodList``), ``apiVersion`` and the current ``resourceVersion``;
+- watches: subscribe before they replay (no event is lost in between), honour ``timeoutSeconds``;
+  with a ``resourceVersion`` they resume from the last ``watches.WATCH_WINDOW`` events of their
+  resource (an older one gets the real API's ``410 Expired`` ERROR event, and kopf relists), without one
+  (or with ``0``) they start with the current objects as ADDED events (with ``sendInitialEvents``,
+  then the initial-events-end BOOKMARK). An object that starts or stops matching a watch's selector
+  arrives as ADDED or DELETED, as from the API server's watch cache. A watch whose client lags
+  ``watches.WATCH_QUEUE_LIMIT`` events behind is closed (the API server drops slow watchers too);
+- discovery: kmock's bundled built-in resources plus every served CRD;
 - ``GET /api/v1/namespaces`` (and ``/api/v1/namespaces/NAME``): kmock 0.8 fails to parse these paths
   (500); fixed, so kopf can run with namespace scanning; the ``default`` namespace exists;
 - pod logs: ``GET .../pods/NAME/log`` answers ``text/plain``; the log is set by the local kubelet with
@@ -33,14 +48,28 @@ class, the one patched internal is ``_patch_namespace_paths`` below):
   ownerReferences from its dependents; ``Background`` and ``Foreground`` both leave dependents to
   the garbage collector of ``cluster.LocalCluster`` (Foreground does not block the owner here).
   As in the real API, deleting a ``batch/v1`` Job without a policy orphans its pods;
-- persistence for local mode: ``export_state()`` / ``import_state()`` (JSON-ready dicts);
+- persistence for local mode: ``state_lines()`` / ``read_state()`` (JSON Lines, one object per line,
+  written from the stored JSON and read one object at a time), ``export_state()`` / ``import_state()``
+  (the same as JSON-ready dicts);
 - ``GET /_emulator/watches`` lists the open watch streams (an extension: lets a harness wait until an
   operator is watching before it creates objects).
 
-Not emulated: admission (validation, defaults, CEL rules), server-side apply, strategic-merge list
-semantics (a strategic merge patch is a JSON merge patch: lists are replaced), field managers,
-namespace termination, graceful pod deletion, watch bookmarks and ``resourceVersion`` resumption
-(every watch starts with the current objects as ADDED events, as after a relist).
+Responses injected with kmock's DSL take precedence over the emulator's own (by kmock's priorities)
+and replace them: such a request changes nothing, as when a real API server answers 429 or 500
+before storage. A reaction without a payload (``emulator[...] >> sink``) only records and lets the
+emulator answer. Examples: ``emulator[kmock.action.UPDATE, kmock.subresource("status")][:1] << 500``
+(the next status update fails), ``emulator[kmock.action.FETCH, lambda r: r.id % 10 == 0] << 429``
+(every tenth GET; ``Request.id`` is the request's serial number). A slice counts the requests its
+source sees from the moment the reaction is added (kmock counted from the server's start).
+kmock's ``objects`` view is not kept (its per-object histories grow with every change): read
+objects through the API, ``get_object()`` or ``export_state()``.
+
+Not emulated: the schemas of built-in resources (a Pod's spec is stored as sent, neither validated
+nor pruned), namespace existence (objects may be created in a namespace that was never created),
+admission webhooks, quotas and limit ranges, server-side apply, strategic-merge list semantics (a
+strategic merge patch is a JSON merge patch: lists are replaced), field managers, list pagination
+(``limit`` is ignored: every list is complete), namespace termination, graceful pod deletion,
+periodic watch bookmarks, CEL ``messageExpression``, authentication and authorization.
 """
 
 from __future__ import annotations
@@ -54,7 +83,7 @@ import re
 import secrets
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import aiohttp.web
@@ -62,9 +91,12 @@ import attrs
 import jsonpatch
 import jsonpointer
 import kmock
-from kmock._internal import apps, parsing, references
+from kmock._internal import dsl, k8s, parsing, references, rendering
 
-from checkpoint_operator import GROUP, VERSION
+from checkpoint_operator.local import admission
+from checkpoint_operator.local.selectors import ObjectFilter, bad_request
+from checkpoint_operator.local.store import ObjectKey, ObjectStore, Stored, dumps
+from checkpoint_operator.local.watches import WATCH_QUEUE_LIMIT, Change, Watcher, WatchHub, event_line
 
 SUPPORTED_KMOCK_VERSION = "0.8"
 if kmock.__version__ != SUPPORTED_KMOCK_VERSION:  # pragma: no cover
@@ -74,7 +106,6 @@ if kmock.__version__ != SUPPORTED_KMOCK_VERSION:  # pragma: no cover
         f"Install kmock=={SUPPORTED_KMOCK_VERSION}.")
 
 Resource = references.resource
-ObjectKey = tuple[Resource, "str | None", str]
 
 PODS = Resource("", "v1", "pods")
 NAMESPACES = Resource("", "v1", "namespaces")
@@ -83,17 +114,11 @@ CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 
 ALL_VERBS = {"get", "list", "watch", "create", "patch", "update", "delete", "deletecollection"}
 
-PROJECT_RESOURCES: dict[str, kmock.ResourceInfo] = {
-    f"{GROUP}/{VERSION}/checkpoints": kmock.ResourceInfo(
-        kind="Checkpoint", singular="checkpoint", namespaced=True, verbs=ALL_VERBS,
-        shortnames={"ckpt", "ckpts"}, categories={"ml"}, subresources={"status"}),
-    f"{GROUP}/{VERSION}/trainingjobs": kmock.ResourceInfo(
-        kind="TrainingJob", singular="trainingjob", namespaced=True, verbs=ALL_VERBS,
-        shortnames={"tj"}, categories={"ml"}, subresources={"status"}),
-}
-
 # Server-managed metadata that a client cannot change by PATCH or PUT.
 SERVER_MANAGED_METADATA = ("uid", "creationTimestamp", "deletionTimestamp", "generation", "name", "namespace")
+
+REQUEST_HISTORY = 256  # kmock request records (and error records) kept for assertions
+LIST_CHUNK = 500  # objects per write of a long list or watch replay
 
 
 # --- the one patched kmock internal ---------------------------------------------------------------
@@ -145,108 +170,18 @@ def not_found(message: str, **details: Any) -> kmock.KubernetesError:
     return kmock.KubernetesError(status=404, reason="NotFound", message=message, details=details or None)
 
 
-# --- selectors -------------------------------------------------------------------------------------
-
-_SELECTOR_TERM = re.compile(
-    r"^\s*(?P<neg>!)?\s*(?P<key>[A-Za-z0-9_./-]+)\s*"
-    r"(?:(?P<op>==|!=|=|\s+in\s+|\s+notin\s+)\s*(?P<value>\([^)]*\)|[A-Za-z0-9_.-]*))?\s*$")
-
-
-@attrs.frozen
-class SelectorTerm:
-    key: str
-    operator: str  # "=", "!=", "in", "notin", "exists", "!exists"
-    values: frozenset[str] = frozenset()
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        present = self.key in labels
-        value = labels.get(self.key)
-        match self.operator:
-            case "exists":
-                return present
-            case "!exists":
-                return not present
-            case "=" | "in":
-                return present and value in self.values
-            case "!=" | "notin":
-                return not present or value not in self.values
-        raise AssertionError(self.operator)
+def invalid_object(info: kmock.ResourceInfo, resource: Resource, name: str,
+                   errors: list[admission.FieldError]) -> kmock.KubernetesError:
+    """422 Invalid with one cause per field error, worded as the API server words them."""
+    causes = [{"reason": e.reason, "message": e.cause_message, "field": e.field} for e in errors]
+    return invalid(admission.invalid_message(info.kind or resource.plural, resource.group, name, errors),
+                   name=name, group=resource.group, kind=info.kind, causes=causes)
 
 
-def _split_selector(text: str) -> list[str]:
-    """Split on commas outside parentheses: ``a in (x,y),b`` -> ``["a in (x,y)", "b"]``."""
-    terms, depth, current = [], 0, ""
-    for char in text:
-        depth += {"(": 1, ")": -1}.get(char, 0)
-        if char == "," and depth == 0:
-            terms.append(current)
-            current = ""
-        else:
-            current += char
-    terms.append(current)
-    return [term for term in terms if term.strip()]
-
-
-def parse_label_selector(text: str) -> list[SelectorTerm]:
-    """Parse a ``labelSelector`` query value; an invalid one raises 400 as the real API does."""
-    terms = []
-    for raw in _split_selector(text):
-        match = _SELECTOR_TERM.match(raw)
-        if not match or (match["neg"] and match["op"]):
-            raise kmock.KubernetesError(status=400, reason="BadRequest",
-                                        message=f"unable to parse requirement: {raw!r}")
-        op = (match["op"] or "").strip()
-        if not op:
-            terms.append(SelectorTerm(match["key"], "!exists" if match["neg"] else "exists"))
-            continue
-        value = match["value"] or ""
-        values = frozenset(v.strip() for v in value.strip("()").split(",")) if value.startswith("(") else {value}
-        terms.append(SelectorTerm(match["key"], {"==": "="}.get(op, op), frozenset(values)))
-    return terms
-
-
-def _field_value(obj: Mapping[str, Any], dotted: str) -> str | None:
-    value: Any = obj
-    for part in dotted.split("."):
-        value = value.get(part) if isinstance(value, Mapping) else None
-    return None if value is None else str(value)
-
-
-def parse_field_selector(text: str) -> list[Callable[[Mapping[str, Any]], bool]]:
-    """``metadata.name=x,status.phase!=Running``: equality and inequality on dotted paths only."""
-    checks = []
-    for raw in _split_selector(text):
-        key, op, value = re.match(r"^\s*([A-Za-z0-9_.]+)\s*(==|!=|=)\s*(.*?)\s*$", raw).groups()  # type: ignore[union-attr]
-        if op == "!=":
-            checks.append(lambda obj, k=key, v=value: _field_value(obj, k) != v)
-        else:
-            checks.append(lambda obj, k=key, v=value: _field_value(obj, k) == v)
-    return checks
-
-
-@attrs.frozen
-class ObjectFilter:
-    """What a list or watch request asks for: namespace, name, label and field selectors."""
-    namespace: str | None = None
-    name: str | None = None
-    labels: tuple[SelectorTerm, ...] = ()
-    fields: tuple[Callable[[Mapping[str, Any]], bool], ...] = ()
-
-    @classmethod
-    def from_request(cls, request: kmock.Request) -> "ObjectFilter":
-        return cls(
-            namespace=request.namespace, name=request.name,
-            labels=tuple(parse_label_selector(request.params.get("labelSelector", ""))),
-            fields=tuple(parse_field_selector(request.params.get("fieldSelector", ""))))
-
-    def matches(self, obj: Mapping[str, Any]) -> bool:
-        meta = obj.get("metadata", {})
-        if self.namespace is not None and meta.get("namespace") != self.namespace:
-            return False
-        if self.name is not None and meta.get("name") != self.name:
-            return False
-        labels = meta.get("labels") or {}
-        return all(term.matches(labels) for term in self.labels) and all(check(obj) for check in self.fields)
+def status_body(error: kmock.KubernetesError) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+            "code": error.status, "reason": error.reason, "message": error.message,
+            "details": error.details or {}}
 
 
 # --- small object helpers --------------------------------------------------------------------------
@@ -295,11 +230,82 @@ def crd_resource_infos(crd: Mapping[str, Any]) -> dict[Resource, kmock.ResourceI
     return result
 
 
+def crd_schemas(crd: Mapping[str, Any]) -> dict[Resource, admission.CustomResourceSchema]:
+    """The structural schema of each served version of a CRD that declares one."""
+    spec = crd.get("spec", {})
+    result = {}
+    for version in spec.get("versions", []):
+        schema = (version.get("schema") or {}).get("openAPIV3Schema")
+        if version.get("served", True) and schema:
+            resource = Resource(spec["group"], version["name"], spec.get("names", {})["plural"])
+            result[resource] = admission.CustomResourceSchema(schema)
+    return result
+
+
+def project_crds() -> list[dict[str, Any]]:
+    """The project's CRDs as ``checkpoint-operator crds`` writes them (generated from the API models)."""
+    from checkpoint_operator.api import crdgen  # the models are imported only when an emulator is built
+    return [crdgen.build_crd(definition, check_bounds=False) for definition in crdgen.CRDS]
+
+
 @attrs.define(kw_only=True)
 class OpenWatch:
     resource: str
     namespace: str | None
     user_agent: str
+
+
+
+
+# --- matching kmock's reactions without scanning past requests -------------------------------------
+
+class _Sight:
+    """Whether the current request passes through each view of kmock's DSL, decided for this request alone.
+
+    kmock 0.8 decides ``request in view`` by iterating every request the view ever saw (all requests of
+    the server, filtered) and comparing identities, so each request costs more than the one before.
+    Every view type but slices can answer for one request: a filter by its criteria, a group by its
+    members, a priority or a root by its source. A slice depends on the request's position among the
+    requests its source saw; the emulator counts those per slice (``Emulator._slice_counts``). Any other
+    view (a reaction or a stream used as a source) is asked kmock's way, over the capped history.
+    """
+
+    def __init__(self, root: "Emulator", request: rendering.Request) -> None:
+        self.root = root
+        self.request = request
+        self.memo: dict[int, bool] = {}
+
+    def __call__(self, view: dsl.View) -> bool:
+        key = id(view)
+        if key not in self.memo:
+            self.memo[key] = self._decide(view)
+        return self.memo[key]
+
+    def _decide(self, view: dsl.View) -> bool:
+        match view:
+            case dsl.Root():
+                return view is self.root
+            case dsl.Filter():
+                return self(view._source) and bool(view.criteria(self.request))
+            case dsl.OrGroup():
+                return any(self(source) for source in view._sources)
+            case dsl.AndGroup():
+                return all(self(source) for source in view._sources)
+            case dsl.Exclusion():
+                return self(view._source) and not any(self(excluded) for excluded in view._exclusions)
+            case dsl.Slicer():
+                if not self(view._source):
+                    return False
+                position = self.root._slice_counts.get(id(view), 0)
+                self.root._slice_counts[id(view)] = position + 1
+                return position in range(position + 1)[view.s]
+            case dsl.Priority():
+                return self(view._source)
+        return any(seen is self.request for seen in view)  # kmock's way, over the capped records
+
+
+def _slicers(view: dsl.View) -> Iterable[dsl.Slicer]:
+    return view._walk(dsl.Slicer)
 
 
 # --- the emulator ----------------------------------------------------------------------------------
@@ -308,79 +314,196 @@ class OpenWatch:
 class Emulator(kmock.KubernetesEmulator):
     """kmock's KubernetesEmulator behaving closely enough to a real API server for this operator."""
 
-    _resource_versions: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
-    _current_rv: int = attrs.field(default=0, init=False)
-    _pod_logs: dict[tuple[str, str, str], str] = attrs.field(factory=dict, init=False)
-    _responses: dict[int, dict[str, Any]] = attrs.field(factory=dict, init=False)  # by id(request)
-    open_watches: list[OpenWatch] = attrs.field(factory=list, init=False)
+    # kmock records every request and every error for assertions; only the newest ones are kept.
+    request_history: int = REQUEST_HISTORY
+    watch_queue_limit: int = WATCH_QUEUE_LIMIT
     # Called (without arguments, in the server's loop) after every change; local mode saves state.
     on_change: Callable[[], None] | None = None
 
+    requests_served: int = attrs.field(default=0, init=False)
+    store: ObjectStore = attrs.field(factory=ObjectStore, init=False)
+    watches: WatchHub = attrs.field(factory=WatchHub, init=False)
+    _schemas: dict[Resource, admission.CustomResourceSchema] = attrs.field(factory=dict, init=False)
+    _resource_versions: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
+    _current_rv: int = attrs.field(default=0, init=False)
+    _pod_logs: dict[tuple[str, str], dict[str, str]] = attrs.field(factory=dict, init=False)
+    _own_reactions: dict[int, Callable[[rendering.Request], Any]] = attrs.field(factory=dict, init=False)
+    _slice_counts: dict[int, int] = attrs.field(factory=dict, init=False)
+    _builtin_crds: set[str] = attrs.field(factory=set, init=False)
+    _reactions_signature: tuple[int, ...] = attrs.field(default=(), init=False)
+    _reactions_cache: Any = attrs.field(default=None, init=False)
+    _builtin_signature: tuple[int, ...] = attrs.field(default=(), init=False)
+    _builtin_order: list[dsl.Reaction] = attrs.field(factory=list, init=False)
+    _by_action: dict[Any, Callable[[rendering.Request], Any]] = attrs.field(factory=dict, init=False)
+
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
-        self.fallback[kmock.method.PUT] << self._serve_replace
+        # kmock's KubernetesEmulator registered its fallbacks for these actions, bound to the methods
+        # overridden below; the emulator answers them itself, without kmock's payload rendering.
+        own = {"_serve_list", "_serve_watch", "_serve_fetch", "_serve_create", "_serve_update", "_serve_delete"}
+        for payload in self._payloads:
+            method = payload.response.payload
+            if getattr(method, "__self__", None) is self and getattr(method, "__name__", "") in own:
+                self._own_reactions[id(payload)] = method
+        self._own(self.fallback[kmock.method.PUT], self._serve_update)
+        self._own((self.fallback ** 1)[PODS, kmock.subresource("log")], self._serve_pod_log)
+        self._own((self.fallback ** 1)[re.compile(r"/_emulator/.*")], self._serve_extension)
         with warnings.catch_warnings():  # kmock 0.8 reads its bundle with a deprecated importlib call
             warnings.simplefilter("ignore", DeprecationWarning)
             self.resources.load_bundled()
-        for key, info in PROJECT_RESOURCES.items():
-            self.resources[key] = info
+        for crd in project_crds():
+            self._builtin_crds.add(crd["metadata"]["name"])
+            self._store_new(CRDS, crd)
         self._store_new(NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}})
+        self._by_action = {kmock.action.LIST: self._serve_list, kmock.action.WATCH: self._serve_watch,
+                           kmock.action.FETCH: self._serve_fetch, kmock.action.CREATE: self._serve_create,
+                           kmock.action.UPDATE: self._serve_update, kmock.action.DELETE: self._serve_delete}
+        self._builtin_order = self._reactions()[0]
+        self._builtin_signature = self._reactions_signature
+
+    def _own(self, view: dsl.View, handler: Callable[[rendering.Request], Any]) -> None:
+        reaction = view << handler
+        self._own_reactions[id(reaction)] = handler
 
     # -- request entry point ----------------------------------------------------------------------
 
-    async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        """kmock's entry point, with capped request and error records."""
+        await raw_request.read()
+        raw_response: aiohttp.web.StreamResponse | None = None
+        try:
+            request = await rendering.Request._parse(raw_request, id=self.requests_served)
+            self.requests_served += 1
+            self._cap(self._requests)
+            self._requests.append(request)
+            try:
+                return await self._handle(request)
+            except rendering.StreamingError as exc:  # a DSL stream failed after it started
+                raw_response = exc.args[0]
+                raise exc.__cause__ or exc
+        except Exception as exc:  # noqa: BLE001 - answered as a Status, as kmock does
+            if self._errors:
+                self._cap(self._errors[-1])
+                self._errors[-1].append(exc)
+            if raw_response is None or not raw_response.prepared:
+                return await self._render_error(exc)
+            await self._stream_error(exc, raw_response)
+            await raw_response.write_eof()
+            return raw_response
+
+    def _cap(self, records: list[Any]) -> None:
+        """Make room for one more record: at 2 x ``request_history``, drop all but the newest ``request_history``.
+
+        Amortized, the cost per request is constant.
+        """
+        if len(records) >= 2 * self.request_history:
+            del records[:len(records) - self.request_history]
+
+    async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        """Find the reaction for the request as kmock does (by priority), deciding each match for this request only."""
+        payloads, slicers = self._reactions()
+        if not slicers and payloads is self._builtin_order:
+            own = self._route(request)  # only the emulator's own reactions: the same answer, found directly
+            if own is not None:
+                return await own(request)
+        sight = _Sight(self, request)
+        for slicer in slicers:  # slices count every request their source sees, matched or not
+            sight(slicer)
+        for payload in payloads:
+            if payload._disabled.is_set() or not sight(payload._source):
+                continue
+            own = self._own_reactions.get(id(payload))
+            if own is not None:
+                return await own(request)
+            self._cap(payload._requests)  # kmock's reaction appends the request it serves
+            try:
+                return await payload(request)
+            except rendering.ReactionMismatchError:  # depleted, or a catcher without a payload
+                payload._disabled.set()
+            except NotImplementedError:
+                pass
+        raise NotImplementedError("no reaction matches the request")
+
+    def _reactions(self) -> tuple[list[dsl.Reaction], list[dsl.Slicer]]:
+        """The reactions in kmock's order (by priority, highest first, sub-priorities padded; then by age),
+        and the slices among their sources; recomputed only when reactions were added or replaced."""
+        signature = tuple(map(id, self._payloads))
+        if signature != self._reactions_signature:
+            priorities = [payload.priorities for payload in self._payloads]
+            width = max((len(p) for p in priorities), default=0)
+            keys = [tuple(-p for p in priority) + (0,) * (width - len(priority)) for priority in priorities]
+            order = [self._payloads[i] for i in sorted(range(len(keys)), key=keys.__getitem__)]
+            if signature == self._builtin_signature:
+                order = self._builtin_order
+            self._reactions_signature = signature
+            self._reactions_cache = (order, [s for payload in order for s in _slicers(payload._source)])
+        return self._reactions_cache
+
+    def _route(self, request: rendering.Request) -> Callable[[rendering.Request], Any] | None:
+        """The handler kmock's matching picks among the emulator's own reactions, without matching.
+
+        None: let the matching decide (discovery and other requests the emulator leaves to kmock).
+        tests/test_local_emulator.py checks that both agree.
+        """
         if request.url.path.startswith("/_emulator/"):
-            return self._serve_extension(request)
-        if request.resource == PODS and request.subresource == "log":
-            return self._serve_pod_log(request)
-        if request.resource is not None and self._changes_state(request):
-            async with self._lock:
-                self._responses[id(request)] = await self._apply_change(request)
-            if self.on_change is not None:
-                self.on_change()
-        # Skip KubernetesEmulator._handle (its state changes are replaced above); keep kmock's
-        # reactions and fallbacks, so tests can still inject responses with kmock's DSL.
-        return await apps.RawHandler._handle(self, request)
+            return self._serve_extension
+        resource = request.resource
+        if resource is None or resource.plural is None:
+            return None
+        if resource == PODS and request.subresource == "log":
+            return self._serve_pod_log
+        if request.method == kmock.method.PUT:
+            return self._serve_update
+        return self._by_action.get(request.action)
 
-    @staticmethod
-    def _changes_state(request: kmock.Request) -> bool:
-        if request.action in (kmock.action.CREATE, kmock.action.DELETE, kmock.action.UPDATE):
-            return request.action == kmock.action.CREATE or request.name is not None
-        return request.method == kmock.method.PUT and request.name is not None
+    async def _render_error(self, exc: Exception) -> aiohttp.web.StreamResponse:
+        if isinstance(exc, kmock.KubernetesError):
+            return aiohttp.web.json_response(status_body(exc), status=exc.status)
+        return await super()._render_error(exc)
 
-    async def _apply_change(self, request: kmock.Request) -> dict[str, Any]:
-        if request.action == kmock.action.CREATE:
-            return await self._create(request)
-        if request.action == kmock.action.DELETE:
-            return await self._delete(request)
-        return await self._update(request)
+    # -- writes -----------------------------------------------------------------------------------
 
-    # -- create -----------------------------------------------------------------------------------
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
-    async def _create(self, request: kmock.Request) -> dict[str, Any]:
+    async def _serve_create(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         if not isinstance(request.data, Mapping):
-            raise kmock.KubernetesError(status=400, reason="BadRequest", message="the body must be a JSON object")
+            raise bad_request("the body must be a JSON object")
         resource = request.resource
         info = self._info(resource)
-        obj = copy.deepcopy(dict(request.data))
+        obj = json.loads(request.body)
         meta = obj.setdefault("metadata", {})
+        if not isinstance(meta, dict):
+            raise bad_request("metadata must be an object")
         namespace = (request.namespace or meta.get("namespace") or "default") if info.namespaced else None
         if not meta.get("name"):
             if not meta.get("generateName"):
-                raise invalid(f"{info.kind}: metadata.name or metadata.generateName is required")
-            meta["name"] = meta["generateName"] + random_suffix()
-        key = (resource, namespace, meta["name"])
-        if self._live(key) is not None:
-            raise already_exists(f'{resource.plural} "{meta["name"]}" already exists',
-                                 name=meta["name"], group=resource.group, kind=resource.plural)
-        obj = self._store_new(resource, obj, namespace=namespace)
-        await self._publish(resource, "ADDED", obj)
+                raise invalid_object(info, resource, "", [admission.FieldError(
+                    "metadata.name", "Required value", "name or generateName is required")])
+            meta["name"] = admission.generate_name(meta["generateName"], random_suffix())
+        name = meta["name"]
+        if not isinstance(name, str):
+            raise bad_request("metadata.name must be a string")
+        errors = admission.name_problems(resource.plural, resource.group, name) + admission.metadata_problems(meta)
         if resource == CRDS:
-            for crd_resource, crd_info in crd_resource_infos(obj).items():
-                self.resources[crd_resource] = crd_info
-        return obj
+            errors += self._crd_problems(obj)
+        schema = self._schemas.get(resource)
+        if "status" in info.subresources:
+            obj.pop("status", None)
+        if schema is not None and not errors:
+            errors += schema.admit(obj, None)
+        if errors:
+            raise invalid_object(info, resource, name, errors)
+        key = (resource, namespace, name)
+        if self.store.get(key) is not None:
+            raise already_exists(f'{resource.plural} "{name}" already exists',
+                                 name=name, group=resource.group, kind=resource.plural)
+        stored = self._store_new(resource, obj, namespace=namespace)
+        self._changed()
+        return self._json(stored.raw, status=201)
 
-    def _store_new(self, resource: Resource, obj: dict[str, Any], *, namespace: str | None = None) -> dict[str, Any]:
+    def _store_new(self, resource: Resource, obj: dict[str, Any], *, namespace: str | None = None) -> Stored:
         info = self._info(resource)
         obj.setdefault("apiVersion", api_version_of(resource))
         obj.setdefault("kind", info.kind)
@@ -397,45 +520,87 @@ class Emulator(kmock.KubernetesEmulator):
         if resource == PODS:
             obj["status"] = {"phase": "Pending"}
         key = (resource, meta.get("namespace"), meta["name"])
-        if key in self._objects:
-            self._objects[key].history.append(obj)
-        else:
-            self._objects[key] = obj
-        return copy.deepcopy(obj)
+        stored = self.store.put(key, obj)
+        if resource == CRDS:
+            self._register_crd(obj)
+        self.watches.publish(Change(self._current_rv, key, "ADDED", stored, None))
+        return stored
 
-    # -- update (PATCH, PUT) ------------------------------------------------------------------------
+    def _register_crd(self, crd: Mapping[str, Any]) -> None:
+        """Serve the resources of a CRD (again, after a change), validated by its schema."""
+        self._unregister_crd(crd, keep_objects=True)
+        for crd_resource, crd_info in crd_resource_infos(crd).items():
+            self.resources[crd_resource] = crd_info
+        self._schemas.update(crd_schemas(crd))
 
-    async def _update(self, request: kmock.Request) -> dict[str, Any]:
+    def _unregister_crd(self, crd: Mapping[str, Any], keep_objects: bool = False) -> None:
+        spec = crd.get("spec", {})
+        plural = spec.get("names", {}).get("plural")
+        for resource in [r for r in self.resources if r.group == spec.get("group") and r.plural == plural]:
+            del self.resources[resource]
+            self._schemas.pop(resource, None)
+            if not keep_objects:  # deleting a CRD deletes its objects, as in the real API
+                for key, _ in self.store.select(resource, None):
+                    self.store.remove(key)
+
+    @staticmethod
+    def _crd_problems(crd: Mapping[str, Any]) -> list[admission.FieldError]:
+        """What the API server refuses in a CRD here: CEL rules that do not compile."""
+        errors = []
+        for index, version in enumerate(crd.get("spec", {}).get("versions", []) or []):
+            schema = (version.get("schema") or {}).get("openAPIV3Schema") or {}
+            for path, rule in admission.iter_rules(schema):
+                try:
+                    admission.compile_rule(rule["rule"])
+                except ValueError as exc:
+                    errors.append(admission.FieldError(
+                        f"spec.versions[{index}].schema.openAPIV3Schema{path}.x-kubernetes-validations",
+                        "Invalid value", f"compilation failed: {exc}", rule["rule"]))
+        return errors
+
+    async def _serve_update(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         resource = request.resource
+        if resource is None or request.name is None:
+            raise kmock.KubernetesEndpointNotFoundError()
+        info = self._info(resource)
         key = (resource, request.namespace, request.name)
-        current = self._live(key)
-        if current is None:
+        stored = self.store.get(key)
+        if stored is None:
             raise self._object_not_found(key)
         if request.subresource not in (None, "status"):
             raise kmock.KubernetesError(status=405, reason="MethodNotAllowed",
                                         message=f"the subresource {request.subresource!r} cannot be changed here")
-        requested = self._requested_object(request, current)
-        self._check_resource_version(key, current, requested.get("metadata", {}).get("resourceVersion"))
-        new = self._merge_by_subresource(resource, current, requested, request.subresource)
-        return await self._store_change(key, current, new)
+        current = stored.load()
+        requested = self._requested_object(request, stored)
+        self._check_resource_version(key, current, (requested.get("metadata") or {}).get("resourceVersion"))
+        new = self._merge_by_subresource(resource, stored, requested, request.subresource)
+        errors = [] if request.subresource == "status" else admission.metadata_problems(new["metadata"])
+        if resource == CRDS:
+            errors += self._crd_problems(new)
+        schema = self._schemas.get(resource)
+        if schema is not None and not errors:
+            errors += schema.admit(new, current)
+        if errors:
+            raise invalid_object(info, resource, request.name, errors)
+        return self._json(self._store_change(key, current, new))
 
     @staticmethod
-    def _requested_object(request: kmock.Request, current: dict[str, Any]) -> dict[str, Any]:
-        """The object the client asks for: the body of a PUT, or the current object with the patch applied."""
+    def _requested_object(request: rendering.Request, stored: Stored) -> dict[str, Any]:
+        """The object the client asks for: the body of a PUT, or (a copy of) the stored object, patched."""
         if request.method == kmock.method.PUT:
             if not isinstance(request.data, Mapping):
-                raise kmock.KubernetesError(status=400, reason="BadRequest", message="the body must be a JSON object")
-            return copy.deepcopy(dict(request.data))
+                raise bad_request("the body must be a JSON object")
+            return json.loads(request.body)
         try:
             if isinstance(request.data, list):
-                return jsonpatch.apply_patch(current, request.data, in_place=False)
+                return jsonpatch.apply_patch(stored.load(), request.data, in_place=True)
             if isinstance(request.data, Mapping):
-                return _merge_patch(current, request.data)
+                return _merge_patch(stored.load(), request.data)
         except jsonpatch.JsonPatchTestFailed as exc:
             raise invalid(f"the server rejected our request due to an error in our request: {exc}")
         except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException, ValueError, TypeError) as exc:
             raise invalid(f"the patch cannot be applied: {exc}")
-        raise kmock.KubernetesError(status=400, reason="BadRequest", message="the patch must be a JSON object or list")
+        raise bad_request("the patch must be a JSON object or list")
 
     @staticmethod
     def _check_resource_version(key: ObjectKey, current: Mapping[str, Any], requested_rv: Any) -> None:
@@ -447,22 +612,25 @@ class Emulator(kmock.KubernetesEmulator):
                 f"please apply your changes to the latest version and try again",
                 name=name, group=resource.group, kind=resource.plural)
 
-    def _merge_by_subresource(self, resource: Resource, current: dict[str, Any], requested: dict[str, Any],
+    def _merge_by_subresource(self, resource: Resource, stored: Stored, requested: dict[str, Any],
                               subresource: str | None) -> dict[str, Any]:
+        """The new object: the requested one, with what the request may not change taken from the stored one."""
+        current = stored.load()
         if subresource == "status":
-            new = copy.deepcopy(current)
             if "status" in requested:
-                new["status"] = requested["status"]
+                current["status"] = requested["status"]
             else:
-                new.pop("status", None)
-            return new
-        new = copy.deepcopy(requested)
+                current.pop("status", None)
+            return current
+        new = requested
+        if not isinstance(new.get("metadata"), dict):
+            new["metadata"] = {}
         if "status" in self._info(resource).subresources:
             if "status" in current:
-                new["status"] = copy.deepcopy(current["status"])
+                new["status"] = current["status"]
             else:
                 new.pop("status", None)
-        new_meta = new.setdefault("metadata", {})
+        new_meta = new["metadata"]
         for field in SERVER_MANAGED_METADATA:
             if field in current["metadata"]:
                 new_meta[field] = current["metadata"][field]
@@ -472,28 +640,36 @@ class Emulator(kmock.KubernetesEmulator):
         new.setdefault("kind", current.get("kind"))
         return new
 
-    async def _store_change(self, key: ObjectKey, current: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    def _store_change(self, key: ObjectKey, current: dict[str, Any], new: dict[str, Any]) -> bytes:
+        """Store ``new`` in place of ``current`` (or delete it: deletionTimestamp and no finalizers); its JSON."""
         new["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
         if new == current:
-            return copy.deepcopy(current)  # a no-op update keeps its resourceVersion, as in the real API
+            return dumps(new)  # a no-op update keeps its resourceVersion, as in the real API
         if _spec_part(new) != _spec_part(current):
             new["metadata"]["generation"] = int(current["metadata"].get("generation", 1)) + 1
         new["metadata"]["resourceVersion"] = self._next_rv()
-        self._objects[key].history.append(new)
-        await self._publish(key[0], "MODIFIED", new)
         meta = new["metadata"]
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
-            await self._remove(key, new)
-        return copy.deepcopy(new)
+            self._remove(key, new)  # the update that removes the last finalizer is the deletion
+            self._changed()
+            return dumps(new)
+        old = self.store.get(key)
+        stored = self.store.put(key, new)
+        if key[0] == CRDS:
+            self._register_crd(new)
+        self.watches.publish(Change(self._current_rv, key, "MODIFIED", stored, old))
+        self._changed()
+        return stored.raw
 
     # -- delete -----------------------------------------------------------------------------------
 
-    async def _delete(self, request: kmock.Request) -> dict[str, Any]:
+    async def _serve_delete(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         resource = request.resource
         key = (resource, request.namespace, request.name)
-        current = self._live(key)
-        if current is None:
+        stored = self.store.get(key)
+        if stored is None:
             raise self._object_not_found(key)
+        current = stored.load()
         options = dict(request.data) if isinstance(request.data, Mapping) else {}
         preconditions = options.get("preconditions") or {}
         if preconditions.get("uid") and preconditions["uid"] != current["metadata"]["uid"]:
@@ -507,109 +683,142 @@ class Emulator(kmock.KubernetesEmulator):
             policy = "Orphan"  # the real API's default for batch/v1 Jobs (kubectl sends Background)
 
         if current["metadata"].get("deletionTimestamp"):
-            return copy.deepcopy(current)
+            return self._json(stored.raw)
         if current["metadata"].get("finalizers"):
-            new = copy.deepcopy(current)
+            new = stored.load()
             new["metadata"]["deletionTimestamp"] = now_rfc3339()
-            return await self._store_change(key, current, new)
-        new = copy.deepcopy(current)
-        new["metadata"]["resourceVersion"] = self._next_rv()
-        await self._remove(key, new)
+            new["metadata"]["deletionGracePeriodSeconds"] = _grace_period(resource, current, options, request.params)
+            return self._json(self._store_change(key, current, new))
+        current["metadata"]["resourceVersion"] = self._next_rv()
+        self._remove(key, current)
         if policy == "Orphan":
-            await self._orphan_dependents(current)
-        return new
+            self._orphan_dependents(current)
+        self._changed()
+        return self._json(dumps(current))
 
-    async def _remove(self, key: ObjectKey, last: dict[str, Any]) -> None:
-        self._objects[key].delete()
+    def _remove(self, key: ObjectKey, last: dict[str, Any]) -> None:
+        """Remove an object; ``last`` is its final state (with the resourceVersion of the deletion)."""
+        if self.store.remove(key) is None:
+            return
         if key[0] == PODS:
-            for log_key in [k for k in self._pod_logs if k[:2] == (key[1], key[2])]:
-                del self._pod_logs[log_key]
-        await self._publish(key[0], "DELETED", last)
+            self._pod_logs.pop((key[1], key[2]), None)
+        if key[0] == CRDS:
+            self._unregister_crd(last)
+        self.watches.publish(Change(self._current_rv, key, "DELETED", None, Stored.of(last)))
 
-    async def _orphan_dependents(self, owner: Mapping[str, Any]) -> None:
+    def _orphan_dependents(self, owner: Mapping[str, Any]) -> None:
         owner_uid = owner["metadata"]["uid"]
-        for key, obj in list(self._live_objects()):
+        for key in self.store.owned_by(owner_uid):
+            stored = self.store.get(key)
+            if stored is None:
+                continue
+            obj, new = stored.load(), stored.load()
             refs = obj["metadata"].get("ownerReferences") or []
-            if any(ref.get("uid") == owner_uid for ref in refs):
-                new = copy.deepcopy(obj)
-                new["metadata"]["ownerReferences"] = [ref for ref in refs if ref.get("uid") != owner_uid] or None
-                if new["metadata"]["ownerReferences"] is None:
-                    del new["metadata"]["ownerReferences"]
-                await self._store_change(key, obj, new)
+            new["metadata"]["ownerReferences"] = [ref for ref in refs if ref.get("uid") != owner_uid]
+            if not new["metadata"]["ownerReferences"]:
+                del new["metadata"]["ownerReferences"]
+            self._store_change(key, obj, new)
 
     # -- reading: fetch, list, watch ---------------------------------------------------------------------
 
-    async def _serve_fetch(self, request: kmock.Request) -> dict[str, Any]:
-        obj = self._live((request.resource, request.namespace, request.name))
-        if obj is None:
-            raise self._object_not_found((request.resource, request.namespace, request.name))
-        return copy.deepcopy(obj)
+    async def _serve_fetch(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        key = (request.resource, request.namespace, request.name)
+        self._info(request.resource)
+        stored = self.store.get(key)
+        if stored is None:
+            raise self._object_not_found(key)
+        return self._json(stored.raw)
 
-    async def _serve_list(self, request: kmock.Request) -> dict[str, Any]:
+    async def _serve_list(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         info = self._info(request.resource)
         selected = ObjectFilter.from_request(request)
-        async with self._lock:
-            items = [copy.deepcopy(obj) for (resource, _, _), obj in self._live_objects()
-                     if resource == request.resource and selected.matches(obj)]
-            list_rv = str(self._current_rv)
-        return {"apiVersion": api_version_of(request.resource), "kind": f"{info.kind}List",
-                "metadata": {"resourceVersion": list_rv}, "items": items}
+        found = self.store.select(request.resource, request.namespace, selected.selection())
+        found.sort(key=lambda item: (item[0][1] or "", item[0][2]))
+        head = dumps({"apiVersion": api_version_of(request.resource), "kind": f"{info.kind}List",
+                      "metadata": {"resourceVersion": str(self._current_rv)}})
+        raws = [stored.raw for _, stored in found]
+        opening, closing = head[:-1] + b',"items":[', b"]}"
+        if len(raws) <= LIST_CHUNK:
+            return self._json(opening + b",".join(raws) + closing)
+        # A long list goes out in chunks: no copy of all its JSON is ever made (the objects are shared).
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = len(opening) + sum(map(len, raws)) + len(raws) - 1 + len(closing)
+        await response.prepare(request._raw_request)
+        await response.write(opening)
+        for start in range(0, len(raws), LIST_CHUNK):
+            await response.write((b"," if start else b"") + b",".join(raws[start:start + LIST_CHUNK]))
+        await response.write(closing)
+        await response.write_eof()
+        return response
 
-    async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[Any]:
-        yield b""  # send the headers now: a quiet stream must still open
-        self._info(request.resource)
+    async def _serve_watch(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        resource = request.resource
+        info = self._info(resource)
         selected = ObjectFilter.from_request(request)
         timeout = float(request.params["timeoutSeconds"]) if request.params.get("timeoutSeconds") else None
-        bus = self._buses[request.resource]
-        async with self._lock:
-            # Subscribe first, then replay: no event can fall between the replay and the stream.
-            mark = await bus.mark()
-            existing = [copy.deepcopy(obj) for (resource, _, _), obj in self._live_objects()
-                        if resource == request.resource and selected.matches(obj)]
-        watch = OpenWatch(resource=resource_key(request.resource), namespace=request.namespace,
-                          user_agent=request.headers.get("User-Agent", ""))
-        self.open_watches.append(watch)
+        since = request.params.get("resourceVersion") or "0"
         try:
-            for obj in existing:
-                yield {"type": "ADDED", "object": obj}
+            since_rv = int(since)
+        except ValueError:
+            raise bad_request(f"invalid resourceVersion {since!r}")
+        watcher = Watcher(resource=resource, filter=selected, user_agent=request.headers.get("User-Agent", ""),
+                          limit=self.watch_queue_limit)
+        # Subscribe, then take the replay in the same step of the loop: no event can fall in between.
+        self.watches.open(watcher)
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        try:
+            if since_rv and not self.watches.resumable(resource, since_rv):
+                first = [event_line("ERROR", dumps(status_body(kmock.KubernetesError(
+                    status=410, reason="Expired",
+                    message=f"too old resource version: {since_rv} ({self._current_rv})"))))]
+                timeout = 0  # the stream ends after the error, as the API server ends it
+            elif since_rv:
+                first = self.watches.since(watcher, since_rv)
+            else:
+                found = self.store.select(resource, request.namespace, selected.selection())
+                found.sort(key=lambda item: (item[0][1] or "", item[0][2]))
+                first = [event_line("ADDED", stored.raw) for _, stored in found]
+                if request.params.get("sendInitialEvents") == "true":
+                    first.append(event_line("BOOKMARK", dumps({
+                        "kind": info.kind, "apiVersion": api_version_of(resource), "metadata": {
+                            "resourceVersion": str(self._current_rv),
+                            "annotations": {"k8s.io/initial-events-end": "true"}}})))
+            await response.prepare(request._raw_request)
+            for start in range(0, len(first), LIST_CHUNK):
+                await response.write(b"".join(first[start:start + LIST_CHUNK]))
             deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
-            events = aiter(bus.stream(since=mark))
             while True:
                 remaining = None if deadline is None else deadline - asyncio.get_running_loop().time()
                 if remaining is not None and remaining <= 0:
-                    return
-                try:
-                    event = await asyncio.wait_for(anext(events), remaining)
-                except asyncio.TimeoutError:
-                    return
-                if selected.matches(event["object"]):
-                    yield event
+                    break
+                events = await watcher.next_events(remaining)
+                if events is None:
+                    break
+                await response.write(b"".join(events))
+            await response.write_eof()
+            return response
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):  # the client went away
+            return response
         finally:
-            self.open_watches.remove(watch)
-            await bus.unmark(mark)
+            self.watches.close(watcher)
 
-    async def _serve_create(self, request: kmock.Request) -> dict[str, Any]:
-        return self._responses.pop(id(request))
+    @property
+    def open_watches(self) -> list[OpenWatch]:
+        return [OpenWatch(resource=resource_key(w.resource), namespace=w.namespace, user_agent=w.user_agent)
+                for w in self.watches.all()]
 
-    async def _serve_update(self, request: kmock.Request) -> dict[str, Any]:
-        return self._responses.pop(id(request))
-
-    async def _serve_delete(self, request: kmock.Request) -> dict[str, Any]:
-        return self._responses.pop(id(request))
-
-    async def _serve_replace(self, request: kmock.Request) -> dict[str, Any]:
-        if id(request) not in self._responses:
-            raise kmock.KubernetesEndpointNotFoundError()
-        return self._responses.pop(id(request))
+    @staticmethod
+    def _json(body: bytes, status: int = 200) -> aiohttp.web.Response:
+        return aiohttp.web.Response(body=body, status=status, content_type="application/json")
 
     # -- pod logs ---------------------------------------------------------------------------------
 
-    def _serve_pod_log(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+    async def _serve_pod_log(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         key = (PODS, request.namespace, request.name)
-        pod = self._live(key)
-        if pod is None:
-            return aiohttp.web.json_response(self._status_body(self._object_not_found(key)), status=404)
-        container = request.params.get("container") or _default_container(pod)
+        stored = self.store.get(key)
+        if stored is None:
+            raise self._object_not_found(key)
+        container = request.params.get("container") or _default_container(stored.load())
         if request.method == kmock.method.PUT:
             if request.params.get("append") == "true":  # a running container's new output (the local kubelet)
                 text = self.pod_log(request.namespace, request.name, container) + request.text
@@ -625,72 +834,87 @@ class Emulator(kmock.KubernetesEmulator):
 
         Without ``container``: the pod's first container, as ``kubectl logs POD`` picks by default.
         """
-        pod = self._live((PODS, namespace, name))
-        container = container or (_default_container(pod) if pod else None) or ""
-        self._pod_logs[(namespace, name, container)] = text
+        stored = self.store.get((PODS, namespace, name))
+        if stored is None:
+            return  # the pod is gone (or never was): its log goes with it
+        container = container or _default_container(stored.load()) or ""
+        self._pod_logs.setdefault((namespace, name), {})[container] = text
 
     def pod_log(self, namespace: str, name: str, container: str | None = None) -> str:
-        pod = self._live((PODS, namespace, name))
-        container = container or (_default_container(pod) if pod else None) or ""
-        return self._pod_logs.get((namespace, name, container), "")
+        stored = self.store.get((PODS, namespace, name))
+        container = container or (_default_container(stored.load()) if stored else None) or ""
+        return self._pod_logs.get((namespace, name), {}).get(container, "")
 
     # -- extensions -------------------------------------------------------------------------------
 
-    def _serve_extension(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+    async def _serve_extension(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         if request.url.path == "/_emulator/watches":
             return aiohttp.web.json_response({"watches": [attrs.asdict(watch) for watch in self.open_watches]})
         return aiohttp.web.json_response({"message": f"unknown emulator extension {request.url.path}"}, status=404)
 
-    # -- housekeeping -----------------------------------------------------------------------------
+    def get_object(self, resource: str | Resource, namespace: str | None, name: str) -> dict[str, Any] | None:
+        """A copy of a live object (``resource`` as ``v1/pods`` or a kmock resource), for tests and tools."""
+        parsed = _parse_resource_key(resource) if isinstance(resource, str) else resource
+        stored = self.store.get((parsed, namespace, name))
+        return None if stored is None else stored.load()
 
-    def forget_old_requests(self, keep: int = 5000) -> None:
-        """Trim kmock's request records and accumulated errors (they grow forever in a long local run).
-
-        kmock records every request (for assertions) and every error response (with its traceback).
-        Only the newest ``keep`` of each stay once there are twice as many. Call it in the server's loop.
-        """
-        if len(self._requests) > 2 * keep:
-            del self._requests[:-keep]
-            for payload in self._payloads:
-                del payload._requests[:-keep]
-        if self._errors and len(self._errors[-1]) > 2 * keep:
-            del self._errors[-1][:-keep]
+    def forget_old_requests(self, keep: int | None = None) -> None:
+        """Cap kmock's request and error records now (they are capped on every request anyway)."""
+        keep = self.request_history if keep is None else keep
+        for records in (self._requests, *(p._requests for p in self._payloads), *self._errors):
+            del records[:-keep or len(records)]
 
     # -- persistence ------------------------------------------------------------------------------
 
+    STATE_FORMAT = 2  # JSON Lines: a header line, then one line per object
+
     def export_state(self) -> dict[str, Any]:
         """Every live object and pod log, JSON-ready. Call it in the emulator's event loop."""
-        objects = [{"resource": resource_key(resource), "object": copy.deepcopy(obj)}
-                   for (resource, _, _), obj in self._live_objects()]
-        crds = {resource_key(resource): attrs.asdict(self.resources[resource])
-                for resource in self.resources if resource.group == GROUP or self._is_crd_resource(resource)}
-        return {
-            "format": 1,
-            "resourceVersion": self._current_rv,
-            "resources": {key: {k: sorted(v) if isinstance(v, set) else v for k, v in info.items()}
-                          for key, info in crds.items()},
-            "objects": objects,
-            "podLogs": [{"namespace": ns, "name": name, "container": container, "text": text}
-                        for (ns, name, container), text in self._pod_logs.items()],
-        }
+        header, *objects = (json.loads(line) for line in self.state_lines())
+        return {**header, "objects": objects}
+
+    def state_lines(self) -> Iterator[bytes]:
+        """The state as JSON Lines (what local mode saves): a header with the resourceVersion and the pod
+        logs, then each object as stored (not serialized again), so saving holds no second copy."""
+        yield dumps({"format": self.STATE_FORMAT, "resourceVersion": self._current_rv, "podLogs": [
+            {"namespace": ns, "name": name, "container": container, "text": text}
+            for (ns, name), logs in self._pod_logs.items() for container, text in logs.items()]}) + b"\n"
+        for (resource, _, name), stored in self.store.items():
+            if not (resource == CRDS and name in self._builtin_crds):  # those are always this version's
+                yield b'{"resource":' + dumps(resource_key(resource)) + b',"object":' + stored.raw + b"}\n"
+
+    def read_state(self, lines: Iterable[bytes]) -> None:
+        """Load what ``state_lines`` wrote, one object at a time (or a format-1 file: one JSON document)."""
+        lines = iter(lines)
+        first = next(lines, b"")
+        try:
+            header = json.loads(first)
+        except ValueError:
+            header = None
+        if not isinstance(header, dict) or header.get("format") != self.STATE_FORMAT:
+            self.import_state(json.loads(first + b"".join(lines)))
+            return
+        self.import_state({**header, "objects": (json.loads(line) for line in lines if line.strip())})
 
     def import_state(self, state: Mapping[str, Any]) -> None:
-        """Load what ``export_state`` produced, before the server serves requests."""
-        for key, info in state.get("resources", {}).items():
+        """Load what ``export_state`` produced, before the server serves requests (no admission)."""
+        for key, info in state.get("resources", {}).items():  # format 1: CRD resources listed apart
             self.resources[_parse_resource_key(key)] = kmock.ResourceInfo(**info)
         for entry in state.get("objects", []):
             resource = _parse_resource_key(entry["resource"])
             obj = entry["object"]
             meta = obj["metadata"]
-            self._objects[(resource, meta.get("namespace"), meta["name"])] = obj
+            if resource == CRDS and meta["name"] in self._builtin_crds:
+                continue  # the project's CRDs are always the ones of this version
+            self.store.put((resource, meta.get("namespace"), meta["name"]), obj)
+            if resource == CRDS:
+                self._register_crd(obj)
         for log in state.get("podLogs", []):
-            self._pod_logs[(log["namespace"], log["name"], log.get("container", ""))] = log["text"]
+            self._pod_logs.setdefault((log["namespace"], log["name"]), {})[log.get("container", "")] = log["text"]
         rv = int(state.get("resourceVersion", 0))
         self._current_rv = max(self._current_rv, rv)
         self._resource_versions = itertools.count(self._current_rv + 1)
-
-    def _is_crd_resource(self, resource: Resource) -> bool:
-        return any(resource in crd_resource_infos(obj) for (res, _, _), obj in self._live_objects() if res == CRDS)
+        self.watches.floor = self._current_rv  # watches from before the restart relist
 
     # -- internals --------------------------------------------------------------------------------
 
@@ -699,20 +923,17 @@ class Emulator(kmock.KubernetesEmulator):
         return str(self._current_rv)
 
     def _info(self, resource: Resource | None) -> kmock.ResourceInfo:
-        if resource is None or resource not in self.resources:
+        # The ResourcesArray's dict itself: its __contains__ parses keys with slow Protocol checks.
+        info = self.resources._resources.get(resource)
+        if info is None:
             raise kmock.KubernetesResourceNotFoundError()
-        info = self.resources[resource]
         if info.kind is None:
             info.kind = (resource.plural or "").capitalize()
         return info
 
-    def _live(self, key: ObjectKey) -> dict[str, Any] | None:
-        if key not in self._objects or self._objects[key].deleted:
-            return None
-        return self._objects[key].raw
-
-    def _live_objects(self) -> list[tuple[ObjectKey, dict[str, Any]]]:
-        return [(key, obj.raw) for key, obj in self._objects.items() if not obj.deleted]
+    def _get_resources(self) -> list[Resource]:
+        # KubernetesEmulator adds the resources of every stored object (a scan of all objects): skipped.
+        return k8s.KubernetesScaffold._get_resources(self)
 
     @staticmethod
     def _object_not_found(key: ObjectKey) -> kmock.KubernetesError:
@@ -720,14 +941,21 @@ class Emulator(kmock.KubernetesEmulator):
         return not_found(f'{resource.plural} "{name}" not found', name=name, group=resource.group,
                          kind=resource.plural)
 
-    @staticmethod
-    def _status_body(error: kmock.KubernetesError) -> dict[str, Any]:
-        return {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
-                "code": error.status, "reason": error.reason, "message": error.message,
-                "details": error.details or {}}
+    @property
+    def objects(self) -> Any:  # kmock's view of every object and its history: not kept here
+        raise AttributeError("Emulator keeps no kmock object histories: use get_object() or export_state()")
 
-    async def _publish(self, resource: Resource, event_type: str, obj: Mapping[str, Any]) -> None:
-        await self._buses[resource].put({"type": event_type, "object": copy.deepcopy(dict(obj))})
+
+def _grace_period(resource: Resource, obj: Mapping[str, Any], options: Mapping[str, Any],
+                  params: Mapping[str, str]) -> int:
+    """deletionGracePeriodSeconds as the API server sets it: for a pod, the request's gracePeriodSeconds or
+    the pod's terminationGracePeriodSeconds (30 by default); 0 for anything else."""
+    if resource != PODS:
+        return 0
+    asked = options.get("gracePeriodSeconds", params.get("gracePeriodSeconds"))
+    if asked is not None:
+        return int(asked)
+    return int(obj.get("spec", {}).get("terminationGracePeriodSeconds", 30))
 
 
 def _default_container(pod: Mapping[str, Any]) -> str | None:
@@ -735,19 +963,16 @@ def _default_container(pod: Mapping[str, Any]) -> str | None:
     return containers[0].get("name") if containers else None
 
 
-def _merge_patch(current: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
-    """RFC 7386 JSON merge patch (None removes a key; lists and scalars replace)."""
-    result = copy.deepcopy(dict(current))
+def _merge_patch(target: dict[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """RFC 7386 JSON merge patch, applied to ``target`` in place (None removes a key; lists and scalars replace)."""
     for key, value in patch.items():
         if value is None:
-            result.pop(key, None)
-        elif isinstance(value, Mapping) and isinstance(result.get(key), Mapping):
-            result[key] = _merge_patch(result[key], value)
+            target.pop(key, None)
         elif isinstance(value, Mapping):
-            result[key] = _merge_patch({}, value)
+            target[key] = _merge_patch(target[key] if isinstance(target.get(key), dict) else {}, value)
         else:
-            result[key] = copy.deepcopy(value)
-    return result
+            target[key] = copy.deepcopy(value)
+    return target
 
 
 def dumps_state(state: Mapping[str, Any]) -> str:

@@ -83,7 +83,7 @@ def local_run(args: argparse.Namespace) -> int:
     from checkpoint_operator import main
     from checkpoint_operator.config import OperatorConfig
     from checkpoint_operator.handlers.context import Context
-    from checkpoint_operator.kube import CHECKPOINTS, TRAINING_JOBS, Conflict, Kube
+    from checkpoint_operator.kube import CHECKPOINTS, TRAINING_JOBS, ApiError, Conflict, Kube
     from checkpoint_operator.local.cluster import LocalCluster
     from checkpoint_operator.local.server import EmulatorServer, run_kopf_in_thread
 
@@ -123,6 +123,11 @@ def local_run(args: argparse.Namespace) -> int:
                 same = existing.get("spec") == obj["spec"]
                 print(f"{obj['kind'].lower()}.ckpt.dev/{name} {'unchanged' if same else 'exists with another spec (kept; delete the state dir to start over)'}",
                       file=sys.stderr)
+            except ApiError as exc:  # refused as the API server would (name, schema, CEL rules)
+                if exc.status != 422:
+                    raise
+                print(f"error: {exc.message}", file=sys.stderr)
+                return 2
         settled = wait_until_settled(kube, args.timeout)
         checkpoints = kube.list(CHECKPOINTS, NAMESPACE)
         jobs = kube.list(TRAINING_JOBS, NAMESPACE)

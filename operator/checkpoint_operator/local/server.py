@@ -31,20 +31,22 @@ from typing import Any, TypeVar
 
 import aiohttp.web
 
-from checkpoint_operator.local.emulator import Emulator, dumps_state
+from checkpoint_operator.local.emulator import Emulator
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-STATE_FILE_NAME = "api-objects.json"
-SAVE_INTERVAL = 0.5  # seconds between saves of a changed state in local mode
+STATE_FILE_NAME = "api-objects.jsonl"  # JSON Lines: a header, then one object per line
+OLD_STATE_FILE_NAME = "api-objects.json"  # format 1 (one JSON document), still read
+SAVE_INTERVAL = 0.5  # seconds between saves of a changed state in local mode, at least
+SAVE_SHARE = 0.05  # and at most this share of the time is spent saving (a large state is saved less often)
 
 
 class EmulatorServer:
     """The emulator served over HTTP on 127.0.0.1 (a free port unless ``port`` is given).
 
-    ``state_dir``: when given, objects are loaded from ``<state_dir>/api-objects.json`` at start and
+    ``state_dir``: when given, objects are loaded from ``<state_dir>/api-objects.jsonl`` at start and
     saved there (atomically) shortly after every change and at stop, so the next local run sees them.
     """
 
@@ -72,8 +74,12 @@ class EmulatorServer:
         """Start serving in a daemon thread; return the base URL."""
         if self._thread is not None:
             raise RuntimeError("the emulator server can be started only once")
-        if self.state_file is not None and self.state_file.exists():
-            self.emulator.import_state(json.loads(self.state_file.read_text()))
+        if self.state_file is not None:
+            for path in (self.state_file, self.state_file.with_name(OLD_STATE_FILE_NAME)):
+                if path.exists():
+                    with path.open("rb") as lines:
+                        self.emulator.read_state(lines)
+                    break
         if self.state_file is not None:
             self.emulator.on_change = self._mark_dirty
         self._thread = threading.Thread(target=self._thread_main, name="k8s-emulator", daemon=True)
@@ -136,7 +142,7 @@ class EmulatorServer:
             await site.start()
             host, port = runner.addresses[0][:2]
             self._url = f"http://{host}:{port}"
-            saver = asyncio.create_task(self._housekeeping())
+            saver = asyncio.create_task(self._save_changes())
             self._started.set()
             try:
                 await self._stopping.wait()
@@ -148,22 +154,26 @@ class EmulatorServer:
     def _mark_dirty(self) -> None:
         self._dirty = True
 
-    async def _housekeeping(self) -> None:
-        """Save a changed state; keep kmock's request and error records from growing forever."""
+    async def _save_changes(self) -> None:
+        """Save a changed state, every SAVE_INTERVAL or less often: saving takes at most SAVE_SHARE of the time."""
+        pause = SAVE_INTERVAL
         while True:
-            await asyncio.sleep(SAVE_INTERVAL)
+            await asyncio.sleep(pause)
             if self._dirty:
+                started = time.monotonic()
                 self._save_state()
-            self.emulator.forget_old_requests()
+                pause = max(SAVE_INTERVAL, (time.monotonic() - started) / SAVE_SHARE)
 
     def _save_state(self) -> None:
         if self.state_file is None:
             return
         self._dirty = False
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.state_file.with_suffix(".json.partial")
-        partial.write_text(dumps_state(self.emulator.export_state()))
+        partial = self.state_file.with_suffix(".jsonl.partial")
+        with partial.open("wb") as out:
+            out.writelines(self.emulator.state_lines())
         partial.replace(self.state_file)
+        self.state_file.with_name(OLD_STATE_FILE_NAME).unlink(missing_ok=True)
 
 
 def open_watches(server_url: str) -> list[dict[str, Any]]:
