@@ -136,7 +136,8 @@ def store(request) -> str:
     settings = ["--set", f"storage.type={request.param}"]
     if request.param == "s3":
         settings += ["--set", f"storage.s3.endpoint={S3_ENDPOINT}", "--set", f"storage.s3.bucket={S3_BUCKET}",
-                     "--set", "storage.s3.prefix=e2e", "--set", f"storage.s3.existingSecret={S3_SECRET_NAME}"]
+                     "--set", "storage.s3.prefix=e2e", "--set", f"storage.s3.namespaceSecret={S3_SECRET_NAME}",
+                     "--set", f"storage.s3.operatorSecret={S3_SECRET_NAME}"]
     helm("upgrade", RELEASE, CHART, "--namespace", RELEASE_NAMESPACE, "--reuse-values", *settings,
          "--wait", "--timeout", "5m")
     kubectl("-n", RELEASE_NAMESPACE, "rollout", "status", f"deployment/{RELEASE}", "--timeout=180s")

@@ -2,7 +2,6 @@
 
 import shlex
 
-import pytest
 
 from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.trainingjob import TrainingJob
@@ -10,7 +9,6 @@ from checkpoint_operator.cli import build_parser
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic import agent_commands, workload
 from checkpoint_operator.logic.inputs import ResolvedInput
-from checkpoint_operator.storage import s3 as s3_store
 from checkpoint_operator.storage import store_for
 from factories import training_job
 
@@ -39,7 +37,8 @@ def pod_commands() -> list[list[str]]:
         for container in init + containers:
             command = container["command"]
             if command[:2] == ["sh", "-c"]:  # the volume store's import-then-scan script
-                script = command[2].replace('"$0"', shlex.quote(command[3])).replace('"$1"', shlex.quote(command[4]))
+                # $0 is DEST, "$@" the import's arguments (passed to the script, never inside it)
+                script = command[2].replace('"$0"', shlex.quote(command[3])).replace('"$@"', shlex.join(command[4:]))
                 commands += [shlex.split(part) for part in script.split(" && ")]
             else:
                 commands.append(command)
@@ -65,15 +64,8 @@ def test_builders_put_the_values_where_the_parser_reads_them():
     assert args.single and args.json
 
 
-def test_download_pins_the_digest_once_the_agent_has_the_flag():
-    """Contract 4 (workstream B adds `agent download --digest`): until then the operator leaves
-    the flag out, so pods keep working; this test says which case ran."""
+def test_download_is_always_pinned_to_the_digest():
     command = agent_commands.download("s3://b/x/", "/d", digest="sha256:" + "a" * 64)
-    if s3_store.AGENT_PINS_DIGESTS:
-        assert parse(command).digest == "sha256:" + "a" * 64
-        built = store_for(S3).input_volumes(TrainingJob.model_validate(training_job()), [INPUT]).init_containers
-        assert "--digest" in built[0]["command"]
-    else:
-        with pytest.raises(SystemExit):
-            parse(command)
-        print("contract 4 not landed: agent download has no --digest yet; the operator omits it")
+    assert parse(command).digest == "sha256:" + "a" * 64
+    built = store_for(S3).input_volumes(TrainingJob.model_validate(training_job()), [INPUT]).init_containers
+    assert built[0]["command"][-2:] == ["--digest", INPUT.digest]

@@ -19,6 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from helm_python import HelmValuesError, chart as helm_chart
+from helm_python.errors import HelmRenderError
 
 from checkpoint_operator import rbac
 from checkpoint_operator.cli import build_parser
@@ -37,7 +38,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "s3": {"storage": {"type": "s3", "storageClassName": "fast", "defaultSize": "50Gi",
                        "s3": {"endpoint": "http://minio.minio.svc:9000", "bucket": "ckpts", "prefix": "team",
-                              "region": "us-east-1", "existingSecret": "ckpt-s3"}}},
+                              "region": "us-east-1", "namespaceSecret": "ckpt-s3",
+                              "operatorSecret": "ckpt-s3-operator"}}},
     "namespaced": {"watchNamespaces": ["team-a", "team-b"]},
     "metrics-off": {"metrics": {"enabled": False}},
     "service-monitor": {"metrics": {"serviceMonitor": {"enabled": True, "interval": "15s", "scrapeTimeout": "10s",
@@ -286,18 +288,23 @@ def test_s3_store_settings(chart):
     s3 = values["storage"]["s3"]
     assert config.storage_type == "s3"
     assert (config.s3_endpoint, config.s3_bucket, config.s3_prefix, config.s3_region, config.s3_secret_name) == \
-        (s3["endpoint"], s3["bucket"], s3["prefix"], s3["region"], s3["existingSecret"])
+        (s3["endpoint"], s3["bucket"], s3["prefix"], s3["region"], s3["namespaceSecret"])
     assert config.default_storage_class == "fast"
     assert config.default_output_size == "50Gi"
-    # The operator deletes owned store data itself, with the same Secret as the agent pods.
+    # The operator's own credentials come from its own Secret (agent pods get the namespace's).
     env = env_of(container)
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        assert env[key]["secretKeyRef"] == {"name": s3["existingSecret"], "key": key}
+        assert env[key]["secretKeyRef"] == {"name": s3["operatorSecret"], "key": key}
 
 
 def test_s3_store_needs_a_bucket(chart):
     with pytest.raises(HelmValuesError, match="bucket"):
-        render(chart, {"storage": {"type": "s3", "s3": {"existingSecret": "x"}}})
+        render(chart, {"storage": {"type": "s3", "s3": {"namespaceSecret": "x"}}})
+
+
+def test_the_shared_store_secret_is_refused_with_what_to_set_instead(chart):
+    with pytest.raises(HelmRenderError, match="namespaceSecret"):
+        render(chart, {"storage": {"type": "s3", "s3": {"bucket": "b", "existingSecret": "x"}}})
 
 
 def test_everything_set(chart):
@@ -417,7 +424,10 @@ def test_cluster_wide_rbac_equals_the_table(chart, scenario):
 def test_namespaced_rbac_equals_the_table(chart, scenario):
     values = SCENARIOS[scenario]
     objects = render(chart, values)
-    assert not of_kind(objects, "ClusterRole") and not of_kind(objects, "ClusterRoleBinding")
+    # Cluster-wide, only `get` on the watched Namespaces by name (their size-limit annotation).
+    cluster_role, cluster_binding = one(objects, "ClusterRole"), one(objects, "ClusterRoleBinding")
+    assert cluster_role["rules"] == rbac.namespace_reader_rules(values["watchNamespaces"])
+    assert cluster_binding["roleRef"]["name"] == cluster_role["metadata"]["name"]
     roles = {r["metadata"]["namespace"]: r for r in of_kind(objects, "Role")}
     bindings = {b["metadata"]["namespace"]: b for b in of_kind(objects, "RoleBinding")}
     assert set(roles) == set(bindings) == set(values["watchNamespaces"])
@@ -431,6 +441,7 @@ def test_namespaced_rbac_equals_the_table(chart, scenario):
         assert bindings[namespace]["roleRef"]["name"] == role["metadata"]["name"]
         assert bindings[namespace]["subjects"] == [
             {"kind": "ServiceAccount", "name": service_account, "namespace": NAMESPACE}]
+    assert cluster_binding["subjects"] == [{"kind": "ServiceAccount", "name": service_account, "namespace": NAMESPACE}]
     args = operator_container(objects)["args"]
     assert [a for a in args if a.startswith("--namespace")] == ["--namespace=team-a", "--namespace=team-b"]
     assert "--all-namespaces" not in args

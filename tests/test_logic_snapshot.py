@@ -25,7 +25,7 @@ def manifest(path, step=None, files=("model.pt",)):
 
 
 def location(m):
-    return VolumeStore(OperatorConfig()).snapshot_location("train-output", m, "auto", {})
+    return VolumeStore(OperatorConfig()).snapshot_location(None, "train-output", m, "auto", {})
 
 
 def test_parse_scan_output_finds_the_json_line_among_log_noise():

@@ -2,7 +2,7 @@
 
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.logic import trainingjob_flow as flow
-from checkpoint_operator.logic.agent_pods import PodProblem, pod_failure, pod_problem
+from checkpoint_operator.logic.agent_pods import PodProblem, downloaded_input, pod_failure, pod_problem
 from checkpoint_operator.logic.inputs import InputWait
 from checkpoint_operator.logic.protection import blocking_users, label_patch, used_by_status, used_uids
 from checkpoint_operator.logic.results import Fail, Wait
@@ -89,7 +89,7 @@ def test_input_waits_are_stalled_only_when_they_cannot_end():
     wait = flow.input_wait([InputWait("InputNotFound", "a"), InputWait("InputFailed", "b")])
     assert wait.reason == "InputNotFound" and wait.message == "a; b" and wait.stalled
     assert not flow.input_wait([InputWait("InputNotReady", "a")]).stalled
-    assert flow.input_wait([InputWait("InputNotReady", "a")]).requeue_after == flow.INPUT_RECHECK
+    assert flow.input_wait([InputWait("InputNotReady", "a")]).requeue_after is None  # the input's event wakes it
 
 
 def test_uses_labels_and_bounded_used_by():
@@ -119,3 +119,29 @@ def test_status_changes_apply_once_and_post_one_event():
     removed = apply_change(failed, StatusChange(fields={"completionTime": None}), generation=1, now="t4",
                            is_settled=settled)
     assert "completionTime" not in removed and status_patch(failed, removed) == {"completionTime": None}
+
+
+def test_a_refused_input_download_is_named_in_the_final_message():
+    assert downloaded_input("download-input-1", ["a", "b"]) == "b"
+    assert downloaded_input("trainer", ["a"]) is None and downloaded_input("download-input-7", ["a"]) is None
+    cause = flow.input_download_failure("b", "error: s3://x/: ... not the pinned sha256:0")
+    change, snapshot_follows = flow.after_job(tj(), False, f"failed: BackoffLimitExceeded; {cause}", "now")
+    assert snapshot_follows and change.fields["jobFailure"].endswith(cause)
+    done = flow.snapshot_done(tj(status={"phase": "Snapshotting", "jobSucceeded": False,
+                                         "jobFailure": change.fields["jobFailure"]}), [], "now", None, "c", 0)
+    assert done.reason == "JobFailed" and done.message == f"Job failed: BackoffLimitExceeded; {cause}; kept no " \
+                                                          "checkpoints in the output"
+
+
+def test_an_unbound_claim_is_explained_by_its_latest_warning_event():
+    from checkpoint_operator.logic.agent_pods import claim_problem
+    claim = {"metadata": {"name": "out"}, "spec": {"storageClassName": "fast"}, "status": {"phase": "Pending"}}
+    events = [{"type": "Normal", "reason": "ExternalProvisioning", "message": "waiting", "lastTimestamp": "2026-01-01T00:00:03Z"},
+              {"type": "Warning", "reason": "ProvisioningFailed", "message": 'storageclass "fast" not found',
+               "lastTimestamp": "2026-01-01T00:00:01Z"}]
+    problem = claim_problem(claim, events)
+    assert problem.reason == "VolumeNotBound"
+    assert problem.message == 'PersistentVolumeClaim out is Pending: ProvisioningFailed: storageclass "fast" not found'
+    assert "storageClassName fast" in claim_problem(claim, []).message  # no event yet: what it asks for
+    assert claim_problem(claim, [{"type": "Normal", "reason": "WaitForFirstConsumer", "message": "m"}]) is None
+    assert claim_problem({**claim, "status": {"phase": "Bound"}}, events) is None and claim_problem(None, []) is None

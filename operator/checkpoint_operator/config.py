@@ -22,7 +22,9 @@ class OperatorConfig(BaseModel):
     s3_prefix: str = "checkpoints"
     s3_region: Optional[str] = None
     s3_secret_name: Optional[str] = Field(
-        None, description="Secret (in each job's namespace) with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for agent pods")
+        None, description="Secret in each namespace with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for its agent pods, "
+                          "scoped to s3://<bucket>/<prefix>/<namespace>/ (the operator's own credentials are its "
+                          "environment and never go into a pod)")
     default_storage_class: Optional[str] = None
     default_output_size: str = "10Gi"
     agent_image: str = DEFAULT_IMAGE

@@ -8,7 +8,9 @@ against the chart's RBAC rules.
 
 from __future__ import annotations
 
+import collections
 import json
+import threading
 from dataclasses import dataclass
 from typing import Any, Optional
 from urllib.parse import quote
@@ -24,10 +26,12 @@ class Resource:
     version: str
     plural: str
     kind: str
+    namespaced: bool = True
 
     def path(self, namespace: str, name: Optional[str] = None, subresource: Optional[str] = None) -> str:
+        """`namespace` is ignored for cluster-scoped resources (pass "")."""
         base = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
-        path = f"{base}/namespaces/{quote(namespace)}/{self.plural}"
+        path = f"{base}/namespaces/{quote(namespace)}/{self.plural}" if self.namespaced else f"{base}/{self.plural}"
         if name:
             path += f"/{quote(name)}"
         if subresource:
@@ -45,6 +49,7 @@ JOBS = Resource("batch", "v1", "jobs", "Job")
 PODS = Resource("", "v1", "pods", "Pod")
 PVCS = Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
 EVENTS = Resource("", "v1", "events", "Event")
+NAMESPACES = Resource("", "v1", "namespaces", "Namespace", namespaced=False)
 
 
 class ApiError(Exception):
@@ -64,6 +69,9 @@ class Conflict(ApiError):
 class Kube:
     def __init__(self, api_client: kubernetes.client.ApiClient):
         self.api = api_client
+        # Requests sent, by verb: main.py exports them as a metric (bench/scale.py counts them).
+        self.requests: collections.Counter = collections.Counter()
+        self._count_lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: str) -> "Kube":
@@ -89,6 +97,8 @@ class Kube:
         method, url, headers, body, _ = self.api.param_serialize(
             method=method, resource_path=path, query_params=query_params, header_params=headers,
             body=body, auth_settings=["BearerToken"])
+        with self._count_lock:
+            self.requests[method] += 1
         try:
             response = self.api.call_api(method, url, header_params=headers, body=body, _request_timeout=30)
             response.read()
@@ -109,8 +119,10 @@ class Kube:
         except NotFound:
             return None
 
-    def list(self, resource: Resource, namespace: str, label_selector: Optional[str] = None) -> list[dict]:
-        return self._call("GET", resource.path(namespace), query={"labelSelector": label_selector}).get("items", [])
+    def list(self, resource: Resource, namespace: str, label_selector: Optional[str] = None,
+             field_selector: Optional[str] = None) -> list[dict]:
+        query = {"labelSelector": label_selector, "fieldSelector": field_selector}
+        return self._call("GET", resource.path(namespace), query=query).get("items", [])
 
     def create(self, resource: Resource, namespace: str, body: dict) -> dict:
         body = {"apiVersion": resource.api_version, "kind": resource.kind, **body}

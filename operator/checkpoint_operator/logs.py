@@ -27,3 +27,6 @@ def configure_logging(fmt: str = "text", level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # kopf logs "Handler ... succeeded" for every event it hands us (they only queue keys): a
+    # line per watch event of every object is noise, and CPU at thousands of objects.
+    logging.getLogger("kopf.objects").setLevel(max(level, logging.WARNING))

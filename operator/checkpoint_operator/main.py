@@ -150,6 +150,7 @@ def run_operator(args) -> int:
     configure_settings(settings, peering_priority=peering_priority_for(os.environ.get("POD_NAME", os.uname().nodename)))
     namespaces = args.namespace or []
     ctx = Context(kube=Kube.from_environment(), config=config)
+    metrics.REGISTRY.register(metrics.ApiRequests(ctx.kube.requests))
     asyncio.run(kopf.operator(
         settings=settings, clusterwide=not namespaces, namespaces=namespaces, standalone=args.standalone,
         liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 
 from prometheus_client import Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, REGISTRY
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, REGISTRY
 from prometheus_client.registry import Collector
 
 PREFIX = "checkpoint_operator"
@@ -53,6 +53,20 @@ class PhaseTracker(Collector):
 
 PHASES = PhaseTracker()
 REGISTRY.register(PHASES)
+
+
+class ApiRequests(Collector):
+    """The operator's own API requests by HTTP method, read from a client's `requests` counter
+    (kopf's watch streams are not among them)."""
+
+    def __init__(self, counts) -> None:
+        self._counts = counts
+
+    def collect(self):
+        family = CounterMetricFamily(f"{PREFIX}_api_requests", "API requests the reconciles sent.", labels=["method"])
+        for method, count in sorted(dict(self._counts).items()):
+            family.add_metric([method], count)
+        yield family
 
 
 def observe_phase(event: dict, body) -> None:

@@ -7,7 +7,9 @@ covered by one of them. No wildcards: a permission that is not listed here is no
 `cluster_only` rules exist only for cluster-wide mode (`checkpoint-operator run` without
 `--namespace`): kopf then discovers namespaces and CRDs itself and peers through a
 cluster-scoped ClusterKopfPeering. In namespaced mode the chart grants the other rules through
-one Role per watched namespace and no ClusterRole at all.
+one Role per watched namespace, and one ClusterRole with `NAMESPACE_READER` only: `get` on the
+watched Namespaces by name (a Namespace is cluster-scoped, so no Role can grant it), for
+their `ckpt.dev/max-checkpoint-size` annotation.
 """
 
 from __future__ import annotations
@@ -50,19 +52,30 @@ RULES: tuple[PermissionRule, ...] = (
     PermissionRule(("",), ("persistentvolumeclaims",), ("get", "list", "watch", "create", "patch", "delete"),
                    "output and import volumes; move owner references from the TrainingJob to its Checkpoints; "
                    "watched to react when one binds"),
-    PermissionRule(("",), ("events",), ("create",),
-                   "every wait, refusal and failure becomes an Event (posted through the core API)"),
+    PermissionRule(("",), ("events",), ("create", "list"),
+                   "every wait, refusal and failure becomes an Event (posted through the core API); a volume that "
+                   "does not bind is explained by its own Events (listed by field selector)"),
     PermissionRule(("kopf.dev",), ("kopfpeerings",), ("get", "list", "watch", "patch"),
                    "kopf peering between the active replica and standbys in namespaced mode"),
     PermissionRule(("kopf.dev",), ("clusterkopfpeerings",), ("get", "list", "watch", "patch"),
                    "kopf peering between the active replica and standbys in cluster-wide mode",
                    cluster_only=True),
     PermissionRule(("",), ("namespaces",), ("get", "list", "watch"),
-                   "kopf follows namespaces when it serves the whole cluster", cluster_only=True),
+                   "kopf follows namespaces when it serves the whole cluster; read a Namespace's "
+                   "ckpt.dev/max-checkpoint-size annotation", cluster_only=True),
     PermissionRule(("apiextensions.k8s.io",), ("customresourcedefinitions",), ("get", "list", "watch"),
                    "kopf discovers our CRDs (and notices them appear) when it serves the whole cluster",
                    cluster_only=True),
 )
+
+
+NAMESPACE_READER = PermissionRule(("",), ("namespaces",), ("get",),
+                                  "read a watched Namespace's ckpt.dev/max-checkpoint-size annotation")
+
+
+def namespace_reader_rules(namespaces: list[str]) -> list[dict[str, list[str]]]:
+    """Namespaced mode: the ClusterRole's only rule, limited to the watched Namespaces by name."""
+    return [{**NAMESPACE_READER.to_policy_rule(), "resourceNames": sorted(namespaces)}]
 
 
 def policy_rules(*, cluster_wide: bool) -> list[dict[str, list[str]]]:

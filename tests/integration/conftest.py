@@ -6,8 +6,9 @@ through `container_runner`, or let the kubelet run the template's command."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
 # The timers' interval is read when checkpoint_operator.main is imported: keep tests snappy.
@@ -34,12 +35,13 @@ class Operator:
     api_url: str
     config: OperatorConfig
     handle: Any = None
+    namespaces: list = field(default_factory=lambda: [NS])
 
     async def start(self) -> None:
         settings = kopf.OperatorSettings()
         main.configure_settings(settings)
         ctx = Context(kube=Kube.from_url(self.api_url), config=self.config)
-        self.handle = await asyncio.to_thread(run_kopf_in_thread, kopf.get_default_registry(), settings, [NS],
+        self.handle = await asyncio.to_thread(run_kopf_in_thread, kopf.get_default_registry(), settings, self.namespaces,
                                               self.api_url, memo=main.make_memo(ctx))
 
     async def stop(self) -> None:
@@ -80,7 +82,9 @@ def write_checkpoint(root: str, directory: str, files: dict[str, bytes]) -> None
 
 class Trainer:
     """Plays the training code: `behaviour(attempt, env)` runs for each training container and
-    returns an exit code; the env is what the container got (paths already on the host)."""
+    returns an exit code; the env is what the container got (paths already on the host). A
+    plain function runs in a thread; a coroutine function (`held_until`) in the test's loop, so
+    that a job held open holds no thread (the loop's default pool has only cores + 4)."""
 
     def __init__(self) -> None:
         self.behaviours: dict[str, Callable[[int, dict], int]] = {}
@@ -93,7 +97,18 @@ class Trainer:
             return None  # the operator's own agent pods and init containers (and unknown pods) run for real
         self.envs.setdefault(job, []).append(dict(env))
         attempt = len(self.envs[job])
-        return await asyncio.to_thread(self.behaviours[job], attempt, env)
+        behaviour = self.behaviours[job]
+        if inspect.iscoroutinefunction(behaviour):
+            return await behaviour(attempt, env)
+        return await asyncio.to_thread(behaviour, attempt, env)
+
+
+def held_until(event: asyncio.Event, timeout: float = 60, exit_code: int = 0) -> Callable:
+    """A behaviour that runs until `event` is set (at most `timeout` s), then exits."""
+    async def behaviour(attempt: int, env: dict) -> int:
+        await asyncio.wait_for(event.wait(), timeout)
+        return exit_code
+    return behaviour
 
 
 @pytest.fixture

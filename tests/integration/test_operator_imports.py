@@ -85,3 +85,26 @@ async def test_a_hand_written_snapshot_checkpoint_fails_with_the_reason(api, ope
     ckpt = await settled(api, wait_for, "forged")
     ready = next(c for c in ckpt["status"]["conditions"] if c["type"] == "Ready")
     assert ckpt["status"]["phase"] == "Failed" and ready["reason"] == "ProducerGone" and "nobody" in ready["message"]
+
+
+async def test_the_namespace_annotation_lowers_the_import_size_limit(api, operator, wait_for, web, tmp_path):
+    """An administrator's Namespace annotation lowers CKPT_MAX_CHECKPOINT_SIZE for that namespace:
+    the agent gets it as --max-size and refuses the import before it is downloaded whole."""
+    (tmp_path / "big.safetensors").write_bytes(b"w" * 4096)
+    await api.patch("v1/namespaces", None, NS, {"metadata": {"annotations": {"ckpt.dev/max-checkpoint-size": "1Ki"}}})
+    await api.create(CKPT, NS, http_checkpoint("too-big", f"{web}/big.safetensors"))
+    ckpt = await settled(api, wait_for, "too-big")
+    ready = next(c for c in ckpt["status"]["conditions"] if c["type"] == "Ready")
+    assert ckpt["status"]["phase"] == "Failed" and ready["reason"] == "ImportFailed", ckpt["status"]
+    assert "past the size limit of 1024" in ready["message"], ready["message"]  # refused on its Content-Length
+
+    await api.patch("v1/namespaces", None, NS, {"metadata": {"annotations": {"ckpt.dev/max-checkpoint-size": "big"}}})
+    await api.create(CKPT, NS, http_checkpoint("bad-limit", f"{web}/model.tar.gz"))
+
+    async def refused():
+        obj = await api.get(CKPT, NS, "bad-limit")
+        conditions = {c["type"]: c for c in obj.get("status", {}).get("conditions", [])}
+        return conditions if conditions.get("Ready", {}).get("reason") == "InvalidLimit" else None
+    conditions = await wait_for(refused, timeout=30)
+    assert "ckpt.dev/max-checkpoint-size='big'" in conditions["Ready"]["message"]
+    assert conditions["Stalled"]["status"] == "True"

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from conftest import CKPT, NS, TJ, training_job, write_checkpoint
+from conftest import CKPT, NS, TJ, held_until, training_job, write_checkpoint
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -117,31 +117,28 @@ async def test_train_then_consume_latest_with_lineage(api, operator, cluster, tr
     mounts = job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
     input_mount = next(m for m in mounts if m["mountPath"] == "/input-checkpoint/pretrain-step-200")
     assert input_mount["readOnly"] is True and input_mount["subPath"] == "step-200"
-    # Released: nothing uses the input any more (usedBy is informational, written debounced).
-    async def released() -> bool:
-        return not (await api.get(CKPT, NS, "pretrain-step-200"))["status"].get("usedBy")
-    await wait_for(released)
+    # Released: nothing uses the input any more (usedBy is written debounced, so it trails the job).
+    async def released():
+        ckpt = await api.get(CKPT, NS, "pretrain-step-200")
+        return ckpt if not ckpt["status"].get("usedBy") and not ckpt["status"].get("usedByCount") else None
+    await wait_for(released, timeout=10)
 
 
 async def test_delete_while_in_use_is_blocked_then_released(api, operator, trainer, wait_for):
     trainer.behaviours["producer"] = lambda a, env: write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-1",
                                                                       {"w.pt": b"1"}) or 0
     release = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def consumer(attempt, env):
-        asyncio.run_coroutine_threadsafe(release.wait(), loop).result(30)
-        return 0
-    trainer.behaviours["consumer"] = consumer
+    trainer.behaviours["consumer"] = held_until(release, timeout=30)
 
     await api.create(TJ, NS, training_job("producer"))
     await wait_phase(api, wait_for, TJ, "producer", "Succeeded")
     await api.create(TJ, NS, training_job("consumer", checkpoints=[{"name": "producer-step-1"}]))
     await wait_phase(api, wait_for, TJ, "consumer", "Running")
-    async def used_by_consumer() -> bool:  # usedBy is informational, written debounced
-        status = (await api.get(CKPT, NS, "producer-step-1"))["status"]
-        return [u["name"] for u in status.get("usedBy") or []] == ["consumer"] and status.get("usedByCount") == 1
-    await wait_for(used_by_consumer)
+    async def used_by_consumer():  # written debounced from the index: it may trail the job's Running
+        used = await api.get(CKPT, NS, "producer-step-1")
+        return [u["name"] for u in used["status"].get("usedBy") or []] == ["consumer"] \
+            and used["status"]["usedByCount"] == 1
+    await wait_for(used_by_consumer, timeout=10)
 
     await api.delete(CKPT, NS, "producer-step-1")
 
@@ -288,9 +285,7 @@ async def test_bad_template_mount_and_env_conflict_are_reported(api, operator, t
 async def test_deleting_a_job_deletes_its_job_and_releases_inputs(api, operator, trainer, wait_for):
     trainer.behaviours["src"] = lambda a, env: write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "s-1", {"a": b"1"}) or 0
     hold = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    trainer.behaviours["user"] = lambda a, env: asyncio.run_coroutine_threadsafe(
-        asyncio.wait_for(hold.wait(), 20), loop).result(25) or 0
+    trainer.behaviours["user"] = held_until(hold, timeout=20)
     await api.create(TJ, NS, training_job("src"))
     await wait_phase(api, wait_for, TJ, "src", "Succeeded")
     await api.create(TJ, NS, training_job("user", checkpoints=[{"name": "src-s-1"}]))
@@ -298,7 +293,42 @@ async def test_deleting_a_job_deletes_its_job_and_releases_inputs(api, operator,
     await api.delete(TJ, NS, "user")
     await wait_for(lambda: _gone(api, TJ, "user"))
     await wait_for(lambda: _gone(api, "batch/v1/jobs", "user"))
-    async def released() -> bool:  # usedBy is informational, written debounced
+    async def released():
         return not (await api.get(CKPT, NS, "src-s-1"))["status"].get("usedBy")
-    await wait_for(released)
+    await wait_for(released, timeout=10)
     hold.set()
+
+
+async def test_an_output_volume_that_never_binds_is_named_with_its_reason(api, operator, cluster, trainer, wait_for,
+                                                                           monkeypatch):
+    """No provisioner runs here, so the local binder plays one that knows no StorageClass
+    `no-such-class`: it never binds the claim and says why in an Event, as the PV controller does."""
+    from checkpoint_operator.handlers import volumes
+    from checkpoint_operator.local.cluster import PvcBinder
+    monkeypatch.setattr(volumes, "CLAIM_RECHECK", 0.5)
+    bind = PvcBinder._bind
+
+    async def provisioner(self, claim):
+        if claim.get("spec", {}).get("storageClassName") != "no-such-class":
+            return await bind(self, claim)
+        meta = claim["metadata"]
+        await self.api.create("v1/events", meta["namespace"], {
+            "metadata": {"generateName": meta["name"] + "."}, "type": "Warning", "reason": "ProvisioningFailed",
+            "message": 'storageclass.storage.k8s.io "no-such-class" not found',
+            "involvedObject": {"kind": "PersistentVolumeClaim", "name": meta["name"], "namespace": meta["namespace"],
+                               "uid": meta["uid"]}, "lastTimestamp": "2026-01-01T00:00:00Z"})
+        return False
+    monkeypatch.setattr(PvcBinder, "_bind", provisioner)
+    trainer.behaviours["stuck"] = lambda a, env: 0
+    await api.create(TJ, NS, training_job("stuck", output={"storageClassName": "no-such-class"}))
+
+    async def explained():
+        tj = await api.get(TJ, NS, "stuck")
+        ready = next((c for c in (tj or {}).get("status", {}).get("conditions", []) if c["type"] == "Ready"), {})
+        return ready if ready.get("reason") == "VolumeNotBound" and "ProvisioningFailed" in ready["message"] else None
+    ready = await wait_for(explained, timeout=30)
+    claim = (await api.get(TJ, NS, "stuck"))["status"]["outputClaim"]
+    assert ready["message"] == f'PersistentVolumeClaim {claim} is Pending: ProvisioningFailed: ' \
+                               'storageclass.storage.k8s.io "no-such-class" not found'
+    assert (await api.get(TJ, NS, "stuck"))["status"]["phase"] == "Running" and "stuck" not in trainer.envs
+    await wait_event(api, wait_for, "stuck", lambda e: e["reason"] == "VolumeNotBound" and e["type"] == "Warning")

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from checkpoint_operator.handlers import trainingjob as trainingjob_handler
-from conftest import CKPT, NS, TJ, training_job, write_checkpoint
+from conftest import CKPT, NS, TJ, held_until, training_job, write_checkpoint
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -27,11 +27,9 @@ async def test_create_delete_race_never_deletes_a_used_checkpoint(api, operator,
     await api.create("v1/persistentvolumeclaims", NS, {"metadata": {"name": "shared"}, "spec": {
         "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
     hold = asyncio.Event()
-    loop = asyncio.get_running_loop()
     rounds = 6
     for i in range(rounds):
-        trainer.behaviours[f"race-{i}"] = lambda a, env: asyncio.run_coroutine_threadsafe(
-            asyncio.wait_for(hold.wait(), 60), loop).result(65) or 0
+        trainer.behaviours[f"race-{i}"] = held_until(hold)
         await make_ready_checkpoint(api, f"input-{i}")
 
     # Start each job and delete its input at the same moment, with the delete a little later
@@ -169,11 +167,9 @@ async def test_a_hot_input_used_by_many_jobs_at_once(api, operator, cluster, tra
     trainer.behaviours["src"] = lambda a, env: write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "s-1", {"a": b"1"}) or 0
     await api.create(TJ, NS, training_job("src"))
     hold = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    count = 5  # 30 stalls (see report): the hot-input scale is measured in bench, not here
+    count = 30
     for i in range(count):
-        trainer.behaviours[f"hot-{i:02d}"] = lambda a, env: asyncio.run_coroutine_threadsafe(
-            asyncio.wait_for(hold.wait(), 60), loop).result(65) and 0
+        trainer.behaviours[f"hot-{i:02d}"] = held_until(hold)
     await asyncio.gather(*(api.create(TJ, NS, training_job(f"hot-{i:02d}", checkpoints=[{"name": "src-s-1"}],
                                                            output={"enabled": False})) for i in range(count)))
 
@@ -203,9 +199,7 @@ async def test_a_job_never_starts_on_an_input_whose_deletion_began(api, operator
     created afterwards sees it on its live read and waits, holding no label."""
     trainer.behaviours["src"] = lambda a, env: write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "s-1", {"a": b"1"}) or 0
     hold = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    trainer.behaviours["first"] = lambda a, env: asyncio.run_coroutine_threadsafe(
-        asyncio.wait_for(hold.wait(), 60), loop).result(65) and 0
+    trainer.behaviours["first"] = held_until(hold)
     trainer.behaviours["late"] = lambda a, env: 0
     await api.create(TJ, NS, training_job("src"))
     await api.create(TJ, NS, training_job("first", checkpoints=[{"name": "src-s-1"}], output={"enabled": False}))

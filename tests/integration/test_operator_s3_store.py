@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -96,6 +98,82 @@ async def test_s3_store_imports_an_external_tree(api, store_secret, operator, wa
     assert ckpt["status"]["fileCount"] == 3 and ckpt["status"]["format"] == "huggingface"
     uri = ckpt["status"]["location"]["s3"]["uri"]
     assert "external" not in uri and manifest_exists(uri)
+
+
+def condition(obj: dict, kind: str) -> dict:
+    return next(c for c in obj["status"]["conditions"] if c["type"] == kind)
+
+
+async def test_a_consumer_download_is_pinned_to_the_digest(api, store_secret, operator, trainer, wait_for, s3,  # noqa: F811
+                                                           tmp_path):
+    """Another holder of the bucket's write credentials rewrites a Ready Checkpoint's prefix
+    (objects and a manifest consistent with them): the consumer's init container refuses it
+    before a byte moves, the training code never runs, and the job says which input and why."""
+    trainer.behaviours["pre"] = lambda a, env: write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-1",
+                                                                 {"model.safetensors": b"the real weights"}) or 0
+    ran = []
+    trainer.behaviours["victim"] = lambda a, env: ran.append(env) or 0
+    await api.create(TJ, NS, training_job("pre"))
+    await wait_phase(api, wait_for, TJ, "pre", "Succeeded")
+    pinned = (await api.get(CKPT, NS, "pre-step-1"))["status"]
+    uri, digest = pinned["location"]["s3"]["uri"], pinned["digest"]
+
+    write_checkpoint(str(tmp_path / "evil"), ".", {"model.safetensors": b"forged weights"})
+    swap = subprocess.run([sys.executable, "-m", "checkpoint_operator", "agent", "upload", str(tmp_path / "evil"), uri],
+                          capture_output=True, text=True, timeout=120)
+    assert swap.returncode == 0, swap.stderr
+    assert read_manifest(uri).digest != digest  # the prefix now holds other, self-consistent bytes
+
+    await api.create(TJ, NS, training_job("victim", checkpoints=[{"name": "pre-step-1"}], backoffLimit=0,
+                                          output={"enabled": False}))
+    failed = await wait_phase(api, wait_for, TJ, "victim", "Failed")
+    message = condition(failed, "Ready")["message"]
+    assert "input pre-step-1 could not be downloaded" in message, message
+    assert f"not the pinned {digest}" in message and uri in message, message  # the agent's own line
+    assert failed["status"]["inputs"][0]["digest"] == digest
+    assert ran == []  # the training code never saw the forged bytes
+
+
+async def test_a_retained_output_volume_stays_on_the_s3_store_until_released(api, store_secret, operator,  # noqa: F811
+                                                                              trainer, wait_for, s3):  # noqa: F811
+    """What was not stored is never deleted: a skipped entry beside a stored checkpoint, and a
+    non-empty output that gave no checkpoint, keep their volumes (which the s3 store otherwise
+    releases) until the annotation releases them."""
+    def partly(attempt, env):
+        write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-50", {"model.pt": b"complete"})
+        write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-60.tmp", {"model.pt": b"half"})
+        return 1
+    trainer.behaviours["partly"] = partly
+    trainer.behaviours["nothing"] = lambda a, env: write_checkpoint(
+        env["CHECKPOINT_OUTPUT_DIR"], "step-70.tmp", {"model.pt": b"half"}) or 1
+    await api.create(TJ, NS, training_job("partly", backoffLimit=0))
+    await api.create(TJ, NS, training_job("nothing", backoffLimit=0))
+
+    partly_tj = await wait_phase(api, wait_for, TJ, "partly", "Failed")
+    assert partly_tj["status"]["outputCheckpoints"] == ["partly-step-50"]
+    stored = (await api.get(CKPT, NS, "partly-step-50"))["status"]["location"]["s3"]["uri"]
+    assert manifest_exists(stored)
+    retained = condition(partly_tj, "OutputRetained")
+    assert retained["status"] == "True" and "step-60.tmp" in retained["message"]
+    claim = await api.get("v1/persistentvolumeclaims", NS, partly_tj["status"]["outputClaim"])
+    assert claim is not None and [o["kind"] for o in claim["metadata"]["ownerReferences"]] == ["TrainingJob"]
+
+    nothing = await wait_phase(api, wait_for, TJ, "nothing", "Failed")
+    assert not nothing["status"].get("outputCheckpoints") and "kept no checkpoints" in nothing["status"]["message"]
+    assert condition(nothing, "OutputRetained")["status"] == "True"
+    claim_name = nothing["status"]["outputClaim"]
+    assert await api.get("v1/persistentvolumeclaims", NS, claim_name) is not None
+
+    await api.patch(TJ, NS, "nothing", {"metadata": {"annotations": {"ckpt.dev/release-output": "true"}}})
+    await wait_for(lambda: _gone(api, "v1/persistentvolumeclaims", claim_name), timeout=20)
+
+    async def released():
+        tj = await api.get(TJ, NS, "nothing")
+        return tj if condition(tj, "OutputRetained")["reason"] == "Released" else None
+    released_tj = await wait_for(released, timeout=20)
+    assert condition(released_tj, "OutputRetained")["status"] == "False"
+    # The other job's volume was not asked for: it stays.
+    assert await api.get("v1/persistentvolumeclaims", NS, partly_tj["status"]["outputClaim"]) is not None
 
 
 async def _gone(api, resource, name):

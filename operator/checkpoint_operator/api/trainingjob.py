@@ -242,6 +242,8 @@ class TrainingJobStatus(ApiModel):
     outputCheckpoints: Optional[list[Name]] = Field(None, description="Checkpoints created from the output.")
     outputCount: Optional[int] = Field(None, description="Number of output checkpoints (for kubectl get).")
     jobSucceeded: Optional[bool] = Field(None, description="Whether the pods succeeded (recorded before the snapshot).")
+    jobFailure: Optional[Message] = Field(None, description="Why the pods failed (the Job's condition; an input whose "
+                                                        "download was refused, with the agent's error).")
     snapshotStartTime: Optional[Timestamp] = Field(None, description="When the snapshot of the output started.")
     snapshotAttempts: Optional[int] = Field(None, description="Failed snapshot pods so far (retried up to 3 times).")
     skippedCount: Optional[int] = Field(None, description="Entries of the output the snapshot skipped (see events).")

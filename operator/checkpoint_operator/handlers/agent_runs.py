@@ -25,6 +25,7 @@ class Started:
 @dataclass(frozen=True)
 class Running:
     problem: Optional[PodProblem] = None
+    phase: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def run_agent_pod(ctx: Context, owner_uid: str, body: dict, what: str) -> PodRun
     if phase == "Failed":
         return PodFailed(_failure_message(ctx, pod, what))
     if phase != "Succeeded":
-        return Running(pod_problem(pod))
+        return Running(pod_problem(pod), phase or "Pending")
     try:
         return Finished(parse_scan_output(ctx.kube.read_log(namespace, name)))
     except (ScanOutputError, ApiError, ValueError) as exc:

@@ -21,7 +21,7 @@ from checkpoint_operator.logic.protection import (blocking_users, deletion_block
                                                   uses_selector)
 from checkpoint_operator.logic.results import Fail, Result, Wait
 from checkpoint_operator.logic.status import StatusChange
-from checkpoint_operator.storage import store_for
+from checkpoint_operator.storage import ForeignLocation, store_for
 from checkpoint_operator import metrics
 
 
@@ -69,8 +69,8 @@ def _add_finalizer(ctx: Context, checkpoint: Checkpoint) -> None:
     input without it). Conditional: a merge patch replaces the whole list."""
     meta = checkpoint.metadata
     try:
-        ctx.kube.patch(CHECKPOINTS, meta.namespace, meta.name, {"metadata": {
-            "finalizers": [*(meta.finalizers or []), PROTECTION_FINALIZER], "resourceVersion": meta.resourceVersion}})
+        ctx.wrote(ctx.kube.patch(CHECKPOINTS, meta.namespace, meta.name, {"metadata": {
+            "finalizers": [*(meta.finalizers or []), PROTECTION_FINALIZER], "resourceVersion": meta.resourceVersion}}))
     except Conflict:
         pass  # re-read and try again
 
@@ -102,9 +102,13 @@ def guard_deletion(ctx: Context, checkpoint: Checkpoint) -> Optional[float]:
             metrics.BLOCKED_DELETIONS.inc()
         return None
     live.checkpoint_released(ctx, checkpoint)  # a running job sealed it: it must not publish it again
-    deleted = store_for(ctx.config).delete_owned_data(checkpoint.status.to_wire())
-    if deleted:
-        ctx.info(checkpoint, "DataDeleted", f"deleted {deleted}")
+    try:
+        deleted = store_for(ctx.config).delete_owned_data(checkpoint.status.to_wire(), meta.namespace)
+    except ForeignLocation as exc:
+        ctx.warn(checkpoint, "DataNotDeleted", str(exc))
+    else:
+        if deleted:
+            ctx.info(checkpoint, "DataDeleted", f"deleted {deleted}")
     remaining = [f for f in meta.finalizers or [] if f != PROTECTION_FINALIZER]
     try:
         ctx.kube.patch(CHECKPOINTS, meta.namespace, meta.name, {"metadata": {

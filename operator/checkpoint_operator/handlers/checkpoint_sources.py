@@ -1,15 +1,19 @@
 """The steps of a user's Checkpoint until it is Ready: adopt a volume path (scan in place),
-import from s3/http (copy into storage the operator owns), or wait for a snapshot."""
+import (s3, http/ftp, huggingFace, gcs, azureBlob, git: copy into storage the operator owns,
+provenance in status.source), or wait for a snapshot."""
 
 from __future__ import annotations
 
-from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointPhase
-from checkpoint_operator.api.common import parse_quantity
-from checkpoint_operator.handlers import agent_runs
+import dataclasses
+from typing import Optional
+
+from checkpoint_operator.api.checkpoint import IMPORT_KINDS, Checkpoint, CheckpointPhase
+from checkpoint_operator.handlers import agent_runs, volumes
 from checkpoint_operator.handlers.context import Context
 from checkpoint_operator.handlers.status import write_status
-from checkpoint_operator.kube import PVCS
-from checkpoint_operator.logic import workload
+from checkpoint_operator.kube import NAMESPACES, PVCS, ApiError
+from checkpoint_operator.logic import import_sources, limits, workload
+from checkpoint_operator.logic.limits import NAMESPACE_LIMIT_ANNOTATION
 from checkpoint_operator.logic.results import Done, Fail, Result, Wait
 from checkpoint_operator.logic.snapshot import ScanResult, ready_change
 from checkpoint_operator.logic.status import StatusChange
@@ -47,21 +51,34 @@ def adopt_volume(ctx: Context, checkpoint: Checkpoint) -> Result:
     return Done()
 
 
-def import_limit(ctx: Context, checkpoint: Checkpoint) -> int:
-    """The operator's limit, lowered by spec.maxSize (it may never raise it)."""
-    limit = ctx.config.max_checkpoint_bytes
-    if checkpoint.spec.maxSize:
-        limit = min(limit, parse_quantity(checkpoint.spec.maxSize))
-    return limit
+NAMESPACE_RECHECK = 60.0  # seconds: a Namespace is not watched (nor is the operator's RBAC)
+
+
+def import_limit(ctx: Context, checkpoint: Checkpoint) -> int | Result:
+    """The operator's limit, lowered by the Namespace's annotation and by spec.maxSize
+    (logic/limits.py); one GET of the Namespace, since a namespaced install cannot watch them."""
+    name = checkpoint.metadata.namespace
+    try:
+        namespace = ctx.kube.get(NAMESPACES, "", name)
+    except ApiError as exc:
+        return Wait("NamespaceUnreadable", f"cannot read Namespace {name} for its {NAMESPACE_LIMIT_ANNOTATION} "
+                                           f"annotation ({exc.status} {exc.reason}): the operator needs get on "
+                                           "namespaces (the chart grants it)", requeue_after=NAMESPACE_RECHECK)
+    try:
+        return limits.import_limit(ctx.config.max_checkpoint_bytes, namespace, checkpoint.spec.maxSize)
+    except limits.InvalidLimit as exc:
+        return Wait("InvalidLimit", str(exc), stalled=True, requeue_after=NAMESPACE_RECHECK)
 
 
 def import_checkpoint(ctx: Context, checkpoint: Checkpoint) -> Result:
     origin = workload.import_origin(checkpoint)
     store = store_for(ctx.config)
+    limit = import_limit(ctx, checkpoint)
+    if not isinstance(limit, int):
+        return limit
     if store.import_needs_claim:
         ctx.kube.ensure(PVCS, checkpoint.metadata.namespace, workload.build_import_claim(checkpoint, ctx.config))
-    pod = workload.build_import_pod(checkpoint, ctx.config, store.import_containers(checkpoint,
-                                                                                    import_limit(ctx, checkpoint)))
+    pod = workload.build_import_pod(checkpoint, ctx.config, store.import_containers(checkpoint, limit))
     result = _run(ctx, checkpoint, pod, "import", CheckpointPhase.IMPORTING, "Importing", f"importing {origin}",
                   "ImportFailed")
     if not isinstance(result, ScanResult):
@@ -74,10 +91,24 @@ def import_checkpoint(ctx: Context, checkpoint: Checkpoint) -> Result:
     except MissingUpload as exc:
         agent_runs.finish(ctx, pod)
         return Fail("ImportFailed", f"import of {origin}: {exc}")
+    provenance, problem = _provenance(ctx, checkpoint, pod)
+    if problem:
+        agent_runs.finish(ctx, pod)
+        return Fail("ImportFailed", f"import of {origin}: {problem}")
     metrics.TRANSFERRED_BYTES.labels("import").inc(manifest.sizeBytes)
-    write_status(ctx, checkpoint, ready_change(manifest, location, owned=True))
+    change = ready_change(manifest, location, owned=True)
+    write_status(ctx, checkpoint, dataclasses.replace(change, fields={**change.fields, "source": provenance}))
     agent_runs.finish(ctx, pod)
     return Done()
+
+
+def _provenance(ctx: Context, checkpoint: Checkpoint, pod: dict) -> tuple[Optional[dict], Optional[str]]:
+    """status.source from what the pod's `import` container printed (the commit, for the Hub and Git)."""
+    try:
+        log = ctx.kube.read_log(pod["metadata"]["namespace"], pod["metadata"]["name"], "import")
+    except ApiError:
+        log = ""
+    return import_sources.source_status(import_sources.import_spec(checkpoint), import_sources.parse_import_result(log))
 
 
 def _run(ctx: Context, checkpoint: Checkpoint, pod: dict, what: str, phase: CheckpointPhase, reason: str,
@@ -90,6 +121,11 @@ def _run(ctx: Context, checkpoint: Checkpoint, pod: dict, what: str, phase: Chec
     if isinstance(run, agent_runs.Running):
         if run.problem:
             return Wait(run.problem.reason, f"{describe}: {run.problem.message}")
+        claim = _claim_of(pod)
+        problem = volumes.unbound_claim(ctx, checkpoint.metadata.namespace, claim) \
+            if claim and run.phase == "Pending" else None
+        if problem:
+            return Wait(problem.reason, f"{describe}: {problem.message}", requeue_after=volumes.CLAIM_RECHECK)
         return Wait() if checkpoint.ready_reason() == reason else Wait(reason, describe, warning=False)
     if isinstance(run, agent_runs.NotOurs):
         return Wait("NameConflict", run.message, requeue_after=5.0)
@@ -102,4 +138,12 @@ def _run(ctx: Context, checkpoint: Checkpoint, pod: dict, what: str, phase: Chec
     return run.scan
 
 
-STEPS = {"trainingJob": wait_for_snapshot, "volume": adopt_volume, "s3": import_checkpoint, "http": import_checkpoint}
+def _claim_of(pod: dict) -> str | None:
+    """The claim an import or scan pod mounts (the volume store's import claim, an adopted volume)."""
+    for volume in pod["spec"].get("volumes") or []:
+        if volume.get("persistentVolumeClaim"):
+            return volume["persistentVolumeClaim"]["claimName"]
+    return None
+
+
+STEPS = {"trainingJob": wait_for_snapshot, "volume": adopt_volume, **{kind: import_checkpoint for kind in IMPORT_KINDS}}

@@ -27,6 +27,12 @@ class Context:
     config: OperatorConfig
     indexes: Any = None   # handlers.indexes.Indexes once kopf has started
     queue: Any = None     # handlers.queue.WorkQueue once kopf has started
+    # (namespace, name) of a TrainingJob -> the Checkpoint uids its previous event showed it
+    # using: a job that drops its uses label still wakes those Checkpoints (handlers/wakeups.py)
+    last_uses: dict = field(default_factory=dict)
+    # (kind, namespace, name) -> resourceVersion of our own last write of that object: its
+    # watch event needs no reconcile of the object itself (the writer acted on it already)
+    own_writes: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     def event(self, obj: Any, type_: str, reason: str, message: str) -> None:
@@ -43,6 +49,13 @@ class Context:
             self.kube.create(EVENTS, ref["namespace"], body)
         except (ApiError, OSError) as exc:  # an event is a courtesy: never fail a reconcile for it
             logger.warning("could not post event %s on %s/%s: %s", reason, ref["namespace"], ref["name"], exc)
+
+    def wrote(self, body: Optional[dict]) -> None:
+        """Remember that `body` (as an API write returned it) is our own doing."""
+        meta = (body or {}).get("metadata") or {}
+        if body and meta.get("resourceVersion"):
+            self.own_writes[(body.get("kind", ""), meta.get("namespace", ""), meta.get("name", ""))] = \
+                meta["resourceVersion"]
 
     def warn(self, obj: Any, reason: str, message: str) -> None:
         self.event(obj, "Warning", reason, message)

@@ -33,7 +33,7 @@ from checkpoint_operator.logic import live, workload
 from checkpoint_operator.logic.conditions import now_rfc3339
 from checkpoint_operator.logic.snapshot import ScanResult, plan_snapshot
 from checkpoint_operator.logic.status import StatusChange
-from checkpoint_operator.storage import store_for
+from checkpoint_operator.storage import MissingUpload, store_for
 
 logger = logging.getLogger("checkpoint_operator.live")
 
@@ -91,9 +91,10 @@ def _publish(ctx: Context, tj: TrainingJob, events: live.LogEvents) -> TrainingJ
                                  bytes_in_place=store.keeps_output_claim)
 
     fresh = [m for m in events.sealed if (m.path, m.digest) not in known and (m.path, m.digest) not in retired]
+    fresh = [m for m in fresh if _located(ctx, tj, store, claim, m, events.uris, memory)]
     plan = plan_snapshot(tj, ScanResult(checkpoints=fresh, skipped=[], uploads=events.uris),
                          lambda n: ctx.indexes.checkpoint(namespace, n),
-                         lambda m: store.live_location(claim, m, events.uris), existing=existing, retired=retired)
+                         lambda m: store.live_location(tj, claim, m, events.uris), existing=existing, retired=retired)
     for info, manifest in plan.changed:
         if ("changed", info.directory, info.digest) not in memory["reported"]:
             memory["reported"].add(("changed", info.directory, info.digest))
@@ -192,3 +193,16 @@ def checkpoint_released(ctx: Context, checkpoint) -> None:
     if tj.metadata.uid != source.uid or tj.is_finished or not tj.publishes_live:
         return
     _record_live(ctx, tj, sealed=0, retire=[(source.directory, digest)])
+
+
+def _located(ctx: Context, tj: TrainingJob, store, claim: str, manifest, uris: dict, memory: dict) -> bool:
+    """Whether the sidecar's upload of a sealed directory is one the operator accepts (under the
+    job's own prefix); if not, one warning, and the directory waits for the final snapshot."""
+    try:
+        store.live_location(tj, claim, manifest, uris)
+        return True
+    except MissingUpload as exc:
+        if ("refused", manifest.path, manifest.digest) not in memory["reported"]:
+            memory["reported"].add(("refused", manifest.path, manifest.digest))
+            ctx.warn(tj, "SealRefused", f"{exc}: left to the snapshot at the end of the job")
+        return False

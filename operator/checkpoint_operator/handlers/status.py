@@ -59,6 +59,7 @@ def write_status(ctx: Context, obj: Obj, change: StatusChange) -> Obj:
                 return obj
             obj = parse_tolerant(model, fresh)
             continue
+        ctx.wrote(written)
         updated = parse_tolerant(model, written)
         if should_post_event(before, change):
             ctx.event(updated, change.event or "Normal", change.reason or "", change.message)

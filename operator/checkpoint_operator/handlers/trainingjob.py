@@ -8,23 +8,23 @@ running a step twice (say, after an operator restart) creates nothing twice.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from typing import Optional
 
 from checkpoint_operator import PROTECTION_FINALIZER
 from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobPhase
-from checkpoint_operator.handlers import agent_runs, live, publish
+from checkpoint_operator.handlers import agent_runs, live, publish, volumes
 from checkpoint_operator.handlers.context import Context
 from checkpoint_operator.handlers.objects import InvalidObject, parse, parse_tolerant
 from checkpoint_operator.handlers.status import write_status
-from checkpoint_operator.kube import CHECKPOINTS, JOBS, PVCS, TRAINING_JOBS, ApiError, Conflict
+from checkpoint_operator.kube import CHECKPOINTS, JOBS, PODS, PVCS, TRAINING_JOBS, ApiError, Conflict
 from checkpoint_operator.logic import trainingjob_flow as flow
 from checkpoint_operator.logic import workload
-from checkpoint_operator.logic.agent_pods import AGENT_OUTPUT_MOUNT
+from checkpoint_operator.logic.agent_pods import AGENT_OUTPUT_MOUNT, downloaded_input, last_error_line, pod_failure
 from checkpoint_operator.logic.conditions import now_rfc3339, seconds_since
-from checkpoint_operator.logic.inputs import (CheckpointInfo, InputWait, ResolvedInput, check_live_input,
-                                              resolve_inputs)
+from checkpoint_operator.logic.inputs import InputWait, ResolvedInput, check_live_input, resolve_inputs
 from checkpoint_operator.logic.protection import label_patch, used_uids
 from checkpoint_operator.logic.results import Advance, Done, Fail, Result, Wait
 from checkpoint_operator.logic.snapshot import not_stored, plan_snapshot, skipped_message
@@ -32,6 +32,7 @@ from checkpoint_operator.logic.status import StatusChange
 from checkpoint_operator.storage import MissingUpload, store_for
 from checkpoint_operator import metrics
 
+logger = logging.getLogger("checkpoint_operator.trainingjob")
 RETRY_SOON = 5.0  # seconds: waits on things whose end brings no event of ours (a namesake's GC)
 
 
@@ -56,6 +57,8 @@ def reconcile(ctx: Context, namespace: str, name: str) -> Optional[float]:
 
 
 def record(ctx: Context, tj: TrainingJob, result: Result) -> Optional[float]:
+    logger.debug("TrainingJob %s/%s at %s (%s): %s", tj.metadata.namespace, tj.metadata.name,
+                 tj.metadata.resourceVersion, tj.phase, result)
     if isinstance(result, Wait):
         change = flow.wait_change(tj.phase, result)
         if change is not None:
@@ -76,28 +79,11 @@ def _refuse_invalid(ctx: Context, invalid: InvalidObject) -> None:
 
 # --- Pending: resolve, claim, check live, create ----------------------------------------------------
 
-class _LiveNames:
-    """The indexes, with the Checkpoints named in the spec read live: a wait is only ever
-    decided on a fresh read (the watch cache may lag), never on the cache alone."""
-
-    def __init__(self, ctx: Context, tj: TrainingJob):
-        self._indexes, self._live = ctx.indexes, {}
-        for ref in tj.spec.checkpoints:
-            if ref.name:
-                body = ctx.kube.get(CHECKPOINTS, tj.metadata.namespace, ref.name)
-                self._live[ref.name] = CheckpointInfo.from_body(body) if body else None
-
-    def checkpoint(self, namespace: str, name: str):
-        return self._live[name] if name in self._live else self._indexes.checkpoint(namespace, name)
-
-    def __getattr__(self, attribute):
-        return getattr(self._indexes, attribute)
-
-
 def start(ctx: Context, tj: TrainingJob) -> Result:
+    # A wait may be decided on the index alone: the event that ends it wakes this job again,
+    # after kopf has put it in the index (handlers/wakeups.py). Starting is decided live, below.
     resolution = resolve_inputs(tj, ctx.indexes)
-    if resolution.waits and tj.status.inputs is None and any(r.name for r in tj.spec.checkpoints):
-        resolution = resolve_inputs(tj, _LiveNames(ctx, tj))
+    logger.debug("TrainingJob %s/%s: inputs from the index: %s", tj.metadata.namespace, tj.metadata.name, resolution)
     if resolution.waits:
         # Hold nothing while waiting, so a waiting job never keeps an input from being deleted.
         _release_inputs(ctx, tj)
@@ -109,16 +95,18 @@ def start(ctx: Context, tj: TrainingJob) -> Result:
 
     # Record the use on the job itself first, then read each input live (logic/protection.py).
     tj = _set_uses_labels(ctx, tj, [c.uid for c in resolution.candidates])
-    checked = [check_live_input(c, ctx.kube.get(CHECKPOINTS, tj.metadata.namespace, c.name))
-               for c in resolution.candidates]
+    live = [ctx.kube.get(CHECKPOINTS, tj.metadata.namespace, c.name) for c in resolution.candidates]
+    checked = [check_live_input(c, body) for c, body in zip(resolution.candidates, live)]
+    logger.debug("TrainingJob %s/%s: inputs read live at %s: %s", tj.metadata.namespace, tj.metadata.name,
+                 [(b or {}).get("metadata", {}).get("resourceVersion") for b in live], checked)
     waits = [c for c in checked if isinstance(c, InputWait)]
     if waits:
         _release_inputs(ctx, tj)
         return flow.input_wait(waits)
     inputs = [c for c in checked if isinstance(c, ResolvedInput)]
-    # Pinned before any pod exists: a restart finds the same inputs, and downloads check these digests.
-    tj = write_status(ctx, tj, StatusChange(fields={"inputs": [i.pinned().to_wire() for i in inputs],
-                                                    "inputCount": len(inputs)}))
+    if inputs:  # pinned before any pod exists: a restart finds the same inputs, downloads check these digests
+        tj = write_status(ctx, tj, StatusChange(fields={"inputs": [i.pinned().to_wire() for i in inputs],
+                                                        "inputCount": len(inputs)}))
     return _create_workload(ctx, tj, inputs)
 
 
@@ -146,7 +134,7 @@ def _create_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput])
         return Wait("CreateRefused", f"creating the Job or its volume failed: {exc}", requeue_after=RETRY_SOON)
     write_status(ctx, tj, flow.running_change(built.job["metadata"]["name"], [i.name for i in inputs],
                                               workload.output_claim_name(tj) if tj.output_enabled else None,
-                                              now_rfc3339(), publish_mode))
+                                              now_rfc3339(), publish_mode, pinned=tj.status.inputs is not None))
     return Advance()
 
 
@@ -186,6 +174,7 @@ def _set_uses_labels(ctx: Context, tj: TrainingJob, uids: list[str]) -> Training
     if not patch:
         return tj
     body = ctx.kube.patch(TRAINING_JOBS, tj.metadata.namespace, tj.metadata.name, {"metadata": {"labels": patch}})
+    ctx.wrote(body)
     return parse_tolerant(TrainingJob, body)
 
 
@@ -205,17 +194,43 @@ def follow_job(ctx: Context, tj: TrainingJob) -> Result:
     if tj.publishes_live:  # also once the Job is over: the sidecars' last lines
         tj = live.collect(ctx, tj)
     if succeeded is None:
-        problems = [p.problem for p in ctx.indexes.worker_pods(tj.metadata.namespace, tj.metadata.uid) if p.problem]
+        pods = ctx.indexes.worker_pods(tj.metadata.namespace, tj.metadata.uid)
+        problems = [p.problem for p in pods if p.problem]
+        if tj.output_enabled and any(p.phase == "Pending" for p in pods) and \
+                all(flow.may_wait_on_a_volume(p) for p in problems):
+            claim = volumes.unbound_claim(ctx, tj.metadata.namespace,
+                                          tj.status.outputClaim or workload.output_claim_name(tj))
+            if claim is not None:  # the claim's own reason says more than the scheduler's
+                return replace(flow.running_wait(tj, [claim]), requeue_after=volumes.CLAIM_RECHECK)
         wait = flow.running_wait(tj, problems)
         # The sidecars' logs bring no event: read again after the poll interval.
         return replace(wait, requeue_after=ctx.config.live_poll_interval) if tj.publishes_live else wait
-    outcome = "succeeded" if succeeded else flow.job_failure_message(job)
-    change, snapshot_follows = flow.after_job(tj, succeeded, outcome, now_rfc3339())
+    outcome = "succeeded" if succeeded else "; ".join([flow.job_failure_message(job), *_input_failures(ctx, tj)])
+    change, snapshot_follows = flow.after_job(tj, succeeded, outcome, now_rfc3339(), workload.snapshot_pod_name(tj))
     tj = write_status(ctx, tj, change)
     if not snapshot_follows:
         _release_inputs(ctx, tj)
         return Done()
     return Advance()
+
+
+def _input_failures(ctx: Context, tj: TrainingJob) -> list[str]:
+    """The inputs whose download a failed training pod refused, with the agent's own line (one
+    GET and one log read per failed pod, once, when the Job has failed)."""
+    namespace, names = tj.metadata.namespace, [p.name for p in tj.status.inputs or []]
+    found: dict[str, str] = {}
+    for state in ctx.indexes.worker_pods(namespace, tj.metadata.uid):
+        pod = ctx.kube.get(PODS, namespace, state.name) if state.phase == "Failed" else None
+        failure = pod_failure(pod, "training") if pod else None
+        name = downloaded_input(failure.container, names) if failure else None
+        if name is None or name in found:
+            continue
+        try:
+            line = last_error_line(ctx.kube.read_log(namespace, state.name, failure.container))
+        except ApiError:
+            line = ""
+        found[name] = flow.input_download_failure(name, line or failure.message)
+    return list(found.values())
 
 
 # --- Snapshotting: scan the output, create Checkpoints -------------------------------------------------
@@ -226,8 +241,7 @@ def snapshot(ctx: Context, tj: TrainingJob) -> Result:
                                       ctx.config)
     run = agent_runs.run_agent_pod(ctx, tj.metadata.uid, pod, "snapshot")
     if isinstance(run, agent_runs.Started):
-        write_status(ctx, tj, StatusChange(fields={"snapshotPod": pod["metadata"]["name"]}))
-        return Wait()
+        return Wait()  # status.snapshotPod was written with the Snapshotting phase
     if isinstance(run, agent_runs.Running):
         if run.problem:
             return Wait(run.problem.reason, run.problem.message)
@@ -256,7 +270,7 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict, scan) -> Result:
     store = store_for(ctx.config)
     try:
         for manifest in scan.checkpoints:  # every checkpoint must have reached the store, committed
-            if not store.is_committed(store.snapshot_location(claim, manifest, layout, scan.uploads)):
+            if not store.is_committed(store.snapshot_location(tj, claim, manifest, layout, scan.uploads)):
                 raise MissingUpload(f"{manifest.path!r} has no manifest in the store: the upload did not complete")
     except MissingUpload as exc:
         agent_runs.finish(ctx, pod)
@@ -265,7 +279,7 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict, scan) -> Result:
     existing = ctx.indexes.checkpoints_of(namespace, tj.metadata.uid)
     retired = [(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []]
     plan = plan_snapshot(tj, scan, lambda n: ctx.indexes.checkpoint(namespace, n),
-                         lambda m: store.snapshot_location(claim, m, layout, scan.uploads), existing=existing,
+                         lambda m: store.snapshot_location(tj, claim, m, layout, scan.uploads), existing=existing,
                          retired=retired)
     created = [publish.create_checkpoint(ctx, tj, planned) for planned in plan.checkpoints]
     if any(c is None for c in created):

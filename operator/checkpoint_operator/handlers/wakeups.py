@@ -2,17 +2,45 @@
 put keys on the work queue (each key once, however many events arrive meanwhile).
 
 - a TrainingJob changed: itself (unless there is nothing left to do); when it finished or went,
-  the jobs waiting for its outputs; always, the Checkpoints it uses or used (their usedBy, a
-  blocked deletion), debounced;
+  the jobs waiting for its outputs; the Checkpoints it uses, used or used as of its previous
+  event (their usedBy, a blocked deletion), debounced;
 - a Checkpoint changed: itself (unless settled and up to date); the Pending jobs that refer to
   it by name, uid or producer;
 - a Job, pod or PVC of ours changed: its owner (by ownerReference, or by the trainingjob-uid
   label for a Job's pods); a PVC a Checkpoint adopts: that Checkpoint.
+
+Why no wake-up is lost. A reconcile decides to wait from what it read: live GETs (never older
+than any event) and kopf's indexes. Three facts close the gap between them:
+
+1. kopf handles the events of one object in order, and for each event it first updates every
+   `kopf.index` from that event's body and only then calls the `on.event` handlers, in its
+   loop (kopf 1.45 `_core/reactor/processing.py`: `index_resource`, then
+   `process_resource_causes`). So when a function below runs, the indexes already hold the
+   body it was given, and every key it adds is reconciled after the index changed.
+2. The queue runs a key added while it waits once, and a key added while its reconcile runs
+   once more afterwards (handlers/queue.py). A reconcile that began before the index changed
+   is therefore always followed by one that begins after it: every reconcile that follows an
+   event reads state at least as fresh as that event.
+3. Every index entry a reconcile reads has an event here that adds the keys reading it (the
+   list above): a Checkpoint's entry is read by the jobs that want it (by name, uid or
+   producer), a TrainingJob's by the jobs that want its outputs and by the Checkpoints it
+   uses, a worker pod's by its job. A job not yet in the index when its input's event comes
+   is added by its own event afterwards, and then reads the index that already holds the
+   input.
+
+So a stale read can only make a reconcile wait once more, never wait forever: if it waits,
+what it waited on changes later, and that change is an event that wakes it. Kopf batches the
+events of one object (`batching.batch_window`) and keeps the latest, which is all a
+level-triggered reconcile needs; a broken watch is resumed or relisted, re-delivering the
+current state as events. What an event body no longer shows (a uses label just dropped) is
+remembered from the previous event (`Context.last_uses`). The resync (resync_interval) is a
+net for a bug in this mapping, not a part of the design; waits on inputs do not poll.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Mapping, Optional
 
@@ -29,6 +57,24 @@ logger = logging.getLogger("checkpoint_operator.wakeups")
 DEBOUNCE = 0.5  # seconds: a burst of job events on one Checkpoint is one usedBy write
 
 
+def _never_lost(kind: str):
+    """An event handler that fails still queues its own object (the resync covers the rest): an
+    error here must never be the reason an object waits."""
+    def wrap(handler):
+        @functools.wraps(handler)
+        def guarded(ctx: Context, event_type: Optional[str], body: Mapping) -> None:
+            try:
+                handler(ctx, event_type, body)
+            except Exception:  # noqa: BLE001 - logged; the object is queued anyway
+                meta = body.get("metadata", {})
+                logger.exception("mapping the %s event of %s %s/%s", event_type, kind, meta.get("namespace"),
+                                 meta.get("name"))
+                if event_type != "DELETED":
+                    ctx.queue.add((kind, meta.get("namespace", ""), meta.get("name", "")))
+        return guarded
+    return wrap
+
+
 def _tj(namespace: str, name: str) -> tuple:
     return ("TrainingJob", namespace, name)
 
@@ -37,18 +83,26 @@ def _ckpt(namespace: str, name: str) -> tuple:
     return ("Checkpoint", namespace, name)
 
 
+@_never_lost("TrainingJob")
 def training_job_event(ctx: Context, event_type: Optional[str], body: Mapping) -> None:
     meta = body.get("metadata", {})
     namespace, name = meta.get("namespace", ""), meta.get("name", "")
     info = TrainingJobInfo.from_body(body)
     gone = event_type == "DELETED"
-    if not gone and _training_job_has_work(body, info):
+    if not gone and not _own_write(ctx, "TrainingJob", body) and _training_job_has_work(body, info):
         ctx.queue.add(_tj(namespace, name))
     if gone or info.phase.is_finished:
         ctx.queue.add_all(_tj(namespace, n) for n in _pending(ctx, namespace,
                                                               ctx.indexes.jobs_waiting_on(namespace, "producer", name)))
+    if gone:  # its Pending snapshot Checkpoints will never be made Ready now: they fail
+        ctx.queue.add_all(_ckpt(namespace, c.name) for c in ctx.indexes.checkpoints_of(namespace, info.uid)
+                          if c.phase == CheckpointPhase.PENDING)
     pinned = [p.get("uid") for p in (body.get("status") or {}).get("inputs") or []]
-    for uid in set(used_uids(meta.get("labels"))) | {u for u in pinned if u}:
+    uses = set(used_uids(meta.get("labels"))) | {u for u in pinned if u}
+    previous = ctx.last_uses.pop((namespace, name), set())
+    if uses and not gone and not info.phase.is_finished:  # a finished job keeps its pins in status
+        ctx.last_uses[(namespace, name)] = uses
+    for uid in uses | previous:
         checkpoint = ctx.indexes.checkpoint_by_uid(namespace, uid)
         if checkpoint is not None:
             ctx.queue.add(_ckpt(namespace, checkpoint.name), after=DEBOUNCE)
@@ -70,11 +124,12 @@ def _pending(ctx: Context, namespace: str, names: list[str]) -> list[str]:
     return out
 
 
+@_never_lost("Checkpoint")
 def checkpoint_event(ctx: Context, event_type: Optional[str], body: Mapping) -> None:
     meta = body.get("metadata", {})
     namespace, name = meta.get("namespace", ""), meta.get("name", "")
     info = CheckpointInfo.from_body(body)
-    if event_type != "DELETED" and _checkpoint_has_work(ctx, body, info):
+    if event_type != "DELETED" and not _own_write(ctx, "Checkpoint", body) and _checkpoint_has_work(ctx, body, info):
         ctx.queue.add(_ckpt(namespace, name))
     waiting = set(ctx.indexes.jobs_waiting_on(namespace, "name", name))
     waiting |= set(ctx.indexes.jobs_waiting_on(namespace, "uid", info.uid))
@@ -85,10 +140,30 @@ def checkpoint_event(ctx: Context, event_type: Optional[str], body: Mapping) -> 
     ctx.queue.add_all(_tj(namespace, n) for n in pending)
 
 
+def _own_write(ctx: Context, kind: str, body: Mapping) -> bool:
+    """The event of our own last write of this object: the writer already acted on that state
+    (the dependents' wake-ups still happen)."""
+    meta = body.get("metadata", {})
+    key = (kind, meta.get("namespace", ""), meta.get("name", ""))
+    written = ctx.own_writes.pop(key, None)
+    return written is not None and written == meta.get("resourceVersion")
+
+
+def _made_by_a_live_job(ctx: Context, namespace: str, info: CheckpointInfo) -> bool:
+    """A Pending snapshot Checkpoint whose TrainingJob exists waits for that job alone, which
+    makes it Ready (its deletion wakes the Checkpoint: training_job_event)."""
+    if info.phase != CheckpointPhase.PENDING or not info.directory or not info.producer_uid:
+        return False
+    producer = ctx.indexes.training_job_by_uid(namespace, info.producer_uid)
+    return producer is not None and not producer.phase.is_finished
+
+
 def _checkpoint_has_work(ctx: Context, body: Mapping, info: CheckpointInfo) -> bool:
     meta, status = body.get("metadata", {}), body.get("status") or {}
-    if not info.phase.is_settled or info.deleting or PROTECTION_FINALIZER not in (meta.get("finalizers") or []):
+    if info.deleting or PROTECTION_FINALIZER not in (meta.get("finalizers") or []):
         return True
+    if not info.phase.is_settled:
+        return not _made_by_a_live_job(ctx, meta.get("namespace", ""), info)
     wanted = used_by_status(ctx.indexes.users_of(meta.get("namespace", ""), info.uid))
     return wanted != {"usedBy": status.get("usedBy") or [], "usedByCount": status.get("usedByCount") or 0}
 
@@ -101,7 +176,8 @@ def child_event(ctx: Context, body: Mapping) -> None:
             ctx.queue.add(_tj(namespace, owner.get("name", "")))
         elif owner.get("kind") == "Checkpoint":
             info = ctx.indexes.checkpoint(namespace, owner.get("name", ""))
-            if info is None or not info.phase.is_settled or info.deleting:
+            if info is None or info.deleting or (not info.phase.is_settled
+                                                 and not _made_by_a_live_job(ctx, namespace, info)):
                 ctx.queue.add(_ckpt(namespace, owner.get("name", "")))
     job_uid = (meta.get("labels") or {}).get(LABEL_TRAINING_JOB_UID)
     if job_uid:

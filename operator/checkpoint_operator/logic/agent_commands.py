@@ -6,7 +6,7 @@ so a flag renamed on one side fails a test instead of a pod.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 AGENT = ("checkpoint-operator", "agent")
 Layout = str  # "auto" | "directories" | "files" (api.trainingjob.OutputSpec.layout)
@@ -25,15 +25,18 @@ def snapshot(directory: str, upload_to: str, *, layout: Layout = "auto", single:
             "--upload-to", upload_to, *(["--reuse-sealed"] if reuse_sealed else [])]
 
 
-def download(uri: str, directory: str, *, digest: Optional[str] = None) -> list[str]:
-    """Download and verify a checkpoint; with `digest`, a manifest with another digest is refused."""
-    return [*AGENT, "download", uri, directory, *(["--digest", digest] if digest else [])]
+def download(uri: str, directory: str, *, digest: str) -> list[str]:
+    """Download and verify a checkpoint pinned to `digest`: a manifest with another digest (the
+    prefix was rewritten after the Checkpoint became Ready) is refused before a byte moves."""
+    return [*AGENT, "download", uri, directory, "--digest", digest]
 
 
-def import_(source: str, dest: str, *, max_size: Optional[int] = None, max_files: Optional[int] = None) -> list[str]:
-    """Copy SOURCE (s3/http) into DEST, refusing more than `max_size` bytes or `max_files` files."""
+def import_(source: str, dest: str, *, max_size: Optional[int] = None, max_files: Optional[int] = None,
+            source_args: Sequence[str] = ()) -> list[str]:
+    """Copy SOURCE into DEST, refusing more than `max_size` bytes or `max_files` files.
+    `source_args`: the source's own flags (logic/import_sources.py: --include, --lfs, --ca-file...)."""
     return [*AGENT, "import", source, dest, *(["--max-size", str(max_size)] if max_size is not None else []),
-            *(["--max-files", str(max_files)] if max_files is not None else [])]
+            *(["--max-files", str(max_files)] if max_files is not None else []), *source_args]
 
 
 def watch(output_dir: str, *, interval: float, annotations_file: Optional[str] = None,

@@ -17,6 +17,7 @@ OUTPUT_VOLUME = "ckpt-output"
 STAGING_VOLUME = "ckpt-inputs"
 STAGING_MOUNT = "/checkpoint-inputs"
 INPUT_VOLUME_PREFIX = "ckpt-in-"
+DOWNLOAD_CONTAINER_PREFIX = "download-input-"  # + the input's index in status.inputs (s3 store)
 GIB = 1024 ** 3
 
 
@@ -96,6 +97,41 @@ def pod_problem(pod: dict) -> Optional[PodProblem]:
     return None
 
 
+# A claim waiting for its first pod to be scheduled is not stuck (the pod's own problem says why).
+NOT_STUCK_CLAIM_REASONS = ("WaitForFirstConsumer",)
+
+
+def claim_events_selector(claim_name: str) -> str:
+    """fieldSelector of the Events about one PersistentVolumeClaim (a list of that object only)."""
+    return f"involvedObject.kind=PersistentVolumeClaim,involvedObject.name={claim_name}"
+
+
+def claim_problem(claim: Optional[dict], events: list[dict]) -> Optional[PodProblem]:
+    """Why a claim a pod waits for is not bound, from its status and its latest event (a Warning
+    first: ProvisioningFailed names a missing StorageClass or a full pool), or None when it is
+    bound or only waits for its first consumer."""
+    if claim is None:
+        return None
+    meta, status = claim.get("metadata", {}), claim.get("status") or {}
+    phase = status.get("phase") or "Pending"
+    if phase == "Bound":
+        return None
+    name = meta.get("name", "?")
+
+    def when(event: dict) -> str:
+        return event.get("lastTimestamp") or event.get("eventTime") or event.get("firstTimestamp") or ""
+    ordered = sorted(events, key=when, reverse=True)
+    latest = next((e for e in ordered if e.get("type") == "Warning"), ordered[0] if ordered else None)
+    if latest is not None and latest.get("reason") in NOT_STUCK_CLAIM_REASONS:
+        return None
+    if latest is None:
+        storage_class = (claim.get("spec") or {}).get("storageClassName")
+        cause = f"no event says why yet (storageClassName {storage_class or 'unset: the cluster default'})"
+    else:
+        cause = f"{latest.get('reason', '')}: {latest.get('message', '')}".strip(": ")
+    return PodProblem("VolumeNotBound", f"PersistentVolumeClaim {name} is {phase}: {cause}")
+
+
 @dataclass(frozen=True)
 class PodFailure:
     message: str
@@ -118,6 +154,18 @@ def pod_failure(pod: dict, what: str) -> PodFailure:
                                   f"({reason}, exit code {terminated.get('exitCode')})", container.get("name"))
     detail = status.get("message") or status.get("reason") or "no container reported why"
     return PodFailure(f"{what} pod {name} failed: {detail}")
+
+
+def download_container(index: int) -> str:
+    return f"{DOWNLOAD_CONTAINER_PREFIX}{index}"
+
+
+def downloaded_input(container: Optional[str], input_names: list[str]) -> Optional[str]:
+    """The input a training pod's init container downloads (None: not a download container)."""
+    if not container or not container.startswith(DOWNLOAD_CONTAINER_PREFIX):
+        return None
+    index = container[len(DOWNLOAD_CONTAINER_PREFIX):]
+    return input_names[int(index)] if index.isdigit() and int(index) < len(input_names) else None
 
 
 def last_error_line(log: str) -> str:

@@ -255,7 +255,7 @@ def check_live_input(candidate: Candidate, body: Optional[dict]) -> ResolvedInpu
         # Without the finalizer a deletion would not wait for us: never start on it.
         return InputWait("InputNotProtected", f"input Checkpoint {name} does not carry the "
                                               f"{PROTECTION_FINALIZER} finalizer yet")
-    if status.get("phase") != CheckpointPhase.READY or not status.get("location"):
-        return InputWait("InputNotReady", f"input Checkpoint {name} is not Ready")
+    if status.get("phase") != CheckpointPhase.READY or not status.get("location") or not status.get("digest"):
+        return InputWait("InputNotReady", f"input Checkpoint {name} is not Ready")  # (a Ready one has a digest to pin)
     return ResolvedInput(name=name, uid=candidate.uid, digest=status.get("digest"), mount_name=candidate.mount_name,
                          location=status["location"], size_bytes=status.get("sizeBytes"))

@@ -21,16 +21,10 @@ RELEASE_OUTPUT_ANNOTATION = "ckpt.dev/release-output"
 OUTPUT_RETAINED = "OutputRetained"
 
 
-# Input waits are woken by the inputs' events; this re-check is the net under them (see README
-# "Performance": a wake-up lost under load was seen, cause not yet found).
-INPUT_RECHECK = 10.0
-
-
 def input_wait(waits: list[InputWait]) -> Wait:
-    """All waiting inputs in one message; Stalled when one of them cannot resolve by itself."""
-    stalled = any(w.terminal for w in waits)
-    return Wait(waits[0].reason, "; ".join(w.message for w in waits), stalled=stalled,
-                requeue_after=None if stalled else INPUT_RECHECK)
+    """All waiting inputs in one message; Stalled when one of them cannot resolve by itself.
+    No requeue: the inputs' events wake the job (handlers/wakeups.py says why none is lost)."""
+    return Wait(waits[0].reason, "; ".join(w.message for w in waits), stalled=any(w.terminal for w in waits))
 
 
 def wait_change(phase: TrainingJobPhase, wait: Wait) -> Optional[StatusChange]:
@@ -46,11 +40,14 @@ def fail_change(fail: Fail, now: str) -> StatusChange:
 
 
 def running_change(job_name: str, inputs: list[str], output_claim: Optional[str], now: str,
-                   publish: Optional[str] = None) -> StatusChange:
+                   publish: Optional[str] = None, pinned: bool = True) -> StatusChange:
+    """`pinned`: status.inputs was written before the Job (with inputs); else none, recorded here."""
     names = ", ".join(inputs) or "no inputs"
+    fields = {"jobName": job_name, "outputClaim": output_claim, "startTime": now, "publish": publish}
+    if not pinned:
+        fields.update(inputs=[], inputCount=0)
     return StatusChange(phase=TrainingJobPhase.RUNNING, reason="Running", message=f"Job {job_name} started on {names}",
-                        event="Normal", fields={"jobName": job_name, "outputClaim": output_claim, "startTime": now,
-                                                "publish": publish})
+                        event="Normal", fields=fields)
 
 
 def publish_mode(tj: TrainingJob, default: str) -> Optional[str]:
@@ -84,6 +81,12 @@ def job_outcome(job: Optional[dict]) -> Optional[bool]:
     return None
 
 
+def input_download_failure(input_name: str, error: str) -> str:
+    """Added to the Job's failure when a training pod's input download was refused: the
+    training code never ran, and the agent's line says why (a digest that is not the pinned one)."""
+    return f"input {input_name} could not be downloaded: {error}"
+
+
 def job_failure_message(job: Optional[dict]) -> str:
     if job is None:
         return "was deleted before it finished"
@@ -105,7 +108,13 @@ def running_wait(tj: TrainingJob, problems: list[PodProblem]) -> Wait:
     return Wait()
 
 
-def after_job(tj: TrainingJob, succeeded: bool, outcome: str, now: str) -> tuple[StatusChange, bool]:
+def may_wait_on_a_volume(problem: PodProblem) -> bool:
+    """A stuck pod whose cause may be an unbound claim (the scheduler says only that it is)."""
+    return problem.reason == "Unschedulable" and "PersistentVolumeClaim" in problem.message
+
+
+def after_job(tj: TrainingJob, succeeded: bool, outcome: str, now: str,
+              snapshot_pod: Optional[str] = None) -> tuple[StatusChange, bool]:
     """The status once the Job is over, and whether a snapshot follows."""
     if not tj.output_enabled:
         if succeeded:
@@ -114,7 +123,8 @@ def after_job(tj: TrainingJob, succeeded: bool, outcome: str, now: str) -> tuple
         return fail_change(Fail("JobFailed", f"Job {outcome}"), now), False
     return StatusChange(phase=TrainingJobPhase.SNAPSHOTTING, reason="Snapshotting",
                         message=f"Job {outcome}; snapshotting the output", event="Normal",
-                        fields={"jobSucceeded": succeeded, "snapshotStartTime": now}), True
+                        fields={"jobSucceeded": succeeded, "snapshotStartTime": now, "snapshotPod": snapshot_pod,
+                                "jobFailure": None if succeeded else outcome}), True
 
 
 def snapshot_retry(attempts: int, message: str) -> Optional[Fail]:
@@ -136,7 +146,8 @@ def snapshot_done(tj: TrainingJob, names: list[str], now: str, retained: Optiona
     if tj.status.jobSucceeded:
         return StatusChange(phase=TrainingJobPhase.SUCCEEDED, reason="Succeeded", message=f"Job succeeded; {summary}",
                             ready=True, event="Normal", fields=fields, conditions=conditions)
-    return StatusChange(phase=TrainingJobPhase.FAILED, reason="JobFailed", message=f"Job failed; kept {summary}",
+    return StatusChange(phase=TrainingJobPhase.FAILED, reason="JobFailed",
+                        message=f"Job {tj.status.jobFailure or 'failed'}; kept {summary}",
                         stalled=True, event="Warning", fields=fields, conditions=conditions)
 
 

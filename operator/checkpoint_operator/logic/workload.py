@@ -16,7 +16,7 @@ from checkpoint_operator import API_VERSION
 from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.config import OperatorConfig
-from checkpoint_operator.logic import agent_commands
+from checkpoint_operator.logic import agent_commands, import_sources
 from checkpoint_operator.logic import live as live_logic
 from checkpoint_operator.logic.agent_pods import (AGENT_DATA_MOUNT, AGENT_OUTPUT_MOUNT, INPUT_VOLUME_PREFIX,
                                                   OUTPUT_VOLUME, STAGING_VOLUME, InputVolumes, agent_container,
@@ -257,7 +257,7 @@ def build_volume_scan_pod(checkpoint: Checkpoint, config: OperatorConfig) -> dic
         "claimName": source.claimName, "readOnly": True}}])
 
 
-# --- imports (Checkpoints with source.s3 / source.http) ------------------------------------------
+# --- imports (Checkpoints with source s3, http, huggingFace, gcs, azureBlob, git) ----------------
 
 IMPORT_SIZE_ANNOTATION = "ckpt.dev/volume-size"
 
@@ -267,8 +267,8 @@ def import_claim_name(checkpoint: Checkpoint) -> str:
 
 
 def import_origin(checkpoint: Checkpoint) -> str:
-    source = checkpoint.spec.source
-    return source.s3.uri if source.s3 else source.http.url if source.http else ""
+    """What an import fetches, as the agent is told (logic/import_sources.py)."""
+    return import_sources.import_spec(checkpoint).uri
 
 
 def build_import_claim(checkpoint: Checkpoint, config: OperatorConfig) -> dict:
@@ -283,19 +283,9 @@ def build_import_claim(checkpoint: Checkpoint, config: OperatorConfig) -> dict:
 
 
 def source_env(checkpoint: Checkpoint) -> list[dict]:
-    """Credentials and endpoint of an s3 source (its own Secret, else the store's)."""
-    s3 = checkpoint.spec.source.s3
-    if not s3:
-        return []
-    env = []
-    if s3.endpoint:
-        env.append({"name": "AWS_ENDPOINT_URL", "value": s3.endpoint})
-    if s3.region:
-        env.append({"name": "AWS_DEFAULT_REGION", "value": s3.region})
-    if s3.secretRef:
-        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-            env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": s3.secretRef.name, "key": key}}})
-    return env
+    """Credentials and endpoint of the source: its own Secret (in the Checkpoint's namespace),
+    else none (anonymous, or the pod's cloud identity); never the store's."""
+    return import_sources.import_spec(checkpoint).env
 
 
 def import_data_dir() -> str:

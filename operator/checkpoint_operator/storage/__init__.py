@@ -5,7 +5,7 @@ The operator picks one for the whole installation (`CKPT_STORAGE_TYPE`)."""
 from __future__ import annotations
 
 from checkpoint_operator.config import OperatorConfig
-from checkpoint_operator.storage.base import MissingUpload, Store
+from checkpoint_operator.storage.base import ForeignLocation, MissingUpload, Store
 
 
 def store_for(config: OperatorConfig) -> Store:
@@ -16,4 +16,4 @@ def store_for(config: OperatorConfig) -> Store:
     return VolumeStore(config)
 
 
-__all__ = ["MissingUpload", "Store", "store_for"]
+__all__ = ["ForeignLocation", "MissingUpload", "Store", "store_for"]

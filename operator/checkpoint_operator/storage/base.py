@@ -18,6 +18,12 @@ class MissingUpload(ValueError):
     pass
 
 
+class ForeignLocation(ValueError):
+    """A Checkpoint's recorded location lies outside its namespace's part of the store: its data
+    is not deleted (the operator's own credentials reach every namespace; a status written by
+    someone else must not steer them)."""
+
+
 class Store(ABC):
     name: str
     keeps_output_claim: bool   # volume: the output PVC becomes the Checkpoints' storage
@@ -37,7 +43,8 @@ class Store(ABC):
     def snapshot_command(self, tj: TrainingJob, output_dir: str) -> list[str]: ...
 
     @abstractmethod
-    def snapshot_location(self, claim: str, manifest: Manifest, layout: str, uploads: dict[str, str]) -> dict: ...
+    def snapshot_location(self, tj: TrainingJob, claim: str, manifest: Manifest, layout: str,
+                          uploads: dict[str, str]) -> dict: ...
 
     @abstractmethod
     def import_containers(self, checkpoint: Checkpoint, max_size: int) -> tuple[list[dict], list[dict], list[dict]]:
@@ -54,7 +61,7 @@ class Store(ABC):
         """Where the sealing sidecar uploads (None: it uploads nothing, the volume is the store)."""
         return None
 
-    def live_location(self, claim: str, manifest: Manifest, uploads: dict[str, str]) -> dict:
+    def live_location(self, tj: TrainingJob, claim: str, manifest: Manifest, uploads: dict[str, str]) -> dict:
         """status.location of a checkpoint sealed while the job runs."""
         return {"volume": {"claimName": claim, "path": manifest.path}}
 
@@ -67,7 +74,8 @@ class Store(ABC):
         the job ran): deleted, so nothing is left in the store that no object owns."""
         return []
 
-    def delete_owned_data(self, status: dict) -> Optional[str]:
-        """Delete the data of a deleted Checkpoint that the operator owns; return where it was.
-        Idempotent. Volume data goes with its PVC (owner references), so nothing to do there."""
+    def delete_owned_data(self, status: dict, namespace: str) -> Optional[str]:
+        """Delete the data of a deleted Checkpoint (of `namespace`) that the operator owns; return
+        where it was. Idempotent. Volume data goes with its PVC (owner references), so nothing
+        to do there."""
         return None

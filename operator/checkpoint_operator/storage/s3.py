@@ -3,10 +3,15 @@
 A snapshot pod uploads each checkpoint (manifest last: the commit marker); the output PVC is
 released unless something in it was not stored. Inputs are downloaded by init containers into
 an emptyDir (sized after the inputs) that the training containers mount read-only, verified
-against the manifest and pinned to the digest recorded when the job started. Agent pods use
-the namespace's store Secret (its credentials should reach only `<prefix>/<namespace>/`, see
-README "Guarantees and threat model"); the operator itself only checks commits and deletes
-the data of Checkpoints it owns."""
+against the manifest and pinned to the digest recorded when the job started.
+
+Credentials (README "Guarantees and threat model"): every byte a namespace's agent pods read
+or write lies under `namespace_prefix(ns)` = `s3://<bucket>/<prefix>/<ns>/`, so the store
+Secret of each namespace (CKPT_S3_SECRET_NAME, provisioned by the platform) needs, and should
+have, access to that prefix only: a tenant who reads its own namespace's Secret can then
+neither write nor read another's checkpoints. The operator's own credentials (its
+environment) reach the whole prefix; they never go into a pod, and they only check commits
+and delete owned data, never outside the namespace the Checkpoint lives in."""
 
 from __future__ import annotations
 
@@ -18,26 +23,17 @@ from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.logic import agent_commands
 from checkpoint_operator.logic.agent_pods import (STAGING_MOUNT, STAGING_VOLUME, InputVolumes, agent_container,
-                                                  staging_size_limit)
+                                                  download_container, staging_size_limit)
 from checkpoint_operator.logic.inputs import ResolvedInput
-from checkpoint_operator.logic.workload import import_data_dir, import_origin, source_env
-from checkpoint_operator.storage.base import MissingUpload, Store
+from checkpoint_operator.logic.import_sources import import_spec
+from checkpoint_operator.logic.workload import import_data_dir
+from checkpoint_operator.storage.base import ForeignLocation, MissingUpload, Store
 
 
-def _agent_pins_digests() -> bool:
-    """Contract 4: `agent download --digest` (workstream B). The operator image runs the same
-    package as its agent pods, so the installed parser says whether the flag exists.
-    TODO(after ws-b-agent lands): always pass it and drop this check."""
-    import argparse
-
-    from checkpoint_operator.agent.cli import add_agent_parser
-    parser = argparse.ArgumentParser()
-    add_agent_parser(parser.add_subparsers())
-    _, unknown = parser.parse_known_args(["agent", "download", "s3://b/p/", "d", "--digest", "sha256:0"])
-    return "--digest" not in unknown
-
-
-AGENT_PINS_DIGESTS = _agent_pins_digests()
+def _under(uri: str, prefix: str) -> bool:
+    """Is `uri` inside `prefix`? Some S3-compatible servers map keys onto file paths, so a `..`
+    segment counts as leaving it."""
+    return uri.startswith(prefix) and ".." not in uri[len(prefix):].split("/")
 
 
 class S3Store(Store):
@@ -56,10 +52,21 @@ class S3Store(Store):
                 env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": config.s3_secret_name, "key": key}}})
         return env
 
-    def prefix_for(self, namespace: str, name: str, uid: str) -> str:
-        """s3://<bucket>/<prefix>/<namespace>/<name>-<uid8>/: unique even for re-created namesakes."""
-        parts = [p for p in (self.config.s3_prefix.strip("/"), namespace, f"{name}-{uid[:8]}") if p]
+    def namespace_prefix(self, namespace: str) -> str:
+        """s3://<bucket>/<prefix>/<namespace>/: all a namespace's data, and its credentials' scope."""
+        parts = [p for p in (self.config.s3_prefix.strip("/"), namespace) if p]
         return f"s3://{self.config.s3_bucket}/" + "/".join(parts) + "/"
+
+    def prefix_for(self, namespace: str, name: str, uid: str) -> str:
+        """<namespace_prefix>/<name>-<uid8>/: unique even for re-created namesakes."""
+        return self.namespace_prefix(namespace) + f"{name}-{uid[:8]}/"
+
+    @staticmethod
+    def _uploaded(uri: str, prefix: str, what: str) -> dict:
+        """An upload the agent reported, which must lie under the prefix the operator gave it."""
+        if not _under(uri, prefix):
+            raise MissingUpload(f"{what} was reported uploaded to {uri}, outside {prefix}; refused")
+        return {"s3": {"uri": uri}}
 
     def input_volumes(self, tj: TrainingJob, inputs: list[ResolvedInput]) -> InputVolumes:
         if not inputs:
@@ -72,9 +79,9 @@ class S3Store(Store):
             result.mounts.append({"name": STAGING_VOLUME, "readOnly": True, "subPath": item.mount_name,
                                   "mountPath": posixpath.join(tj.spec.inputDir, item.mount_name)})
             command = agent_commands.download(item.location["s3"]["uri"], posixpath.join(STAGING_MOUNT, item.mount_name),
-                                              digest=item.digest if AGENT_PINS_DIGESTS else None)
+                                              digest=item.digest)
             result.init_containers.append(agent_container(
-                f"download-input-{index}", command, self.config,
+                download_container(index), command, self.config,
                 mounts=[{"name": STAGING_VOLUME, "mountPath": STAGING_MOUNT}], env=self.agent_env()))
         return result
 
@@ -90,33 +97,41 @@ class S3Store(Store):
     def live_sealed_prefix(self, tj: TrainingJob) -> Optional[str]:
         return self.live_upload_prefix(tj) + "sealed/"
 
-    def live_location(self, claim: str, manifest: Manifest, uploads: dict[str, str]) -> dict:
+    def live_location(self, tj: TrainingJob, claim: str, manifest: Manifest, uploads: dict[str, str]) -> dict:
         if manifest.path not in uploads:
             raise MissingUpload(f"the sealing sidecar did not upload {manifest.path!r}")
-        return {"s3": {"uri": uploads[manifest.path]}}
+        # The sidecar runs in the user's pod: its lines are believed only under the job's own prefix.
+        return self._uploaded(uploads[manifest.path], self.live_sealed_prefix(tj), repr(manifest.path))
 
-    def snapshot_location(self, claim: str, manifest: Manifest, layout: str, uploads: dict[str, str]) -> dict:
+    def snapshot_location(self, tj: TrainingJob, claim: str, manifest: Manifest, layout: str,
+                          uploads: dict[str, str]) -> dict:
         if manifest.path not in uploads:
             raise MissingUpload(f"the snapshot pod did not upload {manifest.path!r}")
-        return {"s3": {"uri": uploads[manifest.path]}}
+        meta = tj.metadata
+        return self._uploaded(uploads[manifest.path], self.prefix_for(meta.namespace, meta.name, meta.uid),
+                              repr(manifest.path))
 
     def import_containers(self, checkpoint: Checkpoint, max_size: int) -> tuple[list[dict], list[dict], list[dict]]:
         """Fetch with the source's credentials (init container), upload with the store's; the
         staging emptyDir is capped at the size limit."""
         meta = checkpoint.metadata
+        source = import_spec(checkpoint)
         data_dir = import_data_dir()
         mount = [{"name": "data", "mountPath": posixpath.dirname(data_dir)}]
-        fetch = agent_container("import", agent_commands.import_(import_origin(checkpoint), data_dir, max_size=max_size),
-                                self.config, mounts=mount, env=source_env(checkpoint))
+        fetch = agent_container("import", agent_commands.import_(source.uri, data_dir, max_size=max_size,
+                                                                 source_args=source.args),
+                                self.config, mounts=mount + source.mounts, env=source.env)
         upload = agent_container("upload", agent_commands.snapshot(
             data_dir, self.prefix_for(meta.namespace, meta.name, meta.uid), single=True),
             self.config, mounts=mount, env=self.agent_env())
-        return [fetch], [upload], [{"name": "data", "emptyDir": {"sizeLimit": staging_size_limit(None, max_size)}}]
+        volumes = [{"name": "data", "emptyDir": {"sizeLimit": staging_size_limit(None, max_size)}}, *source.volumes]
+        return [fetch], [upload], volumes
 
     def import_location(self, checkpoint: Checkpoint, claim: str, uploads: dict[str, str]) -> dict:
         if "." not in uploads:
             raise MissingUpload("the import pod did not upload the checkpoint")
-        return {"s3": {"uri": uploads["."]}}
+        meta = checkpoint.metadata
+        return self._uploaded(uploads["."], self.prefix_for(meta.namespace, meta.name, meta.uid), "the checkpoint")
 
     def is_committed(self, location: dict) -> bool:
         """The manifest is written last: without it the upload does not exist."""
@@ -133,12 +148,15 @@ class S3Store(Store):
                 deleted.append(uri)
         return deleted
 
-    def delete_owned_data(self, status: dict) -> Optional[str]:
-        """Everything under the Checkpoint's prefix (a second delete of gone data succeeds).
-        Credentials come from the operator's own environment."""
+    def delete_owned_data(self, status: dict, namespace: str) -> Optional[str]:
+        """Everything under the Checkpoint's prefix (a second delete of gone data succeeds), with
+        the operator's own credentials: so never outside the Checkpoint's namespace's prefix."""
         uri = (status.get("location") or {}).get("s3", {}).get("uri")
         if not (status.get("owned") and uri):
             return None  # data it merely points to is never deleted
+        if not _under(uri, self.namespace_prefix(namespace)):
+            raise ForeignLocation(f"{uri} is outside {self.namespace_prefix(namespace)}, where this namespace's "
+                                  "data lives: not deleted")
         from checkpoint_operator.agent.s3 import delete_prefix
         delete_prefix(uri, endpoint_url=self.config.s3_endpoint)
         return uri

@@ -1,0 +1,494 @@
+"""The control plane at scale (issue 10): the real operator process against the emulated API.
+
+The emulator and the operator (`checkpoint-operator run`) each run in a process of their own, so
+each RSS is its own; this process hosts the local cluster (Job controller, kubelet, binder) and
+plays the training containers in-process (each writes two tiny checkpoints and exits), so that
+the control plane is what is measured. The operator's own agent pods run for real, as commands
+forked from the local kubelet's zygote (local/zygote.py). Prints a table, then one `scale:` line
+per figure of issue 10:
+
+    python bench/scale.py                    # the goal sizes (several minutes)
+    python bench/scale.py --quick            # small sizes: a smoke run
+    python bench/scale.py --only requests,rss --checkpoints 10000
+
+Scenarios: `lifecycle` (N TrainingJobs, each writing 2 checkpoints, to Succeeded), `hot` (N jobs
+on one input Checkpoint), `requests` (the operator's own API requests per TrainingJob lifecycle
+with 10 and with C Checkpoints in the namespace; the same run gives `rss`, the operator's RSS
+with C Checkpoints indexed), `latency` (a training pod's end to its Checkpoints being Ready, jobs
+started a few at a time so that nothing queues), `localrun` (`checkpoint-operator local run` on
+120 trivial jobs, the README's local mode). Requests are counted by the operator itself
+(`checkpoint_operator_api_requests_total`); kopf's watch streams are not among them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+NS = "default"
+TJ = "ckpt.dev/v1alpha1/trainingjobs"
+CKPT = "ckpt.dev/v1alpha1/checkpoints"
+WORKER = "worker"
+
+
+# --- the processes -----------------------------------------------------------------------------------
+
+def serve_emulator(url_file: str) -> None:
+    """`bench/scale.py --serve-emulator FILE`: the emulator process (until stdin closes)."""
+    from checkpoint_operator.local.server import EmulatorServer
+    with EmulatorServer() as server:
+        Path(url_file).write_text(server.url)
+        sys.stdin.read()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Emulator:
+    def __init__(self, work: Path):
+        self.work = work
+        url_file = work / "emulator-url"
+        self.proc = subprocess.Popen([sys.executable, __file__, "--serve-emulator", str(url_file)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                     stderr=open(work / "emulator.log", "wb"))
+        deadline = time.monotonic() + 60
+        while not url_file.exists() or not url_file.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the emulator did not start; see {work / 'emulator.log'}")
+            time.sleep(0.05)
+        self.url = url_file.read_text()
+
+    def stop(self) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class Operator:
+    """`checkpoint-operator run` against the emulator, with its default settings."""
+
+    def __init__(self, work: Path, api_url: str, name: str):
+        kubeconfig = work / "kubeconfig"
+        kubeconfig.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "local",
+            "clusters": [{"name": "local", "cluster": {"server": api_url}}],
+            "users": [{"name": "local", "user": {"token": "local"}}],
+            "contexts": [{"name": "local", "context": {"cluster": "local", "user": "local", "namespace": NS}}]}))
+        self.metrics_port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CKPT_")}
+        env.update(KUBECONFIG=str(kubeconfig), CKPT_AGENT_IMAGE="localhost/checkpoint-operator:dev")
+        self.log = work / f"operator-{name}.log"
+        self.proc = subprocess.Popen(
+            ["checkpoint-operator", "run", "--namespace", NS, "--standalone", "--log-format", "text",
+             "--metrics-port", str(self.metrics_port), "--liveness-port", "0"],
+            env=env, stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"))
+        deadline = time.monotonic() + 60
+        while self.requests() is None:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the operator did not start; see {self.log}")
+            time.sleep(0.2)
+
+    def requests(self) -> int | None:
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        except OSError:
+            return None
+        return int(sum(float(v) for v in re.findall(r'^checkpoint_operator_api_requests_total\{[^}]*\} (\S+)$',
+                                                    text, re.M)))
+
+    async def settle(self, quiet: float = 2.0, timeout: float = 600) -> None:
+        """Until its request count has not moved for `quiet` seconds (its start-up work is done)."""
+        last, since, deadline = -1, time.monotonic(), time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            now = self.requests()
+            if now != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                return
+            await asyncio.sleep(0.2)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+# --- the cluster and the training code ---------------------------------------------------------------
+
+class Trainer:
+    """Training containers, played in-process: write `checkpoints` step directories, exit 0."""
+
+    def __init__(self) -> None:
+        self.finished: dict[str, float] = {}
+
+    async def __call__(self, pod: dict, container: dict, env: dict, mounts: dict) -> int | None:
+        labels = pod["metadata"].get("labels") or {}
+        if labels.get("ckpt.dev/component") != WORKER:
+            return None  # the operator's agent pods run for real
+        out = env.get("CHECKPOINT_OUTPUT_DIR")
+        for step in range(1, int(env.get("BENCH_CHECKPOINTS", "0")) + 1):
+            directory = Path(out) / f"step-{step}"
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / "model.safetensors").write_bytes(b"w" * 64)
+        self.finished[labels.get("ckpt.dev/trainingjob", "")] = time.monotonic()
+        return 0
+
+
+def training_job(name: str, *, checkpoints: int = 2, inputs: list | None = None) -> dict:
+    spec: dict[str, Any] = {"template": {"spec": {"containers": [{
+        "name": "trainer", "image": "trainer:1", "command": ["train"],
+        "env": [{"name": "BENCH_CHECKPOINTS", "value": str(checkpoints)}]}]}}}
+    if inputs:
+        spec["checkpoints"] = inputs
+    if not checkpoints:
+        spec["output"] = {"enabled": False}
+    return {"apiVersion": "ckpt.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name, "namespace": NS},
+            "spec": spec}
+
+
+class Watch:
+    """The phases of one resource's objects as a watch stream delivers them, with arrival times."""
+
+    def __init__(self, api_url: str, resource: str):
+        self.url = f"{api_url}/apis/{resource.rsplit('/', 1)[0]}/namespaces/{NS}/{resource.rsplit('/', 1)[1]}"
+        self.phases: dict[str, str] = {}
+        self.reached: dict[tuple[str, str], float] = {}  # (name, phase) -> first seen
+        self.bodies: dict[str, dict] = {}
+        self._task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> "Watch":
+        import aiohttp
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_read=None))
+        ready = asyncio.Event()
+        self._task = asyncio.create_task(self._run(ready))
+        await asyncio.wait_for(ready.wait(), 30)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._task
+        await self._session.close()
+
+    async def _run(self, ready: asyncio.Event) -> None:
+        async with self._session.get(self.url, params={"watch": "true"}) as response:
+            ready.set()
+            async for line in response.content:
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                body = event.get("object") or {}
+                name = body.get("metadata", {}).get("name", "")
+                if event.get("type") == "DELETED":
+                    self.phases.pop(name, None)
+                    continue
+                phase = (body.get("status") or {}).get("phase") or "Pending"
+                self.phases[name] = phase
+                self.bodies[name] = body
+                self.reached.setdefault((name, phase), time.monotonic())
+
+    def count(self, names: list[str], phases: tuple[str, ...]) -> int:
+        return sum(1 for n in names if self.phases.get(n) in phases)
+
+    async def until(self, names: list[str], phases: tuple[str, ...], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.count(names, phases) < len(names):
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+
+async def create_all(api, bodies: list[dict], concurrency: int = 32, resource: str = TJ) -> None:
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(body):
+        async with gate:
+            await api.create(resource, NS, body)
+    await asyncio.gather(*(one(b) for b in bodies))
+
+
+class Bench:
+    """One emulator, one operator and the local cluster, in a fresh work directory."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.work = Path(tempfile.mkdtemp(prefix=f"bench-scale-{name}-"))
+        self.emulator = Emulator(self.work)
+        self.trainer = Trainer()
+        self.operator: Operator | None = None
+
+    async def __aenter__(self) -> "Bench":
+        from checkpoint_operator.local.cluster import LocalCluster
+        from checkpoint_operator.local.server import ApiClient
+        self.api = await ApiClient(self.emulator.url).__aenter__()
+        self.cluster = LocalCluster(self.emulator.url, self.work / "cluster", [NS], container_runner=self.trainer)
+        await self.cluster.__aenter__()
+        return self
+
+    def start_operator(self, name: str = "") -> Operator:
+        self.operator = Operator(self.work, self.emulator.url, name or self.name)
+        return self.operator
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.operator is not None:
+            self.operator.stop()
+        await self.cluster.__aexit__(None, None, None)
+        await self.api.close()
+        self.emulator.stop()
+        if os.environ.get("BENCH_KEEP"):
+            print(f"kept {self.work}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+
+# --- the scenarios -----------------------------------------------------------------------------------
+
+async def lifecycle(jobs: int, timeout: float) -> dict:
+    async with Bench("lifecycle") as bench:
+        operator = bench.start_operator()
+        names = [f"job-{i:05d}" for i in range(jobs)]
+        async with Watch(bench.emulator.url, TJ) as watch:
+            started = time.monotonic()
+            await create_all(bench.api, [training_job(n) for n in names])
+            done = await watch.until(names, ("Succeeded", "Failed"), timeout)
+            elapsed = time.monotonic() - started
+        failed = [n for n in names if watch.phases.get(n) != "Succeeded"]
+        ready = [c for c in await bench.api.list(CKPT, NS) if (c.get("status") or {}).get("phase") == "Ready"]
+        return {"jobs": jobs, "seconds": elapsed, "finished": done, "failed": len(failed), "checkpoints": len(ready),
+                "operator_rss_mb": rss_mb(operator.proc.pid, "VmHWM"),
+                "emulator_rss_mb": rss_mb(bench.emulator.proc.pid, "VmHWM"), "requests": operator.requests()}
+
+
+async def hot(jobs: int, timeout: float) -> dict:
+    async with Bench("hot") as bench:
+        operator = bench.start_operator()
+        async with Watch(bench.emulator.url, TJ) as watch:
+            await bench.api.create(TJ, NS, training_job("src", checkpoints=1))
+            await watch.until(["src"], ("Succeeded",), 120)
+            names = [f"hot-{i:05d}" for i in range(jobs)]
+            started = time.monotonic()
+            await create_all(bench.api, [training_job(n, checkpoints=0, inputs=[{"name": "src-step-1"}])
+                                         for n in names])
+            done = await watch.until(names, ("Succeeded", "Failed"), timeout)
+            elapsed = time.monotonic() - started
+        failed = [n for n in names if watch.phases.get(n) == "Failed"]
+        unfinished = [n for n in names if watch.phases.get(n) not in ("Succeeded", "Failed")]
+        return {"jobs": jobs, "seconds": elapsed, "finished": done, "failed": len(failed),
+                "unfinished": len(unfinished), "requests": operator.requests()}
+
+
+def ready_checkpoint(name: str) -> tuple[dict, dict]:
+    body = {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint",
+            "metadata": {"name": name, "namespace": NS, "finalizers": ["ckpt.dev/in-use-protection"]},
+            "spec": {"source": {"volume": {"claimName": "preloaded", "path": f"/{name}"}}}}
+    status = {"phase": "Ready", "owned": False, "digest": "sha256:" + "0" * 64, "fileCount": 1, "sizeBytes": 64,
+              "step": 1, "complete": True,
+              "location": {"volume": {"claimName": "preloaded", "path": name}},
+              "conditions": [{"type": "Ready", "status": "True", "reason": "Ready", "message": "preloaded",
+                              "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+    return body, status
+
+
+async def preload(api, start: int, stop: int) -> float:
+    """Ready Checkpoints that are settled (protected, no users): nothing for the operator to do."""
+    began = time.monotonic()
+    gate = asyncio.Semaphore(32)
+
+    async def one(i):
+        body, status = ready_checkpoint(f"pre-{i:05d}")
+        async with gate:
+            await api.create(CKPT, NS, body)
+            await api.patch(CKPT, NS, body["metadata"]["name"], {"status": status}, subresource="status")
+    await asyncio.gather(*(one(i) for i in range(start, stop)))
+    return time.monotonic() - began
+
+
+async def measure_lifecycles(bench: Bench, operator: Operator, prefix: str, jobs: int) -> float:
+    """The operator's own requests per TrainingJob lifecycle (create -> Succeeded with its 2 Checkpoints),
+    jobs run a few at a time, counted once it is quiet again."""
+    await operator.settle()
+    before = operator.requests()
+    async with Watch(bench.emulator.url, TJ) as watch:
+        names = [f"{prefix}-{i:03d}" for i in range(jobs)]
+        for batch in range(0, jobs, 5):
+            await create_all(bench.api, [training_job(n) for n in names[batch:batch + 5]])
+            await watch.until(names[batch:batch + 5], ("Succeeded", "Failed"), 300)
+    await operator.settle()
+    return (operator.requests() - before) / jobs
+
+
+async def requests_and_rss(checkpoints: int, jobs: int) -> dict:
+    async with Bench("requests") as bench:
+        await bench.api.create("v1/persistentvolumeclaims", NS, {"metadata": {"name": "preloaded"}, "spec": {
+            "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
+        await preload(bench.api, 0, 10)
+        small = bench.start_operator("small")
+        per_small = await measure_lifecycles(bench, small, "small", jobs)
+        small_rss = rss_mb(small.proc.pid)
+        small.stop()
+        preload_seconds = await preload(bench.api, 10, checkpoints)
+        big = bench.start_operator("big")
+        started = time.monotonic()
+        await big.settle()
+        startup = time.monotonic() - started
+        big_rss = rss_mb(big.proc.pid)
+        per_big = await measure_lifecycles(bench, big, "big", jobs)
+        return {"checkpoints": checkpoints, "jobs": jobs, "per_lifecycle_small": per_small, "per_lifecycle_big": per_big,
+                "rss_small_mb": small_rss, "rss_big_mb": big_rss, "rss_big_hwm_mb": rss_mb(big.proc.pid, "VmHWM"),
+                "emulator_rss_mb": rss_mb(bench.emulator.proc.pid), "preload_seconds": preload_seconds,
+                "startup_seconds": startup}
+
+
+async def latency(jobs: int, at_once: int) -> dict:
+    async with Bench("latency") as bench:
+        bench.start_operator()
+        names = [f"lat-{i:04d}" for i in range(jobs)]
+        delays = []
+        async with Watch(bench.emulator.url, CKPT) as checkpoints, Watch(bench.emulator.url, TJ) as training:
+            for batch in range(0, jobs, at_once):
+                group = names[batch:batch + at_once]
+                await create_all(bench.api, [training_job(n) for n in group])
+                await training.until(group, ("Succeeded", "Failed"), 120)
+            for name in names:
+                ready = [t for (ckpt, phase), t in checkpoints.reached.items()
+                         if phase == "Ready" and ckpt in (f"{name}-step-1", f"{name}-step-2")]
+                if name in bench.trainer.finished and len(ready) == 2:
+                    delays.append(max(ready) - bench.trainer.finished[name])
+        delays.sort()
+        p = (lambda q: delays[min(len(delays) - 1, int(q * len(delays)))]) if delays else (lambda q: float("nan"))
+        return {"jobs": jobs, "measured": len(delays), "p50": p(0.5), "p99": p(0.99), "max": max(delays or [0]),
+                "mean": statistics.mean(delays) if delays else float("nan")}
+
+
+def localrun(jobs: int) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="bench-scale-localrun-"))
+    script = ("import os, pathlib; d = pathlib.Path(os.environ['CHECKPOINT_OUTPUT_DIR'], 'step-1'); "
+              "d.mkdir(parents=True, exist_ok=True); (d / 'model.safetensors').write_bytes(b'w' * 64)")
+    docs = [{"apiVersion": "ckpt.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": f"job-{i:04d}"},
+             "spec": {"output": {"size": "1Gi"}, "template": {"spec": {"containers": [
+                 {"name": "trainer", "image": "python:3.11", "command": ["python", "-c", script]}]}}}}
+            for i in range(jobs)]
+    (work / "jobs.yaml").write_text("\n---\n".join(json.dumps(d) for d in docs))
+    started = time.monotonic()
+    proc = subprocess.run(["checkpoint-operator", "local", "run", "-f", str(work / "jobs.yaml"), "-o", "json",
+                           "--runtime", "process", "--state-dir", str(work / "state")],
+                          capture_output=True, text=True, cwd=work, timeout=3600)
+    elapsed = time.monotonic() - started
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    succeeded = proc.stdout.count('"Succeeded"')
+    shutil.rmtree(work, ignore_errors=True)
+    return {"jobs": jobs, "seconds": elapsed, "exit": proc.returncode, "succeeded_mentions": succeeded,
+            "peak_rss_mb": peak, "stderr_tail": proc.stderr.strip().splitlines()[-3:]}
+
+
+# --- main --------------------------------------------------------------------------------------------
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--serve-emulator", metavar="URL_FILE", help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    parser.add_argument("--only", default="lifecycle,hot,requests,latency,localrun",
+                        help="comma-separated scenarios (rss comes with requests)")
+    parser.add_argument("--jobs", type=int, help="TrainingJobs of the lifecycle scenario (1000)")
+    parser.add_argument("--hot", type=int, help="jobs on one input (1000)")
+    parser.add_argument("--checkpoints", type=int, help="Checkpoints in the namespace for requests/rss (10000)")
+    parser.add_argument("--lifecycles", type=int, default=20, help="lifecycles counted at each size (20)")
+    parser.add_argument("--latency-jobs", type=int, default=100)
+    parser.add_argument("--local-jobs", type=int, help="jobs of `local run` (120)")
+    parser.add_argument("--timeout", type=float, default=1800)
+    args = parser.parse_args()
+    if args.serve_emulator:
+        return serve_emulator(args.serve_emulator)
+    quick = args.quick
+    jobs = args.jobs or (50 if quick else 1000)
+    hot_jobs = args.hot or (50 if quick else 1000)
+    checkpoints = args.checkpoints or (500 if quick else 10000)
+    local_jobs = args.local_jobs or (20 if quick else 120)
+    lifecycles = 5 if quick else args.lifecycles
+    only = set(args.only.split(","))
+    results: dict[str, dict] = {}
+    if "lifecycle" in only:
+        results["lifecycle"] = asyncio.run(lifecycle(jobs, args.timeout))
+        print("lifecycle", json.dumps(results["lifecycle"]), flush=True)
+    if "hot" in only:
+        results["hot"] = asyncio.run(hot(hot_jobs, args.timeout))
+        print("hot", json.dumps(results["hot"]), flush=True)
+    if "requests" in only or "rss" in only:
+        results["requests"] = asyncio.run(requests_and_rss(checkpoints, lifecycles))
+        print("requests", json.dumps(results["requests"]), flush=True)
+    if "latency" in only:
+        results["latency"] = asyncio.run(latency(10 if quick else args.latency_jobs, 4))
+        print("latency", json.dumps(results["latency"]), flush=True)
+    if "localrun" in only:
+        results["localrun"] = localrun(local_jobs)
+        print("localrun", json.dumps(results["localrun"]), flush=True)
+
+    print()
+    print(f"{'figure':52} {'value':>24}   goal")
+    lines = []
+    if "lifecycle" in results:
+        r = results["lifecycle"]
+        print(f"{'trainingjobs to Succeeded (2 checkpoints each)':52} {r['jobs']:>10} in {r['seconds']:>8.1f} s   < 60 s")
+        print(f"{'  of them not Succeeded':52} {r['failed']:>24}")
+        print(f"{'  operator / emulator peak RSS':52} {r['operator_rss_mb']:>10.0f} / {r['emulator_rss_mb']:.0f} MB")
+        lines.append(f"scale: {r['jobs']} trainingjobs to Succeeded in {r['seconds']:.1f} s")
+    if "hot" in results:
+        r = results["hot"]
+        print(f"{'jobs on one input: failed / unfinished':52} {r['failed']:>10} / {r['unfinished']:<5} {r['seconds']:>6.1f} s   0 failed")
+        lines.append(f"scale: hot input {r['jobs']} jobs on one checkpoint: {r['failed']} failed, {r['seconds']:.1f} s")
+    if "requests" in results:
+        r = results["requests"]
+        print(f"{'requests per lifecycle at 10 / ' + str(r['checkpoints']) + ' checkpoints':52} "
+              f"{r['per_lifecycle_small']:>10.1f} / {r['per_lifecycle_big']:<10.1f}   B <= 1.1 A")
+        print(f"{'operator RSS with 10 / ' + str(r['checkpoints']) + ' checkpoints':52} "
+              f"{r['rss_small_mb']:>10.0f} / {r['rss_big_mb']:.0f} MB   < 250 MB")
+        print(f"{'  operator start-up with them (indexing)':52} {r['startup_seconds']:>22.1f} s")
+        lines.append(f"scale: requests per trainingjob lifecycle at 10 / {r['checkpoints']} checkpoints: "
+                     f"{r['per_lifecycle_small']:.1f} / {r['per_lifecycle_big']:.1f}")
+        lines.append(f"scale: operator rss with {r['checkpoints']} checkpoints: {r['rss_big_mb']:.0f} MB")
+    if "latency" in results:
+        r = results["latency"]
+        print(f"{'pod finished to checkpoints ready p50 / p99':52} {r['p50']:>10.2f} / {r['p99']:.2f} s   p99 < 1 s")
+        lines.append(f"scale: pod finished to checkpoints ready: p50 {r['p50']:.2f} s p99 {r['p99']:.2f} s")
+    if "localrun" in results:
+        r = results["localrun"]
+        print(f"{'local run (exit ' + str(r['exit']) + ')':52} {r['jobs']:>10} in {r['seconds']:>8.1f} s   < 60 s")
+        print(f"{'  its peak RSS':52} {r['peak_rss_mb']:>21.0f} MB")
+        lines.append(f"scale: local run {r['jobs']} jobs: {r['seconds']:.1f} s")
+    print()
+    for line in lines:
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""The wake-up mapping (handlers/wakeups.py): which keys an event puts on the queue."""
+
+from __future__ import annotations
+
+from checkpoint_operator.config import OperatorConfig
+from checkpoint_operator.handlers import wakeups
+from checkpoint_operator.handlers.context import Context
+from checkpoint_operator.logic.protection import uses_label
+from factories import checkpoint, indexes, training_job
+
+
+class RecordingQueue:
+    def __init__(self):
+        self.added: list = []
+
+    def add(self, key, after: float = 0.0):
+        self.added.append(key)
+
+    def add_all(self, keys, after: float = 0.0):
+        for key in keys:
+            self.add(key, after)
+
+
+def context(**bodies) -> Context:
+    ctx = Context(kube=None, config=OperatorConfig())
+    ctx.indexes, ctx.queue = indexes(**bodies), RecordingQueue()
+    return ctx
+
+
+def test_a_checkpoint_event_wakes_the_pending_jobs_that_want_it_by_name_uid_or_producer():
+    ckpt = checkpoint("in", phase="Ready", produced_by="src", directory="s-1")
+    by_name = training_job("by-name", checkpoints=[{"name": "in"}])
+    by_uid = training_job("by-uid", checkpoints=[{"uid": ckpt["metadata"]["uid"]}])
+    by_producer = training_job("by-producer", checkpoints=[{"fromTrainingJob": "src"}])
+    running = training_job("running", phase="Running", checkpoints=[{"name": "in"}])
+    other = training_job("other", checkpoints=[{"name": "elsewhere"}])
+    ctx = context(checkpoints=[ckpt], jobs=[by_name, by_uid, by_producer, running, other])
+    wakeups.checkpoint_event(ctx, "MODIFIED", ckpt)
+    woken = {k[2] for k in ctx.queue.added if k[0] == "TrainingJob"}
+    assert woken == {"by-name", "by-uid", "by-producer"}  # a Running job no longer waits on inputs
+
+
+def test_a_finished_producer_wakes_the_jobs_waiting_for_its_outputs():
+    src = training_job("src", phase="Succeeded")
+    waiting = training_job("next", checkpoints=[{"fromTrainingJob": "src"}])
+    ctx = context(jobs=[src, waiting])
+    wakeups.training_job_event(ctx, "MODIFIED", src)
+    assert ("TrainingJob", "default", "next") in ctx.queue.added
+
+
+def test_a_job_that_drops_its_uses_label_still_wakes_the_checkpoint_it_used():
+    ckpt = checkpoint("in")
+    uid = ckpt["metadata"]["uid"]
+    job = training_job("user", checkpoints=[{"name": "in"}])
+    job["metadata"]["labels"] = {uses_label(uid): "true"}
+    ctx = context(checkpoints=[ckpt], jobs=[job])
+    wakeups.training_job_event(ctx, "MODIFIED", job)
+    assert ("Checkpoint", "default", "in") in ctx.queue.added
+
+    ctx.queue.added.clear()
+    job["metadata"]["labels"] = {}  # backed off: neither the label nor a pin names the input now
+    wakeups.training_job_event(ctx, "MODIFIED", job)
+    assert ("Checkpoint", "default", "in") in ctx.queue.added  # usedBy / a blocked deletion see it
+    ctx.queue.added.clear()
+    wakeups.training_job_event(ctx, "MODIFIED", job)
+    assert ("Checkpoint", "default", "in") not in ctx.queue.added and not ctx.last_uses  # remembered once
+
+
+def test_a_worker_pod_event_wakes_its_job_by_label():
+    job = training_job("train", phase="Running")
+    pod = {"kind": "Pod", "metadata": {"name": "train-0", "namespace": "default",
+                                       "labels": {"ckpt.dev/trainingjob-uid": "u-train"}}}
+    ctx = context(jobs=[job])
+    wakeups.child_event(ctx, pod)
+    assert ctx.queue.added == [("TrainingJob", "default", "train")]
+
+
+def test_a_failing_mapping_still_queues_the_object_itself():
+    ctx = context()
+    ctx.indexes = None  # any look-up fails
+    job = training_job("broken", phase="Succeeded")
+    wakeups.training_job_event(ctx, "MODIFIED", job)
+    assert ctx.queue.added == [("TrainingJob", "default", "broken")]
+
+
+def test_the_event_of_our_own_write_needs_no_reconcile_of_the_object_but_still_wakes_dependents():
+    src = training_job("src", phase="Succeeded")
+    src["metadata"]["resourceVersion"] = "7"
+    waiting = training_job("next", checkpoints=[{"fromTrainingJob": "src"}])
+    ctx = context(jobs=[src, waiting])
+    running = training_job("self", phase="Running")
+    running["metadata"]["resourceVersion"] = "9"
+    ctx.wrote({**running, "kind": "TrainingJob"})
+    wakeups.training_job_event(ctx, "MODIFIED", running)
+    assert ("TrainingJob", "default", "self") not in ctx.queue.added  # the writer acted on it already
+    wakeups.training_job_event(ctx, "MODIFIED", running)
+    assert ("TrainingJob", "default", "self") in ctx.queue.added  # remembered once: a later event counts
+    ctx.wrote({**src, "kind": "TrainingJob"})
+    wakeups.training_job_event(ctx, "MODIFIED", src)
+    assert ("TrainingJob", "default", "next") in ctx.queue.added
+
+
+def test_a_pending_snapshot_checkpoint_waits_for_its_live_producer_alone():
+    producer = training_job("src", phase="Snapshotting")
+    ckpt = checkpoint("src-s-1", phase="Pending", produced_by="src", directory="s-1")
+    ckpt["metadata"]["finalizers"] = ["ckpt.dev/in-use-protection"]
+    ctx = context(checkpoints=[ckpt], jobs=[producer])
+    wakeups.checkpoint_event(ctx, "ADDED", ckpt)
+    assert ("Checkpoint", "default", "src-s-1") not in ctx.queue.added
+    ctx = context(checkpoints=[ckpt], jobs=[])  # the producer is gone: the Checkpoint fails on its own
+    wakeups.training_job_event(ctx, "DELETED", producer)
+    assert ("Checkpoint", "default", "src-s-1") in ctx.queue.added
