@@ -172,6 +172,8 @@ REF_NAME = "spec.checkpoints[].name"
 REF_JOB = "spec.checkpoints[].fromTrainingJob"
 REF_MOUNT = "spec.checkpoints[].mountName"
 KEEP = "spec.output.keep"
+KEEP_ALIAS = "spec.output.keep is the short form"
+WAIT = "spec.checkpoints[].wait"
 PREFIX = "spec.output.namePrefix"
 INPUT_DIR = "spec.inputDir must be"
 OUTPUT_DIR = "spec.outputDir must be"
@@ -292,6 +294,8 @@ CASES: list[Case] = [
     Case("select-with-name", inputs({"name": "a", "select": "latest"}), (SELECT,)),
     Case("select-with-uid", inputs({"uid": "u", "select": "latest"}), (SELECT,)),
     Case("select-alone", inputs({"select": "latest"}), (REF_ONE, SELECT)),
+    Case("select-best-wait-finished", inputs({"fromTrainingJob": "sft", "select": "best", "wait": "Finished"})),
+    Case("wait-with-name", inputs({"name": "a", "wait": "Finished"}), (WAIT,)),
     Case("name-uppercase", inputs({"name": "Llama"}), (REF_NAME,)),
     Case("name-underscore", inputs({"name": "llama_3"}), (REF_NAME,)),
     Case("name-leading-dash", inputs({"name": "-llama"}), (REF_NAME,)),
@@ -312,6 +316,10 @@ CASES: list[Case] = [
     Case("keep-1", training_job(output={"keep": 1})),
     Case("keep-0", training_job(output={"keep": 0}), (KEEP,)),
     Case("keep-negative", training_job(output={"keep": -1}), (KEEP,)),
+    Case("retention-and-publish", training_job(output={"publish": "Continuous", "retention": {
+        "keepLatest": 2, "keepEvery": 1000, "keepBest": {"metric": "eval_loss", "mode": "min", "count": 2}}})),
+    Case("keep-beside-retention", training_job(output={"keep": 3, "retention": {"keepEvery": 100}})),
+    Case("keep-and-keep-latest", training_job(output={"keep": 3, "retention": {"keepLatest": 2}}), (KEEP_ALIAS,)),
     Case("prefix-ok", training_job(output={"namePrefix": "llama-sft-2"})),
     Case("prefix-200", training_job(output={"namePrefix": "p" * 200})),
     Case("prefix-201", training_job(output={"namePrefix": "p" * 201}), (PREFIX,)),

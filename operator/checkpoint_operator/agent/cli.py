@@ -40,6 +40,9 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     snap.add_argument("--max-entries", type=_positive_int, default=None, metavar="N",
                       help="fail past this many directory entries in all (default 1000000, or CKPT_SCAN_MAX_ENTRIES)")
     snap.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
+    snap.add_argument("--reuse-sealed", action="store_true",
+                      help="a checkpoint `agent watch` sealed and uploaded (UPLOAD_TO/sealed/<path>/<digest>/) is not "
+                           "uploaded again: its sealed copy is reported")
     snap.set_defaults(func=lambda a: _call("snapshot", a))
 
     upload = cmds.add_parser("upload", help="upload a checkpoint directory to s3://bucket/prefix/",
@@ -62,6 +65,26 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     download.add_argument("--concurrency", type=_positive_int, default=None, help="parallel transfers")
     download.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
     download.set_defaults(func=lambda a: _call("download", a))
+
+    watch = cmds.add_parser("watch", help="seal checkpoints as training writes them (the live-sealing sidecar)",
+                            description="Watch an output directory and seal each checkpoint directory once it is "
+                                        "complete (see the README's sealing rules); one JSON line per event on "
+                                        "stdout. Runs until SIGTERM, then seals what is left and exits 0.")
+    watch.add_argument("dir", help="the output directory the training code writes into")
+    watch.add_argument("--interval", type=_positive_float, default=0.25, metavar="SECONDS",
+                       help="time between two looks at the output (default 0.25)")
+    watch.add_argument("--upload-to", default=None, metavar="S3_PREFIX",
+                       help="s3 store: upload each sealed checkpoint under S3_PREFIX/sealed/ (volume store: omit)")
+    watch.add_argument("--upload-concurrency", type=_positive_int, default=2, metavar="N",
+                       help="parallel transfers of one upload (default 2: training keeps most of the I/O)")
+    watch.add_argument("--annotations-file", default=None, metavar="FILE",
+                       help="a downwardAPI file of the pod's annotations (ckpt.dev/live-remove: what to remove)")
+    watch.add_argument("--shared", action="store_true",
+                       help="several pods write this output (an Indexed Job): the end of this pod seals nothing")
+    watch.add_argument("--max-entries", type=_positive_int, default=None, metavar="N",
+                       help="directory entries looked at per pass (default 1000000, or CKPT_SCAN_MAX_ENTRIES)")
+    watch.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
+    watch.set_defaults(func=lambda a: _call("watch", a))
 
     imp = cmds.add_parser("import", help="import a checkpoint (s3, http(s), ftp(s), Hugging Face, Git, GCS, Azure) into DEST",
                           description="Copy SOURCE into DEST: s3://bucket/key or s3://bucket/prefix/, an http(s):// or "
@@ -148,6 +171,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value}: must be more than 0")
     return value
 
 

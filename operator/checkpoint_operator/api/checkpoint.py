@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 from pydantic import Field
 
@@ -177,6 +177,10 @@ class CheckpointStatus(ApiModel):
     complete: Optional[bool] = Field(
         None, description="False when the format's completeness rule found it incomplete (never selected by latest).")
     upload: Optional[UploadStatus] = Field(None, description="upload source: where the data is to be pushed.")
+    metrics: Optional[dict[str, Annotated[float, Field(description="The metric's value.")]]] = Field(
+        None, max_length=16, description="A few numbers the checkpoint records about itself (metrics.json, or a "
+                                         "trainer_state.json's log_history at its step): retention.keepBest, "
+                                         "select: best.")
     source: Optional[SourceStatus] = Field(
         None, description="Provenance of an imported checkpoint: what was fetched and, for Git and the Hub, the commit.")
     producedBy: Optional[ObjectRef] = Field(None, description="The TrainingJob that wrote it.")

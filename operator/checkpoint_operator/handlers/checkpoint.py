@@ -12,7 +12,7 @@ from typing import Optional
 
 from checkpoint_operator import PROTECTION_FINALIZER
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointPhase
-from checkpoint_operator.handlers import checkpoint_sources, requests
+from checkpoint_operator.handlers import checkpoint_sources, live, requests
 from checkpoint_operator.handlers.context import Context
 from checkpoint_operator.handlers.objects import InvalidObject, parse, parse_tolerant
 from checkpoint_operator.handlers.status import write_status
@@ -101,6 +101,7 @@ def guard_deletion(ctx: Context, checkpoint: Checkpoint) -> Optional[float]:
         if first_time:  # one deletion, however many times it is checked
             metrics.BLOCKED_DELETIONS.inc()
         return None
+    live.checkpoint_released(ctx, checkpoint)  # a running job sealed it: it must not publish it again
     try:
         deleted = store_for(ctx.config).delete_owned_data(checkpoint.status.to_wire(), meta.namespace)
     except ForeignLocation as exc:

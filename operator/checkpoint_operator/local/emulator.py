@@ -41,7 +41,9 @@ here (``Emulator`` subclasses kmock's class; the one patched internal is ``_patc
 - ``GET /api/v1/namespaces`` (and ``/api/v1/namespaces/NAME``): kmock 0.8 fails to parse these paths
   (500); fixed, so kopf can run with namespace scanning; the ``default`` namespace exists;
 - pod logs: ``GET .../pods/NAME/log`` answers ``text/plain``; the log is set by the local kubelet with
-  ``PUT .../pods/NAME/log`` (an extension of this emulator) or ``Emulator.set_pod_log``;
+  ``PUT .../pods/NAME/log`` (an extension of this emulator; ``?append=true`` adds to it, as a
+  running container's output grows) or ``Emulator.set_pod_log``; ``sinceTime``/``timestamps``
+  are not implemented (the whole log is served, which readers of the real API must accept);
 - ``pods/exec`` over websockets (``v5.channel.k8s.io``, ``v4.channel.k8s.io``), proxied to the kubelet
   of the pod's node as a real API server does (``local/podexec.py``);
 - deletion: ``propagationPolicy`` (query or DeleteOptions body). ``Orphan`` strips the owner's
@@ -824,7 +826,11 @@ class Emulator(kmock.KubernetesEmulator):
             raise self._object_not_found(key)
         container = request.params.get("container") or _default_container(stored.load())
         if request.method == kmock.method.PUT:
-            self.set_pod_log(request.namespace, request.name, request.text, container=container)
+            if request.params.get("append") == "true":  # a running container's new output (the local kubelet)
+                text = self.pod_log(request.namespace, request.name, container) + request.text
+            else:
+                text = request.text
+            self.set_pod_log(request.namespace, request.name, text, container=container)
             return aiohttp.web.Response(status=204)
         return aiohttp.web.Response(text=self.pod_log(request.namespace, request.name, container),
                                     content_type="text/plain")

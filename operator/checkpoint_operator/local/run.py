@@ -175,14 +175,35 @@ def serve_until_interrupted(url: str, state_dir: Path) -> None:
 def wait_until_settled(kube, timeout: float) -> bool:
     from checkpoint_operator.kube import CHECKPOINTS, TRAINING_JOBS
     deadline = time.monotonic() + timeout
+    reported: set[str] = set()
     while time.monotonic() < deadline:
         jobs = kube.list(TRAINING_JOBS, NAMESPACE)
         checkpoints = kube.list(CHECKPOINTS, NAMESPACE)
+        report_new_checkpoints(checkpoints, jobs, reported)
         if all(j.get("status", {}).get("phase") in FINISHED_JOB for j in jobs) and \
                 all(c.get("status", {}).get("phase") in SETTLED_CHECKPOINT for c in checkpoints):
             return True
         time.sleep(0.2)
     return False
+
+
+def report_new_checkpoints(checkpoints: list[dict], jobs: list[dict], reported: set[str]) -> None:
+    """One line per Checkpoint as it becomes Ready, and per one deleted, with its producer's phase
+    then (live sealing shows them while the job is Running)."""
+    phases = {j["metadata"]["name"]: j.get("status", {}).get("phase") for j in jobs}
+    present = set()
+    for c in sorted(checkpoints, key=lambda c: c["metadata"].get("creationTimestamp") or ""):
+        name, status = c["metadata"]["name"], c.get("status", {})
+        present.add(name)
+        if status.get("phase") != "Ready" or name in reported:
+            continue
+        reported.add(name)
+        producer = (status.get("producedBy") or {}).get("name")
+        by = f", TrainingJob {producer} {phases.get(producer) or 'gone'}" if producer else ""
+        print(f"checkpoint.ckpt.dev/{name} Ready (step {status.get('step')}{by})", file=sys.stderr, flush=True)
+    for name in sorted(reported - present):
+        reported.discard(name)
+        print(f"checkpoint.ckpt.dev/{name} deleted", file=sys.stderr, flush=True)
 
 
 def build_report(checkpoints: list[dict], jobs: list[dict]) -> dict:

@@ -17,10 +17,12 @@ def scan(directory: str, *, layout: Layout = "auto", single: bool = False) -> li
     return [*AGENT, "scan", directory, *(["--single"] if single else ["--layout", layout]), "--json"]
 
 
-def snapshot(directory: str, upload_to: str, *, layout: Layout = "auto", single: bool = False) -> list[str]:
-    """Scan DIR and upload each checkpoint under UPLOAD_TO (s3 store); prints the scan JSON."""
+def snapshot(directory: str, upload_to: str, *, layout: Layout = "auto", single: bool = False,
+             reuse_sealed: bool = False) -> list[str]:
+    """Scan DIR and upload each checkpoint under UPLOAD_TO (s3 store); prints the scan JSON.
+    `reuse_sealed`: a checkpoint the sealing sidecar uploaded already (same digest) is not sent again."""
     return [*AGENT, "snapshot", directory, *(["--single"] if single else ["--layout", layout]),
-            "--upload-to", upload_to]
+            "--upload-to", upload_to, *(["--reuse-sealed"] if reuse_sealed else [])]
 
 
 def download(uri: str, directory: str, *, digest: str) -> list[str]:
@@ -65,3 +67,13 @@ def pack(directory: str, *, session_dir: Optional[str] = None) -> list[str]:
 def hold(session_dir: str, *, idle: float) -> list[str]:
     """A pull pod's main container: until the pulls in the pod are over."""
     return [*AGENT, "hold", "--session-dir", session_dir, "--idle", f"{idle:g}"]
+
+
+def watch(output_dir: str, *, interval: float, annotations_file: Optional[str] = None,
+          upload_to: Optional[str] = None, shared: bool = False, upload_concurrency: Optional[int] = None) -> list[str]:
+    """The live-sealing sidecar: seal checkpoints in OUTPUT_DIR as they complete (one JSON line each)."""
+    return [*AGENT, "watch", output_dir, "--interval", f"{interval:g}",
+            *(["--annotations-file", annotations_file] if annotations_file else []),
+            *(["--upload-to", upload_to] if upload_to else []),
+            *(["--upload-concurrency", str(upload_concurrency)] if upload_concurrency else []),
+            *(["--shared"] if shared else [])]

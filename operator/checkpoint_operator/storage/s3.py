@@ -88,7 +88,20 @@ class S3Store(Store):
     def snapshot_command(self, tj: TrainingJob, output_dir: str) -> list[str]:
         meta = tj.metadata
         return agent_commands.snapshot(output_dir, self.prefix_for(meta.namespace, meta.name, meta.uid),
-                                       layout=tj.spec.output.layout)
+                                       layout=tj.spec.output.layout, reuse_sealed=tj.publishes_live)
+
+    def live_upload_prefix(self, tj: TrainingJob) -> str:
+        meta = tj.metadata
+        return self.prefix_for(meta.namespace, meta.name, meta.uid)
+
+    def live_sealed_prefix(self, tj: TrainingJob) -> Optional[str]:
+        return self.live_upload_prefix(tj) + "sealed/"
+
+    def live_location(self, tj: TrainingJob, claim: str, manifest: Manifest, uploads: dict[str, str]) -> dict:
+        if manifest.path not in uploads:
+            raise MissingUpload(f"the sealing sidecar did not upload {manifest.path!r}")
+        # The sidecar runs in the user's pod: its lines are believed only under the job's own prefix.
+        return self._uploaded(uploads[manifest.path], self.live_sealed_prefix(tj), repr(manifest.path))
 
     def snapshot_location(self, tj: TrainingJob, claim: str, manifest: Manifest, layout: str,
                           uploads: dict[str, str]) -> dict:
@@ -124,6 +137,16 @@ class S3Store(Store):
         """The manifest is written last: without it the upload does not exist."""
         from checkpoint_operator.agent.s3 import manifest_exists
         return manifest_exists(location["s3"]["uri"], endpoint_url=self.config.s3_endpoint)
+
+    def delete_unused_uploads(self, tj: TrainingJob, uris: list[str]) -> list[str]:
+        from checkpoint_operator.agent.s3 import delete_prefix
+        own = self.live_upload_prefix(tj) + "dirs/"  # only the snapshot's own uploads, never a sealed copy
+        deleted = []
+        for uri in uris:
+            if uri.startswith(own):
+                delete_prefix(uri, endpoint_url=self.config.s3_endpoint)
+                deleted.append(uri)
+        return deleted
 
     def delete_owned_data(self, status: dict, namespace: str) -> Optional[str]:
         """Everything under the Checkpoint's prefix (a second delete of gone data succeeds), with
