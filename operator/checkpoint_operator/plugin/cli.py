@@ -28,7 +28,7 @@ def _common_flags() -> argparse.ArgumentParser:
 
 def add_commands(parser: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
     """The commands, under a parser made with `parents=[common]` (the flags also after a command)."""
-    from checkpoint_operator.plugin.commands import FORMATS
+    from checkpoint_operator.agent.formats import FORMATS  # light: the agent imports it anyway
     cmds = parser.add_subparsers(dest="ckpt_command", required=True, metavar="COMMAND")
 
     ls = cmds.add_parser("ls", parents=[common], help="list Checkpoints",
