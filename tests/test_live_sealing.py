@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -316,3 +318,28 @@ def test_removal_requested_through_the_annotations_file(tmp_path):
 
 def test_sealed_uri_is_named_by_the_digest():
     assert sealed_uri("s3://b/p/ns/job-1234/", "step-1", "sha256:abc") == "s3://b/p/ns/job-1234/sealed/step-1/abc/"
+
+
+SIGTERM_WHILE_STARTING = r"""
+import importlib, os, signal, sys
+from checkpoint_operator.cli import main
+real = importlib.import_module
+def import_module(name, *args, **kwargs):
+    if name == "checkpoint_operator.agent.watch":
+        os.kill(os.getpid(), signal.SIGTERM)  # the training container exited while the sidecar was starting
+    return real(name, *args, **kwargs)
+importlib.import_module = import_module
+sys.exit(main(["agent", "watch", sys.argv[1]]))
+"""
+
+
+def test_a_sigterm_while_the_watcher_is_starting_still_seals_what_is_there(tmp_path):
+    out = tmp_path / "out"
+    trainer_files(out / "checkpoint-10", state=True)
+    result = subprocess.run([sys.executable, "-c", SIGTERM_WHILE_STARTING, str(out)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    sealed = [line["checkpoint"] for line in lines if line["event"] == "sealed"]
+    assert [s["path"] for s in sealed] == ["checkpoint-10"]
+    assert sealed[0]["sealReason"] == "the training containers exited"

@@ -496,12 +496,10 @@ def is_passive() -> bool:
 def main(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.dir):
         raise AgentError(f"{args.dir}: not a directory (watch takes the output directory)")
-    stop = threading.Event()
-
-    def on_term(signum, frame) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_term)
+    # Set on SIGTERM (agent/cli.py installs the handler before this module is imported: a
+    # SIGTERM that comes during start-up still means "the training containers have exited").
+    stop: threading.Event = getattr(args, "stop", None) or threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     if is_passive():
         stop.wait()
         return 0
