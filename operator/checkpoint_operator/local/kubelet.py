@@ -4,7 +4,8 @@ A pod, once its claims are bound: volumes become host directories under ``<data>
 (emptyDir, Secret and ConfigMap keys as files; PVCs are the binder's directories), then
 
 1. init containers in order; a native sidecar (an init container with ``restartPolicy: Always``)
-   is started and left running (restarted if it exits) and the next one starts;
+   is started and left running (restarted if it exits) and the next one starts once its process
+   runs;
 2. the regular containers, concurrently; the pod is Running;
 3. when every regular container has exited, the sidecars are stopped (SIGTERM, then SIGKILL after
    the grace period), in reverse order; their exit codes do not count;
