@@ -113,16 +113,22 @@ def agent_import(*args: str, timeout: float = 120):
 def agent_import_measured(*args: str, limit_memory: int, workdir: Path):
     """`agent import` under RLIMIT_AS=limit_memory; returns (returncode, stderr, peak RSS in KiB)
     of that one process (os.wait4: not mixed with other children of the test process)."""
-    # The limit is set by a small launcher that then execs the agent, not by preexec_fn: a forked
-    # child counts the test process's own pages (hundreds of MB in a full run) in its peak RSS.
-    launcher = ("import os, resource, sys; resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]),) * 2); "
-                "os.execv(sys.executable, [sys.executable, '-m', 'checkpoint_operator', 'agent', 'import', *sys.argv[2:]])")
-    err_path = workdir / "stderr.txt"
+    # Measured by a small launcher that forks the agent and reports its peak RSS: a child of the
+    # test process itself would count the test process's pages (hundreds of MB in a full run),
+    # since exec keeps the high-water mark of the memory it replaces (fork's copy or vfork's own).
+    launcher = ("import os, resource, sys\n"
+                "pid = os.fork()\n"
+                "if pid == 0:\n"
+                "    resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]),) * 2)\n"
+                "    os.execv(sys.executable, [sys.executable, '-m', 'checkpoint_operator', 'agent', 'import', *sys.argv[3:]])\n"
+                "_, status, usage = os.wait4(pid, 0)\n"
+                "open(sys.argv[2], 'w').write(str(usage.ru_maxrss))\n"
+                "sys.exit(os.waitstatus_to_exitcode(status))\n")
+    err_path, rss_path = workdir / "stderr.txt", workdir / "maxrss.txt"
     with open(err_path, "w") as err, open(os.devnull, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-c", launcher, str(limit_memory), *args], stdout=out, stderr=err)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, err_path.read_text(), usage.ru_maxrss
+        code = subprocess.run([sys.executable, "-c", launcher, str(limit_memory), str(rss_path), *args],
+                              stdout=out, stderr=err).returncode
+    return code, err_path.read_text(), int(rss_path.read_text())
 
 
 def one_error(err: str) -> str:

@@ -59,6 +59,16 @@ def test_exempt_and_stepless_entries_are_always_kept():
     assert kept_keys(entries, Policy(keep_latest=1)) == [0, 3, None]
 
 
+def test_the_root_files_are_always_kept_and_take_no_place_of_a_step():
+    # A root torch.save file may record a step: the final model is kept all the same, and the
+    # newest and the keepLatest places still go to the steps of the run.
+    entries = [*steps(1, 2, 3), Entry(".", 1)]
+    kept, dropped = decide(entries, Policy(keep_latest=1))
+    assert [e.key for e in kept] == ["step-3", "."] and [e.key for e in dropped] == ["step-1", "step-2"]
+    kept, _ = decide([*steps(1, 2), Entry(".", 9)], Policy(keep_latest=2))
+    assert [e.key for e in kept] == ["step-1", "step-2", "."]
+
+
 def test_decisions_are_stable_as_checkpoints_arrive():
     """What retention dropped while the run went on is dropped again at the end (the end-of-job
     snapshot never brings a retired checkpoint back)."""

@@ -39,6 +39,9 @@ def await_upload(ctx: Context, checkpoint: Checkpoint) -> Result:
     target = transfers.upload_status(store.name, checkpoint, uri=uri, endpoint=ctx.config.s3_endpoint)
     request = transfers.upload_request(checkpoint)
     if not isinstance(request, transfers.UploadRequest):
+        if request is None and checkpoint.ready_reason() == "WaitingForUpload" \
+                and (checkpoint.status.to_wire().get("upload") or {}) == target:
+            return Wait()  # already waiting: keep the message (why the last push attempt ended)
         message = request or transfers.waiting_message(checkpoint, store.name, uri)
         return _waiting(ctx, checkpoint, target, message)
     limit = import_limit(ctx, checkpoint)

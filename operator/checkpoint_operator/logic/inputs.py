@@ -142,12 +142,16 @@ class Resolution:
 # --- selection among a producer's outputs ----------------------------------------------------------
 
 def _rank(c: CheckpointInfo) -> tuple:
-    return (c.step is not None, c.step if c.step is not None else -1, c.created, c.name)
+    # The root's files (the final model, `select: final`) rank below every other output, even
+    # when a step was read from them (a root `torch.save` file may record one): `latest` is what
+    # a resume continues from, so it is the root only when the job wrote nothing else.
+    return (c.directory != ROOT_DIRECTORY, c.step is not None, c.step if c.step is not None else -1, c.created, c.name)
 
 
 def select_output(outputs: list[CheckpointInfo], policy: str,
                   best: Optional[tuple[str, str]] = None) -> Optional[CheckpointInfo]:
-    """`latest`: the highest step, then the newest, of the usable outputs not found incomplete;
+    """`latest`: the highest step, then the newest, of the usable outputs not found incomplete
+    (the root's files only when there is no other);
     `latestResumable`: the same among those with optimizer state; `final`: the root-files one;
     `best`: the best by `best` = (metric, min|max) among those that record it (ties: `latest`)."""
     usable = [c for c in outputs if c.is_usable]

@@ -7,9 +7,10 @@ found. A checkpoint is kept when any rule keeps it:
 - keepEvery K: every step that is a multiple of K;
 - keepBest {metric, mode, count}: the `count` best by that metric (only checkpoints that record it
   compete);
-- always: the newest (highest step: what `latest` and a resume use), checkpoints without a step
-  (the root's final model), and Checkpoints labelled `ckpt.dev/keep=true` (exempt, as Cerebras'
-  SaveCheckpointState checkpoints are from KeepN).
+- always: the newest (highest step: what `latest` and a resume use), checkpoints without a step,
+  the root's files (directory ".", the final model, even when a step was read from them), and
+  Checkpoints labelled `ckpt.dev/keep=true` (exempt, as Cerebras' SaveCheckpointState
+  checkpoints are from KeepN).
 Without any rule, everything is kept.
 """
 
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Sequence, TypeVar
+
+from checkpoint_operator.logic.naming import ROOT_DIRECTORY
 
 KEEP_LABEL = "ckpt.dev/keep"
 
@@ -71,8 +74,11 @@ def decide(entries: Sequence[Entry], policy: Policy) -> tuple[list[Entry], list[
     """(kept, dropped), each in the order given."""
     if policy.keeps_all:
         return list(entries), []
-    with_step = sorted((e for e in entries if e.step is not None), key=lambda e: (e.step, e.order, e.key), reverse=True)
-    kept = {e.key for e in entries if e.step is None or e.exempt}
+    # The root's files (the final model) are always kept and never compete, even with a step read
+    # from them: they are not one of the steps of the run.
+    stepped = [e for e in entries if e.step is not None and e.key != ROOT_DIRECTORY]
+    with_step = sorted(stepped, key=lambda e: (e.step, e.order, e.key), reverse=True)
+    kept = {e.key for e in entries if e.step is None or e.exempt or e.key == ROOT_DIRECTORY}
     if with_step:
         kept.add(with_step[0].key)
     if policy.keep_latest is not None:

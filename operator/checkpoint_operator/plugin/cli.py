@@ -28,6 +28,7 @@ def _common_flags() -> argparse.ArgumentParser:
 
 def add_commands(parser: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
     """The commands, under a parser made with `parents=[common]` (the flags also after a command)."""
+    from checkpoint_operator.agent.formats import FORMATS  # light: the agent imports it anyway
     cmds = parser.add_subparsers(dest="ckpt_command", required=True, metavar="COMMAND")
 
     ls = cmds.add_parser("ls", parents=[common], help="list Checkpoints",
@@ -70,25 +71,12 @@ def add_commands(parser: argparse.ArgumentParser, common: argparse.ArgumentParse
                                        "push resumes when run again.")
     push.add_argument("dir")
     push.add_argument("--name", required=True, help="the Checkpoint's name")
-    push.add_argument("--format", type=_format, default=None, metavar="FORMAT",
-                      help="the format, as spec.format names it (default: detected from the files)")
+    push.add_argument("--format", choices=FORMATS, default=None, help="the format (default: detected from the files)")
     push.add_argument("--description", default=None, help="spec.description")
     push.add_argument("--endpoint-url", default=None, help="s3 store: the S3 endpoint (default AWS_ENDPOINT_URL, "
                                                            "else the operator's)")
     push.add_argument("--timeout", type=float, default=600,
                       help="seconds to wait for the operator at each step (not counting the transfer itself)")
-
-
-def _format(text: str) -> str:
-    # Checked when given, not when the parser is built: every `checkpoint-operator` command
-    # (agent pods, the live-sealing sidecar) builds this parser, and the API models (or
-    # plugin.commands, which imports the Kubernetes client: 0.7 s) would delay each one's start.
-    from typing import get_args
-
-    from checkpoint_operator.api.checkpoint import CheckpointFormat
-    if text not in get_args(CheckpointFormat):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a format (one of: {', '.join(get_args(CheckpointFormat))})")
-    return text
 
 
 def add_ckpt_parser(sub: argparse._SubParsersAction) -> None:
