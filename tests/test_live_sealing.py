@@ -142,6 +142,20 @@ def test_a_directory_renamed_into_place_between_two_looks_is_sealed_by_its_ctime
     assert "its ctime is later than every change in it" in lines.of("sealed")[0]["checkpoint"]["sealReason"]
 
 
+def test_a_rename_right_after_the_last_write_is_sealed_by_its_ctime(tmp_path):
+    """The common writer: files into step-N.tmp, then a rename, all within one tick of the
+    file system's coarse clock (the ctime equals the last write's mtime), between two looks."""
+    out = tmp_path / "out"
+    out.mkdir()
+    w, lines = watcher(out)
+    w.tick()
+    write(out / "step-9.tmp" / "weights.bin", b"w" * 100)
+    write(out / "step-9.tmp" / "state.json", "{}")
+    (out / "step-9.tmp").rename(out / "step-9")
+    ticks(w, 2)
+    assert lines.sealed_paths() == ["step-9"]
+
+
 def test_a_chmod_on_a_step_directory_still_being_written_is_not_a_rename(tmp_path):
     """A metadata change (chmod, chown, xattr) moves a directory's ctime as a rename does. The
     writer goes on in a nested directory, then pauses: two identical looks must not seal it."""
@@ -150,7 +164,7 @@ def test_a_chmod_on_a_step_directory_still_being_written_is_not_a_rename(tmp_pat
     write(shard, b"w" * 100)
     w, lines = watcher(out)
     w.tick()  # listed as it is written in place
-    _back_in_time(out / "step-7")
+    _back_in_time(out / "step-7", out)  # made a while ago: the chmod does not touch the parent
     os.chmod(out / "step-7", 0o750)
     _grow_past(shard, (out / "step-7").stat().st_ctime_ns)
     ticks(w, 4)  # the writer pauses
@@ -164,7 +178,7 @@ def test_a_chmod_before_the_first_look_is_not_a_rename_while_a_nested_file_grows
     out = tmp_path / "out"
     shard = out / "step-8" / "weights" / "shard-0.bin"
     write(shard, b"w" * 100)
-    _back_in_time(out / "step-8")
+    _back_in_time(out / "step-8", out)
     os.chmod(out / "step-8", 0o750)
     _grow_past(shard, (out / "step-8").stat().st_ctime_ns)
     w, lines = watcher(out)

@@ -14,6 +14,7 @@ import pytest
 from checkpoint_operator.agent.s3 import manifest_exists, read_manifest
 from checkpoint_operator.config import OperatorConfig
 from conftest import CKPT, NS, TJ, training_job, write_checkpoint
+from formats_files import safetensors_bytes
 from s3server import s3, seaweedfs  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.timeout(180)
@@ -190,8 +191,9 @@ async def test_live_sealing_on_the_s3_store_uploads_each_checkpoint_once(api, st
     def train(attempt, env):
         out = env["CHECKPOINT_OUTPUT_DIR"]
         for step in (1, 2):
-            write_checkpoint(out, f"step-{step}.tmp", {"model.safetensors": os.urandom(1024 * 1024),
-                                                       "optimizer.pt": b"o"})
+            # A valid safetensors file (random bytes are not one: the sealing rule holds them back).
+            weights = safetensors_bytes({"w": 1024 * 1024})[:-1024 * 1024] + os.urandom(1024 * 1024)
+            write_checkpoint(out, f"step-{step}.tmp", {"model.safetensors": weights, "optimizer.pt": b"o"})
             os.rename(os.path.join(out, f"step-{step}.tmp"), os.path.join(out, f"step-{step}"))
             if step == 1:
                 assert release.wait(90)

@@ -10,12 +10,9 @@ completeness rule finds it incomplete, and one of these says the writer is done 
    Megatron's tracker file, Accelerate's `random_states_0.pkl`), checked by agent/completeness.py;
 2. it appeared by an atomic rename: its inode was listed before under an unfinished name
    (`step-N.tmp`, `N.orbax-checkpoint-tmp-*`), or, when the watcher never saw that name, its
-   ctime is later than its own mtime and the mtime of everything in it (a rename changes the
-   directory's ctime and nothing else, after the last write; writing into a directory moves
-   both), and was so already at the first look that listed it under its final name. A metadata
-   change (chmod, chown, xattr; the watcher's own freeze and thaw) moves the ctime too: a
-   directory first listed as it was being written in place, or with a file written since its
-   ctime (or in the same clock tick), was not renamed into place, whatever its ctime says later;
+   ctime is later than its own mtime and not earlier than anything in it, its parent changed
+   at that moment too, and this held already at the first look that listed it under its final
+   name (`_renamed_by_ctime`: a chmod, chown or xattr moves the ctime but not the parent);
 3. a newer step directory appeared beside it (frameworks save steps in order), finished or not;
 4. the training containers have exited (the watcher got SIGTERM: a native sidecar is stopped
    only after the pod's regular containers): the listing is final, sealed as it is, and a
@@ -59,7 +56,7 @@ class Listed:
     directory: str                  # host path
     inode: tuple[int, int]
     files: tuple[FileStat, ...]
-    renamed_by_ctime: bool = False  # ctime later than its own mtime and every mtime in its tree
+    renamed_by_ctime: bool = False  # the ctime rule of _renamed_by_ctime held at this look
 
     @property
     def parent(self) -> str:
@@ -155,9 +152,28 @@ def _add(listing: Listing, path: str, name: str, directory: str, budget: EntryBu
         except OSError:
             continue
         files.append((f.rel, fst.st_size, fst.st_mtime_ns))
-    renamed = st.st_ctime_ns > max(st.st_mtime_ns, _newest_mtime(directory, files))
+    renamed = _renamed_by_ctime(directory, st, files)
     listing.checkpoints[path] = Listed(path, name, directory, (st.st_dev, st.st_ino), tuple(sorted(files)),
                                        renamed_by_ctime=renamed)
+
+
+RENAME_TICK_NS = 20_000_000  # timestamps come from a coarse clock: a tick is up to 10 ms
+
+
+def _renamed_by_ctime(directory: str, st: os.stat_result, files: list[FileStat]) -> bool:
+    """A rename into place moves the directory's ctime, after its own mtime (its last entry) and
+    not before anything inside (a rename right after the last write shares that write's clock
+    tick: equal, not later), and it changes the parent directory at the same moment. A chmod,
+    chown or xattr moves the ctime too, but leaves the parent alone: without the parent's change
+    (within a tick) the ctime says nothing."""
+    newest = _newest_mtime(directory, files)
+    if not (st.st_ctime_ns > st.st_mtime_ns and st.st_ctime_ns >= newest):
+        return False
+    try:
+        parent = os.stat(os.path.dirname(directory))  # the output dir may be reached by a link (local mode)
+    except OSError:
+        return False
+    return parent.st_mtime_ns >= st.st_ctime_ns - RENAME_TICK_NS
 
 
 def _newest_mtime(directory: str, files: list[FileStat]) -> int:
