@@ -24,7 +24,8 @@ full resync every ``poll_interval`` seconds is the safety net for anything misse
 A test can play the training code with ``container_runner``:
 ``async def runner(pod, container, env, mounts) -> int | None`` is called for every container with the
 host environment (paths in the container's view) and ``{mountPath: host directory}``; an int is the
-exit code, None runs the container.
+exit code, ``(exit code, reason)`` also sets the terminated state's reason (``(137, "OOMKilled")``),
+None runs the container.
 """
 
 from __future__ import annotations
