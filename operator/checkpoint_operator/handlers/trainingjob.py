@@ -197,7 +197,7 @@ def follow_job(ctx: Context, tj: TrainingJob) -> Result:
             if claim is not None:  # the claim's own reason says more than the scheduler's
                 return replace(flow.running_wait(tj, [claim]), requeue_after=volumes.CLAIM_RECHECK)
         return flow.running_wait(tj, problems)
-    outcome = "succeeded" if succeeded else "; ".join([flow.job_failure_message(job), *_input_failures(ctx, tj)])
+    outcome = "succeeded" if succeeded else "; ".join([flow.job_failure_message(job), *_pod_failures(ctx, tj)])
     change, snapshot_follows = flow.after_job(tj, succeeded, outcome, now_rfc3339(), workload.snapshot_pod_name(tj))
     tj = write_status(ctx, tj, change)
     if not snapshot_follows:
@@ -206,15 +206,19 @@ def follow_job(ctx: Context, tj: TrainingJob) -> Result:
     return Advance()
 
 
-def _input_failures(ctx: Context, tj: TrainingJob) -> list[str]:
-    """The inputs whose download a failed training pod refused, with the agent's own line (one
-    GET and one log read per failed pod, once, when the Job has failed)."""
+def _pod_failures(ctx: Context, tj: TrainingJob) -> list[str]:
+    """Why the failed training pods failed: the inputs whose download was refused, with the
+    agent's own line, else what the pods say (OOMKilled, Evicted, an exit code). One GET and at
+    most one log read per failed pod, once, when the Job has failed."""
     namespace, names = tj.metadata.namespace, [p.name for p in tj.status.inputs or []]
     found: dict[str, str] = {}
+    others: list[str] = []
     for state in ctx.indexes.worker_pods(namespace, tj.metadata.uid):
         pod = ctx.kube.get(PODS, namespace, state.name) if state.phase == "Failed" else None
         failure = pod_failure(pod, "training") if pod else None
         name = downloaded_input(failure.container, names) if failure else None
+        if failure is not None and name is None:
+            others.append(failure.message)
         if name is None or name in found:
             continue
         try:
@@ -222,7 +226,7 @@ def _input_failures(ctx: Context, tj: TrainingJob) -> list[str]:
         except ApiError:
             line = ""
         found[name] = flow.input_download_failure(name, line or failure.message)
-    return list(found.values())
+    return list(found.values()) or flow.worker_failures(others)
 
 
 # --- Snapshotting: scan the output, create Checkpoints -------------------------------------------------
