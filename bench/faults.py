@@ -64,7 +64,7 @@ from scale import CKPT, NS, TJ, Emulator, Operator  # noqa: E402
 
 PODS, PVCS, JOBS = "v1/pods", "v1/persistentvolumeclaims", "batch/v1/jobs"
 OPERATOR_AGENTS = ("kopf/", "OpenAPI-Generator")  # kopf's and the kubernetes client's User-Agent
-WAIT = 240  # seconds: the most any phase of a case may take (a limit reached fails the case)
+WAIT = float(os.environ.get("FAULTS_WAIT", 240))  # seconds: the most any phase of a case may take (a limit reached fails the case)
 
 
 # --- the emulator process and its fault layer ---------------------------------------------------
@@ -377,8 +377,9 @@ class Harness:
     # -- objects ---------------------------------------------------------------------------------
 
     async def create_job(self, name: str, *, inputs: list | None = None, train=None, **spec) -> None:
-        if train is not None:
-            self.runner.training[name] = train
+        if train is not None:  # the runner knows a job by its pods' label (a long name is cut)
+            from checkpoint_operator.logic.naming import MAX_LABEL_NAME, bounded_name
+            self.runner.training[bounded_name(name, MAX_LABEL_NAME)] = train
         body = {"apiVersion": "ckpt.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name, "namespace": NS},
                 "spec": {"checkpoints": inputs or [], "backoffLimit": 0, "template": {"spec": {"containers": [
                     {"name": "trainer", "image": "trainer:1", "command": ["train"]}]}}, **spec}}
@@ -489,7 +490,10 @@ async def assess(h: Harness, verdict: Verdict, expects: list[Expect], *, check_d
     verdict.duplicated = sum(n - 1 for n in produced.values() if n > 1)
     # Lost: each directory a job wrote is in a Ready Checkpoint with those bytes, or on its kept volume.
     if check_data:
-        for job, written in h.runner.written.items():
+        from checkpoint_operator.logic.naming import MAX_LABEL_NAME, bounded_name
+        by_label = {bounded_name(n, MAX_LABEL_NAME): n for n in jobs}  # the runner knows a job by its pods' label
+        for label, written in h.runner.written.items():
+            job = by_label.get(label, label)
             tj = jobs.get(job)
             claim = (tj or {}).get("status", {}).get("outputClaim")
             claim_dir = h.cluster.claim_dir(NS, claim) if claim else None
@@ -811,6 +815,102 @@ async def _(h):
         raise CaseError("pre-step-1 was not deleted after the store came back")
     h.runner.written["pre"].pop("step-1")  # deleted on purpose
     return [Expect("pre-step-1", "Gone", (), resource=CKPT)]
+
+
+# -- items of issue 8, end to end ----------------------------------------------------------------------
+
+def writes(files: dict[str, bytes | str], exit_code: int = 0) -> Callable[[dict], int]:
+    """Training code that writes these files (a str value: a symbolic link to it) and exits."""
+    def train(env: dict) -> int:
+        out = Path(env["CHECKPOINT_OUTPUT_DIR"])
+        for rel, data in files.items():
+            path = out / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(data, str):
+                os.symlink(data, path)
+            else:
+                path.write_bytes(data)
+        return exit_code
+    return train
+
+
+@case("issue8-1-skipped-output-kept", "issue8", s3=True, quick=True)
+async def _(h):
+    """s3 store: a failed job's unstorable output (no step, a .tmp, a name that is not UTF-8) stays on its volume."""
+    await h.create_job("job", train=writes({
+        "partial-finetune/model.safetensors": os.urandom(100), "step-500.tmp/model.safetensors": os.urandom(100),
+        "step-3/model.safetensors": os.urandom(100), os.fsdecode(b"step-3/shard\xff.bin"): b"x"}, exit_code=1))
+    await finished(h, "job")
+    return [Expect("job", "Failed", ("failed",)), Expect("job", "Failed", ("is kept",), condition="OutputRetained")]
+
+
+@case("issue8-2-names-download-refuses", "issue8", s3=True)
+async def _(h):
+    """A backslash and a 250-byte name: never a Ready Checkpoint that cannot be downloaded (the download
+    check counts it as partial); what is not stored stays on the volume."""
+    await h.create_job("job", train=writes({"step-1/model.safetensors": os.urandom(100), "step-1/a\\b.bin": b"x",
+                                            "step-2/model.safetensors": os.urandom(100), "step-2/" + "n" * 250: b"y"}))
+    await finished(h, "job")
+    return [Expect("job", "Succeeded", ("succeeded",)), Expect("job", "Succeeded", ("is kept",), condition="OutputRetained")]
+
+
+@case("issue8-4-symlink-dag-bounded", "issue8")
+async def _(h):
+    """Directories d0..d22 each with links a, b to the next: the scan visits each once and finishes."""
+    files: dict[str, bytes | str] = {"step-1/model.safetensors": os.urandom(100)}
+    for i in range(22):
+        files[f"step-1/dag/d{i}/a"] = f"../d{i + 1}"
+        files[f"step-1/dag/d{i}/b"] = f"../d{i + 1}"
+    files["step-1/dag/d22/leaf"] = b"leaf"
+    await h.create_job("job", train=writes(files))
+    h.runner.written.clear()  # links are not data: the step's own files are checked through its Checkpoint
+    tj = await finished(h, "job")
+    return [Expect("job", "Succeeded", ("succeeded", "1 checkpoint(s)"), seen=tj)]
+
+
+@case("issue8-10-names-as-the-api-server", "issue8")
+async def _(h):
+    """Invalid names refused on create with the field named; a valid 253-character name runs to the end."""
+    unclear = []
+    for bad in ("Bad_Name", "x" * 254):
+        try:
+            await h.create_job(bad)
+            unclear.append(f"{bad[:20]} accepted")
+        except Exception as exc:  # noqa: BLE001 - the API's refusal is what is checked
+            if "metadata.name" not in str(exc) or getattr(exc, "status", 0) != 422:
+                unclear.append(f"{bad[:20]}: {exc}")
+    long = "j" * 253
+    await h.create_job(long, train=steps(1))
+    tj = await finished(h, long)
+    h.events += unclear
+    return [Expect(long, "Succeeded", ("succeeded", "1 checkpoint(s)"), seen=tj)] + \
+        [Expect("refused-names", "refused", (u,)) for u in unclear]
+
+
+@case("issue8-11-skipped-entries-one-event", "issue8")
+async def _(h):
+    """300 links out of the output: one aggregated Skipped event, not 300."""
+    files: dict[str, bytes | str] = {"step-1/model.safetensors": os.urandom(100)}
+    files.update({f"step-1/out-{i}": "/etc/hostname" for i in range(300)})
+    await h.create_job("job", train=writes(files))
+    tj = await finished(h, "job")
+    await h.settle()
+    events = [e for e in await h.api.list("v1/events", NS)
+              if e.get("involvedObject", {}).get("name") == "job" and e.get("reason") == "Skipped"]
+    h.events.append(f"{len(events)} Skipped event(s)")
+    expects = [Expect("job", tj["status"]["phase"] and "Succeeded", ("succeeded",), seen=tj)]
+    if len(events) != 1:
+        expects.append(Expect("one-skipped-event", "one", (f"{len(events)} events",)))
+    return expects
+
+
+@case("issue8-6-size-limit-before-bytes-move", "issue8", s3=True)
+async def _(h):
+    """A namespace limit of 1Ki and a 2 KiB import: refused, naming the limit."""
+    await h.api.patch("v1/namespaces", None, NS, {"metadata": {"annotations": {"ckpt.dev/max-checkpoint-size": "1Ki"}}})
+    await external_import(h)
+    await finished(h, "imported", CKPT)
+    return [Expect("imported", "Failed", ("past the size limit of 1024",), resource=CKPT)]
 
 
 # --- main ---------------------------------------------------------------------------------------------

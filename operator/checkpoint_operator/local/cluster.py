@@ -141,7 +141,9 @@ class PvcBinder:
         self._bound: dict[Key, tuple[str, Path]] = {}  # (ns, name) -> (uid, directory)
 
     def directory_for(self, claim: Mapping[str, Any]) -> Path:
-        return self.volumes_dir / meta(claim)["namespace"] / f"{meta(claim)['name']}-{uid_of(claim)[:8]}"
+        # A file name has at most 255 bytes and a claim's name up to 253: the name is cut (the uid
+        # keeps the directory unique), else a long name fails every bind (issue 8.10).
+        return self.volumes_dir / meta(claim)["namespace"] / f"{meta(claim)['name'][:200]}-{uid_of(claim)[:8]}"
 
     def claim_dir(self, namespace: str, name: str) -> Path | None:
         bound = self._bound.get((namespace, name))
