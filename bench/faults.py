@@ -913,6 +913,29 @@ async def _(h):
     return [Expect("imported", "Failed", ("past the size limit of 1024",), resource=CKPT)]
 
 
+# -- the counters' own check: defects made on purpose must be counted ----------------------------------
+
+async def self_check() -> str | None:
+    """A finished job, then: one Ready Checkpoint's bytes changed on its volume, a directory the job
+    "wrote" that no Checkpoint has, a PVC without an owner, a wrong expected message. None when each is
+    counted, else what was missed."""
+    async with Harness("self-check", None) as h:
+        await h.create_job("job", train=steps(2))
+        await finished(h, "job")
+        ckpt = await h.api.get(CKPT, NS, "job-step-1")
+        volume = ckpt["status"]["location"]["volume"]
+        target = Path(h.cluster.claim_dir(NS, volume["claimName"])) / volume["path"].lstrip("/") / "model.safetensors"
+        target.write_bytes(b"not what was written")
+        h.runner.written[next(iter(h.runner.written))]["step-9"] = "sha256:" + "0" * 64
+        await h.api.create(PVCS, NS, {"metadata": {"name": "stray"}, "spec": {
+            "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
+        v = await assess(h, Verdict("self-check", "check"), [Expect("job", "Succeeded", ("no such words",))])
+    missed = [what for what, caught in (("the changed bytes", v.partial == 1), ("the lost directories", v.lost == 2),
+                                        ("the stray PVC", v.orphaned == 1), ("the unclear message", not v.clear))
+              if not caught]
+    return f"missed {', '.join(missed)} ({v})" if missed else None
+
+
 # --- main ---------------------------------------------------------------------------------------------
 
 async def run_case(c: Case, store: Store | None) -> Verdict:
@@ -960,6 +983,10 @@ def main() -> int:
     if not cases:
         print(f"faults: no case matches --only {args.only}", file=sys.stderr)
         return 2
+    problem = asyncio.run(self_check())
+    print(f"faults: self-check: {problem or 'the counters count defects made on purpose'}", flush=True)
+    if problem:
+        return 1
     store = Store() if any(c.s3 for c in cases) else None
     verdicts = []
     try:
