@@ -39,21 +39,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
 import hashlib
 import json
 import os
 import random
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 import traceback
 import urllib.request
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
