@@ -122,7 +122,7 @@ class FaultLayer:
                 return response
         response = await inner(raw)
         crash = self.plan.get("crash_after")
-        if crash and not self.frozen and response.status < 400 and raw.method == crash["method"] \
+        if crash and not self.frozen and not watch and response.status < 400 and raw.method == crash["method"] \
                 and re.search(crash["path"], raw.path) and crash.get("body", "") in (await raw.read()).decode():
             self.seen += 1
             if self.seen >= crash.get("count", 1):
@@ -295,8 +295,8 @@ class Harness:
     """A fresh emulator (with the fault layer), the local cluster with the Runner, one operator at a
     time (restartable), and when the case uses the s3 store a prefix of its own in the shared store."""
 
-    def __init__(self, name: str, store: Store | None) -> None:
-        self.name, self.store = name, store
+    def __init__(self, name: str, store: Store | None, s3_store: bool = True) -> None:
+        self.name, self.store, self.s3_store = name, store, s3_store and store is not None
         self.work = Path(tempfile.mkdtemp(prefix=f"bench-faults-{name}-"))
         self.emulator = Emulator(self.work, script=__file__)
         self.url = self.emulator.url
@@ -308,7 +308,7 @@ class Harness:
 
     def operator_env(self) -> dict:
         env = {"CKPT_RECONCILE_INTERVAL": "0.5"}
-        if self.store is not None:
+        if self.s3_store:
             env.update(self.store.env(), CKPT_STORAGE_TYPE="s3", CKPT_S3_ENDPOINT=self.store.server.endpoint,
                        CKPT_S3_BUCKET=self.store.bucket, CKPT_S3_PREFIX=self.prefix,
                        CKPT_S3_SECRET_NAME="store-credentials")
@@ -517,7 +517,7 @@ async def assess(h: Harness, verdict: Verdict, expects: list[Expect], *, check_d
         if not owners_alive(obj, alive):
             verdict.orphaned += 1
             notes.append(f"{kind} {obj['metadata']['name']} has no live owner")
-    if h.store is not None:
+    if h.s3_store:
         locations = [((c.get("status") or {}).get("location") or {}).get("s3", {}).get("uri", "") for c in checkpoints]
         prefixes = [u.split("/", 3)[3] for u in locations if u.startswith("s3://")]
         stray = {k.rsplit("/", 1)[0] for k in await asyncio.to_thread(h.store.keys, h.prefix + "/")
@@ -552,14 +552,15 @@ class Case:
     run: Callable[[Harness], Awaitable[list[Expect]]]
     s3: bool = False
     quick: bool = False
+    origin: bool = False  # imports from an S3 origin (SeaweedFS) into the volume store
 
 
 CASES: list[Case] = []
 
 
-def case(name: str, group: str, *, s3: bool = False, quick: bool = False):
+def case(name: str, group: str, *, s3: bool = False, quick: bool = False, origin: bool = False):
     def register(fn):
-        CASES.append(Case(name, group, fn, s3, quick))
+        CASES.append(Case(name, group, fn, s3, quick, origin))
         return fn
     return register
 
@@ -606,9 +607,10 @@ KILL_POINTS = {
     "handover": tj_write(r"/persistentvolumeclaims/job-"),
     "1-of-3-ready": tj_write(r"/checkpoints/job-step-\d+/status$", '"Ready"'),
     "final-status": tj_write(r"/trainingjobs/job/status$", '"Succeeded"'),
+    "snapshot-pod-deleted": tj_write(r"/pods/job-snapshot$", method="DELETE"),
 }
 S3_KILL_POINTS = {**KILL_POINTS, "handover": tj_write(r"/persistentvolumeclaims/job-", method="DELETE")}
-S3_KILLS = ("pinned", "snapshot-pod", "2-of-3-checkpoints", "handover", "final-status")
+S3_KILLS = ("pinned", "snapshot-pod", "2-of-3-checkpoints", "handover", "final-status", "snapshot-pod-deleted")
 
 for _point, _crash in KILL_POINTS.items():
     case(f"kill-after-{_point}", "kill", quick=_point == "2-of-3-checkpoints")(
@@ -618,7 +620,8 @@ for _point in S3_KILLS:
         lambda h, crash=S3_KILL_POINTS[_point]: producer_and_consumer(h, crash=crash))
 
 
-for _kind in ("409", "429", "500", "timeout"):
+for _kind, _s3 in (("409", False), ("429", False), ("500", False), ("timeout", False), ("500", True),
+                   ("timeout", True)):
     async def _api_faults(h: Harness, kind: str = _kind) -> list[Expect]:
         faults(h.url, {"errors": [kind], "rate": 0.1, "seed": 7})
         try:
@@ -628,7 +631,45 @@ for _kind in ("409", "429", "500", "timeout"):
             faults(h.url, {})
         h.events.append(f"injected {injected.get(kind, 0)} x {kind}")
         return expects
-    case(f"api-{_kind}-10pct", "api", quick=_kind == "500")(_api_faults)
+    case(f"{'s3-' if _s3 else ''}api-{_kind}-10pct", "api", s3=_s3, quick=_kind == "500" and not _s3)(_api_faults)
+
+
+async def import_with_kill(h: Harness, crash: dict) -> list[Expect]:
+    """An import (from an external S3 prefix) whose operator dies at the crash point."""
+    faults(h.url, {"crash_after": crash})
+    await external_import(h)
+    if not await h.kill_operator_when_frozen():
+        raise CaseError(f"the crash point {crash} was never reached")
+    await finished(h, "imported", CKPT)
+    return [Expect("imported", "Ready", (), resource=CKPT)]
+
+
+for _name, _crash, _s3 in (("kill-after-import-claim", tj_write(r"/persistentvolumeclaims$", method="POST"), False),
+                           ("kill-after-import-pod", tj_write(r"/pods$", method="POST"), False),
+                           ("s3-kill-after-import-pod", tj_write(r"/pods$", method="POST"), True),
+                           ("s3-kill-after-import-ready", tj_write(r"/checkpoints/imported/status$", '"Ready"'), True)):
+    case(_name, "kill", s3=_s3, origin=True)(lambda h, crash=_crash: import_with_kill(h, crash))
+
+
+async def delete_with_kill(h: Harness, crash: dict) -> list[Expect]:
+    """An owned Checkpoint deleted; the operator dies at the crash point of its deletion."""
+    await h.create_job("pre", train=steps(2))
+    await finished(h, "pre")
+    faults(h.url, {"crash_after": crash})
+    await h.api.delete(CKPT, NS, "pre-step-1")
+    if not await h.kill_operator_when_frozen():
+        raise CaseError(f"the crash point {crash} was never reached")
+    if not await h.gone(CKPT, "pre-step-1"):
+        raise CaseError("pre-step-1 was not deleted")
+    h.runner.written["pre"].pop("step-1")  # deleted on purpose
+    return [Expect("pre-step-1", "Gone", (), resource=CKPT), Expect("pre", "Succeeded", ("succeeded",))]
+
+
+# The deletion's live check of users (a LIST of TrainingJobs by label), and its finalizer's removal.
+for _name, _crash in (("users-check", tj_write(r"/trainingjobs$", method="GET")),
+                      ("finalizer-removed", tj_write(r"/checkpoints/pre-step-1$", '"finalizers"'))):
+    case(f"kill-during-delete-{_name}", "kill")(lambda h, crash=_crash: delete_with_kill(h, crash))
+    case(f"s3-kill-during-delete-{_name}", "kill", s3=True)(lambda h, crash=_crash: delete_with_kill(h, crash))
 
 
 # -- agent and training pods failing, or stuck Pending --------------------------------------------------
@@ -941,7 +982,7 @@ async def run_case(c: Case, store: Store | None) -> Verdict:
     verdict = Verdict(c.name, c.group)
     started = time.monotonic()
     try:
-        async with Harness(c.name, store if c.s3 else None) as h:
+        async with Harness(c.name, store if c.s3 or c.origin else None, s3_store=c.s3) as h:
             CURRENT = h
             try:
                 expects = await c.run(h)
@@ -976,7 +1017,7 @@ def main() -> int:
     cases = select(args.only, args.quick)
     if args.list:
         for c in cases:
-            print(f"{c.group:8} {c.name}{'  (s3 store)' if c.s3 else ''}")
+            print(f"{c.group:8} {c.name}{'  (s3 store)' if c.s3 else '  (s3 origin)' if c.origin else ''}")
         return 0
     if not cases:
         print(f"faults: no case matches --only {args.only}", file=sys.stderr)
@@ -985,7 +1026,7 @@ def main() -> int:
     print(f"faults: self-check: {problem or 'the counters count defects made on purpose'}", flush=True)
     if problem:
         return 1
-    store = Store() if any(c.s3 for c in cases) else None
+    store = Store() if any(c.s3 or c.origin for c in cases) else None
     verdicts = []
     try:
         for c in cases:

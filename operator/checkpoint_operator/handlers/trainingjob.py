@@ -283,13 +283,15 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict, scan) -> Result:
     _hand_over_output_claim(ctx, tj, claim, created, keep=retained is not None)
     ready = [_mark_ready(ctx, c, p) for c, p in zip(created, plan.checkpoints)]
     _report_snapshot(ctx, tj, plan, scan, ready)
-    agent_runs.finish(ctx, pod)
 
     if tj.status.snapshotStartTime:
         metrics.SNAPSHOT_DURATION.labels(ctx.config.storage_type).observe(seconds_since(tj.status.snapshotStartTime))
     metrics.TRANSFERRED_BYTES.labels("snapshot").inc(sum(c.status.sizeBytes or 0 for c in ready))
     tj = write_status(ctx, tj, flow.snapshot_done(tj, [c.metadata.name for c in ready], now_rfc3339(), retained,
                                                   claim, scan.total_skipped))
+    # Only now that the result is recorded: a retry before this point reads the pod's result
+    # again (on the s3 store the output volume is gone: a new snapshot pod could never run).
+    agent_runs.finish(ctx, pod)
     if retained:
         ctx.warn(tj, flow.OUTPUT_RETAINED, f"volume {claim} is kept: {retained}")
     _release_inputs(ctx, tj)
@@ -347,6 +349,8 @@ def _hand_over_output_claim(ctx: Context, tj: TrainingJob, claim: str, created: 
 
 def _finished(ctx: Context, tj: TrainingJob) -> Optional[float]:
     """Idempotent clean-up (after a crash) and the release of a retained output volume."""
+    if tj.status.snapshotPod:  # left when the operator died (or the DELETE failed) right after the final status
+        ctx.kube.delete(PODS, tj.metadata.namespace, tj.status.snapshotPod)
     if used_uids(tj.metadata.labels):
         tj = _release_inputs(ctx, tj)
     if flow.wants_output_released(tj):
