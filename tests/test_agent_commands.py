@@ -37,7 +37,8 @@ def pod_commands() -> list[list[str]]:
         for container in init + containers:
             command = container["command"]
             if command[:2] == ["sh", "-c"]:  # the volume store's import-then-scan script
-                script = command[2].replace('"$0"', shlex.quote(command[3])).replace('"$1"', shlex.quote(command[4]))
+                # $0 is DEST, "$@" the import's arguments (passed to the script, never inside it)
+                script = command[2].replace('"$0"', shlex.quote(command[3])).replace('"$@"', shlex.join(command[4:]))
                 commands += [shlex.split(part) for part in script.split(" && ")]
             else:
                 commands.append(command)
@@ -68,3 +69,17 @@ def test_download_is_always_pinned_to_the_digest():
     assert parse(command).digest == "sha256:" + "a" * 64
     built = store_for(S3).input_volumes(TrainingJob.model_validate(training_job()), [INPUT]).init_containers
     assert built[0]["command"][-2:] == ["--digest", INPUT.digest]
+
+
+def test_agent_commands_load_neither_the_operator_nor_the_plugin(tmp_path):
+    """Agent pods start often (every input, snapshot, import): `agent ...` must not pay for kopf,
+    the Kubernetes client or the kubectl plugin (issue 12: start-up)."""
+    import json
+    import subprocess
+    import sys
+    probe = ("import json, sys\nfrom checkpoint_operator.cli import main\n"
+             f"main(['agent', 'scan', {str(tmp_path)!r}, '--json'])\n"
+             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+             "('kopf', 'kubernetes', 'boto3', 's3transfer') or m.startswith('checkpoint_operator.plugin.commands'))))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out.splitlines()[-1]) == []

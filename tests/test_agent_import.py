@@ -136,4 +136,4 @@ def test_import_into_existing_empty_dir_and_refusals(s3, tmp_path):
         import_checkpoint(s3.uri("nope.tar.gz"), str(tmp_path / "other"))
     assert not (tmp_path / "other").exists()
     with pytest.raises(AgentError, match="unsupported source"):
-        import_checkpoint("ftp://x/y", str(tmp_path / "other"))
+        import_checkpoint("gopher://x/y", str(tmp_path / "other"))

@@ -5,7 +5,6 @@ when the size is known and while they move otherwise; memory stays bounded; DEST
 from __future__ import annotations
 
 import os
-import resource
 import signal
 import struct
 import subprocess
@@ -114,16 +113,22 @@ def agent_import(*args: str, timeout: float = 120):
 def agent_import_measured(*args: str, limit_memory: int, workdir: Path):
     """`agent import` under RLIMIT_AS=limit_memory; returns (returncode, stderr, peak RSS in KiB)
     of that one process (os.wait4: not mixed with other children of the test process)."""
-    def preexec() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (limit_memory, limit_memory))
-
-    err_path = workdir / "stderr.txt"
+    # Measured by a small launcher that forks the agent and reports its peak RSS: a child of the
+    # test process itself would count the test process's pages (hundreds of MB in a full run),
+    # since exec keeps the high-water mark of the memory it replaces (fork's copy or vfork's own).
+    launcher = ("import os, resource, sys\n"
+                "pid = os.fork()\n"
+                "if pid == 0:\n"
+                "    resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]),) * 2)\n"
+                "    os.execv(sys.executable, [sys.executable, '-m', 'checkpoint_operator', 'agent', 'import', *sys.argv[3:]])\n"
+                "_, status, usage = os.wait4(pid, 0)\n"
+                "open(sys.argv[2], 'w').write(str(usage.ru_maxrss))\n"
+                "sys.exit(os.waitstatus_to_exitcode(status))\n")
+    err_path, rss_path = workdir / "stderr.txt", workdir / "maxrss.txt"
     with open(err_path, "w") as err, open(os.devnull, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "checkpoint_operator", "agent", "import", *args],
-                                stdout=out, stderr=err, preexec_fn=preexec)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, err_path.read_text(), usage.ru_maxrss
+        code = subprocess.run([sys.executable, "-c", launcher, str(limit_memory), str(rss_path), *args],
+                              stdout=out, stderr=err).returncode
+    return code, err_path.read_text(), int(rss_path.read_text())
 
 
 def one_error(err: str) -> str:

@@ -509,7 +509,7 @@ def test_cli_json_matches_scan_directory(output):
     assert set(printed) == {"checkpoints", "skipped", "skippedCount"}
     assert printed["skippedCount"] == 1
     assert set(printed["checkpoints"][0]) == {"version", "path", "files", "sizeBytes", "fileCount", "digest",
-                                              "format", "step", "resumable", "complete", "completeReason"}
+                                              "format", "step", "resumable", "complete", "completeReason", "metrics"}
     assert printed["skipped"] == [{"path": "checkpoint-500/passwd", "reason": LEAVES_CHECKPOINT}]
 
 

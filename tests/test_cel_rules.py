@@ -160,6 +160,10 @@ class Case:
 SOURCE = "spec.source must set exactly one"
 S3_URI = "spec.source.s3.uri"
 HTTP_URL = "spec.source.http.url"
+HF_REPO = "spec.source.huggingFace.repo"
+GCS_URI = "spec.source.gcs.uri"
+AZURE_URI = "spec.source.azureBlob.uri"
+GIT_URL = "spec.source.git.url must be"
 VOLUME_PATH = "spec.source.volume.path"
 IMMUTABLE = "spec is immutable"
 REF_ONE = "spec.checkpoints[] must set exactly one"
@@ -168,6 +172,8 @@ REF_NAME = "spec.checkpoints[].name"
 REF_JOB = "spec.checkpoints[].fromTrainingJob"
 REF_MOUNT = "spec.checkpoints[].mountName"
 KEEP = "spec.output.keep"
+KEEP_ALIAS = "spec.output.keep is the short form"
+WAIT = "spec.checkpoints[].wait"
 PREFIX = "spec.output.namePrefix"
 INPUT_DIR = "spec.inputDir must be"
 OUTPUT_DIR = "spec.outputDir must be"
@@ -195,8 +201,61 @@ CASES: list[Case] = [
     Case("s3-https-uri", checkpoint(source={"s3": {"uri": "https://bucket.s3.amazonaws.com/x/"}}), (S3_URI,)),
     Case("s3-gs-uri", checkpoint(source={"s3": {"uri": "gs://bucket/x/"}}), (S3_URI,)),
     Case("s3-uppercase-scheme", checkpoint(source={"s3": {"uri": "S3://bucket/x/"}}), (S3_URI,)),
+    # --- the sources of issue 14 (workstream G1) ---
+    Case("source-huggingface", checkpoint(source={"huggingFace": {
+        "repo": "openai-community/gpt2", "revision": "main", "include": ["*.safetensors", "*.json"],
+        "exclude": ["*.bin"], "endpoint": "https://hf-mirror.example.com", "secretRef": {"name": "hf"}}})),
+    Case("source-gcs", checkpoint(source={"gcs": {"uri": "gs://my-bucket/runs/ckpt-1/", "secretRef": {"name": "gcs"},
+                                                  "endpoint": "https://storage.googleapis.com"}})),
+    Case("source-azure-https", checkpoint(source={"azureBlob": {
+        "uri": "https://myaccount.blob.core.windows.net/models/llama/", "secretRef": {"name": "az"}}})),
+    Case("source-azure-az", checkpoint(source={"azureBlob": {"uri": "az://myaccount/models/llama.tar.gz"}})),
+    Case("source-git", checkpoint(source={"git": {"url": "https://git.example.com/org/model.git", "revision": "v1.0",
+                                                  "lfs": True, "secretRef": {"name": "git"},
+                                                  "caConfigMap": {"name": "ca"}}})),
+    Case("source-git-daemon", checkpoint(source={"git": {"url": "git://127.0.0.1/model.git"}})),
+    Case("source-git-and-hf", checkpoint(source={"git": {"url": "https://e.com/r.git"},
+                                                 "huggingFace": {"repo": "a/b"}}), (SOURCE,)),
+    Case("http-ftps-login", checkpoint(source={"http": {"url": "ftps://ftp.example.com/m.tar", "secretRef": {"name": "ftp"},
+                                                        "caConfigMap": {"name": "ca", "key": "ca.pem"}}})),
+    Case("http-credentials", checkpoint(source={"http": {"url": "https://user:pw@example.com/m.zip"}}), (HTTP_URL,)),
+    Case("http-ftp-credentials", checkpoint(source={"http": {"url": "ftp://user:pw@example.com/m.zip"}}), (HTTP_URL,)),
+    Case("http-secret-on-https", checkpoint(source={"http": {"url": "https://e.com/m.zip", "secretRef": {"name": "s"}}}),
+         ("spec.source.http.secretRef",)),
+    Case("hf-repo-no-org", checkpoint(source={"huggingFace": {"repo": "gpt2"}}), (HF_REPO,)),
+    Case("hf-repo-three-parts", checkpoint(source={"huggingFace": {"repo": "a/b/c"}}), (HF_REPO,)),
+    Case("hf-repo-url", checkpoint(source={"huggingFace": {"repo": "https://huggingface.co/a/b"}}), (HF_REPO,)),
+    Case("hf-repo-dotdot", checkpoint(source={"huggingFace": {"repo": "../b"}}), (HF_REPO,)),
+    Case("hf-repo-newline", checkpoint(source={"huggingFace": {"repo": "a/b\n"}}), (HF_REPO,)),
+    Case("hf-revision-pr", checkpoint(source={"huggingFace": {"repo": "a/b", "revision": "refs/pr/1"}})),
+    Case("hf-revision-sha", checkpoint(source={"huggingFace": {"repo": "a/b", "revision": "a" * 40}})),
+    Case("hf-revision-dotdot", checkpoint(source={"huggingFace": {"repo": "a/b", "revision": "main/../x"}}),
+         ("spec.source.huggingFace.revision",)),
+    Case("hf-revision-space", checkpoint(source={"huggingFace": {"repo": "a/b", "revision": "my branch"}}),
+         ("spec.source.huggingFace.revision",)),
+    Case("hf-endpoint-ftp", checkpoint(source={"huggingFace": {"repo": "a/b", "endpoint": "ftp://mirror"}}),
+         ("spec.source.huggingFace.endpoint",)),
+    Case("hf-endpoint-credentials", checkpoint(source={"huggingFace": {"repo": "a/b",
+                                                                       "endpoint": "https://u:p@mirror"}}),
+         ("spec.source.huggingFace.endpoint",)),
+    Case("gcs-s3-uri", checkpoint(source={"gcs": {"uri": "s3://bucket/x/"}}), (GCS_URI,)),
+    Case("gcs-no-bucket", checkpoint(source={"gcs": {"uri": "gs:///x/"}}), (GCS_URI,)),
+    Case("gcs-uppercase-bucket", checkpoint(source={"gcs": {"uri": "gs://Bucket/x/"}}), (GCS_URI,)),
+    Case("gcs-endpoint-no-scheme", checkpoint(source={"gcs": {"uri": "gs://bucket/x/", "endpoint": "storage.local"}}),
+         ("spec.source.gcs.endpoint",)),
+    Case("azure-other-host", checkpoint(source={"azureBlob": {"uri": "https://example.com/models/x/"}}), (AZURE_URI,)),
+    Case("azure-http", checkpoint(source={"azureBlob": {"uri": "http://acct.blob.core.windows.net/models/x/"}}),
+         (AZURE_URI,)),
+    Case("azure-no-container", checkpoint(source={"azureBlob": {"uri": "az://myaccount"}}), (AZURE_URI,)),
+    Case("azure-uppercase-account", checkpoint(source={"azureBlob": {"uri": "az://MyAccount/models/"}}), (AZURE_URI,)),
+    Case("git-ssh", checkpoint(source={"git": {"url": "git@github.com:org/repo.git"}}), (GIT_URL,)),
+    Case("git-file", checkpoint(source={"git": {"url": "file:///srv/repo.git"}}), (GIT_URL,)),
+    Case("git-token-in-url", checkpoint(source={"git": {"url": "https://x-token:ghp_secret@github.com/o/r.git"}}),
+         ("spec.source.git.url must not carry credentials",)),
+    Case("git-revision-dotdot", checkpoint(source={"git": {"url": "https://e.com/r.git", "revision": "a..b"}}),
+         ("spec.source.git.revision",)),
     Case("http-plain", checkpoint(source={"http": {"url": "http://example.com/m.zip"}})),
-    Case("http-ftp", checkpoint(source={"http": {"url": "ftp://example.com/m.zip"}}), (HTTP_URL,)),
+    Case("http-ftp", checkpoint(source={"http": {"url": "ftp://example.com/m.zip"}})),
     Case("http-no-scheme", checkpoint(source={"http": {"url": "example.com/m.zip"}}), (HTTP_URL,)),
     Case("http-s3", checkpoint(source={"http": {"url": "s3://bucket/m.zip"}}), (HTTP_URL,)),
     # volume path: no '..' segment
@@ -235,6 +294,8 @@ CASES: list[Case] = [
     Case("select-with-name", inputs({"name": "a", "select": "latest"}), (SELECT,)),
     Case("select-with-uid", inputs({"uid": "u", "select": "latest"}), (SELECT,)),
     Case("select-alone", inputs({"select": "latest"}), (REF_ONE, SELECT)),
+    Case("select-best-wait-finished", inputs({"fromTrainingJob": "sft", "select": "best", "wait": "Finished"})),
+    Case("wait-with-name", inputs({"name": "a", "wait": "Finished"}), (WAIT,)),
     Case("name-uppercase", inputs({"name": "Llama"}), (REF_NAME,)),
     Case("name-underscore", inputs({"name": "llama_3"}), (REF_NAME,)),
     Case("name-leading-dash", inputs({"name": "-llama"}), (REF_NAME,)),
@@ -255,6 +316,10 @@ CASES: list[Case] = [
     Case("keep-1", training_job(output={"keep": 1})),
     Case("keep-0", training_job(output={"keep": 0}), (KEEP,)),
     Case("keep-negative", training_job(output={"keep": -1}), (KEEP,)),
+    Case("retention-and-publish", training_job(output={"publish": "Continuous", "retention": {
+        "keepLatest": 2, "keepEvery": 1000, "keepBest": {"metric": "eval_loss", "mode": "min", "count": 2}}})),
+    Case("keep-beside-retention", training_job(output={"keep": 3, "retention": {"keepEvery": 100}})),
+    Case("keep-and-keep-latest", training_job(output={"keep": 3, "retention": {"keepLatest": 2}}), (KEEP_ALIAS,)),
     Case("prefix-ok", training_job(output={"namePrefix": "llama-sft-2"})),
     Case("prefix-200", training_job(output={"namePrefix": "p" * 200})),
     Case("prefix-201", training_job(output={"namePrefix": "p" * 201}), (PREFIX,)),

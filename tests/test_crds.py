@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from checkpoint_operator.api import crdgen
-from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointSpec
+from checkpoint_operator.api.checkpoint import SOURCE_KINDS, Checkpoint, CheckpointSpec
 from checkpoint_operator.api.rules import Description
 from checkpoint_operator.api.trainingjob import TrainingJob
 from test_cel_rules import CASES, CRD_FILES, ROOT, apply_defaults, evaluate_rules, load_crd, open_api_schema
@@ -294,6 +294,15 @@ def test_examples_exist() -> None:
             "trainingjob-two-inputs.yaml"} <= names
     kinds = {doc["kind"] for _, doc in EXAMPLE_DOCS}
     assert kinds == {"Checkpoint", "TrainingJob"}
+
+
+def test_every_source_a_user_writes_has_an_example() -> None:
+    """So that the admission tests (here and test_local_admission.py) check one of each; trainingJob
+    is written by the operator only."""
+    checkpoints = [doc for _, doc in EXAMPLE_DOCS if doc["kind"] == "Checkpoint"]
+    assert {kind for doc in checkpoints for kind in doc["spec"]["source"]} == set(SOURCE_KINDS) - {"trainingJob"}
+    urls = [doc["spec"]["source"]["http"]["url"] for doc in checkpoints if "http" in doc["spec"]["source"]]
+    assert any(url.startswith(("ftp://", "ftps://")) for url in urls), urls
 
 
 @pytest.mark.parametrize("name, doc", EXAMPLE_DOCS, ids=[n for n, _ in EXAMPLE_DOCS])

@@ -351,12 +351,14 @@ async def test_sidecar_that_ignores_sigterm_is_killed_after_the_grace_period(
 async def test_sidecar_that_exits_is_restarted(api: ApiClient, cluster: LocalCluster, wait_for, tmp_path: Path) -> None:
     volumes, mounts = host_dir(tmp_path)
     count = "import pathlib, sys; p = pathlib.Path(sys.argv[1]) / 'starts'; p.write_text(p.read_text() + 'x' if p.exists() else 'x')"
-    wait = "import pathlib, sys, time\nwhile len((pathlib.Path(sys.argv[1]) / 'starts').read_text()) < 3: time.sleep(0.05)"
+    # The main container may start before the sidecar's first write (it waits for started, not for that).
+    wait = ("import pathlib, sys, time\np = pathlib.Path(sys.argv[1]) / 'starts'\n"
+            "while not p.exists() or len(p.read_text()) < 3: time.sleep(0.05)")
     await api.create("v1/pods", NS, {"metadata": {"name": "restarts"}, "spec": {
         "volumes": volumes,
         "initContainers": [python_container("agent", count, args=["/marks"], restartPolicy="Always", volumeMounts=mounts)],
         "containers": [python_container("main", wait, args=["/marks"], volumeMounts=mounts)]}})
-    pod = await wait_for(lambda: _phase_is(api, "v1/pods", "restarts", "Succeeded"), timeout=20)
+    pod = await wait_for(lambda: _phase_is(api, "v1/pods", "restarts", "Succeeded"), timeout=30)
     assert pod["status"]["initContainerStatuses"][0]["restartCount"] >= 2
 
 

@@ -526,6 +526,8 @@ async def test_builtin_routes_agree_with_kmock_matching(emulator_server: Emulato
             ("DELETE", "/api/v1/namespaces/default/pods/p", kmock.action.DELETE, emulator_module.PODS, NS, "p", None),
             ("GET", "/api/v1/namespaces/default/pods/p/log", kmock.action.FETCH, emulator_module.PODS, NS, "p", "log"),
             ("PUT", "/api/v1/namespaces/default/pods/p/log", None, emulator_module.PODS, NS, "p", "log"),
+            ("GET", "/api/v1/namespaces/default/pods/p/exec", kmock.action.FETCH, emulator_module.PODS, NS, "p",
+             "exec"),
             ("GET", "/_emulator/watches", None, None, None, None, None),
         ]]
 

@@ -30,6 +30,20 @@ def test_latest_ranks_checkpoints_with_steps_above_those_without():
     assert select_output(items, "latest").name == "s"
 
 
+def test_the_root_files_are_latest_only_when_the_job_wrote_nothing_else():
+    # A root torch.save file may record a step (here above every checkpoint's, and newer): still
+    # the final model, never what `latest` or `latestResumable` resumes from beside other outputs.
+    root = info("t-final", directory=".", step=900, resumable=True, created="2026-03-01T00:00:00Z")
+    steps = [info("t-checkpoint-5", directory="checkpoint-5", step=5, resumable=True),
+             info("t-best", directory="best", resumable=True)]
+    assert select_output([root, *steps], "latest").name == "t-checkpoint-5"
+    assert select_output([root, *steps], "latestResumable").name == "t-checkpoint-5"
+    assert select_output([root, steps[1]], "latest").name == "t-best"
+    assert select_output([root], "latest").name == "t-final"
+    assert select_output([root, info("t-broken", directory="b", step=9, complete=False)], "latest").name == "t-final"
+    assert select_output([root, *steps], "final").name == "t-final"
+
+
 def test_latest_resumable_and_final():
     items = [info("w", step=9, resumable=False), info("r", step=5, resumable=True),
              info("r-incomplete", step=7, resumable=True, complete=False),

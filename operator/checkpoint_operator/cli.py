@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from checkpoint_operator.local.cli import add_local_parser
     add_local_parser(sub)
+
+    from checkpoint_operator.plugin.cli import add_ckpt_parser
+    add_ckpt_parser(sub)
     return parser
 
 
@@ -61,6 +64,12 @@ def _run_operator(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
+
+
+def kubectl_ckpt(argv: list[str] | None = None) -> int:
+    """The console script `kubectl-ckpt`: kubectl finds it on PATH as the plugin `kubectl ckpt`."""
+    from checkpoint_operator.plugin.cli import main as plugin_main
+    return plugin_main(argv)
 
 
 if __name__ == "__main__":

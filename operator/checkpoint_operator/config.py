@@ -40,6 +40,14 @@ class OperatorConfig(BaseModel):
     agent_deadline_seconds: int = Field(3600, ge=60, description="activeDeadlineSeconds of every agent pod ...")
     agent_deadline_seconds_per_gib: float = Field(
         60.0, ge=0, description="... plus this per GiB of data, where its size is known (downloads, ...)")
+    default_publish: Literal["OnCompletion", "Continuous"] = Field(
+        "OnCompletion", description="spec.output.publish of TrainingJobs that do not set it")
+    live_poll_interval: float = Field(
+        1.0, gt=0, description="seconds between two reads of a running job's sealing sidecar log (publish: Continuous)")
+    live_watch_interval: float = Field(0.25, gt=0, description="seconds between two looks of the sidecar at the output")
+    live_upload_concurrency: int = Field(2, ge=1, description="parallel transfers of the sidecar's uploads (s3 store)")
+    live_sidecar_resources: dict = Field(default_factory=lambda: {
+        "requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}})
     max_checkpoint_size: str = Field(
         "500Gi", pattern=QUANTITY_PATTERN,
         description="largest import (a quantity); a Namespace annotation ckpt.dev/max-checkpoint-size may lower it")

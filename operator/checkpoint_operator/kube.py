@@ -141,6 +141,11 @@ class Kube:
         return self._call("PATCH", resource.path(namespace, name, subresource), patch,
                           content_type="application/merge-patch+json")
 
+    def patch_json(self, resource: Resource, namespace: str, name: str, operations: list[dict]) -> dict:
+        """A JSON patch (RFC 6902): its `test` operations make it conditional (422, nothing changed)."""
+        return self._call("PATCH", resource.path(namespace, name), operations,
+                          content_type="application/json-patch+json")
+
     def patch_status(self, resource: Resource, namespace: str, name: str, status: dict,
                      resource_version: Optional[str] = None) -> dict:
         patch: dict = {"status": status}

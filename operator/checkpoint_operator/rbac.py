@@ -33,8 +33,9 @@ class PermissionRule:
 
 
 RULES: tuple[PermissionRule, ...] = (
-    PermissionRule((GROUP,), ("checkpoints",), ("get", "list", "watch", "create", "patch"),
-                   "watch and read Checkpoints; create them from snapshots; kopf's finalizer and annotations"),
+    PermissionRule((GROUP,), ("checkpoints",), ("get", "list", "watch", "create", "patch", "delete"),
+                   "watch and read Checkpoints; create them from snapshots; kopf's finalizer and annotations; "
+                   "delete the ones output.retention drops"),
     PermissionRule((GROUP,), ("trainingjobs",), ("get", "list", "watch", "patch"),
                    "watch and read TrainingJobs; kopf's finalizer and annotations"),
     PermissionRule((GROUP,), ("checkpoints/status", "trainingjobs/status"), ("patch",),
@@ -43,8 +44,9 @@ RULES: tuple[PermissionRule, ...] = (
                    "set owner references with blockOwnerDeletion on objects owned by our kinds"),
     PermissionRule(("batch",), ("jobs",), ("get", "list", "watch", "create"),
                    "the batch/v1 Job that runs a TrainingJob's pod template; watched to react when it ends"),
-    PermissionRule(("",), ("pods",), ("get", "list", "watch", "create", "delete"),
-                   "agent pods (snapshot, scan, import); pods watched to react when they end or are stuck"),
+    PermissionRule(("",), ("pods",), ("get", "list", "watch", "create", "patch", "delete"),
+                   "agent pods (snapshot, scan, import); pods watched to react when they end or are stuck; "
+                   "annotate a live-sealing job's pods with the directories its sidecar may remove"),
     PermissionRule(("",), ("pods/log",), ("get",),
                    "read an agent pod's result and quote a failed pod's last lines in events"),
     PermissionRule(("",), ("persistentvolumeclaims",), ("get", "list", "watch", "create", "patch", "delete"),

@@ -28,13 +28,16 @@ def pytest_ignore_collect(collection_path, config):
         return bool(MISSING) or not _asked_for(config)
     return None
 
-# Everything offline: no Hub, no telemetry.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("KERAS_BACKEND", "torch")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Everything offline: no Hub, no telemetry. Only when this tier runs: this conftest is loaded by
+# every run, and the import-source tests talk to a local Hub that HF_HUB_OFFLINE would refuse.
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "KERAS_BACKEND": "torch",
+           "JAX_PLATFORMS": "cpu", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def pytest_configure(config):
+    if _asked_for(config):
+        for key, value in OFFLINE.items():
+            os.environ.setdefault(key, value)
 
 
 def pytest_collection_modifyitems(items):

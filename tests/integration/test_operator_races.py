@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from checkpoint_operator.handlers import trainingjob as trainingjob_handler
+from checkpoint_operator.handlers import publish as publish_handler
 from conftest import CKPT, NS, TJ, held_until, training_job, write_checkpoint
 
 pytestmark = pytest.mark.timeout(120)
@@ -85,7 +85,7 @@ async def test_operator_restart_in_the_middle_of_a_snapshot(api, operator, train
     trainer.behaviours["resumable"] = produce
 
     # "Crash" the operator right after it created the first of the three Checkpoints.
-    original = trainingjob_handler._create_checkpoint
+    original = publish_handler.create_checkpoint
     created = []
     crashed = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -96,12 +96,12 @@ async def test_operator_restart_in_the_middle_of_a_snapshot(api, operator, train
             raise RuntimeError("simulated crash")  # kopf retries after its backoff: crashes again until restored
         created.append(planned.name)
         return original(ctx, tj, planned)
-    monkeypatch.setattr(trainingjob_handler, "_create_checkpoint", crash_after_first)
+    monkeypatch.setattr(publish_handler, "create_checkpoint", crash_after_first)
 
     await api.create(TJ, NS, training_job("resumable"))
     await asyncio.wait_for(crashed.wait(), 30)
     await operator.stop()
-    monkeypatch.setattr(trainingjob_handler, "_create_checkpoint", original)
+    monkeypatch.setattr(publish_handler, "create_checkpoint", original)
     tj = await api.get(TJ, NS, "resumable")
     assert tj["status"]["phase"] == "Snapshotting"
     assert len(await api.list(CKPT, NS)) == 1

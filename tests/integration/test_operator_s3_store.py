@@ -200,3 +200,45 @@ async def test_a_refused_final_status_does_not_wedge_the_snapshot(api, store_sec
     assert tj["status"]["outputCheckpoints"] == ["pre-step-1"]
     assert (await api.get(CKPT, NS, "pre-step-1"))["status"]["phase"] == "Ready"
     await wait_for(lambda: _gone(api, "v1/pods", tj["status"]["snapshotPod"]), timeout=30)
+
+
+async def test_live_sealing_on_the_s3_store_uploads_each_checkpoint_once(api, store_secret, operator, trainer,
+                                                                         wait_for, s3):  # noqa: F811
+    """publish: Continuous on the s3 store: the sidecar uploads each sealed checkpoint at once, under
+    a prefix named by its digest; the Checkpoint is Ready (on S3) while the job runs; the end-of-job
+    snapshot finds the sealed copy and uploads nothing again; retention deletes the dropped one's data."""
+    release = __import__("threading").Event()
+
+    def train(attempt, env):
+        out = env["CHECKPOINT_OUTPUT_DIR"]
+        for step in (1, 2):
+            write_checkpoint(out, f"step-{step}.tmp", {"model.safetensors": os.urandom(1024 * 1024),
+                                                       "optimizer.pt": b"o"})
+            os.rename(os.path.join(out, f"step-{step}.tmp"), os.path.join(out, f"step-{step}"))
+            if step == 1:
+                assert release.wait(90)
+        return 0
+    trainer.behaviours["s3live"] = train
+    await api.create(TJ, NS, training_job("s3live", output={"publish": "Continuous", "keep": 1}))
+
+    async def ready(name):
+        obj = await api.get(CKPT, NS, name)
+        return obj if obj and obj.get("status", {}).get("phase") == "Ready" else None
+    first = await wait_for(lambda: ready("s3live-step-1"), timeout=90)
+    assert (await api.get(TJ, NS, "s3live"))["status"]["phase"] == "Running"
+    uri = first["status"]["location"]["s3"]["uri"]
+    assert "/sealed/step-1/" in uri and uri.rstrip("/").endswith(first["status"]["digest"].split(":")[1])
+    assert manifest_exists(uri, endpoint_url=s3.endpoint)
+    assert read_manifest(uri, endpoint_url=s3.endpoint).digest == first["status"]["digest"]
+    release.set()
+
+    tj = await wait_phase(api, wait_for, TJ, "s3live", "Succeeded", timeout=90)
+    assert tj["status"]["outputCheckpoints"] == ["s3live-step-2"]
+    second = await api.get(CKPT, NS, "s3live-step-2")
+    assert "/sealed/step-2/" in second["status"]["location"]["s3"]["uri"]
+    keys = [o["Key"] for o in s3.server.client().list_objects_v2(Bucket=s3.bucket, Prefix=s3.root).get("Contents", [])]
+    assert not any("/dirs/" in k for k in keys), f"uploaded again, or left in the store unowned: {keys}"
+
+    async def step1_data_gone():
+        return await api.get(CKPT, NS, "s3live-step-1") is None and not manifest_exists(uri, endpoint_url=s3.endpoint)
+    await wait_for(step1_data_gone, timeout=60)

@@ -7,7 +7,7 @@ tests/test_chart.py fails when these rules and that table differ in either direc
 {{- define "checkpoint-operator.rules.namespaced" -}}
 - apiGroups: ["ckpt.dev"]
   resources: ["checkpoints"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["ckpt.dev"]
   resources: ["trainingjobs"]
   verbs: ["get", "list", "watch", "patch"]
@@ -22,7 +22,7 @@ tests/test_chart.py fails when these rules and that table differ in either direc
   verbs: ["get", "list", "watch", "create"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch", "create", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["pods/log"]
   verbs: ["get"]

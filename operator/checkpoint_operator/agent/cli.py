@@ -40,6 +40,9 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     snap.add_argument("--max-entries", type=_positive_int, default=None, metavar="N",
                       help="fail past this many directory entries in all (default 1000000, or CKPT_SCAN_MAX_ENTRIES)")
     snap.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
+    snap.add_argument("--reuse-sealed", action="store_true",
+                      help="a checkpoint `agent watch` sealed and uploaded (UPLOAD_TO/sealed/<path>/<digest>/) is not "
+                           "uploaded again: its sealed copy is reported")
     snap.set_defaults(func=lambda a: _call("snapshot", a))
 
     upload = cmds.add_parser("upload", help="upload a checkpoint directory to s3://bucket/prefix/",
@@ -63,9 +66,32 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     download.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
     download.set_defaults(func=lambda a: _call("download", a))
 
-    imp = cmds.add_parser("import", help="import a checkpoint from s3:// or http(s):// into DEST",
-                          description="Copy SOURCE (an S3 object or prefix ending in /, or an http(s) URL) into DEST; "
-                                      "archives (.tar, .tar.gz, .tgz, .tar.bz2, .zip) are extracted safely.")
+    watch = cmds.add_parser("watch", help="seal checkpoints as training writes them (the live-sealing sidecar)",
+                            description="Watch an output directory and seal each checkpoint directory once it is "
+                                        "complete (see the README's sealing rules); one JSON line per event on "
+                                        "stdout. Runs until SIGTERM, then seals what is left and exits 0.")
+    watch.add_argument("dir", help="the output directory the training code writes into")
+    watch.add_argument("--interval", type=_positive_float, default=0.25, metavar="SECONDS",
+                       help="time between two looks at the output (default 0.25)")
+    watch.add_argument("--upload-to", default=None, metavar="S3_PREFIX",
+                       help="s3 store: upload each sealed checkpoint under S3_PREFIX/sealed/ (volume store: omit)")
+    watch.add_argument("--upload-concurrency", type=_positive_int, default=2, metavar="N",
+                       help="parallel transfers of one upload (default 2: training keeps most of the I/O)")
+    watch.add_argument("--annotations-file", default=None, metavar="FILE",
+                       help="a downwardAPI file of the pod's annotations (ckpt.dev/live-remove: what to remove)")
+    watch.add_argument("--shared", action="store_true",
+                       help="several pods write this output (an Indexed Job): the end of this pod seals nothing")
+    watch.add_argument("--max-entries", type=_positive_int, default=None, metavar="N",
+                       help="directory entries looked at per pass (default 1000000, or CKPT_SCAN_MAX_ENTRIES)")
+    watch.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
+    watch.set_defaults(func=lambda a: _call("watch", a))
+
+    imp = cmds.add_parser("import", help="import a checkpoint (s3, http(s), ftp(s), Hugging Face, Git, GCS, Azure) into DEST",
+                          description="Copy SOURCE into DEST: s3://bucket/key or s3://bucket/prefix/, an http(s):// or "
+                                      "ftp(s):// URL, hf://org/name[@revision], git+https://host/repo[@revision] "
+                                      "(or git+http://, git://), gs://bucket/prefix/ or az://account/container/prefix/ "
+                                      "(a key, object or blob name instead of prefix/ for one file). Archives (.tar, "
+                                      ".tar.gz, .tgz, .tar.bz2, .zip) are extracted safely.")
     imp.add_argument("source")
     imp.add_argument("dest")
     imp.add_argument("--max-size", default=None, metavar="BYTES",
@@ -73,8 +99,69 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
                           "before any byte moves when the size is known, and while bytes move otherwise")
     imp.add_argument("--max-files", type=_positive_int, default=None, metavar="N",
                      help="refuse a source of more files (archive members, objects) than this (default 1000000)")
-    imp.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
+    imp.add_argument("--endpoint-url", default=None,
+                     help="endpoint of the source's service: S3 (default AWS_ENDPOINT_URL or AWS), the Hugging Face "
+                          "Hub (default HF_ENDPOINT or https://huggingface.co), GCS's XML API (default "
+                          "https://storage.googleapis.com), Azure Blob (default https://ACCOUNT.blob.core.windows.net)")
+    imp.add_argument("--include", action="append", metavar="GLOB",
+                     help="hf://: only files matching this glob (repeatable)")
+    imp.add_argument("--exclude", action="append", metavar="GLOB",
+                     help="hf://: no file matching this glob (repeatable)")
+    imp.add_argument("--lfs", action="store_true", help="git: fetch the commit's Git LFS files")
+    imp.add_argument("--ca-file", default=None, metavar="PEM",
+                     help="https://, ftps:// and git over https: trust these CA certificates instead of the system's")
     imp.set_defaults(func=lambda a: _call("importer", a))
+    _add_transfer_parsers(cmds)
+
+
+def _add_transfer_parsers(cmds: argparse._SubParsersAction) -> None:
+    """verify, and the commands of a push or pull over exec (agent/transfer.py)."""
+    verify = cmds.add_parser("verify", help="re-read a checkpoint where it lives and check every file",
+                             description="Check every file of the checkpoint at LOCATION (s3://bucket/prefix/ or a "
+                                         "directory) against its manifest, and the manifest against --digest. "
+                                         "Prints the verdict (one JSON line with --json; exit 0 either way with "
+                                         "--json, else 1 when not verified).")
+    verify.add_argument("location", help="s3://bucket/prefix/ or a directory")
+    verify.add_argument("--digest", default=None, metavar="sha256:HEX",
+                        help="the digest recorded for the checkpoint (required for a directory without a manifest)")
+    verify.add_argument("--max-size", default=None, metavar="BYTES", help="a checkpoint larger than this is a problem")
+    verify.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    verify.add_argument("--concurrency", type=_positive_int, default=None, help="parallel reads (S3)")
+    verify.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
+    verify.set_defaults(func=lambda a: _call("verify", a))
+
+    receive = cmds.add_parser("receive", help="an upload receiver pod: wait for a push into DIR, then check it",
+                              description="Wait until `agent unpack` (run in this pod by kubectl ckpt push) commits "
+                                          "an upload into DIR, then scan DIR and print the scan JSON with the "
+                                          "verdict against the pushed manifest and --digest.")
+    receive.add_argument("dir")
+    receive.add_argument("--digest", default=None, metavar="sha256:HEX", help="the digest the data must have")
+    receive.add_argument("--idle", type=float, default=900, metavar="SECONDS",
+                         help="give up after this long without a push under way (prints received: false)")
+    receive.add_argument("--max-size", default=None, metavar="BYTES", help="refuse more than this")
+    receive.set_defaults(func=lambda a: _call("transfer", a))
+
+    unpack = cmds.add_parser("unpack", help="write a pushed checkpoint (a tar stream on stdin) into DIR",
+                             description="Read a tar stream on stdin (the manifest first, then files it lists), "
+                                         "write each verified file into DIR, then commit (see agent receive).")
+    unpack.add_argument("dir")
+    unpack.add_argument("--max-size", default=None, metavar="BYTES", help="refuse more than this")
+    unpack.add_argument("--name", default=None, help="the pushed directory's name (the step may be read from it)")
+    unpack.set_defaults(func=lambda a: _call("transfer", a))
+
+    pack = cmds.add_parser("pack", help="write the checkpoint in DIR as a tar stream on stdout (a pull)",
+                           description="Write DIR's files (its stored manifest first, when it has one) as a tar "
+                                       "stream on stdout.")
+    pack.add_argument("dir")
+    pack.add_argument("--session-dir", default=None, help="where `agent hold` sees this pull (the pull pod's)")
+    pack.set_defaults(func=lambda a: _call("transfer", a))
+
+    hold = cmds.add_parser("hold", help="a pull pod: wait until the pulls run in the pod are over",
+                           description="Exit once a pull (agent pack --session-dir) was served and none is under "
+                                       "way, or after --idle seconds without one.")
+    hold.add_argument("--session-dir", required=True)
+    hold.add_argument("--idle", type=float, default=900, metavar="SECONDS")
+    hold.set_defaults(func=lambda a: _call("transfer", a))
 
 
 def _positive_int(text: str) -> int:
@@ -87,6 +174,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value}: must be more than 0")
+    return value
+
+
 def _terminate(signum, frame) -> None:
     from checkpoint_operator.agent.errors import Terminated
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
@@ -96,12 +193,21 @@ def _terminate(signum, frame) -> None:
 def _call(module: str, args: argparse.Namespace) -> int:
     """Run one agent command: exit 0 on success, 1 with one `error: ...` line on a failure, 130
     (Ctrl-C) or 143 (SIGTERM) after cleaning up, never a traceback for an expected failure."""
+    import gc
     import importlib
 
     from checkpoint_operator.agent.errors import AgentError
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        mod = importlib.import_module(f"checkpoint_operator.agent.{module}")
+        # Importing boto3 and pydantic makes ~10^5 long-lived objects and no garbage: the cyclic
+        # GC passes the imports trigger are pure start-up cost. Frozen afterwards, they are also
+        # never scanned again by later collections.
+        gc.disable()
+        try:
+            mod = importlib.import_module(f"checkpoint_operator.agent.{module}")
+        finally:
+            gc.freeze()
+            gc.enable()
         return int(mod.main(args) or 0)
     except AgentError as exc:
         print(f"error: {exc}", file=sys.stderr)

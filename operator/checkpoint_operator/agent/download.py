@@ -30,6 +30,7 @@ import stat
 import sys
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -40,19 +41,20 @@ from checkpoint_operator.agent.names import TEMP_PREFIX, printable
 from checkpoint_operator.agent.progress import Progress, human_bytes
 from checkpoint_operator.agent.s3 import (
     DEFAULT_CONCURRENCY, DEFAULT_PART_SIZE, AgentError, ByteBudget, FailureLatch, S3Location,
-    describe_error, env_size, is_transient, make_client, parse_s3_uri, read_manifest, resolve_endpoint,
+    describe_error, env_size, fast_data_path, fast_for_endpoint, is_transient, make_client, parse_s3_uri,
+    read_manifest, resolve_endpoint,
 )
 
 # Files up to this size come in one GET into memory; bigger ones are streamed to disk.
 SMALL_FILE = 1 << 20
 
 # The streaming buffer of each network thread. The socket copies into it, then pwrite and
-# sha256 read it: 1 MiB stays in a core's L2 cache for the second and third reads, and is
-# large enough that the per-chunk Python work is noise. Measured with bench/transfer.py on
-# 2 cores (ext4, kernel 6.18): 256-512 KiB slightly slower; 2 MiB and 4 MiB writes made the
-# kernel's copy into the page cache ~40x slower per byte (pwrite 20 ms per 2 MiB), halving
-# the download rate.
-STREAM_CHUNK = 1 << 20
+# sha256 read it while it is still in the core's L2 cache. Measured with bench/transfer.py and
+# perf on 2 cores (ext4, kernel 6.18, a VM), 1 GiB down: with 1 MiB writes the kernel's copy
+# into the page cache (copy_folio_from_iter_atomic) took 38% of all CPU samples, 1.7-1.9 s of
+# system time; with 256 KiB writes 0.75-0.9 s (128 KiB the same, 512 KiB in between; bigger
+# writes get bigger page-cache folios, slower to allocate and fill here).
+STREAM_CHUNK = 256 * 1024
 
 # Attempts per part (CKPT_S3_PART_ATTEMPTS), on top of botocore's own retries of each request:
 # those do not cover a body cut short, nor a server that is away for longer than they last.
@@ -112,6 +114,24 @@ def _body_readinto(body) -> Callable[[memoryview], int]:
         view[:len(data)] = data
         return len(data)
     return readinto
+
+
+class _BotocoreBody:
+    """A botocore GetObject answer behind the interface of s3http.Response (CKPT_S3_FAST=0, proxies)."""
+
+    def __init__(self, resp: dict) -> None:
+        self._body = resp["Body"]
+        self.content_length = resp.get("ContentLength")
+        self.readinto = _body_readinto(self._body)
+
+    def read(self, n: int) -> bytes:
+        return self._body.read(n)
+
+    def finish(self) -> None:
+        _finish_body(self._body)
+
+    def close(self) -> None:
+        self._body.close()
 
 
 def _finish_body(body) -> None:
@@ -228,7 +248,12 @@ class Downloader:
         self.part_size = part_size or env_size("CKPT_S3_PART_SIZE", DEFAULT_PART_SIZE)
         self.attempts = max(1, int(os.environ.get("CKPT_S3_PART_ATTEMPTS", DEFAULT_PART_ATTEMPTS)))
         self.endpoint = resolve_endpoint(endpoint_url)
-        self.client = make_client(self.endpoint, max_pool_connections=self.concurrency + 4)
+        # A custom endpoint with static credentials needs no botocore client (half the start-up);
+        # otherwise botocore's client supplies credentials, region and URLs (s3http.py).
+        self.fast = fast_for_endpoint(self.endpoint)
+        self._client = None
+        if self.fast is None:
+            self.fast = fast_data_path(self.client)
         self.manifest = manifest
         self.write_manifest = write_manifest
         self.digest = digest
@@ -243,6 +268,13 @@ class Downloader:
         self._jobs_lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._dirs_ok: set[str] = set()
+
+    @property
+    def client(self):
+        """botocore's client, made on first use (never, on the fast path with a custom endpoint)."""
+        if self._client is None:
+            self._client = make_client(self.endpoint, max_pool_connections=self.concurrency + 4)
+        return self._client
 
     def run(self) -> DownloadResult:
         started = time.monotonic()
@@ -266,10 +298,7 @@ class Downloader:
                      + (f", resuming {len(resumable)} partial files" if resumable else ""))
             net = ThreadPoolExecutor(self.concurrency, thread_name_prefix="s3-get")
             try:
-                for entry in sorted(todo, key=lambda e: -e.size):  # big files first: better overlap
-                    if self.latch.failed:
-                        break
-                    self._submit_file(net, entry, resumable.get(entry.path, []))
+                self._submit_all(net, todo, resumable)
                 net.shutdown(wait=True)
             except BaseException as exc:  # noqa: BLE001 - SIGTERM/Ctrl-C included: stop the workers
                 self.latch.fail(exc)
@@ -296,7 +325,8 @@ class Downloader:
     def _checked_manifest(self) -> Manifest:
         uri = self.prefix.uri
         if self.manifest is None:  # read_manifest checks it
-            manifest = read_manifest(uri, client=self.client, endpoint_url=self.endpoint)
+            manifest = read_manifest(uri, endpoint_url=self.endpoint, fast=self.fast,
+                                     client=None if self.fast is not None else self.client)
         else:
             manifest = self.manifest
             problem = manifest_problem(manifest)
@@ -420,15 +450,52 @@ class Downloader:
         return os.path.join(self.dest, *entry.path.split("/"))
 
     # ---- transfer ----
-    def _submit_file(self, net: ThreadPoolExecutor, entry: FileEntry, resumed: list[tuple[int, int]]) -> None:
-        self._check_dir(os.path.dirname(entry.path), create=True)
+    def _submit_all(self, net: ThreadPoolExecutor, todo: list[FileEntry],
+                    resumable: dict[str, list[tuple[int, int]]]) -> None:
+        """Queue every GET: big files first (the last one to finish is the tail), their parts
+        taken in turn from up to `concurrency` files at once. Each file's hash follows its parts in
+        order, and only the thread holding the part it has reached hashes as bytes arrive (the
+        others' parts are hashed back from the page cache): one stream per file where there are
+        enough files keeps nearly every byte hashed on arrival, many streams per file where
+        there are few."""
+        files = iter(sorted(todo, key=lambda e: -e.size))
+        window: deque = deque()  # (job, iterator of the indices of its parts still to fetch)
+        while not self.latch.failed:
+            while len(window) < self.concurrency:
+                entry = next(files, None)
+                if entry is None:
+                    break
+                self._check_dir(os.path.dirname(entry.path), create=True)
+                if entry.size <= SMALL_FILE:
+                    job = self._job(entry)
+                    if not self.budget.acquire(entry.size, self.latch.event):
+                        return
+                    net.submit(self._guarded, self._get_whole, job)
+                    continue
+                job = self._open_job(entry, resumable.get(entry.path, []), net)
+                window.append((job, iter([i for i in range(job.nparts) if i not in job.done])))
+            if not window:
+                return
+            job, indices = window.popleft()
+            index = next(indices, None)
+            if index is None:
+                continue
+            size = min(self.part_size, job.entry.size - index * self.part_size)
+            # Parts are streamed through a small per-thread buffer: the budget bounds the
+            # queued parts (and so the files open at once), not memory.
+            if not self.budget.acquire(size, self.latch.event):
+                return
+            net.submit(self._guarded, self._get_part, job, index, size)
+            window.append((job, indices))
+
+    def _job(self, entry: FileEntry) -> FileJob:
         final = self._final(entry)
         nparts = max(1, -(-entry.size // self.part_size))
-        job = FileJob(entry, self.prefix.child(entry.path), final, temp_name(final), nparts, self.part_size)
-        if entry.size <= SMALL_FILE:
-            if self.budget.acquire(entry.size, self.latch.event):
-                net.submit(self._guarded, self._get_whole, job)
-            return
+        return FileJob(entry, self.prefix.child(entry.path), final, temp_name(final), nparts, self.part_size)
+
+    def _open_job(self, entry: FileEntry, resumed: list[tuple[int, int]], net: ThreadPoolExecutor) -> FileJob:
+        """A big file: its temporary file open at full size, the parts already on disk known."""
+        job = self._job(entry)
         flags = os.O_RDWR | os.O_CREAT | _OPEN_FLAGS | (0 if resumed else os.O_TRUNC)
         try:
             job.fd = os.open(job.tmp, flags, 0o644)
@@ -436,9 +503,9 @@ class Downloader:
                 self._open_jobs[id(job)] = job
             os.ftruncate(job.fd, entry.size)
         except OSError as exc:
-            raise AgentError(f"{final}: cannot create it ({human_bytes(entry.size)}): {exc.strerror}") from None
+            raise AgentError(f"{job.final}: cannot create it ({human_bytes(entry.size)}): {exc.strerror}") from None
         job.on_disk = list(resumed)
-        for index in range(nparts):
+        for index in range(job.nparts):
             start = index * self.part_size
             if _covered(resumed, start, min(entry.size, start + self.part_size)):
                 job.done.add(index)
@@ -448,15 +515,7 @@ class Downloader:
                 self.result.resumed_bytes += resumed_bytes
             self.progress.add(resumed_bytes)
             net.submit(self._guarded, self._take_hash, job)  # re-hash what is on disk meanwhile
-        for index in range(nparts):
-            if index in job.done:
-                continue
-            size = min(self.part_size, entry.size - index * self.part_size)
-            # Parts are streamed through a small per-thread buffer: the budget bounds the
-            # queued parts (and so the files open at once), not memory.
-            if not self.budget.acquire(size, self.latch.event):
-                return
-            net.submit(self._guarded, self._get_part, job, index, size)
+        return job
 
     def _guarded(self, fn, *args) -> None:
         if self.latch.failed:
@@ -469,11 +528,14 @@ class Downloader:
             self.latch.fail(exc)
 
     def _open(self, loc: S3Location, rng: Optional[str]):
+        """GET of an object or a range: an s3http.Response (or botocore's, behind the same interface)."""
         try:
+            if self.fast is not None:
+                return self.fast.get(loc.bucket, loc.key, rng)
             kwargs = {"Bucket": loc.bucket, "Key": loc.key}
             if rng:
                 kwargs["Range"] = rng
-            return self.client.get_object(**kwargs)
+            return _BotocoreBody(self.client.get_object(**kwargs))
         except Exception as exc:  # noqa: BLE001
             _tag(exc, loc.uri)
             raise
@@ -514,20 +576,32 @@ class Downloader:
 
             def attempt() -> None:
                 nonlocal data
-                resp = self._open(job.loc, None)
-                body = resp["Body"]
-                if resp.get("ContentLength", size) != size:
+                body = self._open(job.loc, None)
+                if body.content_length not in (None, size):
                     body.close()
-                    raise ObjectMismatch(f"{job.entry.path}: {job.loc.uri} is {resp.get('ContentLength')} bytes, "
+                    raise ObjectMismatch(f"{job.entry.path}: {job.loc.uri} is {body.content_length} bytes, "
                                          f"the manifest says {size} (the object does not match its manifest)")
+                buf = bytearray(size)
+                view = memoryview(buf)
+                got = 0
                 try:
-                    data = body.read(size + 1)
-                finally:
+                    while got < size:
+                        n = body.readinto(view[got:])
+                        if not n:
+                            break
+                        got += n
+                    if got == size and body.content_length is None and body.read(1):
+                        raise ObjectMismatch(f"{job.entry.path}: {job.loc.uri} is longer than the {size} bytes the "
+                                             f"manifest says (the object does not match its manifest)")
+                    body.finish()
+                except BaseException:
                     body.close()
+                    raise
                 with self._count_lock:
-                    self.result.fetched_bytes += len(data)
-                if len(data) != size:
-                    raise ConnectionLost(f"{len(data)} of {size} bytes")
+                    self.result.fetched_bytes += got
+                if got != size:
+                    raise ConnectionLost(f"{got} of {size} bytes")
+                data = buf
 
             if size:
                 self._with_retries(job, "whole object", attempt)
@@ -565,15 +639,14 @@ class Downloader:
         """Receive [state.pos, end) of the file into place; state.pos follows what arrived."""
         first = state.pos
         rng = f"bytes={first}-{end - 1}" if job.nparts > 1 or first > start else None
-        resp = self._open(job.loc, rng)
-        body = resp["Body"]
-        if resp.get("ContentLength", end - first) != end - first:
+        body = self._open(job.loc, rng)
+        if body.content_length not in (None, end - first):
             body.close()
-            raise ObjectMismatch(f"{job.entry.path}: {job.loc.uri} answered {resp.get('ContentLength')} bytes for "
+            raise ObjectMismatch(f"{job.entry.path}: {job.loc.uri} answered {body.content_length} bytes for "
                                  f"{end - first} asked at offset {first} (the object does not match its manifest)")
         buf = _buffer()
         view = memoryview(buf)
-        readinto = _body_readinto(body)
+        readinto = body.readinto
         try:
             while state.pos < end:
                 if self.latch.failed:
@@ -599,7 +672,7 @@ class Downloader:
                     if state.owner:  # the hash has caught up with this part: take it over
                         self._hash_from_disk(job, pos + n, view)
                 state.pos = pos + n
-            _finish_body(body)
+            body.finish()
         except BaseException:
             body.close()
             raise

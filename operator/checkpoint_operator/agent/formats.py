@@ -177,8 +177,8 @@ _NAME_STEP = "name only"
 _WEIGHTS = "the weight-file checks"
 RULES: tuple[FormatRule, ...] = (
     FormatRule("huggingface", is_huggingface,
-               "`config.json` or `adapter_config.json` at the root beside model weights (`*.safetensors`, "
-               "`pytorch_model*.bin`, their `*.index.json`); wins over all others",
+               "`config.json` or `adapter_config.json` at the root beside model weights ("
+               + ", ".join(f"`{p}`" for p in _HF_WEIGHTS) + "); wins over all others",
                "name, else `trainer_state.json` `global_step`",
                "`optimizer.pt`/`optimizer.bin`",
                "every shard an `*.index.json` names is present; a Trainer checkpoint (`trainer_state.json`, or "

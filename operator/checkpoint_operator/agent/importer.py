@@ -1,7 +1,8 @@
-"""`agent import SOURCE DEST`: bring a checkpoint in from s3:// or http(s)://.
+"""`agent import SOURCE DEST`: bring a checkpoint in from s3://, http(s):// or a source of agent/sources/.
 
 SOURCE is an S3 object, an S3 prefix ending in `/` (copied as a tree; verified against its
-manifest when it has one), or an http(s) URL. Archives are extracted safely (see archive.py);
+manifest when it has one), an http(s) URL, or a URI of agent/sources/ (hf://, git+https://,
+git://, gs://, az://, ftp(s)://). Archives are extracted safely (see archive.py);
 any other single file lands as DEST/<its name>. `--max-size` bounds the bytes fetched and the
 bytes extracted, `--max-files` the files: checked before any byte moves where the size is known
 (Content-Length, S3 HEAD, the manifest's or the listing's totals) and while bytes move
@@ -39,6 +40,7 @@ from checkpoint_operator.agent.progress import Progress, human_bytes
 from checkpoint_operator.agent.s3 import (
     describe_error, list_objects, make_client, manifest_exists, parse_s3_uri, parse_size, resolve_endpoint,
 )
+from checkpoint_operator.agent.sources import Limits, Options, Source, open_source
 
 COPY_CHUNK = 8 * 1024 * 1024
 HTTP_TIMEOUT = 60
@@ -154,11 +156,16 @@ def _over_limit(source: str, size: int, max_size: int, how: str) -> AgentError:
     return AgentError(f"{source}: {size} bytes{how}, past the size limit of {max_size} (see --max-size)")
 
 
-def fetch_http(url: str, target: str, max_size: int = DEFAULT_MAX_SIZE) -> int:
+def fetch_http(url: str, target: str, max_size: int = DEFAULT_MAX_SIZE, ca_file: Optional[str] = None) -> int:
     """Stream an http(s) URL to a file, refusing more than `max_size` bytes: from the
-    Content-Length before reading the body when there is one, while reading otherwise."""
+    Content-Length before reading the body when there is one, while reading otherwise.
+    `ca_file`: the CAs to trust for https instead of the system's."""
     request = urllib.request.Request(url, headers={"User-Agent": "checkpoint-operator-agent"})
-    opener = urllib.request.build_opener(_HttpOnlyRedirects)
+    handlers: list = [_HttpOnlyRedirects]
+    if ca_file:
+        from checkpoint_operator.agent.sources.base import ssl_context
+        handlers.append(urllib.request.HTTPSHandler(context=ssl_context(ca_file, url)))
+    opener = urllib.request.build_opener(*handlers)
     size = 0
     try:
         with opener.open(request, timeout=HTTP_TIMEOUT) as resp:
@@ -203,13 +210,13 @@ def fetch_s3_object(uri: str, target: str, *, max_size: int = DEFAULT_MAX_SIZE,
     endpoint = resolve_endpoint(endpoint_url)
     client = make_client(endpoint)
     try:
-        from boto3.s3.transfer import TransferConfig
+        from boto3.s3.transfer import S3Transfer, TransferConfig
         size = client.head_object(Bucket=loc.bucket, Key=loc.key)["ContentLength"]
         if size > max_size:
             raise _over_limit(uri, size, max_size, "")
         with Progress("import", size) as progress:
-            client.download_file(loc.bucket, loc.key, target, Callback=progress.add,
-                                 Config=TransferConfig(multipart_chunksize=32 * 1024 * 1024, max_concurrency=8))
+            S3Transfer(client, TransferConfig(multipart_chunksize=32 * 1024 * 1024, max_concurrency=8)).download_file(
+                loc.bucket, loc.key, target, callback=progress.add)
     except Exception as exc:  # noqa: BLE001
         raise describe_error(exc, uri, endpoint) from exc
     got = os.path.getsize(target)
@@ -258,15 +265,15 @@ def fetch_s3_tree(uri: str, tree: str, *, max_size: int = DEFAULT_MAX_SIZE, max_
     total = sum(o["Size"] for _, o in objects)
     if total > max_size:
         raise _over_limit(prefix.uri, total, max_size, f" in {len(objects)} files")
-    from boto3.s3.transfer import TransferConfig
-    config = TransferConfig(multipart_chunksize=32 * 1024 * 1024, max_concurrency=4)
+    from boto3.s3.transfer import S3Transfer, TransferConfig
+    transfer = S3Transfer(client, TransferConfig(multipart_chunksize=32 * 1024 * 1024, max_concurrency=4))
     with Progress("import", total) as progress:
         def one(item: tuple[str, dict]) -> None:
             rel, obj = item
             target = os.path.join(tree, *rel.split("/"))
             os.makedirs(os.path.dirname(target), exist_ok=True)
             try:
-                client.download_file(prefix.bucket, obj["Key"], target, Callback=progress.add, Config=config)
+                transfer.download_file(prefix.bucket, obj["Key"], target, callback=progress.add)
             except Exception as exc:  # noqa: BLE001
                 raise describe_error(exc, f"s3://{prefix.bucket}/{obj['Key']}", endpoint) from exc
 
@@ -280,10 +287,16 @@ def fetch_s3_tree(uri: str, tree: str, *, max_size: int = DEFAULT_MAX_SIZE, max_
 
 
 def import_checkpoint(source: str, dest: str, *, max_size: int = DEFAULT_MAX_SIZE,
-                      max_members: int = DEFAULT_MAX_MEMBERS, endpoint_url: Optional[str] = None) -> dict:
+                      max_members: int = DEFAULT_MAX_MEMBERS, endpoint_url: Optional[str] = None,
+                      options: Optional[Options] = None) -> dict:
     """Import SOURCE into DEST (see the module doc). `max_size` bounds the bytes fetched and
     the bytes an archive expands to; `max_members` the files. Returns {"source", "dest",
-    "sizeBytes", "fileCount", "extracted"}."""
+    "sizeBytes", "fileCount", "extracted", "provenance"} (provenance: what was fetched, with the
+    resolved commit for hf:// and git sources)."""
+    options = options or Options(endpoint_url=endpoint_url)
+    other = open_source(source, options)
+    if other is not None:
+        return _import_from(other, source, dest, Limits(max_size, max_members))
     if source.startswith("s3://"):
         loc = parse_s3_uri(source)
         is_tree = not loc.key or loc.key.endswith("/")
@@ -294,21 +307,23 @@ def import_checkpoint(source: str, dest: str, *, max_size: int = DEFAULT_MAX_SIZ
         is_tree = False
         name = _name_from_url(source)
     else:
-        raise AgentError(f"unsupported source {source!r}: expected s3://bucket/key, s3://bucket/prefix/ "
-                         f"or an http(s):// URL")
+        raise AgentError(f"unsupported source {source!r}: expected s3://bucket/key, s3://bucket/prefix/, an "
+                         f"http(s):// or ftp(s):// URL, hf://org/name[@revision], git+https://host/repo[@revision], "
+                         f"git://host/repo[@revision], gs://bucket/prefix/ or az://account/container/prefix/")
     staging = Staging(dest)
     try:
         extracted = False
         if is_tree:
-            fetch_s3_tree(source, staging.tree, max_size=max_size, max_members=max_members, endpoint_url=endpoint_url)
+            fetch_s3_tree(source, staging.tree, max_size=max_size, max_members=max_members,
+                          endpoint_url=options.endpoint_url)
         else:
             assert name is not None
             kind = archive_kind(name)
             target = os.path.join(staging.downloads if kind else staging.tree, name)
             if source.startswith("s3://"):
-                fetch_s3_object(source, target, max_size=max_size, endpoint_url=endpoint_url)
+                fetch_s3_object(source, target, max_size=max_size, endpoint_url=options.endpoint_url)
             else:
-                fetch_http(source, target, max_size=max_size)
+                fetch_http(source, target, max_size=max_size, ca_file=options.ca_file)
             if kind:
                 extract_archive(target, staging.tree, max_size=max_size, max_members=max_members, label=name)
                 os.unlink(target)
@@ -321,7 +336,35 @@ def import_checkpoint(source: str, dest: str, *, max_size: int = DEFAULT_MAX_SIZ
         staging.discard()
         raise
     return {"source": source, "dest": os.path.abspath(dest), "sizeBytes": size, "fileCount": count,
-            "extracted": extracted}
+            "extracted": extracted, "provenance": {"uri": source}}
+
+
+def _import_from(src: Source, source: str, dest: str, limits: Limits) -> dict:
+    """The import of a source of agent/sources/ (see its doc): staged, checked, committed."""
+    staging = Staging(dest)
+    try:
+        fetched = src.fetch(staging.tree, staging.downloads, limits)
+        extracted = False
+        if fetched.file is not None:
+            assert fetched.name is not None
+            if archive_kind(fetched.name):
+                extract_archive(fetched.file, staging.tree, max_size=limits.max_size, max_members=limits.max_files,
+                                label=fetched.name)
+                os.unlink(fetched.file)
+                extracted = True
+            else:
+                os.rename(fetched.file, os.path.join(staging.tree, fetched.name))
+        size, count = _tree_totals(staging.tree)
+        if count == 0:
+            raise AgentError(f"{source}: imported nothing (empty archive or tree)")
+        if size > limits.max_size:  # each source bounds its bytes; this is the last word
+            raise _over_limit(source, size, limits.max_size, "")
+        staging.commit()
+    except BaseException:
+        staging.discard()
+        raise
+    return {"source": source, "dest": os.path.abspath(dest), "sizeBytes": size, "fileCount": count,
+            "extracted": extracted, "provenance": fetched.provenance or {"uri": source}}
 
 
 def _tree_totals(root: str) -> tuple[int, int]:
@@ -343,8 +386,10 @@ def main(args: argparse.Namespace) -> int:
         return 2
     max_members = args.max_files or DEFAULT_MAX_MEMBERS
     try:
+        options = Options(include=tuple(args.include or ()), exclude=tuple(args.exclude or ()), lfs=args.lfs,
+                          ca_file=args.ca_file, endpoint_url=args.endpoint_url)
         result = import_checkpoint(args.source, args.dest, max_size=max_size, max_members=max_members,
-                                   endpoint_url=args.endpoint_url)
+                                   options=options)
     except OSError as exc:
         print(f"error: import of {args.source} into {args.dest} failed: {exc}", file=sys.stderr)
         return 1

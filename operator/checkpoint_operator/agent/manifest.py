@@ -55,6 +55,9 @@ class Manifest(BaseModel):
     # a user reads: what decided it (agent/completeness.py).
     complete: Optional[bool] = None
     completeReason: Optional[str] = None
+    # A few named numbers the checkpoint records about itself (agent/metrics_files.py), for
+    # retention.keepBest and select: best. Not part of the digest.
+    metrics: Optional[dict[str, float]] = None
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=None, separators=(",", ":"), sort_keys=True)

@@ -1,10 +1,10 @@
 """S3 access for the agent: URIs, the client, one-line errors, and the calls the operator makes.
 
-Credentials come only from boto3's default chain (environment, config files, instance/pod
-identity) or from a mounted Secret directory (`CKPT_S3_SECRET_DIR` holding the files
+Credentials come only from botocore's default chain (the one boto3 uses: environment, config
+files, instance/pod identity) or from a mounted Secret directory (`CKPT_S3_SECRET_DIR` holding the files
 `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`, as `kubectl create secret generic` mounts
 them). They are never printed. The endpoint is `--endpoint-url`, else `AWS_ENDPOINT_URL`
-(which boto3 reads itself), else `CKPT_S3_ENDPOINT`.
+(which botocore reads itself), else `CKPT_S3_ENDPOINT`. Object data moves over s3http.py.
 """
 
 from __future__ import annotations
@@ -13,13 +13,11 @@ import gc
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
-import boto3
 import botocore.exceptions as bexc
-import botocore.handlers
-from botocore.config import Config
 
 from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, parse_manifest
@@ -90,6 +88,10 @@ def make_client(endpoint_url: Optional[str] = None, *, max_pool_connections: int
     second time for the signature; integrity is end to end instead (the manifest's sha256 of
     every file is verified on download). Checksums only where an operation requires them.
     """
+    import botocore.handlers
+    import botocore.session
+    from botocore.config import Config
+
     endpoint = resolve_endpoint(endpoint_url)
     attempts = int(os.environ.get("CKPT_S3_MAX_ATTEMPTS", "5"))
     config = Config(
@@ -103,15 +105,29 @@ def make_client(endpoint_url: Optional[str] = None, *, max_pool_connections: int
         s3={"payload_signing_enabled": False,
             "addressing_style": "path" if endpoint else "auto"},
     )
-    with _session_lock:  # boto3 sessions are not thread-safe to create clients from
+    unsigned = os.environ.get("CKPT_S3_UNSIGNED") == "1"  # anonymous requests (public buckets; gcs.py sets it)
+    if unsigned:
+        from botocore import UNSIGNED
+        config = config.merge(Config(signature_version=UNSIGNED))
+
+    with _session_lock:  # sessions are not thread-safe to create clients from
+        # botocore's own session, not boto3's: importing boto3 also imports s3transfer, ~40% of
+        # the start-up of `agent download`. (The importer, which uses s3transfer, imports it.)
         # Loading the service model makes ~10^5 objects, none of them cyclic garbage: the
         # cyclic GC passes it triggers cost ~30% of the client's creation time, for nothing.
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            session = boto3.session.Session(**_secret_dir_credentials())
-            region = region or session.region_name or os.environ.get("CKPT_S3_REGION") or "us-east-1"
-            client = session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+            session = botocore.session.get_session()
+            creds = {} if unsigned else _secret_dir_credentials()
+            if creds:
+                session.set_credentials(creds["aws_access_key_id"], creds["aws_secret_access_key"],
+                                        creds.get("aws_session_token"))
+            region = (region or session.get_config_variable("region") or os.environ.get("CKPT_S3_REGION")
+                      or "us-east-1")
+            client = session.create_client("s3", endpoint_url=endpoint, region_name=region, config=config)
+            # for the fast data path (s3http.py); unsigned requests stay with botocore
+            client.ckpt_credentials = None if unsigned else session.get_credentials()
         finally:
             if gc_was_enabled:
                 gc.enable()
@@ -119,6 +135,45 @@ def make_client(endpoint_url: Optional[str] = None, *, max_pool_connections: int
     # 4.x) answer it in a way that leaves botocore waiting for the read timeout.
     client.meta.events.unregister("before-call.s3", botocore.handlers.add_expect_header)
     return client
+
+
+def _timeouts() -> dict:
+    return {"connect_timeout": float(os.environ.get("CKPT_S3_CONNECT_TIMEOUT", "10")),
+            "read_timeout": float(os.environ.get("CKPT_S3_READ_TIMEOUT", "120"))}
+
+
+def fast_data_path(client):
+    """The s3http.FastS3 for a client made by make_client, or None when botocore must carry the
+    object data (see s3http.py)."""
+    from checkpoint_operator.agent.s3http import FastS3
+    credentials = getattr(client, "ckpt_credentials", None)
+    if not FastS3.usable(client.meta.endpoint_url, credentials):
+        return None
+    return FastS3(client, credentials, **_timeouts())
+
+
+def fast_for_endpoint(endpoint_url: Optional[str] = None):
+    """An s3http.FastS3 that needs no botocore client, or None: only for a custom endpoint
+    (path-style, as make_client addresses it) with static credentials from the environment or
+    CKPT_S3_SECRET_DIR, the ones botocore's chain would take first."""
+    from checkpoint_operator.agent.s3http import FastS3, StaticCredentials
+    endpoint = resolve_endpoint(endpoint_url)
+    if not endpoint or os.environ.get("CKPT_S3_UNSIGNED") == "1":
+        return None
+    creds = _secret_dir_credentials()
+    if creds:
+        static = StaticCredentials(creds["aws_access_key_id"], creds["aws_secret_access_key"],
+                                   creds.get("aws_session_token"))
+    elif os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        static = StaticCredentials(os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"],
+                                   os.environ.get("AWS_SESSION_TOKEN") or None)
+    else:
+        return None
+    if not FastS3.usable(endpoint, static):
+        return None
+    region = (os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+              or os.environ.get("CKPT_S3_REGION") or "us-east-1")
+    return FastS3(None, static, endpoint=endpoint, region=region, **_timeouts())
 
 
 _ACCESS_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
@@ -214,22 +269,37 @@ def manifest_exists(uri: str, *, endpoint_url: Optional[str] = None, client=None
         raise describe_error(exc, loc.uri, resolve_endpoint(endpoint_url)) from exc
 
 
-def read_manifest(uri: str, *, endpoint_url: Optional[str] = None, client=None) -> Manifest:
-    """The manifest of the checkpoint at this prefix; AgentError if the upload never completed."""
+def read_manifest(uri: str, *, endpoint_url: Optional[str] = None, client=None, fast=None) -> Manifest:
+    """The manifest of the checkpoint at this prefix; AgentError if the upload never completed.
+    Read through `fast` (an s3http.FastS3, retried here as botocore would) when given."""
     prefix = parse_s3_uri(uri).as_prefix()
     loc = manifest_location(uri)
-    client = client or make_client(endpoint_url)
-    try:
-        resp = client.get_object(Bucket=loc.bucket, Key=loc.key)
-        if resp.get("ContentLength", 0) > MAX_MANIFEST_BYTES:
-            resp["Body"].close()
-            raise AgentError(f"invalid manifest at {loc.uri}: {resp['ContentLength']} bytes, more than the "
-                             f"{MAX_MANIFEST_BYTES} a manifest may have")
-        body = resp["Body"].read(MAX_MANIFEST_BYTES + 1)
-    except Exception as exc:  # noqa: BLE001
-        if is_not_found(exc):
-            raise AgentError(f"no manifest at {prefix.uri}: the upload never completed") from exc
-        raise describe_error(exc, loc.uri, resolve_endpoint(endpoint_url)) from exc
+    attempts = max(1, int(os.environ.get("CKPT_S3_MAX_ATTEMPTS", "5"))) if fast is not None else 1
+    for attempt in range(1, attempts + 1):
+        try:
+            if fast is not None:
+                resp = fast.get(loc.bucket, loc.key)
+                length = resp.content_length or 0
+                read, close = resp.read, resp.close
+            else:
+                client = client or make_client(endpoint_url)
+                answer = client.get_object(Bucket=loc.bucket, Key=loc.key)
+                length = answer.get("ContentLength", 0)
+                read, close = answer["Body"].read, answer["Body"].close
+            if length > MAX_MANIFEST_BYTES:
+                close()
+                raise AgentError(f"invalid manifest at {loc.uri}: {length} bytes, more than the "
+                                 f"{MAX_MANIFEST_BYTES} a manifest may have")
+            body = read(MAX_MANIFEST_BYTES + 1)
+            close()
+            break
+        except Exception as exc:  # noqa: BLE001
+            if is_not_found(exc):
+                raise AgentError(f"no manifest at {prefix.uri}: the upload never completed") from exc
+            if attempt < attempts and is_transient(exc):
+                time.sleep(min(8.0, 0.5 * 2 ** (attempt - 1)))
+                continue
+            raise describe_error(exc, loc.uri, resolve_endpoint(endpoint_url)) from exc
     if len(body) > MAX_MANIFEST_BYTES:
         raise AgentError(f"invalid manifest at {loc.uri}: more than the {MAX_MANIFEST_BYTES} bytes a manifest may have")
     return parse_manifest(body, loc.uri)
@@ -290,7 +360,10 @@ def _abort_multipart_uploads(client, prefix: S3Location) -> None:
 MiB = 1024 * 1024
 
 # Measured with bench/transfer.py against SeaweedFS on 2 cores (see the bench's docstring).
-DEFAULT_PART_SIZE = 32 * MiB
+DEFAULT_PART_SIZE = 32 * MiB  # download: the size of each ranged GET (streamed, not held in memory)
+# upload: each part is held in memory while it is sent, (concurrency + 2) of them at most: with
+# 8 MiB parts an upload's RSS stays under ~150 MB whatever the checkpoint's size.
+DEFAULT_UPLOAD_PART_SIZE = 8 * MiB
 DEFAULT_CONCURRENCY = 8
 MAX_PARTS = 10_000  # S3's limit on the parts of one multipart upload
 

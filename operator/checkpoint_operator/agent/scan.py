@@ -18,10 +18,13 @@ from typing import Optional
 from pydantic import BaseModel
 
 from checkpoint_operator.agent import containers, formats
+from checkpoint_operator.agent.metrics_files import checkpoint_metrics
+from checkpoint_operator.agent.safe_read import CheckpointFiles
 from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.hashing import FileChanged, hash_files
 from checkpoint_operator.agent.manifest import FileEntry, Manifest, digest_of
 from checkpoint_operator.agent.names import component_problem, printable
+from checkpoint_operator.agent.sealing import LIVE_DIR
 from checkpoint_operator.agent.tree import (
     DEFAULT_MAX_ENTRIES, LEAVES_CHECKPOINT, EntryBudget, Tree, TreeFile, entry_limit, resolve_link, special_kind,
     walk_checkpoint,
@@ -124,6 +127,8 @@ def _root_candidates(root: str, layout: str, skips: _Skips, budget: EntryBudget)
         if problem:
             skips.add(ROOT, printable(name), f"name {problem}")
             continue
+        if name == LIVE_DIR:
+            continue  # the live-sealing watcher's own state (agent/sealing.py), not output
         if name.startswith("."):
             skips.add(ROOT, name, "hidden name")
             continue
@@ -183,7 +188,7 @@ def describe_checkpoint(top: str, paths: list[str], name: str, sizes: Optional[d
                 sizes[p] = 0
     d = formats.describe_checkpoint(Path(top), sizes, name)
     return {"format": d.format, "step": d.step, "resumable": d.resumable, "complete": d.complete,
-            "completeReason": d.completeReason}
+            "completeReason": d.completeReason, "metrics": checkpoint_metrics(CheckpointFiles(Path(top), sizes, name))}
 
 
 def scan_directory(root: Path, layout: str = "auto", single: bool = False,

@@ -34,10 +34,18 @@ def checkpoint_root(directory: str, path: str, layout: str, single: bool) -> str
 
 
 def snapshot(directory: str, layout: str, upload_to: str, single: bool = False, concurrency=None,
-             endpoint_url=None, max_entries: Optional[int] = None) -> dict:
+             endpoint_url=None, max_entries: Optional[int] = None, reuse_sealed: bool = False) -> dict:
     result = scan_directory(Path(directory), layout=layout, single=single, max_entries=entry_limit(max_entries))
     uploads = {}
     for manifest in result.checkpoints:
+        if reuse_sealed and not single:
+            # Sealed while the job ran (agent watch): the copy named by this very digest is there.
+            from checkpoint_operator.agent.s3 import manifest_exists
+            from checkpoint_operator.agent.watch import sealed_uri
+            sealed = sealed_uri(upload_to, manifest.path, manifest.digest)
+            if manifest_exists(sealed, endpoint_url=endpoint_url):
+                uploads[manifest.path] = sealed
+                continue
         uri = upload_uri(upload_to, manifest.path, single)
         upload_dir(checkpoint_root(directory, manifest.path, layout, single), uri, manifest=manifest,
                    concurrency=concurrency, endpoint_url=endpoint_url)
@@ -49,6 +57,7 @@ def main(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.dir):
         raise AgentError(f"{args.dir}: not a directory (snapshot takes the directory that holds the checkpoints)")
     output = snapshot(args.dir, args.layout, args.upload_to, single=args.single, concurrency=args.concurrency,
-                      endpoint_url=args.endpoint_url, max_entries=args.max_entries)
+                      endpoint_url=args.endpoint_url, max_entries=args.max_entries,
+                      reuse_sealed=getattr(args, "reuse_sealed", False))
     print(json.dumps(output), flush=True)
     return 0

@@ -14,6 +14,7 @@ import argparse
 import hashlib
 import json
 import os
+import random
 import sys
 import threading
 import time
@@ -27,9 +28,9 @@ from checkpoint_operator.agent.manifest import (
 from checkpoint_operator.agent.names import printable
 from checkpoint_operator.agent.progress import Progress, human_bytes
 from checkpoint_operator.agent.s3 import (
-    DEFAULT_CONCURRENCY, DEFAULT_PART_SIZE, AgentError, ByteBudget, FailureLatch, S3Location,
-    describe_error, env_size, is_not_found, list_objects, make_client, parse_s3_uri,
-    part_size_for, resolve_endpoint,
+    DEFAULT_CONCURRENCY, DEFAULT_UPLOAD_PART_SIZE, AgentError, ByteBudget, FailureLatch, S3Location,
+    describe_error, env_size, fast_data_path, is_not_found, is_transient, list_objects, make_client,
+    parse_s3_uri, part_size_for, resolve_endpoint,
 )
 from checkpoint_operator.agent.tree import EntryBudget, entry_limit, locate_file, walk_checkpoint
 
@@ -39,6 +40,7 @@ from checkpoint_operator.agent.tree import EntryBudget, entry_limit, locate_file
 # rerun over a committed prefix takes the same facts from the manifest instead.
 JOURNAL_NAME = UPLOAD_JOURNAL_NAME
 READ_CHUNK = 8 * 1024 * 1024
+TINY_FILE = 1024 * 1024  # up to this, a file is read into a buffer of its own size
 MAX_KEY_BYTES = 1024  # S3's limit on an object key (UTF-8)
 
 
@@ -100,14 +102,19 @@ class Uploader:
             raise AgentError(f"{uri}: give a prefix (s3://bucket/prefix/), not a whole bucket")
         self.given_manifest = manifest
         self.concurrency = max(1, concurrency or int(os.environ.get("CKPT_S3_CONCURRENCY", DEFAULT_CONCURRENCY)))
-        self.part_size = part_size or env_size("CKPT_S3_PART_SIZE", DEFAULT_PART_SIZE)
+        self.part_size = part_size or env_size("CKPT_S3_PART_SIZE", DEFAULT_UPLOAD_PART_SIZE)
         self.endpoint = resolve_endpoint(endpoint_url)
         self.client = make_client(self.endpoint, max_pool_connections=self.concurrency + 4)
         self.on_object_done = on_object_done
         self.log = log
         self.latch = FailureLatch()
-        self.budget = ByteBudget(env_size("CKPT_S3_MAX_BUFFER", max(2 * self.concurrency * self.part_size,
-                                                                   4 * self.part_size)))
+        self.fast = fast_data_path(self.client)
+        self.attempts = max(1, int(os.environ.get("CKPT_S3_MAX_ATTEMPTS", "5")))
+        # Parts in memory: those being sent plus a few read ahead; bounded in bytes (see BufferPool).
+        self.buffers = BufferPool(env_size("CKPT_S3_MAX_BUFFER", (self.concurrency + 2) * self.part_size))
+        # Small files read ahead: a bound of their own, a few per connection (more only makes
+        # the allocator hold more freed memory, not the upload faster).
+        self.tiny_buffers = BufferPool(2 * self.concurrency * TINY_FILE)
         self.journal: dict[str, dict] = {}
         self._journal_written = False
         self._journal_lock = threading.Lock()
@@ -279,27 +286,64 @@ class Uploader:
                              f"{f.expected_sha256})")
 
     def _put_small(self, f: LocalFile) -> None:
-        with open(f.path, "rb") as fh:
-            data = fh.read(f.size + 1)
-        digest = hashlib.sha256(data).hexdigest()
-        self._check_changed(f, digest, len(data))
+        """A file of at most one part: read once into memory (hashed there), one PUT. Files of up
+        to 1 MiB get a buffer of their own size, bigger ones a pooled part buffer; both count
+        against the same memory bound."""
+        if f.size <= TINY_FILE:
+            buf = self.tiny_buffers.take_exact(f.size + 1, self.latch.event)
+        else:
+            buf = self.buffers.take(self.part_size, self.latch.event)
+        if buf is None:
+            return
+        pool = self.tiny_buffers if f.size <= TINY_FILE else self.buffers
+        try:
+            view = memoryview(buf)
+            with open(f.path, "rb", buffering=0) as fh:
+                n = _read_full(fh, view)
+                extra = fh.read(1)
+            digest = hashlib.sha256(view[:n]).hexdigest()
+            self._check_changed(f, digest, n + len(extra))
+        except BaseException:
+            pool.give(buf)
+            raise
         f.sha256 = digest
         loc = self.prefix.child(f.rel)
-        if not self.budget.acquire(len(data), self.latch.event):
-            return
 
         def put() -> None:
             try:
-                self.client.put_object(Bucket=loc.bucket, Key=loc.key, Body=data, Metadata={"sha256": digest})
-            except Exception as exc:  # noqa: BLE001
-                raise _tag(exc, loc.uri)
+                self._send(loc, view[:n], metadata={"sha256": digest})
             finally:
-                self.budget.release(len(data))
+                pool.give(buf)
             self._count(uploaded=f)
             self.progress.add(f.size)
 
         self.net.submit(self._guarded, put)
         # the reader moves on; completion is observed through the latch and the pool's shutdown
+
+    def _send(self, loc: S3Location, body: memoryview, *, metadata: Optional[dict] = None,
+              part: Optional[tuple[str, int]] = None) -> str:
+        """PUT of an object or a part (fast path, else botocore), retried on a transient failure
+        (the body is in memory); its ETag."""
+        attempt = 1
+        while True:
+            try:
+                if self.fast is not None:
+                    return self.fast.put(loc.bucket, loc.key, body, metadata=metadata, part=part)
+                if part is not None:
+                    return self.client.upload_part(Bucket=loc.bucket, Key=loc.key, UploadId=part[0],
+                                                   PartNumber=part[1], Body=bytes(body))["ETag"]
+                return self.client.put_object(Bucket=loc.bucket, Key=loc.key, Body=bytes(body),
+                                              Metadata=metadata or {}).get("ETag", "")
+            except Exception as exc:  # noqa: BLE001
+                # botocore retried inside already; the fast path retries here, as botocore would
+                if self.fast is None or not is_transient(exc) or attempt >= self.attempts or self.latch.failed:
+                    raise _tag(exc, loc.uri)
+                delay = min(8.0, 0.5 * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
+                self.log(f"upload: {loc.uri}: {describe_error(exc, loc.uri, self.endpoint)}; retrying in "
+                         f"{delay:.1f}s (attempt {attempt + 1} of {self.attempts})")
+                if self.latch.event.wait(delay):
+                    raise _tag(exc, loc.uri)
+                attempt += 1
 
     def _put_multipart(self, f: LocalFile) -> None:
         loc = self.prefix.child(f.rel)
@@ -317,22 +361,28 @@ class Uploader:
         read = 0
         completed = False
         try:
-            with open(f.path, "rb") as fh:
+            with open(f.path, "rb", buffering=0) as fh:
                 number = 0
                 while True:
                     if self.latch.failed:
                         return
-                    if not self.budget.acquire(part_size, self.latch.event):
+                    buf = self.buffers.take(part_size, self.latch.event)
+                    if buf is None:
                         return
-                    data = fh.read(part_size)
-                    if not data:
-                        self.budget.release(part_size)
+                    view = memoryview(buf)
+                    try:
+                        n = _read_full(fh, view)
+                    except BaseException:
+                        self.buffers.give(buf)
+                        raise
+                    if not n:
+                        self.buffers.give(buf)
                         break
-                    hasher.update(data)
-                    read += len(data)
+                    hasher.update(view[:n])
+                    read += n
                     number += 1
-                    futures.append(self.net.submit(self._guarded, self._put_part, loc, upload_id, number, data,
-                                                   part_size, parts))
+                    futures.append(self.net.submit(self._guarded, self._put_part, loc, upload_id, number, buf, n,
+                                                   parts))
             for fut in futures:
                 fut.result()
             if self.latch.failed:
@@ -357,17 +407,13 @@ class Uploader:
                 except Exception:  # noqa: BLE001 - best effort; the server may be gone
                     pass
 
-    def _put_part(self, loc: S3Location, upload_id: str, number: int, data: bytes, reserved: int,
+    def _put_part(self, loc: S3Location, upload_id: str, number: int, buf: bytearray, n: int,
                   parts: dict[int, str]) -> None:
         try:
-            resp = self.client.upload_part(Bucket=loc.bucket, Key=loc.key, UploadId=upload_id, PartNumber=number,
-                                           Body=data)
-        except Exception as exc:  # noqa: BLE001
-            raise _tag(exc, loc.uri)
+            parts[number] = self._send(loc, memoryview(buf)[:n], part=(upload_id, number))
         finally:
-            self.budget.release(reserved)
-        parts[number] = resp["ETag"]
-        self.progress.add(len(data))
+            self.buffers.give(buf)
+        self.progress.add(n)
 
     def _count(self, uploaded: Optional[LocalFile] = None, skipped: Optional[LocalFile] = None) -> None:
         with self._count_lock:
@@ -412,6 +458,54 @@ def _tag(exc: BaseException, uri: str) -> BaseException:
     except AttributeError:
         pass
     return exc
+
+
+def _read_full(fh, view: memoryview) -> int:
+    """Fill `view` from the file (short only at its end); the byte count."""
+    got = 0
+    while got < len(view):
+        n = fh.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return got
+
+
+class BufferPool:
+    """Part buffers reused from file to file, at most `limit` bytes of them taken at once: the
+    memory of an upload is this bound, whatever the size of the checkpoint. (Fresh buffers per
+    part would also cost a page fault per 4 KiB each time.) A request larger than the whole
+    limit is let through alone (ByteBudget), so a file with huge parts still goes."""
+
+    def __init__(self, limit: int) -> None:
+        self.budget = ByteBudget(limit)
+        self._free: dict[int, list[bytearray]] = {}
+        self._sizes: set[int] = set()  # the part size whose buffers are kept for reuse
+        self._lock = threading.Lock()
+
+    def take(self, size: int, cancelled: threading.Event) -> Optional[bytearray]:
+        if not self.budget.acquire(size, cancelled):
+            return None
+        with self._lock:
+            free = self._free.get(size)
+            if free:
+                return free.pop()
+            for other in [s for s in self._free if s != size]:
+                del self._free[other]  # another part size now: let those go
+            self._sizes = {size}
+        return bytearray(size)
+
+    def take_exact(self, size: int, cancelled: threading.Event) -> Optional[bytearray]:
+        """A buffer of exactly `size` bytes, counted against the limit but not kept for reuse."""
+        if not self.budget.acquire(size, cancelled):
+            return None
+        return bytearray(size)
+
+    def give(self, buf: bytearray) -> None:
+        if len(buf) in self._sizes:
+            with self._lock:
+                self._free.setdefault(len(buf), []).append(buf)
+        self.budget.release(len(buf))
 
 
 def _hash_file(path: str, latch: FailureLatch) -> str:

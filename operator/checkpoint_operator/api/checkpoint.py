@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 from pydantic import Field
 
@@ -10,6 +10,11 @@ from checkpoint_operator.api.common import QUANTITY_PATTERN, Condition, ObjectRe
 from checkpoint_operator.api.meta import ObjectMeta, meta_field
 from checkpoint_operator.api.rules import (ApiModel, Description, Digest, FileName, Message, Name, Path, Rule, Short,
                                            Uid, Uri, has_exactly_one, path_has_dotdot)
+from checkpoint_operator.api.upload import UploadSource, UploadStatus
+from checkpoint_operator.api.sources import (
+    USERINFO, AzureBlobSource, CaConfigMap, GcsSource, GitSource, HuggingFaceSource, LocalSecret, SourceStatus, cel_string,
+    cel_matches,
+)
 
 
 class CheckpointPhase(Phase):
@@ -31,7 +36,10 @@ MAX_USED_BY_LISTED = 20
 # The formats agent/formats.py detects (its RULES table); a test keeps the two equal.
 CheckpointFormat = Literal["huggingface", "safetensors", "torch", "torch-dcp", "deepspeed", "megatron", "nemo",
                            "lightning", "keras", "gguf", "orbax", "cerebras", "file", "unknown"]
-SOURCE_KINDS = ("s3", "http", "volume", "trainingJob")
+SOURCE_KINDS = ("s3", "http", "huggingFace", "gcs", "azureBlob", "git", "volume", "trainingJob", "upload")
+# The kinds that copy data in (an import pod); volume adopts in place, trainingJob is a snapshot.
+IMPORT_KINDS = ("s3", "http", "huggingFace", "gcs", "azureBlob", "git")
+WEB_SCHEMES = ("http://", "https://", "ftp://", "ftps://")
 
 
 class SecretRef(ApiModel):
@@ -52,13 +60,27 @@ class S3Source(ApiModel):
 
 
 class HttpSource(ApiModel):
-    """Import from a web URL."""
+    """Import one file (or archive) from a web or FTP URL."""
 
-    cel_rules = (Rule("self.url.startsWith('http://') || self.url.startsWith('https://')",
-                      "spec.source.http.url must start with http:// or https://",
-                      lambda s: s["url"].startswith(("http://", "https://")), field_path=".url"),)
+    cel_rules = (Rule("self.url.startsWith('http://') || self.url.startsWith('https://') || "
+                      "self.url.startsWith('ftp://') || self.url.startsWith('ftps://')",
+                      "spec.source.http.url must start with http://, https://, ftp:// or ftps://",
+                      lambda s: s["url"].startswith(WEB_SCHEMES), field_path=".url"),
+                 Rule(f"!self.url.matches({cel_string(USERINFO)})",
+                      "spec.source.http.url must not carry credentials (user:password@): for ftp:// and ftps:// put "
+                      "them in a Secret named by secretRef",
+                      lambda s: not cel_matches(USERINFO, s["url"]), field_path=".url"),
+                 Rule("!has(self.secretRef) || self.url.startsWith('ftp://') || self.url.startsWith('ftps://')",
+                      "spec.source.http.secretRef is the login of an ftp:// or ftps:// URL; http(s) URLs take none",
+                      lambda s: "secretRef" not in s or s["url"].startswith(("ftp://", "ftps://")),
+                      field_path=".secretRef"))
 
-    url: Uri = Field(description="URL of a file or an archive (.tar, .tar.gz, .tgz, .tar.bz2, .zip; extracted).")
+    url: Uri = Field(description="URL of a file or an archive (.tar, .tar.gz, .tgz, .tar.bz2, .zip; "
+                                                  "extracted): http://, https://, ftp:// or ftps:// (explicit FTPS, "
+                                                  "AUTH TLS).")
+    secretRef: Optional[LocalSecret] = Field(
+        None, description="FTP login: a Secret with the keys username and password (default: anonymous).")
+    caConfigMap: Optional[CaConfigMap] = Field(None, description="CA certificates to trust for https:// and ftps://.")
 
 
 class VolumeSource(ApiModel):
@@ -81,17 +103,22 @@ class TrainingJobSource(ApiModel):
 
 
 class CheckpointSource(ApiModel):
-    """Where the checkpoint's data comes from: exactly one of s3, http, volume, trainingJob."""
+    """Where the checkpoint's data comes from: exactly one of s3, http, huggingFace, gcs, azureBlob, git,
+    volume, trainingJob, upload."""
 
-    cel_rules = (Rule("[has(self.s3), has(self.http), has(self.volume), has(self.trainingJob)]"
-                      ".filter(x, x).size() == 1",
-                      "spec.source must set exactly one of s3, http, volume, trainingJob",
+    cel_rules = (Rule("[" + ", ".join(f"has(self.{k})" for k in SOURCE_KINDS) + "].filter(x, x).size() == 1",
+                      f"spec.source must set exactly one of {', '.join(SOURCE_KINDS)}",
                       lambda s: has_exactly_one(s, SOURCE_KINDS)),)
 
     s3: Optional[S3Source] = Field(None, description="Import from object storage.")
-    http: Optional[HttpSource] = Field(None, description="Import from a web URL.")
+    http: Optional[HttpSource] = Field(None, description="Import from a web or FTP URL.")
+    huggingFace: Optional[HuggingFaceSource] = Field(None, description="Import a Hugging Face Hub repository.")
+    gcs: Optional[GcsSource] = Field(None, description="Import from Google Cloud Storage.")
+    azureBlob: Optional[AzureBlobSource] = Field(None, description="Import from Azure Blob Storage.")
+    git: Optional[GitSource] = Field(None, description="Import a commit of a Git repository.")
     volume: Optional[VolumeSource] = Field(None, description="Adopt data already on a PVC.")
     trainingJob: Optional[TrainingJobSource] = Field(None, description="Snapshot of a TrainingJob's output.")
+    upload: Optional[UploadSource] = Field(None, description="Data a user pushes (kubectl ckpt push).")
 
     @property
     def kind(self) -> str:
@@ -149,6 +176,13 @@ class CheckpointStatus(ApiModel):
     resumable: Optional[bool] = Field(None, description="True when optimizer state is present, so training can resume.")
     complete: Optional[bool] = Field(
         None, description="False when the format's completeness rule found it incomplete (never selected by latest).")
+    upload: Optional[UploadStatus] = Field(None, description="upload source: where the data is to be pushed.")
+    metrics: Optional[dict[str, Annotated[float, Field(description="The metric's value.")]]] = Field(
+        None, max_length=16, description="A few numbers the checkpoint records about itself (metrics.json, or a "
+                                         "trainer_state.json's log_history at its step): retention.keepBest, "
+                                         "select: best.")
+    source: Optional[SourceStatus] = Field(
+        None, description="Provenance of an imported checkpoint: what was fetched and, for Git and the Hub, the commit.")
     producedBy: Optional[ObjectRef] = Field(None, description="The TrainingJob that wrote it.")
     parents: Optional[list[PinnedCheckpoint]] = Field(None, description="Inputs of the producing job: the lineage.")
     usedBy: Optional[list[ObjectRef]] = Field(
@@ -156,7 +190,7 @@ class CheckpointStatus(ApiModel):
         description=f"Live TrainingJobs that use it (the first {MAX_USED_BY_LISTED} by name; informational: the "
                     "in-use protection asks the API server at deletion time).")
     usedByCount: Optional[int] = Field(None, description="Number of live TrainingJobs that use it (for kubectl get).")
-    conditions: Optional[list[Condition]] = Field(None, description="Standard conditions (Ready, Complete).")
+    conditions: Optional[list[Condition]] = Field(None, description="Standard conditions (Ready, Complete, Verified).")
     observedGeneration: Optional[int] = Field(None, description="The .metadata.generation last reconciled.")
 
 

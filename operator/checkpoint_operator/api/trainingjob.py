@@ -31,7 +31,11 @@ class TrainingJobPhase(Phase):
     is_settled = is_finished
 
 
-SelectPolicy = Literal["latest", "latestResumable", "final"]
+SelectPolicy = Literal["latest", "latestResumable", "final", "best"]
+WaitPolicy = Literal["Available", "Finished"]
+PublishMode = Literal["OnCompletion", "Continuous"]
+METRIC_PATTERN = r"^[A-Za-z0-9_.\-/]{1,63}$"  # agent/metrics_files.py METRIC_NAME
+MAX_RETIRED_LISTED = 1000
 DNS1123_CEL = DNS1123_SUBDOMAIN.replace("\\", "\\\\")
 MAX_INPUTS = 64  # maxItems of spec.checkpoints: bounds the CEL cost of the per-item rules
 MAX_CONTAINERS = 64  # maxItems of spec.template.spec.containers, which a CEL rule reads
@@ -53,6 +57,9 @@ class CheckpointRef(ApiModel):
         Rule("!has(self.select) || has(self.fromTrainingJob)",
              "spec.checkpoints[].select is only allowed with fromTrainingJob",
              lambda s: "select" not in s or "fromTrainingJob" in s, field_path=".select"),
+        Rule("!has(self.wait) || has(self.fromTrainingJob)",
+             "spec.checkpoints[].wait is only allowed with fromTrainingJob",
+             lambda s: "wait" not in s or "fromTrainingJob" in s, field_path=".wait"),
         _dns_rule("name", "spec.checkpoints[]"),
         _dns_rule("fromTrainingJob", "spec.checkpoints[]"),
         _dns_rule("mountName", "spec.checkpoints[]"),
@@ -66,9 +73,36 @@ class CheckpointRef(ApiModel):
     select: Optional[SelectPolicy] = Field(
         None, description="Which output of fromTrainingJob: latest (default) = the highest step, then the newest, "
                           "of the Ready checkpoints not found incomplete; latestResumable = the same among those "
-                          "with optimizer state; final = the root-files checkpoint <prefix>-final.")
+                          "with optimizer state; final = the root-files checkpoint <prefix>-final; best = the best "
+                          "by the producer's spec.output.retention.keepBest metric.")
+    wait: Optional[WaitPolicy] = Field(
+        None, description="Available (default): take the selected checkpoint as soon as one exists, also while "
+                          "a producer with publish: Continuous is still running; Finished: wait until the producer "
+                          "has finished, then select among all its outputs.")
     mountName: Optional[str] = Field(
         None, max_length=253, description="Directory name under inputDir (default: the Checkpoint's name).")
+
+
+class KeepBest(ApiModel):
+    """Keep the `count` best checkpoints by a metric they record (status.metrics)."""
+
+    metric: str = Field(max_length=63, pattern=METRIC_PATTERN,
+                        description="Name of the metric: a key of metrics.json, or of the trainer_state.json "
+                                    "log_history entry of the checkpoint's step (eval_loss, ...), or best_metric.")
+    mode: Literal["min", "max"] = Field("min", description="min: lower is better (a loss); max: higher is better.")
+    count: int = Field(1, ge=1, le=1000, description="How many of the best to keep.")
+
+
+class RetentionSpec(ApiModel):
+    """Which of the job's Checkpoints to keep; applied as each one seals (publish: Continuous) and
+    at the end. A checkpoint is kept when any rule keeps it; the newest, checkpoints without a
+    step and Checkpoints labelled ckpt.dev/keep=true are always kept; the others are deleted
+    (one in use by another job only once it is released)."""
+
+    keepLatest: Optional[int] = Field(None, ge=1, le=100000, description="Keep the N highest steps.")
+    keepEvery: Optional[int] = Field(None, ge=1, le=1000000000,
+                                     description="Keep every checkpoint whose step is a multiple of K.")
+    keepBest: Optional[KeepBest] = Field(None, description="Keep the best by a metric.")
 
 
 class OutputSpec(ApiModel):
@@ -77,6 +111,9 @@ class OutputSpec(ApiModel):
     cel_rules = (
         Rule("!has(self.keep) || self.keep >= 1", "spec.output.keep must be at least 1 (or unset to keep all)",
              lambda s: s.get("keep") is None or s["keep"] >= 1, field_path=".keep"),
+        Rule("!has(self.keep) || !has(self.retention) || !has(self.retention.keepLatest)",
+             "spec.output.keep is the short form of spec.output.retention.keepLatest: set one of them",
+             lambda s: "keep" not in s or "keepLatest" not in (s.get("retention") or {}), field_path=".keep"),
         Rule("!has(self.namePrefix) || (size(self.namePrefix) <= 200 && "
              "self.namePrefix.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))",
              "spec.output.namePrefix must be lowercase letters, digits and '-', starting and ending "
@@ -94,7 +131,16 @@ class OutputSpec(ApiModel):
     layout: Literal["auto", "directories", "files"] = Field(
         "auto", description="auto: each subdirectory and the root files are checkpoints; directories: subdirectories "
                             "only; files: each root file is a checkpoint.")
-    keep: Optional[int] = Field(None, description="Keep only the N checkpoints with the highest steps.")
+    keep: Optional[int] = Field(None, le=100000,
+                                description="Keep only the N checkpoints with the highest steps (the short form "
+                                            "of retention.keepLatest).")
+    retention: Optional[RetentionSpec] = Field(None, description="Which Checkpoints to keep (keepLatest, keepEvery, "
+                                                                 "keepBest).")
+    publish: Optional[PublishMode] = Field(
+        None, description="OnCompletion: Checkpoints are made when the pods have finished; Continuous: a sidecar "
+                          "seals each checkpoint as soon as it is complete and it becomes a Ready Checkpoint while "
+                          "the job runs (needs Kubernetes 1.29+, native sidecars). Default: the operator's setting "
+                          "(OnCompletion unless CKPT_DEFAULT_PUBLISH says otherwise).")
     namePrefix: Optional[Name] = Field(None, description="Prefix of the new Checkpoints' names (default: the job's name).")
 
 
@@ -168,6 +214,21 @@ class TrainingJobSpec(ApiModel):
     template: PodTemplate = Field(description="Pod template of the training workers.")
 
 
+class RetiredCheckpoint(ApiModel):
+    path: str = Field(max_length=4096, description="The output directory of a Checkpoint that retention deleted.")
+    digest: str = Field(max_length=128, description="Its digest (the directory is removed only if it still holds it).")
+
+
+class LiveStatus(ApiModel):
+    """Live sealing (publish: Continuous)."""
+
+    sealedCount: Optional[int] = Field(None, description="Checkpoints sealed while the job ran.")
+    lastSealTime: Optional[str] = Field(None, max_length=64, description="When the last one was sealed.")
+    retired: Optional[list[RetiredCheckpoint]] = Field(
+        None, max_length=MAX_RETIRED_LISTED,
+        description="Deleted by retention, their directories not yet removed from the output volume.")
+
+
 class TrainingJobStatus(ApiModel):
     """Observed state of a TrainingJob, written by the operator."""
 
@@ -186,6 +247,8 @@ class TrainingJobStatus(ApiModel):
     snapshotStartTime: Optional[Timestamp] = Field(None, description="When the snapshot of the output started.")
     snapshotAttempts: Optional[int] = Field(None, description="Failed snapshot pods so far (retried up to 3 times).")
     skippedCount: Optional[int] = Field(None, description="Entries of the output the snapshot skipped (see events).")
+    publish: Optional[PublishMode] = Field(None, description="How the output is published (as resolved at start).")
+    live: Optional[LiveStatus] = Field(None, description="Live sealing, with publish: Continuous.")
     startTime: Optional[Timestamp] = Field(None, description="When the pods were started.")
     completionTime: Optional[Timestamp] = Field(None, description="When the job finished.")
     conditions: Optional[list[Condition]] = Field(None, description="Standard conditions (Ready).")
@@ -212,6 +275,11 @@ class TrainingJob(ApiModel):
     @property
     def output_enabled(self) -> bool:
         return self.spec.output.enabled
+
+    @property
+    def publishes_live(self) -> bool:
+        """Live sealing: as recorded when the job started (the operator's default may change meanwhile)."""
+        return self.output_enabled and self.status.publish == "Continuous"
 
     def ready_reason(self) -> Optional[str]:
         ready = next((c for c in self.status.conditions or [] if c.type == "Ready"), None)

@@ -9,12 +9,12 @@ calls `finish` once the result is recorded (a crash in between reruns an idempot
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from checkpoint_operator.handlers.context import Context
 from checkpoint_operator.kube import PODS, ApiError
 from checkpoint_operator.logic.agent_pods import PodProblem, last_error_line, pod_failure, pod_problem
-from checkpoint_operator.logic.snapshot import ScanOutputError, ScanResult, parse_scan_output
+from checkpoint_operator.logic.snapshot import ScanOutputError, parse_scan_output
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class NotOurs:
 
 @dataclass(frozen=True)
 class Finished:
-    scan: ScanResult
+    scan: Any  # what `parse` made of the log: a ScanResult by default
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,10 @@ class PodFailed:
 PodRun = Union[Started, Running, NotOurs, Finished, PodFailed]
 
 
-def run_agent_pod(ctx: Context, owner_uid: str, body: dict, what: str) -> PodRun:
-    """`what` names the pod's job in messages ("snapshot", "import", "scan")."""
+def run_agent_pod(ctx: Context, owner_uid: str, body: dict, what: str,
+                  parse: Callable[[str], Any] = parse_scan_output) -> PodRun:
+    """`what` names the pod's job in messages ("snapshot", "import", "scan"); `parse` reads the
+    result from the log of a pod that succeeded (a ValueError: the pod failed)."""
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     pod = ctx.kube.get(PODS, namespace, name)
     if pod is None:
@@ -62,7 +64,7 @@ def run_agent_pod(ctx: Context, owner_uid: str, body: dict, what: str) -> PodRun
     if phase != "Succeeded":
         return Running(pod_problem(pod), phase or "Pending")
     try:
-        return Finished(parse_scan_output(ctx.kube.read_log(namespace, name)))
+        return Finished(parse(ctx.kube.read_log(namespace, name)))
     except (ScanOutputError, ApiError, ValueError) as exc:
         return PodFailed(f"{what} pod {name}: {exc}")
 

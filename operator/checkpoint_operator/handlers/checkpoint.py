@@ -12,7 +12,7 @@ from typing import Optional
 
 from checkpoint_operator import PROTECTION_FINALIZER
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointPhase
-from checkpoint_operator.handlers import checkpoint_sources
+from checkpoint_operator.handlers import checkpoint_sources, live, requests
 from checkpoint_operator.handlers.context import Context
 from checkpoint_operator.handlers.objects import InvalidObject, parse, parse_tolerant
 from checkpoint_operator.handlers.status import write_status
@@ -46,7 +46,7 @@ def reconcile(ctx: Context, namespace: str, name: str) -> Optional[float]:
             continue
         if checkpoint.phase.is_settled:
             sync_used_by(ctx, checkpoint)
-            return None
+            return requests.serve(ctx, checkpoint)  # verify and pull requests (handlers/requests.py)
         return record(ctx, checkpoint, checkpoint_sources.STEPS[checkpoint.spec.source.kind](ctx, checkpoint))
     return 0.0
 
@@ -101,6 +101,7 @@ def guard_deletion(ctx: Context, checkpoint: Checkpoint) -> Optional[float]:
         if first_time:  # one deletion, however many times it is checked
             metrics.BLOCKED_DELETIONS.inc()
         return None
+    live.checkpoint_released(ctx, checkpoint)  # a running job sealed it: it must not publish it again
     try:
         deleted = store_for(ctx.config).delete_owned_data(checkpoint.status.to_wire(), meta.namespace)
     except ForeignLocation as exc:

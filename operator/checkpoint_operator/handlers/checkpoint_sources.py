@@ -1,14 +1,19 @@
 """The steps of a user's Checkpoint until it is Ready: adopt a volume path (scan in place),
-import from s3/http (copy into storage the operator owns), or wait for a snapshot."""
+import (s3, http/ftp, huggingFace, gcs, azureBlob, git: copy into storage the operator owns,
+provenance in status.source), wait for a push (handlers/uploads.py), or wait for a
+snapshot."""
 
 from __future__ import annotations
 
-from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointPhase
-from checkpoint_operator.handlers import agent_runs, volumes
+import dataclasses
+from typing import Optional
+
+from checkpoint_operator.api.checkpoint import IMPORT_KINDS, Checkpoint, CheckpointPhase
+from checkpoint_operator.handlers import agent_runs, uploads, volumes
 from checkpoint_operator.handlers.context import Context
 from checkpoint_operator.handlers.status import write_status
 from checkpoint_operator.kube import NAMESPACES, PVCS, ApiError
-from checkpoint_operator.logic import limits, workload
+from checkpoint_operator.logic import import_sources, limits, workload
 from checkpoint_operator.logic.limits import NAMESPACE_LIMIT_ANNOTATION
 from checkpoint_operator.logic.results import Done, Fail, Result, Wait
 from checkpoint_operator.logic.snapshot import ScanResult, ready_change
@@ -87,10 +92,24 @@ def import_checkpoint(ctx: Context, checkpoint: Checkpoint) -> Result:
     except MissingUpload as exc:
         agent_runs.finish(ctx, pod)
         return Fail("ImportFailed", f"import of {origin}: {exc}")
+    provenance, problem = _provenance(ctx, checkpoint, pod)
+    if problem:
+        agent_runs.finish(ctx, pod)
+        return Fail("ImportFailed", f"import of {origin}: {problem}")
     metrics.TRANSFERRED_BYTES.labels("import").inc(manifest.sizeBytes)
-    write_status(ctx, checkpoint, ready_change(manifest, location, owned=True))
+    change = ready_change(manifest, location, owned=True)
+    write_status(ctx, checkpoint, dataclasses.replace(change, fields={**change.fields, "source": provenance}))
     agent_runs.finish(ctx, pod)
     return Done()
+
+
+def _provenance(ctx: Context, checkpoint: Checkpoint, pod: dict) -> tuple[Optional[dict], Optional[str]]:
+    """status.source from what the pod's `import` container printed (the commit, for the Hub and Git)."""
+    try:
+        log = ctx.kube.read_log(pod["metadata"]["namespace"], pod["metadata"]["name"], "import")
+    except ApiError:
+        log = ""
+    return import_sources.source_status(import_sources.import_spec(checkpoint), import_sources.parse_import_result(log))
 
 
 def _run(ctx: Context, checkpoint: Checkpoint, pod: dict, what: str, phase: CheckpointPhase, reason: str,
@@ -128,4 +147,5 @@ def _claim_of(pod: dict) -> str | None:
     return None
 
 
-STEPS = {"trainingJob": wait_for_snapshot, "volume": adopt_volume, "s3": import_checkpoint, "http": import_checkpoint}
+STEPS = {"trainingJob": wait_for_snapshot, "volume": adopt_volume, **{kind: import_checkpoint for kind in IMPORT_KINDS},
+         "upload": uploads.await_upload}

@@ -15,7 +15,7 @@ from typing import Optional
 from checkpoint_operator import PROTECTION_FINALIZER
 from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobPhase
-from checkpoint_operator.handlers import agent_runs, volumes
+from checkpoint_operator.handlers import agent_runs, live, publish, volumes
 from checkpoint_operator.handlers.context import Context
 from checkpoint_operator.handlers.objects import InvalidObject, parse, parse_tolerant
 from checkpoint_operator.handlers.status import write_status
@@ -27,7 +27,7 @@ from checkpoint_operator.logic.conditions import now_rfc3339, seconds_since
 from checkpoint_operator.logic.inputs import InputWait, ResolvedInput, check_live_input, resolve_inputs
 from checkpoint_operator.logic.protection import label_patch, used_uids
 from checkpoint_operator.logic.results import Advance, Done, Fail, Result, Wait
-from checkpoint_operator.logic.snapshot import is_produced_by, not_stored, plan_snapshot, skipped_message
+from checkpoint_operator.logic.snapshot import not_stored, plan_snapshot, skipped_message
 from checkpoint_operator.logic.status import StatusChange
 from checkpoint_operator.storage import MissingUpload, store_for
 from checkpoint_operator import metrics
@@ -111,8 +111,12 @@ def start(ctx: Context, tj: TrainingJob) -> Result:
 
 
 def _create_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput]) -> Result:
+    store = store_for(ctx.config)
+    publish_mode = flow.publish_mode(tj, ctx.config.default_publish)
     try:
-        built = workload.build_job(tj, inputs, store_for(ctx.config).input_volumes(tj, inputs))
+        sidecar = workload.build_live_sidecar(tj, ctx.config, store.live_upload_prefix(tj), store.agent_env()) \
+            if publish_mode == "Continuous" else None
+        built = workload.build_job(tj, inputs, store.input_volumes(tj, inputs), sidecar)
     except workload.InvalidSpec as exc:
         return Fail("InvalidSpec", str(exc))
     for warning in built.warnings:
@@ -130,7 +134,7 @@ def _create_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput])
         return Wait("CreateRefused", f"creating the Job or its volume failed: {exc}", requeue_after=RETRY_SOON)
     write_status(ctx, tj, flow.running_change(built.job["metadata"]["name"], [i.name for i in inputs],
                                               workload.output_claim_name(tj) if tj.output_enabled else None,
-                                              now_rfc3339(), pinned=tj.status.inputs is not None))
+                                              now_rfc3339(), publish_mode, pinned=tj.status.inputs is not None))
     return Advance()
 
 
@@ -143,7 +147,7 @@ def _adopt_started_job(ctx: Context, tj: TrainingJob) -> Optional[Result]:
     names = [p.name for p in tj.status.inputs or []]
     write_status(ctx, tj, flow.running_change(job["metadata"]["name"], names,
                                               workload.output_claim_name(tj) if tj.output_enabled else None,
-                                              now_rfc3339()))
+                                              now_rfc3339(), flow.publish_mode_of_job(job)))
     return Advance()
 
 
@@ -187,6 +191,8 @@ def _release_inputs(ctx: Context, tj: TrainingJob) -> TrainingJob:
 def follow_job(ctx: Context, tj: TrainingJob) -> Result:
     job = ctx.kube.get(JOBS, tj.metadata.namespace, tj.status.jobName or workload.job_name(tj))
     succeeded = flow.job_outcome(job)
+    if tj.publishes_live:  # also once the Job is over: the sidecars' last lines
+        tj = live.collect(ctx, tj)
     if succeeded is None:
         pods = ctx.indexes.worker_pods(tj.metadata.namespace, tj.metadata.uid)
         problems = [p.problem for p in pods if p.problem]
@@ -196,7 +202,9 @@ def follow_job(ctx: Context, tj: TrainingJob) -> Result:
                                           tj.status.outputClaim or workload.output_claim_name(tj))
             if claim is not None:  # the claim's own reason says more than the scheduler's
                 return replace(flow.running_wait(tj, [claim]), requeue_after=volumes.CLAIM_RECHECK)
-        return flow.running_wait(tj, problems)
+        wait = flow.running_wait(tj, problems)
+        # The sidecars' logs bring no event: read again after the poll interval.
+        return replace(wait, requeue_after=ctx.config.live_poll_interval) if tj.publishes_live else wait
     outcome = "succeeded" if succeeded else "; ".join([flow.job_failure_message(job), *_pod_failures(ctx, tj)])
     change, snapshot_follows = flow.after_job(tj, succeeded, outcome, now_rfc3339(), workload.snapshot_pod_name(tj))
     tj = write_status(ctx, tj, change)
@@ -272,23 +280,43 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict, scan) -> Result:
         agent_runs.finish(ctx, pod)
         return Fail("SnapshotFailed", f"pod {pod['metadata']['name']}: {exc}")
 
+    existing = ctx.indexes.checkpoints_of(namespace, tj.metadata.uid)
+    retired = [(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []]
     plan = plan_snapshot(tj, scan, lambda n: ctx.indexes.checkpoint(namespace, n),
-                         lambda m: store.snapshot_location(tj, claim, m, layout, scan.uploads))
-    created = [_create_checkpoint(ctx, tj, planned) for planned in plan.checkpoints]
+                         lambda m: store.snapshot_location(tj, claim, m, layout, scan.uploads), existing=existing,
+                         retired=retired)
+    created = [publish.create_checkpoint(ctx, tj, planned) for planned in plan.checkpoints]
     if any(c is None for c in created):
         return Wait("NameConflict", "a Checkpoint name was taken meanwhile; planning again", requeue_after=0.5)
-    retained = not_stored(scan, len(created))
+    for info, manifest in plan.changed:  # live sealing: a sealed directory's bytes changed since
+        publish.mark_changed(ctx, tj, info, f"{info.directory} changed after it was sealed (digest now "
+                                            f"{manifest.digest})", bytes_in_place=store.keeps_output_claim)
+    if store.keeps_output_claim:  # the s3 store keeps the sealed copy of a directory gone since
+        for info in plan.missing:
+            publish.mark_changed(ctx, tj, info, f"{info.directory} was removed after it was sealed",
+                                 bytes_in_place=True)
+    accounted = len(created) + len(plan.dropped) + len(plan.gone)
+    retained = not_stored(scan, accounted) or _changed_not_stored(plan, store.keeps_output_claim)
     # The Checkpoints own the data before any of them is Ready: deleting the job from here on
     # can no longer take the volume away from under them.
-    _hand_over_output_claim(ctx, tj, claim, created, keep=retained is not None)
-    ready = [_mark_ready(ctx, c, p) for c, p in zip(created, plan.checkpoints)]
-    _report_snapshot(ctx, tj, plan, scan, ready)
+    owners = created + [b for b in (ctx.kube.get(CHECKPOINTS, namespace, c.name) for c in existing
+                                    if not c.deleting and c.name not in {p.name for p in plan.checkpoints})
+                        if b is not None]
+    _hand_over_output_claim(ctx, tj, claim, owners, keep=retained is not None)
+    ready = [publish.mark_ready(ctx, c, p) for c, p in zip(created, plan.checkpoints)]
+    for info in plan.retire:
+        ctx.info(tj, "Retired", f"retention: deleting Checkpoint {info.name} (step {info.step})")
+        ctx.kube.delete(CHECKPOINTS, namespace, info.name)
+    unused = [scan.uploads[d] for d in [*plan.dropped, *plan.gone] if d in scan.uploads]
+    for uri in store.delete_unused_uploads(tj, unused):
+        ctx.info(tj, "DataDeleted", f"deleted {uri} (not kept as a Checkpoint)")
+    _report_snapshot(ctx, tj, plan, scan, [c for c in ready if c.metadata.name not in {e.name for e in existing}])
 
     if tj.status.snapshotStartTime:
         metrics.SNAPSHOT_DURATION.labels(ctx.config.storage_type).observe(seconds_since(tj.status.snapshotStartTime))
     metrics.TRANSFERRED_BYTES.labels("snapshot").inc(sum(c.status.sizeBytes or 0 for c in ready))
-    tj = write_status(ctx, tj, flow.snapshot_done(tj, [c.metadata.name for c in ready], now_rfc3339(), retained,
-                                                  claim, scan.total_skipped))
+    kept = [c.metadata.name for c in ready if c.metadata.name not in {r.name for r in plan.retire}]
+    tj = write_status(ctx, tj, flow.snapshot_done(tj, kept, now_rfc3339(), retained, claim, scan.total_skipped))
     # Only now that the result is recorded: a retry before this point reads the pod's result
     # again (on the s3 store the output volume is gone: a new snapshot pod could never run).
     agent_runs.finish(ctx, pod)
@@ -298,34 +326,19 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict, scan) -> Result:
     return Done()
 
 
-def _create_checkpoint(ctx: Context, tj: TrainingJob, planned) -> Optional[dict]:
-    """Create one Checkpoint, or find the one an earlier pass created (None: the name is taken
-    by an object that is not this job's)."""
-    namespace = tj.metadata.namespace
-    try:
-        checkpoint = ctx.kube.create(CHECKPOINTS, namespace, planned.body)
-        metrics.CHECKPOINTS_CREATED.inc()
-        return checkpoint
-    except Conflict:
-        checkpoint = ctx.kube.get(CHECKPOINTS, namespace, planned.name)
-        if checkpoint is None or not is_produced_by(checkpoint, tj.metadata.uid, planned.directory):
-            return None
-        return checkpoint
-
-
-def _mark_ready(ctx: Context, body: dict, planned) -> Checkpoint:
-    checkpoint = parse_tolerant(Checkpoint, body)
-    if checkpoint.status.phase == "Ready":
-        return checkpoint
-    return write_status(ctx, checkpoint, planned.ready)
+def _changed_not_stored(plan, bytes_in_place: bool) -> Optional[str]:
+    """s3 store: a sealed directory changed after its upload; the new bytes exist only on the
+    output volume, which is then kept."""
+    if bytes_in_place or not plan.changed:
+        return None
+    return "changed after sealing, not stored: " + ", ".join(info.directory or "" for info, _ in plan.changed[:5])
 
 
 def _report_snapshot(ctx: Context, tj: TrainingJob, plan, scan, created: list[Checkpoint]) -> None:
     if scan.total_skipped:  # one event for all of them (3,000 skipped links are one line)
         ctx.warn(tj, "Skipped", skipped_message(scan.skipped, scan.skipped_count))
     if plan.dropped:
-        ctx.info(tj, "NotKept", f"output.keep={tj.spec.output.keep}: not kept as Checkpoints: "
-                                f"{', '.join(plan.dropped)}")
+        ctx.info(tj, "NotKept", f"retention: not kept as Checkpoints: {', '.join(plan.dropped)}")
     for checkpoint in created:
         source = checkpoint.spec.source.trainingJob
         ctx.info(checkpoint, "Created", f"snapshot of {tj.metadata.name} {source.directory if source else ''!r}: "

@@ -4,10 +4,11 @@ put keys on the work queue (each key once, however many events arrive meanwhile)
 - a TrainingJob changed: itself (unless there is nothing left to do); when it finished or went,
   the jobs waiting for its outputs; the Checkpoints it uses, used or used as of its previous
   event (their usedBy, a blocked deletion), debounced;
-- a Checkpoint changed: itself (unless settled and up to date); the Pending jobs that refer to
-  it by name, uid or producer;
+- a Checkpoint changed: itself (unless settled and up to date, with no verify or pull request);
+  the Pending jobs that refer to it by name, uid or producer;
 - a Job, pod or PVC of ours changed: its owner (by ownerReference, or by the trainingjob-uid
-  label for a Job's pods); a PVC a Checkpoint adopts: that Checkpoint.
+  label for a Job's pods; a settled Checkpoint only for the pods that serve its requests); a
+  PVC a Checkpoint adopts: that Checkpoint.
 
 Why no wake-up is lost. A reconcile decides to wait from what it read: live GETs (never older
 than any event) and kopf's indexes. Three facts close the gap between them:
@@ -51,7 +52,8 @@ from checkpoint_operator.handlers.context import Context
 from checkpoint_operator.logic.inputs import CheckpointInfo, TrainingJobInfo
 from checkpoint_operator.logic.protection import used_by_status, used_uids
 from checkpoint_operator.logic.trainingjob_flow import RELEASE_OUTPUT_ANNOTATION
-from checkpoint_operator.logic.workload import LABEL_TRAINING_JOB_UID
+from checkpoint_operator.logic.transfers import has_ready_request
+from checkpoint_operator.logic.workload import LABEL_COMPONENT, LABEL_TRAINING_JOB_UID
 
 logger = logging.getLogger("checkpoint_operator.wakeups")
 DEBOUNCE = 0.5  # seconds: a burst of job events on one Checkpoint is one usedBy write
@@ -162,6 +164,8 @@ def _checkpoint_has_work(ctx: Context, body: Mapping, info: CheckpointInfo) -> b
     meta, status = body.get("metadata", {}), body.get("status") or {}
     if info.deleting or PROTECTION_FINALIZER not in (meta.get("finalizers") or []):
         return True
+    if has_ready_request(meta.get("annotations")):  # verify, pull (logic/transfers.py)
+        return True
     if not info.phase.is_settled:
         return not _made_by_a_live_job(ctx, meta.get("namespace", ""), info)
     wanted = used_by_status(ctx.indexes.users_of(meta.get("namespace", ""), info.uid))
@@ -176,8 +180,9 @@ def child_event(ctx: Context, body: Mapping) -> None:
             ctx.queue.add(_tj(namespace, owner.get("name", "")))
         elif owner.get("kind") == "Checkpoint":
             info = ctx.indexes.checkpoint(namespace, owner.get("name", ""))
-            if info is None or info.deleting or (not info.phase.is_settled
-                                                 and not _made_by_a_live_job(ctx, namespace, info)):
+            serves_request = (meta.get("labels") or {}).get(LABEL_COMPONENT) in ("verify", "pull")
+            if info is None or info.deleting or serves_request or (not info.phase.is_settled
+                                                                   and not _made_by_a_live_job(ctx, namespace, info)):
                 ctx.queue.add(_ckpt(namespace, owner.get("name", "")))
     job_uid = (meta.get("labels") or {}).get(LABEL_TRAINING_JOB_UID)
     if job_uid:

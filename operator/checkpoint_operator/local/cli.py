@@ -28,6 +28,9 @@ def add_local_parser(sub: argparse._SubParsersAction) -> None:
                      help="image of the operator's agent pods with a container engine "
                           "(default: localhost/checkpoint-operator:dev, built by e2e/image/build.sh)")
     run.add_argument("--timeout", type=float, default=600, help="seconds to wait for everything to settle")
+    run.add_argument("--serve", action="store_true",
+                     help="then keep the cluster and the operator running (until Ctrl-C), reachable with kubectl and "
+                          "kubectl ckpt through <state-dir>/kubeconfig")
     run.set_defaults(func=_run_local)
 
 

@@ -17,6 +17,8 @@ full resync every ``poll_interval`` seconds is the safety net for anything misse
   ``active``, ``terminating``, ``succeeded``, ``failed`` and the Complete / Failed conditions.
 - ``Kubelet`` (``kubelet.py``): runs pods with a runtime (``runtime.py``: host processes in a view
   of the pod's mounts; ``engine.py``: containers of their images with Podman or Docker).
+- ``ExecServer`` (``podexec.py``): the kubelet's exec endpoint, registered as the node ``local``; the
+  emulator proxies ``pods/exec`` to it.
 - ``GarbageCollector``: deletes Pods, Jobs and PVCs all of whose ownerReferences point to objects
   that no longer exist (or exist with another uid), confirmed by a live read before deleting, as
   the Kubernetes garbage collector does. Owners of other kinds are watched as they are referred to.
@@ -48,6 +50,7 @@ from checkpoint_operator.local.informer import Informer, Key, WorkQueue, key_of
 from checkpoint_operator.local.kubelet import (  # noqa: F401 - re-exported for callers of the old module
     TERMINAL_PHASES, ContainerRunner, Kubelet, claim_names_of_pod, expand_variables, meta, now_rfc3339, pod_phase,
 )
+from checkpoint_operator.local.podexec import ExecServer, register_node
 from checkpoint_operator.local.runtime import host_command  # noqa: F401 - re-exported
 from checkpoint_operator.local.server import ApiClient, ApiError
 
@@ -399,6 +402,8 @@ class LocalCluster:
         self.kubelet = Kubelet(self.api, self.data_dir, self.claim_dir, self.pods.observe, runtime=self.runtime,
                                container_runner=self.container_runner, workdir=self.workdir)
         self.gc = GarbageCollector(self.api, self._owner_cache_for)
+        self.exec_server = ExecServer(self.kubelet)  # pods/exec: the emulator proxies to it (podexec.py)
+        await register_node(self.api, await self.exec_server.start())
         for cache in (self.pods, self.jobs, self.claims):
             cache.start()
         await asyncio.gather(self.pods.wait_synced(), self.jobs.wait_synced(), self.claims.wait_synced())
@@ -422,6 +427,8 @@ class LocalCluster:
         self._tasks.clear()
         for queue in self._queues:
             await queue.stop()
+        if getattr(self, "exec_server", None) is not None:
+            await self.exec_server.stop()
         if self.kubelet is not None:
             await self.kubelet.stop()
         for cache in [self.pods, self.jobs, self.claims, *self._owner_caches.values()] if self.api else []:

@@ -41,7 +41,11 @@ here (``Emulator`` subclasses kmock's class; the one patched internal is ``_patc
 - ``GET /api/v1/namespaces`` (and ``/api/v1/namespaces/NAME``): kmock 0.8 fails to parse these paths
   (500); fixed, so kopf can run with namespace scanning; the ``default`` namespace exists;
 - pod logs: ``GET .../pods/NAME/log`` answers ``text/plain``; the log is set by the local kubelet with
-  ``PUT .../pods/NAME/log`` (an extension of this emulator) or ``Emulator.set_pod_log``;
+  ``PUT .../pods/NAME/log`` (an extension of this emulator; ``?append=true`` adds to it, as a
+  running container's output grows) or ``Emulator.set_pod_log``; ``sinceTime``/``timestamps``
+  are not implemented (the whole log is served, which readers of the real API must accept);
+- ``pods/exec`` over websockets (``v5.channel.k8s.io``, ``v4.channel.k8s.io``), proxied to the kubelet
+  of the pod's node as a real API server does (``local/podexec.py``);
 - deletion: ``propagationPolicy`` (query or DeleteOptions body). ``Orphan`` strips the owner's
   ownerReferences from its dependents; ``Background`` and ``Foreground`` both leave dependents to
   the garbage collector of ``cluster.LocalCluster`` (Foreground does not block the owner here).
@@ -108,6 +112,7 @@ Resource = references.resource
 PODS = Resource("", "v1", "pods")
 NAMESPACES = Resource("", "v1", "namespaces")
 JOBS = Resource("batch", "v1", "jobs")
+NODES = Resource("", "v1", "nodes")
 CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 
 ALL_VERBS = {"get", "list", "watch", "create", "patch", "update", "delete", "deletecollection"}
@@ -345,6 +350,7 @@ class Emulator(kmock.KubernetesEmulator):
                 self._own_reactions[id(payload)] = method
         self._own(self.fallback[kmock.method.PUT], self._serve_update)
         self._own((self.fallback ** 1)[PODS, kmock.subresource("log")], self._serve_pod_log)
+        self._own((self.fallback ** 1)[PODS, kmock.subresource("exec")], self._serve_exec)
         self._own((self.fallback ** 1)[re.compile(r"/_emulator/.*")], self._serve_extension)
         with warnings.catch_warnings():  # kmock 0.8 reads its bundle with a deprecated importlib call
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -450,6 +456,8 @@ class Emulator(kmock.KubernetesEmulator):
             return None
         if resource == PODS and request.subresource == "log":
             return self._serve_pod_log
+        if resource == PODS and request.subresource == "exec":
+            return self._serve_exec
         if request.method == kmock.method.PUT:
             return self._serve_update
         return self._by_action.get(request.action)
@@ -818,7 +826,11 @@ class Emulator(kmock.KubernetesEmulator):
             raise self._object_not_found(key)
         container = request.params.get("container") or _default_container(stored.load())
         if request.method == kmock.method.PUT:
-            self.set_pod_log(request.namespace, request.name, request.text, container=container)
+            if request.params.get("append") == "true":  # a running container's new output (the local kubelet)
+                text = self.pod_log(request.namespace, request.name, container) + request.text
+            else:
+                text = request.text
+            self.set_pod_log(request.namespace, request.name, text, container=container)
             return aiohttp.web.Response(status=204)
         return aiohttp.web.Response(text=self.pod_log(request.namespace, request.name, container),
                                     content_type="text/plain")
@@ -838,6 +850,15 @@ class Emulator(kmock.KubernetesEmulator):
         stored = self.store.get((PODS, namespace, name))
         container = container or (_default_container(stored.load()) if stored else None) or ""
         return self._pod_logs.get((namespace, name), {}).get(container, "")
+
+    async def _serve_exec(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        """``pods/exec``: proxied to the kubelet of the pod's node (local/podexec.py)."""
+        from checkpoint_operator.local.podexec import proxy_exec
+        return await proxy_exec(self, request)
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Every Node (small: what pods/exec looks its kubelet up in)."""
+        return [stored.load() for _, stored in self.store.select(NODES, None)]
 
     # -- extensions -------------------------------------------------------------------------------
 

@@ -11,8 +11,13 @@ A pod, once its claims are bound: volumes become host directories under ``<data>
 4. the phase: Succeeded when every regular container exited 0, else Failed (``restartPolicy:
    Never`` semantics, which is what Jobs of this operator use).
 
-Deleting a running pod terminates it gracefully: SIGTERM to every container, SIGKILL after
-``terminationGracePeriodSeconds`` (default 30). The emulated API deletes a pod at once, so the
+Deleting a running pod terminates it gracefully: SIGTERM to every regular container, then, once
+they have exited, to the native sidecars (last started first), as the kubelet orders it since
+Kubernetes 1.29; SIGKILL to whatever still runs after ``terminationGracePeriodSeconds`` (default
+30). A downwardAPI volume (``metadata.annotations``, ``labels``, ``name``, ``namespace``, ``uid``)
+is written before the containers start and rewritten when the pod's metadata changes, as a
+kubelet refreshes it. A native sidecar's log is served while it runs (other containers' logs
+when they end). The emulated API deletes a pod at once, so the
 kubelet holds a finalizer (``LOCAL_KUBELET_FINALIZER``) while a pod runs: a deleted running pod
 stays visible with its deletionTimestamp (terminating) until its containers have stopped.
 
@@ -26,7 +31,9 @@ import asyncio
 import base64
 import contextlib
 import datetime
+import json
 import logging
+import os
 import re
 import signal
 from collections.abc import Awaitable, Callable, Mapping
@@ -134,8 +141,12 @@ class PodWorker:
         self.volumes: dict[str, Path] = {}
         self.read_only_volumes: set[str] = set()
         self.processes: dict[str, ContainerProcess] = {}
+        self.runs: dict[str, ContainerRun] = {}  # by container name: what an exec runs beside it (podexec.py)
         self.terminating = False  # the pod was deleted
         self.sidecars_stopping = False  # the regular containers are done
+        self.sidecar_names = {c["name"] for c in pod.get("spec", {}).get("initContainers") or [] if is_sidecar(c)}
+        self.downward: dict[str, list[dict]] = {}  # downwardAPI volume name -> its items
+        self.live_volumes: set[str] = set()
         self.init_statuses: list[dict] = []
         self.task = asyncio.create_task(self._run(), name=f"pod {meta(pod)['name']}")
 
@@ -144,13 +155,23 @@ class PodWorker:
         return self.kubelet.api
 
     def terminate(self, grace: float) -> None:
-        """SIGTERM to every container now, SIGKILL after ``grace`` seconds; start nothing new."""
+        """SIGTERM to every container but the sidecars now (they are stopped once the others have
+        exited: see _run), SIGKILL after ``grace`` seconds; start nothing new."""
         if self.terminating:
             return
         self.terminating = True
-        for process in list(self.processes.values()):
-            process.send_signal(signal.SIGTERM)
+        for name, process in list(self.processes.items()):
+            if name not in self.sidecar_names:
+                process.send_signal(signal.SIGTERM)
         asyncio.get_running_loop().call_later(grace, self._kill_all)
+
+    def refresh(self, pod: dict) -> None:
+        """The pod changed in the API: rewrite its downwardAPI volumes if what they show changed."""
+        if not self.downward or meta(pod).get("uid") != meta(self.pod).get("uid"):
+            return
+        self.pod = {**self.pod, "metadata": pod.get("metadata", {})}
+        for name, items in self.downward.items():
+            write_downward_files(self.volumes[name], self.pod, items)
 
     def _kill_all(self) -> None:
         for process in list(self.processes.values()):
@@ -224,6 +245,7 @@ class PodWorker:
         if self.terminating:
             return waiting_status(container, "PodInitializing")
         run = await self._container_run(container)
+        self.runs[container["name"]] = run
         started = now_rfc3339()
         runner = self.kubelet.container_runner
         if runner is not None:
@@ -240,12 +262,17 @@ class PodWorker:
             await self._write_log(container, f"local kubelet: {exc.message}\n")
             return waiting_status(container, exc.reason, exc.message)
         self.processes[container["name"]] = process
-        if self.terminating:  # deleted while it was being created
+        if self.terminating and container["name"] not in self.sidecar_names:  # deleted while it was being created
             process.send_signal(signal.SIGTERM)
+        follower = LogFollower(self, container) if is_sidecar(container) and hasattr(process, "on_stdout") else None
+        if follower is not None:
+            process.on_stdout = follower.feed
         try:
             exit_code, log = await process.wait()
         finally:
             self.processes.pop(container["name"], None)
+        if follower is not None:
+            await follower.close()
         await self._write_log(container, log)
         return terminated_status(container, exit_code, started, restarts)
 
@@ -292,7 +319,8 @@ class PodWorker:
                 if not source.exists():
                     source.mkdir(parents=True)  # as the kubelet does for a missing subPath
             read_only = bool(mount.get("readOnly")) or mount["name"] in self.read_only_volumes
-            mounts.append(Mount(normalise_mount_path(mount["mountPath"]), source, read_only))
+            mounts.append(Mount(normalise_mount_path(mount["mountPath"]), source, read_only,
+                                live=mount["name"] in self.live_volumes))
         return ContainerRun(pod=self.pod, container=container, argv=argv, env=env, mounts=mounts,
                             pod_dir=self.pod_dir, security=Security.of(self.pod, container))
 
@@ -309,6 +337,14 @@ class PodWorker:
                     self.read_only_volumes.add(name)
             elif volume.get("hostPath"):
                 self.volumes[name] = Path(volume["hostPath"]["path"])
+            elif volume.get("downwardAPI"):
+                directory = self.pod_dir / "volumes" / name
+                directory.mkdir(parents=True, exist_ok=True)
+                self.volumes[name] = directory
+                self.read_only_volumes.add(name)
+                self.live_volumes.add(name)
+                self.downward[name] = volume["downwardAPI"].get("items") or []
+                write_downward_files(directory, self.pod, self.downward[name])
             else:
                 directory = self.pod_dir / "volumes" / name
                 directory.mkdir(parents=True, exist_ok=True)
@@ -358,9 +394,10 @@ class PodWorker:
 
     # -- API --------------------------------------------------------------------------------------
 
-    async def _write_log(self, container: dict, log: str) -> None:
+    async def _write_log(self, container: dict, log: str, append: bool = False) -> None:
         with contextlib.suppress(ApiError):
-            await self.api.write_log(meta(self.pod)["namespace"], meta(self.pod)["name"], container["name"], log)
+            await self.api.write_log(meta(self.pod)["namespace"], meta(self.pod)["name"], container["name"], log,
+                                     append=append)
 
     async def _patch_status(self, status: dict) -> None:
         with contextlib.suppress(ApiError):  # a deleted pod has no status to report
@@ -377,6 +414,57 @@ class PodWorker:
 
     async def _remove_finalizer(self) -> None:
         await self.kubelet.remove_finalizer(meta(self.pod)["namespace"], meta(self.pod)["name"], meta(self.pod)["uid"])
+
+
+def _downward_value(pod: Mapping[str, Any], field_path: str) -> str:
+    match = re.fullmatch(r"metadata\.(labels|annotations)", field_path)
+    if match:  # as the kubelet formats a map: key="value" lines, sorted, values quoted (Go's %q)
+        values = meta(pod).get(match[1]) or {}
+        return "".join(f"{k}={json.dumps(str(v), ensure_ascii=False)}\n" for k, v in sorted(values.items()))
+    return pod_field(pod, field_path)
+
+
+def write_downward_files(directory: Path, pod: Mapping[str, Any], items: list[dict]) -> None:
+    """Each item's file, replaced atomically and only when its content changed."""
+    for item in items:
+        field_path = (item.get("fieldRef") or {}).get("fieldPath")
+        if not field_path or not item.get("path"):
+            continue
+        target = directory / item["path"]
+        text = _downward_value(pod, field_path)
+        if target.exists() and target.read_text() == text:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, target)
+
+
+class LogFollower:
+    """Appends a running container's output to its log in the API, a batch at a time."""
+
+    def __init__(self, worker: "PodWorker", container: dict) -> None:
+        self.worker, self.container = worker, container
+        self.pending = b""
+        self.task: asyncio.Task | None = None
+
+    def feed(self, data: bytes) -> None:
+        self.pending += data
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self.pending:
+            cut = self.pending.rfind(b"\n") + 1  # whole lines only: a reader never sees half a JSON line
+            if not cut:
+                return
+            text, self.pending = self.pending[:cut], self.pending[cut:]
+            await self.worker._write_log(self.container, text.decode(errors="replace"), append=True)
+
+    async def close(self) -> None:
+        if self.task is not None:
+            with contextlib.suppress(Exception):
+                await self.task
 
 
 class Kubelet:
@@ -411,6 +499,8 @@ class Kubelet:
             del self.workers[uid]
             self._finished.add(uid)
             worker = None
+        if worker is not None:
+            worker.refresh(pod)
         if meta(pod).get("deletionTimestamp"):
             if worker is not None:
                 worker.terminate(grace_seconds(pod))

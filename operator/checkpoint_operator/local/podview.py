@@ -9,7 +9,8 @@ same names, the same parents and the same listings as in a pod.
 
 - read-write mounts are symlinks to the volume (writes land in the volume, as in a pod);
 - read-only mounts are private copies (reflinked where the filesystem can, else copied), with
-  the write bits removed. A non-root process gets EACCES when it writes into an input. Root
+  the write bits removed (downwardAPI volumes, which the kubelet updates while the pod runs,
+  are linked instead, so the container sees each update). A non-root process gets EACCES when it writes into an input. Root
   ignores permission bits: its write succeeds, but only changes the pod's copy; the Checkpoint's
   bytes are never reachable for writing through the view. The container runtimes enforce
   read-only mounts for real (EROFS).
@@ -39,6 +40,7 @@ class Mount:
     path: str
     source: Path
     read_only: bool
+    live: bool = False  # kept current by the kubelet (a downwardAPI volume): linked, never copied
 
 
 def normalise_mount_path(path: str) -> str:
@@ -122,7 +124,7 @@ class PodView:
             target.parent.mkdir(parents=True, exist_ok=True)
             if target.exists() or target.is_symlink():
                 remove_tree(target)  # a single-file mount replaces a directory made for its parent
-            if mount.read_only:
+            if mount.read_only and not mount.live:
                 read_only_copy(mount.source, target)
             else:
                 target.symlink_to(mount.source, target_is_directory=mount.source.is_dir())

@@ -131,29 +131,79 @@ def local_run(args: argparse.Namespace) -> int:
         settled = wait_until_settled(kube, args.timeout)
         checkpoints = kube.list(CHECKPOINTS, NAMESPACE)
         jobs = kube.list(TRAINING_JOBS, NAMESPACE)
+        if getattr(args, "serve", False):
+            report = build_report(checkpoints, jobs)
+            print(json.dumps(report, indent=2) if args.output == "json" else render_table(report), flush=True)
+            serve_until_interrupted(url, state_dir)
     finally:
         handle.stop()
         cluster.stop_thread()
         server.stop()
     report = build_report(checkpoints, jobs)
-    print(json.dumps(report, indent=2) if args.output == "json" else render_table(report))
+    if not getattr(args, "serve", False):  # --serve printed it before serving
+        print(json.dumps(report, indent=2) if args.output == "json" else render_table(report))
     if not settled:
         print(f"error: not everything settled within {args.timeout:.0f} s (see the phases above)", file=sys.stderr)
         return 1
     return 1 if any(j["phase"] == "Failed" for j in report["trainingJobs"]) else 0
 
 
+def serve_until_interrupted(url: str, state_dir: Path) -> None:
+    """--serve: keep the cluster and the operator running for kubectl (and kubectl ckpt) through a
+    kubeconfig, until Ctrl-C or SIGTERM."""
+    import signal
+    import threading
+
+    import yaml
+    kubeconfig = state_dir / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "local",
+        "clusters": [{"name": "local", "cluster": {"server": url}}], "users": [{"name": "local", "user": {}}],
+        "contexts": [{"name": "local", "context": {"cluster": "local", "user": "local", "namespace": NAMESPACE}}]}))
+    print(f"serving the local cluster at {url} until Ctrl-C; try:\n  export KUBECONFIG={kubeconfig}\n"
+          f"  kubectl ckpt ls", file=sys.stderr, flush=True)
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def wait_until_settled(kube, timeout: float) -> bool:
     from checkpoint_operator.kube import CHECKPOINTS, TRAINING_JOBS
     deadline = time.monotonic() + timeout
+    reported: set[str] = set()
     while time.monotonic() < deadline:
         jobs = kube.list(TRAINING_JOBS, NAMESPACE)
         checkpoints = kube.list(CHECKPOINTS, NAMESPACE)
+        report_new_checkpoints(checkpoints, jobs, reported)
         if all(j.get("status", {}).get("phase") in FINISHED_JOB for j in jobs) and \
                 all(c.get("status", {}).get("phase") in SETTLED_CHECKPOINT for c in checkpoints):
             return True
         time.sleep(0.2)
     return False
+
+
+def report_new_checkpoints(checkpoints: list[dict], jobs: list[dict], reported: set[str]) -> None:
+    """One line per Checkpoint as it becomes Ready, and per one deleted, with its producer's phase
+    then (live sealing shows them while the job is Running)."""
+    phases = {j["metadata"]["name"]: j.get("status", {}).get("phase") for j in jobs}
+    present = set()
+    for c in sorted(checkpoints, key=lambda c: c["metadata"].get("creationTimestamp") or ""):
+        name, status = c["metadata"]["name"], c.get("status", {})
+        present.add(name)
+        if status.get("phase") != "Ready" or name in reported:
+            continue
+        reported.add(name)
+        producer = (status.get("producedBy") or {}).get("name")
+        by = f", TrainingJob {producer} {phases.get(producer) or 'gone'}" if producer else ""
+        print(f"checkpoint.ckpt.dev/{name} Ready (step {status.get('step')}{by})", file=sys.stderr, flush=True)
+    for name in sorted(reported - present):
+        reported.discard(name)
+        print(f"checkpoint.ckpt.dev/{name} deleted", file=sys.stderr, flush=True)
 
 
 def build_report(checkpoints: list[dict], jobs: list[dict]) -> dict:

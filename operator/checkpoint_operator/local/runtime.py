@@ -115,14 +115,17 @@ def normalised_exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-async def read_bounded(fd: int, limit: int = LOG_LIMIT) -> bytes:
-    """Read a pipe to its end without blocking the loop, keeping the last ``limit`` bytes."""
+async def read_bounded(fd: int, limit: int = LOG_LIMIT, on_chunk: Any = None) -> bytes:
+    """Read a pipe to its end without blocking the loop, keeping the last ``limit`` bytes;
+    ``on_chunk(data)`` sees the output as it comes (a running container's log)."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 20)
     transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", 0))
     kept, size = [], 0
     try:
         while chunk := await reader.read(1 << 16):
+            if on_chunk is not None:
+                on_chunk(chunk)
             kept.append(chunk)
             size += len(chunk)
             while size - len(kept[0]) >= limit:
@@ -139,7 +142,12 @@ class HostProcess:
     def __init__(self, pid: int, exited: Any, stdout_fd: int, stderr_fd: int) -> None:
         self.pid = pid
         self._exited = exited  # awaitable -> exit code
-        self._output = asyncio.gather(read_bounded(stdout_fd), read_bounded(stderr_fd))
+        self.on_stdout: Any = None  # set by the kubelet to follow the output while it runs
+        self._output = asyncio.gather(read_bounded(stdout_fd, on_chunk=self._stdout_chunk), read_bounded(stderr_fd))
+
+    def _stdout_chunk(self, data: bytes) -> None:
+        if self.on_stdout is not None:
+            self.on_stdout(data)
 
     async def wait(self) -> tuple[int, str]:
         try:

@@ -397,7 +397,7 @@ class ApiClient:
         params = {"container": container} if container else None
         return await self.request("GET", resource_path("v1/pods", namespace, name, "log"), params=params)
 
-    async def write_log(self, namespace: str, name: str, container: str, text: str) -> None:
-        """Set a container's log (an extension of the emulator, used by the local kubelet)."""
-        await self.request("PUT", resource_path("v1/pods", namespace, name, "log"),
-                           params={"container": container}, text=text)
+    async def write_log(self, namespace: str, name: str, container: str, text: str, append: bool = False) -> None:
+        """Set (or extend) a container's log (an extension of the emulator, used by the local kubelet)."""
+        params = {"container": container, **({"append": "true"} if append else {})}
+        await self.request("PUT", resource_path("v1/pods", namespace, name, "log"), params=params, text=text)

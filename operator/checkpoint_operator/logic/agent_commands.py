@@ -6,7 +6,7 @@ so a flag renamed on one side fails a test instead of a pod.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 AGENT = ("checkpoint-operator", "agent")
 Layout = str  # "auto" | "directories" | "files" (api.trainingjob.OutputSpec.layout)
@@ -17,10 +17,12 @@ def scan(directory: str, *, layout: Layout = "auto", single: bool = False) -> li
     return [*AGENT, "scan", directory, *(["--single"] if single else ["--layout", layout]), "--json"]
 
 
-def snapshot(directory: str, upload_to: str, *, layout: Layout = "auto", single: bool = False) -> list[str]:
-    """Scan DIR and upload each checkpoint under UPLOAD_TO (s3 store); prints the scan JSON."""
+def snapshot(directory: str, upload_to: str, *, layout: Layout = "auto", single: bool = False,
+             reuse_sealed: bool = False) -> list[str]:
+    """Scan DIR and upload each checkpoint under UPLOAD_TO (s3 store); prints the scan JSON.
+    `reuse_sealed`: a checkpoint the sealing sidecar uploaded already (same digest) is not sent again."""
     return [*AGENT, "snapshot", directory, *(["--single"] if single else ["--layout", layout]),
-            "--upload-to", upload_to]
+            "--upload-to", upload_to, *(["--reuse-sealed"] if reuse_sealed else [])]
 
 
 def download(uri: str, directory: str, *, digest: str) -> list[str]:
@@ -29,7 +31,49 @@ def download(uri: str, directory: str, *, digest: str) -> list[str]:
     return [*AGENT, "download", uri, directory, "--digest", digest]
 
 
-def import_(source: str, dest: str, *, max_size: Optional[int] = None, max_files: Optional[int] = None) -> list[str]:
-    """Copy SOURCE (s3/http) into DEST, refusing more than `max_size` bytes or `max_files` files."""
+def import_(source: str, dest: str, *, max_size: Optional[int] = None, max_files: Optional[int] = None,
+            source_args: Sequence[str] = ()) -> list[str]:
+    """Copy SOURCE into DEST, refusing more than `max_size` bytes or `max_files` files.
+    `source_args`: the source's own flags (logic/import_sources.py: --include, --lfs, --ca-file...)."""
     return [*AGENT, "import", source, dest, *(["--max-size", str(max_size)] if max_size is not None else []),
-            *(["--max-files", str(max_files)] if max_files is not None else [])]
+            *(["--max-files", str(max_files)] if max_files is not None else []), *source_args]
+
+
+# --- verify, and push/pull over exec (agent/transfer.py) -----------------------------------------
+
+def verify(location: str, *, digest: Optional[str] = None, max_size: Optional[int] = None) -> list[str]:
+    """Re-read a checkpoint (s3://prefix/ or a directory) and check it against its manifest; one JSON line."""
+    return [*AGENT, "verify", location, *(["--digest", digest] if digest else []),
+            *(["--max-size", str(max_size)] if max_size is not None else []), "--json"]
+
+
+def receive(directory: str, *, digest: str, idle: float, max_size: Optional[int] = None) -> list[str]:
+    """An upload receiver: wait for a push into DIR (agent unpack, run by exec), then check it."""
+    return [*AGENT, "receive", directory, "--digest", digest, "--idle", f"{idle:g}",
+            *(["--max-size", str(max_size)] if max_size is not None else [])]
+
+
+def unpack(directory: str, *, max_size: Optional[int] = None, name: Optional[str] = None) -> list[str]:
+    """Write the tar stream on stdin into DIR and commit it (what `kubectl ckpt push` execs)."""
+    return [*AGENT, "unpack", directory, *(["--max-size", str(max_size)] if max_size is not None else []),
+            *(["--name", name] if name else [])]
+
+
+def pack(directory: str, *, session_dir: Optional[str] = None) -> list[str]:
+    """Write the checkpoint in DIR as a tar stream on stdout (what `kubectl ckpt pull` execs)."""
+    return [*AGENT, "pack", directory, *(["--session-dir", session_dir] if session_dir else [])]
+
+
+def hold(session_dir: str, *, idle: float) -> list[str]:
+    """A pull pod's main container: until the pulls in the pod are over."""
+    return [*AGENT, "hold", "--session-dir", session_dir, "--idle", f"{idle:g}"]
+
+
+def watch(output_dir: str, *, interval: float, annotations_file: Optional[str] = None,
+          upload_to: Optional[str] = None, shared: bool = False, upload_concurrency: Optional[int] = None) -> list[str]:
+    """The live-sealing sidecar: seal checkpoints in OUTPUT_DIR as they complete (one JSON line each)."""
+    return [*AGENT, "watch", output_dir, "--interval", f"{interval:g}",
+            *(["--annotations-file", annotations_file] if annotations_file else []),
+            *(["--upload-to", upload_to] if upload_to else []),
+            *(["--upload-concurrency", str(upload_concurrency)] if upload_concurrency else []),
+            *(["--shared"] if shared else [])]

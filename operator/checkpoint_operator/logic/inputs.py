@@ -15,6 +15,7 @@ from checkpoint_operator.api.checkpoint import CheckpointPhase
 from checkpoint_operator.api.common import PinnedCheckpoint
 from checkpoint_operator.api.trainingjob import CheckpointRef, TrainingJob, TrainingJobPhase
 from checkpoint_operator.logic.naming import ROOT_DIRECTORY
+from checkpoint_operator.logic.retention import KEEP_LABEL
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,9 @@ class CheckpointInfo:
     complete: Optional[bool] = None
     resumable: Optional[bool] = None
     deleting: bool = False
+    digest: Optional[str] = None
+    metrics: tuple[tuple[str, float], ...] = ()   # status.metrics (a few named numbers)
+    exempt: bool = False                          # labelled ckpt.dev/keep=true: retention never deletes it
 
     @classmethod
     def from_body(cls, body: Mapping) -> "CheckpointInfo":
@@ -47,7 +51,12 @@ class CheckpointInfo:
                    producer_name=producer.get("name") or source.get("name"),
                    producer_uid=producer.get("uid") or source.get("uid"), directory=source.get("directory"),
                    complete=status.get("complete"), resumable=status.get("resumable"),
-                   deleting=bool(meta.get("deletionTimestamp")))
+                   deleting=bool(meta.get("deletionTimestamp")), digest=status.get("digest"),
+                   metrics=tuple(sorted((status.get("metrics") or {}).items()))[:16],
+                   exempt=(meta.get("labels") or {}).get(KEEP_LABEL) == "true")
+
+    def metric(self, name: str) -> Optional[float]:
+        return next((v for k, v in self.metrics if k == name), None)
 
     @property
     def is_usable(self) -> bool:
@@ -59,6 +68,8 @@ class TrainingJobInfo:
     name: str
     uid: str
     phase: TrainingJobPhase
+    publishes_live: bool = False                # status.publish == Continuous: Checkpoints appear while it runs
+    best: Optional[tuple[str, str]] = None      # spec.output.retention.keepBest (metric, mode): select: best
 
     @classmethod
     def from_body(cls, body: Mapping) -> "TrainingJobInfo":
@@ -67,7 +78,9 @@ class TrainingJobInfo:
             phase = TrainingJobPhase(status.get("phase") or "Pending")
         except ValueError:
             phase = TrainingJobPhase.PENDING
-        return cls(meta.get("name", ""), meta.get("uid", ""), phase)
+        best = (((body.get("spec") or {}).get("output") or {}).get("retention") or {}).get("keepBest") or {}
+        return cls(meta.get("name", ""), meta.get("uid", ""), phase, status.get("publish") == "Continuous",
+                   (best["metric"], best.get("mode", "min")) if best.get("metric") else None)
 
 
 class Lookup(Protocol):
@@ -105,7 +118,7 @@ class ResolvedInput:
 
 
 # Waits that will not end by themselves: the job reports Stalled (GitOps shows Degraded).
-TERMINAL_WAITS = ("InputFailed", "DuplicateInput")
+TERMINAL_WAITS = ("InputFailed", "DuplicateInput", "NoBestMetric")
 
 
 @dataclass(frozen=True)
@@ -129,18 +142,31 @@ class Resolution:
 # --- selection among a producer's outputs ----------------------------------------------------------
 
 def _rank(c: CheckpointInfo) -> tuple:
-    return (c.step is not None, c.step if c.step is not None else -1, c.created, c.name)
+    # The root's files (the final model, `select: final`) rank below every other output, even
+    # when a step was read from them (a root `torch.save` file may record one): `latest` is what
+    # a resume continues from, so it is the root only when the job wrote nothing else.
+    return (c.directory != ROOT_DIRECTORY, c.step is not None, c.step if c.step is not None else -1, c.created, c.name)
 
 
-def select_output(outputs: list[CheckpointInfo], policy: str) -> Optional[CheckpointInfo]:
-    """`latest`: the highest step, then the newest, of the usable outputs not found incomplete;
-    `latestResumable`: the same among those with optimizer state; `final`: the root-files one."""
+def select_output(outputs: list[CheckpointInfo], policy: str,
+                  best: Optional[tuple[str, str]] = None) -> Optional[CheckpointInfo]:
+    """`latest`: the highest step, then the newest, of the usable outputs not found incomplete
+    (the root's files only when there is no other);
+    `latestResumable`: the same among those with optimizer state; `final`: the root-files one;
+    `best`: the best by `best` = (metric, min|max) among those that record it (ties: `latest`)."""
     usable = [c for c in outputs if c.is_usable]
     if policy == "final":
         return next((c for c in usable if c.directory == ROOT_DIRECTORY), None)
     candidates = [c for c in usable if c.complete is not False]
     if policy == "latestResumable":
         candidates = [c for c in candidates if c.resumable]
+    if policy == "best":
+        metric, mode = best or ("", "min")
+        scored = [c for c in candidates if c.metric(metric) is not None]
+        if not scored:
+            return None
+        sign = -1 if mode == "min" else 1
+        return max(scored, key=lambda c: (sign * c.metric(metric), _rank(c)))
     return max(candidates, key=_rank) if candidates else None
 
 
@@ -167,10 +193,18 @@ def resolve_ref(ref: CheckpointRef, namespace: str, lookup: Lookup) -> Candidate
         producer = lookup.training_job(namespace, job_name)
         if producer is None:
             return InputWait("InputNotFound", f"input {_describe(ref)}: TrainingJob {job_name} does not exist")
-        if not producer.phase.is_finished:
+        policy = ref.select or "latest"
+        if policy == "best" and producer.best is None:
+            return InputWait("NoBestMetric", f"input {_describe(ref)}: TrainingJob {job_name} has no "
+                                             "spec.output.retention.keepBest, whose metric select: best ranks by")
+        running = not producer.phase.is_finished
+        if running and not takes_from_running(ref, producer):
             return InputWait("WaitingForTrainingJob", f"input {_describe(ref)}: TrainingJob {job_name} has not "
                                                       f"finished (phase {producer.phase})")
-        checkpoint = select_output(lookup.checkpoints_of(namespace, producer.uid), ref.select or "latest")
+        checkpoint = select_output(lookup.checkpoints_of(namespace, producer.uid), policy, producer.best)
+        if checkpoint is None and running:
+            return InputWait("WaitingForTrainingJob", f"input {_describe(ref)}: TrainingJob {job_name} is running "
+                                                      "and has no such Ready checkpoint yet")
         if checkpoint is None:
             return InputWait("InputNotFound", f"input {_describe(ref)}: TrainingJob {job_name} produced no "
                                               "such Ready checkpoint")
@@ -180,6 +214,12 @@ def resolve_ref(ref: CheckpointRef, namespace: str, lookup: Lookup) -> Candidate
         if checkpoint is None:
             return InputWait("InputNotFound", f"input {_describe(ref)} does not exist")
     return _state_wait(checkpoint) or Candidate(checkpoint.name, checkpoint.uid, ref.mountName or checkpoint.name)
+
+
+def takes_from_running(ref: CheckpointRef, producer: TrainingJobInfo) -> bool:
+    """A running producer's outputs are taken as they appear, unless the reference waits for it
+    to finish (`wait: Finished`), it publishes only at the end, or the root-files `final` is asked."""
+    return producer.publishes_live and ref.wait != "Finished" and (ref.select or "latest") != "final"
 
 
 def resolve_pinned(pinned: PinnedCheckpoint, ref: CheckpointRef, namespace: str,

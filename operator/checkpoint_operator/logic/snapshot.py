@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 from checkpoint_operator import API_VERSION, PROTECTION_FINALIZER
 from checkpoint_operator.agent.manifest import Manifest
@@ -14,7 +14,7 @@ from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.logic.inputs import CheckpointInfo
 from checkpoint_operator.logic.naming import MAX_LABEL_NAME, assign_checkpoint_names, bounded_name, checkpoint_name
 from checkpoint_operator.logic.quantity import format_size
-from checkpoint_operator.logic.retention import apply_keep
+from checkpoint_operator.logic import retention
 from checkpoint_operator.logic.status import ConditionChange, StatusChange
 from checkpoint_operator.logic.workload import LABEL_MANAGED_BY, LABEL_TRAINING_JOB, LABEL_TRAINING_JOB_UID, MANAGER
 
@@ -48,8 +48,13 @@ class PlannedCheckpoint:
 @dataclass
 class SnapshotPlan:
     checkpoints: list[PlannedCheckpoint]
-    dropped: list[str]  # directories left out by output.keep
+    dropped: list[str]  # directories left out by output.keep / output.retention
     skipped: list[dict]
+    retire: list[CheckpointInfo] = field(default_factory=list)   # this job's Checkpoints retention now drops
+    changed: list[tuple[CheckpointInfo, Manifest]] = field(default_factory=list)  # its bytes are not its digest
+    dropped_manifests: list[Manifest] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)      # directories retention retired before: not made again
+    missing: list[CheckpointInfo] = field(default_factory=list)  # this job's Ready ones whose directory went away
 
 
 def parse_scan_output(log: str) -> ScanResult:
@@ -79,26 +84,52 @@ def candidate_names(prefix: str, directories: list[str], files: bool = False) ->
     return {checkpoint_name(prefix, d, force_hash=h, is_file=files) for d in directories for h in (False, True)}
 
 
+def _entry(key: str, step: Optional[int], metrics, exempt: bool = False, order: str = "") -> retention.Entry:
+    return retention.Entry(key, step, dict(metrics) if metrics else None, exempt, order)
+
+
 def plan_snapshot(tj: TrainingJob, scan: ScanResult, lookup: Callable[[str], Optional[CheckpointInfo]],
-                  location_of: Callable[[Manifest], dict]) -> SnapshotPlan:
+                  location_of: Callable[[Manifest], dict], *, existing: Sequence[CheckpointInfo] = (),
+                  retired: Iterable[tuple[str, str]] = ()) -> SnapshotPlan:
     """`lookup(name)`: the Checkpoint of that name in the job's namespace (from the index), so
     only the candidate names are looked at, never the whole namespace. `location_of(manifest)`
-    gives an entry's status.location (the store decides)."""
+    gives an entry's status.location (the store decides).
+
+    `existing`: the job's own Checkpoints (live sealing made them while it ran): a directory that
+    has one keeps its name (so nothing is ever created twice, whatever else appears beside it),
+    one whose bytes are no longer its digest is `changed`, and retention decides over them and
+    the new entries together (`retire`: the existing ones it now drops). `retired`: (directory,
+    digest) of Checkpoints retention deleted, and directories whose Checkpoint is being
+    deleted: never made again."""
     meta, output = tj.metadata, tj.spec.output
-    kept, dropped = apply_keep(scan.checkpoints, output.keep, lambda m: m.step)
     prefix = output.namePrefix or meta.name
+    by_directory = {c.directory: c for c in existing if c.directory is not None}
+    gone = set(retired) | {(c.directory, c.digest) for c in existing if c.deleting}
+    gone_directories = {c.directory for c in existing if c.deleting}
+    new, changed, not_again = [], [], []
+    for manifest in scan.checkpoints:
+        if (manifest.path, manifest.digest) in gone or manifest.path in gone_directories:
+            not_again.append(manifest.path)
+            continue
+        mine = by_directory.get(manifest.path)
+        if mine is not None and mine.digest and mine.digest != manifest.digest:
+            changed.append((mine, manifest))
+            continue
+        new.append(manifest)
 
-    directories = [m.path for m in kept]
-    taken_by_others = set()
-    files = output.layout == "files"  # file entries are named without their extension
-    for name in candidate_names(prefix, directories, files):
-        found = lookup(name)
-        if found is not None and not (found.producer_uid == meta.uid and found.directory in directories):
-            taken_by_others.add(name)
-    names = assign_checkpoint_names(prefix, directories, taken_by_others, files=files)
+    # Retention over the job's usable Checkpoints and the new entries together.
+    candidates = {m.path: _entry(m.path, m.step, m.metrics) for m in new}
+    for c in existing:
+        if c.is_usable and c.directory not in candidates:
+            candidates[c.directory] = _entry(c.directory, c.step, c.metrics, c.exempt, c.created)
+    _, dropped = retention.decide(list(candidates.values()), retention.Policy.of(output))
+    dropped_keys = {e.key for e in dropped}
+    kept_new = [m for m in new if m.path not in dropped_keys]
+    retire = [c for c in existing if c.is_usable and c.directory in dropped_keys]
 
+    names = _names(meta.uid, prefix, [m.path for m in kept_new], by_directory, lookup, files=output.layout == "files")
     planned = []
-    for manifest in kept:
+    for manifest in kept_new:
         name = names[manifest.path]
         body = {"apiVersion": API_VERSION, "kind": "Checkpoint",
                 # Born with the finalizer: protected before any job can see it Ready.
@@ -113,7 +144,26 @@ def plan_snapshot(tj: TrainingJob, scan: ScanResult, lookup: Callable[[str], Opt
                                          ready_change(manifest, location_of(manifest), owned=True,
                                                       produced_by={"name": meta.name, "uid": meta.uid},
                                                       parents=parents, event=None)))
-    return SnapshotPlan(planned, [m.path for m in dropped], scan.skipped)
+    dropped_new = [m for m in new if m.path in dropped_keys]
+    scanned = {m.path for m in scan.checkpoints}
+    missing = [c for c in existing if c.is_usable and c.directory not in scanned]
+    return SnapshotPlan(planned, [m.path for m in dropped_new], scan.skipped, retire=retire, changed=changed,
+                        dropped_manifests=dropped_new, gone=not_again, missing=missing)
+
+
+def _names(uid: str, prefix: str, directories: list[str], by_directory: Mapping[str, CheckpointInfo],
+           lookup: Callable[[str], Optional[CheckpointInfo]], files: bool) -> dict[str, str]:
+    """The existing name of each directory that has a Checkpoint of this job, deterministic new
+    names for the others (taking every name that is not theirs as taken)."""
+    names = {d: by_directory[d].name for d in directories if d in by_directory}
+    fresh = [d for d in directories if d not in names]
+    taken = set(names.values()) | {c.name for c in by_directory.values()}
+    for name in candidate_names(prefix, fresh, files):
+        found = lookup(name)
+        if found is not None and not (found.producer_uid == uid and found.directory in fresh):
+            taken.add(name)
+    names.update(assign_checkpoint_names(prefix, fresh, taken, files=files))
+    return names
 
 
 def completeness(manifest: Manifest) -> tuple[bool, str]:
@@ -135,7 +185,8 @@ def ready_change(manifest: Manifest, location: dict, *, owned: bool, produced_by
     fields = {"location": location, "owned": owned, "sizeBytes": manifest.sizeBytes,
               "size": format_size(manifest.sizeBytes), "fileCount": manifest.fileCount, "digest": manifest.digest,
               "format": manifest.format, "resumable": manifest.resumable, "complete": complete,
-              "parents": parents or [], "step": manifest.step, "producedBy": produced_by}
+              "parents": parents or [], "step": manifest.step, "producedBy": produced_by,
+              "metrics": getattr(manifest, "metrics", None)}
     return StatusChange(phase=CheckpointPhase.READY.value, reason="Ready", message=message, ready=True, event=event,
                         fields=fields, conditions=(ConditionChange("Complete", "True" if complete else "False",
                                                                    "Complete" if complete else "Incomplete",

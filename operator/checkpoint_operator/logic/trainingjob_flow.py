@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Optional
 
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobPhase
+from checkpoint_operator.logic import live
 from checkpoint_operator.logic.agent_pods import PodProblem
 from checkpoint_operator.logic.inputs import InputWait
 from checkpoint_operator.logic.results import Fail, Wait
@@ -39,14 +40,27 @@ def fail_change(fail: Fail, now: str) -> StatusChange:
 
 
 def running_change(job_name: str, inputs: list[str], output_claim: Optional[str], now: str,
-                   pinned: bool = True) -> StatusChange:
+                   publish: Optional[str] = None, pinned: bool = True) -> StatusChange:
     """`pinned`: status.inputs was written before the Job (with inputs); else none, recorded here."""
     names = ", ".join(inputs) or "no inputs"
-    fields = {"jobName": job_name, "outputClaim": output_claim, "startTime": now}
+    fields = {"jobName": job_name, "outputClaim": output_claim, "startTime": now, "publish": publish}
     if not pinned:
         fields.update(inputs=[], inputCount=0)
     return StatusChange(phase=TrainingJobPhase.RUNNING, reason="Running", message=f"Job {job_name} started on {names}",
                         event="Normal", fields=fields)
+
+
+def publish_mode(tj: TrainingJob, default: str) -> Optional[str]:
+    """spec.output.publish, else the operator's default; None without an output."""
+    if not tj.output_enabled:
+        return None
+    return tj.spec.output.publish or default
+
+
+def publish_mode_of_job(job: dict) -> str:
+    """What a Job created before a crash publishes: Continuous when its pods have the sidecar."""
+    init = (((job.get("spec") or {}).get("template") or {}).get("spec") or {}).get("initContainers") or []
+    return "Continuous" if any(c.get("name") == live.SIDECAR for c in init) else "OnCompletion"
 
 
 def job_outcome(job: Optional[dict]) -> Optional[bool]:

@@ -10,11 +10,14 @@ from __future__ import annotations
 import copy
 import posixpath
 from dataclasses import dataclass, field
+from typing import Optional
+
 from checkpoint_operator import API_VERSION
 from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.config import OperatorConfig
-from checkpoint_operator.logic import agent_commands
+from checkpoint_operator.logic import agent_commands, import_sources
+from checkpoint_operator.logic import live as live_logic
 from checkpoint_operator.logic.agent_pods import (AGENT_DATA_MOUNT, AGENT_OUTPUT_MOUNT, INPUT_VOLUME_PREFIX,
                                                   OUTPUT_VOLUME, STAGING_VOLUME, InputVolumes, agent_container,
                                                   agent_pod)
@@ -85,14 +88,17 @@ def import_pod_name(checkpoint: Checkpoint) -> str:
 
 # --- environment -------------------------------------------------------------------------------
 
-def contract_env(tj: TrainingJob, inputs: list[ResolvedInput]) -> dict[str, str]:
-    """The variables of DESIGN §2 that every container gets."""
+def contract_env(tj: TrainingJob, inputs: list[ResolvedInput], live: bool = False) -> dict[str, str]:
+    """The variables of DESIGN §2 that every container gets (and CHECKPOINT_RESUME_PATH with
+    live sealing: a path that exists once this job has sealed a checkpoint)."""
     input_dir, output_dir = tj.spec.inputDir, tj.spec.outputDir
     env = {"CHECKPOINT_INPUT_DIR": input_dir, "FLEXAI_INPUT_CHECKPOINT_DIR": input_dir,
            "CHECKPOINT_INPUT_NAMES": ",".join(i.mount_name for i in inputs)}
     if tj.output_enabled:
         env["CHECKPOINT_OUTPUT_DIR"] = output_dir
         env["FLEXAI_OUTPUT_CHECKPOINT_DIR"] = output_dir
+    if live:
+        env[live_logic.RESUME_ENV] = live_logic.resume_path(output_dir)
     if inputs:
         first = posixpath.join(input_dir, inputs[0].mount_name)
         env["CHECKPOINT_INPUT_PATH"] = first
@@ -137,11 +143,16 @@ def check_user_mounts(template_spec: dict, tj: TrainingJob) -> None:
                             f"{mount.get('name')!r} at {mount.get('mountPath')!r} is at or inside {field_name} "
                             f"{directory!r}, which the operator mounts; move it elsewhere")
     user_volumes = {v.get("name") for v in template_spec.get("volumes", []) or []}
-    ours = [v for v in user_volumes if v and (v == OUTPUT_VOLUME or v == STAGING_VOLUME
+    ours = [v for v in user_volumes if v and (v == OUTPUT_VOLUME or v == STAGING_VOLUME or v == live_logic.META_VOLUME
                                               or v.startswith(INPUT_VOLUME_PREFIX))]
     if ours:
         raise InvalidSpec(f"spec.template.spec.volumes {sorted(ours)} use names reserved by the operator "
-                          f"({OUTPUT_VOLUME}, {STAGING_VOLUME}, {INPUT_VOLUME_PREFIX}*); rename them")
+                          f"({OUTPUT_VOLUME}, {STAGING_VOLUME}, {live_logic.META_VOLUME}, {INPUT_VOLUME_PREFIX}*); "
+                          f"rename them")
+    for kind in ("initContainers", "containers"):
+        if any(c.get("name") == live_logic.SIDECAR for c in template_spec.get(kind, []) or []):
+            raise InvalidSpec(f"spec.template.spec.{kind} has a container named {live_logic.SIDECAR!r}, a name "
+                              f"reserved for the operator's sealing sidecar; rename it")
 
 
 # --- objects -----------------------------------------------------------------------------------
@@ -160,8 +171,10 @@ def build_output_claim(tj: TrainingJob, config: OperatorConfig) -> dict:
             "spec": claim_spec}
 
 
-def build_job(tj: TrainingJob, inputs: list[ResolvedInput], staged: InputVolumes) -> BuiltJob:
-    """`staged`: how the store makes the inputs visible (Store.input_volumes)."""
+def build_job(tj: TrainingJob, inputs: list[ResolvedInput], staged: InputVolumes,
+              sidecar: Optional[tuple[dict, dict]] = None) -> BuiltJob:
+    """`staged`: how the store makes the inputs visible (Store.input_volumes); `sidecar`: the live
+    sealing sidecar and its volume (logic/live.py), with publish: Continuous."""
     spec = tj.spec
     template = copy.deepcopy(spec.template.to_wire())
     pod_spec = template.setdefault("spec", {})
@@ -172,12 +185,16 @@ def build_job(tj: TrainingJob, inputs: list[ResolvedInput], staged: InputVolumes
         volumes.append({"name": OUTPUT_VOLUME, "persistentVolumeClaim": {"claimName": output_claim_name(tj)}})
         mounts.append({"name": OUTPUT_VOLUME, "mountPath": spec.outputDir})
 
-    env = contract_env(tj, inputs)
+    env = contract_env(tj, inputs, live=sidecar is not None)
     warnings: list[str] = []
     for kind in ("initContainers", "containers"):
         for container in pod_spec.get(kind, []) or []:
             warnings += merge_env(container, env)
             container["volumeMounts"] = (container.get("volumeMounts") or []) + copy.deepcopy(mounts)
+    if sidecar is not None:  # after the input downloads, before the user's init containers
+        container, volume = copy.deepcopy(sidecar)
+        volumes.append(volume)
+        init_containers.append(container)
     pod_spec["volumes"] = (pod_spec.get("volumes") or []) + volumes
     pod_spec["initContainers"] = init_containers + (pod_spec.get("initContainers") or [])
     if not pod_spec["initContainers"]:
@@ -198,6 +215,18 @@ def build_job(tj: TrainingJob, inputs: list[ResolvedInput], staged: InputVolumes
                         "labels": _labels(tj, "worker"), "ownerReferences": [owner_reference(tj)]},
            "spec": job_spec}
     return BuiltJob(job, warnings)
+
+
+def build_live_sidecar(tj: TrainingJob, config: OperatorConfig, upload_to: Optional[str],
+                       env: list[dict]) -> tuple[dict, dict]:
+    """The sealing sidecar of a publish: Continuous job (logic/live.py), for build_job."""
+    command = agent_commands.watch(tj.spec.outputDir, interval=config.live_watch_interval,
+                                   annotations_file=live_logic.annotations_file(), upload_to=upload_to,
+                                   shared=tj.spec.replicas > 1,
+                                   upload_concurrency=config.live_upload_concurrency if upload_to else None)
+    return live_logic.sidecar_parts(tj, command, config.agent_image, config.agent_image_pull_policy,
+                                    copy.deepcopy(config.live_sidecar_resources), env, OUTPUT_VOLUME,
+                                    tj.spec.template.spec)
 
 
 def build_snapshot_pod(tj: TrainingJob, command: list[str], env: list[dict], config: OperatorConfig) -> dict:
@@ -228,7 +257,7 @@ def build_volume_scan_pod(checkpoint: Checkpoint, config: OperatorConfig) -> dic
         "claimName": source.claimName, "readOnly": True}}])
 
 
-# --- imports (Checkpoints with source.s3 / source.http) ------------------------------------------
+# --- imports (Checkpoints with source s3, http, huggingFace, gcs, azureBlob, git) ----------------
 
 IMPORT_SIZE_ANNOTATION = "ckpt.dev/volume-size"
 
@@ -238,8 +267,8 @@ def import_claim_name(checkpoint: Checkpoint) -> str:
 
 
 def import_origin(checkpoint: Checkpoint) -> str:
-    source = checkpoint.spec.source
-    return source.s3.uri if source.s3 else source.http.url if source.http else ""
+    """What an import fetches, as the agent is told (logic/import_sources.py)."""
+    return import_sources.import_spec(checkpoint).uri
 
 
 def build_import_claim(checkpoint: Checkpoint, config: OperatorConfig) -> dict:
@@ -254,20 +283,9 @@ def build_import_claim(checkpoint: Checkpoint, config: OperatorConfig) -> dict:
 
 
 def source_env(checkpoint: Checkpoint) -> list[dict]:
-    """Credentials and endpoint of an s3 source: its own Secret (in the Checkpoint's namespace),
+    """Credentials and endpoint of the source: its own Secret (in the Checkpoint's namespace),
     else none (anonymous, or the pod's cloud identity); never the store's."""
-    s3 = checkpoint.spec.source.s3
-    if not s3:
-        return []
-    env = []
-    if s3.endpoint:
-        env.append({"name": "AWS_ENDPOINT_URL", "value": s3.endpoint})
-    if s3.region:
-        env.append({"name": "AWS_DEFAULT_REGION", "value": s3.region})
-    if s3.secretRef:
-        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-            env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": s3.secretRef.name, "key": key}}})
-    return env
+    return import_sources.import_spec(checkpoint).env
 
 
 def import_data_dir() -> str:

@@ -53,9 +53,26 @@ class Store(ABC):
     @abstractmethod
     def import_location(self, checkpoint: Checkpoint, claim: str, uploads: dict[str, str]) -> dict: ...
 
+    def live_upload_prefix(self, tj: TrainingJob) -> Optional[str]:
+        """The sealing sidecar's --upload-to (None: the volume is the store, nothing is uploaded)."""
+        return None
+
+    def live_sealed_prefix(self, tj: TrainingJob) -> Optional[str]:
+        """Where the sealing sidecar uploads (None: it uploads nothing, the volume is the store)."""
+        return None
+
+    def live_location(self, tj: TrainingJob, claim: str, manifest: Manifest, uploads: dict[str, str]) -> dict:
+        """status.location of a checkpoint sealed while the job runs."""
+        return {"volume": {"claimName": claim, "path": manifest.path}}
+
     def is_committed(self, location: dict) -> bool:
         """Is the data at `location` complete? Checked before a Checkpoint is marked Ready."""
         return True
+
+    def delete_unused_uploads(self, tj: TrainingJob, uris: list[str]) -> list[str]:
+        """Uploads of the snapshot that became no Checkpoint (dropped by retention, retired while
+        the job ran): deleted, so nothing is left in the store that no object owns."""
+        return []
 
     def delete_owned_data(self, status: dict, namespace: str) -> Optional[str]:
         """Delete the data of a deleted Checkpoint (of `namespace`) that the operator owns; return

@@ -25,7 +25,8 @@ from checkpoint_operator.logic import agent_commands
 from checkpoint_operator.logic.agent_pods import (STAGING_MOUNT, STAGING_VOLUME, InputVolumes, agent_container,
                                                   download_container, staging_size_limit)
 from checkpoint_operator.logic.inputs import ResolvedInput
-from checkpoint_operator.logic.workload import import_data_dir, import_origin, source_env
+from checkpoint_operator.logic.import_sources import import_spec
+from checkpoint_operator.logic.workload import import_data_dir
 from checkpoint_operator.storage.base import ForeignLocation, MissingUpload, Store
 
 
@@ -87,7 +88,20 @@ class S3Store(Store):
     def snapshot_command(self, tj: TrainingJob, output_dir: str) -> list[str]:
         meta = tj.metadata
         return agent_commands.snapshot(output_dir, self.prefix_for(meta.namespace, meta.name, meta.uid),
-                                       layout=tj.spec.output.layout)
+                                       layout=tj.spec.output.layout, reuse_sealed=tj.publishes_live)
+
+    def live_upload_prefix(self, tj: TrainingJob) -> str:
+        meta = tj.metadata
+        return self.prefix_for(meta.namespace, meta.name, meta.uid)
+
+    def live_sealed_prefix(self, tj: TrainingJob) -> Optional[str]:
+        return self.live_upload_prefix(tj) + "sealed/"
+
+    def live_location(self, tj: TrainingJob, claim: str, manifest: Manifest, uploads: dict[str, str]) -> dict:
+        if manifest.path not in uploads:
+            raise MissingUpload(f"the sealing sidecar did not upload {manifest.path!r}")
+        # The sidecar runs in the user's pod: its lines are believed only under the job's own prefix.
+        return self._uploaded(uploads[manifest.path], self.live_sealed_prefix(tj), repr(manifest.path))
 
     def snapshot_location(self, tj: TrainingJob, claim: str, manifest: Manifest, layout: str,
                           uploads: dict[str, str]) -> dict:
@@ -101,14 +115,17 @@ class S3Store(Store):
         """Fetch with the source's credentials (init container), upload with the store's; the
         staging emptyDir is capped at the size limit."""
         meta = checkpoint.metadata
+        source = import_spec(checkpoint)
         data_dir = import_data_dir()
         mount = [{"name": "data", "mountPath": posixpath.dirname(data_dir)}]
-        fetch = agent_container("import", agent_commands.import_(import_origin(checkpoint), data_dir, max_size=max_size),
-                                self.config, mounts=mount, env=source_env(checkpoint))
+        fetch = agent_container("import", agent_commands.import_(source.uri, data_dir, max_size=max_size,
+                                                                 source_args=source.args),
+                                self.config, mounts=mount + source.mounts, env=source.env)
         upload = agent_container("upload", agent_commands.snapshot(
             data_dir, self.prefix_for(meta.namespace, meta.name, meta.uid), single=True),
             self.config, mounts=mount, env=self.agent_env())
-        return [fetch], [upload], [{"name": "data", "emptyDir": {"sizeLimit": staging_size_limit(None, max_size)}}]
+        volumes = [{"name": "data", "emptyDir": {"sizeLimit": staging_size_limit(None, max_size)}}, *source.volumes]
+        return [fetch], [upload], volumes
 
     def import_location(self, checkpoint: Checkpoint, claim: str, uploads: dict[str, str]) -> dict:
         if "." not in uploads:
@@ -121,10 +138,21 @@ class S3Store(Store):
         from checkpoint_operator.agent.s3 import manifest_exists
         return manifest_exists(location["s3"]["uri"], endpoint_url=self.config.s3_endpoint)
 
+    def delete_unused_uploads(self, tj: TrainingJob, uris: list[str]) -> list[str]:
+        from checkpoint_operator.agent.s3 import delete_prefix
+        own = self.live_upload_prefix(tj) + "dirs/"  # only the snapshot's own uploads, never a sealed copy
+        deleted = []
+        for uri in uris:
+            if uri.startswith(own):
+                delete_prefix(uri, endpoint_url=self.config.s3_endpoint)
+                deleted.append(uri)
+        return deleted
+
     def delete_owned_data(self, status: dict, namespace: str) -> Optional[str]:
         """Everything under the Checkpoint's prefix (a second delete of gone data succeeds), with
         the operator's own credentials: so never outside the Checkpoint's namespace's prefix."""
-        uri = (status.get("location") or {}).get("s3", {}).get("uri")
+        # An upload's prefix is the operator's from the moment it is assigned (status.upload).
+        uri = (status.get("location") or {}).get("s3", {}).get("uri") or (status.get("upload") or {}).get("uri")
         if not (status.get("owned") and uri):
             return None  # data it merely points to is never deleted
         if not _under(uri, self.namespace_prefix(namespace)):

@@ -14,7 +14,8 @@ from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.logic import agent_commands
 from checkpoint_operator.logic.agent_pods import INPUT_VOLUME_PREFIX, InputVolumes, agent_container
 from checkpoint_operator.logic.inputs import ResolvedInput
-from checkpoint_operator.logic.workload import IMPORT_DIR, import_claim_name, import_data_dir, import_origin, source_env
+from checkpoint_operator.logic.import_sources import import_spec
+from checkpoint_operator.logic.workload import IMPORT_DIR, import_claim_name, import_data_dir
 from checkpoint_operator.storage.base import Store
 
 
@@ -55,15 +56,18 @@ class VolumeStore(Store):
 
     def import_containers(self, checkpoint: Checkpoint, max_size: int) -> tuple[list[dict], list[dict], list[dict]]:
         data_dir = import_data_dir()
+        source = import_spec(checkpoint)
         mount = [{"name": "data", "mountPath": posixpath.dirname(data_dir)}]
-        fetch = agent_commands.import_(import_origin(checkpoint), data_dir, max_size=max_size)
+        fetch = agent_commands.import_(source.uri, data_dir, max_size=max_size, source_args=source.args)
         scan = agent_commands.scan(data_dir, single=True)
-        # Import onto the Checkpoint's own PVC, then scan it: one container, paths passed as
-        # arguments (never inside the script) so every runtime can rewrite them.
-        script = f'{" ".join(fetch[:3])} "$0" "$1" {" ".join(fetch[5:])} && {" ".join(scan[:3])} "$1" --single --json'
-        container = agent_container("import", ["sh", "-c", script, fetch[3], data_dir], self.config,
-                                    mounts=mount, env=source_env(checkpoint))
-        return [], [container], [{"name": "data", "persistentVolumeClaim": {"claimName": import_claim_name(checkpoint)}}]
+        # Import onto the Checkpoint's own PVC, then scan it: one container. Every argument is
+        # passed to the script (never written into it: a glob or a URL is not shell text), so
+        # every runtime can rewrite the paths: $0 is DEST, "$@" the import's arguments.
+        script = f'{" ".join(fetch[:3])} "$@" && {" ".join(scan[:3])} "$0" --single --json'
+        container = agent_container("import", ["sh", "-c", script, data_dir, *fetch[3:]], self.config,
+                                    mounts=mount + source.mounts, env=source.env)
+        volumes = [{"name": "data", "persistentVolumeClaim": {"claimName": import_claim_name(checkpoint)}}, *source.volumes]
+        return [], [container], volumes
 
     def import_location(self, checkpoint: Checkpoint, claim: str, uploads: dict[str, str]) -> dict:
         return {"volume": {"claimName": claim, "path": IMPORT_DIR}}

@@ -1,0 +1,67 @@
+"""The few numbers a checkpoint says about itself (for `retention.keepBest` and `select: best`).
+
+Read from what frameworks already write, through the bounded readers of safe_read (no file is
+loaded whole past their caps):
+- `metrics.json` at the checkpoint's root, a flat JSON object of names to numbers (the
+  documented way for any framework: `{"eval_loss": 0.41, "accuracy": 0.88}`), wins;
+- else a Transformers `trainer_state.json`: the `log_history` entries logged at the
+  checkpoint's `global_step` (the training loss, the evaluation's `eval_*` values) and
+  `best_metric`.
+At most MAX_METRICS names (sorted, the first ones), each a short name, each value a finite number.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Optional
+
+from checkpoint_operator.agent import metadata as md
+from checkpoint_operator.agent.safe_read import CheckpointFiles, Unreadable
+
+METRICS_FILE = "metrics.json"
+MAX_METRICS = 16
+METRIC_NAME = re.compile(r"^[A-Za-z0-9_.\-/]{1,63}$")
+
+
+def _numbers(values: dict[str, Any], into: dict[str, float]) -> None:
+    for key, value in values.items():
+        if isinstance(key, str) and METRIC_NAME.match(key) and isinstance(value, (int, float)) \
+                and not isinstance(value, bool) and math.isfinite(value):
+            into[key] = float(value)
+
+
+def _bounded(found: dict[str, float]) -> Optional[dict[str, float]]:
+    if not found:
+        return None
+    return {k: found[k] for k in sorted(found)[:MAX_METRICS]}
+
+
+def checkpoint_metrics(files: CheckpointFiles) -> Optional[dict[str, float]]:
+    """The checkpoint's metrics, or None when it records none."""
+    if files.has(METRICS_FILE):
+        try:
+            data = files.json(METRICS_FILE)
+        except Unreadable:
+            data = None
+        if isinstance(data, dict):
+            found: dict[str, float] = {}
+            _numbers(data, found)
+            return _bounded(found)
+    if not files.has(md.TRAINER_STATE):
+        return None
+    try:
+        state = files.json(md.TRAINER_STATE)
+    except Unreadable:
+        return None
+    if not isinstance(state, dict):
+        return None
+    found = {}
+    step = state.get("global_step")
+    history = state.get("log_history")
+    if isinstance(history, list) and isinstance(step, int):
+        for entry in history:
+            if isinstance(entry, dict) and entry.get("step") == step:
+                _numbers({k: v for k, v in entry.items() if k not in ("step", "epoch")}, found)
+    _numbers({"best_metric": state.get("best_metric")}, found)
+    return _bounded(found)

@@ -1,0 +1,252 @@
+"""When is a checkpoint directory that training is still writing complete? (`agent watch`)
+
+The rules of live sealing, as pure decisions over what a listing of the output shows at each
+tick of the watcher (agent/watch.py does the I/O). A directory is sealed when its listing
+(every file's path, size and modification time) is the same at two ticks in a row, no
+completeness rule finds it incomplete, and one of these says the writer is done with it:
+
+1. its format's own completion marker is there: what the framework writes last (a Trainer's
+   `trainer_state.json`, torch DCP's `.metadata`, Orbax's commit marker, DeepSpeed's `latest`,
+   Megatron's tracker file, Accelerate's `random_states_0.pkl`), checked by agent/completeness.py;
+2. it appeared by an atomic rename: its inode was listed before under an unfinished name
+   (`step-N.tmp`, `N.orbax-checkpoint-tmp-*`), or its ctime is later than its mtime (a rename
+   changes the directory's ctime and nothing else; writing into a directory moves both);
+3. a newer step directory appeared beside it (frameworks save steps in order), finished or not;
+4. the training containers have exited (the watcher got SIGTERM: a native sidecar is stopped
+   only after the pod's regular containers): the listing is final, sealed as it is, and a
+   checkpoint its rule finds incomplete is sealed as incomplete (as the end-of-job snapshot
+   records it).
+
+A checkpoint whose weight files are merely whole (safetensors headers, zip ends) is not
+thereby complete: more files may follow, so that alone seals nothing. Hashing then checks the
+files did not change while they were read (agent/hashing.py), and a change aborts the seal.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from checkpoint_operator.agent import completeness, containers, formats
+from checkpoint_operator.agent import metadata as md
+from checkpoint_operator.agent.names import component_problem
+from checkpoint_operator.agent.safe_read import CheckpointFiles, Unreadable
+from checkpoint_operator.agent.tree import EntryBudget, walk_checkpoint
+
+# The watcher's own directory in the output (state, the resume link): never a checkpoint, and
+# ignored by the scan (agent/scan.py) so it is neither published nor reported as skipped.
+LIVE_DIR = ".ckpt-live"
+RESUME_LINK = "resume"
+_ORBAX_TMP_STEP = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")
+
+FileStat = tuple[str, int, int]  # (path inside the checkpoint, size, mtime_ns)
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One checkpoint directory as listed at one tick."""
+
+    path: str                       # relative to the output directory ('step-100', 'checkpoints/checkpoint_0')
+    name: str                       # the name its step is read from
+    directory: str                  # host path
+    inode: tuple[int, int]
+    files: tuple[FileStat, ...]
+    renamed_by_ctime: bool = False  # ctime > mtime of the directory itself
+
+    @property
+    def parent(self) -> str:
+        return self.path.rsplit("/", 1)[0] if "/" in self.path else ""
+
+    @property
+    def step(self) -> Optional[int]:
+        return formats.step_from_name(self.name)
+
+
+@dataclass
+class Listing:
+    checkpoints: dict[str, Listed] = field(default_factory=dict)
+    unfinished: dict[tuple[int, int], str] = field(default_factory=dict)  # inode -> path under an unfinished name
+    steps_seen: dict[str, list[int]] = field(default_factory=dict)       # parent -> steps of every entry in it
+
+
+def unfinished_step(name: str) -> Optional[int]:
+    match = _ORBAX_TMP_STEP.match(name)
+    return int(match.group(1)) if match else formats.step_from_name(name)
+
+
+def _dir_entries(directory: str, budget: EntryBudget) -> list[os.DirEntry]:
+    with os.scandir(directory) as it:
+        entries = []
+        for entry in it:
+            budget.take(entry.path)
+            entries.append(entry)
+    return entries
+
+
+def _kind(entry: os.DirEntry) -> str:
+    try:
+        if component_problem(entry.name) or entry.is_symlink():
+            return "other"
+        return "dir" if entry.is_dir() else "file" if entry.is_file() else "other"
+    except OSError:
+        return "other"
+
+
+def list_output(root: str, budget: EntryBudget, skip: set[str] | frozenset = frozenset()) -> Listing:
+    """The checkpoint directories of an output directory (layout auto/directories), as the scan
+    finds them, with their files' sizes and mtimes; `skip`: paths not to walk (sealed already)."""
+    listing = Listing()
+    for entry in sorted(_dir_entries(root, budget), key=lambda e: e.name):
+        name = entry.name
+        if name.startswith(".") or component_problem(name) or _kind(entry) != "dir":
+            continue
+        if formats.unfinished_marker(name):
+            _note_unfinished(listing, "", name, entry)
+            continue
+        children = _dir_entries(entry.path, budget)
+        split = containers.split_container(name, (containers.Entry(c.name, _kind(c)) for c in children))
+        if split is None:
+            _note_step(listing, "", formats.step_from_name(name))
+            if name not in skip:
+                _add(listing, name, name, entry.path, budget)
+            continue
+        for child in children:
+            if formats.unfinished_marker(child.name) and _kind(child) == "dir":
+                _note_unfinished(listing, name, child.name, child)
+        for child in split.checkpoints:
+            path = f"{name}/{child}"
+            _note_step(listing, name, formats.step_from_name(child))
+            if path not in skip:
+                _add(listing, path, child, os.path.join(entry.path, child), budget)
+    return listing
+
+
+def _note_step(listing: Listing, parent: str, step: Optional[int]) -> None:
+    if step is not None:
+        listing.steps_seen.setdefault(parent, []).append(step)
+
+
+def _note_unfinished(listing: Listing, parent: str, name: str, entry: os.DirEntry) -> None:
+    try:
+        st = entry.stat(follow_symlinks=False)
+    except OSError:
+        return
+    listing.unfinished[(st.st_dev, st.st_ino)] = f"{parent}/{name}" if parent else name
+    _note_step(listing, parent, unfinished_step(name))
+
+
+def _add(listing: Listing, path: str, name: str, directory: str, budget: EntryBudget) -> None:
+    try:
+        st = os.stat(directory, follow_symlinks=False)
+    except OSError:
+        return  # gone meanwhile (a framework's own rotation): nothing to seal
+    files = []
+    for f in walk_checkpoint(directory, budget).files:
+        try:
+            fst = os.stat(f.open_path)
+        except OSError:
+            continue
+        files.append((f.rel, fst.st_size, fst.st_mtime_ns))
+    listing.checkpoints[path] = Listed(path, name, directory, (st.st_dev, st.st_ino), tuple(sorted(files)),
+                                       renamed_by_ctime=st.st_ctime_ns > st.st_mtime_ns)
+
+
+# --- completion markers --------------------------------------------------------------------------
+
+def completion_marker(files: CheckpointFiles) -> Optional[str]:
+    """What the checkpoint's framework writes last, when it is there and its rule agrees."""
+    def ok(verdict: Optional[completeness.Verdict]) -> bool:
+        return verdict is not None and verdict.complete is True
+
+    if files.has(md.TRAINER_STATE) and completeness.is_trainer_checkpoint(files) and ok(completeness.huggingface(files)):
+        return "trainer_state.json (a Trainer writes it last)"
+    if any(p.endswith(".distcp") for p in files.paths) and ok(completeness.torch_dcp(files)):
+        return ".metadata (torch DCP writes it last)"
+    if _orbax_committed(files) and ok(completeness.orbax(files)):
+        return "Orbax commit marker"
+    if files.has(md.DEEPSPEED_LATEST) and ok(completeness.deepspeed(files)):
+        return "latest (DeepSpeed writes it after every rank saved)"
+    if files.has(md.MEGATRON_TRACKER) and ok(completeness.megatron(files)):
+        return f"{md.MEGATRON_TRACKER} (Megatron writes it after the save)"
+    if completeness.is_accelerate_state(files) and ok(completeness.accelerate(files)):
+        return "random_states_0.pkl (Accelerate's save_state writes it last)"
+    return None
+
+
+def _orbax_committed(files: CheckpointFiles) -> bool:
+    if files.has(completeness.ORBAX_COMMIT_FILE):
+        return True
+    if not files.has(completeness.ORBAX_CHECKPOINT_METADATA):
+        return False
+    try:
+        meta = files.json(completeness.ORBAX_CHECKPOINT_METADATA)
+    except Unreadable:
+        return False
+    return isinstance(meta, dict) and isinstance(meta.get("commit_timestamp_nsecs"), int)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the completeness rules say of a listed directory (cheap: no hashing)."""
+
+    complete: Optional[bool]
+    reason: str
+    marker: Optional[str]
+
+
+def evidence(listed: Listed) -> Evidence:
+    files = CheckpointFiles(Path(listed.directory), {p: size for p, size, _ in listed.files}, listed.name)
+    verdict = formats.completeness_of(Path(listed.directory), files.sizes, listed.name)
+    marker = completion_marker(files) if verdict.complete is not False else None
+    return Evidence(verdict.complete, verdict.reason or "no completeness rule", marker)
+
+
+# --- the decision ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Seal:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Hold:
+    reason: str
+
+
+def renamed_into_place(listed: Listed, unfinished_before: dict[tuple[int, int], str]) -> Optional[str]:
+    if listed.inode in unfinished_before:
+        return f"renamed into place from {unfinished_before[listed.inode]}"
+    if listed.renamed_by_ctime:
+        return "renamed into place (its ctime is later than its last change)"
+    return None
+
+
+def newer_step(listed: Listed, listing: Listing) -> Optional[int]:
+    step = listed.step
+    if step is None:
+        return None
+    newer = [s for s in listing.steps_seen.get(listed.parent, []) if s > step]
+    return min(newer) if newer else None
+
+
+def decide(listed: Listed, before: Optional[Listed], found: Evidence, *, renamed: Optional[str],
+           newer: Optional[int], writers_done: bool) -> Seal | Hold:
+    """Seal now, or hold and say why (the module docstring has the rules)."""
+    if not listed.files:
+        return Hold("no files yet")
+    if writers_done:
+        return Seal("the training containers exited")
+    if before is None or before.files != listed.files:
+        return Hold("being written (its listing changed since the last look)")
+    if found.complete is False:
+        return Hold(f"incomplete: {found.reason}")
+    if found.marker:
+        return Seal(f"complete: {found.marker}")
+    if renamed:
+        return Seal(renamed)
+    if newer is not None:
+        return Seal(f"a newer step ({newer}) appeared beside it")
+    return Hold("no sign yet that the writer is done (no completion marker, rename or newer step)")

@@ -1,0 +1,242 @@
+"""`agent verify LOCATION [--digest sha256:...]`: re-read a checkpoint where it lives and check
+every file against its manifest.
+
+LOCATION is
+- an S3 prefix: the manifest stored beside the data is read (and must have the pinned digest),
+  then every object it lists is streamed and hashed; nothing is written to disk;
+- a directory (a volume): with a manifest at its root (`.checkpoint-manifest.json`, which
+  downloads and pushes write) every file is checked against it, and files it does not list
+  are reported; without one, the directory is scanned as `agent scan --single` does and its
+  digest compared with the pinned one (a difference can then not be traced to a file).
+
+Prints one JSON line: `{"verified": bool, "digest", "fileCount", "sizeBytes", "checkedBytes",
+"problems": [{"path", "problem"}] (the first MAX_PROBLEMS), "problemCount", "checkpoints":
+[manifest]}` (`checkpoints` as `agent scan` prints it, so the operator reads it with the
+same parser). Exits 0 when the check could be made, whatever its verdict; 1 when it could not
+(the store unreachable, access denied), with one `error:` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from checkpoint_operator.agent.errors import AgentError
+from checkpoint_operator.agent.hashing import hash_files
+from checkpoint_operator.agent.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, FileEntry, Manifest, parse_manifest
+from checkpoint_operator.agent.names import printable
+from checkpoint_operator.agent.progress import Progress
+from checkpoint_operator.agent.tree import EntryBudget, entry_limit, walk_checkpoint
+
+MAX_PROBLEMS = 20       # problems listed; problemCount counts all of them
+READ_CHUNK = 1 << 20
+OBJECT_ATTEMPTS = 3     # per object, for a connection that fails midway (botocore retries each request too)
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str      # the file ('.' for the checkpoint as a whole), printable
+    problem: str   # what is wrong, one line
+
+    def line(self) -> str:
+        return f"'{self.path}': {self.problem}" if self.path != "." else self.problem
+
+
+@dataclass
+class Verification:
+    location: str
+    manifest: Optional[Manifest] = None
+    problems: list[Problem] = field(default_factory=list)
+    checked_bytes: int = 0
+
+    @property
+    def verified(self) -> bool:
+        return self.manifest is not None and not self.problems
+
+    def summary(self) -> dict:
+        m = self.manifest
+        return {"verified": self.verified, "location": self.location, "digest": m.digest if m else None,
+                "fileCount": m.fileCount if m else None, "sizeBytes": m.sizeBytes if m else None,
+                "checkedBytes": self.checked_bytes,
+                "problems": [{"path": p.path, "problem": p.problem} for p in self.problems[:MAX_PROBLEMS]],
+                "problemCount": len(self.problems),
+                "checkpoints": [m.model_dump(mode="json")] if m else [], "skipped": []}
+
+
+def compare(expected: Manifest, found: dict[str, FileEntry]) -> list[Problem]:
+    """What differs between the files a manifest lists and the files found (by path)."""
+    problems = []
+    for entry in expected.files:
+        got = found.get(entry.path)
+        name = printable(entry.path)
+        if got is None:
+            problems.append(Problem(name, "missing"))
+        elif got.size != entry.size:
+            problems.append(Problem(name, f"size {got.size} bytes, the manifest says {entry.size}"))
+        elif got.sha256 != entry.sha256:
+            problems.append(Problem(name, f"sha256 {got.sha256}, the manifest says {entry.sha256}"))
+    listed = {e.path for e in expected.files}
+    problems += [Problem(printable(p), "not in the manifest") for p in sorted(found) if p not in listed]
+    return problems
+
+
+def pinned_problem(manifest: Manifest, digest: Optional[str], where: str) -> Optional[Problem]:
+    if digest and manifest.digest != digest:
+        return Problem(".", f"the manifest at {where} has digest {manifest.digest}, not the recorded {digest} "
+                            f"(the data there was replaced)")
+    return None
+
+
+# --- a directory -------------------------------------------------------------------------------
+
+def verify_directory(root: str, digest: Optional[str] = None, *, max_size: Optional[int] = None) -> Verification:
+    if not os.path.isdir(root):
+        raise AgentError(f"{root}: not a directory")
+    result = Verification(root)
+    tree = walk_checkpoint(root, EntryBudget(entry_limit(), what=root))
+    hashed = hash_files([f.open_path for f in tree.files], sizes=[f.size for f in tree.files])
+    found: dict[str, FileEntry] = {}
+    for f, outcome in zip(tree.files, hashed):
+        if isinstance(outcome, OSError):
+            result.problems.append(Problem(printable(f.rel), f"unreadable: {outcome.strerror}"))
+            continue
+        found[f.rel] = FileEntry.model_construct(path=f.rel, size=outcome[0], sha256=outcome[1])
+        result.checked_bytes += outcome[0]
+    result.problems += [Problem(printable(rel), f"skipped: {reason}") for rel, reason in sorted(tree.skipped)]
+    stored = os.path.join(root, MANIFEST_NAME)
+    if os.path.isfile(stored):
+        with open(stored, "rb") as f:
+            manifest = parse_manifest(f.read(MAX_MANIFEST_BYTES + 1), stored)
+        result.manifest = manifest
+        pinned = pinned_problem(manifest, digest, stored)
+        result.problems = [pinned] if pinned else result.problems + compare(manifest, found)
+    else:
+        result.manifest = _manifest_of(root, found)
+        if result.manifest is None:
+            result.problems.append(Problem(".", "no files"))
+        elif digest and result.manifest.digest != digest:
+            m = result.manifest
+            result.problems.append(Problem(".", f"the data has digest {m.digest} ({m.fileCount} files, {m.sizeBytes} "
+                                                f"bytes), not the recorded {digest}; no manifest is stored with it, so "
+                                                f"the file that differs cannot be named"))
+    _check_size(result, max_size)
+    return result
+
+
+def _manifest_of(root: str, found: dict[str, FileEntry]) -> Optional[Manifest]:
+    if not found:
+        return None
+    from checkpoint_operator.agent.manifest import digest_of
+    from checkpoint_operator.agent.scan import describe_checkpoint
+    entries = sorted(found.values(), key=lambda e: e.path.encode())
+    info = describe_checkpoint(root, [e.path for e in entries], Path(os.path.realpath(root)).name,
+                               {e.path: e.size for e in entries})
+    return Manifest(path=".", files=entries, sizeBytes=sum(e.size for e in entries), fileCount=len(entries),
+                    digest=digest_of(entries), **info)
+
+
+def _check_size(result: Verification, max_size: Optional[int]) -> None:
+    if max_size is not None and result.manifest is not None and result.manifest.sizeBytes > max_size:
+        result.problems.append(Problem(".", f"{result.manifest.sizeBytes} bytes, past the size limit of {max_size}"))
+
+
+# --- an S3 prefix ------------------------------------------------------------------------------
+
+def verify_s3(uri: str, digest: Optional[str] = None, *, max_size: Optional[int] = None,
+              concurrency: Optional[int] = None, endpoint_url: Optional[str] = None) -> Verification:
+    from checkpoint_operator.agent.s3 import (DEFAULT_CONCURRENCY, make_client, manifest_exists, parse_s3_uri,
+                                              read_manifest, resolve_endpoint)
+    prefix = parse_s3_uri(uri).as_prefix()
+    result = Verification(prefix.uri)
+    workers = max(1, concurrency or int(os.environ.get("CKPT_S3_CONCURRENCY", DEFAULT_CONCURRENCY)))
+    endpoint = resolve_endpoint(endpoint_url)
+    client = make_client(endpoint, max_pool_connections=workers + 4)
+    if not manifest_exists(prefix.uri, client=client, endpoint_url=endpoint):  # no access: AgentError, exit 1
+        result.problems.append(Problem(".", f"no manifest at {prefix.uri}: the upload did not complete, or the data "
+                                            f"was deleted"))
+        return result
+    try:
+        manifest = read_manifest(prefix.uri, client=client, endpoint_url=endpoint)
+    except AgentError as exc:
+        if not str(exc).startswith("invalid manifest"):
+            raise
+        result.problems.append(Problem(".", str(exc)))  # a manifest that contradicts itself is a finding
+        return result
+    result.manifest = manifest
+    pinned = pinned_problem(manifest, digest, prefix.uri)
+    if pinned:
+        result.problems.append(pinned)
+        return result
+    _check_size(result, max_size)
+    with Progress("verify", manifest.sizeBytes) as progress, ThreadPoolExecutor(workers) as pool:
+        outcomes = list(pool.map(lambda e: _check_object(client, prefix, e, progress, endpoint), manifest.files))
+    for entry, (problem, read) in zip(manifest.files, outcomes):
+        result.checked_bytes += read
+        if problem:
+            result.problems.append(Problem(printable(entry.path), problem))
+    return result
+
+
+def _check_object(client, prefix, entry: FileEntry, progress: Progress, endpoint: Optional[str]
+                  ) -> tuple[Optional[str], int]:
+    """(what is wrong with the object of `entry`, or None; bytes read)."""
+    from checkpoint_operator.agent.s3 import describe_error, is_not_found, is_transient
+    loc = prefix.child(entry.path)
+    for attempt in range(1, OBJECT_ATTEMPTS + 1):
+        read = 0
+        try:
+            resp = client.get_object(Bucket=loc.bucket, Key=loc.key)
+            body = resp["Body"]
+            length = resp.get("ContentLength", entry.size)
+            if length != entry.size:
+                body.close()
+                return f"size {length} bytes, the manifest says {entry.size}", 0
+            digest = hashlib.sha256()
+            while chunk := body.read(READ_CHUNK):
+                digest.update(chunk)
+                read += len(chunk)
+                progress.add(len(chunk))
+            body.close()
+        except Exception as exc:  # noqa: BLE001 - sorted below
+            progress.add(-read)
+            if is_not_found(exc):
+                return f"missing ({loc.uri})", 0
+            if is_transient(exc) and attempt < OBJECT_ATTEMPTS:
+                continue
+            raise describe_error(exc, loc.uri, endpoint) from exc
+        if read != entry.size:
+            progress.add(-read)
+            continue  # cut short: read it again
+        sha = digest.hexdigest()
+        return (None if sha == entry.sha256 else f"sha256 {sha}, the manifest says {entry.sha256}"), read
+    raise AgentError(f"{loc.uri}: could not be read to its end in {OBJECT_ATTEMPTS} attempts")
+
+
+def verify_location(location: str, digest: Optional[str] = None, **kwargs) -> Verification:
+    if location.startswith("s3://"):
+        return verify_s3(location, digest, **kwargs)
+    return verify_directory(location, digest, max_size=kwargs.get("max_size"))
+
+
+def main(args: argparse.Namespace) -> int:
+    from checkpoint_operator.agent.s3 import parse_size
+    max_size = parse_size(args.max_size) if args.max_size else None
+    result = verify_location(args.location, args.digest, max_size=max_size, concurrency=args.concurrency,
+                             endpoint_url=args.endpoint_url)
+    if args.json:
+        print(json.dumps(result.summary()), flush=True)
+    elif result.verified:
+        m = result.manifest
+        print(f"verified: {m.fileCount} files, {m.sizeBytes} bytes at {result.location} match the manifest "
+              f"({m.digest})")
+    else:
+        print(f"NOT verified: {result.location}: {len(result.problems)} problems")
+        for problem in result.problems[:MAX_PROBLEMS]:
+            print(f"  {problem.line()}")
+    return 0 if result.verified or args.json else 1

@@ -1,0 +1,514 @@
+"""`checkpoint-operator agent watch OUTPUT_DIR`: seal checkpoints while training writes them.
+
+Runs as a native sidecar of a TrainingJob's pods (`spec.output.publish: Continuous`). Every
+`--interval` seconds it lists the output (agent/sealing.py: the checkpoint directories the
+scan would find, with their files' sizes and mtimes; sealed ones are not walked again) and
+seals each directory the rules find complete:
+
+- its manifest is computed by the scan's own code (format, step, resumable, complete, metrics);
+  files that change while they are hashed abort the seal (it is tried again at a later tick);
+- on the volume store its files and directories lose their write bits (`chmod a-w`), so a
+  non-root training container can no longer change or delete them (root ignores the bits:
+  changes are then found by the checks below);
+- on the s3 store it is uploaded at once to `UPLOAD_TO/sealed/<path>/<digest hex>/` (one
+  checkpoint at a time, `--upload-concurrency` parallel transfers, so training I/O keeps most
+  of the bandwidth); the upload verifies every byte against the manifest;
+- one JSON line goes to stdout: `{"event": "sealed", "checkpoint": {...}}`. The operator reads
+  this container's log (the pod's service account needs no API permission at all).
+
+Other lines: `removed` (a directory the operator asked to remove, because retention deleted its
+Checkpoint: the pod annotation `ckpt.dev/live-remove`, read from a downwardAPI file), `changed`
+(a sealed directory whose bytes differ from its digest: found by a cheap stat check of a few
+sealed directories per tick and of all of them at the end, then confirmed by hashing) and
+`warning`.
+
+State lives in `OUTPUT_DIR/.ckpt-live/` (`sealed.json`), so a restarted sidecar or a retried
+pod knows what is sealed and announces it again (the operator creates nothing twice);
+`.ckpt-live/resume` is a symlink to the latest sealed checkpoint (with optimizer state, when
+one has it): a retried pod's CHECKPOINT_RESUME_PATH.
+
+SIGTERM means the training containers have exited (a native sidecar is stopped after them, in
+a normal end as in a preemption): one last pass seals what is there, every sealed directory is
+checked, and it exits 0. In an Indexed Job of several pods only index 0 watches (the others
+idle), and the exit rule is off (`--shared`): other pods may still be writing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import shutil
+import signal
+import stat
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from checkpoint_operator.agent import sealing
+from checkpoint_operator.agent.errors import AgentError
+from checkpoint_operator.agent.hashing import FileChanged
+from checkpoint_operator.agent.manifest import Manifest
+from checkpoint_operator.agent.scan import scan_directory
+from checkpoint_operator.agent.tree import EntryBudget, TooManyEntries, entry_limit
+
+REMOVE_ANNOTATION = "ckpt.dev/live-remove"
+STATE_FILE = "sealed.json"
+CHECKS_PER_TICK = 4      # sealed directories stat-checked per tick (all of them at the end)
+MIN_INTERVAL = 0.05
+RENAME_MEMORY = 20       # ticks an inode listed under an unfinished name is remembered
+
+
+@dataclass
+class Sealed:
+    """A sealed checkpoint as the watcher remembers it."""
+
+    path: str
+    digest: str
+    step: Optional[int]
+    complete: Optional[bool]
+    resumable: bool
+    stats: list = field(default_factory=list)   # [rel, size, mtime_ns, ctime_ns, ino] of each file
+    uri: Optional[str] = None
+    changed: bool = False
+    summary: dict = field(default_factory=dict)  # the sealed line's checkpoint (announced again at a restart)
+
+    def stat_problem(self, directory: str) -> Optional[str]:
+        """The first file whose stat differs from when it was sealed (cheap: no hashing), or None."""
+        seen = set()
+        for rel, size, mtime, ctime, ino in self.stats:
+            seen.add(rel)
+            try:
+                st = os.stat(os.path.join(directory, rel))
+            except OSError:
+                return f"{rel} is missing"
+            if (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) != (size, mtime, ctime, ino):
+                return f"{rel} changed"
+        try:
+            for root, _, names in os.walk(directory):
+                for name in names:
+                    rel = os.path.relpath(os.path.join(root, name), directory).replace(os.sep, "/")
+                    if rel not in seen:
+                        return f"{rel} was added"
+        except OSError:
+            pass
+        return None
+
+
+def _file_stats(directory: str, manifest: Manifest) -> list:
+    out = []
+    for entry in manifest.files:
+        st = os.stat(os.path.join(directory, entry.path))
+        out.append([entry.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
+    return out
+
+
+def sealed_uri(upload_to: str, path: str, digest: str) -> str:
+    """Where a sealed checkpoint goes on the s3 store: named by its digest, so nothing written
+    later (a changed directory, the end-of-job snapshot) can ever replace its bytes."""
+    prefix = upload_to if upload_to.endswith("/") else upload_to + "/"
+    return f"{prefix}sealed/{path}/{digest.split(':', 1)[-1]}/"
+
+
+def read_annotation_file(path: str) -> dict[str, str]:
+    """A downwardAPI `metadata.annotations` file: `key="value"` lines, values quoted as Go's %q."""
+    out: dict[str, str] = {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read(1 << 20)
+    except OSError:
+        return out
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if not sep:
+            continue
+        try:
+            out[key] = json.loads(value)  # %q of printable text is a JSON string
+        except ValueError:
+            continue
+    return out
+
+
+class Watcher:
+    def __init__(self, root: str, *, store: str = "volume", upload_to: Optional[str] = None,
+                 annotations_file: Optional[str] = None, shared: bool = False, max_entries: Optional[int] = None,
+                 upload_concurrency: int = 2, endpoint_url: Optional[str] = None,
+                 emit: Callable[[dict], None] = None) -> None:
+        self.root = root
+        self.store = store
+        self.upload_to = upload_to
+        self.annotations_file = annotations_file
+        self.shared = shared
+        self.max_entries = entry_limit(max_entries)
+        self.upload_concurrency = upload_concurrency
+        self.endpoint_url = endpoint_url
+        self._emit = emit or _print_line
+        self._lock = threading.Lock()
+        self.sealed: dict[str, Sealed] = {}
+        self.uploading: set[str] = set()
+        self.previous: Optional[sealing.Listing] = None
+        self.holds: dict[str, str] = {}   # path -> why it is not sealed yet (for tests and logs)
+        self._annotations_mtime: Optional[int] = None
+        self._check_cursor = 0
+        self._ticks = 0
+        self.unfinished_seen: dict[tuple[int, int], tuple[str, int]] = {}  # inode -> (path, tick last listed)
+        self._uploads = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="upload") if store == "s3" else None
+        self.state_dir = os.path.join(root, sealing.LIVE_DIR)
+        self._load_state()
+
+    # --- output -----------------------------------------------------------------------------
+    def emit(self, line: dict) -> None:
+        with self._lock:
+            self._emit(line)
+
+    def warn(self, message: str) -> None:
+        self.emit({"event": "warning", "message": message})
+
+    # --- state ------------------------------------------------------------------------------
+    def _load_state(self) -> None:
+        try:
+            with open(os.path.join(self.state_dir, STATE_FILE), encoding="utf-8") as f:
+                records = json.load(f)
+        except (OSError, ValueError):
+            return
+        for record in records if isinstance(records, list) else []:
+            try:
+                sealed = Sealed(**record)
+            except TypeError:
+                continue
+            if os.path.isdir(os.path.join(self.root, sealed.path)):
+                self.sealed[sealed.path] = sealed
+
+    def _save_state(self) -> None:
+        try:
+            os.makedirs(self.state_dir, exist_ok=True)
+            tmp = os.path.join(self.state_dir, STATE_FILE + ".tmp")
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump([asdict(s) for s in self.sealed.values()], f)
+            os.replace(tmp, os.path.join(self.state_dir, STATE_FILE))
+            self._update_resume_link()
+        except OSError as exc:
+            self.warn(f"cannot keep state in {self.state_dir}: {exc.strerror} (a retried pod will not find "
+                      f"CHECKPOINT_RESUME_PATH; run the training container and this sidecar as the same user)")
+
+    def resume_target(self) -> Optional[Sealed]:
+        """The latest sealed checkpoint not found incomplete, with optimizer state when one has it."""
+        usable = [s for s in self.sealed.values() if s.complete is not False and not s.changed]
+        resumable = [s for s in usable if s.resumable] or usable
+        return max(resumable, key=lambda s: (s.step is not None, s.step or -1, s.path)) if resumable else None
+
+    def _update_resume_link(self) -> None:
+        link = os.path.join(self.state_dir, sealing.RESUME_LINK)
+        target = self.resume_target()
+        if target is None:
+            if os.path.lexists(link):
+                os.unlink(link)
+            return
+        tmp = link + ".tmp"
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        os.symlink(os.path.join("..", target.path), tmp)
+        os.replace(tmp, link)
+
+    def announce(self) -> None:
+        """At start: the checkpoints sealed by an earlier run of this watcher (the operator may
+        have missed their lines: it creates nothing twice), after checking they did not change."""
+        for sealed in sorted(self.sealed.values(), key=lambda s: s.path):
+            self._check(sealed)
+            if not sealed.changed and sealed.summary:
+                self.emit({"event": "sealed", "checkpoint": {**sealed.summary, "announced": True}})
+        self._update_resume_link_quietly()
+
+    def _update_resume_link_quietly(self) -> None:
+        try:
+            self._update_resume_link()
+        except OSError:
+            pass
+
+    # --- one tick ---------------------------------------------------------------------------
+    def tick(self, writers_done: bool = False) -> None:
+        budget = EntryBudget(self.max_entries, what=self.root)
+        try:
+            listing = sealing.list_output(self.root, budget, skip=set(self.sealed) | self.uploading)
+        except TooManyEntries as exc:
+            self.warn(f"{exc}; sealing paused until the output shrinks")
+            return
+        except OSError as exc:
+            self.warn(f"cannot list {self.root}: {exc.strerror}")
+            return
+        previous = self.previous or sealing.Listing()
+        self._ticks += 1
+        for inode, path in listing.unfinished.items():
+            self.unfinished_seen[inode] = (path, self._ticks)
+        # An unfinished name listed in the last few ticks is what a rename seen now came from.
+        self.unfinished_seen = {k: v for k, v in self.unfinished_seen.items() if v[1] >= self._ticks - RENAME_MEMORY}
+        unfinished = {k: v[0] for k, v in self.unfinished_seen.items()}
+        for path, listed in listing.checkpoints.items():
+            found = sealing.evidence(listed)
+            decision = sealing.decide(listed, previous.checkpoints.get(path), found,
+                                      renamed=sealing.renamed_into_place(listed, unfinished),
+                                      newer=sealing.newer_step(listed, listing),
+                                      writers_done=writers_done and not self.shared)
+            if isinstance(decision, sealing.Hold):
+                self.holds[path] = decision.reason
+                continue
+            self.holds.pop(path, None)
+            self.seal(listed, decision.reason)
+        for gone in set(self.holds) - set(listing.checkpoints):
+            del self.holds[gone]  # removed before it was sealed (a framework's own rotation)
+        self.previous = listing
+        self.process_removals()
+        self.check_some(CHECKS_PER_TICK)
+
+    def seal(self, listed: sealing.Listed, reason: str) -> Optional[Sealed]:
+        directory = listed.directory
+        modes = self._freeze(directory) if self.store == "volume" else None
+        try:
+            result = scan_directory(Path(directory), single=True)
+        except (OSError, AgentError) as exc:
+            self._thaw(modes)
+            self.holds[listed.path] = f"could not be read: {exc}"
+            return None
+        changed = [s for s in result.skipped if "changed while being read" in s.reason]
+        if changed or not result.checkpoints:
+            self._thaw(modes)
+            self.holds[listed.path] = "changed while it was hashed" if changed else "no readable files"
+            return None
+        manifest = result.checkpoints[0]
+        manifest.path = listed.path
+        if {f.path for f in manifest.files} != {rel for rel, _, _ in listed.files} and not changed:
+            self._thaw(modes)
+            self.holds[listed.path] = "its files changed between the listing and the hashing"
+            return None
+        try:
+            stats = _file_stats(directory, manifest)
+        except OSError:
+            self._thaw(modes)
+            self.holds[listed.path] = "a file went away while it was sealed"
+            return None
+        read_only = modes is not None and modes.get("ok", False)
+        sealed = Sealed(manifest.path, manifest.digest, manifest.step, manifest.complete, manifest.resumable, stats)
+        extra = {"sealReason": reason, "skipped": len(result.skipped), "readOnly": read_only,
+                 "sealedAt": round(time.time(), 3)}
+        if modes is not None and not read_only:
+            extra["readOnlyProblem"] = modes.get("problem")
+        if self.store == "s3":
+            self.uploading.add(listed.path)
+            assert self._uploads is not None
+            self._uploads.submit(self._upload, directory, manifest, sealed, extra)
+            return sealed
+        self._record(sealed, manifest, extra)
+        return sealed
+
+    def _record(self, sealed: Sealed, manifest: Manifest, extra: dict) -> None:
+        sealed.summary = {**self._line_of(sealed, manifest), **extra}
+        self.sealed[sealed.path] = sealed
+        self._save_state()
+        self.emit({"event": "sealed", "checkpoint": sealed.summary})
+
+    def _upload(self, directory: str, manifest: Manifest, sealed: Sealed, extra: dict) -> None:
+        from checkpoint_operator.agent.upload import upload_dir
+        uri = sealed_uri(self.upload_to or "", manifest.path, manifest.digest)
+        try:
+            upload_dir(directory, uri, manifest=manifest, concurrency=self.upload_concurrency,
+                       endpoint_url=self.endpoint_url, log=lambda m: None)
+        except (AgentError, OSError) as exc:
+            self.warn(f"upload of {manifest.path} failed: {exc}; it is sealed again at a later tick")
+            with self._lock:
+                self.uploading.discard(manifest.path)
+            return
+        except BaseException as exc:  # noqa: BLE001 - a thread's failure must not end it silently
+            self.warn(f"upload of {manifest.path} failed: {type(exc).__name__}: {exc}")
+            with self._lock:
+                self.uploading.discard(manifest.path)
+            return
+        sealed.uri = uri
+        with self._lock:
+            self.uploading.discard(manifest.path)
+        self._record(sealed, manifest, extra)
+
+    @staticmethod
+    def _line_of(sealed: Sealed, manifest: Manifest) -> dict:
+        line = manifest.model_dump(mode="json", exclude={"files", "version"})
+        line["uri"] = sealed.uri
+        return line
+
+    # --- read-only ----------------------------------------------------------------------------
+    def _freeze(self, directory: str) -> dict:
+        """chmod a-w every file and directory under it (files first); the old modes, to undo."""
+        modes: dict[str, Any] = {"paths": {}, "ok": True}
+        entries = []
+        for root, dirs, files in os.walk(directory):
+            entries += [os.path.join(root, f) for f in files]
+            entries += [os.path.join(root, d) for d in dirs]
+        entries.append(directory)
+        dirs_last = sorted(entries, key=lambda p: (os.path.isdir(p) and not os.path.islink(p), -len(p)))
+        for path in dirs_last:
+            try:
+                st = os.lstat(path)
+                if stat.S_ISLNK(st.st_mode):
+                    continue
+                mode = stat.S_IMODE(st.st_mode)
+                if mode & 0o222:
+                    os.chmod(path, mode & ~0o222)
+                    modes["paths"][path] = mode
+            except OSError as exc:
+                modes["ok"] = False
+                modes["problem"] = (f"cannot remove the write bits of {os.path.relpath(path, self.root)}: "
+                                    f"{exc.strerror} (run this sidecar as the training container's user)")
+        return modes
+
+    @staticmethod
+    def _thaw(modes: Optional[dict]) -> None:
+        for path, mode in (modes or {}).get("paths", {}).items():
+            try:
+                os.chmod(path, mode)
+            except OSError:
+                pass
+
+    # --- removals (retention) -------------------------------------------------------------
+    def process_removals(self) -> None:
+        if not self.annotations_file:
+            return
+        try:
+            mtime = os.stat(self.annotations_file).st_mtime_ns
+        except OSError:
+            return
+        if mtime == self._annotations_mtime:
+            return
+        self._annotations_mtime = mtime
+        raw = read_annotation_file(self.annotations_file).get(REMOVE_ANNOTATION)
+        try:
+            requests = json.loads(raw) if raw else []
+        except ValueError:
+            self.warn(f"annotation {REMOVE_ANNOTATION} is not JSON; ignored")
+            return
+        for request in requests if isinstance(requests, list) else []:
+            if isinstance(request, dict):
+                self.remove(str(request.get("path", "")), str(request.get("digest", "")))
+
+    def remove(self, path: str, digest: str) -> None:
+        directory = os.path.join(self.root, path)
+        if not path or not _inside(self.root, directory):
+            return
+        if not os.path.lexists(directory):
+            self.sealed.pop(path, None)
+            self.emit({"event": "removed", "path": path, "digest": digest})
+            return
+        sealed = self.sealed.get(path)
+        if sealed is None:  # sealed by an earlier pod whose state was lost: the bytes decide
+            try:
+                result = scan_directory(Path(directory), single=True)
+            except (OSError, AgentError):
+                return
+            if not result.checkpoints or result.checkpoints[0].digest != digest:
+                return
+        elif sealed.digest != digest:
+            return  # not ours to remove: other data now lives under that name
+        _make_writable(directory)
+        shutil.rmtree(directory, ignore_errors=True)
+        if os.path.lexists(directory):
+            self.warn(f"could not remove {path} (retention released it): check the permissions of the output")
+            return
+        self.sealed.pop(path, None)
+        self._save_state()
+        self.emit({"event": "removed", "path": path, "digest": digest})
+
+    # --- checks of sealed directories -----------------------------------------------------------
+    def check_some(self, count: int) -> None:
+        paths = sorted(self.sealed)
+        if not paths:
+            return
+        for i in range(min(count, len(paths))):
+            self._check(self.sealed[paths[(self._check_cursor + i) % len(paths)]])
+        self._check_cursor = (self._check_cursor + count) % len(paths)
+
+    def check_all(self) -> None:
+        for sealed in list(self.sealed.values()):
+            self._check(sealed)
+
+    def _check(self, sealed: Sealed) -> None:
+        if sealed.changed:
+            return
+        directory = os.path.join(self.root, sealed.path)
+        problem = sealed.stat_problem(directory)
+        if problem is None:
+            return
+        found = None
+        if os.path.isdir(directory):
+            try:
+                result = scan_directory(Path(directory), single=True)
+                found = result.checkpoints[0].digest if result.checkpoints else None
+                if found == sealed.digest and not result.skipped:
+                    sealed.stats = _file_stats(directory, result.checkpoints[0])  # touched, not changed
+                    self._save_state()
+                    return
+            except (OSError, AgentError, FileChanged):
+                found = None
+        sealed.changed = True
+        self._save_state()
+        self.emit({"event": "changed", "path": sealed.path, "digest": sealed.digest, "found": found,
+                   "message": f"{sealed.path} changed after it was sealed ({problem})"})
+
+    # --- the whole run ------------------------------------------------------------------------------
+    def finish(self) -> None:
+        """The training containers are done: seal what is there, wait for uploads, check everything."""
+        self.tick(writers_done=True)
+        if self._uploads is not None:
+            self._uploads.shutdown(wait=True)
+        self.check_all()
+
+
+def _inside(root: str, path: str) -> bool:
+    root_real, path_real = os.path.realpath(root), os.path.realpath(path)
+    return path_real.startswith(root_real + os.sep)
+
+
+def _make_writable(directory: str) -> None:
+    for root, dirs, _ in os.walk(directory):
+        for d in [root, *(os.path.join(root, x) for x in dirs)]:
+            try:
+                os.chmod(d, stat.S_IMODE(os.lstat(d).st_mode) | 0o200)
+            except OSError:
+                pass
+
+
+def _print_line(line: dict) -> None:
+    sys.stdout.write(json.dumps(line, separators=(",", ":"), sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def is_passive() -> bool:
+    """Indexed Jobs: only the pod of completion index 0 watches (they share one volume)."""
+    return os.environ.get("JOB_COMPLETION_INDEX", "0") not in ("", "0")
+
+
+def main(args: argparse.Namespace) -> int:
+    if not os.path.isdir(args.dir):
+        raise AgentError(f"{args.dir}: not a directory (watch takes the output directory)")
+    stop = threading.Event()
+
+    def on_term(signum, frame) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+    if is_passive():
+        stop.wait()
+        return 0
+    watcher = Watcher(args.dir, store="s3" if args.upload_to else "volume", upload_to=args.upload_to,
+                      annotations_file=args.annotations_file, shared=args.shared, max_entries=args.max_entries,
+                      upload_concurrency=args.upload_concurrency, endpoint_url=args.endpoint_url)
+    watcher.announce()
+    interval = max(MIN_INTERVAL, args.interval)
+    while not stop.is_set():
+        started = time.monotonic()
+        watcher.tick()
+        # Bounded CPU: never busier than a third of one core, however big the output.
+        stop.wait(max(interval, 2 * (time.monotonic() - started)))
+    watcher.finish()
+    return 0
+

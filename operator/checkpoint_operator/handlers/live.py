@@ -1,0 +1,208 @@
+"""Live sealing, the operator's side (spec.output.publish: Continuous; logic/live.py has the parts).
+
+`collect` runs in the Running step of a TrainingJob, every `live_poll_interval` seconds and
+once more when the Job has finished: it reads the sealing sidecar's log of each of the job's
+pods (the only channel from the pod: its service account needs no permission), then
+
+1. publishes each sealed checkpoint as a Ready Checkpoint, planned exactly as the end-of-job
+   snapshot plans (logic/snapshot.py: same names, manifest fields, lineage), so the snapshot
+   later finds them and creates nothing twice; on the volume store the Checkpoints become
+   owners of the output volume at once (deleting the job never takes their bytes);
+2. applies retention over the job's Checkpoints: the dropped ones are recorded in
+   `status.live.retired`, then deleted (one in use waits for its users: the in-use protection);
+3. asks the sidecars to remove the retired directories whose Checkpoint is gone (a pod
+   annotation the sidecar reads from a downwardAPI file) and forgets them once removed;
+4. fails a Checkpoint whose directory changed after it was sealed (volume store; on the s3
+   store it keeps the sealed copy and the change is reported).
+
+What survives an operator restart or a rotated log: the sidecar announces every sealed
+checkpoint again when it starts (a retried pod), and the end-of-job snapshot scans everything.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from checkpoint_operator.api.trainingjob import TrainingJob
+from checkpoint_operator.handlers import publish
+from checkpoint_operator.handlers.context import Context
+from checkpoint_operator.handlers.status import write_status
+from checkpoint_operator.handlers.objects import parse_tolerant
+from checkpoint_operator.kube import CHECKPOINTS, PODS, TRAINING_JOBS, ApiError
+from checkpoint_operator.logic import live, workload
+from checkpoint_operator.logic.conditions import now_rfc3339
+from checkpoint_operator.logic.snapshot import ScanResult, plan_snapshot
+from checkpoint_operator.logic.status import StatusChange
+from checkpoint_operator.storage import MissingUpload, store_for
+
+logger = logging.getLogger("checkpoint_operator.live")
+
+
+def _memory(ctx: Context, tj: TrainingJob) -> dict:
+    """Per job, in memory only (lost on restart, which costs a re-read, never a duplicate)."""
+    jobs = ctx.extra.setdefault("live", {})
+    return jobs.setdefault(tj.metadata.uid, {"annotated": {}, "reported": set()})
+
+
+def read_events(ctx: Context, tj: TrainingJob) -> tuple[live.LogEvents, list[str]]:
+    """The events in the sidecar logs of the job's pods; and the pods still running."""
+    namespace = tj.metadata.namespace
+    store = store_for(ctx.config)
+    sealed_prefix = store.live_sealed_prefix(tj)
+    events, running = live.LogEvents(), []
+    for pod in ctx.indexes.worker_pods(namespace, tj.metadata.uid):
+        if pod.phase in ("Pending", "Running"):
+            running.append(pod.name)
+        try:
+            text = ctx.kube.read_log(namespace, pod.name, live.SIDECAR)
+        except ApiError:
+            continue  # not started yet, or gone
+        live.merge(events, live.parse_log(text, sealed_prefix=sealed_prefix))
+    return events, running
+
+
+def collect(ctx: Context, tj: TrainingJob) -> TrainingJob:
+    events, running = read_events(ctx, tj)
+    tj = _publish(ctx, tj, events)
+    tj = _forget_removed(ctx, tj, events)
+    _ask_removals(ctx, tj, running)
+    memory = _memory(ctx, tj)
+    for warning in events.warnings:
+        if ("warning", warning) not in memory["reported"]:
+            memory["reported"].add(("warning", warning))
+            ctx.warn(tj, "SealingWarning", warning)
+    return tj
+
+
+def _publish(ctx: Context, tj: TrainingJob, events: live.LogEvents) -> TrainingJob:
+    namespace, uid = tj.metadata.namespace, tj.metadata.uid
+    store = store_for(ctx.config)
+    claim = workload.output_claim_name(tj)
+    memory = _memory(ctx, tj)
+    existing = ctx.indexes.checkpoints_of(namespace, uid)
+    known = {(c.directory, c.digest) for c in existing}
+    retired = {(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []}
+
+    for path, line in events.changed.items():
+        info = next((c for c in existing if c.directory == path and c.digest == line.get("digest")), None)
+        if info is not None and ("changed", path, info.digest) not in memory["reported"]:
+            memory["reported"].add(("changed", path, info.digest))
+            publish.mark_changed(ctx, tj, info, str(line.get("message") or f"{path} changed after it was sealed"),
+                                 bytes_in_place=store.keeps_output_claim)
+
+    fresh = [m for m in events.sealed if (m.path, m.digest) not in known and (m.path, m.digest) not in retired]
+    fresh = [m for m in fresh if _located(ctx, tj, store, claim, m, events.uris, memory)]
+    plan = plan_snapshot(tj, ScanResult(checkpoints=fresh, skipped=[], uploads=events.uris),
+                         lambda n: ctx.indexes.checkpoint(namespace, n),
+                         lambda m: store.live_location(tj, claim, m, events.uris), existing=existing, retired=retired)
+    for info, manifest in plan.changed:
+        if ("changed", info.directory, info.digest) not in memory["reported"]:
+            memory["reported"].add(("changed", info.directory, info.digest))
+            publish.mark_changed(ctx, tj, info, f"{info.directory} was sealed again with digest {manifest.digest}",
+                                 bytes_in_place=store.keeps_output_claim)
+
+    bodies = []
+    for planned in plan.checkpoints:
+        if not store.is_committed(planned.ready.fields["location"]):
+            continue  # announced before its upload was committed: published at a later pass
+        body = publish.create_checkpoint(ctx, tj, planned)
+        if body is not None:  # None: the name was taken meanwhile; planned again at the next pass
+            bodies.append((body, planned))
+    if bodies and store.keeps_output_claim:  # owned before Ready: deleting the job never takes their bytes
+        publish.own_output_claim(ctx, tj, claim, [publish.checkpoint_owner(b) for b, _ in bodies], keep_job=True)
+    created = []
+    for body, planned in bodies:
+        checkpoint = publish.mark_ready(ctx, body, planned)
+        created.append(checkpoint.metadata.name)
+        ctx.info(checkpoint, "Sealed", f"sealed while {tj.metadata.name} runs ({events.reasons.get(planned.directory)}"
+                                       f"): {checkpoint.status.message}")
+        problem = events.not_read_only.get(planned.directory)
+        if problem:
+            ctx.warn(checkpoint, "NotReadOnly", problem)
+
+    to_retire = [(c.directory, c.digest or "") for c in plan.retire] + \
+                [(m.path, m.digest) for m in plan.dropped_manifests]
+    tj = _record_live(ctx, tj, sealed=len(created), retire=to_retire)
+    for info in plan.retire:
+        ctx.info(tj, "Retired", f"retention: deleting Checkpoint {info.name} (step {info.step})")
+        ctx.kube.delete(CHECKPOINTS, namespace, info.name)
+    return tj
+
+
+def _record_live(ctx: Context, tj: TrainingJob, *, sealed: int, retire: list[tuple[str, str]]) -> TrainingJob:
+    if not sealed and not retire:
+        return tj
+    current = tj.status.live.to_wire() if tj.status.live else {}
+    retired = current.get("retired") or []
+    have = {(r["path"], r["digest"]) for r in retired}
+    retired += [{"path": p, "digest": d} for p, d in retire if (p, d) not in have]
+    wanted = {**current, "retired": retired or None}
+    if sealed:
+        wanted["sealedCount"] = (current.get("sealedCount") or 0) + sealed
+        wanted["lastSealTime"] = now_rfc3339()
+    return write_status(ctx, tj, StatusChange(fields={"live": _live_field(wanted)}))
+
+
+def _live_field(wanted: dict) -> dict:
+    """status.live as a merge patch writes it: an emptied list is sent as null, or it would stay."""
+    return {k: v for k, v in wanted.items() if v is not None or k == "retired"}
+
+
+def _forget_removed(ctx: Context, tj: TrainingJob, events: live.LogEvents) -> TrainingJob:
+    live_status = tj.status.live
+    if live_status is None or not live_status.retired or not events.removed:
+        return tj
+    keep = [r.to_wire() for r in live_status.retired if (r.path, r.digest) not in events.removed]
+    if len(keep) == len(live_status.retired):
+        return tj
+    wanted = {**live_status.to_wire(), "retired": keep or None}
+    return write_status(ctx, tj, StatusChange(fields={"live": _live_field(wanted)}))
+
+
+def _ask_removals(ctx: Context, tj: TrainingJob, running: list[str]) -> None:
+    """The retired directories whose Checkpoint is gone, to the running pods' sidecars."""
+    retired = [(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []]
+    if not running:
+        return
+    still = {(c.directory, c.digest) for c in ctx.indexes.checkpoints_of(tj.metadata.namespace, tj.metadata.uid)}
+    value = live.removal_annotation(retired, still)
+    annotated = _memory(ctx, tj)["annotated"]
+    for pod in running:
+        if annotated.get(pod) == value:
+            continue
+        try:
+            ctx.kube.patch(PODS, tj.metadata.namespace, pod, {"metadata": {"annotations": {
+                live.REMOVE_ANNOTATION: value}}})
+            annotated[pod] = value
+        except ApiError as exc:
+            logger.info("could not annotate pod %s: %s", pod, exc)
+
+
+def checkpoint_released(ctx: Context, checkpoint) -> None:
+    """A Checkpoint of a running live-sealing job is about to go (its finalizer is released):
+    record its directory as retired first, so it is never published again and the sidecar
+    removes its bytes (a deletion by a user as by retention)."""
+    source = checkpoint.spec.source.trainingJob
+    digest = checkpoint.status.digest
+    if source is None or not digest or source.directory == ".":
+        return
+    body = ctx.kube.get(TRAINING_JOBS, checkpoint.metadata.namespace, source.name)
+    if body is None:
+        return
+    tj = parse_tolerant(TrainingJob, body)
+    if tj.metadata.uid != source.uid or tj.is_finished or not tj.publishes_live:
+        return
+    _record_live(ctx, tj, sealed=0, retire=[(source.directory, digest)])
+
+
+def _located(ctx: Context, tj: TrainingJob, store, claim: str, manifest, uris: dict, memory: dict) -> bool:
+    """Whether the sidecar's upload of a sealed directory is one the operator accepts (under the
+    job's own prefix); if not, one warning, and the directory waits for the final snapshot."""
+    try:
+        store.live_location(tj, claim, manifest, uris)
+        return True
+    except MissingUpload as exc:
+        if ("refused", manifest.path, manifest.digest) not in memory["reported"]:
+            memory["reported"].add(("refused", manifest.path, manifest.digest))
+            ctx.warn(tj, "SealRefused", f"{exc}: left to the snapshot at the end of the job")
+        return False

@@ -1,0 +1,83 @@
+"""Making a job's Checkpoints from what its output holds: shared by the end-of-job snapshot
+(handlers/trainingjob.py) and live sealing (handlers/live.py). Names are deterministic
+(logic/snapshot.py), so whichever of the two gets to a directory first creates its Checkpoint
+and the other finds it."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from checkpoint_operator import metrics
+from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointPhase
+from checkpoint_operator.api.trainingjob import TrainingJob
+from checkpoint_operator.handlers.context import Context
+from checkpoint_operator.handlers.objects import parse_tolerant
+from checkpoint_operator.handlers.status import write_status
+from checkpoint_operator.kube import CHECKPOINTS, PVCS, Conflict
+from checkpoint_operator.logic import workload
+from checkpoint_operator.logic.inputs import CheckpointInfo
+from checkpoint_operator.logic.snapshot import is_produced_by
+from checkpoint_operator.logic.status import StatusChange
+
+CHANGED_AFTER_SEALING = "ChangedAfterSealing"
+
+
+def create_checkpoint(ctx: Context, tj: TrainingJob, planned) -> Optional[dict]:
+    """Create one Checkpoint, or find the one an earlier pass created (None: the name is taken
+    by an object that is not this job's)."""
+    namespace = tj.metadata.namespace
+    try:
+        checkpoint = ctx.kube.create(CHECKPOINTS, namespace, planned.body)
+        metrics.CHECKPOINTS_CREATED.inc()
+        return checkpoint
+    except Conflict:
+        checkpoint = ctx.kube.get(CHECKPOINTS, namespace, planned.name)
+        if checkpoint is None or not is_produced_by(checkpoint, tj.metadata.uid, planned.directory):
+            return None
+        return checkpoint
+
+
+def mark_ready(ctx: Context, body: dict, planned) -> Checkpoint:
+    checkpoint = parse_tolerant(Checkpoint, body)
+    if checkpoint.status.phase is not None and checkpoint.status.phase != CheckpointPhase.PENDING:
+        return checkpoint  # Ready already, or Failed (changed after sealing): never made Ready again
+    return write_status(ctx, checkpoint, planned.ready)
+
+
+def own_output_claim(ctx: Context, tj: TrainingJob, claim: str, owners: list[dict], *, keep_job: bool) -> None:
+    """Volume store: the output volume is owned by the job's Checkpoints (and, while it runs, by
+    the job too), so deleting the job never takes the bytes of a Ready Checkpoint with it."""
+    pvc = ctx.kube.get(PVCS, tj.metadata.namespace, claim)
+    if pvc is None:
+        return
+    current = pvc.get("metadata", {}).get("ownerReferences") or []
+    wanted = [o for o in current if keep_job and o.get("uid") == tj.metadata.uid]
+    wanted += [o for o in owners if o["uid"] not in {w["uid"] for w in wanted}]
+    if {o["uid"] for o in wanted} == {o.get("uid") for o in current}:
+        return
+    ctx.kube.patch(PVCS, tj.metadata.namespace, claim, {"metadata": {
+        "ownerReferences": wanted, "resourceVersion": pvc["metadata"].get("resourceVersion")}})
+
+
+def checkpoint_owner(body: dict) -> dict:
+    return workload.owner_reference(parse_tolerant(Checkpoint, body), controller=False)
+
+
+def mark_changed(ctx: Context, tj: TrainingJob, info: CheckpointInfo, message: str, *, bytes_in_place: bool) -> None:
+    """A sealed directory whose bytes are no longer its digest. Volume store (`bytes_in_place`):
+    the Checkpoint is those bytes, so it fails (never Ready with other bytes than its digest).
+    s3 store: the Checkpoint keeps the sealed copy in the store; the change is reported."""
+    body = ctx.kube.get(CHECKPOINTS, tj.metadata.namespace, info.name)
+    if body is None or not is_produced_by(body, tj.metadata.uid, info.directory or ""):
+        return
+    checkpoint = parse_tolerant(Checkpoint, body)
+    if checkpoint.phase == CheckpointPhase.FAILED:
+        return
+    if bytes_in_place:
+        write_status(ctx, checkpoint, StatusChange(
+            phase=CheckpointPhase.FAILED, reason=CHANGED_AFTER_SEALING, stalled=True, event="Warning",
+            message=f"{message}: its files are no longer the bytes of digest {info.digest}"))
+        ctx.warn(tj, CHANGED_AFTER_SEALING, f"Checkpoint {info.name}: {message}; it is now Failed")
+    else:
+        ctx.warn(checkpoint, CHANGED_AFTER_SEALING, f"{message}; the Checkpoint keeps the bytes sealed in the store")
+        ctx.warn(tj, CHANGED_AFTER_SEALING, f"Checkpoint {info.name}: {message}; the changed files are not stored")

@@ -1,0 +1,109 @@
+"""The step of an upload Checkpoint (spec.source.upload) until it is Ready: wait for a push,
+take the data where the store keeps it, verify it, make it Ready like any import.
+
+- Pending, WaitingForUpload: status.upload says where the data goes (s3: a prefix of the store,
+  assigned at once and owned by the Checkpoint from then on; volume: the Checkpoint's PVC).
+- A push request (annotations, logic/transfers.py): on the volume store a receiver pod on the
+  PVC takes the pushed stream and checks it; on the s3 store the data is already under the
+  prefix and a pod checks every object against the manifest. Importing meanwhile.
+- The check passed: Ready (digest, format, step, complete from the data; the owned data goes
+  with the Checkpoint). It failed: Failed, naming the files. No data arrived (the receiver
+  waited IDLE_SECONDS, or the s3 prefix has no manifest yet): WaitingForUpload again, and a
+  later push retries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointPhase
+from checkpoint_operator.api.upload import UPLOAD_REQUEST_ANNOTATION
+from checkpoint_operator.handlers import agent_runs
+from checkpoint_operator.handlers.context import Context
+from checkpoint_operator.handlers.requests import clear_stale_pod, drop_request
+from checkpoint_operator.handlers.status import write_status
+from checkpoint_operator.kube import PVCS
+from checkpoint_operator.logic import transfers, workload
+from checkpoint_operator.logic.results import Done, Fail, Result, Wait
+from checkpoint_operator.logic.snapshot import ready_change
+from checkpoint_operator.logic.status import StatusChange
+from checkpoint_operator.storage import store_for
+from checkpoint_operator import metrics
+
+
+def await_upload(ctx: Context, checkpoint: Checkpoint) -> Result:
+    from checkpoint_operator.handlers.checkpoint_sources import import_limit
+    store = store_for(ctx.config)
+    meta = checkpoint.metadata
+    uri = store.prefix_for(meta.namespace, meta.name, meta.uid) if store.name == "s3" else None
+    target = transfers.upload_status(store.name, checkpoint, uri=uri, endpoint=ctx.config.s3_endpoint)
+    request = transfers.upload_request(checkpoint)
+    if not isinstance(request, transfers.UploadRequest):
+        if request is None and checkpoint.ready_reason() == "WaitingForUpload" \
+                and (checkpoint.status.to_wire().get("upload") or {}) == target:
+            return Wait()  # already waiting: keep the message (why the last push attempt ended)
+        message = request or transfers.waiting_message(checkpoint, store.name, uri)
+        return _waiting(ctx, checkpoint, target, message)
+    limit = import_limit(ctx, checkpoint)
+    if store.name == "s3":
+        pod = transfers.build_upload_check_pod(checkpoint, ctx.config, request, uri, store.agent_env(), limit)
+        location = {"s3": {"uri": uri}}
+        describe = f"verifying the pushed data at {uri}"
+    else:
+        ctx.kube.ensure(PVCS, meta.namespace, workload.build_import_claim(checkpoint, ctx.config))
+        pod = transfers.build_receiver_pod(checkpoint, ctx.config, request, limit)
+        target = transfers.upload_status(store.name, checkpoint, pod=pod["metadata"]["name"])
+        location = {"volume": {"claimName": workload.import_claim_name(checkpoint), "path": workload.IMPORT_DIR}}
+        describe = f"pod {pod['metadata']['name']} is ready to receive the push"
+    if clear_stale_pod(ctx, pod, request.value):
+        return Wait()
+    run = agent_runs.run_agent_pod(ctx, meta.uid, pod, "upload", parse=transfers.parse_transfer_output)
+    if isinstance(run, agent_runs.Started):
+        write_status(ctx, checkpoint, StatusChange(phase=CheckpointPhase.IMPORTING, reason="Receiving",
+                                                   message=describe, event="Normal",
+                                                   fields={"upload": target, "owned": True}))
+        return Wait()
+    if isinstance(run, agent_runs.Running):
+        return Wait(run.problem.reason, f"{describe}: {run.problem.message}") if run.problem else Wait()
+    if isinstance(run, agent_runs.NotOurs):
+        return Wait("NameConflict", run.message, requeue_after=5.0)
+    if isinstance(run, agent_runs.PodFailed):
+        return _retry(ctx, checkpoint, pod, request, target, f"the last push attempt failed: {run.message}")
+    result: transfers.TransferResult = run.scan
+    if not result.received:
+        why = result.reason or result.problems_text() or "no data arrived"
+        return _retry(ctx, checkpoint, pod, request, target, f"the last push request ended without data ({why})")
+    if not result.verified or result.manifest is None:
+        agent_runs.finish(ctx, pod)
+        return Fail("UploadMismatch", f"the pushed data does not match its manifest and digest {request.digest}: "
+                                      f"{result.problems_text()}")
+    manifest = result.manifest
+    if checkpoint.spec.format:  # the pusher's hint wins over detection (spec.format)
+        manifest = manifest.model_copy(update={"format": checkpoint.spec.format})
+    ready = ready_change(manifest, location, owned=True)
+    write_status(ctx, checkpoint, dataclasses.replace(ready, fields={**ready.fields, "upload": None}))
+    metrics.TRANSFERRED_BYTES.labels("import").inc(manifest.sizeBytes)
+    agent_runs.finish(ctx, pod)
+    drop_request(ctx, checkpoint, UPLOAD_REQUEST_ANNOTATION, request.value)
+    return Done()
+
+
+def _waiting(ctx: Context, checkpoint: Checkpoint, target: dict, message: str) -> Result:
+    """Pending, and where the data goes. On s3 the prefix is owned from now on: data pushed
+    there is deleted with the Checkpoint even if it never becomes Ready."""
+    write_status(ctx, checkpoint, StatusChange(phase=CheckpointPhase.PENDING, reason="WaitingForUpload",
+                                               message=message, event="Normal",
+                                               fields={"upload": target, "owned": True}))
+    return Wait()
+
+
+def _retry(ctx: Context, checkpoint: Checkpoint, pod: dict, request: transfers.UploadRequest, target: dict,
+           why: str) -> Result:
+    store = store_for(ctx.config)
+    target = {k: v for k, v in target.items() if k != "pod"}
+    message = f"{why}; {transfers.waiting_message(checkpoint, store.name, target.get('uri'))}"
+    write_status(ctx, checkpoint, StatusChange(phase=CheckpointPhase.PENDING, reason="WaitingForUpload",
+                                               message=message, event="Warning", fields={"upload": target}))
+    agent_runs.finish(ctx, pod)
+    drop_request(ctx, checkpoint, UPLOAD_REQUEST_ANNOTATION, request.value)
+    return Wait()

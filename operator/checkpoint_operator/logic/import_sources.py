@@ -1,0 +1,191 @@
+"""What an import pod needs for each kind of spec.source: the URI the agent fetches, its flags,
+and the environment and volumes that carry the source's credentials and CA (contract 4).
+
+One function per kind; pure (typed spec in, pod parts out). Credentials reach the agent only
+as references to the Secret the user named (secretKeyRef, or the Secret mounted as files):
+never as values in the pod spec, the URI, the status or an event. Also here: reading the
+import's provenance from its log (`parse_import_result`) and the status.source it becomes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointSource
+from checkpoint_operator.api.sources import CaConfigMap
+
+# Where an import pod mounts what it is given (the local kubelet rewrites these paths too).
+SOURCE_SECRET_VOLUME = "ckpt-source-secret"
+SOURCE_SECRET_MOUNT = "/var/run/secrets/ckpt-source"
+SOURCE_CA_VOLUME = "ckpt-source-ca"
+SOURCE_CA_MOUNT = "/var/run/ckpt-source-ca"
+SECRET_DIR_ENV = "CKPT_SOURCE_SECRET_DIR"  # agent/sources/base.py reads it
+AZURE_KEYS = ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_KEY", "AZURE_STORAGE_SAS_TOKEN")
+# Special Hub refs that keep their '/' in an hf:// URI (huggingface_hub's parse_hf_uri).
+_HF_SPECIAL_REF = re.compile(r"refs/(pr/\d+|convert/[\w.-]+)")
+_COMMIT = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")
+MAX_URI = 4096
+
+
+@dataclass
+class ImportSpec:
+    kind: str
+    uri: str  # what the agent fetches; credential-free (CEL refuses credentials in URLs)
+    args: list[str] = field(default_factory=list)  # the source's flags of `agent import`
+    env: list[dict] = field(default_factory=list)
+    volumes: list[dict] = field(default_factory=list)
+    mounts: list[dict] = field(default_factory=list)
+    revision: Optional[str] = None  # the revision asked for (huggingFace, git)
+    pins_commit: bool = False  # the agent reports the commit it fetched; an import without it fails
+
+
+def _secret_env(secret: str, keys: tuple[str, ...], optional: bool = False) -> list[dict]:
+    ref = {"name": secret, "key": ""}
+    return [{"name": key, "valueFrom": {"secretKeyRef": {**ref, "key": key, **({"optional": True} if optional else {})}}}
+            for key in keys]
+
+
+def _mounted_secret(spec: ImportSpec, secret: str) -> None:
+    """The Secret as files (username, password) at SOURCE_SECRET_MOUNT, for Git and FTP."""
+    spec.volumes.append({"name": SOURCE_SECRET_VOLUME, "secret": {"secretName": secret, "defaultMode": 0o400}})
+    spec.mounts.append({"name": SOURCE_SECRET_VOLUME, "mountPath": SOURCE_SECRET_MOUNT, "readOnly": True})
+    spec.env.append({"name": SECRET_DIR_ENV, "value": SOURCE_SECRET_MOUNT})
+
+
+def _mounted_ca(spec: ImportSpec, ca: CaConfigMap) -> None:
+    spec.volumes.append({"name": SOURCE_CA_VOLUME, "configMap": {"name": ca.name}})
+    spec.mounts.append({"name": SOURCE_CA_VOLUME, "mountPath": SOURCE_CA_MOUNT, "readOnly": True})
+    spec.args += ["--ca-file", f"{SOURCE_CA_MOUNT}/{ca.key}"]
+
+
+def _s3(source: CheckpointSource) -> ImportSpec:
+    s3 = source.s3
+    spec = ImportSpec("s3", s3.uri)
+    if s3.endpoint:
+        spec.env.append({"name": "AWS_ENDPOINT_URL", "value": s3.endpoint})
+    if s3.region:
+        spec.env.append({"name": "AWS_DEFAULT_REGION", "value": s3.region})
+    if s3.secretRef:
+        spec.env += _secret_env(s3.secretRef.name, ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"))
+    return spec
+
+
+def _http(source: CheckpointSource) -> ImportSpec:
+    http = source.http
+    spec = ImportSpec("http", http.url)
+    if http.secretRef:
+        _mounted_secret(spec, http.secretRef.name)
+    if http.caConfigMap:
+        _mounted_ca(spec, http.caConfigMap)
+    return spec
+
+
+def hf_uri(repo: str, revision: str) -> str:
+    """hf://org/name@revision as huggingface_hub parses it (a '/' in a branch name is %2F)."""
+    if "/" in revision and not _HF_SPECIAL_REF.fullmatch(revision):
+        revision = revision.replace("/", "%2F")
+    return f"hf://{repo}@{revision}"
+
+
+def _hugging_face(source: CheckpointSource) -> ImportSpec:
+    hf = source.huggingFace
+    revision = hf.revision or "main"
+    spec = ImportSpec("huggingFace", hf_uri(hf.repo, revision), revision=revision, pins_commit=True,
+                      env=[{"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"}])
+    for pattern in hf.include or []:
+        spec.args += ["--include", pattern]
+    for pattern in hf.exclude or []:
+        spec.args += ["--exclude", pattern]
+    if hf.endpoint:
+        spec.args += ["--endpoint-url", hf.endpoint]
+    if hf.secretRef:
+        spec.env += _secret_env(hf.secretRef.name, ("HF_TOKEN",))
+    return spec
+
+
+def _gcs(source: CheckpointSource) -> ImportSpec:
+    gcs = source.gcs
+    spec = ImportSpec("gcs", gcs.uri)
+    if gcs.endpoint:
+        spec.args += ["--endpoint-url", gcs.endpoint]
+    if gcs.secretRef:
+        spec.env += _secret_env(gcs.secretRef.name, ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"))
+    return spec
+
+
+def azure_uri(uri: str) -> tuple[str, Optional[str]]:
+    """(az://ACCOUNT/CONTAINER/path, the blob endpoint or None) from either accepted form."""
+    match = re.fullmatch(r"https://([a-z0-9]{3,24})\.(blob\.[a-z0-9.-]+)/(.*)", uri, re.DOTALL)
+    if not match:
+        return uri, None
+    account, suffix, rest = match.groups()
+    return f"az://{account}/{rest}", f"https://{account}.{suffix}"
+
+
+def _azure_blob(source: CheckpointSource) -> ImportSpec:
+    azure = source.azureBlob
+    uri, endpoint = azure_uri(azure.uri)
+    spec = ImportSpec("azureBlob", uri)
+    if endpoint and endpoint.split(".", 1)[1] != "blob.core.windows.net":
+        spec.args += ["--endpoint-url", endpoint]  # another cloud's (or a private endpoint's) suffix
+    if azure.secretRef:  # whichever of the three keys the Secret has
+        spec.env += _secret_env(azure.secretRef.name, AZURE_KEYS, optional=True)
+    return spec
+
+
+def _git(source: CheckpointSource) -> ImportSpec:
+    git = source.git
+    base = git.url if git.url.startswith("git://") else f"git+{git.url}"
+    spec = ImportSpec("git", f"{base}@{git.revision}" if git.revision else base, revision=git.revision or "HEAD",
+                      pins_commit=True)
+    if git.lfs:
+        spec.args.append("--lfs")
+    if git.secretRef:
+        _mounted_secret(spec, git.secretRef.name)
+    if git.caConfigMap:
+        _mounted_ca(spec, git.caConfigMap)
+    return spec
+
+
+BUILDERS: dict[str, Callable[[CheckpointSource], ImportSpec]] = {
+    "s3": _s3, "http": _http, "huggingFace": _hugging_face, "gcs": _gcs, "azureBlob": _azure_blob, "git": _git,
+}
+
+
+def import_spec(checkpoint: Checkpoint) -> ImportSpec:
+    source = checkpoint.spec.source
+    return BUILDERS[source.kind](source)
+
+
+# --- provenance --------------------------------------------------------------------------------
+
+def parse_import_result(log: str) -> Optional[dict]:
+    """The provenance that `agent import` printed (its one JSON line on stdout), or None."""
+    for line in reversed(log.splitlines()):
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(data, dict) and isinstance(data.get("provenance"), dict) and "dest" in data:
+            return data["provenance"]
+    return None
+
+
+def source_status(spec: ImportSpec, provenance: Optional[dict]) -> tuple[Optional[dict], Optional[str]]:
+    """(status.source, None), or (None, why the import cannot be recorded): a source that pins a
+    commit must report one (a 40 or 64 digit hex commit id)."""
+    status: dict = {"kind": spec.kind, "uri": spec.uri[:MAX_URI]}
+    if spec.revision:
+        status["revision"] = spec.revision
+    resolved = (provenance or {}).get("resolvedRevision")
+    if spec.pins_commit:
+        if not isinstance(resolved, str) or not _COMMIT.fullmatch(resolved):
+            return None, "the import did not report the commit it fetched (resolvedRevision)"
+        status["resolvedRevision"] = resolved
+    return status, None

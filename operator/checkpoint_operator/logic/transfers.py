@@ -1,0 +1,280 @@
+"""Pushes, pulls and verifications: the requests (annotations), the pods that serve them and
+how their results read (pure; handlers/uploads.py and handlers/requests.py apply them).
+
+A request is an annotation whose value names it (a timestamp, made unique by the plugin). The
+pod that serves it carries that value (`ckpt.dev/request`), so a result is matched to its
+request, and the operator removes the annotation only if it still holds that value (a JSON
+patch `test`): a newer request made meanwhile is served next, never dropped.
+
+- upload (spec.source.upload): `ckpt.dev/upload-requested` with `ckpt.dev/upload-digest`. On
+  the volume store a receiver pod on the Checkpoint's own PVC waits for the push (agent receive);
+  on the s3 store the data is already under status.upload.uri and a pod verifies it there.
+- verify: `ckpt.dev/verify-requested` on a Ready Checkpoint: a pod re-reads the data where it
+  lives (agent verify); the result becomes the condition Verified.
+- pull: `ckpt.dev/pull-requested` on a Ready Checkpoint of the volume store: a pod mounts its
+  data read-only and holds while `kubectl ckpt pull` streams it out (agent pack, by exec).
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+from checkpoint_operator.agent.manifest import Manifest
+from checkpoint_operator.api.checkpoint import Checkpoint
+from checkpoint_operator.api.common import parse_quantity
+from checkpoint_operator.api.upload import (DIGEST_PATTERN, PULL_REQUEST_ANNOTATION, UPLOAD_DIGEST_ANNOTATION,
+                                            UPLOAD_REQUEST_ANNOTATION, VERIFY_REQUEST_ANNOTATION)
+from checkpoint_operator.config import OperatorConfig
+from checkpoint_operator.logic import agent_commands
+from checkpoint_operator.logic.agent_pods import AGENT_DATA_MOUNT, agent_container, agent_pod
+from checkpoint_operator.logic.naming import MAX_LABEL_NAME, bounded_name, child_name
+from checkpoint_operator.logic.quantity import format_size
+from checkpoint_operator.logic.status import ConditionChange
+from checkpoint_operator.logic.workload import (IMPORT_SIZE_ANNOTATION, LABEL_CHECKPOINT, LABEL_COMPONENT,
+                                                LABEL_MANAGED_BY, MANAGER, import_claim_name, import_data_dir,
+                                                owner_reference)
+
+REQUEST_ANNOTATION = "ckpt.dev/request"      # on a serving pod: the request it serves
+UPLOAD_DIR = import_data_dir()               # where a push lands on the volume store (status.location path "data")
+PULL_WORK_DIR = "/checkpoint-work"           # a pull pod's emptyDir, where agent hold sees the pulls
+IDLE_SECONDS = 900.0                         # a receiver or pull pod without activity this long ends
+COMPONENTS = {"upload": "upload", "verify": "verify", "pull": "pull"}
+SERVED_WHEN_READY = (VERIFY_REQUEST_ANNOTATION, PULL_REQUEST_ANNOTATION)
+MAX_PROBLEMS_SHOWN = 3
+
+
+def upload_pod_name(checkpoint_name: str) -> str:
+    return child_name(checkpoint_name, "upload")
+
+
+def verify_pod_name(checkpoint_name: str) -> str:
+    return child_name(checkpoint_name, "verify")
+
+
+def pull_pod_name(checkpoint_name: str) -> str:
+    return child_name(checkpoint_name, "pull")
+
+
+def has_ready_request(annotations: Optional[dict]) -> bool:
+    """A request a Ready Checkpoint serves (its events must wake it)."""
+    return any((annotations or {}).get(key) for key in SERVED_WHEN_READY)
+
+
+# --- upload ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class UploadRequest:
+    value: str                      # the request annotation's value
+    digest: str                     # what the pushed data must have
+    size_bytes: Optional[int] = None  # declared by the push (the volume's size): sizes the pod's deadline
+
+
+def upload_request(checkpoint: Checkpoint) -> Union[UploadRequest, str, None]:
+    """None: no push requested; a str: why the request cannot be served (names the annotation)."""
+    meta = checkpoint.metadata
+    value = meta.annotation(UPLOAD_REQUEST_ANNOTATION)
+    if not value:
+        return None
+    digest = meta.annotation(UPLOAD_DIGEST_ANNOTATION) or ""
+    if not re.fullmatch(DIGEST_PATTERN, digest):
+        shown = f"is {digest!r}" if digest else "is missing"
+        return (f"annotation {UPLOAD_DIGEST_ANNOTATION} {shown}: it must hold the digest of the data to push "
+                f"(sha256:<64 lower-case hex digits>; kubectl ckpt push sets it)")
+    size = meta.annotation(IMPORT_SIZE_ANNOTATION)
+    try:
+        size_bytes = parse_quantity(size) if size else None
+    except ValueError:
+        size_bytes = None
+    return UploadRequest(value, digest, size_bytes)
+
+
+def upload_status(store: str, checkpoint: Checkpoint, *, uri: Optional[str] = None, endpoint: Optional[str] = None,
+                  pod: Optional[str] = None) -> dict:
+    """status.upload: where a push goes."""
+    if store == "s3":
+        status = {"store": "s3", "uri": uri}
+        if endpoint:
+            status["endpoint"] = endpoint
+        return status
+    status = {"store": "volume", "claimName": import_claim_name(checkpoint)}
+    if pod:
+        status["pod"] = pod
+    return status
+
+
+def waiting_message(checkpoint: Checkpoint, store: str, uri: Optional[str] = None) -> str:
+    meta = checkpoint.metadata
+    message = f"waiting for data: run kubectl ckpt push DIR --name {meta.name} -n {meta.namespace}"
+    if store == "s3":
+        message += f" (or upload it with its manifest to {uri} and set the annotation {UPLOAD_REQUEST_ANNOTATION})"
+    return message
+
+
+def build_receiver_pod(checkpoint: Checkpoint, config: OperatorConfig, request: UploadRequest,
+                       max_size: int) -> dict:
+    """volume store: the pod a push streams into (agent unpack by exec); it checks what arrived."""
+    mount = [{"name": "data", "mountPath": AGENT_DATA_MOUNT}]
+    command = agent_commands.receive(UPLOAD_DIR, digest=request.digest, idle=IDLE_SECONDS, max_size=max_size)
+    volumes = [{"name": "data", "persistentVolumeClaim": {"claimName": import_claim_name(checkpoint)}}]
+    return _serving_pod(checkpoint, config, "upload", upload_pod_name(checkpoint.metadata.name), request.value,
+                        [agent_container("receive", command, config, mounts=mount)], volumes,
+                        size_bytes=request.size_bytes)
+
+
+def build_upload_check_pod(checkpoint: Checkpoint, config: OperatorConfig, request: UploadRequest, uri: str,
+                           env: list[dict], max_size: int) -> dict:
+    """s3 store: the pod that verifies the pushed objects against their manifest, in place."""
+    command = agent_commands.verify(uri, digest=request.digest, max_size=max_size)
+    return _serving_pod(checkpoint, config, "upload", upload_pod_name(checkpoint.metadata.name), request.value,
+                        [agent_container("verify", command, config, mounts=[], env=env)], [],
+                        size_bytes=request.size_bytes)
+
+
+# --- verify and pull -----------------------------------------------------------------------------------
+
+def location_volumes(location: dict, *, read_only: bool = True) -> tuple[list[dict], list[dict]]:
+    """(volumes, mounts) that show a volume location's files at AGENT_DATA_MOUNT, and only them
+    (the root files of an output, listed as items, are mounted one by one)."""
+    volume = location["volume"]
+    sub_path = posixpath.normpath(volume.get("path", ".").lstrip("/") or ".")
+    volumes = [{"name": "data", "persistentVolumeClaim": {"claimName": volume["claimName"], "readOnly": read_only}}]
+    mounts = []
+    for rel in volume.get("items") or [None]:
+        path = sub_path if rel is None else posixpath.normpath(posixpath.join(sub_path, rel))
+        mount = {"name": "data", "readOnly": read_only,
+                 "mountPath": AGENT_DATA_MOUNT if rel is None else posixpath.join(AGENT_DATA_MOUNT, rel)}
+        if path != ".":
+            mount["subPath"] = path
+        mounts.append(mount)
+    return volumes, mounts
+
+
+def build_verify_pod(checkpoint: Checkpoint, config: OperatorConfig, value: str, s3_env: list[dict]) -> dict:
+    """Re-reads the data where it lives: the store's objects, or the volume mounted read-only."""
+    status = checkpoint.status
+    location = status.location.to_wire() if status.location else {}
+    if "s3" in location:
+        container = agent_container("verify", agent_commands.verify(location["s3"]["uri"], digest=status.digest),
+                                    config, mounts=[], env=s3_env)
+        volumes: list[dict] = []
+    else:
+        volumes, mounts = location_volumes(location)
+        container = agent_container("verify", agent_commands.verify(AGENT_DATA_MOUNT, digest=status.digest), config,
+                                    mounts=mounts)
+    return _serving_pod(checkpoint, config, "verify", verify_pod_name(checkpoint.metadata.name), value, [container],
+                        volumes, size_bytes=status.sizeBytes)
+
+
+def build_pull_pod(checkpoint: Checkpoint, config: OperatorConfig, value: str) -> dict:
+    """volume store: mounts the data read-only and holds while pulls stream it out."""
+    volumes, mounts = location_volumes(checkpoint.status.location.to_wire())
+    volumes.append({"name": "work", "emptyDir": {"sizeLimit": "16Mi"}})
+    mounts.append({"name": "work", "mountPath": PULL_WORK_DIR})
+    container = agent_container("hold", agent_commands.hold(PULL_WORK_DIR, idle=IDLE_SECONDS), config, mounts=mounts)
+    return _serving_pod(checkpoint, config, "pull", pull_pod_name(checkpoint.metadata.name), value, [container],
+                        volumes, size_bytes=checkpoint.status.sizeBytes)
+
+
+def pull_command() -> list[str]:
+    """What `kubectl ckpt pull` runs in the pull pod."""
+    return agent_commands.pack(AGENT_DATA_MOUNT, session_dir=PULL_WORK_DIR)
+
+
+def push_command(max_size: Optional[int], name: Optional[str]) -> list[str]:
+    """What `kubectl ckpt push` runs in the receiver pod (stdin: the tar stream)."""
+    return agent_commands.unpack(UPLOAD_DIR, max_size=max_size, name=name)
+
+
+def inventory_command() -> list[str]:
+    """What a push runs first in the receiver pod: what an interrupted push left there."""
+    return agent_commands.scan(UPLOAD_DIR, single=True)
+
+
+def _serving_pod(checkpoint: Checkpoint, config: OperatorConfig, component: str, name: str, request: str,
+                 containers: list[dict], volumes: list[dict], *, size_bytes: Optional[int]) -> dict:
+    meta = checkpoint.metadata
+    metadata = {"name": name, "namespace": meta.namespace, "annotations": {REQUEST_ANNOTATION: request},
+                "labels": {LABEL_MANAGED_BY: MANAGER, LABEL_COMPONENT: COMPONENTS[component],
+                           LABEL_CHECKPOINT: bounded_name(meta.name, MAX_LABEL_NAME)},
+                "ownerReferences": [owner_reference(checkpoint)]}
+    return agent_pod(metadata, config, containers, volumes, size_bytes=size_bytes)
+
+
+def served_request(pod: dict) -> Optional[str]:
+    return ((pod.get("metadata") or {}).get("annotations") or {}).get(REQUEST_ANNOTATION)
+
+
+# --- results ---------------------------------------------------------------------------------------
+
+class TransferOutputError(ValueError):
+    pass
+
+
+@dataclass
+class TransferResult:
+    """What `agent verify --json` or `agent receive` printed."""
+
+    manifest: Optional[Manifest]
+    received: bool
+    verified: bool
+    problems: list[dict] = field(default_factory=list)
+    problem_count: int = 0
+    reason: str = ""
+    skipped: list[dict] = field(default_factory=list)
+
+    def problems_text(self) -> str:
+        shown = [f"'{p['path']}': {p['problem']}" if p.get("path") not in (None, ".") else p.get("problem", "")
+                 for p in self.problems[:MAX_PROBLEMS_SHOWN]]
+        more = self.problem_count - len(shown)
+        return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+
+
+def parse_transfer_output(log: str) -> TransferResult:
+    for line in reversed(log.splitlines()):
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(data, dict) and "checkpoints" in data:
+            checkpoints = data["checkpoints"] or []
+            manifest = Manifest.model_validate(checkpoints[0]) if checkpoints else None
+            problems = [p for p in data.get("problems") or [] if isinstance(p, dict)]
+            return TransferResult(manifest=manifest, received=bool(data.get("received", manifest is not None)),
+                                  verified=bool(data.get("verified", False)), problems=problems,
+                                  problem_count=int(data.get("problemCount", len(problems))),
+                                  reason=str(data.get("reason", "")), skipped=list(data.get("skipped") or []))
+    raise TransferOutputError("the pod's log holds no result (a JSON line with 'checkpoints')")
+
+
+def verified_condition(result: TransferResult, where: str) -> ConditionChange:
+    if result.verified and result.manifest is not None:
+        m = result.manifest
+        return ConditionChange("Verified", "True", "Verified",
+                               f"all {m.fileCount} files ({format_size(m.sizeBytes)}) read again at {where} match "
+                               f"the manifest, digest {m.digest}")
+    count = result.problem_count or len(result.problems)
+    return ConditionChange("Verified", "False", "DataMismatch",
+                           f"{count} problem{'s' if count != 1 else ''} at {where}: {result.problems_text()}")
+
+
+def verifying_condition(where: str, request: str) -> ConditionChange:
+    return ConditionChange("Verified", "Unknown", "Verifying", f"reading every file again at {where} (request {request})")
+
+
+def verify_error_condition(message: str) -> ConditionChange:
+    return ConditionChange("Verified", "Unknown", "VerifyError", message)
+
+
+def describe_location(location: Optional[dict]) -> str:
+    location = location or {}
+    if "s3" in location:
+        return location["s3"]["uri"]
+    volume = location.get("volume") or {}
+    return f"volume {volume.get('claimName')}:{volume.get('path', '.')}"

@@ -1,0 +1,463 @@
+"""The commands of `kubectl ckpt` (the same as `checkpoint-operator ckpt`): ls, lineage, verify,
+pull, push. Each returns an exit code (0 done, 1 failed); a failure the user must act on is a
+PluginError, one line naming the object and what is wrong.
+
+Where the data moves (README "kubectl ckpt"): on the s3 store the plugin reads and writes the
+bucket itself with the user's credentials, through the agent's resumable upload and verifying
+download; on the volume store it streams through a short pod that the operator starts on
+request (exec, a tar stream; the pod's agent checks every file). Verification is always the
+operator's: the plugin asks (an annotation), the operator's pod re-reads the data and the
+status writer records the condition Verified.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable, Optional, TextIO, get_args
+
+import yaml
+
+from checkpoint_operator import API_VERSION, GROUP, VERSION
+from checkpoint_operator.agent.errors import AgentError
+from checkpoint_operator.agent.manifest import MANIFEST_NAME, Manifest
+from checkpoint_operator.agent.progress import Progress, human_bytes
+from checkpoint_operator.api.checkpoint import CheckpointFormat, CheckpointSpec
+from checkpoint_operator.api.upload import (PULL_REQUEST_ANNOTATION, UPLOAD_DIGEST_ANNOTATION,
+                                            UPLOAD_REQUEST_ANNOTATION, VERIFY_REQUEST_ANNOTATION)
+from checkpoint_operator.kube import CHECKPOINTS
+from checkpoint_operator.logic import transfers
+from checkpoint_operator.logic.agent_pods import pod_problem
+from checkpoint_operator.logic.conditions import get_condition
+from checkpoint_operator.logic.quantity import format_size
+from checkpoint_operator.logic.workload import IMPORT_SIZE_ANNOTATION
+from checkpoint_operator.plugin import views
+from checkpoint_operator.plugin.client import Cluster, ExecSession, PluginError, check_name
+
+FORMATS = get_args(CheckpointFormat)
+POLL = 0.5
+EXEC_START_SECONDS = 15.0  # a container reported Running may still be starting its process
+MiB = 1024 * 1024
+
+
+@dataclass
+class Io:
+    out: TextIO
+    err: TextIO
+
+    def note(self, message: str) -> None:
+        print(message, file=self.err, flush=True)
+
+
+def print_object(obj: Any, output: Optional[str], io: Io) -> None:
+    if output == "yaml":
+        io.out.write(yaml.safe_dump(obj, sort_keys=False))
+    else:
+        io.out.write(json.dumps(obj, indent=2) + "\n")
+
+
+def request_value() -> str:
+    """Names one request: a timestamp made unique (two requests in one second stay apart)."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ") + "-" + secrets.token_hex(3)
+
+
+def annotation(body: dict, key: str) -> Optional[str]:
+    return ((body.get("metadata") or {}).get("annotations") or {}).get(key)
+
+
+def phase_of(body: dict) -> str:
+    return (body.get("status") or {}).get("phase") or "Pending"
+
+
+def wait_for(cluster: Cluster, name: str, done: Callable[[dict], Any], timeout: float, what: str) -> Any:
+    """Poll the Checkpoint until `done(body)` is truthy; PluginError naming `what` at the timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body = cluster.get_checkpoint(name)
+        result = done(body)
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            ready = get_condition((body.get("status") or {}).get("conditions"), "Ready") or {}
+            raise PluginError(f"timed out after {timeout:.0f} s waiting for {what} (is the operator running? "
+                              f"Checkpoint {name} is {phase_of(body)}: {ready.get('message') or 'no condition yet'})")
+        time.sleep(POLL)
+
+
+def require_ready(body: dict, doing: str) -> dict:
+    name, status = body["metadata"]["name"], body.get("status") or {}
+    if phase_of(body) != "Ready":
+        raise PluginError(f"Checkpoint {name} is {phase_of(body)}, not Ready: only a Ready Checkpoint can be "
+                          f"{doing} ({status.get('message') or 'no message'})")
+    return status
+
+
+# --- ls, lineage -----------------------------------------------------------------------------------
+
+def list_checkpoints(cluster: Cluster, all_namespaces: bool = False) -> list[dict]:
+    if all_namespaces:
+        import kubernetes
+        api = kubernetes.client.CustomObjectsApi(cluster.api_client)
+        return cluster.call("list Checkpoints in all namespaces", lambda: api.list_cluster_custom_object(
+            GROUP, VERSION, "checkpoints", _request_timeout=30)).get("items", [])
+    items = cluster.call(f"list Checkpoints in namespace {cluster.namespace}",
+                         lambda: cluster.api.list(CHECKPOINTS, cluster.namespace))
+    if not items:
+        cluster.check_namespace()
+    return items
+
+
+def cmd_ls(cluster: Cluster, args, io: Io) -> int:
+    items = list_checkpoints(cluster, args.all_namespaces)
+    if args.job:
+        items = [b for b in items if views.producer(b) == f"tj/{args.job}"]
+    if args.output in ("json", "yaml"):
+        print_object({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items}, args.output, io)
+        return 0
+    if not items:
+        where = "any namespace" if args.all_namespaces else f"namespace {cluster.namespace}"
+        io.note(f"No Checkpoints found in {where}" + (f" written by TrainingJob {args.job}." if args.job else "."))
+        return 0
+    io.out.write(views.ls_table(items, wide=args.output == "wide", namespaces=args.all_namespaces) + "\n")
+    return 0
+
+
+def cmd_lineage(cluster: Cluster, args, io: Io) -> int:
+    check_name("Checkpoint", args.name)
+    lineage = views.build_lineage(list_checkpoints(cluster), args.name)
+    if lineage is None:
+        cluster.get_checkpoint(args.name)  # says why (not found, no such namespace)
+        raise PluginError(f'Checkpoint "{args.name}" not found in namespace {cluster.namespace}')
+    if args.output in ("json", "yaml"):
+        print_object(lineage.to_json(), args.output, io)
+    else:
+        io.out.write(views.render_lineage(lineage) + "\n")
+    return 0
+
+
+# --- verify ----------------------------------------------------------------------------------------
+
+def cmd_verify(cluster: Cluster, args, io: Io) -> int:
+    body = cluster.get_checkpoint(args.name)
+    status = require_ready(body, "verified")
+    if args.local:
+        return _verify_locally(body, status, args, io)
+    value = request_value()
+    cluster.annotate(args.name, {VERIFY_REQUEST_ANNOTATION: value})
+    io.note(f"verification of {args.name} requested; the operator re-reads its data "
+            f"({transfers.describe_location(status.get('location'))})")
+    wait_for(cluster, args.name, lambda b: annotation(b, VERIFY_REQUEST_ANNOTATION) != value, args.timeout,
+             f"the operator to verify {args.name}")
+    body = wait_for(cluster, args.name, lambda b: b if not annotation(b, VERIFY_REQUEST_ANNOTATION) else None,
+                    args.timeout, f"the operator to verify {args.name} (a newer request is under way)")
+    condition = get_condition((body.get("status") or {}).get("conditions"), "Verified") or {}
+    result = {"name": args.name, "verified": condition.get("status", "Unknown"), "reason": condition.get("reason"),
+              "message": condition.get("message"), "time": condition.get("lastTransitionTime")}
+    if args.output in ("json", "yaml"):
+        print_object(result, args.output, io)
+    else:
+        io.out.write(f"checkpoint.ckpt.dev/{args.name} Verified={result['verified']} ({result['reason']}) at "
+                     f"{result['time']}: {result['message']}\n")
+    return 0 if result["verified"] == "True" else 1
+
+
+def _verify_locally(body: dict, status: dict, args, io: Io) -> int:
+    """--local: read the objects from S3 with the user's own credentials; nothing is recorded."""
+    from checkpoint_operator.agent.verify import MAX_PROBLEMS, verify_s3
+    uri = ((status.get("location") or {}).get("s3") or {}).get("uri")
+    if not uri:
+        raise PluginError(f"--local reads object storage, but Checkpoint {args.name} is on a volume "
+                          f"({transfers.describe_location(status.get('location'))}): verify it without --local")
+    result = verify_s3(uri, status.get("digest"), endpoint_url=args.endpoint_url)
+    if args.output in ("json", "yaml"):
+        print_object(result.summary() | {"checkpoints": None}, args.output, io)
+    elif result.verified:
+        io.out.write(f"{args.name}: all {result.manifest.fileCount} files at {uri} match the manifest, digest "
+                     f"{result.manifest.digest} (read locally; not recorded)\n")
+    else:
+        io.out.write(f"{args.name}: NOT verified at {uri} ({len(result.problems)} problems; read locally, not "
+                     f"recorded):\n" + "".join(f"  {p.line()}\n" for p in result.problems[:MAX_PROBLEMS]))
+    return 0 if result.verified else 1
+
+
+# --- pull ------------------------------------------------------------------------------------------
+
+def cmd_pull(cluster: Cluster, args, io: Io) -> int:
+    body = cluster.get_checkpoint(args.name)
+    status = require_ready(body, "pulled")
+    location = status.get("location") or {}
+    if os.path.exists(args.dir) and not os.path.isdir(args.dir):
+        raise PluginError(f"{args.dir}: exists and is not a directory")
+    if "s3" in location:
+        from checkpoint_operator.agent.download import download_prefix
+        result = download_prefix(location["s3"]["uri"], args.dir, digest=status.get("digest"),
+                                 endpoint_url=args.endpoint_url, log=io.note)
+        manifest = result.manifest
+    else:
+        manifest = _pull_through_pod(cluster, body, status, args, io)
+    summary = {"name": args.name, "dir": args.dir, "digest": manifest.digest, "fileCount": manifest.fileCount,
+               "sizeBytes": manifest.sizeBytes}
+    if args.output in ("json", "yaml"):
+        print_object(summary, args.output, io)
+    else:
+        io.out.write(f"pulled checkpoint.ckpt.dev/{args.name} into {args.dir}: {manifest.fileCount} files, "
+                     f"{format_size(manifest.sizeBytes)}, every file verified, digest {manifest.digest}\n")
+    return 0
+
+
+def _pull_through_pod(cluster: Cluster, body: dict, status: dict, args, io: Io) -> Manifest:
+    from checkpoint_operator.agent.transfer import StreamReceiver
+    name = args.name
+    value = request_value()
+    cluster.annotate(name, {PULL_REQUEST_ANNOTATION: value})
+    pod = wait_for_pod(cluster, transfers.pull_pod_name(name), value, body["metadata"]["uid"], args.timeout, io)
+    session = start_exec(cluster, pod, "hold", transfers.pull_command(), stdin=False)
+    receiver_name = os.path.basename(os.path.abspath(args.dir))
+    try:
+        with Progress("pull", status.get("sizeBytes") or 0, stream=io.err) as progress:
+            done = StreamReceiver(args.dir, pulled=True, digest=status.get("digest"), where=f"the stream from pod {pod}",
+                                  name=receiver_name, on_bytes=progress.add).run(session)
+    except AgentError as exc:
+        session.close()
+        raise PluginError(f"pull of {name}: {exc}") from None
+    code = session.finish()
+    if code != 0:
+        raise PluginError(f"pull of {name}: pod {pod}: {session.last_error()}")
+    return done.manifest
+
+
+# --- push ------------------------------------------------------------------------------------------
+
+def cmd_push(cluster: Cluster, args, io: Io) -> int:
+    name = check_name("Checkpoint", args.name)
+    if not os.path.isdir(args.dir):
+        raise PluginError(f"{args.dir}: not a directory (push takes the directory that holds the checkpoint)")
+    manifest = local_manifest(args.dir, io)
+    body = _upload_checkpoint(cluster, name, manifest, args, io)
+    if phase_of(body) == "Ready":
+        io.out.write(f"checkpoint.ckpt.dev/{name} is already Ready with this data (digest {manifest.digest}); "
+                     f"nothing to push\n")
+        return 0
+    upload = wait_for(cluster, name, lambda b: (b.get("status") or {}).get("upload"), args.timeout,
+                      f"the operator to say where {name}'s data goes (status.upload)")
+    value = request_value()
+    if upload.get("store") == "s3":
+        _push_to_s3(cluster, name, args, manifest, upload, io)
+        cluster.annotate(name, {UPLOAD_REQUEST_ANNOTATION: value})
+    else:
+        cluster.annotate(name, {UPLOAD_REQUEST_ANNOTATION: value})
+        _push_through_pod(cluster, body, args, manifest, value, io)
+    io.note(f"pushed; the operator verifies {name}")
+    body = wait_for(cluster, name, lambda b: b if _push_settled(b, value) else None, args.timeout,
+                    f"the operator to verify {name}")
+    status = body.get("status") or {}
+    if phase_of(body) != "Ready":
+        raise PluginError(f"Checkpoint {name} is {phase_of(body)}: {status.get('message')}")
+    if args.output in ("json", "yaml"):
+        print_object({"name": name, "phase": "Ready", "digest": status.get("digest"), "fileCount": status.get(
+            "fileCount"), "sizeBytes": status.get("sizeBytes"), "format": status.get("format"),
+            "step": status.get("step"), "location": status.get("location")}, args.output, io)
+    else:
+        io.out.write(f"checkpoint.ckpt.dev/{name} Ready: {status.get('fileCount')} files, {status.get('size')}, "
+                     f"format {status.get('format')}, step {views._text(status.get('step'))}, digest "
+                     f"{status.get('digest')}\n")
+    return 0
+
+
+def _push_settled(body: dict, value: str) -> bool:
+    """Ready or Failed; or back to waiting with the request dropped (the receiver gave up)."""
+    return phase_of(body) in ("Ready", "Failed") or (
+        phase_of(body) == "Pending" and annotation(body, UPLOAD_REQUEST_ANNOTATION) != value)
+
+
+def local_manifest(directory: str, io: Io) -> Manifest:
+    """The checkpoint in DIR as the agent's scan takes it (what the operator will find)."""
+    from pathlib import Path
+
+    from checkpoint_operator.agent.scan import scan_directory
+    io.note(f"hashing the files of {directory} ...")
+    result = scan_directory(Path(directory), single=True)
+    if result.skippedCount:
+        shown = "; ".join(f"'{s.path}': {s.reason}" for s in result.skipped[:5])
+        io.note(f"warning: {result.skippedCount} entries of {directory} are not part of the checkpoint: {shown}")
+    if not result.checkpoints:
+        raise PluginError(f"{directory}: no files to push")
+    manifest = result.checkpoints[0]
+    io.note(f"{manifest.fileCount} files, {human_bytes(manifest.sizeBytes)}, digest {manifest.digest}")
+    return manifest
+
+
+def _upload_checkpoint(cluster: Cluster, name: str, manifest: Manifest, args, io: Io) -> dict:
+    """The upload Checkpoint to push into: created, or an existing one that expects this data."""
+    from checkpoint_operator.kube import Conflict
+    body = cluster.call(f"get Checkpoint {name}", lambda: cluster.api.get(CHECKPOINTS, cluster.namespace, name))
+    if body is None:
+        cluster.check_namespace()
+        new = new_upload_checkpoint(name, cluster.namespace, manifest, args.format, args.description)
+
+        def create() -> Optional[dict]:
+            try:
+                return cluster.api.create(CHECKPOINTS, cluster.namespace, new)
+            except Conflict:  # made meanwhile (another push): take it as it is
+                return None
+        body = cluster.call(f"create Checkpoint {name}", create)
+        if body is not None:
+            io.note(f"checkpoint.ckpt.dev/{name} created")
+            return body
+        body = cluster.get_checkpoint(name)
+    return _existing_upload(cluster, body, manifest, args)
+
+
+def _existing_upload(cluster: Cluster, body: dict, manifest: Manifest, args) -> dict:
+    name, status = body["metadata"]["name"], body.get("status") or {}
+    source = (body.get("spec") or {}).get("source") or {}
+    if "upload" not in source:
+        raise PluginError(f"Checkpoint {name} exists and its source is {next(iter(source), '?')}, not upload: push "
+                          f"to another name")
+    if phase_of(body) == "Ready":
+        if status.get("digest") == manifest.digest:
+            return body
+        raise PluginError(f"Checkpoint {name} is Ready with other data (digest {status.get('digest')}, this directory "
+                          f"has {manifest.digest}); a Checkpoint is immutable: push to another name")
+    if phase_of(body) == "Failed":
+        raise PluginError(f"Checkpoint {name} failed: {status.get('message')}; delete it (kubectl delete ckpt {name}) "
+                          f"and push again")
+    if args.format and (body.get("spec") or {}).get("format") not in (None, args.format):
+        raise PluginError(f"Checkpoint {name} has spec.format {body['spec']['format']}, not {args.format} (spec is "
+                          f"immutable)")
+    declared = annotation(body, UPLOAD_DIGEST_ANNOTATION)
+    if declared and declared != manifest.digest:
+        raise PluginError(f"Checkpoint {name} expects data with digest {declared} (annotation "
+                          f"{UPLOAD_DIGEST_ANNOTATION}), but {args.dir} has {manifest.digest}: push the directory it "
+                          f"was made for, or delete {name}")
+    if not declared or annotation(body, IMPORT_SIZE_ANNOTATION) is None:
+        body = cluster.annotate(name, upload_annotations(manifest) | ({UPLOAD_DIGEST_ANNOTATION: declared}
+                                                                      if declared else {}))
+    return body
+
+
+def upload_annotations(manifest: Manifest) -> dict:
+    """The digest the data must have, and the volume it needs (a margin for the filesystem)."""
+    size = math.ceil((manifest.sizeBytes * 1.1 + 64 * MiB) / MiB)
+    return {UPLOAD_DIGEST_ANNOTATION: manifest.digest, IMPORT_SIZE_ANNOTATION: f"{size}Mi"}
+
+
+def new_upload_checkpoint(name: str, namespace: str, manifest: Manifest, format_: Optional[str],
+                          description: Optional[str]) -> dict:
+    spec: dict = {"source": {"upload": {}}}
+    if format_:
+        spec["format"] = format_
+    if description:
+        spec["description"] = description
+    CheckpointSpec.model_validate(spec)  # the CRD's rules, before the API server sees it
+    return {"apiVersion": API_VERSION, "kind": "Checkpoint",
+            "metadata": {"name": name, "namespace": namespace, "annotations": upload_annotations(manifest),
+                         "labels": {"app.kubernetes.io/created-by": "kubectl-ckpt"}},
+            "spec": spec}
+
+
+def _push_to_s3(cluster: Cluster, name: str, args, manifest: Manifest, upload: dict, io: Io) -> None:
+    """Straight into the bucket with the user's credentials: the agent's resumable upload."""
+    from checkpoint_operator.agent.s3 import resolve_endpoint
+    from checkpoint_operator.agent.upload import upload_dir
+    endpoint = args.endpoint_url or resolve_endpoint() or upload.get("endpoint")
+    io.note(f"uploading to {upload['uri']}" + (f" (endpoint {endpoint})" if endpoint else ""))
+    try:
+        upload_dir(args.dir, upload["uri"], manifest=manifest, endpoint_url=endpoint, log=io.note)
+    except AgentError as exc:
+        raise PluginError(f"push of {name}: {exc} (rerun to resume)") from None
+
+
+def _push_through_pod(cluster: Cluster, body: dict, args, manifest: Manifest, value: str, io: Io) -> None:
+    """Into the receiver pod on the Checkpoint's PVC: a tar stream (the manifest first) on the
+    stdin of `agent unpack`; only what an interrupted push did not leave there is sent."""
+    from checkpoint_operator.agent.tarstream import TarWriter
+    from checkpoint_operator.agent.tree import locate_file
+    name = args.name
+    pod = wait_for_pod(cluster, transfers.upload_pod_name(name), value, body["metadata"]["uid"], args.timeout, io)
+    there = remote_inventory(cluster, pod)
+    to_send = [e for e in manifest.files if there.get(e.path) != (e.size, e.sha256)]
+    if len(to_send) < manifest.fileCount:
+        io.note(f"{manifest.fileCount - len(to_send)} files are in pod {pod} already (an earlier push); sending the "
+                f"other {len(to_send)}")
+    command = transfers.push_command(None, os.path.basename(os.path.abspath(args.dir)))
+    session = start_exec(cluster, pod, "receive", command, stdin=True)
+    try:
+        with Progress("push", sum(e.size for e in to_send), stream=io.err) as progress:
+            writer = TarWriter(session, on_bytes=progress.add)
+            writer.add_bytes(MANIFEST_NAME, manifest.to_json().encode())
+            for entry in to_send:
+                writer.add_file(entry.path, locate_file(args.dir, entry.path)[0], entry.size)
+            writer.close()
+        session.close_stdin()
+    except BrokenPipeError:
+        pass  # the command ended early: its error line says why
+    except (AgentError, OSError) as exc:
+        session.close()
+        raise PluginError(f"push of {name}: {exc}") from None
+    code = session.finish(timeout=args.timeout)
+    if code != 0:
+        raise PluginError(f"push of {name} into pod {pod}: {session.last_error()} (rerun to resume)")
+
+
+def remote_inventory(cluster: Cluster, pod: str) -> dict[str, tuple[int, str]]:
+    """What the receiver holds already (path -> size, sha256); empty when it holds nothing."""
+    session = start_exec(cluster, pod, "receive", transfers.inventory_command(), stdin=False)
+    output = session.read()
+    if session.finish() != 0:
+        return {}
+    try:
+        scan = json.loads(output.decode().strip().splitlines()[-1])
+        files = scan["checkpoints"][0]["files"] if scan.get("checkpoints") else []
+        return {f["path"]: (f["size"], f["sha256"]) for f in files}
+    except (ValueError, KeyError, IndexError, TypeError):
+        return {}
+
+
+# --- pods that serve a request ------------------------------------------------------------------------
+
+def wait_for_pod(cluster: Cluster, pod_name: str, value: str, owner_uid: str, timeout: float, io: Io) -> str:
+    """The operator's pod for request `value`, once it runs."""
+    deadline = time.monotonic() + timeout
+    said = None
+    while True:
+        pod = cluster.get_pod(pod_name)
+        meta = (pod or {}).get("metadata") or {}
+        ours = pod is not None and transfers.served_request(pod) == value and \
+            any(ref.get("uid") == owner_uid for ref in meta.get("ownerReferences") or [])
+        if ours:
+            phase = (pod.get("status") or {}).get("phase")
+            if phase == "Running":
+                return pod_name
+            if phase in ("Succeeded", "Failed"):
+                raise PluginError(f"pod {pod_name} ended ({phase}) before the transfer began; try again")
+            problem = pod_problem(pod)
+            if problem and problem.message != said:
+                io.note(f"waiting: {problem.message}")
+                said = problem.message
+        if time.monotonic() > deadline:
+            raise PluginError(f"timed out after {timeout:.0f} s waiting for the operator's pod {pod_name} to run "
+                              f"(is the operator running?)")
+        time.sleep(POLL)
+
+
+def start_exec(cluster: Cluster, pod: str, container: str, command: list[str], *, stdin: bool) -> ExecSession:
+    """An exec session; retried while the container is still starting its process."""
+    deadline = time.monotonic() + EXEC_START_SECONDS
+    while True:
+        try:
+            return cluster.exec(pod, container, command, stdin=stdin)
+        except PluginError as exc:
+            if "is not running" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(POLL)
+
+
+COMMANDS = {"ls": cmd_ls, "lineage": cmd_lineage, "verify": cmd_verify, "pull": cmd_pull, "push": cmd_push}
+
+__all__ = ["COMMANDS", "FORMATS", "Io", "PluginError"]

@@ -1,0 +1,219 @@
+"""What the plugin prints, from Checkpoint objects (pure functions; tests/test_plugin_views.py).
+
+- `ls`: one row per Checkpoint, kubectl's table style; `-o wide` adds columns.
+- `lineage`: from one LIST of the namespace, the parents of a Checkpoint (status.parents, the
+  inputs of the job that wrote it, recursively) and its descendants (the Checkpoints whose
+  parents name its uid, recursively), as two trees with digests. Visited uids end a branch,
+  so a malformed history cannot loop; depth and breadth are bounded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterable, Optional
+
+from checkpoint_operator.logic.conditions import get_condition
+
+MAX_DEPTH = 64
+MAX_CHILDREN_SHOWN = 200
+USED_BY_SHOWN = 2
+
+
+def age(created: Optional[str], now: Optional[datetime] = None) -> str:
+    """45s, 12m, 3h, 6d, 2y (kubectl's short form)."""
+    if not created:
+        return "<unknown>"
+    then = datetime.fromisoformat(created.replace("Z", "+00:00"))
+    seconds = max(0, int(((now or datetime.now(timezone.utc)) - then).total_seconds()))
+    for unit, size, below in (("s", 1, 60), ("m", 60, 3600), ("h", 3600, 86400), ("d", 86400, 365 * 86400)):
+        if seconds < below:
+            return f"{seconds // size}{unit}"
+    return f"{seconds // (365 * 86400)}y"
+
+
+def short_digest(digest: Optional[str]) -> str:
+    return digest[:19] if digest else "-"
+
+
+def producer(body: dict) -> str:
+    """Who made it: `tj/NAME` for a snapshot, else the source kind (s3, http, upload, ...)."""
+    status, source = body.get("status") or {}, (body.get("spec") or {}).get("source") or {}
+    job = (status.get("producedBy") or {}).get("name") or (source.get("trainingJob") or {}).get("name")
+    if job:
+        return f"tj/{job}"
+    return next(iter(source), "-")
+
+
+def used_by(status: dict) -> str:
+    names = [u.get("name", "?") for u in status.get("usedBy") or []]
+    count = max(status.get("usedByCount") or 0, len(names))
+    if not count:
+        return "-"
+    shown = ",".join(names[:USED_BY_SHOWN])
+    more = count - min(len(names), USED_BY_SHOWN)
+    return f"{shown}+{more}" if shown and more else shown or str(count)
+
+
+def _text(value: Any) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+def verified(status: dict) -> str:
+    condition = get_condition(status.get("conditions"), "Verified")
+    return {"True": "True", "False": "False"}.get((condition or {}).get("status"), "-")
+
+
+def ls_table(items: list[dict], *, wide: bool = False, namespaces: bool = False,
+             now: Optional[datetime] = None) -> str:
+    headers = ["NAME", "PHASE", "FORMAT", "STEP", "SIZE", "USED-BY", "PRODUCER", "AGE"]
+    if wide:
+        headers += ["COMPLETE", "RESUMABLE", "FILES", "VERIFIED", "DIGEST"]
+    if namespaces:
+        headers = ["NAMESPACE", *headers]
+    rows = []
+    for body in sorted(items, key=lambda b: (b["metadata"].get("namespace", ""), b["metadata"]["name"])):
+        meta, status = body["metadata"], body.get("status") or {}
+        row = [meta["name"], status.get("phase") or "Pending", _text(status.get("format")), _text(status.get("step")),
+               _text(status.get("size")), used_by(status), producer(body), age(meta.get("creationTimestamp"), now)]
+        if wide:
+            row += [_text(status.get("complete")), _text(status.get("resumable")), _text(status.get("fileCount")),
+                    verified(status), _text(status.get("digest"))]
+        if namespaces:
+            row = [meta.get("namespace", ""), *row]
+        rows.append(row)
+    return table(headers, rows)
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    cells = [headers, *rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return "\n".join("   ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells)
+
+
+# --- lineage ---------------------------------------------------------------------------------------
+
+@dataclass
+class Node:
+    name: str
+    uid: str
+    digest: Optional[str]
+    phase: Optional[str] = None
+    step: Optional[int] = None
+    producer: Optional[str] = None
+    gone: bool = False            # a parent that no longer exists (its pinned name and digest remain)
+    repeated: bool = False        # already shown above in this tree: not expanded again
+    truncated: int = 0            # children left out (breadth or depth bound)
+    children: list["Node"] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        out = {"name": self.name, "uid": self.uid, "digest": self.digest, "phase": self.phase, "step": self.step,
+               "producer": self.producer, "children": [c.to_json() for c in self.children]}
+        if self.gone:
+            out["gone"] = True
+        if self.repeated:
+            out["repeated"] = True
+        if self.truncated:
+            out["truncated"] = self.truncated
+        return out
+
+
+@dataclass
+class Lineage:
+    root: Node
+    parents: list[Node]
+    descendants: list[Node]
+
+    def to_json(self) -> dict:
+        return {"checkpoint": {k: v for k, v in self.root.to_json().items() if k != "children"},
+                "parents": [p.to_json() for p in self.parents],
+                "descendants": [d.to_json() for d in self.descendants]}
+
+
+def _node(body: dict) -> Node:
+    meta, status = body["metadata"], body.get("status") or {}
+    return Node(meta["name"], meta.get("uid", ""), status.get("digest"), status.get("phase") or "Pending",
+                status.get("step"), producer(body))
+
+
+def build_lineage(items: Iterable[dict], name: str) -> Optional[Lineage]:
+    """The lineage of `name` among `items` (one namespace's Checkpoints); None if it is not there."""
+    by_uid = {b["metadata"].get("uid", ""): b for b in items}
+    root = next((b for b in by_uid.values() if b["metadata"]["name"] == name), None)
+    if root is None:
+        return None
+    children: dict[str, list[dict]] = {}
+    for body in by_uid.values():
+        for parent in (body.get("status") or {}).get("parents") or []:
+            children.setdefault(parent.get("uid", ""), []).append(body)
+
+    def up(body: dict, seen: set[str], depth: int) -> list[Node]:
+        nodes = []
+        for pinned in (body.get("status") or {}).get("parents") or []:
+            uid = pinned.get("uid", "")
+            found = by_uid.get(uid)
+            if found is None:
+                nodes.append(Node(pinned.get("name", "?"), uid, pinned.get("digest"), gone=True))
+                continue
+            node = _node(found)
+            if uid in seen or depth >= MAX_DEPTH:
+                node.repeated, node.truncated = uid in seen, 0 if uid in seen else 1
+            else:
+                node.children = up(found, seen | {uid}, depth + 1)
+            nodes.append(node)
+        return nodes
+
+    shown: set[str] = set()
+
+    def down(uid: str, depth: int) -> list[Node]:
+        kids = sorted(children.get(uid, []), key=lambda b: b["metadata"]["name"])
+        nodes = []
+        for body in kids[:MAX_CHILDREN_SHOWN]:
+            node = _node(body)
+            if node.uid in shown or depth >= MAX_DEPTH:
+                node.repeated = node.uid in shown
+            else:
+                shown.add(node.uid)
+                node.children = down(node.uid, depth + 1)
+            nodes.append(node)
+        if len(kids) > MAX_CHILDREN_SHOWN:
+            nodes[-1].truncated = len(kids) - MAX_CHILDREN_SHOWN
+        return nodes
+
+    root_uid = root["metadata"].get("uid", "")
+    shown.add(root_uid)
+    return Lineage(_node(root), up(root, {root_uid}, 0), down(root_uid, 0))
+
+
+def describe_node(node: Node) -> str:
+    if node.gone:
+        return f"{node.name}  (deleted; pinned {short_digest(node.digest)})"
+    parts = [node.name, node.phase or "-", short_digest(node.digest)]
+    if node.step is not None:
+        parts.append(f"step {node.step}")
+    if node.producer:
+        parts.append(node.producer)
+    text = "  ".join(parts)
+    if node.repeated:
+        text += "  (shown above)"
+    return text
+
+
+def render_tree(nodes: list[Node], prefix: str = "") -> list[str]:
+    lines = []
+    for i, node in enumerate(nodes):
+        last = i == len(nodes) - 1
+        lines.append(f"{prefix}{'└── ' if last else '├── '}{describe_node(node)}")
+        lines += render_tree(node.children, prefix + ("    " if last else "│   "))
+        if node.truncated:
+            lines.append(f"{prefix}{'    ' if last else '│   '}… {node.truncated} more")
+    return lines
+
+
+def render_lineage(lineage: Lineage) -> str:
+    lines = [describe_node(lineage.root)]
+    lines.append("parents (the inputs of the job that wrote it, and theirs):")
+    lines += render_tree(lineage.parents) or ["    (none: imported, pushed or trained from scratch)"]
+    lines.append("descendants (written by jobs that used it):")
+    lines += render_tree(lineage.descendants) or ["    (none)"]
+    return "\n".join(lines)

@@ -1,0 +1,270 @@
+"""Live sealing through the real operator and the local cluster: the kubelet runs the sealing
+sidecar (`agent watch`, for real) beside the training container, reads nothing but its log, and
+stops it after the training container. The training code (the test's behaviours) blocks on
+events the test sets once it has seen what it waits for, so every check is about order, not time."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import pytest
+
+from conftest import CKPT, NS, TJ, training_job, write_checkpoint
+from test_operator_lifecycle import events_for, wait_phase
+
+pytestmark = pytest.mark.timeout(180)
+LIVE = {"publish": "Continuous"}
+
+
+def trainer_checkpoint(out: str, step: int, eval_loss: float | None = None) -> None:
+    """A Transformers Trainer checkpoint; trainer_state.json (its completion marker) written last."""
+    history = [{"step": step, "loss": 1.0}] + ([{"step": step, "eval_loss": eval_loss}] if eval_loss is not None else [])
+    write_checkpoint(out, f"checkpoint-{step}", {"config.json": b"{}", "model.safetensors": b"w" * step,
+                                                 "optimizer.pt": b"o"})
+    write_checkpoint(out, f"checkpoint-{step}", {"trainer_state.json": json.dumps(
+        {"global_step": step, "log_history": history}).encode()})
+
+
+def gate() -> threading.Event:
+    return threading.Event()
+
+
+async def checkpoint(api, name):
+    return await api.get(CKPT, NS, name)
+
+
+async def ready(api, name):
+    obj = await checkpoint(api, name)
+    return obj if obj and obj.get("status", {}).get("phase") == "Ready" else None
+
+
+async def job_checkpoints(api, job):
+    return sorted(c["metadata"]["name"] for c in await api.list(CKPT, NS)
+                  if c["spec"]["source"].get("trainingJob", {}).get("name") == job)
+
+
+async def test_checkpoints_are_ready_while_the_job_runs_and_retention_frees_the_volume(
+        api, operator, cluster, trainer, wait_for):
+    first_seen, second_seen = gate(), gate()
+    volume = {}
+
+    def train(attempt, env):
+        out = env["CHECKPOINT_OUTPUT_DIR"]
+        volume["out"] = os.path.realpath(out)
+        volume["resume"] = env["CHECKPOINT_RESUME_PATH"]
+        trainer_checkpoint(out, 10)
+        assert first_seen.wait(90)
+        trainer_checkpoint(out, 20)
+        assert second_seen.wait(90)
+        return 0
+    trainer.behaviours["live"] = train
+    await api.create(TJ, NS, training_job("live", output={**LIVE, "keep": 1}))
+
+    first = await wait_for(lambda: ready(api, "live-checkpoint-10"), timeout=60)
+    assert (await api.get(TJ, NS, "live"))["status"]["phase"] == "Running"
+    status = first["status"]
+    assert (status["format"], status["step"], status["resumable"], status["complete"]) == ("huggingface", 10, True, True)
+    assert status["location"] == {"volume": {"claimName": (await api.get(TJ, NS, "live"))["status"]["outputClaim"],
+                                             "path": "checkpoint-10"}}
+    assert status["metrics"] == {"loss": 1.0}
+    # The Checkpoint owns the output volume with the job: deleting the job would not take its bytes.
+    claim = await api.get("v1/persistentvolumeclaims", NS, status["location"]["volume"]["claimName"])
+    assert {o["kind"] for o in claim["metadata"]["ownerReferences"]} == {"TrainingJob", "Checkpoint"}
+    assert os.readlink(os.path.join(volume["out"], ".ckpt-live", "resume")).endswith("checkpoint-10")
+    first_seen.set()
+
+    await wait_for(lambda: ready(api, "live-checkpoint-20"), timeout=60)
+
+    async def retired_and_removed():
+        gone = await checkpoint(api, "live-checkpoint-10") is None
+        return gone and not os.path.exists(os.path.join(volume["out"], "checkpoint-10"))
+    await wait_for(retired_and_removed, timeout=60)
+    assert (await api.get(TJ, NS, "live"))["status"]["phase"] == "Running"
+    second_seen.set()
+
+    tj = await wait_phase(api, wait_for, TJ, "live", "Succeeded", timeout=60)
+    assert tj["status"]["outputCheckpoints"] == ["live-checkpoint-20"]
+    assert tj["status"]["live"]["sealedCount"] == 2
+    for p in await api.list("v1/pods", NS):
+        if p["metadata"]["labels"].get("ckpt.dev/component") == "worker":
+            print("LOG", await api.read_log(NS, p["metadata"]["name"], "ckpt-live"))
+            print("ANN", p["metadata"].get("annotations"))
+    assert "retired" not in tj["status"]["live"], "the removal was acknowledged"
+    assert await job_checkpoints(api, "live") == ["live-checkpoint-20"], "the snapshot created nothing twice"
+    assert not any(c["type"] == "OutputRetained" and c["status"] == "True" for c in tj["status"]["conditions"])
+    assert volume["resume"].endswith("/.ckpt-live/resume")
+    sealed = [e for e in await events_for(api, "live-checkpoint-20") if e["reason"] == "Sealed"]
+    assert sealed and "complete: trainer_state.json" in sealed[0]["message"]
+
+
+async def test_a_consumer_takes_the_latest_of_a_running_producer_or_waits_for_it_to_finish(
+        api, operator, cluster, trainer, wait_for):
+    consumed, release = {}, gate()
+
+    def produce(attempt, env):
+        trainer_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], 5)
+        assert release.wait(90)
+        trainer_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], 6)
+        return 0
+
+    def evaluate(attempt, env):
+        consumed["evaluate"] = sorted(os.listdir(env["CHECKPOINT_INPUT_PATH"]))
+        return 0
+
+    def after(attempt, env):
+        consumed["after"] = env["CHECKPOINT_INPUT_NAMES"]
+        return 0
+    trainer.behaviours.update(producer=produce, evaluate=evaluate, after=after)
+    await api.create(TJ, NS, training_job("producer", output=LIVE))
+    await wait_for(lambda: ready(api, "producer-checkpoint-5"), timeout=60)
+    await api.create(TJ, NS, training_job("evaluate", checkpoints=[{"fromTrainingJob": "producer"}],
+                                          output={"enabled": False}))
+    await api.create(TJ, NS, training_job("after", checkpoints=[{"fromTrainingJob": "producer", "wait": "Finished"}],
+                                          output={"enabled": False}))
+    evaluated = await wait_phase(api, wait_for, TJ, "evaluate", "Succeeded", timeout=60)
+    assert evaluated["status"]["inputs"][0]["name"] == "producer-checkpoint-5"
+    assert consumed["evaluate"] == ["config.json", "model.safetensors", "optimizer.pt", "trainer_state.json"]
+    assert (await api.get(TJ, NS, "producer"))["status"]["phase"] == "Running"
+    waiting = await api.get(TJ, NS, "after")
+    assert waiting["status"]["phase"] == "Pending" and "has not finished" in waiting["status"]["message"]
+    release.set()
+    await wait_phase(api, wait_for, TJ, "after", "Succeeded", timeout=90)
+    assert consumed["after"] == "producer-checkpoint-6"
+
+
+async def test_a_retried_pod_resumes_from_the_latest_sealed_checkpoint(api, operator, cluster, trainer, wait_for):
+    seen = []
+
+    def train(attempt, env):
+        resume = env["CHECKPOINT_RESUME_PATH"]
+        seen.append((os.path.exists(resume), os.path.basename(os.path.realpath(resume))))
+        out = env["CHECKPOINT_OUTPUT_DIR"]
+        if attempt == 1:
+            trainer_checkpoint(out, 1)
+            trainer_checkpoint(out, 2)
+            return 1  # dies; the Job retries
+        trainer_checkpoint(out, 3)
+        return 0
+    trainer.behaviours["resumer"] = train
+    await api.create(TJ, NS, training_job("resumer", output=LIVE, backoffLimit=2))
+    tj = await wait_phase(api, wait_for, TJ, "resumer", "Succeeded", timeout=90)
+    assert seen[0][0] is False, "no resume path on the first attempt"
+    assert seen[1] == (True, "checkpoint-2"), "the retry finds the latest checkpoint sealed by the first pod"
+    assert tj["status"]["outputCheckpoints"] == ["resumer-checkpoint-1", "resumer-checkpoint-2", "resumer-checkpoint-3"]
+
+
+PREEMPTED = r"""
+import json, os, signal, sys, time
+out = os.environ["CHECKPOINT_OUTPUT_DIR"]
+def save(step, **extra):
+    d = os.path.join(out, f"checkpoint-{step}")
+    os.makedirs(d, exist_ok=True)
+    for name, data in {"config.json": "{}", "model.safetensors": "w", "optimizer.pt": "o", **extra}.items():
+        open(os.path.join(d, name), "w").write(data)
+    open(os.path.join(d, "trainer_state.json"), "w").write(json.dumps({"global_step": step}))
+resume = os.environ["CHECKPOINT_RESUME_PATH"]
+if os.path.exists(resume):  # the replacement pod: resume, train on, finish
+    save(3, resumed_from=os.path.basename(os.path.realpath(resume)))
+    sys.exit(0)
+def on_term(*_):
+    save(2)  # the emergency checkpoint, written in the grace period
+    sys.exit(143)
+signal.signal(signal.SIGTERM, on_term)
+save(1)
+while True:
+    time.sleep(0.05)
+"""
+
+
+async def test_a_preempted_pod_s_emergency_checkpoint_is_sealed_and_its_replacement_resumes_from_it(
+        api, operator, cluster, wait_for):
+    await api.create(TJ, NS, training_job("preempted", output=LIVE, backoffLimit=3,
+                                          command=["python", "-c", PREEMPTED]))
+    await wait_for(lambda: ready(api, "preempted-checkpoint-1"), timeout=60)
+    pods = [p for p in await api.list("v1/pods", NS) if p["metadata"]["labels"].get("ckpt.dev/trainingjob") == "preempted"
+            and p["metadata"]["labels"].get("ckpt.dev/component") == "worker"]
+    await api.delete("v1/pods", NS, pods[0]["metadata"]["name"])  # preemption: SIGTERM, then the grace period
+    tj = await wait_phase(api, wait_for, TJ, "preempted", "Succeeded", timeout=90)
+    assert tj["status"]["outputCheckpoints"] == ["preempted-checkpoint-1", "preempted-checkpoint-2",
+                                                 "preempted-checkpoint-3"]
+    assert tj["status"]["live"]["sealedCount"] == 3, "all three sealed by the sidecars, none left to the snapshot"
+    sealed = [e for e in await events_for(api, "preempted-checkpoint-2") if e["reason"] == "Sealed"]
+    assert sealed, "sealed by the sidecar (in the grace period, or once the trainer had exited)"
+    claim = cluster.claim_dir(NS, tj["status"]["outputClaim"])
+    assert (claim / "checkpoint-3" / "resumed_from").read_text() == "checkpoint-2"
+
+
+async def test_a_sealed_directory_changed_afterwards_fails_its_checkpoint(api, operator, cluster, trainer, wait_for):
+    seen = gate()
+
+    def train(attempt, env):
+        out = env["CHECKPOINT_OUTPUT_DIR"]
+        trainer_checkpoint(out, 7)
+        assert seen.wait(90)
+        path = os.path.join(out, "checkpoint-7", "model.safetensors")
+        os.chmod(path, 0o644)  # what a root container can do despite the missing write bits
+        with open(path, "ab") as f:
+            f.write(b"more")
+        return 0
+    trainer.behaviours["mutating"] = train
+    await api.create(TJ, NS, training_job("mutating", output=LIVE))
+    before = await wait_for(lambda: ready(api, "mutating-checkpoint-7"), timeout=60)
+    assert before["status"]["digest"].startswith("sha256:")
+    seen.set()
+    await wait_phase(api, wait_for, TJ, "mutating", ("Succeeded", "Failed"), timeout=90)
+    after = await checkpoint(api, "mutating-checkpoint-7")
+    assert after["status"]["phase"] == "Failed"
+    assert next(c for c in after["status"]["conditions"] if c["type"] == "Ready")["reason"] == "ChangedAfterSealing"
+    assert after["status"]["digest"] == before["status"]["digest"], "its digest is never rewritten"
+    assert await job_checkpoints(api, "mutating") == ["mutating-checkpoint-7"]
+
+
+async def test_retention_never_takes_a_checkpoint_a_running_consumer_uses(api, operator, cluster, trainer, wait_for):
+    """keep: 1 drops checkpoint-10 when checkpoint-20 seals, but a consumer pinned it: it stays
+    (deletion blocked, its directory on the volume) until the consumer finishes; then it goes and
+    the sidecar removes its directory, while the producer still runs."""
+    consumer_started, consumer_done, producer_done = gate(), gate(), gate()
+    volume = {}
+
+    def produce(attempt, env):
+        volume["out"] = os.path.realpath(env["CHECKPOINT_OUTPUT_DIR"])
+        trainer_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], 10)
+        assert consumer_started.wait(90)
+        trainer_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], 20)
+        assert producer_done.wait(90)
+        return 0
+
+    def consume(attempt, env):
+        consumer_started.set()
+        assert consumer_done.wait(90)
+        return 0
+    trainer.behaviours.update(held=produce, user=consume)
+    await api.create(TJ, NS, training_job("held", output={**LIVE, "keep": 1}))
+    await wait_for(lambda: ready(api, "held-checkpoint-10"), timeout=60)
+    await api.create(TJ, NS, training_job("user", checkpoints=[{"fromTrainingJob": "held"}],
+                                          output={"enabled": False}))
+    await wait_for(lambda: consumer_started.is_set(), timeout=60)
+    await wait_for(lambda: ready(api, "held-checkpoint-20"), timeout=60)
+
+    async def blocked():
+        obj = await checkpoint(api, "held-checkpoint-10")
+        reason = next((c["reason"] for c in (obj or {}).get("status", {}).get("conditions") or []
+                       if c["type"] == "Ready"), None)
+        return obj if obj and obj["metadata"].get("deletionTimestamp") and reason == "DeletionBlocked" else None
+    held = await wait_for(blocked, timeout=60)
+    assert held["status"]["phase"] == "Ready" and "user" in held["status"]["message"]
+    assert os.path.isdir(os.path.join(volume["out"], "checkpoint-10")), "its bytes stay while it is in use"
+
+    consumer_done.set()
+    await wait_phase(api, wait_for, TJ, "user", "Succeeded", timeout=60)
+
+    async def released_and_removed():
+        return await checkpoint(api, "held-checkpoint-10") is None and \
+            not os.path.exists(os.path.join(volume["out"], "checkpoint-10"))
+    await wait_for(released_and_removed, timeout=60)
+    assert (await api.get(TJ, NS, "held"))["status"]["phase"] == "Running"
+    producer_done.set()
+    tj = await wait_phase(api, wait_for, TJ, "held", "Succeeded", timeout=60)
+    assert tj["status"]["outputCheckpoints"] == ["held-checkpoint-20"]

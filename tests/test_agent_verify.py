@@ -1,0 +1,88 @@
+"""`agent verify`: every file of a checkpoint read again where it lives (a directory, or an S3
+prefix of the real SeaweedFS on 127.0.0.1) and checked against its manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from checkpoint_operator.agent.errors import AgentError
+from checkpoint_operator.agent.manifest import MANIFEST_NAME
+from checkpoint_operator.agent.scan import scan_directory
+from checkpoint_operator.agent.upload import upload_dir
+from checkpoint_operator.agent.verify import MAX_PROBLEMS, verify_directory, verify_location, verify_s3
+from s3server import s3, seaweedfs  # noqa: F401  (fixtures)
+
+
+def make(root, files):
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return scan_directory(root, single=True).checkpoints[0]
+
+
+def test_a_directory_with_its_manifest_names_every_difference(tmp_path):
+    manifest = make(tmp_path, {"a.bin": b"aaaa", "sub/b.bin": b"bb", "c.bin": b"c"})
+    (tmp_path / MANIFEST_NAME).write_text(manifest.to_json())
+    ok = verify_directory(str(tmp_path), manifest.digest)
+    assert ok.verified and ok.checked_bytes == 7
+    (tmp_path / "a.bin").write_bytes(b"aaaX")
+    (tmp_path / "sub" / "b.bin").write_bytes(b"b")
+    (tmp_path / "c.bin").unlink()
+    (tmp_path / "extra.txt").write_text("new")
+    bad = verify_directory(str(tmp_path), manifest.digest)
+    assert not bad.verified
+    assert [p.line() for p in bad.problems] == [
+        f"'a.bin': sha256 {__import__('hashlib').sha256(b'aaaX').hexdigest()}, the manifest says "
+        f"{manifest.files[0].sha256}",
+        "'c.bin': missing", "'sub/b.bin': size 1 bytes, the manifest says 2", "'extra.txt': not in the manifest"]
+    replaced = verify_directory(str(tmp_path), "sha256:" + "9" * 64)
+    assert [p.problem for p in replaced.problems] == [
+        f"the manifest at {tmp_path / MANIFEST_NAME} has digest {manifest.digest}, not the recorded sha256:{'9' * 64} "
+        f"(the data there was replaced)"]
+
+
+def test_a_directory_without_a_manifest_compares_the_digest(tmp_path):
+    manifest = make(tmp_path, {"w.bin": b"weights"})
+    assert verify_directory(str(tmp_path), manifest.digest).verified
+    (tmp_path / "w.bin").write_bytes(b"Weights")
+    bad = verify_directory(str(tmp_path), manifest.digest)
+    assert not bad.verified and "no manifest is stored with it, so the file that differs cannot be named" in \
+        bad.problems[0].problem
+    with pytest.raises(AgentError, match="not a directory"):
+        verify_directory(str(tmp_path / "nope"))
+
+
+def test_the_command_prints_one_json_line_and_exits_0_with_json(tmp_path):
+    manifest = make(tmp_path / "c", {"x": b"x"})
+    run = subprocess.run([sys.executable, "-m", "checkpoint_operator", "agent", "verify", str(tmp_path / "c"),
+                          "--digest", "sha256:" + "0" * 64, "--json"], capture_output=True, text=True)
+    out = json.loads(run.stdout)
+    assert run.returncode == 0 and out["verified"] is False and out["problemCount"] == 1
+    assert out["checkpoints"][0]["digest"] == manifest.digest
+    plain = subprocess.run([sys.executable, "-m", "checkpoint_operator", "agent", "verify", str(tmp_path / "c"),
+                            "--digest", manifest.digest], capture_output=True, text=True)
+    assert plain.returncode == 0 and plain.stdout.startswith("verified: 1 files")
+
+
+def test_s3_objects_are_read_again_and_checked(s3, tmp_path):  # noqa: F811
+    src = tmp_path / "src"
+    manifest = make(src, {"model.safetensors": os.urandom(6 * 1024 * 1024), "config.json": b"{}", "t/v.txt": b"v"})
+    uri = s3.uri("ckpt/")
+    upload_dir(str(src), uri, manifest=manifest)
+    ok = verify_s3(uri, manifest.digest)
+    assert ok.verified and ok.checked_bytes == manifest.sizeBytes
+    client = s3.client()
+    client.put_object(Bucket=s3.bucket, Key=s3.key("ckpt/config.json"), Body=b"[]")
+    client.delete_object(Bucket=s3.bucket, Key=s3.key("ckpt/t/v.txt"))
+    bad = verify_location(uri, manifest.digest)
+    assert {p.path: p.problem.split(" ")[0] for p in bad.problems} == {"config.json": "sha256", "t/v.txt": "missing"}
+    other = verify_s3(uri, "sha256:" + "1" * 64)
+    assert "not the recorded" in other.problems[0].problem and len(other.problems) == 1
+    none = verify_s3(s3.uri("nothing/"), manifest.digest)
+    assert not none.verified and none.problems[0].problem.startswith(f"no manifest at {s3.uri('nothing/')}")
+    assert none.summary()["checkpoints"] == [] and MAX_PROBLEMS >= 2
