@@ -7,7 +7,8 @@ beside the trainer) and the real operator. One TrainingJob with `publish: Contin
 trainer that writes --checkpoints checkpoints, one every --every seconds, and records the
 moment each is complete (`--writer rename`: right after `step-N.tmp` is renamed to `step-N`;
 `--writer trainer`: files written in place, right after `trainer_state.json`, the Trainer's
-last file). The bench lists the Checkpoints every 20 ms and notes when each turns Ready.
+last file). The bench lists the Checkpoints every 20 ms and notes when each turns Ready, and
+prints where the slowest one spent its time (the sidecar, or the operator).
 
     python bench/live_seal.py [--checkpoints 40] [--every 0.5] [--writer rename|trainer] [--size 1MiB]
 
@@ -39,7 +40,7 @@ from checkpoint_operator.local.server import ApiClient, EmulatorServer, run_kopf
 
 NS = "default"
 WRITER = r"""
-import json, os, sys, time
+import json, os, struct, sys, time
 out, log = os.environ["CHECKPOINT_OUTPUT_DIR"], os.environ["BENCH_LOG"]
 count, every, size, mode = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 for step in range(1, count + 1):
@@ -49,8 +50,10 @@ for step in range(1, count + 1):
     os.makedirs(d)
     with open(os.path.join(d, "config.json"), "w") as f:
         f.write("{}")
-    with open(os.path.join(d, "model.safetensors"), "wb") as f:
-        f.write(os.urandom(size))
+    with open(os.path.join(d, "model.safetensors"), "wb") as f:  # valid: random bytes can read as a
+        header = json.dumps({"w": {"dtype": "U8", "shape": [size], "data_offsets": [0, size]}}).encode()
+        header += b" " * (-len(header) % 8)                      # corrupt header, which holds the directory
+        f.write(struct.pack("<Q", len(header)) + header + os.urandom(size))
     with open(os.path.join(d, "optimizer.pt"), "wb") as f:
         f.write(b"o")
     with open(os.path.join(d, "trainer_state.json"), "w") as f:
@@ -109,6 +112,10 @@ async def run(args) -> list[float]:
     if sealing:
         print(f"of which: complete to sealed (the sidecar) p50 {statistics.median(sealing):.2f} s, "
               f"sealed to Ready (the operator) p50 {statistics.median(publishing):.2f} s")
+    worst = max(steps, key=lambda s: ready[s] - complete[s])
+    if worst in sealed_at:
+        print(f"slowest: step {worst}, {ready[worst] - complete[worst]:.2f} s: complete to sealed "
+              f"{sealed_at[worst] - complete[worst]:.2f} s, sealed to Ready {ready[worst] - sealed_at[worst]:.2f} s")
     return [ready[s] - complete[s] for s in steps]
 
 

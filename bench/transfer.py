@@ -598,6 +598,8 @@ def main() -> int:
     for name in shapes:
         if name not in SHAPES:
             parser.error(f"--shapes: unknown shape {name!r} (known: {', '.join(SHAPES)})")
+    if args.workdir:
+        os.makedirs(args.workdir, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="ckpt-bench-", dir=args.workdir))
     server = SeaweedFS(str(work / "weed"))
     os.makedirs(server.data_dir)

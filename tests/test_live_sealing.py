@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -106,6 +108,69 @@ def test_a_directory_renamed_into_place_is_sealed(tmp_path):
     ticks(w, 2)
     assert lines.sealed_paths() == ["step-3"]
     assert lines.of("sealed")[0]["checkpoint"]["sealReason"] == "renamed into place from step-3.tmp"
+
+
+def _back_in_time(*paths: Path) -> None:
+    """Move mtimes a second back, so that the next metadata change (rename, chmod) is certainly
+    later: the file system's clock is coarse, and an equal ctime is not "later"."""
+    for path in paths:
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - 10 ** 9))
+
+
+def _grow_past(path: Path, moment_ns: int) -> None:
+    """Append to a file until its mtime is not earlier than `moment_ns` (a writer still writing;
+    a write in the same clock tick as the chmod is not known to be earlier either)."""
+    with open(path, "ab") as f:
+        while path.stat().st_mtime_ns < moment_ns:
+            f.write(b"x" * 64)
+            f.flush()
+
+
+def test_a_directory_renamed_into_place_between_two_looks_is_sealed_by_its_ctime(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    w, lines = watcher(out)
+    w.tick()
+    tmp = out / "step-6.tmp"
+    write(tmp / "default" / "shard-0.bin", b"w" * 100)  # nested, as Orbax's default/ or NeMo's weights/
+    write(tmp / "state.json", "{}")
+    _back_in_time(tmp / "default" / "shard-0.bin", tmp / "default", tmp / "state.json", tmp)
+    tmp.rename(out / "step-6")  # the watcher never listed step-6.tmp
+    ticks(w, 2)
+    assert lines.sealed_paths() == ["step-6"]
+    assert "its ctime is later than every change in it" in lines.of("sealed")[0]["checkpoint"]["sealReason"]
+
+
+def test_a_chmod_on_a_step_directory_still_being_written_is_not_a_rename(tmp_path):
+    """A metadata change (chmod, chown, xattr) moves a directory's ctime as a rename does. The
+    writer goes on in a nested directory, then pauses: two identical looks must not seal it."""
+    out = tmp_path / "out"
+    shard = out / "step-7" / "default" / "shard-0.bin"
+    write(shard, b"w" * 100)
+    w, lines = watcher(out)
+    w.tick()  # listed as it is written in place
+    _back_in_time(out / "step-7")
+    os.chmod(out / "step-7", 0o750)
+    _grow_past(shard, (out / "step-7").stat().st_ctime_ns)
+    ticks(w, 4)  # the writer pauses
+    assert lines.sealed_paths() == []
+    assert "no sign yet" in w.holds["step-7"]
+
+
+def test_a_chmod_before_the_first_look_is_not_a_rename_while_a_nested_file_grows_after_it(tmp_path):
+    """As above, but the watcher first lists the directory after the chmod (a restarted sidecar):
+    a file in it changed after the directory's ctime, so the ctime was not a rename into place."""
+    out = tmp_path / "out"
+    shard = out / "step-8" / "weights" / "shard-0.bin"
+    write(shard, b"w" * 100)
+    _back_in_time(out / "step-8")
+    os.chmod(out / "step-8", 0o750)
+    _grow_past(shard, (out / "step-8").stat().st_ctime_ns)
+    w, lines = watcher(out)
+    ticks(w, 4)
+    assert lines.sealed_paths() == []
+    assert "no sign yet" in w.holds["step-8"]
 
 
 def test_torch_dcp_metadata_is_its_completion_marker(tmp_path):
@@ -253,3 +318,28 @@ def test_removal_requested_through_the_annotations_file(tmp_path):
 
 def test_sealed_uri_is_named_by_the_digest():
     assert sealed_uri("s3://b/p/ns/job-1234/", "step-1", "sha256:abc") == "s3://b/p/ns/job-1234/sealed/step-1/abc/"
+
+
+SIGTERM_WHILE_STARTING = r"""
+import importlib, os, signal, sys
+from checkpoint_operator.cli import main
+real = importlib.import_module
+def import_module(name, *args, **kwargs):
+    if name == "checkpoint_operator.agent.watch":
+        os.kill(os.getpid(), signal.SIGTERM)  # the training container exited while the sidecar was starting
+    return real(name, *args, **kwargs)
+importlib.import_module = import_module
+sys.exit(main(["agent", "watch", sys.argv[1]]))
+"""
+
+
+def test_a_sigterm_while_the_watcher_is_starting_still_seals_what_is_there(tmp_path):
+    out = tmp_path / "out"
+    trainer_files(out / "checkpoint-10", state=True)
+    result = subprocess.run([sys.executable, "-c", SIGTERM_WHILE_STARTING, str(out)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    sealed = [line["checkpoint"] for line in lines if line["event"] == "sealed"]
+    assert [s["path"] for s in sealed] == ["checkpoint-10"]
+    assert sealed[0]["sealReason"] == "the training containers exited"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -48,3 +49,34 @@ async def test_a_forked_agent_command_matches_a_fresh_interpreter(tmp_path: Path
 def test_exit_codes_are_reported_as_a_container_runtime_does() -> None:
     assert exit_code_of(0) == 0 and exit_code_of(3 << 8) == 3
     assert exit_code_of(9) == 128 + 9  # killed by SIGKILL
+
+
+async def test_a_sigterm_sent_as_a_command_starts_waits_for_the_command_s_own_handler(tmp_path: Path) -> None:
+    """The live-sealing sidecar is stopped right after the training container, which may be at
+    once: a SIGTERM sent the moment it is forked must reach its handler (seal what is there,
+    exit 0), not kill it half-started; another command still ends by it (143)."""
+    step = tmp_path / "out" / "checkpoint-1"
+    step.mkdir(parents=True)
+    (step / "model.bin").write_bytes(b"w")
+    zygote = Zygote()
+    try:
+        results = []
+        for argv in (["checkpoint-operator", "agent", "watch", str(tmp_path / "out")],
+                     ["checkpoint-operator", "agent", "hold", "--session-dir", str(tmp_path), "--idle", "600"]):
+            out_read, out_write = os.pipe()
+            err_read, err_write = os.pipe()
+            try:
+                child = await zygote.spawn(argv, {"PATH": os.environ["PATH"]}, tmp_path, out_write, err_write)
+            finally:
+                os.close(out_write)
+                os.close(err_write)
+            child.send_signal(signal.SIGTERM)  # before it could have set anything up
+            results.append((await child.wait(), (await read_bounded(out_read)).decode(),
+                            (await read_bounded(err_read)).decode()))
+    finally:
+        await zygote.stop()
+    (watch_code, watch_out, watch_err), (other_code, _, _) = results
+    assert watch_code == 0, watch_err
+    sealed = [json.loads(line) for line in watch_out.splitlines()]
+    assert [(s["event"], s["checkpoint"]["path"]) for s in sealed] == [("sealed", "checkpoint-1")]
+    assert other_code == 143

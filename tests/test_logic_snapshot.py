@@ -70,6 +70,23 @@ def test_plan_is_idempotent_against_its_own_earlier_checkpoints_and_avoids_forei
     assert other.checkpoints[0].name.startswith("train-step-1-")
 
 
+def test_the_end_of_job_retention_keeps_a_sealed_checkpoint_labelled_keep_that_it_finds_again():
+    """Live sealing made step-1 (labelled ckpt.dev/keep=true) and step-2; the end-of-job scan finds
+    both directories again beside step-3: keepLatest 1 retires step-2 only."""
+    tj = TrainingJob.model_validate(training_job("train", output={"retention": {"keepLatest": 1}}))
+    found = [manifest("step-1", 1), manifest("step-2", 2), manifest("step-3", 3)]
+
+    def sealed(m, **labels):
+        return CheckpointInfo.from_body({
+            "metadata": {"name": f"train-{m.path}", "uid": f"u-{m.path}", "labels": labels},
+            "spec": {"source": {"trainingJob": {"name": "train", "uid": "u-train", "directory": m.path}}},
+            "status": {"phase": "Ready", "step": m.step, "digest": m.digest}})
+    existing = [sealed(found[0], **{"ckpt.dev/keep": "true"}), sealed(found[1])]
+    result = plan_snapshot(tj, ScanResult(found, []), lambda n: None, location, existing=existing)
+    assert [c.name for c in result.retire] == ["train-step-2"]
+    assert sorted(p.directory for p in result.checkpoints) == ["step-1", "step-3"]
+
+
 def test_name_prefix():
     tj = training_job("train", output={"namePrefix": "llama"})
     assert plan(tj, ScanResult([manifest("step-1", 1)], [])).checkpoints[0].name == "llama-step-1"

@@ -163,3 +163,11 @@ def test_an_unbound_claim_is_explained_by_its_latest_warning_event():
     assert "storageClassName fast" in claim_problem(claim, []).message  # no event yet: what it asks for
     assert claim_problem(claim, [{"type": "Normal", "reason": "WaitForFirstConsumer", "message": "m"}]) is None
     assert claim_problem({**claim, "status": {"phase": "Bound"}}, events) is None and claim_problem(None, []) is None
+
+
+def test_a_nested_key_left_out_is_removed_by_the_patch():
+    """A merge patch merges objects: status.upload without its `pod` must say pod: null."""
+    before = {"upload": {"store": "volume", "claimName": "c", "pod": "c-upload"}, "phase": "Importing"}
+    after = {"upload": {"store": "volume", "claimName": "c"}, "phase": "Pending"}
+    assert status_patch(before, after) == {"upload": {"pod": None}, "phase": "Pending"}
+    assert status_patch(before, {"phase": "Importing"}) == {"upload": None}

@@ -6,6 +6,7 @@ Subcommands import their modules lazily so that `agent` pods start fast and need
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 
@@ -63,7 +64,15 @@ def _run_operator(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "agent":  # agent commands take SIGTERM once their handler is set (agent/cli.py)
+        accept_sigterm()
     return int(args.func(args) or 0)
+
+
+def accept_sigterm() -> None:
+    """Deliver SIGTERM from here on: local mode's zygote starts a command with it held, so that
+    one sent while the command starts waits for the command's own handler (elsewhere a no-op)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 def kubectl_ckpt(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ from typing import Optional
 
 import kopf
 
-from checkpoint_operator import GROUP, VERSION, metrics
+from checkpoint_operator import GROUP, VERSION, kopf_startup, metrics
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.handlers import checkpoint, trainingjob, wakeups
 from checkpoint_operator.handlers.context import Context
@@ -109,6 +109,7 @@ def reconcile(ctx: Context, key: tuple[str, str, str]) -> Optional[float]:
 # --- settings and process ------------------------------------------------------------------------
 
 def configure_settings(settings: kopf.OperatorSettings, *, peering_priority: Optional[int] = None) -> None:
+    kopf_startup.apply()  # index pre-population linear in the objects (see kopf_startup.py)
     settings.persistence.finalizer = KOPF_FINALIZER
     # Keep kopf's bookkeeping in annotations: the CRD schema would prune it from status.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)

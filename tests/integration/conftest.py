@@ -36,11 +36,12 @@ class Operator:
     config: OperatorConfig
     handle: Any = None
     namespaces: list = field(default_factory=lambda: [NS])
+    ctx: Any = None  # the running operator's Context (tests wait on its indexes to order their steps)
 
     async def start(self) -> None:
         settings = kopf.OperatorSettings()
         main.configure_settings(settings)
-        ctx = Context(kube=Kube.from_url(self.api_url), config=self.config)
+        ctx = self.ctx = Context(kube=Kube.from_url(self.api_url), config=self.config)
         self.handle = await asyncio.to_thread(run_kopf_in_thread, kopf.get_default_registry(), settings, self.namespaces,
                                               self.api_url, memo=main.make_memo(ctx))
 

@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from conftest import CKPT, NS, TJ, training_job, write_checkpoint
-from test_operator_lifecycle import events_for, wait_phase
+from test_operator_lifecycle import events_for, wait_event, wait_phase
 
 pytestmark = pytest.mark.timeout(180)
 LIVE = {"publish": "Continuous"}
@@ -87,10 +87,6 @@ async def test_checkpoints_are_ready_while_the_job_runs_and_retention_frees_the_
     tj = await wait_phase(api, wait_for, TJ, "live", "Succeeded", timeout=60)
     assert tj["status"]["outputCheckpoints"] == ["live-checkpoint-20"]
     assert tj["status"]["live"]["sealedCount"] == 2
-    for p in await api.list("v1/pods", NS):
-        if p["metadata"]["labels"].get("ckpt.dev/component") == "worker":
-            print("LOG", await api.read_log(NS, p["metadata"]["name"], "ckpt-live"))
-            print("ANN", p["metadata"].get("annotations"))
     assert "retired" not in tj["status"]["live"], "the removal was acknowledged"
     assert await job_checkpoints(api, "live") == ["live-checkpoint-20"], "the snapshot created nothing twice"
     assert not any(c["type"] == "OutputRetained" and c["status"] == "True" for c in tj["status"]["conditions"])
@@ -268,3 +264,54 @@ async def test_retention_never_takes_a_checkpoint_a_running_consumer_uses(api, o
     producer_done.set()
     tj = await wait_phase(api, wait_for, TJ, "held", "Succeeded", timeout=60)
     assert tj["status"]["outputCheckpoints"] == ["held-checkpoint-20"]
+
+
+async def test_a_checkpoint_labelled_keep_survives_retention_while_newer_ones_seal(
+        api, operator, cluster, trainer, wait_for):
+    """keepLatest: 1 while the job runs: checkpoint-10, labelled ckpt.dev/keep=true, stays (and its
+    directory) while 20 and 30 seal; 20, unlabelled, is deleted and removed when 30 seals."""
+    labelled, twenty_seen, thirty_seen = gate(), gate(), gate()
+    volume = {}
+
+    def train(attempt, env):
+        out = env["CHECKPOINT_OUTPUT_DIR"]
+        volume["out"] = os.path.realpath(out)
+        trainer_checkpoint(out, 10)
+        assert labelled.wait(90)
+        trainer_checkpoint(out, 20)
+        assert twenty_seen.wait(90)
+        trainer_checkpoint(out, 30)
+        assert thirty_seen.wait(90)
+        return 0
+    trainer.behaviours["kept"] = train
+    await api.create(TJ, NS, training_job("kept", output={**LIVE, "retention": {"keepLatest": 1}}))
+    await wait_for(lambda: ready(api, "kept-checkpoint-10"), timeout=60)
+    await api.patch(CKPT, NS, "kept-checkpoint-10", {"metadata": {"labels": {"ckpt.dev/keep": "true"}}})
+
+    async def label_seen_by_the_operator():
+        info = operator.ctx.indexes.checkpoint(NS, "kept-checkpoint-10")
+        return info is not None and info.exempt
+    await wait_for(label_seen_by_the_operator, timeout=30)
+    labelled.set()
+
+    await wait_for(lambda: ready(api, "kept-checkpoint-20"), timeout=60)
+    twenty_seen.set()
+    await wait_for(lambda: ready(api, "kept-checkpoint-30"), timeout=60)
+
+    async def twenty_retired_and_removed():
+        return await checkpoint(api, "kept-checkpoint-20") is None and \
+            not os.path.exists(os.path.join(volume["out"], "checkpoint-20"))
+    await wait_for(twenty_retired_and_removed, timeout=60)
+    assert (await api.get(TJ, NS, "kept"))["status"]["phase"] == "Running"
+    kept = await ready(api, "kept-checkpoint-10")
+    assert kept is not None and not kept["metadata"].get("deletionTimestamp"), "the labelled one is never retired"
+    assert os.path.isdir(os.path.join(volume["out"], "checkpoint-10"))
+    retired = await wait_event(api, wait_for, "kept", lambda e: e["reason"] == "Retired")
+    assert [e["message"] for e in retired] == ["retention: deleting Checkpoint kept-checkpoint-20 (step 20)"]
+    thirty_seen.set()
+
+    tj = await wait_phase(api, wait_for, TJ, "kept", "Succeeded", timeout=60)
+    assert tj["status"]["outputCheckpoints"] == ["kept-checkpoint-10", "kept-checkpoint-30"], \
+        "the end-of-job retention keeps the labelled one too"
+    assert await job_checkpoints(api, "kept") == ["kept-checkpoint-10", "kept-checkpoint-30"]
+    assert os.path.isdir(os.path.join(volume["out"], "checkpoint-10"))

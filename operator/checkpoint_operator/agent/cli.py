@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import threading
 import traceback
 
 
@@ -84,7 +85,7 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     watch.add_argument("--max-entries", type=_positive_int, default=None, metavar="N",
                        help="directory entries looked at per pass (default 1000000, or CKPT_SCAN_MAX_ENTRIES)")
     watch.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
-    watch.set_defaults(func=lambda a: _call("watch", a))
+    watch.set_defaults(func=lambda a: _call("watch", a, sigterm_finishes=True))
 
     imp = cmds.add_parser("import", help="import a checkpoint (s3, http(s), ftp(s), Hugging Face, Git, GCS, Azure) into DEST",
                           description="Copy SOURCE into DEST: s3://bucket/key or s3://bucket/prefix/, an http(s):// or "
@@ -190,15 +191,23 @@ def _terminate(signum, frame) -> None:
     raise Terminated()
 
 
-def _call(module: str, args: argparse.Namespace) -> int:
+def _call(module: str, args: argparse.Namespace, sigterm_finishes: bool = False) -> int:
     """Run one agent command: exit 0 on success, 1 with one `error: ...` line on a failure, 130
-    (Ctrl-C) or 143 (SIGTERM) after cleaning up, never a traceback for an expected failure."""
+    (Ctrl-C) or 143 (SIGTERM) after cleaning up, never a traceback for an expected failure.
+    `sigterm_finishes` (watch): SIGTERM asks the command to finish its work (`args.stop` is set),
+    from here on, so one that comes while the command is still importing is not lost."""
     import gc
     import importlib
 
     from checkpoint_operator.agent.errors import AgentError
-    signal.signal(signal.SIGTERM, _terminate)
+    if sigterm_finishes:
+        args.stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda signum, frame: args.stop.set())
+    else:
+        signal.signal(signal.SIGTERM, _terminate)
     try:
+        # Held until now by local mode's zygote (see checkpoint_operator.cli.accept_sigterm).
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         # Importing boto3 and pydantic makes ~10^5 long-lived objects and no garbage: the cyclic
         # GC passes the imports trigger are pure start-up cost. Frozen afterwards, they are also
         # never scanned again by later collections.

@@ -9,8 +9,13 @@ completeness rule finds it incomplete, and one of these says the writer is done 
    `trainer_state.json`, torch DCP's `.metadata`, Orbax's commit marker, DeepSpeed's `latest`,
    Megatron's tracker file, Accelerate's `random_states_0.pkl`), checked by agent/completeness.py;
 2. it appeared by an atomic rename: its inode was listed before under an unfinished name
-   (`step-N.tmp`, `N.orbax-checkpoint-tmp-*`), or its ctime is later than its mtime (a rename
-   changes the directory's ctime and nothing else; writing into a directory moves both);
+   (`step-N.tmp`, `N.orbax-checkpoint-tmp-*`), or, when the watcher never saw that name, its
+   ctime is later than its own mtime and the mtime of everything in it (a rename changes the
+   directory's ctime and nothing else, after the last write; writing into a directory moves
+   both), and was so already at the first look that listed it under its final name. A metadata
+   change (chmod, chown, xattr; the watcher's own freeze and thaw) moves the ctime too: a
+   directory first listed as it was being written in place, or with a file written since its
+   ctime (or in the same clock tick), was not renamed into place, whatever its ctime says later;
 3. a newer step directory appeared beside it (frameworks save steps in order), finished or not;
 4. the training containers have exited (the watcher got SIGTERM: a native sidecar is stopped
    only after the pod's regular containers): the listing is final, sealed as it is, and a
@@ -54,7 +59,7 @@ class Listed:
     directory: str                  # host path
     inode: tuple[int, int]
     files: tuple[FileStat, ...]
-    renamed_by_ctime: bool = False  # ctime > mtime of the directory itself
+    renamed_by_ctime: bool = False  # ctime later than its own mtime and every mtime in its tree
 
     @property
     def parent(self) -> str:
@@ -150,8 +155,22 @@ def _add(listing: Listing, path: str, name: str, directory: str, budget: EntryBu
         except OSError:
             continue
         files.append((f.rel, fst.st_size, fst.st_mtime_ns))
+    renamed = st.st_ctime_ns > max(st.st_mtime_ns, _newest_mtime(directory, files))
     listing.checkpoints[path] = Listed(path, name, directory, (st.st_dev, st.st_ino), tuple(sorted(files)),
-                                       renamed_by_ctime=st.st_ctime_ns > st.st_mtime_ns)
+                                       renamed_by_ctime=renamed)
+
+
+def _newest_mtime(directory: str, files: list[FileStat]) -> int:
+    """The latest mtime of the files and subdirectories of a checkpoint (a rename into place comes
+    after all of them)."""
+    newest = max((mtime for _, _, mtime in files), default=0)
+    subdirectories = {rel.rsplit("/", 1)[0] for rel, _, _ in files if "/" in rel}
+    for sub in {"/".join(d.split("/")[:i]) for d in subdirectories for i in range(1, d.count("/") + 2)}:
+        try:
+            newest = max(newest, os.stat(os.path.join(directory, sub), follow_symlinks=False).st_mtime_ns)
+        except OSError:
+            continue
+    return newest
 
 
 # --- completion markers --------------------------------------------------------------------------
@@ -216,11 +235,14 @@ class Hold:
     reason: str
 
 
-def renamed_into_place(listed: Listed, unfinished_before: dict[tuple[int, int], str]) -> Optional[str]:
+def renamed_into_place(listed: Listed, unfinished_before: dict[tuple[int, int], str], *,
+                       renamed_at_first_look: bool) -> Optional[str]:
+    """`renamed_at_first_look`: the ctime rule held at the first look that listed this directory
+    (this inode) under its final name."""
     if listed.inode in unfinished_before:
         return f"renamed into place from {unfinished_before[listed.inode]}"
-    if listed.renamed_by_ctime:
-        return "renamed into place (its ctime is later than its last change)"
+    if listed.renamed_by_ctime and renamed_at_first_look:
+        return "renamed into place (its ctime is later than every change in it)"
     return None
 
 

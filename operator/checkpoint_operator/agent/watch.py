@@ -156,6 +156,8 @@ class Watcher:
         self._check_cursor = 0
         self._ticks = 0
         self.unfinished_seen: dict[tuple[int, int], tuple[str, int]] = {}  # inode -> (path, tick last listed)
+        # path -> (inode, the ctime rule's verdict) at the first look that listed it (sealing.py, rule 2)
+        self.first_looks: dict[str, tuple[tuple[int, int], bool]] = {}
         self._uploads = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="upload") if store == "s3" else None
         self.state_dir = os.path.join(root, sealing.LIVE_DIR)
         self._load_state()
@@ -247,10 +249,14 @@ class Watcher:
         # An unfinished name listed in the last few ticks is what a rename seen now came from.
         self.unfinished_seen = {k: v for k, v in self.unfinished_seen.items() if v[1] >= self._ticks - RENAME_MEMORY}
         unfinished = {k: v[0] for k, v in self.unfinished_seen.items()}
+        self.first_looks = {p: v for p, v in self.first_looks.items()
+                            if p in listing.checkpoints and v[0] == listing.checkpoints[p].inode}
         for path, listed in listing.checkpoints.items():
             found = sealing.evidence(listed)
+            first_look = self.first_looks.setdefault(path, (listed.inode, listed.renamed_by_ctime))
             decision = sealing.decide(listed, previous.checkpoints.get(path), found,
-                                      renamed=sealing.renamed_into_place(listed, unfinished),
+                                      renamed=sealing.renamed_into_place(listed, unfinished,
+                                                                         renamed_at_first_look=first_look[1]),
                                       newer=sealing.newer_step(listed, listing),
                                       writers_done=writers_done and not self.shared)
             if isinstance(decision, sealing.Hold):
@@ -490,12 +496,10 @@ def is_passive() -> bool:
 def main(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.dir):
         raise AgentError(f"{args.dir}: not a directory (watch takes the output directory)")
-    stop = threading.Event()
-
-    def on_term(signum, frame) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_term)
+    # Set on SIGTERM (agent/cli.py installs the handler before this module is imported: a
+    # SIGTERM that comes during start-up still means "the training containers have exited").
+    stop: threading.Event = getattr(args, "stop", None) or threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     if is_passive():
         stop.wait()
         return 0

@@ -46,6 +46,27 @@ class Phase(str, Enum):
         return self.value
 
 
+class PodPhase(Phase):
+    """A pod's status.phase (core/v1); a pod without one yet is Pending."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    UNKNOWN = "Unknown"
+
+    @classmethod
+    def of(cls, pod: dict) -> "PodPhase":
+        try:
+            return cls((pod.get("status") or {}).get("phase") or cls.PENDING)
+        except ValueError:
+            return cls.UNKNOWN
+
+    @property
+    def is_live(self) -> bool:
+        return self in (PodPhase.PENDING, PodPhase.RUNNING)
+
+
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
 
 _SUFFIXES = {"": 1, "k": 10 ** 3, "M": 10 ** 6, "G": 10 ** 9, "T": 10 ** 12, "P": 10 ** 15, "E": 10 ** 18,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
+from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator.handlers.context import Context
 from checkpoint_operator.kube import PODS, ApiError
 from checkpoint_operator.logic.agent_pods import PodProblem, last_error_line, pod_failure, pod_problem
@@ -25,7 +26,7 @@ class Started:
 @dataclass(frozen=True)
 class Running:
     problem: Optional[PodProblem] = None
-    phase: Optional[str] = None
+    phase: Optional[PodPhase] = None
 
 
 @dataclass(frozen=True)
@@ -58,11 +59,11 @@ def run_agent_pod(ctx: Context, owner_uid: str, body: dict, what: str,
     if not any(o.get("uid") == owner_uid for o in pod.get("metadata", {}).get("ownerReferences") or []):
         return NotOurs(f"pod {name} exists and does not belong to this object (uid {owner_uid}); waiting for it "
                        f"to go (an earlier object's pods are garbage-collected), or delete it")
-    phase = pod.get("status", {}).get("phase")
-    if phase == "Failed":
+    phase = PodPhase.of(pod)
+    if phase == PodPhase.FAILED:
         return PodFailed(_failure_message(ctx, pod, what))
-    if phase != "Succeeded":
-        return Running(pod_problem(pod), phase or "Pending")
+    if phase != PodPhase.SUCCEEDED:
+        return Running(pod_problem(pod), phase)
     try:
         return Finished(parse(ctx.kube.read_log(namespace, name)))
     except (ScanOutputError, ApiError, ValueError) as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator.api.checkpoint import IMPORT_KINDS, Checkpoint, CheckpointPhase
 from checkpoint_operator.handlers import agent_runs, uploads, volumes
 from checkpoint_operator.handlers.context import Context
@@ -124,7 +125,7 @@ def _run(ctx: Context, checkpoint: Checkpoint, pod: dict, what: str, phase: Chec
             return Wait(run.problem.reason, f"{describe}: {run.problem.message}")
         claim = _claim_of(pod)
         problem = volumes.unbound_claim(ctx, checkpoint.metadata.namespace, claim) \
-            if claim and run.phase == "Pending" else None
+            if claim and run.phase == PodPhase.PENDING else None
         if problem:
             return Wait(problem.reason, f"{describe}: {problem.message}", requeue_after=volumes.CLAIM_RECHECK)
         return Wait() if checkpoint.ready_reason() == reason else Wait(reason, describe, warning=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional
 
+from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator.logic.agent_pods import PodProblem, pod_problem
 from checkpoint_operator.logic.inputs import CheckpointInfo, TrainingJobInfo
 from checkpoint_operator.logic.protection import used_uids
@@ -20,7 +21,7 @@ from checkpoint_operator.logic.workload import LABEL_COMPONENT, LABEL_TRAINING_J
 @dataclass(frozen=True, slots=True)
 class PodState:
     name: str
-    phase: str
+    phase: PodPhase
     problem: Optional[PodProblem]
 
 
@@ -61,7 +62,7 @@ def worker_pod_keys(body: Mapping) -> dict:
     if labels.get(LABEL_COMPONENT) != "worker" or not labels.get(LABEL_TRAINING_JOB_UID):
         return {}
     namespace, name = _ns_name(body)
-    state = PodState(name, (body.get("status") or {}).get("phase") or "Pending", pod_problem(dict(body)))
+    state = PodState(name, PodPhase.of(body), pod_problem(dict(body)))
     return {("pods", namespace, labels[LABEL_TRAINING_JOB_UID]): state}
 
 

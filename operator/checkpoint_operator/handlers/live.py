@@ -51,7 +51,7 @@ def read_events(ctx: Context, tj: TrainingJob) -> tuple[live.LogEvents, list[str
     sealed_prefix = store.live_sealed_prefix(tj)
     events, running = live.LogEvents(), []
     for pod in ctx.indexes.worker_pods(namespace, tj.metadata.uid):
-        if pod.phase in ("Pending", "Running"):
+        if pod.phase.is_live:
             running.append(pod.name)
         try:
             text = ctx.kube.read_log(namespace, pod.name, live.SIDECAR)

@@ -12,6 +12,7 @@ import logging
 from dataclasses import replace
 from typing import Optional
 
+from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator import PROTECTION_FINALIZER
 from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobPhase
@@ -196,7 +197,7 @@ def follow_job(ctx: Context, tj: TrainingJob) -> Result:
     if succeeded is None:
         pods = ctx.indexes.worker_pods(tj.metadata.namespace, tj.metadata.uid)
         problems = [p.problem for p in pods if p.problem]
-        if tj.output_enabled and any(p.phase == "Pending" for p in pods) and \
+        if tj.output_enabled and any(p.phase == PodPhase.PENDING for p in pods) and \
                 all(flow.may_wait_on_a_volume(p) for p in problems):
             claim = volumes.unbound_claim(ctx, tj.metadata.namespace,
                                           tj.status.outputClaim or workload.output_claim_name(tj))
@@ -222,7 +223,7 @@ def _pod_failures(ctx: Context, tj: TrainingJob) -> list[str]:
     found: dict[str, str] = {}
     others: list[str] = []
     for state in ctx.indexes.worker_pods(namespace, tj.metadata.uid):
-        pod = ctx.kube.get(PODS, namespace, state.name) if state.phase == "Failed" else None
+        pod = ctx.kube.get(PODS, namespace, state.name) if state.phase == PodPhase.FAILED else None
         failure = pod_failure(pod, "training") if pod else None
         name = downloaded_input(failure.container, names) if failure else None
         if failure is not None and name is None:

@@ -4,7 +4,8 @@ A pod, once its claims are bound: volumes become host directories under ``<data>
 (emptyDir, Secret and ConfigMap keys as files; PVCs are the binder's directories), then
 
 1. init containers in order; a native sidecar (an init container with ``restartPolicy: Always``)
-   is started and left running (restarted if it exits) and the next one starts;
+   is started and left running (restarted if it exits) and the next one starts once its process
+   runs;
 2. the regular containers, concurrently; the pod is Running;
 3. when every regular container has exited, the sidecars are stopped (SIGTERM, then SIGKILL after
    the grace period), in reverse order; their exit codes do not count;
@@ -240,8 +241,10 @@ class PodWorker:
 
     # -- containers -------------------------------------------------------------------------------
 
-    async def _run_to_end(self, container: dict, restarts: int = 0) -> dict[str, Any]:
-        """Run one container to its end; its status (terminated, or waiting when it could not start)."""
+    async def _run_to_end(self, container: dict, restarts: int = 0,
+                          on_start: Callable[[], None] | None = None) -> dict[str, Any]:
+        """Run one container to its end; its status (terminated, or waiting when it could not start).
+        `on_start`: called once its process runs."""
         if self.terminating:
             return waiting_status(container, "PodInitializing")
         run = await self._container_run(container)
@@ -262,6 +265,8 @@ class PodWorker:
             await self._write_log(container, f"local kubelet: {exc.message}\n")
             return waiting_status(container, exc.reason, exc.message)
         self.processes[container["name"]] = process
+        if on_start is not None:
+            on_start()
         if self.terminating and container["name"] not in self.sidecar_names:  # deleted while it was being created
             process.send_signal(signal.SIGTERM)
         follower = LogFollower(self, container) if is_sidecar(container) and hasattr(process, "on_stdout") else None
@@ -280,20 +285,27 @@ class PodWorker:
         """Start a native sidecar and keep it running (restarted with a backoff) until stopped."""
         index = len(self.init_statuses)
         self.init_statuses.append(running_status(container))
+        started = asyncio.Event()
 
         async def keep_running() -> None:
             restarts = 0
-            while not (self.terminating or self.sidecars_stopping):
-                status = await self._run_to_end(container, restarts)
-                self.init_statuses[index] = status
-                if self.terminating or self.sidecars_stopping or status["state"].get("waiting"):
-                    return
-                await asyncio.sleep(SIDECAR_RESTART_DELAYS[min(restarts, len(SIDECAR_RESTART_DELAYS) - 1)])
-                restarts += 1
-                self.init_statuses[index] = running_status(container, restarts)
+            try:
+                while not (self.terminating or self.sidecars_stopping):
+                    status = await self._run_to_end(container, restarts, on_start=started.set)
+                    started.set()  # it ran (or could not start): the next container goes on either way
+                    self.init_statuses[index] = status
+                    if self.terminating or self.sidecars_stopping or status["state"].get("waiting"):
+                        return
+                    await asyncio.sleep(SIDECAR_RESTART_DELAYS[min(restarts, len(SIDECAR_RESTART_DELAYS) - 1)])
+                    restarts += 1
+                    self.init_statuses[index] = running_status(container, restarts)
+            finally:
+                started.set()
 
         task = asyncio.create_task(keep_running(), name=f"sidecar {container['name']}")
-        await asyncio.sleep(0)  # let it be created before the next container starts
+        # As the kubelet orders it: the next container starts once the sidecar's process runs
+        # (a sidecar without a startupProbe is "started" then).
+        await started.wait()
         return task
 
     async def _stop_sidecars(self, sidecars: list[asyncio.Task]) -> None:

@@ -129,9 +129,14 @@ def serve(socket_path: str) -> None:
                 except (OSError, ValueError):
                     conn.close()
                     continue
+                # The child starts with SIGTERM held (blocked): its command takes it once its own
+                # handler is in place (checkpoint_operator.cli), so a SIGTERM that comes while it
+                # starts is not lost, as a command that starts in milliseconds can expect.
+                held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
                 pid = os.fork()
                 if pid == 0:
                     os._exit(_run_child(request, *fds[:2]))
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
                 for fd in fds:
                     os.close(fd)
                 children[pid] = conn
@@ -192,7 +197,10 @@ class ZygoteProcess:
 
     def send_signal(self, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signum)
+            try:
+                os.killpg(self.pid, signum)
+            except ProcessLookupError:  # just forked: not yet the leader of its own group (setsid)
+                os.kill(self.pid, signum)
 
 
 class Zygote:

@@ -8,6 +8,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Optional
 
+from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator.config import OperatorConfig
 
 AGENT_OUTPUT_MOUNT = "/checkpoint-output"
@@ -82,7 +83,7 @@ def pod_problem(pod: dict) -> Optional[PodProblem]:
     """A Pending pod that is stuck (unschedulable, image pull back-off, bad config, ...), or None."""
     meta, status = pod.get("metadata", {}), pod.get("status", {}) or {}
     name = meta.get("name", "?")
-    if status.get("phase") not in (None, "Pending"):
+    if PodPhase.of(pod) != PodPhase.PENDING:
         return None
     for condition in status.get("conditions") or []:
         if condition.get("type") == "PodScheduled" and condition.get("status") == "False" \

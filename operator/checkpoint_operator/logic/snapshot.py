@@ -117,8 +117,13 @@ def plan_snapshot(tj: TrainingJob, scan: ScanResult, lookup: Callable[[str], Opt
             continue
         new.append(manifest)
 
-    # Retention over the job's usable Checkpoints and the new entries together.
-    candidates = {m.path: _entry(m.path, m.step, m.metrics) for m in new}
+    # Retention over the job's usable Checkpoints and the new entries together; a directory found
+    # again that has its Checkpoint already keeps that Checkpoint's label (ckpt.dev/keep) and age.
+    candidates = {}
+    for m in new:
+        mine = by_directory.get(m.path)
+        candidates[m.path] = _entry(m.path, m.step, m.metrics, mine.exempt if mine else False,
+                                    mine.created if mine else "")
     for c in existing:
         if c.is_usable and c.directory not in candidates:
             candidates[c.directory] = _entry(c.directory, c.step, c.metrics, c.exempt, c.created)

@@ -69,7 +69,13 @@ def should_post_event(before: Mapping[str, Any], change: StatusChange) -> bool:
 
 
 def status_patch(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict:
-    """The JSON merge patch from `before` to `after` (top-level keys; None removes)."""
-    patch = {k: v for k, v in after.items() if before.get(k) != v}
+    """The JSON merge patch (RFC 7386) from `before` to `after`: None removes a key, at any
+    depth, since a merge patch merges objects (a nested key left out would stay)."""
+    patch: dict = {}
+    for key, value in after.items():
+        old = before.get(key)
+        if old == value:
+            continue
+        patch[key] = status_patch(old, value) if isinstance(old, Mapping) and isinstance(value, Mapping) else value
     patch.update({k: None for k in before if k not in after})
     return patch

@@ -1,0 +1,64 @@
+"""kopf's index pre-population, made linear in the number of objects (kopf 1.45).
+
+With `kopf.index` handlers, kopf holds back every object's handlers until every object of every
+watched resource is indexed: each object gets a toggle in one `ToggleSet(all)`, made when its
+first event arrives and dropped once indexed, and each worker then waits on the set. kopf's
+`ToggleSet.make_toggle`/`drop_toggle` call `notify_all()` on every change, and every waiting
+worker wakes and re-checks the set: quadratic in the objects listed. With 10,000 Checkpoints the
+operator spent more than 15 minutes of CPU in `Condition.notify_all` before its first reconcile
+(py-spy; `python bench/scale.py --only requests`).
+
+Waiters of a ToggleSet only wait for its aggregate state (`wait_for(True/False)`), so it is
+enough to notify when that state changes. The individual toggles keep notifying as before.
+Applied only to the kopf versions it was checked against; elsewhere kopf is left as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import kopf
+from kopf._cogs.aiokits import aiotoggles
+
+logger = logging.getLogger(__name__)
+
+CHECKED_VERSIONS = ("1.45.",)  # kopf/_cogs/aiokits/aiotoggles.py as read for this change
+
+
+async def _make_toggle(self, __val: bool = False, *, name: str | None = None) -> aiotoggles.Toggle:
+    toggle = aiotoggles.Toggle(__val, name=name, condition=self._condition)
+    async with self._condition:
+        before = self.is_on()
+        self._toggles.add(toggle)
+        if self.is_on() != before:
+            self._condition.notify_all()
+    return toggle
+
+
+async def _drop_toggles(self, toggles) -> None:
+    async with self._condition:
+        before = self.is_on()
+        self._toggles.difference_update(toggles)
+        if self.is_on() != before:
+            self._condition.notify_all()
+
+
+async def _drop_toggle(self, toggle: aiotoggles.Toggle) -> None:
+    await _drop_toggles(self, (toggle,))
+
+
+def apply() -> bool:
+    """Install the change once; False (and kopf untouched) for an unchecked kopf version."""
+    version = getattr(kopf, "__version__", "")
+    cls = aiotoggles.ToggleSet
+    if getattr(cls, "_ckpt_linear_startup", False):
+        return True
+    probe = cls(all)
+    if not version.startswith(CHECKED_VERSIONS) or not (hasattr(probe, "_condition") and hasattr(probe, "_toggles")):
+        logger.info("kopf %s: index pre-population left as kopf does it (checked: %s)", version, CHECKED_VERSIONS)
+        return False
+    cls.make_toggle = _make_toggle
+    cls.drop_toggle = _drop_toggle
+    cls.drop_toggles = _drop_toggles
+    cls._ckpt_linear_startup = True
+    return True
