@@ -70,10 +70,10 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
 
 
 class Emulator:
-    def __init__(self, work: Path):
+    def __init__(self, work: Path, script: str = __file__):
         self.work = work
         url_file = work / "emulator-url"
-        self.proc = subprocess.Popen([sys.executable, __file__, "--serve-emulator", str(url_file)],
+        self.proc = subprocess.Popen([sys.executable, script, "--serve-emulator", str(url_file)],
                                      stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                      stderr=open(work / "emulator.log", "wb"))
         deadline = time.monotonic() + 60
@@ -94,7 +94,7 @@ class Emulator:
 class Operator:
     """`checkpoint-operator run` against the emulator, with its default settings."""
 
-    def __init__(self, work: Path, api_url: str, name: str):
+    def __init__(self, work: Path, api_url: str, name: str, extra_env: dict | None = None):
         kubeconfig = work / "kubeconfig"
         kubeconfig.write_text(json.dumps({
             "apiVersion": "v1", "kind": "Config", "current-context": "local",
@@ -103,7 +103,7 @@ class Operator:
             "contexts": [{"name": "local", "context": {"cluster": "local", "user": "local", "namespace": NS}}]}))
         self.metrics_port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("CKPT_")}
-        env.update(KUBECONFIG=str(kubeconfig), CKPT_AGENT_IMAGE="localhost/checkpoint-operator:dev")
+        env.update(KUBECONFIG=str(kubeconfig), CKPT_AGENT_IMAGE="localhost/checkpoint-operator:dev", **(extra_env or {}))
         self.log = work / f"operator-{name}.log"
         self.proc = subprocess.Popen(
             ["checkpoint-operator", "run", "--namespace", NS, "--standalone", "--log-format", "text",

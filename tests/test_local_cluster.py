@@ -67,6 +67,13 @@ async def _phase_is(api: ApiClient, resource: str, name: str, phase: str) -> dic
     return obj if obj and obj.get("status", {}).get("phase") == phase else None
 
 
+async def test_a_claim_with_the_longest_valid_name_is_bound(api: ApiClient, cluster: LocalCluster, wait_for) -> None:
+    name = "c" * 253  # with the uid suffix, more than a file name may have
+    await api.create("v1/persistentvolumeclaims", NS, claim(name))
+    await wait_for(lambda: _phase_is(api, "v1/persistentvolumeclaims", name, "Bound"))
+    assert cluster.claim_dir(NS, name).is_dir()
+
+
 async def test_job_writes_into_its_claim_and_completes(api: ApiClient, cluster: LocalCluster, wait_for) -> None:
     await api.create("v1/persistentvolumeclaims", NS, claim("out"))
     code = ("import os, pathlib; d = pathlib.Path(os.environ['OUT']) / 'step-1'; d.mkdir(); "

@@ -69,6 +69,24 @@ def test_pod_problems_and_failures_are_named():
     assert failure.container == "import" and "container import failed (Error, exit code 1)" in failure.message
 
 
+def test_a_pod_the_node_failed_is_named_by_the_node_s_reason():
+    """An evicted pod's containers exit 137 ("Error"): the eviction is the cause, not the exit code."""
+    evicted = {"metadata": {"name": "p"}, "status": {
+        "phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory.",
+        "containerStatuses": [{"name": "trainer", "state": {"terminated": {"exitCode": 137, "reason": "Error"}}}]}}
+    assert pod_failure(evicted, "training").message == \
+        "training pod p failed: Evicted: The node was low on resource: memory."
+    oom = {"metadata": {"name": "p"}, "status": {"phase": "Failed", "containerStatuses": [
+        {"name": "trainer", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]}}
+    assert "container trainer failed (OOMKilled, exit code 137)" in pod_failure(oom, "training").message
+
+
+def test_a_failed_job_names_what_its_pods_say():
+    assert flow.worker_failures([]) == []
+    assert flow.worker_failures(["training pod a: OOMKilled"]) == ["training pod a: OOMKilled"]
+    assert flow.worker_failures(["pod a: x", "pod b: y", "pod c: z"]) == ["pod a: x (and 2 more failed pod(s))"]
+
+
 def test_snapshot_attempts_and_the_retained_output():
     assert flow.snapshot_retry(1, "x") is None
     assert flow.snapshot_retry(3, "boom") == Fail("SnapshotFailed", "snapshot failed 3 times; last: boom")

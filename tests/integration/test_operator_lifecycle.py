@@ -172,6 +172,8 @@ async def test_failed_job_still_snapshots_its_partial_checkpoints(api, operator,
     await api.create(TJ, NS, training_job("crashy", backoffLimit=0))
     tj = await wait_phase(api, wait_for, TJ, "crashy", "Failed")
     assert tj["status"]["outputCheckpoints"] == ["crashy-step-50"]
+    # The message names the pod's own failure, not only the Job's BackoffLimitExceeded.
+    assert "container trainer failed (Error, exit code 1)" in tj["status"]["message"]
     # step-60.tmp was skipped: the volume that holds it is kept (by the Checkpoint here), and said so.
     assert {c["type"]: c["status"] for c in tj["status"]["conditions"]} == {
         "Ready": "False", "Stalled": "True", "OutputRetained": "True"}

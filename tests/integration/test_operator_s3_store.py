@@ -181,6 +181,28 @@ async def _gone(api, resource, name):
     return await api.get(resource, NS, name) is None
 
 
+async def test_a_refused_final_status_does_not_wedge_the_snapshot(api, store_secret, operator, trainer, wait_for,  # noqa: F811
+                                                                  emulator_server):
+    """The output volume is gone once uploaded: if the snapshot pod were deleted before the final
+    status is written, a retry would start a snapshot pod that can never run. The pod's result is
+    read again instead, and the pod is deleted once the status is recorded (found by the fault matrix)."""
+    import kmock
+    trainer.behaviours["pre"] = lambda a, env: write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-1",
+                                                                 {"model.safetensors": b"weights"}) or 0
+    emulator = emulator_server.emulator
+
+    def final_status(request) -> bool:
+        data = request.data if isinstance(request.data, dict) else {}
+        return request.url.path.endswith("/trainingjobs/pre/status") and \
+            (data.get("status") or {}).get("phase") == "Succeeded"
+    emulator_server.call(lambda: emulator[kmock.method.PATCH, final_status][:1] << 500)
+    await api.create(TJ, NS, training_job("pre"))
+    tj = await wait_phase(api, wait_for, TJ, "pre", "Succeeded", timeout=90)
+    assert tj["status"]["outputCheckpoints"] == ["pre-step-1"]
+    assert (await api.get(CKPT, NS, "pre-step-1"))["status"]["phase"] == "Ready"
+    await wait_for(lambda: _gone(api, "v1/pods", tj["status"]["snapshotPod"]), timeout=30)
+
+
 async def test_live_sealing_on_the_s3_store_uploads_each_checkpoint_once(api, store_secret, operator, trainer,
                                                                          wait_for, s3):  # noqa: F811
     """publish: Continuous on the s3 store: the sidecar uploads each sealed checkpoint at once, under

@@ -206,7 +206,7 @@ def follow_job(ctx: Context, tj: TrainingJob) -> Result:
         wait = flow.running_wait(tj, problems)
         # The sidecars' logs bring no event: read again after the poll interval.
         return replace(wait, requeue_after=ctx.config.live_poll_interval) if tj.publishes_live else wait
-    outcome = "succeeded" if succeeded else "; ".join([flow.job_failure_message(job), *_input_failures(ctx, tj)])
+    outcome = "succeeded" if succeeded else "; ".join([flow.job_failure_message(job), *_pod_failures(ctx, tj)])
     change, snapshot_follows = flow.after_job(tj, succeeded, outcome, now_rfc3339(), workload.snapshot_pod_name(tj))
     tj = write_status(ctx, tj, change)
     if not snapshot_follows:
@@ -215,15 +215,19 @@ def follow_job(ctx: Context, tj: TrainingJob) -> Result:
     return Advance()
 
 
-def _input_failures(ctx: Context, tj: TrainingJob) -> list[str]:
-    """The inputs whose download a failed training pod refused, with the agent's own line (one
-    GET and one log read per failed pod, once, when the Job has failed)."""
+def _pod_failures(ctx: Context, tj: TrainingJob) -> list[str]:
+    """Why the failed training pods failed: the inputs whose download was refused, with the
+    agent's own line, else what the pods say (OOMKilled, Evicted, an exit code). One GET and at
+    most one log read per failed pod, once, when the Job has failed."""
     namespace, names = tj.metadata.namespace, [p.name for p in tj.status.inputs or []]
     found: dict[str, str] = {}
+    others: list[str] = []
     for state in ctx.indexes.worker_pods(namespace, tj.metadata.uid):
         pod = ctx.kube.get(PODS, namespace, state.name) if state.phase == PodPhase.FAILED else None
         failure = pod_failure(pod, "training") if pod else None
         name = downloaded_input(failure.container, names) if failure else None
+        if failure is not None and name is None:
+            others.append(failure.message)
         if name is None or name in found:
             continue
         try:
@@ -231,7 +235,7 @@ def _input_failures(ctx: Context, tj: TrainingJob) -> list[str]:
         except ApiError:
             line = ""
         found[name] = flow.input_download_failure(name, line or failure.message)
-    return list(found.values())
+    return list(found.values()) or flow.worker_failures(others)
 
 
 # --- Snapshotting: scan the output, create Checkpoints -------------------------------------------------
@@ -308,13 +312,15 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict, scan) -> Result:
     for uri in store.delete_unused_uploads(tj, unused):
         ctx.info(tj, "DataDeleted", f"deleted {uri} (not kept as a Checkpoint)")
     _report_snapshot(ctx, tj, plan, scan, [c for c in ready if c.metadata.name not in {e.name for e in existing}])
-    agent_runs.finish(ctx, pod)
 
     if tj.status.snapshotStartTime:
         metrics.SNAPSHOT_DURATION.labels(ctx.config.storage_type).observe(seconds_since(tj.status.snapshotStartTime))
     metrics.TRANSFERRED_BYTES.labels("snapshot").inc(sum(c.status.sizeBytes or 0 for c in ready))
     kept = [c.metadata.name for c in ready if c.metadata.name not in {r.name for r in plan.retire}]
     tj = write_status(ctx, tj, flow.snapshot_done(tj, kept, now_rfc3339(), retained, claim, scan.total_skipped))
+    # Only now that the result is recorded: a retry before this point reads the pod's result
+    # again (on the s3 store the output volume is gone: a new snapshot pod could never run).
+    agent_runs.finish(ctx, pod)
     if retained:
         ctx.warn(tj, flow.OUTPUT_RETAINED, f"volume {claim} is kept: {retained}")
     _release_inputs(ctx, tj)
@@ -357,6 +363,8 @@ def _hand_over_output_claim(ctx: Context, tj: TrainingJob, claim: str, created: 
 
 def _finished(ctx: Context, tj: TrainingJob) -> Optional[float]:
     """Idempotent clean-up (after a crash) and the release of a retained output volume."""
+    if tj.status.snapshotPod:  # left when the operator died (or the DELETE failed) right after the final status
+        ctx.kube.delete(PODS, tj.metadata.namespace, tj.status.snapshotPod)
     if used_uids(tj.metadata.labels):
         tj = _release_inputs(ctx, tj)
     if flow.wants_output_released(tj):

@@ -26,7 +26,8 @@ full resync every ``poll_interval`` seconds is the safety net for anything misse
 A test can play the training code with ``container_runner``:
 ``async def runner(pod, container, env, mounts) -> int | None`` is called for every container with the
 host environment (paths in the container's view) and ``{mountPath: host directory}``; an int is the
-exit code, None runs the container.
+exit code, ``(exit code, reason)`` also sets the terminated state's reason (``(137, "OOMKilled")``),
+None runs the container.
 """
 
 from __future__ import annotations
@@ -143,7 +144,9 @@ class PvcBinder:
         self._bound: dict[Key, tuple[str, Path]] = {}  # (ns, name) -> (uid, directory)
 
     def directory_for(self, claim: Mapping[str, Any]) -> Path:
-        return self.volumes_dir / meta(claim)["namespace"] / f"{meta(claim)['name']}-{uid_of(claim)[:8]}"
+        # A file name has at most 255 bytes and a claim's name up to 253: the name is cut (the uid
+        # keeps the directory unique), else a long name fails every bind (issue 8.10).
+        return self.volumes_dir / meta(claim)["namespace"] / f"{meta(claim)['name'][:200]}-{uid_of(claim)[:8]}"
 
     def claim_dir(self, namespace: str, name: str) -> Path | None:
         bound = self._bound.get((namespace, name))

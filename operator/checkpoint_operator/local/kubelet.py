@@ -49,7 +49,7 @@ from checkpoint_operator.local.server import ApiClient, ApiError
 
 logger = logging.getLogger(__name__)
 
-ContainerRunner = Callable[..., Awaitable["int | None"]]
+ContainerRunner = Callable[..., Awaitable["int | tuple[int, str] | None"]]
 
 LOCAL_KUBELET_FINALIZER = "local.ckpt.dev/kubelet"
 TERMINAL_PHASES = ("Succeeded", "Failed")
@@ -111,8 +111,9 @@ def decoded_data(obj: Mapping[str, Any]) -> dict[str, bytes]:
     return values
 
 
-def terminated_status(container: Mapping[str, Any], exit_code: int, started: str, restarts: int = 0) -> dict:
-    reason = "Completed" if exit_code == 0 else "Error"
+def terminated_status(container: Mapping[str, Any], exit_code: int, started: str, restarts: int = 0,
+                      reason: str | None = None) -> dict:
+    reason = reason or ("Completed" if exit_code == 0 else "Error")
     return {"name": container["name"], "image": container.get("image", ""), "ready": False,
             "restartCount": restarts, "started": False, "state": {"terminated": {
                 "exitCode": exit_code, "reason": reason, "startedAt": started, "finishedAt": now_rfc3339()}}}
@@ -253,9 +254,11 @@ class PodWorker:
         if runner is not None:
             command = await host_command_for(run, self.kubelet.workdir)
             mounts = {m.path: str(m.source) for m in run.mounts}
-            exit_code = await runner(self.pod, container, command.env, mounts)
-            if exit_code is not None:
-                return terminated_status(container, exit_code, started, restarts)
+            played = await runner(self.pod, container, command.env, mounts)
+            if isinstance(played, tuple):  # (exit code, reason): e.g. (137, "OOMKilled")
+                return terminated_status(container, played[0], started, restarts, reason=played[1])
+            if played is not None:
+                return terminated_status(container, played, started, restarts)
         try:
             process = await self.kubelet.runtime.start(run)
         except StartError as exc:

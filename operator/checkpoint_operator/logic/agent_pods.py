@@ -133,6 +133,11 @@ def claim_problem(claim: Optional[dict], events: list[dict]) -> Optional[PodProb
     return PodProblem("VolumeNotBound", f"PersistentVolumeClaim {name} is {phase}: {cause}")
 
 
+# Pod-level reasons of a Failed pod that the node decided (the kubelet killed its containers).
+NODE_FAILURE_REASONS = ("Evicted", "NodeLost", "Shutdown", "Terminated", "NodeAffinity", "UnexpectedAdmissionError",
+                        "OutOfcpu", "OutOfmemory")
+
+
 @dataclass(frozen=True)
 class PodFailure:
     message: str
@@ -146,6 +151,8 @@ def pod_failure(pod: dict, what: str) -> PodFailure:
     name = meta.get("name", "?")
     if status.get("reason") == "DeadlineExceeded":
         return PodFailure(f"{what} pod {name} exceeded its deadline of {spec.get('activeDeadlineSeconds')} s")
+    if status.get("reason") in NODE_FAILURE_REASONS:  # its containers' exit codes (137) say only that they were killed
+        return PodFailure(f"{what} pod {name} failed: {status['reason']}: {status.get('message') or 'no message'}")
     for kind in ("initContainerStatuses", "containerStatuses"):
         for container in status.get(kind) or []:
             terminated = (container.get("state") or {}).get("terminated") or {}

@@ -87,6 +87,15 @@ def input_download_failure(input_name: str, error: str) -> str:
     return f"input {input_name} could not be downloaded: {error}"
 
 
+def worker_failures(messages: list[str]) -> list[str]:
+    """What the failed training pods say (an OOM kill, an eviction, an exit code), added to the
+    Job's own condition (BackoffLimitExceeded names no cause): the first, and how many more."""
+    if not messages:
+        return []
+    more = f" (and {len(messages) - 1} more failed pod(s))" if len(messages) > 1 else ""
+    return [messages[0] + more]
+
+
 def job_failure_message(job: Optional[dict]) -> str:
     if job is None:
         return "was deleted before it finished"

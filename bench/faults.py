@@ -1,0 +1,1054 @@
+"""The fault matrix (issue 8): the real operator process against the emulated API and SeaweedFS,
+with faults injected at every step of a TrainingJob's life, and for each case a verdict.
+
+Each case runs in a fresh set of processes as bench/scale.py starts them (the emulator and
+`checkpoint-operator run` each in a process of its own; this process hosts the local cluster
+and plays the training containers; the operator's agent pods run for real). Faults:
+
+- operator SIGKILLed right after a given API write succeeded (the emulator's fault layer holds
+  every later request of the operator until the bench has killed it; then a new operator starts);
+- the API answering 409 (writes), 429, 500 or a timeout (the connection dropped, before or after the
+  write took effect) on a fraction of the operator's requests, for a whole lifecycle;
+- SeaweedFS killed while an agent uploads, downloads, imports or the operator deletes, and restarted;
+- agent and training pods exiting 1, OOM-killed (137, OOMKilled), evicted, or stuck Pending
+  (unschedulable, image pull back-off: the bench's kubelet does not start them);
+- items of issue 8 driven end to end.
+
+The fault layer lives only in this file's emulator process (`FaultLayer`, in front of the
+emulator's handler, off unless a case asks for it); it affects only the operator's requests
+(User-Agent kopf/ or the Kubernetes client's), never the local cluster's nor the bench's.
+
+Every case is then counted: checkpoints lost (a directory the job wrote that is neither in a Ready
+Checkpoint with the same bytes nor kept on a retained volume), duplicated (two Checkpoints for one
+output directory), orphaned (agent pods, PVCs, Jobs without a live owner; S3 objects under the
+store's prefix outside every Checkpoint's location), Ready while partial (the bytes in the store or
+on the volume not matching the Checkpoint's digest or what the job wrote), and whether the object
+reached the right phase with a message naming the cause. No timed assertions: waits have generous
+limits, and a limit reached is a failed case, not a figure.
+
+    python bench/faults.py                  # every case (a few minutes)
+    python bench/faults.py --quick          # one case of each kind
+    python bench/faults.py --only kill,api  # by group or case name (comma-separated, prefixes)
+    python bench/faults.py --list
+
+Exits 1 when any count is non-zero or any message is not clear.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from scale import CKPT, NS, TJ, Emulator, Operator  # noqa: E402
+
+PODS, PVCS, JOBS = "v1/pods", "v1/persistentvolumeclaims", "batch/v1/jobs"
+OPERATOR_AGENTS = ("kopf/", "OpenAPI-Generator")  # kopf's and the kubernetes client's User-Agent
+WAIT = float(os.environ.get("FAULTS_WAIT", 240))  # seconds: the most any phase of a case may take (a limit reached fails the case)
+
+
+# --- the emulator process and its fault layer ---------------------------------------------------
+
+class FaultLayer:
+    """In front of the emulator's handler: `GET/PUT /_faults` reads/sets the plan.
+
+    plan = {"crash_after": {"method", "path" (regex), "body" (substring), "count"},  # then freeze
+            "errors": ["409"|"429"|"500"|"timeout"], "rate": 0.1, "seed": 1}
+    Frozen: every request of the operator is held (until its process is killed).
+    """
+
+    def __init__(self) -> None:
+        self.plan: dict = {}
+        self.seen = 0
+        self.frozen = False
+        self.injected: Counter = Counter()
+        self.rng = random.Random(1)
+
+    async def handle(self, raw, inner):
+        import aiohttp.web
+        if raw.path == "/_faults":
+            if raw.method == "PUT":
+                self.plan = json.loads(await raw.read() or b"{}")
+                self.seen, self.frozen, self.rng = 0, False, random.Random(self.plan.get("seed", 1))
+            return aiohttp.web.json_response({"plan": self.plan, "frozen": self.frozen, "seen": self.seen,
+                                              "injected": dict(self.injected)})
+        if not raw.headers.get("User-Agent", "").startswith(OPERATOR_AGENTS):
+            return await inner(raw)
+        watch = raw.query.get("watch") in ("true", "1")
+        if self.frozen and not watch:
+            await asyncio.Event().wait()  # held: the operator is about to be killed
+        errors, rate = self.plan.get("errors") or [], self.plan.get("rate", 0)
+        if errors and not watch and self.rng.random() < rate:
+            kind = self.rng.choice(errors)
+            if kind == "409" and raw.method in ("GET", "POST"):
+                kind = ""  # a real API server answers 409 to a create only when the object exists
+            if kind:
+                self.injected[kind] += 1
+            if kind in ("409", "429", "500"):
+                code = int(kind)
+                reason = {409: "Conflict", 429: "TooManyRequests", 500: "InternalError"}[code]
+                message = {409: "Operation cannot be fulfilled: the object has been modified; please apply your "
+                                "changes to the latest version and try again",
+                           429: "too many requests, please try again later",
+                           500: "Internal error occurred: etcdserver: request timed out"}[code]
+                headers = {"Retry-After": "1"} if code == 429 else None
+                return aiohttp.web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                                  "message": message, "reason": reason, "code": code},
+                                                 status=code, headers=headers)
+            if kind == "timeout":  # the connection drops: half before the request took effect, half after
+                if self.rng.random() < 0.5:
+                    raw.transport.abort()
+                    return aiohttp.web.Response(status=504)
+                response = await inner(raw)
+                raw.transport.abort()
+                return response
+        response = await inner(raw)
+        crash = self.plan.get("crash_after")
+        if crash and not self.frozen and not watch and response.status < 400 and raw.method == crash["method"] \
+                and re.search(crash["path"], raw.path) and crash.get("body", "") in (await raw.read()).decode():
+            self.seen += 1
+            if self.seen >= crash.get("count", 1):
+                self.frozen = True
+        return response
+
+
+def serve_emulator(url_file: str) -> None:
+    """`bench/faults.py --serve-emulator FILE`: the emulator with the fault layer (until stdin closes)."""
+    from checkpoint_operator.local.emulator import Emulator as Base
+    from checkpoint_operator.local.server import EmulatorServer
+    layer = FaultLayer()
+
+    class FaultyEmulator(Base):
+        async def __call__(self, raw_request):
+            return await layer.handle(raw_request, super().__call__)
+
+    with EmulatorServer(FaultyEmulator()) as server:
+        Path(url_file).write_text(server.url)
+        sys.stdin.read()
+
+
+def faults(url: str, plan: dict | None = None) -> dict:
+    """Set (plan given) or read the emulator's fault plan and state."""
+    data = None if plan is None else json.dumps(plan).encode()
+    request = urllib.request.Request(url + "/_faults", data=data, method="GET" if data is None else "PUT")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+# --- SeaweedFS, shared by the s3 cases ------------------------------------------------------------
+
+class Store:
+    """One SeaweedFS (tests/s3server.py) for the run; each case works under a prefix of its own."""
+
+    bucket = "ckpt-faults"
+
+    def __init__(self) -> None:
+        from s3server import SeaweedFS
+        self.dir = tempfile.mkdtemp(prefix="faults-weed-")
+        self.server = SeaweedFS(self.dir)
+        self.server.start()
+        self.server.client().create_bucket(Bucket=self.bucket)
+
+    def env(self) -> dict:
+        return {**self.server.env(), "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+
+    def keys(self, prefix: str) -> list[str]:
+        client, keys, token = self.server.client(), [], None
+        while True:
+            kwargs = {"Bucket": self.bucket, "Prefix": prefix, **({"ContinuationToken": token} if token else {})}
+            page = client.list_objects_v2(**kwargs)
+            keys += [o["Key"] for o in page.get("Contents") or []]
+            if not page.get("IsTruncated"):
+                return keys
+            token = page["NextContinuationToken"]
+
+    def outage(self, seconds: float) -> asyncio.Task:
+        """Kill the server now (SIGKILL), start it again after `seconds`."""
+        self.server.kill()
+
+        async def restart():
+            await asyncio.sleep(seconds)
+            await asyncio.to_thread(self.server.start)
+        return asyncio.create_task(restart())
+
+    def close(self) -> None:
+        self.server.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# --- the training code and the agents' faults -----------------------------------------------------
+
+def tree_digest(root: Path) -> str | None:
+    """digest_of the regular files under root, as the agent computes it (None: no such directory)."""
+    from checkpoint_operator.agent.manifest import RESERVED_ROOT_NAMES, FileEntry, digest_of
+    if not root.is_dir():
+        return None
+    entries = []
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not path.is_symlink() and path.relative_to(root).as_posix() not in RESERVED_ROOT_NAMES:
+            entries.append(FileEntry(path=path.relative_to(root).as_posix(), size=path.stat().st_size,
+                                     sha256=hashlib.sha256(path.read_bytes()).hexdigest()))
+    try:
+        return digest_of(entries)
+    except UnicodeEncodeError:  # a name that is not UTF-8: no Checkpoint can have this digest
+        return "undecodable:" + hashlib.sha256(repr([(e.path, e.sha256) for e in entries]).encode()).hexdigest()
+
+
+Rule = Callable[[dict, dict, dict], Awaitable[Any]]  # (pod, container, env) -> exit code | (code, reason) | None
+
+
+class Runner:
+    """The local kubelet's container runner: plays the training code (writes `steps` checkpoints),
+    and applies the case's rules to any container first (agent pods run for real otherwise)."""
+
+    def __init__(self) -> None:
+        self.rules: list[Rule] = []
+        self.training: dict[str, Callable[[dict], int]] = {}  # job -> code(env) -> exit code
+        self.written: dict[str, dict[str, str]] = {}  # job -> output directory -> digest of what was written
+
+    async def __call__(self, pod: dict, container: dict, env: dict, mounts: dict):
+        for rule in self.rules:
+            played = await rule(pod, container, env)
+            if played is not None:
+                return played
+        labels = pod["metadata"].get("labels") or {}
+        if labels.get("ckpt.dev/component") != "worker" or container["name"] != "trainer":
+            return None
+        job = labels.get("ckpt.dev/trainingjob", "")
+        out = Path(env["CHECKPOINT_OUTPUT_DIR"])
+        code = await asyncio.to_thread(self.training.get(job, steps(2)), env)  # an int or (code, reason)
+        for entry in out.iterdir() if out.is_dir() else []:
+            if entry.is_dir() and not entry.name.startswith("."):
+                self.written.setdefault(job, {})[entry.name] = tree_digest(entry)
+        return code
+
+
+def steps(n: int, size: int = 64, exit_code: int = 0) -> Callable[[dict], int]:
+    def train(env: dict) -> int:
+        for step in range(1, n + 1):
+            directory = Path(env["CHECKPOINT_OUTPUT_DIR"]) / f"step-{step}"
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / "model.safetensors").write_bytes(os.urandom(size))
+            (directory / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+        return exit_code
+    return train
+
+
+def component(pod: dict) -> str:
+    return (pod["metadata"].get("labels") or {}).get("ckpt.dev/component", "")
+
+
+def on_pod(match: Callable[[dict, dict], bool], action: Callable[[dict, dict, int], Awaitable[Any]],
+           times: int = 1) -> Rule:
+    """A rule: for the first `times` containers matching `match(pod, container)`, run the action."""
+    count = 0
+
+    async def rule(pod, container, env):
+        nonlocal count
+        if not match(pod, container) or count >= times:
+            return None
+        count += 1
+        return await action(pod, container, count)
+    return rule
+
+
+def is_agent(kind: str) -> Callable[[dict, dict], bool]:
+    """Containers of the operator's agent pods of one kind (snapshot, import, ...), by name prefix."""
+    return lambda pod, container: component(pod) == kind
+
+
+def is_download(pod: dict, container: dict) -> bool:
+    return component(pod) == "worker" and container["name"].startswith("download-input-")
+
+
+def is_trainer(pod: dict, container: dict) -> bool:
+    return component(pod) == "worker" and container["name"] == "trainer"
+
+
+def exits(code: int, reason: str | None = None):
+    async def action(pod, container, n):
+        return (code, reason) if reason else code
+    return action
+
+
+# --- one case's processes ------------------------------------------------------------------------
+
+class Harness:
+    """A fresh emulator (with the fault layer), the local cluster with the Runner, one operator at a
+    time (restartable), and when the case uses the s3 store a prefix of its own in the shared store."""
+
+    def __init__(self, name: str, store: Store | None, s3_store: bool = True) -> None:
+        self.name, self.store, self.s3_store = name, store, s3_store and store is not None
+        self.work = Path(tempfile.mkdtemp(prefix=f"bench-faults-{name}-"))
+        self.emulator = Emulator(self.work, script=__file__)
+        self.url = self.emulator.url
+        self.runner = Runner()
+        self.operator: Operator | None = None
+        self.starts = 0
+        self.prefix = f"case-{name}-{os.getpid()}"
+        self.events: list[str] = []
+
+    def operator_env(self) -> dict:
+        env = {"CKPT_RECONCILE_INTERVAL": "0.5"}
+        if self.s3_store:
+            env.update(self.store.env(), CKPT_STORAGE_TYPE="s3", CKPT_S3_ENDPOINT=self.store.server.endpoint,
+                       CKPT_S3_BUCKET=self.store.bucket, CKPT_S3_PREFIX=self.prefix,
+                       CKPT_S3_SECRET_NAME="store-credentials")
+        return env
+
+    async def __aenter__(self) -> "Harness":
+        from checkpoint_operator.local.cluster import LocalCluster
+        from checkpoint_operator.local.server import ApiClient
+        self.api = ApiClient(self.url)
+        self.cluster = LocalCluster(self.url, self.work / "cluster", [NS], container_runner=self.runner)
+        await self.cluster.__aenter__()
+        # Pods the bench's scheduler/kubelet does not start: component -> the status it reports instead.
+        self.stuck: dict[str, dict] = {}
+        reported: set[str] = set()
+        kubelet_reconcile = self.cluster.kubelet.reconcile
+
+        def reconcile(pod, uid, **kw):
+            status = self.stuck.get(component(pod)) if pod else None
+            if status is None or pod["metadata"].get("deletionTimestamp") or uid in self.cluster.kubelet.workers:
+                return kubelet_reconcile(pod, uid, **kw)
+            if uid in reported:
+                return None
+            reported.add(uid)
+            return self.api.patch(PODS, NS, pod["metadata"]["name"], {"status": status}, subresource="status")
+        self.cluster.kubelet.reconcile = reconcile
+        if self.store is not None:
+            b64 = lambda text: base64.b64encode(text.encode()).decode()  # noqa: E731
+            await self.api.create("v1/secrets", NS, {"metadata": {"name": "store-credentials"}, "data": {
+                "AWS_ACCESS_KEY_ID": b64(self.store.server.access_key),
+                "AWS_SECRET_ACCESS_KEY": b64(self.store.server.secret_key)}})
+        await asyncio.to_thread(self.start_operator)
+        return self
+
+    def start_operator(self) -> None:
+        self.starts += 1
+        self.operator = Operator(self.work, self.url, f"{self.name}-{self.starts}", extra_env=self.operator_env())
+
+    async def kill_operator_when_frozen(self, timeout: float = WAIT) -> bool:
+        """Wait until the fault layer froze the operator (its crash point passed), SIGKILL it, lift the
+        plan and start a new one. False when the crash point was never reached."""
+        deadline = time.monotonic() + timeout
+        while not faults(self.url)["frozen"]:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        self.operator.proc.kill()
+        self.operator.proc.wait()
+        self.events.append(f"SIGKILLed after {faults(self.url)['seen']} matching write(s)")
+        faults(self.url, {})
+        await asyncio.to_thread(self.start_operator)
+        return True
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.operator is not None:
+            self.operator.stop()
+        await self.cluster.__aexit__(None, None, None)
+        await self.api.close()
+        self.emulator.stop()
+        if os.environ.get("BENCH_KEEP"):
+            print(f"kept {self.work}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+    # -- objects ---------------------------------------------------------------------------------
+
+    async def create_job(self, name: str, *, inputs: list | None = None, train=None, **spec) -> None:
+        if train is not None:  # the runner knows a job by its pods' label (a long name is cut)
+            from checkpoint_operator.logic.naming import MAX_LABEL_NAME, bounded_name
+            self.runner.training[bounded_name(name, MAX_LABEL_NAME)] = train
+        body = {"apiVersion": "ckpt.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name, "namespace": NS},
+                "spec": {"checkpoints": inputs or [], "backoffLimit": 0, "template": {"spec": {"containers": [
+                    {"name": "trainer", "image": "trainer:1", "command": ["train"]}]}}, **spec}}
+        await self.api.create(TJ, NS, body)
+
+    async def until(self, resource: str, name: str, test: Callable[[dict], bool], timeout: float = WAIT) -> dict | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            obj = await self.api.get(resource, NS, name)
+            if obj is not None and test(obj):
+                return obj
+            await asyncio.sleep(0.1)
+        return None
+
+    async def finished(self, name: str, resource: str = TJ) -> dict | None:
+        terminal = ("Succeeded", "Failed") if resource == TJ else ("Ready", "Failed")
+        return await self.until(resource, name, lambda o: (o.get("status") or {}).get("phase") in terminal)
+
+    async def gone(self, resource: str, name: str, timeout: float = WAIT) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if await self.api.get(resource, NS, name) is None:
+                return True
+            await asyncio.sleep(0.1)
+        return False
+
+    async def settle(self) -> None:
+        await self.operator.settle(quiet=2.0, timeout=60)
+
+
+# --- the verdict ---------------------------------------------------------------------------------
+
+@dataclass
+class Expect:
+    """What the case's object must end as: phase, and words its message must contain (all of them)."""
+
+    name: str
+    phase: str
+    words: tuple[str, ...] = ()
+    resource: str = TJ
+    condition: str | None = None  # the message of this condition instead of status.message
+    seen: dict | None = None  # the object as the case saw it (it is gone since), else read at the end
+
+
+@dataclass
+class Verdict:
+    case: str
+    group: str
+    lost: int = 0
+    duplicated: int = 0
+    orphaned: int = 0
+    partial: int = 0
+    clear: bool = False
+    note: str = ""
+    seconds: float = 0.0
+
+    @property
+    def holds(self) -> bool:
+        return self.clear and not (self.lost or self.duplicated or self.orphaned or self.partial)
+
+
+async def stored_digest(h: Harness, ckpt: dict) -> str | None:
+    """The digest of the bytes a Ready Checkpoint's location holds (None: unreadable)."""
+    location = (ckpt.get("status") or {}).get("location") or {}
+    if "volume" in location:
+        claim = h.cluster.claim_dir(NS, location["volume"]["claimName"])
+        return tree_digest(Path(claim) / location["volume"]["path"].lstrip("/")) if claim else None
+    if "s3" in location:
+        dest = Path(tempfile.mkdtemp(dir=h.work, prefix="verify-"))
+        proc = await asyncio.create_subprocess_exec(
+            "checkpoint-operator", "agent", "download", location["s3"]["uri"], str(dest / "d"),
+            env={**os.environ, **h.store.env()}, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            h.events.append(f"{ckpt['metadata']['name']}: download failed: {err.decode().strip()[-200:]}")
+            return None
+        return tree_digest(dest / "d")
+    return None
+
+
+def owners_alive(obj: dict, alive: set[str]) -> bool:
+    refs = obj["metadata"].get("ownerReferences") or []
+    return bool(refs) and any(r["uid"] in alive for r in refs)
+
+
+async def assess(h: Harness, verdict: Verdict, expects: list[Expect], *, check_data: bool = True) -> Verdict:
+    """Count what was lost, duplicated, orphaned, Ready while partial; and whether each expected object
+    ended in its phase with a clear message."""
+    await h.settle()
+    checkpoints = await h.api.list(CKPT, NS)
+    jobs = {j["metadata"]["name"]: j for j in await h.api.list(TJ, NS)}
+    ready = [c for c in checkpoints if (c.get("status") or {}).get("phase") == "Ready"]
+    notes = []
+    # Ready while partial: the bytes at the location must match its digest.
+    digests = {}
+    for c in ready:
+        found = await stored_digest(h, c)
+        digests[c["metadata"]["name"]] = found
+        if found != c["status"].get("digest"):
+            verdict.partial += 1
+            notes.append(f"{c['metadata']['name']} Ready but its data does not match")
+    # Duplicated: two Checkpoints for one output directory of one job.
+    produced = Counter()
+    for c in checkpoints:
+        source = (c.get("spec", {}).get("source") or {}).get("trainingJob")
+        if source:
+            produced[(source["uid"], source["directory"])] += 1
+    verdict.duplicated = sum(n - 1 for n in produced.values() if n > 1)
+    # Lost: each directory a job wrote is in a Ready Checkpoint with those bytes, or on its kept volume.
+    if check_data:
+        from checkpoint_operator.logic.naming import MAX_LABEL_NAME, bounded_name
+        by_label = {bounded_name(n, MAX_LABEL_NAME): n for n in jobs}  # the runner knows a job by its pods' label
+        for label, written in h.runner.written.items():
+            job = by_label.get(label, label)
+            tj = jobs.get(job)
+            claim = (tj or {}).get("status", {}).get("outputClaim")
+            claim_dir = h.cluster.claim_dir(NS, claim) if claim else None
+            pvc = await h.api.get(PVCS, NS, claim) if claim else None
+            for directory, digest in written.items():
+                kept = [c for c in ready if ((c["spec"]["source"].get("trainingJob") or {}).get("directory") == directory
+                                             and c["spec"]["source"]["trainingJob"]["name"] == job
+                                             and c["status"].get("digest") == digest
+                                             and digests.get(c["metadata"]["name"]) == digest)]
+                retained = pvc is not None and claim_dir is not None and tree_digest(Path(claim_dir) / directory) == digest
+                if not kept and not retained:
+                    verdict.lost += 1
+                    notes.append(f"{job}/{directory} lost")
+    # Orphaned: agent pods left, pods/PVCs/Jobs without a live owner, store objects outside every Checkpoint.
+    alive = {c["metadata"]["uid"] for c in checkpoints} | {j["metadata"]["uid"] for j in jobs.values()}
+    batch = await h.api.list(JOBS, NS)
+    alive |= {j["metadata"]["uid"] for j in batch}
+    for pod in await h.api.list(PODS, NS):
+        if component(pod) != "worker" or not owners_alive(pod, alive):
+            verdict.orphaned += 1
+            notes.append(f"pod {pod['metadata']['name']} left")
+    for obj, kind in [(p, "pvc") for p in await h.api.list(PVCS, NS)] + [(j, "job") for j in batch]:
+        if not owners_alive(obj, alive):
+            verdict.orphaned += 1
+            notes.append(f"{kind} {obj['metadata']['name']} has no live owner")
+    if h.s3_store:
+        locations = [((c.get("status") or {}).get("location") or {}).get("s3", {}).get("uri", "") for c in checkpoints]
+        prefixes = [u.split("/", 3)[3] for u in locations if u.startswith("s3://")]
+        stray = {k.rsplit("/", 1)[0] for k in await asyncio.to_thread(h.store.keys, h.prefix + "/")
+                 if not any(k.startswith(p) for p in prefixes)}
+        verdict.orphaned += len(stray)
+        notes += [f"s3 {s}/ has no Checkpoint" for s in sorted(stray)]
+    # The phase and the message.
+    clear = True
+    for expect in expects:
+        obj = expect.seen or (jobs.get(expect.name) if expect.resource == TJ
+                              else await h.api.get(expect.resource, NS, expect.name))
+        status = (obj or {}).get("status") or {}
+        message = status.get("message") or ""
+        if expect.condition:
+            message = next((c.get("message", "") for c in status.get("conditions") or []
+                            if c.get("type") == expect.condition), "")
+        phase = status.get("phase") if expect.phase != "Gone" else ("Gone" if obj is None else "present")
+        if phase != expect.phase or not all(w.lower() in message.lower() for w in expect.words):
+            clear = False
+            notes.append(f"{expect.name}: {phase} {message!r} (want {expect.phase} naming {', '.join(expect.words)})")
+    verdict.clear = clear
+    verdict.note = "; ".join(h.events + notes)[:600]
+    return verdict
+
+
+# --- the cases -----------------------------------------------------------------------------------
+
+@dataclass
+class Case:
+    name: str
+    group: str
+    run: Callable[[Harness], Awaitable[list[Expect]]]
+    s3: bool = False
+    quick: bool = False
+    origin: bool = False  # imports from an S3 origin (SeaweedFS) into the volume store
+
+
+CASES: list[Case] = []
+
+
+def case(name: str, group: str, *, s3: bool = False, quick: bool = False, origin: bool = False):
+    def register(fn):
+        CASES.append(Case(name, group, fn, s3, quick, origin))
+        return fn
+    return register
+
+
+class CaseError(Exception):
+    pass
+
+
+async def finished(h: Harness, name: str, resource: str = TJ) -> dict:
+    obj = await h.finished(name, resource)
+    if obj is None:
+        raise CaseError(f"{name} did not finish within {WAIT} s")
+    return obj
+
+
+async def producer_and_consumer(h: Harness, *, crash: dict | None = None, n: int = 3) -> list[Expect]:
+    """`pre` writes one checkpoint; `job` trains on it and writes n. The fault is armed for `job`."""
+    await h.create_job("pre", train=steps(1))
+    await finished(h, "pre")
+    if crash is not None:
+        faults(h.url, {"crash_after": crash})
+    await h.create_job("job", inputs=[{"name": "pre-step-1"}], train=steps(n))
+    if crash is not None and not await h.kill_operator_when_frozen():
+        raise CaseError(f"the crash point {crash} was never reached")
+    await finished(h, "job")
+    return [Expect("pre", "Succeeded", ("succeeded", "1 checkpoint(s)")),
+            Expect("job", "Succeeded", ("succeeded", f"{n} checkpoint(s)"))]
+
+
+def tj_write(path: str, body: str = "", method: str = "PATCH", count: int = 1) -> dict:
+    return {"method": method, "path": path, "body": body, "count": count}
+
+
+# The steps of a TrainingJob's life, each as the API write that ends it (the operator dies right after).
+KILL_POINTS = {
+    "uses-label": tj_write(r"/trainingjobs/job$", "uses.ckpt.dev/"),
+    "pinned": tj_write(r"/trainingjobs/job/status$", '"inputs": [{'),
+    "pvc": tj_write(r"/persistentvolumeclaims$", method="POST"),
+    "job": tj_write(r"/jobs$", method="POST"),
+    "running": tj_write(r"/trainingjobs/job/status$", '"Running"'),
+    "snapshot-pod": tj_write(r"/pods$", method="POST"),
+    "1-of-3-checkpoints": tj_write(r"/checkpoints$", method="POST"),
+    "2-of-3-checkpoints": tj_write(r"/checkpoints$", method="POST", count=2),
+    "handover": tj_write(r"/persistentvolumeclaims/job-"),
+    "1-of-3-ready": tj_write(r"/checkpoints/job-step-\d+/status$", '"Ready"'),
+    "final-status": tj_write(r"/trainingjobs/job/status$", '"Succeeded"'),
+    "snapshot-pod-deleted": tj_write(r"/pods/job-snapshot$", method="DELETE"),
+}
+S3_KILL_POINTS = {**KILL_POINTS, "handover": tj_write(r"/persistentvolumeclaims/job-", method="DELETE")}
+S3_KILLS = ("pinned", "snapshot-pod", "2-of-3-checkpoints", "handover", "final-status", "snapshot-pod-deleted")
+
+for _point, _crash in KILL_POINTS.items():
+    case(f"kill-after-{_point}", "kill", quick=_point == "2-of-3-checkpoints")(
+        lambda h, crash=_crash: producer_and_consumer(h, crash=crash))
+for _point in S3_KILLS:
+    case(f"s3-kill-after-{_point}", "kill", s3=True, quick=_point == "handover")(
+        lambda h, crash=S3_KILL_POINTS[_point]: producer_and_consumer(h, crash=crash))
+
+
+for _kind, _s3 in (("409", False), ("429", False), ("500", False), ("timeout", False), ("500", True),
+                   ("timeout", True)):
+    async def _api_faults(h: Harness, kind: str = _kind) -> list[Expect]:
+        faults(h.url, {"errors": [kind], "rate": 0.1, "seed": 7})
+        try:
+            expects = await producer_and_consumer(h)
+        finally:
+            injected = faults(h.url)["injected"]
+            faults(h.url, {})
+        h.events.append(f"injected {injected.get(kind, 0)} x {kind}")
+        return expects
+    case(f"{'s3-' if _s3 else ''}api-{_kind}-10pct", "api", s3=_s3, quick=_kind == "500" and not _s3)(_api_faults)
+
+
+async def import_with_kill(h: Harness, crash: dict) -> list[Expect]:
+    """An import (from an external S3 prefix) whose operator dies at the crash point."""
+    faults(h.url, {"crash_after": crash})
+    await external_import(h)
+    if not await h.kill_operator_when_frozen():
+        raise CaseError(f"the crash point {crash} was never reached")
+    await finished(h, "imported", CKPT)
+    return [Expect("imported", "Ready", (), resource=CKPT)]
+
+
+for _name, _crash, _s3 in (("kill-after-import-claim", tj_write(r"/persistentvolumeclaims$", method="POST"), False),
+                           ("kill-after-import-pod", tj_write(r"/pods$", method="POST"), False),
+                           ("s3-kill-after-import-pod", tj_write(r"/pods$", method="POST"), True),
+                           ("s3-kill-after-import-ready", tj_write(r"/checkpoints/imported/status$", '"Ready"'), True)):
+    case(_name, "kill", s3=_s3, origin=True)(lambda h, crash=_crash: import_with_kill(h, crash))
+
+
+async def delete_with_kill(h: Harness, crash: dict) -> list[Expect]:
+    """An owned Checkpoint deleted; the operator dies at the crash point of its deletion."""
+    await h.create_job("pre", train=steps(2))
+    await finished(h, "pre")
+    faults(h.url, {"crash_after": crash})
+    await h.api.delete(CKPT, NS, "pre-step-1")
+    if not await h.kill_operator_when_frozen():
+        raise CaseError(f"the crash point {crash} was never reached")
+    if not await h.gone(CKPT, "pre-step-1"):
+        raise CaseError("pre-step-1 was not deleted")
+    h.runner.written["pre"].pop("step-1")  # deleted on purpose
+    return [Expect("pre-step-1", "Gone", (), resource=CKPT), Expect("pre", "Succeeded", ("succeeded",))]
+
+
+# The deletion's live check of users (a LIST of TrainingJobs by label), and its finalizer's removal.
+for _name, _crash in (("users-check", tj_write(r"/trainingjobs$", method="GET")),
+                      ("finalizer-removed", tj_write(r"/checkpoints/pre-step-1$", '"finalizers"'))):
+    case(f"kill-during-delete-{_name}", "kill")(lambda h, crash=_crash: delete_with_kill(h, crash))
+    case(f"s3-kill-during-delete-{_name}", "kill", s3=True)(lambda h, crash=_crash: delete_with_kill(h, crash))
+
+
+# -- agent and training pods failing, or stuck Pending --------------------------------------------------
+
+def evict(message: str = "The node was low on resource: ephemeral-storage."):
+    async def action(pod, container, n):
+        from checkpoint_operator.local.server import ApiClient
+        async with ApiClient(CURRENT.url) as api:
+            await api.patch(PODS, NS, pod["metadata"]["name"], {"status": {
+                "phase": "Failed", "reason": "Evicted", "message": message}}, subresource="status")
+        return 137
+    return action
+
+
+CURRENT: Harness  # the running case's harness (for rules that talk to the API)
+
+
+@case("snapshot-exit-1-once", "pods", quick=True)
+async def _(h):
+    h.runner.rules.append(on_pod(is_agent("snapshot"), exits(1)))
+    return await producer_and_consumer(h)
+
+
+@case("snapshot-oomkilled-always", "pods")
+async def _(h):
+    h.runner.rules.append(on_pod(is_agent("snapshot"), exits(137, "OOMKilled"), times=99))
+    await h.create_job("job", train=steps(2))
+    await finished(h, "job")
+    return [Expect("job", "Failed", ("snapshot failed 3 times", "OOMKilled"))]
+
+
+@case("snapshot-evicted-always", "pods")
+async def _(h):
+    h.runner.rules.append(on_pod(is_agent("snapshot"), evict(), times=99))
+    await h.create_job("job", train=steps(2))
+    await finished(h, "job")
+    return [Expect("job", "Failed", ("snapshot failed 3 times", "Evicted"))]
+
+
+@case("training-exit-1", "pods")
+async def _(h):
+    await h.create_job("job", train=steps(2, exit_code=1))
+    await finished(h, "job")
+    return [Expect("job", "Failed", ("failed", "kept 2 checkpoint(s)"))]
+
+
+@case("training-oomkilled", "pods")
+async def _(h):
+    await h.create_job("job", train=steps(2, exit_code=(137, "OOMKilled")))
+    await finished(h, "job")
+    return [Expect("job", "Failed", ("OOMKilled", "kept 2 checkpoint(s)"))]
+
+
+@case("training-evicted", "pods")
+async def _(h):
+    h.runner.rules.append(on_pod(is_trainer, evict(), times=99))
+    await h.create_job("job", train=steps(2))
+    await finished(h, "job")
+    return [Expect("job", "Failed", ("Evicted",))]
+
+
+UNSCHEDULABLE = {"phase": "Pending", "conditions": [{
+    "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+    "message": "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."}]}
+
+
+def image_pull_back_off(container: str) -> dict:
+    return {"phase": "Pending", "containerStatuses": [{
+        "name": container, "image": "trainer:1", "ready": False, "restartCount": 0,
+        "state": {"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "trainer:1"'}}}]}
+
+
+def ready_reason(reason: str) -> Callable[[dict], bool]:
+    return lambda tj: any(c.get("type") == "Ready" and c.get("reason") == reason
+                          for c in (tj.get("status") or {}).get("conditions") or [])
+
+
+async def stuck(h: Harness, where: str, status: dict, reason: str, phase: str, words: tuple[str, ...]) -> list[Expect]:
+    """A pod the cluster never starts: the job must say why, in a condition; then the user deletes it
+    (and everything it made must go: counted as orphans otherwise)."""
+    h.stuck[where] = status
+    await h.create_job("job", train=steps(2))
+    seen = await h.until(TJ, "job", ready_reason(reason), timeout=WAIT)
+    if seen is None:
+        tj = await h.api.get(TJ, NS, "job")
+        raise CaseError(f"no Ready condition with reason {reason}: {(tj or {}).get('status')}")
+    await h.api.delete(TJ, NS, "job")
+    if not await h.gone(TJ, "job"):
+        raise CaseError("the TrainingJob was not deleted")
+    h.runner.written.clear()  # deleted by the user: nothing to keep
+    return [Expect("job", phase, words, condition="Ready", seen=seen)]
+
+
+@case("training-unschedulable", "pods", quick=True)
+async def _(h):
+    return await stuck(h, "worker", UNSCHEDULABLE, "Unschedulable", "Running", ("cannot be scheduled", "nvidia.com/gpu"))
+
+
+@case("training-image-pull-back-off", "pods")
+async def _(h):
+    return await stuck(h, "worker", image_pull_back_off("trainer"), "ImagePullBackOff", "Running",
+                       ("ImagePullBackOff", "trainer:1"))
+
+
+@case("snapshot-unschedulable", "pods")
+async def _(h):
+    return await stuck(h, "snapshot", UNSCHEDULABLE, "Unschedulable", "Snapshotting", ("cannot be scheduled",))
+
+
+@case("s3-download-exit-1", "pods", s3=True)
+async def _(h):
+    h.runner.rules.append(on_pod(is_download, exits(1), times=99))
+    await h.create_job("pre", train=steps(1))
+    await finished(h, "pre")
+    await h.create_job("job", inputs=[{"name": "pre-step-1"}], train=steps(1))
+    await finished(h, "job")
+    return [Expect("job", "Failed", ("input pre-step-1 could not be downloaded",))]
+
+
+async def external_import(h: Harness, name: str = "imported") -> None:
+    client = h.store.server.client()
+    for rel, data in {"config.json": b"{}", "model.safetensors": os.urandom(2048)}.items():
+        client.put_object(Bucket=h.store.bucket, Key=f"external-{h.prefix}/{rel}", Body=data)
+    await h.api.create(CKPT, NS, {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint",
+                                  "metadata": {"name": name, "namespace": NS},
+                                  "spec": {"source": {"s3": {"uri": f"s3://{h.store.bucket}/external-{h.prefix}/",
+                                                             "endpoint": h.store.server.endpoint,
+                                                             "secretRef": {"name": "store-credentials"}}}}})
+
+
+@case("s3-import-exit-1", "pods", s3=True)
+async def _(h):
+    h.runner.rules.append(on_pod(is_agent("import"), exits(1), times=99))
+    await external_import(h)
+    await finished(h, "imported", CKPT)
+    return [Expect("imported", "Failed", ("import", "exit code 1"), resource=CKPT)]
+
+
+# -- SeaweedFS stopped and restarted --------------------------------------------------------------------
+
+def outage(seconds: float = 3.0):
+    async def action(pod, container, n):
+        CURRENT.store.outage(seconds)
+        return None  # the agent runs for real, with the store gone
+    return action
+
+
+@case("s3-store-down-during-upload", "store", s3=True, quick=True)
+async def _(h):
+    h.runner.rules.append(on_pod(is_agent("snapshot"), outage()))
+    await h.create_job("job", train=steps(2, size=3 * 1024 * 1024))
+    await finished(h, "job")
+    return [Expect("job", "Succeeded", ("succeeded", "2 checkpoint(s)"))]
+
+
+@case("s3-store-down-during-download", "store", s3=True)
+async def _(h):
+    h.runner.rules.append(on_pod(is_download, outage()))
+    await h.create_job("pre", train=steps(1, size=3 * 1024 * 1024))
+    await finished(h, "pre")
+    await h.create_job("job", inputs=[{"name": "pre-step-1"}], train=steps(1))
+    await finished(h, "job")
+    return [Expect("job", "Succeeded", ("succeeded", "1 checkpoint(s)"))]
+
+
+@case("s3-store-down-during-import", "store", s3=True)
+async def _(h):
+    h.runner.rules.append(on_pod(is_agent("import"), outage()))
+    await external_import(h)
+    await finished(h, "imported", CKPT)
+    return [Expect("imported", "Ready", (), resource=CKPT)]
+
+
+@case("s3-store-down-during-delete", "store", s3=True)
+async def _(h):
+    await h.create_job("pre", train=steps(2))
+    await finished(h, "pre")
+    restart = h.store.outage(3.0)
+    await h.api.delete(CKPT, NS, "pre-step-1")
+    await restart
+    if not await h.gone(CKPT, "pre-step-1"):
+        raise CaseError("pre-step-1 was not deleted after the store came back")
+    h.runner.written["pre"].pop("step-1")  # deleted on purpose
+    return [Expect("pre-step-1", "Gone", (), resource=CKPT)]
+
+
+# -- items of issue 8, end to end ----------------------------------------------------------------------
+
+def writes(files: dict[str, bytes | str], exit_code: int = 0) -> Callable[[dict], int]:
+    """Training code that writes these files (a str value: a symbolic link to it) and exits."""
+    def train(env: dict) -> int:
+        out = Path(env["CHECKPOINT_OUTPUT_DIR"])
+        for rel, data in files.items():
+            path = out / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(data, str):
+                os.symlink(data, path)
+            else:
+                path.write_bytes(data)
+        return exit_code
+    return train
+
+
+@case("issue8-1-skipped-output-kept", "issue8", s3=True, quick=True)
+async def _(h):
+    """s3 store: a failed job's unstorable output (no step, a .tmp, a name that is not UTF-8) stays on its volume."""
+    await h.create_job("job", train=writes({
+        "partial-finetune/model.safetensors": os.urandom(100), "step-500.tmp/model.safetensors": os.urandom(100),
+        "step-3/model.safetensors": os.urandom(100), os.fsdecode(b"step-3/shard\xff.bin"): b"x"}, exit_code=1))
+    await finished(h, "job")
+    return [Expect("job", "Failed", ("failed",)), Expect("job", "Failed", ("is kept",), condition="OutputRetained")]
+
+
+@case("issue8-2-names-download-refuses", "issue8", s3=True)
+async def _(h):
+    """A backslash and a 250-byte name: never a Ready Checkpoint that cannot be downloaded (the download
+    check counts it as partial); what is not stored stays on the volume."""
+    await h.create_job("job", train=writes({"step-1/model.safetensors": os.urandom(100), "step-1/a\\b.bin": b"x",
+                                            "step-2/model.safetensors": os.urandom(100), "step-2/" + "n" * 250: b"y"}))
+    await finished(h, "job")
+    return [Expect("job", "Succeeded", ("succeeded",)), Expect("job", "Succeeded", ("is kept",), condition="OutputRetained")]
+
+
+@case("issue8-4-symlink-dag-bounded", "issue8")
+async def _(h):
+    """Directories d0..d22 each with links a, b to the next: the scan visits each once and finishes."""
+    files: dict[str, bytes | str] = {"step-1/model.safetensors": os.urandom(100)}
+    for i in range(22):
+        files[f"step-1/dag/d{i}/a"] = f"../d{i + 1}"
+        files[f"step-1/dag/d{i}/b"] = f"../d{i + 1}"
+    files["step-1/dag/d22/leaf"] = b"leaf"
+    await h.create_job("job", train=writes(files))
+    h.runner.written.clear()  # links are not data: the step's own files are checked through its Checkpoint
+    tj = await finished(h, "job")
+    return [Expect("job", "Succeeded", ("succeeded", "1 checkpoint(s)"), seen=tj)]
+
+
+@case("issue8-10-names-as-the-api-server", "issue8")
+async def _(h):
+    """Invalid names refused on create with the field named; a valid 253-character name runs to the end."""
+    unclear = []
+    for bad in ("Bad_Name", "x" * 254):
+        try:
+            await h.create_job(bad)
+            unclear.append(f"{bad[:20]} accepted")
+        except Exception as exc:  # noqa: BLE001 - the API's refusal is what is checked
+            if "metadata.name" not in str(exc) or getattr(exc, "status", 0) != 422:
+                unclear.append(f"{bad[:20]}: {exc}")
+    long = "j" * 253
+    await h.create_job(long, train=steps(1))
+    tj = await finished(h, long)
+    h.events += unclear
+    return [Expect(long, "Succeeded", ("succeeded", "1 checkpoint(s)"), seen=tj)] + \
+        [Expect("refused-names", "refused", (u,)) for u in unclear]
+
+
+@case("issue8-11-skipped-entries-one-event", "issue8")
+async def _(h):
+    """300 links out of the output: one aggregated Skipped event, not 300."""
+    files: dict[str, bytes | str] = {"step-1/model.safetensors": os.urandom(100)}
+    files.update({f"step-1/out-{i}": "/etc/hostname" for i in range(300)})
+    await h.create_job("job", train=writes(files))
+    tj = await finished(h, "job")
+    await h.settle()
+    events = [e for e in await h.api.list("v1/events", NS)
+              if e.get("involvedObject", {}).get("name") == "job" and e.get("reason") == "Skipped"]
+    h.events.append(f"{len(events)} Skipped event(s)")
+    expects = [Expect("job", tj["status"]["phase"] and "Succeeded", ("succeeded",), seen=tj)]
+    if len(events) != 1:
+        expects.append(Expect("one-skipped-event", "one", (f"{len(events)} events",)))
+    return expects
+
+
+@case("issue8-6-size-limit-before-bytes-move", "issue8", s3=True)
+async def _(h):
+    """A namespace limit of 1Ki and a 2 KiB import: refused, naming the limit."""
+    await h.api.patch("v1/namespaces", None, NS, {"metadata": {"annotations": {"ckpt.dev/max-checkpoint-size": "1Ki"}}})
+    await external_import(h)
+    await finished(h, "imported", CKPT)
+    return [Expect("imported", "Failed", ("past the size limit of 1024",), resource=CKPT)]
+
+
+# -- the counters' own check: defects made on purpose must be counted ----------------------------------
+
+async def self_check() -> str | None:
+    """A finished job, then: one Ready Checkpoint's bytes changed on its volume, a directory the job
+    "wrote" that no Checkpoint has, a PVC without an owner, a wrong expected message. None when each is
+    counted, else what was missed."""
+    async with Harness("self-check", None) as h:
+        await h.create_job("job", train=steps(2))
+        await finished(h, "job")
+        ckpt = await h.api.get(CKPT, NS, "job-step-1")
+        volume = ckpt["status"]["location"]["volume"]
+        target = Path(h.cluster.claim_dir(NS, volume["claimName"])) / volume["path"].lstrip("/") / "model.safetensors"
+        target.write_bytes(b"not what was written")
+        h.runner.written[next(iter(h.runner.written))]["step-9"] = "sha256:" + "0" * 64
+        await h.api.create(PVCS, NS, {"metadata": {"name": "stray"}, "spec": {
+            "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
+        v = await assess(h, Verdict("self-check", "check"), [Expect("job", "Succeeded", ("no such words",))])
+    missed = [what for what, caught in (("the changed bytes", v.partial == 1), ("the lost directories", v.lost == 2),
+                                        ("the stray PVC", v.orphaned == 1), ("the unclear message", not v.clear))
+              if not caught]
+    return f"missed {', '.join(missed)} ({v})" if missed else None
+
+
+# --- main ---------------------------------------------------------------------------------------------
+
+async def run_case(c: Case, store: Store | None) -> Verdict:
+    global CURRENT
+    verdict = Verdict(c.name, c.group)
+    started = time.monotonic()
+    try:
+        async with Harness(c.name, store if c.s3 or c.origin else None, s3_store=c.s3) as h:
+            CURRENT = h
+            try:
+                expects = await c.run(h)
+                await assess(h, verdict, expects)
+            except CaseError as exc:
+                verdict.note = f"{exc}; " + "; ".join(h.events)
+    except Exception as exc:  # noqa: BLE001 - a broken case is a failed case, with its traceback
+        verdict.note = f"error: {exc!r}"
+        traceback.print_exc()
+    verdict.seconds = time.monotonic() - started
+    return verdict
+
+
+def select(only: str | None, quick: bool) -> list[Case]:
+    chosen = [c for c in CASES if not quick or c.quick]
+    if only:
+        wanted = [w.strip() for w in only.split(",") if w.strip()]
+        chosen = [c for c in chosen if any(c.group == w or c.name.startswith(w) for w in wanted)]
+    return chosen
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--serve-emulator", metavar="URL_FILE", help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="one case of each kind")
+    parser.add_argument("--only", help="comma-separated groups (kill, api, pods, store, issue8) or case-name prefixes")
+    parser.add_argument("--list", action="store_true", help="list the cases and exit")
+    args = parser.parse_args()
+    if args.serve_emulator:
+        serve_emulator(args.serve_emulator)
+        return 0
+    cases = select(args.only, args.quick)
+    if args.list:
+        for c in cases:
+            print(f"{c.group:8} {c.name}{'  (s3 store)' if c.s3 else '  (s3 origin)' if c.origin else ''}")
+        return 0
+    if not cases:
+        print(f"faults: no case matches --only {args.only}", file=sys.stderr)
+        return 2
+    problem = asyncio.run(self_check())
+    print(f"faults: self-check: {problem or 'the counters count defects made on purpose'}", flush=True)
+    if problem:
+        return 1
+    store = Store() if any(c.s3 or c.origin for c in cases) else None
+    verdicts = []
+    try:
+        for c in cases:
+            verdict = asyncio.run(run_case(c, store))
+            verdicts.append(verdict)
+            print(f"  {'ok  ' if verdict.holds else 'FAIL'} {c.name} ({verdict.seconds:.0f} s) {verdict.note}",
+                  flush=True)
+    finally:
+        if store is not None:
+            store.close()
+    print()
+    print(f"{'case':40} {'group':6} {'lost':>4} {'dup':>4} {'orph':>4} {'part':>4} {'msg':>5}  note")
+    for v in verdicts:
+        print(f"{v.case:40} {v.group:6} {v.lost:>4} {v.duplicated:>4} {v.orphaned:>4} {v.partial:>4} "
+              f"{'clear' if v.clear else 'NO':>5}  {v.note[:120]}")
+    total = {k: sum(getattr(v, k) for v in verdicts) for k in ("lost", "duplicated", "orphaned", "partial")}
+    clear = sum(v.clear for v in verdicts)
+    print()
+    print(f"faults: {len(verdicts)} cases, {total['lost']} lost, {total['duplicated']} duplicated, "
+          f"{total['orphaned']} orphaned, {total['partial']} partial ready, {clear} clear messages of {len(verdicts)}")
+    return 0 if all(v.holds for v in verdicts) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
