@@ -164,6 +164,7 @@ class Store:
         from s3server import SeaweedFS
         self.dir = tempfile.mkdtemp(prefix="faults-weed-")
         self.server = SeaweedFS(self.dir)
+        self.restarts: list[asyncio.Task] = []
         self.server.start()
         self.server.client().create_bucket(Bucket=self.bucket)
 
@@ -187,7 +188,14 @@ class Store:
         async def restart():
             await asyncio.sleep(seconds)
             await asyncio.to_thread(self.server.start)
-        return asyncio.create_task(restart())
+        task = asyncio.create_task(restart())
+        self.restarts.append(task)
+        return task
+
+    async def back(self) -> None:
+        """Wait for every outage's restart: a case can end (a fast failure) while the store is down."""
+        while self.restarts:
+            await self.restarts.pop()
 
     def close(self) -> None:
         self.server.kill()
@@ -520,6 +528,7 @@ async def assess(h: Harness, verdict: Verdict, expects: list[Expect], *, check_d
     if h.s3_store:
         locations = [((c.get("status") or {}).get("location") or {}).get("s3", {}).get("uri", "") for c in checkpoints]
         prefixes = [u.split("/", 3)[3] for u in locations if u.startswith("s3://")]
+        await h.store.back()
         stray = {k.rsplit("/", 1)[0] for k in await asyncio.to_thread(h.store.keys, h.prefix + "/")
                  if not any(k.startswith(p) for p in prefixes)}
         verdict.orphaned += len(stray)
