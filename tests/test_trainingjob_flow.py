@@ -171,3 +171,15 @@ def test_a_nested_key_left_out_is_removed_by_the_patch():
     after = {"upload": {"store": "volume", "claimName": "c"}, "phase": "Pending"}
     assert status_patch(before, after) == {"upload": {"pod": None}, "phase": "Pending"}
     assert status_patch(before, {"phase": "Importing"}) == {"upload": None}
+
+
+def test_a_failed_snapshot_attempt_waits_before_the_next():
+    """A short outage of the store must not use up the three attempts in seconds."""
+    from datetime import datetime, timezone
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    first, delay = flow.snapshot_retry_at(1, now)
+    assert (first, delay) == ("2026-01-01T00:00:10Z", 10.0)
+    assert flow.snapshot_retry_at(2, now) == ("2026-01-01T00:00:30Z", 30.0)
+    assert flow.snapshot_wait(first, now) == 10.0
+    assert flow.snapshot_wait(first, datetime(2026, 1, 1, 0, 0, 10, tzinfo=timezone.utc)) is None
+    assert flow.snapshot_wait(None, now) is None

@@ -93,7 +93,7 @@ def make_client(endpoint_url: Optional[str] = None, *, max_pool_connections: int
     from botocore.config import Config
 
     endpoint = resolve_endpoint(endpoint_url)
-    attempts = int(os.environ.get("CKPT_S3_MAX_ATTEMPTS", "5"))
+    attempts = int(os.environ.get("CKPT_S3_MAX_ATTEMPTS", "10"))
     config = Config(
         max_pool_connections=max_pool_connections,
         retries={"max_attempts": attempts, "mode": "standard"},
@@ -274,7 +274,7 @@ def read_manifest(uri: str, *, endpoint_url: Optional[str] = None, client=None, 
     Read through `fast` (an s3http.FastS3, retried here as botocore would) when given."""
     prefix = parse_s3_uri(uri).as_prefix()
     loc = manifest_location(uri)
-    attempts = max(1, int(os.environ.get("CKPT_S3_MAX_ATTEMPTS", "5"))) if fast is not None else 1
+    attempts = max(1, int(os.environ.get("CKPT_S3_MAX_ATTEMPTS", "10"))) if fast is not None else 1
     for attempt in range(1, attempts + 1):
         try:
             if fast is not None:

@@ -109,7 +109,7 @@ class Uploader:
         self.log = log
         self.latch = FailureLatch()
         self.fast = fast_data_path(self.client)
-        self.attempts = max(1, int(os.environ.get("CKPT_S3_MAX_ATTEMPTS", "5")))
+        self.attempts = max(1, int(os.environ.get("CKPT_S3_MAX_ATTEMPTS", "10")))
         # Parts in memory: those being sent plus a few read ahead; bounded in bytes (see BufferPool).
         self.buffers = BufferPool(env_size("CKPT_S3_MAX_BUFFER", (self.concurrency + 2) * self.part_size))
         # Small files read ahead: a bound of their own, a few per connection (more only makes

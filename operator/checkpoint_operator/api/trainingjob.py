@@ -246,6 +246,9 @@ class TrainingJobStatus(ApiModel):
                                                         "download was refused, with the agent's error).")
     snapshotStartTime: Optional[Timestamp] = Field(None, description="When the snapshot of the output started.")
     snapshotAttempts: Optional[int] = Field(None, description="Failed snapshot pods so far (retried up to 3 times).")
+    snapshotRetryAt: Optional[Timestamp] = Field(
+        None, description="After a failed snapshot pod: when the next attempt starts (a backoff, so that a short "
+                          "outage of the store does not use up the attempts).")
     skippedCount: Optional[int] = Field(None, description="Entries of the output the snapshot skipped (see events).")
     publish: Optional[PublishMode] = Field(None, description="How the output is published (as resolved at start).")
     live: Optional[LiveStatus] = Field(None, description="Live sealing, with publish: Continuous.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from datetime import datetime, timezone
 from typing import Optional
 
 from checkpoint_operator.api.common import PodPhase
@@ -242,6 +243,9 @@ def _pod_failures(ctx: Context, tj: TrainingJob) -> list[str]:
 
 def snapshot(ctx: Context, tj: TrainingJob) -> Result:
     store = store_for(ctx.config)
+    backoff = flow.snapshot_wait(tj.status.snapshotRetryAt, datetime.now(timezone.utc))
+    if backoff is not None and ctx.kube.get(PODS, tj.metadata.namespace, workload.snapshot_pod_name(tj)) is None:
+        return Wait(requeue_after=backoff)  # after a failed attempt (SnapshotRetry said when)
     pod = workload.build_snapshot_pod(tj, store.snapshot_command(tj, AGENT_OUTPUT_MOUNT), store.agent_env(),
                                       ctx.config)
     run = agent_runs.run_agent_pod(ctx, tj.metadata.uid, pod, "snapshot")
@@ -264,9 +268,10 @@ def _snapshot_pod_failed(ctx: Context, tj: TrainingJob, pod: dict, message: str)
     failed = flow.snapshot_retry(attempts, message)
     if failed is not None:
         return failed  # the output volume stays (s3 store: nothing was stored from it)
-    ctx.warn(tj, "SnapshotRetry", f"attempt {attempts}: {message}; retrying")
-    write_status(ctx, tj, StatusChange(fields={"snapshotAttempts": attempts}))
-    return Wait()  # the pod's deletion wakes the job, which starts the next attempt
+    retry_at, delay = flow.snapshot_retry_at(attempts, datetime.now(timezone.utc))
+    ctx.warn(tj, "SnapshotRetry", f"attempt {attempts}: {message}; retrying in {delay:g} s")
+    write_status(ctx, tj, StatusChange(fields={"snapshotAttempts": attempts, "snapshotRetryAt": retry_at}))
+    return Wait(requeue_after=delay)
 
 
 def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict, scan) -> Result:

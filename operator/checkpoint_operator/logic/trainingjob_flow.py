@@ -7,6 +7,7 @@ tests every decision without an API.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Optional
 
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobPhase
@@ -17,6 +18,7 @@ from checkpoint_operator.logic.results import Fail, Wait
 from checkpoint_operator.logic.status import ConditionChange, StatusChange
 
 MAX_SNAPSHOT_ATTEMPTS = 3
+SNAPSHOT_RETRY_DELAYS = (10.0, 30.0)  # seconds before the 2nd and 3rd attempts
 RELEASE_OUTPUT_ANNOTATION = "ckpt.dev/release-output"
 OUTPUT_RETAINED = "OutputRetained"
 
@@ -134,6 +136,21 @@ def after_job(tj: TrainingJob, succeeded: bool, outcome: str, now: str,
                         message=f"Job {outcome}; snapshotting the output", event="Normal",
                         fields={"jobSucceeded": succeeded, "snapshotStartTime": now, "snapshotPod": snapshot_pod,
                                 "jobFailure": None if succeeded else outcome}), True
+
+
+def snapshot_retry_at(attempts: int, now: datetime) -> tuple[str, float]:
+    """When the attempt after `attempts` failed ones starts (RFC 3339), and in how many seconds."""
+    delay = SNAPSHOT_RETRY_DELAYS[min(attempts, len(SNAPSHOT_RETRY_DELAYS)) - 1]
+    at = (now + timedelta(seconds=delay)).replace(microsecond=0)
+    return at.isoformat().replace("+00:00", "Z"), delay
+
+
+def snapshot_wait(retry_at: Optional[str], now: datetime) -> Optional[float]:
+    """Seconds still to wait before the next snapshot attempt, or None to start it now."""
+    if not retry_at:
+        return None
+    remaining = (datetime.fromisoformat(retry_at.replace("Z", "+00:00")) - now).total_seconds()
+    return remaining if remaining > 0 else None
 
 
 def snapshot_retry(attempts: int, message: str) -> Optional[Fail]:
