@@ -33,7 +33,7 @@ import kopf  # noqa: E402
 
 from checkpoint_operator import main as operator_main  # noqa: E402
 from checkpoint_operator.config import OperatorConfig  # noqa: E402
-from checkpoint_operator.handlers.context import Context  # noqa: E402
+from checkpoint_operator.reconcile.context import Context  # noqa: E402
 from checkpoint_operator.kube import Kube  # noqa: E402
 from checkpoint_operator.local.cluster import LocalCluster  # noqa: E402
 from checkpoint_operator.local.server import ApiClient, EmulatorServer, run_kopf_in_thread  # noqa: E402

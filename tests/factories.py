@@ -60,7 +60,7 @@ def training_job(name: str = "train", *, phase: str | None = None, checkpoints: 
 def indexes(checkpoints: list | None = None, jobs: list | None = None, pods: list | None = None):
     """The operator's real `Indexes`, filled by the real index functions from these bodies (as
     kopf fills them from the watch streams), over plain dicts."""
-    from checkpoint_operator.handlers.indexes import Indexes, checkpoint_keys, training_job_keys, worker_pod_keys
+    from checkpoint_operator.reconcile.indexes import Indexes, checkpoint_keys, training_job_keys, worker_pod_keys
 
     def build(bodies, keys_of):
         index: dict = {}

@@ -14,8 +14,8 @@ import pytest
 from formats_files import dcp_metadata_bytes, safetensors_bytes, write
 
 from checkpoint_operator.agent.scan import scan_directory
-from checkpoint_operator.agent.sealing import LIVE_DIR
-from checkpoint_operator.agent.watch import REMOVE_ANNOTATION, Watcher, read_annotation_file, sealed_uri
+from checkpoint_operator.agent.live_sealing import LIVE_DIR
+from checkpoint_operator.agent.live_watch import REMOVE_ANNOTATION, Watcher, read_annotation_file, sealed_uri
 
 
 class Lines(list):
@@ -339,7 +339,7 @@ import importlib, os, signal, sys
 from checkpoint_operator.cli import main
 real = importlib.import_module
 def import_module(name, *args, **kwargs):
-    if name == "checkpoint_operator.agent.watch":
+    if name == "checkpoint_operator.agent.live_watch":
         os.kill(os.getpid(), signal.SIGTERM)  # the training container exited while the sidecar was starting
     return real(name, *args, **kwargs)
 importlib.import_module = import_module

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 
-from checkpoint_operator.agent import watch
+from checkpoint_operator.agent import live_watch
 from checkpoint_operator.api.trainingjob import CheckpointRef, TrainingJob, TrainingJobPhase
 from checkpoint_operator.cli import build_parser
 from checkpoint_operator.config import OperatorConfig
-from checkpoint_operator.logic import live, workload
+from checkpoint_operator.logic import live_sealing, workload
 from checkpoint_operator.logic.inputs import CheckpointInfo, TrainingJobInfo, resolve_ref, select_output
 from checkpoint_operator.api.checkpoint import CheckpointPhase
 from checkpoint_operator.storage import store_for
@@ -25,9 +25,9 @@ def sealed_line(path="step-1", digest=DIGEST, **extra):
 
 
 def test_the_constants_the_sidecar_and_the_operator_share_agree():
-    assert live.REMOVE_ANNOTATION == watch.REMOVE_ANNOTATION
-    from checkpoint_operator.agent.sealing import LIVE_DIR
-    assert live.LIVE_DIR == LIVE_DIR
+    assert live_sealing.REMOVE_ANNOTATION == live_watch.REMOVE_ANNOTATION
+    from checkpoint_operator.agent.live_sealing import LIVE_DIR
+    assert live_sealing.LIVE_DIR == LIVE_DIR
 
 
 def test_a_continuous_job_gets_the_sidecar_its_volume_and_the_resume_path():
@@ -75,7 +75,7 @@ def test_log_lines_are_checked_before_they_are_trusted():
         "2026-01-01T00:00:00.123Z " + json.dumps({"event": "warning", "message": "hello"}),
         json.dumps({"event": "changed", "path": "step-1", "digest": DIGEST}),
     ])
-    events = live.parse_log(text, sealed_prefix=prefix)
+    events = live_sealing.parse_log(text, sealed_prefix=prefix)
     assert [m.path for m in events.sealed] == ["step-1"]
     assert events.uris == {"step-1": good_uri} and events.reasons["step-1"] == "complete: x"
     assert events.warnings == ["hello"] and events.last_timestamp == "2026-01-01T00:00:00.123Z"
@@ -83,14 +83,14 @@ def test_log_lines_are_checked_before_they_are_trusted():
 
 
 def test_a_removal_is_final_across_pods():
-    first = live.parse_log(sealed_line())
-    second = live.parse_log(json.dumps({"event": "removed", "path": "step-1", "digest": DIGEST}))
-    merged = live.merge(live.merge(live.LogEvents(), first), second)
+    first = live_sealing.parse_log(sealed_line())
+    second = live_sealing.parse_log(json.dumps({"event": "removed", "path": "step-1", "digest": DIGEST}))
+    merged = live_sealing.merge(live_sealing.merge(live_sealing.LogEvents(), first), second)
     assert merged.sealed == [] and merged.removed == {("step-1", DIGEST)}
 
 
 def test_removal_annotation_asks_only_for_directories_whose_checkpoint_is_gone():
-    value = json.loads(live.removal_annotation([("a", "d1"), ("b", "d2")], [("b", "d2")]))
+    value = json.loads(live_sealing.removal_annotation([("a", "d1"), ("b", "d2")], [("b", "d2")]))
     assert value == [{"path": "a", "digest": "d1"}]
 
 

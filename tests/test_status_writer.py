@@ -6,8 +6,8 @@ import pytest
 
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.config import OperatorConfig
-from checkpoint_operator.handlers.context import Context
-from checkpoint_operator.handlers.status import write_status
+from checkpoint_operator.reconcile.context import Context
+from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.kube import EVENTS, TRAINING_JOBS, Kube
 from checkpoint_operator.logic.status import StatusChange
 from factories import training_job

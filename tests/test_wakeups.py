@@ -1,10 +1,10 @@
-"""The wake-up mapping (handlers/wakeups.py): which keys an event puts on the queue."""
+"""The wake-up mapping (reconcile/wakeups.py): which keys an event puts on the queue."""
 
 from __future__ import annotations
 
 from checkpoint_operator.config import OperatorConfig
-from checkpoint_operator.handlers import wakeups
-from checkpoint_operator.handlers.context import Context
+from checkpoint_operator.reconcile import wakeups
+from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.logic.protection import uses_label
 from factories import checkpoint, indexes, training_job
 

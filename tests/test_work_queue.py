@@ -4,7 +4,7 @@ import asyncio
 import threading
 import time
 
-from checkpoint_operator.handlers.queue import WorkQueue
+from checkpoint_operator.reconcile.work_queue import WorkQueue
 
 
 async def run_until(queue: WorkQueue, predicate, timeout: float = 5.0) -> None:

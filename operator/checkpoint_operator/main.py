@@ -1,9 +1,9 @@
 """The operator's table of contents: kopf declarations, each a line or two.
 
 kopf watches, keeps the indexes and peers; its event handlers only put keys on the work queue
-(handlers/queue.py explains why a queue and not kopf daemons), mapping an event of one object
-to every object it may unblock. Reconciles run in the queue (handlers/trainingjob.py,
-handlers/checkpoint.py). Settings and the process entry point (`checkpoint-operator run`) are
+(reconcile/work_queue.py explains why a queue and not kopf daemons), mapping an event of one object
+to every object it may unblock. Reconciles run in the queue (reconcile/trainingjob.py,
+reconcile/checkpoint.py). Settings and the process entry point (`checkpoint-operator run`) are
 below.
 """
 
@@ -16,20 +16,21 @@ from typing import Optional
 
 import kopf
 
-from checkpoint_operator import GROUP, VERSION, kopf_startup, metrics
+from checkpoint_operator import GROUP, kopf_startup, kube, metrics
 from checkpoint_operator.config import OperatorConfig
-from checkpoint_operator.handlers import checkpoint, trainingjob, wakeups
-from checkpoint_operator.handlers.context import Context
-from checkpoint_operator.handlers.indexes import Indexes, checkpoint_keys, training_job_keys, worker_pod_keys
-from checkpoint_operator.handlers.queue import WorkQueue
+from checkpoint_operator.reconcile import checkpoint, trainingjob, wakeups
+from checkpoint_operator.reconcile.context import Context
+from checkpoint_operator.reconcile.indexes import Indexes, checkpoint_keys, training_job_keys, worker_pod_keys
+from checkpoint_operator.reconcile.work_queue import WorkQueue
 from checkpoint_operator.logic.workload import LABEL_MANAGED_BY, MANAGER
 
 # kopf's own finalizer: never added (no kopf change/delete handlers here), and distinct from the
 # in-use protection finalizer, which the Checkpoint reconcile manages itself.
 KOPF_FINALIZER = f"{GROUP}/kopf"
 PEERING_NAME = "checkpoint-operator"
-CHECKPOINTS = (GROUP, VERSION, "checkpoints")
-TRAINING_JOBS = (GROUP, VERSION, "trainingjobs")
+# kopf names a resource by (group, version, plural); kube.py defines each resource once.
+CHECKPOINTS = (kube.CHECKPOINTS.group, kube.CHECKPOINTS.version, kube.CHECKPOINTS.plural)
+TRAINING_JOBS = (kube.TRAINING_JOBS.group, kube.TRAINING_JOBS.version, kube.TRAINING_JOBS.plural)
 MANAGED = {LABEL_MANAGED_BY: MANAGER}
 # Read at import by callers that configure local runs (local/run.py).
 INTERVAL = OperatorConfig.from_env().reconcile_interval

@@ -19,7 +19,7 @@ import pytest  # noqa: E402
 
 from checkpoint_operator import main  # noqa: E402
 from checkpoint_operator.config import OperatorConfig  # noqa: E402
-from checkpoint_operator.handlers.context import Context  # noqa: E402
+from checkpoint_operator.reconcile.context import Context  # noqa: E402
 from checkpoint_operator.kube import Kube  # noqa: E402
 from checkpoint_operator.local.server import run_kopf_in_thread  # noqa: E402
 

@@ -305,7 +305,7 @@ async def test_an_output_volume_that_never_binds_is_named_with_its_reason(api, o
                                                                            monkeypatch):
     """No provisioner runs here, so the local binder plays one that knows no StorageClass
     `no-such-class`: it never binds the claim and says why in an Event, as the PV controller does."""
-    from checkpoint_operator.handlers import volumes
+    from checkpoint_operator.reconcile import volumes
     from checkpoint_operator.local.cluster import PvcBinder
     monkeypatch.setattr(volumes, "CLAIM_RECHECK", 0.5)
     bind = PvcBinder._bind

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from checkpoint_operator.handlers import publish as publish_handler
+from checkpoint_operator.reconcile import publish as publish_handler
 from conftest import CKPT, NS, TJ, held_until, training_job, write_checkpoint
 
 pytestmark = pytest.mark.timeout(120)

@@ -1,4 +1,4 @@
-"""The fact handlers/wakeups.py's no-lost-wake-up argument rests on, checked against the kopf in
+"""The fact reconcile/wakeups.py's no-lost-wake-up argument rests on, checked against the kopf in
 use: for every event, kopf has updated the index from that event's body before it calls the
 `on.event` handlers. If a kopf upgrade changed that order, this fails."""
 

@@ -85,7 +85,7 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     watch.add_argument("--max-entries", type=_positive_int, default=None, metavar="N",
                        help="directory entries looked at per pass (default 1000000, or CKPT_SCAN_MAX_ENTRIES)")
     watch.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
-    watch.set_defaults(func=lambda a: _call("watch", a, sigterm_finishes=True))
+    watch.set_defaults(func=lambda a: _call("live_watch", a, sigterm_finishes=True))
 
     imp = cmds.add_parser("import", help="import a checkpoint (s3, http(s), ftp(s), Hugging Face, Git, GCS, Azure) into DEST",
                           description="Copy SOURCE into DEST: s3://bucket/key or s3://bucket/prefix/, an http(s):// or "

@@ -24,7 +24,7 @@ from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.hashing import FileChanged, hash_files
 from checkpoint_operator.agent.manifest import FileEntry, Manifest, digest_of
 from checkpoint_operator.agent.names import component_problem, printable
-from checkpoint_operator.agent.sealing import LIVE_DIR
+from checkpoint_operator.agent.live_sealing import LIVE_DIR
 from checkpoint_operator.agent.tree import (
     DEFAULT_MAX_ENTRIES, LEAVES_CHECKPOINT, EntryBudget, Tree, TreeFile, entry_limit, resolve_link, special_kind,
     walk_checkpoint,
@@ -128,7 +128,7 @@ def _root_candidates(root: str, layout: str, skips: _Skips, budget: EntryBudget)
             skips.add(ROOT, printable(name), f"name {problem}")
             continue
         if name == LIVE_DIR:
-            continue  # the live-sealing watcher's own state (agent/sealing.py), not output
+            continue  # the live-sealing watcher's own state (agent/live_sealing.py), not output
         if name.startswith("."):
             skips.add(ROOT, name, "hidden name")
             continue

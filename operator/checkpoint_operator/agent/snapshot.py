@@ -41,7 +41,7 @@ def snapshot(directory: str, layout: str, upload_to: str, single: bool = False, 
         if reuse_sealed and not single:
             # Sealed while the job ran (agent watch): the copy named by this very digest is there.
             from checkpoint_operator.agent.s3 import manifest_exists
-            from checkpoint_operator.agent.watch import sealed_uri
+            from checkpoint_operator.agent.live_watch import sealed_uri
             sealed = sealed_uri(upload_to, manifest.path, manifest.digest)
             if manifest_exists(sealed, endpoint_url=endpoint_url):
                 uploads[manifest.path] = sealed

@@ -82,7 +82,7 @@ def local_run(args: argparse.Namespace) -> int:
     import kopf
     from checkpoint_operator import main
     from checkpoint_operator.config import OperatorConfig
-    from checkpoint_operator.handlers.context import Context
+    from checkpoint_operator.reconcile.context import Context
     from checkpoint_operator.kube import CHECKPOINTS, TRAINING_JOBS, ApiError, Conflict, Kube
     from checkpoint_operator.local.cluster import LocalCluster
     from checkpoint_operator.local.server import EmulatorServer, run_kopf_in_thread

@@ -84,7 +84,7 @@ class TrainingJobInfo:
 
 
 class Lookup(Protocol):
-    """The look-ups resolution needs; handlers/indexes.py answers them from kopf's indexes."""
+    """The look-ups resolution needs; reconcile/indexes.py answers them from kopf's indexes."""
 
     def checkpoint(self, namespace: str, name: str) -> Optional[CheckpointInfo]: ...
 

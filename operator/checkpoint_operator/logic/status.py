@@ -1,4 +1,4 @@
-"""A status change as data, and how it applies to a status (pure; handlers/status.py writes it).
+"""A status change as data, and how it applies to a status (pure; reconcile/status_writer.py writes it).
 
 Every status change of both kinds is a `StatusChange`: the phase, the Ready condition's reason
 and message, kstatus' Reconciling/Stalled (derived the same way for both kinds), named extra

@@ -1,6 +1,6 @@
 """The TrainingJob's decisions, as pure functions: given what was read, what happens next.
 
-Pending -> Running -> Snapshotting -> Succeeded | Failed. handlers/trainingjob.py reads the
+Pending -> Running -> Snapshotting -> Succeeded | Failed. reconcile/trainingjob.py reads the
 objects, calls these, applies what they decide and records it; tests/test_trainingjob_flow.py
 tests every decision without an API.
 """
@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Optional
 
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobPhase
-from checkpoint_operator.logic import live
+from checkpoint_operator.logic import live_sealing
 from checkpoint_operator.logic.agent_pods import PodProblem
 from checkpoint_operator.logic.inputs import InputWait
 from checkpoint_operator.logic.results import Fail, Wait
@@ -25,7 +25,7 @@ OUTPUT_RETAINED = "OutputRetained"
 
 def input_wait(waits: list[InputWait]) -> Wait:
     """All waiting inputs in one message; Stalled when one of them cannot resolve by itself.
-    No requeue: the inputs' events wake the job (handlers/wakeups.py says why none is lost)."""
+    No requeue: the inputs' events wake the job (reconcile/wakeups.py says why none is lost)."""
     return Wait(waits[0].reason, "; ".join(w.message for w in waits), stalled=any(w.terminal for w in waits))
 
 
@@ -62,7 +62,7 @@ def publish_mode(tj: TrainingJob, default: str) -> Optional[str]:
 def publish_mode_of_job(job: dict) -> str:
     """What a Job created before a crash publishes: Continuous when its pods have the sidecar."""
     init = (((job.get("spec") or {}).get("template") or {}).get("spec") or {}).get("initContainers") or []
-    return "Continuous" if any(c.get("name") == live.SIDECAR for c in init) else "OnCompletion"
+    return "Continuous" if any(c.get("name") == live_sealing.SIDECAR for c in init) else "OnCompletion"
 
 
 def job_outcome(job: Optional[dict]) -> Optional[bool]:

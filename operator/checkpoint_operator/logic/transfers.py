@@ -1,5 +1,5 @@
 """Pushes, pulls and verifications: the requests (annotations), the pods that serve them and
-how their results read (pure; handlers/uploads.py and handlers/requests.py apply them).
+how their results read (pure; reconcile/checkpoint_upload.py and reconcile/annotation_requests.py apply them).
 
 A request is an annotation whose value names it (a timestamp, made unique by the plugin). The
 pod that serves it carries that value (`ckpt.dev/request`), so a result is matched to its

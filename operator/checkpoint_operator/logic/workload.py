@@ -17,7 +17,7 @@ from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic import agent_commands, import_sources
-from checkpoint_operator.logic import live as live_logic
+from checkpoint_operator.logic import live_sealing
 from checkpoint_operator.logic.agent_pods import (AGENT_DATA_MOUNT, AGENT_OUTPUT_MOUNT, INPUT_VOLUME_PREFIX,
                                                   OUTPUT_VOLUME, STAGING_VOLUME, InputVolumes, agent_container,
                                                   agent_pod)
@@ -98,7 +98,7 @@ def contract_env(tj: TrainingJob, inputs: list[ResolvedInput], live: bool = Fals
         env["CHECKPOINT_OUTPUT_DIR"] = output_dir
         env["FLEXAI_OUTPUT_CHECKPOINT_DIR"] = output_dir
     if live:
-        env[live_logic.RESUME_ENV] = live_logic.resume_path(output_dir)
+        env[live_sealing.RESUME_ENV] = live_sealing.resume_path(output_dir)
     if inputs:
         first = posixpath.join(input_dir, inputs[0].mount_name)
         env["CHECKPOINT_INPUT_PATH"] = first
@@ -143,15 +143,15 @@ def check_user_mounts(template_spec: dict, tj: TrainingJob) -> None:
                             f"{mount.get('name')!r} at {mount.get('mountPath')!r} is at or inside {field_name} "
                             f"{directory!r}, which the operator mounts; move it elsewhere")
     user_volumes = {v.get("name") for v in template_spec.get("volumes", []) or []}
-    ours = [v for v in user_volumes if v and (v == OUTPUT_VOLUME or v == STAGING_VOLUME or v == live_logic.META_VOLUME
+    ours = [v for v in user_volumes if v and (v == OUTPUT_VOLUME or v == STAGING_VOLUME or v == live_sealing.META_VOLUME
                                               or v.startswith(INPUT_VOLUME_PREFIX))]
     if ours:
         raise InvalidSpec(f"spec.template.spec.volumes {sorted(ours)} use names reserved by the operator "
-                          f"({OUTPUT_VOLUME}, {STAGING_VOLUME}, {live_logic.META_VOLUME}, {INPUT_VOLUME_PREFIX}*); "
+                          f"({OUTPUT_VOLUME}, {STAGING_VOLUME}, {live_sealing.META_VOLUME}, {INPUT_VOLUME_PREFIX}*); "
                           f"rename them")
     for kind in ("initContainers", "containers"):
-        if any(c.get("name") == live_logic.SIDECAR for c in template_spec.get(kind, []) or []):
-            raise InvalidSpec(f"spec.template.spec.{kind} has a container named {live_logic.SIDECAR!r}, a name "
+        if any(c.get("name") == live_sealing.SIDECAR for c in template_spec.get(kind, []) or []):
+            raise InvalidSpec(f"spec.template.spec.{kind} has a container named {live_sealing.SIDECAR!r}, a name "
                               f"reserved for the operator's sealing sidecar; rename it")
 
 
@@ -174,7 +174,7 @@ def build_output_claim(tj: TrainingJob, config: OperatorConfig) -> dict:
 def build_job(tj: TrainingJob, inputs: list[ResolvedInput], staged: InputVolumes,
               sidecar: Optional[tuple[dict, dict]] = None) -> BuiltJob:
     """`staged`: how the store makes the inputs visible (Store.input_volumes); `sidecar`: the live
-    sealing sidecar and its volume (logic/live.py), with publish: Continuous."""
+    sealing sidecar and its volume (logic/live_sealing.py), with publish: Continuous."""
     spec = tj.spec
     template = copy.deepcopy(spec.template.to_wire())
     pod_spec = template.setdefault("spec", {})
@@ -219,12 +219,12 @@ def build_job(tj: TrainingJob, inputs: list[ResolvedInput], staged: InputVolumes
 
 def build_live_sidecar(tj: TrainingJob, config: OperatorConfig, upload_to: Optional[str],
                        env: list[dict]) -> tuple[dict, dict]:
-    """The sealing sidecar of a publish: Continuous job (logic/live.py), for build_job."""
+    """The sealing sidecar of a publish: Continuous job (logic/live_sealing.py), for build_job."""
     command = agent_commands.watch(tj.spec.outputDir, interval=config.live_watch_interval,
-                                   annotations_file=live_logic.annotations_file(), upload_to=upload_to,
+                                   annotations_file=live_sealing.annotations_file(), upload_to=upload_to,
                                    shared=tj.spec.replicas > 1,
                                    upload_concurrency=config.live_upload_concurrency if upload_to else None)
-    return live_logic.sidecar_parts(tj, command, config.agent_image, config.agent_image_pull_policy,
+    return live_sealing.sidecar_parts(tj, command, config.agent_image, config.agent_image_pull_policy,
                                     copy.deepcopy(config.live_sidecar_resources), env, OUTPUT_VOLUME,
                                     tj.spec.template.spec)
 

@@ -1,5 +1,7 @@
 """The store interface: everything that differs between keeping checkpoints on volumes and
-in object storage. Pure methods that build pod parts and locations; no API calls."""
+in object storage. Methods that build pod parts and locations are pure; the only I/O is the
+s3 store's own calls to the object store (commit checks, deleting data the operator owns),
+never the Kubernetes API."""
 
 from __future__ import annotations
 

@@ -13,8 +13,8 @@ from typing import TypeVar
 
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointPhase
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobPhase
-from checkpoint_operator.handlers.context import Context
-from checkpoint_operator.handlers.objects import parse_tolerant
+from checkpoint_operator.reconcile.context import Context
+from checkpoint_operator.reconcile.objects import parse_tolerant
 from checkpoint_operator.kube import CHECKPOINTS, TRAINING_JOBS, Conflict
 from checkpoint_operator.logic.conditions import now_rfc3339
 from checkpoint_operator.logic.status import StatusChange, apply_change, should_post_event, status_patch

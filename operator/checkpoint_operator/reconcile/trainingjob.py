@@ -17,10 +17,10 @@ from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator import PROTECTION_FINALIZER
 from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobPhase
-from checkpoint_operator.handlers import agent_runs, live, publish, volumes
-from checkpoint_operator.handlers.context import Context
-from checkpoint_operator.handlers.objects import InvalidObject, parse, parse_tolerant
-from checkpoint_operator.handlers.status import write_status
+from checkpoint_operator.reconcile import agent_runs, live_sealing, publish, volumes
+from checkpoint_operator.reconcile.context import Context
+from checkpoint_operator.reconcile.objects import InvalidObject, parse, parse_tolerant
+from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.kube import CHECKPOINTS, JOBS, PODS, PVCS, TRAINING_JOBS, ApiError, Conflict
 from checkpoint_operator.logic import trainingjob_flow as flow
 from checkpoint_operator.logic import workload
@@ -83,7 +83,7 @@ def _refuse_invalid(ctx: Context, invalid: InvalidObject) -> None:
 
 def start(ctx: Context, tj: TrainingJob) -> Result:
     # A wait may be decided on the index alone: the event that ends it wakes this job again,
-    # after kopf has put it in the index (handlers/wakeups.py). Starting is decided live, below.
+    # after kopf has put it in the index (reconcile/wakeups.py). Starting is decided live, below.
     resolution = resolve_inputs(tj, ctx.indexes)
     logger.debug("TrainingJob %s/%s: inputs from the index: %s", tj.metadata.namespace, tj.metadata.name, resolution)
     if resolution.waits:
@@ -194,7 +194,7 @@ def follow_job(ctx: Context, tj: TrainingJob) -> Result:
     job = ctx.kube.get(JOBS, tj.metadata.namespace, tj.status.jobName or workload.job_name(tj))
     succeeded = flow.job_outcome(job)
     if tj.publishes_live:  # also once the Job is over: the sidecars' last lines
-        tj = live.collect(ctx, tj)
+        tj = live_sealing.collect(ctx, tj)
     if succeeded is None:
         pods = ctx.indexes.worker_pods(tj.metadata.namespace, tj.metadata.uid)
         problems = [p.problem for p in pods if p.problem]

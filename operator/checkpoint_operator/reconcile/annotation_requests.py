@@ -12,9 +12,9 @@ from typing import Optional
 
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointPhase
 from checkpoint_operator.api.upload import PULL_REQUEST_ANNOTATION, VERIFY_REQUEST_ANNOTATION
-from checkpoint_operator.handlers import agent_runs
-from checkpoint_operator.handlers.context import Context
-from checkpoint_operator.handlers.status import write_status
+from checkpoint_operator.reconcile import agent_runs
+from checkpoint_operator.reconcile.context import Context
+from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.kube import CHECKPOINTS, PODS, ApiError
 from checkpoint_operator.logic import transfers
 from checkpoint_operator.logic.status import ConditionChange, StatusChange

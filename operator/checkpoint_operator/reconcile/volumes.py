@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from checkpoint_operator.handlers.context import Context
+from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.kube import EVENTS, PVCS
 from checkpoint_operator.logic.agent_pods import PodProblem, claim_events_selector, claim_problem
 

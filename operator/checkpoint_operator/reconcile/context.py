@@ -2,7 +2,7 @@
 way to record events.
 
 Events are posted through the API client, not kopf's poster: reconciles run in the operator's
-own work queue (handlers/queue.py), outside kopf's per-object handler context that
+own work queue (reconcile/work_queue.py), outside kopf's per-object handler context that
 `kopf.event()` needs. One POST per change of reason or message (never one per pass).
 """
 
@@ -28,7 +28,7 @@ class Context:
     indexes: Any = None   # handlers.indexes.Indexes once kopf has started
     queue: Any = None     # handlers.queue.WorkQueue once kopf has started
     # (namespace, name) of a TrainingJob -> the Checkpoint uids its previous event showed it
-    # using: a job that drops its uses label still wakes those Checkpoints (handlers/wakeups.py)
+    # using: a job that drops its uses label still wakes those Checkpoints (reconcile/wakeups.py)
     last_uses: dict = field(default_factory=dict)
     # (kind, namespace, name) -> resourceVersion of our own last write of that object: its
     # watch event needs no reconcile of the object itself (the writer acted on it already)

@@ -1,5 +1,5 @@
 """Making a job's Checkpoints from what its output holds: shared by the end-of-job snapshot
-(handlers/trainingjob.py) and live sealing (handlers/live.py). Names are deterministic
+(reconcile/trainingjob.py) and live sealing (reconcile/live_sealing.py). Names are deterministic
 (logic/snapshot.py), so whichever of the two gets to a directory first creates its Checkpoint
 and the other finds it."""
 
@@ -10,9 +10,9 @@ from typing import Optional
 from checkpoint_operator import metrics
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointPhase
 from checkpoint_operator.api.trainingjob import TrainingJob
-from checkpoint_operator.handlers.context import Context
-from checkpoint_operator.handlers.objects import parse_tolerant
-from checkpoint_operator.handlers.status import write_status
+from checkpoint_operator.reconcile.context import Context
+from checkpoint_operator.reconcile.objects import parse_tolerant
+from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.kube import CHECKPOINTS, PVCS, Conflict
 from checkpoint_operator.logic import workload
 from checkpoint_operator.logic.inputs import CheckpointInfo

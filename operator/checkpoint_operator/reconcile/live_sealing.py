@@ -1,4 +1,4 @@
-"""Live sealing, the operator's side (spec.output.publish: Continuous; logic/live.py has the parts).
+"""Live sealing, the operator's side (spec.output.publish: Continuous; logic/live_sealing.py has the parts).
 
 `collect` runs in the Running step of a TrainingJob, every `live_poll_interval` seconds and
 once more when the Job has finished: it reads the sealing sidecar's log of each of the job's
@@ -24,12 +24,12 @@ from __future__ import annotations
 import logging
 
 from checkpoint_operator.api.trainingjob import TrainingJob
-from checkpoint_operator.handlers import publish
-from checkpoint_operator.handlers.context import Context
-from checkpoint_operator.handlers.status import write_status
-from checkpoint_operator.handlers.objects import parse_tolerant
+from checkpoint_operator.reconcile import publish
+from checkpoint_operator.reconcile.context import Context
+from checkpoint_operator.reconcile.status_writer import write_status
+from checkpoint_operator.reconcile.objects import parse_tolerant
 from checkpoint_operator.kube import CHECKPOINTS, PODS, TRAINING_JOBS, ApiError
-from checkpoint_operator.logic import live, workload
+from checkpoint_operator.logic import live_sealing, workload
 from checkpoint_operator.logic.conditions import now_rfc3339
 from checkpoint_operator.logic.snapshot import ScanResult, plan_snapshot
 from checkpoint_operator.logic.status import StatusChange
@@ -44,20 +44,20 @@ def _memory(ctx: Context, tj: TrainingJob) -> dict:
     return jobs.setdefault(tj.metadata.uid, {"annotated": {}, "reported": set()})
 
 
-def read_events(ctx: Context, tj: TrainingJob) -> tuple[live.LogEvents, list[str]]:
+def read_events(ctx: Context, tj: TrainingJob) -> tuple[live_sealing.LogEvents, list[str]]:
     """The events in the sidecar logs of the job's pods; and the pods still running."""
     namespace = tj.metadata.namespace
     store = store_for(ctx.config)
     sealed_prefix = store.live_sealed_prefix(tj)
-    events, running = live.LogEvents(), []
+    events, running = live_sealing.LogEvents(), []
     for pod in ctx.indexes.worker_pods(namespace, tj.metadata.uid):
         if pod.phase.is_live:
             running.append(pod.name)
         try:
-            text = ctx.kube.read_log(namespace, pod.name, live.SIDECAR)
+            text = ctx.kube.read_log(namespace, pod.name, live_sealing.SIDECAR)
         except ApiError:
             continue  # not started yet, or gone
-        live.merge(events, live.parse_log(text, sealed_prefix=sealed_prefix))
+        live_sealing.merge(events, live_sealing.parse_log(text, sealed_prefix=sealed_prefix))
     return events, running
 
 
@@ -74,7 +74,7 @@ def collect(ctx: Context, tj: TrainingJob) -> TrainingJob:
     return tj
 
 
-def _publish(ctx: Context, tj: TrainingJob, events: live.LogEvents) -> TrainingJob:
+def _publish(ctx: Context, tj: TrainingJob, events: live_sealing.LogEvents) -> TrainingJob:
     namespace, uid = tj.metadata.namespace, tj.metadata.uid
     store = store_for(ctx.config)
     claim = workload.output_claim_name(tj)
@@ -148,7 +148,7 @@ def _live_field(wanted: dict) -> dict:
     return {k: v for k, v in wanted.items() if v is not None or k == "retired"}
 
 
-def _forget_removed(ctx: Context, tj: TrainingJob, events: live.LogEvents) -> TrainingJob:
+def _forget_removed(ctx: Context, tj: TrainingJob, events: live_sealing.LogEvents) -> TrainingJob:
     live_status = tj.status.live
     if live_status is None or not live_status.retired or not events.removed:
         return tj
@@ -165,14 +165,14 @@ def _ask_removals(ctx: Context, tj: TrainingJob, running: list[str]) -> None:
     if not running:
         return
     still = {(c.directory, c.digest) for c in ctx.indexes.checkpoints_of(tj.metadata.namespace, tj.metadata.uid)}
-    value = live.removal_annotation(retired, still)
+    value = live_sealing.removal_annotation(retired, still)
     annotated = _memory(ctx, tj)["annotated"]
     for pod in running:
         if annotated.get(pod) == value:
             continue
         try:
             ctx.kube.patch(PODS, tj.metadata.namespace, pod, {"metadata": {"annotations": {
-                live.REMOVE_ANNOTATION: value}}})
+                live_sealing.REMOVE_ANNOTATION: value}}})
             annotated[pod] = value
         except ApiError as exc:
             logger.info("could not annotate pod %s: %s", pod, exc)

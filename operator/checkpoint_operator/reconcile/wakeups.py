@@ -19,7 +19,7 @@ than any event) and kopf's indexes. Three facts close the gap between them:
    `process_resource_causes`). So when a function below runs, the indexes already hold the
    body it was given, and every key it adds is reconciled after the index changed.
 2. The queue runs a key added while it waits once, and a key added while its reconcile runs
-   once more afterwards (handlers/queue.py). A reconcile that began before the index changed
+   once more afterwards (reconcile/work_queue.py). A reconcile that began before the index changed
    is therefore always followed by one that begins after it: every reconcile that follows an
    event reads state at least as fresh as that event.
 3. Every index entry a reconcile reads has an event here that adds the keys reading it (the
@@ -48,7 +48,7 @@ from typing import Mapping, Optional
 from checkpoint_operator import PROTECTION_FINALIZER
 from checkpoint_operator.api.checkpoint import CheckpointPhase
 from checkpoint_operator.api.trainingjob import TrainingJobPhase
-from checkpoint_operator.handlers.context import Context
+from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.logic.inputs import CheckpointInfo, TrainingJobInfo
 from checkpoint_operator.logic.protection import used_by_status, used_uids
 from checkpoint_operator.logic.trainingjob_flow import RELEASE_OUTPUT_ANNOTATION

@@ -1,6 +1,6 @@
 """The steps of a user's Checkpoint until it is Ready: adopt a volume path (scan in place),
 import (s3, http/ftp, huggingFace, gcs, azureBlob, git: copy into storage the operator owns,
-provenance in status.source), wait for a push (handlers/uploads.py), or wait for a
+provenance in status.source), wait for a push (reconcile/checkpoint_upload.py), or wait for a
 snapshot."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from typing import Optional
 
 from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator.api.checkpoint import IMPORT_KINDS, Checkpoint, CheckpointPhase
-from checkpoint_operator.handlers import agent_runs, uploads, volumes
-from checkpoint_operator.handlers.context import Context
-from checkpoint_operator.handlers.status import write_status
+from checkpoint_operator.reconcile import agent_runs, checkpoint_upload, volumes
+from checkpoint_operator.reconcile.context import Context
+from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.kube import NAMESPACES, PVCS, ApiError
 from checkpoint_operator.logic import import_sources, limits, workload
 from checkpoint_operator.logic.limits import NAMESPACE_LIMIT_ANNOTATION
@@ -149,4 +149,4 @@ def _claim_of(pod: dict) -> str | None:
 
 
 STEPS = {"trainingJob": wait_for_snapshot, "volume": adopt_volume, **{kind: import_checkpoint for kind in IMPORT_KINDS},
-         "upload": uploads.await_upload}
+         "upload": checkpoint_upload.await_upload}

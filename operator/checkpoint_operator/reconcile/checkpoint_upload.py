@@ -18,10 +18,10 @@ import dataclasses
 
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointPhase
 from checkpoint_operator.api.upload import UPLOAD_REQUEST_ANNOTATION
-from checkpoint_operator.handlers import agent_runs
-from checkpoint_operator.handlers.context import Context
-from checkpoint_operator.handlers.requests import clear_stale_pod, drop_request
-from checkpoint_operator.handlers.status import write_status
+from checkpoint_operator.reconcile import agent_runs
+from checkpoint_operator.reconcile.context import Context
+from checkpoint_operator.reconcile.annotation_requests import clear_stale_pod, drop_request
+from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.kube import PVCS
 from checkpoint_operator.logic import transfers, workload
 from checkpoint_operator.logic.results import Done, Fail, Result, Wait
@@ -32,7 +32,7 @@ from checkpoint_operator import metrics
 
 
 def await_upload(ctx: Context, checkpoint: Checkpoint) -> Result:
-    from checkpoint_operator.handlers.checkpoint_sources import import_limit
+    from checkpoint_operator.reconcile.checkpoint_import import import_limit
     store = store_for(ctx.config)
     meta = checkpoint.metadata
     uri = store.prefix_for(meta.namespace, meta.name, meta.uid) if store.name == "s3" else None

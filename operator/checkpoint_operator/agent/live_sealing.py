@@ -1,7 +1,7 @@
 """When is a checkpoint directory that training is still writing complete? (`agent watch`)
 
 The rules of live sealing, as pure decisions over what a listing of the output shows at each
-tick of the watcher (agent/watch.py does the I/O). A directory is sealed when its listing
+tick of the watcher (agent/live_watch.py does the I/O). A directory is sealed when its listing
 (every file's path, size and modification time) is the same at two ticks in a row, no
 completeness rule finds it incomplete, and one of these says the writer is done with it:
 

@@ -1,7 +1,7 @@
 """`checkpoint-operator agent watch OUTPUT_DIR`: seal checkpoints while training writes them.
 
 Runs as a native sidecar of a TrainingJob's pods (`spec.output.publish: Continuous`). Every
-`--interval` seconds it lists the output (agent/sealing.py: the checkpoint directories the
+`--interval` seconds it lists the output (agent/live_sealing.py: the checkpoint directories the
 scan would find, with their files' sizes and mtimes; sealed ones are not walked again) and
 seals each directory the rules find complete:
 
@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from checkpoint_operator.agent import sealing
+from checkpoint_operator.agent import live_sealing
 from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.hashing import FileChanged
 from checkpoint_operator.agent.manifest import Manifest
@@ -150,16 +150,16 @@ class Watcher:
         self._lock = threading.Lock()
         self.sealed: dict[str, Sealed] = {}
         self.uploading: set[str] = set()
-        self.previous: Optional[sealing.Listing] = None
+        self.previous: Optional[live_sealing.Listing] = None
         self.holds: dict[str, str] = {}   # path -> why it is not sealed yet (for tests and logs)
         self._annotations_mtime: Optional[int] = None
         self._check_cursor = 0
         self._ticks = 0
         self.unfinished_seen: dict[tuple[int, int], tuple[str, int]] = {}  # inode -> (path, tick last listed)
-        # path -> (inode, the ctime rule's verdict) at the first look that listed it (sealing.py, rule 2)
+        # path -> (inode, the ctime rule's verdict) at the first look that listed it (live_sealing.py, rule 2)
         self.first_looks: dict[str, tuple[tuple[int, int], bool]] = {}
         self._uploads = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="upload") if store == "s3" else None
-        self.state_dir = os.path.join(root, sealing.LIVE_DIR)
+        self.state_dir = os.path.join(root, live_sealing.LIVE_DIR)
         self._load_state()
 
     # --- output -----------------------------------------------------------------------------
@@ -204,7 +204,7 @@ class Watcher:
         return max(resumable, key=lambda s: (s.step is not None, s.step or -1, s.path)) if resumable else None
 
     def _update_resume_link(self) -> None:
-        link = os.path.join(self.state_dir, sealing.RESUME_LINK)
+        link = os.path.join(self.state_dir, live_sealing.RESUME_LINK)
         target = self.resume_target()
         if target is None:
             if os.path.lexists(link):
@@ -235,14 +235,14 @@ class Watcher:
     def tick(self, writers_done: bool = False) -> None:
         budget = EntryBudget(self.max_entries, what=self.root)
         try:
-            listing = sealing.list_output(self.root, budget, skip=set(self.sealed) | self.uploading)
+            listing = live_sealing.list_output(self.root, budget, skip=set(self.sealed) | self.uploading)
         except TooManyEntries as exc:
             self.warn(f"{exc}; sealing paused until the output shrinks")
             return
         except OSError as exc:
             self.warn(f"cannot list {self.root}: {exc.strerror}")
             return
-        previous = self.previous or sealing.Listing()
+        previous = self.previous or live_sealing.Listing()
         self._ticks += 1
         for inode, path in listing.unfinished.items():
             self.unfinished_seen[inode] = (path, self._ticks)
@@ -252,14 +252,14 @@ class Watcher:
         self.first_looks = {p: v for p, v in self.first_looks.items()
                             if p in listing.checkpoints and v[0] == listing.checkpoints[p].inode}
         for path, listed in listing.checkpoints.items():
-            found = sealing.evidence(listed)
+            found = live_sealing.evidence(listed)
             first_look = self.first_looks.setdefault(path, (listed.inode, listed.renamed_by_ctime))
-            decision = sealing.decide(listed, previous.checkpoints.get(path), found,
-                                      renamed=sealing.renamed_into_place(listed, unfinished,
+            decision = live_sealing.decide(listed, previous.checkpoints.get(path), found,
+                                      renamed=live_sealing.renamed_into_place(listed, unfinished,
                                                                          renamed_at_first_look=first_look[1]),
-                                      newer=sealing.newer_step(listed, listing),
+                                      newer=live_sealing.newer_step(listed, listing),
                                       writers_done=writers_done and not self.shared)
-            if isinstance(decision, sealing.Hold):
+            if isinstance(decision, live_sealing.Hold):
                 self.holds[path] = decision.reason
                 continue
             self.holds.pop(path, None)
@@ -270,7 +270,7 @@ class Watcher:
         self.process_removals()
         self.check_some(CHECKS_PER_TICK)
 
-    def seal(self, listed: sealing.Listed, reason: str) -> Optional[Sealed]:
+    def seal(self, listed: live_sealing.Listed, reason: str) -> Optional[Sealed]:
         directory = listed.directory
         modes = self._freeze(directory) if self.store == "volume" else None
         try:

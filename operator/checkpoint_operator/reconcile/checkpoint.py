@@ -3,7 +3,7 @@ when no live TrainingJob uses it (logic/protection.py has the design and its rac
 
 Checkpoints made by a snapshot are created and made Ready by their TrainingJob (only it writes
 their status meanwhile); the ones users create point at a volume path (scanned in place) or
-at s3/http (imported): handlers/checkpoint_sources.py.
+at s3/http (imported): reconcile/checkpoint_import.py.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import Optional
 
 from checkpoint_operator import PROTECTION_FINALIZER
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointPhase
-from checkpoint_operator.handlers import checkpoint_sources, live, requests
-from checkpoint_operator.handlers.context import Context
-from checkpoint_operator.handlers.objects import InvalidObject, parse, parse_tolerant
-from checkpoint_operator.handlers.status import write_status
+from checkpoint_operator.reconcile import annotation_requests, checkpoint_import, live_sealing
+from checkpoint_operator.reconcile.context import Context
+from checkpoint_operator.reconcile.objects import InvalidObject, parse, parse_tolerant
+from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.kube import CHECKPOINTS, TRAINING_JOBS, Conflict
 from checkpoint_operator.logic.protection import (blocking_users, deletion_blocked_message, used_by_status,
                                                   uses_selector)
@@ -46,8 +46,8 @@ def reconcile(ctx: Context, namespace: str, name: str) -> Optional[float]:
             continue
         if checkpoint.phase.is_settled:
             sync_used_by(ctx, checkpoint)
-            return requests.serve(ctx, checkpoint)  # verify and pull requests (handlers/requests.py)
-        return record(ctx, checkpoint, checkpoint_sources.STEPS[checkpoint.spec.source.kind](ctx, checkpoint))
+            return annotation_requests.serve(ctx, checkpoint)  # verify and pull requests (reconcile/annotation_requests.py)
+        return record(ctx, checkpoint, checkpoint_import.STEPS[checkpoint.spec.source.kind](ctx, checkpoint))
     return 0.0
 
 
@@ -101,7 +101,7 @@ def guard_deletion(ctx: Context, checkpoint: Checkpoint) -> Optional[float]:
         if first_time:  # one deletion, however many times it is checked
             metrics.BLOCKED_DELETIONS.inc()
         return None
-    live.checkpoint_released(ctx, checkpoint)  # a running job sealed it: it must not publish it again
+    live_sealing.checkpoint_released(ctx, checkpoint)  # a running job sealed it: it must not publish it again
     try:
         deleted = store_for(ctx.config).delete_owned_data(checkpoint.status.to_wire(), meta.namespace)
     except ForeignLocation as exc:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
 from checkpoint_operator.api.common import PodPhase
-from checkpoint_operator.handlers.context import Context
+from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.kube import PODS, ApiError
 from checkpoint_operator.logic.agent_pods import PodProblem, last_error_line, pod_failure, pod_problem
 from checkpoint_operator.logic.snapshot import ScanOutputError, parse_scan_output
