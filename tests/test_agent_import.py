@@ -17,7 +17,7 @@ from s3server import seaweedfs, s3  # noqa: F401  (fixtures)
 from test_archive_safety import http_dir  # noqa: F401  (fixture)
 
 from checkpoint_operator.agent.importer import import_checkpoint
-from checkpoint_operator.agent.s3 import AgentError
+from checkpoint_operator.objectstore.s3 import AgentError
 from checkpoint_operator.agent.upload import upload_dir
 
 FILES = {

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from checkpoint_operator.agent.hashing import hash_files, sha256_file
-from checkpoint_operator.agent.manifest import MANIFEST_NAME, Manifest
+from checkpoint_operator.protocol.manifest import MANIFEST_NAME, Manifest
 from checkpoint_operator.agent.scan import LEAVES_CHECKPOINT, ScanResult, format_table, scan_directory
 from checkpoint_operator.agent.tree import LINK_TO_DIRECTORY, SYMLINK_LOOP, TooManyEntries
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from checkpoint_operator.agent.errors import AgentError
-from checkpoint_operator.agent.manifest import MANIFEST_NAME, Manifest
+from checkpoint_operator.protocol.errors import AgentError
+from checkpoint_operator.protocol.manifest import MANIFEST_NAME, Manifest
 from checkpoint_operator.agent.scan import scan_directory
 from checkpoint_operator.agent.tarstream import MAX_HEADER_BYTES, TarStreamError, TarWriter, iter_files
 from checkpoint_operator.agent.transfer import (StreamReceiver, commit_marker, hold, pack, push_under_way,

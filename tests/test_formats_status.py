@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from checkpoint_operator.agent.formats import FORMATS, format_table_markdown
-from checkpoint_operator.agent.manifest import FileEntry, Manifest
+from checkpoint_operator.protocol.manifest import FileEntry, Manifest
 from checkpoint_operator.api.checkpoint import CheckpointFormat
 from checkpoint_operator.logic.naming import assign_checkpoint_names, without_extension
 from checkpoint_operator.logic.snapshot import ready_change

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from checkpoint_operator.agent.manifest import FileEntry, Manifest, digest_of
+from checkpoint_operator.protocol.manifest import FileEntry, Manifest, digest_of
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.logic.inputs import CheckpointInfo

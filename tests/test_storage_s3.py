@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from checkpoint_operator.agent.manifest import MANIFEST_NAME
+from checkpoint_operator.protocol.manifest import MANIFEST_NAME
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.storage import ForeignLocation, MissingUpload, store_for
@@ -42,7 +42,7 @@ def test_an_upload_is_accepted_only_under_the_prefix_the_operator_gave():
     tj = TrainingJob.model_validate(training_job("train"))
     own = store.prefix_for("default", "train", tj.metadata.uid)
     assert own == f"s3://b/ckpts/default/train-{tj.metadata.uid[:8]}/"
-    from checkpoint_operator.agent.manifest import Manifest
+    from checkpoint_operator.protocol.manifest import Manifest
     m = Manifest(path="step-1", files=[], sizeBytes=0, fileCount=0, digest="sha256:" + "0" * 64)
     assert store.snapshot_location(tj, "c", m, "auto", {"step-1": own + "dirs/step-1/"}) == \
         {"s3": {"uri": own + "dirs/step-1/"}}

@@ -60,7 +60,7 @@ async def test_push_ready_pull_identical_verify_and_tamper(ckpt, api, operator, 
 async def test_an_interrupted_push_resumes_and_sends_only_the_rest(ckpt, api, operator, cluster, tmp_path, wait_for):
     """A push cut off after one file: that file stays on the receiver's volume (verified, under its
     name), nothing is committed, and the next push sends only the others."""
-    from checkpoint_operator.agent.manifest import MANIFEST_NAME
+    from checkpoint_operator.protocol.manifest import MANIFEST_NAME
     from checkpoint_operator.agent.tarstream import TarWriter
     from checkpoint_operator.logic import transfers
     from checkpoint_operator.plugin import commands

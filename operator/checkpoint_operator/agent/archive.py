@@ -32,8 +32,8 @@ import tarfile
 import zipfile
 from typing import Optional
 
-from checkpoint_operator.agent.errors import AgentError
-from checkpoint_operator.agent.names import path_problem, printable
+from checkpoint_operator.protocol.errors import AgentError
+from checkpoint_operator.protocol.names import path_problem, printable
 
 DEFAULT_MAX_SIZE = 2 * 1024 ** 4  # 2 TiB
 DEFAULT_MAX_MEMBERS = 1_000_000

@@ -186,7 +186,7 @@ def _positive_float(text: str) -> float:
 
 
 def _terminate(signum, frame) -> None:
-    from checkpoint_operator.agent.errors import Terminated
+    from checkpoint_operator.protocol.errors import Terminated
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
     raise Terminated()
 
@@ -199,7 +199,7 @@ def _call(module: str, args: argparse.Namespace, sigterm_finishes: bool = False)
     import gc
     import importlib
 
-    from checkpoint_operator.agent.errors import AgentError
+    from checkpoint_operator.protocol.errors import AgentError
     if sigterm_finishes:
         args.stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda signum, frame: args.stop.set())

@@ -33,11 +33,11 @@ from contextlib import contextmanager
 from typing import Optional
 
 from checkpoint_operator.agent.archive import DEFAULT_MAX_MEMBERS, DEFAULT_MAX_SIZE, archive_kind, extract_archive
-from checkpoint_operator.agent.errors import AgentError
-from checkpoint_operator.agent.manifest import RESERVED_ROOT_NAMES, paths_problem
-from checkpoint_operator.agent.names import component_problem, printable
+from checkpoint_operator.protocol.errors import AgentError
+from checkpoint_operator.protocol.manifest import RESERVED_ROOT_NAMES, paths_problem
+from checkpoint_operator.protocol.names import component_problem, printable
 from checkpoint_operator.agent.progress import Progress, human_bytes
-from checkpoint_operator.agent.s3 import (
+from checkpoint_operator.objectstore.s3 import (
     describe_error, list_objects, make_client, manifest_exists, parse_s3_uri, parse_size, resolve_endpoint,
 )
 from checkpoint_operator.agent.sources import Limits, Options, Source, open_source

@@ -50,9 +50,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from checkpoint_operator.agent import live_sealing
-from checkpoint_operator.agent.errors import AgentError
+from checkpoint_operator.protocol.errors import AgentError
 from checkpoint_operator.agent.hashing import FileChanged
-from checkpoint_operator.agent.manifest import Manifest
+from checkpoint_operator.protocol.manifest import Manifest
 from checkpoint_operator.agent.scan import scan_directory
 from checkpoint_operator.agent.tree import EntryBudget, TooManyEntries, entry_limit
 

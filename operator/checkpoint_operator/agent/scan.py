@@ -20,10 +20,10 @@ from pydantic import BaseModel
 from checkpoint_operator.agent import containers, formats
 from checkpoint_operator.agent.metrics_files import checkpoint_metrics
 from checkpoint_operator.agent.safe_read import CheckpointFiles
-from checkpoint_operator.agent.errors import AgentError
+from checkpoint_operator.protocol.errors import AgentError
 from checkpoint_operator.agent.hashing import FileChanged, hash_files
-from checkpoint_operator.agent.manifest import FileEntry, Manifest, digest_of
-from checkpoint_operator.agent.names import component_problem, printable
+from checkpoint_operator.protocol.manifest import FileEntry, Manifest, digest_of
+from checkpoint_operator.protocol.names import component_problem, printable
 from checkpoint_operator.agent.live_sealing import LIVE_DIR
 from checkpoint_operator.agent.tree import (
     DEFAULT_MAX_ENTRIES, LEAVES_CHECKPOINT, EntryBudget, Tree, TreeFile, entry_limit, resolve_link, special_kind,

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from checkpoint_operator.agent.errors import AgentError
+from checkpoint_operator.protocol.errors import AgentError
 from checkpoint_operator.agent.scan import scan_directory
 from checkpoint_operator.agent.tree import entry_limit
 from checkpoint_operator.agent.upload import upload_dir
@@ -40,7 +40,7 @@ def snapshot(directory: str, layout: str, upload_to: str, single: bool = False, 
     for manifest in result.checkpoints:
         if reuse_sealed and not single:
             # Sealed while the job ran (agent watch): the copy named by this very digest is there.
-            from checkpoint_operator.agent.s3 import manifest_exists
+            from checkpoint_operator.objectstore.s3 import manifest_exists
             from checkpoint_operator.agent.live_watch import sealed_uri
             sealed = sealed_uri(upload_to, manifest.path, manifest.digest)
             if manifest_exists(sealed, endpoint_url=endpoint_url):

@@ -37,10 +37,10 @@ from pathlib import Path
 from typing import BinaryIO, Iterator, Optional
 
 from checkpoint_operator.agent.download import temp_name
-from checkpoint_operator.agent.errors import AgentError
+from checkpoint_operator.protocol.errors import AgentError
 from checkpoint_operator.agent.hashing import hash_files
-from checkpoint_operator.agent.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, FileEntry, Manifest, parse_manifest
-from checkpoint_operator.agent.names import TEMP_PREFIX, printable
+from checkpoint_operator.protocol.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, FileEntry, Manifest, parse_manifest
+from checkpoint_operator.protocol.names import TEMP_PREFIX, printable
 from checkpoint_operator.agent.tarstream import COPY_CHUNK, TarWriter, iter_files
 from checkpoint_operator.agent.tree import EntryBudget, entry_limit, locate_file, walk_checkpoint
 from checkpoint_operator.agent.verify import MAX_PROBLEMS, Problem, compare
@@ -184,8 +184,8 @@ class StreamReceiver:
 
     def _files_without_manifest(self, first, members, done: Unpacked) -> Manifest:
         """A pull of a checkpoint stored without a manifest: all files staged, then the digest decides."""
-        from checkpoint_operator.agent.manifest import digest_of, paths_problem
-        from checkpoint_operator.agent.names import check_path
+        from checkpoint_operator.protocol.manifest import digest_of, paths_problem
+        from checkpoint_operator.protocol.names import check_path
         staged: list[tuple[FileEntry, str]] = []
         seen: set[str] = set()
         try:
@@ -445,7 +445,7 @@ def hold(session_dir: str, idle_seconds: float) -> str:
 # --- entry points --------------------------------------------------------------------------------
 
 def _max_size(args: argparse.Namespace) -> Optional[int]:
-    from checkpoint_operator.agent.s3 import parse_size
+    from checkpoint_operator.objectstore.s3 import parse_size
     return parse_size(args.max_size) if getattr(args, "max_size", None) else None
 
 

@@ -1,7 +1,7 @@
 """The files of a checkpoint: one walker for scan, upload and download.
 
 A checkpoint is a directory tree; its files are every regular file under it, with these rules:
-- names must pass agent/names.py; an entry whose name does not is skipped with the rule;
+- names must pass protocol/names.py; an entry whose name does not is skipped with the rule;
 - hidden names are content (only the manifest at the root is not: it describes, it is not
   content; other names the agent reserves at the root are skipped);
 - a symlink is resolved hop by hop against the checkpoint's root as it will be mounted (on
@@ -24,9 +24,9 @@ import stat
 from dataclasses import dataclass, field
 from typing import Optional
 
-from checkpoint_operator.agent.errors import AgentError
-from checkpoint_operator.agent.manifest import MANIFEST_NAME, RESERVED_ROOT_NAMES
-from checkpoint_operator.agent.names import MAX_PATH_BYTES, component_problem, printable
+from checkpoint_operator.protocol.errors import AgentError
+from checkpoint_operator.protocol.manifest import MANIFEST_NAME, RESERVED_ROOT_NAMES
+from checkpoint_operator.protocol.names import MAX_PATH_BYTES, component_problem, printable
 
 DEFAULT_MAX_ENTRIES = 1_000_000
 MAX_LINK_HOPS = 40  # Linux's MAXSYMLINKS

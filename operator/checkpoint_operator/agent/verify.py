@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from checkpoint_operator.agent.errors import AgentError
+from checkpoint_operator.protocol.errors import AgentError
 from checkpoint_operator.agent.hashing import hash_files
-from checkpoint_operator.agent.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, FileEntry, Manifest, parse_manifest
-from checkpoint_operator.agent.names import printable
+from checkpoint_operator.protocol.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, FileEntry, Manifest, parse_manifest
+from checkpoint_operator.protocol.names import printable
 from checkpoint_operator.agent.progress import Progress
 from checkpoint_operator.agent.tree import EntryBudget, entry_limit, walk_checkpoint
 
@@ -132,7 +132,7 @@ def verify_directory(root: str, digest: Optional[str] = None, *, max_size: Optio
 def _manifest_of(root: str, found: dict[str, FileEntry]) -> Optional[Manifest]:
     if not found:
         return None
-    from checkpoint_operator.agent.manifest import digest_of
+    from checkpoint_operator.protocol.manifest import digest_of
     from checkpoint_operator.agent.scan import describe_checkpoint
     entries = sorted(found.values(), key=lambda e: e.path.encode())
     info = describe_checkpoint(root, [e.path for e in entries], Path(os.path.realpath(root)).name,
@@ -150,7 +150,7 @@ def _check_size(result: Verification, max_size: Optional[int]) -> None:
 
 def verify_s3(uri: str, digest: Optional[str] = None, *, max_size: Optional[int] = None,
               concurrency: Optional[int] = None, endpoint_url: Optional[str] = None) -> Verification:
-    from checkpoint_operator.agent.s3 import (DEFAULT_CONCURRENCY, make_client, manifest_exists, parse_s3_uri,
+    from checkpoint_operator.objectstore.s3 import (DEFAULT_CONCURRENCY, make_client, manifest_exists, parse_s3_uri,
                                               read_manifest, resolve_endpoint)
     prefix = parse_s3_uri(uri).as_prefix()
     result = Verification(prefix.uri)
@@ -186,7 +186,7 @@ def verify_s3(uri: str, digest: Optional[str] = None, *, max_size: Optional[int]
 def _check_object(client, prefix, entry: FileEntry, progress: Progress, endpoint: Optional[str]
                   ) -> tuple[Optional[str], int]:
     """(what is wrong with the object of `entry`, or None; bytes read)."""
-    from checkpoint_operator.agent.s3 import describe_error, is_not_found, is_transient
+    from checkpoint_operator.objectstore.s3 import describe_error, is_not_found, is_transient
     loc = prefix.child(entry.path)
     for attempt in range(1, OBJECT_ATTEMPTS + 1):
         read = 0
@@ -225,7 +225,7 @@ def verify_location(location: str, digest: Optional[str] = None, **kwargs) -> Ve
 
 
 def main(args: argparse.Namespace) -> int:
-    from checkpoint_operator.agent.s3 import parse_size
+    from checkpoint_operator.objectstore.s3 import parse_size
     max_size = parse_size(args.max_size) if args.max_size else None
     result = verify_location(args.location, args.digest, max_size=max_size, concurrency=args.concurrency,
                              endpoint_url=args.endpoint_url)

@@ -19,8 +19,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
-from checkpoint_operator.agent.manifest import Manifest
-from checkpoint_operator.agent.names import path_problem
+from checkpoint_operator.protocol.manifest import Manifest
+from checkpoint_operator.protocol.names import path_problem
 
 SIDECAR = "ckpt-live"
 META_VOLUME = "ckpt-live-meta"

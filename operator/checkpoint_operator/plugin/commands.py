@@ -24,8 +24,8 @@ from typing import Any, Callable, Optional, TextIO, get_args
 import yaml
 
 from checkpoint_operator import API_VERSION, GROUP, VERSION
-from checkpoint_operator.agent.errors import AgentError
-from checkpoint_operator.agent.manifest import MANIFEST_NAME, Manifest
+from checkpoint_operator.protocol.errors import AgentError
+from checkpoint_operator.protocol.manifest import MANIFEST_NAME, Manifest
 from checkpoint_operator.agent.progress import Progress, human_bytes
 from checkpoint_operator.api.checkpoint import CheckpointFormat, CheckpointSpec
 from checkpoint_operator.api.upload import (PULL_REQUEST_ANNOTATION, UPLOAD_DIGEST_ANNOTATION,
@@ -363,7 +363,7 @@ def new_upload_checkpoint(name: str, namespace: str, manifest: Manifest, format_
 
 def _push_to_s3(cluster: Cluster, name: str, args, manifest: Manifest, upload: dict, io: Io) -> None:
     """Straight into the bucket with the user's credentials: the agent's resumable upload."""
-    from checkpoint_operator.agent.s3 import resolve_endpoint
+    from checkpoint_operator.objectstore.s3 import resolve_endpoint
     from checkpoint_operator.agent.upload import upload_dir
     endpoint = args.endpoint_url or resolve_endpoint() or upload.get("endpoint")
     io.note(f"uploading to {upload['uri']}" + (f" (endpoint {endpoint})" if endpoint else ""))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import posixpath
 from typing import Optional
 
-from checkpoint_operator.agent.manifest import Manifest
+from checkpoint_operator.protocol.manifest import Manifest
 from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.logic import agent_commands
@@ -135,11 +135,11 @@ class S3Store(Store):
 
     def is_committed(self, location: dict) -> bool:
         """The manifest is written last: without it the upload does not exist."""
-        from checkpoint_operator.agent.s3 import manifest_exists
+        from checkpoint_operator.objectstore.s3 import manifest_exists
         return manifest_exists(location["s3"]["uri"], endpoint_url=self.config.s3_endpoint)
 
     def delete_unused_uploads(self, tj: TrainingJob, uris: list[str]) -> list[str]:
-        from checkpoint_operator.agent.s3 import delete_prefix
+        from checkpoint_operator.objectstore.s3 import delete_prefix
         own = self.live_upload_prefix(tj) + "dirs/"  # only the snapshot's own uploads, never a sealed copy
         deleted = []
         for uri in uris:
@@ -158,6 +158,6 @@ class S3Store(Store):
         if not _under(uri, self.namespace_prefix(namespace)):
             raise ForeignLocation(f"{uri} is outside {self.namespace_prefix(namespace)}, where this namespace's "
                                   "data lives: not deleted")
-        from checkpoint_operator.agent.s3 import delete_prefix
+        from checkpoint_operator.objectstore.s3 import delete_prefix
         delete_prefix(uri, endpoint_url=self.config.s3_endpoint)
         return uri

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import posixpath
 
-from checkpoint_operator.agent.manifest import Manifest
+from checkpoint_operator.protocol.manifest import Manifest
 from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.logic import agent_commands

@@ -10,9 +10,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
-from checkpoint_operator.agent.errors import AgentError
-from checkpoint_operator.agent.manifest import paths_problem
-from checkpoint_operator.agent.names import component_problem, printable
+from checkpoint_operator.protocol.errors import AgentError
+from checkpoint_operator.protocol.manifest import paths_problem
+from checkpoint_operator.protocol.names import component_problem, printable
 
 COPY_CHUNK = 8 * 1024 * 1024
 # A Secret mounted as files (username, password), for the sources whose login is not a

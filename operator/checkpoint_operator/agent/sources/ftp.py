@@ -16,8 +16,8 @@ import socket
 import ssl
 import urllib.parse
 
-from checkpoint_operator.agent.errors import AgentError
-from checkpoint_operator.agent.names import printable
+from checkpoint_operator.protocol.errors import AgentError
+from checkpoint_operator.protocol.names import printable
 from checkpoint_operator.agent.progress import Progress
 from checkpoint_operator.agent.sources.base import (
     Fetched, Limits, Options, Source, file_name, over_limit, read_secret_dir, redact, ssl_context,

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from typing import Iterator, Optional
 
 from checkpoint_operator.agent.archive import _link_stays_inside
-from checkpoint_operator.agent.errors import AgentError
-from checkpoint_operator.agent.names import printable
+from checkpoint_operator.protocol.errors import AgentError
+from checkpoint_operator.protocol.names import printable
 from checkpoint_operator.agent.progress import Progress
 from checkpoint_operator.agent.sources.base import (
     SECRET_DIR_ENV, Fetched, Limits, Options, Source, check_listing, copy_stream, redact, target_path,

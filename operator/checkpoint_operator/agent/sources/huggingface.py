@@ -28,8 +28,8 @@ import urllib.parse
 import urllib.request
 from typing import Optional
 
-from checkpoint_operator.agent.errors import AgentError
-from checkpoint_operator.agent.names import printable
+from checkpoint_operator.protocol.errors import AgentError
+from checkpoint_operator.protocol.names import printable
 from checkpoint_operator.agent.progress import Progress
 from checkpoint_operator.agent.sources.base import (
     Fetched, Limits, Options, Source, check_count, check_listing, copy_stream, git_blob_hasher, run_parallel, target_path,

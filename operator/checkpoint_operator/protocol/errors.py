@@ -1,0 +1,16 @@
+"""The agent's one exception type: a failure the user sees as one line (what, and why).
+
+Kept apart from s3.py so that commands which never touch S3 (scan) do not import boto3.
+"""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """A failure the user must see as one line: what (URI or file) and why."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a pod being stopped): unwinds like Ctrl-C, so every command cleans up the same way."""
+
+    exit_code = 143
