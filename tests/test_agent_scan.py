@@ -440,17 +440,19 @@ def test_hard_links_and_duplicate_paths_are_reported_per_path(tmp_path):
 def test_file_that_cannot_be_read_is_skipped_not_fatal(tmp_path, monkeypatch):
     from checkpoint_operator.agent import scan
     write(tmp_path / "s-1" / "ok")
-    gone = write(tmp_path / "s-1" / "gone")
+    write(tmp_path / "s-1" / "gone")
     write(tmp_path / "s-2" / "gone-too")
 
-    def vanish_then_hash(paths, workers=None, sizes=None):
+    real_sha256_file = scan.sha256_file
+
+    def vanish_then_hash(path):
         # Root reads every file whatever its mode: make the read fail by removing the files
         # between the walk and the hashing.
-        gone.unlink()
-        (tmp_path / "s-2" / "gone-too").unlink()
-        return hash_files(paths, workers, sizes)
+        if os.path.basename(path) in ("gone", "gone-too"):
+            os.unlink(path)
+        return real_sha256_file(path)
 
-    monkeypatch.setattr(scan, "hash_files", vanish_then_hash)
+    monkeypatch.setattr(scan, "sha256_file", vanish_then_hash)
     result = scan.scan_directory(tmp_path)
     assert [(m.path, file_paths(m)) for m in result.checkpoints] == [("s-1", ["ok"])]
     reasons = skipped(result)

@@ -58,7 +58,8 @@ async def test_http_archive_import_on_the_volume_store(api, operator, wait_for, 
     assert status["phase"] == "Ready", status
     assert status["owned"] is True and status["fileCount"] == 3 and status["format"] == "huggingface"
     assert status["resumable"] is True
-    assert status["location"] == {"volume": {"claimName": "from-web-data", "path": "data"}}
+    assert status["location"] == {"volume": {"claimName": "from-web-data", "path": "data",
+                                             "manifest": f".ckpt-manifests/{status['digest'].replace(':', '-')}.json"}}
     claim = await api.get("v1/persistentvolumeclaims", NS, "from-web-data")
     assert claim["metadata"]["ownerReferences"][0]["name"] == "from-web"
 

@@ -24,6 +24,12 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     scan.add_argument("--single", action="store_true",
                       help="treat DIR itself as one checkpoint (used to adopt an existing volume path)")
     scan.add_argument("--json", action="store_true", help="print JSON (default: a human-readable table)")
+    scan.add_argument("--result", action="store_true",
+                      help="print the operator's bounded result line instead (per checkpoint its digest and "
+                           "totals, never its files: protocol/results.py)")
+    scan.add_argument("--manifests-dir", default=None, metavar="DIR",
+                      help="write each checkpoint's full manifest to DIR/sha256-<hex>.json as its files are hashed "
+                           "(the volume store keeps them at the volume's root, in .ckpt-manifests/)")
     scan.add_argument("--workers", type=_positive_int, default=None, help="hashing threads (default: number of cores)")
     scan.add_argument("--max-entries", type=_positive_int, default=None, metavar="N",
                       help="fail past this many directory entries in all (default 1000000, or CKPT_SCAN_MAX_ENTRIES)")
@@ -31,7 +37,8 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
 
     snap = cmds.add_parser("snapshot", help="scan an output directory and upload each checkpoint (s3 store)",
                            description="Scan DIR like `scan`, upload every checkpoint found under --upload-to "
-                                       "(manifest last), and print the scan JSON plus the uploaded URIs.")
+                                       "(manifest last), and print the operator's result line (each checkpoint's "
+                                       "digest, totals and upload URI).")
     snap.add_argument("dir")
     snap.add_argument("--upload-to", required=True, metavar="S3_PREFIX", help="s3://bucket/prefix/ for this output")
     snap.add_argument("--layout", choices=["auto", "directories", "files"], default="auto")
@@ -85,6 +92,8 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     watch.add_argument("--max-entries", type=_positive_int, default=None, metavar="N",
                        help="directory entries looked at per pass (default 1000000, or CKPT_SCAN_MAX_ENTRIES)")
     watch.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
+    watch.add_argument("--manifests-dir", default=None, metavar="DIR",
+                       help="volume store: write each sealed checkpoint's full manifest to DIR/sha256-<hex>.json")
     watch.set_defaults(func=lambda a: _call("live_watch", a, sigterm_finishes=True))
 
     imp = cmds.add_parser("import", help="import a checkpoint (s3, http(s), ftp(s), Hugging Face, Git, GCS, Azure) into DEST",
@@ -127,6 +136,10 @@ def _add_transfer_parsers(cmds: argparse._SubParsersAction) -> None:
                         help="the digest recorded for the checkpoint (required for a directory without a manifest)")
     verify.add_argument("--max-size", default=None, metavar="BYTES", help="a checkpoint larger than this is a problem")
     verify.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    verify.add_argument("--result", action="store_true",
+                        help="print the operator's bounded result line (protocol/results.py) instead")
+    verify.add_argument("--manifest", default=None, metavar="FILE",
+                        help="a directory's manifest stored elsewhere (the volume store's .ckpt-manifests/<digest>.json)")
     verify.add_argument("--concurrency", type=_positive_int, default=None, help="parallel reads (S3)")
     verify.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
     verify.set_defaults(func=lambda a: _call("verify", a))
@@ -155,6 +168,8 @@ def _add_transfer_parsers(cmds: argparse._SubParsersAction) -> None:
                                        "stream on stdout.")
     pack.add_argument("dir")
     pack.add_argument("--session-dir", default=None, help="where `agent hold` sees this pull (the pull pod's)")
+    pack.add_argument("--manifest", default=None, metavar="FILE",
+                      help="the checkpoint's manifest stored elsewhere (the volume store's .ckpt-manifests/)")
     pack.set_defaults(func=lambda a: _call("transfer", a))
 
     hold = cmds.add_parser("hold", help="a pull pod: wait until the pulls run in the pod are over",

@@ -19,7 +19,6 @@ import errno
 import fcntl
 import hashlib
 import http.client
-import json
 import os
 import shutil
 import signal
@@ -41,6 +40,7 @@ from checkpoint_operator.objectstore.s3 import (
     describe_error, list_objects, make_client, manifest_exists, parse_s3_uri, parse_size, resolve_endpoint,
 )
 from checkpoint_operator.agent.sources import Limits, Options, Source, open_source
+from checkpoint_operator.protocol import channel, results
 
 COPY_CHUNK = 8 * 1024 * 1024
 HTTP_TIMEOUT = 60
@@ -396,7 +396,22 @@ def main(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as exc:
         print(f"error: import of {args.source} interrupted; nothing was left in {args.dest}", file=sys.stderr)
         return getattr(exc, "exit_code", 130)
-    print(json.dumps(result), flush=True)
     print(f"import: {result['fileCount']} files, {human_bytes(result['sizeBytes'])} in {result['dest']}",
           file=sys.stderr)
+    channel.write(report_of(result))
     return 0
+
+
+def report_of(result: dict) -> results.ImportReport:
+    """The bounded result the operator reads (protocol/results.py): status.source comes from it."""
+    provenance = result.get("provenance") or {"uri": result["source"]}
+    return results.ImportReport(sizeBytes=result["sizeBytes"], fileCount=result["fileCount"],
+                                extracted=bool(result.get("extracted")),
+                                provenance=results.Provenance(
+                                    uri=results.cut(str(provenance.get("uri") or result["source"]), results.MAX_URI),
+                                    revision=_short(provenance.get("revision"), 256),
+                                    resolvedRevision=_short(provenance.get("resolvedRevision"), 128)))
+
+
+def _short(value: object, limit: int) -> Optional[str]:
+    return results.cut(str(value), limit) if value is not None else None

@@ -4,16 +4,16 @@
 - `agent receive DIR --digest D` is the main container of an upload's receiver pod: it waits
   until an `agent unpack` run in the same pod (by `kubectl ckpt push`, with exec) has committed
   an upload into DIR, then scans DIR itself (the operator trusts this scan, not the pusher) and
-  prints one JSON line: the scan as `agent scan --json` prints it, plus `received`, `verified`
-  and `problems` (the files that differ from the manifest the push sent, a digest other than
-  D, anything the scan skipped). With no push for `--idle` seconds it prints `received: false`.
+  writes its result line (protocol/results.py TransferReport): the checkpoint's summary,
+  `verified`, and `problems` (the files that differ from the manifest the push sent, a digest
+  other than D, anything the scan skipped). With no push for `--idle` seconds: `received: false`.
 - `agent unpack DIR` reads a tar stream on stdin: first the manifest of the checkpoint
   (`.checkpoint-manifest.json`), then files it lists. Each file lands under a temporary name and
   gets its real name only once its size and sha256 match the manifest. Files already in DIR
   from an interrupted push stay (the pusher sends only the rest); files the manifest does not
   list go. Then the manifest is written into DIR and the commit marker beside DIR.
-- `agent pack DIR` writes the checkpoint in DIR as a tar stream on stdout (its stored manifest
-  first, when it has one); `agent hold` is the main container of a pull pod: it ends once the
+- `agent pack DIR [--manifest FILE]` writes the checkpoint in DIR as a tar stream on stdout (its
+  stored manifest first, when it has one: FILE, or DIR's own); `agent hold` is the main container of a pull pod: it ends once the
   pulls run in the pod are over, or after `--idle` seconds without one.
 
 Memory is bounded by the tar reader (agent/tarstream.py); nothing is written through a symlink
@@ -43,7 +43,8 @@ from checkpoint_operator.protocol.manifest import MANIFEST_NAME, MAX_MANIFEST_BY
 from checkpoint_operator.protocol.names import TEMP_PREFIX, printable
 from checkpoint_operator.agent.tarstream import COPY_CHUNK, TarWriter, iter_files
 from checkpoint_operator.agent.tree import EntryBudget, entry_limit, locate_file, walk_checkpoint
-from checkpoint_operator.agent.verify import MAX_PROBLEMS, Problem, compare
+from checkpoint_operator.agent.verify import Problem, compare
+from checkpoint_operator.protocol import channel, results
 
 _OPEN_FLAGS = getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
 POLL_SECONDS = 0.5
@@ -337,7 +338,8 @@ def wait_for_commit(directory: str, idle_seconds: float) -> Optional[dict]:
         time.sleep(POLL_SECONDS)
 
 
-def received_result(directory: str, digest: Optional[str], commit: dict, max_size: Optional[int]) -> dict:
+def received_result(directory: str, digest: Optional[str], commit: dict,
+                    max_size: Optional[int]) -> results.TransferReport:
     """The scan of DIR by this agent, checked against the manifest the push committed and the
     declared digest: the one result the operator uses."""
     from checkpoint_operator.agent.scan import describe_checkpoint, scan_directory
@@ -363,23 +365,31 @@ def received_result(directory: str, digest: Optional[str], commit: dict, max_siz
         problems.append(Problem(".", f"the data received has digest {found.digest}, not the declared {digest}"))
     if found is not None and max_size is not None and found.sizeBytes > max_size:
         problems.append(Problem(".", f"{found.sizeBytes} bytes, past the size limit of {max_size}"))
-    out = scan.model_dump(mode="json")
-    out["checkpoints"] = [found.model_dump(mode="json")] if found is not None else []
-    out.update(received=True, verified=not problems, problemCount=len(problems),
-               problems=[{"path": p.path, "problem": p.problem} for p in problems[:MAX_PROBLEMS]])
-    return out
+    return results.TransferReport(
+        received=True, verified=not problems, checkpoint=results.CheckpointSummary.of(found) if found else None,
+        problems=reported_problems(problems), problemCount=len(problems))
+
+
+def reported_problems(problems: list[Problem]) -> list[results.Problem]:
+    """The first problems, each within the result's bounds."""
+    return [results.Problem(path=results.cut(p.path, results.MAX_REPORTED_PATH), problem=results.cut(p.problem))
+            for p in problems[:results.MAX_PROBLEMS_REPORTED]]
 
 
 # --- pack and hold -------------------------------------------------------------------------------
 
-def pack(directory: str, out: BinaryIO) -> int:
-    """Write the checkpoint in DIR to `out`; returns the bytes of file data written."""
-    stored = os.path.join(directory, MANIFEST_NAME)
+def pack(directory: str, out: BinaryIO, manifest_path: Optional[str] = None) -> int:
+    """Write the checkpoint in DIR to `out`; returns the bytes of file data written. Its stored
+    manifest goes first: `manifest_path` (stored beside the data), else DIR's own, when there is one."""
+    stored = manifest_path or os.path.join(directory, MANIFEST_NAME)
     writer = TarWriter(out)
     total = 0
-    if os.path.isfile(stored):
-        with open(stored, "rb") as f:
-            raw = f.read(MAX_MANIFEST_BYTES + 1)
+    if manifest_path or os.path.isfile(stored):
+        try:
+            with open(stored, "rb") as f:
+                raw = f.read(MAX_MANIFEST_BYTES + 1)
+        except OSError as exc:
+            raise AgentError(f"{stored}: the checkpoint's manifest cannot be read ({exc.strerror})") from None
         manifest = parse_manifest(raw, stored)
         writer.add_bytes(MANIFEST_NAME, raw)
         files = [(e.path, locate_file(directory, e.path)[0], e.size) for e in manifest.files]
@@ -464,10 +474,9 @@ def main_receive(args: argparse.Namespace) -> int:
     print(f"receive: waiting for a push into {args.dir} (kubectl ckpt push)", file=sys.stderr, flush=True)
     commit = wait_for_commit(args.dir, args.idle)
     if commit is None:
-        print(json.dumps({"checkpoints": [], "skipped": [], "received": False,
-                          "reason": f"no push within {args.idle:.0f} s"}), flush=True)
+        channel.write(results.TransferReport(received=False, reason=f"no push within {args.idle:.0f} s"))
         return 0
-    print(json.dumps(received_result(args.dir, args.digest, commit, _max_size(args))), flush=True)
+    channel.write(received_result(args.dir, args.digest, commit, _max_size(args)))
     return 0
 
 
@@ -477,7 +486,7 @@ def main_pack(args: argparse.Namespace) -> int:
     out = os.fdopen(os.dup(1), "wb", buffering=COPY_CHUNK)
     with pull_session(args.session_dir):
         try:
-            pack(args.dir, out)
+            pack(args.dir, out, getattr(args, "manifest", None))
             out.flush()
         except BrokenPipeError:
             raise AgentError("pack: the reader went away before the end") from None

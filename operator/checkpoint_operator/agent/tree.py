@@ -22,7 +22,7 @@ import errno
 import os
 import stat
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
 from checkpoint_operator.protocol.errors import AgentError
 from checkpoint_operator.protocol.manifest import MANIFEST_NAME, RESERVED_ROOT_NAMES
@@ -65,12 +65,13 @@ class EntryBudget:
                                  f"refusing to go on (raise --max-entries if this is intended)")
 
 
-@dataclass
+@dataclass(slots=True)
 class TreeFile:
     rel: str  # path inside the checkpoint, '/'-separated
     open_path: str  # the real file to read (symlinks resolved: no link in it)
     inode: tuple[int, int]  # (st_dev, st_ino): each distinct file is read once
     size: int
+    shared: bool = False  # other paths may reach the same file (hard links, or reached through a symlink)
 
 
 @dataclass
@@ -144,62 +145,106 @@ def resolve_link(top: str, dir_parts: list[str], name: str) -> tuple[Optional[st
 
 def walk_checkpoint(top: str, budget: Optional[EntryBudget] = None) -> Tree:
     """Every file of the checkpoint rooted at `top` (see the module doc), and what was skipped."""
-    budget = budget or EntryBudget(what=top)
     tree = Tree()
-    # (directory on disk, its components inside the checkpoint)
-    stack: list[tuple[str, list[str]]] = [(top, [])]
-    while stack:
-        directory, parts = stack.pop()
-        rel_dir = "/".join(parts)
-        try:
-            with os.scandir(directory) as it:
-                entries = list(it)
-        except OSError as exc:
-            tree.skip(rel_dir or ".", f"unreadable directory: {exc.strerror}")
-            continue
-        for entry in entries:
-            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-            budget.take(os.path.join(directory, entry.name))
-            if not parts and entry.name in RESERVED_ROOT_NAMES:
-                if entry.name != MANIFEST_NAME:  # a manifest written by an earlier download describes
-                    tree.skip(rel, "name reserved for the agent's own files")
-                continue
-            problem = component_problem(entry.name)
-            if problem:
-                tree.skip(rel, f"name {problem}")
-                continue
-            if len(rel.encode("utf-8")) > MAX_PATH_BYTES:
-                tree.skip(rel, f"path is longer than {MAX_PATH_BYTES} bytes")
-                continue
-            add_entry(tree, stack, top, parts, entry, rel)
+    tree.files = list(iter_checkpoint(top, budget, tree.skip))
     return tree
 
 
-def add_entry(tree: Tree, stack: list, top: str, parts: list[str], entry: os.DirEntry, rel: str) -> None:
-    """One directory entry: a file into `tree.files`, a directory onto `stack`, else a skip."""
+def _sorted_keys(directory: str) -> list[bytes]:
+    """The names in `directory` as sort keys: the name's bytes, with '/' after a directory's,
+    so that a depth-first walk in this order visits paths in the order of their bytes."""
+    keys = []
+    with os.scandir(directory) as it:
+        for entry in it:
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                is_dir = False
+            keys.append(os.fsencode(entry.name) + (b"/" if is_dir else b""))
+    keys.sort()
+    return keys
+
+
+def iter_checkpoint(top: str, budget: Optional[EntryBudget] = None,
+                    skip: Optional[Callable[[str, str], None]] = None) -> Iterator[TreeFile]:
+    """Every file of the checkpoint rooted at `top` (see the module doc), in the canonical
+    order: by the bytes of their paths, as the digest sorts them (protocol/manifest.py), so a
+    manifest can be written as the files are hashed. `skip(rel, reason)` hears what is left out
+    (`rel` as found: escape it with printable() before showing it).
+
+    Memory is one directory's names per level of the walk, never the tree's: sorting a name
+    with '/' appended when it is a directory makes the depth-first order the byte order of the
+    whole paths ('a-b' < 'a.b' < 'a/x', as '-' < '.' < '/')."""
+    budget = budget or EntryBudget(what=top)
+    tell = skip or (lambda rel, reason: None)
+    # (directory on disk, its components inside the checkpoint, its sorted keys, the next index)
+    stack: list[tuple[str, list[str], list[bytes], int]] = []
     try:
-        st = entry.stat(follow_symlinks=False)
+        stack.append((top, [], _sorted_keys(top), 0))
     except OSError as exc:
-        tree.skip(rel, _os_reason(exc))
-        return
-    open_path = entry.path
+        tell(".", f"unreadable directory: {exc.strerror}")
+    while stack:
+        directory, parts, keys, index = stack[-1]
+        if index == len(keys):
+            stack.pop()
+            continue
+        stack[-1] = (directory, parts, keys, index + 1)
+        key = keys[index]
+        listed_as_dir = key.endswith(b"/")
+        name = os.fsdecode(key[:-1] if listed_as_dir else key)
+        rel_dir = "/".join(parts)
+        rel = f"{rel_dir}/{name}" if rel_dir else name
+        path = os.path.join(directory, name)
+        budget.take(path)
+        if not parts and name in RESERVED_ROOT_NAMES:
+            if name != MANIFEST_NAME:  # a manifest written by an earlier download describes
+                tell(rel, "name reserved for the agent's own files")
+            continue
+        problem = component_problem(name)
+        if problem:
+            tell(rel, f"name {problem}")
+            continue
+        if len(rel.encode("utf-8")) > MAX_PATH_BYTES:
+            tell(rel, f"path is longer than {MAX_PATH_BYTES} bytes")
+            continue
+        try:
+            st = os.lstat(path)
+        except OSError as exc:
+            tell(rel, _os_reason(exc))
+            continue
+        if stat.S_ISDIR(st.st_mode) != listed_as_dir:
+            # Replaced between the listing and now: its place in the order is no longer known.
+            tell(rel, "changed while the directory was read (a file became a directory, or back)")
+            continue
+        if listed_as_dir:
+            try:
+                stack.append((path, [*parts, name], _sorted_keys(path), 0))
+            except OSError as exc:
+                tell(rel, f"unreadable directory: {exc.strerror}")
+            continue
+        found = _file_of(top, parts, name, path, st, tell, rel)
+        if found is not None:
+            yield found
+
+
+def _file_of(top: str, parts: list[str], name: str, path: str, st: os.stat_result,
+             tell: Callable[[str, str], None], rel: str) -> Optional[TreeFile]:
+    """One entry that is not a directory: a file (a link to a file: that file), else a skip."""
+    open_path, shared = path, st.st_nlink > 1
     if stat.S_ISLNK(st.st_mode):
-        real, target_st, reason = resolve_link(top, parts, entry.name)
+        real, target_st, reason = resolve_link(top, parts, name)
         if real is None:
-            tree.skip(rel, reason)
-            return
+            tell(rel, reason)
+            return None
         assert target_st is not None
         if stat.S_ISDIR(target_st.st_mode):
-            tree.skip(rel, LINK_TO_DIRECTORY)
-            return
-        open_path, st = real, target_st
-    elif stat.S_ISDIR(st.st_mode):
-        stack.append((entry.path, [*parts, entry.name]))
-        return
+            tell(rel, LINK_TO_DIRECTORY)
+            return None
+        open_path, st, shared = real, target_st, True
     if stat.S_ISREG(st.st_mode):
-        tree.files.append(TreeFile(rel, open_path, (st.st_dev, st.st_ino), st.st_size))
-    else:
-        tree.skip(rel, special_kind(st.st_mode))
+        return TreeFile(rel, open_path, (st.st_dev, st.st_ino), st.st_size, shared)
+    tell(rel, special_kind(st.st_mode))
+    return None
 
 
 def locate_file(top: str, rel: str) -> tuple[str, os.stat_result]:

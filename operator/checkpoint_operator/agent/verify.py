@@ -4,15 +4,16 @@ every file against its manifest.
 LOCATION is
 - an S3 prefix: the manifest stored beside the data is read (and must have the pinned digest),
   then every object it lists is streamed and hashed; nothing is written to disk;
-- a directory (a volume): with a manifest at its root (`.checkpoint-manifest.json`, which
-  downloads and pushes write) every file is checked against it, and files it does not list
-  are reported; without one, the directory is scanned as `agent scan --single` does and its
-  digest compared with the pinned one (a difference can then not be traced to a file).
+- a directory (a volume): with its manifest (`--manifest FILE`: the volume store keeps them in
+  `.ckpt-manifests/` at the volume's root; else `.checkpoint-manifest.json` at the directory's
+  root, which downloads and pushes write) every file is checked against it, and files it does
+  not list are reported; without one, the directory is scanned as `agent scan --single` does
+  and its digest compared with the pinned one (a difference can then not be traced to a file).
 
-Prints one JSON line: `{"verified": bool, "digest", "fileCount", "sizeBytes", "checkedBytes",
-"problems": [{"path", "problem"}] (the first MAX_PROBLEMS), "problemCount", "checkpoints":
-[manifest]}` (`checkpoints` as `agent scan` prints it, so the operator reads it with the
-same parser). Exits 0 when the check could be made, whatever its verdict; 1 when it could not
+`--json` prints one JSON line: `{"verified": bool, "digest", "fileCount", "sizeBytes",
+"checkedBytes", "problems": [{"path", "problem"}] (the first MAX_PROBLEMS), "problemCount",
+"checkpoints": [manifest]}`; `--result` the operator's bounded result line (protocol/results.py
+TransferReport). Exits 0 when the check could be made, whatever its verdict; 1 when it could not
 (the store unreachable, access denied), with one `error:` line.
 """
 
@@ -33,6 +34,7 @@ from checkpoint_operator.protocol.manifest import MANIFEST_NAME, MAX_MANIFEST_BY
 from checkpoint_operator.protocol.names import printable
 from checkpoint_operator.agent.progress import Progress
 from checkpoint_operator.agent.tree import EntryBudget, entry_limit, walk_checkpoint
+from checkpoint_operator.protocol import channel, results
 
 MAX_PROBLEMS = 20       # problems listed; problemCount counts all of them
 READ_CHUNK = 1 << 20
@@ -95,7 +97,8 @@ def pinned_problem(manifest: Manifest, digest: Optional[str], where: str) -> Opt
 
 # --- a directory -------------------------------------------------------------------------------
 
-def verify_directory(root: str, digest: Optional[str] = None, *, max_size: Optional[int] = None) -> Verification:
+def verify_directory(root: str, digest: Optional[str] = None, *, max_size: Optional[int] = None,
+                     manifest_path: Optional[str] = None) -> Verification:
     if not os.path.isdir(root):
         raise AgentError(f"{root}: not a directory")
     result = Verification(root)
@@ -109,10 +112,18 @@ def verify_directory(root: str, digest: Optional[str] = None, *, max_size: Optio
         found[f.rel] = FileEntry.model_construct(path=f.rel, size=outcome[0], sha256=outcome[1])
         result.checked_bytes += outcome[0]
     result.problems += [Problem(printable(rel), f"skipped: {reason}") for rel, reason in sorted(tree.skipped)]
-    stored = os.path.join(root, MANIFEST_NAME)
-    if os.path.isfile(stored):
-        with open(stored, "rb") as f:
-            manifest = parse_manifest(f.read(MAX_MANIFEST_BYTES + 1), stored)
+    stored = manifest_path or os.path.join(root, MANIFEST_NAME)
+    if manifest_path or os.path.isfile(stored):
+        try:
+            with open(stored, "rb") as f:
+                raw = f.read(MAX_MANIFEST_BYTES + 1)
+        except OSError as exc:
+            raise AgentError(f"{stored}: the checkpoint's manifest cannot be read ({exc.strerror})") from None
+        try:
+            manifest = parse_manifest(raw, stored)
+        except AgentError as exc:
+            result.problems = [Problem(".", str(exc))]  # a manifest that contradicts itself is a finding
+            return result
         result.manifest = manifest
         pinned = pinned_problem(manifest, digest, stored)
         result.problems = [pinned] if pinned else result.problems + compare(manifest, found)
@@ -218,17 +229,31 @@ def _check_object(client, prefix, entry: FileEntry, progress: Progress, endpoint
     raise AgentError(f"{loc.uri}: could not be read to its end in {OBJECT_ATTEMPTS} attempts")
 
 
-def verify_location(location: str, digest: Optional[str] = None, **kwargs) -> Verification:
+def verify_location(location: str, digest: Optional[str] = None, *, manifest_path: Optional[str] = None,
+                    **kwargs) -> Verification:
     if location.startswith("s3://"):
         return verify_s3(location, digest, **kwargs)
-    return verify_directory(location, digest, max_size=kwargs.get("max_size"))
+    return verify_directory(location, digest, max_size=kwargs.get("max_size"), manifest_path=manifest_path)
+
+
+def report_of(verification: Verification) -> results.TransferReport:
+    """The bounded result the operator reads (protocol/results.py)."""
+    m = verification.manifest
+    return results.TransferReport(
+        verified=verification.verified, checkpoint=results.CheckpointSummary.of(m) if m is not None else None,
+        problems=[results.Problem(path=results.cut(p.path, results.MAX_REPORTED_PATH), problem=results.cut(p.problem))
+                  for p in verification.problems[:results.MAX_PROBLEMS_REPORTED]],
+        problemCount=len(verification.problems))
 
 
 def main(args: argparse.Namespace) -> int:
     from checkpoint_operator.objectstore.s3 import parse_size
     max_size = parse_size(args.max_size) if args.max_size else None
     result = verify_location(args.location, args.digest, max_size=max_size, concurrency=args.concurrency,
-                             endpoint_url=args.endpoint_url)
+                             endpoint_url=args.endpoint_url, manifest_path=getattr(args, "manifest", None))
+    if getattr(args, "result", False):
+        channel.write(report_of(result))
+        return 0
     if args.json:
         print(json.dumps(result.summary()), flush=True)
     elif result.verified:

@@ -10,7 +10,7 @@ from pydantic import Field
 from checkpoint_operator.api.common import QUANTITY_PATTERN, Condition, Phase, PinnedCheckpoint
 from checkpoint_operator.api.meta import ObjectMeta, meta_field
 from checkpoint_operator.api.rules import (DNS1123_MESSAGE, DNS1123_SUBDOMAIN, ApiModel, Message, Name, Path, Rule,
-                                           Short, Timestamp, has_exactly_one, is_dns1123)
+                                           Short, Timestamp, Uid, has_exactly_one, is_dns1123)
 
 
 
@@ -237,6 +237,11 @@ class TrainingJobStatus(ApiModel):
     jobName: Optional[Name] = Field(None, description="The batch/v1 Job running the pods.")
     outputClaim: Optional[Name] = Field(None, description="The PersistentVolumeClaim of the output directory.")
     snapshotPod: Optional[Name] = Field(None, description="The pod that scans the output.")
+    snapshotPodUid: Optional[Uid] = Field(
+        None, description="UID of the snapshot pod the operator created, recorded before its result is read: a pod of "
+                          "that name with another UID is not trusted.")
+    jobUid: Optional[Uid] = Field(
+        None, description="UID of the Job the operator created: only pods it controls are this job's workers.")
     inputs: Optional[list[PinnedCheckpoint]] = Field(None, description="Inputs as resolved and pinned at start.")
     inputCount: Optional[int] = Field(None, description="Number of inputs (for kubectl get).")
     outputCheckpoints: Optional[list[Name]] = Field(None, description="Checkpoints created from the output.")

@@ -137,13 +137,14 @@ async def read_bounded(fd: int, limit: int = LOG_LIMIT, on_chunk: Any = None) ->
 
 
 class HostProcess:
-    """A container's main process on this host (a subprocess, or a child of the zygote)."""
+    """A container's main process on this host (a subprocess, or a child of the zygote). Its
+    stdout and stderr are one pipe (`output_fd`): the log holds them interleaved as written."""
 
-    def __init__(self, pid: int, exited: Any, stdout_fd: int, stderr_fd: int) -> None:
+    def __init__(self, pid: int, exited: Any, output_fd: int) -> None:
         self.pid = pid
         self._exited = exited  # awaitable -> exit code
         self.on_stdout: Any = None  # set by the kubelet to follow the output while it runs
-        self._output = asyncio.gather(read_bounded(stdout_fd, on_chunk=self._stdout_chunk), read_bounded(stderr_fd))
+        self._output = asyncio.ensure_future(read_bounded(output_fd, on_chunk=self._stdout_chunk))  # drained from now on
 
     def _stdout_chunk(self, data: bytes) -> None:
         if self.on_stdout is not None:
@@ -154,9 +155,8 @@ class HostProcess:
             code = await self._exited
         finally:
             self.send_signal(signal.SIGKILL)  # the container ends with its main process: so do its children
-        stdout, stderr = await self._output
-        # stdout whole, then stderr: keeps a one-line JSON result on stdout parseable.
-        return code, stdout.decode(errors="replace") + stderr.decode(errors="replace")
+        output = await self._output
+        return code, output.decode(errors="replace")
 
     def send_signal(self, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -212,27 +212,24 @@ class ProcessRuntime:
                                                      f"ignores images, so it cannot run the image's entrypoint")
         command = await host_command_for(run, self.workdir)
         Path(command.cwd).mkdir(parents=True, exist_ok=True)
-        out_read, out_write = os.pipe()
-        err_read, err_write = os.pipe()
+        out_read, out_write = os.pipe()  # stdout and stderr both: one log, interleaved as written
         try:
             if os.path.basename(command.argv[0]) == "checkpoint-operator":
-                child = await self.zygote.spawn(command.argv, command.env, command.cwd, out_write, err_write)
+                child = await self.zygote.spawn(command.argv, command.env, command.cwd, out_write, out_write)
                 pid, exited = child.pid, child.wait()
             else:
                 process = await asyncio.create_subprocess_exec(
                     *host_command(command.argv), env=command.env, cwd=str(command.cwd),
-                    stdin=asyncio.subprocess.DEVNULL, stdout=out_write, stderr=err_write, start_new_session=True)
+                    stdin=asyncio.subprocess.DEVNULL, stdout=out_write, stderr=out_write, start_new_session=True)
                 pid, exited = process.pid, _exit_code(process)
         except BaseException as exc:
-            for fd in (out_read, err_read):
-                os.close(fd)
+            os.close(out_read)
             if isinstance(exc, OSError):
                 raise StartError("StartError", f"cannot run {command.argv[0]!r}: {exc}") from None
             raise
         finally:
             os.close(out_write)
-            os.close(err_write)
-        return HostProcess(pid, exited, out_read, err_read)
+        return HostProcess(pid, exited, out_read)
 
     async def close(self) -> None:
         await self.zygote.stop()

@@ -12,14 +12,18 @@ AGENT = ("checkpoint-operator", "agent")
 Layout = str  # "auto" | "directories" | "files" (api.trainingjob.OutputSpec.layout)
 
 
-def scan(directory: str, *, layout: Layout = "auto", single: bool = False) -> list[str]:
-    """Print the scan of DIR as one JSON line (volume store snapshots, adoption of a volume path)."""
-    return [*AGENT, "scan", directory, *(["--single"] if single else ["--layout", layout]), "--json"]
+def scan(directory: str, *, layout: Layout = "auto", single: bool = False, result: bool = True,
+         manifests_dir: Optional[str] = None) -> list[str]:
+    """The scan of DIR (volume store snapshots, adoption of a volume path): `result`, the bounded
+    result line the operator reads (protocol/results.py), else every manifest as JSON; the full
+    manifests written to `manifests_dir` (beside the data, never inside a checkpoint)."""
+    return [*AGENT, "scan", directory, *(["--single"] if single else ["--layout", layout]),
+            "--result" if result else "--json", *(["--manifests-dir", manifests_dir] if manifests_dir else [])]
 
 
 def snapshot(directory: str, upload_to: str, *, layout: Layout = "auto", single: bool = False,
              reuse_sealed: bool = False) -> list[str]:
-    """Scan DIR and upload each checkpoint under UPLOAD_TO (s3 store); prints the scan JSON.
+    """Scan DIR and upload each checkpoint under UPLOAD_TO (s3 store); writes the scan's result line.
     `reuse_sealed`: a checkpoint the sealing sidecar uploaded already (same digest) is not sent again."""
     return [*AGENT, "snapshot", directory, *(["--single"] if single else ["--layout", layout]),
             "--upload-to", upload_to, *(["--reuse-sealed"] if reuse_sealed else [])]
@@ -41,10 +45,13 @@ def import_(source: str, dest: str, *, max_size: Optional[int] = None, max_files
 
 # --- verify, and push/pull over exec (agent/transfer.py) -----------------------------------------
 
-def verify(location: str, *, digest: Optional[str] = None, max_size: Optional[int] = None) -> list[str]:
-    """Re-read a checkpoint (s3://prefix/ or a directory) and check it against its manifest; one JSON line."""
+def verify(location: str, *, digest: Optional[str] = None, max_size: Optional[int] = None,
+           manifest: Optional[str] = None) -> list[str]:
+    """Re-read a checkpoint (s3://prefix/ or a directory) and check it against its manifest
+    (`manifest`: a directory's, stored elsewhere); writes the result line the operator reads."""
     return [*AGENT, "verify", location, *(["--digest", digest] if digest else []),
-            *(["--max-size", str(max_size)] if max_size is not None else []), "--json"]
+            *(["--max-size", str(max_size)] if max_size is not None else []),
+            *(["--manifest", manifest] if manifest else []), "--result"]
 
 
 def receive(directory: str, *, digest: str, idle: float, max_size: Optional[int] = None) -> list[str]:
@@ -59,9 +66,11 @@ def unpack(directory: str, *, max_size: Optional[int] = None, name: Optional[str
             *(["--name", name] if name else [])]
 
 
-def pack(directory: str, *, session_dir: Optional[str] = None) -> list[str]:
-    """Write the checkpoint in DIR as a tar stream on stdout (what `kubectl ckpt pull` execs)."""
-    return [*AGENT, "pack", directory, *(["--session-dir", session_dir] if session_dir else [])]
+def pack(directory: str, *, session_dir: Optional[str] = None, manifest: Optional[str] = None) -> list[str]:
+    """Write the checkpoint in DIR as a tar stream on stdout (what `kubectl ckpt pull` execs),
+    its stored manifest first (`manifest`: stored beside the data)."""
+    return [*AGENT, "pack", directory, *(["--session-dir", session_dir] if session_dir else []),
+            *(["--manifest", manifest] if manifest else [])]
 
 
 def hold(session_dir: str, *, idle: float) -> list[str]:
@@ -70,10 +79,12 @@ def hold(session_dir: str, *, idle: float) -> list[str]:
 
 
 def watch(output_dir: str, *, interval: float, annotations_file: Optional[str] = None,
-          upload_to: Optional[str] = None, shared: bool = False, upload_concurrency: Optional[int] = None) -> list[str]:
-    """The live-sealing sidecar: seal checkpoints in OUTPUT_DIR as they complete (one JSON line each)."""
+          upload_to: Optional[str] = None, shared: bool = False, upload_concurrency: Optional[int] = None,
+          manifests_dir: Optional[str] = None) -> list[str]:
+    """The live-sealing sidecar: seal checkpoints in OUTPUT_DIR as they complete (one result line each)."""
     return [*AGENT, "watch", output_dir, "--interval", f"{interval:g}",
             *(["--annotations-file", annotations_file] if annotations_file else []),
             *(["--upload-to", upload_to] if upload_to else []),
+            *(["--manifests-dir", manifests_dir] if manifests_dir else []),
             *(["--upload-concurrency", str(upload_concurrency)] if upload_concurrency else []),
             *(["--shared"] if shared else [])]

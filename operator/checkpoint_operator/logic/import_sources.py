@@ -4,17 +4,17 @@ and the environment and volumes that carry the source's credentials and CA (cont
 One function per kind; pure (typed spec in, pod parts out). Credentials reach the agent only
 as references to the Secret the user named (secretKeyRef, or the Secret mounted as files):
 never as values in the pod spec, the URI, the status or an event. Also here: reading the
-import's provenance from its log (`parse_import_result`) and the status.source it becomes.
+import's provenance (what `agent import` reported: protocol/results.py) and the status.source it becomes.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointSource
+from checkpoint_operator.protocol.results import Provenance
 from checkpoint_operator.api.sources import CaConfigMap
 
 # Where an import pod mounts what it is given (the local kubelet rewrites these paths too).
@@ -162,28 +162,14 @@ def import_spec(checkpoint: Checkpoint) -> ImportSpec:
 
 # --- provenance --------------------------------------------------------------------------------
 
-def parse_import_result(log: str) -> Optional[dict]:
-    """The provenance that `agent import` printed (its one JSON line on stdout), or None."""
-    for line in reversed(log.splitlines()):
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            data = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(data, dict) and isinstance(data.get("provenance"), dict) and "dest" in data:
-            return data["provenance"]
-    return None
-
-
-def source_status(spec: ImportSpec, provenance: Optional[dict]) -> tuple[Optional[dict], Optional[str]]:
+def source_status(spec: ImportSpec, provenance: Optional[Provenance]) -> tuple[Optional[dict], Optional[str]]:
     """(status.source, None), or (None, why the import cannot be recorded): a source that pins a
-    commit must report one (a 40 or 64 digit hex commit id)."""
+    commit must report one (a 40 or 64 digit hex commit id). `provenance`: what `agent import`
+    reported (protocol/results.py ImportReport), None when it reported nothing."""
     status: dict = {"kind": spec.kind, "uri": spec.uri[:MAX_URI]}
     if spec.revision:
         status["revision"] = spec.revision
-    resolved = (provenance or {}).get("resolvedRevision")
+    resolved = provenance.resolvedRevision if provenance is not None else None
     if spec.pins_commit:
         if not isinstance(resolved, str) or not _COMMIT.fullmatch(resolved):
             return None, "the import did not report the commit it fetched (resolvedRevision)"

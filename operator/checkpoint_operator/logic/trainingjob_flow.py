@@ -42,10 +42,12 @@ def fail_change(fail: Fail, now: str) -> StatusChange:
 
 
 def running_change(job_name: str, inputs: list[str], output_claim: Optional[str], now: str,
-                   publish: Optional[str] = None, pinned: bool = True) -> StatusChange:
-    """`pinned`: status.inputs was written before the Job (with inputs); else none, recorded here."""
+                   publish: Optional[str] = None, pinned: bool = True, job_uid: Optional[str] = None) -> StatusChange:
+    """`pinned`: status.inputs was written before the Job (with inputs); else none, recorded here.
+    `job_uid`: the Job's UID (only pods it controls are trusted as the job's workers)."""
     names = ", ".join(inputs) or "no inputs"
-    fields = {"jobName": job_name, "outputClaim": output_claim, "startTime": now, "publish": publish}
+    fields = {"jobName": job_name, "outputClaim": output_claim, "startTime": now, "publish": publish,
+              "jobUid": job_uid}
     if not pinned:
         fields.update(inputs=[], inputCount=0)
     return StatusChange(phase=TrainingJobPhase.RUNNING, reason="Running", message=f"Job {job_name} started on {names}",

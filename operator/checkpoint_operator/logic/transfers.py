@@ -17,13 +17,12 @@ patch `test`): a newer request made meanwhile is served next, never dropped.
 
 from __future__ import annotations
 
-import json
 import posixpath
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Union
 
-from checkpoint_operator.protocol.manifest import Manifest
+from checkpoint_operator.protocol.results import TransferReport
 from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.common import parse_quantity
 from checkpoint_operator.api.upload import (DIGEST_PATTERN, PULL_REQUEST_ANNOTATION, UPLOAD_DIGEST_ANNOTATION,
@@ -41,6 +40,7 @@ from checkpoint_operator.logic.workload import (IMPORT_SIZE_ANNOTATION, LABEL_CH
 REQUEST_ANNOTATION = "ckpt.dev/request"      # on a serving pod: the request it serves
 UPLOAD_DIR = import_data_dir()               # where a push lands on the volume store (status.location path "data")
 PULL_WORK_DIR = "/checkpoint-work"           # a pull pod's emptyDir, where agent hold sees the pulls
+MANIFEST_MOUNT = "/checkpoint-manifest.json"  # volume store: the checkpoint's stored manifest, mounted alone
 IDLE_SECONDS = 900.0                         # a receiver or pull pod without activity this long ends
 COMPONENTS = {"upload": "upload", "verify": "verify", "pull": "pull"}
 SERVED_WHEN_READY = (VERIFY_REQUEST_ANNOTATION, PULL_REQUEST_ANNOTATION)
@@ -138,7 +138,8 @@ def build_upload_check_pod(checkpoint: Checkpoint, config: OperatorConfig, reque
 
 def location_volumes(location: dict, *, read_only: bool = True) -> tuple[list[dict], list[dict]]:
     """(volumes, mounts) that show a volume location's files at AGENT_DATA_MOUNT, and only them
-    (the root files of an output, listed as items, are mounted one by one)."""
+    (the root files of an output, listed as items, are mounted one by one), and its stored
+    manifest, alone, at MANIFEST_MOUNT (it lives outside the checkpoint's directory)."""
     volume = location["volume"]
     sub_path = posixpath.normpath(volume.get("path", ".").lstrip("/") or ".")
     volumes = [{"name": "data", "persistentVolumeClaim": {"claimName": volume["claimName"], "readOnly": read_only}}]
@@ -150,7 +151,15 @@ def location_volumes(location: dict, *, read_only: bool = True) -> tuple[list[di
         if path != ".":
             mount["subPath"] = path
         mounts.append(mount)
+    if volume.get("manifest"):
+        mounts.append({"name": "data", "readOnly": True, "mountPath": MANIFEST_MOUNT,
+                       "subPath": posixpath.normpath(volume["manifest"])})
     return volumes, mounts
+
+
+def stored_manifest(location: dict) -> Optional[str]:
+    """Where a volume location's pod sees its stored manifest (None: none is stored)."""
+    return MANIFEST_MOUNT if (location.get("volume") or {}).get("manifest") else None
 
 
 def build_verify_pod(checkpoint: Checkpoint, config: OperatorConfig, value: str, s3_env: list[dict]) -> dict:
@@ -163,8 +172,9 @@ def build_verify_pod(checkpoint: Checkpoint, config: OperatorConfig, value: str,
         volumes: list[dict] = []
     else:
         volumes, mounts = location_volumes(location)
-        container = agent_container("verify", agent_commands.verify(AGENT_DATA_MOUNT, digest=status.digest), config,
-                                    mounts=mounts)
+        container = agent_container("verify", agent_commands.verify(AGENT_DATA_MOUNT, digest=status.digest,
+                                                                    manifest=stored_manifest(location)),
+                                    config, mounts=mounts)
     return _serving_pod(checkpoint, config, "verify", verify_pod_name(checkpoint.metadata.name), value, [container],
                         volumes, size_bytes=status.sizeBytes)
 
@@ -179,9 +189,9 @@ def build_pull_pod(checkpoint: Checkpoint, config: OperatorConfig, value: str) -
                         volumes, size_bytes=checkpoint.status.sizeBytes)
 
 
-def pull_command() -> list[str]:
-    """What `kubectl ckpt pull` runs in the pull pod."""
-    return agent_commands.pack(AGENT_DATA_MOUNT, session_dir=PULL_WORK_DIR)
+def pull_command(location: Optional[dict] = None) -> list[str]:
+    """What `kubectl ckpt pull` runs in the pull pod (its stored manifest goes first, when it has one)."""
+    return agent_commands.pack(AGENT_DATA_MOUNT, session_dir=PULL_WORK_DIR, manifest=stored_manifest(location or {}))
 
 
 def push_command(max_size: Optional[int], name: Optional[str]) -> list[str]:
@@ -190,8 +200,9 @@ def push_command(max_size: Optional[int], name: Optional[str]) -> list[str]:
 
 
 def inventory_command() -> list[str]:
-    """What a push runs first in the receiver pod: what an interrupted push left there."""
-    return agent_commands.scan(UPLOAD_DIR, single=True)
+    """What a push runs first in the receiver pod: what an interrupted push left there (every
+    file, as JSON: the plugin sends only the others)."""
+    return agent_commands.scan(UPLOAD_DIR, single=True, result=False)
 
 
 def _serving_pod(checkpoint: Checkpoint, config: OperatorConfig, component: str, name: str, request: str,
@@ -210,58 +221,16 @@ def served_request(pod: dict) -> Optional[str]:
 
 # --- results ---------------------------------------------------------------------------------------
 
-class TransferOutputError(ValueError):
-    pass
-
-
-@dataclass
-class TransferResult:
-    """What `agent verify --json` or `agent receive` printed."""
-
-    manifest: Optional[Manifest]
-    received: bool
-    verified: bool
-    problems: list[dict] = field(default_factory=list)
-    problem_count: int = 0
-    reason: str = ""
-    skipped: list[dict] = field(default_factory=list)
-
-    def problems_text(self) -> str:
-        shown = [f"'{p['path']}': {p['problem']}" if p.get("path") not in (None, ".") else p.get("problem", "")
-                 for p in self.problems[:MAX_PROBLEMS_SHOWN]]
-        more = self.problem_count - len(shown)
-        return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
-
-
-def parse_transfer_output(log: str) -> TransferResult:
-    for line in reversed(log.splitlines()):
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            data = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(data, dict) and "checkpoints" in data:
-            checkpoints = data["checkpoints"] or []
-            manifest = Manifest.model_validate(checkpoints[0]) if checkpoints else None
-            problems = [p for p in data.get("problems") or [] if isinstance(p, dict)]
-            return TransferResult(manifest=manifest, received=bool(data.get("received", manifest is not None)),
-                                  verified=bool(data.get("verified", False)), problems=problems,
-                                  problem_count=int(data.get("problemCount", len(problems))),
-                                  reason=str(data.get("reason", "")), skipped=list(data.get("skipped") or []))
-    raise TransferOutputError("the pod's log holds no result (a JSON line with 'checkpoints')")
-
-
-def verified_condition(result: TransferResult, where: str) -> ConditionChange:
-    if result.verified and result.manifest is not None:
-        m = result.manifest
+def verified_condition(result: TransferReport, where: str) -> ConditionChange:
+    if result.verified and result.checkpoint is not None:
+        m = result.checkpoint
         return ConditionChange("Verified", "True", "Verified",
                                f"all {m.fileCount} files ({format_size(m.sizeBytes)}) read again at {where} match "
                                f"the manifest, digest {m.digest}")
-    count = result.problem_count or len(result.problems)
+    count = result.problemCount or len(result.problems)
     return ConditionChange("Verified", "False", "DataMismatch",
-                           f"{count} problem{'s' if count != 1 else ''} at {where}: {result.problems_text()}")
+                           f"{count} problem{'s' if count != 1 else ''} at {where}: "
+                           f"{result.problems_text(MAX_PROBLEMS_SHOWN)}")
 
 
 def verifying_condition(where: str, request: str) -> ConditionChange:

@@ -17,6 +17,7 @@ from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic import agent_commands, import_sources
+from checkpoint_operator.protocol.manifest import MANIFESTS_DIR
 from checkpoint_operator.logic import live_sealing
 from checkpoint_operator.logic.agent_pods import (AGENT_DATA_MOUNT, AGENT_OUTPUT_MOUNT, INPUT_VOLUME_PREFIX,
                                                   OUTPUT_VOLUME, STAGING_VOLUME, InputVolumes, agent_container,
@@ -223,23 +224,27 @@ def build_live_sidecar(tj: TrainingJob, config: OperatorConfig, upload_to: Optio
     command = agent_commands.watch(tj.spec.outputDir, interval=config.live_watch_interval,
                                    annotations_file=live_sealing.annotations_file(), upload_to=upload_to,
                                    shared=tj.spec.replicas > 1,
-                                   upload_concurrency=config.live_upload_concurrency if upload_to else None)
+                                   upload_concurrency=config.live_upload_concurrency if upload_to else None,
+                                   # volume store: the sealed manifests beside the data (the store is the volume)
+                                   manifests_dir=None if upload_to else posixpath.join(tj.spec.outputDir, MANIFESTS_DIR))
     return live_sealing.sidecar_parts(tj, command, config.agent_image, config.agent_image_pull_policy,
                                     copy.deepcopy(config.live_sidecar_resources), env, OUTPUT_VOLUME,
                                     tj.spec.template.spec)
 
 
-def build_snapshot_pod(tj: TrainingJob, command: list[str], env: list[dict], config: OperatorConfig) -> dict:
-    """The pod that scans the output volume (read-only) and prints the checkpoints as JSON
-    (on the s3 store `command` uploads them first). Its deadline is the base one: the output's
-    size is what it finds out."""
+def build_snapshot_pod(tj: TrainingJob, command: list[str], env: list[dict], config: OperatorConfig,
+                       read_only: bool = True) -> dict:
+    """The pod that scans the output volume and writes the checkpoints found as its result line
+    (on the s3 store `command` uploads them first). Read-only unless the store keeps the full
+    manifests on the volume (`read_only` False: the agent writes only .ckpt-manifests/ at its root).
+    Its deadline is the base one: the output's size is what it finds out."""
     container = agent_container("snapshot", command, config,
-                                mounts=[{"name": OUTPUT_VOLUME, "mountPath": AGENT_OUTPUT_MOUNT, "readOnly": True}],
+                                mounts=[{"name": OUTPUT_VOLUME, "mountPath": AGENT_OUTPUT_MOUNT, "readOnly": read_only}],
                                 env=env)
     metadata = {"name": snapshot_pod_name(tj), "namespace": tj.metadata.namespace,
                 "labels": _labels(tj, "snapshot"), "ownerReferences": [owner_reference(tj)]}
     return agent_pod(metadata, config, [container], [{"name": OUTPUT_VOLUME, "persistentVolumeClaim": {
-        "claimName": output_claim_name(tj), "readOnly": True}}])
+        "claimName": output_claim_name(tj), "readOnly": read_only}}])
 
 
 def build_volume_scan_pod(checkpoint: Checkpoint, config: OperatorConfig) -> dict:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Iterable, Optional
+from typing import IO, Any, Iterable, Optional
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -31,6 +31,16 @@ UPLOAD_JOURNAL_NAME = ".checkpoint-upload-journal.json"
 RESERVED_ROOT_NAMES = (MANIFEST_NAME, UPLOAD_JOURNAL_NAME)
 # A manifest bigger than this is refused unread (a million files take ~150 MB).
 MAX_MANIFEST_BYTES = 512 * 1024 * 1024
+# Volume store: the full manifests of the checkpoints of an output (or an import claim), beside
+# the data at the volume's root and outside every checkpoint directory, so each stays
+# byte-identical to what was written. Hidden: the scan of the output skips it.
+MANIFESTS_DIR = ".ckpt-manifests"
+
+
+def stored_manifest_name(digest: str) -> str:
+    """The file of a manifest in MANIFESTS_DIR: named by its digest (checkpoints with the same
+    bytes share it; a reader checks the digest it holds is the one it expects)."""
+    return digest.replace(":", "-", 1) + ".json"
 
 
 class FileEntry(BaseModel):
@@ -144,3 +154,62 @@ def parse_manifest(body, where: str) -> Manifest:
     if problem:
         raise AgentError(f"invalid manifest at {where}: {problem}")
     return manifest
+
+
+class ManifestBuilder:
+    """A checkpoint's manifest built file by file, as the files are hashed, in canonical order
+    (by the bytes of their paths: the order the digest hashes them in, checked on each add).
+
+    The digest and totals grow line by line; the entries go to `spool` (a binary file: written
+    out by `write`, memory stays flat however many files), or are kept (`keep`: for callers
+    that use the files), or nowhere (only the digest and totals are wanted)."""
+
+    def __init__(self, path: str, *, spool: Optional[IO[bytes]] = None, keep: bool = False) -> None:
+        self.path = path
+        self.spool = spool
+        self.kept: Optional[list[FileEntry]] = [] if keep else None
+        self.file_count = 0
+        self.size_bytes = 0
+        self._sha256sum = hashlib.sha256()
+        self._last: Optional[bytes] = None
+
+    def add(self, rel: str, size: int, sha256: str) -> None:
+        key = rel.encode("utf-8")
+        if self._last is not None and key <= self._last:
+            raise ValueError(f"manifest of {self.path!r}: '{printable(rel)}' comes after "
+                             f"'{printable(self._last.decode())}' (files must be added in path order, once)")
+        self._last = key
+        self._sha256sum.update(f"{sha256}  {rel}\n".encode("utf-8"))
+        self.file_count += 1
+        self.size_bytes += size
+        if self.spool is not None:
+            entry = f'{{"path":{json.dumps(rel)},"sha256":"{sha256}","size":{size}}}'
+            self.spool.write((entry if self.file_count == 1 else "," + entry).encode("ascii"))
+        if self.kept is not None:
+            self.kept.append(FileEntry.model_construct(path=rel, size=size, sha256=sha256))
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self._sha256sum.hexdigest()
+
+    def manifest(self, **info: Any) -> Manifest:
+        """The manifest (its files when kept, else none) with `info` (format, step, ...)."""
+        fields: dict[str, Any] = {
+            "version": MANIFEST_VERSION, "path": self.path, "files": self.kept if self.kept is not None else [],
+            "sizeBytes": self.size_bytes, "fileCount": self.file_count, "digest": self.digest, "format": "unknown",
+            "step": None, "resumable": False, "complete": None, "completeReason": None, "metrics": None, **info}
+        return Manifest.model_construct(**fields)
+
+    def write(self, out: IO[bytes], manifest: Manifest) -> None:
+        """The stored form of `manifest` (Manifest.to_json, byte for byte) with the spooled files."""
+        if self.spool is None:
+            out.write(manifest.to_json().encode("utf-8"))
+            return
+        head, sep, tail = manifest.model_copy(update={"files": []}).to_json().partition('"files":[]')
+        assert sep, "a manifest's JSON has its files"
+        out.write(head.encode("utf-8") + b'"files":[')
+        self.spool.flush()
+        self.spool.seek(0)
+        while chunk := self.spool.read(1 << 20):
+            out.write(chunk)
+        out.write(b"]" + tail.encode("utf-8"))

@@ -23,6 +23,7 @@ class PodState:
     name: str
     phase: PodPhase
     problem: Optional[PodProblem]
+    controller_uid: Optional[str] = None  # the UID of the object that controls it (its Job)
 
 
 def _ns_name(body: Mapping) -> tuple[str, str]:
@@ -62,7 +63,9 @@ def worker_pod_keys(body: Mapping) -> dict:
     if labels.get(LABEL_COMPONENT) != "worker" or not labels.get(LABEL_TRAINING_JOB_UID):
         return {}
     namespace, name = _ns_name(body)
-    state = PodState(name, PodPhase.of(body), pod_problem(dict(body)))
+    controller = next((o.get("uid") for o in body.get("metadata", {}).get("ownerReferences") or []
+                       if o.get("controller")), None)
+    state = PodState(name, PodPhase.of(body), pod_problem(dict(body)), controller)
     return {("pods", namespace, labels[LABEL_TRAINING_JOB_UID]): state}
 
 
@@ -114,8 +117,13 @@ class Indexes:
     def checkpoints_on_claim(self, namespace: str, claim: str) -> list[str]:
         return self._all(self._checkpoints, ("claim", namespace, claim))
 
-    def worker_pods(self, namespace: str, training_job_uid: str) -> list[PodState]:
-        return self._all(self._pods, ("pods", namespace, training_job_uid))
+    def worker_pods(self, namespace: str, training_job_uid: str, job_uid: Optional[str]) -> list[PodState]:
+        """The pods of the job's workers: those the label names AND the Job the operator created
+        (its UID recorded in status) controls. A pod that merely carries the label is not one (issue 23
+        item 9): its log is never read, its state never decides anything."""
+        if not job_uid:
+            return []
+        return [p for p in self._all(self._pods, ("pods", namespace, training_job_uid)) if p.controller_uid == job_uid]
 
     def resync_keys(self) -> Iterable[tuple[str, str, str]]:
         """Every object whose work may not be over: the safety net's pass."""

@@ -29,7 +29,8 @@ from checkpoint_operator.logic.conditions import now_rfc3339, seconds_since
 from checkpoint_operator.logic.inputs import InputWait, ResolvedInput, check_live_input, resolve_inputs
 from checkpoint_operator.logic.protection import label_patch, used_uids
 from checkpoint_operator.logic.results import Advance, Done, Fail, Result, Wait
-from checkpoint_operator.logic.snapshot import not_stored, plan_snapshot, skipped_message
+from checkpoint_operator.logic.snapshot import SnapshotPlan, not_stored, plan_snapshot, skipped_message, storable
+from checkpoint_operator.protocol.results import ScanReport
 from checkpoint_operator.logic.status import StatusChange
 from checkpoint_operator.storage import MissingUpload, store_for
 from checkpoint_operator import metrics
@@ -127,7 +128,7 @@ def _create_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput])
     try:
         if tj.output_enabled:
             _ensure_owned(tj, ctx.kube.ensure(PVCS, namespace, workload.build_output_claim(tj, ctx.config)))
-        _ensure_owned(tj, ctx.kube.ensure(JOBS, namespace, built.job))
+        job = _ensure_owned(tj, ctx.kube.ensure(JOBS, namespace, built.job))
     except NameConflict as exc:  # usually an earlier run's Job that garbage collection is removing
         return Wait("NameConflict", str(exc), requeue_after=RETRY_SOON)
     except ApiError as exc:
@@ -136,7 +137,8 @@ def _create_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput])
         return Wait("CreateRefused", f"creating the Job or its volume failed: {exc}", requeue_after=RETRY_SOON)
     write_status(ctx, tj, flow.running_change(built.job["metadata"]["name"], [i.name for i in inputs],
                                               workload.output_claim_name(tj) if tj.output_enabled else None,
-                                              now_rfc3339(), publish_mode, pinned=tj.status.inputs is not None))
+                                              now_rfc3339(), publish_mode, pinned=tj.status.inputs is not None,
+                                              job_uid=job["metadata"].get("uid")))
     return Advance()
 
 
@@ -149,7 +151,8 @@ def _adopt_started_job(ctx: Context, tj: TrainingJob) -> Optional[Result]:
     names = [p.name for p in tj.status.inputs or []]
     write_status(ctx, tj, flow.running_change(job["metadata"]["name"], names,
                                               workload.output_claim_name(tj) if tj.output_enabled else None,
-                                              now_rfc3339(), flow.publish_mode_of_job(job)))
+                                              now_rfc3339(), flow.publish_mode_of_job(job),
+                                              job_uid=job["metadata"].get("uid")))
     return Advance()
 
 
@@ -192,11 +195,13 @@ def _release_inputs(ctx: Context, tj: TrainingJob) -> TrainingJob:
 
 def follow_job(ctx: Context, tj: TrainingJob) -> Result:
     job = ctx.kube.get(JOBS, tj.metadata.namespace, tj.status.jobName or workload.job_name(tj))
+    if job is not None and not tj.status.jobUid and _owns(tj, job):  # started by an operator that did not record it
+        tj = write_status(ctx, tj, StatusChange(fields={"jobUid": job["metadata"].get("uid")}))
     succeeded = flow.job_outcome(job)
     if tj.publishes_live:  # also once the Job is over: the sidecars' last lines
         tj = live_sealing.collect(ctx, tj)
     if succeeded is None:
-        pods = ctx.indexes.worker_pods(tj.metadata.namespace, tj.metadata.uid)
+        pods = ctx.indexes.worker_pods(tj.metadata.namespace, tj.metadata.uid, tj.status.jobUid)
         problems = [p.problem for p in pods if p.problem]
         if tj.output_enabled and any(p.phase == PodPhase.PENDING for p in pods) and \
                 all(flow.may_wait_on_a_volume(p) for p in problems):
@@ -210,6 +215,7 @@ def follow_job(ctx: Context, tj: TrainingJob) -> Result:
     outcome = "succeeded" if succeeded else "; ".join([flow.job_failure_message(job), *_pod_failures(ctx, tj)])
     change, snapshot_follows = flow.after_job(tj, succeeded, outcome, now_rfc3339(), workload.snapshot_pod_name(tj))
     tj = write_status(ctx, tj, change)
+    live_sealing.forget(ctx, tj)  # the sidecars' last lines were read above; the snapshot takes over
     if not snapshot_follows:
         _release_inputs(ctx, tj)
         return Done()
@@ -223,7 +229,7 @@ def _pod_failures(ctx: Context, tj: TrainingJob) -> list[str]:
     namespace, names = tj.metadata.namespace, [p.name for p in tj.status.inputs or []]
     found: dict[str, str] = {}
     others: list[str] = []
-    for state in ctx.indexes.worker_pods(namespace, tj.metadata.uid):
+    for state in ctx.indexes.worker_pods(namespace, tj.metadata.uid, tj.status.jobUid):
         pod = ctx.kube.get(PODS, namespace, state.name) if state.phase == PodPhase.FAILED else None
         failure = pod_failure(pod, "training") if pod else None
         name = downloaded_input(failure.container, names) if failure else None
@@ -232,7 +238,9 @@ def _pod_failures(ctx: Context, tj: TrainingJob) -> list[str]:
         if name is None or name in found:
             continue
         try:
-            line = last_error_line(ctx.kube.read_log(namespace, state.name, failure.container))
+            line = last_error_line(ctx.kube.read_log(namespace, state.name, failure.container,
+                                                     tail_lines=agent_runs.FAILURE_LOG_LINES,
+                                                     limit_bytes=agent_runs.FAILURE_LOG_BYTES))
         except ApiError:
             line = ""
         found[name] = flow.input_download_failure(name, line or failure.message)
@@ -241,25 +249,24 @@ def _pod_failures(ctx: Context, tj: TrainingJob) -> list[str]:
 
 # --- Snapshotting: scan the output, create Checkpoints -------------------------------------------------
 
+SNAPSHOT = agent_runs.AgentTask("snapshot", "snapshotPodUid", (ScanReport,))
+
+
 def snapshot(ctx: Context, tj: TrainingJob) -> Result:
     store = store_for(ctx.config)
     backoff = flow.snapshot_wait(tj.status.snapshotRetryAt, datetime.now(timezone.utc))
     if backoff is not None and ctx.kube.get(PODS, tj.metadata.namespace, workload.snapshot_pod_name(tj)) is None:
         return Wait(requeue_after=backoff)  # after a failed attempt (SnapshotRetry said when)
     pod = workload.build_snapshot_pod(tj, store.snapshot_command(tj, AGENT_OUTPUT_MOUNT), store.agent_env(),
-                                      ctx.config)
-    run = agent_runs.run_agent_pod(ctx, tj.metadata.uid, pod, "snapshot")
-    if isinstance(run, agent_runs.Started):
-        return Wait()  # status.snapshotPod was written with the Snapshotting phase
-    if isinstance(run, agent_runs.Running):
-        if run.problem:
-            return Wait(run.problem.reason, run.problem.message)
-        return Wait() if tj.ready_reason() == "Snapshotting" else Wait("Snapshotting", tj.status.message or "", warning=False)
-    if isinstance(run, agent_runs.NotOurs):
-        return Wait("NameConflict", run.message, requeue_after=RETRY_SOON)
+                                      ctx.config, read_only=not store.snapshot_writes_output)
+    run = agent_runs.follow(ctx, tj, pod, SNAPSHOT)
+    if isinstance(run, agent_runs.Waiting):  # status.snapshotPod was written with the Snapshotting phase
+        return agent_runs.wait_for(run, reason="Snapshotting", message=tj.status.message or "",
+                                   current_reason=tj.ready_reason())
     if isinstance(run, agent_runs.PodFailed):
         return _snapshot_pod_failed(ctx, tj, pod, run.message)
-    return _store_snapshot(ctx, tj, pod, run.scan)
+    assert run.result is not None
+    return _store_snapshot(ctx, tj, pod, run.result)
 
 
 def _snapshot_pod_failed(ctx: Context, tj: TrainingJob, pod: dict, message: str) -> Result:
@@ -274,13 +281,16 @@ def _snapshot_pod_failed(ctx: Context, tj: TrainingJob, pod: dict, message: str)
     return Wait(requeue_after=delay)
 
 
-def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict, scan) -> Result:
+def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict, scan: ScanReport) -> Result:
     namespace, claim = tj.metadata.namespace, workload.output_claim_name(tj)
     layout = tj.spec.output.layout
     store = store_for(ctx.config)
+    if scan.manifestsProblem:  # the checkpoints stand; verify and pull read their files again instead
+        ctx.warn(tj, "ManifestsNotStored", scan.manifestsProblem)
     try:
+        scan = storable(scan, lambda m: store.snapshot_location(tj, claim, m, layout))
         for manifest in scan.checkpoints:  # every checkpoint must have reached the store, committed
-            if not store.is_committed(store.snapshot_location(tj, claim, manifest, layout, scan.uploads)):
+            if not store.is_committed(store.snapshot_location(tj, claim, manifest, layout)):
                 raise MissingUpload(f"{manifest.path!r} has no manifest in the store: the upload did not complete")
     except MissingUpload as exc:
         agent_runs.finish(ctx, pod)
@@ -289,7 +299,7 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict, scan) -> Result:
     existing = ctx.indexes.checkpoints_of(namespace, tj.metadata.uid)
     retired = [(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []]
     plan = plan_snapshot(tj, scan, lambda n: ctx.indexes.checkpoint(namespace, n),
-                         lambda m: store.snapshot_location(tj, claim, m, layout, scan.uploads), existing=existing,
+                         lambda m: store.snapshot_location(tj, claim, m, layout), existing=existing,
                          retired=retired)
     created = [publish.create_checkpoint(ctx, tj, planned) for planned in plan.checkpoints]
     if any(c is None for c in created):
@@ -313,7 +323,8 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict, scan) -> Result:
     for info in plan.retire:
         ctx.info(tj, "Retired", f"retention: deleting Checkpoint {info.name} (step {info.step})")
         ctx.kube.delete(CHECKPOINTS, namespace, info.name)
-    unused = [scan.uploads[d] for d in [*plan.dropped, *plan.gone] if d in scan.uploads]
+    uploads = {m.path: m.uri for m in scan.checkpoints if m.uri}
+    unused = [uploads[d] for d in [*plan.dropped, *plan.gone] if d in uploads]
     for uri in store.delete_unused_uploads(tj, unused):
         ctx.info(tj, "DataDeleted", f"deleted {uri} (not kept as a Checkpoint)")
     _report_snapshot(ctx, tj, plan, scan, [c for c in ready if c.metadata.name not in {e.name for e in existing}])
@@ -332,7 +343,7 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict, scan) -> Result:
     return Done()
 
 
-def _changed_not_stored(plan, bytes_in_place: bool) -> Optional[str]:
+def _changed_not_stored(plan: SnapshotPlan, bytes_in_place: bool) -> Optional[str]:
     """s3 store: a sealed directory changed after its upload; the new bytes exist only on the
     output volume, which is then kept."""
     if bytes_in_place or not plan.changed:
@@ -340,9 +351,10 @@ def _changed_not_stored(plan, bytes_in_place: bool) -> Optional[str]:
     return "changed after sealing, not stored: " + ", ".join(info.directory or "" for info, _ in plan.changed[:5])
 
 
-def _report_snapshot(ctx: Context, tj: TrainingJob, plan, scan, created: list[Checkpoint]) -> None:
+def _report_snapshot(ctx: Context, tj: TrainingJob, plan: SnapshotPlan, scan: ScanReport,
+                     created: list[Checkpoint]) -> None:
     if scan.total_skipped:  # one event for all of them (3,000 skipped links are one line)
-        ctx.warn(tj, "Skipped", skipped_message(scan.skipped, scan.skipped_count))
+        ctx.warn(tj, "Skipped", skipped_message(scan.skipped, scan.skippedCount))
     if plan.dropped:
         ctx.info(tj, "NotKept", f"retention: not kept as Checkpoints: {', '.join(plan.dropped)}")
     for checkpoint in created:

@@ -8,7 +8,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Optional
 
-from checkpoint_operator.protocol.manifest import Manifest
+from checkpoint_operator.protocol.manifest import MANIFESTS_DIR, stored_manifest_name
+from checkpoint_operator.protocol.results import CheckpointSummary
 from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.config import OperatorConfig
@@ -18,6 +19,17 @@ from checkpoint_operator.logic.inputs import ResolvedInput
 
 class MissingUpload(ValueError):
     pass
+
+
+def volume_location(claim: str, path: str, manifest: CheckpointSummary, items: Optional[list[str]] = None) -> dict:
+    """A location on a volume; with the path of the full manifest when the agent stored it
+    beside the data (`.ckpt-manifests/` at the volume's root: protocol/manifest.py)."""
+    volume: dict = {"claimName": claim, "path": path}
+    if items is not None:
+        volume["items"] = items
+    if manifest.manifestStored:
+        volume["manifest"] = f"{MANIFESTS_DIR}/{stored_manifest_name(manifest.digest)}"
+    return {"volume": volume}
 
 
 class ForeignLocation(ValueError):
@@ -30,6 +42,7 @@ class Store(ABC):
     name: str
     keeps_output_claim: bool   # volume: the output PVC becomes the Checkpoints' storage
     import_needs_claim: bool   # volume: an import lands on a PVC of its own
+    snapshot_writes_output: bool  # volume: the snapshot writes the full manifests beside the data
 
     def __init__(self, config: OperatorConfig):
         self.config = config
@@ -45,15 +58,16 @@ class Store(ABC):
     def snapshot_command(self, tj: TrainingJob, output_dir: str) -> list[str]: ...
 
     @abstractmethod
-    def snapshot_location(self, tj: TrainingJob, claim: str, manifest: Manifest, layout: str,
-                          uploads: dict[str, str]) -> dict: ...
+    def snapshot_location(self, tj: TrainingJob, claim: str, manifest: CheckpointSummary, layout: str) -> dict:
+        """status.location of a checkpoint the snapshot found; MissingUpload when its data was not
+        stored, logic.snapshot.NotStorable when it cannot be."""
 
     @abstractmethod
     def import_containers(self, checkpoint: Checkpoint, max_size: int) -> tuple[list[dict], list[dict], list[dict]]:
         """(init containers, containers, volumes) of the pod that imports `checkpoint`."""
 
     @abstractmethod
-    def import_location(self, checkpoint: Checkpoint, claim: str, uploads: dict[str, str]) -> dict: ...
+    def import_location(self, checkpoint: Checkpoint, claim: str, manifest: CheckpointSummary) -> dict: ...
 
     def live_upload_prefix(self, tj: TrainingJob) -> Optional[str]:
         """The sealing sidecar's --upload-to (None: the volume is the store, nothing is uploaded)."""
@@ -63,9 +77,9 @@ class Store(ABC):
         """Where the sealing sidecar uploads (None: it uploads nothing, the volume is the store)."""
         return None
 
-    def live_location(self, tj: TrainingJob, claim: str, manifest: Manifest, uploads: dict[str, str]) -> dict:
+    def live_location(self, tj: TrainingJob, claim: str, manifest: CheckpointSummary) -> dict:
         """status.location of a checkpoint sealed while the job runs."""
-        return {"volume": {"claimName": claim, "path": manifest.path}}
+        return volume_location(claim, manifest.path, manifest)
 
     def is_committed(self, location: dict) -> bool:
         """Is the data at `location` complete? Checked before a Checkpoint is marked Ready."""

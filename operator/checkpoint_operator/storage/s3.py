@@ -18,7 +18,7 @@ from __future__ import annotations
 import posixpath
 from typing import Optional
 
-from checkpoint_operator.protocol.manifest import Manifest
+from checkpoint_operator.protocol.results import CheckpointSummary
 from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.logic import agent_commands
@@ -40,6 +40,7 @@ class S3Store(Store):
     name = "s3"
     keeps_output_claim = False
     import_needs_claim = False
+    snapshot_writes_output = False
 
     def agent_env(self) -> list[dict]:
         config, env = self.config, []
@@ -97,19 +98,17 @@ class S3Store(Store):
     def live_sealed_prefix(self, tj: TrainingJob) -> Optional[str]:
         return self.live_upload_prefix(tj) + "sealed/"
 
-    def live_location(self, tj: TrainingJob, claim: str, manifest: Manifest, uploads: dict[str, str]) -> dict:
-        if manifest.path not in uploads:
+    def live_location(self, tj: TrainingJob, claim: str, manifest: CheckpointSummary) -> dict:
+        if not manifest.uri:
             raise MissingUpload(f"the sealing sidecar did not upload {manifest.path!r}")
         # The sidecar runs in the user's pod: its lines are believed only under the job's own prefix.
-        return self._uploaded(uploads[manifest.path], self.live_sealed_prefix(tj), repr(manifest.path))
+        return self._uploaded(manifest.uri, self.live_sealed_prefix(tj), repr(manifest.path))
 
-    def snapshot_location(self, tj: TrainingJob, claim: str, manifest: Manifest, layout: str,
-                          uploads: dict[str, str]) -> dict:
-        if manifest.path not in uploads:
+    def snapshot_location(self, tj: TrainingJob, claim: str, manifest: CheckpointSummary, layout: str) -> dict:
+        if not manifest.uri:
             raise MissingUpload(f"the snapshot pod did not upload {manifest.path!r}")
         meta = tj.metadata
-        return self._uploaded(uploads[manifest.path], self.prefix_for(meta.namespace, meta.name, meta.uid),
-                              repr(manifest.path))
+        return self._uploaded(manifest.uri, self.prefix_for(meta.namespace, meta.name, meta.uid), repr(manifest.path))
 
     def import_containers(self, checkpoint: Checkpoint, max_size: int) -> tuple[list[dict], list[dict], list[dict]]:
         """Fetch with the source's credentials (init container), upload with the store's; the
@@ -127,11 +126,11 @@ class S3Store(Store):
         volumes = [{"name": "data", "emptyDir": {"sizeLimit": staging_size_limit(None, max_size)}}, *source.volumes]
         return [fetch], [upload], volumes
 
-    def import_location(self, checkpoint: Checkpoint, claim: str, uploads: dict[str, str]) -> dict:
-        if "." not in uploads:
+    def import_location(self, checkpoint: Checkpoint, claim: str, manifest: CheckpointSummary) -> dict:
+        if not manifest.uri:
             raise MissingUpload("the import pod did not upload the checkpoint")
         meta = checkpoint.metadata
-        return self._uploaded(uploads["."], self.prefix_for(meta.namespace, meta.name, meta.uid), "the checkpoint")
+        return self._uploaded(manifest.uri, self.prefix_for(meta.namespace, meta.name, meta.uid), "the checkpoint")
 
     def is_committed(self, location: dict) -> bool:
         """The manifest is written last: without it the upload does not exist."""

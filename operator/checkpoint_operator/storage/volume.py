@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import posixpath
 
-from checkpoint_operator.protocol.manifest import Manifest
+from checkpoint_operator.protocol.manifest import MANIFESTS_DIR
+from checkpoint_operator.protocol.results import MAX_ITEMS, CheckpointSummary
 from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.logic import agent_commands
@@ -16,13 +17,15 @@ from checkpoint_operator.logic.agent_pods import INPUT_VOLUME_PREFIX, InputVolum
 from checkpoint_operator.logic.inputs import ResolvedInput
 from checkpoint_operator.logic.import_sources import import_spec
 from checkpoint_operator.logic.workload import IMPORT_DIR, import_claim_name, import_data_dir
-from checkpoint_operator.storage.base import Store
+from checkpoint_operator.logic.snapshot import NotStorable
+from checkpoint_operator.storage.base import Store, volume_location
 
 
 class VolumeStore(Store):
     name = "volume"
     keeps_output_claim = True
     import_needs_claim = True
+    snapshot_writes_output = True  # the full manifests, in .ckpt-manifests/ at the output's root
 
     def input_volumes(self, tj: TrainingJob, inputs: list[ResolvedInput]) -> InputVolumes:
         """Each input's PVC, read-only, with subPath at <inputDir>/<name>; one volume per claim."""
@@ -44,15 +47,21 @@ class VolumeStore(Store):
         return InputVolumes(volumes=list(volumes.values()), mounts=mounts)
 
     def snapshot_command(self, tj: TrainingJob, output_dir: str) -> list[str]:
-        return agent_commands.scan(output_dir, layout=tj.spec.output.layout)
+        """The scan of the output, its manifests written beside the data (never into a checkpoint)."""
+        return agent_commands.scan(output_dir, layout=tj.spec.output.layout, result=True,
+                                   manifests_dir=posixpath.join(output_dir, MANIFESTS_DIR))
 
-    def snapshot_location(self, tj: TrainingJob, claim: str, manifest: Manifest, layout: str,
-                          uploads: dict[str, str]) -> dict:
+    def snapshot_location(self, tj: TrainingJob, claim: str, manifest: CheckpointSummary, layout: str) -> dict:
         """The root files (and, in the `files` layout, each file) share their directory with
         other checkpoints, so only their own files are listed as items (mounted one by one)."""
-        if manifest.path == "." or layout == "files":
-            return {"volume": {"claimName": claim, "path": ".", "items": [f.path for f in manifest.files]}}
-        return {"volume": {"claimName": claim, "path": manifest.path}}
+        if layout == "files":
+            return volume_location(claim, ".", manifest, items=[manifest.path])
+        if manifest.path == ".":
+            if manifest.items is None:
+                raise NotStorable(f"{manifest.fileCount} files at the root of the output: a volume location mounts "
+                                  f"root files one by one, at most {MAX_ITEMS}; write them into a directory")
+            return volume_location(claim, ".", manifest, items=manifest.items)
+        return volume_location(claim, manifest.path, manifest)
 
     def import_containers(self, checkpoint: Checkpoint, max_size: int) -> tuple[list[dict], list[dict], list[dict]]:
         data_dir = import_data_dir()
@@ -62,12 +71,14 @@ class VolumeStore(Store):
         scan = agent_commands.scan(data_dir, single=True)
         # Import onto the Checkpoint's own PVC, then scan it: one container. Every argument is
         # passed to the script (never written into it: a glob or a URL is not shell text), so
-        # every runtime can rewrite the paths: $0 is DEST, "$@" the import's arguments.
-        script = f'{" ".join(fetch[:3])} "$@" && {" ".join(scan[:3])} "$0" --single --json'
+        # every runtime can rewrite the paths: $0 is DEST, "$@" the import's arguments. The
+        # manifest goes beside DEST (.ckpt-manifests/ at the claim's root).
+        script = (f'{" ".join(fetch[:3])} "$@" && {" ".join(scan[:3])} "$0" --single --result '
+                  f'--manifests-dir "${{0%/*}}/{MANIFESTS_DIR}"')
         container = agent_container("import", ["sh", "-c", script, data_dir, *fetch[3:]], self.config,
                                     mounts=mount + source.mounts, env=source.env)
         volumes = [{"name": "data", "persistentVolumeClaim": {"claimName": import_claim_name(checkpoint)}}, *source.volumes]
         return [], [container], volumes
 
-    def import_location(self, checkpoint: Checkpoint, claim: str, uploads: dict[str, str]) -> dict:
-        return {"volume": {"claimName": claim, "path": IMPORT_DIR}}
+    def import_location(self, checkpoint: Checkpoint, claim: str, manifest: CheckpointSummary) -> dict:
+        return volume_location(claim, IMPORT_DIR, manifest)
