@@ -539,3 +539,68 @@ def test_cli_missing_directory_fails_naming_it(tmp_path):
     assert proc.stdout == ""
     proc = _cli(str(write(tmp_path / "a-file")))
     assert proc.returncode != 0 and "not a directory" in proc.stderr
+
+
+# --- the operator's result (--result) and the manifests beside the data (--manifests-dir) ----------
+
+def test_result_names_each_checkpoint_never_its_files_and_manifests_go_beside_the_data(output):
+    from checkpoint_operator.protocol import channel
+    from checkpoint_operator.protocol.manifest import parse_manifest
+    from checkpoint_operator.protocol.results import ScanReport
+    before = {p: p.read_bytes() for p in output.rglob("*") if p.is_file()}
+    proc = _cli(str(output), "--result", "--manifests-dir", str(output / ".ckpt-manifests"))
+    assert proc.returncode == 0, proc.stderr
+    report = channel.find_result(proc.stdout, (ScanReport,), limit_bytes=1 << 20)
+    assert [c.path for c in report.checkpoints] == [".", "checkpoint-1000", "checkpoint-500"]
+    assert all(c.manifestStored for c in report.checkpoints)
+    assert report.checkpoints[0].items == ["config.json", "model.safetensors"]
+    assert "sha256\"" not in proc.stdout.replace('"sha256:', "")  # no file's hash travels in the result
+    full = {m.path: m for m in scan_directory(output).checkpoints}
+    for c in report.checkpoints:
+        stored = output / ".ckpt-manifests" / (c.digest.replace(":", "-") + ".json")
+        manifest = parse_manifest(stored.read_bytes(), str(stored))
+        assert manifest.digest == c.digest == full[c.path].digest and manifest.files == full[c.path].files
+    # Each checkpoint directory is byte for byte what was written; a second scan skips the manifests.
+    assert {p: p.read_bytes() for p in output.rglob("*") if p.is_file() and ".ckpt-manifests" not in p.parts} == before
+    again = channel.find_result(_cli(str(output), "--result").stdout, (ScanReport,), limit_bytes=1 << 20)
+    assert [c.digest for c in again.checkpoints] == [c.digest for c in report.checkpoints] and again.skippedCount == 0
+
+
+def test_manifests_that_cannot_be_written_are_one_problem_not_a_failed_scan(output):
+    from checkpoint_operator.agent.scan import scan_checkpoints
+    (output / "blocked").write_text("a file where the directory would go")
+    scan = scan_checkpoints(output, keep_files=False, manifests_dir=str(output / "blocked" / "manifests"))
+    assert [s.stored for s in scan.checkpoints] == [False, False, False]
+    assert "cannot write the manifests to" in scan.manifests_problem
+    assert all(s.manifest.files == [] and s.manifest.digest.startswith("sha256:") for s in scan.checkpoints)
+
+
+def test_more_checkpoints_than_a_result_reports_fail_at_once_naming_the_limit(tmp_path):
+    from checkpoint_operator.agent.scan import scan_checkpoints
+    from checkpoint_operator.protocol.errors import AgentError
+    for i in range(6):
+        write(tmp_path / f"step-{i}" / "w.bin")
+    with pytest.raises(AgentError, match="6 checkpoints .*more than the 5 one snapshot reports"):
+        scan_checkpoints(tmp_path, max_checkpoints=5)
+    assert len(scan_checkpoints(tmp_path, max_checkpoints=6).checkpoints) == 6
+
+
+def test_root_files_too_many_to_mount_one_by_one_are_reported_without_their_names(tmp_path):
+    from checkpoint_operator.agent.scan import scan_checkpoints
+    from checkpoint_operator.protocol.results import MAX_ITEMS
+    for i in range(MAX_ITEMS + 1):
+        write(tmp_path / f"f-{i:04d}.bin")
+    (root,) = scan_checkpoints(tmp_path, keep_files=False).checkpoints
+    assert root.manifest.path == "." and root.manifest.fileCount == MAX_ITEMS + 1 and root.items is None
+    (tmp_path / "f-0000.bin").unlink()
+    assert len(scan_checkpoints(tmp_path, keep_files=False).checkpoints[0].items) == MAX_ITEMS
+
+
+def test_skipped_entries_keep_the_first_by_path_and_count_them_all(tmp_path):
+    from checkpoint_operator.agent.scan import scan_checkpoints
+    write(tmp_path / "step-1" / "w.bin")
+    for i in range(50):
+        os.symlink("/etc/passwd", tmp_path / "step-1" / f"leak-{i:02d}")
+    scan = scan_checkpoints(tmp_path, max_skipped=5)
+    assert scan.skipped_count == 50
+    assert [s.path for s in scan.skipped] == [f"step-1/leak-{i:02d}" for i in range(5)]

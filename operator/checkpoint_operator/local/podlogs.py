@@ -48,8 +48,15 @@ class ContainerLog:
         return self._last_ns
 
     def append(self, text: str) -> None:
-        """Add output; each line (a last one without a newline too) gets its own stamp."""
-        for line in text.splitlines(keepends=True):
+        """Add output; each line gets its own stamp. Text that continues a line the last append
+        left open (no newline yet) joins it, as a kubelet joins a runtime's partial lines."""
+        lines = _lines_of(text)
+        if lines and self._lines and not self._lines[-1][1].endswith("\n"):
+            ns, open_line = self._lines.pop()
+            self._lines.append((ns, open_line + lines[0]))
+            self._bytes += len(lines[0].encode("utf-8", "replace"))
+            lines = lines[1:]
+        for line in lines:
             size = len(line.encode("utf-8", "replace"))
             self._lines.append((self._now(), line))
             self._bytes += size
@@ -89,6 +96,13 @@ class ContainerLog:
             if len(encoded) > limit:
                 body = encoded[:limit].decode("utf-8", "ignore")
         return body
+
+
+def _lines_of(text: str) -> list[str]:
+    """Lines as a kubelet cuts them: at "\n" only (each kept with it; a last one may have none)."""
+    parts = text.split("\n")
+    lines = [part + "\n" for part in parts[:-1]]
+    return lines + [parts[-1]] if parts[-1] else lines
 
 
 def _positive(params: Mapping[str, str], key: str, allow_zero: bool = False) -> Optional[int]:
