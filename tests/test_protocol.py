@@ -43,8 +43,8 @@ def test_a_newer_version_an_unknown_kind_or_another_kind_is_refused_with_one_lin
         channel.decode(line, (TransferReport,))
     with pytest.raises(channel.ResultError, match="no valid version"):
         channel.decode('{"kind":"scan","version":"1","checkpoints":[]}', (ScanReport,))
-    bad = line.replace('"checkpoints":[]', f'"checkpoints":[{{"path":"x","digest":"sha256:00","sizeBytes":1,'
-                                            f'"fileCount":1}}]')
+    bad = line.replace('"checkpoints":[]', '"checkpoints":[{"path":"x","digest":"sha256:00","sizeBytes":1,'
+                                            '"fileCount":1}]')
     with pytest.raises(channel.ResultError, match=r"invalid: checkpoints\.0\.digest"):
         channel.decode(bad, (ScanReport,))
 
