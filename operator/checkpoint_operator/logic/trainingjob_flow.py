@@ -162,9 +162,16 @@ def snapshot_retry(attempts: int, message: str) -> Optional[Fail]:
     return None
 
 
+# A message names this many checkpoints (status.outputCheckpoints lists them all): 5,000 names
+# would pass the 32 KiB a message may have.
+NAMES_IN_MESSAGE = 20
+
+
 def snapshot_done(tj: TrainingJob, names: list[str], now: str, retained: Optional[str],
                   claim: Optional[str], skipped: int) -> StatusChange:
-    summary = f"{len(names)} checkpoint(s): {', '.join(names)}" if names else "no checkpoints in the output"
+    shown = ", ".join(names[:NAMES_IN_MESSAGE]) + (f" and {len(names) - NAMES_IN_MESSAGE} more"
+                                                   if len(names) > NAMES_IN_MESSAGE else "")
+    summary = f"{len(names)} checkpoint(s): {shown}" if names else "no checkpoints in the output"
     fields = {"outputCheckpoints": names, "outputCount": len(names), "completionTime": now, "skippedCount": skipped}
     conditions: tuple[ConditionChange, ...] = ()
     if retained:

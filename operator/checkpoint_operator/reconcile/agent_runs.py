@@ -21,6 +21,7 @@ from typing import Generic, Optional, TypeVar, Union
 from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator.api.trainingjob import TrainingJob
+from checkpoint_operator import metrics
 from checkpoint_operator.kube import PODS, ApiError, Conflict
 from checkpoint_operator.logic.agent_pods import PodProblem, last_error_line, pod_failure, pod_problem
 from checkpoint_operator.logic.results import Wait
@@ -130,11 +131,14 @@ def read_result(ctx: Context, pod: dict, kinds: tuple[type[R], ...], container: 
                                  limit_bytes=channel.RESULT_READ_BYTES)
     text = read(channel.RESULT_TAIL_LINES)
     try:
-        return channel.find_result(text, kinds, limit_bytes=channel.RESULT_READ_BYTES, what=where)
+        result = channel.find_result(text, kinds, limit_bytes=channel.RESULT_READ_BYTES, what=where)
     except channel.ResultError:
         if len(text.encode("utf-8", "replace")) < channel.RESULT_READ_BYTES:
             raise
-    return channel.find_result(read(1), kinds, limit_bytes=channel.RESULT_READ_BYTES, what=where)
+        text = read(1)
+        result = channel.find_result(text, kinds, limit_bytes=channel.RESULT_READ_BYTES, what=where)
+    metrics.AGENT_RESULT_BYTES.labels(result.kind).observe(len(channel.encode(result)))
+    return result
 
 
 def wait_for(waiting: Waiting, *, reason: Optional[str], message: str, current_reason: Optional[str],
