@@ -232,8 +232,6 @@ async def main() -> None:
     checkpoints = args.checkpoints or (300 if args.quick else 5_000)
     only = set(args.only.split(","))
     output = Output()
-    if files > 1_000_000:  # one entry budget for the whole output: files and their directories
-        os.environ["CKPT_SCAN_MAX_ENTRIES"] = str(files + files // PER_DIR + 100)
     lines = []
     if "files" in only:
         lines.append(await scenario("files", [(scale.training_job("files", checkpoints=1), many_files(files))],

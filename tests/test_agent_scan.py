@@ -604,3 +604,23 @@ def test_skipped_entries_keep_the_first_by_path_and_count_them_all(tmp_path):
     scan = scan_checkpoints(tmp_path, max_skipped=5)
     assert scan.skipped_count == 50
     assert [s.path for s in scan.skipped] == [f"step-1/leak-{i:02d}" for i in range(5)]
+
+
+def test_the_streaming_scan_takes_a_million_files_and_their_directories_by_default(monkeypatch):
+    """scan --result (the volume store's snapshot) holds ~100 bytes a file: its default entry
+    budget fits a million files with their directories; the scans that hold a tree keep 1,000,000."""
+    import argparse
+
+    from checkpoint_operator.agent import scan
+    from checkpoint_operator.agent.tree import DEFAULT_MAX_ENTRIES, STREAMING_MAX_ENTRIES
+    seen = {}
+    monkeypatch.delenv("CKPT_SCAN_MAX_ENTRIES", raising=False)
+    monkeypatch.setattr(scan, "scan_checkpoints", lambda *a, **k: seen.update(k) or scan.OutputScan([], [], 0))
+    monkeypatch.setattr(scan, "scan_directory", lambda *a, **k: seen.update(k) or scan.ScanResult(checkpoints=[],
+                                                                                                  skipped=[]))
+    args = argparse.Namespace(dir=".", layout="auto", single=False, workers=None, max_entries=None, json=False,
+                              result=True, manifests_dir=None)
+    scan.main(args)
+    assert seen["max_entries"] == STREAMING_MAX_ENTRIES >= 1_000_000 + 1_000_000 // 100
+    scan.main(argparse.Namespace(**{**vars(args), "result": False, "json": True}))
+    assert seen["max_entries"] == DEFAULT_MAX_ENTRIES

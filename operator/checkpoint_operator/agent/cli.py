@@ -32,7 +32,8 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
                            "(the volume store keeps them at the volume's root, in .ckpt-manifests/)")
     scan.add_argument("--workers", type=_positive_int, default=None, help="hashing threads (default: number of cores)")
     scan.add_argument("--max-entries", type=_positive_int, default=None, metavar="N",
-                      help="fail past this many directory entries in all (default 1000000, or CKPT_SCAN_MAX_ENTRIES)")
+                      help="fail past this many directory entries in all (default 1000000, 2000000 with --result; "
+                           "or CKPT_SCAN_MAX_ENTRIES)")
     scan.set_defaults(func=lambda a: _call("scan", a))
 
     snap = cmds.add_parser("snapshot", help="scan an output directory and upload each checkpoint (s3 store)",

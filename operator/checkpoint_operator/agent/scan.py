@@ -40,8 +40,8 @@ from checkpoint_operator.protocol.names import component_problem, printable
 from checkpoint_operator.protocol import results
 from checkpoint_operator.agent.live_sealing import LIVE_DIR
 from checkpoint_operator.agent.tree import (
-    DEFAULT_MAX_ENTRIES, LEAVES_CHECKPOINT, EntryBudget, TreeFile, entry_limit, iter_checkpoint, resolve_link,
-    special_kind,
+    DEFAULT_MAX_ENTRIES, LEAVES_CHECKPOINT, STREAMING_MAX_ENTRIES, EntryBudget, TreeFile, entry_limit, iter_checkpoint,
+    resolve_link, special_kind,
 )
 
 __all__ = ["LEAVES_CHECKPOINT", "OutputScan", "ScanResult", "Scanned", "Skipped", "describe_checkpoint",
@@ -550,7 +550,7 @@ def main(args: argparse.Namespace) -> int:
         raise AgentError(f"{args.dir}: not a directory (scan takes the directory that holds the checkpoints)")
     if getattr(args, "result", False):
         scan = scan_checkpoints(Path(args.dir), layout=args.layout, single=args.single, workers=args.workers,
-                                max_entries=entry_limit(args.max_entries), keep_files=False,
+                                max_entries=entry_limit(args.max_entries, STREAMING_MAX_ENTRIES), keep_files=False,
                                 manifests_dir=args.manifests_dir, max_checkpoints=results.MAX_CHECKPOINTS,
                                 max_skipped=results.MAX_SKIPPED_REPORTED)
         channel.write(report_of(scan))

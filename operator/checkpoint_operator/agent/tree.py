@@ -29,6 +29,9 @@ from checkpoint_operator.protocol.manifest import MANIFEST_NAME, RESERVED_ROOT_N
 from checkpoint_operator.protocol.names import MAX_PATH_BYTES, component_problem, printable
 
 DEFAULT_MAX_ENTRIES = 1_000_000
+# The scan that streams its manifests (scan --result: the volume store's snapshot) holds about
+# 100 bytes per file, not a tree: a million files and their directories fit.
+STREAMING_MAX_ENTRIES = 2_000_000
 MAX_LINK_HOPS = 40  # Linux's MAXSYMLINKS
 # Components looked at while resolving one link (bounds the work of links to long paths of links).
 MAX_RESOLVE_STEPS = 4096
@@ -40,10 +43,10 @@ SYMLINK_LOOP = "symlink loop (more than 40 hops)"
 BROKEN_SYMLINK = "broken symlink"
 
 
-def entry_limit(given: Optional[int] = None) -> int:
+def entry_limit(given: Optional[int] = None, default: int = DEFAULT_MAX_ENTRIES) -> int:
     """--max-entries, else CKPT_SCAN_MAX_ENTRIES, else the default."""
     value = os.environ.get("CKPT_SCAN_MAX_ENTRIES", "")
-    return given or (int(value) if value.isdigit() and int(value) > 0 else DEFAULT_MAX_ENTRIES)
+    return given or (int(value) if value.isdigit() and int(value) > 0 else default)
 
 
 class TooManyEntries(AgentError):
