@@ -79,7 +79,9 @@ def import_checkpoint(ctx: Context, checkpoint: Checkpoint) -> Result:
     if not isinstance(limit, int):
         return limit
     if store.import_needs_claim:
-        ctx.kube.ensure(PVCS, checkpoint.metadata.namespace, workload.build_import_claim(checkpoint, ctx.config))
+        foreign = volumes.ensure_owned_claim(ctx, checkpoint, workload.build_import_claim(checkpoint, ctx.config))
+        if foreign is not None:
+            return foreign
     pod = workload.build_import_pod(checkpoint, ctx.config, store.import_containers(checkpoint, limit))
     result = _run(ctx, checkpoint, pod, "import", CheckpointPhase.IMPORTING, "Importing", f"importing {origin}",
                   "ImportFailed")
