@@ -1,7 +1,8 @@
 """The files of a checkpoint: one walker for scan, upload and download.
 
 A checkpoint is a directory tree; its files are every regular file under it, with these rules:
-- names must pass agent/names.py; an entry whose name does not is skipped with the rule;
+- names must pass agent/names.py; an entry whose name does not is skipped with the rule, and
+  so are both entries of a directory whose names are the same after Unicode normalization;
 - hidden names are content (only the manifest at the root is not: it describes, it is not
   content; other names the agent reserves at the root are skipped);
 - a symlink is resolved hop by hop against the checkpoint's root as it will be mounted (on
@@ -26,7 +27,9 @@ from typing import Optional
 
 from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.manifest import MANIFEST_NAME, RESERVED_ROOT_NAMES
-from checkpoint_operator.agent.names import MAX_PATH_BYTES, component_problem, printable
+from checkpoint_operator.agent.names import (
+    MAX_PATH_BYTES, collision_problem, collisions, component_problem, printable, spelled,
+)
 
 DEFAULT_MAX_ENTRIES = 1_000_000
 MAX_LINK_HOPS = 40  # Linux's MAXSYMLINKS
@@ -157,6 +160,7 @@ def walk_checkpoint(top: str, budget: Optional[EntryBudget] = None) -> Tree:
         except OSError as exc:
             tree.skip(rel_dir or ".", f"unreadable directory: {exc.strerror}")
             continue
+        twins = collisions([entry.name for entry in entries])
         for entry in entries:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
             budget.take(os.path.join(directory, entry.name))
@@ -167,6 +171,9 @@ def walk_checkpoint(top: str, budget: Optional[EntryBudget] = None) -> Tree:
             problem = component_problem(entry.name)
             if problem:
                 tree.skip(rel, f"name {problem}")
+                continue
+            if entry.name in twins:  # neither is taken: which one is meant cannot be told
+                tree.skipped.append((spelled(rel), f"name {collision_problem(twins[entry.name])}"))
                 continue
             if len(rel.encode("utf-8")) > MAX_PATH_BYTES:
                 tree.skip(rel, f"path is longer than {MAX_PATH_BYTES} bytes")
