@@ -34,6 +34,7 @@ from typing import Optional
 
 from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.names import path_problem, printable
+from checkpoint_operator.agent.tree import UnsafeTree, check_written_tree
 
 DEFAULT_MAX_SIZE = 2 * 1024 ** 4  # 2 TiB
 DEFAULT_MAX_MEMBERS = 1_000_000
@@ -390,14 +391,13 @@ def _count_zip_directory(path: str, archive: str, max_members: int) -> None:
 
 def _check_symlinks(dest: str, root_real: str, archive: str) -> None:
     """Last pass: links that each looked fine can still combine into one that leads out
-    (`a -> .` then `b -> a/..`). Every symlink in the tree must really resolve inside it."""
-    for dirpath, dirnames, filenames in os.walk(dest):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            if os.path.islink(path) and not _inside(root_real, path):
-                rel = os.path.relpath(path, dest)
-                raise UnsafeArchive(f"{archive}: symlink {rel!r} -> {os.readlink(path)!r} resolves outside the "
-                                    f"destination; archive refused")
+    (`a -> .` then `b -> a/..`), or resolve inside only because of where the extraction sits
+    (`l -> ../tree/f` in a directory named `tree`). Every symlink must resolve inside by the
+    rule the scan and a pod reading the checkpoint follow (agent/tree.py)."""
+    try:
+        check_written_tree(dest, archive)
+    except UnsafeTree as exc:
+        raise UnsafeArchive(f"{exc}".replace("; refused", "; archive refused")) from None
 
 
 def extract_archive(path: str, dest: str, *, max_size: int = DEFAULT_MAX_SIZE,

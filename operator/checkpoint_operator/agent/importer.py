@@ -41,6 +41,7 @@ from checkpoint_operator.agent.s3 import (
     describe_error, list_objects, make_client, manifest_exists, parse_s3_uri, parse_size, resolve_endpoint,
 )
 from checkpoint_operator.agent.sources import Limits, Options, Source, open_source
+from checkpoint_operator.agent.tree import check_written_tree
 
 COPY_CHUNK = 8 * 1024 * 1024
 HTTP_TIMEOUT = 60
@@ -328,9 +329,7 @@ def import_checkpoint(source: str, dest: str, *, max_size: int = DEFAULT_MAX_SIZ
                 extract_archive(target, staging.tree, max_size=max_size, max_members=max_members, label=name)
                 os.unlink(target)
                 extracted = True
-        size, count = _tree_totals(staging.tree)
-        if count == 0:
-            raise AgentError(f"{source}: imported nothing (empty archive or prefix)")
+        size, count = _checked_totals(staging, source, max_size, "empty archive or prefix")
         staging.commit()
     except BaseException:
         staging.discard()
@@ -354,17 +353,26 @@ def _import_from(src: Source, source: str, dest: str, limits: Limits) -> dict:
                 extracted = True
             else:
                 os.rename(fetched.file, os.path.join(staging.tree, fetched.name))
-        size, count = _tree_totals(staging.tree)
-        if count == 0:
-            raise AgentError(f"{source}: imported nothing (empty archive or tree)")
-        if size > limits.max_size:  # each source bounds its bytes; this is the last word
-            raise _over_limit(source, size, limits.max_size, "")
+        size, count = _checked_totals(staging, source, limits.max_size, "empty archive or tree")
         staging.commit()
     except BaseException:
         staging.discard()
         raise
     return {"source": source, "dest": os.path.abspath(dest), "sizeBytes": size, "fileCount": count,
             "extracted": extracted, "provenance": fetched.provenance or {"uri": source}}
+
+
+def _checked_totals(staging: Staging, source: str, max_size: int, empty: str) -> tuple[int, int]:
+    """The last word on what any source (and any archive in it) wrote, before it becomes DEST:
+    the links and names rule of agent/tree.py `check_written_tree`, something imported, and
+    within the size limit (each source bounds its bytes as they move; this is the total)."""
+    check_written_tree(staging.tree, source)
+    size, count = _tree_totals(staging.tree)
+    if count == 0:
+        raise AgentError(f"{source}: imported nothing ({empty})")
+    if size > max_size:
+        raise _over_limit(source, size, max_size, "")
+    return size, count
 
 
 def _tree_totals(root: str) -> tuple[int, int]:

@@ -238,3 +238,39 @@ def locate_file(top: str, rel: str) -> tuple[str, os.stat_result]:
         kind = "a directory" if stat.S_ISDIR(st.st_mode) else special_kind(st.st_mode)
         raise AgentError(f"{path}: not a regular file ({kind})")
     return path, st
+
+
+class UnsafeTree(AgentError):
+    pass
+
+
+def check_written_tree(top: str, label: str) -> int:
+    """The last look at a tree an import wrote (every source, every archive) before it becomes a
+    checkpoint: each symlink must resolve inside `top` by the rule of `resolve_link` (hop by
+    hop from its own directory, never above the root, never absolute: the rule the scan, the
+    upload and a pod reading the mounted checkpoint all follow, and one that does not depend on
+    where the tree sits, unlike realpath), and no two names of one directory may be the same
+    after Unicode normalization. UnsafeTree naming the entry otherwise; the number of entries
+    looked at. Iterative (no recursion on the tree's depth); links to directories are not
+    entered (their targets are inside and walked under their own names)."""
+    stack: list[tuple[str, list[str]]] = [(top, [])]
+    seen = 0
+    while stack:
+        directory, parts = stack.pop()
+        with os.scandir(directory) as it:
+            entries = list(it)
+        seen += len(entries)
+        twins = collisions([entry.name for entry in entries])
+        for entry in entries:
+            rel = "/".join([*parts, entry.name])
+            if entry.name in twins:
+                raise UnsafeTree(f"{label}: name '{spelled(rel)}' {collision_problem(twins[entry.name])}; refused")
+            if entry.is_symlink():
+                _, _, reason = resolve_link(top, parts, entry.name)
+                if reason == LEAVES_CHECKPOINT:
+                    raise UnsafeTree(f"{label}: symlink '{printable(rel)}' -> '{printable(os.readlink(entry.path))}' "
+                                     f"resolves outside the checkpoint (links are followed hop by hop from their "
+                                     f"own directory, never above the checkpoint's root); refused")
+            elif entry.is_dir(follow_symlinks=False):
+                stack.append((entry.path, [*parts, entry.name]))
+    return seen
