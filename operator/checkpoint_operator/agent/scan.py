@@ -196,11 +196,13 @@ def describe_checkpoint(top: str, paths: list[str], name: str, sizes: Optional[d
 
 
 def scan_directory(root: Path, layout: str = "auto", single: bool = False,
-                   workers: Optional[int] = None, max_entries: int = DEFAULT_MAX_ENTRIES) -> ScanResult:
+                   workers: Optional[int] = None, max_entries: int = DEFAULT_MAX_ENTRIES,
+                   follow_links: bool = False) -> ScanResult:
     """The checkpoints under `root` per the snapshot rules, each with its manifest.
 
     `single`: `root` itself is one checkpoint, path ".", whatever its name (hidden and
-    unfinished-name rules do not apply; the rules of agent/tree.py do).
+    unfinished-name rules do not apply; the rules of agent/tree.py do). `follow_links` (with
+    `single`; a push of the user's own directory): links followed as `cp -L` does (agent/tree.py).
     Raises NotADirectoryError / FileNotFoundError when `root` is not a directory, TooManyEntries
     past `max_entries` directory entries.
     """
@@ -213,7 +215,7 @@ def scan_directory(root: Path, layout: str = "auto", single: bool = False,
     budget = EntryBudget(max_entries, what=top)
     if single:
         candidate = _Candidate(path=ROOT, top=top, step_name=Path(os.path.realpath(top)).name)
-        tree = walk_checkpoint(top, budget)
+        tree = walk_checkpoint(top, budget, follow_links=follow_links)
         candidate.files = tree.files
         skips.add_tree(ROOT, tree)
         candidates = [candidate]

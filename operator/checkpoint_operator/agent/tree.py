@@ -13,6 +13,11 @@ A checkpoint is a directory tree; its files are every regular file under it, wit
   path, and not following links to directories keeps the walk linear in the inodes (a DAG of
   links `a`, `b` -> `../d(i+1)` would otherwise make 2^N paths);
 - fifos, sockets and devices are skipped; so are files that cannot be read;
+- `follow_links` (a push: the user's own directory on the user's own machine) takes links as
+  `cp -L` does instead: a link to a file anywhere stands for that file's bytes (a Hugging
+  Face cache snapshot, DVC and many NFS layouts are links into a store beside the directory),
+  a link to a directory is walked under the link's path; a broken link, a loop and a link to a
+  directory that contains it are skipped with the reason (and the push refuses them);
 - at most `max_entries` directory entries are looked at in all (`EntryBudget`): past it the
   walk fails with a clear error instead of growing without bound.
 """
@@ -41,6 +46,7 @@ LEAVES_CHECKPOINT = "symlink leaves the checkpoint"
 LINK_TO_DIRECTORY = "symlink to a directory: not followed (its files are taken under their real path)"
 SYMLINK_LOOP = "symlink loop (more than 40 hops)"
 BROKEN_SYMLINK = "broken symlink"
+DIRECTORY_CYCLE = "symlink to a directory that contains it (a cycle)"
 
 
 def entry_limit(given: Optional[int] = None) -> int:
@@ -145,14 +151,15 @@ def resolve_link(top: str, dir_parts: list[str], name: str) -> tuple[Optional[st
     return path, os.lstat(path), ""
 
 
-def walk_checkpoint(top: str, budget: Optional[EntryBudget] = None) -> Tree:
+def walk_checkpoint(top: str, budget: Optional[EntryBudget] = None, *, follow_links: bool = False) -> Tree:
     """Every file of the checkpoint rooted at `top` (see the module doc), and what was skipped."""
     budget = budget or EntryBudget(what=top)
     tree = Tree()
-    # (directory on disk, its components inside the checkpoint)
-    stack: list[tuple[str, list[str]]] = [(top, [])]
+    # (directory on disk, its components inside the checkpoint, the (st_dev, st_ino) of the
+    # directories on its way: only kept when links are followed, to refuse a cycle)
+    stack: list[tuple[str, list[str], frozenset]] = [(top, [], _identity(top) if follow_links else frozenset())]
     while stack:
-        directory, parts = stack.pop()
+        directory, parts, ancestors = stack.pop()
         rel_dir = "/".join(parts)
         try:
             with os.scandir(directory) as it:
@@ -178,8 +185,44 @@ def walk_checkpoint(top: str, budget: Optional[EntryBudget] = None) -> Tree:
             if len(rel.encode("utf-8")) > MAX_PATH_BYTES:
                 tree.skip(rel, f"path is longer than {MAX_PATH_BYTES} bytes")
                 continue
-            add_entry(tree, stack, top, parts, entry, rel)
+            if follow_links:
+                add_followed_entry(tree, stack, parts, ancestors, entry, rel)
+            else:
+                add_entry(tree, stack, top, parts, entry, rel)
     return tree
+
+
+def _identity(path: str) -> frozenset:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return frozenset()
+    return frozenset({(st.st_dev, st.st_ino)})
+
+
+def add_followed_entry(tree: Tree, stack: list, parts: list[str], ancestors: frozenset, entry: os.DirEntry,
+                       rel: str) -> None:
+    """One directory entry, links followed wherever they point (`cp -L`)."""
+    try:
+        st = os.stat(entry.path)  # follows every link on the way
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            tree.skip(rel, SYMLINK_LOOP)
+        elif exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            tree.skip(rel, BROKEN_SYMLINK)
+        else:
+            tree.skip(rel, _os_reason(exc))
+        return
+    if stat.S_ISDIR(st.st_mode):
+        key = (st.st_dev, st.st_ino)
+        if key in ancestors:
+            tree.skip(rel, DIRECTORY_CYCLE)
+            return
+        stack.append((entry.path, [*parts, entry.name], ancestors | {key}))
+    elif stat.S_ISREG(st.st_mode):
+        tree.files.append(TreeFile(rel, entry.path, (st.st_dev, st.st_ino), st.st_size))
+    else:
+        tree.skip(rel, special_kind(st.st_mode))
 
 
 def add_entry(tree: Tree, stack: list, top: str, parts: list[str], entry: os.DirEntry, rel: str) -> None:
@@ -201,7 +244,7 @@ def add_entry(tree: Tree, stack: list, top: str, parts: list[str], entry: os.Dir
             return
         open_path, st = real, target_st
     elif stat.S_ISDIR(st.st_mode):
-        stack.append((entry.path, [*parts, entry.name]))
+        stack.append((entry.path, [*parts, entry.name], frozenset()))
         return
     if stat.S_ISREG(st.st_mode):
         tree.files.append(TreeFile(rel, open_path, (st.st_dev, st.st_ino), st.st_size))
@@ -209,11 +252,21 @@ def add_entry(tree: Tree, stack: list, top: str, parts: list[str], entry: os.Dir
         tree.skip(rel, special_kind(st.st_mode))
 
 
-def locate_file(top: str, rel: str) -> tuple[str, os.stat_result]:
+def locate_file(top: str, rel: str, *, follow_links: bool = False) -> tuple[str, os.stat_result]:
     """The real file that the valid path `rel` names in the checkpoint rooted at `top`, by the
     rules of walk_checkpoint (no directory reached through a link; a link to a file resolved
-    inside the root), as (path to read, its stat); AgentError naming `rel` otherwise."""
+    inside the root; with `follow_links`, any link followed as `cp -L` does), as (path to read,
+    its stat); AgentError naming `rel` otherwise."""
     parts = rel.split("/")
+    if follow_links:
+        path = os.path.join(top, *parts)
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise AgentError(f"{path}: listed in the manifest but unreadable ({exc.strerror})") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise AgentError(f"{path}: not a regular file")
+        return path, st
     for i in range(1, len(parts)):
         path = os.path.join(top, *parts[:i])
         try:

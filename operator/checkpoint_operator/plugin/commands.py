@@ -275,18 +275,35 @@ def _push_settled(body: dict, value: str) -> bool:
         phase_of(body) == "Pending" and annotation(body, UPLOAD_REQUEST_ANNOTATION) != value)
 
 
+# Entries of DIR listed one per line when a push is refused (all are counted).
+MAX_REFUSED_LISTED = 50
+
+
 def local_manifest(directory: str, io: Io) -> Manifest:
-    """The checkpoint in DIR as the agent's scan takes it (what the operator will find)."""
+    """The checkpoint in DIR: every file, links followed as `cp -L` does (the user's own
+    machine and files: a Hugging Face cache snapshot, DVC or NFS layout is links into a store
+    beside DIR). Anything of DIR that would not be part of the checkpoint (a broken link, a
+    fifo, an unreadable file, a name outside the names rule) refuses the push, listing them:
+    a push never stores less than DIR."""
     from pathlib import Path
 
     from checkpoint_operator.agent.scan import scan_directory
+    from checkpoint_operator.agent.tree import entry_limit
     io.note(f"hashing the files of {directory} ...")
-    result = scan_directory(Path(directory), single=True)
-    if result.skippedCount:
-        shown = "; ".join(f"'{s.path}': {s.reason}" for s in result.skipped[:5])
-        io.note(f"warning: {result.skippedCount} entries of {directory} are not part of the checkpoint: {shown}")
+    result = scan_directory(Path(directory), single=True, follow_links=True, max_entries=entry_limit())
+    left_out = [s for s in result.skipped if s.path != "."]  # "." alone: DIR has no file at all
+    count = result.skippedCount - (len(result.skipped) - len(left_out))
+    if count:
+        for s in left_out[:MAX_REFUSED_LISTED]:
+            io.note(f"  {s.path}: {s.reason}")
+        if count > MAX_REFUSED_LISTED:
+            io.note(f"  ... and {count - MAX_REFUSED_LISTED} more")
+        first = left_out[0]
+        raise PluginError(f"{directory}: {count} entries would not be part of the checkpoint (listed above; first "
+                          f"'{first.path}': {first.reason}); nothing pushed: fix, rename or remove them "
+                          f"(docs/kubectl-ckpt.md, what a push takes)")
     if not result.checkpoints:
-        raise PluginError(f"{directory}: no files to push")
+        raise PluginError(f"{directory}: no files to push (the directory holds no regular file)")
     manifest = result.checkpoints[0]
     io.note(f"{manifest.fileCount} files, {human_bytes(manifest.sizeBytes)}, digest {manifest.digest}")
     return manifest
@@ -368,7 +385,7 @@ def _push_to_s3(cluster: Cluster, name: str, args, manifest: Manifest, upload: d
     endpoint = args.endpoint_url or resolve_endpoint() or upload.get("endpoint")
     io.note(f"uploading to {upload['uri']}" + (f" (endpoint {endpoint})" if endpoint else ""))
     try:
-        upload_dir(args.dir, upload["uri"], manifest=manifest, endpoint_url=endpoint, log=io.note)
+        upload_dir(args.dir, upload["uri"], manifest=manifest, endpoint_url=endpoint, follow_links=True, log=io.note)
     except AgentError as exc:
         raise PluginError(f"push of {name}: {exc} (rerun to resume)") from None
 
@@ -392,7 +409,7 @@ def _push_through_pod(cluster: Cluster, body: dict, args, manifest: Manifest, va
             writer = TarWriter(session, on_bytes=progress.add)
             writer.add_bytes(MANIFEST_NAME, manifest.to_json().encode())
             for entry in to_send:
-                writer.add_file(entry.path, locate_file(args.dir, entry.path)[0], entry.size)
+                writer.add_file(entry.path, locate_file(args.dir, entry.path, follow_links=True)[0], entry.size)
             writer.close()
         session.close_stdin()
     except BrokenPipeError:
