@@ -193,12 +193,21 @@ def cmd_pull(cluster: Cluster, args, io: Io) -> int:
     location = status.get("location") or {}
     if os.path.exists(args.dir) and not os.path.isdir(args.dir):
         raise PluginError(f"{args.dir}: exists and is not a directory")
+    clean = getattr(args, "clean", False)
     if "s3" in location:
         from checkpoint_operator.agent.download import download_prefix
-        result = download_prefix(location["s3"]["uri"], args.dir, digest=status.get("digest"),
+        from checkpoint_operator.agent.s3 import read_manifest
+        uri = location["s3"]["uri"]
+        manifest = read_manifest(uri, endpoint_url=args.endpoint_url)
+        if status.get("digest") and manifest.digest != status["digest"]:
+            raise PluginError(f"{uri}: the checkpoint there has digest {manifest.digest}, not the recorded "
+                              f"{status['digest']}; refusing to pull it (the objects at this prefix were replaced)")
+        make_room(args.dir, manifest, None, clean, io)
+        result = download_prefix(uri, args.dir, digest=status.get("digest"), manifest=manifest,
                                  endpoint_url=args.endpoint_url, log=io.note)
         manifest = result.manifest
     else:
+        make_room(args.dir, None, status.get("digest"), clean, io, early=True)
         manifest = _pull_through_pod(cluster, body, status, args, io)
     summary = {"name": args.name, "dir": args.dir, "digest": manifest.digest, "fileCount": manifest.fileCount,
                "sizeBytes": manifest.sizeBytes}
@@ -210,6 +219,34 @@ def cmd_pull(cluster: Cluster, args, io: Io) -> int:
     return 0
 
 
+def make_room(directory: str, manifest: Optional[Manifest], digest: Optional[str], clean: bool, io: Io,
+              early: bool = False) -> None:
+    """DIR may hold only what a pull of this checkpoint leaves (agent/pull_target.py); anything
+    else refuses the pull, naming it, or with --clean is removed first. `early`: a volume pull
+    before its stream begins (the file list comes with the stream): only a root manifest of
+    another checkpoint is refused here, so that no pod is started for nothing."""
+    from checkpoint_operator.agent import pull_target
+    if early and clean:
+        return  # removed once the stream says what the checkpoint holds
+    found = pull_target.examine(directory, manifest, digest)
+    if early:
+        found.foreign = [f for f in found.foreign if f.rel == MANIFEST_NAME]
+        found.count = len(found.foreign)
+    if not found.count:
+        return
+    if clean:
+        removed = pull_target.remove_foreign(directory, manifest, digest)
+        io.note(f"--clean: removed {removed} entries of {directory} that are not part of this checkpoint")
+        return
+    for item in found.foreign:
+        io.note(f"  {item.line()}")
+    if found.count > len(found.foreign):
+        io.note(f"  ... and {found.count - len(found.foreign)} more")
+    raise PluginError(f"{directory}: holds {found.count} entries that are not part of this checkpoint (listed above; "
+                      f"first {found.foreign[0].line()}); pulling into it would mix them with the checkpoint: pull "
+                      f"into a new or empty directory, or add --clean to remove them first")
+
+
 def _pull_through_pod(cluster: Cluster, body: dict, status: dict, args, io: Io) -> Manifest:
     from checkpoint_operator.agent.transfer import StreamReceiver
     name = args.name
@@ -218,11 +255,14 @@ def _pull_through_pod(cluster: Cluster, body: dict, status: dict, args, io: Io) 
     pod = wait_for_pod(cluster, transfers.pull_pod_name(name), value, body["metadata"]["uid"], args.timeout, io)
     session = start_exec(cluster, pod, "hold", transfers.pull_command(), stdin=False)
     receiver_name = os.path.basename(os.path.abspath(args.dir))
+    clean = getattr(args, "clean", False)
     try:
         with Progress("pull", status.get("sizeBytes") or 0, stream=io.err) as progress:
             done = StreamReceiver(args.dir, pulled=True, digest=status.get("digest"), where=f"the stream from pod {pod}",
-                                  name=receiver_name, on_bytes=progress.add).run(session)
-    except AgentError as exc:
+                                  name=receiver_name, on_bytes=progress.add,
+                                  before_writing=lambda manifest: make_room(args.dir, manifest, status.get("digest"),
+                                                                            clean, io)).run(session)
+    except (AgentError, PluginError) as exc:
         session.close()
         raise PluginError(f"pull of {name}: {exc}") from None
     code = session.finish()
