@@ -30,7 +30,7 @@ from layouts import read_tree, tiny_model
 from s3server import s3, seaweedfs  # noqa: F401  (fixtures)
 from webserver import web  # noqa: F401  (fixture)
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("credential_watch")]
 
 # name -> target: each link alone looks inside; `b` and `e` lead to the checkpoint's parent.
 CHAIN = {"c": ".", "b": "c/..", "e": "b/.."}

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import CKPT, NS
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("credential_watch")]
 
 
 @pytest.fixture
@@ -152,3 +152,23 @@ async def test_an_upload_never_takes_over_a_claim_it_does_not_own(api, operator,
     assert "teamdata3-data exists and does not belong to Checkpoint teamdata3" in ready["message"]
     assert await api.get("v1/pods", NS, "teamdata3-upload") is None
     assert sorted(p.name for p in claim_dir.iterdir()) == ["team.txt"]
+
+
+@pytest.mark.parametrize("source,words", [
+    ({"s3": {"uri": "s3://AKIAEXAMPLE:wJalrXUtnFEMI-example-secret@bucket/x/"}},
+     "spec.source.s3.uri must not carry credentials"),
+    ({"s3": {"uri": "s3://bucket/x/", "endpoint": "https://AKIAEXAMPLE:wJalrXUtnFEMI-example-secret@minio:9000"}},
+     "spec.source.s3.endpoint must be an http:// or https:// URL without credentials"),
+    ({"http": {"url": "ftp://ftp.example.com/dir%0D%0APASS%20x/m.tar"}},
+     "spec.source.http.url must not hold control characters"),
+])
+async def test_the_api_refuses_credentials_and_control_characters_in_urls(api, source, words):
+    """Issues 18 item 9 and 23 item 8: the CRD's rules, as local mode's admission (and a real API
+    server) runs them; the refused value is not echoed back."""
+    from checkpoint_operator.local.server import ApiError
+    with pytest.raises(ApiError) as refused:
+        await api.create(CKPT, NS, {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint",
+                                    "metadata": {"name": "bad-url", "namespace": NS}, "spec": {"source": source}})
+    assert refused.value.status == 422 and words in str(refused.value), str(refused.value)
+    assert "wJalrXUtnFEMI-example-secret" not in str(refused.value)
+    assert await api.get(CKPT, NS, "bad-url") is None

@@ -18,7 +18,7 @@ from plugin_helpers import Plugin, tree_digest, write_kubeconfig
 from s3server import s3, seaweedfs  # noqa: F401  (fixtures)
 from test_plugin_push_dir import CONFIG, WEIGHTS, hf_cache_snapshot
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("credential_watch")]
 
 
 @pytest.fixture(params=["volume", "s3"])

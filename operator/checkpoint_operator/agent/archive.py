@@ -110,18 +110,36 @@ def _inside(root_real: str, path: str) -> bool:
     return real == root_real or real.startswith(root_real + os.sep)
 
 
-def _prepare_target(root: str, root_real: str, rel: str, archive: str, name: str) -> str:
+def _prepare_target(root: str, root_real: str, rel: str, archive: str, name: str, is_dir: bool = False) -> str:
     """Create the parent directories of a member, check they really lie inside the root, and
-    remove a symlink already standing at the member's own path (never write through one)."""
+    clear the member's own path: a symlink or a file already there goes (a later member
+    replaces an earlier one, as tar does; never written through), a directory stays only for a
+    directory member."""
     target = os.path.join(root, *rel.split("/"))
     parent = os.path.dirname(target)
-    os.makedirs(parent, exist_ok=True)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = _first_non_directory(root, rel.split("/")[:-1])
+        raise UnsafeArchive(f"{archive}: member {name!r} needs '{printable(blocker)}' to be a directory, but the "
+                            f"archive has it as a file; archive refused") from None
     if not _inside(root_real, parent):
         raise UnsafeArchive(f"{archive}: member {name!r} would be written through a symlink leading outside "
                             f"the destination; archive refused")
-    if os.path.islink(target):
+    if os.path.islink(target) or (os.path.lexists(target) and not os.path.isdir(target)):
         os.unlink(target)
+    elif os.path.isdir(target) and not is_dir:
+        raise UnsafeArchive(f"{archive}: member {name!r} would replace a directory; archive refused")
     return target
+
+
+def _first_non_directory(root: str, parts: list[str]) -> str:
+    """The first of the leading paths of `parts` under `root` that exists and is not a directory."""
+    for i in range(1, len(parts) + 1):
+        path = os.path.join(root, *parts[:i])
+        if os.path.lexists(path) and not os.path.isdir(path):
+            return "/".join(parts[:i])
+    return "/".join(parts)
 
 
 class _BoundedReads(io.RawIOBase):
@@ -240,7 +258,7 @@ def _extract_tar_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str
         if not _inside(root_real, link_path) or not os.path.isfile(link_path) or os.path.islink(link_path):
             raise UnsafeArchive(f"{archive}: hardlink {name!r} -> {member.linkname!r} does not point at a file "
                                 f"extracted before it; archive refused")
-    target = _prepare_target(dest, root_real, rel, archive, name)
+    target = _prepare_target(dest, root_real, rel, archive, name, is_dir=member.isdir())
     if member.issym():
         real = os.path.realpath(os.path.join(os.path.dirname(target), member.linkname))
         if not (real == root_real or real.startswith(root_real + os.sep)):
@@ -258,8 +276,6 @@ def _extract_tar_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str
         except tarfile.FilterError as exc:
             raise UnsafeArchive(f"{archive}: member {name!r} refused: {exc}") from exc
     if member.isreg():
-        if os.path.isdir(target) and not os.path.islink(target):
-            raise UnsafeArchive(f"{archive}: member {name!r} would replace a directory; archive refused")
         src = tar.extractfile(member)
         written = 0
         with open(target, "wb") as out:
@@ -319,7 +335,7 @@ def extract_zip(path: str, dest: str, *, max_size: int = DEFAULT_MAX_SIZE,
             for info, rel, link_target in plan:
                 if not rel:
                     continue
-                target = _prepare_target(dest, root_real, rel, archive, info.filename)
+                target = _prepare_target(dest, root_real, rel, archive, info.filename, is_dir=info.is_dir())
                 if info.is_dir():
                     os.makedirs(target, exist_ok=True)
                     continue

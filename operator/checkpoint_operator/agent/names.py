@@ -41,7 +41,8 @@ class InvalidName(AgentError):
     pass
 
 
-def _char_problem(ch: str) -> Optional[str]:
+def char_problem(ch: str) -> Optional[str]:
+    """Why one character may not be in a name (and breaks a line or a display), or None."""
     o = ord(ch)
     if o == 0:
         return "has a NUL byte"
@@ -66,7 +67,7 @@ def component_problem(name: str) -> Optional[str]:
     if name in (".", ".."):
         return "has a '.' or '..' component"
     for ch in name:
-        problem = _char_problem(ch)
+        problem = char_problem(ch)
         if problem:
             return problem
     if len(name.encode("utf-8")) > MAX_COMPONENT_BYTES:  # UTF-8 is checked above
@@ -111,7 +112,7 @@ def printable(name: str) -> str:
             out.append("\\n")
         elif 0xDC80 <= o <= 0xDCFF:
             out.append(f"\\x{o - 0xDC00:02x}")
-        elif _char_problem(ch):
+        elif char_problem(ch):
             out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}")
         else:
             out.append(ch)
