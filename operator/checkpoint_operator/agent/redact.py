@@ -15,7 +15,7 @@ import contextlib
 import os
 import sys
 import urllib.parse
-from typing import Iterator, Optional, TextIO
+from typing import Iterator, Mapping, Optional, TextIO
 
 MIN_SECRET = 4
 MASK = "***"
@@ -45,10 +45,10 @@ def _sas_signature(token: str) -> list[str]:
     return values + [urllib.parse.quote(v, safe="") for v in values]
 
 
-def known_secrets(environ: Optional[dict] = None) -> list[str]:
+def known_secrets(environ: Optional[Mapping[str, str]] = None) -> list[str]:
     """The credentials of this process's environment, longest first (a secret that holds
     another is masked whole)."""
-    env = os.environ if environ is None else environ
+    env: Mapping[str, str] = os.environ if environ is None else environ
     found: set[str] = set()
     for name in SECRET_VARIABLES:
         value = env.get(name)
@@ -61,7 +61,9 @@ def known_secrets(environ: Optional[dict] = None) -> list[str]:
             found.update(_sas_signature(value))
     for variable, files in SECRET_FILES.items():
         directory = env.get(variable)
-        for name in files if directory else ():
+        if not directory:
+            continue
+        for name in files:
             try:
                 with open(os.path.join(directory, name), encoding="utf-8", errors="replace") as f:
                     value = f.read(MAX_SECRET_FILE).strip("\r\n")
