@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the operator (kopf) against the current cluster",
                          description="Run the operator. Settings come from CKPT_* environment variables "
-                                     "(see the README); flags override them.")
+                                     "(see docs/install.md); flags override them.")
     scope = run.add_mutually_exclusive_group()
     scope.add_argument("--namespace", "-n", action="append", default=None, metavar="NS",
                        help="watch only this namespace (repeatable)")

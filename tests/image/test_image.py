@@ -93,11 +93,11 @@ def host_scan(directory: Path) -> dict:
 
 
 def readme_digest(directory: Path) -> str:
-    """The README's recipe, run by bash and coreutils on the host."""
+    """The documented recipe (docs/concepts.md), run by bash and coreutils on the host."""
     recipe = ("find . -type f ! -name .checkpoint-manifest.json -printf '%P\\0' | LC_ALL=C sort -z "
               "| xargs -0 sha256sum | sha256sum")
-    readme = (ROOT / "README.md").read_text()
-    assert recipe in readme, "the README's digest recipe changed: update this test"
+    documented = (ROOT / "docs" / "concepts.md").read_text()
+    assert recipe in documented, "the digest recipe of docs/concepts.md changed: update this test"
     out = ok(subprocess.run(["bash", "-c", recipe], cwd=directory, capture_output=True, text=True)).stdout
     return "sha256:" + out.split()[0]
 
