@@ -44,8 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     from checkpoint_operator.agent.cli import add_agent_parser
     add_agent_parser(sub)
 
-    from checkpoint_operator.local.cli import add_local_parser
-    add_local_parser(sub)
+    try:
+        from checkpoint_operator.local.cli import add_local_parser
+    except ModuleNotFoundError as absent:
+        # The operator image ships without local mode (its .dockerignore leaves local/ out).
+        if absent.name != "checkpoint_operator.local":
+            raise
+    else:
+        add_local_parser(sub)
 
     from checkpoint_operator.plugin.cli import add_ckpt_parser
     add_ckpt_parser(sub)
