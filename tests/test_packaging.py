@@ -168,7 +168,7 @@ def test_the_local_extra_holds_what_local_mode_imports_and_dev_includes_it() -> 
 
 
 def test_the_readmes_first_command_installs_local_mode_and_the_second_the_tests() -> None:
-    """The two commands of the README: what tests/test_local_run.py runs needs the `local`
+    """The two commands of the README: what tests/local/test_run.py runs needs the `local`
     extra, and .ci/run's default tier is the second command exactly."""
     readme = (ROOT / "README.md").read_text()
     first = "pip install -e '.[local]' && checkpoint-operator local run -f examples/local/"

@@ -15,7 +15,7 @@ from checkpoint_operator.api.checkpoint import CheckpointFormat
 from checkpoint_operator.logic.naming import assign_checkpoint_names, without_extension
 from checkpoint_operator.logic.snapshot import ready_change
 
-FORMAT_TABLE_PAGE = Path(__file__).resolve().parents[1] / "docs" / "concepts.md"
+FORMAT_TABLE_PAGE = Path(__file__).resolve().parents[3] / "docs" / "concepts.md"
 FILE = FileEntry(path="model.pt", size=1, sha256="0" * 64)
 
 
