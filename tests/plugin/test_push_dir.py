@@ -9,32 +9,14 @@ from __future__ import annotations
 import io
 import os
 import socket
-from pathlib import Path
 
 import pytest
 
 from checkpoint_operator.agent.download import download_prefix
 from checkpoint_operator.agent.upload import upload_dir
 from checkpoint_operator.plugin.commands import Io, PluginError, local_manifest
+from layouts import CONFIG, WEIGHTS, hf_cache_snapshot
 from s3server import s3, seaweedfs  # noqa: F401  (fixtures)
-
-WEIGHTS = os.urandom(70_000)
-CONFIG = b'{"model_type": "gpt2"}'
-
-
-def hf_cache_snapshot(root: Path) -> Path:
-    """models--org--name/{blobs,snapshots/<rev>} as huggingface_hub's cache lays it out."""
-    repo = root / "models--org--name"
-    (repo / "blobs").mkdir(parents=True)
-    snapshot = repo / "snapshots" / "0123abcd"
-    (snapshot / "tokenizer").mkdir(parents=True)
-    for blob, data in (("b1", CONFIG), ("b2", WEIGHTS), ("b3", b'{"v": 1}')):
-        (repo / "blobs" / blob).write_bytes(data)
-    os.symlink("../../blobs/b1", snapshot / "config.json")
-    os.symlink("../../blobs/b2", snapshot / "model.safetensors")
-    os.symlink("../../../blobs/b3", snapshot / "tokenizer" / "tokenizer.json")
-    return snapshot
-
 
 def quiet() -> tuple[Io, io.StringIO]:
     err = io.StringIO()
