@@ -7,7 +7,8 @@ xargs -r -d '\\n' sha256sum | sha256sum` (hidden files inside a checkpoint are c
 manifest at its root is not). For the root-files checkpoint "." hash just the root files it lists. The command
 matches when the checkpoint has no symlinks (`agent scan` takes a link to a file inside as that
 file's bytes; `find -type f` skips it). Names `sha256sum` would escape (backslash, newline) are
-outside the names rule (agent/names.py), so no manifest holds one.
+outside the names rule (agent/names.py), so no manifest holds one: this is why a push refuses
+them rather than storing them (docs/kubectl-ckpt.md, what a push takes).
 """
 
 from __future__ import annotations
