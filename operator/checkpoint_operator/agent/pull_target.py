@@ -127,9 +127,9 @@ def examine(directory: str, manifest: Optional[Manifest], digest: Optional[str] 
     return found
 
 
-def remove_foreign(directory: str, manifest: Optional[Manifest], digest: Optional[str] = None) -> int:
-    """Remove what `examine` finds (links themselves, never what they point at); the count."""
-    removed = 0
+def remove_foreign(directory: str, manifest: Optional[Manifest], digest: Optional[str] = None) -> list[Foreign]:
+    """Remove what `examine` finds (links themselves, never what they point at); what was removed."""
+    removed: list[Foreign] = []
     while True:  # examine lists MAX_LISTED at a time
         found = examine(directory, manifest, digest)
         if not found.foreign:
@@ -140,4 +140,4 @@ def remove_foreign(directory: str, manifest: Optional[Manifest], digest: Optiona
                 shutil.rmtree(path)
             else:
                 os.unlink(path)
-            removed += 1
+            removed.append(item)

@@ -236,7 +236,9 @@ def make_room(directory: str, manifest: Optional[Manifest], digest: Optional[str
         return
     if clean:
         removed = pull_target.remove_foreign(directory, manifest, digest)
-        io.note(f"--clean: removed {removed} entries of {directory} that are not part of this checkpoint")
+        for item in removed[:pull_target.MAX_LISTED]:
+            io.note(f"  removed {item.line()}")
+        io.note(f"--clean: removed {len(removed)} entries of {directory} that are not part of this checkpoint")
         return
     for item in found.foreign:
         io.note(f"  {item.line()}")
