@@ -31,7 +31,8 @@ MAX_TEXTS = 20_000  # what one test may record (each text whole): a bound, not a
 
 
 def register(*secrets: str) -> None:
-    """Credentials a test makes up and hands to the code (a token, a password)."""
+    """Credentials a test makes up and hands to the code (a token, a password), for every test
+    from then on: make them unmistakable (not a word that may occur in a name or a message)."""
     SECRETS.update(s for s in secrets if s)
 
 
@@ -62,7 +63,7 @@ class Witness:
                     at = text.find(form)
                     if at >= 0:
                         excerpt = text[max(0, at - 80):at + len(form) + 40].replace("\n", "\\n")
-                        found.append(f"{where}: ...{excerpt}...")
+                        found.append(f"{where}: {form!r} in ...{excerpt}...")
         return found
 
 

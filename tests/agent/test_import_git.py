@@ -20,8 +20,12 @@ pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("credential_watc
 HAS_LFS = shutil.which("git-lfs") is not None
 
 
+# The logins these tests hand the agent (the ones it must accept; "wrong" is refused, and an
+# ordinary word: looking for it would find it in names).
+credentials.register("s3cret-token", "lfs-pass")
+
+
 def secret_dir(tmp_path, username: str, password: str):
-    credentials.register(password)
     directory = tmp_path / "secret"
     directory.mkdir(exist_ok=True)
     (directory / "username").write_text(username)
