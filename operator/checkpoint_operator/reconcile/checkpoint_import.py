@@ -122,7 +122,7 @@ def _run(ctx: Context, checkpoint: Checkpoint, pod: dict, what: str, phase: Chec
         return Wait()
     if isinstance(run, agent_runs.Running):
         if run.problem:
-            return Wait(run.problem.reason, f"{describe}: {run.problem.message}")
+            return Wait(run.problem.reason, f"{describe}: {run.problem.message}", requeue_after=run.retry_after)
         claim = _claim_of(pod)
         problem = volumes.unbound_claim(ctx, checkpoint.metadata.namespace, claim) \
             if claim and run.phase == PodPhase.PENDING else None

@@ -64,7 +64,8 @@ def await_upload(ctx: Context, checkpoint: Checkpoint) -> Result:
                                                    fields={"upload": target, "owned": True}))
         return Wait()
     if isinstance(run, agent_runs.Running):
-        return Wait(run.problem.reason, f"{describe}: {run.problem.message}") if run.problem else Wait()
+        return Wait(run.problem.reason, f"{describe}: {run.problem.message}", requeue_after=run.retry_after) \
+            if run.problem else Wait()
     if isinstance(run, agent_runs.NotOurs):
         return Wait("NameConflict", run.message, requeue_after=5.0)
     if isinstance(run, agent_runs.PodFailed):

@@ -198,6 +198,10 @@ def follow_job(ctx: Context, tj: TrainingJob) -> Result:
     if succeeded is None:
         pods = ctx.indexes.worker_pods(tj.metadata.namespace, tj.metadata.uid)
         problems = [p.problem for p in pods if p.problem]
+        if not pods and job is not None:  # admission may refuse them: only the Job's Events say so
+            refused = volumes.refused_pods(ctx, tj.metadata.namespace, job["metadata"]["name"])
+            if refused is not None:
+                return replace(flow.running_wait(tj, [refused]), requeue_after=volumes.PODS_RECHECK)
         if tj.output_enabled and any(p.phase == PodPhase.PENDING for p in pods) and \
                 all(flow.may_wait_on_a_volume(p) for p in problems):
             claim = volumes.unbound_claim(ctx, tj.metadata.namespace,
@@ -206,7 +210,10 @@ def follow_job(ctx: Context, tj: TrainingJob) -> Result:
                 return replace(flow.running_wait(tj, [claim]), requeue_after=volumes.CLAIM_RECHECK)
         wait = flow.running_wait(tj, problems)
         # The sidecars' logs bring no event: read again after the poll interval.
-        return replace(wait, requeue_after=ctx.config.live_poll_interval) if tj.publishes_live else wait
+        if tj.publishes_live:
+            return replace(wait, requeue_after=ctx.config.live_poll_interval)
+        # Nor does a refused pod (an Event of the Job only): looked for again while there is none.
+        return replace(wait, requeue_after=volumes.PODS_RECHECK) if not pods and job is not None else wait
     outcome = "succeeded" if succeeded else "; ".join([flow.job_failure_message(job), *_pod_failures(ctx, tj)])
     change, snapshot_follows = flow.after_job(tj, succeeded, outcome, now_rfc3339(), workload.snapshot_pod_name(tj))
     tj = write_status(ctx, tj, change)
@@ -253,7 +260,7 @@ def snapshot(ctx: Context, tj: TrainingJob) -> Result:
         return Wait()  # status.snapshotPod was written with the Snapshotting phase
     if isinstance(run, agent_runs.Running):
         if run.problem:
-            return Wait(run.problem.reason, run.problem.message)
+            return Wait(run.problem.reason, run.problem.message, requeue_after=run.retry_after)
         return Wait() if tj.ready_reason() == "Snapshotting" else Wait("Snapshotting", tj.status.message or "", warning=False)
     if isinstance(run, agent_runs.NotOurs):
         return Wait("NameConflict", run.message, requeue_after=RETRY_SOON)
