@@ -72,7 +72,11 @@ def job_name(tj: TrainingJob) -> str:
 def output_claim_name(tj: TrainingJob) -> str:
     """Unique per run: the output of an earlier TrainingJob of the same name belongs to its
     Checkpoints and must never be mounted read-write again."""
-    return child_name(tj.metadata.name, f"output-{tj.metadata.uid[:5]}")
+    return output_claim_name_for(tj.metadata.name, tj.metadata.uid)
+
+
+def output_claim_name_for(name: str, uid: str) -> str:
+    return child_name(name, f"output-{uid[:5]}")
 
 
 def snapshot_pod_name(tj: TrainingJob) -> str:
@@ -266,7 +270,12 @@ IMPORT_SIZE_ANNOTATION = "ckpt.dev/volume-size"
 
 
 def import_claim_name(checkpoint: Checkpoint) -> str:
-    return child_name(checkpoint.metadata.name, "data")
+    return import_claim_name_for(checkpoint.metadata.name)
+
+
+def import_claim_name_for(name: str) -> str:
+    """The claim of an import or a push (volume store)."""
+    return child_name(name, "data")
 
 
 def import_origin(checkpoint: Checkpoint) -> str:

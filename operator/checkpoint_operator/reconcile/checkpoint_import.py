@@ -10,7 +10,7 @@ from typing import Optional
 
 from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator.api.checkpoint import IMPORT_KINDS, Checkpoint, CheckpointPhase
-from checkpoint_operator.reconcile import agent_runs, checkpoint_upload, volumes
+from checkpoint_operator.reconcile import agent_runs, checkpoint_upload, template_claims, volumes
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.kube import NAMESPACES, PVCS, ApiError
@@ -79,6 +79,9 @@ def import_checkpoint(ctx: Context, checkpoint: Checkpoint) -> Result:
     if not isinstance(limit, int):
         return limit
     if store.import_needs_claim:
+        squatted = template_claims.squatted(ctx, checkpoint.metadata.namespace, workload.import_claim_name(checkpoint))
+        if squatted:
+            return Wait("ClaimNamedByTrainingJob", squatted, requeue_after=template_claims.SQUAT_RECHECK)
         ctx.kube.ensure(PVCS, checkpoint.metadata.namespace, workload.build_import_claim(checkpoint, ctx.config))
     pod = workload.build_import_pod(checkpoint, ctx.config, store.import_containers(checkpoint, limit))
     result = _run(ctx, checkpoint, pod, "import", CheckpointPhase.IMPORTING, "Importing", f"importing {origin}",

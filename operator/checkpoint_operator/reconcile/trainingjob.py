@@ -17,7 +17,7 @@ from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator import PROTECTION_FINALIZER
 from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobPhase
-from checkpoint_operator.reconcile import agent_runs, live_sealing, publish, volumes
+from checkpoint_operator.reconcile import agent_runs, live_sealing, publish, template_claims, volumes
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.objects import InvalidObject, parse, parse_tolerant
 from checkpoint_operator.reconcile.status_writer import write_status
@@ -113,6 +113,13 @@ def start(ctx: Context, tj: TrainingJob) -> Result:
 
 
 def _create_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput]) -> Result:
+    refused = template_claims.refused(ctx, tj)
+    if refused:
+        return Fail("ManagedClaim", refused)
+    if tj.output_enabled:
+        squatted = template_claims.squatted(ctx, tj.metadata.namespace, workload.output_claim_name(tj))
+        if squatted:
+            return Wait("ClaimNamedByTrainingJob", squatted, requeue_after=template_claims.SQUAT_RECHECK)
     store = store_for(ctx.config)
     publish_mode = flow.publish_mode(tj, ctx.config.default_publish)
     try:
