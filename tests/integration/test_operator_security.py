@@ -5,7 +5,9 @@
   refused by admission, and the TrainingJob says so in the API server's words;
 - a template that mounts (or copies) a claim the operator manages is refused (item 4): the issue's
   attack on producer-step-1 fails and its bytes stay; an import's claim that a running template
-  already names is not created under it.
+  already names is not created under it;
+- a Checkpoint that adopts a path of a producer's output keeps that volume alive after the
+  producer and all its Checkpoints are gone (item 6), and lets it go with itself.
 """
 
 from __future__ import annotations
@@ -144,3 +146,50 @@ async def test_a_claim_a_running_template_names_is_not_created_under_it(api, ope
     condition = await wait_for(held, timeout=30)
     assert "TrainingJob squatter" in condition["message"]
     assert await api.get("v1/persistentvolumeclaims", NS, "future-data") is None
+
+
+# --- item 6: adopted data is not deleted behind a Ready Checkpoint --------------------------------------
+
+async def test_an_adopted_output_outlives_its_producer_and_goes_with_the_adopter(
+        api, operator, cluster, trainer, wait_for):
+    def produce(attempt, env):
+        write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-1", {"model.safetensors": b"weights"})
+        write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-2", {"model.safetensors": b"weights-2"})
+        return 0
+    trainer.behaviours["producer"] = produce
+    await api.create(TJ, NS, training_job("producer"))
+
+    async def ready(name):
+        body = await api.get(CKPT, NS, name)
+        return body if (body or {}).get("status", {}).get("phase") == "Ready" else None
+    step = await wait_for(lambda: ready("producer-step-1"), timeout=60)
+    claim = step["status"]["location"]["volume"]["claimName"]
+    await api.create(CKPT, NS, {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint", "metadata": {"name": "kept"},
+                                "spec": {"source": {"volume": {"claimName": claim, "path": "/step-1"}}}})
+    adopted = await wait_for(lambda: ready("kept"), timeout=60)
+    owners = (await api.get("v1/persistentvolumeclaims", NS, claim))["metadata"]["ownerReferences"]
+    assert "kept" in [o["name"] for o in owners]
+
+    # The producer goes, with every Checkpoint it made: the adopter alone still points into the volume.
+    for name in ("producer-step-1", "producer-step-2"):
+        await api.delete(CKPT, NS, name)
+    await api.delete(TJ, NS, "producer")
+
+    async def gone():
+        names = [c["metadata"]["name"] for c in await api.list(CKPT, NS)]
+        return not {"producer-step-1", "producer-step-2"} & set(names) \
+            and await api.get(TJ, NS, "producer") is None or None
+    await wait_for(gone, timeout=30)
+    await cluster.reconcile_once()  # the garbage collector's pass over every claim
+    volume = await api.get("v1/persistentvolumeclaims", NS, claim)
+    assert volume is not None and not volume["metadata"].get("deletionTimestamp")
+    assert (await api.get(CKPT, NS, "kept"))["status"]["digest"] == adopted["status"]["digest"]
+    with open(f"{cluster.claim_dir(NS, claim)}/step-1/model.safetensors", "rb") as f:
+        assert f.read() == b"weights"
+
+    # The adopter goes too: the volume has no owner left and is collected.
+    await api.delete(CKPT, NS, "kept")
+
+    async def collected():
+        return await api.get("v1/persistentvolumeclaims", NS, claim) is None or None
+    await wait_for(collected, timeout=30)

@@ -17,13 +17,14 @@ from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator import PROTECTION_FINALIZER
 from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobPhase
-from checkpoint_operator.reconcile import agent_runs, live_sealing, publish, template_claims, volumes
+from checkpoint_operator.reconcile import agent_runs, claim_holds, live_sealing, publish, template_claims, volumes
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.objects import InvalidObject, parse, parse_tolerant
 from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.kube import CHECKPOINTS, JOBS, PODS, PVCS, TRAINING_JOBS, ApiError, Conflict
 from checkpoint_operator.logic import trainingjob_flow as flow
 from checkpoint_operator.logic import workload
+from checkpoint_operator.logic.claim_ownership import owners_after
 from checkpoint_operator.logic.agent_pods import AGENT_OUTPUT_MOUNT, downloaded_input, last_error_line, pod_failure
 from checkpoint_operator.logic.conditions import now_rfc3339, seconds_since
 from checkpoint_operator.logic.inputs import InputWait, ResolvedInput, check_live_input, resolve_inputs
@@ -205,7 +206,8 @@ def follow_job(ctx: Context, tj: TrainingJob) -> Result:
     if succeeded is None:
         pods = ctx.indexes.worker_pods(tj.metadata.namespace, tj.metadata.uid)
         problems = [p.problem for p in pods if p.problem]
-        if not pods and job is not None:  # admission may refuse them: only the Job's Events say so
+        awaiting_pods = not pods and job is not None and not (job.get("spec") or {}).get("suspend")
+        if awaiting_pods:  # admission may refuse them: only the Job's Events say so
             refused = volumes.refused_pods(ctx, tj.metadata.namespace, job["metadata"]["name"])
             if refused is not None:
                 return replace(flow.running_wait(tj, [refused]), requeue_after=volumes.PODS_RECHECK)
@@ -220,7 +222,7 @@ def follow_job(ctx: Context, tj: TrainingJob) -> Result:
         if tj.publishes_live:
             return replace(wait, requeue_after=ctx.config.live_poll_interval)
         # Nor does a refused pod (an Event of the Job only): looked for again while there is none.
-        return replace(wait, requeue_after=volumes.PODS_RECHECK) if not pods and job is not None else wait
+        return replace(wait, requeue_after=volumes.PODS_RECHECK) if awaiting_pods else wait
     outcome = "succeeded" if succeeded else "; ".join([flow.job_failure_message(job), *_pod_failures(ctx, tj)])
     change, snapshot_follows = flow.after_job(tj, succeeded, outcome, now_rfc3339(), workload.snapshot_pod_name(tj))
     tj = write_status(ctx, tj, change)
@@ -372,10 +374,19 @@ def _hand_over_output_claim(ctx: Context, tj: TrainingJob, claim: str, created: 
     namespace = tj.metadata.namespace
     if not store_for(ctx.config).keeps_output_claim:
         if not keep:
-            ctx.kube.delete(PVCS, namespace, claim)
+            _, keeping = claim_holds.delete_unless_held(ctx, namespace, claim)
+            if keeping:  # a source.volume Checkpoint adopted a path of it: it goes with the last of them
+                ctx.info(tj, "OutputKept", f"volume {claim} is kept: Checkpoint {', '.join(keeping)} points into it")
     elif created:
-        owners = [workload.owner_reference(parse_tolerant(Checkpoint, c), controller=False) for c in created]
-        ctx.kube.patch(PVCS, namespace, claim, {"metadata": {"ownerReferences": owners}})
+        pvc = ctx.kube.get(PVCS, namespace, claim)
+        if pvc is None:
+            return
+        # Only the job's own reference leaves: an adopter's (and any Checkpoint's) stays.
+        owners = owners_after(pvc["metadata"].get("ownerReferences") or [],
+                              [workload.owner_reference(parse_tolerant(Checkpoint, c), controller=False)
+                               for c in created], drop_uid=tj.metadata.uid)
+        ctx.kube.patch(PVCS, namespace, claim, {"metadata": {
+            "ownerReferences": owners, "resourceVersion": pvc["metadata"].get("resourceVersion")}})
 
 
 # --- finished, deleting -----------------------------------------------------------------------------
@@ -389,8 +400,9 @@ def _finished(ctx: Context, tj: TrainingJob) -> Optional[float]:
     if flow.wants_output_released(tj):
         claim = tj.status.outputClaim or workload.output_claim_name(tj)
         pvc = ctx.kube.get(PVCS, tj.metadata.namespace, claim)
-        deleted = pvc is not None and _owns(tj, pvc) and ctx.kube.delete(PVCS, tj.metadata.namespace, claim)
-        tj = write_status(ctx, tj, flow.released_change(claim, bool(deleted)))
+        deleted, keeping = claim_holds.delete_unless_held(ctx, tj.metadata.namespace, claim) \
+            if pvc is not None and _owns(tj, pvc) else (False, [])
+        tj = write_status(ctx, tj, flow.released_change(claim, deleted, keeping))
         ctx.info(tj, "OutputReleased", f"volume {claim} released on request")
     return None
 
