@@ -1,6 +1,6 @@
 """A TrainingJob's template may not reach a claim the operator manages (issue 23 item 4):
-logic/claim_guard.py (pure) and reconcile/template_claims.py against the emulated API, with the
-operator's real indexes filled from object bodies (factories.indexes)."""
+reconcile/template_claims.py against the emulated API, with the operator's real indexes filled
+from object bodies (factories.indexes)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.kube import PVCS, Kube
 from checkpoint_operator.logic import workload
-from checkpoint_operator.logic.claim_guard import (MAX_TEMPLATE_CLAIMS, ClaimReference, claim_references,
-                                                   managed_claim_reason)
+from checkpoint_operator.logic.claim_guard import MAX_TEMPLATE_CLAIMS
 from checkpoint_operator.reconcile import template_claims
 from checkpoint_operator.reconcile.context import Context
 from factories import checkpoint, indexes, training_job
@@ -27,31 +26,6 @@ def ephemeral_clone(name: str, claim: str, key: str = "dataSource") -> dict:
     return {"name": name, "ephemeral": {"volumeClaimTemplate": {"spec": {
         "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
         key: {"kind": "PersistentVolumeClaim", "name": claim}}}}}
-
-
-def test_every_way_a_template_reaches_a_claim_is_found():
-    spec = {"containers": [], "volumes": [
-        pvc_volume("a", "team-data"), {"name": "b", "emptyDir": {}}, ephemeral_clone("c", "producer-output-abcde"),
-        ephemeral_clone("d", "model-data", "dataSourceRef"),
-        {"name": "e", "ephemeral": {"volumeClaimTemplate": {"spec": {"dataSource": {
-            "kind": "VolumeSnapshot", "apiGroup": "snapshot.storage.k8s.io", "name": "snap"}}}}}]}
-    assert claim_references(spec) == [
-        ClaimReference("team-data", "spec.template.spec.volumes[0].persistentVolumeClaim.claimName"),
-        ClaimReference("producer-output-abcde", "spec.template.spec.volumes[2].ephemeral.volumeClaimTemplate.spec."
-                                                "dataSource"),
-        ClaimReference("model-data", "spec.template.spec.volumes[3].ephemeral.volumeClaimTemplate.spec.dataSourceRef")]
-
-
-def test_a_live_claim_is_the_operator_s_by_label_or_by_owner():
-    assert managed_claim_reason(None) is None
-    assert managed_claim_reason({"metadata": {"name": "team-data", "labels": {"app": "x"}}}) is None
-    assert "labelled app.kubernetes.io/managed-by=checkpoint-operator" in managed_claim_reason(
-        {"metadata": {"labels": {"app.kubernetes.io/managed-by": "checkpoint-operator"}}})
-    assert managed_claim_reason({"metadata": {"ownerReferences": [
-        {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint", "name": "m-step-1", "uid": "u"}]}}) == \
-        "it belongs to Checkpoint m-step-1"
-    assert managed_claim_reason({"metadata": {"ownerReferences": [
-        {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db", "uid": "u"}]}}) is None
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """A claim some Checkpoint still points into is never garbage-collected or deleted (issue 23
-item 6): logic/claim_ownership.py (pure), and reconcile/claim_holds.py, publish.py and the
-hand-over against the emulated API (conditional writes included)."""
+item 6): reconcile/claim_holds.py and publish.py against the emulated API, conditional writes
+included."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.kube import PVCS, Conflict, Kube
-from checkpoint_operator.logic.claim_ownership import adopter_owners, holders, owners_after
 from checkpoint_operator.reconcile import claim_holds, publish
 from checkpoint_operator.reconcile.context import Context
 from factories import checkpoint, training_job
@@ -32,34 +31,6 @@ def claim(name: str = "producer-output-abcde", owners: list | None = None, label
                          "ownerReferences": owners if owners is not None else [JOB]},
             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}
 
-
-# --- pure --------------------------------------------------------------------------------------------
-
-def test_only_the_job_s_own_reference_may_leave():
-    current = [JOB, ref("Checkpoint", "step-1"), ref("Checkpoint", "adopter")]
-    assert owners_after(current, [ref("Checkpoint", "step-2"), ref("Checkpoint", "step-1")], drop_uid=JOB["uid"]) == \
-        [ref("Checkpoint", "step-1"), ref("Checkpoint", "adopter"), ref("Checkpoint", "step-2")]
-    assert owners_after(current, [], drop_uid=None) == current
-
-
-def test_an_adopter_holds_the_operator_s_claims_only():
-    adopter = ref("Checkpoint", "adopter")
-    assert adopter_owners(claim(), adopter) == [JOB, adopter]
-    owned_not_labelled = claim(labels={}, owners=[ref("Checkpoint", "step-1")])
-    assert adopter_owners(owned_not_labelled, adopter) == [ref("Checkpoint", "step-1"), adopter]
-    assert adopter_owners(claim(owners=[JOB, adopter]), adopter) is None          # already
-    assert adopter_owners(claim(labels={}, owners=[]), adopter) is None           # the user's own claim
-    assert adopter_owners(claim(labels={}, owners=[{"apiVersion": "apps/v1", "kind": "StatefulSet",
-                                                    "name": "db", "uid": "s"}]), adopter) is None
-    assert adopter_owners(claim(owners=[]), adopter) is None                      # nothing would collect it
-
-
-def test_holders_are_the_checkpoints_among_the_owners():
-    assert holders(claim(owners=[JOB, ref("Checkpoint", "a"), ref("Checkpoint", "b")])) == ["a", "b"]
-    assert holders(claim()) == [] and holders(None) == []
-
-
-# --- against the API -----------------------------------------------------------------------------------
 
 @pytest.fixture
 def ctx(api_url):
