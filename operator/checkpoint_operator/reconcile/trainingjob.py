@@ -206,8 +206,8 @@ def follow_job(ctx: Context, tj: TrainingJob) -> Result:
     if succeeded is None:
         pods = ctx.indexes.worker_pods(tj.metadata.namespace, tj.metadata.uid)
         problems = [p.problem for p in pods if p.problem]
-        awaiting_pods = not pods and job is not None and not (job.get("spec") or {}).get("suspend")
-        if awaiting_pods:  # admission may refuse them: only the Job's Events say so
+        awaiting_pods = job is not None and not pods and not (job.get("spec") or {}).get("suspend")
+        if job is not None and awaiting_pods:  # admission may refuse them: only the Job's Events say so
             refused = volumes.refused_pods(ctx, tj.metadata.namespace, job["metadata"]["name"])
             if refused is not None:
                 return replace(flow.running_wait(tj, [refused]), requeue_after=volumes.PODS_RECHECK)
