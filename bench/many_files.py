@@ -232,22 +232,24 @@ async def main() -> None:
     checkpoints = args.checkpoints or (300 if args.quick else 5_000)
     only = set(args.only.split(","))
     output = Output()
-    lines = []
+    lines: list[dict] = []
+
+    def report(line: dict) -> None:
+        lines.append(line)
+        print("many_files: " + json.dumps(line), flush=True)
     if "files" in only:
-        lines.append(await scenario("files", [(scale.training_job("files", checkpoints=1), many_files(files))],
+        report(await scenario("files", [(scale.training_job("files", checkpoints=1), many_files(files))],
                                     output, args.timeout))
     if "checkpoints" in only:
-        lines.append(await scenario("checkpoints", [(scale.training_job("ckpts", checkpoints=1),
+        report(await scenario("checkpoints", [(scale.training_job("ckpts", checkpoints=1),
                                                      many_checkpoints(checkpoints))], output, args.timeout))
     if "worst" in only:
         count, megabytes, forged = (6_000, 30, 10_000_000) if args.quick else (60_000, 300, 100_000_000)
-        lines.append(await scenario("worst", [
+        report(await scenario("worst", [
             (scale.training_job("long-paths", checkpoints=1), long_paths(count)),
             (loud_job("loud", megabytes), None),
             (scale.training_job("forged", checkpoints=1), many_checkpoints(1)),
         ], output, args.timeout, forged={"forged": forged}))
-    for line in lines:
-        print("many_files: " + json.dumps(line), flush=True)
     worst = next((line for line in lines if line["scenario"] == "worst"), None)
     if worst is not None and worst["operator_peak_rss_mb"] > CHART_MEMORY_LIMIT_MB:
         raise SystemExit(f"the operator peaked at {worst['operator_peak_rss_mb']} MB, past the chart's "

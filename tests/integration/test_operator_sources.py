@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import credentials
 from azurite import azure_blob, azurite  # noqa: F401  (fixtures)
 from checkpoint_operator.agent.scan import scan_directory
 from checkpoint_operator.config import OperatorConfig
@@ -28,9 +29,10 @@ from hubserver import mini_hub, olah_hub  # noqa: F401  (fixtures)
 from layouts import tar_gz, tiny_model
 from s3server import s3, seaweedfs  # noqa: F401  (fixtures)
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("credential_watch")]
 HF_TOKEN = "hf_operator_test_token_42"
 GIT_PASSWORD = "git-operator-secret-42"
+credentials.register(HF_TOKEN, GIT_PASSWORD)
 HAS_LFS = shutil.which("git-lfs") is not None
 
 
@@ -117,7 +119,7 @@ async def test_every_source_imports_the_tiny_model(api, store, store_secret, ope
                              {"kind": "huggingFace", "uri": "hf://org/private@main", "revision": "main",
                               "resolvedRevision": commit})
     # Git over http with a login, a tag, and the weights in LFS (without git-lfs on the machine,
-    # plain files: test_agent_import_git.py then says that LFS was not tested)
+    # plain files: tests/agent/test_import_git.py then says that LFS was not tested)
     files = dict(model)
     lfs = {"model.safetensors": files.pop("model.safetensors")} if HAS_LFS else {}
     commit = git_http.add_repo("model", files, lfs_files=lfs, tag="v1")

@@ -77,7 +77,7 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
 
     watch = cmds.add_parser("watch", help="seal checkpoints as training writes them (the live-sealing sidecar)",
                             description="Watch an output directory and seal each checkpoint directory once it is "
-                                        "complete (see the README's sealing rules); one JSON line per event on "
+                                        "complete (see docs/live-sealing.md, sealing rules); one JSON line per event on "
                                         "stdout. Runs until SIGTERM, then seals what is left and exits 0.")
     watch.add_argument("dir", help="the output directory the training code writes into")
     watch.add_argument("--interval", type=_positive_float, default=0.25, metavar="SECONDS",
@@ -211,11 +211,18 @@ def _call(module: str, args: argparse.Namespace, sigterm_finishes: bool = False)
     """Run one agent command: exit 0 on success, 1 with one `error: ...` line on a failure, 130
     (Ctrl-C) or 143 (SIGTERM) after cleaning up, never a traceback for an expected failure.
     `sigterm_finishes` (watch): SIGTERM asks the command to finish its work (`args.stop` is set),
-    from here on, so one that comes while the command is still importing is not lost."""
+    from here on, so one that comes while the command is still importing is not lost. Whatever
+    the command writes on stderr has the environment's credentials masked (agent/redact.py)."""
+    from checkpoint_operator.agent.redact import redacted_stderr
+    with redacted_stderr():
+        return _run_command(module, args, sigterm_finishes)
+
+
+def _run_command(module: str, args: argparse.Namespace, sigterm_finishes: bool) -> int:
     import gc
     import importlib
 
-    from checkpoint_operator.protocol.errors import AgentError
+    from checkpoint_operator.protocol.errors import AgentError, one_line
     if sigterm_finishes:
         args.stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda signum, frame: args.stop.set())
@@ -235,7 +242,7 @@ def _call(module: str, args: argparse.Namespace, sigterm_finishes: bool = False)
             gc.enable()
         return int(mod.main(args) or 0)
     except AgentError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
         code = getattr(exc, "exit_code", 130)
@@ -244,7 +251,8 @@ def _call(module: str, args: argparse.Namespace, sigterm_finishes: bool = False)
         return code
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename else ""
-        print(f"error: agent {args.agent_command}: {exc.strerror or exc}{where}", file=sys.stderr)
+        print(f"error: agent {args.agent_command}: {one_line(str(exc.strerror or exc))}{one_line(where)}",
+              file=sys.stderr)
         return 1
     except Exception as exc:  # noqa: BLE001 - a bug: show where, then the one line
         traceback.print_exc()

@@ -36,7 +36,7 @@ from checkpoint_operator.protocol import channel
 from checkpoint_operator.protocol.errors import AgentError
 from checkpoint_operator.agent.hashing import FileChanged, default_workers, sha256_file
 from checkpoint_operator.protocol.manifest import MANIFESTS_DIR, Manifest, ManifestBuilder, stored_manifest_name
-from checkpoint_operator.protocol.names import component_problem, printable
+from checkpoint_operator.protocol.names import collision_problem, collisions, component_problem, printable, spelled
 from checkpoint_operator.protocol import results
 from checkpoint_operator.agent.live_sealing import LIVE_DIR
 from checkpoint_operator.agent.tree import (
@@ -162,12 +162,16 @@ def _root_candidates(root: str, layout: str, skips: _Skips, budget: EntryBudget)
     root_files = _Candidate(path=ROOT, top=root, step_name="", files=[])
     with os.scandir(root) as it:
         entries = sorted(it, key=lambda e: _name_bytes(e.name))
+    twins = collisions([entry.name for entry in entries])
     for entry in entries:
         name = entry.name
         budget.take(entry.path)
         problem = component_problem(name)
         if problem:
             skips.add(ROOT, printable(name), f"name {problem}")
+            continue
+        if name in twins:
+            skips.add(ROOT, spelled(name), f"name {collision_problem(twins[name])}")
             continue
         if name in AGENT_DIRS:
             continue  # the agent's own: the sealing sidecar's state, the stored manifests
@@ -399,16 +403,16 @@ class _Manifests:
             return False
 
 
-def _candidate_files(candidates: list[_Candidate], budget: EntryBudget, skips: _Skips
+def _candidate_files(candidates: list[_Candidate], budget: EntryBudget, skips: _Skips, follow_links: bool
                      ) -> Iterator[tuple[int, Union[TreeFile, _End]]]:
     for index, candidate in enumerate(candidates):
         if candidate.files is not None:
             for f in sorted(candidate.files, key=lambda f: f.rel.encode()):
                 yield index, f
         else:
-            def skip(rel: str, reason: str, path: str = candidate.path) -> None:
-                skips.add(path, printable(rel), reason)
-            for f in iter_checkpoint(candidate.top, budget, skip):
+            def skip(shown: str, reason: str, path: str = candidate.path) -> None:
+                skips.add(path, shown, reason)
+            for f in iter_checkpoint(candidate.top, budget, skip, follow_links=follow_links):
                 yield index, f
         yield index, _End(index)
 
@@ -416,13 +420,15 @@ def _candidate_files(candidates: list[_Candidate], budget: EntryBudget, skips: _
 def scan_checkpoints(root: Path, layout: str = "auto", single: bool = False, workers: Optional[int] = None,
                      max_entries: int = DEFAULT_MAX_ENTRIES, *, keep_files: bool = True,
                      manifests_dir: Optional[str] = None, max_checkpoints: Optional[int] = None,
-                     max_skipped: int = MAX_SKIPPED_LISTED) -> OutputScan:
+                     max_skipped: int = MAX_SKIPPED_LISTED, follow_links: bool = False) -> OutputScan:
     """The checkpoints under `root` per the snapshot rules, each with its manifest.
 
     `single`: `root` itself is one checkpoint, path ".", whatever its name (hidden and
     unfinished-name rules do not apply; the rules of agent/tree.py do). `keep_files`: each
     manifest lists its files (else only its totals and digest); `manifests_dir`: the full
     manifests are written there. `max_checkpoints`: more candidates than this fail at once.
+    `follow_links` (with `single`; a push of the user's own directory): links followed as
+    `cp -L` does (agent/tree.py).
     Raises NotADirectoryError / FileNotFoundError when `root` is not a directory, TooManyEntries
     past `max_entries` directory entries.
     """
@@ -448,7 +454,7 @@ def scan_checkpoints(root: Path, layout: str = "auto", single: bool = False, wor
     sizes = SortedSizes()
     spool: Optional[IO[bytes]] = None
     try:
-        for index, item, outcome in _hashed_in_order(_candidate_files(candidates, budget, skips),
+        for index, item, outcome in _hashed_in_order(_candidate_files(candidates, budget, skips, follow_links),
                                                      workers or default_workers()):
             candidate = candidates[index]
             if builder is None:
@@ -487,9 +493,10 @@ def _finish(candidate: _Candidate, builder: ManifestBuilder, sizes: SortedSizes,
 
 
 def scan_directory(root: Path, layout: str = "auto", single: bool = False,
-                   workers: Optional[int] = None, max_entries: int = DEFAULT_MAX_ENTRIES) -> ScanResult:
+                   workers: Optional[int] = None, max_entries: int = DEFAULT_MAX_ENTRIES,
+                   follow_links: bool = False) -> ScanResult:
     """The checkpoints under `root` with their manifests (files listed): see scan_checkpoints."""
-    scan = scan_checkpoints(root, layout, single, workers, max_entries)
+    scan = scan_checkpoints(root, layout, single, workers, max_entries, follow_links=follow_links)
     return ScanResult(checkpoints=[s.manifest for s in scan.checkpoints], skipped=scan.skipped,
                       skippedCount=scan.skipped_count)
 

@@ -1,7 +1,8 @@
 """The files of a checkpoint: one walker for scan, upload and download.
 
 A checkpoint is a directory tree; its files are every regular file under it, with these rules:
-- names must pass protocol/names.py; an entry whose name does not is skipped with the rule;
+- names must pass protocol/names.py; an entry whose name does not is skipped with the rule, and
+  so are both entries of a directory whose names are the same after Unicode normalization;
 - hidden names are content (only the manifest at the root is not: it describes, it is not
   content; other names the agent reserves at the root are skipped);
 - a symlink is resolved hop by hop against the checkpoint's root as it will be mounted (on
@@ -12,6 +13,11 @@ A checkpoint is a directory tree; its files are every regular file under it, wit
   path, and not following links to directories keeps the walk linear in the inodes (a DAG of
   links `a`, `b` -> `../d(i+1)` would otherwise make 2^N paths);
 - fifos, sockets and devices are skipped; so are files that cannot be read;
+- `follow_links` (a push: the user's own directory on the user's own machine) takes links as
+  `cp -L` does instead: a link to a file anywhere stands for that file's bytes (a Hugging
+  Face cache snapshot, DVC and many NFS layouts are links into a store beside the directory),
+  a link to a directory is walked under the link's path; a broken link, a loop and a link to a
+  directory that contains it are skipped with the reason (and the push refuses them);
 - at most `max_entries` directory entries are looked at in all (`EntryBudget`): past it the
   walk fails with a clear error instead of growing without bound.
 """
@@ -26,7 +32,9 @@ from typing import Callable, Iterator, Optional
 
 from checkpoint_operator.protocol.errors import AgentError
 from checkpoint_operator.protocol.manifest import MANIFEST_NAME, RESERVED_ROOT_NAMES
-from checkpoint_operator.protocol.names import MAX_PATH_BYTES, component_problem, printable
+from checkpoint_operator.protocol.names import (
+    MAX_PATH_BYTES, collision_problem, collisions, component_problem, printable, spelled,
+)
 
 DEFAULT_MAX_ENTRIES = 1_000_000
 # The scan that streams its manifests (scan --result: the volume store's snapshot) holds about
@@ -41,6 +49,7 @@ LEAVES_CHECKPOINT = "symlink leaves the checkpoint"
 LINK_TO_DIRECTORY = "symlink to a directory: not followed (its files are taken under their real path)"
 SYMLINK_LOOP = "symlink loop (more than 40 hops)"
 BROKEN_SYMLINK = "broken symlink"
+DIRECTORY_CYCLE = "symlink to a directory that contains it (a cycle)"
 
 
 def entry_limit(given: Optional[int] = None, default: int = DEFAULT_MAX_ENTRIES) -> int:
@@ -146,52 +155,67 @@ def resolve_link(top: str, dir_parts: list[str], name: str) -> tuple[Optional[st
     return path, os.lstat(path), ""
 
 
-def walk_checkpoint(top: str, budget: Optional[EntryBudget] = None) -> Tree:
+def walk_checkpoint(top: str, budget: Optional[EntryBudget] = None, *, follow_links: bool = False) -> Tree:
     """Every file of the checkpoint rooted at `top` (see the module doc), and what was skipped."""
     tree = Tree()
-    tree.files = list(iter_checkpoint(top, budget, tree.skip))
+    tree.files = list(iter_checkpoint(top, budget, lambda shown, reason: tree.skipped.append((shown, reason)),
+                                      follow_links=follow_links))
     return tree
 
 
-def _sorted_keys(directory: str) -> list[bytes]:
-    """The names in `directory` as sort keys: the name's bytes, with '/' after a directory's,
-    so that a depth-first walk in this order visits paths in the order of their bytes."""
-    keys = []
+def _listing(directory: str, follow_links: bool) -> tuple[list[bytes], dict[str, str]]:
+    """The names in `directory` as sort keys: the name's bytes, with '/' after a directory's
+    (a link to one too, when links are followed), so that a depth-first walk in this order visits
+    paths in the order of their bytes; and the names that are twins after normalization."""
+    keys, names = [], []
     with os.scandir(directory) as it:
         for entry in it:
             try:
-                is_dir = entry.is_dir(follow_symlinks=False)
+                is_dir = entry.is_dir(follow_symlinks=follow_links)
             except OSError:
                 is_dir = False
             keys.append(os.fsencode(entry.name) + (b"/" if is_dir else b""))
+            names.append(entry.name)
     keys.sort()
-    return keys
+    return keys, collisions(names)
+
+
+def _identity(path: str) -> frozenset:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return frozenset()
+    return frozenset({(st.st_dev, st.st_ino)})
 
 
 def iter_checkpoint(top: str, budget: Optional[EntryBudget] = None,
-                    skip: Optional[Callable[[str, str], None]] = None) -> Iterator[TreeFile]:
+                    skip: Optional[Callable[[str, str], None]] = None, *,
+                    follow_links: bool = False) -> Iterator[TreeFile]:
     """Every file of the checkpoint rooted at `top` (see the module doc), in the canonical
     order: by the bytes of their paths, as the digest sorts them (protocol/manifest.py), so a
-    manifest can be written as the files are hashed. `skip(rel, reason)` hears what is left out
-    (`rel` as found: escape it with printable() before showing it).
+    manifest can be written as the files are hashed. `skip(shown, reason)` hears what is left
+    out (`shown`: the path as a message shows it, escaped).
 
     Memory is one directory's names per level of the walk, never the tree's: sorting a name
     with '/' appended when it is a directory makes the depth-first order the byte order of the
     whole paths ('a-b' < 'a.b' < 'a/x', as '-' < '.' < '/')."""
     budget = budget or EntryBudget(what=top)
-    tell = skip or (lambda rel, reason: None)
-    # (directory on disk, its components inside the checkpoint, its sorted keys, the next index)
-    stack: list[tuple[str, list[str], list[bytes], int]] = []
+    tell = skip or (lambda shown, reason: None)
+    # (directory on disk, its components inside the checkpoint, its sorted keys, the next index,
+    # its twins, the (st_dev, st_ino) of the directories on its way: kept when links are followed,
+    # to refuse a cycle)
+    stack: list[tuple[str, list[str], list[bytes], int, dict[str, str], frozenset]] = []
     try:
-        stack.append((top, [], _sorted_keys(top), 0))
+        keys, twins = _listing(top, follow_links)
+        stack.append((top, [], keys, 0, twins, _identity(top) if follow_links else frozenset()))
     except OSError as exc:
         tell(".", f"unreadable directory: {exc.strerror}")
     while stack:
-        directory, parts, keys, index = stack[-1]
+        directory, parts, keys, index, twins, ancestors = stack[-1]
         if index == len(keys):
             stack.pop()
             continue
-        stack[-1] = (directory, parts, keys, index + 1)
+        stack[-1] = (directory, parts, keys, index + 1, twins, ancestors)
         key = keys[index]
         listed_as_dir = key.endswith(b"/")
         name = os.fsdecode(key[:-1] if listed_as_dir else key)
@@ -201,60 +225,107 @@ def iter_checkpoint(top: str, budget: Optional[EntryBudget] = None,
         budget.take(path)
         if not parts and name in RESERVED_ROOT_NAMES:
             if name != MANIFEST_NAME:  # a manifest written by an earlier download describes
-                tell(rel, "name reserved for the agent's own files")
+                tell(printable(rel), "name reserved for the agent's own files")
             continue
         problem = component_problem(name)
         if problem:
-            tell(rel, f"name {problem}")
+            tell(printable(rel), f"name {problem}")
+            continue
+        if name in twins:  # neither is taken: which one is meant cannot be told
+            tell(spelled(rel), f"name {collision_problem(twins[name])}")
             continue
         if len(rel.encode("utf-8")) > MAX_PATH_BYTES:
-            tell(rel, f"path is longer than {MAX_PATH_BYTES} bytes")
+            tell(printable(rel), f"path is longer than {MAX_PATH_BYTES} bytes")
+            continue
+        entry = _followed(path, rel, ancestors, tell) if follow_links else _entry(top, parts, name, path, rel, tell)
+        if entry is None:
+            continue
+        found, identity = entry
+        if isinstance(found, TreeFile):
+            if listed_as_dir:  # replaced between the listing and now: its place in the order is lost
+                tell(printable(rel), "changed while the directory was read (a directory became a file)")
+                continue
+            yield found
+            continue
+        if not listed_as_dir:
+            tell(printable(rel), "changed while the directory was read (a file became a directory)")
             continue
         try:
-            st = os.lstat(path)
+            child_keys, child_twins = _listing(path, follow_links)
         except OSError as exc:
-            tell(rel, _os_reason(exc))
+            tell(printable(rel), f"unreadable directory: {exc.strerror}")
             continue
-        if stat.S_ISDIR(st.st_mode) != listed_as_dir:
-            # Replaced between the listing and now: its place in the order is no longer known.
-            tell(rel, "changed while the directory was read (a file became a directory, or back)")
-            continue
-        if listed_as_dir:
-            try:
-                stack.append((path, [*parts, name], _sorted_keys(path), 0))
-            except OSError as exc:
-                tell(rel, f"unreadable directory: {exc.strerror}")
-            continue
-        found = _file_of(top, parts, name, path, st, tell, rel)
-        if found is not None:
-            yield found
+        stack.append((path, [*parts, name], child_keys, 0, child_twins, ancestors | identity))
 
 
-def _file_of(top: str, parts: list[str], name: str, path: str, st: os.stat_result,
-             tell: Callable[[str, str], None], rel: str) -> Optional[TreeFile]:
-    """One entry that is not a directory: a file (a link to a file: that file), else a skip."""
+def _entry(top: str, parts: list[str], name: str, path: str, rel: str, tell: Callable[[str, str], None]
+           ) -> Optional[tuple[Optional[TreeFile], frozenset]]:
+    """One entry, links resolved inside the root: (its file, or None for a directory to walk), or
+    None when it is skipped."""
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        tell(printable(rel), _os_reason(exc))
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return None, frozenset()
     open_path, shared = path, st.st_nlink > 1
     if stat.S_ISLNK(st.st_mode):
         real, target_st, reason = resolve_link(top, parts, name)
         if real is None:
-            tell(rel, reason)
+            tell(printable(rel), reason)
             return None
         assert target_st is not None
         if stat.S_ISDIR(target_st.st_mode):
-            tell(rel, LINK_TO_DIRECTORY)
+            tell(printable(rel), LINK_TO_DIRECTORY)
             return None
         open_path, st, shared = real, target_st, True
     if stat.S_ISREG(st.st_mode):
-        return TreeFile(rel, open_path, (st.st_dev, st.st_ino), st.st_size, shared)
-    tell(rel, special_kind(st.st_mode))
+        return TreeFile(rel, open_path, (st.st_dev, st.st_ino), st.st_size, shared), frozenset()
+    tell(printable(rel), special_kind(st.st_mode))
     return None
 
 
-def locate_file(top: str, rel: str) -> tuple[str, os.stat_result]:
+def _followed(path: str, rel: str, ancestors: frozenset, tell: Callable[[str, str], None]
+              ) -> Optional[tuple[Optional[TreeFile], frozenset]]:
+    """One entry, links followed wherever they point (`cp -L`)."""
+    try:
+        st = os.stat(path)  # follows every link on the way
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            tell(printable(rel), SYMLINK_LOOP)
+        elif exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            tell(printable(rel), BROKEN_SYMLINK)
+        else:
+            tell(printable(rel), _os_reason(exc))
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        key = (st.st_dev, st.st_ino)
+        if key in ancestors:
+            tell(printable(rel), DIRECTORY_CYCLE)
+            return None
+        return None, frozenset({key})
+    if stat.S_ISREG(st.st_mode):
+        return TreeFile(rel, path, (st.st_dev, st.st_ino), st.st_size, True), frozenset()
+    tell(printable(rel), special_kind(st.st_mode))
+    return None
+
+
+def locate_file(top: str, rel: str, *, follow_links: bool = False) -> tuple[str, os.stat_result]:
     """The real file that the valid path `rel` names in the checkpoint rooted at `top`, by the
     rules of walk_checkpoint (no directory reached through a link; a link to a file resolved
-    inside the root), as (path to read, its stat); AgentError naming `rel` otherwise."""
+    inside the root; with `follow_links`, any link followed as `cp -L` does), as (path to read,
+    its stat); AgentError naming `rel` otherwise."""
     parts = rel.split("/")
+    if follow_links:
+        path = os.path.join(top, *parts)
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise AgentError(f"{path}: listed in the manifest but unreadable ({exc.strerror})") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise AgentError(f"{path}: not a regular file")
+        return path, st
     for i in range(1, len(parts)):
         path = os.path.join(top, *parts[:i])
         try:
@@ -279,3 +350,39 @@ def locate_file(top: str, rel: str) -> tuple[str, os.stat_result]:
         kind = "a directory" if stat.S_ISDIR(st.st_mode) else special_kind(st.st_mode)
         raise AgentError(f"{path}: not a regular file ({kind})")
     return path, st
+
+
+class UnsafeTree(AgentError):
+    pass
+
+
+def check_written_tree(top: str, label: str) -> int:
+    """The last look at a tree an import wrote (every source, every archive) before it becomes a
+    checkpoint: each symlink must resolve inside `top` by the rule of `resolve_link` (hop by
+    hop from its own directory, never above the root, never absolute: the rule the scan, the
+    upload and a pod reading the mounted checkpoint all follow, and one that does not depend on
+    where the tree sits, unlike realpath), and no two names of one directory may be the same
+    after Unicode normalization. UnsafeTree naming the entry otherwise; the number of entries
+    looked at. Iterative (no recursion on the tree's depth); links to directories are not
+    entered (their targets are inside and walked under their own names)."""
+    stack: list[tuple[str, list[str]]] = [(top, [])]
+    seen = 0
+    while stack:
+        directory, parts = stack.pop()
+        with os.scandir(directory) as it:
+            entries = list(it)
+        seen += len(entries)
+        twins = collisions([entry.name for entry in entries])
+        for entry in entries:
+            rel = "/".join([*parts, entry.name])
+            if entry.name in twins:
+                raise UnsafeTree(f"{label}: name '{spelled(rel)}' {collision_problem(twins[entry.name])}; refused")
+            if entry.is_symlink():
+                _, _, reason = resolve_link(top, parts, entry.name)
+                if reason == LEAVES_CHECKPOINT:
+                    raise UnsafeTree(f"{label}: symlink '{printable(rel)}' -> '{printable(os.readlink(entry.path))}' "
+                                     f"resolves outside the checkpoint (links are followed hop by hop from their "
+                                     f"own directory, never above the checkpoint's root); refused")
+            elif entry.is_dir(follow_symlinks=False):
+                stack.append((entry.path, [*parts, entry.name]))
+    return seen

@@ -96,7 +96,7 @@ import jsonpointer
 import kmock
 from kmock._internal import dsl, k8s, parsing, references, rendering
 
-from checkpoint_operator.local import admission
+from checkpoint_operator.local import admission, pod_security
 from checkpoint_operator.local.podlogs import ContainerLog, LogQueryError
 from checkpoint_operator.local.selectors import ObjectFilter, bad_request
 from checkpoint_operator.local.store import ObjectKey, ObjectStore, Stored, dumps
@@ -165,6 +165,10 @@ def conflict(message: str, **details: Any) -> kmock.KubernetesError:
 
 def already_exists(message: str, **details: Any) -> kmock.KubernetesError:
     return kmock.KubernetesError(status=409, reason="AlreadyExists", message=message, details=details or None)
+
+
+def forbidden(message: str, **details: Any) -> kmock.KubernetesError:
+    return kmock.KubernetesError(status=403, reason="Forbidden", message=message, details=details or None)
 
 
 def invalid(message: str, **details: Any) -> kmock.KubernetesError:
@@ -332,6 +336,8 @@ class Emulator(kmock.KubernetesEmulator):
     _resource_versions: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
     _current_rv: int = attrs.field(default=0, init=False)
     _pod_logs: dict[tuple[str, str], dict[str, ContainerLog]] = attrs.field(factory=dict, init=False)
+    # Sees every text written to a pod's log: (namespace, pod, container, text) (tests/credentials.py watches them).
+    on_pod_log: Optional[Callable[[str, str, str, str], None]] = attrs.field(default=None, init=False)
     _own_reactions: dict[int, Callable[[rendering.Request], Any]] = attrs.field(factory=dict, init=False)
     _slice_counts: dict[int, int] = attrs.field(factory=dict, init=False)
     _builtin_crds: set[str] = attrs.field(factory=set, init=False)
@@ -449,7 +455,7 @@ class Emulator(kmock.KubernetesEmulator):
         """The handler kmock's matching picks among the emulator's own reactions, without matching.
 
         None: let the matching decide (discovery and other requests the emulator leaves to kmock).
-        tests/test_local_emulator.py checks that both agree.
+        tests/local/test_emulator.py checks that both agree.
         """
         if request.url.path.startswith("/_emulator/"):
             return self._serve_extension
@@ -503,6 +509,8 @@ class Emulator(kmock.KubernetesEmulator):
             errors += schema.admit(obj, None)
         if errors:
             raise invalid_object(info, resource, name, errors)
+        if resource == PODS:
+            self._admit_pod_security(obj, namespace or "default", name)
         key = (resource, namespace, name)
         if self.store.get(key) is not None:
             raise already_exists(f'{resource.plural} "{name}" already exists',
@@ -510,6 +518,16 @@ class Emulator(kmock.KubernetesEmulator):
         stored = self._store_new(resource, obj, namespace=namespace)
         self._changed()
         return self._json(stored.raw, status=201)
+
+    def _admit_pod_security(self, pod: Mapping[str, Any], namespace: str, name: str) -> None:
+        """Pod Security admission: the level the namespace's enforce label names (local/pod_security.py)."""
+        stored = self.store.get((NAMESPACES, None, namespace))
+        labels = ((stored.load().get("metadata") or {}).get("labels") or {}) if stored is not None else {}
+        level = pod_security.enforced_level(labels)
+        found = pod_security.violations(level, pod) if level else []
+        if found:
+            raise forbidden(f'pods "{name}" is forbidden: {pod_security.forbidden_message(level or "", found)}',
+                            name=name, kind="pods")
 
     def _store_new(self, resource: Resource, obj: dict[str, Any], *, namespace: str | None = None) -> Stored:
         info = self._info(resource)
@@ -830,6 +848,7 @@ class Emulator(kmock.KubernetesEmulator):
         if request.method == kmock.method.PUT:
             if request.params.get("append") == "true":  # a running container's new output (the local kubelet)
                 self._container_log(request.namespace, request.name, container).append(request.text)
+                self._saw_log(request.namespace, request.name, container, request.text)
             else:
                 self.set_pod_log(request.namespace, request.name, request.text, container=container)
             return aiohttp.web.Response(status=204)
@@ -854,6 +873,11 @@ class Emulator(kmock.KubernetesEmulator):
             return  # the pod is gone (or never was): its log goes with it
         container = container or _default_container(stored.load()) or ""
         self._container_log(namespace, name, container).replace(text)
+        self._saw_log(namespace, name, container, text)
+
+    def _saw_log(self, namespace: str, name: str, container: Optional[str], text: str) -> None:
+        if self.on_pod_log is not None:
+            self.on_pod_log(namespace, name, container or "", text)
 
     def pod_log(self, namespace: str, name: str, container: str | None = None) -> str:
         stored = self.store.get((PODS, namespace, name))

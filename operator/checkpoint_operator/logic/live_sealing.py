@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Optional
 
+from checkpoint_operator.logic.security_context import sidecar_context
 from checkpoint_operator.protocol import channel
 from checkpoint_operator.protocol.names import path_problem
 from checkpoint_operator.protocol.results import (LIVE_EVENTS, ChangedEvent, RemovedEvent, SealedCheckpoint,
@@ -51,17 +52,15 @@ def sidecar_parts(tj, command: list[str], image: str, pull_policy: str, resource
                   output_volume: str, template_spec: dict) -> tuple[dict, dict]:
     """(the sidecar container, the downwardAPI volume). It runs as the training containers'
     user (runAsUser/runAsGroup of the first container, else the pod's), so that it may remove
-    the write bits of their files and the directories retention releases."""
-    first = (template_spec.get("containers") or [{}])[0]
-    security = {k: v for k, v in (first.get("securityContext") or {}).items() if k in ("runAsUser", "runAsGroup")}
+    the write bits of their files and the directories retention releases; "restricted" otherwise
+    (logic/security_context.py)."""
     container = {"name": SIDECAR, "image": image, "imagePullPolicy": pull_policy, "restartPolicy": "Always",
                  "command": command, "resources": resources,
                  "volumeMounts": [{"name": output_volume, "mountPath": tj.spec.outputDir},
-                                  {"name": META_VOLUME, "mountPath": META_MOUNT, "readOnly": True}]}
+                                  {"name": META_VOLUME, "mountPath": META_MOUNT, "readOnly": True}],
+                 "securityContext": sidecar_context(template_spec)}
     if env:
         container["env"] = env
-    if security:
-        container["securityContext"] = security
     volume = {"name": META_VOLUME, "downwardAPI": {"items": [
         {"path": ANNOTATIONS_FILE, "fieldRef": {"fieldPath": "metadata.annotations"}}]}}
     return container, volume

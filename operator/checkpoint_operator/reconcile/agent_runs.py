@@ -57,6 +57,10 @@ class Waiting:
     problem: Optional[PodProblem] = None
     phase: Optional[PodPhase] = None
     conflict: Optional[str] = None
+    retry_after: Optional[float] = None  # a problem no event of ours ends (the pod was refused)
+
+
+REFUSED_RETRY = 30.0  # seconds: a refused pod (Pod Security, a quota, an admission policy) is tried again
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,12 @@ def follow(ctx: Context, owner: Owner, body: dict, task: AgentTask[R], started: 
             created = ctx.kube.create(PODS, namespace, body)
         except Conflict:  # made by someone else between the read and the create: looked at next time
             return Waiting(conflict=f"pod {name} appeared while this operator was creating it; looking again")
+        except ApiError as exc:
+            if exc.status != 403:
+                raise
+            # Admission said no (Pod Security, a ResourceQuota, a policy): its words, and a retry later.
+            return Waiting(problem=PodProblem("PodRefused", f"creating {task.what} pod {name} was refused: "
+                                                            f"{exc.message}"), retry_after=REFUSED_RETRY)
         uid = created["metadata"]["uid"]
         started = started or StatusChange()
         change = dataclasses.replace(started, fields={**started.fields, task.uid_field: uid})
@@ -151,7 +161,7 @@ def wait_for(waiting: Waiting, *, reason: Optional[str], message: str, current_r
         return Wait()
     if waiting.problem:
         text = f"{problem_prefix}: {waiting.problem.message}" if problem_prefix else waiting.problem.message
-        return Wait(waiting.problem.reason, text)
+        return Wait(waiting.problem.reason, text, requeue_after=waiting.retry_after)
     if reason is None or current_reason == reason:
         return Wait()
     return Wait(reason, message, warning=False)

@@ -52,7 +52,7 @@ def serve_verify(ctx: Context, checkpoint: Checkpoint) -> Optional[float]:
             return NOT_OURS_RETRY
         if run.problem:
             record_condition(ctx, checkpoint, transfers.verify_error_condition(run.problem.message))
-        return None
+        return run.retry_after
     if isinstance(run, agent_runs.PodFailed):
         condition = transfers.verify_error_condition(f"could not verify: {run.message}")
     else:
@@ -82,8 +82,8 @@ def serve_pull(ctx: Context, checkpoint: Checkpoint) -> Optional[float]:
     if clear_stale_pod(ctx, pod, value):
         return None
     run = agent_runs.follow(ctx, checkpoint, pod, PULL)
-    if isinstance(run, agent_runs.Waiting):
-        return NOT_OURS_RETRY if run.conflict else None
+    if isinstance(run, agent_runs.Waiting):  # refused: the plugin's wait names the pod that never came
+        return NOT_OURS_RETRY if run.conflict else run.retry_after
     if isinstance(run, (agent_runs.Finished, agent_runs.PodFailed)):  # the pulls are over (or it gave up)
         agent_runs.finish(ctx, pod)
         drop_request(ctx, checkpoint, PULL_REQUEST_ANNOTATION, value)
