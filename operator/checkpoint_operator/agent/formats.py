@@ -12,9 +12,8 @@ the README's format table (`format_table_markdown`, checked by a test).
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional, Sequence
@@ -22,7 +21,8 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence
 from checkpoint_operator.agent import completeness
 from checkpoint_operator.agent import metadata as md
 from checkpoint_operator.agent.completeness import Verdict
-from checkpoint_operator.agent.safe_read import CheckpointFiles
+from checkpoint_operator.agent.metrics_files import checkpoint_metrics
+from checkpoint_operator.agent.safe_read import CheckpointFiles, Unreadable, bounded_int, parse_json, quoted
 
 # Files a Transformers/PEFT model directory is loaded from (`from_pretrained`).
 _HF_CONFIGS = {"config.json", "adapter_config.json"}
@@ -151,7 +151,7 @@ def _keras_resumable(files: CheckpointFiles) -> bool:
 def _lightning_or_torch(files: CheckpointFiles) -> str:
     """A `.ckpt` is Lightning's unless its pickle is readable and says nothing of Lightning."""
     ckpts = [p for p in md.torch_files(files) if p.lower().endswith(".ckpt")]
-    pickles = list(md.read_pickles(files, ckpts))
+    pickles = [obj for _, obj in md.read_pickles(files, ckpts)]
     return "torch" if pickles and not any(md.is_lightning_pickle(o) for o in pickles) else "lightning"
 
 
@@ -288,28 +288,59 @@ class Description:
     resumable: bool
     complete: Optional[bool]
     completeReason: Optional[str]
+    metrics: Optional[dict[str, float]] = field(default=None)
 
 
-def describe_checkpoint(root: Path, sizes: Mapping[str, int], name: str = "") -> Description:
-    """Format, step, resumable and completeness of the checkpoint at `root` made of these files
-    (relative path -> size). `name` is its directory's name ("" for the root files)."""
-    files = CheckpointFiles(Path(root), sizes, name)
-    rule = rule_for(files.paths, name)
+def _not_checked(fmt: str) -> str:
+    return f"not checked: no completeness check applies to these files (format {fmt})"
+
+
+def describe_checkpoint(root: Path, sizes: Mapping[str, int], name: str = "",
+                        skipped: Optional[Mapping[str, str]] = None) -> Description:
+    """Format, step, resumable, completeness and metrics of the checkpoint at `root` made of
+    these files (relative path -> size). `name` is its directory's name ("" for the root files).
+    `skipped`: entries of its directory that are not part of it (path -> why), which the format
+    may need. Completeness is decided on the files alone; the format is the writer's, so it is
+    detected on what was written (files and skipped entries)."""
+    files = CheckpointFiles(Path(root), sizes, name, skipped=dict(skipped or {}))
+    written = sorted({*files.paths, *files.skipped})
+    rule = rule_for(written, name)
     fmt = rule.refine(files) if rule.refine else rule.name
-    step = step_from_name(name) if name else None
+    step = None
+    if name:
+        from_name = step_from_name(name)
+        step = bounded_int(from_name)
+        if from_name is not None and step is None:
+            files.note("", f"step {quoted(str(from_name), 24)} in the checkpoint's name is beyond int64: not used "
+                           "as the step")
     if step is None and rule.step_from_data:
         step = rule.step_from_data(files)
     if step is None:  # a trainer_state.json says the step whatever the weights' format
         step = md.step_from_trainer_state(files)
     resumable = is_resumable(files.paths) or bool(rule.resumable_from_data and rule.resumable_from_data(files))
+    metrics = checkpoint_metrics(files)
     verdict = completeness.verdict(files, _BY_NAME[fmt].completeness)
-    return Description(fmt, step, resumable, verdict.complete, verdict.reason)
+    return Description(fmt, step, resumable, verdict.complete, _reason(verdict, files, fmt), metrics)
 
 
-def completeness_of(root: Path, sizes: Mapping[str, int], name: str = "") -> Verdict:
+def _reason(verdict: Verdict, files: CheckpointFiles, fmt: str) -> Optional[str]:
+    reason = verdict.reason or (_not_checked(fmt) if verdict.complete is None else None)
+    # What a reader ignored, unless the verdict already says it.
+    notes = [f"{rel}: {why}" if rel else why for rel, why in sorted(files.problems.items())
+             if not (reason and why in reason)]
+    if notes:
+        notes[0] = "ignored: " + notes[0]
+    return completeness.with_notes(reason, notes)
+
+
+def completeness_of(root: Path, sizes: Mapping[str, int], name: str = "",
+                    skipped: Optional[Mapping[str, str]] = None) -> Verdict:
     """Only the verdict: is the checkpoint at `root` complete now? (Cheap: no hashing.)"""
-    files = CheckpointFiles(Path(root), sizes, name)
-    return completeness.verdict(files, rule_for(files.paths, name).completeness)
+    files = CheckpointFiles(Path(root), sizes, name, skipped=dict(skipped or {}))
+    verdict = completeness.verdict(files, rule_for(sorted({*files.paths, *files.skipped}), name).completeness)
+    if verdict.complete is None and verdict.reason is None:
+        return Verdict(None, "not checked: no completeness check applies to these files")
+    return verdict
 
 
 def format_table_markdown() -> str:
@@ -341,15 +372,13 @@ def step_from_name(name: str) -> Optional[int]:
 
 
 def step_from_trainer_state(text: str) -> Optional[int]:
-    """`global_step` of a Transformers `trainer_state.json`, or None when absent or malformed."""
+    """`global_step` of a Transformers `trainer_state.json`, or None when absent, malformed or
+    beyond int64 (read with the bounds of safe_read.parse_json)."""
     try:
-        value = json.loads(text).get("global_step")
-    except (ValueError, AttributeError):
+        state = parse_json(text.encode("utf-8", "surrogatepass"))
+    except Unreadable:
         return None
-    # bool is an int in Python; a step is a non-negative integer.
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    return None
+    return bounded_int(state.get("global_step")) if isinstance(state, dict) else None
 
 
 # A whole token, so `attempt-3`, `template`, `temperature` stay; `ckpt.tmp`, `x-incomplete`,
