@@ -30,13 +30,26 @@ def safetensors_bytes(tensors: dict[str, int]) -> bytes:
 
 
 def torch_zip_bytes(obj, archive: str = "archive") -> bytes:
-    """A torch.save-style zip: `<archive>/data.pkl` holding the pickle, stored uncompressed."""
+    """A torch.save-style zip: `<archive>/data.pkl` holding the pickle, stored uncompressed (the
+    same bytes for the same object: entries dated 1980-01-01, as torch.save's miniz writes them)."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as z:
-        z.writestr(f"{archive}/data.pkl", pickle.dumps(obj, protocol=2))
-        z.writestr(f"{archive}/version", "3\n")
-        z.writestr(f"{archive}/data/0", b"\0" * 64)
+        for name, data in ((f"{archive}/data.pkl", pickle.dumps(obj, protocol=2)), (f"{archive}/version", b"3\n"),
+                           (f"{archive}/data/0", b"\0" * 64)):
+            z.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
     return buffer.getvalue()
+
+
+def weights(data: bytes = b"w") -> bytes:
+    """A valid safetensors file whose one U8 tensor holds `data`: a checkpoint's weights for tests
+    whose checkpoints must be complete (a `model.safetensors` of arbitrary bytes is not)."""
+    text = json.dumps({"w": {"dtype": "U8", "shape": [len(data)], "data_offsets": [0, len(data)]}}).encode()
+    return struct.pack("<Q", len(text)) + text + data
+
+
+def torch_file(marker: object = "o") -> bytes:
+    """A valid torch.save file (a zip) holding `{"marker": marker}`: an optimizer.pt, a w.pt."""
+    return torch_zip_bytes({"marker": marker})
 
 
 def dcp_metadata_bytes(keys: list[str], storage: list[tuple[str, int, int]]) -> bytes:

@@ -215,8 +215,10 @@ class Watcher:
                       f"CHECKPOINT_RESUME_PATH; run the training container and this sidecar as the same user)")
 
     def resume_target(self) -> Optional[Sealed]:
-        """The latest sealed checkpoint not found incomplete, with optimizer state when one has it."""
-        usable = [s for s in self.sealed.values() if s.complete is not False and not s.changed]
+        """The latest sealed checkpoint found complete (or, when none was, not checked; never one
+        found incomplete), with optimizer state when one has it: as `select: latest` decides."""
+        unchanged = [s for s in self.sealed.values() if not s.changed]
+        usable = [s for s in unchanged if s.complete is True] or [s for s in unchanged if s.complete is None]
         resumable = [s for s in usable if s.resumable] or usable
         return max(resumable, key=lambda s: (s.step is not None, s.step or -1, s.path)) if resumable else None
 

@@ -288,11 +288,12 @@ def format_table(result: ScanResult) -> str:
             lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     else:
         lines.append("no checkpoints found")
-    incomplete = [m for m in result.checkpoints if m.complete is False]
-    if incomplete:
-        lines.append("")
-        lines.append(f"incomplete ({len(incomplete)}):")
-        lines.extend(f"  {m.path}  {m.completeReason}" for m in incomplete)
+    for title, which in (("incomplete", False), ("not checked", None)):
+        listed = [m for m in result.checkpoints if m.complete is which]
+        if listed:
+            lines.append("")
+            lines.append(f"{title} ({len(listed)}):")
+            lines.extend(f"  {m.path}  {m.completeReason}" for m in listed)
     if result.skipped:
         width = max(len(s.path) for s in result.skipped)
         lines.append("")
