@@ -450,8 +450,8 @@ def accelerate(files: CheckpointFiles) -> Optional[Verdict]:
     if not is_accelerate_state(files):
         return None
     if not files.has("random_states_0.pkl"):
-        return _broken(f"random_states_0.pkl is {files.missing('random_states_0.pkl')} (Accelerate's save_state "
-                       "writes it after the model, optimizer and scheduler)")
+        return _broken("no random_states_0.pkl (Accelerate's save_state writes it after the model, optimizer and "
+                       "scheduler)")
     return _ok("random_states_0.pkl present (Accelerate's save_state writes it last)")
 
 
