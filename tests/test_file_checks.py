@@ -269,3 +269,23 @@ def test_reasons_are_one_bounded_line(tmp_path):
     why = safetensors_structure(str(write(tmp_path / "m.safetensors", header_file(header, b"\0\0")))).why
     assert "\n" not in why and len(why) < 300 and "(1000 characters)" in why
     assert Path(tmp_path / "m.safetensors").exists()
+
+
+def test_a_tar_header_claiming_a_huge_long_name_is_never_read_into_memory(tmp_path):
+    import tarfile
+    import tracemalloc
+
+    info = tarfile.TarInfo("././@LongLink")
+    info.type, info.size = tarfile.GNUTYPE_LONGNAME, 200 * 1024 * 1024
+    path = tmp_path / "model.nemo"
+    with open(path, "wb") as f:
+        f.write(info.tobuf(format=tarfile.GNU_FORMAT))
+        f.truncate(512 + info.size + 1024)  # sparse: the "name" is 200 MB of zeros
+    tracemalloc.start()
+    try:
+        result = tar_structure(str(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result.why == "a member header claims more than 1048576 bytes (not a tar a writer leaves)"
+    assert peak < 16 * 1024 * 1024, peak  # tarfile alone read the whole claimed name: 200 MB

@@ -46,6 +46,8 @@ JSON_PAYLOADS: dict[str, bytes] = {
     "NaN and Infinity": b'{"global_step": NaN, "loss": Infinity, "best_metric": -Infinity}',
     "huge string": b'{"global_step": "' + b"x" * (4 * 1024 * 1024) + b'"}',
     "truncated": b'{"global_step": 10, "log_history": [{"step": 10, "lo',
+    # Each escaped quote of an unterminated string once started a scan to the end: quadratic.
+    "unterminated escapes": b'{"global_step": "' + b'\\"' * 200_000,
     "wrong types": b'{"global_step": "10", "log_history": {"a": 1}, "weight_map": [1, 2], "item_handlers": [3], '
                    b'"commit_timestamp_nsecs": "x", "tree_metadata": [], "shape": "x", "best_metric": [1]}',
     "a list": b"[1, 2, 3]",
@@ -310,3 +312,19 @@ def test_the_live_watcher_reads_its_state_and_annotations_safely(tmp_path):
     write(annotations, 'a=' + "[" * DEEP + '\nb="ok"\n')
     assert read_annotation_file(str(annotations)) == {"b": "ok"}
     assert os.path.exists(out / ".ckpt-live" / STATE_FILE)
+
+
+def test_a_checkpoint_crafted_to_be_slow_to_check_stops_at_its_work_limit(tmp_path, monkeypatch):
+    """Each file within the per-file caps, but many of them: the checkpoint's checks share one
+    budget of parsing steps (agent/work_limit.py), and what is past it is not checked."""
+    from checkpoint_operator.agent import work_limit
+
+    monkeypatch.setattr(work_limit, "MIN_STEPS", 200_000)
+    slow = b"\x80\x02(" + b"N" * 60_000 + b"l."  # a list of 60,000 Nones: 60,002 opcodes
+    root = tmp_path / "many"
+    for i in range(20):
+        write(root / f"w{i:02d}.pt", pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
+              + pickle.dumps(1001, protocol=2) + pickle.dumps({}, protocol=2) + slow + pickle.dumps([], protocol=2))
+    d = formats.describe_checkpoint(root, list_files(root), "")
+    assert d.complete is None
+    assert "work limit (200000 steps)" in d.completeReason, d.completeReason

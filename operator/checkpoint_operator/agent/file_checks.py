@@ -32,13 +32,17 @@ from typing import IO, Any, Callable, Optional
 
 from checkpoint_operator.agent import safe_pickle
 from checkpoint_operator.agent.safe_read import (
-    INT64_MAX, MAX_METADATA_BYTES, Unreadable, central_directory, open_regular, parse_json, quoted, zip_entries,
+    INT64_MAX, JSON_BYTES_PER_STEP, MAX_METADATA_BYTES, Unreadable, central_directory, open_regular, parse_json,
+    quoted, zip_entries,
 )
+from checkpoint_operator.agent.work_limit import OverBudget, WorkBudget
 
 MAX_TAR_MEMBERS = 100_000
+MAX_TAR_HEADER_READ = 1024 * 1024  # a pax or GNU long-name header (names, a few attributes)
 MAX_MSGPACK_OBJECTS = 2_000_000  # a Flax model file holds a few objects per parameter array
 MAX_MSGPACK_DEPTH = 1_000
-MAX_CRC_BYTES = 1024 * 1024  # manifests up to this size have their CRC-32C computed (pure Python)
+MAX_CRC_BYTES = 256 * 1024  # OCDBT files up to this size have their CRC-32C computed (pure Python)
+CRC_BYTES_PER_STEP = 16  # what a step of the work budget buys of the pure-Python CRC
 SAFETENSORS_MAX_HEADER = 100_000_000  # what the safetensors library itself refuses beyond
 LFS_POINTER_MAX_BYTES = 1024  # git-lfs: "pointer files must be less than 1024 bytes"
 LFS_REASON = "a Git LFS pointer, not the weights: fetch with git lfs pull"
@@ -111,9 +115,12 @@ def kind_of(path: str) -> Optional[str]:
     return None
 
 
-def check_file(path: str, kind: str) -> Structure:
-    """The structure of the file at `path` as `kind` (one of kind_of's answers)."""
+def check_file(path: str, kind: str, budget: Optional[WorkBudget] = None) -> Structure:
+    """The structure of the file at `path` as `kind` (one of kind_of's answers). `budget`: the
+    checkpoint's work budget (agent/work_limit.py), charged for every parsing step."""
+    budget = budget or WorkBudget.unlimited()
     try:
+        budget.spend()
         with open_regular(path) as f:
             size = os.fstat(f.fileno()).st_size
             head = f.read(64)
@@ -121,13 +128,15 @@ def check_file(path: str, kind: str) -> Structure:
                 return broken("empty (0 bytes): its save never wrote it")
             if is_lfs_pointer(head, size):
                 return broken(LFS_REASON)
-            return _CHECKS[kind](f, size, head)
+            return _CHECKS[kind](f, size, head, budget)
     except OSError as e:
         return broken(f"unreadable ({e.strerror})")
     except Unreadable as e:
         return broken(str(e))
     except _Cut:
         return broken("cut short")
+    except OverBudget as e:
+        return not_checked(str(e))
 
 
 def is_lfs_pointer(head: bytes, size: int) -> bool:
@@ -169,7 +178,7 @@ def _elements(shape: Any) -> Optional[int]:
     return total
 
 
-def safetensors_structure_of(f: IO[bytes], size: int, head: bytes) -> Structure:
+def safetensors_structure_of(f: IO[bytes], size: int, head: bytes, budget: WorkBudget) -> Structure:
     if size < 8:
         return _cut_short("the 8-byte header length", 8, size)
     (n,) = struct.unpack("<Q", head[:8])
@@ -180,6 +189,7 @@ def safetensors_structure_of(f: IO[bytes], size: int, head: bytes) -> Structure:
         return _cut_short(f"the header of {n} bytes", 8 + n, size)
     if n > MAX_METADATA_BYTES:
         return not_checked(f"header of {n} bytes is beyond the {MAX_METADATA_BYTES}-byte read cap")
+    budget.spend(n // JSON_BYTES_PER_STEP)
     raw = _read_at(f, 8, n)
     if raw[:1] != b"{":
         return broken("header does not start with '{' (not a safetensors file)")
@@ -246,7 +256,7 @@ _STORAGE_BYTES = {
 MAX_LEGACY_STORAGES = 1_000_000
 
 
-def zip_structure_of(f: IO[bytes], size: int, head: bytes) -> Structure:
+def zip_structure_of(f: IO[bytes], size: int, head: bytes, budget: WorkBudget) -> Structure:
     """The central directory ends where the end records begin, at the end of the file, and every
     entry's data lies before it."""
     if head[:4] != b"PK\x03\x04":
@@ -254,6 +264,7 @@ def zip_structure_of(f: IO[bytes], size: int, head: bytes) -> Structure:
     cd_offset, cd_size, entries = central_directory(f, size)
     if entries == 0:
         return broken("a zip without entries")
+    budget.spend(min(entries, 2**32))
     zip_entries(f.name)  # entries inside the data, within the caps (raises Unreadable)
     return OK
 
@@ -262,13 +273,13 @@ def _looks_like_safetensors(head: bytes, size: int) -> bool:
     return len(head) >= 9 and head[8:9] == b"{" and 8 + struct.unpack("<Q", head[:8])[0] <= size
 
 
-def torch_structure_of(f: IO[bytes], size: int, head: bytes, *, strict: bool = True) -> Structure:
+def torch_structure_of(f: IO[bytes], size: int, head: bytes, budget: WorkBudget, *, strict: bool = True) -> Structure:
     if head[:4] == b"PK\x03\x04":
-        return zip_structure_of(f, size, head)
+        return zip_structure_of(f, size, head, budget)
     if head[:1] == b"\x80":
-        return legacy_torch_structure(f, size, strict=strict)
+        return legacy_torch_structure(f, size, budget, strict=strict)
     if _looks_like_safetensors(head, size):  # safetensors bytes under a torch name (some writers do)
-        return safetensors_structure_of(f, size, head)
+        return safetensors_structure_of(f, size, head, budget)
     if strict:
         return broken("not a torch.save file (neither a zip nor a pickle)")
     return not_checked("content of a kind this check does not know")
@@ -277,7 +288,7 @@ def torch_structure_of(f: IO[bytes], size: int, head: bytes, *, strict: bool = T
 _LEGACY_PICKLES = ("magic number", "protocol version", "system info", "object", "storage keys")
 
 
-def legacy_torch_structure(f: IO[bytes], size: int, *, strict: bool = True) -> Structure:
+def legacy_torch_structure(f: IO[bytes], size: int, budget: WorkBudget, *, strict: bool = True) -> Structure:
     """torch.save's legacy format: pickles of the magic number, the protocol version, the system
     info, the object (its storages as persistent ids) and the storage keys; then each storage as
     an 8-byte element count and its bytes, in the keys' order, up to the end of the file."""
@@ -288,7 +299,8 @@ def legacy_torch_structure(f: IO[bytes], size: int, *, strict: bool = True) -> S
     persistent: list = []
     for what in _LEGACY_PICKLES:
         try:
-            obj, position = safe_pickle.load_prefix(data, position, persistent if what == "object" else None)
+            obj, position = safe_pickle.load_prefix(data, position, persistent if what == "object" else None,
+                                                    budget)
         except safe_pickle.NotAPickle as e:
             if len(data) < size and len(data) == MAX_METADATA_BYTES:
                 return not_checked(f"its pickles are beyond the {MAX_METADATA_BYTES}-byte read cap")
@@ -309,6 +321,7 @@ def legacy_torch_structure(f: IO[bytes], size: int, *, strict: bool = True) -> S
         if isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage" and isinstance(pid[2], str):
             type_name = safe_pickle.global_name(pid[1])
             storages[pid[2]] = (type_name.rsplit(".", 1)[-1] if type_name else None, pid[4])
+    budget.spend(len(keys))
     for key in keys:
         type_name, numel = storages.get(key, (None, None))
         element = _STORAGE_BYTES.get(type_name or "")
@@ -327,22 +340,44 @@ def legacy_torch_structure(f: IO[bytes], size: int, *, strict: bool = True) -> S
     return OK
 
 
-def generic_bin_structure_of(f: IO[bytes], size: int, head: bytes) -> Structure:
-    return torch_structure_of(f, size, head, strict=False)
+def generic_bin_structure_of(f: IO[bytes], size: int, head: bytes, budget: WorkBudget) -> Structure:
+    return torch_structure_of(f, size, head, budget, strict=False)
 
 
 # --- tar (.nemo) -----------------------------------------------------------------------------
 
-def tar_structure_of(f: IO[bytes], size: int, head: bytes) -> Structure:
+class _HeaderReads:
+    """The tar file as tarfile walks it, refusing any read longer than MAX_TAR_HEADER_READ: tarfile
+    seeks over member data, but reads a pax or GNU long-name header whole into memory, however
+    large the size it claims."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0 or n > MAX_TAR_HEADER_READ:
+            raise Unreadable(f"a member header claims more than {MAX_TAR_HEADER_READ} bytes (not a tar a writer "
+                             "leaves)")
+        return self._f.read(n)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+
+def tar_structure_of(f: IO[bytes], size: int, head: bytes, budget: WorkBudget) -> Structure:
     """Every member header is readable and its data is inside the file; an uncompressed tar only."""
     if head[:2] == b"\x1f\x8b":
         return not_checked("gzip-compressed: its members cannot be checked without reading it all")
     f.seek(0)
     members = 0
     try:
-        with tarfile.open(fileobj=f, mode="r:") as tar:
+        with tarfile.open(fileobj=_HeaderReads(f), mode="r:") as tar:  # type: ignore[call-overload]
             for member in tar:
                 members += 1
+                budget.spend(8)  # tarfile reads and parses each header in Python
                 if members > MAX_TAR_MEMBERS:
                     return not_checked(f"more than {MAX_TAR_MEMBERS} members")
                 if member.offset_data + member.size > size:
@@ -374,8 +409,8 @@ class _HeaderEnd(Exception):
 
 
 class _Cursor:
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos = data, 0
+    def __init__(self, data: bytes, budget: WorkBudget) -> None:
+        self.data, self.pos, self.budget = data, 0, budget
 
     def take(self, fmt: str) -> Any:
         s = _STRUCTS[fmt]
@@ -409,17 +444,18 @@ class _Cursor:
             else:
                 if n > len(self.data) - self.pos:  # every item takes at least a byte
                     raise _HeaderEnd()
+                self.budget.spend(n)
                 for _ in range(n):
                     self.value(item_kind, depth + 1)
             return None
         raise Unreadable(f"unknown value type {kind} in the key-value table")
 
 
-def gguf_structure_of(f: IO[bytes], size: int, head: bytes) -> Structure:
+def gguf_structure_of(f: IO[bytes], size: int, head: bytes, budget: WorkBudget) -> Structure:
     """Magic, version, metadata and tensor table parse within the header cap, and the file is
     as long as the tensor data they describe."""
     f.seek(0)
-    cur = _Cursor(f.read(MAX_METADATA_BYTES))
+    cur = _Cursor(f.read(MAX_METADATA_BYTES), budget)
     try:
         if cur.take("4s") != b"GGUF":
             return broken("no GGUF magic")
@@ -431,6 +467,7 @@ def gguf_structure_of(f: IO[bytes], size: int, head: bytes) -> Structure:
         n_tensors, n_kv = cur.take("QQ")
         alignment = 32
         for _ in range(n_kv):
+            budget.spend()
             key = cur.string()
             value = cur.value(cur.take("I"))
             if key == b"general.alignment":
@@ -439,6 +476,7 @@ def gguf_structure_of(f: IO[bytes], size: int, head: bytes) -> Structure:
                 alignment = value
         end, unknown = 0, False
         for _ in range(n_tensors):
+            budget.spend()
             name = cur.string()
             n_dims = cur.take("I")
             if n_dims > GGML_MAX_DIMS:
@@ -472,7 +510,8 @@ _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _UNDEFINED = {4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}
 
 
-def hdf5_structure_of(f: IO[bytes], size: int, head: bytes, *, strict: bool = True) -> Structure:
+def hdf5_structure_of(f: IO[bytes], size: int, head: bytes, budget: WorkBudget, *,
+                      strict: bool = True) -> Structure:
     """The superblock (at 0, or after a user block of 512, 1024, 2048... bytes) and its
     end-of-file address: the file must be at least that long."""
     at = 0
@@ -504,8 +543,8 @@ def hdf5_structure_of(f: IO[bytes], size: int, head: bytes, *, strict: bool = Tr
     return OK
 
 
-def lenient_hdf5_structure_of(f: IO[bytes], size: int, head: bytes) -> Structure:
-    return hdf5_structure_of(f, size, head, strict=False)
+def lenient_hdf5_structure_of(f: IO[bytes], size: int, head: bytes, budget: WorkBudget) -> Structure:
+    return hdf5_structure_of(f, size, head, budget, strict=False)
 
 
 # --- msgpack (Flax) ------------------------------------------------------------------------------
@@ -520,7 +559,7 @@ _MSGPACK_CONTAINER = {0xDC: (2, 1), 0xDD: (4, 1), 0xDE: (2, 2), 0xDF: (4, 2)}  #
 _UINT = {1: ">B", 2: ">H", 4: ">I"}
 
 
-def msgpack_structure_of(f: IO[bytes], size: int, head: bytes) -> Structure:
+def msgpack_structure_of(f: IO[bytes], size: int, head: bytes, budget: WorkBudget) -> Structure:
     """One msgpack object that ends exactly at the end of the file (what flax.serialization
     writes), walked without recursion, seeking over byte strings and arrays' data."""
     f.seek(0)
@@ -550,6 +589,8 @@ def msgpack_structure_of(f: IO[bytes], size: int, head: bytes) -> Structure:
                 continue
             pending[-1] -= 1
             objects += 1
+            if objects % 1024 == 0:
+                budget.spend(1024)
             if objects > MAX_MSGPACK_OBJECTS:
                 return not_checked(f"more than {MAX_MSGPACK_OBJECTS} msgpack objects")
             b = read(1)[0]
@@ -614,7 +655,7 @@ def crc32c(data: bytes) -> int:
     return crc ^ 0xFFFFFFFF
 
 
-def ocdbt_structure_of(f: IO[bytes], size: int, head: bytes) -> Structure:
+def ocdbt_structure_of(f: IO[bytes], size: int, head: bytes, budget: WorkBudget) -> Structure:
     """`manifest.ocdbt` and node files: magic, then their own length, which must be the file's,
     then (last 4 bytes) the CRC-32C of the rest, checked for files up to MAX_CRC_BYTES. A data
     file of raw values (no magic) has nothing to check."""
@@ -629,13 +670,14 @@ def ocdbt_structure_of(f: IO[bytes], size: int, head: bytes) -> Structure:
         return broken(f"its OCDBT header says {length} bytes, the file has {size}"
                       + (" (cut short)" if length > size else ""))
     if size <= MAX_CRC_BYTES and size >= 16:
+        budget.spend(size // CRC_BYTES_PER_STEP)
         data = _read_at(f, 0, size)
         if crc32c(data[:-4]) != struct.unpack("<I", data[-4:])[0]:
             return broken("its CRC-32C does not match its content")
     return OK
 
 
-_CHECKS: dict[str, Callable[[IO[bytes], int, bytes], Structure]] = {
+_CHECKS: dict[str, Callable[[IO[bytes], int, bytes, WorkBudget], Structure]] = {
     "safetensors": safetensors_structure_of,
     "torch": torch_structure_of,
     "bin": generic_bin_structure_of,
@@ -650,10 +692,10 @@ _CHECKS: dict[str, Callable[[IO[bytes], int, bytes], Structure]] = {
 KINDS = tuple(_CHECKS)
 
 
-def checker(kind: str) -> Callable[[str], Structure]:
-    """A function of a path for `kind` (named, so CheckpointFiles caches each kind's answer)."""
-    def check(path: str) -> Structure:
-        return check_file(path, kind)
+def checker(kind: str) -> Callable[[str, WorkBudget], Structure]:
+    """A function of a path and a budget for `kind` (named, so CheckpointFiles caches each kind's answer)."""
+    def check(path: str, budget: WorkBudget) -> Structure:
+        return check_file(path, kind, budget)
     check.__name__ = f"check_{kind}"
     return check
 

@@ -13,6 +13,8 @@ import io
 import pickletools
 from typing import Any, Iterator, Optional
 
+from checkpoint_operator.agent.work_limit import WorkBudget
+
 
 class NotAPickle(ValueError):
     pass
@@ -199,10 +201,12 @@ def loads(data: bytes) -> Any:
     return load_prefix(data)[0]
 
 
-def load_prefix(data: bytes, start: int = 0, persistent: Optional[list] = None) -> tuple[Any, int]:
+def load_prefix(data: bytes, start: int = 0, persistent: Optional[list] = None,
+                budget: Optional[WorkBudget] = None) -> tuple[Any, int]:
     """The pickle that begins at `start` in `data` and where it ends (the offset after its STOP),
     for files that are several pickles in a row (torch.save's legacy format). `persistent`, when
-    given, receives every persistent id the pickle refers to."""
+    given, receives every persistent id the pickle refers to. `budget`: charged one step per
+    opcode (work_limit.OverBudget when it runs out)."""
     machine = _Machine()
     stream = io.BytesIO(data)
     stream.seek(start)
@@ -210,6 +214,8 @@ def load_prefix(data: bytes, start: int = 0, persistent: Optional[list] = None) 
         for count, (opcode, arg, pos) in enumerate(pickletools.genops(stream)):
             if count >= MAX_OPCODES:
                 raise NotAPickle(f"more than {MAX_OPCODES} opcodes: not read")
+            if budget is not None and count % 1024 == 1023:
+                budget.spend(1024)
             if opcode.name == "STOP":
                 if len(machine.stack) != 1:
                     raise NotAPickle("stack is not one value at STOP")

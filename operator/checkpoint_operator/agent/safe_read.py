@@ -28,6 +28,7 @@ from typing import IO, Any, Callable, Mapping, Optional, TypeVar
 
 from checkpoint_operator.agent import safe_pickle
 from checkpoint_operator.agent.names import printable
+from checkpoint_operator.agent.work_limit import OverBudget, WorkBudget
 
 MAX_METADATA_BYTES = 16 * 1024 * 1024  # cap of any one metadata read (json, pickle, header)
 MAX_JSON_DEPTH = 64  # real metadata nests a few levels (a Keras config.json about 20)
@@ -36,6 +37,7 @@ MAX_FLOAT_CHARS = 64  # a float literal longer than this is not something a fram
 MAX_ZIP_ENTRIES = 100_000
 INT64_MAX = 2**63 - 1  # every integer the operator writes fits the CRD schema's int64
 MAX_QUOTED = 80  # characters of a tenant-written string quoted in a reason
+JSON_BYTES_PER_STEP = 16  # what a step of the work budget (agent/work_limit.py) buys of JSON parsing
 
 T = TypeVar("T")
 
@@ -115,8 +117,10 @@ def read_capped(path: str, limit: int = MAX_METADATA_BYTES) -> bytes:
 
 # --- JSON ------------------------------------------------------------------------------------
 
-# A JSON string (escapes included), unrolled so the regex engine never backtracks.
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+# A JSON string (escapes included), unrolled so the regex engine never backtracks; an unterminated
+# one runs to the end of the text, so that no quote after it starts another scan to the end (which
+# made the skeleton quadratic in the number of escaped quotes of an unterminated string).
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*\\?(?:"|\Z)', re.DOTALL)
 _NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
 _OPEN_AS_TWO = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")
 
@@ -271,6 +275,8 @@ class CheckpointFiles:
 
     def __post_init__(self) -> None:
         self.paths = sorted(self.sizes)
+        # Every parse of this checkpoint's files draws on one budget (agent/work_limit.py).
+        self.budget = WorkBudget.for_bytes(sum(self.sizes.values()))
 
     def has(self, rel: str) -> bool:
         return rel in self.sizes
@@ -304,8 +310,13 @@ class CheckpointFiles:
         return value
 
     def _recorded(self, rel: str, key: tuple, compute: Callable[[], T]) -> T:
+        def bounded() -> T:
+            try:
+                return compute()
+            except OverBudget as e:
+                raise Unreadable(f"not read: {e}") from None
         try:
-            return self._cached(key, compute)
+            return self._cached(key, bounded)
         except Unreadable as e:
             self.note(rel, str(e))
             raise
@@ -314,7 +325,7 @@ class CheckpointFiles:
         return self._recorded(rel, ("bytes", rel), lambda: read_capped(self.path_of(rel)))
 
     def json(self, rel: str) -> Any:
-        return self._recorded(rel, ("json", rel), lambda: parse_json(self.bytes(rel)))
+        return self._recorded(rel, ("json", rel), lambda: _budgeted_json(self.bytes(rel), self.budget))
 
     def text(self, rel: str) -> str:
         return self.bytes(rel).decode("utf-8", "replace")
@@ -326,7 +337,7 @@ class CheckpointFiles:
         """A JSON member of a zip (a .keras archive's config.json), bounded as any JSON."""
         def load() -> Any:
             try:
-                return parse_json(zip_member(self.path_of(rel), member))
+                return _budgeted_json(zip_member(self.path_of(rel), member), self.budget)
             except Unreadable as e:
                 raise Unreadable(f"{quoted(member)}: {e}") from None
         return self._recorded(rel, ("zip_json", rel, member), load)
@@ -337,23 +348,28 @@ class CheckpointFiles:
             name = torch_pickle_name(self.zip_entries(rel))
             if name is None:
                 raise Unreadable("a zip without a torch data.pkl")
-            return _unpickled(zip_member(self.path_of(rel), name))
+            return _unpickled(zip_member(self.path_of(rel), name), self.budget)
         return self._recorded(rel, ("torch", rel), load)
 
     def pickle(self, rel: str) -> Any:
-        return self._recorded(rel, ("pickle", rel), lambda: _unpickled(self.bytes(rel)))
+        return self._recorded(rel, ("pickle", rel), lambda: _unpickled(self.bytes(rel), self.budget))
 
-    def structure(self, rel: str, check: Callable[[str], T]) -> T:
+    def structure(self, rel: str, check: Callable[[str, WorkBudget], T]) -> T:
         return self._cached(("structure", rel, getattr(check, "__name__", repr(check))),
-                            lambda: check(self.path_of(rel)))
+                            lambda: check(self.path_of(rel), self.budget))
 
     def is_zip(self, rel: str) -> bool:
         return self._cached(("is_zip", rel), lambda: is_zip(self.path_of(rel)))
 
 
-def _unpickled(data: bytes) -> Any:
+def _budgeted_json(data: bytes, budget: WorkBudget) -> Any:
+    budget.spend(len(data) // JSON_BYTES_PER_STEP)
+    return parse_json(data)
+
+
+def _unpickled(data: bytes, budget: Optional[WorkBudget] = None) -> Any:
     try:
-        return safe_pickle.loads(data)
+        return safe_pickle.load_prefix(data, budget=budget)[0]
     except safe_pickle.NotAPickle as e:
         raise Unreadable(str(e)) from None
 
