@@ -289,3 +289,25 @@ def test_a_tar_header_claiming_a_huge_long_name_is_never_read_into_memory(tmp_pa
         tracemalloc.stop()
     assert result.why == "a member header claims more than 1048576 bytes (not a tar a writer leaves)"
     assert peak < 16 * 1024 * 1024, peak  # tarfile alone read the whole claimed name: 200 MB
+
+
+def test_zip_headers_zipfile_refuses_with_other_errors(tmp_path):
+    """Found by mutating real torch.save files: zipfile raises NotImplementedError for a version it
+    does not know and RuntimeError for an encrypted member, not BadZipFile."""
+    data = bytearray(torch_zip_bytes({"step": 1}))
+    at = data.index(b"PK\x01\x02")
+    data[at + 6:at + 8] = struct.pack("<H", 102)  # "version needed to extract": 10.2
+    result = torch_structure(str(write(tmp_path / "v.pt", bytes(data))))
+    assert (result.ok, result.why) == (False, "not a valid zip: zip file version 10.2")
+    encrypted = bytearray(torch_zip_bytes({"step": 1}))
+    for sig, flag_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        start = 0
+        while (start := encrypted.find(sig, start)) >= 0:
+            encrypted[start + flag_at] |= 1  # the "encrypted" flag of every entry
+            start += 4
+    root = tmp_path / "enc"
+    write(root / "ckpt.pt", bytes(encrypted))
+    from checkpoint_operator.agent.formats import describe_checkpoint
+    from checkpoint_operator.agent.safe_read import list_files
+    d = describe_checkpoint(root, list_files(root), "")
+    assert d.completeReason and "ckpt.pt" in d.completeReason

@@ -215,7 +215,8 @@ def zip_entries(path: str) -> dict[str, zipfile.ZipInfo]:
             infos = zipfile.ZipFile(f).infolist()
     except OSError as e:
         raise Unreadable(f"unreadable ({e.strerror})") from None
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as e:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, NotImplementedError, struct.error,
+            OverflowError) as e:  # zipfile refuses some headers with NotImplementedError ("zip file version 10.2")
         raise Unreadable(f"not a valid zip: {quoted(str(e))}") from None
     for info in infos:
         if info.header_offset + info.compress_size > cd_offset:
@@ -233,7 +234,7 @@ def zip_member(path: str, name: str, limit: int = MAX_METADATA_BYTES) -> bytes:
             with z.open(info) as member:
                 data = member.read(limit + 1)
     except (OSError, KeyError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError,
-            NotImplementedError) as e:
+            NotImplementedError, struct.error, OverflowError, RuntimeError) as e:
         raise Unreadable(f"cannot read {quoted(name)}: {quoted(str(e))}") from None
     if len(data) > limit:
         raise Unreadable(f"{quoted(name)} is larger than {limit} bytes, not read")
