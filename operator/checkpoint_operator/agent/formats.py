@@ -181,9 +181,9 @@ RULES: tuple[FormatRule, ...] = (
                + ", ".join(f"`{p}`" for p in _HF_WEIGHTS) + "); wins over all others",
                "name, else `trainer_state.json` `global_step`",
                "`optimizer.pt`/`optimizer.bin`",
-               "every shard an `*.index.json` names is present; a Trainer checkpoint (`trainer_state.json`, or "
-               "`checkpoint-N/` with `optimizer.pt`/`scheduler.pt`/`rng_state*.pth`/`training_args.bin`) needs "
-               "a valid `trainer_state.json`, which the Trainer writes last; " + _WEIGHTS,
+               "`config.json` parses; every shard an `*.index.json` names is present; a Trainer checkpoint "
+               "(`trainer_state.json`, or `checkpoint-N/` with `optimizer.pt`/`scheduler.pt`/`rng_state*.pth`/"
+               "`training_args.bin`) needs a valid `trainer_state.json`, which the Trainer writes last; " + _WEIGHTS,
                step_from_data=md.step_from_trainer_state, completeness=completeness.huggingface),
     FormatRule("nemo", is_nemo,
                "a `*.nemo` file; NeMo 2 `context/` or a DCP `weights/`; `model_config.yaml` + `model_weights.ckpt`",
@@ -197,8 +197,9 @@ RULES: tuple[FormatRule, ...] = (
                "`zero_to_fp32.py`",
                "name, else the `latest` tag (`global_stepN`)",
                "`*optim_states*` files",
-               "`latest` (written after every rank saved) names a tag directory holding `*model_states.pt`; "
-               "without `latest`, model states present; " + _WEIGHTS,
+               "`latest` (written after every rank saved) names a tag directory holding the model states of "
+               "every model-parallel rank and the ZeRO optimizer states of every data-parallel rank; without "
+               "`latest`, model states present; " + _WEIGHTS,
                step_from_data=md.step_from_deepspeed, completeness=completeness.deepspeed),
     FormatRule("megatron", is_megatron,
                "`latest_checkpointed_iteration.txt`, an `iter_NNNNNNN/` directory (or the checkpoint's own name), "
@@ -214,44 +215,47 @@ RULES: tuple[FormatRule, ...] = (
                _NAME_STEP,
                "keys in `.metadata` under an optimizer name (`optim.state.*`, `optimizer.*`) or holding "
                "`param_groups`, as `get_state_dict(model, optimizer)` saves them",
-               "`.metadata` (renamed into place after all data) present in each directory with `.distcp` "
-               "files, and every file it names present and as long as it says",
+               "`.metadata` (renamed into place after all data) present and readable in each directory with "
+               "`.distcp` files, and every file it names present and as long as it says",
                resumable_from_data=md.dcp_resumable, completeness=completeness.torch_dcp),
     FormatRule("orbax", is_orbax,
                "`_CHECKPOINT_METADATA`, `_METADATA`, `manifest.ocdbt`, `commit_success.txt` or `.zarray` anywhere",
                _NAME_STEP + " (CheckpointManager's bare `N/`)",
                "an `opt_state/`/`optimizer/` item, or optimizer keys (`opt_state`...) in an item's `_METADATA`",
                "`_CHECKPOINT_METADATA` records `commit_timestamp_nsecs` or `commit_success.txt` is present; "
-               "nothing under an `*.orbax-checkpoint-tmp*` name; every `_METADATA` parses; OCDBT items have "
-               "`manifest.ocdbt`",
+               "nothing under an `*.orbax-checkpoint-tmp*` name; every item `_CHECKPOINT_METADATA` names is "
+               "there; every `_METADATA` and `.zarray` parses; OCDBT items and each process's part have "
+               "`manifest.ocdbt`; " + _WEIGHTS + " (OCDBT manifests and node files)",
                resumable_from_data=md.orbax_resumable, completeness=completeness.orbax),
-    FormatRule("cerebras", is_cerebras, "any `*.mdl`", _NAME_STEP, "-", "no rule of its own; " + _WEIGHTS),
+    FormatRule("cerebras", is_cerebras, "any `*.mdl`", _NAME_STEP, "-",
+               "no rule of its own; " + _WEIGHTS + " (an HDF5 `.mdl`; other content: not checked)"),
     FormatRule("gguf", is_gguf, "any `*.gguf`", _NAME_STEP, "-",
-               "magic, version, metadata and tensor table parse, and the file holds all the tensor data"),
+               "magic, version, key-value and tensor tables parse within the file (at most 4 dimensions, "
+               "offsets aligned), and the file holds all the tensor data"),
     FormatRule("keras", is_keras, "any `*.keras`", _NAME_STEP,
                "the archive's `config.json` has a `compile_config` optimizer (Keras then saves its variables)",
-               "the zip's central directory is whole and it holds `config.json` and `model.weights.h5`",
+               "the zip's central directory is whole and it holds `config.json`, which parses, and "
+               "`model.weights.h5`",
                resumable_from_data=_keras_resumable, completeness=completeness.keras),
     FormatRule("safetensors", is_safetensors, "any `*.safetensors` (no Transformers config beside it)",
                _NAME_STEP, "`optimizer*.bin` (Accelerate)",
-               "each header parses and its data ends at the end of the file; Accelerate `save_state` "
-               "directories need `random_states_0.pkl`, written last"),
+               _WEIGHTS + "; Accelerate `save_state` directories need `random_states_0.pkl`, written last"),
     FormatRule("lightning", is_lightning,
                "any `*.ckpt`; a readable one whose pickle lacks `pytorch-lightning_version` is torch",
                "name, else `global_step` in the pickle",
                "`optimizer_states` (non-empty) in the pickle",
-               "the zip's central directory is whole",
+               _WEIGHTS,
                step_from_data=_torch_step, resumable_from_data=_torch_resumable, refine=_lightning_or_torch),
     FormatRule("torch", is_torch, "any `*.pt`, `*.pth`, `*.bin`",
                "name, else `step`/`global_step`/`iteration` in the pickle of a root file",
                "an optimizer key (`optimizer`, `optim`, `optimizer_state_dict`...) or an `Optimizer.state_dict()` "
                "(`state` + `param_groups`) in the pickle of a root file (read with pickletools, never unpickled)",
-               "each `torch.save` zip's central directory is whole (the pre-1.6 format is not checked); Accelerate "
-               "as for safetensors",
+               _WEIGHTS + "; Accelerate as for safetensors",
                step_from_data=_torch_step, resumable_from_data=_torch_resumable),
     FormatRule("file", is_single_file, "exactly one file, of none of the formats above", _NAME_STEP, "-",
-               "no rule"),
-    FormatRule("unknown", _always, "anything else", _NAME_STEP, "-", "no rule of its own; " + _WEIGHTS),
+               "none: not checked (`complete` absent)"),
+    FormatRule("unknown", _always, "anything else", _NAME_STEP, "-",
+               "no rule of its own; " + _WEIGHTS + "; with no weight file, not checked (`complete` absent)"),
 )
 FORMATS = tuple(r.name for r in RULES)
 _BY_NAME = {r.name: r for r in RULES}
