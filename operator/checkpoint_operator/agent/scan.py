@@ -30,11 +30,9 @@ from typing import IO, Iterator, Mapping, Optional, Union
 from pydantic import BaseModel
 
 from checkpoint_operator.agent import containers, formats
-from checkpoint_operator.agent.metrics_files import checkpoint_metrics
-from checkpoint_operator.agent.safe_read import CheckpointFiles
 from checkpoint_operator.protocol import channel
 from checkpoint_operator.protocol.errors import AgentError
-from checkpoint_operator.agent.hashing import FileChanged, default_workers, sha256_file
+from checkpoint_operator.agent.hashing import CHANGED_WHILE_READ, FileChanged, default_workers, sha256_file
 from checkpoint_operator.protocol.manifest import MANIFESTS_DIR, Manifest, ManifestBuilder, stored_manifest_name
 from checkpoint_operator.protocol.names import collision_problem, collisions, component_problem, printable, spelled
 from checkpoint_operator.protocol import results
@@ -96,6 +94,8 @@ class _Candidate:
     step_name: str  # the name the step is read from
     files: Optional[list[TreeFile]] = None  # known at listing time (root files), else walked later
     is_file: bool = False  # layout 'files': the checkpoint is this one root file
+    # Entries of its directory that are not part of it (relative path -> why): the format may need them.
+    lost: dict[str, str] = field(default_factory=dict)
 
 
 class _Skips:
@@ -192,6 +192,7 @@ def _root_candidates(root: str, layout: str, skips: _Skips, budget: EntryBudget)
             real, target, reason = resolve_link(root, [], name)
             if real is None:
                 skips.add(ROOT, name, reason)
+                root_files.lost[name] = reason  # a root file the final model may need
                 continue
             assert target is not None
             if stat.S_ISDIR(target.st_mode):
@@ -221,11 +222,16 @@ def _root_candidates(root: str, layout: str, skips: _Skips, budget: EntryBudget)
     return candidates
 
 
-def describe_checkpoint(top: str, paths: list[str], name: str, sizes: Optional[Mapping[str, int]] = None) -> dict:
+def describe_checkpoint(top: str, paths: list[str], name: str, sizes: Optional[Mapping[str, int]] = None,
+                        lost: Optional[dict[str, str]] = None) -> dict:
     """What the files say about a checkpoint: format, step, resumable, complete (the Manifest
     fields beyond the files), by agent/formats.py. `top` is the directory the `paths` are
     relative to, `name` the name the step is read from ("" for none); `sizes` (path -> bytes)
-    when known, else read with stat. Shared by scan and upload."""
+    when known, else read with stat; `lost`: entries of the directory that are not part of the
+    checkpoint (path -> why). Shared by scan and upload.
+
+    Whatever the files hold, the answer is about this checkpoint only: a reader that fails in a
+    way no rule foresaw makes it "not checked", with the reason, and the scan goes on."""
     if sizes is None:
         found = {}
         for p in paths:
@@ -234,9 +240,14 @@ def describe_checkpoint(top: str, paths: list[str], name: str, sizes: Optional[M
             except OSError:
                 found[p] = 0
         sizes = found
-    d = formats.describe_checkpoint(Path(top), sizes, name)
+    try:
+        d = formats.describe_checkpoint(Path(top), sizes, name, lost)
+    except Exception as exc:  # noqa: BLE001 - one checkpoint's hostile metadata never fails the scan
+        reason = f"not checked: its files could not be read safely ({type(exc).__name__})"
+        return {"format": formats.detect_format(sorted(sizes), name), "step": None, "resumable": False,
+                "complete": None, "completeReason": reason, "metrics": None}
     return {"format": d.format, "step": d.step, "resumable": d.resumable, "complete": d.complete,
-            "completeReason": d.completeReason, "metrics": checkpoint_metrics(CheckpointFiles(Path(top), sizes, name))}
+            "completeReason": d.completeReason, "metrics": d.metrics}
 
 
 class SortedSizes(Mapping[str, int]):
@@ -410,8 +421,9 @@ def _candidate_files(candidates: list[_Candidate], budget: EntryBudget, skips: _
             for f in sorted(candidate.files, key=lambda f: f.rel.encode()):
                 yield index, f
         else:
-            def skip(shown: str, reason: str, path: str = candidate.path) -> None:
-                skips.add(path, shown, reason)
+            def skip(shown: str, reason: str, candidate: _Candidate = candidate) -> None:
+                skips.add(candidate.path, shown, reason)
+                candidate.lost[shown] = reason  # the format may need it (bounded by the entry budget)
             for f in iter_checkpoint(candidate.top, budget, skip, follow_links=follow_links):
                 yield index, f
         yield index, _End(index)
@@ -463,9 +475,10 @@ def scan_checkpoints(root: Path, layout: str = "auto", single: bool = False, wor
                 sizes = SortedSizes()
             if isinstance(item, TreeFile):
                 if isinstance(outcome, OSError):
-                    why = outcome.strerror or str(outcome)
-                    reason = why if isinstance(outcome, FileChanged) else f"unreadable: {why}"
+                    reason = (outcome.strerror or CHANGED_WHILE_READ) if isinstance(outcome, FileChanged) \
+                        else f"unreadable: {outcome.strerror or outcome}"
                     skips.add(candidate.path, "" if candidate.is_file else printable(item.rel), reason)
+                    candidate.lost[item.rel] = reason
                     continue
                 assert outcome is not None
                 builder.add(item.rel, outcome[0], outcome[1])
@@ -486,7 +499,7 @@ def scan_checkpoints(root: Path, layout: str = "auto", single: bool = False, wor
 
 def _finish(candidate: _Candidate, builder: ManifestBuilder, sizes: SortedSizes, stored: _Manifests,
             spool: Optional[IO[bytes]], single: bool) -> Scanned:
-    info = describe_checkpoint(candidate.top, [], candidate.step_name, sizes)
+    info = describe_checkpoint(candidate.top, [], candidate.step_name, sizes, candidate.lost)
     manifest = builder.manifest(**info)
     items = list(sizes) if candidate.path == ROOT and not single and len(sizes) <= results.MAX_ITEMS else None
     return Scanned(manifest, stored=stored.store(builder, manifest, spool), items=items)
@@ -535,11 +548,12 @@ def format_table(result: ScanResult) -> str:
             lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     else:
         lines.append("no checkpoints found")
-    incomplete = [m for m in result.checkpoints if m.complete is False]
-    if incomplete:
-        lines.append("")
-        lines.append(f"incomplete ({len(incomplete)}):")
-        lines.extend(f"  {m.path}  {m.completeReason}" for m in incomplete)
+    for title, which in (("incomplete", False), ("not checked", None)):
+        listed = [m for m in result.checkpoints if m.complete is which]
+        if listed:
+            lines.append("")
+            lines.append(f"{title} ({len(listed)}):")
+            lines.extend(f"  {m.path}  {m.completeReason}" for m in listed)
     if result.skipped:
         width = max(len(s.path) for s in result.skipped)
         lines.append("")
