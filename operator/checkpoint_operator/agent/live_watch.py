@@ -353,9 +353,10 @@ class Watcher:
             return False
         final = os.path.join(self.manifests_dir, stored_manifest_name(manifest.digest))
         tmp = os.path.join(self.manifests_dir, f".tmp-{os.getpid()}-{time.monotonic_ns()}.json")
+        from checkpoint_operator.agent.scan import create_exclusive, manifests_directory
         try:
-            os.makedirs(self.manifests_dir, exist_ok=True)
-            with open(tmp, "wb") as out:
+            manifests_directory(self.manifests_dir)
+            with create_exclusive(tmp) as out:
                 out.write(manifest.model_copy(update={"path": "."}).to_json().encode())
                 out.flush()
                 os.fsync(out.fileno())

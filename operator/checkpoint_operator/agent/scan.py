@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import contextlib
+import errno
 import heapq
 import json
 import os
@@ -23,7 +24,7 @@ import time
 from array import array
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterator, Mapping, Optional, Union
 
@@ -344,6 +345,24 @@ def _hashed_in_order(items: Iterator[tuple[int, Union[TreeFile, _End]]], workers
 
 # --- the scan ----------------------------------------------------------------------------------
 
+def manifests_directory(path: str) -> None:
+    """Make (or find) the directory of the stored manifests: a real directory, never a link (an
+    output could hold `.ckpt-manifests -> step-100` to have the agent write into a checkpoint)."""
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        pass
+    if not stat.S_ISDIR(os.lstat(path).st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, "a link or a file, not a directory: nothing is written through it",
+                                 path)
+
+
+def create_exclusive(path: str, mode: int = 0o644) -> IO[bytes]:
+    """A new file (never an existing one, never through a link) open for writing and reading."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0), mode)
+    return os.fdopen(fd, "w+b", buffering=1 << 20)
+
+
 class _Manifests:
     """Where the full manifests go (`--manifests-dir`): written as the files are hashed, then
     renamed into place (`sha256-<hex>.json`). A directory that cannot be written is one problem
@@ -355,7 +374,7 @@ class _Manifests:
         if directory is None:
             return
         try:
-            os.makedirs(directory, exist_ok=True)
+            manifests_directory(directory)
             self._remove_stale()
         except OSError as exc:
             self._failed(exc)
@@ -386,12 +405,12 @@ class _Manifests:
         assert self.directory is not None
         path = os.path.join(self.directory, f".tmp-{os.getpid()}-{time.monotonic_ns()}.files")
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            spool = create_exclusive(path, 0o600)
             os.unlink(path)
         except OSError as exc:
             self._failed(exc)
             return None
-        return os.fdopen(fd, "w+b", buffering=1 << 20)
+        return spool
 
     def store(self, builder: ManifestBuilder, manifest: Manifest, spool: Optional[IO[bytes]]) -> bool:
         """Write the manifest as `sha256-<hex>.json`; False (and the problem noted) when it cannot be."""
@@ -401,7 +420,7 @@ class _Manifests:
         final = os.path.join(self.directory, stored_manifest_name(manifest.digest))
         tmp = os.path.join(self.directory, f".tmp-{os.getpid()}-{time.monotonic_ns()}.json")
         try:
-            with open(tmp, "wb") as out:
+            with create_exclusive(tmp) as out:
                 builder.write(out, manifest.model_copy(update={"path": ROOT}))  # relative to its own root, as on s3
                 out.flush()
                 os.fsync(out.fileno())

@@ -845,14 +845,15 @@ class Emulator(kmock.KubernetesEmulator):
         if stored is None:
             raise self._object_not_found(key)
         container = request.params.get("container") or _default_container(stored.load())
+        namespace, name = request.namespace or "", request.name or ""
         if request.method == kmock.method.PUT:
             if request.params.get("append") == "true":  # a running container's new output (the local kubelet)
-                self._container_log(request.namespace, request.name, container).append(request.text)
-                self._saw_log(request.namespace, request.name, container, request.text)
+                self._container_log(namespace, name, container).append(request.text)
+                self._saw_log(namespace, name, container, request.text)
             else:
-                self.set_pod_log(request.namespace, request.name, request.text, container=container)
+                self.set_pod_log(namespace, name, request.text, container=container)
             return aiohttp.web.Response(status=204)
-        log = self._pod_logs.get((request.namespace, request.name), {}).get(container or "")
+        log = self._pod_logs.get((namespace, name), {}).get(container or "")
         try:
             body = log.read(request.params) if log is not None else ""
         except LogQueryError as exc:

@@ -15,6 +15,7 @@ recorded (a crash in between reruns an idempotent pod).
 from __future__ import annotations
 
 import dataclasses
+import threading
 from dataclasses import dataclass
 from typing import Generic, Optional, TypeVar, Union
 
@@ -35,6 +36,9 @@ R = TypeVar("R", bound=Report)
 Owner = Union[TrainingJob, Checkpoint]
 RETRY_SOON = 5.0  # seconds: a name held by a pod that is not ours (its end brings no event of ours)
 FAILURE_LOG_BYTES = 64 * 1024  # what is read of a failed container's log for its last error line
+# Results read and parsed at once, whatever the number of workers: each may be a 6 MiB line that
+# parses into tens of MB, so this, not the tenants' outputs, bounds what results cost in memory.
+RESULTS_READ_AT_ONCE = threading.BoundedSemaphore(2)
 FAILURE_LOG_LINES = 20  # the agent ends a failure with one `error:` line; a tail, so that line is in it
 
 
@@ -139,15 +143,16 @@ def read_result(ctx: Context, pod: dict, kinds: tuple[type[R], ...], container: 
     def read(lines: int) -> str:
         return ctx.kube.read_log(meta["namespace"], meta["name"], container, tail_lines=lines,
                                  limit_bytes=channel.RESULT_READ_BYTES)
-    text = read(channel.RESULT_TAIL_LINES)
-    try:
-        result = channel.find_result(text, kinds, limit_bytes=channel.RESULT_READ_BYTES, what=where)
-    except channel.ResultError:
-        if len(text.encode("utf-8", "replace")) < channel.RESULT_READ_BYTES:
-            raise
-        text = read(1)
-        result = channel.find_result(text, kinds, limit_bytes=channel.RESULT_READ_BYTES, what=where)
-    metrics.AGENT_RESULT_BYTES.labels(result.kind).observe(len(channel.encode(result)))
+    with RESULTS_READ_AT_ONCE:
+        text = read(channel.RESULT_TAIL_LINES)
+        try:
+            result = channel.find_result(text, kinds, limit_bytes=channel.RESULT_READ_BYTES, what=where)
+        except channel.ResultError:
+            if len(text.encode("utf-8", "replace")) < channel.RESULT_READ_BYTES:
+                raise
+            text = read(1)
+            result = channel.find_result(text, kinds, limit_bytes=channel.RESULT_READ_BYTES, what=where)
+        metrics.AGENT_RESULT_BYTES.labels(result.kind).observe(len(channel.encode(result).encode()))
     return result
 
 

@@ -624,3 +624,15 @@ def test_the_streaming_scan_takes_a_million_files_and_their_directories_by_defau
     assert seen["max_entries"] == STREAMING_MAX_ENTRIES >= 1_000_000 + 1_000_000 // 100
     scan.main(argparse.Namespace(**{**vars(args), "result": False, "json": True}))
     assert seen["max_entries"] == DEFAULT_MAX_ENTRIES
+
+
+def test_a_manifests_directory_planted_as_a_link_is_never_written_through(output):
+    """An output holding `.ckpt-manifests -> checkpoint-500` would have had the scan write the
+    manifests into a checkpoint after hashing it (its bytes no longer its digest)."""
+    from checkpoint_operator.agent.scan import scan_checkpoints
+    before = sorted(p.name for p in (output / "checkpoint-500").iterdir())
+    os.symlink("checkpoint-500", output / ".ckpt-manifests")
+    scan = scan_checkpoints(output, keep_files=False, manifests_dir=str(output / ".ckpt-manifests"))
+    assert sorted(p.name for p in (output / "checkpoint-500").iterdir()) == before
+    assert scan.manifests_problem and "a link or a file, not a directory" in scan.manifests_problem
+    assert [s.stored for s in scan.checkpoints] == [False, False, False]

@@ -91,7 +91,7 @@ def test_completeness_from_the_manifest_contract_2():
     unchecked = ready_change(m, {}, owned=True)  # no verdict: not checked, never complete
     assert unchecked.fields["complete"] is None and unchecked.conditions[0].status == "Unknown"
     assert unchecked.message.endswith("; not checked: no completeness check applies (format torch)")
-    complete = Manifest(**{**m.model_dump(), "complete": True, "completeReason": "trainer_state.json is present"})
+    complete = m.model_copy(update={"complete": True, "completeReason": "trainer_state.json is present"})
     assert ready_change(complete, {}, owned=True).fields["complete"] is True
 
     incomplete = m.model_copy(update={"complete": False, "completeReason": "missing trainer_state.json"})
