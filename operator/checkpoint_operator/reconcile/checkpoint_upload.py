@@ -14,6 +14,7 @@ take the data where the store keeps it, verify it, make it Ready like any import
 
 from __future__ import annotations
 
+from typing import Any
 import dataclasses
 
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointPhase
@@ -45,6 +46,8 @@ def await_upload(ctx: Context, checkpoint: Checkpoint) -> Result:
         message = request or transfers.waiting_message(checkpoint, store.name, uri)
         return _waiting(ctx, checkpoint, target, message)
     limit = import_limit(ctx, checkpoint)
+    if not isinstance(limit, int):
+        return limit  # the limit cannot be read: wait (never a pod without one)
     if store.name == "s3":
         pod = transfers.build_upload_check_pod(checkpoint, ctx.config, request, uri, store.agent_env(), limit)
         location = {"s3": {"uri": uri}}
@@ -88,7 +91,7 @@ def await_upload(ctx: Context, checkpoint: Checkpoint) -> Result:
     return Done()
 
 
-def _waiting(ctx: Context, checkpoint: Checkpoint, target: dict, message: str) -> Result:
+def _waiting(ctx: Context, checkpoint: Checkpoint, target: dict[str, Any], message: str) -> Result:
     """Pending, and where the data goes. On s3 the prefix is owned from now on: data pushed
     there is deleted with the Checkpoint even if it never becomes Ready."""
     write_status(ctx, checkpoint, StatusChange(phase=CheckpointPhase.PENDING, reason="WaitingForUpload",
@@ -97,7 +100,7 @@ def _waiting(ctx: Context, checkpoint: Checkpoint, target: dict, message: str) -
     return Wait()
 
 
-def _retry(ctx: Context, checkpoint: Checkpoint, pod: dict, request: transfers.UploadRequest, target: dict,
+def _retry(ctx: Context, checkpoint: Checkpoint, pod: dict[str, Any], request: transfers.UploadRequest, target: dict[str, Any],
            why: str) -> Result:
     store = store_for(ctx.config)
     target = {k: v for k, v in target.items() if k != "pod"}
