@@ -118,11 +118,11 @@ def list_output(root: str, budget: EntryBudget, skip: set[str] | frozenset = fro
         for child in children:
             if formats.unfinished_marker(child.name) and _kind(child) == "dir":
                 _note_unfinished(listing, name, child.name, child)
-        for child in split.checkpoints:
-            path = f"{name}/{child}"
-            _note_step(listing, name, formats.step_from_name(child))
+        for part in split.checkpoints:
+            path = f"{name}/{part}"
+            _note_step(listing, name, formats.step_from_name(part))
             if path not in skip:
-                _add(listing, path, child, os.path.join(entry.path, child), budget)
+                _add(listing, path, part, os.path.join(entry.path, part), budget)
     return listing
 
 

@@ -64,11 +64,11 @@ def _called(func: Any, args: Any) -> Any:
 
 class _Machine:
     def __init__(self) -> None:
-        self.stack: list = []
-        self.memo: dict = {}
+        self.stack: list[Any] = []
+        self.memo: dict[Any, Any] = {}
 
-    def pop_mark(self) -> list:
-        items = []
+    def pop_mark(self) -> list[Any]:
+        items: list[Any] = []
         while True:
             if not self.stack:
                 raise NotAPickle("MARK missing")
@@ -77,7 +77,7 @@ class _Machine:
                 return items[::-1]
             items.append(item)
 
-    def set_items(self, target: Any, items: list) -> None:
+    def set_items(self, target: Any, items: list[Any]) -> None:
         if isinstance(target, dict):
             for k, v in zip(items[::2], items[1::2]):
                 try:
@@ -114,9 +114,9 @@ class _Machine:
             n = int(name[-1])
             if len(s) < n:
                 raise NotAPickle("stack underflow")
-            items = tuple(s[-n:])
+            top = tuple(s[-n:])
             del s[-n:]
-            s.append(items)
+            s.append(top)
         elif name == "TUPLE":
             s.append(tuple(self.pop_mark()))
         elif name == "LIST":

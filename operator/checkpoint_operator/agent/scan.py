@@ -232,7 +232,8 @@ def scan_directory(root: Path, layout: str = "auto", single: bool = False,
         for f in candidate.files:
             result = hashed[f.inode]
             if isinstance(result, OSError):
-                reason = result.strerror if isinstance(result, FileChanged) else f"unreadable: {result.strerror}"
+                why = result.strerror or str(result)
+                reason = why if isinstance(result, FileChanged) else f"unreadable: {why}"
                 skips.add(candidate.path, "" if candidate.is_file else f.rel, reason)
                 continue
             size, sha = result
