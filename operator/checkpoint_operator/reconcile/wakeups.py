@@ -43,14 +43,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from typing import Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from checkpoint_operator import PROTECTION_FINALIZER
 from checkpoint_operator.api.checkpoint import CheckpointPhase
 from checkpoint_operator.api.trainingjob import TrainingJobPhase
-from checkpoint_operator.reconcile.context import Context
+from checkpoint_operator.reconcile.context import Context, ObjectKey
 from checkpoint_operator.logic.inputs import CheckpointInfo, TrainingJobInfo
 from checkpoint_operator.logic.protection import used_by_status, used_uids
+from checkpoint_operator.logic.status import set_fields
 from checkpoint_operator.logic.trainingjob_flow import RELEASE_OUTPUT_ANNOTATION
 from checkpoint_operator.logic.transfers import has_ready_request
 from checkpoint_operator.logic.workload import LABEL_COMPONENT, LABEL_TRAINING_JOB_UID
@@ -59,12 +60,15 @@ logger = logging.getLogger("checkpoint_operator.wakeups")
 DEBOUNCE = 0.5  # seconds: a burst of job events on one Checkpoint is one usedBy write
 
 
-def _never_lost(kind: str):
+EventHandler = Callable[[Context, Optional[str], Mapping[str, Any]], None]
+
+
+def _never_lost(kind: str) -> Callable[[EventHandler], EventHandler]:
     """An event handler that fails still queues its own object (the resync covers the rest): an
     error here must never be the reason an object waits."""
-    def wrap(handler):
+    def wrap(handler: EventHandler) -> EventHandler:
         @functools.wraps(handler)
-        def guarded(ctx: Context, event_type: Optional[str], body: Mapping) -> None:
+        def guarded(ctx: Context, event_type: Optional[str], body: Mapping[str, Any]) -> None:
             try:
                 handler(ctx, event_type, body)
             except Exception:  # noqa: BLE001 - logged; the object is queued anyway
@@ -77,16 +81,16 @@ def _never_lost(kind: str):
     return wrap
 
 
-def _tj(namespace: str, name: str) -> tuple:
+def _tj(namespace: str, name: str) -> ObjectKey:
     return ("TrainingJob", namespace, name)
 
 
-def _ckpt(namespace: str, name: str) -> tuple:
+def _ckpt(namespace: str, name: str) -> ObjectKey:
     return ("Checkpoint", namespace, name)
 
 
 @_never_lost("TrainingJob")
-def training_job_event(ctx: Context, event_type: Optional[str], body: Mapping) -> None:
+def training_job_event(ctx: Context, event_type: Optional[str], body: Mapping[str, Any]) -> None:
     meta = body.get("metadata", {})
     namespace, name = meta.get("namespace", ""), meta.get("name", "")
     info = TrainingJobInfo.from_body(body)
@@ -110,11 +114,11 @@ def training_job_event(ctx: Context, event_type: Optional[str], body: Mapping) -
             ctx.queue.add(_ckpt(namespace, checkpoint.name), after=DEBOUNCE)
 
 
-def _training_job_has_work(body: Mapping, info: TrainingJobInfo) -> bool:
+def _training_job_has_work(body: Mapping[str, Any], info: TrainingJobInfo) -> bool:
     meta = body.get("metadata", {})
     if not info.phase.is_finished or meta.get("deletionTimestamp") or used_uids(meta.get("labels")):
         return True
-    return (meta.get("annotations") or {}).get(RELEASE_OUTPUT_ANNOTATION, "").lower() == "true"
+    return str((meta.get("annotations") or {}).get(RELEASE_OUTPUT_ANNOTATION, "")).lower() == "true"
 
 
 def _pending(ctx: Context, namespace: str, names: list[str]) -> list[str]:
@@ -127,7 +131,7 @@ def _pending(ctx: Context, namespace: str, names: list[str]) -> list[str]:
 
 
 @_never_lost("Checkpoint")
-def checkpoint_event(ctx: Context, event_type: Optional[str], body: Mapping) -> None:
+def checkpoint_event(ctx: Context, event_type: Optional[str], body: Mapping[str, Any]) -> None:
     meta = body.get("metadata", {})
     namespace, name = meta.get("namespace", ""), meta.get("name", "")
     info = CheckpointInfo.from_body(body)
@@ -142,13 +146,13 @@ def checkpoint_event(ctx: Context, event_type: Optional[str], body: Mapping) -> 
     ctx.queue.add_all(_tj(namespace, n) for n in pending)
 
 
-def _own_write(ctx: Context, kind: str, body: Mapping) -> bool:
+def _own_write(ctx: Context, kind: str, body: Mapping[str, Any]) -> bool:
     """The event of our own last write of this object: the writer already acted on that state
     (the dependents' wake-ups still happen)."""
     meta = body.get("metadata", {})
     key = (kind, meta.get("namespace", ""), meta.get("name", ""))
     written = ctx.own_writes.pop(key, None)
-    return written is not None and written == meta.get("resourceVersion")
+    return written is not None and written == meta.get("resourceVersion", "")
 
 
 def _made_by_a_live_job(ctx: Context, namespace: str, info: CheckpointInfo) -> bool:
@@ -160,7 +164,7 @@ def _made_by_a_live_job(ctx: Context, namespace: str, info: CheckpointInfo) -> b
     return producer is not None and not producer.phase.is_finished
 
 
-def _checkpoint_has_work(ctx: Context, body: Mapping, info: CheckpointInfo) -> bool:
+def _checkpoint_has_work(ctx: Context, body: Mapping[str, Any], info: CheckpointInfo) -> bool:
     meta, status = body.get("metadata", {}), body.get("status") or {}
     if info.deleting or PROTECTION_FINALIZER not in (meta.get("finalizers") or []):
         return True
@@ -168,11 +172,11 @@ def _checkpoint_has_work(ctx: Context, body: Mapping, info: CheckpointInfo) -> b
         return True
     if not info.phase.is_settled:
         return not _made_by_a_live_job(ctx, meta.get("namespace", ""), info)
-    wanted = used_by_status(ctx.indexes.users_of(meta.get("namespace", ""), info.uid))
+    wanted = set_fields(used_by_status(ctx.indexes.users_of(meta.get("namespace", ""), info.uid)))
     return wanted != {"usedBy": status.get("usedBy") or [], "usedByCount": status.get("usedByCount") or 0}
 
 
-def child_event(ctx: Context, body: Mapping) -> None:
+def child_event(ctx: Context, body: Mapping[str, Any]) -> None:
     meta = body.get("metadata", {})
     namespace = meta.get("namespace", "")
     for owner in meta.get("ownerReferences") or []:
@@ -186,17 +190,17 @@ def child_event(ctx: Context, body: Mapping) -> None:
                 ctx.queue.add(_ckpt(namespace, owner.get("name", "")))
     job_uid = (meta.get("labels") or {}).get(LABEL_TRAINING_JOB_UID)
     if job_uid:
-        info = ctx.indexes.training_job_by_uid(namespace, job_uid)
-        if info is not None:
-            ctx.queue.add(_tj(namespace, info.name))
+        job = ctx.indexes.training_job_by_uid(namespace, job_uid)
+        if job is not None:
+            ctx.queue.add(_tj(namespace, job.name))
     if body.get("kind") == "PersistentVolumeClaim":
         for name in ctx.indexes.checkpoints_on_claim(namespace, meta.get("name", "")):
-            info = ctx.indexes.checkpoint(namespace, name)
-            if info is not None and info.phase == CheckpointPhase.PENDING:
+            adopter = ctx.indexes.checkpoint(namespace, name)
+            if adopter is not None and adopter.phase == CheckpointPhase.PENDING:
                 ctx.queue.add(_ckpt(namespace, name))
 
 
-def start_resync(ctx: Context) -> asyncio.Task:
+def start_resync(ctx: Context) -> asyncio.Task[None]:
     """The safety net: every resync_interval, every object whose work may not be over."""
     async def resync() -> None:
         while True:
