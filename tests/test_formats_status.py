@@ -13,6 +13,7 @@ from checkpoint_operator.agent.formats import FORMATS, format_table_markdown
 from checkpoint_operator.agent.manifest import FileEntry, Manifest
 from checkpoint_operator.api.checkpoint import CheckpointFormat
 from checkpoint_operator.logic.naming import assign_checkpoint_names, without_extension
+from checkpoint_operator.api.checkpoint import Location, VolumeLocation
 from checkpoint_operator.logic.snapshot import ready_change
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -30,9 +31,9 @@ def manifest(complete, reason=None) -> Manifest:
     (None, None, (True, "True", "Complete", "no completeness rule for format huggingface")),
 ])
 def test_ready_status_records_complete_and_its_condition(complete, reason, expected):
-    change = ready_change(manifest(complete, reason), {"volume": {"claimName": "c", "path": "x"}}, owned=True)
+    change = ready_change(manifest(complete, reason), Location(volume=VolumeLocation(claimName="c", path="x")), owned=True)
     (condition,) = [c for c in change.conditions if c.type == "Complete"]
-    assert (change.fields["complete"], condition.status, condition.reason, condition.message) == expected
+    assert (change.fields.complete, condition.status, condition.reason, condition.message) == expected
     assert change.ready and change.phase == "Ready"  # kept: weights can be salvaged
     assert ("incomplete: missing trainer_state.json" in change.message) is (complete is False)
 

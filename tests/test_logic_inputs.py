@@ -108,7 +108,7 @@ def test_the_live_read_decides():
     body["metadata"]["finalizers"] = [PROTECTION_FINALIZER]
     candidate = Candidate("c", body["metadata"]["uid"], "c")
     ok = check_live_input(candidate, body)
-    assert isinstance(ok, ResolvedInput) and ok.digest == "sha256:c" and ok.location["volume"]["claimName"] == "data"
+    assert isinstance(ok, ResolvedInput) and ok.digest == "sha256:c" and ok.location.volume.claimName == "data"
     deleting = {**body, "metadata": {**body["metadata"], "deletionTimestamp": "2026-01-02T00:00:00Z"}}
     unprotected = {**body, "metadata": {**body["metadata"], "finalizers": []}}
     replaced = {**body, "metadata": {**body["metadata"], "uid": "another"}}

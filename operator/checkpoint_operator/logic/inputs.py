@@ -8,10 +8,10 @@ cached "Ready" is never enough to start pods on a checkpoint that is being delet
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Optional, Protocol
+from typing import Any, Mapping, Optional, Protocol
 
 from checkpoint_operator import PROTECTION_FINALIZER
-from checkpoint_operator.api.checkpoint import CheckpointPhase
+from checkpoint_operator.api.checkpoint import CheckpointPhase, Location
 from checkpoint_operator.api.common import PinnedCheckpoint
 from checkpoint_operator.api.trainingjob import CheckpointRef, TrainingJob, TrainingJobPhase
 from checkpoint_operator.logic.naming import ROOT_DIRECTORY
@@ -38,7 +38,7 @@ class CheckpointInfo:
     exempt: bool = False                          # labelled ckpt.dev/keep=true: retention never deletes it
 
     @classmethod
-    def from_body(cls, body: Mapping) -> "CheckpointInfo":
+    def from_body(cls, body: Mapping[str, Any]) -> "CheckpointInfo":
         meta, status = body.get("metadata", {}), body.get("status") or {}
         producer = status.get("producedBy") or {}
         source = ((body.get("spec") or {}).get("source") or {}).get("trainingJob") or {}
@@ -72,7 +72,7 @@ class TrainingJobInfo:
     best: Optional[tuple[str, str]] = None      # spec.output.retention.keepBest (metric, mode): select: best
 
     @classmethod
-    def from_body(cls, body: Mapping) -> "TrainingJobInfo":
+    def from_body(cls, body: Mapping[str, Any]) -> "TrainingJobInfo":
         meta, status = body.get("metadata", {}), body.get("status") or {}
         try:
             phase = TrainingJobPhase(status.get("phase") or "Pending")
@@ -108,9 +108,9 @@ class Candidate:
 class ResolvedInput:
     name: str
     uid: str
-    digest: Optional[str]
+    digest: str
     mount_name: str
-    location: dict
+    location: Location
     size_bytes: Optional[int] = None
 
     def pinned(self) -> PinnedCheckpoint:
@@ -141,7 +141,7 @@ class Resolution:
 
 # --- selection among a producer's outputs ----------------------------------------------------------
 
-def _rank(c: CheckpointInfo) -> tuple:
+def _rank(c: CheckpointInfo) -> tuple[bool, bool, int, str, str]:
     # The root's files (the final model, `select: final`) rank below every other output, even
     # when a step was read from them (a root `torch.save` file may record one): `latest` is what
     # a resume continues from, so it is the root only when the job wrote nothing else.
@@ -162,11 +162,11 @@ def select_output(outputs: list[CheckpointInfo], policy: str,
         candidates = [c for c in candidates if c.resumable]
     if policy == "best":
         metric, mode = best or ("", "min")
-        scored = [c for c in candidates if c.metric(metric) is not None]
+        scored = [(value, c) for c in candidates if (value := c.metric(metric)) is not None]
         if not scored:
             return None
         sign = -1 if mode == "min" else 1
-        return max(scored, key=lambda c: (sign * c.metric(metric), _rank(c)))
+        return max(scored, key=lambda pair: (sign * pair[0], _rank(pair[1])))[1]
     return max(candidates, key=_rank) if candidates else None
 
 
@@ -246,7 +246,7 @@ def resolve_inputs(tj: TrainingJob, lookup: Lookup) -> Resolution:
     return Resolution(candidates, waits)
 
 
-def check_live_input(candidate: Candidate, body: Optional[dict]) -> ResolvedInput | InputWait:
+def check_live_input(candidate: Candidate, body: Optional[dict[str, Any]]) -> ResolvedInput | InputWait:
     """The decision on a fresh read of the input, made after the job recorded its use (see
     logic/protection.py): gone, replaced, deleting or unprotected means back off."""
     name = candidate.name
@@ -259,7 +259,8 @@ def check_live_input(candidate: Candidate, body: Optional[dict]) -> ResolvedInpu
         # Without the finalizer a deletion would not wait for us: never start on it.
         return InputWait("InputNotProtected", f"input Checkpoint {name} does not carry the "
                                               f"{PROTECTION_FINALIZER} finalizer yet")
-    if status.get("phase") != CheckpointPhase.READY or not status.get("location") or not status.get("digest"):
+    digest = status.get("digest")
+    if status.get("phase") != CheckpointPhase.READY or not status.get("location") or not isinstance(digest, str):
         return InputWait("InputNotReady", f"input Checkpoint {name} is not Ready")  # (a Ready one has a digest to pin)
-    return ResolvedInput(name=name, uid=candidate.uid, digest=status.get("digest"), mount_name=candidate.mount_name,
-                         location=status["location"], size_bytes=status.get("sizeBytes"))
+    return ResolvedInput(name=name, uid=candidate.uid, digest=digest, mount_name=candidate.mount_name,
+                         location=Location.model_validate(status["location"]), size_bytes=status.get("sizeBytes"))

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Sequence, TypeVar
 
+from checkpoint_operator.api.trainingjob import OutputSpec
 from checkpoint_operator.logic.naming import ROOT_DIRECTORY
 
 KEEP_LABEL = "ckpt.dev/keep"
@@ -39,7 +40,7 @@ class Policy:
         return self.keep_latest is None and self.keep_every is None and self.best_metric is None
 
     @classmethod
-    def of(cls, output) -> "Policy":
+    def of(cls, output: OutputSpec) -> "Policy":
         """From an api.trainingjob.OutputSpec."""
         retention = output.retention
         latest = output.keep if output.keep is not None else (retention.keepLatest if retention else None)
@@ -63,11 +64,11 @@ class Entry:
 
 
 def best_of(entries: Sequence[Entry], metric: str, mode: str, count: int) -> list[Entry]:
-    scored = [e for e in entries if e.metrics and isinstance(e.metrics.get(metric), (int, float))]
+    scored = [(value, e) for e in entries if isinstance(value := (e.metrics or {}).get(metric), (int, float))]
     sign = 1 if mode == "min" else -1
     # Ties: the later step wins (it is the one training went on from).
-    scored.sort(key=lambda e: (sign * e.metrics[metric], -(e.step or 0), e.key))
-    return scored[:count]
+    scored.sort(key=lambda pair: (sign * pair[0], -(pair[1].step or 0), pair[1].key))
+    return [e for _, e in scored[:count]]
 
 
 def decide(entries: Sequence[Entry], policy: Policy) -> tuple[list[Entry], list[Entry]]:
@@ -76,15 +77,15 @@ def decide(entries: Sequence[Entry], policy: Policy) -> tuple[list[Entry], list[
         return list(entries), []
     # The root's files (the final model) are always kept and never compete, even with a step read
     # from them: they are not one of the steps of the run.
-    stepped = [e for e in entries if e.step is not None and e.key != ROOT_DIRECTORY]
-    with_step = sorted(stepped, key=lambda e: (e.step, e.order, e.key), reverse=True)
+    stepped = [(e.step, e) for e in entries if e.step is not None and e.key != ROOT_DIRECTORY]
+    with_step = [e for _, e in sorted(stepped, key=lambda pair: (pair[0], pair[1].order, pair[1].key), reverse=True)]
     kept = {e.key for e in entries if e.step is None or e.exempt or e.key == ROOT_DIRECTORY}
     if with_step:
         kept.add(with_step[0].key)
     if policy.keep_latest is not None:
         kept |= {e.key for e in with_step[:policy.keep_latest]}
     if policy.keep_every is not None:
-        kept |= {e.key for e in with_step if e.step % policy.keep_every == 0}
+        kept |= {e.key for e in with_step if (e.step or 0) % policy.keep_every == 0}
     if policy.best_metric is not None:
         kept |= {e.key for e in best_of(with_step, policy.best_metric, policy.best_mode, policy.best_count)}
     return [e for e in entries if e.key in kept], [e for e in entries if e.key not in kept]

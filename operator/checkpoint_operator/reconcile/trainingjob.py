@@ -11,15 +11,15 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Optional
+from typing import Any, Optional
 
 from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator import PROTECTION_FINALIZER
-from checkpoint_operator.api.checkpoint import Checkpoint
-from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobPhase
+from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead
+from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobHead, TrainingJobPhase, TrainingJobStatus
 from checkpoint_operator.reconcile import agent_runs, live_sealing, publish, volumes
 from checkpoint_operator.reconcile.context import Context
-from checkpoint_operator.reconcile.objects import InvalidObject, parse, parse_tolerant
+from checkpoint_operator.reconcile.objects import InvalidObject, parse, parse_head
 from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.kube import CHECKPOINTS, JOBS, PODS, PVCS, TRAINING_JOBS, ApiError, Conflict
 from checkpoint_operator.logic import trainingjob_flow as flow
@@ -29,7 +29,8 @@ from checkpoint_operator.logic.conditions import now_rfc3339, seconds_since
 from checkpoint_operator.logic.inputs import InputWait, ResolvedInput, check_live_input, resolve_inputs
 from checkpoint_operator.logic.protection import label_patch, used_uids
 from checkpoint_operator.logic.results import Advance, Done, Fail, Result, Wait
-from checkpoint_operator.logic.snapshot import not_stored, plan_snapshot, skipped_message
+from checkpoint_operator.logic.snapshot import (ScanResult, SnapshotPlan, not_stored, parse_scan_output, plan_snapshot,
+                                                skipped_message)
 from checkpoint_operator.logic.status import StatusChange
 from checkpoint_operator.storage import MissingUpload, store_for
 from checkpoint_operator import metrics
@@ -47,7 +48,8 @@ def reconcile(ctx: Context, namespace: str, name: str) -> Optional[float]:
         try:
             tj = parse(TrainingJob, body)
         except InvalidObject as invalid:
-            return _refuse_invalid(ctx, invalid)
+            _refuse_invalid(ctx, invalid)
+            return None
         if tj.metadata.deleting:
             return _deleting(ctx, tj)
         if tj.is_finished:
@@ -73,10 +75,9 @@ def record(ctx: Context, tj: TrainingJob, result: Result) -> Optional[float]:
 
 
 def _refuse_invalid(ctx: Context, invalid: InvalidObject) -> None:
-    tj = parse_tolerant(TrainingJob, invalid.body)
+    tj = parse_head(TrainingJobHead, invalid.body)
     if not tj.is_finished and not tj.metadata.deleting:
         write_status(ctx, tj, flow.fail_change(Fail("InvalidSpec", invalid.message()), now_rfc3339()))
-    return None
 
 
 # --- Pending: resolve, claim, check live, create ----------------------------------------------------
@@ -107,8 +108,8 @@ def start(ctx: Context, tj: TrainingJob) -> Result:
         return flow.input_wait(waits)
     inputs = [c for c in checked if isinstance(c, ResolvedInput)]
     if inputs:  # pinned before any pod exists: a restart finds the same inputs, downloads check these digests
-        tj = write_status(ctx, tj, StatusChange(fields={"inputs": [i.pinned().to_wire() for i in inputs],
-                                                        "inputCount": len(inputs)}))
+        tj = write_status(ctx, tj, StatusChange(fields=TrainingJobStatus(inputs=[i.pinned() for i in inputs],
+                                                                         inputCount=len(inputs))))
     return _create_workload(ctx, tj, inputs)
 
 
@@ -157,11 +158,11 @@ class NameConflict(Exception):
     pass
 
 
-def _owns(tj: TrainingJob, obj: dict) -> bool:
+def _owns(tj: TrainingJob, obj: dict[str, Any]) -> bool:
     return any(o.get("uid") == tj.metadata.uid for o in obj.get("metadata", {}).get("ownerReferences") or [])
 
 
-def _ensure_owned(tj: TrainingJob, obj: dict) -> dict:
+def _ensure_owned(tj: TrainingJob, obj: dict[str, Any]) -> dict[str, Any]:
     """An object found under the name we would use must be this job's, not a namesake's (an
     earlier TrainingJob of the same name, or the user's own)."""
     if not _owns(tj, obj):
@@ -177,14 +178,14 @@ def _set_uses_labels(ctx: Context, tj: TrainingJob, uids: list[str]) -> Training
         return tj
     body = ctx.kube.patch(TRAINING_JOBS, tj.metadata.namespace, tj.metadata.name, {"metadata": {"labels": patch}})
     ctx.wrote(body)
-    return parse_tolerant(TrainingJob, body)
+    return parse(TrainingJob, body)
 
 
 def _release_inputs(ctx: Context, tj: TrainingJob) -> TrainingJob:
     """Drop the uses labels and (while Pending) the pins: the job no longer holds its inputs."""
     tj = _set_uses_labels(ctx, tj, [])
     if tj.phase == TrainingJobPhase.PENDING and tj.status.inputs is not None:
-        tj = write_status(ctx, tj, StatusChange(fields={"inputs": None, "inputCount": None}))
+        tj = write_status(ctx, tj, StatusChange(fields=TrainingJobStatus(inputs=None, inputCount=None)))
     return tj
 
 
@@ -225,9 +226,11 @@ def _pod_failures(ctx: Context, tj: TrainingJob) -> list[str]:
     others: list[str] = []
     for state in ctx.indexes.worker_pods(namespace, tj.metadata.uid):
         pod = ctx.kube.get(PODS, namespace, state.name) if state.phase == PodPhase.FAILED else None
-        failure = pod_failure(pod, "training") if pod else None
-        name = downloaded_input(failure.container, names) if failure else None
-        if failure is not None and name is None:
+        if pod is None:
+            continue
+        failure = pod_failure(pod, "training")
+        name = downloaded_input(failure.container, names)
+        if name is None:
             others.append(failure.message)
         if name is None or name in found:
             continue
@@ -248,7 +251,7 @@ def snapshot(ctx: Context, tj: TrainingJob) -> Result:
         return Wait(requeue_after=backoff)  # after a failed attempt (SnapshotRetry said when)
     pod = workload.build_snapshot_pod(tj, store.snapshot_command(tj, AGENT_OUTPUT_MOUNT), store.agent_env(),
                                       ctx.config)
-    run = agent_runs.run_agent_pod(ctx, tj.metadata.uid, pod, "snapshot")
+    run = agent_runs.run_agent_pod(ctx, tj.metadata.uid, pod, "snapshot", parse=parse_scan_output)
     if isinstance(run, agent_runs.Started):
         return Wait()  # status.snapshotPod was written with the Snapshotting phase
     if isinstance(run, agent_runs.Running):
@@ -262,7 +265,7 @@ def snapshot(ctx: Context, tj: TrainingJob) -> Result:
     return _store_snapshot(ctx, tj, pod, run.scan)
 
 
-def _snapshot_pod_failed(ctx: Context, tj: TrainingJob, pod: dict, message: str) -> Result:
+def _snapshot_pod_failed(ctx: Context, tj: TrainingJob, pod: dict[str, Any], message: str) -> Result:
     attempts = (tj.status.snapshotAttempts or 0) + 1
     agent_runs.finish(ctx, pod)
     failed = flow.snapshot_retry(attempts, message)
@@ -270,11 +273,11 @@ def _snapshot_pod_failed(ctx: Context, tj: TrainingJob, pod: dict, message: str)
         return failed  # the output volume stays (s3 store: nothing was stored from it)
     retry_at, delay = flow.snapshot_retry_at(attempts, datetime.now(timezone.utc))
     ctx.warn(tj, "SnapshotRetry", f"attempt {attempts}: {message}; retrying in {delay:g} s")
-    write_status(ctx, tj, StatusChange(fields={"snapshotAttempts": attempts, "snapshotRetryAt": retry_at}))
+    write_status(ctx, tj, StatusChange(fields=TrainingJobStatus(snapshotAttempts=attempts, snapshotRetryAt=retry_at)))
     return Wait(requeue_after=delay)
 
 
-def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict, scan) -> Result:
+def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: ScanResult) -> Result:
     namespace, claim = tj.metadata.namespace, workload.output_claim_name(tj)
     layout = tj.spec.output.layout
     store = store_for(ctx.config)
@@ -291,8 +294,9 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict, scan) -> Result:
     plan = plan_snapshot(tj, scan, lambda n: ctx.indexes.checkpoint(namespace, n),
                          lambda m: store.snapshot_location(tj, claim, m, layout, scan.uploads), existing=existing,
                          retired=retired)
-    created = [publish.create_checkpoint(ctx, tj, planned) for planned in plan.checkpoints]
-    if any(c is None for c in created):
+    found = [publish.create_checkpoint(ctx, tj, planned) for planned in plan.checkpoints]
+    created = [c for c in found if c is not None]
+    if len(created) != len(found):
         return Wait("NameConflict", "a Checkpoint name was taken meanwhile; planning again", requeue_after=0.5)
     for info, manifest in plan.changed:  # live sealing: a sealed directory's bytes changed since
         publish.mark_changed(ctx, tj, info, f"{info.directory} changed after it was sealed (digest now "
@@ -332,7 +336,7 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict, scan) -> Result:
     return Done()
 
 
-def _changed_not_stored(plan, bytes_in_place: bool) -> Optional[str]:
+def _changed_not_stored(plan: SnapshotPlan, bytes_in_place: bool) -> Optional[str]:
     """s3 store: a sealed directory changed after its upload; the new bytes exist only on the
     output volume, which is then kept."""
     if bytes_in_place or not plan.changed:
@@ -340,7 +344,8 @@ def _changed_not_stored(plan, bytes_in_place: bool) -> Optional[str]:
     return "changed after sealing, not stored: " + ", ".join(info.directory or "" for info, _ in plan.changed[:5])
 
 
-def _report_snapshot(ctx: Context, tj: TrainingJob, plan, scan, created: list[Checkpoint]) -> None:
+def _report_snapshot(ctx: Context, tj: TrainingJob, plan: SnapshotPlan, scan: ScanResult,
+                     created: list[Checkpoint]) -> None:
     if scan.total_skipped:  # one event for all of them (3,000 skipped links are one line)
         ctx.warn(tj, "Skipped", skipped_message(scan.skipped, scan.skipped_count))
     if plan.dropped:
@@ -351,7 +356,7 @@ def _report_snapshot(ctx: Context, tj: TrainingJob, plan, scan, created: list[Ch
                                         f"{checkpoint.status.message}")
 
 
-def _hand_over_output_claim(ctx: Context, tj: TrainingJob, claim: str, created: list[dict], keep: bool) -> None:
+def _hand_over_output_claim(ctx: Context, tj: TrainingJob, claim: str, created: list[dict[str, Any]], keep: bool) -> None:
     """Volume store: the Checkpoints own the output volume from now on, so Kubernetes deletes it
     with the last of them (and not with the job). s3 store: the data was uploaded; release the
     volume, unless something in it was not stored (then it stays, owned by the job)."""
@@ -360,7 +365,7 @@ def _hand_over_output_claim(ctx: Context, tj: TrainingJob, claim: str, created: 
         if not keep:
             ctx.kube.delete(PVCS, namespace, claim)
     elif created:
-        owners = [workload.owner_reference(parse_tolerant(Checkpoint, c), controller=False) for c in created]
+        owners = [workload.owner_reference(parse_head(CheckpointHead, c), controller=False) for c in created]
         ctx.kube.patch(PVCS, namespace, claim, {"metadata": {"ownerReferences": owners}})
 
 
@@ -381,9 +386,10 @@ def _finished(ctx: Context, tj: TrainingJob) -> Optional[float]:
     return None
 
 
-def _deleting(ctx: Context, tj: TrainingJob) -> None:
+def _deleting(ctx: Context, tj: TrainingJob) -> Optional[float]:
     """The Job, pods and output volume go with the TrainingJob (owner references). Releases the
-    finalizer that operator versions before 0.2 put on TrainingJobs (kopf's, same name)."""
+    finalizer that operator versions before 0.2 put on TrainingJobs (kopf's, same name); on a
+    conflict, at once again on a fresh read."""
     finalizers = tj.metadata.finalizers or []
     if PROTECTION_FINALIZER in finalizers:
         remaining = [f for f in finalizers if f != PROTECTION_FINALIZER]
