@@ -315,3 +315,33 @@ async def test_a_checkpoint_labelled_keep_survives_retention_while_newer_ones_se
         "the end-of-job retention keeps the labelled one too"
     assert await job_checkpoints(api, "kept") == ["kept-checkpoint-10", "kept-checkpoint-30"]
     assert os.path.isdir(os.path.join(volume["out"], "checkpoint-10"))
+
+
+async def test_nothing_of_a_live_sealing_job_stays_in_the_operator_s_memory(api, operator, cluster, trainer,
+                                                                            wait_for):
+    """Per-job state of live sealing goes when the job leaves Running, the rest when it is
+    deleted: a long-running operator sees thousands of jobs (issue 21 item 6)."""
+    sealed = gate()
+
+    def train(attempt, env):
+        trainer_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], 10)
+        assert sealed.wait(90)
+        return 0
+    trainer.behaviours["mem"] = train
+    await api.create(TJ, NS, training_job("mem", output=LIVE))
+    await wait_for(lambda: ready(api, "mem-checkpoint-10"), timeout=60)
+    assert operator.ctx.live, "remembered while it runs"
+    sealed.set()
+    await wait_phase(api, wait_for, TJ, "mem", "Succeeded", timeout=60)
+    assert operator.ctx.live == {}
+
+    await api.delete(TJ, NS, "mem")
+    for name in await job_checkpoints(api, "mem"):
+        await api.delete(CKPT, NS, name)
+
+    async def forgotten():
+        gone = await api.get(TJ, NS, "mem") is None and not await job_checkpoints(api, "mem")
+        kept = [k for k in list(operator.ctx.own_writes) if k[2].startswith("mem")] + \
+            [k for k in list(operator.ctx.last_uses) if k[1] == "mem"]
+        return gone and not kept
+    await wait_for(forgotten, timeout=60)

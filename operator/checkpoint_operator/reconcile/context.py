@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 from checkpoint_operator.api.checkpoint import CheckpointHead
-from checkpoint_operator.api.trainingjob import TrainingJobHead
+from checkpoint_operator.api.trainingjob import TrainingJobHead, TrainingJobPhase
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.kube import EVENTS, ApiError, Kube
 from checkpoint_operator.logic.conditions import now_rfc3339
+from checkpoint_operator.logic.inputs import TrainingJobInfo
 from checkpoint_operator.logic.live_sealing import LiveMemory
 from checkpoint_operator.reconcile.indexes import Indexes
 from checkpoint_operator.reconcile.work_queue import WorkQueue
@@ -42,8 +43,9 @@ class Context:
     # (kind, namespace, name) -> resourceVersion of our own last write of that object: its
     # watch event needs no reconcile of the object itself (the writer acted on it already)
     own_writes: dict[ObjectKey, str] = field(default_factory=dict)
-    # uid of a running live-sealing TrainingJob -> what was reported and annotated (reconcile/live_sealing.py)
-    live: dict[str, LiveMemory] = field(default_factory=dict)
+    # (namespace, uid) of a running live-sealing TrainingJob -> what was reported and annotated
+    # (reconcile/live_sealing.py)
+    live: dict[tuple[str, str], LiveMemory] = field(default_factory=dict)
     resync: Optional[asyncio.Task[None]] = None
 
     @property
@@ -93,11 +95,43 @@ class Context:
             self.own_writes[(body.get("kind", ""), meta.get("namespace", ""), meta.get("name", ""))] = \
                 meta["resourceVersion"]
 
+    def forget(self, kind: str, namespace: str, name: str, uid: str = "") -> None:
+        """What is kept in memory of an object that is gone (its DELETED event)."""
+        self.own_writes.pop((kind, namespace, name), None)
+        if kind == "TrainingJob":
+            self.last_uses.pop((namespace, name), None)
+            self.live.pop((namespace, uid), None)
+
+    def forget_gone(self) -> int:
+        """Drop what is kept of objects the indexes no longer hold (a DELETED event that never
+        came: a watch relisted over a deletion); the resync calls it. Returns how many went."""
+        indexes = self.indexes
+        gone_writes = [key for key in list(self.own_writes) if not _indexed(indexes, *key)]
+        gone_uses = [key for key in list(self.last_uses) if indexes.training_job(*key) is None]
+        gone_live = [key for key in list(self.live) if not _running(indexes.training_job_by_uid(*key))]
+        for key in gone_writes:
+            self.own_writes.pop(key, None)
+        for job in gone_uses:
+            self.last_uses.pop(job, None)
+        for live in gone_live:
+            self.live.pop(live, None)
+        return len(gone_writes) + len(gone_uses) + len(gone_live)
+
     def warn(self, obj: CheckpointHead | TrainingJobHead | Mapping[str, Any], reason: str, message: str) -> None:
         self.event(obj, "Warning", reason, message)
 
     def info(self, obj: CheckpointHead | TrainingJobHead | Mapping[str, Any], reason: str, message: str) -> None:
         self.event(obj, "Normal", reason, message)
+
+
+def _indexed(indexes: Indexes, kind: str, namespace: str, name: str) -> bool:
+    if kind == "TrainingJob":
+        return indexes.training_job(namespace, name) is not None
+    return indexes.checkpoint(namespace, name) is not None
+
+
+def _running(job: Optional[TrainingJobInfo]) -> bool:
+    return job is not None and job.phase == TrainingJobPhase.RUNNING
 
 
 def _reference(obj: CheckpointHead | TrainingJobHead | Mapping[str, Any]) -> dict[str, str]:

@@ -25,7 +25,8 @@ import logging
 
 from checkpoint_operator.agent.manifest import Manifest
 from checkpoint_operator.api.checkpoint import Checkpoint
-from checkpoint_operator.api.trainingjob import LiveStatus, RetiredCheckpoint, TrainingJob, TrainingJobStatus
+from checkpoint_operator.api.trainingjob import (LiveStatus, RetiredCheckpoint, TrainingJob, TrainingJobHead,
+                                                 TrainingJobStatus)
 from checkpoint_operator.reconcile import publish
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.status_writer import write_status
@@ -41,12 +42,13 @@ logger = logging.getLogger("checkpoint_operator.live")
 
 
 def _memory(ctx: Context, tj: TrainingJob) -> live_sealing.LiveMemory:
-    return ctx.live.setdefault(tj.metadata.uid, live_sealing.LiveMemory())
+    return ctx.live.setdefault((tj.metadata.namespace, tj.metadata.uid), live_sealing.LiveMemory())
 
 
-def forget(ctx: Context, uid: str) -> None:
-    """The job's sealing is over (it left Running, or it is gone): its memory goes."""
-    ctx.live.pop(uid, None)
+def forget(ctx: Context, tj: TrainingJobHead) -> None:
+    """The job's sealing is over (it left Running): its memory goes (a long-running operator
+    sees thousands of jobs)."""
+    ctx.live.pop((tj.metadata.namespace, tj.metadata.uid), None)
 
 
 def read_events(ctx: Context, tj: TrainingJob) -> tuple[live_sealing.LogEvents, list[str]]:

@@ -211,6 +211,7 @@ def follow_job(ctx: Context, tj: TrainingJob) -> Result:
     outcome = "succeeded" if succeeded else "; ".join([flow.job_failure_message(job), *_pod_failures(ctx, tj)])
     change, snapshot_follows = flow.after_job(tj, succeeded, outcome, now_rfc3339(), workload.snapshot_pod_name(tj))
     tj = write_status(ctx, tj, change)
+    live_sealing.forget(ctx, tj)  # the sidecars' last lines were read above
     if not snapshot_follows:
         _release_inputs(ctx, tj)
         return Done()
@@ -373,6 +374,7 @@ def _hand_over_output_claim(ctx: Context, tj: TrainingJob, claim: str, created: 
 
 def _finished(ctx: Context, tj: TrainingJob) -> Optional[float]:
     """Idempotent clean-up (after a crash) and the release of a retained output volume."""
+    live_sealing.forget(ctx, tj)
     if tj.status.snapshotPod:  # left when the operator died (or the DELETE failed) right after the final status
         ctx.kube.delete(PODS, tj.metadata.namespace, tj.status.snapshotPod)
     if used_uids(tj.metadata.labels):
@@ -390,6 +392,7 @@ def _deleting(ctx: Context, tj: TrainingJob) -> Optional[float]:
     """The Job, pods and output volume go with the TrainingJob (owner references). Releases the
     finalizer that operator versions before 0.2 put on TrainingJobs (kopf's, same name); on a
     conflict, at once again on a fresh read."""
+    live_sealing.forget(ctx, tj)
     finalizers = tj.metadata.finalizers or []
     if PROTECTION_FINALIZER in finalizers:
         remaining = [f for f in finalizers if f != PROTECTION_FINALIZER]

@@ -112,6 +112,8 @@ def training_job_event(ctx: Context, event_type: Optional[str], body: Mapping[st
         checkpoint = ctx.indexes.checkpoint_by_uid(namespace, uid)
         if checkpoint is not None:
             ctx.queue.add(_ckpt(namespace, checkpoint.name), after=DEBOUNCE)
+    if gone:
+        ctx.forget("TrainingJob", namespace, name, info.uid)
 
 
 def _training_job_has_work(body: Mapping[str, Any], info: TrainingJobInfo) -> bool:
@@ -135,6 +137,8 @@ def checkpoint_event(ctx: Context, event_type: Optional[str], body: Mapping[str,
     meta = body.get("metadata", {})
     namespace, name = meta.get("namespace", ""), meta.get("name", "")
     info = CheckpointInfo.from_body(body)
+    if event_type == "DELETED":
+        ctx.forget("Checkpoint", namespace, name, info.uid)
     if event_type != "DELETED" and not _own_write(ctx, "Checkpoint", body) and _checkpoint_has_work(ctx, body, info):
         ctx.queue.add(_ckpt(namespace, name))
     waiting = set(ctx.indexes.jobs_waiting_on(namespace, "name", name))
@@ -206,6 +210,7 @@ def start_resync(ctx: Context) -> asyncio.Task[None]:
         while True:
             await asyncio.sleep(ctx.config.resync_interval)
             try:
+                ctx.forget_gone()
                 ctx.queue.add_all(ctx.indexes.resync_keys())
             except Exception:  # noqa: BLE001 - the next pass tries again
                 logger.exception("resync failed")
