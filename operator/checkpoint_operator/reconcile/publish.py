@@ -20,6 +20,7 @@ from checkpoint_operator.logic.snapshot import PlannedCheckpoint, is_produced_by
 from checkpoint_operator.logic.status import StatusChange
 
 CHANGED_AFTER_SEALING = "ChangedAfterSealing"
+MAX_OWNER_ATTEMPTS = 5
 
 
 def create_checkpoint(ctx: Context, tj: TrainingJob, planned: PlannedCheckpoint) -> Optional[dict[str, Any]]:
@@ -44,19 +45,30 @@ def mark_ready(ctx: Context, body: dict[str, Any], planned: PlannedCheckpoint) -
     return write_status(ctx, checkpoint, planned.ready)
 
 
-def own_output_claim(ctx: Context, tj: TrainingJob, claim: str, owners: list[dict[str, Any]], *, keep_job: bool) -> None:
+def own_output_claim(ctx: Context, tj: TrainingJob, claim: str, owners: list[dict[str, Any]], *,
+                     keep_job: bool) -> None:
     """Volume store: the output volume is owned by the job's Checkpoints (and, while it runs, by
-    the job too), so deleting the job never takes the bytes of a Ready Checkpoint with it."""
-    pvc = ctx.kube.get(PVCS, tj.metadata.namespace, claim)
-    if pvc is None:
-        return
-    current = pvc.get("metadata", {}).get("ownerReferences") or []
-    wanted = [o for o in current if keep_job and o.get("uid") == tj.metadata.uid]
-    wanted += [o for o in owners if o["uid"] not in {w["uid"] for w in wanted}]
-    if {o["uid"] for o in wanted} == {o.get("uid") for o in current}:
-        return
-    ctx.kube.patch(PVCS, tj.metadata.namespace, claim, {"metadata": {
-        "ownerReferences": wanted, "resourceVersion": pvc["metadata"].get("resourceVersion")}})
+    the job too), so deleting the job never takes the bytes of a Ready Checkpoint with it. The
+    one way owners are set: `owners` merged into what the claim has, conditionally (a 409 reads
+    it again); `keep_job=False` hands it over (the job's own reference goes)."""
+    for _ in range(MAX_OWNER_ATTEMPTS):
+        pvc = ctx.kube.get(PVCS, tj.metadata.namespace, claim)
+        if pvc is None:
+            return
+        current = pvc.get("metadata", {}).get("ownerReferences") or []
+        # The Checkpoints of earlier passes stay owners (a reference to one deleted since is
+        # harmless: the garbage collector deletes the claim once every owner is gone).
+        wanted = [o for o in current if keep_job or o.get("uid") != tj.metadata.uid]
+        wanted += [o for o in owners if o["uid"] not in {w.get("uid") for w in wanted}]
+        if {o["uid"] for o in wanted} == {o.get("uid") for o in current}:
+            return
+        try:
+            ctx.kube.patch(PVCS, tj.metadata.namespace, claim, {"metadata": {
+                "ownerReferences": wanted, "resourceVersion": pvc["metadata"].get("resourceVersion")}})
+            return
+        except Conflict:
+            continue  # changed meanwhile (a binder, a GC): merge into the new version
+    raise Conflict(409, "Conflict", f"PersistentVolumeClaim {claim}: its owners kept changing; will retry")
 
 
 def checkpoint_owner(body: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator import PROTECTION_FINALIZER
-from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead
+from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobHead, TrainingJobPhase, TrainingJobStatus
 from checkpoint_operator.reconcile import agent_runs, live_sealing, publish, volumes
 from checkpoint_operator.reconcile.context import Context
@@ -26,13 +26,13 @@ from checkpoint_operator.logic import trainingjob_flow as flow
 from checkpoint_operator.logic import workload
 from checkpoint_operator.logic.agent_pods import AGENT_OUTPUT_MOUNT, downloaded_input, last_error_line, pod_failure
 from checkpoint_operator.logic.conditions import now_rfc3339, seconds_since
-from checkpoint_operator.logic.inputs import InputWait, ResolvedInput, check_live_input, resolve_inputs
+from checkpoint_operator.logic.inputs import CheckpointInfo, InputWait, ResolvedInput, check_live_input, resolve_inputs
 from checkpoint_operator.logic.protection import label_patch, used_uids
 from checkpoint_operator.logic.results import Advance, Done, Fail, Result, Wait
 from checkpoint_operator.logic.snapshot import (ScanResult, SnapshotPlan, not_stored, parse_scan_output, plan_snapshot,
                                                 skipped_message)
 from checkpoint_operator.logic.status import StatusChange
-from checkpoint_operator.storage import MissingUpload, store_for
+from checkpoint_operator.storage import MissingUpload, Store, store_for
 from checkpoint_operator import metrics
 
 logger = logging.getLogger("checkpoint_operator.trainingjob")
@@ -279,53 +279,30 @@ def _snapshot_pod_failed(ctx: Context, tj: TrainingJob, pod: dict[str, Any], mes
 
 
 def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: ScanResult) -> Result:
-    namespace, claim = tj.metadata.namespace, workload.output_claim_name(tj)
-    layout = tj.spec.output.layout
-    store = store_for(ctx.config)
-    try:
-        for manifest in scan.checkpoints:  # every checkpoint must have reached the store, committed
-            if not store.is_committed(store.snapshot_location(tj, claim, manifest, layout, scan.uploads)):
-                raise MissingUpload(f"{manifest.path!r} has no manifest in the store: the upload did not complete")
-    except MissingUpload as exc:
+    """The snapshot pod succeeded: its checkpoints become Ready Checkpoints, in this order (a
+    crash at any step repeats it and the ones after it, never an earlier one's effect twice)."""
+    store, claim = store_for(ctx.config), workload.output_claim_name(tj)
+    missing = _first_uncommitted(tj, store, claim, scan)
+    if missing is not None:
         agent_runs.finish(ctx, pod)
-        return Fail("SnapshotFailed", f"pod {pod['metadata']['name']}: {exc}")
-
-    existing = ctx.indexes.checkpoints_of(namespace, tj.metadata.uid)
-    retired = [(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []]
-    plan = plan_snapshot(tj, scan, lambda n: ctx.indexes.checkpoint(namespace, n),
-                         lambda m: store.snapshot_location(tj, claim, m, layout, scan.uploads), existing=existing,
-                         retired=retired)
-    found = [publish.create_checkpoint(ctx, tj, planned) for planned in plan.checkpoints]
-    created = [c for c in found if c is not None]
-    if len(created) != len(found):
+        return Fail("SnapshotFailed", f"pod {pod['metadata']['name']}: {missing}")
+    existing = ctx.indexes.checkpoints_of(tj.metadata.namespace, tj.metadata.uid)
+    plan = _plan(ctx, tj, store, claim, scan, existing)
+    created = _create_checkpoints(ctx, tj, plan)
+    if created is None:
         return Wait("NameConflict", "a Checkpoint name was taken meanwhile; planning again", requeue_after=0.5)
-    for info, manifest in plan.changed:  # live sealing: a sealed directory's bytes changed since
-        publish.mark_changed(ctx, tj, info, f"{info.directory} changed after it was sealed (digest now "
-                                            f"{manifest.digest})", bytes_in_place=store.keeps_output_claim)
-    if store.keeps_output_claim:  # the s3 store keeps the sealed copy of a directory gone since
-        for info in plan.missing:
-            publish.mark_changed(ctx, tj, info, f"{info.directory} was removed after it was sealed",
-                                 bytes_in_place=True)
-    accounted = len(created) + len(plan.dropped) + len(plan.gone)
-    retained = not_stored(scan, accounted) or _changed_not_stored(plan, store.keeps_output_claim)
+    _report_changed_since_sealing(ctx, tj, plan, store)
+    retained = not_stored(scan, len(created) + len(plan.dropped) + len(plan.gone)) or \
+        _changed_not_stored(plan, store.keeps_output_claim)
     # The Checkpoints own the data before any of them is Ready: deleting the job from here on
     # can no longer take the volume away from under them.
-    owners = created + [b for b in (ctx.kube.get(CHECKPOINTS, namespace, c.name) for c in existing
-                                    if not c.deleting and c.name not in {p.name for p in plan.checkpoints})
-                        if b is not None]
-    _hand_over_output_claim(ctx, tj, claim, owners, keep=retained is not None)
+    _hand_over_output_claim(ctx, tj, store, claim, created + _still_owning(ctx, tj, plan, existing),
+                            keep=retained is not None)
     ready = [publish.mark_ready(ctx, c, p) for c, p in zip(created, plan.checkpoints)]
-    for info in plan.retire:
-        ctx.info(tj, "Retired", f"retention: deleting Checkpoint {info.name} (step {info.step})")
-        ctx.kube.delete(CHECKPOINTS, namespace, info.name)
-    unused = [scan.uploads[d] for d in [*plan.dropped, *plan.gone] if d in scan.uploads]
-    for uri in store.delete_unused_uploads(tj, unused):
-        ctx.info(tj, "DataDeleted", f"deleted {uri} (not kept as a Checkpoint)")
+    _retire(ctx, tj, plan)
+    _delete_unused_uploads(ctx, tj, store, plan, scan)
     _report_snapshot(ctx, tj, plan, scan, [c for c in ready if c.metadata.name not in {e.name for e in existing}])
-
-    if tj.status.snapshotStartTime:
-        metrics.SNAPSHOT_DURATION.labels(ctx.config.storage_type).observe(seconds_since(tj.status.snapshotStartTime))
-    metrics.TRANSFERRED_BYTES.labels("snapshot").inc(sum(c.status.sizeBytes or 0 for c in ready))
+    _observe_snapshot(ctx, tj, ready)
     kept = [c.metadata.name for c in ready if c.metadata.name not in {r.name for r in plan.retire}]
     tj = write_status(ctx, tj, flow.snapshot_done(tj, kept, now_rfc3339(), retained, claim, scan.total_skipped))
     # Only now that the result is recorded: a retry before this point reads the pod's result
@@ -335,6 +312,75 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: Sc
         ctx.warn(tj, flow.OUTPUT_RETAINED, f"volume {claim} is kept: {retained}")
     _release_inputs(ctx, tj)
     return Done()
+
+
+def _first_uncommitted(tj: TrainingJob, store: Store, claim: str, scan: ScanResult) -> Optional[str]:
+    """Every checkpoint must have reached the store, committed; else what did not."""
+    try:
+        for manifest in scan.checkpoints:
+            if not store.is_committed(store.snapshot_location(tj, claim, manifest, tj.spec.output.layout,
+                                                              scan.uploads)):
+                return f"{manifest.path!r} has no manifest in the store: the upload did not complete"
+    except MissingUpload as exc:
+        return str(exc)
+    return None
+
+
+def _plan(ctx: Context, tj: TrainingJob, store: Store, claim: str, scan: ScanResult,
+          existing: list[CheckpointInfo]) -> SnapshotPlan:
+    namespace, layout = tj.metadata.namespace, tj.spec.output.layout
+    retired = [(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []]
+    return plan_snapshot(tj, scan, lambda n: ctx.indexes.checkpoint(namespace, n),
+                         lambda m: store.snapshot_location(tj, claim, m, layout, scan.uploads), existing=existing,
+                         retired=retired)
+
+
+def _create_checkpoints(ctx: Context, tj: TrainingJob, plan: SnapshotPlan) -> Optional[list[dict[str, Any]]]:
+    """The planned Checkpoints, created (or found from an earlier pass); None when a name was
+    taken meanwhile by another object (the plan is made again)."""
+    found = [publish.create_checkpoint(ctx, tj, planned) for planned in plan.checkpoints]
+    created = [c for c in found if c is not None]
+    return created if len(created) == len(found) else None
+
+
+def _report_changed_since_sealing(ctx: Context, tj: TrainingJob, plan: SnapshotPlan, store: Store) -> None:
+    """Live sealing: a sealed directory whose bytes changed since, or (s3 store, which keeps the
+    sealed copy) that was removed since."""
+    for info, manifest in plan.changed:
+        publish.mark_changed(ctx, tj, info, f"{info.directory} changed after it was sealed (digest now "
+                                            f"{manifest.digest})", bytes_in_place=store.keeps_output_claim)
+    if store.keeps_output_claim:
+        for info in plan.missing:
+            publish.mark_changed(ctx, tj, info, f"{info.directory} was removed after it was sealed",
+                                 bytes_in_place=True)
+
+
+def _still_owning(ctx: Context, tj: TrainingJob, plan: SnapshotPlan,
+                  existing: list[CheckpointInfo]) -> list[dict[str, Any]]:
+    """The job's Checkpoints from live sealing that stay (not planned again, not being deleted)."""
+    planned = {p.name for p in plan.checkpoints}
+    bodies = (ctx.kube.get(CHECKPOINTS, tj.metadata.namespace, c.name) for c in existing
+              if not c.deleting and c.name not in planned)
+    return [b for b in bodies if b is not None]
+
+
+def _retire(ctx: Context, tj: TrainingJob, plan: SnapshotPlan) -> None:
+    for info in plan.retire:
+        ctx.info(tj, "Retired", f"retention: deleting Checkpoint {info.name} (step {info.step})")
+        ctx.kube.delete(CHECKPOINTS, tj.metadata.namespace, info.name)
+
+
+def _delete_unused_uploads(ctx: Context, tj: TrainingJob, store: Store, plan: SnapshotPlan, scan: ScanResult) -> None:
+    """Uploads that became no Checkpoint (retention's drops, directories retired before)."""
+    unused = [scan.uploads[d] for d in [*plan.dropped, *plan.gone] if d in scan.uploads]
+    for uri in store.delete_unused_uploads(tj, unused):
+        ctx.info(tj, "DataDeleted", f"deleted {uri} (not kept as a Checkpoint)")
+
+
+def _observe_snapshot(ctx: Context, tj: TrainingJob, ready: list[Checkpoint]) -> None:
+    if tj.status.snapshotStartTime:
+        metrics.SNAPSHOT_DURATION.labels(ctx.config.storage_type).observe(seconds_since(tj.status.snapshotStartTime))
+    metrics.TRANSFERRED_BYTES.labels("snapshot").inc(sum(c.status.sizeBytes or 0 for c in ready))
 
 
 def _changed_not_stored(plan: SnapshotPlan, bytes_in_place: bool) -> Optional[str]:
@@ -357,17 +403,16 @@ def _report_snapshot(ctx: Context, tj: TrainingJob, plan: SnapshotPlan, scan: Sc
                                         f"{checkpoint.status.message}")
 
 
-def _hand_over_output_claim(ctx: Context, tj: TrainingJob, claim: str, created: list[dict[str, Any]], keep: bool) -> None:
+def _hand_over_output_claim(ctx: Context, tj: TrainingJob, store: Store, claim: str, owners: list[dict[str, Any]],
+                            keep: bool) -> None:
     """Volume store: the Checkpoints own the output volume from now on, so Kubernetes deletes it
     with the last of them (and not with the job). s3 store: the data was uploaded; release the
     volume, unless something in it was not stored (then it stays, owned by the job)."""
-    namespace = tj.metadata.namespace
-    if not store_for(ctx.config).keeps_output_claim:
+    if not store.keeps_output_claim:
         if not keep:
-            ctx.kube.delete(PVCS, namespace, claim)
-    elif created:
-        owners = [workload.owner_reference(parse_head(CheckpointHead, c), controller=False) for c in created]
-        ctx.kube.patch(PVCS, namespace, claim, {"metadata": {"ownerReferences": owners}})
+            ctx.kube.delete(PVCS, tj.metadata.namespace, claim)
+    elif owners:
+        publish.own_output_claim(ctx, tj, claim, [publish.checkpoint_owner(b) for b in owners], keep_job=False)
 
 
 # --- finished, deleting -----------------------------------------------------------------------------
