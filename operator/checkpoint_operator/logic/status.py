@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 from checkpoint_operator.api.checkpoint import CheckpointStatus
 from checkpoint_operator.api.trainingjob import TrainingJobStatus
 from checkpoint_operator.logic.conditions import get_condition, kstatus_conditions, set_condition
+from checkpoint_operator.logic.results import Fail, Wait
 
 # The status fields a change sets: validated when the change is made, so a misspelt or
 # mistyped field fails where it is written (and mypy checks the names).
@@ -49,6 +50,20 @@ class StatusChange:
         values = {name: getattr(self.fields, name) for name in self.fields.model_fields_set}
         values.update({name: getattr(more, name) for name in more.model_fields_set})
         return dataclasses.replace(self, fields=type(more).model_validate(values))
+
+
+def wait_change(phase: Optional[str], wait: Wait) -> Optional[StatusChange]:
+    """What a wait records: its reason and message in the Ready condition (None: a quiet wait)."""
+    if wait.reason is None:
+        return None
+    return StatusChange(phase=phase, reason=wait.reason, message=wait.message, stalled=wait.stalled,
+                        event="Warning" if wait.warning else "Normal")
+
+
+def fail_change(phase: str, fail: Fail, fields: Optional[StatusFields] = None) -> StatusChange:
+    """What a failure records: the failed phase, Stalled, a warning event."""
+    return StatusChange(phase=phase, reason=fail.reason, message=fail.message, stalled=True, event="Warning",
+                        fields=fields)
 
 
 def set_fields(fields: Optional[StatusFields]) -> dict[str, Any]:

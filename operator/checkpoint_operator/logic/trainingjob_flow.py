@@ -15,6 +15,7 @@ from checkpoint_operator.logic import live_sealing
 from checkpoint_operator.logic.agent_pods import PodProblem
 from checkpoint_operator.logic.inputs import InputWait
 from checkpoint_operator.logic.results import Fail, Wait
+from checkpoint_operator.logic import status
 from checkpoint_operator.logic.status import ConditionChange, StatusChange
 
 MAX_SNAPSHOT_ATTEMPTS = 3
@@ -29,16 +30,8 @@ def input_wait(waits: list[InputWait]) -> Wait:
     return Wait(waits[0].reason, "; ".join(w.message for w in waits), stalled=any(w.terminal for w in waits))
 
 
-def wait_change(phase: TrainingJobPhase, wait: Wait) -> Optional[StatusChange]:
-    if wait.reason is None:
-        return None
-    return StatusChange(phase=phase, reason=wait.reason, message=wait.message, stalled=wait.stalled,
-                        event="Warning" if wait.warning else "Normal")
-
-
 def fail_change(fail: Fail, now: str) -> StatusChange:
-    return StatusChange(phase=TrainingJobPhase.FAILED, reason=fail.reason, message=fail.message, stalled=True,
-                        event="Warning", fields=TrainingJobStatus(completionTime=now))
+    return status.fail_change(TrainingJobPhase.FAILED, fail, TrainingJobStatus(completionTime=now))
 
 
 def running_change(job_name: str, inputs: list[str], output_claim: Optional[str], now: str,

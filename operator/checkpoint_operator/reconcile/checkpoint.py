@@ -15,12 +15,13 @@ from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead, Check
 from checkpoint_operator.reconcile import annotation_requests, checkpoint_import, live_sealing
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.objects import InvalidObject, parse, parse_head
+from checkpoint_operator.reconcile import status_writer
 from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.kube import CHECKPOINTS, TRAINING_JOBS, Conflict
 from checkpoint_operator.logic.protection import (blocking_users, deletion_blocked_message, used_by_status,
                                                   uses_selector)
-from checkpoint_operator.logic.results import Fail, Result, Wait
-from checkpoint_operator.logic.status import StatusChange
+from checkpoint_operator.logic.results import Fail, Result
+from checkpoint_operator.logic.status import StatusChange, fail_change
 from checkpoint_operator.storage import ForeignLocation, store_for
 from checkpoint_operator import metrics
 
@@ -52,16 +53,7 @@ def reconcile(ctx: Context, namespace: str, name: str) -> Optional[float]:
 
 
 def record(ctx: Context, checkpoint: CheckpointHead, result: Result) -> Optional[float]:
-    if isinstance(result, Wait):
-        if result.reason is not None:
-            write_status(ctx, checkpoint, StatusChange(phase=checkpoint.phase, reason=result.reason, message=result.message,
-                                                       stalled=result.stalled,
-                                                       event="Warning" if result.warning else "Normal"))
-        return result.requeue_after
-    if isinstance(result, Fail):
-        write_status(ctx, checkpoint, StatusChange(phase=CheckpointPhase.FAILED, reason=result.reason,
-                                                   message=result.message, stalled=True, event="Warning"))
-    return None
+    return status_writer.record(ctx, checkpoint, result, lambda fail: fail_change(CheckpointPhase.FAILED, fail))[1]
 
 
 def _add_finalizer(ctx: Context, checkpoint: Checkpoint) -> None:

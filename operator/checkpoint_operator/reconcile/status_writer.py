@@ -16,7 +16,8 @@ from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobHead, Tr
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.kube import CHECKPOINTS, TRAINING_JOBS, Conflict
 from checkpoint_operator.logic.conditions import now_rfc3339
-from checkpoint_operator.logic.status import StatusChange, apply_change, should_post_event, status_patch
+from checkpoint_operator.logic.results import Fail, Result, Wait
+from checkpoint_operator.logic.status import StatusChange, apply_change, should_post_event, status_patch, wait_change
 
 MAX_ATTEMPTS = 10
 # The heads too: an object whose spec no longer parses can still be failed (reconcile/objects.py).
@@ -65,6 +66,19 @@ def write_status(ctx: Context, obj: Obj, change: StatusChange) -> Obj:
             ctx.event(updated, change.event or "Normal", change.reason or "", change.message)
         return updated
     raise StatusConflict(f"{obj.kind} {meta.namespace}/{meta.name}: status kept changing; will retry")
+
+
+def record(ctx: Context, obj: Obj, result: Result,
+           fail_change: Callable[[Fail], StatusChange]) -> tuple[Obj, Optional[float]]:
+    """A step's result into the object's status, for both kinds: a wait's reason and message,
+    a failure (`fail_change`: the kind's Failed status). Returns the object as written and when
+    to look again without an event (None: an event will tell)."""
+    if isinstance(result, Wait):
+        change = wait_change(obj.phase, result)
+        return (write_status(ctx, obj, change) if change is not None else obj), result.requeue_after
+    if isinstance(result, Fail):
+        return write_status(ctx, obj, fail_change(result)), None
+    return obj, None
 
 
 def _patch_status(ctx: Context, obj: Obj, patch: dict[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobHead, Tr
 from checkpoint_operator.reconcile import agent_runs, live_sealing, publish, volumes
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.objects import InvalidObject, parse, parse_head
+from checkpoint_operator.reconcile import status_writer
 from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.kube import CHECKPOINTS, JOBS, PODS, PVCS, TRAINING_JOBS, ApiError, Conflict
 from checkpoint_operator.logic import trainingjob_flow as flow
@@ -63,15 +64,10 @@ def reconcile(ctx: Context, namespace: str, name: str) -> Optional[float]:
 def record(ctx: Context, tj: TrainingJob, result: Result) -> Optional[float]:
     logger.debug("TrainingJob %s/%s at %s (%s): %s", tj.metadata.namespace, tj.metadata.name,
                  tj.metadata.resourceVersion, tj.phase, result)
-    if isinstance(result, Wait):
-        change = flow.wait_change(tj.phase, result)
-        if change is not None:
-            write_status(ctx, tj, change)
-        return result.requeue_after
+    tj, requeue = status_writer.record(ctx, tj, result, lambda fail: flow.fail_change(fail, now_rfc3339()))
     if isinstance(result, Fail):
-        tj = write_status(ctx, tj, flow.fail_change(result, now_rfc3339()))
         _release_inputs(ctx, tj)
-    return None
+    return requeue
 
 
 def _refuse_invalid(ctx: Context, invalid: InvalidObject) -> None:
