@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Collection, Iterable, Mapping, NamedTuple, Optional, TypeVar, Union
 
 from checkpoint_operator.api.common import PodPhase
+from checkpoint_operator.api.wire import (CheckpointSourceWire, CheckpointSpecWire, MetadataWire, TrainingJobSpecWire,
+                                          checkpoint_wire, object_wire, training_job_wire)
 from checkpoint_operator.logic.agent_pods import PodProblem, pod_problem
 from checkpoint_operator.logic.inputs import CheckpointInfo, TrainingJobInfo
 from checkpoint_operator.logic.protection import used_uids
@@ -42,39 +44,42 @@ V = TypeVar("V", CheckpointInfo, TrainingJobInfo, PodState, JobUse, str)
 
 
 def _ns_name(body: Mapping[str, Any]) -> tuple[str, str]:
-    meta = body.get("metadata", {})
+    meta = object_wire(body).get("metadata") or MetadataWire()
     return meta.get("namespace", ""), meta.get("name", "")
 
 
-def checkpoint_keys(body: Mapping[str, Any]) -> dict[IndexKey, IndexValue]:
-    namespace, _ = _ns_name(body)
-    info = CheckpointInfo.from_body(body)
+def checkpoint_keys(raw: Mapping[str, Any]) -> dict[IndexKey, IndexValue]:
+    body = checkpoint_wire(raw)
+    namespace, _ = _ns_name(raw)
+    info = CheckpointInfo.from_body(raw)
     keys: dict[IndexKey, IndexValue] = {("name", namespace, info.name): info, ("uid", namespace, info.uid): info}
     if info.producer_uid:
         keys[("producer", namespace, info.producer_uid)] = info
-    volume = ((body.get("spec") or {}).get("source") or {}).get("volume") or {}
-    if volume.get("claimName"):
-        keys[("claim", namespace, volume["claimName"])] = info.name
+    volume = ((body.get("spec") or CheckpointSpecWire()).get("source") or CheckpointSourceWire()).get("volume")
+    claim = volume.get("claimName") if volume else None
+    if claim:
+        keys[("claim", namespace, claim)] = info.name
     return keys
 
 
-def training_job_keys(body: Mapping[str, Any]) -> dict[IndexKey, IndexValue]:
-    namespace, name = _ns_name(body)
-    info = TrainingJobInfo.from_body(body)
+def training_job_keys(raw: Mapping[str, Any]) -> dict[IndexKey, IndexValue]:
+    body = training_job_wire(raw)
+    namespace, name = _ns_name(raw)
+    info = TrainingJobInfo.from_body(raw)
     keys: dict[IndexKey, IndexValue] = {("name", namespace, name): info, ("uid", namespace, info.uid): info}
     if info.phase.is_finished:
         return keys
-    for ref in (body.get("spec") or {}).get("checkpoints") or []:
-        for field, kind in (("name", "name"), ("uid", "uid"), ("fromTrainingJob", "producer")):
-            if ref.get(field):
-                keys[("wants", namespace, kind, ref[field])] = name
-    for uid in used_uids(body.get("metadata", {}).get("labels")):
+    for ref in (body.get("spec") or TrainingJobSpecWire()).get("checkpoints") or []:
+        for kind, value in (("name", ref.get("name")), ("uid", ref.get("uid")), ("producer", ref.get("fromTrainingJob"))):
+            if value:
+                keys[("wants", namespace, kind, value)] = name
+    for uid in used_uids((body.get("metadata") or MetadataWire()).get("labels")):
         keys[("uses", namespace, uid)] = JobUse(name, info.uid)
     return keys
 
 
 def worker_pod_keys(body: Mapping[str, Any]) -> dict[IndexKey, IndexValue]:
-    labels = body.get("metadata", {}).get("labels") or {}
+    labels = (object_wire(body).get("metadata") or MetadataWire()).get("labels") or {}
     if labels.get(LABEL_COMPONENT) != "worker" or not labels.get(LABEL_TRAINING_JOB_UID):
         return {}
     namespace, name = _ns_name(body)

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator import PROTECTION_FINALIZER
-from checkpoint_operator.api.checkpoint import Checkpoint
+from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobHead, TrainingJobPhase, TrainingJobStatus
 from checkpoint_operator.reconcile import agent_runs, live_sealing, publish, volumes
 from checkpoint_operator.reconcile.context import Context
@@ -94,10 +94,11 @@ def start(ctx: Context, tj: TrainingJob) -> Result:
 
     # Record the use on the job itself first, then read each input live (logic/protection.py).
     tj = _set_uses_labels(ctx, tj, [c.uid for c in resolution.candidates])
-    live = [ctx.kube.get(CHECKPOINTS, tj.metadata.namespace, c.name) for c in resolution.candidates]
-    checked = [check_live_input(c, body) for c, body in zip(resolution.candidates, live)]
+    bodies = [ctx.kube.get(CHECKPOINTS, tj.metadata.namespace, c.name) for c in resolution.candidates]
+    live = [parse_head(CheckpointHead, b) if b is not None else None for b in bodies]
+    checked = [check_live_input(c, checkpoint) for c, checkpoint in zip(resolution.candidates, live)]
     logger.debug("TrainingJob %s/%s: inputs read live at %s: %s", tj.metadata.namespace, tj.metadata.name,
-                 [(b or {}).get("metadata", {}).get("resourceVersion") for b in live], checked)
+                 [c.metadata.resourceVersion if c else None for c in live], checked)
     waits = [c for c in checked if isinstance(c, InputWait)]
     if waits:
         _release_inputs(ctx, tj)

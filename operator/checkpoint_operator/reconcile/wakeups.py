@@ -47,6 +47,8 @@ from typing import Any, Callable, Mapping, Optional
 
 from checkpoint_operator import PROTECTION_FINALIZER
 from checkpoint_operator.api.checkpoint import CheckpointPhase
+from checkpoint_operator.api.wire import (CheckpointStatusWire, CheckpointWire, MetadataWire, TrainingJobStatusWire,
+                                          checkpoint_wire, object_wire, training_job_wire)
 from checkpoint_operator.api.trainingjob import TrainingJobPhase
 from checkpoint_operator.reconcile.context import Context, ObjectKey
 from checkpoint_operator.logic.inputs import CheckpointInfo, TrainingJobInfo
@@ -72,7 +74,7 @@ def _never_lost(kind: str) -> Callable[[EventHandler], EventHandler]:
             try:
                 handler(ctx, event_type, body)
             except Exception:  # noqa: BLE001 - logged; the object is queued anyway
-                meta = body.get("metadata", {})
+                meta = object_wire(body).get("metadata") or MetadataWire()
                 logger.exception("mapping the %s event of %s %s/%s", event_type, kind, meta.get("namespace"),
                                  meta.get("name"))
                 if event_type != "DELETED":
@@ -90,12 +92,13 @@ def _ckpt(namespace: str, name: str) -> ObjectKey:
 
 
 @_never_lost("TrainingJob")
-def training_job_event(ctx: Context, event_type: Optional[str], body: Mapping[str, Any]) -> None:
-    meta = body.get("metadata", {})
+def training_job_event(ctx: Context, event_type: Optional[str], raw: Mapping[str, Any]) -> None:
+    body = training_job_wire(raw)
+    meta = body.get("metadata") or MetadataWire()
     namespace, name = meta.get("namespace", ""), meta.get("name", "")
-    info = TrainingJobInfo.from_body(body)
+    info = TrainingJobInfo.from_body(raw)
     gone = event_type == "DELETED"
-    if not gone and not _own_write(ctx, "TrainingJob", body) and _training_job_has_work(body, info):
+    if not gone and not _own_write(ctx, "TrainingJob", meta) and _training_job_has_work(meta, info):
         ctx.queue.add(_tj(namespace, name))
     if gone or info.phase.is_finished:
         ctx.queue.add_all(_tj(namespace, n) for n in _pending(ctx, namespace,
@@ -103,7 +106,7 @@ def training_job_event(ctx: Context, event_type: Optional[str], body: Mapping[st
     if gone:  # its Pending snapshot Checkpoints will never be made Ready now: they fail
         ctx.queue.add_all(_ckpt(namespace, c.name) for c in ctx.indexes.checkpoints_of(namespace, info.uid)
                           if c.phase == CheckpointPhase.PENDING)
-    pinned = [p.get("uid") for p in (body.get("status") or {}).get("inputs") or []]
+    pinned = [p.get("uid") for p in (body.get("status") or TrainingJobStatusWire()).get("inputs") or []]
     uses = set(used_uids(meta.get("labels"))) | {u for u in pinned if u}
     previous = ctx.last_uses.pop((namespace, name), set())
     if uses and not gone and not info.phase.is_finished:  # a finished job keeps its pins in status
@@ -116,11 +119,10 @@ def training_job_event(ctx: Context, event_type: Optional[str], body: Mapping[st
         ctx.forget("TrainingJob", namespace, name, info.uid)
 
 
-def _training_job_has_work(body: Mapping[str, Any], info: TrainingJobInfo) -> bool:
-    meta = body.get("metadata", {})
+def _training_job_has_work(meta: MetadataWire, info: TrainingJobInfo) -> bool:
     if not info.phase.is_finished or meta.get("deletionTimestamp") or used_uids(meta.get("labels")):
         return True
-    return str((meta.get("annotations") or {}).get(RELEASE_OUTPUT_ANNOTATION, "")).lower() == "true"
+    return (meta.get("annotations") or {}).get(RELEASE_OUTPUT_ANNOTATION, "").lower() == "true"
 
 
 def _pending(ctx: Context, namespace: str, names: list[str]) -> list[str]:
@@ -133,13 +135,14 @@ def _pending(ctx: Context, namespace: str, names: list[str]) -> list[str]:
 
 
 @_never_lost("Checkpoint")
-def checkpoint_event(ctx: Context, event_type: Optional[str], body: Mapping[str, Any]) -> None:
-    meta = body.get("metadata", {})
+def checkpoint_event(ctx: Context, event_type: Optional[str], raw: Mapping[str, Any]) -> None:
+    body = checkpoint_wire(raw)
+    meta = body.get("metadata") or MetadataWire()
     namespace, name = meta.get("namespace", ""), meta.get("name", "")
-    info = CheckpointInfo.from_body(body)
+    info = CheckpointInfo.from_body(raw)
     if event_type == "DELETED":
         ctx.forget("Checkpoint", namespace, name, info.uid)
-    if event_type != "DELETED" and not _own_write(ctx, "Checkpoint", body) and _checkpoint_has_work(ctx, body, info):
+    if event_type != "DELETED" and not _own_write(ctx, "Checkpoint", meta) and _checkpoint_has_work(ctx, body, info):
         ctx.queue.add(_ckpt(namespace, name))
     waiting = set(ctx.indexes.jobs_waiting_on(namespace, "name", name))
     waiting |= set(ctx.indexes.jobs_waiting_on(namespace, "uid", info.uid))
@@ -150,10 +153,9 @@ def checkpoint_event(ctx: Context, event_type: Optional[str], body: Mapping[str,
     ctx.queue.add_all(_tj(namespace, n) for n in pending)
 
 
-def _own_write(ctx: Context, kind: str, body: Mapping[str, Any]) -> bool:
+def _own_write(ctx: Context, kind: str, meta: MetadataWire) -> bool:
     """The event of our own last write of this object: the writer already acted on that state
     (the dependents' wake-ups still happen)."""
-    meta = body.get("metadata", {})
     key = (kind, meta.get("namespace", ""), meta.get("name", ""))
     written = ctx.own_writes.pop(key, None)
     return written is not None and written == meta.get("resourceVersion", "")
@@ -168,8 +170,8 @@ def _made_by_a_live_job(ctx: Context, namespace: str, info: CheckpointInfo) -> b
     return producer is not None and not producer.phase.is_finished
 
 
-def _checkpoint_has_work(ctx: Context, body: Mapping[str, Any], info: CheckpointInfo) -> bool:
-    meta, status = body.get("metadata", {}), body.get("status") or {}
+def _checkpoint_has_work(ctx: Context, body: CheckpointWire, info: CheckpointInfo) -> bool:
+    meta, status = body.get("metadata") or MetadataWire(), body.get("status") or CheckpointStatusWire()
     if info.deleting or PROTECTION_FINALIZER not in (meta.get("finalizers") or []):
         return True
     if has_ready_request(meta.get("annotations")):  # verify, pull (logic/transfers.py)
@@ -180,8 +182,9 @@ def _checkpoint_has_work(ctx: Context, body: Mapping[str, Any], info: Checkpoint
     return wanted != {"usedBy": status.get("usedBy") or [], "usedByCount": status.get("usedByCount") or 0}
 
 
-def child_event(ctx: Context, body: Mapping[str, Any]) -> None:
-    meta = body.get("metadata", {})
+def child_event(ctx: Context, raw: Mapping[str, Any]) -> None:
+    body = object_wire(raw)
+    meta = body.get("metadata") or MetadataWire()
     namespace = meta.get("namespace", "")
     for owner in meta.get("ownerReferences") or []:
         if owner.get("kind") == "TrainingJob":
