@@ -16,8 +16,8 @@ on one input Checkpoint), `requests` (the operator's own API requests per Traini
 with 10 and with C Checkpoints in the namespace; the same run gives `rss`, the operator's RSS
 with C Checkpoints indexed), `latency` (a training pod's end to its Checkpoints being Ready, jobs
 started a few at a time so that nothing queues), `localrun` (`checkpoint-operator local run` on
-120 trivial jobs, the README's local mode), `memory` (--memory N: N TrainingJob lifecycles, each
-created, run to Succeeded with live sealing on every other job, then deleted with its
+120 trivial jobs, local mode, docs/local-mode.md), `memory` (--memory N: N TrainingJob lifecycles,
+each created, run to Succeeded with live sealing on every other job, then deleted with its
 Checkpoints, a few at a time: the operator's RSS after 1,000 and after N lifecycles, and the
 slope between, which is flat when nothing is kept of objects that are gone; issue 21 item 6).
 Requests are counted by the operator itself (`checkpoint_operator_api_requests_total`); kopf's

@@ -1,5 +1,5 @@
 """What the format rules put in a Checkpoint: status `complete` and the Complete condition,
-names of file checkpoints, the format names of the API, the README's format table."""
+names of file checkpoints, the format names of the API, the format table of docs/concepts.md."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from checkpoint_operator.logic.naming import assign_checkpoint_names, without_ex
 from checkpoint_operator.api.checkpoint import Location, VolumeLocation
 from checkpoint_operator.logic.snapshot import ready_change
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+FORMAT_TABLE_PAGE = Path(__file__).resolve().parents[3] / "docs" / "concepts.md"
 FILE = FileEntry(path="model.pt", size=1, sha256="0" * 64)
 
 
@@ -59,11 +59,11 @@ def test_file_checkpoints_are_named_without_their_extension_and_stay_unique():
     assert assign_checkpoint_names("j", ["step-1.pt"], set()) == {"step-1.pt": "j-step-1-pt"}  # directories keep dots
 
 
-def test_readme_format_table_is_the_rule_table():
-    text = README.read_text()
+def test_documented_format_table_is_the_rule_table():
+    text = FORMAT_TABLE_PAGE.read_text()
     begin, end = "<!-- format-table:begin (generated from agent/formats.py RULES) -->", "<!-- format-table:end -->"
-    assert begin in text and end in text, "README.md lacks the generated format table markers"
+    assert begin in text and end in text, "docs/concepts.md lacks the generated format table markers"
     table = text.split(begin, 1)[1].split(end, 1)[0].strip()
     assert table == format_table_markdown(), (
-        "README's format table is stale: paste the output of\n"
+        "the format table of docs/concepts.md is stale: paste the output of\n"
         "python -c 'from checkpoint_operator.agent.formats import format_table_markdown as t; print(t())'")
