@@ -26,7 +26,8 @@ logger = logging.getLogger(__name__)
 CHECKED_VERSIONS = ("1.45.",)  # kopf/_cogs/aiokits/aiotoggles.py as read for this change
 
 
-async def _make_toggle(self: aiotoggles.ToggleSet, __val: bool = False, *, name: str | None = None) -> aiotoggles.Toggle:
+async def _make_toggle(self: aiotoggles.ToggleSet, __val: bool = False, *,
+                       name: str | None = None) -> aiotoggles.Toggle:
     toggle = aiotoggles.Toggle(__val, name=name, condition=self._condition)
     async with self._condition:
         before = self.is_on()

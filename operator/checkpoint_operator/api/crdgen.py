@@ -53,7 +53,8 @@ class CrdDefinition:
         return f"{GROUP}_{self.plural}.yaml"
 
 
-def _column(name: str, json_path: str, type_: str = "string", description: str = "", priority: int = 0) -> dict[str, Any]:
+def _column(name: str, json_path: str, type_: str = "string", description: str = "",
+            priority: int = 0) -> dict[str, Any]:
     column: dict[str, Any] = {"name": name, "type": type_, "jsonPath": json_path}
     if description:
         column["description"] = description

@@ -46,10 +46,11 @@ def agent_deadline(config: OperatorConfig, size_bytes: Optional[int] = None) -> 
     return int(config.agent_deadline_seconds + extra)
 
 
-def agent_pod(metadata: dict[str, Any], config: OperatorConfig, containers: list[dict[str, Any]], volumes: list[dict[str, Any]],
-              init_containers: Optional[list[dict[str, Any]]] = None, *, size_bytes: Optional[int] = None) -> dict[str, Any]:
+def agent_pod(metadata: dict[str, Any], config: OperatorConfig, containers: list[dict[str, Any]],
+              volumes: list[dict[str, Any]], init_containers: Optional[list[dict[str, Any]]] = None, *,
+              size_bytes: Optional[int] = None) -> dict[str, Any]:
     spec: dict[str, Any] = {"restartPolicy": "Never", "containers": containers, "volumes": volumes,
-                  "activeDeadlineSeconds": agent_deadline(config, size_bytes)}
+                            "activeDeadlineSeconds": agent_deadline(config, size_bytes)}
     if init_containers:
         spec["initContainers"] = init_containers
     if config.agent_service_account:

@@ -40,8 +40,9 @@ def resume_path(output_dir: str) -> str:
     return posixpath.join(output_dir, LIVE_DIR, "resume")
 
 
-def sidecar_parts(tj: TrainingJob, command: list[str], image: str, pull_policy: str, resources: dict[str, Any], env: list[dict[str, Any]],
-                  output_volume: str, template_spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def sidecar_parts(tj: TrainingJob, command: list[str], image: str, pull_policy: str, resources: dict[str, Any],
+                  env: list[dict[str, Any]], output_volume: str,
+                  template_spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the sidecar container, the downwardAPI volume). It runs as the training containers'
     user (runAsUser/runAsGroup of the first container, else the pod's), so that it may remove
     the write bits of their files and the directories retention releases."""

@@ -86,7 +86,8 @@ def candidate_names(prefix: str, directories: list[str], files: bool = False) ->
     return {checkpoint_name(prefix, d, force_hash=h, is_file=files) for d in directories for h in (False, True)}
 
 
-def _entry(key: str, step: Optional[int], metrics: Optional[Mapping[str, float]], exempt: bool = False, order: str = "") -> retention.Entry:
+def _entry(key: str, step: Optional[int], metrics: Optional[Mapping[str, float]], exempt: bool = False,
+           order: str = "") -> retention.Entry:
     return retention.Entry(key, step, dict(metrics) if metrics else None, exempt, order)
 
 

@@ -157,7 +157,8 @@ def snapshot_retry(attempts: int, message: str) -> Optional[Fail]:
 def snapshot_done(tj: TrainingJob, names: list[str], now: str, retained: Optional[str],
                   claim: Optional[str], skipped: int) -> StatusChange:
     summary = f"{len(names)} checkpoint(s): {', '.join(names)}" if names else "no checkpoints in the output"
-    fields = TrainingJobStatus(outputCheckpoints=names, outputCount=len(names), completionTime=now, skippedCount=skipped)
+    fields = TrainingJobStatus(outputCheckpoints=names, outputCount=len(names), completionTime=now,
+                               skippedCount=skipped)
     conditions: tuple[ConditionChange, ...] = ()
     if retained:
         conditions = (ConditionChange(OUTPUT_RETAINED, "True", "NotAllStored",

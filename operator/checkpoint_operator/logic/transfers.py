@@ -97,7 +97,8 @@ def waiting_message(checkpoint: Checkpoint, target: UploadStatus) -> str:
     meta = checkpoint.metadata
     message = f"waiting for data: run kubectl ckpt push DIR --name {meta.name} -n {meta.namespace}"
     if target.uri:  # object storage: the data may also be uploaded there directly
-        message += f" (or upload it with its manifest to {target.uri} and set the annotation {UPLOAD_REQUEST_ANNOTATION})"
+        message += (f" (or upload it with its manifest to {target.uri} and set the annotation "
+                    f"{UPLOAD_REQUEST_ANNOTATION})")
     return message
 
 
@@ -142,7 +143,8 @@ def location_volumes(volume: VolumeLocation, *,
     return volumes, mounts
 
 
-def build_verify_pod(checkpoint: Checkpoint, config: OperatorConfig, value: str, s3_env: list[dict[str, Any]]) -> dict[str, Any]:
+def build_verify_pod(checkpoint: Checkpoint, config: OperatorConfig, value: str,
+                     s3_env: list[dict[str, Any]]) -> dict[str, Any]:
     """Re-reads the data where it lives: the store's objects, or the volume mounted read-only."""
     status = checkpoint.status
     location = status.location or Location()
@@ -191,7 +193,8 @@ def inventory_command() -> list[str]:
 
 
 def _serving_pod(checkpoint: Checkpoint, config: OperatorConfig, component: str, name: str, request: str,
-                 containers: list[dict[str, Any]], volumes: list[dict[str, Any]], *, size_bytes: Optional[int]) -> dict[str, Any]:
+                 containers: list[dict[str, Any]], volumes: list[dict[str, Any]], *,
+                 size_bytes: Optional[int]) -> dict[str, Any]:
     meta = checkpoint.metadata
     metadata = {"name": name, "namespace": meta.namespace, "annotations": {REQUEST_ANNOTATION: request},
                 "labels": {LABEL_MANAGED_BY: MANAGER, LABEL_COMPONENT: COMPONENTS[component],

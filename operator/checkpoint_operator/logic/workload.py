@@ -229,7 +229,8 @@ def build_live_sidecar(tj: TrainingJob, config: OperatorConfig, upload_to: Optio
                                     tj.spec.template.spec)
 
 
-def build_snapshot_pod(tj: TrainingJob, command: list[str], env: list[dict[str, Any]], config: OperatorConfig) -> dict[str, Any]:
+def build_snapshot_pod(tj: TrainingJob, command: list[str], env: list[dict[str, Any]],
+                       config: OperatorConfig) -> dict[str, Any]:
     """The pod that scans the output volume (read-only) and prints the checkpoints as JSON
     (on the s3 store `command` uploads them first). Its deadline is the base one: the output's
     size is what it finds out."""

@@ -124,8 +124,9 @@ class Node:
     children: list["Node"] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "uid": self.uid, "digest": self.digest, "phase": self.phase, "step": self.step,
-               "producer": self.producer, "children": [c.to_json() for c in self.children]}
+        out: dict[str, Any] = {"name": self.name, "uid": self.uid, "digest": self.digest, "phase": self.phase,
+                               "step": self.step, "producer": self.producer,
+                               "children": [c.to_json() for c in self.children]}
         if self.gone:
             out["gone"] = True
         if self.repeated:

@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from checkpoint_operator.api.common import PodPhase
-from checkpoint_operator.api.checkpoint import (Checkpoint, CheckpointPhase, CheckpointStatus, Location, TrainingJobSource,
-                                               VolumeLocation, VolumeSource)
+from checkpoint_operator.api.checkpoint import (Checkpoint, CheckpointPhase, CheckpointStatus, Location,
+                                               TrainingJobSource, VolumeLocation, VolumeSource)
 from checkpoint_operator.api.sources import SourceStatus
 from checkpoint_operator.reconcile import agent_runs, checkpoint_upload, volumes
 from checkpoint_operator.reconcile.context import Context

@@ -70,7 +70,8 @@ def training_job_keys(raw: Mapping[str, Any]) -> dict[IndexKey, IndexValue]:
     if info.phase.is_finished:
         return keys
     for ref in (body.get("spec") or TrainingJobSpecWire()).get("checkpoints") or []:
-        for kind, value in (("name", ref.get("name")), ("uid", ref.get("uid")), ("producer", ref.get("fromTrainingJob"))):
+        wanted = (("name", ref.get("name")), ("uid", ref.get("uid")), ("producer", ref.get("fromTrainingJob")))
+        for kind, value in wanted:
             if value:
                 keys[("wants", namespace, kind, value)] = name
     for uid in used_uids((body.get("metadata") or MetadataWire()).get("labels")):

@@ -19,6 +19,10 @@ from checkpoint_operator.logic.inputs import ResolvedInput
 from checkpoint_operator.logic.transfers import UploadRequest
 
 
+# (init containers, containers, volumes) of a pod a store builds
+PodParts = tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]
+
+
 class MissingUpload(ValueError):
     pass
 
@@ -62,7 +66,7 @@ class Store(ABC):
                           uploads: dict[str, str]) -> Location: ...
 
     @abstractmethod
-    def import_containers(self, checkpoint: Checkpoint, max_size: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    def import_containers(self, checkpoint: Checkpoint, max_size: int) -> PodParts:
         """(init containers, containers, volumes) of the pod that imports `checkpoint`."""
 
     @abstractmethod

@@ -29,7 +29,7 @@ from checkpoint_operator.logic.inputs import ResolvedInput
 from checkpoint_operator.logic.import_sources import import_spec
 from checkpoint_operator.logic.workload import import_data_dir
 from checkpoint_operator.logic.transfers import UploadRequest, build_upload_check_pod
-from checkpoint_operator.storage.base import ForeignLocation, MissingUpload, Store, UploadPod
+from checkpoint_operator.storage.base import ForeignLocation, MissingUpload, PodParts, Store, UploadPod
 
 
 def _under(uri: str, prefix: str) -> bool:
@@ -116,7 +116,7 @@ class S3Store(Store):
         return self._uploaded(uploads[manifest.path], self.prefix_for(meta.namespace, meta.name, meta.uid),
                               repr(manifest.path))
 
-    def import_containers(self, checkpoint: Checkpoint, max_size: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    def import_containers(self, checkpoint: Checkpoint, max_size: int) -> PodParts:
         """Fetch with the source's credentials (init container), upload with the store's; the
         staging emptyDir is capped at the size limit."""
         meta = checkpoint.metadata

@@ -19,7 +19,7 @@ from checkpoint_operator.logic.inputs import ResolvedInput
 from checkpoint_operator.logic.import_sources import import_spec
 from checkpoint_operator.logic.workload import IMPORT_DIR, import_claim_name, import_data_dir
 from checkpoint_operator.logic.transfers import UploadRequest, build_receiver_pod
-from checkpoint_operator.storage.base import Store, UploadPod
+from checkpoint_operator.storage.base import PodParts, Store, UploadPod
 
 
 class VolumeStore(Store):
@@ -60,7 +60,7 @@ class VolumeStore(Store):
             return Location(volume=VolumeLocation(claimName=claim, path=".", items=[f.path for f in manifest.files]))
         return Location(volume=VolumeLocation(claimName=claim, path=manifest.path))
 
-    def import_containers(self, checkpoint: Checkpoint, max_size: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    def import_containers(self, checkpoint: Checkpoint, max_size: int) -> PodParts:
         data_dir = import_data_dir()
         source = import_spec(checkpoint)
         mount = [{"name": "data", "mountPath": posixpath.dirname(data_dir)}]
