@@ -183,3 +183,4 @@ def test_a_failed_snapshot_attempt_waits_before_the_next():
     assert flow.snapshot_wait(first, now) == 10.0
     assert flow.snapshot_wait(first, datetime(2026, 1, 1, 0, 0, 10, tzinfo=timezone.utc)) is None
     assert flow.snapshot_wait(None, now) is None
+
