@@ -103,6 +103,7 @@ class OutputWire(TypedDict, total=False):
 class TrainingJobSpecWire(TypedDict, total=False):
     checkpoints: list[CheckpointRefWire]
     output: OutputWire
+    template: dict[str, Any]  # the pod template (only the claims it names are read: logic/claim_guard.py)
 
 
 class PinnedCheckpointWire(TypedDict, total=False):

@@ -18,11 +18,10 @@ from typing import Any
 
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointPhase, CheckpointStatus
 from checkpoint_operator.api.upload import UPLOAD_REQUEST_ANNOTATION, UploadStatus
-from checkpoint_operator.reconcile import agent_runs
+from checkpoint_operator.reconcile import agent_runs, template_claims, volumes
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.annotation_requests import clear_stale_pod, drop_request
 from checkpoint_operator.reconcile.status_writer import write_status
-from checkpoint_operator.kube import PVCS
 from checkpoint_operator.logic import transfers, workload
 from checkpoint_operator.logic.results import Done, Fail, Result, Wait
 from checkpoint_operator.logic.snapshot import ready_change
@@ -44,8 +43,13 @@ def await_upload(ctx: Context, checkpoint: Checkpoint) -> Result:
     limit = import_limit(ctx, checkpoint)
     if not isinstance(limit, int):
         return limit  # the limit cannot be read: wait (never a pod without one)
-    if store.import_needs_claim:
-        ctx.kube.ensure(PVCS, checkpoint.metadata.namespace, workload.build_import_claim(checkpoint, ctx.config))
+    if store.import_needs_claim:  # the volume store: the data lands on the Checkpoint's own claim
+        squatted = template_claims.squatted(ctx, checkpoint.metadata.namespace, workload.import_claim_name(checkpoint))
+        if squatted:
+            return Wait("ClaimNamedByTrainingJob", squatted, requeue_after=template_claims.SQUAT_RECHECK)
+        foreign = volumes.ensure_owned_claim(ctx, checkpoint, workload.build_import_claim(checkpoint, ctx.config))
+        if foreign is not None:
+            return foreign
     serving = store.upload_pod(checkpoint, request, limit)
     pod = serving.pod
     if clear_stale_pod(ctx, pod, request.value):
@@ -57,7 +61,8 @@ def await_upload(ctx: Context, checkpoint: Checkpoint) -> Result:
                                                    fields=CheckpointStatus(upload=serving.target, owned=True)))
         return Wait()
     if isinstance(run, agent_runs.Running):
-        return Wait(run.problem.reason, f"{serving.describe}: {run.problem.message}") if run.problem else Wait()
+        return Wait(run.problem.reason, f"{serving.describe}: {run.problem.message}",
+                    requeue_after=run.retry_after) if run.problem else Wait()
     if isinstance(run, agent_runs.NotOurs):
         return Wait("NameConflict", run.message, requeue_after=5.0)
     if isinstance(run, agent_runs.PodFailed):

@@ -11,13 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Collection, Iterable, Mapping, NamedTuple, Optional, TypeVar, Union
 
+from checkpoint_operator.api.checkpoint import IMPORT_KINDS
 from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator.api.wire import (CheckpointSourceWire, CheckpointSpecWire, MetadataWire, TrainingJobSpecWire,
-                                          checkpoint_wire, object_wire, training_job_wire)
+                                          VolumeSourceWire, checkpoint_wire, object_wire, training_job_wire)
 from checkpoint_operator.logic.agent_pods import PodProblem, pod_problem
+from checkpoint_operator.logic.claim_guard import MAX_TEMPLATE_CLAIMS, claim_references
 from checkpoint_operator.logic.inputs import CheckpointInfo, TrainingJobInfo
 from checkpoint_operator.logic.protection import used_uids
-from checkpoint_operator.logic.workload import LABEL_COMPONENT, LABEL_TRAINING_JOB_UID
+from checkpoint_operator.logic.workload import (LABEL_COMPONENT, LABEL_TRAINING_JOB_UID, import_claim_name_for,
+                                                output_claim_name_for)
+
+CLAIM_OWNING_SOURCES = (*IMPORT_KINDS, "upload")  # Checkpoints whose data lands on a claim of their own
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,13 +39,20 @@ class JobUse(NamedTuple):
     uid: str
 
 
+class ClaimOwner(NamedTuple):
+    """The object the operator makes a claim for (a TrainingJob's output, a Checkpoint's import)."""
+
+    kind: str
+    name: str
+
+
 # A key is (what, namespace, ...): ("name", ns, name), ("wants", ns, kind, value), ...; each
 # kind of key holds one kind of value, and the accessors of `Indexes` read each as its type.
 IndexKey = tuple[str, ...]
-IndexValue = Union[CheckpointInfo, TrainingJobInfo, PodState, JobUse, str]
+IndexValue = Union[CheckpointInfo, TrainingJobInfo, PodState, JobUse, ClaimOwner, str]
 # What kopf keeps (kopf.Index: a mapping of keys to the collection of values of every object).
 Index = Mapping[IndexKey, Collection[IndexValue]]
-V = TypeVar("V", CheckpointInfo, TrainingJobInfo, PodState, JobUse, str)
+V = TypeVar("V", CheckpointInfo, TrainingJobInfo, PodState, JobUse, ClaimOwner, str)
 
 
 def _ns_name(body: Mapping[str, Any]) -> tuple[str, str]:
@@ -55,10 +67,12 @@ def checkpoint_keys(raw: Mapping[str, Any]) -> dict[IndexKey, IndexValue]:
     keys: dict[IndexKey, IndexValue] = {("name", namespace, info.name): info, ("uid", namespace, info.uid): info}
     if info.producer_uid:
         keys[("producer", namespace, info.producer_uid)] = info
-    volume = ((body.get("spec") or CheckpointSpecWire()).get("source") or CheckpointSourceWire()).get("volume")
-    claim = volume.get("claimName") if volume else None
+    source = (body.get("spec") or CheckpointSpecWire()).get("source") or CheckpointSourceWire()
+    claim = (source.get("volume") or VolumeSourceWire()).get("claimName")
     if claim:
         keys[("claim", namespace, claim)] = info.name
+    if any(source.get(kind) is not None for kind in CLAIM_OWNING_SOURCES):
+        keys[("managed-claim", namespace, import_claim_name_for(info.name))] = ClaimOwner("Checkpoint", info.name)
     return keys
 
 
@@ -66,10 +80,16 @@ def training_job_keys(raw: Mapping[str, Any]) -> dict[IndexKey, IndexValue]:
     body = training_job_wire(raw)
     namespace, name = _ns_name(raw)
     info = TrainingJobInfo.from_body(raw)
-    keys: dict[IndexKey, IndexValue] = {("name", namespace, name): info, ("uid", namespace, info.uid): info}
+    keys: dict[IndexKey, IndexValue] = {
+        ("name", namespace, name): info, ("uid", namespace, info.uid): info,
+        ("managed-claim", namespace, output_claim_name_for(name, info.uid)): ClaimOwner("TrainingJob", name)}
     if info.phase.is_finished:
         return keys
-    for ref in (body.get("spec") or TrainingJobSpecWire()).get("checkpoints") or []:
+    spec = body.get("spec") or TrainingJobSpecWire()
+    template = (spec.get("template") or {}).get("spec") or {}
+    for reference in claim_references(template)[:MAX_TEMPLATE_CLAIMS]:
+        keys[("template-claim", namespace, reference.claim)] = name
+    for ref in spec.get("checkpoints") or []:
         wanted = (("name", ref.get("name")), ("uid", ref.get("uid")), ("producer", ref.get("fromTrainingJob")))
         for kind, value in wanted:
             if value:
@@ -135,6 +155,15 @@ class Indexes:
 
     def checkpoints_on_claim(self, namespace: str, claim: str) -> list[str]:
         return self._all(self._checkpoints, ("claim", namespace, claim), str)
+
+    def managed_claim(self, namespace: str, claim: str) -> Optional[ClaimOwner]:
+        """The TrainingJob or Checkpoint the operator makes (or made) this claim for."""
+        return self._one(self._checkpoints, ("managed-claim", namespace, claim), ClaimOwner) or \
+            self._one(self._training_jobs, ("managed-claim", namespace, claim), ClaimOwner)
+
+    def jobs_naming_claim(self, namespace: str, claim: str) -> list[str]:
+        """Unfinished TrainingJobs whose pod template names the claim."""
+        return self._all(self._training_jobs, ("template-claim", namespace, claim), str)
 
     def worker_pods(self, namespace: str, training_job_uid: str) -> list[PodState]:
         return self._all(self._pods, ("pods", namespace, training_job_uid), PodState)

@@ -15,6 +15,7 @@ from checkpoint_operator.reconcile.objects import parse, parse_head
 from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.kube import CHECKPOINTS, PVCS, Conflict
 from checkpoint_operator.logic import workload
+from checkpoint_operator.logic.claim_ownership import owners_after
 from checkpoint_operator.logic.inputs import CheckpointInfo
 from checkpoint_operator.logic.snapshot import PlannedCheckpoint, is_produced_by
 from checkpoint_operator.logic.status import StatusChange
@@ -49,17 +50,15 @@ def own_output_claim(ctx: Context, tj: TrainingJob, claim: str, owners: list[dic
                      keep_job: bool) -> None:
     """Volume store: the output volume is owned by the job's Checkpoints (and, while it runs, by
     the job too), so deleting the job never takes the bytes of a Ready Checkpoint with it. The
-    one way owners are set: `owners` merged into what the claim has, conditionally (a 409 reads
-    it again); `keep_job=False` hands it over (the job's own reference goes)."""
+    one way owners are set: `owners` added to what the claim has, conditionally (a 409 reads it
+    again); `keep_job=False` hands it over (only the job's own reference goes: a Checkpoint
+    sealed at an earlier pass, or one that adopted a path of the volume, keeps holding it)."""
     for _ in range(MAX_OWNER_ATTEMPTS):
         pvc = ctx.kube.get(PVCS, tj.metadata.namespace, claim)
         if pvc is None:
             return
         current = pvc.get("metadata", {}).get("ownerReferences") or []
-        # The Checkpoints of earlier passes stay owners (a reference to one deleted since is
-        # harmless: the garbage collector deletes the claim once every owner is gone).
-        wanted = [o for o in current if keep_job or o.get("uid") != tj.metadata.uid]
-        wanted += [o for o in owners if o["uid"] not in {w.get("uid") for w in wanted}]
+        wanted = owners_after(current, owners, drop_uid=None if keep_job else tj.metadata.uid)
         if {o["uid"] for o in wanted} == {o.get("uid") for o in current}:
             return
         try:
@@ -67,7 +66,7 @@ def own_output_claim(ctx: Context, tj: TrainingJob, claim: str, owners: list[dic
                 "ownerReferences": wanted, "resourceVersion": pvc["metadata"].get("resourceVersion")}})
             return
         except Conflict:
-            continue  # changed meanwhile (a binder, a GC): merge into the new version
+            continue  # changed meanwhile (a binder, a GC): add to the new version
     raise Conflict(409, "Conflict", f"PersistentVolumeClaim {claim}: its owners kept changing; will retry")
 
 
