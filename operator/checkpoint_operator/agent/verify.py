@@ -115,8 +115,8 @@ def verify_directory(root: str, digest: Optional[str] = None, *, max_size: Optio
     stored = manifest_path or os.path.join(root, MANIFEST_NAME)
     if manifest_path or os.path.isfile(stored):
         try:
-            with open(stored, "rb") as f:
-                raw = f.read(MAX_MANIFEST_BYTES + 1)
+            with open(stored, "rb") as stream:
+                raw = stream.read(MAX_MANIFEST_BYTES + 1)
         except OSError as exc:
             raise AgentError(f"{stored}: the checkpoint's manifest cannot be read ({exc.strerror})") from None
         try:
@@ -256,7 +256,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if args.json:
         print(json.dumps(result.summary()), flush=True)
-    elif result.verified:
+    elif result.verified and result.manifest is not None:  # (verified: a manifest and no problems)
         m = result.manifest
         print(f"verified: {m.fileCount} files, {m.sizeBytes} bytes at {result.location} match the manifest "
               f"({m.digest})")

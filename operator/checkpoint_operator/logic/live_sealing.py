@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Optional
 
+from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.logic.security_context import sidecar_context
 from checkpoint_operator.protocol import channel
 from checkpoint_operator.protocol.names import path_problem
@@ -48,8 +49,9 @@ def resume_path(output_dir: str) -> str:
     return posixpath.join(output_dir, LIVE_DIR, "resume")
 
 
-def sidecar_parts(tj, command: list[str], image: str, pull_policy: str, resources: dict, env: list[dict],
-                  output_volume: str, template_spec: dict) -> tuple[dict, dict]:
+def sidecar_parts(tj: TrainingJob, command: list[str], image: str, pull_policy: str, resources: dict[str, Any],
+                  env: list[dict[str, Any]], output_volume: str,
+                  template_spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the sidecar container, the downwardAPI volume). It runs as the training containers'
     user (runAsUser/runAsGroup of the first container, else the pod's), so that it may remove
     the write bits of their files and the directories retention releases; "restricted" otherwise
@@ -162,11 +164,11 @@ def merge(into: LogEvents, more: LogEvents) -> LogEvents:
 Stamp = tuple[int, int]  # (whole seconds since the epoch, nanoseconds)
 
 
-def _stamp_text(match: re.Match) -> str:
+def _stamp_text(match: re.Match[str]) -> str:
     return f"{match.group(1)}{'.' + match.group(2) if match.group(2) else ''}{match.group(3)}"
 
 
-def _stamp(match: re.Match) -> Stamp:
+def _stamp(match: re.Match[str]) -> Stamp:
     moment = datetime.fromisoformat(match.group(1) + ("+00:00" if match.group(3) == "Z" else match.group(3)))
     return int(moment.timestamp()), int((match.group(2) or "0").ljust(9, "0"))
 
@@ -238,9 +240,23 @@ def new_lines(text: str, cursor: LogCursor, *, limit_bytes: int, what: str = "th
     return LogPiece("\n".join(taken), LogCursor(stamp, same))
 
 
+
+@dataclass
+class LiveMemory:
+    """What the operator remembers of a running job between passes (in memory only: lost on a
+    restart, which costs a re-read of the sidecars' logs, a repeated warning or annotation, never
+    a duplicate Checkpoint)."""
+
+    cursors: dict[str, LogCursor] = field(default_factory=dict)  # pod -> where its log was read to
+    pending: LogEvents = field(default_factory=LogEvents)        # read, not yet acted on
+    annotated: dict[str, str] = field(default_factory=dict)       # pod -> the removal annotation it has
+    reported: set[tuple[Optional[str], ...]] = field(default_factory=set)  # warnings already posted as events
+
+
 # --- operator -> sidecar ----------------------------------------------------------------------------
 
-def removal_annotation(retired: Iterable[tuple[str, str]], still_there: Iterable[tuple[str, str]]) -> str:
+def removal_annotation(retired: Iterable[tuple[str, str]],
+                       still_there: Iterable[tuple[Optional[str], Optional[str]]]) -> str:
     """The annotation value that asks the sidecar to remove the retired directories whose
     Checkpoint is gone (`still_there`: those whose Checkpoint still exists, maybe held by a user)."""
     holding = set(still_there)

@@ -87,7 +87,7 @@ def decode(line: str, expected: tuple[type[R], ...]) -> R:
     if model not in expected:
         raise ResultError(f"the agent wrote a {kind} result where a {wanted} result was expected")
     try:
-        return model.model_validate(data)  # type: ignore[return-value]
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ResultError(f"the agent's {kind} result is invalid: {first_error(exc)}") from None
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import IO, Any, Iterable, Optional
+from typing import IO, Any, Iterable, Optional, Union
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
@@ -152,7 +152,7 @@ def _first_validation_error(exc: ValidationError) -> str:
     return f"{where or 'manifest'}: {err.get('msg', 'invalid')}{more}"
 
 
-def parse_manifest(body, where: str) -> Manifest:
+def parse_manifest(body: Union[bytes, bytearray, str, dict[str, Any]], where: str) -> Manifest:
     """A manifest from its JSON text (or already parsed JSON), checked for consistency;
     AgentError (one line naming `where`) otherwise."""
     if isinstance(body, (bytes, bytearray, str)):

@@ -14,14 +14,13 @@ recorded (a crash in between reruns an idempotent pod).
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from dataclasses import dataclass
-from typing import Generic, Optional, TypeVar, Union
+from typing import Any, Generic, Optional, TypeVar, Union
 
-from checkpoint_operator.api.checkpoint import Checkpoint
+from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointStatus
 from checkpoint_operator.api.common import PodPhase
-from checkpoint_operator.api.trainingjob import TrainingJob
+from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobStatus
 from checkpoint_operator import metrics
 from checkpoint_operator.kube import PODS, ApiError, Conflict
 from checkpoint_operator.logic.agent_pods import PodProblem, last_error_line, pod_failure, pod_problem
@@ -80,7 +79,7 @@ class PodFailed:
 Outcome = Union[Waiting, Finished[R], PodFailed]
 
 
-def follow(ctx: Context, owner: Owner, body: dict, task: AgentTask[R], started: Optional[StatusChange] = None
+def follow(ctx: Context, owner: Owner, body: dict[str, Any], task: AgentTask[R], started: Optional[StatusChange] = None
            ) -> Outcome[R]:
     """Where the owner's agent pod `body` is: created now (its UID recorded with `started`),
     waiting, failed, or finished with its result."""
@@ -99,8 +98,9 @@ def follow(ctx: Context, owner: Owner, body: dict, task: AgentTask[R], started: 
             return Waiting(problem=PodProblem("PodRefused", f"creating {task.what} pod {name} was refused: "
                                                             f"{exc.message}"), retry_after=REFUSED_RETRY)
         uid = created["metadata"]["uid"]
-        started = started or StatusChange()
-        change = dataclasses.replace(started, fields={**started.fields, task.uid_field: uid})
+        recorded_uid = (TrainingJobStatus if isinstance(owner, TrainingJob) else CheckpointStatus
+                        ).model_validate({task.uid_field: uid})
+        change = (started or StatusChange()).with_fields(recorded_uid)
         if isinstance(owner, TrainingJob):
             write_status(ctx, owner, change)
         else:
@@ -134,7 +134,7 @@ def follow(ctx: Context, owner: Owner, body: dict, task: AgentTask[R], started: 
         return PodFailed(f"{task.what} pod {name}: {exc}")
 
 
-def read_result(ctx: Context, pod: dict, kinds: tuple[type[R], ...], container: Optional[str] = None) -> R:
+def read_result(ctx: Context, pod: dict[str, Any], kinds: tuple[type[R], ...], container: Optional[str] = None) -> R:
     """The agent's result in the last lines of the pod's log, read bounded; ResultError otherwise.
     When the limit cuts those lines short of a whole result, the last line alone is read again."""
     meta = pod["metadata"]
@@ -172,7 +172,7 @@ def wait_for(waiting: Waiting, *, reason: Optional[str], message: str, current_r
     return Wait(reason, message, warning=False)
 
 
-def _failure_message(ctx: Context, pod: dict, what: str) -> str:
+def _failure_message(ctx: Context, pod: dict[str, Any], what: str) -> str:
     """The failure and the failed container's own last error line (an init container's, when
     that is the one that failed: the main container then never ran), from a bounded tail."""
     failure = pod_failure(pod, what)
@@ -186,5 +186,5 @@ def _failure_message(ctx: Context, pod: dict, what: str) -> str:
     return f"{failure.message}: {line}" if line else failure.message
 
 
-def finish(ctx: Context, body: dict) -> None:
+def finish(ctx: Context, body: dict[str, Any]) -> None:
     ctx.kube.delete(PODS, body["metadata"]["namespace"], body["metadata"]["name"])

@@ -14,10 +14,10 @@ take the data where the store keeps it, verify it, make it Ready like any import
 
 from __future__ import annotations
 
-import dataclasses
+from typing import Any
 
-from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointPhase
-from checkpoint_operator.api.upload import UPLOAD_REQUEST_ANNOTATION
+from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointPhase, CheckpointStatus
+from checkpoint_operator.api.upload import UPLOAD_REQUEST_ANNOTATION, UploadStatus
 from checkpoint_operator.reconcile import agent_runs, template_claims, volumes
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.annotation_requests import clear_stale_pod, drop_request
@@ -27,9 +27,9 @@ from checkpoint_operator.logic.results import Done, Fail, Result, Wait
 from checkpoint_operator.logic.snapshot import ready_change
 from checkpoint_operator.logic.status import StatusChange
 from checkpoint_operator.storage import store_for
-from checkpoint_operator.protocol.manifest import MANIFEST_NAME
 from checkpoint_operator.protocol.results import TransferReport
 from checkpoint_operator import metrics
+
 
 # The receiver (volume store) or the checker (s3 store) of a push: its UID recorded before its result is read.
 UPLOAD = agent_runs.AgentTask("upload", "agentPodUid", (TransferReport,))
@@ -38,42 +38,33 @@ UPLOAD = agent_runs.AgentTask("upload", "agentPodUid", (TransferReport,))
 def await_upload(ctx: Context, checkpoint: Checkpoint) -> Result:
     from checkpoint_operator.reconcile.checkpoint_import import import_limit
     store = store_for(ctx.config)
-    meta = checkpoint.metadata
-    uri = store.prefix_for(meta.namespace, meta.name, meta.uid) if store.name == "s3" else None
-    target = transfers.upload_status(store.name, checkpoint, uri=uri, endpoint=ctx.config.s3_endpoint)
+    target = store.upload_target(checkpoint)
     request = transfers.upload_request(checkpoint)
     if not isinstance(request, transfers.UploadRequest):
-        if request is None and checkpoint.ready_reason() == "WaitingForUpload" \
-                and (checkpoint.status.to_wire().get("upload") or {}) == target:
+        if request is None and checkpoint.ready_reason() == "WaitingForUpload" and checkpoint.status.upload == target:
             return Wait()  # already waiting: keep the message (why the last push attempt ended)
-        message = request or transfers.waiting_message(checkpoint, store.name, uri)
+        message = request or transfers.waiting_message(checkpoint, target)
         return _waiting(ctx, checkpoint, target, message)
     limit = import_limit(ctx, checkpoint)
-    if store.name == "s3":
-        pod = transfers.build_upload_check_pod(checkpoint, ctx.config, request, uri, store.agent_env(), limit)
-        location = {"s3": {"uri": uri}}
-        describe = f"verifying the pushed data at {uri}"
-    else:
-        squatted = template_claims.squatted(ctx, meta.namespace, workload.import_claim_name(checkpoint))
+    if not isinstance(limit, int):
+        return limit  # the limit cannot be read: wait (never a pod without one)
+    if store.import_needs_claim:  # the volume store: the data lands on the Checkpoint's own claim
+        squatted = template_claims.squatted(ctx, checkpoint.metadata.namespace, workload.import_claim_name(checkpoint))
         if squatted:
             return Wait("ClaimNamedByTrainingJob", squatted, requeue_after=template_claims.SQUAT_RECHECK)
         foreign = volumes.ensure_owned_claim(ctx, checkpoint, workload.build_import_claim(checkpoint, ctx.config))
         if foreign is not None:
             return foreign
-        pod = transfers.build_receiver_pod(checkpoint, ctx.config, request, limit)
-        target = transfers.upload_status(store.name, checkpoint, pod=pod["metadata"]["name"])
-        # The push's own manifest stays beside the data it describes (agent unpack writes it there).
-        location = {"volume": {"claimName": workload.import_claim_name(checkpoint), "path": workload.IMPORT_DIR,
-                               "manifest": f"{workload.IMPORT_DIR}/{MANIFEST_NAME}"}}
-        describe = f"pod {pod['metadata']['name']} is ready to receive the push"
+    serving = store.upload_pod(checkpoint, request, limit)
+    pod = serving.pod
     if clear_stale_pod(ctx, pod, request.value):
         return Wait()
-    started = StatusChange(phase=CheckpointPhase.IMPORTING, reason="Receiving", message=describe, event="Normal",
-                           fields={"upload": target, "owned": True})
+    started = StatusChange(phase=CheckpointPhase.IMPORTING, reason="Receiving", message=serving.describe,
+                           event="Normal", fields=CheckpointStatus(upload=serving.target, owned=True))
     run = agent_runs.follow(ctx, checkpoint, pod, UPLOAD, started)
     if isinstance(run, agent_runs.Waiting):
-        return agent_runs.wait_for(run, reason=None, message=describe, current_reason=checkpoint.ready_reason(),
-                                   problem_prefix=describe)
+        return agent_runs.wait_for(run, reason=None, message=serving.describe,
+                                   current_reason=checkpoint.ready_reason(), problem_prefix=serving.describe)
     if isinstance(run, agent_runs.PodFailed):
         return _retry(ctx, checkpoint, pod, request, target, f"the last push attempt failed: {run.message}")
     result = run.result
@@ -88,30 +79,30 @@ def await_upload(ctx: Context, checkpoint: Checkpoint) -> Result:
     manifest = result.checkpoint
     if checkpoint.spec.format:  # the pusher's hint wins over detection (spec.format)
         manifest = manifest.model_copy(update={"format": checkpoint.spec.format})
-    ready = ready_change(manifest, location, owned=True)
-    write_status(ctx, checkpoint, dataclasses.replace(ready, fields={**ready.fields, "upload": None}))
+    ready = ready_change(manifest, serving.location, owned=True)
+    write_status(ctx, checkpoint, ready.with_fields(CheckpointStatus(upload=None)))
     metrics.TRANSFERRED_BYTES.labels("import").inc(manifest.sizeBytes)
     agent_runs.finish(ctx, pod)
     drop_request(ctx, checkpoint, UPLOAD_REQUEST_ANNOTATION, request.value)
     return Done()
 
 
-def _waiting(ctx: Context, checkpoint: Checkpoint, target: dict, message: str) -> Result:
+def _waiting(ctx: Context, checkpoint: Checkpoint, target: UploadStatus, message: str) -> Result:
     """Pending, and where the data goes. On s3 the prefix is owned from now on: data pushed
     there is deleted with the Checkpoint even if it never becomes Ready."""
     write_status(ctx, checkpoint, StatusChange(phase=CheckpointPhase.PENDING, reason="WaitingForUpload",
                                                message=message, event="Normal",
-                                               fields={"upload": target, "owned": True}))
+                                               fields=CheckpointStatus(upload=target, owned=True)))
     return Wait()
 
 
-def _retry(ctx: Context, checkpoint: Checkpoint, pod: dict, request: transfers.UploadRequest, target: dict,
-           why: str) -> Result:
-    store = store_for(ctx.config)
-    target = {k: v for k, v in target.items() if k != "pod"}
-    message = f"{why}; {transfers.waiting_message(checkpoint, store.name, target.get('uri'))}"
+def _retry(ctx: Context, checkpoint: Checkpoint, pod: dict[str, Any], request: transfers.UploadRequest,
+           target: UploadStatus, why: str) -> Result:
+    """Waiting for a push again (`target`: status.upload without a receiver pod)."""
+    message = f"{why}; {transfers.waiting_message(checkpoint, target)}"
     write_status(ctx, checkpoint, StatusChange(phase=CheckpointPhase.PENDING, reason="WaitingForUpload",
-                                               message=message, event="Warning", fields={"upload": target}))
+                                               message=message, event="Warning",
+                                               fields=CheckpointStatus(upload=target)))
     agent_runs.finish(ctx, pod)
     drop_request(ctx, checkpoint, UPLOAD_REQUEST_ANNOTATION, request.value)
     return Wait()

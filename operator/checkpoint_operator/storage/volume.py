@@ -7,10 +7,12 @@ it with the last of them. Nothing but a StorageClass is needed."""
 from __future__ import annotations
 
 import posixpath
+from typing import Any, Optional
 
-from checkpoint_operator.protocol.manifest import MANIFESTS_DIR
+from checkpoint_operator.protocol.manifest import MANIFEST_NAME, MANIFESTS_DIR
 from checkpoint_operator.protocol.results import MAX_ITEMS, CheckpointSummary
-from checkpoint_operator.api.checkpoint import Checkpoint
+from checkpoint_operator.api.checkpoint import Checkpoint, Location, VolumeLocation
+from checkpoint_operator.api.upload import UploadStatus
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.logic import agent_commands
 from checkpoint_operator.logic.agent_pods import INPUT_VOLUME_PREFIX, InputVolumes, agent_container
@@ -18,7 +20,8 @@ from checkpoint_operator.logic.inputs import ResolvedInput
 from checkpoint_operator.logic.import_sources import import_spec
 from checkpoint_operator.logic.workload import IMPORT_DIR, import_claim_name, import_data_dir
 from checkpoint_operator.logic.snapshot import NotStorable
-from checkpoint_operator.storage.base import Store, volume_location
+from checkpoint_operator.logic.transfers import UploadRequest, build_receiver_pod
+from checkpoint_operator.storage.base import PodParts, Store, UploadPod, volume_location
 
 
 class VolumeStore(Store):
@@ -29,17 +32,20 @@ class VolumeStore(Store):
 
     def input_volumes(self, tj: TrainingJob, inputs: list[ResolvedInput]) -> InputVolumes:
         """Each input's PVC, read-only, with subPath at <inputDir>/<name>; one volume per claim."""
-        volumes: dict[str, dict] = {}
+        volumes: dict[str, dict[str, Any]] = {}
         mounts = []
         for item in inputs:
-            location = item.location["volume"]
-            claim = location["claimName"]
+            location = item.location.volume
+            if location is None:
+                raise ValueError(f"input {item.name} is not on a volume (status.location has no volume)")
+            claim = location.claimName
             volume_name = volumes.setdefault(claim, {
                 "name": f"{INPUT_VOLUME_PREFIX}{len(volumes)}",
                 "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})["name"]
             base = posixpath.join(tj.spec.inputDir, item.mount_name)
-            sub_path = posixpath.normpath(location.get("path", ".").lstrip("/") or ".")
-            for rel in location.get("items") or [None]:  # items: only these files (e.g. the root files)
+            sub_path = posixpath.normpath(location.path.lstrip("/") or ".")
+            items: list[Optional[str]] = [*location.items] if location.items else [None]
+            for rel in items:  # items: only these files (e.g. the root files)
                 path = sub_path if rel is None else posixpath.join(sub_path, rel)
                 mounts.append({"name": volume_name, "readOnly": True,
                                "mountPath": base if rel is None else posixpath.join(base, rel),
@@ -51,7 +57,7 @@ class VolumeStore(Store):
         return agent_commands.scan(output_dir, layout=tj.spec.output.layout, result=True,
                                    manifests_dir=posixpath.join(output_dir, MANIFESTS_DIR))
 
-    def snapshot_location(self, tj: TrainingJob, claim: str, manifest: CheckpointSummary, layout: str) -> dict:
+    def snapshot_location(self, tj: TrainingJob, claim: str, manifest: CheckpointSummary, layout: str) -> Location:
         """The root files (and, in the `files` layout, each file) share their directory with
         other checkpoints, so only their own files are listed as items (mounted one by one)."""
         if layout == "files":
@@ -63,7 +69,7 @@ class VolumeStore(Store):
             return volume_location(claim, ".", manifest, items=manifest.items)
         return volume_location(claim, manifest.path, manifest)
 
-    def import_containers(self, checkpoint: Checkpoint, max_size: int) -> tuple[list[dict], list[dict], list[dict]]:
+    def import_containers(self, checkpoint: Checkpoint, max_size: int) -> PodParts:
         data_dir = import_data_dir()
         source = import_spec(checkpoint)
         mount = [{"name": "data", "mountPath": posixpath.dirname(data_dir)}]
@@ -80,5 +86,18 @@ class VolumeStore(Store):
         volumes = [{"name": "data", "persistentVolumeClaim": {"claimName": import_claim_name(checkpoint)}}, *source.volumes]
         return [], [container], volumes
 
-    def import_location(self, checkpoint: Checkpoint, claim: str, manifest: CheckpointSummary) -> dict:
+    def import_location(self, checkpoint: Checkpoint, claim: str, manifest: CheckpointSummary) -> Location:
         return volume_location(claim, IMPORT_DIR, manifest)
+
+    def upload_target(self, checkpoint: Checkpoint) -> UploadStatus:
+        return UploadStatus(store="volume", claimName=import_claim_name(checkpoint))
+
+    def upload_pod(self, checkpoint: Checkpoint, request: UploadRequest, max_size: int) -> UploadPod:
+        """A receiver pod on the Checkpoint's own PVC takes the pushed stream and checks it; the
+        push's own manifest stays beside the data it describes (agent unpack writes it there)."""
+        pod = build_receiver_pod(checkpoint, self.config, request, max_size)
+        name = pod["metadata"]["name"]
+        location = Location(volume=VolumeLocation(claimName=import_claim_name(checkpoint), path=IMPORT_DIR,
+                                                  manifest=f"{IMPORT_DIR}/{MANIFEST_NAME}"))
+        return UploadPod(pod, UploadStatus(store="volume", claimName=import_claim_name(checkpoint), pod=name),
+                         location, f"pod {name} is ready to receive the push")

@@ -115,8 +115,8 @@ def test_a_stored_manifest_is_mounted_alone_and_given_to_verify_and_pull():
     assert {"name": "data", "readOnly": True, "mountPath": transfers.MANIFEST_MOUNT,
             "subPath": stored} in container["volumeMounts"]
     assert parse(container["command"]).manifest == transfers.MANIFEST_MOUNT
-    location = ready.status.location.to_wire()
-    assert parse(transfers.pull_command(location)).manifest == transfers.MANIFEST_MOUNT
+    volume = ready.status.location.volume
+    assert parse(transfers.pull_command(volume)).manifest == transfers.MANIFEST_MOUNT
     pull = transfers.build_pull_pod(ready, CONFIG, "p1")
     assert transfers.MANIFEST_MOUNT in {m["mountPath"] for m in pull["spec"]["containers"][0]["volumeMounts"]}
 
