@@ -16,6 +16,7 @@ from checkpoint_operator.local.server import ApiClient
 from checkpoint_operator.protocol import channel
 from checkpoint_operator.protocol.results import CheckpointSummary, ScanReport
 from conftest import CKPT, NS, TJ, Trainer, training_job, write_checkpoint
+from formats_files import torch_file
 from test_operator_lifecycle import events_for, sha256sum_digest, wait_phase
 
 pytestmark = pytest.mark.timeout(240)
@@ -110,8 +111,9 @@ async def test_a_pod_that_merely_carries_a_worker_s_labels_is_not_read(api, oper
     go = threading.Event()
 
     def train(attempt, env):
-        write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-1", {"model.pt": b"w"})
-        write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-2", {"model.pt": b"w2"})  # step-1 is done: sealed
+        # Real torch files: an incomplete checkpoint is held until the writer exits (docs/concepts.md).
+        write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-1", {"model.pt": torch_file("w")})
+        write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-2", {"model.pt": torch_file("w2")})  # step-1 sealed
         assert go.wait(90)
         return 0
     trainer.behaviours["busy"] = train
