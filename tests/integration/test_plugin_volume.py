@@ -87,7 +87,7 @@ async def test_an_interrupted_push_resumes_and_sends_only_the_rest(ckpt, api, op
         return session.finish(), session.last_error()
     code, error = await asyncio.to_thread(cut_off_push)
     assert code == 1 and "'config.json' was neither sent nor is it in" in error
-    claim_dir = cluster.claim_dir(NS, "resumed-data")
+    claim_dir = cluster.claim_dir(NS, f"resumed-data-{body['metadata']['uid'][:8]}")
     assert (claim_dir / "data" / "model.safetensors").exists()  # kept: verified before it got its name
     assert not (claim_dir / ".ckpt-upload-data.commit").exists()
     assert (await api.get(CKPT, NS, "resumed"))["status"]["phase"] == "Importing"  # nothing partial is Ready
@@ -156,9 +156,10 @@ async def test_an_upload_checkpoint_waits_and_says_what_to_do(api, operator, clu
     body = await wait_for(waiting, timeout=20)
     assert body["status"]["phase"] == "Pending"
     assert "kubectl ckpt push DIR --name later -n default" in body["status"]["message"]
-    assert body["status"]["upload"] == {"store": "volume", "claimName": "later-data"}
+    claim = f"later-data-{body['metadata']['uid'][:8]}"
+    assert body["status"]["upload"] == {"store": "volume", "claimName": claim}
     # nothing is provisioned until a push asks for it
-    assert await api.get("v1/persistentvolumeclaims", NS, "later-data") is None
+    assert await api.get("v1/persistentvolumeclaims", NS, claim) is None
 
 
 async def test_lineage_across_two_jobs_and_ls(ckpt, api, operator, cluster, trainer, wait_for, tmp_path):

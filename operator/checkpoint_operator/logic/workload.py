@@ -282,12 +282,15 @@ IMPORT_SIZE_ANNOTATION = "ckpt.dev/volume-size"
 
 
 def import_claim_name(checkpoint: Checkpoint) -> str:
-    return import_claim_name_for(checkpoint.metadata.name)
+    return import_claim_name_for(checkpoint.metadata.name, checkpoint.metadata.uid)
 
 
-def import_claim_name_for(name: str) -> str:
-    """The claim of an import or a push (volume store)."""
-    return child_name(name, "data")
+def import_claim_name_for(name: str, uid: str) -> str:
+    """The claim of an import or a push (volume store). It holds the Checkpoint's uid, which the
+    API server assigns when the Checkpoint is created: no pod template, Job or pod could name the
+    claim before its Checkpoint existed (and from then on a template naming it is refused by name,
+    docs/guarantees.md)."""
+    return child_name(name, f"data-{uid[:8]}")
 
 
 def import_origin(checkpoint: Checkpoint) -> str:

@@ -44,6 +44,8 @@ def await_upload(ctx: Context, checkpoint: Checkpoint) -> Result:
         message = request or transfers.waiting_message(checkpoint, store.name, uri)
         return _waiting(ctx, checkpoint, target, message)
     limit = import_limit(ctx, checkpoint)
+    if not isinstance(limit, int):
+        return limit
     if store.name == "s3":
         pod = transfers.build_upload_check_pod(checkpoint, ctx.config, request, uri, store.agent_env(), limit)
         location = {"s3": {"uri": uri}}

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping, Optional
 from checkpoint_operator.api.checkpoint import IMPORT_KINDS
 from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator.logic.agent_pods import PodProblem, pod_problem
-from checkpoint_operator.logic.claim_guard import MAX_TEMPLATE_CLAIMS, claim_references
+from checkpoint_operator.logic.claim_guard import MAX_TEMPLATE_CLAIMS, claim_references, distinct_claims
 from checkpoint_operator.logic.inputs import CheckpointInfo, TrainingJobInfo
 from checkpoint_operator.logic.protection import used_uids
 from checkpoint_operator.logic.workload import (LABEL_COMPONENT, LABEL_TRAINING_JOB_UID, import_claim_name_for,
@@ -46,7 +46,7 @@ def checkpoint_keys(body: Mapping) -> dict:
     if volume.get("claimName"):
         keys[("claim", namespace, volume["claimName"])] = info.name
     if any(source.get(kind) is not None for kind in CLAIM_OWNING_SOURCES):
-        keys[("managed-claim", namespace, import_claim_name_for(info.name))] = ("Checkpoint", info.name)
+        keys[("managed-claim", namespace, import_claim_name_for(info.name, info.uid))] = ("Checkpoint", info.name)
     return keys
 
 
@@ -58,8 +58,8 @@ def training_job_keys(body: Mapping) -> dict:
     if info.phase.is_finished:
         return keys
     template = ((body.get("spec") or {}).get("template") or {}).get("spec") or {}
-    for reference in claim_references(template)[:MAX_TEMPLATE_CLAIMS]:
-        keys[("template-claim", namespace, reference.claim)] = name
+    for claim in distinct_claims(claim_references(template))[:MAX_TEMPLATE_CLAIMS]:
+        keys[("template-claim", namespace, claim)] = name
     for ref in (body.get("spec") or {}).get("checkpoints") or []:
         for field, kind in (("name", "name"), ("uid", "uid"), ("fromTrainingJob", "producer")):
             if ref.get(field):
