@@ -13,6 +13,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 from checkpoint_operator.api.checkpoint import IMPORT_KINDS
 from checkpoint_operator.api.common import PodPhase
+from checkpoint_operator.logic import data_holds
 from checkpoint_operator.logic.agent_pods import PodProblem, pod_problem
 from checkpoint_operator.logic.claim_guard import MAX_TEMPLATE_CLAIMS, claim_references, distinct_claims
 from checkpoint_operator.logic.inputs import CheckpointInfo, TrainingJobInfo
@@ -45,6 +46,12 @@ def checkpoint_keys(body: Mapping) -> dict:
     volume = source.get("volume") or {}
     if volume.get("claimName"):
         keys[("claim", namespace, volume["claimName"])] = info.name
+    on_claim = data_holds.volume_pointer(info.name, source, body.get("status") or {})
+    if on_claim is not None:
+        keys[("on-claim", namespace, on_claim[0])] = on_claim[1]
+    s3_uri = (((body.get("status") or {}).get("location") or {}).get("s3") or {}).get("uri")
+    if isinstance(s3_uri, str) and s3_uri:
+        keys[("on-s3", namespace)] = data_holds.Pointer(info.name, (s3_uri,))
     if any(source.get(kind) is not None for kind in CLAIM_OWNING_SOURCES):
         keys[("managed-claim", namespace, import_claim_name_for(info.name, info.uid))] = ("Checkpoint", info.name)
     return keys
@@ -125,6 +132,14 @@ class Indexes:
 
     def checkpoints_on_claim(self, namespace: str, claim: str) -> list[str]:
         return self._all(self._checkpoints, ("claim", namespace, claim))
+
+    def pointers_on_claim(self, namespace: str, claim: str) -> list[data_holds.Pointer]:
+        """Where each Checkpoint on the claim points (adopted paths and locations)."""
+        return self._all(self._checkpoints, ("on-claim", namespace, claim))
+
+    def pointers_in_store(self, namespace: str) -> list[data_holds.Pointer]:
+        """The s3 prefix of each Checkpoint of the namespace whose data is in the store."""
+        return self._all(self._checkpoints, ("on-s3", namespace))
 
     def managed_claim(self, namespace: str, claim: str) -> Optional[tuple[str, str]]:
         """(kind, name) of the TrainingJob or Checkpoint the operator makes (or made) this claim for."""
