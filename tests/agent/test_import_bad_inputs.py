@@ -109,6 +109,33 @@ def test_ftp(ftp_server, tmp_path):  # noqa: F811
         assert PASSWORD not in line
 
 
+@pytest.mark.parametrize("user, password", [
+    (USER, "pa\\ss-word-0123"),                        # printable() doubled the backslash: not the password
+    (USER, "tab\tin-password"),                         # a tab became \x09
+    (USER, "quote'in\"password"),
+    ("u" * 240, "longsecretpassword-0123456789"),      # the reply was cut at 300 characters inside it
+    (USER, "pässwörd-ünïcode-0123"),
+    (USER, "esc\x1b[31m-red-0123"),
+])
+def test_an_echoed_password_never_leaks_escaped_or_cut(ftp_server, tmp_path, user, password):  # noqa: F811
+    """hostile1 D10: the agent masked the credential in the line it wrote, but only after escaping
+    and cutting the server's reply; a backslash, a control character or a cut made the credential
+    another string (failed before: `pa\\\\ss-word-0123`, `tab\\x09in-password`,
+    `longsecretpassword-012345678` in the line)."""
+    login = tmp_path / "login"
+    login.mkdir()
+    (login / "username").write_text(user)
+    (login / "password").write_text(password)
+    dest = tmp_path / "d"
+    run = run_agent("import", ftp_server.echo_url("m.tar"), str(dest), env={"CKPT_SOURCE_SECRET_DIR": str(login)})
+    line = one_line(run, dest, "the server refused", "***")
+    unescaped = line.replace("\\\\", "\\")
+    server_words = "550 Login of refused: password is not accepted here"
+    for n in range(6, len(password) + 1):  # no piece of it of 6 characters or more, escaped or not
+        for piece in {password[:n], password[-n:]} - {w for w in [password[-n:]] if w in server_words}:
+            assert piece not in run.stderr and piece not in unescaped, (piece, line)
+
+
 def test_s3(s3, tmp_path):  # noqa: F811
     cases = [
         (s3.uri("a%0D%0Ab/"), [], ["the import source", CONTROL, "percent-encoded"]),

@@ -188,9 +188,19 @@ async def test_an_upload_never_takes_over_a_claim_it_does_not_own(api, operator,
     ({"s3": {"uri": "s3://AKIAEXAMPLE:wJalrXUtnFEMI-example-secret@bucket/x/"}},
      "spec.source.s3.uri must not carry credentials"),
     ({"s3": {"uri": "s3://bucket/x/", "endpoint": "https://AKIAEXAMPLE:wJalrXUtnFEMI-example-secret@minio:9000"}},
-     "spec.source.s3.endpoint must be an http:// or https:// URL without credentials"),
+     "spec.source.s3.endpoint must not carry credentials"),
     ({"http": {"url": "ftp://ftp.example.com/dir%0D%0APASS%20x/m.tar"}},
      "spec.source.http.url must not hold control characters"),
+    # hostile1 D3, D4, D12: each was accepted, then crashed the agent or was quoted in statuses and events
+    ({"azureBlob": {"uri": "https://acct.blob.core.windows.net/models/llama/?sv=2020&sig=wJalrXUtnFEMI-example-secret"}},
+     "spec.source.azureBlob.uri must not carry credentials"),
+    ({"http": {"url": "http://127.0.0.1:9/x.tar?X-Amz-Credential=AKIA&X-Amz-Signature=wJalrXUtnFEMI-example-secret"}},
+     "spec.source.http.url must not carry credentials"),
+    ({"http": {"url": "http://[::1/x.tar"}}, "spec.source.http.url must be scheme://host[:port]/..."),
+    ({"http": {"url": "http://\uff55\uff20127.0.0.1:9/x.tar"}}, "spec.source.http.url must be scheme://host[:port]/..."),
+    ({"git": {"url": "https://h/r%E2%80%AE.git"}}, "spec.source.git.url must not hold control characters"),
+    ({"volume": {"claimName": "c", "path": "/a\nb"}}, "spec.source.volume.path must not hold control characters"),
+    ({"volume": {"claimName": "c", "path": "/\u202ex"}}, "spec.source.volume.path must not hold control characters"),
 ])
 async def test_the_api_refuses_credentials_and_control_characters_in_urls(api, source, words):
     """Issues 18 item 9 and 23 item 8: the CRD's rules, as local mode's admission (and a real API

@@ -37,13 +37,14 @@ from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.manifest import RESERVED_ROOT_NAMES, paths_problem
 from checkpoint_operator.agent.names import component_problem, printable
 from checkpoint_operator.agent.progress import Progress, human_bytes
+from checkpoint_operator.agent.redact import quoted
 from checkpoint_operator.agent.s3 import (
     describe_error, list_objects, make_client, manifest_exists, parse_s3_uri, parse_size, resolve_endpoint,
 )
 from checkpoint_operator.agent.sources import Limits, Options, Source, open_source
 from checkpoint_operator.agent.sources.base import http_error
 from checkpoint_operator.agent.tree import check_written_tree
-from checkpoint_operator.agent.urls import check_url, shown
+from checkpoint_operator.agent.urls import check_url, scheme_of, shown
 
 COPY_CHUNK = 8 * 1024 * 1024
 HTTP_TIMEOUT = 60
@@ -168,8 +169,9 @@ def _name_from_url(url: str) -> str:
 
 class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, req, fp, code, msg, headers, newurl):
-        if urllib.parse.urlparse(newurl).scheme not in ("http", "https"):
-            raise AgentError(f"{req.full_url}: redirected to {newurl!r}: only http(s) redirects are followed")
+        if scheme_of(newurl) not in ("http", "https"):
+            raise AgentError(f"{shown(req.full_url)}: redirected to '{shown(newurl)}': only http(s) redirects are "
+                             "followed")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
@@ -210,14 +212,14 @@ def fetch_http(url: str, target: str, max_size: int = DEFAULT_MAX_SIZE, ca_file:
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, AgentError):
             raise exc.reason from None
-        raise AgentError(f"{url}: cannot fetch: {printable(str(exc.reason))[:300]}") from None
+        raise AgentError(f"{url}: cannot fetch: {quoted(str(exc.reason))}") from None
     except http.client.IncompleteRead as exc:
         raise AgentError(f"{url}: connection closed mid-transfer, after {size + len(exc.partial)} bytes") from None
     except (http.client.BadStatusLine, http.client.LineTooLong, http.client.HTTPException) as exc:
         if isinstance(exc, ConnectionError):  # RemoteDisconnected: closed before any answer
             raise AgentError(f"{url}: connection closed without an answer") from None
         raise AgentError(f"{url}: not a valid HTTP response ({type(exc).__name__}: "
-                         f"{printable(str(exc))[:200]})") from None
+                         f"{quoted(str(exc), 200)})") from None
     except (ConnectionError, TimeoutError) as exc:
         raise AgentError(f"{url}: connection closed mid-transfer, after {size} bytes ({exc})") from None
     except OSError as exc:

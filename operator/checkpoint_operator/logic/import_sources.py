@@ -155,6 +155,15 @@ BUILDERS: dict[str, Callable[[CheckpointSource], ImportSpec]] = {
 }
 
 
+def shown_uri(uri: str) -> str:
+    """A source's URI as statuses and events show it: credentials before the host (the CRD refuses
+    them) masked, and the query left out ("?..."): it may carry a credential under a name the URL
+    rule does not know (a signed URL's own parameter); the spec keeps it whole."""
+    hidden = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@", r"\1***@", uri)
+    base, mark, _ = hidden.partition("?")
+    return base + ("?..." if mark else "")
+
+
 def import_spec(checkpoint: Checkpoint) -> ImportSpec:
     source = checkpoint.spec.source
     return BUILDERS[source.kind](source)
@@ -180,7 +189,7 @@ def parse_import_result(log: str) -> Optional[dict]:
 def source_status(spec: ImportSpec, provenance: Optional[dict]) -> tuple[Optional[dict], Optional[str]]:
     """(status.source, None), or (None, why the import cannot be recorded): a source that pins a
     commit must report one (a 40 or 64 digit hex commit id)."""
-    status: dict = {"kind": spec.kind, "uri": spec.uri[:MAX_URI]}
+    status: dict = {"kind": spec.kind, "uri": shown_uri(spec.uri)[:MAX_URI]}
     if spec.revision:
         status["revision"] = spec.revision
     resolved = (provenance or {}).get("resolvedRevision")

@@ -294,8 +294,8 @@ def import_claim_name_for(name: str, uid: str) -> str:
 
 
 def import_origin(checkpoint: Checkpoint) -> str:
-    """What an import fetches, as the agent is told (logic/import_sources.py)."""
-    return import_sources.import_spec(checkpoint).uri
+    """What an import fetches, as messages show it (logic/import_sources.py: no query, no userinfo)."""
+    return import_sources.shown_uri(import_sources.import_spec(checkpoint).uri)
 
 
 def build_import_claim(checkpoint: Checkpoint, config: OperatorConfig) -> dict:
