@@ -40,6 +40,7 @@ class ImportSpec:
     mounts: list[dict] = field(default_factory=list)
     revision: Optional[str] = None  # the revision asked for (huggingFace, git)
     pins_commit: bool = False  # the agent reports the commit it fetched; an import without it fails
+    secret: Optional[str] = None  # the source's Secret (secretRef): the only one its pod may read
 
 
 def _secret_env(secret: str, keys: tuple[str, ...], optional: bool = False) -> list[dict]:
@@ -50,6 +51,7 @@ def _secret_env(secret: str, keys: tuple[str, ...], optional: bool = False) -> l
 
 def _mounted_secret(spec: ImportSpec, secret: str) -> None:
     """The Secret as files (username, password) at SOURCE_SECRET_MOUNT, for Git and FTP."""
+    spec.secret = secret
     spec.volumes.append({"name": SOURCE_SECRET_VOLUME, "secret": {"secretName": secret, "defaultMode": 0o400}})
     spec.mounts.append({"name": SOURCE_SECRET_VOLUME, "mountPath": SOURCE_SECRET_MOUNT, "readOnly": True})
     spec.env.append({"name": SECRET_DIR_ENV, "value": SOURCE_SECRET_MOUNT})
@@ -69,6 +71,7 @@ def _s3(source: CheckpointSource) -> ImportSpec:
     if s3.region:
         spec.env.append({"name": "AWS_DEFAULT_REGION", "value": s3.region})
     if s3.secretRef:
+        spec.secret = s3.secretRef.name
         spec.env += _secret_env(s3.secretRef.name, ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"))
     return spec
 
@@ -102,6 +105,7 @@ def _hugging_face(source: CheckpointSource) -> ImportSpec:
     if hf.endpoint:
         spec.args += ["--endpoint-url", hf.endpoint]
     if hf.secretRef:
+        spec.secret = hf.secretRef.name
         spec.env += _secret_env(hf.secretRef.name, ("HF_TOKEN",))
     return spec
 
@@ -112,6 +116,7 @@ def _gcs(source: CheckpointSource) -> ImportSpec:
     if gcs.endpoint:
         spec.args += ["--endpoint-url", gcs.endpoint]
     if gcs.secretRef:
+        spec.secret = gcs.secretRef.name
         spec.env += _secret_env(gcs.secretRef.name, ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"))
     return spec
 
@@ -132,6 +137,7 @@ def _azure_blob(source: CheckpointSource) -> ImportSpec:
     if endpoint and endpoint.split(".", 1)[1] != "blob.core.windows.net":
         spec.args += ["--endpoint-url", endpoint]  # another cloud's (or a private endpoint's) suffix
     if azure.secretRef:  # whichever of the three keys the Secret has
+        spec.secret = azure.secretRef.name
         spec.env += _secret_env(azure.secretRef.name, AZURE_KEYS, optional=True)
     return spec
 

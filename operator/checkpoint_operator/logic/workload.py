@@ -279,6 +279,7 @@ def build_volume_scan_pod(checkpoint: Checkpoint, config: OperatorConfig) -> dic
 # --- imports (Checkpoints with source s3, http, huggingFace, gcs, azureBlob, git) ----------------
 
 IMPORT_SIZE_ANNOTATION = "ckpt.dev/volume-size"
+SOURCE_SECRET_ANNOTATION = "ckpt.dev/source-secret"  # an import pod's source Secret (the admission policy reads it)
 
 
 def import_claim_name(checkpoint: Checkpoint) -> str:
@@ -324,6 +325,10 @@ def build_import_pod(checkpoint: Checkpoint, config: OperatorConfig,
     """Fetch the source into the store: `parts` = (init containers, containers, volumes) from
     Store.import_containers; either way the pod prints the scan as JSON."""
     init_containers, containers, volumes = parts
-    metadata = {"name": import_pod_name(checkpoint), "namespace": checkpoint.metadata.namespace,
-                "labels": _checkpoint_labels(checkpoint, "import"), "ownerReferences": [owner_reference(checkpoint)]}
+    metadata: dict = {"name": import_pod_name(checkpoint), "namespace": checkpoint.metadata.namespace,
+                      "labels": _checkpoint_labels(checkpoint, "import"),
+                      "ownerReferences": [owner_reference(checkpoint)]}
+    secret = import_sources.import_spec(checkpoint).secret
+    if secret:  # the admission policy holds every Secret reference of the pod to this one
+        metadata["annotations"] = {SOURCE_SECRET_ANNOTATION: secret}
     return agent_pod(metadata, config, containers, volumes, init_containers)
