@@ -87,6 +87,18 @@ def test_http(web, tmp_path):  # noqa: F811
         assert AWS_SECRET not in line
 
 
+@pytest.mark.parametrize("member", [".checkpoint-manifest.json", "./.checkpoint-manifest.json",
+                                    ".checkpoint-upload-journal.json"])
+def test_an_archive_holding_the_agent_s_own_names_is_refused(web, tmp_path, member):  # noqa: F811
+    """hostile1 D9: a tar of a pulled (then edited) checkpoint carried its .checkpoint-manifest.json;
+    the import left it in DEST silently and verify and pull later took it as the manifest. Every
+    writer of DEST now refuses the reserved names, archives as Git and the Hub do (failed before:
+    imported, rc 0)."""
+    (web.root / "m.tar").write_bytes(tar_of(("config.json", b"{}"), (member, b'{"digest": "sha256:00"}')))
+    dest = tmp_path / "d"
+    one_line(run_agent("import", web.url("m.tar"), str(dest)), dest, "m.tar", "is reserved for the agent's own use")
+
+
 def test_ftp(ftp_server, tmp_path):  # noqa: F811
     (ftp_server.root / "m.tar").write_bytes(tar_of(("config.json", b"{}")))
     login = tmp_path / "login"

@@ -255,7 +255,7 @@ def _pull_through_pod(cluster: Cluster, body: dict, status: dict, args, io: Io) 
     value = request_value()
     cluster.annotate(name, {PULL_REQUEST_ANNOTATION: value})
     pod = wait_for_pod(cluster, transfers.pull_pod_name(name), value, body["metadata"]["uid"], args.timeout, io)
-    session = start_exec(cluster, pod, "hold", transfers.pull_command(), stdin=False)
+    session = start_exec(cluster, pod, "hold", transfers.pull_command(status.get("digest")), stdin=False)
     receiver_name = os.path.basename(os.path.abspath(args.dir))
     clean = getattr(args, "clean", False)
     try:
