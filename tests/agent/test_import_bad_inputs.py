@@ -99,6 +99,15 @@ def test_an_archive_holding_the_agent_s_own_names_is_refused(web, tmp_path, memb
     one_line(run_agent("import", web.url("m.tar"), str(dest)), dest, "m.tar", "is reserved for the agent's own use")
 
 
+def test_a_dest_that_cannot_be_written_names_dest_not_the_staging_directory(web):  # noqa: F811
+    """hostile1 D11: the line named `/proc/.ckpt-import-<hash>-<random>`, a path the user never sees."""
+    (web.root / "m.tar").write_bytes(tar_of(("config.json", b"{}")))
+    run = run_agent("import", web.url("m.tar"), "/proc/ckpt-dest")
+    assert run.error == ("error: /proc/ckpt-dest: cannot import there: No such file or directory (creating the "
+                         "import's staging directory in /proc)")
+    assert ".ckpt-import-" not in run.stderr
+
+
 def test_ftp(ftp_server, tmp_path):  # noqa: F811
     (ftp_server.root / "m.tar").write_bytes(tar_of(("config.json", b"{}")))
     login = tmp_path / "login"

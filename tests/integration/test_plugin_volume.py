@@ -284,3 +284,8 @@ async def test_a_manifest_that_came_with_the_data_is_never_trusted(ckpt, api, op
     assert pulled.code == 0, pulled.err
     assert (tmp_path / "back" / "config.json").read_bytes() == b'{"edited": true}'
     assert f"digest {ready['digest']}" in pulled.out
+
+
+async def test_a_push_of_a_file_that_changed_says_what_to_do(ckpt, api, operator, cluster, tmp_path, monkeypatch):
+    from plugin_helpers import push_of_a_file_changed_after_hashing
+    await push_of_a_file_changed_after_hashing(ckpt, api, tmp_path, monkeypatch, "racy")

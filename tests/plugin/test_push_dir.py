@@ -89,6 +89,20 @@ def test_everything_that_would_be_left_out_refuses_the_push_and_is_listed(tmp_pa
     sock.close()
 
 
+def test_too_many_entries_advise_what_a_push_can_set(tmp_path, monkeypatch):
+    """hostile1 D11: the refusal said 'raise --max-entries', a flag `kubectl ckpt push` has not."""
+    for i in range(5):
+        (tmp_path / f"f{i}").write_bytes(b"x")
+    monkeypatch.setenv("CKPT_SCAN_MAX_ENTRIES", "3")
+    with pytest.raises(Exception) as refused:
+        local_manifest(str(tmp_path), quiet()[0])
+    message = str(refused.value)
+    assert "more than 3 entries" in message and "CKPT_SCAN_MAX_ENTRIES, read by every command" in message
+    assert "raise --max-entries" not in message and "\n" not in message
+    monkeypatch.setenv("CKPT_SCAN_MAX_ENTRIES", "10")
+    assert local_manifest(str(tmp_path), quiet()[0]).fileCount == 5
+
+
 def test_an_empty_directory_is_refused_with_a_hint(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(PluginError, match="no files to push"):

@@ -89,15 +89,24 @@ class Staging:
         else:
             self.into_existing = False
             base = os.path.dirname(self.dest)
-            os.makedirs(base, exist_ok=True)
-            self._remove_stale(base)
-        self.root = tempfile.mkdtemp(prefix=self.prefix, dir=base)
-        self._lock_fd = os.open(os.path.join(self.root, _LOCK), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-        self.tree = os.path.join(self.root, "tree")  # what becomes DEST
-        os.mkdir(self.tree)
-        self.downloads = os.path.join(self.root, "download")  # archives before extraction
-        os.mkdir(self.downloads)
+        self.root = ""
+        self._lock_fd = -1
+        try:
+            if not self.into_existing:
+                os.makedirs(base, exist_ok=True)
+                self._remove_stale(base)
+            self.root = tempfile.mkdtemp(prefix=self.prefix, dir=base)
+            self._lock_fd = os.open(os.path.join(self.root, _LOCK), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            self.tree = os.path.join(self.root, "tree")  # what becomes DEST
+            os.mkdir(self.tree)
+            self.downloads = os.path.join(self.root, "download")  # archives before extraction
+            os.mkdir(self.downloads)
+        except OSError as exc:  # the staging directory's own (random) name says nothing to the user
+            if self.root:
+                self.discard()
+            raise AgentError(f"{dest}: cannot import there: {exc.strerror or exc} (creating the import's staging "
+                             f"directory in {base})") from None
 
     def _remove_stale(self, base: str) -> None:
         for name in os.listdir(base):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
-from checkpoint_operator.logic.conditions import get_condition, kstatus_conditions, set_condition
+from checkpoint_operator.logic.conditions import get_condition, kstatus_conditions, one_line_message, set_condition
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,9 @@ class ConditionChange:
     status: str      # "True" | "False" | "Unknown"
     reason: str
     message: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "message", one_line_message(self.message))
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,9 @@ class StatusChange:
     event: Optional[str] = None          # "Normal" | "Warning": posted when reason or message changed
     fields: Mapping[str, Any] = field(default_factory=dict)
     conditions: tuple[ConditionChange, ...] = ()
+
+    def __post_init__(self) -> None:  # every message of a status is one line (and so its event)
+        object.__setattr__(self, "message", one_line_message(self.message))
 
 
 def apply_change(status: Mapping[str, Any], change: StatusChange, *, generation: Optional[int], now: str,

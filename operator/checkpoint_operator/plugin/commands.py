@@ -26,6 +26,7 @@ import yaml
 from checkpoint_operator import API_VERSION, GROUP, VERSION
 from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.manifest import MANIFEST_NAME, Manifest
+from checkpoint_operator.agent.names import printable
 from checkpoint_operator.agent.progress import Progress, human_bytes
 from checkpoint_operator.api.checkpoint import CheckpointFormat, CheckpointSpec
 from checkpoint_operator.api.upload import (PULL_REQUEST_ANNOTATION, UPLOAD_DIGEST_ANNOTATION,
@@ -429,7 +430,7 @@ def _push_to_s3(cluster: Cluster, name: str, args, manifest: Manifest, upload: d
     try:
         upload_dir(args.dir, upload["uri"], manifest=manifest, endpoint_url=endpoint, follow_links=True, log=io.note)
     except AgentError as exc:
-        raise PluginError(f"push of {name}: {exc} (rerun to resume)") from None
+        raise PluginError(f"push of {name}: {exc} ({rerun_advice(cluster, name, args.dir, manifest)})") from None
 
 
 def _push_through_pod(cluster: Cluster, body: dict, args, manifest: Manifest, value: str, io: Io) -> None:
@@ -461,7 +462,28 @@ def _push_through_pod(cluster: Cluster, body: dict, args, manifest: Manifest, va
         raise PluginError(f"push of {name}: {exc}") from None
     code = session.finish(timeout=args.timeout)
     if code != 0:
-        raise PluginError(f"push of {name} into pod {pod}: {session.last_error()} (rerun to resume)")
+        raise PluginError(f"push of {name} into pod {pod}: {session.last_error()} "
+                          f"({rerun_advice(cluster, name, args.dir, manifest)})")
+
+
+def rerun_advice(cluster: Cluster, name: str, directory: str, manifest: Manifest) -> str:
+    """What to do after a push that failed: rerun it (what arrived is kept), unless DIR no longer
+    holds what was hashed. Then a rerun is refused (the Checkpoint expects the first digest: hostile1
+    D11), and the way on is a new Checkpoint once DIR stops changing. Re-reads DIR's files once."""
+    from checkpoint_operator.agent.hashing import hash_files
+    from checkpoint_operator.agent.tree import locate_file
+    try:
+        paths = [locate_file(directory, e.path, follow_links=True)[0] for e in manifest.files]
+    except (AgentError, OSError):
+        paths = []
+    now = hash_files(paths, sizes=[e.size for e in manifest.files]) if paths else []
+    changed = [e.path for e, got in zip(manifest.files, now) if got != (e.size, e.sha256)]
+    if paths and not changed:
+        return "rerun to resume"
+    first = f" ('{printable(changed[0])}'{f' and {len(changed) - 1} more' if len(changed) > 1 else ''})" if changed else ""
+    return (f"{directory} changed since it was hashed{first}: Checkpoint {name} expects digest {manifest.digest}, so a "
+            f"rerun is refused; once the files stop changing, delete it (kubectl delete checkpoint {name} -n "
+            f"{cluster.namespace}) and push again")
 
 
 def remote_inventory(cluster: Cluster, pod: str) -> dict[str, tuple[int, str]]:

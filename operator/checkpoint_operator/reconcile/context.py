@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.kube import EVENTS, ApiError, Kube
-from checkpoint_operator.logic.conditions import now_rfc3339
+from checkpoint_operator.logic.conditions import now_rfc3339, one_line_message
 
 logger = logging.getLogger("checkpoint_operator")
 COMPONENT = "checkpoint-operator"
@@ -38,6 +38,7 @@ class Context:
     def event(self, obj: Any, type_: str, reason: str, message: str) -> None:
         """A Kubernetes Event on `obj` (an api model or a body) and a log line."""
         ref = _reference(obj)
+        message = one_line_message(message)  # an Event is one line, whatever it quotes
         log = logger.warning if type_ == "Warning" else logger.info
         log("%s %s/%s: %s: %s", ref["kind"], ref["namespace"], ref["name"], reason, message)
         now = now_rfc3339()
