@@ -222,6 +222,27 @@ def test_hugging_face(mini_hub, tmp_path):  # noqa: F811
         assert AWS_SECRET not in line
 
 
+TWINS = {"config.json": b"{}", "model.bin": b"1", "model\u200b.bin": b"2"}  # shows as model.bin twice
+
+
+def test_invisible_twins_are_refused_by_every_source(web, git_http, mini_hub, tmp_path):  # noqa: F811
+    """hostile1 D12: a zero-width space made a second `model.bin` in tables and events; tar, zip,
+    Git and the Hub imported both (failed before: rc 0 each)."""
+    (web.root / "twins.tar").write_bytes(tar_of(*TWINS.items()))
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w") as z:
+        for name, data in TWINS.items():
+            z.writestr(name, data)
+    (web.root / "twins.zip").write_bytes(zipped.getvalue())
+    git_http.add_repo("twins", TWINS)
+    mini_hub.add_repo("org/twins", TWINS)
+    for i, (uri, args) in enumerate([(web.url("twins.tar"), []), (web.url("twins.zip"), []),
+                                     (f"git+{git_http.url('twins')}", []),
+                                     ("hf://org/twins", ["--endpoint-url", mini_hub.endpoint])]):
+        dest = tmp_path / f"d{i}"
+        one_line(run_agent("import", uri, str(dest), *args), dest, "model\\u200b.bin", "invisible character U+200B")
+
+
 def test_one_line_whatever_the_message(tmp_path):
     """The agent's last guard: a failure whose text has line breaks (a server's reply) is still
     printed as one line."""

@@ -62,7 +62,7 @@ def test_everything_that_would_be_left_out_refuses_the_push_and_is_listed(tmp_pa
     directory = tmp_path / "ckpt"
     (directory / "sub").mkdir(parents=True)
     (directory / "config.json").write_bytes(CONFIG)
-    for name in ("line\nbreak.bin", "back\\slash.bin", "tab\there.bin", "bidi\u202etxt.bin"):
+    for name in ("line\nbreak.bin", "back\\slash.bin", "tab\there.bin", "bidi\u202etxt.bin", "model\u200b.bin"):
         (directory / name).write_bytes(b"x")
     (directory / "caf\u00e9").write_bytes(b"1")
     (directory / "cafe\u0301").write_bytes(b"2")
@@ -77,11 +77,12 @@ def test_everything_that_would_be_left_out_refuses_the_push_and_is_listed(tmp_pa
     with pytest.raises(PluginError) as refused:
         local_manifest(str(directory), io_)
     message = str(refused.value)
-    assert "12 entries would not be part of the checkpoint" in message and "nothing pushed" in message, message
+    assert "13 entries would not be part of the checkpoint" in message and "nothing pushed" in message, message
     assert "\n" not in message
     listed = err.getvalue()
     for shown, why in [("line\\nbreak.bin", "control character U+000A"), ("back\\\\slash.bin", "backslash"),
                        ("tab\\x09here.bin", "control character U+0009"), ("bidi\\u202etxt.bin", "bidirectional"),
+                       ("model\\u200b.bin", "invisible character U+200B"),
                        ("caf\\u00e9", "Unicode normalization"), ("cafe\\u0301", "Unicode normalization"),
                        ("broken", "broken symlink"), ("loop-a", "symlink loop"), ("loop-b", "symlink loop"),
                        ("sub/cycle", "a cycle"), ("pipe", "fifo"), ("sock", "socket")]:
