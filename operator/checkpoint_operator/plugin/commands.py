@@ -235,6 +235,11 @@ def make_room(directory: str, manifest: Optional[Manifest], digest: Optional[str
         found.count = len(found.foreign)
     if not found.count:
         return
+    if clean and not pull_target.pulled_into(directory, manifest):
+        raise PluginError(f"{directory}: --clean empties only a directory a pull wrote, and this one holds no pull "
+                          f"(no {MANIFEST_NAME}, none of the checkpoint's files) but {found.count} entries of its own "
+                          f"(first {found.foreign[0].line()}): pull into a new or empty directory, or remove them "
+                          f"yourself")
     if clean:
         removed = pull_target.remove_foreign(directory, manifest, digest)
         for item in removed[:pull_target.MAX_LISTED]:

@@ -7,7 +7,7 @@ import hashlib
 import os
 
 from checkpoint_operator.agent.manifest import MANIFEST_NAME, FileEntry, Manifest, digest_of
-from checkpoint_operator.agent.pull_target import examine, remove_foreign
+from checkpoint_operator.agent.pull_target import examine, pulled_into, remove_foreign
 
 
 def manifest_of(files: dict[str, bytes]) -> Manifest:
@@ -64,3 +64,26 @@ def test_without_a_file_list_only_temporaries_may_be_there(tmp_path):
     assert examine(str(tmp_path), None, "sha256:" + "0" * 64).count == 0
     (tmp_path / "w.bin").write_bytes(b"w")
     assert [f.rel for f in examine(str(tmp_path), None, "sha256:" + "0" * 64).foreign] == ["w.bin"]
+
+
+def test_clean_is_allowed_only_where_a_pull_wrote(tmp_path):
+    """hostile1's note (`pull x ~ --clean`): a directory showing no trace of a pull is the user's."""
+    manifest = manifest_of(FILES)
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id").write_bytes(b"key")
+    (home / "config.json").write_bytes(b"a different size")  # a namesake is not the checkpoint's file
+    assert not pulled_into(str(home), manifest)
+    assert not pulled_into(str(home), None)
+    link = tmp_path / "link"
+    link.symlink_to(home)
+    assert not pulled_into(str(link), manifest)
+    assert pulled_into(str(tmp_path / "new"), manifest)
+    (tmp_path / "empty").mkdir()
+    assert pulled_into(str(tmp_path / "empty"), manifest)
+    for trace in (MANIFEST_NAME, ".ckpt-download-0123", "sub/w.bin"):
+        one = tmp_path / trace.replace("/", "_").lstrip(".")
+        os.makedirs(os.path.dirname(one / trace), exist_ok=True)
+        (one / trace).write_bytes(FILES.get(trace, b"x"))
+        (one / "junk").write_bytes(b"j")
+        assert pulled_into(str(one), manifest), trace
