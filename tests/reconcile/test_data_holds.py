@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from checkpoint_operator.api.checkpoint import Checkpoint
+from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointStatus
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.kube import TRAINING_JOBS, Kube
 from checkpoint_operator.reconcile import checkpoint as checkpoint_reconcile
@@ -55,11 +55,12 @@ def test_a_finished_job_removes_nothing_any_more(ctx):
 
 class _Recorder:
     def __init__(self) -> None:
-        self.deleted: list[dict] = []
+        self.deleted: list[CheckpointStatus] = []
 
-    def delete_owned_data(self, status: dict, namespace: str) -> str:
+    def delete_owned_data(self, status: CheckpointStatus, namespace: str) -> str:
         self.deleted.append(status)
-        return status["location"]["s3"]["uri"]
+        assert status.location is not None and status.location.s3 is not None
+        return status.location.s3.uri
 
 
 def s3_checkpoint(name: str, uri: str, owned: bool = True) -> dict:
@@ -84,4 +85,4 @@ def test_an_owned_prefix_another_checkpoint_points_into_is_kept(ctx, monkeypatch
 
     ctx.indexes = indexes(checkpoints=[doomed, s3_checkpoint("beside", "s3://b/ns/default/doomed-10/")])
     checkpoint_reconcile._delete_owned_data(ctx, Checkpoint.model_validate(doomed))
-    assert [s["location"]["s3"]["uri"] for s in store.deleted] == ["s3://b/ns/default/doomed-1/"]
+    assert [s.location.s3.uri for s in store.deleted if s.location and s.location.s3] == ["s3://b/ns/default/doomed-1/"]

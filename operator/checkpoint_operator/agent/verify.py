@@ -244,7 +244,7 @@ def main(args: argparse.Namespace) -> int:
                              endpoint_url=args.endpoint_url)
     if args.json:
         print(json.dumps(result.summary()), flush=True)
-    elif result.verified:
+    elif result.verified and result.manifest is not None:  # (verified: a manifest and no problems)
         m = result.manifest
         print(f"verified: {m.fileCount} files, {m.sizeBytes} bytes at {result.location} match the manifest "
               f"({m.digest})")

@@ -16,7 +16,7 @@ Three rules per field (`url_rules`), each its own one-line message:
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 from checkpoint_operator.api.rules import Rule
 
@@ -141,7 +141,7 @@ URL = rf"^{SCHEME}://([^/?#]*@)?{AUTHORITY}([/?#].*)?$"
 
 def python_pattern(pattern: str) -> str:
     """An RE2 pattern in Python's syntax: `\\x{HHHH}` as `\\uHHHH` / `\\UHHHHHHHH`."""
-    def char(match: re.Match) -> str:
+    def char(match: re.Match[str]) -> str:
         value = int(match.group(1), 16)
         return f"\\u{value:04x}" if value <= 0xFFFF else f"\\U{value:08x}"
     return re.sub(r"\\x\{([0-9A-Fa-f]+)\}", char, pattern)
@@ -174,7 +174,7 @@ def url_rules(field: str, field_path: str, optional: bool = False) -> tuple[Rule
     guard = f"!has(self.{field}) || " if optional else ""
     where = f"spec.source.{field_path}.{field}"
 
-    def check(predicate):
+    def check(predicate: Callable[[str], bool]) -> Callable[[dict[str, Any]], bool]:
         return lambda s: field not in s or predicate(s[field])
     return (
         Rule(f"{guard}!self.{field}.matches({cel_string(FORBIDDEN_CHAR)})",

@@ -11,17 +11,18 @@ from __future__ import annotations
 from typing import Optional
 
 from checkpoint_operator import PROTECTION_FINALIZER
-from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointPhase
+from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead, CheckpointPhase
 from checkpoint_operator.reconcile import annotation_requests, checkpoint_import, live_sealing
 from checkpoint_operator.reconcile.context import Context
-from checkpoint_operator.reconcile.objects import InvalidObject, parse, parse_tolerant
+from checkpoint_operator.reconcile.objects import InvalidObject, parse, parse_head
+from checkpoint_operator.reconcile import status_writer
 from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.kube import CHECKPOINTS, TRAINING_JOBS, Conflict
 from checkpoint_operator.logic import data_holds
 from checkpoint_operator.logic.protection import (blocking_users, deletion_blocked_message, used_by_status,
                                                   uses_selector)
-from checkpoint_operator.logic.results import Fail, Result, Wait
-from checkpoint_operator.logic.status import StatusChange
+from checkpoint_operator.logic.results import Fail, Result
+from checkpoint_operator.logic.status import StatusChange, fail_change
 from checkpoint_operator.storage import ForeignLocation, store_for
 from checkpoint_operator import metrics
 
@@ -34,11 +35,11 @@ def reconcile(ctx: Context, namespace: str, name: str) -> Optional[float]:
         try:
             checkpoint = parse(Checkpoint, body)
         except InvalidObject as invalid:
-            checkpoint = parse_tolerant(Checkpoint, invalid.body)
-            if checkpoint.metadata.deleting:
-                return guard_deletion(ctx, checkpoint)
-            if not checkpoint.phase.is_settled:
-                record(ctx, checkpoint, Fail("InvalidSpec", invalid.message()))
+            head = parse_head(CheckpointHead, invalid.body)
+            if head.metadata.deleting:
+                return guard_deletion(ctx, head)
+            if not head.phase.is_settled:
+                record(ctx, head, Fail("InvalidSpec", invalid.message()))
             return None
         if checkpoint.metadata.deleting:
             return guard_deletion(ctx, checkpoint)
@@ -48,21 +49,12 @@ def reconcile(ctx: Context, namespace: str, name: str) -> Optional[float]:
         if checkpoint.phase.is_settled:
             sync_used_by(ctx, checkpoint)
             return annotation_requests.serve(ctx, checkpoint)  # verify and pull requests (reconcile/annotation_requests.py)
-        return record(ctx, checkpoint, checkpoint_import.STEPS[checkpoint.spec.source.kind](ctx, checkpoint))
+        return record(ctx, checkpoint, checkpoint_import.step(ctx, checkpoint))
     return 0.0
 
 
-def record(ctx: Context, checkpoint: Checkpoint, result: Result) -> Optional[float]:
-    if isinstance(result, Wait):
-        if result.reason is not None:
-            write_status(ctx, checkpoint, StatusChange(phase=checkpoint.phase, reason=result.reason, message=result.message,
-                                                       stalled=result.stalled,
-                                                       event="Warning" if result.warning else "Normal"))
-        return result.requeue_after
-    if isinstance(result, Fail):
-        write_status(ctx, checkpoint, StatusChange(phase=CheckpointPhase.FAILED, reason=result.reason,
-                                                   message=result.message, stalled=True, event="Warning"))
-    return None
+def record(ctx: Context, checkpoint: CheckpointHead, result: Result) -> Optional[float]:
+    return status_writer.record(ctx, checkpoint, result, lambda fail: fail_change(CheckpointPhase.FAILED, fail))[1]
 
 
 def _add_finalizer(ctx: Context, checkpoint: Checkpoint) -> None:
@@ -80,16 +72,15 @@ def sync_used_by(ctx: Context, checkpoint: Checkpoint) -> None:
     """status.usedBy/usedByCount from the index, written only when they change (informational)."""
     meta = checkpoint.metadata
     wanted = used_by_status(ctx.indexes.users_of(meta.namespace, meta.uid))
-    current = {"usedBy": [u.to_wire() for u in checkpoint.status.usedBy or []],
-               "usedByCount": checkpoint.status.usedByCount or 0}
-    if current != wanted:
+    if (checkpoint.status.usedBy or [], checkpoint.status.usedByCount or 0) != (wanted.usedBy, wanted.usedByCount):
         write_status(ctx, checkpoint, StatusChange(fields=wanted))
 
 
 # --- deletion: the in-use protection finalizer ---------------------------------------------------
 
-def guard_deletion(ctx: Context, checkpoint: Checkpoint) -> Optional[float]:
-    """A live LIST of the jobs labelled as users decides; their events wake this again."""
+def guard_deletion(ctx: Context, checkpoint: CheckpointHead) -> Optional[float]:
+    """A live LIST of the jobs labelled as users decides; their events wake this again. Needs
+    no spec (a Checkpoint whose spec no longer parses is deleted all the same)."""
     meta = checkpoint.metadata
     if not meta.has_finalizer(PROTECTION_FINALIZER):
         return None
@@ -102,7 +93,8 @@ def guard_deletion(ctx: Context, checkpoint: Checkpoint) -> Optional[float]:
         if first_time:  # one deletion, however many times it is checked
             metrics.BLOCKED_DELETIONS.inc()
         return None
-    live_sealing.checkpoint_released(ctx, checkpoint)  # a running job sealed it: it must not publish it again
+    if isinstance(checkpoint, Checkpoint):  # a running job sealed it: it must not publish it again
+        live_sealing.checkpoint_released(ctx, checkpoint)
     _delete_owned_data(ctx, checkpoint)
     remaining = [f for f in meta.finalizers or [] if f != PROTECTION_FINALIZER]
     try:
@@ -113,15 +105,14 @@ def guard_deletion(ctx: Context, checkpoint: Checkpoint) -> Optional[float]:
     return None
 
 
-def _delete_owned_data(ctx: Context, checkpoint: Checkpoint) -> None:
+def _delete_owned_data(ctx: Context, checkpoint: CheckpointHead) -> None:
     """The store's bytes of an owned Checkpoint, unless another Checkpoint's location points into
     them (logic/data_holds.py): then they stay, and say so."""
-    meta, status = checkpoint.metadata, checkpoint.status.to_wire()
-    uri = (status.get("location") or {}).get("s3", {}).get("uri") or (status.get("upload") or {}).get("uri")
-    if status.get("owned") and isinstance(uri, str) and uri:
-        keeping = data_holds.holders(uri, ctx.indexes.pointers_in_store(meta.namespace), s3=True, exclude=meta.name)
-    else:
-        keeping = []
+    meta, status = checkpoint.metadata, checkpoint.status
+    uri = (status.location.s3.uri if status.location and status.location.s3 else None) \
+        or (status.upload.uri if status.upload else None)
+    keeping = data_holds.holders(uri, ctx.indexes.pointers_in_store(meta.namespace), s3=True, exclude=meta.name) \
+        if status.owned and uri else []
     if keeping and uri:
         ctx.warn(checkpoint, "DataKept", data_holds.kept_message(uri, keeping, "deleting this Checkpoint releases"))
         return
