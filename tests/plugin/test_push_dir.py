@@ -118,3 +118,22 @@ def test_the_s3_push_sends_the_targets_bytes(s3, tmp_path):  # noqa: F811
     result = download_prefix(s3.uri("pushed/"), str(back), digest=manifest.digest, log=lambda m: None)
     assert result.manifest.digest == manifest.digest
     assert (back / "model.safetensors").read_bytes() == WEIGHTS and not (back / "model.safetensors").is_symlink()
+
+
+def test_a_pull_of_case_twins_onto_a_case_insensitive_filesystem_is_refused(tmp_path, monkeypatch):
+    """The pull (both stores) asks pull_target before a byte is written: a checkpoint holding
+    `A.bin` and `a.bin` is refused in one line where the filesystem folds case (simulated: Linux
+    does not), and pulled where it does not."""
+    from checkpoint_operator.agent import pull_target
+    from checkpoint_operator.plugin.commands import make_room
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "A.bin").write_bytes(b"upper")
+    (source / "a.bin").write_bytes(b"lower")
+    manifest = local_manifest(str(source), Io(out=io.StringIO(), err=io.StringIO()))
+    make_room(str(tmp_path / "dest"), manifest, None, False, Io(out=io.StringIO(), err=io.StringIO()))
+    monkeypatch.setattr(pull_target, "case_insensitive", lambda directory: True)
+    with pytest.raises(PluginError) as refused:
+        make_room(str(tmp_path / "dest"), manifest, None, False, Io(out=io.StringIO(), err=io.StringIO()))
+    assert "case-insensitive filesystem" in str(refused.value) and "'A.bin' and 'a.bin'" in str(refused.value)
+    assert not (tmp_path / "dest").exists()

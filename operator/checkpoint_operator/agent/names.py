@@ -25,8 +25,8 @@ And the names of one checkpoint are distinct after Unicode normalization (NFC): 
 composed `é` and `café` with `e` + U+0301 are one name on macOS (APFS and HFS+ compare
 normalized names), in many tools and to a reader, so two such files, or two such directories,
 are refused rather than taken as two (`collisions`, `NameSpace`). Case is not folded: Linux
-filesystems and S3 keep `A` and `a` apart, and checkpoints rely on it (docs/sources.md says what
-that means for a pull onto a case-insensitive filesystem).
+filesystems and S3 keep `A` and `a` apart, and checkpoints may rely on it; a pull onto a
+case-insensitive filesystem, where the two are one file, is refused instead (pull_target.py).
 """
 
 from __future__ import annotations

@@ -171,3 +171,50 @@ def pulled_into(directory: str, manifest: Optional[Manifest]) -> bool:
             if name.startswith(TEMP_PREFIX):
                 return True
     return False
+
+
+# --- case twins --------------------------------------------------------------------------------
+# A checkpoint may hold `A.bin` and `a.bin` (Linux filesystems and S3 keep them apart; names.py
+# does not fold case). On a case-insensitive filesystem (macOS's default APFS, Windows) the two
+# are one file: the second would replace the first, verified, and the pull would end "every file
+# verified" one file short. So such a pull is refused before a byte is written.
+
+def case_twins(manifest: Manifest) -> Optional[tuple[str, str]]:
+    """The first two paths of `manifest` that differ only by case, or None (the usual case)."""
+    seen: dict[str, str] = {}
+    for entry in manifest.files:
+        folded = entry.path.casefold()
+        if folded in seen:
+            return seen[folded], entry.path
+        seen[folded] = entry.path
+    return None
+
+
+def case_insensitive(directory: str) -> bool:
+    """Whether names in `directory` (or, while it does not exist, in its nearest existing parent)
+    are compared ignoring case: a probe file is made there and looked up by its upper-case name."""
+    import tempfile
+    where = os.path.abspath(directory)
+    while not os.path.isdir(where) and os.path.dirname(where) != where:
+        where = os.path.dirname(where)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=TEMP_PREFIX + "case-", dir=where)
+    except OSError:
+        return False  # nothing can be written there: the pull itself says so, naming DIR
+    os.close(fd)
+    try:
+        upper = os.path.join(where, os.path.basename(probe).upper())
+        return upper != probe and os.path.lexists(upper)
+    finally:
+        os.unlink(probe)
+
+
+def case_refusal(directory: str, manifest: Manifest) -> Optional[str]:
+    """Why the checkpoint cannot be pulled into `directory` (it holds case twins and the
+    filesystem there folds case), or None. Probes the filesystem only for a checkpoint with twins."""
+    twins = case_twins(manifest)
+    if twins is None or not case_insensitive(directory):
+        return None
+    return (f"{directory}: is on a case-insensitive filesystem, and the checkpoint holds both "
+            f"'{printable(twins[0])}' and '{printable(twins[1])}', which would be one file there: pull onto a "
+            f"case-sensitive filesystem (Linux, or a case-sensitive APFS volume on macOS)")

@@ -227,6 +227,8 @@ def make_room(directory: str, manifest: Optional[Manifest], digest: Optional[str
     before its stream begins (the file list comes with the stream): only a root manifest of
     another checkpoint is refused here, so that no pod is started for nothing."""
     from checkpoint_operator.agent import pull_target
+    if manifest is not None and (refusal := pull_target.case_refusal(directory, manifest)):
+        raise PluginError(refusal)
     if early and clean:
         return  # removed once the stream says what the checkpoint holds
     found = pull_target.examine(directory, manifest, digest)
