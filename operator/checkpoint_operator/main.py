@@ -18,9 +18,10 @@ import kopf
 
 from checkpoint_operator import GROUP, kopf_startup, kube, metrics
 from checkpoint_operator.config import OperatorConfig
-from checkpoint_operator.reconcile import checkpoint, trainingjob, wakeups
+from checkpoint_operator.reconcile import checkpoint, clustercheckpoint, trainingjob, wakeups
 from checkpoint_operator.reconcile.context import Context
-from checkpoint_operator.reconcile.indexes import Indexes, checkpoint_keys, training_job_keys, worker_pod_keys
+from checkpoint_operator.reconcile.indexes import (Indexes, checkpoint_keys, cluster_checkpoint_keys, training_job_keys,
+                                                  worker_pod_keys)
 from checkpoint_operator.reconcile.work_queue import WorkQueue
 from checkpoint_operator.logic.workload import LABEL_MANAGED_BY, MANAGER
 
@@ -31,6 +32,8 @@ PEERING_NAME = "checkpoint-operator"
 # kopf names a resource by (group, version, plural); kube.py defines each resource once.
 CHECKPOINTS = (kube.CHECKPOINTS.group, kube.CHECKPOINTS.version, kube.CHECKPOINTS.plural)
 TRAINING_JOBS = (kube.TRAINING_JOBS.group, kube.TRAINING_JOBS.version, kube.TRAINING_JOBS.plural)
+CLUSTER_CHECKPOINTS = (kube.CLUSTER_CHECKPOINTS.group, kube.CLUSTER_CHECKPOINTS.version,
+                       kube.CLUSTER_CHECKPOINTS.plural)
 MANAGED = {LABEL_MANAGED_BY: MANAGER}
 # Read at import by callers that configure local runs (local/run.py).
 INTERVAL = OperatorConfig.from_env().reconcile_interval
@@ -52,6 +55,11 @@ async def training_job_index(body: kopf.Body, **_) -> dict:
     return training_job_keys(body)
 
 
+@kopf.index(*CLUSTER_CHECKPOINTS)
+async def cluster_checkpoint_index(body: kopf.Body, **_) -> dict:
+    return cluster_checkpoint_keys(body)
+
+
 @kopf.index("v1", "pods", labels=MANAGED)
 async def worker_pod_index(body: kopf.Body, **_) -> dict:
     return worker_pod_keys(body)
@@ -71,6 +79,12 @@ async def checkpoint_changed(event: dict, body: kopf.Body, memo: kopf.Memo, **_)
     wakeups.checkpoint_event(_ctx(memo), event.get("type"), body)
 
 
+@kopf.on.event(*CLUSTER_CHECKPOINTS)
+async def cluster_checkpoint_changed(event: dict, body: kopf.Body, memo: kopf.Memo, **_) -> None:
+    metrics.observe_phase(event, body)
+    wakeups.cluster_checkpoint_event(_ctx(memo), event.get("type"), body)
+
+
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
 @kopf.on.event("v1", "pods", labels=MANAGED)
 @kopf.on.event("v1", "persistentvolumeclaims")
@@ -82,9 +96,9 @@ async def child_changed(body: kopf.Body, memo: kopf.Memo, **_) -> None:
 
 @kopf.on.startup()
 async def start_queue(memo: kopf.Memo, checkpoint_index: kopf.Index, training_job_index: kopf.Index,
-                      worker_pod_index: kopf.Index, **_) -> None:
+                      worker_pod_index: kopf.Index, cluster_checkpoint_index: kopf.Index, **_) -> None:
     ctx = _ctx(memo)
-    ctx.indexes = Indexes(checkpoint_index, training_job_index, worker_pod_index)
+    ctx.indexes = Indexes(checkpoint_index, training_job_index, worker_pod_index, cluster_checkpoint_index)
     ctx.queue = WorkQueue(lambda key: reconcile(ctx, key), workers=ctx.config.workers,
                           base_backoff=ctx.config.reconcile_interval,
                           on_error=lambda key, _: metrics.RECONCILE_ERRORS.labels(key[0]).inc())
@@ -103,6 +117,8 @@ async def stop_queue(memo: kopf.Memo, **_) -> None:
 
 def reconcile(ctx: Context, key: tuple[str, str, str]) -> Optional[float]:
     kind, namespace, name = key
+    if kind == "ClusterCheckpoint":
+        return clustercheckpoint.reconcile(ctx, name)
     handler = trainingjob.reconcile if kind == "TrainingJob" else checkpoint.reconcile
     return handler(ctx, namespace, name)
 
@@ -151,7 +167,7 @@ def run_operator(args) -> int:
     settings = kopf.OperatorSettings()
     configure_settings(settings, peering_priority=peering_priority_for(os.environ.get("POD_NAME", os.uname().nodename)))
     namespaces = args.namespace or []
-    ctx = Context(kube=Kube.from_environment(), config=config)
+    ctx = Context(kube=Kube.from_environment(), config=config, namespaces=list(namespaces))
     metrics.REGISTRY.register(metrics.ApiRequests(ctx.kube.requests))
     asyncio.run(kopf.operator(
         settings=settings, clusterwide=not namespaces, namespaces=namespaces, standalone=args.standalone,

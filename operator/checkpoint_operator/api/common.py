@@ -37,6 +37,8 @@ class PinnedCheckpoint(ApiModel):
     uid: Uid = Field(description="UID of the Checkpoint.")
     digest: Optional[Digest] = Field(None, description="Digest (sha256 of the manifest) of the Checkpoint's data.")
     sizeBytes: Optional[int] = Field(None, description="Size of the Checkpoint's data (sizes staging volumes and deadlines).")
+    kind: Optional[Literal["ClusterCheckpoint"]] = Field(
+        None, description="ClusterCheckpoint for a catalog entry (cluster-scoped); empty for a Checkpoint of the namespace.")
 
 
 class Phase(str, Enum):

@@ -15,7 +15,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointSource
+from checkpoint_operator.api.clustercheckpoint import ClusterCheckpointSource
 from checkpoint_operator.api.sources import CaConfigMap
+
+# What an import reads: a Checkpoint's source, or a catalog entry's (the same import kinds).
+ImportSource = CheckpointSource | ClusterCheckpointSource
 
 # Where an import pod mounts what it is given (the local kubelet rewrites these paths too).
 SOURCE_SECRET_VOLUME = "ckpt-source-secret"
@@ -61,7 +65,7 @@ def _mounted_ca(spec: ImportSpec, ca: CaConfigMap) -> None:
     spec.args += ["--ca-file", f"{SOURCE_CA_MOUNT}/{ca.key}"]
 
 
-def _s3(source: CheckpointSource) -> ImportSpec:
+def _s3(source: ImportSource) -> ImportSpec:
     s3 = source.s3
     spec = ImportSpec("s3", s3.uri)
     if s3.endpoint:
@@ -73,7 +77,7 @@ def _s3(source: CheckpointSource) -> ImportSpec:
     return spec
 
 
-def _http(source: CheckpointSource) -> ImportSpec:
+def _http(source: ImportSource) -> ImportSpec:
     http = source.http
     spec = ImportSpec("http", http.url)
     if http.secretRef:
@@ -90,7 +94,7 @@ def hf_uri(repo: str, revision: str) -> str:
     return f"hf://{repo}@{revision}"
 
 
-def _hugging_face(source: CheckpointSource) -> ImportSpec:
+def _hugging_face(source: ImportSource) -> ImportSpec:
     hf = source.huggingFace
     revision = hf.revision or "main"
     spec = ImportSpec("huggingFace", hf_uri(hf.repo, revision), revision=revision, pins_commit=True,
@@ -106,7 +110,7 @@ def _hugging_face(source: CheckpointSource) -> ImportSpec:
     return spec
 
 
-def _gcs(source: CheckpointSource) -> ImportSpec:
+def _gcs(source: ImportSource) -> ImportSpec:
     gcs = source.gcs
     spec = ImportSpec("gcs", gcs.uri)
     if gcs.endpoint:
@@ -125,7 +129,7 @@ def azure_uri(uri: str) -> tuple[str, Optional[str]]:
     return f"az://{account}/{rest}", f"https://{account}.{suffix}"
 
 
-def _azure_blob(source: CheckpointSource) -> ImportSpec:
+def _azure_blob(source: ImportSource) -> ImportSpec:
     azure = source.azureBlob
     uri, endpoint = azure_uri(azure.uri)
     spec = ImportSpec("azureBlob", uri)
@@ -136,7 +140,7 @@ def _azure_blob(source: CheckpointSource) -> ImportSpec:
     return spec
 
 
-def _git(source: CheckpointSource) -> ImportSpec:
+def _git(source: ImportSource) -> ImportSpec:
     git = source.git
     base = git.url if git.url.startswith("git://") else f"git+{git.url}"
     spec = ImportSpec("git", f"{base}@{git.revision}" if git.revision else base, revision=git.revision or "HEAD",
@@ -150,14 +154,26 @@ def _git(source: CheckpointSource) -> ImportSpec:
     return spec
 
 
-BUILDERS: dict[str, Callable[[CheckpointSource], ImportSpec]] = {
+BUILDERS: dict[str, Callable[[ImportSource], ImportSpec]] = {
     "s3": _s3, "http": _http, "huggingFace": _hugging_face, "gcs": _gcs, "azureBlob": _azure_blob, "git": _git,
 }
 
 
 def import_spec(checkpoint: Checkpoint) -> ImportSpec:
-    source = checkpoint.spec.source
+    return import_spec_of(checkpoint.spec.source)
+
+
+def import_spec_of(source: ImportSource) -> ImportSpec:
     return BUILDERS[source.kind](source)
+
+
+def pinned_source(source: ClusterCheckpointSource, resolved_revision: Optional[str]) -> ClusterCheckpointSource:
+    """The source at the commit its first import fetched (the Hub, Git): a later copy of a catalog entry
+    fetches the same files, whatever the branch says by then (the digest check catches any other change)."""
+    if not resolved_revision or source.kind not in ("huggingFace", "git"):
+        return source
+    pinned = getattr(source, source.kind).model_copy(update={"revision": resolved_revision})
+    return source.model_copy(update={source.kind: pinned})
 
 
 # --- provenance --------------------------------------------------------------------------------

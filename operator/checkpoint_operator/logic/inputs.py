@@ -94,6 +94,13 @@ class Lookup(Protocol):
 
     def training_job(self, namespace: str, name: str) -> Optional[TrainingJobInfo]: ...
 
+    def cluster_checkpoint(self, name: str) -> Optional[CheckpointInfo]: ...
+
+    def cluster_checkpoint_by_uid(self, uid: str) -> Optional[CheckpointInfo]: ...
+
+
+CLUSTER_KIND = "ClusterCheckpoint"
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -102,6 +109,11 @@ class Candidate:
     name: str
     uid: str
     mount_name: str
+    cluster: bool = False  # a ClusterCheckpoint of the catalog (cluster-scoped), not a Checkpoint of the namespace
+
+    @property
+    def kind(self) -> str:
+        return CLUSTER_KIND if self.cluster else "Checkpoint"
 
 
 @dataclass(frozen=True)
@@ -112,9 +124,11 @@ class ResolvedInput:
     mount_name: str
     location: dict
     size_bytes: Optional[int] = None
+    cluster: bool = False
 
     def pinned(self) -> PinnedCheckpoint:
-        return PinnedCheckpoint(name=self.name, uid=self.uid, digest=self.digest, sizeBytes=self.size_bytes)
+        return PinnedCheckpoint(name=self.name, uid=self.uid, digest=self.digest, sizeBytes=self.size_bytes,
+                                kind=CLUSTER_KIND if self.cluster else None)
 
 
 # Waits that will not end by themselves: the job reports Stalled (GitOps shows Degraded).
@@ -173,21 +187,35 @@ def select_output(outputs: list[CheckpointInfo], policy: str,
 def _describe(ref: CheckpointRef) -> str:
     if ref.fromTrainingJob:
         return f"{ref.select or 'latest'} checkpoint of TrainingJob {ref.fromTrainingJob}"
+    if ref.clusterCheckpoint:
+        return f"{CLUSTER_KIND} {ref.clusterCheckpoint}"
     return f"Checkpoint {ref.name}" if ref.name else f"Checkpoint with uid {ref.uid}"
 
 
-def _state_wait(checkpoint: CheckpointInfo) -> Optional[InputWait]:
+def _state_wait(checkpoint: CheckpointInfo, kind: str = "Checkpoint") -> Optional[InputWait]:
     name = checkpoint.name
     if checkpoint.deleting:
-        return InputWait("InputDeleting", f"input Checkpoint {name} is being deleted")
+        return InputWait("InputDeleting", f"input {kind} {name} is being deleted")
     if checkpoint.phase == CheckpointPhase.FAILED:
-        return InputWait("InputFailed", f"input Checkpoint {name} has failed")
+        return InputWait("InputFailed", f"input {kind} {name} has failed")
     if checkpoint.phase != CheckpointPhase.READY:
-        return InputWait("InputNotReady", f"input Checkpoint {name} is not Ready (phase {checkpoint.phase})")
+        return InputWait("InputNotReady", f"input {kind} {name} is not Ready (phase {checkpoint.phase})")
     return None
 
 
+def _resolve_cluster(ref: CheckpointRef, lookup: Lookup) -> Candidate | InputWait:
+    """A catalog entry: cluster-scoped, so the same for every namespace."""
+    name = ref.clusterCheckpoint or ""
+    entry = lookup.cluster_checkpoint(name)
+    if entry is None:
+        return InputWait("InputNotFound", f"input {CLUSTER_KIND} {name} does not exist (kubectl ckpt ls --catalog "
+                                          "lists the catalog)")
+    return _state_wait(entry, CLUSTER_KIND) or Candidate(entry.name, entry.uid, ref.mountName or entry.name, True)
+
+
 def resolve_ref(ref: CheckpointRef, namespace: str, lookup: Lookup) -> Candidate | InputWait:
+    if ref.clusterCheckpoint:
+        return _resolve_cluster(ref, lookup)
     if ref.fromTrainingJob:
         job_name = ref.fromTrainingJob
         producer = lookup.training_job(namespace, job_name)
@@ -225,6 +253,11 @@ def takes_from_running(ref: CheckpointRef, producer: TrainingJobInfo) -> bool:
 def resolve_pinned(pinned: PinnedCheckpoint, ref: CheckpointRef, namespace: str,
                    lookup: Lookup) -> Candidate | InputWait:
     """An input pinned at an earlier pass is kept by uid, so a restart cannot switch `latest`."""
+    if pinned.kind == CLUSTER_KIND:
+        entry = lookup.cluster_checkpoint_by_uid(pinned.uid)
+        if entry is None:
+            return InputWait("InputNotFound", f"input {CLUSTER_KIND} {pinned.name} (uid {pinned.uid}) no longer exists")
+        return _state_wait(entry, CLUSTER_KIND) or Candidate(entry.name, entry.uid, ref.mountName or entry.name, True)
     checkpoint = lookup.checkpoint_by_uid(namespace, pinned.uid)
     if checkpoint is None:
         return InputWait("InputNotFound", f"input Checkpoint {pinned.name} (uid {pinned.uid}) no longer exists")
@@ -249,17 +282,17 @@ def resolve_inputs(tj: TrainingJob, lookup: Lookup) -> Resolution:
 def check_live_input(candidate: Candidate, body: Optional[dict]) -> ResolvedInput | InputWait:
     """The decision on a fresh read of the input, made after the job recorded its use (see
     logic/protection.py): gone, replaced, deleting or unprotected means back off."""
-    name = candidate.name
+    name, kind = candidate.name, candidate.kind
     if body is None or body.get("metadata", {}).get("uid") != candidate.uid:
-        return InputWait("InputNotFound", f"input Checkpoint {name} no longer exists")
+        return InputWait("InputNotFound", f"input {kind} {name} no longer exists")
     meta, status = body["metadata"], body.get("status") or {}
     if meta.get("deletionTimestamp"):
-        return InputWait("InputDeleting", f"input Checkpoint {name} is being deleted")
+        return InputWait("InputDeleting", f"input {kind} {name} is being deleted")
     if PROTECTION_FINALIZER not in (meta.get("finalizers") or []):
         # Without the finalizer a deletion would not wait for us: never start on it.
-        return InputWait("InputNotProtected", f"input Checkpoint {name} does not carry the "
+        return InputWait("InputNotProtected", f"input {kind} {name} does not carry the "
                                               f"{PROTECTION_FINALIZER} finalizer yet")
     if status.get("phase") != CheckpointPhase.READY or not status.get("location") or not status.get("digest"):
-        return InputWait("InputNotReady", f"input Checkpoint {name} is not Ready")  # (a Ready one has a digest to pin)
+        return InputWait("InputNotReady", f"input {kind} {name} is not Ready")  # (a Ready one has a digest to pin)
     return ResolvedInput(name=name, uid=candidate.uid, digest=status.get("digest"), mount_name=candidate.mount_name,
-                         location=status["location"], size_bytes=status.get("sizeBytes"))
+                         location=status["location"], size_bytes=status.get("sizeBytes"), cluster=candidate.cluster)

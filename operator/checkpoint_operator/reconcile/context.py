@@ -34,6 +34,8 @@ class Context:
     # watch event needs no reconcile of the object itself (the writer acted on it already)
     own_writes: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    # The namespaces the operator serves (empty: every namespace): a ClusterCheckpoint's users are listed there.
+    namespaces: list = field(default_factory=list)
 
     def event(self, obj: Any, type_: str, reason: str, message: str) -> None:
         """A Kubernetes Event on `obj` (an api model or a body) and a log line."""
@@ -41,12 +43,16 @@ class Context:
         log = logger.warning if type_ == "Warning" else logger.info
         log("%s %s/%s: %s: %s", ref["kind"], ref["namespace"], ref["name"], reason, message)
         now = now_rfc3339()
-        body = {"metadata": {"generateName": f"{ref['name'][:200]}.", "namespace": ref["namespace"]},
-                "involvedObject": ref, "type": type_, "reason": reason, "message": message[:MAX_EVENT_MESSAGE],
+        # A cluster-scoped object's Events go to the catalog namespace (the operator's): `kubectl describe`
+        # finds them in any namespace, and the operator writes nothing in a namespace it does not serve.
+        namespace = ref["namespace"] or self.config.catalog_namespace
+        body = {"metadata": {"generateName": f"{ref['name'][:200]}.", "namespace": namespace},
+                "involvedObject": {k: v for k, v in ref.items() if v or k != "namespace"},  # none: cluster-scoped
+                "type": type_, "reason": reason, "message": message[:MAX_EVENT_MESSAGE],
                 "source": {"component": COMPONENT}, "reportingComponent": COMPONENT, "count": 1,
                 "firstTimestamp": now, "lastTimestamp": now}
         try:
-            self.kube.create(EVENTS, ref["namespace"], body)
+            self.kube.create(EVENTS, namespace, body)
         except (ApiError, OSError) as exc:  # an event is a courtesy: never fail a reconcile for it
             logger.warning("could not post event %s on %s/%s: %s", reason, ref["namespace"], ref["name"], exc)
 

@@ -61,12 +61,21 @@ def training_job_keys(body: Mapping) -> dict:
     for reference in claim_references(template)[:MAX_TEMPLATE_CLAIMS]:
         keys[("template-claim", namespace, reference.claim)] = name
     for ref in (body.get("spec") or {}).get("checkpoints") or []:
-        for field, kind in (("name", "name"), ("uid", "uid"), ("fromTrainingJob", "producer")):
+        for field, kind in (("name", "name"), ("uid", "uid"), ("fromTrainingJob", "producer"),
+                            ("clusterCheckpoint", "cluster")):
             if ref.get(field):
                 keys[("wants", namespace, kind, ref[field])] = name
+                if kind == "cluster":  # a catalog entry's events wake its waiting jobs in every namespace
+                    keys[("wants-cluster", ref[field])] = (namespace, name)
     for uid in used_uids(body.get("metadata", {}).get("labels")):
         keys[("uses", namespace, uid)] = (name, info.uid)
+        keys[("uses-any", uid)] = (namespace, name, info.uid)  # a ClusterCheckpoint's users, of any namespace
     return keys
+
+
+def cluster_checkpoint_keys(body: Mapping) -> dict:
+    info = CheckpointInfo.from_body(body)
+    return {("name", info.name): info, ("uid", info.uid): info}
 
 
 def worker_pod_keys(body: Mapping) -> dict:
@@ -85,8 +94,10 @@ class Indexes:
     copies one store with a single `list()` (a C-level copy of a dict's values, atomic under
     the GIL), so it never iterates a dict that changes."""
 
-    def __init__(self, checkpoints: Mapping, training_jobs: Mapping, pods: Mapping):
+    def __init__(self, checkpoints: Mapping, training_jobs: Mapping, pods: Mapping,
+                 cluster_checkpoints: Optional[Mapping] = None):
         self._checkpoints, self._training_jobs, self._pods = checkpoints, training_jobs, pods
+        self._cluster_checkpoints: Mapping = cluster_checkpoints if cluster_checkpoints is not None else {}
 
     @staticmethod
     def _all(index: Mapping, key: tuple) -> list:
@@ -109,6 +120,20 @@ class Indexes:
 
     def training_job(self, namespace: str, name: str) -> Optional[TrainingJobInfo]:
         return self._one(self._training_jobs, ("name", namespace, name))
+
+    def cluster_checkpoint(self, name: str) -> Optional[CheckpointInfo]:
+        return self._one(self._cluster_checkpoints, ("name", name))
+
+    def cluster_checkpoint_by_uid(self, uid: str) -> Optional[CheckpointInfo]:
+        return self._one(self._cluster_checkpoints, ("uid", uid))
+
+    def users_of_cluster_checkpoint(self, uid: str) -> list[tuple[str, str, str]]:
+        """(namespace, name, uid) of the unfinished TrainingJobs of any namespace labelled as using it."""
+        return self._all(self._training_jobs, ("uses-any", uid))
+
+    def jobs_waiting_on_cluster_checkpoint(self, name: str) -> list[tuple[str, str]]:
+        """(namespace, name) of the unfinished TrainingJobs whose spec names the catalog entry."""
+        return self._all(self._training_jobs, ("wants-cluster", name))
 
     # --- wake-ups ------------------------------------------------------------------------
     def training_job_by_uid(self, namespace: str, uid: str) -> Optional[TrainingJobInfo]:
@@ -150,3 +175,8 @@ class Indexes:
                 info = self._one(self._checkpoints, key)
                 if info is not None and (not info.phase.is_settled or info.deleting):
                     yield ("Checkpoint", key[1], key[2])
+        for key in list(self._cluster_checkpoints):
+            if key[0] == "name":
+                info = self._one(self._cluster_checkpoints, key)
+                if info is not None and (not info.phase.is_settled or info.deleting):
+                    yield ("ClusterCheckpoint", "", key[1])

@@ -13,10 +13,11 @@ from typing import TypeVar
 import pydantic
 
 from checkpoint_operator.api.checkpoint import Checkpoint
+from checkpoint_operator.api.clustercheckpoint import ClusterCheckpoint
 from checkpoint_operator.api.meta import ObjectMeta
 from checkpoint_operator.api.trainingjob import TrainingJob
 
-Obj = TypeVar("Obj", TrainingJob, Checkpoint)
+Obj = TypeVar("Obj", TrainingJob, Checkpoint, ClusterCheckpoint)
 
 
 @dataclass

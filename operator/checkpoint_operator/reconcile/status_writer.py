@@ -12,15 +12,17 @@ from __future__ import annotations
 from typing import TypeVar
 
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointPhase
+from checkpoint_operator.api.clustercheckpoint import ClusterCheckpoint
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobPhase
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.objects import parse_tolerant
-from checkpoint_operator.kube import CHECKPOINTS, TRAINING_JOBS, Conflict
+from checkpoint_operator.kube import CHECKPOINTS, CLUSTER_CHECKPOINTS, TRAINING_JOBS, Conflict
 from checkpoint_operator.logic.conditions import now_rfc3339
 from checkpoint_operator.logic.status import StatusChange, apply_change, should_post_event, status_patch
 
 MAX_ATTEMPTS = 10
-Obj = TypeVar("Obj", TrainingJob, Checkpoint)
+Obj = TypeVar("Obj", TrainingJob, Checkpoint, ClusterCheckpoint)
+
 
 
 class StatusConflict(RuntimeError):
@@ -71,6 +73,8 @@ def _patch_status(ctx: Context, obj: Obj, patch: dict) -> dict:
     meta = obj.metadata
     if obj.kind == "TrainingJob":
         return ctx.kube.patch_status(TRAINING_JOBS, meta.namespace, meta.name, patch, meta.resourceVersion)
+    if obj.kind == "ClusterCheckpoint":
+        return ctx.kube.patch_status(CLUSTER_CHECKPOINTS, "", meta.name, patch, meta.resourceVersion)
     return ctx.kube.patch_status(CHECKPOINTS, meta.namespace, meta.name, patch, meta.resourceVersion)
 
 
@@ -78,4 +82,6 @@ def _get(ctx: Context, obj: Obj) -> dict | None:
     meta = obj.metadata
     if obj.kind == "TrainingJob":
         return ctx.kube.get(TRAINING_JOBS, meta.namespace, meta.name)
+    if obj.kind == "ClusterCheckpoint":
+        return ctx.kube.get(CLUSTER_CHECKPOINTS, "", meta.name)
     return ctx.kube.get(CHECKPOINTS, meta.namespace, meta.name)

@@ -17,11 +17,12 @@ from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator import PROTECTION_FINALIZER
 from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobPhase
-from checkpoint_operator.reconcile import agent_runs, claim_holds, live_sealing, publish, template_claims, volumes
+from checkpoint_operator.reconcile import (agent_runs, catalog_copies, claim_holds, live_sealing, publish,
+                                           template_claims, volumes)
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.objects import InvalidObject, parse, parse_tolerant
 from checkpoint_operator.reconcile.status_writer import write_status
-from checkpoint_operator.kube import CHECKPOINTS, JOBS, PODS, PVCS, TRAINING_JOBS, ApiError, Conflict
+from checkpoint_operator.kube import CHECKPOINTS, CLUSTER_CHECKPOINTS, JOBS, PODS, PVCS, TRAINING_JOBS, ApiError, Conflict
 from checkpoint_operator.logic import trainingjob_flow as flow
 from checkpoint_operator.logic import workload
 from checkpoint_operator.logic.claim_ownership import owners_after
@@ -98,7 +99,8 @@ def start(ctx: Context, tj: TrainingJob) -> Result:
 
     # Record the use on the job itself first, then read each input live (logic/protection.py).
     tj = _set_uses_labels(ctx, tj, [c.uid for c in resolution.candidates])
-    live = [ctx.kube.get(CHECKPOINTS, tj.metadata.namespace, c.name) for c in resolution.candidates]
+    live = [ctx.kube.get(CLUSTER_CHECKPOINTS, "", c.name) if c.cluster else
+            ctx.kube.get(CHECKPOINTS, tj.metadata.namespace, c.name) for c in resolution.candidates]
     checked = [check_live_input(c, body) for c, body in zip(resolution.candidates, live)]
     logger.debug("TrainingJob %s/%s: inputs read live at %s: %s", tj.metadata.namespace, tj.metadata.name,
                  [(b or {}).get("metadata", {}).get("resourceVersion") for b in live], checked)
@@ -107,6 +109,17 @@ def start(ctx: Context, tj: TrainingJob) -> Result:
         _release_inputs(ctx, tj)
         return flow.input_wait(waits)
     inputs = [c for c in checked if isinstance(c, ResolvedInput)]
+    # A catalog entry on the volume store: the namespace's own verified copy (made once; the job holds the
+    # entry meanwhile, its uses label stays, so the entry cannot go while it is copied).
+    copied = [catalog_copies.namespace_copy(ctx, tj, body or {}, i) if i.cluster else i
+              for i, body in zip(inputs, live)]
+    failed = next((c for c in copied if isinstance(c, Fail)), None)
+    if failed is not None:
+        return failed
+    copying = [c for c in copied if isinstance(c, InputWait)]
+    if copying:
+        return flow.input_wait(copying)
+    inputs = [c for c in copied if isinstance(c, ResolvedInput)]
     if inputs:  # pinned before any pod exists: a restart finds the same inputs, downloads check these digests
         tj = write_status(ctx, tj, StatusChange(fields={"inputs": [i.pinned().to_wire() for i in inputs],
                                                         "inputCount": len(inputs)}))

@@ -49,6 +49,7 @@ from checkpoint_operator import PROTECTION_FINALIZER
 from checkpoint_operator.api.checkpoint import CheckpointPhase
 from checkpoint_operator.api.trainingjob import TrainingJobPhase
 from checkpoint_operator.reconcile.context import Context
+from checkpoint_operator.logic.catalog import used_by_status as catalog_used_by
 from checkpoint_operator.logic.inputs import CheckpointInfo, TrainingJobInfo
 from checkpoint_operator.logic.protection import used_by_status, used_uids
 from checkpoint_operator.logic.trainingjob_flow import RELEASE_OUTPUT_ANNOTATION
@@ -85,6 +86,10 @@ def _ckpt(namespace: str, name: str) -> tuple:
     return ("Checkpoint", namespace, name)
 
 
+def _cckpt(name: str) -> tuple:
+    return ("ClusterCheckpoint", "", name)
+
+
 @_never_lost("TrainingJob")
 def training_job_event(ctx: Context, event_type: Optional[str], body: Mapping) -> None:
     meta = body.get("metadata", {})
@@ -108,6 +113,9 @@ def training_job_event(ctx: Context, event_type: Optional[str], body: Mapping) -
         checkpoint = ctx.indexes.checkpoint_by_uid(namespace, uid)
         if checkpoint is not None:
             ctx.queue.add(_ckpt(namespace, checkpoint.name), after=DEBOUNCE)
+        entry = ctx.indexes.cluster_checkpoint_by_uid(uid)
+        if entry is not None:  # a catalog entry: its usedBy, a deletion it blocks
+            ctx.queue.add(_cckpt(entry.name), after=DEBOUNCE)
 
 
 def _training_job_has_work(body: Mapping, info: TrainingJobInfo) -> bool:
@@ -140,6 +148,23 @@ def checkpoint_event(ctx: Context, event_type: Optional[str], body: Mapping) -> 
     pending = _pending(ctx, namespace, sorted(waiting))
     logger.debug("checkpoint %s %s (%s): waking %s", name, info.phase, event_type, pending)
     ctx.queue.add_all(_tj(namespace, n) for n in pending)
+
+
+@_never_lost("ClusterCheckpoint")
+def cluster_checkpoint_event(ctx: Context, event_type: Optional[str], body: Mapping) -> None:
+    """A catalog entry changed: itself (unless settled and up to date), and the Pending jobs of every
+    namespace that name it."""
+    meta, status = body.get("metadata", {}), body.get("status") or {}
+    info = CheckpointInfo.from_body(body)
+    if event_type != "DELETED" and not _own_write(ctx, "ClusterCheckpoint", body):
+        finalized = PROTECTION_FINALIZER in (meta.get("finalizers") or [])
+        wanted = catalog_used_by(ctx.indexes.users_of_cluster_checkpoint(info.uid))
+        current = {"usedBy": status.get("usedBy") or [], "usedByCount": status.get("usedByCount") or 0}
+        if info.deleting or not finalized or not info.phase.is_settled or wanted != current:
+            ctx.queue.add(_cckpt(info.name))
+    for namespace, name in ctx.indexes.jobs_waiting_on_cluster_checkpoint(info.name):
+        if name in _pending(ctx, namespace, [name]):
+            ctx.queue.add(_tj(namespace, name))
 
 
 def _own_write(ctx: Context, kind: str, body: Mapping) -> bool:
@@ -178,6 +203,10 @@ def child_event(ctx: Context, body: Mapping) -> None:
     for owner in meta.get("ownerReferences") or []:
         if owner.get("kind") == "TrainingJob":
             ctx.queue.add(_tj(namespace, owner.get("name", "")))
+        elif owner.get("kind") == "ClusterCheckpoint":  # its import pod, or a namespace's copy and its pod
+            ctx.queue.add(_cckpt(owner.get("name", "")))
+            ctx.queue.add_all(_tj(namespace, n) for n in _pending(
+                ctx, namespace, ctx.indexes.jobs_waiting_on(namespace, "cluster", owner.get("name", ""))))
         elif owner.get("kind") == "Checkpoint":
             info = ctx.indexes.checkpoint(namespace, owner.get("name", ""))
             serves_request = (meta.get("labels") or {}).get(LABEL_COMPONENT) in ("verify", "pull")
