@@ -8,6 +8,7 @@ against the chart's RBAC rules.
 
 from __future__ import annotations
 
+import builtins
 import collections
 import json
 import threading
@@ -123,7 +124,7 @@ class Kube:
             return None
 
     def list(self, resource: Resource, namespace: Optional[str], label_selector: Optional[str] = None,
-             field_selector: Optional[str] = None) -> list[dict]:
+             field_selector: Optional[str] = None) -> builtins.list[dict]:
         query = {"labelSelector": label_selector, "fieldSelector": field_selector}
         return self._call("GET", resource.path(namespace), query=query).get("items", [])
 
@@ -172,7 +173,7 @@ class Kube:
     def read_log(self, namespace: str, pod: str, container: Optional[str] = None) -> str:
         return self._call("GET", PODS.path(namespace, pod, "log"), query={"container": container}, raw=True)
 
-    def list_live(self, resource: Resource, namespace: Optional[str], label_selector: str) -> list[dict]:
+    def list_live(self, resource: Resource, namespace: Optional[str], label_selector: str) -> builtins.list[dict]:
         """A LIST served from etcd, never from a watch cache (resourceVersion unset = a quorum
         read on a real API server): what the in-use protection decides on. `namespace` None: every
         namespace (a ClusterCheckpoint's users)."""

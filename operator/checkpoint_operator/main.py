@@ -80,8 +80,8 @@ async def checkpoint_changed(event: dict, body: kopf.Body, memo: kopf.Memo, **_)
 
 
 @kopf.on.event(*CLUSTER_CHECKPOINTS)
-async def cluster_checkpoint_changed(event: dict, body: kopf.Body, memo: kopf.Memo, **_) -> None:
-    metrics.observe_phase(event, body)
+async def cluster_checkpoint_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: object) -> None:
+    metrics.observe_phase(dict(event), body)
     wakeups.cluster_checkpoint_event(_ctx(memo), event.get("type"), body)
 
 

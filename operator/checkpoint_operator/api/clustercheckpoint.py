@@ -117,7 +117,8 @@ class ClusterCheckpoint(ApiModel):
     kind: Literal["ClusterCheckpoint"] = "ClusterCheckpoint"
     metadata: ObjectMeta = meta_field()
     spec: ClusterCheckpointSpec
-    status: ClusterCheckpointStatus = Field(default_factory=ClusterCheckpointStatus)
+    status: ClusterCheckpointStatus = Field(
+        default_factory=ClusterCheckpointStatus)  # type: ignore[arg-type]  # (mypy runs without pydantic's plugin)
 
     @property
     def phase(self) -> CheckpointPhase:

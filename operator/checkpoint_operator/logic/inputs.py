@@ -8,7 +8,7 @@ cached "Ready" is never enough to start pods on a checkpoint that is being delet
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Optional, Protocol
+from typing import Literal, Mapping, Optional, Protocol
 
 from checkpoint_operator import PROTECTION_FINALIZER
 from checkpoint_operator.api.checkpoint import CheckpointPhase
@@ -99,7 +99,7 @@ class Lookup(Protocol):
     def cluster_checkpoint_by_uid(self, uid: str) -> Optional[CheckpointInfo]: ...
 
 
-CLUSTER_KIND = "ClusterCheckpoint"
+CLUSTER_KIND: Literal["ClusterCheckpoint"] = "ClusterCheckpoint"
 
 
 @dataclass(frozen=True)
