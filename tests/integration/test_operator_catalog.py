@@ -9,6 +9,7 @@ test_operator_catalog_s3.py."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 
 import pytest
@@ -18,6 +19,7 @@ from checkpoint_operator.logic import catalog
 from conftest import TJ, Operator, held_until, training_job, write_checkpoint
 from hubserver import mini_hub  # noqa: F401  (fixture)
 from layouts import tiny_model
+from plugin_helpers import Plugin, write_kubeconfig
 
 pytestmark = pytest.mark.timeout(300)
 CCKPT = "ckpt.dev/v1alpha1/clustercheckpoints"
@@ -60,8 +62,8 @@ async def phase_of(api, wait_for, namespace, name, phase, timeout=90):
     return await wait_for(reached, timeout=timeout, interval=0.1)
 
 
-async def test_a_catalog_entry_is_imported_once_and_used_by_every_namespace(api, operator, trainer, wait_for,
-                                                                            mini_hub):  # noqa: F811
+async def test_a_catalog_entry_is_imported_once_and_used_by_every_namespace(api, api_url, operator, trainer, wait_for,
+                                                                            mini_hub, tmp_path):  # noqa: F811
     model = tiny_model()
     commit = mini_hub.add_repo("community/tiny-gpt2", model)
     await api.create(CCKPT, None, entry("tiny-gpt2", {"huggingFace": {"repo": "community/tiny-gpt2",
@@ -110,6 +112,28 @@ async def test_a_catalog_entry_is_imported_once_and_used_by_every_namespace(api,
                  if p["metadata"]["labels"].get("ckpt.dev/clustercheckpoint") == "tiny-gpt2"]
     assert len(copy_pods) == 1  # one copy for the namespace
 
+    # What a tenant sees: the catalog, and what its namespace stores (its copy's claim) against what it references.
+    ckpt = Plugin(write_kubeconfig(tmp_path / "kubeconfig", api_url, namespace="team-a"))
+    listed = await ckpt("ls", "--catalog")
+    assert listed.code == 0, listed.err
+    header, row = listed.out.splitlines()
+    assert header.split() == ["NAME", "PHASE", "FORMAT", "SIZE", "USED-BY", "LICENSE", "SOURCE", "AGE"]
+    assert row.split()[:3] == ["tiny-gpt2", "Ready", "huggingface"] and LICENSE in row
+    everything = await ckpt("ls", "-A")
+    assert any(line.split()[:3] == ["(catalog)", "tiny-gpt2", "Ready"] for line in everything.out.splitlines())
+    assert any(line.split()[:2] == ["team-b", "team-b-tune-step-1"] for line in everything.out.splitlines())
+    du = await ckpt("du", "-o", "json")
+    assert du.code == 0, du.err
+    (team_a,) = json.loads(du.out)["namespaces"]
+    copy_name = f"catalog-tiny-gpt2-{imported['metadata']['uid'][:5]}-copy"
+    output_claims = [c["metadata"]["name"] for c in await api.list("v1/persistentvolumeclaims", "team-a")
+                     if c["metadata"]["name"] != copy_name]
+    assert team_a["referencedBytes"] == len(b"team-a") and team_a["checkpoints"] == 1
+    assert sorted(team_a["volumes"]["claims"]) == sorted([*output_claims, copy_name])
+    copy_claim = await api.get("v1/persistentvolumeclaims", "team-a", copy_name)
+    assert copy_claim["spec"]["resources"]["requests"]["storage"] == str(int(status["sizeBytes"] * 1.1) + 64 * 1024 ** 2)
+    assert team_a["storedBytes"] == team_a["volumes"]["bytes"] > team_a["referencedBytes"]
+
     # A later job of team-a mounts the same copy: no second copy pod, and nothing fetched again from the Hub.
     fetched = len(mini_hub.seen_by("hub"))
     trainer.behaviours["team-a-again"] = reads("team-a-again")
@@ -149,7 +173,8 @@ async def test_a_catalog_entry_is_imported_once_and_used_by_every_namespace(api,
     # Its copies and the catalog's claim go with it (owner references; the local garbage collector's resync).
     for namespace, name in [(team, f"catalog-tiny-gpt2-{imported['metadata']['uid'][:5]}-copy") for team in TEAMS] + \
             [(CATALOG_NS, location["claimName"])]:
-        await wait_for(lambda: _gone(api, "v1/persistentvolumeclaims", namespace, name), timeout=40)
+        await wait_for(lambda namespace=namespace, name=name: _gone(api, "v1/persistentvolumeclaims", namespace, name),
+                       timeout=40)
 
 
 async def _gone(api, resource, namespace, name) -> bool:

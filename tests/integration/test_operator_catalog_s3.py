@@ -19,6 +19,7 @@ from checkpoint_operator.config import OperatorConfig
 from conftest import TJ, Operator, training_job
 from hubserver import mini_hub  # noqa: F401  (fixture)
 from layouts import tiny_model
+from plugin_helpers import Plugin, write_kubeconfig
 from test_operator_tenants import BUCKET, OPERATOR_KEYS, PREFIX, SECRET, ScopedSeaweedFS, client_as
 
 pytestmark = pytest.mark.timeout(300)
@@ -87,8 +88,9 @@ async def operator(api_url, cluster, operator_config, api, monkeypatch):
     await op.stop()
 
 
-async def test_the_catalog_prefix_is_read_by_every_namespace_and_written_by_none(api, operator, trainer, wait_for,
-                                                                                 catalog_store, mini_hub):  # noqa: F811
+async def test_the_catalog_prefix_is_read_by_every_namespace_and_written_by_none(api, api_url, operator, trainer,
+                                                                                 wait_for, catalog_store, mini_hub,  # noqa: F811
+                                                                                 tmp_path):
     model = tiny_model()
     mini_hub.add_repo("community/tiny-gpt2", model)
     await api.create(CCKPT, None, {"apiVersion": "ckpt.dev/v1alpha1", "kind": "ClusterCheckpoint",
@@ -138,7 +140,7 @@ async def test_the_catalog_prefix_is_read_by_every_namespace_and_written_by_none
         obj = await api.get(TJ, team, f"{team}-use")
         return obj if obj.get("status", {}).get("phase") in ("Succeeded", "Failed") else None
     for team in TEAMS:
-        done = await wait_for(lambda: finished(team), timeout=120, interval=0.2)
+        done = await wait_for(lambda team=team: finished(team), timeout=120, interval=0.2)
         assert done["status"]["phase"] == "Succeeded", done["status"]
         assert done["status"]["inputs"][0]["digest"] == status["digest"]
         job = await api.get("batch/v1/jobs", team, f"{team}-use")
@@ -148,6 +150,25 @@ async def test_the_catalog_prefix_is_read_by_every_namespace_and_written_by_none
         assert attempts[team]["read"] == model["model.safetensors"]  # every namespace reads the catalog...
         assert attempts[team]["overwrite"] == "AccessDenied" and attempts[team]["delete"] == "AccessDenied"  # ...none writes it
     assert not [c for team in TEAMS for c in await api.list("v1/persistentvolumeclaims", team)]
+
+    # du with the operator's identity (an administrator's view): the catalog's row is a listing of its prefix.
+    ckpt = Plugin(write_kubeconfig(tmp_path / "kubeconfig", api_url, namespace="team-a"))
+    du = await ckpt("du", "-A", "-o", "json", "--endpoint-url", catalog_store.endpoint)
+    assert du.code == 0, du.err
+    rows = {r["namespace"]: r for r in json.loads(du.out)["namespaces"]}
+    listed = client_as(catalog_store, *OPERATOR_KEYS).list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/_catalog/")
+    assert rows["(catalog)"]["referencedBytes"] == status["sizeBytes"]
+    assert rows["(catalog)"]["storedBytes"] == sum(o["Size"] for o in listed["Contents"]) > status["sizeBytes"]
+    assert rows["(catalog)"]["s3"]["prefixes"] == [f"s3://{BUCKET}/{PREFIX}/_catalog/"]
+    # A tenant's own credentials list the catalog too (they read it), and see the same figures.
+    team_env = dict(zip(("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"), keys("team-a")))
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in team_env.items():
+            patch.setenv(key, value)
+        tenant = await ckpt("du", "--catalog", "--endpoint-url", catalog_store.endpoint)
+    assert tenant.code == 0, tenant.err
+    (catalog_line,) = [line for line in tenant.out.splitlines() if line.startswith("(catalog)")]
+    assert catalog_line.split()[1:3] == ["1", status["size"]]
 
     # Deleting the entry (no job uses it now) deletes its data, with the operator's identity.
     await api.delete(CCKPT, None, "tiny-gpt2")

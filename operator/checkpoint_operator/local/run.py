@@ -291,7 +291,8 @@ def build_report(checkpoints: list[dict], jobs: list[dict], entries: Iterable[di
         return {"name": c["metadata"]["name"], "phase": s.get("phase"), "format": s.get("format"),
                 "step": s.get("step"), "resumable": s.get("resumable"), "sizeBytes": s.get("sizeBytes"),
                 "fileCount": s.get("fileCount"), "digest": s.get("digest"), "parents": s.get("parents") or [],
-                "producedBy": s.get("producedBy")}
+                "producedBy": s.get("producedBy"), "complete": s.get("complete"),
+                "store": next(iter(s.get("location") or {}), None)}
 
     def job(j: dict) -> dict:
         s = j.get("status", {})

@@ -85,6 +85,32 @@ def ls_table(items: list[dict], *, wide: bool = False, namespaces: bool = False,
     return table(headers, rows)
 
 
+def as_catalog_row(entry: dict) -> dict:
+    """A ClusterCheckpoint as a row of `ls -A`: no namespace of its own (shown as the catalog's), its source kind."""
+    row = dict(entry)
+    row["metadata"] = {**(entry.get("metadata") or {}), "namespace": "(catalog)"}
+    return row
+
+
+def catalog_table(items: list[dict], *, wide: bool = False, now: Optional[datetime] = None) -> str:
+    """`ls --catalog`: what every namespace may use as {clusterCheckpoint: NAME}, with its license and source."""
+    headers = ["NAME", "PHASE", "FORMAT", "SIZE", "USED-BY", "LICENSE", "SOURCE", "AGE"]
+    if wide:
+        headers += ["FILES", "COMMIT", "DIGEST"]
+    rows = []
+    for body in sorted(items, key=lambda b: b["metadata"]["name"]):
+        meta, status = body["metadata"], body.get("status") or {}
+        source = status.get("source") or {}
+        row = [meta["name"], status.get("phase") or "Pending", _text(status.get("format")), _text(status.get("size")),
+               _text(status.get("usedByCount") or None), _text(status.get("license")),
+               _text(source.get("uri") or producer(body)), age(meta.get("creationTimestamp"), now)]
+        if wide:
+            row += [_text(status.get("fileCount")), _text((source.get("resolvedRevision") or "")[:12] or None),
+                    _text(status.get("digest"))]
+        rows.append(row)
+    return table(headers, rows)
+
+
 def table(headers: list[str], rows: list[list[str]]) -> str:
     cells = [headers, *rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
