@@ -301,7 +301,9 @@ def build_report(checkpoints: list[dict], jobs: list[dict], entries: Iterable[di
                 "outputCheckpoints": s.get("outputCheckpoints") or [], "message": s.get("message")}
     def entry(e: dict) -> dict:
         s = e.get("status", {})
-        return {**ckpt(e), "license": s.get("license"), "source": (s.get("source") or {}).get("uri")}
+        source = s.get("source") or {}
+        return {**ckpt(e), "license": s.get("license"), "source": source.get("uri"),
+                "commit": source.get("resolvedRevision")}
     by_name = lambda o: o["metadata"]["name"]  # noqa: E731
     report = {"checkpoints": [ckpt(c) for c in sorted(checkpoints, key=by_name)],
               "trainingJobs": [job(j) for j in sorted(jobs, key=by_name)]}
