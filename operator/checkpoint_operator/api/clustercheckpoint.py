@@ -16,7 +16,7 @@ from checkpoint_operator.api.checkpoint import CheckpointFormat, CheckpointPhase
 from checkpoint_operator.api.common import QUANTITY_PATTERN, Condition
 from checkpoint_operator.api.meta import ObjectMeta, meta_field
 from checkpoint_operator.api.rules import ApiModel, Description, Digest, Message, Name, Rule, Short, Uri, has_exactly_one
-from checkpoint_operator.api.sources import (HTTP_URL, USERINFO, AzureBlobSource, GcsSource, GitSource,
+from checkpoint_operator.api.sources import (CONTROL, HTTP_URL, USERINFO, AzureBlobSource, GcsSource, GitSource,
                                              HuggingFaceSource, SourceStatus, cel_matches, cel_string)
 
 # Hugging Face first: the catalog is mostly public models of the Hub.
@@ -57,10 +57,12 @@ class ClusterCheckpointSpec(ApiModel):
         Rule("self == oldSelf", "spec is immutable (spec.source, spec.license, ...): create a new ClusterCheckpoint "
                                 "instead", None),
         Rule(f"!has(self.license) || (self.license.matches({cel_string(HTTP_URL)}) "
-             f"&& !self.license.matches({cel_string(USERINFO)}))",
-             "spec.license must be an http:// or https:// URL (the license's text), without credentials",
+             f"&& !self.license.matches({cel_string(USERINFO)}) && !self.license.matches({cel_string(CONTROL)}))",
+             "spec.license must be an http:// or https:// URL (the license's text), without credentials or "
+             "control characters",
              lambda s: "license" not in s or (cel_matches(HTTP_URL, s["license"])
-                                              and not cel_matches(USERINFO, s["license"])),
+                                              and not cel_matches(USERINFO, s["license"])
+                                              and not cel_matches(CONTROL, s["license"])),
              field_path=".license"),
     )
 

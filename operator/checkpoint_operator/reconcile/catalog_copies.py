@@ -19,6 +19,7 @@ from checkpoint_operator.kube import PVCS, ApiError
 from checkpoint_operator.logic import catalog
 from checkpoint_operator.logic.inputs import InputWait, ResolvedInput
 from checkpoint_operator.logic.results import Fail
+from checkpoint_operator.logic.workload import foreign_claim_message, owned_by
 from checkpoint_operator.reconcile import agent_runs
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.objects import InvalidObject, parse
@@ -44,10 +45,9 @@ def namespace_copy(ctx: Context, tj: TrainingJob, entry_body: dict,
         return Fail("InputNotCopyable", refusal)
     if claim is None:
         claim = ctx.kube.ensure(PVCS, namespace, catalog.build_copy_claim(entry, ctx.config, namespace))
-    if not any(o.get("uid") == entry.metadata.uid for o in claim.get("metadata", {}).get("ownerReferences") or []):
-        return InputWait("NameConflict", f"PersistentVolumeClaim {name} exists and is not the copy of "
-                                         f"ClusterCheckpoint {entry.metadata.name} (uid {entry.metadata.uid}): "
-                                         "delete or rename it")
+    if not owned_by(claim, entry.metadata.uid):  # a namesake (a tenant's own claim) is never mounted nor written
+        return InputWait("ClaimNotOwned", foreign_claim_message(name, entry.kind, entry.metadata.name,
+                                                                entry.metadata.uid))
     parts = store.copy_containers(entry, name, ctx.config.max_checkpoint_bytes)
     pod = catalog.build_copy_pod(entry, ctx.config, namespace, parts)
     describe = f"copying ClusterCheckpoint {entry.metadata.name} into namespace {namespace} (once for the namespace)"

@@ -22,6 +22,7 @@ from checkpoint_operator.logic.protection import uses_selector
 from checkpoint_operator.logic.results import Done, Fail, Result, Wait
 from checkpoint_operator.logic.snapshot import ScanResult, ready_change
 from checkpoint_operator.logic.status import StatusChange
+from checkpoint_operator.logic.workload import foreign_claim_message, owned_by
 from checkpoint_operator.reconcile import agent_runs, volumes
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.objects import InvalidObject, parse, parse_tolerant
@@ -99,7 +100,10 @@ def import_entry(ctx: Context, entry: ClusterCheckpoint) -> Result:
     claim = catalog.catalog_claim_name(entry)
     try:
         if store.import_needs_claim:
-            ctx.kube.ensure(PVCS, namespace, catalog.build_catalog_claim(entry, ctx.config, namespace))
+            found = ctx.kube.ensure(PVCS, namespace, catalog.build_catalog_claim(entry, ctx.config, namespace))
+            if not owned_by(found, entry.metadata.uid):  # never mount a claim that is not the entry's
+                return Wait("ClaimNotOwned", foreign_claim_message(claim, entry.kind, entry.metadata.name,
+                                                                   entry.metadata.uid), requeue_after=volumes.CLAIM_RECHECK)
         pod = catalog.build_import_pod(entry, ctx.config, namespace, store.catalog_import_containers(entry, limit))
         run = agent_runs.run_agent_pod(ctx, entry.metadata.uid, pod, "import")
     except ApiError as exc:  # the catalog namespace is missing, or the operator may not act there

@@ -358,6 +358,8 @@ CASES: list[Case] = [
     Case("catalog-license-not-a-url", cluster_checkpoint(license="Apache-2.0"), ("spec.license",)),
     Case("catalog-license-with-credentials", cluster_checkpoint(license="https://u:p@example.com/l"),
          ("spec.license",)),
+    Case("catalog-license-control", cluster_checkpoint(license="https://example.com/l%0D%0AX-Evil: 1"),
+         ("spec.license",)),
     Case("catalog-bad-repo", cluster_checkpoint(source={"huggingFace": {"repo": "no-slash"}}), (HF_REPO,)),
     Case("catalog-spec-same", cluster_checkpoint(), old=cluster_checkpoint()),
     Case("catalog-spec-changed", cluster_checkpoint(license="https://a.example/l"),
