@@ -224,7 +224,10 @@ def _measure_prefixes(row: "usage.Usage", endpoint_url: Optional[str]) -> None:
 
 def cmd_lineage(cluster: Cluster, args, io: Io) -> int:
     check_name("Checkpoint", args.name)
-    lineage = views.build_lineage(list_checkpoints(cluster), args.name)
+    items = list_checkpoints(cluster)
+    from_catalog = any(p.get("kind") == "ClusterCheckpoint" for b in items
+                       for p in (b.get("status") or {}).get("parents") or [])
+    lineage = views.build_lineage(items, args.name, list_catalog(cluster) if from_catalog else ())
     if lineage is None:
         cluster.get_checkpoint(args.name)  # says why (not found, no such namespace)
         raise PluginError(f'Checkpoint "{args.name}" not found in namespace {cluster.namespace}')

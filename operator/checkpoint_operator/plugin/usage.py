@@ -41,7 +41,8 @@ class Usage:
 
     @property
     def saved(self) -> Optional[int]:
-        """Bytes referenced but not stored again (shared); negative: stored beyond what is referenced."""
+        """Bytes referenced but not stored again (shared); negative: stored beyond what is referenced
+        (manifests, uploads not yet a Checkpoint, a claim's free space)."""
         return None if self.stored is None else self.referenced - self.stored
 
     def to_json(self) -> dict:
@@ -110,10 +111,10 @@ def du_table(rows: list[Usage]) -> str:
         return "-" if value is None else format_size(value)
 
     def saved(usage: Usage) -> str:
-        if usage.saved is None:
+        # Only what sharing saves; stored above referenced (manifests, uploads in flight, a claim's free space)
+        # shows in STORED itself (-o json has the signed figure).
+        if not usage.saved or usage.saved < 0:
             return "-"
-        if usage.saved < 0:
-            return f"-{format_size(-usage.saved)}"
         return format_size(usage.saved) + (f" ({usage.saved * 100 // usage.referenced}%)" if usage.referenced else "")
 
     def where(usage: Usage) -> str:

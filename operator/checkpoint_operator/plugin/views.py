@@ -162,9 +162,11 @@ def _node(body: dict) -> Node:
                 status.get("step"), producer(body))
 
 
-def build_lineage(items: Iterable[dict], name: str) -> Optional[Lineage]:
-    """The lineage of `name` among `items` (one namespace's Checkpoints); None if it is not there."""
+def build_lineage(items: Iterable[dict], name: str, entries: Iterable[dict] = ()) -> Optional[Lineage]:
+    """The lineage of `name` among `items` (one namespace's Checkpoints); None if it is not there. A parent
+    that is a catalog entry is found among `entries` (the ClusterCheckpoints): a root of the tree."""
     by_uid = {b["metadata"].get("uid", ""): b for b in items}
+    catalog = {b["metadata"].get("uid", ""): b for b in entries}
     root = next((b for b in by_uid.values() if b["metadata"]["name"] == name), None)
     if root is None:
         return None
@@ -177,6 +179,15 @@ def build_lineage(items: Iterable[dict], name: str) -> Optional[Lineage]:
         nodes = []
         for pinned in (body.get("status") or {}).get("parents") or []:
             uid = pinned.get("uid", "")
+            if pinned.get("kind") == "ClusterCheckpoint":
+                entry = catalog.get(uid)
+                if entry is None:
+                    nodes.append(Node(pinned.get("name", "?"), uid, pinned.get("digest"), gone=True,
+                                      producer="catalog"))
+                else:
+                    nodes.append(_node(entry))
+                    nodes[-1].producer = "catalog"
+                continue
             found = by_uid.get(uid)
             if found is None:
                 nodes.append(Node(pinned.get("name", "?"), uid, pinned.get("digest"), gone=True))

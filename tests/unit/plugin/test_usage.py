@@ -43,7 +43,7 @@ def test_saved_is_what_is_referenced_but_not_stored_again():
     assert shared.saved == 80
     assert "80B (40%)" in usage.du_table([shared])
     copied = usage.Usage("team-b", checkpoints=1, referenced=100, stored_s3=110)
-    assert copied.saved == -10 and "-10B" in usage.du_table([copied])
+    assert copied.saved == -10 and usage.du_table([copied]).splitlines()[1].split()[4] == "-"
     unmeasured = usage.Usage("team-c", checkpoints=1, referenced=100)
     assert unmeasured.stored is None and unmeasured.saved is None
     both = usage.Usage("team-d", referenced=10, stored_s3=5, claim_bytes=1024)
