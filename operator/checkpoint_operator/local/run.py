@@ -50,7 +50,8 @@ def load_manifests(paths: Iterable[str]) -> list[dict]:
     from checkpoint_operator.api.checkpoint import CheckpointSpec
     from checkpoint_operator.api.clustercheckpoint import ClusterCheckpointSpec
     from checkpoint_operator.api.trainingjob import TrainingJobSpec
-    models: dict[str, type[pydantic.BaseModel]] = {"Checkpoint": CheckpointSpec, "TrainingJob": TrainingJobSpec,
+    from checkpoint_operator.api.rules import ApiModel
+    models: dict[str, type[ApiModel]] = {"Checkpoint": CheckpointSpec, "TrainingJob": TrainingJobSpec,
                                                    "ClusterCheckpoint": ClusterCheckpointSpec}
     objects = []
     for file in manifest_files(paths):
