@@ -201,3 +201,41 @@ async def test_a_catalog_entry_that_needs_a_secret_is_not_copied_on_the_volume_s
     assert "needs a Secret of the operator's namespace" in failed["status"]["message"]
     assert not [c for c in await api.list("v1/persistentvolumeclaims", "team-a")
                 if c["metadata"].get("labels", {}).get("ckpt.dev/clustercheckpoint") == "private"]
+
+
+async def test_a_tenant_cannot_plant_or_mount_a_namespace_copy(api, operator, trainer, wait_for, mini_hub):  # noqa: F811
+    """A claim planted under the copy's name is never mounted nor written (the job waits, naming it), and a
+    template that names the real copy is refused: it would change the bytes behind the entry's digest."""
+    mini_hub.add_repo("community/tiny-gpt2", tiny_model())
+    await api.create(CCKPT, None, entry("tiny-gpt2", {"huggingFace": {"repo": "community/tiny-gpt2",
+                                                                      "endpoint": mini_hub.endpoint}}))
+
+    async def ready():
+        obj = await api.get(CCKPT, None, "tiny-gpt2")
+        return obj if obj.get("status", {}).get("phase") == "Ready" else None
+    uid = (await wait_for(ready, timeout=120, interval=0.2))["metadata"]["uid"]
+    copy_name = f"catalog-tiny-gpt2-{uid[:5]}-copy"
+    await api.create("v1/persistentvolumeclaims", "team-a", {"metadata": {"name": copy_name}, "spec": {
+        "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
+    await api.create(TJ, "team-a", job_in("team-a", "victim", checkpoints=[{"clusterCheckpoint": "tiny-gpt2"}]))
+
+    async def waiting():
+        obj = await api.get(TJ, "team-a", "victim")
+        return obj if (obj.get("status") or {}).get("message", "").startswith(
+            f"PersistentVolumeClaim {copy_name} exists and does not belong to ClusterCheckpoint tiny-gpt2") else None
+    await wait_for(waiting, timeout=30)
+    assert not [p for p in await api.list("v1/pods", "team-a")
+                if any((v.get("persistentVolumeClaim") or {}).get("claimName") == copy_name
+                       for v in p["spec"].get("volumes") or [])]
+
+    # The planted claim gone, the real copy is made; a template naming it is refused.
+    await api.delete("v1/persistentvolumeclaims", "team-a", copy_name)
+    await api.delete(TJ, "team-a", "victim")
+    trainer.behaviours["user"] = lambda attempt, env: 0
+    await api.create(TJ, "team-b", job_in("team-b", "user", checkpoints=[{"clusterCheckpoint": "tiny-gpt2"}]))
+    await phase_of(api, wait_for, "team-b", "user", "Succeeded")
+    thief = job_in("team-b", "thief")
+    thief["spec"]["template"]["spec"]["volumes"] = [{"name": "c", "persistentVolumeClaim": {"claimName": copy_name}}]
+    await api.create(TJ, "team-b", thief)
+    failed = await phase_of(api, wait_for, "team-b", "thief", "Failed")
+    assert "is managed by the checkpoint operator" in failed["status"]["message"], failed["status"]

@@ -18,17 +18,19 @@ from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.kube import PVCS, ApiError
 from checkpoint_operator.logic import catalog
 from checkpoint_operator.logic.inputs import InputWait, ResolvedInput
-from checkpoint_operator.logic.results import Fail
+from checkpoint_operator.logic.results import Fail, Wait
 from checkpoint_operator.logic.workload import foreign_claim_message, owned_by
-from checkpoint_operator.reconcile import agent_runs
+from checkpoint_operator.reconcile import agent_runs, template_claims
 from checkpoint_operator.reconcile.context import Context
+from checkpoint_operator.reconcile.volumes import CLAIM_RECHECK
 from checkpoint_operator.reconcile.objects import InvalidObject, parse
 from checkpoint_operator.storage import store_for
 
 
 def namespace_copy(ctx: Context, tj: TrainingJob, entry_body: dict,
-                   resolved: ResolvedInput) -> ResolvedInput | InputWait | Fail:
-    """The input as the job mounts it: its namespace's verified copy, or why it waits or fails."""
+                   resolved: ResolvedInput) -> ResolvedInput | InputWait | Wait | Fail:
+    """The input as the job mounts it: its namespace's verified copy, or why it waits (an InputWait: an event
+    of the copy ends it; a Wait: a look again later) or fails."""
     store = store_for(ctx.config)
     if not store.copies_per_namespace:
         return resolved  # the s3 store reads the catalog prefix itself
@@ -44,10 +46,13 @@ def namespace_copy(ctx: Context, tj: TrainingJob, entry_body: dict,
     if refusal:
         return Fail("InputNotCopyable", refusal)
     if claim is None:
+        squatted = template_claims.squatted(ctx, namespace, name)  # a template that would mount it read-write
+        if squatted:
+            return Wait("ClaimNamedByTrainingJob", squatted, requeue_after=template_claims.SQUAT_RECHECK)
         claim = ctx.kube.ensure(PVCS, namespace, catalog.build_copy_claim(entry, ctx.config, namespace))
     if not owned_by(claim, entry.metadata.uid):  # a namesake (a tenant's own claim) is never mounted nor written
-        return InputWait("ClaimNotOwned", foreign_claim_message(name, entry.kind, entry.metadata.name,
-                                                                entry.metadata.uid))
+        return Wait("ClaimNotOwned", foreign_claim_message(name, entry.kind, entry.metadata.name, entry.metadata.uid),
+                    requeue_after=CLAIM_RECHECK)
     parts = store.copy_containers(entry, name, ctx.config.max_checkpoint_bytes)
     pod = catalog.build_copy_pod(entry, ctx.config, namespace, parts)
     describe = f"copying ClusterCheckpoint {entry.metadata.name} into namespace {namespace} (once for the namespace)"

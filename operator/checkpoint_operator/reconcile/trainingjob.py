@@ -113,9 +113,9 @@ def start(ctx: Context, tj: TrainingJob) -> Result:
     # entry meanwhile, its uses label stays, so the entry cannot go while it is copied).
     copied = [catalog_copies.namespace_copy(ctx, tj, body or {}, i) if i.cluster else i
               for i, body in zip(inputs, live)]
-    failed = next((c for c in copied if isinstance(c, Fail)), None)
-    if failed is not None:
-        return failed
+    stopped = next((c for c in copied if isinstance(c, (Fail, Wait))), None)
+    if stopped is not None:
+        return stopped
     copying = [c for c in copied if isinstance(c, InputWait)]
     if copying:
         return flow.input_wait(copying)
