@@ -15,7 +15,8 @@ from pydantic import Field
 from checkpoint_operator.api.checkpoint import CheckpointFormat, CheckpointPhase, HttpSource, Location, S3Source
 from checkpoint_operator.api.common import QUANTITY_PATTERN, Condition
 from checkpoint_operator.api.meta import ObjectMeta, meta_field
-from checkpoint_operator.api.rules import ApiModel, Description, Digest, Message, Name, Rule, Short, Uri, has_exactly_one
+from checkpoint_operator.api.rules import (ApiModel, Count, Description, Digest, Message, Metric, Name, Rule, Short, Uri,
+                                           has_exactly_one)
 from checkpoint_operator.api.sources import (CONTROL, HTTP_URL, USERINFO, AzureBlobSource, GcsSource, GitSource,
                                              HuggingFaceSource, SourceStatus, cel_matches, cel_string)
 
@@ -92,15 +93,17 @@ class ClusterCheckpointStatus(ApiModel):
     location: Optional[Location] = Field(None, description="Where the catalog's copy is (a claim of the operator's "
                                                            "namespace, or the store's catalog prefix).")
     owned: Optional[bool] = Field(None, description="True: the operator deletes the data with the entry.")
-    sizeBytes: Optional[int] = Field(None, description="Total size of the files in bytes.")
+    sizeBytes: Optional[Count] = Field(None, description="Total size of the files in bytes.")
     size: Optional[Short] = Field(None, description="Total size, human-readable (for kubectl get).")
-    fileCount: Optional[int] = Field(None, description="Number of files.")
+    fileCount: Optional[Count] = Field(None, description="Number of files.")
     digest: Optional[Digest] = Field(None, description="sha256: of the canonical manifest; what every use is pinned to.")
     format: Optional[CheckpointFormat] = Field(None, description="Detected format.")
-    step: Optional[int] = Field(None, description="Training step, when known.")
+    step: Optional[Count] = Field(None, description="Training step, when known.")
     resumable: Optional[bool] = Field(None, description="True when optimizer state is present.")
-    complete: Optional[bool] = Field(None, description="False when the format's completeness rule found it incomplete.")
-    metrics: Optional[dict[str, Annotated[float, Field(description="The metric's value.")]]] = Field(
+    complete: Optional[bool] = Field(
+        None, description="True when its files were checked and are what their format says; false when a check found "
+                          "otherwise; absent when nothing could be checked (as a Checkpoint's).")
+    metrics: Optional[dict[str, Annotated[Metric, Field(description="The metric's value.")]]] = Field(
         None, max_length=16, description="A few numbers the checkpoint records about itself.")
     source: Optional[SourceStatus] = Field(None, description="What was fetched and, for Git and the Hub, the commit.")
     license: Optional[Uri] = Field(None, description="spec.license, as recorded when the data was imported.")
@@ -108,9 +111,9 @@ class ClusterCheckpointStatus(ApiModel):
         None, max_length=MAX_USED_BY_LISTED,
         description=f"Live TrainingJobs that use it, of any namespace (the first {MAX_USED_BY_LISTED}; informational: "
                     "the in-use protection asks the API server at deletion time).")
-    usedByCount: Optional[int] = Field(None, description="Number of live TrainingJobs that use it (for kubectl get).")
+    usedByCount: Optional[Count] = Field(None, description="Number of live TrainingJobs that use it (for kubectl get).")
     conditions: Optional[list[Condition]] = Field(None, description="Standard conditions (Ready, Complete).")
-    observedGeneration: Optional[int] = Field(None, description="The .metadata.generation last reconciled.")
+    observedGeneration: Optional[Count] = Field(None, description="The .metadata.generation last reconciled.")
 
 class ClusterCheckpoint(ApiModel):
     model_config = ApiModel.model_config | {"extra": "ignore"}
