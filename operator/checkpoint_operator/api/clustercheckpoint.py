@@ -13,8 +13,8 @@ from typing import Annotated, Literal, Optional
 from pydantic import Field
 
 from checkpoint_operator.api.checkpoint import CheckpointFormat, CheckpointPhase, HttpSource, Location, S3Source
-from checkpoint_operator.api.common import QUANTITY_PATTERN, Condition
-from checkpoint_operator.api.meta import ObjectMeta, meta_field
+from checkpoint_operator.api.common import QUANTITY_PATTERN, Condition, ready_reason
+from checkpoint_operator.api.meta import ApiObject
 from checkpoint_operator.api.rules import (ApiModel, Count, Description, Digest, Message, Metric, Name, Rule, Short, Uri,
                                            has_exactly_one)
 from checkpoint_operator.api.sources import (CONTROL, HTTP_URL, USERINFO, AzureBlobSource, GcsSource, GitSource,
@@ -115,31 +115,26 @@ class ClusterCheckpointStatus(ApiModel):
     conditions: Optional[list[Condition]] = Field(None, description="Standard conditions (Ready, Complete).")
     observedGeneration: Optional[Count] = Field(None, description="The .metadata.generation last reconciled.")
 
-class ClusterCheckpoint(ApiModel):
-    model_config = ApiModel.model_config | {"extra": "ignore"}
 
-    apiVersion: str = "ckpt.dev/v1alpha1"
+
+class ClusterCheckpointHead(ApiObject):
+    """A catalog entry without its spec: what can still be read, failed or deleted when the spec does not
+    parse (as CheckpointHead; reconcile/objects.py)."""
+
     kind: Literal["ClusterCheckpoint"] = "ClusterCheckpoint"
-    metadata: ObjectMeta = meta_field()
-    spec: ClusterCheckpointSpec
-    status: ClusterCheckpointStatus = Field(
-        default_factory=ClusterCheckpointStatus)  # type: ignore[arg-type]  # (mypy runs without pydantic's plugin)
+    status: ClusterCheckpointStatus = Field(default_factory=ClusterCheckpointStatus)
 
     @property
     def phase(self) -> CheckpointPhase:
         return self.status.phase or CheckpointPhase.PENDING
 
+    def ready_reason(self) -> Optional[str]:
+        return ready_reason(self.status.conditions)
+
+
+class ClusterCheckpoint(ClusterCheckpointHead):
+    spec: ClusterCheckpointSpec
+
     @property
     def is_usable(self) -> bool:
         return self.phase == CheckpointPhase.READY and not self.metadata.deleting
-
-    def ready_reason(self) -> Optional[str]:
-        ready = next((c for c in self.status.conditions or [] if c.type == "Ready"), None)
-        return ready.reason if ready else None
-
-    def to_wire(self) -> dict:
-        wire = super().to_wire()
-        wire["metadata"] = self.metadata.wire()
-        if not wire.get("status"):
-            wire.pop("status", None)
-        return wire

@@ -49,10 +49,10 @@ def load_manifests(paths: Iterable[str]) -> list[dict]:
     pydantic models), so a bad manifest fails here with the field named."""
     from checkpoint_operator.api.checkpoint import CheckpointSpec
     from checkpoint_operator.api.clustercheckpoint import ClusterCheckpointSpec
-    from checkpoint_operator.api.trainingjob import TrainingJobSpec
     from checkpoint_operator.api.rules import ApiModel
+    from checkpoint_operator.api.trainingjob import TrainingJobSpec
     models: dict[str, type[ApiModel]] = {"Checkpoint": CheckpointSpec, "TrainingJob": TrainingJobSpec,
-                                                   "ClusterCheckpoint": ClusterCheckpointSpec}
+                                         "ClusterCheckpoint": ClusterCheckpointSpec}
     objects = []
     for file in manifest_files(paths):
         for doc in yaml.safe_load_all(file.read_text()):

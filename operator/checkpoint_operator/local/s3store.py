@@ -133,9 +133,9 @@ class LocalSeaweedFS:
 
 
 def client(settings: S3Settings):
-    import boto3  # type: ignore[import-untyped]
-    import botocore.handlers  # type: ignore[import-untyped]
-    from botocore.config import Config  # type: ignore[import-untyped]
+    import boto3
+    import botocore.handlers
+    from botocore.config import Config
     s3 = boto3.client("s3", endpoint_url=settings.endpoint, aws_access_key_id=settings.access_key,
                       aws_secret_access_key=settings.secret_key, region_name=settings.region,
                       config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=10))

@@ -16,10 +16,12 @@ reconcile/catalog_copies.py apply them, docs/catalog.md explains the design).
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 from checkpoint_operator import API_VERSION
-from checkpoint_operator.api.clustercheckpoint import MAX_USED_BY_LISTED, ClusterCheckpoint
+from checkpoint_operator.api.checkpoint import Location, VolumeLocation
+from checkpoint_operator.api.clustercheckpoint import (MAX_USED_BY_LISTED, ClusterCheckpoint, ClusterCheckpointStatus,
+                                                       NamespacedRef)
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic.agent_pods import agent_pod
 from checkpoint_operator.logic.naming import MAX_LABEL_NAME, bounded_name, child_name
@@ -32,6 +34,8 @@ LABEL_CLUSTER_CHECKPOINT_UID = "ckpt.dev/clustercheckpoint-uid"
 COPIED_DIGEST_ANNOTATION = "ckpt.dev/copied-digest"
 IMPORT_SIZE_ANNOTATION = "ckpt.dev/volume-size"  # as on a Checkpoint: the size of the catalog's claim
 COPY_MARGIN = 64 * 1024 * 1024
+# (init containers, containers, volumes) of an agent pod, as a store builds them (storage/base.py PodParts).
+PodParts = tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]
 
 
 def _base(entry: ClusterCheckpoint) -> str:
@@ -56,7 +60,7 @@ def copy_pod_name(entry: ClusterCheckpoint) -> str:
     return child_name(_base(entry), "copy")
 
 
-def owner_reference(entry: ClusterCheckpoint) -> dict:
+def owner_reference(entry: ClusterCheckpoint) -> dict[str, Any]:
     """A namespaced object may be owned by a cluster-scoped one: it is garbage-collected with the entry."""
     return {"apiVersion": entry.apiVersion or API_VERSION, "kind": entry.kind, "name": entry.metadata.name,
             "uid": entry.metadata.uid, "controller": True, "blockOwnerDeletion": True}
@@ -68,19 +72,19 @@ def labels(entry: ClusterCheckpoint, component: str) -> dict[str, str]:
             LABEL_CLUSTER_CHECKPOINT_UID: entry.metadata.uid}
 
 
-def _metadata(entry: ClusterCheckpoint, name: str, namespace: str, component: str) -> dict:
+def _metadata(entry: ClusterCheckpoint, name: str, namespace: str, component: str) -> dict[str, Any]:
     return {"name": name, "namespace": namespace, "labels": labels(entry, component),
             "ownerReferences": [owner_reference(entry)]}
 
 
-def _claim(entry: ClusterCheckpoint, config: OperatorConfig, name: str, namespace: str, size: str) -> dict:
-    spec: dict = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}
+def _claim(entry: ClusterCheckpoint, config: OperatorConfig, name: str, namespace: str, size: str) -> dict[str, Any]:
+    spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}
     if config.default_storage_class:
         spec["storageClassName"] = config.default_storage_class
     return {"metadata": _metadata(entry, name, namespace, "import"), "spec": spec}
 
 
-def build_catalog_claim(entry: ClusterCheckpoint, config: OperatorConfig, namespace: str) -> dict:
+def build_catalog_claim(entry: ClusterCheckpoint, config: OperatorConfig, namespace: str) -> dict[str, Any]:
     size = entry.metadata.annotation(IMPORT_SIZE_ANNOTATION) or config.default_output_size
     return _claim(entry, config, catalog_claim_name(entry), namespace, size)
 
@@ -92,29 +96,29 @@ def copy_size(entry: ClusterCheckpoint, config: OperatorConfig) -> str:
     return str(int(entry.status.sizeBytes * 1.1) + COPY_MARGIN)
 
 
-def build_copy_claim(entry: ClusterCheckpoint, config: OperatorConfig, namespace: str) -> dict:
+def build_copy_claim(entry: ClusterCheckpoint, config: OperatorConfig, namespace: str) -> dict[str, Any]:
     return _claim(entry, config, copy_claim_name(entry), namespace, copy_size(entry, config))
 
 
 def build_import_pod(entry: ClusterCheckpoint, config: OperatorConfig, namespace: str,
-                     parts: tuple[list[dict], list[dict], list[dict]]) -> dict:
+                     parts: PodParts) -> dict[str, Any]:
     init_containers, containers, volumes = parts
     return agent_pod(_metadata(entry, import_pod_name(entry), namespace, "import"), config, containers, volumes,
                      init_containers)
 
 
 def build_copy_pod(entry: ClusterCheckpoint, config: OperatorConfig, namespace: str,
-                   parts: tuple[list[dict], list[dict], list[dict]]) -> dict:
+                   parts: PodParts) -> dict[str, Any]:
     init_containers, containers, volumes = parts
     return agent_pod(_metadata(entry, copy_pod_name(entry), namespace, "import"), config, containers, volumes,
                      init_containers, size_bytes=entry.status.sizeBytes)
 
 
-def copy_location(claim: str) -> dict:
-    return {"volume": {"claimName": claim, "path": IMPORT_DIR}}
+def copy_location(claim: str) -> Location:
+    return Location(volume=VolumeLocation(claimName=claim, path=IMPORT_DIR))
 
 
-def copy_is_verified(claim: Optional[dict], entry: ClusterCheckpoint) -> bool:
+def copy_is_verified(claim: Optional[Mapping[str, Any]], entry: ClusterCheckpoint) -> bool:
     """The namespace's copy holds the entry's data: made for this entry (owner uid) and its digest checked."""
     if claim is None or entry.status.digest is None:
         return False
@@ -139,11 +143,12 @@ def copy_mismatch(entry: ClusterCheckpoint, digest: str) -> str:
 
 # --- users, of every namespace --------------------------------------------------------------------
 
-def used_by_status(users: Iterable[tuple[str, str, str]]) -> dict:
+def used_by_status(users: Iterable[tuple[str, str, str]]) -> ClusterCheckpointStatus:
     """status.usedBy/usedByCount from (namespace, name, uid) of the live users: bounded, sorted."""
     ordered = sorted(set(users))
-    return {"usedBy": [{"namespace": ns, "name": n, "uid": u} for ns, n, u in ordered[:MAX_USED_BY_LISTED]],
-            "usedByCount": len(ordered)}
+    return ClusterCheckpointStatus(
+        usedBy=[NamespacedRef(namespace=ns, name=n, uid=u) for ns, n, u in ordered[:MAX_USED_BY_LISTED]],
+        usedByCount=len(ordered))
 
 
 def deletion_blocked_message(users: list[tuple[str, str]]) -> str:

@@ -11,7 +11,7 @@ into the same claim. Both go with the entry (owner references).
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Optional
+from typing import Any, Optional
 
 from checkpoint_operator.api.clustercheckpoint import ClusterCheckpoint
 from checkpoint_operator.api.trainingjob import TrainingJob
@@ -19,6 +19,7 @@ from checkpoint_operator.kube import PVCS, ApiError
 from checkpoint_operator.logic import catalog
 from checkpoint_operator.logic.inputs import InputWait, ResolvedInput
 from checkpoint_operator.logic.results import Fail, Wait
+from checkpoint_operator.logic.snapshot import parse_scan_output
 from checkpoint_operator.logic.workload import foreign_claim_message, owned_by
 from checkpoint_operator.reconcile import agent_runs, template_claims
 from checkpoint_operator.reconcile.context import Context
@@ -27,7 +28,7 @@ from checkpoint_operator.reconcile.objects import InvalidObject, parse
 from checkpoint_operator.storage import store_for
 
 
-def namespace_copy(ctx: Context, tj: TrainingJob, entry_body: dict,
+def namespace_copy(ctx: Context, tj: TrainingJob, entry_body: dict[str, Any],
                    resolved: ResolvedInput) -> ResolvedInput | InputWait | Wait | Fail:
     """The input as the job mounts it: its namespace's verified copy, or why it waits (an InputWait: an event
     of the copy ends it; a Wait: a look again later) or fails."""
@@ -56,7 +57,7 @@ def namespace_copy(ctx: Context, tj: TrainingJob, entry_body: dict,
     parts = store.copy_containers(entry, name, ctx.config.max_checkpoint_bytes)
     pod = catalog.build_copy_pod(entry, ctx.config, namespace, parts)
     describe = f"copying ClusterCheckpoint {entry.metadata.name} into namespace {namespace} (once for the namespace)"
-    run = agent_runs.run_agent_pod(ctx, entry.metadata.uid, pod, "copy")
+    run = agent_runs.run_agent_pod(ctx, entry.metadata.uid, pod, "copy", parse=parse_scan_output)
     if isinstance(run, (agent_runs.Started, agent_runs.Running)):
         problem = run.problem if isinstance(run, agent_runs.Running) else None
         if problem is not None:
@@ -78,7 +79,7 @@ def namespace_copy(ctx: Context, tj: TrainingJob, entry_body: dict,
     return replace(resolved, location=catalog.copy_location(name))
 
 
-def _mark_verified(ctx: Context, namespace: str, claim: dict, digest: str) -> Optional[InputWait]:
+def _mark_verified(ctx: Context, namespace: str, claim: dict[str, Any], digest: str) -> Optional[InputWait]:
     """Idempotent (the same digest each time), so unconditional: a claim's status changes underneath."""
     name = claim["metadata"]["name"]
     try:

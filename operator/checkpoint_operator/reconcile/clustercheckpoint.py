@@ -9,23 +9,25 @@ CATALOG_POLL seconds while it runs, whatever events say.
 
 from __future__ import annotations
 
-from typing import Optional
+import dataclasses
+from typing import Any, Optional
 
 from checkpoint_operator import PROTECTION_FINALIZER, metrics
 from checkpoint_operator.api.checkpoint import CheckpointPhase
-from checkpoint_operator.api.clustercheckpoint import ClusterCheckpoint
+from checkpoint_operator.api.clustercheckpoint import ClusterCheckpoint, ClusterCheckpointHead, ClusterCheckpointStatus
 from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator.api.trainingjob import TrainingJobPhase
 from checkpoint_operator.kube import CLUSTER_CHECKPOINTS, PVCS, TRAINING_JOBS, ApiError, Conflict
 from checkpoint_operator.logic import catalog, import_sources, limits
 from checkpoint_operator.logic.protection import uses_selector
 from checkpoint_operator.logic.results import Done, Fail, Result, Wait
-from checkpoint_operator.logic.snapshot import ScanResult, ready_change
-from checkpoint_operator.logic.status import StatusChange
+from checkpoint_operator.api.sources import SourceStatus
+from checkpoint_operator.logic.snapshot import ScanResult, parse_scan_output, ready_change
+from checkpoint_operator.logic.status import StatusChange, fail_change
 from checkpoint_operator.logic.workload import foreign_claim_message, owned_by
-from checkpoint_operator.reconcile import agent_runs, volumes
+from checkpoint_operator.reconcile import agent_runs, status_writer, volumes
 from checkpoint_operator.reconcile.context import Context
-from checkpoint_operator.reconcile.objects import InvalidObject, parse, parse_tolerant
+from checkpoint_operator.reconcile.objects import InvalidObject, parse, parse_head
 from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.storage import ForeignLocation, MissingUpload, store_for
 
@@ -42,11 +44,11 @@ def reconcile(ctx: Context, name: str) -> Optional[float]:
         try:
             entry = parse(ClusterCheckpoint, body)
         except InvalidObject as invalid:
-            entry = parse_tolerant(ClusterCheckpoint, invalid.body)
-            if entry.metadata.deleting:
-                return guard_deletion(ctx, entry)
-            if not entry.phase.is_settled:
-                record(ctx, entry, Fail("InvalidSpec", invalid.message()))
+            head = parse_head(ClusterCheckpointHead, invalid.body)
+            if head.metadata.deleting:
+                return guard_deletion(ctx, head)
+            if not head.phase.is_settled:
+                record(ctx, head, Fail("InvalidSpec", invalid.message()))
             return None
         if entry.metadata.deleting:
             return guard_deletion(ctx, entry)
@@ -60,17 +62,8 @@ def reconcile(ctx: Context, name: str) -> Optional[float]:
     return 0.0
 
 
-def record(ctx: Context, entry: ClusterCheckpoint, result: Result) -> Optional[float]:
-    if isinstance(result, Wait):
-        if result.reason is not None:
-            write_status(ctx, entry, StatusChange(phase=entry.phase, reason=result.reason, message=result.message,
-                                                  stalled=result.stalled,
-                                                  event="Warning" if result.warning else "Normal"))
-        return result.requeue_after
-    if isinstance(result, Fail):
-        write_status(ctx, entry, StatusChange(phase=CheckpointPhase.FAILED, reason=result.reason,
-                                              message=result.message, stalled=True, event="Warning"))
-    return None
+def record(ctx: Context, entry: ClusterCheckpointHead, result: Result) -> Optional[float]:
+    return status_writer.record(ctx, entry, result, lambda fail: fail_change(CheckpointPhase.FAILED, fail))[1]
 
 
 def _add_finalizer(ctx: Context, entry: ClusterCheckpoint) -> None:
@@ -84,9 +77,7 @@ def _add_finalizer(ctx: Context, entry: ClusterCheckpoint) -> None:
 
 def sync_used_by(ctx: Context, entry: ClusterCheckpoint) -> None:
     wanted = catalog.used_by_status(ctx.indexes.users_of_cluster_checkpoint(entry.metadata.uid))
-    current = {"usedBy": [u.to_wire() for u in entry.status.usedBy or []],
-               "usedByCount": entry.status.usedByCount or 0}
-    if current != wanted:
+    if (entry.status.usedBy or [], entry.status.usedByCount or 0) != (wanted.usedBy, wanted.usedByCount):
         write_status(ctx, entry, StatusChange(fields=wanted))
 
 
@@ -105,7 +96,7 @@ def import_entry(ctx: Context, entry: ClusterCheckpoint) -> Result:
                 return Wait("ClaimNotOwned", foreign_claim_message(claim, entry.kind, entry.metadata.name,
                                                                    entry.metadata.uid), requeue_after=volumes.CLAIM_RECHECK)
         pod = catalog.build_import_pod(entry, ctx.config, namespace, store.catalog_import_containers(entry, limit))
-        run = agent_runs.run_agent_pod(ctx, entry.metadata.uid, pod, "import")
+        run = agent_runs.run_agent_pod(ctx, entry.metadata.uid, pod, "import", parse=parse_scan_output)
     except ApiError as exc:  # the catalog namespace is missing, or the operator may not act there
         return Wait("CatalogNamespaceUnusable", f"importing {source.uri} in namespace {namespace} (the catalog "
                                                 f"namespace): {exc}", requeue_after=30.0)
@@ -131,7 +122,7 @@ def import_entry(ctx: Context, entry: ClusterCheckpoint) -> Result:
     return _record_import(ctx, entry, pod, run.scan, claim, describe)
 
 
-def _record_import(ctx: Context, entry: ClusterCheckpoint, pod: dict, scan: ScanResult, claim: str,
+def _record_import(ctx: Context, entry: ClusterCheckpoint, pod: dict[str, Any], scan: ScanResult, claim: str,
                    describe: str) -> Result:
     store = store_for(ctx.config)
 
@@ -152,24 +143,30 @@ def _record_import(ctx: Context, entry: ClusterCheckpoint, pod: dict, scan: Scan
         log = ctx.kube.read_log(pod["metadata"]["namespace"], pod["metadata"]["name"], "import")
     except ApiError:
         log = ""
-    provenance, problem = import_sources.source_status(import_sources.import_spec_of(entry.spec.source),
-                                                       import_sources.parse_import_result(log))
-    if problem:
+    provenance = import_sources.source_status(import_sources.import_spec_of(entry.spec.source),
+                                              import_sources.parse_import_result(log))
+    if isinstance(provenance, str):
         agent_runs_finish()
-        return Fail("ImportFailed", f"{describe}: {problem}")
+        return Fail("ImportFailed", f"{describe}: {provenance}")
     metrics.TRANSFERRED_BYTES.labels("import").inc(manifest.sizeBytes)
     change = ready_change(manifest, location, owned=True)
-    fields = {k: v for k, v in change.fields.items() if k not in NOT_OF_AN_ENTRY}
-    fields.update(source=provenance, license=entry.spec.license)
-    write_status(ctx, entry, StatusChange(phase=change.phase, reason=change.reason, message=change.message,
-                                          ready=True, event=change.event, fields=fields, conditions=change.conditions))
+    write_status(ctx, entry, dataclasses.replace(change, fields=entry_fields(change, provenance, entry.spec.license)))
     agent_runs_finish()
     return Done()
 
 
+def entry_fields(change: StatusChange, provenance: SourceStatus, license: Optional[str]) -> ClusterCheckpointStatus:
+    """A Checkpoint's Ready fields as a catalog entry's (no parents nor producer: it is imported, never produced
+    by a job), with what was fetched and the license it is used under."""
+    ready = change.fields.model_dump(exclude_unset=True) if change.fields is not None else {}
+    kept = {k: v for k, v in ready.items() if k in ClusterCheckpointStatus.model_fields and k not in NOT_OF_AN_ENTRY}
+    return ClusterCheckpointStatus.model_validate({**kept, "source": provenance.model_dump(exclude_none=True),
+                                                   "license": license})
+
+
 # --- deletion: the in-use protection, across namespaces --------------------------------------------
 
-def blocking_users(training_jobs: list[dict]) -> list[tuple[str, str]]:
+def blocking_users(training_jobs: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """(namespace, name) of the listed TrainingJobs that have not finished."""
     users = []
     for body in training_jobs:
@@ -183,7 +180,7 @@ def blocking_users(training_jobs: list[dict]) -> list[tuple[str, str]]:
     return sorted(users)
 
 
-def live_users(ctx: Context, uid: str) -> list[dict]:
+def live_users(ctx: Context, uid: str) -> list[dict[str, Any]]:
     """A live LIST of the TrainingJobs labelled as users: of every namespace, or of each watched one
     (a namespaced install may not list across namespaces)."""
     if not ctx.namespaces:
@@ -192,7 +189,7 @@ def live_users(ctx: Context, uid: str) -> list[dict]:
             for job in ctx.kube.list_live(TRAINING_JOBS, namespace, uses_selector(uid))]
 
 
-def guard_deletion(ctx: Context, entry: ClusterCheckpoint) -> Optional[float]:
+def guard_deletion(ctx: Context, entry: ClusterCheckpointHead) -> Optional[float]:
     """The same protection as a Checkpoint's (logic/protection.py), with a cluster-wide LIST."""
     meta = entry.metadata
     if not meta.has_finalizer(PROTECTION_FINALIZER):
@@ -207,7 +204,7 @@ def guard_deletion(ctx: Context, entry: ClusterCheckpoint) -> Optional[float]:
             metrics.BLOCKED_DELETIONS.inc()
         return None
     try:
-        deleted = store_for(ctx.config).delete_catalog_data(entry.status.to_wire())
+        deleted = store_for(ctx.config).delete_catalog_data(entry.status)
     except ForeignLocation as exc:
         ctx.warn(entry, "DataNotDeleted", str(exc))
     else:

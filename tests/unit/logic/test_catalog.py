@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 from checkpoint_operator import PROTECTION_FINALIZER
+from checkpoint_operator.api.clustercheckpoint import ClusterCheckpointHead
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic import catalog
@@ -62,16 +63,20 @@ def test_a_pinned_catalog_entry_is_kept_by_uid():
     assert same.candidates == [Candidate("gpt2", "uid-old", "gpt2", True)]
 
 
+def live(body: dict) -> ClusterCheckpointHead:
+    return ClusterCheckpointHead.model_validate({k: v for k, v in body.items() if k != "spec"})
+
+
 def test_the_live_check_of_a_catalog_entry():
     candidate = Candidate("gpt2", "uid-gpt2", "gpt2", cluster=True)
-    resolved = check_live_input(candidate, entry_body())
+    resolved = check_live_input(candidate, live(entry_body()))
     assert isinstance(resolved, ResolvedInput) and resolved.cluster and resolved.digest == "sha256:gpt2"
     assert resolved.pinned().to_wire() == {"name": "gpt2", "uid": "uid-gpt2", "digest": "sha256:gpt2", "sizeBytes": 10,
                                            "kind": "ClusterCheckpoint"}
     unprotected = entry_body()
     unprotected["metadata"]["finalizers"] = []
-    assert check_live_input(candidate, unprotected).reason == "InputNotProtected"
-    assert check_live_input(candidate, entry_body(deleting=True)).message == \
+    assert check_live_input(candidate, live(unprotected)).reason == "InputNotProtected"
+    assert check_live_input(candidate, live(entry_body(deleting=True))).message == \
         "input ClusterCheckpoint gpt2 is being deleted"
 
 
@@ -114,10 +119,11 @@ def test_an_entry_that_needs_a_secret_is_not_copied():
 
 def test_users_of_every_namespace_are_listed_and_named():
     users = [("team-b", "train", "u2"), ("team-a", "train", "u1"), ("team-a", "train", "u1")]
-    assert catalog.used_by_status(users) == {"usedBy": [{"namespace": "team-a", "name": "train", "uid": "u1"},
-                                                        {"namespace": "team-b", "name": "train", "uid": "u2"}],
-                                             "usedByCount": 2}
-    many = [(f"ns-{i:02}", "j", f"u{i}") for i in range(30)]
-    assert len(catalog.used_by_status(many)["usedBy"]) == 20 and catalog.used_by_status(many)["usedByCount"] == 30
+    assert catalog.used_by_status(users).to_wire() == {
+        "usedBy": [{"namespace": "team-a", "name": "train", "uid": "u1"},
+                   {"namespace": "team-b", "name": "train", "uid": "u2"}],
+        "usedByCount": 2}
+    many = catalog.used_by_status([(f"ns-{i:02}", "j", f"u{i}") for i in range(30)])
+    assert len(many.usedBy or []) == 20 and many.usedByCount == 30
     message = catalog.deletion_blocked_message([("team-b", "train"), ("team-a", "eval")])
     assert message.startswith("deletion waits: in use by TrainingJob(s) team-a/eval, team-b/train")

@@ -19,7 +19,19 @@ def ckpt(name, uid=None, parents=(), *, phase="Ready", step=None, job=None, sour
                        **status}}
     if job:
         body["status"]["producedBy"] = {"name": job, "uid": "j"}
-    return body
+    return views.read_checkpoint(body)
+
+
+def test_objects_of_another_version_are_read_as_far_as_this_one_knows_them():
+    body = {"metadata": {"name": "new", "uid": "u"}, "spec": {"source": {"upload": {}}, "someNewField": 1},
+            "status": {"phase": "Ready", "digest": "sha256:" + "0" * 64, "aNewStatusField": {"x": 1}}}
+    assert views.read_checkpoint(body).status.digest == "sha256:" + "0" * 64  # unknown fields ignored
+    assert views.producer(views.read_checkpoint(body)) == "upload"
+    body["spec"]["source"] = {"aNewSource": {}}  # a spec this version cannot read: the head remains
+    head = views.read_checkpoint(body)
+    assert head.phase == "Ready" and views.producer(head) == "-"
+    body["status"]["phase"] = "APhaseFromTheFuture"  # a status it cannot read: the metadata remains
+    assert views.read_checkpoint(body).metadata.name == "new"
 
 
 def test_age_reads_like_kubectl():
@@ -78,12 +90,12 @@ def test_a_catalog_parent_is_found_in_the_catalog_not_reported_deleted():
              "status": {"phase": "Ready", "digest": "sha256:" + "d" * 64,
                         "parents": [{"name": "gpt2", "uid": "u-gpt2", "digest": "sha256:" + "c" * 64,
                                      "kind": "ClusterCheckpoint"}]}}
-    lineage = views.build_lineage([child], "tuned", [entry])
+    lineage = views.build_lineage([views.read_checkpoint(child)], "tuned", [views.read_catalog_entry(entry)])
     (parent,) = lineage.parents
     assert (parent.name, parent.gone, parent.producer) == ("gpt2", False, "catalog")
     assert "gpt2  Ready  sha256:cccccccccccc  catalog" in views.render_lineage(lineage)
-    gone = views.build_lineage([child], "tuned", [])
+    gone = views.build_lineage([views.read_checkpoint(child)], "tuned", [])
     assert gone.parents[0].gone and "(deleted; pinned" in views.render_lineage(gone)
     # A Checkpoint of the namespace with the entry's uid is never taken for it.
-    assert views.build_lineage([child, {**entry, "metadata": {**entry["metadata"], "namespace": "team-a"}}],
-                               "tuned", []).parents[0].gone
+    namesake = {**entry, "metadata": {**entry["metadata"], "namespace": "team-a"}}
+    assert views.build_lineage(map(views.read_checkpoint, [child, namesake]), "tuned", []).parents[0].gone
