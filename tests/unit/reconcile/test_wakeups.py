@@ -183,3 +183,17 @@ def test_the_resync_drops_what_is_kept_of_objects_the_indexes_no_longer_hold():
     assert ctx.forget_gone() == 5
     assert set(ctx.own_writes) == {("TrainingJob", "default", "kept"), ("Checkpoint", "default", "here")}
     assert set(ctx.last_uses) == {("default", "kept")} and set(ctx.live) == {("default", "u-kept")}
+
+
+def test_what_is_kept_of_a_catalog_entry_goes_with_it():
+    """A ClusterCheckpoint's own-write record goes with its DELETED event, or with the resync once the index no
+    longer holds it; a live entry's stays (its next event is still recognised as our own write)."""
+    entry, gone = catalog_entry("gpt2", "u-gpt2"), catalog_entry("bert", "u-bert")
+    entry["metadata"]["resourceVersion"] = gone["metadata"]["resourceVersion"] = "7"
+    ctx = context(entries=[entry])
+    ctx.wrote(entry)
+    ctx.wrote(gone)
+    assert ctx.forget_gone() == 1  # bert is not in the index
+    assert set(ctx.own_writes) == {("ClusterCheckpoint", "", "gpt2")}
+    wakeups.cluster_checkpoint_event(ctx, "DELETED", entry)
+    assert ctx.own_writes == {}
