@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional, TextIO, TypeVar, get_args
 
 import yaml
 
-from checkpoint_operator import API_VERSION, GROUP, VERSION
+from checkpoint_operator import API_VERSION
 from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.manifest import MANIFEST_NAME, Manifest
 from checkpoint_operator.agent.progress import Progress, human_bytes
@@ -101,10 +101,7 @@ def require_ready(checkpoint: CheckpointHead, doing: str) -> CheckpointStatus:
 
 def list_checkpoints(cluster: Cluster, all_namespaces: bool = False) -> list[dict[str, Any]]:
     if all_namespaces:
-        import kubernetes
-        api = kubernetes.client.CustomObjectsApi(cluster.api_client)
-        return cluster.call("list Checkpoints in all namespaces", lambda: api.list_cluster_custom_object(
-            GROUP, VERSION, "checkpoints", _request_timeout=30)).get("items", [])
+        return cluster.call("list Checkpoints in all namespaces", lambda: cluster.api.list(CHECKPOINTS, None))
     items = cluster.call(f"list Checkpoints in namespace {cluster.namespace}",
                          lambda: cluster.api.list(CHECKPOINTS, cluster.namespace))
     if not items:
@@ -113,7 +110,18 @@ def list_checkpoints(cluster: Cluster, all_namespaces: bool = False) -> list[dic
 
 
 def list_catalog(cluster: Cluster) -> list[dict[str, Any]]:
-    return cluster.call("list ClusterCheckpoints (the catalog)", lambda: cluster.api.list(CLUSTER_CHECKPOINTS, None))
+    return cluster.call("list ClusterCheckpoints (the catalog)", lambda: cluster.api.list(CLUSTER_CHECKPOINTS, None),
+                        served="clustercheckpoints.ckpt.dev")
+
+
+def catalog_if_readable(cluster: Cluster, io: Io) -> list[dict[str, Any]]:
+    """The catalog where it only adds to the answer (ls -A, du -A, lineage): a cluster without the
+    ClusterCheckpoint CRD (an older operator) or a user who may not list it still gets the rest, with a note."""
+    try:
+        return list_catalog(cluster)
+    except PluginError as exc:
+        io.note(f"warning: {exc} (the catalog is left out)")
+        return []
 
 
 def cmd_ls(cluster: Cluster, args: argparse.Namespace, io: Io) -> int:
@@ -123,7 +131,7 @@ def cmd_ls(cluster: Cluster, args: argparse.Namespace, io: Io) -> int:
     if args.job:
         items = [b for b in items if views.producer(views.read_checkpoint(b)) == f"tj/{args.job}"]
     # -A: the catalog too (cluster-scoped entries every namespace may use), in rows of their own.
-    entries = list_catalog(cluster) if args.all_namespaces and not args.job else []
+    entries = catalog_if_readable(cluster, io) if args.all_namespaces and not args.job else []
     if args.output in ("json", "yaml"):
         print_object({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items + entries}, args.output, io)
         return 0
@@ -159,7 +167,8 @@ def cmd_du(cluster: Cluster, args: argparse.Namespace, io: Io) -> int:
     if not args.all_namespaces:
         rows.setdefault(cluster.namespace, usage.Usage(cluster.namespace))
     if args.catalog or args.all_namespaces:
-        for namespace, found in usage.referenced(list_catalog(cluster)).items():
+        entries = list_catalog(cluster) if args.catalog else catalog_if_readable(cluster, io)
+        for namespace, found in usage.referenced(entries).items():
             rows[namespace] = found
     claims = cluster.call("list PersistentVolumeClaims", lambda: cluster.api.list(
         PVCS, None if args.all_namespaces else cluster.namespace))
@@ -225,7 +234,7 @@ def cmd_lineage(cluster: Cluster, args: argparse.Namespace, io: Io) -> int:
     check_name("Checkpoint", args.name)
     items = [views.read_checkpoint(b) for b in list_checkpoints(cluster)]
     from_catalog = any(p.kind == "ClusterCheckpoint" for c in items for p in c.status.parents or [])
-    entries = map(views.read_catalog_entry, list_catalog(cluster)) if from_catalog else ()
+    entries = map(views.read_catalog_entry, catalog_if_readable(cluster, io)) if from_catalog else ()
     lineage = views.build_lineage(items, args.name, entries)
     if lineage is None:
         cluster.get_checkpoint(args.name)  # says why (not found, no such namespace)
