@@ -1,6 +1,7 @@
 """examples/catalog/ in local mode, as a platform team and a tenant try it: the catalog entry is imported
 from a Hub (here the local mini Hub standing in for huggingface.co, the example's only change) and the
-tenant's TrainingJob fine-tunes from it, pinned to its digest."""
+tenant's TrainingJob fine-tunes from it, pinned to its digest; on both stores (s3: the catalog prefix of the
+SeaweedFS local mode starts)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ EXAMPLES = ROOT / "examples" / "catalog"
 pytestmark = pytest.mark.timeout(300)
 
 
-def test_the_catalog_example_runs_locally(tmp_path, mini_hub):  # noqa: F811
+@pytest.mark.parametrize("store", ["volume", "s3"])
+def test_the_catalog_example_runs_locally(tmp_path, mini_hub, store):  # noqa: F811
     docs = {path.name: yaml.safe_load(path.read_text()) for path in sorted(EXAMPLES.glob("*.yaml"))}
     entry = docs["1-clustercheckpoint-tiny-gpt2.yaml"]
     source = entry["spec"]["source"]["huggingFace"]
@@ -31,7 +33,8 @@ def test_the_catalog_example_runs_locally(tmp_path, mini_hub):  # noqa: F811
     for name, doc in docs.items():
         (manifests / name).write_text(yaml.safe_dump(doc))
     result = subprocess.run([sys.executable, "-m", "checkpoint_operator", "local", "run", "-f", str(manifests),
-                             "--runtime", "process", "--state-dir", str(tmp_path / "state"), "-o", "json"],
+                             "--runtime", "process", "--state-dir", str(tmp_path / "state"), "-o", "json",
+                             "--store", store],
                             cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
@@ -43,6 +46,9 @@ def test_the_catalog_example_runs_locally(tmp_path, mini_hub):  # noqa: F811
     assert job["phase"] == "Succeeded"
     assert job["inputs"] == [{"name": "tiny-gpt2", "digest": imported["digest"]}]
     (output,) = report["checkpoints"]
+    assert output["store"] == store
     assert output["parents"][0]["kind"] == "ClusterCheckpoint" and output["parents"][0]["name"] == "tiny-gpt2"
-    started_from = next((tmp_path / "state" / "cluster").rglob("step-1/started_from.json"))
-    assert set(json.loads(started_from.read_text())) >= {"config.json", "model.safetensors"}
+    assert imported["store"] == store and output["fileCount"] == 2  # (finetune.py fails without the entry's config)
+    if store == "volume":  # the job's output is a file of the local cluster's volume, what it read named there
+        started_from = next((tmp_path / "state" / "cluster").rglob("step-1/started_from.json"))
+        assert set(json.loads(started_from.read_text())) >= {"config.json", "model.safetensors"}
