@@ -13,6 +13,7 @@ Checkpoint. The catalog (ClusterCheckpoints) is a row of its own (`--catalog`).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
@@ -20,6 +21,7 @@ from checkpoint_operator.api.common import parse_quantity
 from checkpoint_operator.logic.quantity import format_size
 
 CATALOG_ROW = "(catalog)"
+OBJECT_DIRECTORY = re.compile(r".+-[0-9a-f]{8}")  # <name>-<uid8>: a Checkpoint's or a TrainingJob's directory
 
 
 @dataclass
@@ -55,15 +57,19 @@ class Usage:
 
 
 def namespace_prefix(uri: str, namespace: str) -> Optional[str]:
-    """`s3://bucket/prefix/<namespace>/` from a Checkpoint's location under it (None: not under one):
-    the first path segment equal to the namespace ends it, wherever the store puts things below."""
+    """`s3://bucket/prefix/<namespace>/` from a Checkpoint's location under it (None: not under one). What
+    the store puts directly under a namespace's prefix is named `<name>-<uid8>` (storage/s3.py prefix_for),
+    so the namespace segment followed by such a name ends it: a store prefix or a sub-path that happens to
+    be named like the namespace is not taken for it. Without such a segment, the first one named so."""
     if not uri.startswith("s3://"):
         return None
     bucket, _, key = uri[len("s3://"):].partition("/")
     parts = key.split("/")
-    if namespace not in parts[:-1]:
+    at = [i for i, part in enumerate(parts[:-1]) if part == namespace]
+    if not at:
         return None
-    return f"s3://{bucket}/" + "/".join(parts[:parts.index(namespace) + 1]) + "/"
+    end = next((i for i in at if i + 2 < len(parts) and OBJECT_DIRECTORY.fullmatch(parts[i + 1])), at[0])
+    return f"s3://{bucket}/" + "/".join(parts[:end + 1]) + "/"
 
 
 def catalog_prefix(uri: str) -> Optional[str]:

@@ -20,6 +20,11 @@ def test_the_namespace_prefix_is_found_wherever_the_store_puts_things_below_it()
     assert usage.namespace_prefix("s3://b/checkpoints/team-b/x/", "team-a") is None
     assert usage.namespace_prefix("s3://b/checkpoints/team-a", "team-a") is None  # not a prefix under it
     assert usage.catalog_prefix("s3://b/checkpoints/_catalog/gpt2-1234abcd/") == "s3://b/checkpoints/_catalog/"
+    # A store prefix named like the namespace is not its prefix (that would count every namespace's bytes)...
+    assert usage.namespace_prefix("s3://b/team-a/team-a/run-1234abcd/", "team-a") == "s3://b/team-a/team-a/"
+    # ...nor is a sub-path of a job's sealed output that happens to be named so.
+    assert usage.namespace_prefix("s3://b/ckpts/team-a/tj-0badc0de/sealed/team-a/step-1/", "team-a") == \
+        "s3://b/ckpts/team-a/"
 
 
 def test_referenced_counts_ready_checkpoints_and_where_they_are():
