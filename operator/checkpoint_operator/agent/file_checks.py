@@ -33,7 +33,7 @@ from typing import IO, Any, Callable, Optional
 from checkpoint_operator.agent import safe_pickle
 from checkpoint_operator.agent.safe_read import (
     INT64_MAX, JSON_BYTES_PER_STEP, MAX_METADATA_BYTES, Unreadable, central_directory, open_regular, parse_json,
-    quoted, zip_entries,
+    quoted, torch_pickle_name, zip_entries, zip_member,
 )
 from checkpoint_operator.agent.work_limit import OverBudget, WorkBudget
 
@@ -269,13 +269,70 @@ def zip_structure_of(f: IO[bytes], size: int, head: bytes, budget: WorkBudget) -
     return OK
 
 
+_STORAGE_BYTES_ZIP = {**{k: v for k, v in {
+    "DoubleStorage": 8, "FloatStorage": 4, "HalfStorage": 2, "LongStorage": 8, "IntStorage": 4, "ShortStorage": 2,
+    "CharStorage": 1, "ByteStorage": 1, "BoolStorage": 1, "BFloat16Storage": 2, "ComplexDoubleStorage": 16,
+    "ComplexFloatStorage": 8}.items()}, "UntypedStorage": 1}
+
+
+def torch_zip_structure_of(f: IO[bytes], size: int, head: bytes, budget: WorkBudget, *,
+                           strict: bool = True) -> Structure:
+    """A torch.save zip: the zip is whole (every member's local header and data inside the
+    file), `<archive>/data.pkl` is there and is a pickle, and every storage it refers to
+    (persistent ids `("storage", type, key, location, numel)`) has its record
+    `<archive>/data/<key>` of exactly numel elements, as torch.load reads it."""
+    zipped = zip_structure_of(f, size, head, budget)
+    if not zipped.ok:
+        return zipped
+    entries = zip_entries(f.name)
+    pickle_name = torch_pickle_name(entries)
+    if pickle_name is None:
+        if not strict:
+            return not_checked("a zip, not torch.save's (no <archive>/data.pkl)")
+        pkls = [n for n in entries if n.endswith("data.pkl")]
+        return broken("no <archive>/data.pkl member (torch.save writes its object there)" if not pkls
+                      else f"{quoted(pkls[0])} is not where torch.save writes it (<archive>/data.pkl)")
+    info = entries[pickle_name]
+    if info.file_size > MAX_METADATA_BYTES:
+        return not_checked(f"{quoted(pickle_name)} of {info.file_size} bytes is beyond the "
+                           f"{MAX_METADATA_BYTES}-byte read cap")
+    try:
+        data = zip_member(f.name, pickle_name)
+    except Unreadable as e:
+        return broken(str(e))
+    persistent: list = []
+    try:
+        safe_pickle.load_prefix(data, 0, persistent, budget)
+    except safe_pickle.NotAPickle as e:
+        return broken(f"member {quoted(pickle_name)}: {e}")
+    archive = pickle_name.rsplit("/", 1)[0]
+    budget.spend(len(persistent))
+    for pid in persistent:
+        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage" and isinstance(pid[2], str)):
+            continue  # not a storage torch.load would read from a record
+        record = f"{archive}/data/{pid[2]}"
+        member = entries.get(record)
+        if member is None:
+            return broken(f"member {quoted(record)} is missing (the storage {quoted(pid[2])} of "
+                          f"{quoted(pickle_name)})")
+        type_name = (safe_pickle.global_name(pid[1]) or "").rsplit(".", 1)[-1]
+        element = _STORAGE_BYTES_ZIP.get(type_name)
+        numel = pid[4]
+        if element is None or not isinstance(numel, int) or isinstance(numel, bool):
+            continue  # a storage type newer than this table: present, its size not checked
+        if member.file_size != numel * element:
+            return broken(f"member {quoted(record)} holds {member.file_size} bytes, {quoted(pickle_name)} "
+                          f"says {numel} elements of {element} bytes ({numel * element} bytes)")
+    return OK
+
+
 def _looks_like_safetensors(head: bytes, size: int) -> bool:
     return len(head) >= 9 and head[8:9] == b"{" and 8 + struct.unpack("<Q", head[:8])[0] <= size
 
 
 def torch_structure_of(f: IO[bytes], size: int, head: bytes, budget: WorkBudget, *, strict: bool = True) -> Structure:
     if head[:4] == b"PK\x03\x04":
-        return zip_structure_of(f, size, head, budget)
+        return torch_zip_structure_of(f, size, head, budget, strict=strict)
     if head[:1] == b"\x80":
         return legacy_torch_structure(f, size, budget, strict=strict)
     if _looks_like_safetensors(head, size):  # safetensors bytes under a torch name (some writers do)
