@@ -98,3 +98,87 @@ def test_torch_zips_with_whole_directories_and_damaged_members(tmp_path):
         m = found[name]
         assert m["complete"] is False, (name, m["completeReason"])
         assert m["completeReason"].startswith(f"model.pt: {why}"), (name, m["completeReason"])
+
+
+# --- sharded save_pretrained: killed part way, or a shard of another save --------------------
+
+def _gpt2(width: int):
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    config = transformers.GPT2Config(n_embd=width, n_layer=2, n_head=2, vocab_size=100, n_positions=16)
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(config)
+
+
+def _loads(path: Path) -> bool:
+    import transformers
+
+    return not _refused(lambda: transformers.GPT2LMHeadModel.from_pretrained(path))
+
+
+def _as_torch_shards(directory: Path) -> None:
+    """A sharded safetensors save rewritten as transformers 4's `safe_serialization=False` wrote
+    it: each shard's tensors torch.save'd to `pytorch_model-0000k-of-0000N.bin`, and
+    `pytorch_model.bin.index.json` naming them."""
+    import json
+
+    from safetensors.torch import load_file
+
+    index = json.loads((directory / "model.safetensors.index.json").read_text())
+    for shard in sorted(set(index["weight_map"].values())):
+        torch.save(load_file(directory / shard), directory / shard.replace("model", "pytorch_model", 1)
+                   .replace(".safetensors", ".bin"))
+        (directory / shard).unlink()
+    index["weight_map"] = {k: v.replace("model", "pytorch_model", 1).replace(".safetensors", ".bin")
+                           for k, v in index["weight_map"].items()}
+    (directory / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    (directory / "model.safetensors.index.json").unlink()
+
+
+@pytest.mark.parametrize("safe", [True, False], ids=["safetensors", "bin"])
+def test_sharded_save_pretrained_killed_part_way_or_given_a_shard_of_another_save(tmp_path, safe):
+    ext = "safetensors" if safe else "bin"
+    prefix = "model" if safe else "pytorch_model"
+    out, other = tmp_path / "out", tmp_path / "other"
+    whole = out / "whole"
+    _gpt2(32).save_pretrained(whole, max_shard_size="20KB")
+    _gpt2(64).save_pretrained(other, max_shard_size="20KB")
+    if not safe:  # transformers 5 writes safetensors only: the .bin shards as transformers 4 wrote them
+        _as_torch_shards(whole)
+        _as_torch_shards(other)
+    shards = sorted(whole.glob(f"{prefix}-*-of-*.{ext}"))
+    n = len(shards)
+    assert n >= 4 and (whole / f"{prefix}.{ext}.index.json").exists()
+
+    def variant(name: str) -> Path:
+        return Path(shutil.copytree(whole, out / name))
+
+    killed = variant("killed-after-3")  # save_pretrained writes the shards, then the index
+    (killed / f"{prefix}.{ext}.index.json").unlink()
+    for shard in shards[3:]:
+        (killed / shard.name).unlink()
+    no_index = variant("all-shards-no-index")
+    (no_index / f"{prefix}.{ext}.index.json").unlink()
+    foreign = variant("shard-of-another-save")
+    shutil.copy(sorted(other.glob(f"{prefix}-*-of-*.{ext}"))[2], foreign / shards[2].name)
+    swapped = variant("swapped-shards")  # the same tensors in other files: transformers loads it
+    (swapped / shards[1].name).write_bytes(shards[2].read_bytes())
+    (swapped / shards[2].name).write_bytes(shards[1].read_bytes())
+
+    assert _loads(whole) and _loads(swapped)
+    for bad in (killed, no_index, foreign):
+        assert not _loads(bad), bad.name
+
+    found = agent_scan(out)
+    for name in ("whole", "swapped-shards"):
+        assert found[name]["complete"] is True, (name, found[name]["completeReason"])
+    assert found["killed-after-3"]["complete"] is False
+    assert found["killed-after-3"]["completeReason"].startswith(
+        f"{prefix}-00004-of-{n:05d}.{ext} is missing (shards 1-{n} of {prefix} are named; 3 are present)")
+    assert found["all-shards-no-index"]["complete"] is False
+    assert found["all-shards-no-index"]["completeReason"].startswith(f"{prefix}.{ext}.index.json is missing")
+    m = found["shard-of-another-save"]
+    assert m["complete"] is False
+    assert m["completeReason"].startswith(f"{shards[2].name} lacks the tensor "), m["completeReason"]
+    assert "no other shard holds it" in m["completeReason"]

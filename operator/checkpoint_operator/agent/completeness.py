@@ -154,9 +154,75 @@ def weight_indexes(files: CheckpointFiles) -> Optional[Verdict]:
             path = _join(directory, shard)
             if not files.has(path):
                 return _broken(f"{index} names {quoted(shard)}, which is {files.missing(path)}")
+        problem = _shards_hold_their_tensors(files, index, directory, weight_map)
+        if problem is not None:
+            return problem
     if not indexes:
         return None
     return _ok(f"{_plural(len(indexes), 'weight index', 'weight indexes')} and its {_plural(shards, 'shard')} present")
+
+
+def _shards_hold_their_tensors(files: CheckpointFiles, index: str, directory: str,
+                               weight_map: dict) -> Optional[Verdict]:
+    """Every tensor the index names is held by its shards (their headers' names: a safetensors
+    header, or a torch.save shard's state-dict keys): a shard of another save under the index's
+    name is found without reading a weight. Where in the shards a tensor lies is not required
+    (transformers and accelerate load every tensor of every shard the index lists, so swapped
+    shards load). A shard whose names could not be read is left to the weight-file check."""
+    held: set[str] = set()
+    for shard in sorted(set(weight_map.values())):
+        names = _tensor_names(files, _join(directory, shard))
+        if names is None:
+            return None
+        held |= names
+    missing = [(t, s) for t, s in weight_map.items() if t not in held]
+    if missing:
+        tensor, shard = missing[0]
+        more = f" (and {_plural(len(missing) - 1, 'more tensor')})" if len(missing) > 1 else ""
+        return _broken(f"{_join(directory, shard)} lacks the tensor {quoted(tensor)}{more} that {index} assigns to "
+                       "it, and no other shard holds it (a shard of another save?)")
+    return None
+
+
+def _tensor_names(files: CheckpointFiles, path: str) -> Optional[frozenset[str]]:
+    if path.endswith(".safetensors"):
+        return files.structure(path, file_checks.safetensors_tensor_names)
+    if file_checks.kind_of(path) == "torch":
+        try:
+            state = files.torch_pickle(path)
+        except Unreadable:
+            return None
+        return frozenset(k for k in state if isinstance(k, str)) if isinstance(state, dict) else None
+    return None
+
+
+# Transformers' (and mlx, diffusers, gguf-split's) numbered shards: `<prefix>-00002-of-00005.<ext>`.
+_NUMBERED_SHARD = re.compile(r"^(?P<prefix>.+)-(?P<k>\d{5})-of-(?P<n>\d{5})\.(?P<ext>safetensors|bin|gguf)$")
+
+
+def numbered_shards(files: CheckpointFiles) -> Optional[Verdict]:
+    """Shards named `<prefix>-0000k-of-0000N.<ext>` say how many there are: all N must be there
+    (a save killed after k of them leaves the rest missing), and sharded safetensors/.bin need
+    the `<prefix>.<ext>.index.json` save_pretrained writes after them (from_pretrained reads it)."""
+    groups: dict[tuple[str, str, str, int], set[int]] = {}
+    for path in files.paths:
+        m = _NUMBERED_SHARD.match(_base(path))
+        if m:
+            key = (posixpath.dirname(path), m["prefix"], m["ext"], int(m["n"]))
+            groups.setdefault(key, set()).add(int(m["k"]))
+    for (directory, prefix, ext, n), present in sorted(groups.items()):
+        for k in range(1, n + 1):
+            if k not in present:
+                name = _join(directory, f"{prefix}-{k:05d}-of-{n:05d}.{ext}")
+                return _broken(f"{name} is {files.missing(name)} (shards 1-{n} of {prefix} are named; "
+                               f"{_plural(len(present & set(range(1, n + 1))), 'is', 'are')} present)")
+        index = _join(directory, f"{prefix}.{ext}.index.json")
+        if ext != "gguf" and n > 1 and not files.has(index):
+            return _broken(f"{index} is {files.missing(index)}: its {n} shards are there, but the index "
+                           "(written after them) is not")
+    if not groups:
+        return None
+    return _ok(f"all {_plural(sum(k[3] for k in groups), 'numbered shard')} present")
 
 
 def huggingface(files: CheckpointFiles) -> Optional[Verdict]:
@@ -469,6 +535,7 @@ def verdict(files: CheckpointFiles, format_rule: Optional[Rule]) -> Verdict:
     layouts = [] if format_rule is torch_dcp else [torch_dcp(files)]
     if format_rule is not huggingface:
         layouts.append(accelerate(files))
+    layouts.append(numbered_shards(files))
     weights = weight_files(files)
     verdicts = [v for v in (primary, *layouts, weights) if v is not None]
     for v in verdicts:

@@ -242,6 +242,27 @@ def safetensors_structure_of(f: IO[bytes], size: int, head: bytes, budget: WorkB
     return OK
 
 
+def safetensors_tensor_names(path: str, budget: WorkBudget) -> Optional[frozenset[str]]:
+    """The tensor names a safetensors file's header holds (header only, within the read cap), or
+    None when the header cannot be read (the structure check says why)."""
+    try:
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(8)
+            if len(head) < 8:
+                return None
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_METADATA_BYTES or 8 + n > size:
+                return None
+            budget.spend(n // JSON_BYTES_PER_STEP)
+            header = parse_json(_read_at(f, 8, n))
+    except (OSError, Unreadable, _Cut, OverBudget):
+        return None
+    if not isinstance(header, dict):
+        return None
+    return frozenset(k for k in header if k != "__metadata__")
+
+
 # --- torch.save: zip, or the legacy (pre-1.6) pickles -----------------------------------------
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER
