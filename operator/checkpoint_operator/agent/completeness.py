@@ -286,6 +286,8 @@ def torch_dcp(files: CheckpointFiles) -> Optional[Verdict]:
                 if not has_data:
                     continue  # a `.metadata` of something else
                 why = files.problems.get(meta) or "not torch DCP metadata"
+                if meta in files.not_read:
+                    return _unchecked(f"not checked: {meta}: {why}")
                 return _broken(f"{meta} is not a readable torch DCP metadata pickle ({why})")
             storage = md.dcp_storage(metadata)
             if storage is None:

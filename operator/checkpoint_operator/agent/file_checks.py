@@ -327,6 +327,8 @@ def torch_zip_structure_of(f: IO[bytes], size: int, head: bytes, budget: WorkBud
     persistent: list = []
     try:
         safe_pickle.load_prefix(data, 0, persistent, budget)
+    except safe_pickle.TooBig as e:
+        return not_checked(f"member {quoted(pickle_name)}: {e}")
     except safe_pickle.NotAPickle as e:
         return broken(f"member {quoted(pickle_name)}: {e}")
     archive = pickle_name.rsplit("/", 1)[0]
@@ -382,6 +384,8 @@ def legacy_torch_structure(f: IO[bytes], size: int, budget: WorkBudget, *, stric
         try:
             obj, position = safe_pickle.load_prefix(data, position, persistent if what == "object" else None,
                                                     budget)
+        except safe_pickle.TooBig as e:
+            return not_checked(f"its {what} pickle: {e}")
         except safe_pickle.NotAPickle as e:
             if len(data) < size and len(data) == MAX_METADATA_BYTES:
                 return not_checked(f"its pickles are beyond the {MAX_METADATA_BYTES}-byte read cap")

@@ -46,6 +46,10 @@ class Unreadable(Exception):
     """The file cannot be read as what it claims to be; the message says why, for a user."""
 
 
+class NotRead(Unreadable):
+    """Beyond a cap or the checkpoint's work or memory bound: not read, so nothing is concluded."""
+
+
 class OutOfRange:
     """A JSON number no reader uses: an integer of more than MAX_INT_DIGITS digits, a float that
     is not finite (`1e999`), `NaN` or `Infinity`. Neither an int nor a float, so a reader that
@@ -306,6 +310,8 @@ class CheckpointFiles:
     skipped: Mapping[str, str] = field(default_factory=dict)
     _cache: dict = field(default_factory=dict, repr=False)
     problems: dict[str, str] = field(default_factory=dict)
+    # Files left unread because the checkpoint's work or memory bound was reached: no verdict on them.
+    not_read: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.paths = sorted(self.sizes)
@@ -337,6 +343,9 @@ class CheckpointFiles:
             try:
                 self._cache[key] = compute()
             except Unreadable as e:
+                # Kept without its traceback and context: they hold the frames of the failed parse,
+                # and with them everything it built.
+                e.__traceback__ = e.__context__ = e.__cause__ = None
                 self._cache[key] = e
         value = self._cache[key]
         if isinstance(value, Unreadable):
@@ -348,11 +357,13 @@ class CheckpointFiles:
             try:
                 return compute()
             except OverBudget as e:
-                raise Unreadable(f"not read: {e}") from None
+                raise NotRead(f"not read: {e}") from None
         try:
             return self._cached(key, bounded)
         except Unreadable as e:
             self.note(rel, str(e))
+            if isinstance(e, NotRead):
+                self.not_read.add(rel)
             raise
 
     def bytes(self, rel: str) -> bytes:
@@ -403,9 +414,10 @@ def _budgeted_json(data: bytes, budget: WorkBudget) -> Any:
 
 def _unpickled(data: bytes, budget: Optional[WorkBudget] = None) -> Any:
     try:
-        return safe_pickle.load_prefix(data, budget=budget)[0]
+        return safe_pickle.load_prefix(data, budget=budget, kept=True)[0]
     except safe_pickle.NotAPickle as e:
-        raise Unreadable(str(e)) from None
+        why, error = str(e), NotRead if isinstance(e, safe_pickle.TooBig) else Unreadable
+    raise error(why)  # outside the except: the failed parse's frames are not kept as its context
 
 
 def list_files(root: Path) -> dict[str, int]:
