@@ -165,6 +165,7 @@ SAFETENSORS_DTYPE_BITS = {
     "I64": 64, "U64": 64,
 }
 MAX_DIMENSIONS = 64  # torch's own limit
+_DTYPE_NAME = re.compile(r"^(BOOL|[A-Z]{1,2}\d{1,3}(_[A-Z0-9]+)*)$")  # F8_E4M3, BF16, U64: the library's spelling
 
 
 def _elements(shape: Any) -> Optional[int]:
@@ -173,12 +174,20 @@ def _elements(shape: Any) -> Optional[int]:
         return None
     total = 1
     for dim in shape:
-        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 0:
+        if not isinstance(dim, int) or isinstance(dim, bool) or not 0 <= dim <= INT64_MAX:
             return None
         total *= dim
         if total > INT64_MAX:
             return None
     return total
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def safetensors_structure_of(f: IO[bytes], size: int, head: bytes, budget: WorkBudget) -> Structure:
@@ -194,7 +203,7 @@ def safetensors_structure_of(f: IO[bytes], size: int, head: bytes, budget: WorkB
         return not_checked(f"header of {n} bytes is beyond the {MAX_METADATA_BYTES}-byte read cap")
     budget.spend(n // JSON_BYTES_PER_STEP)
     raw = _read_at(f, 8, n)
-    if raw[:1] != b"{":
+    if raw.lstrip(b" \t\r\n")[:1] != b"{":  # the library's JSON parser allows leading whitespace
         return broken("header does not start with '{' (not a safetensors file)")
     try:
         header = parse_json(raw)
@@ -204,12 +213,15 @@ def safetensors_structure_of(f: IO[bytes], size: int, head: bytes, budget: WorkB
         return broken("header is not a JSON object")
     data_size = size - 8 - n
     spans = []
+    unknown = ""
     for name, info in header.items():
         if name == "__metadata__":
-            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
+            if info is not None and (not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values())):
                 return broken("__metadata__ is not a map of strings")
             continue
         what = f"tensor {quoted(name)}"
+        if not _is_utf8(name):
+            return broken(f"{what}: its name is not valid Unicode (a lone surrogate escape)")
         if not isinstance(info, dict):
             return broken(f"{what} is not an object")
         offsets, dtype = info.get("data_offsets"), info.get("dtype")
@@ -222,13 +234,18 @@ def safetensors_structure_of(f: IO[bytes], size: int, head: bytes, budget: WorkB
             return broken(f"{what} has no valid shape")
         if not isinstance(dtype, str):
             return broken(f"{what} has no dtype")
-        bits = SAFETENSORS_DTYPE_BITS.get(dtype)  # a dtype newer than this table: its size is not checked
-        if bits is not None:
-            if elements * bits % 8:
-                return broken(f"{what}: {elements} elements of {dtype} are not a whole number of bytes")
-            if elements * bits // 8 != offsets[1] - offsets[0]:
-                return broken(f"{what}: {dtype} {quoted(str(info.get('shape')))} needs {elements * bits // 8} "
-                              f"bytes, its data_offsets give {offsets[1] - offsets[0]}")
+        bits = SAFETENSORS_DTYPE_BITS.get(dtype)
+        if bits is None:  # the library refuses a dtype it does not know ("unknown variant")
+            if not _DTYPE_NAME.match(dtype):
+                return broken(f"{what} has dtype {quoted(dtype)}, which is not a safetensors dtype")
+            # A name of the library's form: maybe a dtype newer than this table. Not a verdict of
+            # whole (the installed loader may refuse it), nor of broken (a newer one may read it).
+            unknown = unknown or f"{what} has dtype {quoted(dtype)}, unknown to this check: its size is not checked"
+        elif elements * bits % 8:
+            return broken(f"{what}: {elements} elements of {dtype} are not a whole number of bytes")
+        elif elements * bits // 8 != offsets[1] - offsets[0]:
+            return broken(f"{what}: {dtype} {quoted(str(info.get('shape')))} needs {elements * bits // 8} "
+                          f"bytes, its data_offsets give {offsets[1] - offsets[0]}")
         spans.append((offsets[0], offsets[1], what))
     spans.sort()
     end = 0
@@ -242,7 +259,7 @@ def safetensors_structure_of(f: IO[bytes], size: int, head: bytes, budget: WorkB
     if end < data_size:
         return broken(f"{data_size - end} bytes after the last tensor (the header describes {8 + n + end} bytes, "
                       f"the file has {size})")
-    return OK
+    return not_checked(unknown) if unknown else OK
 
 
 def safetensors_tensor_names(path: str, budget: WorkBudget) -> Optional[frozenset[str]]:
@@ -559,26 +576,33 @@ def gguf_structure_of(f: IO[bytes], size: int, head: bytes, budget: WorkBudget) 
                 if not isinstance(value, int) or value <= 0 or value & (value - 1):
                     return broken(f"general.alignment {quoted(value)} is not a power of two")
                 alignment = value
-        end, unknown = 0, False
+        end = 0
+        names: set[bytes] = set()
         for _ in range(n_tensors):
             budget.spend()
             name = cur.string()
+            what = f"tensor {quoted(name.decode('utf-8', 'replace'))}"
+            if name in names:  # llama.cpp and gguf-py refuse a duplicated tensor name
+                return broken(f"{what} is named twice in the tensor table")
+            names.add(name)
             n_dims = cur.take("I")
             if n_dims > GGML_MAX_DIMS:
-                return broken(f"tensor {quoted(name.decode('utf-8', 'replace'))} has {n_dims} dimensions "
-                              f"(GGUF has at most {GGML_MAX_DIMS})")
+                return broken(f"{what} has {n_dims} dimensions (GGUF has at most {GGML_MAX_DIMS})")
+            dims = [cur.take("Q") for _ in range(n_dims)]
             elements = 1
-            for _ in range(n_dims):
-                elements *= cur.take("Q")
+            for dim in dims:
+                elements *= dim
+            if elements > INT64_MAX or any(dim > INT64_MAX for dim in dims):
+                return broken(f"{what} has dimensions beyond int64 ({quoted(str(dims))})")
             kind, offset = cur.take("IQ")
             if offset % alignment:
-                return broken(f"tensor {quoted(name.decode('utf-8', 'replace'))} is not aligned to {alignment} bytes")
-            if kind not in GGML_TYPE_SIZES:
-                unknown = True
-                end = max(end, offset)
-                continue
+                return broken(f"{what} is not aligned to {alignment} bytes")
+            if kind not in GGML_TYPE_SIZES:  # the readers refuse a type they do not know
+                return broken(f"{what} has ggml type {kind}, which GGUF does not define")
             per_block, block_bytes = GGML_TYPE_SIZES[kind]
-            end = max(end, offset + -(-elements // per_block) * block_bytes)
+            if elements % per_block:
+                return broken(f"{what}: {elements} elements are not whole blocks of {per_block} (its type {kind})")
+            end = max(end, offset + elements // per_block * block_bytes)
     except _HeaderEnd:
         if len(cur.data) < size:
             return not_checked(f"its header is beyond the {MAX_METADATA_BYTES}-byte read cap")
@@ -586,7 +610,7 @@ def gguf_structure_of(f: IO[bytes], size: int, head: bytes, budget: WorkBudget) 
     data_start = -(-cur.pos // alignment) * alignment
     if data_start + end > size:
         return _cut_short("the tensor data", data_start + end, size)
-    return OK if not unknown else Structure(True, "tensor types unknown to this check: their sizes not verified")
+    return OK
 
 
 # --- HDF5 (.h5: Keras and TF weights; Cerebras .mdl) --------------------------------------------
