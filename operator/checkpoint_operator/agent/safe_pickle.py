@@ -53,6 +53,7 @@ _MARK = object()
 # A dict key is kept only when hashing it is cheap and cannot recurse: a plain value, an Opaque,
 # or a tuple of those at most this deep (a pickle can nest tuples millions deep).
 MAX_KEY_DEPTH = 4
+MAX_KEY_ITEMS = 64  # torch DCP's MetadataIndex keys are (fqn, offsets, index): a handful of items
 # `walk` descends at most this deep: a key path is copied per node, so depth costs quadratically.
 MAX_WALK_DEPTH = 64
 # Each opcode builds at most one object: this bounds memory (a few hundred MB at worst) whatever
@@ -82,10 +83,22 @@ def _called(func: Any, args: Any) -> Any:
     return Opaque("call", args)
 
 
-def _plain_key(key: Any, depth: int = 0) -> bool:
-    if isinstance(key, (str, bytes, int, float, bool, Opaque, _Global)) or key is None:
-        return True
-    return isinstance(key, tuple) and depth < MAX_KEY_DEPTH and all(_plain_key(k, depth + 1) for k in key)
+def _plain_key(key: Any) -> bool:
+    """A key that is cheap to hash: a plain value or stand-in, or a tuple of them at most
+    MAX_KEY_DEPTH deep and MAX_KEY_ITEMS items in all (a pickle can use one tuple of a million
+    items as the key of a million entries: checking and hashing it each time was quadratic)."""
+    stack, items = [(key, 0)], 0
+    while stack:
+        k, depth = stack.pop()
+        if isinstance(k, (str, bytes, int, float, bool, Opaque, _Global)) or k is None:
+            continue
+        if not isinstance(k, tuple) or depth >= MAX_KEY_DEPTH:
+            return False
+        items += len(k)
+        if items > MAX_KEY_ITEMS:
+            return False
+        stack.extend((member, depth + 1) for member in k)
+    return True
 
 
 class _Machine:

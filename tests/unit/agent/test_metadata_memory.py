@@ -67,3 +67,19 @@ def test_failed_parses_are_not_kept_and_kept_parses_share_one_bound(tmp_path, mo
     assert "reached its memory bound (150000 objects)" in d.completeReason
     one = checkpoint_of_metadata(tmp_path / "step-5", [many])
     assert describe(one).complete is True
+
+
+def test_one_huge_tuple_as_the_key_of_every_entry_is_kept_once_under_stand_in_keys():
+    """A tuple of n items memoized once and used as the key of n entries: checking (and hashing)
+    the key per entry made the parse quadratic (a 36 KB data.pkl took 9 s); a key of more than
+    MAX_KEY_ITEMS items is now a stand-in, so each entry costs the same whatever n."""
+    n = 20_000
+    key = b"(" + b"K\x01" * n + b"t\x94"  # a tuple of n ones, memoized as 0
+    body = b"}(" + (b"h\x00K\x02") * n + b"u"  # {memo[0]: 2} n times
+    result = safe_pickle.loads(b"\x80\x04" + key + b"0" + body + b".")
+    assert len(result) == n
+    assert all(isinstance(k, safe_pickle.Opaque) and k.what == "key" for k in result)
+    small = safe_pickle.loads(b"\x80\x04}(" + b"(K\x01K\x02t" * 1 + b"K\x03u.")
+    assert small == {(1, 2): 3}
+    at_cap = safe_pickle.loads(b"\x80\x04}((" + b"K\x01" * safe_pickle.MAX_KEY_ITEMS + b"tK\x03u.")
+    assert list(at_cap) == [(1,) * safe_pickle.MAX_KEY_ITEMS]
