@@ -39,6 +39,7 @@ from checkpoint_operator.agent.work_limit import OverBudget, WorkBudget
 
 MAX_TAR_MEMBERS = 100_000
 MAX_TAR_HEADER_READ = 1024 * 1024  # a pax or GNU long-name header (names, a few attributes)
+TAR_HEADER_BYTES_PER_STEP = 4  # tarfile parses pax records at about 2 us per 6-byte record
 MAX_MSGPACK_OBJECTS = 2_000_000  # a Flax model file holds a few objects per parameter array
 MAX_MSGPACK_DEPTH = 1_000
 MAX_CRC_BYTES = 256 * 1024  # OCDBT files up to this size have their CRC-32C computed (pure Python)
@@ -453,13 +454,18 @@ class _HeaderReads:
     seeks over member data, but reads a pax or GNU long-name header whole into memory, however
     large the size it claims."""
 
-    def __init__(self, f: IO[bytes]) -> None:
+    def __init__(self, f: IO[bytes], budget: WorkBudget) -> None:
         self._f = f
+        self._budget = budget
 
     def read(self, n: int = -1) -> bytes:
         if n < 0 or n > MAX_TAR_HEADER_READ:
             raise Unreadable(f"a member header claims more than {MAX_TAR_HEADER_READ} bytes (not a tar a writer "
                              "leaves)")
+        if n > 512:
+            # A pax or long-name header beyond the basic block: tarfile parses it in Python,
+            # a record (a few bytes) at a time.
+            self._budget.spend(n // TAR_HEADER_BYTES_PER_STEP)
         return self._f.read(n)
 
     def seek(self, offset: int, whence: int = 0) -> int:
@@ -476,7 +482,7 @@ def tar_structure_of(f: IO[bytes], size: int, head: bytes, budget: WorkBudget) -
     f.seek(0)
     members = 0
     try:
-        with tarfile.open(fileobj=_HeaderReads(f), mode="r:") as tar:  # type: ignore[call-overload]
+        with tarfile.open(fileobj=_HeaderReads(f, budget), mode="r:") as tar:  # type: ignore[call-overload]
             for member in tar:
                 members += 1
                 budget.spend(8)  # tarfile reads and parses each header in Python
