@@ -182,3 +182,52 @@ def test_sharded_save_pretrained_killed_part_way_or_given_a_shard_of_another_sav
     assert m["complete"] is False
     assert m["completeReason"].startswith(f"{shards[2].name} lacks the tensor "), m["completeReason"]
     assert "no other shard holds it" in m["completeReason"]
+
+
+# --- Orbax: an item that lost an array, a chunk, or its OCDBT data files -----------------------
+
+def test_orbax_items_missing_an_array_a_chunk_or_their_data_files(tmp_path):
+    import os
+    import warnings
+
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import jax.numpy as jnp
+    import orbax.checkpoint as ocp
+
+    warnings.filterwarnings("ignore")
+    state = {"params": {"w": jnp.ones((64, 32)), "b": jnp.zeros((32,))}, "opt_state": {"mu": jnp.ones((8,))}}
+    out = tmp_path / "out"
+    zarr, ocdbt = out / "zarr-1", out / "ocdbt-2"
+    checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_ocdbt=False))
+    checkpointer.save(zarr, args=ocp.args.PyTreeSave(state))
+    checkpointer.close()
+    with ocp.StandardCheckpointer() as standard:
+        standard.save(ocdbt, state)
+    damaged = {
+        "zarr-3-no-array": (zarr, lambda d: shutil.rmtree(d / "params.w")),
+        "zarr-4-no-chunk": (zarr, lambda d: (d / "params.w" / "0.0").unlink()),
+        "ocdbt-5-no-root-d": (ocdbt, lambda d: shutil.rmtree(d / "d")),
+    }
+    # Restore reads the root's merged tree: a process's own d/ may go (complete, as it restores).
+    shutil.rmtree(Path(shutil.copytree(ocdbt, out / "ocdbt-6-no-process-d")) / "ocdbt.process_0" / "d")
+    for name, (src, damage) in damaged.items():
+        damage(Path(shutil.copytree(src, out / name)))
+
+    def restores(path: Path) -> bool:
+        return not _refused(lambda: ocp.StandardCheckpointer().restore(path))
+
+    assert restores(zarr) and restores(ocdbt) and restores(out / "ocdbt-6-no-process-d")
+    for name in damaged:
+        assert not restores(out / name), name
+
+    found = agent_scan(out)
+    for name in ("zarr-1", "ocdbt-2", "ocdbt-6-no-process-d"):
+        assert found[name]["complete"] is True, (name, found[name]["completeReason"])
+    expected = {
+        "zarr-3-no-array": "_METADATA names the array params.w, whose params.w/ is not in this checkpoint",
+        "zarr-4-no-chunk": "params.w/0.0 is missing (a chunk of params.w, which has no fill value to stand in for it)",
+        "ocdbt-5-no-root-d": "manifest.ocdbt has no data files in d/ (its B-tree nodes are missing)",
+    }
+    for name, why in expected.items():
+        m = found[name]
+        assert m["complete"] is False and m["completeReason"].startswith(why), (name, m["completeReason"])

@@ -13,6 +13,7 @@ is true only when something was checked and everything that could matter was.
 
 from __future__ import annotations
 
+import itertools
 import posixpath
 import re
 from dataclasses import dataclass
@@ -326,6 +327,80 @@ def _orbax_items(files: CheckpointFiles, meta: object) -> Optional[Verdict]:
     return None
 
 
+MAX_ZARR_CHUNKS = 1_000_000  # chunk names looked up per checkpoint; beyond: not checked
+_ARRAY_VALUES = ("jax.Array", "np.ndarray")  # what Orbax writes as an array of its own
+
+
+def _orbax_item_data(files: CheckpointFiles, item: str) -> Optional[Verdict]:
+    """An item's data is where its `_METADATA` says: with `use_ocdbt` false, each array of the
+    tree has its zarr directory (`<key>.<key>/` with its `.zarray` or `zarr.json`); with OCDBT,
+    the item's `manifest.ocdbt` has data files in `d/` beside it (the B-tree nodes it refers to;
+    which ones it names is inside the zstd-compressed manifest, not read here)."""
+    where = f"{item}/" if item else ""
+    try:
+        meta = files.json(_join(item, "_METADATA"))
+    except Unreadable:
+        return None
+    if not isinstance(meta, dict):
+        return None
+    under = _files_under(files, item) if item else files.paths
+    if meta.get("use_ocdbt") is False:
+        tree = meta.get("tree_metadata")
+        for entry in tree.values() if isinstance(tree, dict) else []:
+            keys = entry.get("key_metadata") if isinstance(entry, dict) else None
+            value = entry.get("value_metadata") if isinstance(entry, dict) else None
+            if not isinstance(keys, list) or not isinstance(value, dict) or value.get("skip_deserialize") is True \
+                    or value.get("value_type") not in _ARRAY_VALUES:
+                continue
+            names = [k.get("key") for k in keys if isinstance(k, dict)]
+            if not names or not all(isinstance(n, str) for n in names):
+                continue
+            directory = _join(item, ".".join(names))
+            if not any(files.has(_join(directory, m)) for m in _ZARR_ARRAY):
+                return _broken(f"{where}_METADATA names the array {quoted('.'.join(names))}, whose "
+                               f"{quoted(_base(directory) + '/')} is {files.missing(directory, directory=True)}")
+    manifest = _join(item, "manifest.ocdbt")
+    d = _join(item, "d") + "/"
+    if files.has(manifest) and not any(p.startswith(d) for p in under):
+        # Restore opens this manifest, whose B-tree root is a file in d/. (A process's own
+        # `ocdbt.process_N/d/` may go: the root's merged tree is what restore reads.)
+        return _broken(f"{manifest} has no data files in {d} (its B-tree nodes are missing)")
+    return None
+
+
+def _zarr_chunks(files: CheckpointFiles, array: str, meta: dict, left: list[int]) -> Optional[Verdict]:
+    """Every chunk of a zarr array is present where no chunk may be left out: zarr v2 without a
+    fill value (a missing chunk has nothing to read as). Where a fill value stands in for a
+    missing chunk (zarr v3, v2 with one) its absence is what the writer meant, so nothing is
+    required. At most MAX_ZARR_CHUNKS names are looked up per checkpoint."""
+    if _base(array) != ".zarray" or meta.get("fill_value", 0) is not None:
+        return None
+    shape, chunks = meta.get("shape"), meta.get("chunks")
+    if not (isinstance(shape, list) and isinstance(chunks, list) and len(shape) == len(chunks)
+            and all(bounded_int(n) is not None for n in shape)
+            and all(bounded_int(n) is not None and n > 0 for n in chunks)):
+        return _broken(f"{array}: its shape and chunks are not lists of counts")
+    grid = [-(-n // c) for n, c in zip(shape, chunks)]
+    total = 1
+    for n in grid:
+        total *= n
+    if total > left[0]:
+        return _unchecked(f"not checked: {array}: more than {MAX_ZARR_CHUNKS} chunks to look for")
+    left[0] -= total
+    separator = meta.get("dimension_separator", ".")
+    separator = separator if separator in (".", "/") else "."
+    directory = posixpath.dirname(array)
+    if not grid:
+        keys: Iterable[str] = ["0"]
+    else:
+        keys = (separator.join(map(str, index)) for index in itertools.product(*(range(n) for n in grid)))
+    for key in keys:
+        if not files.has(_join(directory, key)):
+            return _broken(f"{_join(directory, key)} is {files.missing(_join(directory, key))} (a chunk of "
+                           f"{quoted(directory)}, which has no fill value to stand in for it)")
+    return None
+
+
 def orbax(files: CheckpointFiles) -> Optional[Verdict]:
     """Committed: `_CHECKPOINT_METADATA` records `commit_timestamp_nsecs` or `commit_success.txt`
     is present (Orbax writes both when it finalizes, before its rename); no item still under a
@@ -367,6 +442,11 @@ def orbax(files: CheckpointFiles) -> Optional[Verdict]:
             manifest = _join(_join(item, process), "manifest.ocdbt")
             if not files.has(manifest):
                 return _broken(f"{manifest} is {files.missing(manifest)} (each process's OCDBT part needs it)")
+    for item in items:
+        problem = _orbax_item_data(files, item)
+        if problem:
+            return problem
+    chunks_left = [MAX_ZARR_CHUNKS]
     for array in (p for p in files.paths if _base(p) in _ZARR_ARRAY):
         try:
             data = files.json(array)
@@ -374,6 +454,9 @@ def orbax(files: CheckpointFiles) -> Optional[Verdict]:
             return _broken(f"{array}: {e}")
         if not isinstance(data, dict) or "shape" not in data:
             return _broken(f"{array} is not zarr array metadata (no shape)")
+        problem = _zarr_chunks(files, array, data, chunks_left)
+        if problem:
+            return problem
     what = f"the _METADATA of {_plural(len(items), 'item')} parse{'s' if len(items) == 1 else ''}"
     if marker:
         return _ok(f"committed ({marker}); {what}")
