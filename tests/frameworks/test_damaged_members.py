@@ -81,7 +81,7 @@ def test_torch_zips_with_whole_directories_and_damaged_members(tmp_path):
     assert not _refused(lambda: torch.load(out / "rewritten" / "model.pt"))
     for name in cases:
         if name != "rewritten":
-            assert _refused(lambda: torch.load(out / name / "model.pt")), name
+            assert _refused(lambda path=out / name / "model.pt": torch.load(path)), name
 
     found = agent_scan(out)
     for name in ("whole", "rewritten"):

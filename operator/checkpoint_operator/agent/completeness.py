@@ -352,8 +352,8 @@ def _orbax_item_data(files: CheckpointFiles, item: str) -> Optional[Verdict]:
             if not isinstance(keys, list) or not isinstance(value, dict) or value.get("skip_deserialize") is True \
                     or value.get("value_type") not in _ARRAY_VALUES:
                 continue
-            names = [k.get("key") for k in keys if isinstance(k, dict)]
-            if not names or not all(isinstance(n, str) for n in names):
+            names = [k["key"] for k in keys if isinstance(k, dict) and isinstance(k.get("key"), str)]
+            if not names or len(names) != len(keys):
                 continue
             directory = _join(item, ".".join(names))
             if not any(files.has(_join(directory, m)) for m in _ZARR_ARRAY):
