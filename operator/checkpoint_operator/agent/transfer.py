@@ -382,20 +382,17 @@ def reported_problems(problems: list[Problem]) -> list[results.Problem]:
 
 # --- pack and hold -------------------------------------------------------------------------------
 
-def pack(directory: str, out: ByteSink, manifest_path: Optional[str] = None) -> int:
+def pack(directory: str, out: ByteSink, digest: Optional[str] = None, manifest_path: Optional[str] = None) -> int:
     """Write the checkpoint in DIR to `out`; returns the bytes of file data written. Its stored
-    manifest goes first: `manifest_path` (stored beside the data), else DIR's own, when there is one."""
-    stored = manifest_path or os.path.join(directory, MANIFEST_NAME)
+    manifest (`manifest_path`, stored beside the data; else DIR's own) goes first, and gives the
+    files, only when it has the recorded `digest` (verify.py trusted_manifest); else DIR's files
+    are read as they are, and the puller checks their digest."""
+    from checkpoint_operator.agent.verify import trusted_manifest
     writer = TarWriter(out)
     total = 0
-    if manifest_path or os.path.isfile(stored):
-        try:
-            with open(stored, "rb") as f:
-                raw = f.read(MAX_MANIFEST_BYTES + 1)
-        except OSError as exc:
-            raise AgentError(f"{stored}: the checkpoint's manifest cannot be read ({exc.strerror})") from None
-        manifest = parse_manifest(raw, stored)
-        writer.add_bytes(MANIFEST_NAME, raw)
+    manifest = trusted_manifest(directory, digest, manifest_path) if digest or manifest_path else None
+    if manifest is not None:
+        writer.add_bytes(MANIFEST_NAME, manifest.to_json().encode())
         files = [(e.path, locate_file(directory, e.path)[0], e.size) for e in manifest.files]
     else:
         tree = walk_checkpoint(directory, EntryBudget(entry_limit(), what=directory))
@@ -490,7 +487,7 @@ def main_pack(args: argparse.Namespace) -> int:
     out = os.fdopen(os.dup(1), "wb", buffering=COPY_CHUNK)
     with pull_session(args.session_dir):
         try:
-            pack(args.dir, out, getattr(args, "manifest", None))
+            pack(args.dir, out, args.digest, getattr(args, "manifest", None))
             out.flush()
         except BrokenPipeError:
             raise AgentError("pack: the reader went away before the end") from None

@@ -112,21 +112,16 @@ def verify_directory(root: str, digest: Optional[str] = None, *, max_size: Optio
         found[f.rel] = FileEntry.model_construct(path=f.rel, size=outcome[0], sha256=outcome[1])
         result.checked_bytes += outcome[0]
     result.problems += [Problem(printable(rel), f"skipped: {reason}") for rel, reason in sorted(tree.skipped)]
-    stored = manifest_path or os.path.join(root, MANIFEST_NAME)
-    if manifest_path or os.path.isfile(stored):
-        try:
-            with open(stored, "rb") as stream:
-                raw = stream.read(MAX_MANIFEST_BYTES + 1)
-        except OSError as exc:
-            raise AgentError(f"{stored}: the checkpoint's manifest cannot be read ({exc.strerror})") from None
-        try:
-            manifest = parse_manifest(raw, stored)
-        except AgentError as exc:
-            result.problems = [Problem(".", str(exc))]  # a manifest that contradicts itself is a finding
-            return result
+    try:
+        manifest = trusted_manifest(root, digest, manifest_path)
+    except AgentError as exc:
+        if not manifest_path:
+            raise
+        result.problems = [Problem(".", str(exc))]  # a stored manifest that contradicts itself is a finding
+        return result
+    if manifest is not None:
         result.manifest = manifest
-        pinned = pinned_problem(manifest, digest, stored)
-        result.problems = [pinned] if pinned else result.problems + compare(manifest, found)
+        result.problems += compare(manifest, found)
     else:
         result.manifest = _manifest_of(root, found)
         if result.manifest is None:
@@ -134,10 +129,31 @@ def verify_directory(root: str, digest: Optional[str] = None, *, max_size: Optio
         elif digest and result.manifest.digest != digest:
             m = result.manifest
             result.problems.append(Problem(".", f"the data has digest {m.digest} ({m.fileCount} files, {m.sizeBytes} "
-                                                f"bytes), not the recorded {digest}; no manifest is stored with it, so "
-                                                f"the file that differs cannot be named"))
+                                                f"bytes), not the recorded {digest}; no manifest of that digest is stored "
+                                                f"with it, so the file that differs cannot be named"))
     _check_size(result, max_size)
     return result
+
+
+def trusted_manifest(root: str, digest: Optional[str], manifest_path: Optional[str] = None) -> Optional[Manifest]:
+    """The manifest stored in DIR (or at `manifest_path`: the volume store's .ckpt-manifests/, beside
+    the data) when it may be taken as the checkpoint's file list: its digest is the recorded one (a
+    push's receiver or the snapshot wrote it, and the digest pins every byte of it). One that came
+    with the data (an archive or a trainer's output holding a pulled checkpoint's manifest)
+    describes other bytes: it is never trusted, and DIR is read as it is (hostile1 D9). Without a
+    recorded digest the stored manifest is all there is to compare with."""
+    stored = manifest_path or os.path.join(root, MANIFEST_NAME)
+    if not manifest_path and not os.path.isfile(stored):
+        return None
+    try:
+        with open(stored, "rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as exc:
+        raise AgentError(f"{stored}: the checkpoint's manifest cannot be read ({exc.strerror})") from None
+    manifest = parse_manifest(raw, stored)
+    if digest and manifest.digest != digest:
+        return None
+    return manifest
 
 
 def _manifest_of(root: str, found: dict[str, FileEntry]) -> Optional[Manifest]:

@@ -66,11 +66,13 @@ def unpack(directory: str, *, max_size: Optional[int] = None, name: Optional[str
             *(["--name", name] if name else [])]
 
 
-def pack(directory: str, *, session_dir: Optional[str] = None, manifest: Optional[str] = None) -> list[str]:
-    """Write the checkpoint in DIR as a tar stream on stdout (what `kubectl ckpt pull` execs),
-    its stored manifest first (`manifest`: stored beside the data)."""
+def pack(directory: str, *, session_dir: Optional[str] = None, digest: Optional[str] = None,
+         manifest: Optional[str] = None) -> list[str]:
+    """Write the checkpoint in DIR as a tar stream on stdout (what `kubectl ckpt pull` execs); its
+    stored manifest (`manifest`: stored beside the data, else DIR's own) only when it has the
+    recorded `digest`."""
     return [*AGENT, "pack", directory, *(["--session-dir", session_dir] if session_dir else []),
-            *(["--manifest", manifest] if manifest else [])]
+            *(["--digest", digest] if digest else []), *(["--manifest", manifest] if manifest else [])]
 
 
 def hold(session_dir: str, *, idle: float) -> list[str]:

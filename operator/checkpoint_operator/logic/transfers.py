@@ -188,9 +188,11 @@ def _volume_of(checkpoint: Checkpoint) -> VolumeLocation:
     return location.volume
 
 
-def pull_command(volume: Optional[VolumeLocation] = None) -> list[str]:
-    """What `kubectl ckpt pull` runs in the pull pod (its stored manifest goes first, when it has one)."""
-    return agent_commands.pack(AGENT_DATA_MOUNT, session_dir=PULL_WORK_DIR, manifest=stored_manifest(volume))
+def pull_command(volume: Optional[VolumeLocation] = None, digest: Optional[str] = None) -> list[str]:
+    """What `kubectl ckpt pull` runs in the pull pod (`digest`: the Checkpoint's recorded one; its
+    stored manifest goes first when it has that digest)."""
+    return agent_commands.pack(AGENT_DATA_MOUNT, session_dir=PULL_WORK_DIR, digest=digest,
+                               manifest=stored_manifest(volume))
 
 
 def push_command(max_size: Optional[int], name: Optional[str]) -> list[str]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Optional, TypeVar, Union
 
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointStatus
+from checkpoint_operator.api.clustercheckpoint import ClusterCheckpoint
 from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobStatus
 from checkpoint_operator import metrics
@@ -32,7 +33,7 @@ from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.status_writer import write_status
 
 R = TypeVar("R", bound=Report)
-Owner = Union[TrainingJob, Checkpoint]
+Owner = Union[TrainingJob, Checkpoint, ClusterCheckpoint]
 RETRY_SOON = 5.0  # seconds: a name held by a pod that is not ours (its end brings no event of ours)
 FAILURE_LOG_BYTES = 64 * 1024  # what is read of a failed container's log for its last error line
 # Results read and parsed at once, whatever the number of workers: each may be a 6 MiB line that
@@ -46,7 +47,10 @@ class AgentTask(Generic[R]):
     """One kind of agent pod of an owner."""
 
     what: str                    # its job in messages: "snapshot", "import", "scan", "upload", "verify", "pull"
-    uid_field: str               # the owner's status field that records the UID of the pod the operator created
+    # The owner's status field that records the UID of the pod the operator created. None: the
+    # pod is trusted by its ownerReference alone (the catalog's pods, whose owner is a
+    # ClusterCheckpoint and which run in other namespaces: not yet pinned by UID).
+    uid_field: Optional[str]
     result: tuple[type[R], ...]  # the result kinds it writes (empty: none is read)
     container: Optional[str] = None  # whose log holds the result (None: the pod's only container)
 
@@ -98,6 +102,12 @@ def follow(ctx: Context, owner: Owner, body: dict[str, Any], task: AgentTask[R],
             return Waiting(problem=PodProblem("PodRefused", f"creating {task.what} pod {name} was refused: "
                                                             f"{exc.message}"), retry_after=REFUSED_RETRY)
         uid = created["metadata"]["uid"]
+        if task.uid_field is None or isinstance(owner, ClusterCheckpoint):
+            if started is not None and isinstance(owner, ClusterCheckpoint):
+                write_status(ctx, owner, started)
+            elif started is not None and isinstance(owner, Checkpoint):
+                write_status(ctx, owner, started)
+            return Waiting(started=True)
         recorded_uid = (TrainingJobStatus if isinstance(owner, TrainingJob) else CheckpointStatus
                         ).model_validate({task.uid_field: uid})
         change = (started or StatusChange()).with_fields(recorded_uid)
@@ -110,7 +120,7 @@ def follow(ctx: Context, owner: Owner, body: dict[str, Any], task: AgentTask[R],
     if not any(o.get("uid") == owner_uid for o in meta.get("ownerReferences") or []):
         return Waiting(conflict=f"pod {name} exists and does not belong to this object (uid {owner_uid}); waiting "
                                 f"for it to go (an earlier object's pods are garbage-collected), or delete it")
-    recorded = getattr(owner.status, task.uid_field, None)
+    recorded = getattr(owner.status, task.uid_field, None) if task.uid_field else meta.get("uid")
     if meta.get("uid") != recorded:
         # Not the pod this operator recorded creating: never read. Deleting it (only that UID)
         # brings an event; the next pass creates one of ours.
