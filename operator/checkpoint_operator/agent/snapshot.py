@@ -17,6 +17,7 @@ from checkpoint_operator.protocol.errors import AgentError
 from checkpoint_operator.agent.scan import report_of, scan_checkpoints
 from checkpoint_operator.agent.tree import entry_limit
 from checkpoint_operator.agent.upload import upload_dir
+from checkpoint_operator.objectstore.blobs import blob_root_of
 
 
 def upload_uri(prefix: str, path: str, single: bool) -> str:
@@ -50,7 +51,7 @@ def snapshot(directory: str, layout: str, upload_to: str, single: bool = False, 
                 continue
         uri = upload_uri(upload_to, manifest.path, single)
         upload_dir(checkpoint_root(directory, manifest.path, layout, single), uri, manifest=manifest,
-                   concurrency=concurrency, endpoint_url=endpoint_url)
+                   concurrency=concurrency, endpoint_url=endpoint_url, blobs=blob_root_of(upload_to))
         uploads[manifest.path] = uri
         scanned.manifest = manifest.model_copy(update={"files": []})  # uploaded: its files are no longer needed
     return report_of(scan, uploads)

@@ -71,6 +71,11 @@ class Manifest(BaseModel):
     # A few named numbers the checkpoint records about itself (agent/metrics_files.py), for
     # retention.keepBest and select: best. Not part of the digest.
     metrics: Optional[dict[str, float]] = None
+    # s3 store, content-addressed layout (objectstore/blobs.py): the directory of the files' blobs
+    # (each stored under its sha256), relative to the checkpoint's prefix. None: each file is
+    # stored under the prefix at its path (the older layout, and every other store). Not part
+    # of the digest: it says where the bytes are, and they are checked against their sha256.
+    blobs: Optional[str] = Field(default=None, max_length=1024)
 
     @field_validator("step", mode="before")
     @classmethod
@@ -81,7 +86,10 @@ class Manifest(BaseModel):
         return value
 
     def to_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), indent=None, separators=(",", ":"), sort_keys=True)
+        data = self.model_dump(mode="json")
+        if data.get("blobs") is None:
+            data.pop("blobs", None)  # manifests without blobs stay byte for byte as before
+        return json.dumps(data, indent=None, separators=(",", ":"), sort_keys=True)
 
 
 def sha256sum_text(files: list[FileEntry]) -> str:
@@ -213,7 +221,8 @@ class ManifestBuilder:
         fields: dict[str, Any] = {
             "version": MANIFEST_VERSION, "path": self.path, "files": self.kept if self.kept is not None else [],
             "sizeBytes": self.size_bytes, "fileCount": self.file_count, "digest": self.digest, "format": "unknown",
-            "step": None, "resumable": False, "complete": None, "completeReason": None, "metrics": None, **info}
+            "step": None, "resumable": False, "complete": None, "completeReason": None, "metrics": None,
+            "blobs": None, **info}
         return Manifest.model_construct(**fields)
 
     def write(self, out: IO[bytes], manifest: Manifest) -> None:

@@ -151,7 +151,28 @@ class S3Store(Store):
             raise ForeignLocation(f"{uri} is outside the catalog prefix {self.catalog_prefix()}: not deleted")
         from checkpoint_operator.objectstore.s3 import delete_prefix
         delete_prefix(uri, endpoint_url=self.config.s3_endpoint)
+        self.collect_blobs(self.catalog_prefix())
         return uri
+
+    def collect_blobs(self, prefix: str) -> None:
+        """The blobs under `prefix` (a namespace's, or the catalog's) that no manifest there names any
+        more and that are past the grace period (objectstore/blobs.py: why uploads in flight are safe).
+        A manifest it cannot read stops it (nothing deleted), with one line in the operator's log."""
+        import logging
+
+        from checkpoint_operator.objectstore.blobs import collect
+        from checkpoint_operator.objectstore.s3 import describe_error, make_client
+        try:
+            done = collect(make_client(self.config.s3_endpoint), prefix)
+        except Exception as exc:  # noqa: BLE001 - the Checkpoint's own data is gone; blobs wait for the next deletion
+            logging.getLogger(__name__).warning("unused blobs under %s not collected: %s", prefix,
+                                                describe_error(exc, prefix, self.config.s3_endpoint))
+            return
+        for problem in done.problems:
+            logging.getLogger(__name__).warning("unused blobs under %s: %s", prefix, problem)
+        if done.deleted:
+            logging.getLogger(__name__).info("deleted %d unused blobs under %s (%d kept: referenced or young)",
+                                             len(done.deleted), prefix, done.blobs - len(done.deleted))
 
     def _import_parts(self, source: ImportSpec, upload_to: str, max_size: int) -> PodParts:
         """Fetch with the source's credentials (init container), upload with the store's; the
@@ -200,11 +221,14 @@ class S3Store(Store):
             if uri.startswith(own):
                 delete_prefix(uri, endpoint_url=self.config.s3_endpoint)
                 deleted.append(uri)
+        if deleted:
+            self.collect_blobs(self.namespace_prefix(tj.metadata.namespace))
         return deleted
 
     def delete_owned_data(self, status: CheckpointStatus, namespace: str) -> Optional[str]:
-        """Everything under the Checkpoint's prefix (a second delete of gone data succeeds), with
-        the operator's own credentials: so never outside the Checkpoint's namespace's prefix."""
+        """Everything under the Checkpoint's prefix (a second delete of gone data succeeds), then the
+        namespace's blobs no other manifest names, with the operator's own credentials: so never
+        outside the Checkpoint's namespace's prefix."""
         # An upload's prefix is the operator's from the moment it is assigned (status.upload).
         uri = (status.location.s3.uri if status.location and status.location.s3 else None) \
             or (status.upload.uri if status.upload else None)
@@ -215,4 +239,6 @@ class S3Store(Store):
                                   "data lives: not deleted")
         from checkpoint_operator.objectstore.s3 import delete_prefix
         delete_prefix(uri, endpoint_url=self.config.s3_endpoint)
+        # Its files' blobs are shared with the namespace's other checkpoints: only those nothing names go.
+        self.collect_blobs(self.namespace_prefix(namespace))
         return uri
