@@ -244,3 +244,47 @@ async def test_live_sealing_on_the_s3_store_uploads_each_checkpoint_once(api, st
     async def step1_data_gone():
         return await api.get(CKPT, NS, "s3live-step-1") is None and not manifest_exists(uri, endpoint_url=s3.endpoint)
     await wait_for(step1_data_gone, timeout=60)
+
+
+async def test_checkpoints_share_blobs_and_deletion_collects_only_unused_ones(api, store_secret, operator, trainer,
+                                                                             wait_for, s3, tmp_path,  # noqa: F811
+                                                                             monkeypatch):
+    """Content-addressed storage through the real operator: two checkpoints of a run with a frozen
+    base shard store it once; deleting one Checkpoint deletes its own blob, never the shared one."""
+    import hashlib
+
+    from checkpoint_operator.agent.download import download_prefix
+    monkeypatch.setenv("CKPT_S3_BLOB_GRACE_SECONDS", "0")  # the operator's collection: no young blobs here
+    base = weights(os.urandom(3 * 1024 * 1024))
+    heads = {10: weights(os.urandom(1000)), 20: weights(os.urandom(2000))}
+
+    def run(attempt, env):
+        for step, head in heads.items():
+            write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], f"step-{step}", {
+                "base.safetensors": base, "head.safetensors": head,
+                "trainer_state.json": b'{"global_step": %d}' % step})
+        return 0
+    trainer.behaviours["ft"] = run
+    await api.create(TJ, NS, training_job("ft"))
+    await wait_phase(api, wait_for, TJ, "ft", "Succeeded")
+    client = s3.client()
+    blob_prefix = f"{s3.key()}{NS}/blobs/sha256/"
+
+    def blob_names() -> set[str]:
+        listing = client.list_objects_v2(Bucket=s3.bucket, Prefix=blob_prefix).get("Contents", [])
+        return {o["Key"][len(blob_prefix):] for o in listing}
+
+    def sha(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()
+    before = blob_names()
+    assert sha(base) in before and sha(heads[10]) in before and sha(heads[20]) in before
+    stored = sum(o["Size"] for o in client.list_objects_v2(Bucket=s3.bucket, Prefix=blob_prefix)["Contents"])
+    assert stored < 2 * len(base)  # the base once
+
+    await api.delete(CKPT, NS, "ft-step-20")
+    await wait_for(lambda: _gone(api, CKPT, "ft-step-20"), timeout=20)
+    after = blob_names()
+    assert sha(heads[20]) not in after and sha(base) in after and sha(heads[10]) in after
+    kept = (await api.get(CKPT, NS, "ft-step-10"))["status"]
+    got = download_prefix(kept["location"]["s3"]["uri"], str(tmp_path / "dl"), digest=kept["digest"])
+    assert got.manifest.fileCount == 3
