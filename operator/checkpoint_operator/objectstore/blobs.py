@@ -27,9 +27,9 @@ flight are safe by two rules:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -142,8 +142,42 @@ def _listing(client: Any, bucket: str, prefix: str, counter: list[int]) -> Itera
         yield from page.get("Contents", [])
 
 
+# A manifest's blob names and blob directory, found in its JSON text as it streams by: the operator
+# never parses a whole manifest (up to 512 MiB) into objects. Inside a JSON string every quote is
+# escaped, so these match only keys (a name in a path cannot fake one); a forged manifest can only
+# make more blobs count as referenced (kept), which is the safe side.
+_SHA256_KEY = re.compile(rb'"sha256"\s*:\s*"([0-9a-f]{64})"')
+_BLOBS_KEY = re.compile(rb'"blobs"\s*:\s*"([^"\\]{1,1024})"')
+_CHUNK = 1 << 20
+_OVERLAP = 128  # longer than any match: a key cut by a chunk's end is found in the next
+
+
+def manifest_refs(body: Any) -> tuple[Optional[str], set[bytes], bool]:
+    """(the `blobs` field, the sha256 of its files as 32 bytes each, whether it looked whole) from a
+    manifest's streamed body (`read(n)`), in memory bounded by a chunk whatever its size."""
+    refs: set[bytes] = set()
+    blobs_ref: Optional[str] = None
+    tail = b""
+    first = last = b""
+    while True:
+        chunk = body.read(_CHUNK)
+        if not chunk:
+            break
+        if not first:
+            first = chunk.lstrip()[:1]
+        window = tail + chunk
+        for match in _SHA256_KEY.finditer(window):
+            refs.add(bytes.fromhex(match.group(1).decode()))
+        if blobs_ref is None:
+            found = _BLOBS_KEY.search(window)
+            if found:
+                blobs_ref = found.group(1).decode("utf-8", "replace")
+        tail = window[-_OVERLAP:]
+        last = window.rstrip()[-1:] or last
+    return blobs_ref, refs, first == b"{" and last == b"}"
+
+
 def collect(client: Any, namespace_prefix: str, *, grace: Optional[float] = None,
-            read_manifest: Optional[Callable[[str], Manifest]] = None,
             before_delete: Optional[Callable[[list[str]], None]] = None) -> Collection:
     """Delete the blobs under `namespace_prefix` that no committed manifest of that namespace names
     and that are older than `grace` seconds (server clock: the collector's own marker's time).
@@ -151,8 +185,10 @@ def collect(client: Any, namespace_prefix: str, *, grace: Optional[float] = None
     Every manifest under the namespace's prefix counts, whichever object it belongs to (a Checkpoint,
     a sealed copy, an upload not yet a Checkpoint): a blob is only ever deleted when nothing
     committed could need it. A manifest that cannot be read keeps every blob (nothing is deleted):
-    never the only copy of data. `before_delete` is for tests (the interleaving of an upload)."""
-    from checkpoint_operator.objectstore.s3 import MAX_MANIFEST_BYTES, parse_manifest, parse_s3_uri
+    never the only copy of data. Memory: 32 bytes (and a set's overhead, ~100 bytes in all) per
+    distinct referenced blob of the namespace, and one 1 MiB chunk of a manifest at a time.
+    `before_delete` is for tests (the interleaving of an upload)."""
+    from checkpoint_operator.objectstore.s3 import parse_s3_uri
     ns = parse_s3_uri(namespace_prefix).as_prefix()
     blob_root = ns.child(f"{BLOBS_DIRECTORY}/{BLOB_ALGORITHM}/")
     gc = ns.child(f"{BLOBS_DIRECTORY}/{GC_DIRECTORY}/")
@@ -168,36 +204,39 @@ def collect(client: Any, namespace_prefix: str, *, grace: Optional[float] = None
     counter[0] += 1
     try:
         # 2. Every committed manifest of the namespace (listed after the marker), and the blobs it names.
-        referenced: set[str] = set()
+        referenced: set[bytes] = set()
         readable = True
         for obj in _listing(client, ns.bucket, ns.key, counter):
             key = obj["Key"]
             if not key.endswith("/" + MANIFEST_NAME) or key.startswith(blob_root.key):
                 continue
             prefix_uri = f"s3://{ns.bucket}/{key[: -len(MANIFEST_NAME)]}"
+            counter[0] += 1
             try:
-                if read_manifest is not None:
-                    manifest = read_manifest(prefix_uri)
-                else:
-                    body = client.get_object(Bucket=ns.bucket, Key=key)["Body"].read(MAX_MANIFEST_BYTES + 1)
-                    manifest = parse_manifest(body, f"s3://{ns.bucket}/{key}")
-                counter[0] += 1
+                stream = client.get_object(Bucket=ns.bucket, Key=key)["Body"]
+                try:
+                    blobs_ref, refs, whole = manifest_refs(stream)
+                finally:
+                    stream.close()
             except Exception as exc:  # noqa: BLE001 - one unreadable manifest stops the deletion, not the caller
-                counter[0] += 1
                 result.problems.append(f"s3://{ns.bucket}/{key}: {exc}; no blob deleted")
                 readable = False
                 continue
-            result.manifests += 1
-            if not manifest.blobs:
+            if not whole:
+                result.problems.append(f"s3://{ns.bucket}/{key}: not JSON (cut short?); no blob deleted")
+                readable = False
                 continue
+            result.manifests += 1
+            if blobs_ref is None:
+                continue  # the older layout: its files live under its prefix and go with it
             try:
-                root = resolve_ref(prefix_uri, manifest.blobs)
+                root = resolve_ref(prefix_uri, blobs_ref)
             except AgentError as exc:
                 result.problems.append(str(exc))
                 continue
             if root != blob_root.uri:
                 continue  # names blobs elsewhere: not this namespace's to keep or to delete
-            referenced.update(e.sha256 for e in manifest.files)
+            referenced |= refs
         result.referenced = len(referenced)
         if not readable:
             return result
@@ -206,8 +245,12 @@ def collect(client: Any, namespace_prefix: str, *, grace: Optional[float] = None
         for obj in _listing(client, ns.bucket, blob_root.key, counter):
             name = obj["Key"][len(blob_root.key):]
             result.blobs += 1
-            if name in referenced:
-                continue
+            try:
+                if bytes.fromhex(name) in referenced:
+                    continue
+            except ValueError:
+                pass  # not a blob's name: nothing names it
+
             if obj["LastModified"].timestamp() > started - grace:
                 result.kept_young += 1
                 continue
@@ -276,7 +319,3 @@ def wait_for_runs(client: Any, blob_root_uri: str, state: GcState, *, poll: floa
             raise AgentError(f"{gc_root(blob_root_uri)}: a collection of unused blobs is still running after "
                              f"{timeout:.0f}s; the upload is not reported (rerun it)")
         time.sleep(poll)
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
