@@ -261,3 +261,31 @@ def test_agent_snapshot_uploads_blobs_beside_the_job_prefix(s3, tmp_path):
     assert blob_bytes < len(base) + 3 * 2000  # the base once
     for cp in report.checkpoints:
         assert download_prefix(cp.uri, str(tmp_path / "dl" / cp.path)).manifest.fileCount == 3
+
+
+def test_import_from_a_prefix_in_the_blob_layout_reads_and_verifies_the_blobs(s3, tmp_path):
+    """`agent import s3://.../` of another store's checkpoint (its manifest naming blobs)."""
+    from checkpoint_operator.agent.importer import import_checkpoint
+    files = {"config.json": b'{"model_type": "llama"}', "w/model.bin": os.urandom(70_000)}
+    uri = s3.uri("other-store/ns/ck-12121212/")
+    upload_dir(str(tree(tmp_path / "src", files)), uri, blobs=blobs.blob_root_of(uri))
+    result = import_checkpoint(uri, str(tmp_path / "imported"))
+    assert result["fileCount"] == 2
+    assert (tmp_path / "imported" / "w" / "model.bin").read_bytes() == files["w/model.bin"]
+    s3.client().put_object(Bucket=s3.bucket, Key=s3.key(f"other-store/ns/blobs/sha256/{sha(files['config.json'])}"),
+                           Body=b'{"model_type": "evil!"}')
+    with pytest.raises(AgentError, match="config.json"):
+        import_checkpoint(uri, str(tmp_path / "again"))
+    assert not (tmp_path / "again").exists()
+
+
+def test_agent_upload_takes_blobs_on_its_command_line(s3, tmp_path):
+    import subprocess
+    import sys
+    src = tree(tmp_path / "ck", {"a.bin": b"a" * 100})
+    uri = s3.uri("ns/cli-13131313/")
+    proc = subprocess.run([sys.executable, "-m", "checkpoint_operator", "agent", "upload", str(src), uri,
+                           "--blobs", s3.uri("ns/blobs/sha256/")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert s3.key(f"ns/blobs/sha256/{sha(b'a' * 100)}") in {s3.key(k) for k in keys(s3, "ns/blobs/")}
+    assert read_manifest(uri).blobs == "../blobs/sha256/"
