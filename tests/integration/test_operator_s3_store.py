@@ -5,6 +5,7 @@ removes owned data, imports land in the store. Agent pods get credentials only f
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
 import sys
@@ -246,9 +247,9 @@ async def test_live_sealing_on_the_s3_store_uploads_each_checkpoint_once(api, st
     await wait_for(step1_data_gone, timeout=60)
 
 
-async def test_checkpoints_share_blobs_and_deletion_collects_only_unused_ones(api, store_secret, operator, trainer,
-                                                                             wait_for, s3, tmp_path,  # noqa: F811
-                                                                             monkeypatch):
+async def test_checkpoints_share_blobs_and_deletion_collects_only_unused_ones(api, api_url, store_secret, operator,
+                                                                             trainer, wait_for, s3,  # noqa: F811
+                                                                             tmp_path, monkeypatch):
     """Content-addressed storage through the real operator: two checkpoints of a run with a frozen
     base shard store it once; deleting one Checkpoint deletes its own blob, never the shared one."""
     import hashlib
@@ -280,6 +281,14 @@ async def test_checkpoints_share_blobs_and_deletion_collects_only_unused_ones(ap
     assert sha(base) in before and sha(heads[10]) in before and sha(heads[20]) in before
     stored = sum(o["Size"] for o in client.list_objects_v2(Bucket=s3.bucket, Prefix=blob_prefix)["Contents"])
     assert stored < 2 * len(base)  # the base once
+    # kubectl ckpt du: stored (a listing of the namespace's prefix) below referenced, by about the base's size
+    from plugin_helpers import Plugin, write_kubeconfig
+    du = await Plugin(write_kubeconfig(tmp_path / "kubeconfig", api_url))("du", "-o", "json", "--endpoint-url",
+                                                                         s3.endpoint)
+    assert du.code == 0, du.err
+    row = next(r for r in json.loads(du.out)["namespaces"] if r["namespace"] == NS)
+    assert row["checkpoints"] == 2 and row["referencedBytes"] >= 2 * len(base)
+    assert row["storedBytes"] < row["referencedBytes"] and row["savedBytes"] >= len(base) - 10_000
 
     await api.delete(CKPT, NS, "ft-step-20")
     await wait_for(lambda: _gone(api, CKPT, "ft-step-20"), timeout=20)
