@@ -178,7 +178,8 @@ class Uploader:
         return r
 
     def _transfer(self, files: list[LocalFile], remote: dict, total: int) -> None:
-        readers = min(len(files), max(2, self.concurrency // 2)) or 1
+        # Blob layout: a reader may wait on a HEAD (a file whose sha256 is known), so as many as connections.
+        readers = min(len(files), self.concurrency if self.blobs is not None else max(2, self.concurrency // 2)) or 1
         with Progress("upload", total) as self.progress, \
                 ThreadPoolExecutor(self.concurrency, thread_name_prefix="s3-put") as net, \
                 ThreadPoolExecutor(readers, thread_name_prefix="read") as read_pool:
@@ -369,8 +370,17 @@ class Uploader:
         files are read and hashed in memory (_put_small), big ones hashed first when no manifest
         gave their sha256 (read twice; the snapshot's scan gives it), then HEAD, then sent or not."""
         assert self.blobs is not None
+        if f.size <= self.part_size and f.expected_sha256 is None:
+            self._put_small(f)  # hashed in memory, then HEAD in the sending thread
+            return
         if f.size <= self.part_size:
-            self._put_small(f)
+            # sha256 known (the snapshot's scan): HEAD first, the file is read only when it is sent
+            if self._blob_present(f, f.expected_sha256):
+                f.sha256 = f.expected_sha256
+                self._count(skipped=f)
+            else:
+                self._claimed.discard(f.expected_sha256)  # _put_small claims it again, after reading
+                self._put_small(f)
             return
         sha256 = f.expected_sha256 or _hash_file(f.path, self.latch)
         if self._blob_present(f, sha256):
