@@ -370,16 +370,18 @@ class Uploader:
         files are read and hashed in memory (_put_small), big ones hashed first when no manifest
         gave their sha256 (read twice; the snapshot's scan gives it), then HEAD, then sent or not."""
         assert self.blobs is not None
-        if f.size <= self.part_size and f.expected_sha256 is None:
+        known = f.expected_sha256
+        if f.size <= self.part_size and known is None:
             self._put_small(f)  # hashed in memory, then HEAD in the sending thread
             return
-        if f.size <= self.part_size:
+        if f.size <= self.part_size and known is not None:
             # sha256 known (the snapshot's scan): HEAD first, the file is read only when it is sent
-            if self._blob_present(f, f.expected_sha256):
-                f.sha256 = f.expected_sha256
+            if self._blob_present(f, known):
+                f.sha256 = known
                 self._count(skipped=f)
             else:
-                self._claimed.discard(f.expected_sha256)  # _put_small claims it again, after reading
+                with self._count_lock:
+                    self._claimed.discard(known)  # _put_small claims it again, after reading
                 self._put_small(f)
             return
         sha256 = f.expected_sha256 or _hash_file(f.path, self.latch)
