@@ -289,3 +289,18 @@ def test_agent_upload_takes_blobs_on_its_command_line(s3, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert s3.key(f"ns/blobs/sha256/{sha(b'a' * 100)}") in {s3.key(k) for k in keys(s3, "ns/blobs/")}
     assert read_manifest(uri).blobs == "../blobs/sha256/"
+
+
+def test_an_abandoned_multipart_blob_upload_is_aborted_a_live_one_is_not(s3, monkeypatch):
+    client = s3.client()
+    key = s3.key("ns/blobs/sha256/" + "c" * 64)
+    upload_id = client.create_multipart_upload(Bucket=s3.bucket, Key=key)["UploadId"]
+    client.upload_part(Bucket=s3.bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=b"p" * 1000)
+
+    def pending() -> list[str]:
+        return [u["UploadId"] for u in client.list_multipart_uploads(Bucket=s3.bucket, Prefix=key).get("Uploads", [])]
+    blobs.collect(make_client(), s3.uri("ns/"), grace=0)
+    assert pending() == [upload_id]  # begun just now: an upload in flight
+    monkeypatch.setattr(blobs, "ABANDONED_MULTIPART_SECONDS", -1.0)
+    blobs.collect(make_client(), s3.uri("ns/"), grace=0)
+    assert pending() == []

@@ -47,6 +47,8 @@ GC_RUNNING = "running-"
 DEFAULT_GRACE_SECONDS = 3600.0
 # A running marker older than this is a collector that died: nobody waits on it.
 STALE_RUN_SECONDS = 3600.0
+# A multipart upload of a blob begun this long ago is abandoned (its uploader died): aborted.
+ABANDONED_MULTIPART_SECONDS = 86400.0
 # How long an upload waits for a running collection to end before it fails (it is retried).
 WAIT_FOR_RUN_SECONDS = 600.0
 
@@ -266,6 +268,7 @@ def collect(client: Any, namespace_prefix: str, *, grace: Optional[float] = None
                 if err.get("Code") != "NoSuchKey":
                     result.problems.append(f"could not delete s3://{ns.bucket}/{err.get('Key')}: {err.get('Code')}")
         result.deleted = [f"s3://{ns.bucket}/{k}" for k in doomed]
+        _abort_abandoned_multipart(client, ns.bucket, blob_root.key, started, counter)
         # 4. Mark the run done (a new body each time: an upload compares it), then drop the marker.
         client.put_object(Bucket=ns.bucket, Key=gc.key + GC_DONE, Body=uuid.uuid4().hex.encode())
         counter[0] += 1
@@ -277,6 +280,21 @@ def collect(client: Any, namespace_prefix: str, *, grace: Optional[float] = None
             pass
         result.requests = counter[0]
     return result
+
+
+def _abort_abandoned_multipart(client: Any, bucket: str, prefix: str, now: float, counter: list[int]) -> None:
+    """Multipart uploads of blobs begun more than a day ago: an upload that died (its parts are
+    stored and billed until aborted). A live one of that age fails and is retried."""
+    try:
+        paginator = client.get_paginator("list_multipart_uploads")
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+            counter[0] += 1
+            for upload in page.get("Uploads", []):
+                if now - upload["Initiated"].timestamp() > ABANDONED_MULTIPART_SECONDS:
+                    client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                    counter[0] += 1
+    except Exception:  # noqa: BLE001 - a server without the listing: the parts stay, as before blobs
+        pass
 
 
 # ---- the upload's side -----------------------------------------------------------------------------
