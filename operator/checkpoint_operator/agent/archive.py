@@ -32,6 +32,7 @@ import tarfile
 import zipfile
 from typing import Optional
 
+from checkpoint_operator.agent import fstree
 from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.names import path_problem, printable
 
@@ -105,8 +106,8 @@ class _Limits:
 
 
 def _inside(root_real: str, path: str) -> bool:
-    real = os.path.realpath(path)
-    return real == root_real or real.startswith(root_real + os.sep)
+    """`path`, every link resolved (within 40 hops, as the kernel), lies in the root."""
+    return fstree.is_inside(root_real, path)
 
 
 def _prepare_target(root: str, root_real: str, rel: str, archive: str, name: str) -> str:
@@ -114,7 +115,7 @@ def _prepare_target(root: str, root_real: str, rel: str, archive: str, name: str
     remove a symlink already standing at the member's own path (never write through one)."""
     target = os.path.join(root, *rel.split("/"))
     parent = os.path.dirname(target)
-    os.makedirs(parent, exist_ok=True)
+    fstree.make_dirs(parent)
     if not _inside(root_real, parent):
         raise UnsafeArchive(f"{archive}: member {name!r} would be written through a symlink leading outside "
                             f"the destination; archive refused")
@@ -241,8 +242,7 @@ def _extract_tar_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str
                                 f"extracted before it; archive refused")
     target = _prepare_target(dest, root_real, rel, archive, name)
     if member.issym():
-        real = os.path.realpath(os.path.join(os.path.dirname(target), member.linkname))
-        if not (real == root_real or real.startswith(root_real + os.sep)):
+        if not _inside(root_real, os.path.join(os.path.dirname(target), member.linkname)):
             raise UnsafeArchive(f"{archive}: symlink {name!r} -> {member.linkname!r} leads outside the "
                                 f"destination; archive refused")
     # Second layer: the standard library's own rules for untrusted archives (PEP 706; absent
@@ -273,7 +273,7 @@ def _extract_tar_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str
     # Directories and links are made here rather than by tar.extract, so that no mode, owner or
     # time from the archive applies (and no `filter=` argument is needed on older Pythons).
     if member.isdir():
-        os.makedirs(target, exist_ok=True)
+        fstree.make_dirs(target)
     elif member.issym():
         os.symlink(member.linkname, target)
     else:  # a hard link to a regular file extracted before it (checked above)
@@ -320,11 +320,10 @@ def extract_zip(path: str, dest: str, *, max_size: int = DEFAULT_MAX_SIZE,
                     continue
                 target = _prepare_target(dest, root_real, rel, archive, info.filename)
                 if info.is_dir():
-                    os.makedirs(target, exist_ok=True)
+                    fstree.make_dirs(target)
                     continue
                 if link_target is not None:
-                    real = os.path.realpath(os.path.join(os.path.dirname(target), link_target))
-                    if not (real == root_real or real.startswith(root_real + os.sep)):
+                    if not _inside(root_real, os.path.join(os.path.dirname(target), link_target)):
                         raise UnsafeArchive(f"{archive}: symlink {info.filename!r} -> {link_target!r} leads "
                                             f"outside the destination; archive refused")
                     os.symlink(link_target, target)
@@ -391,7 +390,7 @@ def _count_zip_directory(path: str, archive: str, max_members: int) -> None:
 def _check_symlinks(dest: str, root_real: str, archive: str) -> None:
     """Last pass: links that each looked fine can still combine into one that leads out
     (`a -> .` then `b -> a/..`). Every symlink in the tree must really resolve inside it."""
-    for dirpath, dirnames, filenames in os.walk(dest):
+    for dirpath, dirnames, filenames in fstree.walk(dest):
         for name in dirnames + filenames:
             path = os.path.join(dirpath, name)
             if os.path.islink(path) and not _inside(root_real, path):

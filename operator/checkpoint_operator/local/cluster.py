@@ -39,13 +39,13 @@ import datetime
 import logging
 import os
 import secrets
-import shutil
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from checkpoint_operator.agent import fstree
 from checkpoint_operator.local.informer import Informer, Key, WorkQueue, key_of
 from checkpoint_operator.local.kubelet import (  # noqa: F401 - re-exported for callers of the old module
     TERMINAL_PHASES, ContainerRunner, Kubelet, claim_names_of_pod, expand_variables, meta, now_rfc3339, pod_phase,
@@ -165,7 +165,7 @@ class PvcBinder:
         bound = self._bound.get(key)
         if bound and bound[0] == uid_of(claim):
             del self._bound[key]
-            shutil.rmtree(bound[1], ignore_errors=True)
+            fstree.remove_tree(str(bound[1]), ignore_errors=True, make_writable=True)
 
     async def _bind(self, claim: dict) -> bool:
         key = (meta(claim)["namespace"], meta(claim)["name"])

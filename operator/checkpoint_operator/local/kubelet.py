@@ -41,6 +41,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from checkpoint_operator.agent import fstree
 from checkpoint_operator.local.podview import Mount, normalise_mount_path, remove_tree
 from checkpoint_operator.local.runtime import (
     ContainerProcess, ContainerRun, ProcessRuntime, Security, StartError, expand_variables, host_command_for,
@@ -329,7 +330,7 @@ class PodWorker:
             if mount.get("subPath"):
                 source = source / mount["subPath"]
                 if not source.exists():
-                    source.mkdir(parents=True)  # as the kubelet does for a missing subPath
+                    fstree.make_dirs(str(source))  # as the kubelet does for a missing subPath
             read_only = bool(mount.get("readOnly")) or mount["name"] in self.read_only_volumes
             mounts.append(Mount(normalise_mount_path(mount["mountPath"]), source, read_only,
                                 live=mount["name"] in self.live_volumes))
@@ -446,7 +447,7 @@ def write_downward_files(directory: Path, pod: Mapping[str, Any], items: list[di
         text = _downward_value(pod, field_path)
         if target.exists() and target.read_text() == text:
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
+        fstree.make_dirs(str(target.parent))
         tmp = target.with_name(f".{target.name}.tmp")
         tmp.write_text(text)
         os.replace(tmp, target)

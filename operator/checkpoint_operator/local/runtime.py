@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from checkpoint_operator.agent import fstree
 from checkpoint_operator.local.podview import Mount, PodView
 from checkpoint_operator.local.zygote import Zygote
 
@@ -211,7 +212,7 @@ class ProcessRuntime:
             raise StartError("CreateContainerError", f"container {run.name!r} has no command: the process runtime "
                                                      f"ignores images, so it cannot run the image's entrypoint")
         command = await host_command_for(run, self.workdir)
-        Path(command.cwd).mkdir(parents=True, exist_ok=True)
+        fstree.make_dirs(str(command.cwd))
         out_read, out_write = os.pipe()
         err_read, err_write = os.pipe()
         try:
