@@ -22,6 +22,7 @@ import pytest
 from agentrun import run_agent
 from deep_trees import DEEP_DIRS, DEEP_FILE, DEPTH, LEAF, build_deep_tree, files_of
 from deep_trees import deep, remove_deep_trees  # noqa: F401  (fixtures)
+from gitserver import git, git_daemon  # noqa: F401  (fixture)
 from s3server import seaweedfs, s3  # noqa: F401  (fixtures)
 
 from checkpoint_operator.agent import fstree
@@ -265,3 +266,14 @@ def test_verify_of_a_deep_directory(tmp_path: Path, deep: Path):
     verified = run_agent("verify", str(deep), "--digest", digest, "--json")
     assert verified.code == 0, verified.stderr[-2000:]
     assert json.loads(verified.stdout.strip().splitlines()[-1])["verified"], verified.stdout
+
+
+def test_git_import_of_a_deep_tree(git_daemon, tmp_path: Path):  # noqa: F811
+    work = build_deep_tree(tmp_path / "work")
+    git("init", "--quiet", "-b", "main", str(work))
+    git("add", "-A", cwd=work)
+    git("commit", "--quiet", "-m", "deep", cwd=work)
+    git("clone", "--quiet", "--bare", str(work), str(git_daemon.root / "deep.git"))
+    ran = run_agent("import", git_daemon.url("deep"), str(tmp_path / "dest"))
+    assert ran.code == 0, ran.stderr[-2000:]
+    assert files_of(tmp_path / "dest") == {DEEP_FILE: LEAF, "config.json": b'{"model_type": "deep"}'}
