@@ -591,7 +591,7 @@ async def producer_and_consumer(h: Harness, *, crash: dict | None = None, n: int
     await finished(h, "pre")
     if crash is not None:
         faults(h.url, {"crash_after": crash})
-    await h.create_job("job", inputs=[{"name": "pre-step-1"}], train=steps(n))
+    await h.create_job("job", inputs=[{"name": "pre.step-1"}], train=steps(n))
     if crash is not None and not await h.kill_operator_when_frozen():
         raise CaseError(f"the crash point {crash} was never reached")
     await finished(h, "job")
@@ -614,7 +614,7 @@ KILL_POINTS = {
     "1-of-3-checkpoints": tj_write(r"/checkpoints$", method="POST"),
     "2-of-3-checkpoints": tj_write(r"/checkpoints$", method="POST", count=2),
     "handover": tj_write(r"/persistentvolumeclaims/job-"),
-    "1-of-3-ready": tj_write(r"/checkpoints/job-step-\d+/status$", '"Ready"'),
+    "1-of-3-ready": tj_write(r"/checkpoints/job\.step-\d+/status$", '"Ready"'),
     "final-status": tj_write(r"/trainingjobs/job/status$", '"Succeeded"'),
     "snapshot-pod-deleted": tj_write(r"/pods/job-snapshot$", method="DELETE"),
 }
@@ -665,18 +665,18 @@ async def delete_with_kill(h: Harness, crash: dict) -> list[Expect]:
     await h.create_job("pre", train=steps(2))
     await finished(h, "pre")
     faults(h.url, {"crash_after": crash})
-    await h.api.delete(CKPT, NS, "pre-step-1")
+    await h.api.delete(CKPT, NS, "pre.step-1")
     if not await h.kill_operator_when_frozen():
         raise CaseError(f"the crash point {crash} was never reached")
-    if not await h.gone(CKPT, "pre-step-1"):
-        raise CaseError("pre-step-1 was not deleted")
+    if not await h.gone(CKPT, "pre.step-1"):
+        raise CaseError("pre.step-1 was not deleted")
     h.runner.written["pre"].pop("step-1")  # deleted on purpose
-    return [Expect("pre-step-1", "Gone", (), resource=CKPT), Expect("pre", "Succeeded", ("succeeded",))]
+    return [Expect("pre.step-1", "Gone", (), resource=CKPT), Expect("pre", "Succeeded", ("succeeded",))]
 
 
 # The deletion's live check of users (a LIST of TrainingJobs by label), and its finalizer's removal.
 for _name, _crash in (("users-check", tj_write(r"/trainingjobs$", method="GET")),
-                      ("finalizer-removed", tj_write(r"/checkpoints/pre-step-1$", '"finalizers"'))):
+                      ("finalizer-removed", tj_write(r"/checkpoints/pre\.step-1$", '"finalizers"'))):
     case(f"kill-during-delete-{_name}", "kill")(lambda h, crash=_crash: delete_with_kill(h, crash))
     case(f"s3-kill-during-delete-{_name}", "kill", s3=True)(lambda h, crash=_crash: delete_with_kill(h, crash))
 
@@ -793,9 +793,9 @@ async def _(h):
     h.runner.rules.append(on_pod(is_download, exits(1), times=99))
     await h.create_job("pre", train=steps(1))
     await finished(h, "pre")
-    await h.create_job("job", inputs=[{"name": "pre-step-1"}], train=steps(1))
+    await h.create_job("job", inputs=[{"name": "pre.step-1"}], train=steps(1))
     await finished(h, "job")
-    return [Expect("job", "Failed", ("input pre-step-1 could not be downloaded",))]
+    return [Expect("job", "Failed", ("input pre.step-1 could not be downloaded",))]
 
 
 async def external_import(h: Harness, name: str = "imported") -> None:
@@ -839,7 +839,7 @@ async def _(h):
     h.runner.rules.append(on_pod(is_download, outage()))
     await h.create_job("pre", train=steps(1, size=3 * 1024 * 1024))
     await finished(h, "pre")
-    await h.create_job("job", inputs=[{"name": "pre-step-1"}], train=steps(1))
+    await h.create_job("job", inputs=[{"name": "pre.step-1"}], train=steps(1))
     await finished(h, "job")
     return [Expect("job", "Succeeded", ("succeeded", "1 checkpoint(s)"))]
 
@@ -857,12 +857,12 @@ async def _(h):
     await h.create_job("pre", train=steps(2))
     await finished(h, "pre")
     restart = h.store.outage(3.0)
-    await h.api.delete(CKPT, NS, "pre-step-1")
+    await h.api.delete(CKPT, NS, "pre.step-1")
     await restart
-    if not await h.gone(CKPT, "pre-step-1"):
-        raise CaseError("pre-step-1 was not deleted after the store came back")
+    if not await h.gone(CKPT, "pre.step-1"):
+        raise CaseError("pre.step-1 was not deleted after the store came back")
     h.runner.written["pre"].pop("step-1")  # deleted on purpose
-    return [Expect("pre-step-1", "Gone", (), resource=CKPT)]
+    return [Expect("pre.step-1", "Gone", (), resource=CKPT)]
 
 
 # -- items of issue 8, end to end ----------------------------------------------------------------------
@@ -970,7 +970,7 @@ async def self_check() -> str | None:
     async with Harness("self-check", None) as h:
         await h.create_job("job", train=steps(2))
         await finished(h, "job")
-        ckpt = await h.api.get(CKPT, NS, "job-step-1")
+        ckpt = await h.api.get(CKPT, NS, "job.step-1")
         volume = ckpt["status"]["location"]["volume"]
         target = Path(h.cluster.claim_dir(NS, volume["claimName"])) / volume["path"].lstrip("/") / "model.safetensors"
         target.write_bytes(b"not what was written")

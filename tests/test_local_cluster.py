@@ -429,13 +429,13 @@ async def test_pod_sees_its_inputs_exactly_as_mounted(api: ApiClient, cluster: L
     (source / "config.json").write_text("{}")
     (source / "model.safetensors").write_text("final weights")
     input_mounts = [
-        {"name": "in", "mountPath": "/input-checkpoint/pre-step-2", "subPath": "step-2", "readOnly": True},
-        {"name": "in", "mountPath": "/input-checkpoint/pre-final/config.json", "subPath": "config.json",
+        {"name": "in", "mountPath": "/input-checkpoint/pre.step-2", "subPath": "step-2", "readOnly": True},
+        {"name": "in", "mountPath": "/input-checkpoint/pre/config.json", "subPath": "config.json",
          "readOnly": True},
-        {"name": "in", "mountPath": "/input-checkpoint/pre-final/model.safetensors", "subPath": "model.safetensors",
+        {"name": "in", "mountPath": "/input-checkpoint/pre/model.safetensors", "subPath": "model.safetensors",
          "readOnly": True}]
     env = [{"name": "CHECKPOINT_INPUT_DIR", "value": "/input-checkpoint"},
-           {"name": "CHECKPOINT_INPUT_PATH", "value": "/input-checkpoint/pre-step-2"},
+           {"name": "CHECKPOINT_INPUT_PATH", "value": "/input-checkpoint/pre.step-2"},
            {"name": "CHECKPOINT_OUTPUT_DIR", "value": "/output-checkpoint"}]
     await api.create("batch/v1/jobs", NS, job("consumer", [python_container(
         "main", VIEW_PROBE, env=env, volumeMounts=[*input_mounts, {"name": "out", "mountPath": "/output-checkpoint"}])],
@@ -446,11 +446,11 @@ async def test_pod_sees_its_inputs_exactly_as_mounted(api: ApiClient, cluster: L
     log = await api.read_log(NS, pod["metadata"]["name"])
     assert condition_types(done) == [("Complete", None)], log
     seen = json.loads(log)
-    assert seen["input_dir"] == ["pre-final", "pre-step-2"]  # exactly the mounted inputs
-    assert seen["listing"] == {"pre-final": ["config.json", "model.safetensors"],
-                               "pre-step-2": ["model.safetensors", "optimizer.pt"]}
-    assert seen["input_path_name"] == "pre-step-2"  # named after the Checkpoint, not the source directory
-    assert seen["input_parent"] == ["pre-final", "pre-step-2"]  # no sibling steps of the producer
+    assert seen["input_dir"] == ["pre", "pre.step-2"]  # exactly the mounted inputs
+    assert seen["listing"] == {"pre": ["config.json", "model.safetensors"],
+                               "pre.step-2": ["model.safetensors", "optimizer.pt"]}
+    assert seen["input_path_name"] == "pre.step-2"  # named after the Checkpoint, not the source directory
+    assert seen["input_parent"] == ["pre", "pre.step-2"]  # no sibling steps of the producer
     assert seen["weights"] == "weights of step-2"
     import os
     # Read-only: a non-root process cannot write; root bypasses permission bits in the process

@@ -28,23 +28,23 @@ def test_examples_run_locally_and_state_persists(tmp_path):
     report = json.loads(first.stdout)
     jobs = {j["name"]: j for j in report["trainingJobs"]}
     assert jobs["pretrain"]["phase"] == "Succeeded" and jobs["finetune"]["phase"] == "Succeeded"
-    assert sorted(jobs["pretrain"]["outputCheckpoints"]) == ["pretrain-step-200", "pretrain-step-300"]  # keep: 2
+    assert sorted(jobs["pretrain"]["outputCheckpoints"]) == ["pretrain.step-200", "pretrain.step-300"]  # keep: 2
     ckpts = {c["name"]: c for c in report["checkpoints"]}
-    latest = ckpts["pretrain-step-300"]
-    assert jobs["finetune"]["inputs"] == [{"name": "pretrain-step-300", "digest": latest["digest"]}]
-    resumed = ckpts["finetune-step-400"]
+    latest = ckpts["pretrain.step-300"]
+    assert jobs["finetune"]["inputs"] == [{"name": "pretrain.step-300", "digest": latest["digest"]}]
+    resumed = ckpts["finetune.step-400"]
     assert resumed["step"] == 400 and resumed["format"] == "safetensors" and resumed["resumable"] is True
-    assert [p["name"] for p in resumed["parents"]] == ["pretrain-step-300"]
+    assert [p["name"] for p in resumed["parents"]] == ["pretrain.step-300"]
     assert resumed["producedBy"]["name"] == "finetune"
 
     # A second run sees the first run's Checkpoints and can build on them by name.
     extra = tmp_path / "3-from-200.yaml"
     extra.write_text((ROOT / "examples/local/2-finetune.yaml").read_text()
                      .replace("name: finetune", "name: branch")
-                     .replace("- fromTrainingJob: pretrain\n      select: latest", "- name: pretrain-step-200"))
+                     .replace("- fromTrainingJob: pretrain\n      select: latest", "- name: pretrain.step-200"))
     second = local_run("-f", str(extra), "-o", "table", "--runtime", "process", state_dir=state)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "branch-step-250" in second.stdout and "pretrain-step-300" in second.stdout
+    assert "branch.step-250" in second.stdout and "pretrain.step-300" in second.stdout
 
 
 def test_bad_manifest_is_refused_with_the_field_named(tmp_path):

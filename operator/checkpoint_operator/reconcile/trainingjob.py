@@ -29,7 +29,7 @@ from checkpoint_operator.logic.conditions import now_rfc3339, seconds_since
 from checkpoint_operator.logic.inputs import InputWait, ResolvedInput, check_live_input, resolve_inputs
 from checkpoint_operator.logic.protection import label_patch, used_uids
 from checkpoint_operator.logic.results import Advance, Done, Fail, Result, Wait
-from checkpoint_operator.logic.snapshot import not_stored, plan_snapshot, skipped_message
+from checkpoint_operator.logic.snapshot import conflict_wait, not_stored, plan_snapshot, skipped_message
 from checkpoint_operator.logic.status import StatusChange
 from checkpoint_operator.storage import MissingUpload, store_for
 from checkpoint_operator import metrics
@@ -291,6 +291,9 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict, scan) -> Result:
     plan = plan_snapshot(tj, scan, lambda n: ctx.indexes.checkpoint(namespace, n),
                          lambda m: store.snapshot_location(tj, claim, m, layout, scan.uploads), existing=existing,
                          retired=retired)
+    conflict = conflict_wait(plan.conflicts)
+    if conflict is not None:
+        return conflict  # nothing is created under another name: the data waits on the output volume
     created = [publish.create_checkpoint(ctx, tj, planned) for planned in plan.checkpoints]
     if any(c is None for c in created):
         return Wait("NameConflict", "a Checkpoint name was taken meanwhile; planning again", requeue_after=0.5)
