@@ -344,3 +344,32 @@ async def test_an_output_volume_that_never_binds_is_named_with_its_reason(api, o
                                'storageclass.storage.k8s.io "no-such-class" not found'
     assert (await api.get(TJ, NS, "stuck"))["status"]["phase"] == "Running" and "stuck" not in trainer.envs
     await wait_event(api, wait_for, "stuck", lambda e: e["reason"] == "VolumeNotBound" and e["type"] == "Warning")
+
+
+async def test_jobs_waiting_on_each_other_are_stalled_naming_the_cycle(api, operator, trainer, wait_for):
+    """Before: both stayed Pending with "has not finished (phase Pending)" forever (issue 18 item 6)."""
+    await api.create(TJ, NS, training_job("ping", checkpoints=[{"fromTrainingJob": "pong", "select": "latest"}]))
+    await api.create(TJ, NS, training_job("pong", checkpoints=[{"fromTrainingJob": "ping", "select": "latest"}]))
+
+    def stalled_on_cycle(name, arrows):
+        async def check():
+            tj = await api.get(TJ, NS, name)
+            conditions = {c["type"]: c for c in tj.get("status", {}).get("conditions") or []}
+            stalled = conditions.get("Stalled", {})
+            ready = conditions.get("Ready", {})
+            if stalled.get("status") == "True" and ready.get("reason") == "InputCycle" and arrows in ready["message"]:
+                return tj
+            return None
+        return check
+    ping = await wait_for(stalled_on_cycle("ping", "ping -> pong -> ping"), timeout=20)
+    pong = await wait_for(stalled_on_cycle("pong", "pong -> ping -> pong"), timeout=20)
+    assert ping["status"]["phase"] == pong["status"]["phase"] == "Pending"
+    assert await api.get("batch/v1/jobs", NS, "ping") is None  # nothing started
+
+    await api.delete(TJ, NS, "pong")  # the cycle is broken: ping waits for a job that does not exist
+
+    async def not_found():
+        tj = await api.get(TJ, NS, "ping")
+        ready = next((c for c in tj["status"].get("conditions") or [] if c["type"] == "Ready"), {})
+        return tj if ready.get("reason") == "InputNotFound" else None
+    await wait_for(not_found, timeout=20)
