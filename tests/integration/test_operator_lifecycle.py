@@ -373,3 +373,22 @@ async def test_jobs_waiting_on_each_other_are_stalled_naming_the_cycle(api, oper
         ready = next((c for c in tj["status"].get("conditions") or [] if c["type"] == "Ready"), {})
         return tj if ready.get("reason") == "InputNotFound" else None
     await wait_for(not_found, timeout=20)
+
+
+async def test_a_detached_child_of_the_trainer_cannot_rewrite_a_sealed_checkpoint(api, operator, cluster, wait_for):
+    """The trainer runs as a real process (no stand-in) and leaves a detached child that rewrites
+    its checkpoint a few seconds after the container ended. Before: the child outlived the pod and
+    the Ready Checkpoint's bytes were no longer its digest (issue 18 item 8a)."""
+    code = ("import os, subprocess, sys; d = os.path.join(os.environ['CHECKPOINT_OUTPUT_DIR'], 'step-1'); "
+            "os.makedirs(d); open(os.path.join(d, 'model.bin'), 'w').write('sealed bytes'); "
+            "subprocess.Popen([sys.executable, '-c', 'import sys, time; time.sleep(3); "
+            "open(sys.argv[1], \"w\").write(\"rewritten later\")', os.path.join(d, 'model.bin')], "
+            "start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)")
+    await api.create(TJ, NS, training_job("detacher", command=["python", "-c", code]))
+    tj = await wait_phase(api, wait_for, TJ, "detacher", ("Succeeded", "Failed"), timeout=60)
+    assert tj["status"]["phase"] == "Succeeded", tj["status"]
+    status = (await api.get(CKPT, NS, "detacher.step-1"))["status"]
+    directory = os.path.join(cluster.claim_dir(NS, tj["status"]["outputClaim"]), "step-1")
+    await asyncio.sleep(4)
+    assert open(os.path.join(directory, "model.bin")).read() == "sealed bytes"
+    assert status["phase"] == "Ready" and status["digest"] == sha256sum_digest(directory)

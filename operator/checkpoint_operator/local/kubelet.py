@@ -206,9 +206,19 @@ class PodWorker:
                 await self._stop_sidecars(sidecars)
                 await self._finish("Failed", statuses=[waiting_status(c, "PodInitializing") for c in containers])
                 return
-            await self._patch_status({"phase": "Running", **start, "initContainerStatuses": self._init_report(),
-                                      "containerStatuses": [running_status(c) for c in containers]})
-            statuses = await asyncio.gather(*(self._run_to_end(c) for c in containers))
+            # Running once every container's process runs (or could not start), as a kubelet reports
+            # it: an exec or a log read that follows "Running" finds the container there.
+            started = [asyncio.Event() for _ in containers]
+            runs = [asyncio.ensure_future(self._run_to_end(c, on_start=e.set)) for c, e in zip(containers, started)]
+            try:
+                await asyncio.wait([asyncio.ensure_future(_either(e, r)) for e, r in zip(started, runs)])
+                await self._patch_status({"phase": "Running", **start, "initContainerStatuses": self._init_report(),
+                                          "containerStatuses": [running_status(c) for c in containers]})
+            except BaseException:
+                for run in runs:
+                    run.cancel()
+                raise
+            statuses = await asyncio.gather(*runs)
             await self._stop_sidecars(sidecars)
             succeeded = all(s["state"].get("terminated", {}).get("exitCode") == 0 for s in statuses)
             await self._finish("Succeeded" if succeeded else "Failed", statuses=list(statuses))
@@ -427,6 +437,15 @@ class PodWorker:
 
     async def _remove_finalizer(self) -> None:
         await self.kubelet.remove_finalizer(meta(self.pod)["namespace"], meta(self.pod)["name"], meta(self.pod)["uid"])
+
+
+async def _either(event: asyncio.Event, run: "asyncio.Future[Any]") -> None:
+    """Until the container's process runs, or its run is over (it could not start)."""
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait([waiter, run], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
 
 
 def _downward_value(pod: Mapping[str, Any], field_path: str) -> str:
