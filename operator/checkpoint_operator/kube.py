@@ -2,7 +2,7 @@
 
 Objects stay plain dicts (as kopf hands them to us) instead of the generated typed models:
 the logic builds manifests as dicts, and custom resources have no typed models anyway. Every
-call the operator makes goes through `Kube`, so tests/test_rbac.py can hold the calls
+call the operator makes goes through `Kube`, so tests/unit/test_rbac.py can hold the calls
 against the chart's RBAC rules.
 """
 

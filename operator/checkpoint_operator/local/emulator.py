@@ -447,7 +447,7 @@ class Emulator(kmock.KubernetesEmulator):
         """The handler kmock's matching picks among the emulator's own reactions, without matching.
 
         None: let the matching decide (discovery and other requests the emulator leaves to kmock).
-        tests/test_local_emulator.py checks that both agree.
+        tests/local/test_emulator.py checks that both agree.
         """
         if request.url.path.startswith("/_emulator/"):
             return self._serve_extension

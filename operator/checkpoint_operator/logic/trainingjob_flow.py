@@ -1,7 +1,7 @@
 """The TrainingJob's decisions, as pure functions: given what was read, what happens next.
 
 Pending -> Running -> Snapshotting -> Succeeded | Failed. reconcile/trainingjob.py reads the
-objects, calls these, applies what they decide and records it; tests/test_trainingjob_flow.py
+objects, calls these, applies what they decide and records it; tests/unit/logic/test_trainingjob_flow.py
 tests every decision without an API.
 """
 

@@ -1,6 +1,6 @@
 """The adaptations of kmock's emulator (checkpoint_operator.local.emulator): each fails on plain kmock 0.8.
 
-Admission (names, schemas, CEL) is tested in test_local_admission.py.
+Admission (names, schemas, CEL) is tested in tests/local/test_admission.py.
 """
 
 from __future__ import annotations

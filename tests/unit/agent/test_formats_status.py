@@ -1,5 +1,5 @@
 """What the format rules put in a Checkpoint: status `complete` and the Complete condition,
-names of file checkpoints, the format names of the API, the README's format table."""
+names of file checkpoints, the format names of the API, the format table of docs/concepts.md."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from checkpoint_operator.api.checkpoint import CheckpointFormat
 from checkpoint_operator.logic.naming import checkpoint_name, without_extension
 from checkpoint_operator.logic.snapshot import ready_change
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+FORMAT_TABLE_PAGE = Path(__file__).resolve().parents[3] / "docs" / "concepts.md"
 FILE = FileEntry(path="model.pt", size=1, sha256="0" * 64)
 
 
@@ -58,11 +58,11 @@ def test_file_checkpoints_are_named_without_their_extension_and_stay_unique():
     assert re.fullmatch(r"j\.step-1-pt\.[0-9a-f]{10}", checkpoint_name("j", "step-1.pt"))  # a directory keeps its dot
 
 
-def test_readme_format_table_is_the_rule_table():
-    text = README.read_text()
+def test_documented_format_table_is_the_rule_table():
+    text = FORMAT_TABLE_PAGE.read_text()
     begin, end = "<!-- format-table:begin (generated from agent/formats.py RULES) -->", "<!-- format-table:end -->"
-    assert begin in text and end in text, "README.md lacks the generated format table markers"
+    assert begin in text and end in text, "docs/concepts.md lacks the generated format table markers"
     table = text.split(begin, 1)[1].split(end, 1)[0].strip()
     assert table == format_table_markdown(), (
-        "README's format table is stale: paste the output of\n"
+        "the format table of docs/concepts.md is stale: paste the output of\n"
         "python -c 'from checkpoint_operator.agent.formats import format_table_markdown as t; print(t())'")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).parent / "integration"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from plugin_helpers import write_kubeconfig  # noqa: E402
 
 CKPT = "ckpt.dev/v1alpha1/checkpoints"

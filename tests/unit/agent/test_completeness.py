@@ -337,7 +337,7 @@ def test_the_local_example_writes_complete_resumable_checkpoints(tmp_path):
     import sys
 
     from checkpoint_operator.agent.scan import scan_directory
-    example = Path(__file__).resolve().parents[1] / "examples" / "local" / "train.py"
+    example = Path(__file__).resolve().parents[3] / "examples" / "local" / "train.py"
     env = {**os.environ, "CHECKPOINT_OUTPUT_DIR": str(tmp_path), "STEPS": "200", "SAVE_EVERY": "100"}
     env.pop("CHECKPOINT_INPUT_PATH", None)
     subprocess.run([sys.executable, str(example)], env=env, check=True, capture_output=True, timeout=120)

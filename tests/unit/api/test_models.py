@@ -10,9 +10,9 @@ import pytest
 
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointSpec, VolumeSource
 from checkpoint_operator.api.trainingjob import OutputSpec, TrainingJob, TrainingJobSpec
-from test_cel_rules import (CASES, Case, apply_defaults, checkpoint, iter_schema_rules, load_crd, open_api_schema,
+from .test_rules import (CASES, Case, apply_defaults, checkpoint, iter_schema_rules, load_crd, open_api_schema,
                              training_job)
-from test_crds import to_json_schema
+from .test_crdgen import to_json_schema
 
 MODELS = {"Checkpoint": Checkpoint, "TrainingJob": TrainingJob}
 

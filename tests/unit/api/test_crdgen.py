@@ -18,7 +18,7 @@ from checkpoint_operator.api import crdgen
 from checkpoint_operator.api.checkpoint import SOURCE_KINDS, Checkpoint, CheckpointSpec
 from checkpoint_operator.api.rules import Description
 from checkpoint_operator.api.trainingjob import TrainingJob
-from test_cel_rules import CASES, CRD_FILES, ROOT, apply_defaults, evaluate_rules, load_crd, open_api_schema
+from .test_rules import CASES, CRD_FILES, ROOT, apply_defaults, evaluate_rules, load_crd, open_api_schema
 
 MODELS = {"Checkpoint": Checkpoint, "TrainingJob": TrainingJob}
 EXAMPLES = ROOT / "examples"
@@ -297,7 +297,7 @@ def test_examples_exist() -> None:
 
 
 def test_every_source_a_user_writes_has_an_example() -> None:
-    """So that the admission tests (here and test_local_admission.py) check one of each; trainingJob
+    """So that the admission tests (here and tests/local/test_admission.py) check one of each; trainingJob
     is written by the operator only."""
     checkpoints = [doc for _, doc in EXAMPLE_DOCS if doc["kind"] == "Checkpoint"]
     assert {kind for doc in checkpoints for kind in doc["spec"]["source"]} == set(SOURCE_KINDS) - {"trainingJob"}

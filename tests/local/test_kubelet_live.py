@@ -8,7 +8,7 @@ from pathlib import Path
 
 from checkpoint_operator.local.cluster import LocalCluster
 from checkpoint_operator.local.server import ApiClient
-from test_local_cluster import host_dir, python_container
+from test_cluster import host_dir, python_container
 
 NS = "default"
 

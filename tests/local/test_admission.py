@@ -1,7 +1,7 @@
 """The emulated API refuses, prunes and defaults what a real API server does (local/admission.py).
 
 Every test goes through the emulator's HTTP API, as local mode, kopf and the integration tests do.
-The CEL cases are those of test_cel_rules.py: the emulator must refuse exactly what they say.
+The CEL cases are those of tests/unit/api/test_rules.py: the emulator must refuse exactly what they say.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.local.server import ApiClient, ApiError
-from test_cel_rules import CASES, IMMUTABLE, LONG_BAD, LONG_OK, Case
-from test_crds import EXAMPLE_DOCS
+from unit.api.test_rules import CASES, IMMUTABLE, LONG_BAD, LONG_OK, Case
+from unit.api.test_crdgen import EXAMPLE_DOCS
 
 NS = "default"
 CKPTS = "ckpt.dev/v1alpha1/checkpoints"
@@ -124,7 +124,7 @@ async def test_invalid_metadata_is_refused(api: ApiClient, metadata: dict, probl
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.old is None], ids=lambda c: c.id)
 async def test_cel_cases_on_create(api: ApiClient, case: Case) -> None:
-    """Each case of test_cel_rules.py, created through the API: refused exactly when the CRD refuses it."""
+    """Each case of tests/unit/api/test_rules.py, created through the API: refused exactly when the CRD refuses it."""
     resource = RESOURCE_OF[case.kind]
     if not case.rejected_by and case.openapi_valid:
         created = await api.create(resource, NS, copy.deepcopy(case.obj))

@@ -6,7 +6,7 @@ given). A case states which rules must reject it; every other rule must accept i
 fails when a rule of the CRD lacks an accepting or a rejecting case, and when the Python twin
 of a rule (api/rules.py) disagrees with CEL on any node.
 
-The helpers and CASES here are reused by test_api_models.py and test_crds.py.
+The helpers and CASES here are reused by tests/unit/api/test_models.py and tests/unit/api/test_crdgen.py.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import yaml
 from checkpoint_operator.api import crdgen
 from checkpoint_operator.api.rules import Rule
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 CRD_FILES = {"Checkpoint": ROOT / "crds" / "ckpt.dev_checkpoints.yaml",
              "TrainingJob": ROOT / "crds" / "ckpt.dev_trainingjobs.yaml"}
 
