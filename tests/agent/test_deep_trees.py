@@ -1,5 +1,5 @@
-"""Trees 1,000 directories deep (issue 18 item 5): every path that walks, copies, makes or removes
-a checkpoint's directories holds at any depth: a success, or one clear line, never RecursionError.
+"""Trees 1,000 directories deep (issue 18 item 5): every path of the agent that walks, copies, makes
+or removes a checkpoint's directories holds at any depth: a success, or one clear line, never RecursionError.
 
 The depth is the writer's choice (a training job, an archive, a bucket's keys); agent/names.py
 allows paths up to 4096 bytes, so about 2,000 levels. Python's recursion limit (1,000) is below
@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -25,117 +24,6 @@ from deep_trees import deep, remove_deep_trees  # noqa: F401  (fixtures)
 from gitserver import git, git_daemon  # noqa: F401  (fixture)
 from s3server import seaweedfs, s3  # noqa: F401  (fixtures)
 
-from checkpoint_operator.agent import fstree
-from checkpoint_operator.local.podview import Mount, PodView, remove_tree
-
-
-def test_the_recursion_limit_is_below_the_depth():
-    # What makes these cases bite: a recursion per level fails well before DEPTH levels.
-    assert sys.getrecursionlimit() <= DEPTH
-
-
-# --- agent/fstree.py, the helpers every path uses ---------------------------------------------------
-
-def test_walk_matches_os_walk_semantics_at_any_depth(deep: Path):
-    (deep / "link-to-d").symlink_to("d")
-    top = list(fstree.walk(str(deep)))
-    bottom = list(fstree.walk(str(deep), topdown=False))
-    assert len(top) == len(bottom) == DEPTH + 1
-    root, dirs, others = top[0]
-    assert root == str(deep) and sorted(dirs) == ["d", "link-to-d"] and others == ["config.json"]  # link listed, not entered
-    assert bottom[-1][0] == str(deep)  # bottom-up: the root last
-    assert top[-1] == (str(deep / DEEP_DIRS), [], ["leaf.bin"])
-
-
-def test_walk_lets_a_top_down_caller_prune(deep: Path):
-    seen = []
-    for directory, dirs, _ in fstree.walk(str(deep)):
-        seen.append(directory)
-        dirs.clear()
-    assert seen == [str(deep)]
-
-
-def test_make_dirs_copy_tree_and_remove_tree_at_any_depth(tmp_path: Path, deep: Path):
-    made = tmp_path / "made" / DEEP_DIRS
-    fstree.make_dirs(str(made))
-    fstree.make_dirs(str(made))  # exists: fine, as exist_ok
-    assert made.is_dir()
-    (deep / "link").symlink_to("config.json")
-    copy = tmp_path / "copy"
-    fstree.copy_tree(str(deep), str(copy))
-    assert files_of(copy) == files_of(deep)
-    assert os.readlink(copy / "link") == "config.json"
-    fstree.remove_tree(str(copy))
-    fstree.remove_tree(str(tmp_path / "made"))
-    assert not copy.exists() and not (tmp_path / "made").exists()
-
-
-def test_make_dirs_refuses_a_file_in_the_way(tmp_path: Path):
-    (tmp_path / "f").write_text("x")
-    with pytest.raises(OSError):
-        fstree.make_dirs(str(tmp_path / "f" / "g"))
-
-
-def test_remove_tree_removes_read_only_directories_only_when_asked(tmp_path: Path, deep: Path):
-    for directory, _, _ in list(fstree.walk(str(deep), topdown=False)):
-        os.chmod(directory, 0o555)
-    if os.geteuid() != 0:  # root ignores permission bits
-        with pytest.raises(PermissionError):
-            fstree.remove_tree(str(deep))
-    fstree.remove_tree(str(deep), make_writable=True)
-    assert not deep.exists()
-
-
-def test_remove_tree_never_follows_a_link_and_ignores_what_is_gone(tmp_path: Path):
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (outside / "keep.txt").write_text("keep")
-    tree = tmp_path / "tree"
-    (tree / "a").mkdir(parents=True)
-    (tree / "a" / "out").symlink_to(outside)
-    fstree.remove_tree(str(tree))
-    assert not tree.exists() and (outside / "keep.txt").read_text() == "keep"
-    fstree.remove_tree(str(tmp_path / "missing"))  # nothing there: nothing to do
-    (tmp_path / "link").symlink_to(outside)
-    fstree.remove_tree(str(tmp_path / "link"))  # a link at the top is unlinked, not entered
-    assert (outside / "keep.txt").exists() and not os.path.lexists(tmp_path / "link")
-
-
-def test_remove_tree_with_ignore_errors_removes_what_it_can(tmp_path: Path):
-    tree = tmp_path / "tree"
-    (tree / "locked").mkdir(parents=True)
-    (tree / "locked" / "f").write_text("x")
-    (tree / "free.txt").write_text("x")
-    os.chmod(tree / "locked", 0o555)
-    try:
-        fstree.remove_tree(str(tree), ignore_errors=True)
-        if os.geteuid() != 0:
-            assert (tree / "locked" / "f").exists() and not (tree / "free.txt").exists()
-    finally:
-        if tree.exists():
-            os.chmod(tree / "locked", 0o755)
-
-
-def test_real_path_matches_realpath_and_bounds_link_chains(tmp_path: Path):
-    (tmp_path / "dir" / "sub").mkdir(parents=True)
-    (tmp_path / "dir" / "up").symlink_to("..")
-    (tmp_path / "dir" / "self").symlink_to(".")
-    (tmp_path / "abs").symlink_to(tmp_path / "dir" / "sub")
-    (tmp_path / "loop").symlink_to("loop")
-    for rel in ("dir/sub", "dir/up/dir/sub", "dir/self/self/sub/..", "abs", "abs/../up", "missing/x/..",
-                "dir/sub/../../dir"):
-        assert fstree.real_path(str(tmp_path / rel)) == os.path.realpath(tmp_path / rel), rel
-    assert fstree.real_path(str(tmp_path / "loop")) is None
-    chain = tmp_path / "chain"
-    chain.mkdir()
-    for i in range(1500):  # os.path.realpath recurses once per link
-        (chain / f"l{i}").symlink_to(f"l{i + 1}")
-    (chain / "l1500").write_text("end")
-    assert fstree.real_path(str(chain / "l1460")) == str(chain / "l1500")  # 40 hops: as the kernel
-    assert fstree.real_path(str(chain / "l0")) is None  # more: the kernel would refuse it (ELOOP)
-    assert not fstree.is_inside(str(chain), str(chain / "l0"))
-    assert fstree.is_inside(str(chain), str(chain / "l1460"))
-
 
 # --- each path over a deep tree ------------------------------------------------------------------
 
@@ -145,28 +33,6 @@ def test_scan_of_a_deep_checkpoint(tmp_path: Path, deep: Path):
     checkpoint = next(c for c in ran.result["checkpoints"] if c["path"] == "deep")
     assert checkpoint["fileCount"] == 2
     assert DEEP_FILE in {f["path"] for f in checkpoint["files"]}
-
-
-def test_local_kubelet_read_only_copy_of_a_deep_input(tmp_path: Path, deep: Path):
-    view = PodView(tmp_path / "view", [Mount("/input-checkpoint/deep", deep, read_only=True),
-                                       Mount("/output-checkpoint", tmp_path / "out", read_only=False)])
-    (tmp_path / "out").mkdir()
-    view.materialise()
-    copied = tmp_path / "view" / "input-checkpoint" / "deep"
-    assert files_of(copied) == files_of(deep)
-    assert not os.stat(copied / DEEP_FILE).st_mode & 0o222  # read-only, at the bottom too
-    view.materialise()  # again: the earlier view (read-only, deep) is replaced
-    remove_tree(tmp_path / "view")
-    assert not (tmp_path / "view").exists() and files_of(deep)  # the source is untouched
-
-
-def test_a_mount_path_and_a_working_directory_1000_levels_deep(tmp_path: Path):
-    mount_path = "/" + "/".join(["m"] * DEPTH)
-    (tmp_path / "vol").mkdir()
-    view = PodView(tmp_path / "view", [Mount(mount_path, tmp_path / "vol", read_only=False)])
-    view.materialise()
-    assert (tmp_path / "view" / mount_path.lstrip("/")).is_symlink()
-    remove_tree(tmp_path / "view")
 
 
 def s3_depth(s3, prefix: str) -> int:  # noqa: F811
