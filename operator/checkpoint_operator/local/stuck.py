@@ -67,6 +67,9 @@ def _input_never_comes(job: TrainingJob, ref: CheckpointRef, jobs: dict[str, Tra
     if any(c.metadata.name == name for c in checkpoints):
         return None
     prefix = name.split(".", 1)[0]
+    if prefix == prefix_of(job):  # its own output: it is made only after the job has run
+        return (f"{what} does not exist, and only this job would write it (its prefix is '{prefix}'), "
+                "after it has run")
     if any(prefix_of(j) == prefix and not j.is_finished for j in jobs.values()):
         return None  # a running or waiting job may still write it
     return (f"{what} does not exist, and no unfinished TrainingJob would write it (none has the prefix "

@@ -67,3 +67,12 @@ def test_a_chain_of_waits_is_bounded_and_found_whole():
     chain = [training_job(f"j{i}", checkpoints=[{"fromTrainingJob": f"j{i + 1}"}]) for i in range(200)]
     found = stuck(chain)  # j199 takes from j200, which does not exist
     assert len(found) == 200 and all(len(why) < 300 for why in found.values())
+
+
+def test_a_job_that_takes_its_own_future_output_by_name():
+    """It would be written only after the job has run; an earlier run's Checkpoint of that name is fine."""
+    found = stuck([training_job("a", checkpoints=[{"name": "a.step-1"}])])
+    assert "only this job would write it" in found["a"]
+    assert stuck([training_job("a", checkpoints=[{"name": "a.step-1"}])], ["a.step-1"]) == {}
+    prefixed = training_job("b", output={"namePrefix": "llama"}, checkpoints=[{"name": "llama"}])
+    assert "only this job would write it" in stuck([prefixed])["b"]
