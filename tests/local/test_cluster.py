@@ -482,3 +482,19 @@ def test_read_only_copy_keeps_the_source_intact(tmp_path: Path) -> None:
     assert (tmp_path / "src" / "nested" / "f").stat().st_mode & 0o200  # the source keeps its modes
     remove_tree(tmp_path / "copy")
     assert not (tmp_path / "copy").exists()
+
+
+async def test_a_pod_is_running_once_its_containers_processes_run(api: ApiClient, cluster: LocalCluster,
+                                                                  wait_for) -> None:
+    """As a kubelet reports it: an exec or a log read that follows "Running" finds each container
+    started (before, Running was written first and the processes started after it)."""
+    await api.create("v1/pods", NS, {"metadata": {"name": "two"}, "spec": {"restartPolicy": "Never", "containers": [
+        python_container("a", "import time; time.sleep(30)"), python_container("b", "import time; time.sleep(30)")]}})
+
+    async def running() -> dict | None:
+        pod = await api.get("v1/pods", NS, "two")
+        return pod if pod.get("status", {}).get("phase") == "Running" else None
+    pod = await wait_for(running, timeout=20, interval=0.005)
+    worker = cluster.kubelet.workers[pod["metadata"]["uid"]]
+    assert set(worker.processes) == {"a", "b"}
+    await api.delete("v1/pods", NS, "two")

@@ -265,6 +265,8 @@ class PodWorker:
         if runner is not None:
             command = await host_command_for(run, self.kubelet.workdir)
             mounts = {m.path: str(m.source) for m in run.mounts}
+            if on_start is not None:
+                on_start()  # a stand-in plays the container from here on (or hands it to the runtime at once)
             played = await runner(self.pod, container, command.env, mounts)
             if isinstance(played, tuple):  # (exit code, reason): e.g. (137, "OOMKilled")
                 return terminated_status(container, played[0], started, restarts, reason=played[1])
