@@ -143,3 +143,13 @@ def test_git_import_of_a_deep_tree(git_daemon, tmp_path: Path):  # noqa: F811
     ran = run_agent("import", git_daemon.url("deep"), str(tmp_path / "dest"))
     assert ran.code == 0, ran.stderr[-2000:]
     assert files_of(tmp_path / "dest") == {DEEP_FILE: LEAF, "config.json": b'{"model_type": "deep"}'}
+
+
+def test_a_manifest_nested_deeper_than_the_json_decoder_goes_is_one_line(s3, tmp_path: Path):  # noqa: F811
+    """Depth in a file's content is the writer's choice too: a manifest in the store (or pushed)
+    nested 100,000 levels deep; the JSON decoder recurses once per level."""
+    put(s3, "ns/nested/.checkpoint-manifest.json", b"[" * 100_000 + b"]" * 100_000)
+    ran = run_agent("download", s3.uri("ns/nested/"), str(tmp_path / "dest"))
+    assert "nested too deeply to be a manifest" in ran.error
+    verified = run_agent("verify", s3.uri("ns/nested/"), "--json")
+    assert "RecursionError" not in verified.stderr + verified.stdout

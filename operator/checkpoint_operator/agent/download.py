@@ -433,7 +433,7 @@ class Downloader:
                                                                                   entry.sha256):
                 return []
             ranges = [(int(s), int(e)) for s, e in record.get("done", [])]
-        except (OSError, ValueError, TypeError, AttributeError):
+        except (OSError, ValueError, TypeError, AttributeError, RecursionError):
             return []
         return _merge([(max(0, s), min(entry.size, e)) for s, e in ranges if s < e])
 

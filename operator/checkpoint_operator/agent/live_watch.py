@@ -389,7 +389,7 @@ class Watcher:
         raw = read_annotation_file(self.annotations_file).get(REMOVE_ANNOTATION)
         try:
             requests = json.loads(raw) if raw else []
-        except ValueError:
+        except (ValueError, RecursionError):
             self.warn(f"annotation {REMOVE_ANNOTATION} is not JSON; ignored")
             return
         for request in requests if isinstance(requests, list) else []:

@@ -334,7 +334,7 @@ def wait_for_commit(directory: str, idle_seconds: float) -> Optional[dict]:
                     return json.loads(f.read(64 * 1024) or b"{}")
             except FileNotFoundError:
                 pass
-            except ValueError:
+            except (ValueError, RecursionError):
                 return {}
         if under_way:
             idle_since = time.monotonic()
