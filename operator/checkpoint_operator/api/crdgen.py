@@ -290,7 +290,7 @@ def build_crd(definition: CrdDefinition, *, check_bounds: bool = True) -> dict[s
     """The CRD document; raises UnboundedFieldsError when a string, list or map lacks its bound."""
     spec_schema = model_schema(definition.spec_model)
     status_schema = model_schema(definition.status_model, keep_defaults=False)
-    open_api = {
+    open_api: dict[str, Any] = {
         "type": "object",
         "description": definition.description,
         "properties": {
