@@ -117,7 +117,7 @@ def test_local_mode_loads_the_final_model_and_resumes_from_the_latest_checkpoint
                                                          "hf-resume": "Succeeded"}, jobs
 
     assert sorted(jobs["hf-train"]["outputCheckpoints"]) == [
-        "hf-train.checkpoint-10", "hf-train.checkpoint-5", "hf-train"]
+        "hf-train", "hf-train.checkpoint-10", "hf-train.checkpoint-5"]
     summary = lambda name: (checkpoints[name]["phase"], checkpoints[name]["format"],  # noqa: E731
                             checkpoints[name]["step"], checkpoints[name]["resumable"])
     assert summary("hf-train.checkpoint-10") == ("Ready", "huggingface", 10, True)
