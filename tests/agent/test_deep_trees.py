@@ -153,3 +153,10 @@ def test_a_manifest_nested_deeper_than_the_json_decoder_goes_is_one_line(s3, tmp
     assert "nested too deeply to be a manifest" in ran.error
     verified = run_agent("verify", s3.uri("ns/nested/"), "--json")
     assert "RecursionError" not in verified.stderr + verified.stdout
+
+
+def test_pull_clean_removes_a_foreign_tree_1000_levels_deep(tmp_path: Path, deep: Path):
+    """`kubectl ckpt pull --clean` into a DIR that holds a deep directory the checkpoint does not have."""
+    from checkpoint_operator.agent.pull_target import remove_foreign
+    removed = remove_foreign(str(tmp_path), None, "sha256:" + "0" * 64)
+    assert [r.rel for r in removed] == ["deep"] and not deep.exists()
