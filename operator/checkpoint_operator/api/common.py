@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 from enum import Enum
-from typing import Literal, Optional
+from typing import Any, Literal, Mapping, Optional
 
 from pydantic import Field
 
-from checkpoint_operator.api.rules import ApiModel, ConditionType, Digest, Message, Name, Reason, Timestamp, Uid
+from checkpoint_operator.api.rules import ApiModel, ConditionType, Count, Digest, Message, Name, Reason, Timestamp, Uid
 
 
 class Condition(ApiModel):
@@ -19,7 +19,7 @@ class Condition(ApiModel):
     reason: Reason = Field(description="One-word CamelCase reason for the last transition.")
     message: Message = Field("", description="Human-readable details of the last transition.")
     lastTransitionTime: Timestamp = Field(description="When the status last changed (RFC 3339).")
-    observedGeneration: Optional[int] = Field(
+    observedGeneration: Optional[Count] = Field(
         None, description="The .metadata.generation the condition was computed from.")
 
 
@@ -36,14 +36,21 @@ class PinnedCheckpoint(ApiModel):
     name: Name = Field(description="Name of the Checkpoint.")
     uid: Uid = Field(description="UID of the Checkpoint.")
     digest: Optional[Digest] = Field(None, description="Digest (sha256 of the manifest) of the Checkpoint's data.")
-    sizeBytes: Optional[int] = Field(None, description="Size of the Checkpoint's data (sizes staging volumes and deadlines).")
+    sizeBytes: Optional[Count] = Field(None, description="Size of the Checkpoint's data (sizes staging volumes and "
+                                                         "deadlines).")
+
+
+def ready_reason(conditions: Optional[list[Condition]]) -> Optional[str]:
+    """The reason of the Ready condition, if there is one."""
+    ready = next((c for c in conditions or [] if c.type == "Ready"), None)
+    return ready.reason if ready else None
 
 
 class Phase(str, Enum):
     """Base of the phase enums: compares and serialises as its string value."""
 
     def __str__(self) -> str:
-        return self.value
+        return str(self.value)
 
 
 class PodPhase(Phase):
@@ -56,7 +63,7 @@ class PodPhase(Phase):
     UNKNOWN = "Unknown"
 
     @classmethod
-    def of(cls, pod: dict) -> "PodPhase":
+    def of(cls, pod: Mapping[str, Any]) -> "PodPhase":
         try:
             return cls((pod.get("status") or {}).get("phase") or cls.PENDING)
         except ValueError:

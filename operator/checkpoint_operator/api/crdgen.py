@@ -54,8 +54,9 @@ class CrdDefinition:
         return f"{GROUP}_{self.plural}.yaml"
 
 
-def _column(name: str, json_path: str, type_: str = "string", description: str = "", priority: int = 0) -> dict:
-    column = {"name": name, "type": type_, "jsonPath": json_path}
+def _column(name: str, json_path: str, type_: str = "string", description: str = "",
+            priority: int = 0) -> dict[str, Any]:
+    column: dict[str, Any] = {"name": name, "type": type_, "jsonPath": json_path}
     if description:
         column["description"] = description
     if priority:
@@ -73,6 +74,9 @@ CHECKPOINT = CrdDefinition(
         _column("Phase", ".status.phase", description="Pending, Importing, Ready or Failed"),
         _column("Format", ".status.format", description="Detected format"),
         _column("Step", ".status.step", "integer", "Training step"),
+        _column("Complete", '.status.conditions[?(@.type=="Complete")].reason',
+                description="Complete (checked and whole), Incomplete (a check failed: see the Complete condition) "
+                            "or NotChecked (no check applies)"),
         _column("Size", ".status.size", description="Total size of the files"),
         _column("Used-By", ".status.usedByCount", "integer", "Live TrainingJobs using it"),
         _column("Digest", ".status.digest", description="sha256 of the manifest", priority=1),
@@ -108,14 +112,14 @@ def to_structural(model: type[BaseModel], *, keep_defaults: bool = True) -> dict
     return _convert(schema, defs, keep_defaults)
 
 
-def _resolve(node: dict, defs: dict) -> dict:
+def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     while "$ref" in node:
         target = defs[node["$ref"].split("/")[-1]]
         node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
     return node
 
 
-def _convert(node: dict, defs: dict, keep_defaults: bool) -> dict:
+def _convert(node: dict[str, Any], defs: dict[str, Any], keep_defaults: bool) -> dict[str, Any]:
     node = _resolve(node, defs)
     if "anyOf" in node:  # Optional[X] -> X; the field is simply left out when empty
         options = [o for o in node["anyOf"] if o.get("type") != "null"]
@@ -156,7 +160,7 @@ def _convert(node: dict, defs: dict, keep_defaults: bool) -> dict:
     return out
 
 
-def _attach_rules(schema: dict, model: type[BaseModel]) -> None:
+def _attach_rules(schema: dict[str, Any], model: type[BaseModel]) -> None:
     """Walk the model's fields alongside its schema and put each model's CEL rules on its node."""
     rules = getattr(model, "cel_rules", ())
     if rules:
@@ -184,21 +188,24 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
 
 # --- bounds ---------------------------------------------------------------------------------
 
-BOUND_OF = {"string": "maxLength", "list": "maxItems", "map": "maxProperties"}
+BOUND_OF = {"string": "maxLength", "list": "maxItems", "map": "maxProperties", "number": "minimum and maximum"}
 HOW_TO_BOUND = {
     "string": "declare the field with a bounded type of checkpoint_operator.api.rules (Name, Uid, FileName, Path, "
               "Uri, Description, Message, Reason, Short, Timestamp, Digest) or with Field(max_length=N)",
     "list": "give the list field Field(max_length=N) (it becomes maxItems)",
     "map": "give the dict field Field(max_length=N) (it becomes maxProperties)",
+    "number": "declare the status field with checkpoint_operator.api.rules.Count (an int64 >= 0) or Metric (a "
+              "finite float), or with Field(ge=..., le=...): the operator writes only what the schema accepts",
 }
 
 
 @dataclass(frozen=True)
 class UnboundedField:
-    """A string, list or map of a generated schema without the bound the API server's cost estimate needs."""
+    """A string, list or map of a generated schema without the bound the API server's cost estimate needs, or a
+    number of a status without the bounds of what the operator may write."""
     kind: str
     path: str                  # in the object: spec.output.storageClassName, spec.checkpoints[].name
-    what: str                  # string, list or map
+    what: str                  # string, list, map or number
     why: str                   # which requirement it misses
     model_field: Optional[str] = None  # OutputSpec.storageClassName
 
@@ -214,7 +221,7 @@ class UnboundedFieldsError(ValueError):
         self.problems = problems
 
 
-def unbounded(node: dict) -> Optional[str]:
+def unbounded(node: dict[str, Any]) -> Optional[str]:
     """"string", "list" or "map" when the node is one without its bound, else None."""
     if node.get("type") == "string" or node.get("x-kubernetes-int-or-string"):
         return None if "maxLength" in node else "string"
@@ -225,7 +232,7 @@ def unbounded(node: dict) -> Optional[str]:
     return None
 
 
-def declared_nodes(node: dict, path: str) -> Iterator[tuple[str, dict]]:
+def declared_nodes(node: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """The node and every node below it that the schema declares (opaque preserve-unknown content is not)."""
     yield path, node
     for name, sub in node.get("properties", {}).items():
@@ -236,10 +243,10 @@ def declared_nodes(node: dict, path: str) -> Iterator[tuple[str, dict]]:
         yield from declared_nodes(node["additionalProperties"], f"{path}{{}}")
 
 
-def unbounded_fields(kind: str, open_api: dict, models: Optional[dict[str, type[BaseModel]]] = None
+def unbounded_fields(kind: str, open_api: dict[str, Any], models: Optional[dict[str, type[BaseModel]]] = None
                      ) -> list[UnboundedField]:
-    """Every unbounded string of spec and status, and list or map of spec or of a CEL rule's scope (what the
-    rule reaches from `self` and `oldSelf`: the subtree of the node that carries it)."""
+    """Every unbounded string of spec and status, list or map of spec or of a CEL rule's scope (what the
+    rule reaches from `self` and `oldSelf`: the subtree of the node that carries it), and number of status."""
     found: dict[str, UnboundedField] = {}
 
     def report(path: str, what: str, why: str) -> None:
@@ -262,6 +269,9 @@ def unbounded_fields(kind: str, open_api: dict, models: Optional[dict[str, type[
                 report(path, what, "(every string of the API is bounded)")
             elif what and root == "spec":
                 report(path, what, "(every list and map of a spec is bounded)")
+            elif root == "status" and node.get("type") in ("integer", "number") and \
+                    ("minimum" not in node or "maximum" not in node):
+                report(path, "number", "(every number the operator writes into a status is bounded)")
     return list(found.values())
 
 
@@ -337,7 +347,7 @@ def build_crd(definition: CrdDefinition, *, check_bounds: bool = True) -> dict[s
 
 
 def render_crd_yaml(definition: CrdDefinition) -> str:
-    return GENERATED_HEADER + yaml.safe_dump(build_crd(definition), sort_keys=False, width=120)
+    return GENERATED_HEADER + str(yaml.safe_dump(build_crd(definition), sort_keys=False, width=120))
 
 
 def render_chart_template() -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable, ClassVar, Optional
+from typing import Annotated, Any, Callable, ClassVar, Optional, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -27,7 +27,7 @@ def is_dns1123(value: str) -> bool:
 class Rule:
     cel: str
     message: str
-    check: Optional[Callable[[dict], bool]]  # None: a transition rule (needs oldSelf), API server only
+    check: Optional[Callable[[dict[str, Any]], bool]]  # None: a transition rule (needs oldSelf), API server only
     field_path: Optional[str] = None          # JSONPath-like, relative to the object carrying the rule
 
     def to_crd(self) -> dict[str, Any]:
@@ -48,7 +48,7 @@ class ApiModel(BaseModel):
     cel_rules: ClassVar[tuple[Rule, ...]] = ()
 
     @model_validator(mode="after")
-    def _run_cel_rules(self):
+    def _run_cel_rules(self) -> Self:
         if self.cel_rules:
             wire = self.model_dump(mode="json", exclude_none=True, by_alias=True)
             for rule in self.cel_rules:
@@ -79,6 +79,12 @@ MAX_CONDITION_TYPE = 316  # as metav1.Condition.type: a qualified name
 MAX_QUANTITY = 64       # Kubernetes quantities and other short values (sizes, regions, timestamps)
 MAX_DIGEST = 128        # "sha256:" and 64 hex digits (71), with room for longer algorithms
 
+# Every integer the operator writes into a status fits the schema's int64 (an API server refuses
+# anything else), and every number is finite and within float64: crdgen refuses a status number
+# without both bounds (api/crdgen.py `unbounded_fields`).
+INT64_MAX = 2**63 - 1
+MAX_METRIC = 1e300
+
 Name = Annotated[str, Field(max_length=MAX_NAME)]
 Uid = Annotated[str, Field(max_length=MAX_UID)]
 FileName = Annotated[str, Field(max_length=MAX_FILE_NAME)]
@@ -91,9 +97,18 @@ ConditionType = Annotated[str, Field(max_length=MAX_CONDITION_TYPE)]
 Short = Annotated[str, Field(max_length=MAX_QUANTITY)]
 Timestamp = Annotated[str, Field(max_length=MAX_QUANTITY)]
 Digest = Annotated[str, Field(max_length=MAX_DIGEST)]
+Count = Annotated[int, Field(ge=0, le=INT64_MAX)]  # sizes, counts, steps, generations
+Metric = Annotated[float, Field(ge=-MAX_METRIC, le=MAX_METRIC, allow_inf_nan=False)]
 
 
-def has_exactly_one(obj: dict, keys: tuple[str, ...]) -> bool:
+def bounded_count(value: object) -> Optional[int]:
+    """`value` when it is a Count (a non-negative int64, not a bool), else None: what a status may hold."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= INT64_MAX:
+        return value
+    return None
+
+
+def has_exactly_one(obj: dict[str, Any], keys: tuple[str, ...]) -> bool:
     return sum(1 for k in keys if k in obj) == 1
 
 

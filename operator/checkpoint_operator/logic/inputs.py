@@ -8,12 +8,16 @@ cached "Ready" is never enough to start pods on a checkpoint that is being delet
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Optional, Protocol
+from typing import Any, Mapping, Optional, Protocol
 
 from checkpoint_operator import PROTECTION_FINALIZER
-from checkpoint_operator.api.checkpoint import CheckpointPhase
+from checkpoint_operator.api.checkpoint import CheckpointHead, CheckpointPhase, Location
 from checkpoint_operator.api.common import PinnedCheckpoint
 from checkpoint_operator.api.trainingjob import CheckpointRef, TrainingJob, TrainingJobPhase
+from checkpoint_operator.api.wire import (CheckpointSourceWire, CheckpointSpecWire, CheckpointStatusWire, KeepBestWire,
+                                          MetadataWire, ObjectRefWire, OutputWire, RetentionWire, TrainingJobSourceWire,
+                                          TrainingJobSpecWire, TrainingJobStatusWire, checkpoint_wire,
+                                          training_job_wire)
 from checkpoint_operator.logic.naming import ROOT_DIRECTORY
 from checkpoint_operator.logic.retention import KEEP_LABEL
 from checkpoint_operator.logic.wait_cycles import find_wait_cycle
@@ -39,10 +43,13 @@ class CheckpointInfo:
     exempt: bool = False                          # labelled ckpt.dev/keep=true: retention never deletes it
 
     @classmethod
-    def from_body(cls, body: Mapping) -> "CheckpointInfo":
-        meta, status = body.get("metadata", {}), body.get("status") or {}
-        producer = status.get("producedBy") or {}
-        source = ((body.get("spec") or {}).get("source") or {}).get("trainingJob") or {}
+    def from_body(cls, raw: Mapping[str, Any]) -> "CheckpointInfo":
+        """From a body as kopf hands it, read raw (api/wire.py): every event of every Checkpoint."""
+        body = checkpoint_wire(raw)
+        meta, status = body.get("metadata") or MetadataWire(), body.get("status") or CheckpointStatusWire()
+        producer = status.get("producedBy") or ObjectRefWire()
+        source = ((body.get("spec") or CheckpointSpecWire()).get("source") or CheckpointSourceWire()).get(
+            "trainingJob") or TrainingJobSourceWire()
         try:
             phase = CheckpointPhase(status.get("phase") or "Pending")
         except ValueError:
@@ -74,19 +81,23 @@ class TrainingJobInfo:
     waits_on: tuple[str, ...] = ()              # not started yet: the TrainingJobs it takes fromTrainingJob
 
     @classmethod
-    def from_body(cls, body: Mapping) -> "TrainingJobInfo":
-        meta, status = body.get("metadata", {}), body.get("status") or {}
+    def from_body(cls, raw: Mapping[str, Any]) -> "TrainingJobInfo":
+        """From a body as kopf hands it, read raw (api/wire.py): every event of every TrainingJob."""
+        body = training_job_wire(raw)
+        meta, status = body.get("metadata") or MetadataWire(), body.get("status") or TrainingJobStatusWire()
         try:
             phase = TrainingJobPhase(status.get("phase") or "Pending")
         except ValueError:
             phase = TrainingJobPhase.PENDING
-        spec = body.get("spec") or {}
-        best = ((spec.get("output") or {}).get("retention") or {}).get("keepBest") or {}
+        spec = body.get("spec") or TrainingJobSpecWire()
+        output = spec.get("output") or OutputWire()
+        best = (output.get("retention") or RetentionWire()).get("keepBest") or KeepBestWire()
+        metric = best.get("metric")
         waits_on = tuple(sorted({str(r["fromTrainingJob"]) for r in spec.get("checkpoints") or []
                                  if isinstance(r, Mapping) and r.get("fromTrainingJob")}))[:MAX_WAITS_ON] \
             if phase == TrainingJobPhase.PENDING else ()
         return cls(meta.get("name", ""), meta.get("uid", ""), phase, status.get("publish") == "Continuous",
-                   (best["metric"], best.get("mode", "min")) if best.get("metric") else None, waits_on)
+                   (metric, best.get("mode", "min")) if metric else None, waits_on)
 
 
 class Lookup(Protocol):
@@ -114,9 +125,9 @@ class Candidate:
 class ResolvedInput:
     name: str
     uid: str
-    digest: Optional[str]
+    digest: str
     mount_name: str
-    location: dict
+    location: Location
     size_bytes: Optional[int] = None
 
     def pinned(self) -> PinnedCheckpoint:
@@ -148,33 +159,61 @@ class Resolution:
 
 # --- selection among a producer's outputs ----------------------------------------------------------
 
-def _rank(c: CheckpointInfo) -> tuple:
+def _rank(c: CheckpointInfo) -> tuple[bool, bool, int, str, str]:
     # The root's files (the final model, `select: final`) rank below every other output, even
     # when a step was read from them (a root `torch.save` file may record one): `latest` is what
     # a resume continues from, so it is the root only when the job wrote nothing else.
     return (c.directory != ROOT_DIRECTORY, c.step is not None, c.step if c.step is not None else -1, c.created, c.name)
 
 
+def vouched_for(candidates: list[CheckpointInfo]) -> list[CheckpointInfo]:
+    """The candidates a selection may pick: never one found incomplete; the ones found complete
+    when there is any, else the ones not checked.
+
+    Why not rank "not checked" after "complete" by step alone: a checkpoint becomes "not checked"
+    when no check applies to what is in it, which is also what a save that died before writing
+    any weight file looks like (a directory holding only notes or a tokenizer). Within one job the
+    checked ones are the job's real format; an unchecked one among them is the exception, and a
+    newer exception must not win over an older checkpoint that was checked whole. A job whose
+    format has no check at all still gets its latest (all its checkpoints are unchecked alike)."""
+    usable = [c for c in candidates if c.complete is not False]
+    complete = [c for c in usable if c.complete is True]
+    return complete or usable
+
+
 def select_output(outputs: list[CheckpointInfo], policy: str,
                   best: Optional[tuple[str, str]] = None) -> Optional[CheckpointInfo]:
-    """`latest`: the highest step, then the newest, of the usable outputs not found incomplete
-    (the root's files only when there is no other);
-    `latestResumable`: the same among those with optimizer state; `final`: the root-files one;
-    `best`: the best by `best` = (metric, min|max) among those that record it (ties: `latest`)."""
+    """`latest`: the highest step, then the newest, of the usable outputs `vouched_for` (found
+    complete, or when none was, not checked; never incomplete), the root's files only when there
+    is no other; `latestResumable`: the same among those with optimizer state; `final`: the
+    root-files one; `best`: the best by `best` = (metric, min|max) among those vouched for that
+    record it (ties: `latest`)."""
     usable = [c for c in outputs if c.is_usable]
     if policy == "final":
         return next((c for c in usable if c.directory == ROOT_DIRECTORY), None)
-    candidates = [c for c in usable if c.complete is not False]
+    candidates = usable
     if policy == "latestResumable":
         candidates = [c for c in candidates if c.resumable]
     if policy == "best":
         metric, mode = best or ("", "min")
-        scored = [c for c in candidates if c.metric(metric) is not None]
+        scored = vouched_for([c for c in candidates if c.metric(metric) is not None])
         if not scored:
             return None
         sign = -1 if mode == "min" else 1
-        return max(scored, key=lambda c: (sign * c.metric(metric), _rank(c)))
+        return max(scored, key=lambda c: (sign * (c.metric(metric) or 0.0), _rank(c)))
+    # The root's files rank below every other output (see _rank), whatever their checks say.
+    candidates = vouched_for([c for c in candidates if c.directory != ROOT_DIRECTORY]) or \
+        vouched_for([c for c in candidates if c.directory == ROOT_DIRECTORY])
     return max(candidates, key=_rank) if candidates else None
+
+
+def _incomplete_ones(outputs: list[CheckpointInfo]) -> str:
+    """Why nothing was selected when Ready outputs exist: they were found incomplete."""
+    incomplete = sorted(c.name for c in outputs if c.is_usable and c.complete is False)
+    if not incomplete:
+        return ""
+    return (f" ({len(incomplete)} Ready one{'s were' if len(incomplete) != 1 else ' was'} found incomplete, such as "
+            f"{incomplete[-1]}: its Complete condition says why; name it in spec.checkpoints[].name to use it anyway)")
 
 
 def _describe(ref: CheckpointRef) -> str:
@@ -208,13 +247,14 @@ def resolve_ref(ref: CheckpointRef, namespace: str, lookup: Lookup) -> Candidate
         if running and not takes_from_running(ref, producer):
             return InputWait("WaitingForTrainingJob", f"input {_describe(ref)}: TrainingJob {job_name} has not "
                                                       f"finished (phase {producer.phase})")
-        checkpoint = select_output(lookup.checkpoints_of(namespace, producer.uid), policy, producer.best)
+        outputs = lookup.checkpoints_of(namespace, producer.uid)
+        checkpoint = select_output(outputs, policy, producer.best)
         if checkpoint is None and running:
             return InputWait("WaitingForTrainingJob", f"input {_describe(ref)}: TrainingJob {job_name} is running "
-                                                      "and has no such Ready checkpoint yet")
+                                                      f"and has no such Ready checkpoint yet{_incomplete_ones(outputs)}")
         if checkpoint is None:
             return InputWait("InputNotFound", f"input {_describe(ref)}: TrainingJob {job_name} produced no "
-                                              "such Ready checkpoint")
+                                              f"such Ready checkpoint{_incomplete_ones(outputs)}")
     else:
         checkpoint = lookup.checkpoint(namespace, ref.name) if ref.name else \
             lookup.checkpoint_by_uid(namespace, ref.uid or "")
@@ -271,20 +311,20 @@ def _wait_cycle(tj: TrainingJob, lookup: Lookup) -> Optional[str]:
     return cycle.message() if cycle is not None else None
 
 
-def check_live_input(candidate: Candidate, body: Optional[dict]) -> ResolvedInput | InputWait:
+def check_live_input(candidate: Candidate, checkpoint: Optional[CheckpointHead]) -> ResolvedInput | InputWait:
     """The decision on a fresh read of the input, made after the job recorded its use (see
     logic/protection.py): gone, replaced, deleting or unprotected means back off."""
     name = candidate.name
-    if body is None or body.get("metadata", {}).get("uid") != candidate.uid:
+    if checkpoint is None or checkpoint.metadata.uid != candidate.uid:
         return InputWait("InputNotFound", f"input Checkpoint {name} no longer exists")
-    meta, status = body["metadata"], body.get("status") or {}
-    if meta.get("deletionTimestamp"):
+    meta, status = checkpoint.metadata, checkpoint.status
+    if meta.deleting:
         return InputWait("InputDeleting", f"input Checkpoint {name} is being deleted")
-    if PROTECTION_FINALIZER not in (meta.get("finalizers") or []):
+    if not meta.has_finalizer(PROTECTION_FINALIZER):
         # Without the finalizer a deletion would not wait for us: never start on it.
         return InputWait("InputNotProtected", f"input Checkpoint {name} does not carry the "
                                               f"{PROTECTION_FINALIZER} finalizer yet")
-    if status.get("phase") != CheckpointPhase.READY or not status.get("location") or not status.get("digest"):
+    if status.phase != CheckpointPhase.READY or status.location is None or not status.digest:
         return InputWait("InputNotReady", f"input Checkpoint {name} is not Ready")  # (a Ready one has a digest to pin)
-    return ResolvedInput(name=name, uid=candidate.uid, digest=status.get("digest"), mount_name=candidate.mount_name,
-                         location=status["location"], size_bytes=status.get("sizeBytes"))
+    return ResolvedInput(name=name, uid=candidate.uid, digest=status.digest, mount_name=candidate.mount_name,
+                         location=status.location, size_bytes=status.sizeBytes)

@@ -4,12 +4,15 @@ so a snapshot that is run again, e.g. after an operator restart, finds the same 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from checkpoint_operator import API_VERSION, PROTECTION_FINALIZER
 from checkpoint_operator.agent.manifest import Manifest
-from checkpoint_operator.api.checkpoint import CheckpointPhase
+from checkpoint_operator.api.checkpoint import CheckpointPhase, CheckpointStatus, Location
+from checkpoint_operator.api.common import ObjectRef, PinnedCheckpoint
+from checkpoint_operator.api.rules import MAX_METRIC, bounded_count
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.logic.inputs import CheckpointInfo
 from checkpoint_operator.logic.naming import MAX_LABEL_NAME, bounded_name, checkpoint_name
@@ -29,7 +32,7 @@ class ScanOutputError(ValueError):
 @dataclass
 class ScanResult:
     checkpoints: list[Manifest]
-    skipped: list[dict]
+    skipped: list[dict[str, Any]]
     uploads: dict[str, str] = field(default_factory=dict)  # s3 store: directory -> uri of its committed upload
     skipped_count: Optional[int] = None                   # the agent may report more than it lists
 
@@ -42,7 +45,8 @@ class ScanResult:
 class PlannedCheckpoint:
     name: str
     directory: str
-    body: dict             # what to create (metadata + spec)
+    body: dict[str, Any]   # what to create (metadata + spec)
+    location: Location     # where its data is
     ready: StatusChange    # what to write into its status once created
 
 
@@ -87,7 +91,7 @@ def conflict_wait(conflicts: Sequence[NameConflict]) -> Optional[Wait]:
 class SnapshotPlan:
     checkpoints: list[PlannedCheckpoint]
     dropped: list[str]  # directories left out by output.keep / output.retention
-    skipped: list[dict]
+    skipped: list[dict[str, Any]]
     retire: list[CheckpointInfo] = field(default_factory=list)   # this job's Checkpoints retention now drops
     changed: list[tuple[CheckpointInfo, Manifest]] = field(default_factory=list)  # its bytes are not its digest
     dropped_manifests: list[Manifest] = field(default_factory=list)
@@ -113,17 +117,19 @@ def parse_scan_output(log: str) -> ScanResult:
     raise ScanOutputError("the snapshot pod's log holds no scan result (a JSON line with 'checkpoints')")
 
 
-def is_produced_by(checkpoint: dict, job_uid: str, directory: str) -> bool:
+def is_produced_by(checkpoint: dict[str, Any], job_uid: str, directory: str) -> bool:
     source = checkpoint.get("spec", {}).get("source", {}).get("trainingJob") or {}
     return source.get("uid") == job_uid and source.get("directory") == directory
 
 
-def _entry(key: str, step: Optional[int], metrics, exempt: bool = False, order: str = "") -> retention.Entry:
-    return retention.Entry(key, step, dict(metrics) if metrics else None, exempt, order)
+def _entry(key: str, step: Optional[int], metrics: Optional[Iterable[tuple[str, float]] | Mapping[str, float]],
+           exempt: bool = False, order: str = "", complete: Optional[bool] = None,
+           resumable: Optional[bool] = False) -> retention.Entry:
+    return retention.Entry(key, step, dict(metrics) if metrics else None, exempt, order, complete, bool(resumable))
 
 
 def plan_snapshot(tj: TrainingJob, scan: ScanResult, lookup: Callable[[str], Optional[CheckpointInfo]],
-                  location_of: Callable[[Manifest], dict], *, existing: Sequence[CheckpointInfo] = (),
+                  location_of: Callable[[Manifest], Location], *, existing: Sequence[CheckpointInfo] = (),
                   retired: Iterable[tuple[str, str]] = ()) -> SnapshotPlan:
     """`lookup(name)`: the Checkpoint of that name in the job's namespace (from the index), so
     only the candidate names are looked at, never the whole namespace. `location_of(manifest)`
@@ -153,14 +159,15 @@ def plan_snapshot(tj: TrainingJob, scan: ScanResult, lookup: Callable[[str], Opt
 
     # Retention over the job's usable Checkpoints and the new entries together; a directory found
     # again that has its Checkpoint already keeps that Checkpoint's label (ckpt.dev/keep) and age.
-    candidates = {}
+    candidates: dict[str, retention.Entry] = {}
     for m in new:
         mine = by_directory.get(m.path)
         candidates[m.path] = _entry(m.path, m.step, m.metrics, mine.exempt if mine else False,
-                                    mine.created if mine else "")
+                                    mine.created if mine else "", m.complete, m.resumable)
     for c in existing:
-        if c.is_usable and c.directory not in candidates:
-            candidates[c.directory] = _entry(c.directory, c.step, c.metrics, c.exempt, c.created)
+        if c.is_usable and c.directory is not None and c.directory not in candidates:
+            candidates[c.directory] = _entry(c.directory, c.step, c.metrics, c.exempt, c.created, c.complete,
+                                             c.resumable)
     _, dropped = retention.decide(list(candidates.values()), retention.Policy.of(output))
     dropped_keys = {e.key for e in dropped}
     kept_new = [m for m in new if m.path not in dropped_keys]
@@ -181,11 +188,11 @@ def plan_snapshot(tj: TrainingJob, scan: ScanResult, lookup: Callable[[str], Opt
                                         LABEL_TRAINING_JOB_UID: meta.uid}},
                 "spec": {"source": {"trainingJob": {"name": meta.name, "uid": meta.uid,
                                                     "directory": manifest.path}}}}
-        parents = [p.to_wire() for p in tj.status.inputs or []]
-        planned.append(PlannedCheckpoint(name, manifest.path, body,
-                                         ready_change(manifest, location_of(manifest), owned=True,
-                                                      produced_by={"name": meta.name, "uid": meta.uid},
-                                                      parents=parents, event=None)))
+        location = location_of(manifest)
+        planned.append(PlannedCheckpoint(name, manifest.path, body, location,
+                                         ready_change(manifest, location, owned=True,
+                                                      produced_by=ObjectRef(name=meta.name, uid=meta.uid),
+                                                      parents=list(tj.status.inputs or []), event=None)))
     dropped_new = [m for m in new if m.path in dropped_keys]
     scanned = {m.path for m in scan.checkpoints}
     missing = [c for c in existing if c.is_usable and c.directory not in scanned]
@@ -214,34 +221,65 @@ def _names(uid: str, prefix: str, directories: list[str], by_directory: Mapping[
     return names, conflicts
 
 
-def completeness(manifest: Manifest) -> tuple[bool, str]:
-    """Contract 2: the manifest's verdict (absent: no rule for this format, so complete)."""
-    complete = getattr(manifest, "complete", None)
-    reason = getattr(manifest, "completeReason", None)
+@dataclass(frozen=True)
+class Completeness:
+    """Contract 2, as the status shows it: `complete` (True, False, or None: not checked) and the
+    Complete condition's status, reason and message."""
+
+    complete: Optional[bool]
+    reason: str
+
+    @property
+    def condition(self) -> ConditionChange:
+        status, word = ("Unknown", "NotChecked") if self.complete is None else \
+            ("True", "Complete") if self.complete else ("False", "Incomplete")
+        return ConditionChange("Complete", status, word, self.reason)
+
+
+def completeness(manifest: Manifest) -> Completeness:
+    """The manifest's verdict as it is: true, false, or None (nothing could be checked: never
+    counted as complete), with its reason."""
+    complete = manifest.complete
+    reason = manifest.completeReason
     if complete is None:
-        return True, reason or f"no completeness rule for format {manifest.format}"
-    return bool(complete), reason or ("complete" if complete else "incomplete")
+        return Completeness(None, reason or f"not checked: no completeness check applies (format {manifest.format})")
+    return Completeness(bool(complete), reason or ("complete" if complete else "incomplete"))
 
 
-def ready_change(manifest: Manifest, location: dict, *, owned: bool, produced_by: Optional[dict] = None,
-                 parents: Optional[list] = None, event: Optional[str] = "Normal") -> StatusChange:
+def finite_metrics(metrics: Optional[Mapping[str, float]]) -> Optional[dict[str, float]]:
+    """The metrics a status can hold: finite floats within Metric's range, at most 16 (a manifest
+    from anywhere may carry NaN, which the API server's JSON refuses)."""
+    if not metrics:
+        return None
+    kept = {k: float(v) for k, v in sorted(metrics.items())
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and abs(v) <= MAX_METRIC}
+    return dict(list(kept.items())[:16]) or None
+
+
+def ready_change(manifest: Manifest, location: Location, *, owned: bool, produced_by: Optional[ObjectRef] = None,
+                 parents: Optional[list[PinnedCheckpoint]] = None, event: Optional[str] = "Normal") -> StatusChange:
     """The status of a Checkpoint whose data is stored and verified: Ready, with the manifest's
-    totals, digest, format, step, and the Complete condition (contract 2)."""
-    complete, complete_reason = completeness(manifest)
-    message = (f"{manifest.fileCount} files, {format_size(manifest.sizeBytes)}, digest {manifest.digest}"
-               + ("" if complete else f"; incomplete: {complete_reason}"))
-    fields = {"location": location, "owned": owned, "sizeBytes": manifest.sizeBytes,
-              "size": format_size(manifest.sizeBytes), "fileCount": manifest.fileCount, "digest": manifest.digest,
-              "format": manifest.format, "resumable": manifest.resumable, "complete": complete,
-              "parents": parents or [], "step": manifest.step, "producedBy": produced_by,
-              "metrics": getattr(manifest, "metrics", None)}
+    totals, digest, format, step, and the Complete condition (contract 2). Every number is one the
+    status schema accepts: an integer beyond int64 is left out, metrics are finite."""
+    verdict = completeness(manifest)
+    size, files = bounded_count(manifest.sizeBytes), bounded_count(manifest.fileCount)
+    shown = format_size(size) if size is not None else "size unknown"
+    message = f"{files if files is not None else 'unknown'} files, {shown}, digest {manifest.digest}"
+    if verdict.complete is False:
+        message += f"; incomplete: {verdict.reason}"
+    elif verdict.complete is None:
+        message += f"; {verdict.reason}" if verdict.reason.startswith("not checked") else \
+            f"; not checked: {verdict.reason}"
+    fields = CheckpointStatus(
+        location=location, owned=owned, sizeBytes=size, size=format_size(size) if size is not None else None,
+        fileCount=files, digest=manifest.digest, format=manifest.format, resumable=manifest.resumable,
+        complete=verdict.complete, parents=parents or [], step=bounded_count(manifest.step), producedBy=produced_by,
+        metrics=finite_metrics(manifest.metrics))
     return StatusChange(phase=CheckpointPhase.READY.value, reason="Ready", message=message, ready=True, event=event,
-                        fields=fields, conditions=(ConditionChange("Complete", "True" if complete else "False",
-                                                                   "Complete" if complete else "Incomplete",
-                                                                   complete_reason),))
+                        fields=fields, conditions=(verdict.condition,))
 
 
-def skipped_message(skipped: list[dict], total: Optional[int] = None) -> str:
+def skipped_message(skipped: list[dict[str, Any]], total: Optional[int] = None) -> str:
     """One line for all skipped entries: the count and the first few paths with their reasons."""
     total = max(total or 0, len(skipped))
     shown = "; ".join(f"{s.get('path')!r}: {s.get('reason')}" for s in skipped[:SKIPPED_SHOWN])

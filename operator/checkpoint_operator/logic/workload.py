@@ -10,11 +10,11 @@ from __future__ import annotations
 import copy
 import posixpath
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from checkpoint_operator import API_VERSION
-from checkpoint_operator.api.checkpoint import Checkpoint
-from checkpoint_operator.api.trainingjob import TrainingJob
+from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead
+from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobHead
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic import agent_commands, import_sources
 from checkpoint_operator.logic import live_sealing
@@ -44,16 +44,16 @@ class InvalidSpec(ValueError):
 
 @dataclass
 class BuiltJob:
-    job: dict
+    job: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
 
 
-def owner_reference(obj: TrainingJob | Checkpoint, controller: bool = True) -> dict:
+def owner_reference(obj: TrainingJobHead | CheckpointHead, controller: bool = True) -> dict[str, Any]:
     return {"apiVersion": obj.apiVersion or API_VERSION, "kind": obj.kind, "name": obj.metadata.name,
             "uid": obj.metadata.uid, "controller": controller, "blockOwnerDeletion": True}
 
 
-def owned_by(obj: Mapping, uid: str) -> bool:
+def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
     """`obj` lists the object of `uid` among its owners: the operator made it for that object
     (a namesake, such as a user's own PVC that happens to have the name, never does)."""
     return any(ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])
@@ -65,13 +65,13 @@ def foreign_claim_message(claim: str, kind: str, name: str, uid: str) -> str:
             f"is someone's data, delete this {kind} and use another name")
 
 
-def _labels(tj: TrainingJob, component: str) -> dict:
+def _labels(tj: TrainingJob, component: str) -> dict[str, Any]:
     return {LABEL_MANAGED_BY: MANAGER, LABEL_COMPONENT: component,
             LABEL_TRAINING_JOB: bounded_name(tj.metadata.name, MAX_LABEL_NAME),
             LABEL_TRAINING_JOB_UID: tj.metadata.uid}
 
 
-def _checkpoint_labels(checkpoint: Checkpoint, component: str) -> dict:
+def _checkpoint_labels(checkpoint: Checkpoint, component: str) -> dict[str, Any]:
     return {LABEL_MANAGED_BY: MANAGER, LABEL_COMPONENT: component,
             LABEL_CHECKPOINT: bounded_name(checkpoint.metadata.name, MAX_LABEL_NAME)}
 
@@ -123,7 +123,7 @@ def contract_env(tj: TrainingJob, inputs: list[ResolvedInput], live: bool = Fals
     return env
 
 
-def merge_env(container: dict, contract: dict[str, str]) -> list[str]:
+def merge_env(container: dict[str, Any], contract: dict[str, str]) -> list[str]:
     """Put the contract variables into the container; ours win. Returns a warning per conflict."""
     warnings = []
     kept = []
@@ -145,7 +145,7 @@ def _is_at_or_inside(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
-def check_user_mounts(template_spec: dict, tj: TrainingJob) -> None:
+def check_user_mounts(template_spec: dict[str, Any], tj: TrainingJob) -> None:
     """Refuse user mounts at or inside the operator's directories: the operator's would hide them or vice versa."""
     reserved = {"spec.inputDir": tj.spec.inputDir}
     if tj.output_enabled:
@@ -174,9 +174,9 @@ def check_user_mounts(template_spec: dict, tj: TrainingJob) -> None:
 
 # --- objects -----------------------------------------------------------------------------------
 
-def build_output_claim(tj: TrainingJob, config: OperatorConfig) -> dict:
+def build_output_claim(tj: TrainingJob, config: OperatorConfig) -> dict[str, Any]:
     output = tj.spec.output
-    claim_spec: dict = {
+    claim_spec: dict[str, Any] = {
         "accessModes": ["ReadWriteMany" if tj.spec.replicas > 1 else "ReadWriteOnce"],
         "resources": {"requests": {"storage": output.size or config.default_output_size}},
     }
@@ -189,7 +189,7 @@ def build_output_claim(tj: TrainingJob, config: OperatorConfig) -> dict:
 
 
 def build_job(tj: TrainingJob, inputs: list[ResolvedInput], staged: InputVolumes,
-              sidecar: Optional[tuple[dict, dict]] = None) -> BuiltJob:
+              sidecar: Optional[tuple[dict[str, Any], dict[str, Any]]] = None) -> BuiltJob:
     """`staged`: how the store makes the inputs visible (Store.input_volumes); `sidecar`: the live
     sealing sidecar and its volume (logic/live_sealing.py), with publish: Continuous."""
     spec = tj.spec
@@ -223,7 +223,7 @@ def build_job(tj: TrainingJob, inputs: list[ResolvedInput], staged: InputVolumes
     metadata = template.setdefault("metadata", {})
     metadata["labels"] = {**(metadata.get("labels") or {}), **_labels(tj, "worker")}
 
-    job_spec: dict = {"completions": spec.replicas, "parallelism": spec.replicas, "template": template}
+    job_spec: dict[str, Any] = {"completions": spec.replicas, "parallelism": spec.replicas, "template": template}
     if spec.replicas > 1:
         job_spec["completionMode"] = "Indexed"
     if spec.backoffLimit is not None:
@@ -237,7 +237,7 @@ def build_job(tj: TrainingJob, inputs: list[ResolvedInput], staged: InputVolumes
 
 
 def build_live_sidecar(tj: TrainingJob, config: OperatorConfig, upload_to: Optional[str],
-                       env: list[dict]) -> tuple[dict, dict]:
+                       env: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The sealing sidecar of a publish: Continuous job (logic/live_sealing.py), for build_job."""
     command = agent_commands.watch(tj.spec.outputDir, interval=config.live_watch_interval,
                                    annotations_file=live_sealing.annotations_file(), upload_to=upload_to,
@@ -248,7 +248,8 @@ def build_live_sidecar(tj: TrainingJob, config: OperatorConfig, upload_to: Optio
                                     tj.spec.template.spec)
 
 
-def build_snapshot_pod(tj: TrainingJob, command: list[str], env: list[dict], config: OperatorConfig) -> dict:
+def build_snapshot_pod(tj: TrainingJob, command: list[str], env: list[dict[str, Any]],
+                       config: OperatorConfig) -> dict[str, Any]:
     """The pod that scans the output volume (read-only) and prints the checkpoints as JSON
     (on the s3 store `command` uploads them first). Its deadline is the base one: the output's
     size is what it finds out."""
@@ -261,7 +262,7 @@ def build_snapshot_pod(tj: TrainingJob, command: list[str], env: list[dict], con
         "claimName": output_claim_name(tj), "readOnly": True}}], identity=trainer_identity(tj.spec.template.spec))
 
 
-def build_volume_scan_pod(checkpoint: Checkpoint, config: OperatorConfig) -> dict:
+def build_volume_scan_pod(checkpoint: Checkpoint, config: OperatorConfig) -> dict[str, Any]:
     """The pod that scans an adopted volume path (spec.source.volume) as one checkpoint."""
     source = checkpoint.spec.source.volume
     assert source is not None
@@ -295,9 +296,9 @@ def import_origin(checkpoint: Checkpoint) -> str:
     return import_sources.import_spec(checkpoint).uri
 
 
-def build_import_claim(checkpoint: Checkpoint, config: OperatorConfig) -> dict:
+def build_import_claim(checkpoint: Checkpoint, config: OperatorConfig) -> dict[str, Any]:
     size = checkpoint.metadata.annotation(IMPORT_SIZE_ANNOTATION) or config.default_output_size
-    claim_spec: dict = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}
+    claim_spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}
     if config.default_storage_class:
         claim_spec["storageClassName"] = config.default_storage_class
     return {"metadata": {"name": import_claim_name(checkpoint), "namespace": checkpoint.metadata.namespace,
@@ -306,7 +307,7 @@ def build_import_claim(checkpoint: Checkpoint, config: OperatorConfig) -> dict:
             "spec": claim_spec}
 
 
-def source_env(checkpoint: Checkpoint) -> list[dict]:
+def source_env(checkpoint: Checkpoint) -> list[dict[str, Any]]:
     """Credentials and endpoint of the source: its own Secret (in the Checkpoint's namespace),
     else none (anonymous, or the pod's cloud identity); never the store's."""
     return import_sources.import_spec(checkpoint).env
@@ -317,7 +318,7 @@ def import_data_dir() -> str:
 
 
 def build_import_pod(checkpoint: Checkpoint, config: OperatorConfig,
-                     parts: tuple[list[dict], list[dict], list[dict]]) -> dict:
+                     parts: tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]) -> dict[str, Any]:
     """Fetch the source into the store: `parts` = (init containers, containers, volumes) from
     Store.import_containers; either way the pod prints the scan as JSON."""
     init_containers, containers, volumes = parts

@@ -1,6 +1,7 @@
 """Resolution of inputs from the indexes, selection policies (contract 3) and the live check."""
 
 from checkpoint_operator import PROTECTION_FINALIZER
+from checkpoint_operator.api.checkpoint import CheckpointHead
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.logic.inputs import (Candidate, CheckpointInfo, InputWait, ResolvedInput, check_live_input,
                                               resolve_inputs, select_output)
@@ -107,12 +108,50 @@ def test_the_live_read_decides():
     body = checkpoint("c")
     body["metadata"]["finalizers"] = [PROTECTION_FINALIZER]
     candidate = Candidate("c", body["metadata"]["uid"], "c")
-    ok = check_live_input(candidate, body)
-    assert isinstance(ok, ResolvedInput) and ok.digest == "sha256:c" and ok.location["volume"]["claimName"] == "data"
+    ok = check_live_input(candidate, CheckpointHead.model_validate(body))
+    assert isinstance(ok, ResolvedInput) and ok.digest == "sha256:c" and ok.location.volume.claimName == "data"
     deleting = {**body, "metadata": {**body["metadata"], "deletionTimestamp": "2026-01-02T00:00:00Z"}}
     unprotected = {**body, "metadata": {**body["metadata"], "finalizers": []}}
     replaced = {**body, "metadata": {**body["metadata"], "uid": "another"}}
     for live, reason in ((deleting, "InputDeleting"), (unprotected, "InputNotProtected"), (replaced, "InputNotFound"),
                          (None, "InputNotFound")):
-        wait = check_live_input(candidate, live)
+        wait = check_live_input(candidate, CheckpointHead.model_validate(live) if live else None)
         assert isinstance(wait, InputWait) and wait.reason == reason
+
+
+def test_latest_takes_a_checkpoint_found_complete_over_a_newer_one_not_checked():
+    # complete: True (checked, whole), None (nothing could be checked), False (a check failed).
+    checked = info("t-step-100", directory="step-100", step=100, complete=True, resumable=True)
+    unchecked = info("t-step-200", directory="step-200", step=200)  # e.g. a save that died before any weights
+    broken = info("t-step-300", directory="step-300", step=300, complete=False, resumable=True)
+    assert select_output([checked, unchecked, broken], "latest").name == "t-step-100"
+    assert select_output([checked, unchecked, broken], "latestResumable").name == "t-step-100"
+    # A job whose format has no check at all still gets its latest.
+    older = info("t-step-50", directory="step-50", step=50)
+    assert select_output([older, unchecked, broken], "latest").name == "t-step-200"
+    assert select_output([broken], "latest") is None
+    # The root's files stay below the other outputs whatever their checks say.
+    root = info("t-final", directory=".", step=400, complete=True)
+    assert select_output([root, unchecked], "latest").name == "t-step-200"
+    assert select_output([root, broken], "latest").name == "t-final"
+
+
+def test_best_ranks_among_the_checkpoints_found_complete_first():
+    def scored(name, loss, complete):
+        body = checkpoint(name, directory=name, step=int(name.rsplit("-", 1)[1]), complete=complete)
+        body["status"]["metrics"] = {"eval_loss": loss}
+        return CheckpointInfo.from_body(body)
+    items = [scored("t-1", 0.5, True), scored("t-2", 0.1, None), scored("t-3", 0.05, False)]
+    assert select_output(items, "best", ("eval_loss", "min")).name == "t-1"
+    assert select_output(items[1:], "best", ("eval_loss", "min")).name == "t-2"
+
+
+def test_an_input_with_only_incomplete_outputs_says_so():
+    jobs = [training_job("pretrain", phase="Succeeded")]
+    broken = checkpoint("pretrain-step-9", step=9, complete=False, produced_by="pretrain")
+    res = resolve([{"fromTrainingJob": "pretrain"}], [broken], jobs)
+    (wait,) = res.waits
+    assert wait.reason == "InputNotFound"
+    assert wait.message.endswith("produced no such Ready checkpoint (1 Ready one was found incomplete, such as "
+                                 "pretrain-step-9: its Complete condition says why; name it in "
+                                 "spec.checkpoints[].name to use it anyway)")
