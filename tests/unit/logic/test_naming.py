@@ -112,3 +112,13 @@ def test_bounded_name_keeps_short_names_and_shortens_long_ones():
 
 def test_sanitize():
     assert sanitize("--A b__C--") == "a-b-c"
+
+
+def test_the_docs_examples_are_the_names_the_code_makes():
+    """docs/concepts.md's table of names: each full example there is what checkpoint_name gives."""
+    from pathlib import Path
+    page = (Path(__file__).resolve().parents[3] / "docs" / "concepts.md").read_text()
+    examples = re.findall(r"`([A-Za-z0-9_.-]+)` → `(pretrain\.[a-z0-9.-]+)`", page)
+    assert ("Step_300", "pretrain.step-300.b47a04cb4b") in examples
+    for directory, name in examples:
+        assert checkpoint_name("pretrain", directory) == name, directory
