@@ -16,6 +16,7 @@ import pydantic
 import yaml
 
 from checkpoint_operator import API_VERSION
+from checkpoint_operator.agent.errors import one_line, yaml_problem
 from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.local.report import build_report, render_table
@@ -57,14 +58,17 @@ def load_manifests(paths: Iterable[str]) -> list[dict]:
             docs = list(yaml.safe_load_all(file.read_text()))
         except RecursionError:  # PyYAML's composer recurses once per level of nesting
             raise ManifestError(f"{file}: nested too deeply to be a manifest") from None
-        except (UnicodeDecodeError, OSError) as exc:
-            raise ManifestError(f"{file}: cannot be read as a YAML manifest ({exc})") from None
+        except yaml.YAMLError as exc:
+            raise ManifestError(f"{file}: {yaml_problem(exc)}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ManifestError(f"{file}: cannot be read as UTF-8 text ({one_line(str(exc))})") from None
         for doc in docs:
             if not doc:
                 continue
-            if not isinstance(doc, dict) or not isinstance(doc.get("metadata") or {}, dict):
-                raise ManifestError(f"{file}: a manifest is a mapping with apiVersion, kind, metadata and spec, "
-                                    f"not {type(doc).__name__ if not isinstance(doc, dict) else 'this metadata'}")
+            if not isinstance(doc, dict):
+                raise ManifestError(f"{file}: a document is a {type(doc).__name__}, not a Kubernetes object")
+            if not isinstance(doc.get("metadata") or {}, dict):
+                raise ManifestError(f"{file}: metadata must be a mapping (name, namespace, labels)")
             kind = doc.get("kind")
             if doc.get("apiVersion") != API_VERSION or kind not in models:
                 raise ManifestError(f"{file}: only {API_VERSION} Checkpoint and TrainingJob are supported in local "
@@ -90,7 +94,7 @@ def local_run(args: argparse.Namespace) -> int:
     logging.getLogger("kopf._core.reactor.running").setLevel(logging.ERROR)  # "OS signals are ignored" in a thread
     try:
         objects = load_manifests(args.filename)
-    except (ManifestError, yaml.YAMLError) as exc:
+    except ManifestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     state_dir = Path(args.state_dir).resolve()
