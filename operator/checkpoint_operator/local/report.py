@@ -9,7 +9,7 @@ deletion is pending is shown `Terminating`, as kubectl shows a pod being deleted
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from checkpoint_operator.logic.conditions import get_condition
 from checkpoint_operator.logic.quantity import format_size
@@ -25,7 +25,8 @@ def _checkpoint(c: dict) -> dict[str, Any]:
             "format": s.get("format"), "step": s.get("step"), "resumable": s.get("resumable"),
             "complete": complete, "completeReason": condition.get("message") if complete is not None else None,
             "sizeBytes": s.get("sizeBytes"), "fileCount": s.get("fileCount"), "digest": s.get("digest"),
-            "parents": s.get("parents") or [], "producedBy": s.get("producedBy")}
+            "parents": s.get("parents") or [], "producedBy": s.get("producedBy"),
+            "store": next(iter(s.get("location") or {}), None)}
 
 
 def _job(j: dict) -> dict[str, Any]:
@@ -35,11 +36,23 @@ def _job(j: dict) -> dict[str, Any]:
             "outputCheckpoints": s.get("outputCheckpoints") or [], "message": s.get("message")}
 
 
-def build_report(checkpoints: list[dict], jobs: list[dict]) -> dict[str, Any]:
+def _entry(e: dict) -> dict[str, Any]:
+    """A ClusterCheckpoint (catalog entry): a Checkpoint's fields, its license and its source."""
+    s = e.get("status", {})
+    source = s.get("source") or {}
+    return {**_checkpoint(e), "license": s.get("license"), "source": source.get("uri"),
+            "commit": source.get("resolvedRevision")}
+
+
+def build_report(checkpoints: list[dict], jobs: list[dict], entries: Iterable[dict] = ()) -> dict[str, Any]:
     def by_name(o: dict) -> str:
         return str(o["metadata"]["name"])
-    return {"checkpoints": [_checkpoint(c) for c in sorted(checkpoints, key=by_name)],
-            "trainingJobs": [_job(j) for j in sorted(jobs, key=by_name)]}
+    report: dict[str, Any] = {"checkpoints": [_checkpoint(c) for c in sorted(checkpoints, key=by_name)],
+                              "trainingJobs": [_job(j) for j in sorted(jobs, key=by_name)]}
+    entries = list(entries)
+    if entries:
+        report["clusterCheckpoints"] = [_entry(e) for e in sorted(entries, key=by_name)]
+    return report
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -67,7 +80,12 @@ def render_table(report: dict[str, Any]) -> str:
                   [[j["name"], j["phase"], ",".join(i["name"] for i in j["inputs"]) or "-",
                     ",".join(j["outputCheckpoints"]) or "-"] for j in report["trainingJobs"]])
     lines = [jobs, "", ckpts]
-    incomplete = [c for c in report["checkpoints"] if c["complete"] is False]
+    if report.get("clusterCheckpoints"):
+        lines += ["", _table(["CLUSTERCHECKPOINT", "PHASE", "FORMAT", "COMPLETE", "SIZE", "FILES", "LICENSE", "DIGEST"],
+                             [[e["name"], shown_phase(e), e["format"], shown_complete(e),
+                               format_size(e["sizeBytes"]) if e["sizeBytes"] is not None else None, e["fileCount"],
+                               e["license"] or "-", (e["digest"] or "")[:19]] for e in report["clusterCheckpoints"]])]
+    incomplete = [c for c in [*report["checkpoints"], *report.get("clusterCheckpoints", [])] if c["complete"] is False]
     if incomplete:
         lines += ["", f"incomplete ({len(incomplete)}):"]
         lines += [f"  {c['name']}  {(c['completeReason'] or 'incomplete')[:REASON_SHOWN]}" for c in incomplete]

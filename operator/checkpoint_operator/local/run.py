@@ -23,6 +23,11 @@ from checkpoint_operator.local.report import build_report, render_table
 from checkpoint_operator.local.stuck import stuck_jobs
 
 NAMESPACE = "default"
+# Where catalog entries (ClusterCheckpoints) are imported, as the chart's release namespace.
+CATALOG_NAMESPACE = "ckpt-system"
+STORE_SECRET = "ckpt-local-store"  # --store s3: the agent pods' credentials, a Secret in each namespace
+# What local mode writes in its state directory (--fresh removes a directory holding only these).
+STATE_ENTRIES = {"api-objects.jsonl", "api-objects.json", "cluster", "s3", "kubeconfig", "logs"}
 SETTLED_CHECKPOINT = ("Ready", "Failed")
 FINISHED_JOB = ("Succeeded", "Failed")
 
@@ -49,9 +54,11 @@ def load_manifests(paths: Iterable[str]) -> list[dict]:
     """Parse and validate like the API server would (the CRD schema and CEL rules live in the
     pydantic models), so a bad manifest fails here with the field named."""
     from checkpoint_operator.api.checkpoint import CheckpointSpec
+    from checkpoint_operator.api.clustercheckpoint import ClusterCheckpointSpec
     from checkpoint_operator.api.rules import ApiModel
     from checkpoint_operator.api.trainingjob import TrainingJobSpec
-    models: dict[str, type[ApiModel]] = {"Checkpoint": CheckpointSpec, "TrainingJob": TrainingJobSpec}
+    models: dict[str, type[ApiModel]] = {"Checkpoint": CheckpointSpec, "TrainingJob": TrainingJobSpec,
+                                         "ClusterCheckpoint": ClusterCheckpointSpec}
     objects = []
     for file in manifest_files(paths):
         try:
@@ -71,8 +78,8 @@ def load_manifests(paths: Iterable[str]) -> list[dict]:
                 raise ManifestError(f"{file}: metadata must be a mapping (name, namespace, labels)")
             kind = doc.get("kind")
             if doc.get("apiVersion") != API_VERSION or kind not in models:
-                raise ManifestError(f"{file}: only {API_VERSION} Checkpoint and TrainingJob are supported in local "
-                                    f"mode, not {doc.get('apiVersion')} {kind}")
+                raise ManifestError(f"{file}: only {API_VERSION} Checkpoint, TrainingJob and ClusterCheckpoint are "
+                                    f"supported in local mode, not {doc.get('apiVersion')} {kind}")
             name = (doc.get("metadata") or {}).get("name")
             if not name or not isinstance(name, str):
                 raise ManifestError(f"{file}: {kind} without metadata.name" if not name else
@@ -82,7 +89,10 @@ def load_manifests(paths: Iterable[str]) -> list[dict]:
             except pydantic.ValidationError as exc:
                 details = "; ".join(f"spec.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
                 raise ManifestError(f"{file}: {kind} {name}: {details}") from None
-            doc["metadata"] = {**doc["metadata"], "namespace": NAMESPACE}
+            if kind == "ClusterCheckpoint":  # cluster-scoped: a namespace would be refused
+                doc["metadata"] = {k: v for k, v in doc["metadata"].items() if k != "namespace"}
+            else:
+                doc["metadata"] = {**doc["metadata"], "namespace": NAMESPACE}
             objects.append(doc)
     return objects
 
@@ -108,7 +118,7 @@ def local_run(args: argparse.Namespace) -> int:
     from checkpoint_operator import main
     from checkpoint_operator.config import OperatorConfig
     from checkpoint_operator.reconcile.context import Context
-    from checkpoint_operator.kube import CHECKPOINTS, TRAINING_JOBS, ApiError, Conflict, Kube
+    from checkpoint_operator.kube import CHECKPOINTS, CLUSTER_CHECKPOINTS, TRAINING_JOBS, ApiError, Conflict, Kube
     from checkpoint_operator.local.cluster import LocalCluster
     from checkpoint_operator.local.server import EmulatorServer, run_kopf_in_thread
 
@@ -122,25 +132,37 @@ def local_run(args: argparse.Namespace) -> int:
     print(why, file=sys.stderr, flush=True)
     containers = isinstance(runtime, ContainerEngineRuntime)
 
+    from checkpoint_operator.local import s3store
+    try:
+        store, weed = open_store(args, state_dir)
+    except s3store.LocalStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    namespaces = [NAMESPACE, CATALOG_NAMESPACE]
     server = EmulatorServer(state_dir=state_dir)
     url = server.start()
-    cluster = LocalCluster(url, state_dir / "cluster", namespaces=[NAMESPACE], workdir=os.getcwd(), runtime=runtime)
+    kube = Kube.from_url(url)
+    if store is not None:
+        provide_store_secret(kube, namespaces, store)
+        os.environ.update(store.env())  # the operator's own identity (commit checks, deleting owned data)
+    cluster = LocalCluster(url, state_dir / "cluster", namespaces=namespaces, workdir=os.getcwd(), runtime=runtime)
     cluster.start_in_thread()
     settings = kopf.OperatorSettings()
     main.configure_settings(settings)
     settings.posting.enabled = True
-    kube = Kube.from_url(url)
     # Agent pods run the operator's image in a container engine; the process runtime ignores images.
-    config = OperatorConfig(reconcile_interval=main.INTERVAL,
-                            agent_image=agent_image if containers else "checkpoint-operator:local")
-    handle = run_kopf_in_thread(kopf.get_default_registry(), settings, [NAMESPACE], url,
-                                memo=main.make_memo(Context(kube, config)))
+    config = OperatorConfig(reconcile_interval=main.INTERVAL, catalog_namespace=CATALOG_NAMESPACE,
+                            agent_image=agent_image if containers else "checkpoint-operator:local",
+                            **(store_config(store) if store is not None else {}))
+    handle = run_kopf_in_thread(kopf.get_default_registry(), settings, namespaces, url,
+                                memo=main.make_memo(Context(kube, config, namespaces=namespaces)))
     try:
         earlier = earlier_objects(kube.list(TRAINING_JOBS, NAMESPACE), kube.list(CHECKPOINTS, NAMESPACE), objects)
         if earlier:
             print(earlier_note(earlier, args.state_dir), file=sys.stderr, flush=True)
         for obj in objects:
-            resource = CHECKPOINTS if obj["kind"] == "Checkpoint" else TRAINING_JOBS
+            resource = {"Checkpoint": CHECKPOINTS, "TrainingJob": TRAINING_JOBS,
+                        "ClusterCheckpoint": CLUSTER_CHECKPOINTS}[obj["kind"]]
             name = obj["metadata"]["name"]
             try:
                 kube.create(resource, NAMESPACE, obj)
@@ -160,15 +182,18 @@ def local_run(args: argparse.Namespace) -> int:
         settled = watcher.wait(args.timeout)
         checkpoints = kube.list(CHECKPOINTS, NAMESPACE)
         jobs = kube.list(TRAINING_JOBS, NAMESPACE)
+        entries = kube.list(CLUSTER_CHECKPOINTS, None)
         if getattr(args, "serve", False):
-            report = build_report(checkpoints, jobs)
+            report = build_report(checkpoints, jobs, entries)
             print(json.dumps(report, indent=2) if args.output == "json" else render_table(report), flush=True)
             serve_until_interrupted(url, state_dir)
     finally:
         handle.stop()
         cluster.stop_thread()
         server.stop()
-    report = build_report(checkpoints, jobs)
+        if weed is not None:
+            weed.stop()
+    report = build_report(checkpoints, jobs, entries)
     if not getattr(args, "serve", False):  # --serve printed it before serving
         print(json.dumps(report, indent=2) if args.output == "json" else render_table(report))
     mine = {o["metadata"]["name"] for o in objects if o["kind"] == "TrainingJob"}
@@ -182,6 +207,47 @@ def local_run(args: argparse.Namespace) -> int:
         return 1
     # An earlier run's failed job was reported by that run; this one answers for its own.
     return 1 if any(j["phase"] == "Failed" and j["name"] in mine for j in report["trainingJobs"]) else 0
+
+
+def open_store(args: argparse.Namespace, state_dir: Path):
+    """(S3Settings or None for the volume store, the SeaweedFS to stop or None)."""
+    from checkpoint_operator.local import s3store
+    if getattr(args, "store", "volume") != "s3":
+        if getattr(args, "s3_endpoint", None) or getattr(args, "s3_bucket", None):
+            raise s3store.LocalStoreError("--s3-endpoint and --s3-bucket go with --store s3")
+        return None, None
+    bucket = args.s3_bucket or s3store.DEFAULT_BUCKET
+    if args.s3_endpoint:
+        settings = s3store.from_environment(args.s3_endpoint, bucket, os.environ)
+        s3store.ensure_bucket(settings)
+        print(f"store: s3 at {settings.endpoint}, bucket {bucket}", file=sys.stderr, flush=True)
+        return settings, None
+    weed = s3store.LocalSeaweedFS(state_dir / "s3")
+    settings = weed.start(bucket)
+    print(f"store: s3, SeaweedFS on {settings.endpoint} (127.0.0.1 only, telemetry off), data in {weed.data_dir}",
+          file=sys.stderr, flush=True)
+    return settings, weed
+
+
+def store_config(store) -> dict:
+    return {"storage_type": "s3", "s3_endpoint": store.endpoint, "s3_bucket": store.bucket,
+            "s3_region": store.region, "s3_secret_name": STORE_SECRET}
+
+
+def provide_store_secret(kube, namespaces: list[str], store) -> None:
+    """What a platform provisions in each namespace (docs/storage.md): here one identity for all of them."""
+    import base64
+
+    from checkpoint_operator.kube import Conflict, Resource
+    secrets = Resource("", "v1", "secrets", "Secret")
+    data = {k: base64.b64encode(v.encode()).decode() for k, v in
+            (("AWS_ACCESS_KEY_ID", store.access_key), ("AWS_SECRET_ACCESS_KEY", store.secret_key))}
+    for namespace in namespaces:
+        body = {"metadata": {"name": STORE_SECRET, "namespace": namespace}, "type": "Opaque", "data": data}
+        try:
+            kube.create(secrets, namespace, body)
+        except Conflict:  # kept from an earlier run: the credentials may be new (another endpoint)
+            kube.patch(secrets, namespace, STORE_SECRET, {"data": data})
 
 
 def serve_until_interrupted(url: str, state_dir: Path) -> None:
@@ -243,9 +309,10 @@ class Watcher:
 
     def poll(self) -> bool:
         """One look: True when every job has finished or can never finish, and every Checkpoint has settled."""
-        from checkpoint_operator.kube import CHECKPOINTS, PODS, TRAINING_JOBS
+        from checkpoint_operator.kube import CHECKPOINTS, CLUSTER_CHECKPOINTS, PODS, TRAINING_JOBS
         jobs = self.kube.list(TRAINING_JOBS, NAMESPACE)
         checkpoints = self.kube.list(CHECKPOINTS, NAMESPACE)
+        entries = self.kube.list(CLUSTER_CHECKPOINTS, None)
         report_new_checkpoints(checkpoints, jobs, self.reported)
         self.pods.report(self.kube.list(PODS, NAMESPACE))
         for stuck in stuck_jobs(_parsed(TrainingJob, jobs), _parsed(Checkpoint, checkpoints)):
@@ -253,7 +320,7 @@ class Watcher:
                 self.stuck[stuck.name] = stuck
                 print(f"{self.describe(stuck)}; the run goes on with the rest", file=sys.stderr, flush=True)
         return all(j.get("status", {}).get("phase") in FINISHED_JOB or j["metadata"]["name"] in self.stuck
-                   for j in jobs) and all(self._settled(c) for c in checkpoints)
+                   for j in jobs) and all(self._settled(c) for c in [*checkpoints, *entries])
 
     def _settled(self, checkpoint: dict) -> bool:
         status = checkpoint.get("status", {})
@@ -312,9 +379,6 @@ def earlier_note(earlier: list[tuple[str, str]], state_dir: str, shown: int = 5)
             parts.append(f"{len(names)} {kind}{'s' if len(names) > 1 else ''} ({', '.join(names[:shown])}{more})")
     return (f"note: {state_dir} holds objects from an earlier run, which stay and take part in this one: "
             f"{'; '.join(parts)}; start clean with --fresh")
-
-
-STATE_ENTRIES = {"api-objects.jsonl", "cluster", "kubeconfig", "logs"}
 
 
 def clear_state_dir(state_dir: Path) -> Optional[str]:
