@@ -51,6 +51,8 @@ def _describe(ref: CheckpointRef) -> str:
 def _input_never_comes(job: TrainingJob, ref: CheckpointRef, jobs: dict[str, TrainingJob],
                        checkpoints: Sequence[Checkpoint]) -> Optional[str]:
     what = f"input {_describe(ref)}"
+    if ref.clusterCheckpoint:  # a catalog entry is imported on its own; one that fails makes the job fail
+        return None
     if ref.fromTrainingJob:
         producer = jobs.get(ref.fromTrainingJob)
         if producer is None:
@@ -81,6 +83,8 @@ def _blocker(ref: CheckpointRef, jobs: dict[str, TrainingJob], checkpoints: Sequ
     """The stuck job this input waits on, if it waits on nothing else."""
     if ref.fromTrainingJob:
         return ref.fromTrainingJob if ref.fromTrainingJob in stuck else None
+    if ref.clusterCheckpoint:
+        return None
     if not ref.name or any(c.metadata.name == ref.name for c in checkpoints):
         return None
     prefix = ref.name.split(".", 1)[0]

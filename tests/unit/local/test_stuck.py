@@ -76,3 +76,9 @@ def test_a_job_that_takes_its_own_future_output_by_name():
     assert stuck([training_job("a", checkpoints=[{"name": "a.step-1"}])], ["a.step-1"]) == {}
     prefixed = training_job("b", output={"namePrefix": "llama"}, checkpoints=[{"name": "llama"}])
     assert "only this job would write it" in stuck([prefixed])["b"]
+
+
+def test_a_catalog_input_is_not_taken_for_a_missing_uid():
+    """A ClusterCheckpoint input (main's catalog) is imported on its own: before this case the job
+    was reported as waiting on 'Checkpoint with uid None' (tests/local/test_run_catalog.py failed)."""
+    assert stuck([training_job("a", checkpoints=[{"clusterCheckpoint": "tiny-gpt2"}])]) == {}
