@@ -740,6 +740,23 @@ async def _(h):
     return [Expect("job", "Failed", ("Evicted",))]
 
 
+def exits_after(seconds: float, code: int) -> Callable[[dict], int]:
+    def train(env: dict) -> int:
+        time.sleep(seconds)
+        return code
+    return train
+
+
+@case("training-2-workers-exit-1", "pods")
+async def _(h):
+    """Issue 18.7: both workers of a 2-replica job exit 1 a second after start, backoffLimit 0: the job
+    fails (before: the Job was Failed with `terminating: 1` for a pod that no longer existed, and the
+    TrainingJob stayed Running until the timeout)."""
+    await h.create_job("job", train=exits_after(1.0, 1), replicas=2)
+    await finished(h, "job")
+    return [Expect("job", "Failed", ("failed", "exit code 1"))]
+
+
 UNSCHEDULABLE = {"phase": "Pending", "conditions": [{
     "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
     "message": "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."}]}

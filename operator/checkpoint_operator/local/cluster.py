@@ -34,11 +34,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
-import datetime
 import logging
 import os
-import secrets
 import shutil
 import threading
 from collections import defaultdict
@@ -47,6 +44,9 @@ from pathlib import Path
 from typing import Any
 
 from checkpoint_operator.local.informer import Informer, Key, WorkQueue, key_of
+from checkpoint_operator.local.jobs import (  # noqa: F401 - re-exported for callers of the old module
+    JobController, build_job_pod, job_condition, job_is_finished, parse_rfc3339, pod_completion_index, random_suffix,
+)
 from checkpoint_operator.local.kubelet import (  # noqa: F401 - re-exported for callers of the old module
     TERMINAL_PHASES, ContainerRunner, Kubelet, claim_names_of_pod, expand_variables, meta, now_rfc3339, pod_phase,
 )
@@ -63,14 +63,6 @@ OWNER_SYNC_TIMEOUT = 5.0  # seconds the GC waits for a new owner kind's cache be
 KIND_TO_RESOURCE = {
     "Pod": PODS, "PersistentVolumeClaim": CLAIMS, "Secret": "v1/secrets", "ConfigMap": "v1/configmaps", "Job": JOBS,
 }
-
-
-def parse_rfc3339(text: str) -> datetime.datetime:
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def random_suffix(length: int = 5) -> str:
-    return "".join(secrets.choice("bcdfghjklmnpqrstvwxz2456789") for _ in range(length))
 
 
 def uid_of(obj: Mapping[str, Any]) -> str:
@@ -195,128 +187,6 @@ class PvcBinder:
                 {"op": "replace", "path": "/metadata/finalizers", "value": [f for f in finalizers if f != PVC_PROTECTION]},
             ])
             self.claims.observe(answer)
-
-
-# --- Job controller ----------------------------------------------------------------------------------
-
-def job_condition(job: Mapping[str, Any], condition_type: str) -> bool:
-    return any(c.get("type") == condition_type and c.get("status") == "True"
-               for c in job.get("status", {}).get("conditions") or [])
-
-
-def job_is_finished(job: Mapping[str, Any]) -> bool:
-    return job_condition(job, "Complete") or job_condition(job, "Failed")
-
-
-def pod_completion_index(pod: Mapping[str, Any]) -> int | None:
-    value = (meta(pod).get("annotations") or {}).get("batch.kubernetes.io/job-completion-index")
-    return int(value) if value is not None else None
-
-
-class JobController:
-    """batch/v1 Jobs: pods from the template, retries, deadlines, status and conditions."""
-
-    def __init__(self, api: ApiClient, jobs: Cache, pods: Cache) -> None:
-        self.api = api
-        self.jobs = jobs
-        self.pods = pods
-
-    async def reconcile(self, job: dict, pods: list[dict]) -> float | None:
-        """Bring one Job closer to its spec; returns seconds after which to look again (a deadline)."""
-        if is_deleting(job) or job_is_finished(job):
-            return None
-        spec, status = job.get("spec", {}), dict(job.get("status", {}))
-        completions = spec.get("completions") or 1
-        parallelism = spec.get("parallelism") if spec.get("parallelism") is not None else 1
-        indexed = spec.get("completionMode") == "Indexed"
-        terminating = [p for p in pods if is_deleting(p) and pod_phase(p) not in TERMINAL_PHASES]
-        active = [p for p in pods if pod_phase(p) not in TERMINAL_PHASES and not is_deleting(p)]
-        failed = [p for p in pods if pod_phase(p) == "Failed"]
-        succeeded = [p for p in pods if pod_phase(p) == "Succeeded"]
-        succeeded_count = len({pod_completion_index(p) for p in succeeded}) if indexed else len(succeeded)
-        status.setdefault("startTime", now_rfc3339())
-
-        finish: tuple[str, str, str] | None = None
-        remaining = self._deadline_remaining(spec, status)
-        if len(failed) > spec.get("backoffLimit", 6):
-            finish = ("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")
-        elif remaining is not None and remaining <= 0:
-            finish = ("Failed", "DeadlineExceeded", "Job was active longer than specified deadline")
-        elif succeeded_count >= completions and not active:
-            finish = ("Complete", "", "")
-
-        if finish is not None and finish[0] == "Failed":
-            for pod in active:
-                await self.api.delete(PODS, meta(pod)["namespace"], meta(pod)["name"])
-            terminating += active
-            active = []
-        elif finish is None:
-            active += await self._create_missing_pods(job, active, succeeded, completions, parallelism, indexed)
-
-        status.update(active=len(active), terminating=len(terminating), succeeded=succeeded_count, failed=len(failed))
-        if indexed:
-            status["completedIndexes"] = ",".join(str(i) for i in sorted({pod_completion_index(p) for p in succeeded}))
-        if finish is not None:
-            condition_type, reason, message = finish
-            condition = {"type": condition_type, "status": "True", "lastProbeTime": now_rfc3339(),
-                         "lastTransitionTime": now_rfc3339()}
-            if reason:
-                condition.update(reason=reason, message=message)
-            status["conditions"] = [*(status.get("conditions") or []), condition]
-            if condition_type == "Complete":
-                status["completionTime"] = now_rfc3339()
-        if status != job.get("status", {}):
-            self.jobs.observe(await self.api.patch(JOBS, meta(job)["namespace"], meta(job)["name"],
-                                                   {"status": status}, subresource="status"))
-        return remaining if finish is None else None
-
-    @staticmethod
-    def _deadline_remaining(spec: Mapping[str, Any], status: Mapping[str, Any]) -> float | None:
-        deadline = spec.get("activeDeadlineSeconds")
-        if deadline is None:
-            return None
-        started = parse_rfc3339(status["startTime"])
-        return deadline - (datetime.datetime.now(datetime.UTC) - started).total_seconds()
-
-    async def _create_missing_pods(self, job: dict, active: list[dict], succeeded: list[dict],
-                                   completions: int, parallelism: int, indexed: bool) -> list[dict]:
-        if indexed:
-            busy = {pod_completion_index(p) for p in active + succeeded}
-            wanted: list[int | None] = [i for i in range(completions) if i not in busy]
-        else:
-            wanted = [None] * (completions - len(succeeded) - len(active))
-        wanted = wanted[:max(0, parallelism - len(active))]
-        created = []
-        for index in wanted:
-            pod = await self.api.create(PODS, meta(job)["namespace"], build_job_pod(job, index))
-            self.pods.observe(pod)  # seen at once: the next pass never creates it twice
-            created.append(pod)
-        return created
-
-
-def build_job_pod(job: Mapping[str, Any], index: int | None) -> dict[str, Any]:
-    """The pod the Job controller creates from ``spec.template`` (with the completion index if Indexed)."""
-    template = copy.deepcopy(job.get("spec", {}).get("template", {}))
-    job_name, job_uid = meta(job)["name"], uid_of(job)
-    pod_meta = template.get("metadata") or {}
-    labels = {**(pod_meta.get("labels") or {}), "job-name": job_name, "batch.kubernetes.io/job-name": job_name,
-              "controller-uid": job_uid, "batch.kubernetes.io/controller-uid": job_uid}
-    annotations = dict(pod_meta.get("annotations") or {})
-    spec = template.get("spec") or {}
-    name = f"{job_name}-{random_suffix()}"
-    if index is not None:
-        name = f"{job_name}-{index}-{random_suffix()}"
-        labels["batch.kubernetes.io/job-completion-index"] = str(index)
-        annotations["batch.kubernetes.io/job-completion-index"] = str(index)
-        for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
-            container["env"] = [*(container.get("env") or []), {"name": "JOB_COMPLETION_INDEX", "value": str(index)}]
-    return {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": meta(job)["namespace"], "labels": labels, "annotations": annotations,
-                     "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job_name, "uid": job_uid,
-                                          "controller": True, "blockOwnerDeletion": True}]},
-        "spec": spec,
-    }
 
 
 # --- garbage collector -------------------------------------------------------------------------------
