@@ -72,6 +72,7 @@ async def checkpoint_changed(event: dict, body: kopf.Body, memo: kopf.Memo, **_)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+@kopf.on.event(kube.JOBSETS.group, kube.JOBSETS.version, kube.JOBSETS.plural, labels=MANAGED)
 @kopf.on.event("v1", "pods", labels=MANAGED)
 @kopf.on.event("v1", "persistentvolumeclaims")
 async def child_changed(body: kopf.Body, memo: kopf.Memo, **_) -> None:

@@ -42,8 +42,14 @@ RULES: tuple[PermissionRule, ...] = (
                    "write phase, conditions and usedBy (conditional merge patches with resourceVersion)"),
     PermissionRule((GROUP,), ("checkpoints/finalizers", "trainingjobs/finalizers"), ("update",),
                    "set owner references with blockOwnerDeletion on objects owned by our kinds"),
-    PermissionRule(("batch",), ("jobs",), ("get", "list", "watch", "create"),
-                   "the batch/v1 Job that runs a TrainingJob's pod template; watched to react when it ends"),
+    PermissionRule(("batch",), ("jobs",), ("get", "list", "watch", "create", "delete"),
+                   "the batch/v1 Job that runs a TrainingJob's pod template; watched to react when it ends; a "
+                   "distributed job's failed attempt is deleted before the group starts again"),
+    PermissionRule(("jobset.x-k8s.io",), ("jobsets",), ("get", "list", "watch", "create", "delete"),
+                   "the JobSet that runs a TrainingJob with spec.engine JobSet; watched to react when it ends, "
+                   "restarts or is suspended"),
+    PermissionRule(("",), ("services",), ("get", "create"),
+                   "the headless Service that gives a distributed job's workers their DNS names (rendezvous)"),
     PermissionRule(("",), ("pods",), ("get", "list", "watch", "create", "patch", "delete"),
                    "agent pods (snapshot, scan, import); pods watched to react when they end or are stuck; "
                    "annotate a live-sealing job's pods with the directories its sidecar may remove"),

@@ -114,7 +114,8 @@ class JobController:
         active = [p for p in pods if pod_phase(p) not in TERMINAL_PHASES and not is_deleting(p)]
         failed = [p for p in pods if counts_as_failed(p)]
         succeeded = [p for p in pods if pod_phase(p) == "Succeeded"]
-        succeeded_count = len({pod_completion_index(p) for p in succeeded}) if indexed else len(succeeded)
+        completed = sorted({i for i in (pod_completion_index(p) for p in succeeded) if i is not None})
+        succeeded_count = len(completed) if indexed else len(succeeded)
 
         remaining = None if suspended else self._deadline_remaining(spec, status)
         target = self._target(conditions)
@@ -145,7 +146,7 @@ class JobController:
         status.update(active=len(active), terminating=len(terminating), succeeded=succeeded_count, failed=len(failed),
                       ready=sum(1 for p in active if pod_phase(p) == "Running"))
         if indexed:
-            status["completedIndexes"] = ",".join(str(i) for i in sorted({pod_completion_index(p) for p in succeeded}))
+            status["completedIndexes"] = ",".join(str(i) for i in completed)
         if target is not None and not terminating:  # the terminal condition once every pod has stopped
             reason, message = target[1], target[2]
             if target[0] == "FailureTarget":

@@ -107,7 +107,8 @@ def local_run(args: argparse.Namespace) -> int:
     settings.posting.enabled = True
     kube = Kube.from_url(url)
     # Agent pods run the operator's image in a container engine; the process runtime ignores images.
-    config = OperatorConfig(reconcile_interval=main.INTERVAL,
+    # Every worker of a distributed job runs on this host: they meet at 127.0.0.1, on a free port per job.
+    config = OperatorConfig(reconcile_interval=main.INTERVAL, rendezvous_address="127.0.0.1", rendezvous_port=0,
                             agent_image=agent_image if containers else "checkpoint-operator:local")
     handle = run_kopf_in_thread(kopf.get_default_registry(), settings, [NAMESPACE], url,
                                 memo=main.make_memo(Context(kube, config)))

@@ -8,21 +8,14 @@ small frozen summaries, so 10,000 Checkpoints cost a few MB.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional
 
-from checkpoint_operator.api.common import PodPhase
-from checkpoint_operator.logic.agent_pods import PodProblem, pod_problem
 from checkpoint_operator.logic.inputs import CheckpointInfo, TrainingJobInfo
 from checkpoint_operator.logic.protection import used_uids
+from checkpoint_operator.logic.workers import WorkerPod, worker_pod
 from checkpoint_operator.logic.workload import LABEL_COMPONENT, LABEL_TRAINING_JOB_UID
 
-
-@dataclass(frozen=True, slots=True)
-class PodState:
-    name: str
-    phase: PodPhase
-    problem: Optional[PodProblem]
+PodState = WorkerPod  # the pod index's values (logic/workers.py)
 
 
 def _ns_name(body: Mapping) -> tuple[str, str]:
@@ -61,9 +54,8 @@ def worker_pod_keys(body: Mapping) -> dict:
     labels = body.get("metadata", {}).get("labels") or {}
     if labels.get(LABEL_COMPONENT) != "worker" or not labels.get(LABEL_TRAINING_JOB_UID):
         return {}
-    namespace, name = _ns_name(body)
-    state = PodState(name, PodPhase.of(body), pod_problem(dict(body)))
-    return {("pods", namespace, labels[LABEL_TRAINING_JOB_UID]): state}
+    namespace, _ = _ns_name(body)
+    return {("pods", namespace, labels[LABEL_TRAINING_JOB_UID]): worker_pod(body)}
 
 
 class Indexes:
@@ -114,7 +106,7 @@ class Indexes:
     def checkpoints_on_claim(self, namespace: str, claim: str) -> list[str]:
         return self._all(self._checkpoints, ("claim", namespace, claim))
 
-    def worker_pods(self, namespace: str, training_job_uid: str) -> list[PodState]:
+    def worker_pods(self, namespace: str, training_job_uid: str) -> list[WorkerPod]:
         return self._all(self._pods, ("pods", namespace, training_job_uid))
 
     def resync_keys(self) -> Iterable[tuple[str, str, str]]:

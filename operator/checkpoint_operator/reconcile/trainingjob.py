@@ -17,11 +17,12 @@ from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator import PROTECTION_FINALIZER
 from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobPhase
-from checkpoint_operator.reconcile import agent_runs, live_sealing, publish, volumes
+from checkpoint_operator.reconcile import agent_runs, live_sealing, publish, volumes, workloads
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.objects import InvalidObject, parse, parse_tolerant
 from checkpoint_operator.reconcile.status_writer import write_status
-from checkpoint_operator.kube import CHECKPOINTS, JOBS, PODS, PVCS, TRAINING_JOBS, ApiError, Conflict
+from checkpoint_operator.kube import CHECKPOINTS, PODS, PVCS, TRAINING_JOBS, ApiError, Conflict
+from checkpoint_operator.logic import engines, kueue, rendezvous, workers
 from checkpoint_operator.logic import trainingjob_flow as flow
 from checkpoint_operator.logic import workload
 from checkpoint_operator.logic.agent_pods import AGENT_OUTPUT_MOUNT, downloaded_input, last_error_line, pod_failure
@@ -113,12 +114,41 @@ def start(ctx: Context, tj: TrainingJob) -> Result:
 
 
 def _create_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput]) -> Result:
+    made = _make_workload(ctx, tj, inputs, attempt=0, deadline=None)
+    if not isinstance(made, _Made):
+        return made
+    write_status(ctx, tj, flow.running_change(made.name, [i.name for i in inputs],
+                                              workload.output_claim_name(tj) if tj.output_enabled else None,
+                                              now_rfc3339(), made.publish, pinned=tj.status.inputs is not None,
+                                              kind=made.kind, queue=kueue.queue_name(tj.metadata.labels),
+                                              rendezvous=made.rendezvous))
+    return Advance()
+
+
+class _Made:
+    """A workload created (or found, after a crash): what the status records of it."""
+
+    def __init__(self, name: str, kind: str, publish: Optional[str], rendezvous: Optional[str]) -> None:
+        self.name, self.kind, self.publish, self.rendezvous = name, kind, publish, rendezvous
+
+
+def _make_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput], attempt: int,
+                   deadline: Optional[int]) -> "_Made | Result":
+    """Create the output volume, the rendezvous Service and the Job or JobSet of `attempt`."""
+    if not workloads.engine_installed(ctx, tj):
+        return Wait("EngineNotInstalled", "spec.engine is JobSet, but this cluster does not serve "
+                                          "jobset.x-k8s.io/v1alpha2 JobSets: install JobSet "
+                                          "(https://jobset.sigs.k8s.io), or use engine: Job; the job starts once "
+                                          "it is installed", requeue_after=ctx.config.engine_check_interval,
+                    stalled=True)
     store = store_for(ctx.config)
     publish_mode = flow.publish_mode(tj, ctx.config.default_publish)
+    at = workloads.rendezvous_for(ctx, tj) if rendezvous.is_distributed(tj) else None
     try:
         sidecar = workload.build_live_sidecar(tj, ctx.config, store.live_upload_prefix(tj), store.agent_env()) \
             if publish_mode == "Continuous" else None
-        built = workload.build_job(tj, inputs, store.input_volumes(tj, inputs), sidecar)
+        built = workload.build_workload(tj, inputs, store.input_volumes(tj, inputs), sidecar, rendezvous_at=at,
+                                        attempt=attempt, deadline=deadline)
     except workload.InvalidSpec as exc:
         return Fail("InvalidSpec", str(exc))
     for warning in built.warnings:
@@ -127,29 +157,31 @@ def _create_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput])
     try:
         if tj.output_enabled:
             _ensure_owned(tj, ctx.kube.ensure(PVCS, namespace, workload.build_output_claim(tj, ctx.config)))
-        _ensure_owned(tj, ctx.kube.ensure(JOBS, namespace, built.job))
+        if rendezvous.needs_service(tj):
+            _ensure_owned(tj, workloads.ensure_service(ctx, tj))
+        _ensure_owned(tj, workloads.ensure(ctx, tj, built.job))
     except NameConflict as exc:  # usually an earlier run's Job that garbage collection is removing
         return Wait("NameConflict", str(exc), requeue_after=RETRY_SOON)
     except ApiError as exc:
         if exc.status in (400, 422):
-            return Fail("InvalidSpec", f"the API server refused the Job or its volume: {exc.message}")
-        return Wait("CreateRefused", f"creating the Job or its volume failed: {exc}", requeue_after=RETRY_SOON)
-    write_status(ctx, tj, flow.running_change(built.job["metadata"]["name"], [i.name for i in inputs],
-                                              workload.output_claim_name(tj) if tj.output_enabled else None,
-                                              now_rfc3339(), publish_mode, pinned=tj.status.inputs is not None))
-    return Advance()
+            return Fail("InvalidSpec", f"the API server refused the {built.job['kind']} or its volume: {exc.message}")
+        return Wait("CreateRefused", f"creating the {built.job['kind']} or its volume failed: {exc}",
+                    requeue_after=RETRY_SOON)
+    return _Made(built.job["metadata"]["name"], built.job["kind"], publish_mode, at.endpoint if at else None)
 
 
 def _adopt_started_job(ctx: Context, tj: TrainingJob) -> Optional[Result]:
     """After a crash between creating the Job and recording it: the Job runs on the pinned
     inputs (whose labels are still set), so go on with it instead of resolving again."""
-    job = ctx.kube.get(JOBS, tj.metadata.namespace, workload.job_name(tj))
+    job = workloads.get(ctx, tj, workload.job_name(tj))
     if job is None or not _owns(tj, job):
         return None
     names = [p.name for p in tj.status.inputs or []]
+    queued = kueue.queue_name(tj.metadata.labels) if engines.engine_of(tj).read(job).suspended else None
     write_status(ctx, tj, flow.running_change(job["metadata"]["name"], names,
                                               workload.output_claim_name(tj) if tj.output_enabled else None,
-                                              now_rfc3339(), flow.publish_mode_of_job(job)))
+                                              now_rfc3339(), flow.publish_mode_of_job(job), kind=job.get("kind", "Job"),
+                                              queue=queued))
     return Advance()
 
 
@@ -191,23 +223,110 @@ def _release_inputs(ctx: Context, tj: TrainingJob) -> TrainingJob:
 # --- Running: wait for the Job ----------------------------------------------------------------------
 
 def follow_job(ctx: Context, tj: TrainingJob) -> Result:
-    job = ctx.kube.get(JOBS, tj.metadata.namespace, tj.status.jobName or workload.job_name(tj))
-    succeeded = flow.job_outcome(job)
+    """Running or Queued: follow the workload to its end. A group restart, a preemption and an
+    admission are steps on the way (logic/trainingjob_flow.py decides each)."""
+    engine = engines.engine_of(tj)
+    name = tj.status.jobName or workload.job_name(tj)
+    obj = workloads.get(ctx, tj, name)
+    if obj is not None and not _owns(tj, obj):
+        obj = None  # a namesake: this job's workload is gone
+    state = engine.read(obj) if obj is not None else None
     if tj.publishes_live:  # also once the Job is over: the sidecars' last lines
         tj = live_sealing.collect(ctx, tj)
-    if succeeded is None:
-        pods = ctx.indexes.worker_pods(tj.metadata.namespace, tj.metadata.uid)
-        problems = [p.problem for p in pods if p.problem]
-        if tj.output_enabled and any(p.phase == PodPhase.PENDING for p in pods) and \
-                all(flow.may_wait_on_a_volume(p) for p in problems):
-            claim = volumes.unbound_claim(ctx, tj.metadata.namespace,
-                                          tj.status.outputClaim or workload.output_claim_name(tj))
-            if claim is not None:  # the claim's own reason says more than the scheduler's
-                return replace(flow.running_wait(tj, [claim]), requeue_after=volumes.CLAIM_RECHECK)
-        wait = flow.running_wait(tj, problems)
-        # The sidecars' logs bring no event: read again after the poll interval.
-        return replace(wait, requeue_after=ctx.config.live_poll_interval) if tj.publishes_live else wait
-    outcome = "succeeded" if succeeded else "; ".join([flow.job_failure_message(job), *_pod_failures(ctx, tj)])
+    pods = ctx.indexes.worker_pods(tj.metadata.namespace, tj.metadata.uid)
+    if state is not None:
+        change = flow.worker_failure_change(tj, state, pods)
+        if change is not None:
+            tj = write_status(ctx, tj, change)
+
+    if engines.operator_restarts(tj) and (state is None or state.attempt < (tj.status.restarts or 0)):
+        return _next_attempt(ctx, tj, name, obj, state)
+    if state is None:
+        return _finish(ctx, tj, False, "failed: " + flow.job_failure_message(None))
+
+    change = flow.suspension_change(tj, state, kueue.queue_name(tj.metadata.labels), now_rfc3339())
+    if change is not None:
+        tj = write_status(ctx, tj, change)
+    if state.suspended:
+        return Wait(requeue_after=ctx.config.live_poll_interval if tj.publishes_live else None)
+    change = flow.engine_restarts_change(tj, state, engine.max_restarts(tj))
+    if change is not None:
+        tj = write_status(ctx, tj, change)
+
+    if state.outcome is None:
+        return _running(ctx, tj, pods, state.kind)
+    stopping = workers.live(pods)
+    if stopping:  # the workload is over, some worker still stops: nothing may write the output then
+        return flow.stopping_wait(stopping)
+    if not state.outcome and engines.operator_restarts(tj):
+        change = flow.restart_change(tj, state, engine.max_restarts(tj),
+                                     flow.deadline_left(tj, datetime.now(timezone.utc)))
+        if change is not None:
+            tj = write_status(ctx, tj, change)
+            ctx.warn(tj, "GroupRestart", change.message)
+            return _next_attempt(ctx, tj, name, obj, state)
+    if state.outcome:
+        return _finish(ctx, tj, True, "succeeded")
+    failure = flow.job_failure_message(obj)
+    if flow.is_group(tj):
+        outcome = flow.group_outcome(tj, state, failure)
+        if tj.status.workerFailure is None or tj.status.workerFailure.attempt != state.attempt:
+            outcome = "; ".join([outcome, *_pod_failures(ctx, tj)])
+    else:
+        outcome = "; ".join([failure, *_pod_failures(ctx, tj)])
+    return _finish(ctx, tj, False, outcome)
+
+
+def _running(ctx: Context, tj: TrainingJob, pods: list[workers.WorkerPod], kind: str) -> Result:
+    problems = [p.problem for p in pods if p.problem]
+    if tj.output_enabled and any(p.phase == PodPhase.PENDING for p in pods) and \
+            all(flow.may_wait_on_a_volume(p) for p in problems):
+        claim = volumes.unbound_claim(ctx, tj.metadata.namespace,
+                                      tj.status.outputClaim or workload.output_claim_name(tj))
+        if claim is not None:  # the claim's own reason says more than the scheduler's
+            return replace(flow.running_wait(tj, [claim], kind), requeue_after=volumes.CLAIM_RECHECK)
+    wait = flow.running_wait(tj, problems, kind)
+    # The sidecars' logs bring no event: read again after the poll interval.
+    return replace(wait, requeue_after=ctx.config.live_poll_interval) if tj.publishes_live else wait
+
+
+def _next_attempt(ctx: Context, tj: TrainingJob, name: str, obj: Optional[dict],
+                  state: Optional[engines.WorkloadState]) -> Result:
+    """The operator's group restart (engine Job, several pods): remove the failed attempt's Job
+    (its workers have all stopped), then create the next one under the same name. Its deletion is
+    an event of the Job watch, which brings the job back here."""
+    if obj is not None and state is not None:
+        if not state.deleting:
+            workloads.delete(ctx, tj, name, obj["metadata"]["uid"])
+        return Wait()
+    inputs = _inputs_again(ctx, tj)
+    if not isinstance(inputs, list):
+        return inputs
+    attempt = tj.status.restarts or 0
+    left = flow.deadline_left(tj, datetime.now(timezone.utc))
+    made = _make_workload(ctx, tj, inputs, attempt=attempt, deadline=max(1, int(left)) if left is not None else None)
+    if not isinstance(made, _Made):
+        return made
+    write_status(ctx, tj, StatusChange(fields={"rendezvous": made.rendezvous}))
+    ctx.info(tj, "GroupStarted", f"attempt {attempt + 1}: {made.kind} {made.name} created again")
+    return Wait()
+
+
+def _inputs_again(ctx: Context, tj: TrainingJob) -> "list[ResolvedInput] | Result":
+    """The pinned inputs, read live again, for the pods of a restarted group (they are still held
+    by this job's uses labels, so they exist)."""
+    resolution = resolve_inputs(tj, ctx.indexes)
+    if resolution.waits:
+        return flow.input_wait(resolution.waits)
+    live = [ctx.kube.get(CHECKPOINTS, tj.metadata.namespace, c.name) for c in resolution.candidates]
+    checked = [check_live_input(c, body) for c, body in zip(resolution.candidates, live)]
+    waits = [c for c in checked if isinstance(c, InputWait)]
+    if waits:
+        return flow.input_wait(waits)
+    return [c for c in checked if isinstance(c, ResolvedInput)]
+
+
+def _finish(ctx: Context, tj: TrainingJob, succeeded: bool, outcome: str) -> Result:
     change, snapshot_follows = flow.after_job(tj, succeeded, outcome, now_rfc3339(), workload.snapshot_pod_name(tj))
     tj = write_status(ctx, tj, change)
     if not snapshot_follows:
@@ -395,5 +514,5 @@ def _deleting(ctx: Context, tj: TrainingJob) -> None:
     return None
 
 
-STEPS = {TrainingJobPhase.PENDING: start, TrainingJobPhase.RUNNING: follow_job,
+STEPS = {TrainingJobPhase.PENDING: start, TrainingJobPhase.QUEUED: follow_job, TrainingJobPhase.RUNNING: follow_job,
          TrainingJobPhase.SNAPSHOTTING: snapshot}
