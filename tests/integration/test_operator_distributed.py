@@ -90,3 +90,95 @@ async def test_the_group_fails_when_its_restarts_are_used_up(api, operator, clus
     assert status["phase"] == "Failed" and status["restarts"] == 1
     assert "exit code 5" in status["message"] and "after 1 group restart(s)" in status["message"]
     assert status["workerFailure"]["attempt"] == 1
+
+
+async def test_engine_jobset_restarts_the_group_and_follows_the_jobset(api, operator, cluster, wait_for):
+    await api.create(TJ, NS, training_job("jsgroup", replicas=2, backoffLimit=2, engine="JobSet",
+                                          command=python(GROUP_WORKER)))
+    tj = await wait_phase(api, wait_for, "jsgroup", ("Succeeded", "Failed"), timeout=90)
+    status = tj["status"]
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["jobName"] == "jsgroup" and status["restarts"] == 1
+    assert status["workerFailure"]["attempt"] == 0 and status["workerFailure"]["index"] == 1
+    js = await api.get("jobset.x-k8s.io/v1alpha2/jobsets", NS, "jsgroup")
+    assert js["status"]["restarts"] == 1 and js["status"]["terminalState"] == "Completed"
+    lines = (cluster.claim_dir(NS, status["outputClaim"]) / "workers.log").read_text().splitlines()
+    assert sorted(line for line in lines if line.startswith("done")) == ["done 0 attempt 1", "done 1 attempt 1"]
+    assert any("start 0 attempt 1 rank 0 of 2" in line and "host jsgroup-node-0-0" in line for line in lines)
+    restarts = [e for e in await events_of(api, "jsgroup") if e["reason"] == "Restarting"]
+    assert restarts and "JobSet jsgroup restarted the group (restart 1 of 2)" in restarts[0]["message"]
+    assert "worker 1" in restarts[0]["message"]
+    assert (await api.get("v1/services", NS, "jsgroup"))["spec"]["selector"] == {
+        "jobset.sigs.k8s.io/jobset-name": "jsgroup"}
+
+
+@pytest.mark.parametrize("jobset_installed", [False])
+async def test_engine_jobset_without_jobset_installed_says_so_and_does_not_start(api, operator, cluster, wait_for):
+    await api.create(TJ, NS, training_job("nojs", replicas=2, engine="JobSet", command=python("pass")))
+
+    async def stalled():
+        obj = await api.get(TJ, NS, "nojs")
+        ready = next((c for c in obj.get("status", {}).get("conditions") or [] if c["type"] == "Ready"), None)
+        return obj if ready and ready["reason"] == "EngineNotInstalled" else None
+    tj = await wait_for(stalled, timeout=30)
+    assert tj["status"]["phase"] == "Pending"
+    assert "does not serve jobset.x-k8s.io/v1alpha2 JobSets" in tj["status"]["message"]
+    assert any(c["type"] == "Stalled" and c["status"] == "True" for c in tj["status"]["conditions"])
+    assert await api.list("v1/pods", NS) == [] and await api.list("batch/v1/jobs", NS) == []
+
+
+PREEMPTIBLE = r"""
+import json, os, signal, sys, time
+out, index = os.environ["CHECKPOINT_OUTPUT_DIR"], os.environ["JOB_COMPLETION_INDEX"]
+def save(step, **extra):
+    if index != "0":
+        return  # rank 0 saves (the others' shards are not needed here)
+    d = os.path.join(out, f"checkpoint-{step}")
+    os.makedirs(d, exist_ok=True)
+    for name, data in {"config.json": "{}", "model.safetensors": "w", "optimizer.pt": "o", **extra}.items():
+        open(os.path.join(d, name), "w").write(data)
+    open(os.path.join(d, "trainer_state.json"), "w").write(json.dumps({"global_step": step}))
+resume = os.environ["CHECKPOINT_RESUME_PATH"]
+if os.path.exists(resume):  # admitted again: resume, train on, finish
+    save(3, resumed_from=os.path.basename(os.path.realpath(resume)))
+    sys.exit(0)
+def on_term(*_):
+    save(2)  # the emergency checkpoint, written in the grace period
+    sys.exit(143)
+signal.signal(signal.SIGTERM, on_term)
+save(1)
+while True:
+    time.sleep(0.05)
+"""
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("engine", ["Job", "JobSet"])
+async def test_a_kueue_preemption_stops_the_workers_and_readmission_resumes_from_the_latest(
+        api, operator, cluster, wait_for, engine):
+    name = f"kq-{engine.lower()}"
+    body = training_job(name, replicas=2, engine=engine, output={"publish": "Continuous"}, command=python(PREEMPTIBLE))
+    body["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a"}
+    await api.create(TJ, NS, body)
+
+    async def sealed(checkpoint):
+        obj = await api.get("ckpt.dev/v1alpha1/checkpoints", NS, checkpoint)
+        return obj if obj and obj.get("status", {}).get("phase") == "Ready" else None
+    await wait_for(lambda: sealed(f"{name}-checkpoint-1"), timeout=60)
+    resource = "batch/v1/jobs" if engine == "Job" else "jobset.x-k8s.io/v1alpha2/jobsets"
+    workload = await api.get(resource, NS, name)
+    assert workload["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    await cluster.preempt(resource, NS, name, hold=2.0)
+    tj = await wait_phase(api, wait_for, name, ("Succeeded", "Failed"), timeout=120)
+    status = tj["status"]
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["preemptions"] == 1 and status.get("restarts", 0) == 0
+    assert status["outputCheckpoints"] == [f"{name}-checkpoint-1", f"{name}-checkpoint-2", f"{name}-checkpoint-3"]
+    claim = cluster.claim_dir(NS, status["outputClaim"])
+    assert (claim / "checkpoint-3" / "resumed_from").read_text() == "checkpoint-2"
+    reasons = [e["reason"] for e in sorted(await events_of(api, name), key=lambda e: e["metadata"]["name"])]
+    assert "Queued" in reasons and "Preempted" in reasons
+    preempted = next(e for e in await events_of(api, name) if e["reason"] == "Preempted")
+    assert "preempted by Kueue (LocalQueue team-a)" in preempted["message"]
+    queued = next(e for e in await events_of(api, name) if e["reason"] == "Queued")
+    assert f"{engine} {name} is queued in Kueue (LocalQueue team-a)" in queued["message"]

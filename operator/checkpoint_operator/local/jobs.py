@@ -158,8 +158,9 @@ class JobController:
         if not status["conditions"]:
             del status["conditions"]
         if status != job.get("status", {}):
+            removed = {key: None for key in job.get("status", {}) if key not in status}  # a merge patch's null
             self.jobs.observe(await self.api.patch(JOBS, meta(job)["namespace"], meta(job)["name"],
-                                                   {"status": status}, subresource="status"))
+                                                   {"status": {**status, **removed}}, subresource="status"))
         return remaining if target is None else None
 
     @staticmethod

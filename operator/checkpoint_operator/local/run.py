@@ -100,7 +100,10 @@ def local_run(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir).resolve()
     server = EmulatorServer(state_dir=state_dir)
     url = server.start()
-    cluster = LocalCluster(url, state_dir / "cluster", namespaces=[NAMESPACE], workdir=os.getcwd(), runtime=runtime)
+    cluster = LocalCluster(url, state_dir / "cluster", namespaces=[NAMESPACE], workdir=os.getcwd(), runtime=runtime,
+                           report=lambda line: print(line, file=sys.stderr, flush=True))
+    print("engines: batch/v1 Jobs and jobset.x-k8s.io/v1alpha2 JobSets, run by local controllers; Kueue: a local "
+          "stand-in that admits a queued workload at once", file=sys.stderr, flush=True)
     cluster.start_in_thread()
     settings = kopf.OperatorSettings()
     main.configure_settings(settings)
