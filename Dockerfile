@@ -1,6 +1,8 @@
 # syntax=docker/dockerfile:1
 # The operator image. The same image runs the short-lived agent pods that move checkpoint data
-# (`checkpoint-operator agent ...`), so it carries the whole package and nothing else.
+# (`checkpoint-operator agent ...`), so it carries the package and its dependencies and nothing
+# else: not local mode (local/ and the `local` extra: kmock's API emulator, the CEL library),
+# which .dockerignore leaves out of the build context.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -31,7 +33,9 @@ RUN pip wheel --no-deps --wheel-dir /wheels . \
     # bytecode now: at run time the root filesystem is read-only and PYTHONDONTWRITEBYTECODE is set
     && python -m compileall -q /opt/venv/lib \
     && checkpoint-operator --help > /dev/null \
-    && python -c 'import checkpoint_operator.main, checkpoint_operator.agent.cli'
+    && python -c 'import checkpoint_operator.main, checkpoint_operator.agent.cli' \
+    # local mode stayed out (a test imports the rest without it: tests/test_packaging.py)
+    && python -c 'import importlib.util as u, sys; sys.exit(" ".join(m for m in ("checkpoint_operator.local", "kmock", "cel") if u.find_spec(m)) or None)'
 
 # --- final: python slim, the venv, a numeric non-root user ----------------------------------
 FROM ${PYTHON_IMAGE}

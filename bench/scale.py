@@ -16,7 +16,7 @@ on one input Checkpoint), `requests` (the operator's own API requests per Traini
 with 10 and with C Checkpoints in the namespace; the same run gives `rss`, the operator's RSS
 with C Checkpoints indexed), `latency` (a training pod's end to its Checkpoints being Ready, jobs
 started a few at a time so that nothing queues), `localrun` (`checkpoint-operator local run` on
-120 trivial jobs, the README's local mode). Requests are counted by the operator itself
+120 trivial jobs, local mode, docs/local-mode.md). Requests are counted by the operator itself
 (`checkpoint_operator_api_requests_total`); kopf's watch streams are not among them.
 """
 

@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the operator (kopf) against the current cluster",
                          description="Run the operator. Settings come from CKPT_* environment variables "
-                                     "(see the README); flags override them.")
+                                     "(see docs/install.md); flags override them.")
     scope = run.add_mutually_exclusive_group()
     scope.add_argument("--namespace", "-n", action="append", default=None, metavar="NS",
                        help="watch only this namespace (repeatable)")
@@ -44,8 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     from checkpoint_operator.agent.cli import add_agent_parser
     add_agent_parser(sub)
 
-    from checkpoint_operator.local.cli import add_local_parser
-    add_local_parser(sub)
+    try:
+        from checkpoint_operator.local.cli import add_local_parser
+    except ModuleNotFoundError as absent:
+        # The operator image ships without local mode (its .dockerignore leaves local/ out).
+        if absent.name != "checkpoint_operator.local":
+            raise
+    else:
+        add_local_parser(sub)
 
     from checkpoint_operator.plugin.cli import add_ckpt_parser
     add_ckpt_parser(sub)

@@ -2,7 +2,7 @@
 
 Objects stay plain dicts (as kopf hands them to us) instead of the generated typed models:
 the logic builds manifests as dicts, and custom resources have no typed models anyway. Every
-call the operator makes goes through `Kube`, so tests/test_rbac.py can hold the calls
+call the operator makes goes through `Kube`, so tests/unit/test_rbac.py can hold the calls
 against the chart's RBAC rules.
 """
 
@@ -156,14 +156,16 @@ class Kube:
         return self.patch(resource, namespace, name, patch, subresource="status")
 
     def delete(self, resource: Resource, namespace: str, name: str, propagation: str = "Background",
-               uid: Optional[str] = None) -> bool:
-        """Delete; False when it was already gone (deletes are idempotent). `uid`: only that object
-        (a precondition: 409 when the name is another's by now)."""
-        body: dict = {"propagationPolicy": propagation}
-        if uid is not None:
-            body["preconditions"] = {"uid": uid}
+               resource_version: Optional[str] = None, uid: Optional[str] = None) -> bool:
+        """Delete; False when it was already gone (deletes are idempotent). With `resource_version`
+        the delete is conditional: a Conflict when the object changed since it was read; with `uid`,
+        only that object (a Conflict when the name is another's by now)."""
+        options: dict = {"propagationPolicy": propagation}
+        preconditions = {k: v for k, v in (("resourceVersion", resource_version), ("uid", uid)) if v is not None}
+        if preconditions:
+            options["preconditions"] = preconditions
         try:
-            self._call("DELETE", resource.path(namespace, name), body)
+            self._call("DELETE", resource.path(namespace, name), options)
             return True
         except NotFound:
             return False

@@ -13,6 +13,7 @@ import http.server
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -93,11 +94,11 @@ def host_scan(directory: Path) -> dict:
 
 
 def readme_digest(directory: Path) -> str:
-    """The README's recipe, run by bash and coreutils on the host."""
+    """The documented recipe (docs/concepts.md), run by bash and coreutils on the host."""
     recipe = ("find . -type f ! -name .checkpoint-manifest.json -printf '%P\\0' | LC_ALL=C sort -z "
               "| xargs -0 sha256sum | sha256sum")
-    readme = (ROOT / "README.md").read_text()
-    assert recipe in readme, "the README's digest recipe changed: update this test"
+    documented = (ROOT / "docs" / "concepts.md").read_text()
+    assert recipe in documented, "the digest recipe of docs/concepts.md changed: update this test"
     out = ok(subprocess.run(["bash", "-c", recipe], cwd=directory, capture_output=True, text=True)).stdout
     return "sha256:" + out.split()[0]
 
@@ -107,8 +108,9 @@ def readme_digest(directory: Path) -> str:
 def test_the_cli_starts_read_only_as_the_non_root_user(image: Image):
     main = ok(image.run("--help"))
     assert main.stdout.startswith("usage: checkpoint-operator")
-    for command in ("run", "agent", "local", "crds"):
-        assert command in main.stdout
+    listed = set(re.findall(r"^    (\w+) ", main.stdout, re.M))  # the commands argparse lists
+    assert {"run", "agent", "crds", "ckpt"} <= listed
+    assert "local" not in listed  # local mode is not in the image
     run = ok(image.run("run", "--help"))
     assert run.stdout.startswith("usage: checkpoint-operator run")
     assert "--liveness-port" in run.stdout
@@ -117,6 +119,15 @@ def test_the_cli_starts_read_only_as_the_non_root_user(image: Image):
         assert command in agent.stdout
     # nothing complains about a read-only root (bytecode, caches, a home directory)
     assert main.stderr == run.stderr == agent.stderr == ""
+
+
+def test_the_image_carries_no_local_mode(image: Image):
+    """Local mode (an API emulator, the CEL library: the `local` extra) is for development
+    machines; the operator and its agent pods need none of it."""
+    probe = ("import importlib.util as u; "
+             "print(sorted(m for m in ('checkpoint_operator.local', 'kmock', 'cel') if u.find_spec(m)))")
+    result = ok(image.run("-c", probe, entrypoint="python"))
+    assert result.stdout.strip() == "[]"
 
 
 def test_the_image_runs_as_65532_by_default_with_the_operator_as_entrypoint(image: Image):

@@ -45,7 +45,7 @@ def ready_condition(obj):
 
 
 def sha256sum_digest(directory: str) -> str:
-    """The digest the README promises anyone can recompute with coreutils."""
+    """The digest the documentation (docs/concepts.md) promises anyone can recompute with coreutils."""
     files = sorted((os.path.relpath(os.path.join(d, f), directory) for d, _, fs in os.walk(directory) for f in fs),
                    key=lambda p: p.encode())
     out = subprocess.run(["sha256sum", *files], cwd=directory, capture_output=True, check=True).stdout

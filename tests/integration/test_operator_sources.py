@@ -117,7 +117,7 @@ async def test_every_source_imports_the_tiny_model(api, store, store_secret, ope
                              {"kind": "huggingFace", "uri": "hf://org/private@main", "revision": "main",
                               "resolvedRevision": commit})
     # Git over http with a login, a tag, and the weights in LFS (without git-lfs on the machine,
-    # plain files: test_agent_import_git.py then says that LFS was not tested)
+    # plain files: tests/agent/test_import_git.py then says that LFS was not tested)
     files = dict(model)
     lfs = {"model.safetensors": files.pop("model.safetensors")} if HAS_LFS else {}
     commit = git_http.add_repo("model", files, lfs_files=lfs, tag="v1")

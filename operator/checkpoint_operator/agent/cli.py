@@ -69,7 +69,7 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
 
     watch = cmds.add_parser("watch", help="seal checkpoints as training writes them (the live-sealing sidecar)",
                             description="Watch an output directory and seal each checkpoint directory once it is "
-                                        "complete (see the README's sealing rules); one JSON line per event on "
+                                        "complete (see docs/live-sealing.md, sealing rules); one JSON line per event on "
                                         "stdout. Runs until SIGTERM, then seals what is left and exits 0.")
     watch.add_argument("dir", help="the output directory the training code writes into")
     watch.add_argument("--interval", type=_positive_float, default=0.25, metavar="SECONDS",

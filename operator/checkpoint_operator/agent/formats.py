@@ -7,7 +7,7 @@ through `safe_read` (bounded, no unpickling): the step in `trainer_state.json`, 
 `torch.save` pickle; and the completeness verdict of `completeness`.
 
 `RULES` is the one table: detection order, the readers each format uses, and the words of
-the README's format table (`format_table_markdown`, checked by a test).
+the format table of docs/concepts.md (`format_table_markdown`, checked by a test).
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def _lightning_or_torch(files: CheckpointFiles) -> str:
 class FormatRule:
     """One format: how it is recognised (first match in RULES wins), where its step and optimizer
     state are read from beyond the names, how its completeness is decided, and those same
-    decisions in words for the README."""
+    decisions in words for the documentation's format table."""
 
     name: str
     matches: Callable[[Sequence[str], str], bool]
@@ -313,7 +313,7 @@ def completeness_of(root: Path, sizes: Mapping[str, int], name: str = "") -> Ver
 
 
 def format_table_markdown() -> str:
-    """The README's format table, from RULES."""
+    """The format table of docs/concepts.md, from RULES."""
     rows = ["| format | detected by (first match wins, top to bottom) | step | `resumable` | `complete` |",
             "| --- | --- | --- | --- | --- |"]
     for r in RULES:

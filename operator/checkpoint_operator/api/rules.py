@@ -3,7 +3,7 @@
 Each `Rule` carries the CEL expression that the API server evaluates (it lands in the CRD as
 `x-kubernetes-validations`) and a Python predicate with the same meaning that the pydantic
 model runs, so `kubectl apply` and the operator refuse the same specs with the same message.
-tests/test_cel_rules.py evaluates both on the same cases and fails when they disagree.
+tests/unit/api/test_rules.py evaluates both on the same cases and fails when they disagree.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The spec says only that the data will be pushed (`upload: {}`); the push protocol goes through
 annotations (what the user's plugin declares) and `status.upload` (where the operator takes
-the data). README "Pushing data: the upload source" describes the protocol.
+the data). docs/sources.md "Pushing data: the upload source" describes the protocol.
 """
 
 from __future__ import annotations

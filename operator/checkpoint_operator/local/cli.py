@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import sys
 
 
 def add_local_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +36,17 @@ def add_local_parser(sub: argparse._SubParsersAction) -> None:
     run.set_defaults(func=_run_local)
 
 
+# What `pip install 'checkpoint-operator[local]'` adds (pyproject.toml), by import name.
+LOCAL_EXTRA_MODULES = ("kmock", "cel", "jsonpatch")
+
+
 def _run_local(args: argparse.Namespace) -> int:
+    # Checked before anything is imported: local_run imports what each step needs as it goes.
+    missing = [name for name in LOCAL_EXTRA_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"error: local mode needs the 'local' extra (not installed: {', '.join(missing)}): "
+              "pip install 'checkpoint-operator[local]' (from a checkout: pip install -e '.[local]')",
+              file=sys.stderr)
+        return 2
     from checkpoint_operator.local.run import local_run
     return local_run(args)

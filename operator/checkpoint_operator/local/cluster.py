@@ -26,8 +26,9 @@ full resync every ``poll_interval`` seconds is the safety net for anything misse
 - ``ExecServer`` (``podexec.py``): the kubelet's exec endpoint, registered as the node ``local``; the
   emulator proxies ``pods/exec`` to it.
 - ``GarbageCollector``: deletes Pods, Jobs and PVCs all of whose ownerReferences point to objects
-  that no longer exist (or exist with another uid), confirmed by a live read before deleting, as
-  the Kubernetes garbage collector does. Owners of other kinds are watched as they are referred to.
+  that no longer exist (or exist with another uid), confirmed by a live read before deleting, and
+  deleting with the resourceVersion it judged, as the Kubernetes garbage collector does. Owners of
+  other kinds are watched as they are referred to.
 
 A test can play the training code with ``container_runner``:
 ``async def runner(pod, container, env, mounts) -> int | None`` is called for every container with the
@@ -222,7 +223,10 @@ class GarbageCollector:
             owner = await self.api.get(owner_resource(ref), namespace, ref["name"])
             if owner is not None and uid_of(owner) == ref.get("uid"):
                 return
-        await self.api.delete(resource, namespace, meta(obj)["name"], preconditions={"uid": uid_of(obj)})
+        # As the Kubernetes garbage collector (1.20+): conditional on the version it judged, so an
+        # owner added meanwhile (an adopting Checkpoint) makes the delete fail and the object is judged again.
+        await self.api.delete(resource, namespace, meta(obj)["name"],
+                              preconditions={"uid": uid_of(obj), "resourceVersion": meta(obj)["resourceVersion"]})
 
 
 # --- the whole cluster -------------------------------------------------------------------------------

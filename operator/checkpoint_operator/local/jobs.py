@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from checkpoint_operator.local.kubelet import TERMINAL_PHASES, meta, now_rfc3339, pod_phase
-from checkpoint_operator.local.server import ApiClient
+from checkpoint_operator.local.server import ApiClient, ApiError
 
 PODS, JOBS = "v1/pods", "batch/v1/jobs"
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
@@ -99,6 +99,7 @@ class JobController:
         self.api = api
         self.jobs = jobs
         self.pods = pods
+        self._reported: dict[str, str] = {}  # Job uid -> the last FailedCreate message posted
 
     async def reconcile(self, job: dict, pods: list[dict]) -> float | None:
         """Bring one Job closer to its spec; returns seconds after which to look again (a deadline)."""
@@ -195,10 +196,30 @@ class JobController:
         wanted = wanted[:max(0, parallelism - len(active))]
         created = []
         for index in wanted:
-            pod = await self.api.create(PODS, meta(job)["namespace"], build_job_pod(job, index))
+            try:
+                pod = await self.api.create(PODS, meta(job)["namespace"], build_job_pod(job, index))
+            except ApiError as exc:
+                if exc.status == 403:  # admission refused it (Pod Security): said on the Job, tried again later
+                    await self._failed_create(job, exc)
+                raise
             self.pods.observe(pod)  # seen at once: the next pass never creates it twice
             created.append(pod)
         return created
+
+    async def _failed_create(self, job: dict, exc: ApiError) -> None:
+        """The Job controller's `FailedCreate` Warning event on the Job (once per message here)."""
+        message = exc.body.get("message", str(exc)) if isinstance(exc.body, dict) else str(exc.body)
+        text = f"Error creating: {message}"
+        if self._reported.get(meta(job)["uid"]) == text:
+            return
+        self._reported[meta(job)["uid"]] = text
+        now = now_rfc3339()
+        involved = {"apiVersion": "batch/v1", "kind": "Job", "name": meta(job)["name"],
+                    "namespace": meta(job)["namespace"], "uid": meta(job)["uid"]}
+        await self.api.create("v1/events", meta(job)["namespace"], {
+            "metadata": {"generateName": f"{meta(job)['name']}."}, "involvedObject": involved, "type": "Warning",
+            "reason": "FailedCreate", "message": text, "source": {"component": "job-controller"},
+            "count": 1, "firstTimestamp": now, "lastTimestamp": now})
 
 
 def build_job_pod(job: Mapping[str, Any], index: int | None) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The agent command lines the operator puts into pods, built in one place.
 
-tests/test_agent_commands.py parses every one of them with the real parser of agent/cli.py,
+tests/agent/test_commands.py parses every one of them with the real parser of agent/cli.py,
 so a flag renamed on one side fails a test instead of a pod.
 """
 

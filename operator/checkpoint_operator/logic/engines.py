@@ -80,6 +80,10 @@ class Engine(Protocol):
 
     def max_restarts(self, tj: TrainingJob) -> int: ...
 
+    def pod_job_name(self, name: str) -> str:
+        """The Job that creates the pods (whose FailedCreate events say why they are refused)."""
+        ...
+
 
 def max_restarts(tj: TrainingJob) -> int:
     return DEFAULT_BACKOFF_LIMIT if tj.spec.backoffLimit is None else tj.spec.backoffLimit
@@ -137,6 +141,9 @@ class JobEngine:
     def max_restarts(self, tj: TrainingJob) -> int:
         return max_restarts(tj) if operator_restarts(tj) else 0
 
+    def pod_job_name(self, name: str) -> str:
+        return name
+
 
 class JobSetEngine:
     kind = "JobSet"
@@ -171,6 +178,9 @@ class JobSetEngine:
 
     def max_restarts(self, tj: TrainingJob) -> int:
         return max_restarts(tj)
+
+    def pod_job_name(self, name: str) -> str:
+        return f"{name}-{rendezvous.REPLICATED_JOB}-0"  # JobSet's child Job of the one replicated job
 
 
 JOB, JOBSET = JobEngine(), JobSetEngine()

@@ -26,6 +26,7 @@ from checkpoint_operator.logic.agent_pods import (AGENT_DATA_MOUNT, AGENT_OUTPUT
 from checkpoint_operator.logic.inputs import ResolvedInput
 from checkpoint_operator.logic.naming import MAX_LABEL_NAME, bounded_name, child_name
 from checkpoint_operator.logic.rendezvous import Rendezvous
+from checkpoint_operator.logic.security_context import fit_injected_container, trainer_identity
 
 LABEL_TRAINING_JOB = "ckpt.dev/trainingjob"
 LABEL_TRAINING_JOB_UID = "ckpt.dev/trainingjob-uid"
@@ -75,7 +76,11 @@ def job_name(tj: TrainingJob) -> str:
 def output_claim_name(tj: TrainingJob) -> str:
     """Unique per run: the output of an earlier TrainingJob of the same name belongs to its
     Checkpoints and must never be mounted read-write again."""
-    return child_name(tj.metadata.name, f"output-{tj.metadata.uid[:5]}")
+    return output_claim_name_for(tj.metadata.name, tj.metadata.uid)
+
+
+def output_claim_name_for(name: str, uid: str) -> str:
+    return child_name(name, f"output-{uid[:5]}")
 
 
 def snapshot_pod_name(tj: TrainingJob) -> str:
@@ -212,6 +217,8 @@ def build_pod_template(tj: TrainingJob, inputs: list[ResolvedInput], staged: Inp
         for container in pod_spec.get(kind, []) or []:
             warnings += merge_env(container, env, launchers)
             container["volumeMounts"] = (container.get("volumeMounts") or []) + copy.deepcopy(mounts)
+    # The input downloads keep "restricted" and still start under the user's pod-level settings.
+    init_containers = [fit_injected_container(c, pod_spec) for c in init_containers]
     if sidecar is not None:  # after the input downloads, before the user's init containers
         container, volume = copy.deepcopy(sidecar)
         volumes.append(volume)
@@ -271,7 +278,7 @@ def build_snapshot_pod(tj: TrainingJob, command: list[str], env: list[dict], con
     metadata = {"name": snapshot_pod_name(tj), "namespace": tj.metadata.namespace,
                 "labels": _labels(tj, "snapshot"), "ownerReferences": [owner_reference(tj)]}
     return agent_pod(metadata, config, [container], [{"name": OUTPUT_VOLUME, "persistentVolumeClaim": {
-        "claimName": output_claim_name(tj), "readOnly": True}}])
+        "claimName": output_claim_name(tj), "readOnly": True}}], identity=trainer_identity(tj.spec.template.spec))
 
 
 def build_volume_scan_pod(checkpoint: Checkpoint, config: OperatorConfig) -> dict:
@@ -295,7 +302,12 @@ IMPORT_SIZE_ANNOTATION = "ckpt.dev/volume-size"
 
 
 def import_claim_name(checkpoint: Checkpoint) -> str:
-    return child_name(checkpoint.metadata.name, "data")
+    return import_claim_name_for(checkpoint.metadata.name)
+
+
+def import_claim_name_for(name: str) -> str:
+    """The claim of an import or a push (volume store)."""
+    return child_name(name, "data")
 
 
 def import_origin(checkpoint: Checkpoint) -> str:

@@ -2,7 +2,7 @@
 pull, push. Each returns an exit code (0 done, 1 failed); a failure the user must act on is a
 PluginError, one line naming the object and what is wrong.
 
-Where the data moves (README "kubectl ckpt"): on the s3 store the plugin reads and writes the
+Where the data moves (docs/kubectl-ckpt.md): on the s3 store the plugin reads and writes the
 bucket itself with the user's credentials, through the agent's resumable upload and verifying
 download; on the volume store it streams through a short pod that the operator starts on
 request (exec, a tar stream; the pod's agent checks every file). Verification is always the

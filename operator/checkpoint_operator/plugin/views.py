@@ -1,4 +1,4 @@
-"""What the plugin prints, from Checkpoint objects (pure functions; tests/test_plugin_views.py).
+"""What the plugin prints, from Checkpoint objects (pure functions; tests/unit/plugin/test_views.py).
 
 - `ls`: one row per Checkpoint, kubectl's table style; `-o wide` adds columns.
 - `lineage`: from one LIST of the namespace, the parents of a Checkpoint (status.parents, the

@@ -10,7 +10,7 @@ from typing import Optional
 
 from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator.api.checkpoint import IMPORT_KINDS, Checkpoint, CheckpointPhase
-from checkpoint_operator.reconcile import agent_runs, checkpoint_upload, volumes
+from checkpoint_operator.reconcile import agent_runs, checkpoint_upload, claim_holds, template_claims, volumes
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.kube import NAMESPACES, PVCS, ApiError
@@ -42,6 +42,9 @@ def adopt_volume(ctx: Context, checkpoint: Checkpoint) -> Result:
     if claim is None or claim.get("status", {}).get("phase") != "Bound":
         state = "does not exist" if claim is None else f"is not Bound (phase {claim.get('status', {}).get('phase')})"
         return Wait("WaitingForVolume", f"spec.source.volume.claimName: PersistentVolumeClaim {source.claimName} {state}")
+    held = claim_holds.hold_for_adopter(ctx, checkpoint, claim)  # never Ready on a claim that may go first
+    if held is not None:
+        return held
     pod = workload.build_volume_scan_pod(checkpoint, ctx.config)
     result = _run(ctx, checkpoint, pod, "scan", CheckpointPhase.PENDING, "Scanning", f"scanning {where}", "ScanFailed")
     if not isinstance(result, ScanResult):
@@ -79,6 +82,9 @@ def import_checkpoint(ctx: Context, checkpoint: Checkpoint) -> Result:
     if not isinstance(limit, int):
         return limit
     if store.import_needs_claim:
+        squatted = template_claims.squatted(ctx, checkpoint.metadata.namespace, workload.import_claim_name(checkpoint))
+        if squatted:
+            return Wait("ClaimNamedByTrainingJob", squatted, requeue_after=template_claims.SQUAT_RECHECK)
         ctx.kube.ensure(PVCS, checkpoint.metadata.namespace, workload.build_import_claim(checkpoint, ctx.config))
     pod = workload.build_import_pod(checkpoint, ctx.config, store.import_containers(checkpoint, limit))
     result = _run(ctx, checkpoint, pod, "import", CheckpointPhase.IMPORTING, "Importing", f"importing {origin}",
@@ -122,7 +128,7 @@ def _run(ctx: Context, checkpoint: Checkpoint, pod: dict, what: str, phase: Chec
         return Wait()
     if isinstance(run, agent_runs.Running):
         if run.problem:
-            return Wait(run.problem.reason, f"{describe}: {run.problem.message}")
+            return Wait(run.problem.reason, f"{describe}: {run.problem.message}", requeue_after=run.retry_after)
         claim = _claim_of(pod)
         problem = volumes.unbound_claim(ctx, checkpoint.metadata.namespace, claim) \
             if claim and run.phase == PodPhase.PENDING else None

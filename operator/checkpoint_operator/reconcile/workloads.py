@@ -31,11 +31,10 @@ def ensure(ctx: Context, tj: TrainingJob, body: dict) -> dict:
     return ctx.kube.ensure(JOBS, tj.metadata.namespace, body)
 
 
-def delete(ctx: Context, tj: TrainingJob, name: str, uid: str) -> bool:
-    """Delete one attempt's workload (that object only, by uid); its pods first (Foreground, as
-    JobSet deletes its child Jobs), so that the next attempt never overlaps it."""
-    if tj.spec.engine == "JobSet":
-        return ctx.kube.delete(JOBSETS, tj.metadata.namespace, name, propagation="Foreground", uid=uid)
+def delete_attempt(ctx: Context, tj: TrainingJob, name: str, uid: str) -> bool:
+    """Delete a failed attempt's Job (that object only, by uid; engine Job: JobSet restarts its own
+    child Jobs); its pods first (Foreground, as JobSet deletes its child Jobs), so that the next
+    attempt never overlaps it."""
     return ctx.kube.delete(JOBS, tj.metadata.namespace, name, propagation="Foreground", uid=uid)
 
 

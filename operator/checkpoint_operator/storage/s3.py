@@ -5,7 +5,7 @@ released unless something in it was not stored. Inputs are downloaded by init co
 an emptyDir (sized after the inputs) that the training containers mount read-only, verified
 against the manifest and pinned to the digest recorded when the job started.
 
-Credentials (README "Guarantees and threat model"): every byte a namespace's agent pods read
+Credentials (docs/guarantees.md, the credential model): every byte a namespace's agent pods read
 or write lies under `namespace_prefix(ns)` = `s3://<bucket>/<prefix>/<ns>/`, so the store
 Secret of each namespace (CKPT_S3_SECRET_NAME, provisioned by the platform) needs, and should
 have, access to that prefix only: a tenant who reads its own namespace's Secret can then

@@ -1,0 +1,603 @@
+"""The adaptations of kmock's emulator (checkpoint_operator.local.emulator): each fails on plain kmock 0.8.
+
+Admission (names, schemas, CEL) is tested in tests/local/test_admission.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import kmock
+import kopf
+import pytest
+from kmock._internal import dsl, filtering
+
+from checkpoint_operator.local import emulator as emulator_module
+from checkpoint_operator.local.server import ApiClient, ApiError, EmulatorServer, open_watches, run_kopf_in_thread
+
+CKPTS = "ckpt.dev/v1alpha1/checkpoints"
+NS = "default"
+
+
+def checkpoint(name: str, **labels: str) -> dict:
+    return {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint", "metadata": {"name": name, "labels": labels},
+            "spec": {"source": {"s3": {"uri": f"s3://models/{name}/"}}, "description": "d"}}
+
+
+def training_job(name: str) -> dict:
+    return {"apiVersion": "ckpt.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name},
+            "spec": {"template": {"spec": {"containers": [{"name": "main", "image": "x"}]}}}}
+
+
+def pod(name: str, **labels: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},
+            "spec": {"containers": [{"name": "main", "image": "x"}]}}
+
+
+async def test_create_sets_server_metadata(api: ApiClient) -> None:
+    created = await api.create(CKPTS, NS, checkpoint("c1"))
+    meta = created["metadata"]
+    assert meta["uid"] and meta["creationTimestamp"].endswith("Z")
+    assert meta["generation"] == 1 and int(meta["resourceVersion"]) > 0
+    assert meta["namespace"] == NS
+
+
+async def test_generate_name(api: ApiClient) -> None:
+    created = await api.create("v1/pods", NS, {"metadata": {"generateName": "p-"}, "spec": {}})
+    assert created["metadata"]["name"].startswith("p-") and len(created["metadata"]["name"]) == 7
+
+
+async def test_resource_version_bumps_on_every_change_generation_on_spec_only(api: ApiClient) -> None:
+    rv = lambda obj: int(obj["metadata"]["resourceVersion"])  # noqa: E731
+    jobs = "batch/v1/jobs"  # a Checkpoint's spec is immutable: a Job's spec can change
+    c0 = await api.create(jobs, NS, {"metadata": {"name": "j1"}, "spec": {"parallelism": 1}})
+    c1 = await api.patch(jobs, NS, "j1", {"status": {"active": 1}}, subresource="status")
+    c2 = await api.patch(jobs, NS, "j1", {"metadata": {"finalizers": ["ckpt.dev/in-use-protection"]}})
+    c3 = await api.patch(jobs, NS, "j1", {"spec": {"parallelism": 2}})
+    await api.delete(jobs, NS, "j1", propagation_policy="Background")
+    c4 = await api.get(jobs, NS, "j1")
+    assert rv(c0) < rv(c1) < rv(c2) < rv(c3) < rv(c4)
+    assert [c["metadata"]["generation"] for c in (c0, c1, c2, c3, c4)] == [1, 1, 1, 2, 2]
+    assert c4["metadata"]["deletionTimestamp"]
+    # A no-op patch keeps the resourceVersion, as the real API does.
+    c5 = await api.patch(jobs, NS, "j1", {"spec": {"parallelism": 2}})
+    assert rv(c5) == rv(c4)
+    # Removing the last finalizer is the deletion: a resourceVersion of its own.
+    gone = await api.patch(jobs, NS, "j1", {"metadata": {"finalizers": None}})
+    assert rv(gone) > rv(c5) and await api.get(jobs, NS, "j1") is None
+
+
+async def test_stale_resource_version_conflicts(api: ApiClient) -> None:
+    created = await api.create(CKPTS, NS, checkpoint("c1"))
+    stale = created["metadata"]["resourceVersion"]
+    await api.patch(CKPTS, NS, "c1", {"metadata": {"labels": {"a": "b"}}})
+    for attempt in (
+        api.patch(CKPTS, NS, "c1", {"metadata": {"resourceVersion": stale, "finalizers": ["x"]}}),
+        api.patch(CKPTS, NS, "c1", {"metadata": {"resourceVersion": stale}, "status": {"phase": "Ready"}},
+                  subresource="status"),
+        api.replace(CKPTS, NS, "c1", created),
+        api.request("DELETE", f"/apis/{CKPTS.rsplit('/', 1)[0]}/namespaces/{NS}/checkpoints/c1",
+                    json_body={"preconditions": {"resourceVersion": stale}}),
+    ):
+        with pytest.raises(ApiError) as caught:
+            await attempt
+        assert caught.value.status == 409 and caught.value.reason == "Conflict"
+    current = await api.get(CKPTS, NS, "c1")
+    assert "finalizers" not in current["metadata"] and "status" not in current
+    # With the current resourceVersion the same change passes.
+    updated = await api.patch(CKPTS, NS, "c1", {"metadata": {"resourceVersion": current["metadata"]["resourceVersion"],
+                                                             "finalizers": ["x"]}})
+    assert updated["metadata"]["finalizers"] == ["x"]
+
+
+async def test_create_existing_name_is_already_exists(api: ApiClient) -> None:
+    await api.create(CKPTS, NS, checkpoint("c1"))
+    with pytest.raises(ApiError) as caught:
+        await api.create(CKPTS, NS, checkpoint("c1"))
+    assert caught.value.status == 409 and caught.value.reason == "AlreadyExists"
+
+
+async def test_failed_json_patch_test_is_422(api: ApiClient) -> None:
+    await api.create(CKPTS, NS, checkpoint("c1"))
+    with pytest.raises(ApiError) as caught:
+        await api.patch(CKPTS, NS, "c1", [{"op": "test", "path": "/metadata/resourceVersion", "value": "0"},
+                                          {"op": "add", "path": "/metadata/finalizers", "value": ["x"]}])
+    assert caught.value.status == 422 and caught.value.reason == "Invalid"
+
+
+@pytest.mark.parametrize("selector, expected", [
+    ("app=a", ["p1", "p2"]), ("app==a", ["p1", "p2"]), ("app!=a", ["p3", "p4"]), ("tier", ["p1", "p3"]),
+    ("!tier", ["p2", "p4"]), ("app in (a,b)", ["p1", "p2", "p3"]), ("app notin (a)", ["p3", "p4"]),
+    ("app=a,tier=web", ["p1"]), ("app in (a, b),!tier", ["p2"]),
+])
+async def test_label_selectors_filter_lists(api: ApiClient, selector: str, expected: list[str]) -> None:
+    await api.create("v1/pods", NS, pod("p1", app="a", tier="web"))
+    await api.create("v1/pods", NS, pod("p2", app="a"))
+    await api.create("v1/pods", NS, pod("p3", app="b", tier="db"))
+    await api.create("v1/pods", NS, pod("p4"))
+    items = await api.list("v1/pods", NS, label_selector=selector)
+    assert sorted(item["metadata"]["name"] for item in items) == expected
+
+
+async def test_list_has_kind_api_version_and_resource_version(api: ApiClient) -> None:
+    created = await api.create("batch/v1/jobs", NS, {"metadata": {"name": "j"}, "spec": {}})
+    listing = await api.request("GET", "/apis/batch/v1/namespaces/default/jobs")
+    assert listing["kind"] == "JobList" and listing["apiVersion"] == "batch/v1"
+    assert int(listing["metadata"]["resourceVersion"]) >= int(created["metadata"]["resourceVersion"])
+    assert (await api.request("GET", "/api/v1/pods"))["kind"] == "PodList"
+
+
+async def _watch_events(url: str, path: str, count: int) -> list[dict]:
+    events = []
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url + path, params={"watch": "true"}) as response:
+            async for line in response.content:
+                if line.strip():
+                    events.append(json.loads(line))
+                if len(events) == count:
+                    return events
+    return events
+
+
+async def test_watch_replays_then_streams_only_selected_objects(api: ApiClient, api_url: str, wait_for) -> None:
+    await api.create("v1/pods", NS, pod("before", app="a"))
+    await api.create("v1/pods", NS, pod("other", app="b"))
+    watching = asyncio.create_task(_watch_events(api_url, "/api/v1/namespaces/default/pods?labelSelector=app%3Da", 3))
+    await wait_for(lambda: asyncio.to_thread(open_watches, api_url))
+    await api.create("v1/pods", NS, pod("ignored", app="b"))
+    await api.create("v1/pods", NS, pod("after", app="a"))
+    await api.delete("v1/pods", NS, "before")
+    events = await asyncio.wait_for(watching, 5)
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
+        ("ADDED", "before"), ("ADDED", "after"), ("DELETED", "before")]
+
+
+async def test_watch_timeout_seconds_ends_the_stream(api_url: str) -> None:
+    events = await asyncio.wait_for(_watch_events(api_url, "/api/v1/pods?timeoutSeconds=0.2", 99), 5)
+    assert events == []
+
+
+async def test_discovery_serves_project_crds_with_status(api: ApiClient) -> None:
+    resources = (await api.request("GET", "/apis/ckpt.dev/v1alpha1"))["resources"]
+    names = {r["name"]: r for r in resources}
+    assert {"checkpoints", "checkpoints/status", "trainingjobs", "trainingjobs/status"} <= set(names)
+    assert names["checkpoints"]["kind"] == "Checkpoint" and names["trainingjobs"]["kind"] == "TrainingJob"
+    assert names["checkpoints"]["namespaced"] and "ckpt" in names["checkpoints"]["shortNames"]
+
+
+@pytest.mark.parametrize("resource, body, phases, main_change", [
+    # Custom resources: their specs are immutable (a CEL rule) and their phases an enum.
+    (CKPTS, checkpoint("o"), ("Pending", "Ready", "Failed", "Importing"), {"metadata": {"labels": {"a": "b"}}}),
+    ("ckpt.dev/v1alpha1/trainingjobs", training_job("o"), ("Pending", "Running", "Failed", "Succeeded"),
+     {"metadata": {"labels": {"a": "b"}}}),
+    ("batch/v1/jobs", {"metadata": {"name": "o"}, "spec": {"a": 1}}, ("Ignored", "Ready", "Lost", "Put"),
+     {"spec": {"extra": 2}}),
+    ("v1/pods", pod("o"), ("Ignored", "Ready", "Lost", "Put"), {"spec": {"extra": 2}}),
+])
+async def test_status_subresource_separates_spec_and_status(api: ApiClient, resource: str, body: dict,
+                                                            phases: tuple[str, ...], main_change: dict) -> None:
+    ignored, ready, lost, put = phases
+    created = await api.create(resource, NS, {**body, "status": {"phase": ignored}})
+    assert created.get("status", {}).get("phase") != ignored  # create drops status
+    spec = created["spec"]
+    after_status = await api.patch(resource, NS, "o", {"spec": {"sneaky": 1}, "status": {"phase": ready}},
+                                   subresource="status")
+    assert after_status["status"]["phase"] == ready and after_status["spec"] == spec
+    after_main = await api.patch(resource, NS, "o", {**main_change, "status": {"phase": lost}})
+    assert after_main["status"]["phase"] == ready
+    assert (after_main["metadata"].get("labels") or {}) == main_change.get("metadata", {}).get("labels", {})
+    assert after_main["spec"] == {**spec, **main_change.get("spec", {})}
+    replaced = await api.replace(resource, NS, "o", {**after_main, "status": {"phase": put}}, subresource="status")
+    assert replaced["status"] == {"phase": put} and replaced["spec"] == after_main["spec"]
+
+
+async def test_pod_log(api: ApiClient, emulator_server: EmulatorServer) -> None:
+    await api.create("v1/pods", NS, pod("p1"))
+    await api.write_log(NS, "p1", "main", '{"ok": true}\nwarning\n')
+    assert await api.read_log(NS, "p1") == '{"ok": true}\nwarning\n'
+    assert await api.read_log(NS, "p1", container="main") == '{"ok": true}\nwarning\n'
+    assert emulator_server.call(lambda: emulator_server.emulator.pod_log(NS, "p1")) == '{"ok": true}\nwarning\n'
+    with pytest.raises(ApiError) as caught:
+        await api.read_log(NS, "missing")
+    assert caught.value.status == 404
+
+
+async def test_finalizers_hold_deletion_until_removed(api: ApiClient) -> None:
+    await api.create(CKPTS, NS, {**checkpoint("c1"), "metadata": {"name": "c1", "finalizers": ["example.com/x"]}})
+    await api.delete(CKPTS, NS, "c1")
+    held = await api.get(CKPTS, NS, "c1")
+    assert held["metadata"]["deletionTimestamp"]
+    await api.patch(CKPTS, NS, "c1", {"metadata": {"finalizers": None}})
+    assert await api.get(CKPTS, NS, "c1") is None
+
+
+async def test_job_deletion_orphans_pods_unless_a_policy_is_given(api: ApiClient) -> None:
+    for job_name in ("orphaning", "background"):
+        job = await api.create("batch/v1/jobs", NS, {"metadata": {"name": job_name}, "spec": {}})
+        owner = {"apiVersion": "batch/v1", "kind": "Job", "name": job_name, "uid": job["metadata"]["uid"]}
+        await api.create("v1/pods", NS, {**pod(f"{job_name}-pod"), "metadata": {
+            "name": f"{job_name}-pod", "ownerReferences": [owner]}})
+    await api.delete("batch/v1/jobs", NS, "orphaning", propagation_policy=None)
+    await api.delete("batch/v1/jobs", NS, "background", propagation_policy="Background")
+    assert "ownerReferences" not in (await api.get("v1/pods", NS, "orphaning-pod"))["metadata"]
+    assert (await api.get("v1/pods", NS, "background-pod"))["metadata"]["ownerReferences"]  # left to the GC
+
+
+async def test_namespaces_can_be_listed_fetched_and_created(api: ApiClient) -> None:
+    await api.create("v1/namespaces", None, {"metadata": {"name": "team-a"}})
+    names = [ns["metadata"]["name"] for ns in await api.list("v1/namespaces")]
+    assert names == ["default", "team-a"]
+    assert (await api.get("v1/namespaces", None, "team-a"))["kind"] == "Namespace"
+
+
+async def test_crd_created_through_the_api_registers_its_resource(api: ApiClient) -> None:
+    await api.create("apiextensions.k8s.io/v1/customresourcedefinitions", None, {
+        "metadata": {"name": "widgets.example.com"},
+        "spec": {"group": "example.com", "scope": "Namespaced",
+                 "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+                 "versions": [{"name": "v1", "served": True, "storage": True, "subresources": {"status": {}}}]}})
+    await api.create("example.com/v1/widgets", NS, {"metadata": {"name": "w"}, "spec": {}})
+    assert (await api.request("GET", "/apis/example.com/v1/namespaces/default/widgets"))["kind"] == "WidgetList"
+
+
+def test_state_survives_a_restart(tmp_path) -> None:
+    async def create_checkpoint(url: str) -> dict:
+        async with ApiClient(url) as client:
+            created = await client.create(CKPTS, NS, checkpoint("kept"))
+            await client.create("v1/pods", NS, pod("p"))
+            await client.write_log(NS, "p", "main", "hello\n")
+            return created
+
+    async def read_back(url: str) -> tuple[dict, dict, str]:
+        async with ApiClient(url) as client:
+            kept = await client.get(CKPTS, NS, "kept")
+            newer = await client.create(CKPTS, NS, checkpoint("newer"))
+            return kept, newer, await client.read_log(NS, "p")
+
+    with EmulatorServer(state_dir=tmp_path) as first:
+        created = asyncio.run(create_checkpoint(first.url))
+    assert (tmp_path / "api-objects.jsonl").exists()
+    with EmulatorServer(state_dir=tmp_path) as second:
+        kept, newer, log = asyncio.run(read_back(second.url))
+    assert kept["metadata"]["uid"] == created["metadata"]["uid"]
+    assert int(newer["metadata"]["resourceVersion"]) > int(created["metadata"]["resourceVersion"])
+    assert log == "hello\n"
+
+
+def test_a_format_1_state_file_is_read(tmp_path) -> None:
+    """The single JSON document that emulators before the JSON Lines state wrote."""
+    obj = {**checkpoint("kept"), "metadata": {"name": "kept", "namespace": NS, "uid": "u1", "resourceVersion": "7",
+                                              "generation": 1, "creationTimestamp": "2025-01-01T00:00:00Z"}}
+    (tmp_path / "api-objects.json").write_text(json.dumps({
+        "format": 1, "resourceVersion": 9, "resources": {}, "podLogs": [],
+        "objects": [{"resource": CKPTS, "object": obj}]}, indent=1))
+
+    async def read_back(url: str) -> tuple[dict, dict]:
+        async with ApiClient(url) as client:
+            return await client.get(CKPTS, NS, "kept"), await client.create(CKPTS, NS, checkpoint("newer"))
+
+    with EmulatorServer(state_dir=tmp_path) as server:
+        kept, newer = asyncio.run(read_back(server.url))
+    assert kept["metadata"]["uid"] == "u1" and int(newer["metadata"]["resourceVersion"]) > 9
+    assert (tmp_path / "api-objects.jsonl").exists() and not (tmp_path / "api-objects.json").exists()
+
+
+def test_kopf_runs_twice_in_one_process_with_one_registry(emulator_server: EmulatorServer) -> None:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.create("ckpt.dev", "v1alpha1", "checkpoints", registry=registry)
+    def mark_ready(patch: kopf.Patch, **_: object) -> None:
+        patch.status["phase"] = "Ready"
+
+    async def create_and_wait(url: str, name: str) -> dict:
+        async with ApiClient(url) as client:
+            await client.create(CKPTS, NS, checkpoint(name))
+            for _ in range(200):
+                obj = await client.get(CKPTS, NS, name)
+                if obj.get("status", {}).get("phase") == "Ready":
+                    return obj
+                await asyncio.sleep(0.05)
+            raise AssertionError(f"{name} never became Ready")
+
+    for run, namespaces in enumerate((["default"], [])):  # namespaced, then cluster-wide (with scanning)
+        with EmulatorServer() as server:
+            settings = kopf.OperatorSettings()
+            handle = run_kopf_in_thread(registry, settings, namespaces, server.url)
+            try:
+                assert asyncio.run(create_and_wait(server.url, f"c{run}"))["status"]["phase"] == "Ready"
+            finally:
+                handle.stop()
+
+
+
+
+# --- cost: what a request touches, not what was served before -------------------------------------
+
+class Counted:
+    """Counts, across threads, the calls of kmock's request matching and the request records it scans."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.counts = {"criteria calls": 0, "records scanned": 0}
+        for cls in (filtering.HTTPCriteria, filtering.K8sCriteria, filtering.FnCriteria):
+            monkeypatch.setattr(cls, "__call__", self._counting(cls.__call__))
+        for cls in (dsl.Root, dsl.Reaction):
+            monkeypatch.setattr(cls, "__iter__", self._scanning(cls.__iter__))
+
+    def _counting(self, call):
+        def counted(criteria, request):
+            self.counts["criteria calls"] += 1
+            return call(criteria, request)
+        return counted
+
+    def _scanning(self, iterate):
+        def scanned(view):
+            for item in iterate(view):
+                self.counts["records scanned"] += 1
+                yield item
+        return scanned
+
+
+async def _traffic(api: ApiClient, count: int, tag: str) -> None:
+    """``count`` requests of the kinds an operator sends (8 at a time): GET, 404, LIST, status PATCH."""
+    async def one(i: int) -> None:
+        match i % 4:
+            case 0:
+                await api.get(CKPTS, NS, "c0")
+            case 1:
+                await api.get(CKPTS, NS, f"missing-{i}")  # kmock records an error for each
+            case 2:
+                await api.list(CKPTS, NS, label_selector="app=x")
+            case 3:
+                await api.patch(CKPTS, NS, "c0", {"status": {"message": f"{tag} {i}"}}, subresource="status")
+
+    for start in range(0, count, 8):
+        await asyncio.gather(*(one(i) for i in range(start, min(count, start + 8))))
+
+
+async def test_per_request_cost_does_not_grow_with_requests_served(api: ApiClient, emulator_server: EmulatorServer,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    emulator = emulator_server.emulator
+    # A reaction injected with kmock's DSL (it never matches here): requests go through kmock's matching.
+    emulator_server.call(lambda: emulator[kmock.action.DELETE, kmock.resource("", "v1", "secrets")] << 500)
+    await api.create(CKPTS, NS, checkpoint("c0", app="x"))
+    counted = Counted(monkeypatch)
+
+    async def cost_of_a_batch() -> dict[str, int]:
+        before = dict(counted.counts, visited=emulator.store.visited)
+        await _traffic(api, 40, "measured")
+        after = dict(counted.counts, visited=emulator.store.visited)
+        return {key: after[key] - before[key] for key in after}
+
+    await _traffic(api, 100, "warm-up")
+    early = await cost_of_a_batch()
+    await _traffic(api, 10_000, "bulk")
+    late = await cost_of_a_batch()
+    assert early["criteria calls"] > 0 and early["visited"] > 0  # the counters do count
+    assert late == early, f"the same 40 requests cost more after 10,000 others: {early} -> {late}"
+
+    def records() -> dict[str, int]:
+        return {"requests": len(emulator._requests), "errors": len(emulator.errors),
+                "per reaction": max(len(p._requests) for p in emulator._payloads),
+                "objects": len(emulator.store), "watch window": max(
+                    (len(w) for w in emulator.watches._recent.values()), default=0)}
+
+    kept = emulator_server.call(records)
+    assert kept["requests"] <= 2 * emulator.request_history and kept["errors"] <= 2 * emulator.request_history
+    assert kept["per reaction"] <= 2 * emulator.request_history
+    assert kept["objects"] == 4  # c0, the default namespace, the project's two CRDs: no past versions
+    assert kept["watch window"] <= emulator.watches.window
+
+
+async def test_deleted_objects_leave_nothing_behind(api: ApiClient, emulator_server: EmulatorServer) -> None:
+    emulator = emulator_server.emulator
+    baseline = emulator_server.call(lambda: (len(emulator.store), dict(emulator.store._labels), emulator._pod_logs))
+    job = await api.create("batch/v1/jobs", NS, {"metadata": {"name": "j"}, "spec": {}})
+    owner = {"apiVersion": "batch/v1", "kind": "Job", "name": "j", "uid": job["metadata"]["uid"]}
+    for i in range(20):
+        await api.create("v1/pods", NS, {**pod(f"p{i}", app="a"), "metadata": {
+            "name": f"p{i}", "labels": {"app": "a"}, "ownerReferences": [owner]}})
+        await api.write_log(NS, f"p{i}", "main", "log\n")
+    for i in range(20):
+        await api.delete("v1/pods", NS, f"p{i}")
+    await api.delete("batch/v1/jobs", NS, "j")
+    after = emulator_server.call(lambda: (len(emulator.store), dict(emulator.store._labels), emulator._pod_logs))
+    assert after == baseline
+    assert emulator_server.call(lambda: emulator.store._owned) == {}
+
+
+async def test_a_list_reads_only_its_resource_and_namespace(api: ApiClient, emulator_server: EmulatorServer,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(emulator_module, "LIST_CHUNK", 4)  # the longer lists below go out in chunks
+    for ns in ("busy", "quiet"):
+        await api.create("v1/namespaces", None, {"metadata": {"name": ns}})
+    for i in range(30):
+        await api.create("v1/pods", "busy", pod(f"p{i}", app="a" if i else "b"))
+        await api.create(CKPTS, "quiet", checkpoint(f"c{i}"))
+    for i in range(3):
+        await api.create("v1/pods", "quiet", pod(f"p{i}"))
+    store = emulator_server.emulator.store
+
+    async def visits(coroutine) -> tuple[int, object]:
+        before = store.visited
+        result = await coroutine
+        return store.visited - before, result
+
+    seen, items = await visits(api.list("v1/pods", "quiet"))
+    assert (seen, len(items)) == (3, 3)
+    seen, items = await visits(api.list("v1/pods", "busy", label_selector="app=b"))  # the label index
+    assert (seen, [i["metadata"]["name"] for i in items]) == (1, ["p0"])
+    seen, items = await visits(api.list("v1/pods", "busy", label_selector="app in (b),!tier"))
+    assert (seen, len(items)) == (1, 1)
+    await api.patch("v1/pods", "busy", "p5", {"metadata": {"labels": {"uses.ckpt.dev/u1": "true"}}})
+    seen, items = await visits(api.list("v1/pods", "busy", label_selector="uses.ckpt.dev/u1"))  # existence
+    assert (seen, [i["metadata"]["name"] for i in items]) == (1, ["p5"])
+    seen, obj = await visits(api.get(CKPTS, "quiet", "c7"))
+    assert seen == 0 and obj["metadata"]["name"] == "c7"
+    seen, items = await visits(api.list("v1/pods"))  # cluster-wide: the pods of every namespace, nothing else
+    assert (seen, len(items)) == (33, 33)
+    assert [i["metadata"]["name"] for i in items][:3] == ["p0", "p1", "p10"]  # sorted by namespace and name
+
+
+async def test_an_event_reaches_only_the_watches_of_its_namespace(api: ApiClient, api_url: str,
+                                                                  emulator_server: EmulatorServer, wait_for,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    checked: list[str] = []
+    original = emulator_module.WatchHub.event_for
+    monkeypatch.setattr(emulator_module.WatchHub, "event_for", staticmethod(
+        lambda watcher, change: checked.append(watcher.namespace or "*") or original(watcher, change)))
+    paths = ["/api/v1/namespaces/a/pods", "/api/v1/namespaces/b/pods", "/api/v1/namespaces/c/pods",
+             "/api/v1/namespaces/a/configmaps", "/api/v1/pods"]
+    watching = [asyncio.create_task(_watch_events(api_url, path, 1)) for path in paths]
+    await wait_for(lambda: len(emulator_server.call(lambda: emulator_server.emulator.open_watches)) == 5)
+    await api.create("v1/pods", "a", pod("p"))
+    assert sorted(checked) == ["*", "a"]  # not the watches of namespaces b and c, nor of configmaps
+    done = await asyncio.wait_for(asyncio.gather(watching[0], watching[4]), 5)
+    assert [events[0]["object"]["metadata"]["name"] for events in done] == ["p", "p"]
+    for task in watching[1:4]:
+        task.cancel()
+
+
+async def test_watch_resumes_from_a_resource_version(api: ApiClient, api_url: str) -> None:
+    await api.create("v1/pods", NS, pod("old"))
+    listing = await api.request("GET", "/api/v1/namespaces/default/pods")
+    rv = listing["metadata"]["resourceVersion"]
+    await api.create("v1/pods", NS, pod("new"))
+    await api.delete("v1/pods", NS, "old")
+    events = await asyncio.wait_for(_watch_events(
+        api_url, f"/api/v1/namespaces/default/pods?resourceVersion={rv}&timeoutSeconds=1", 99), 5)
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "new"), ("DELETED", "old")]
+    # Without a resourceVersion (or with 0): the current objects, then (if asked) the initial-events bookmark.
+    events = await asyncio.wait_for(_watch_events(
+        api_url, "/api/v1/namespaces/default/pods?sendInitialEvents=true&timeoutSeconds=1", 99), 5)
+    assert [e["type"] for e in events] == ["ADDED", "BOOKMARK"]
+    assert events[1]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
+
+
+async def test_watch_from_a_forgotten_resource_version_gets_410(api_url: str, emulator_server: EmulatorServer,
+                                                                api: ApiClient) -> None:
+    emulator_server.emulator.watches.window = 3
+    for i in range(5):
+        await api.create("v1/pods", NS, pod(f"p{i}"))
+    events = await asyncio.wait_for(_watch_events(api_url, "/api/v1/pods?resourceVersion=2", 99), 5)
+    assert [(e["type"], e["object"]["code"], e["object"]["reason"]) for e in events] == [("ERROR", 410, "Expired")]
+
+
+async def test_objects_entering_or_leaving_a_selection_are_added_or_deleted(api: ApiClient, api_url: str,
+                                                                           wait_for) -> None:
+    watching = asyncio.create_task(_watch_events(api_url, "/api/v1/namespaces/default/pods?labelSelector=app%3Da", 3))
+    await wait_for(lambda: asyncio.to_thread(open_watches, api_url))
+    await api.create("v1/pods", NS, pod("p", app="b"))
+    await api.patch("v1/pods", NS, "p", {"metadata": {"labels": {"app": "a"}}})
+    await api.patch("v1/pods", NS, "p", {"metadata": {"labels": {"app": "a", "x": "y"}}})
+    await api.patch("v1/pods", NS, "p", {"metadata": {"labels": {"app": "c"}}})
+    events = await asyncio.wait_for(watching, 5)
+    assert [(e["type"], e["object"]["metadata"]["labels"]["app"]) for e in events] == [
+        ("ADDED", "a"), ("MODIFIED", "a"), ("DELETED", "a")]
+
+
+async def test_a_lagging_watch_is_closed() -> None:
+    watcher = emulator_module.Watcher(resource=emulator_module.PODS, filter=emulator_module.ObjectFilter(),
+                                      user_agent="", limit=3)
+    for i in range(3):
+        watcher.offer(b"%d" % i)
+    assert await watcher.next_events(0.1) == [b"0", b"1", b"2"]
+    for i in range(4):
+        watcher.offer(b"%d" % i)
+    assert watcher.overflowed and await watcher.next_events(0.1) is None
+
+
+async def test_builtin_routes_agree_with_kmock_matching(emulator_server: EmulatorServer) -> None:
+    """The direct route taken when only the emulator's own reactions exist is the one kmock's matching picks."""
+    emulator = emulator_server.emulator
+    requests = [
+        kmock.Request(method=method, url=path, action=action, resource=resource, namespace=namespace, name=name,
+                      subresource=subresource)
+        for method, path, action, resource, namespace, name, subresource in [
+            ("GET", "/api/v1/namespaces/default/pods", kmock.action.LIST, emulator_module.PODS, NS, None, None),
+            ("GET", "/api/v1/namespaces/default/pods", kmock.action.WATCH, emulator_module.PODS, NS, None, None),
+            ("GET", "/api/v1/namespaces/default/pods/p", kmock.action.FETCH, emulator_module.PODS, NS, "p", None),
+            ("POST", "/api/v1/namespaces/default/pods", kmock.action.CREATE, emulator_module.PODS, NS, None, None),
+            ("PATCH", "/api/v1/namespaces/default/pods/p", kmock.action.UPDATE, emulator_module.PODS, NS, "p", None),
+            ("PATCH", "/api/v1/namespaces/default/pods/p/status", kmock.action.UPDATE, emulator_module.PODS, NS, "p",
+             "status"),
+            ("PUT", "/api/v1/namespaces/default/pods/p", None, emulator_module.PODS, NS, "p", None),
+            ("DELETE", "/api/v1/namespaces/default/pods/p", kmock.action.DELETE, emulator_module.PODS, NS, "p", None),
+            ("GET", "/api/v1/namespaces/default/pods/p/log", kmock.action.FETCH, emulator_module.PODS, NS, "p", "log"),
+            ("PUT", "/api/v1/namespaces/default/pods/p/log", None, emulator_module.PODS, NS, "p", "log"),
+            ("GET", "/api/v1/namespaces/default/pods/p/exec", kmock.action.FETCH, emulator_module.PODS, NS, "p",
+             "exec"),
+            ("GET", "/_emulator/watches", None, None, None, None, None),
+        ]]
+
+    def matched(request: kmock.Request):
+        sight = emulator_module._Sight(emulator, request)
+        payloads, _ = emulator._reactions()
+        return next(emulator._own_reactions.get(id(p)) for p in payloads if sight(p._source))
+
+    def compare() -> list:
+        return [(r.method, r.url.path, emulator._route(r), matched(r)) for r in requests]
+
+    for method, path, routed, by_matching in emulator_server.call(compare):
+        assert routed is not None and routed == by_matching, (method, path, routed, by_matching)
+
+
+# --- kmock's DSL still injects responses ----------------------------------------------------------------
+
+async def test_a_500_injected_with_kmocks_dsl_reaches_the_client_and_changes_nothing(
+        api: ApiClient, emulator_server: EmulatorServer) -> None:
+    emulator = emulator_server.emulator
+    await api.create(CKPTS, NS, checkpoint("c1"))
+    failure = {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 500, "reason": "InternalError",
+               "message": "injected"}
+    # The first status update of Checkpoints fails; later ones pass.
+    emulator_server.call(lambda: emulator[kmock.action.UPDATE, kmock.resource("ckpt.dev", "v1alpha1", "checkpoints"),
+                                          kmock.subresource("status")][:1] << 500 << failure)
+    with pytest.raises(ApiError) as caught:
+        await api.patch(CKPTS, NS, "c1", {"status": {"phase": "Ready"}}, subresource="status")
+    assert caught.value.status == 500 and caught.value.body["message"] == "injected"
+    assert "status" not in await api.get(CKPTS, NS, "c1")  # the injected answer replaced the write
+    updated = await api.patch(CKPTS, NS, "c1", {"status": {"phase": "Ready"}}, subresource="status")
+    assert updated["status"]["phase"] == "Ready"
+
+
+async def test_errors_on_a_fraction_of_requests(api: ApiClient, emulator_server: EmulatorServer) -> None:
+    """The fault-matrix shape: every other GET of pods answers 429 (by the request's serial number)."""
+    emulator = emulator_server.emulator
+    await api.create("v1/pods", NS, pod("p"))
+    emulator_server.call(lambda: emulator[kmock.action.FETCH, emulator_module.PODS,
+                                          lambda request: request.id % 2 == 0] << 429 << {
+        "kind": "Status", "code": 429, "reason": "TooManyRequests", "message": "slow down"})
+    statuses = []
+    for _ in range(10):
+        try:
+            await api.get("v1/pods", NS, "p")
+            statuses.append(200)
+        except ApiError as exc:
+            statuses.append(exc.status)
+    assert sorted(statuses) == [200] * 5 + [429] * 5
+
+
+async def test_get_object(api: ApiClient, emulator_server: EmulatorServer) -> None:
+    await api.create(CKPTS, NS, checkpoint("c1"))
+    emulator = emulator_server.emulator
+    found = emulator_server.call(lambda: emulator.get_object(CKPTS, NS, "c1"))
+    assert found["spec"]["source"] == {"s3": {"uri": "s3://models/c1/"}}
+    assert emulator_server.call(lambda: emulator.get_object("v1/pods", NS, "none")) is None
+
+
+async def test_a_pod_deleted_with_a_finalizer_keeps_its_grace_period(api: ApiClient) -> None:
+    for name, extra, options in (("default", {}, {}), ("own", {"terminationGracePeriodSeconds": 2}, {}),
+                                 ("asked", {}, {"gracePeriodSeconds": 0})):
+        body = pod(name)
+        body["metadata"]["finalizers"] = ["example.com/hold"]
+        body["spec"].update(extra)
+        await api.create("v1/pods", NS, body)
+        await api.request("DELETE", f"/api/v1/namespaces/{NS}/pods/{name}", json_body=options)
+    grace = {name: (await api.get("v1/pods", NS, name))["metadata"]["deletionGracePeriodSeconds"]
+             for name in ("default", "own", "asked")}
+    assert grace == {"default": 30, "own": 2, "asked": 0}
+    await api.create(CKPTS, NS, {**checkpoint("c"), "metadata": {"name": "c", "finalizers": ["example.com/hold"]}})
+    await api.delete(CKPTS, NS, "c")
+    assert (await api.get(CKPTS, NS, "c"))["metadata"]["deletionGracePeriodSeconds"] == 0

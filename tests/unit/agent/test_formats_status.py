@@ -1,0 +1,68 @@
+"""What the format rules put in a Checkpoint: status `complete` and the Complete condition,
+names of file checkpoints, the format names of the API, the format table of docs/concepts.md."""
+
+from __future__ import annotations
+
+import re
+import typing
+from pathlib import Path
+
+import pytest
+
+from checkpoint_operator.agent.formats import FORMATS, format_table_markdown
+from checkpoint_operator.agent.manifest import FileEntry, Manifest
+from checkpoint_operator.api.checkpoint import CheckpointFormat
+from checkpoint_operator.logic.naming import assign_checkpoint_names, without_extension
+from checkpoint_operator.logic.snapshot import ready_change
+
+FORMAT_TABLE_PAGE = Path(__file__).resolve().parents[3] / "docs" / "concepts.md"
+FILE = FileEntry(path="model.pt", size=1, sha256="0" * 64)
+
+
+def manifest(complete, reason=None) -> Manifest:
+    return Manifest(path="checkpoint-10", files=[FILE], sizeBytes=1, fileCount=1, digest="sha256:" + "1" * 64,
+                    format="huggingface", step=10, complete=complete, completeReason=reason)
+
+
+@pytest.mark.parametrize("complete, reason, expected", [
+    (True, "trainer_state.json is present", (True, "True", "Complete", "trainer_state.json is present")),
+    (False, "missing trainer_state.json", (False, "False", "Incomplete", "missing trainer_state.json")),
+    (None, None, (True, "True", "Complete", "no completeness rule for format huggingface")),
+])
+def test_ready_status_records_complete_and_its_condition(complete, reason, expected):
+    change = ready_change(manifest(complete, reason), {"volume": {"claimName": "c", "path": "x"}}, owned=True)
+    (condition,) = [c for c in change.conditions if c.type == "Complete"]
+    assert (change.fields["complete"], condition.status, condition.reason, condition.message) == expected
+    assert change.ready and change.phase == "Ready"  # kept: weights can be salvaged
+    assert ("incomplete: missing trainer_state.json" in change.message) is (complete is False)
+
+
+def test_format_names_of_the_api_are_the_detected_ones():
+    assert set(typing.get_args(CheckpointFormat)) == set(FORMATS)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("tfiles-step-100.pt", "tfiles-step-100"), ("checkpoint_20000.mdl", "checkpoint_20000"),
+    ("epoch=3-step=500.ckpt", "epoch=3-step=500"), ("step-1.5", "step-1.5"), (".pt", ".pt"), ("model", "model"),
+])
+def test_without_extension(name, expected):
+    assert without_extension(name) == expected
+
+
+def test_file_checkpoints_are_named_without_their_extension_and_stay_unique():
+    names = assign_checkpoint_names("tfiles", ["step-100.pt", "final.pt", "final.safetensors"], set(), files=True)
+    assert names["step-100.pt"] == "tfiles-step-100"
+    assert re.fullmatch(r"tfiles-final-[0-9a-f]{6}", names["final.pt"])
+    assert re.fullmatch(r"tfiles-final-[0-9a-f]{6}", names["final.safetensors"])
+    assert names["final.pt"] != names["final.safetensors"]
+    assert assign_checkpoint_names("j", ["step-1.pt"], set()) == {"step-1.pt": "j-step-1-pt"}  # directories keep dots
+
+
+def test_documented_format_table_is_the_rule_table():
+    text = FORMAT_TABLE_PAGE.read_text()
+    begin, end = "<!-- format-table:begin (generated from agent/formats.py RULES) -->", "<!-- format-table:end -->"
+    assert begin in text and end in text, "docs/concepts.md lacks the generated format table markers"
+    table = text.split(begin, 1)[1].split(end, 1)[0].strip()
+    assert table == format_table_markdown(), (
+        "the format table of docs/concepts.md is stale: paste the output of\n"
+        "python -c 'from checkpoint_operator.agent.formats import format_table_markdown as t; print(t())'")
