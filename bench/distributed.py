@@ -34,8 +34,7 @@ from scale import NS, TJ, WORKER, Bench, Watch  # noqa: E402
 
 WORKER_CODE = """
 import os, sys, time
-d, index = os.environ["TIMES"], os.environ["JOB_COMPLETION_INDEX"]
-attempt = len([n for n in os.listdir(d) if n.startswith(f"start-{index}-")])
+d, index, attempt = os.environ["TIMES"], os.environ["JOB_COMPLETION_INDEX"], int(os.environ["ATTEMPT"])
 open(os.path.join(d, f"start-{index}-{attempt}"), "w").write(repr(time.time()))
 if attempt == 0 and index == "1":
     open(os.path.join(d, "failed"), "w").write(repr(time.time()))
@@ -45,11 +44,19 @@ if attempt == 0:
 """
 
 
+# The group's restart attempt, from the pod's own label (downward API): a worker whose pod of an
+# earlier attempt was stopped before it ran still knows which attempt it belongs to.
+ATTEMPT_LABEL = {"Job": "ckpt.dev/restart-attempt", "JobSet": "jobset.sigs.k8s.io/restart-attempt"}
+
+
 def distributed_job(name: str, replicas: int, *, engine: str = "Job", command: list[str] | None = None,
                     env: dict | None = None, checkpoints: int = 2) -> dict:
     container = {"name": "trainer", "image": "trainer:1", "command": command or ["train"],
                  "env": [{"name": k, "value": v} for k, v in {"BENCH_CHECKPOINTS": str(checkpoints),
                                                              **(env or {})}.items()]}
+    if replicas > 1:
+        container["env"].append({"name": "ATTEMPT", "valueFrom": {"fieldRef": {
+            "fieldPath": f"metadata.labels['{ATTEMPT_LABEL[engine]}']"}}})
     return {"apiVersion": "ckpt.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name, "namespace": NS},
             "spec": {"replicas": replicas, "engine": engine, "backoffLimit": 1, "output": {"size": "1Gi"},
                      "template": {"spec": {"containers": [container]}}}}

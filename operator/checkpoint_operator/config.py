@@ -49,13 +49,13 @@ class OperatorConfig(BaseModel):
     live_sidecar_resources: dict = Field(default_factory=lambda: {
         "requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}})
     rendezvous_address: Optional[str] = Field(
-        None, description="MASTER_ADDR of every distributed job instead of worker 0's DNS name (local mode: "
+        default=None, description="MASTER_ADDR of every distributed job instead of worker 0's DNS name (local mode: "
                           "127.0.0.1, where every worker runs)")
     rendezvous_port: int = Field(
-        29500, ge=0, le=65535, description="MASTER_PORT of distributed jobs; 0: a free port of this host, picked "
+        default=29500, ge=0, le=65535, description="MASTER_PORT of distributed jobs; 0: a free port of this host, picked "
                                            "for each workload (local mode)")
     engine_check_interval: float = Field(
-        30.0, gt=0, description="seconds between two looks for a missing engine (the JobSet CRD) of a waiting job")
+        default=30.0, gt=0, description="seconds between two looks for a missing engine (the JobSet CRD) of a waiting job")
     max_checkpoint_size: str = Field(
         "500Gi", pattern=QUANTITY_PATTERN,
         description="largest import (a quantity); a Namespace annotation ckpt.dev/max-checkpoint-size may lower it")

@@ -327,3 +327,17 @@ def test_the_deadline_left_counts_from_the_job_s_start():
     tj = with_status(typed(activeDeadlineSeconds=100), startTime="2026-01-01T00:00:00Z")
     assert flow.deadline_left(tj, datetime(2026, 1, 1, 0, 1, 0, tzinfo=timezone.utc)) == 40
     assert flow.deadline_left(typed(), datetime.now(timezone.utc)) is None
+
+
+def test_what_a_workload_created_before_a_crash_publishes_is_read_from_either_engine():
+    live = typed(engine="JobSet", replicas=2, output={"publish": "Continuous"})
+    sidecar = workload.build_live_sidecar(live, CONFIG, None, [])
+    assert flow.publish_mode_of_job(build(live, sidecar=sidecar).job) == "Continuous"
+    assert flow.publish_mode_of_job(build(typed(engine="JobSet", replicas=2)).job) == "OnCompletion"
+    job = typed(replicas=2, output={"publish": "Continuous"})
+    assert flow.publish_mode_of_job(build(job, sidecar=workload.build_live_sidecar(job, CONFIG, None, [])).job) \
+        == "Continuous"
+
+
+def test_the_pods_of_a_jobset_are_made_by_its_child_job():
+    assert engines.JOBSET.pod_job_name("ddp") == "ddp-node-0" and engines.JOB.pod_job_name("ddp") == "ddp"
