@@ -163,7 +163,11 @@ class PodTemplate(ApiModel):
     # kept only by x-kubernetes-preserve-unknown-fields from CEL (the rule would not compile).
     spec: dict[str, Any] = Field(description="A PodSpec.", json_schema_extra={"properties": {"containers": {
         "type": "array", "description": "Containers of the pod (core/v1 Container).", "maxItems": MAX_CONTAINERS,
-        "items": {"type": "object", "additionalProperties": True}}}})
+        "items": {"type": "object", "additionalProperties": True}},
+        # Declared for the rule that a distributed job's pods are named by the operator.
+        "hostname": {"type": "string", "maxLength": 63, "description": "The pods' host name (one replica only)."},
+        "subdomain": {"type": "string", "maxLength": 63,
+                      "description": "The pods' subdomain (one replica only: the operator sets it for more)."}}})
 
 
 def _absolute(field: str) -> Rule:
@@ -202,6 +206,11 @@ class TrainingJobSpec(ApiModel):
              field_path=".outputDir"),
         Rule("self.replicas >= 1", "spec.replicas must be at least 1",
              lambda s: s["replicas"] >= 1, field_path=".replicas"),
+        Rule("self.replicas <= 1 || (!has(self.template.spec.hostname) && !has(self.template.spec.subdomain))",
+             "spec.template.spec.hostname and subdomain are set by the operator when spec.replicas is more than 1 "
+             "(worker i is <job>-<i>.<service>): remove them",
+             lambda s: s["replicas"] <= 1 or not ({"hostname", "subdomain"} & set(s["template"].get("spec") or {})),
+             field_path=".template.spec"),
     )
 
     checkpoints: list[CheckpointRef] = Field(
