@@ -122,6 +122,9 @@ class JobEngine:
         return {"apiVersion": self.api_version, "kind": self.kind, "metadata": meta, "spec": job_spec}
 
     def read(self, obj: dict) -> WorkloadState:
+        """Only the final conditions count, once no pod runs or terminates: FailureTarget and
+        SuccessCriteriaMet are set while pods may still be writing (a deadline's SIGTERM grace
+        period, say), and a snapshot taken then would freeze half-written files."""
         meta, status = obj.get("metadata", {}), obj.get("status") or {}
         conditions = _conditions(obj)
         stopped = not status.get("active") and not status.get("terminating")

@@ -80,24 +80,6 @@ def publish_mode_of_job(job: dict) -> str:
     return "Continuous" if any(c.get("name") == live_sealing.SIDECAR for c in init) else "OnCompletion"
 
 
-def job_outcome(job: Optional[dict]) -> Optional[bool]:
-    """True/False once the Job has succeeded/failed (after its retries) and none of its pods is
-    still running; None until then. Only the final conditions count: FailureTarget and
-    SuccessCriteriaMet are set while pods may still be writing (a deadline's SIGTERM grace
-    period, say), and a snapshot taken then would freeze half-written files."""
-    if job is None:
-        return False
-    status = job.get("status", {})
-    if status.get("active") or status.get("terminating"):
-        return None
-    for condition in status.get("conditions") or []:
-        if condition.get("status") == "True" and condition.get("type") == "Complete":
-            return True
-        if condition.get("status") == "True" and condition.get("type") == "Failed":
-            return False
-    return None
-
-
 def input_download_failure(input_name: str, error: str) -> str:
     """Added to the Job's failure when a training pod's input download was refused: the
     training code never ran, and the agent's line says why (a digest that is not the pinned one)."""

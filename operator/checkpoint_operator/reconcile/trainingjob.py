@@ -9,7 +9,7 @@ running a step twice (say, after an operator restart) creates nothing twice.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Optional
 
@@ -133,11 +133,14 @@ def _create_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput])
     return Advance()
 
 
+@dataclass(frozen=True)
 class _Made:
     """A workload created (or found, after a crash): what the status records of it."""
 
-    def __init__(self, name: str, kind: str, publish: Optional[str], rendezvous: Optional[str]) -> None:
-        self.name, self.kind, self.publish, self.rendezvous = name, kind, publish, rendezvous
+    name: str
+    kind: str
+    publish: Optional[str]
+    rendezvous: Optional[str]
 
 
 def _make_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput], attempt: int,

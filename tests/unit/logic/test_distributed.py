@@ -133,9 +133,13 @@ def test_a_template_s_own_launcher_variable_is_replaced_with_a_warning():
 @pytest.mark.parametrize("field_name", ["hostname", "subdomain"])
 def test_a_template_that_names_its_pods_is_refused_for_several_replicas(field_name):
     template = {"spec": {field_name: "mine", "containers": [{"name": "t", "image": "x"}]}}
+    with pytest.raises(ValueError, match="spec.template.spec.hostname and subdomain are set by the operator"):
+        typed(replicas=2, template=template)  # the CRD's rule (the API server and local mode refuse it)
+    one = typed(template=template)  # one pod: its own business
+    build(one)
+    # and the builder refuses it too, should such a spec reach it (an object stored before the rule)
     with pytest.raises(workload.InvalidSpec, match=f"spec.template.spec.{field_name}"):
-        build(typed(replicas=2, template=template))
-    build(typed(template=template))  # one pod: its own business
+        build(one.model_copy(update={"spec": one.spec.model_copy(update={"replicas": 2})}))
 
 
 def test_the_attempt_labels_the_job_and_its_pods():
