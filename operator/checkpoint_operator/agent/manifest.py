@@ -7,7 +7,8 @@ xargs -r -d '\\n' sha256sum | sha256sum` (hidden files inside a checkpoint are c
 manifest at its root is not). For the root-files checkpoint "." hash just the root files it lists. The command
 matches when the checkpoint has no symlinks (`agent scan` takes a link to a file inside as that
 file's bytes; `find -type f` skips it). Names `sha256sum` would escape (backslash, newline) are
-outside the names rule (agent/names.py), so no manifest holds one.
+outside the names rule (agent/names.py), so no manifest holds one: this is why a push refuses
+them rather than storing them (docs/kubectl-ckpt.md, what a push takes).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import hashlib
 import json
 from typing import Iterable, Optional
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from checkpoint_operator.agent.errors import AgentError
-from checkpoint_operator.agent.names import path_problem, printable
+from checkpoint_operator.agent.names import NameSpace, collision_problem, path_problem, printable, spelled
 
 MANIFEST_VERSION = 1
 # Object name of the manifest next to the data in object storage. Hidden, so a scan of a
@@ -29,6 +30,7 @@ MANIFEST_NAME = ".checkpoint-manifest.json"
 UPLOAD_JOURNAL_NAME = ".checkpoint-upload-journal.json"
 # Names at a checkpoint's root that the agent writes itself: never files of a checkpoint.
 RESERVED_ROOT_NAMES = (MANIFEST_NAME, UPLOAD_JOURNAL_NAME)
+MAX_STEP = 2**63 - 1  # int64, the status schema's
 # A manifest bigger than this is refused unread (a million files take ~150 MB).
 MAX_MANIFEST_BYTES = 512 * 1024 * 1024
 
@@ -51,13 +53,22 @@ class Manifest(BaseModel):
     format: str = "unknown"
     step: Optional[int] = None
     resumable: bool = False
-    # None: no completeness rule for this format (treated as complete). The reason is one line
-    # a user reads: what decided it (agent/completeness.py).
+    # True: checked, and the files are what their format says; False: a check failed; None: nothing
+    # could be checked (never counted as complete). The reason is one line a user reads: what
+    # decided it, and what was ignored (agent/completeness.py).
     complete: Optional[bool] = None
     completeReason: Optional[str] = None
     # A few named numbers the checkpoint records about itself (agent/metrics_files.py), for
     # retention.keepBest and select: best. Not part of the digest.
     metrics: Optional[dict[str, float]] = None
+
+    @field_validator("step", mode="before")
+    @classmethod
+    def _step_within_int64(cls, value: object) -> object:
+        # A step the status's int64 cannot hold is no step (whoever wrote the manifest).
+        if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= MAX_STEP:
+            return None
+        return value
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=None, separators=(",", ":"), sort_keys=True)
@@ -75,8 +86,10 @@ def digest_of(files: list[FileEntry]) -> str:
 
 def paths_problem(paths: Iterable[str]) -> Optional[str]:
     """Why these paths cannot be the files of one checkpoint, or None: each valid
-    (agent/names.py) and not reserved, none twice, none both a file and a directory."""
+    (agent/names.py) and not reserved, none twice, none both a file and a directory, no two
+    (nor two directories on their way) the same after Unicode normalization."""
     seen: set[str] = set()
+    space = NameSpace()
     for path in paths:
         problem = path_problem(path)
         if problem:
@@ -86,6 +99,9 @@ def paths_problem(paths: Iterable[str]) -> Optional[str]:
         if path in seen:
             return f"file {path!r} is listed twice"
         seen.add(path)
+        clash = space.add(path)
+        if clash:
+            return f"file name '{spelled(clash[0])}' {collision_problem(clash[1])}"
     for path in seen:
         parts = path.split("/")
         for i in range(1, len(parts)):

@@ -8,12 +8,12 @@ from pydantic import Field
 
 from checkpoint_operator.api.common import QUANTITY_PATTERN, Condition, ObjectRef, Phase, PinnedCheckpoint
 from checkpoint_operator.api.meta import ObjectMeta, meta_field
-from checkpoint_operator.api.rules import (ApiModel, Description, Digest, FileName, Message, Name, Path, Rule, Short,
-                                           Uid, Uri, has_exactly_one, path_has_dotdot)
+from checkpoint_operator.api.rules import (ApiModel, Count, Description, Digest, FileName, Message, Metric, Name, Path,
+                                           Rule, Short, Uid, Uri, has_exactly_one, path_has_dotdot)
 from checkpoint_operator.api.upload import UploadSource, UploadStatus
 from checkpoint_operator.api.sources import (
     USERINFO, AzureBlobSource, CaConfigMap, GcsSource, GitSource, HuggingFaceSource, LocalSecret, SourceStatus, cel_string,
-    cel_matches,
+    cel_matches, endpoint_rule, no_control_rule, no_userinfo_rule,
 )
 
 
@@ -51,7 +51,12 @@ class S3Source(ApiModel):
 
     cel_rules = (Rule("self.uri.startsWith('s3://')",
                       "spec.source.s3.uri must start with s3:// (for example s3://bucket/prefix/)",
-                      lambda s: s["uri"].startswith("s3://"), field_path=".uri"),)
+                      lambda s: s["uri"].startswith("s3://"), field_path=".uri"),
+                 # issue 23 item 8: s3://AKIA...:SECRET@bucket/ reached status.message and Events
+                 no_userinfo_rule("uri", "s3", "an access key"),
+                 no_control_rule("uri", "s3"),
+                 endpoint_rule("s3"),
+                 no_control_rule("endpoint", "s3", optional=True))
 
     uri: Uri = Field(description="s3://bucket/key for one object (archives are extracted) or s3://bucket/prefix/ for a tree.")
     endpoint: Optional[Uri] = Field(None, description="Endpoint URL of an S3-compatible store; empty for AWS.")
@@ -70,6 +75,7 @@ class HttpSource(ApiModel):
                       "spec.source.http.url must not carry credentials (user:password@): for ftp:// and ftps:// put "
                       "them in a Secret named by secretRef",
                       lambda s: not cel_matches(USERINFO, s["url"]), field_path=".url"),
+                 no_control_rule("url", "http"),
                  Rule("!has(self.secretRef) || self.url.startsWith('ftp://') || self.url.startsWith('ftps://')",
                       "spec.source.http.secretRef is the login of an ftp:// or ftps:// URL; http(s) URLs take none",
                       lambda s: "secretRef" not in s or s["url"].startswith(("ftp://", "ftps://")),
@@ -167,17 +173,22 @@ class CheckpointStatus(ApiModel):
     message: Optional[Message] = Field(None, description="Why the checkpoint is in this phase.")
     location: Optional[Location] = Field(None, description="Where the bytes are.")
     owned: Optional[bool] = Field(None, description="True when the operator owns the data and deletes it with the checkpoint.")
-    sizeBytes: Optional[int] = Field(None, description="Total size of the files in bytes.")
+    sizeBytes: Optional[Count] = Field(None, description="Total size of the files in bytes.")
     size: Optional[Short] = Field(None, description="Total size, human-readable (for kubectl get).")
-    fileCount: Optional[int] = Field(None, description="Number of files.")
+    fileCount: Optional[Count] = Field(None, description="Number of files.")
     digest: Optional[Digest] = Field(None, description="sha256: of the canonical manifest; the checkpoint's identity.")
     format: Optional[CheckpointFormat] = Field(None, description="Detected format.")
-    step: Optional[int] = Field(None, description="Training step, when known.")
+    step: Optional[Count] = Field(None, description="Training step, when known (one beyond int64 is left out; "
+                                                      "the Complete condition says so).")
     resumable: Optional[bool] = Field(None, description="True when optimizer state is present, so training can resume.")
     complete: Optional[bool] = Field(
-        None, description="False when the format's completeness rule found it incomplete (never selected by latest).")
+        None, description="True when its files were checked and are what their format says (headers parse, nothing "
+                          "cut short, every file the format needs present); false when a check found otherwise "
+                          "(never selected by latest); absent when nothing could be checked (its format has no "
+                          "check). The Complete condition says why: True/Complete, False/Incomplete or "
+                          "Unknown/NotChecked.")
     upload: Optional[UploadStatus] = Field(None, description="upload source: where the data is to be pushed.")
-    metrics: Optional[dict[str, Annotated[float, Field(description="The metric's value.")]]] = Field(
+    metrics: Optional[dict[str, Annotated[Metric, Field(description="The metric's value.")]]] = Field(
         None, max_length=16, description="A few numbers the checkpoint records about itself (metrics.json, or a "
                                          "trainer_state.json's log_history at its step): retention.keepBest, "
                                          "select: best.")
@@ -189,9 +200,9 @@ class CheckpointStatus(ApiModel):
         None, max_length=MAX_USED_BY_LISTED,
         description=f"Live TrainingJobs that use it (the first {MAX_USED_BY_LISTED} by name; informational: the "
                     "in-use protection asks the API server at deletion time).")
-    usedByCount: Optional[int] = Field(None, description="Number of live TrainingJobs that use it (for kubectl get).")
+    usedByCount: Optional[Count] = Field(None, description="Number of live TrainingJobs that use it (for kubectl get).")
     conditions: Optional[list[Condition]] = Field(None, description="Standard conditions (Ready, Complete, Verified).")
-    observedGeneration: Optional[int] = Field(None, description="The .metadata.generation last reconciled.")
+    observedGeneration: Optional[Count] = Field(None, description="The .metadata.generation last reconciled.")
 
 
 class Checkpoint(ApiModel):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import posixpath
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Mapping, Optional
 
 from checkpoint_operator import API_VERSION
 from checkpoint_operator.api.checkpoint import Checkpoint
@@ -54,6 +54,18 @@ class BuiltJob:
 def owner_reference(obj: TrainingJob | Checkpoint, controller: bool = True) -> dict:
     return {"apiVersion": obj.apiVersion or API_VERSION, "kind": obj.kind, "name": obj.metadata.name,
             "uid": obj.metadata.uid, "controller": controller, "blockOwnerDeletion": True}
+
+
+def owned_by(obj: Mapping, uid: str) -> bool:
+    """`obj` lists the object of `uid` among its owners: the operator made it for that object
+    (a namesake, such as a user's own PVC that happens to have the name, never does)."""
+    return any(ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])
+
+
+def foreign_claim_message(claim: str, kind: str, name: str, uid: str) -> str:
+    return (f"PersistentVolumeClaim {claim} exists and does not belong to {kind} {name} (uid {uid}): it is not "
+            f"mounted nor written. Waiting for it to go (an earlier {kind}'s claim is garbage-collected); if it "
+            f"is someone's data, delete this {kind} and use another name")
 
 
 def _labels(tj: TrainingJob, component: str) -> dict:

@@ -85,7 +85,9 @@ def import_checkpoint(ctx: Context, checkpoint: Checkpoint) -> Result:
         squatted = template_claims.squatted(ctx, checkpoint.metadata.namespace, workload.import_claim_name(checkpoint))
         if squatted:
             return Wait("ClaimNamedByTrainingJob", squatted, requeue_after=template_claims.SQUAT_RECHECK)
-        ctx.kube.ensure(PVCS, checkpoint.metadata.namespace, workload.build_import_claim(checkpoint, ctx.config))
+        foreign = volumes.ensure_owned_claim(ctx, checkpoint, workload.build_import_claim(checkpoint, ctx.config))
+        if foreign is not None:
+            return foreign
     pod = workload.build_import_pod(checkpoint, ctx.config, store.import_containers(checkpoint, limit))
     result = _run(ctx, checkpoint, pod, "import", CheckpointPhase.IMPORTING, "Importing", f"importing {origin}",
                   "ImportFailed")

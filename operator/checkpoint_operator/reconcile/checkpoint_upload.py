@@ -18,11 +18,10 @@ import dataclasses
 
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointPhase
 from checkpoint_operator.api.upload import UPLOAD_REQUEST_ANNOTATION
-from checkpoint_operator.reconcile import agent_runs, template_claims
+from checkpoint_operator.reconcile import agent_runs, template_claims, volumes
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.annotation_requests import clear_stale_pod, drop_request
 from checkpoint_operator.reconcile.status_writer import write_status
-from checkpoint_operator.kube import PVCS
 from checkpoint_operator.logic import transfers, workload
 from checkpoint_operator.logic.results import Done, Fail, Result, Wait
 from checkpoint_operator.logic.snapshot import ready_change
@@ -53,7 +52,9 @@ def await_upload(ctx: Context, checkpoint: Checkpoint) -> Result:
         squatted = template_claims.squatted(ctx, meta.namespace, workload.import_claim_name(checkpoint))
         if squatted:
             return Wait("ClaimNamedByTrainingJob", squatted, requeue_after=template_claims.SQUAT_RECHECK)
-        ctx.kube.ensure(PVCS, meta.namespace, workload.build_import_claim(checkpoint, ctx.config))
+        foreign = volumes.ensure_owned_claim(ctx, checkpoint, workload.build_import_claim(checkpoint, ctx.config))
+        if foreign is not None:
+            return foreign
         pod = transfers.build_receiver_pod(checkpoint, ctx.config, request, limit)
         target = transfers.upload_status(store.name, checkpoint, pod=pod["metadata"]["name"])
         location = {"volume": {"claimName": workload.import_claim_name(checkpoint), "path": workload.IMPORT_DIR}}
