@@ -264,8 +264,8 @@ class LiveStatus(ApiModel):
 class WorkerFailure(ApiModel):
     """The worker that failed first in an attempt of a distributed job (the others were stopped)."""
 
-    attempt: int = Field(ge=0, description="The attempt (0 = the first run, then one per group restart).")
-    index: Optional[int] = Field(None, ge=0, description="The worker's index (its completion index).")
+    attempt: Count = Field(description="The attempt (0 = the first run, then one per group restart).")
+    index: Optional[Count] = Field(None, description="The worker's index (its completion index).")
     pod: Optional[Name] = Field(None, description="The worker's pod.")
     message: Message = Field(description="Why it failed (exit code, OOMKilled, evicted, ...).")
 
@@ -278,9 +278,9 @@ class TrainingJobStatus(ApiModel):
     message: Optional[Message] = Field(None, description="Why the job is in this phase.")
     jobName: Optional[Name] = Field(None, description="The batch/v1 Job or the JobSet running the pods.")
     rendezvous: Optional[Name] = Field(None, description="Where worker 0 listens (MASTER_ADDR:MASTER_PORT).")
-    restarts: Optional[int] = Field(None, ge=0, description="Group restarts so far (every worker stopped and "
+    restarts: Optional[Count] = Field(None, description="Group restarts so far (every worker stopped and "
                                                             "started again after one failed).")
-    preemptions: Optional[int] = Field(None, ge=0, description="Times the running workload was suspended (Kueue "
+    preemptions: Optional[Count] = Field(None, description="Times the running workload was suspended (Kueue "
                                                                "preemption) and queued again.")
     workerFailure: Optional[WorkerFailure] = Field(None, description="The worker that failed first in the latest "
                                                                      "failed attempt, and why.")
