@@ -136,14 +136,17 @@ async def test_engine_jobset_without_jobset_installed_says_so_and_does_not_start
 
 
 PREEMPTIBLE = r"""
-import json, os, signal, sys, time
+import json, os, signal, struct, sys, time
 out, index = os.environ["CHECKPOINT_OUTPUT_DIR"], os.environ["JOB_COMPLETION_INDEX"]
+header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+weights = struct.pack("<Q", len(header)) + header + struct.pack("<f", 1.0)  # a valid safetensors file
 def save(step, **extra):
     if index != "0":
         return  # rank 0 saves (the others' shards are not needed here)
     d = os.path.join(out, f"checkpoint-{step}")
     os.makedirs(d, exist_ok=True)
-    for name, data in {"config.json": "{}", "model.safetensors": "w", "optimizer.pt": "o", **extra}.items():
+    open(os.path.join(d, "model.safetensors"), "wb").write(weights)
+    for name, data in {"config.json": "{}", **extra}.items():
         open(os.path.join(d, name), "w").write(data)
     open(os.path.join(d, "trainer_state.json"), "w").write(json.dumps({"global_step": step}))
 resume = os.environ["CHECKPOINT_RESUME_PATH"]
