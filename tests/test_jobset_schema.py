@@ -13,6 +13,7 @@ import jsonschema
 import pytest
 import yaml
 
+from checkpoint_operator.api.checkpoint import Location, S3Location
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic import rendezvous, workload
@@ -75,7 +76,7 @@ def test_the_copy_is_jobset_s_crd_and_a_wrong_field_is_caught():
 
 S3 = OperatorConfig(storage_type="s3", s3_bucket="b", s3_endpoint="http://s3:9000", s3_secret_name="creds")
 INPUT = ResolvedInput(name="base", uid="u", digest="sha256:x", mount_name="base",
-                      location={"s3": {"uri": "s3://b/ckpt/default/base/"}})
+                      location=Location(s3=S3Location(uri="s3://b/ckpt/default/base/")))
 
 
 @pytest.mark.parametrize("fields", [

@@ -100,7 +100,8 @@ class Cache:
 
     def __init__(self, api: ApiClient, resource: str, namespaces: list[str], on_change: Any) -> None:
         self.resource = resource
-        self.informers = {ns: Informer(api, resource, ns, on_change) for ns in (namespaces or [None])}
+        watched: list[str | None] = [*namespaces] or [None]  # None: every namespace
+        self.informers = {ns: Informer(api, resource, ns, on_change) for ns in watched}
 
     def start(self) -> None:
         for informer in self.informers.values():
@@ -118,7 +119,7 @@ class Cache:
             return False
 
     def _informer(self, namespace: str) -> Informer | None:
-        return self.informers.get(namespace) or self.informers.get(None)  # type: ignore[arg-type]
+        return self.informers.get(namespace) or self.informers.get(None)
 
     def get(self, key: Key) -> dict | None:
         informer = self._informer(key[0])
@@ -484,6 +485,8 @@ class LocalCluster:
         """The cache of an owner kind, watched from the first time a dependent refers to it."""
         cache = self._caches_by_resource().get(resource) or self._owner_caches.get(resource)
         if cache is None:
+            if self.api is None:
+                raise RuntimeError("the local cluster has not started")
             cache = self._owner_caches[resource] = Cache(self.api, resource, self.namespaces, self._on_owner)
             cache.start()
         return cache if await cache.wait_synced(OWNER_SYNC_TIMEOUT) else None
@@ -492,7 +495,7 @@ class LocalCluster:
 
     async def _reconcile_claim(self, key: Key) -> None:
         claim = self.claims.get(key)
-        if claim is None:
+        if claim is None or self.binder is None:  # (the binder exists once the cluster started)
             return
         users = [p for p in (self.pods.get(k) for k in self._pods_of_claim.get(key, ())) if p is not None]
         if await self.binder.reconcile(claim, users):
@@ -536,7 +539,7 @@ class LocalCluster:
 
     async def _reconcile_pod(self, key: Key) -> None:
         pod = self.pods.get(key)
-        if pod is not None:
+        if pod is not None and self.kubelet is not None:  # (the kubelet exists once the cluster started)
             pending = self.kubelet.reconcile(pod, uid_of(pod))
             if pending is not None:
                 await pending

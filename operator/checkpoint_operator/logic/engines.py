@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Optional, Protocol
+from typing import Any, Optional, Protocol
 
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.logic import kueue, rendezvous
@@ -52,12 +52,12 @@ class WorkloadState:
     deleting: bool = False
 
 
-def _conditions(obj: dict) -> dict[str, dict]:
+def _conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c.get("type", ""): c for c in (obj.get("status") or {}).get("conditions") or []
             if c.get("status") == "True"}
 
 
-def _failure(condition: Optional[dict]) -> str:
+def _failure(condition: Optional[dict[str, Any]]) -> str:
     if not condition:
         return ""
     return f"{condition.get('reason', '')}: {condition.get('message', '')}".strip(": ")
@@ -74,9 +74,9 @@ class Engine(Protocol):
     kind: str
     api_version: str
 
-    def build(self, tj: TrainingJob, template: dict, meta: dict, attempt: int, deadline: Optional[int]) -> dict: ...
+    def build(self, tj: TrainingJob, template: dict[str, Any], meta: dict[str, Any], attempt: int, deadline: Optional[int]) -> dict[str, Any]: ...
 
-    def read(self, obj: dict) -> WorkloadState: ...
+    def read(self, obj: dict[str, Any]) -> WorkloadState: ...
 
     def max_restarts(self, tj: TrainingJob) -> int: ...
 
@@ -103,9 +103,9 @@ class JobEngine:
     kind = "Job"
     api_version = "batch/v1"
 
-    def build(self, tj: TrainingJob, template: dict, meta: dict, attempt: int, deadline: Optional[int]) -> dict:
+    def build(self, tj: TrainingJob, template: dict[str, Any], meta: dict[str, Any], attempt: int, deadline: Optional[int]) -> dict[str, Any]:
         spec = tj.spec
-        job_spec: dict = {"completions": spec.replicas, "parallelism": spec.replicas, "template": template}
+        job_spec: dict[str, Any] = {"completions": spec.replicas, "parallelism": spec.replicas, "template": template}
         if spec.replicas > 1:
             job_spec["completionMode"] = "Indexed"
             job_spec["backoffLimit"] = 0  # the first failure ends the attempt; the operator restarts the group
@@ -121,7 +121,7 @@ class JobEngine:
             template.setdefault("metadata", {}).setdefault("labels", {})[ATTEMPT_LABEL] = str(attempt)
         return {"apiVersion": self.api_version, "kind": self.kind, "metadata": meta, "spec": job_spec}
 
-    def read(self, obj: dict) -> WorkloadState:
+    def read(self, obj: dict[str, Any]) -> WorkloadState:
         """Only the final conditions count, once no pod runs or terminates: FailureTarget and
         SuccessCriteriaMet are set while pods may still be writing (a deadline's SIGTERM grace
         period, say), and a snapshot taken then would freeze half-written files."""
@@ -152,13 +152,13 @@ class JobSetEngine:
     kind = "JobSet"
     api_version = JOBSET_API_VERSION
 
-    def build(self, tj: TrainingJob, template: dict, meta: dict, attempt: int, deadline: Optional[int]) -> dict:
+    def build(self, tj: TrainingJob, template: dict[str, Any], meta: dict[str, Any], attempt: int, deadline: Optional[int]) -> dict[str, Any]:
         spec = tj.spec
-        job_spec: dict = {"completions": spec.replicas, "parallelism": spec.replicas, "completionMode": "Indexed",
+        job_spec: dict[str, Any] = {"completions": spec.replicas, "parallelism": spec.replicas, "completionMode": "Indexed",
                           "backoffLimit": 0, "template": template}
         if deadline is not None:
             job_spec["activeDeadlineSeconds"] = deadline
-        js_spec: dict = {
+        js_spec: dict[str, Any] = {
             "replicatedJobs": [{"name": rendezvous.REPLICATED_JOB, "replicas": 1,
                                 "template": {"metadata": {"labels": dict(meta["labels"])}, "spec": job_spec}}],
             "network": {"enableDNSHostnames": True, "publishNotReadyAddresses": True},
@@ -171,7 +171,7 @@ class JobSetEngine:
             js_spec["suspend"] = True
         return {"apiVersion": self.api_version, "kind": self.kind, "metadata": copy.deepcopy(meta), "spec": js_spec}
 
-    def read(self, obj: dict) -> WorkloadState:
+    def read(self, obj: dict[str, Any]) -> WorkloadState:
         meta, status = obj.get("metadata", {}), obj.get("status") or {}
         conditions = _conditions(obj)
         outcome = True if "Completed" in conditions else False if "Failed" in conditions else None

@@ -28,7 +28,7 @@ default and Kubeflow Trainer's); in local mode (the operator's `rendezvous_addre
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.logic.naming import MAX_LABEL_NAME, bounded_name, sanitize
@@ -114,10 +114,10 @@ def rendezvous_of(tj: TrainingJob, address: Optional[str] = None, port: Optional
     return Rendezvous(address, port or DEFAULT_PORT, tj.spec.replicas, tj.spec.nprocPerNode)
 
 
-def variables(rendezvous: Rendezvous) -> list[dict]:
+def variables(rendezvous: Rendezvous) -> list[dict[str, Any]]:
     """The launchers' variables (env entries: a value, or the pod's index from the downward API)."""
-    index: dict = {"valueFrom": {"fieldRef": {"fieldPath": INDEX_FIELD}}} if rendezvous.nodes > 1 else {"value": "0"}
-    values: dict[str, dict] = {
+    index: dict[str, Any] = {"valueFrom": {"fieldRef": {"fieldPath": INDEX_FIELD}}} if rendezvous.nodes > 1 else {"value": "0"}
+    values: dict[str, dict[str, Any]] = {
         "PET_NNODES": {"value": str(rendezvous.nodes)},
         "PET_NPROC_PER_NODE": {"value": str(rendezvous.nproc_per_node)},
         "PET_NODE_RANK": index,
@@ -134,14 +134,14 @@ def variables(rendezvous: Rendezvous) -> list[dict]:
     return [{"name": name, **values[name]} for name in VARIABLES]
 
 
-def build_service(tj: TrainingJob, labels: dict, selector: dict, owner: dict) -> dict:
+def build_service(tj: TrainingJob, labels: dict[str, Any], selector: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
     """The headless Service that gives each worker pod its DNS name (Job engine, replicas > 1)."""
     return {"metadata": {"name": service_name(tj), "namespace": tj.metadata.namespace, "labels": labels,
                          "ownerReferences": [owner]},
             "spec": {"clusterIP": "None", "selector": selector, "publishNotReadyAddresses": True}}
 
 
-def check_template(pod_spec: dict) -> Optional[str]:
+def check_template(pod_spec: dict[str, Any]) -> Optional[str]:
     """A distributed job's pods are named by the operator: a template's own hostname or subdomain
     would break worker 0's address. Returns the refusal, or None."""
     for field_name in ("hostname", "subdomain"):

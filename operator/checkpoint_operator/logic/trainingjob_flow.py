@@ -13,14 +13,15 @@ restarts the whole group up to `backoffLimit` times (logic/engines.py says who r
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Optional
+from typing import Any, Optional
 
-from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobPhase, WorkerFailure
+from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobPhase, TrainingJobStatus, WorkerFailure
 from checkpoint_operator.logic import live_sealing, workers
 from checkpoint_operator.logic.agent_pods import PodProblem
 from checkpoint_operator.logic.engines import WorkloadState
 from checkpoint_operator.logic.inputs import InputWait
 from checkpoint_operator.logic.results import Fail, Wait
+from checkpoint_operator.logic import status
 from checkpoint_operator.logic.status import ConditionChange, StatusChange
 
 MAX_SNAPSHOT_ATTEMPTS = 3
@@ -35,16 +36,8 @@ def input_wait(waits: list[InputWait]) -> Wait:
     return Wait(waits[0].reason, "; ".join(w.message for w in waits), stalled=any(w.terminal for w in waits))
 
 
-def wait_change(phase: TrainingJobPhase, wait: Wait) -> Optional[StatusChange]:
-    if wait.reason is None:
-        return None
-    return StatusChange(phase=phase, reason=wait.reason, message=wait.message, stalled=wait.stalled,
-                        event="Warning" if wait.warning else "Normal")
-
-
 def fail_change(fail: Fail, now: str) -> StatusChange:
-    return StatusChange(phase=TrainingJobPhase.FAILED, reason=fail.reason, message=fail.message, stalled=True,
-                        event="Warning", fields={"completionTime": now})
+    return status.fail_change(TrainingJobPhase.FAILED, fail, TrainingJobStatus(completionTime=now))
 
 
 def running_change(job_name: str, inputs: list[str], output_claim: Optional[str], now: str,
@@ -53,15 +46,16 @@ def running_change(job_name: str, inputs: list[str], output_claim: Optional[str]
     """`pinned`: status.inputs was written before the Job (with inputs); else none, recorded here.
     `queue`: the workload was created suspended for Kueue's LocalQueue `queue`: Queued until admitted."""
     names = ", ".join(inputs) or "no inputs"
-    fields = {"jobName": job_name, "outputClaim": output_claim, "publish": publish, "rendezvous": rendezvous}
-    if not pinned:
-        fields.update(inputs=[], inputCount=0)
+    fields = TrainingJobStatus(jobName=job_name, outputClaim=output_claim, publish=publish, rendezvous=rendezvous)
     if queue is not None:
-        return StatusChange(phase=TrainingJobPhase.QUEUED, reason="Queued", event="Normal", fields=fields,
-                            message=f"{kind} {job_name} is queued in Kueue (LocalQueue {queue}): it starts when "
-                                    f"Kueue admits it; inputs: {names}")
-    return StatusChange(phase=TrainingJobPhase.RUNNING, reason="Running", message=f"{kind} {job_name} started on {names}",
-                        event="Normal", fields={**fields, "startTime": now})
+        change = StatusChange(phase=TrainingJobPhase.QUEUED, reason="Queued", event="Normal", fields=fields,
+                              message=f"{kind} {job_name} is queued in Kueue (LocalQueue {queue}): it starts when "
+                                      f"Kueue admits it; inputs: {names}")
+    else:
+        change = StatusChange(phase=TrainingJobPhase.RUNNING, reason="Running", event="Normal",
+                              message=f"{kind} {job_name} started on {names}",
+                              fields=fields).with_fields(TrainingJobStatus(startTime=now))
+    return change if pinned else change.with_fields(TrainingJobStatus(inputs=[], inputCount=0))
 
 
 def publish_mode(tj: TrainingJob, default: str) -> Optional[str]:
@@ -71,7 +65,7 @@ def publish_mode(tj: TrainingJob, default: str) -> Optional[str]:
     return tj.spec.output.publish or default
 
 
-def publish_mode_of_job(job: dict) -> str:
+def publish_mode_of_job(job: dict[str, Any]) -> str:
     """What a Job (or JobSet) created before a crash publishes: Continuous when its pods have the sidecar."""
     job_spec = job.get("spec") or {}
     if "replicatedJobs" in job_spec:  # a JobSet: the pods of its (one) replicated job
@@ -95,7 +89,7 @@ def worker_failures(messages: list[str]) -> list[str]:
     return [messages[0] + more]
 
 
-def job_failure_message(job: Optional[dict]) -> str:
+def job_failure_message(job: Optional[dict[str, Any]]) -> str:
     if job is None:
         return "was deleted before it finished"
     for condition in job.get("status", {}).get("conditions") or []:
@@ -136,7 +130,7 @@ def worker_failure_change(tj: TrainingJob, state: WorkloadState,
     if first is None:
         return None
     failure = WorkerFailure(attempt=state.attempt, index=first.index, pod=first.name, message=workers.describe(first))
-    return StatusChange(fields={"workerFailure": failure.to_wire()})
+    return StatusChange(fields=TrainingJobStatus(workerFailure=failure))
 
 
 def _failed_first(tj: TrainingJob, attempt: int) -> Optional[str]:
@@ -155,12 +149,12 @@ def suspension_change(tj: TrainingJob, state: WorkloadState, queue: Optional[str
         count = (tj.status.preemptions or 0) + 1
         by = f"preempted by Kueue (LocalQueue {queue})" if queue else "suspended (spec.suspend)"
         return StatusChange(phase=TrainingJobPhase.QUEUED, reason="Preempted", event="Warning",
-                            fields={"preemptions": count},
+                            fields=TrainingJobStatus(preemptions=count),
                             message=f"{what} was {by}: its workers are stopped, its sealed checkpoints stay; it "
                                     f"resumes from its latest checkpoint when admitted again (preemption {count})")
     if not state.suspended and tj.phase == TrainingJobPhase.QUEUED:
         again = f" again after {tj.status.preemptions} preemption(s)" if tj.status.preemptions else ""
-        fields = {} if tj.status.startTime else {"startTime": now}
+        fields = None if tj.status.startTime else TrainingJobStatus(startTime=now)
         return StatusChange(phase=TrainingJobPhase.RUNNING, reason="Running", event="Normal", fields=fields,
                             message=f"{what} was admitted{again} and runs")
     return None
@@ -172,7 +166,7 @@ def engine_restarts_change(tj: TrainingJob, state: WorkloadState, max_restarts: 
     if state.kind != "JobSet" or state.attempt <= done:
         return None
     failure = _failed_first(tj, state.attempt - 1) or "a worker failed (its pod is gone)"
-    return StatusChange(reason="Restarting", event="Warning", fields={"restarts": state.attempt},
+    return StatusChange(reason="Restarting", event="Warning", fields=TrainingJobStatus(restarts=state.attempt),
                         message=f"JobSet {state.name} restarted the group (restart {state.attempt} of {max_restarts}): "
                                 f"{failure}; every worker was stopped and started again")
 
@@ -202,7 +196,7 @@ def restart_change(tj: TrainingJob, state: WorkloadState, max_restarts: int,
         return None
     resume = (f"; each attempt resumes from {live_sealing.RESUME_ENV}" if tj.publishes_live
               else "; the workers find their own checkpoints in CHECKPOINT_OUTPUT_DIR")
-    return StatusChange(reason="Restarting", event="Warning", fields={"restarts": done + 1},
+    return StatusChange(reason="Restarting", event="Warning", fields=TrainingJobStatus(restarts=done + 1),
                         message=f"{_failed_first(tj, state.attempt) or state.failure or 'a worker failed'}; "
                                 f"every worker was stopped; "
                                 f"restarting the group (restart {done + 1} of {max_restarts}){resume}")
@@ -231,12 +225,13 @@ def after_job(tj: TrainingJob, succeeded: bool, outcome: str, now: str,
     if not tj.output_enabled:
         if succeeded:
             return StatusChange(phase=TrainingJobPhase.SUCCEEDED, reason="Succeeded", message=f"Job {outcome}",
-                                ready=True, event="Normal", fields={"completionTime": now, "jobSucceeded": True}), False
+                                ready=True, event="Normal",
+                                fields=TrainingJobStatus(completionTime=now, jobSucceeded=True)), False
         return fail_change(Fail("JobFailed", f"Job {outcome}"), now), False
     return StatusChange(phase=TrainingJobPhase.SNAPSHOTTING, reason="Snapshotting",
                         message=f"Job {outcome}; snapshotting the output", event="Normal",
-                        fields={"jobSucceeded": succeeded, "snapshotStartTime": now, "snapshotPod": snapshot_pod,
-                                "jobFailure": None if succeeded else outcome}), True
+                        fields=TrainingJobStatus(jobSucceeded=succeeded, snapshotStartTime=now, snapshotPod=snapshot_pod,
+                                                 jobFailure=None if succeeded else outcome)), True
 
 
 def snapshot_retry_at(attempts: int, now: datetime) -> tuple[str, float]:
@@ -264,7 +259,8 @@ def snapshot_retry(attempts: int, message: str) -> Optional[Fail]:
 def snapshot_done(tj: TrainingJob, names: list[str], now: str, retained: Optional[str],
                   claim: Optional[str], skipped: int) -> StatusChange:
     summary = f"{len(names)} checkpoint(s): {', '.join(names)}" if names else "no checkpoints in the output"
-    fields = {"outputCheckpoints": names, "outputCount": len(names), "completionTime": now, "skippedCount": skipped}
+    fields = TrainingJobStatus(outputCheckpoints=names, outputCount=len(names), completionTime=now,
+                               skippedCount=skipped)
     conditions: tuple[ConditionChange, ...] = ()
     if retained:
         conditions = (ConditionChange(OUTPUT_RETAINED, "True", "NotAllStored",

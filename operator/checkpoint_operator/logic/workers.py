@@ -5,7 +5,7 @@ which worker failed first)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator.logic.agent_pods import PodProblem, pod_failure, pod_problem
@@ -39,13 +39,13 @@ def _int(value: object) -> Optional[int]:
         return None
 
 
-def _finished_at(status: Mapping) -> str:
+def _finished_at(status: Mapping[str, Any]) -> str:
     times = [((c.get("state") or {}).get("terminated") or {}).get("finishedAt") or ""
              for kind in ("initContainerStatuses", "containerStatuses") for c in status.get(kind) or []]
     return max(times, default="")
 
 
-def worker_pod(body: Mapping) -> WorkerPod:
+def worker_pod(body: Mapping[str, Any]) -> WorkerPod:
     meta, status = body.get("metadata", {}), body.get("status") or {}
     labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
     phase = PodPhase.of(dict(body))

@@ -12,11 +12,11 @@ from __future__ import annotations
 import copy
 import posixpath
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from checkpoint_operator import API_VERSION
-from checkpoint_operator.api.checkpoint import Checkpoint
-from checkpoint_operator.api.trainingjob import TrainingJob
+from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead
+from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobHead
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic import agent_commands, engines, import_sources, kueue, rendezvous
 from checkpoint_operator.logic import live_sealing
@@ -47,16 +47,16 @@ class InvalidSpec(ValueError):
 
 @dataclass
 class BuiltJob:
-    job: dict
+    job: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
 
 
-def owner_reference(obj: TrainingJob | Checkpoint, controller: bool = True) -> dict:
+def owner_reference(obj: TrainingJobHead | CheckpointHead, controller: bool = True) -> dict[str, Any]:
     return {"apiVersion": obj.apiVersion or API_VERSION, "kind": obj.kind, "name": obj.metadata.name,
             "uid": obj.metadata.uid, "controller": controller, "blockOwnerDeletion": True}
 
 
-def owned_by(obj: Mapping, uid: str) -> bool:
+def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
     """`obj` lists the object of `uid` among its owners: the operator made it for that object
     (a namesake, such as a user's own PVC that happens to have the name, never does)."""
     return any(ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])
@@ -68,13 +68,13 @@ def foreign_claim_message(claim: str, kind: str, name: str, uid: str) -> str:
             f"is someone's data, delete this {kind} and use another name")
 
 
-def _labels(tj: TrainingJob, component: str) -> dict:
+def _labels(tj: TrainingJob, component: str) -> dict[str, Any]:
     return {LABEL_MANAGED_BY: MANAGER, LABEL_COMPONENT: component,
             LABEL_TRAINING_JOB: bounded_name(tj.metadata.name, MAX_LABEL_NAME),
             LABEL_TRAINING_JOB_UID: tj.metadata.uid}
 
 
-def _checkpoint_labels(checkpoint: Checkpoint, component: str) -> dict:
+def _checkpoint_labels(checkpoint: Checkpoint, component: str) -> dict[str, Any]:
     return {LABEL_MANAGED_BY: MANAGER, LABEL_COMPONENT: component,
             LABEL_CHECKPOINT: bounded_name(checkpoint.metadata.name, MAX_LABEL_NAME)}
 
@@ -127,7 +127,8 @@ def contract_env(tj: TrainingJob, inputs: list[ResolvedInput], live: bool = Fals
     return env
 
 
-def merge_env(container: dict, contract: dict[str, str], extra: tuple[dict, ...] = ()) -> list[str]:
+def merge_env(container: dict[str, Any], contract: dict[str, str],
+              extra: tuple[dict[str, Any], ...] = ()) -> list[str]:
     """Put the contract variables (and `extra` env entries: the rendezvous, some from the downward
     API) into the container; ours win. Returns a warning per conflict."""
     ours = {name: {"name": name, "value": value} for name, value in sorted(contract.items())}
@@ -154,7 +155,7 @@ def _is_at_or_inside(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
-def check_user_mounts(template_spec: dict, tj: TrainingJob) -> None:
+def check_user_mounts(template_spec: dict[str, Any], tj: TrainingJob) -> None:
     """Refuse user mounts at or inside the operator's directories: the operator's would hide them or vice versa."""
     reserved = {"spec.inputDir": tj.spec.inputDir}
     if tj.output_enabled:
@@ -183,9 +184,9 @@ def check_user_mounts(template_spec: dict, tj: TrainingJob) -> None:
 
 # --- objects -----------------------------------------------------------------------------------
 
-def build_output_claim(tj: TrainingJob, config: OperatorConfig) -> dict:
+def build_output_claim(tj: TrainingJob, config: OperatorConfig) -> dict[str, Any]:
     output = tj.spec.output
-    claim_spec: dict = {
+    claim_spec: dict[str, Any] = {
         "accessModes": ["ReadWriteMany" if tj.spec.replicas > 1 else "ReadWriteOnce"],
         "resources": {"requests": {"storage": output.size or config.default_output_size}},
     }
@@ -198,8 +199,8 @@ def build_output_claim(tj: TrainingJob, config: OperatorConfig) -> dict:
 
 
 def build_pod_template(tj: TrainingJob, inputs: list[ResolvedInput], staged: InputVolumes,
-                       sidecar: Optional[tuple[dict, dict]] = None,
-                       rendezvous_at: Optional[Rendezvous] = None) -> tuple[dict, list[str]]:
+                       sidecar: Optional[tuple[dict[str, Any], dict[str, Any]]] = None,
+                       rendezvous_at: Optional[Rendezvous] = None) -> tuple[dict[str, Any], list[str]]:
     """The user's pod template with the inputs, the output, the contract's variables (and, for a
     distributed job, the launchers' variables pointing at `rendezvous_at` and the pods' subdomain).
     `staged`: how the store makes the inputs visible (Store.input_volumes); `sidecar`: the live
@@ -221,7 +222,7 @@ def build_pod_template(tj: TrainingJob, inputs: list[ResolvedInput], staged: Inp
         mounts.append({"name": OUTPUT_VOLUME, "mountPath": spec.outputDir})
 
     env = contract_env(tj, inputs, live=sidecar is not None)
-    launchers: tuple[dict, ...] = ()
+    launchers: tuple[dict[str, Any], ...] = ()
     if rendezvous.is_distributed(tj):
         launchers = tuple(rendezvous.variables(rendezvous_at or rendezvous.rendezvous_of(tj)))
     warnings: list[str] = []
@@ -247,8 +248,9 @@ def build_pod_template(tj: TrainingJob, inputs: list[ResolvedInput], staged: Inp
 
 
 def build_workload(tj: TrainingJob, inputs: list[ResolvedInput], staged: InputVolumes,
-                   sidecar: Optional[tuple[dict, dict]] = None, *, rendezvous_at: Optional[Rendezvous] = None,
-                   attempt: int = 0, deadline: Optional[int] = None) -> BuiltJob:
+                   sidecar: Optional[tuple[dict[str, Any], dict[str, Any]]] = None, *,
+                   rendezvous_at: Optional[Rendezvous] = None, attempt: int = 0,
+                   deadline: Optional[int] = None) -> BuiltJob:
     """The Job or JobSet of `spec.engine` (logic/engines.py) running the pod template above.
     `attempt`: the group's restart attempt; `deadline`: activeDeadlineSeconds (what is left of the
     job's, for a restarted group)."""
@@ -262,14 +264,14 @@ def build_workload(tj: TrainingJob, inputs: list[ResolvedInput], staged: InputVo
     return BuiltJob(workload, warnings)
 
 
-def build_rendezvous_service(tj: TrainingJob) -> dict:
+def build_rendezvous_service(tj: TrainingJob) -> dict[str, Any]:
     """The headless Service that names a distributed Job's workers (logic/rendezvous.py)."""
     selector = {LABEL_TRAINING_JOB_UID: tj.metadata.uid, LABEL_COMPONENT: "worker"}
     return rendezvous.build_service(tj, _labels(tj, "rendezvous"), selector, owner_reference(tj))
 
 
 def build_live_sidecar(tj: TrainingJob, config: OperatorConfig, upload_to: Optional[str],
-                       env: list[dict]) -> tuple[dict, dict]:
+                       env: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The sealing sidecar of a publish: Continuous job (logic/live_sealing.py), for build_job."""
     command = agent_commands.watch(tj.spec.outputDir, interval=config.live_watch_interval,
                                    annotations_file=live_sealing.annotations_file(), upload_to=upload_to,
@@ -280,7 +282,8 @@ def build_live_sidecar(tj: TrainingJob, config: OperatorConfig, upload_to: Optio
                                     tj.spec.template.spec)
 
 
-def build_snapshot_pod(tj: TrainingJob, command: list[str], env: list[dict], config: OperatorConfig) -> dict:
+def build_snapshot_pod(tj: TrainingJob, command: list[str], env: list[dict[str, Any]],
+                       config: OperatorConfig) -> dict[str, Any]:
     """The pod that scans the output volume (read-only) and prints the checkpoints as JSON
     (on the s3 store `command` uploads them first). Its deadline is the base one: the output's
     size is what it finds out."""
@@ -293,7 +296,7 @@ def build_snapshot_pod(tj: TrainingJob, command: list[str], env: list[dict], con
         "claimName": output_claim_name(tj), "readOnly": True}}], identity=trainer_identity(tj.spec.template.spec))
 
 
-def build_volume_scan_pod(checkpoint: Checkpoint, config: OperatorConfig) -> dict:
+def build_volume_scan_pod(checkpoint: Checkpoint, config: OperatorConfig) -> dict[str, Any]:
     """The pod that scans an adopted volume path (spec.source.volume) as one checkpoint."""
     source = checkpoint.spec.source.volume
     assert source is not None
@@ -327,9 +330,9 @@ def import_origin(checkpoint: Checkpoint) -> str:
     return import_sources.import_spec(checkpoint).uri
 
 
-def build_import_claim(checkpoint: Checkpoint, config: OperatorConfig) -> dict:
+def build_import_claim(checkpoint: Checkpoint, config: OperatorConfig) -> dict[str, Any]:
     size = checkpoint.metadata.annotation(IMPORT_SIZE_ANNOTATION) or config.default_output_size
-    claim_spec: dict = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}
+    claim_spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}
     if config.default_storage_class:
         claim_spec["storageClassName"] = config.default_storage_class
     return {"metadata": {"name": import_claim_name(checkpoint), "namespace": checkpoint.metadata.namespace,
@@ -338,7 +341,7 @@ def build_import_claim(checkpoint: Checkpoint, config: OperatorConfig) -> dict:
             "spec": claim_spec}
 
 
-def source_env(checkpoint: Checkpoint) -> list[dict]:
+def source_env(checkpoint: Checkpoint) -> list[dict[str, Any]]:
     """Credentials and endpoint of the source: its own Secret (in the Checkpoint's namespace),
     else none (anonymous, or the pod's cloud identity); never the store's."""
     return import_sources.import_spec(checkpoint).env
@@ -349,7 +352,7 @@ def import_data_dir() -> str:
 
 
 def build_import_pod(checkpoint: Checkpoint, config: OperatorConfig,
-                     parts: tuple[list[dict], list[dict], list[dict]]) -> dict:
+                     parts: tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]) -> dict[str, Any]:
     """Fetch the source into the store: `parts` = (init containers, containers, volumes) from
     Store.import_containers; either way the pod prints the scan as JSON."""
     init_containers, containers, volumes = parts

@@ -9,7 +9,7 @@ so that every other step is the same for both engines, and the RBAC derived from
 from __future__ import annotations
 
 import socket
-from typing import Optional
+from typing import Any, Optional
 
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.kube import JOBS, JOBSETS, SERVICES
@@ -18,13 +18,13 @@ from checkpoint_operator.logic.rendezvous import Rendezvous
 from checkpoint_operator.reconcile.context import Context
 
 
-def get(ctx: Context, tj: TrainingJob, name: str) -> Optional[dict]:
+def get(ctx: Context, tj: TrainingJob, name: str) -> Optional[dict[str, Any]]:
     if tj.spec.engine == "JobSet":
         return ctx.kube.get(JOBSETS, tj.metadata.namespace, name)
     return ctx.kube.get(JOBS, tj.metadata.namespace, name)
 
 
-def ensure(ctx: Context, tj: TrainingJob, body: dict) -> dict:
+def ensure(ctx: Context, tj: TrainingJob, body: dict[str, Any]) -> dict[str, Any]:
     """Create the workload, or return the object of that name (idempotent)."""
     if tj.spec.engine == "JobSet":
         return ctx.kube.ensure(JOBSETS, tj.metadata.namespace, body)
@@ -38,7 +38,7 @@ def delete_attempt(ctx: Context, tj: TrainingJob, name: str, uid: str) -> bool:
     return ctx.kube.delete(JOBS, tj.metadata.namespace, name, propagation="Foreground", uid=uid)
 
 
-def ensure_service(ctx: Context, tj: TrainingJob) -> dict:
+def ensure_service(ctx: Context, tj: TrainingJob) -> dict[str, Any]:
     """The headless Service of a distributed Job's workers (JobSet makes its own)."""
     return ctx.kube.ensure(SERVICES, tj.metadata.namespace, workload.build_rendezvous_service(tj))
 

@@ -6,18 +6,35 @@ never the Kubernetes API."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, Optional
 
 from checkpoint_operator.agent.manifest import Manifest
-from checkpoint_operator.api.checkpoint import Checkpoint
+from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointStatus, Location, VolumeLocation
+from checkpoint_operator.api.upload import UploadStatus
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic.agent_pods import InputVolumes
 from checkpoint_operator.logic.inputs import ResolvedInput
+from checkpoint_operator.logic.transfers import UploadRequest
+
+
+# (init containers, containers, volumes) of a pod a store builds
+PodParts = tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]
 
 
 class MissingUpload(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class UploadPod:
+    """How a store serves a push request (reconcile/checkpoint_upload.py)."""
+
+    pod: dict[str, Any]      # the pod to run
+    target: UploadStatus     # status.upload while it runs
+    location: Location       # status.location once the data is verified
+    describe: str            # what it does, for the Ready condition
 
 
 class ForeignLocation(ValueError):
@@ -34,7 +51,7 @@ class Store(ABC):
     def __init__(self, config: OperatorConfig):
         self.config = config
 
-    def agent_env(self) -> list[dict]:
+    def agent_env(self) -> list[dict[str, Any]]:
         """Environment of agent pods that talk to the store."""
         return []
 
@@ -46,14 +63,22 @@ class Store(ABC):
 
     @abstractmethod
     def snapshot_location(self, tj: TrainingJob, claim: str, manifest: Manifest, layout: str,
-                          uploads: dict[str, str]) -> dict: ...
+                          uploads: dict[str, str]) -> Location: ...
 
     @abstractmethod
-    def import_containers(self, checkpoint: Checkpoint, max_size: int) -> tuple[list[dict], list[dict], list[dict]]:
+    def import_containers(self, checkpoint: Checkpoint, max_size: int) -> PodParts:
         """(init containers, containers, volumes) of the pod that imports `checkpoint`."""
 
     @abstractmethod
-    def import_location(self, checkpoint: Checkpoint, claim: str, uploads: dict[str, str]) -> dict: ...
+    def import_location(self, checkpoint: Checkpoint, claim: str, uploads: dict[str, str]) -> Location: ...
+
+    @abstractmethod
+    def upload_target(self, checkpoint: Checkpoint) -> UploadStatus:
+        """status.upload of an upload Checkpoint waiting for a push: where the data goes."""
+
+    @abstractmethod
+    def upload_pod(self, checkpoint: Checkpoint, request: UploadRequest, max_size: int) -> UploadPod:
+        """The pod that serves a push request: it takes (volume) or checks (s3) the pushed data."""
 
     def live_upload_prefix(self, tj: TrainingJob) -> Optional[str]:
         """The sealing sidecar's --upload-to (None: the volume is the store, nothing is uploaded)."""
@@ -63,11 +88,11 @@ class Store(ABC):
         """Where the sealing sidecar uploads (None: it uploads nothing, the volume is the store)."""
         return None
 
-    def live_location(self, tj: TrainingJob, claim: str, manifest: Manifest, uploads: dict[str, str]) -> dict:
+    def live_location(self, tj: TrainingJob, claim: str, manifest: Manifest, uploads: dict[str, str]) -> Location:
         """status.location of a checkpoint sealed while the job runs."""
-        return {"volume": {"claimName": claim, "path": manifest.path}}
+        return Location(volume=VolumeLocation(claimName=claim, path=manifest.path))
 
-    def is_committed(self, location: dict) -> bool:
+    def is_committed(self, location: Location) -> bool:
         """Is the data at `location` complete? Checked before a Checkpoint is marked Ready."""
         return True
 
@@ -76,7 +101,7 @@ class Store(ABC):
         the job ran): deleted, so nothing is left in the store that no object owns."""
         return []
 
-    def delete_owned_data(self, status: dict, namespace: str) -> Optional[str]:
+    def delete_owned_data(self, status: CheckpointStatus, namespace: str) -> Optional[str]:
         """Delete the data of a deleted Checkpoint (of `namespace`) that the operator owns; return
         where it was. Idempotent. Volume data goes with its PVC (owner references), so nothing
         to do there."""

@@ -7,16 +7,19 @@ it with the last of them. Nothing but a StorageClass is needed."""
 from __future__ import annotations
 
 import posixpath
+from typing import Any, Optional
 
 from checkpoint_operator.agent.manifest import Manifest
-from checkpoint_operator.api.checkpoint import Checkpoint
+from checkpoint_operator.api.checkpoint import Checkpoint, Location, VolumeLocation
+from checkpoint_operator.api.upload import UploadStatus
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.logic import agent_commands
 from checkpoint_operator.logic.agent_pods import INPUT_VOLUME_PREFIX, InputVolumes, agent_container
 from checkpoint_operator.logic.inputs import ResolvedInput
 from checkpoint_operator.logic.import_sources import import_spec
 from checkpoint_operator.logic.workload import IMPORT_DIR, import_claim_name, import_data_dir
-from checkpoint_operator.storage.base import Store
+from checkpoint_operator.logic.transfers import UploadRequest, build_receiver_pod
+from checkpoint_operator.storage.base import PodParts, Store, UploadPod
 
 
 class VolumeStore(Store):
@@ -26,17 +29,20 @@ class VolumeStore(Store):
 
     def input_volumes(self, tj: TrainingJob, inputs: list[ResolvedInput]) -> InputVolumes:
         """Each input's PVC, read-only, with subPath at <inputDir>/<name>; one volume per claim."""
-        volumes: dict[str, dict] = {}
+        volumes: dict[str, dict[str, Any]] = {}
         mounts = []
         for item in inputs:
-            location = item.location["volume"]
-            claim = location["claimName"]
+            location = item.location.volume
+            if location is None:
+                raise ValueError(f"input {item.name} is not on a volume (status.location has no volume)")
+            claim = location.claimName
             volume_name = volumes.setdefault(claim, {
                 "name": f"{INPUT_VOLUME_PREFIX}{len(volumes)}",
                 "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})["name"]
             base = posixpath.join(tj.spec.inputDir, item.mount_name)
-            sub_path = posixpath.normpath(location.get("path", ".").lstrip("/") or ".")
-            for rel in location.get("items") or [None]:  # items: only these files (e.g. the root files)
+            sub_path = posixpath.normpath(location.path.lstrip("/") or ".")
+            items: list[Optional[str]] = [*location.items] if location.items else [None]
+            for rel in items:  # items: only these files (e.g. the root files)
                 path = sub_path if rel is None else posixpath.join(sub_path, rel)
                 mounts.append({"name": volume_name, "readOnly": True,
                                "mountPath": base if rel is None else posixpath.join(base, rel),
@@ -47,14 +53,14 @@ class VolumeStore(Store):
         return agent_commands.scan(output_dir, layout=tj.spec.output.layout)
 
     def snapshot_location(self, tj: TrainingJob, claim: str, manifest: Manifest, layout: str,
-                          uploads: dict[str, str]) -> dict:
+                          uploads: dict[str, str]) -> Location:
         """The root files (and, in the `files` layout, each file) share their directory with
         other checkpoints, so only their own files are listed as items (mounted one by one)."""
         if manifest.path == "." or layout == "files":
-            return {"volume": {"claimName": claim, "path": ".", "items": [f.path for f in manifest.files]}}
-        return {"volume": {"claimName": claim, "path": manifest.path}}
+            return Location(volume=VolumeLocation(claimName=claim, path=".", items=[f.path for f in manifest.files]))
+        return Location(volume=VolumeLocation(claimName=claim, path=manifest.path))
 
-    def import_containers(self, checkpoint: Checkpoint, max_size: int) -> tuple[list[dict], list[dict], list[dict]]:
+    def import_containers(self, checkpoint: Checkpoint, max_size: int) -> PodParts:
         data_dir = import_data_dir()
         source = import_spec(checkpoint)
         mount = [{"name": "data", "mountPath": posixpath.dirname(data_dir)}]
@@ -69,5 +75,16 @@ class VolumeStore(Store):
         volumes = [{"name": "data", "persistentVolumeClaim": {"claimName": import_claim_name(checkpoint)}}, *source.volumes]
         return [], [container], volumes
 
-    def import_location(self, checkpoint: Checkpoint, claim: str, uploads: dict[str, str]) -> dict:
-        return {"volume": {"claimName": claim, "path": IMPORT_DIR}}
+    def import_location(self, checkpoint: Checkpoint, claim: str, uploads: dict[str, str]) -> Location:
+        return Location(volume=VolumeLocation(claimName=claim, path=IMPORT_DIR))
+
+    def upload_target(self, checkpoint: Checkpoint) -> UploadStatus:
+        return UploadStatus(store="volume", claimName=import_claim_name(checkpoint))
+
+    def upload_pod(self, checkpoint: Checkpoint, request: UploadRequest, max_size: int) -> UploadPod:
+        """A receiver pod on the Checkpoint's own PVC takes the pushed stream and checks it."""
+        pod = build_receiver_pod(checkpoint, self.config, request, max_size)
+        name = pod["metadata"]["name"]
+        return UploadPod(pod, UploadStatus(store="volume", claimName=import_claim_name(checkpoint), pod=name),
+                         self.import_location(checkpoint, import_claim_name(checkpoint), {}),
+                         f"pod {name} is ready to receive the push")

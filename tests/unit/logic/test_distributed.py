@@ -15,6 +15,7 @@ from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic import engines, rendezvous, workers, workload
 from checkpoint_operator.logic import trainingjob_flow as flow
 from checkpoint_operator.logic.engines import WorkloadState
+from checkpoint_operator.logic.status import set_fields
 from checkpoint_operator.storage import store_for
 from factories import training_job
 
@@ -277,7 +278,7 @@ def test_a_failed_attempt_restarts_the_group_until_the_restarts_are_used_up():
                                                               "exit code 1)"})
     failed = state(attempt=1, outcome=False, stopped=True, failure="BackoffLimitExceeded: limit")
     change = flow.restart_change(tj, failed, 2, None)
-    assert change is not None and change.fields["restarts"] == 2 and change.reason == "Restarting"
+    assert change is not None and set_fields(change.fields)["restarts"] == 2 and change.reason == "Restarting"
     assert "worker 1 pod ddp-1-x" in change.message and "restart 2 of 2" in change.message
     assert "CHECKPOINT_OUTPUT_DIR" in change.message
     assert flow.restart_change(with_status(tj, restarts=2), failed, 2, None) is None  # used up
@@ -292,8 +293,8 @@ def test_the_first_failure_is_recorded_once_per_attempt():
     tj = with_status(typed(replicas=2), phase="Running")
     pods = [workers.worker_pod(pod("w-1", 1, "Failed", finished="2026-01-01T00:00:06Z"))]
     change = flow.worker_failure_change(tj, state(), pods)
-    assert change is not None and change.fields["workerFailure"]["index"] == 1
-    recorded = with_status(tj, workerFailure=change.fields["workerFailure"])
+    assert change is not None and set_fields(change.fields)["workerFailure"]["index"] == 1
+    recorded = with_status(tj, workerFailure=set_fields(change.fields)["workerFailure"])
     assert flow.worker_failure_change(recorded, state(), pods) is None
     assert flow.worker_failure_change(typed(), state(), pods) is None  # one pod: not a group
 
@@ -303,18 +304,18 @@ def test_preemption_queues_a_running_job_and_admission_runs_it_again():
                           startTime="2026-01-01T00:00:00Z")
     preempted = flow.suspension_change(running, state(suspended=True), "q", "now")
     assert preempted is not None and preempted.phase == TrainingJobPhase.QUEUED and preempted.reason == "Preempted"
-    assert preempted.fields == {"preemptions": 1} and "LocalQueue q" in preempted.message
+    assert set_fields(preempted.fields) == {"preemptions": 1} and "LocalQueue q" in preempted.message
     queued = with_status(running, phase="Queued", preemptions=1)
     assert flow.suspension_change(queued, state(suspended=True), "q", "now") is None
     admitted = flow.suspension_change(queued, state(), "q", "now")
     assert admitted is not None and admitted.phase == TrainingJobPhase.RUNNING and "after 1 preemption" in admitted.message
     first = flow.suspension_change(with_status(typed(), phase="Queued"), state(), "q", "now")
-    assert first is not None and first.fields == {"startTime": "now"}
+    assert first is not None and set_fields(first.fields) == {"startTime": "now"}
 
 
 def test_a_queued_workload_starts_queued():
     change = flow.running_change("ddp", [], None, "now", queue="team-a", kind="JobSet")
-    assert change.phase == TrainingJobPhase.QUEUED and change.reason == "Queued" and "startTime" not in change.fields
+    assert change.phase == TrainingJobPhase.QUEUED and change.reason == "Queued" and "startTime" not in set_fields(change.fields)
     assert "JobSet ddp is queued in Kueue (LocalQueue team-a)" in change.message
 
 
@@ -322,7 +323,7 @@ def test_a_jobset_restart_is_recorded_with_the_worker_that_failed():
     tj = with_status(typed(engine="JobSet", replicas=2), phase="Running", workerFailure={
         "attempt": 0, "index": 0, "pod": "p", "message": "worker 0 pod p: container t failed (OOMKilled, exit code 137)"})
     change = flow.engine_restarts_change(tj, state(kind="JobSet", attempt=1), 6)
-    assert change is not None and change.fields == {"restarts": 1} and "OOMKilled" in change.message
+    assert change is not None and set_fields(change.fields) == {"restarts": 1} and "OOMKilled" in change.message
     assert flow.engine_restarts_change(with_status(tj, restarts=1), state(kind="JobSet", attempt=1), 6) is None
 
 
