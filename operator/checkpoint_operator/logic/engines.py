@@ -74,7 +74,8 @@ class Engine(Protocol):
     kind: str
     api_version: str
 
-    def build(self, tj: TrainingJob, template: dict[str, Any], meta: dict[str, Any], attempt: int, deadline: Optional[int]) -> dict[str, Any]: ...
+    def build(self, tj: TrainingJob, template: dict[str, Any], meta: dict[str, Any], attempt: int,
+              deadline: Optional[int]) -> dict[str, Any]: ...
 
     def read(self, obj: dict[str, Any]) -> WorkloadState: ...
 
@@ -103,7 +104,8 @@ class JobEngine:
     kind = "Job"
     api_version = "batch/v1"
 
-    def build(self, tj: TrainingJob, template: dict[str, Any], meta: dict[str, Any], attempt: int, deadline: Optional[int]) -> dict[str, Any]:
+    def build(self, tj: TrainingJob, template: dict[str, Any], meta: dict[str, Any], attempt: int,
+              deadline: Optional[int]) -> dict[str, Any]:
         spec = tj.spec
         job_spec: dict[str, Any] = {"completions": spec.replicas, "parallelism": spec.replicas, "template": template}
         if spec.replicas > 1:
@@ -152,10 +154,11 @@ class JobSetEngine:
     kind = "JobSet"
     api_version = JOBSET_API_VERSION
 
-    def build(self, tj: TrainingJob, template: dict[str, Any], meta: dict[str, Any], attempt: int, deadline: Optional[int]) -> dict[str, Any]:
+    def build(self, tj: TrainingJob, template: dict[str, Any], meta: dict[str, Any], attempt: int,
+              deadline: Optional[int]) -> dict[str, Any]:
         spec = tj.spec
-        job_spec: dict[str, Any] = {"completions": spec.replicas, "parallelism": spec.replicas, "completionMode": "Indexed",
-                          "backoffLimit": 0, "template": template}
+        job_spec: dict[str, Any] = {"completions": spec.replicas, "parallelism": spec.replicas,
+                                    "completionMode": "Indexed", "backoffLimit": 0, "template": template}
         if deadline is not None:
             job_spec["activeDeadlineSeconds"] = deadline
         js_spec: dict[str, Any] = {
