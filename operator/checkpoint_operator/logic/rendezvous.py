@@ -116,7 +116,8 @@ def rendezvous_of(tj: TrainingJob, address: Optional[str] = None, port: Optional
 
 def variables(rendezvous: Rendezvous) -> list[dict[str, Any]]:
     """The launchers' variables (env entries: a value, or the pod's index from the downward API)."""
-    index: dict[str, Any] = {"valueFrom": {"fieldRef": {"fieldPath": INDEX_FIELD}}} if rendezvous.nodes > 1 else {"value": "0"}
+    index: dict[str, Any] = ({"valueFrom": {"fieldRef": {"fieldPath": INDEX_FIELD}}} if rendezvous.nodes > 1
+                             else {"value": "0"})
     values: dict[str, dict[str, Any]] = {
         "PET_NNODES": {"value": str(rendezvous.nodes)},
         "PET_NPROC_PER_NODE": {"value": str(rendezvous.nproc_per_node)},
@@ -134,7 +135,8 @@ def variables(rendezvous: Rendezvous) -> list[dict[str, Any]]:
     return [{"name": name, **values[name]} for name in VARIABLES]
 
 
-def build_service(tj: TrainingJob, labels: dict[str, Any], selector: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
+def build_service(tj: TrainingJob, labels: dict[str, Any], selector: dict[str, Any],
+                  owner: dict[str, Any]) -> dict[str, Any]:
     """The headless Service that gives each worker pod its DNS name (Job engine, replicas > 1)."""
     return {"metadata": {"name": service_name(tj), "namespace": tj.metadata.namespace, "labels": labels,
                          "ownerReferences": [owner]},

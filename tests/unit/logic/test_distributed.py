@@ -315,7 +315,8 @@ def test_preemption_queues_a_running_job_and_admission_runs_it_again():
 
 def test_a_queued_workload_starts_queued():
     change = flow.running_change("ddp", [], None, "now", queue="team-a", kind="JobSet")
-    assert change.phase == TrainingJobPhase.QUEUED and change.reason == "Queued" and "startTime" not in set_fields(change.fields)
+    assert change.phase == TrainingJobPhase.QUEUED and change.reason == "Queued"
+    assert "startTime" not in set_fields(change.fields)
     assert "JobSet ddp is queued in Kueue (LocalQueue team-a)" in change.message
 
 
