@@ -193,3 +193,29 @@ async def test_a_kueue_preemption_stops_the_workers_and_readmission_resumes_from
     assert "preempted by Kueue (LocalQueue team-a)" in preempted["message"]
     queued = next(e for e in await events_of(api, name) if e["reason"] == "Queued")
     assert f"{engine} {name} is queued in Kueue (LocalQueue team-a)" in queued["message"]
+
+
+async def test_a_group_restart_queued_in_kueue_is_queued_again_not_preempted(api, operator, cluster, wait_for):
+    """Engine Job: the restart's new Job is created suspended and Kueue admits it like a new one.
+    While it waits (held here, as a queue without quota), the job is Queued for its next attempt;
+    before, the operator took the suspended Job for a preemption (reason Preempted, counted)."""
+    body = group_job("kgroup", replicas=2, backoffLimit=1)
+    body["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a"}
+    await api.create(TJ, NS, body)
+    await wait_phase(api, wait_for, "kgroup", "Running")
+    cluster.hold("batch/v1/jobs", NS, "kgroup", 6.0)  # the first Job runs; the next one waits 6 s
+
+    async def queued_again():
+        obj = await api.get(TJ, NS, "kgroup")
+        status = obj.get("status", {})
+        return obj if status.get("phase") == "Queued" and status.get("restarts") == 1 else None
+    tj = await wait_for(queued_again, timeout=60)
+    assert "attempt 2: Job kgroup is queued in Kueue (LocalQueue team-a) again" in tj["status"]["message"]
+    job = await api.get("batch/v1/jobs", NS, "kgroup")
+    assert job["spec"]["suspend"] is True and job["metadata"]["labels"]["ckpt.dev/restart-attempt"] == "1"
+    tj = await wait_phase(api, wait_for, "kgroup", ("Succeeded", "Failed"), timeout=90)
+    status = tj["status"]
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["restarts"] == 1 and not status.get("preemptions")
+    reasons = [e["reason"] for e in await events_of(api, "kgroup")]
+    assert "GroupRestart" in reasons and "Preempted" not in reasons

@@ -537,6 +537,13 @@ class LocalCluster:
         await self.kueue.preempt(resource, namespace, name, hold)
         self.kueue_queue.add_later((resource, (namespace, name)), hold)
 
+    def hold(self, resource: str, namespace: str, name: str, seconds: float) -> None:
+        """As a queue without quota for `seconds`: the workload of that name (one that exists, or the
+        next one created) stays suspended until then, and is admitted after."""
+        assert self.kueue is not None, "the Kueue stand-in is off (kueue=False)"
+        self.kueue.hold(resource, namespace, name, seconds)
+        self.kueue_queue.add_later((resource, (namespace, name)), seconds)
+
     async def _reconcile_pod(self, key: Key) -> None:
         pod = self.pods.get(key)
         if pod is not None and self.kubelet is not None:  # (the kubelet exists once the cluster started)

@@ -6,7 +6,8 @@ What it does with a Job or JobSet labelled `kueue.x-k8s.io/queue-name` and creat
 part of its JobSet's workload and left alone): it admits it at once, as Kueue does when the queue
 has quota, by setting `spec.suspend: false`, and reports it (`local run` prints the line).
 `preempt()` does what Kueue's preemption does to the workload: `spec.suspend: true` (its
-controller then stops the pods), and admits it again after `hold` seconds (or at `admit()`).
+controller then stops the pods), and admits it again after `hold` seconds (or at `admit()`);
+`hold()` keeps a workload queued for a while, as a queue without quota would.
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ class KueueStandIn:
         self.observe(resource, await self.api.patch(resource, namespace, name, {"spec": {"suspend": True}}))
         self.report(f"{STAND_IN}: preempted {resource.rsplit('/', 1)[-1]} {namespace}/{name} "
                     f"(suspended; admitted again in {hold:g} s)")
+
+    def hold(self, resource: str, namespace: str, name: str, seconds: float) -> None:
+        """Keep the workload of that name queued (suspended, not admitted) for `seconds`."""
+        self.held[(resource, namespace, name)] = time.monotonic() + seconds
 
     def admit(self, resource: str, namespace: str, name: str) -> None:
         """End a hold now: the next reconcile admits the workload."""

@@ -160,6 +160,19 @@ def suspension_change(tj: TrainingJob, state: WorkloadState, queue: Optional[str
     return None
 
 
+def attempt_started_change(tj: TrainingJob, kind: str, name: str, rendezvous: Optional[str],
+                           queue: Optional[str]) -> StatusChange:
+    """The operator created the workload of the next attempt (engine Job). Queued in Kueue, it waits
+    to be admitted like a new one (Kueue makes a new Workload for it): Queued, not Preempted."""
+    fields = TrainingJobStatus(rendezvous=rendezvous)
+    if queue is None:
+        return StatusChange(fields=fields)
+    attempt = (tj.status.restarts or 0) + 1
+    return StatusChange(phase=TrainingJobPhase.QUEUED, reason="Queued", event="Normal", fields=fields,
+                        message=f"attempt {attempt}: {kind} {name} is queued in Kueue (LocalQueue {queue}) "
+                                f"again: it starts when Kueue admits it")
+
+
 def engine_restarts_change(tj: TrainingJob, state: WorkloadState, max_restarts: int) -> Optional[StatusChange]:
     """JobSet restarted the group (its status.restarts grew): record it, naming the worker that failed."""
     done = tj.status.restarts or 0

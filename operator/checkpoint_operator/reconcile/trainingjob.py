@@ -324,7 +324,8 @@ def _next_attempt(ctx: Context, tj: TrainingJob, name: str, obj: Optional[dict[s
     made = _make_workload(ctx, tj, inputs, attempt=attempt, deadline=max(1, int(left)) if left is not None else None)
     if not isinstance(made, _Made):
         return made
-    write_status(ctx, tj, StatusChange(fields=TrainingJobStatus(rendezvous=made.rendezvous)))
+    write_status(ctx, tj, flow.attempt_started_change(tj, made.kind, made.name, made.rendezvous,
+                                                      kueue.queue_name(tj.metadata.labels)))
     ctx.info(tj, "GroupStarted", f"attempt {attempt + 1}: {made.kind} {made.name} created again")
     return Wait()
 

@@ -320,6 +320,26 @@ def test_a_queued_workload_starts_queued():
     assert "JobSet ddp is queued in Kueue (LocalQueue team-a)" in change.message
 
 
+def test_a_restarted_group_queued_in_kueue_is_queued_not_preempted():
+    """Engine Job: a group restart creates a new Job, suspended for Kueue; the job is Queued until
+    Kueue admits it, and that is no preemption (before, the next look counted one)."""
+    running = with_status(typed(replicas=2, labels={"kueue.x-k8s.io/queue-name": "q"}), phase="Running",
+                          startTime="2026-01-01T00:00:00Z", restarts=1)
+    change = flow.attempt_started_change(running, "Job", "ddp", "ddp-0.ddp:29500", "q")
+    assert change.phase == TrainingJobPhase.QUEUED and change.reason == "Queued"
+    assert "attempt 2" in change.message and "LocalQueue q" in change.message
+    assert set_fields(change.fields) == {"rendezvous": "ddp-0.ddp:29500"}
+    queued = with_status(running, phase="Queued")
+    assert flow.suspension_change(queued, state(suspended=True), "q", "now") is None  # not counted as preempted
+    admitted = flow.suspension_change(queued, state(), "q", "now")
+    assert admitted is not None and admitted.phase == TrainingJobPhase.RUNNING
+    assert "preemption" not in admitted.message and admitted.fields is None  # startTime kept: the deadline counts on
+    unqueued = flow.attempt_started_change(with_status(typed(replicas=2), phase="Running", restarts=1), "Job", "ddp",
+                                           "ddp-0.ddp:29500", None)
+    assert unqueued.phase is None and unqueued.reason is None  # runs at once: stays Running
+
+
+
 def test_a_jobset_restart_is_recorded_with_the_worker_that_failed():
     tj = with_status(typed(engine="JobSet", replicas=2), phase="Running", workerFailure={
         "attempt": 0, "index": 0, "pod": "p", "message": "worker 0 pod p: container t failed (OOMKilled, exit code 137)"})
