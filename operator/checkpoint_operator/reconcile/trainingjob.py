@@ -16,19 +16,22 @@ from typing import Any, Optional
 from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator import PROTECTION_FINALIZER
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead
+from checkpoint_operator.api.clustercheckpoint import ClusterCheckpointHead
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobHead, TrainingJobPhase, TrainingJobStatus
-from checkpoint_operator.reconcile import agent_runs, claim_holds, live_sealing, publish, template_claims, volumes, workloads
+from checkpoint_operator.reconcile import (agent_runs, catalog_copies, claim_holds, live_sealing, publish,
+                                           template_claims, volumes, workloads)
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.objects import InvalidObject, parse, parse_head
 from checkpoint_operator.reconcile import status_writer
 from checkpoint_operator.reconcile.status_writer import write_status
-from checkpoint_operator.kube import CHECKPOINTS, PODS, PVCS, TRAINING_JOBS, ApiError, Conflict
+from checkpoint_operator.kube import CHECKPOINTS, CLUSTER_CHECKPOINTS, PODS, PVCS, TRAINING_JOBS, ApiError, Conflict
 from checkpoint_operator.logic import engines, kueue, rendezvous, workers
 from checkpoint_operator.logic import trainingjob_flow as flow
 from checkpoint_operator.logic import workload
 from checkpoint_operator.logic.agent_pods import AGENT_OUTPUT_MOUNT, downloaded_input, last_error_line, pod_failure
 from checkpoint_operator.logic.conditions import now_rfc3339, seconds_since
-from checkpoint_operator.logic.inputs import CheckpointInfo, InputWait, ResolvedInput, check_live_input, resolve_inputs
+from checkpoint_operator.logic.inputs import (Candidate, CheckpointInfo, InputWait, ResolvedInput, check_live_input,
+                                              resolve_inputs)
 from checkpoint_operator.logic.protection import label_patch, used_uids
 from checkpoint_operator.logic.results import Advance, Done, Fail, Result, Wait
 from checkpoint_operator.logic.snapshot import (ScanResult, SnapshotPlan, not_stored, parse_scan_output, plan_snapshot,
@@ -95,20 +98,54 @@ def start(ctx: Context, tj: TrainingJob) -> Result:
 
     # Record the use on the job itself first, then read each input live (logic/protection.py).
     tj = _set_uses_labels(ctx, tj, [c.uid for c in resolution.candidates])
-    bodies = [ctx.kube.get(CHECKPOINTS, tj.metadata.namespace, c.name) for c in resolution.candidates]
-    live = [parse_head(CheckpointHead, b) if b is not None else None for b in bodies]
-    checked = [check_live_input(c, checkpoint) for c, checkpoint in zip(resolution.candidates, live)]
-    logger.debug("TrainingJob %s/%s: inputs read live at %s: %s", tj.metadata.namespace, tj.metadata.name,
-                 [c.metadata.resourceVersion if c else None for c in live], checked)
+    checked, bodies = _check_live(ctx, tj, resolution.candidates)
     waits = [c for c in checked if isinstance(c, InputWait)]
     if waits:
         _release_inputs(ctx, tj)
         return flow.input_wait(waits)
-    inputs = [c for c in checked if isinstance(c, ResolvedInput)]
+    copied = _namespace_copies(ctx, tj, [c for c in checked if isinstance(c, ResolvedInput)], bodies)
+    if not isinstance(copied, list):
+        return copied
+    inputs = copied
     if inputs:  # pinned before any pod exists: a restart finds the same inputs, downloads check these digests
         tj = write_status(ctx, tj, StatusChange(fields=TrainingJobStatus(inputs=[i.pinned() for i in inputs],
                                                                          inputCount=len(inputs))))
     return _create_workload(ctx, tj, inputs)
+
+
+def _check_live(ctx: Context, tj: TrainingJob, candidates: list[Candidate]
+                ) -> tuple[list[ResolvedInput | InputWait], list[Optional[dict[str, Any]]]]:
+    """Each input read live (a Checkpoint, or a catalog entry) and checked; and the bodies read."""
+    bodies = [ctx.kube.get(CLUSTER_CHECKPOINTS, "", c.name) if c.cluster else
+              ctx.kube.get(CHECKPOINTS, tj.metadata.namespace, c.name) for c in candidates]
+    live = [_input_head(c.cluster, b) for c, b in zip(candidates, bodies)]
+    checked = [check_live_input(c, checkpoint) for c, checkpoint in zip(candidates, live)]
+    logger.debug("TrainingJob %s/%s: inputs read live at %s: %s", tj.metadata.namespace, tj.metadata.name,
+                 [c.metadata.resourceVersion if c else None for c in live], checked)
+    return checked, bodies
+
+
+def _namespace_copies(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput],
+                      bodies: list[Optional[dict[str, Any]]]) -> "list[ResolvedInput] | Result":
+    """A catalog entry on the volume store: the namespace's own verified copy (made once; the job holds the
+    entry meanwhile, its uses label stays, so the entry cannot go while it is copied). `inputs` are every
+    input resolved, in the order of `bodies`."""
+    copied = [catalog_copies.namespace_copy(ctx, tj, body or {}, i) if i.cluster else i
+              for i, body in zip(inputs, bodies)]
+    stopped = next((c for c in copied if isinstance(c, (Fail, Wait))), None)
+    if stopped is not None:
+        return stopped
+    copying = [c for c in copied if isinstance(c, InputWait)]
+    if copying:
+        return flow.input_wait(copying)
+    return [c for c in copied if isinstance(c, ResolvedInput)]
+
+
+def _input_head(cluster: bool, body: Optional[dict[str, Any]]) -> Optional[CheckpointHead | ClusterCheckpointHead]:
+    """An input's metadata and status as read live (a Checkpoint, or a catalog entry)."""
+    if body is None:
+        return None
+    return parse_head(ClusterCheckpointHead, body) if cluster else parse_head(CheckpointHead, body)
 
 
 def _create_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput]) -> Result:
@@ -331,18 +368,16 @@ def _next_attempt(ctx: Context, tj: TrainingJob, name: str, obj: Optional[dict[s
 
 
 def _inputs_again(ctx: Context, tj: TrainingJob) -> "list[ResolvedInput] | Result":
-    """The pinned inputs, read live again, for the pods of a restarted group (they are still held
-    by this job's uses labels, so they exist)."""
+    """The pinned inputs, read live again as at the start (a catalog entry: the namespace's copy), for
+    the pods of a restarted group (they are still held by this job's uses labels, so they exist)."""
     resolution = resolve_inputs(tj, ctx.indexes)
     if resolution.waits:
         return flow.input_wait(resolution.waits)
-    bodies = [ctx.kube.get(CHECKPOINTS, tj.metadata.namespace, c.name) for c in resolution.candidates]
-    live = [parse_head(CheckpointHead, b) if b is not None else None for b in bodies]
-    checked = [check_live_input(c, checkpoint) for c, checkpoint in zip(resolution.candidates, live)]
+    checked, bodies = _check_live(ctx, tj, resolution.candidates)
     waits = [c for c in checked if isinstance(c, InputWait)]
     if waits:
         return flow.input_wait(waits)
-    return [c for c in checked if isinstance(c, ResolvedInput)]
+    return _namespace_copies(ctx, tj, [c for c in checked if isinstance(c, ResolvedInput)], bodies)
 
 
 def _finish(ctx: Context, tj: TrainingJob, succeeded: bool, outcome: str) -> Result:
