@@ -160,3 +160,10 @@ def test_pull_clean_removes_a_foreign_tree_1000_levels_deep(tmp_path: Path, deep
     from checkpoint_operator.agent.pull_target import remove_foreign
     removed = remove_foreign(str(tmp_path), None, "sha256:" + "0" * 64)
     assert [r.rel for r in removed] == ["deep"] and not deep.exists()
+
+
+def test_whether_a_pull_wrote_a_1000_deep_directory_is_answered(tmp_path: Path, deep: Path):
+    """pull --clean first asks whether DIR is one a pull wrote (main's rule): its walk looking for
+    an interrupted pull's parts went down with os.walk, RecursionError at this depth."""
+    from checkpoint_operator.agent.pull_target import pulled_into
+    assert pulled_into(str(deep), None) is False

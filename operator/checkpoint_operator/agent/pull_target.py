@@ -165,7 +165,7 @@ def pulled_into(directory: str, manifest: Optional[Manifest]) -> bool:
         if stat.S_ISREG(st.st_mode) and st.st_size == entry.size:
             return True
     budget = EntryBudget(entry_limit(), what=directory)
-    for root, dirs, names in os.walk(directory):
+    for root, dirs, names in fstree.walk(directory):  # os.walk recurses once per level
         for name in names + dirs:
             budget.take(os.path.join(root, name))
             if name.startswith(TEMP_PREFIX):
