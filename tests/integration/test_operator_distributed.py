@@ -175,7 +175,7 @@ async def test_a_kueue_preemption_stops_the_workers_and_readmission_resumes_from
     async def sealed(checkpoint):
         obj = await api.get("ckpt.dev/v1alpha1/checkpoints", NS, checkpoint)
         return obj if obj and obj.get("status", {}).get("phase") == "Ready" else None
-    await wait_for(lambda: sealed(f"{name}-checkpoint-1"), timeout=60)
+    await wait_for(lambda: sealed(f"{name}.checkpoint-1"), timeout=60)
     resource = "batch/v1/jobs" if engine == "Job" else "jobset.x-k8s.io/v1alpha2/jobsets"
     workload = await api.get(resource, NS, name)
     assert workload["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
@@ -184,7 +184,7 @@ async def test_a_kueue_preemption_stops_the_workers_and_readmission_resumes_from
     status = tj["status"]
     assert status["phase"] == "Succeeded", status.get("message")
     assert status["preemptions"] == 1 and status.get("restarts", 0) == 0
-    assert status["outputCheckpoints"] == [f"{name}-checkpoint-1", f"{name}-checkpoint-2", f"{name}-checkpoint-3"]
+    assert status["outputCheckpoints"] == [f"{name}.checkpoint-1", f"{name}.checkpoint-2", f"{name}.checkpoint-3"]
     claim = cluster.claim_dir(NS, status["outputClaim"])
     assert (claim / "checkpoint-3" / "resumed_from").read_text() == "checkpoint-2"
     reasons = [e["reason"] for e in sorted(await events_of(api, name), key=lambda e: e["metadata"]["name"])]
@@ -219,3 +219,57 @@ async def test_a_group_restart_queued_in_kueue_is_queued_again_not_preempted(api
     assert status["restarts"] == 1 and not status.get("preemptions")
     reasons = [e["reason"] for e in await events_of(api, "kgroup")]
     assert "GroupRestart" in reasons and "Preempted" not in reasons
+
+
+GATED_WORKER = """
+import os, sys, time
+for _ in range(900):
+    if os.path.exists(os.environ["GATE"]):
+        break
+    time.sleep(0.1)
+if os.environ["JOB_COMPLETION_INDEX"] == "1":
+    sys.exit(5)  # worker 1 fails in every attempt
+time.sleep(60)  # worker 0 waits, as in a collective: the group stops it
+"""
+
+
+@pytest.mark.parametrize("engine", ["Job", "JobSet"])
+async def test_only_pods_of_the_workload_the_operator_created_are_workers_across_restarts(
+        api, operator, cluster, wait_for, tmp_path, engine):
+    """Issue 23 item 9 with both engines: a pod carrying every label of the job's workers but
+    controlled by another Job is never taken for a worker (were it, the job would wait for it to
+    stop); the pods of a group restart's new Job (engine Job) or new child Job (JobSet) are."""
+    gate = tmp_path / "gate"
+    name = f"trust-{engine.lower()}"
+    body = training_job(name, engine=engine, replicas=2, backoffLimit=1, output={"enabled": False},
+                        command=python(GATED_WORKER))
+    body["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "GATE", "value": str(gate)}]
+    await api.create(TJ, NS, body)
+    tj = await wait_phase(api, wait_for, name, "Running")
+    first_uid = tj["status"]["jobUid"]
+    labels = {"app.kubernetes.io/managed-by": "checkpoint-operator", "ckpt.dev/component": "worker",
+              "ckpt.dev/trainingjob": name, "ckpt.dev/trainingjob-uid": tj["metadata"]["uid"],
+              "ckpt.dev/restart-attempt": "1", "jobset.sigs.k8s.io/restart-attempt": "1"}
+    await api.create("batch/v1/jobs", NS, {"metadata": {"name": f"{name}-other", "namespace": NS}, "spec": {
+        "template": {"metadata": {"labels": labels}, "spec": {"restartPolicy": "Never", "containers": [
+            {"name": "trainer", "image": "x", "command": python("import time; time.sleep(120)")}]}}}})
+
+    async def impostor_running():
+        pods = [p for p in await api.list("v1/pods", NS)
+                if (p["metadata"].get("ownerReferences") or [{}])[0].get("name") == f"{name}-other"]
+        return pods if pods and pods[0].get("status", {}).get("phase") == "Running" else None
+    await wait_for(impostor_running, timeout=30)
+    gate.write_text("go")
+
+    tj = await wait_phase(api, wait_for, name, ("Succeeded", "Failed"), timeout=90)
+    status = tj["status"]
+    assert status["phase"] == "Failed" and status["restarts"] == 1, status.get("message")
+    # the second attempt's worker 1 is a worker: its failure is the one named
+    assert status["workerFailure"]["attempt"] == 1 and "exit code 5" in status["workerFailure"]["message"]
+    if engine == "Job":  # a new Job per attempt: its UID recorded with the attempt
+        job = await api.get("batch/v1/jobs", NS, name)
+        assert status["jobUid"] == job["metadata"]["uid"] != first_uid
+    else:  # the JobSet stays; its child Jobs are created again
+        js = await api.get("jobset.x-k8s.io/v1alpha2/jobsets", NS, name)
+        assert status["jobUid"] == js["metadata"]["uid"] == first_uid
+    assert (await impostor_running()) is not None  # still running: the job never waited for it

@@ -295,7 +295,8 @@ class TrainingJobStatus(ApiModel):
         None, description="UID of the snapshot pod the operator created, recorded before its result is read: a pod of "
                           "that name with another UID is not trusted.")
     jobUid: Optional[Uid] = Field(
-        None, description="UID of the Job the operator created: only pods it controls are this job's workers.")
+        None, description="UID of the Job (of the current attempt) or JobSet the operator created: only pods it "
+                          "controls (a JobSet: its child Jobs) are this job's workers.")
     inputs: Optional[list[PinnedCheckpoint]] = Field(None, description="Inputs as resolved and pinned at start.")
     inputCount: Optional[Count] = Field(None, description="Number of inputs (for kubectl get).")
     outputCheckpoints: Optional[list[Name]] = Field(None, description="Checkpoints created from the output.")
