@@ -50,6 +50,8 @@ class Resource:
 CHECKPOINTS = Resource(GROUP, VERSION, "checkpoints", "Checkpoint")
 TRAINING_JOBS = Resource(GROUP, VERSION, "trainingjobs", "TrainingJob")
 JOBS = Resource("batch", "v1", "jobs", "Job")
+JOBSETS = Resource("jobset.x-k8s.io", "v1alpha2", "jobsets", "JobSet")
+SERVICES = Resource("", "v1", "services", "Service")
 PODS = Resource("", "v1", "pods", "Pod")
 PVCS = Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
 EVENTS = Resource("", "v1", "events", "Event")
@@ -173,6 +175,16 @@ class Kube:
             return True
         except NotFound:
             return False
+
+    def serves(self, resource: Resource) -> bool:
+        """Discovery: whether the API server serves `resource` (a CRD that is installed). Every
+        authenticated client may read discovery (Kubernetes' system:discovery role)."""
+        base = f"/apis/{resource.group}/{resource.version}" if resource.group else f"/api/{resource.version}"
+        try:
+            document = self._call("GET", base)
+        except NotFound:
+            return False
+        return any(r.get("name") == resource.plural for r in document.get("resources") or [])
 
     def read_log(self, namespace: str, pod: str, container: Optional[str] = None, *, limit_bytes: int,
                  tail_lines: Optional[int] = None, since_time: Optional[str] = None, timestamps: bool = False) -> str:

@@ -38,6 +38,6 @@ async def test_an_output_of_many_files_becomes_ready(api, operator, trainer, wai
         return obj if obj and obj.get("status", {}).get("phase") in ("Succeeded", "Failed") else None
     tj = await wait_for(finished, timeout=500)
     assert tj["status"]["phase"] == "Succeeded", tj["status"].get("message")
-    ckpt = await api.get(CKPT, NS, f"{name}-step-1")
+    ckpt = await api.get(CKPT, NS, f"{name}.step-1")
     assert ckpt["status"]["phase"] == "Ready"
     assert ckpt["status"]["fileCount"] == count

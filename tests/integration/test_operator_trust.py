@@ -100,7 +100,7 @@ async def test_a_snapshot_pod_with_the_right_name_and_owner_but_another_uid_is_n
     done = await wait_phase(api, wait_for, TJ, "victim", ("Succeeded", "Failed"), timeout=60)
     assert done["status"]["phase"] == "Succeeded", done["status"].get("message")
     assert done["status"]["snapshotPodUid"] != forged["metadata"]["uid"]
-    ckpt = await api.get(CKPT, NS, "victim-step-1")
+    ckpt = await api.get(CKPT, NS, "victim.step-1")
     real = sha256sum_digest(os.path.join(cluster.claim_dir(NS, done["status"]["outputClaim"]), "step-1"))
     assert ckpt["status"]["digest"] == real != FORGED_DIGEST
 
@@ -131,7 +131,7 @@ async def test_a_pod_that_merely_carries_a_worker_s_labels_is_not_read(api, oper
             "python", "-c", f"print({forged_line!r})"]}]}})
 
     async def step_1_sealed():
-        obj = await api.get(CKPT, NS, "busy-step-1")
+        obj = await api.get(CKPT, NS, "busy.step-1")
         return obj if obj and obj.get("status", {}).get("phase") == "Ready" else None
     await wait_for(step_1_sealed, timeout=60)  # the real sidecar's lines are read, pass after pass
 
@@ -143,4 +143,4 @@ async def test_a_pod_that_merely_carries_a_worker_s_labels_is_not_read(api, oper
     done = await wait_phase(api, wait_for, TJ, "busy", ("Succeeded", "Failed"), timeout=90)
     assert done["status"]["phase"] == "Succeeded"
     names = sorted(c["metadata"]["name"] for c in await api.list(CKPT, NS))
-    assert names == ["busy-step-1", "busy-step-2"]  # never the impostor's step-9
+    assert names == ["busy.step-1", "busy.step-2"]  # never the impostor's step-9

@@ -43,7 +43,6 @@ import concurrent.futures
 import contextlib
 import json
 import os
-import shutil
 import signal
 import stat
 import threading
@@ -52,7 +51,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from checkpoint_operator.agent import live_sealing
+from checkpoint_operator.agent import fstree, live_sealing
 from checkpoint_operator.protocol.errors import AgentError
 from checkpoint_operator.agent.hashing import FileChanged
 from checkpoint_operator.protocol import channel, results
@@ -64,6 +63,7 @@ from checkpoint_operator.agent.tree import EntryBudget, TooManyEntries, entry_li
 REMOVE_ANNOTATION = "ckpt.dev/live-remove"
 STATE_FILE = "sealed.json"
 CHECKS_PER_TICK = 4      # sealed directories stat-checked per tick (all of them at the end)
+SHARED_FINAL_LOOKS = 2  # looks after SIGTERM in a pod of several: a listing that holds still for one look seals
 MIN_INTERVAL = 0.05
 RENAME_MEMORY = 20       # ticks an inode listed under an unfinished name is remembered
 
@@ -105,7 +105,7 @@ class Sealed:
             if (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) != (size, mtime, ctime, ino):
                 return f"{rel} changed"
         try:
-            for root, _, names in os.walk(directory):
+            for root, _, names in fstree.walk(directory):
                 for name in names:
                     rel = os.path.relpath(os.path.join(root, name), directory).replace(os.sep, "/")
                     if rel not in seen:
@@ -210,7 +210,7 @@ class Watcher:
 
     def _save_state(self) -> None:
         try:
-            os.makedirs(self.state_dir, exist_ok=True)
+            fstree.make_dirs(self.state_dir)
             tmp = os.path.join(self.state_dir, STATE_FILE + ".tmp")
             with open(tmp, "w", encoding="utf-8") as f:
                 json.dump([asdict(s) for s in self.sealed.values()], f)
@@ -396,7 +396,7 @@ class Watcher:
         """chmod a-w every file and directory under it (files first); the old modes, to undo."""
         modes: dict[str, Any] = {"paths": {}, "ok": True}
         entries = []
-        for root, dirs, files in os.walk(directory):
+        for root, dirs, files in fstree.walk(directory):
             entries += [os.path.join(root, f) for f in files]
             entries += [os.path.join(root, d) for d in dirs]
         entries.append(directory)
@@ -463,8 +463,7 @@ class Watcher:
                 return
         elif sealed.digest != digest:
             return  # not ours to remove: other data now lives under that name
-        _make_writable(directory)
-        shutil.rmtree(directory, ignore_errors=True)
+        fstree.remove_tree(directory, ignore_errors=True, make_writable=True)
         if os.path.lexists(directory):
             self.warn(f"could not remove {path} (retention released it): check the permissions of the output")
             return
@@ -509,26 +508,23 @@ class Watcher:
                                        message=results.cut(f"{sealed.path} changed after it was sealed ({problem})")))
 
     # --- the whole run ------------------------------------------------------------------------------
-    def finish(self) -> None:
-        """The training containers are done: seal what is there, wait for uploads, check everything."""
+    def finish(self, interval: float = 0.0) -> None:
+        """The training containers are done: seal what is there, wait for uploads, check everything.
+        Shared (several pods): other pods may still write, so the exit rule is off; a few more looks
+        still seal what a completion marker or a rename finished in the grace period (a preempted or
+        stopped group's emergency checkpoint), so the next attempt's resume link finds it."""
         self.tick(writers_done=True)
+        for _ in range(SHARED_FINAL_LOOKS if self.shared else 0):
+            time.sleep(interval)
+            self.tick()
         if self._uploads is not None:
             self._uploads.shutdown(wait=True)
         self.check_all()
 
 
 def _inside(root: str, path: str) -> bool:
-    root_real, path_real = os.path.realpath(root), os.path.realpath(path)
-    return path_real.startswith(root_real + os.sep)
-
-
-def _make_writable(directory: str) -> None:
-    for root, dirs, _ in os.walk(directory):
-        for d in [root, *(os.path.join(root, x) for x in dirs)]:
-            try:
-                os.chmod(d, stat.S_IMODE(os.lstat(d).st_mode) | 0o200)
-            except OSError:
-                pass
+    root_real, path_real = fstree.real_path(root), fstree.real_path(path)
+    return root_real is not None and path_real is not None and path_real.startswith(root_real.rstrip("/") + "/")
 
 
 def _print_line(event: results.Report) -> None:
@@ -561,6 +557,6 @@ def main(args: argparse.Namespace) -> int:
         watcher.tick()
         # Bounded CPU: never busier than a third of one core, however big the output.
         stop.wait(max(interval, 2 * (time.monotonic() - started)))
-    watcher.finish()
+    watcher.finish(interval)
     return 0
 

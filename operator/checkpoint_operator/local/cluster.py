@@ -1,6 +1,7 @@
-"""A tiny "cluster" beside the emulated API: PVC binder, Job controller, kubelet and garbage collector.
+"""A tiny "cluster" beside the emulated API: PVC binder, Job and JobSet controllers, a stand-in for
+Kueue's admission, kubelet and garbage collector.
 
-``LocalCluster`` talks to the API only over HTTP. It watches PVCs, Jobs and Pods (``informer.py``:
+``LocalCluster`` talks to the API only over HTTP. It watches PVCs, Jobs, JobSets, Services and Pods (``informer.py``:
 one list + watch each, kept in memory) and reconciles only what an event concerns: the object
 itself and the objects that depend on it (a pod's event wakes its Job and the claims it mounts; a
 claim bound wakes the pods waiting for it; an owner deleted wakes its dependents for the garbage
@@ -12,9 +13,14 @@ full resync every ``poll_interval`` seconds is the safety net for anything misse
   ``<data_dir>/volumes/<namespace>/<claim>-<uid8>`` (mode 0777, as local-path provisioners make
   them); deleting the claim deletes the directory. Claims get the ``kubernetes.io/pvc-protection``
   finalizer: a claim that a running pod uses is deleted only after that pod has finished.
-- ``JobController`` (batch/v1): pods from ``spec.template``; completions, parallelism, completionMode
-  Indexed, backoffLimit (default 6; no backoff delay here), activeDeadlineSeconds; Job status with
-  ``active``, ``terminating``, ``succeeded``, ``failed`` and the Complete / Failed conditions.
+- ``JobController`` (``jobs.py``, batch/v1): pods from ``spec.template``; completions, parallelism,
+  completionMode Indexed (hostnames ``<job>-<index>``), backoffLimit, activeDeadlineSeconds, suspend;
+  terminal conditions only once every pod has stopped, as Kubernetes 1.31+.
+- ``JobSetController`` (``jobsets.py``, jobset.x-k8s.io/v1alpha2): child Jobs, the headless Service,
+  restarts (failurePolicy), successPolicy, suspend; with ``jobset=True`` (the default) the JobSet
+  CRD is installed first (``jobset_crd``: a minimal one unless given, e.g. JobSet's published CRD).
+- ``KueueStandIn`` (``kueue.py``): admits a suspended Job or JobSet labelled with a Kueue queue name at
+  once, and can preempt it (``kueue=True``, the default); ``report`` gets a line for each.
 - ``Kubelet`` (``kubelet.py``): runs pods with a runtime (``runtime.py``: host processes in a view
   of the pod's mounts; ``engine.py``: containers of their images with Podman or Docker).
 - ``ExecServer`` (``podexec.py``): the kubelet's exec endpoint, registered as the node ``local``; the
@@ -35,19 +41,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
-import datetime
 import logging
 import os
-import secrets
-import shutil
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from checkpoint_operator.agent import fstree
 from checkpoint_operator.local.informer import Informer, Key, WorkQueue, key_of
+from checkpoint_operator.local.jobs import (  # noqa: F401 - re-exported for callers of the old module
+    JobController, build_job_pod, job_condition, job_is_finished, parse_rfc3339, pod_completion_index, random_suffix,
+)
+from checkpoint_operator.local.jobsets import JOBSETS, SERVICES, JobSetController, minimal_crd
+from checkpoint_operator.local.kueue import KueueStandIn
 from checkpoint_operator.local.kubelet import (  # noqa: F401 - re-exported for callers of the old module
     TERMINAL_PHASES, ContainerRunner, Kubelet, claim_names_of_pod, expand_variables, meta, now_rfc3339, pod_phase,
 )
@@ -61,17 +69,11 @@ PODS, JOBS, CLAIMS = "v1/pods", "batch/v1/jobs", "v1/persistentvolumeclaims"
 PVC_PROTECTION = "kubernetes.io/pvc-protection"
 DEFAULT_RESYNC_SECONDS = 10.0
 OWNER_SYNC_TIMEOUT = 5.0  # seconds the GC waits for a new owner kind's cache before asking the API
+CRDS = "apiextensions.k8s.io/v1/customresourcedefinitions"
 KIND_TO_RESOURCE = {
     "Pod": PODS, "PersistentVolumeClaim": CLAIMS, "Secret": "v1/secrets", "ConfigMap": "v1/configmaps", "Job": JOBS,
+    "Service": SERVICES,
 }
-
-
-def parse_rfc3339(text: str) -> datetime.datetime:
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def random_suffix(length: int = 5) -> str:
-    return "".join(secrets.choice("bcdfghjklmnpqrstvwxz2456789") for _ in range(length))
 
 
 def uid_of(obj: Mapping[str, Any]) -> str:
@@ -176,7 +178,7 @@ class PvcBinder:
         bound = self._bound.get(key)
         if bound and bound[0] == uid_of(claim):
             del self._bound[key]
-            shutil.rmtree(bound[1], ignore_errors=True)
+            fstree.remove_tree(str(bound[1]), ignore_errors=True, make_writable=True)
 
     async def _bind(self, claim: dict) -> bool:
         key = (meta(claim)["namespace"], meta(claim)["name"])
@@ -206,150 +208,6 @@ class PvcBinder:
                 {"op": "replace", "path": "/metadata/finalizers", "value": [f for f in finalizers if f != PVC_PROTECTION]},
             ])
             self.claims.observe(answer)
-
-
-# --- Job controller ----------------------------------------------------------------------------------
-
-def job_condition(job: Mapping[str, Any], condition_type: str) -> bool:
-    return any(c.get("type") == condition_type and c.get("status") == "True"
-               for c in job.get("status", {}).get("conditions") or [])
-
-
-def job_is_finished(job: Mapping[str, Any]) -> bool:
-    return job_condition(job, "Complete") or job_condition(job, "Failed")
-
-
-def pod_completion_index(pod: Mapping[str, Any]) -> int | None:
-    value = (meta(pod).get("annotations") or {}).get("batch.kubernetes.io/job-completion-index")
-    return int(value) if value is not None else None
-
-
-class JobController:
-    """batch/v1 Jobs: pods from the template, retries, deadlines, status and conditions."""
-
-    def __init__(self, api: ApiClient, jobs: Cache, pods: Cache) -> None:
-        self.api = api
-        self.jobs = jobs
-        self.pods = pods
-        self._reported: dict[str, str] = {}  # Job uid -> the last FailedCreate message posted
-
-    async def reconcile(self, job: dict, pods: list[dict]) -> float | None:
-        """Bring one Job closer to its spec; returns seconds after which to look again (a deadline)."""
-        if is_deleting(job) or job_is_finished(job):
-            return None
-        spec, status = job.get("spec", {}), dict(job.get("status", {}))
-        completions = spec.get("completions") or 1
-        parallelism = spec.get("parallelism") if spec.get("parallelism") is not None else 1
-        indexed = spec.get("completionMode") == "Indexed"
-        terminating = [p for p in pods if is_deleting(p) and pod_phase(p) not in TERMINAL_PHASES]
-        active = [p for p in pods if pod_phase(p) not in TERMINAL_PHASES and not is_deleting(p)]
-        failed = [p for p in pods if pod_phase(p) == "Failed"]
-        succeeded = [p for p in pods if pod_phase(p) == "Succeeded"]
-        succeeded_count = len({pod_completion_index(p) for p in succeeded}) if indexed else len(succeeded)
-        status.setdefault("startTime", now_rfc3339())
-
-        finish: tuple[str, str, str] | None = None
-        remaining = self._deadline_remaining(spec, status)
-        if len(failed) > spec.get("backoffLimit", 6):
-            finish = ("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")
-        elif remaining is not None and remaining <= 0:
-            finish = ("Failed", "DeadlineExceeded", "Job was active longer than specified deadline")
-        elif succeeded_count >= completions and not active:
-            finish = ("Complete", "", "")
-
-        if finish is not None and finish[0] == "Failed":
-            for pod in active:
-                await self.api.delete(PODS, meta(pod)["namespace"], meta(pod)["name"])
-            terminating += active
-            active = []
-        elif finish is None:
-            active += await self._create_missing_pods(job, active, succeeded, completions, parallelism, indexed)
-
-        status.update(active=len(active), terminating=len(terminating), succeeded=succeeded_count, failed=len(failed))
-        if indexed:
-            indexes = {i for i in map(pod_completion_index, succeeded) if i is not None}
-            status["completedIndexes"] = ",".join(str(i) for i in sorted(indexes))
-        if finish is not None:
-            condition_type, reason, message = finish
-            condition = {"type": condition_type, "status": "True", "lastProbeTime": now_rfc3339(),
-                         "lastTransitionTime": now_rfc3339()}
-            if reason:
-                condition.update(reason=reason, message=message)
-            status["conditions"] = [*(status.get("conditions") or []), condition]
-            if condition_type == "Complete":
-                status["completionTime"] = now_rfc3339()
-        if status != job.get("status", {}):
-            self.jobs.observe(await self.api.patch(JOBS, meta(job)["namespace"], meta(job)["name"],
-                                                   {"status": status}, subresource="status"))
-        return remaining if finish is None else None
-
-    @staticmethod
-    def _deadline_remaining(spec: Mapping[str, Any], status: Mapping[str, Any]) -> float | None:
-        deadline = spec.get("activeDeadlineSeconds")
-        if deadline is None:
-            return None
-        started = parse_rfc3339(status["startTime"])
-        return deadline - (datetime.datetime.now(datetime.UTC) - started).total_seconds()
-
-    async def _create_missing_pods(self, job: dict, active: list[dict], succeeded: list[dict],
-                                   completions: int, parallelism: int, indexed: bool) -> list[dict]:
-        if indexed:
-            busy = {pod_completion_index(p) for p in active + succeeded}
-            wanted: list[int | None] = [i for i in range(completions) if i not in busy]
-        else:
-            wanted = [None] * (completions - len(succeeded) - len(active))
-        wanted = wanted[:max(0, parallelism - len(active))]
-        created = []
-        for index in wanted:
-            try:
-                pod = await self.api.create(PODS, meta(job)["namespace"], build_job_pod(job, index))
-            except ApiError as exc:
-                if exc.status == 403:  # admission refused it (Pod Security): said on the Job, tried again later
-                    await self._failed_create(job, exc)
-                raise
-            self.pods.observe(pod)  # seen at once: the next pass never creates it twice
-            created.append(pod)
-        return created
-
-    async def _failed_create(self, job: dict, exc: ApiError) -> None:
-        """The Job controller's `FailedCreate` Warning event on the Job (once per message here)."""
-        message = exc.body.get("message", str(exc)) if isinstance(exc.body, dict) else str(exc.body)
-        text = f"Error creating: {message}"
-        if self._reported.get(uid_of(job)) == text:
-            return
-        self._reported[uid_of(job)] = text
-        now = now_rfc3339()
-        involved = {"apiVersion": "batch/v1", "kind": "Job", "name": meta(job)["name"],
-                    "namespace": meta(job)["namespace"], "uid": uid_of(job)}
-        await self.api.create("v1/events", meta(job)["namespace"], {
-            "metadata": {"generateName": f"{meta(job)['name']}."}, "involvedObject": involved, "type": "Warning",
-            "reason": "FailedCreate", "message": text, "source": {"component": "job-controller"},
-            "count": 1, "firstTimestamp": now, "lastTimestamp": now})
-
-
-def build_job_pod(job: Mapping[str, Any], index: int | None) -> dict[str, Any]:
-    """The pod the Job controller creates from ``spec.template`` (with the completion index if Indexed)."""
-    template = copy.deepcopy(job.get("spec", {}).get("template", {}))
-    job_name, job_uid = meta(job)["name"], uid_of(job)
-    pod_meta = template.get("metadata") or {}
-    labels = {**(pod_meta.get("labels") or {}), "job-name": job_name, "batch.kubernetes.io/job-name": job_name,
-              "controller-uid": job_uid, "batch.kubernetes.io/controller-uid": job_uid}
-    annotations = dict(pod_meta.get("annotations") or {})
-    spec = template.get("spec") or {}
-    name = f"{job_name}-{random_suffix()}"
-    if index is not None:
-        name = f"{job_name}-{index}-{random_suffix()}"
-        labels["batch.kubernetes.io/job-completion-index"] = str(index)
-        annotations["batch.kubernetes.io/job-completion-index"] = str(index)
-        for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
-            container["env"] = [*(container.get("env") or []), {"name": "JOB_COMPLETION_INDEX", "value": str(index)}]
-    return {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": meta(job)["namespace"], "labels": labels, "annotations": annotations,
-                     "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job_name, "uid": job_uid,
-                                          "controller": True, "blockOwnerDeletion": True}]},
-        "spec": spec,
-    }
 
 
 # --- garbage collector -------------------------------------------------------------------------------
@@ -396,7 +254,11 @@ class LocalCluster:
 
     def __init__(self, api_url: str, data_dir: str | os.PathLike, namespaces: Iterable[str] | None = None,
                  container_runner: ContainerRunner | None = None, *, poll_interval: float = DEFAULT_RESYNC_SECONDS,
-                 workdir: str | os.PathLike | None = None, runtime: Any = None) -> None:
+                 workdir: str | os.PathLike | None = None, runtime: Any = None, jobset: bool = True,
+                 jobset_crd: dict | None = None, kueue: bool = True,
+                 report: Callable[[str], None] | None = None) -> None:
+        self.jobset_enabled, self.jobset_crd, self.kueue_enabled = jobset, jobset_crd, kueue
+        self.report = report
         self.workdir = Path(workdir) if workdir is not None else None
         self.api_url = api_url
         self.data_dir = Path(data_dir)
@@ -417,6 +279,15 @@ class LocalCluster:
         self._dependents: dict[str, set[tuple[str, Key]]] = defaultdict(set)  # owner uid -> (resource, key)
         self._pods_of_claim: dict[Key, set[Key]] = defaultdict(set)  # claim key -> pod keys
         self._job_by_uid: dict[str, Key] = {}
+        self._jobset_by_uid: dict[str, Key] = {}
+        self._jobs_of_jobset: dict[str, set[Key]] = defaultdict(set)  # jobset uid -> child Job keys
+
+    def _own_caches(self) -> list[Cache]:
+        caches = [self.pods, self.jobs, self.claims, self.services]
+        return caches + ([self.jobsets] if self.jobsets is not None else [])
+
+    def _caches_by_resource(self) -> dict[str, Cache]:
+        return {cache.resource: cache for cache in self._own_caches()}
 
     def claim_dir(self, namespace: str, name: str) -> Path | None:
         """The host directory bound to a claim, or None while it is not bound."""
@@ -432,19 +303,28 @@ class LocalCluster:
 
     async def start(self) -> None:
         self.api = ApiClient(self.api_url)
+        if self.jobset_enabled:  # installed first, as a cluster admin installs JobSet before it is used
+            with contextlib.suppress(ApiError):
+                await self.api.create(CRDS, None, self.jobset_crd or minimal_crd())
         self.pods = Cache(self.api, PODS, self.namespaces, self._on_pod)
         self.jobs = Cache(self.api, JOBS, self.namespaces, self._on_job)
         self.claims = Cache(self.api, CLAIMS, self.namespaces, self._on_claim)
+        self.services = Cache(self.api, SERVICES, self.namespaces, self._on_service)
+        self.jobsets = Cache(self.api, JOBSETS, self.namespaces, self._on_jobset) if self.jobset_enabled else None
         self.binder = PvcBinder(self.api, self.data_dir, self.claims)
         self.job_controller = JobController(self.api, self.jobs, self.pods)
+        self.jobset_controller = JobSetController(self.api, self.jobsets, self.jobs, self.services) \
+            if self.jobsets is not None else None
+        self.kueue = KueueStandIn(self.api, self.report, lambda resource, obj: self._caches_by_resource()[
+            resource].observe(obj)) if self.kueue_enabled else None
         self.kubelet = Kubelet(self.api, self.data_dir, self.claim_dir, self.pods.observe, runtime=self.runtime,
                                container_runner=self.container_runner, workdir=self.workdir)
         self.gc = GarbageCollector(self.api, self._owner_cache_for)
         self.exec_server = ExecServer(self.kubelet)  # pods/exec: the emulator proxies to it (podexec.py)
         await register_node(self.api, await self.exec_server.start())
-        for cache in (self.pods, self.jobs, self.claims):
+        for cache in self._own_caches():
             cache.start()
-        await asyncio.gather(self.pods.wait_synced(), self.jobs.wait_synced(), self.claims.wait_synced())
+        await asyncio.gather(*(cache.wait_synced() for cache in self._own_caches()))
         for pod in self.pods:  # pods an earlier kubelet left running have lost their processes
             adopted = self.kubelet.reconcile(pod, uid_of(pod), adopt=True)
             if adopted is not None:
@@ -453,7 +333,10 @@ class LocalCluster:
         self.job_queue = WorkQueue("job", self._reconcile_job)
         self.pod_queue = WorkQueue("pod", self._reconcile_pod)
         self.gc_queue = WorkQueue("gc", self._collect_garbage)
-        self._queues = [self.claim_queue, self.job_queue, self.pod_queue, self.gc_queue]
+        self.jobset_queue = WorkQueue("jobset", self._reconcile_jobset)
+        self.kueue_queue = WorkQueue("kueue", self._admit)
+        self._queues = [self.claim_queue, self.job_queue, self.pod_queue, self.gc_queue, self.jobset_queue,
+                        self.kueue_queue]
         self._started = True
         self._tasks.append(asyncio.create_task(self._resync_forever(), name="local cluster resync"))
         self.resync()
@@ -469,7 +352,7 @@ class LocalCluster:
             await self.exec_server.stop()
         if self.kubelet is not None:
             await self.kubelet.stop()
-        for cache in [self.pods, self.jobs, self.claims, *self._owner_caches.values()] if self.api else []:
+        for cache in [*self._own_caches(), *self._owner_caches.values()] if self.api else []:
             await cache.stop()
         if self.api is not None:
             await self.api.close()
@@ -541,15 +424,42 @@ class LocalCluster:
         obj = new or old
         assert obj is not None
         key = key_of(obj)
+        jobset_owners = [ref["uid"] for ref in meta(obj).get("ownerReferences") or [] if ref.get("kind") == "JobSet"]
         if new is None:
             self._job_by_uid.pop(uid_of(obj), None)
+            for owner in jobset_owners:
+                self._jobs_of_jobset[owner].discard(key)
         else:
             self._job_by_uid[uid_of(obj)] = key
+            for owner in jobset_owners:
+                self._jobs_of_jobset[owner].add(key)
         self._index_dependent(JOBS, old, new)
         if getattr(self, "_started", False):
             if new is not None:
                 self.job_queue.add(key)
+                self.kueue_queue.add((JOBS, key))
+            for owner in jobset_owners:  # a child Job changed (or went): its JobSet looks again
+                if owner in self._jobset_by_uid:
+                    self.jobset_queue.add(self._jobset_by_uid[owner])
             self._owner_changed(obj, new)
+
+    def _on_jobset(self, old: dict | None, new: dict | None) -> None:
+        obj = new or old
+        assert obj is not None
+        key = key_of(obj)
+        if new is None:
+            self._jobset_by_uid.pop(uid_of(obj), None)
+        else:
+            self._jobset_by_uid[uid_of(obj)] = key
+        self._index_dependent(JOBSETS, old, new)
+        if getattr(self, "_started", False):
+            if new is not None:
+                self.jobset_queue.add(key)
+                self.kueue_queue.add((JOBSETS, key))
+            self._owner_changed(obj, new)
+
+    def _on_service(self, old: dict | None, new: dict | None) -> None:
+        self._index_dependent(SERVICES, old, new)
 
     def _on_claim(self, old: dict | None, new: dict | None) -> None:
         obj = new or old
@@ -584,8 +494,7 @@ class LocalCluster:
 
     async def _owner_cache_for(self, resource: str) -> Cache | None:
         """The cache of an owner kind, watched from the first time a dependent refers to it."""
-        caches = {PODS: self.pods, JOBS: self.jobs, CLAIMS: self.claims}
-        cache = caches.get(resource) or self._owner_caches.get(resource)
+        cache = self._caches_by_resource().get(resource) or self._owner_caches.get(resource)
         if cache is None:
             if self.api is None:
                 raise RuntimeError("the local cluster has not started")
@@ -614,6 +523,38 @@ class LocalCluster:
         if look_again is not None:
             self.job_queue.add_later(key, max(0.05, look_again))
 
+    async def _reconcile_jobset(self, key: Key) -> None:
+        if self.jobsets is None or self.jobset_controller is None:
+            return
+        js = self.jobsets.get(key)
+        if js is None:
+            return
+        children = [j for j in (self.jobs.get(k) for k in self._jobs_of_jobset.get(uid_of(js), ())) if j is not None]
+        await self.jobset_controller.reconcile(js, [j for j in children if uid_of(js) in owner_uids(j)])
+
+    async def _admit(self, item: tuple[str, Key]) -> None:
+        resource, key = item
+        cache = self._caches_by_resource().get(resource)
+        obj = cache.get(key) if cache is not None else None
+        if obj is not None and self.kueue is not None:
+            look_again = await self.kueue.reconcile(resource, obj)
+            if look_again is not None:
+                self.kueue_queue.add_later(item, max(0.05, look_again))
+
+    async def preempt(self, resource: str, namespace: str, name: str, hold: float = 1.0) -> None:
+        """As Kueue's preemption: suspend the workload now, admit it again after `hold` seconds
+        (resource: ``batch/v1/jobs`` or ``jobset.x-k8s.io/v1alpha2/jobsets``)."""
+        assert self.kueue is not None, "the Kueue stand-in is off (kueue=False)"
+        await self.kueue.preempt(resource, namespace, name, hold)
+        self.kueue_queue.add_later((resource, (namespace, name)), hold)
+
+    def hold(self, resource: str, namespace: str, name: str, seconds: float) -> None:
+        """As a queue without quota for `seconds`: the workload of that name (one that exists, or the
+        next one created) stays suspended until then, and is admitted after."""
+        assert self.kueue is not None, "the Kueue stand-in is off (kueue=False)"
+        self.kueue.hold(resource, namespace, name, seconds)
+        self.kueue_queue.add_later((resource, (namespace, name)), seconds)
+
     async def _reconcile_pod(self, key: Key) -> None:
         pod = self.pods.get(key)
         if pod is not None and self.kubelet is not None:  # (the kubelet exists once the cluster started)
@@ -623,8 +564,7 @@ class LocalCluster:
 
     async def _collect_garbage(self, item: tuple[str, Key]) -> None:
         resource, key = item
-        cache = {PODS: self.pods, JOBS: self.jobs, CLAIMS: self.claims}[resource]
-        obj = cache.get(key)
+        obj = self._caches_by_resource()[resource].get(key)
         if obj is not None:
             await self.gc.reconcile(resource, obj)
 
@@ -636,7 +576,11 @@ class LocalCluster:
             self.claim_queue.add(key_of(claim))
         for job in self.jobs:
             self.job_queue.add(key_of(job))
-        for resource, cache in ((PODS, self.pods), (JOBS, self.jobs), (CLAIMS, self.claims)):
+            self.kueue_queue.add((JOBS, key_of(job)))
+        for jobset in self.jobsets or []:
+            self.jobset_queue.add(key_of(jobset))
+            self.kueue_queue.add((JOBSETS, key_of(jobset)))
+        for resource, cache in self._caches_by_resource().items():
             for obj in cache:
                 if resource == PODS:
                     self.pod_queue.add(key_of(obj))
@@ -653,13 +597,16 @@ class LocalCluster:
         for claim in list(self.claims):
             with _racing_with_the_api(f"claim {meta(claim)['name']}"):
                 await self._reconcile_claim(key_of(claim))
+        for jobset in list(self.jobsets or []):
+            with _racing_with_the_api(f"jobset {meta(jobset)['name']}"):
+                await self._reconcile_jobset(key_of(jobset))
         for job in list(self.jobs):
             with _racing_with_the_api(f"job {meta(job)['name']}"):
                 await self._reconcile_job(key_of(job))
         for pod in list(self.pods):
             with _racing_with_the_api(f"pod {meta(pod)['name']}"):
                 await self._reconcile_pod(key_of(pod))
-        for resource, cache in ((PODS, self.pods), (JOBS, self.jobs), (CLAIMS, self.claims)):
+        for resource, cache in self._caches_by_resource().items():
             for obj in list(cache):
                 with _racing_with_the_api(f"{resource} {meta(obj)['name']}"):
                     await self._collect_garbage((resource, key_of(obj)))

@@ -72,6 +72,8 @@ def decode(line: str, expected: tuple[type[R], ...]) -> R:
         data = json.loads(line)
     except ValueError as exc:
         raise ResultError(f"the agent's result is not JSON ({exc})") from None
+    except RecursionError:  # the JSON decoder recurses once per level of nesting
+        raise ResultError("the agent's result is nested too deeply to be a result") from None
     if not isinstance(data, dict):
         raise ResultError("the agent's result is not a JSON object")
     kind, version = data.get("kind"), data.get("version")

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any, Generic, Optional, TypeVar, Union
+from typing import Any, Callable, Generic, Optional, TypeVar, Union
 
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointStatus
-from checkpoint_operator.api.clustercheckpoint import ClusterCheckpoint
+from checkpoint_operator.api.clustercheckpoint import ClusterCheckpoint, ClusterCheckpointStatus
 from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobStatus
 from checkpoint_operator import metrics
@@ -48,11 +48,19 @@ class AgentTask(Generic[R]):
 
     what: str                    # its job in messages: "snapshot", "import", "scan", "upload", "verify", "pull"
     # The owner's status field that records the UID of the pod the operator created. None: the
-    # pod is trusted by its ownerReference alone (the catalog's pods, whose owner is a
-    # ClusterCheckpoint and which run in other namespaces: not yet pinned by UID).
+    # caller records it elsewhere (follow's `pin`: a catalog entry's copy in a namespace).
     uid_field: Optional[str]
     result: tuple[type[R], ...]  # the result kinds it writes (empty: none is read)
     container: Optional[str] = None  # whose log holds the result (None: the pod's only container)
+
+
+@dataclass(frozen=True)
+class PodPin:
+    """Where a pod's UID is recorded when not in its owner's status: the recorded UID (None: none
+    yet), and how to record the UID of the pod just created."""
+
+    recorded: Optional[str]
+    record: Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -83,10 +91,11 @@ class PodFailed:
 Outcome = Union[Waiting, Finished[R], PodFailed]
 
 
-def follow(ctx: Context, owner: Owner, body: dict[str, Any], task: AgentTask[R], started: Optional[StatusChange] = None
-           ) -> Outcome[R]:
-    """Where the owner's agent pod `body` is: created now (its UID recorded with `started`),
-    waiting, failed, or finished with its result."""
+def follow(ctx: Context, owner: Owner, body: dict[str, Any], task: AgentTask[R], started: Optional[StatusChange] = None,
+           pin: Optional[PodPin] = None) -> Outcome[R]:
+    """Where the owner's agent pod `body` is: created now (its UID recorded with `started` in the
+    owner's `task.uid_field`, or by `pin`), waiting, failed, or finished with its result. A pod
+    whose UID is not the recorded one (none recorded: any) is never read."""
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     owner_uid = owner.metadata.uid
     pod = ctx.kube.get(PODS, namespace, name)
@@ -102,25 +111,21 @@ def follow(ctx: Context, owner: Owner, body: dict[str, Any], task: AgentTask[R],
             return Waiting(problem=PodProblem("PodRefused", f"creating {task.what} pod {name} was refused: "
                                                             f"{exc.message}"), retry_after=REFUSED_RETRY)
         uid = created["metadata"]["uid"]
-        if task.uid_field is None or isinstance(owner, ClusterCheckpoint):
-            if started is not None and isinstance(owner, ClusterCheckpoint):
-                write_status(ctx, owner, started)
-            elif started is not None and isinstance(owner, Checkpoint):
-                write_status(ctx, owner, started)
-            return Waiting(started=True)
-        recorded_uid = (TrainingJobStatus if isinstance(owner, TrainingJob) else CheckpointStatus
-                        ).model_validate({task.uid_field: uid})
-        change = (started or StatusChange()).with_fields(recorded_uid)
-        if isinstance(owner, TrainingJob):
-            write_status(ctx, owner, change)
-        else:
-            write_status(ctx, owner, change)
+        change = started
+        if pin is not None:
+            pin.record(uid)
+        elif task.uid_field is not None:
+            model = TrainingJobStatus if isinstance(owner, TrainingJob) else \
+                ClusterCheckpointStatus if isinstance(owner, ClusterCheckpoint) else CheckpointStatus
+            change = (started or StatusChange()).with_fields(model.model_validate({task.uid_field: uid}))
+        if change is not None:
+            _write(ctx, owner, change)
         return Waiting(started=True)
     meta = pod.get("metadata") or {}
     if not any(o.get("uid") == owner_uid for o in meta.get("ownerReferences") or []):
         return Waiting(conflict=f"pod {name} exists and does not belong to this object (uid {owner_uid}); waiting "
                                 f"for it to go (an earlier object's pods are garbage-collected), or delete it")
-    recorded = getattr(owner.status, task.uid_field, None) if task.uid_field else meta.get("uid")
+    recorded = pin.recorded if pin is not None else getattr(owner.status, task.uid_field or "", None)
     if meta.get("uid") != recorded:
         # Not the pod this operator recorded creating: never read. Deleting it (only that UID)
         # brings an event; the next pass creates one of ours.
@@ -142,6 +147,15 @@ def follow(ctx: Context, owner: Owner, body: dict[str, Any], task: AgentTask[R],
         return Finished(read_result(ctx, pod, task.result, task.container))
     except (channel.ResultError, ApiError) as exc:
         return PodFailed(f"{task.what} pod {name}: {exc}")
+
+
+def _write(ctx: Context, owner: Owner, change: StatusChange) -> None:
+    if isinstance(owner, TrainingJob):
+        write_status(ctx, owner, change)
+    elif isinstance(owner, ClusterCheckpoint):
+        write_status(ctx, owner, change)
+    else:
+        write_status(ctx, owner, change)
 
 
 def read_result(ctx: Context, pod: dict[str, Any], kinds: tuple[type[R], ...], container: Optional[str] = None) -> R:

@@ -28,8 +28,8 @@ from checkpoint_operator.reconcile.objects import InvalidObject, parse
 from checkpoint_operator.storage import store_for
 
 
-# A namespace's copy of a catalog entry (its owner is the ClusterCheckpoint: trusted by that
-# ownerReference, its UID not recorded yet).
+# A namespace's copy of a catalog entry: its owner, the ClusterCheckpoint, has one status for every
+# namespace, so the copy pod's UID is recorded on the copy's claim (which the entry owns).
 COPY = agent_runs.AgentTask("copy", None, (ScanReport,))
 
 
@@ -62,7 +62,9 @@ def namespace_copy(ctx: Context, tj: TrainingJob, entry_body: dict[str, Any],
     parts = store.copy_containers(entry, name, ctx.config.max_checkpoint_bytes)
     pod = catalog.build_copy_pod(entry, ctx.config, namespace, parts)
     describe = f"copying ClusterCheckpoint {entry.metadata.name} into namespace {namespace} (once for the namespace)"
-    run = agent_runs.follow(ctx, entry, pod, COPY)
+    pin = agent_runs.PodPin(recorded=(claim["metadata"].get("annotations") or {}).get(catalog.COPY_POD_ANNOTATION),
+                            record=lambda uid: _record_copy_pod(ctx, namespace, name, uid))
+    run = agent_runs.follow(ctx, entry, pod, COPY, pin=pin)
     if isinstance(run, agent_runs.Waiting):
         if run.conflict:
             return InputWait("NameConflict", run.conflict)
@@ -82,6 +84,10 @@ def namespace_copy(ctx: Context, tj: TrainingJob, entry_body: dict[str, Any],
     if marked is not None:
         return marked
     return replace(resolved, location=catalog.copy_location(name))
+
+
+def _record_copy_pod(ctx: Context, namespace: str, claim: str, uid: str) -> None:
+    ctx.kube.patch(PVCS, namespace, claim, {"metadata": {"annotations": {catalog.COPY_POD_ANNOTATION: uid}}})
 
 
 def _mark_verified(ctx: Context, namespace: str, claim: dict[str, Any], digest: str) -> Optional[InputWait]:

@@ -35,7 +35,7 @@ from checkpoint_operator.protocol.results import ImportReport, Provenance, ScanR
 
 # The catalog's import pod (its owner the ClusterCheckpoint: trusted by that ownerReference, its UID
 # not recorded yet).
-IMPORT = agent_runs.AgentTask("import", None, (ScanReport,))
+IMPORT = agent_runs.AgentTask("import", "agentPodUid", (ScanReport,))
 CATALOG_POLL = 2.0  # seconds: the import pod's namespace may be one the operator does not watch
 # ready_change's fields that a catalog entry does not have (it is imported, never produced by a job).
 NOT_OF_AN_ENTRY = ("parents", "producedBy")

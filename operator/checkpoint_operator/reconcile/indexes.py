@@ -8,31 +8,23 @@ small frozen summaries, so 10,000 Checkpoints cost a few MB.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Collection, Iterable, Mapping, NamedTuple, Optional, TypeVar, Union
 
 from checkpoint_operator.api.checkpoint import IMPORT_KINDS
-from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator.api.wire import (CheckpointSourceWire, CheckpointSpecWire, CheckpointStatusWire, MetadataWire,
                                           TrainingJobSpecWire, VolumeSourceWire, checkpoint_wire, object_wire,
                                           training_job_wire)
 from checkpoint_operator.logic import data_holds
-from checkpoint_operator.logic.agent_pods import PodProblem, pod_problem
 from checkpoint_operator.logic.claim_guard import MAX_TEMPLATE_CLAIMS, claim_references, distinct_claims
 from checkpoint_operator.logic.inputs import CheckpointInfo, TrainingJobInfo
 from checkpoint_operator.logic.protection import used_uids
+from checkpoint_operator.logic.workers import WorkerPod, worker_pod
 from checkpoint_operator.logic.workload import (LABEL_COMPONENT, LABEL_TRAINING_JOB_UID, import_claim_name_for,
                                                 output_claim_name_for)
 
 CLAIM_OWNING_SOURCES = (*IMPORT_KINDS, "upload")  # Checkpoints whose data lands on a claim of their own
 
-
-@dataclass(frozen=True, slots=True)
-class PodState:
-    name: str
-    phase: PodPhase
-    problem: Optional[PodProblem]
-    controller_uid: Optional[str] = None  # the UID of the object that controls it (its Job)
+PodState = WorkerPod  # the pod index's values (logic/workers.py)
 
 
 class JobUse(NamedTuple):
@@ -140,11 +132,8 @@ def worker_pod_keys(body: Mapping[str, Any]) -> dict[IndexKey, IndexValue]:
     labels = (object_wire(body).get("metadata") or MetadataWire()).get("labels") or {}
     if labels.get(LABEL_COMPONENT) != "worker" or not labels.get(LABEL_TRAINING_JOB_UID):
         return {}
-    namespace, name = _ns_name(body)
-    controller = next((o.get("uid") for o in body.get("metadata", {}).get("ownerReferences") or []
-                       if o.get("controller")), None)
-    state = PodState(name, PodPhase.of(body), pod_problem(body), controller)
-    return {("pods", namespace, labels[LABEL_TRAINING_JOB_UID]): state}
+    namespace, _ = _ns_name(body)
+    return {("pods", namespace, labels[LABEL_TRAINING_JOB_UID]): worker_pod(body)}
 
 
 class Indexes:
@@ -228,14 +217,15 @@ class Indexes:
         """Unfinished TrainingJobs whose pod template names the claim."""
         return self._all(self._training_jobs, ("template-claim", namespace, claim), str)
 
-    def worker_pods(self, namespace: str, training_job_uid: str, job_uid: Optional[str]) -> list[PodState]:
-        """The pods of the job's workers: those the label names AND the Job the operator created
-        (its UID recorded in status) controls. A pod that merely carries the label is not one (issue 23
-        item 9): its log is never read, its state never decides anything."""
-        if not job_uid:
+    def worker_pods(self, namespace: str, training_job_uid: str, controllers: Collection[str]) -> list[WorkerPod]:
+        """The pods of the job's workers: those the label names AND an object the operator created
+        controls (`controllers`: the UIDs reconcile/workloads.worker_controllers gives). A pod that
+        merely carries the label is not one (issue 23 item 9): its log is never read, its state never
+        decides anything."""
+        if not controllers:
             return []
-        return [p for p in self._all(self._pods, ("pods", namespace, training_job_uid), PodState)
-                if p.controller_uid == job_uid]
+        return [p for p in self._all(self._pods, ("pods", namespace, training_job_uid), WorkerPod)
+                if p.controller_uid in controllers]
 
     def resync_keys(self) -> Iterable[tuple[str, str, str]]:
         """Every object whose work may not be over: the safety net's pass."""

@@ -24,7 +24,7 @@ its start (a piece per pass), and the end-of-job snapshot scans everything.
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any, Collection, Optional
 
 from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.trainingjob import (LiveStatus, RetiredCheckpoint, TrainingJob, TrainingJobHead,
@@ -54,15 +54,17 @@ def forget(ctx: Context, tj: TrainingJobHead) -> None:
     ctx.live.pop((tj.metadata.namespace, tj.metadata.uid), None)
 
 
-def read_events(ctx: Context, tj: TrainingJob) -> tuple[live_sealing.LogEvents, list[str]]:
+def read_events(ctx: Context, tj: TrainingJob,
+                controllers: Collection[str]) -> tuple[live_sealing.LogEvents, list[str]]:
     """The events of the sidecar logs of the job's pods not acted on yet (each log read from where
-    the last read ended, at most LOG_READ_BYTES a pass); and the pods still running."""
+    the last read ended, at most LOG_READ_BYTES a pass); and the pods still running. Only pods
+    that `controllers` (reconcile/workloads.worker_controllers) control are read."""
     namespace = tj.metadata.namespace
     store = store_for(ctx.config)
     sealed_prefix = store.live_sealed_prefix(tj)
     memory = _memory(ctx, tj)
     running = []
-    for pod in ctx.indexes.worker_pods(namespace, tj.metadata.uid, tj.status.jobUid):
+    for pod in ctx.indexes.worker_pods(namespace, tj.metadata.uid, controllers):
         if pod.phase.is_live:
             running.append(pod.name)
         cursor = memory.cursors.get(pod.name, live_sealing.LogCursor())
@@ -81,8 +83,8 @@ def read_events(ctx: Context, tj: TrainingJob) -> tuple[live_sealing.LogEvents, 
     return memory.pending, running
 
 
-def collect(ctx: Context, tj: TrainingJob) -> TrainingJob:
-    events, running = read_events(ctx, tj)
+def collect(ctx: Context, tj: TrainingJob, controllers: Collection[str]) -> TrainingJob:
+    events, running = read_events(ctx, tj, controllers)
     tj = _publish(ctx, tj, events)
     tj = _forget_removed(ctx, tj, events)
     _ask_removals(ctx, tj, running)
@@ -132,6 +134,10 @@ def _publish(ctx: Context, tj: TrainingJob, events: live_sealing.LogEvents) -> T
                                       (m.path, m.digest) not in retired and _located(ctx, tj, store, claim, m, memory)]
     plan = plan_snapshot(tj, ScanReport(checkpoints=fresh), lambda n: ctx.indexes.checkpoint(namespace, n),
                          lambda m: store.live_location(tj, claim, m), existing=existing, retired=retired)
+    for conflict in plan.conflicts:  # reported once; the end-of-job snapshot waits on it
+        if ("conflict", conflict.directory, conflict.name) not in memory.reported:
+            memory.reported.add(("conflict", conflict.directory, conflict.name))
+            ctx.warn(tj, "NameConflict", conflict.message)
     for info, manifest in plan.changed:
         if ("changed", info.directory or "", info.digest or "") not in memory.reported:
             memory.reported.add(("changed", info.directory or "", info.digest or ""))
