@@ -290,10 +290,10 @@ async def test_checkpoints_share_blobs_and_deletion_collects_only_unused_ones(ap
     assert row["checkpoints"] == 2 and row["referencedBytes"] >= 2 * len(base)
     assert row["storedBytes"] < row["referencedBytes"] and row["savedBytes"] >= len(base) - 10_000
 
-    await api.delete(CKPT, NS, "ft-step-20")
-    await wait_for(lambda: _gone(api, CKPT, "ft-step-20"), timeout=20)
+    await api.delete(CKPT, NS, "ft.step-20")
+    await wait_for(lambda: _gone(api, CKPT, "ft.step-20"), timeout=20)
     after = blob_names()
     assert sha(heads[20]) not in after and sha(base) in after and sha(heads[10]) in after
-    kept = (await api.get(CKPT, NS, "ft-step-10"))["status"]
+    kept = (await api.get(CKPT, NS, "ft.step-10"))["status"]
     got = download_prefix(kept["location"]["s3"]["uri"], str(tmp_path / "dl"), digest=kept["digest"])
     assert got.manifest.fileCount == 3
