@@ -148,10 +148,10 @@ def _listing(client: Any, bucket: str, prefix: str, counter: list[int]) -> Itera
 # never parses a whole manifest (up to 512 MiB) into objects. Inside a JSON string every quote is
 # escaped, so these match only keys (a name in a path cannot fake one); a forged manifest can only
 # make more blobs count as referenced (kept), which is the safe side.
-_SHA256_KEY = re.compile(rb'"sha256"\s*:\s*"([0-9a-f]{64})"')
-_BLOBS_KEY = re.compile(rb'"blobs"\s*:\s*"([^"\\]{1,1024})"')
+_SHA256_KEY = re.compile(rb'"sha256"\s{0,16}:\s{0,16}"([0-9a-f]{64})"')
+_BLOBS_KEY = re.compile(rb'"blobs"\s{0,16}:\s{0,16}"([^"\\]{1,1024})"')
 _CHUNK = 1 << 20
-_OVERLAP = 128  # longer than any match: a key cut by a chunk's end is found in the next
+_OVERLAP = 2048  # longer than any match: a key cut by a chunk's end is found in the next
 
 
 def manifest_refs(body: Any) -> tuple[Optional[str], set[bytes], bool]:

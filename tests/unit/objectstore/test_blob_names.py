@@ -64,7 +64,7 @@ def _manifest(count: int, ref: str | None = "../blobs/sha256/") -> tuple[bytes, 
     return m.to_json().encode(), {bytes.fromhex(e.sha256) for e in entries}
 
 
-@pytest.mark.parametrize("chunk", [1 << 20, 7, 61, 100])
+@pytest.mark.parametrize("chunk", [1 << 20, 7, 61, 100, 3000])
 def test_the_collector_reads_every_name_whatever_the_chunking(chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(blobs, "_CHUNK", chunk)
     body, names = _manifest(50)
@@ -73,8 +73,8 @@ def test_the_collector_reads_every_name_whatever_the_chunking(chunk: int, monkey
 
 
 def test_a_path_cannot_fake_a_name_and_a_cut_manifest_is_not_whole() -> None:
-    fake = "x" * 64
-    entry = FileEntry(path=f'"sha256":"{fake}"', size=0, sha256="b" * 64)
+    fake = "f" * 64  # valid hex: only the escaping keeps it from counting
+    entry = FileEntry(path=f'"sha256":"{fake}" "blobs":"../x/"', size=0, sha256="b" * 64)
     m = Manifest(path=".", files=[entry], sizeBytes=0, fileCount=1, digest=digest_of([entry]), blobs="../b/")
     ref, found, whole = blobs.manifest_refs(io.BytesIO(m.to_json().encode()))
     assert found == {bytes.fromhex("b" * 64)} and ref == "../b/" and whole
@@ -82,3 +82,11 @@ def test_a_path_cannot_fake_a_name_and_a_cut_manifest_is_not_whole() -> None:
     assert blobs.manifest_refs(io.BytesIO(body[:-10]))[2] is False
     assert blobs.manifest_refs(io.BytesIO(b""))[2] is False
     assert blobs.manifest_refs(io.BytesIO(_manifest(3, ref=None)[0]))[0] is None
+
+
+def test_a_long_blobs_reference_cut_by_a_chunk_is_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    ref = "../" * 300 + "blobs/sha256/"  # 913 characters: a checkpoint 300 directories deep
+    body, names = _manifest(3, ref=ref)
+    for chunk in (50, 500, 999):
+        monkeypatch.setattr(blobs, "_CHUNK", chunk)
+        assert blobs.manifest_refs(Chunky(body, chunk))[:2] == (ref, names)
