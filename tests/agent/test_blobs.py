@@ -304,3 +304,27 @@ def test_an_abandoned_multipart_blob_upload_is_aborted_a_live_one_is_not(s3, mon
     monkeypatch.setattr(blobs, "ABANDONED_MULTIPART_SECONDS", -1.0)
     blobs.collect(make_client(), s3.uri("ns/"), grace=0)
     assert pending() == []
+
+
+def test_a_deleted_checkpoints_own_blobs_go_at_once_whatever_the_grace(s3, tmp_path, shard):
+    """The blobs the deleted manifest named are released: collected at once when nothing else names
+    them (the shared base stays), while an unrelated young orphan waits for the grace period; an
+    upload in flight that skipped a released blob as present sends it again after its commit."""
+    ns = s3.uri("ns/")
+    a, b = ns + "a-14141414/", ns + "b-15151515/"
+    upload_dir(str(tree(tmp_path / "a", {"base.bin": shard, "own.bin": b"a" * 500})), a, blobs=blobs.blob_root_of(a))
+    upload_dir(str(tree(tmp_path / "b", {"base.bin": shard})), b, blobs=blobs.blob_root_of(b))
+    s3.client().put_object(Bucket=s3.bucket, Key=s3.key("ns/blobs/sha256/" + "d" * 64), Body=b"orphan")
+    client = make_client()
+    released = blobs.released_blobs(client, a)
+    assert released == {bytes.fromhex(sha(shard)), bytes.fromhex(sha(b"a" * 500))}
+    delete_prefix(a)
+    c = ns + "c-16161616/"
+    upload = Uploader(str(tree(tmp_path / "c", {"own.bin": b"a" * 500})), c, blobs=blobs.blob_root_of(c),
+                      before_commit=lambda: seen.append(blobs.collect(client, ns, released=released)))
+    seen: list[blobs.Collection] = []
+    upload.run()
+    assert seen[0].deleted == [s3.uri(f"ns/blobs/sha256/{sha(b'a' * 500)}")] and seen[0].kept_young == 1
+    assert upload.result.skipped_files == 1 and upload.result.repaired_files == 1
+    assert download_prefix(c, str(tmp_path / "dl")).manifest.fileCount == 1
+    assert blobs.released_blobs(client, a) == set()  # gone: nothing to release

@@ -249,13 +249,13 @@ async def test_live_sealing_on_the_s3_store_uploads_each_checkpoint_once(api, st
 
 async def test_checkpoints_share_blobs_and_deletion_collects_only_unused_ones(api, api_url, store_secret, operator,
                                                                              trainer, wait_for, s3,  # noqa: F811
-                                                                             tmp_path, monkeypatch):
+                                                                             tmp_path):
     """Content-addressed storage through the real operator: two checkpoints of a run with a frozen
     base shard store it once; deleting one Checkpoint deletes its own blob, never the shared one."""
     import hashlib
 
     from checkpoint_operator.agent.download import download_prefix
-    monkeypatch.setenv("CKPT_S3_BLOB_GRACE_SECONDS", "0")  # the operator's collection: no young blobs here
+    # the default grace period (an hour): the deleted Checkpoint's own blobs go at once all the same
     base = weights(os.urandom(3 * 1024 * 1024))
     heads = {10: weights(os.urandom(1000)), 20: weights(os.urandom(2000))}
 

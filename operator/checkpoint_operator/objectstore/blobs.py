@@ -179,7 +179,24 @@ def manifest_refs(body: Any) -> tuple[Optional[str], set[bytes], bool]:
     return blobs_ref, refs, first == b"{" and last == b"}"
 
 
+def released_blobs(client: Any, checkpoint_prefix: str) -> set[bytes]:
+    """The blobs the manifest at this prefix names (before it is deleted), for `collect(released=)`;
+    empty when there is none or it cannot be read (they then wait for the grace period)."""
+    from checkpoint_operator.objectstore.s3 import parse_s3_uri
+    loc = parse_s3_uri(checkpoint_prefix).as_prefix().child(MANIFEST_NAME)
+    try:
+        stream = client.get_object(Bucket=loc.bucket, Key=loc.key)["Body"]
+        try:
+            ref, refs, whole = manifest_refs(stream)
+        finally:
+            stream.close()
+    except Exception:  # noqa: BLE001 - gone already, or unreadable: nothing released early
+        return set()
+    return refs if whole and ref else set()
+
+
 def collect(client: Any, namespace_prefix: str, *, grace: Optional[float] = None,
+            released: Iterable[bytes] = (),
             before_delete: Optional[Callable[[list[str]], None]] = None) -> Collection:
     """Delete the blobs under `namespace_prefix` that no committed manifest of that namespace names
     and that are older than `grace` seconds (server clock: the collector's own marker's time).
@@ -187,7 +204,9 @@ def collect(client: Any, namespace_prefix: str, *, grace: Optional[float] = None
     Every manifest under the namespace's prefix counts, whichever object it belongs to (a Checkpoint,
     a sealed copy, an upload not yet a Checkpoint): a blob is only ever deleted when nothing
     committed could need it. A manifest that cannot be read keeps every blob (nothing is deleted):
-    never the only copy of data. Memory: 32 bytes (and a set's overhead, ~100 bytes in all) per
+    never the only copy of data. `released`: the blobs of the manifest just deleted, collected
+    whatever their age when nothing else names them (an upload in flight that skipped one as present
+    sends it again after its commit: rule 2), so a deletion frees its space at once. Memory: 32 bytes (and a set's overhead, ~100 bytes in all) per
     distinct referenced blob of the namespace, and one 1 MiB chunk of a manifest at a time.
     `before_delete` is for tests (the interleaving of an upload)."""
     from checkpoint_operator.objectstore.s3 import parse_s3_uri
@@ -195,6 +214,7 @@ def collect(client: Any, namespace_prefix: str, *, grace: Optional[float] = None
     blob_root = ns.child(f"{BLOBS_DIRECTORY}/{BLOB_ALGORITHM}/")
     gc = ns.child(f"{BLOBS_DIRECTORY}/{GC_DIRECTORY}/")
     grace = grace_seconds() if grace is None else grace
+    released = set(released)
     result = Collection(blob_root.uri)
     counter = [0]
     run_key = gc.key + GC_RUNNING + uuid.uuid4().hex
@@ -248,12 +268,12 @@ def collect(client: Any, namespace_prefix: str, *, grace: Optional[float] = None
             name = obj["Key"][len(blob_root.key):]
             result.blobs += 1
             try:
-                if bytes.fromhex(name) in referenced:
-                    continue
+                digest = bytes.fromhex(name)
             except ValueError:
-                pass  # not a blob's name: nothing names it
-
-            if obj["LastModified"].timestamp() > started - grace:
+                digest = b""  # not a blob's name: nothing names it
+            if digest in referenced:
+                continue
+            if digest not in released and obj["LastModified"].timestamp() > started - grace:
                 result.kept_young += 1
                 continue
             doomed.append(obj["Key"])

@@ -150,11 +150,21 @@ class S3Store(Store):
         if not _under(uri, self.catalog_prefix()):
             raise ForeignLocation(f"{uri} is outside the catalog prefix {self.catalog_prefix()}: not deleted")
         from checkpoint_operator.objectstore.s3 import delete_prefix
+        released = self._released(uri)
         delete_prefix(uri, endpoint_url=self.config.s3_endpoint)
-        self.collect_blobs(self.catalog_prefix())
+        self.collect_blobs(self.catalog_prefix(), released)
         return uri
 
-    def collect_blobs(self, prefix: str) -> None:
+    def _released(self, uri: str) -> set[bytes]:
+        """The blobs the manifest at `uri` names, read before the prefix goes (best effort)."""
+        from checkpoint_operator.objectstore.blobs import released_blobs
+        from checkpoint_operator.objectstore.s3 import make_client
+        try:
+            return released_blobs(make_client(self.config.s3_endpoint), uri)
+        except Exception:  # noqa: BLE001 - they then wait for the grace period
+            return set()
+
+    def collect_blobs(self, prefix: str, released: Optional[set[bytes]] = None) -> None:
         """The blobs under `prefix` (a namespace's, or the catalog's) that no manifest there names any
         more and that are past the grace period (objectstore/blobs.py: why uploads in flight are safe).
         A manifest it cannot read stops it (nothing deleted), with one line in the operator's log."""
@@ -163,7 +173,7 @@ class S3Store(Store):
         from checkpoint_operator.objectstore.blobs import collect
         from checkpoint_operator.objectstore.s3 import describe_error, make_client
         try:
-            done = collect(make_client(self.config.s3_endpoint), prefix)
+            done = collect(make_client(self.config.s3_endpoint), prefix, released=released or set())
         except Exception as exc:  # noqa: BLE001 - the Checkpoint's own data is gone; blobs wait for the next deletion
             logging.getLogger(__name__).warning("unused blobs under %s not collected: %s", prefix,
                                                 describe_error(exc, prefix, self.config.s3_endpoint))
@@ -216,13 +226,15 @@ class S3Store(Store):
     def delete_unused_uploads(self, tj: TrainingJob, uris: list[str]) -> list[str]:
         from checkpoint_operator.objectstore.s3 import delete_prefix
         own = self.live_upload_prefix(tj) + "dirs/"  # only the snapshot's own uploads, never a sealed copy
-        deleted = []
+        deleted: list[str] = []
+        released: set[bytes] = set()
         for uri in uris:
             if uri.startswith(own):
+                released |= self._released(uri)
                 delete_prefix(uri, endpoint_url=self.config.s3_endpoint)
                 deleted.append(uri)
         if deleted:
-            self.collect_blobs(self.namespace_prefix(tj.metadata.namespace))
+            self.collect_blobs(self.namespace_prefix(tj.metadata.namespace), released)
         return deleted
 
     def delete_owned_data(self, status: CheckpointStatus, namespace: str) -> Optional[str]:
@@ -238,7 +250,8 @@ class S3Store(Store):
             raise ForeignLocation(f"{uri} is outside {self.namespace_prefix(namespace)}, where this namespace's "
                                   "data lives: not deleted")
         from checkpoint_operator.objectstore.s3 import delete_prefix
+        released = self._released(uri)
         delete_prefix(uri, endpoint_url=self.config.s3_endpoint)
         # Its files' blobs are shared with the namespace's other checkpoints: only those nothing names go.
-        self.collect_blobs(self.namespace_prefix(namespace))
+        self.collect_blobs(self.namespace_prefix(namespace), released)
         return uri
