@@ -208,7 +208,7 @@ def bench_upload(server, client, root: Path, files: int, size: int) -> None:
 
 def bench_gc(server, client, root: Path, counts: list[int]) -> None:
     from checkpoint_operator.agent.upload import upload_dir
-    from checkpoint_operator.objectstore.blobs import blob_root_of, collect
+    from checkpoint_operator.objectstore.blobs import blob_root_of, collect, released_blobs
     from checkpoint_operator.objectstore.s3 import delete_prefix, make_client
     os.environ.update(server.env())
     for n in counts:
@@ -223,10 +223,12 @@ def bench_gc(server, client, root: Path, counts: list[int]) -> None:
             (d / "config.json").write_bytes(b"{}")
             uri = f"s3://{bucket}/ns/c{i}-{i:08x}/"
             upload_dir(str(d), uri, blobs=blob_root_of(uri), log=lambda m: None)
+        client_ = make_client()
+        released = released_blobs(client_, f"s3://{bucket}/ns/c0-{0:08x}/")  # 1 GET, as the operator does
         delete_prefix(f"s3://{bucket}/ns/c0-{0:08x}/")
-        done = collect(make_client(), f"s3://{bucket}/ns/", grace=0)
-        print(f"gc: one deletion among {n} Checkpoints: {done.requests} requests ({done.manifests} manifests read, "
-              f"{done.blobs} blobs listed, {len(done.deleted)} deleted)")
+        done = collect(client_, f"s3://{bucket}/ns/", released=released)  # the default grace: all are young
+        print(f"gc: one deletion among {n} Checkpoints: {done.requests + 1} requests (the deleted manifest, "
+              f"{done.manifests} manifests read, {done.blobs} blobs listed, {len(done.deleted)} deleted)")
 
 
 def main() -> None:
