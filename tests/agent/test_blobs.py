@@ -328,3 +328,58 @@ def test_a_deleted_checkpoints_own_blobs_go_at_once_whatever_the_grace(s3, tmp_p
     assert upload.result.skipped_files == 1 and upload.result.repaired_files == 1
     assert download_prefix(c, str(tmp_path / "dl")).manifest.fileCount == 1
     assert blobs.released_blobs(client, a) == set()  # gone: nothing to release
+
+
+def test_a_collector_that_fails_after_deleting_still_marks_its_run(s3, tmp_path, shard, monkeypatch):
+    """Its `done` is written on the way out, so the upload in flight repairs what it took."""
+    ns = s3.uri("ns/")
+    old = ns + "old-17171717/"
+    upload_dir(str(tree(tmp_path / "old", {"base.bin": shard})), old, blobs=blobs.blob_root_of(old))
+    released = blobs.released_blobs(make_client(), old)
+    delete_prefix(old)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the collector dies here")
+    monkeypatch.setattr(blobs, "_abort_abandoned_multipart", broken)
+    failures: list[str] = []
+
+    def collect_and_die() -> None:
+        with pytest.raises(RuntimeError) as caught:
+            blobs.collect(make_client(), ns, released=released)
+        failures.append(str(caught.value))
+    new = ns + "new-18181818/"
+    upload = Uploader(str(tree(tmp_path / "new", {"base.bin": shard})), new, blobs=blobs.blob_root_of(new),
+                      before_commit=collect_and_die)
+    upload.run()
+    assert failures == ["the collector dies here"] and upload.result.repaired_files == 1
+    assert download_prefix(new, str(tmp_path / "dl")).manifest.fileCount == 1
+
+
+def test_a_collector_killed_outright_counts_as_a_run_once_its_marker_is_stale(s3, tmp_path, monkeypatch):
+    """No `done`, its running marker left behind: once stale, an upload checks its blobs, and the
+    next collection removes the marker."""
+    ns = s3.uri("ns/")
+    new = ns + "new-19191919/"
+    data = b"w" * 2000
+    gc_key = s3.key("ns/blobs/gc/running-dead")
+
+    def killed_collector_deleted_the_blob() -> None:
+        s3.client().put_object(Bucket=s3.bucket, Key=gc_key, Body=b"")
+        s3.client().delete_object(Bucket=s3.bucket, Key=s3.key(f"ns/blobs/sha256/{sha(data)}"))
+    monkeypatch.setattr(blobs, "STALE_RUN_SECONDS", -1.0)
+    upload = Uploader(str(tree(tmp_path / "new", {"w.bin": data})), new, blobs=blobs.blob_root_of(new),
+                      before_commit=killed_collector_deleted_the_blob)
+    upload.run()
+    assert upload.result.repaired_files == 1
+    assert download_prefix(new, str(tmp_path / "dl")).manifest.fileCount == 1
+    blobs.collect(make_client(), ns)
+    assert "ns/blobs/gc/running-dead" not in keys(s3, "ns/blobs/gc/")
+
+
+def test_a_collection_that_deletes_nothing_leaves_uploads_alone(s3, tmp_path):
+    ns = s3.uri("ns/")
+    new = ns + "new-20202020/"
+    upload = Uploader(str(tree(tmp_path / "new", {"w.bin": b"x" * 10})), new, blobs=blobs.blob_root_of(new),
+                      before_commit=lambda: blobs.collect(make_client(), ns))
+    upload.run()
+    assert upload.result.repaired_files == 0 and keys(s3, "ns/blobs/gc/") == {}

@@ -208,7 +208,7 @@ class Uploader:
         manifest and keeps them (objectstore/blobs.py, rule 2)."""
         assert self.blobs is not None
         after = self._gc_state()
-        if after.done == before.done and not after.running:
+        if not after.ran_since(before):
             return
         self.log(f"upload: a collection of unused blobs ran during the upload; checking the "
                  f"{len(files)} blobs the manifest names")

@@ -224,6 +224,7 @@ def collect(client: Any, namespace_prefix: str, *, grace: Optional[float] = None
     counter[0] += 1
     started = client.head_object(Bucket=ns.bucket, Key=run_key)["LastModified"].timestamp()
     counter[0] += 1
+    deleting = False
     try:
         # 2. Every committed manifest of the namespace (listed after the marker), and the blobs it names.
         referenced: set[bytes] = set()
@@ -279,6 +280,7 @@ def collect(client: Any, namespace_prefix: str, *, grace: Optional[float] = None
             doomed.append(obj["Key"])
         if before_delete is not None:
             before_delete(doomed)
+        deleting = bool(doomed)
         for start in range(0, len(doomed), 1000):
             batch = doomed[start:start + 1000]
             resp = client.delete_objects(Bucket=ns.bucket, Delete={"Objects": [{"Key": k} for k in batch],
@@ -289,17 +291,35 @@ def collect(client: Any, namespace_prefix: str, *, grace: Optional[float] = None
                     result.problems.append(f"could not delete s3://{ns.bucket}/{err.get('Key')}: {err.get('Code')}")
         result.deleted = [f"s3://{ns.bucket}/{k}" for k in doomed]
         _abort_abandoned_multipart(client, ns.bucket, blob_root.key, started, counter)
-        # 4. Mark the run done (a new body each time: an upload compares it), then drop the marker.
-        client.put_object(Bucket=ns.bucket, Key=gc.key + GC_DONE, Body=uuid.uuid4().hex.encode())
-        counter[0] += 1
+        if _drop_stale_runs(client, ns.bucket, gc.key, started, counter):
+            deleting = True  # the dead collectors' deletions: this run's `done` stands for them
     finally:
+        # 4. Mark the run done (a new body each time: an upload compares it), then drop the marker; the
+        #    `done` goes first and also after a failure once deletions began, so no upload misses them.
+        #    A collector killed before this leaves its running marker: once stale, uploads count it
+        #    as a run (they check their blobs) and the next collection removes it.
         try:
+            if deleting:
+                client.put_object(Bucket=ns.bucket, Key=gc.key + GC_DONE, Body=uuid.uuid4().hex.encode())
+                counter[0] += 1
             client.delete_object(Bucket=ns.bucket, Key=run_key)
             counter[0] += 1
-        except Exception:  # noqa: BLE001 - a marker left behind goes stale, and is then ignored
+        except Exception:  # noqa: BLE001 - a marker left behind goes stale: see above
             pass
         result.requests = counter[0]
     return result
+
+
+def _drop_stale_runs(client: Any, bucket: str, gc_key: str, now: float, counter: list[int]) -> int:
+    """Running markers of collectors that died (older than STALE_RUN_SECONDS), removed: this run's
+    `done` (written next) stands for them. How many."""
+    dropped = 0
+    for obj in _listing(client, bucket, gc_key + GC_RUNNING, counter):
+        if now - obj["LastModified"].timestamp() > STALE_RUN_SECONDS:
+            client.delete_object(Bucket=bucket, Key=obj["Key"])
+            counter[0] += 1
+            dropped += 1
+    return dropped
 
 
 def _abort_abandoned_multipart(client: Any, bucket: str, prefix: str, now: float, counter: list[int]) -> None:
@@ -323,7 +343,12 @@ def _abort_abandoned_multipart(client: Any, bucket: str, prefix: str, now: float
 class GcState:
     done: Optional[str]          # ETag of the `done` marker (None: no collection ever ran)
     running: tuple[str, ...]     # keys of running collections (not stale)
-    now: float                   # the server's time of the listing (newest object seen, else local)
+    now: float                   # the time of the listing
+    stale: tuple[str, ...] = ()  # running markers of collectors that died: each counts as a run that happened
+
+    def ran_since(self, before: "GcState") -> bool:
+        """Did a collection run (or may one have) since `before` was taken?"""
+        return self.done != before.done or bool(self.running) or bool(self.stale)
 
 
 def gc_state(client: Any, blob_root_uri: str, server_now: Optional[float] = None) -> GcState:
@@ -340,7 +365,8 @@ def gc_state(client: Any, blob_root_uri: str, server_now: Optional[float] = None
             running.append((obj["Key"], obj["LastModified"].timestamp()))
     now = server_now if server_now is not None else time.time()
     live = tuple(k for k, t in running if now - t < STALE_RUN_SECONDS)
-    return GcState(done, live, now)
+    stale = tuple(k for k, t in running if now - t >= STALE_RUN_SECONDS)
+    return GcState(done, live, now, stale)
 
 
 def wait_for_runs(client: Any, blob_root_uri: str, state: GcState, *, poll: float = 0.5,
