@@ -17,7 +17,8 @@ import hashlib
 import json
 from typing import IO, Any, Iterable, Optional, Union
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import (BaseModel, Field, SerializerFunctionWrapHandler, ValidationError, field_validator,
+                      model_serializer)
 
 from checkpoint_operator.protocol.errors import AgentError
 from checkpoint_operator.protocol.names import NameSpace, collision_problem, path_problem, printable, spelled
@@ -85,11 +86,15 @@ class Manifest(BaseModel):
             return None
         return value
 
-    def to_json(self) -> str:
-        data = self.model_dump(mode="json")
+    @model_serializer(mode="wrap")
+    def _without_absent_blobs(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
         if data.get("blobs") is None:
             data.pop("blobs", None)  # manifests without blobs stay byte for byte as before
-        return json.dumps(data, indent=None, separators=(",", ":"), sort_keys=True)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=None, separators=(",", ":"), sort_keys=True)
 
 
 def sha256sum_text(files: list[FileEntry]) -> str:
