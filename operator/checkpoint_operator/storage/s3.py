@@ -151,16 +151,24 @@ class S3Store(Store):
             raise ForeignLocation(f"{uri} is outside the catalog prefix {self.catalog_prefix()}: not deleted")
         from checkpoint_operator.objectstore.s3 import delete_prefix
         released = self._released(uri)
-        delete_prefix(uri, endpoint_url=self.config.s3_endpoint)
+        delete_prefix(uri, endpoint_url=self.config.s3_endpoint, client=self._client())
         self.collect_blobs(self.catalog_prefix(), released)
         return uri
+
+    def _client(self) -> Any:
+        """One botocore client for the store's deletions (made once: a client costs most of a second
+        to make, which delayed a deletion's first request behind it)."""
+        client = getattr(self, "_s3_client", None)
+        if client is None:
+            from checkpoint_operator.objectstore.s3 import make_client
+            client = self._s3_client = make_client(self.config.s3_endpoint)
+        return client
 
     def _released(self, uri: str) -> set[bytes]:
         """The blobs the manifest at `uri` names, read before the prefix goes (best effort)."""
         from checkpoint_operator.objectstore.blobs import released_blobs
-        from checkpoint_operator.objectstore.s3 import make_client
         try:
-            return released_blobs(make_client(self.config.s3_endpoint), uri)
+            return released_blobs(self._client(), uri)
         except Exception:  # noqa: BLE001 - they then wait for the grace period
             return set()
 
@@ -171,9 +179,9 @@ class S3Store(Store):
         import logging
 
         from checkpoint_operator.objectstore.blobs import collect
-        from checkpoint_operator.objectstore.s3 import describe_error, make_client
+        from checkpoint_operator.objectstore.s3 import describe_error
         try:
-            done = collect(make_client(self.config.s3_endpoint), prefix, released=released or set())
+            done = collect(self._client(), prefix, released=released or set())
         except Exception as exc:  # noqa: BLE001 - the Checkpoint's own data is gone; blobs wait for the next deletion
             logging.getLogger(__name__).warning("unused blobs under %s not collected: %s", prefix,
                                                 describe_error(exc, prefix, self.config.s3_endpoint))
@@ -231,7 +239,7 @@ class S3Store(Store):
         for uri in uris:
             if uri.startswith(own):
                 released |= self._released(uri)
-                delete_prefix(uri, endpoint_url=self.config.s3_endpoint)
+                delete_prefix(uri, endpoint_url=self.config.s3_endpoint, client=self._client())
                 deleted.append(uri)
         if deleted:
             self.collect_blobs(self.namespace_prefix(tj.metadata.namespace), released)
@@ -251,7 +259,7 @@ class S3Store(Store):
                                   "data lives: not deleted")
         from checkpoint_operator.objectstore.s3 import delete_prefix
         released = self._released(uri)
-        delete_prefix(uri, endpoint_url=self.config.s3_endpoint)
+        delete_prefix(uri, endpoint_url=self.config.s3_endpoint, client=self._client())
         # Its files' blobs are shared with the namespace's other checkpoints: only those nothing names go.
         self.collect_blobs(self.namespace_prefix(namespace), released)
         return uri
