@@ -154,6 +154,19 @@ class OutputSpec(ApiModel):
                           "the job runs (needs Kubernetes 1.29+, native sidecars). Default: the operator's setting "
                           "(OnCompletion unless CKPT_DEFAULT_PUBLISH says otherwise).")
     namePrefix: Optional[Name] = Field(None, description="Prefix of the new Checkpoints' names (default: the job's name).")
+    volumePerWorker: bool = Field(
+        False, description="Each worker gets its own output volume (<job>-output-<uid5>-<i>, ReadWriteOnce: block "
+                           "storage across nodes; needs engine JobSet). A directory of the same name written by "
+                           "several workers (DCP, DeepSpeed, Orbax multi-host) becomes one Checkpoint, the union of "
+                           "their files; the same path with different bytes in two workers is refused by name.")
+    perWorker: bool = Field(
+        False, description="Each worker's output becomes its own Checkpoints, <prefix>-worker-<i>-<directory> "
+                           "(a volume per worker, as volumePerWorker; needs engine JobSet).")
+
+    @property
+    def parts_per_worker(self) -> bool:
+        """Each worker writes its own volume (volumePerWorker or perWorker)."""
+        return self.volumePerWorker or self.perWorker
 
 
 class PodTemplate(ApiModel):
@@ -218,6 +231,19 @@ class TrainingJobSpec(ApiModel):
              "(worker i is <job>-<i>.<service>): remove them",
              lambda s: s["replicas"] <= 1 or not ({"hostname", "subdomain"} & set(s["template"].get("spec") or {})),
              field_path=".template.spec"),
+        Rule("!has(self.output) || !((has(self.output.volumePerWorker) && self.output.volumePerWorker) || "
+             "(has(self.output.perWorker) && self.output.perWorker)) || self.engine == 'JobSet'",
+             "spec.output.volumePerWorker and perWorker need spec.engine: JobSet (each worker is its own replicated "
+             "job with its own volume; an Indexed Job's pods share one template, so one claim)",
+             lambda s: not ((s.get("output") or {}).get("volumePerWorker") or (s.get("output") or {}).get("perWorker"))
+             or s.get("engine", "Job") == "JobSet", field_path=".output"),
+        Rule("!has(self.output) || !((has(self.output.volumePerWorker) && self.output.volumePerWorker) || "
+             "(has(self.output.perWorker) && self.output.perWorker)) || !has(self.output.publish) || "
+             "self.output.publish != 'Continuous'",
+             "spec.output.volumePerWorker and perWorker are published OnCompletion: live sealing of checkpoints "
+             "assembled across workers is not supported yet (set output.publish: OnCompletion)",
+             lambda s: not ((s.get("output") or {}).get("volumePerWorker") or (s.get("output") or {}).get("perWorker"))
+             or (s.get("output") or {}).get("publish") != "Continuous", field_path=".output.publish"),
     )
 
     checkpoints: list[CheckpointRef] = Field(

@@ -34,6 +34,7 @@ class ScanResult:
     skipped: list[dict[str, Any]]
     uploads: dict[str, str] = field(default_factory=dict)  # s3 store: directory -> uri of its committed upload
     skipped_count: Optional[int] = None                   # the agent may report more than it lists
+    sources: dict[str, list[int]] = field(default_factory=dict)  # a volume per worker: the worker of each file
 
     @property
     def total_skipped(self) -> int:
@@ -74,7 +75,8 @@ def parse_scan_output(log: str) -> ScanResult:
         if isinstance(data, dict) and "checkpoints" in data:
             return ScanResult(checkpoints=[Manifest.model_validate(c) for c in data["checkpoints"]],
                               skipped=list(data.get("skipped", [])), uploads=dict(data.get("uploads", {})),
-                              skipped_count=data.get("skippedCount"))
+                              skipped_count=data.get("skippedCount"),
+                              sources={str(k): [int(w) for w in v] for k, v in (data.get("sources") or {}).items()})
     raise ScanOutputError("the snapshot pod's log holds no scan result (a JSON line with 'checkpoints')")
 
 

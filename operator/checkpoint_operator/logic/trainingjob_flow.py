@@ -62,6 +62,8 @@ def publish_mode(tj: TrainingJob, default: str) -> Optional[str]:
     """spec.output.publish, else the operator's default; None without an output."""
     if not tj.output_enabled:
         return None
+    if tj.spec.output.parts_per_worker:  # live sealing of parts is not supported (the CRD refuses Continuous)
+        return "OnCompletion"
     return tj.spec.output.publish or default
 
 

@@ -160,7 +160,7 @@ def _create_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput])
     if not isinstance(made, _Made):
         return made
     write_status(ctx, tj, flow.running_change(made.name, [i.name for i in inputs],
-                                              workload.output_claim_name(tj) if tj.output_enabled else None,
+                                              workload.output_claim_names(tj)[0] if tj.output_enabled else None,
                                               now_rfc3339(), made.publish, pinned=tj.status.inputs is not None,
                                               kind=made.kind, queue=kueue.queue_name(tj.metadata.labels),
                                               rendezvous=made.rendezvous))
@@ -201,7 +201,8 @@ def _make_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput], a
     namespace = tj.metadata.namespace
     try:
         if tj.output_enabled:
-            _ensure_owned(tj, ctx.kube.ensure(PVCS, namespace, workload.build_output_claim(tj, ctx.config)))
+            for claim in workload.build_output_claims(tj, ctx.config):
+                _ensure_owned(tj, ctx.kube.ensure(PVCS, namespace, claim))
         if rendezvous.needs_service(tj):
             _ensure_owned(tj, workloads.ensure_service(ctx, tj))
         _ensure_owned(tj, workloads.ensure(ctx, tj, built.job))
@@ -224,7 +225,7 @@ def _adopt_started_job(ctx: Context, tj: TrainingJob) -> Optional[Result]:
     names = [p.name for p in tj.status.inputs or []]
     queued = kueue.queue_name(tj.metadata.labels) if engines.engine_of(tj).read(job).suspended else None
     write_status(ctx, tj, flow.running_change(job["metadata"]["name"], names,
-                                              workload.output_claim_name(tj) if tj.output_enabled else None,
+                                              workload.output_claim_names(tj)[0] if tj.output_enabled else None,
                                               now_rfc3339(), flow.publish_mode_of_job(job), kind=job.get("kind", "Job"),
                                               queue=queued))
     return Advance()
@@ -491,7 +492,7 @@ def _first_uncommitted(tj: TrainingJob, store: Store, claim: str, scan: ScanResu
     try:
         for manifest in scan.checkpoints:
             if not store.is_committed(store.snapshot_location(tj, claim, manifest, tj.spec.output.layout,
-                                                              scan.uploads)):
+                                                              scan.uploads, scan.sources.get(manifest.path))):
                 return f"{manifest.path!r} has no manifest in the store: the upload did not complete"
     except MissingUpload as exc:
         return str(exc)
@@ -503,7 +504,8 @@ def _plan(ctx: Context, tj: TrainingJob, store: Store, claim: str, scan: ScanRes
     namespace, layout = tj.metadata.namespace, tj.spec.output.layout
     retired = [(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []]
     return plan_snapshot(tj, scan, lambda n: ctx.indexes.checkpoint(namespace, n),
-                         lambda m: store.snapshot_location(tj, claim, m, layout, scan.uploads), existing=existing,
+                         lambda m: store.snapshot_location(tj, claim, m, layout, scan.uploads,
+                                                           scan.sources.get(m.path)), existing=existing,
                          retired=retired)
 
 
@@ -581,12 +583,14 @@ def _hand_over_output_claim(ctx: Context, tj: TrainingJob, store: Store, claim: 
     with the last of them (and not with the job). s3 store: the data was uploaded; release the
     volume, unless something in it was not stored (then it stays, owned by the job)."""
     if not store.keeps_output_claim:
-        if not keep:
-            _, keeping = claim_holds.delete_unless_held(ctx, tj.metadata.namespace, claim)
+        for each in workload.output_claim_names(tj) if tj.spec.output.parts_per_worker and not keep else \
+                [] if keep else [claim]:
+            _, keeping = claim_holds.delete_unless_held(ctx, tj.metadata.namespace, each)
             if keeping:  # a source.volume Checkpoint adopted a path of it: it goes with the last of them
-                ctx.info(tj, "OutputKept", f"volume {claim} is kept: Checkpoint {', '.join(keeping)} points into it")
-    elif owners:
-        publish.own_output_claim(ctx, tj, claim, [publish.checkpoint_owner(b) for b in owners], keep_job=False)
+                ctx.info(tj, "OutputKept", f"volume {each} is kept: Checkpoint {', '.join(keeping)} points into it")
+    elif owners:  # with a volume per worker, every worker's volume (a checkpoint may read from any)
+        for each in workload.output_claim_names(tj) if tj.spec.output.parts_per_worker else [claim]:
+            publish.own_output_claim(ctx, tj, each, [publish.checkpoint_owner(b) for b in owners], keep_job=False)
 
 
 # --- finished, deleting -----------------------------------------------------------------------------

@@ -64,7 +64,8 @@ class Store(ABC):
 
     @abstractmethod
     def snapshot_location(self, tj: TrainingJob, claim: str, manifest: Manifest, layout: str,
-                          uploads: dict[str, str]) -> Location: ...
+                          uploads: dict[str, str], sources: Optional[list[int]] = None) -> Location:
+        """`sources`: with a volume per worker, the worker each file was read from (agent/parts.py)."""
 
     @abstractmethod
     def import_containers(self, checkpoint: Checkpoint, max_size: int) -> PodParts:

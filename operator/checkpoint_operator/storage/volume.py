@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from checkpoint_operator.agent.manifest import Manifest
 from checkpoint_operator.api.checkpoint import Checkpoint, Location, VolumeLocation
+from checkpoint_operator.logic.parts import parts_count, volume_parts
 from checkpoint_operator.api.upload import UploadStatus
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.logic import agent_commands
@@ -32,32 +33,43 @@ class VolumeStore(Store):
     def input_volumes(self, tj: TrainingJob, inputs: list[ResolvedInput]) -> InputVolumes:
         """Each input's PVC, read-only, with subPath at <inputDir>/<name>; one volume per claim."""
         volumes: dict[str, dict[str, Any]] = {}
-        mounts = []
+        mounts: list[dict[str, Any]] = []
         for item in inputs:
-            location = item.location.volume
-            if location is None:
+            parts = item.location.volumeParts or ([item.location.volume] if item.location.volume else [])
+            if not parts:
                 raise ValueError(f"input {item.name} is not on a volume (status.location has no volume)")
-            claim = location.claimName
-            volume_name = volumes.setdefault(claim, {
-                "name": f"{INPUT_VOLUME_PREFIX}{len(volumes)}",
-                "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})["name"]
-            base = posixpath.join(tj.spec.inputDir, item.mount_name)
-            sub_path = posixpath.normpath(location.path.lstrip("/") or ".")
-            items: list[Optional[str]] = [*location.items] if location.items else [None]
-            for rel in items:  # items: only these files (e.g. the root files)
-                path = sub_path if rel is None else posixpath.join(sub_path, rel)
-                mounts.append({"name": volume_name, "readOnly": True,
-                               "mountPath": base if rel is None else posixpath.join(base, rel),
-                               "subPath": "" if path == "." else posixpath.normpath(path)})
+            for location in parts:  # a checkpoint assembled across workers: its parts side by side
+                self._mount(tj, item, location, volumes, mounts)
         return InputVolumes(volumes=list(volumes.values()), mounts=mounts)
 
+    @staticmethod
+    def _mount(tj: TrainingJob, item: ResolvedInput, location: VolumeLocation, volumes: dict[str, dict[str, Any]],
+               mounts: list[dict[str, Any]]) -> None:
+        claim = location.claimName
+        volume_name = volumes.setdefault(claim, {
+            "name": f"{INPUT_VOLUME_PREFIX}{len(volumes)}",
+            "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})["name"]
+        base = posixpath.join(tj.spec.inputDir, item.mount_name)
+        sub_path = posixpath.normpath(location.path.lstrip("/") or ".")
+        items: list[Optional[str]] = [*location.items] if location.items else [None]
+        for rel in items:  # items: only these files (e.g. the root files)
+            path = sub_path if rel is None else posixpath.join(sub_path, rel)
+            mounts.append({"name": volume_name, "readOnly": True,
+                           "mountPath": base if rel is None else posixpath.join(base, rel),
+                           "subPath": "" if path == "." else posixpath.normpath(path)})
+
     def snapshot_command(self, tj: TrainingJob, output_dir: str) -> list[str]:
-        return agent_commands.scan(output_dir, layout=tj.spec.output.layout)
+        output = tj.spec.output
+        return agent_commands.scan(output_dir, layout=output.layout, parts=parts_count(tj),
+                                   per_worker=output.perWorker)
 
     def snapshot_location(self, tj: TrainingJob, claim: str, manifest: Manifest, layout: str,
-                          uploads: dict[str, str]) -> Location:
+                          uploads: dict[str, str], sources: Optional[list[int]] = None) -> Location:
         """The root files (and, in the `files` layout, each file) share their directory with
-        other checkpoints, so only their own files are listed as items (mounted one by one)."""
+        other checkpoints, so only their own files are listed as items (mounted one by one).
+        `sources`: the worker each file is read from (a volume per worker): the parts' mounts."""
+        if tj.spec.output.parts_per_worker:
+            return Location(volumeParts=volume_parts(tj, manifest, layout, sources or []))
         if manifest.path == "." or layout == "files":
             return Location(volume=VolumeLocation(claimName=claim, path=".", items=[f.path for f in manifest.files]))
         return Location(volume=VolumeLocation(claimName=claim, path=manifest.path))
