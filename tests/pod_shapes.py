@@ -105,12 +105,12 @@ def catalog_pods(store_name: str) -> dict[str, dict[str, Any]]:
 
 
 def training_job(template: Optional[dict] = None, *, publish: str = "OnCompletion", replicas: int = 1,
-                 engine: str = "Job", labels: Optional[dict] = None) -> TrainingJob:
+                 engine: str = "Job", labels: Optional[dict] = None, output: Optional[dict] = None) -> TrainingJob:
     return TrainingJob.model_validate({
         "apiVersion": "ckpt.dev/v1alpha1", "kind": "TrainingJob",
         "metadata": {"name": "train", "namespace": NAMESPACE, "uid": "0123456789-uid", "labels": labels or {}},
         "spec": {"checkpoints": [{"name": "base"}], "replicas": replicas, "engine": engine,
-                 "output": {"enabled": True, "size": "10Gi", "publish": publish},
+                 "output": {"enabled": True, "size": "10Gi", "publish": publish, **(output or {})},
                  "template": copy.deepcopy(template or RESTRICTED_TEMPLATE)}})
 
 
@@ -127,6 +127,9 @@ def agent_pods() -> dict[str, dict[str, Any]]:
         tj = training_job()
         pods[f"{store_name}/snapshot"] = workload.build_snapshot_pod(
             tj, store.snapshot_command(tj, AGENT_OUTPUT_MOUNT), store.agent_env(), cfg)
+        parts = training_job(replicas=2, engine="JobSet", output={"volumePerWorker": True})
+        pods[f"{store_name}/snapshot-volume-per-worker"] = workload.build_snapshot_pod(
+            parts, store.snapshot_command(parts, AGENT_OUTPUT_MOUNT), store.agent_env(), cfg)
         for kind, source in SOURCES.items():
             ckpt = checkpoint(source)
             pods[f"{store_name}/import/{kind}"] = workload.build_import_pod(
@@ -156,6 +159,10 @@ def agent_pods() -> dict[str, dict[str, Any]]:
 def _inputs(store_name: str) -> list[ResolvedInput]:
     if store_name == "s3":
         location = {"s3": {"uri": "s3://ckpts/checkpoints/team-a/base-uid/"}}
+    elif store_name == "volume-parts":  # assembled across two workers' volumes
+        location = {"volumeParts": [
+            {"claimName": "producer-output-abcde-0", "path": "step-1", "items": [".metadata", "__0_0.distcp"]},
+            {"claimName": "producer-output-abcde-1", "path": "step-1", "items": ["__1_0.distcp"]}]}
     else:
         location = {"volume": {"claimName": "producer-output-abcde", "path": "step-1"}}
     return [ResolvedInput(name="base", uid="u-base", digest=DIGEST, mount_name="base",
@@ -163,12 +170,13 @@ def _inputs(store_name: str) -> list[ResolvedInput]:
 
 
 def built_job(store_name: str, template: Optional[dict] = None, *, publish: str = "OnCompletion",
-              replicas: int = 1, engine: str = "Job", labels: Optional[dict] = None, attempt: int = 0) -> dict[str, Any]:
+              replicas: int = 1, engine: str = "Job", labels: Optional[dict] = None, attempt: int = 0,
+              output: Optional[dict] = None, inputs_from: Optional[str] = None) -> dict[str, Any]:
     """The Job (or, with engine JobSet, the JobSet) the operator creates for the TrainingJob."""
     cfg = config(store_name)
     store = store_for(cfg)
-    tj = training_job(template, publish=publish, replicas=replicas, engine=engine, labels=labels)
-    inputs = _inputs(store_name)
+    tj = training_job(template, publish=publish, replicas=replicas, engine=engine, labels=labels, output=output)
+    inputs = _inputs(inputs_from or store_name)
     sidecar = workload.build_live_sidecar(tj, cfg, store.live_upload_prefix(tj), store.agent_env()) \
         if publish == "Continuous" else None
     return workload.build_workload(tj, inputs, store.input_volumes(tj, inputs), sidecar, attempt=attempt).job
@@ -179,10 +187,11 @@ def built_service(replicas: int = 2) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Service", **workload.build_rendezvous_service(training_job(replicas=replicas))}
 
 
-def job_pod(job: dict[str, Any]) -> dict[str, Any]:
-    """The pod the Job controller creates from the Job's template (a JobSet's: its child Job's)."""
+def job_pod(job: dict[str, Any], replicated: int = 0) -> dict[str, Any]:
+    """The pod the Job controller creates from the Job's template (a JobSet's: its child Job's, of
+    replicated job `replicated`)."""
     if job["kind"] == "JobSet":
-        template = copy.deepcopy(job["spec"]["replicatedJobs"][0]["template"]["spec"]["template"])
+        template = copy.deepcopy(job["spec"]["replicatedJobs"][replicated]["template"]["spec"]["template"])
     else:
         template = copy.deepcopy(job["spec"]["template"])
     metadata = {**template.get("metadata", {}), "name": f"{job['metadata']['name']}-x7k2p",
@@ -199,4 +208,8 @@ def training_pods(template: Optional[dict] = None) -> dict[str, dict[str, Any]]:
                 pods[name] = job_pod(built_job(store_name, template, publish=publish, replicas=replicas))
             pods[f"{store_name}/training/{publish}/jobset"] = job_pod(
                 built_job(store_name, template, publish=publish, replicas=2, engine="JobSet"))
+        pods[f"{store_name}/training/volume-per-worker"] = job_pod(
+            built_job(store_name, template, replicas=2, engine="JobSet", output={"volumePerWorker": True}), 1)
+    pods["volume/training/input-assembled-across-workers"] = job_pod(built_job("volume", template,
+                                                                               inputs_from="volume-parts"))
     return pods

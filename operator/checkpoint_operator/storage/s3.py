@@ -97,7 +97,7 @@ class S3Store(Store):
         meta = tj.metadata
         return agent_commands.snapshot(output_dir, self.prefix_for(meta.namespace, meta.name, meta.uid),
                                        layout=tj.spec.output.layout, reuse_sealed=tj.publishes_live,
-                                       parts=parts_count(tj), per_worker=tj.spec.output.perWorker)
+                                       parts=parts_count(tj), per_worker=bool(tj.spec.output.perWorker))
 
     def live_upload_prefix(self, tj: TrainingJob) -> str:
         meta = tj.metadata

@@ -61,7 +61,7 @@ class VolumeStore(Store):
     def snapshot_command(self, tj: TrainingJob, output_dir: str) -> list[str]:
         output = tj.spec.output
         return agent_commands.scan(output_dir, layout=output.layout, parts=parts_count(tj),
-                                   per_worker=output.perWorker)
+                                   per_worker=bool(output.perWorker))
 
     def snapshot_location(self, tj: TrainingJob, claim: str, manifest: Manifest, layout: str,
                           uploads: dict[str, str], sources: Optional[list[int]] = None) -> Location:
