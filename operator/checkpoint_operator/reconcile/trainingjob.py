@@ -492,7 +492,7 @@ def _first_uncommitted(tj: TrainingJob, store: Store, claim: str, scan: ScanResu
     try:
         for manifest in scan.checkpoints:
             if not store.is_committed(store.snapshot_location(tj, claim, manifest, tj.spec.output.layout,
-                                                              scan.uploads, scan.sources.get(manifest.path))):
+                                                              scan.uploads, _sources(tj, scan, manifest.path))):
                 return f"{manifest.path!r} has no manifest in the store: the upload did not complete"
     except MissingUpload as exc:
         return str(exc)
@@ -505,8 +505,13 @@ def _plan(ctx: Context, tj: TrainingJob, store: Store, claim: str, scan: ScanRes
     retired = [(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []]
     return plan_snapshot(tj, scan, lambda n: ctx.indexes.checkpoint(namespace, n),
                          lambda m: store.snapshot_location(tj, claim, m, layout, scan.uploads,
-                                                           scan.sources.get(m.path)), existing=existing,
+                                                           _sources(tj, scan, m.path)), existing=existing,
                          retired=retired)
+
+
+def _sources(tj: TrainingJob, scan: ScanResult, path: str) -> Optional[list[int]]:
+    """With a volume per worker, the worker of each file of `path` (none reported: refused there)."""
+    return scan.sources.get(path, []) if tj.spec.output.parts_per_worker else None
 
 
 def _create_checkpoints(ctx: Context, tj: TrainingJob, plan: SnapshotPlan) -> Optional[list[dict[str, Any]]]:

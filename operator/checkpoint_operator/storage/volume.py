@@ -68,8 +68,8 @@ class VolumeStore(Store):
         """The root files (and, in the `files` layout, each file) share their directory with
         other checkpoints, so only their own files are listed as items (mounted one by one).
         `sources`: the worker each file is read from (a volume per worker): the parts' mounts."""
-        if tj.spec.output.parts_per_worker:
-            return Location(volumeParts=volume_parts(tj, manifest, layout, sources or []))
+        if sources is not None:
+            return Location(volumeParts=volume_parts(tj, manifest, layout, sources))
         if manifest.path == "." or layout == "files":
             return Location(volume=VolumeLocation(claimName=claim, path=".", items=[f.path for f in manifest.files]))
         return Location(volume=VolumeLocation(claimName=claim, path=manifest.path))
