@@ -84,10 +84,11 @@ def files_from_manifest(root: str, manifest: Manifest, follow_links: bool = Fals
                         tops: Optional[Mapping[str, str]] = None) -> list[LocalFile]:
     """The files a manifest lists, located by the same rules (never through a link that
     leaves the checkpoint, nor a directory reached through a link; `follow_links`: as `cp -L`,
-    for a push of the user's own directory)."""
+    for a push of the user's own directory). `tops`: a checkpoint assembled from workers' parts,
+    the directory each file is in (agent/parts.py)."""
     files = []
     for entry in manifest.files:
-        path, st = locate_file(root, entry.path, follow_links=follow_links)
+        path, st = locate_file((tops or {}).get(entry.path, root), entry.path, follow_links=follow_links)
         if st.st_size != entry.size:
             raise AgentError(f"{path}: changed since it was scanned (size {st.st_size}, manifest says {entry.size})")
         files.append(LocalFile(entry.path, path, st.st_size, expected_sha256=entry.sha256))
