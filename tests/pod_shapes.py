@@ -146,6 +146,12 @@ def agent_pods() -> dict[str, dict[str, Any]]:
                                         "items": ["config.json", "model.safetensors"]}}})
             pods["volume/verify"] = transfers.build_verify_pod(ready, cfg, "now", [])
             pods["volume/pull"] = transfers.build_pull_pod(ready, cfg, "now")
+            assembled = checkpoint({"volume": {"claimName": "team-data", "path": "/"}}, status={
+                "phase": "Ready", "digest": DIGEST, "sizeBytes": 10, "location": {"volumeParts": [
+                    {"claimName": "train-output-01234-0", "path": "step-1", "items": [".metadata", "__0_0.distcp"]},
+                    {"claimName": "train-output-01234-1", "path": "step-1", "items": ["__1_0.distcp"]}]}})
+            pods["volume/verify/assembled-across-workers"] = transfers.build_verify_pod(assembled, cfg, "now", [])
+            pods["volume/pull/assembled-across-workers"] = transfers.build_pull_pod(assembled, cfg, "now")
         else:
             pods["s3/upload-check"] = transfers.build_upload_check_pod(
                 upload, cfg, request, "s3://ckpts/checkpoints/team-a/pushed-uid-push/", store.agent_env(), LIMIT)

@@ -11,9 +11,13 @@ workers; perWorker keeps each worker's files its own Checkpoints, named per work
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
-from test_distributed import DDP, job, local_run
+import pytest
+
+from test_distributed import DDP, job
 
 SAVE = '        dcp.save(state(step), checkpoint_id=os.path.join(out, f"step-{step}"))\n'
 # After each save: every rank writes config.json (identical unless CONFLICT_AT names this step),
@@ -34,42 +38,58 @@ def parts_job(name: str, command: list[str], *, env: dict | None = None, **spec)
                output={"volumePerWorker": True, **spec.pop("output", {})}, **spec)
 
 
-def run(tmp_path: Path, jobs: list[dict]) -> tuple[dict, dict, str]:
+def run(tmp_path: Path, jobs: list[dict], store: str = "volume") -> tuple[dict, dict, str]:
+    """Run the jobs in local mode (`store`: volume, or s3 on a SeaweedFS it starts); the report,
+    every Checkpoint's and TrainingJob's stored object, and every stored object's line."""
+    (tmp_path / "jobs.yaml").write_text("\n---\n".join(json.dumps(j) for j in jobs) + "\n")
     (tmp_path / "parts_ddp.py").write_text(PARTS_DDP)
-    report, stored = local_run(tmp_path, jobs)
-    events = (tmp_path / "state" / "api-objects.jsonl").read_text()
-    return report, stored, events
+    state = tmp_path / "state"
+    proc = subprocess.run([sys.executable, "-m", "checkpoint_operator", "local", "run", "-f", "jobs.yaml",
+                           "--runtime", "process", "-o", "json", "--state-dir", str(state), "--timeout", "900",
+                           "--store", store], cwd=tmp_path, capture_output=True, text=True, timeout=1000)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    lines = (state / "api-objects.jsonl").read_text()
+    stored = [json.loads(line) for line in lines.splitlines()[1:]]
+    objects = {o["object"]["metadata"]["name"]: o["object"] for o in stored
+               if o["object"].get("kind") in ("Checkpoint", "TrainingJob")}
+    return json.loads(proc.stdout), objects, lines
 
 
-def test_each_step_written_across_two_workers_volumes_is_one_complete_checkpoint_and_resumes(tmp_path):
+@pytest.mark.parametrize("store", ["volume", "s3"])
+def test_each_step_written_across_two_workers_volumes_is_one_complete_checkpoint_and_resumes(tmp_path, store):
     assert SAVE in DDP  # the hook point of the script this test extends
     train = parts_job("parts-train", ["torchrun", "parts_ddp.py", "train", "6", "2", str(tmp_path / "train.json")],
                       env={"DROP_SHARD_AT": "2", "CONFLICT_AT": "4"})
     resume = parts_job("parts-resume", ["torchrun", "parts_ddp.py", "resume", "2", "2",
                                         str(tmp_path / "resume.json")],
                        checkpoints=[{"fromTrainingJob": "parts-train", "select": "latest"}])
-    report, stored, events = run(tmp_path, [train, resume])
+    report, stored, events = run(tmp_path, [train, resume], store)
     phases = {j["name"]: j["phase"] for j in report["trainingJobs"]}
     assert phases == {"parts-train": "Succeeded", "parts-resume": "Succeeded"}, report
     trained = json.loads((tmp_path / "train.json").read_text())
     assert (trained["world"], trained["start"]) == (2, 0)
 
-    # Each worker wrote into its own ReadWriteOnce volume, which the Checkpoints now own.
+    # Each worker wrote into its own ReadWriteOnce volume, which (volume store) the Checkpoints now
+    # own, or (s3 store) which was released once everything in it was uploaded.
     objects = [json.loads(line)["object"] for line in events.splitlines()[1:]]
     claims = {o["metadata"]["name"]: o for o in objects if o.get("kind") == "PersistentVolumeClaim"
               and o["metadata"]["name"].startswith("parts-train-output-")}
-    assert len(claims) == 2 and all(c["spec"]["accessModes"] == ["ReadWriteOnce"] for c in claims.values())
-    for claim in claims.values():
-        assert {r["kind"] for r in claim["metadata"]["ownerReferences"]} == {"Checkpoint"}
+    if store == "volume":
+        assert len(claims) == 2 and all(c["spec"]["accessModes"] == ["ReadWriteOnce"] for c in claims.values())
+        for claim in claims.values():
+            assert {r["kind"] for r in claim["metadata"]["ownerReferences"]} == {"Checkpoint"}
     # step-6: one Checkpoint, the union of both workers' files; config.json (same bytes) once.
     status = stored["parts-train-step-6"]["status"]
     assert (status["phase"], status["format"], status["complete"], status["step"]) == \
         ("Ready", "torch-dcp", True, 6), status
     assert status["fileCount"] == 4, status  # .metadata, __0_0.distcp, __1_0.distcp, config.json
-    parts = status["location"]["volumeParts"]
-    assert [p["claimName"].rsplit("-", 1)[1] for p in parts] == ["0", "1"]
-    assert parts[0]["items"] == [".metadata", "__0_0.distcp", "config.json"]
-    assert parts[1]["items"] == ["__1_0.distcp"]
+    if store == "volume":  # the parts, mounted side by side by a consumer
+        parts = status["location"]["volumeParts"]
+        assert [p["claimName"].rsplit("-", 1)[1] for p in parts] == ["0", "1"]
+        assert parts[0]["items"] == [".metadata", "__0_0.distcp", "config.json"]
+        assert parts[1]["items"] == ["__1_0.distcp"]
+    else:  # the union, uploaded as one checkpoint
+        assert status["location"]["s3"]["uri"].endswith("/dirs/step-6/"), status["location"]
     # step-2: rank 1's shard was lost: not complete, the reason names the shard.
     lost = stored["parts-train-step-2"]["status"]
     assert (lost["phase"], lost["complete"]) == ("Ready", False), lost

@@ -124,22 +124,29 @@ def build_upload_check_pod(checkpoint: Checkpoint, config: OperatorConfig, reque
 
 # --- verify and pull -----------------------------------------------------------------------------------
 
-def location_volumes(volume: VolumeLocation, *,
+def location_volumes(location: VolumeLocation | list[VolumeLocation], *,
                      read_only: bool = True) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(volumes, mounts) that show a volume location's files at AGENT_DATA_MOUNT, and only them
-    (the root files of an output, listed as items, are mounted one by one)."""
-    sub_path = posixpath.normpath(volume.path.lstrip("/") or ".")
-    volumes: list[dict[str, Any]] = [
-        {"name": "data", "persistentVolumeClaim": {"claimName": volume.claimName, "readOnly": read_only}}]
+    (the root files of an output, listed as items, are mounted one by one). A list: the parts of a
+    checkpoint assembled across workers (logic/parts.py), side by side in that one directory."""
+    parts = location if isinstance(location, list) else [location]
+    claims: dict[str, str] = {}
+    volumes: list[dict[str, Any]] = []
     mounts = []
-    items: list[Optional[str]] = [*volume.items] if volume.items else [None]
-    for rel in items:
-        path = sub_path if rel is None else posixpath.normpath(posixpath.join(sub_path, rel))
-        mount = {"name": "data", "readOnly": read_only,
-                 "mountPath": AGENT_DATA_MOUNT if rel is None else posixpath.join(AGENT_DATA_MOUNT, rel)}
-        if path != ".":
-            mount["subPath"] = path
-        mounts.append(mount)
+    for volume in parts:
+        if volume.claimName not in claims:
+            claims[volume.claimName] = "data" if not claims else f"data-{len(claims)}"
+            volumes.append({"name": claims[volume.claimName],
+                            "persistentVolumeClaim": {"claimName": volume.claimName, "readOnly": read_only}})
+        sub_path = posixpath.normpath(volume.path.lstrip("/") or ".")
+        items: list[Optional[str]] = [*volume.items] if volume.items else [None]
+        for rel in items:
+            path = sub_path if rel is None else posixpath.normpath(posixpath.join(sub_path, rel))
+            mount = {"name": claims[volume.claimName], "readOnly": read_only,
+                     "mountPath": AGENT_DATA_MOUNT if rel is None else posixpath.join(AGENT_DATA_MOUNT, rel)}
+            if path != ".":
+                mount["subPath"] = path
+            mounts.append(mount)
     return volumes, mounts
 
 
@@ -170,8 +177,10 @@ def build_pull_pod(checkpoint: Checkpoint, config: OperatorConfig, value: str) -
                         volumes, size_bytes=checkpoint.status.sizeBytes)
 
 
-def _volume_of(checkpoint: Checkpoint) -> VolumeLocation:
+def _volume_of(checkpoint: Checkpoint) -> VolumeLocation | list[VolumeLocation]:
     location = checkpoint.status.location
+    if location is not None and location.volumeParts:
+        return list(location.volumeParts)
     if location is None or location.volume is None:
         raise ValueError(f"Checkpoint {checkpoint.metadata.name} has no volume location")
     return location.volume
@@ -274,5 +283,8 @@ def verify_error_condition(message: str) -> ConditionChange:
 def describe_location(location: Optional[Location]) -> str:
     if location is not None and location.s3 is not None:
         return location.s3.uri
+    if location is not None and location.volumeParts:
+        first = location.volumeParts[0]
+        return f"{len(location.volumeParts)} volumes ({first.claimName}:{first.path}, ...)"
     volume = location.volume if location is not None else None
     return f"volume {volume.claimName}:{volume.path}" if volume is not None else "volume None:."

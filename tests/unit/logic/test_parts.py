@@ -200,3 +200,24 @@ def test_the_agent_s_sources_reach_the_plan_and_per_worker_checkpoints_are_named
         "llama-worker-0-step-100": workload.worker_claim_name(tj, 0),
         "llama-worker-1-step-100": workload.worker_claim_name(tj, 1), "llama-worker-1": workload.worker_claim_name(tj, 1)}
     assert ScanResult(checkpoints=[], skipped=[]).sources == {}
+
+
+def test_verify_and_pull_pods_see_the_parts_as_one_directory():
+    from checkpoint_operator.logic import transfers
+    from checkpoint_operator.logic.agent_pods import AGENT_DATA_MOUNT
+    parts_location = [VolumeLocation(claimName="c-0", path="step-1", items=[".metadata", "__0_0.distcp"]),
+                      VolumeLocation(claimName="c-1", path="step-1", items=["__1_0.distcp"]),
+                      VolumeLocation(claimName="c-0", path="step-1/more")]
+    volumes, mounts = transfers.location_volumes(parts_location)
+    assert volumes == [{"name": "data", "persistentVolumeClaim": {"claimName": "c-0", "readOnly": True}},
+                       {"name": "data-1", "persistentVolumeClaim": {"claimName": "c-1", "readOnly": True}}]
+    assert [(m["name"], m["mountPath"], m["subPath"]) for m in mounts] == [
+        ("data", f"{AGENT_DATA_MOUNT}/.metadata", "step-1/.metadata"),
+        ("data", f"{AGENT_DATA_MOUNT}/__0_0.distcp", "step-1/__0_0.distcp"),
+        ("data-1", f"{AGENT_DATA_MOUNT}/__1_0.distcp", "step-1/__1_0.distcp"),
+        ("data", AGENT_DATA_MOUNT, "step-1/more")]
+    # One location: what it always was.
+    assert transfers.location_volumes(VolumeLocation(claimName="c", path="step-1")) == (
+        [{"name": "data", "persistentVolumeClaim": {"claimName": "c", "readOnly": True}}],
+        [{"name": "data", "readOnly": True, "mountPath": AGENT_DATA_MOUNT, "subPath": "step-1"}])
+    assert transfers.describe_location(Location(volumeParts=parts_location)) == "3 volumes (c-0:step-1, ...)"
