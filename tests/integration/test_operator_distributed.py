@@ -3,11 +3,12 @@ failure and restarts, JobSet, Kueue. The workers' commands run for real (host pr
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
 
-from conftest import NS, TJ, training_job
+from conftest import CKPT, NS, TJ, training_job
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -219,3 +220,55 @@ async def test_a_group_restart_queued_in_kueue_is_queued_again_not_preempted(api
     assert status["restarts"] == 1 and not status.get("preemptions")
     reasons = [e["reason"] for e in await events_of(api, "kgroup")]
     assert "GroupRestart" in reasons and "Preempted" not in reasons
+
+
+PART_WRITER = """
+import json, os
+out, rank = os.environ["CHECKPOINT_OUTPUT_DIR"], int(os.environ["RANK"])
+for step in ("step-1", "step-2"):
+    os.makedirs(os.path.join(out, step), exist_ok=True)
+    with open(os.path.join(out, step, f"shard-{rank}.bin"), "wb") as f:
+        f.write(bytes([rank]) * 16)
+    with open(os.path.join(out, step, "config.json"), "w") as f:  # step-2: each rank its own bytes
+        json.dump({"rank": rank} if step == "step-2" else {"layers": 2}, f)
+"""
+
+PART_READER = """
+import os
+root = os.environ["CHECKPOINT_INPUT_PATH"]
+listing = sorted(f"{name}={open(os.path.join(root, name), 'rb').read().hex()}" for name in os.listdir(root))
+with open(os.path.join(os.environ["CHECKPOINT_OUTPUT_DIR"], "seen.txt"), "w") as f:
+    f.write("\\n".join(listing))
+"""
+
+
+async def test_a_volume_per_worker_makes_one_checkpoint_of_each_directory_and_names_a_conflict(
+        api, operator, cluster, wait_for):
+    """output.volumePerWorker (issue 19.5): each worker writes its own claim; step-1 (each rank's
+    shard, the same config.json) is one Checkpoint of 3 files; step-2 (config.json differs) is
+    refused, the event naming the file and both workers; a consumer sees step-1 as one directory."""
+    await api.create(TJ, NS, training_job("vpw", replicas=2, engine="JobSet", backoffLimit=0,
+                                          output={"volumePerWorker": True}, command=python(PART_WRITER)))
+    tj = await wait_phase(api, wait_for, "vpw", ("Succeeded", "Failed"), timeout=90)
+    status = tj["status"]
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["outputCheckpoints"] == ["vpw-step-1"]
+    step = await api.get(CKPT, NS, "vpw-step-1")
+    assert step["status"]["fileCount"] == 3 and step["status"]["phase"] == "Ready"
+    parts = step["status"]["location"]["volumeParts"]
+    assert [p["items"] for p in parts] == [["config.json", "shard-0.bin"], ["shard-1.bin"]]
+    for index, part in enumerate(parts):  # each worker's files are in its own claim only
+        assert sorted(p.name for p in (cluster.claim_dir(NS, part["claimName"]) / "step-1").iterdir()) == \
+            ["config.json", f"shard-{index}.bin"]
+    skipped = [e for e in await events_of(api, "vpw") if e["reason"] == "Skipped"]
+    assert len(skipped) == 1 and "'step-2': conflicting parts, not made into a Checkpoint: 'config.json' " \
+                                 "differs between worker 0" in skipped[0]["message"]
+    assert "and worker 1" in skipped[0]["message"]
+
+    await api.create(TJ, NS, training_job("reader", checkpoints=[{"name": "vpw-step-1"}],
+                                          command=python(PART_READER)))
+    tj = await wait_phase(api, wait_for, "reader", ("Succeeded", "Failed"), timeout=60)
+    assert tj["status"]["phase"] == "Succeeded", tj["status"].get("message")
+    seen = (cluster.claim_dir(NS, tj["status"]["outputClaim"]) / "seen.txt").read_text().splitlines()
+    config = json.dumps({"layers": 2}).encode().hex()
+    assert seen == [f"config.json={config}", f"shard-0.bin={'00' * 16}", f"shard-1.bin={'01' * 16}"]
