@@ -153,7 +153,8 @@ def _create_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput])
     if refused:
         return Fail("ManagedClaim", refused)
     if tj.output_enabled:
-        squatted = template_claims.squatted(ctx, tj.metadata.namespace, workload.output_claim_name(tj))
+        squatted = next(filter(None, (template_claims.squatted(ctx, tj.metadata.namespace, claim)
+                                      for claim in workload.output_claim_names(tj))), None)
         if squatted:
             return Wait("ClaimNamedByTrainingJob", squatted, requeue_after=template_claims.SQUAT_RECHECK)
     made = _make_workload(ctx, tj, inputs, attempt=0, deadline=None)
@@ -608,13 +609,19 @@ def _finished(ctx: Context, tj: TrainingJob) -> Optional[float]:
     if used_uids(tj.metadata.labels):
         tj = _release_inputs(ctx, tj)
     if flow.wants_output_released(tj):
-        claim = tj.status.outputClaim or workload.output_claim_name(tj)
-        pvc = ctx.kube.get(PVCS, tj.metadata.namespace, claim)
-        deleted, keeping = claim_holds.delete_unless_held(ctx, tj.metadata.namespace, claim) \
-            if pvc is not None and _owns(tj, pvc) else (False, [])
-        tj = write_status(ctx, tj, flow.released_change(claim, deleted, keeping))
-        ctx.info(tj, "OutputReleased", f"volume {claim} released on request")
+        # With a volume per worker, every worker's volume; the condition names the first.
+        claims = workload.output_claim_names(tj) if tj.spec.output.parts_per_worker else \
+            [tj.status.outputClaim or workload.output_claim_name(tj)]
+        released = [_release_claim(ctx, tj, claim) for claim in claims]
+        tj = write_status(ctx, tj, flow.released_change(claims[0], *released[0]))
+        ctx.info(tj, "OutputReleased", f"volume {', '.join(claims)} released on request")
     return None
+
+
+def _release_claim(ctx: Context, tj: TrainingJob, claim: str) -> tuple[bool, list[str]]:
+    pvc = ctx.kube.get(PVCS, tj.metadata.namespace, claim)
+    return claim_holds.delete_unless_held(ctx, tj.metadata.namespace, claim) \
+        if pvc is not None and _owns(tj, pvc) else (False, [])
 
 
 def _deleting(ctx: Context, tj: TrainingJob) -> Optional[float]:
