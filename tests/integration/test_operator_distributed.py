@@ -225,6 +225,8 @@ async def test_a_group_restart_queued_in_kueue_is_queued_again_not_preempted(api
 PART_WRITER = """
 import json, os
 out, rank = os.environ["CHECKPOINT_OUTPUT_DIR"], int(os.environ["RANK"])
+# Each worker is its own one-pod Job: code written for an Indexed Job still reads its index here.
+assert os.environ["JOB_COMPLETION_INDEX"] == os.environ["PET_NODE_RANK"] == str(rank), dict(os.environ)
 for step in ("step-1", "step-2"):
     os.makedirs(os.path.join(out, step), exist_ok=True)
     with open(os.path.join(out, step, f"shard-{rank}.bin"), "wb") as f:

@@ -295,9 +295,13 @@ def build_workload(tj: TrainingJob, inputs: list[ResolvedInput], staged: InputVo
     return BuiltJob(workload, warnings)
 
 
+COMPLETION_INDEX_VARIABLE = "JOB_COMPLETION_INDEX"
+
+
 def worker_template(tj: TrainingJob, template: dict[str, Any], index: int) -> dict[str, Any]:
     """Worker `index`'s pod template when each worker has its own volume: its claim, and its rank as
-    a value (each worker is its own replicated job, whose completion index is 0)."""
+    a value (each worker is its own replicated job, whose completion index is 0), also as
+    JOB_COMPLETION_INDEX, which code written for an Indexed Job reads."""
     ours = copy.deepcopy(template)
     spec = ours["spec"]
     for volume in spec.get("volumes") or []:
@@ -309,6 +313,9 @@ def worker_template(tj: TrainingJob, template: dict[str, Any], index: int) -> di
                 if var.get("name") in rendezvous.INDEX_VARIABLES:
                     var.pop("valueFrom", None)
                     var["value"] = str(index)
+            # The Job controller sets JOB_COMPLETION_INDEX (0 here) unless the container has it.
+            env = [v for v in container.get("env") or [] if v.get("name") != COMPLETION_INDEX_VARIABLE]
+            container["env"] = [*env, {"name": COMPLETION_INDEX_VARIABLE, "value": str(index)}]
     ours.setdefault("metadata", {}).setdefault("labels", {})[WORKER_INDEX_LABEL] = str(index)
     return ours
 

@@ -78,6 +78,7 @@ def test_the_jobset_runs_each_worker_as_its_own_replicated_job_with_its_claim_an
         env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
         for var in rendezvous.INDEX_VARIABLES:  # the Job's completion index is 0 for every worker
             assert env[var] == {"name": var, "value": str(i)}
+        assert env["JOB_COMPLETION_INDEX"] == {"name": "JOB_COMPLETION_INDEX", "value": str(i)}
         assert env["WORLD_SIZE"]["value"] == env["PET_NNODES"]["value"] == "2"
         assert env["MASTER_ADDR"]["value"] == at.address
         assert pod["metadata"]["labels"][workers.WORKER_INDEX_LABEL] == str(i)
