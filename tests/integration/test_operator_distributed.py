@@ -274,3 +274,25 @@ async def test_a_volume_per_worker_makes_one_checkpoint_of_each_directory_and_na
     seen = (cluster.claim_dir(NS, tj["status"]["outputClaim"]) / "seen.txt").read_text().splitlines()
     config = json.dumps({"layers": 2}).encode().hex()
     assert seen == [f"config.json={config}", f"shard-0.bin={'00' * 16}", f"shard-1.bin={'01' * 16}"]
+
+
+async def test_a_volume_per_worker_group_restarts_every_worker_and_names_the_failed_one(
+        api, operator, cluster, wait_for):
+    """Each worker its own replicated job: JobSet restarts them all when one fails; the failure
+    names worker 1 (its label; every one-pod Job's completion index is 0); each worker's volume
+    keeps what it wrote across the restart (its own lines only)."""
+    await api.create(TJ, NS, group_job("vpwgroup", engine="JobSet", replicas=2, backoffLimit=2,
+                                       output={"volumePerWorker": True}))
+    tj = await wait_phase(api, wait_for, "vpwgroup", ("Succeeded", "Failed"), timeout=90)
+    status = tj["status"]
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["restarts"] == 1
+    assert status["workerFailure"]["attempt"] == 0 and status["workerFailure"]["index"] == 1
+    assert "exit code 3" in status["workerFailure"]["message"]
+    for index in (0, 1):
+        claim = f"vpwgroup-output-{tj['metadata']['uid'][:5]}-{index}"
+        lines = (cluster.claim_dir(NS, claim) / "workers.log").read_text().splitlines()
+        assert {line.split()[1] for line in lines} == {str(index)}, lines
+        assert f"done {index} attempt 1" in lines
+        assert any(f"start {index} attempt 1 rank {index} of 2" in line and f"host vpwgroup-node-{index}-0-0" in line
+                   for line in lines), lines
