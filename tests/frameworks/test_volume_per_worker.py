@@ -79,7 +79,7 @@ def test_each_step_written_across_two_workers_volumes_is_one_complete_checkpoint
         for claim in claims.values():
             assert {r["kind"] for r in claim["metadata"]["ownerReferences"]} == {"Checkpoint"}
     # step-6: one Checkpoint, the union of both workers' files; config.json (same bytes) once.
-    status = stored["parts-train-step-6"]["status"]
+    status = stored["parts-train.step-6"]["status"]
     assert (status["phase"], status["format"], status["complete"], status["step"]) == \
         ("Ready", "torch-dcp", True, 6), status
     assert status["fileCount"] == 4, status  # .metadata, __0_0.distcp, __1_0.distcp, config.json
@@ -91,22 +91,22 @@ def test_each_step_written_across_two_workers_volumes_is_one_complete_checkpoint
     else:  # the union, uploaded as one checkpoint
         assert status["location"]["s3"]["uri"].endswith("/dirs/step-6/"), status["location"]
     # step-2: rank 1's shard was lost: not complete, the reason names the shard.
-    lost = stored["parts-train-step-2"]["status"]
+    lost = stored["parts-train.step-2"]["status"]
     assert (lost["phase"], lost["complete"]) == ("Ready", False), lost
     assert "__1_0.distcp is named by .metadata but missing" in lost["message"]
     # step-4: config.json differs between the ranks: no Checkpoint, and the event names both.
-    assert "parts-train-step-4" not in stored
+    assert "parts-train.step-4" not in stored
     train_status = stored["parts-train"]["status"]
-    assert sorted(train_status["outputCheckpoints"]) == ["parts-train-step-2", "parts-train-step-6"]
+    assert sorted(train_status["outputCheckpoints"]) == ["parts-train.step-2", "parts-train.step-6"]
     assert "'config.json' differs between worker 0" in events and "and worker 1" in events
 
     # The second job read the union of step-6 from both volumes, with dcp.load on both ranks.
     resumed = json.loads((tmp_path / "resume.json").read_text())
-    assert (resumed["source"], resumed["start"], resumed["world"]) == ("parts-train-step-6", 6, 2)
+    assert (resumed["source"], resumed["start"], resumed["world"]) == ("parts-train.step-6", 6, 2)
     assert resumed["weights_at_start"] == trained["weights"]
-    nxt = stored["parts-resume-step-8"]["status"]
+    nxt = stored["parts-resume.step-8"]["status"]
     assert (nxt["format"], nxt["complete"], nxt["fileCount"]) == ("torch-dcp", True, 4), nxt
-    assert [p["name"] for p in nxt["parents"]] == ["parts-train-step-6"]
+    assert [p["name"] for p in nxt["parents"]] == ["parts-train.step-6"]
 
 
 def test_per_worker_keeps_each_worker_s_output_its_own_checkpoints(tmp_path):
@@ -114,10 +114,10 @@ def test_per_worker_keeps_each_worker_s_output_its_own_checkpoints(tmp_path):
                       output={"perWorker": True})
     report, stored, _ = run(tmp_path, [train])
     assert {j["name"]: j["phase"] for j in report["trainingJobs"]} == {"own": "Succeeded"}, report
-    assert sorted(stored["own"]["status"]["outputCheckpoints"]) == ["own-worker-0-step-2", "own-worker-1-step-2"]
-    rank0, rank1 = stored["own-worker-0-step-2"]["status"], stored["own-worker-1-step-2"]["status"]
+    assert sorted(stored["own"]["status"]["outputCheckpoints"]) == ["own-worker-0.step-2", "own-worker-1.step-2"]
+    rank0, rank1 = stored["own-worker-0.step-2"]["status"], stored["own-worker-1.step-2"]["status"]
     # Each worker's part alone: rank 0's lacks rank 1's shard, rank 1's has no .metadata.
     assert (rank0["fileCount"], rank0["complete"]) == (3, False)
     assert "__1_0.distcp is named by .metadata but missing" in rank0["message"]
     assert (rank1["fileCount"], rank1["complete"]) == (2, False)
-    assert stored["own-worker-1-step-2"]["spec"]["source"]["trainingJob"]["directory"] == "worker-1/step-2"
+    assert stored["own-worker-1.step-2"]["spec"]["source"]["trainingJob"]["directory"] == "worker-1/step-2"

@@ -254,8 +254,8 @@ async def test_a_volume_per_worker_makes_one_checkpoint_of_each_directory_and_na
     tj = await wait_phase(api, wait_for, "vpw", ("Succeeded", "Failed"), timeout=90)
     status = tj["status"]
     assert status["phase"] == "Succeeded", status.get("message")
-    assert status["outputCheckpoints"] == ["vpw-step-1"]
-    step = await api.get(CKPT, NS, "vpw-step-1")
+    assert status["outputCheckpoints"] == ["vpw.step-1"]
+    step = await api.get(CKPT, NS, "vpw.step-1")
     assert step["status"]["fileCount"] == 3 and step["status"]["phase"] == "Ready"
     parts = step["status"]["location"]["volumeParts"]
     assert [p["items"] for p in parts] == [["config.json", "shard-0.bin"], ["shard-1.bin"]]
@@ -267,7 +267,7 @@ async def test_a_volume_per_worker_makes_one_checkpoint_of_each_directory_and_na
                                  "differs between worker 0" in skipped[0]["message"]
     assert "and worker 1" in skipped[0]["message"]
 
-    await api.create(TJ, NS, training_job("reader", checkpoints=[{"name": "vpw-step-1"}],
+    await api.create(TJ, NS, training_job("reader", checkpoints=[{"name": "vpw.step-1"}],
                                           command=python(PART_READER)))
     tj = await wait_phase(api, wait_for, "reader", ("Succeeded", "Failed"), timeout=60)
     assert tj["status"]["phase"] == "Succeeded", tj["status"].get("message")
@@ -287,8 +287,15 @@ async def test_a_volume_per_worker_group_restarts_every_worker_and_names_the_fai
     status = tj["status"]
     assert status["phase"] == "Succeeded", status.get("message")
     assert status["restarts"] == 1
-    assert status["workerFailure"]["attempt"] == 0 and status["workerFailure"]["index"] == 1
-    assert "exit code 3" in status["workerFailure"]["message"]
+    restarts = [e["message"] for e in await events_of(api, "vpwgroup") if e["reason"] == "Restarting"]
+    # A one-pod Job fails with its pod and JobSet deletes it at once: the failure is named when a
+    # pass sees the pod before it goes (nearly always), else the restart says the pod is gone.
+    if "workerFailure" in status:
+        assert status["workerFailure"]["attempt"] == 0 and status["workerFailure"]["index"] == 1
+        assert "exit code 3" in status["workerFailure"]["message"]
+        assert "worker 1" in restarts[0]
+    else:
+        assert "a worker failed (its pod is gone)" in restarts[0], restarts
     for index in (0, 1):
         claim = f"vpwgroup-output-{tj['metadata']['uid'][:5]}-{index}"
         lines = (cluster.claim_dir(NS, claim) / "workers.log").read_text().splitlines()

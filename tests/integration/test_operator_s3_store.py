@@ -267,8 +267,8 @@ async def test_a_volume_per_worker_uploads_the_union_and_keeps_every_volume_of_a
                                           output={"volumePerWorker": True},
                                           command=[sys.executable, "-c", PART_WRITER]))
     tj = await wait_phase(api, wait_for, TJ, "vpw", "Succeeded", timeout=90)
-    assert tj["status"]["outputCheckpoints"] == ["vpw-step-1"]
-    uri = (await api.get(CKPT, NS, "vpw-step-1"))["status"]["location"]["s3"]["uri"]
+    assert tj["status"]["outputCheckpoints"] == ["vpw.step-1"]
+    uri = (await api.get(CKPT, NS, "vpw.step-1"))["status"]["location"]["s3"]["uri"]
     assert sorted(f.path for f in read_manifest(uri).files) == ["config.json", "shard-0.bin", "shard-1.bin"]
     retained = condition(tj, "OutputRetained")
     assert retained["status"] == "True" and "'config.json' differs between worker 0" in retained["message"]

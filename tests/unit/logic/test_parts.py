@@ -195,11 +195,21 @@ def test_the_agent_s_sources_reach_the_plan_and_per_worker_checkpoints_are_named
     plan = plan_snapshot(tj, scan, lambda name: None,
                          lambda m: store.snapshot_location(tj, "unused", m, "auto", {}, scan.sources.get(m.path)))
     assert {p.directory: p.name for p in plan.checkpoints} == {
-        "worker-0/step-100": "llama-worker-0-step-100", "worker-1/step-100": "llama-worker-1-step-100",
+        "worker-0/step-100": "llama-worker-0.step-100", "worker-1/step-100": "llama-worker-1.step-100",
         "worker-1": "llama-worker-1"}
     assert {p.name: p.location.volumeParts[0].claimName for p in plan.checkpoints} == {
-        "llama-worker-0-step-100": workload.worker_claim_name(tj, 0),
-        "llama-worker-1-step-100": workload.worker_claim_name(tj, 1), "llama-worker-1": workload.worker_claim_name(tj, 1)}
+        "llama-worker-0.step-100": workload.worker_claim_name(tj, 0),
+        "llama-worker-1.step-100": workload.worker_claim_name(tj, 1), "llama-worker-1": workload.worker_claim_name(tj, 1)}
+
+
+def test_per_worker_names_follow_the_naming_rule_with_the_worker_in_the_prefix():
+    from checkpoint_operator.logic.naming import checkpoint_name, per_worker_checkpoint_name
+    assert per_worker_checkpoint_name("llama", "worker-12/step-100") == "llama-worker-12.step-100"
+    assert per_worker_checkpoint_name("llama", "worker-3") == "llama-worker-3"
+    assert per_worker_checkpoint_name("llama", "worker-0/Step_1") == checkpoint_name("llama-worker-0", "Step_1")
+    assert per_worker_checkpoint_name("llama", "worker-0/m.pt", is_file=True) == \
+        checkpoint_name("llama-worker-0", "m.pt", is_file=True)
+    assert per_worker_checkpoint_name("llama", "worker-01/x") == checkpoint_name("llama", "worker-01/x")
     assert ScanResult(checkpoints=[], skipped=[]).sources == {}
 
 
