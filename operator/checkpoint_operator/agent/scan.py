@@ -199,7 +199,7 @@ def describe_checkpoint(top: str, paths: list[str], name: str, sizes: Optional[d
             except OSError:
                 sizes[p] = 0
     try:
-        d = formats.describe_checkpoint(Path(top), sizes, name, lost, tops)
+        d = formats.describe_checkpoint(Path(top), sizes, name, lost, **({"tops": tops} if tops else {}))
     except Exception as exc:  # noqa: BLE001 - one checkpoint's hostile metadata never fails the scan
         reason = f"not checked: its files could not be read safely ({type(exc).__name__})"
         return {"format": formats.detect_format(sorted(sizes), name), "step": None, "resumable": False,
