@@ -345,9 +345,13 @@ def make_room(directory: str, manifest: Optional[Manifest], digest: Optional[str
         return
     if clean and not pull_target.pulled_into(directory, manifest):
         raise PluginError(f"{directory}: --clean empties only a directory a pull wrote, and this one holds no pull "
-                          f"(no {MANIFEST_NAME}, none of the checkpoint's files) but {found.count} entries of its own "
+                          f"(no {MANIFEST_NAME} at its root, no download parts or file of the checkpoint where its "
+                          f"files go) but {found.count} entries of its own "
                           f"(first {found.foreign[0].line()}): pull into a new or empty directory, or remove them "
                           f"yourself")
+    if clean and (repository := pull_target.repository_in(directory, manifest)) is not None:
+        raise PluginError(f"{directory}: holds {printable(repository)}/, a repository: --clean never removes one; "
+                          f"pull into a new or empty directory")
     if clean:
         removed = pull_target.remove_foreign(directory, manifest, digest)
         for item in removed[:pull_target.MAX_LISTED]:
