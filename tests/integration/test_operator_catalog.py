@@ -19,6 +19,7 @@ from checkpoint_operator.logic import catalog
 from conftest import TJ, Operator, held_until, training_job, write_checkpoint
 from hubserver import mini_hub  # noqa: F401  (fixture)
 from layouts import tiny_model
+from webserver import web  # noqa: F401  (fixture)
 from plugin_helpers import Plugin, write_kubeconfig
 
 pytestmark = pytest.mark.timeout(300)
@@ -239,3 +240,43 @@ async def test_a_tenant_cannot_plant_or_mount_a_namespace_copy(api, operator, tr
     await api.create(TJ, "team-b", thief)
     failed = await phase_of(api, wait_for, "team-b", "thief", "Failed")
     assert "is managed by the checkpoint operator" in failed["status"]["message"], failed["status"]
+
+
+async def test_a_copy_that_did_not_verify_is_discarded(api, operator, trainer, wait_for, web):  # noqa: F811
+    """hostile3 F4: the source changed once (the copy's digest differs): that job fails, but the copy's
+    claim is deleted, so once the source is back as imported the namespace's next job gets a verified
+    copy. Failed before: the claim kept the wrong bytes and every later job of the namespace failed
+    "exists and is not empty; import into a new or empty directory"."""
+    imported = tiny_model()["model.safetensors"]
+    (web.root / "model.safetensors").write_bytes(imported)
+    await api.create(CCKPT, None, entry("web-model", {"http": {"url": web.url("model.safetensors")}}))
+
+    async def ready():
+        obj = await api.get(CCKPT, None, "web-model")
+        return obj if obj.get("status", {}).get("phase") in ("Ready", "Failed") else None
+    made = await wait_for(ready, timeout=120, interval=0.2)
+    assert made["status"]["phase"] == "Ready", made["status"]
+    copy_name = f"catalog-web-model-{made['metadata']['uid'][:5]}-copy"
+    trainer.behaviours["after"] = lambda attempt, env: 0
+
+    (web.root / "model.safetensors").write_bytes(tiny_model(weights=1024)["model.safetensors"])
+    await api.create(TJ, "team-a", job_in("team-a", "during", checkpoints=[{"clusterCheckpoint": "web-model"}]))
+    failed = await phase_of(api, wait_for, "team-a", "during", "Failed", timeout=120)
+    message = failed["status"]["message"]
+    assert "the source changed since it was imported" in message and "is deleted" in message, message
+
+    async def claim_gone():
+        return (await api.get("v1/persistentvolumeclaims", "team-a", copy_name)) is None or None
+    await wait_for(claim_gone, timeout=30)
+
+    (web.root / "model.safetensors").write_bytes(imported)
+    await api.create(TJ, "team-a", job_in("team-a", "after", checkpoints=[{"clusterCheckpoint": "web-model"}]))
+    done = await wait_for(lambda: _settled(api, "team-a", "after"), timeout=120, interval=0.2)
+    assert done["status"]["phase"] == "Succeeded", done["status"]
+    claim = await api.get("v1/persistentvolumeclaims", "team-a", copy_name)
+    assert claim["metadata"]["annotations"][catalog.COPIED_DIGEST_ANNOTATION] == made["status"]["digest"]
+
+
+async def _settled(api, namespace, name):
+    obj = await api.get(TJ, namespace, name)
+    return obj if (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed") else None

@@ -132,6 +132,19 @@ def copy_is_verified(claim: Optional[Mapping[str, Any]], entry: ClusterCheckpoin
     return owned and (meta.get("annotations") or {}).get(COPIED_DIGEST_ANNOTATION) == entry.status.digest
 
 
+def copy_discardable(claim: Optional[Mapping[str, Any]], entry: ClusterCheckpoint) -> bool:
+    """A namespace's copy that did not verify may be deleted (hostile3 F4: kept, its bytes made every
+    later copy into it fail): the entry is its only owner (a Checkpoint that adopted a path of it
+    owns it too: then it stays), it carries no verified digest, and it is not already going."""
+    if claim is None:
+        return False
+    meta = claim.get("metadata") or {}
+    owners = meta.get("ownerReferences") or []
+    return (bool(owners) and all(o.get("uid") == entry.metadata.uid for o in owners)
+            and COPIED_DIGEST_ANNOTATION not in (meta.get("annotations") or {})
+            and not meta.get("deletionTimestamp"))
+
+
 def copy_refusal(entry: ClusterCheckpoint) -> Optional[str]:
     """Why no namespace can get a copy of this entry on the volume store, or None."""
     if entry.spec.source.needs_secret:

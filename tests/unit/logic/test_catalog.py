@@ -100,6 +100,27 @@ def test_a_namespace_copy_is_verified_only_for_this_entry_and_its_digest():
     assert claim["spec"]["resources"]["requests"]["storage"] == str(int(4096 * 1.1) + catalog.COPY_MARGIN)
 
 
+def test_only_an_unverified_copy_the_entry_alone_owns_is_discarded():
+    """hostile3 F4: a copy that failed or did not verify is deleted so that the next job copies into
+    an empty claim; never a verified one, one a Checkpoint adopted, a namesake, or one already going."""
+    entry = cluster_checkpoint({"huggingFace": {"repo": "org/model"}}, status=READY_ENTRY_STATUS)
+    claim = catalog.build_copy_claim(entry, OperatorConfig(), "team-a")
+    assert catalog.copy_discardable(claim, entry)
+    verified = copy.deepcopy(claim)
+    verified["metadata"]["annotations"] = {catalog.COPIED_DIGEST_ANNOTATION: "sha256:" + "b" * 64}
+    assert not catalog.copy_discardable(verified, entry)
+    adopted = copy.deepcopy(claim)
+    adopted["metadata"]["ownerReferences"].append({"kind": "Checkpoint", "name": "adopted", "uid": "ckpt-uid"})
+    assert not catalog.copy_discardable(adopted, entry)
+    namesake = copy.deepcopy(claim)
+    namesake["metadata"]["ownerReferences"] = []
+    assert not catalog.copy_discardable(namesake, entry)
+    going = copy.deepcopy(claim)
+    going["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    assert not catalog.copy_discardable(going, entry)
+    assert not catalog.copy_discardable(None, entry)
+
+
 def test_a_copy_fetches_the_commit_the_entry_recorded():
     entry = cluster_checkpoint({"huggingFace": {"repo": "org/model", "revision": "main"}}, status=READY_ENTRY_STATUS)
     pinned = pinned_source(entry.spec.source, COMMIT)
