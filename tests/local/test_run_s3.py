@@ -201,3 +201,25 @@ def test_the_store_s_files_are_no_one_else_s(tmp_path):
     for directory in (tmp_path / "s3", tmp_path / "s3" / "data"):
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
     assert stat.S_IMODE((tmp_path / "s3" / "credentials.json").stat().st_mode) == 0o600
+
+
+def test_a_state_dir_is_run_on_the_store_it_was_made_with(tmp_path):
+    """hostile3 F9: a state dir made with --store s3 run without it gave tracebacks in a retry loop and
+    a timeout; now one line before anything starts. Failed before."""
+    state = tmp_path / "st"
+    state.mkdir()
+    (state / "store.json").write_text(json.dumps({"store": "s3", "endpoint": "local SeaweedFS",
+                                                  "bucket": "checkpoints"}))
+    refused = local_run("-f", "examples/local/2-finetune.yaml", "--timeout", "30", state_dir=state)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    errors = [ln for ln in refused.stderr.splitlines() if ln.startswith("error:")]
+    assert errors == [f"error: {state} holds Checkpoints on the s3 store (local SeaweedFS, bucket checkpoints), and "
+                      f"this run uses the volume store: run --store s3, or add --fresh to start over (its data is "
+                      f"deleted), or use another --state-dir"], refused.stderr[-2000:]
+    assert "Traceback" not in refused.stderr
+    # made before the store was recorded: its SeaweedFS data says s3
+    legacy = tmp_path / "legacy"
+    (legacy / "s3" / "data").mkdir(parents=True)
+    again = local_run("-f", "examples/local/2-finetune.yaml", "--timeout", "30", state_dir=legacy)
+    assert again.returncode == 2 and f"error: {legacy} holds Checkpoints on the s3 store, and this run uses the " \
+        "volume store: run --store s3" in again.stderr, again.stderr[-2000:]
