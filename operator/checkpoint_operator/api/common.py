@@ -93,7 +93,7 @@ def parse_quantity(text: str) -> int:
     stripped = text.strip()
     match = re.fullmatch(r"([0-9]+)(?:\.([0-9]+))?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?", stripped) \
         if len(stripped) <= _MAX_QUANTITY_CHARS else None
-    value = None
+    value: Optional[int] = None
     if match:
         whole, fraction, unit = match.group(1), match.group(2) or "", _SUFFIXES[match.group(3) or ""]
         value = (int(whole) * 10 ** len(fraction) + int(fraction or "0")) * unit // 10 ** len(fraction)
