@@ -156,9 +156,14 @@ async def test_a_catalog_entry_is_imported_once_and_used_by_every_namespace(api,
         obj = await api.get(CCKPT, None, "tiny-gpt2")
         return obj if obj and obj["status"].get("message", "").startswith("deletion waits") else None
     held = await wait_for(blocked, timeout=30)
-    assert "team-b/team-b-long" in held["status"]["message"]
+    # Every tenant reads the entry: its status counts the users and names none (hostile3 F7) ...
+    assert held["status"]["message"].startswith("deletion waits: in use by 1 TrainingJob(s) in 1 namespace(s)")
+    assert "team-b" not in json.dumps(held["status"]) and "usedBy" not in held["status"]
+    assert held["status"]["usedByCount"] == 1
+    # ... the operator namespace's Events, which only administrators read, name them.
     events = [e for e in await api.list("v1/events", CATALOG_NS) if e["reason"] == "DeletionBlocked"]
     assert events and "team-b/team-b-long" in events[0]["message"]
+    assert not [e for e in await api.list("v1/events", "team-b") if e["reason"] == "DeletionBlocked"]
     assert events[0]["involvedObject"]["kind"] == "ClusterCheckpoint" and "namespace" not in events[0]["involvedObject"]
     # A new job may not start on an entry being deleted.
     await api.create(TJ, "team-a", job_in("team-a", "team-a-late", checkpoints=[{"clusterCheckpoint": "tiny-gpt2"}]))
