@@ -98,7 +98,8 @@ def parse_quantity(text: str) -> int:
         whole, fraction, unit = match.group(1), match.group(2) or "", _SUFFIXES[match.group(3) or ""]
         value = (int(whole) * 10 ** len(fraction) + int(fraction or "0")) * unit // 10 ** len(fraction)
     if value is None or value > MAX_QUANTITY_BYTES:
-        shown = text if len(text) <= 40 else text[:40] + "..."
-        raise ValueError(f"{shown!r} is not a size: use a number of bytes or a quantity such as 500Gi or 10G "
+        shown = repr(text[:60])
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise ValueError(f"{shown} is not a size: use a number of bytes or a quantity such as 500Gi or 10G "
                          f"(below 8Ei)")
     return value

@@ -53,6 +53,7 @@ def load_manifests(paths: Iterable[str]) -> list[dict]:
     pydantic models), so a bad manifest fails here with the field named."""
     from checkpoint_operator.api.checkpoint import CheckpointSpec
     from checkpoint_operator.api.clustercheckpoint import ClusterCheckpointSpec
+    from checkpoint_operator.api.messages import describe
     from checkpoint_operator.api.rules import ApiModel
     from checkpoint_operator.api.trainingjob import TrainingJobSpec
     models: dict[str, type[ApiModel]] = {"Checkpoint": CheckpointSpec, "TrainingJob": TrainingJobSpec,
@@ -80,8 +81,7 @@ def load_manifests(paths: Iterable[str]) -> list[dict]:
             try:
                 doc["spec"] = models[kind].model_validate(doc.get("spec") or {}).to_wire()
             except pydantic.ValidationError as exc:
-                details = "; ".join(f"spec.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-                raise ManifestError(f"{file}: {kind} {name}: {details}") from None
+                raise ManifestError(f"{file}: {kind} {name}: {describe(exc, models[kind], 'spec')}") from None
             if kind == "ClusterCheckpoint":  # cluster-scoped: a namespace would be refused
                 doc["metadata"] = {k: v for k, v in doc["metadata"].items() if k != "namespace"}
             else:

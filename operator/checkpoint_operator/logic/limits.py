@@ -26,9 +26,10 @@ def import_limit(operator_limit: int, namespace: Optional[Mapping[str, Any]], ma
         try:
             limit = min(limit, parse_quantity(raw.strip()))
         except (ValueError, TypeError):
-            shown = raw if not isinstance(raw, str) or len(raw) <= 40 else raw[:40] + "..."
+            shown = repr(raw[:60] if isinstance(raw, str) else raw)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
             raise InvalidLimit(f"Namespace {meta.get('name', '?')}: annotation {NAMESPACE_LIMIT_ANNOTATION}="
-                               f"{shown!r} is not a quantity (e.g. 50Gi; below 8Ei)") from None
+                               f"{shown} is not a quantity (e.g. 50Gi; below 8Ei)") from None
     if max_size:
         try:
             limit = min(limit, parse_quantity(max_size))

@@ -7,7 +7,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from checkpoint_operator.api.common import _SUFFIXES, MAX_QUANTITY_BYTES, parse_quantity
@@ -30,6 +30,7 @@ def test_a_quantity_is_exact_or_one_line_refused(whole, fraction, unit):
 
 @settings(max_examples=150, deadline=None, database=None)
 @given(st.text(max_size=500))
+@example("000000000000\x1f\x1f\x08\U00010768\U00018cd6" * 10)  # escapes lengthen the echo: bounded still
 def test_any_text_is_a_size_or_a_value_error(text):
     try:
         value = parse_quantity(text)
