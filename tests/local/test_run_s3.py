@@ -190,36 +190,39 @@ def test_a_leftover_seaweedfs_is_stopped_and_an_early_exit_says_why(tmp_path):
         os.kill(pid, signal.SIGKILL)
 
 
-def test_the_store_s_files_are_no_one_else_s(tmp_path):
-    """hostile3 F1: the data directory was 0755 and credentials.json written, then chmod-ed."""
+def test_the_store_s_files_and_apis_are_no_one_else_s(tmp_path):
+    """hostile3 F1: the data directory was 0755, credentials.json written then chmod-ed, the filer's and
+    volume server's HTTP APIs read and wrote every object without credentials, and the unix sockets
+    stayed in /tmp. Now: 0700/0600, JWT-signed HTTP APIs (401 unsigned), sockets under the state dir or
+    removed. Failed before."""
+    import glob
     import stat
+    import urllib.error
+    import urllib.request
+
+    def status(url: str, data: bytes | None = None) -> int:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, data=data, method="PUT" if data else "GET"),
+                                        timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
     weed = s3store.LocalSeaweedFS(tmp_path / "s3")
     try:
-        weed.start()
+        settings = weed.start()
+        client = s3store.client(settings)
+        client.put_object(Bucket=settings.bucket, Key="_catalog/x-12345678/secret.txt", Body=b"catalog-bytes")
+        assert client.get_object(Bucket=settings.bucket, Key="_catalog/x-12345678/secret.txt")["Body"].read() == \
+            b"catalog-bytes"  # the S3 API, with the credentials, works
+        filer = f"http://127.0.0.1:{weed.ports['filer.port']}/buckets/{settings.bucket}/_catalog/x-12345678/"
+        assert status(filer + "secret.txt") == 401
+        assert status(filer + "planted.txt", b"evil") == 401
+        assert (tmp_path / "s3" / "sock" / "filer.sock").exists()
+        ports = list(weed.ports.values())
     finally:
         weed.stop()
     for directory in (tmp_path / "s3", tmp_path / "s3" / "data"):
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
-    assert stat.S_IMODE((tmp_path / "s3" / "credentials.json").stat().st_mode) == 0o600
-
-
-def test_a_state_dir_is_run_on_the_store_it_was_made_with(tmp_path):
-    """hostile3 F9: a state dir made with --store s3 run without it gave tracebacks in a retry loop and
-    a timeout; now one line before anything starts. Failed before."""
-    state = tmp_path / "st"
-    state.mkdir()
-    (state / "store.json").write_text(json.dumps({"store": "s3", "endpoint": "local SeaweedFS",
-                                                  "bucket": "checkpoints"}))
-    refused = local_run("-f", "examples/local/2-finetune.yaml", "--timeout", "30", state_dir=state)
-    assert refused.returncode == 2, refused.stderr[-2000:]
-    errors = [ln for ln in refused.stderr.splitlines() if ln.startswith("error:")]
-    assert errors == [f"error: {state} holds Checkpoints on the s3 store (local SeaweedFS, bucket checkpoints), and "
-                      f"this run uses the volume store: run --store s3, or add --fresh to start over (its data is "
-                      f"deleted), or use another --state-dir"], refused.stderr[-2000:]
-    assert "Traceback" not in refused.stderr
-    # made before the store was recorded: its SeaweedFS data says s3
-    legacy = tmp_path / "legacy"
-    (legacy / "s3" / "data").mkdir(parents=True)
-    again = local_run("-f", "examples/local/2-finetune.yaml", "--timeout", "30", state_dir=legacy)
-    assert again.returncode == 2 and f"error: {legacy} holds Checkpoints on the s3 store, and this run uses the " \
-        "volume store: run --store s3" in again.stderr, again.stderr[-2000:]
+    for secret in ("credentials.json", "security.toml"):
+        assert stat.S_IMODE((tmp_path / "s3" / secret).stat().st_mode) == 0o600, secret
+    assert not [p for port in ports for p in glob.glob(f"/tmp/seaweedfs-*-{port}.sock")]

@@ -6,6 +6,9 @@ to loopback, telemetry off, its admin UI and WebDAV off; its data lives in `<sta
 between runs like the rest of the state (`--fresh` starts over), with credentials made once and kept
 beside it (`<state-dir>/s3/credentials.json`, created mode 0600; the directory is 0700).
 
+The filer's and volume server's HTTP APIs answer only JWT-signed requests (`security.toml`, keys new each
+start); the gRPC ports are not protected (SeaweedFS does that with mTLS only): docs/local-mode.md says so.
+
 weed never outlives the run (hostile3 F2): it dies with the process that started it (Linux
 PR_SET_PDEATHSIG, even on SIGKILL), the run stops it on SIGTERM/SIGHUP too (run.py), and its pid is
 kept in `<state-dir>/s3/weed.pid`: a leftover of an earlier run (another system, a kill the signal
@@ -21,6 +24,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -35,6 +39,8 @@ PORT_FLAGS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grp
 DEFAULT_BUCKET = "checkpoints"
 READY_TIMEOUT = 60.0
 PID_FILE = "weed.pid"  # {"pid": weed's, "parent": the run's}
+SECURITY_FILE = "security.toml"
+MAX_SOCKET_PATH = 100  # a unix socket's path is at most 107 bytes on Linux
 LOG_TAIL = 64 * 1024  # how much of weed.log is read for its last fatal line
 
 
@@ -160,9 +166,40 @@ class LocalSeaweedFS:
         return access, secret
 
     def command(self, weed: str) -> list[str]:
+        sockets = []
+        if len(str(self.data_dir / "sock" / "filer.sock")) < MAX_SOCKET_PATH:  # else weed's default, in /tmp
+            sockets = [f"-filer.localSocket={self.data_dir / 'sock' / 'filer.sock'}",
+                       f"-s3.localSocket={self.data_dir / 'sock' / 's3.sock'}"]
         return [weed, "mini", f"-dir={self.data_dir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 "-admin.ui=false", "-master.telemetry=false", "-webdav=false", "-s3.port.iceberg=0",
-                "-s3.port.lance=0", "-s3.iam.readOnly=true", *[f"-{flag}={port}" for flag, port in self.ports.items()]]
+                "-s3.port.lance=0", "-s3.iam.readOnly=true", *sockets,
+                *[f"-{flag}={port}" for flag, port in self.ports.items()]]
+
+    def write_security(self) -> None:
+        """`security.toml` beside weed's working directory (where it reads it): JWT keys, new each start,
+        so that the filer's and the volume server's HTTP APIs answer only requests signed by weed's own
+        components (401 otherwise); the S3 API keeps its credentials. Created 0600."""
+        keys = {section: secrets.token_hex(32) for section in
+                ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read")}
+        text = "".join(f'[{section}]\nkey = "{key}"\nexpires_after_seconds = 60\n\n' for section, key in keys.items())
+        fd = os.open(self.data_dir / SECURITY_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0),
+                     0o600)
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(text)
+
+    def remove_sockets(self) -> None:
+        """The unix sockets weed mini makes in /tmp whatever it is told (`/tmp/seaweedfs-<part>-<port>.sock`)
+        and never removes: ours (by port, owner and type) go when it stops."""
+        import glob
+        for port in self.ports.values():
+            for path in glob.glob(f"/tmp/seaweedfs-*-{port}.sock"):
+                try:
+                    st = os.lstat(path)
+                    if stat.S_ISSOCK(st.st_mode) and st.st_uid == os.getuid():
+                        os.unlink(path)
+                except OSError:
+                    pass
 
     def leftover(self) -> Optional[tuple[int, int]]:
         """(weed's pid, its run's pid) of a SeaweedFS an earlier start left serving this data, or None
@@ -204,9 +241,13 @@ class LocalSeaweedFS:
         if stopped:
             print(stopped, file=sys.stderr, flush=True)
         access, secret = self.credentials()
+        self.write_security()
+        for private in ("sock", "tmp"):
+            (self.data_dir / private).mkdir(mode=0o700, exist_ok=True)
         self.ports = dict(zip(PORT_FLAGS, _free_ports(len(PORT_FLAGS))))
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env.update(AWS_ACCESS_KEY_ID=access, AWS_SECRET_ACCESS_KEY=secret)  # weed mini's admin identity
+        env["TMPDIR"] = str(self.data_dir / "tmp")  # its own log files (glog), not the shared /tmp
         with open(self.log_path, "ab") as log:
             offset = log.tell()
             self.proc = subprocess.Popen(self.command(weed), cwd=self.data_dir, env=env, stdout=log,
@@ -235,6 +276,7 @@ class LocalSeaweedFS:
             except subprocess.TimeoutExpired:
                 pass
         if self.proc is not None:
+            self.remove_sockets()
             try:
                 (self.data_dir / PID_FILE).unlink()
             except FileNotFoundError:
