@@ -43,13 +43,13 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from checkpoint_operator.agent import fstree
 from checkpoint_operator.local.informer import Informer, Key, WorkQueue, key_of
 from checkpoint_operator.local.jobs import (  # noqa: F401 - re-exported for callers of the old module
     JobController, build_job_pod, job_condition, job_is_finished, parse_rfc3339, pod_completion_index, random_suffix,
@@ -178,7 +178,7 @@ class PvcBinder:
         bound = self._bound.get(key)
         if bound and bound[0] == uid_of(claim):
             del self._bound[key]
-            shutil.rmtree(bound[1], ignore_errors=True)
+            fstree.remove_tree(str(bound[1]), ignore_errors=True, make_writable=True)
 
     async def _bind(self, claim: dict) -> bool:
         key = (meta(claim)["namespace"], meta(claim)["name"])

@@ -103,6 +103,10 @@ def _publish(ctx: Context, tj: TrainingJob, events: live_sealing.LogEvents) -> T
     plan = plan_snapshot(tj, ScanResult(checkpoints=fresh, skipped=[], uploads=events.uris),
                          lambda n: ctx.indexes.checkpoint(namespace, n),
                          lambda m: store.live_location(tj, claim, m, events.uris), existing=existing, retired=retired)
+    for conflict in plan.conflicts:  # reported once; the end-of-job snapshot waits on it
+        if ("conflict", conflict.directory, conflict.name) not in memory.reported:
+            memory.reported.add(("conflict", conflict.directory, conflict.name))
+            ctx.warn(tj, "NameConflict", conflict.message)
     for info, manifest in plan.changed:
         if ("changed", info.directory, info.digest) not in memory.reported:
             memory.reported.add(("changed", info.directory, info.digest))

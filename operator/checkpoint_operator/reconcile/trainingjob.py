@@ -34,8 +34,8 @@ from checkpoint_operator.logic.inputs import (Candidate, CheckpointInfo, InputWa
                                               input_on_other_store, resolve_inputs)
 from checkpoint_operator.logic.protection import label_patch, used_uids
 from checkpoint_operator.logic.results import Advance, Done, Fail, Result, Wait
-from checkpoint_operator.logic.snapshot import (ScanResult, SnapshotPlan, not_stored, parse_scan_output, plan_snapshot,
-                                                skipped_message)
+from checkpoint_operator.logic.snapshot import (ScanResult, SnapshotPlan, conflict_wait, not_stored, parse_scan_output,
+                                                plan_snapshot, skipped_message)
 from checkpoint_operator.logic.status import StatusChange
 from checkpoint_operator.storage import MissingUpload, Store, store_for
 from checkpoint_operator import metrics
@@ -463,6 +463,9 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: Sc
         return Fail("SnapshotFailed", f"pod {pod['metadata']['name']}: {missing}")
     existing = ctx.indexes.checkpoints_of(tj.metadata.namespace, tj.metadata.uid)
     plan = _plan(ctx, tj, store, claim, scan, existing)
+    conflict = conflict_wait(plan.conflicts)
+    if conflict is not None:
+        return conflict  # nothing is created under another name: the data waits on the output volume
     created = _create_checkpoints(ctx, tj, plan)
     if created is None:
         return Wait("NameConflict", "a Checkpoint name was taken meanwhile; planning again", requeue_after=0.5)
