@@ -134,6 +134,16 @@ async def test_a_catalog_entry_is_imported_once_and_used_by_every_namespace(api,
     copy_claim = await api.get("v1/persistentvolumeclaims", "team-a", copy_name)
     assert copy_claim["spec"]["resources"]["requests"]["storage"] == str(int(status["sizeBytes"] * 1.1) + 64 * 1024 ** 2)
     assert team_a["storedBytes"] == team_a["volumes"]["bytes"] > team_a["referencedBytes"]
+    # The catalog's own claim is measured where the catalog lives (hostile3 F3: it was "gone", 0 B, SAVED 100%).
+    catalog_claim = await api.get("v1/persistentvolumeclaims", CATALOG_NS, location["claimName"])
+    for argv in (("du", "--catalog", "-o", "json"), ("du", "-A", "-o", "json")):
+        report = await ckpt(*argv)
+        assert report.code == 0 and "gone" not in report.err and "not found" not in report.err, report.err
+        rows = {r["namespace"]: r for r in json.loads(report.out)["namespaces"]}
+        from checkpoint_operator.plugin.usage import claim_capacity
+        assert rows["(catalog)"]["storedBytes"] == claim_capacity(catalog_claim) > 0, rows["(catalog)"]
+        assert rows["(catalog)"]["volumes"]["claims"] == [location["claimName"]]
+    assert {"team-a", "team-b"} <= set(rows)  # -A: every namespace holding a copy
 
     # A later job of team-a mounts the same copy: no second copy pod, and nothing fetched again from the Hub.
     fetched = len(mini_hub.seen_by("hub"))

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from checkpoint_operator.api.clustercheckpoint import ClusterCheckpoint
 from checkpoint_operator.api.trainingjob import TrainingJob
-from checkpoint_operator.kube import PVCS, ApiError
+from checkpoint_operator.kube import PODS, PVCS, ApiError
 from checkpoint_operator.logic import catalog
 from checkpoint_operator.logic.inputs import InputWait, ResolvedInput
 from checkpoint_operator.logic.results import Fail, Wait
@@ -50,6 +50,7 @@ def namespace_copy(ctx: Context, tj: TrainingJob, entry_body: dict[str, Any],
     describe = f"copying ClusterCheckpoint {entry.metadata.name} into namespace {namespace} (once for the namespace)"
     if claim is not None and owned_by(claim, entry.metadata.uid) and (claim.get("metadata") or {}).get(
             "deletionTimestamp"):
+        _finish_copy_pod(ctx, namespace, entry)  # a crash between the claim's deletion and its pod's
         return Wait("CopyDiscarded", f"{describe}: the earlier copy, which did not verify, is being deleted; a new "
                     f"one follows", requeue_after=CLAIM_RECHECK)
     if claim is None:
@@ -70,18 +71,29 @@ def namespace_copy(ctx: Context, tj: TrainingJob, entry_body: dict[str, Any],
         return InputWait("CopyingInput", describe)
     if isinstance(run, agent_runs.NotOurs):
         return InputWait("NameConflict", run.message)
+    # A copy that did not verify: its claim first (a crash in between leaves a claim being deleted,
+    # whose wait finishes the pod), then its pod; the next job of the namespace copies into a new claim.
     if isinstance(run, agent_runs.PodFailed):
-        agent_runs.finish(ctx, pod)  # the next job of the namespace tries again, into a new claim
-        return Fail("InputCopyFailed", f"{describe}: {run.message}{_discard(ctx, namespace, name, entry)}")
+        discarded = _discard(ctx, namespace, name, entry)
+        agent_runs.finish(ctx, pod)
+        return Fail("InputCopyFailed", f"{describe}: {run.message}{discarded}")
     manifests = run.scan.checkpoints
     digest = manifests[0].digest if len(manifests) == 1 else "(no files)"
     if digest != entry.status.digest:
+        discarded = _discard(ctx, namespace, name, entry)
         agent_runs.finish(ctx, pod)
-        return Fail("InputCopyMismatch", f"{catalog.copy_mismatch(entry, digest)}{_discard(ctx, namespace, name, entry)}")
+        return Fail("InputCopyMismatch", f"{catalog.copy_mismatch(entry, digest)}{discarded}")
     marked = _mark_verified(ctx, namespace, claim, digest)
     if marked is not None:
         return marked
     return replace(resolved, location=catalog.copy_location(name))
+
+
+def _finish_copy_pod(ctx: Context, namespace: str, entry: ClusterCheckpoint) -> None:
+    """Delete the entry's copy pod in `namespace`, if there is one and it is the entry's."""
+    pod = ctx.kube.get(PODS, namespace, catalog.copy_pod_name(entry))
+    if pod is not None and owned_by(pod, entry.metadata.uid):
+        agent_runs.finish(ctx, pod)
 
 
 def _discard(ctx: Context, namespace: str, name: str, entry: ClusterCheckpoint) -> str:
