@@ -169,7 +169,6 @@ async def test_a_catalog_entry_is_imported_once_and_used_by_every_namespace(api,
     # Every tenant reads the entry: its status counts the users and names none (hostile3 F7) ...
     assert held["status"]["message"].startswith("deletion waits: in use by 1 TrainingJob(s) in 1 namespace(s)")
     assert "team-b" not in json.dumps(held["status"]) and "usedBy" not in held["status"]
-    assert held["status"]["usedByCount"] == 1
     # ... the operator namespace's Events, which only administrators read, name them.
     events = [e for e in await api.list("v1/events", CATALOG_NS) if e["reason"] == "DeletionBlocked"]
     assert events and "team-b/team-b-long" in events[0]["message"]
