@@ -100,7 +100,8 @@ def local_run(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir).resolve()
     server = EmulatorServer(state_dir=state_dir)
     url = server.start()
-    cluster = LocalCluster(url, state_dir / "cluster", namespaces=[NAMESPACE], workdir=os.getcwd(), runtime=runtime)
+    cluster = LocalCluster(url, state_dir / "cluster", namespaces=[NAMESPACE], workdir=os.getcwd(), runtime=runtime,
+                           nodes=getattr(args, "nodes", 1))
     cluster.start_in_thread()
     settings = kopf.OperatorSettings()
     main.configure_settings(settings)
