@@ -10,8 +10,9 @@ Layers, each usable alone (function scope: every test gets a fresh, empty API):
   (``await api.create("v1/pods", "default", body)``, ``get``, ``list``, ``patch``, ``replace``,
   ``delete``, ``read_log``); HTTP errors raise ``ApiError`` with ``.status`` and ``.reason``;
 - ``container_runner`` -> None: override it in a module to play the training code;
-- ``cluster`` -> ``LocalCluster``: PVC binder, Job controller, kubelet and GC, running in the test's
-  loop against ``api_url`` with data under ``tmp_path / "cluster"``;
+- ``cluster`` -> ``LocalCluster``: scheduler, storage, snapshot controller, Job controller, kubelets and
+  GC, running in the test's loop against ``api_url`` with data under ``tmp_path / "cluster"``, on
+  ``cluster_nodes`` nodes (1 unless a test overrides that fixture);
 - ``wait_for`` -> ``async wait_for(predicate, timeout=10, interval=0.05)``: polls a sync or async
   predicate until it returns something truthy and returns that value.
 
@@ -59,8 +60,16 @@ def container_runner() -> Any:
 
 
 @pytest.fixture
-async def cluster(api_url: str, tmp_path: Any, container_runner: Any) -> AsyncIterator[LocalCluster]:
-    async with LocalCluster(api_url, tmp_path / "cluster", container_runner=container_runner) as local_cluster:
+def cluster_nodes() -> int:
+    """Nodes of the ``cluster``: 1 keeps most tests fast; override it (a module's fixture, or
+    ``@pytest.mark.parametrize("cluster_nodes", [3])``) for tests of scheduling and attachment."""
+    return 1
+
+
+@pytest.fixture
+async def cluster(api_url: str, tmp_path: Any, container_runner: Any, cluster_nodes: int) -> AsyncIterator[LocalCluster]:
+    async with LocalCluster(api_url, tmp_path / "cluster", container_runner=container_runner,
+                            nodes=cluster_nodes) as local_cluster:
         yield local_cluster
 
 
