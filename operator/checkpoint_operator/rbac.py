@@ -4,6 +4,9 @@ This table is the source of truth for RBAC: the Helm chart's Role/ClusterRole mu
 these rules (tests/test_chart.py compares both ways), and every API call in the code must be
 covered by one of them. No wildcards: a permission that is not listed here is not granted.
 
+`with_volume_snapshots` rules exist only when the volume store keeps checkpoints in VolumeSnapshots
+(storage.volume.snapshotClassName): the chart grants them then, and only then.
+
 `cluster_only` rules exist only for cluster-wide mode (`checkpoint-operator run` without
 `--namespace`): kopf then discovers namespaces and CRDs itself and peers through a
 cluster-scoped ClusterKopfPeering. In namespaced mode the chart grants the other rules through
@@ -26,6 +29,7 @@ class PermissionRule:
     verbs: tuple[str, ...]
     why: str
     cluster_only: bool = False
+    with_volume_snapshots: bool = False
 
     def to_policy_rule(self) -> dict[str, list[str]]:
         """The rule as it appears in a Role or ClusterRole."""
@@ -57,6 +61,10 @@ RULES: tuple[PermissionRule, ...] = (
                    "does not bind is explained by its own Events (listed by field selector)"),
     PermissionRule(("kopf.dev",), ("kopfpeerings",), ("get", "list", "watch", "patch"),
                    "kopf peering between the active replica and standbys in namespaced mode"),
+    PermissionRule(("snapshot.storage.k8s.io",), ("volumesnapshots",), ("get", "list", "create", "patch", "delete"),
+                   "volume store with storage.volume.snapshotClassName: snapshot output and import volumes, read "
+                   "readyToUse (polled, not watched), move owner references to the Checkpoints, list a finished "
+                   "job's snapshots to delete those no Checkpoint points into", with_volume_snapshots=True),
     PermissionRule(("kopf.dev",), ("clusterkopfpeerings",), ("get", "list", "watch", "patch"),
                    "kopf peering between the active replica and standbys in cluster-wide mode",
                    cluster_only=True),
@@ -78,9 +86,11 @@ def namespace_reader_rules(namespaces: list[str]) -> list[dict[str, list[str]]]:
     return [{**NAMESPACE_READER.to_policy_rule(), "resourceNames": sorted(namespaces)}]
 
 
-def policy_rules(*, cluster_wide: bool) -> list[dict[str, list[str]]]:
-    """The rules of the operator's ClusterRole (cluster_wide) or of each per-namespace Role."""
-    return [rule.to_policy_rule() for rule in RULES if cluster_wide or not rule.cluster_only]
+def policy_rules(*, cluster_wide: bool, volume_snapshots: bool = False) -> list[dict[str, list[str]]]:
+    """The rules of the operator's ClusterRole (cluster_wide) or of each per-namespace Role;
+    `volume_snapshots`: storage.volume.snapshotClassName is set."""
+    return [rule.to_policy_rule() for rule in RULES
+            if (cluster_wide or not rule.cluster_only) and (volume_snapshots or not rule.with_volume_snapshots)]
 
 
 def permissions(rules: list[dict[str, list[str]]]) -> set[tuple[str, str, str]]:

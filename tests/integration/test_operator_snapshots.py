@@ -5,11 +5,15 @@ a multi-attach error), and what volume snapshots change (storage.volume.snapshot
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import threading
 
 import pytest
 
 from checkpoint_operator.config import OperatorConfig
 from conftest import CKPT, NS, TJ, held_until, training_job, write_checkpoint
+from test_operator_imports import web  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -80,3 +84,222 @@ class TestTheVolumeStoreOnReadWriteOnceBlockStorage:
         assert (await api.get(TJ, NS, "reader-c"))["status"]["phase"] == "Running"
         release.set()
         await wait_phase(api, wait_for, TJ, "reader-c", "Succeeded")
+
+
+# --- with volume snapshots ----------------------------------------------------------------------
+
+SNAPSHOTS = "snapshot.storage.k8s.io/v1/volumesnapshots"
+CONTENTS = "snapshot.storage.k8s.io/v1/volumesnapshotcontents"
+SNAPSHOT_CONFIG = dict(reconcile_interval=0.2, agent_image="checkpoint-operator:test", default_storage_class="block",
+                       volume_snapshot_class="block-snapshots")
+
+
+def trainer_checkpoint(out: str, step: int) -> None:
+    """A Transformers Trainer checkpoint; trainer_state.json (its completion marker) written last."""
+    write_checkpoint(out, f"checkpoint-{step}", {"config.json": b"{}", "model.safetensors": b"w" * step,
+                                                 "optimizer.pt": b"o"})
+    write_checkpoint(out, f"checkpoint-{step}", {"trainer_state.json": json.dumps(
+        {"global_step": step, "log_history": [{"step": step, "loss": 1.0}]}).encode()})
+
+
+async def checkpoint_of(api, job: str, directory: str) -> dict | None:
+    """The Checkpoint a job made of one directory of its output (whatever the naming rule)."""
+    for obj in await api.list(CKPT, NS):
+        source = obj["spec"]["source"].get("trainingJob") or {}
+        if source.get("name") == job and source.get("directory") == directory:
+            return obj
+    return None
+
+
+async def ready_checkpoint(api, wait_for, job: str, directory: str, timeout: float = 60) -> dict:
+    async def ready():
+        obj = await checkpoint_of(api, job, directory)
+        return obj if obj and obj.get("status", {}).get("phase") == "Ready" else None
+    return await wait_for(ready, timeout=timeout)
+
+
+async def gone(api, resource: str, namespace: str | None, name: str) -> bool:
+    return await api.get(resource, namespace, name) is None
+
+
+async def job_snapshots(api, tj: dict) -> list[dict]:
+    return await api.list(SNAPSHOTS, NS, label_selector=f"ckpt.dev/trainingjob-uid={tj['metadata']['uid']}")
+
+
+def owner_kinds(obj: dict) -> list[tuple[str, str]]:
+    return sorted((o["kind"], o["name"]) for o in obj["metadata"].get("ownerReferences") or [])
+
+
+class TestVolumeSnapshots:
+    """storage.volume.snapshotClassName set: checkpoints in VolumeSnapshots, consumers on any node."""
+
+    @pytest.fixture
+    def operator_config(self) -> OperatorConfig:
+        return OperatorConfig(**SNAPSHOT_CONFIG)
+
+    async def test_two_consumers_on_other_nodes_read_at_once_and_keep_frees_the_snapshots(
+            self, api, operator, cluster, trainer, wait_for):
+        first_seen, second_seen = threading.Event(), threading.Event()
+
+        def produce(attempt, env):
+            out = env["CHECKPOINT_OUTPUT_DIR"]
+            trainer_checkpoint(out, 10)
+            assert first_seen.wait(90)
+            trainer_checkpoint(out, 20)
+            assert second_seen.wait(90)
+            return 0
+        trainer.behaviours["producer"] = produce
+        await api.create(TJ, NS, on_node(training_job("producer", output={"publish": "Continuous", "keep": 1}),
+                                         "local-0"))
+
+        # Sealed while the job runs: in a ready snapshot of the output volume, owned by the Checkpoint alone.
+        c10 = await ready_checkpoint(api, wait_for, "producer", "checkpoint-10")
+        location = c10["status"]["location"]["snapshot"]
+        assert location["path"] == "checkpoint-10" and location["restoreSize"] == "10Gi"
+        assert location["storageClassName"] == "block"
+        snap10 = await api.get(SNAPSHOTS, NS, location["volumeSnapshotName"])
+        assert snap10["status"]["readyToUse"] is True
+        assert owner_kinds(snap10) == [("Checkpoint", c10["metadata"]["name"])]
+        producer = await api.get(TJ, NS, "producer")
+        assert producer["status"]["phase"] == "Running"
+        assert snap10["spec"]["source"]["persistentVolumeClaimName"] == producer["status"]["outputClaim"]
+        content10 = snap10["status"]["boundVolumeSnapshotContentName"]
+        copy10 = cluster.snapshot_controller.copy_dir(content10)
+        assert (copy10 / "checkpoint-10" / "model.safetensors").read_bytes() == b"w" * 10
+        first_seen.set()
+
+        # keep: 1: the newer one retires the older Checkpoint, and its snapshot goes with it.
+        c20 = await ready_checkpoint(api, wait_for, "producer", "checkpoint-20")
+        await wait_for(lambda: gone(api, SNAPSHOTS, NS, snap10["metadata"]["name"]), timeout=30)
+        await wait_for(lambda: gone(api, CONTENTS, None, content10), timeout=30)
+        assert not copy10.exists()
+        second_seen.set()
+        producer = await wait_phase(api, wait_for, TJ, "producer", "Succeeded")
+        assert producer["status"]["outputCheckpoints"] == [c20["metadata"]["name"]]
+        # The output volume is released once its checkpoints are in ready snapshots.
+        await wait_for(lambda: gone(api, CLAIMS, NS, producer["status"]["outputClaim"]), timeout=30)
+        snap20 = c20["status"]["location"]["snapshot"]["volumeSnapshotName"]
+        assert [s["metadata"]["name"] for s in await job_snapshots(api, producer)] == [snap20]
+
+        # Two consumers on the two other nodes, reading at the same time from volumes of their own.
+        both_started, release = threading.Barrier(3, timeout=60), threading.Event()
+        read = {}
+
+        def consume(attempt, env):
+            read[env["HOSTNAME"]] = open(os.path.join(env["CHECKPOINT_INPUT_PATH"], "model.safetensors"), "rb").read()
+            both_started.wait()
+            assert release.wait(60)
+            return 0
+        name = c20["metadata"]["name"]
+        for reader, node in (("reader-b", "local-1"), ("reader-c", "local-2")):
+            trainer.behaviours[reader] = consume
+            await api.create(TJ, NS, on_node(training_job(reader, checkpoints=[{"name": name}]), node))
+        await asyncio.to_thread(both_started.wait)  # both run at once: neither waits on the other's node
+        assert sorted(read.values()) == [b"w" * 20, b"w" * 20]
+        claims = {}
+        for reader, node in (("reader-b", "local-1"), ("reader-c", "local-2")):
+            [pod] = await worker_pods(api, reader)
+            assert pod["spec"]["nodeName"] == node and not await events_for(api, pod["metadata"]["name"],
+                                                                             "FailedAttachVolume")
+            claim = await api.get(CLAIMS, NS, f"{pod['metadata']['name']}-ckpt-in-0")
+            assert claim["spec"]["dataSource"] == {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot",
+                                                   "name": snap20}
+            assert claim["spec"]["accessModes"] == ["ReadWriteOnce"] and claim["status"]["phase"] == "Bound"
+            assert claim["metadata"]["labels"]["ckpt.dev/component"] == "restored-input"
+            assert claim["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "checkpoint-operator"
+            assert owner_kinds(claim) == [("Pod", pod["metadata"]["name"])]
+            claims[reader] = claim["metadata"]["name"]
+            tj = await api.get(TJ, NS, reader)
+            assert tj["status"]["restoredInputs"] == 1
+        release.set()
+        for reader in claims:
+            done = await wait_phase(api, wait_for, TJ, reader, "Succeeded")
+            assert "restoredInputs" not in done["status"]
+        # Their pods' job is over: the pods go, and the restored volumes with them.
+        for reader, claim in claims.items():
+            await wait_for(lambda claim=claim: gone(api, CLAIMS, NS, claim), timeout=30)
+            assert not await worker_pods(api, reader)
+        await wait_event_reason(api, wait_for, "reader-b", "InputsReleased")
+
+        # Deleting the last Checkpoint that points into the snapshot deletes it, its content and its copy.
+        content20 = (await api.get(SNAPSHOTS, NS, snap20))["status"]["boundVolumeSnapshotContentName"]
+        await api.delete(CKPT, NS, name)
+        await wait_for(lambda: gone(api, SNAPSHOTS, NS, snap20), timeout=30)
+        await wait_for(lambda: gone(api, CONTENTS, None, content20), timeout=30)
+        assert not cluster.snapshot_controller.copy_dir(content20).exists()
+
+    async def test_the_end_of_job_snapshot_holds_every_checkpoint_of_the_output(self, api, operator, cluster, trainer,
+                                                                                wait_for):
+        def produce(attempt, env):
+            out = env["CHECKPOINT_OUTPUT_DIR"]
+            write_checkpoint(out, "step-1", {"w.bin": b"1"})
+            write_checkpoint(out, "step-2", {"w.bin": b"22"})
+            write_checkpoint(out, ".", {"config.json": b"{}", "model.safetensors": b"final"})
+            return 0
+        trainer.behaviours["pretrain"] = produce
+        await api.create(TJ, NS, on_node(training_job("pretrain"), "local-0"))
+        tj = await wait_phase(api, wait_for, TJ, "pretrain", "Succeeded")
+        checkpoints = [await checkpoint_of(api, "pretrain", d) for d in ("step-1", "step-2", ".")]
+        snapshot_names = {c["status"]["location"]["snapshot"]["volumeSnapshotName"] for c in checkpoints}
+        assert len(snapshot_names) == 1  # one snapshot of the output, after the writers stopped
+        [snapshot_name] = snapshot_names
+        assert checkpoints[2]["status"]["location"]["snapshot"]["items"] == ["config.json", "model.safetensors"]
+        snapshot = await api.get(SNAPSHOTS, NS, snapshot_name)
+        assert owner_kinds(snapshot) == sorted(("Checkpoint", c["metadata"]["name"]) for c in checkpoints)
+        await wait_for(lambda: gone(api, CLAIMS, NS, tj["status"]["outputClaim"]), timeout=30)
+
+        seen = {}
+
+        def consume(attempt, env):
+            root = env["CHECKPOINT_INPUT_PATH"]
+            seen["files"] = sorted(os.listdir(root))
+            seen["model"] = open(os.path.join(root, "model.safetensors"), "rb").read()
+            return 0
+        trainer.behaviours["finetune"] = consume
+        final = checkpoints[2]["metadata"]["name"]
+        await api.create(TJ, NS, on_node(training_job("finetune", checkpoints=[{"name": final}]), "local-2"))
+        await wait_phase(api, wait_for, TJ, "finetune", "Succeeded")
+        assert seen == {"files": ["config.json", "model.safetensors"], "model": b"final"}  # the root files only
+
+        # The snapshot stays while any Checkpoint points into it.
+        for c in checkpoints[:2]:
+            await api.delete(CKPT, NS, c["metadata"]["name"])
+        await wait_for(lambda: gone(api, CKPT, NS, checkpoints[1]["metadata"]["name"]), timeout=30)
+        await asyncio.sleep(1.0)
+        assert owner_kinds(await api.get(SNAPSHOTS, NS, snapshot_name)) == [("Checkpoint", final)]
+        await api.delete(CKPT, NS, final)
+        await wait_for(lambda: gone(api, SNAPSHOTS, NS, snapshot_name), timeout=30)
+
+    async def test_an_import_is_kept_in_a_snapshot_and_its_volume_released(self, api, operator, cluster, trainer,
+                                                                         wait_for, web):
+        await api.create(CKPT, NS, {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint",
+                                    "metadata": {"name": "base", "namespace": NS},
+                                    "spec": {"source": {"http": {"url": f"{web}/model.tar.gz"}}}})
+
+        async def ready():
+            obj = await api.get(CKPT, NS, "base")
+            return obj if obj.get("status", {}).get("phase") == "Ready" else None
+        base = await wait_for(ready, timeout=60)
+        location = base["status"]["location"]["snapshot"]
+        assert location["path"] == "data" and base["status"]["owned"] is True
+        snapshot = await api.get(SNAPSHOTS, NS, location["volumeSnapshotName"])
+        assert owner_kinds(snapshot) == [("Checkpoint", "base")]
+        await wait_for(lambda: gone(api, CLAIMS, NS, "base-data"), timeout=30)
+        seen = {}
+
+        def consume(attempt, env):
+            seen["model"] = open(os.path.join(env["CHECKPOINT_INPUT_PATH"], "model.safetensors"), "rb").read()
+            return 0
+        for reader, node in (("r1", "local-1"), ("r2", "local-2")):
+            trainer.behaviours[reader] = consume
+            await api.create(TJ, NS, on_node(training_job(reader, checkpoints=[{"name": "base"}], output={
+                "enabled": False}), node))
+        for reader in ("r1", "r2"):
+            await wait_phase(api, wait_for, TJ, reader, "Succeeded")
+        assert seen["model"] == b"w" * 64
+        await api.delete(CKPT, NS, "base")
+        await wait_for(lambda: gone(api, SNAPSHOTS, NS, location["volumeSnapshotName"]), timeout=30)
+
+
+async def wait_event_reason(api, wait_for, name: str, reason: str) -> list[dict]:
+    return await wait_for(lambda: events_for(api, name, reason), timeout=20)

@@ -74,9 +74,10 @@ def test_the_code_makes_the_calls_this_test_knows_of():
     assert ("batch", "jobs", "create") in calls and ("", "persistentvolumeclaims", "patch") in calls
 
 
-def namespaced_grants() -> set[tuple[str, str, str]]:
-    """A namespaced install: the Role in each namespace, and `get` on those Namespaces by name."""
-    return rbac.permissions(rbac.policy_rules(cluster_wide=False)) | \
+def namespaced_grants(volume_snapshots: bool = True) -> set[tuple[str, str, str]]:
+    """A namespaced install (with storage.volume.snapshotClassName unless told otherwise): the Role in
+    each namespace, and `get` on those Namespaces by name."""
+    return rbac.permissions(rbac.policy_rules(cluster_wide=False, volume_snapshots=volume_snapshots)) | \
         rbac.permissions(rbac.namespace_reader_rules(["team-a"]))
 
 
@@ -90,5 +91,13 @@ def test_nothing_is_granted_that_nobody_uses():
     namespaced = namespaced_grants()
     unused = namespaced - code_permissions() - KOPF_AND_KUBERNETES
     assert not unused, f"granted but never used: {sorted(unused)}"
-    cluster = rbac.permissions(rbac.policy_rules(cluster_wide=True)) - namespaced
+    cluster = rbac.permissions(rbac.policy_rules(cluster_wide=True, volume_snapshots=True)) - namespaced
     assert cluster == CLUSTER_ONLY - {("", "namespaces", "get")}
+
+
+def test_volume_snapshot_permissions_come_only_with_a_snapshot_class():
+    """Least privilege: without storage.volume.snapshotClassName nothing of snapshot.storage.k8s.io is granted."""
+    snapshots = namespaced_grants() - namespaced_grants(volume_snapshots=False)
+    assert snapshots == {("snapshot.storage.k8s.io", "volumesnapshots", verb)
+                         for verb in ("get", "list", "create", "patch", "delete")}
+    assert snapshots <= code_permissions()

@@ -264,7 +264,9 @@ def build_job_pod(job: Mapping[str, Any], index: int | None) -> dict[str, Any]:
 # --- garbage collector -------------------------------------------------------------------------------
 
 class GarbageCollector:
-    """Deletes dependents whose owners are all gone (Background propagation)."""
+    """Deletes dependents whose owners are all gone (Background propagation), and removes the
+    references to owners that are gone from dependents that still have others, as the Kubernetes
+    garbage collector does."""
 
     def __init__(self, api: ApiClient, owner_cache: Any) -> None:
         self.api = api
@@ -275,15 +277,21 @@ class GarbageCollector:
         if not refs or is_deleting(obj):
             return
         namespace = meta(obj)["namespace"]
-        for ref in refs:  # the caches first: a live owner there ends it without a request
+        live, dangling = [], []
+        for ref in refs:  # the caches first: a live owner there costs no request
             cache = await self.owner_cache(owner_resource(ref))
             owner = cache.get((namespace, ref.get("name"))) if cache is not None else None
-            if owner is not None and uid_of(owner) == ref.get("uid"):
-                return
-        for ref in refs:  # gone from the caches: confirm with the API (a cache may lag behind)
-            owner = await self.api.get(owner_resource(ref), namespace, ref["name"])
-            if owner is not None and uid_of(owner) == ref.get("uid"):
-                return
+            if owner is None or uid_of(owner) != ref.get("uid"):
+                # gone from the cache: confirm with the API (a cache may lag behind)
+                owner = await self.api.get(owner_resource(ref), namespace, ref["name"])
+            (live if owner is not None and uid_of(owner) == ref.get("uid") else dangling).append(ref)
+        if not dangling:
+            return
+        if live:
+            await self.api.patch(resource, namespace, meta(obj)["name"], [
+                {"op": "test", "path": "/metadata/resourceVersion", "value": meta(obj)["resourceVersion"]},
+                {"op": "replace", "path": "/metadata/ownerReferences", "value": live}])
+            return
         await self.api.delete(resource, namespace, meta(obj)["name"], preconditions={"uid": uid_of(obj)})
 
 

@@ -12,9 +12,11 @@ AGENT = ("checkpoint-operator", "agent")
 Layout = str  # "auto" | "directories" | "files" (api.trainingjob.OutputSpec.layout)
 
 
-def scan(directory: str, *, layout: Layout = "auto", single: bool = False) -> list[str]:
-    """Print the scan of DIR as one JSON line (volume store snapshots, adoption of a volume path)."""
-    return [*AGENT, "scan", directory, *(["--single"] if single else ["--layout", layout]), "--json"]
+def scan(directory: str, *, layout: Layout = "auto", single: bool = False, sync: bool = False) -> list[str]:
+    """Print the scan of DIR as one JSON line (volume store snapshots, adoption of a volume path).
+    `sync`: then syncfs the filesystem (a volume snapshot of it follows), reported in the JSON."""
+    return [*AGENT, "scan", directory, *(["--single"] if single else ["--layout", layout]), "--json",
+            *(["--sync"] if sync else [])]
 
 
 def snapshot(directory: str, upload_to: str, *, layout: Layout = "auto", single: bool = False,
@@ -70,10 +72,12 @@ def hold(session_dir: str, *, idle: float) -> list[str]:
 
 
 def watch(output_dir: str, *, interval: float, annotations_file: Optional[str] = None,
-          upload_to: Optional[str] = None, shared: bool = False, upload_concurrency: Optional[int] = None) -> list[str]:
-    """The live-sealing sidecar: seal checkpoints in OUTPUT_DIR as they complete (one JSON line each)."""
+          upload_to: Optional[str] = None, shared: bool = False, upload_concurrency: Optional[int] = None,
+          sync: bool = False) -> list[str]:
+    """The live-sealing sidecar: seal checkpoints in OUTPUT_DIR as they complete (one JSON line each).
+    `sync`: syncfs once a directory is sealed, before it is announced (a volume snapshot follows)."""
     return [*AGENT, "watch", output_dir, "--interval", f"{interval:g}",
             *(["--annotations-file", annotations_file] if annotations_file else []),
             *(["--upload-to", upload_to] if upload_to else []),
             *(["--upload-concurrency", str(upload_concurrency)] if upload_concurrency else []),
-            *(["--shared"] if shared else [])]
+            *(["--shared"] if shared else []), *(["--sync"] if sync else [])]

@@ -29,14 +29,14 @@ from checkpoint_operator.api.common import parse_quantity
 from checkpoint_operator.api.upload import (DIGEST_PATTERN, PULL_REQUEST_ANNOTATION, UPLOAD_DIGEST_ANNOTATION,
                                             UPLOAD_REQUEST_ANNOTATION, VERIFY_REQUEST_ANNOTATION)
 from checkpoint_operator.config import OperatorConfig
-from checkpoint_operator.logic import agent_commands
+from checkpoint_operator.logic import agent_commands, volume_snapshots
 from checkpoint_operator.logic.agent_pods import AGENT_DATA_MOUNT, agent_container, agent_pod
 from checkpoint_operator.logic.naming import MAX_LABEL_NAME, bounded_name, child_name
 from checkpoint_operator.logic.quantity import format_size
 from checkpoint_operator.logic.status import ConditionChange
 from checkpoint_operator.logic.workload import (IMPORT_SIZE_ANNOTATION, LABEL_CHECKPOINT, LABEL_COMPONENT,
-                                                LABEL_MANAGED_BY, MANAGER, import_claim_name, import_data_dir,
-                                                owner_reference)
+                                                LABEL_MANAGED_BY, MANAGER, checkpoint_labels, import_claim_name,
+                                                import_data_dir, owner_reference)
 
 REQUEST_ANNOTATION = "ckpt.dev/request"      # on a serving pod: the request it serves
 UPLOAD_DIR = import_data_dir()               # where a push lands on the volume store (status.location path "data")
@@ -136,14 +136,22 @@ def build_upload_check_pod(checkpoint: Checkpoint, config: OperatorConfig, reque
 
 # --- verify and pull -----------------------------------------------------------------------------------
 
-def location_volumes(location: dict, *, read_only: bool = True) -> tuple[list[dict], list[dict]]:
+def location_volumes(location: dict, *, read_only: bool = True, restore_access_mode: str = "ReadWriteOnce",
+                     labels: Optional[dict[str, str]] = None) -> tuple[list[dict], list[dict]]:
     """(volumes, mounts) that show a volume location's files at AGENT_DATA_MOUNT, and only them
-    (the root files of an output, listed as items, are mounted one by one)."""
-    volume = location["volume"]
-    sub_path = posixpath.normpath(volume.get("path", ".").lstrip("/") or ".")
-    volumes = [{"name": "data", "persistentVolumeClaim": {"claimName": volume["claimName"], "readOnly": read_only}}]
+    (the root files of an output, listed as items, are mounted one by one). A location in a volume
+    snapshot is a volume of the pod's own restored from it (logic/volume_snapshots.py), with `labels`."""
+    snapshot = volume_snapshots.location_in_snapshot(location)
+    if snapshot is not None:
+        volumes = [volume_snapshots.restored_volume("data", snapshot, restore_access_mode, labels or {})]
+        path, items = snapshot.path, snapshot.items
+    else:
+        volume = location["volume"]
+        volumes = [{"name": "data", "persistentVolumeClaim": {"claimName": volume["claimName"], "readOnly": read_only}}]
+        path, items = volume.get("path", "."), volume.get("items")
+    sub_path = posixpath.normpath(path.lstrip("/") or ".")
     mounts = []
-    for rel in volume.get("items") or [None]:
+    for rel in items or [None]:
         path = sub_path if rel is None else posixpath.normpath(posixpath.join(sub_path, rel))
         mount = {"name": "data", "readOnly": read_only,
                  "mountPath": AGENT_DATA_MOUNT if rel is None else posixpath.join(AGENT_DATA_MOUNT, rel)}
@@ -162,7 +170,8 @@ def build_verify_pod(checkpoint: Checkpoint, config: OperatorConfig, value: str,
                                     config, mounts=[], env=s3_env)
         volumes: list[dict] = []
     else:
-        volumes, mounts = location_volumes(location)
+        volumes, mounts = location_volumes(location, restore_access_mode=config.volume_restore_access_mode,
+                                           labels=checkpoint_labels(checkpoint, "verify"))
         container = agent_container("verify", agent_commands.verify(AGENT_DATA_MOUNT, digest=status.digest), config,
                                     mounts=mounts)
     return _serving_pod(checkpoint, config, "verify", verify_pod_name(checkpoint.metadata.name), value, [container],
@@ -171,7 +180,9 @@ def build_verify_pod(checkpoint: Checkpoint, config: OperatorConfig, value: str,
 
 def build_pull_pod(checkpoint: Checkpoint, config: OperatorConfig, value: str) -> dict:
     """volume store: mounts the data read-only and holds while pulls stream it out."""
-    volumes, mounts = location_volumes(checkpoint.status.location.to_wire())
+    volumes, mounts = location_volumes(checkpoint.status.location.to_wire(),
+                                       restore_access_mode=config.volume_restore_access_mode,
+                                       labels=checkpoint_labels(checkpoint, "pull"))
     volumes.append({"name": "work", "emptyDir": {"sizeLimit": "16Mi"}})
     mounts.append({"name": "work", "mountPath": PULL_WORK_DIR})
     container = agent_container("hold", agent_commands.hold(PULL_WORK_DIR, idle=IDLE_SECONDS), config, mounts=mounts)
@@ -276,5 +287,8 @@ def describe_location(location: Optional[dict]) -> str:
     location = location or {}
     if "s3" in location:
         return location["s3"]["uri"]
+    snapshot = volume_snapshots.location_in_snapshot(location)
+    if snapshot is not None:
+        return f"VolumeSnapshot {snapshot.volumeSnapshotName}:{snapshot.path}"
     volume = location.get("volume") or {}
     return f"volume {volume.get('claimName')}:{volume.get('path', '.')}"

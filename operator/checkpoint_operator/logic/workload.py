@@ -52,15 +52,18 @@ def owner_reference(obj: TrainingJob | Checkpoint, controller: bool = True) -> d
             "uid": obj.metadata.uid, "controller": controller, "blockOwnerDeletion": True}
 
 
-def _labels(tj: TrainingJob, component: str) -> dict:
+def training_job_labels(tj: TrainingJob, component: str) -> dict[str, str]:
+    """The labels of an object the operator makes for a TrainingJob (`component`: what it is)."""
     return {LABEL_MANAGED_BY: MANAGER, LABEL_COMPONENT: component,
             LABEL_TRAINING_JOB: bounded_name(tj.metadata.name, MAX_LABEL_NAME),
             LABEL_TRAINING_JOB_UID: tj.metadata.uid}
 
 
-def _checkpoint_labels(checkpoint: Checkpoint, component: str) -> dict:
+def checkpoint_labels(checkpoint: Checkpoint, component: str) -> dict[str, str]:
+    """The labels of an object the operator makes for a Checkpoint."""
     return {LABEL_MANAGED_BY: MANAGER, LABEL_COMPONENT: component,
             LABEL_CHECKPOINT: bounded_name(checkpoint.metadata.name, MAX_LABEL_NAME)}
+
 
 
 def job_name(tj: TrainingJob) -> str:
@@ -157,17 +160,22 @@ def check_user_mounts(template_spec: dict, tj: TrainingJob) -> None:
 
 # --- objects -----------------------------------------------------------------------------------
 
+def output_storage_class(tj: TrainingJob, config: OperatorConfig) -> Optional[str]:
+    """The StorageClass of a job's output volume (None: the cluster's default class)."""
+    return tj.spec.output.storageClassName or config.default_storage_class
+
+
 def build_output_claim(tj: TrainingJob, config: OperatorConfig) -> dict:
     output = tj.spec.output
     claim_spec: dict = {
         "accessModes": ["ReadWriteMany" if tj.spec.replicas > 1 else "ReadWriteOnce"],
         "resources": {"requests": {"storage": output.size or config.default_output_size}},
     }
-    storage_class = output.storageClassName or config.default_storage_class
+    storage_class = output_storage_class(tj, config)
     if storage_class:
         claim_spec["storageClassName"] = storage_class
     return {"metadata": {"name": output_claim_name(tj), "namespace": tj.metadata.namespace,
-                         "labels": _labels(tj, "output"), "ownerReferences": [owner_reference(tj)]},
+                         "labels": training_job_labels(tj, "output"), "ownerReferences": [owner_reference(tj)]},
             "spec": claim_spec}
 
 
@@ -202,7 +210,7 @@ def build_job(tj: TrainingJob, inputs: list[ResolvedInput], staged: InputVolumes
     pod_spec.setdefault("restartPolicy", "Never")
 
     metadata = template.setdefault("metadata", {})
-    metadata["labels"] = {**(metadata.get("labels") or {}), **_labels(tj, "worker")}
+    metadata["labels"] = {**(metadata.get("labels") or {}), **training_job_labels(tj, "worker")}
 
     job_spec: dict = {"completions": spec.replicas, "parallelism": spec.replicas, "template": template}
     if spec.replicas > 1:
@@ -212,21 +220,29 @@ def build_job(tj: TrainingJob, inputs: list[ResolvedInput], staged: InputVolumes
     if spec.activeDeadlineSeconds is not None:
         job_spec["activeDeadlineSeconds"] = spec.activeDeadlineSeconds
     job = {"metadata": {"name": job_name(tj), "namespace": tj.metadata.namespace,
-                        "labels": _labels(tj, "worker"), "ownerReferences": [owner_reference(tj)]},
+                        "labels": training_job_labels(tj, "worker"), "ownerReferences": [owner_reference(tj)]},
            "spec": job_spec}
     return BuiltJob(job, warnings)
 
 
 def build_live_sidecar(tj: TrainingJob, config: OperatorConfig, upload_to: Optional[str],
-                       env: list[dict]) -> tuple[dict, dict]:
-    """The sealing sidecar of a publish: Continuous job (logic/live_sealing.py), for build_job."""
+                       env: list[dict], sync: bool = False) -> tuple[dict, dict]:
+    """The sealing sidecar of a publish: Continuous job (logic/live_sealing.py), for build_job.
+    `sync`: it syncs the filesystem once a directory is sealed (a volume snapshot of it follows)."""
     command = agent_commands.watch(tj.spec.outputDir, interval=config.live_watch_interval,
                                    annotations_file=live_sealing.annotations_file(), upload_to=upload_to,
                                    shared=tj.spec.replicas > 1,
-                                   upload_concurrency=config.live_upload_concurrency if upload_to else None)
+                                   upload_concurrency=config.live_upload_concurrency if upload_to else None,
+                                   sync=sync)
     return live_sealing.sidecar_parts(tj, command, config.agent_image, config.agent_image_pull_policy,
                                     copy.deepcopy(config.live_sidecar_resources), env, OUTPUT_VOLUME,
                                     tj.spec.template.spec)
+
+
+def restored_input_volumes(volumes: list[dict]) -> int:
+    """How many of a pod's volumes are restored from snapshots (a claim of each pod's own)."""
+    return sum(1 for v in volumes if (v.get("ephemeral") or {}).get("volumeClaimTemplate", {}).get("spec", {})
+               .get("dataSource", {}).get("kind") == "VolumeSnapshot")
 
 
 def build_snapshot_pod(tj: TrainingJob, command: list[str], env: list[dict], config: OperatorConfig) -> dict:
@@ -237,7 +253,7 @@ def build_snapshot_pod(tj: TrainingJob, command: list[str], env: list[dict], con
                                 mounts=[{"name": OUTPUT_VOLUME, "mountPath": AGENT_OUTPUT_MOUNT, "readOnly": True}],
                                 env=env)
     metadata = {"name": snapshot_pod_name(tj), "namespace": tj.metadata.namespace,
-                "labels": _labels(tj, "snapshot"), "ownerReferences": [owner_reference(tj)]}
+                "labels": training_job_labels(tj, "snapshot"), "ownerReferences": [owner_reference(tj)]}
     return agent_pod(metadata, config, [container], [{"name": OUTPUT_VOLUME, "persistentVolumeClaim": {
         "claimName": output_claim_name(tj), "readOnly": True}}])
 
@@ -252,7 +268,7 @@ def build_volume_scan_pod(checkpoint: Checkpoint, config: OperatorConfig) -> dic
         mount["subPath"] = sub_path
     container = agent_container("scan", agent_commands.scan(AGENT_DATA_MOUNT, single=True), config, mounts=[mount])
     metadata = {"name": scan_pod_name(checkpoint), "namespace": checkpoint.metadata.namespace,
-                "labels": _checkpoint_labels(checkpoint, "scan"), "ownerReferences": [owner_reference(checkpoint)]}
+                "labels": checkpoint_labels(checkpoint, "scan"), "ownerReferences": [owner_reference(checkpoint)]}
     return agent_pod(metadata, config, [container], [{"name": "data", "persistentVolumeClaim": {
         "claimName": source.claimName, "readOnly": True}}])
 
@@ -277,7 +293,7 @@ def build_import_claim(checkpoint: Checkpoint, config: OperatorConfig) -> dict:
     if config.default_storage_class:
         claim_spec["storageClassName"] = config.default_storage_class
     return {"metadata": {"name": import_claim_name(checkpoint), "namespace": checkpoint.metadata.namespace,
-                         "labels": _checkpoint_labels(checkpoint, "import"),
+                         "labels": checkpoint_labels(checkpoint, "import"),
                          "ownerReferences": [owner_reference(checkpoint)]},
             "spec": claim_spec}
 
@@ -298,5 +314,5 @@ def build_import_pod(checkpoint: Checkpoint, config: OperatorConfig,
     Store.import_containers; either way the pod prints the scan as JSON."""
     init_containers, containers, volumes = parts
     metadata = {"name": import_pod_name(checkpoint), "namespace": checkpoint.metadata.namespace,
-                "labels": _checkpoint_labels(checkpoint, "import"), "ownerReferences": [owner_reference(checkpoint)]}
+                "labels": checkpoint_labels(checkpoint, "import"), "ownerReferences": [owner_reference(checkpoint)]}
     return agent_pod(metadata, config, containers, volumes, init_containers)

@@ -70,7 +70,7 @@ def serve_pull(ctx: Context, checkpoint: Checkpoint) -> Optional[float]:
     location = checkpoint.status.location.to_wire() if checkpoint.status.location else {}
     if not value:
         return None
-    if "volume" not in location:  # the s3 store: the plugin downloads from the store itself
+    if "volume" not in location and "snapshot" not in location:  # the s3 store: the plugin downloads from it
         ctx.warn(checkpoint, "PullRefused", f"{PULL_REQUEST_ANNOTATION}: {checkpoint.metadata.name} is in object "
                                             "storage; kubectl ckpt pull downloads it from there (no pod needed)")
         drop_request(ctx, checkpoint, PULL_REQUEST_ANNOTATION, value)

@@ -15,21 +15,23 @@ from typing import Optional
 
 from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator import PROTECTION_FINALIZER
-from checkpoint_operator.api.checkpoint import Checkpoint
+from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointPhase
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobPhase
 from checkpoint_operator.reconcile import agent_runs, live_sealing, publish, volumes
+from checkpoint_operator.reconcile import volume_snapshots as volume_snapshot_steps
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.objects import InvalidObject, parse, parse_tolerant
 from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.kube import CHECKPOINTS, JOBS, PODS, PVCS, TRAINING_JOBS, ApiError, Conflict
 from checkpoint_operator.logic import trainingjob_flow as flow
-from checkpoint_operator.logic import workload
+from checkpoint_operator.logic import volume_snapshots, workload
 from checkpoint_operator.logic.agent_pods import AGENT_OUTPUT_MOUNT, downloaded_input, last_error_line, pod_failure
 from checkpoint_operator.logic.conditions import now_rfc3339, seconds_since
 from checkpoint_operator.logic.inputs import InputWait, ResolvedInput, check_live_input, resolve_inputs
 from checkpoint_operator.logic.protection import label_patch, used_uids
 from checkpoint_operator.logic.results import Advance, Done, Fail, Result, Wait
-from checkpoint_operator.logic.snapshot import not_stored, plan_snapshot, skipped_message
+from checkpoint_operator.logic.snapshot import ScanResult, SnapshotPlan, not_stored, plan_snapshot, skipped_message
+from checkpoint_operator.logic.volume_snapshots import TakenSnapshot
 from checkpoint_operator.logic.status import StatusChange
 from checkpoint_operator.storage import MissingUpload, store_for
 from checkpoint_operator import metrics
@@ -116,10 +118,12 @@ def _create_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput])
     store = store_for(ctx.config)
     publish_mode = flow.publish_mode(tj, ctx.config.default_publish)
     try:
-        sidecar = workload.build_live_sidecar(tj, ctx.config, store.live_upload_prefix(tj), store.agent_env()) \
+        sidecar = workload.build_live_sidecar(tj, ctx.config, store.live_upload_prefix(tj), store.agent_env(),
+                                              sync=store.syncs_before_snapshots) \
             if publish_mode == "Continuous" else None
-        built = workload.build_job(tj, inputs, store.input_volumes(tj, inputs), sidecar)
-    except workload.InvalidSpec as exc:
+        staged = store.input_volumes(tj, inputs)
+        built = workload.build_job(tj, inputs, staged, sidecar)
+    except (workload.InvalidSpec, volume_snapshots.SnapshotNotReady) as exc:
         return Fail("InvalidSpec", str(exc))
     for warning in built.warnings:
         ctx.warn(tj, "EnvOverridden", warning)
@@ -134,9 +138,13 @@ def _create_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput])
         if exc.status in (400, 422):
             return Fail("InvalidSpec", f"the API server refused the Job or its volume: {exc.message}")
         return Wait("CreateRefused", f"creating the Job or its volume failed: {exc}", requeue_after=RETRY_SOON)
-    write_status(ctx, tj, flow.running_change(built.job["metadata"]["name"], [i.name for i in inputs],
-                                              workload.output_claim_name(tj) if tj.output_enabled else None,
-                                              now_rfc3339(), publish_mode, pinned=tj.status.inputs is not None))
+    change = flow.running_change(built.job["metadata"]["name"], [i.name for i in inputs],
+                                 workload.output_claim_name(tj) if tj.output_enabled else None,
+                                 now_rfc3339(), publish_mode, pinned=tj.status.inputs is not None)
+    restored = workload.restored_input_volumes(staged.volumes)
+    if restored:  # their pods are deleted when the Job is over (release_restored_inputs)
+        change = replace(change, fields={**change.fields, "restoredInputs": restored})
+    write_status(ctx, tj, change)
     return Advance()
 
 
@@ -210,10 +218,26 @@ def follow_job(ctx: Context, tj: TrainingJob) -> Result:
     outcome = "succeeded" if succeeded else "; ".join([flow.job_failure_message(job), *_pod_failures(ctx, tj)])
     change, snapshot_follows = flow.after_job(tj, succeeded, outcome, now_rfc3339(), workload.snapshot_pod_name(tj))
     tj = write_status(ctx, tj, change)
+    tj = _release_restored_inputs(ctx, tj)
     if not snapshot_follows:
         _release_inputs(ctx, tj)
         return Done()
     return Advance()
+
+
+def _release_restored_inputs(ctx: Context, tj: TrainingJob) -> TrainingJob:
+    """The job's pods are over: the pods that hold volumes restored from snapshots are deleted,
+    and their volumes with them (each is owned by its pod: a generic ephemeral volume). Their
+    outcome is recorded already; their logs go with them."""
+    if not tj.status.restoredInputs:
+        return tj
+    pods = ctx.indexes.worker_pods(tj.metadata.namespace, tj.metadata.uid)
+    for pod in pods:
+        ctx.kube.delete(PODS, tj.metadata.namespace, pod.name)
+    if pods:
+        ctx.info(tj, "InputsReleased", f"deleted {len(pods)} finished pod(s) and the {tj.status.restoredInputs} "
+                                       "volume(s) each restored from snapshots for its inputs")
+    return write_status(ctx, tj, StatusChange(fields={"restoredInputs": None}))
 
 
 def _pod_failures(ctx: Context, tj: TrainingJob) -> list[str]:
@@ -274,40 +298,37 @@ def _snapshot_pod_failed(ctx: Context, tj: TrainingJob, pod: dict, message: str)
     return Wait(requeue_after=delay)
 
 
-def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict, scan) -> Result:
+def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict, scan: ScanResult) -> Result:
     namespace, claim = tj.metadata.namespace, workload.output_claim_name(tj)
-    layout = tj.spec.output.layout
     store = store_for(ctx.config)
-    try:
-        for manifest in scan.checkpoints:  # every checkpoint must have reached the store, committed
-            if not store.is_committed(store.snapshot_location(tj, claim, manifest, layout, scan.uploads)):
-                raise MissingUpload(f"{manifest.path!r} has no manifest in the store: the upload did not complete")
-    except MissingUpload as exc:
-        agent_runs.finish(ctx, pod)
-        return Fail("SnapshotFailed", f"pod {pod['metadata']['name']}: {exc}")
-
     existing = ctx.indexes.checkpoints_of(namespace, tj.metadata.uid)
     retired = [(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []]
-    plan = plan_snapshot(tj, scan, lambda n: ctx.indexes.checkpoint(namespace, n),
-                         lambda m: store.snapshot_location(tj, claim, m, layout, scan.uploads), existing=existing,
-                         retired=retired)
+    located = _locate_output(ctx, tj, pod, scan, existing, retired)
+    if not isinstance(located, tuple):
+        return located
+    plan, taken = located
+    unpublished = {p.name for p in plan.checkpoints if _unpublished(ctx, namespace, p.name)}
     created = [publish.create_checkpoint(ctx, tj, planned) for planned in plan.checkpoints]
     if any(c is None for c in created):
         return Wait("NameConflict", "a Checkpoint name was taken meanwhile; planning again", requeue_after=0.5)
     for info, manifest in plan.changed:  # live sealing: a sealed directory's bytes changed since
         publish.mark_changed(ctx, tj, info, f"{info.directory} changed after it was sealed (digest now "
-                                            f"{manifest.digest})", bytes_in_place=store.keeps_output_claim)
-    if store.keeps_output_claim:  # the s3 store keeps the sealed copy of a directory gone since
+                                            f"{manifest.digest})", bytes_in_place=store.later_writes_reach_checkpoints)
+    if store.later_writes_reach_checkpoints:  # the s3 store keeps the sealed copy of a directory gone since
         for info in plan.missing:
             publish.mark_changed(ctx, tj, info, f"{info.directory} was removed after it was sealed",
                                  bytes_in_place=True)
     accounted = len(created) + len(plan.dropped) + len(plan.gone)
     retained = not_stored(scan, accounted) or _changed_not_stored(plan, store.keeps_output_claim)
     # The Checkpoints own the data before any of them is Ready: deleting the job from here on
-    # can no longer take the volume away from under them.
+    # can no longer take the volume (or its snapshot) away from under them.
     owners = created + [b for b in (ctx.kube.get(CHECKPOINTS, namespace, c.name) for c in existing
                                     if not c.deleting and c.name not in {p.name for p in plan.checkpoints})
                         if b is not None]
+    if taken is not None:
+        in_snapshot = [b for b, p in zip(created, plan.checkpoints) if b is not None and p.name in unpublished]
+        volume_snapshot_steps.hand_over(ctx, namespace, taken.name,
+                                        [publish.checkpoint_owner(b) for b in in_snapshot], tj.metadata.uid)
     _hand_over_output_claim(ctx, tj, claim, owners, keep=retained is not None)
     ready = [publish.mark_ready(ctx, c, p) for c, p in zip(created, plan.checkpoints)]
     for info in plan.retire:
@@ -316,6 +337,9 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict, scan) -> Result:
     unused = [scan.uploads[d] for d in [*plan.dropped, *plan.gone] if d in scan.uploads]
     for uri in store.delete_unused_uploads(tj, unused):
         ctx.info(tj, "DataDeleted", f"deleted {uri} (not kept as a Checkpoint)")
+    if store.output_snapshot(tj, claim, FINAL_SNAPSHOT) is not None:
+        for name in volume_snapshot_steps.delete_unused(ctx, namespace, tj.metadata.uid):
+            ctx.info(tj, "DataDeleted", f"deleted VolumeSnapshot {name} (no Checkpoint points into it)")
     _report_snapshot(ctx, tj, plan, scan, [c for c in ready if c.metadata.name not in {e.name for e in existing}])
 
     if tj.status.snapshotStartTime:
@@ -330,6 +354,53 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict, scan) -> Result:
         ctx.warn(tj, flow.OUTPUT_RETAINED, f"volume {claim} is kept: {retained}")
     _release_inputs(ctx, tj)
     return Done()
+
+
+FINAL_SNAPSHOT = "final"  # the key of the end-of-job volume snapshot (logic/volume_snapshots.py)
+
+
+def _unpublished(ctx: Context, namespace: str, name: str) -> bool:
+    """A planned Checkpoint that does not exist yet, or is not Ready yet: its location is to be written."""
+    info = ctx.indexes.checkpoint(namespace, name)
+    return info is None or info.phase == CheckpointPhase.PENDING
+
+
+def _locate_output(ctx: Context, tj: TrainingJob, pod: dict, scan: ScanResult, existing: list,
+                   retired: list) -> tuple[SnapshotPlan, Optional[TakenSnapshot]] | Result:
+    """The plan, with the location of each checkpoint to publish: where it was uploaded, or (with
+    volume snapshots) in the output's snapshot, taken once the scan said the bytes are on the disk."""
+    namespace, claim, layout = tj.metadata.namespace, workload.output_claim_name(tj), tj.spec.output.layout
+    store = store_for(ctx.config)
+
+    def plan_with(taken: Optional[TakenSnapshot]) -> SnapshotPlan:
+        return plan_snapshot(tj, scan, lambda n: ctx.indexes.checkpoint(namespace, n),
+                             lambda m: store.snapshot_location(tj, claim, m, layout, scan.uploads, taken),
+                             existing=existing, retired=retired)
+    try:
+        plan, taken = plan_with(None), None
+    except MissingUpload as exc:
+        agent_runs.finish(ctx, pod)
+        return Fail("SnapshotFailed", f"pod {pod['metadata']['name']}: {exc}")
+    unpublished = [p for p in plan.checkpoints if _unpublished(ctx, namespace, p.name)]
+    request = store.output_snapshot(tj, claim, FINAL_SNAPSHOT)
+    if request is not None and unpublished:
+        if not volume_snapshots.is_synced(scan.synced):
+            agent_runs.finish(ctx, pod)
+            return Fail("SnapshotFailed", f"pod {pod['metadata']['name']} did not report the output volume's "
+                                          "filesystem synced (syncfs): no volume snapshot is taken of bytes that "
+                                          "may not be on the disk")
+        result = volume_snapshot_steps.take(ctx, request)
+        if isinstance(result, Wait):
+            return result
+        taken = result
+        plan = plan_with(taken)
+        unpublished = [p for p in plan.checkpoints if _unpublished(ctx, namespace, p.name)]
+    for planned in unpublished:  # every checkpoint to publish must have reached the store, committed
+        if not store.is_committed(planned.ready.fields["location"]):
+            agent_runs.finish(ctx, pod)
+            return Fail("SnapshotFailed", f"pod {pod['metadata']['name']}: {planned.directory!r} has no manifest in "
+                                          "the store: the upload did not complete")
+    return plan, taken
 
 
 def _changed_not_stored(plan, bytes_in_place: bool) -> Optional[str]:
@@ -372,6 +443,8 @@ def _finished(ctx: Context, tj: TrainingJob) -> Optional[float]:
         ctx.kube.delete(PODS, tj.metadata.namespace, tj.status.snapshotPod)
     if used_uids(tj.metadata.labels):
         tj = _release_inputs(ctx, tj)
+    if tj.status.restoredInputs:  # the operator stopped between the Job's end and their release
+        tj = _release_restored_inputs(ctx, tj)
     if flow.wants_output_released(tj):
         claim = tj.status.outputClaim or workload.output_claim_name(tj)
         pvc = ctx.kube.get(PVCS, tj.metadata.namespace, claim)
