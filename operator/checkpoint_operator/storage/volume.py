@@ -74,14 +74,14 @@ class VolumeStore(Store):
         return agent_commands.scan(output_dir, layout=tj.spec.output.layout, sync=self.syncs_before_snapshots)
 
     def snapshot_location(self, tj: TrainingJob, claim: str, manifest: Manifest, layout: str,
-                          uploads: dict[str, str], taken: Optional[TakenSnapshot] = None) -> dict:
+                          uploads: dict[str, str], taken: Optional[TakenSnapshot] = None) -> dict[str, Any]:
         """The root files (and, in the `files` layout, each file) share their directory with
         other checkpoints, so only their own files are listed as items (mounted one by one)."""
         if manifest.path == "." or layout == "files":
             return {"volume": {"claimName": claim, "path": ".", "items": [f.path for f in manifest.files]}}
         return {"volume": {"claimName": claim, "path": manifest.path}}
 
-    def import_containers(self, checkpoint: Checkpoint, max_size: int) -> tuple[list[dict], list[dict], list[dict]]:
+    def import_containers(self, checkpoint: Checkpoint, max_size: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
         data_dir = import_data_dir()
         source = import_spec(checkpoint)
         mount = [{"name": "data", "mountPath": posixpath.dirname(data_dir)}]
@@ -98,7 +98,7 @@ class VolumeStore(Store):
         return [], [container], volumes
 
     def import_location(self, checkpoint: Checkpoint, claim: str, uploads: dict[str, str],
-                        taken: Optional[TakenSnapshot] = None) -> dict:
+                        taken: Optional[TakenSnapshot] = None) -> dict[str, Any]:
         return {"volume": {"claimName": claim, "path": IMPORT_DIR}}
 
 
@@ -126,27 +126,27 @@ class SnapshotVolumeStore(VolumeStore):
             owner_reference(checkpoint, controller=False), self.config.default_storage_class)
 
     @staticmethod
-    def _in_snapshot(taken: Optional[TakenSnapshot], path: str, items: Optional[list[str]] = None) -> dict:
+    def _in_snapshot(taken: Optional[TakenSnapshot], path: str, items: Optional[list[str]] = None) -> dict[str, Any]:
         if taken is None:
             return {}  # not located yet: is_committed says so, and nothing is made Ready with it
         return volume_snapshots.snapshot_location(taken, path, items)
 
     def snapshot_location(self, tj: TrainingJob, claim: str, manifest: Manifest, layout: str,
-                          uploads: dict[str, str], taken: Optional[TakenSnapshot] = None) -> dict:
+                          uploads: dict[str, str], taken: Optional[TakenSnapshot] = None) -> dict[str, Any]:
         if manifest.path == "." or layout == "files":
             return self._in_snapshot(taken, ".", [f.path for f in manifest.files])
         return self._in_snapshot(taken, manifest.path)
 
     def live_location(self, tj: TrainingJob, claim: str, manifest: Manifest, uploads: dict[str, str],
-                      taken: Optional[TakenSnapshot] = None) -> dict:
+                      taken: Optional[TakenSnapshot] = None) -> dict[str, Any]:
         return self._in_snapshot(taken, manifest.path)
 
     def import_location(self, checkpoint: Checkpoint, claim: str, uploads: dict[str, str],
-                        taken: Optional[TakenSnapshot] = None) -> dict:
+                        taken: Optional[TakenSnapshot] = None) -> dict[str, Any]:
         if taken is None:
             raise MissingUpload("the import's volume snapshot is not taken yet")
         return self._in_snapshot(taken, IMPORT_DIR)
 
-    def is_committed(self, location: dict) -> bool:
+    def is_committed(self, location: dict[str, Any]) -> bool:
         """Only a location in a ready snapshot: a checkpoint whose snapshot is not taken yet waits."""
         return bool(location.get("snapshot"))
