@@ -151,7 +151,8 @@ def location_volumes(location: dict, *, read_only: bool = True, restore_access_m
         path, items = volume.get("path", "."), volume.get("items")
     sub_path = posixpath.normpath(path.lstrip("/") or ".")
     mounts = []
-    for rel in items or [None]:
+    rels: list[Optional[str]] = list(items) if items else [None]
+    for rel in rels:
         path = sub_path if rel is None else posixpath.normpath(posixpath.join(sub_path, rel))
         mount = {"name": "data", "readOnly": read_only,
                  "mountPath": AGENT_DATA_MOUNT if rel is None else posixpath.join(AGENT_DATA_MOUNT, rel)}

@@ -127,15 +127,14 @@ def waiting_message(name: str, state: SnapshotState) -> str:
 
 def snapshot_location(taken: TakenSnapshot, path: str, items: Optional[list[str]] = None) -> dict[str, Any]:
     """status.location of a checkpoint in a snapshot (wire form)."""
-    return Location(snapshot=SnapshotLocation(volumeSnapshotName=taken.name, path=path, items=items,
-                                              restoreSize=taken.restore_size,
-                                              storageClassName=taken.storage_class)).to_wire()
+    return Location(volume=None, s3=None, snapshot=SnapshotLocation(
+        volumeSnapshotName=taken.name, path=path, items=items, restoreSize=taken.restore_size,
+        storageClassName=taken.storage_class)).to_wire()
 
 
 def location_in_snapshot(location: Mapping[str, Any]) -> Optional[SnapshotLocation]:
     """The snapshot part of a status.location, or None (a volume or s3 location)."""
-    parsed = Location.model_validate(location) if location else Location()
-    return parsed.snapshot
+    return Location.model_validate(location).snapshot if location else None
 
 
 def restored_volume(volume_name: str, location: SnapshotLocation, access_mode: str,
