@@ -303,3 +303,41 @@ class TestVolumeSnapshots:
 
 async def wait_event_reason(api, wait_for, name: str, reason: str) -> list[dict]:
     return await wait_for(lambda: events_for(api, name, reason), timeout=20)
+
+
+class TestReadOnlyManyRestores:
+    """A driver that attaches read-only to many nodes (GCE PD: block-multireader here) with
+    restoreAccessMode ReadOnlyMany; each replica of a multi-pod consumer gets its own restored claim."""
+
+    @pytest.fixture
+    def operator_config(self) -> OperatorConfig:
+        return OperatorConfig(**{**SNAPSHOT_CONFIG, "default_storage_class": "block-multireader",
+                                 "volume_restore_access_mode": "ReadOnlyMany"})
+
+    async def test_every_replica_reads_from_a_read_only_many_claim_of_its_own(self, api, operator, cluster, trainer,
+                                                                            wait_for):
+        trainer.behaviours["producer"] = lambda a, env: write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-1",
+                                                                          {"w.bin": b"weights"}) or 0
+        await api.create(TJ, NS, training_job("producer"))
+        await wait_phase(api, wait_for, TJ, "producer", "Succeeded")
+        step1 = await ready_checkpoint(api, wait_for, "producer", "step-1")
+        started, release, read = threading.Barrier(3, timeout=60), threading.Event(), []
+
+        def consume(attempt, env):
+            read.append(open(os.path.join(env["CHECKPOINT_INPUT_PATH"], "w.bin"), "rb").read())
+            started.wait()
+            assert release.wait(60)
+            return 0
+        trainer.behaviours["pair"] = consume
+        await api.create(TJ, NS, training_job("pair", replicas=2, checkpoints=[{"name": step1["metadata"]["name"]}],
+                                              output={"enabled": False}))
+        await asyncio.to_thread(started.wait)
+        pods = await worker_pods(api, "pair")
+        assert len({p["spec"]["nodeName"] for p in pods}) == 2  # spread over two nodes, both running
+        for pod in pods:
+            claim = await api.get(CLAIMS, NS, f"{pod['metadata']['name']}-ckpt-in-0")
+            assert claim["spec"]["accessModes"] == ["ReadOnlyMany"]
+            assert claim["spec"]["storageClassName"] == "block-multireader"
+        assert read == [b"weights", b"weights"]
+        release.set()
+        await wait_phase(api, wait_for, TJ, "pair", "Succeeded")

@@ -155,9 +155,14 @@ def _adopt_started_job(ctx: Context, tj: TrainingJob) -> Optional[Result]:
     if job is None or not _owns(tj, job):
         return None
     names = [p.name for p in tj.status.inputs or []]
-    write_status(ctx, tj, flow.running_change(job["metadata"]["name"], names,
-                                              workload.output_claim_name(tj) if tj.output_enabled else None,
-                                              now_rfc3339(), flow.publish_mode_of_job(job)))
+    change = flow.running_change(job["metadata"]["name"], names,
+                                 workload.output_claim_name(tj) if tj.output_enabled else None,
+                                 now_rfc3339(), flow.publish_mode_of_job(job))
+    restored = workload.restored_input_volumes(((job.get("spec") or {}).get("template") or {}).get("spec", {})
+                                               .get("volumes") or [])
+    if restored:  # as _create_workload records it: its pods are released when the Job is over
+        change = replace(change, fields={**change.fields, "restoredInputs": restored})
+    write_status(ctx, tj, change)
     return Advance()
 
 
