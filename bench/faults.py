@@ -1138,6 +1138,29 @@ async def self_check() -> str | None:
     return f"missed {', '.join(missed)} ({v})" if missed else None
 
 
+async def self_check_snapshots() -> str | None:
+    """With volume snapshots: a Ready Checkpoint's bytes changed in its snapshot's copy, a VolumeSnapshot
+    no object owns, a snapshot copy without its content. None when each is counted."""
+    async with Harness("self-check-snapshots", None, snapshots=True) as h:
+        await h.create_job("job", train=steps(2))
+        await finished(h, "job")
+        ckpt = await h.api.get(CKPT, NS, "job-step-1")
+        snapshot = ckpt["status"]["location"]["snapshot"]
+        copy = Path(h.cluster.snapshot_dir(NS, snapshot["volumeSnapshotName"]))
+        target = copy / snapshot["path"] / "model.safetensors"
+        target.chmod(0o644)
+        target.write_bytes(b"not what was written")
+        await h.api.create(SNAPSHOTS, NS, {"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+                                           "metadata": {"name": "stray"}, "spec": {
+                                               "volumeSnapshotClassName": "block-snapshots",
+                                               "source": {"persistentVolumeClaimName": "nothing"}}})
+        (copy.parent / "snapcontent-stray").mkdir()
+        v = await assess(h, Verdict("self-check-snapshots", "check"), [Expect("job", "Succeeded", ("succeeded",))])
+    missed = [what for what, caught in (("the changed snapshot bytes", v.partial == 1),
+                                        ("the stray snapshot and copy", v.orphaned == 2)) if not caught]
+    return f"missed {', '.join(missed)} ({v})" if missed else None
+
+
 # --- main ---------------------------------------------------------------------------------------------
 
 async def run_case(c: Case, store: Store | None) -> Verdict:
@@ -1188,6 +1211,8 @@ def main() -> int:
         print(f"faults: no case matches --only {args.only}", file=sys.stderr)
         return 2
     problem = asyncio.run(self_check())
+    if not problem and any(c.snapshots for c in cases):
+        problem = asyncio.run(self_check_snapshots())
     print(f"faults: self-check: {problem or 'the counters count defects made on purpose'}", flush=True)
     if problem:
         return 1
@@ -1203,9 +1228,9 @@ def main() -> int:
         if store is not None:
             store.close()
     print()
-    print(f"{'case':40} {'group':6} {'lost':>4} {'dup':>4} {'orph':>4} {'part':>4} {'msg':>5}  note")
+    print(f"{'case':44} {'group':9} {'lost':>4} {'dup':>4} {'orph':>4} {'part':>4} {'msg':>5}  note")
     for v in verdicts:
-        print(f"{v.case:40} {v.group:6} {v.lost:>4} {v.duplicated:>4} {v.orphaned:>4} {v.partial:>4} "
+        print(f"{v.case:44} {v.group:9} {v.lost:>4} {v.duplicated:>4} {v.orphaned:>4} {v.partial:>4} "
               f"{'clear' if v.clear else 'NO':>5}  {v.note[:120]}")
     total = {k: sum(getattr(v, k) for v in verdicts) for k in ("lost", "duplicated", "orphaned", "partial")}
     clear = sum(v.clear for v in verdicts)
