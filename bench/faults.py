@@ -602,6 +602,13 @@ async def assess(h: Harness, verdict: Verdict, expects: list[Expect], *, check_d
         if phase != expect.phase or not all(w.lower() in message.lower() for w in expect.words):
             clear = False
             notes.append(f"{expect.name}: {phase} {message!r} (want {expect.phase} naming {', '.join(expect.words)})")
+    # No credential of the store in a status, an Event or a pod (issue 23 item 8): a leak is an unclear message.
+    if h.store is not None:
+        written = json.dumps([checkpoints, list(jobs.values()), await h.api.list("v1/events", NS),
+                              await h.api.list(PODS, NS)])
+        if h.store.server.secret_key in written:
+            clear = False
+            notes.append("the store's secret key is in a status, an Event or a pod")
     verdict.clear = clear
     verdict.note = "; ".join(h.events + notes)[:600]
     return verdict

@@ -61,4 +61,7 @@ def run_agent(*argv: str, env: Optional[dict] = None) -> AgentRun:
                 code = int(exc.code or 0)
     finally:
         signal.signal(signal.SIGTERM, handler)
+    import credentials
+    credentials.saw(f"agent {argv[0] if argv else ''} stdout", out.getvalue())
+    credentials.saw(f"agent {argv[0] if argv else ''} stderr", err.getvalue())
     return AgentRun(code, out.getvalue(), err.getvalue())

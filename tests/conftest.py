@@ -89,3 +89,22 @@ async def _wait_for(predicate: Callable[[], Any], timeout: float = 10, interval:
 @pytest.fixture
 def wait_for() -> Callable[..., Any]:
     return _wait_for
+
+
+@pytest.fixture
+def credential_watch(request) -> Iterator[Any]:
+    """Fails the test when a credential it used appears in what the code wrote (tests/credentials.py)."""
+    import credentials
+    witness, handler = credentials.start()
+    emulator = None
+    if "emulator_server" in request.fixturenames:  # set up now: torn down after this fixture reads it
+        emulator = request.getfixturevalue("emulator_server")
+        credentials.watch_emulator(witness, emulator.emulator)
+    try:
+        yield witness
+        if emulator is not None:
+            credentials.emulator_objects(witness, emulator.call(emulator.emulator.export_state))
+    finally:
+        credentials.stop(handler)
+    leaks = witness.leaks(credentials.SECRETS)
+    assert not leaks, "credentials found in what the code wrote:\n" + "\n".join(leaks[:20])

@@ -4,7 +4,9 @@
 
 `ftp_server` yields an `FtpServer` with `root` (files served to anonymous users and to the user
 `USER`/`PASSWORD`), `url(rel)`, `ftps_url(rel)` and `ca` (the CA that signed the FTPS server's
-certificate: explicit FTPS, AUTH TLS with TLS required on control and data connections).
+certificate: explicit FTPS, AUTH TLS with TLS required on control and data connections), and
+`echo_url(rel)`: a server that refuses every login with a reply quoting the password it was
+sent (550, not 530: a server's own words, which the agent must not copy out).
 """
 
 from __future__ import annotations
@@ -25,12 +27,16 @@ class FtpServer:
     port: int
     tls_port: int
     ca: object
+    echo_port: int = 0
 
     def url(self, rel: str) -> str:
         return f"ftp://127.0.0.1:{self.port}/{rel}"
 
     def ftps_url(self, rel: str) -> str:
         return f"ftps://127.0.0.1:{self.tls_port}/{rel}"
+
+    def echo_url(self, rel: str) -> str:
+        return f"ftp://127.0.0.1:{self.echo_port}/{rel}"
 
 
 def _serve(handler_class, authorizer, **attrs):
@@ -71,6 +77,10 @@ def ftp_server(tmp_path):
     tls_authorizer.add_user(USER, PASSWORD, str(root), perm="elr")
     tls, tls_thread = _serve(TLS_FTPHandler, tls_authorizer, certfile=str(ca.cert_file), keyfile=str(ca.key_file),
                              tls_control_required=True, tls_data_required=True)
-    yield FtpServer(root, plain.address[1], tls.address[1], ca)
-    for server in (plain, tls):
+
+    def echo_pass(self, line: str) -> None:
+        self.respond(f"550 Login of {self.username} refused: password {line} is not accepted here")
+    echo, echo_thread = _serve(FTPHandler, authorizer, ftp_PASS=echo_pass)
+    yield FtpServer(root, plain.address[1], tls.address[1], ca, echo.address[1])
+    for server in (plain, tls, echo):
         server.close_all()

@@ -1,13 +1,16 @@
 """A tiny Hugging Face model layout, as `save_pretrained` writes one: config.json, a real
 safetensors file (header + little-endian float32 data, written without torch), the tokenizer
-files and generation_config.json. Used by every import source's tests."""
+files and generation_config.json. Used by every import source's tests; and a Hugging Face cache
+snapshot (every file a link into ../../blobs/), as `kubectl ckpt push` meets one."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import struct
 import tarfile
+from pathlib import Path
 
 
 def safetensors_bytes(tensors: dict[str, list[float]]) -> bytes:
@@ -55,3 +58,22 @@ def read_tree(root) -> dict[str, bytes]:
     root = Path(root)
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
             if p.is_file() and not p.is_symlink()}
+
+
+# A Hugging Face cache snapshot (huggingface_hub's cache): every file a link into ../../blobs/.
+WEIGHTS = os.urandom(70_000)
+CONFIG = b'{"model_type": "gpt2"}'
+
+
+def hf_cache_snapshot(root: Path) -> Path:
+    """models--org--name/{blobs,snapshots/<rev>} as huggingface_hub's cache lays it out."""
+    repo = root / "models--org--name"
+    (repo / "blobs").mkdir(parents=True)
+    snapshot = repo / "snapshots" / "0123abcd"
+    (snapshot / "tokenizer").mkdir(parents=True)
+    for blob, data in (("b1", CONFIG), ("b2", WEIGHTS), ("b3", b'{"v": 1}')):
+        (repo / "blobs" / blob).write_bytes(data)
+    os.symlink("../../blobs/b1", snapshot / "config.json")
+    os.symlink("../../blobs/b2", snapshot / "model.safetensors")
+    os.symlink("../../../blobs/b3", snapshot / "tokenizer" / "tokenizer.json")
+    return snapshot

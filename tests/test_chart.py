@@ -31,6 +31,10 @@ RELEASE = "ckpt"
 NAMESPACE = "ckpt-system"
 # The oldest version Chart.yaml admits (kubeVersion) and a recent one.
 KUBE_VERSIONS = ("1.29.0", "1.34.0")
+# Kinds that exist only from a later version on: validated against the versions that have them
+# (ValidatingAdmissionPolicy v1 is GA in 1.30; the chart's admissionPolicy.enabled=false is for 1.29).
+SINCE = {("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy"): "1.30.0",
+         ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding"): "1.30.0"}
 PEERING_NAME = "checkpoint-operator"
 LIVENESS_PORT = 8081
 
@@ -175,7 +179,9 @@ def validate_object(obj: dict[str, Any]) -> None:
         jsonschema.validate(obj.get("metadata"), _METADATA_SCHEMA)
         jsonschema.validate({k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}, custom)
         return
-    for version in KUBE_VERSIONS:
+    since = SINCE.get((obj["apiVersion"], obj["kind"]))
+    versions = sorted({since, *[v for v in KUBE_VERSIONS if v >= since]}) if since else KUBE_VERSIONS
+    for version in versions:
         # strict: unknown fields fail too; SchemaNotFoundError (an unknown kind) propagates.
         kubernetes_validate.validate(obj, version, strict=True)
 
@@ -197,7 +203,8 @@ def test_every_rendered_object_is_valid(chart, scenario):
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_objects_carry_standard_labels_and_namespace(chart, scenario):
-    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering", "CustomResourceDefinition"}
+    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering", "CustomResourceDefinition",
+                      "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
     for obj in render(chart, SCENARIOS[scenario]):
         if obj["kind"] == "CustomResourceDefinition":
             continue  # generated from the API models, release-independent on purpose

@@ -154,10 +154,15 @@ class Kube:
             patch["metadata"] = {"resourceVersion": resource_version}
         return self.patch(resource, namespace, name, patch, subresource="status")
 
-    def delete(self, resource: Resource, namespace: str, name: str, propagation: str = "Background") -> bool:
-        """Delete; False when it was already gone (deletes are idempotent)."""
+    def delete(self, resource: Resource, namespace: str, name: str, propagation: str = "Background",
+               resource_version: Optional[str] = None) -> bool:
+        """Delete; False when it was already gone (deletes are idempotent). With `resource_version`
+        the delete is conditional: a Conflict when the object changed since it was read."""
+        options: dict = {"propagationPolicy": propagation}
+        if resource_version is not None:
+            options["preconditions"] = {"resourceVersion": resource_version}
         try:
-            self._call("DELETE", resource.path(namespace, name), {"propagationPolicy": propagation})
+            self._call("DELETE", resource.path(namespace, name), options)
             return True
         except NotFound:
             return False

@@ -1,8 +1,11 @@
-"""Every Kubernetes API permission the operator process needs, and why.
+"""Every Kubernetes API permission the operator process needs, and why each verb remains.
 
 This table is the source of truth for RBAC: the Helm chart's Role/ClusterRole must grant exactly
 these rules (tests/test_chart.py compares both ways), and every API call in the code must be
-covered by one of them. No wildcards: a permission that is not listed here is not granted.
+covered by one of them (tests/test_rbac.py). No wildcards: a permission that is not listed here
+is not granted. RBAC says which verbs on which resources; what the operator may do with the
+dangerous ones (create, patch and delete pods, claims, Jobs, Events) the chart's
+ValidatingAdmissionPolicy narrows further, as each reason says (tests/test_admission_policy.py).
 
 `with_volume_snapshots` rules exist only when the volume store keeps checkpoints in VolumeSnapshots
 (storage.volume.snapshotClassName): the chart grants them then, and only then.
@@ -22,63 +25,106 @@ from dataclasses import dataclass
 from checkpoint_operator import GROUP
 
 
+# What the chart's ValidatingAdmissionPolicy (templates/admission-policy.yaml) holds a verb to:
+# RBAC cannot say "only pods of this shape" or "only this annotation"; the policy can.
+NARROWED = "; the admission policy allows "
+
+
 @dataclass(frozen=True)
 class PermissionRule:
     api_groups: tuple[str, ...]
     resources: tuple[str, ...]
-    verbs: tuple[str, ...]
-    why: str
+    reasons: tuple[tuple[str, str], ...]  # (verb, why it remains: the code or kopf needs it for ...)
     cluster_only: bool = False
     with_volume_snapshots: bool = False
+
+    @property
+    def verbs(self) -> tuple[str, ...]:
+        return tuple(verb for verb, _ in self.reasons)
 
     def to_policy_rule(self) -> dict[str, list[str]]:
         """The rule as it appears in a Role or ClusterRole."""
         return {"apiGroups": list(self.api_groups), "resources": list(self.resources), "verbs": list(self.verbs)}
 
 
+KOPF_WATCH = "kopf's watch streams (its indexes and event handlers) list, then watch"
+
 RULES: tuple[PermissionRule, ...] = (
-    PermissionRule((GROUP,), ("checkpoints",), ("get", "list", "watch", "create", "patch", "delete"),
-                   "watch and read Checkpoints; create them from snapshots; kopf's finalizer and annotations; "
-                   "delete the ones output.retention drops"),
-    PermissionRule((GROUP,), ("trainingjobs",), ("get", "list", "watch", "patch"),
-                   "watch and read TrainingJobs; kopf's finalizer and annotations"),
-    PermissionRule((GROUP,), ("checkpoints/status", "trainingjobs/status"), ("patch",),
-                   "write phase, conditions and usedBy (conditional merge patches with resourceVersion)"),
-    PermissionRule((GROUP,), ("checkpoints/finalizers", "trainingjobs/finalizers"), ("update",),
-                   "set owner references with blockOwnerDeletion on objects owned by our kinds"),
-    PermissionRule(("batch",), ("jobs",), ("get", "list", "watch", "create"),
-                   "the batch/v1 Job that runs a TrainingJob's pod template; watched to react when it ends"),
-    PermissionRule(("",), ("pods",), ("get", "list", "watch", "create", "patch", "delete"),
-                   "agent pods (snapshot, scan, import); pods watched to react when they end or are stuck; "
-                   "annotate a live-sealing job's pods with the directories its sidecar may remove"),
-    PermissionRule(("",), ("pods/log",), ("get",),
-                   "read an agent pod's result and quote a failed pod's last lines in events"),
-    PermissionRule(("",), ("persistentvolumeclaims",), ("get", "list", "watch", "create", "patch", "delete"),
-                   "output and import volumes; move owner references from the TrainingJob to its Checkpoints; "
-                   "watched to react when one binds"),
-    PermissionRule(("",), ("events",), ("create", "list"),
-                   "every wait, refusal and failure becomes an Event (posted through the core API); a volume that "
-                   "does not bind is explained by its own Events (listed by field selector)"),
-    PermissionRule(("kopf.dev",), ("kopfpeerings",), ("get", "list", "watch", "patch"),
-                   "kopf peering between the active replica and standbys in namespaced mode"),
-    PermissionRule(("snapshot.storage.k8s.io",), ("volumesnapshots",), ("get", "list", "create", "patch", "delete"),
-                   "volume store with storage.volume.snapshotClassName: snapshot output and import volumes, read "
-                   "readyToUse (polled, not watched), move owner references to the Checkpoints, list a finished "
-                   "job's snapshots to delete those no Checkpoint points into", with_volume_snapshots=True),
-    PermissionRule(("kopf.dev",), ("clusterkopfpeerings",), ("get", "list", "watch", "patch"),
-                   "kopf peering between the active replica and standbys in cluster-wide mode",
-                   cluster_only=True),
-    PermissionRule(("",), ("namespaces",), ("get", "list", "watch"),
-                   "kopf follows namespaces when it serves the whole cluster; read a Namespace's "
-                   "ckpt.dev/max-checkpoint-size annotation", cluster_only=True),
-    PermissionRule(("apiextensions.k8s.io",), ("customresourcedefinitions",), ("get", "list", "watch"),
-                   "kopf discovers our CRDs (and notices them appear) when it serves the whole cluster",
-                   cluster_only=True),
+    PermissionRule((GROUP,), ("checkpoints",), (
+        ("get", "read a Checkpoint live before deciding on it (an input at start, a deletion, a status write)"),
+        ("list", KOPF_WATCH), ("watch", KOPF_WATCH),
+        ("create", "a snapshot and live sealing create the job's Checkpoints"),
+        ("patch", "the in-use finalizer, kopf's annotations, request annotations removed once served"),
+        ("delete", "output.keep retention deletes the Checkpoints it drops"))),
+    PermissionRule((GROUP,), ("trainingjobs",), (
+        ("get", "read a TrainingJob live (a step, the producer of a sealed Checkpoint)"),
+        ("list", KOPF_WATCH + "; the in-use protection lists the users of a Checkpoint live"),
+        ("watch", KOPF_WATCH),
+        ("patch", "the uses labels of the in-use protection; the finalizer of versions before 0.2"))),
+    PermissionRule((GROUP,), ("checkpoints/status", "trainingjobs/status"), (
+        ("patch", "phase, conditions and usedBy (conditional merge patches with resourceVersion)"),)),
+    PermissionRule((GROUP,), ("checkpoints/finalizers", "trainingjobs/finalizers"), (
+        ("update", "Kubernetes asks it of whoever sets an owner reference with blockOwnerDeletion on our kinds"),)),
+    PermissionRule(("batch",), ("jobs",), (
+        ("get", "follow the Job of a TrainingJob to its end"),
+        ("list", KOPF_WATCH), ("watch", KOPF_WATCH),
+        ("create", "the batch/v1 Job that runs a TrainingJob's pod template" + NARROWED
+                   + "only Jobs labelled as a TrainingJob's workers and owned by it, never a change or a delete"))),
+    PermissionRule(("",), ("pods",), (
+        ("get", "read an agent pod's state; why a worker pod failed"),
+        ("list", KOPF_WATCH + " (the worker pod index)"), ("watch", KOPF_WATCH),
+        ("create", "agent pods (snapshot, scan, import, upload, verify, pull)" + NARROWED
+                   + "only agent pods of their exact shape: the operator's image and commands, unprivileged, no "
+                     "service-account token, no Secret but the store's and an import's source credentials"),
+        ("patch", "the ckpt.dev/live-remove annotation a live-sealing sidecar reads (downward API)" + NARROWED
+                  + "only that annotation, only on the operator's own pods"),
+        ("delete", "an agent pod once its result is recorded, a stale serving pod; with volume snapshots, a "
+                   "finished worker pod, whose restored input volumes go with it" + NARROWED
+                   + "only its agent pods, and its worker pods once they have finished"))),
+    PermissionRule(("",), ("pods/log",), (
+        ("get", "an agent pod's result, a live-sealing sidecar's lines, a failed container's last line (a read: "
+                "no admission policy sees it, see docs/guarantees.md)"),)),
+    PermissionRule(("",), ("persistentvolumeclaims",), (
+        ("get", "a claim's state and owners (binding, ownership, adoption)"),
+        ("list", KOPF_WATCH), ("watch", KOPF_WATCH),
+        ("create", "output and import volumes" + NARROWED + "only claims labelled as its own, owned by their "
+                   "TrainingJob or Checkpoint, copying no other claim"),
+        ("patch", "owner references: moved from a TrainingJob to its Checkpoints, added by an adopting Checkpoint"
+                  + NARROWED + "only owner references, only of its own claims, only to its kinds"),
+        ("delete", "the s3 store releases an output volume once uploaded (or on request)" + NARROWED
+                   + "only its own claims"))),
+    PermissionRule(("",), ("events",), (
+        ("create", "every wait, refusal and failure becomes an Event (posted through the core API)" + NARROWED
+                   + "only Events about the objects it handles, in their namespace"),
+        ("list", "why a volume does not bind and why a Job's pods are refused: their own Events (a field "
+                 "selector)"))),
+    PermissionRule(("kopf.dev",), ("kopfpeerings",), tuple(
+        (verb, "kopf peering between the active replica and standbys in namespaced mode")
+        for verb in ("get", "list", "watch", "patch"))),
+    PermissionRule(("snapshot.storage.k8s.io",), ("volumesnapshots",), (
+        ("get", "read a VolumeSnapshot it took until it is readyToUse (polled: snapshots are not watched)"),
+        ("list", "at a job's end, its output's snapshots (by label), to delete those no Checkpoint points into"),
+        ("create", "a VolumeSnapshot of an output or import volume once its bytes are on the disk" + NARROWED
+                   + "only snapshots labelled as its own, owned by their TrainingJob or Checkpoint"),
+        ("patch", "owner references: moved from the TrainingJob to the Checkpoints that point into it" + NARROWED
+                  + "only owner references, only of its own snapshots, only to its kinds"),
+        ("delete", "a job's output snapshot that no Checkpoint points into" + NARROWED + "only its own snapshots")),
+        with_volume_snapshots=True),
+    PermissionRule(("kopf.dev",), ("clusterkopfpeerings",), tuple(
+        (verb, "kopf peering between the active replica and standbys in cluster-wide mode")
+        for verb in ("get", "list", "watch", "patch")), cluster_only=True),
+    PermissionRule(("",), ("namespaces",), (
+        ("get", "read a Namespace's ckpt.dev/max-checkpoint-size annotation"),
+        ("list", "kopf follows namespaces when it serves the whole cluster"),
+        ("watch", "kopf follows namespaces when it serves the whole cluster")), cluster_only=True),
+    PermissionRule(("apiextensions.k8s.io",), ("customresourcedefinitions",), tuple(
+        (verb, "kopf discovers our CRDs (and notices them appear) when it serves the whole cluster")
+        for verb in ("get", "list", "watch")), cluster_only=True),
 )
 
 
-NAMESPACE_READER = PermissionRule(("",), ("namespaces",), ("get",),
-                                  "read a watched Namespace's ckpt.dev/max-checkpoint-size annotation")
+NAMESPACE_READER = PermissionRule(("",), ("namespaces",), (
+    ("get", "read a watched Namespace's ckpt.dev/max-checkpoint-size annotation"),))
 
 
 def namespace_reader_rules(namespaces: list[str]) -> list[dict[str, list[str]]]:

@@ -23,6 +23,8 @@ from checkpoint_operator.agent.s3 import AgentError
 
 # ---- archive builders ----
 
+pytestmark = pytest.mark.usefixtures("credential_watch")
+
 def _tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]], mode: str = "w:gz") -> Path:
     with tarfile.open(path, mode, format=tarfile.GNU_FORMAT) as tar:
         for info, data in members:

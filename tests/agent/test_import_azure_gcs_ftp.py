@@ -12,7 +12,7 @@ from ftpserver import PASSWORD, USER, ftp_server  # noqa: F401  (fixture)
 from layouts import read_tree, tar_gz, tiny_model
 from s3server import s3, seaweedfs  # noqa: F401  (fixtures)
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("credential_watch")]
 
 
 def nothing_left(dest) -> bool:

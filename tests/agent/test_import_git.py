@@ -8,14 +8,21 @@ import shutil
 
 import pytest
 
+import credentials
+
 from checkpoint_operator.agent.sources import git as git_source
 from agentrun import run_agent
 from gitserver import git_daemon, git_http  # noqa: F401  (fixtures)
 from layouts import read_tree, tiny_model
 from required import unavailable
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("credential_watch")]
 HAS_LFS = shutil.which("git-lfs") is not None
+
+
+# The logins these tests hand the agent (the ones it must accept; "wrong" is refused, and an
+# ordinary word: looking for it would find it in names).
+credentials.register("s3cret-token", "lfs-pass")
 
 
 def secret_dir(tmp_path, username: str, password: str):

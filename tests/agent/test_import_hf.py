@@ -12,12 +12,15 @@ import sys
 
 import pytest
 
+import credentials
+
 from agentrun import AgentRun, run_agent
 from hubserver import mini_hub, olah_hub  # noqa: F401  (fixtures)
 from layouts import read_tree, tiny_model
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("credential_watch")]
 TOKEN = "hf_test_token_0123456789abcdef"
+credentials.register(TOKEN)
 
 
 def agent_import(source: str, dest, *args: str, env: dict | None = None) -> AgentRun:

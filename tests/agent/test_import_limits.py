@@ -25,6 +25,8 @@ from checkpoint_operator.agent.importer import import_checkpoint
 from checkpoint_operator.agent.upload import upload_dir
 
 MiB = 1024 * 1024
+pytestmark = pytest.mark.usefixtures("credential_watch")
+
 CHUNK = b"\0" * MiB
 
 

@@ -20,6 +20,8 @@ from checkpoint_operator.agent.importer import import_checkpoint
 from checkpoint_operator.agent.s3 import AgentError
 from checkpoint_operator.agent.upload import upload_dir
 
+pytestmark = pytest.mark.usefixtures("credential_watch")
+
 FILES = {
     "config.json": b'{"model_type": "gpt2"}',
     "model.safetensors": os.urandom(1024 * 1024 + 3),

@@ -46,6 +46,9 @@ class Plugin:
             except SystemExit as exc:  # argparse: a usage error
                 return int(exc.code or 0)
         code = await asyncio.to_thread(run)
+        import credentials
+        credentials.saw(f"kubectl ckpt {argv[0] if argv else ''} stdout", out.getvalue())
+        credentials.saw(f"kubectl ckpt {argv[0] if argv else ''} stderr", err.getvalue())
         return Ran(code, out.getvalue(), err.getvalue())
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import CKPT, NS
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("credential_watch")]
 
 
 @pytest.fixture
@@ -108,3 +108,67 @@ async def test_the_namespace_annotation_lowers_the_import_size_limit(api, operat
     conditions = await wait_for(refused, timeout=30)
     assert "ckpt.dev/max-checkpoint-size='big'" in conditions["Ready"]["message"]
     assert conditions["Stalled"]["status"] == "True"
+
+
+async def _foreign_claim(api, wait_for, cluster, name: str):
+    """A user's own PVC whose name is the claim a Checkpoint called `name` would make, with data."""
+    await api.create("v1/persistentvolumeclaims", NS, {"metadata": {"name": f"{name}-data"}, "spec": {
+        "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
+    claim_dir = await wait_for(lambda: cluster.claim_dir(NS, f"{name}-data"))
+    (claim_dir / "team.txt").write_bytes(b"the team's data")
+    return claim_dir
+
+
+async def _waits_on_the_claim(api, wait_for, name: str) -> dict:
+    async def waiting():
+        obj = await api.get(CKPT, NS, name)
+        ready = next((c for c in obj.get("status", {}).get("conditions") or [] if c["type"] == "Ready"), None)
+        return ready if ready and ready["reason"] == "ClaimNotOwned" else None
+    return await wait_for(waiting, timeout=40)
+
+
+async def test_an_import_never_takes_over_a_claim_it_does_not_own(api, operator, cluster, wait_for, web):
+    """Issue 23 item 5: a Checkpoint named so that its claim is a user's PVC waited on nothing,
+    mounted that PVC read-write and wrote into it. Now it waits, naming the claim, and no pod
+    mounts it (failed before: Ready, owned: true, `import/` written into the team's volume)."""
+    claim_dir = await _foreign_claim(api, wait_for, cluster, "teamdata2")
+    await api.create(CKPT, NS, http_checkpoint("teamdata2", f"{web}/model.tar.gz"))
+    ready = await _waits_on_the_claim(api, wait_for, "teamdata2")
+    assert "PersistentVolumeClaim teamdata2-data exists and does not belong to Checkpoint teamdata2" in ready["message"]
+    obj = await api.get(CKPT, NS, "teamdata2")
+    assert obj["status"]["phase"] == "Pending" and "owned" not in obj["status"], obj["status"]
+    pods = (await api.list("v1/pods", NS))
+    assert not [p for p in pods if any((v.get("persistentVolumeClaim") or {}).get("claimName") == "teamdata2-data"
+                                       for v in p["spec"].get("volumes") or [])]
+    assert sorted(p.name for p in claim_dir.iterdir()) == ["team.txt"]
+
+
+async def test_an_upload_never_takes_over_a_claim_it_does_not_own(api, operator, cluster, wait_for):
+    claim_dir = await _foreign_claim(api, wait_for, cluster, "teamdata3")
+    await api.create(CKPT, NS, {"metadata": {"name": "teamdata3", "annotations": {
+        "ckpt.dev/upload-digest": "sha256:" + "0" * 64, "ckpt.dev/upload-requested": "now"}},
+        "spec": {"source": {"upload": {}}}})
+    ready = await _waits_on_the_claim(api, wait_for, "teamdata3")
+    assert "teamdata3-data exists and does not belong to Checkpoint teamdata3" in ready["message"]
+    assert await api.get("v1/pods", NS, "teamdata3-upload") is None
+    assert sorted(p.name for p in claim_dir.iterdir()) == ["team.txt"]
+
+
+@pytest.mark.parametrize("source,words", [
+    ({"s3": {"uri": "s3://AKIAEXAMPLE:wJalrXUtnFEMI-example-secret@bucket/x/"}},
+     "spec.source.s3.uri must not carry credentials"),
+    ({"s3": {"uri": "s3://bucket/x/", "endpoint": "https://AKIAEXAMPLE:wJalrXUtnFEMI-example-secret@minio:9000"}},
+     "spec.source.s3.endpoint must be an http:// or https:// URL without credentials"),
+    ({"http": {"url": "ftp://ftp.example.com/dir%0D%0APASS%20x/m.tar"}},
+     "spec.source.http.url must not hold control characters"),
+])
+async def test_the_api_refuses_credentials_and_control_characters_in_urls(api, source, words):
+    """Issues 18 item 9 and 23 item 8: the CRD's rules, as local mode's admission (and a real API
+    server) runs them; the refused value is not echoed back."""
+    from checkpoint_operator.local.server import ApiError
+    with pytest.raises(ApiError) as refused:
+        await api.create(CKPT, NS, {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint",
+                                    "metadata": {"name": "bad-url", "namespace": NS}, "spec": {"source": source}})
+    assert refused.value.status == 422 and words in str(refused.value), str(refused.value)
+    assert "wJalrXUtnFEMI-example-secret" not in str(refused.value)
+    assert await api.get(CKPT, NS, "bad-url") is None

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import credentials
 from azurite import azure_blob, azurite  # noqa: F401  (fixtures)
 from checkpoint_operator.agent.scan import scan_directory
 from checkpoint_operator.config import OperatorConfig
@@ -28,9 +29,10 @@ from hubserver import mini_hub, olah_hub  # noqa: F401  (fixtures)
 from layouts import tar_gz, tiny_model
 from s3server import s3, seaweedfs  # noqa: F401  (fixtures)
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("credential_watch")]
 HF_TOKEN = "hf_operator_test_token_42"
 GIT_PASSWORD = "git-operator-secret-42"
+credentials.register(HF_TOKEN, GIT_PASSWORD)
 HAS_LFS = shutil.which("git-lfs") is not None
 
 

@@ -19,7 +19,7 @@ from conftest import CKPT, NS
 from plugin_helpers import Plugin, make_model_dir, tree_digest, write_kubeconfig
 from s3server import s3, seaweedfs  # noqa: F401  (fixtures)
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("credential_watch")]
 
 
 @pytest.fixture

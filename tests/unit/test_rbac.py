@@ -101,3 +101,41 @@ def test_volume_snapshot_permissions_come_only_with_a_snapshot_class():
     assert snapshots == {("snapshot.storage.k8s.io", "volumesnapshots", verb)
                          for verb in ("get", "list", "create", "patch", "delete")}
     assert snapshots <= code_permissions()
+
+
+# --- why each verb remains, and what narrows the dangerous ones ---------------------------------------
+
+WRITES = {"create": "CREATE", "patch": "UPDATE", "update": "UPDATE", "delete": "DELETE"}
+
+
+def test_every_verb_says_why_it_remains():
+    for rule in (*rbac.RULES, rbac.NAMESPACE_READER):
+        verbs = rule.verbs
+        assert len(verbs) == len(set(verbs)), f"{rule.resources}: a verb twice"
+        for verb, why in rule.reasons:
+            assert len(why) > 20, f"{rule.resources} {verb}: say why it remains"
+
+
+def test_every_write_on_pods_claims_jobs_and_events_is_narrowed_by_the_admission_policy():
+    """RBAC cannot say which pods; the chart's policy does, for every write the operator may make
+    outside its own API group (tests/test_admission_policy.py evaluates what it allows)."""
+    from helm_python import chart as helm_chart
+
+    from test_chart import CHART_DIR, one, render
+    with helm_chart.Chart.load(CHART_DIR) as chart:
+        policy = one(render(chart), "ValidatingAdmissionPolicy")
+    matched = {(group, resource, operation)
+               for rule in policy["spec"]["matchConstraints"]["resourceRules"]
+               for group in rule["apiGroups"] for resource in rule["resources"] for operation in rule["operations"]}
+    writes = [(rule, verb, why) for rule in rbac.RULES for verb, why in rule.reasons
+              if verb in WRITES and rule.api_groups[0] in ("", "batch", "snapshot.storage.k8s.io")
+              and not rule.cluster_only]
+    assert {(r.resources[0], v) for r, v, _ in writes} >= {("pods", "create"), ("pods", "patch"), ("pods", "delete"),
+                                                           ("persistentvolumeclaims", "delete"), ("jobs", "create"),
+                                                           ("volumesnapshots", "create"), ("volumesnapshots", "patch"),
+                                                           ("volumesnapshots", "delete")}
+    for rule, verb, why in writes:
+        for group in rule.api_groups:
+            for resource in rule.resources:
+                assert (group, resource, WRITES[verb]) in matched, f"{resource} {verb} is not seen by the policy"
+        assert rbac.NARROWED in why, f"{rule.resources} {verb}: say what the admission policy allows"

@@ -34,6 +34,7 @@ from typing import Optional
 
 from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.names import path_problem, printable
+from checkpoint_operator.agent.tree import UnsafeTree, check_written_tree
 
 DEFAULT_MAX_SIZE = 2 * 1024 ** 4  # 2 TiB
 DEFAULT_MAX_MEMBERS = 1_000_000
@@ -109,18 +110,36 @@ def _inside(root_real: str, path: str) -> bool:
     return real == root_real or real.startswith(root_real + os.sep)
 
 
-def _prepare_target(root: str, root_real: str, rel: str, archive: str, name: str) -> str:
+def _prepare_target(root: str, root_real: str, rel: str, archive: str, name: str, is_dir: bool = False) -> str:
     """Create the parent directories of a member, check they really lie inside the root, and
-    remove a symlink already standing at the member's own path (never write through one)."""
+    clear the member's own path: a symlink or a file already there goes (a later member
+    replaces an earlier one, as tar does; never written through), a directory stays only for a
+    directory member."""
     target = os.path.join(root, *rel.split("/"))
     parent = os.path.dirname(target)
-    os.makedirs(parent, exist_ok=True)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = _first_non_directory(root, rel.split("/")[:-1])
+        raise UnsafeArchive(f"{archive}: member {name!r} needs '{printable(blocker)}' to be a directory, but the "
+                            f"archive has it as a file; archive refused") from None
     if not _inside(root_real, parent):
         raise UnsafeArchive(f"{archive}: member {name!r} would be written through a symlink leading outside "
                             f"the destination; archive refused")
-    if os.path.islink(target):
+    if os.path.islink(target) or (os.path.lexists(target) and not os.path.isdir(target)):
         os.unlink(target)
+    elif os.path.isdir(target) and not is_dir:
+        raise UnsafeArchive(f"{archive}: member {name!r} would replace a directory; archive refused")
     return target
+
+
+def _first_non_directory(root: str, parts: list[str]) -> str:
+    """The first of the leading paths of `parts` under `root` that exists and is not a directory."""
+    for i in range(1, len(parts) + 1):
+        path = os.path.join(root, *parts[:i])
+        if os.path.lexists(path) and not os.path.isdir(path):
+            return "/".join(parts[:i])
+    return "/".join(parts)
 
 
 class _BoundedReads(io.RawIOBase):
@@ -239,7 +258,7 @@ def _extract_tar_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str
         if not _inside(root_real, link_path) or not os.path.isfile(link_path) or os.path.islink(link_path):
             raise UnsafeArchive(f"{archive}: hardlink {name!r} -> {member.linkname!r} does not point at a file "
                                 f"extracted before it; archive refused")
-    target = _prepare_target(dest, root_real, rel, archive, name)
+    target = _prepare_target(dest, root_real, rel, archive, name, is_dir=member.isdir())
     if member.issym():
         real = os.path.realpath(os.path.join(os.path.dirname(target), member.linkname))
         if not (real == root_real or real.startswith(root_real + os.sep)):
@@ -257,8 +276,6 @@ def _extract_tar_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str
         except tarfile.FilterError as exc:
             raise UnsafeArchive(f"{archive}: member {name!r} refused: {exc}") from exc
     if member.isreg():
-        if os.path.isdir(target) and not os.path.islink(target):
-            raise UnsafeArchive(f"{archive}: member {name!r} would replace a directory; archive refused")
         src = tar.extractfile(member)
         written = 0
         with open(target, "wb") as out:
@@ -318,7 +335,7 @@ def extract_zip(path: str, dest: str, *, max_size: int = DEFAULT_MAX_SIZE,
             for info, rel, link_target in plan:
                 if not rel:
                     continue
-                target = _prepare_target(dest, root_real, rel, archive, info.filename)
+                target = _prepare_target(dest, root_real, rel, archive, info.filename, is_dir=info.is_dir())
                 if info.is_dir():
                     os.makedirs(target, exist_ok=True)
                     continue
@@ -390,14 +407,13 @@ def _count_zip_directory(path: str, archive: str, max_members: int) -> None:
 
 def _check_symlinks(dest: str, root_real: str, archive: str) -> None:
     """Last pass: links that each looked fine can still combine into one that leads out
-    (`a -> .` then `b -> a/..`). Every symlink in the tree must really resolve inside it."""
-    for dirpath, dirnames, filenames in os.walk(dest):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            if os.path.islink(path) and not _inside(root_real, path):
-                rel = os.path.relpath(path, dest)
-                raise UnsafeArchive(f"{archive}: symlink {rel!r} -> {os.readlink(path)!r} resolves outside the "
-                                    f"destination; archive refused")
+    (`a -> .` then `b -> a/..`), or resolve inside only because of where the extraction sits
+    (`l -> ../tree/f` in a directory named `tree`). Every symlink must resolve inside by the
+    rule the scan and a pod reading the checkpoint follow (agent/tree.py)."""
+    try:
+        check_written_tree(dest, archive)
+    except UnsafeTree as exc:
+        raise UnsafeArchive(f"{exc}".replace("; refused", "; archive refused")) from None
 
 
 def extract_archive(path: str, dest: str, *, max_size: int = DEFAULT_MAX_SIZE,

@@ -201,11 +201,18 @@ def _call(module: str, args: argparse.Namespace, sigterm_finishes: bool = False)
     """Run one agent command: exit 0 on success, 1 with one `error: ...` line on a failure, 130
     (Ctrl-C) or 143 (SIGTERM) after cleaning up, never a traceback for an expected failure.
     `sigterm_finishes` (watch): SIGTERM asks the command to finish its work (`args.stop` is set),
-    from here on, so one that comes while the command is still importing is not lost."""
+    from here on, so one that comes while the command is still importing is not lost. Whatever
+    the command writes on stderr has the environment's credentials masked (agent/redact.py)."""
+    from checkpoint_operator.agent.redact import redacted_stderr
+    with redacted_stderr():
+        return _run_command(module, args, sigterm_finishes)
+
+
+def _run_command(module: str, args: argparse.Namespace, sigterm_finishes: bool) -> int:
     import gc
     import importlib
 
-    from checkpoint_operator.agent.errors import AgentError
+    from checkpoint_operator.agent.errors import AgentError, one_line
     if sigterm_finishes:
         args.stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda signum, frame: args.stop.set())
@@ -225,7 +232,7 @@ def _call(module: str, args: argparse.Namespace, sigterm_finishes: bool = False)
             gc.enable()
         return int(mod.main(args) or 0)
     except AgentError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
         code = getattr(exc, "exit_code", 130)
@@ -234,7 +241,8 @@ def _call(module: str, args: argparse.Namespace, sigterm_finishes: bool = False)
         return code
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename else ""
-        print(f"error: agent {args.agent_command}: {exc.strerror or exc}{where}", file=sys.stderr)
+        print(f"error: agent {args.agent_command}: {one_line(str(exc.strerror or exc))}{one_line(where)}",
+              file=sys.stderr)
         return 1
     except Exception as exc:  # noqa: BLE001 - a bug: show where, then the one line
         traceback.print_exc()

@@ -14,3 +14,11 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (a pod being stopped): unwinds like Ctrl-C, so every command cleans up the same way."""
 
     exit_code = 143
+
+
+def one_line(text: str) -> str:
+    """`text` as the one line a failure is (a pod's last line becomes the status message): line
+    breaks a message may carry (a server's reply, an exception's text) joined with '; '."""
+    if "\n" not in text and "\r" not in text:
+        return text
+    return "; ".join(part.strip() for part in text.splitlines() if part.strip())

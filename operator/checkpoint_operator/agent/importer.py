@@ -41,6 +41,9 @@ from checkpoint_operator.agent.s3 import (
     describe_error, list_objects, make_client, manifest_exists, parse_s3_uri, parse_size, resolve_endpoint,
 )
 from checkpoint_operator.agent.sources import Limits, Options, Source, open_source
+from checkpoint_operator.agent.sources.base import http_error
+from checkpoint_operator.agent.tree import check_written_tree
+from checkpoint_operator.agent.urls import check_url, shown
 
 COPY_CHUNK = 8 * 1024 * 1024
 HTTP_TIMEOUT = 60
@@ -129,6 +132,24 @@ class Staging:
                 os.rename(self.tree, self.dest)
         self.discard()
 
+    def scrub(self, text: str) -> str:
+        """`text` without the staging directory's paths: a path inside the tree becomes the
+        file's path inside the checkpoint (what the user knows), any other the staging area."""
+        for base in (self.tree, self.downloads):
+            text = text.replace(base + os.sep, "").replace(base, ".")
+        return text.replace(self.root, "(the import's staging directory)")
+
+    def failure(self, exc: BaseException, source: str) -> BaseException:
+        """What a failed import raises: the same failure with no staging path in its message
+        (an AgentError keeps its type), an OSError as one AgentError line naming the source."""
+        if isinstance(exc, AgentError):
+            text = self.scrub(str(exc))
+            return exc if text == str(exc) else type(exc)(text)
+        if isinstance(exc, OSError):
+            where = f" ('{printable(self.scrub(os.fsdecode(exc.filename)))}')" if exc.filename else ""
+            return AgentError(f"{source}: cannot write the imported files: {exc.strerror or exc}{where}")
+        return exc
+
     def discard(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
         if self._lock_fd >= 0:
@@ -185,11 +206,11 @@ def fetch_http(url: str, target: str, max_size: int = DEFAULT_MAX_SIZE, ca_file:
                 raise AgentError(f"{url}: connection closed after {size} of {total} bytes")
             return size
     except urllib.error.HTTPError as exc:
-        raise AgentError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+        raise http_error(url, exc) from None
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, AgentError):
             raise exc.reason from None
-        raise AgentError(f"{url}: cannot fetch: {exc.reason}") from None
+        raise AgentError(f"{url}: cannot fetch: {printable(str(exc.reason))[:300]}") from None
     except http.client.IncompleteRead as exc:
         raise AgentError(f"{url}: connection closed mid-transfer, after {size + len(exc.partial)} bytes") from None
     except (http.client.BadStatusLine, http.client.LineTooLong, http.client.HTTPException) as exc:
@@ -294,6 +315,9 @@ def import_checkpoint(source: str, dest: str, *, max_size: int = DEFAULT_MAX_SIZ
     "sizeBytes", "fileCount", "extracted", "provenance"} (provenance: what was fetched, with the
     resolved commit for hf:// and git sources)."""
     options = options or Options(endpoint_url=endpoint_url)
+    check_url(source, "the import source")
+    if options.endpoint_url:
+        check_url(options.endpoint_url, "--endpoint-url")
     other = open_source(source, options)
     if other is not None:
         return _import_from(other, source, dest, Limits(max_size, max_members))
@@ -328,13 +352,14 @@ def import_checkpoint(source: str, dest: str, *, max_size: int = DEFAULT_MAX_SIZ
                 extract_archive(target, staging.tree, max_size=max_size, max_members=max_members, label=name)
                 os.unlink(target)
                 extracted = True
-        size, count = _tree_totals(staging.tree)
-        if count == 0:
-            raise AgentError(f"{source}: imported nothing (empty archive or prefix)")
+        size, count = _checked_totals(staging, source, max_size, "empty archive or prefix")
         staging.commit()
-    except BaseException:
+    except BaseException as exc:
         staging.discard()
-        raise
+        failure = staging.failure(exc, source)
+        if failure is exc:
+            raise
+        raise failure from None
     return {"source": source, "dest": os.path.abspath(dest), "sizeBytes": size, "fileCount": count,
             "extracted": extracted, "provenance": {"uri": source}}
 
@@ -354,17 +379,29 @@ def _import_from(src: Source, source: str, dest: str, limits: Limits) -> dict:
                 extracted = True
             else:
                 os.rename(fetched.file, os.path.join(staging.tree, fetched.name))
-        size, count = _tree_totals(staging.tree)
-        if count == 0:
-            raise AgentError(f"{source}: imported nothing (empty archive or tree)")
-        if size > limits.max_size:  # each source bounds its bytes; this is the last word
-            raise _over_limit(source, size, limits.max_size, "")
+        size, count = _checked_totals(staging, source, limits.max_size, "empty archive or tree")
         staging.commit()
-    except BaseException:
+    except BaseException as exc:
         staging.discard()
-        raise
+        failure = staging.failure(exc, source)
+        if failure is exc:
+            raise
+        raise failure from None
     return {"source": source, "dest": os.path.abspath(dest), "sizeBytes": size, "fileCount": count,
             "extracted": extracted, "provenance": fetched.provenance or {"uri": source}}
+
+
+def _checked_totals(staging: Staging, source: str, max_size: int, empty: str) -> tuple[int, int]:
+    """The last word on what any source (and any archive in it) wrote, before it becomes DEST:
+    the links and names rule of agent/tree.py `check_written_tree`, something imported, and
+    within the size limit (each source bounds its bytes as they move; this is the total)."""
+    check_written_tree(staging.tree, source)
+    size, count = _tree_totals(staging.tree)
+    if count == 0:
+        raise AgentError(f"{source}: imported nothing ({empty})")
+    if size > max_size:
+        raise _over_limit(source, size, max_size, "")
+    return size, count
 
 
 def _tree_totals(root: str) -> tuple[int, int]:
@@ -390,11 +427,12 @@ def main(args: argparse.Namespace) -> int:
                           ca_file=args.ca_file, endpoint_url=args.endpoint_url)
         result = import_checkpoint(args.source, args.dest, max_size=max_size, max_members=max_members,
                                    options=options)
-    except OSError as exc:
-        print(f"error: import of {args.source} into {args.dest} failed: {exc}", file=sys.stderr)
+    except OSError as exc:  # outside the staging area (DEST's parent): no staging path in it
+        print(f"error: import of {shown(args.source)} into {args.dest} failed: {exc.strerror or exc}"
+              + (f" ({exc.filename})" if exc.filename else ""), file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
-        print(f"error: import of {args.source} interrupted; nothing was left in {args.dest}", file=sys.stderr)
+        print(f"error: import of {shown(args.source)} interrupted; nothing was left in {args.dest}", file=sys.stderr)
         return getattr(exc, "exit_code", 130)
     print(json.dumps(result), flush=True)
     print(f"import: {result['fileCount']} files, {human_bytes(result['sizeBytes'])} in {result['dest']}",

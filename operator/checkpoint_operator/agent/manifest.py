@@ -7,7 +7,8 @@ xargs -r -d '\\n' sha256sum | sha256sum` (hidden files inside a checkpoint are c
 manifest at its root is not). For the root-files checkpoint "." hash just the root files it lists. The command
 matches when the checkpoint has no symlinks (`agent scan` takes a link to a file inside as that
 file's bytes; `find -type f` skips it). Names `sha256sum` would escape (backslash, newline) are
-outside the names rule (agent/names.py), so no manifest holds one.
+outside the names rule (agent/names.py), so no manifest holds one: this is why a push refuses
+them rather than storing them (docs/kubectl-ckpt.md, what a push takes).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Iterable, Optional
 from pydantic import BaseModel, Field, ValidationError
 
 from checkpoint_operator.agent.errors import AgentError
-from checkpoint_operator.agent.names import path_problem, printable
+from checkpoint_operator.agent.names import NameSpace, collision_problem, path_problem, printable, spelled
 
 MANIFEST_VERSION = 1
 # Object name of the manifest next to the data in object storage. Hidden, so a scan of a
@@ -75,8 +76,10 @@ def digest_of(files: list[FileEntry]) -> str:
 
 def paths_problem(paths: Iterable[str]) -> Optional[str]:
     """Why these paths cannot be the files of one checkpoint, or None: each valid
-    (agent/names.py) and not reserved, none twice, none both a file and a directory."""
+    (agent/names.py) and not reserved, none twice, none both a file and a directory, no two
+    (nor two directories on their way) the same after Unicode normalization."""
     seen: set[str] = set()
+    space = NameSpace()
     for path in paths:
         problem = path_problem(path)
         if problem:
@@ -86,6 +89,9 @@ def paths_problem(paths: Iterable[str]) -> Optional[str]:
         if path in seen:
             return f"file {path!r} is listed twice"
         seen.add(path)
+        clash = space.add(path)
+        if clash:
+            return f"file name '{spelled(clash[0])}' {collision_problem(clash[1])}"
     for path in seen:
         parts = path.split("/")
         for i in range(1, len(parts)):

@@ -44,6 +44,8 @@ class S3Location:
 
 
 def parse_s3_uri(uri: str) -> S3Location:
+    from checkpoint_operator.agent.urls import check_url
+    check_url(uri, "S3 URI")
     if not uri.startswith("s3://"):
         raise AgentError(f"not an S3 URI: {uri!r} (expected s3://bucket/prefix/)")
     rest = uri[len("s3://"):]
@@ -56,7 +58,9 @@ def parse_s3_uri(uri: str) -> S3Location:
 def resolve_endpoint(explicit: Optional[str] = None) -> Optional[str]:
     # AWS_ENDPOINT_URL is honoured by boto3 itself; pass it on explicitly anyway so error
     # messages can name it.
-    return explicit or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("CKPT_S3_ENDPOINT") or None
+    from checkpoint_operator.agent.urls import check_url
+    endpoint = explicit or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("CKPT_S3_ENDPOINT") or None
+    return check_url(endpoint, "the S3 endpoint") if endpoint else None
 
 
 def _secret_dir_credentials() -> dict:

@@ -23,7 +23,7 @@ from checkpoint_operator.agent.safe_read import CheckpointFiles
 from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.hashing import FileChanged, hash_files
 from checkpoint_operator.agent.manifest import FileEntry, Manifest, digest_of
-from checkpoint_operator.agent.names import component_problem, printable
+from checkpoint_operator.agent.names import collision_problem, collisions, component_problem, printable, spelled
 from checkpoint_operator.agent.live_sealing import LIVE_DIR
 from checkpoint_operator.agent.tree import (
     DEFAULT_MAX_ENTRIES, LEAVES_CHECKPOINT, EntryBudget, Tree, TreeFile, entry_limit, resolve_link, special_kind,
@@ -120,12 +120,16 @@ def _root_candidates(root: str, layout: str, skips: _Skips, budget: EntryBudget)
     root_files = _Candidate(path=ROOT, top=root, step_name="")
     with os.scandir(root) as it:
         entries = sorted(it, key=lambda e: _name_bytes(e.name))
+    twins = collisions([entry.name for entry in entries])
     for entry in entries:
         name = entry.name
         budget.take(entry.path)
         problem = component_problem(name)
         if problem:
             skips.add(ROOT, printable(name), f"name {problem}")
+            continue
+        if name in twins:
+            skips.add(ROOT, spelled(name), f"name {collision_problem(twins[name])}")
             continue
         if name == LIVE_DIR:
             continue  # the live-sealing watcher's own state (agent/live_sealing.py), not output
@@ -192,11 +196,13 @@ def describe_checkpoint(top: str, paths: list[str], name: str, sizes: Optional[d
 
 
 def scan_directory(root: Path, layout: str = "auto", single: bool = False,
-                   workers: Optional[int] = None, max_entries: int = DEFAULT_MAX_ENTRIES) -> ScanResult:
+                   workers: Optional[int] = None, max_entries: int = DEFAULT_MAX_ENTRIES,
+                   follow_links: bool = False) -> ScanResult:
     """The checkpoints under `root` per the snapshot rules, each with its manifest.
 
     `single`: `root` itself is one checkpoint, path ".", whatever its name (hidden and
-    unfinished-name rules do not apply; the rules of agent/tree.py do).
+    unfinished-name rules do not apply; the rules of agent/tree.py do). `follow_links` (with
+    `single`; a push of the user's own directory): links followed as `cp -L` does (agent/tree.py).
     Raises NotADirectoryError / FileNotFoundError when `root` is not a directory, TooManyEntries
     past `max_entries` directory entries.
     """
@@ -209,7 +215,7 @@ def scan_directory(root: Path, layout: str = "auto", single: bool = False,
     budget = EntryBudget(max_entries, what=top)
     if single:
         candidate = _Candidate(path=ROOT, top=top, step_name=Path(os.path.realpath(top)).name)
-        tree = walk_checkpoint(top, budget)
+        tree = walk_checkpoint(top, budget, follow_links=follow_links)
         candidate.files = tree.files
         skips.add_tree(ROOT, tree)
         candidates = [candidate]

@@ -34,7 +34,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator, Optional
+from typing import BinaryIO, Callable, Iterator, Optional
 
 from checkpoint_operator.agent.download import temp_name
 from checkpoint_operator.agent.errors import AgentError
@@ -102,7 +102,7 @@ class StreamReceiver:
 
     def __init__(self, directory: str, *, pulled: bool = False, digest: Optional[str] = None,
                  max_size: Optional[int] = None, name: str = "", where: str = "the pushed stream",
-                 on_bytes=None) -> None:
+                 on_bytes=None, before_writing: Optional[Callable[[Optional[Manifest]], None]] = None) -> None:
         self.dir = directory
         self.pulled = pulled
         self.digest = digest
@@ -110,6 +110,9 @@ class StreamReceiver:
         self.name = name
         self.where = where
         self.on_bytes = on_bytes or (lambda n: None)
+        # Called once the stream says what it holds (its manifest, or None), before any file is
+        # written: a pull checks there what DIR already holds.
+        self.before_writing = before_writing or (lambda manifest: None)
         self._dirs_ok: set[str] = set()
         self._made_dirs: list[str] = []
 
@@ -135,6 +138,7 @@ class StreamReceiver:
             raise AgentError(f"{self.where}: must start with {MANIFEST_NAME}, the manifest of the checkpoint")
         else:
             pending = first
+        self.before_writing(manifest)
         done = Unpacked(manifest)
         if manifest is not None:
             arrived = self._files_of_manifest(manifest, members, done)

@@ -78,12 +78,13 @@ def collect_files(root: str) -> tuple[list[LocalFile], list[str]]:
     return files, [f"{rel}: {reason}" for rel, reason in sorted(tree.skipped)]
 
 
-def files_from_manifest(root: str, manifest: Manifest) -> list[LocalFile]:
+def files_from_manifest(root: str, manifest: Manifest, follow_links: bool = False) -> list[LocalFile]:
     """The files a manifest lists, located by the same rules (never through a link that
-    leaves the checkpoint, nor a directory reached through a link)."""
+    leaves the checkpoint, nor a directory reached through a link; `follow_links`: as `cp -L`,
+    for a push of the user's own directory)."""
     files = []
     for entry in manifest.files:
-        path, st = locate_file(root, entry.path)
+        path, st = locate_file(root, entry.path, follow_links=follow_links)
         if st.st_size != entry.size:
             raise AgentError(f"{path}: changed since it was scanned (size {st.st_size}, manifest says {entry.size})")
         files.append(LocalFile(entry.path, path, st.st_size, expected_sha256=entry.sha256))
@@ -93,7 +94,7 @@ def files_from_manifest(root: str, manifest: Manifest) -> list[LocalFile]:
 class Uploader:
     def __init__(self, root: str, uri: str, *, manifest: Optional[Manifest] = None,
                  concurrency: Optional[int] = None, endpoint_url: Optional[str] = None,
-                 part_size: Optional[int] = None,
+                 part_size: Optional[int] = None, follow_links: bool = False,
                  on_object_done: Optional[Callable[[str], None]] = None,
                  log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> None:
         self.root = root
@@ -101,6 +102,7 @@ class Uploader:
         if not self.prefix.key:
             raise AgentError(f"{uri}: give a prefix (s3://bucket/prefix/), not a whole bucket")
         self.given_manifest = manifest
+        self.follow_links = follow_links  # with a manifest only: the files a push scanned (plugin)
         self.concurrency = max(1, concurrency or int(os.environ.get("CKPT_S3_CONCURRENCY", DEFAULT_CONCURRENCY)))
         self.part_size = part_size or env_size("CKPT_S3_PART_SIZE", DEFAULT_UPLOAD_PART_SIZE)
         self.endpoint = resolve_endpoint(endpoint_url)
@@ -126,7 +128,7 @@ class Uploader:
     def run(self) -> UploadResult:
         started = time.monotonic()
         if self.given_manifest is not None:
-            files = files_from_manifest(self.root, self.given_manifest)
+            files = files_from_manifest(self.root, self.given_manifest, self.follow_links)
         else:
             files, skipped = collect_files(self.root)
             for reason in skipped:

@@ -13,7 +13,7 @@ from checkpoint_operator.api.rules import (ApiModel, Description, Digest, FileNa
 from checkpoint_operator.api.upload import UploadSource, UploadStatus
 from checkpoint_operator.api.sources import (
     USERINFO, AzureBlobSource, CaConfigMap, GcsSource, GitSource, HuggingFaceSource, LocalSecret, SourceStatus, cel_string,
-    cel_matches,
+    cel_matches, endpoint_rule, no_control_rule, no_userinfo_rule,
 )
 
 
@@ -51,7 +51,12 @@ class S3Source(ApiModel):
 
     cel_rules = (Rule("self.uri.startsWith('s3://')",
                       "spec.source.s3.uri must start with s3:// (for example s3://bucket/prefix/)",
-                      lambda s: s["uri"].startswith("s3://"), field_path=".uri"),)
+                      lambda s: s["uri"].startswith("s3://"), field_path=".uri"),
+                 # issue 23 item 8: s3://AKIA...:SECRET@bucket/ reached status.message and Events
+                 no_userinfo_rule("uri", "s3", "an access key"),
+                 no_control_rule("uri", "s3"),
+                 endpoint_rule("s3"),
+                 no_control_rule("endpoint", "s3", optional=True))
 
     uri: Uri = Field(description="s3://bucket/key for one object (archives are extracted) or s3://bucket/prefix/ for a tree.")
     endpoint: Optional[Uri] = Field(None, description="Endpoint URL of an S3-compatible store; empty for AWS.")
@@ -70,6 +75,7 @@ class HttpSource(ApiModel):
                       "spec.source.http.url must not carry credentials (user:password@): for ftp:// and ftps:// put "
                       "them in a Secret named by secretRef",
                       lambda s: not cel_matches(USERINFO, s["url"]), field_path=".url"),
+                 no_control_rule("url", "http"),
                  Rule("!has(self.secretRef) || self.url.startsWith('ftp://') || self.url.startsWith('ftps://')",
                       "spec.source.http.secretRef is the login of an ftp:// or ftps:// URL; http(s) URLs take none",
                       lambda s: "secretRef" not in s or s["url"].startswith(("ftp://", "ftps://")),

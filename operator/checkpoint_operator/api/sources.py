@@ -37,6 +37,10 @@ GS_URI = r"^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/.*)?$"
 AZURE_URI = (r"^(az://[a-z0-9]{3,24}|https://[a-z0-9]{3,24}\.blob\.[a-z0-9.-]+[a-z0-9])"
              r"/[a-z0-9][a-z0-9-]{1,61}[a-z0-9](/.*)?$")
 GIT_URL = r"^(https?|git)://[^/?#\s]+/\S+$"
+# Control characters (C0, DEL, C1) as they are or percent-encoded (%0D%0A, %00, %7F, %C2%85): a URL
+# is quoted in statuses, events and logs, and its decoded path becomes protocol commands (FTP) and
+# file names. The agent refuses the same, and line separators and bidi controls too (agent/urls.py).
+CONTROL = r"[\x00-\x1f\x7f-\x9f]|%[01][0-9A-Fa-f]|%7[Ff]|%[Cc]2%[89][0-9A-Fa-f]"
 
 
 def cel_matches(pattern: str, value: str) -> bool:
@@ -63,14 +67,24 @@ def _revision_rule(field_path: str) -> Rule:
                 lambda s: "revision" not in s or revision_ok(s["revision"]), field_path=".revision")
 
 
-def _no_userinfo_rule(field: str, field_path: str, what: str) -> Rule:
-    return Rule(f"!self.{field}.matches({cel_string(USERINFO)})",
+def no_userinfo_rule(field: str, field_path: str, what: str, optional: bool = False) -> Rule:
+    guard = f"!has(self.{field}) || " if optional else ""
+    return Rule(f"{guard}!self.{field}.matches({cel_string(USERINFO)})",
                 f"spec.source.{field_path}.{field} must not carry credentials ({what}@): put them in a Secret "
                 "named by secretRef",
-                lambda s: not cel_matches(USERINFO, s[field]), field_path=f".{field}")
+                lambda s: field not in s or not cel_matches(USERINFO, s[field]), field_path=f".{field}")
 
 
-def _endpoint_rule(field_path: str) -> Rule:
+def no_control_rule(field: str, field_path: str, optional: bool = False) -> Rule:
+    """Every URL field of a spec: no control character, raw or percent-encoded (CONTROL)."""
+    guard = f"!has(self.{field}) || " if optional else ""
+    return Rule(f"{guard}!self.{field}.matches({cel_string(CONTROL)})",
+                f"spec.source.{field_path}.{field} must not hold control characters (a newline, a NUL, ...), as they "
+                "are or percent-encoded (%0D%0A)",
+                lambda s: field not in s or not cel_matches(CONTROL, s[field]), field_path=f".{field}")
+
+
+def endpoint_rule(field_path: str) -> Rule:
     return Rule(f"!has(self.endpoint) || (self.endpoint.matches({cel_string(HTTP_URL)}) "
                 f"&& !self.endpoint.matches({cel_string(USERINFO)}))",
                 f"spec.source.{field_path}.endpoint must be an http:// or https:// URL without credentials",
@@ -109,7 +123,8 @@ class HuggingFaceSource(ApiModel):
              "most 96 characters)",
              lambda s: cel_matches(HF_REPO, s["repo"]), field_path=".repo"),
         _revision_rule("huggingFace"),
-        _endpoint_rule("huggingFace"),
+        endpoint_rule("huggingFace"),
+        no_control_rule("endpoint", "huggingFace", optional=True),
     )
 
     repo: str = Field(max_length=193, description="Repository id, organization/name (for example openai-community/gpt2).")
@@ -132,7 +147,10 @@ class GcsSource(ApiModel):
         Rule(f"self.uri.matches({cel_string(GS_URI)})",
              "spec.source.gcs.uri must be gs://bucket/prefix/ (a tree) or gs://bucket/object (one file or archive)",
              lambda s: cel_matches(GS_URI, s["uri"]), field_path=".uri"),
-        _endpoint_rule("gcs"),
+        no_userinfo_rule("uri", "gcs", "an HMAC key"),
+        no_control_rule("uri", "gcs"),
+        endpoint_rule("gcs"),
+        no_control_rule("endpoint", "gcs", optional=True),
     )
 
     uri: str = Field(max_length=MAX_URI, description="gs://bucket/prefix/ for a tree, gs://bucket/object for one file or archive.")
@@ -151,6 +169,8 @@ class AzureBlobSource(ApiModel):
              "spec.source.azureBlob.uri must be https://ACCOUNT.blob.core.windows.net/CONTAINER/prefix/ or "
              "az://ACCOUNT/CONTAINER/prefix/ (a blob name instead of prefix/ for one file or archive)",
              lambda s: cel_matches(AZURE_URI, s["uri"]), field_path=".uri"),
+        no_userinfo_rule("uri", "azureBlob", "a key or SAS token"),
+        no_control_rule("uri", "azureBlob"),
     )
 
     uri: str = Field(max_length=MAX_URI, description="https://ACCOUNT.blob.core.windows.net/CONTAINER/prefix/ or "
@@ -167,7 +187,8 @@ class GitSource(ApiModel):
         Rule(f"self.url.matches({cel_string(GIT_URL)})",
              "spec.source.git.url must be an https://, http:// or git:// URL of a repository",
              lambda s: cel_matches(GIT_URL, s["url"]), field_path=".url"),
-        _no_userinfo_rule("url", "git", "user:token"),
+        no_userinfo_rule("url", "git", "user:token"),
+        no_control_rule("url", "git"),
         _revision_rule("git"),
     )
 

@@ -20,8 +20,9 @@ full resync every ``poll_interval`` seconds is the safety net for anything misse
 - ``ExecServer`` (``podexec.py``): the kubelet's exec endpoint, registered as the node ``local``; the
   emulator proxies ``pods/exec`` to it.
 - ``GarbageCollector``: deletes Pods, Jobs and PVCs all of whose ownerReferences point to objects
-  that no longer exist (or exist with another uid), confirmed by a live read before deleting, as
-  the Kubernetes garbage collector does. Owners of other kinds are watched as they are referred to.
+  that no longer exist (or exist with another uid), confirmed by a live read before deleting, and
+  deleting with the resourceVersion it judged, as the Kubernetes garbage collector does. Owners of
+  other kinds are watched as they are referred to.
 
 A test can play the training code with ``container_runner``:
 ``async def runner(pod, container, env, mounts) -> int | None`` is called for every container with the
@@ -162,6 +163,7 @@ class JobController:
         self.api = api
         self.jobs = jobs
         self.pods = pods
+        self._reported: dict[str, str] = {}  # Job uid -> the last FailedCreate message posted
 
     async def reconcile(self, job: dict, pods: list[dict]) -> float | None:
         """Bring one Job closer to its spec; returns seconds after which to look again (a deadline)."""
@@ -230,10 +232,30 @@ class JobController:
         wanted = wanted[:max(0, parallelism - len(active))]
         created = []
         for index in wanted:
-            pod = await self.api.create(PODS, meta(job)["namespace"], build_job_pod(job, index))
+            try:
+                pod = await self.api.create(PODS, meta(job)["namespace"], build_job_pod(job, index))
+            except ApiError as exc:
+                if exc.status == 403:  # admission refused it (Pod Security): said on the Job, tried again later
+                    await self._failed_create(job, exc)
+                raise
             self.pods.observe(pod)  # seen at once: the next pass never creates it twice
             created.append(pod)
         return created
+
+    async def _failed_create(self, job: dict, exc: ApiError) -> None:
+        """The Job controller's `FailedCreate` Warning event on the Job (once per message here)."""
+        message = exc.body.get("message", str(exc)) if isinstance(exc.body, dict) else str(exc.body)
+        text = f"Error creating: {message}"
+        if self._reported.get(uid_of(job)) == text:
+            return
+        self._reported[uid_of(job)] = text
+        now = now_rfc3339()
+        involved = {"apiVersion": "batch/v1", "kind": "Job", "name": meta(job)["name"],
+                    "namespace": meta(job)["namespace"], "uid": uid_of(job)}
+        await self.api.create("v1/events", meta(job)["namespace"], {
+            "metadata": {"generateName": f"{meta(job)['name']}."}, "involvedObject": involved, "type": "Warning",
+            "reason": "FailedCreate", "message": text, "source": {"component": "job-controller"},
+            "count": 1, "firstTimestamp": now, "lastTimestamp": now})
 
 
 def build_job_pod(job: Mapping[str, Any], index: int | None) -> dict[str, Any]:
@@ -292,7 +314,10 @@ class GarbageCollector:
                 {"op": "test", "path": "/metadata/resourceVersion", "value": meta(obj)["resourceVersion"]},
                 {"op": "replace", "path": "/metadata/ownerReferences", "value": live}])
             return
-        await self.api.delete(resource, namespace, meta(obj)["name"], preconditions={"uid": uid_of(obj)})
+        # As the Kubernetes garbage collector (1.20+): conditional on the version it judged, so an
+        # owner added meanwhile (an adopting Checkpoint) makes the delete fail and the object is judged again.
+        await self.api.delete(resource, namespace, meta(obj)["name"],
+                              preconditions={"uid": uid_of(obj), "resourceVersion": meta(obj)["resourceVersion"]})
 
 
 # --- the whole cluster -------------------------------------------------------------------------------

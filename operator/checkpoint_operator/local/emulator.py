@@ -95,7 +95,7 @@ import jsonpointer
 import kmock
 from kmock._internal import dsl, k8s, parsing, references, rendering
 
-from checkpoint_operator.local import admission
+from checkpoint_operator.local import admission, pod_security
 from checkpoint_operator.local.selectors import ObjectFilter, bad_request
 from checkpoint_operator.local.store import ObjectKey, ObjectStore, Stored, dumps
 from checkpoint_operator.local.watches import WATCH_QUEUE_LIMIT, Change, Watcher, WatchHub, event_line
@@ -165,6 +165,10 @@ def conflict(message: str, **details: Any) -> kmock.KubernetesError:
 
 def already_exists(message: str, **details: Any) -> kmock.KubernetesError:
     return kmock.KubernetesError(status=409, reason="AlreadyExists", message=message, details=details or None)
+
+
+def forbidden(message: str, **details: Any) -> kmock.KubernetesError:
+    return kmock.KubernetesError(status=403, reason="Forbidden", message=message, details=details or None)
 
 
 def invalid(message: str, **details: Any) -> kmock.KubernetesError:
@@ -503,6 +507,8 @@ class Emulator(kmock.KubernetesEmulator):
             errors += schema.admit(obj, None)
         if errors:
             raise invalid_object(info, resource, name, errors)
+        if resource == PODS:
+            self._admit_pod_security(obj, namespace or "default", name)
         key = (resource, namespace, name)
         if self.store.get(key) is not None:
             raise already_exists(f'{resource.plural} "{name}" already exists',
@@ -510,6 +516,16 @@ class Emulator(kmock.KubernetesEmulator):
         stored = self._store_new(resource, obj, namespace=namespace)
         self._changed()
         return self._json(stored.raw, status=201)
+
+    def _admit_pod_security(self, pod: Mapping[str, Any], namespace: str, name: str) -> None:
+        """Pod Security admission: the level the namespace's enforce label names (local/pod_security.py)."""
+        stored = self.store.get((NAMESPACES, None, namespace))
+        labels = ((stored.load().get("metadata") or {}).get("labels") or {}) if stored is not None else {}
+        level = pod_security.enforced_level(labels)
+        found = pod_security.violations(level, pod) if level else []
+        if found:
+            raise forbidden(f'pods "{name}" is forbidden: {pod_security.forbidden_message(level or "", found)}',
+                            name=name, kind="pods")
 
     def _store_new(self, resource: Resource, obj: dict[str, Any], *, namespace: str | None = None) -> Stored:
         info = self._info(resource)

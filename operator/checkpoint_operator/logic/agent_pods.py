@@ -10,6 +10,7 @@ from typing import Optional
 
 from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator.config import OperatorConfig
+from checkpoint_operator.logic.security_context import Identity, agent_pod_context, restricted_container
 
 AGENT_OUTPUT_MOUNT = "/checkpoint-output"
 AGENT_DATA_MOUNT = "/checkpoint-data"
@@ -34,7 +35,8 @@ class InputVolumes:
 def agent_container(name: str, command: list[str], config: OperatorConfig, mounts: list[dict],
                     env: Optional[list[dict]] = None) -> dict:
     container = {"name": name, "image": config.agent_image, "imagePullPolicy": config.agent_image_pull_policy,
-                 "command": command, "volumeMounts": mounts, "resources": copy.deepcopy(config.agent_resources)}
+                 "command": command, "volumeMounts": mounts, "resources": copy.deepcopy(config.agent_resources),
+                 "securityContext": restricted_container()}
     if env:
         container["env"] = env
     return container
@@ -46,10 +48,19 @@ def agent_deadline(config: OperatorConfig, size_bytes: Optional[int] = None) -> 
     return int(config.agent_deadline_seconds + extra)
 
 
+def writes_a_claim(volumes: list[dict]) -> bool:
+    return any("persistentVolumeClaim" in v and not v["persistentVolumeClaim"].get("readOnly") for v in volumes)
+
+
 def agent_pod(metadata: dict, config: OperatorConfig, containers: list[dict], volumes: list[dict],
-              init_containers: Optional[list[dict]] = None, *, size_bytes: Optional[int] = None) -> dict:
+              init_containers: Optional[list[dict]] = None, *, size_bytes: Optional[int] = None,
+              identity: Optional[Identity] = None) -> dict:
+    """An agent pod: Pod Security "restricted" and no service-account token (logic/security_context.py);
+    `identity`: the trainer's, for a pod that reads what the trainer wrote."""
     spec: dict = {"restartPolicy": "Never", "containers": containers, "volumes": volumes,
-                  "activeDeadlineSeconds": agent_deadline(config, size_bytes)}
+                  "activeDeadlineSeconds": agent_deadline(config, size_bytes),
+                  "automountServiceAccountToken": False,
+                  "securityContext": agent_pod_context(writes_claim=writes_a_claim(volumes), identity=identity)}
     if init_containers:
         spec["initContainers"] = init_containers
     if config.agent_service_account:
@@ -133,6 +144,21 @@ def claim_problem(claim: Optional[dict], events: list[dict]) -> Optional[PodProb
     else:
         cause = f"{latest.get('reason', '')}: {latest.get('message', '')}".strip(": ")
     return PodProblem("VolumeNotBound", f"PersistentVolumeClaim {name} is {phase}: {cause}")
+
+
+def job_events_selector(job_name: str) -> str:
+    """fieldSelector of the Events about one batch/v1 Job."""
+    return f"involvedObject.kind=Job,involvedObject.name={job_name}"
+
+
+def job_creation_problem(job_name: str, events: list[dict]) -> Optional[PodProblem]:
+    """Why a Job has no pods: the Job controller's latest `FailedCreate` (admission refused its
+    pod: Pod Security, a quota, a policy), or None."""
+    refusals = [e for e in events if e.get("reason") == "FailedCreate"]
+    if not refusals:
+        return None
+    latest = max(refusals, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or e.get("firstTimestamp") or "")
+    return PodProblem("PodsRefused", f"Job {job_name} cannot create its pods: {latest.get('message', '')}".strip())
 
 
 # Pod-level reasons of a Failed pod that the node decided (the kubelet killed its containers).

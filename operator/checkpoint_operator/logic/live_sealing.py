@@ -21,6 +21,7 @@ from typing import Any, Iterable, Optional
 
 from checkpoint_operator.agent.manifest import Manifest
 from checkpoint_operator.agent.names import path_problem
+from checkpoint_operator.logic.security_context import sidecar_context
 
 SIDECAR = "ckpt-live"
 META_VOLUME = "ckpt-live-meta"
@@ -43,17 +44,15 @@ def sidecar_parts(tj, command: list[str], image: str, pull_policy: str, resource
                   output_volume: str, template_spec: dict) -> tuple[dict, dict]:
     """(the sidecar container, the downwardAPI volume). It runs as the training containers'
     user (runAsUser/runAsGroup of the first container, else the pod's), so that it may remove
-    the write bits of their files and the directories retention releases."""
-    first = (template_spec.get("containers") or [{}])[0]
-    security = {k: v for k, v in (first.get("securityContext") or {}).items() if k in ("runAsUser", "runAsGroup")}
+    the write bits of their files and the directories retention releases; "restricted" otherwise
+    (logic/security_context.py)."""
     container = {"name": SIDECAR, "image": image, "imagePullPolicy": pull_policy, "restartPolicy": "Always",
                  "command": command, "resources": resources,
                  "volumeMounts": [{"name": output_volume, "mountPath": tj.spec.outputDir},
-                                  {"name": META_VOLUME, "mountPath": META_MOUNT, "readOnly": True}]}
+                                  {"name": META_VOLUME, "mountPath": META_MOUNT, "readOnly": True}],
+                 "securityContext": sidecar_context(template_spec)}
     if env:
         container["env"] = env
-    if security:
-        container["securityContext"] = security
     volume = {"name": META_VOLUME, "downwardAPI": {"items": [
         {"path": ANNOTATIONS_FILE, "fieldRef": {"fieldPath": "metadata.annotations"}}]}}
     return container, volume

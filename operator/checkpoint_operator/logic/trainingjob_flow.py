@@ -184,7 +184,12 @@ def wants_output_released(tj: TrainingJob) -> bool:
         and retained is not None and retained.status == "True"
 
 
-def released_change(claim: Optional[str], deleted: bool) -> StatusChange:
-    what = f"volume {claim} deleted" if deleted else f"volume {claim} is owned by its Checkpoints and goes with them"
+def released_change(claim: Optional[str], deleted: bool, kept_by: Optional[list[str]] = None) -> StatusChange:
+    if deleted:
+        what = f"volume {claim} deleted"
+    elif kept_by:
+        what = f"volume {claim} is kept while Checkpoint {', '.join(kept_by)} points into it, and goes with the last"
+    else:
+        what = f"volume {claim} is owned by its Checkpoints and goes with them"
     return StatusChange(conditions=(ConditionChange(OUTPUT_RETAINED, "False", "Released",
                                                     f"released on request ({RELEASE_OUTPUT_ANNOTATION}): {what}"),))

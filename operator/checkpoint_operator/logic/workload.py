@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import posixpath
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Mapping, Optional
 
 from checkpoint_operator import API_VERSION
 from checkpoint_operator.api.checkpoint import Checkpoint
@@ -23,6 +23,7 @@ from checkpoint_operator.logic.agent_pods import (AGENT_DATA_MOUNT, AGENT_OUTPUT
                                                   agent_pod)
 from checkpoint_operator.logic.inputs import ResolvedInput
 from checkpoint_operator.logic.naming import MAX_LABEL_NAME, bounded_name, child_name
+from checkpoint_operator.logic.security_context import fit_injected_container, trainer_identity
 
 LABEL_TRAINING_JOB = "ckpt.dev/trainingjob"
 LABEL_TRAINING_JOB_UID = "ckpt.dev/trainingjob-uid"
@@ -52,6 +53,18 @@ def owner_reference(obj: TrainingJob | Checkpoint, controller: bool = True) -> d
             "uid": obj.metadata.uid, "controller": controller, "blockOwnerDeletion": True}
 
 
+def owned_by(obj: Mapping, uid: str) -> bool:
+    """`obj` lists the object of `uid` among its owners: the operator made it for that object
+    (a namesake, such as a user's own PVC that happens to have the name, never does)."""
+    return any(ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])
+
+
+def foreign_claim_message(claim: str, kind: str, name: str, uid: str) -> str:
+    return (f"PersistentVolumeClaim {claim} exists and does not belong to {kind} {name} (uid {uid}): it is not "
+            f"mounted nor written. Waiting for it to go (an earlier {kind}'s claim is garbage-collected); if it "
+            f"is someone's data, delete this {kind} and use another name")
+
+
 def training_job_labels(tj: TrainingJob, component: str) -> dict[str, str]:
     """The labels of an object the operator makes for a TrainingJob (`component`: what it is)."""
     return {LABEL_MANAGED_BY: MANAGER, LABEL_COMPONENT: component,
@@ -74,7 +87,11 @@ def job_name(tj: TrainingJob) -> str:
 def output_claim_name(tj: TrainingJob) -> str:
     """Unique per run: the output of an earlier TrainingJob of the same name belongs to its
     Checkpoints and must never be mounted read-write again."""
-    return child_name(tj.metadata.name, f"output-{tj.metadata.uid[:5]}")
+    return output_claim_name_for(tj.metadata.name, tj.metadata.uid)
+
+
+def output_claim_name_for(name: str, uid: str) -> str:
+    return child_name(name, f"output-{uid[:5]}")
 
 
 def snapshot_pod_name(tj: TrainingJob) -> str:
@@ -199,6 +216,8 @@ def build_job(tj: TrainingJob, inputs: list[ResolvedInput], staged: InputVolumes
         for container in pod_spec.get(kind, []) or []:
             warnings += merge_env(container, env)
             container["volumeMounts"] = (container.get("volumeMounts") or []) + copy.deepcopy(mounts)
+    # The input downloads keep "restricted" and still start under the user's pod-level settings.
+    init_containers = [fit_injected_container(c, pod_spec) for c in init_containers]
     if sidecar is not None:  # after the input downloads, before the user's init containers
         container, volume = copy.deepcopy(sidecar)
         volumes.append(volume)
@@ -255,7 +274,7 @@ def build_snapshot_pod(tj: TrainingJob, command: list[str], env: list[dict], con
     metadata = {"name": snapshot_pod_name(tj), "namespace": tj.metadata.namespace,
                 "labels": training_job_labels(tj, "snapshot"), "ownerReferences": [owner_reference(tj)]}
     return agent_pod(metadata, config, [container], [{"name": OUTPUT_VOLUME, "persistentVolumeClaim": {
-        "claimName": output_claim_name(tj), "readOnly": True}}])
+        "claimName": output_claim_name(tj), "readOnly": True}}], identity=trainer_identity(tj.spec.template.spec))
 
 
 def build_volume_scan_pod(checkpoint: Checkpoint, config: OperatorConfig) -> dict:
@@ -279,7 +298,12 @@ IMPORT_SIZE_ANNOTATION = "ckpt.dev/volume-size"
 
 
 def import_claim_name(checkpoint: Checkpoint) -> str:
-    return child_name(checkpoint.metadata.name, "data")
+    return import_claim_name_for(checkpoint.metadata.name)
+
+
+def import_claim_name_for(name: str) -> str:
+    """The claim of an import or a push (volume store)."""
+    return child_name(name, "data")
 
 
 def import_origin(checkpoint: Checkpoint) -> str:

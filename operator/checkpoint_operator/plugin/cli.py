@@ -57,11 +57,15 @@ def add_commands(parser: argparse.ArgumentParser, common: argparse.ArgumentParse
                            description="Download NAME into DIR, every file checked against the manifest and the "
                                        "digest pinned (s3 store: from the bucket with your credentials; volume "
                                        "store: streamed out of a pod the operator starts). A rerun of an "
-                                       "interrupted s3 pull resumes it.")
+                                       "interrupted s3 pull resumes it. DIR must be new, empty, or hold only an earlier pull of the same checkpoint "
+                                       "(see --clean).")
     pull.add_argument("name")
     pull.add_argument("dir")
     pull.add_argument("--endpoint-url", default=None, help="s3 store: the S3 endpoint (default AWS_ENDPOINT_URL)")
     pull.add_argument("--timeout", type=float, default=600, help="seconds to wait for the operator's pod")
+    pull.add_argument("--clean", action="store_true",
+                      help="remove what DIR holds that is not part of this checkpoint (other files, directories, "
+                           "links) before pulling; without it a pull into such a directory is refused, naming them")
 
     push = cmds.add_parser("push", parents=[common], help="push a directory as a new Checkpoint (an upload)",
                            description="Create the upload Checkpoint NAME (or take the one waiting for this data), "

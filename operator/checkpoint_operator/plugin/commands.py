@@ -193,12 +193,21 @@ def cmd_pull(cluster: Cluster, args, io: Io) -> int:
     location = status.get("location") or {}
     if os.path.exists(args.dir) and not os.path.isdir(args.dir):
         raise PluginError(f"{args.dir}: exists and is not a directory")
+    clean = getattr(args, "clean", False)
     if "s3" in location:
         from checkpoint_operator.agent.download import download_prefix
-        result = download_prefix(location["s3"]["uri"], args.dir, digest=status.get("digest"),
+        from checkpoint_operator.agent.s3 import read_manifest
+        uri = location["s3"]["uri"]
+        manifest = read_manifest(uri, endpoint_url=args.endpoint_url)
+        if status.get("digest") and manifest.digest != status["digest"]:
+            raise PluginError(f"{uri}: the checkpoint there has digest {manifest.digest}, not the recorded "
+                              f"{status['digest']}; refusing to pull it (the objects at this prefix were replaced)")
+        make_room(args.dir, manifest, None, clean, io)
+        result = download_prefix(uri, args.dir, digest=status.get("digest"), manifest=manifest,
                                  endpoint_url=args.endpoint_url, log=io.note)
         manifest = result.manifest
     else:
+        make_room(args.dir, None, status.get("digest"), clean, io, early=True)
         manifest = _pull_through_pod(cluster, body, status, args, io)
     summary = {"name": args.name, "dir": args.dir, "digest": manifest.digest, "fileCount": manifest.fileCount,
                "sizeBytes": manifest.sizeBytes}
@@ -210,6 +219,36 @@ def cmd_pull(cluster: Cluster, args, io: Io) -> int:
     return 0
 
 
+def make_room(directory: str, manifest: Optional[Manifest], digest: Optional[str], clean: bool, io: Io,
+              early: bool = False) -> None:
+    """DIR may hold only what a pull of this checkpoint leaves (agent/pull_target.py); anything
+    else refuses the pull, naming it, or with --clean is removed first. `early`: a volume pull
+    before its stream begins (the file list comes with the stream): only a root manifest of
+    another checkpoint is refused here, so that no pod is started for nothing."""
+    from checkpoint_operator.agent import pull_target
+    if early and clean:
+        return  # removed once the stream says what the checkpoint holds
+    found = pull_target.examine(directory, manifest, digest)
+    if early:
+        found.foreign = [f for f in found.foreign if f.rel == MANIFEST_NAME]
+        found.count = len(found.foreign)
+    if not found.count:
+        return
+    if clean:
+        removed = pull_target.remove_foreign(directory, manifest, digest)
+        for item in removed[:pull_target.MAX_LISTED]:
+            io.note(f"  removed {item.line()}")
+        io.note(f"--clean: removed {len(removed)} entries of {directory} that are not part of this checkpoint")
+        return
+    for item in found.foreign:
+        io.note(f"  {item.line()}")
+    if found.count > len(found.foreign):
+        io.note(f"  ... and {found.count - len(found.foreign)} more")
+    raise PluginError(f"{directory}: holds {found.count} entries that are not part of this checkpoint (listed above; "
+                      f"first {found.foreign[0].line()}); pulling into it would mix them with the checkpoint: pull "
+                      f"into a new or empty directory, or add --clean to remove them first")
+
+
 def _pull_through_pod(cluster: Cluster, body: dict, status: dict, args, io: Io) -> Manifest:
     from checkpoint_operator.agent.transfer import StreamReceiver
     name = args.name
@@ -218,11 +257,14 @@ def _pull_through_pod(cluster: Cluster, body: dict, status: dict, args, io: Io) 
     pod = wait_for_pod(cluster, transfers.pull_pod_name(name), value, body["metadata"]["uid"], args.timeout, io)
     session = start_exec(cluster, pod, "hold", transfers.pull_command(), stdin=False)
     receiver_name = os.path.basename(os.path.abspath(args.dir))
+    clean = getattr(args, "clean", False)
     try:
         with Progress("pull", status.get("sizeBytes") or 0, stream=io.err) as progress:
             done = StreamReceiver(args.dir, pulled=True, digest=status.get("digest"), where=f"the stream from pod {pod}",
-                                  name=receiver_name, on_bytes=progress.add).run(session)
-    except AgentError as exc:
+                                  name=receiver_name, on_bytes=progress.add,
+                                  before_writing=lambda manifest: make_room(args.dir, manifest, status.get("digest"),
+                                                                            clean, io)).run(session)
+    except (AgentError, PluginError) as exc:
         session.close()
         raise PluginError(f"pull of {name}: {exc}") from None
     code = session.finish()
@@ -275,18 +317,35 @@ def _push_settled(body: dict, value: str) -> bool:
         phase_of(body) == "Pending" and annotation(body, UPLOAD_REQUEST_ANNOTATION) != value)
 
 
+# Entries of DIR listed one per line when a push is refused (all are counted).
+MAX_REFUSED_LISTED = 50
+
+
 def local_manifest(directory: str, io: Io) -> Manifest:
-    """The checkpoint in DIR as the agent's scan takes it (what the operator will find)."""
+    """The checkpoint in DIR: every file, links followed as `cp -L` does (the user's own
+    machine and files: a Hugging Face cache snapshot, DVC or NFS layout is links into a store
+    beside DIR). Anything of DIR that would not be part of the checkpoint (a broken link, a
+    fifo, an unreadable file, a name outside the names rule) refuses the push, listing them:
+    a push never stores less than DIR."""
     from pathlib import Path
 
     from checkpoint_operator.agent.scan import scan_directory
+    from checkpoint_operator.agent.tree import entry_limit
     io.note(f"hashing the files of {directory} ...")
-    result = scan_directory(Path(directory), single=True)
-    if result.skippedCount:
-        shown = "; ".join(f"'{s.path}': {s.reason}" for s in result.skipped[:5])
-        io.note(f"warning: {result.skippedCount} entries of {directory} are not part of the checkpoint: {shown}")
+    result = scan_directory(Path(directory), single=True, follow_links=True, max_entries=entry_limit())
+    left_out = [s for s in result.skipped if s.path != "."]  # "." alone: DIR has no file at all
+    count = result.skippedCount - (len(result.skipped) - len(left_out))
+    if count:
+        for s in left_out[:MAX_REFUSED_LISTED]:
+            io.note(f"  {s.path}: {s.reason}")
+        if count > MAX_REFUSED_LISTED:
+            io.note(f"  ... and {count - MAX_REFUSED_LISTED} more")
+        first = left_out[0]
+        raise PluginError(f"{directory}: {count} entries would not be part of the checkpoint (listed above; first "
+                          f"'{first.path}': {first.reason}); nothing pushed: fix, rename or remove them "
+                          f"(docs/kubectl-ckpt.md, what a push takes)")
     if not result.checkpoints:
-        raise PluginError(f"{directory}: no files to push")
+        raise PluginError(f"{directory}: no files to push (the directory holds no regular file)")
     manifest = result.checkpoints[0]
     io.note(f"{manifest.fileCount} files, {human_bytes(manifest.sizeBytes)}, digest {manifest.digest}")
     return manifest
@@ -368,7 +427,7 @@ def _push_to_s3(cluster: Cluster, name: str, args, manifest: Manifest, upload: d
     endpoint = args.endpoint_url or resolve_endpoint() or upload.get("endpoint")
     io.note(f"uploading to {upload['uri']}" + (f" (endpoint {endpoint})" if endpoint else ""))
     try:
-        upload_dir(args.dir, upload["uri"], manifest=manifest, endpoint_url=endpoint, log=io.note)
+        upload_dir(args.dir, upload["uri"], manifest=manifest, endpoint_url=endpoint, follow_links=True, log=io.note)
     except AgentError as exc:
         raise PluginError(f"push of {name}: {exc} (rerun to resume)") from None
 
@@ -392,7 +451,7 @@ def _push_through_pod(cluster: Cluster, body: dict, args, manifest: Manifest, va
             writer = TarWriter(session, on_bytes=progress.add)
             writer.add_bytes(MANIFEST_NAME, manifest.to_json().encode())
             for entry in to_send:
-                writer.add_file(entry.path, locate_file(args.dir, entry.path)[0], entry.size)
+                writer.add_file(entry.path, locate_file(args.dir, entry.path, follow_links=True)[0], entry.size)
             writer.close()
         session.close_stdin()
     except BrokenPipeError:

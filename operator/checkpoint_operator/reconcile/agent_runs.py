@@ -27,6 +27,10 @@ class Started:
 class Running:
     problem: Optional[PodProblem] = None
     phase: Optional[PodPhase] = None
+    retry_after: Optional[float] = None  # a problem no event of ours ends (the pod was refused)
+
+
+REFUSED_RETRY = 30.0  # seconds: a refused pod (Pod Security, a quota, an admission policy) is tried again
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,14 @@ def run_agent_pod(ctx: Context, owner_uid: str, body: dict, what: str,
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     pod = ctx.kube.get(PODS, namespace, name)
     if pod is None:
-        ctx.kube.ensure(PODS, namespace, body)
+        try:
+            ctx.kube.ensure(PODS, namespace, body)
+        except ApiError as exc:
+            if exc.status != 403:
+                raise
+            # Admission said no (Pod Security, a ResourceQuota, a policy): its words, and a retry later.
+            return Running(PodProblem("PodRefused", f"creating {what} pod {name} was refused: {exc.message}"),
+                           retry_after=REFUSED_RETRY)
         return Started()
     if not any(o.get("uid") == owner_uid for o in pod.get("metadata", {}).get("ownerReferences") or []):
         return NotOurs(f"pod {name} exists and does not belong to this object (uid {owner_uid}); waiting for it "

@@ -48,7 +48,7 @@ def serve_verify(ctx: Context, checkpoint: Checkpoint) -> Optional[float]:
     if isinstance(run, agent_runs.Running):
         if run.problem:
             record_condition(ctx, checkpoint, transfers.verify_error_condition(run.problem.message))
-        return None
+        return run.retry_after
     if isinstance(run, agent_runs.NotOurs):
         return NOT_OURS_RETRY
     if isinstance(run, agent_runs.PodFailed):
@@ -81,6 +81,8 @@ def serve_pull(ctx: Context, checkpoint: Checkpoint) -> Optional[float]:
     run = agent_runs.run_agent_pod(ctx, checkpoint.metadata.uid, pod, "pull", parse=lambda log: None)
     if isinstance(run, agent_runs.NotOurs):
         return NOT_OURS_RETRY
+    if isinstance(run, agent_runs.Running) and run.retry_after:
+        return run.retry_after  # refused: the plugin's wait names the pod that never came
     if isinstance(run, (agent_runs.Finished, agent_runs.PodFailed)):  # the pulls are over (or it gave up)
         agent_runs.finish(ctx, pod)
         drop_request(ctx, checkpoint, PULL_REQUEST_ANNOTATION, value)

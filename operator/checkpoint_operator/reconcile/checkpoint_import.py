@@ -10,11 +10,11 @@ from typing import Optional
 
 from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator.api.checkpoint import IMPORT_KINDS, Checkpoint, CheckpointPhase
-from checkpoint_operator.reconcile import agent_runs, checkpoint_upload, volumes
+from checkpoint_operator.reconcile import agent_runs, checkpoint_upload, claim_holds, template_claims, volumes
 from checkpoint_operator.reconcile import volume_snapshots as volume_snapshot_steps
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.status_writer import write_status
-from checkpoint_operator.kube import NAMESPACES, PVCS, ApiError
+from checkpoint_operator.kube import NAMESPACES, PVCS, ApiError, Conflict
 from checkpoint_operator.logic import import_sources, limits, volume_snapshots, workload
 from checkpoint_operator.logic.limits import NAMESPACE_LIMIT_ANNOTATION
 from checkpoint_operator.logic.results import Done, Fail, Result, Wait
@@ -43,6 +43,9 @@ def adopt_volume(ctx: Context, checkpoint: Checkpoint) -> Result:
     if claim is None or claim.get("status", {}).get("phase") != "Bound":
         state = "does not exist" if claim is None else f"is not Bound (phase {claim.get('status', {}).get('phase')})"
         return Wait("WaitingForVolume", f"spec.source.volume.claimName: PersistentVolumeClaim {source.claimName} {state}")
+    held = claim_holds.hold_for_adopter(ctx, checkpoint, claim)  # never Ready on a claim that may go first
+    if held is not None:
+        return held
     pod = workload.build_volume_scan_pod(checkpoint, ctx.config)
     result = _run(ctx, checkpoint, pod, "scan", CheckpointPhase.PENDING, "Scanning", f"scanning {where}", "ScanFailed")
     if not isinstance(result, ScanResult):
@@ -80,7 +83,12 @@ def import_checkpoint(ctx: Context, checkpoint: Checkpoint) -> Result:
     if not isinstance(limit, int):
         return limit
     if store.import_needs_claim:
-        ctx.kube.ensure(PVCS, checkpoint.metadata.namespace, workload.build_import_claim(checkpoint, ctx.config))
+        squatted = template_claims.squatted(ctx, checkpoint.metadata.namespace, workload.import_claim_name(checkpoint))
+        if squatted:
+            return Wait("ClaimNamedByTrainingJob", squatted, requeue_after=template_claims.SQUAT_RECHECK)
+        foreign = volumes.ensure_owned_claim(ctx, checkpoint, workload.build_import_claim(checkpoint, ctx.config))
+        if foreign is not None:
+            return foreign
     pod = workload.build_import_pod(checkpoint, ctx.config, store.import_containers(checkpoint, limit))
     result = _run(ctx, checkpoint, pod, "import", CheckpointPhase.IMPORTING, "Importing", f"importing {origin}",
                   "ImportFailed")
@@ -127,7 +135,11 @@ def _release_import_claim(ctx: Context, checkpoint: Checkpoint, claim: str, snap
         return
     owners = body.get("metadata", {}).get("ownerReferences") or []
     if all(o.get("uid") == checkpoint.metadata.uid for o in owners):
-        ctx.kube.delete(PVCS, checkpoint.metadata.namespace, claim)
+        try:  # conditional: an adopter that adds itself meanwhile keeps it (logic/claim_ownership.py)
+            ctx.kube.delete(PVCS, checkpoint.metadata.namespace, claim,
+                            resource_version=body["metadata"].get("resourceVersion"))
+        except Conflict:
+            return
         ctx.info(checkpoint, "VolumeReleased", f"volume {claim} deleted: the checkpoint is kept in VolumeSnapshot "
                                                f"{snapshot}")
 
@@ -150,7 +162,7 @@ def _run(ctx: Context, checkpoint: Checkpoint, pod: dict, what: str, phase: Chec
         return Wait()
     if isinstance(run, agent_runs.Running):
         if run.problem:
-            return Wait(run.problem.reason, f"{describe}: {run.problem.message}")
+            return Wait(run.problem.reason, f"{describe}: {run.problem.message}", requeue_after=run.retry_after)
         claim = _claim_of(pod)
         problem = volumes.unbound_claim(ctx, checkpoint.metadata.namespace, claim) \
             if claim and run.phase == PodPhase.PENDING else None

@@ -18,11 +18,10 @@ import dataclasses
 
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointPhase
 from checkpoint_operator.api.upload import UPLOAD_REQUEST_ANNOTATION
-from checkpoint_operator.reconcile import agent_runs
+from checkpoint_operator.reconcile import agent_runs, template_claims, volumes
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.annotation_requests import clear_stale_pod, drop_request
 from checkpoint_operator.reconcile.status_writer import write_status
-from checkpoint_operator.kube import PVCS
 from checkpoint_operator.logic import transfers, workload
 from checkpoint_operator.logic.results import Done, Fail, Result, Wait
 from checkpoint_operator.logic.snapshot import ready_change
@@ -50,7 +49,12 @@ def await_upload(ctx: Context, checkpoint: Checkpoint) -> Result:
         location = {"s3": {"uri": uri}}
         describe = f"verifying the pushed data at {uri}"
     else:
-        ctx.kube.ensure(PVCS, meta.namespace, workload.build_import_claim(checkpoint, ctx.config))
+        squatted = template_claims.squatted(ctx, meta.namespace, workload.import_claim_name(checkpoint))
+        if squatted:
+            return Wait("ClaimNamedByTrainingJob", squatted, requeue_after=template_claims.SQUAT_RECHECK)
+        foreign = volumes.ensure_owned_claim(ctx, checkpoint, workload.build_import_claim(checkpoint, ctx.config))
+        if foreign is not None:
+            return foreign
         pod = transfers.build_receiver_pod(checkpoint, ctx.config, request, limit)
         target = transfers.upload_status(store.name, checkpoint, pod=pod["metadata"]["name"])
         location = {"volume": {"claimName": workload.import_claim_name(checkpoint), "path": workload.IMPORT_DIR}}
@@ -64,7 +68,8 @@ def await_upload(ctx: Context, checkpoint: Checkpoint) -> Result:
                                                    fields={"upload": target, "owned": True}))
         return Wait()
     if isinstance(run, agent_runs.Running):
-        return Wait(run.problem.reason, f"{describe}: {run.problem.message}") if run.problem else Wait()
+        return Wait(run.problem.reason, f"{describe}: {run.problem.message}", requeue_after=run.retry_after) \
+            if run.problem else Wait()
     if isinstance(run, agent_runs.NotOurs):
         return Wait("NameConflict", run.message, requeue_after=5.0)
     if isinstance(run, agent_runs.PodFailed):

@@ -11,11 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional
 
+from checkpoint_operator.api.checkpoint import IMPORT_KINDS
 from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator.logic.agent_pods import PodProblem, pod_problem
+from checkpoint_operator.logic.claim_guard import MAX_TEMPLATE_CLAIMS, claim_references
 from checkpoint_operator.logic.inputs import CheckpointInfo, TrainingJobInfo
 from checkpoint_operator.logic.protection import used_uids
-from checkpoint_operator.logic.workload import LABEL_COMPONENT, LABEL_TRAINING_JOB_UID
+from checkpoint_operator.logic.workload import (LABEL_COMPONENT, LABEL_TRAINING_JOB_UID, import_claim_name_for,
+                                                output_claim_name_for)
+
+CLAIM_OWNING_SOURCES = (*IMPORT_KINDS, "upload")  # Checkpoints whose data lands on a claim of their own
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,18 +41,25 @@ def checkpoint_keys(body: Mapping) -> dict:
     keys: dict[tuple, Any] = {("name", namespace, info.name): info, ("uid", namespace, info.uid): info}
     if info.producer_uid:
         keys[("producer", namespace, info.producer_uid)] = info
-    volume = ((body.get("spec") or {}).get("source") or {}).get("volume") or {}
+    source = (body.get("spec") or {}).get("source") or {}
+    volume = source.get("volume") or {}
     if volume.get("claimName"):
         keys[("claim", namespace, volume["claimName"])] = info.name
+    if any(source.get(kind) is not None for kind in CLAIM_OWNING_SOURCES):
+        keys[("managed-claim", namespace, import_claim_name_for(info.name))] = ("Checkpoint", info.name)
     return keys
 
 
 def training_job_keys(body: Mapping) -> dict:
     namespace, name = _ns_name(body)
     info = TrainingJobInfo.from_body(body)
-    keys: dict[tuple, Any] = {("name", namespace, name): info, ("uid", namespace, info.uid): info}
+    keys: dict[tuple, Any] = {("name", namespace, name): info, ("uid", namespace, info.uid): info,
+                              ("managed-claim", namespace, output_claim_name_for(name, info.uid)): ("TrainingJob", name)}
     if info.phase.is_finished:
         return keys
+    template = ((body.get("spec") or {}).get("template") or {}).get("spec") or {}
+    for reference in claim_references(template)[:MAX_TEMPLATE_CLAIMS]:
+        keys[("template-claim", namespace, reference.claim)] = name
     for ref in (body.get("spec") or {}).get("checkpoints") or []:
         for field, kind in (("name", "name"), ("uid", "uid"), ("fromTrainingJob", "producer")):
             if ref.get(field):
@@ -113,6 +125,15 @@ class Indexes:
 
     def checkpoints_on_claim(self, namespace: str, claim: str) -> list[str]:
         return self._all(self._checkpoints, ("claim", namespace, claim))
+
+    def managed_claim(self, namespace: str, claim: str) -> Optional[tuple[str, str]]:
+        """(kind, name) of the TrainingJob or Checkpoint the operator makes (or made) this claim for."""
+        return self._one(self._checkpoints, ("managed-claim", namespace, claim)) or \
+            self._one(self._training_jobs, ("managed-claim", namespace, claim))
+
+    def jobs_naming_claim(self, namespace: str, claim: str) -> list[str]:
+        """Unfinished TrainingJobs whose pod template names the claim."""
+        return self._all(self._training_jobs, ("template-claim", namespace, claim))
 
     def worker_pods(self, namespace: str, training_job_uid: str) -> list[PodState]:
         return self._all(self._pods, ("pods", namespace, training_job_uid))

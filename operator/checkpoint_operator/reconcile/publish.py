@@ -15,6 +15,7 @@ from checkpoint_operator.reconcile.objects import parse_tolerant
 from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.kube import CHECKPOINTS, PVCS, Conflict
 from checkpoint_operator.logic import workload
+from checkpoint_operator.logic.claim_ownership import owners_after
 from checkpoint_operator.logic.inputs import CheckpointInfo
 from checkpoint_operator.logic.snapshot import is_produced_by
 from checkpoint_operator.logic.status import StatusChange
@@ -51,8 +52,9 @@ def own_output_claim(ctx: Context, tj: TrainingJob, claim: str, owners: list[dic
     if pvc is None:
         return
     current = pvc.get("metadata", {}).get("ownerReferences") or []
-    wanted = [o for o in current if keep_job and o.get("uid") == tj.metadata.uid]
-    wanted += [o for o in owners if o["uid"] not in {w["uid"] for w in wanted}]
+    # Owners are only added (and the job's own dropped when asked): a Checkpoint sealed at an
+    # earlier pass, or one that adopted a path of the volume, keeps holding it.
+    wanted = owners_after(current, owners, drop_uid=None if keep_job else tj.metadata.uid)
     if {o["uid"] for o in wanted} == {o.get("uid") for o in current}:
         return
     ctx.kube.patch(PVCS, tj.metadata.namespace, claim, {"metadata": {

@@ -17,7 +17,7 @@ from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator import PROTECTION_FINALIZER
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointPhase
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobPhase
-from checkpoint_operator.reconcile import agent_runs, live_sealing, publish, volumes
+from checkpoint_operator.reconcile import agent_runs, claim_holds, live_sealing, publish, template_claims, volumes
 from checkpoint_operator.reconcile import volume_snapshots as volume_snapshot_steps
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.objects import InvalidObject, parse, parse_tolerant
@@ -25,6 +25,7 @@ from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.kube import CHECKPOINTS, JOBS, PODS, PVCS, TRAINING_JOBS, ApiError, Conflict
 from checkpoint_operator.logic import trainingjob_flow as flow
 from checkpoint_operator.logic import volume_snapshots, workload
+from checkpoint_operator.logic.claim_ownership import owners_after
 from checkpoint_operator.logic.agent_pods import AGENT_OUTPUT_MOUNT, downloaded_input, last_error_line, pod_failure
 from checkpoint_operator.logic.conditions import now_rfc3339, seconds_since
 from checkpoint_operator.logic.inputs import InputWait, ResolvedInput, check_live_input, resolve_inputs
@@ -115,6 +116,13 @@ def start(ctx: Context, tj: TrainingJob) -> Result:
 
 
 def _create_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput]) -> Result:
+    refused = template_claims.refused(ctx, tj)
+    if refused:
+        return Fail("ManagedClaim", refused)
+    if tj.output_enabled:
+        squatted = template_claims.squatted(ctx, tj.metadata.namespace, workload.output_claim_name(tj))
+        if squatted:
+            return Wait("ClaimNamedByTrainingJob", squatted, requeue_after=template_claims.SQUAT_RECHECK)
     store = store_for(ctx.config)
     publish_mode = flow.publish_mode(tj, ctx.config.default_publish)
     try:
@@ -211,6 +219,11 @@ def follow_job(ctx: Context, tj: TrainingJob) -> Result:
     if succeeded is None:
         pods = ctx.indexes.worker_pods(tj.metadata.namespace, tj.metadata.uid)
         problems = [p.problem for p in pods if p.problem]
+        awaiting_pods = job is not None and not pods and not (job.get("spec") or {}).get("suspend")
+        if job is not None and awaiting_pods:  # admission may refuse them: only the Job's Events say so
+            refused = volumes.refused_pods(ctx, tj.metadata.namespace, job["metadata"]["name"])
+            if refused is not None:
+                return replace(flow.running_wait(tj, [refused]), requeue_after=volumes.PODS_RECHECK)
         if tj.output_enabled and any(p.phase == PodPhase.PENDING for p in pods) and \
                 all(flow.may_wait_on_a_volume(p) for p in problems):
             claim = volumes.unbound_claim(ctx, tj.metadata.namespace,
@@ -219,7 +232,10 @@ def follow_job(ctx: Context, tj: TrainingJob) -> Result:
                 return replace(flow.running_wait(tj, [claim]), requeue_after=volumes.CLAIM_RECHECK)
         wait = flow.running_wait(tj, problems)
         # The sidecars' logs bring no event: read again after the poll interval.
-        return replace(wait, requeue_after=ctx.config.live_poll_interval) if tj.publishes_live else wait
+        if tj.publishes_live:
+            return replace(wait, requeue_after=ctx.config.live_poll_interval)
+        # Nor does a refused pod (an Event of the Job only): looked for again while there is none.
+        return replace(wait, requeue_after=volumes.PODS_RECHECK) if awaiting_pods else wait
     outcome = "succeeded" if succeeded else "; ".join([flow.job_failure_message(job), *_pod_failures(ctx, tj)])
     change, snapshot_follows = flow.after_job(tj, succeeded, outcome, now_rfc3339(), workload.snapshot_pod_name(tj))
     tj = write_status(ctx, tj, change)
@@ -282,7 +298,7 @@ def snapshot(ctx: Context, tj: TrainingJob) -> Result:
         return Wait()  # status.snapshotPod was written with the Snapshotting phase
     if isinstance(run, agent_runs.Running):
         if run.problem:
-            return Wait(run.problem.reason, run.problem.message)
+            return Wait(run.problem.reason, run.problem.message, requeue_after=run.retry_after)
         return Wait() if tj.ready_reason() == "Snapshotting" else Wait("Snapshotting", tj.status.message or "", warning=False)
     if isinstance(run, agent_runs.NotOurs):
         return Wait("NameConflict", run.message, requeue_after=RETRY_SOON)
@@ -434,10 +450,19 @@ def _hand_over_output_claim(ctx: Context, tj: TrainingJob, claim: str, created: 
     namespace = tj.metadata.namespace
     if not store_for(ctx.config).keeps_output_claim:
         if not keep:
-            ctx.kube.delete(PVCS, namespace, claim)
+            _, keeping = claim_holds.delete_unless_held(ctx, namespace, claim)
+            if keeping:  # a source.volume Checkpoint adopted a path of it: it goes with the last of them
+                ctx.info(tj, "OutputKept", f"volume {claim} is kept: Checkpoint {', '.join(keeping)} points into it")
     elif created:
-        owners = [workload.owner_reference(parse_tolerant(Checkpoint, c), controller=False) for c in created]
-        ctx.kube.patch(PVCS, namespace, claim, {"metadata": {"ownerReferences": owners}})
+        pvc = ctx.kube.get(PVCS, namespace, claim)
+        if pvc is None:
+            return
+        # Only the job's own reference leaves: an adopter's (and any Checkpoint's) stays.
+        owners = owners_after(pvc["metadata"].get("ownerReferences") or [],
+                              [workload.owner_reference(parse_tolerant(Checkpoint, c), controller=False)
+                               for c in created], drop_uid=tj.metadata.uid)
+        ctx.kube.patch(PVCS, namespace, claim, {"metadata": {
+            "ownerReferences": owners, "resourceVersion": pvc["metadata"].get("resourceVersion")}})
 
 
 # --- finished, deleting -----------------------------------------------------------------------------
@@ -453,8 +478,9 @@ def _finished(ctx: Context, tj: TrainingJob) -> Optional[float]:
     if flow.wants_output_released(tj):
         claim = tj.status.outputClaim or workload.output_claim_name(tj)
         pvc = ctx.kube.get(PVCS, tj.metadata.namespace, claim)
-        deleted = pvc is not None and _owns(tj, pvc) and ctx.kube.delete(PVCS, tj.metadata.namespace, claim)
-        tj = write_status(ctx, tj, flow.released_change(claim, bool(deleted)))
+        deleted, keeping = claim_holds.delete_unless_held(ctx, tj.metadata.namespace, claim) \
+            if pvc is not None and _owns(tj, pvc) else (False, [])
+        tj = write_status(ctx, tj, flow.released_change(claim, deleted, keeping))
         ctx.info(tj, "OutputReleased", f"volume {claim} released on request")
     return None
 

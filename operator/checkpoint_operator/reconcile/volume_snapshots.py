@@ -107,6 +107,10 @@ def delete_unused(ctx: Context, namespace: str, job_uid: str) -> list[str]:
         owners = volume_snapshots.owners_of(body)
         if any(o.get("kind") == "Checkpoint" for o in owners) or (body.get("metadata") or {}).get("deletionTimestamp"):
             continue
-        if ctx.kube.delete(VOLUME_SNAPSHOTS, namespace, body["metadata"]["name"]):
-            deleted.append(body["metadata"]["name"])
+        try:  # conditional: a hand-over since the LIST keeps it
+            if ctx.kube.delete(VOLUME_SNAPSHOTS, namespace, body["metadata"]["name"],
+                               resource_version=body["metadata"].get("resourceVersion")):
+                deleted.append(body["metadata"]["name"])
+        except Conflict:
+            continue
     return deleted

@@ -1,4 +1,11 @@
-"""Why a volume a pod waits for is not bound: the claim's status and its own Events.
+"""The claims the operator makes, and why a pod does not run for reasons no pod says.
+
+`ensure_owned_claim`: a claim is created for an object, or taken only when that object owns it.
+A claim of that name that is not the object's (a user's own PVC whose name a Checkpoint's name
+happens to make, an earlier object's claim being garbage-collected) is never mounted.
+
+`unbound_claim`, `refused_pods`: a volume a pod waits for is not bound (the claim's status and
+its own Events), or its Job cannot create it (the Job's Events).
 
 Read only while a pod that needs the claim is Pending: one GET, and a LIST of that claim's
 Events alone (a field selector, never the namespace's). The provisioner's Events change no
@@ -11,9 +18,14 @@ from typing import Optional
 
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.kube import EVENTS, PVCS
-from checkpoint_operator.logic.agent_pods import PodProblem, claim_events_selector, claim_problem
+from checkpoint_operator.api.checkpoint import Checkpoint
+from checkpoint_operator.logic.agent_pods import (PodProblem, claim_events_selector, claim_problem,
+                                                  job_creation_problem, job_events_selector)
+from checkpoint_operator.logic.results import Wait
+from checkpoint_operator.logic.workload import foreign_claim_message, owned_by
 
 CLAIM_RECHECK = 30.0  # seconds
+PODS_RECHECK = 10.0   # seconds: a running Job without pods (refused ones bring no event of ours)
 
 
 def unbound_claim(ctx: Context, namespace: str, name: str) -> Optional[PodProblem]:
@@ -21,3 +33,20 @@ def unbound_claim(ctx: Context, namespace: str, name: str) -> Optional[PodProble
     if claim is None or (claim.get("status") or {}).get("phase") == "Bound":
         return None
     return claim_problem(claim, ctx.kube.list(EVENTS, namespace, field_selector=claim_events_selector(name)))
+
+
+def ensure_owned_claim(ctx: Context, owner: Checkpoint, body: dict) -> Optional[Wait]:
+    """Create the claim `body` for `owner`, or find it; a Wait naming it when the claim of that
+    name belongs to someone else (then no pod may mount it)."""
+    meta = owner.metadata
+    claim = ctx.kube.ensure(PVCS, meta.namespace, body)
+    if owned_by(claim, meta.uid):
+        return None
+    name = body["metadata"]["name"]
+    return Wait("ClaimNotOwned", foreign_claim_message(name, owner.kind or "Checkpoint", meta.name, meta.uid),
+                requeue_after=CLAIM_RECHECK)
+
+
+def refused_pods(ctx: Context, namespace: str, job_name: str) -> Optional[PodProblem]:
+    """A Job without pods: what its `FailedCreate` Events say (a LIST of that Job's Events alone)."""
+    return job_creation_problem(job_name, ctx.kube.list(EVENTS, namespace, field_selector=job_events_selector(job_name)))

@@ -8,10 +8,10 @@ import pytest
 
 from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.manifest import (
-    MANIFEST_NAME, FileEntry, Manifest, digest_of, manifest_problem, parse_manifest,
+    MANIFEST_NAME, FileEntry, Manifest, digest_of, manifest_problem, parse_manifest, paths_problem,
 )
 from checkpoint_operator.agent.names import (
-    MAX_COMPONENT_BYTES, MAX_PATH_BYTES, check_path, path_problem, printable,
+    BIDI_CONTROLS, MAX_COMPONENT_BYTES, MAX_PATH_BYTES, check_path, path_problem, printable,
 )
 
 
@@ -126,3 +126,59 @@ def test_parse_manifest_gives_one_line_errors():
     body = _manifest(entries).model_dump_json().encode()
     with pytest.raises(AgentError, match="'a.bin' is both a file and a directory"):
         parse_manifest(body, "X")
+
+
+# ---- bidi controls and Unicode twins (issue 18 item 14) ----
+
+@pytest.mark.parametrize("ch", sorted(BIDI_CONTROLS))
+def test_bidirectional_controls_are_refused_and_shown_escaped(ch):
+    name = f"evil{ch}txt.safetensors"
+    problem = path_problem(f"dir/{name}")
+    assert problem is not None and f"bidirectional control character U+{ord(ch):04X}" in problem, problem
+    assert ch not in printable(name) and f"\\u{ord(ch):04x}" in printable(name)
+
+
+def test_other_format_characters_stay_valid():
+    # ZWNJ and ZWJ are parts of ordinary words and emoji; only the reordering controls are refused.
+    assert path_problem("ZWNJ\u200cname/ZWJ\u200d") is None
+
+
+NFC_E, NFD_E, KELVIN = "caf\u00e9", "cafe\u0301", "\u212a"
+
+
+@pytest.mark.parametrize("paths,shown", [
+    ([NFC_E, NFD_E], "cafe\\u0301"),
+    ([NFD_E, NFC_E], "caf\\u00e9"),
+    ([f"{NFC_E}/a.bin", f"{NFD_E}/b.bin"], "cafe\\u0301"),  # two directories that are one on macOS
+    ([NFC_E, f"{NFD_E}/x"], "cafe\\u0301"),  # a file and a directory
+    (["K", KELVIN], "\\u212a"),  # a singleton: KELVIN SIGN is K after NFC
+    (["d/K.bin", f"d/{KELVIN}.bin"], "d/\\u212a.bin"),
+])
+def test_names_equal_after_normalization_are_refused(paths, shown):
+    problem = paths_problem(paths)
+    assert problem is not None and "after Unicode normalization (NFC)" in problem, problem
+    assert f"'{shown}'" in problem, problem
+
+
+def test_case_and_distinct_unicode_names_stay_distinct():
+    assert paths_problem(["A.bin", "a.bin", NFC_E, "cafe", "caf\u00e8", "x/" + NFC_E, "y/" + NFD_E]) is None
+
+
+def test_the_walk_skips_both_twins_and_takes_the_rest(tmp_path):
+    from checkpoint_operator.agent.scan import scan_directory
+    for name in (NFC_E, NFD_E, "ok.bin"):
+        (tmp_path / name).write_bytes(name.encode())
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / f"x{KELVIN}").write_bytes(b"k")
+    (tmp_path / "d" / "xK").write_bytes(b"K")
+    result = scan_directory(tmp_path, single=True)
+    assert [f.path for f in result.checkpoints[0].files] == ["ok.bin"]
+    skipped = {s.path: s.reason for s in result.skipped}
+    assert set(skipped) == {"caf\\u00e9", "cafe\\u0301", "d/x\\u212a", "d/xK"}, skipped
+    assert all("after Unicode normalization (NFC)" in r for r in skipped.values())
+
+
+def test_a_manifest_with_twins_is_refused():
+    entries = [_entry(NFC_E, b"1"), _entry(NFD_E, b"2")]
+    with pytest.raises(AgentError, match="after Unicode normalization"):
+        parse_manifest(_manifest(entries).model_dump_json().encode(), "X")

@@ -41,7 +41,9 @@ def test_a_continuous_job_gets_the_sidecar_its_volume_and_the_resume_path():
     spec = built["spec"]["template"]["spec"]
     side = spec["initContainers"][0]
     assert (side["name"], side["restartPolicy"], side["image"]) == ("ckpt-live", "Always", "op:1")
-    assert side["securityContext"] == {"runAsUser": 1000, "runAsGroup": 1000}
+    assert side["securityContext"] == {"runAsUser": 1000, "runAsGroup": 1000, "runAsNonRoot": True,
+                                       "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                                       "seccompProfile": {"type": "RuntimeDefault"}}
     args = build_parser().parse_args(side["command"][1:])
     assert (args.dir, args.shared, args.upload_to, args.annotations_file) == (
         "/output-checkpoint", True, None, "/ckpt-live-meta/annotations")

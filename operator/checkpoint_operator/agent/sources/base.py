@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import urllib.request
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
@@ -61,6 +62,21 @@ def redact(uri: str) -> str:
     """`uri` with any `user:password@` replaced by `***@`, for messages about a URI that held one."""
     import re
     return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@", r"\1***@", uri)
+
+
+def http_error(label: str, exc) -> AgentError:
+    """An HTTP error answer (urllib's HTTPError) as one line. urllib gives up on a redirect loop
+    (more than 10 redirects, or the same URL twice) with a reason of three lines, and refuses a
+    redirect to another scheme (file://) with an HTTPError of the redirect's code."""
+    reason = str(exc.reason)
+    if "infinite loop" in reason:
+        return AgentError(f"{label}: too many redirects (a redirect loop: urllib follows at most "
+                          f"{urllib.request.HTTPRedirectHandler.max_redirections} and never the same URL twice; last "
+                          f"answer HTTP {exc.code})")
+    if 300 <= exc.code < 400 and "not allowed" in reason:
+        return AgentError(f"{label}: redirected to '{printable(str(exc.filename))[:300]}': only http(s) redirects are "
+                          f"followed")
+    return AgentError(f"{label}: HTTP {exc.code} {printable(reason).strip()[:200]}")
 
 
 def over_limit(label: str, size: int, limits: Limits, how: str = "") -> AgentError:

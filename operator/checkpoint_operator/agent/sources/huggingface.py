@@ -31,8 +31,10 @@ from typing import Optional
 from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.names import printable
 from checkpoint_operator.agent.progress import Progress
+from checkpoint_operator.agent.urls import check_url
 from checkpoint_operator.agent.sources.base import (
-    Fetched, Limits, Options, Source, check_count, check_listing, copy_stream, git_blob_hasher, run_parallel, target_path,
+    Fetched, Limits, Options, Source, check_count, check_listing, copy_stream, git_blob_hasher, http_error, run_parallel,
+    target_path,
 )
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -81,7 +83,8 @@ class HuggingFaceSource(Source):
                              f"not a path inside it")
         self.repo, self.repo_type = parsed.id, parsed.type
         self.revision = parsed.revision or "main"
-        self.endpoint = (options.endpoint_url or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+        self.endpoint = check_url(options.endpoint_url or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT,
+                                  "the Hub endpoint").rstrip("/")
         self.include = list(options.include) or None
         self.exclude = list(options.exclude) or None
         self.label = f"hf://{'datasets/' if self.repo_type == 'dataset' else ''}{self.repo}@{self.revision}"
@@ -172,7 +175,7 @@ class HuggingFaceSource(Source):
                     copy_stream(resp.read1, target_path(tree, f.path), label=label, expected=f.size,
                                 limit=limits.max_size, progress=progress, hasher=hasher, cancelled=failed)
             except urllib.error.HTTPError as exc:
-                raise AgentError(f"{label}: HTTP {exc.code} {exc.reason}") from None
+                raise http_error(label, exc) from None
             except urllib.error.URLError as exc:
                 if isinstance(exc.reason, AgentError):
                     raise exc.reason from None

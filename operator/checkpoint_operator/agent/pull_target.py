@@ -1,0 +1,143 @@
+"""What a directory may hold before a checkpoint is pulled into it (`kubectl ckpt pull NAME DIR`).
+
+A pull makes DIR the checkpoint: afterwards it says "every file verified", which is only true
+if DIR holds nothing else. So DIR may hold only what a pull of this same checkpoint leaves:
+- its files, under their paths (a pull interrupted earlier: each is checked again, and a file
+  that differs is fetched again);
+- the directories on their way;
+- download's temporary files (`.ckpt-download-*`: the parts of an interrupted pull);
+- its manifest at the root, when it is this checkpoint's (same digest).
+Anything else (a file the checkpoint does not have, a symlink, another directory, the manifest of
+another checkpoint) is foreign: the pull is refused, naming it, unless the user asks for it to
+be removed (`--clean`). Nothing is followed through a link, nothing is removed unasked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from dataclasses import dataclass
+from typing import Optional
+
+from checkpoint_operator.agent.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest
+from checkpoint_operator.agent.names import TEMP_PREFIX, printable
+from checkpoint_operator.agent.tree import EntryBudget, entry_limit
+
+# Foreign entries named one by one (all are counted).
+MAX_LISTED = 50
+
+
+@dataclass(frozen=True)
+class Foreign:
+    rel: str  # inside DIR, '/'-separated, as on disk (not escaped)
+    what: str  # why it does not belong, for a person
+    is_dir: bool = False
+
+    def line(self) -> str:
+        return f"{printable(self.rel)}{'/' if self.is_dir else ''}: {self.what}"
+
+
+@dataclass
+class Examined:
+    foreign: list[Foreign]  # the first MAX_LISTED
+    count: int  # all of them
+
+
+def _manifest_digest(path: str) -> Optional[str]:
+    """The digest a manifest file in DIR records, or None when it cannot be read as one."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as f:
+            data = json.loads(f.read(MAX_MANIFEST_BYTES + 1))
+    except (OSError, ValueError):
+        return None
+    digest = data.get("digest") if isinstance(data, dict) else None
+    return digest if isinstance(digest, str) else None
+
+
+def _earlier_pull(directory: str, digest: str) -> Optional[Manifest]:
+    """The manifest an earlier complete pull of the checkpoint `digest` left in DIR, if any."""
+    from checkpoint_operator.agent.errors import AgentError
+    from checkpoint_operator.agent.manifest import parse_manifest
+    path = os.path.join(directory, MANIFEST_NAME)
+    if _manifest_digest(path) != digest:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return parse_manifest(f.read(MAX_MANIFEST_BYTES + 1), path)
+    except (OSError, AgentError):
+        return None
+
+
+def examine(directory: str, manifest: Optional[Manifest], digest: Optional[str] = None) -> Examined:
+    """What in `directory` does not belong to the checkpoint `manifest` (None: a checkpoint whose
+    file list is not known before it arrives: only temporary files, or an earlier complete pull
+    of the same checkpoint `digest`, may be there). A missing directory holds nothing."""
+    found = Examined([], 0)
+    if not os.path.lexists(directory):
+        return found
+    if manifest is None and digest is not None:
+        manifest = _earlier_pull(directory, digest)
+    files = {e.path for e in manifest.files} if manifest is not None else set()
+    dirs: set[str] = set()
+    for path in files:
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            dirs.add("/".join(parts[:i]))
+    wanted_digest = manifest.digest if manifest is not None else digest
+    budget = EntryBudget(entry_limit(), what=directory)
+
+    def add(item: Foreign) -> None:
+        found.count += 1
+        if len(found.foreign) < MAX_LISTED:
+            found.foreign.append(item)
+
+    stack: list[tuple[str, str]] = [(directory, "")]
+    while stack:
+        path, rel_dir = stack.pop()
+        with os.scandir(path) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            budget.take(entry.path)
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                add(Foreign(rel, "unreadable"))
+                continue
+            if entry.name.startswith(TEMP_PREFIX) and stat.S_ISREG(st.st_mode):
+                continue  # an interrupted pull's parts
+            if stat.S_ISLNK(st.st_mode):
+                add(Foreign(rel, "a symlink (a pull writes only regular files)"))
+            elif stat.S_ISDIR(st.st_mode):
+                if rel in dirs:
+                    stack.append((entry.path, rel))
+                else:
+                    add(Foreign(rel, "a directory the checkpoint does not have", is_dir=True))
+            elif not stat.S_ISREG(st.st_mode):
+                add(Foreign(rel, "not a regular file"))
+            elif rel == MANIFEST_NAME:
+                recorded = _manifest_digest(entry.path)
+                if wanted_digest is None or recorded != wanted_digest:
+                    add(Foreign(rel, f"the manifest of another checkpoint (digest {recorded or 'unreadable'})"))
+            elif rel not in files:
+                add(Foreign(rel, "a file the checkpoint does not have"))
+    return found
+
+
+def remove_foreign(directory: str, manifest: Optional[Manifest], digest: Optional[str] = None) -> list[Foreign]:
+    """Remove what `examine` finds (links themselves, never what they point at); what was removed."""
+    removed: list[Foreign] = []
+    while True:  # examine lists MAX_LISTED at a time
+        found = examine(directory, manifest, digest)
+        if not found.foreign:
+            return removed
+        for item in found.foreign:
+            path = os.path.join(directory, *item.rel.split("/"))
+            if item.is_dir:
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+            removed.append(item)

@@ -1,0 +1,120 @@
+"""`kubectl ckpt push` and `pull` and the directories they are given, on both stores, against the
+real operator: a Hugging Face cache snapshot (every file a link into `../../blobs/`) is pushed
+whole and comes back as the same bytes (issue 18 item 1); a directory with anything a checkpoint
+cannot hold is refused before any Checkpoint exists; a pull into a directory holding other files
+is refused naming them, `--clean` removes them, and a rerun of the same pull resumes (issue 18
+item 10)."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import pytest
+
+from checkpoint_operator.config import OperatorConfig
+from conftest import CKPT, NS
+from plugin_helpers import Plugin, tree_digest, write_kubeconfig
+from s3server import s3, seaweedfs  # noqa: F401  (fixtures)
+from layouts import CONFIG, WEIGHTS, hf_cache_snapshot
+
+pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("credential_watch")]
+
+
+@pytest.fixture(params=["volume", "s3"])
+def store(request):
+    return request.param
+
+
+@pytest.fixture
+def operator_config(store, request) -> OperatorConfig:
+    if store == "volume":
+        return OperatorConfig(reconcile_interval=0.2, agent_image="checkpoint-operator:test")
+    s3env = request.getfixturevalue("s3")
+    return OperatorConfig(reconcile_interval=0.2, agent_image="checkpoint-operator:test", storage_type="s3",
+                          s3_endpoint=s3env.endpoint, s3_bucket=s3env.bucket, s3_prefix=s3env.root.rstrip("/"),
+                          s3_secret_name="store-credentials")
+
+
+@pytest.fixture
+async def store_secret(api, store, request):
+    if store == "s3":
+        s3env = request.getfixturevalue("s3")
+
+        def b64(text: str) -> str:
+            return base64.b64encode(text.encode()).decode()
+        await api.create("v1/secrets", NS, {"metadata": {"name": "store-credentials"}, "data": {
+            "AWS_ACCESS_KEY_ID": b64(s3env.server.access_key),
+            "AWS_SECRET_ACCESS_KEY": b64(s3env.server.secret_key)}})
+
+
+@pytest.fixture
+def ckpt(api_url, tmp_path) -> Plugin:
+    return Plugin(write_kubeconfig(tmp_path / "kubeconfig", api_url))
+
+
+async def test_a_cache_snapshot_is_pushed_whole_and_pulled_back(ckpt, api, store, store_secret, operator, cluster,
+                                                                tmp_path):
+    snapshot = hf_cache_snapshot(tmp_path)
+    pushed = await ckpt("push", str(snapshot), "--name", "from-cache")
+    assert pushed.code == 0, pushed.err
+    status = (await api.get(CKPT, NS, "from-cache"))["status"]
+    assert status["phase"] == "Ready" and status["fileCount"] == 3, status
+    assert status["sizeBytes"] == len(CONFIG) + len(WEIGHTS) + 8
+    back = tmp_path / "back"
+    pulled = await ckpt("pull", "from-cache", str(back))
+    assert pulled.code == 0, pulled.err
+    assert tree_digest(back) == tree_digest(snapshot)  # the targets' bytes, as regular files
+    assert not [p for p in back.rglob("*") if p.is_symlink()]
+
+    # A directory holding anything else is refused, naming it; nothing is changed there.
+    (back / "model.safetensors").write_bytes(b"partial")  # a file of the checkpoint, other bytes: resumed
+    (back / "stale-optimizer.pt").write_bytes(b"from another checkpoint")
+    (back / "logs").mkdir()
+    (back / "logs" / "run.txt").write_bytes(b"x")
+    refused = await ckpt("pull", "from-cache", str(back))
+    assert refused.code == 1, refused.err
+    error = [line for line in refused.err.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1 and "holds 2 entries that are not part of this checkpoint" in error[0], refused.err
+    assert "stale-optimizer.pt: a file the checkpoint does not have" in refused.err
+    assert "logs/: a directory the checkpoint does not have" in refused.err
+    assert "every file verified" not in refused.out
+    assert (back / "stale-optimizer.pt").exists() and (back / "model.safetensors").read_bytes() == b"partial"
+
+    cleaned = await ckpt("pull", "from-cache", str(back), "--clean")
+    assert cleaned.code == 0, cleaned.err
+    assert "--clean: removed 2 entries" in cleaned.err
+    assert tree_digest(back) == tree_digest(snapshot) and not (back / "logs").exists()
+
+    again = await ckpt("pull", "from-cache", str(back))  # the same checkpoint again: fine
+    assert again.code == 0, again.err
+
+
+async def test_a_pull_into_another_checkpoint_is_refused(ckpt, api, store, store_secret, operator, cluster, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    for directory, weights in ((first, b"1" * 100), (second, b"2" * 100)):
+        directory.mkdir()
+        (directory / "config.json").write_bytes(CONFIG)
+        (directory / "model.safetensors").write_bytes(weights)
+    for name, directory in (("first", first), ("second", second)):
+        pushed = await ckpt("push", str(directory), "--name", name)
+        assert pushed.code == 0, pushed.err
+    target = tmp_path / "target"
+    assert (await ckpt("pull", "first", str(target))).code == 0
+    # Same file names, another checkpoint: its manifest says so.
+    refused = await ckpt("pull", "second", str(target))
+    assert refused.code == 1 and ".checkpoint-manifest.json: the manifest of another checkpoint" in refused.err, \
+        refused.err
+    assert (target / "model.safetensors").read_bytes() == b"1" * 100
+
+
+async def test_a_push_of_a_directory_with_a_broken_link_makes_nothing(ckpt, api, store, store_secret, operator,
+                                                                      tmp_path):
+    directory = tmp_path / "ckpt"
+    directory.mkdir()
+    (directory / "config.json").write_bytes(CONFIG)
+    os.symlink("../blobs/gone", directory / "model.safetensors")
+    refused = await ckpt("push", str(directory), "--name", "half")
+    assert refused.code == 1
+    assert "model.safetensors: broken symlink" in refused.err and "nothing pushed" in refused.err
+    assert await api.get(CKPT, NS, "half") is None

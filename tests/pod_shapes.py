@@ -1,0 +1,154 @@
+"""Every pod the operator creates, and every pod template it hands to a Job, built by the real
+builders (logic/, storage/) for both stores and every source kind: the shapes that
+test_pod_security.py checks against Pod Security "restricted" and test_admission_policy.py
+against the chart's ValidatingAdmissionPolicy.
+
+Each shape is the object as the API server receives it (apiVersion, kind, metadata with the
+namespace, spec). `agent_pods()` are the operator's own pods; `training_pods()` the pods a Job
+makes from the template the operator built (a user template that itself meets "restricted").
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional
+
+from checkpoint_operator.api.checkpoint import Checkpoint
+from checkpoint_operator.api.trainingjob import TrainingJob
+from checkpoint_operator.config import OperatorConfig
+from checkpoint_operator.logic import transfers, workload
+from checkpoint_operator.logic.agent_pods import AGENT_OUTPUT_MOUNT
+from checkpoint_operator.logic.inputs import ResolvedInput
+from checkpoint_operator.storage import store_for
+
+NAMESPACE = "team-a"
+IMAGE = "registry.example/checkpoint-operator:1.2.3"
+STORE_SECRET = "ckpt-s3"
+AGENT_SERVICE_ACCOUNT = "ckpt-agent"
+S3_ENDPOINT = "http://minio.minio.svc:9000"
+DIGEST = "sha256:" + "a" * 64
+LIMIT = 10 * 1024 ** 3
+
+SOURCES: dict[str, dict[str, Any]] = {
+    "s3": {"s3": {"uri": "s3://ext/llama/", "endpoint": "http://ext:9000", "region": "eu",
+                  "secretRef": {"name": "ext-creds"}}},
+    "s3-anonymous": {"s3": {"uri": "s3://public/llama/"}},
+    "http": {"http": {"url": "https://example.com/m.tar.gz"}},
+    "ftp-with-login-and-ca": {"http": {"url": "ftps://ftp.example/m.tar.gz", "secretRef": {"name": "ftp-login"},
+                                       "caConfigMap": {"name": "corp-ca", "key": "ca.pem"}}},
+    "huggingFace": {"huggingFace": {"repo": "org/model", "revision": "main", "endpoint": "https://mirror.example",
+                                    "secretRef": {"name": "hf"}}},
+    "gcs": {"gcs": {"uri": "gs://bucket/run/", "secretRef": {"name": "hmac"}}},
+    "azureBlob": {"azureBlob": {"uri": "https://acct.blob.core.windows.net/models/llama/", "secretRef": {"name": "az"}}},
+    "git": {"git": {"url": "https://git.example/org/model.git", "revision": "v1", "lfs": True,
+                    "secretRef": {"name": "git-login"}, "caConfigMap": {"name": "corp-ca", "key": "bundle.pem"}}},
+}
+
+# A user template that meets "restricted" on its own (what a careful user writes).
+RESTRICTED_TEMPLATE = {"metadata": {"labels": {"team": "ml"}}, "spec": {
+    "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 2000,
+                        "seccompProfile": {"type": "RuntimeDefault"}},
+    "containers": [{"name": "trainer", "image": "trainer:1", "command": ["python", "train.py"],
+                    "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}]}}
+
+
+def config(store: str, **overrides: Any) -> OperatorConfig:
+    values: dict[str, Any] = {"agent_image": IMAGE, "agent_service_account": AGENT_SERVICE_ACCOUNT}
+    if store == "s3":
+        values.update(storage_type="s3", s3_bucket="ckpts", s3_endpoint=S3_ENDPOINT, s3_secret_name=STORE_SECRET)
+    return OperatorConfig(**{**values, **overrides})
+
+
+def checkpoint(source: dict[str, Any], *, name: str = "model", status: Optional[dict] = None) -> Checkpoint:
+    body: dict[str, Any] = {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint",
+                            "metadata": {"name": name, "namespace": NAMESPACE, "uid": f"uid-{name}"},
+                            "spec": {"source": source}}
+    if status:
+        body["status"] = status
+    return Checkpoint.model_validate(body)
+
+
+def training_job(template: Optional[dict] = None, *, publish: str = "OnCompletion", replicas: int = 1) -> TrainingJob:
+    return TrainingJob.model_validate({
+        "apiVersion": "ckpt.dev/v1alpha1", "kind": "TrainingJob",
+        "metadata": {"name": "train", "namespace": NAMESPACE, "uid": "0123456789-uid"},
+        "spec": {"checkpoints": [{"name": "base"}], "replicas": replicas,
+                 "output": {"enabled": True, "size": "10Gi", "publish": publish},
+                 "template": copy.deepcopy(template or RESTRICTED_TEMPLATE)}})
+
+
+def as_created(pod: dict[str, Any]) -> dict[str, Any]:
+    """The pod as the API server receives it from the operator's client (kube.py adds these)."""
+    return {"apiVersion": "v1", "kind": "Pod", **copy.deepcopy(pod)}
+
+
+def agent_pods() -> dict[str, dict[str, Any]]:
+    pods: dict[str, dict[str, Any]] = {}
+    for store_name in ("volume", "s3"):
+        cfg = config(store_name)
+        store = store_for(cfg)
+        tj = training_job()
+        pods[f"{store_name}/snapshot"] = workload.build_snapshot_pod(
+            tj, store.snapshot_command(tj, AGENT_OUTPUT_MOUNT), store.agent_env(), cfg)
+        for kind, source in SOURCES.items():
+            ckpt = checkpoint(source)
+            pods[f"{store_name}/import/{kind}"] = workload.build_import_pod(
+                ckpt, cfg, store.import_containers(ckpt, LIMIT))
+        upload = checkpoint({"upload": {}}, name="pushed")
+        request = transfers.UploadRequest("2026-01-01T00:00:00Z", DIGEST, size_bytes=1024)
+        if store_name == "volume":
+            pods["volume/scan"] = workload.build_volume_scan_pod(
+                checkpoint({"volume": {"claimName": "team-data", "path": "/runs/7"}}), cfg)
+            pods["volume/upload-receiver"] = transfers.build_receiver_pod(upload, cfg, request, LIMIT)
+            ready = checkpoint({"volume": {"claimName": "team-data", "path": "/"}}, status={
+                "phase": "Ready", "digest": DIGEST, "sizeBytes": 10,
+                "location": {"volume": {"claimName": "train-output-01234", "path": ".",
+                                        "items": ["config.json", "model.safetensors"]}}})
+            pods["volume/verify"] = transfers.build_verify_pod(ready, cfg, "now", [])
+            pods["volume/pull"] = transfers.build_pull_pod(ready, cfg, "now")
+        else:
+            pods["s3/upload-check"] = transfers.build_upload_check_pod(
+                upload, cfg, request, "s3://ckpts/checkpoints/team-a/pushed-uid-push/", store.agent_env(), LIMIT)
+            ready = checkpoint({"s3": {"uri": "s3://ext/x/"}}, status={
+                "phase": "Ready", "digest": DIGEST, "location": {"s3": {"uri": "s3://ckpts/checkpoints/team-a/m/"}}})
+            pods["s3/verify"] = transfers.build_verify_pod(ready, cfg, "now", store.agent_env())
+    return {name: as_created(pod) for name, pod in pods.items()}
+
+
+def _inputs(store_name: str) -> list[ResolvedInput]:
+    if store_name == "s3":
+        location = {"s3": {"uri": "s3://ckpts/checkpoints/team-a/base-uid/"}}
+    else:
+        location = {"volume": {"claimName": "producer-output-abcde", "path": "step-1"}}
+    return [ResolvedInput(name="base", uid="u-base", digest=DIGEST, mount_name="base", location=location,
+                          size_bytes=1024)]
+
+
+def built_job(store_name: str, template: Optional[dict] = None, *, publish: str = "OnCompletion",
+              replicas: int = 1) -> dict[str, Any]:
+    cfg = config(store_name)
+    store = store_for(cfg)
+    tj = training_job(template, publish=publish, replicas=replicas)
+    inputs = _inputs(store_name)
+    sidecar = workload.build_live_sidecar(tj, cfg, store.live_upload_prefix(tj), store.agent_env()) \
+        if publish == "Continuous" else None
+    job = workload.build_job(tj, inputs, store.input_volumes(tj, inputs), sidecar).job
+    return {"apiVersion": "batch/v1", "kind": "Job", **job}
+
+
+def job_pod(job: dict[str, Any]) -> dict[str, Any]:
+    """The pod the Job controller creates from the Job's template."""
+    template = copy.deepcopy(job["spec"]["template"])
+    metadata = {**template.get("metadata", {}), "name": f"{job['metadata']['name']}-x7k2p",
+                "namespace": job["metadata"]["namespace"]}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": template["spec"]}
+
+
+def training_pods(template: Optional[dict] = None) -> dict[str, dict[str, Any]]:
+    pods = {}
+    for store_name in ("volume", "s3"):
+        for publish in ("OnCompletion", "Continuous"):
+            for replicas in (1, 2):
+                name = f"{store_name}/training/{publish}/replicas-{replicas}"
+                pods[name] = job_pod(built_job(store_name, template, publish=publish, replicas=replicas))
+    return pods

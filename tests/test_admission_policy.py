@@ -1,0 +1,432 @@
+"""The chart's ValidatingAdmissionPolicy (issue 23 item 2), rendered by the chart and evaluated with
+the `cel` package (tests/admission_policy.py), as test_cel_rules.py does for the CRDs:
+
+- every request the operator's code really makes is accepted: each agent pod shape of both stores
+  and every source kind (tests/pod_shapes.py), each Job, output and import claim, Event, the
+  live-sealing annotation patch, the owner-reference moves, the deletes of its pods and claims;
+- each hostile variant of them is refused with the policy's message;
+- requests of anyone but the operator are not its business (not matched).
+
+The rendered objects themselves are validated with kubernetes-validate in test_chart.py."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable
+
+import pytest
+from helm_python import chart as helm_chart
+
+import pod_shapes
+from admission_policy import OPERATOR_NAMESPACE, Request, evaluate
+from checkpoint_operator.logic import live_sealing, workload
+from checkpoint_operator.reconcile.context import Context
+from test_chart import CHART_DIR, NAMESPACE, RELEASE, of_kind, one, render
+
+assert NAMESPACE == OPERATOR_NAMESPACE and RELEASE == "ckpt"
+NS = pod_shapes.NAMESPACE
+VALUES = {
+    "volume": {"image": {"repository": "registry.example/checkpoint-operator", "tag": "1.2.3"},
+               "agent": {"serviceAccount": pod_shapes.AGENT_SERVICE_ACCOUNT}},
+}
+VALUES["s3"] = {**VALUES["volume"], "storage": {"type": "s3", "s3": {
+    "bucket": "ckpts", "endpoint": pod_shapes.S3_ENDPOINT, "namespaceSecret": pod_shapes.STORE_SECRET}}}
+assert pod_shapes.IMAGE == "registry.example/checkpoint-operator:1.2.3"
+
+
+@pytest.fixture(scope="module")
+def policies() -> dict[str, dict]:
+    with helm_chart.Chart.load(CHART_DIR) as chart:
+        return {store: one(render(chart, values), "ValidatingAdmissionPolicy") for store, values in VALUES.items()}
+
+
+def store_of(name: str) -> str:
+    return name.split("/")[0]
+
+
+def create(kind: str, obj: dict, namespace: str = NS) -> Request:
+    return Request("CREATE", kind, namespace, object=copy.deepcopy(obj))
+
+
+def allowed(policy: dict, request: Request) -> None:
+    decision = evaluate(policy, request)
+    assert decision.matched, "the operator's own request must be checked"
+    assert decision.refusals == [], decision.refusals
+
+
+def refused(policy: dict, request: Request, message: str) -> None:
+    decision = evaluate(policy, request)
+    assert decision.matched
+    assert any(m.startswith(message) for m in decision.refusals), \
+        f"expected a refusal starting {message!r}, got {decision.refusals}"
+
+
+# --- what the operator really does is accepted ------------------------------------------------------
+
+AGENT_PODS = pod_shapes.agent_pods()
+
+
+@pytest.mark.parametrize("name", sorted(AGENT_PODS))
+def test_every_agent_pod_the_operator_builds_is_accepted(policies, name):
+    allowed(policies[store_of(name)], create("Pod", AGENT_PODS[name]))
+
+
+def test_an_s3_pod_needs_the_s3_policy():
+    """The store Secret is a chart value: a policy rendered for the volume store refuses it."""
+    with helm_chart.Chart.load(CHART_DIR) as chart:
+        volume = one(render(chart, VALUES["volume"]), "ValidatingAdmissionPolicy")
+    refused(volume, create("Pod", AGENT_PODS["s3/snapshot"]), "an agent container sets only")
+
+
+def jobs() -> dict[str, dict]:
+    return {f"{store}/{publish}/{replicas}": pod_shapes.built_job(store, publish=publish, replicas=replicas)
+            for store in ("volume", "s3") for publish in ("OnCompletion", "Continuous") for replicas in (1, 2)}
+
+
+@pytest.mark.parametrize("name", sorted(jobs()))
+def test_every_job_the_operator_builds_is_accepted(policies, name):
+    allowed(policies[store_of(name)], create("Job", jobs()[name]))
+
+
+def claims() -> dict[str, dict]:
+    cfg = pod_shapes.config("volume")
+    output = workload.build_output_claim(pod_shapes.training_job(), cfg)
+    imported = workload.build_import_claim(pod_shapes.checkpoint(pod_shapes.SOURCES["http"]), cfg)
+    return {name: {"apiVersion": "v1", "kind": "PersistentVolumeClaim", **claim}
+            for name, claim in (("output", output), ("import", imported))}
+
+
+@pytest.mark.parametrize("name", ["output", "import"])
+def test_its_claims_are_accepted_and_may_be_deleted(policies, name):
+    claim = claims()[name]
+    allowed(policies["volume"], create("PersistentVolumeClaim", claim))
+    allowed(policies["volume"], Request("DELETE", "PersistentVolumeClaim", NS, old_object=claim))
+
+
+def checkpoint_owner(name: str) -> dict:
+    return workload.owner_reference(pod_shapes.checkpoint({"volume": {"claimName": "c", "path": "/"}}, name=name),
+                                    controller=False)
+
+
+def test_moving_and_adding_owner_references_of_its_claims_is_accepted(policies):
+    claim = claims()["output"]
+    claim["metadata"]["resourceVersion"] = "7"
+    handed_over = copy.deepcopy(claim)
+    handed_over["metadata"]["ownerReferences"] = [checkpoint_owner("train-step-1"), checkpoint_owner("train-step-2")]
+    allowed(policies["volume"], Request("UPDATE", "PersistentVolumeClaim", NS, handed_over, claim))
+    adopted = copy.deepcopy(handed_over)
+    adopted["metadata"]["ownerReferences"].append(checkpoint_owner("adopter"))
+    allowed(policies["volume"], Request("UPDATE", "PersistentVolumeClaim", NS, adopted, handed_over))
+
+
+def worker_pod() -> dict:
+    return pod_shapes.job_pod(pod_shapes.built_job("volume", publish="Continuous"))
+
+
+def test_the_live_sealing_annotation_patch_is_accepted(policies):
+    old = worker_pod()
+    old["metadata"]["annotations"] = {"team.example/owner": "ml"}
+    new = copy.deepcopy(old)
+    new["metadata"]["annotations"][live_sealing.REMOVE_ANNOTATION] = live_sealing.removal_annotation(
+        [("step-1", pod_shapes.DIGEST)], [])
+    allowed(policies["volume"], Request("UPDATE", "Pod", NS, new, old))
+
+
+@pytest.mark.parametrize("name", ["volume/snapshot", "s3/import/git", "volume/pull"])
+def test_deleting_its_agent_pods_is_accepted(policies, name):
+    allowed(policies[store_of(name)], Request("DELETE", "Pod", NS, old_object=AGENT_PODS[name]))
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.bodies: list[dict] = []
+
+    def create(self, resource: Any, namespace: str, body: dict) -> dict:
+        self.bodies.append({"apiVersion": "v1", "kind": "Event", **body})
+        return body
+
+
+def test_its_events_are_accepted(policies):
+    recorder = _Recorder()
+    ctx = Context(kube=recorder, config=pod_shapes.config("volume"))  # type: ignore[arg-type]
+    ctx.warn(pod_shapes.training_job(), "InputNotFound", "waiting for Checkpoint base")
+    ctx.info(pod_shapes.checkpoint(pod_shapes.SOURCES["http"]), "Created", "imported")
+    ctx.warn(AGENT_PODS["volume/snapshot"], "Evicted", "kopf posts about the objects it watches too")
+    assert len(recorder.bodies) == 3
+    for body in recorder.bodies:
+        allowed(policies["volume"], create("Event", body))
+
+
+def test_anyone_else_is_not_the_policy_s_business(policies):
+    hostile = copy.deepcopy(AGENT_PODS["volume/snapshot"])
+    hostile["spec"]["containers"][0]["securityContext"]["privileged"] = True
+    request = create("Pod", hostile, namespace="kube-system")
+    request.username = "system:serviceaccount:team-a:default"
+    assert not evaluate(policies["volume"], request).matched
+    secret = Request("CREATE", "Secret", NS, object={"metadata": {"name": "s"}})
+    assert not evaluate(policies["volume"], secret).matched
+
+
+# --- and what a compromised operator would do is refused ---------------------------------------------
+
+Change = Callable[[dict], None]
+
+
+def _container(name: str = "snapshot") -> Callable[[dict], dict]:
+    def find(pod: dict) -> dict:
+        spec = pod["spec"]
+        return next(c for c in [*(spec.get("initContainers") or []), *spec["containers"]] if c["name"] == name)
+    return find
+
+
+def _set(path: str, value: Any) -> Change:
+    def change(pod: dict) -> None:
+        target = pod
+        *parents, last = path.split(".")
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[last] = value
+    return change
+
+
+def _in_container(change: Callable[[dict], None], name: str = "snapshot") -> Change:
+    return lambda pod: change(_container(name)(pod))
+
+
+def _add_volume(volume: dict, mount_in: str | None = "snapshot", mount_path: str = "/x") -> Change:
+    def change(pod: dict) -> None:
+        pod["spec"].setdefault("volumes", []).append(volume)
+        if mount_in:
+            _container(mount_in)(pod).setdefault("volumeMounts", []).append(
+                {"name": volume["name"], "mountPath": mount_path})
+    return change
+
+
+def _add_env(entry: dict, container: str = "snapshot") -> Change:
+    return _in_container(lambda c: c.setdefault("env", []).append(entry), container)
+
+
+MESSAGES = {
+    "shape": "the checkpoint operator may create only its agent pods",
+    "token": "an agent pod runs as the agent ServiceAccount",
+    "host": "an agent pod shares no host namespace",
+    "image": "every container of an agent pod runs the operator's image",
+    "privilege": "every container of an agent pod is unprivileged",
+    "hooks": "an agent container has no lifecycle hooks",
+    "command": "an agent container runs `checkpoint-operator agent <command>`",
+    "volumes": "an agent pod mounts only PersistentVolumeClaims and emptyDirs",
+    "read-only": "only import and upload pods mount a PersistentVolumeClaim read-write",
+    "source-mounts": "a source's Secret and CA are mounted only by the container named import",
+    "env": "an agent container sets only the agent's variables",
+    "endpoint": "an agent container that talks to the store uses the store's endpoint",
+}
+
+SECRET_DIR = "/var/run/secrets/ckpt-source"
+HOSTILE_PODS: list[tuple[str, str, Change, str]] = [
+    # (case, the real pod it starts from, the change, the refusal)
+    ("not-labelled-as-ours", "volume/snapshot",
+     lambda p: p["metadata"]["labels"].pop("app.kubernetes.io/managed-by"), "shape"),
+    ("posing-as-a-worker", "volume/snapshot",
+     lambda p: p["metadata"]["labels"].update({"ckpt.dev/component": "worker"}), "shape"),
+    ("owned-by-something-else", "volume/snapshot",
+     lambda p: p["metadata"]["ownerReferences"][0].update(kind="Deployment", apiVersion="apps/v1"), "shape"),
+    ("another-image", "volume/snapshot", _in_container(lambda c: c.update(image="evil:latest")), "image"),
+    ("privileged", "volume/snapshot",
+     _in_container(lambda c: c["securityContext"].update(privileged=True)), "privilege"),
+    ("escalation", "volume/snapshot",
+     _in_container(lambda c: c["securityContext"].update(allowPrivilegeEscalation=True)), "privilege"),
+    ("added-capability", "volume/snapshot",
+     _in_container(lambda c: c["securityContext"]["capabilities"].update(add=["SYS_ADMIN"])), "privilege"),
+    ("root-container", "volume/snapshot",
+     _in_container(lambda c: c["securityContext"].update(runAsUser=0)), "privilege"),
+    ("root-pod", "volume/snapshot", lambda p: p["spec"]["securityContext"].update(runAsUser=0), "host"),
+    ("host-network", "volume/snapshot", _set("spec.hostNetwork", True), "host"),
+    ("host-pid", "volume/snapshot", _set("spec.hostPID", True), "host"),
+    ("pinned-to-a-node", "volume/snapshot", _set("spec.nodeName", "control-plane-1"), "host"),
+    ("token-mounted", "volume/snapshot", _set("spec.automountServiceAccountToken", True), "token"),
+    ("token-by-default", "volume/snapshot", lambda p: p["spec"].pop("automountServiceAccountToken"), "token"),
+    ("another-service-account", "volume/snapshot", _set("spec.serviceAccountName", "cluster-admin-sa"), "token"),
+    ("host-path", "volume/snapshot", _add_volume({"name": "root", "hostPath": {"path": "/"}}), "volumes"),
+    ("projected-token", "volume/snapshot", _add_volume({"name": "token", "projected": {"sources": [
+        {"serviceAccountToken": {"path": "token"}}]}}), "volumes"),
+    ("another-secret", "volume/snapshot", _add_volume({"name": "db", "secret": {"secretName": "db-password"}}),
+     "volumes"),
+    ("a-secret-in-a-scan-pod", "volume/scan",
+     _add_volume({"name": "ckpt-source-secret", "secret": {"secretName": "db-password"}}, "scan"), "volumes"),
+    ("read-write-in-a-verify-pod", "volume/verify",
+     lambda p: p["spec"]["volumes"][0]["persistentVolumeClaim"].update(readOnly=False), "read-only"),
+    ("source-secret-read-by-the-uploader", "s3/import/git",
+     _in_container(lambda c: c["volumeMounts"].append({"name": "ckpt-source-secret", "mountPath": SECRET_DIR}),
+                   "upload"), "source-mounts"),
+    ("preloaded-library", "volume/snapshot", _add_env({"name": "LD_PRELOAD", "value": "/checkpoint-output/x.so"}),
+     "env"),
+    ("another-secret-in-env", "s3/snapshot", _add_env({"name": "AWS_ACCESS_KEY_ID", "valueFrom": {
+        "secretKeyRef": {"name": "db-password", "key": "AWS_ACCESS_KEY_ID"}}}), "env"),
+    ("a-secret-under-another-name", "s3/snapshot", _add_env({"name": "AWS_ENDPOINT_URL", "valueFrom": {
+        "secretKeyRef": {"name": pod_shapes.STORE_SECRET, "key": "AWS_SECRET_ACCESS_KEY"}}}), "env"),
+    ("a-source-credential-outside-the-import-container", "s3/import/huggingFace", _add_env({
+        "name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "HF_TOKEN"}}}, "upload"), "env"),
+    ("field-ref", "volume/snapshot", _add_env({"name": "AWS_DEFAULT_REGION", "valueFrom": {
+        "fieldRef": {"fieldPath": "metadata.name"}}}), "env"),
+    ("env-from", "volume/snapshot", _in_container(lambda c: c.update(envFrom=[{"secretRef": {"name": "db"}}])),
+     "hooks"),
+    ("store-creds-to-another-endpoint", "s3/snapshot",
+     _in_container(lambda c: next(e for e in c["env"] if e["name"] == "AWS_ENDPOINT_URL").update(
+         value="https://attacker.example")), "endpoint"),
+    ("a-shell", "volume/import/git",
+     _in_container(lambda c: c.update(command=["sh", "-c", f"cat {SECRET_DIR}/password"]), "import"), "command"),
+    ("python", "volume/snapshot", _in_container(lambda c: c.update(command=["python", "-c", "print(1)"])), "command"),
+    ("a-command-its-component-never-runs", "volume/scan",
+     _in_container(lambda c: c.update(command=["checkpoint-operator", "agent", "import", "http://x/y", "/d"]),
+                   "scan"), "command"),
+    ("the-import-script-scanning-the-secret", "volume/import/git",
+     _in_container(lambda c: c["command"].__setitem__(3, SECRET_DIR), "import"), "command"),
+    ("the-import-container-running-something-else", "s3/import/git",
+     _in_container(lambda c: c["command"].__setitem__(2, "snapshot"), "import"), "command"),
+    ("args", "volume/snapshot", _in_container(lambda c: c.update(args=["--help"])), "hooks"),
+    ("post-start-hook", "volume/snapshot", _in_container(lambda c: c.update(
+        lifecycle={"postStart": {"exec": {"command": ["python", "-c", "import os"]}}})), "hooks"),
+    ("exec-probe", "volume/snapshot", _in_container(lambda c: c.update(
+        livenessProbe={"exec": {"command": ["sh", "-c", "true"]}})), "hooks"),
+    ("ephemeral-container", "volume/snapshot", _set("spec.ephemeralContainers", [{"name": "e", "image": "x"}]),
+     "host"),
+]
+
+
+@pytest.mark.parametrize("case, start, change, refusal", HOSTILE_PODS, ids=[c[0] for c in HOSTILE_PODS])
+def test_a_hostile_pod_is_refused_with_the_policy_s_message(policies, case, start, change, refusal):
+    pod = copy.deepcopy(AGENT_PODS[start])
+    change(pod)
+    refused(policies[store_of(start)], create("Pod", pod), MESSAGES[refusal])
+
+
+def test_every_message_has_a_hostile_case():
+    assert {refusal for *_, refusal in HOSTILE_PODS} == set(MESSAGES)
+
+
+@pytest.mark.parametrize("namespace", ["kube-system", "kube-node-lease", OPERATOR_NAMESPACE])
+@pytest.mark.parametrize("kind, obj", [("Pod", AGENT_PODS["volume/snapshot"]),
+                                       ("Job", pod_shapes.built_job("volume")),
+                                       ("PersistentVolumeClaim", claims()["output"])])
+def test_nothing_in_the_protected_namespaces(policies, namespace, kind, obj):
+    obj = copy.deepcopy(obj)
+    obj["metadata"]["namespace"] = namespace
+    refused(policies["volume"], create(kind, obj, namespace), f"the checkpoint operator may not create, change or "
+                                                              f"delete {obj['kind'].lower()}")
+
+
+def test_changing_a_pod_beyond_the_annotation_is_refused(policies):
+    old = worker_pod()
+    message = "the checkpoint operator may change only the ckpt.dev/live-remove annotation"
+    image = copy.deepcopy(old)
+    image["spec"]["containers"][0]["image"] = "evil:latest"
+    refused(policies["volume"], Request("UPDATE", "Pod", NS, image, old), message)
+    other = copy.deepcopy(old)
+    other["metadata"]["annotations"] = {"seccomp.security.alpha.kubernetes.io/pod": "unconfined"}
+    refused(policies["volume"], Request("UPDATE", "Pod", NS, other, old), message)
+    relabelled = copy.deepcopy(old)
+    relabelled["metadata"]["labels"]["ckpt.dev/component"] = "snapshot"
+    refused(policies["volume"], Request("UPDATE", "Pod", NS, relabelled, old), message)
+    users = copy.deepcopy(old)
+    users["metadata"]["labels"] = {"app": "web"}
+    annotated = copy.deepcopy(users)
+    annotated["metadata"]["annotations"] = {live_sealing.REMOVE_ANNOTATION: "[]"}
+    refused(policies["volume"], Request("UPDATE", "Pod", NS, annotated, users), message)
+
+
+def test_deleting_pods_that_are_not_its_agent_pods_is_refused(policies):
+    message = "the checkpoint operator may delete only its agent pods"
+    refused(policies["volume"], Request("DELETE", "Pod", NS, old_object=worker_pod()), message)
+    users = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": NS, "labels": {"app": "web"}},
+             "spec": {"containers": [{"name": "web", "image": "nginx"}]}}
+    refused(policies["volume"], Request("DELETE", "Pod", NS, old_object=users), message)
+
+
+def test_hostile_jobs_are_refused(policies):
+    message = "the checkpoint operator may only create Jobs"
+    job = pod_shapes.built_job("volume")
+    unlabelled = copy.deepcopy(job)
+    unlabelled["metadata"]["labels"] = {}
+    refused(policies["volume"], create("Job", unlabelled), message)
+    foreign = copy.deepcopy(job)
+    foreign["metadata"]["ownerReferences"][0].update(kind="Checkpoint")
+    refused(policies["volume"], create("Job", foreign), message)
+    other_uid = copy.deepcopy(job)
+    other_uid["spec"]["template"]["metadata"]["labels"]["ckpt.dev/trainingjob-uid"] = "someone-else"
+    refused(policies["volume"], create("Job", other_uid), message)
+    changed = copy.deepcopy(job)
+    changed["spec"]["parallelism"] = 9
+    refused(policies["volume"], Request("UPDATE", "Job", NS, changed, job), message)
+    refused(policies["volume"], Request("DELETE", "Job", NS, old_object=job), message)
+
+
+def test_hostile_claims_are_refused(policies):
+    claim = claims()["output"]
+    create_message = "the checkpoint operator may create only its own claims"
+    clone = copy.deepcopy(claim)
+    clone["spec"]["dataSource"] = {"kind": "PersistentVolumeClaim", "name": "team-data"}
+    refused(policies["volume"], create("PersistentVolumeClaim", clone), create_message)
+    unlabelled = copy.deepcopy(claim)
+    unlabelled["metadata"]["labels"] = {}
+    refused(policies["volume"], create("PersistentVolumeClaim", unlabelled), create_message)
+    from_snapshot = copy.deepcopy(claim)
+    from_snapshot["spec"]["dataSource"] = {"kind": "VolumeSnapshot", "apiGroup": "snapshot.storage.k8s.io",
+                                           "name": "producer-step-1"}
+    allowed(policies["volume"], create("PersistentVolumeClaim", from_snapshot))  # room for the snapshot store
+
+    update_message = "the checkpoint operator may change only the owner references of its own claims"
+    resized = copy.deepcopy(claim)
+    resized["spec"]["resources"]["requests"]["storage"] = "1Ti"
+    refused(policies["volume"], Request("UPDATE", "PersistentVolumeClaim", NS, resized, claim), update_message)
+    doomed = copy.deepcopy(claim)
+    doomed["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "Pod", "name": "short-lived", "uid": "u"}]
+    refused(policies["volume"], Request("UPDATE", "PersistentVolumeClaim", NS, doomed, claim), update_message)
+    users = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+             "metadata": {"name": "team-data", "namespace": NS}, "spec": claim["spec"]}
+    owned = copy.deepcopy(users)
+    owned["metadata"]["ownerReferences"] = [checkpoint_owner("x")]
+    refused(policies["volume"], Request("UPDATE", "PersistentVolumeClaim", NS, owned, users), update_message)
+    refused(policies["volume"], Request("DELETE", "PersistentVolumeClaim", NS, old_object=users),
+            "the checkpoint operator may delete only its own claims")
+
+
+def test_hostile_events_are_refused(policies):
+    message = "the checkpoint operator only creates Events"
+    recorder = _Recorder()
+    Context(kube=recorder, config=pod_shapes.config("volume")).warn(  # type: ignore[arg-type]
+        pod_shapes.training_job(), "X", "y")
+    event = recorder.bodies[0]
+    about_a_secret = copy.deepcopy(event)
+    about_a_secret["involvedObject"].update(kind="Secret", name="db-password")
+    refused(policies["volume"], create("Event", about_a_secret), message)
+    elsewhere = copy.deepcopy(event)
+    elsewhere["involvedObject"]["namespace"] = "team-b"
+    refused(policies["volume"], create("Event", elsewhere), message)
+
+
+def test_the_policy_binds_to_the_operator_alone_and_denies(policies):
+    with helm_chart.Chart.load(CHART_DIR) as chart:
+        objects = render(chart, VALUES["volume"])
+    binding = one(objects, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"] == {"policyName": policies["volume"]["metadata"]["name"], "validationActions": ["Deny"]}
+    assert policies["volume"]["spec"]["failurePolicy"] == "Fail"
+    service_account = one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
+    condition = policies["volume"]["spec"]["matchConditions"][0]["expression"]
+    assert f"system:serviceaccount:{NAMESPACE}:{service_account}" in condition
+
+
+def test_the_policy_can_be_turned_off_for_older_clusters():
+    with helm_chart.Chart.load(CHART_DIR) as chart:
+        objects = render(chart, {"admissionPolicy": {"enabled": False}})
+    assert not of_kind(objects, "ValidatingAdmissionPolicy") and not of_kind(objects, "ValidatingAdmissionPolicyBinding")
+
+
+def test_a_watched_namespace_cannot_be_protected():
+    from helm_python.errors import HelmRenderError
+    with helm_chart.Chart.load(CHART_DIR) as chart:
+        with pytest.raises(HelmRenderError, match="kube-system"):
+            render(chart, {"watchNamespaces": ["team-a", "kube-system"]})
+        objects = render(chart, {"watchNamespaces": ["team-a", NAMESPACE]})
+    protected = one(objects, "ValidatingAdmissionPolicy")["spec"]["variables"]
+    assert next(v for v in protected if v["name"] == "protectedNamespaces")["expression"] == \
+        '["kube-system","kube-public","kube-node-lease"]'
