@@ -123,7 +123,7 @@ class SnapshotVolumeStore(VolumeStore):
         return volume_snapshots.build_volume_snapshot(
             checkpoint.metadata.namespace, claim, "import", self.snapshot_class,
             checkpoint_labels(checkpoint, volume_snapshots.COMPONENT_IMPORT),
-            owner_reference(checkpoint, controller=False), self.config.default_storage_class)
+            owner_reference(checkpoint), self.config.default_storage_class)
 
     @staticmethod
     def _in_snapshot(taken: Optional[TakenSnapshot], path: str, items: Optional[list[str]] = None) -> dict[str, Any]:

@@ -119,7 +119,7 @@ def test_locations_are_in_the_snapshot_once_it_is_taken() -> None:
     import_request = store.import_snapshot(checkpoint, "base-data")
     assert import_request is not None
     assert import_request.body["metadata"]["ownerReferences"][0] == {
-        "apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint", "name": "base", "uid": "u-b", "controller": False,
+        "apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint", "name": "base", "uid": "u-b", "controller": True,
         "blockOwnerDeletion": True}
 
 
