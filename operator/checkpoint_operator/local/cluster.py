@@ -299,7 +299,8 @@ class GarbageCollector:
         if not refs or is_deleting(obj):
             return
         namespace = meta(obj)["namespace"]
-        live, dangling = [], []
+        live: list[dict] = []
+        dangling: list[dict] = []
         for ref in refs:  # the caches first: a live owner there costs no request
             cache = await self.owner_cache(owner_resource(ref))
             owner = cache.get((namespace, ref.get("name"))) if cache is not None else None
