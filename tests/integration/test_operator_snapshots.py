@@ -341,3 +341,35 @@ class TestReadOnlyManyRestores:
         assert read == [b"weights", b"weights"]
         release.set()
         await wait_phase(api, wait_for, TJ, "pair", "Succeeded")
+
+
+class TestKubectlCkptOnSnapshots:
+    """kubectl ckpt verify and pull of a checkpoint kept in a VolumeSnapshot: their pods restore it."""
+
+    @pytest.fixture
+    def operator_config(self) -> OperatorConfig:
+        return OperatorConfig(**SNAPSHOT_CONFIG)
+
+    async def test_verify_and_pull_read_a_restored_volume(self, api, operator, cluster, trainer, wait_for, tmp_path):
+        from plugin_helpers import Plugin, tree_digest, write_kubeconfig
+        ckpt = Plugin(write_kubeconfig(tmp_path / "kubeconfig", cluster.api_url))
+        files = {"config.json": b"{}", "model.safetensors": b"m" * 4096}
+        trainer.behaviours["producer"] = lambda a, env: write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-7",
+                                                                          files) or 0
+        await api.create(TJ, NS, on_node(training_job("producer"), "local-0"))
+        await wait_phase(api, wait_for, TJ, "producer", "Succeeded")
+        name = (await ready_checkpoint(api, wait_for, "producer", "step-7"))["metadata"]["name"]
+        verified = await ckpt("verify", name)
+        assert verified.code == 0, verified.err
+        assert "Verified=True (Verified)" in verified.out and "VolumeSnapshot" in verified.out
+        pulled = await ckpt("pull", name, str(tmp_path / "back"))
+        assert pulled.code == 0, pulled.err
+        expected = tmp_path / "expected"
+        write_checkpoint(str(expected), ".", files)
+        assert tree_digest(tmp_path / "back") == tree_digest(expected)
+        # Their pods are gone, and the volumes restored for them with them.
+        async def no_restored_claims():
+            claims = await api.list(CLAIMS, NS)
+            return not [c for c in claims if c["metadata"].get("labels", {}).get("ckpt.dev/component") ==
+                        "restored-input"]
+        await wait_for(no_restored_claims, timeout=30)
