@@ -111,6 +111,8 @@ def agent_pods() -> dict[str, dict[str, Any]]:
                                    "storageClassName": "gp3"}}})
             pods["snapshots/verify"] = transfers.build_verify_pod(ready, cfg, "now", [])
             pods["snapshots/pull"] = transfers.build_pull_pod(ready, cfg, "now")
+            pods["snapshots/upload-receiver"] = transfers.build_receiver_pod(upload, cfg, request, LIMIT,
+                                                                             sync=store.syncs_before_snapshots)
         elif store_name == "volume":
             pods["volume/scan"] = workload.build_volume_scan_pod(
                 checkpoint({"volume": {"claimName": "team-data", "path": "/runs/7"}}), cfg)

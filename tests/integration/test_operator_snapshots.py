@@ -344,13 +344,14 @@ class TestReadOnlyManyRestores:
 
 
 class TestKubectlCkptOnSnapshots:
-    """kubectl ckpt verify and pull of a checkpoint kept in a VolumeSnapshot: their pods restore it."""
+    """kubectl ckpt verify and pull of a checkpoint kept in a VolumeSnapshot (their pods restore it),
+    and a push (kept in a snapshot of its own volume)."""
 
     @pytest.fixture
     def operator_config(self) -> OperatorConfig:
         return OperatorConfig(**SNAPSHOT_CONFIG)
 
-    async def test_verify_and_pull_read_a_restored_volume(self, api, operator, cluster, trainer, wait_for, tmp_path):
+    async def test_verify_pull_and_push(self, api, operator, cluster, trainer, wait_for, tmp_path):
         from plugin_helpers import Plugin, tree_digest, write_kubeconfig
         ckpt = Plugin(write_kubeconfig(tmp_path / "kubeconfig", cluster.api_url))
         files = {"config.json": b"{}", "model.safetensors": b"m" * 4096}
@@ -367,6 +368,20 @@ class TestKubectlCkptOnSnapshots:
         expected = tmp_path / "expected"
         write_checkpoint(str(expected), ".", files)
         assert tree_digest(tmp_path / "back") == tree_digest(expected)
+        # A push lands on a volume of its own, is kept in a snapshot of it, and the volume is released.
+        from plugin_helpers import make_model_dir
+        source = make_model_dir(tmp_path)
+        pushed = await ckpt("push", str(source), "--name", "laptop-model")
+        assert pushed.code == 0, pushed.err
+        body = await api.get(CKPT, NS, "laptop-model")
+        location = body["status"]["location"]["snapshot"]
+        assert location["path"] == "data" and body["status"]["phase"] == "Ready"
+        assert owner_kinds(await api.get(SNAPSHOTS, NS, location["volumeSnapshotName"])) == [
+            ("Checkpoint", "laptop-model")]
+        await wait_for(lambda: gone(api, CLAIMS, NS, "laptop-model-data"), timeout=30)
+        back = await ckpt("pull", "laptop-model", str(tmp_path / "laptop-back"))
+        assert back.code == 0, back.err
+        assert tree_digest(tmp_path / "laptop-back") == tree_digest(source)
         # Their pods are gone, and the volumes restored for them with them.
         async def no_restored_claims():
             claims = await api.list(CLAIMS, NS)

@@ -143,6 +143,8 @@ def _add_transfer_parsers(cmds: argparse._SubParsersAction) -> None:
                                           "verdict against the pushed manifest and --digest.")
     receive.add_argument("dir")
     receive.add_argument("--digest", default=None, metavar="sha256:HEX", help="the digest the data must have")
+    receive.add_argument("--sync", action="store_true",
+                         help="then syncfs(2) DIR's filesystem and say so (\"synced\": \"syncfs\"): a volume snapshot follows")
     receive.add_argument("--idle", type=float, default=900, metavar="SECONDS",
                          help="give up after this long without a push under way (prints received: false)")
     receive.add_argument("--max-size", default=None, metavar="BYTES", help="refuse more than this")

@@ -49,10 +49,12 @@ def verify(location: str, *, digest: Optional[str] = None, max_size: Optional[in
             *(["--max-size", str(max_size)] if max_size is not None else []), "--json"]
 
 
-def receive(directory: str, *, digest: str, idle: float, max_size: Optional[int] = None) -> list[str]:
-    """An upload receiver: wait for a push into DIR (agent unpack, run by exec), then check it."""
+def receive(directory: str, *, digest: str, idle: float, max_size: Optional[int] = None,
+            sync: bool = False) -> list[str]:
+    """An upload receiver: wait for a push into DIR (agent unpack, run by exec), then check it.
+    `sync`: then syncfs DIR's filesystem (a volume snapshot of it follows), reported in its result."""
     return [*AGENT, "receive", directory, "--digest", digest, "--idle", f"{idle:g}",
-            *(["--max-size", str(max_size)] if max_size is not None else [])]
+            *(["--max-size", str(max_size)] if max_size is not None else []), *(["--sync"] if sync else [])]
 
 
 def unpack(directory: str, *, max_size: Optional[int] = None, name: Optional[str] = None) -> list[str]:

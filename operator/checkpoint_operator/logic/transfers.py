@@ -115,10 +115,12 @@ def waiting_message(checkpoint: Checkpoint, store: str, uri: Optional[str] = Non
 
 
 def build_receiver_pod(checkpoint: Checkpoint, config: OperatorConfig, request: UploadRequest,
-                       max_size: int) -> dict:
-    """volume store: the pod a push streams into (agent unpack by exec); it checks what arrived."""
+                       max_size: int, sync: bool = False) -> dict:
+    """volume store: the pod a push streams into (agent unpack by exec); it checks what arrived.
+    `sync`: it syncs the filesystem after the check (a volume snapshot of the data follows)."""
     mount = [{"name": "data", "mountPath": AGENT_DATA_MOUNT}]
-    command = agent_commands.receive(UPLOAD_DIR, digest=request.digest, idle=IDLE_SECONDS, max_size=max_size)
+    command = agent_commands.receive(UPLOAD_DIR, digest=request.digest, idle=IDLE_SECONDS, max_size=max_size,
+                                     sync=sync)
     volumes = [{"name": "data", "persistentVolumeClaim": {"claimName": import_claim_name(checkpoint)}}]
     return _serving_pod(checkpoint, config, "upload", upload_pod_name(checkpoint.metadata.name), request.value,
                         [agent_container("receive", command, config, mounts=mount)], volumes,
@@ -237,6 +239,7 @@ class TransferResult:
     problem_count: int = 0
     reason: str = ""
     skipped: list[dict] = field(default_factory=list)
+    synced: Optional[str] = None   # "syncfs": the receiver synced the filesystem (agent receive --sync)
 
     def problems_text(self) -> str:
         shown = [f"'{p['path']}': {p['problem']}" if p.get("path") not in (None, ".") else p.get("problem", "")
@@ -261,7 +264,8 @@ def parse_transfer_output(log: str) -> TransferResult:
             return TransferResult(manifest=manifest, received=bool(data.get("received", manifest is not None)),
                                   verified=bool(data.get("verified", False)), problems=problems,
                                   problem_count=int(data.get("problemCount", len(problems))),
-                                  reason=str(data.get("reason", "")), skipped=list(data.get("skipped") or []))
+                                  reason=str(data.get("reason", "")), skipped=list(data.get("skipped") or []),
+                                  synced=data["synced"] if isinstance(data.get("synced"), str) else None)
     raise TransferOutputError("the pod's log holds no result (a JSON line with 'checkpoints')")
 
 

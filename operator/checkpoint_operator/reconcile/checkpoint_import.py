@@ -14,7 +14,7 @@ from checkpoint_operator.reconcile import agent_runs, checkpoint_upload, claim_h
 from checkpoint_operator.reconcile import volume_snapshots as volume_snapshot_steps
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.status_writer import write_status
-from checkpoint_operator.kube import NAMESPACES, PVCS, ApiError, Conflict
+from checkpoint_operator.kube import NAMESPACES, PVCS, ApiError
 from checkpoint_operator.logic import import_sources, limits, volume_snapshots, workload
 from checkpoint_operator.logic.limits import NAMESPACE_LIMIT_ANNOTATION
 from checkpoint_operator.logic.results import Done, Fail, Result, Wait
@@ -124,24 +124,8 @@ def import_checkpoint(ctx: Context, checkpoint: Checkpoint) -> Result:
     write_status(ctx, checkpoint, dataclasses.replace(change, fields={**change.fields, "source": provenance}))
     agent_runs.finish(ctx, pod)
     if taken is not None:  # the data is in the snapshot: the import's volume is released
-        _release_import_claim(ctx, checkpoint, claim, taken.name)
+        volume_snapshot_steps.release_claim(ctx, checkpoint, claim, taken.name)
     return Done()
-
-
-def _release_import_claim(ctx: Context, checkpoint: Checkpoint, claim: str, snapshot: str) -> None:
-    """Deleted unless another object holds it too (a Checkpoint that adopted a path of it)."""
-    body = ctx.kube.get(PVCS, checkpoint.metadata.namespace, claim)
-    if body is None:
-        return
-    owners = body.get("metadata", {}).get("ownerReferences") or []
-    if all(o.get("uid") == checkpoint.metadata.uid for o in owners):
-        try:  # conditional: an adopter that adds itself meanwhile keeps it (logic/claim_ownership.py)
-            ctx.kube.delete(PVCS, checkpoint.metadata.namespace, claim,
-                            resource_version=body["metadata"].get("resourceVersion"))
-        except Conflict:
-            return
-        ctx.info(checkpoint, "VolumeReleased", f"volume {claim} deleted: the checkpoint is kept in VolumeSnapshot "
-                                               f"{snapshot}")
 
 
 def _provenance(ctx: Context, checkpoint: Checkpoint, pod: dict) -> tuple[Optional[dict], Optional[str]]:

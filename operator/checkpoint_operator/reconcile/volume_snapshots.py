@@ -12,7 +12,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Optional, Union
 
-from checkpoint_operator.kube import VOLUME_SNAPSHOTS, ApiError, Conflict
+from checkpoint_operator.api.checkpoint import Checkpoint
+from checkpoint_operator.kube import PVCS, VOLUME_SNAPSHOTS, ApiError, Conflict
 from checkpoint_operator.logic import volume_snapshots
 from checkpoint_operator.logic.results import Wait
 from checkpoint_operator.logic.volume_snapshots import SnapshotRequest, TakenSnapshot
@@ -114,3 +115,21 @@ def delete_unused(ctx: Context, namespace: str, job_uid: str) -> list[str]:
         except Conflict:
             continue
     return deleted
+
+
+def release_claim(ctx: Context, checkpoint: Checkpoint, claim: str, snapshot: str) -> None:
+    """An import's (or a push's) volume, once its data is in the ready snapshot: deleted unless
+    another object holds it too (a Checkpoint that adopted a path of it), conditional on the
+    version read (an adopter that adds itself meanwhile keeps it: logic/claim_ownership.py)."""
+    body = ctx.kube.get(PVCS, checkpoint.metadata.namespace, claim)
+    if body is None:
+        return
+    owners = (body.get("metadata") or {}).get("ownerReferences") or []
+    if not all(o.get("uid") == checkpoint.metadata.uid for o in owners):
+        return
+    try:
+        ctx.kube.delete(PVCS, checkpoint.metadata.namespace, claim,
+                        resource_version=body["metadata"].get("resourceVersion"))
+    except Conflict:
+        return
+    ctx.info(checkpoint, "VolumeReleased", f"volume {claim} deleted: the checkpoint is kept in VolumeSnapshot {snapshot}")

@@ -83,7 +83,7 @@ def test_only_pods_that_write_a_claim_get_an_fs_group():
     kubelet to re-own the trainer's files, so the readers never get one."""
     writers = {n for n, p in AGENT_PODS.items() if "fsGroup" in p["spec"]["securityContext"]}
     assert writers == {n for n, p in AGENT_PODS.items() if writes_a_claim(p["spec"]["volumes"])}
-    assert writers == {"volume/upload-receiver",
+    assert writers == {"volume/upload-receiver", "snapshots/upload-receiver",
                        *[n for n in AGENT_PODS if n.startswith(("volume/import/", "snapshots/import/"))]}
     for name in writers:
         assert AGENT_PODS[name]["spec"]["securityContext"]["fsGroup"] == security_context.AGENT_UID
