@@ -22,6 +22,7 @@ checkpoint again when it starts (a retried pod), and the end-of-job snapshot sca
 from __future__ import annotations
 
 import logging
+import time
 
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.reconcile import publish
@@ -213,7 +214,10 @@ def _take_snapshots(ctx: Context, tj: TrainingJob, store, claim: str, plan: Snap
     """With volume snapshots: one of the output volume per sealed directory to publish (the
     sidecar synced the filesystem first), read until it is ready; `taken` gets the ready ones.
     Whether any is. A directory whose line does not say it was synced is left to the end-of-job
-    snapshot (one warning)."""
+    snapshot (one warning). A snapshot being cut is read again only after the wait `take` says
+    (not at every pass: a cloud snapshot may take minutes)."""
+    next_look = memory.setdefault("snapshot_next_look", {})
+    now = time.monotonic()
     for planned in plan.checkpoints:
         digest = digests.get(planned.directory, "")
         request = store.output_snapshot(tj, claim, f"{planned.directory}@{digest}")
@@ -225,10 +229,15 @@ def _take_snapshots(ctx: Context, tj: TrainingJob, store, claim: str, plan: Snap
                 ctx.warn(tj, "SealNotSynced", f"{planned.directory}: the sealing sidecar did not report its bytes "
                                               "on the disk (syncfs); left to the snapshot at the end of the job")
             continue
+        if next_look.get(request.name, 0.0) > now:
+            continue
         result = volume_snapshot_steps.take(ctx, request)
         if isinstance(result, TakenSnapshot):
             taken[planned.directory] = result
-        elif result.stalled and ("snapshot", result.reason) not in memory["reported"]:
+            next_look.pop(request.name, None)
+            continue
+        next_look[request.name] = now + (result.requeue_after or 0.0)
+        if result.stalled and ("snapshot", result.reason) not in memory["reported"]:
             memory["reported"].add(("snapshot", result.reason))
             ctx.warn(tj, result.reason or "VolumeSnapshotFailed", result.message)
     return bool(taken)
