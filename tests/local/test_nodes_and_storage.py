@@ -279,6 +279,33 @@ async def test_a_static_volume_with_node_affinity_takes_its_pods_to_its_node(api
     assert (path / "model.bin").read_text() == "cached"
 
 
+async def test_a_claim_of_local_volumes_binds_to_a_free_one_on_its_pods_node(api: ApiClient, cluster3: LocalCluster,
+                                                                            tmp_path: Path, wait_for) -> None:
+    """The no-provisioner class (local-storage): node-local volumes made by hand, as a node cache uses
+    them. A pod lands on a node that has a free one, its claim binds to that one; a pod pinned to a node
+    without one is Unschedulable with the scheduler's reason."""
+    for node in ("local-1", "local-2"):
+        path = tmp_path / f"disk-{node}"
+        path.mkdir()
+        (path / "node").write_text(node)
+        await api.create(VOLUMES, None, {"metadata": {"name": f"cache-{node}"}, "spec": {
+            "capacity": {"storage": "5Gi"}, "accessModes": ["ReadWriteOnce"], "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": "local-storage", "local": {"path": str(path)},
+            "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}}}})
+    await api.create(CLAIMS, NS, claim("cache-a", "local-storage"))
+    await api.create(PODS, NS, pod("reader", ["cache-a"], command=["python", "-c", "import sys; print(open(sys.argv[1]).read())",
+                                                                   "/data0/node"]))
+    await wait_for(lambda: _phase_is(api, "reader", "Succeeded"), timeout=20)
+    node = (await api.get(PODS, NS, "reader"))["spec"]["nodeName"]
+    assert await api.read_log(NS, "reader") == f"{node}\n"
+    assert (await api.get(CLAIMS, NS, "cache-a"))["spec"]["volumeName"] == f"cache-{node}"
+    await api.create(CLAIMS, NS, claim("cache-b", "local-storage"))
+    await api.create(PODS, NS, pod("nowhere", ["cache-b"], node="local-0"))
+    failed = await wait_for(lambda: events_of(api, "nowhere", "FailedScheduling"), timeout=20)
+    assert "didn't find available persistent volumes to bind" in failed[0]["message"]
+
+
 def test_node_names() -> None:
     from checkpoint_operator.local.cluster import node_names
     assert node_names(1) == ["local"] and node_names(3) == ["local-0", "local-1", "local-2"]

@@ -425,6 +425,7 @@ class LocalCluster:
         self.binder.snapshots = self.snapshot_controller
         self.job_controller = JobController(self.api, self.jobs, self.pods)
         nodes = [LocalNode(name, node_labels(name)) for name in self.node_names]
+        self.binder.nodes = {node.name: node.labels for node in nodes}
         self.scheduler = Scheduler(self.api, nodes, self.pods, self.claims, self.binder,
                                    EventRecorder(self.api, "default-scheduler"))
         self.ephemeral = EphemeralVolumes(self.api, self.claims, EventRecorder(self.api, "ephemeral_volume"))

@@ -40,7 +40,9 @@ from typing import Any
 from checkpoint_operator.local.events import NORMAL, WARNING, EventRecorder
 from checkpoint_operator.local.kubelet import TERMINAL_PHASES, meta, now_rfc3339, pod_claims, pod_phase
 from checkpoint_operator.local.server import ApiClient
-from checkpoint_operator.local.storage import RWOP, SELECTED_NODE, WAIT_FOR_FIRST_CONSUMER, VolumeProvisioner
+from checkpoint_operator.local.node_selection import pod_fits_node, volume_fits_node
+from checkpoint_operator.local.storage import (NO_PROVISIONER, RWOP, SELECTED_NODE, WAIT_FOR_FIRST_CONSUMER,
+                                               VolumeProvisioner)
 
 PODS, CLAIMS = "v1/pods", "v1/persistentvolumeclaims"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
@@ -52,56 +54,6 @@ RETRY_SECONDS = 0.5
 def owned_by(obj: Mapping[str, Any], owner: Mapping[str, Any]) -> bool:
     return any(ref.get("uid") == meta(owner).get("uid") and ref.get("controller")
                for ref in meta(obj).get("ownerReferences") or [])
-
-
-# --- node selection -----------------------------------------------------------------------------
-
-def _expression_matches(expression: Mapping[str, Any], value: str | None) -> bool:
-    operator, values = expression.get("operator"), expression.get("values") or []
-    if operator == "In":
-        return value is not None and value in values
-    if operator == "NotIn":
-        return value is None or value not in values
-    if operator == "Exists":
-        return value is not None
-    if operator == "DoesNotExist":
-        return value is None
-    if operator in ("Gt", "Lt") and value is not None and values:
-        try:
-            number, bound = int(value), int(values[0])
-        except ValueError:
-            return False
-        return number > bound if operator == "Gt" else number < bound
-    return False
-
-
-def node_selector_terms_match(terms: Iterable[Mapping[str, Any]], labels: Mapping[str, str], name: str) -> bool:
-    """A NodeSelector's terms (ORed; the requirements of a term ANDed) against one node."""
-    for term in terms:
-        expressions = term.get("matchExpressions") or []
-        fields = term.get("matchFields") or []
-        if not expressions and not fields:
-            continue  # an empty term matches no node
-        if all(_expression_matches(e, labels.get(e.get("key", ""))) for e in expressions) and \
-                all(_expression_matches(f, name if f.get("key") == "metadata.name" else None) for f in fields):
-            return True
-    return False
-
-
-def pod_fits_node(pod: Mapping[str, Any], labels: Mapping[str, str], name: str) -> bool:
-    spec = pod.get("spec") or {}
-    if any(labels.get(k) != v for k, v in (spec.get("nodeSelector") or {}).items()):
-        return False
-    required = (((spec.get("affinity") or {}).get("nodeAffinity") or {})
-                .get("requiredDuringSchedulingIgnoredDuringExecution") or {})
-    if required and not node_selector_terms_match(required.get("nodeSelectorTerms") or [], labels, name):
-        return False
-    return True
-
-
-def volume_fits_node(node_affinity: Mapping[str, Any] | None, labels: Mapping[str, str], name: str) -> bool:
-    terms = ((node_affinity or {}).get("required") or {}).get("nodeSelectorTerms")
-    return not terms or node_selector_terms_match(terms, labels, name)
 
 
 @dataclass(frozen=True)
@@ -200,11 +152,21 @@ class Scheduler:
                 reason = "node(s) had volume node affinity conflict"
             elif selected and node.name not in selected:
                 reason = "node(s) did not have enough free storage"  # provisioning was started for another node
+            elif not all(self._static_volume_on(c, node) for c, v in zip(claims, volumes) if v is None):
+                reason = "node(s) didn't find available persistent volumes to bind"
             else:
                 candidates.append(node)
                 continue
             reasons[reason] = reasons.get(reason, 0) + 1
         return candidates, reasons
+
+    def _static_volume_on(self, claim: Mapping[str, Any], node: LocalNode) -> bool:
+        """An unbound claim of a class of static volumes (no provisioner) binds on a node only to a
+        free volume that may be there (VolumeBinding's FindPodVolumes); other claims: any node."""
+        model = self.provisioner.classes.get(self.provisioner.class_of(claim) or "")
+        if model is None or model.provisioner != NO_PROVISIONER:
+            return True
+        return self.provisioner.free_volume_for(claim, model, (node.name, node.labels)) is not None
 
     def _used_by_another(self, pod: Mapping[str, Any], claim: str) -> bool:
         namespace = meta(pod)["namespace"]

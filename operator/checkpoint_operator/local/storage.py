@@ -47,6 +47,7 @@ from typing import Any, Protocol
 from checkpoint_operator.api.common import parse_quantity
 from checkpoint_operator.local.events import NORMAL, WARNING, EventRecorder
 from checkpoint_operator.local.kubelet import TERMINAL_PHASES, meta, pod_phase
+from checkpoint_operator.local.node_selection import volume_fits_node
 from checkpoint_operator.local.podview import clone_or_copy, remove_tree
 from checkpoint_operator.local.server import ApiClient, ApiError
 
@@ -102,12 +103,16 @@ class StorageClassModel:
 
 
 BLOCK_DRIVER = "block.csi.local.ckpt.dev"
+NO_PROVISIONER = "kubernetes.io/no-provisioner"  # static volumes only: claims bind to PersistentVolumes made by hand
 DEFAULT_CLASSES = (
     StorageClassModel("standard", "shared.csi.local.ckpt.dev", default=True),
     StorageClassModel("block", BLOCK_DRIVER, WAIT_FOR_FIRST_CONSUMER, (RWO, RWOP), attach_required=True,
                       snapshot_class="block-snapshots"),
     StorageClassModel("block-multireader", BLOCK_DRIVER, WAIT_FOR_FIRST_CONSUMER, (RWO, ROX, RWOP),
                       attach_required=True, snapshot_class="block-snapshots"),
+    # Local PersistentVolumes (a node's own disk, as KServe's LocalModelCache uses them): made by
+    # hand with spec.local.path and node affinity; a claim binds to a free one on its pod's node.
+    StorageClassModel("local-storage", NO_PROVISIONER, WAIT_FOR_FIRST_CONSUMER, (RWO, RWOP)),
 )
 
 
@@ -165,6 +170,7 @@ class VolumeProvisioner:
     classes: Mapping[str, StorageClassModel]
     events: EventRecorder
     snapshots: SnapshotSource | None = None
+    nodes: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # node name -> its labels
     _bound: dict[tuple[str, str], BoundVolume] = field(default_factory=dict)
 
     @property
@@ -182,6 +188,32 @@ class VolumeProvisioner:
 
     def volume_of(self, namespace: str, name: str) -> BoundVolume | None:
         return self._bound.get((namespace, name))
+
+    def free_volume_for(self, claim: Mapping[str, Any], model: StorageClassModel,
+                        node: tuple[str, Mapping[str, str]] | None) -> dict[str, Any] | None:
+        """A static PersistentVolume of the claim's class that no claim holds, large enough, with its
+        access modes, and (`node`: (name, labels)) whose node affinity allows that node."""
+        wanted, modes = request_bytes(claim), set(claim_access_modes(claim))
+        for pv in sorted(self.volumes, key=lambda v: meta(v)["name"]):
+            spec = pv.get("spec") or {}
+            ref = spec.get("claimRef") or {}
+            if spec.get("storageClassName", "") != model.name or meta(pv).get("deletionTimestamp"):
+                continue
+            if ref and not (ref.get("name") == meta(claim)["name"] and ref.get("namespace") == meta(claim)["namespace"]):
+                continue
+            if (pv.get("status") or {}).get("phase") in ("Released", "Failed"):
+                continue
+            if parse_quantity(str((spec.get("capacity") or {}).get("storage") or "0")) < wanted:
+                continue
+            if not modes <= set(spec.get("accessModes") or ()):
+                continue
+            if node is not None and not volume_fits_node(spec.get("nodeAffinity"), node[1], node[0]):
+                continue
+            return pv
+        return None
+
+    def node_labels(self, node: str) -> Mapping[str, str]:
+        return self.nodes.get(node, {"kubernetes.io/hostname": node})
 
     def default_class(self) -> str | None:
         return next((c.name for c in self.classes.values() if c.default), None)
@@ -242,6 +274,15 @@ class VolumeProvisioner:
             await self.events.post(claim, NORMAL, "WaitForFirstConsumer",
                                    "waiting for first consumer to be created before binding")
             return False
+        if model.provisioner == NO_PROVISIONER:  # the PV controller binds it to a free static volume
+            node = annotations.get(SELECTED_NODE)
+            free = self.free_volume_for(claim, model, None if node is None else (node, self.node_labels(node)))
+            if free is None:
+                await self.events.post(claim, NORMAL, "FailedBinding",
+                                       f'no persistent volumes of StorageClass "{model.name}" available for this claim')
+                return False
+            claim = await self._patch_claim(claim, {"spec": {"volumeName": meta(free)["name"]}})
+            return await self._bind_static(claim)
         source = await self._data_source(claim, model)
         if isinstance(source, str):
             await self.events.post(claim, WARNING, "ProvisioningFailed",
