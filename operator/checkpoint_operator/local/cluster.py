@@ -1,28 +1,34 @@
-"""A tiny "cluster" beside the emulated API: PVC binder, Job controller, kubelet and garbage collector.
+"""A tiny "cluster" beside the emulated API: nodes, scheduler, storage, snapshot controller, Job
+controller, kubelets and garbage collector.
 
-``LocalCluster`` talks to the API only over HTTP. It watches PVCs, Jobs and Pods (``informer.py``:
-one list + watch each, kept in memory) and reconciles only what an event concerns: the object
-itself and the objects that depend on it (a pod's event wakes its Job and the claims it mounts; a
-claim bound wakes the pods waiting for it; an owner deleted wakes its dependents for the garbage
-collector). Every controller is level-based and idempotent, reading the current state from the
-caches; its own writes go into the caches at once (so it never acts twice on a stale view), and a
-full resync every ``poll_interval`` seconds is the safety net for anything missed.
+``LocalCluster`` talks to the API only over HTTP. It watches Pods, Jobs, PVCs, PersistentVolumes,
+VolumeSnapshots and their contents and classes (``informer.py``: one list + watch each, kept in
+memory) and reconciles only what an event concerns: the object itself and the objects that depend
+on it (a pod's event wakes its Job and the claims it mounts, and once it has finished the pods
+waiting to attach its volumes; a claim bound wakes the pods waiting for it; a snapshot ready wakes
+the claims restored from it; an owner deleted wakes its dependents for the garbage collector).
+Every controller is level-based and idempotent, reading the current state from the caches; its own
+writes go into the caches at once (so it never acts twice on a stale view), and a full resync every
+``poll_interval`` seconds is the safety net for anything missed.
 
-- ``PvcBinder``: a new PersistentVolumeClaim becomes ``Bound`` to a fresh host directory
-  ``<data_dir>/volumes/<namespace>/<claim>-<uid8>`` (mode 0777, as local-path provisioners make
-  them); deleting the claim deletes the directory. Claims get the ``kubernetes.io/pvc-protection``
-  finalizer: a claim that a running pod uses is deleted only after that pod has finished.
+- Nodes (``nodes``: ``local``, or ``local-0`` ... ``local-<N-1>``), each with its ``Kubelet``
+  (``kubelet.py``: runs the pods scheduled on it with a runtime, ``runtime.py`` host processes in a
+  view of the pod's mounts or ``engine.py`` containers of their images with Podman or Docker), its
+  ``ExecServer`` (``podexec.py``: the kubelet's exec endpoint, which the emulator proxies
+  ``pods/exec`` to) and its own directory ``<data_dir>/nodes/<node>/``.
+- ``Scheduler``, ``EphemeralVolumes`` and ``AttachRules`` (``scheduler.py``): nodes for pods, the
+  claims of ephemeral volumes, the multi-attach rule.
+- ``VolumeProvisioner`` (``storage.py``): StorageClasses, PersistentVolumes, claims bound to host
+  directories under ``<data_dir>/volumes/``, restores and clones; ``kubernetes.io/pvc-protection``.
+- ``SnapshotController`` (``snapshots.py``): VolumeSnapshots as copies under ``<data_dir>/snapshots/``.
 - ``JobController`` (batch/v1): pods from ``spec.template``; completions, parallelism, completionMode
   Indexed, backoffLimit (default 6; no backoff delay here), activeDeadlineSeconds; Job status with
   ``active``, ``terminating``, ``succeeded``, ``failed`` and the Complete / Failed conditions.
-- ``Kubelet`` (``kubelet.py``): runs pods with a runtime (``runtime.py``: host processes in a view
-  of the pod's mounts; ``engine.py``: containers of their images with Podman or Docker).
-- ``ExecServer`` (``podexec.py``): the kubelet's exec endpoint, registered as the node ``local``; the
-  emulator proxies ``pods/exec`` to it.
-- ``GarbageCollector``: deletes Pods, Jobs and PVCs all of whose ownerReferences point to objects
-  that no longer exist (or exist with another uid), confirmed by a live read before deleting, and
-  deleting with the resourceVersion it judged, as the Kubernetes garbage collector does. Owners of
-  other kinds are watched as they are referred to.
+- ``GarbageCollector``: deletes Pods, Jobs, PVCs and VolumeSnapshots all of whose ownerReferences
+  point to objects that no longer exist (or exist with another uid), confirmed by a live read before
+  deleting, and deleting with the resourceVersion it judged, as the Kubernetes garbage collector
+  does; from one with owners left it removes the references to the gone ones. Owners of other kinds
+  are watched as they are referred to.
 
 A test can play the training code with ``container_runner``:
 ``async def runner(pod, container, env, mounts) -> int | None`` is called for every container with the
