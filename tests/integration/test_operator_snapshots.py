@@ -270,6 +270,33 @@ class TestVolumeSnapshots:
         await api.delete(CKPT, NS, final)
         await wait_for(lambda: gone(api, SNAPSHOTS, NS, snapshot_name), timeout=30)
 
+    async def test_a_consumer_whose_snapshot_was_deleted_says_why_it_waits(self, api, operator, cluster, trainer,
+                                                                          wait_for, monkeypatch):
+        """Someone deletes the VolumeSnapshot a Ready Checkpoint points into (it has the RBAC to): the
+        consumer's restored volume cannot be provisioned, and its TrainingJob names the claim and the
+        provisioner's reason instead of staying silently Running."""
+        from checkpoint_operator.reconcile import volumes
+        monkeypatch.setattr(volumes, "CLAIM_RECHECK", 0.5)
+        trainer.behaviours["producer"] = lambda a, env: write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-1",
+                                                                          {"w.bin": b"w"}) or 0
+        await api.create(TJ, NS, training_job("producer"))
+        await wait_phase(api, wait_for, TJ, "producer", "Succeeded")
+        step1 = await ready_checkpoint(api, wait_for, "producer", "step-1")
+        snapshot = step1["status"]["location"]["snapshot"]["volumeSnapshotName"]
+        await api.delete(SNAPSHOTS, NS, snapshot)
+        await wait_for(lambda: gone(api, SNAPSHOTS, NS, snapshot), timeout=30)
+        trainer.behaviours["reader"] = lambda a, env: 0
+        await api.create(TJ, NS, training_job("reader", checkpoints=[{"name": step1["metadata"]["name"]}]))
+
+        async def explained():
+            tj = await api.get(TJ, NS, "reader")
+            ready = next((c for c in (tj or {}).get("status", {}).get("conditions", []) if c["type"] == "Ready"), {})
+            return ready if ready.get("reason") == "VolumeNotBound" else None
+        ready = await wait_for(explained, timeout=30)
+        assert "-ckpt-in-0 is Pending: ProvisioningFailed" in ready["message"]
+        assert f'volumesnapshots.snapshot.storage.k8s.io "{snapshot}" not found' in ready["message"]
+        assert "reader" not in trainer.envs
+
     async def test_an_import_is_kept_in_a_snapshot_and_its_volume_released(self, api, operator, cluster, trainer,
                                                                          wait_for, web):
         await api.create(CKPT, NS, {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint",

@@ -258,10 +258,21 @@ def build_live_sidecar(tj: TrainingJob, config: OperatorConfig, upload_to: Optio
                                     tj.spec.template.spec)
 
 
+def _restored(volume: dict) -> bool:
+    return (volume.get("ephemeral") or {}).get("volumeClaimTemplate", {}).get("spec", {}) \
+        .get("dataSource", {}).get("kind") == "VolumeSnapshot"
+
+
 def restored_input_volumes(volumes: list[dict]) -> int:
     """How many of a pod's volumes are restored from snapshots (a claim of each pod's own)."""
-    return sum(1 for v in volumes if (v.get("ephemeral") or {}).get("volumeClaimTemplate", {}).get("spec", {})
-               .get("dataSource", {}).get("kind") == "VolumeSnapshot")
+    return sum(1 for v in volumes if _restored(v))
+
+
+def restored_input_claims(job: Optional[dict], pod: str) -> list[str]:
+    """The claims of a Job's pod's volumes restored from snapshots: generic ephemeral volumes, whose
+    claims are named <pod>-<volume>."""
+    volumes = (((job or {}).get("spec") or {}).get("template") or {}).get("spec", {}).get("volumes") or []
+    return [f"{pod}-{v['name']}" for v in volumes if _restored(v)]
 
 
 def build_snapshot_pod(tj: TrainingJob, command: list[str], env: list[dict], config: OperatorConfig) -> dict:

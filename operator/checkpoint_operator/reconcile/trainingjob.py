@@ -224,12 +224,17 @@ def follow_job(ctx: Context, tj: TrainingJob) -> Result:
             refused = volumes.refused_pods(ctx, tj.metadata.namespace, job["metadata"]["name"])
             if refused is not None:
                 return replace(flow.running_wait(tj, [refused]), requeue_after=volumes.PODS_RECHECK)
-        if tj.output_enabled and any(p.phase == PodPhase.PENDING for p in pods) and \
-                all(flow.may_wait_on_a_volume(p) for p in problems):
-            claim = volumes.unbound_claim(ctx, tj.metadata.namespace,
-                                          tj.status.outputClaim or workload.output_claim_name(tj))
-            if claim is not None:  # the claim's own reason says more than the scheduler's
-                return replace(flow.running_wait(tj, [claim]), requeue_after=volumes.CLAIM_RECHECK)
+        pending = [p for p in pods if p.phase == PodPhase.PENDING]
+        if pending and all(flow.may_wait_on_a_volume(p) for p in problems):
+            claims = [tj.status.outputClaim or workload.output_claim_name(tj)] if tj.output_enabled else []
+            # A volume restored from a snapshot (one per pod) may not be provisioned either (its
+            # snapshot deleted, too small a claim): its own Events say why. Only the first pending pod's.
+            if tj.status.restoredInputs:
+                claims += workload.restored_input_claims(job, pending[0].name)
+            for name in claims:
+                claim = volumes.unbound_claim(ctx, tj.metadata.namespace, name)
+                if claim is not None:  # the claim's own reason says more than the scheduler's
+                    return replace(flow.running_wait(tj, [claim]), requeue_after=volumes.CLAIM_RECHECK)
         wait = flow.running_wait(tj, problems)
         # The sidecars' logs bring no event: read again after the poll interval.
         if tj.publishes_live:
