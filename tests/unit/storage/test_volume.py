@@ -130,3 +130,14 @@ def test_without_snapshots_locations_stay_on_the_volume() -> None:
     assert store.keeps_output_claim and store.later_writes_reach_checkpoints and not store.syncs_before_snapshots
     snapshots = SnapshotVolumeStore(SNAPSHOTS)
     assert not snapshots.keeps_output_claim and snapshots.later_writes_reach_checkpoints
+
+
+def test_the_restored_claims_of_a_pod_are_named_after_its_restored_volumes() -> None:
+    job = tj(name="consumer")
+    inputs = [on_claim("adopted", "team-data", "m"), in_snapshot("a", "snap-1", "step-1"),
+              in_snapshot("b", "snap-2", "step-2")]
+    built = workload.build_job(job, inputs, VolumeStore(OperatorConfig()).input_volumes(job, inputs)).job
+    assert workload.restored_input_volumes(built["spec"]["template"]["spec"]["volumes"]) == 2
+    assert workload.restored_input_claims(built, "consumer-x7k2p") == ["consumer-x7k2p-ckpt-in-1",
+                                                                        "consumer-x7k2p-ckpt-in-2"]
+    assert workload.restored_input_claims(None, "p") == []
