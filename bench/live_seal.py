@@ -40,7 +40,7 @@ from checkpoint_operator.local.server import ApiClient, EmulatorServer, run_kopf
 
 NS = "default"
 WRITER = r"""
-import json, os, struct, sys, time
+import json, os, pickle, struct, sys, time, zipfile
 out, log = os.environ["CHECKPOINT_OUTPUT_DIR"], os.environ["BENCH_LOG"]
 count, every, size, mode = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 for step in range(1, count + 1):
@@ -54,8 +54,8 @@ for step in range(1, count + 1):
         header = json.dumps({"w": {"dtype": "U8", "shape": [size], "data_offsets": [0, size]}}).encode()
         header += b" " * (-len(header) % 8)                      # corrupt header, which holds the directory
         f.write(struct.pack("<Q", len(header)) + header + os.urandom(size))
-    with open(os.path.join(d, "optimizer.pt"), "wb") as f:
-        f.write(b"o")
+    with zipfile.ZipFile(os.path.join(d, "optimizer.pt"), "w") as z:  # a torch.save file is a zip
+        z.writestr("optimizer/data.pkl", pickle.dumps({"state": {}, "param_groups": []}))
     with open(os.path.join(d, "trainer_state.json"), "w") as f:
         f.write(json.dumps({"global_step": step}))
     if mode == "rename":

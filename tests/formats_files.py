@@ -30,13 +30,26 @@ def safetensors_bytes(tensors: dict[str, int]) -> bytes:
 
 
 def torch_zip_bytes(obj, archive: str = "archive") -> bytes:
-    """A torch.save-style zip: `<archive>/data.pkl` holding the pickle, stored uncompressed."""
+    """A torch.save-style zip: `<archive>/data.pkl` holding the pickle, stored uncompressed (the
+    same bytes for the same object: entries dated 1980-01-01, as torch.save's miniz writes them)."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as z:
-        z.writestr(f"{archive}/data.pkl", pickle.dumps(obj, protocol=2))
-        z.writestr(f"{archive}/version", "3\n")
-        z.writestr(f"{archive}/data/0", b"\0" * 64)
+        for name, data in ((f"{archive}/data.pkl", pickle.dumps(obj, protocol=2)), (f"{archive}/version", b"3\n"),
+                           (f"{archive}/data/0", b"\0" * 64)):
+            z.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
     return buffer.getvalue()
+
+
+def weights(data: bytes = b"w") -> bytes:
+    """A valid safetensors file whose one U8 tensor holds `data`: a checkpoint's weights for tests
+    whose checkpoints must be complete (a `model.safetensors` of arbitrary bytes is not)."""
+    text = json.dumps({"w": {"dtype": "U8", "shape": [len(data)], "data_offsets": [0, len(data)]}}).encode()
+    return struct.pack("<Q", len(text)) + text + data
+
+
+def torch_file(marker: object = "o") -> bytes:
+    """A valid torch.save file (a zip) holding `{"marker": marker}`: an optimizer.pt, a w.pt."""
+    return torch_zip_bytes({"marker": marker})
 
 
 def dcp_metadata_bytes(keys: list[str], storage: list[tuple[str, int, int]]) -> bytes:
@@ -90,3 +103,80 @@ def zip_bytes(members: dict[str, bytes]) -> bytes:
         for name, data in members.items():
             z.writestr(name, data)
     return buffer.getvalue()
+
+
+def crc32c(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+    return crc ^ 0xFFFFFFFF
+
+
+def ocdbt_bytes(body: bytes = b"\x01\x28\xb5\x2f\xfd manifest", magic: int = 0x0CDB3A2A) -> bytes:
+    """An OCDBT file as tensorstore writes it: magic (big-endian), its own length (little-endian),
+    the body, and the CRC-32C of everything before it."""
+    length = 4 + 8 + len(body) + 4
+    head = struct.pack(">I", magic) + struct.pack("<Q", length) + body
+    return head + struct.pack("<I", crc32c(head))
+
+
+LFS_POINTER = (b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"4d7a" * 16 + b"\nsize 548118077\n")
+
+
+def legacy_torch_bytes(storages: list[tuple[str, str, int, int]], cut: int = 0) -> bytes:
+    """torch.save's legacy (pre-1.6) format, byte for byte: pickles of the magic number, the
+    protocol version, the system info, the object (a dict of persistent storage ids, as
+    `torch.save(..., _use_new_zipfile_serialization=False)` writes them) and the sorted storage
+    keys, then each storage as an 8-byte element count and its bytes. `storages`: (key, storage
+    type, element count, bytes per element)."""
+    def text(s: str) -> bytes:
+        return b"X" + struct.pack("<I", len(s)) + s.encode()
+
+    obj = b"\x80\x02}q\x00("
+    for key, kind, numel, _ in storages:
+        pid = b"(" + text("storage") + f"ctorch\n{kind}\n".encode() + text(key) + text("cpu") + b"J" + \
+            struct.pack("<i", numel) + b"Ntq\x01Q"
+        obj += text(f"t{key}") + pid
+    obj += b"u."
+    out = (pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2) + pickle.dumps(1001, protocol=2)
+           + pickle.dumps({"protocol_version": 1001, "little_endian": True,
+                           "type_sizes": {"short": 2, "int": 4, "long": 4}}, protocol=2)
+           + obj + pickle.dumps(sorted(k for k, _, _, _ in storages), protocol=2))
+    for _key, _, numel, element in sorted(storages):
+        out += struct.pack("<q", numel) + b"\x07" * (numel * element)
+    return out[:len(out) - cut] if cut else out
+
+
+def hdf5_bytes(size: int = 4096, version: int = 0, eof: int | None = None) -> bytes:
+    """The start of an HDF5 file: signature and superblock (8-byte offsets) whose end-of-file
+    address is `eof` (default: the file's size), padded to `size` bytes."""
+    eof = size if eof is None else eof
+    sig = b"\x89HDF\r\n\x1a\n"
+    if version == 0:
+        block = sig + bytes([0, 0, 0, 0, 0, 8, 8, 0]) + struct.pack("<HHI", 4, 16, 0)
+        block += struct.pack("<QQQQ", 0, 0xFFFFFFFFFFFFFFFF, eof, 0xFFFFFFFFFFFFFFFF)
+    else:
+        block = sig + bytes([version, 8, 8, 0]) + struct.pack("<QQQQ", 0, 0xFFFFFFFFFFFFFFFF, eof, 48) + b"\0" * 4
+    return block + b"\0" * (size - len(block))
+
+
+def msgpack_bytes(obj) -> bytes:
+    """A small msgpack encoder (maps, lists, str, bytes, ints >= 0, None) for flax-like files."""
+    if obj is None:
+        return b"\xc0"
+    if isinstance(obj, dict):
+        out = bytes([0x80 | len(obj)]) if len(obj) < 16 else b"\xde" + struct.pack(">H", len(obj))
+        return out + b"".join(msgpack_bytes(k) + msgpack_bytes(v) for k, v in obj.items())
+    if isinstance(obj, list):
+        out = bytes([0x90 | len(obj)]) if len(obj) < 16 else b"\xdc" + struct.pack(">H", len(obj))
+        return out + b"".join(msgpack_bytes(v) for v in obj)
+    if isinstance(obj, str):
+        data = obj.encode()
+        return (bytes([0xA0 | len(data)]) if len(data) < 32 else b"\xd9" + bytes([len(data)])) + data
+    if isinstance(obj, bytes):
+        return b"\xc6" + struct.pack(">I", len(obj)) + obj
+    if isinstance(obj, int) and 0 <= obj < 128:
+        return bytes([obj])
+    return b"\xcf" + struct.pack(">Q", obj)

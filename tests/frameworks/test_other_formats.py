@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from checkpoint_operator.agent.safe_read import GGML_TYPE_SIZES
+from checkpoint_operator.agent.file_checks import GGML_TYPE_SIZES
 from frameworks_support import agent_scan, materialize, summary
 
 

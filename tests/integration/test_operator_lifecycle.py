@@ -11,6 +11,7 @@ import subprocess
 import pytest
 
 from conftest import CKPT, NS, TJ, held_until, training_job, write_checkpoint
+from formats_files import torch_file, weights
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -56,9 +57,9 @@ async def test_train_then_consume_latest_with_lineage(api, operator, cluster, tr
     def pretrain(attempt, env):
         out = env["CHECKPOINT_OUTPUT_DIR"]
         for step in (100, 200):
-            write_checkpoint(out, f"step-{step}", {"model.safetensors": b"w" * step, "optimizer.pt": b"o",
+            write_checkpoint(out, f"step-{step}", {"model.safetensors": weights(b"w" * step), "optimizer.pt": torch_file(),
                                                    "nested/config.json": b"{}"})
-        write_checkpoint(out, ".", {"config.json": b"{}", "model.safetensors": b"final"})
+        write_checkpoint(out, ".", {"config.json": b"{}", "model.safetensors": weights(b"final")})
         return 0
     trainer.behaviours["pretrain"] = pretrain
 
@@ -68,7 +69,7 @@ async def test_train_then_consume_latest_with_lineage(api, operator, cluster, tr
         seen.update(env)
         src = env["CHECKPOINT_INPUT_PATH"]
         seen["read"] = open(os.path.join(src, "model.safetensors"), "rb").read()
-        write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-300", {"model.safetensors": b"x"})
+        write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-300", {"model.safetensors": weights(b"x")})
         return 0
     trainer.behaviours["finetune"] = finetune
 
@@ -84,7 +85,8 @@ async def test_train_then_consume_latest_with_lineage(api, operator, cluster, tr
     step200 = await api.get(CKPT, NS, "pretrain-step-200")
     status = step200["status"]
     assert status["phase"] == "Ready" and status["step"] == 200 and status["resumable"] is True
-    assert status["fileCount"] == 3 and status["sizeBytes"] == 200 + 1 + 2
+    size = len(weights(b"w" * 200)) + len(torch_file()) + 2
+    assert status["fileCount"] == 3 and status["sizeBytes"] == size and status["complete"] is True
     assert status["producedBy"] == {"name": "pretrain", "uid": tj["metadata"]["uid"]}
     assert status["parents"] == []
     claim_name = tj["status"]["outputClaim"]
@@ -103,8 +105,8 @@ async def test_train_then_consume_latest_with_lineage(api, operator, cluster, tr
 
     done = await wait_phase(api, wait_for, TJ, "finetune", "Succeeded")
     assert done["status"]["inputs"] == [{"name": "pretrain-step-200", "uid": step200["metadata"]["uid"],
-                                         "digest": status["digest"], "sizeBytes": 203}]
-    assert seen["read"] == b"w" * 200
+                                         "digest": status["digest"], "sizeBytes": size}]
+    assert seen["read"] == weights(b"w" * 200)
     assert seen["CHECKPOINT_INPUT_NAMES"] == "pretrain-step-200"
     assert seen["CHECKPOINT_INPUT_PATH"] == seen["ML_CHECKPOINT_PATH"]
     assert seen["CHECKPOINT_OUTPUT_DIR"] == seen["FLEXAI_OUTPUT_CHECKPOINT_DIR"]

@@ -12,6 +12,7 @@ import threading
 import pytest
 
 from conftest import CKPT, NS, TJ, training_job, write_checkpoint
+from formats_files import torch_file, weights
 from test_operator_lifecycle import events_for, wait_event, wait_phase
 
 pytestmark = pytest.mark.timeout(180)
@@ -21,8 +22,8 @@ LIVE = {"publish": "Continuous"}
 def trainer_checkpoint(out: str, step: int, eval_loss: float | None = None) -> None:
     """A Transformers Trainer checkpoint; trainer_state.json (its completion marker) written last."""
     history = [{"step": step, "loss": 1.0}] + ([{"step": step, "eval_loss": eval_loss}] if eval_loss is not None else [])
-    write_checkpoint(out, f"checkpoint-{step}", {"config.json": b"{}", "model.safetensors": b"w" * step,
-                                                 "optimizer.pt": b"o"})
+    write_checkpoint(out, f"checkpoint-{step}", {"config.json": b"{}", "model.safetensors": weights(b"w" * step),
+                                                 "optimizer.pt": torch_file()})
     write_checkpoint(out, f"checkpoint-{step}", {"trainer_state.json": json.dumps(
         {"global_step": step, "log_history": history}).encode()})
 
@@ -154,11 +155,15 @@ async def test_a_retried_pod_resumes_from_the_latest_sealed_checkpoint(api, oper
 PREEMPTED = r"""
 import json, os, signal, sys, time
 out = os.environ["CHECKPOINT_OUTPUT_DIR"]
+WEIGHTS = bytes.fromhex("%s")
+OPTIMIZER = bytes.fromhex("%s")
 def save(step, **extra):
     d = os.path.join(out, f"checkpoint-{step}")
     os.makedirs(d, exist_ok=True)
-    for name, data in {"config.json": "{}", "model.safetensors": "w", "optimizer.pt": "o", **extra}.items():
-        open(os.path.join(d, name), "w").write(data)
+    files = {"config.json": b"{}", "model.safetensors": WEIGHTS, "optimizer.pt": OPTIMIZER,
+             **{k: v.encode() for k, v in extra.items()}}
+    for name, data in files.items():
+        open(os.path.join(d, name), "wb").write(data)
     open(os.path.join(d, "trainer_state.json"), "w").write(json.dumps({"global_step": step}))
 resume = os.environ["CHECKPOINT_RESUME_PATH"]
 if os.path.exists(resume):  # the replacement pod: resume, train on, finish
@@ -171,7 +176,7 @@ signal.signal(signal.SIGTERM, on_term)
 save(1)
 while True:
     time.sleep(0.05)
-"""
+""" % (weights(b"w").hex(), torch_file().hex())
 
 
 async def test_a_preempted_pod_s_emergency_checkpoint_is_sealed_and_its_replacement_resumes_from_it(

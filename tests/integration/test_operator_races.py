@@ -9,6 +9,7 @@ import pytest
 
 from checkpoint_operator.reconcile import publish as publish_handler
 from conftest import CKPT, NS, TJ, held_until, training_job, write_checkpoint
+from formats_files import torch_file
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -128,7 +129,7 @@ async def test_a_recreated_job_of_the_same_name_never_touches_the_earlier_run(ap
     def train(attempt, env):
         runs.append(sorted(os.listdir(env["CHECKPOINT_OUTPUT_DIR"])))
         step = 5 if len(runs) == 1 else 3   # the second run reaches a lower step than the first
-        write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], f"step-{step}", {"w.pt": bytes([len(runs)])})
+        write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], f"step-{step}", {"w.pt": torch_file(len(runs))})
         return 0
     trainer.behaviours["again"] = train
 

@@ -14,7 +14,7 @@ import pytest
 from checkpoint_operator.agent.s3 import manifest_exists, read_manifest
 from checkpoint_operator.config import OperatorConfig
 from conftest import CKPT, NS, TJ, training_job, write_checkpoint
-from formats_files import safetensors_bytes
+from formats_files import safetensors_bytes, torch_file, weights
 from s3server import s3, seaweedfs  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.timeout(180)
@@ -46,8 +46,8 @@ async def test_s3_store_lifecycle(api, store_secret, operator, trainer, wait_for
     def pretrain(attempt, env):
         for step in (10, 20):
             write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], f"step-{step}", {
-                "model.safetensors": os.urandom(7 * 1024 * 1024) if step == 20 else b"small",
-                "trainer_state.json": b'{"global_step": %d}' % step, "optimizer.pt": b"opt"})
+                "model.safetensors": weights(os.urandom(7 * 1024 * 1024)) if step == 20 else weights(b"small"),
+                "trainer_state.json": b'{"global_step": %d}' % step, "optimizer.pt": torch_file()})
         return 0
     trainer.behaviours["pre"] = pretrain
     seen = {}
@@ -56,7 +56,7 @@ async def test_s3_store_lifecycle(api, store_secret, operator, trainer, wait_for
         src = env["CHECKPOINT_INPUT_PATH"]
         seen["files"] = sorted(os.listdir(src))
         seen["size"] = os.path.getsize(os.path.join(src, "model.safetensors"))
-        write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-30", {"model.safetensors": b"tuned"})
+        write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-30", {"model.safetensors": weights(b"tuned")})
         return 0
     trainer.behaviours["tune"] = finetune
 
@@ -73,7 +73,7 @@ async def test_s3_store_lifecycle(api, store_secret, operator, trainer, wait_for
 
     await api.create(TJ, NS, training_job("tune", checkpoints=[{"fromTrainingJob": "pre", "select": "latest"}]))
     tuned = await wait_phase(api, wait_for, TJ, "tune", "Succeeded")
-    assert seen["size"] == 7 * 1024 * 1024 and "model.safetensors" in seen["files"]
+    assert seen["size"] == len(weights(b"\0" * 7 * 1024 * 1024)) and "model.safetensors" in seen["files"]
     assert tuned["status"]["inputs"][0]["digest"] == step20["status"]["digest"]
     job = await api.get("batch/v1/jobs", NS, "tune")
     init = job["spec"]["template"]["spec"]["initContainers"][0]
@@ -215,7 +215,7 @@ async def test_live_sealing_on_the_s3_store_uploads_each_checkpoint_once(api, st
         for step in (1, 2):
             # A valid safetensors file (random bytes are not one: the sealing rule holds them back).
             weights = safetensors_bytes({"w": 1024 * 1024})[:-1024 * 1024] + os.urandom(1024 * 1024)
-            write_checkpoint(out, f"step-{step}.tmp", {"model.safetensors": weights, "optimizer.pt": b"o"})
+            write_checkpoint(out, f"step-{step}.tmp", {"model.safetensors": weights, "optimizer.pt": torch_file()})
             os.rename(os.path.join(out, f"step-{step}.tmp"), os.path.join(out, f"step-{step}"))
             if step == 1:
                 assert release.wait(90)

@@ -11,6 +11,7 @@ import os
 import pytest
 
 from conftest import CKPT, NS, training_job, write_checkpoint
+from formats_files import weights
 from plugin_helpers import Plugin, make_model_dir, tree_digest, write_kubeconfig
 
 pytestmark = pytest.mark.timeout(240)
@@ -163,11 +164,11 @@ async def test_an_upload_checkpoint_waits_and_says_what_to_do(api, operator, clu
 
 async def test_lineage_across_two_jobs_and_ls(ckpt, api, operator, cluster, trainer, wait_for, tmp_path):
     def pretrain(attempt, env):
-        write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-10", {"model.safetensors": b"w10"})
+        write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-10", {"model.safetensors": weights(b"w10")})
         return 0
 
     def finetune(attempt, env):
-        write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-20", {"model.safetensors": b"w20"})
+        write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-20", {"model.safetensors": weights(b"w20")})
         return 0
     trainer.behaviours.update(pre=pretrain, tune=finetune)
     pushed = await ckpt("push", str(make_model_dir(tmp_path, "base")), "--name", "base")

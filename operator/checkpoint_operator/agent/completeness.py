@@ -1,11 +1,14 @@
-"""Is this checkpoint whole? Decided from what each format writes last or must contain.
+"""Is this checkpoint whole? Decided from what each format writes last or must contain, and
+from whether every weight file is what its name says.
 
 Every rule is a function of a `CheckpointFiles` (the checkpoint's root and file list) that
-reads only small metadata files and the ends or headers of weight files, never hashing and
-never loading weights, so it can be asked at any time, cheaply, while a save may still be
-going on ("is it complete now?"). A rule returns None when it does not apply, else a
-`Verdict`; `verdict` puts a checkpoint's verdicts together: the first that says incomplete
-wins, then the format's own rule, then the others. No rule at all: `complete` is None.
+reads only small metadata files and the headers or ends of weight files (agent/file_checks.py),
+never hashing and never loading weights, so it can be asked at any time, cheaply, while a save
+may still be going on ("is it complete now?"). A rule returns None when it does not apply,
+else a `Verdict`: True (checked, whole), False (the reason names the file and what is wrong),
+or None (a file of a kind that could not be checked). `verdict` puts a checkpoint's verdicts
+together: false wins, then "not checked", then true; no rule at all is None too. So `complete`
+is true only when something was checked and everything that could matter was.
 """
 
 from __future__ import annotations
@@ -15,17 +18,12 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
+from checkpoint_operator.agent import file_checks
 from checkpoint_operator.agent import metadata as md
-from checkpoint_operator.agent.safe_read import (
-    CheckpointFiles,
-    Unreadable,
-    gguf_structure,
-    safetensors_structure,
-    tar_structure,
-    zip_structure,
-)
+from checkpoint_operator.agent.safe_read import CheckpointFiles, Unreadable, bounded_int, quoted
 
-MAX_STRUCTURE_CHECKS = 10_000  # weight files whose header/end is checked per checkpoint
+MAX_STRUCTURE_CHECKS = 100_000  # weight files whose header/end is checked per checkpoint
+MAX_REASON_CHARS = 1000  # a reason is one line a person reads (and goes into status and events)
 
 
 @dataclass(frozen=True)
@@ -46,6 +44,10 @@ def _broken(reason: str) -> Verdict:
     return Verdict(False, reason)
 
 
+def _unchecked(reason: str) -> Verdict:
+    return Verdict(None, reason)
+
+
 def _base(path: str) -> str:
     return path.rsplit("/", 1)[-1]
 
@@ -59,50 +61,57 @@ def _files_under(files: CheckpointFiles, directory: str) -> list[str]:
     return [p for p in files.paths if p.startswith(prefix)]
 
 
+def _plural(n: int, word: str, plural: str = "") -> str:
+    return f"{n} {word if n == 1 else plural or word + 's'}"
+
+
 # --- weight containers: each checked by its header or its end ---------------------------
 
-def _structure_check(path: str) -> Optional[Callable]:
-    low = path.lower()
-    if low.endswith(".safetensors"):
-        return safetensors_structure
-    if low.endswith(".gguf"):
-        return gguf_structure
-    if low.endswith(".nemo"):
-        return tar_structure
-    if low.endswith(".keras"):
-        return zip_structure
-    if low.endswith(md.TORCH_ZIP_SUFFIXES) or re.search(r"(^|/)random_states_\d+\.pkl$", low):
-        return zip_structure
-    return None
-
-
 def weight_files(files: CheckpointFiles) -> Optional[Verdict]:
-    """Every safetensors file's header agrees with its size; every torch.save/.keras zip has its
-    central directory at its end; every GGUF header and tensor table fits; every .nemo tar's
-    members are inside it. An empty file is incomplete; a file that is not what its name says
-    (a torch file in the pre-1.6 format, not a zip; a `.safetensors` without a JSON header)
-    is not checked."""
+    """Every file whose name says it holds weights (agent/file_checks.py `kind_of`) is what its
+    name says: broken files make the checkpoint incomplete, files that could not be checked
+    leave it unchecked (None)."""
     checked = 0
+    unchecked: list[tuple[str, str]] = []
     for path in files.paths:
-        check = _structure_check(path)
-        if check is None:
+        kind = file_checks.kind_of(path)
+        if kind is None:
             continue
-        if checked >= MAX_STRUCTURE_CHECKS:
+        if checked + len(unchecked) >= MAX_STRUCTURE_CHECKS:
+            unchecked.append((path, f"more than {MAX_STRUCTURE_CHECKS} weight files: the rest are not checked"))
             break
-        if check is zip_structure and not path.lower().endswith(".keras"):
-            if files.sizes[path] == 0:
-                return _broken(f"{path} is empty (0 bytes): its save never wrote it")
-            if not files.is_zip(path):
-                continue
-        result = files.structure(path, check)
+        result = files.structure(path, file_checks.checker(kind))
         if not result.checked:
+            unchecked.append((path, result.why))
             continue
         checked += 1
         if not result.ok:
             return _broken(f"{path}: {result.why}")
+    if unchecked:
+        path, why = unchecked[0]
+        more = f" (and {_plural(len(unchecked) - 1, 'more file')})" if len(unchecked) > 1 else ""
+        return _unchecked(f"not checked: {path}: {why}{more}")
     if not checked:
         return None
-    return _ok(f"{checked} weight file{'s' if checked != 1 else ''} whole (headers and ends agree with sizes)")
+    return _ok(f"{_plural(checked, 'weight file')} whole (headers and ends agree with sizes)")
+
+
+# Files some rule reads or needs, by name: one that the writer put in the checkpoint but that is
+# not part of it (a symlink leading out of it) leaves the checkpoint incomplete.
+_NEEDED_NAMES = {md.TRAINER_STATE, "config.json", "adapter_config.json", md.DEEPSPEED_LATEST, md.MEGATRON_TRACKER,
+                 md.DCP_METADATA, "_CHECKPOINT_METADATA", "_METADATA", "commit_success.txt", ".zarray", "zarr.json",
+                 "random_states_0.pkl"}
+_NEEDED = re.compile(r"(\.index\.json|\.distcp|^__\d+\.metadata)$")
+
+
+def lost_files(files: CheckpointFiles) -> Optional[Verdict]:
+    """A file of the checkpoint's directory that its format needs (a weight file, an index, a
+    marker a rule reads) but that is not part of the checkpoint: incomplete, naming it."""
+    for path, why in sorted(files.skipped.items()):
+        base = _base(path)
+        if file_checks.kind_of(path) is not None or base in _NEEDED_NAMES or _NEEDED.search(base):
+            return _broken(f"{path} is not part of the checkpoint ({why})")
+    return None
 
 
 # --- Hugging Face ----------------------------------------------------------------------------
@@ -110,6 +119,7 @@ def weight_files(files: CheckpointFiles) -> Optional[Verdict]:
 _TRAINER_DIR = re.compile(r"^checkpoint-\d+$")  # transformers' PREFIX_CHECKPOINT_DIR-<global_step>
 _TRAINER_FILES = {"optimizer.pt", "scheduler.pt", "scaler.pt", "training_args.bin", md.TRAINER_STATE}
 _RNG_STATE = re.compile(r"^rng_state(_\d+)?\.pth$")
+_HF_CONFIGS = ("config.json", "adapter_config.json")
 
 
 def is_trainer_checkpoint(files: CheckpointFiles) -> bool:
@@ -122,35 +132,55 @@ def is_trainer_checkpoint(files: CheckpointFiles) -> bool:
 
 
 def weight_indexes(files: CheckpointFiles) -> Optional[Verdict]:
-    """Every shard a `*.index.json` weight map names (sharded `save_pretrained`) is present."""
+    """Every shard a `*.index.json` weight map names (sharded `save_pretrained`) is present
+    (each shard's own structure is checked with the weight files)."""
     indexes = [p for p in files.paths if p.endswith((".safetensors.index.json", ".bin.index.json"))]
     shards = 0
     for index in indexes:
         try:
-            weight_map = files.json(index).get("weight_map")
-        except (Unreadable, AttributeError):
-            return _broken(f"{index} is not valid JSON (cut short while being written?)")
-        if not isinstance(weight_map, dict):
+            data = files.json(index)
+        except Unreadable as e:
+            return _broken(f"{index}: {e}")
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
             return _broken(f"{index} has no weight_map")
         directory = posixpath.dirname(index)
-        for shard in sorted({s for s in weight_map.values() if isinstance(s, str)}):
+        values = list(weight_map.values())
+        if not all(isinstance(v, str) and v for v in values):
+            return _broken(f"{index}: its weight_map names a shard that is not a file name")
+        names = set(values)
+        for shard in sorted(names):
             shards += 1
-            if not files.has(_join(directory, shard)):
-                return _broken(f"{index} names {shard}, which is missing")
-    return _ok(f"{len(indexes)} weight index{'es' if len(indexes) != 1 else ''} and its {shards} shards present") \
-        if indexes else None
+            path = _join(directory, shard)
+            if not files.has(path):
+                return _broken(f"{index} names {quoted(shard)}, which is {files.missing(path)}")
+    if not indexes:
+        return None
+    return _ok(f"{_plural(len(indexes), 'weight index', 'weight indexes')} and its {_plural(shards, 'shard')} present")
 
 
 def huggingface(files: CheckpointFiles) -> Optional[Verdict]:
+    for config in _HF_CONFIGS:
+        if files.has(config):
+            try:
+                data = files.json(config)
+            except Unreadable as e:
+                return _broken(f"{config}: {e}")
+            if not isinstance(data, dict):
+                return _broken(f"{config} is not a JSON object")
     index = weight_indexes(files)
     if index is not None and index.complete is False:
         return index
     if not is_trainer_checkpoint(files):
-        return _ok("config.json and model weights present")
+        return _ok("config.json parses and the model weights are present")
     if not files.has(md.TRAINER_STATE):
         return _broken("missing trainer_state.json (a Trainer checkpoint writes it last)")
-    if md.trainer_state(files) is None:
-        return _broken("trainer_state.json is not a valid JSON object (cut short while being written?)")
+    try:
+        state = files.json(md.TRAINER_STATE)
+    except Unreadable as e:
+        return _broken(f"trainer_state.json: {e}")
+    if not isinstance(state, dict):
+        return _broken("trainer_state.json is not a JSON object")
     return _ok("trainer_state.json is present and valid (the Trainer writes it last, after weights and optimizer)")
 
 
@@ -177,27 +207,33 @@ def torch_dcp(files: CheckpointFiles) -> Optional[Verdict]:
         # Saved without rank coordination, each rank writes its own `__<rank>.metadata`.
         metadata_files = [meta_rel] if files.has(meta_rel) else [p for p in under if _RANK_METADATA.match(_base(p))
                                                                  and posixpath.dirname(p) == directory]
+        has_data = any(p.endswith(".distcp") for p in under)
         if not metadata_files:
             if files.has(meta_rel + ".tmp"):
                 return _broken(f"{where}.metadata.tmp but no {where}.metadata: the save was still writing it")
+            if meta_rel in files.skipped:
+                return _broken(f"{meta_rel} is {files.missing(meta_rel)}")
             return _broken(f"no {where}.metadata beside the .distcp files (torch DCP writes it last)")
         for meta in metadata_files:
             metadata = md.dcp_metadata(files, meta)
             if metadata is None:
-                if not any(p.endswith(".distcp") for p in under):
+                if not has_data:
                     continue  # a `.metadata` of something else
-                return _broken(f"{meta} is not a readable torch DCP metadata pickle")
-            for rel, end in sorted(set(md.dcp_storage(metadata))):
+                why = files.problems.get(meta) or "not torch DCP metadata"
+                return _broken(f"{meta} is not a readable torch DCP metadata pickle ({why})")
+            storage = md.dcp_storage(metadata)
+            if storage is None:
+                return _broken(f"{meta}: a storage entry has no valid relative_path, offset or length")
+            for rel, end in sorted(set(storage)):
                 path = _join(directory, rel)
                 if not files.has(path):
-                    return _broken(f"{path} is named by {meta} but missing")
+                    return _broken(f"{quoted(path)} is named by {meta} but {files.missing(path)}")
                 if files.sizes[path] < end:
                     return _broken(f"{path} has {files.sizes[path]} bytes, {meta} needs {end} (cut short)")
                 named.add(path)
     if not named:
         return None
-    return _ok(f".metadata (written last) and the {len(named)} data file{'s' if len(named) != 1 else ''} "
-               f"it names are present")
+    return _ok(f".metadata (written last) and the {_plural(len(named), 'data file')} it names are present")
 
 
 # --- Orbax -----------------------------------------------------------------------------------
@@ -205,13 +241,30 @@ def torch_dcp(files: CheckpointFiles) -> Optional[Verdict]:
 ORBAX_TMP = ".orbax-checkpoint-tmp"
 ORBAX_CHECKPOINT_METADATA = "_CHECKPOINT_METADATA"
 ORBAX_COMMIT_FILE = "commit_success.txt"
+_ZARR_ARRAY = (".zarray", "zarr.json")
+
+
+def _orbax_items(files: CheckpointFiles, meta: object) -> Optional[Verdict]:
+    """Every item `_CHECKPOINT_METADATA`'s item_handlers names has its directory."""
+    handlers = meta.get("item_handlers") if isinstance(meta, dict) else None
+    if not isinstance(handlers, dict):
+        return None
+    for item in sorted(k for k in handlers if isinstance(k, str)):
+        if "/" in item or item in ("", ".", ".."):
+            return _broken(f"{ORBAX_CHECKPOINT_METADATA} names an item {quoted(item)} that is not a directory name")
+        if not _files_under(files, item):
+            return _broken(f"{ORBAX_CHECKPOINT_METADATA} names the item {quoted(item)}, whose directory is "
+                           f"{files.missing(item, directory=True)}")
+    return None
 
 
 def orbax(files: CheckpointFiles) -> Optional[Verdict]:
     """Committed: `_CHECKPOINT_METADATA` records `commit_timestamp_nsecs` or `commit_success.txt`
     is present (Orbax writes both when it finalizes, before its rename); no item still under a
-    `*.orbax-checkpoint-tmp*` name; every item's `_METADATA` parses and OCDBT items have
-    `manifest.ocdbt`."""
+    `*.orbax-checkpoint-tmp*` name; every item `_CHECKPOINT_METADATA` names is there; every
+    item's `_METADATA` and every zarr array's metadata parses; OCDBT items (and each process's
+    part of them) have their `manifest.ocdbt`, whose header and checksum are checked with the
+    weight files."""
     for path in files.paths:
         if ORBAX_TMP in path:
             return _broken(f"{path}: still under Orbax's temporary name (an unfinished save)")
@@ -219,25 +272,41 @@ def orbax(files: CheckpointFiles) -> Optional[Verdict]:
     if files.has(ORBAX_CHECKPOINT_METADATA):
         try:
             meta = files.json(ORBAX_CHECKPOINT_METADATA)
-        except Unreadable:
-            return _broken(f"{ORBAX_CHECKPOINT_METADATA} is not valid JSON (cut short while being written?)")
-        if isinstance(meta, dict) and isinstance(meta.get("commit_timestamp_nsecs"), int):
+        except Unreadable as e:
+            return _broken(f"{ORBAX_CHECKPOINT_METADATA}: {e}")
+        if isinstance(meta, dict) and bounded_int(meta.get("commit_timestamp_nsecs")) is not None:
             marker = f"{ORBAX_CHECKPOINT_METADATA} commit_timestamp_nsecs"
         elif marker is None:
             return _broken(f"{ORBAX_CHECKPOINT_METADATA} has no commit_timestamp_nsecs and there is no "
                            f"{ORBAX_COMMIT_FILE}: the save was never finalized")
+        problem = _orbax_items(files, meta)
+        if problem:
+            return problem
     items = sorted({posixpath.dirname(p) for p in files.paths if _base(p) == "_METADATA"})
     for item in items:
         where = f"{item}/" if item else ""
         try:
             files.json(_join(item, "_METADATA"))
-        except Unreadable:
-            return _broken(f"{where}_METADATA is not valid JSON (cut short while being written?)")
+        except Unreadable as e:
+            return _broken(f"{where}_METADATA: {e}")
         under = _files_under(files, item) if item else files.paths
-        ocdbt = any("ocdbt.process_" in p or p.startswith(f"{where}d/") for p in under)
-        if ocdbt and not files.has(_join(item, "manifest.ocdbt")):
-            return _broken(f"{where}manifest.ocdbt missing for an OCDBT item")
-    what = f"the _METADATA of {len(items)} item{'s' if len(items) != 1 else ''} parse{'s' if len(items) == 1 else ''}"
+        if any(p.startswith(f"{where}d/") or "ocdbt.process_" in p for p in under) \
+                and not files.has(_join(item, "manifest.ocdbt")):
+            return _broken(f"{where}manifest.ocdbt is {files.missing(_join(item, 'manifest.ocdbt'))} "
+                           "(an OCDBT item needs it)")
+        for process in sorted({p.split("/")[len(item.split("/")) if item else 0] for p in under
+                               if "ocdbt.process_" in p}):
+            manifest = _join(_join(item, process), "manifest.ocdbt")
+            if not files.has(manifest):
+                return _broken(f"{manifest} is {files.missing(manifest)} (each process's OCDBT part needs it)")
+    for array in (p for p in files.paths if _base(p) in _ZARR_ARRAY):
+        try:
+            data = files.json(array)
+        except Unreadable as e:
+            return _broken(f"{array}: {e}")
+        if not isinstance(data, dict) or "shape" not in data:
+            return _broken(f"{array} is not zarr array metadata (no shape)")
+    what = f"the _METADATA of {_plural(len(items), 'item')} parse{'s' if len(items) == 1 else ''}"
     if marker:
         return _ok(f"committed ({marker}); {what}")
     return _ok(f"no commit marker (Orbax before 0.5: the rename to its final name is the commit); {what}")
@@ -245,24 +314,58 @@ def orbax(files: CheckpointFiles) -> Optional[Verdict]:
 
 # --- DeepSpeed, Megatron, NeMo, Keras, Accelerate ---------------------------------------------
 
-def deepspeed(files: CheckpointFiles) -> Optional[Verdict]:
-    """`latest` (written after every rank saved) names a tag directory that holds model states;
-    a lone `global_stepN/` directory must hold them itself."""
-    def model_states(paths: Iterable[str]) -> bool:
-        return any(_base(p).endswith("model_states.pt") for p in paths)
+_DS_MODEL_STATES = re.compile(r"^mp_rank_(\d+)_model_states\.pt$")
+_DS_OPTIM_STATES = re.compile(r"^(\w*?)zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
 
+
+def _deepspeed_tag_files(files: CheckpointFiles, tag: str) -> Optional[Verdict]:
+    """A tag directory holds the model states of every model-parallel rank and, under ZeRO, the
+    optimizer states of every data-parallel rank for each of them."""
+    under = _files_under(files, tag) if tag else files.paths
+    names = {_base(p) for p in under if posixpath.dirname(p) == tag}
+    where = f"{tag}/" if tag else ""
+    model_ranks = sorted(int(m.group(1)) for n in names if (m := _DS_MODEL_STATES.match(n)))
+    if not model_ranks and not any(n.endswith("model_states.pt") for n in names):
+        return _broken(f"{tag or 'the checkpoint'} holds no *model_states.pt")
+    for rank in range(max(model_ranks, default=-1) + 1):
+        name = f"mp_rank_{rank:02d}_model_states.pt"
+        if name not in names:
+            return _broken(f"{where}{name} is {files.missing(where + name)} (model-parallel ranks "
+                           f"0-{max(model_ranks)} are saved)")
+    grids: dict[str, set[tuple[int, int]]] = {}
+    for n in names:
+        m = _DS_OPTIM_STATES.match(n)
+        if m:
+            grids.setdefault(m.group(1), set()).add((int(m.group(2)), int(m.group(3))))
+    for prefix, cells in sorted(grids.items()):
+        dp, mp = max(c[0] for c in cells), max(c[1] for c in cells)
+        for d in range(dp + 1):
+            for m_rank in range(mp + 1):
+                if (d, m_rank) not in cells:
+                    name = f"{prefix}zero_pp_rank_{d}_mp_rank_{m_rank:02d}_optim_states.pt"
+                    return _broken(f"{where}{name} is {files.missing(where + name)} (optimizer states of "
+                                   f"{dp + 1} data-parallel ranks are saved)")
+    return None
+
+
+def deepspeed(files: CheckpointFiles) -> Optional[Verdict]:
+    """`latest` (written after every rank saved) names a tag directory that holds model states
+    of every rank; a lone `global_stepN/` directory must hold them itself."""
     if files.has(md.DEEPSPEED_LATEST):
         tag = md.deepspeed_tag(files)
         if tag is None:
-            return _broken("latest is empty or unreadable (DeepSpeed writes the tag there last)")
-        under = _files_under(files, tag)
-        if not under:
-            return _broken(f"latest names {tag}, which is not in this checkpoint")
-        if not model_states(under):
-            return _broken(f"latest names {tag}, which holds no *model_states.pt")
-        return _ok(f"latest names {tag}, which holds model states")
-    if model_states(files.paths):
-        return _ok("model states present (no latest file: the tag is this directory)")
+            return _broken("latest names no tag directory (DeepSpeed writes the tag there last)")
+        if not _files_under(files, tag):
+            return _broken(f"latest names {quoted(tag)}, which is {files.missing(tag, directory=True)}")
+        return _deepspeed_tag_files(files, tag) or _ok(f"latest names {tag}, which holds the model states "
+                                                       "of every rank")
+    if md.DEEPSPEED_LATEST in files.skipped:
+        return _broken(f"latest is {files.missing(md.DEEPSPEED_LATEST)}")
+    if any(_base(p).endswith("model_states.pt") for p in files.paths if "/" not in p):
+        return _deepspeed_tag_files(files, "") or \
+            _ok("model states of every rank present (no latest file: the tag is this directory)")
+    if any(_base(p).endswith("model_states.pt") for p in files.paths):
+        return _ok("model states present (no latest file)")
     return _broken("no *model_states.pt and no latest file")
 
 
@@ -285,7 +388,7 @@ def megatron(files: CheckpointFiles) -> Optional[Verdict]:
             return _broken(f"{md.MEGATRON_TRACKER} holds neither an iteration number nor 'release'")
         directory = "release" if iteration == "release" else f"iter_{int(iteration):07d}"
         if not _files_under(files, directory):
-            return _broken(f"{md.MEGATRON_TRACKER} names {directory}, which is not in this checkpoint")
+            return _broken(f"{md.MEGATRON_TRACKER} names {directory}, which is {files.missing(directory, directory=True)}")
         problem = _megatron_iteration_dir(files, directory)
         return problem or _ok(f"{md.MEGATRON_TRACKER} names {directory}, which holds the model files")
     return _megatron_iteration_dir(files, "") or _ok("model files present (no tracker file: this is one iteration)")
@@ -299,24 +402,34 @@ def nemo(files: CheckpointFiles) -> Optional[Verdict]:
     has_weights, has_context = bool(_files_under(files, "weights")), bool(_files_under(files, "context"))
     if has_weights or has_context:
         if not has_weights:
-            return _broken("context/ without weights/")
+            return _broken(f"context/ without weights/ (weights/ is {files.missing('weights', directory=True)})")
         if not has_context:
             return _broken("weights/ without context/ (NeMo 2 writes both)")
         return _ok("weights/ and context/ present")
     return None
 
 
+_KERAS_MEMBERS = ("config.json", "model.weights.h5")
+
+
 def keras(files: CheckpointFiles) -> Optional[Verdict]:
-    """A `.keras` zip is whole and holds config.json and model.weights.h5."""
-    for path in files.paths:
-        if path.lower().endswith(".keras"):
-            try:
-                entries = files.zip_entries(path)
-            except Unreadable:
-                return None  # the weight-file check reports it
-            missing = [n for n in ("config.json", "model.weights.h5") if n not in entries]
-            if missing:
-                return _broken(f"{path} lacks {', '.join(missing)}")
+    """A `.keras` zip is whole (checked with the weight files) and holds config.json, which
+    parses, and model.weights.h5."""
+    archives = [p for p in files.paths if p.lower().endswith(".keras")]
+    for path in archives:
+        try:
+            entries = files.zip_entries(path)
+        except Unreadable:
+            return None  # the weight-file check reports it
+        missing = [n for n in _KERAS_MEMBERS if n not in entries]
+        if missing:
+            return _broken(f"{path} lacks {', '.join(missing)}")
+        try:
+            files.zip_json(path, "config.json")
+        except Unreadable as e:
+            return _broken(f"{path}: {e}")
+    if not archives:
+        return None
     return _ok(".keras archive holds config.json and model.weights.h5")
 
 
@@ -337,28 +450,46 @@ def accelerate(files: CheckpointFiles) -> Optional[Verdict]:
     if not is_accelerate_state(files):
         return None
     if not files.has("random_states_0.pkl"):
-        return _broken("no random_states_0.pkl (Accelerate's save_state writes it after the model, "
-                       "optimizer and scheduler)")
+        return _broken("no random_states_0.pkl (Accelerate's save_state writes it after the model, optimizer and "
+                       "scheduler)")
     return _ok("random_states_0.pkl present (Accelerate's save_state writes it last)")
 
 
 # --- all together ------------------------------------------------------------------------
 
 def verdict(files: CheckpointFiles, format_rule: Optional[Rule]) -> Verdict:
-    """The checkpoint's verdict from its format's rule, the rules of layouts that can appear
-    inside any format (DCP directories, Accelerate state) and its weight files: the first
-    that says incomplete wins; else the first reason, with the weight files' appended."""
+    """The checkpoint's verdict from the files it lost, its format's rule, the rules of layouts
+    that can appear inside any format (DCP directories, Accelerate state) and its weight files:
+    the first that says incomplete wins; else any "not checked" makes it None; else the first
+    reason, with the weight files' appended."""
+    lost = lost_files(files)
+    if lost is not None:
+        return lost
     primary = format_rule(files) if format_rule else None
     layouts = [] if format_rule is torch_dcp else [torch_dcp(files)]
     if format_rule is not huggingface:
         layouts.append(accelerate(files))
     weights = weight_files(files)
-    verdicts = [v for v in (primary, *layouts, weights) if v is not None and v.complete is not None]
+    verdicts = [v for v in (primary, *layouts, weights) if v is not None]
     for v in verdicts:
         if v.complete is False:
+            return v
+    for v in verdicts:
+        if v.complete is None:
             return v
     if not verdicts:
         return NO_RULE
     if weights is not None and verdicts[0] is not weights:
         return Verdict(True, f"{verdicts[0].reason}; {weights.reason}")
     return verdicts[0]
+
+
+def with_notes(reason: Optional[str], notes: Iterable[str]) -> Optional[str]:
+    """The verdict's reason with what was ignored (metadata that could not be read safely, a step
+    out of range), as one line of at most MAX_REASON_CHARS characters."""
+    parts = [reason] if reason else []
+    parts.extend(notes)
+    if not parts:
+        return None
+    line = "; ".join(parts).replace("\n", " ")
+    return line if len(line) <= MAX_REASON_CHARS else line[:MAX_REASON_CHARS - 3] + "..."

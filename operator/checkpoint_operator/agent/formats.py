@@ -12,9 +12,8 @@ the format table of docs/concepts.md (`format_table_markdown`, checked by a test
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional, Sequence
@@ -22,7 +21,8 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence
 from checkpoint_operator.agent import completeness
 from checkpoint_operator.agent import metadata as md
 from checkpoint_operator.agent.completeness import Verdict
-from checkpoint_operator.agent.safe_read import CheckpointFiles
+from checkpoint_operator.agent.metrics_files import checkpoint_metrics
+from checkpoint_operator.agent.safe_read import CheckpointFiles, Unreadable, bounded_int, parse_json, quoted
 
 # Files a Transformers/PEFT model directory is loaded from (`from_pretrained`).
 _HF_CONFIGS = {"config.json", "adapter_config.json"}
@@ -151,7 +151,7 @@ def _keras_resumable(files: CheckpointFiles) -> bool:
 def _lightning_or_torch(files: CheckpointFiles) -> str:
     """A `.ckpt` is Lightning's unless its pickle is readable and says nothing of Lightning."""
     ckpts = [p for p in md.torch_files(files) if p.lower().endswith(".ckpt")]
-    pickles = list(md.read_pickles(files, ckpts))
+    pickles = [obj for _, obj in md.read_pickles(files, ckpts)]
     return "torch" if pickles and not any(md.is_lightning_pickle(o) for o in pickles) else "lightning"
 
 
@@ -181,9 +181,9 @@ RULES: tuple[FormatRule, ...] = (
                + ", ".join(f"`{p}`" for p in _HF_WEIGHTS) + "); wins over all others",
                "name, else `trainer_state.json` `global_step`",
                "`optimizer.pt`/`optimizer.bin`",
-               "every shard an `*.index.json` names is present; a Trainer checkpoint (`trainer_state.json`, or "
-               "`checkpoint-N/` with `optimizer.pt`/`scheduler.pt`/`rng_state*.pth`/`training_args.bin`) needs "
-               "a valid `trainer_state.json`, which the Trainer writes last; " + _WEIGHTS,
+               "`config.json` parses; every shard an `*.index.json` names is present; a Trainer checkpoint "
+               "(`trainer_state.json`, or `checkpoint-N/` with `optimizer.pt`/`scheduler.pt`/`rng_state*.pth`/"
+               "`training_args.bin`) needs a valid `trainer_state.json`, which the Trainer writes last; " + _WEIGHTS,
                step_from_data=md.step_from_trainer_state, completeness=completeness.huggingface),
     FormatRule("nemo", is_nemo,
                "a `*.nemo` file; NeMo 2 `context/` or a DCP `weights/`; `model_config.yaml` + `model_weights.ckpt`",
@@ -197,8 +197,9 @@ RULES: tuple[FormatRule, ...] = (
                "`zero_to_fp32.py`",
                "name, else the `latest` tag (`global_stepN`)",
                "`*optim_states*` files",
-               "`latest` (written after every rank saved) names a tag directory holding `*model_states.pt`; "
-               "without `latest`, model states present; " + _WEIGHTS,
+               "`latest` (written after every rank saved) names a tag directory holding the model states of "
+               "every model-parallel rank and the ZeRO optimizer states of every data-parallel rank; without "
+               "`latest`, model states present; " + _WEIGHTS,
                step_from_data=md.step_from_deepspeed, completeness=completeness.deepspeed),
     FormatRule("megatron", is_megatron,
                "`latest_checkpointed_iteration.txt`, an `iter_NNNNNNN/` directory (or the checkpoint's own name), "
@@ -214,44 +215,47 @@ RULES: tuple[FormatRule, ...] = (
                _NAME_STEP,
                "keys in `.metadata` under an optimizer name (`optim.state.*`, `optimizer.*`) or holding "
                "`param_groups`, as `get_state_dict(model, optimizer)` saves them",
-               "`.metadata` (renamed into place after all data) present in each directory with `.distcp` "
-               "files, and every file it names present and as long as it says",
+               "`.metadata` (renamed into place after all data) present and readable in each directory with "
+               "`.distcp` files, and every file it names present and as long as it says",
                resumable_from_data=md.dcp_resumable, completeness=completeness.torch_dcp),
     FormatRule("orbax", is_orbax,
                "`_CHECKPOINT_METADATA`, `_METADATA`, `manifest.ocdbt`, `commit_success.txt` or `.zarray` anywhere",
                _NAME_STEP + " (CheckpointManager's bare `N/`)",
                "an `opt_state/`/`optimizer/` item, or optimizer keys (`opt_state`...) in an item's `_METADATA`",
                "`_CHECKPOINT_METADATA` records `commit_timestamp_nsecs` or `commit_success.txt` is present; "
-               "nothing under an `*.orbax-checkpoint-tmp*` name; every `_METADATA` parses; OCDBT items have "
-               "`manifest.ocdbt`",
+               "nothing under an `*.orbax-checkpoint-tmp*` name; every item `_CHECKPOINT_METADATA` names is "
+               "there; every `_METADATA` and `.zarray` parses; OCDBT items and each process's part have "
+               "`manifest.ocdbt`; " + _WEIGHTS + " (OCDBT manifests and node files)",
                resumable_from_data=md.orbax_resumable, completeness=completeness.orbax),
-    FormatRule("cerebras", is_cerebras, "any `*.mdl`", _NAME_STEP, "-", "no rule of its own; " + _WEIGHTS),
+    FormatRule("cerebras", is_cerebras, "any `*.mdl`", _NAME_STEP, "-",
+               "no rule of its own; " + _WEIGHTS + " (an HDF5 `.mdl`; other content: not checked)"),
     FormatRule("gguf", is_gguf, "any `*.gguf`", _NAME_STEP, "-",
-               "magic, version, metadata and tensor table parse, and the file holds all the tensor data"),
+               "magic, version, key-value and tensor tables parse within the file (at most 4 dimensions, "
+               "offsets aligned), and the file holds all the tensor data"),
     FormatRule("keras", is_keras, "any `*.keras`", _NAME_STEP,
                "the archive's `config.json` has a `compile_config` optimizer (Keras then saves its variables)",
-               "the zip's central directory is whole and it holds `config.json` and `model.weights.h5`",
+               "the zip's central directory is whole and it holds `config.json`, which parses, and "
+               "`model.weights.h5`",
                resumable_from_data=_keras_resumable, completeness=completeness.keras),
     FormatRule("safetensors", is_safetensors, "any `*.safetensors` (no Transformers config beside it)",
                _NAME_STEP, "`optimizer*.bin` (Accelerate)",
-               "each header parses and its data ends at the end of the file; Accelerate `save_state` "
-               "directories need `random_states_0.pkl`, written last"),
+               _WEIGHTS + "; Accelerate `save_state` directories need `random_states_0.pkl`, written last"),
     FormatRule("lightning", is_lightning,
                "any `*.ckpt`; a readable one whose pickle lacks `pytorch-lightning_version` is torch",
                "name, else `global_step` in the pickle",
                "`optimizer_states` (non-empty) in the pickle",
-               "the zip's central directory is whole",
+               _WEIGHTS,
                step_from_data=_torch_step, resumable_from_data=_torch_resumable, refine=_lightning_or_torch),
     FormatRule("torch", is_torch, "any `*.pt`, `*.pth`, `*.bin`",
                "name, else `step`/`global_step`/`iteration` in the pickle of a root file",
                "an optimizer key (`optimizer`, `optim`, `optimizer_state_dict`...) or an `Optimizer.state_dict()` "
                "(`state` + `param_groups`) in the pickle of a root file (read with pickletools, never unpickled)",
-               "each `torch.save` zip's central directory is whole (the pre-1.6 format is not checked); Accelerate "
-               "as for safetensors",
+               _WEIGHTS + "; Accelerate as for safetensors",
                step_from_data=_torch_step, resumable_from_data=_torch_resumable),
     FormatRule("file", is_single_file, "exactly one file, of none of the formats above", _NAME_STEP, "-",
-               "no rule"),
-    FormatRule("unknown", _always, "anything else", _NAME_STEP, "-", "no rule of its own; " + _WEIGHTS),
+               "none: not checked (`complete` absent)"),
+    FormatRule("unknown", _always, "anything else", _NAME_STEP, "-",
+               "no rule of its own; " + _WEIGHTS + "; with no weight file, not checked (`complete` absent)"),
 )
 FORMATS = tuple(r.name for r in RULES)
 _BY_NAME = {r.name: r for r in RULES}
@@ -288,28 +292,59 @@ class Description:
     resumable: bool
     complete: Optional[bool]
     completeReason: Optional[str]
+    metrics: Optional[dict[str, float]] = field(default=None)
 
 
-def describe_checkpoint(root: Path, sizes: Mapping[str, int], name: str = "") -> Description:
-    """Format, step, resumable and completeness of the checkpoint at `root` made of these files
-    (relative path -> size). `name` is its directory's name ("" for the root files)."""
-    files = CheckpointFiles(Path(root), sizes, name)
-    rule = rule_for(files.paths, name)
+def _not_checked(fmt: str) -> str:
+    return f"not checked: no completeness check applies to these files (format {fmt})"
+
+
+def describe_checkpoint(root: Path, sizes: Mapping[str, int], name: str = "",
+                        skipped: Optional[Mapping[str, str]] = None) -> Description:
+    """Format, step, resumable, completeness and metrics of the checkpoint at `root` made of
+    these files (relative path -> size). `name` is its directory's name ("" for the root files).
+    `skipped`: entries of its directory that are not part of it (path -> why), which the format
+    may need. Completeness is decided on the files alone; the format is the writer's, so it is
+    detected on what was written (files and skipped entries)."""
+    files = CheckpointFiles(Path(root), sizes, name, skipped=dict(skipped or {}))
+    written = sorted({*files.paths, *files.skipped})
+    rule = rule_for(written, name)
     fmt = rule.refine(files) if rule.refine else rule.name
-    step = step_from_name(name) if name else None
+    step = None
+    if name:
+        from_name = step_from_name(name)
+        step = bounded_int(from_name)
+        if from_name is not None and step is None:
+            files.note("", f"step {quoted(str(from_name), 24)} in the checkpoint's name is beyond int64: not used "
+                           "as the step")
     if step is None and rule.step_from_data:
         step = rule.step_from_data(files)
     if step is None:  # a trainer_state.json says the step whatever the weights' format
         step = md.step_from_trainer_state(files)
     resumable = is_resumable(files.paths) or bool(rule.resumable_from_data and rule.resumable_from_data(files))
+    metrics = checkpoint_metrics(files)
     verdict = completeness.verdict(files, _BY_NAME[fmt].completeness)
-    return Description(fmt, step, resumable, verdict.complete, verdict.reason)
+    return Description(fmt, step, resumable, verdict.complete, _reason(verdict, files, fmt), metrics)
 
 
-def completeness_of(root: Path, sizes: Mapping[str, int], name: str = "") -> Verdict:
+def _reason(verdict: Verdict, files: CheckpointFiles, fmt: str) -> Optional[str]:
+    reason = verdict.reason or (_not_checked(fmt) if verdict.complete is None else None)
+    # What a reader ignored, unless the verdict already says it.
+    notes = [f"{rel}: {why}" if rel else why for rel, why in sorted(files.problems.items())
+             if not (reason and why in reason)]
+    if notes:
+        notes[0] = "ignored: " + notes[0]
+    return completeness.with_notes(reason, notes)
+
+
+def completeness_of(root: Path, sizes: Mapping[str, int], name: str = "",
+                    skipped: Optional[Mapping[str, str]] = None) -> Verdict:
     """Only the verdict: is the checkpoint at `root` complete now? (Cheap: no hashing.)"""
-    files = CheckpointFiles(Path(root), sizes, name)
-    return completeness.verdict(files, rule_for(files.paths, name).completeness)
+    files = CheckpointFiles(Path(root), sizes, name, skipped=dict(skipped or {}))
+    verdict = completeness.verdict(files, rule_for(sorted({*files.paths, *files.skipped}), name).completeness)
+    if verdict.complete is None and verdict.reason is None:
+        return Verdict(None, "not checked: no completeness check applies to these files")
+    return verdict
 
 
 def format_table_markdown() -> str:
@@ -341,15 +376,13 @@ def step_from_name(name: str) -> Optional[int]:
 
 
 def step_from_trainer_state(text: str) -> Optional[int]:
-    """`global_step` of a Transformers `trainer_state.json`, or None when absent or malformed."""
+    """`global_step` of a Transformers `trainer_state.json`, or None when absent, malformed or
+    beyond int64 (read with the bounds of safe_read.parse_json)."""
     try:
-        value = json.loads(text).get("global_step")
-    except (ValueError, AttributeError):
+        state = parse_json(text.encode("utf-8", "surrogatepass"))
+    except Unreadable:
         return None
-    # bool is an int in Python; a step is a non-negative integer.
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    return None
+    return bounded_int(state.get("global_step")) if isinstance(state, dict) else None
 
 
 # A whole token, so `attempt-3`, `template`, `temperature` stay; `ckpt.tmp`, `x-incomplete`,

@@ -118,11 +118,11 @@ def list_output(root: str, budget: EntryBudget, skip: set[str] | frozenset = fro
         for child in children:
             if formats.unfinished_marker(child.name) and _kind(child) == "dir":
                 _note_unfinished(listing, name, child.name, child)
-        for child in split.checkpoints:
-            path = f"{name}/{child}"
-            _note_step(listing, name, formats.step_from_name(child))
+        for step_name in split.checkpoints:
+            path = f"{name}/{step_name}"
+            _note_step(listing, name, formats.step_from_name(step_name))
             if path not in skip:
-                _add(listing, path, child, os.path.join(entry.path, child), budget)
+                _add(listing, path, step_name, os.path.join(entry.path, step_name), budget)
     return listing
 
 
@@ -236,7 +236,7 @@ def evidence(listed: Listed) -> Evidence:
     files = CheckpointFiles(Path(listed.directory), {p: size for p, size, _ in listed.files}, listed.name)
     verdict = formats.completeness_of(Path(listed.directory), files.sizes, listed.name)
     marker = completion_marker(files) if verdict.complete is not False else None
-    return Evidence(verdict.complete, verdict.reason or "no completeness rule", marker)
+    return Evidence(verdict.complete, verdict.reason or "not checked", marker)
 
 
 # --- the decision ----------------------------------------------------------------------------------

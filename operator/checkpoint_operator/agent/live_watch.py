@@ -54,6 +54,7 @@ from checkpoint_operator.agent.durability import sync_filesystem
 from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.hashing import FileChanged
 from checkpoint_operator.agent.manifest import Manifest
+from checkpoint_operator.agent.safe_read import Unreadable, parse_json, read_capped
 from checkpoint_operator.agent.scan import scan_directory
 from checkpoint_operator.agent.tree import EntryBudget, TooManyEntries, entry_limit
 
@@ -62,6 +63,17 @@ STATE_FILE = "sealed.json"
 CHECKS_PER_TICK = 4      # sealed directories stat-checked per tick (all of them at the end)
 MIN_INTERVAL = 0.05
 RENAME_MEMORY = 20       # ticks an inode listed under an unfinished name is remembered
+
+
+MAX_STATE_BYTES = 256 * 1024 * 1024  # the watcher's state: a few stats per sealed file
+_SEALED_TYPES: dict[str, type | tuple[type, ...]] = {"path": str, "digest": str, "step": (int, type(None)), "complete": (bool, type(None)),
+                 "resumable": bool, "stats": list, "uri": (str, type(None)), "changed": bool, "summary": dict}
+
+
+def _is_sealed_record(record: Any) -> bool:
+    """A record of the state file with the fields of `Sealed`, each of its type."""
+    return isinstance(record, dict) and all(isinstance(record.get(k), t) for k, t in _SEALED_TYPES.items()
+                                            if k in record or k in ("path", "digest", "resumable"))
 
 
 @dataclass
@@ -128,9 +140,11 @@ def read_annotation_file(path: str) -> dict[str, str]:
         if not sep:
             continue
         try:
-            out[key] = json.loads(value)  # %q of printable text is a JSON string
-        except ValueError:
+            parsed = parse_json(value.encode("utf-8", "surrogatepass"))  # %q of printable text is a JSON string
+        except Unreadable:
             continue
+        if isinstance(parsed, str):
+            out[key] = parsed
     return out
 
 
@@ -138,7 +152,7 @@ class Watcher:
     def __init__(self, root: str, *, store: str = "volume", upload_to: Optional[str] = None,
                  annotations_file: Optional[str] = None, shared: bool = False, max_entries: Optional[int] = None,
                  upload_concurrency: int = 2, endpoint_url: Optional[str] = None,
-                 emit: Callable[[dict], None] = None, sync: bool = False) -> None:
+                 emit: Optional[Callable[[dict], None]] = None, sync: bool = False) -> None:
         self.root = root
         self.sync = sync  # syncfs before announcing a sealed directory (a volume snapshot of it follows)
         self.store = store
@@ -174,12 +188,15 @@ class Watcher:
 
     # --- state ------------------------------------------------------------------------------
     def _load_state(self) -> None:
+        # The state is in the output volume, which the training containers can write: read it as
+        # any tenant-written file (bounded size and depth), and take only well-typed records.
         try:
-            with open(os.path.join(self.state_dir, STATE_FILE), encoding="utf-8") as f:
-                records = json.load(f)
-        except (OSError, ValueError):
+            records = parse_json(read_capped(os.path.join(self.state_dir, STATE_FILE), MAX_STATE_BYTES))
+        except Unreadable:
             return
         for record in records if isinstance(records, list) else []:
+            if not _is_sealed_record(record):
+                continue
             try:
                 sealed = Sealed(**record)
             except TypeError:
@@ -200,8 +217,10 @@ class Watcher:
                       f"CHECKPOINT_RESUME_PATH; run the training container and this sidecar as the same user)")
 
     def resume_target(self) -> Optional[Sealed]:
-        """The latest sealed checkpoint not found incomplete, with optimizer state when one has it."""
-        usable = [s for s in self.sealed.values() if s.complete is not False and not s.changed]
+        """The latest sealed checkpoint found complete (or, when none was, not checked; never one
+        found incomplete), with optimizer state when one has it: as `select: latest` decides."""
+        unchanged = [s for s in self.sealed.values() if not s.changed]
+        usable = [s for s in unchanged if s.complete is True] or [s for s in unchanged if s.complete is None]
         resumable = [s for s in usable if s.resumable] or usable
         return max(resumable, key=lambda s: (s.step is not None, s.step or -1, s.path)) if resumable else None
 
@@ -396,9 +415,9 @@ class Watcher:
         self._annotations_mtime = mtime
         raw = read_annotation_file(self.annotations_file).get(REMOVE_ANNOTATION)
         try:
-            requests = json.loads(raw) if raw else []
-        except ValueError:
-            self.warn(f"annotation {REMOVE_ANNOTATION} is not JSON; ignored")
+            requests = parse_json(raw.encode("utf-8", "surrogatepass")) if raw else []
+        except Unreadable as exc:
+            self.warn(f"annotation {REMOVE_ANNOTATION} is not JSON that can be read safely ({exc}); ignored")
             return
         for request in requests if isinstance(requests, list) else []:
             if isinstance(request, dict):

@@ -17,7 +17,7 @@ import hashlib
 import json
 from typing import Iterable, Optional
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.names import NameSpace, collision_problem, path_problem, printable, spelled
@@ -30,6 +30,7 @@ MANIFEST_NAME = ".checkpoint-manifest.json"
 UPLOAD_JOURNAL_NAME = ".checkpoint-upload-journal.json"
 # Names at a checkpoint's root that the agent writes itself: never files of a checkpoint.
 RESERVED_ROOT_NAMES = (MANIFEST_NAME, UPLOAD_JOURNAL_NAME)
+MAX_STEP = 2**63 - 1  # int64, the status schema's
 # A manifest bigger than this is refused unread (a million files take ~150 MB).
 MAX_MANIFEST_BYTES = 512 * 1024 * 1024
 
@@ -52,13 +53,22 @@ class Manifest(BaseModel):
     format: str = "unknown"
     step: Optional[int] = None
     resumable: bool = False
-    # None: no completeness rule for this format (treated as complete). The reason is one line
-    # a user reads: what decided it (agent/completeness.py).
+    # True: checked, and the files are what their format says; False: a check failed; None: nothing
+    # could be checked (never counted as complete). The reason is one line a user reads: what
+    # decided it, and what was ignored (agent/completeness.py).
     complete: Optional[bool] = None
     completeReason: Optional[str] = None
     # A few named numbers the checkpoint records about itself (agent/metrics_files.py), for
     # retention.keepBest and select: best. Not part of the digest.
     metrics: Optional[dict[str, float]] = None
+
+    @field_validator("step", mode="before")
+    @classmethod
+    def _step_within_int64(cls, value: object) -> object:
+        # A step the status's int64 cannot hold is no step (whoever wrote the manifest).
+        if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= MAX_STEP:
+            return None
+        return value
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=None, separators=(",", ":"), sort_keys=True)

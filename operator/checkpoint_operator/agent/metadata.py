@@ -2,17 +2,20 @@
 
 Each function takes a `CheckpointFiles` and returns None when its files are absent or
 unreadable: the name rules (agent/formats.py) then decide alone. Pickles are read with
-`safe_pickle` (no unpickling), every read is capped (`safe_read.MAX_METADATA_BYTES`).
+`safe_pickle` (no unpickling), JSON with `safe_read.parse_json`, every read is capped
+(`safe_read.MAX_METADATA_BYTES`). What a reader ignores (an unreadable file, a step beyond
+int64) is noted on the `CheckpointFiles` (`files.note`), so the checkpoint says so.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, Iterator, Optional
 
 from checkpoint_operator.agent import safe_pickle
-from checkpoint_operator.agent.safe_read import CheckpointFiles, Unreadable, zip_member
+from checkpoint_operator.agent.names import component_problem
+from checkpoint_operator.agent.safe_read import (MAX_INT_DIGITS, CheckpointFiles, Unreadable, bounded_int, is_too_big,
+                                                 quoted)
 
 TRAINER_STATE = "trainer_state.json"
 DEEPSPEED_LATEST = "latest"
@@ -26,14 +29,28 @@ OPTIMIZER_KEYS = {"optimizer", "optimizers", "optimizer_state_dict", "optimizer_
 # Top-level keys that carry the training step (Lightning: global_step; Megatron: iteration).
 STEP_KEYS = ("global_step", "step", "iteration", "iter")
 MAX_PICKLES_READ = 4  # torch files whose pickle is read per checkpoint
-_GLOBAL_STEP_TAG = re.compile(r"^global_step(\d+)$")
+_GLOBAL_STEP_TAG = re.compile(r"^global_step([0-9]+)$")
+_DIGITS = re.compile(r"^[0-9]+$")  # ASCII only: str.isdigit() also takes '²', which int() refuses
 
 
-def _non_negative_int(value: Any) -> Optional[int]:
-    # bool is an int in Python; a step is a non-negative integer.
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    return None
+def step_value(files: CheckpointFiles, rel: str, what: str, value: Any) -> Optional[int]:
+    """`value` as a step (a non-negative int64), noting on `files` when it is a number too big
+    for one (the status's int64 could not hold it)."""
+    step = bounded_int(value)
+    if step is None and is_too_big(value):
+        files.note(rel, f"{what} {quoted(value, 24)} is beyond int64: not used as the step")
+    return step
+
+
+def digits_value(files: CheckpointFiles, rel: str, what: str, text: str) -> Optional[int]:
+    """ASCII digits as a step: at most MAX_INT_DIGITS of them (int() of a long digit string is
+    slow, and of more than 4300 digits an error), within int64."""
+    if not _DIGITS.fullmatch(text):
+        return None
+    if len(text) > MAX_INT_DIGITS:
+        files.note(rel, f"{what} {quoted(text, 24)} is beyond int64: not used as the step")
+        return None
+    return step_value(files, rel, what, int(text))
 
 
 def trainer_state(files: CheckpointFiles) -> Optional[dict]:
@@ -43,12 +60,15 @@ def trainer_state(files: CheckpointFiles) -> Optional[dict]:
         state = files.json(TRAINER_STATE)
     except Unreadable:
         return None
-    return state if isinstance(state, dict) else None
+    if not isinstance(state, dict):
+        files.note(TRAINER_STATE, "not a JSON object")
+        return None
+    return state
 
 
 def step_from_trainer_state(files: CheckpointFiles) -> Optional[int]:
     state = trainer_state(files)
-    return _non_negative_int(state.get("global_step")) if state else None
+    return step_value(files, TRAINER_STATE, "global_step", state.get("global_step")) if state else None
 
 
 def deepspeed_tag(files: CheckpointFiles) -> Optional[str]:
@@ -59,13 +79,16 @@ def deepspeed_tag(files: CheckpointFiles) -> Optional[str]:
         tag = files.text(DEEPSPEED_LATEST).strip()
     except Unreadable:
         return None
-    return tag if tag and "/" not in tag and tag not in (".", "..") else None
+    if not tag or component_problem(tag) or tag in (".", ".."):
+        files.note(DEEPSPEED_LATEST, f"{quoted(tag)} is not a directory name")
+        return None
+    return tag
 
 
 def step_from_deepspeed(files: CheckpointFiles) -> Optional[int]:
     tag = deepspeed_tag(files)
-    match = _GLOBAL_STEP_TAG.match(tag or "")
-    return int(match.group(1)) if match else None
+    match = _GLOBAL_STEP_TAG.fullmatch(tag or "")
+    return digits_value(files, DEEPSPEED_LATEST, "the tag's step", match.group(1)) if match else None
 
 
 def megatron_iteration(files: CheckpointFiles) -> Optional[str]:
@@ -76,12 +99,15 @@ def megatron_iteration(files: CheckpointFiles) -> Optional[str]:
         text = files.text(MEGATRON_TRACKER).strip()
     except Unreadable:
         return None
-    return text if text.isdigit() or text == "release" else None
+    if text == "release" or (_DIGITS.fullmatch(text) and digits_value(files, MEGATRON_TRACKER, "iteration", text)
+                             is not None):
+        return text
+    return None
 
 
 def step_from_megatron(files: CheckpointFiles) -> Optional[int]:
     iteration = megatron_iteration(files)
-    return int(iteration) if iteration and iteration.isdigit() else None
+    return int(iteration) if iteration and _DIGITS.fullmatch(iteration) else None
 
 
 def torch_files(files: CheckpointFiles, *, root_only: bool = True) -> list[str]:
@@ -90,19 +116,21 @@ def torch_files(files: CheckpointFiles, *, root_only: bool = True) -> list[str]:
             if p.lower().endswith(TORCH_ZIP_SUFFIXES) and (not root_only or "/" not in p) and files.is_zip(p)]
 
 
-def read_pickles(files: CheckpointFiles, paths: list[str]) -> Iterator[Any]:
+def read_pickles(files: CheckpointFiles, paths: list[str]) -> Iterator[tuple[str, Any]]:
+    """(path, object) of the first MAX_PICKLES_READ torch files among `paths` that read."""
     for path in paths[:MAX_PICKLES_READ]:
         try:
-            yield files.torch_pickle(path)
-        except (Unreadable, safe_pickle.NotAPickle):
+            yield path, files.torch_pickle(path)
+        except Unreadable:
             continue
 
 
-def step_from_pickle(obj: Any) -> Optional[int]:
+def step_from_pickle(obj: Any, files: Optional[CheckpointFiles] = None, rel: str = "") -> Optional[int]:
     if not isinstance(obj, dict):
         return None
     for key in STEP_KEYS:
-        step = _non_negative_int(obj.get(key))
+        value = obj.get(key)
+        step = bounded_int(value) if files is None else step_value(files, rel, key, value)
         if step is not None:
             return step
     return None
@@ -125,15 +153,15 @@ def is_lightning_pickle(obj: Any) -> bool:
 
 
 def step_from_torch_files(files: CheckpointFiles, paths: list[str]) -> Optional[int]:
-    for obj in read_pickles(files, paths):
-        step = step_from_pickle(obj)
+    for path, obj in read_pickles(files, paths):
+        step = step_from_pickle(obj, files, path)
         if step is not None:
             return step
     return None
 
 
 def torch_files_resumable(files: CheckpointFiles, paths: list[str]) -> bool:
-    return any(pickle_has_optimizer_state(obj) for obj in read_pickles(files, paths))
+    return any(pickle_has_optimizer_state(obj) for _, obj in read_pickles(files, paths))
 
 
 # --- torch distributed checkpoint (DCP) -----------------------------------------------------
@@ -142,7 +170,7 @@ def dcp_metadata(files: CheckpointFiles, rel: str) -> Optional[Any]:
     """The Metadata object of a DCP `.metadata` file (safe_pickle form), or None."""
     try:
         obj = files.pickle(rel)
-    except (Unreadable, safe_pickle.NotAPickle):
+    except Unreadable:
         return None
     if isinstance(obj, safe_pickle.Opaque) and obj.what.endswith("checkpoint.metadata.Metadata"):
         return obj
@@ -154,16 +182,17 @@ def dcp_keys(metadata: Any) -> list[str]:
     return [k for k in keys if isinstance(k, str)] if isinstance(keys, dict) else []
 
 
-def dcp_storage(metadata: Any) -> list[tuple[str, int]]:
-    """(relative file, bytes it must hold at least) for every stored item of a DCP checkpoint."""
+def dcp_storage(metadata: Any) -> Optional[list[tuple[str, int]]]:
+    """(relative file, bytes it must hold at least) for every stored item of a DCP checkpoint;
+    None when an item's path, offset or length is not one (a path, two int64 counts)."""
     storage = safe_pickle.field(metadata, "storage_data")
     out = []
     for info in (storage or {}).values() if isinstance(storage, dict) else []:
         path = safe_pickle.field(info, "relative_path")
-        offset, length = safe_pickle.field(info, "offset"), safe_pickle.field(info, "length")
-        if isinstance(path, str):
-            end = offset + length if isinstance(offset, int) and isinstance(length, int) else 0
-            out.append((path, end))
+        offset, length = bounded_int(safe_pickle.field(info, "offset")), bounded_int(safe_pickle.field(info, "length"))
+        if not isinstance(path, str) or not path or offset is None or length is None:
+            return None
+        out.append((path, offset + length))
     return out
 
 
@@ -203,7 +232,7 @@ def orbax_tree_keys(files: CheckpointFiles, rel: str) -> list[list[str]]:
     for entry in (tree or {}).values() if isinstance(tree, dict) else []:
         keys = entry.get("key_metadata") if isinstance(entry, dict) else None
         if isinstance(keys, list):
-            paths.append([str(k.get("key")) for k in keys if isinstance(k, dict)])
+            paths.append([k["key"] for k in keys if isinstance(k, dict) and isinstance(k.get("key"), str)])
     return paths
 
 
@@ -223,8 +252,8 @@ def keras_compiled_with_optimizer(files: CheckpointFiles, rel: str) -> bool:
     """A `.keras` zip whose config.json has a compile_config with an optimizer: Keras then saves
     the optimizer's variables in model.weights.h5 beside the model's."""
     try:
-        config = json.loads(zip_member(files.path_of(rel), "config.json"))
-    except (Unreadable, ValueError, UnicodeDecodeError):
+        config = files.zip_json(rel, "config.json")
+    except Unreadable:
         return False
     compile_config = config.get("compile_config") if isinstance(config, dict) else None
     return isinstance(compile_config, dict) and bool(compile_config.get("optimizer"))

@@ -9,8 +9,11 @@ decodes) on a small stack machine that builds containers and plain values and st
 
 from __future__ import annotations
 
+import io
 import pickletools
 from typing import Any, Iterator, Optional
+
+from checkpoint_operator.agent.work_limit import WorkBudget
 
 
 class NotAPickle(ValueError):
@@ -43,6 +46,11 @@ class _Global:
 
 
 _MARK = object()
+# A dict key is kept only when hashing it is cheap and cannot recurse: a plain value, an Opaque,
+# or a tuple of those at most this deep (a pickle can nest tuples millions deep).
+MAX_KEY_DEPTH = 4
+# `walk` descends at most this deep: a key path is copied per node, so depth costs quadratically.
+MAX_WALK_DEPTH = 64
 # Each opcode builds at most one object: this bounds memory (a few hundred MB at worst) whatever
 # the pickle. torch DCP metadata of a large sharded model is a few million opcodes.
 MAX_OPCODES = 3_000_000
@@ -62,13 +70,20 @@ def _called(func: Any, args: Any) -> Any:
     return Opaque("call", args)
 
 
+def _plain_key(key: Any, depth: int = 0) -> bool:
+    if isinstance(key, (str, bytes, int, float, bool, Opaque, _Global)) or key is None:
+        return True
+    return isinstance(key, tuple) and depth < MAX_KEY_DEPTH and all(_plain_key(k, depth + 1) for k in key)
+
+
 class _Machine:
     def __init__(self) -> None:
         self.stack: list = []
         self.memo: dict = {}
+        self.persistent: list = []  # every persistent id, in order (torch's storages)
 
     def pop_mark(self) -> list:
-        items = []
+        items: list = []
         while True:
             if not self.stack:
                 raise NotAPickle("MARK missing")
@@ -80,10 +95,8 @@ class _Machine:
     def set_items(self, target: Any, items: list) -> None:
         if isinstance(target, dict):
             for k, v in zip(items[::2], items[1::2]):
-                try:
-                    target[k] = v
-                except TypeError:  # an unhashable key: keep the value under an opaque one
-                    target[Opaque("key")] = v
+                # An unhashable or deeply nested key: keep the value under an opaque one.
+                target[k if _plain_key(k) else Opaque("key")] = v
 
     def step(self, name: str, arg: Any) -> None:
         s = self.stack
@@ -114,9 +127,9 @@ class _Machine:
             n = int(name[-1])
             if len(s) < n:
                 raise NotAPickle("stack underflow")
-            items = tuple(s[-n:])
+            members = tuple(s[-n:])
             del s[-n:]
-            s.append(items)
+            s.append(members)
         elif name == "TUPLE":
             s.append(tuple(self.pop_mark()))
         elif name == "LIST":
@@ -147,7 +160,7 @@ class _Machine:
             s.append(g if name == "GLOBAL" else _called(g, tuple(self.pop_mark())))
         elif name == "STACK_GLOBAL":
             attr, module = s.pop(), s.pop()
-            s.append(_Global(str(module), str(attr)))
+            s.append(_Global(module if isinstance(module, str) else "?", attr if isinstance(attr, str) else "?"))
         elif name == "REDUCE":
             args, func = s.pop(), s.pop()
             s.append(_called(func, args))
@@ -166,6 +179,7 @@ class _Machine:
                 s[-1].state = state
         elif name in ("PERSID", "BINPERSID"):
             pid = arg if name == "PERSID" else s.pop()
+            self.persistent.append(pid)
             s.append(Opaque("persistent", pid))
         elif name == "POP":
             s.pop()
@@ -184,26 +198,53 @@ class _Machine:
 def loads(data: bytes) -> Any:
     """The first pickle in `data`, as plain containers and values with `Opaque` stand-ins.
     Raises NotAPickle for anything that is not a whole, well-formed pickle."""
+    return load_prefix(data)[0]
+
+
+def load_prefix(data: bytes, start: int = 0, persistent: Optional[list] = None,
+                budget: Optional[WorkBudget] = None) -> tuple[Any, int]:
+    """The pickle that begins at `start` in `data` and where it ends (the offset after its STOP),
+    for files that are several pickles in a row (torch.save's legacy format). `persistent`, when
+    given, receives every persistent id the pickle refers to. `budget`: charged one step per
+    opcode (work_limit.OverBudget when it runs out)."""
     machine = _Machine()
+    stream = io.BytesIO(data)
+    stream.seek(start)
     try:
-        for count, (opcode, arg, _) in enumerate(pickletools.genops(data)):
+        for count, (opcode, arg, pos) in enumerate(pickletools.genops(stream)):
             if count >= MAX_OPCODES:
                 raise NotAPickle(f"more than {MAX_OPCODES} opcodes: not read")
+            if budget is not None and count % 1024 == 1023:
+                budget.spend(1024)
             if opcode.name == "STOP":
                 if len(machine.stack) != 1:
                     raise NotAPickle("stack is not one value at STOP")
-                return machine.stack[0]
+                if persistent is not None:
+                    persistent.extend(machine.persistent)
+                return machine.stack[0], (pos or 0) + 1
             machine.step(opcode.name, arg)
     except NotAPickle:
         raise
-    except (ValueError, IndexError, KeyError, TypeError) as e:  # truncated or malformed opcodes
-        raise NotAPickle(f"not a readable pickle: {e}") from None
+    except (ValueError, IndexError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as e:
+        # truncated or malformed opcodes (a LONG of more digits than int() takes is a ValueError)
+        raise NotAPickle(f"not a readable pickle: {_short(e)}") from None
     raise NotAPickle("no STOP: cut short")
+
+
+def _short(error: Exception) -> str:
+    text = str(error).replace("\n", " ")
+    return text if len(text) <= 120 else text[:120] + "..."
+
+
+def global_name(obj: Any) -> Optional[str]:
+    """`module.name` of a class or function a pickle names without calling it (GLOBAL), else None."""
+    return obj.qualified if isinstance(obj, _Global) else None
 
 
 def walk(obj: Any, limit: int = 1_000_000) -> Iterator[tuple[tuple, Any]]:
     """(key path, value) of every node below `obj`, through dicts, lists, tuples and the state
-    of Opaque objects, each shared object once (pickles may share and cycle)."""
+    of Opaque objects, each shared object once (pickles may share and cycle), at most `limit`
+    nodes and MAX_WALK_DEPTH levels deep."""
     seen: set[int] = set()
     stack: list[tuple[tuple, Any]] = [((), obj)]
     count = 0
@@ -211,6 +252,8 @@ def walk(obj: Any, limit: int = 1_000_000) -> Iterator[tuple[tuple, Any]]:
         path, node = stack.pop()
         count += 1
         yield path, node
+        if len(path) >= MAX_WALK_DEPTH:
+            continue
         if isinstance(node, (dict, list, tuple, Opaque)):
             if id(node) in seen:
                 continue

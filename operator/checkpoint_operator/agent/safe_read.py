@@ -1,58 +1,107 @@
 """Bounded, read-only looks at a checkpoint's small metadata: never a weight, never an unpickle.
 
-`CheckpointFiles` is one checkpoint as a root directory and its file list (path -> size), with
-each read capped at `MAX_METADATA_BYTES` and remembered, so the format, step, resumable and
-completeness rules can all ask for the same file and it is read once. Structural checks of
-weight containers read only their headers or their ends:
-  - safetensors: the 8-byte header length and the JSON header; data must end at the file's end.
-  - zip (torch.save, .keras): the end-of-central-directory record at the end of the file.
-  - tar (.nemo): the member headers, seeking over the data.
-  - GGUF: the header and tensor table.
+Everything here reads what a tenant wrote, so every read has a bound whatever the input:
+  - size: at most MAX_METADATA_BYTES per read (a bigger file is not read at all);
+  - JSON (`parse_json`): UTF-8 only, at most MAX_JSON_DEPTH levels of nesting (checked before
+    parsing: Python's parser recurses), integers of at most MAX_INT_DIGITS digits and finite
+    floats; a number beyond those becomes an `OutOfRange`, which no reader takes for a number;
+  - pickles: agent/safe_pickle.py (opcodes counted, nothing imported or called);
+  - zips: the central directory at the end, at most MAX_ZIP_ENTRIES entries.
+Every failure is `Unreadable` with a one-line reason; `CheckpointFiles` remembers which of a
+checkpoint's files could not be read and why (`problems`), so the checkpoint says so instead
+of the scan failing. The structural checks of weight files are in agent/file_checks.py.
 """
 
 from __future__ import annotations
 
 import json
+import operator
 import os
+import re
 import stat
 import struct
-import tarfile
 import zipfile
 from dataclasses import dataclass, field
+from itertools import accumulate, count
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import IO, Any, Callable, Mapping, Optional, TypeVar
 
 from checkpoint_operator.agent import safe_pickle
+from checkpoint_operator.agent.names import printable
+from checkpoint_operator.agent.work_limit import OverBudget, WorkBudget
 
 MAX_METADATA_BYTES = 16 * 1024 * 1024  # cap of any one metadata read (json, pickle, header)
-MAX_TAR_MEMBERS = 100_000
+MAX_JSON_DEPTH = 64  # real metadata nests a few levels (a Keras config.json about 20)
+MAX_INT_DIGITS = 19  # int64's; a longer integer is never a step, a size or a count
+MAX_FLOAT_CHARS = 64  # a float literal longer than this is not something a framework wrote
 MAX_ZIP_ENTRIES = 100_000
+INT64_MAX = 2**63 - 1  # every integer the operator writes fits the CRD schema's int64
+MAX_QUOTED = 80  # characters of a tenant-written string quoted in a reason
+JSON_BYTES_PER_STEP = 16  # what a step of the work budget (agent/work_limit.py) buys of JSON parsing
+
+T = TypeVar("T")
 
 
 class Unreadable(Exception):
     """The file cannot be read as what it claims to be; the message says why, for a user."""
 
 
-@dataclass(frozen=True)
-class Structure:
-    """A structural check of one file: ok, or why not; `checked` False when the file is not
-    what its name says (then nothing is concluded from it)."""
+class OutOfRange:
+    """A JSON number no reader uses: an integer of more than MAX_INT_DIGITS digits, a float that
+    is not finite (`1e999`), `NaN` or `Infinity`. Neither an int nor a float, so a reader that
+    wants a number skips it; `text` is its start, for messages."""
 
-    ok: bool
-    why: str = ""
-    checked: bool = True
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text if len(text) <= 24 else f"{text[:20]}... ({len(text)} characters)"
+
+    def __repr__(self) -> str:
+        return f"OutOfRange({self.text})"
 
 
-NOT_CHECKED = Structure(True, "", checked=False)
+def bounded_int(value: Any) -> Optional[int]:
+    """`value` when it is a non-negative integer that fits int64 (a step, a size, a count), else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= INT64_MAX:
+        return value
+    return None
 
 
-def _open_regular(path: str):
+def is_too_big(value: Any) -> bool:
+    """An integer beyond int64 or an OutOfRange number: said so, rather than silently dropped."""
+    return isinstance(value, OutOfRange) or (isinstance(value, int) and not isinstance(value, bool)
+                                             and value > INT64_MAX)
+
+
+def quoted(text: Any, limit: int = MAX_QUOTED) -> str:
+    """A tenant-written value for a one-line reason: printable, at most `limit` characters."""
+    if isinstance(text, OutOfRange):
+        return printable(text.text)
+    if isinstance(text, int) and not isinstance(text, bool) and text.bit_length() > 64:
+        return f"an integer of {len(str(text)) if text.bit_length() < 14000 else 'over 4000'} digits"
+    text = text if isinstance(text, str) else repr(text) if isinstance(text, (int, float)) else type(text).__name__
+    short = text[:limit]
+    return printable(short) + (f"... ({len(text)} characters)" if len(text) > limit else "")
+
+
+def _nonblocking(path: str, flags: int) -> int:
+    # O_NONBLOCK: opening a fifo put in place of a file would otherwise wait for a writer forever
+    # (regular files ignore the flag).
+    return os.open(path, flags | os.O_NONBLOCK)
+
+
+def _open_regular(path: str) -> IO[bytes]:
     # O_NOFOLLOW is not used: the scan follows symlinks that stay inside the checkpoint.
-    f = open(path, "rb")
+    f = open(path, "rb", opener=_nonblocking)
     if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
         f.close()
         raise Unreadable("not a regular file")
     return f
+
+
+def open_regular(path: str) -> IO[bytes]:
+    """The file opened for reading; Unreadable when it is not a regular file (OSError as is)."""
+    return _open_regular(path)
 
 
 def read_capped(path: str, limit: int = MAX_METADATA_BYTES) -> bytes:
@@ -66,45 +115,50 @@ def read_capped(path: str, limit: int = MAX_METADATA_BYTES) -> bytes:
     return data
 
 
-# --- safetensors -----------------------------------------------------------------------------
+# --- JSON ------------------------------------------------------------------------------------
 
-def safetensors_structure(path: str) -> Structure:
-    """The header parses and the data it describes ends exactly at the end of the file."""
+# A JSON string (escapes included), unrolled so the regex engine never backtracks; an unterminated
+# one runs to the end of the text, so that no quote after it starts another scan to the end (which
+# made the skeleton quadratic in the number of escaped quotes of an unterminated string).
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*\\?(?:"|\Z)', re.DOTALL)
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+_OPEN_AS_TWO = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")
+
+
+def json_depth(data: bytes) -> int:
+    """How deep the brackets of a JSON text nest (strings ignored), without recursion: each
+    opening bracket counts 2 and each closing 0, so after k brackets the depth is the sum - k.
+    C-speed iterators throughout: about 40 ns a bracket."""
+    skeleton = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKET).translate(_OPEN_AS_TWO)
+    return max(map(operator.sub, accumulate(skeleton), count(1)), default=0)
+
+
+def _parse_int(text: str) -> int | OutOfRange:
+    return OutOfRange(text) if len(text.lstrip("-")) > MAX_INT_DIGITS else int(text)
+
+
+def _parse_float(text: str) -> float | OutOfRange:
+    if len(text) > MAX_FLOAT_CHARS:
+        return OutOfRange(text)
+    value = float(text)
+    return value if value - value == 0 else OutOfRange(text)  # inf - inf and nan - nan are nan
+
+
+def parse_json(data: bytes) -> Any:
+    """JSON within the bounds of the module doc; Unreadable (one line, no file name) otherwise."""
     try:
-        with _open_regular(path) as f:
-            size = os.fstat(f.fileno()).st_size
-            if size == 0:
-                return Structure(False, "empty (0 bytes): its save never wrote it")
-            head = f.read(9)
-            if len(head) < 9 or head[8:9] != b"{":
-                return NOT_CHECKED  # no JSON header where safetensors has one: another format
-            (n,) = struct.unpack("<Q", head[:8])
-            if n < 2 or n > MAX_METADATA_BYTES:
-                return Structure(False, f"header length {n} is not between 2 and the {MAX_METADATA_BYTES}-byte cap")
-            if 8 + n > size:
-                return Structure(False, f"header of {n} bytes does not fit in {size} bytes (cut short)")
-            header = json.loads(b"{" + f.read(n - 1))
-    except (OSError, Unreadable) as e:
-        return Structure(False, str(getattr(e, "strerror", None) or e))
-    except (ValueError, UnicodeDecodeError):
-        return Structure(False, "header is not valid JSON")
-    if not isinstance(header, dict):
-        return Structure(False, "header is not a JSON object")
-    end = 0
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        offsets = info.get("data_offsets") if isinstance(info, dict) else None
-        if (not isinstance(offsets, list) or len(offsets) != 2
-                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
-                or not 0 <= offsets[0] <= offsets[1]):
-            return Structure(False, f"tensor {name!r} has no valid data_offsets")
-        end = max(end, offsets[1])
-    expected = 8 + n + end
-    if expected != size:
-        return Structure(False, f"header describes {expected} bytes, the file has {size} (cut short)"
-                         if size < expected else f"header describes {expected} bytes, the file has {size}")
-    return Structure(True)
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise Unreadable(f"not UTF-8 text (byte {e.start})") from None
+    depth = json_depth(data)
+    if depth > MAX_JSON_DEPTH:
+        raise Unreadable(f"nested {depth} levels deep (at most {MAX_JSON_DEPTH} are read)")
+    try:
+        return json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=OutOfRange)
+    except json.JSONDecodeError as e:
+        raise Unreadable(f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except (ValueError, RecursionError):  # the depth check makes RecursionError impossible; belt and braces
+        raise Unreadable("not valid JSON") from None
 
 
 # --- zip (torch.save, .keras) ----------------------------------------------------------------
@@ -114,17 +168,17 @@ _ZIP64_LOCATOR = struct.Struct("<4sIQI")     # 20 bytes, just before the EOCD
 _ZIP64_EOCD = struct.Struct("<4sQHHIIQQQQ")  # 56 bytes
 
 
-def _central_directory(f, size: int) -> tuple[int, int, int]:
+def central_directory(f: IO[bytes], size: int) -> tuple[int, int, int]:
     """(offset, size, number of entries) of the central directory, from the records at the end of the
     file (at most 64 KiB read): it must end where those records begin, as a writer that
-    finished leaves it."""
+    finished leaves it. Unreadable otherwise."""
     tail_len = min(size, _EOCD.size + 0xFFFF)
     f.seek(size - tail_len)
     tail = f.read(tail_len)
     at = tail.rfind(b"PK\x05\x06")
     if at < 0 or at + _EOCD.size > len(tail):
         raise Unreadable("no end-of-central-directory record at the end (cut short, or not a zip)")
-    _, _, _, _, count, cd_size, cd_offset, comment_len = _EOCD.unpack_from(tail, at)
+    _, _, _, _, entries, cd_size, cd_offset, comment_len = _EOCD.unpack_from(tail, at)
     eocd_pos = size - tail_len + at
     if eocd_pos + _EOCD.size + comment_len != size:
         raise Unreadable("end-of-central-directory record does not end the file")
@@ -141,11 +195,11 @@ def _central_directory(f, size: int) -> tuple[int, int, int]:
         record = f.read(_ZIP64_EOCD.size)
         if len(record) != _ZIP64_EOCD.size or record[:4] != b"PK\x06\x06":
             raise Unreadable("zip64 end-of-central-directory record is invalid")
-        count, cd_size, cd_offset = _ZIP64_EOCD.unpack(record)[7:10]
+        entries, cd_size, cd_offset = _ZIP64_EOCD.unpack(record)[7:10]
         end = z64_pos
     if cd_offset + cd_size != end:
         raise Unreadable("central directory does not end where its end record begins")
-    return cd_offset, cd_size, count
+    return cd_offset, cd_size, entries
 
 
 def zip_entries(path: str) -> dict[str, zipfile.ZipInfo]:
@@ -154,17 +208,19 @@ def zip_entries(path: str) -> dict[str, zipfile.ZipInfo]:
     try:
         with _open_regular(path) as f:
             size = os.fstat(f.fileno()).st_size
-            cd_offset, cd_size, count = _central_directory(f, size)
-            if count > MAX_ZIP_ENTRIES or cd_size > MAX_METADATA_BYTES:
-                raise Unreadable(f"central directory of {count} entries, {cd_size} bytes: beyond the caps, not listed")
+            cd_offset, cd_size, entries = central_directory(f, size)
+            if entries > MAX_ZIP_ENTRIES or cd_size > MAX_METADATA_BYTES:
+                raise Unreadable(f"central directory of {entries} entries, {cd_size} bytes: beyond the caps, "
+                                 "not listed")
             infos = zipfile.ZipFile(f).infolist()
     except OSError as e:
         raise Unreadable(f"unreadable ({e.strerror})") from None
-    except zipfile.BadZipFile as e:
-        raise Unreadable(f"not a valid zip: {e}") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, NotImplementedError, struct.error,
+            OverflowError) as e:  # zipfile refuses some headers with NotImplementedError ("zip file version 10.2")
+        raise Unreadable(f"not a valid zip: {quoted(str(e))}") from None
     for info in infos:
         if info.header_offset + info.compress_size > cd_offset:
-            raise Unreadable(f"entry {info.filename!r} extends past the data (cut short)")
+            raise Unreadable(f"entry {quoted(info.filename)} extends past the data (cut short)")
     return {info.filename: info for info in infos}
 
 
@@ -174,13 +230,14 @@ def zip_member(path: str, name: str, limit: int = MAX_METADATA_BYTES) -> bytes:
         with _open_regular(path) as f, zipfile.ZipFile(f) as z:
             info = z.getinfo(name)
             if info.file_size > limit:
-                raise Unreadable(f"{name} is larger than {limit} bytes, not read")
+                raise Unreadable(f"{quoted(name)} is larger than {limit} bytes, not read")
             with z.open(info) as member:
                 data = member.read(limit + 1)
-    except (OSError, KeyError, zipfile.BadZipFile, EOFError) as e:
-        raise Unreadable(f"cannot read {name}: {e}") from None
+    except (OSError, KeyError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError,
+            NotImplementedError, struct.error, OverflowError, RuntimeError) as e:
+        raise Unreadable(f"cannot read {quoted(name)}: {quoted(str(e))}") from None
     if len(data) > limit:
-        raise Unreadable(f"{name} is larger than {limit} bytes, not read")
+        raise Unreadable(f"{quoted(name)} is larger than {limit} bytes, not read")
     return data
 
 
@@ -192,143 +249,10 @@ def is_zip(path: str) -> bool:
         return False
 
 
-def zip_structure(path: str) -> Structure:
-    """The central directory ends where the end records begin, at the end of the file."""
-    try:
-        with _open_regular(path) as f:
-            _central_directory(f, os.fstat(f.fileno()).st_size)
-    except OSError as e:
-        return Structure(False, f"unreadable ({e.strerror})")
-    except Unreadable as e:
-        return Structure(False, str(e))
-    return Structure(True)
-
-
 def torch_pickle_name(entries: Mapping[str, zipfile.ZipInfo]) -> Optional[str]:
     """`<archive>/data.pkl` of a torch.save zip (the archive is named after the file), or None."""
     names = [n for n in entries if n.count("/") == 1 and n.endswith("/data.pkl")]
     return names[0] if len(names) == 1 else None
-
-
-# --- tar (.nemo) -----------------------------------------------------------------------------
-
-def tar_structure(path: str) -> Structure:
-    """Every member header is readable and its data is inside the file; an uncompressed tar only."""
-    try:
-        with _open_regular(path) as f:
-            size = os.fstat(f.fileno()).st_size
-            if f.read(2) == b"\x1f\x8b":
-                return Structure(True, "gzip-compressed: only the gzip magic was read")
-            f.seek(0)
-            count = 0
-            with tarfile.open(fileobj=f, mode="r:") as tar:
-                for member in tar:
-                    count += 1
-                    if count > MAX_TAR_MEMBERS:
-                        return Structure(False, f"more than {MAX_TAR_MEMBERS} members, not checked")
-                    if member.offset_data + member.size > size:
-                        return Structure(False, f"member {member.name!r} extends past the end (cut short)")
-    except (OSError, Unreadable) as e:
-        return Structure(False, str(getattr(e, "strerror", None) or e))
-    except tarfile.TarError as e:
-        return Structure(False, f"not a valid tar: {e}")
-    if count == 0:
-        return Structure(False, "no members")
-    return Structure(True)
-
-
-# --- GGUF --------------------------------------------------------------------------------------
-
-# ggml tensor types: (elements per block, bytes per block), as in the GGUF spec / gguf-py.
-GGML_TYPE_SIZES: dict[int, tuple[int, int]] = {
-    0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34), 9: (32, 40),
-    10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176), 14: (256, 210), 15: (256, 292),
-    16: (256, 66), 17: (256, 74), 18: (256, 98), 19: (256, 50), 20: (32, 18), 21: (256, 110),
-    22: (256, 82), 23: (256, 136), 24: (1, 1), 25: (1, 2), 26: (1, 4), 27: (1, 8), 28: (1, 8),
-    29: (256, 56), 30: (1, 2), 34: (256, 54), 35: (256, 66), 39: (32, 17), 40: (64, 36), 41: (128, 18),
-}
-_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-
-
-class _Cursor:
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos = data, 0
-
-    def take(self, fmt: str):
-        s = struct.Struct("<" + fmt)
-        if self.pos + s.size > len(self.data):
-            raise Unreadable("header is cut short")
-        values = s.unpack_from(self.data, self.pos)
-        self.pos += s.size
-        return values[0] if len(values) == 1 else values
-
-    def string(self) -> str:
-        n = self.take("Q")
-        if self.pos + n > len(self.data):
-            raise Unreadable("header is cut short")
-        text = self.data[self.pos:self.pos + n].decode("utf-8", "replace")
-        self.pos += n
-        return text
-
-    def value(self, kind: int, depth: int = 0) -> Any:
-        if kind in _GGUF_SCALARS:
-            return self.take(_GGUF_SCALARS[kind])
-        if kind == 8:
-            return self.string()
-        if kind == 9 and depth < 4:
-            # Arrays (a tokenizer's vocabulary) are skipped, not built: only scalars are needed.
-            item_kind, count = self.take("IQ")
-            if count > len(self.data) - self.pos:
-                raise Unreadable("array longer than the header")
-            if item_kind in _GGUF_SCALARS:
-                self.pos += count * struct.calcsize("<" + _GGUF_SCALARS[item_kind])
-            else:
-                for _ in range(count):
-                    self.value(item_kind, depth + 1)
-            return None
-        raise Unreadable(f"unknown value type {kind}")
-
-
-def gguf_structure(path: str) -> Structure:
-    """Magic, version, metadata and tensor table parse within the header cap, and the file is
-    at least as long as the tensor data they describe."""
-    try:
-        with _open_regular(path) as f:
-            size = os.fstat(f.fileno()).st_size
-            cur = _Cursor(f.read(MAX_METADATA_BYTES))
-        if cur.take("4s") != b"GGUF":
-            return Structure(False, "no GGUF magic")
-        version = cur.take("I")
-        if version not in (2, 3):
-            return Structure(False, f"GGUF version {version} is not 2 or 3")
-        n_tensors, n_kv = cur.take("QQ")
-        alignment = 32
-        for _ in range(n_kv):
-            key = cur.string()
-            value = cur.value(cur.take("I"))
-            if key == "general.alignment" and isinstance(value, int) and value > 0:
-                alignment = value
-        end, unknown = 0, False
-        for _ in range(n_tensors):
-            cur.string()
-            dims = [cur.take("Q") for _ in range(cur.take("I"))]
-            kind, offset = cur.take("IQ")
-            elements = 1
-            for d in dims:
-                elements *= d
-            if kind not in GGML_TYPE_SIZES:
-                unknown = True
-                continue
-            per_block, block_bytes = GGML_TYPE_SIZES[kind]
-            end = max(end, offset + elements // per_block * block_bytes)
-    except Unreadable as e:
-        return Structure(False, str(e))
-    except OSError as e:
-        return Structure(False, f"unreadable ({e.strerror})")
-    data_start = -(-cur.pos // alignment) * alignment
-    if data_start + end > size:
-        return Structure(False, f"tensor data needs {data_start + end} bytes, the file has {size} (cut short)")
-    return Structure(True, "tensor types unknown to this check: sizes not all verified" if unknown else "")
 
 
 # --- one checkpoint's files ----------------------------------------------------------------
@@ -338,15 +262,22 @@ class CheckpointFiles:
     """A checkpoint as its root and files (relative '/'-separated path -> size in bytes).
 
     `name` is the checkpoint directory's own name (its step and Trainer naming come from it).
-    Reads go through the cache, so each metadata file is read at most once."""
+    `skipped`: entries the writer put in the checkpoint's directory that are not part of it
+    (path -> why: a symlink that leaves it, an unreadable file), so a rule that needs one of
+    them says so. Reads go through the cache, so each metadata file is read at most once;
+    `problems` records every file a reader could not use, and why."""
 
     root: Path
     sizes: Mapping[str, int]
     name: str = ""
+    skipped: Mapping[str, str] = field(default_factory=dict)
     _cache: dict = field(default_factory=dict, repr=False)
+    problems: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.paths = sorted(self.sizes)
+        # Every parse of this checkpoint's files draws on one budget (agent/work_limit.py).
+        self.budget = WorkBudget.for_bytes(sum(self.sizes.values()))
 
     def has(self, rel: str) -> bool:
         return rel in self.sizes
@@ -354,7 +285,21 @@ class CheckpointFiles:
     def path_of(self, rel: str) -> str:
         return os.path.join(self.root, *rel.split("/"))
 
-    def _cached(self, key: tuple, compute):
+    def missing(self, rel: str, *, directory: bool = False) -> str:
+        """Why `rel` is not among the files, for a reason: missing (a directory: not in this
+        checkpoint), or not part of it because it was skipped, and why."""
+        why = self.skipped.get(rel)
+        if why is None:
+            why = next((r for p, r in self.skipped.items() if rel.startswith(p + "/")), None)
+        if why is None:
+            return "not in this checkpoint" if directory else "missing"
+        return f"not part of the checkpoint ({why})"
+
+    def note(self, rel: str, why: str) -> None:
+        """A file whose content a reader ignored: reported beside the verdict (first note kept)."""
+        self.problems.setdefault(rel, why)
+
+    def _cached(self, key: tuple, compute: Callable[[], T]) -> T:
         if key not in self._cache:
             try:
                 self._cache[key] = compute()
@@ -365,16 +310,23 @@ class CheckpointFiles:
             raise value
         return value
 
+    def _recorded(self, rel: str, key: tuple, compute: Callable[[], T]) -> T:
+        def bounded() -> T:
+            try:
+                return compute()
+            except OverBudget as e:
+                raise Unreadable(f"not read: {e}") from None
+        try:
+            return self._cached(key, bounded)
+        except Unreadable as e:
+            self.note(rel, str(e))
+            raise
+
     def bytes(self, rel: str) -> bytes:
-        return self._cached(("bytes", rel), lambda: read_capped(self.path_of(rel)))
+        return self._recorded(rel, ("bytes", rel), lambda: read_capped(self.path_of(rel)))
 
     def json(self, rel: str) -> Any:
-        def parse():
-            try:
-                return json.loads(self.bytes(rel))
-            except (ValueError, UnicodeDecodeError):
-                raise Unreadable(f"{rel} is not valid JSON") from None
-        return self._cached(("json", rel), parse)
+        return self._recorded(rel, ("json", rel), lambda: _budgeted_json(self.bytes(rel), self.budget))
 
     def text(self, rel: str) -> str:
         return self.bytes(rel).decode("utf-8", "replace")
@@ -382,23 +334,45 @@ class CheckpointFiles:
     def zip_entries(self, rel: str) -> dict[str, zipfile.ZipInfo]:
         return self._cached(("zip", rel), lambda: zip_entries(self.path_of(rel)))
 
+    def zip_json(self, rel: str, member: str) -> Any:
+        """A JSON member of a zip (a .keras archive's config.json), bounded as any JSON."""
+        def load() -> Any:
+            try:
+                return _budgeted_json(zip_member(self.path_of(rel), member), self.budget)
+            except Unreadable as e:
+                raise Unreadable(f"{quoted(member)}: {e}") from None
+        return self._recorded(rel, ("zip_json", rel, member), load)
+
     def torch_pickle(self, rel: str) -> Any:
         """The object a torch.save zip holds, as safe_pickle reads it (tensors opaque)."""
-        def load():
+        def load() -> Any:
             name = torch_pickle_name(self.zip_entries(rel))
             if name is None:
-                raise Unreadable(f"{rel} is a zip without a torch data.pkl")
-            return safe_pickle.loads(zip_member(self.path_of(rel), name))
-        return self._cached(("torch", rel), load)
+                raise Unreadable("a zip without a torch data.pkl")
+            return _unpickled(zip_member(self.path_of(rel), name), self.budget)
+        return self._recorded(rel, ("torch", rel), load)
 
     def pickle(self, rel: str) -> Any:
-        return self._cached(("pickle", rel), lambda: safe_pickle.loads(self.bytes(rel)))
+        return self._recorded(rel, ("pickle", rel), lambda: _unpickled(self.bytes(rel), self.budget))
 
-    def structure(self, rel: str, check) -> Structure:
-        return self._cached(("structure", rel, check.__name__), lambda: check(self.path_of(rel)))
+    def structure(self, rel: str, check: Callable[[str, WorkBudget], T]) -> T:
+        return self._cached(("structure", rel, getattr(check, "__name__", repr(check))),
+                            lambda: check(self.path_of(rel), self.budget))
 
     def is_zip(self, rel: str) -> bool:
         return self._cached(("is_zip", rel), lambda: is_zip(self.path_of(rel)))
+
+
+def _budgeted_json(data: bytes, budget: WorkBudget) -> Any:
+    budget.spend(len(data) // JSON_BYTES_PER_STEP)
+    return parse_json(data)
+
+
+def _unpickled(data: bytes, budget: Optional[WorkBudget] = None) -> Any:
+    try:
+        return safe_pickle.load_prefix(data, budget=budget)[0]
+    except safe_pickle.NotAPickle as e:
+        raise Unreadable(str(e)) from None
 
 
 def list_files(root: Path) -> dict[str, int]:
@@ -421,4 +395,3 @@ def list_files(root: Path) -> dict[str, int]:
             except OSError:
                 continue
     return out
-

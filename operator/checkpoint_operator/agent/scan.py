@@ -18,10 +18,8 @@ from typing import Optional
 from pydantic import BaseModel
 
 from checkpoint_operator.agent import containers, formats
-from checkpoint_operator.agent.metrics_files import checkpoint_metrics
-from checkpoint_operator.agent.safe_read import CheckpointFiles
 from checkpoint_operator.agent.errors import AgentError
-from checkpoint_operator.agent.hashing import FileChanged, hash_files
+from checkpoint_operator.agent.hashing import CHANGED_WHILE_READ, FileChanged, hash_files
 from checkpoint_operator.agent.manifest import FileEntry, Manifest, digest_of
 from checkpoint_operator.agent.names import collision_problem, collisions, component_problem, printable, spelled
 from checkpoint_operator.agent.live_sealing import LIVE_DIR
@@ -56,6 +54,8 @@ class _Candidate:
     step_name: str  # the name the step is read from
     files: list[TreeFile] = field(default_factory=list)
     is_file: bool = False  # layout 'files': the checkpoint is this one root file
+    # Entries of its directory that are not part of it (relative path -> why): the format may need them.
+    lost: dict[str, str] = field(default_factory=dict)
 
 
 class _Skips:
@@ -109,6 +109,7 @@ def _directory_candidates(name: str, path: str, skips: _Skips, budget: EntryBudg
         candidate = _Candidate(path=rel, top=directory, step_name=step_name)
         tree = walk_checkpoint(directory, budget)
         candidate.files = tree.files
+        candidate.lost = dict(tree.skipped)
         skips.add_tree(rel, tree)
         found.append(candidate)
     return found
@@ -150,6 +151,7 @@ def _root_candidates(root: str, layout: str, skips: _Skips, budget: EntryBudget)
             real, target, reason = resolve_link(root, [], name)
             if real is None:
                 skips.add(ROOT, name, reason)
+                root_files.lost[name] = reason  # a root file the final model may need
                 continue
             assert target is not None
             if stat.S_ISDIR(target.st_mode):
@@ -178,11 +180,16 @@ def _root_candidates(root: str, layout: str, skips: _Skips, budget: EntryBudget)
     return candidates
 
 
-def describe_checkpoint(top: str, paths: list[str], name: str, sizes: Optional[dict[str, int]] = None) -> dict:
+def describe_checkpoint(top: str, paths: list[str], name: str, sizes: Optional[dict[str, int]] = None,
+                        lost: Optional[dict[str, str]] = None) -> dict:
     """What the files say about a checkpoint: format, step, resumable, complete (the Manifest
     fields beyond the files), by agent/formats.py. `top` is the directory the `paths` are
     relative to, `name` the name the step is read from ("" for none); `sizes` (path -> bytes)
-    when known, else read with stat. Shared by scan and upload."""
+    when known, else read with stat; `lost`: entries of the directory that are not part of the
+    checkpoint (path -> why). Shared by scan and upload.
+
+    Whatever the files hold, the answer is about this checkpoint only: a reader that fails in a
+    way no rule foresaw makes it "not checked", with the reason, and the scan goes on."""
     if sizes is None:
         sizes = {}
         for p in paths:
@@ -190,9 +197,14 @@ def describe_checkpoint(top: str, paths: list[str], name: str, sizes: Optional[d
                 sizes[p] = os.stat(os.path.join(top, *p.split("/"))).st_size
             except OSError:
                 sizes[p] = 0
-    d = formats.describe_checkpoint(Path(top), sizes, name)
+    try:
+        d = formats.describe_checkpoint(Path(top), sizes, name, lost)
+    except Exception as exc:  # noqa: BLE001 - one checkpoint's hostile metadata never fails the scan
+        reason = f"not checked: its files could not be read safely ({type(exc).__name__})"
+        return {"format": formats.detect_format(sorted(sizes), name), "step": None, "resumable": False,
+                "complete": None, "completeReason": reason, "metrics": None}
     return {"format": d.format, "step": d.step, "resumable": d.resumable, "complete": d.complete,
-            "completeReason": d.completeReason, "metrics": checkpoint_metrics(CheckpointFiles(Path(top), sizes, name))}
+            "completeReason": d.completeReason, "metrics": d.metrics}
 
 
 def scan_directory(root: Path, layout: str = "auto", single: bool = False,
@@ -217,6 +229,7 @@ def scan_directory(root: Path, layout: str = "auto", single: bool = False,
         candidate = _Candidate(path=ROOT, top=top, step_name=Path(os.path.realpath(top)).name)
         tree = walk_checkpoint(top, budget, follow_links=follow_links)
         candidate.files = tree.files
+        candidate.lost = dict(tree.skipped)
         skips.add_tree(ROOT, tree)
         candidates = [candidate]
     else:
@@ -238,8 +251,10 @@ def scan_directory(root: Path, layout: str = "auto", single: bool = False,
         for f in candidate.files:
             result = hashed[f.inode]
             if isinstance(result, OSError):
-                reason = result.strerror if isinstance(result, FileChanged) else f"unreadable: {result.strerror}"
+                reason = (result.strerror or CHANGED_WHILE_READ) if isinstance(result, FileChanged) \
+                    else f"unreadable: {result.strerror}"
                 skips.add(candidate.path, "" if candidate.is_file else f.rel, reason)
+                candidate.lost[f.rel] = reason
                 continue
             size, sha = result
             entries.append(FileEntry.model_construct(path=f.rel, size=size, sha256=sha))
@@ -251,7 +266,7 @@ def scan_directory(root: Path, layout: str = "auto", single: bool = False,
             path=candidate.path, files=entries, sizeBytes=sum(e.size for e in entries), fileCount=len(entries),
             digest=digest_of(entries),
             **describe_checkpoint(candidate.top, [e.path for e in entries], candidate.step_name,
-                                  {e.path: e.size for e in entries})))
+                                  {e.path: e.size for e in entries}, candidate.lost)))
     manifests.sort(key=lambda m: m.path.encode())
     skipped = sorted(skips.items, key=lambda s: s.path.encode())
     return ScanResult(checkpoints=manifests, skipped=skipped[:MAX_SKIPPED_LISTED], skippedCount=len(skipped))
@@ -279,11 +294,12 @@ def format_table(result: ScanResult) -> str:
             lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     else:
         lines.append("no checkpoints found")
-    incomplete = [m for m in result.checkpoints if m.complete is False]
-    if incomplete:
-        lines.append("")
-        lines.append(f"incomplete ({len(incomplete)}):")
-        lines.extend(f"  {m.path}  {m.completeReason}" for m in incomplete)
+    for title, which in (("incomplete", False), ("not checked", None)):
+        listed = [m for m in result.checkpoints if m.complete is which]
+        if listed:
+            lines.append("")
+            lines.append(f"{title} ({len(listed)}):")
+            lines.extend(f"  {m.path}  {m.completeReason}" for m in listed)
     if result.skipped:
         width = max(len(s.path) for s in result.skipped)
         lines.append("")

@@ -8,8 +8,8 @@ from pydantic import Field
 
 from checkpoint_operator.api.common import QUANTITY_PATTERN, Condition, ObjectRef, Phase, PinnedCheckpoint
 from checkpoint_operator.api.meta import ObjectMeta, meta_field
-from checkpoint_operator.api.rules import (ApiModel, Description, Digest, FileName, Message, Name, Path, Rule, Short,
-                                           Uid, Uri, has_exactly_one, path_has_dotdot)
+from checkpoint_operator.api.rules import (ApiModel, Count, Description, Digest, FileName, Message, Metric, Name, Path,
+                                           Rule, Short, Uid, Uri, has_exactly_one, path_has_dotdot)
 from checkpoint_operator.api.upload import UploadSource, UploadStatus
 from checkpoint_operator.api.sources import (
     USERINFO, AzureBlobSource, CaConfigMap, GcsSource, GitSource, HuggingFaceSource, LocalSecret, SourceStatus, cel_string,
@@ -191,17 +191,22 @@ class CheckpointStatus(ApiModel):
     message: Optional[Message] = Field(None, description="Why the checkpoint is in this phase.")
     location: Optional[Location] = Field(None, description="Where the bytes are.")
     owned: Optional[bool] = Field(None, description="True when the operator owns the data and deletes it with the checkpoint.")
-    sizeBytes: Optional[int] = Field(None, description="Total size of the files in bytes.")
+    sizeBytes: Optional[Count] = Field(None, description="Total size of the files in bytes.")
     size: Optional[Short] = Field(None, description="Total size, human-readable (for kubectl get).")
-    fileCount: Optional[int] = Field(None, description="Number of files.")
+    fileCount: Optional[Count] = Field(None, description="Number of files.")
     digest: Optional[Digest] = Field(None, description="sha256: of the canonical manifest; the checkpoint's identity.")
     format: Optional[CheckpointFormat] = Field(None, description="Detected format.")
-    step: Optional[int] = Field(None, description="Training step, when known.")
+    step: Optional[Count] = Field(None, description="Training step, when known (one beyond int64 is left out; "
+                                                      "the Complete condition says so).")
     resumable: Optional[bool] = Field(None, description="True when optimizer state is present, so training can resume.")
     complete: Optional[bool] = Field(
-        None, description="False when the format's completeness rule found it incomplete (never selected by latest).")
+        None, description="True when its files were checked and are what their format says (headers parse, nothing "
+                          "cut short, every file the format needs present); false when a check found otherwise "
+                          "(never selected by latest); absent when nothing could be checked (its format has no "
+                          "check). The Complete condition says why: True/Complete, False/Incomplete or "
+                          "Unknown/NotChecked.")
     upload: Optional[UploadStatus] = Field(None, description="upload source: where the data is to be pushed.")
-    metrics: Optional[dict[str, Annotated[float, Field(description="The metric's value.")]]] = Field(
+    metrics: Optional[dict[str, Annotated[Metric, Field(description="The metric's value.")]]] = Field(
         None, max_length=16, description="A few numbers the checkpoint records about itself (metrics.json, or a "
                                          "trainer_state.json's log_history at its step): retention.keepBest, "
                                          "select: best.")
@@ -213,9 +218,9 @@ class CheckpointStatus(ApiModel):
         None, max_length=MAX_USED_BY_LISTED,
         description=f"Live TrainingJobs that use it (the first {MAX_USED_BY_LISTED} by name; informational: the "
                     "in-use protection asks the API server at deletion time).")
-    usedByCount: Optional[int] = Field(None, description="Number of live TrainingJobs that use it (for kubectl get).")
+    usedByCount: Optional[Count] = Field(None, description="Number of live TrainingJobs that use it (for kubectl get).")
     conditions: Optional[list[Condition]] = Field(None, description="Standard conditions (Ready, Complete, Verified).")
-    observedGeneration: Optional[int] = Field(None, description="The .metadata.generation last reconciled.")
+    observedGeneration: Optional[Count] = Field(None, description="The .metadata.generation last reconciled.")
 
 
 class Checkpoint(ApiModel):

@@ -8,7 +8,7 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
-from checkpoint_operator.api.rules import ApiModel, ConditionType, Digest, Message, Name, Reason, Timestamp, Uid
+from checkpoint_operator.api.rules import ApiModel, ConditionType, Count, Digest, Message, Name, Reason, Timestamp, Uid
 
 
 class Condition(ApiModel):
@@ -19,7 +19,7 @@ class Condition(ApiModel):
     reason: Reason = Field(description="One-word CamelCase reason for the last transition.")
     message: Message = Field("", description="Human-readable details of the last transition.")
     lastTransitionTime: Timestamp = Field(description="When the status last changed (RFC 3339).")
-    observedGeneration: Optional[int] = Field(
+    observedGeneration: Optional[Count] = Field(
         None, description="The .metadata.generation the condition was computed from.")
 
 
@@ -36,7 +36,8 @@ class PinnedCheckpoint(ApiModel):
     name: Name = Field(description="Name of the Checkpoint.")
     uid: Uid = Field(description="UID of the Checkpoint.")
     digest: Optional[Digest] = Field(None, description="Digest (sha256 of the manifest) of the Checkpoint's data.")
-    sizeBytes: Optional[int] = Field(None, description="Size of the Checkpoint's data (sizes staging volumes and deadlines).")
+    sizeBytes: Optional[Count] = Field(None, description="Size of the Checkpoint's data (sizes staging volumes and "
+                                                         "deadlines).")
 
 
 class Phase(str, Enum):

@@ -54,7 +54,7 @@ class CrdDefinition:
 
 
 def _column(name: str, json_path: str, type_: str = "string", description: str = "", priority: int = 0) -> dict:
-    column = {"name": name, "type": type_, "jsonPath": json_path}
+    column: dict[str, Any] = {"name": name, "type": type_, "jsonPath": json_path}
     if description:
         column["description"] = description
     if priority:
@@ -72,6 +72,9 @@ CHECKPOINT = CrdDefinition(
         _column("Phase", ".status.phase", description="Pending, Importing, Ready or Failed"),
         _column("Format", ".status.format", description="Detected format"),
         _column("Step", ".status.step", "integer", "Training step"),
+        _column("Complete", '.status.conditions[?(@.type=="Complete")].reason',
+                description="Complete (checked and whole), Incomplete (a check failed: see the Complete condition) "
+                            "or NotChecked (no check applies)"),
         _column("Size", ".status.size", description="Total size of the files"),
         _column("Used-By", ".status.usedByCount", "integer", "Live TrainingJobs using it"),
         _column("Digest", ".status.digest", description="sha256 of the manifest", priority=1),
@@ -182,21 +185,24 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
 
 # --- bounds ---------------------------------------------------------------------------------
 
-BOUND_OF = {"string": "maxLength", "list": "maxItems", "map": "maxProperties"}
+BOUND_OF = {"string": "maxLength", "list": "maxItems", "map": "maxProperties", "number": "minimum and maximum"}
 HOW_TO_BOUND = {
     "string": "declare the field with a bounded type of checkpoint_operator.api.rules (Name, Uid, FileName, Path, "
               "Uri, Description, Message, Reason, Short, Timestamp, Digest) or with Field(max_length=N)",
     "list": "give the list field Field(max_length=N) (it becomes maxItems)",
     "map": "give the dict field Field(max_length=N) (it becomes maxProperties)",
+    "number": "declare the status field with checkpoint_operator.api.rules.Count (an int64 >= 0) or Metric (a "
+              "finite float), or with Field(ge=..., le=...): the operator writes only what the schema accepts",
 }
 
 
 @dataclass(frozen=True)
 class UnboundedField:
-    """A string, list or map of a generated schema without the bound the API server's cost estimate needs."""
+    """A string, list or map of a generated schema without the bound the API server's cost estimate needs, or a
+    number of a status without the bounds of what the operator may write."""
     kind: str
     path: str                  # in the object: spec.output.storageClassName, spec.checkpoints[].name
-    what: str                  # string, list or map
+    what: str                  # string, list, map or number
     why: str                   # which requirement it misses
     model_field: Optional[str] = None  # OutputSpec.storageClassName
 
@@ -236,8 +242,8 @@ def declared_nodes(node: dict, path: str) -> Iterator[tuple[str, dict]]:
 
 def unbounded_fields(kind: str, open_api: dict, models: Optional[dict[str, type[BaseModel]]] = None
                      ) -> list[UnboundedField]:
-    """Every unbounded string of spec and status, and list or map of spec or of a CEL rule's scope (what the
-    rule reaches from `self` and `oldSelf`: the subtree of the node that carries it)."""
+    """Every unbounded string of spec and status, list or map of spec or of a CEL rule's scope (what the
+    rule reaches from `self` and `oldSelf`: the subtree of the node that carries it), and number of status."""
     found: dict[str, UnboundedField] = {}
 
     def report(path: str, what: str, why: str) -> None:
@@ -260,6 +266,9 @@ def unbounded_fields(kind: str, open_api: dict, models: Optional[dict[str, type[
                 report(path, what, "(every string of the API is bounded)")
             elif what and root == "spec":
                 report(path, what, "(every list and map of a spec is bounded)")
+            elif root == "status" and node.get("type") in ("integer", "number") and \
+                    ("minimum" not in node or "maximum" not in node):
+                report(path, "number", "(every number the operator writes into a status is bounded)")
     return list(found.values())
 
 

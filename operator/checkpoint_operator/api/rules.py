@@ -79,6 +79,12 @@ MAX_CONDITION_TYPE = 316  # as metav1.Condition.type: a qualified name
 MAX_QUANTITY = 64       # Kubernetes quantities and other short values (sizes, regions, timestamps)
 MAX_DIGEST = 128        # "sha256:" and 64 hex digits (71), with room for longer algorithms
 
+# Every integer the operator writes into a status fits the schema's int64 (an API server refuses
+# anything else), and every number is finite and within float64: crdgen refuses a status number
+# without both bounds (api/crdgen.py `unbounded_fields`).
+INT64_MAX = 2**63 - 1
+MAX_METRIC = 1e300
+
 Name = Annotated[str, Field(max_length=MAX_NAME)]
 Uid = Annotated[str, Field(max_length=MAX_UID)]
 FileName = Annotated[str, Field(max_length=MAX_FILE_NAME)]
@@ -91,6 +97,15 @@ ConditionType = Annotated[str, Field(max_length=MAX_CONDITION_TYPE)]
 Short = Annotated[str, Field(max_length=MAX_QUANTITY)]
 Timestamp = Annotated[str, Field(max_length=MAX_QUANTITY)]
 Digest = Annotated[str, Field(max_length=MAX_DIGEST)]
+Count = Annotated[int, Field(ge=0, le=INT64_MAX)]  # sizes, counts, steps, generations
+Metric = Annotated[float, Field(ge=-MAX_METRIC, le=MAX_METRIC, allow_inf_nan=False)]
+
+
+def bounded_count(value: object) -> Optional[int]:
+    """`value` when it is a Count (a non-negative int64, not a bool), else None: what a status may hold."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= INT64_MAX:
+        return value
+    return None
 
 
 def has_exactly_one(obj: dict, keys: tuple[str, ...]) -> bool:

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from checkpoint_operator.api.common import QUANTITY_PATTERN, Condition, Phase, PinnedCheckpoint
 from checkpoint_operator.api.meta import ObjectMeta, meta_field
-from checkpoint_operator.api.rules import (DNS1123_MESSAGE, DNS1123_SUBDOMAIN, ApiModel, Message, Name, Path, Rule,
+from checkpoint_operator.api.rules import (DNS1123_MESSAGE, DNS1123_SUBDOMAIN, ApiModel, Count, Message, Name, Path, Rule,
                                            Short, Timestamp, has_exactly_one, is_dns1123)
 
 
@@ -72,9 +72,11 @@ class CheckpointRef(ApiModel):
     fromTrainingJob: Optional[str] = Field(None, max_length=253, description="Name of a TrainingJob whose output to use.")
     select: Optional[SelectPolicy] = Field(
         None, description="Which output of fromTrainingJob: latest (default) = the highest step, then the newest, "
-                          "of the Ready checkpoints not found incomplete; latestResumable = the same among those "
-                          "with optimizer state; final = the root-files checkpoint <prefix>-final; best = the best "
-                          "by the producer's spec.output.retention.keepBest metric.")
+                          "of the Ready checkpoints found complete (status.complete true), or when none was, of those "
+                          "not checked (complete absent); never one found incomplete; latestResumable = the same "
+                          "among those with optimizer state; final = the root-files checkpoint <prefix>-final; "
+                          "best = the best by the producer's spec.output.retention.keepBest metric (complete ones "
+                          "first, in the same way).")
     wait: Optional[WaitPolicy] = Field(
         None, description="Available (default): take the selected checkpoint as soon as one exists, also while "
                           "a producer with publish: Continuous is still running; Finished: wait until the producer "
@@ -222,7 +224,7 @@ class RetiredCheckpoint(ApiModel):
 class LiveStatus(ApiModel):
     """Live sealing (publish: Continuous)."""
 
-    sealedCount: Optional[int] = Field(None, description="Checkpoints sealed while the job ran.")
+    sealedCount: Optional[Count] = Field(None, description="Checkpoints sealed while the job ran.")
     lastSealTime: Optional[str] = Field(None, max_length=64, description="When the last one was sealed.")
     retired: Optional[list[RetiredCheckpoint]] = Field(
         None, max_length=MAX_RETIRED_LISTED,
@@ -238,27 +240,27 @@ class TrainingJobStatus(ApiModel):
     outputClaim: Optional[Name] = Field(None, description="The PersistentVolumeClaim of the output directory.")
     snapshotPod: Optional[Name] = Field(None, description="The pod that scans the output.")
     inputs: Optional[list[PinnedCheckpoint]] = Field(None, description="Inputs as resolved and pinned at start.")
-    inputCount: Optional[int] = Field(None, description="Number of inputs (for kubectl get).")
-    restoredInputs: Optional[int] = Field(
+    inputCount: Optional[Count] = Field(None, description="Number of inputs (for kubectl get).")
+    restoredInputs: Optional[Count] = Field(
         None, description="Volumes restored from VolumeSnapshots for each pod (inputs kept in snapshots): the pods "
                           "that hold them are deleted when the job's pods are over, and the volumes with them.")
     outputCheckpoints: Optional[list[Name]] = Field(None, description="Checkpoints created from the output.")
-    outputCount: Optional[int] = Field(None, description="Number of output checkpoints (for kubectl get).")
+    outputCount: Optional[Count] = Field(None, description="Number of output checkpoints (for kubectl get).")
     jobSucceeded: Optional[bool] = Field(None, description="Whether the pods succeeded (recorded before the snapshot).")
     jobFailure: Optional[Message] = Field(None, description="Why the pods failed (the Job's condition; an input whose "
                                                         "download was refused, with the agent's error).")
     snapshotStartTime: Optional[Timestamp] = Field(None, description="When the snapshot of the output started.")
-    snapshotAttempts: Optional[int] = Field(None, description="Failed snapshot pods so far (retried up to 3 times).")
+    snapshotAttempts: Optional[Count] = Field(None, description="Failed snapshot pods so far (retried up to 3 times).")
     snapshotRetryAt: Optional[Timestamp] = Field(
         None, description="After a failed snapshot pod: when the next attempt starts (a backoff, so that a short "
                           "outage of the store does not use up the attempts).")
-    skippedCount: Optional[int] = Field(None, description="Entries of the output the snapshot skipped (see events).")
+    skippedCount: Optional[Count] = Field(None, description="Entries of the output the snapshot skipped (see events).")
     publish: Optional[PublishMode] = Field(None, description="How the output is published (as resolved at start).")
     live: Optional[LiveStatus] = Field(None, description="Live sealing, with publish: Continuous.")
     startTime: Optional[Timestamp] = Field(None, description="When the pods were started.")
     completionTime: Optional[Timestamp] = Field(None, description="When the job finished.")
     conditions: Optional[list[Condition]] = Field(None, description="Standard conditions (Ready).")
-    observedGeneration: Optional[int] = Field(None, description="The .metadata.generation last reconciled.")
+    observedGeneration: Optional[Count] = Field(None, description="The .metadata.generation last reconciled.")
 
 
 class TrainingJob(ApiModel):

@@ -148,26 +148,54 @@ def _rank(c: CheckpointInfo) -> tuple:
     return (c.directory != ROOT_DIRECTORY, c.step is not None, c.step if c.step is not None else -1, c.created, c.name)
 
 
+def vouched_for(candidates: list[CheckpointInfo]) -> list[CheckpointInfo]:
+    """The candidates a selection may pick: never one found incomplete; the ones found complete
+    when there is any, else the ones not checked.
+
+    Why not rank "not checked" after "complete" by step alone: a checkpoint becomes "not checked"
+    when no check applies to what is in it, which is also what a save that died before writing
+    any weight file looks like (a directory holding only notes or a tokenizer). Within one job the
+    checked ones are the job's real format; an unchecked one among them is the exception, and a
+    newer exception must not win over an older checkpoint that was checked whole. A job whose
+    format has no check at all still gets its latest (all its checkpoints are unchecked alike)."""
+    usable = [c for c in candidates if c.complete is not False]
+    complete = [c for c in usable if c.complete is True]
+    return complete or usable
+
+
 def select_output(outputs: list[CheckpointInfo], policy: str,
                   best: Optional[tuple[str, str]] = None) -> Optional[CheckpointInfo]:
-    """`latest`: the highest step, then the newest, of the usable outputs not found incomplete
-    (the root's files only when there is no other);
-    `latestResumable`: the same among those with optimizer state; `final`: the root-files one;
-    `best`: the best by `best` = (metric, min|max) among those that record it (ties: `latest`)."""
+    """`latest`: the highest step, then the newest, of the usable outputs `vouched_for` (found
+    complete, or when none was, not checked; never incomplete), the root's files only when there
+    is no other; `latestResumable`: the same among those with optimizer state; `final`: the
+    root-files one; `best`: the best by `best` = (metric, min|max) among those vouched for that
+    record it (ties: `latest`)."""
     usable = [c for c in outputs if c.is_usable]
     if policy == "final":
         return next((c for c in usable if c.directory == ROOT_DIRECTORY), None)
-    candidates = [c for c in usable if c.complete is not False]
+    candidates = usable
     if policy == "latestResumable":
         candidates = [c for c in candidates if c.resumable]
     if policy == "best":
         metric, mode = best or ("", "min")
-        scored = [c for c in candidates if c.metric(metric) is not None]
+        scored = vouched_for([c for c in candidates if c.metric(metric) is not None])
         if not scored:
             return None
         sign = -1 if mode == "min" else 1
-        return max(scored, key=lambda c: (sign * c.metric(metric), _rank(c)))
+        return max(scored, key=lambda c: (sign * (c.metric(metric) or 0.0), _rank(c)))
+    # The root's files rank below every other output (see _rank), whatever their checks say.
+    candidates = vouched_for([c for c in candidates if c.directory != ROOT_DIRECTORY]) or \
+        vouched_for([c for c in candidates if c.directory == ROOT_DIRECTORY])
     return max(candidates, key=_rank) if candidates else None
+
+
+def _incomplete_ones(outputs: list[CheckpointInfo]) -> str:
+    """Why nothing was selected when Ready outputs exist: they were found incomplete."""
+    incomplete = sorted(c.name for c in outputs if c.is_usable and c.complete is False)
+    if not incomplete:
+        return ""
+    return (f" ({len(incomplete)} Ready one{'s were' if len(incomplete) != 1 else ' was'} found incomplete, such as "
+            f"{incomplete[-1]}: its Complete condition says why; name it in spec.checkpoints[].name to use it anyway)")
 
 
 def _describe(ref: CheckpointRef) -> str:
@@ -201,13 +229,14 @@ def resolve_ref(ref: CheckpointRef, namespace: str, lookup: Lookup) -> Candidate
         if running and not takes_from_running(ref, producer):
             return InputWait("WaitingForTrainingJob", f"input {_describe(ref)}: TrainingJob {job_name} has not "
                                                       f"finished (phase {producer.phase})")
-        checkpoint = select_output(lookup.checkpoints_of(namespace, producer.uid), policy, producer.best)
+        outputs = lookup.checkpoints_of(namespace, producer.uid)
+        checkpoint = select_output(outputs, policy, producer.best)
         if checkpoint is None and running:
             return InputWait("WaitingForTrainingJob", f"input {_describe(ref)}: TrainingJob {job_name} is running "
-                                                      "and has no such Ready checkpoint yet")
+                                                      f"and has no such Ready checkpoint yet{_incomplete_ones(outputs)}")
         if checkpoint is None:
             return InputWait("InputNotFound", f"input {_describe(ref)}: TrainingJob {job_name} produced no "
-                                              "such Ready checkpoint")
+                                              f"such Ready checkpoint{_incomplete_ones(outputs)}")
     else:
         checkpoint = lookup.checkpoint(namespace, ref.name) if ref.name else \
             lookup.checkpoint_by_uid(namespace, ref.uid or "")

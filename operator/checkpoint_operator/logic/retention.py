@@ -7,10 +7,12 @@ found. A checkpoint is kept when any rule keeps it:
 - keepEvery K: every step that is a multiple of K;
 - keepBest {metric, mode, count}: the `count` best by that metric (only checkpoints that record it
   compete);
-- always: the newest (highest step: what `latest` and a resume use), checkpoints without a step,
-  the root's files (directory ".", the final model, even when a step was read from them), and
-  Checkpoints labelled `ckpt.dev/keep=true` (exempt, as Cerebras' SaveCheckpointState
-  checkpoints are from KeepN).
+- always: the newest (highest step), the ones `select: latest` and `latestResumable` would pick
+  (the newest found complete, or not checked when none was: a newest that is incomplete never
+  costs the job the checkpoint it can resume from), checkpoints without a step, the root's files
+  (directory ".", the final model, even when a step was read from them), and Checkpoints
+  labelled `ckpt.dev/keep=true` (exempt, as Cerebras' SaveCheckpointState checkpoints are from
+  KeepN).
 Without any rule, everything is kept.
 """
 
@@ -60,13 +62,16 @@ class Entry:
     metrics: Optional[Mapping[str, float]] = None
     exempt: bool = False                       # labelled ckpt.dev/keep=true
     order: str = ""                            # creation time or name: ties between equal steps
+    complete: Optional[bool] = None            # status.complete: None is "not checked"
+    resumable: bool = False
 
 
 def best_of(entries: Sequence[Entry], metric: str, mode: str, count: int) -> list[Entry]:
-    scored = [e for e in entries if e.metrics and isinstance(e.metrics.get(metric), (int, float))]
+    values = {e.key: value for e in entries if e.metrics and isinstance(value := e.metrics.get(metric), (int, float))}
+    scored = [e for e in entries if e.key in values]
     sign = 1 if mode == "min" else -1
     # Ties: the later step wins (it is the one training went on from).
-    scored.sort(key=lambda e: (sign * e.metrics[metric], -(e.step or 0), e.key))
+    scored.sort(key=lambda e: (sign * values[e.key], -(e.step or 0), e.key))
     return scored[:count]
 
 
@@ -81,10 +86,14 @@ def decide(entries: Sequence[Entry], policy: Policy) -> tuple[list[Entry], list[
     kept = {e.key for e in entries if e.step is None or e.exempt or e.key == ROOT_DIRECTORY}
     if with_step:
         kept.add(with_step[0].key)
+    for pool in (with_step, [e for e in with_step if e.resumable]):
+        selectable = [e for e in pool if e.complete is True] or [e for e in pool if e.complete is None]
+        if selectable:
+            kept.add(selectable[0].key)  # what select: latest / latestResumable picks (the pool is newest first)
     if policy.keep_latest is not None:
         kept |= {e.key for e in with_step[:policy.keep_latest]}
     if policy.keep_every is not None:
-        kept |= {e.key for e in with_step if e.step % policy.keep_every == 0}
+        kept |= {e.key for e in with_step if e.step is not None and e.step % policy.keep_every == 0}
     if policy.best_metric is not None:
         kept |= {e.key for e in best_of(with_step, policy.best_metric, policy.best_mode, policy.best_count)}
     return [e for e in entries if e.key in kept], [e for e in entries if e.key not in kept]

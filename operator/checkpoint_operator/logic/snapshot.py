@@ -4,12 +4,14 @@ so a snapshot that is run again, e.g. after an operator restart, finds the same 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 from checkpoint_operator import API_VERSION, PROTECTION_FINALIZER
 from checkpoint_operator.agent.manifest import Manifest
 from checkpoint_operator.api.checkpoint import CheckpointPhase
+from checkpoint_operator.api.rules import MAX_METRIC, bounded_count
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.logic.inputs import CheckpointInfo
 from checkpoint_operator.logic.naming import MAX_LABEL_NAME, assign_checkpoint_names, bounded_name, checkpoint_name
@@ -86,8 +88,10 @@ def candidate_names(prefix: str, directories: list[str], files: bool = False) ->
     return {checkpoint_name(prefix, d, force_hash=h, is_file=files) for d in directories for h in (False, True)}
 
 
-def _entry(key: str, step: Optional[int], metrics, exempt: bool = False, order: str = "") -> retention.Entry:
-    return retention.Entry(key, step, dict(metrics) if metrics else None, exempt, order)
+def _entry(key: str, step: Optional[int], metrics: Optional[Iterable] | Optional[Mapping[str, float]],
+           exempt: bool = False, order: str = "", complete: Optional[bool] = None,
+           resumable: Optional[bool] = False) -> retention.Entry:
+    return retention.Entry(key, step, dict(metrics) if metrics else None, exempt, order, complete, bool(resumable))
 
 
 def plan_snapshot(tj: TrainingJob, scan: ScanResult, lookup: Callable[[str], Optional[CheckpointInfo]],
@@ -125,10 +129,11 @@ def plan_snapshot(tj: TrainingJob, scan: ScanResult, lookup: Callable[[str], Opt
     for m in new:
         mine = by_directory.get(m.path)
         candidates[m.path] = _entry(m.path, m.step, m.metrics, mine.exempt if mine else False,
-                                    mine.created if mine else "")
+                                    mine.created if mine else "", m.complete, m.resumable)
     for c in existing:
-        if c.is_usable and c.directory not in candidates:
-            candidates[c.directory] = _entry(c.directory, c.step, c.metrics, c.exempt, c.created)
+        if c.is_usable and c.directory is not None and c.directory not in candidates:
+            candidates[c.directory] = _entry(c.directory, c.step, c.metrics, c.exempt, c.created, c.complete,
+                                             c.resumable)
     _, dropped = retention.decide(list(candidates.values()), retention.Policy.of(output))
     dropped_keys = {e.key for e in dropped}
     kept_new = [m for m in new if m.path not in dropped_keys]
@@ -173,31 +178,62 @@ def _names(uid: str, prefix: str, directories: list[str], by_directory: Mapping[
     return names
 
 
-def completeness(manifest: Manifest) -> tuple[bool, str]:
-    """Contract 2: the manifest's verdict (absent: no rule for this format, so complete)."""
-    complete = getattr(manifest, "complete", None)
-    reason = getattr(manifest, "completeReason", None)
+@dataclass(frozen=True)
+class Completeness:
+    """Contract 2, as the status shows it: `complete` (True, False, or None: not checked) and the
+    Complete condition's status, reason and message."""
+
+    complete: Optional[bool]
+    reason: str
+
+    @property
+    def condition(self) -> ConditionChange:
+        status, word = ("Unknown", "NotChecked") if self.complete is None else \
+            ("True", "Complete") if self.complete else ("False", "Incomplete")
+        return ConditionChange("Complete", status, word, self.reason)
+
+
+def completeness(manifest: Manifest) -> Completeness:
+    """The manifest's verdict as it is: true, false, or None (nothing could be checked: never
+    counted as complete), with its reason."""
+    complete = manifest.complete
+    reason = manifest.completeReason
     if complete is None:
-        return True, reason or f"no completeness rule for format {manifest.format}"
-    return bool(complete), reason or ("complete" if complete else "incomplete")
+        return Completeness(None, reason or f"not checked: no completeness check applies (format {manifest.format})")
+    return Completeness(bool(complete), reason or ("complete" if complete else "incomplete"))
+
+
+def finite_metrics(metrics: Optional[Mapping[str, float]]) -> Optional[dict[str, float]]:
+    """The metrics a status can hold: finite floats within Metric's range, at most 16 (a manifest
+    from anywhere may carry NaN, which the API server's JSON refuses)."""
+    if not metrics:
+        return None
+    kept = {k: float(v) for k, v in sorted(metrics.items())
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and abs(v) <= MAX_METRIC}
+    return dict(list(kept.items())[:16]) or None
 
 
 def ready_change(manifest: Manifest, location: dict, *, owned: bool, produced_by: Optional[dict] = None,
                  parents: Optional[list] = None, event: Optional[str] = "Normal") -> StatusChange:
     """The status of a Checkpoint whose data is stored and verified: Ready, with the manifest's
-    totals, digest, format, step, and the Complete condition (contract 2)."""
-    complete, complete_reason = completeness(manifest)
-    message = (f"{manifest.fileCount} files, {format_size(manifest.sizeBytes)}, digest {manifest.digest}"
-               + ("" if complete else f"; incomplete: {complete_reason}"))
-    fields = {"location": location, "owned": owned, "sizeBytes": manifest.sizeBytes,
-              "size": format_size(manifest.sizeBytes), "fileCount": manifest.fileCount, "digest": manifest.digest,
-              "format": manifest.format, "resumable": manifest.resumable, "complete": complete,
-              "parents": parents or [], "step": manifest.step, "producedBy": produced_by,
-              "metrics": getattr(manifest, "metrics", None)}
+    totals, digest, format, step, and the Complete condition (contract 2). Every number is one the
+    status schema accepts: an integer beyond int64 is left out, metrics are finite."""
+    verdict = completeness(manifest)
+    size, files = bounded_count(manifest.sizeBytes), bounded_count(manifest.fileCount)
+    shown = format_size(size) if size is not None else "size unknown"
+    message = f"{files if files is not None else 'unknown'} files, {shown}, digest {manifest.digest}"
+    if verdict.complete is False:
+        message += f"; incomplete: {verdict.reason}"
+    elif verdict.complete is None:
+        message += f"; {verdict.reason}" if verdict.reason.startswith("not checked") else \
+            f"; not checked: {verdict.reason}"
+    fields = {"location": location, "owned": owned, "sizeBytes": size,
+              "size": format_size(size) if size is not None else None, "fileCount": files, "digest": manifest.digest,
+              "format": manifest.format, "resumable": manifest.resumable, "complete": verdict.complete,
+              "parents": parents or [], "step": bounded_count(manifest.step), "producedBy": produced_by,
+              "metrics": finite_metrics(manifest.metrics)}
     return StatusChange(phase=CheckpointPhase.READY.value, reason="Ready", message=message, ready=True, event=event,
-                        fields=fields, conditions=(ConditionChange("Complete", "True" if complete else "False",
-                                                                   "Complete" if complete else "Incomplete",
-                                                                   complete_reason),))
+                        fields=fields, conditions=(verdict.condition,))
 
 
 def skipped_message(skipped: list[dict], total: Optional[int] = None) -> str:

@@ -3,6 +3,7 @@ safe_pickle.py) on files laid out as each format writes them."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import pickle
@@ -13,10 +14,10 @@ import pytest
 
 from checkpoint_operator.agent import safe_pickle
 from checkpoint_operator.agent.formats import completeness_of, describe_checkpoint
-from checkpoint_operator.agent.safe_read import (MAX_METADATA_BYTES, gguf_structure, list_files,
-                                                 safetensors_structure, tar_structure, zip_structure)
-from formats_files import (dcp_metadata_bytes, gguf_bytes, safetensors_bytes, tar_bytes, torch_zip_bytes, write,
-                           zip_bytes)
+from checkpoint_operator.agent.file_checks import gguf_structure, safetensors_structure, tar_structure, zip_structure
+from checkpoint_operator.agent.safe_read import MAX_METADATA_BYTES, list_files
+from formats_files import (LFS_POINTER, dcp_metadata_bytes, gguf_bytes, ocdbt_bytes, safetensors_bytes, tar_bytes,
+                           torch_zip_bytes, write, zip_bytes)
 
 
 def describe(root: Path, name: str | None = None):
@@ -71,10 +72,8 @@ def test_safetensors_structure(tmp_path):
     assert safetensors_structure(str(cut)).why.endswith("(cut short)")
     assert "not valid JSON" in safetensors_structure(str(write(tmp_path / "c", b"\x04\0\0\0\0\0\0\0{{{{"))).why
     huge = write(tmp_path / "d", (MAX_METADATA_BYTES + 1).to_bytes(8, "little") + b"{}")
-    assert "cap" in safetensors_structure(str(huge)).why
+    assert "(cut short)" in safetensors_structure(str(huge)).why
     assert safetensors_structure(str(write(tmp_path / "e", b""))).why == "empty (0 bytes): its save never wrote it"
-    for other in (b"w" * 200, b"final"):  # not safetensors bytes at all: nothing concluded
-        assert not safetensors_structure(str(write(tmp_path / "f", other))).checked
 
 
 def test_zip_structure_reads_only_the_end(tmp_path):
@@ -119,7 +118,7 @@ def test_trainer_checkpoint_is_complete_with_its_trainer_state(tmp_path):
 
 @pytest.mark.parametrize("state, reason", [
     (None, "missing trainer_state.json (a Trainer checkpoint writes it last)"),
-    ('{"global_step": 1', "trainer_state.json is not a valid JSON object (cut short while being written?)"),
+    ('{"global_step": 1', "trainer_state.json: not valid JSON (Expecting ',' delimiter at line 1 column 18)"),
 ])
 def test_trainer_checkpoint_without_a_valid_trainer_state_is_incomplete(tmp_path, state, reason):
     d = describe(trainer_checkpoint(tmp_path / "checkpoint-10", state=state))
@@ -202,7 +201,7 @@ def orbax_step(root: Path, *, committed=True, keys=(("params", "w"), ("opt_state
     write(root / "_CHECKPOINT_METADATA", json.dumps(meta))
     tree = {str(k): {"key_metadata": [{"key": p, "key_type": 2} for p in k]} for k in keys}
     write(root / "default" / "_METADATA", json.dumps({"tree_metadata": tree}))
-    write(root / "default" / "manifest.ocdbt", b"m")
+    write(root / "default" / "manifest.ocdbt", ocdbt_bytes())
     write(root / "default" / "d" / "abc", b"data")
     return root
 
@@ -220,7 +219,7 @@ def test_orbax_incomplete_cases(tmp_path):
     assert describe(root).complete is True
     root = orbax_step(tmp_path / "3")
     (root / "default" / "manifest.ocdbt").unlink()
-    assert describe(root).completeReason == "default/manifest.ocdbt missing for an OCDBT item"
+    assert describe(root).completeReason == "default/manifest.ocdbt is missing (an OCDBT item needs it)"
     root = orbax_step(tmp_path / "4")
     write(root / "opt_state.orbax-checkpoint-tmp-17" / "_METADATA", "{}")
     assert "temporary name" in describe(root).completeReason
@@ -304,7 +303,7 @@ def test_torch_save_pickle_gives_step_and_optimizer_state(tmp_path):
     write(tmp_path / "b" / "w.pt", torch_zip_bytes({"model": {}, "optimizer": None}))
     assert describe(tmp_path / "b", "").resumable is False
     write(tmp_path / "c" / "empty.pt", b"")
-    assert describe(tmp_path / "c", "").completeReason == "empty.pt is empty (0 bytes): its save never wrote it"
+    assert describe(tmp_path / "c", "").completeReason == "empty.pt: empty (0 bytes): its save never wrote it"
 
 
 def test_ckpt_files_are_lightning_only_when_their_pickle_says_so(tmp_path):
@@ -322,7 +321,8 @@ def test_no_rule_means_complete_is_none(tmp_path):
     write(tmp_path / "a" / "notes.txt", "x")
     write(tmp_path / "a" / "data.npz", "y")
     d = describe(tmp_path / "a")
-    assert (d.format, d.complete, d.completeReason) == ("unknown", None, None)
+    assert (d.format, d.complete) == ("unknown", None)
+    assert d.completeReason == "not checked: no completeness check applies to these files (format unknown)"
 
 
 def test_completeness_of_is_the_verdict_describe_gives(tmp_path):
@@ -343,3 +343,169 @@ def test_the_local_example_writes_complete_resumable_checkpoints(tmp_path):
     subprocess.run([sys.executable, str(example)], env=env, check=True, capture_output=True, timeout=120)
     found = {m.path: (m.format, m.step, m.resumable, m.complete) for m in scan_directory(tmp_path).checkpoints}
     assert found == {"step-100": ("safetensors", 100, True, True), "step-200": ("safetensors", 200, True, True)}
+
+
+# --- complete means the files are what their format says (issue 18 item 2) ---------------------
+
+NOT_WEIGHTS = {
+    "random bytes": bytes(range(256)) * 4,
+    "zeros": b"\0" * 1024,
+    "ASCII text": b"weights go here\n" * 10,
+    "a Git LFS pointer": LFS_POINTER,
+}
+
+
+@pytest.mark.parametrize("what", sorted(NOT_WEIGHTS))
+def test_a_model_directory_whose_weights_are_not_weights_is_incomplete(tmp_path, what):
+    root = tmp_path / "final"
+    write(root / "config.json", json.dumps({"model_type": "gpt2"}))
+    write(root / "model.safetensors", NOT_WEIGHTS[what])
+    d = describe(root)
+    assert (d.format, d.complete) == ("huggingface", False)
+    assert d.completeReason.startswith("model.safetensors: ")
+    if what == "a Git LFS pointer":
+        assert d.completeReason == "model.safetensors: a Git LFS pointer, not the weights: fetch with git lfs pull"
+
+
+def test_a_cut_shard_of_an_index_and_a_garbled_config(tmp_path):
+    root = tmp_path / "final"
+    write(root / "config.json", "{}")
+    shard = safetensors_bytes({"a": 64})
+    write(root / "model-00001-of-00002.safetensors", shard)
+    write(root / "model-00002-of-00002.safetensors", shard[:-1])
+    write(root / "model.safetensors.index.json", json.dumps({"weight_map": {
+        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    assert describe(root).completeReason == \
+        "model-00002-of-00002.safetensors: its header's tensors need 134 bytes, the file has 133 (cut short)"
+    write(root / "model-00002-of-00002.safetensors", shard)
+    assert describe(root).complete is True
+    write(root / "config.json", '{"model_type": ')
+    assert describe(root).completeReason.startswith("config.json: not valid JSON")
+    write(root / "config.json", "{}")
+    write(root / "model.safetensors.index.json", json.dumps({"weight_map": {"a": ["x"]}}))
+    assert describe(root).completeReason == \
+        "model.safetensors.index.json: its weight_map names a shard that is not a file name"
+
+
+@pytest.mark.parametrize("content, why", [
+    (b"\x13" * 64, "not checked: data.bin: content of a kind this check does not know"),
+    (gzip.compress(tar_bytes({"a": b"1"})), None),
+])
+def test_what_cannot_be_checked_is_null_never_true(tmp_path, content, why):
+    root = tmp_path / "step-1"
+    write(root / "model.safetensors", safetensors_bytes({"w": 8}))
+    name = "data.bin" if why else "model.nemo"
+    write(root / name, content)
+    d = describe(root)
+    assert d.complete is None and d.completeReason.startswith(why or "not checked: model.nemo: gzip-compressed")
+
+
+def test_deepspeed_tag_needs_every_rank(tmp_path):
+    root = tmp_path / "ds"
+    write(root / "latest", "global_step20")
+    for name in ("mp_rank_00_model_states.pt", "mp_rank_01_model_states.pt",
+                 "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+                 "zero_pp_rank_0_mp_rank_01_optim_states.pt", "zero_pp_rank_1_mp_rank_01_optim_states.pt"):
+        write(root / "global_step20" / name, torch_zip_bytes({}))
+    assert describe(root).complete is True
+    (root / "global_step20" / "zero_pp_rank_1_mp_rank_00_optim_states.pt").unlink()
+    assert describe(root).completeReason == ("global_step20/zero_pp_rank_1_mp_rank_00_optim_states.pt is missing "
+                                             "(optimizer states of 2 data-parallel ranks are saved)")
+    (root / "global_step20" / "mp_rank_00_model_states.pt").unlink()
+    assert describe(root).completeReason == ("global_step20/mp_rank_00_model_states.pt is missing (model-parallel "
+                                             "ranks 0-1 are saved)")
+
+
+def test_orbax_items_and_layout(tmp_path):
+    root = orbax_step(tmp_path / "5")
+    meta = json.loads((root / "_CHECKPOINT_METADATA").read_text())
+    write(root / "_CHECKPOINT_METADATA", json.dumps({**meta, "item_handlers": {"default": "x", "opt_state": "y"}}))
+    assert describe(root).completeReason == \
+        "_CHECKPOINT_METADATA names the item opt_state, whose directory is not in this checkpoint"
+    root = orbax_step(tmp_path / "6")
+    write(root / "default" / "ocdbt.process_0" / "d" / ("a" * 32), ocdbt_bytes(b"n", magic=0x0CDB20DE))
+    assert describe(root).completeReason == \
+        "default/ocdbt.process_0/manifest.ocdbt is missing (each process's OCDBT part needs it)"
+    write(root / "default" / "ocdbt.process_0" / "manifest.ocdbt", ocdbt_bytes()[:-1])
+    assert "default/ocdbt.process_0/manifest.ocdbt: its OCDBT header says" in describe(root).completeReason
+    root = orbax_step(tmp_path / "7")
+    write(root / "default" / "w" / ".zarray", '{"chunks": [1]')
+    assert describe(root).completeReason.startswith("default/w/.zarray: not valid JSON")
+
+
+# --- what a symlink out of the checkpoint took away (issue 18 item 1, in the cluster) -----------
+
+def test_a_weight_file_linked_from_outside_is_not_part_of_the_checkpoint(tmp_path):
+    from checkpoint_operator.agent.scan import scan_directory
+
+    blobs = tmp_path / "blobs"
+    write(blobs / "weights", safetensors_bytes({"w": 64}))
+    out = tmp_path / "out"
+    write(out / "final" / "config.json", "{}")
+    (out / "final" / "model.safetensors").symlink_to(blobs / "weights")
+    write(out / "step-2" / "config.json", "{}")
+    write(out / "step-2" / "model-00001-of-00002.safetensors", safetensors_bytes({"a": 4}))
+    (out / "step-2" / "model-00002-of-00002.safetensors").symlink_to("../../blobs/weights")
+    write(out / "step-2" / "model.safetensors.index.json", json.dumps({"weight_map": {
+        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    dcp_checkpoint(out / "step-3", files=(("__0_0.distcp", 100), ("__1_0.distcp", 10)))
+    (out / "step-3" / "__1_0.distcp").unlink()
+    write(blobs / "shard", b"\0" * 10)
+    (out / "step-3" / "__1_0.distcp").symlink_to(blobs / "shard")
+    write(out / "ds" / "latest", "global_step5")
+    write(blobs / "tag" / "mp_rank_00_model_states.pt", torch_zip_bytes({}))
+    (out / "ds" / "global_step5").symlink_to(blobs / "tag")
+    result = scan_directory(out)
+    found = {m.path: (m.format, m.complete, m.completeReason) for m in result.checkpoints}
+    leaves = "symlink leaves the checkpoint"
+    assert found["final"] == ("huggingface", False, f"model.safetensors is not part of the checkpoint ({leaves})")
+    assert found["step-2"] == ("huggingface", False,
+                               f"model-00002-of-00002.safetensors is not part of the checkpoint ({leaves})")
+    assert found["step-3"] == ("torch-dcp", False, f"__1_0.distcp is not part of the checkpoint ({leaves})")
+    assert found["ds"] == ("deepspeed", False, f"latest names global_step5, which is not part of the checkpoint "
+                                               f"({leaves})")
+    assert {s.path for s in result.skipped} >= {"final/model.safetensors", "step-3/__1_0.distcp", "ds/global_step5"}
+
+
+def test_a_link_inside_the_checkpoint_is_the_file_it_names(tmp_path):
+    from checkpoint_operator.agent.scan import scan_directory
+
+    out = tmp_path / "out"
+    write(out / "final" / "config.json", "{}")
+    write(out / "final" / "blobs" / "w", safetensors_bytes({"w": 64}))
+    (out / "final" / "model.safetensors").symlink_to("blobs/w")
+    (manifest,) = scan_directory(out).checkpoints
+    assert (manifest.complete, manifest.format) == (True, "huggingface")
+
+
+def test_a_root_weight_file_linked_from_outside_leaves_the_final_model_incomplete(tmp_path):
+    from checkpoint_operator.agent.scan import scan_directory
+
+    write(tmp_path / "elsewhere.safetensors", safetensors_bytes({"w": 8}))
+    out = tmp_path / "out"
+    write(out / "config.json", "{}")
+    (out / "model.safetensors").symlink_to(tmp_path / "elsewhere.safetensors")
+    (manifest,) = scan_directory(out).checkpoints
+    assert (manifest.path, manifest.complete) == (".", False)
+    assert manifest.completeReason == "model.safetensors is not part of the checkpoint (symlink leaves the checkpoint)"
+
+
+# --- steps the status can hold (issue 18 item 12) ------------------------------------------------
+
+def test_a_step_beyond_int64_is_no_step_with_a_reason(tmp_path):
+    root = tmp_path / "step-99999999999999999999"
+    write(root / "model.safetensors", safetensors_bytes({"w": 8}))
+    d = describe(root)
+    assert (d.step, d.complete) == (None, True)
+    assert d.completeReason.endswith("ignored: step 99999999999999999999 in the checkpoint's name is beyond int64: "
+                                     "not used as the step")
+    root = trainer_checkpoint(tmp_path / "final", state='{"global_step": 9223372036854775808}')
+    d = describe(root, "")
+    assert d.step is None and "global_step 9223372036854775808 is beyond int64" in d.completeReason
+    root = trainer_checkpoint(tmp_path / "last", state='{"global_step": 9223372036854775807}')
+    assert describe(root, "").step == 2**63 - 1
+    write(tmp_path / "m" / "latest_checkpointed_iteration.txt", "1" * 30)
+    write(tmp_path / "m" / "iter_0000001" / "mp_rank_00" / "model_optim_rng.pt", torch_zip_bytes({}))
+    d = describe(tmp_path / "m", "")
+    assert (d.step, d.complete) == (None, False)
+    assert "latest_checkpointed_iteration.txt holds neither an iteration number nor 'release'" in d.completeReason

@@ -3,6 +3,7 @@ names of file checkpoints, the format names of the API, the format table of docs
 
 from __future__ import annotations
 
+import json
 import re
 import typing
 from pathlib import Path
@@ -27,7 +28,9 @@ def manifest(complete, reason=None) -> Manifest:
 @pytest.mark.parametrize("complete, reason, expected", [
     (True, "trainer_state.json is present", (True, "True", "Complete", "trainer_state.json is present")),
     (False, "missing trainer_state.json", (False, "False", "Incomplete", "missing trainer_state.json")),
-    (None, None, (True, "True", "Complete", "no completeness rule for format huggingface")),
+    (None, None, (None, "Unknown", "NotChecked", "not checked: no completeness check applies (format huggingface)")),
+    (None, "not checked: data.bin: content of a kind this check does not know",
+     (None, "Unknown", "NotChecked", "not checked: data.bin: content of a kind this check does not know")),
 ])
 def test_ready_status_records_complete_and_its_condition(complete, reason, expected):
     change = ready_change(manifest(complete, reason), {"volume": {"claimName": "c", "path": "x"}}, owned=True)
@@ -66,3 +69,52 @@ def test_documented_format_table_is_the_rule_table():
     assert table == format_table_markdown(), (
         "the format table of docs/concepts.md is stale: paste the output of\n"
         "python -c 'from checkpoint_operator.agent.formats import format_table_markdown as t; print(t())'")
+
+
+def test_every_number_of_a_ready_status_is_one_the_schema_accepts():
+    from checkpoint_operator.api.checkpoint import CheckpointStatus
+    from checkpoint_operator.logic.status import apply_change
+
+    forged = Manifest.model_construct(  # as a manifest from anywhere could say (no validation)
+        path="x", files=[FILE], sizeBytes=2**64, fileCount=-1, digest="sha256:" + "1" * 64, format="torch",
+        step=2**63, resumable=False, complete=True, completeReason="ok",
+        metrics={"loss": float("nan"), "acc": float("inf"), "big": 1e308, "ok": 0.5})
+    change = ready_change(forged, {"volume": {"claimName": "c", "path": "x"}}, owned=True)
+    fields = change.fields
+    assert (fields["step"], fields["sizeBytes"], fields["fileCount"], fields["metrics"]) == (None, None, None,
+                                                                                            {"ok": 0.5})
+    status = apply_change({}, change, generation=1, now="2026-01-01T00:00:00Z", is_settled=lambda p: True)
+    CheckpointStatus.model_validate(status)  # what write_status checks before every write
+    json.dumps(status, allow_nan=False)
+
+
+def test_the_status_models_and_the_manifest_bound_steps():
+    from checkpoint_operator.api.checkpoint import CheckpointStatus
+
+    with pytest.raises(ValueError, match="less than or equal to 9223372036854775807"):
+        CheckpointStatus.model_validate({"step": 2**63})
+    with pytest.raises(ValueError):
+        CheckpointStatus.model_validate({"metrics": {"loss": float("nan")}})
+    m = Manifest.model_validate({**manifest(True).model_dump(), "step": 10**30})
+    assert m.step is None
+    assert Manifest.model_validate({**manifest(True).model_dump(), "step": 2**63 - 1}).step == 2**63 - 1
+
+
+def test_crds_refuse_a_status_number_without_bounds():
+    import dataclasses
+    from typing import Optional
+
+    import pydantic
+
+    from checkpoint_operator.api import crdgen
+    from checkpoint_operator.api.checkpoint import CheckpointStatus
+
+    status = pydantic.create_model("CheckpointStatus", __base__=CheckpointStatus,
+                                   restarts=(Optional[int], pydantic.Field(None, description="Restarts.")))
+    with pytest.raises(crdgen.UnboundedFieldsError) as refused:
+        crdgen.build_crd(dataclasses.replace(crdgen.CHECKPOINT, status_model=status))
+    assert str(refused.value) == (
+        "Checkpoint status.restarts (model field CheckpointStatus.restarts): a number without minimum and maximum "
+        "(every number the operator writes into a status is bounded); declare the status field with "
+        "checkpoint_operator.api.rules.Count (an int64 >= 0) or Metric (a finite float), or with Field(ge=..., "
+        "le=...): the operator writes only what the schema accepts")

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from formats_files import dcp_metadata_bytes, safetensors_bytes, write
+from formats_files import dcp_metadata_bytes, ocdbt_bytes, safetensors_bytes, torch_zip_bytes, write
 
 from checkpoint_operator.agent.scan import scan_directory
 from checkpoint_operator.agent.live_sealing import LIVE_DIR
@@ -39,7 +39,7 @@ def ticks(w: Watcher, n: int = 2) -> None:
 def trainer_files(directory: Path, *, state: bool) -> None:
     write(directory / "config.json", json.dumps({"model_type": "gpt2"}))
     write(directory / "model.safetensors", safetensors_bytes({"w": 64}))
-    write(directory / "optimizer.pt", b"PK-not-a-zip")
+    write(directory / "optimizer.pt", torch_zip_bytes({"state": {}, "param_groups": []}))
     if state:
         write(directory / "trainer_state.json", json.dumps({"global_step": 10, "log_history": [
             {"step": 10, "loss": 1.5}, {"step": 10, "eval_loss": 0.75, "epoch": 1.0}], "best_metric": 0.75}))
@@ -206,7 +206,7 @@ def test_orbax_commit_marker_in_a_container_of_steps(tmp_path):
     item = out / "orbax" / "100" / "default"
     write(item / "_METADATA", json.dumps({"tree_metadata": {}}))
     write(item / "d" / "chunk", b"x" * 10)
-    write(item / "manifest.ocdbt", b"m")
+    write(item / "manifest.ocdbt", ocdbt_bytes())
     w, lines = watcher(out)
     ticks(w, 3)
     assert lines.sealed_paths() == []
@@ -291,13 +291,13 @@ def test_state_resume_link_and_a_second_watcher_announces_without_resealing(tmp_
     for step, optimizer in ((100, True), (200, True), (300, False)):
         write(out / f"step-{step}" / "model.safetensors", safetensors_bytes({"w": 8}))
         if optimizer:
-            write(out / f"step-{step}" / "optimizer.bin", b"o")
+            write(out / f"step-{step}" / "optimizer.pt", torch_zip_bytes({"state": {}, "param_groups": []}))
     w, lines = watcher(out)
     w.finish()
     assert sorted(lines.sealed_paths()) == ["step-100", "step-200", "step-300"]
     link = out / LIVE_DIR / "resume"
     assert os.readlink(link) == os.path.join("..", "step-200")  # the latest with optimizer state
-    assert (link / "optimizer.bin").read_bytes() == b"o"
+    assert (link / "optimizer.pt").read_bytes() == (out / "step-200" / "optimizer.pt").read_bytes()
     assert not any(s.path == LIVE_DIR for s in scan_directory(out).skipped), "the state dir is not reported"
     assert [m.path for m in scan_directory(out).checkpoints] == ["step-100", "step-200", "step-300"]
 
@@ -312,7 +312,7 @@ def test_removal_requested_through_the_annotations_file(tmp_path):
     out = tmp_path / "out"
     for step in (1, 2):
         write(out / f"step-{step}" / "model.bin", str(step))
-        write(out / f"step-{step}" / "optimizer.bin", b"o")
+        write(out / f"step-{step}" / "optimizer.pt", torch_zip_bytes({"state": {}, "param_groups": []}))
     annotations = tmp_path / "meta" / "annotations"
     w, lines = watcher(out, annotations_file=str(annotations))
     w.finish()

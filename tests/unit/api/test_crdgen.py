@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -187,7 +188,7 @@ def test_schema_is_structural(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind, columns, short_names", [
-    ("Checkpoint", ["Phase", "Format", "Step", "Size", "Used-By", "Age"], ["ckpt", "ckpts"]),
+    ("Checkpoint", ["Phase", "Format", "Step", "Complete", "Size", "Used-By", "Age"], ["ckpt", "ckpts"]),
     ("TrainingJob", ["Phase", "Inputs", "Outputs", "Age"], ["tj"]),
 ])
 def test_names_columns_and_subresources(kind: str, columns: list[str], short_names: list[str]) -> None:
@@ -208,8 +209,12 @@ def test_names_columns_and_subresources(kind: str, columns: list[str], short_nam
             assert column["type"] == "date"
             continue
         node = schema
-        for name in column["jsonPath"].lstrip(".").split("."):
-            node = node["properties"][name]
+        # A condition's field: `.status.conditions[?(@.type=="Complete")].reason` (kubectl's JSONPath filter).
+        path = re.sub(r'\[\?\(@\.type=="[A-Za-z]+"\)\]', "[]", column["jsonPath"])
+        for name in path.lstrip(".").split("."):
+            node = node["properties"][name.removesuffix("[]")]
+            if name.endswith("[]"):
+                node = node["items"]
         assert node["type"] == column["type"], f"{kind} column {column['name']}"
 
 

@@ -116,3 +116,41 @@ def test_the_live_read_decides():
                          (None, "InputNotFound")):
         wait = check_live_input(candidate, live)
         assert isinstance(wait, InputWait) and wait.reason == reason
+
+
+def test_latest_takes_a_checkpoint_found_complete_over_a_newer_one_not_checked():
+    # complete: True (checked, whole), None (nothing could be checked), False (a check failed).
+    checked = info("t-step-100", directory="step-100", step=100, complete=True, resumable=True)
+    unchecked = info("t-step-200", directory="step-200", step=200)  # e.g. a save that died before any weights
+    broken = info("t-step-300", directory="step-300", step=300, complete=False, resumable=True)
+    assert select_output([checked, unchecked, broken], "latest").name == "t-step-100"
+    assert select_output([checked, unchecked, broken], "latestResumable").name == "t-step-100"
+    # A job whose format has no check at all still gets its latest.
+    older = info("t-step-50", directory="step-50", step=50)
+    assert select_output([older, unchecked, broken], "latest").name == "t-step-200"
+    assert select_output([broken], "latest") is None
+    # The root's files stay below the other outputs whatever their checks say.
+    root = info("t-final", directory=".", step=400, complete=True)
+    assert select_output([root, unchecked], "latest").name == "t-step-200"
+    assert select_output([root, broken], "latest").name == "t-final"
+
+
+def test_best_ranks_among_the_checkpoints_found_complete_first():
+    def scored(name, loss, complete):
+        body = checkpoint(name, directory=name, step=int(name.rsplit("-", 1)[1]), complete=complete)
+        body["status"]["metrics"] = {"eval_loss": loss}
+        return CheckpointInfo.from_body(body)
+    items = [scored("t-1", 0.5, True), scored("t-2", 0.1, None), scored("t-3", 0.05, False)]
+    assert select_output(items, "best", ("eval_loss", "min")).name == "t-1"
+    assert select_output(items[1:], "best", ("eval_loss", "min")).name == "t-2"
+
+
+def test_an_input_with_only_incomplete_outputs_says_so():
+    jobs = [training_job("pretrain", phase="Succeeded")]
+    broken = checkpoint("pretrain-step-9", step=9, complete=False, produced_by="pretrain")
+    res = resolve([{"fromTrainingJob": "pretrain"}], [broken], jobs)
+    (wait,) = res.waits
+    assert wait.reason == "InputNotFound"
+    assert wait.message.endswith("produced no such Ready checkpoint (1 Ready one was found incomplete, such as "
+                                 "pretrain-step-9: its Complete condition says why; name it in "
+                                 "spec.checkpoints[].name to use it anyway)")

@@ -88,3 +88,17 @@ def test_policy_from_the_spec_keep_is_keep_latest():
     assert Policy.of(OutputSpec(keep=3)) == Policy(keep_latest=3)
     spec = OutputSpec(retention={"keepLatest": 2, "keepEvery": 10, "keepBest": {"metric": "acc", "mode": "max"}})
     assert Policy.of(spec) == Policy(keep_latest=2, keep_every=10, best_metric="acc", best_mode="max", best_count=1)
+
+
+def test_retention_never_drops_what_latest_would_resume_from():
+    from checkpoint_operator.logic.retention import Entry, Policy, decide
+
+    entries = [Entry("step-100", 100, complete=True, resumable=True), Entry("step-200", 200, complete=True),
+               Entry("step-300", 300, complete=None, resumable=True), Entry("step-400", 400, complete=False)]
+    kept, dropped = decide(entries, Policy(keep_latest=1))
+    # step-400 is the newest (kept as always); step-200 is what select: latest picks and step-100 what
+    # latestResumable picks (complete ones first): neither may go because a newer save broke.
+    assert [e.key for e in kept] == ["step-100", "step-200", "step-400"]
+    assert [e.key for e in dropped] == ["step-300"]
+    unchecked = [Entry("a", 1), Entry("b", 2), Entry("c", 3, complete=False)]
+    assert [e.key for e in decide(unchecked, Policy(keep_latest=1))[0]] == ["b", "c"]

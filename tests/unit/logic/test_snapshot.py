@@ -52,7 +52,8 @@ def test_plan_names_lineage_and_keep():
     assert fields["producedBy"] == {"name": "train", "uid": "u-train"}
     assert fields["step"] == 300 and first.ready.phase == "Ready" and first.ready.ready and fields["owned"] is True
     assert fields["location"] == {"volume": {"claimName": "train-output", "path": "step-300"}}
-    assert fields["complete"] is True and first.ready.conditions[0].type == "Complete"
+    assert fields["complete"] is None and first.ready.conditions[0].type == "Complete"  # no verdict: not checked
+    assert (first.ready.conditions[0].status, first.ready.conditions[0].reason) == ("Unknown", "NotChecked")
     root = result.checkpoints[2]
     assert root.ready.fields["location"]["volume"] == {"claimName": "train-output", "path": ".",
                                                        "items": ["config.json"]}
@@ -94,7 +95,11 @@ def test_name_prefix():
 
 def test_completeness_from_the_manifest_contract_2():
     m = manifest("checkpoint-10", 10)
-    assert ready_change(m, {}, owned=True).fields["complete"] is True  # no verdict: complete
+    unchecked = ready_change(m, {}, owned=True)  # no verdict: not checked, never complete
+    assert unchecked.fields["complete"] is None and unchecked.conditions[0].status == "Unknown"
+    assert unchecked.message.endswith("; not checked: no completeness check applies (format torch)")
+    complete = Manifest(**{**m.model_dump(), "complete": True, "completeReason": "trainer_state.json is present"})
+    assert ready_change(complete, {}, owned=True).fields["complete"] is True
 
     incomplete = Manifest(**{**m.model_dump(), "complete": False, "completeReason": "missing trainer_state.json"})
     change = ready_change(incomplete, {}, owned=True)
