@@ -13,6 +13,7 @@ import pytest
 
 from checkpoint_operator.config import OperatorConfig
 from conftest import CKPT, NS, TJ, held_until, training_job, write_checkpoint
+from formats_files import torch_file, weights
 from test_operator_imports import web  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.timeout(180)
@@ -95,9 +96,10 @@ SNAPSHOT_CONFIG = dict(reconcile_interval=0.2, agent_image="checkpoint-operator:
 
 
 def trainer_checkpoint(out: str, step: int) -> None:
-    """A Transformers Trainer checkpoint; trainer_state.json (its completion marker) written last."""
-    write_checkpoint(out, f"checkpoint-{step}", {"config.json": b"{}", "model.safetensors": b"w" * step,
-                                                 "optimizer.pt": b"o"})
+    """A Transformers Trainer checkpoint (complete: files that parse); trainer_state.json (its completion
+    marker) written last."""
+    write_checkpoint(out, f"checkpoint-{step}", {"config.json": b"{}", "model.safetensors": weights(b"w" * step),
+                                                 "optimizer.pt": torch_file()})
     write_checkpoint(out, f"checkpoint-{step}", {"trainer_state.json": json.dumps(
         {"global_step": step, "log_history": [{"step": step, "loss": 1.0}]}).encode()})
 
@@ -165,7 +167,7 @@ class TestVolumeSnapshots:
         assert snap10["spec"]["source"]["persistentVolumeClaimName"] == producer["status"]["outputClaim"]
         content10 = snap10["status"]["boundVolumeSnapshotContentName"]
         copy10 = cluster.snapshot_controller.copy_dir(content10)
-        assert (copy10 / "checkpoint-10" / "model.safetensors").read_bytes() == b"w" * 10
+        assert (copy10 / "checkpoint-10" / "model.safetensors").read_bytes() == weights(b"w" * 10)
         first_seen.set()
 
         # keep: 1: the newer one retires the older Checkpoint, and its snapshot goes with it.
@@ -195,7 +197,7 @@ class TestVolumeSnapshots:
             trainer.behaviours[reader] = consume
             await api.create(TJ, NS, on_node(training_job(reader, checkpoints=[{"name": name}]), node))
         await asyncio.to_thread(both_started.wait)  # both run at once: neither waits on the other's node
-        assert sorted(read.values()) == [b"w" * 20, b"w" * 20]
+        assert sorted(read.values()) == [weights(b"w" * 20), weights(b"w" * 20)]
         claims = {}
         for reader, node in (("reader-b", "local-1"), ("reader-c", "local-2")):
             [pod] = await worker_pods(api, reader)
