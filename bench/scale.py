@@ -16,8 +16,14 @@ on one input Checkpoint), `requests` (the operator's own API requests per Traini
 with 10 and with C Checkpoints in the namespace; the same run gives `rss`, the operator's RSS
 with C Checkpoints indexed), `latency` (a training pod's end to its Checkpoints being Ready, jobs
 started a few at a time so that nothing queues), `localrun` (`checkpoint-operator local run` on
-120 trivial jobs, local mode, docs/local-mode.md). Requests are counted by the operator itself
-(`checkpoint_operator_api_requests_total`); kopf's watch streams are not among them.
+120 trivial jobs, local mode, docs/local-mode.md), `memory` (--memory N: N TrainingJob lifecycles,
+each created, run to Succeeded with live sealing on every other job, then deleted with its
+Checkpoints, a few at a time: the operator's RSS after 1,000 and after N lifecycles, and the
+slope between, which is flat when nothing is kept of objects that are gone; issue 21 item 6).
+Requests are counted by the operator itself (`checkpoint_operator_api_requests_total`); kopf's
+watch streams are not among them.
+
+    python bench/scale.py --memory 10000     # the operator's RSS over 10,000 lifecycles (long)
 """
 
 from __future__ import annotations
@@ -163,7 +169,7 @@ class Trainer:
         return 0
 
 
-def training_job(name: str, *, checkpoints: int = 2, inputs: list | None = None) -> dict:
+def training_job(name: str, *, checkpoints: int = 2, inputs: list | None = None, publish: str | None = None) -> dict:
     spec: dict[str, Any] = {"template": {"spec": {"containers": [{
         "name": "trainer", "image": "trainer:1", "command": ["train"],
         "env": [{"name": "BENCH_CHECKPOINTS", "value": str(checkpoints)}]}]}}}
@@ -171,6 +177,8 @@ def training_job(name: str, *, checkpoints: int = 2, inputs: list | None = None)
         spec["checkpoints"] = inputs
     if not checkpoints:
         spec["output"] = {"enabled": False}
+    elif publish:
+        spec["output"] = {"publish": publish}
     return {"apiVersion": "ckpt.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name, "namespace": NS},
             "spec": spec}
 
@@ -390,6 +398,53 @@ async def latency(jobs: int, at_once: int) -> dict:
                 "mean": statistics.mean(delays) if delays else float("nan")}
 
 
+async def memory(lifecycles: int, at_once: int, timeout: float) -> dict:
+    """The operator's RSS over many job lifecycles (create, Succeeded, deleted with its Checkpoints):
+    sampled every 1,000 once the first 1,000 are done (the warm-up: imports, caches, pools)."""
+    async with Bench("memory") as bench:
+        operator = bench.start_operator()
+        samples: list[tuple[int, float]] = []
+        failed = done = 0
+        started = time.monotonic()
+        async with Watch(bench.emulator.url, TJ) as jobs, Watch(bench.emulator.url, CKPT) as checkpoints:
+            while done < lifecycles:
+                names = [f"mem-{i:05d}" for i in range(done, min(done + at_once, lifecycles))]
+                await create_all(bench.api, [training_job(n, checkpoints=1, publish="Continuous" if i % 2 else None)
+                                             for i, n in enumerate(names, done)])
+                if not await jobs.until(names, ("Succeeded", "Failed"), timeout):
+                    raise SystemExit(f"memory: {names} did not finish in {timeout:.0f} s; see {operator.log}")
+                failed += jobs.count(names, ("Failed",))
+                made = [c for c, body in list(checkpoints.bodies.items()) if c in checkpoints.phases
+                        and ((body.get("spec") or {}).get("source") or {}).get("trainingJob", {}).get("name") in names]
+                await asyncio.gather(*(bench.api.delete(TJ, NS, n) for n in names),
+                                     *(bench.api.delete(CKPT, NS, c) for c in made))
+                deadline = time.monotonic() + timeout
+                while any(n in jobs.phases for n in names) or any(c in checkpoints.phases for c in made):
+                    if time.monotonic() > deadline:
+                        raise SystemExit(f"memory: {names} were not deleted in {timeout:.0f} s")
+                    await asyncio.sleep(0.05)
+                done += len(names)
+                if done % 1000 == 0 or done == lifecycles:
+                    await operator.settle(quiet=1.0)
+                    samples.append((done, rss_mb(operator.proc.pid)))
+                    print(f"memory: {done} lifecycles, operator RSS {samples[-1][1]:.1f} MB, "
+                          f"{time.monotonic() - started:.0f} s", flush=True)
+        after = [(n, mb) for n, mb in samples if n >= min(1000, lifecycles)]
+        slope = _slope(after) * 1000 if len(after) > 1 else float("nan")
+        return {"lifecycles": lifecycles, "failed": failed, "seconds": time.monotonic() - started,
+                "rss_first_mb": after[0][1] if after else float("nan"), "first_at": after[0][0] if after else 0,
+                "rss_last_mb": samples[-1][1] if samples else float("nan"), "slope_mb_per_1000": slope,
+                "samples": samples, "operator_hwm_mb": rss_mb(operator.proc.pid, "VmHWM"),
+                "requests": operator.requests()}
+
+
+def _slope(points: list[tuple[int, float]]) -> float:
+    """Least-squares slope of (x, y) points."""
+    mean_x = statistics.mean(x for x, _ in points)
+    mean_y = statistics.mean(y for _, y in points)
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / sum((x - mean_x) ** 2 for x, _ in points)
+
+
 def localrun(jobs: int) -> dict:
     work = Path(tempfile.mkdtemp(prefix="bench-scale-localrun-"))
     script = ("import os, pathlib; d = pathlib.Path(os.environ['CHECKPOINT_OUTPUT_DIR'], 'step-1'); "
@@ -426,6 +481,9 @@ def main() -> None:
     parser.add_argument("--latency-jobs", type=int, default=100)
     parser.add_argument("--local-jobs", type=int, help="jobs of `local run` (120)")
     parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--memory", type=int, metavar="N",
+                        help="the memory scenario alone: the operator's RSS over N job lifecycles (10000)")
+    parser.add_argument("--at-once", type=int, default=20, help="jobs per wave of the memory scenario (20)")
     args = parser.parse_args()
     if args.serve_emulator:
         return serve_emulator(args.serve_emulator)
@@ -436,6 +494,8 @@ def main() -> None:
     local_jobs = args.local_jobs or (20 if quick else 120)
     lifecycles = 5 if quick else args.lifecycles
     only = set(args.only.split(","))
+    if args.memory:
+        only = {"memory"}
     results: dict[str, dict] = {}
     if "lifecycle" in only:
         results["lifecycle"] = asyncio.run(lifecycle(jobs, args.timeout))
@@ -449,6 +509,9 @@ def main() -> None:
     if "latency" in only:
         results["latency"] = asyncio.run(latency(10 if quick else args.latency_jobs, 4))
         print("latency", json.dumps(results["latency"]), flush=True)
+    if "memory" in only:
+        results["memory"] = asyncio.run(memory(args.memory or (200 if quick else 10000), args.at_once, 600))
+        print("memory", json.dumps(results["memory"]), flush=True)
     if "localrun" in only:
         results["localrun"] = localrun(local_jobs)
         print("localrun", json.dumps(results["localrun"]), flush=True)
@@ -480,6 +543,15 @@ def main() -> None:
         r = results["latency"]
         print(f"{'pod finished to checkpoints ready p50 / p99':52} {r['p50']:>10.2f} / {r['p99']:.2f} s   p99 < 1 s")
         lines.append(f"scale: pod finished to checkpoints ready: p50 {r['p50']:.2f} s p99 {r['p99']:.2f} s")
+    if "memory" in results:
+        r = results["memory"]
+        print(f"{'operator RSS after ' + str(r['first_at']) + ' / ' + str(r['lifecycles']) + ' lifecycles':52} "
+              f"{r['rss_first_mb']:>10.1f} / {r['rss_last_mb']:.1f} MB   flat")
+        print(f"{'  slope (least squares over the samples)':52} {r['slope_mb_per_1000']:>18.2f} MB/1000")
+        print(f"{'  of them not Succeeded':52} {r['failed']:>24}")
+        lines.append(f"scale: operator rss after {r['first_at']} / {r['lifecycles']} lifecycles: "
+                     f"{r['rss_first_mb']:.1f} / {r['rss_last_mb']:.1f} MB, slope {r['slope_mb_per_1000']:.2f} MB "
+                     f"per 1000")
     if "localrun" in results:
         r = results["localrun"]
         print(f"{'local run (exit ' + str(r['exit']) + ')':52} {r['jobs']:>10} in {r['seconds']:>8.1f} s   < 60 s")

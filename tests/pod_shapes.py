@@ -19,6 +19,7 @@ from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic import transfers, workload
 from checkpoint_operator.logic.agent_pods import AGENT_OUTPUT_MOUNT
+from checkpoint_operator.api.checkpoint import Location
 from checkpoint_operator.logic.inputs import ResolvedInput
 from checkpoint_operator.storage import store_for
 
@@ -140,8 +141,8 @@ def _inputs(store_name: str) -> list[ResolvedInput]:
                                  "restoreSize": "10Gi", "storageClassName": "gp3"}}
     else:
         location = {"volume": {"claimName": "producer-output-abcde", "path": "step-1"}}
-    return [ResolvedInput(name="base", uid="u-base", digest=DIGEST, mount_name="base", location=location,
-                          size_bytes=1024)]
+    return [ResolvedInput(name="base", uid="u-base", digest=DIGEST, mount_name="base",
+                          location=Location.model_validate(location), size_bytes=1024)]
 
 
 def built_job(store_name: str, template: Optional[dict] = None, *, publish: str = "OnCompletion",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Literal, Optional
+from typing import Any, Literal, Mapping, Optional
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -74,12 +74,12 @@ class OperatorConfig(BaseModel):
         return self
 
     @classmethod
-    def from_env(cls, environ: Optional[dict[str, str]] = None) -> "OperatorConfig":
+    def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "OperatorConfig":
         """CKPT_<FIELD> in upper case, e.g. CKPT_STORAGE_TYPE=s3, CKPT_AGENT_RESOURCES='{"limits":...}'."""
-        environ = os.environ if environ is None else environ
-        values: dict = {}
+        source: Mapping[str, str] = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
         for name, field in cls.model_fields.items():
-            raw = environ.get(ENV_PREFIX + name.upper())
+            raw = source.get(ENV_PREFIX + name.upper())
             if raw is None or raw == "":
                 continue
             values[name] = json.loads(raw) if field.annotation is dict else raw

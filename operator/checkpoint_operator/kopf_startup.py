@@ -16,6 +16,7 @@ Applied only to the kopf versions it was checked against; elsewhere kopf is left
 from __future__ import annotations
 
 import logging
+from typing import Iterable
 
 import kopf
 from kopf._cogs.aiokits import aiotoggles
@@ -25,7 +26,8 @@ logger = logging.getLogger(__name__)
 CHECKED_VERSIONS = ("1.45.",)  # kopf/_cogs/aiokits/aiotoggles.py as read for this change
 
 
-async def _make_toggle(self, __val: bool = False, *, name: str | None = None) -> aiotoggles.Toggle:
+async def _make_toggle(self: aiotoggles.ToggleSet, __val: bool = False, *,
+                       name: str | None = None) -> aiotoggles.Toggle:
     toggle = aiotoggles.Toggle(__val, name=name, condition=self._condition)
     async with self._condition:
         before = self.is_on()
@@ -35,7 +37,7 @@ async def _make_toggle(self, __val: bool = False, *, name: str | None = None) ->
     return toggle
 
 
-async def _drop_toggles(self, toggles) -> None:
+async def _drop_toggles(self: aiotoggles.ToggleSet, toggles: Iterable[aiotoggles.Toggle]) -> None:
     async with self._condition:
         before = self.is_on()
         self._toggles.difference_update(toggles)
@@ -43,7 +45,7 @@ async def _drop_toggles(self, toggles) -> None:
             self._condition.notify_all()
 
 
-async def _drop_toggle(self, toggle: aiotoggles.Toggle) -> None:
+async def _drop_toggle(self: aiotoggles.ToggleSet, toggle: aiotoggles.Toggle) -> None:
     await _drop_toggles(self, (toggle,))
 
 
@@ -57,8 +59,9 @@ def apply() -> bool:
     if not version.startswith(CHECKED_VERSIONS) or not (hasattr(probe, "_condition") and hasattr(probe, "_toggles")):
         logger.info("kopf %s: index pre-population left as kopf does it (checked: %s)", version, CHECKED_VERSIONS)
         return False
-    cls.make_toggle = _make_toggle
-    cls.drop_toggle = _drop_toggle
-    cls.drop_toggles = _drop_toggles
-    cls._ckpt_linear_startup = True
+    # Replacing kopf's methods is the point of this module (mypy refuses assigning to a method).
+    cls.make_toggle = _make_toggle  # type: ignore[method-assign]
+    cls.drop_toggle = _drop_toggle  # type: ignore[method-assign]
+    cls.drop_toggles = _drop_toggles  # type: ignore[method-assign]
+    cls._ckpt_linear_startup = True  # type: ignore[attr-defined]
     return True

@@ -8,6 +8,7 @@ against the chart's RBAC rules.
 
 from __future__ import annotations
 
+import builtins
 import collections
 import json
 import threading
@@ -71,7 +72,7 @@ class Kube:
     def __init__(self, api_client: kubernetes.client.ApiClient):
         self.api = api_client
         # Requests sent, by verb: main.py exports them as a metric (bench/scale.py counts them).
-        self.requests: collections.Counter = collections.Counter()
+        self.requests: collections.Counter[str] = collections.Counter()
         self._count_lock = threading.Lock()
 
     @classmethod
@@ -91,7 +92,7 @@ class Kube:
 
     # --- transport ---------------------------------------------------------------------------
 
-    def _call(self, method: str, path: str, body: Any = None, query: Optional[dict] = None,
+    def _call(self, method: str, path: str, body: Any = None, query: Optional[dict[str, Any]] = None,
               content_type: str = "application/json", raw: bool = False) -> Any:
         headers = {"Accept": "application/json", "Content-Type": content_type}
         query_params = [(k, v) for k, v in (query or {}).items() if v is not None]
@@ -114,42 +115,43 @@ class Kube:
 
     # --- verbs ---------------------------------------------------------------------------------
 
-    def get(self, resource: Resource, namespace: str, name: str) -> Optional[dict]:
+    def get(self, resource: Resource, namespace: str, name: str) -> Optional[dict[str, Any]]:
         try:
             return self._call("GET", resource.path(namespace, name))
         except NotFound:
             return None
 
     def list(self, resource: Resource, namespace: str, label_selector: Optional[str] = None,
-             field_selector: Optional[str] = None) -> list[dict]:
+             field_selector: Optional[str] = None) -> list[dict[str, Any]]:
         query = {"labelSelector": label_selector, "fieldSelector": field_selector}
         return self._call("GET", resource.path(namespace), query=query).get("items", [])
 
-    def create(self, resource: Resource, namespace: str, body: dict) -> dict:
+    def create(self, resource: Resource, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         body = {"apiVersion": resource.api_version, "kind": resource.kind, **body}
         return self._call("POST", resource.path(namespace), body)
 
-    def ensure(self, resource: Resource, namespace: str, body: dict) -> dict:
+    def ensure(self, resource: Resource, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         """Create the object, or return the existing one of that name (idempotent creates)."""
         try:
             return self.create(resource, namespace, body)
         except Conflict:
             return self.get(resource, namespace, body["metadata"]["name"]) or {}
 
-    def patch(self, resource: Resource, namespace: str, name: str, patch: dict,
-              subresource: Optional[str] = None) -> dict:
+    def patch(self, resource: Resource, namespace: str, name: str, patch: dict[str, Any],
+              subresource: Optional[str] = None) -> dict[str, Any]:
         """A JSON merge patch. Put metadata.resourceVersion in it to make it conditional (409 on change)."""
         return self._call("PATCH", resource.path(namespace, name, subresource), patch,
                           content_type="application/merge-patch+json")
 
-    def patch_json(self, resource: Resource, namespace: str, name: str, operations: list[dict]) -> dict:
+    def patch_json(self, resource: Resource, namespace: str, name: str,
+                   operations: builtins.list[dict[str, Any]]) -> dict[str, Any]:
         """A JSON patch (RFC 6902): its `test` operations make it conditional (422, nothing changed)."""
         return self._call("PATCH", resource.path(namespace, name), operations,
                           content_type="application/json-patch+json")
 
-    def patch_status(self, resource: Resource, namespace: str, name: str, status: dict,
-                     resource_version: Optional[str] = None) -> dict:
-        patch: dict = {"status": status}
+    def patch_status(self, resource: Resource, namespace: str, name: str, status: dict[str, Any],
+                     resource_version: Optional[str] = None) -> dict[str, Any]:
+        patch: dict[str, Any] = {"status": status}
         if resource_version is not None:
             patch["metadata"] = {"resourceVersion": resource_version}
         return self.patch(resource, namespace, name, patch, subresource="status")
@@ -170,7 +172,8 @@ class Kube:
     def read_log(self, namespace: str, pod: str, container: Optional[str] = None) -> str:
         return self._call("GET", PODS.path(namespace, pod, "log"), query={"container": container}, raw=True)
 
-    def list_live(self, resource: Resource, namespace: str, label_selector: str) -> list[dict]:
+    def list_live(self, resource: Resource, namespace: str,
+                  label_selector: str) -> builtins.list[dict[str, Any]]:
         """A LIST served from etcd, never from a watch cache (resourceVersion unset = a quorum
         read on a real API server): what the in-use protection decides on."""
         return self.list(resource, namespace, label_selector=label_selector)

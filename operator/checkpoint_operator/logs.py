@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from typing import Any
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname.lower(),
-                 "logger": record.name, "message": record.getMessage()}
+        entry: dict[str, Any] = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+                                 "level": record.levelname.lower(), "logger": record.name,
+                                 "message": record.getMessage()}
         for key in ("k8s_ref", "k8s_skip"):
             if hasattr(record, key) and key == "k8s_ref":
                 ref = getattr(record, key) or {}

@@ -9,10 +9,11 @@ below.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import logging
 import os
-from typing import Optional
+from typing import Any, Optional
 
 import kopf
 
@@ -20,7 +21,8 @@ from checkpoint_operator import GROUP, kopf_startup, kube, metrics
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.reconcile import checkpoint, trainingjob, wakeups
 from checkpoint_operator.reconcile.context import Context
-from checkpoint_operator.reconcile.indexes import Indexes, checkpoint_keys, training_job_keys, worker_pod_keys
+from checkpoint_operator.reconcile.indexes import (IndexKey, IndexValue, Indexes, checkpoint_keys, training_job_keys,
+                                                   worker_pod_keys)
 from checkpoint_operator.reconcile.work_queue import WorkQueue
 from checkpoint_operator.logic.workload import LABEL_MANAGED_BY, MANAGER
 
@@ -37,36 +39,37 @@ INTERVAL = OperatorConfig.from_env().reconcile_interval
 
 
 def _ctx(memo: kopf.Memo) -> Context:
-    return memo["ctx"]
+    ctx: Context = memo["ctx"]
+    return ctx
 
 
 # --- indexes (kopf keeps them from the watch streams) ----------------------------------------------
 
 @kopf.index(*CHECKPOINTS)
-async def checkpoint_index(body: kopf.Body, **_) -> dict:
+async def checkpoint_index(body: kopf.Body, **_: Any) -> dict[IndexKey, IndexValue]:
     return checkpoint_keys(body)
 
 
 @kopf.index(*TRAINING_JOBS)
-async def training_job_index(body: kopf.Body, **_) -> dict:
+async def training_job_index(body: kopf.Body, **_: Any) -> dict[IndexKey, IndexValue]:
     return training_job_keys(body)
 
 
 @kopf.index("v1", "pods", labels=MANAGED)
-async def worker_pod_index(body: kopf.Body, **_) -> dict:
+async def worker_pod_index(body: kopf.Body, **_: Any) -> dict[IndexKey, IndexValue]:
     return worker_pod_keys(body)
 
 
 # --- events -> work queue -----------------------------------------------------------------------
 
 @kopf.on.event(*TRAINING_JOBS)
-async def training_job_changed(event: dict, body: kopf.Body, memo: kopf.Memo, **_) -> None:
+async def training_job_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     metrics.observe_phase(event, body)
     wakeups.training_job_event(_ctx(memo), event.get("type"), body)
 
 
 @kopf.on.event(*CHECKPOINTS)
-async def checkpoint_changed(event: dict, body: kopf.Body, memo: kopf.Memo, **_) -> None:
+async def checkpoint_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     metrics.observe_phase(event, body)
     wakeups.checkpoint_event(_ctx(memo), event.get("type"), body)
 
@@ -74,30 +77,31 @@ async def checkpoint_changed(event: dict, body: kopf.Body, memo: kopf.Memo, **_)
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
 @kopf.on.event("v1", "pods", labels=MANAGED)
 @kopf.on.event("v1", "persistentvolumeclaims")
-async def child_changed(body: kopf.Body, memo: kopf.Memo, **_) -> None:
+async def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     wakeups.child_event(_ctx(memo), body)
 
 
 # --- the queue's life -----------------------------------------------------------------------------
 
 @kopf.on.startup()
-async def start_queue(memo: kopf.Memo, checkpoint_index: kopf.Index, training_job_index: kopf.Index,
-                      worker_pod_index: kopf.Index, **_) -> None:
+async def start_queue(memo: kopf.Memo, **indexes: Any) -> None:
+    """kopf passes each index as a keyword argument named after its function (above)."""
     ctx = _ctx(memo)
-    ctx.indexes = Indexes(checkpoint_index, training_job_index, worker_pod_index)
+    ctx.indexes = Indexes(indexes["checkpoint_index"], indexes["training_job_index"], indexes["worker_pod_index"])
     ctx.queue = WorkQueue(lambda key: reconcile(ctx, key), workers=ctx.config.workers,
                           base_backoff=ctx.config.reconcile_interval,
                           on_error=lambda key, _: metrics.RECONCILE_ERRORS.labels(key[0]).inc())
     ctx.queue.start()
-    ctx.extra["resync"] = wakeups.start_resync(ctx)
+    ctx.resync = wakeups.start_resync(ctx)
 
 
 @kopf.on.cleanup()
-async def stop_queue(memo: kopf.Memo, **_) -> None:
+async def stop_queue(memo: kopf.Memo, **_: Any) -> None:
     ctx = _ctx(memo)
-    if ctx.extra.get("resync"):
-        ctx.extra.pop("resync").cancel()
-    if ctx.queue is not None:
+    if ctx.resync is not None:
+        ctx.resync.cancel()
+        ctx.resync = None
+    if ctx.has_queue:
         await ctx.queue.stop()
 
 
@@ -134,7 +138,7 @@ def make_memo(ctx: Context) -> kopf.Memo:
     return kopf.Memo(ctx=ctx)
 
 
-def run_operator(args) -> int:
+def run_operator(args: argparse.Namespace) -> int:
     """`checkpoint-operator run`: the real process, in a cluster or against a kubeconfig."""
     from checkpoint_operator.kube import Kube
     from checkpoint_operator.logs import configure_logging

@@ -4,6 +4,7 @@ bounded sets (phase, kind, direction, store), never object names."""
 from __future__ import annotations
 
 import threading
+from typing import Any, Mapping
 
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, REGISTRY
@@ -69,7 +70,7 @@ class ApiRequests(Collector):
         yield family
 
 
-def observe_phase(event: dict, body) -> None:
+def observe_phase(event: Mapping[str, Any], body: Mapping[str, Any]) -> None:
     """Objects by phase, from every change kopf sees (also right after a restart)."""
     kind, uid = body.get("kind") or "", body.get("metadata", {}).get("uid", "")
     if event.get("type") == "DELETED":

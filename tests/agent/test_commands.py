@@ -8,6 +8,7 @@ from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.cli import build_parser
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic import agent_commands, workload
+from checkpoint_operator.api.checkpoint import Location, S3Location
 from checkpoint_operator.logic.inputs import ResolvedInput
 from checkpoint_operator.storage import store_for
 from factories import training_job
@@ -16,7 +17,7 @@ S3 = OperatorConfig(storage_type="s3", s3_bucket="b")
 VOLUME = OperatorConfig()
 IMPORT = Checkpoint.model_validate({"metadata": {"name": "imp", "namespace": "default", "uid": "u-imp"},
                                     "spec": {"source": {"http": {"url": "https://example.test/m.tar"}}}})
-INPUT = ResolvedInput("base", "u-base", "sha256:" + "a" * 64, "base", {"s3": {"uri": "s3://b/x/base/"}}, 10)
+INPUT = ResolvedInput("base", "u-base", "sha256:" + "a" * 64, "base", Location(s3=S3Location(uri="s3://b/x/base/")), 10)
 
 
 def parse(command: list[str]):

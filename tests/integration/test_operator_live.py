@@ -320,3 +320,65 @@ async def test_a_checkpoint_labelled_keep_survives_retention_while_newer_ones_se
         "the end-of-job retention keeps the labelled one too"
     assert await job_checkpoints(api, "kept") == ["kept-checkpoint-10", "kept-checkpoint-30"]
     assert os.path.isdir(os.path.join(volume["out"], "checkpoint-10"))
+
+
+async def test_nothing_of_a_live_sealing_job_stays_in_the_operator_s_memory(api, operator, cluster, trainer,
+                                                                            wait_for):
+    """Per-job state of live sealing goes when the job leaves Running, the rest when it is
+    deleted: a long-running operator sees thousands of jobs (issue 21 item 6)."""
+    sealed = gate()
+
+    def train(attempt, env):
+        trainer_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], 10)
+        assert sealed.wait(90)
+        return 0
+    trainer.behaviours["mem"] = train
+    await api.create(TJ, NS, training_job("mem", output=LIVE))
+    await wait_for(lambda: ready(api, "mem-checkpoint-10"), timeout=60)
+    assert operator.ctx.live, "remembered while it runs"
+    sealed.set()
+    await wait_phase(api, wait_for, TJ, "mem", "Succeeded", timeout=60)
+    assert operator.ctx.live == {}
+
+    await api.delete(TJ, NS, "mem")
+    for name in await job_checkpoints(api, "mem"):
+        await api.delete(CKPT, NS, name)
+
+    async def forgotten():
+        gone = await api.get(TJ, NS, "mem") is None and not await job_checkpoints(api, "mem")
+        kept = [k for k in list(operator.ctx.own_writes) if k[2].startswith("mem")] + \
+            [k for k in list(operator.ctx.last_uses) if k[1] == "mem"]
+        return gone and not kept
+    await wait_for(forgotten, timeout=60)
+
+
+async def test_every_sealed_checkpoint_owns_the_output_volume_while_the_job_runs(api, operator, cluster, trainer,
+                                                                                 wait_for):
+    """Each sealing pass adds its Checkpoints to the volume's owners and keeps the earlier ones:
+    deleting the job mid-run never takes an earlier Ready Checkpoint's bytes."""
+    second, checked = gate(), gate()
+
+    def train(attempt, env):
+        trainer_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], 10)
+        assert second.wait(90)
+        trainer_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], 20)
+        assert checked.wait(90)
+        return 0
+    trainer.behaviours["own"] = train
+    await api.create(TJ, NS, training_job("own", output=LIVE))
+    first = await wait_for(lambda: ready(api, "own-checkpoint-10"), timeout=60)
+    second.set()
+    later = await wait_for(lambda: ready(api, "own-checkpoint-20"), timeout=60)
+    claim_name = first["status"]["location"]["volume"]["claimName"]
+
+    async def owners():
+        claim = await api.get("v1/persistentvolumeclaims", NS, claim_name)
+        return {o["uid"] for o in claim["metadata"].get("ownerReferences") or []}
+    job = await api.get(TJ, NS, "own")
+    wanted = {first["metadata"]["uid"], later["metadata"]["uid"]}
+    assert job["status"]["phase"] == "Running"
+    assert wanted | {job["metadata"]["uid"]} <= await owners()
+    checked.set()
+    await wait_phase(api, wait_for, TJ, "own", "Succeeded", timeout=60)
+    after = await owners()
+    assert wanted <= after and job["metadata"]["uid"] not in after  # handed over: the job no longer owns it

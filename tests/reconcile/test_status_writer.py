@@ -4,7 +4,8 @@ read, events once per change, the status model enforced."""
 import pydantic
 import pytest
 
-from checkpoint_operator.api.trainingjob import TrainingJob
+from checkpoint_operator.api.checkpoint import CheckpointStatus
+from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobStatus
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.status_writer import write_status
@@ -42,11 +43,14 @@ def test_a_conflict_is_retried_on_a_fresh_read(ctx):
     tj = created(ctx)
     # someone else writes meanwhile: our copy is stale
     ctx.kube.patch_status(TRAINING_JOBS, "default", "w", {"jobName": "by-someone-else"})
-    written = write_status(ctx, tj, StatusChange(fields={"inputCount": 2}))
+    written = write_status(ctx, tj, StatusChange(fields=TrainingJobStatus(inputCount=2)))
     assert written.status.inputCount == 2 and written.status.jobName == "by-someone-else"
 
 
 def test_the_status_model_refuses_what_the_schema_would_prune(ctx):
     tj = created(ctx)
-    with pytest.raises(pydantic.ValidationError):
-        write_status(ctx, tj, StatusChange(fields={"notAField": 1}))
+    with pytest.raises(pydantic.ValidationError):  # when the change is made
+        StatusChange(fields=TrainingJobStatus.model_validate({"notAField": 1}))
+    with pytest.raises(pydantic.ValidationError):  # a Checkpoint's field on a TrainingJob: when it is written
+        write_status(ctx, tj, StatusChange(fields=CheckpointStatus(owned=True)))
+    assert ctx.kube.get(TRAINING_JOBS, "default", "w").get("status") is None

@@ -182,6 +182,7 @@ def _decompressed(path: str, archive: str) -> _BoundedReads:
     raw = open(path, "rb")
     magic = raw.read(6)
     raw.seek(0)
+    stream: io.BufferedIOBase
     if magic[:2] == b"\x1f\x8b":
         stream = gzip.GzipFile(fileobj=raw, mode="rb")
     elif magic[:3] == b"BZh":
@@ -277,6 +278,8 @@ def _extract_tar_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str
             raise UnsafeArchive(f"{archive}: member {name!r} refused: {exc}") from exc
     if member.isreg():
         src = tar.extractfile(member)
+        if src is None:  # isreg() members always have data; a tarfile that says otherwise is broken
+            raise UnsafeArchive(f"{archive}: member {name!r} has no data; archive refused")
         written = 0
         with open(target, "wb") as out:
             while written < member.size:
@@ -312,7 +315,7 @@ def extract_zip(path: str, dest: str, *, max_size: int = DEFAULT_MAX_SIZE,
     with zf:
         infos = zf.infolist()
         # The central directory lists every member up front: check them all before writing.
-        plan = []
+        plan: list[tuple[zipfile.ZipInfo, str, Optional[str]]] = []
         for info in infos:
             rel = _member_path(info.filename, archive)
             mode = info.external_attr >> 16
@@ -332,19 +335,19 @@ def extract_zip(path: str, dest: str, *, max_size: int = DEFAULT_MAX_SIZE,
             else:
                 plan.append((info, rel, None))
         try:
-            for info, rel, link_target in plan:
+            for info, rel, planned_link in plan:
                 if not rel:
                     continue
                 target = _prepare_target(dest, root_real, rel, archive, info.filename, is_dir=info.is_dir())
                 if info.is_dir():
                     os.makedirs(target, exist_ok=True)
                     continue
-                if link_target is not None:
-                    real = os.path.realpath(os.path.join(os.path.dirname(target), link_target))
+                if planned_link is not None:
+                    real = os.path.realpath(os.path.join(os.path.dirname(target), planned_link))
                     if not (real == root_real or real.startswith(root_real + os.sep)):
-                        raise UnsafeArchive(f"{archive}: symlink {info.filename!r} -> {link_target!r} leads "
+                        raise UnsafeArchive(f"{archive}: symlink {info.filename!r} -> {planned_link!r} leads "
                                             f"outside the destination; archive refused")
-                    os.symlink(link_target, target)
+                    os.symlink(planned_link, target)
                     continue
                 with zf.open(info) as src, open(target, "wb") as out:
                     # zipfile stops at the declared size and checks the CRC: a lying header fails.

@@ -572,7 +572,7 @@ class Downloader:
         """A small file: one GET into memory, hashed, written under its temporary name."""
         size = job.entry.size
         try:
-            data = b""
+            data: bytes | bytearray = b""
 
             def attempt() -> None:
                 nonlocal data

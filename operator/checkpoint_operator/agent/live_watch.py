@@ -152,7 +152,7 @@ class Watcher:
     def __init__(self, root: str, *, store: str = "volume", upload_to: Optional[str] = None,
                  annotations_file: Optional[str] = None, shared: bool = False, max_entries: Optional[int] = None,
                  upload_concurrency: int = 2, endpoint_url: Optional[str] = None,
-                 emit: Optional[Callable[[dict], None]] = None, sync: bool = False) -> None:
+                 emit: Optional[Callable[[dict[str, Any]], None]] = None, sync: bool = False) -> None:
         self.root = root
         self.sync = sync  # syncfs before announcing a sealed directory (a volume snapshot of it follows)
         self.store = store

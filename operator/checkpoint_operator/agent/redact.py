@@ -116,7 +116,7 @@ def redacted_stderr() -> Iterator[None]:
         yield
         return
     saved = sys.stderr
-    sys.stderr = RedactingStream(saved, secrets)  # type: ignore[assignment]
+    sys.stderr = RedactingStream(saved, secrets)
     try:
         yield
     finally:

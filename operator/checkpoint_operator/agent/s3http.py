@@ -145,14 +145,18 @@ class _Connection:
             else:
                 self.http = http.client.HTTPConnection(self.netloc, timeout=self.connect_timeout)
         if self.http.sock is None:  # new, or closed by http.client after a `Connection: close`
-            self.http.connect()
-            self.http.sock.settimeout(self.read_timeout)
+            _connect(self.http, self.read_timeout)
         return self.http
 
     def drop(self) -> None:
         if self.http is not None:
             self.http.close()
             self.http = None
+
+
+def _connect(conn: http.client.HTTPConnection, read_timeout: float) -> None:
+    conn.connect()
+    conn.sock.settimeout(read_timeout)
 
 
 class FastS3:
@@ -181,7 +185,9 @@ class FastS3:
             return False
         url = urlsplit(endpoint_url)
         proxies = urllib.request.getproxies_environment()
-        if url.scheme in proxies and not urllib.request.proxy_bypass_environment(url.hostname or "", proxies):
+        # proxy_bypass_environment: in urllib.request (NO_PROXY), not in typeshed's stubs
+        bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+        if url.scheme in proxies and not bypass(url.hostname or "", proxies):
             return False
         return True
 
@@ -189,6 +195,8 @@ class FastS3:
         base = self._bases.get(bucket)
         if base is None:
             if self._client is None:
+                if self._endpoint is None:
+                    raise ValueError("FastS3 needs a botocore client or an endpoint")
                 url = self._endpoint
                 base = (url.scheme, url.netloc, f"{url.path.rstrip('/')}/{quote(bucket, safe='')}/")
             else:
@@ -271,7 +279,7 @@ class FastS3:
             error = bexc.ClientError({"Error": {"Code": code.group(1).decode() if code else str(resp.status),
                                                 "Message": message.group(1).decode() if message else resp.reason},
                                       "ResponseMetadata": {"HTTPStatusCode": resp.status}}, operation)
-            error.ckpt_bucket_region = resp.getheader("x-amz-bucket-region")  # type: ignore[attr-defined]
+            error.ckpt_bucket_region = resp.getheader("x-amz-bucket-region")
             raise error
         return conn, resp
 

@@ -78,12 +78,12 @@ def _plain_key(key: Any, depth: int = 0) -> bool:
 
 class _Machine:
     def __init__(self) -> None:
-        self.stack: list = []
-        self.memo: dict = {}
-        self.persistent: list = []  # every persistent id, in order (torch's storages)
+        self.stack: list[Any] = []
+        self.memo: dict[Any, Any] = {}
+        self.persistent: list[Any] = []  # every persistent id, in order (torch's storages)
 
-    def pop_mark(self) -> list:
-        items: list = []
+    def pop_mark(self) -> list[Any]:
+        items: list[Any] = []
         while True:
             if not self.stack:
                 raise NotAPickle("MARK missing")
@@ -92,7 +92,7 @@ class _Machine:
                 return items[::-1]
             items.append(item)
 
-    def set_items(self, target: Any, items: list) -> None:
+    def set_items(self, target: Any, items: list[Any]) -> None:
         if isinstance(target, dict):
             for k, v in zip(items[::2], items[1::2]):
                 # An unhashable or deeply nested key: keep the value under an opaque one.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import tarfile
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Protocol
 
 from checkpoint_operator.agent.errors import AgentError
 
@@ -27,11 +27,25 @@ class TarStreamError(AgentError):
 
 # --- writing -------------------------------------------------------------------------------------
 
+class ByteSource(Protocol):
+    """What a tar stream is read from: a file, stdin, a pod's exec session."""
+
+    def read(self, n: int, /) -> bytes: ...
+
+
+class ByteSink(Protocol):
+    """What a tar stream is written to: a file, stdout, a pod's exec session."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+
 class TarWriter:
     """Regular files into a pax tar stream on `out` (anything with write(bytes))."""
 
-    def __init__(self, out: BinaryIO, on_bytes: Optional[Callable[[int], None]] = None) -> None:
-        self.tar = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=COPY_CHUNK)
+    def __init__(self, out: ByteSink, on_bytes: Optional[Callable[[int], None]] = None) -> None:
+        # stream mode ("w|") only writes to `out`; typeshed asks for a seekable file object
+        self.tar = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,  # type: ignore[call-overload]
+                                bufsize=COPY_CHUNK)
         self.on_bytes = on_bytes
 
     def add_bytes(self, rel: str, data: bytes) -> None:
@@ -54,7 +68,7 @@ class TarWriter:
 
 
 class _Counting:
-    def __init__(self, f: BinaryIO, on_bytes: Callable[[int], None]) -> None:
+    def __init__(self, f: ByteSource, on_bytes: Callable[[int], None]) -> None:
         self.f, self.on_bytes = f, on_bytes
 
     def read(self, n: int = -1) -> bytes:
@@ -76,7 +90,7 @@ class Member:
 
 
 class _MemberReader:
-    def __init__(self, source: BinaryIO, size: int, where: str) -> None:
+    def __init__(self, source: ByteSource, size: int, where: str) -> None:
         self.source, self.left, self.where = source, size, where
 
     def read(self, n: int) -> bytes:
@@ -94,7 +108,7 @@ class _MemberReader:
             pass
 
 
-def _read_exactly(source: BinaryIO, n: int, where: str) -> bytes:
+def _read_exactly(source: ByteSource, n: int, where: str) -> bytes:
     chunks, left = [], n
     while left:
         data = source.read(left)
@@ -135,7 +149,7 @@ def _pax_records(data: bytes, where: str) -> dict[str, str]:
     return records
 
 
-def iter_files(source: BinaryIO, where: str) -> Iterator[Member]:
+def iter_files(source: ByteSource, where: str) -> Iterator[Member]:
     """The regular files of a tar stream, in order. Each member must be read (or is drained)
     before the next one is produced. Ends at the end-of-archive blocks; TarStreamError for
     anything else than regular files, a header past MAX_HEADER_BYTES, a stream cut short."""

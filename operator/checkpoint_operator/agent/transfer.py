@@ -34,14 +34,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from checkpoint_operator.agent.download import temp_name
 from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.hashing import hash_files
 from checkpoint_operator.agent.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, FileEntry, Manifest, parse_manifest
 from checkpoint_operator.agent.names import TEMP_PREFIX, printable
-from checkpoint_operator.agent.tarstream import COPY_CHUNK, TarWriter, iter_files
+from checkpoint_operator.agent.tarstream import COPY_CHUNK, ByteSink, ByteSource, TarWriter, iter_files
 from checkpoint_operator.agent.tree import EntryBudget, entry_limit, locate_file, walk_checkpoint
 from checkpoint_operator.agent.verify import MAX_PROBLEMS, Problem, compare
 
@@ -116,7 +116,7 @@ class StreamReceiver:
         self._dirs_ok: set[str] = set()
         self._made_dirs: list[str] = []
 
-    def run(self, source: BinaryIO) -> Unpacked:
+    def run(self, source: ByteSource) -> Unpacked:
         """A push takes the lock of DIR first (take_push_lock)."""
         os.makedirs(self.dir, exist_ok=True)
         if not self.pulled:
@@ -124,7 +124,7 @@ class StreamReceiver:
                 os.unlink(commit_marker(self.dir))  # what DIR holds is no longer committed
         return self._receive(source)
 
-    def _receive(self, source: BinaryIO) -> Unpacked:
+    def _receive(self, source: ByteSource) -> Unpacked:
         members = iter_files(source, self.where)
         first = next(members, None)
         manifest = None
@@ -376,7 +376,7 @@ def received_result(directory: str, digest: Optional[str], commit: dict, max_siz
 
 # --- pack and hold -------------------------------------------------------------------------------
 
-def pack(directory: str, out: BinaryIO) -> int:
+def pack(directory: str, out: ByteSink) -> int:
     """Write the checkpoint in DIR to `out`; returns the bytes of file data written."""
     stored = os.path.join(directory, MANIFEST_NAME)
     writer = TarWriter(out)

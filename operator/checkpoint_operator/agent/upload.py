@@ -20,7 +20,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from checkpoint_operator.agent.manifest import (
     MANIFEST_NAME, MAX_MANIFEST_BYTES, UPLOAD_JOURNAL_NAME, FileEntry, Manifest, digest_of, parse_manifest,
@@ -56,14 +56,16 @@ class LocalFile:
 @dataclass
 class UploadResult:
     uri: str
-    manifest: Manifest
+    manifest: Optional[Manifest] = None  # the committed manifest (None until the upload commits)
     uploaded_files: int = 0
     uploaded_bytes: int = 0
     skipped_files: int = 0
     skipped_bytes: int = 0
     seconds: float = 0.0
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
+        if self.manifest is None:
+            raise AgentError(f"{self.uri}: the upload has not committed (no manifest)")
         return {"uri": self.uri, "digest": self.manifest.digest, "sizeBytes": self.manifest.sizeBytes,
                 "fileCount": self.manifest.fileCount}
 
@@ -121,8 +123,8 @@ class Uploader:
         self._journal_written = False
         self._journal_lock = threading.Lock()
         self._count_lock = threading.Lock()
-        self.result: Optional[UploadResult] = None
-        self.progress: Optional[Progress] = None
+        self.result: UploadResult     # set by run()
+        self.progress: Progress       # set by run()
 
     # ---- entry point ----
     def run(self) -> UploadResult:
@@ -139,7 +141,7 @@ class Uploader:
         self._uncommit(remote)
 
         total = sum(f.size for f in files)
-        self.result = UploadResult(uri=self.prefix.uri, manifest=None)  # type: ignore[arg-type]
+        self.result = UploadResult(uri=self.prefix.uri)
         self.log(f"upload: {len(files)} files, {human_bytes(total)} from {self.root} to {self.prefix.uri}")
         readers = min(len(files), max(2, self.concurrency // 2)) or 1
         with Progress("upload", total) as self.progress, \
@@ -155,7 +157,7 @@ class Uploader:
         if self.latch.failed:
             raise self._error()
 
-        entries = [FileEntry(path=f.rel, size=f.size, sha256=f.sha256) for f in files]  # type: ignore[arg-type]
+        entries = [FileEntry(path=f.rel, size=f.size, sha256=f.sha256) for f in files]
         manifest = self._build_manifest(entries)
         self._put_manifest(manifest)
         self._remove_journal(remote)
@@ -350,7 +352,7 @@ class Uploader:
     def _put_multipart(self, f: LocalFile) -> None:
         loc = self.prefix.child(f.rel)
         part_size = part_size_for(f.size, self.part_size)
-        create_args = {"Bucket": loc.bucket, "Key": loc.key}
+        create_args: dict[str, Any] = {"Bucket": loc.bucket, "Key": loc.key}
         if f.expected_sha256:
             create_args["Metadata"] = {"sha256": f.expected_sha256}
         try:
@@ -426,8 +428,9 @@ class Uploader:
                 self.result.skipped_files += 1
                 self.result.skipped_bytes += skipped.size
                 self.progress.add(skipped.size)
-        if self.on_object_done is not None:
-            self.on_object_done((uploaded or skipped).rel)
+        done = uploaded or skipped
+        if self.on_object_done is not None and done is not None:
+            self.on_object_done(done.rel)
 
     # ---- the commit marker ----
     def _build_manifest(self, entries: list[FileEntry]) -> Manifest:

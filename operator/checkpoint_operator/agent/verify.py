@@ -111,8 +111,8 @@ def verify_directory(root: str, digest: Optional[str] = None, *, max_size: Optio
     result.problems += [Problem(printable(rel), f"skipped: {reason}") for rel, reason in sorted(tree.skipped)]
     stored = os.path.join(root, MANIFEST_NAME)
     if os.path.isfile(stored):
-        with open(stored, "rb") as f:
-            manifest = parse_manifest(f.read(MAX_MANIFEST_BYTES + 1), stored)
+        with open(stored, "rb") as stream:
+            manifest = parse_manifest(stream.read(MAX_MANIFEST_BYTES + 1), stored)
         result.manifest = manifest
         pinned = pinned_problem(manifest, digest, stored)
         result.problems = [pinned] if pinned else result.problems + compare(manifest, found)
@@ -231,7 +231,7 @@ def main(args: argparse.Namespace) -> int:
                              endpoint_url=args.endpoint_url)
     if args.json:
         print(json.dumps(result.summary()), flush=True)
-    elif result.verified:
+    elif result.verified and result.manifest is not None:  # (verified: a manifest and no problems)
         m = result.manifest
         print(f"verified: {m.fileCount} files, {m.sizeBytes} bytes at {result.location} match the manifest "
               f"({m.digest})")

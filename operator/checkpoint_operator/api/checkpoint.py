@@ -6,8 +6,9 @@ from typing import Annotated, Literal, Optional
 
 from pydantic import Field
 
-from checkpoint_operator.api.common import QUANTITY_PATTERN, Condition, ObjectRef, Phase, PinnedCheckpoint
-from checkpoint_operator.api.meta import ObjectMeta, meta_field
+from checkpoint_operator.api.common import (QUANTITY_PATTERN, Condition, ObjectRef, Phase, PinnedCheckpoint,
+                                            ready_reason)
+from checkpoint_operator.api.meta import ApiObject
 from checkpoint_operator.api.rules import (ApiModel, Count, Description, Digest, FileName, Message, Metric, Name, Path,
                                            Rule, Short, Uid, Uri, has_exactly_one, path_has_dotdot)
 from checkpoint_operator.api.upload import UploadSource, UploadStatus
@@ -223,31 +224,25 @@ class CheckpointStatus(ApiModel):
     observedGeneration: Optional[Count] = Field(None, description="The .metadata.generation last reconciled.")
 
 
-class Checkpoint(ApiModel):
-    model_config = ApiModel.model_config | {"extra": "ignore"}
+class CheckpointHead(ApiObject):
+    """A Checkpoint without its spec: what can still be read, failed or deleted when the spec
+    does not parse (stored before a CRD upgrade tightened a rule; reconcile/objects.py)."""
 
-    apiVersion: str = "ckpt.dev/v1alpha1"
     kind: Literal["Checkpoint"] = "Checkpoint"
-    metadata: ObjectMeta = meta_field()
-    spec: CheckpointSpec
     status: CheckpointStatus = Field(default_factory=CheckpointStatus)
 
     @property
     def phase(self) -> CheckpointPhase:
         return self.status.phase or CheckpointPhase.PENDING
 
+    def ready_reason(self) -> Optional[str]:
+        return ready_reason(self.status.conditions)
+
+
+class Checkpoint(CheckpointHead):
+    spec: CheckpointSpec
+
     @property
     def is_usable(self) -> bool:
         """Ready and not being deleted: a job may start on it."""
         return self.phase == CheckpointPhase.READY and not self.metadata.deleting
-
-    def ready_reason(self) -> Optional[str]:
-        ready = next((c for c in self.status.conditions or [] if c.type == "Ready"), None)
-        return ready.reason if ready else None
-
-    def to_wire(self) -> dict:
-        wire = super().to_wire()
-        wire["metadata"] = self.metadata.wire()
-        if not wire.get("status"):
-            wire.pop("status", None)
-        return wire

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from enum import Enum
-from typing import Literal, Optional
+from typing import Any, Literal, Mapping, Optional
 
 from pydantic import Field
 
@@ -40,11 +40,17 @@ class PinnedCheckpoint(ApiModel):
                                                          "deadlines).")
 
 
+def ready_reason(conditions: Optional[list[Condition]]) -> Optional[str]:
+    """The reason of the Ready condition, if there is one."""
+    ready = next((c for c in conditions or [] if c.type == "Ready"), None)
+    return ready.reason if ready else None
+
+
 class Phase(str, Enum):
     """Base of the phase enums: compares and serialises as its string value."""
 
     def __str__(self) -> str:
-        return self.value
+        return str(self.value)
 
 
 class PodPhase(Phase):
@@ -57,7 +63,7 @@ class PodPhase(Phase):
     UNKNOWN = "Unknown"
 
     @classmethod
-    def of(cls, pod: dict) -> "PodPhase":
+    def of(cls, pod: Mapping[str, Any]) -> "PodPhase":
         try:
             return cls((pod.get("status") or {}).get("phase") or cls.PENDING)
         except ValueError:

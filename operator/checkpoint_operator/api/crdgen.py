@@ -53,7 +53,8 @@ class CrdDefinition:
         return f"{GROUP}_{self.plural}.yaml"
 
 
-def _column(name: str, json_path: str, type_: str = "string", description: str = "", priority: int = 0) -> dict:
+def _column(name: str, json_path: str, type_: str = "string", description: str = "",
+            priority: int = 0) -> dict[str, Any]:
     column: dict[str, Any] = {"name": name, "type": type_, "jsonPath": json_path}
     if description:
         column["description"] = description
@@ -109,14 +110,14 @@ def to_structural(model: type[BaseModel], *, keep_defaults: bool = True) -> dict
     return _convert(schema, defs, keep_defaults)
 
 
-def _resolve(node: dict, defs: dict) -> dict:
+def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     while "$ref" in node:
         target = defs[node["$ref"].split("/")[-1]]
         node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
     return node
 
 
-def _convert(node: dict, defs: dict, keep_defaults: bool) -> dict:
+def _convert(node: dict[str, Any], defs: dict[str, Any], keep_defaults: bool) -> dict[str, Any]:
     node = _resolve(node, defs)
     if "anyOf" in node:  # Optional[X] -> X; the field is simply left out when empty
         options = [o for o in node["anyOf"] if o.get("type") != "null"]
@@ -157,7 +158,7 @@ def _convert(node: dict, defs: dict, keep_defaults: bool) -> dict:
     return out
 
 
-def _attach_rules(schema: dict, model: type[BaseModel]) -> None:
+def _attach_rules(schema: dict[str, Any], model: type[BaseModel]) -> None:
     """Walk the model's fields alongside its schema and put each model's CEL rules on its node."""
     rules = getattr(model, "cel_rules", ())
     if rules:
@@ -218,7 +219,7 @@ class UnboundedFieldsError(ValueError):
         self.problems = problems
 
 
-def unbounded(node: dict) -> Optional[str]:
+def unbounded(node: dict[str, Any]) -> Optional[str]:
     """"string", "list" or "map" when the node is one without its bound, else None."""
     if node.get("type") == "string" or node.get("x-kubernetes-int-or-string"):
         return None if "maxLength" in node else "string"
@@ -229,7 +230,7 @@ def unbounded(node: dict) -> Optional[str]:
     return None
 
 
-def declared_nodes(node: dict, path: str) -> Iterator[tuple[str, dict]]:
+def declared_nodes(node: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """The node and every node below it that the schema declares (opaque preserve-unknown content is not)."""
     yield path, node
     for name, sub in node.get("properties", {}).items():
@@ -240,7 +241,7 @@ def declared_nodes(node: dict, path: str) -> Iterator[tuple[str, dict]]:
         yield from declared_nodes(node["additionalProperties"], f"{path}{{}}")
 
 
-def unbounded_fields(kind: str, open_api: dict, models: Optional[dict[str, type[BaseModel]]] = None
+def unbounded_fields(kind: str, open_api: dict[str, Any], models: Optional[dict[str, type[BaseModel]]] = None
                      ) -> list[UnboundedField]:
     """Every unbounded string of spec and status, list or map of spec or of a CEL rule's scope (what the
     rule reaches from `self` and `oldSelf`: the subtree of the node that carries it), and number of status."""
@@ -342,7 +343,7 @@ def build_crd(definition: CrdDefinition, *, check_bounds: bool = True) -> dict[s
 
 
 def render_crd_yaml(definition: CrdDefinition) -> str:
-    return GENERATED_HEADER + yaml.safe_dump(build_crd(definition), sort_keys=False, width=120)
+    return GENERATED_HEADER + str(yaml.safe_dump(build_crd(definition), sort_keys=False, width=120))
 
 
 def render_chart_template() -> str:

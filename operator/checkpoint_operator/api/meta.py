@@ -6,6 +6,9 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from checkpoint_operator import API_VERSION
+from checkpoint_operator.api.rules import ApiModel
+
 
 class OwnerReference(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -57,3 +60,20 @@ class ObjectMeta(BaseModel):
 
 def meta_field() -> Any:
     return Field(default_factory=ObjectMeta, description="Standard object metadata.")
+
+
+class ApiObject(ApiModel):
+    """Base of the two kinds: apiVersion and metadata; the wire form keeps metadata as the API
+    gave it (unknown fields too) and leaves out an empty status."""
+
+    model_config = ApiModel.model_config | {"extra": "ignore"}
+
+    apiVersion: str = API_VERSION
+    metadata: ObjectMeta = meta_field()
+
+    def to_wire(self) -> dict[str, Any]:
+        wire = super().to_wire()
+        wire["metadata"] = self.metadata.wire()
+        if not wire.get("status"):
+            wire.pop("status", None)
+        return wire

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable, ClassVar, Optional
+from typing import Annotated, Any, Callable, ClassVar, Optional, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -27,7 +27,7 @@ def is_dns1123(value: str) -> bool:
 class Rule:
     cel: str
     message: str
-    check: Optional[Callable[[dict], bool]]  # None: a transition rule (needs oldSelf), API server only
+    check: Optional[Callable[[dict[str, Any]], bool]]  # None: a transition rule (needs oldSelf), API server only
     field_path: Optional[str] = None          # JSONPath-like, relative to the object carrying the rule
 
     def to_crd(self) -> dict[str, Any]:
@@ -48,7 +48,7 @@ class ApiModel(BaseModel):
     cel_rules: ClassVar[tuple[Rule, ...]] = ()
 
     @model_validator(mode="after")
-    def _run_cel_rules(self):
+    def _run_cel_rules(self) -> Self:
         if self.cel_rules:
             wire = self.model_dump(mode="json", exclude_none=True, by_alias=True)
             for rule in self.cel_rules:
@@ -108,7 +108,7 @@ def bounded_count(value: object) -> Optional[int]:
     return None
 
 
-def has_exactly_one(obj: dict, keys: tuple[str, ...]) -> bool:
+def has_exactly_one(obj: dict[str, Any], keys: tuple[str, ...]) -> bool:
     return sum(1 for k in keys if k in obj) == 1
 
 

@@ -10,7 +10,7 @@ quotes the source in events and conditions).
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import Field
 
@@ -110,7 +110,7 @@ Glob = Annotated[str, Field(min_length=1, max_length=MAX_GLOB)]
 Globs = Optional[list[Glob]]
 
 
-def _globs_field(what: str):
+def _globs_field(what: str) -> Any:
     return Field(None, max_length=MAX_GLOBS, description=what)
 
 

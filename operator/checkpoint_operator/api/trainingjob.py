@@ -7,8 +7,8 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field
 
-from checkpoint_operator.api.common import QUANTITY_PATTERN, Condition, Phase, PinnedCheckpoint
-from checkpoint_operator.api.meta import ObjectMeta, meta_field
+from checkpoint_operator.api.common import QUANTITY_PATTERN, Condition, Phase, PinnedCheckpoint, ready_reason
+from checkpoint_operator.api.meta import ApiObject
 from checkpoint_operator.api.rules import (DNS1123_MESSAGE, DNS1123_SUBDOMAIN, ApiModel, Count, Message, Name, Path, Rule,
                                            Short, Timestamp, has_exactly_one, is_dns1123)
 
@@ -263,13 +263,11 @@ class TrainingJobStatus(ApiModel):
     observedGeneration: Optional[Count] = Field(None, description="The .metadata.generation last reconciled.")
 
 
-class TrainingJob(ApiModel):
-    model_config = ApiModel.model_config | {"extra": "ignore"}
+class TrainingJobHead(ApiObject):
+    """A TrainingJob without its spec: what can still be read, failed or deleted when the spec
+    does not parse (stored before a CRD upgrade tightened a rule; reconcile/objects.py)."""
 
-    apiVersion: str = "ckpt.dev/v1alpha1"
     kind: Literal["TrainingJob"] = "TrainingJob"
-    metadata: ObjectMeta = meta_field()
-    spec: TrainingJobSpec
     status: TrainingJobStatus = Field(default_factory=TrainingJobStatus)
 
     @property
@@ -280,6 +278,13 @@ class TrainingJob(ApiModel):
     def is_finished(self) -> bool:
         return self.phase.is_finished
 
+    def ready_reason(self) -> Optional[str]:
+        return ready_reason(self.status.conditions)
+
+
+class TrainingJob(TrainingJobHead):
+    spec: TrainingJobSpec
+
     @property
     def output_enabled(self) -> bool:
         return self.spec.output.enabled
@@ -288,14 +293,3 @@ class TrainingJob(ApiModel):
     def publishes_live(self) -> bool:
         """Live sealing: as recorded when the job started (the operator's default may change meanwhile)."""
         return self.output_enabled and self.status.publish == "Continuous"
-
-    def ready_reason(self) -> Optional[str]:
-        ready = next((c for c in self.status.conditions or [] if c.type == "Ready"), None)
-        return ready.reason if ready else None
-
-    def to_wire(self) -> dict:
-        wire = super().to_wire()
-        wire["metadata"] = self.metadata.wire()
-        if not wire.get("status"):
-            wire.pop("status", None)
-        return wire

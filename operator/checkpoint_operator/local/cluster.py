@@ -111,7 +111,8 @@ class Cache:
 
     def __init__(self, api: ApiClient, resource: str, namespaces: list[str], on_change: Any) -> None:
         self.resource = resource
-        self.informers = {ns: Informer(api, resource, ns, on_change) for ns in (namespaces or [None])}
+        watched: list[str | None] = [*namespaces] or [None]  # None: every namespace
+        self.informers = {ns: Informer(api, resource, ns, on_change) for ns in watched}
 
     def start(self) -> None:
         for informer in self.informers.values():
@@ -129,7 +130,7 @@ class Cache:
             return False
 
     def _informer(self, namespace: str) -> Informer | None:
-        return self.informers.get(namespace) or self.informers.get(None)  # type: ignore[arg-type]
+        return self.informers.get(namespace) or self.informers.get(None)
 
     def get(self, key: Key) -> dict | None:
         informer = self._informer(key[0])
@@ -205,7 +206,8 @@ class JobController:
 
         status.update(active=len(active), terminating=len(terminating), succeeded=succeeded_count, failed=len(failed))
         if indexed:
-            status["completedIndexes"] = ",".join(str(i) for i in sorted({pod_completion_index(p) for p in succeeded}))
+            indexes = {i for i in map(pod_completion_index, succeeded) if i is not None}
+            status["completedIndexes"] = ",".join(str(i) for i in sorted(indexes))
         if finish is not None:
             condition_type, reason, message = finish
             condition = {"type": condition_type, "status": "True", "lastProbeTime": now_rfc3339(),
@@ -651,6 +653,8 @@ class LocalCluster:
         """The cache of an owner kind, watched from the first time a dependent refers to it."""
         cache = self._own_caches().get(resource) or self._owner_caches.get(resource)
         if cache is None:
+            if self.api is None:
+                raise RuntimeError("the local cluster has not started")
             cache = self._owner_caches[resource] = Cache(self.api, resource, self.namespaces, self._on_owner)
             cache.start()
         return cache if await cache.wait_synced(OWNER_SYNC_TIMEOUT) else None
@@ -662,7 +666,7 @@ class LocalCluster:
 
     async def _reconcile_claim(self, key: Key) -> None:
         claim = self.claims.get(key)
-        if claim is None:
+        if claim is None or self.binder is None:  # (the binder exists once the cluster started)
             return
         users = [p for p in (self.pods.get(k) for k in self._pods_of_claim.get(key, ())) if p is not None]
         assert self.binder is not None

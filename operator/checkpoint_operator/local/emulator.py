@@ -183,7 +183,7 @@ def invalid_object(info: kmock.ResourceInfo, resource: Resource, name: str,
                    errors: list[admission.FieldError]) -> kmock.KubernetesError:
     """422 Invalid with one cause per field error, worded as the API server words them."""
     causes = [{"reason": e.reason, "message": e.cause_message, "field": e.field} for e in errors]
-    return invalid(admission.invalid_message(info.kind or resource.plural, resource.group, name, errors),
+    return invalid(admission.invalid_message(info.kind or resource.plural or "", resource.group or "", name, errors),
                    name=name, group=resource.group, kind=info.kind, causes=causes)
 
 
@@ -209,13 +209,34 @@ def _spec_part(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in obj.items() if key not in ("metadata", "status")}
 
 
+def _resource(request: rendering.Request) -> Resource:
+    """The resource a request addresses (the routes below are only taken with one)."""
+    if request.resource is None:
+        raise kmock.KubernetesEndpointNotFoundError()
+    return request.resource
+
+
+def _object_key(request: rendering.Request) -> tuple[Resource, str | None, str]:
+    """The object a request addresses: (resource, namespace, name)."""
+    if request.name is None:
+        raise kmock.KubernetesEndpointNotFoundError()
+    return _resource(request), request.namespace, request.name
+
+
+def _raw_request(request: rendering.Request) -> aiohttp.web.BaseRequest:
+    """aiohttp's request under kmock's (a streamed response is prepared on it)."""
+    if request._raw_request is None:
+        raise RuntimeError("a kmock request without its aiohttp request")
+    return request._raw_request
+
+
 def api_version_of(resource: Resource) -> str:
-    return resource.version if not resource.group else f"{resource.group}/{resource.version}"
+    return (resource.version or "") if not resource.group else f"{resource.group}/{resource.version}"
 
 
 def resource_key(resource: Resource) -> str:
     """``batch/v1/jobs``, ``v1/pods``: the persisted name of a resource."""
-    return f"{api_version_of(resource)}/{resource.plural}"
+    return f"{api_version_of(resource)}/{resource.plural or ''}"
 
 
 def _parse_resource_key(key: str) -> Resource:
@@ -482,7 +503,7 @@ class Emulator(kmock.KubernetesEmulator):
     async def _serve_create(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         if not isinstance(request.data, Mapping):
             raise bad_request("the body must be a JSON object")
-        resource = request.resource
+        resource = _resource(request)
         info = self._info(resource)
         obj = json.loads(request.body)
         meta = obj.setdefault("metadata", {})
@@ -497,7 +518,8 @@ class Emulator(kmock.KubernetesEmulator):
         name = meta["name"]
         if not isinstance(name, str):
             raise bad_request("metadata.name must be a string")
-        errors = admission.name_problems(resource.plural, resource.group, name) + admission.metadata_problems(meta)
+        errors = admission.name_problems(resource.plural or "", resource.group or "", name) + \
+            admission.metadata_problems(meta)
         if resource == CRDS:
             errors += self._crd_problems(obj)
         schema = self._schemas.get(resource)
@@ -688,8 +710,8 @@ class Emulator(kmock.KubernetesEmulator):
     # -- delete -----------------------------------------------------------------------------------
 
     async def _serve_delete(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
-        resource = request.resource
-        key = (resource, request.namespace, request.name)
+        key = _object_key(request)
+        resource = key[0]
         stored = self.store.get(key)
         if stored is None:
             raise self._object_not_found(key)
@@ -725,7 +747,7 @@ class Emulator(kmock.KubernetesEmulator):
         if self.store.remove(key) is None:
             return
         if key[0] == PODS:
-            self._pod_logs.pop((key[1], key[2]), None)
+            self._pod_logs.pop((key[1] or "", key[2]), None)
         if key[0] == CRDS:
             self._unregister_crd(last)
         self.watches.publish(Change(self._current_rv, key, "DELETED", None, Stored.of(last)))
@@ -746,19 +768,20 @@ class Emulator(kmock.KubernetesEmulator):
     # -- reading: fetch, list, watch ---------------------------------------------------------------------
 
     async def _serve_fetch(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
-        key = (request.resource, request.namespace, request.name)
-        self._info(request.resource)
+        key = _object_key(request)
+        self._info(key[0])
         stored = self.store.get(key)
         if stored is None:
             raise self._object_not_found(key)
         return self._json(stored.raw)
 
     async def _serve_list(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
-        info = self._info(request.resource)
+        resource = _resource(request)
+        info = self._info(resource)
         selected = ObjectFilter.from_request(request)
-        found = self.store.select(request.resource, request.namespace, selected.selection())
+        found = self.store.select(resource, request.namespace, selected.selection())
         found.sort(key=lambda item: (item[0][1] or "", item[0][2]))
-        head = dumps({"apiVersion": api_version_of(request.resource), "kind": f"{info.kind}List",
+        head = dumps({"apiVersion": api_version_of(resource), "kind": f"{info.kind}List",
                       "metadata": {"resourceVersion": str(self._current_rv)}})
         raws = [stored.raw for _, stored in found]
         opening, closing = head[:-1] + b',"items":[', b"]}"
@@ -767,7 +790,7 @@ class Emulator(kmock.KubernetesEmulator):
         # A long list goes out in chunks: no copy of all its JSON is ever made (the objects are shared).
         response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
         response.content_length = len(opening) + sum(map(len, raws)) + len(raws) - 1 + len(closing)
-        await response.prepare(request._raw_request)
+        await response.prepare(_raw_request(request))
         await response.write(opening)
         for start in range(0, len(raws), LIST_CHUNK):
             await response.write((b"," if start else b"") + b",".join(raws[start:start + LIST_CHUNK]))
@@ -775,8 +798,9 @@ class Emulator(kmock.KubernetesEmulator):
         await response.write_eof()
         return response
 
-    async def _serve_watch(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
-        resource = request.resource
+    # kmock's _serve_watch yields payloads; this one streams the response itself (no per-event copy)
+    async def _serve_watch(self, request: rendering.Request) -> aiohttp.web.StreamResponse:  # type: ignore[override]
+        resource = _resource(request)
         info = self._info(resource)
         selected = ObjectFilter.from_request(request)
         timeout = float(request.params["timeoutSeconds"]) if request.params.get("timeoutSeconds") else None
@@ -807,7 +831,7 @@ class Emulator(kmock.KubernetesEmulator):
                         "kind": info.kind, "apiVersion": api_version_of(resource), "metadata": {
                             "resourceVersion": str(self._current_rv),
                             "annotations": {"k8s.io/initial-events-end": "true"}}})))
-            await response.prepare(request._raw_request)
+            await response.prepare(_raw_request(request))
             for start in range(0, len(first), LIST_CHUNK):
                 await response.write(b"".join(first[start:start + LIST_CHUNK]))
             deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
@@ -838,19 +862,19 @@ class Emulator(kmock.KubernetesEmulator):
     # -- pod logs ---------------------------------------------------------------------------------
 
     async def _serve_pod_log(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
-        key = (PODS, request.namespace, request.name)
+        _, namespace, name = key = _object_key(request)
         stored = self.store.get(key)
         if stored is None:
             raise self._object_not_found(key)
         container = request.params.get("container") or _default_container(stored.load())
         if request.method == kmock.method.PUT:
             if request.params.get("append") == "true":  # a running container's new output (the local kubelet)
-                text = self.pod_log(request.namespace, request.name, container) + request.text
+                text = self.pod_log(namespace or "", name, container) + request.text
             else:
                 text = request.text
-            self.set_pod_log(request.namespace, request.name, text, container=container)
+            self.set_pod_log(namespace or "", name, text, container=container)
             return aiohttp.web.Response(status=204)
-        return aiohttp.web.Response(text=self.pod_log(request.namespace, request.name, container),
+        return aiohttp.web.Response(text=self.pod_log(namespace or "", name, container),
                                     content_type="text/plain")
 
     def set_pod_log(self, namespace: str, name: str, text: str, container: str | None = None) -> None:
@@ -894,8 +918,9 @@ class Emulator(kmock.KubernetesEmulator):
     def forget_old_requests(self, keep: int | None = None) -> None:
         """Cap kmock's request and error records now (they are capped on every request anyway)."""
         keep = self.request_history if keep is None else keep
-        for records in (self._requests, *(p._requests for p in self._payloads), *self._errors):
-            del records[:-keep or len(records)]
+        records: list[list[Any]] = [self._requests, *(p._requests for p in self._payloads), *self._errors]
+        for kept in records:
+            del kept[:-keep or len(kept)]
 
     # -- persistence ------------------------------------------------------------------------------
 
@@ -955,7 +980,7 @@ class Emulator(kmock.KubernetesEmulator):
         self._current_rv = next(self._resource_versions)
         return str(self._current_rv)
 
-    def _info(self, resource: Resource | None) -> kmock.ResourceInfo:
+    def _info(self, resource: Resource) -> kmock.ResourceInfo:
         # The ResourcesArray's dict itself: its __contains__ parses keys with slow Protocol checks.
         info = self.resources._resources.get(resource)
         if info is None:

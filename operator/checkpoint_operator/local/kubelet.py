@@ -44,7 +44,8 @@ from typing import Any
 
 from checkpoint_operator.local.podview import Mount, normalise_mount_path, remove_tree
 from checkpoint_operator.local.runtime import (
-    ContainerProcess, ContainerRun, ProcessRuntime, Security, StartError, expand_variables, host_command_for,
+    ContainerProcess, ContainerRun, HostProcess, ProcessRuntime, Security, StartError, expand_variables,
+    host_command_for,
 )
 from checkpoint_operator.local.server import ApiClient, ApiError
 
@@ -288,8 +289,9 @@ class PodWorker:
             on_start()
         if self.terminating and container["name"] not in self.sidecar_names:  # deleted while it was being created
             process.send_signal(signal.SIGTERM)
-        follower = LogFollower(self, container) if is_sidecar(container) and hasattr(process, "on_stdout") else None
-        if follower is not None:
+        follower = None
+        if is_sidecar(container) and isinstance(process, HostProcess):  # its output is followed as it runs
+            follower = LogFollower(self, container)
             process.on_stdout = follower.feed
         try:
             exit_code, log = await process.wait()
@@ -364,7 +366,10 @@ class PodWorker:
             name = volume["name"]
             if volume.get("persistentVolumeClaim") or volume.get("ephemeral"):
                 claim = claims[name]
-                self.volumes[name] = self.kubelet.claim_dir(namespace, claim)
+                directory = self.kubelet.claim_dir(namespace, claim)
+                if directory is None:  # bound when the pod started; released since
+                    raise RuntimeError(f"volume {name}: PersistentVolumeClaim {claim} is not bound")
+                self.volumes[name] = directory
                 if (volume.get("persistentVolumeClaim") or {}).get("readOnly"):
                     self.read_only_volumes.add(name)
             elif volume.get("hostPath"):
@@ -400,7 +405,7 @@ class PodWorker:
         for source in container.get("envFrom") or []:
             ref = source.get("secretRef") or source.get("configMapRef") or {}
             resource = "v1/secrets" if source.get("secretRef") else "v1/configmaps"
-            obj = await self.api.get(resource, namespace, ref.get("name")) or {}
+            obj = await self.api.get(resource, namespace, ref.get("name") or "") or {}
             env.update({source.get("prefix", "") + k: v.decode() for k, v in decoded_data(obj).items()})
         for var in container.get("env") or []:
             value = await self._env_value(var)

@@ -29,6 +29,7 @@ from typing import Any
 
 import aiohttp
 import aiohttp.web
+from multidict import CIMultiDict
 
 from checkpoint_operator.local.podview import PodView
 from checkpoint_operator.local.runtime import HOST_ENV_PASSED, host_command
@@ -170,8 +171,12 @@ async def _serve_session(ws: aiohttp.web.WebSocketResponse, process: asyncio.sub
                          alive: Any) -> None:
     """Pump the channels until the command ends (its Status on channel 3), the client goes away,
     or the container stops (the command is killed with it, as in a pod)."""
+    stdin, stdout, stderr = process.stdin, process.stdout, process.stderr
+    if stdout is None or stderr is None:  # started with PIPEs: said for the type checker
+        raise RuntimeError("exec: the command was started without its output pipes")
+
     async def client_to_stdin() -> None:
-        stdin_open = process.stdin is not None
+        stdin_open = stdin is not None
         async for msg in ws:
             if msg.type not in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):
                 continue
@@ -179,16 +184,16 @@ async def _serve_session(ws: aiohttp.web.WebSocketResponse, process: asyncio.sub
             if not data:
                 continue
             channel, payload = data[0], data[1:]
-            if channel == STDIN and stdin_open and payload:
+            if channel == STDIN and stdin_open and stdin is not None and payload:
                 try:
-                    process.stdin.write(payload)
-                    await process.stdin.drain()
+                    stdin.write(payload)
+                    await stdin.drain()
                 except (BrokenPipeError, ConnectionResetError):
                     stdin_open = False  # the command closed its stdin: the rest is dropped, as a pipe does
-            elif channel == CLOSE and payload[:1] == bytes([STDIN]) and stdin_open:
+            elif channel == CLOSE and payload[:1] == bytes([STDIN]) and stdin_open and stdin is not None:
                 stdin_open = False
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    process.stdin.close()
+                    stdin.close()
 
     async def output_to_client(stream: asyncio.StreamReader, channel: int) -> None:
         while chunk := await stream.read(READ_CHUNK):
@@ -199,7 +204,7 @@ async def _serve_session(ws: aiohttp.web.WebSocketResponse, process: asyncio.sub
             await asyncio.sleep(ALIVE_POLL)
 
     reader = asyncio.create_task(client_to_stdin())
-    outputs = asyncio.gather(output_to_client(process.stdout, STDOUT), output_to_client(process.stderr, STDERR))
+    outputs = asyncio.gather(output_to_client(stdout, STDOUT), output_to_client(stderr, STDERR))
     exited = asyncio.create_task(process.wait())
     stopped = asyncio.create_task(container_stopped())
     try:
@@ -274,7 +279,7 @@ async def proxy_exec(emulator: Any, request: Any) -> aiohttp.web.StreamResponse:
             upstream = await session.ws_connect(url, params=query, protocols=requested_protocols(raw.headers),
                                                 max_msg_size=MAX_MESSAGE)
         except aiohttp.WSServerHandshakeError as exc:
-            message = (exc.headers or {}).get(ERROR_HEADER) or f"the kubelet refused the exec ({exc.status})"
+            message = CIMultiDict(exc.headers or ()).get(ERROR_HEADER) or f"the kubelet refused the exec ({exc.status})"
             reason = "NotFound" if exc.status == 404 else "BadRequest"
             return aiohttp.web.json_response(status_body(exc.status, reason, message), status=exc.status)
         except aiohttp.ClientError as exc:

@@ -44,8 +44,9 @@ def load_manifests(paths: Iterable[str]) -> list[dict]:
     """Parse and validate like the API server would (the CRD schema and CEL rules live in the
     pydantic models), so a bad manifest fails here with the field named."""
     from checkpoint_operator.api.checkpoint import CheckpointSpec
+    from checkpoint_operator.api.rules import ApiModel
     from checkpoint_operator.api.trainingjob import TrainingJobSpec
-    models = {"Checkpoint": CheckpointSpec, "TrainingJob": TrainingJobSpec}
+    models: dict[str, type[ApiModel]] = {"Checkpoint": CheckpointSpec, "TrainingJob": TrainingJobSpec}
     objects = []
     for file in manifest_files(paths):
         for doc in yaml.safe_load_all(file.read_text()):

@@ -93,11 +93,12 @@ def parse_field_selector(text: str) -> list[Callable[[Mapping[str, Any]], bool]]
         if match is None:
             raise bad_request(f"invalid field selector: {raw!r}")
         key, op, value = match.groups()
-        if op == "!=":
-            checks.append(lambda obj, k=key, v=value: _field_value(obj, k) != v)
-        else:
-            checks.append(lambda obj, k=key, v=value: _field_value(obj, k) == v)
+        checks.append(_field_check(key, value, equal=op != "!="))
     return checks
+
+
+def _field_check(key: str, value: str, *, equal: bool) -> Callable[[Mapping[str, Any]], bool]:
+    return lambda obj: (_field_value(obj, key) == value) == equal
 
 
 @attrs.frozen

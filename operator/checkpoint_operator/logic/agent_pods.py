@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator.config import OperatorConfig
@@ -27,13 +27,13 @@ GIB = 1024 ** 3
 class InputVolumes:
     """What a training pod needs to see its inputs at <inputDir>/<name>, read-only."""
 
-    volumes: list[dict] = field(default_factory=list)
-    mounts: list[dict] = field(default_factory=list)            # added to every training container
-    init_containers: list[dict] = field(default_factory=list)   # run before the training code
+    volumes: list[dict[str, Any]] = field(default_factory=list)
+    mounts: list[dict[str, Any]] = field(default_factory=list)            # added to every training container
+    init_containers: list[dict[str, Any]] = field(default_factory=list)   # run before the training code
 
 
-def agent_container(name: str, command: list[str], config: OperatorConfig, mounts: list[dict],
-                    env: Optional[list[dict]] = None) -> dict:
+def agent_container(name: str, command: list[str], config: OperatorConfig, mounts: list[dict[str, Any]],
+                    env: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
     container = {"name": name, "image": config.agent_image, "imagePullPolicy": config.agent_image_pull_policy,
                  "command": command, "volumeMounts": mounts, "resources": copy.deepcopy(config.agent_resources),
                  "securityContext": restricted_container()}
@@ -48,19 +48,20 @@ def agent_deadline(config: OperatorConfig, size_bytes: Optional[int] = None) -> 
     return int(config.agent_deadline_seconds + extra)
 
 
-def writes_a_claim(volumes: list[dict]) -> bool:
+def writes_a_claim(volumes: list[dict[str, Any]]) -> bool:
     return any("persistentVolumeClaim" in v and not v["persistentVolumeClaim"].get("readOnly") for v in volumes)
 
 
-def agent_pod(metadata: dict, config: OperatorConfig, containers: list[dict], volumes: list[dict],
-              init_containers: Optional[list[dict]] = None, *, size_bytes: Optional[int] = None,
-              identity: Optional[Identity] = None) -> dict:
+def agent_pod(metadata: dict[str, Any], config: OperatorConfig, containers: list[dict[str, Any]],
+              volumes: list[dict[str, Any]], init_containers: Optional[list[dict[str, Any]]] = None, *,
+              size_bytes: Optional[int] = None, identity: Optional[Identity] = None) -> dict[str, Any]:
     """An agent pod: Pod Security "restricted" and no service-account token (logic/security_context.py);
     `identity`: the trainer's, for a pod that reads what the trainer wrote."""
-    spec: dict = {"restartPolicy": "Never", "containers": containers, "volumes": volumes,
-                  "activeDeadlineSeconds": agent_deadline(config, size_bytes),
-                  "automountServiceAccountToken": False,
-                  "securityContext": agent_pod_context(writes_claim=writes_a_claim(volumes), identity=identity)}
+    spec: dict[str, Any] = {"restartPolicy": "Never", "containers": containers, "volumes": volumes,
+                            "activeDeadlineSeconds": agent_deadline(config, size_bytes),
+                            "automountServiceAccountToken": False,
+                            "securityContext": agent_pod_context(writes_claim=writes_a_claim(volumes),
+                                                                 identity=identity)}
     if init_containers:
         spec["initContainers"] = init_containers
     if config.agent_service_account:
@@ -90,7 +91,7 @@ class PodProblem:
     message: str
 
 
-def pod_problem(pod: dict) -> Optional[PodProblem]:
+def pod_problem(pod: Mapping[str, Any]) -> Optional[PodProblem]:
     """A Pending pod that is stuck (unschedulable, image pull back-off, bad config, ...), or None."""
     meta, status = pod.get("metadata", {}), pod.get("status", {}) or {}
     name = meta.get("name", "?")
@@ -120,7 +121,7 @@ def claim_events_selector(claim_name: str) -> str:
     return f"involvedObject.kind=PersistentVolumeClaim,involvedObject.name={claim_name}"
 
 
-def claim_problem(claim: Optional[dict], events: list[dict]) -> Optional[PodProblem]:
+def claim_problem(claim: Optional[dict[str, Any]], events: list[dict[str, Any]]) -> Optional[PodProblem]:
     """Why a claim a pod waits for is not bound, from its status and its latest event (a Warning
     first: ProvisioningFailed names a missing StorageClass or a full pool), or None when it is
     bound or only waits for its first consumer."""
@@ -132,7 +133,7 @@ def claim_problem(claim: Optional[dict], events: list[dict]) -> Optional[PodProb
         return None
     name = meta.get("name", "?")
 
-    def when(event: dict) -> str:
+    def when(event: dict[str, Any]) -> str:
         return event.get("lastTimestamp") or event.get("eventTime") or event.get("firstTimestamp") or ""
     ordered = sorted(events, key=when, reverse=True)
     latest = next((e for e in ordered if e.get("type") == "Warning"), ordered[0] if ordered else None)
@@ -151,7 +152,7 @@ def job_events_selector(job_name: str) -> str:
     return f"involvedObject.kind=Job,involvedObject.name={job_name}"
 
 
-def job_creation_problem(job_name: str, events: list[dict]) -> Optional[PodProblem]:
+def job_creation_problem(job_name: str, events: list[dict[str, Any]]) -> Optional[PodProblem]:
     """Why a Job has no pods: the Job controller's latest `FailedCreate` (admission refused its
     pod: Pod Security, a quota, a policy), or None."""
     refusals = [e for e in events if e.get("reason") == "FailedCreate"]
@@ -172,7 +173,7 @@ class PodFailure:
     container: Optional[str] = None   # the container whose log tells why (None: the pod itself)
 
 
-def pod_failure(pod: dict, what: str) -> PodFailure:
+def pod_failure(pod: Mapping[str, Any], what: str) -> PodFailure:
     """Why a Failed pod failed: a deadline, an eviction, or the first container that exited non-zero
     (init containers first: a failed init container leaves the main container's log empty)."""
     meta, status, spec = pod.get("metadata", {}), pod.get("status", {}) or {}, pod.get("spec", {}) or {}

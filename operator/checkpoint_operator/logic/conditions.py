@@ -3,42 +3,42 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Optional
+from typing import Any, Optional
 
 
 def now_rfc3339() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def set_condition(conditions: Optional[list[dict]], type_: str, status: str, reason: str, message: str,
-                  generation: Optional[int], now: str) -> list[dict]:
+def set_condition(conditions: Optional[list[dict[str, Any]]], type_: str, status: str, reason: str, message: str,
+                  generation: Optional[int], now: str) -> list[dict[str, Any]]:
     """Return the conditions with `type_` set; lastTransitionTime moves only when status changes."""
-    out, previous = [], None
+    out: list[dict[str, Any]] = []
+    previous: Optional[dict[str, Any]] = None
     for condition in conditions or []:
         if condition.get("type") == type_:
             previous = condition
         else:
             out.append(condition)
-    changed = previous is None or previous.get("status") != status
-    condition = {"type": type_, "status": status, "reason": reason, "message": message,
-                 "lastTransitionTime": now if changed else previous.get("lastTransitionTime", now)}
+    since = now if previous is None or previous.get("status") != status else previous.get("lastTransitionTime", now)
+    condition = {"type": type_, "status": status, "reason": reason, "message": message, "lastTransitionTime": since}
     if generation is not None:
         condition["observedGeneration"] = generation
     out.append(condition)
     return sorted(out, key=lambda c: c["type"])
 
 
-def remove_condition(conditions: Optional[list[dict]], type_: str) -> list[dict]:
+def remove_condition(conditions: Optional[list[dict[str, Any]]], type_: str) -> list[dict[str, Any]]:
     return [c for c in conditions or [] if c.get("type") != type_]
 
 
-def get_condition(conditions: Optional[list[dict]], type_: str) -> Optional[dict]:
+def get_condition(conditions: Optional[list[dict[str, Any]]], type_: str) -> Optional[dict[str, Any]]:
     return next((c for c in conditions or [] if c.get("type") == type_), None)
 
 
-def kstatus_conditions(conditions: Optional[list[dict]], *, ready: bool, reason: str, message: str,
+def kstatus_conditions(conditions: Optional[list[dict[str, Any]]], *, ready: bool, reason: str, message: str,
                        generation: Optional[int], now: str, reconciling: bool = False,
-                       stalled: bool = False) -> list[dict]:
+                       stalled: bool = False) -> list[dict[str, Any]]:
     """Ready plus Reconciling/Stalled as kstatus reads them: present only while True."""
     result = set_condition(conditions, "Ready", "True" if ready else "False", reason, message, generation, now)
     for type_, active in (("Reconciling", reconciling), ("Stalled", stalled)):

@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Optional
 
-from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointSource
-from checkpoint_operator.api.sources import CaConfigMap
+from checkpoint_operator.api.checkpoint import Checkpoint, HttpSource, S3Source
+from checkpoint_operator.api.sources import (AzureBlobSource, CaConfigMap, GcsSource, GitSource, HuggingFaceSource,
+                                             SourceStatus)
 
 # Where an import pod mounts what it is given (the local kubelet rewrites these paths too).
 SOURCE_SECRET_VOLUME = "ckpt-source-secret"
@@ -35,14 +36,14 @@ class ImportSpec:
     kind: str
     uri: str  # what the agent fetches; credential-free (CEL refuses credentials in URLs)
     args: list[str] = field(default_factory=list)  # the source's flags of `agent import`
-    env: list[dict] = field(default_factory=list)
-    volumes: list[dict] = field(default_factory=list)
-    mounts: list[dict] = field(default_factory=list)
+    env: list[dict[str, Any]] = field(default_factory=list)
+    volumes: list[dict[str, Any]] = field(default_factory=list)
+    mounts: list[dict[str, Any]] = field(default_factory=list)
     revision: Optional[str] = None  # the revision asked for (huggingFace, git)
     pins_commit: bool = False  # the agent reports the commit it fetched; an import without it fails
 
 
-def _secret_env(secret: str, keys: tuple[str, ...], optional: bool = False) -> list[dict]:
+def _secret_env(secret: str, keys: tuple[str, ...], optional: bool = False) -> list[dict[str, Any]]:
     ref = {"name": secret, "key": ""}
     return [{"name": key, "valueFrom": {"secretKeyRef": {**ref, "key": key, **({"optional": True} if optional else {})}}}
             for key in keys]
@@ -61,8 +62,7 @@ def _mounted_ca(spec: ImportSpec, ca: CaConfigMap) -> None:
     spec.args += ["--ca-file", f"{SOURCE_CA_MOUNT}/{ca.key}"]
 
 
-def _s3(source: CheckpointSource) -> ImportSpec:
-    s3 = source.s3
+def _s3(s3: S3Source) -> ImportSpec:
     spec = ImportSpec("s3", s3.uri)
     if s3.endpoint:
         spec.env.append({"name": "AWS_ENDPOINT_URL", "value": s3.endpoint})
@@ -73,8 +73,7 @@ def _s3(source: CheckpointSource) -> ImportSpec:
     return spec
 
 
-def _http(source: CheckpointSource) -> ImportSpec:
-    http = source.http
+def _http(http: HttpSource) -> ImportSpec:
     spec = ImportSpec("http", http.url)
     if http.secretRef:
         _mounted_secret(spec, http.secretRef.name)
@@ -90,8 +89,7 @@ def hf_uri(repo: str, revision: str) -> str:
     return f"hf://{repo}@{revision}"
 
 
-def _hugging_face(source: CheckpointSource) -> ImportSpec:
-    hf = source.huggingFace
+def _hugging_face(hf: HuggingFaceSource) -> ImportSpec:
     revision = hf.revision or "main"
     spec = ImportSpec("huggingFace", hf_uri(hf.repo, revision), revision=revision, pins_commit=True,
                       env=[{"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"}])
@@ -106,8 +104,7 @@ def _hugging_face(source: CheckpointSource) -> ImportSpec:
     return spec
 
 
-def _gcs(source: CheckpointSource) -> ImportSpec:
-    gcs = source.gcs
+def _gcs(gcs: GcsSource) -> ImportSpec:
     spec = ImportSpec("gcs", gcs.uri)
     if gcs.endpoint:
         spec.args += ["--endpoint-url", gcs.endpoint]
@@ -125,8 +122,7 @@ def azure_uri(uri: str) -> tuple[str, Optional[str]]:
     return f"az://{account}/{rest}", f"https://{account}.{suffix}"
 
 
-def _azure_blob(source: CheckpointSource) -> ImportSpec:
-    azure = source.azureBlob
+def _azure_blob(azure: AzureBlobSource) -> ImportSpec:
     uri, endpoint = azure_uri(azure.uri)
     spec = ImportSpec("azureBlob", uri)
     if endpoint and endpoint.split(".", 1)[1] != "blob.core.windows.net":
@@ -136,8 +132,7 @@ def _azure_blob(source: CheckpointSource) -> ImportSpec:
     return spec
 
 
-def _git(source: CheckpointSource) -> ImportSpec:
-    git = source.git
+def _git(git: GitSource) -> ImportSpec:
     base = git.url if git.url.startswith("git://") else f"git+{git.url}"
     spec = ImportSpec("git", f"{base}@{git.revision}" if git.revision else base, revision=git.revision or "HEAD",
                       pins_commit=True)
@@ -150,19 +145,27 @@ def _git(source: CheckpointSource) -> ImportSpec:
     return spec
 
 
-BUILDERS: dict[str, Callable[[CheckpointSource], ImportSpec]] = {
-    "s3": _s3, "http": _http, "huggingFace": _hugging_face, "gcs": _gcs, "azureBlob": _azure_blob, "git": _git,
-}
-
-
 def import_spec(checkpoint: Checkpoint) -> ImportSpec:
+    """ValueError for a source that is not imported (volume, trainingJob, upload)."""
     source = checkpoint.spec.source
-    return BUILDERS[source.kind](source)
+    if source.s3 is not None:
+        return _s3(source.s3)
+    if source.http is not None:
+        return _http(source.http)
+    if source.huggingFace is not None:
+        return _hugging_face(source.huggingFace)
+    if source.gcs is not None:
+        return _gcs(source.gcs)
+    if source.azureBlob is not None:
+        return _azure_blob(source.azureBlob)
+    if source.git is not None:
+        return _git(source.git)
+    raise ValueError(f"spec.source.{source.kind} is not imported")
 
 
 # --- provenance --------------------------------------------------------------------------------
 
-def parse_import_result(log: str) -> Optional[dict]:
+def parse_import_result(log: str) -> Optional[dict[str, Any]]:
     """The provenance that `agent import` printed (its one JSON line on stdout), or None."""
     for line in reversed(log.splitlines()):
         line = line.strip()
@@ -172,20 +175,16 @@ def parse_import_result(log: str) -> Optional[dict]:
             data = json.loads(line)
         except ValueError:
             continue
-        if isinstance(data, dict) and isinstance(data.get("provenance"), dict) and "dest" in data:
-            return data["provenance"]
+        if isinstance(data, dict) and isinstance(provenance := data.get("provenance"), dict) and "dest" in data:
+            return provenance
     return None
 
 
-def source_status(spec: ImportSpec, provenance: Optional[dict]) -> tuple[Optional[dict], Optional[str]]:
-    """(status.source, None), or (None, why the import cannot be recorded): a source that pins a
-    commit must report one (a 40 or 64 digit hex commit id)."""
-    status: dict = {"kind": spec.kind, "uri": spec.uri[:MAX_URI]}
-    if spec.revision:
-        status["revision"] = spec.revision
+def source_status(spec: ImportSpec, provenance: Optional[dict[str, Any]]) -> SourceStatus | str:
+    """status.source, or why the import cannot be recorded: a source that pins a commit must
+    report one (a 40 or 64 digit hex commit id)."""
     resolved = (provenance or {}).get("resolvedRevision")
-    if spec.pins_commit:
-        if not isinstance(resolved, str) or not _COMMIT.fullmatch(resolved):
-            return None, "the import did not report the commit it fetched (resolvedRevision)"
-        status["resolvedRevision"] = resolved
-    return status, None
+    if spec.pins_commit and (not isinstance(resolved, str) or not _COMMIT.fullmatch(resolved)):
+        return "the import did not report the commit it fetched (resolvedRevision)"
+    return SourceStatus(kind=spec.kind, uri=spec.uri[:MAX_URI], revision=spec.revision or None,
+                        resolvedRevision=resolved if spec.pins_commit else None)

@@ -8,12 +8,16 @@ cached "Ready" is never enough to start pods on a checkpoint that is being delet
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Optional, Protocol
+from typing import Any, Mapping, Optional, Protocol
 
 from checkpoint_operator import PROTECTION_FINALIZER
-from checkpoint_operator.api.checkpoint import CheckpointPhase
+from checkpoint_operator.api.checkpoint import CheckpointHead, CheckpointPhase, Location
 from checkpoint_operator.api.common import PinnedCheckpoint
 from checkpoint_operator.api.trainingjob import CheckpointRef, TrainingJob, TrainingJobPhase
+from checkpoint_operator.api.wire import (CheckpointSourceWire, CheckpointSpecWire, CheckpointStatusWire, KeepBestWire,
+                                          MetadataWire, ObjectRefWire, OutputWire, RetentionWire, TrainingJobSourceWire,
+                                          TrainingJobSpecWire, TrainingJobStatusWire, checkpoint_wire,
+                                          training_job_wire)
 from checkpoint_operator.logic.naming import ROOT_DIRECTORY
 from checkpoint_operator.logic.retention import KEEP_LABEL
 
@@ -38,10 +42,13 @@ class CheckpointInfo:
     exempt: bool = False                          # labelled ckpt.dev/keep=true: retention never deletes it
 
     @classmethod
-    def from_body(cls, body: Mapping) -> "CheckpointInfo":
-        meta, status = body.get("metadata", {}), body.get("status") or {}
-        producer = status.get("producedBy") or {}
-        source = ((body.get("spec") or {}).get("source") or {}).get("trainingJob") or {}
+    def from_body(cls, raw: Mapping[str, Any]) -> "CheckpointInfo":
+        """From a body as kopf hands it, read raw (api/wire.py): every event of every Checkpoint."""
+        body = checkpoint_wire(raw)
+        meta, status = body.get("metadata") or MetadataWire(), body.get("status") or CheckpointStatusWire()
+        producer = status.get("producedBy") or ObjectRefWire()
+        source = ((body.get("spec") or CheckpointSpecWire()).get("source") or CheckpointSourceWire()).get(
+            "trainingJob") or TrainingJobSourceWire()
         try:
             phase = CheckpointPhase(status.get("phase") or "Pending")
         except ValueError:
@@ -72,15 +79,19 @@ class TrainingJobInfo:
     best: Optional[tuple[str, str]] = None      # spec.output.retention.keepBest (metric, mode): select: best
 
     @classmethod
-    def from_body(cls, body: Mapping) -> "TrainingJobInfo":
-        meta, status = body.get("metadata", {}), body.get("status") or {}
+    def from_body(cls, raw: Mapping[str, Any]) -> "TrainingJobInfo":
+        """From a body as kopf hands it, read raw (api/wire.py): every event of every TrainingJob."""
+        body = training_job_wire(raw)
+        meta, status = body.get("metadata") or MetadataWire(), body.get("status") or TrainingJobStatusWire()
         try:
             phase = TrainingJobPhase(status.get("phase") or "Pending")
         except ValueError:
             phase = TrainingJobPhase.PENDING
-        best = (((body.get("spec") or {}).get("output") or {}).get("retention") or {}).get("keepBest") or {}
+        output = (body.get("spec") or TrainingJobSpecWire()).get("output") or OutputWire()
+        best = (output.get("retention") or RetentionWire()).get("keepBest") or KeepBestWire()
+        metric = best.get("metric")
         return cls(meta.get("name", ""), meta.get("uid", ""), phase, status.get("publish") == "Continuous",
-                   (best["metric"], best.get("mode", "min")) if best.get("metric") else None)
+                   (metric, best.get("mode", "min")) if metric else None)
 
 
 class Lookup(Protocol):
@@ -108,9 +119,9 @@ class Candidate:
 class ResolvedInput:
     name: str
     uid: str
-    digest: Optional[str]
+    digest: str
     mount_name: str
-    location: dict
+    location: Location
     size_bytes: Optional[int] = None
 
     def pinned(self) -> PinnedCheckpoint:
@@ -141,7 +152,7 @@ class Resolution:
 
 # --- selection among a producer's outputs ----------------------------------------------------------
 
-def _rank(c: CheckpointInfo) -> tuple:
+def _rank(c: CheckpointInfo) -> tuple[bool, bool, int, str, str]:
     # The root's files (the final model, `select: final`) rank below every other output, even
     # when a step was read from them (a root `torch.save` file may record one): `latest` is what
     # a resume continues from, so it is the root only when the job wrote nothing else.
@@ -275,20 +286,20 @@ def resolve_inputs(tj: TrainingJob, lookup: Lookup) -> Resolution:
     return Resolution(candidates, waits)
 
 
-def check_live_input(candidate: Candidate, body: Optional[dict]) -> ResolvedInput | InputWait:
+def check_live_input(candidate: Candidate, checkpoint: Optional[CheckpointHead]) -> ResolvedInput | InputWait:
     """The decision on a fresh read of the input, made after the job recorded its use (see
     logic/protection.py): gone, replaced, deleting or unprotected means back off."""
     name = candidate.name
-    if body is None or body.get("metadata", {}).get("uid") != candidate.uid:
+    if checkpoint is None or checkpoint.metadata.uid != candidate.uid:
         return InputWait("InputNotFound", f"input Checkpoint {name} no longer exists")
-    meta, status = body["metadata"], body.get("status") or {}
-    if meta.get("deletionTimestamp"):
+    meta, status = checkpoint.metadata, checkpoint.status
+    if meta.deleting:
         return InputWait("InputDeleting", f"input Checkpoint {name} is being deleted")
-    if PROTECTION_FINALIZER not in (meta.get("finalizers") or []):
+    if not meta.has_finalizer(PROTECTION_FINALIZER):
         # Without the finalizer a deletion would not wait for us: never start on it.
         return InputWait("InputNotProtected", f"input Checkpoint {name} does not carry the "
                                               f"{PROTECTION_FINALIZER} finalizer yet")
-    if status.get("phase") != CheckpointPhase.READY or not status.get("location") or not status.get("digest"):
+    if status.phase != CheckpointPhase.READY or status.location is None or not status.digest:
         return InputWait("InputNotReady", f"input Checkpoint {name} is not Ready")  # (a Ready one has a digest to pin)
-    return ResolvedInput(name=name, uid=candidate.uid, digest=status.get("digest"), mount_name=candidate.mount_name,
-                         location=status["location"], size_bytes=status.get("sizeBytes"))
+    return ResolvedInput(name=name, uid=candidate.uid, digest=status.digest, mount_name=candidate.mount_name,
+                         location=status.location, size_bytes=status.sizeBytes)

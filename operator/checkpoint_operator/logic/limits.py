@@ -5,7 +5,7 @@ lower it, never raise it."""
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from checkpoint_operator.api.common import parse_quantity
 
@@ -16,7 +16,7 @@ class InvalidLimit(ValueError):
     pass
 
 
-def import_limit(operator_limit: int, namespace: Optional[Mapping], max_size: Optional[str]) -> int:
+def import_limit(operator_limit: int, namespace: Optional[Mapping[str, Any]], max_size: Optional[str]) -> int:
     """The limit in bytes; InvalidLimit names the Namespace annotation when it is not a quantity."""
     limit = operator_limit
     meta = (namespace or {}).get("metadata") or {}

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Optional
 
 from checkpoint_operator.agent.manifest import Manifest
 from checkpoint_operator.agent.names import path_problem
+from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.logic.security_context import sidecar_context
 
 SIDECAR = "ckpt-live"
@@ -40,8 +41,9 @@ def resume_path(output_dir: str) -> str:
     return posixpath.join(output_dir, LIVE_DIR, "resume")
 
 
-def sidecar_parts(tj, command: list[str], image: str, pull_policy: str, resources: dict, env: list[dict],
-                  output_volume: str, template_spec: dict) -> tuple[dict, dict]:
+def sidecar_parts(tj: TrainingJob, command: list[str], image: str, pull_policy: str, resources: dict[str, Any],
+                  env: list[dict[str, Any]], output_volume: str,
+                  template_spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the sidecar container, the downwardAPI volume). It runs as the training containers'
     user (runAsUser/runAsGroup of the first container, else the pod's), so that it may remove
     the write bits of their files and the directories retention releases; "restricted" otherwise
@@ -65,13 +67,23 @@ def annotations_file() -> str:
 # --- the sidecar's log ----------------------------------------------------------------------------
 
 @dataclass
+class LiveMemory:
+    """What the operator remembers of a running job between passes (in memory only: lost on a
+    restart, which costs a repeated warning or annotation, never a duplicate Checkpoint)."""
+
+    annotated: dict[str, str] = field(default_factory=dict)       # pod -> the removal annotation it has
+    reported: set[tuple[Optional[str], ...]] = field(default_factory=set)  # warnings already posted as events
+    snapshot_next_look: dict[str, float] = field(default_factory=dict)  # VolumeSnapshot -> when to read it again
+
+
+@dataclass
 class LogEvents:
     sealed: list[Manifest] = field(default_factory=list)    # files left out: the Checkpoint needs only the totals
     uris: dict[str, str] = field(default_factory=dict)       # s3 store: path -> where the sealed copy is
     reasons: dict[str, str] = field(default_factory=dict)    # path -> why it was sealed then
     not_read_only: dict[str, str] = field(default_factory=dict)
     removed: set[tuple[str, str]] = field(default_factory=set)
-    changed: dict[str, dict] = field(default_factory=dict)   # path -> the line
+    changed: dict[str, dict[str, Any]] = field(default_factory=dict)   # path -> the line
     synced: set[tuple[str, str]] = field(default_factory=set)  # (path, digest) whose sealed line says "syncfs"
     warnings: list[str] = field(default_factory=list)
     last_timestamp: Optional[str] = None
@@ -83,7 +95,7 @@ def _valid_path(path: Any) -> bool:
         and not path.startswith(".")
 
 
-def _sealed(line: dict) -> Optional[Manifest]:
+def _sealed(line: dict[str, Any]) -> Optional[Manifest]:
     checkpoint = line.get("checkpoint")
     if not isinstance(checkpoint, dict) or not _valid_path(checkpoint.get("path")) \
             or not _DIGEST.match(str(checkpoint.get("digest", ""))):
@@ -161,7 +173,8 @@ def merge(into: LogEvents, more: LogEvents) -> LogEvents:
 
 # --- operator -> sidecar ----------------------------------------------------------------------------
 
-def removal_annotation(retired: Iterable[tuple[str, str]], still_there: Iterable[tuple[str, str]]) -> str:
+def removal_annotation(retired: Iterable[tuple[str, str]],
+                       still_there: Iterable[tuple[Optional[str], Optional[str]]]) -> str:
     """The annotation value that asks the sidecar to remove the retired directories whose
     Checkpoint is gone (`still_there`: those whose Checkpoint still exists, maybe held by a user)."""
     holding = set(still_there)

@@ -24,9 +24,10 @@ runs both orders). A job that has created its pods keeps its label until it fini
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional
 
-from checkpoint_operator.api.checkpoint import MAX_USED_BY_LISTED
+from checkpoint_operator.api.checkpoint import MAX_USED_BY_LISTED, CheckpointStatus
+from checkpoint_operator.api.common import ObjectRef
 
 USES_LABEL_PREFIX = "uses.ckpt.dev/"
 
@@ -44,23 +45,23 @@ def uses_selector(checkpoint_uid: str) -> str:
     return uses_label(checkpoint_uid)
 
 
-def label_patch(current: Optional[Mapping[str, str]], wanted_uids: Iterable[str]) -> dict:
+def label_patch(current: Optional[Mapping[str, str]], wanted_uids: Iterable[str]) -> dict[str, Any]:
     """The metadata.labels merge patch that makes the job's uses labels exactly `wanted_uids`
     (empty when they already are)."""
     have, want = set(used_uids(current)), set(wanted_uids)
-    patch: dict = {uses_label(u): "true" for u in sorted(want - have)}
+    patch: dict[str, Any] = {uses_label(u): "true" for u in sorted(want - have)}
     patch.update({uses_label(u): None for u in sorted(have - want)})
     return patch
 
 
-def used_by_status(users: Iterable[tuple[str, str]]) -> dict:
+def used_by_status(users: Iterable[tuple[str, str]]) -> CheckpointStatus:
     """status.usedBy/usedByCount from (name, uid) of the live users: bounded, sorted by name."""
     ordered = sorted(set(users))
-    return {"usedBy": [{"name": n, "uid": u} for n, u in ordered[:MAX_USED_BY_LISTED]],
-            "usedByCount": len(ordered)}
+    return CheckpointStatus(usedBy=[ObjectRef(name=n, uid=u) for n, u in ordered[:MAX_USED_BY_LISTED]],
+                            usedByCount=len(ordered))
 
 
-def blocking_users(training_jobs: Iterable[Mapping]) -> list[str]:
+def blocking_users(training_jobs: Iterable[Mapping[str, Any]]) -> list[str]:
     """Names of the listed TrainingJobs that still use their inputs (not finished)."""
     from checkpoint_operator.logic.inputs import TrainingJobInfo
     return sorted(info.name for info in map(TrainingJobInfo.from_body, training_jobs) if not info.phase.is_finished)

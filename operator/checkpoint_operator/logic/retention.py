@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Sequence, TypeVar
 
+from checkpoint_operator.api.trainingjob import OutputSpec
 from checkpoint_operator.logic.naming import ROOT_DIRECTORY
 
 KEEP_LABEL = "ckpt.dev/keep"
@@ -41,7 +42,7 @@ class Policy:
         return self.keep_latest is None and self.keep_every is None and self.best_metric is None
 
     @classmethod
-    def of(cls, output) -> "Policy":
+    def of(cls, output: OutputSpec) -> "Policy":
         """From an api.trainingjob.OutputSpec."""
         retention = output.retention
         latest = output.keep if output.keep is not None else (retention.keepLatest if retention else None)
@@ -81,8 +82,8 @@ def decide(entries: Sequence[Entry], policy: Policy) -> tuple[list[Entry], list[
         return list(entries), []
     # The root's files (the final model) are always kept and never compete, even with a step read
     # from them: they are not one of the steps of the run.
-    stepped = [e for e in entries if e.step is not None and e.key != ROOT_DIRECTORY]
-    with_step = sorted(stepped, key=lambda e: (e.step, e.order, e.key), reverse=True)
+    stepped = [(e.step, e) for e in entries if e.step is not None and e.key != ROOT_DIRECTORY]
+    with_step = [e for _, e in sorted(stepped, key=lambda pair: (pair[0], pair[1].order, pair[1].key), reverse=True)]
     kept = {e.key for e in entries if e.step is None or e.exempt or e.key == ROOT_DIRECTORY}
     if with_step:
         kept.add(with_step[0].key)

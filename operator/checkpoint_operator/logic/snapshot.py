@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from checkpoint_operator import API_VERSION, PROTECTION_FINALIZER
 from checkpoint_operator.agent.manifest import Manifest
-from checkpoint_operator.api.checkpoint import CheckpointPhase
+from checkpoint_operator.api.checkpoint import CheckpointPhase, CheckpointStatus, Location
+from checkpoint_operator.api.common import ObjectRef, PinnedCheckpoint
 from checkpoint_operator.api.rules import MAX_METRIC, bounded_count
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.logic.inputs import CheckpointInfo
@@ -30,7 +31,7 @@ class ScanOutputError(ValueError):
 @dataclass
 class ScanResult:
     checkpoints: list[Manifest]
-    skipped: list[dict]
+    skipped: list[dict[str, Any]]
     uploads: dict[str, str] = field(default_factory=dict)  # s3 store: directory -> uri of its committed upload
     skipped_count: Optional[int] = None                   # the agent may report more than it lists
     synced: Optional[str] = None                           # "syncfs": the scanned filesystem was synced
@@ -44,7 +45,8 @@ class ScanResult:
 class PlannedCheckpoint:
     name: str
     directory: str
-    body: dict             # what to create (metadata + spec)
+    body: dict[str, Any]   # what to create (metadata + spec)
+    location: Location     # where its data is
     ready: StatusChange    # what to write into its status once created
 
 
@@ -52,7 +54,7 @@ class PlannedCheckpoint:
 class SnapshotPlan:
     checkpoints: list[PlannedCheckpoint]
     dropped: list[str]  # directories left out by output.keep / output.retention
-    skipped: list[dict]
+    skipped: list[dict[str, Any]]
     retire: list[CheckpointInfo] = field(default_factory=list)   # this job's Checkpoints retention now drops
     changed: list[tuple[CheckpointInfo, Manifest]] = field(default_factory=list)  # its bytes are not its digest
     dropped_manifests: list[Manifest] = field(default_factory=list)
@@ -78,7 +80,7 @@ def parse_scan_output(log: str) -> ScanResult:
     raise ScanOutputError("the snapshot pod's log holds no scan result (a JSON line with 'checkpoints')")
 
 
-def is_produced_by(checkpoint: dict, job_uid: str, directory: str) -> bool:
+def is_produced_by(checkpoint: dict[str, Any], job_uid: str, directory: str) -> bool:
     source = checkpoint.get("spec", {}).get("source", {}).get("trainingJob") or {}
     return source.get("uid") == job_uid and source.get("directory") == directory
 
@@ -88,14 +90,14 @@ def candidate_names(prefix: str, directories: list[str], files: bool = False) ->
     return {checkpoint_name(prefix, d, force_hash=h, is_file=files) for d in directories for h in (False, True)}
 
 
-def _entry(key: str, step: Optional[int], metrics: Optional[Iterable] | Optional[Mapping[str, float]],
+def _entry(key: str, step: Optional[int], metrics: Optional[Iterable[tuple[str, float]] | Mapping[str, float]],
            exempt: bool = False, order: str = "", complete: Optional[bool] = None,
            resumable: Optional[bool] = False) -> retention.Entry:
     return retention.Entry(key, step, dict(metrics) if metrics else None, exempt, order, complete, bool(resumable))
 
 
 def plan_snapshot(tj: TrainingJob, scan: ScanResult, lookup: Callable[[str], Optional[CheckpointInfo]],
-                  location_of: Callable[[Manifest], dict], *, existing: Sequence[CheckpointInfo] = (),
+                  location_of: Callable[[Manifest], Location], *, existing: Sequence[CheckpointInfo] = (),
                   retired: Iterable[tuple[str, str]] = ()) -> SnapshotPlan:
     """`lookup(name)`: the Checkpoint of that name in the job's namespace (from the index), so
     only the candidate names are looked at, never the whole namespace. `location_of(manifest)`
@@ -125,7 +127,7 @@ def plan_snapshot(tj: TrainingJob, scan: ScanResult, lookup: Callable[[str], Opt
 
     # Retention over the job's usable Checkpoints and the new entries together; a directory found
     # again that has its Checkpoint already keeps that Checkpoint's label (ckpt.dev/keep) and age.
-    candidates = {}
+    candidates: dict[str, retention.Entry] = {}
     for m in new:
         mine = by_directory.get(m.path)
         candidates[m.path] = _entry(m.path, m.step, m.metrics, mine.exempt if mine else False,
@@ -151,11 +153,11 @@ def plan_snapshot(tj: TrainingJob, scan: ScanResult, lookup: Callable[[str], Opt
                                         LABEL_TRAINING_JOB_UID: meta.uid}},
                 "spec": {"source": {"trainingJob": {"name": meta.name, "uid": meta.uid,
                                                     "directory": manifest.path}}}}
-        parents = [p.to_wire() for p in tj.status.inputs or []]
-        planned.append(PlannedCheckpoint(name, manifest.path, body,
-                                         ready_change(manifest, location_of(manifest), owned=True,
-                                                      produced_by={"name": meta.name, "uid": meta.uid},
-                                                      parents=parents, event=None)))
+        location = location_of(manifest)
+        planned.append(PlannedCheckpoint(name, manifest.path, body, location,
+                                         ready_change(manifest, location, owned=True,
+                                                      produced_by=ObjectRef(name=meta.name, uid=meta.uid),
+                                                      parents=list(tj.status.inputs or []), event=None)))
     dropped_new = [m for m in new if m.path in dropped_keys]
     scanned = {m.path for m in scan.checkpoints}
     missing = [c for c in existing if c.is_usable and c.directory not in scanned]
@@ -213,8 +215,8 @@ def finite_metrics(metrics: Optional[Mapping[str, float]]) -> Optional[dict[str,
     return dict(list(kept.items())[:16]) or None
 
 
-def ready_change(manifest: Manifest, location: dict, *, owned: bool, produced_by: Optional[dict] = None,
-                 parents: Optional[list] = None, event: Optional[str] = "Normal") -> StatusChange:
+def ready_change(manifest: Manifest, location: Location, *, owned: bool, produced_by: Optional[ObjectRef] = None,
+                 parents: Optional[list[PinnedCheckpoint]] = None, event: Optional[str] = "Normal") -> StatusChange:
     """The status of a Checkpoint whose data is stored and verified: Ready, with the manifest's
     totals, digest, format, step, and the Complete condition (contract 2). Every number is one the
     status schema accepts: an integer beyond int64 is left out, metrics are finite."""
@@ -227,16 +229,16 @@ def ready_change(manifest: Manifest, location: dict, *, owned: bool, produced_by
     elif verdict.complete is None:
         message += f"; {verdict.reason}" if verdict.reason.startswith("not checked") else \
             f"; not checked: {verdict.reason}"
-    fields = {"location": location, "owned": owned, "sizeBytes": size,
-              "size": format_size(size) if size is not None else None, "fileCount": files, "digest": manifest.digest,
-              "format": manifest.format, "resumable": manifest.resumable, "complete": verdict.complete,
-              "parents": parents or [], "step": bounded_count(manifest.step), "producedBy": produced_by,
-              "metrics": finite_metrics(manifest.metrics)}
+    fields = CheckpointStatus(
+        location=location, owned=owned, sizeBytes=size, size=format_size(size) if size is not None else None,
+        fileCount=files, digest=manifest.digest, format=manifest.format, resumable=manifest.resumable,
+        complete=verdict.complete, parents=parents or [], step=bounded_count(manifest.step), producedBy=produced_by,
+        metrics=finite_metrics(manifest.metrics))
     return StatusChange(phase=CheckpointPhase.READY.value, reason="Ready", message=message, ready=True, event=event,
                         fields=fields, conditions=(verdict.condition,))
 
 
-def skipped_message(skipped: list[dict], total: Optional[int] = None) -> str:
+def skipped_message(skipped: list[dict[str, Any]], total: Optional[int] = None) -> str:
     """One line for all skipped entries: the count and the first few paths with their reasons."""
     total = max(total or 0, len(skipped))
     shown = "; ".join(f"{s.get('path')!r}: {s.get('reason')}" for s in skipped[:SKIPPED_SHOWN])

@@ -2,15 +2,24 @@
 
 Every status change of both kinds is a `StatusChange`: the phase, the Ready condition's reason
 and message, kstatus' Reconciling/Stalled (derived the same way for both kinds), named extra
-conditions (Complete, OutputRetained) and plain fields (a None value removes the field).
+conditions (Complete, OutputRetained) and plain fields: a partial status model, whose fields
+given (`model_fields_set`) are set, and removed when given as None.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional, Union
 
+from checkpoint_operator.api.checkpoint import CheckpointStatus
+from checkpoint_operator.api.trainingjob import TrainingJobStatus
 from checkpoint_operator.logic.conditions import get_condition, kstatus_conditions, set_condition
+from checkpoint_operator.logic.results import Fail, Wait
+
+# The status fields a change sets: validated when the change is made, so a misspelt or
+# mistyped field fails where it is written (and mypy checks the names).
+StatusFields = Union[CheckpointStatus, TrainingJobStatus]
 
 
 @dataclass(frozen=True)
@@ -29,12 +38,44 @@ class StatusChange:
     ready: bool = False
     stalled: bool = False
     event: Optional[str] = None          # "Normal" | "Warning": posted when reason or message changed
-    fields: Mapping[str, Any] = field(default_factory=dict)
+    fields: Optional[StatusFields] = None
     conditions: tuple[ConditionChange, ...] = ()
+
+    def with_fields(self, more: StatusFields) -> StatusChange:
+        """This change, also setting (or removing) the fields `more` names."""
+        if self.fields is None:
+            return dataclasses.replace(self, fields=more)
+        if type(more) is not type(self.fields):
+            raise TypeError(f"{type(more).__name__} fields added to a change of {type(self.fields).__name__}")
+        values = {name: getattr(self.fields, name) for name in self.fields.model_fields_set}
+        values.update({name: getattr(more, name) for name in more.model_fields_set})
+        return dataclasses.replace(self, fields=type(more).model_validate(values))
+
+
+def wait_change(phase: Optional[str], wait: Wait) -> Optional[StatusChange]:
+    """What a wait records: its reason and message in the Ready condition (None: a quiet wait)."""
+    if wait.reason is None:
+        return None
+    return StatusChange(phase=phase, reason=wait.reason, message=wait.message, stalled=wait.stalled,
+                        event="Warning" if wait.warning else "Normal")
+
+
+def fail_change(phase: str, fail: Fail, fields: Optional[StatusFields] = None) -> StatusChange:
+    """What a failure records: the failed phase, Stalled, a warning event."""
+    return StatusChange(phase=phase, reason=fail.reason, message=fail.message, stalled=True, event="Warning",
+                        fields=fields)
+
+
+def set_fields(fields: Optional[StatusFields]) -> dict[str, Any]:
+    """The wire form of the fields a partial status names; None for the ones it removes."""
+    if fields is None:
+        return {}
+    wire = fields.to_wire()
+    return {name: wire.get(name) for name in fields.model_fields_set}
 
 
 def apply_change(status: Mapping[str, Any], change: StatusChange, *, generation: Optional[int], now: str,
-                 is_settled: Callable[[Optional[str]], bool]) -> dict:
+                 is_settled: Callable[[Optional[str]], bool]) -> dict[str, Any]:
     """The whole new status. Reconciling is True while the object is neither ready, stalled
     nor settled; lastTransitionTime moves only when a condition's status does."""
     new = {k: v for k, v in status.items()}
@@ -52,7 +93,7 @@ def apply_change(status: Mapping[str, Any], change: StatusChange, *, generation:
         new["conditions"] = conditions
     if phase is not None:
         new["phase"] = phase
-    for key, value in change.fields.items():
+    for key, value in set_fields(change.fields).items():
         if value is None:
             new.pop(key, None)
         else:
@@ -68,10 +109,10 @@ def should_post_event(before: Mapping[str, Any], change: StatusChange) -> bool:
     return (previous.get("reason"), previous.get("message")) != (change.reason, change.message)
 
 
-def status_patch(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict:
+def status_patch(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
     """The JSON merge patch (RFC 7386) from `before` to `after`: None removes a key, at any
     depth, since a merge patch merges objects (a nested key left out would stay)."""
-    patch: dict = {}
+    patch: dict[str, Any] = {}
     for key, value in after.items():
         old = before.get(key)
         if old == value:

@@ -8,13 +8,14 @@ tests every decision without an API.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Optional
+from typing import Any, Optional
 
-from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobPhase
+from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobPhase, TrainingJobStatus
 from checkpoint_operator.logic import live_sealing
 from checkpoint_operator.logic.agent_pods import PodProblem
 from checkpoint_operator.logic.inputs import InputWait
 from checkpoint_operator.logic.results import Fail, Wait
+from checkpoint_operator.logic import status
 from checkpoint_operator.logic.status import ConditionChange, StatusChange
 
 MAX_SNAPSHOT_ATTEMPTS = 3
@@ -29,27 +30,19 @@ def input_wait(waits: list[InputWait]) -> Wait:
     return Wait(waits[0].reason, "; ".join(w.message for w in waits), stalled=any(w.terminal for w in waits))
 
 
-def wait_change(phase: TrainingJobPhase, wait: Wait) -> Optional[StatusChange]:
-    if wait.reason is None:
-        return None
-    return StatusChange(phase=phase, reason=wait.reason, message=wait.message, stalled=wait.stalled,
-                        event="Warning" if wait.warning else "Normal")
-
-
 def fail_change(fail: Fail, now: str) -> StatusChange:
-    return StatusChange(phase=TrainingJobPhase.FAILED, reason=fail.reason, message=fail.message, stalled=True,
-                        event="Warning", fields={"completionTime": now})
+    return status.fail_change(TrainingJobPhase.FAILED, fail, TrainingJobStatus(completionTime=now))
 
 
 def running_change(job_name: str, inputs: list[str], output_claim: Optional[str], now: str,
                    publish: Optional[str] = None, pinned: bool = True) -> StatusChange:
     """`pinned`: status.inputs was written before the Job (with inputs); else none, recorded here."""
     names = ", ".join(inputs) or "no inputs"
-    fields = {"jobName": job_name, "outputClaim": output_claim, "startTime": now, "publish": publish}
-    if not pinned:
-        fields.update(inputs=[], inputCount=0)
-    return StatusChange(phase=TrainingJobPhase.RUNNING, reason="Running", message=f"Job {job_name} started on {names}",
-                        event="Normal", fields=fields)
+    change = StatusChange(phase=TrainingJobPhase.RUNNING, reason="Running",
+                          message=f"Job {job_name} started on {names}", event="Normal",
+                          fields=TrainingJobStatus(jobName=job_name, outputClaim=output_claim, startTime=now,
+                                                   publish=publish))
+    return change if pinned else change.with_fields(TrainingJobStatus(inputs=[], inputCount=0))
 
 
 def publish_mode(tj: TrainingJob, default: str) -> Optional[str]:
@@ -59,13 +52,13 @@ def publish_mode(tj: TrainingJob, default: str) -> Optional[str]:
     return tj.spec.output.publish or default
 
 
-def publish_mode_of_job(job: dict) -> str:
+def publish_mode_of_job(job: dict[str, Any]) -> str:
     """What a Job created before a crash publishes: Continuous when its pods have the sidecar."""
     init = (((job.get("spec") or {}).get("template") or {}).get("spec") or {}).get("initContainers") or []
     return "Continuous" if any(c.get("name") == live_sealing.SIDECAR for c in init) else "OnCompletion"
 
 
-def job_outcome(job: Optional[dict]) -> Optional[bool]:
+def job_outcome(job: Optional[dict[str, Any]]) -> Optional[bool]:
     """True/False once the Job has succeeded/failed (after its retries) and none of its pods is
     still running; None until then. Only the final conditions count: FailureTarget and
     SuccessCriteriaMet are set while pods may still be writing (a deadline's SIGTERM grace
@@ -98,7 +91,7 @@ def worker_failures(messages: list[str]) -> list[str]:
     return [messages[0] + more]
 
 
-def job_failure_message(job: Optional[dict]) -> str:
+def job_failure_message(job: Optional[dict[str, Any]]) -> str:
     if job is None:
         return "was deleted before it finished"
     for condition in job.get("status", {}).get("conditions") or []:
@@ -130,12 +123,13 @@ def after_job(tj: TrainingJob, succeeded: bool, outcome: str, now: str,
     if not tj.output_enabled:
         if succeeded:
             return StatusChange(phase=TrainingJobPhase.SUCCEEDED, reason="Succeeded", message=f"Job {outcome}",
-                                ready=True, event="Normal", fields={"completionTime": now, "jobSucceeded": True}), False
+                                ready=True, event="Normal",
+                                fields=TrainingJobStatus(completionTime=now, jobSucceeded=True)), False
         return fail_change(Fail("JobFailed", f"Job {outcome}"), now), False
     return StatusChange(phase=TrainingJobPhase.SNAPSHOTTING, reason="Snapshotting",
                         message=f"Job {outcome}; snapshotting the output", event="Normal",
-                        fields={"jobSucceeded": succeeded, "snapshotStartTime": now, "snapshotPod": snapshot_pod,
-                                "jobFailure": None if succeeded else outcome}), True
+                        fields=TrainingJobStatus(jobSucceeded=succeeded, snapshotStartTime=now, snapshotPod=snapshot_pod,
+                                                 jobFailure=None if succeeded else outcome)), True
 
 
 def snapshot_retry_at(attempts: int, now: datetime) -> tuple[str, float]:
@@ -163,7 +157,8 @@ def snapshot_retry(attempts: int, message: str) -> Optional[Fail]:
 def snapshot_done(tj: TrainingJob, names: list[str], now: str, retained: Optional[str],
                   claim: Optional[str], skipped: int) -> StatusChange:
     summary = f"{len(names)} checkpoint(s): {', '.join(names)}" if names else "no checkpoints in the output"
-    fields = {"outputCheckpoints": names, "outputCount": len(names), "completionTime": now, "skippedCount": skipped}
+    fields = TrainingJobStatus(outputCheckpoints=names, outputCount=len(names), completionTime=now,
+                               skippedCount=skipped)
     conditions: tuple[ConditionChange, ...] = ()
     if retained:
         conditions = (ConditionChange(OUTPUT_RETAINED, "True", "NotAllStored",

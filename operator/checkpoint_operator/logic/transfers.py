@@ -21,13 +21,13 @@ import json
 import posixpath
 import re
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from checkpoint_operator.agent.manifest import Manifest
-from checkpoint_operator.api.checkpoint import Checkpoint
+from checkpoint_operator.api.checkpoint import Checkpoint, Location
 from checkpoint_operator.api.common import parse_quantity
 from checkpoint_operator.api.upload import (DIGEST_PATTERN, PULL_REQUEST_ANNOTATION, UPLOAD_DIGEST_ANNOTATION,
-                                            UPLOAD_REQUEST_ANNOTATION, VERIFY_REQUEST_ANNOTATION)
+                                            UPLOAD_REQUEST_ANNOTATION, VERIFY_REQUEST_ANNOTATION, UploadStatus)
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic import agent_commands, volume_snapshots
 from checkpoint_operator.logic.agent_pods import AGENT_DATA_MOUNT, agent_container, agent_pod
@@ -59,7 +59,7 @@ def pull_pod_name(checkpoint_name: str) -> str:
     return child_name(checkpoint_name, "pull")
 
 
-def has_ready_request(annotations: Optional[dict]) -> bool:
+def has_ready_request(annotations: Optional[dict[str, Any]]) -> bool:
     """A request a Ready Checkpoint serves (its events must wake it)."""
     return any((annotations or {}).get(key) for key in SERVED_WHEN_READY)
 
@@ -92,30 +92,18 @@ def upload_request(checkpoint: Checkpoint) -> Union[UploadRequest, str, None]:
     return UploadRequest(value, digest, size_bytes)
 
 
-def upload_status(store: str, checkpoint: Checkpoint, *, uri: Optional[str] = None, endpoint: Optional[str] = None,
-                  pod: Optional[str] = None) -> dict:
-    """status.upload: where a push goes."""
-    if store == "s3":
-        status = {"store": "s3", "uri": uri}
-        if endpoint:
-            status["endpoint"] = endpoint
-        return status
-    status = {"store": "volume", "claimName": import_claim_name(checkpoint)}
-    if pod:
-        status["pod"] = pod
-    return status
-
-
-def waiting_message(checkpoint: Checkpoint, store: str, uri: Optional[str] = None) -> str:
+def waiting_message(checkpoint: Checkpoint, target: UploadStatus) -> str:
+    """How to push into `target` (status.upload)."""
     meta = checkpoint.metadata
     message = f"waiting for data: run kubectl ckpt push DIR --name {meta.name} -n {meta.namespace}"
-    if store == "s3":
-        message += f" (or upload it with its manifest to {uri} and set the annotation {UPLOAD_REQUEST_ANNOTATION})"
+    if target.uri:  # object storage: the data may also be uploaded there directly
+        message += (f" (or upload it with its manifest to {target.uri} and set the annotation "
+                    f"{UPLOAD_REQUEST_ANNOTATION})")
     return message
 
 
 def build_receiver_pod(checkpoint: Checkpoint, config: OperatorConfig, request: UploadRequest,
-                       max_size: int, sync: bool = False) -> dict:
+                       max_size: int, sync: bool = False) -> dict[str, Any]:
     """volume store: the pod a push streams into (agent unpack by exec); it checks what arrived.
     `sync`: it syncs the filesystem after the check (a volume snapshot of the data follows)."""
     mount = [{"name": "data", "mountPath": AGENT_DATA_MOUNT}]
@@ -128,7 +116,7 @@ def build_receiver_pod(checkpoint: Checkpoint, config: OperatorConfig, request: 
 
 
 def build_upload_check_pod(checkpoint: Checkpoint, config: OperatorConfig, request: UploadRequest, uri: str,
-                           env: list[dict], max_size: int) -> dict:
+                           env: list[dict[str, Any]], max_size: int) -> dict[str, Any]:
     """s3 store: the pod that verifies the pushed objects against their manifest, in place."""
     command = agent_commands.verify(uri, digest=request.digest, max_size=max_size)
     return _serving_pod(checkpoint, config, "upload", upload_pod_name(checkpoint.metadata.name), request.value,
@@ -138,22 +126,25 @@ def build_upload_check_pod(checkpoint: Checkpoint, config: OperatorConfig, reque
 
 # --- verify and pull -----------------------------------------------------------------------------------
 
-def location_volumes(location: dict, *, read_only: bool = True, restore_access_mode: str = "ReadWriteOnce",
-                     labels: Optional[dict[str, str]] = None) -> tuple[list[dict], list[dict]]:
+def location_volumes(location: Location, *, read_only: bool = True, restore_access_mode: str = "ReadWriteOnce",
+                     labels: Optional[dict[str, str]] = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(volumes, mounts) that show a volume location's files at AGENT_DATA_MOUNT, and only them
     (the root files of an output, listed as items, are mounted one by one). A location in a volume
     snapshot is a volume of the pod's own restored from it (logic/volume_snapshots.py), with `labels`."""
-    snapshot = volume_snapshots.location_in_snapshot(location)
-    if snapshot is not None:
+    volumes: list[dict[str, Any]]
+    if location.snapshot is not None:
+        snapshot = location.snapshot
         volumes = [volume_snapshots.restored_volume("data", snapshot, restore_access_mode, labels or {})]
         path, items = snapshot.path, snapshot.items
+    elif location.volume is not None:
+        volume = location.volume
+        volumes = [{"name": "data", "persistentVolumeClaim": {"claimName": volume.claimName, "readOnly": read_only}}]
+        path, items = volume.path, volume.items
     else:
-        volume = location["volume"]
-        volumes = [{"name": "data", "persistentVolumeClaim": {"claimName": volume["claimName"], "readOnly": read_only}}]
-        path, items = volume.get("path", "."), volume.get("items")
+        raise ValueError("the location is neither on a volume nor in a volume snapshot")
     sub_path = posixpath.normpath(path.lstrip("/") or ".")
     mounts = []
-    rels: list[Optional[str]] = list(items) if items else [None]
+    rels: list[Optional[str]] = [*items] if items else [None]
     for rel in rels:
         path = sub_path if rel is None else posixpath.normpath(posixpath.join(sub_path, rel))
         mount = {"name": "data", "readOnly": read_only,
@@ -164,16 +155,17 @@ def location_volumes(location: dict, *, read_only: bool = True, restore_access_m
     return volumes, mounts
 
 
-def build_verify_pod(checkpoint: Checkpoint, config: OperatorConfig, value: str, s3_env: list[dict]) -> dict:
+def build_verify_pod(checkpoint: Checkpoint, config: OperatorConfig, value: str,
+                     s3_env: list[dict[str, Any]]) -> dict[str, Any]:
     """Re-reads the data where it lives: the store's objects, or the volume mounted read-only."""
     status = checkpoint.status
-    location = status.location.to_wire() if status.location else {}
-    if "s3" in location:
-        container = agent_container("verify", agent_commands.verify(location["s3"]["uri"], digest=status.digest),
+    location = status.location or Location()
+    if location.s3 is not None:
+        container = agent_container("verify", agent_commands.verify(location.s3.uri, digest=status.digest),
                                     config, mounts=[], env=s3_env)
-        volumes: list[dict] = []
+        volumes: list[dict[str, Any]] = []
     else:
-        volumes, mounts = location_volumes(location, restore_access_mode=config.volume_restore_access_mode,
+        volumes, mounts = location_volumes(_located(checkpoint), restore_access_mode=config.volume_restore_access_mode,
                                            labels=checkpoint_labels(checkpoint, "verify"))
         container = agent_container("verify", agent_commands.verify(AGENT_DATA_MOUNT, digest=status.digest), config,
                                     mounts=mounts)
@@ -181,16 +173,23 @@ def build_verify_pod(checkpoint: Checkpoint, config: OperatorConfig, value: str,
                         volumes, size_bytes=status.sizeBytes)
 
 
-def build_pull_pod(checkpoint: Checkpoint, config: OperatorConfig, value: str) -> dict:
+def build_pull_pod(checkpoint: Checkpoint, config: OperatorConfig, value: str) -> dict[str, Any]:
     """volume store: mounts the data read-only and holds while pulls stream it out."""
-    volumes, mounts = location_volumes(checkpoint.status.location.to_wire(),
-                                       restore_access_mode=config.volume_restore_access_mode,
+    volumes, mounts = location_volumes(_located(checkpoint), restore_access_mode=config.volume_restore_access_mode,
                                        labels=checkpoint_labels(checkpoint, "pull"))
     volumes.append({"name": "work", "emptyDir": {"sizeLimit": "16Mi"}})
     mounts.append({"name": "work", "mountPath": PULL_WORK_DIR})
     container = agent_container("hold", agent_commands.hold(PULL_WORK_DIR, idle=IDLE_SECONDS), config, mounts=mounts)
     return _serving_pod(checkpoint, config, "pull", pull_pod_name(checkpoint.metadata.name), value, [container],
                         volumes, size_bytes=checkpoint.status.sizeBytes)
+
+
+def _located(checkpoint: Checkpoint) -> Location:
+    """The Checkpoint's location on a volume or in a volume snapshot."""
+    location = checkpoint.status.location
+    if location is None or (location.volume is None and location.snapshot is None):
+        raise ValueError(f"Checkpoint {checkpoint.metadata.name} has no volume location")
+    return location
 
 
 def pull_command() -> list[str]:
@@ -209,7 +208,8 @@ def inventory_command() -> list[str]:
 
 
 def _serving_pod(checkpoint: Checkpoint, config: OperatorConfig, component: str, name: str, request: str,
-                 containers: list[dict], volumes: list[dict], *, size_bytes: Optional[int]) -> dict:
+                 containers: list[dict[str, Any]], volumes: list[dict[str, Any]], *,
+                 size_bytes: Optional[int]) -> dict[str, Any]:
     meta = checkpoint.metadata
     metadata = {"name": name, "namespace": meta.namespace, "annotations": {REQUEST_ANNOTATION: request},
                 "labels": {LABEL_MANAGED_BY: MANAGER, LABEL_COMPONENT: COMPONENTS[component],
@@ -218,7 +218,7 @@ def _serving_pod(checkpoint: Checkpoint, config: OperatorConfig, component: str,
     return agent_pod(metadata, config, containers, volumes, size_bytes=size_bytes)
 
 
-def served_request(pod: dict) -> Optional[str]:
+def served_request(pod: dict[str, Any]) -> Optional[str]:
     return ((pod.get("metadata") or {}).get("annotations") or {}).get(REQUEST_ANNOTATION)
 
 
@@ -235,10 +235,10 @@ class TransferResult:
     manifest: Optional[Manifest]
     received: bool
     verified: bool
-    problems: list[dict] = field(default_factory=list)
+    problems: list[dict[str, Any]] = field(default_factory=list)
     problem_count: int = 0
     reason: str = ""
-    skipped: list[dict] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
     synced: Optional[str] = None   # "syncfs": the receiver synced the filesystem (agent receive --sync)
 
     def problems_text(self) -> str:
@@ -288,12 +288,10 @@ def verify_error_condition(message: str) -> ConditionChange:
     return ConditionChange("Verified", "Unknown", "VerifyError", message)
 
 
-def describe_location(location: Optional[dict]) -> str:
-    location = location or {}
-    if "s3" in location:
-        return location["s3"]["uri"]
-    snapshot = volume_snapshots.location_in_snapshot(location)
-    if snapshot is not None:
-        return f"VolumeSnapshot {snapshot.volumeSnapshotName}:{snapshot.path}"
-    volume = location.get("volume") or {}
-    return f"volume {volume.get('claimName')}:{volume.get('path', '.')}"
+def describe_location(location: Optional[Location]) -> str:
+    if location is not None and location.s3 is not None:
+        return location.s3.uri
+    if location is not None and location.snapshot is not None:
+        return f"VolumeSnapshot {location.snapshot.volumeSnapshotName}:{location.snapshot.path}"
+    volume = location.volume if location is not None else None
+    return f"volume {volume.claimName}:{volume.path}" if volume is not None else "volume None:."

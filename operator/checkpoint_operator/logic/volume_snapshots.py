@@ -125,16 +125,11 @@ def waiting_message(name: str, state: SnapshotState) -> str:
     return f"VolumeSnapshot {name} is being taken (waiting for readyToUse)"
 
 
-def snapshot_location(taken: TakenSnapshot, path: str, items: Optional[list[str]] = None) -> dict[str, Any]:
-    """status.location of a checkpoint in a snapshot (wire form)."""
-    return Location(volume=None, s3=None, snapshot=SnapshotLocation(
+def snapshot_location(taken: TakenSnapshot, path: str, items: Optional[list[str]] = None) -> Location:
+    """status.location of a checkpoint in a snapshot."""
+    return Location(snapshot=SnapshotLocation(
         volumeSnapshotName=taken.name, path=path, items=items, restoreSize=taken.restore_size,
-        storageClassName=taken.storage_class)).to_wire()
-
-
-def location_in_snapshot(location: Mapping[str, Any]) -> Optional[SnapshotLocation]:
-    """The snapshot part of a status.location, or None (a volume or s3 location)."""
-    return Location.model_validate(location).snapshot if location else None
+        storageClassName=taken.storage_class))
 
 
 def restored_volume(volume_name: str, location: SnapshotLocation, access_mode: str,

@@ -10,11 +10,11 @@ from __future__ import annotations
 import copy
 import posixpath
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from checkpoint_operator import API_VERSION
-from checkpoint_operator.api.checkpoint import Checkpoint
-from checkpoint_operator.api.trainingjob import TrainingJob
+from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead
+from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobHead
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic import agent_commands, import_sources
 from checkpoint_operator.logic import live_sealing
@@ -44,16 +44,16 @@ class InvalidSpec(ValueError):
 
 @dataclass
 class BuiltJob:
-    job: dict
+    job: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
 
 
-def owner_reference(obj: TrainingJob | Checkpoint, controller: bool = True) -> dict:
+def owner_reference(obj: TrainingJobHead | CheckpointHead, controller: bool = True) -> dict[str, Any]:
     return {"apiVersion": obj.apiVersion or API_VERSION, "kind": obj.kind, "name": obj.metadata.name,
             "uid": obj.metadata.uid, "controller": controller, "blockOwnerDeletion": True}
 
 
-def owned_by(obj: Mapping, uid: str) -> bool:
+def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
     """`obj` lists the object of `uid` among its owners: the operator made it for that object
     (a namesake, such as a user's own PVC that happens to have the name, never does)."""
     return any(ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])
@@ -126,7 +126,7 @@ def contract_env(tj: TrainingJob, inputs: list[ResolvedInput], live: bool = Fals
     return env
 
 
-def merge_env(container: dict, contract: dict[str, str]) -> list[str]:
+def merge_env(container: dict[str, Any], contract: dict[str, str]) -> list[str]:
     """Put the contract variables into the container; ours win. Returns a warning per conflict."""
     warnings = []
     kept = []
@@ -148,7 +148,7 @@ def _is_at_or_inside(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
-def check_user_mounts(template_spec: dict, tj: TrainingJob) -> None:
+def check_user_mounts(template_spec: dict[str, Any], tj: TrainingJob) -> None:
     """Refuse user mounts at or inside the operator's directories: the operator's would hide them or vice versa."""
     reserved = {"spec.inputDir": tj.spec.inputDir}
     if tj.output_enabled:
@@ -182,9 +182,9 @@ def output_storage_class(tj: TrainingJob, config: OperatorConfig) -> Optional[st
     return tj.spec.output.storageClassName or config.default_storage_class
 
 
-def build_output_claim(tj: TrainingJob, config: OperatorConfig) -> dict:
+def build_output_claim(tj: TrainingJob, config: OperatorConfig) -> dict[str, Any]:
     output = tj.spec.output
-    claim_spec: dict = {
+    claim_spec: dict[str, Any] = {
         "accessModes": ["ReadWriteMany" if tj.spec.replicas > 1 else "ReadWriteOnce"],
         "resources": {"requests": {"storage": output.size or config.default_output_size}},
     }
@@ -197,7 +197,7 @@ def build_output_claim(tj: TrainingJob, config: OperatorConfig) -> dict:
 
 
 def build_job(tj: TrainingJob, inputs: list[ResolvedInput], staged: InputVolumes,
-              sidecar: Optional[tuple[dict, dict]] = None) -> BuiltJob:
+              sidecar: Optional[tuple[dict[str, Any], dict[str, Any]]] = None) -> BuiltJob:
     """`staged`: how the store makes the inputs visible (Store.input_volumes); `sidecar`: the live
     sealing sidecar and its volume (logic/live_sealing.py), with publish: Continuous."""
     spec = tj.spec
@@ -231,7 +231,7 @@ def build_job(tj: TrainingJob, inputs: list[ResolvedInput], staged: InputVolumes
     metadata = template.setdefault("metadata", {})
     metadata["labels"] = {**(metadata.get("labels") or {}), **training_job_labels(tj, "worker")}
 
-    job_spec: dict = {"completions": spec.replicas, "parallelism": spec.replicas, "template": template}
+    job_spec: dict[str, Any] = {"completions": spec.replicas, "parallelism": spec.replicas, "template": template}
     if spec.replicas > 1:
         job_spec["completionMode"] = "Indexed"
     if spec.backoffLimit is not None:
@@ -245,7 +245,7 @@ def build_job(tj: TrainingJob, inputs: list[ResolvedInput], staged: InputVolumes
 
 
 def build_live_sidecar(tj: TrainingJob, config: OperatorConfig, upload_to: Optional[str],
-                       env: list[dict], sync: bool = False) -> tuple[dict, dict]:
+                       env: list[dict[str, Any]], sync: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """The sealing sidecar of a publish: Continuous job (logic/live_sealing.py), for build_job.
     `sync`: it syncs the filesystem once a directory is sealed (a volume snapshot of it follows)."""
     command = agent_commands.watch(tj.spec.outputDir, interval=config.live_watch_interval,
@@ -258,24 +258,25 @@ def build_live_sidecar(tj: TrainingJob, config: OperatorConfig, upload_to: Optio
                                     tj.spec.template.spec)
 
 
-def _restored(volume: dict) -> bool:
-    return (volume.get("ephemeral") or {}).get("volumeClaimTemplate", {}).get("spec", {}) \
-        .get("dataSource", {}).get("kind") == "VolumeSnapshot"
+def _restored(volume: dict[str, Any]) -> bool:
+    return bool((volume.get("ephemeral") or {}).get("volumeClaimTemplate", {}).get("spec", {})
+                .get("dataSource", {}).get("kind") == "VolumeSnapshot")
 
 
-def restored_input_volumes(volumes: list[dict]) -> int:
+def restored_input_volumes(volumes: list[dict[str, Any]]) -> int:
     """How many of a pod's volumes are restored from snapshots (a claim of each pod's own)."""
     return sum(1 for v in volumes if _restored(v))
 
 
-def restored_input_claims(job: Optional[dict], pod: str) -> list[str]:
+def restored_input_claims(job: Optional[dict[str, Any]], pod: str) -> list[str]:
     """The claims of a Job's pod's volumes restored from snapshots: generic ephemeral volumes, whose
     claims are named <pod>-<volume>."""
     volumes = (((job or {}).get("spec") or {}).get("template") or {}).get("spec", {}).get("volumes") or []
     return [f"{pod}-{v['name']}" for v in volumes if _restored(v)]
 
 
-def build_snapshot_pod(tj: TrainingJob, command: list[str], env: list[dict], config: OperatorConfig) -> dict:
+def build_snapshot_pod(tj: TrainingJob, command: list[str], env: list[dict[str, Any]],
+                       config: OperatorConfig) -> dict[str, Any]:
     """The pod that scans the output volume (read-only) and prints the checkpoints as JSON
     (on the s3 store `command` uploads them first). Its deadline is the base one: the output's
     size is what it finds out."""
@@ -288,7 +289,7 @@ def build_snapshot_pod(tj: TrainingJob, command: list[str], env: list[dict], con
         "claimName": output_claim_name(tj), "readOnly": True}}], identity=trainer_identity(tj.spec.template.spec))
 
 
-def build_volume_scan_pod(checkpoint: Checkpoint, config: OperatorConfig) -> dict:
+def build_volume_scan_pod(checkpoint: Checkpoint, config: OperatorConfig) -> dict[str, Any]:
     """The pod that scans an adopted volume path (spec.source.volume) as one checkpoint."""
     source = checkpoint.spec.source.volume
     assert source is not None
@@ -322,9 +323,9 @@ def import_origin(checkpoint: Checkpoint) -> str:
     return import_sources.import_spec(checkpoint).uri
 
 
-def build_import_claim(checkpoint: Checkpoint, config: OperatorConfig) -> dict:
+def build_import_claim(checkpoint: Checkpoint, config: OperatorConfig) -> dict[str, Any]:
     size = checkpoint.metadata.annotation(IMPORT_SIZE_ANNOTATION) or config.default_output_size
-    claim_spec: dict = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}
+    claim_spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}
     if config.default_storage_class:
         claim_spec["storageClassName"] = config.default_storage_class
     return {"metadata": {"name": import_claim_name(checkpoint), "namespace": checkpoint.metadata.namespace,
@@ -333,7 +334,7 @@ def build_import_claim(checkpoint: Checkpoint, config: OperatorConfig) -> dict:
             "spec": claim_spec}
 
 
-def source_env(checkpoint: Checkpoint) -> list[dict]:
+def source_env(checkpoint: Checkpoint) -> list[dict[str, Any]]:
     """Credentials and endpoint of the source: its own Secret (in the Checkpoint's namespace),
     else none (anonymous, or the pod's cloud identity); never the store's."""
     return import_sources.import_spec(checkpoint).env
@@ -344,7 +345,7 @@ def import_data_dir() -> str:
 
 
 def build_import_pod(checkpoint: Checkpoint, config: OperatorConfig,
-                     parts: tuple[list[dict], list[dict], list[dict]]) -> dict:
+                     parts: tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]) -> dict[str, Any]:
     """Fetch the source into the store: `parts` = (init containers, containers, volumes) from
     Store.import_containers; either way the pod prints the scan as JSON."""
     init_containers, containers, volumes = parts

@@ -156,7 +156,7 @@ class ExecSession:
         self._stdout = bytearray()
 
     # --- stdin ---
-    def write(self, data) -> int:
+    def write(self, data: bytes) -> int:
         view = memoryview(data)
         for start in range(0, len(view), SEND_CHUNK):
             self._send(bytes([STDIN]) + bytes(view[start:start + SEND_CHUNK]))

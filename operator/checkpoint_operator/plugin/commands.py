@@ -12,6 +12,7 @@ status writer records the condition Verified.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -19,7 +20,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Optional, TextIO, get_args
+from typing import Any, Callable, Optional, TextIO, TypeVar, get_args
 
 import yaml
 
@@ -27,19 +28,20 @@ from checkpoint_operator import API_VERSION, GROUP, VERSION
 from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.manifest import MANIFEST_NAME, Manifest
 from checkpoint_operator.agent.progress import Progress, human_bytes
-from checkpoint_operator.api.checkpoint import CheckpointFormat, CheckpointSpec
+from checkpoint_operator.api.checkpoint import (Checkpoint, CheckpointFormat, CheckpointHead, CheckpointPhase,
+                                               CheckpointSpec, CheckpointStatus)
 from checkpoint_operator.api.upload import (PULL_REQUEST_ANNOTATION, UPLOAD_DIGEST_ANNOTATION,
-                                            UPLOAD_REQUEST_ANNOTATION, VERIFY_REQUEST_ANNOTATION)
+                                            UPLOAD_REQUEST_ANNOTATION, VERIFY_REQUEST_ANNOTATION, UploadStatus)
 from checkpoint_operator.kube import CHECKPOINTS
 from checkpoint_operator.logic import transfers
 from checkpoint_operator.logic.agent_pods import pod_problem
-from checkpoint_operator.logic.conditions import get_condition
 from checkpoint_operator.logic.quantity import format_size
 from checkpoint_operator.logic.workload import IMPORT_SIZE_ANNOTATION
 from checkpoint_operator.plugin import views
 from checkpoint_operator.plugin.client import Cluster, ExecSession, PluginError, check_name
 
 FORMATS = get_args(CheckpointFormat)
+T = TypeVar("T")
 POLL = 0.5
 EXEC_START_SECONDS = 15.0  # a container reported Running may still be starting its process
 MiB = 1024 * 1024
@@ -66,40 +68,37 @@ def request_value() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ") + "-" + secrets.token_hex(3)
 
 
-def annotation(body: dict, key: str) -> Optional[str]:
-    return ((body.get("metadata") or {}).get("annotations") or {}).get(key)
+def get_checkpoint(cluster: Cluster, name: str) -> CheckpointHead:
+    return views.read_checkpoint(cluster.get_checkpoint(name))
 
 
-def phase_of(body: dict) -> str:
-    return (body.get("status") or {}).get("phase") or "Pending"
-
-
-def wait_for(cluster: Cluster, name: str, done: Callable[[dict], Any], timeout: float, what: str) -> Any:
-    """Poll the Checkpoint until `done(body)` is truthy; PluginError naming `what` at the timeout."""
+def wait_for(cluster: Cluster, name: str, done: Callable[[CheckpointHead], Optional[T]], timeout: float,
+             what: str) -> T:
+    """Poll the Checkpoint until `done(checkpoint)` is truthy; PluginError naming `what` at the timeout."""
     deadline = time.monotonic() + timeout
     while True:
-        body = cluster.get_checkpoint(name)
-        result = done(body)
+        checkpoint = get_checkpoint(cluster, name)
+        result = done(checkpoint)
         if result:
             return result
         if time.monotonic() > deadline:
-            ready = get_condition((body.get("status") or {}).get("conditions"), "Ready") or {}
+            ready = next((c for c in checkpoint.status.conditions or [] if c.type == "Ready"), None)
             raise PluginError(f"timed out after {timeout:.0f} s waiting for {what} (is the operator running? "
-                              f"Checkpoint {name} is {phase_of(body)}: {ready.get('message') or 'no condition yet'})")
+                              f"Checkpoint {name} is {checkpoint.phase}: "
+                              f"{(ready.message if ready else None) or 'no condition yet'})")
         time.sleep(POLL)
 
 
-def require_ready(body: dict, doing: str) -> dict:
-    name, status = body["metadata"]["name"], body.get("status") or {}
-    if phase_of(body) != "Ready":
-        raise PluginError(f"Checkpoint {name} is {phase_of(body)}, not Ready: only a Ready Checkpoint can be "
-                          f"{doing} ({status.get('message') or 'no message'})")
-    return status
+def require_ready(checkpoint: CheckpointHead, doing: str) -> CheckpointStatus:
+    if checkpoint.phase != CheckpointPhase.READY:
+        raise PluginError(f"Checkpoint {checkpoint.metadata.name} is {checkpoint.phase}, not Ready: only a Ready "
+                          f"Checkpoint can be {doing} ({checkpoint.status.message or 'no message'})")
+    return checkpoint.status
 
 
 # --- ls, lineage -----------------------------------------------------------------------------------
 
-def list_checkpoints(cluster: Cluster, all_namespaces: bool = False) -> list[dict]:
+def list_checkpoints(cluster: Cluster, all_namespaces: bool = False) -> list[dict[str, Any]]:
     if all_namespaces:
         import kubernetes
         api = kubernetes.client.CustomObjectsApi(cluster.api_client)
@@ -112,10 +111,10 @@ def list_checkpoints(cluster: Cluster, all_namespaces: bool = False) -> list[dic
     return items
 
 
-def cmd_ls(cluster: Cluster, args, io: Io) -> int:
+def cmd_ls(cluster: Cluster, args: argparse.Namespace, io: Io) -> int:
     items = list_checkpoints(cluster, args.all_namespaces)
     if args.job:
-        items = [b for b in items if views.producer(b) == f"tj/{args.job}"]
+        items = [b for b in items if views.producer(views.read_checkpoint(b)) == f"tj/{args.job}"]
     if args.output in ("json", "yaml"):
         print_object({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items}, args.output, io)
         return 0
@@ -123,13 +122,14 @@ def cmd_ls(cluster: Cluster, args, io: Io) -> int:
         where = "any namespace" if args.all_namespaces else f"namespace {cluster.namespace}"
         io.note(f"No Checkpoints found in {where}" + (f" written by TrainingJob {args.job}." if args.job else "."))
         return 0
-    io.out.write(views.ls_table(items, wide=args.output == "wide", namespaces=args.all_namespaces) + "\n")
+    io.out.write(views.ls_table([views.read_checkpoint(b) for b in items], wide=args.output == "wide",
+                                namespaces=args.all_namespaces) + "\n")
     return 0
 
 
-def cmd_lineage(cluster: Cluster, args, io: Io) -> int:
+def cmd_lineage(cluster: Cluster, args: argparse.Namespace, io: Io) -> int:
     check_name("Checkpoint", args.name)
-    lineage = views.build_lineage(list_checkpoints(cluster), args.name)
+    lineage = views.build_lineage(map(views.read_checkpoint, list_checkpoints(cluster)), args.name)
     if lineage is None:
         cluster.get_checkpoint(args.name)  # says why (not found, no such namespace)
         raise PluginError(f'Checkpoint "{args.name}" not found in namespace {cluster.namespace}')
@@ -142,22 +142,23 @@ def cmd_lineage(cluster: Cluster, args, io: Io) -> int:
 
 # --- verify ----------------------------------------------------------------------------------------
 
-def cmd_verify(cluster: Cluster, args, io: Io) -> int:
-    body = cluster.get_checkpoint(args.name)
-    status = require_ready(body, "verified")
+def cmd_verify(cluster: Cluster, args: argparse.Namespace, io: Io) -> int:
+    status = require_ready(get_checkpoint(cluster, args.name), "verified")
     if args.local:
-        return _verify_locally(body, status, args, io)
+        return _verify_locally(status, args, io)
     value = request_value()
     cluster.annotate(args.name, {VERIFY_REQUEST_ANNOTATION: value})
     io.note(f"verification of {args.name} requested; the operator re-reads its data "
-            f"({transfers.describe_location(status.get('location'))})")
-    wait_for(cluster, args.name, lambda b: annotation(b, VERIFY_REQUEST_ANNOTATION) != value, args.timeout,
+            f"({transfers.describe_location(status.location)})")
+    wait_for(cluster, args.name, lambda c: c.metadata.annotation(VERIFY_REQUEST_ANNOTATION) != value, args.timeout,
              f"the operator to verify {args.name}")
-    body = wait_for(cluster, args.name, lambda b: b if not annotation(b, VERIFY_REQUEST_ANNOTATION) else None,
-                    args.timeout, f"the operator to verify {args.name} (a newer request is under way)")
-    condition = get_condition((body.get("status") or {}).get("conditions"), "Verified") or {}
-    result = {"name": args.name, "verified": condition.get("status", "Unknown"), "reason": condition.get("reason"),
-              "message": condition.get("message"), "time": condition.get("lastTransitionTime")}
+    checkpoint = wait_for(cluster, args.name,
+                          lambda c: c if not c.metadata.annotation(VERIFY_REQUEST_ANNOTATION) else None,
+                          args.timeout, f"the operator to verify {args.name} (a newer request is under way)")
+    condition = next((c for c in checkpoint.status.conditions or [] if c.type == "Verified"), None)
+    result = {"name": args.name, "verified": condition.status if condition else "Unknown",
+              "reason": condition.reason if condition else None, "message": condition.message if condition else None,
+              "time": condition.lastTransitionTime if condition else None}
     if args.output in ("json", "yaml"):
         print_object(result, args.output, io)
     else:
@@ -166,17 +167,17 @@ def cmd_verify(cluster: Cluster, args, io: Io) -> int:
     return 0 if result["verified"] == "True" else 1
 
 
-def _verify_locally(body: dict, status: dict, args, io: Io) -> int:
+def _verify_locally(status: CheckpointStatus, args: argparse.Namespace, io: Io) -> int:
     """--local: read the objects from S3 with the user's own credentials; nothing is recorded."""
     from checkpoint_operator.agent.verify import MAX_PROBLEMS, verify_s3
-    uri = ((status.get("location") or {}).get("s3") or {}).get("uri")
-    if not uri:
+    if status.location is None or status.location.s3 is None:
         raise PluginError(f"--local reads object storage, but Checkpoint {args.name} is on a volume "
-                          f"({transfers.describe_location(status.get('location'))}): verify it without --local")
-    result = verify_s3(uri, status.get("digest"), endpoint_url=args.endpoint_url)
+                          f"({transfers.describe_location(status.location)}): verify it without --local")
+    uri = status.location.s3.uri
+    result = verify_s3(uri, status.digest, endpoint_url=args.endpoint_url)
     if args.output in ("json", "yaml"):
         print_object(result.summary() | {"checkpoints": None}, args.output, io)
-    elif result.verified:
+    elif result.verified and result.manifest is not None:
         io.out.write(f"{args.name}: all {result.manifest.fileCount} files at {uri} match the manifest, digest "
                      f"{result.manifest.digest} (read locally; not recorded)\n")
     else:
@@ -187,28 +188,27 @@ def _verify_locally(body: dict, status: dict, args, io: Io) -> int:
 
 # --- pull ------------------------------------------------------------------------------------------
 
-def cmd_pull(cluster: Cluster, args, io: Io) -> int:
-    body = cluster.get_checkpoint(args.name)
-    status = require_ready(body, "pulled")
-    location = status.get("location") or {}
+def cmd_pull(cluster: Cluster, args: argparse.Namespace, io: Io) -> int:
+    checkpoint = get_checkpoint(cluster, args.name)
+    status = require_ready(checkpoint, "pulled")
     if os.path.exists(args.dir) and not os.path.isdir(args.dir):
         raise PluginError(f"{args.dir}: exists and is not a directory")
     clean = getattr(args, "clean", False)
-    if "s3" in location:
+    if status.location is not None and status.location.s3 is not None:
         from checkpoint_operator.agent.download import download_prefix
         from checkpoint_operator.agent.s3 import read_manifest
-        uri = location["s3"]["uri"]
+        uri = status.location.s3.uri
         manifest = read_manifest(uri, endpoint_url=args.endpoint_url)
-        if status.get("digest") and manifest.digest != status["digest"]:
+        if status.digest and manifest.digest != status.digest:
             raise PluginError(f"{uri}: the checkpoint there has digest {manifest.digest}, not the recorded "
-                              f"{status['digest']}; refusing to pull it (the objects at this prefix were replaced)")
+                              f"{status.digest}; refusing to pull it (the objects at this prefix were replaced)")
         make_room(args.dir, manifest, None, clean, io)
-        result = download_prefix(uri, args.dir, digest=status.get("digest"), manifest=manifest,
+        result = download_prefix(uri, args.dir, digest=status.digest, manifest=manifest,
                                  endpoint_url=args.endpoint_url, log=io.note)
         manifest = result.manifest
     else:
-        make_room(args.dir, None, status.get("digest"), clean, io, early=True)
-        manifest = _pull_through_pod(cluster, body, status, args, io)
+        make_room(args.dir, None, status.digest, clean, io, early=True)
+        manifest = _pull_through_pod(cluster, checkpoint, args, io)
     summary = {"name": args.name, "dir": args.dir, "digest": manifest.digest, "fileCount": manifest.fileCount,
                "sizeBytes": manifest.sizeBytes}
     if args.output in ("json", "yaml"):
@@ -249,20 +249,20 @@ def make_room(directory: str, manifest: Optional[Manifest], digest: Optional[str
                       f"into a new or empty directory, or add --clean to remove them first")
 
 
-def _pull_through_pod(cluster: Cluster, body: dict, status: dict, args, io: Io) -> Manifest:
+def _pull_through_pod(cluster: Cluster, checkpoint: CheckpointHead, args: argparse.Namespace, io: Io) -> Manifest:
     from checkpoint_operator.agent.transfer import StreamReceiver
-    name = args.name
+    name, status = args.name, checkpoint.status
     value = request_value()
     cluster.annotate(name, {PULL_REQUEST_ANNOTATION: value})
-    pod = wait_for_pod(cluster, transfers.pull_pod_name(name), value, body["metadata"]["uid"], args.timeout, io)
+    pod = wait_for_pod(cluster, transfers.pull_pod_name(name), value, checkpoint.metadata.uid, args.timeout, io)
     session = start_exec(cluster, pod, "hold", transfers.pull_command(), stdin=False)
     receiver_name = os.path.basename(os.path.abspath(args.dir))
     clean = getattr(args, "clean", False)
     try:
-        with Progress("pull", status.get("sizeBytes") or 0, stream=io.err) as progress:
-            done = StreamReceiver(args.dir, pulled=True, digest=status.get("digest"), where=f"the stream from pod {pod}",
+        with Progress("pull", status.sizeBytes or 0, stream=io.err) as progress:
+            done = StreamReceiver(args.dir, pulled=True, digest=status.digest, where=f"the stream from pod {pod}",
                                   name=receiver_name, on_bytes=progress.add,
-                                  before_writing=lambda manifest: make_room(args.dir, manifest, status.get("digest"),
+                                  before_writing=lambda manifest: make_room(args.dir, manifest, status.digest,
                                                                             clean, io)).run(session)
     except (AgentError, PluginError) as exc:
         session.close()
@@ -270,51 +270,52 @@ def _pull_through_pod(cluster: Cluster, body: dict, status: dict, args, io: Io) 
     code = session.finish()
     if code != 0:
         raise PluginError(f"pull of {name}: pod {pod}: {session.last_error()}")
+    if done.manifest is None:
+        raise PluginError(f"pull of {name}: pod {pod} sent no manifest")
     return done.manifest
 
 
 # --- push ------------------------------------------------------------------------------------------
 
-def cmd_push(cluster: Cluster, args, io: Io) -> int:
+def cmd_push(cluster: Cluster, args: argparse.Namespace, io: Io) -> int:
     name = check_name("Checkpoint", args.name)
     if not os.path.isdir(args.dir):
         raise PluginError(f"{args.dir}: not a directory (push takes the directory that holds the checkpoint)")
     manifest = local_manifest(args.dir, io)
-    body = _upload_checkpoint(cluster, name, manifest, args, io)
-    if phase_of(body) == "Ready":
+    checkpoint = _upload_checkpoint(cluster, name, manifest, args, io)
+    if checkpoint.phase == CheckpointPhase.READY:
         io.out.write(f"checkpoint.ckpt.dev/{name} is already Ready with this data (digest {manifest.digest}); "
                      f"nothing to push\n")
         return 0
-    upload = wait_for(cluster, name, lambda b: (b.get("status") or {}).get("upload"), args.timeout,
+    upload = wait_for(cluster, name, lambda c: c.status.upload, args.timeout,
                       f"the operator to say where {name}'s data goes (status.upload)")
     value = request_value()
-    if upload.get("store") == "s3":
-        _push_to_s3(cluster, name, args, manifest, upload, io)
+    if upload.store == "s3":
+        _push_to_s3(name, args, manifest, upload, io)
         cluster.annotate(name, {UPLOAD_REQUEST_ANNOTATION: value})
     else:
         cluster.annotate(name, {UPLOAD_REQUEST_ANNOTATION: value})
-        _push_through_pod(cluster, body, args, manifest, value, io)
+        _push_through_pod(cluster, checkpoint, args, manifest, value, io)
     io.note(f"pushed; the operator verifies {name}")
-    body = wait_for(cluster, name, lambda b: b if _push_settled(b, value) else None, args.timeout,
-                    f"the operator to verify {name}")
-    status = body.get("status") or {}
-    if phase_of(body) != "Ready":
-        raise PluginError(f"Checkpoint {name} is {phase_of(body)}: {status.get('message')}")
+    checkpoint = wait_for(cluster, name, lambda c: c if _push_settled(c, value) else None, args.timeout,
+                          f"the operator to verify {name}")
+    status = checkpoint.status
+    if checkpoint.phase != CheckpointPhase.READY:
+        raise PluginError(f"Checkpoint {name} is {checkpoint.phase}: {status.message}")
     if args.output in ("json", "yaml"):
-        print_object({"name": name, "phase": "Ready", "digest": status.get("digest"), "fileCount": status.get(
-            "fileCount"), "sizeBytes": status.get("sizeBytes"), "format": status.get("format"),
-            "step": status.get("step"), "location": status.get("location")}, args.output, io)
+        print_object({"name": name, "phase": "Ready", "digest": status.digest, "fileCount": status.fileCount,
+                      "sizeBytes": status.sizeBytes, "format": status.format, "step": status.step,
+                      "location": status.location.to_wire() if status.location else None}, args.output, io)
     else:
-        io.out.write(f"checkpoint.ckpt.dev/{name} Ready: {status.get('fileCount')} files, {status.get('size')}, "
-                     f"format {status.get('format')}, step {views._text(status.get('step'))}, digest "
-                     f"{status.get('digest')}\n")
+        io.out.write(f"checkpoint.ckpt.dev/{name} Ready: {status.fileCount} files, {status.size}, "
+                     f"format {status.format}, step {views._text(status.step)}, digest {status.digest}\n")
     return 0
 
 
-def _push_settled(body: dict, value: str) -> bool:
+def _push_settled(checkpoint: CheckpointHead, value: str) -> bool:
     """Ready or Failed; or back to waiting with the request dropped (the receiver gave up)."""
-    return phase_of(body) in ("Ready", "Failed") or (
-        phase_of(body) == "Pending" and annotation(body, UPLOAD_REQUEST_ANNOTATION) != value)
+    return checkpoint.phase.is_settled or (checkpoint.phase == CheckpointPhase.PENDING and
+                                           checkpoint.metadata.annotation(UPLOAD_REQUEST_ANNOTATION) != value)
 
 
 # Entries of DIR listed one per line when a push is refused (all are counted).
@@ -351,7 +352,8 @@ def local_manifest(directory: str, io: Io) -> Manifest:
     return manifest
 
 
-def _upload_checkpoint(cluster: Cluster, name: str, manifest: Manifest, args, io: Io) -> dict:
+def _upload_checkpoint(cluster: Cluster, name: str, manifest: Manifest, args: argparse.Namespace,
+                       io: Io) -> CheckpointHead:
     """The upload Checkpoint to push into: created, or an existing one that expects this data."""
     from checkpoint_operator.kube import Conflict
     body = cluster.call(f"get Checkpoint {name}", lambda: cluster.api.get(CHECKPOINTS, cluster.namespace, name))
@@ -359,7 +361,7 @@ def _upload_checkpoint(cluster: Cluster, name: str, manifest: Manifest, args, io
         cluster.check_namespace()
         new = new_upload_checkpoint(name, cluster.namespace, manifest, args.format, args.description)
 
-        def create() -> Optional[dict]:
+        def create() -> Optional[dict[str, Any]]:
             try:
                 return cluster.api.create(CHECKPOINTS, cluster.namespace, new)
             except Conflict:  # made meanwhile (another push): take it as it is
@@ -367,48 +369,53 @@ def _upload_checkpoint(cluster: Cluster, name: str, manifest: Manifest, args, io
         body = cluster.call(f"create Checkpoint {name}", create)
         if body is not None:
             io.note(f"checkpoint.ckpt.dev/{name} created")
-            return body
+            return views.read_checkpoint(body)
         body = cluster.get_checkpoint(name)
-    return _existing_upload(cluster, body, manifest, args)
+    return _existing_upload(cluster, views.read_checkpoint(body), manifest, args)
 
 
-def _existing_upload(cluster: Cluster, body: dict, manifest: Manifest, args) -> dict:
-    name, status = body["metadata"]["name"], body.get("status") or {}
-    source = (body.get("spec") or {}).get("source") or {}
-    if "upload" not in source:
-        raise PluginError(f"Checkpoint {name} exists and its source is {next(iter(source), '?')}, not upload: push "
+def _existing_upload(cluster: Cluster, checkpoint: CheckpointHead, manifest: Manifest,
+                     args: argparse.Namespace) -> CheckpointHead:
+    meta, status = checkpoint.metadata, checkpoint.status
+    name = meta.name
+    if not isinstance(checkpoint, Checkpoint):
+        raise PluginError(f"Checkpoint {name} exists and its spec cannot be read by this version of kubectl ckpt: "
+                          f"push to another name")
+    source = checkpoint.spec.source
+    if source.upload is None:
+        raise PluginError(f"Checkpoint {name} exists and its source is {source.kind}, not upload: push "
                           f"to another name")
-    if phase_of(body) == "Ready":
-        if status.get("digest") == manifest.digest:
-            return body
-        raise PluginError(f"Checkpoint {name} is Ready with other data (digest {status.get('digest')}, this directory "
+    if checkpoint.phase == CheckpointPhase.READY:
+        if status.digest == manifest.digest:
+            return checkpoint
+        raise PluginError(f"Checkpoint {name} is Ready with other data (digest {status.digest}, this directory "
                           f"has {manifest.digest}); a Checkpoint is immutable: push to another name")
-    if phase_of(body) == "Failed":
-        raise PluginError(f"Checkpoint {name} failed: {status.get('message')}; delete it (kubectl delete ckpt {name}) "
+    if checkpoint.phase == CheckpointPhase.FAILED:
+        raise PluginError(f"Checkpoint {name} failed: {status.message}; delete it (kubectl delete ckpt {name}) "
                           f"and push again")
-    if args.format and (body.get("spec") or {}).get("format") not in (None, args.format):
-        raise PluginError(f"Checkpoint {name} has spec.format {body['spec']['format']}, not {args.format} (spec is "
+    if args.format and checkpoint.spec.format not in (None, args.format):
+        raise PluginError(f"Checkpoint {name} has spec.format {checkpoint.spec.format}, not {args.format} (spec is "
                           f"immutable)")
-    declared = annotation(body, UPLOAD_DIGEST_ANNOTATION)
+    declared = meta.annotation(UPLOAD_DIGEST_ANNOTATION)
     if declared and declared != manifest.digest:
         raise PluginError(f"Checkpoint {name} expects data with digest {declared} (annotation "
                           f"{UPLOAD_DIGEST_ANNOTATION}), but {args.dir} has {manifest.digest}: push the directory it "
                           f"was made for, or delete {name}")
-    if not declared or annotation(body, IMPORT_SIZE_ANNOTATION) is None:
-        body = cluster.annotate(name, upload_annotations(manifest) | ({UPLOAD_DIGEST_ANNOTATION: declared}
-                                                                      if declared else {}))
-    return body
+    if not declared or meta.annotation(IMPORT_SIZE_ANNOTATION) is None:
+        return views.read_checkpoint(cluster.annotate(name, upload_annotations(manifest) | (
+            {UPLOAD_DIGEST_ANNOTATION: declared} if declared else {})))
+    return checkpoint
 
 
-def upload_annotations(manifest: Manifest) -> dict:
+def upload_annotations(manifest: Manifest) -> dict[str, str]:
     """The digest the data must have, and the volume it needs (a margin for the filesystem)."""
     size = math.ceil((manifest.sizeBytes * 1.1 + 64 * MiB) / MiB)
     return {UPLOAD_DIGEST_ANNOTATION: manifest.digest, IMPORT_SIZE_ANNOTATION: f"{size}Mi"}
 
 
 def new_upload_checkpoint(name: str, namespace: str, manifest: Manifest, format_: Optional[str],
-                          description: Optional[str]) -> dict:
-    spec: dict = {"source": {"upload": {}}}
+                          description: Optional[str]) -> dict[str, Any]:
+    spec: dict[str, Any] = {"source": {"upload": {}}}
     if format_:
         spec["format"] = format_
     if description:
@@ -420,25 +427,28 @@ def new_upload_checkpoint(name: str, namespace: str, manifest: Manifest, format_
             "spec": spec}
 
 
-def _push_to_s3(cluster: Cluster, name: str, args, manifest: Manifest, upload: dict, io: Io) -> None:
+def _push_to_s3(name: str, args: argparse.Namespace, manifest: Manifest, upload: UploadStatus, io: Io) -> None:
     """Straight into the bucket with the user's credentials: the agent's resumable upload."""
     from checkpoint_operator.agent.s3 import resolve_endpoint
     from checkpoint_operator.agent.upload import upload_dir
-    endpoint = args.endpoint_url or resolve_endpoint() or upload.get("endpoint")
-    io.note(f"uploading to {upload['uri']}" + (f" (endpoint {endpoint})" if endpoint else ""))
+    if not upload.uri:
+        raise PluginError(f"Checkpoint {name}: status.upload names the s3 store but no uri")
+    endpoint = args.endpoint_url or resolve_endpoint() or upload.endpoint
+    io.note(f"uploading to {upload.uri}" + (f" (endpoint {endpoint})" if endpoint else ""))
     try:
-        upload_dir(args.dir, upload["uri"], manifest=manifest, endpoint_url=endpoint, follow_links=True, log=io.note)
+        upload_dir(args.dir, upload.uri, manifest=manifest, endpoint_url=endpoint, follow_links=True, log=io.note)
     except AgentError as exc:
         raise PluginError(f"push of {name}: {exc} (rerun to resume)") from None
 
 
-def _push_through_pod(cluster: Cluster, body: dict, args, manifest: Manifest, value: str, io: Io) -> None:
+def _push_through_pod(cluster: Cluster, checkpoint: CheckpointHead, args: argparse.Namespace, manifest: Manifest,
+                      value: str, io: Io) -> None:
     """Into the receiver pod on the Checkpoint's PVC: a tar stream (the manifest first) on the
     stdin of `agent unpack`; only what an interrupted push did not leave there is sent."""
     from checkpoint_operator.agent.tarstream import TarWriter
     from checkpoint_operator.agent.tree import locate_file
     name = args.name
-    pod = wait_for_pod(cluster, transfers.upload_pod_name(name), value, body["metadata"]["uid"], args.timeout, io)
+    pod = wait_for_pod(cluster, transfers.upload_pod_name(name), value, checkpoint.metadata.uid, args.timeout, io)
     there = remote_inventory(cluster, pod)
     to_send = [e for e in manifest.files if there.get(e.path) != (e.size, e.sha256)]
     if len(to_send) < manifest.fileCount:
@@ -489,7 +499,7 @@ def wait_for_pod(cluster: Cluster, pod_name: str, value: str, owner_uid: str, ti
         meta = (pod or {}).get("metadata") or {}
         ours = pod is not None and transfers.served_request(pod) == value and \
             any(ref.get("uid") == owner_uid for ref in meta.get("ownerReferences") or [])
-        if ours:
+        if pod is not None and ours:
             phase = (pod.get("status") or {}).get("phase")
             if phase == "Running":
                 return pod_name

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Mapping, Optional
 
-from checkpoint_operator.logic.conditions import get_condition
+import pydantic
+
+from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead, CheckpointStatus
 
 MAX_DEPTH = 64
 MAX_CHILDREN_SHOWN = 200
@@ -36,18 +38,33 @@ def short_digest(digest: Optional[str]) -> str:
     return digest[:19] if digest else "-"
 
 
-def producer(body: dict) -> str:
+def read_checkpoint(body: Mapping[str, Any]) -> CheckpointHead:
+    """A Checkpoint as the API returned it, read with this version's models: fields it does not
+    know (a newer operator's) are ignored; a spec it cannot read leaves the head (metadata and
+    status), and a status it cannot read the metadata (shown as Pending)."""
+    try:
+        return Checkpoint.model_validate(body, extra="ignore")
+    except pydantic.ValidationError:
+        pass
+    try:
+        return CheckpointHead.model_validate({k: v for k, v in body.items() if k != "spec"}, extra="ignore")
+    except pydantic.ValidationError:
+        return CheckpointHead.model_validate({"metadata": body.get("metadata") or {}}, extra="ignore")
+
+
+def producer(checkpoint: CheckpointHead) -> str:
     """Who made it: `tj/NAME` for a snapshot, else the source kind (s3, http, upload, ...)."""
-    status, source = body.get("status") or {}, (body.get("spec") or {}).get("source") or {}
-    job = (status.get("producedBy") or {}).get("name") or (source.get("trainingJob") or {}).get("name")
+    source = checkpoint.spec.source if isinstance(checkpoint, Checkpoint) else None
+    made_by = checkpoint.status.producedBy
+    job = (made_by.name if made_by else None) or (source.trainingJob.name if source and source.trainingJob else None)
     if job:
         return f"tj/{job}"
-    return next(iter(source), "-")
+    return source.kind if source else "-"
 
 
-def used_by(status: dict) -> str:
-    names = [u.get("name", "?") for u in status.get("usedBy") or []]
-    count = max(status.get("usedByCount") or 0, len(names))
+def used_by(status: CheckpointStatus) -> str:
+    names = [u.name for u in status.usedBy or []]
+    count = max(status.usedByCount or 0, len(names))
     if not count:
         return "-"
     shown = ",".join(names[:USED_BY_SHOWN])
@@ -59,12 +76,12 @@ def _text(value: Any) -> str:
     return "-" if value is None or value == "" else str(value)
 
 
-def verified(status: dict) -> str:
-    condition = get_condition(status.get("conditions"), "Verified")
-    return {"True": "True", "False": "False"}.get((condition or {}).get("status"), "-")
+def verified(status: CheckpointStatus) -> str:
+    condition = next((c for c in status.conditions or [] if c.type == "Verified"), None)
+    return condition.status if condition is not None and condition.status != "Unknown" else "-"
 
 
-def ls_table(items: list[dict], *, wide: bool = False, namespaces: bool = False,
+def ls_table(items: list[CheckpointHead], *, wide: bool = False, namespaces: bool = False,
              now: Optional[datetime] = None) -> str:
     headers = ["NAME", "PHASE", "FORMAT", "STEP", "SIZE", "USED-BY", "PRODUCER", "AGE"]
     if wide:
@@ -72,15 +89,15 @@ def ls_table(items: list[dict], *, wide: bool = False, namespaces: bool = False,
     if namespaces:
         headers = ["NAMESPACE", *headers]
     rows = []
-    for body in sorted(items, key=lambda b: (b["metadata"].get("namespace", ""), b["metadata"]["name"])):
-        meta, status = body["metadata"], body.get("status") or {}
-        row = [meta["name"], status.get("phase") or "Pending", _text(status.get("format")), _text(status.get("step")),
-               _text(status.get("size")), used_by(status), producer(body), age(meta.get("creationTimestamp"), now)]
+    for checkpoint in sorted(items, key=lambda c: (c.metadata.namespace, c.metadata.name)):
+        meta, status = checkpoint.metadata, checkpoint.status
+        row = [meta.name, str(checkpoint.phase), _text(status.format), _text(status.step), _text(status.size),
+               used_by(status), producer(checkpoint), age(meta.creationTimestamp, now)]
         if wide:
-            row += [_text(status.get("complete")), _text(status.get("resumable")), _text(status.get("fileCount")),
-                    verified(status), _text(status.get("digest"))]
+            row += [_text(status.complete), _text(status.resumable), _text(status.fileCount), verified(status),
+                    _text(status.digest)]
         if namespaces:
-            row = [meta.get("namespace", ""), *row]
+            row = [meta.namespace, *row]
         rows.append(row)
     return table(headers, rows)
 
@@ -106,9 +123,10 @@ class Node:
     truncated: int = 0            # children left out (breadth or depth bound)
     children: list["Node"] = field(default_factory=list)
 
-    def to_json(self) -> dict:
-        out = {"name": self.name, "uid": self.uid, "digest": self.digest, "phase": self.phase, "step": self.step,
-               "producer": self.producer, "children": [c.to_json() for c in self.children]}
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "uid": self.uid, "digest": self.digest, "phase": self.phase,
+                               "step": self.step, "producer": self.producer,
+                               "children": [c.to_json() for c in self.children]}
         if self.gone:
             out["gone"] = True
         if self.repeated:
@@ -124,36 +142,35 @@ class Lineage:
     parents: list[Node]
     descendants: list[Node]
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"checkpoint": {k: v for k, v in self.root.to_json().items() if k != "children"},
                 "parents": [p.to_json() for p in self.parents],
                 "descendants": [d.to_json() for d in self.descendants]}
 
 
-def _node(body: dict) -> Node:
-    meta, status = body["metadata"], body.get("status") or {}
-    return Node(meta["name"], meta.get("uid", ""), status.get("digest"), status.get("phase") or "Pending",
-                status.get("step"), producer(body))
+def _node(checkpoint: CheckpointHead) -> Node:
+    meta, status = checkpoint.metadata, checkpoint.status
+    return Node(meta.name, meta.uid, status.digest, str(checkpoint.phase), status.step, producer(checkpoint))
 
 
-def build_lineage(items: Iterable[dict], name: str) -> Optional[Lineage]:
+def build_lineage(items: Iterable[CheckpointHead], name: str) -> Optional[Lineage]:
     """The lineage of `name` among `items` (one namespace's Checkpoints); None if it is not there."""
-    by_uid = {b["metadata"].get("uid", ""): b for b in items}
-    root = next((b for b in by_uid.values() if b["metadata"]["name"] == name), None)
+    by_uid = {c.metadata.uid: c for c in items}
+    root = next((c for c in by_uid.values() if c.metadata.name == name), None)
     if root is None:
         return None
-    children: dict[str, list[dict]] = {}
-    for body in by_uid.values():
-        for parent in (body.get("status") or {}).get("parents") or []:
-            children.setdefault(parent.get("uid", ""), []).append(body)
+    children: dict[str, list[CheckpointHead]] = {}
+    for checkpoint in by_uid.values():
+        for parent in checkpoint.status.parents or []:
+            children.setdefault(parent.uid, []).append(checkpoint)
 
-    def up(body: dict, seen: set[str], depth: int) -> list[Node]:
+    def up(checkpoint: CheckpointHead, seen: set[str], depth: int) -> list[Node]:
         nodes = []
-        for pinned in (body.get("status") or {}).get("parents") or []:
-            uid = pinned.get("uid", "")
+        for pinned in checkpoint.status.parents or []:
+            uid = pinned.uid
             found = by_uid.get(uid)
             if found is None:
-                nodes.append(Node(pinned.get("name", "?"), uid, pinned.get("digest"), gone=True))
+                nodes.append(Node(pinned.name, uid, pinned.digest, gone=True))
                 continue
             node = _node(found)
             if uid in seen or depth >= MAX_DEPTH:
@@ -166,10 +183,10 @@ def build_lineage(items: Iterable[dict], name: str) -> Optional[Lineage]:
     shown: set[str] = set()
 
     def down(uid: str, depth: int) -> list[Node]:
-        kids = sorted(children.get(uid, []), key=lambda b: b["metadata"]["name"])
+        kids = sorted(children.get(uid, []), key=lambda c: c.metadata.name)
         nodes = []
-        for body in kids[:MAX_CHILDREN_SHOWN]:
-            node = _node(body)
+        for kid in kids[:MAX_CHILDREN_SHOWN]:
+            node = _node(kid)
             if node.uid in shown or depth >= MAX_DEPTH:
                 node.repeated = node.uid in shown
             else:
@@ -180,7 +197,7 @@ def build_lineage(items: Iterable[dict], name: str) -> Optional[Lineage]:
             nodes[-1].truncated = len(kids) - MAX_CHILDREN_SHOWN
         return nodes
 
-    root_uid = root["metadata"].get("uid", "")
+    root_uid = root.metadata.uid
     shown.add(root_uid)
     return Lineage(_node(root), up(root, {root_uid}, 0), down(root_uid, 0))
 

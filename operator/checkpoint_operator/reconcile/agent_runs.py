@@ -9,13 +9,13 @@ calls `finish` once the result is recorded (a crash in between reruns an idempot
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Generic, Optional, TypeVar, Union
 
 from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.kube import PODS, ApiError
 from checkpoint_operator.logic.agent_pods import PodProblem, last_error_line, pod_failure, pod_problem
-from checkpoint_operator.logic.snapshot import ScanOutputError, parse_scan_output
+from checkpoint_operator.logic.snapshot import ScanOutputError
 
 
 @dataclass(frozen=True)
@@ -38,9 +38,12 @@ class NotOurs:
     message: str
 
 
+R = TypeVar("R")  # what a pod's `parse` makes of its log
+
+
 @dataclass(frozen=True)
-class Finished:
-    scan: Any  # what `parse` made of the log: a ScanResult by default
+class Finished(Generic[R]):
+    scan: R
 
 
 @dataclass(frozen=True)
@@ -48,13 +51,14 @@ class PodFailed:
     message: str
 
 
-PodRun = Union[Started, Running, NotOurs, Finished, PodFailed]
+PodRun = Union[Started, Running, NotOurs, Finished[R], PodFailed]
 
 
-def run_agent_pod(ctx: Context, owner_uid: str, body: dict, what: str,
-                  parse: Callable[[str], Any] = parse_scan_output) -> PodRun:
+def run_agent_pod(ctx: Context, owner_uid: str, body: dict[str, Any], what: str,
+                  parse: Callable[[str], R]) -> PodRun[R]:
     """`what` names the pod's job in messages ("snapshot", "import", "scan"); `parse` reads the
-    result from the log of a pod that succeeded (a ValueError: the pod failed)."""
+    result from the log of a pod that succeeded (logic/snapshot.py parse_scan_output for a scan;
+    a ValueError: the pod failed)."""
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     pod = ctx.kube.get(PODS, namespace, name)
     if pod is None:
@@ -81,7 +85,7 @@ def run_agent_pod(ctx: Context, owner_uid: str, body: dict, what: str,
         return PodFailed(f"{what} pod {name}: {exc}")
 
 
-def _failure_message(ctx: Context, pod: dict, what: str) -> str:
+def _failure_message(ctx: Context, pod: dict[str, Any], what: str) -> str:
     """The failure and the failed container's own last error line (an init container's, when
     that is the one that failed: the main container then never ran)."""
     failure = pod_failure(pod, what)
@@ -94,5 +98,5 @@ def _failure_message(ctx: Context, pod: dict, what: str) -> str:
     return f"{failure.message}: {line}" if line else failure.message
 
 
-def finish(ctx: Context, body: dict) -> None:
+def finish(ctx: Context, body: dict[str, Any]) -> None:
     ctx.kube.delete(PODS, body["metadata"]["namespace"], body["metadata"]["name"])

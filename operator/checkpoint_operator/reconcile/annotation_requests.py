@@ -8,7 +8,7 @@ the one served): a crash in between repeats the last step, never loses a request
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointPhase
 from checkpoint_operator.api.upload import PULL_REQUEST_ANNOTATION, VERIFY_REQUEST_ANNOTATION
@@ -35,9 +35,9 @@ def serve_verify(ctx: Context, checkpoint: Checkpoint) -> Optional[float]:
     value = checkpoint.metadata.annotation(VERIFY_REQUEST_ANNOTATION)
     if not value:
         return None
-    location = checkpoint.status.location.to_wire() if checkpoint.status.location else {}
+    location = checkpoint.status.location
     where = transfers.describe_location(location)
-    env = store_for(ctx.config).agent_env() if "s3" in location else []
+    env = store_for(ctx.config).agent_env() if location is not None and location.s3 is not None else []
     pod = transfers.build_verify_pod(checkpoint, ctx.config, value, env)
     if clear_stale_pod(ctx, pod, value):
         return None
@@ -67,10 +67,11 @@ def serve_verify(ctx: Context, checkpoint: Checkpoint) -> Optional[float]:
 
 def serve_pull(ctx: Context, checkpoint: Checkpoint) -> Optional[float]:
     value = checkpoint.metadata.annotation(PULL_REQUEST_ANNOTATION)
-    location = checkpoint.status.location.to_wire() if checkpoint.status.location else {}
+    location = checkpoint.status.location
     if not value:
         return None
-    if "volume" not in location and "snapshot" not in location:  # the s3 store: the plugin downloads from it
+    # the s3 store: the plugin downloads from the store itself
+    if location is None or (location.volume is None and location.snapshot is None):
         ctx.warn(checkpoint, "PullRefused", f"{PULL_REQUEST_ANNOTATION}: {checkpoint.metadata.name} is in object "
                                             "storage; kubectl ckpt pull downloads it from there (no pod needed)")
         drop_request(ctx, checkpoint, PULL_REQUEST_ANNOTATION, value)
@@ -89,7 +90,7 @@ def serve_pull(ctx: Context, checkpoint: Checkpoint) -> Optional[float]:
     return None
 
 
-def clear_stale_pod(ctx: Context, pod: dict, value: str) -> bool:
+def clear_stale_pod(ctx: Context, pod: dict[str, Any], value: str) -> bool:
     """A pod of this name that serves another (older) request is deleted first; its deletion
     wakes the Checkpoint again. True when one was found."""
     meta = pod["metadata"]

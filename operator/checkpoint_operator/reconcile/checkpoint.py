@@ -11,16 +11,17 @@ from __future__ import annotations
 from typing import Optional
 
 from checkpoint_operator import PROTECTION_FINALIZER
-from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointPhase
+from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead, CheckpointPhase
 from checkpoint_operator.reconcile import annotation_requests, checkpoint_import, live_sealing
 from checkpoint_operator.reconcile.context import Context
-from checkpoint_operator.reconcile.objects import InvalidObject, parse, parse_tolerant
+from checkpoint_operator.reconcile.objects import InvalidObject, parse, parse_head
+from checkpoint_operator.reconcile import status_writer
 from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.kube import CHECKPOINTS, TRAINING_JOBS, Conflict
 from checkpoint_operator.logic.protection import (blocking_users, deletion_blocked_message, used_by_status,
                                                   uses_selector)
-from checkpoint_operator.logic.results import Fail, Result, Wait
-from checkpoint_operator.logic.status import StatusChange
+from checkpoint_operator.logic.results import Fail, Result
+from checkpoint_operator.logic.status import StatusChange, fail_change
 from checkpoint_operator.storage import ForeignLocation, store_for
 from checkpoint_operator import metrics
 
@@ -33,11 +34,11 @@ def reconcile(ctx: Context, namespace: str, name: str) -> Optional[float]:
         try:
             checkpoint = parse(Checkpoint, body)
         except InvalidObject as invalid:
-            checkpoint = parse_tolerant(Checkpoint, invalid.body)
-            if checkpoint.metadata.deleting:
-                return guard_deletion(ctx, checkpoint)
-            if not checkpoint.phase.is_settled:
-                record(ctx, checkpoint, Fail("InvalidSpec", invalid.message()))
+            head = parse_head(CheckpointHead, invalid.body)
+            if head.metadata.deleting:
+                return guard_deletion(ctx, head)
+            if not head.phase.is_settled:
+                record(ctx, head, Fail("InvalidSpec", invalid.message()))
             return None
         if checkpoint.metadata.deleting:
             return guard_deletion(ctx, checkpoint)
@@ -47,21 +48,12 @@ def reconcile(ctx: Context, namespace: str, name: str) -> Optional[float]:
         if checkpoint.phase.is_settled:
             sync_used_by(ctx, checkpoint)
             return annotation_requests.serve(ctx, checkpoint)  # verify and pull requests (reconcile/annotation_requests.py)
-        return record(ctx, checkpoint, checkpoint_import.STEPS[checkpoint.spec.source.kind](ctx, checkpoint))
+        return record(ctx, checkpoint, checkpoint_import.step(ctx, checkpoint))
     return 0.0
 
 
-def record(ctx: Context, checkpoint: Checkpoint, result: Result) -> Optional[float]:
-    if isinstance(result, Wait):
-        if result.reason is not None:
-            write_status(ctx, checkpoint, StatusChange(phase=checkpoint.phase, reason=result.reason, message=result.message,
-                                                       stalled=result.stalled,
-                                                       event="Warning" if result.warning else "Normal"))
-        return result.requeue_after
-    if isinstance(result, Fail):
-        write_status(ctx, checkpoint, StatusChange(phase=CheckpointPhase.FAILED, reason=result.reason,
-                                                   message=result.message, stalled=True, event="Warning"))
-    return None
+def record(ctx: Context, checkpoint: CheckpointHead, result: Result) -> Optional[float]:
+    return status_writer.record(ctx, checkpoint, result, lambda fail: fail_change(CheckpointPhase.FAILED, fail))[1]
 
 
 def _add_finalizer(ctx: Context, checkpoint: Checkpoint) -> None:
@@ -79,16 +71,15 @@ def sync_used_by(ctx: Context, checkpoint: Checkpoint) -> None:
     """status.usedBy/usedByCount from the index, written only when they change (informational)."""
     meta = checkpoint.metadata
     wanted = used_by_status(ctx.indexes.users_of(meta.namespace, meta.uid))
-    current = {"usedBy": [u.to_wire() for u in checkpoint.status.usedBy or []],
-               "usedByCount": checkpoint.status.usedByCount or 0}
-    if current != wanted:
+    if (checkpoint.status.usedBy or [], checkpoint.status.usedByCount or 0) != (wanted.usedBy, wanted.usedByCount):
         write_status(ctx, checkpoint, StatusChange(fields=wanted))
 
 
 # --- deletion: the in-use protection finalizer ---------------------------------------------------
 
-def guard_deletion(ctx: Context, checkpoint: Checkpoint) -> Optional[float]:
-    """A live LIST of the jobs labelled as users decides; their events wake this again."""
+def guard_deletion(ctx: Context, checkpoint: CheckpointHead) -> Optional[float]:
+    """A live LIST of the jobs labelled as users decides; their events wake this again. Needs
+    no spec (a Checkpoint whose spec no longer parses is deleted all the same)."""
     meta = checkpoint.metadata
     if not meta.has_finalizer(PROTECTION_FINALIZER):
         return None
@@ -101,9 +92,10 @@ def guard_deletion(ctx: Context, checkpoint: Checkpoint) -> Optional[float]:
         if first_time:  # one deletion, however many times it is checked
             metrics.BLOCKED_DELETIONS.inc()
         return None
-    live_sealing.checkpoint_released(ctx, checkpoint)  # a running job sealed it: it must not publish it again
+    if isinstance(checkpoint, Checkpoint):  # a running job sealed it: it must not publish it again
+        live_sealing.checkpoint_released(ctx, checkpoint)
     try:
-        deleted = store_for(ctx.config).delete_owned_data(checkpoint.status.to_wire(), meta.namespace)
+        deleted = store_for(ctx.config).delete_owned_data(checkpoint.status, meta.namespace)
     except ForeignLocation as exc:
         ctx.warn(checkpoint, "DataNotDeleted", str(exc))
     else:

@@ -5,11 +5,12 @@ snapshot."""
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Optional
+from typing import Any
 
 from checkpoint_operator.api.common import PodPhase
-from checkpoint_operator.api.checkpoint import IMPORT_KINDS, Checkpoint, CheckpointPhase
+from checkpoint_operator.api.checkpoint import (Checkpoint, CheckpointPhase, CheckpointStatus, Location,
+                                               TrainingJobSource, VolumeLocation, VolumeSource)
+from checkpoint_operator.api.sources import SourceStatus
 from checkpoint_operator.reconcile import agent_runs, checkpoint_upload, claim_holds, template_claims, volumes
 from checkpoint_operator.reconcile import volume_snapshots as volume_snapshot_steps
 from checkpoint_operator.reconcile.context import Context
@@ -18,16 +19,27 @@ from checkpoint_operator.kube import NAMESPACES, PVCS, ApiError
 from checkpoint_operator.logic import import_sources, limits, volume_snapshots, workload
 from checkpoint_operator.logic.limits import NAMESPACE_LIMIT_ANNOTATION
 from checkpoint_operator.logic.results import Done, Fail, Result, Wait
-from checkpoint_operator.logic.snapshot import ScanResult, ready_change
+from checkpoint_operator.logic.snapshot import ScanResult, parse_scan_output, ready_change
 from checkpoint_operator.logic.status import StatusChange
 from checkpoint_operator.storage import MissingUpload, store_for
 from checkpoint_operator import metrics
 
 
-def wait_for_snapshot(ctx: Context, checkpoint: Checkpoint) -> Result:
+def step(ctx: Context, checkpoint: Checkpoint) -> Result:
+    """The step of a Checkpoint that is not settled yet, by its spec.source."""
+    source = checkpoint.spec.source
+    if source.trainingJob is not None:
+        return wait_for_snapshot(ctx, checkpoint, source.trainingJob)
+    if source.volume is not None:
+        return adopt_volume(ctx, checkpoint, source.volume)
+    if source.upload is not None:
+        return checkpoint_upload.await_upload(ctx, checkpoint)
+    return import_checkpoint(ctx, checkpoint)
+
+
+def wait_for_snapshot(ctx: Context, checkpoint: Checkpoint, source: TrainingJobSource) -> Result:
     """Snapshot Checkpoints are made Ready by their TrainingJob; the ones whose job is gone (or
     that a user wrote by hand) fail, as nothing will ever write them."""
-    source = checkpoint.spec.source.trainingJob
     job = ctx.indexes.training_job(checkpoint.metadata.namespace, source.name)
     if job is None or job.uid != source.uid:
         return Fail("ProducerGone", f"spec.source.trainingJob: TrainingJob {source.name} (uid {source.uid}) does not "
@@ -36,8 +48,7 @@ def wait_for_snapshot(ctx: Context, checkpoint: Checkpoint) -> Result:
     return Wait()
 
 
-def adopt_volume(ctx: Context, checkpoint: Checkpoint) -> Result:
-    source = checkpoint.spec.source.volume
+def adopt_volume(ctx: Context, checkpoint: Checkpoint, source: VolumeSource) -> Result:
     where = f"{source.claimName}:{source.path}"
     claim = ctx.kube.get(PVCS, checkpoint.metadata.namespace, source.claimName)
     if claim is None or claim.get("status", {}).get("phase") != "Bound":
@@ -51,8 +62,8 @@ def adopt_volume(ctx: Context, checkpoint: Checkpoint) -> Result:
     if not isinstance(result, ScanResult):
         return result
     path = source.path.strip("/") or "."
-    write_status(ctx, checkpoint, ready_change(result.checkpoints[0], {"volume": {"claimName": source.claimName,
-                                                                                   "path": path}}, owned=False))
+    location = Location(volume=VolumeLocation(claimName=source.claimName, path=path))
+    write_status(ctx, checkpoint, ready_change(result.checkpoints[0], location, owned=False))
     agent_runs.finish(ctx, pod)
     return Done()
 
@@ -115,21 +126,22 @@ def import_checkpoint(ctx: Context, checkpoint: Checkpoint) -> Result:
     except MissingUpload as exc:
         agent_runs.finish(ctx, pod)
         return Fail("ImportFailed", f"import of {origin}: {exc}")
-    provenance, problem = _provenance(ctx, checkpoint, pod)
-    if problem:
+    provenance = _provenance(ctx, checkpoint, pod)
+    if isinstance(provenance, str):
         agent_runs.finish(ctx, pod)
-        return Fail("ImportFailed", f"import of {origin}: {problem}")
+        return Fail("ImportFailed", f"import of {origin}: {provenance}")
     metrics.TRANSFERRED_BYTES.labels("import").inc(manifest.sizeBytes)
     change = ready_change(manifest, location, owned=True)
-    write_status(ctx, checkpoint, dataclasses.replace(change, fields={**change.fields, "source": provenance}))
+    write_status(ctx, checkpoint, change.with_fields(CheckpointStatus(source=provenance)))
     agent_runs.finish(ctx, pod)
     if taken is not None:  # the data is in the snapshot: the import's volume is released
         volume_snapshot_steps.release_claim(ctx, checkpoint, claim, taken.name)
     return Done()
 
 
-def _provenance(ctx: Context, checkpoint: Checkpoint, pod: dict) -> tuple[Optional[dict], Optional[str]]:
-    """status.source from what the pod's `import` container printed (the commit, for the Hub and Git)."""
+def _provenance(ctx: Context, checkpoint: Checkpoint, pod: dict[str, Any]) -> SourceStatus | str:
+    """status.source from what the pod's `import` container printed (the commit, for the Hub and
+    Git), or why it cannot be recorded."""
     try:
         log = ctx.kube.read_log(pod["metadata"]["namespace"], pod["metadata"]["name"], "import")
     except ApiError:
@@ -137,10 +149,10 @@ def _provenance(ctx: Context, checkpoint: Checkpoint, pod: dict) -> tuple[Option
     return import_sources.source_status(import_sources.import_spec(checkpoint), import_sources.parse_import_result(log))
 
 
-def _run(ctx: Context, checkpoint: Checkpoint, pod: dict, what: str, phase: CheckpointPhase, reason: str,
+def _run(ctx: Context, checkpoint: Checkpoint, pod: dict[str, Any], what: str, phase: CheckpointPhase, reason: str,
          describe: str, failure_reason: str) -> Result | ScanResult:
     """The agent pod of an adoption or import: its scan once it succeeded, else the wait or failure."""
-    run = agent_runs.run_agent_pod(ctx, checkpoint.metadata.uid, pod, what)
+    run = agent_runs.run_agent_pod(ctx, checkpoint.metadata.uid, pod, what, parse=parse_scan_output)
     if isinstance(run, agent_runs.Started):
         write_status(ctx, checkpoint, StatusChange(phase=phase, reason=reason, message=describe, event="Normal"))
         return Wait()
@@ -164,13 +176,10 @@ def _run(ctx: Context, checkpoint: Checkpoint, pod: dict, what: str, phase: Chec
     return run.scan
 
 
-def _claim_of(pod: dict) -> str | None:
+def _claim_of(pod: dict[str, Any]) -> str | None:
     """The claim an import or scan pod mounts (the volume store's import claim, an adopted volume)."""
     for volume in pod["spec"].get("volumes") or []:
         if volume.get("persistentVolumeClaim"):
-            return volume["persistentVolumeClaim"]["claimName"]
+            return str(volume["persistentVolumeClaim"]["claimName"])
     return None
 
-
-STEPS = {"trainingJob": wait_for_snapshot, "volume": adopt_volume, **{kind: import_checkpoint for kind in IMPORT_KINDS},
-         "upload": checkpoint_upload.await_upload}

@@ -14,10 +14,10 @@ take the data where the store keeps it, verify it, make it Ready like any import
 
 from __future__ import annotations
 
-import dataclasses
+from typing import Any
 
-from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointPhase
-from checkpoint_operator.api.upload import UPLOAD_REQUEST_ANNOTATION
+from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointPhase, CheckpointStatus
+from checkpoint_operator.api.upload import UPLOAD_REQUEST_ANNOTATION, UploadStatus
 from checkpoint_operator.reconcile import agent_runs, template_claims, volumes
 from checkpoint_operator.reconcile import volume_snapshots as volume_snapshot_steps
 from checkpoint_operator.reconcile.context import Context
@@ -34,48 +34,41 @@ from checkpoint_operator import metrics
 def await_upload(ctx: Context, checkpoint: Checkpoint) -> Result:
     from checkpoint_operator.reconcile.checkpoint_import import import_limit
     store = store_for(ctx.config)
-    meta = checkpoint.metadata
-    uri = store.prefix_for(meta.namespace, meta.name, meta.uid) if store.name == "s3" else None
-    target = transfers.upload_status(store.name, checkpoint, uri=uri, endpoint=ctx.config.s3_endpoint)
+    target = store.upload_target(checkpoint)
     request = transfers.upload_request(checkpoint)
     if not isinstance(request, transfers.UploadRequest):
-        if request is None and checkpoint.ready_reason() == "WaitingForUpload" \
-                and (checkpoint.status.to_wire().get("upload") or {}) == target:
+        if request is None and checkpoint.ready_reason() == "WaitingForUpload" and checkpoint.status.upload == target:
             return Wait()  # already waiting: keep the message (why the last push attempt ended)
-        message = request or transfers.waiting_message(checkpoint, store.name, uri)
+        message = request or transfers.waiting_message(checkpoint, target)
         return _waiting(ctx, checkpoint, target, message)
     limit = import_limit(ctx, checkpoint)
-    if store.name == "s3":
-        pod = transfers.build_upload_check_pod(checkpoint, ctx.config, request, uri, store.agent_env(), limit)
-        location = {"s3": {"uri": uri}}
-        describe = f"verifying the pushed data at {uri}"
-    else:
-        squatted = template_claims.squatted(ctx, meta.namespace, workload.import_claim_name(checkpoint))
+    if not isinstance(limit, int):
+        return limit  # the limit cannot be read: wait (never a pod without one)
+    if store.import_needs_claim:  # the volume store: the data lands on the Checkpoint's own claim
+        squatted = template_claims.squatted(ctx, checkpoint.metadata.namespace, workload.import_claim_name(checkpoint))
         if squatted:
             return Wait("ClaimNamedByTrainingJob", squatted, requeue_after=template_claims.SQUAT_RECHECK)
         foreign = volumes.ensure_owned_claim(ctx, checkpoint, workload.build_import_claim(checkpoint, ctx.config))
         if foreign is not None:
             return foreign
-        pod = transfers.build_receiver_pod(checkpoint, ctx.config, request, limit, sync=store.syncs_before_snapshots)
-        target = transfers.upload_status(store.name, checkpoint, pod=pod["metadata"]["name"])
-        location = {"volume": {"claimName": workload.import_claim_name(checkpoint), "path": workload.IMPORT_DIR}}
-        describe = f"pod {pod['metadata']['name']} is ready to receive the push"
+    serving = store.upload_pod(checkpoint, request, limit)
+    pod = serving.pod
     if clear_stale_pod(ctx, pod, request.value):
         return Wait()
-    run = agent_runs.run_agent_pod(ctx, meta.uid, pod, "upload", parse=transfers.parse_transfer_output)
+    run = agent_runs.run_agent_pod(ctx, checkpoint.metadata.uid, pod, "upload", parse=transfers.parse_transfer_output)
     if isinstance(run, agent_runs.Started):
         write_status(ctx, checkpoint, StatusChange(phase=CheckpointPhase.IMPORTING, reason="Receiving",
-                                                   message=describe, event="Normal",
-                                                   fields={"upload": target, "owned": True}))
+                                                   message=serving.describe, event="Normal",
+                                                   fields=CheckpointStatus(upload=serving.target, owned=True)))
         return Wait()
     if isinstance(run, agent_runs.Running):
-        return Wait(run.problem.reason, f"{describe}: {run.problem.message}", requeue_after=run.retry_after) \
-            if run.problem else Wait()
+        return Wait(run.problem.reason, f"{serving.describe}: {run.problem.message}",
+                    requeue_after=run.retry_after) if run.problem else Wait()
     if isinstance(run, agent_runs.NotOurs):
         return Wait("NameConflict", run.message, requeue_after=5.0)
     if isinstance(run, agent_runs.PodFailed):
         return _retry(ctx, checkpoint, pod, request, target, f"the last push attempt failed: {run.message}")
-    result: transfers.TransferResult = run.scan
+    result = run.scan
     if not result.received:
         why = result.reason or result.problems_text() or "no data arrived"
         return _retry(ctx, checkpoint, pod, request, target, f"the last push request ended without data ({why})")
@@ -88,7 +81,7 @@ def await_upload(ctx: Context, checkpoint: Checkpoint) -> Result:
         manifest = manifest.model_copy(update={"format": checkpoint.spec.format})
     claim = workload.import_claim_name(checkpoint)
     snapshot_request = store.import_snapshot(checkpoint, claim)
-    taken = None
+    location, taken = serving.location, None
     if snapshot_request is not None:  # kept in a volume snapshot of the push's volume (logic/volume_snapshots.py)
         if not volume_snapshots.is_synced(result.synced):
             agent_runs.finish(ctx, pod)
@@ -100,7 +93,7 @@ def await_upload(ctx: Context, checkpoint: Checkpoint) -> Result:
         taken = got
         location = store.import_location(checkpoint, claim, {}, taken)
     ready = ready_change(manifest, location, owned=True)
-    write_status(ctx, checkpoint, dataclasses.replace(ready, fields={**ready.fields, "upload": None}))
+    write_status(ctx, checkpoint, ready.with_fields(CheckpointStatus(upload=None)))
     metrics.TRANSFERRED_BYTES.labels("import").inc(manifest.sizeBytes)
     agent_runs.finish(ctx, pod)
     drop_request(ctx, checkpoint, UPLOAD_REQUEST_ANNOTATION, request.value)
@@ -109,22 +102,22 @@ def await_upload(ctx: Context, checkpoint: Checkpoint) -> Result:
     return Done()
 
 
-def _waiting(ctx: Context, checkpoint: Checkpoint, target: dict, message: str) -> Result:
+def _waiting(ctx: Context, checkpoint: Checkpoint, target: UploadStatus, message: str) -> Result:
     """Pending, and where the data goes. On s3 the prefix is owned from now on: data pushed
     there is deleted with the Checkpoint even if it never becomes Ready."""
     write_status(ctx, checkpoint, StatusChange(phase=CheckpointPhase.PENDING, reason="WaitingForUpload",
                                                message=message, event="Normal",
-                                               fields={"upload": target, "owned": True}))
+                                               fields=CheckpointStatus(upload=target, owned=True)))
     return Wait()
 
 
-def _retry(ctx: Context, checkpoint: Checkpoint, pod: dict, request: transfers.UploadRequest, target: dict,
-           why: str) -> Result:
-    store = store_for(ctx.config)
-    target = {k: v for k, v in target.items() if k != "pod"}
-    message = f"{why}; {transfers.waiting_message(checkpoint, store.name, target.get('uri'))}"
+def _retry(ctx: Context, checkpoint: Checkpoint, pod: dict[str, Any], request: transfers.UploadRequest,
+           target: UploadStatus, why: str) -> Result:
+    """Waiting for a push again (`target`: status.upload without a receiver pod)."""
+    message = f"{why}; {transfers.waiting_message(checkpoint, target)}"
     write_status(ctx, checkpoint, StatusChange(phase=CheckpointPhase.PENDING, reason="WaitingForUpload",
-                                               message=message, event="Warning", fields={"upload": target}))
+                                               message=message, event="Warning",
+                                               fields=CheckpointStatus(upload=target)))
     agent_runs.finish(ctx, pod)
     drop_request(ctx, checkpoint, UPLOAD_REQUEST_ANNOTATION, request.value)
     return Wait()

@@ -5,7 +5,7 @@ resourceVersion it was decided on."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.kube import PVCS, Conflict
@@ -18,7 +18,7 @@ DELETING_RECHECK = 10.0  # seconds: a claim that is being deleted (its end is no
 ATTEMPTS = 3             # conditional deletes: each conflict is a fresh read and a new decision
 
 
-def hold_for_adopter(ctx: Context, checkpoint: Checkpoint, claim: dict) -> Optional[Wait]:
+def hold_for_adopter(ctx: Context, checkpoint: Checkpoint, claim: dict[str, Any]) -> Optional[Wait]:
     """Before an adoption scans `claim` (read live): the Checkpoint becomes one of its owners,
     so that the claim outlives whatever else owns it. A Wait while that cannot be done."""
     name = claim["metadata"]["name"]

@@ -8,34 +8,72 @@ own work queue (reconcile/work_queue.py), outside kopf's per-object handler cont
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
+from checkpoint_operator.api.checkpoint import CheckpointHead
+from checkpoint_operator.api.trainingjob import TrainingJobHead, TrainingJobPhase
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.kube import EVENTS, ApiError, Kube
 from checkpoint_operator.logic.conditions import now_rfc3339
+from checkpoint_operator.logic.inputs import TrainingJobInfo
+from checkpoint_operator.logic.live_sealing import LiveMemory
+from checkpoint_operator.reconcile.indexes import Indexes
+from checkpoint_operator.reconcile.work_queue import WorkQueue
 
 logger = logging.getLogger("checkpoint_operator")
 COMPONENT = "checkpoint-operator"
 MAX_EVENT_MESSAGE = 1024
+ObjectKey = tuple[str, str, str]  # (kind, namespace, name): what the work queue holds
 
 
 @dataclass
 class Context:
     kube: Kube
     config: OperatorConfig
-    indexes: Any = None   # handlers.indexes.Indexes once kopf has started
-    queue: Any = None     # handlers.queue.WorkQueue once kopf has started
+    _indexes: Optional[Indexes] = field(default=None, repr=False)
+    _queue: Optional[WorkQueue[ObjectKey]] = field(default=None, repr=False)
+    # Per object, in memory only; each entry goes with its object (`forget`: its DELETED event,
+    # the end of its work) and the resync drops any whose object left the index meanwhile.
     # (namespace, name) of a TrainingJob -> the Checkpoint uids its previous event showed it
     # using: a job that drops its uses label still wakes those Checkpoints (reconcile/wakeups.py)
-    last_uses: dict = field(default_factory=dict)
+    last_uses: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     # (kind, namespace, name) -> resourceVersion of our own last write of that object: its
     # watch event needs no reconcile of the object itself (the writer acted on it already)
-    own_writes: dict = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)
+    own_writes: dict[ObjectKey, str] = field(default_factory=dict)
+    # (namespace, uid) of a running live-sealing TrainingJob -> what was reported and annotated
+    # (reconcile/live_sealing.py)
+    live: dict[tuple[str, str], LiveMemory] = field(default_factory=dict)
+    resync: Optional[asyncio.Task[None]] = None
 
-    def event(self, obj: Any, type_: str, reason: str, message: str) -> None:
+    @property
+    def indexes(self) -> Indexes:
+        if self._indexes is None:
+            raise RuntimeError("the indexes exist once kopf has started (main.py start_queue)")
+        return self._indexes
+
+    @indexes.setter
+    def indexes(self, indexes: Optional[Indexes]) -> None:
+        self._indexes = indexes
+
+    @property
+    def queue(self) -> WorkQueue[ObjectKey]:
+        if self._queue is None:
+            raise RuntimeError("the work queue exists once kopf has started (main.py start_queue)")
+        return self._queue
+
+    @queue.setter
+    def queue(self, queue: Optional[WorkQueue[ObjectKey]]) -> None:
+        self._queue = queue
+
+    @property
+    def has_queue(self) -> bool:
+        return self._queue is not None
+
+    def event(self, obj: CheckpointHead | TrainingJobHead | Mapping[str, Any], type_: str, reason: str,
+              message: str) -> None:
         """A Kubernetes Event on `obj` (an api model or a body) and a log line."""
         ref = _reference(obj)
         log = logger.warning if type_ == "Warning" else logger.info
@@ -50,25 +88,57 @@ class Context:
         except (ApiError, OSError) as exc:  # an event is a courtesy: never fail a reconcile for it
             logger.warning("could not post event %s on %s/%s: %s", reason, ref["namespace"], ref["name"], exc)
 
-    def wrote(self, body: Optional[dict]) -> None:
+    def wrote(self, body: Optional[Mapping[str, Any]]) -> None:
         """Remember that `body` (as an API write returned it) is our own doing."""
         meta = (body or {}).get("metadata") or {}
         if body and meta.get("resourceVersion"):
             self.own_writes[(body.get("kind", ""), meta.get("namespace", ""), meta.get("name", ""))] = \
                 meta["resourceVersion"]
 
-    def warn(self, obj: Any, reason: str, message: str) -> None:
+    def forget(self, kind: str, namespace: str, name: str, uid: str = "") -> None:
+        """What is kept in memory of an object that is gone (its DELETED event)."""
+        self.own_writes.pop((kind, namespace, name), None)
+        if kind == "TrainingJob":
+            self.last_uses.pop((namespace, name), None)
+            self.live.pop((namespace, uid), None)
+
+    def forget_gone(self) -> int:
+        """Drop what is kept of objects the indexes no longer hold (a DELETED event that never
+        came: a watch relisted over a deletion); the resync calls it. Returns how many went."""
+        indexes = self.indexes
+        gone_writes = [key for key in list(self.own_writes) if not _indexed(indexes, *key)]
+        gone_uses = [key for key in list(self.last_uses) if indexes.training_job(*key) is None]
+        gone_live = [key for key in list(self.live) if not _running(indexes.training_job_by_uid(*key))]
+        for key in gone_writes:
+            self.own_writes.pop(key, None)
+        for job in gone_uses:
+            self.last_uses.pop(job, None)
+        for live in gone_live:
+            self.live.pop(live, None)
+        return len(gone_writes) + len(gone_uses) + len(gone_live)
+
+    def warn(self, obj: CheckpointHead | TrainingJobHead | Mapping[str, Any], reason: str, message: str) -> None:
         self.event(obj, "Warning", reason, message)
 
-    def info(self, obj: Any, reason: str, message: str) -> None:
+    def info(self, obj: CheckpointHead | TrainingJobHead | Mapping[str, Any], reason: str, message: str) -> None:
         self.event(obj, "Normal", reason, message)
 
 
-def _reference(obj: Any) -> dict:
-    if hasattr(obj, "metadata") and not isinstance(obj, dict):
-        meta: Optional[Any] = obj.metadata
+def _indexed(indexes: Indexes, kind: str, namespace: str, name: str) -> bool:
+    if kind == "TrainingJob":
+        return indexes.training_job(namespace, name) is not None
+    return indexes.checkpoint(namespace, name) is not None
+
+
+def _running(job: Optional[TrainingJobInfo]) -> bool:
+    return job is not None and job.phase == TrainingJobPhase.RUNNING
+
+
+def _reference(obj: CheckpointHead | TrainingJobHead | Mapping[str, Any]) -> dict[str, str]:
+    if isinstance(obj, (CheckpointHead, TrainingJobHead)):
+        meta = obj.metadata
         return {"apiVersion": obj.apiVersion, "kind": obj.kind, "name": meta.name, "namespace": meta.namespace,
                 "uid": meta.uid}
-    meta = obj.get("metadata", {})
-    return {"apiVersion": obj.get("apiVersion", ""), "kind": obj.get("kind", ""), "name": meta.get("name", ""),
-            "namespace": meta.get("namespace", ""), "uid": meta.get("uid", "")}
+    raw = obj.get("metadata", {})
+    return {"apiVersion": obj.get("apiVersion", ""), "kind": obj.get("kind", ""), "name": raw.get("name", ""),
+            "namespace": raw.get("namespace", ""), "uid": raw.get("uid", "")}

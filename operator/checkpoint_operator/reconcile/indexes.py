@@ -9,10 +9,12 @@ small frozen summaries, so 10,000 Checkpoints cost a few MB.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Collection, Iterable, Mapping, NamedTuple, Optional, TypeVar, Union
 
 from checkpoint_operator.api.checkpoint import IMPORT_KINDS
 from checkpoint_operator.api.common import PodPhase
+from checkpoint_operator.api.wire import (CheckpointSourceWire, CheckpointSpecWire, MetadataWire, TrainingJobSpecWire,
+                                          VolumeSourceWire, checkpoint_wire, object_wire, training_job_wire)
 from checkpoint_operator.logic.agent_pods import PodProblem, pod_problem
 from checkpoint_operator.logic.claim_guard import MAX_TEMPLATE_CLAIMS, claim_references
 from checkpoint_operator.logic.inputs import CheckpointInfo, TrainingJobInfo
@@ -30,51 +32,79 @@ class PodState:
     problem: Optional[PodProblem]
 
 
-def _ns_name(body: Mapping) -> tuple[str, str]:
-    meta = body.get("metadata", {})
+class JobUse(NamedTuple):
+    """A TrainingJob labelled as using a Checkpoint."""
+
+    name: str
+    uid: str
+
+
+class ClaimOwner(NamedTuple):
+    """The object the operator makes a claim for (a TrainingJob's output, a Checkpoint's import)."""
+
+    kind: str
+    name: str
+
+
+# A key is (what, namespace, ...): ("name", ns, name), ("wants", ns, kind, value), ...; each
+# kind of key holds one kind of value, and the accessors of `Indexes` read each as its type.
+IndexKey = tuple[str, ...]
+IndexValue = Union[CheckpointInfo, TrainingJobInfo, PodState, JobUse, ClaimOwner, str]
+# What kopf keeps (kopf.Index: a mapping of keys to the collection of values of every object).
+Index = Mapping[IndexKey, Collection[IndexValue]]
+V = TypeVar("V", CheckpointInfo, TrainingJobInfo, PodState, JobUse, ClaimOwner, str)
+
+
+def _ns_name(body: Mapping[str, Any]) -> tuple[str, str]:
+    meta = object_wire(body).get("metadata") or MetadataWire()
     return meta.get("namespace", ""), meta.get("name", "")
 
 
-def checkpoint_keys(body: Mapping) -> dict:
-    namespace, _ = _ns_name(body)
-    info = CheckpointInfo.from_body(body)
-    keys: dict[tuple, Any] = {("name", namespace, info.name): info, ("uid", namespace, info.uid): info}
+def checkpoint_keys(raw: Mapping[str, Any]) -> dict[IndexKey, IndexValue]:
+    body = checkpoint_wire(raw)
+    namespace, _ = _ns_name(raw)
+    info = CheckpointInfo.from_body(raw)
+    keys: dict[IndexKey, IndexValue] = {("name", namespace, info.name): info, ("uid", namespace, info.uid): info}
     if info.producer_uid:
         keys[("producer", namespace, info.producer_uid)] = info
-    source = (body.get("spec") or {}).get("source") or {}
-    volume = source.get("volume") or {}
-    if volume.get("claimName"):
-        keys[("claim", namespace, volume["claimName"])] = info.name
+    source = (body.get("spec") or CheckpointSpecWire()).get("source") or CheckpointSourceWire()
+    claim = (source.get("volume") or VolumeSourceWire()).get("claimName")
+    if claim:
+        keys[("claim", namespace, claim)] = info.name
     if any(source.get(kind) is not None for kind in CLAIM_OWNING_SOURCES):
-        keys[("managed-claim", namespace, import_claim_name_for(info.name))] = ("Checkpoint", info.name)
+        keys[("managed-claim", namespace, import_claim_name_for(info.name))] = ClaimOwner("Checkpoint", info.name)
     return keys
 
 
-def training_job_keys(body: Mapping) -> dict:
-    namespace, name = _ns_name(body)
-    info = TrainingJobInfo.from_body(body)
-    keys: dict[tuple, Any] = {("name", namespace, name): info, ("uid", namespace, info.uid): info,
-                              ("managed-claim", namespace, output_claim_name_for(name, info.uid)): ("TrainingJob", name)}
+def training_job_keys(raw: Mapping[str, Any]) -> dict[IndexKey, IndexValue]:
+    body = training_job_wire(raw)
+    namespace, name = _ns_name(raw)
+    info = TrainingJobInfo.from_body(raw)
+    keys: dict[IndexKey, IndexValue] = {
+        ("name", namespace, name): info, ("uid", namespace, info.uid): info,
+        ("managed-claim", namespace, output_claim_name_for(name, info.uid)): ClaimOwner("TrainingJob", name)}
     if info.phase.is_finished:
         return keys
-    template = ((body.get("spec") or {}).get("template") or {}).get("spec") or {}
+    spec = body.get("spec") or TrainingJobSpecWire()
+    template = (spec.get("template") or {}).get("spec") or {}
     for reference in claim_references(template)[:MAX_TEMPLATE_CLAIMS]:
         keys[("template-claim", namespace, reference.claim)] = name
-    for ref in (body.get("spec") or {}).get("checkpoints") or []:
-        for field, kind in (("name", "name"), ("uid", "uid"), ("fromTrainingJob", "producer")):
-            if ref.get(field):
-                keys[("wants", namespace, kind, ref[field])] = name
-    for uid in used_uids(body.get("metadata", {}).get("labels")):
-        keys[("uses", namespace, uid)] = (name, info.uid)
+    for ref in spec.get("checkpoints") or []:
+        wanted = (("name", ref.get("name")), ("uid", ref.get("uid")), ("producer", ref.get("fromTrainingJob")))
+        for kind, value in wanted:
+            if value:
+                keys[("wants", namespace, kind, value)] = name
+    for uid in used_uids((body.get("metadata") or MetadataWire()).get("labels")):
+        keys[("uses", namespace, uid)] = JobUse(name, info.uid)
     return keys
 
 
-def worker_pod_keys(body: Mapping) -> dict:
-    labels = body.get("metadata", {}).get("labels") or {}
+def worker_pod_keys(body: Mapping[str, Any]) -> dict[IndexKey, IndexValue]:
+    labels = (object_wire(body).get("metadata") or MetadataWire()).get("labels") or {}
     if labels.get(LABEL_COMPONENT) != "worker" or not labels.get(LABEL_TRAINING_JOB_UID):
         return {}
     namespace, name = _ns_name(body)
-    state = PodState(name, PodPhase.of(body), pod_problem(dict(body)))
+    state = PodState(name, PodPhase.of(body), pod_problem(body))
     return {("pods", namespace, labels[LABEL_TRAINING_JOB_UID]): state}
 
 
@@ -85,68 +115,68 @@ class Indexes:
     copies one store with a single `list()` (a C-level copy of a dict's values, atomic under
     the GIL), so it never iterates a dict that changes."""
 
-    def __init__(self, checkpoints: Mapping, training_jobs: Mapping, pods: Mapping):
+    def __init__(self, checkpoints: Index, training_jobs: Index, pods: Index):
         self._checkpoints, self._training_jobs, self._pods = checkpoints, training_jobs, pods
 
     @staticmethod
-    def _all(index: Mapping, key: tuple) -> list:
+    def _all(index: Index, key: IndexKey, kind: type[V]) -> list[V]:
         store = index.get(key)
-        return list(store) if store is not None else []
+        return [v for v in list(store) if isinstance(v, kind)] if store is not None else []
 
-    def _one(self, index: Mapping, key: tuple) -> Any:
-        values = self._all(index, key)
+    def _one(self, index: Index, key: IndexKey, kind: type[V]) -> Optional[V]:
+        values = self._all(index, key, kind)
         return values[0] if values else None
 
     # --- logic.inputs.Lookup ---------------------------------------------------------------
     def checkpoint(self, namespace: str, name: str) -> Optional[CheckpointInfo]:
-        return self._one(self._checkpoints, ("name", namespace, name))
+        return self._one(self._checkpoints, ("name", namespace, name), CheckpointInfo)
 
     def checkpoint_by_uid(self, namespace: str, uid: str) -> Optional[CheckpointInfo]:
-        return self._one(self._checkpoints, ("uid", namespace, uid))
+        return self._one(self._checkpoints, ("uid", namespace, uid), CheckpointInfo)
 
     def checkpoints_of(self, namespace: str, producer_uid: str) -> list[CheckpointInfo]:
-        return self._all(self._checkpoints, ("producer", namespace, producer_uid))
+        return self._all(self._checkpoints, ("producer", namespace, producer_uid), CheckpointInfo)
 
     def training_job(self, namespace: str, name: str) -> Optional[TrainingJobInfo]:
-        return self._one(self._training_jobs, ("name", namespace, name))
+        return self._one(self._training_jobs, ("name", namespace, name), TrainingJobInfo)
 
     # --- wake-ups ------------------------------------------------------------------------
     def training_job_by_uid(self, namespace: str, uid: str) -> Optional[TrainingJobInfo]:
-        return self._one(self._training_jobs, ("uid", namespace, uid))
+        return self._one(self._training_jobs, ("uid", namespace, uid), TrainingJobInfo)
 
     def jobs_waiting_on(self, namespace: str, kind: str, value: str) -> list[str]:
         """Unfinished TrainingJobs whose spec refers to a Checkpoint `name`/`uid` or to a
         `producer` TrainingJob by name."""
-        return self._all(self._training_jobs, ("wants", namespace, kind, value))
+        return self._all(self._training_jobs, ("wants", namespace, kind, value), str)
 
-    def users_of(self, namespace: str, checkpoint_uid: str) -> list[tuple[str, str]]:
-        """(name, uid) of the unfinished TrainingJobs labelled as using the Checkpoint."""
-        return self._all(self._training_jobs, ("uses", namespace, checkpoint_uid))
+    def users_of(self, namespace: str, checkpoint_uid: str) -> list[JobUse]:
+        """The unfinished TrainingJobs labelled as using the Checkpoint."""
+        return self._all(self._training_jobs, ("uses", namespace, checkpoint_uid), JobUse)
 
     def checkpoints_on_claim(self, namespace: str, claim: str) -> list[str]:
-        return self._all(self._checkpoints, ("claim", namespace, claim))
+        return self._all(self._checkpoints, ("claim", namespace, claim), str)
 
-    def managed_claim(self, namespace: str, claim: str) -> Optional[tuple[str, str]]:
-        """(kind, name) of the TrainingJob or Checkpoint the operator makes (or made) this claim for."""
-        return self._one(self._checkpoints, ("managed-claim", namespace, claim)) or \
-            self._one(self._training_jobs, ("managed-claim", namespace, claim))
+    def managed_claim(self, namespace: str, claim: str) -> Optional[ClaimOwner]:
+        """The TrainingJob or Checkpoint the operator makes (or made) this claim for."""
+        return self._one(self._checkpoints, ("managed-claim", namespace, claim), ClaimOwner) or \
+            self._one(self._training_jobs, ("managed-claim", namespace, claim), ClaimOwner)
 
     def jobs_naming_claim(self, namespace: str, claim: str) -> list[str]:
         """Unfinished TrainingJobs whose pod template names the claim."""
-        return self._all(self._training_jobs, ("template-claim", namespace, claim))
+        return self._all(self._training_jobs, ("template-claim", namespace, claim), str)
 
     def worker_pods(self, namespace: str, training_job_uid: str) -> list[PodState]:
-        return self._all(self._pods, ("pods", namespace, training_job_uid))
+        return self._all(self._pods, ("pods", namespace, training_job_uid), PodState)
 
     def resync_keys(self) -> Iterable[tuple[str, str, str]]:
         """Every object whose work may not be over: the safety net's pass."""
         for key in list(self._training_jobs):
             if key[0] == "name":
-                info = self._one(self._training_jobs, key)
+                info = self._one(self._training_jobs, key, TrainingJobInfo)
                 if info is not None and not info.phase.is_finished:
                     yield ("TrainingJob", key[1], key[2])
         for key in list(self._checkpoints):
             if key[0] == "name":
-                info = self._one(self._checkpoints, key)
-                if info is not None and (not info.phase.is_settled or info.deleting):
+                checkpoint = self._one(self._checkpoints, key, CheckpointInfo)
+                if checkpoint is not None and (not checkpoint.phase.is_settled or checkpoint.deleting):
                     yield ("Checkpoint", key[1], key[2])

@@ -24,27 +24,34 @@ from __future__ import annotations
 import logging
 import time
 
-from checkpoint_operator.api.trainingjob import TrainingJob
+from checkpoint_operator.agent.manifest import Manifest
+from checkpoint_operator.api.checkpoint import Checkpoint
+from checkpoint_operator.api.trainingjob import (LiveStatus, RetiredCheckpoint, TrainingJob, TrainingJobHead,
+                                                 TrainingJobStatus)
 from checkpoint_operator.reconcile import publish
 from checkpoint_operator.reconcile import volume_snapshots as volume_snapshot_steps
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.status_writer import write_status
-from checkpoint_operator.reconcile.objects import parse_tolerant
+from checkpoint_operator.reconcile.objects import InvalidObject, parse
 from checkpoint_operator.kube import CHECKPOINTS, PODS, TRAINING_JOBS, ApiError
 from checkpoint_operator.logic import live_sealing, workload
 from checkpoint_operator.logic.conditions import now_rfc3339
 from checkpoint_operator.logic.snapshot import ScanResult, SnapshotPlan, plan_snapshot
 from checkpoint_operator.logic.volume_snapshots import TakenSnapshot
 from checkpoint_operator.logic.status import StatusChange
-from checkpoint_operator.storage import MissingUpload, store_for
+from checkpoint_operator.storage import MissingUpload, Store, store_for
 
 logger = logging.getLogger("checkpoint_operator.live")
 
 
-def _memory(ctx: Context, tj: TrainingJob) -> dict:
-    """Per job, in memory only (lost on restart, which costs a re-read, never a duplicate)."""
-    jobs = ctx.extra.setdefault("live", {})
-    return jobs.setdefault(tj.metadata.uid, {"annotated": {}, "reported": set()})
+def _memory(ctx: Context, tj: TrainingJob) -> live_sealing.LiveMemory:
+    return ctx.live.setdefault((tj.metadata.namespace, tj.metadata.uid), live_sealing.LiveMemory())
+
+
+def forget(ctx: Context, tj: TrainingJobHead) -> None:
+    """The job's sealing is over (it left Running): its memory goes (a long-running operator
+    sees thousands of jobs)."""
+    ctx.live.pop((tj.metadata.namespace, tj.metadata.uid), None)
 
 
 def read_events(ctx: Context, tj: TrainingJob) -> tuple[live_sealing.LogEvents, list[str]]:
@@ -71,8 +78,8 @@ def collect(ctx: Context, tj: TrainingJob) -> TrainingJob:
     _ask_removals(ctx, tj, running)
     memory = _memory(ctx, tj)
     for warning in events.warnings:
-        if ("warning", warning) not in memory["reported"]:
-            memory["reported"].add(("warning", warning))
+        if ("warning", warning) not in memory.reported:
+            memory.reported.add(("warning", warning))
             ctx.warn(tj, "SealingWarning", warning)
     return tj
 
@@ -88,8 +95,8 @@ def _publish(ctx: Context, tj: TrainingJob, events: live_sealing.LogEvents) -> T
 
     for path, line in events.changed.items():
         info = next((c for c in existing if c.directory == path and c.digest == line.get("digest")), None)
-        if info is not None and ("changed", path, info.digest) not in memory["reported"]:
-            memory["reported"].add(("changed", path, info.digest))
+        if info is not None and ("changed", path, info.digest) not in memory.reported:
+            memory.reported.add(("changed", path, info.digest))
             publish.mark_changed(ctx, tj, info, str(line.get("message") or f"{path} changed after it was sealed"),
                                  bytes_in_place=store.later_writes_reach_checkpoints)
 
@@ -106,14 +113,14 @@ def _publish(ctx: Context, tj: TrainingJob, events: live_sealing.LogEvents) -> T
     if _take_snapshots(ctx, tj, store, claim, plan, {m.path: m.digest for m in fresh}, events, taken, memory):
         plan = plan_now()  # the same decisions, now with the snapshots' locations
     for info, manifest in plan.changed:
-        if ("changed", info.directory, info.digest) not in memory["reported"]:
-            memory["reported"].add(("changed", info.directory, info.digest))
+        if ("changed", info.directory, info.digest) not in memory.reported:
+            memory.reported.add(("changed", info.directory, info.digest))
             publish.mark_changed(ctx, tj, info, f"{info.directory} was sealed again with digest {manifest.digest}",
                                  bytes_in_place=store.later_writes_reach_checkpoints)
 
     bodies = []
     for planned in plan.checkpoints:
-        if not store.is_committed(planned.ready.fields["location"]):
+        if not store.is_committed(planned.location):
             continue  # announced before its upload (or its volume snapshot) was done: published at a later pass
         body = publish.create_checkpoint(ctx, tj, planned)
         if body is not None:  # None: the name was taken meanwhile; planned again at the next pass
@@ -134,7 +141,7 @@ def _publish(ctx: Context, tj: TrainingJob, events: live_sealing.LogEvents) -> T
         if problem:
             ctx.warn(checkpoint, "NotReadOnly", problem)
 
-    to_retire = [(c.directory, c.digest or "") for c in plan.retire] + \
+    to_retire = [(c.directory or "", c.digest or "") for c in plan.retire] + \
                 [(m.path, m.digest) for m in plan.dropped_manifests]
     tj = _record_live(ctx, tj, sealed=len(created), retire=to_retire)
     for info in plan.retire:
@@ -146,31 +153,26 @@ def _publish(ctx: Context, tj: TrainingJob, events: live_sealing.LogEvents) -> T
 def _record_live(ctx: Context, tj: TrainingJob, *, sealed: int, retire: list[tuple[str, str]]) -> TrainingJob:
     if not sealed and not retire:
         return tj
-    current = tj.status.live.to_wire() if tj.status.live else {}
-    retired = current.get("retired") or []
-    have = {(r["path"], r["digest"]) for r in retired}
-    retired += [{"path": p, "digest": d} for p, d in retire if (p, d) not in have]
-    wanted = {**current, "retired": retired or None}
+    current = tj.status.live or LiveStatus()
+    retired = list(current.retired or [])
+    have = {(r.path, r.digest) for r in retired}
+    retired += [RetiredCheckpoint(path=p, digest=d) for p, d in retire if (p, d) not in have]
+    wanted = current.model_copy(update={"retired": retired or None})
     if sealed:
-        wanted["sealedCount"] = (current.get("sealedCount") or 0) + sealed
-        wanted["lastSealTime"] = now_rfc3339()
-    return write_status(ctx, tj, StatusChange(fields={"live": _live_field(wanted)}))
-
-
-def _live_field(wanted: dict) -> dict:
-    """status.live as a merge patch writes it: an emptied list is sent as null, or it would stay."""
-    return {k: v for k, v in wanted.items() if v is not None or k == "retired"}
+        wanted = wanted.model_copy(update={"sealedCount": (current.sealedCount or 0) + sealed,
+                                           "lastSealTime": now_rfc3339()})
+    return write_status(ctx, tj, StatusChange(fields=TrainingJobStatus(live=wanted)))
 
 
 def _forget_removed(ctx: Context, tj: TrainingJob, events: live_sealing.LogEvents) -> TrainingJob:
     live_status = tj.status.live
     if live_status is None or not live_status.retired or not events.removed:
         return tj
-    keep = [r.to_wire() for r in live_status.retired if (r.path, r.digest) not in events.removed]
+    keep = [r for r in live_status.retired if (r.path, r.digest) not in events.removed]
     if len(keep) == len(live_status.retired):
         return tj
-    wanted = {**live_status.to_wire(), "retired": keep or None}
-    return write_status(ctx, tj, StatusChange(fields={"live": _live_field(wanted)}))
+    wanted = live_status.model_copy(update={"retired": keep or None})
+    return write_status(ctx, tj, StatusChange(fields=TrainingJobStatus(live=wanted)))
 
 
 def _ask_removals(ctx: Context, tj: TrainingJob, running: list[str]) -> None:
@@ -180,7 +182,7 @@ def _ask_removals(ctx: Context, tj: TrainingJob, running: list[str]) -> None:
         return
     still = {(c.directory, c.digest) for c in ctx.indexes.checkpoints_of(tj.metadata.namespace, tj.metadata.uid)}
     value = live_sealing.removal_annotation(retired, still)
-    annotated = _memory(ctx, tj)["annotated"]
+    annotated = _memory(ctx, tj).annotated
     for pod in running:
         if annotated.get(pod) == value:
             continue
@@ -192,7 +194,7 @@ def _ask_removals(ctx: Context, tj: TrainingJob, running: list[str]) -> None:
             logger.info("could not annotate pod %s: %s", pod, exc)
 
 
-def checkpoint_released(ctx: Context, checkpoint) -> None:
+def checkpoint_released(ctx: Context, checkpoint: Checkpoint) -> None:
     """A Checkpoint of a running live-sealing job is about to go (its finalizer is released):
     record its directory as retired first, so it is never published again and the sidecar
     removes its bytes (a deletion by a user as by retention)."""
@@ -203,20 +205,24 @@ def checkpoint_released(ctx: Context, checkpoint) -> None:
     body = ctx.kube.get(TRAINING_JOBS, checkpoint.metadata.namespace, source.name)
     if body is None:
         return
-    tj = parse_tolerant(TrainingJob, body)
+    try:
+        tj = parse(TrainingJob, body)
+    except InvalidObject:
+        return  # a job whose spec no longer parses publishes nothing
     if tj.metadata.uid != source.uid or tj.is_finished or not tj.publishes_live:
         return
     _record_live(ctx, tj, sealed=0, retire=[(source.directory, digest)])
 
 
-def _take_snapshots(ctx: Context, tj: TrainingJob, store, claim: str, plan: SnapshotPlan, digests: dict[str, str],
-                    events: live_sealing.LogEvents, taken: dict[str, TakenSnapshot], memory: dict) -> bool:
+def _take_snapshots(ctx: Context, tj: TrainingJob, store: Store, claim: str, plan: SnapshotPlan,
+                    digests: dict[str, str], events: live_sealing.LogEvents, taken: dict[str, TakenSnapshot],
+                    memory: live_sealing.LiveMemory) -> bool:
     """With volume snapshots: one of the output volume per sealed directory to publish (the
     sidecar synced the filesystem first), read until it is ready; `taken` gets the ready ones.
     Whether any is. A directory whose line does not say it was synced is left to the end-of-job
     snapshot (one warning). A snapshot being cut is read again only after the wait `take` says
     (not at every pass: a cloud snapshot may take minutes)."""
-    next_look = memory.setdefault("snapshot_next_look", {})
+    next_look = memory.snapshot_next_look
     now = time.monotonic()
     for planned in plan.checkpoints:
         digest = digests.get(planned.directory, "")
@@ -224,8 +230,8 @@ def _take_snapshots(ctx: Context, tj: TrainingJob, store, claim: str, plan: Snap
         if request is None:
             return False  # this store locates sealed checkpoints without volume snapshots
         if (planned.directory, digest) not in events.synced:
-            if ("unsynced", planned.directory, digest) not in memory["reported"]:
-                memory["reported"].add(("unsynced", planned.directory, digest))
+            if ("unsynced", planned.directory, digest) not in memory.reported:
+                memory.reported.add(("unsynced", planned.directory, digest))
                 ctx.warn(tj, "SealNotSynced", f"{planned.directory}: the sealing sidecar did not report its bytes "
                                               "on the disk (syncfs); left to the snapshot at the end of the job")
             continue
@@ -237,20 +243,21 @@ def _take_snapshots(ctx: Context, tj: TrainingJob, store, claim: str, plan: Snap
             next_look.pop(request.name, None)
             continue
         next_look[request.name] = now + (result.requeue_after or 0.0)
-        if result.stalled and ("snapshot", result.reason) not in memory["reported"]:
-            memory["reported"].add(("snapshot", result.reason))
+        if result.stalled and ("snapshot", result.reason) not in memory.reported:
+            memory.reported.add(("snapshot", result.reason))
             ctx.warn(tj, result.reason or "VolumeSnapshotFailed", result.message)
     return bool(taken)
 
 
-def _located(ctx: Context, tj: TrainingJob, store, claim: str, manifest, uris: dict, memory: dict) -> bool:
+def _located(ctx: Context, tj: TrainingJob, store: Store, claim: str, manifest: Manifest, uris: dict[str, str],
+             memory: live_sealing.LiveMemory) -> bool:
     """Whether the sidecar's upload of a sealed directory is one the operator accepts (under the
     job's own prefix); if not, one warning, and the directory waits for the final snapshot."""
     try:
         store.live_location(tj, claim, manifest, uris)
         return True
     except MissingUpload as exc:
-        if ("refused", manifest.path, manifest.digest) not in memory["reported"]:
-            memory["reported"].add(("refused", manifest.path, manifest.digest))
+        if ("refused", manifest.path, manifest.digest) not in memory.reported:
+            memory.reported.add(("refused", manifest.path, manifest.digest))
             ctx.warn(tj, "SealRefused", f"{exc}: left to the snapshot at the end of the job")
         return False

@@ -1,31 +1,33 @@
 """The kopf/API boundary: bodies become api models here, once, with the CRD's defaults.
 
-A spec that does not validate (an API server without the CRD's schema, such as an emulator, or
-a spec from before a model change) is kept as the raw body in `InvalidObject` so the handler
-can fail the object with the message instead of crashing.
+A spec that does not validate (stored before a CRD upgrade tightened a rule, or written to an
+API server without the CRD's schema) is kept as the raw body in `InvalidObject`, so the
+reconcile can still read the object's head (metadata and status: `parse_head`) to fail or
+delete it, instead of crashing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pydantic
+from pydantic_core import ErrorDetails
 
-from checkpoint_operator.api.checkpoint import Checkpoint
-from checkpoint_operator.api.meta import ObjectMeta
-from checkpoint_operator.api.trainingjob import TrainingJob
+from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead
+from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobHead
 
 Obj = TypeVar("Obj", TrainingJob, Checkpoint)
+Head = TypeVar("Head", TrainingJobHead, CheckpointHead)
 
 
 @dataclass
 class InvalidObject(Exception):
-    body: dict
+    body: dict[str, Any]
     error: pydantic.ValidationError
 
     def message(self) -> str:
-        def one(error: dict) -> str:
+        def one(error: ErrorDetails) -> str:
             message = error["msg"].removeprefix("Value error, ")
             if message.startswith("spec."):  # our CEL-twin messages already name the field
                 return message
@@ -33,20 +35,13 @@ class InvalidObject(Exception):
         return "; ".join(one(e) for e in self.error.errors())
 
 
-def parse(model: type[Obj], body: dict) -> Obj:
+def parse(model: type[Obj], body: dict[str, Any]) -> Obj:
     try:
         return model.model_validate(body)
     except pydantic.ValidationError as error:
         raise InvalidObject(body, error) from None
 
 
-def parse_tolerant(model: type[Obj], body: dict) -> Obj:
-    """`parse`, or for an invalid spec an object with metadata and status only (spec None), so
-    its status can still be written."""
-    try:
-        return parse(model, body)
-    except InvalidObject:
-        status_model = model.model_fields["status"].annotation
-        return model.model_construct(apiVersion=body.get("apiVersion", ""), kind=body.get("kind", model.__name__),
-                                     metadata=ObjectMeta.model_validate(body.get("metadata") or {}), spec=None,
-                                     status=status_model.model_validate(body.get("status") or {}))
+def parse_head(model: type[Head], body: dict[str, Any]) -> Head:
+    """Metadata and status only (whatever the spec holds): enough to write the status."""
+    return model.model_validate({k: v for k, v in body.items() if k != "spec"})

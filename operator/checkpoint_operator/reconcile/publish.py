@@ -5,64 +5,73 @@ and the other finds it."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from checkpoint_operator import metrics
-from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointPhase
+from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead, CheckpointPhase
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.reconcile.context import Context
-from checkpoint_operator.reconcile.objects import parse_tolerant
+from checkpoint_operator.reconcile.objects import parse, parse_head
 from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.kube import CHECKPOINTS, PVCS, Conflict
 from checkpoint_operator.logic import workload
 from checkpoint_operator.logic.claim_ownership import owners_after
 from checkpoint_operator.logic.inputs import CheckpointInfo
-from checkpoint_operator.logic.snapshot import is_produced_by
+from checkpoint_operator.logic.snapshot import PlannedCheckpoint, is_produced_by
 from checkpoint_operator.logic.status import StatusChange
 
 CHANGED_AFTER_SEALING = "ChangedAfterSealing"
+MAX_OWNER_ATTEMPTS = 5
 
 
-def create_checkpoint(ctx: Context, tj: TrainingJob, planned) -> Optional[dict]:
+def create_checkpoint(ctx: Context, tj: TrainingJob, planned: PlannedCheckpoint) -> Optional[dict[str, Any]]:
     """Create one Checkpoint, or find the one an earlier pass created (None: the name is taken
     by an object that is not this job's)."""
     namespace = tj.metadata.namespace
     try:
-        checkpoint = ctx.kube.create(CHECKPOINTS, namespace, planned.body)
+        created = ctx.kube.create(CHECKPOINTS, namespace, planned.body)
         metrics.CHECKPOINTS_CREATED.inc()
-        return checkpoint
+        return created
     except Conflict:
-        checkpoint = ctx.kube.get(CHECKPOINTS, namespace, planned.name)
-        if checkpoint is None or not is_produced_by(checkpoint, tj.metadata.uid, planned.directory):
+        found = ctx.kube.get(CHECKPOINTS, namespace, planned.name)
+        if found is None or not is_produced_by(found, tj.metadata.uid, planned.directory):
             return None
-        return checkpoint
+        return found
 
 
-def mark_ready(ctx: Context, body: dict, planned) -> Checkpoint:
-    checkpoint = parse_tolerant(Checkpoint, body)
+def mark_ready(ctx: Context, body: dict[str, Any], planned: PlannedCheckpoint) -> Checkpoint:
+    checkpoint = parse(Checkpoint, body)
     if checkpoint.status.phase is not None and checkpoint.status.phase != CheckpointPhase.PENDING:
         return checkpoint  # Ready already, or Failed (changed after sealing): never made Ready again
     return write_status(ctx, checkpoint, planned.ready)
 
 
-def own_output_claim(ctx: Context, tj: TrainingJob, claim: str, owners: list[dict], *, keep_job: bool) -> None:
+def own_output_claim(ctx: Context, tj: TrainingJob, claim: str, owners: list[dict[str, Any]], *,
+                     keep_job: bool) -> None:
     """Volume store: the output volume is owned by the job's Checkpoints (and, while it runs, by
-    the job too), so deleting the job never takes the bytes of a Ready Checkpoint with it."""
-    pvc = ctx.kube.get(PVCS, tj.metadata.namespace, claim)
-    if pvc is None:
-        return
-    current = pvc.get("metadata", {}).get("ownerReferences") or []
-    # Owners are only added (and the job's own dropped when asked): a Checkpoint sealed at an
-    # earlier pass, or one that adopted a path of the volume, keeps holding it.
-    wanted = owners_after(current, owners, drop_uid=None if keep_job else tj.metadata.uid)
-    if {o["uid"] for o in wanted} == {o.get("uid") for o in current}:
-        return
-    ctx.kube.patch(PVCS, tj.metadata.namespace, claim, {"metadata": {
-        "ownerReferences": wanted, "resourceVersion": pvc["metadata"].get("resourceVersion")}})
+    the job too), so deleting the job never takes the bytes of a Ready Checkpoint with it. The
+    one way owners are set: `owners` added to what the claim has, conditionally (a 409 reads it
+    again); `keep_job=False` hands it over (only the job's own reference goes: a Checkpoint
+    sealed at an earlier pass, or one that adopted a path of the volume, keeps holding it)."""
+    for _ in range(MAX_OWNER_ATTEMPTS):
+        pvc = ctx.kube.get(PVCS, tj.metadata.namespace, claim)
+        if pvc is None:
+            return
+        current = pvc.get("metadata", {}).get("ownerReferences") or []
+        wanted = owners_after(current, owners, drop_uid=None if keep_job else tj.metadata.uid)
+        if {o["uid"] for o in wanted} == {o.get("uid") for o in current}:
+            return
+        try:
+            ctx.kube.patch(PVCS, tj.metadata.namespace, claim, {"metadata": {
+                "ownerReferences": wanted, "resourceVersion": pvc["metadata"].get("resourceVersion")}})
+            return
+        except Conflict:
+            continue  # changed meanwhile (a binder, a GC): add to the new version
+    raise Conflict(409, "Conflict", f"PersistentVolumeClaim {claim}: its owners kept changing; will retry")
 
 
-def checkpoint_owner(body: dict) -> dict:
-    return workload.owner_reference(parse_tolerant(Checkpoint, body), controller=False)
+def checkpoint_owner(body: dict[str, Any]) -> dict[str, Any]:
+    return workload.owner_reference(parse_head(CheckpointHead, body), controller=False)
 
 
 def mark_changed(ctx: Context, tj: TrainingJob, info: CheckpointInfo, message: str, *, bytes_in_place: bool) -> None:
@@ -72,7 +81,7 @@ def mark_changed(ctx: Context, tj: TrainingJob, info: CheckpointInfo, message: s
     body = ctx.kube.get(CHECKPOINTS, tj.metadata.namespace, info.name)
     if body is None or not is_produced_by(body, tj.metadata.uid, info.directory or ""):
         return
-    checkpoint = parse_tolerant(Checkpoint, body)
+    checkpoint = parse_head(CheckpointHead, body)
     if checkpoint.phase == CheckpointPhase.FAILED:
         return
     if bytes_in_place:

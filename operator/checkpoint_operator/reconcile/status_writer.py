@@ -9,28 +9,29 @@ reason or message changed.
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
-from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointPhase
-from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobPhase
+from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead, CheckpointPhase
+from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobHead, TrainingJobPhase
 from checkpoint_operator.reconcile.context import Context
-from checkpoint_operator.reconcile.objects import parse_tolerant
 from checkpoint_operator.kube import CHECKPOINTS, TRAINING_JOBS, Conflict
 from checkpoint_operator.logic.conditions import now_rfc3339
-from checkpoint_operator.logic.status import StatusChange, apply_change, should_post_event, status_patch
+from checkpoint_operator.logic.results import Fail, Result, Wait
+from checkpoint_operator.logic.status import StatusChange, apply_change, should_post_event, status_patch, wait_change
 
 MAX_ATTEMPTS = 10
-Obj = TypeVar("Obj", TrainingJob, Checkpoint)
+# The heads too: an object whose spec no longer parses can still be failed (reconcile/objects.py).
+Obj = TypeVar("Obj", TrainingJob, Checkpoint, TrainingJobHead, CheckpointHead)
 
 
 class StatusConflict(RuntimeError):
     pass
 
 
-def _settled(kind: str):
-    phases = TrainingJobPhase if kind == "TrainingJob" else CheckpointPhase
+def _settled(kind: str) -> Callable[[Optional[str]], bool]:
+    phases: type[TrainingJobPhase | CheckpointPhase] = TrainingJobPhase if kind == "TrainingJob" else CheckpointPhase
 
-    def is_settled(phase) -> bool:
+    def is_settled(phase: Optional[str]) -> bool:
         try:
             return phase is not None and phases(phase).is_settled
         except ValueError:
@@ -57,24 +58,37 @@ def write_status(ctx: Context, obj: Obj, change: StatusChange) -> Obj:
             fresh = _get(ctx, obj)
             if fresh is None:
                 return obj
-            obj = parse_tolerant(model, fresh)
+            obj = model.model_validate(fresh)
             continue
         ctx.wrote(written)
-        updated = parse_tolerant(model, written)
+        updated = model.model_validate(written)
         if should_post_event(before, change):
             ctx.event(updated, change.event or "Normal", change.reason or "", change.message)
         return updated
     raise StatusConflict(f"{obj.kind} {meta.namespace}/{meta.name}: status kept changing; will retry")
 
 
-def _patch_status(ctx: Context, obj: Obj, patch: dict) -> dict:
+def record(ctx: Context, obj: Obj, result: Result,
+           fail_change: Callable[[Fail], StatusChange]) -> tuple[Obj, Optional[float]]:
+    """A step's result into the object's status, for both kinds: a wait's reason and message,
+    a failure (`fail_change`: the kind's Failed status). Returns the object as written and when
+    to look again without an event (None: an event will tell)."""
+    if isinstance(result, Wait):
+        change = wait_change(obj.phase, result)
+        return (write_status(ctx, obj, change) if change is not None else obj), result.requeue_after
+    if isinstance(result, Fail):
+        return write_status(ctx, obj, fail_change(result)), None
+    return obj, None
+
+
+def _patch_status(ctx: Context, obj: Obj, patch: dict[str, Any]) -> dict[str, Any]:
     meta = obj.metadata
     if obj.kind == "TrainingJob":
         return ctx.kube.patch_status(TRAINING_JOBS, meta.namespace, meta.name, patch, meta.resourceVersion)
     return ctx.kube.patch_status(CHECKPOINTS, meta.namespace, meta.name, patch, meta.resourceVersion)
 
 
-def _get(ctx: Context, obj: Obj) -> dict | None:
+def _get(ctx: Context, obj: Obj) -> dict[str, Any] | None:
     meta = obj.metadata
     if obj.kind == "TrainingJob":
         return ctx.kube.get(TRAINING_JOBS, meta.namespace, meta.name)

@@ -11,30 +11,31 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Optional
+from typing import Any, Optional
 
 from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator import PROTECTION_FINALIZER
-from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointPhase
-from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobPhase
+from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead, CheckpointPhase
+from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobHead, TrainingJobPhase, TrainingJobStatus
 from checkpoint_operator.reconcile import agent_runs, claim_holds, live_sealing, publish, template_claims, volumes
 from checkpoint_operator.reconcile import volume_snapshots as volume_snapshot_steps
 from checkpoint_operator.reconcile.context import Context
-from checkpoint_operator.reconcile.objects import InvalidObject, parse, parse_tolerant
+from checkpoint_operator.reconcile.objects import InvalidObject, parse, parse_head
+from checkpoint_operator.reconcile import status_writer
 from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.kube import CHECKPOINTS, JOBS, PODS, PVCS, TRAINING_JOBS, ApiError, Conflict
 from checkpoint_operator.logic import trainingjob_flow as flow
 from checkpoint_operator.logic import volume_snapshots, workload
-from checkpoint_operator.logic.claim_ownership import owners_after
 from checkpoint_operator.logic.agent_pods import AGENT_OUTPUT_MOUNT, downloaded_input, last_error_line, pod_failure
 from checkpoint_operator.logic.conditions import now_rfc3339, seconds_since
-from checkpoint_operator.logic.inputs import InputWait, ResolvedInput, check_live_input, resolve_inputs
+from checkpoint_operator.logic.inputs import CheckpointInfo, InputWait, ResolvedInput, check_live_input, resolve_inputs
 from checkpoint_operator.logic.protection import label_patch, used_uids
 from checkpoint_operator.logic.results import Advance, Done, Fail, Result, Wait
-from checkpoint_operator.logic.snapshot import ScanResult, SnapshotPlan, not_stored, plan_snapshot, skipped_message
+from checkpoint_operator.logic.snapshot import (ScanResult, SnapshotPlan, not_stored, parse_scan_output, plan_snapshot,
+                                                skipped_message)
 from checkpoint_operator.logic.volume_snapshots import TakenSnapshot
 from checkpoint_operator.logic.status import StatusChange
-from checkpoint_operator.storage import MissingUpload, store_for
+from checkpoint_operator.storage import MissingUpload, Store, store_for
 from checkpoint_operator import metrics
 
 logger = logging.getLogger("checkpoint_operator.trainingjob")
@@ -50,7 +51,8 @@ def reconcile(ctx: Context, namespace: str, name: str) -> Optional[float]:
         try:
             tj = parse(TrainingJob, body)
         except InvalidObject as invalid:
-            return _refuse_invalid(ctx, invalid)
+            _refuse_invalid(ctx, invalid)
+            return None
         if tj.metadata.deleting:
             return _deleting(ctx, tj)
         if tj.is_finished:
@@ -64,22 +66,16 @@ def reconcile(ctx: Context, namespace: str, name: str) -> Optional[float]:
 def record(ctx: Context, tj: TrainingJob, result: Result) -> Optional[float]:
     logger.debug("TrainingJob %s/%s at %s (%s): %s", tj.metadata.namespace, tj.metadata.name,
                  tj.metadata.resourceVersion, tj.phase, result)
-    if isinstance(result, Wait):
-        change = flow.wait_change(tj.phase, result)
-        if change is not None:
-            write_status(ctx, tj, change)
-        return result.requeue_after
+    tj, requeue = status_writer.record(ctx, tj, result, lambda fail: flow.fail_change(fail, now_rfc3339()))
     if isinstance(result, Fail):
-        tj = write_status(ctx, tj, flow.fail_change(result, now_rfc3339()))
         _release_inputs(ctx, tj)
-    return None
+    return requeue
 
 
 def _refuse_invalid(ctx: Context, invalid: InvalidObject) -> None:
-    tj = parse_tolerant(TrainingJob, invalid.body)
+    tj = parse_head(TrainingJobHead, invalid.body)
     if not tj.is_finished and not tj.metadata.deleting:
         write_status(ctx, tj, flow.fail_change(Fail("InvalidSpec", invalid.message()), now_rfc3339()))
-    return None
 
 
 # --- Pending: resolve, claim, check live, create ----------------------------------------------------
@@ -100,18 +96,19 @@ def start(ctx: Context, tj: TrainingJob) -> Result:
 
     # Record the use on the job itself first, then read each input live (logic/protection.py).
     tj = _set_uses_labels(ctx, tj, [c.uid for c in resolution.candidates])
-    live = [ctx.kube.get(CHECKPOINTS, tj.metadata.namespace, c.name) for c in resolution.candidates]
-    checked = [check_live_input(c, body) for c, body in zip(resolution.candidates, live)]
+    bodies = [ctx.kube.get(CHECKPOINTS, tj.metadata.namespace, c.name) for c in resolution.candidates]
+    live = [parse_head(CheckpointHead, b) if b is not None else None for b in bodies]
+    checked = [check_live_input(c, checkpoint) for c, checkpoint in zip(resolution.candidates, live)]
     logger.debug("TrainingJob %s/%s: inputs read live at %s: %s", tj.metadata.namespace, tj.metadata.name,
-                 [(b or {}).get("metadata", {}).get("resourceVersion") for b in live], checked)
+                 [c.metadata.resourceVersion if c else None for c in live], checked)
     waits = [c for c in checked if isinstance(c, InputWait)]
     if waits:
         _release_inputs(ctx, tj)
         return flow.input_wait(waits)
     inputs = [c for c in checked if isinstance(c, ResolvedInput)]
     if inputs:  # pinned before any pod exists: a restart finds the same inputs, downloads check these digests
-        tj = write_status(ctx, tj, StatusChange(fields={"inputs": [i.pinned().to_wire() for i in inputs],
-                                                        "inputCount": len(inputs)}))
+        tj = write_status(ctx, tj, StatusChange(fields=TrainingJobStatus(inputs=[i.pinned() for i in inputs],
+                                                                         inputCount=len(inputs))))
     return _create_workload(ctx, tj, inputs)
 
 
@@ -151,7 +148,7 @@ def _create_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput])
                                  now_rfc3339(), publish_mode, pinned=tj.status.inputs is not None)
     restored = workload.restored_input_volumes(staged.volumes)
     if restored:  # their pods are deleted when the Job is over (release_restored_inputs)
-        change = replace(change, fields={**change.fields, "restoredInputs": restored})
+        change = change.with_fields(TrainingJobStatus(restoredInputs=restored))
     write_status(ctx, tj, change)
     return Advance()
 
@@ -169,7 +166,7 @@ def _adopt_started_job(ctx: Context, tj: TrainingJob) -> Optional[Result]:
     restored = workload.restored_input_volumes(((job.get("spec") or {}).get("template") or {}).get("spec", {})
                                                .get("volumes") or [])
     if restored:  # as _create_workload records it: its pods are released when the Job is over
-        change = replace(change, fields={**change.fields, "restoredInputs": restored})
+        change = change.with_fields(TrainingJobStatus(restoredInputs=restored))
     write_status(ctx, tj, change)
     return Advance()
 
@@ -178,11 +175,11 @@ class NameConflict(Exception):
     pass
 
 
-def _owns(tj: TrainingJob, obj: dict) -> bool:
+def _owns(tj: TrainingJob, obj: dict[str, Any]) -> bool:
     return any(o.get("uid") == tj.metadata.uid for o in obj.get("metadata", {}).get("ownerReferences") or [])
 
 
-def _ensure_owned(tj: TrainingJob, obj: dict) -> dict:
+def _ensure_owned(tj: TrainingJob, obj: dict[str, Any]) -> dict[str, Any]:
     """An object found under the name we would use must be this job's, not a namesake's (an
     earlier TrainingJob of the same name, or the user's own)."""
     if not _owns(tj, obj):
@@ -198,14 +195,14 @@ def _set_uses_labels(ctx: Context, tj: TrainingJob, uids: list[str]) -> Training
         return tj
     body = ctx.kube.patch(TRAINING_JOBS, tj.metadata.namespace, tj.metadata.name, {"metadata": {"labels": patch}})
     ctx.wrote(body)
-    return parse_tolerant(TrainingJob, body)
+    return parse(TrainingJob, body)
 
 
 def _release_inputs(ctx: Context, tj: TrainingJob) -> TrainingJob:
     """Drop the uses labels and (while Pending) the pins: the job no longer holds its inputs."""
     tj = _set_uses_labels(ctx, tj, [])
     if tj.phase == TrainingJobPhase.PENDING and tj.status.inputs is not None:
-        tj = write_status(ctx, tj, StatusChange(fields={"inputs": None, "inputCount": None}))
+        tj = write_status(ctx, tj, StatusChange(fields=TrainingJobStatus(inputs=None, inputCount=None)))
     return tj
 
 
@@ -244,6 +241,7 @@ def follow_job(ctx: Context, tj: TrainingJob) -> Result:
     outcome = "succeeded" if succeeded else "; ".join([flow.job_failure_message(job), *_pod_failures(ctx, tj)])
     change, snapshot_follows = flow.after_job(tj, succeeded, outcome, now_rfc3339(), workload.snapshot_pod_name(tj))
     tj = write_status(ctx, tj, change)
+    live_sealing.forget(ctx, tj)  # the sidecars' last lines were read above
     tj = _release_restored_inputs(ctx, tj)
     if not snapshot_follows:
         _release_inputs(ctx, tj)
@@ -263,7 +261,7 @@ def _release_restored_inputs(ctx: Context, tj: TrainingJob) -> TrainingJob:
     if pods:
         ctx.info(tj, "InputsReleased", f"deleted {len(pods)} finished pod(s) and the {tj.status.restoredInputs} "
                                        "volume(s) each restored from snapshots for its inputs")
-    return write_status(ctx, tj, StatusChange(fields={"restoredInputs": None}))
+    return write_status(ctx, tj, StatusChange(fields=TrainingJobStatus(restoredInputs=None)))
 
 
 def _pod_failures(ctx: Context, tj: TrainingJob) -> list[str]:
@@ -275,9 +273,11 @@ def _pod_failures(ctx: Context, tj: TrainingJob) -> list[str]:
     others: list[str] = []
     for state in ctx.indexes.worker_pods(namespace, tj.metadata.uid):
         pod = ctx.kube.get(PODS, namespace, state.name) if state.phase == PodPhase.FAILED else None
-        failure = pod_failure(pod, "training") if pod else None
-        name = downloaded_input(failure.container, names) if failure else None
-        if failure is not None and name is None:
+        if pod is None:
+            continue
+        failure = pod_failure(pod, "training")
+        name = downloaded_input(failure.container, names)
+        if name is None:
             others.append(failure.message)
         if name is None or name in found:
             continue
@@ -298,7 +298,7 @@ def snapshot(ctx: Context, tj: TrainingJob) -> Result:
         return Wait(requeue_after=backoff)  # after a failed attempt (SnapshotRetry said when)
     pod = workload.build_snapshot_pod(tj, store.snapshot_command(tj, AGENT_OUTPUT_MOUNT), store.agent_env(),
                                       ctx.config)
-    run = agent_runs.run_agent_pod(ctx, tj.metadata.uid, pod, "snapshot")
+    run = agent_runs.run_agent_pod(ctx, tj.metadata.uid, pod, "snapshot", parse=parse_scan_output)
     if isinstance(run, agent_runs.Started):
         return Wait()  # status.snapshotPod was written with the Snapshotting phase
     if isinstance(run, agent_runs.Running):
@@ -312,7 +312,7 @@ def snapshot(ctx: Context, tj: TrainingJob) -> Result:
     return _store_snapshot(ctx, tj, pod, run.scan)
 
 
-def _snapshot_pod_failed(ctx: Context, tj: TrainingJob, pod: dict, message: str) -> Result:
+def _snapshot_pod_failed(ctx: Context, tj: TrainingJob, pod: dict[str, Any], message: str) -> Result:
     attempts = (tj.status.snapshotAttempts or 0) + 1
     agent_runs.finish(ctx, pod)
     failed = flow.snapshot_retry(attempts, message)
@@ -320,57 +320,40 @@ def _snapshot_pod_failed(ctx: Context, tj: TrainingJob, pod: dict, message: str)
         return failed  # the output volume stays (s3 store: nothing was stored from it)
     retry_at, delay = flow.snapshot_retry_at(attempts, datetime.now(timezone.utc))
     ctx.warn(tj, "SnapshotRetry", f"attempt {attempts}: {message}; retrying in {delay:g} s")
-    write_status(ctx, tj, StatusChange(fields={"snapshotAttempts": attempts, "snapshotRetryAt": retry_at}))
+    write_status(ctx, tj, StatusChange(fields=TrainingJobStatus(snapshotAttempts=attempts, snapshotRetryAt=retry_at)))
     return Wait(requeue_after=delay)
 
 
-def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict, scan: ScanResult) -> Result:
-    namespace, claim = tj.metadata.namespace, workload.output_claim_name(tj)
-    store = store_for(ctx.config)
-    existing = ctx.indexes.checkpoints_of(namespace, tj.metadata.uid)
-    retired = [(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []]
-    located = _locate_output(ctx, tj, pod, scan, existing, retired)
+def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: ScanResult) -> Result:
+    """The snapshot pod succeeded: its checkpoints become Ready Checkpoints, in this order (a
+    crash at any step repeats it and the ones after it, never an earlier one's effect twice)."""
+    store, claim = store_for(ctx.config), workload.output_claim_name(tj)
+    existing = ctx.indexes.checkpoints_of(tj.metadata.namespace, tj.metadata.uid)
+    located = _locate_output(ctx, tj, store, claim, pod, scan, existing)
     if not isinstance(located, tuple):
         return located
     plan, taken = located
-    unpublished = {p.name for p in plan.checkpoints if _unpublished(ctx, namespace, p.name)}
-    created = [publish.create_checkpoint(ctx, tj, planned) for planned in plan.checkpoints]
-    if any(c is None for c in created):
+    unpublished = {p.name for p in plan.checkpoints if _unpublished(ctx, tj.metadata.namespace, p.name)}
+    created = _create_checkpoints(ctx, tj, plan)
+    if created is None:
         return Wait("NameConflict", "a Checkpoint name was taken meanwhile; planning again", requeue_after=0.5)
-    for info, manifest in plan.changed:  # live sealing: a sealed directory's bytes changed since
-        publish.mark_changed(ctx, tj, info, f"{info.directory} changed after it was sealed (digest now "
-                                            f"{manifest.digest})", bytes_in_place=store.later_writes_reach_checkpoints)
-    if store.later_writes_reach_checkpoints:  # the s3 store keeps the sealed copy of a directory gone since
-        for info in plan.missing:
-            publish.mark_changed(ctx, tj, info, f"{info.directory} was removed after it was sealed",
-                                 bytes_in_place=True)
-    accounted = len(created) + len(plan.dropped) + len(plan.gone)
-    retained = not_stored(scan, accounted) or _changed_not_stored(plan, store.keeps_output_claim)
+    _report_changed_since_sealing(ctx, tj, plan, store)
+    retained = not_stored(scan, len(created) + len(plan.dropped) + len(plan.gone)) or \
+        _changed_not_stored(plan, store.keeps_output_claim)
     # The Checkpoints own the data before any of them is Ready: deleting the job from here on
     # can no longer take the volume (or its snapshot) away from under them.
-    owners = created + [b for b in (ctx.kube.get(CHECKPOINTS, namespace, c.name) for c in existing
-                                    if not c.deleting and c.name not in {p.name for p in plan.checkpoints})
-                        if b is not None]
     if taken is not None:
-        in_snapshot = [b for b, p in zip(created, plan.checkpoints) if b is not None and p.name in unpublished]
-        volume_snapshot_steps.hand_over(ctx, namespace, taken.name,
+        in_snapshot = [b for b, p in zip(created, plan.checkpoints) if p.name in unpublished]
+        volume_snapshot_steps.hand_over(ctx, tj.metadata.namespace, taken.name,
                                         [publish.checkpoint_owner(b) for b in in_snapshot], tj.metadata.uid)
-    _hand_over_output_claim(ctx, tj, claim, owners, keep=retained is not None)
+    _hand_over_output_claim(ctx, tj, store, claim, created + _still_owning(ctx, tj, plan, existing),
+                            keep=retained is not None)
     ready = [publish.mark_ready(ctx, c, p) for c, p in zip(created, plan.checkpoints)]
-    for info in plan.retire:
-        ctx.info(tj, "Retired", f"retention: deleting Checkpoint {info.name} (step {info.step})")
-        ctx.kube.delete(CHECKPOINTS, namespace, info.name)
-    unused = [scan.uploads[d] for d in [*plan.dropped, *plan.gone] if d in scan.uploads]
-    for uri in store.delete_unused_uploads(tj, unused):
-        ctx.info(tj, "DataDeleted", f"deleted {uri} (not kept as a Checkpoint)")
-    if store.output_snapshot(tj, claim, FINAL_SNAPSHOT) is not None:
-        for name in volume_snapshot_steps.delete_unused(ctx, namespace, tj.metadata.uid):
-            ctx.info(tj, "DataDeleted", f"deleted VolumeSnapshot {name} (no Checkpoint points into it)")
+    _retire(ctx, tj, plan)
+    _delete_unused_uploads(ctx, tj, store, plan, scan)
+    _delete_unused_snapshots(ctx, tj, store, claim)
     _report_snapshot(ctx, tj, plan, scan, [c for c in ready if c.metadata.name not in {e.name for e in existing}])
-
-    if tj.status.snapshotStartTime:
-        metrics.SNAPSHOT_DURATION.labels(ctx.config.storage_type).observe(seconds_since(tj.status.snapshotStartTime))
-    metrics.TRANSFERRED_BYTES.labels("snapshot").inc(sum(c.status.sizeBytes or 0 for c in ready))
+    _observe_snapshot(ctx, tj, ready)
     kept = [c.metadata.name for c in ready if c.metadata.name not in {r.name for r in plan.retire}]
     tj = write_status(ctx, tj, flow.snapshot_done(tj, kept, now_rfc3339(), retained, claim, scan.total_skipped))
     # Only now that the result is recorded: a retry before this point reads the pod's result
@@ -391,45 +374,110 @@ def _unpublished(ctx: Context, namespace: str, name: str) -> bool:
     return info is None or info.phase == CheckpointPhase.PENDING
 
 
-def _locate_output(ctx: Context, tj: TrainingJob, pod: dict, scan: ScanResult, existing: list,
-                   retired: list) -> tuple[SnapshotPlan, Optional[TakenSnapshot]] | Result:
+def _locate_output(ctx: Context, tj: TrainingJob, store: Store, claim: str, pod: dict[str, Any], scan: ScanResult,
+                   existing: list[CheckpointInfo]) -> tuple[SnapshotPlan, Optional[TakenSnapshot]] | Result:
     """The plan, with the location of each checkpoint to publish: where it was uploaded, or (with
     volume snapshots) in the output's snapshot, taken once the scan said the bytes are on the disk."""
-    namespace, claim, layout = tj.metadata.namespace, workload.output_claim_name(tj), tj.spec.output.layout
-    store = store_for(ctx.config)
-
-    def plan_with(taken: Optional[TakenSnapshot]) -> SnapshotPlan:
-        return plan_snapshot(tj, scan, lambda n: ctx.indexes.checkpoint(namespace, n),
-                             lambda m: store.snapshot_location(tj, claim, m, layout, scan.uploads, taken),
-                             existing=existing, retired=retired)
-    try:
-        plan, taken = plan_with(None), None
-    except MissingUpload as exc:
-        agent_runs.finish(ctx, pod)
-        return Fail("SnapshotFailed", f"pod {pod['metadata']['name']}: {exc}")
-    unpublished = [p for p in plan.checkpoints if _unpublished(ctx, namespace, p.name)]
     request = store.output_snapshot(tj, claim, FINAL_SNAPSHOT)
-    if request is not None and unpublished:
-        if not volume_snapshots.is_synced(scan.synced):
+    if request is None:
+        missing = _first_uncommitted(tj, store, claim, scan)
+        if missing is not None:
             agent_runs.finish(ctx, pod)
-            return Fail("SnapshotFailed", f"pod {pod['metadata']['name']} did not report the output volume's "
-                                          "filesystem synced (syncfs): no volume snapshot is taken of bytes that "
-                                          "may not be on the disk")
-        result = volume_snapshot_steps.take(ctx, request)
-        if isinstance(result, Wait):
-            return result
-        taken = result
-        plan = plan_with(taken)
-        unpublished = [p for p in plan.checkpoints if _unpublished(ctx, namespace, p.name)]
-    for planned in unpublished:  # every checkpoint to publish must have reached the store, committed
-        if not store.is_committed(planned.ready.fields["location"]):
-            agent_runs.finish(ctx, pod)
-            return Fail("SnapshotFailed", f"pod {pod['metadata']['name']}: {planned.directory!r} has no manifest in "
-                                          "the store: the upload did not complete")
-    return plan, taken
+            return Fail("SnapshotFailed", f"pod {pod['metadata']['name']}: {missing}")
+        return _plan(ctx, tj, store, claim, scan, existing, None), None
+    plan = _plan(ctx, tj, store, claim, scan, existing, None)
+    if not any(_unpublished(ctx, tj.metadata.namespace, p.name) for p in plan.checkpoints):
+        return plan, None  # (all published at an earlier pass, in their snapshots)
+    if not volume_snapshots.is_synced(scan.synced):
+        agent_runs.finish(ctx, pod)
+        return Fail("SnapshotFailed", f"pod {pod['metadata']['name']} did not report the output volume's "
+                                      "filesystem synced (syncfs): no volume snapshot is taken of bytes that "
+                                      "may not be on the disk")
+    taken = volume_snapshot_steps.take(ctx, request)
+    if isinstance(taken, Wait):
+        return taken
+    return _plan(ctx, tj, store, claim, scan, existing, taken), taken
 
 
-def _changed_not_stored(plan, bytes_in_place: bool) -> Optional[str]:
+def _first_uncommitted(tj: TrainingJob, store: Store, claim: str, scan: ScanResult) -> Optional[str]:
+    """Every checkpoint must have reached the store, committed; else what did not."""
+    try:
+        for manifest in scan.checkpoints:
+            if not store.is_committed(store.snapshot_location(tj, claim, manifest, tj.spec.output.layout,
+                                                              scan.uploads)):
+                return f"{manifest.path!r} has no manifest in the store: the upload did not complete"
+    except MissingUpload as exc:
+        return str(exc)
+    return None
+
+
+def _plan(ctx: Context, tj: TrainingJob, store: Store, claim: str, scan: ScanResult,
+          existing: list[CheckpointInfo], taken: Optional[TakenSnapshot]) -> SnapshotPlan:
+    namespace, layout = tj.metadata.namespace, tj.spec.output.layout
+    retired = [(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []]
+    return plan_snapshot(tj, scan, lambda n: ctx.indexes.checkpoint(namespace, n),
+                         lambda m: store.snapshot_location(tj, claim, m, layout, scan.uploads, taken),
+                         existing=existing, retired=retired)
+
+
+def _create_checkpoints(ctx: Context, tj: TrainingJob, plan: SnapshotPlan) -> Optional[list[dict[str, Any]]]:
+    """The planned Checkpoints, created (or found from an earlier pass); None when a name was
+    taken meanwhile by another object (the plan is made again)."""
+    found = [publish.create_checkpoint(ctx, tj, planned) for planned in plan.checkpoints]
+    created = [c for c in found if c is not None]
+    return created if len(created) == len(found) else None
+
+
+def _report_changed_since_sealing(ctx: Context, tj: TrainingJob, plan: SnapshotPlan, store: Store) -> None:
+    """Live sealing: a sealed directory whose bytes changed since, or (when later writes reach the
+    Checkpoints' bytes; not the s3 store, which keeps the sealed copy) that was removed since."""
+    for info, manifest in plan.changed:
+        publish.mark_changed(ctx, tj, info, f"{info.directory} changed after it was sealed (digest now "
+                                            f"{manifest.digest})", bytes_in_place=store.later_writes_reach_checkpoints)
+    if store.later_writes_reach_checkpoints:
+        for info in plan.missing:
+            publish.mark_changed(ctx, tj, info, f"{info.directory} was removed after it was sealed",
+                                 bytes_in_place=True)
+
+
+def _still_owning(ctx: Context, tj: TrainingJob, plan: SnapshotPlan,
+                  existing: list[CheckpointInfo]) -> list[dict[str, Any]]:
+    """The job's Checkpoints from live sealing that stay (not planned again, not being deleted)."""
+    planned = {p.name for p in plan.checkpoints}
+    bodies = (ctx.kube.get(CHECKPOINTS, tj.metadata.namespace, c.name) for c in existing
+              if not c.deleting and c.name not in planned)
+    return [b for b in bodies if b is not None]
+
+
+def _retire(ctx: Context, tj: TrainingJob, plan: SnapshotPlan) -> None:
+    for info in plan.retire:
+        ctx.info(tj, "Retired", f"retention: deleting Checkpoint {info.name} (step {info.step})")
+        ctx.kube.delete(CHECKPOINTS, tj.metadata.namespace, info.name)
+
+
+def _delete_unused_uploads(ctx: Context, tj: TrainingJob, store: Store, plan: SnapshotPlan, scan: ScanResult) -> None:
+    """Uploads that became no Checkpoint (retention's drops, directories retired before)."""
+    unused = [scan.uploads[d] for d in [*plan.dropped, *plan.gone] if d in scan.uploads]
+    for uri in store.delete_unused_uploads(tj, unused):
+        ctx.info(tj, "DataDeleted", f"deleted {uri} (not kept as a Checkpoint)")
+
+
+def _delete_unused_snapshots(ctx: Context, tj: TrainingJob, store: Store, claim: str) -> None:
+    """With volume snapshots: the job's snapshots no Checkpoint points into (retention's drops,
+    live snapshots of directories retired since)."""
+    if store.output_snapshot(tj, claim, FINAL_SNAPSHOT) is None:
+        return
+    for name in volume_snapshot_steps.delete_unused(ctx, tj.metadata.namespace, tj.metadata.uid):
+        ctx.info(tj, "DataDeleted", f"deleted VolumeSnapshot {name} (no Checkpoint points into it)")
+
+
+def _observe_snapshot(ctx: Context, tj: TrainingJob, ready: list[Checkpoint]) -> None:
+    if tj.status.snapshotStartTime:
+        metrics.SNAPSHOT_DURATION.labels(ctx.config.storage_type).observe(seconds_since(tj.status.snapshotStartTime))
+    metrics.TRANSFERRED_BYTES.labels("snapshot").inc(sum(c.status.sizeBytes or 0 for c in ready))
+
+
+def _changed_not_stored(plan: SnapshotPlan, bytes_in_place: bool) -> Optional[str]:
     """s3 store: a sealed directory changed after its upload; the new bytes exist only on the
     output volume, which is then kept."""
     if bytes_in_place or not plan.changed:
@@ -437,7 +485,8 @@ def _changed_not_stored(plan, bytes_in_place: bool) -> Optional[str]:
     return "changed after sealing, not stored: " + ", ".join(info.directory or "" for info, _ in plan.changed[:5])
 
 
-def _report_snapshot(ctx: Context, tj: TrainingJob, plan, scan, created: list[Checkpoint]) -> None:
+def _report_snapshot(ctx: Context, tj: TrainingJob, plan: SnapshotPlan, scan: ScanResult,
+                     created: list[Checkpoint]) -> None:
     if scan.total_skipped:  # one event for all of them (3,000 skipped links are one line)
         ctx.warn(tj, "Skipped", skipped_message(scan.skipped, scan.skipped_count))
     if plan.dropped:
@@ -448,32 +497,25 @@ def _report_snapshot(ctx: Context, tj: TrainingJob, plan, scan, created: list[Ch
                                         f"{checkpoint.status.message}")
 
 
-def _hand_over_output_claim(ctx: Context, tj: TrainingJob, claim: str, created: list[dict], keep: bool) -> None:
+def _hand_over_output_claim(ctx: Context, tj: TrainingJob, store: Store, claim: str, owners: list[dict[str, Any]],
+                            keep: bool) -> None:
     """Volume store: the Checkpoints own the output volume from now on, so Kubernetes deletes it
     with the last of them (and not with the job). s3 store: the data was uploaded; release the
     volume, unless something in it was not stored (then it stays, owned by the job)."""
-    namespace = tj.metadata.namespace
-    if not store_for(ctx.config).keeps_output_claim:
+    if not store.keeps_output_claim:
         if not keep:
-            _, keeping = claim_holds.delete_unless_held(ctx, namespace, claim)
+            _, keeping = claim_holds.delete_unless_held(ctx, tj.metadata.namespace, claim)
             if keeping:  # a source.volume Checkpoint adopted a path of it: it goes with the last of them
                 ctx.info(tj, "OutputKept", f"volume {claim} is kept: Checkpoint {', '.join(keeping)} points into it")
-    elif created:
-        pvc = ctx.kube.get(PVCS, namespace, claim)
-        if pvc is None:
-            return
-        # Only the job's own reference leaves: an adopter's (and any Checkpoint's) stays.
-        owners = owners_after(pvc["metadata"].get("ownerReferences") or [],
-                              [workload.owner_reference(parse_tolerant(Checkpoint, c), controller=False)
-                               for c in created], drop_uid=tj.metadata.uid)
-        ctx.kube.patch(PVCS, namespace, claim, {"metadata": {
-            "ownerReferences": owners, "resourceVersion": pvc["metadata"].get("resourceVersion")}})
+    elif owners:
+        publish.own_output_claim(ctx, tj, claim, [publish.checkpoint_owner(b) for b in owners], keep_job=False)
 
 
 # --- finished, deleting -----------------------------------------------------------------------------
 
 def _finished(ctx: Context, tj: TrainingJob) -> Optional[float]:
     """Idempotent clean-up (after a crash) and the release of a retained output volume."""
+    live_sealing.forget(ctx, tj)
     if tj.status.snapshotPod:  # left when the operator died (or the DELETE failed) right after the final status
         ctx.kube.delete(PODS, tj.metadata.namespace, tj.status.snapshotPod)
     if used_uids(tj.metadata.labels):
@@ -490,9 +532,11 @@ def _finished(ctx: Context, tj: TrainingJob) -> Optional[float]:
     return None
 
 
-def _deleting(ctx: Context, tj: TrainingJob) -> None:
+def _deleting(ctx: Context, tj: TrainingJob) -> Optional[float]:
     """The Job, pods and output volume go with the TrainingJob (owner references). Releases the
-    finalizer that operator versions before 0.2 put on TrainingJobs (kopf's, same name)."""
+    finalizer that operator versions before 0.2 put on TrainingJobs (kopf's, same name); on a
+    conflict, at once again on a fresh read."""
+    live_sealing.forget(ctx, tj)
     finalizers = tj.metadata.finalizers or []
     if PROTECTION_FINALIZER in finalizers:
         remaining = [f for f in finalizers if f != PROTECTION_FINALIZER]

@@ -14,7 +14,7 @@ binding is a change of the PVC, whose event wakes the owner at once."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.kube import EVENTS, PVCS
@@ -35,7 +35,7 @@ def unbound_claim(ctx: Context, namespace: str, name: str) -> Optional[PodProble
     return claim_problem(claim, ctx.kube.list(EVENTS, namespace, field_selector=claim_events_selector(name)))
 
 
-def ensure_owned_claim(ctx: Context, owner: Checkpoint, body: dict) -> Optional[Wait]:
+def ensure_owned_claim(ctx: Context, owner: Checkpoint, body: dict[str, Any]) -> Optional[Wait]:
     """Create the claim `body` for `owner`, or find it; a Wait naming it when the claim of that
     name belongs to someone else (then no pod may mount it)."""
     meta = owner.metadata

@@ -43,14 +43,17 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from typing import Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from checkpoint_operator import PROTECTION_FINALIZER
 from checkpoint_operator.api.checkpoint import CheckpointPhase
+from checkpoint_operator.api.wire import (CheckpointStatusWire, CheckpointWire, MetadataWire, TrainingJobStatusWire,
+                                          checkpoint_wire, object_wire, training_job_wire)
 from checkpoint_operator.api.trainingjob import TrainingJobPhase
-from checkpoint_operator.reconcile.context import Context
+from checkpoint_operator.reconcile.context import Context, ObjectKey
 from checkpoint_operator.logic.inputs import CheckpointInfo, TrainingJobInfo
 from checkpoint_operator.logic.protection import used_by_status, used_uids
+from checkpoint_operator.logic.status import set_fields
 from checkpoint_operator.logic.trainingjob_flow import RELEASE_OUTPUT_ANNOTATION
 from checkpoint_operator.logic.transfers import has_ready_request
 from checkpoint_operator.logic.workload import LABEL_COMPONENT, LABEL_TRAINING_JOB_UID
@@ -59,16 +62,19 @@ logger = logging.getLogger("checkpoint_operator.wakeups")
 DEBOUNCE = 0.5  # seconds: a burst of job events on one Checkpoint is one usedBy write
 
 
-def _never_lost(kind: str):
+EventHandler = Callable[[Context, Optional[str], Mapping[str, Any]], None]
+
+
+def _never_lost(kind: str) -> Callable[[EventHandler], EventHandler]:
     """An event handler that fails still queues its own object (the resync covers the rest): an
     error here must never be the reason an object waits."""
-    def wrap(handler):
+    def wrap(handler: EventHandler) -> EventHandler:
         @functools.wraps(handler)
-        def guarded(ctx: Context, event_type: Optional[str], body: Mapping) -> None:
+        def guarded(ctx: Context, event_type: Optional[str], body: Mapping[str, Any]) -> None:
             try:
                 handler(ctx, event_type, body)
             except Exception:  # noqa: BLE001 - logged; the object is queued anyway
-                meta = body.get("metadata", {})
+                meta = object_wire(body).get("metadata") or MetadataWire()
                 logger.exception("mapping the %s event of %s %s/%s", event_type, kind, meta.get("namespace"),
                                  meta.get("name"))
                 if event_type != "DELETED":
@@ -77,21 +83,22 @@ def _never_lost(kind: str):
     return wrap
 
 
-def _tj(namespace: str, name: str) -> tuple:
+def _tj(namespace: str, name: str) -> ObjectKey:
     return ("TrainingJob", namespace, name)
 
 
-def _ckpt(namespace: str, name: str) -> tuple:
+def _ckpt(namespace: str, name: str) -> ObjectKey:
     return ("Checkpoint", namespace, name)
 
 
 @_never_lost("TrainingJob")
-def training_job_event(ctx: Context, event_type: Optional[str], body: Mapping) -> None:
-    meta = body.get("metadata", {})
+def training_job_event(ctx: Context, event_type: Optional[str], raw: Mapping[str, Any]) -> None:
+    body = training_job_wire(raw)
+    meta = body.get("metadata") or MetadataWire()
     namespace, name = meta.get("namespace", ""), meta.get("name", "")
-    info = TrainingJobInfo.from_body(body)
+    info = TrainingJobInfo.from_body(raw)
     gone = event_type == "DELETED"
-    if not gone and not _own_write(ctx, "TrainingJob", body) and _training_job_has_work(body, info):
+    if not gone and not _own_write(ctx, "TrainingJob", meta) and _training_job_has_work(meta, info):
         ctx.queue.add(_tj(namespace, name))
     if gone or info.phase.is_finished:
         ctx.queue.add_all(_tj(namespace, n) for n in _pending(ctx, namespace,
@@ -99,7 +106,7 @@ def training_job_event(ctx: Context, event_type: Optional[str], body: Mapping) -
     if gone:  # its Pending snapshot Checkpoints will never be made Ready now: they fail
         ctx.queue.add_all(_ckpt(namespace, c.name) for c in ctx.indexes.checkpoints_of(namespace, info.uid)
                           if c.phase == CheckpointPhase.PENDING)
-    pinned = [p.get("uid") for p in (body.get("status") or {}).get("inputs") or []]
+    pinned = [p.get("uid") for p in (body.get("status") or TrainingJobStatusWire()).get("inputs") or []]
     uses = set(used_uids(meta.get("labels"))) | {u for u in pinned if u}
     previous = ctx.last_uses.pop((namespace, name), set())
     if uses and not gone and not info.phase.is_finished:  # a finished job keeps its pins in status
@@ -108,10 +115,11 @@ def training_job_event(ctx: Context, event_type: Optional[str], body: Mapping) -
         checkpoint = ctx.indexes.checkpoint_by_uid(namespace, uid)
         if checkpoint is not None:
             ctx.queue.add(_ckpt(namespace, checkpoint.name), after=DEBOUNCE)
+    if gone:
+        ctx.forget("TrainingJob", namespace, name, info.uid)
 
 
-def _training_job_has_work(body: Mapping, info: TrainingJobInfo) -> bool:
-    meta = body.get("metadata", {})
+def _training_job_has_work(meta: MetadataWire, info: TrainingJobInfo) -> bool:
     if not info.phase.is_finished or meta.get("deletionTimestamp") or used_uids(meta.get("labels")):
         return True
     return (meta.get("annotations") or {}).get(RELEASE_OUTPUT_ANNOTATION, "").lower() == "true"
@@ -127,11 +135,14 @@ def _pending(ctx: Context, namespace: str, names: list[str]) -> list[str]:
 
 
 @_never_lost("Checkpoint")
-def checkpoint_event(ctx: Context, event_type: Optional[str], body: Mapping) -> None:
-    meta = body.get("metadata", {})
+def checkpoint_event(ctx: Context, event_type: Optional[str], raw: Mapping[str, Any]) -> None:
+    body = checkpoint_wire(raw)
+    meta = body.get("metadata") or MetadataWire()
     namespace, name = meta.get("namespace", ""), meta.get("name", "")
-    info = CheckpointInfo.from_body(body)
-    if event_type != "DELETED" and not _own_write(ctx, "Checkpoint", body) and _checkpoint_has_work(ctx, body, info):
+    info = CheckpointInfo.from_body(raw)
+    if event_type == "DELETED":
+        ctx.forget("Checkpoint", namespace, name, info.uid)
+    if event_type != "DELETED" and not _own_write(ctx, "Checkpoint", meta) and _checkpoint_has_work(ctx, body, info):
         ctx.queue.add(_ckpt(namespace, name))
     waiting = set(ctx.indexes.jobs_waiting_on(namespace, "name", name))
     waiting |= set(ctx.indexes.jobs_waiting_on(namespace, "uid", info.uid))
@@ -142,13 +153,12 @@ def checkpoint_event(ctx: Context, event_type: Optional[str], body: Mapping) -> 
     ctx.queue.add_all(_tj(namespace, n) for n in pending)
 
 
-def _own_write(ctx: Context, kind: str, body: Mapping) -> bool:
+def _own_write(ctx: Context, kind: str, meta: MetadataWire) -> bool:
     """The event of our own last write of this object: the writer already acted on that state
     (the dependents' wake-ups still happen)."""
-    meta = body.get("metadata", {})
     key = (kind, meta.get("namespace", ""), meta.get("name", ""))
     written = ctx.own_writes.pop(key, None)
-    return written is not None and written == meta.get("resourceVersion")
+    return written is not None and written == meta.get("resourceVersion", "")
 
 
 def _made_by_a_live_job(ctx: Context, namespace: str, info: CheckpointInfo) -> bool:
@@ -160,20 +170,21 @@ def _made_by_a_live_job(ctx: Context, namespace: str, info: CheckpointInfo) -> b
     return producer is not None and not producer.phase.is_finished
 
 
-def _checkpoint_has_work(ctx: Context, body: Mapping, info: CheckpointInfo) -> bool:
-    meta, status = body.get("metadata", {}), body.get("status") or {}
+def _checkpoint_has_work(ctx: Context, body: CheckpointWire, info: CheckpointInfo) -> bool:
+    meta, status = body.get("metadata") or MetadataWire(), body.get("status") or CheckpointStatusWire()
     if info.deleting or PROTECTION_FINALIZER not in (meta.get("finalizers") or []):
         return True
     if has_ready_request(meta.get("annotations")):  # verify, pull (logic/transfers.py)
         return True
     if not info.phase.is_settled:
         return not _made_by_a_live_job(ctx, meta.get("namespace", ""), info)
-    wanted = used_by_status(ctx.indexes.users_of(meta.get("namespace", ""), info.uid))
+    wanted = set_fields(used_by_status(ctx.indexes.users_of(meta.get("namespace", ""), info.uid)))
     return wanted != {"usedBy": status.get("usedBy") or [], "usedByCount": status.get("usedByCount") or 0}
 
 
-def child_event(ctx: Context, body: Mapping) -> None:
-    meta = body.get("metadata", {})
+def child_event(ctx: Context, raw: Mapping[str, Any]) -> None:
+    body = object_wire(raw)
+    meta = body.get("metadata") or MetadataWire()
     namespace = meta.get("namespace", "")
     for owner in meta.get("ownerReferences") or []:
         if owner.get("kind") == "TrainingJob":
@@ -186,22 +197,23 @@ def child_event(ctx: Context, body: Mapping) -> None:
                 ctx.queue.add(_ckpt(namespace, owner.get("name", "")))
     job_uid = (meta.get("labels") or {}).get(LABEL_TRAINING_JOB_UID)
     if job_uid:
-        info = ctx.indexes.training_job_by_uid(namespace, job_uid)
-        if info is not None:
-            ctx.queue.add(_tj(namespace, info.name))
+        job = ctx.indexes.training_job_by_uid(namespace, job_uid)
+        if job is not None:
+            ctx.queue.add(_tj(namespace, job.name))
     if body.get("kind") == "PersistentVolumeClaim":
         for name in ctx.indexes.checkpoints_on_claim(namespace, meta.get("name", "")):
-            info = ctx.indexes.checkpoint(namespace, name)
-            if info is not None and info.phase == CheckpointPhase.PENDING:
+            adopter = ctx.indexes.checkpoint(namespace, name)
+            if adopter is not None and adopter.phase == CheckpointPhase.PENDING:
                 ctx.queue.add(_ckpt(namespace, name))
 
 
-def start_resync(ctx: Context) -> asyncio.Task:
+def start_resync(ctx: Context) -> asyncio.Task[None]:
     """The safety net: every resync_interval, every object whose work may not be over."""
     async def resync() -> None:
         while True:
             await asyncio.sleep(ctx.config.resync_interval)
             try:
+                ctx.forget_gone()
                 ctx.queue.add_all(ctx.indexes.resync_keys())
             except Exception:  # noqa: BLE001 - the next pass tries again
                 logger.exception("resync failed")

@@ -24,32 +24,32 @@ import concurrent.futures
 import heapq
 import logging
 import time
-from typing import Callable, Hashable, Iterable, Optional
+from typing import Callable, Generic, Hashable, Iterable, Optional, TypeVar
 
 logger = logging.getLogger("checkpoint_operator.queue")
 MAX_BACKOFF = 60.0
 
-Key = Hashable
-Reconciler = Callable[[Key], Optional[float]]  # returns requeue-after seconds, or None
+Key = TypeVar("Key", bound=Hashable)  # the operator's: (kind, namespace, name)
 
 
-class WorkQueue:
-    def __init__(self, reconcile: Reconciler, *, workers: int, base_backoff: float,
+class WorkQueue(Generic[Key]):
+    def __init__(self, reconcile: Callable[[Key], Optional[float]], *, workers: int, base_backoff: float,
                  on_error: Optional[Callable[[Key, BaseException], None]] = None):
+        """`reconcile(key)` returns requeue-after seconds, or None."""
         self._reconcile, self._workers, self._base_backoff = reconcile, workers, base_backoff
         self._on_error = on_error
-        self._ready: asyncio.Queue = asyncio.Queue()
-        self._queued: set = set()            # in _ready, not yet taken
-        self._running: set = set()           # being reconciled
-        self._again: set = set()             # added while running: run once more afterwards
-        self._due: dict = {}                 # key -> earliest due time of a delayed add
-        self._timers: list = []              # heap of (due, seq, key)
+        self._ready: asyncio.Queue[Key] = asyncio.Queue()
+        self._queued: set[Key] = set()       # in _ready, not yet taken
+        self._running: set[Key] = set()      # being reconciled
+        self._again: set[Key] = set()        # added while running: run once more afterwards
+        self._due: dict[Key, float] = {}     # key -> earliest due time of a delayed add
+        self._timers: list[tuple[float, int, Key]] = []  # heap of (due, seq, key)
         self._seq = 0
-        self._failures: dict = {}
+        self._failures: dict[Key, int] = {}
         self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="reconcile")
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self.reconciles = 0
 
     # --- adding (from the loop or from any thread) ---------------------------------------

@@ -6,19 +6,36 @@ never the Kubernetes API."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, Optional
 
 from checkpoint_operator.agent.manifest import Manifest
-from checkpoint_operator.api.checkpoint import Checkpoint
+from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointStatus, Location, VolumeLocation
+from checkpoint_operator.api.upload import UploadStatus
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic.agent_pods import InputVolumes
 from checkpoint_operator.logic.inputs import ResolvedInput
+from checkpoint_operator.logic.transfers import UploadRequest
 from checkpoint_operator.logic.volume_snapshots import SnapshotRequest, TakenSnapshot
+
+
+# (init containers, containers, volumes) of a pod a store builds
+PodParts = tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]
 
 
 class MissingUpload(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class UploadPod:
+    """How a store serves a push request (reconcile/checkpoint_upload.py)."""
+
+    pod: dict[str, Any]      # the pod to run
+    target: UploadStatus     # status.upload while it runs
+    location: Location       # status.location once the data is verified
+    describe: str            # what it does, for the Ready condition
 
 
 class ForeignLocation(ValueError):
@@ -41,7 +58,7 @@ class Store(ABC):
     def __init__(self, config: OperatorConfig):
         self.config = config
 
-    def agent_env(self) -> list[dict]:
+    def agent_env(self) -> list[dict[str, Any]]:
         """Environment of agent pods that talk to the store."""
         return []
 
@@ -53,17 +70,25 @@ class Store(ABC):
 
     @abstractmethod
     def snapshot_location(self, tj: TrainingJob, claim: str, manifest: Manifest, layout: str,
-                          uploads: dict[str, str], taken: Optional[TakenSnapshot] = None) -> dict:
+                          uploads: dict[str, str], taken: Optional[TakenSnapshot] = None) -> Location:
         """status.location of a checkpoint of the end-of-job snapshot. `taken`: the volume snapshot
-        of the output (stores that keep checkpoints in volume snapshots; see `volume_snapshot`)."""
+        of the output (stores that keep checkpoints in volume snapshots; see `output_snapshot`)."""
 
     @abstractmethod
-    def import_containers(self, checkpoint: Checkpoint, max_size: int) -> tuple[list[dict], list[dict], list[dict]]:
+    def import_containers(self, checkpoint: Checkpoint, max_size: int) -> PodParts:
         """(init containers, containers, volumes) of the pod that imports `checkpoint`."""
 
     @abstractmethod
     def import_location(self, checkpoint: Checkpoint, claim: str, uploads: dict[str, str],
-                        taken: Optional[TakenSnapshot] = None) -> dict: ...
+                        taken: Optional[TakenSnapshot] = None) -> Location: ...
+
+    @abstractmethod
+    def upload_target(self, checkpoint: Checkpoint) -> UploadStatus:
+        """status.upload of an upload Checkpoint waiting for a push: where the data goes."""
+
+    @abstractmethod
+    def upload_pod(self, checkpoint: Checkpoint, request: UploadRequest, max_size: int) -> UploadPod:
+        """The pod that serves a push request: it takes (volume) or checks (s3) the pushed data."""
 
     def output_snapshot(self, tj: TrainingJob, claim: str, key: str) -> Optional[SnapshotRequest]:
         """The VolumeSnapshot of a job's output volume to take before its checkpoints are located
@@ -84,11 +109,11 @@ class Store(ABC):
         return None
 
     def live_location(self, tj: TrainingJob, claim: str, manifest: Manifest, uploads: dict[str, str],
-                      taken: Optional[TakenSnapshot] = None) -> dict:
+                      taken: Optional[TakenSnapshot] = None) -> Location:
         """status.location of a checkpoint sealed while the job runs."""
-        return {"volume": {"claimName": claim, "path": manifest.path}}
+        return Location(volume=VolumeLocation(claimName=claim, path=manifest.path))
 
-    def is_committed(self, location: dict) -> bool:
+    def is_committed(self, location: Location) -> bool:
         """Is the data at `location` complete? Checked before a Checkpoint is marked Ready."""
         return True
 
@@ -97,7 +122,7 @@ class Store(ABC):
         the job ran): deleted, so nothing is left in the store that no object owns."""
         return []
 
-    def delete_owned_data(self, status: dict, namespace: str) -> Optional[str]:
+    def delete_owned_data(self, status: CheckpointStatus, namespace: str) -> Optional[str]:
         """Delete the data of a deleted Checkpoint (of `namespace`) that the operator owns; return
         where it was. Idempotent. Volume data goes with its PVC (owner references), so nothing
         to do there."""

@@ -16,19 +16,21 @@ and delete owned data, never outside the namespace the Checkpoint lives in."""
 from __future__ import annotations
 
 import posixpath
-from typing import Optional
+from typing import Any, Optional
 
 from checkpoint_operator.agent.manifest import Manifest
-from checkpoint_operator.api.checkpoint import Checkpoint
+from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointStatus, Location, S3Location
+from checkpoint_operator.api.upload import UploadStatus
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.logic import agent_commands
 from checkpoint_operator.logic.agent_pods import (STAGING_MOUNT, STAGING_VOLUME, InputVolumes, agent_container,
                                                   download_container, staging_size_limit)
 from checkpoint_operator.logic.inputs import ResolvedInput
 from checkpoint_operator.logic.import_sources import import_spec
+from checkpoint_operator.logic.transfers import UploadRequest, build_upload_check_pod
 from checkpoint_operator.logic.volume_snapshots import TakenSnapshot
 from checkpoint_operator.logic.workload import import_data_dir
-from checkpoint_operator.storage.base import ForeignLocation, MissingUpload, Store
+from checkpoint_operator.storage.base import ForeignLocation, MissingUpload, PodParts, Store, UploadPod
 
 
 def _under(uri: str, prefix: str) -> bool:
@@ -43,8 +45,9 @@ class S3Store(Store):
     import_needs_claim = False
     later_writes_reach_checkpoints = False
 
-    def agent_env(self) -> list[dict]:
-        config, env = self.config, []
+    def agent_env(self) -> list[dict[str, Any]]:
+        config = self.config
+        env: list[dict[str, Any]] = []
         if config.s3_endpoint:
             env.append({"name": "AWS_ENDPOINT_URL", "value": config.s3_endpoint})
         if config.s3_region:
@@ -64,11 +67,11 @@ class S3Store(Store):
         return self.namespace_prefix(namespace) + f"{name}-{uid[:8]}/"
 
     @staticmethod
-    def _uploaded(uri: str, prefix: str, what: str) -> dict:
+    def _uploaded(uri: str, prefix: str, what: str) -> Location:
         """An upload the agent reported, which must lie under the prefix the operator gave it."""
         if not _under(uri, prefix):
             raise MissingUpload(f"{what} was reported uploaded to {uri}, outside {prefix}; refused")
-        return {"s3": {"uri": uri}}
+        return Location(s3=S3Location(uri=uri))
 
     def input_volumes(self, tj: TrainingJob, inputs: list[ResolvedInput]) -> InputVolumes:
         if not inputs:
@@ -80,7 +83,9 @@ class S3Store(Store):
         for index, item in enumerate(inputs):
             result.mounts.append({"name": STAGING_VOLUME, "readOnly": True, "subPath": item.mount_name,
                                   "mountPath": posixpath.join(tj.spec.inputDir, item.mount_name)})
-            command = agent_commands.download(item.location["s3"]["uri"], posixpath.join(STAGING_MOUNT, item.mount_name),
+            if item.location.s3 is None:
+                raise ValueError(f"input {item.name} is not in object storage (status.location has no s3)")
+            command = agent_commands.download(item.location.s3.uri, posixpath.join(STAGING_MOUNT, item.mount_name),
                                               digest=item.digest)
             result.init_containers.append(agent_container(
                 download_container(index), command, self.config,
@@ -96,25 +101,25 @@ class S3Store(Store):
         meta = tj.metadata
         return self.prefix_for(meta.namespace, meta.name, meta.uid)
 
-    def live_sealed_prefix(self, tj: TrainingJob) -> Optional[str]:
+    def live_sealed_prefix(self, tj: TrainingJob) -> str:
         return self.live_upload_prefix(tj) + "sealed/"
 
     def live_location(self, tj: TrainingJob, claim: str, manifest: Manifest, uploads: dict[str, str],
-                      taken: Optional[TakenSnapshot] = None) -> dict:
+                      taken: Optional[TakenSnapshot] = None) -> Location:
         if manifest.path not in uploads:
             raise MissingUpload(f"the sealing sidecar did not upload {manifest.path!r}")
         # The sidecar runs in the user's pod: its lines are believed only under the job's own prefix.
         return self._uploaded(uploads[manifest.path], self.live_sealed_prefix(tj), repr(manifest.path))
 
     def snapshot_location(self, tj: TrainingJob, claim: str, manifest: Manifest, layout: str,
-                          uploads: dict[str, str], taken: Optional[TakenSnapshot] = None) -> dict:
+                          uploads: dict[str, str], taken: Optional[TakenSnapshot] = None) -> Location:
         if manifest.path not in uploads:
             raise MissingUpload(f"the snapshot pod did not upload {manifest.path!r}")
         meta = tj.metadata
         return self._uploaded(uploads[manifest.path], self.prefix_for(meta.namespace, meta.name, meta.uid),
                               repr(manifest.path))
 
-    def import_containers(self, checkpoint: Checkpoint, max_size: int) -> tuple[list[dict], list[dict], list[dict]]:
+    def import_containers(self, checkpoint: Checkpoint, max_size: int) -> PodParts:
         """Fetch with the source's credentials (init container), upload with the store's; the
         staging emptyDir is capped at the size limit."""
         meta = checkpoint.metadata
@@ -131,16 +136,31 @@ class S3Store(Store):
         return [fetch], [upload], volumes
 
     def import_location(self, checkpoint: Checkpoint, claim: str, uploads: dict[str, str],
-                        taken: Optional[TakenSnapshot] = None) -> dict:
+                        taken: Optional[TakenSnapshot] = None) -> Location:
         if "." not in uploads:
             raise MissingUpload("the import pod did not upload the checkpoint")
         meta = checkpoint.metadata
         return self._uploaded(uploads["."], self.prefix_for(meta.namespace, meta.name, meta.uid), "the checkpoint")
 
-    def is_committed(self, location: dict) -> bool:
+    def upload_target(self, checkpoint: Checkpoint) -> UploadStatus:
+        """A prefix of the store, owned by the Checkpoint from the moment it is assigned."""
+        meta = checkpoint.metadata
+        return UploadStatus(store="s3", uri=self.prefix_for(meta.namespace, meta.name, meta.uid),
+                            endpoint=self.config.s3_endpoint or None)
+
+    def upload_pod(self, checkpoint: Checkpoint, request: UploadRequest, max_size: int) -> UploadPod:
+        """The data is already under the prefix: a pod checks every object against the manifest."""
+        target = self.upload_target(checkpoint)
+        uri = target.uri or ""
+        pod = build_upload_check_pod(checkpoint, self.config, request, uri, self.agent_env(), max_size)
+        return UploadPod(pod, target, Location(s3=S3Location(uri=uri)), f"verifying the pushed data at {uri}")
+
+    def is_committed(self, location: Location) -> bool:
         """The manifest is written last: without it the upload does not exist."""
         from checkpoint_operator.agent.s3 import manifest_exists
-        return manifest_exists(location["s3"]["uri"], endpoint_url=self.config.s3_endpoint)
+        if location.s3 is None:
+            return False
+        return manifest_exists(location.s3.uri, endpoint_url=self.config.s3_endpoint)
 
     def delete_unused_uploads(self, tj: TrainingJob, uris: list[str]) -> list[str]:
         from checkpoint_operator.agent.s3 import delete_prefix
@@ -152,12 +172,13 @@ class S3Store(Store):
                 deleted.append(uri)
         return deleted
 
-    def delete_owned_data(self, status: dict, namespace: str) -> Optional[str]:
+    def delete_owned_data(self, status: CheckpointStatus, namespace: str) -> Optional[str]:
         """Everything under the Checkpoint's prefix (a second delete of gone data succeeds), with
         the operator's own credentials: so never outside the Checkpoint's namespace's prefix."""
         # An upload's prefix is the operator's from the moment it is assigned (status.upload).
-        uri = (status.get("location") or {}).get("s3", {}).get("uri") or (status.get("upload") or {}).get("uri")
-        if not (status.get("owned") and uri):
+        uri = (status.location.s3.uri if status.location and status.location.s3 else None) \
+            or (status.upload.uri if status.upload else None)
+        if not (status.owned and uri):
             return None  # data it merely points to is never deleted
         if not _under(uri, self.namespace_prefix(namespace)):
             raise ForeignLocation(f"{uri} is outside {self.namespace_prefix(namespace)}, where this namespace's "

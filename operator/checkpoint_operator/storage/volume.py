@@ -18,16 +18,18 @@ import posixpath
 from typing import Any, Optional
 
 from checkpoint_operator.agent.manifest import Manifest
-from checkpoint_operator.api.checkpoint import Checkpoint, Location
+from checkpoint_operator.api.checkpoint import Checkpoint, Location, VolumeLocation
+from checkpoint_operator.api.upload import UploadStatus
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.logic import agent_commands, volume_snapshots
 from checkpoint_operator.logic.agent_pods import INPUT_VOLUME_PREFIX, InputVolumes, agent_container
 from checkpoint_operator.logic.inputs import ResolvedInput
 from checkpoint_operator.logic.import_sources import import_spec
+from checkpoint_operator.logic.transfers import UploadRequest, build_receiver_pod
 from checkpoint_operator.logic.volume_snapshots import SnapshotRequest, TakenSnapshot
 from checkpoint_operator.logic.workload import (IMPORT_DIR, checkpoint_labels, import_claim_name, import_data_dir,
                                                 output_storage_class, owner_reference, training_job_labels)
-from checkpoint_operator.storage.base import MissingUpload, Store
+from checkpoint_operator.storage.base import MissingUpload, PodParts, Store, UploadPod
 
 
 class VolumeStore(Store):
@@ -41,7 +43,7 @@ class VolumeStore(Store):
         volumes: dict[str, dict[str, Any]] = {}
         mounts = []
         for item in inputs:
-            location = Location.model_validate(item.location)
+            location = item.location
             if location.snapshot is not None:
                 source = location.snapshot
                 key = f"snapshot/{source.volumeSnapshotName}"
@@ -62,7 +64,7 @@ class VolumeStore(Store):
             volume_name = volumes[key]["name"]
             base = posixpath.join(tj.spec.inputDir, item.mount_name)
             sub_path = posixpath.normpath(path.lstrip("/") or ".")
-            rels: list[Optional[str]] = list(items) if items else [None]
+            rels: list[Optional[str]] = [*items] if items else [None]
             for rel in rels:  # items: only these files (e.g. the root files)
                 full = sub_path if rel is None else posixpath.join(sub_path, rel)
                 mounts.append({"name": volume_name, "readOnly": True,
@@ -74,14 +76,14 @@ class VolumeStore(Store):
         return agent_commands.scan(output_dir, layout=tj.spec.output.layout, sync=self.syncs_before_snapshots)
 
     def snapshot_location(self, tj: TrainingJob, claim: str, manifest: Manifest, layout: str,
-                          uploads: dict[str, str], taken: Optional[TakenSnapshot] = None) -> dict[str, Any]:
+                          uploads: dict[str, str], taken: Optional[TakenSnapshot] = None) -> Location:
         """The root files (and, in the `files` layout, each file) share their directory with
         other checkpoints, so only their own files are listed as items (mounted one by one)."""
         if manifest.path == "." or layout == "files":
-            return {"volume": {"claimName": claim, "path": ".", "items": [f.path for f in manifest.files]}}
-        return {"volume": {"claimName": claim, "path": manifest.path}}
+            return Location(volume=VolumeLocation(claimName=claim, path=".", items=[f.path for f in manifest.files]))
+        return Location(volume=VolumeLocation(claimName=claim, path=manifest.path))
 
-    def import_containers(self, checkpoint: Checkpoint, max_size: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    def import_containers(self, checkpoint: Checkpoint, max_size: int) -> PodParts:
         data_dir = import_data_dir()
         source = import_spec(checkpoint)
         mount = [{"name": "data", "mountPath": posixpath.dirname(data_dir)}]
@@ -98,8 +100,21 @@ class VolumeStore(Store):
         return [], [container], volumes
 
     def import_location(self, checkpoint: Checkpoint, claim: str, uploads: dict[str, str],
-                        taken: Optional[TakenSnapshot] = None) -> dict[str, Any]:
-        return {"volume": {"claimName": claim, "path": IMPORT_DIR}}
+                        taken: Optional[TakenSnapshot] = None) -> Location:
+        return Location(volume=VolumeLocation(claimName=claim, path=IMPORT_DIR))
+
+    def upload_target(self, checkpoint: Checkpoint) -> UploadStatus:
+        return UploadStatus(store="volume", claimName=import_claim_name(checkpoint))
+
+    def upload_pod(self, checkpoint: Checkpoint, request: UploadRequest, max_size: int) -> UploadPod:
+        """A receiver pod on the Checkpoint's own PVC takes the pushed stream and checks it (and
+        syncs its filesystem when a volume snapshot of it follows)."""
+        pod = build_receiver_pod(checkpoint, self.config, request, max_size, sync=self.syncs_before_snapshots)
+        name = pod["metadata"]["name"]
+        claim = import_claim_name(checkpoint)
+        return UploadPod(pod, UploadStatus(store="volume", claimName=claim, pod=name),
+                         Location(volume=VolumeLocation(claimName=claim, path=IMPORT_DIR)),
+                         f"pod {name} is ready to receive the push")
 
 
 class SnapshotVolumeStore(VolumeStore):
@@ -126,27 +141,27 @@ class SnapshotVolumeStore(VolumeStore):
             owner_reference(checkpoint), self.config.default_storage_class)
 
     @staticmethod
-    def _in_snapshot(taken: Optional[TakenSnapshot], path: str, items: Optional[list[str]] = None) -> dict[str, Any]:
+    def _in_snapshot(taken: Optional[TakenSnapshot], path: str, items: Optional[list[str]] = None) -> Location:
         if taken is None:
-            return {}  # not located yet: is_committed says so, and nothing is made Ready with it
+            return Location()  # not located yet: is_committed says so, and nothing is made Ready with it
         return volume_snapshots.snapshot_location(taken, path, items)
 
     def snapshot_location(self, tj: TrainingJob, claim: str, manifest: Manifest, layout: str,
-                          uploads: dict[str, str], taken: Optional[TakenSnapshot] = None) -> dict[str, Any]:
+                          uploads: dict[str, str], taken: Optional[TakenSnapshot] = None) -> Location:
         if manifest.path == "." or layout == "files":
             return self._in_snapshot(taken, ".", [f.path for f in manifest.files])
         return self._in_snapshot(taken, manifest.path)
 
     def live_location(self, tj: TrainingJob, claim: str, manifest: Manifest, uploads: dict[str, str],
-                      taken: Optional[TakenSnapshot] = None) -> dict[str, Any]:
+                      taken: Optional[TakenSnapshot] = None) -> Location:
         return self._in_snapshot(taken, manifest.path)
 
     def import_location(self, checkpoint: Checkpoint, claim: str, uploads: dict[str, str],
-                        taken: Optional[TakenSnapshot] = None) -> dict[str, Any]:
+                        taken: Optional[TakenSnapshot] = None) -> Location:
         if taken is None:
             raise MissingUpload("the import's volume snapshot is not taken yet")
         return self._in_snapshot(taken, IMPORT_DIR)
 
-    def is_committed(self, location: dict[str, Any]) -> bool:
+    def is_committed(self, location: Location) -> bool:
         """Only a location in a ready snapshot: a checkpoint whose snapshot is not taken yet waits."""
-        return bool(location.get("snapshot"))
+        return location.snapshot is not None

@@ -14,6 +14,7 @@ from checkpoint_operator.agent.formats import FORMATS, format_table_markdown
 from checkpoint_operator.agent.manifest import FileEntry, Manifest
 from checkpoint_operator.api.checkpoint import CheckpointFormat
 from checkpoint_operator.logic.naming import assign_checkpoint_names, without_extension
+from checkpoint_operator.api.checkpoint import Location, VolumeLocation
 from checkpoint_operator.logic.snapshot import ready_change
 
 FORMAT_TABLE_PAGE = Path(__file__).resolve().parents[3] / "docs" / "concepts.md"
@@ -33,9 +34,9 @@ def manifest(complete, reason=None) -> Manifest:
      (None, "Unknown", "NotChecked", "not checked: data.bin: content of a kind this check does not know")),
 ])
 def test_ready_status_records_complete_and_its_condition(complete, reason, expected):
-    change = ready_change(manifest(complete, reason), {"volume": {"claimName": "c", "path": "x"}}, owned=True)
+    change = ready_change(manifest(complete, reason), Location(volume=VolumeLocation(claimName="c", path="x")), owned=True)
     (condition,) = [c for c in change.conditions if c.type == "Complete"]
-    assert (change.fields["complete"], condition.status, condition.reason, condition.message) == expected
+    assert (change.fields.complete, condition.status, condition.reason, condition.message) == expected
     assert change.ready and change.phase == "Ready"  # kept: weights can be salvaged
     assert ("incomplete: missing trainer_state.json" in change.message) is (complete is False)
 
@@ -79,10 +80,9 @@ def test_every_number_of_a_ready_status_is_one_the_schema_accepts():
         path="x", files=[FILE], sizeBytes=2**64, fileCount=-1, digest="sha256:" + "1" * 64, format="torch",
         step=2**63, resumable=False, complete=True, completeReason="ok",
         metrics={"loss": float("nan"), "acc": float("inf"), "big": 1e308, "ok": 0.5})
-    change = ready_change(forged, {"volume": {"claimName": "c", "path": "x"}}, owned=True)
+    change = ready_change(forged, Location(volume=VolumeLocation(claimName="c", path="x")), owned=True)
     fields = change.fields
-    assert (fields["step"], fields["sizeBytes"], fields["fileCount"], fields["metrics"]) == (None, None, None,
-                                                                                            {"ok": 0.5})
+    assert (fields.step, fields.sizeBytes, fields.fileCount, fields.metrics) == (None, None, None, {"ok": 0.5})
     status = apply_change({}, change, generation=1, now="2026-01-01T00:00:00Z", is_settled=lambda p: True)
     CheckpointStatus.model_validate(status)  # what write_status checks before every write
     json.dumps(status, allow_nan=False)

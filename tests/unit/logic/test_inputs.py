@@ -1,6 +1,7 @@
 """Resolution of inputs from the indexes, selection policies (contract 3) and the live check."""
 
 from checkpoint_operator import PROTECTION_FINALIZER
+from checkpoint_operator.api.checkpoint import CheckpointHead
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.logic.inputs import (Candidate, CheckpointInfo, InputWait, ResolvedInput, check_live_input,
                                               resolve_inputs, select_output)
@@ -107,14 +108,14 @@ def test_the_live_read_decides():
     body = checkpoint("c")
     body["metadata"]["finalizers"] = [PROTECTION_FINALIZER]
     candidate = Candidate("c", body["metadata"]["uid"], "c")
-    ok = check_live_input(candidate, body)
-    assert isinstance(ok, ResolvedInput) and ok.digest == "sha256:c" and ok.location["volume"]["claimName"] == "data"
+    ok = check_live_input(candidate, CheckpointHead.model_validate(body))
+    assert isinstance(ok, ResolvedInput) and ok.digest == "sha256:c" and ok.location.volume.claimName == "data"
     deleting = {**body, "metadata": {**body["metadata"], "deletionTimestamp": "2026-01-02T00:00:00Z"}}
     unprotected = {**body, "metadata": {**body["metadata"], "finalizers": []}}
     replaced = {**body, "metadata": {**body["metadata"], "uid": "another"}}
     for live, reason in ((deleting, "InputDeleting"), (unprotected, "InputNotProtected"), (replaced, "InputNotFound"),
                          (None, "InputNotFound")):
-        wait = check_live_input(candidate, live)
+        wait = check_live_input(candidate, CheckpointHead.model_validate(live) if live else None)
         assert isinstance(wait, InputWait) and wait.reason == reason
 
 

@@ -4,6 +4,7 @@ import pytest
 
 from checkpoint_operator.agent.manifest import FileEntry, Manifest, digest_of
 from checkpoint_operator.config import OperatorConfig
+from checkpoint_operator.api.checkpoint import Location
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.logic.inputs import CheckpointInfo
 from checkpoint_operator.logic.snapshot import (ScanOutputError, ScanResult, not_stored, parse_scan_output,
@@ -47,16 +48,17 @@ def test_plan_names_lineage_and_keep():
     assert result.dropped == ["step-100"]
     first = result.checkpoints[0]
     assert first.body["spec"]["source"]["trainingJob"] == {"name": "train", "uid": "u-train", "directory": "step-300"}
-    fields = first.ready.fields
+    fields = first.ready.fields.to_wire()
     assert fields["parents"] == [{"name": "base", "uid": "u-base", "digest": "sha256:b"}]
     assert fields["producedBy"] == {"name": "train", "uid": "u-train"}
     assert fields["step"] == 300 and first.ready.phase == "Ready" and first.ready.ready and fields["owned"] is True
     assert fields["location"] == {"volume": {"claimName": "train-output", "path": "step-300"}}
-    assert fields["complete"] is None and first.ready.conditions[0].type == "Complete"  # no verdict: not checked
+    assert first.location == first.ready.fields.location
+    assert "complete" not in fields and first.ready.conditions[0].type == "Complete"  # no verdict: not checked
     assert (first.ready.conditions[0].status, first.ready.conditions[0].reason) == ("Unknown", "NotChecked")
     root = result.checkpoints[2]
-    assert root.ready.fields["location"]["volume"] == {"claimName": "train-output", "path": ".",
-                                                       "items": ["config.json"]}
+    assert root.ready.fields.to_wire()["location"]["volume"] == {"claimName": "train-output", "path": ".",
+                                                                 "items": ["config.json"]}
 
 
 def test_plan_is_idempotent_against_its_own_earlier_checkpoints_and_avoids_foreign_names():
@@ -95,15 +97,15 @@ def test_name_prefix():
 
 def test_completeness_from_the_manifest_contract_2():
     m = manifest("checkpoint-10", 10)
-    unchecked = ready_change(m, {}, owned=True)  # no verdict: not checked, never complete
-    assert unchecked.fields["complete"] is None and unchecked.conditions[0].status == "Unknown"
+    unchecked = ready_change(m, Location(), owned=True)  # no verdict: not checked, never complete
+    assert unchecked.fields.complete is None and unchecked.conditions[0].status == "Unknown"
     assert unchecked.message.endswith("; not checked: no completeness check applies (format torch)")
     complete = Manifest(**{**m.model_dump(), "complete": True, "completeReason": "trainer_state.json is present"})
-    assert ready_change(complete, {}, owned=True).fields["complete"] is True
+    assert ready_change(complete, Location(), owned=True).fields.complete is True
 
     incomplete = Manifest(**{**m.model_dump(), "complete": False, "completeReason": "missing trainer_state.json"})
-    change = ready_change(incomplete, {}, owned=True)
-    assert change.fields["complete"] is False and "incomplete" in change.message
+    change = ready_change(incomplete, Location(), owned=True)
+    assert change.fields.complete is False and "incomplete" in change.message
     (condition,) = change.conditions
     assert (condition.type, condition.status, condition.reason) == ("Complete", "False", "Incomplete")
     assert condition.message == "missing trainer_state.json"

@@ -1,6 +1,6 @@
 """The TrainingJob's decisions (logic/trainingjob_flow.py, logic/protection.py), without an API."""
 
-from checkpoint_operator.api.trainingjob import TrainingJob
+from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobStatus
 from checkpoint_operator.logic import trainingjob_flow as flow
 from checkpoint_operator.logic.agent_pods import PodProblem, downloaded_input, pod_failure, pod_problem
 from checkpoint_operator.logic.inputs import InputWait
@@ -33,7 +33,7 @@ def test_job_outcome_waits_for_the_final_condition_and_no_running_pod():
 
 def test_after_the_job_a_snapshot_follows_unless_there_is_no_output():
     change, snapshot = flow.after_job(tj(), True, "succeeded", "now")
-    assert snapshot and change.phase == "Snapshotting" and change.fields["jobSucceeded"] is True
+    assert snapshot and change.phase == "Snapshotting" and change.fields.jobSucceeded is True
     change, snapshot = flow.after_job(tj(output={"enabled": False}), True, "succeeded", "now")
     assert not snapshot and change.phase == "Succeeded" and change.ready
     change, snapshot = flow.after_job(tj(output={"enabled": False}), False, "failed: x", "now")
@@ -116,7 +116,7 @@ def test_uses_labels_and_bounded_used_by():
     assert label_patch({"uses.ckpt.dev/u1": "true"}, ["u1"]) == {}
     assert used_uids({"uses.ckpt.dev/b": "true", "uses.ckpt.dev/a": "true", "other": "x"}) == ["a", "b"]
     status = used_by_status([(f"job-{i:04d}", f"u{i}") for i in range(1000)])
-    assert status["usedByCount"] == 1000 and len(status["usedBy"]) == 20 and status["usedBy"][0]["name"] == "job-0000"
+    assert status.usedByCount == 1000 and len(status.usedBy) == 20 and status.usedBy[0].name == "job-0000"
     bodies = [training_job("a", phase="Running"), training_job("b", phase="Succeeded"), training_job("c")]
     assert blocking_users(bodies) == ["a", "c"]
 
@@ -131,10 +131,10 @@ def test_status_changes_apply_once_and_post_one_event():
     again = apply_change(first, change, generation=1, now="t2", is_settled=settled)
     assert status_patch(first, again) == {}  # a no-op is not written
     failed = apply_change(first, StatusChange(phase="Failed", reason="X", message="m", stalled=True,
-                                              fields={"completionTime": "t3"}), generation=1, now="t3",
+                                              fields=TrainingJobStatus(completionTime="t3")), generation=1, now="t3",
                           is_settled=settled)
     assert {c["type"] for c in failed["conditions"]} == {"Ready", "Stalled"}
-    removed = apply_change(failed, StatusChange(fields={"completionTime": None}), generation=1, now="t4",
+    removed = apply_change(failed, StatusChange(fields=TrainingJobStatus(completionTime=None)), generation=1, now="t4",
                            is_settled=settled)
     assert "completionTime" not in removed and status_patch(failed, removed) == {"completionTime": None}
 
@@ -144,9 +144,9 @@ def test_a_refused_input_download_is_named_in_the_final_message():
     assert downloaded_input("trainer", ["a"]) is None and downloaded_input("download-input-7", ["a"]) is None
     cause = flow.input_download_failure("b", "error: s3://x/: ... not the pinned sha256:0")
     change, snapshot_follows = flow.after_job(tj(), False, f"failed: BackoffLimitExceeded; {cause}", "now")
-    assert snapshot_follows and change.fields["jobFailure"].endswith(cause)
+    assert snapshot_follows and change.fields.jobFailure.endswith(cause)
     done = flow.snapshot_done(tj(status={"phase": "Snapshotting", "jobSucceeded": False,
-                                         "jobFailure": change.fields["jobFailure"]}), [], "now", None, "c", 0)
+                                         "jobFailure": change.fields.jobFailure}), [], "now", None, "c", 0)
     assert done.reason == "JobFailed" and done.message == f"Job failed: BackoffLimitExceeded; {cause}; kept no " \
                                                           "checkpoints in the output"
 
@@ -195,3 +195,4 @@ def test_a_failed_snapshot_attempt_waits_before_the_next():
     assert flow.snapshot_wait(first, now) == 10.0
     assert flow.snapshot_wait(first, datetime(2026, 1, 1, 0, 0, 10, tzinfo=timezone.utc)) is None
     assert flow.snapshot_wait(None, now) is None
+

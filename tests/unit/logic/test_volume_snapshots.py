@@ -92,13 +92,13 @@ def test_a_snapshot_being_cut_is_read_soon_then_every_ten_seconds() -> None:
 
 def test_a_location_in_a_snapshot_reads_back_through_the_model() -> None:
     taken = vs.TakenSnapshot("train-output-ab12c-snap-1", "10Gi", "gp3")
-    wire = vs.snapshot_location(taken, ".", ["config.json", "model.safetensors"])
+    location = vs.snapshot_location(taken, ".", ["config.json", "model.safetensors"])
+    wire = location.to_wire()
     assert wire == {"snapshot": {"volumeSnapshotName": "train-output-ab12c-snap-1", "path": ".",
                                  "items": ["config.json", "model.safetensors"], "restoreSize": "10Gi",
                                  "storageClassName": "gp3"}}
-    assert Location.model_validate(wire).snapshot == vs.location_in_snapshot(wire)
-    assert vs.location_in_snapshot({"volume": {"claimName": "c", "path": "."}}) is None
-    assert vs.location_in_snapshot({}) is None
+    assert Location.model_validate(wire) == location
+    assert Location.model_validate({"volume": {"claimName": "c", "path": "."}}).snapshot is None
 
 
 def pod_with(volume: dict) -> dict:

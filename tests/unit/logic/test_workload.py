@@ -1,6 +1,6 @@
 import pytest
 
-from checkpoint_operator.api.checkpoint import Checkpoint
+from checkpoint_operator.api.checkpoint import Checkpoint, Location, S3Location, VolumeLocation
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic import workload
@@ -33,9 +33,7 @@ def import_pod(checkpoint: dict, config: OperatorConfig = CONFIG) -> dict:
 
 
 def _input(name, path=None, claim="data", items=None):
-    location = {"volume": {"claimName": claim, "path": path or name}}
-    if items:
-        location["volume"]["items"] = items
+    location = Location(volume=VolumeLocation(claimName=claim, path=path or name, items=items or None))
     return ResolvedInput(name=name, uid="u-" + name, digest="sha256:x", mount_name=name, location=location)
 
 
@@ -144,8 +142,8 @@ def test_snapshot_pod_mounts_the_output_read_only_and_runs_the_agent_scan():
 def test_s3_store_downloads_inputs_in_an_init_container():
     config = OperatorConfig(storage_type="s3", s3_bucket="b", s3_endpoint="http://s3:9000", s3_secret_name="creds")
     tj = training_job()
-    inp = ResolvedInput(name="base", uid="u", digest=None, mount_name="base",
-                        location={"s3": {"uri": "s3://b/ckpt/default/base/"}})
+    inp = ResolvedInput(name="base", uid="u", digest="sha256:" + "a" * 64, mount_name="base",
+                        location=Location(s3=S3Location(uri="s3://b/ckpt/default/base/")))
     pod = build_job(tj, [inp], config).job["spec"]["template"]["spec"]
     init = pod["initContainers"][0]
     assert init["command"][:5] == ["checkpoint-operator", "agent", "download", "s3://b/ckpt/default/base/",

@@ -19,7 +19,19 @@ def ckpt(name, uid=None, parents=(), *, phase="Ready", step=None, job=None, sour
                        **status}}
     if job:
         body["status"]["producedBy"] = {"name": job, "uid": "j"}
-    return body
+    return views.read_checkpoint(body)
+
+
+def test_objects_of_another_version_are_read_as_far_as_this_one_knows_them():
+    body = {"metadata": {"name": "new", "uid": "u"}, "spec": {"source": {"upload": {}}, "someNewField": 1},
+            "status": {"phase": "Ready", "digest": "sha256:" + "0" * 64, "aNewStatusField": {"x": 1}}}
+    assert views.read_checkpoint(body).status.digest == "sha256:" + "0" * 64  # unknown fields ignored
+    assert views.producer(views.read_checkpoint(body)) == "upload"
+    body["spec"]["source"] = {"aNewSource": {}}  # a spec this version cannot read: the head remains
+    head = views.read_checkpoint(body)
+    assert head.phase == "Ready" and views.producer(head) == "-"
+    body["status"]["phase"] = "APhaseFromTheFuture"  # a status it cannot read: the metadata remains
+    assert views.read_checkpoint(body).metadata.name == "new"
 
 
 def test_age_reads_like_kubectl():

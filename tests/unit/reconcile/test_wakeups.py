@@ -110,3 +110,39 @@ def test_a_pending_snapshot_checkpoint_waits_for_its_live_producer_alone():
     ctx = context(checkpoints=[ckpt], jobs=[])  # the producer is gone: the Checkpoint fails on its own
     wakeups.training_job_event(ctx, "DELETED", producer)
     assert ("Checkpoint", "default", "src-s-1") in ctx.queue.added
+
+
+def test_what_is_kept_of_an_object_goes_with_its_deleted_event():
+    """A long-running operator sees thousands of objects come and go: nothing it keeps of one
+    outlives it (issue 21 item 6)."""
+    from checkpoint_operator.logic.live_sealing import LiveMemory
+    ckpt = checkpoint("in")
+    job = training_job("user", phase="Running", checkpoints=[{"name": "in"}])
+    job["metadata"]["labels"] = {uses_label(ckpt["metadata"]["uid"]): "true"}
+    job["metadata"]["resourceVersion"] = "3"
+    ckpt["metadata"]["resourceVersion"] = "4"
+    ctx = context(checkpoints=[ckpt], jobs=[job])
+    ctx.wrote({**job, "metadata": {**job["metadata"], "resourceVersion": "2"}})  # its event was batched away
+    ctx.wrote({**ckpt, "metadata": {**ckpt["metadata"], "resourceVersion": "2"}})
+    ctx.live[("default", "u-user")] = LiveMemory()
+    wakeups.training_job_event(ctx, "MODIFIED", job)
+    assert ctx.last_uses and ctx.live
+    wakeups.training_job_event(ctx, "DELETED", job)
+    wakeups.checkpoint_event(ctx, "DELETED", ckpt)
+    assert (ctx.own_writes, ctx.last_uses, ctx.live) == ({}, {}, {})
+    assert ("Checkpoint", "default", "in") in ctx.queue.added  # the job's input still woken (its usedBy)
+
+
+def test_the_resync_drops_what_is_kept_of_objects_the_indexes_no_longer_hold():
+    """A DELETED event that never came (a watch relisted over a deletion): the resync's pass."""
+    from checkpoint_operator.logic.live_sealing import LiveMemory
+    kept, finished = training_job("kept", phase="Running"), training_job("done", phase="Succeeded")
+    ctx = context(jobs=[kept, finished], checkpoints=[checkpoint("here")])
+    ctx.own_writes.update({("TrainingJob", "default", "kept"): "1", ("TrainingJob", "default", "gone"): "1",
+                           ("Checkpoint", "default", "here"): "1", ("Checkpoint", "default", "gone"): "1"})
+    ctx.last_uses.update({("default", "kept"): {"u"}, ("default", "gone"): {"u"}})
+    ctx.live.update({("default", "u-kept"): LiveMemory(), ("default", "u-done"): LiveMemory(),
+                     ("default", "u-gone"): LiveMemory()})
+    assert ctx.forget_gone() == 5
+    assert set(ctx.own_writes) == {("TrainingJob", "default", "kept"), ("Checkpoint", "default", "here")}
+    assert set(ctx.last_uses) == {("default", "kept")} and set(ctx.live) == {("default", "u-kept")}

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from checkpoint_operator.agent.manifest import FileEntry, Manifest
-from checkpoint_operator.api.checkpoint import Checkpoint
+from checkpoint_operator.api.checkpoint import Checkpoint, Location, VolumeLocation
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic import volume_snapshots, workload
@@ -33,7 +33,7 @@ def in_snapshot(name: str, snapshot: str, path: str, items: list[str] | None = N
 
 def on_claim(name: str, claim: str, path: str) -> ResolvedInput:
     return ResolvedInput(name=name, uid="u-" + name, digest="sha256:x", mount_name=name,
-                         location={"volume": {"claimName": claim, "path": path}})
+                         location=Location(volume=VolumeLocation(claimName=claim, path=path)))
 
 
 def manifest(path: str, files: tuple[str, ...] = ("w.bin",)) -> Manifest:
@@ -103,19 +103,19 @@ def test_locations_are_in_the_snapshot_once_it_is_taken() -> None:
     store = SnapshotVolumeStore(SNAPSHOTS)
     job = tj()
     not_yet = store.snapshot_location(job, "c", manifest("step-1"), "auto", {})
-    assert not_yet == {} and not store.is_committed(not_yet)  # nothing is made Ready with it
+    assert not_yet == Location() and not store.is_committed(not_yet)  # nothing is made Ready with it
     taken = TakenSnapshot("c-snap-1", "10Gi", "gp3")
     directory = store.snapshot_location(job, "c", manifest("step-1"), "auto", {}, taken)
-    assert directory["snapshot"]["path"] == "step-1" and store.is_committed(directory)
+    assert directory.snapshot is not None and directory.snapshot.path == "step-1" and store.is_committed(directory)
     root = store.snapshot_location(job, "c", manifest(".", ("config.json", "w.bin")), "auto", {}, taken)
-    assert root["snapshot"]["path"] == "." and root["snapshot"]["items"] == ["config.json", "w.bin"]
+    assert root.snapshot is not None and root.snapshot.path == "." and root.snapshot.items == ["config.json", "w.bin"]
     live = store.live_location(job, "c", manifest("step-2"), {}, taken)
-    assert live["snapshot"]["volumeSnapshotName"] == "c-snap-1"
+    assert live.snapshot is not None and live.snapshot.volumeSnapshotName == "c-snap-1"
     checkpoint = Checkpoint.model_validate({"metadata": {"name": "base", "namespace": "default", "uid": "u-b"},
                                             "spec": {"source": {"http": {"url": "https://example.com/m"}}}})
     with pytest.raises(MissingUpload):
         store.import_location(checkpoint, "base-data", {})
-    assert store.import_location(checkpoint, "base-data", {}, taken)["snapshot"]["path"] == "data"
+    assert store.import_location(checkpoint, "base-data", {}, taken).to_wire()["snapshot"]["path"] == "data"
     import_request = store.import_snapshot(checkpoint, "base-data")
     assert import_request is not None
     assert import_request.body["metadata"]["ownerReferences"][0] == {
@@ -125,7 +125,7 @@ def test_locations_are_in_the_snapshot_once_it_is_taken() -> None:
 
 def test_without_snapshots_locations_stay_on_the_volume() -> None:
     store = VolumeStore(OperatorConfig())
-    assert store.snapshot_location(tj(), "c", manifest("step-1"), "auto", {}) == {
+    assert store.snapshot_location(tj(), "c", manifest("step-1"), "auto", {}).to_wire() == {
         "volume": {"claimName": "c", "path": "step-1"}}
     assert store.keeps_output_claim and store.later_writes_reach_checkpoints and not store.syncs_before_snapshots
     snapshots = SnapshotVolumeStore(SNAPSHOTS)

@@ -144,7 +144,7 @@ def run_parallel(fn: Callable, items: list, workers: int, stop: threading.Event)
             failures: list[BaseException] = []
             while pending and not failures:
                 done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
-                failures += [f.exception() for f in done if f.exception() and not isinstance(f.exception(), Cancelled)]
+                failures += [exc for f in done if (exc := f.exception()) and not isinstance(exc, Cancelled)]
             if failures:
                 raise failures[0]
         except BaseException:  # a failure, or SIGTERM: the other transfers stop at their next chunk
@@ -197,7 +197,7 @@ def read_secret_dir(label: str) -> Optional[tuple[str, str]]:
     directory = os.environ.get(SECRET_DIR_ENV)
     if not directory:
         return None
-    values = {}
+    values: dict[str, Optional[str]] = {}
     for key in ("username", "password"):
         path = os.path.join(directory, key)
         try:

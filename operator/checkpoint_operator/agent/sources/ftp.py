@@ -54,16 +54,18 @@ class FtpSource(Source):
     def _connect(self) -> ftplib.FTP:
         login = read_secret_dir(self.uri) or ("anonymous", "anonymous@")
         try:
-            if self.tls:
-                ftp: ftplib.FTP = ftplib.FTP_TLS(context=ssl_context(self.ca_file, self.uri), timeout=FTP_TIMEOUT)
+            ftp: ftplib.FTP
+            if self.tls:  # AUTH TLS before the login, then a protected data channel (PROT P)
+                secure = ftplib.FTP_TLS(context=ssl_context(self.ca_file, self.uri), timeout=FTP_TIMEOUT)
+                secure.connect(self.host, self.port)
+                secure.auth()
+                secure.login(login[0] or "anonymous", login[1])
+                secure.prot_p()
+                ftp = secure
             else:
                 ftp = ftplib.FTP(timeout=FTP_TIMEOUT)
-            ftp.connect(self.host, self.port)
-            if self.tls:
-                ftp.auth()
-            ftp.login(login[0] or "anonymous", login[1])
-            if self.tls:
-                ftp.prot_p()
+                ftp.connect(self.host, self.port)
+                ftp.login(login[0] or "anonymous", login[1])
             ftp.voidcmd("TYPE I")
             return ftp
         except ssl.SSLCertVerificationError as exc:

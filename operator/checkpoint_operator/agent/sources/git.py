@@ -32,7 +32,7 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import IO, Iterator, Optional
 
 from checkpoint_operator.agent.archive import _link_stays_inside
 from checkpoint_operator.agent.errors import AgentError
@@ -141,7 +141,7 @@ class GitSource(Source):
             _kill_group(proc)
             proc.wait()
             raise
-        if over.is_set():
+        if over.is_set() and watch is not None:
             raise AgentError(f"{self.label}: git {args[0]} went past the size limit while fetching (more than "
                              f"{watch[1]} bytes received; see --max-size); stopped")
         if proc.returncode != 0:
@@ -240,44 +240,51 @@ class GitSource(Source):
         `cat-file --batch` (each at most MAX_LINK_TARGET bytes: checked from the listing)."""
         if not oids:
             return
-        proc = subprocess.Popen(["git", f"--git-dir={gitdir}", "cat-file", "--batch"], env=self._env(),
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        proc, stdin, stdout = self._cat_file(gitdir)
         try:
             for oid in oids:
-                proc.stdin.write(oid.encode() + b"\n")
-                proc.stdin.flush()
-                header = proc.stdout.readline().split()
+                stdin.write(oid.encode() + b"\n")
+                stdin.flush()
+                header = stdout.readline().split()
                 if len(header) != 3:
                     raise AgentError(f"{self.label}: object {oid} missing from the fetch")
-                yield proc.stdout.read(int(header[2]))
-                proc.stdout.read(1)
+                yield stdout.read(int(header[2]))
+                stdout.read(1)
         finally:
-            proc.stdin.close()
+            stdin.close()
             proc.kill()
             proc.wait()
 
-    def _write_blobs(self, gitdir: str, entries: list[Entry], tree: str, progress: Progress) -> None:
-        """Every file, streamed from one `cat-file --batch` process, checked against its size."""
+    def _cat_file(self, gitdir: str) -> tuple[subprocess.Popen[bytes], IO[bytes], IO[bytes]]:
+        """A `git cat-file --batch` process and its stdin and stdout."""
         proc = subprocess.Popen(["git", f"--git-dir={gitdir}", "cat-file", "--batch"], env=self._env(),
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        if proc.stdin is None or proc.stdout is None:  # not with PIPE; said for the type checker
+            proc.kill()
+            raise AgentError(f"{self.label}: git cat-file started without its pipes")
+        return proc, proc.stdin, proc.stdout
+
+    def _write_blobs(self, gitdir: str, entries: list[Entry], tree: str, progress: Progress) -> None:
+        """Every file, streamed from one `cat-file --batch` process, checked against its size."""
+        proc, stdin, stdout = self._cat_file(gitdir)
         try:
             for entry in entries:
-                proc.stdin.write(entry.oid.encode() + b"\n")
-                proc.stdin.flush()
-                header = proc.stdout.readline().split()
+                stdin.write(entry.oid.encode() + b"\n")
+                stdin.flush()
+                header = stdout.readline().split()
                 if len(header) != 3 or header[1] != b"blob":
                     raise AgentError(f"{self.label}: '{printable(entry.path)}': object {entry.oid} missing from the fetch")
                 size = int(header[2])
                 target = target_path(tree, entry.path)
                 if entry.mode == "120000":
-                    os.symlink(os.fsdecode(proc.stdout.read(size)), target)
+                    os.symlink(os.fsdecode(stdout.read(size)), target)
                 else:
-                    copy_stream(proc.stdout.read, target, label=f"{self.label}: {printable(entry.path)}",
+                    copy_stream(stdout.read, target, label=f"{self.label}: {printable(entry.path)}",
                                 expected=size, limit=size, progress=progress, framed=True)
                     os.chmod(target, 0o755 if entry.mode == "100755" else 0o644)
-                proc.stdout.read(1)  # the newline after each object
+                stdout.read(1)  # the newline after each object
         finally:
-            proc.stdin.close()
+            stdin.close()
             proc.kill()
             proc.wait()
 
@@ -285,10 +292,12 @@ class GitSource(Source):
                    progress: Progress) -> None:
         if shutil.which("git-lfs") is None:
             raise AgentError(f"{self.label}: git-lfs is not installed (needed for lfs: true)")
-        lfs_limit = sum(e.lfs[1] for e in pointers) + 1024 * 1024
+        lfs_limit = sum(e.lfs[1] for e in pointers if e.lfs) + 1024 * 1024
         self._git(gitdir, "lfs", "fetch", "origin", commit, watch=(os.path.join(gitdir, "lfs"), lfs_limit))
         placed: dict[str, str] = {}
         for entry in pointers:
+            if entry.lfs is None:
+                continue  # (pointers are the entries that are LFS pointers)
             oid, size = entry.lfs
             label = f"{self.label}: {printable(entry.path)}"
             target = target_path(tree, entry.path)
