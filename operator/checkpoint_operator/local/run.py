@@ -16,6 +16,7 @@ import pydantic
 import yaml
 
 from checkpoint_operator import API_VERSION
+from checkpoint_operator.agent.errors import one_line, yaml_problem
 
 NAMESPACE = "default"
 SETTLED_CHECKPOINT = ("Ready", "Failed")
@@ -49,9 +50,17 @@ def load_manifests(paths: Iterable[str]) -> list[dict]:
     models: dict[str, type[ApiModel]] = {"Checkpoint": CheckpointSpec, "TrainingJob": TrainingJobSpec}
     objects = []
     for file in manifest_files(paths):
-        for doc in yaml.safe_load_all(file.read_text()):
+        try:
+            docs = list(yaml.safe_load_all(file.read_text()))
+        except yaml.YAMLError as exc:
+            raise ManifestError(f"{file}: {yaml_problem(exc)}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ManifestError(f"{file}: cannot be read as UTF-8 text ({one_line(str(exc))})") from None
+        for doc in docs:
             if not doc:
                 continue
+            if not isinstance(doc, dict):
+                raise ManifestError(f"{file}: a document is a {type(doc).__name__}, not a Kubernetes object")
             kind = doc.get("kind")
             if doc.get("apiVersion") != API_VERSION or kind not in models:
                 raise ManifestError(f"{file}: only {API_VERSION} Checkpoint and TrainingJob are supported in local "
@@ -95,7 +104,7 @@ def local_run(args: argparse.Namespace) -> int:
     try:
         objects = load_manifests(args.filename)
         check_storage_flags(getattr(args, "storage_class", None), getattr(args, "volume_snapshot_class", None))
-    except (ManifestError, yaml.YAMLError) as exc:
+    except ManifestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

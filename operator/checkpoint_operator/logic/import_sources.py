@@ -41,6 +41,7 @@ class ImportSpec:
     mounts: list[dict[str, Any]] = field(default_factory=list)
     revision: Optional[str] = None  # the revision asked for (huggingFace, git)
     pins_commit: bool = False  # the agent reports the commit it fetched; an import without it fails
+    secret: Optional[str] = None  # the source's Secret (secretRef): the only one its pod may read
 
 
 def _secret_env(secret: str, keys: tuple[str, ...], optional: bool = False) -> list[dict[str, Any]]:
@@ -51,6 +52,7 @@ def _secret_env(secret: str, keys: tuple[str, ...], optional: bool = False) -> l
 
 def _mounted_secret(spec: ImportSpec, secret: str) -> None:
     """The Secret as files (username, password) at SOURCE_SECRET_MOUNT, for Git and FTP."""
+    spec.secret = secret
     spec.volumes.append({"name": SOURCE_SECRET_VOLUME, "secret": {"secretName": secret, "defaultMode": 0o400}})
     spec.mounts.append({"name": SOURCE_SECRET_VOLUME, "mountPath": SOURCE_SECRET_MOUNT, "readOnly": True})
     spec.env.append({"name": SECRET_DIR_ENV, "value": SOURCE_SECRET_MOUNT})
@@ -69,6 +71,7 @@ def _s3(s3: S3Source) -> ImportSpec:
     if s3.region:
         spec.env.append({"name": "AWS_DEFAULT_REGION", "value": s3.region})
     if s3.secretRef:
+        spec.secret = s3.secretRef.name
         spec.env += _secret_env(s3.secretRef.name, ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"))
     return spec
 
@@ -100,6 +103,7 @@ def _hugging_face(hf: HuggingFaceSource) -> ImportSpec:
     if hf.endpoint:
         spec.args += ["--endpoint-url", hf.endpoint]
     if hf.secretRef:
+        spec.secret = hf.secretRef.name
         spec.env += _secret_env(hf.secretRef.name, ("HF_TOKEN",))
     return spec
 
@@ -109,6 +113,7 @@ def _gcs(gcs: GcsSource) -> ImportSpec:
     if gcs.endpoint:
         spec.args += ["--endpoint-url", gcs.endpoint]
     if gcs.secretRef:
+        spec.secret = gcs.secretRef.name
         spec.env += _secret_env(gcs.secretRef.name, ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"))
     return spec
 
@@ -128,6 +133,7 @@ def _azure_blob(azure: AzureBlobSource) -> ImportSpec:
     if endpoint and endpoint.split(".", 1)[1] != "blob.core.windows.net":
         spec.args += ["--endpoint-url", endpoint]  # another cloud's (or a private endpoint's) suffix
     if azure.secretRef:  # whichever of the three keys the Secret has
+        spec.secret = azure.secretRef.name
         spec.env += _secret_env(azure.secretRef.name, AZURE_KEYS, optional=True)
     return spec
 
@@ -143,6 +149,15 @@ def _git(git: GitSource) -> ImportSpec:
     if git.caConfigMap:
         _mounted_ca(spec, git.caConfigMap)
     return spec
+
+
+def shown_uri(uri: str) -> str:
+    """A source's URI as statuses and events show it: credentials before the host (the CRD refuses
+    them) masked, and the query left out ("?..."): it may carry a credential under a name the URL
+    rule does not know (a signed URL's own parameter); the spec keeps it whole."""
+    hidden = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@", r"\1***@", uri)
+    base, mark, _ = hidden.partition("?")
+    return base + ("?..." if mark else "")
 
 
 def import_spec(checkpoint: Checkpoint) -> ImportSpec:
@@ -186,5 +201,5 @@ def source_status(spec: ImportSpec, provenance: Optional[dict[str, Any]]) -> Sou
     resolved = (provenance or {}).get("resolvedRevision")
     if spec.pins_commit and (not isinstance(resolved, str) or not _COMMIT.fullmatch(resolved)):
         return "the import did not report the commit it fetched (resolvedRevision)"
-    return SourceStatus(kind=spec.kind, uri=spec.uri[:MAX_URI], revision=spec.revision or None,
+    return SourceStatus(kind=spec.kind, uri=shown_uri(spec.uri)[:MAX_URI], revision=spec.revision or None,
                         resolvedRevision=resolved if spec.pins_commit else None)

@@ -65,7 +65,8 @@ def add_commands(parser: argparse.ArgumentParser, common: argparse.ArgumentParse
     pull.add_argument("--timeout", type=float, default=600, help="seconds to wait for the operator's pod")
     pull.add_argument("--clean", action="store_true",
                       help="remove what DIR holds that is not part of this checkpoint (other files, directories, "
-                           "links) before pulling; without it a pull into such a directory is refused, naming them")
+                           "links) before pulling, only in a directory a pull wrote (its manifest, parts or files); "
+                           "without it a pull into such a directory is refused, naming them")
 
     push = cmds.add_parser("push", parents=[common], help="push a directory as a new Checkpoint (an upload)",
                            description="Create the upload Checkpoint NAME (or take the one waiting for this data), "

@@ -15,7 +15,9 @@ from typing import Any, Callable, Optional
 
 import kubernetes
 import urllib3
+import yaml
 
+from checkpoint_operator.agent.errors import one_line, yaml_problem
 from checkpoint_operator.api.rules import is_dns1123
 from checkpoint_operator.kube import CHECKPOINTS, PODS, ApiError, Kube
 
@@ -121,8 +123,13 @@ def connect(kubeconfig: Optional[str] = None, context: Optional[str] = None,
             contexts, active = kubernetes.config.list_kube_config_contexts(config_file=kubeconfig)
             chosen = next((c for c in contexts if c["name"] == context), active) if context else active
             default_namespace = ((chosen or {}).get("context") or {}).get("namespace") or "default"
-    except (kubernetes.config.ConfigException, OSError, ValueError, TypeError) as exc:
-        raise PluginError(f"cannot load the kubeconfig {kubeconfig or path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise PluginError(f"cannot load the kubeconfig {kubeconfig or path}: {yaml_problem(exc)}") from None
+    except (TypeError, AttributeError):  # YAML, but not a mapping: the client digs into it without checking
+        raise PluginError(f"cannot load the kubeconfig {kubeconfig or path}: not a kubeconfig (a YAML mapping with "
+                          "clusters, contexts and users)") from None
+    except (kubernetes.config.ConfigException, OSError, ValueError) as exc:
+        raise PluginError(f"cannot load the kubeconfig {kubeconfig or path}: {one_line(str(exc))}") from None
     cluster = Cluster(api_client, namespace or default_namespace, api_client.configuration.host)
     check_name("namespace", cluster.namespace)
     return cluster

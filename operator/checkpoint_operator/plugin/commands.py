@@ -27,6 +27,7 @@ import yaml
 from checkpoint_operator import API_VERSION, GROUP, VERSION
 from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.manifest import MANIFEST_NAME, Manifest
+from checkpoint_operator.agent.names import printable
 from checkpoint_operator.agent.progress import Progress, human_bytes
 from checkpoint_operator.api.checkpoint import (Checkpoint, CheckpointFormat, CheckpointHead, CheckpointPhase,
                                                CheckpointSpec, CheckpointStatus)
@@ -226,6 +227,8 @@ def make_room(directory: str, manifest: Optional[Manifest], digest: Optional[str
     before its stream begins (the file list comes with the stream): only a root manifest of
     another checkpoint is refused here, so that no pod is started for nothing."""
     from checkpoint_operator.agent import pull_target
+    if manifest is not None and (refusal := pull_target.case_refusal(directory, manifest)):
+        raise PluginError(refusal)
     if early and clean:
         return  # removed once the stream says what the checkpoint holds
     found = pull_target.examine(directory, manifest, digest)
@@ -234,6 +237,11 @@ def make_room(directory: str, manifest: Optional[Manifest], digest: Optional[str
         found.count = len(found.foreign)
     if not found.count:
         return
+    if clean and not pull_target.pulled_into(directory, manifest):
+        raise PluginError(f"{directory}: --clean empties only a directory a pull wrote, and this one holds no pull "
+                          f"(no {MANIFEST_NAME}, none of the checkpoint's files) but {found.count} entries of its own "
+                          f"(first {found.foreign[0].line()}): pull into a new or empty directory, or remove them "
+                          f"yourself")
     if clean:
         removed = pull_target.remove_foreign(directory, manifest, digest)
         for item in removed[:pull_target.MAX_LISTED]:
@@ -255,7 +263,7 @@ def _pull_through_pod(cluster: Cluster, checkpoint: CheckpointHead, args: argpar
     value = request_value()
     cluster.annotate(name, {PULL_REQUEST_ANNOTATION: value})
     pod = wait_for_pod(cluster, transfers.pull_pod_name(name), value, checkpoint.metadata.uid, args.timeout, io)
-    session = start_exec(cluster, pod, "hold", transfers.pull_command(), stdin=False)
+    session = start_exec(cluster, pod, "hold", transfers.pull_command(checkpoint.status.digest), stdin=False)
     receiver_name = os.path.basename(os.path.abspath(args.dir))
     clean = getattr(args, "clean", False)
     try:
@@ -291,7 +299,7 @@ def cmd_push(cluster: Cluster, args: argparse.Namespace, io: Io) -> int:
                       f"the operator to say where {name}'s data goes (status.upload)")
     value = request_value()
     if upload.store == "s3":
-        _push_to_s3(name, args, manifest, upload, io)
+        _push_to_s3(cluster, name, args, manifest, upload, io)
         cluster.annotate(name, {UPLOAD_REQUEST_ANNOTATION: value})
     else:
         cluster.annotate(name, {UPLOAD_REQUEST_ANNOTATION: value})
@@ -427,7 +435,7 @@ def new_upload_checkpoint(name: str, namespace: str, manifest: Manifest, format_
             "spec": spec}
 
 
-def _push_to_s3(name: str, args: argparse.Namespace, manifest: Manifest, upload: UploadStatus, io: Io) -> None:
+def _push_to_s3(cluster: Cluster, name: str, args: argparse.Namespace, manifest: Manifest, upload: UploadStatus, io: Io) -> None:
     """Straight into the bucket with the user's credentials: the agent's resumable upload."""
     from checkpoint_operator.agent.s3 import resolve_endpoint
     from checkpoint_operator.agent.upload import upload_dir
@@ -438,7 +446,7 @@ def _push_to_s3(name: str, args: argparse.Namespace, manifest: Manifest, upload:
     try:
         upload_dir(args.dir, upload.uri, manifest=manifest, endpoint_url=endpoint, follow_links=True, log=io.note)
     except AgentError as exc:
-        raise PluginError(f"push of {name}: {exc} (rerun to resume)") from None
+        raise PluginError(f"push of {name}: {exc} ({rerun_advice(cluster, name, args.dir, manifest)})") from None
 
 
 def _push_through_pod(cluster: Cluster, checkpoint: CheckpointHead, args: argparse.Namespace, manifest: Manifest,
@@ -471,7 +479,28 @@ def _push_through_pod(cluster: Cluster, checkpoint: CheckpointHead, args: argpar
         raise PluginError(f"push of {name}: {exc}") from None
     code = session.finish(timeout=args.timeout)
     if code != 0:
-        raise PluginError(f"push of {name} into pod {pod}: {session.last_error()} (rerun to resume)")
+        raise PluginError(f"push of {name} into pod {pod}: {session.last_error()} "
+                          f"({rerun_advice(cluster, name, args.dir, manifest)})")
+
+
+def rerun_advice(cluster: Cluster, name: str, directory: str, manifest: Manifest) -> str:
+    """What to do after a push that failed: rerun it (what arrived is kept), unless DIR no longer
+    holds what was hashed. Then a rerun is refused (the Checkpoint expects the first digest: hostile1
+    D11), and the way on is a new Checkpoint once DIR stops changing. Re-reads DIR's files once."""
+    from checkpoint_operator.agent.hashing import hash_files
+    from checkpoint_operator.agent.tree import locate_file
+    try:
+        paths = [locate_file(directory, e.path, follow_links=True)[0] for e in manifest.files]
+    except (AgentError, OSError):
+        paths = []
+    now = hash_files(paths, sizes=[e.size for e in manifest.files]) if paths else []
+    changed = [e.path for e, got in zip(manifest.files, now) if got != (e.size, e.sha256)]
+    if paths and not changed:
+        return "rerun to resume"
+    first = f" ('{printable(changed[0])}'{f' and {len(changed) - 1} more' if len(changed) > 1 else ''})" if changed else ""
+    return (f"{directory} changed since it was hashed{first}: Checkpoint {name} expects digest {manifest.digest}, so a "
+            f"rerun is refused; once the files stop changing, delete it (kubectl delete checkpoint {name} -n "
+            f"{cluster.namespace}) and push again")
 
 
 def remote_inventory(cluster: Cluster, pod: str) -> dict[str, tuple[int, str]]:

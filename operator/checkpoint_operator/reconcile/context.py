@@ -17,7 +17,7 @@ from checkpoint_operator.api.checkpoint import CheckpointHead
 from checkpoint_operator.api.trainingjob import TrainingJobHead, TrainingJobPhase
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.kube import EVENTS, ApiError, Kube
-from checkpoint_operator.logic.conditions import now_rfc3339
+from checkpoint_operator.logic.conditions import now_rfc3339, one_line_message
 from checkpoint_operator.logic.inputs import TrainingJobInfo
 from checkpoint_operator.logic.live_sealing import LiveMemory
 from checkpoint_operator.reconcile.indexes import Indexes
@@ -76,6 +76,7 @@ class Context:
               message: str) -> None:
         """A Kubernetes Event on `obj` (an api model or a body) and a log line."""
         ref = _reference(obj)
+        message = one_line_message(message)  # an Event is one line, whatever it quotes
         log = logger.warning if type_ == "Warning" else logger.info
         log("%s %s/%s: %s: %s", ref["kind"], ref["namespace"], ref["name"], reason, message)
         now = now_rfc3339()

@@ -13,10 +13,12 @@ from typing import Any, Collection, Iterable, Mapping, NamedTuple, Optional, Typ
 
 from checkpoint_operator.api.checkpoint import IMPORT_KINDS
 from checkpoint_operator.api.common import PodPhase
-from checkpoint_operator.api.wire import (CheckpointSourceWire, CheckpointSpecWire, MetadataWire, TrainingJobSpecWire,
-                                          VolumeSourceWire, checkpoint_wire, object_wire, training_job_wire)
+from checkpoint_operator.api.wire import (CheckpointSourceWire, CheckpointSpecWire, CheckpointStatusWire, MetadataWire,
+                                          TrainingJobSpecWire, VolumeSourceWire, checkpoint_wire, object_wire,
+                                          training_job_wire)
+from checkpoint_operator.logic import data_holds
 from checkpoint_operator.logic.agent_pods import PodProblem, pod_problem
-from checkpoint_operator.logic.claim_guard import MAX_TEMPLATE_CLAIMS, claim_references
+from checkpoint_operator.logic.claim_guard import MAX_TEMPLATE_CLAIMS, claim_references, distinct_claims
 from checkpoint_operator.logic.inputs import CheckpointInfo, TrainingJobInfo
 from checkpoint_operator.logic.protection import used_uids
 from checkpoint_operator.logic.workload import (LABEL_COMPONENT, LABEL_TRAINING_JOB_UID, import_claim_name_for,
@@ -49,10 +51,10 @@ class ClaimOwner(NamedTuple):
 # A key is (what, namespace, ...): ("name", ns, name), ("wants", ns, kind, value), ...; each
 # kind of key holds one kind of value, and the accessors of `Indexes` read each as its type.
 IndexKey = tuple[str, ...]
-IndexValue = Union[CheckpointInfo, TrainingJobInfo, PodState, JobUse, ClaimOwner, str]
+IndexValue = Union[CheckpointInfo, TrainingJobInfo, PodState, JobUse, ClaimOwner, data_holds.Pointer, str]
 # What kopf keeps (kopf.Index: a mapping of keys to the collection of values of every object).
 Index = Mapping[IndexKey, Collection[IndexValue]]
-V = TypeVar("V", CheckpointInfo, TrainingJobInfo, PodState, JobUse, ClaimOwner, str)
+V = TypeVar("V", CheckpointInfo, TrainingJobInfo, PodState, JobUse, ClaimOwner, data_holds.Pointer, str)
 
 
 def _ns_name(body: Mapping[str, Any]) -> tuple[str, str]:
@@ -71,8 +73,16 @@ def checkpoint_keys(raw: Mapping[str, Any]) -> dict[IndexKey, IndexValue]:
     claim = (source.get("volume") or VolumeSourceWire()).get("claimName")
     if claim:
         keys[("claim", namespace, claim)] = info.name
+    status = body.get("status") or CheckpointStatusWire()
+    on_claim = data_holds.volume_pointer(info.name, source, status)
+    if on_claim is not None:
+        keys[("on-claim", namespace, on_claim[0])] = on_claim[1]
+    s3_uri = ((status.get("location") or {}).get("s3") or {}).get("uri")
+    if isinstance(s3_uri, str) and s3_uri:
+        keys[("on-s3", namespace)] = data_holds.Pointer(info.name, (s3_uri,))
     if any(source.get(kind) is not None for kind in CLAIM_OWNING_SOURCES):
-        keys[("managed-claim", namespace, import_claim_name_for(info.name))] = ClaimOwner("Checkpoint", info.name)
+        keys[("managed-claim", namespace, import_claim_name_for(info.name, info.uid))] = ClaimOwner("Checkpoint",
+                                                                                                   info.name)
     return keys
 
 
@@ -87,8 +97,8 @@ def training_job_keys(raw: Mapping[str, Any]) -> dict[IndexKey, IndexValue]:
         return keys
     spec = body.get("spec") or TrainingJobSpecWire()
     template = (spec.get("template") or {}).get("spec") or {}
-    for reference in claim_references(template)[:MAX_TEMPLATE_CLAIMS]:
-        keys[("template-claim", namespace, reference.claim)] = name
+    for claim in distinct_claims(claim_references(template))[:MAX_TEMPLATE_CLAIMS]:
+        keys[("template-claim", namespace, claim)] = name
     for ref in spec.get("checkpoints") or []:
         wanted = (("name", ref.get("name")), ("uid", ref.get("uid")), ("producer", ref.get("fromTrainingJob")))
         for kind, value in wanted:
@@ -155,6 +165,14 @@ class Indexes:
 
     def checkpoints_on_claim(self, namespace: str, claim: str) -> list[str]:
         return self._all(self._checkpoints, ("claim", namespace, claim), str)
+
+    def pointers_on_claim(self, namespace: str, claim: str) -> list[data_holds.Pointer]:
+        """Where each Checkpoint on the claim points (adopted paths and locations)."""
+        return self._all(self._checkpoints, ("on-claim", namespace, claim), data_holds.Pointer)
+
+    def pointers_in_store(self, namespace: str) -> list[data_holds.Pointer]:
+        """The s3 prefix of each Checkpoint of the namespace whose data is in the store."""
+        return self._all(self._checkpoints, ("on-s3", namespace), data_holds.Pointer)
 
     def managed_claim(self, namespace: str, claim: str) -> Optional[ClaimOwner]:
         """The TrainingJob or Checkpoint the operator makes (or made) this claim for."""

@@ -43,6 +43,52 @@ def test_a_restricted_template_stays_restricted_with_what_the_operator_injects(n
     assert violations("restricted", pod) == []
 
 
+_C = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+_RD = {"type": "RuntimeDefault"}
+# hostile1's odd templates that meet "restricted" themselves (tests/h1_podsec_probe.py): each stays
+# restricted with what the operator injects, and so does the snapshot pod that reads its output.
+ODD_TEMPLATES = {
+    "container-level only, uid": {"containers": [{"name": "trainer", "image": "t", "securityContext": {
+        **_C, "runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": _RD}}]},
+    "container-level only, no uid": {"containers": [{"name": "trainer", "image": "t", "securityContext": {
+        **_C, "runAsNonRoot": True, "seccompProfile": _RD}}]},
+    "hostUsers false, pod uid 0": {"hostUsers": False, "securityContext": {"runAsUser": 0, "seccompProfile": _RD},
+                                   "containers": [{"name": "trainer", "image": "t", "securityContext": dict(_C)}]},
+    "hostUsers false, container uid 0": {"hostUsers": False, "securityContext": {"seccompProfile": _RD}, "containers": [
+        {"name": "trainer", "image": "t", "securityContext": {**_C, "runAsUser": 0, "runAsNonRoot": False}}]},
+    "Localhost seccomp": {"securityContext": {"runAsNonRoot": True, "runAsUser": 5, "seccompProfile": {
+        "type": "Localhost", "localhostProfile": "p.json"}}, "containers": [{"name": "trainer", "image": "t",
+                                                                            "securityContext": dict(_C)}]},
+    "logger first": {"securityContext": {"runAsNonRoot": True, "seccompProfile": _RD}, "containers": [
+        {"name": "logger", "image": "l", "securityContext": {**_C, "runAsUser": 3000}},
+        {"name": "trainer", "image": "t", "securityContext": {**_C, "runAsUser": 1000}}]},
+    "groups 0": {"securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 0, "fsGroup": 0,
+                                     "supplementalGroups": [0], "seccompProfile": _RD},
+                 "containers": [{"name": "trainer", "image": "t", "securityContext": dict(_C)}]},
+    "NET_BIND_SERVICE": {"securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": _RD},
+                         "containers": [{"name": "trainer", "image": "t", "securityContext": {
+                             **_C, "capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]}}}]},
+    "a native sidecar": {"securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": _RD},
+                         "initContainers": [{"name": "side", "image": "p", "restartPolicy": "Always",
+                                             "securityContext": dict(_C)}],
+                         "containers": [{"name": "trainer", "image": "t", "securityContext": dict(_C)}]},
+}
+
+
+@pytest.mark.parametrize("label", sorted(ODD_TEMPLATES))
+@pytest.mark.parametrize("store", ["volume", "s3"])
+@pytest.mark.parametrize("publish", ["OnCompletion", "Continuous"])
+def test_odd_restricted_templates_stay_restricted(label, store, publish):
+    template = {"spec": ODD_TEMPLATES[label]}
+    assert violations("restricted", {"metadata": {}, "spec": template["spec"]}) == []
+    pod = pod_shapes.job_pod(pod_shapes.built_job(store, template, publish=publish))
+    assert violations("restricted", pod) == []
+    cfg = pod_shapes.config(store)
+    tj = pod_shapes.training_job(template)
+    snapshot = workload.build_snapshot_pod(tj, ["checkpoint-operator", "agent", "scan", "/checkpoint-output"], [], cfg)
+    assert violations("restricted", snapshot) == []
+
+
 def test_the_catalogue_covers_every_kind_of_pod():
     assert {n.split("/")[1] for n in AGENT_PODS} == {"snapshot", "import", "scan", "upload-receiver", "verify",
                                                      "pull", "upload-check"}
