@@ -19,7 +19,7 @@ from helm_python import chart as helm_chart
 
 import pod_shapes
 from admission_policy import OPERATOR_NAMESPACE, Request, evaluate
-from checkpoint_operator.logic import live_sealing, workload
+from checkpoint_operator.logic import catalog, live_sealing, workload
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.storage import store_for
 from test_chart import CHART_DIR, NAMESPACE, RELEASE, of_kind, one, render
@@ -70,7 +70,61 @@ AGENT_PODS = pod_shapes.agent_pods()
 
 @pytest.mark.parametrize("name", sorted(AGENT_PODS))
 def test_every_agent_pod_the_operator_builds_is_accepted(policies, name):
-    allowed(policies[store_of(name)], create("Pod", AGENT_PODS[name]))
+    pod = AGENT_PODS[name]
+    allowed(policies[store_of(name)], create("Pod", pod, namespace=pod["metadata"]["namespace"]))
+
+
+def test_the_catalog_imports_in_the_operator_namespace_and_nothing_else_does(policies):
+    """The operator's namespace is protected, except for what the catalog needs there: its import pod and
+    claim (owned by a ClusterCheckpoint), their deletion, and Events about ClusterCheckpoints."""
+    catalog_pod = AGENT_PODS["volume/catalog-import/huggingFace"]
+    assert catalog_pod["metadata"]["namespace"] == OPERATOR_NAMESPACE
+    allowed(policies["volume"], Request("DELETE", "Pod", OPERATOR_NAMESPACE, old_object=catalog_pod))
+    entry = pod_shapes.cluster_checkpoint(pod_shapes.SOURCES["http"])
+    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+             **catalog.build_catalog_claim(entry, pod_shapes.config("volume"), OPERATOR_NAMESPACE)}
+    allowed(policies["volume"], create("PersistentVolumeClaim", claim, namespace=OPERATOR_NAMESPACE))
+    # A Checkpoint's import pod, a snapshot pod: not in the operator's namespace.
+    for name in ("volume/import/http", "volume/snapshot"):
+        moved = copy.deepcopy(AGENT_PODS[name])
+        moved["metadata"]["namespace"] = OPERATOR_NAMESPACE
+        refused(policies["volume"], create("Pod", moved, namespace=OPERATOR_NAMESPACE),
+                "the checkpoint operator may not create, change or delete pods in namespace ckpt-system")
+    # A catalog pod posing as another component is not one of its agent pods.
+    posing = copy.deepcopy(catalog_pod)
+    posing["metadata"]["labels"]["ckpt.dev/component"] = "verify"
+    refused(policies["volume"], create("Pod", posing, namespace=OPERATOR_NAMESPACE), MESSAGES["shape"])
+
+
+def test_a_catalog_copy_may_be_marked_verified_and_nothing_more(policies):
+    entry = pod_shapes.cluster_checkpoint({"huggingFace": {"repo": "org/model"}}, status=pod_shapes.READY_ENTRY_STATUS)
+    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+             **catalog.build_copy_claim(entry, pod_shapes.config("volume"), NS)}
+    allowed(policies["volume"], create("PersistentVolumeClaim", claim))
+    marked = copy.deepcopy(claim)
+    marked["metadata"]["annotations"] = {catalog.COPIED_DIGEST_ANNOTATION: pod_shapes.DIGEST}
+    allowed(policies["volume"], Request("UPDATE", "PersistentVolumeClaim", NS, marked, claim))
+    other = copy.deepcopy(claim)
+    other["metadata"]["annotations"] = {"volume.kubernetes.io/selected-node": "node-1"}
+    refused(policies["volume"], Request("UPDATE", "PersistentVolumeClaim", NS, other, claim),
+            "the checkpoint operator may change only the owner references of its own claims")
+    # On a claim of a Checkpoint (not a catalog copy) that annotation is refused too.
+    output = claims()["output"]
+    stamped = copy.deepcopy(output)
+    stamped["metadata"]["annotations"] = {catalog.COPIED_DIGEST_ANNOTATION: pod_shapes.DIGEST}
+    refused(policies["volume"], Request("UPDATE", "PersistentVolumeClaim", NS, stamped, output),
+            "the checkpoint operator may change only the owner references of its own claims")
+
+
+def test_events_about_a_catalog_entry_go_to_the_operator_namespace(policies):
+    recorder = _Recorder()
+    ctx = Context(kube=recorder, config=pod_shapes.config("volume", catalog_namespace=OPERATOR_NAMESPACE))  # type: ignore[arg-type]
+    ctx.warn(pod_shapes.cluster_checkpoint(pod_shapes.SOURCES["http"]), "DeletionBlocked", "in use by team-a/train")
+    (event,) = recorder.bodies
+    assert event["metadata"]["namespace"] == OPERATOR_NAMESPACE and "namespace" not in event["involvedObject"]
+    allowed(policies["volume"], create("Event", event, namespace=OPERATOR_NAMESPACE))
+    refused(policies["volume"], create("Event", event, namespace="kube-system"), "the checkpoint operator may not")
+    refused(policies["volume"], create("Event", event, namespace=NS), "the checkpoint operator only creates Events")
 
 
 def test_an_s3_pod_needs_the_s3_policy():
@@ -641,7 +695,8 @@ def as_admitted(pod: dict, *, priority_class: str = "") -> dict:
 
 @pytest.mark.parametrize("name", sorted(AGENT_PODS))
 def test_every_agent_pod_is_accepted_as_admission_defaults_it(policies, name):
-    allowed(policies[store_of(name)], create("Pod", as_admitted(AGENT_PODS[name])))
+    pod = as_admitted(AGENT_PODS[name])
+    allowed(policies[store_of(name)], create("Pod", pod, namespace=pod["metadata"]["namespace"]))
 
 
 def test_the_cluster_s_own_defaults_are_allowed_when_the_chart_is_told(policies):

@@ -99,6 +99,15 @@ def owner_uids(obj: Mapping[str, Any]) -> list[str]:
     return [ref["uid"] for ref in meta(obj).get("ownerReferences") or [] if ref.get("uid")]
 
 
+# Owner kinds without a namespace: a namespaced dependent may name one (a catalog entry owns each
+# namespace's copy), and it is looked up without the dependent's namespace.
+CLUSTER_SCOPED_KINDS = {"ClusterCheckpoint", "Namespace", "Node", "PersistentVolume"}
+
+
+def owner_namespace(ref: Mapping[str, Any], namespace: str) -> str | None:
+    return None if ref.get("kind") in CLUSTER_SCOPED_KINDS else namespace
+
+
 def owner_resource(ref: Mapping[str, Any]) -> str:
     """``batch/v1/jobs`` for an ownerReference to a Job; CRD kinds: ``group/version/<kind>s``."""
     if ref.get("kind") in KIND_TO_RESOURCE and ref.get("apiVersion") in ("v1", "batch/v1"):
@@ -309,12 +318,15 @@ class GarbageCollector:
         namespace = meta(obj)["namespace"]
         live: list[dict] = []
         dangling: list[dict] = []
-        for ref in refs:  # the caches first: a live owner there costs no request
-            cache = await self.owner_cache(owner_resource(ref))
-            owner = cache.get((namespace, ref.get("name"))) if cache is not None else None
+        for ref in refs:
+            owner = None
+            scope = owner_namespace(ref, namespace)
+            if scope is not None:  # the caches first (they are per namespace): a live owner there costs no request
+                cache = await self.owner_cache(owner_resource(ref))
+                owner = cache.get((namespace, ref.get("name"))) if cache is not None else None
             if owner is None or uid_of(owner) != ref.get("uid"):
                 # gone from the cache: confirm with the API (a cache may lag behind)
-                owner = await self.api.get(owner_resource(ref), namespace, ref["name"])
+                owner = await self.api.get(owner_resource(ref), scope, ref["name"])
             (live if owner is not None and uid_of(owner) == ref.get("uid") else dangling).append(ref)
         if not dangling:
             return

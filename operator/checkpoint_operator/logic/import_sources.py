@@ -14,9 +14,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from checkpoint_operator.api.checkpoint import Checkpoint, HttpSource, S3Source
+from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointSource, HttpSource, S3Source
+from checkpoint_operator.api.clustercheckpoint import ClusterCheckpointSource
 from checkpoint_operator.api.sources import (AzureBlobSource, CaConfigMap, GcsSource, GitSource, HuggingFaceSource,
                                              SourceStatus)
+
+# What an import reads: a Checkpoint's source, or a catalog entry's (the same import kinds).
+ImportSource = CheckpointSource | ClusterCheckpointSource
 
 # Where an import pod mounts what it is given (the local kubelet rewrites these paths too).
 SOURCE_SECRET_VOLUME = "ckpt-source-secret"
@@ -162,7 +166,11 @@ def shown_uri(uri: str) -> str:
 
 def import_spec(checkpoint: Checkpoint) -> ImportSpec:
     """ValueError for a source that is not imported (volume, trainingJob, upload)."""
-    source = checkpoint.spec.source
+    return import_spec_of(checkpoint.spec.source)
+
+
+def import_spec_of(source: ImportSource) -> ImportSpec:
+    """A Checkpoint's or a catalog entry's source (the same import kinds)."""
     if source.s3 is not None:
         return _s3(source.s3)
     if source.http is not None:
@@ -176,6 +184,15 @@ def import_spec(checkpoint: Checkpoint) -> ImportSpec:
     if source.git is not None:
         return _git(source.git)
     raise ValueError(f"spec.source.{source.kind} is not imported")
+
+
+def pinned_source(source: ClusterCheckpointSource, resolved_revision: Optional[str]) -> ClusterCheckpointSource:
+    """The source at the commit its first import fetched (the Hub, Git): a later copy of a catalog entry
+    fetches the same files, whatever the branch says by then (the digest check catches any other change)."""
+    if not resolved_revision or source.kind not in ("huggingFace", "git"):
+        return source
+    pinned = getattr(source, source.kind).model_copy(update={"revision": resolved_revision})
+    return source.model_copy(update={source.kind: pinned})
 
 
 # --- provenance --------------------------------------------------------------------------------

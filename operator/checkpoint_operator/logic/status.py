@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Union
 
 from checkpoint_operator.api.checkpoint import CheckpointStatus
+from checkpoint_operator.api.clustercheckpoint import ClusterCheckpointStatus
 from checkpoint_operator.api.trainingjob import TrainingJobStatus
 from checkpoint_operator.logic.conditions import get_condition, kstatus_conditions, one_line_message, set_condition
 from checkpoint_operator.logic.results import Fail, Wait
 
 # The status fields a change sets: validated when the change is made, so a misspelt or
 # mistyped field fails where it is written (and mypy checks the names).
-StatusFields = Union[CheckpointStatus, TrainingJobStatus]
+StatusFields = Union[CheckpointStatus, TrainingJobStatus, ClusterCheckpointStatus]
 
 
 @dataclass(frozen=True)

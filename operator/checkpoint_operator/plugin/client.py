@@ -49,13 +49,14 @@ class Cluster:
     def api(self) -> Kube:
         return Kube(self.api_client)
 
-    def call(self, what: str, fn: Callable[[], Any]) -> Any:
-        """Run one API call; its failure becomes a PluginError naming `what`."""
+    def call(self, what: str, fn: Callable[[], Any], served: str = "checkpoints.ckpt.dev") -> Any:
+        """Run one API call; its failure becomes a PluginError naming `what` (`served`: the resource a 404
+        without an object says is missing)."""
         try:
             return fn()
         except ApiError as exc:
             if exc.status == 404 and "the server could not find the requested resource" in exc.message.lower():
-                raise PluginError(f"{what}: the API server at {self.server} does not serve checkpoints.ckpt.dev: "
+                raise PluginError(f"{what}: the API server at {self.server} does not serve {served}: "
                                   f"install the CRDs (kubectl apply -f crds/)") from None
             raise PluginError(f"{what}: {exc.status} {exc.reason}: {exc.message}".replace(":  ", ": ")) from None
         except kubernetes.client.ApiException as exc:

@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional, TextIO, TypeVar, get_args
 
 import yaml
 
-from checkpoint_operator import API_VERSION, GROUP, VERSION
+from checkpoint_operator import API_VERSION
 from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.manifest import MANIFEST_NAME, Manifest
 from checkpoint_operator.agent.names import printable
@@ -33,12 +33,13 @@ from checkpoint_operator.api.checkpoint import (Checkpoint, CheckpointFormat, Ch
                                                CheckpointSpec, CheckpointStatus)
 from checkpoint_operator.api.upload import (PULL_REQUEST_ANNOTATION, UPLOAD_DIGEST_ANNOTATION,
                                             UPLOAD_REQUEST_ANNOTATION, VERIFY_REQUEST_ANNOTATION, UploadStatus)
-from checkpoint_operator.kube import CHECKPOINTS
+from checkpoint_operator.kube import CHECKPOINTS, CLUSTER_CHECKPOINTS, PVCS
 from checkpoint_operator.logic import transfers
 from checkpoint_operator.logic.agent_pods import pod_problem
 from checkpoint_operator.logic.quantity import format_size
 from checkpoint_operator.logic.workload import IMPORT_SIZE_ANNOTATION
-from checkpoint_operator.plugin import views
+from checkpoint_operator.logic.catalog import LABEL_CLUSTER_CHECKPOINT
+from checkpoint_operator.plugin import usage, views
 from checkpoint_operator.plugin.client import Cluster, ExecSession, PluginError, check_name
 
 FORMATS = get_args(CheckpointFormat)
@@ -101,10 +102,7 @@ def require_ready(checkpoint: CheckpointHead, doing: str) -> CheckpointStatus:
 
 def list_checkpoints(cluster: Cluster, all_namespaces: bool = False) -> list[dict[str, Any]]:
     if all_namespaces:
-        import kubernetes
-        api = kubernetes.client.CustomObjectsApi(cluster.api_client)
-        return cluster.call("list Checkpoints in all namespaces", lambda: api.list_cluster_custom_object(
-            GROUP, VERSION, "checkpoints", _request_timeout=30)).get("items", [])
+        return cluster.call("list Checkpoints in all namespaces", lambda: cluster.api.list(CHECKPOINTS, None))
     items = cluster.call(f"list Checkpoints in namespace {cluster.namespace}",
                          lambda: cluster.api.list(CHECKPOINTS, cluster.namespace))
     if not items:
@@ -112,25 +110,133 @@ def list_checkpoints(cluster: Cluster, all_namespaces: bool = False) -> list[dic
     return items
 
 
+def list_catalog(cluster: Cluster) -> list[dict[str, Any]]:
+    return cluster.call("list ClusterCheckpoints (the catalog)", lambda: cluster.api.list(CLUSTER_CHECKPOINTS, None),
+                        served="clustercheckpoints.ckpt.dev")
+
+
+def catalog_if_readable(cluster: Cluster, io: Io) -> list[dict[str, Any]]:
+    """The catalog where it only adds to the answer (ls -A, du -A, lineage): a cluster without the
+    ClusterCheckpoint CRD (an older operator) or a user who may not list it still gets the rest, with a note."""
+    try:
+        return list_catalog(cluster)
+    except PluginError as exc:
+        io.note(f"warning: {exc} (the catalog is left out)")
+        return []
+
+
 def cmd_ls(cluster: Cluster, args: argparse.Namespace, io: Io) -> int:
+    if args.catalog:
+        return _ls_catalog(cluster, args, io)
     items = list_checkpoints(cluster, args.all_namespaces)
     if args.job:
         items = [b for b in items if views.producer(views.read_checkpoint(b)) == f"tj/{args.job}"]
+    # -A: the catalog too (cluster-scoped entries every namespace may use), in rows of their own.
+    entries = catalog_if_readable(cluster, io) if args.all_namespaces and not args.job else []
     if args.output in ("json", "yaml"):
-        print_object({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items}, args.output, io)
+        print_object({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items + entries}, args.output, io)
         return 0
-    if not items:
+    if not items and not entries:
         where = "any namespace" if args.all_namespaces else f"namespace {cluster.namespace}"
         io.note(f"No Checkpoints found in {where}" + (f" written by TrainingJob {args.job}." if args.job else "."))
         return 0
-    io.out.write(views.ls_table([views.read_checkpoint(b) for b in items], wide=args.output == "wide",
-                                namespaces=args.all_namespaces) + "\n")
+    shown = [views.read_checkpoint(b) for b in items] + [views.as_catalog_row(e) for e in entries]
+    io.out.write(views.ls_table(shown, wide=args.output == "wide", namespaces=args.all_namespaces) + "\n")
     return 0
+
+
+def _ls_catalog(cluster: Cluster, args: argparse.Namespace, io: Io) -> int:
+    entries = list_catalog(cluster)
+    if args.output in ("json", "yaml"):
+        print_object({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": entries}, args.output, io)
+        return 0
+    if not entries:
+        io.note("The catalog is empty: no ClusterCheckpoints (a cluster administrator creates them, docs/catalog.md).")
+        return 0
+    io.out.write(views.catalog_table(map(views.read_catalog_entry, entries), wide=args.output == "wide") + "\n")
+    return 0
+
+
+# --- du -------------------------------------------------------------------------------------------
+
+MAX_LISTED_OBJECTS = 10_000_000  # a listing is summed as it goes (memory bounded); this bounds its time
+
+
+def cmd_du(cluster: Cluster, args: argparse.Namespace, io: Io) -> int:
+    checkpoints = list_checkpoints(cluster, args.all_namespaces)
+    rows = usage.referenced(checkpoints)
+    if not args.all_namespaces:
+        rows.setdefault(cluster.namespace, usage.Usage(cluster.namespace))
+    if args.catalog or args.all_namespaces:
+        entries = list_catalog(cluster) if args.catalog else catalog_if_readable(cluster, io)
+        for namespace, found in usage.referenced(entries).items():
+            rows[namespace] = found
+    claims = cluster.call("list PersistentVolumeClaims", lambda: cluster.api.list(
+        PVCS, None if args.all_namespaces else cluster.namespace))
+    for claim in claims:
+        meta = claim.get("metadata") or {}
+        row = rows.get(meta.get("namespace", ""))
+        if row is None:
+            continue
+        is_copy = LABEL_CLUSTER_CHECKPOINT in (meta.get("labels") or {})  # a copy of a catalog entry
+        if is_copy and meta.get("name") not in row.claims:
+            row.claims.append(meta["name"])
+    for row in rows.values():
+        _measure_claims(row, claims)
+        _measure_prefixes(row, args.endpoint_url)
+    ordered = sorted(rows.values(), key=lambda r: (r.namespace == usage.CATALOG_ROW, r.namespace))
+    if args.output in ("json", "yaml"):
+        print_object({"namespaces": [r.to_json() for r in ordered]}, args.output, io)
+    else:
+        io.out.write(usage.du_table(ordered) + "\n")
+    for row in ordered:
+        for problem in row.problems:
+            io.note(f"warning: {row.namespace}: {problem}")
+    return 0
+
+
+def _measure_claims(row: usage.Usage, claims: list[dict[str, Any]]) -> None:
+    if not row.claims:
+        return
+    by_name = {(c["metadata"].get("namespace"), c["metadata"]["name"]): c for c in claims}
+    total = 0
+    for name in row.claims:
+        claim = by_name.get((row.namespace, name))
+        capacity = usage.claim_capacity(claim) if claim else None
+        if capacity is None:
+            row.problems.append(f"PersistentVolumeClaim {name}: {'gone' if claim is None else 'no capacity'}")
+            continue
+        total += capacity
+    row.claim_bytes = total
+
+
+def _measure_prefixes(row: usage.Usage, endpoint_url: Optional[str]) -> None:
+    """The objects under the namespace's prefix, with the user's credentials: summed as listed."""
+    if not row.s3_prefixes:
+        return
+    from checkpoint_operator.agent.s3 import describe_error, list_objects, make_client, parse_s3_uri
+    client = make_client(endpoint_url)
+    total, count = 0, 0
+    for prefix in row.s3_prefixes:
+        try:
+            for obj in list_objects(client, parse_s3_uri(prefix)):
+                total += int(obj.get("Size") or 0)
+                count += 1
+                if count >= MAX_LISTED_OBJECTS:
+                    row.problems.append(f"stopped after {count} objects: the figure is a lower bound")
+                    break
+        except Exception as exc:  # noqa: BLE001 - one line naming the prefix, the rest of the report stands
+            row.problems.append(f"cannot list {prefix}: {describe_error(exc, prefix, endpoint_url)}")
+            return
+    row.stored_s3, row.s3_objects = total, count
 
 
 def cmd_lineage(cluster: Cluster, args: argparse.Namespace, io: Io) -> int:
     check_name("Checkpoint", args.name)
-    lineage = views.build_lineage(map(views.read_checkpoint, list_checkpoints(cluster)), args.name)
+    items = [views.read_checkpoint(b) for b in list_checkpoints(cluster)]
+    from_catalog = any(p.kind == "ClusterCheckpoint" for c in items for p in c.status.parents or [])
+    entries = map(views.read_catalog_entry, catalog_if_readable(cluster, io)) if from_catalog else ()
+    lineage = views.build_lineage(items, args.name, entries)
     if lineage is None:
         cluster.get_checkpoint(args.name)  # says why (not found, no such namespace)
         raise PluginError(f'Checkpoint "{args.name}" not found in namespace {cluster.namespace}')
@@ -556,6 +662,7 @@ def start_exec(cluster: Cluster, pod: str, container: str, command: list[str], *
             time.sleep(POLL)
 
 
-COMMANDS = {"ls": cmd_ls, "lineage": cmd_lineage, "verify": cmd_verify, "pull": cmd_pull, "push": cmd_push}
+COMMANDS = {"ls": cmd_ls, "lineage": cmd_lineage, "verify": cmd_verify, "pull": cmd_pull, "push": cmd_push,
+            "du": cmd_du}
 
 __all__ = ["COMMANDS", "FORMATS", "Io", "PluginError"]

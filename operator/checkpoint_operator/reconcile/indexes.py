@@ -1,6 +1,6 @@
 """The operator's look-ups, kept by kopf's indexes from the watch streams (no API request).
 
-main.py declares three `kopf.index`es whose functions are below; kopf keeps them current on
+main.py declares four `kopf.index`es whose functions are below; kopf keeps them current on
 every event. `Indexes` answers logic/inputs.py's `Lookup` and the wake-up questions (which
 jobs wait on this Checkpoint, which Checkpoints does this job use) from them. Values are
 small frozen summaries, so 10,000 Checkpoints cost a few MB.
@@ -41,6 +41,21 @@ class JobUse(NamedTuple):
     uid: str
 
 
+class CatalogUse(NamedTuple):
+    """A TrainingJob of some namespace labelled as using a ClusterCheckpoint."""
+
+    namespace: str
+    name: str
+    uid: str
+
+
+class NamespacedJob(NamedTuple):
+    """A TrainingJob of some namespace whose spec names a ClusterCheckpoint."""
+
+    namespace: str
+    name: str
+
+
 class ClaimOwner(NamedTuple):
     """The object the operator makes a claim for (a TrainingJob's output, a Checkpoint's import)."""
 
@@ -51,10 +66,12 @@ class ClaimOwner(NamedTuple):
 # A key is (what, namespace, ...): ("name", ns, name), ("wants", ns, kind, value), ...; each
 # kind of key holds one kind of value, and the accessors of `Indexes` read each as its type.
 IndexKey = tuple[str, ...]
-IndexValue = Union[CheckpointInfo, TrainingJobInfo, PodState, JobUse, ClaimOwner, data_holds.Pointer, str]
+IndexValue = Union[CheckpointInfo, TrainingJobInfo, PodState, JobUse, CatalogUse, NamespacedJob, ClaimOwner,
+                   data_holds.Pointer, str]
 # What kopf keeps (kopf.Index: a mapping of keys to the collection of values of every object).
 Index = Mapping[IndexKey, Collection[IndexValue]]
-V = TypeVar("V", CheckpointInfo, TrainingJobInfo, PodState, JobUse, ClaimOwner, data_holds.Pointer, str)
+V = TypeVar("V", CheckpointInfo, TrainingJobInfo, PodState, JobUse, CatalogUse, NamespacedJob, ClaimOwner,
+            data_holds.Pointer, str)
 
 
 def _ns_name(body: Mapping[str, Any]) -> tuple[str, str]:
@@ -100,13 +117,22 @@ def training_job_keys(raw: Mapping[str, Any]) -> dict[IndexKey, IndexValue]:
     for claim in distinct_claims(claim_references(template))[:MAX_TEMPLATE_CLAIMS]:
         keys[("template-claim", namespace, claim)] = name
     for ref in spec.get("checkpoints") or []:
-        wanted = (("name", ref.get("name")), ("uid", ref.get("uid")), ("producer", ref.get("fromTrainingJob")))
+        wanted = (("name", ref.get("name")), ("uid", ref.get("uid")), ("producer", ref.get("fromTrainingJob")),
+                  ("cluster", ref.get("clusterCheckpoint")))
         for kind, value in wanted:
             if value:
                 keys[("wants", namespace, kind, value)] = name
+                if kind == "cluster":  # a catalog entry's events wake its waiting jobs in every namespace
+                    keys[("wants-cluster", value)] = NamespacedJob(namespace, name)
     for uid in used_uids((body.get("metadata") or MetadataWire()).get("labels")):
         keys[("uses", namespace, uid)] = JobUse(name, info.uid)
+        keys[("uses-any", uid)] = CatalogUse(namespace, name, info.uid)  # a ClusterCheckpoint's users, any namespace
     return keys
+
+
+def cluster_checkpoint_keys(body: Mapping[str, Any]) -> dict[IndexKey, IndexValue]:
+    info = CheckpointInfo.from_body(body)
+    return {("name", info.name): info, ("uid", info.uid): info}
 
 
 def worker_pod_keys(body: Mapping[str, Any]) -> dict[IndexKey, IndexValue]:
@@ -125,8 +151,10 @@ class Indexes:
     copies one store with a single `list()` (a C-level copy of a dict's values, atomic under
     the GIL), so it never iterates a dict that changes."""
 
-    def __init__(self, checkpoints: Index, training_jobs: Index, pods: Index):
+    def __init__(self, checkpoints: Index, training_jobs: Index, pods: Index,
+                 cluster_checkpoints: Optional[Index] = None):
         self._checkpoints, self._training_jobs, self._pods = checkpoints, training_jobs, pods
+        self._cluster_checkpoints: Index = cluster_checkpoints if cluster_checkpoints is not None else {}
 
     @staticmethod
     def _all(index: Index, key: IndexKey, kind: type[V]) -> list[V]:
@@ -149,6 +177,20 @@ class Indexes:
 
     def training_job(self, namespace: str, name: str) -> Optional[TrainingJobInfo]:
         return self._one(self._training_jobs, ("name", namespace, name), TrainingJobInfo)
+
+    def cluster_checkpoint(self, name: str) -> Optional[CheckpointInfo]:
+        return self._one(self._cluster_checkpoints, ("name", name), CheckpointInfo)
+
+    def cluster_checkpoint_by_uid(self, uid: str) -> Optional[CheckpointInfo]:
+        return self._one(self._cluster_checkpoints, ("uid", uid), CheckpointInfo)
+
+    def users_of_cluster_checkpoint(self, uid: str) -> list[CatalogUse]:
+        """The unfinished TrainingJobs of any namespace labelled as using the catalog entry."""
+        return self._all(self._training_jobs, ("uses-any", uid), CatalogUse)
+
+    def jobs_waiting_on_cluster_checkpoint(self, name: str) -> list[NamespacedJob]:
+        """The unfinished TrainingJobs whose spec names the catalog entry."""
+        return self._all(self._training_jobs, ("wants-cluster", name), NamespacedJob)
 
     # --- wake-ups ------------------------------------------------------------------------
     def training_job_by_uid(self, namespace: str, uid: str) -> Optional[TrainingJobInfo]:
@@ -198,3 +240,8 @@ class Indexes:
                 checkpoint = self._one(self._checkpoints, key, CheckpointInfo)
                 if checkpoint is not None and (not checkpoint.phase.is_settled or checkpoint.deleting):
                     yield ("Checkpoint", key[1], key[2])
+        for key in list(self._cluster_checkpoints):
+            if key[0] == "name":
+                entry = self._one(self._cluster_checkpoints, key, CheckpointInfo)
+                if entry is not None and (not entry.phase.is_settled or entry.deleting):
+                    yield ("ClusterCheckpoint", "", key[1])

@@ -28,7 +28,8 @@ from checkpoint_operator.api.rules import Rule
 
 ROOT = Path(__file__).resolve().parents[3]
 CRD_FILES = {"Checkpoint": ROOT / "crds" / "ckpt.dev_checkpoints.yaml",
-             "TrainingJob": ROOT / "crds" / "ckpt.dev_trainingjobs.yaml"}
+             "TrainingJob": ROOT / "crds" / "ckpt.dev_trainingjobs.yaml",
+             "ClusterCheckpoint": ROOT / "crds" / "ckpt.dev_clustercheckpoints.yaml"}
 
 
 # --- schema helpers (shared) ------------------------------------------------------------------
@@ -138,6 +139,11 @@ def checkpoint(**spec: Any) -> dict:
 def training_job(**spec: Any) -> dict:
     spec.setdefault("template", {"spec": {"containers": [{"name": "trainer", "image": "trainer:1"}]}})
     return {"apiVersion": "ckpt.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "tj"}, "spec": spec}
+
+
+def cluster_checkpoint(**spec: Any) -> dict:
+    spec.setdefault("source", {"huggingFace": {"repo": "org/tiny"}})
+    return {"apiVersion": "ckpt.dev/v1alpha1", "kind": "ClusterCheckpoint", "metadata": {"name": "tiny"}, "spec": spec}
 
 
 def inputs(*refs: dict) -> dict:
@@ -383,6 +389,22 @@ CASES: list[Case] = [
     Case("job-underscore", inputs({"fromTrainingJob": "sft_1"}), (REF_JOB,)),
     Case("job-leading-dash", inputs({"fromTrainingJob": "-sft"}), (REF_JOB,)),
     Case("job-too-long", inputs({"fromTrainingJob": LONG_BAD}), (REF_JOB,), openapi_valid=False),
+    Case("cluster-ref", inputs({"clusterCheckpoint": "gpt2-tiny", "mountName": "base"})),
+    Case("cluster-ref-uppercase", inputs({"clusterCheckpoint": "GPT2"}), ("spec.checkpoints[].clusterCheckpoint",)),
+    Case("cluster-ref-and-name", inputs({"clusterCheckpoint": "a", "name": "b"}), (REF_ONE,)),
+    Case("catalog-hf", cluster_checkpoint(license="https://www.apache.org/licenses/LICENSE-2.0")),
+    Case("catalog-two-sources", cluster_checkpoint(source={"huggingFace": {"repo": "org/tiny"},
+                                                           "http": {"url": "https://example.com/m.tgz"}}), (SOURCE,)),
+    Case("catalog-no-source", cluster_checkpoint(source={}), (SOURCE,)),
+    Case("catalog-license-not-a-url", cluster_checkpoint(license="Apache-2.0"), ("spec.license",)),
+    Case("catalog-license-with-credentials", cluster_checkpoint(license="https://u:p@example.com/l"),
+         ("spec.license",)),
+    Case("catalog-license-control", cluster_checkpoint(license="https://example.com/l%0D%0AX-Evil: 1"),
+         ("spec.license",)),
+    Case("catalog-bad-repo", cluster_checkpoint(source={"huggingFace": {"repo": "no-slash"}}), (HF_REPO,)),
+    Case("catalog-spec-same", cluster_checkpoint(), old=cluster_checkpoint()),
+    Case("catalog-spec-changed", cluster_checkpoint(license="https://a.example/l"),
+         (IMMUTABLE,), old=cluster_checkpoint(license="https://b.example/l")),
     Case("mount-uppercase", inputs({"name": "a", "mountName": "Policy"}), (REF_MOUNT,)),
     Case("mount-slash", inputs({"name": "a", "mountName": "a/b"}), (REF_MOUNT,)),
     Case("mount-leading-dash", inputs({"name": "a", "mountName": "-p"}), (REF_MOUNT,)),

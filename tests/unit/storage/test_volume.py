@@ -130,6 +130,8 @@ def test_without_snapshots_locations_stay_on_the_volume() -> None:
     assert store.keeps_output_claim and store.later_writes_reach_checkpoints and not store.syncs_before_snapshots
     snapshots = SnapshotVolumeStore(SNAPSHOTS)
     assert not snapshots.keeps_output_claim and snapshots.later_writes_reach_checkpoints
+    # The catalog's own copy is a claim of the operator's namespace: every namespace gets its copy on both.
+    assert store.copies_per_namespace and snapshots.copies_per_namespace
 
 
 def test_the_restored_claims_of_a_pod_are_named_after_its_restored_volumes() -> None:
