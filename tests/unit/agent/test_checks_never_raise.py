@@ -61,7 +61,10 @@ def _check(directory: str, kind: str, data: bytes) -> Structure:
 @pytest.mark.parametrize("kind", sorted(GOOD))
 def test_every_truncation_of_a_good_file_is_a_verdict_and_never_whole(tmp_path, kind):
     name, data = GOOD[kind]
-    for cut in range(1, len(data)):
+    # Every cut of the first KiB and around every 512-byte block (tar's unit), then every 7th byte:
+    # the unit tier stays fast for the larger good files.
+    cuts = sorted({c for c in range(1, len(data)) if c < 1024 or c % 512 in (0, 1, 511) or c % 7 == 0})
+    for cut in cuts:
         result = _check(str(tmp_path), kind, data[:cut])
         if kind not in ("tar", "ocdbt", "hdf5", "hdf5-or-other", "gguf"):  # these may end in padding
             assert not (result.ok and result.checked), (kind, cut, result)
@@ -75,14 +78,14 @@ def test_an_hdf5_file_cut_inside_its_superblock_is_cut_short(tmp_path):
         assert "cut short" in result.why, (cut, result)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(kind=st.sampled_from(sorted(GOOD)), data=st.binary(max_size=1024))
 def test_random_bytes_under_every_kind_get_a_verdict(kind, data):
     with tempfile.TemporaryDirectory() as directory:
         _check(directory, kind, data)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(kind=st.sampled_from(sorted(GOOD)),
        changes=st.lists(st.tuples(st.integers(min_value=0), st.integers(min_value=0, max_value=255)),
                         min_size=1, max_size=6),

@@ -127,7 +127,7 @@ any_urls = st.one_of(built_urls(), st.text(max_size=40), st.text(alphabet=ODD + 
 
 # --- the property -------------------------------------------------------------------------------------
 
-@settings(max_examples=700, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(any_urls)
 @example("http://ｕ＠127.0.0.1:9/x.tar")
 @example("http://[::1/x.tar")
@@ -198,7 +198,7 @@ def test_the_invisible_characters_are_unicode_s_default_ignorable_code_points():
 
 
 @given(st.characters(exclude_categories=["Cs"]))
-@settings(max_examples=1000, deadline=None, database=None)
+@settings(max_examples=400, deadline=None, database=None)
 def test_the_percent_encoded_pattern_is_the_forbidden_characters_encoded(ch):
     forbidden = names.char_problem(ch) is not None and ch != "\\"
     assert api_urls.cel_matches(api_urls.FORBIDDEN_CHAR, encoded(ch)) == forbidden
