@@ -342,18 +342,8 @@ class Harness:
         await self.cluster.__aenter__()
         # Pods the bench's scheduler/kubelet does not start: component -> the status it reports instead.
         self.stuck: dict[str, dict] = {}
-        reported: set[str] = set()
-        kubelet_reconcile = self.cluster.kubelet.reconcile
-
-        def reconcile(pod, uid, **kw):
-            status = self.stuck.get(component(pod)) if pod else None
-            if status is None or pod["metadata"].get("deletionTimestamp") or uid in self.cluster.kubelet.workers:
-                return kubelet_reconcile(pod, uid, **kw)
-            if uid in reported:
-                return None
-            reported.add(uid)
-            return self.api.patch(PODS, NS, pod["metadata"]["name"], {"status": status}, subresource="status")
-        self.cluster.kubelet.reconcile = reconcile
+        self._stuck_reported: set[str] = set()
+        self.hold_stuck_pods()
         if self.store is not None:
             b64 = lambda text: base64.b64encode(text.encode()).decode()  # noqa: E731
             await self.api.create("v1/secrets", NS, {"metadata": {"name": "store-credentials"}, "data": {
@@ -361,6 +351,20 @@ class Harness:
                 "AWS_SECRET_ACCESS_KEY": b64(self.store.server.secret_key)}})
         await asyncio.to_thread(self.start_operator)
         return self
+
+    def hold_stuck_pods(self) -> None:
+        """Every node's kubelet leaves the pods of a `stuck` component unstarted and reports their
+        status instead (the cluster's kubelets, one per node: each is wrapped)."""
+        for kubelet in self.cluster.kubelets.values():
+            def reconcile(pod, uid, _kubelet=kubelet, _reconcile=kubelet.reconcile, **kw):
+                status = self.stuck.get(component(pod)) if pod else None
+                if status is None or pod["metadata"].get("deletionTimestamp") or uid in _kubelet.workers:
+                    return _reconcile(pod, uid, **kw)
+                if uid in self._stuck_reported:
+                    return None
+                self._stuck_reported.add(uid)
+                return self.api.patch(PODS, NS, pod["metadata"]["name"], {"status": status}, subresource="status")
+            kubelet.reconcile = reconcile
 
     def start_operator(self) -> None:
         self.starts += 1
@@ -389,6 +393,7 @@ class Harness:
         self.cluster = LocalCluster(self.url, self.work / "cluster", [NS], container_runner=self.runner,
                                     nodes=3 if self.snapshots else 1)
         await self.cluster.__aenter__()
+        self.hold_stuck_pods()
 
     async def __aexit__(self, *exc: object) -> None:
         if self.operator is not None:
@@ -802,6 +807,58 @@ async def _(h):
     await h.create_job("job", train=steps(2))
     await finished(h, "job")
     return [Expect("job", "Failed", ("Evicted",))]
+
+
+def exits_after(seconds: float, code: int) -> Callable[[dict], int]:
+    def train(env: dict) -> int:
+        time.sleep(seconds)
+        return code
+    return train
+
+
+@case("training-2-workers-exit-1", "pods")
+async def _(h):
+    """Issue 18.7: both workers of a 2-replica job exit 1 a second after start, backoffLimit 0: the job
+    fails (before: the Job was Failed with `terminating: 1` for a pod that no longer existed, and the
+    TrainingJob stayed Running until the timeout)."""
+    await h.create_job("job", train=exits_after(1.0, 1), replicas=2)
+    await finished(h, "job")
+    return [Expect("job", "Failed", ("failed", "exit code 1"))]
+
+
+def group_worker_fails_once(n: int = 2) -> Callable[[dict], int]:
+    """Training code of a 2-replica job: worker 1 fails in the first attempt, the others write n steps
+    (worker 0 only: the output is shared) and exit 0; every worker succeeds in the next attempt."""
+    starts: Counter = Counter()
+
+    def train(env: dict) -> int:
+        index = env.get("JOB_COMPLETION_INDEX", "0")
+        attempt = starts[index]
+        starts[index] += 1
+        if index == "1" and attempt == 0:
+            return 1
+        return steps(n)(env) if index == "0" else 0
+    return train
+
+
+async def group_restart(h: Harness, crash: dict | None = None) -> list[Expect]:
+    if crash is not None:
+        faults(h.url, {"crash_after": crash})
+    await h.create_job("job", train=group_worker_fails_once(), replicas=2, backoffLimit=1)
+    if crash is not None and not await h.kill_operator_when_frozen():
+        raise CaseError(f"the crash point {crash} was never reached")
+    tj = await finished(h, "job")
+    restarts = (tj.get("status") or {}).get("restarts")
+    expects = [Expect("job", "Succeeded", ("succeeded", "2 checkpoint(s)"), seen=tj)]
+    if restarts != 1:
+        expects.append(Expect("one-group-restart", "1", (f"status.restarts is {restarts}",)))
+    return expects
+
+
+case("group-restart-after-a-worker-fails", "pods", quick=True)(lambda h: group_restart(h))
+for _point, _crash in (("restart-recorded", tj_write(r"/trainingjobs/job/status$", '"restarts": 1')),
+                       ("failed-attempt-deleted", tj_write(r"/jobs/job$", method="DELETE"))):
+    case(f"kill-after-group-{_point}", "kill")(lambda h, crash=_crash: group_restart(h, crash))
 
 
 UNSCHEDULABLE = {"phase": "Pending", "conditions": [{

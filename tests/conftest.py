@@ -10,9 +10,10 @@ Layers, each usable alone (function scope: every test gets a fresh, empty API):
   (``await api.create("v1/pods", "default", body)``, ``get``, ``list``, ``patch``, ``replace``,
   ``delete``, ``read_log``); HTTP errors raise ``ApiError`` with ``.status`` and ``.reason``;
 - ``container_runner`` -> None: override it in a module to play the training code;
-- ``cluster`` -> ``LocalCluster``: scheduler, storage, snapshot controller, Job controller, kubelets and
-  GC, running in the test's loop against ``api_url`` with data under ``tmp_path / "cluster"``, on
-  ``cluster_nodes`` nodes (1 unless a test overrides that fixture);
+- ``cluster`` -> ``LocalCluster``: scheduler, storage, snapshot controller, Job and JobSet controllers
+  (JobSet's published CRD installed: ``jobset_installed`` -> False leaves both out), Kueue stand-in,
+  kubelets and GC, running in the test's loop against ``api_url`` with data under
+  ``tmp_path / "cluster"``, on ``cluster_nodes`` nodes (1 unless a test overrides that fixture);
 - ``wait_for`` -> ``async wait_for(predicate, timeout=10, interval=0.05)``: polls a sync or async
   predicate until it returns something truthy and returns that value.
 
@@ -23,12 +24,16 @@ Operator fixtures (kopf via ``checkpoint_operator.local.server.run_kopf_in_threa
 from __future__ import annotations
 
 import asyncio
+import copy
+import functools
 import inspect
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+import yaml
 
 from checkpoint_operator.local.cluster import LocalCluster
 from checkpoint_operator.local.server import ApiClient, EmulatorServer
@@ -59,6 +64,13 @@ def container_runner() -> Any:
     return None
 
 
+@functools.lru_cache(maxsize=1)
+def published_jobset_crd() -> dict:
+    """JobSet's published CRD (tests/schemas/README.md): the emulated API validates every JobSet with it."""
+    return yaml.load((Path(__file__).parent / "schemas" / "jobset.x-k8s.io_jobsets.yaml").read_text(),
+                     Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
 @pytest.fixture
 def cluster_nodes() -> int:
     """Nodes of the ``cluster``: 1 keeps most tests fast; override it (a module's fixture, or
@@ -67,9 +79,16 @@ def cluster_nodes() -> int:
 
 
 @pytest.fixture
-async def cluster(api_url: str, tmp_path: Any, container_runner: Any, cluster_nodes: int) -> AsyncIterator[LocalCluster]:
-    async with LocalCluster(api_url, tmp_path / "cluster", container_runner=container_runner,
-                            nodes=cluster_nodes) as local_cluster:
+def jobset_installed() -> bool:
+    """Whether the local cluster has JobSet (its CRD and controller). Override to test without."""
+    return True
+
+
+@pytest.fixture
+async def cluster(api_url: str, tmp_path: Any, container_runner: Any, cluster_nodes: int, jobset_installed: bool
+                  ) -> AsyncIterator[LocalCluster]:
+    async with LocalCluster(api_url, tmp_path / "cluster", container_runner=container_runner, nodes=cluster_nodes,
+                            jobset=jobset_installed, jobset_crd=copy.deepcopy(published_jobset_crd())) as local_cluster:
         yield local_cluster
 
 

@@ -111,11 +111,12 @@ def catalog_pods(store_name: str) -> dict[str, dict[str, Any]]:
     return pods
 
 
-def training_job(template: Optional[dict] = None, *, publish: str = "OnCompletion", replicas: int = 1) -> TrainingJob:
+def training_job(template: Optional[dict] = None, *, publish: str = "OnCompletion", replicas: int = 1,
+                 engine: str = "Job", labels: Optional[dict] = None) -> TrainingJob:
     return TrainingJob.model_validate({
         "apiVersion": "ckpt.dev/v1alpha1", "kind": "TrainingJob",
-        "metadata": {"name": "train", "namespace": NAMESPACE, "uid": "0123456789-uid"},
-        "spec": {"checkpoints": [{"name": "base"}], "replicas": replicas,
+        "metadata": {"name": "train", "namespace": NAMESPACE, "uid": "0123456789-uid", "labels": labels or {}},
+        "spec": {"checkpoints": [{"name": "base"}], "replicas": replicas, "engine": engine,
                  "output": {"enabled": True, "size": "10Gi", "publish": publish},
                  "template": copy.deepcopy(template or RESTRICTED_TEMPLATE)}})
 
@@ -182,20 +183,28 @@ def _inputs(store_name: str) -> list[ResolvedInput]:
 
 
 def built_job(store_name: str, template: Optional[dict] = None, *, publish: str = "OnCompletion",
-              replicas: int = 1) -> dict[str, Any]:
+              replicas: int = 1, engine: str = "Job", labels: Optional[dict] = None, attempt: int = 0) -> dict[str, Any]:
+    """The Job (or, with engine JobSet, the JobSet) the operator creates for the TrainingJob."""
     cfg = config(store_name)
     store = store_for(cfg)
-    tj = training_job(template, publish=publish, replicas=replicas)
+    tj = training_job(template, publish=publish, replicas=replicas, engine=engine, labels=labels)
     inputs = _inputs(store_name)
     sidecar = workload.build_live_sidecar(tj, cfg, store.live_upload_prefix(tj), store.agent_env(),
                                           sync=store.syncs_before_snapshots) if publish == "Continuous" else None
-    job = workload.build_job(tj, inputs, store.input_volumes(tj, inputs), sidecar).job
-    return {"apiVersion": "batch/v1", "kind": "Job", **job}
+    return workload.build_workload(tj, inputs, store.input_volumes(tj, inputs), sidecar, attempt=attempt).job
+
+
+def built_service(replicas: int = 2) -> dict[str, Any]:
+    """The headless Service of a distributed job's workers."""
+    return {"apiVersion": "v1", "kind": "Service", **workload.build_rendezvous_service(training_job(replicas=replicas))}
 
 
 def job_pod(job: dict[str, Any]) -> dict[str, Any]:
-    """The pod the Job controller creates from the Job's template."""
-    template = copy.deepcopy(job["spec"]["template"])
+    """The pod the Job controller creates from the Job's template (a JobSet's: its child Job's)."""
+    if job["kind"] == "JobSet":
+        template = copy.deepcopy(job["spec"]["replicatedJobs"][0]["template"]["spec"]["template"])
+    else:
+        template = copy.deepcopy(job["spec"]["template"])
     metadata = {**template.get("metadata", {}), "name": f"{job['metadata']['name']}-x7k2p",
                 "namespace": job["metadata"]["namespace"]}
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": template["spec"]}
@@ -208,4 +217,6 @@ def training_pods(template: Optional[dict] = None) -> dict[str, dict[str, Any]]:
             for replicas in (1, 2):
                 name = f"{store_name}/training/{publish}/replicas-{replicas}"
                 pods[name] = job_pod(built_job(store_name, template, publish=publish, replicas=replicas))
+            pods[f"{store_name}/training/{publish}/jobset"] = job_pod(
+                built_job(store_name, template, publish=publish, replicas=2, engine="JobSet"))
     return pods

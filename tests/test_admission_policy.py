@@ -135,13 +135,34 @@ def test_an_s3_pod_needs_the_s3_policy():
 
 
 def jobs() -> dict[str, dict]:
-    return {f"{store}/{publish}/{replicas}": pod_shapes.built_job(store, publish=publish, replicas=replicas)
-            for store in pod_shapes.STORES for publish in ("OnCompletion", "Continuous") for replicas in (1, 2)}
+    built = {f"{store}/{publish}/{replicas}": pod_shapes.built_job(store, publish=publish, replicas=replicas)
+             for store in pod_shapes.STORES for publish in ("OnCompletion", "Continuous") for replicas in (1, 2)}
+    queued = {"kueue.x-k8s.io/queue-name": "team-a"}
+    built["volume/restarted-attempt-3"] = pod_shapes.built_job("volume", replicas=4, attempt=3)
+    built["snapshots/restarted-attempt-3"] = pod_shapes.built_job("snapshots", replicas=4, attempt=3)
+    built["volume/kueue"] = pod_shapes.built_job("volume", replicas=2, labels=queued)
+    return built
+
+
+def jobsets() -> dict[str, dict]:
+    return {f"{store}/{publish}": pod_shapes.built_job(store, publish=publish, replicas=2, engine="JobSet",
+                                                        labels={"kueue.x-k8s.io/queue-name": "team-a"})
+            for store in pod_shapes.STORES for publish in ("OnCompletion", "Continuous")}
 
 
 @pytest.mark.parametrize("name", sorted(jobs()))
 def test_every_job_the_operator_builds_is_accepted(policies, name):
     allowed(policies[store_of(name)], create("Job", jobs()[name]))
+
+
+@pytest.mark.parametrize("name", sorted(jobsets()))
+def test_every_jobset_the_operator_builds_is_accepted(policies, name):
+    allowed(policies[store_of(name)], create("JobSet", jobsets()[name]))
+
+
+def test_a_distributed_job_s_failed_attempt_may_be_deleted_and_its_service_created(policies):
+    allowed(policies["volume"], Request("DELETE", "Job", NS, old_object=pod_shapes.built_job("volume", replicas=2)))
+    allowed(policies["volume"], create("Service", pod_shapes.built_service()))
 
 
 def claims() -> dict[str, dict]:
@@ -462,6 +483,8 @@ def test_every_message_has_a_hostile_case():
 @pytest.mark.parametrize("namespace", ["kube-system", "kube-node-lease", OPERATOR_NAMESPACE])
 @pytest.mark.parametrize("kind, obj", [("Pod", AGENT_PODS["volume/snapshot"]),
                                        ("Job", pod_shapes.built_job("volume")),
+                                       ("JobSet", pod_shapes.built_job("volume", replicas=2, engine="JobSet")),
+                                       ("Service", pod_shapes.built_service()),
                                        ("PersistentVolumeClaim", claims()["output"])])
 def test_nothing_in_the_protected_namespaces(policies, namespace, kind, obj):
     obj = copy.deepcopy(obj)
@@ -512,7 +535,47 @@ def test_hostile_jobs_are_refused(policies):
     changed = copy.deepcopy(job)
     changed["spec"]["parallelism"] = 9
     refused(policies["volume"], Request("UPDATE", "Job", NS, changed, job), message)
-    refused(policies["volume"], Request("DELETE", "Job", NS, old_object=job), message)
+    refused(policies["volume"], Request("DELETE", "Job", NS, old_object=unlabelled), message)  # not its workers'
+    foreign_owner = copy.deepcopy(job)
+    foreign_owner["metadata"]["ownerReferences"][0].update(kind="Deployment", apiVersion="apps/v1")
+    refused(policies["volume"], Request("DELETE", "Job", NS, old_object=foreign_owner), message)
+
+
+def test_hostile_jobsets_are_refused(policies):
+    message = "the checkpoint operator may only create JobSets"
+    jobset = pod_shapes.built_job("volume", replicas=2, engine="JobSet")
+    unlabelled = copy.deepcopy(jobset)
+    unlabelled["metadata"]["labels"] = {}
+    refused(policies["volume"], create("JobSet", unlabelled), message)
+    other_uid = copy.deepcopy(jobset)
+    other_uid["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["metadata"]["labels"][
+        "ckpt.dev/trainingjob-uid"] = "someone-else"
+    refused(policies["volume"], create("JobSet", other_uid), message)
+    second = copy.deepcopy(jobset)  # a second replicated job running pods of nobody's
+    second["spec"]["replicatedJobs"].append({"name": "x", "replicas": 1, "template": {"spec": {"template": {
+        "spec": {"containers": [{"name": "x", "image": "evil"}]}}}}})
+    refused(policies["volume"], create("JobSet", second), message)
+    changed = copy.deepcopy(jobset)
+    changed["spec"]["suspend"] = False
+    refused(policies["volume"], Request("UPDATE", "JobSet", NS, changed, jobset), message)
+    refused(policies["volume"], Request("DELETE", "JobSet", NS, old_object=jobset), message)
+
+
+def test_hostile_services_are_refused(policies):
+    message = "the checkpoint operator may only create headless Services"
+    service = pod_shapes.built_service()
+    for change in (lambda s: s["spec"].update(clusterIP="10.0.0.9"), lambda s: s["spec"].pop("clusterIP"),
+                   lambda s: s["spec"].update(type="ExternalName", externalName="evil.example"),
+                   lambda s: s["spec"].update(ports=[{"port": 22}]), lambda s: s["spec"].update(externalIPs=["1.2.3.4"]),
+                   lambda s: s["spec"]["selector"].update({"ckpt.dev/trainingjob-uid": "another-job"}),
+                   lambda s: s["spec"].update(selector={"app": "database"}),
+                   lambda s: s["metadata"]["labels"].update({"ckpt.dev/component": "worker"}),
+                   lambda s: s["metadata"].pop("ownerReferences")):
+        hostile = copy.deepcopy(service)
+        change(hostile)
+        refused(policies["volume"], create("Service", hostile), message)
+    refused(policies["volume"], Request("UPDATE", "Service", NS, service, service), message)
+    refused(policies["volume"], Request("DELETE", "Service", NS, old_object=service), message)
 
 
 def test_hostile_claims_are_refused(policies):

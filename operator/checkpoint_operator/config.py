@@ -56,6 +56,14 @@ class OperatorConfig(BaseModel):
     live_upload_concurrency: int = Field(2, ge=1, description="parallel transfers of the sidecar's uploads (s3 store)")
     live_sidecar_resources: dict = Field(default_factory=lambda: {
         "requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}})
+    rendezvous_address: Optional[str] = Field(
+        default=None, description="MASTER_ADDR of every distributed job instead of worker 0's DNS name (local mode: "
+                          "127.0.0.1, where every worker runs)")
+    rendezvous_port: int = Field(
+        default=29500, ge=0, le=65535, description="MASTER_PORT of distributed jobs; 0: a free port of this host, picked "
+                                           "for each workload (local mode)")
+    engine_check_interval: float = Field(
+        default=30.0, gt=0, description="seconds between two looks for a missing engine (the JobSet CRD) of a waiting job")
     # Where ClusterCheckpoints are imported: the operator's own namespace (the chart sets it; else POD_NAMESPACE).
     catalog_namespace: str = "default"
     max_checkpoint_size: str = Field(

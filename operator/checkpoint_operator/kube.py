@@ -49,6 +49,8 @@ class Resource:
 CHECKPOINTS = Resource(GROUP, VERSION, "checkpoints", "Checkpoint")
 TRAINING_JOBS = Resource(GROUP, VERSION, "trainingjobs", "TrainingJob")
 JOBS = Resource("batch", "v1", "jobs", "Job")
+JOBSETS = Resource("jobset.x-k8s.io", "v1alpha2", "jobsets", "JobSet")
+SERVICES = Resource("", "v1", "services", "Service")
 PODS = Resource("", "v1", "pods", "Pod")
 PVCS = Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
 EVENTS = Resource("", "v1", "events", "Event")
@@ -160,17 +162,29 @@ class Kube:
         return self.patch(resource, namespace, name, patch, subresource="status")
 
     def delete(self, resource: Resource, namespace: str, name: str, propagation: str = "Background",
-               resource_version: Optional[str] = None) -> bool:
+               resource_version: Optional[str] = None, uid: Optional[str] = None) -> bool:
         """Delete; False when it was already gone (deletes are idempotent). With `resource_version`
-        the delete is conditional: a Conflict when the object changed since it was read."""
+        the delete is conditional: a Conflict when the object changed since it was read; with `uid`,
+        only that object (a Conflict when the name is another's by now)."""
         options: dict = {"propagationPolicy": propagation}
-        if resource_version is not None:
-            options["preconditions"] = {"resourceVersion": resource_version}
+        preconditions = {k: v for k, v in (("resourceVersion", resource_version), ("uid", uid)) if v is not None}
+        if preconditions:
+            options["preconditions"] = preconditions
         try:
             self._call("DELETE", resource.path(namespace, name), options)
             return True
         except NotFound:
             return False
+
+    def serves(self, resource: Resource) -> bool:
+        """Discovery: whether the API server serves `resource` (a CRD that is installed). Every
+        authenticated client may read discovery (Kubernetes' system:discovery role)."""
+        base = f"/apis/{resource.group}/{resource.version}" if resource.group else f"/api/{resource.version}"
+        try:
+            document = self._call("GET", base)
+        except NotFound:
+            return False
+        return any(r.get("name") == resource.plural for r in document.get("resources") or [])
 
     def read_log(self, namespace: str, pod: str, container: Optional[str] = None) -> str:
         return self._call("GET", PODS.path(namespace, pod, "log"), query={"container": container}, raw=True)

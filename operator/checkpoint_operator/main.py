@@ -88,6 +88,7 @@ async def cluster_checkpoint_changed(event: kopf.RawEvent, body: kopf.Body, memo
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+@kopf.on.event(kube.JOBSETS.group, kube.JOBSETS.version, kube.JOBSETS.plural, labels=MANAGED)
 @kopf.on.event("v1", "pods", labels=MANAGED)
 @kopf.on.event("v1", "persistentvolumeclaims")
 async def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:

@@ -28,7 +28,7 @@ class PhaseTracker(Collector):
     """Objects by phase, as last seen by the operator: a gauge per (kind, phase)."""
 
     PHASES = {"Checkpoint": ("Pending", "Importing", "Ready", "Failed"),
-              "TrainingJob": ("Pending", "Running", "Snapshotting", "Succeeded", "Failed")}
+              "TrainingJob": ("Pending", "Queued", "Running", "Snapshotting", "Succeeded", "Failed")}
 
     def __init__(self) -> None:
         self._phases: dict[tuple[str, str], str] = {}

@@ -72,7 +72,20 @@ RULES: tuple[PermissionRule, ...] = (
         ("get", "follow the Job of a TrainingJob to its end"),
         ("list", KOPF_WATCH), ("watch", KOPF_WATCH),
         ("create", "the batch/v1 Job that runs a TrainingJob's pod template" + NARROWED
-                   + "only Jobs labelled as a TrainingJob's workers and owned by it, never a change or a delete"))),
+                   + "only Jobs labelled as a TrainingJob's workers and owned by it, never a change"),
+        ("delete", "a distributed job's failed attempt, once every worker has stopped, before the group starts "
+                   "again (logic/engines.py)" + NARROWED + "only Jobs labelled as a TrainingJob's workers"))),
+    PermissionRule(("jobset.x-k8s.io",), ("jobsets",), (
+        ("get", "follow the JobSet of a TrainingJob with spec.engine JobSet to its end"),
+        ("list", KOPF_WATCH), ("watch", KOPF_WATCH),
+        ("create", "the JobSet that runs such a TrainingJob's pod template" + NARROWED
+                   + "only JobSets labelled as a TrainingJob's workers and owned by it, never a change or a "
+                     "delete (JobSet restarts its own child Jobs; garbage collection removes it with its job)"))),
+    PermissionRule(("",), ("services",), (
+        ("get", "the headless Service of a distributed job, found again after a restart (create is idempotent)"),
+        ("create", "the headless Service that gives a distributed job's workers their DNS names" + NARROWED
+                   + "only headless Services labelled as a TrainingJob's rendezvous, owned by it, selecting its "
+                     "workers"))),
     PermissionRule(("",), ("pods",), (
         ("get", "read an agent pod's state; why a worker pod failed"),
         ("list", KOPF_WATCH + " (the worker pod index)"), ("watch", KOPF_WATCH),

@@ -53,7 +53,9 @@ class Operator:
 
 @pytest.fixture
 def operator_config() -> OperatorConfig:
-    return OperatorConfig(reconcile_interval=0.2, agent_image="checkpoint-operator:test")
+    # As local mode runs it: the workers of a distributed job meet at 127.0.0.1 on a free port.
+    return OperatorConfig(reconcile_interval=0.2, agent_image="checkpoint-operator:test", rendezvous_address="127.0.0.1",
+                          rendezvous_port=0)
 
 
 @pytest.fixture

@@ -299,6 +299,59 @@ class TestVolumeSnapshots:
         assert f'volumesnapshots.snapshot.storage.k8s.io "{snapshot}" not found' in ready["message"]
         assert "reader" not in trainer.envs
 
+    async def test_a_restarted_group_gets_its_inputs_restored_from_the_snapshot_again(self, api, operator, cluster,
+                                                                                      trainer, wait_for):
+        """A 2-worker consumer (engine Job) whose worker 1 fails: the operator's group restart stages the
+        inputs as the first start did (a volume restored from the snapshot per pod), records them, and
+        releases the restarted pods' volumes at the end; the failed attempt's volumes go with its pods."""
+        trainer.behaviours["producer"] = lambda a, env: write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-1",
+                                                                          {"w.bin": b"w1"}) or 0
+        await api.create(TJ, NS, training_job("producer"))
+        await wait_phase(api, wait_for, TJ, "producer", "Succeeded")
+        step1 = await ready_checkpoint(api, wait_for, "producer", "step-1")
+        snapshot = step1["status"]["location"]["snapshot"]["volumeSnapshotName"]
+        reads: list[tuple[str, str, bytes]] = []
+        second_started, release = threading.Barrier(3, timeout=60), threading.Event()
+
+        def group(attempt, env):
+            reads.append((env["ATTEMPT"], env["JOB_COMPLETION_INDEX"],
+                          open(os.path.join(env["CHECKPOINT_INPUT_PATH"], "w.bin"), "rb").read()))
+            if env["ATTEMPT"] == "0":
+                return 3 if env["JOB_COMPLETION_INDEX"] == "1" else 0
+            second_started.wait()
+            assert release.wait(60)
+            return 0
+        trainer.behaviours["group"] = group
+        body = training_job("group", checkpoints=[{"name": step1["metadata"]["name"]}], replicas=2, backoffLimit=1,
+                            output={"enabled": False})
+        body["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "ATTEMPT", "valueFrom": {"fieldRef": {
+            "fieldPath": "metadata.labels['ckpt.dev/restart-attempt']"}}}]
+        await api.create(TJ, NS, body)
+        await asyncio.to_thread(second_started.wait)
+        tj = await api.get(TJ, NS, "group")
+        assert tj["status"]["restarts"] == 1 and tj["status"]["restoredInputs"] == 1
+        pods = [p for p in await worker_pods(api, "group")
+                if p["metadata"]["labels"]["ckpt.dev/restart-attempt"] == "1" and not p["metadata"].get(
+                    "deletionTimestamp")]
+        assert len(pods) == 2
+        restored = [f"{p['metadata']['name']}-ckpt-in-0" for p in pods]
+        for name in restored:
+            claim = await api.get(CLAIMS, NS, name)
+            assert claim["spec"]["dataSource"]["name"] == snapshot and claim["status"]["phase"] == "Bound"
+
+        async def only_the_restarted_pods_claims():
+            claims = await api.list(CLAIMS, NS, label_selector="ckpt.dev/component=restored-input")
+            return sorted(c["metadata"]["name"] for c in claims) == sorted(restored)
+        await wait_for(only_the_restarted_pods_claims, timeout=30)  # the failed attempt's went with its pods
+        release.set()
+        done = await wait_phase(api, wait_for, TJ, "group", ("Succeeded", "Failed"))
+        assert done["status"]["phase"] == "Succeeded", done["status"].get("message")
+        assert "restoredInputs" not in done["status"]
+        for name in restored:
+            await wait_for(lambda name=name: gone(api, CLAIMS, NS, name), timeout=30)
+        assert {data for _, _, data in reads} == {b"w1"}
+        assert sorted((a, i) for a, i, _ in reads if a == "1") == [("1", "0"), ("1", "1")]
+
     async def test_an_import_is_kept_in_a_snapshot_and_its_volume_released(self, api, operator, cluster, trainer,
                                                                          wait_for, web):
         await api.create(CKPT, NS, {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint",

@@ -15,6 +15,7 @@ from checkpoint_operator.local.podview import Mount, PodView
 from checkpoint_operator.local.server import ApiClient
 
 NS = "default"
+COMPLETE = [("SuccessCriteriaMet", "CompletionsReached"), ("Complete", "CompletionsReached")]  # Kubernetes 1.31+
 
 
 def claim(name: str, owner: dict | None = None) -> dict:
@@ -86,7 +87,7 @@ async def test_job_writes_into_its_claim_and_completes(api: ApiClient, cluster: 
     ], volumeMounts=[{"name": "out", "mountPath": "/output-checkpoint"}])],
         volumes=[{"name": "out", "persistentVolumeClaim": {"claimName": "out"}}]))
     done = await finished_job(api, wait_for, "train")
-    assert condition_types(done) == [("Complete", None)]
+    assert condition_types(done) == COMPLETE
     assert done["status"]["succeeded"] == 1 and done["status"]["active"] == 0
     assert done["status"]["startTime"] and done["status"]["completionTime"]
     [pod] = await job_pods(api, "train")
@@ -104,18 +105,38 @@ async def test_failing_pods_are_retried_up_to_the_backoff_limit(api: ApiClient, 
     await api.create("batch/v1/jobs", NS, job("flaky", [python_container(
         "main", "import sys; print('out'); print('boom', file=sys.stderr); sys.exit(3)")], backoffLimit=2))
     done = await finished_job(api, wait_for, "flaky")
-    assert condition_types(done) == [("Failed", "BackoffLimitExceeded")]
+    assert condition_types(done) == [("FailureTarget", "BackoffLimitExceeded"), ("Failed", "BackoffLimitExceeded")]
     pods = await job_pods(api, "flaky")
     assert len(pods) == 3 and done["status"]["failed"] == 3
     assert {p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] for p in pods} == {3}
     assert await api.read_log(NS, pods[0]["metadata"]["name"]) == "out\nboom\n"  # stdout, then stderr
 
 
+async def test_a_failed_indexed_job_is_failed_only_once_every_pod_has_stopped(api: ApiClient, cluster: LocalCluster,
+                                                                               wait_for) -> None:
+    """Issue 18.7: two pods that exit 1 a second after start, backoffLimit 0. The Job controller
+    stops the other pod, and (as Kubernetes 1.31+ does) adds Failed only once no pod is left
+    terminating: before, the Job was Failed with `terminating: 1` forever (a pod object that no
+    longer existed), and whatever waited for the pods to stop waited until its timeout."""
+    await api.create("batch/v1/jobs", NS, job("pair", [python_container(
+        "main", "import time, sys; time.sleep(1); sys.exit(1)")], completions=2, parallelism=2,
+        completionMode="Indexed", backoffLimit=0))
+    done = await finished_job(api, wait_for, "pair")
+    assert condition_types(done) == [("FailureTarget", "BackoffLimitExceeded"), ("Failed", "BackoffLimitExceeded")]
+    assert done["status"]["active"] == 0 and done["status"]["terminating"] == 0
+    assert done["status"]["failed"] >= 1
+    await wait_for(lambda: _all_pods_stopped(api, "pair"))
+
+
+async def _all_pods_stopped(api: ApiClient, job_name: str) -> bool:
+    return all(p["status"].get("phase") in ("Succeeded", "Failed") for p in await job_pods(api, job_name))
+
+
 async def test_active_deadline_fails_the_job_and_stops_its_pod(api: ApiClient, cluster: LocalCluster, wait_for) -> None:
     await api.create("batch/v1/jobs", NS, job("slow", [python_container("main", "import time; time.sleep(30)")],
                                               activeDeadlineSeconds=1))
     done = await finished_job(api, wait_for, "slow")
-    assert condition_types(done) == [("Failed", "DeadlineExceeded")]
+    assert condition_types(done) == [("FailureTarget", "DeadlineExceeded"), ("Failed", "DeadlineExceeded")]
     await wait_for(lambda: _no_pods(api, "slow"))
 
 
@@ -132,7 +153,8 @@ async def test_indexed_job_gives_each_pod_its_index(api: ApiClient, cluster: Loc
         volumes=[{"name": "v", "persistentVolumeClaim": {"claimName": "shared"}}],
         completions=2, parallelism=2, completionMode="Indexed"))
     done = await finished_job(api, wait_for, "idx")
-    assert condition_types(done) == [("Complete", None)] and done["status"]["completedIndexes"] == "0,1"
+    assert condition_types(done) == [("SuccessCriteriaMet", "CompletionsReached"), ("Complete", "CompletionsReached")]
+    assert done["status"]["completedIndexes"] == "0,1"
     assert sorted(p.name for p in cluster.claim_dir(NS, "shared").iterdir()) == ["0", "1"]
     pods = await job_pods(api, "idx")
     assert sorted(p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] for p in pods) == ["0", "1"]
@@ -150,7 +172,7 @@ async def test_init_container_runs_first_and_shares_an_empty_dir(api: ApiClient,
                                      args=["/scratch/in.txt"], volumeMounts=mount)],
         volumes=[{"name": "scratch", "emptyDir": {}}]))
     done = await finished_job(api, wait_for, "staged")
-    assert condition_types(done) == [("Complete", None)]
+    assert condition_types(done) == COMPLETE
     [pod] = await job_pods(api, "staged")
     assert await api.read_log(NS, pod["metadata"]["name"], container="main") == "from init\n"
     assert pod["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
@@ -182,7 +204,7 @@ async def test_container_runner_plays_the_training_code(api: ApiClient, cluster:
         "name": "main", "image": "my/training", "env": [{"name": "CHECKPOINT_OUTPUT_DIR", "value": "/output-checkpoint"}],
         "volumeMounts": [{"name": "o", "mountPath": "/output-checkpoint"}]}],
         volumes=[{"name": "o", "persistentVolumeClaim": {"claimName": "out"}}]))
-    assert condition_types(await finished_job(api, wait_for, "user")) == [("Complete", None)]
+    assert condition_types(await finished_job(api, wait_for, "user")) == COMPLETE
     assert (cluster.claim_dir(NS, "out") / "model.bin").read_bytes() == b"weights"
     assert seen["mounts"] == {"/output-checkpoint": str(cluster.claim_dir(NS, "out"))}
 
@@ -484,7 +506,7 @@ async def test_pod_sees_its_inputs_exactly_as_mounted(api: ApiClient, cluster: L
     done = await finished_job(api, wait_for, "consumer")
     [pod] = await job_pods(api, "consumer")
     log = await api.read_log(NS, pod["metadata"]["name"])
-    assert condition_types(done) == [("Complete", None)], log
+    assert condition_types(done) == COMPLETE, log
     seen = json.loads(log)
     assert seen["input_dir"] == ["pre-final", "pre-step-2"]  # exactly the mounted inputs
     assert seen["listing"] == {"pre-final": ["config.json", "model.safetensors"],

@@ -26,8 +26,9 @@ KOPF_AND_KUBERNETES = {
     ("ckpt.dev", "trainingjobs", "list"), ("ckpt.dev", "trainingjobs", "watch"),
     ("ckpt.dev", "trainingjobs", "patch"),
     ("", "events", "create"),
-    # kopf watches (list + watch) Jobs, pods and PVCs for the event handlers and the pod index
+    # kopf watches (list + watch) Jobs, JobSets, pods and PVCs for the event handlers and the pod index
     ("batch", "jobs", "list"), ("batch", "jobs", "watch"), ("", "pods", "list"), ("", "pods", "watch"),
+    ("jobset.x-k8s.io", "jobsets", "list"), ("jobset.x-k8s.io", "jobsets", "watch"),
     ("", "persistentvolumeclaims", "list"), ("", "persistentvolumeclaims", "watch"),
     ("kopf.dev", "kopfpeerings", "get"), ("kopf.dev", "kopfpeerings", "list"), ("kopf.dev", "kopfpeerings", "watch"),
     ("kopf.dev", "kopfpeerings", "patch"),
@@ -59,6 +60,8 @@ def code_permissions() -> set[tuple[str, str, str]]:
             method = node.func.attr
             if method == "read_log":
                 found.add(("", "pods/log", "get"))
+                continue
+            if method == "serves":  # discovery: granted to every authenticated client (system:discovery)
                 continue
             assert method in METHOD_VERBS or method == "ensure", f"{path}: unknown Kube method {method}"
             first = node.args[0]

@@ -61,6 +61,7 @@ from checkpoint_operator.agent.tree import EntryBudget, TooManyEntries, entry_li
 REMOVE_ANNOTATION = "ckpt.dev/live-remove"
 STATE_FILE = "sealed.json"
 CHECKS_PER_TICK = 4      # sealed directories stat-checked per tick (all of them at the end)
+SHARED_FINAL_LOOKS = 2  # looks after SIGTERM in a pod of several: a listing that holds still for one look seals
 MIN_INTERVAL = 0.05
 RENAME_MEMORY = 20       # ticks an inode listed under an unfinished name is remembered
 
@@ -487,9 +488,15 @@ class Watcher:
                    "message": f"{sealed.path} changed after it was sealed ({problem})"})
 
     # --- the whole run ------------------------------------------------------------------------------
-    def finish(self) -> None:
-        """The training containers are done: seal what is there, wait for uploads, check everything."""
+    def finish(self, interval: float = 0.0) -> None:
+        """The training containers are done: seal what is there, wait for uploads, check everything.
+        Shared (several pods): other pods may still write, so the exit rule is off; a few more looks
+        still seal what a completion marker or a rename finished in the grace period (a preempted or
+        stopped group's emergency checkpoint), so the next attempt's resume link finds it."""
         self.tick(writers_done=True)
+        for _ in range(SHARED_FINAL_LOOKS if self.shared else 0):
+            time.sleep(interval)
+            self.tick()
         if self._uploads is not None:
             self._uploads.shutdown(wait=True)
         self.check_all()
@@ -540,6 +547,6 @@ def main(args: argparse.Namespace) -> int:
         watcher.tick()
         # Bounded CPU: never busier than a third of one core, however big the output.
         stop.wait(max(interval, 2 * (time.monotonic() - started)))
-    watcher.finish()
+    watcher.finish(interval)
     return 0
 

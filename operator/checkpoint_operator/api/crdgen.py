@@ -90,10 +90,11 @@ TRAINING_JOB = CrdDefinition(
     spec_model=TrainingJobSpec, status_model=TrainingJobStatus,
     description="Runs a pod template on read-only input Checkpoints and snapshots its output directory into new Checkpoints.",
     printer_columns=[
-        _column("Phase", ".status.phase", description="Pending, Running, Snapshotting, Succeeded or Failed"),
+        _column("Phase", ".status.phase", description="Pending, Queued, Running, Snapshotting, Succeeded or Failed"),
         _column("Inputs", ".status.inputCount", "integer", "Number of input checkpoints"),
         _column("Outputs", ".status.outputCount", "integer", "Number of checkpoints produced"),
-        _column("Job", ".status.jobName", description="The batch/v1 Job", priority=1),
+        _column("Restarts", ".status.restarts", "integer", "Group restarts", priority=1),
+        _column("Job", ".status.jobName", description="The batch/v1 Job or JobSet", priority=1),
         AGE,
     ],
 )

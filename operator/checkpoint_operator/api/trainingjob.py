@@ -15,9 +15,11 @@ from checkpoint_operator.api.rules import (DNS1123_MESSAGE, DNS1123_SUBDOMAIN, A
 
 
 class TrainingJobPhase(Phase):
-    """Pending -> Running -> Snapshotting -> Succeeded | Failed."""
+    """Pending -> Running -> Snapshotting -> Succeeded | Failed; Queued while the workload is
+    suspended (waiting for Kueue to admit it, or preempted), between Pending and Running."""
 
     PENDING = "Pending"
+    QUEUED = "Queued"
     RUNNING = "Running"
     SNAPSHOTTING = "Snapshotting"
     SUCCEEDED = "Succeeded"
@@ -32,6 +34,9 @@ class TrainingJobPhase(Phase):
 
 
 SelectPolicy = Literal["latest", "latestResumable", "final", "best"]
+Engine = Literal["Job", "JobSet"]
+MAX_REPLICAS = 100000  # the Job API's limit of completions of an Indexed Job
+MAX_NPROC_PER_NODE = 1024
 WaitPolicy = Literal["Available", "Finished"]
 PublishMode = Literal["OnCompletion", "Continuous"]
 METRIC_PATTERN = r"^[A-Za-z0-9_.\-/]{1,63}$"  # agent/metrics_files.py METRIC_NAME
@@ -165,7 +170,11 @@ class PodTemplate(ApiModel):
     # kept only by x-kubernetes-preserve-unknown-fields from CEL (the rule would not compile).
     spec: dict[str, Any] = Field(description="A PodSpec.", json_schema_extra={"properties": {"containers": {
         "type": "array", "description": "Containers of the pod (core/v1 Container).", "maxItems": MAX_CONTAINERS,
-        "items": {"type": "object", "additionalProperties": True}}}})
+        "items": {"type": "object", "additionalProperties": True}},
+        # Declared for the rule that a distributed job's pods are named by the operator.
+        "hostname": {"type": "string", "maxLength": 63, "description": "The pods' host name (one replica only)."},
+        "subdomain": {"type": "string", "maxLength": 63,
+                      "description": "The pods' subdomain (one replica only: the operator sets it for more)."}}})
 
 
 def _absolute(field: str) -> Rule:
@@ -204,6 +213,11 @@ class TrainingJobSpec(ApiModel):
              field_path=".outputDir"),
         Rule("self.replicas >= 1", "spec.replicas must be at least 1",
              lambda s: s["replicas"] >= 1, field_path=".replicas"),
+        Rule("self.replicas <= 1 || (!has(self.template.spec.hostname) && !has(self.template.spec.subdomain))",
+             "spec.template.spec.hostname and subdomain are set by the operator when spec.replicas is more than 1 "
+             "(worker i is <job>-<i>.<service>): remove them",
+             lambda s: s["replicas"] <= 1 or not ({"hostname", "subdomain"} & set(s["template"].get("spec") or {})),
+             field_path=".template.spec"),
     )
 
     checkpoints: list[CheckpointRef] = Field(
@@ -215,9 +229,25 @@ class TrainingJobSpec(ApiModel):
                                description="The output volume and its snapshot.")
     inputDir: Path = Field("/input-checkpoint", description="Where inputs are mounted (CHECKPOINT_INPUT_DIR).")
     outputDir: Path = Field("/output-checkpoint", description="Where the code writes checkpoints (CHECKPOINT_OUTPUT_DIR).")
-    replicas: int = Field(1, description="Number of pods; more than 1 share one ReadWriteMany output volume.")
-    backoffLimit: Optional[int] = Field(None, ge=0, description="Retries before the job counts as failed (Job default: 6).")
-    activeDeadlineSeconds: Optional[int] = Field(None, ge=1, description="Time limit of the whole job in seconds.")
+    replicas: int = Field(1, le=MAX_REPLICAS, description=(
+        "Number of worker pods (nodes). More than 1: a distributed job: the workers share one ReadWriteMany output "
+        "volume, reach each other through a headless Service (worker i is <job>-<i>.<service>, or "
+        "<jobset>-node-0-<i>.<jobset> with engine JobSet), get the rendezvous variables of torchrun (PET_*), "
+        "init_process_group (MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK) and JAX (JAX_COORDINATOR_ADDRESS, "
+        "JAX_NUM_PROCESSES, JAX_PROCESS_ID), and fail, restart and succeed as a group."))
+    nprocPerNode: int = Field(1, ge=1, le=MAX_NPROC_PER_NODE, description=(
+        "Processes per worker pod that torchrun starts (PET_NPROC_PER_NODE; one per GPU). WORLD_SIZE and RANK "
+        "count pods (one process each); torchrun gives each of its processes its own RANK and "
+        "WORLD_SIZE = replicas x nprocPerNode."))
+    engine: Engine = Field("Job", description=(
+        "What runs the workers: Job (a batch/v1 Indexed Job; the operator restarts the group) or JobSet (a "
+        "jobset.x-k8s.io/v1alpha2 JobSet, which restarts the group itself; needs JobSet installed)."))
+    backoffLimit: Optional[int] = Field(None, ge=0, le=10000, description=(
+        "Retries before the job counts as failed (default 6, as a Job's). With more than one replica, or with "
+        "engine JobSet, each retry restarts the whole group: every worker is stopped and all start again."))
+    activeDeadlineSeconds: Optional[int] = Field(None, ge=1, description=(
+        "Time limit in seconds: of the whole job with engine Job (a restarted group gets what is left), of each "
+        "attempt with engine JobSet."))
     template: PodTemplate = Field(description="Pod template of the training workers.")
 
 
@@ -236,12 +266,29 @@ class LiveStatus(ApiModel):
         description="Deleted by retention, their directories not yet removed from the output volume.")
 
 
+class WorkerFailure(ApiModel):
+    """The worker that failed first in an attempt of a distributed job (the others were stopped)."""
+
+    attempt: Count = Field(description="The attempt (0 = the first run, then one per group restart).")
+    index: Optional[Count] = Field(None, description="The worker's index (its completion index).")
+    pod: Optional[Name] = Field(None, description="The worker's pod.")
+    message: Message = Field(description="Why it failed (exit code, OOMKilled, evicted, ...).")
+
+
 class TrainingJobStatus(ApiModel):
     """Observed state of a TrainingJob, written by the operator."""
 
-    phase: Optional[TrainingJobPhase] = Field(None, description="Pending, Running, Snapshotting, Succeeded or Failed.")
+    phase: Optional[TrainingJobPhase] = Field(
+        None, description="Pending, Queued, Running, Snapshotting, Succeeded or Failed.")
     message: Optional[Message] = Field(None, description="Why the job is in this phase.")
-    jobName: Optional[Name] = Field(None, description="The batch/v1 Job running the pods.")
+    jobName: Optional[Name] = Field(None, description="The batch/v1 Job or the JobSet running the pods.")
+    rendezvous: Optional[Name] = Field(None, description="Where worker 0 listens (MASTER_ADDR:MASTER_PORT).")
+    restarts: Optional[Count] = Field(None, description="Group restarts so far (every worker stopped and "
+                                                            "started again after one failed).")
+    preemptions: Optional[Count] = Field(None, description="Times the running workload was suspended (Kueue "
+                                                               "preemption) and queued again.")
+    workerFailure: Optional[WorkerFailure] = Field(None, description="The worker that failed first in the latest "
+                                                                     "failed attempt, and why.")
     outputClaim: Optional[Name] = Field(None, description="The PersistentVolumeClaim of the output directory.")
     snapshotPod: Optional[Name] = Field(None, description="The pod that scans the output.")
     inputs: Optional[list[PinnedCheckpoint]] = Field(None, description="Inputs as resolved and pinned at start.")

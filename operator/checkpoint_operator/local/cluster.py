@@ -1,15 +1,16 @@
-"""A tiny "cluster" beside the emulated API: nodes, scheduler, storage, snapshot controller, Job
-controller, kubelets and garbage collector.
+"""A tiny "cluster" beside the emulated API: nodes, scheduler, storage, snapshot controller, Job and
+JobSet controllers, a stand-in for Kueue's admission, kubelets and garbage collector.
 
-``LocalCluster`` talks to the API only over HTTP. It watches Pods, Jobs, PVCs, PersistentVolumes,
-VolumeSnapshots and their contents and classes (``informer.py``: one list + watch each, kept in
-memory) and reconciles only what an event concerns: the object itself and the objects that depend
-on it (a pod's event wakes its Job and the claims it mounts, and once it has finished the pods
-waiting to attach its volumes; a claim bound wakes the pods waiting for it; a snapshot ready wakes
-the claims restored from it; an owner deleted wakes its dependents for the garbage collector).
-Every controller is level-based and idempotent, reading the current state from the caches; its own
-writes go into the caches at once (so it never acts twice on a stale view), and a full resync every
-``poll_interval`` seconds is the safety net for anything missed.
+``LocalCluster`` talks to the API only over HTTP. It watches Pods, Jobs, JobSets, Services, PVCs,
+PersistentVolumes, VolumeSnapshots and their contents and classes (``informer.py``: one list + watch
+each, kept in memory) and reconciles only what an event concerns: the object itself and the objects
+that depend on it (a pod's event wakes its Job and the claims it mounts, and once it has finished
+the pods waiting to attach its volumes; a child Job's event wakes its JobSet; a claim bound wakes
+the pods waiting for it; a snapshot ready wakes the claims restored from it; an owner deleted wakes
+its dependents for the garbage collector). Every controller is level-based and idempotent, reading
+the current state from the caches; its own writes go into the caches at once (so it never acts
+twice on a stale view), and a full resync every ``poll_interval`` seconds is the safety net for
+anything missed.
 
 - Nodes (``nodes``: ``local``, or ``local-0`` ... ``local-<N-1>``), each with its ``Kubelet``
   (``kubelet.py``: runs the pods scheduled on it with a runtime, ``runtime.py`` host processes in a
@@ -21,14 +22,19 @@ writes go into the caches at once (so it never acts twice on a stale view), and 
 - ``VolumeProvisioner`` (``storage.py``): StorageClasses, PersistentVolumes, claims bound to host
   directories under ``<data_dir>/volumes/``, restores and clones; ``kubernetes.io/pvc-protection``.
 - ``SnapshotController`` (``snapshots.py``): VolumeSnapshots as copies under ``<data_dir>/snapshots/``.
-- ``JobController`` (batch/v1): pods from ``spec.template``; completions, parallelism, completionMode
-  Indexed, backoffLimit (default 6; no backoff delay here), activeDeadlineSeconds; Job status with
-  ``active``, ``terminating``, ``succeeded``, ``failed`` and the Complete / Failed conditions.
-- ``GarbageCollector``: deletes Pods, Jobs, PVCs and VolumeSnapshots all of whose ownerReferences
-  point to objects that no longer exist (or exist with another uid), confirmed by a live read before
-  deleting, and deleting with the resourceVersion it judged, as the Kubernetes garbage collector
-  does; from one with owners left it removes the references to the gone ones. Owners of other kinds
-  are watched as they are referred to.
+- ``JobController`` (``jobs.py``, batch/v1): pods from ``spec.template``; completions, parallelism,
+  completionMode Indexed (hostnames ``<job>-<index>``), backoffLimit, activeDeadlineSeconds, suspend;
+  terminal conditions only once every pod has stopped, as Kubernetes 1.31+.
+- ``JobSetController`` (``jobsets.py``, jobset.x-k8s.io/v1alpha2): child Jobs, the headless Service,
+  restarts (failurePolicy), successPolicy, suspend; with ``jobset=True`` (the default) the JobSet
+  CRD is installed first (``jobset_crd``: a minimal one unless given, e.g. JobSet's published CRD).
+- ``KueueStandIn`` (``kueue.py``): admits a suspended Job or JobSet labelled with a Kueue queue name at
+  once, and can preempt it (``kueue=True``, the default); ``report`` gets a line for each.
+- ``GarbageCollector``: deletes Pods, Jobs, JobSets, Services, PVCs and VolumeSnapshots all of whose
+  ownerReferences point to objects that no longer exist (or exist with another uid), confirmed by a
+  live read before deleting, and deleting with the resourceVersion it judged, as the Kubernetes
+  garbage collector does; from one with owners left it removes the references to the gone ones.
+  Owners of other kinds are watched as they are referred to.
 
 A test can play the training code with ``container_runner``:
 ``async def runner(pod, container, env, mounts) -> int | None`` is called for every container with the
@@ -41,20 +47,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
-import datetime
 import logging
 import os
-import secrets
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from checkpoint_operator.local.events import EventRecorder
 from checkpoint_operator.local.informer import Informer, Key, WorkQueue, key_of
+from checkpoint_operator.local.jobs import (  # noqa: F401 - re-exported for callers of the old module
+    JobController, build_job_pod, job_condition, job_is_finished, parse_rfc3339, pod_completion_index, random_suffix,
+)
+from checkpoint_operator.local.jobsets import JOBSETS, SERVICES, JobSetController, minimal_crd
+from checkpoint_operator.local.kueue import KueueStandIn
 from checkpoint_operator.local.kubelet import (  # noqa: F401 - re-exported for callers of the old module
     TERMINAL_PHASES, ContainerRunner, Kubelet, claim_names_of_pod, expand_variables, meta, now_rfc3339, pod_phase,
 )
@@ -74,17 +82,12 @@ logger = logging.getLogger(__name__)
 PODS, JOBS, CLAIMS = "v1/pods", "batch/v1/jobs", "v1/persistentvolumeclaims"
 DEFAULT_RESYNC_SECONDS = 10.0
 OWNER_SYNC_TIMEOUT = 5.0  # seconds the GC waits for a new owner kind's cache before asking the API
+CRDS = "apiextensions.k8s.io/v1/customresourcedefinitions"
+CLUSTER_SCOPED = {VOLUMES, SNAPSHOT_CONTENTS, SNAPSHOT_CLASSES}  # resources of the caches without a namespace
 KIND_TO_RESOURCE = {
     "Pod": PODS, "PersistentVolumeClaim": CLAIMS, "Secret": "v1/secrets", "ConfigMap": "v1/configmaps", "Job": JOBS,
+    "Service": SERVICES,
 }
-
-
-def parse_rfc3339(text: str) -> datetime.datetime:
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def random_suffix(length: int = 5) -> str:
-    return "".join(secrets.choice("bcdfghjklmnpqrstvwxz2456789") for _ in range(length))
 
 
 def uid_of(obj: Mapping[str, Any]) -> str:
@@ -156,148 +159,6 @@ class Cache:
             yield from informer
 
 
-# --- Job controller ----------------------------------------------------------------------------------
-
-def job_condition(job: Mapping[str, Any], condition_type: str) -> bool:
-    return any(c.get("type") == condition_type and c.get("status") == "True"
-               for c in job.get("status", {}).get("conditions") or [])
-
-
-def job_is_finished(job: Mapping[str, Any]) -> bool:
-    return job_condition(job, "Complete") or job_condition(job, "Failed")
-
-
-def pod_completion_index(pod: Mapping[str, Any]) -> int | None:
-    value = (meta(pod).get("annotations") or {}).get("batch.kubernetes.io/job-completion-index")
-    return int(value) if value is not None else None
-
-
-class JobController:
-    """batch/v1 Jobs: pods from the template, retries, deadlines, status and conditions."""
-
-    def __init__(self, api: ApiClient, jobs: Cache, pods: Cache) -> None:
-        self.api = api
-        self.jobs = jobs
-        self.pods = pods
-        self._reported: dict[str, str] = {}  # Job uid -> the last FailedCreate message posted
-
-    async def reconcile(self, job: dict, pods: list[dict]) -> float | None:
-        """Bring one Job closer to its spec; returns seconds after which to look again (a deadline)."""
-        if is_deleting(job) or job_is_finished(job):
-            return None
-        spec, status = job.get("spec", {}), dict(job.get("status", {}))
-        completions = spec.get("completions") or 1
-        parallelism = spec.get("parallelism") if spec.get("parallelism") is not None else 1
-        indexed = spec.get("completionMode") == "Indexed"
-        terminating = [p for p in pods if is_deleting(p) and pod_phase(p) not in TERMINAL_PHASES]
-        active = [p for p in pods if pod_phase(p) not in TERMINAL_PHASES and not is_deleting(p)]
-        failed = [p for p in pods if pod_phase(p) == "Failed"]
-        succeeded = [p for p in pods if pod_phase(p) == "Succeeded"]
-        succeeded_count = len({pod_completion_index(p) for p in succeeded}) if indexed else len(succeeded)
-        status.setdefault("startTime", now_rfc3339())
-
-        finish: tuple[str, str, str] | None = None
-        remaining = self._deadline_remaining(spec, status)
-        if len(failed) > spec.get("backoffLimit", 6):
-            finish = ("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")
-        elif remaining is not None and remaining <= 0:
-            finish = ("Failed", "DeadlineExceeded", "Job was active longer than specified deadline")
-        elif succeeded_count >= completions and not active:
-            finish = ("Complete", "", "")
-
-        if finish is not None and finish[0] == "Failed":
-            for pod in active:
-                await self.api.delete(PODS, meta(pod)["namespace"], meta(pod)["name"])
-            terminating += active
-            active = []
-        elif finish is None:
-            active += await self._create_missing_pods(job, active, succeeded, completions, parallelism, indexed)
-
-        status.update(active=len(active), terminating=len(terminating), succeeded=succeeded_count, failed=len(failed))
-        if indexed:
-            indexes = {i for i in map(pod_completion_index, succeeded) if i is not None}
-            status["completedIndexes"] = ",".join(str(i) for i in sorted(indexes))
-        if finish is not None:
-            condition_type, reason, message = finish
-            condition = {"type": condition_type, "status": "True", "lastProbeTime": now_rfc3339(),
-                         "lastTransitionTime": now_rfc3339()}
-            if reason:
-                condition.update(reason=reason, message=message)
-            status["conditions"] = [*(status.get("conditions") or []), condition]
-            if condition_type == "Complete":
-                status["completionTime"] = now_rfc3339()
-        if status != job.get("status", {}):
-            self.jobs.observe(await self.api.patch(JOBS, meta(job)["namespace"], meta(job)["name"],
-                                                   {"status": status}, subresource="status"))
-        return remaining if finish is None else None
-
-    @staticmethod
-    def _deadline_remaining(spec: Mapping[str, Any], status: Mapping[str, Any]) -> float | None:
-        deadline = spec.get("activeDeadlineSeconds")
-        if deadline is None:
-            return None
-        started = parse_rfc3339(status["startTime"])
-        return deadline - (datetime.datetime.now(datetime.UTC) - started).total_seconds()
-
-    async def _create_missing_pods(self, job: dict, active: list[dict], succeeded: list[dict],
-                                   completions: int, parallelism: int, indexed: bool) -> list[dict]:
-        if indexed:
-            busy = {pod_completion_index(p) for p in active + succeeded}
-            wanted: list[int | None] = [i for i in range(completions) if i not in busy]
-        else:
-            wanted = [None] * (completions - len(succeeded) - len(active))
-        wanted = wanted[:max(0, parallelism - len(active))]
-        created = []
-        for index in wanted:
-            try:
-                pod = await self.api.create(PODS, meta(job)["namespace"], build_job_pod(job, index))
-            except ApiError as exc:
-                if exc.status == 403:  # admission refused it (Pod Security): said on the Job, tried again later
-                    await self._failed_create(job, exc)
-                raise
-            self.pods.observe(pod)  # seen at once: the next pass never creates it twice
-            created.append(pod)
-        return created
-
-    async def _failed_create(self, job: dict, exc: ApiError) -> None:
-        """The Job controller's `FailedCreate` Warning event on the Job (once per message here)."""
-        message = exc.body.get("message", str(exc)) if isinstance(exc.body, dict) else str(exc.body)
-        text = f"Error creating: {message}"
-        if self._reported.get(uid_of(job)) == text:
-            return
-        self._reported[uid_of(job)] = text
-        now = now_rfc3339()
-        involved = {"apiVersion": "batch/v1", "kind": "Job", "name": meta(job)["name"],
-                    "namespace": meta(job)["namespace"], "uid": uid_of(job)}
-        await self.api.create("v1/events", meta(job)["namespace"], {
-            "metadata": {"generateName": f"{meta(job)['name']}."}, "involvedObject": involved, "type": "Warning",
-            "reason": "FailedCreate", "message": text, "source": {"component": "job-controller"},
-            "count": 1, "firstTimestamp": now, "lastTimestamp": now})
-
-
-def build_job_pod(job: Mapping[str, Any], index: int | None) -> dict[str, Any]:
-    """The pod the Job controller creates from ``spec.template`` (with the completion index if Indexed)."""
-    template = copy.deepcopy(job.get("spec", {}).get("template", {}))
-    job_name, job_uid = meta(job)["name"], uid_of(job)
-    pod_meta = template.get("metadata") or {}
-    labels = {**(pod_meta.get("labels") or {}), "job-name": job_name, "batch.kubernetes.io/job-name": job_name,
-              "controller-uid": job_uid, "batch.kubernetes.io/controller-uid": job_uid}
-    annotations = dict(pod_meta.get("annotations") or {})
-    spec = template.get("spec") or {}
-    name = f"{job_name}-{random_suffix()}"
-    if index is not None:
-        name = f"{job_name}-{index}-{random_suffix()}"
-        labels["batch.kubernetes.io/job-completion-index"] = str(index)
-        annotations["batch.kubernetes.io/job-completion-index"] = str(index)
-        for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
-            container["env"] = [*(container.get("env") or []), {"name": "JOB_COMPLETION_INDEX", "value": str(index)}]
-    return {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": meta(job)["namespace"], "labels": labels, "annotations": annotations,
-                     "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job_name, "uid": job_uid,
-                                          "controller": True, "blockOwnerDeletion": True}]},
-        "spec": spec,
-    }
 
 
 # --- garbage collector -------------------------------------------------------------------------------
@@ -351,14 +212,15 @@ def node_names(count: int) -> list[str]:
 
 
 class LocalCluster:
-    """Nodes, scheduler, storage, snapshot controller, Job controller, kubelets and garbage collector
-    against the API at ``api_url``.
+    """Nodes, scheduler, storage, snapshot controller, Job and JobSet controllers, the Kueue stand-in,
+    kubelets and garbage collector against the API at ``api_url``.
 
     ``namespaces``: where to act (empty or None: everywhere). ``poll_interval``: seconds between
     full resyncs (the safety net; events drive everything else). ``runtime``: how containers run
     (default: host processes, ``runtime.ProcessRuntime``). ``nodes``: how many nodes (each with its
     kubelet, its exec endpoint and its own directory ``<data_dir>/nodes/<node>/``).
     ``storage_classes``: the StorageClasses and what their drivers can do (``storage.DEFAULT_CLASSES``).
+    ``jobset``, ``jobset_crd``, ``kueue``, ``report``: JobSet and the Kueue stand-in (the module's docstring).
     Use ``async with LocalCluster(...)`` in a running loop, or ``start_in_thread()`` /
     ``stop_thread()`` from synchronous code.
     """
@@ -366,7 +228,11 @@ class LocalCluster:
     def __init__(self, api_url: str, data_dir: str | os.PathLike, namespaces: Iterable[str] | None = None,
                  container_runner: ContainerRunner | None = None, *, poll_interval: float = DEFAULT_RESYNC_SECONDS,
                  workdir: str | os.PathLike | None = None, runtime: Any = None, nodes: int = 1,
-                 storage_classes: Sequence[StorageClassModel] = DEFAULT_CLASSES) -> None:
+                 storage_classes: Sequence[StorageClassModel] = DEFAULT_CLASSES, jobset: bool = True,
+                 jobset_crd: dict | None = None, kueue: bool = True,
+                 report: Callable[[str], None] | None = None) -> None:
+        self.jobset_enabled, self.jobset_crd, self.kueue_enabled = jobset, jobset_crd, kueue
+        self.report = report
         self.workdir = Path(workdir) if workdir is not None else None
         self.api_url = api_url
         self.data_dir = Path(data_dir)
@@ -392,6 +258,8 @@ class LocalCluster:
         self._pods_of_claim: dict[Key, set[Key]] = defaultdict(set)  # claim key -> pod keys
         self._claims_of_snapshot: dict[Key, set[Key]] = defaultdict(set)  # snapshot key -> claims restored from it
         self._job_by_uid: dict[str, Key] = {}
+        self._jobset_by_uid: dict[str, Key] = {}
+        self._jobs_of_jobset: dict[str, set[Key]] = defaultdict(set)  # jobset uid -> child Job keys
 
     @property
     def kubelet(self) -> Kubelet | None:
@@ -424,6 +292,9 @@ class LocalCluster:
     async def start(self) -> None:
         self.api = ApiClient(self.api_url)
         await install_crds(self.api)
+        if self.jobset_enabled:  # installed first, as a cluster admin installs JobSet before it is used
+            with contextlib.suppress(ApiError):
+                await self.api.create(CRDS, None, self.jobset_crd or minimal_crd())
         for model in self.storage_classes.values():
             for resource, body in model.manifests():
                 if await self.api.get(resource, None, body["metadata"]["name"]) is None:
@@ -432,6 +303,8 @@ class LocalCluster:
         self.pods = Cache(self.api, PODS, self.namespaces, self._on_pod)
         self.jobs = Cache(self.api, JOBS, self.namespaces, self._on_job)
         self.claims = Cache(self.api, CLAIMS, self.namespaces, self._on_claim)
+        self.services = Cache(self.api, SERVICES, self.namespaces, self._on_service)
+        self.jobsets = Cache(self.api, JOBSETS, self.namespaces, self._on_jobset) if self.jobset_enabled else None
         self.volumes = Cache(self.api, VOLUMES, [], self._on_volume)
         self.volume_snapshots = Cache(self.api, VOLUME_SNAPSHOTS, self.namespaces, self._on_volume_snapshot)
         self.snapshot_contents = Cache(self.api, SNAPSHOT_CONTENTS, [], self._on_snapshot_content)
@@ -444,6 +317,10 @@ class LocalCluster:
             self.claims, self.binder, EventRecorder(self.api, "snapshot-controller"))
         self.binder.snapshots = self.snapshot_controller
         self.job_controller = JobController(self.api, self.jobs, self.pods)
+        self.jobset_controller = JobSetController(self.api, self.jobsets, self.jobs, self.services) \
+            if self.jobsets is not None else None
+        self.kueue = KueueStandIn(self.api, self.report, lambda resource, obj: self._own_caches()[
+            resource].observe(obj)) if self.kueue_enabled else None
         nodes = [LocalNode(name, node_labels(name)) for name in self.node_names]
         self.binder.nodes = {node.name: node.labels for node in nodes}
         self.scheduler = Scheduler(self.api, nodes, self.pods, self.claims, self.binder,
@@ -460,11 +337,9 @@ class LocalCluster:
             self.exec_servers.append(exec_server)
             await register_node(self.api, await exec_server.start(), node.name, labels=dict(node.labels))
         self.gc = GarbageCollector(self.api, self._owner_cache_for)
-        caches = (self.pods, self.jobs, self.claims, self.volumes, self.volume_snapshots, self.snapshot_contents,
-                  self.snapshot_classes)
-        for cache in caches:
+        for cache in self._own_caches().values():
             cache.start()
-        await asyncio.gather(*(cache.wait_synced() for cache in caches))
+        await asyncio.gather(*(cache.wait_synced() for cache in self._own_caches().values()))
         for pod in self.pods:  # pods an earlier kubelet left running have lost their processes
             runs_it = self.kubelets.get((pod.get("spec") or {}).get("nodeName") or "")
             adopted = runs_it.reconcile(pod, uid_of(pod), adopt=True) if runs_it is not None else None
@@ -474,10 +349,12 @@ class LocalCluster:
         self.job_queue = WorkQueue("job", self._reconcile_job)
         self.pod_queue = WorkQueue("pod", self._reconcile_pod)
         self.gc_queue = WorkQueue("gc", self._collect_garbage)
+        self.jobset_queue = WorkQueue("jobset", self._reconcile_jobset)
+        self.kueue_queue = WorkQueue("kueue", self._admit)
         self.snapshot_queue = WorkQueue("volumesnapshot", self._reconcile_volume_snapshot)
         self.content_queue = WorkQueue("volumesnapshotcontent", self._reconcile_snapshot_content)
-        self._queues = [self.claim_queue, self.job_queue, self.pod_queue, self.gc_queue, self.snapshot_queue,
-                        self.content_queue]
+        self._queues = [self.claim_queue, self.job_queue, self.pod_queue, self.gc_queue, self.jobset_queue,
+                        self.kueue_queue, self.snapshot_queue, self.content_queue]
         self._started = True
         self._tasks.append(asyncio.create_task(self._resync_forever(), name="local cluster resync"))
         self.resync()
@@ -494,8 +371,7 @@ class LocalCluster:
         for kubelet in self.kubelets.values():
             await kubelet.stop()
         if self.api is not None:
-            for cache in [self.pods, self.jobs, self.claims, self.volumes, self.volume_snapshots,
-                          self.snapshot_contents, self.snapshot_classes, *self._owner_caches.values()]:
+            for cache in [*self._own_caches().values(), *self._owner_caches.values()]:
                 await cache.stop()
             await self.api.close()
 
@@ -577,15 +453,42 @@ class LocalCluster:
         obj = new or old
         assert obj is not None
         key = key_of(obj)
+        jobset_owners = [ref["uid"] for ref in meta(obj).get("ownerReferences") or [] if ref.get("kind") == "JobSet"]
         if new is None:
             self._job_by_uid.pop(uid_of(obj), None)
+            for owner in jobset_owners:
+                self._jobs_of_jobset[owner].discard(key)
         else:
             self._job_by_uid[uid_of(obj)] = key
+            for owner in jobset_owners:
+                self._jobs_of_jobset[owner].add(key)
         self._index_dependent(JOBS, old, new)
         if getattr(self, "_started", False):
             if new is not None:
                 self.job_queue.add(key)
+                self.kueue_queue.add((JOBS, key))
+            for owner in jobset_owners:  # a child Job changed (or went): its JobSet looks again
+                if owner in self._jobset_by_uid:
+                    self.jobset_queue.add(self._jobset_by_uid[owner])
             self._owner_changed(obj, new)
+
+    def _on_jobset(self, old: dict | None, new: dict | None) -> None:
+        obj = new or old
+        assert obj is not None
+        key = key_of(obj)
+        if new is None:
+            self._jobset_by_uid.pop(uid_of(obj), None)
+        else:
+            self._jobset_by_uid[uid_of(obj)] = key
+        self._index_dependent(JOBSETS, old, new)
+        if getattr(self, "_started", False):
+            if new is not None:
+                self.jobset_queue.add(key)
+                self.kueue_queue.add((JOBSETS, key))
+            self._owner_changed(obj, new)
+
+    def _on_service(self, old: dict | None, new: dict | None) -> None:
+        self._index_dependent(SERVICES, old, new)
 
     def _on_claim(self, old: dict | None, new: dict | None) -> None:
         obj = new or old
@@ -672,7 +575,14 @@ class LocalCluster:
         return cache if await cache.wait_synced(OWNER_SYNC_TIMEOUT) else None
 
     def _own_caches(self) -> dict[str, Cache]:
-        return {PODS: self.pods, JOBS: self.jobs, CLAIMS: self.claims, VOLUME_SNAPSHOTS: self.volume_snapshots}
+        """Every cache the cluster keeps from its start, by resource."""
+        caches = [self.pods, self.jobs, self.claims, self.services, self.volumes, self.volume_snapshots,
+                  self.snapshot_contents, self.snapshot_classes, *([self.jobsets] if self.jobsets is not None else [])]
+        return {cache.resource: cache for cache in caches}
+
+    def _collected_caches(self) -> dict[str, Cache]:
+        """The caches of namespaced objects, the ones the garbage collector looks at."""
+        return {resource: cache for resource, cache in self._own_caches().items() if resource not in CLUSTER_SCOPED}
 
     # -- reconcilers ------------------------------------------------------------------------------
 
@@ -695,6 +605,38 @@ class LocalCluster:
         look_again = await self.job_controller.reconcile(job, pods)
         if look_again is not None:
             self.job_queue.add_later(key, max(0.05, look_again))
+
+    async def _reconcile_jobset(self, key: Key) -> None:
+        if self.jobsets is None or self.jobset_controller is None:
+            return
+        js = self.jobsets.get(key)
+        if js is None:
+            return
+        children = [j for j in (self.jobs.get(k) for k in self._jobs_of_jobset.get(uid_of(js), ())) if j is not None]
+        await self.jobset_controller.reconcile(js, [j for j in children if uid_of(js) in owner_uids(j)])
+
+    async def _admit(self, item: tuple[str, Key]) -> None:
+        resource, key = item
+        cache = self._own_caches().get(resource)
+        obj = cache.get(key) if cache is not None else None
+        if obj is not None and self.kueue is not None:
+            look_again = await self.kueue.reconcile(resource, obj)
+            if look_again is not None:
+                self.kueue_queue.add_later(item, max(0.05, look_again))
+
+    async def preempt(self, resource: str, namespace: str, name: str, hold: float = 1.0) -> None:
+        """As Kueue's preemption: suspend the workload now, admit it again after `hold` seconds
+        (resource: ``batch/v1/jobs`` or ``jobset.x-k8s.io/v1alpha2/jobsets``)."""
+        assert self.kueue is not None, "the Kueue stand-in is off (kueue=False)"
+        await self.kueue.preempt(resource, namespace, name, hold)
+        self.kueue_queue.add_later((resource, (namespace, name)), hold)
+
+    def hold(self, resource: str, namespace: str, name: str, seconds: float) -> None:
+        """As a queue without quota for `seconds`: the workload of that name (one that exists, or the
+        next one created) stays suspended until then, and is admitted after."""
+        assert self.kueue is not None, "the Kueue stand-in is off (kueue=False)"
+        self.kueue.hold(resource, namespace, name, seconds)
+        self.kueue_queue.add_later((resource, (namespace, name)), seconds)
 
     async def _reconcile_pod(self, key: Key) -> None:
         pod = self.pods.get(key)
@@ -740,11 +682,15 @@ class LocalCluster:
             self.claim_queue.add(key_of(claim))
         for job in self.jobs:
             self.job_queue.add(key_of(job))
+            self.kueue_queue.add((JOBS, key_of(job)))
+        for jobset in self.jobsets or []:
+            self.jobset_queue.add(key_of(jobset))
+            self.kueue_queue.add((JOBSETS, key_of(jobset)))
         for snapshot in self.volume_snapshots:
             self.snapshot_queue.add(key_of(snapshot))
         for content in self.snapshot_contents:
             self.content_queue.add(key_of(content))
-        for resource, cache in self._own_caches().items():
+        for resource, cache in self._collected_caches().items():
             for obj in cache:
                 if resource == PODS:
                     self.pod_queue.add(key_of(obj))
@@ -761,6 +707,9 @@ class LocalCluster:
         for claim in list(self.claims):
             with _racing_with_the_api(f"claim {meta(claim)['name']}"):
                 await self._reconcile_claim(key_of(claim))
+        for jobset in list(self.jobsets or []):
+            with _racing_with_the_api(f"jobset {meta(jobset)['name']}"):
+                await self._reconcile_jobset(key_of(jobset))
         for job in list(self.jobs):
             with _racing_with_the_api(f"job {meta(job)['name']}"):
                 await self._reconcile_job(key_of(job))
@@ -773,7 +722,7 @@ class LocalCluster:
         for content in list(self.snapshot_contents):
             with _racing_with_the_api(f"volumesnapshotcontent {meta(content)['name']}"):
                 await self._reconcile_snapshot_content(key_of(content))
-        for resource, cache in self._own_caches().items():
+        for resource, cache in self._collected_caches().items():
             for obj in list(cache):
                 with _racing_with_the_api(f"{resource} {meta(obj)['name']}"):
                     await self._collect_garbage((resource, key_of(obj)))

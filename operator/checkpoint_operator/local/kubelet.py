@@ -400,7 +400,8 @@ class PodWorker:
             (directory / key).write_bytes(value)
 
     async def _container_env(self, container: dict) -> dict[str, str]:
-        env = {"HOSTNAME": meta(self.pod)["name"]}
+        # As a container runtime sets it: the pod's hostname (spec.hostname: an Indexed Job's <job>-<index>).
+        env = {"HOSTNAME": self.pod.get("spec", {}).get("hostname") or meta(self.pod)["name"]}
         namespace = meta(self.pod)["namespace"]
         for source in container.get("envFrom") or []:
             ref = source.get("secretRef") or source.get("configMapRef") or {}

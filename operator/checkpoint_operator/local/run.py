@@ -154,13 +154,18 @@ def local_run(args: argparse.Namespace) -> int:
         provide_store_secret(kube, namespaces, store)
         os.environ.update(store.env())  # the operator's own identity (commit checks, deleting owned data)
     cluster = LocalCluster(url, state_dir / "cluster", namespaces=namespaces, workdir=os.getcwd(), runtime=runtime,
-                           nodes=getattr(args, "nodes", 1))
+                           nodes=getattr(args, "nodes", 1),
+                           report=lambda line: print(line, file=sys.stderr, flush=True))
+    print("engines: batch/v1 Jobs and jobset.x-k8s.io/v1alpha2 JobSets, run by local controllers; Kueue: a local "
+          "stand-in that admits a queued workload at once", file=sys.stderr, flush=True)
     cluster.start_in_thread()
     settings = kopf.OperatorSettings()
     main.configure_settings(settings)
     settings.posting.enabled = True
     # Agent pods run the operator's image in a container engine; the process runtime ignores images.
+    # Every worker of a distributed job runs on this host: they meet at 127.0.0.1, on a free port per job.
     config = OperatorConfig(reconcile_interval=main.INTERVAL, catalog_namespace=CATALOG_NAMESPACE,
+                            rendezvous_address="127.0.0.1", rendezvous_port=0,
                             agent_image=agent_image if containers else "checkpoint-operator:local",
                             default_storage_class=getattr(args, "storage_class", None),
                             volume_snapshot_class=getattr(args, "volume_snapshot_class", None),

@@ -1,8 +1,13 @@
 """The TrainingJob's decisions, as pure functions: given what was read, what happens next.
 
-Pending -> Running -> Snapshotting -> Succeeded | Failed. reconcile/trainingjob.py reads the
-objects, calls these, applies what they decide and records it; tests/unit/logic/test_trainingjob_flow.py
-tests every decision without an API.
+Pending -> Running -> Snapshotting -> Succeeded | Failed, with Queued beside Running while the
+workload is suspended (Kueue). reconcile/trainingjob.py reads the objects, calls these, applies
+what they decide and records it; tests/unit/logic/test_trainingjob_flow.py tests every decision
+without an API.
+
+A distributed job (several pods, or engine JobSet) fails and succeeds as a group: the snapshot
+waits until every worker has stopped, the first worker to fail is named, and a failed attempt
+restarts the whole group up to `backoffLimit` times (logic/engines.py says who restarts it).
 """
 
 from __future__ import annotations
@@ -10,9 +15,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, Optional
 
-from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobPhase, TrainingJobStatus
-from checkpoint_operator.logic import live_sealing
+from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobPhase, TrainingJobStatus, WorkerFailure
+from checkpoint_operator.logic import live_sealing, workers
 from checkpoint_operator.logic.agent_pods import PodProblem
+from checkpoint_operator.logic.engines import WorkloadState
 from checkpoint_operator.logic.inputs import InputWait
 from checkpoint_operator.logic.results import Fail, Wait
 from checkpoint_operator.logic import status
@@ -35,13 +41,20 @@ def fail_change(fail: Fail, now: str) -> StatusChange:
 
 
 def running_change(job_name: str, inputs: list[str], output_claim: Optional[str], now: str,
-                   publish: Optional[str] = None, pinned: bool = True) -> StatusChange:
-    """`pinned`: status.inputs was written before the Job (with inputs); else none, recorded here."""
+                   publish: Optional[str] = None, pinned: bool = True, *, kind: str = "Job",
+                   queue: Optional[str] = None, rendezvous: Optional[str] = None) -> StatusChange:
+    """`pinned`: status.inputs was written before the Job (with inputs); else none, recorded here.
+    `queue`: the workload was created suspended for Kueue's LocalQueue `queue`: Queued until admitted."""
     names = ", ".join(inputs) or "no inputs"
-    change = StatusChange(phase=TrainingJobPhase.RUNNING, reason="Running",
-                          message=f"Job {job_name} started on {names}", event="Normal",
-                          fields=TrainingJobStatus(jobName=job_name, outputClaim=output_claim, startTime=now,
-                                                   publish=publish))
+    fields = TrainingJobStatus(jobName=job_name, outputClaim=output_claim, publish=publish, rendezvous=rendezvous)
+    if queue is not None:
+        change = StatusChange(phase=TrainingJobPhase.QUEUED, reason="Queued", event="Normal", fields=fields,
+                              message=f"{kind} {job_name} is queued in Kueue (LocalQueue {queue}): it starts when "
+                                      f"Kueue admits it; inputs: {names}")
+    else:
+        change = StatusChange(phase=TrainingJobPhase.RUNNING, reason="Running", event="Normal",
+                              message=f"{kind} {job_name} started on {names}",
+                              fields=fields).with_fields(TrainingJobStatus(startTime=now))
     return change if pinned else change.with_fields(TrainingJobStatus(inputs=[], inputCount=0))
 
 
@@ -53,27 +66,12 @@ def publish_mode(tj: TrainingJob, default: str) -> Optional[str]:
 
 
 def publish_mode_of_job(job: dict[str, Any]) -> str:
-    """What a Job created before a crash publishes: Continuous when its pods have the sidecar."""
-    init = (((job.get("spec") or {}).get("template") or {}).get("spec") or {}).get("initContainers") or []
+    """What a Job (or JobSet) created before a crash publishes: Continuous when its pods have the sidecar."""
+    job_spec = job.get("spec") or {}
+    if "replicatedJobs" in job_spec:  # a JobSet: the pods of its (one) replicated job
+        job_spec = ((job_spec.get("replicatedJobs") or [{}])[0].get("template") or {}).get("spec") or {}
+    init = ((job_spec.get("template") or {}).get("spec") or {}).get("initContainers") or []
     return "Continuous" if any(c.get("name") == live_sealing.SIDECAR for c in init) else "OnCompletion"
-
-
-def job_outcome(job: Optional[dict[str, Any]]) -> Optional[bool]:
-    """True/False once the Job has succeeded/failed (after its retries) and none of its pods is
-    still running; None until then. Only the final conditions count: FailureTarget and
-    SuccessCriteriaMet are set while pods may still be writing (a deadline's SIGTERM grace
-    period, say), and a snapshot taken then would freeze half-written files."""
-    if job is None:
-        return False
-    status = job.get("status", {})
-    if status.get("active") or status.get("terminating"):
-        return None
-    for condition in status.get("conditions") or []:
-        if condition.get("status") == "True" and condition.get("type") == "Complete":
-            return True
-        if condition.get("status") == "True" and condition.get("type") == "Failed":
-            return False
-    return None
 
 
 def input_download_failure(input_name: str, error: str) -> str:
@@ -100,7 +98,7 @@ def job_failure_message(job: Optional[dict[str, Any]]) -> str:
     return "failed"
 
 
-def running_wait(tj: TrainingJob, problems: list[PodProblem]) -> Wait:
+def running_wait(tj: TrainingJob, problems: list[PodProblem], kind: str = "Job") -> Wait:
     """While the Job runs: quiet, unless a pod is stuck (then the condition names why, and goes
     back to Running once it is not)."""
     if problems:
@@ -108,8 +106,125 @@ def running_wait(tj: TrainingJob, problems: list[PodProblem]) -> Wait:
         more = f" (and {len(problems) - 1} more pod(s))" if len(problems) > 1 else ""
         return Wait(first.reason, first.message + more)
     if tj.ready_reason() not in (None, "Running"):
-        return Wait("Running", f"Job {tj.status.jobName} is running", warning=False)
+        restarts = tj.status.restarts or 0
+        after = f" (attempt {restarts + 1}, after {restarts} group restart(s))" if restarts else ""
+        return Wait("Running", f"{kind} {tj.status.jobName} is running{after}", warning=False)
     return Wait()
+
+
+# --- groups: distributed jobs -------------------------------------------------------------------
+
+def is_group(tj: TrainingJob) -> bool:
+    """Workers that fail and succeed together: several pods, or a JobSet."""
+    return tj.spec.replicas > 1 or tj.spec.engine == "JobSet"
+
+
+def worker_failure_change(tj: TrainingJob, state: WorkloadState,
+                          pods: list[workers.WorkerPod]) -> Optional[StatusChange]:
+    """Record the worker that failed first in the current attempt, once per attempt, as soon as it
+    is seen (its pod may be gone by the time the group restarts)."""
+    recorded = tj.status.workerFailure
+    if not is_group(tj) or (recorded is not None and recorded.attempt == state.attempt):
+        return None
+    first = workers.first_failure(pods, state.attempt)
+    if first is None:
+        return None
+    failure = WorkerFailure(attempt=state.attempt, index=first.index, pod=first.name, message=workers.describe(first))
+    return StatusChange(fields=TrainingJobStatus(workerFailure=failure))
+
+
+def _failed_first(tj: TrainingJob, attempt: int) -> Optional[str]:
+    """The recorded first failure of `attempt` (None: not seen, its pod was gone before)."""
+    recorded = tj.status.workerFailure
+    if recorded is not None and recorded.attempt == attempt:
+        return f"{recorded.message} (failed first)"
+    return None
+
+
+def suspension_change(tj: TrainingJob, state: WorkloadState, queue: Optional[str], now: str) -> Optional[StatusChange]:
+    """A running workload suspended (Kueue preempted it: its pods are stopped): Queued, reason
+    Preempted, counted. A queued one unsuspended (admitted): Running."""
+    what = f"{state.kind} {state.name}"
+    if state.suspended and tj.phase == TrainingJobPhase.RUNNING:
+        count = (tj.status.preemptions or 0) + 1
+        by = f"preempted by Kueue (LocalQueue {queue})" if queue else "suspended (spec.suspend)"
+        return StatusChange(phase=TrainingJobPhase.QUEUED, reason="Preempted", event="Warning",
+                            fields=TrainingJobStatus(preemptions=count),
+                            message=f"{what} was {by}: its workers are stopped, its sealed checkpoints stay; it "
+                                    f"resumes from its latest checkpoint when admitted again (preemption {count})")
+    if not state.suspended and tj.phase == TrainingJobPhase.QUEUED:
+        again = f" again after {tj.status.preemptions} preemption(s)" if tj.status.preemptions else ""
+        fields = None if tj.status.startTime else TrainingJobStatus(startTime=now)
+        return StatusChange(phase=TrainingJobPhase.RUNNING, reason="Running", event="Normal", fields=fields,
+                            message=f"{what} was admitted{again} and runs")
+    return None
+
+
+def attempt_started_change(tj: TrainingJob, kind: str, name: str, rendezvous: Optional[str],
+                           queue: Optional[str]) -> StatusChange:
+    """The operator created the workload of the next attempt (engine Job). Queued in Kueue, it waits
+    to be admitted like a new one (Kueue makes a new Workload for it): Queued, not Preempted."""
+    fields = TrainingJobStatus(rendezvous=rendezvous)
+    if queue is None:
+        return StatusChange(fields=fields)
+    attempt = (tj.status.restarts or 0) + 1
+    return StatusChange(phase=TrainingJobPhase.QUEUED, reason="Queued", event="Normal", fields=fields,
+                        message=f"attempt {attempt}: {kind} {name} is queued in Kueue (LocalQueue {queue}) "
+                                f"again: it starts when Kueue admits it")
+
+
+def engine_restarts_change(tj: TrainingJob, state: WorkloadState, max_restarts: int) -> Optional[StatusChange]:
+    """JobSet restarted the group (its status.restarts grew): record it, naming the worker that failed."""
+    done = tj.status.restarts or 0
+    if state.kind != "JobSet" or state.attempt <= done:
+        return None
+    failure = _failed_first(tj, state.attempt - 1) or "a worker failed (its pod is gone)"
+    return StatusChange(reason="Restarting", event="Warning", fields=TrainingJobStatus(restarts=state.attempt),
+                        message=f"JobSet {state.name} restarted the group (restart {state.attempt} of {max_restarts}): "
+                                f"{failure}; every worker was stopped and started again")
+
+
+def stopping_wait(live_workers: list[workers.WorkerPod]) -> Wait:
+    """The workload is over but some workers still stop: the snapshot (or the restart) waits for all."""
+    names = ", ".join(p.name for p in live_workers[:3]) + (" ..." if len(live_workers) > 3 else "")
+    return Wait("Stopping", f"waiting for {len(live_workers)} worker(s) to stop ({names})", warning=False)
+
+
+def deadline_left(tj: TrainingJob, now: datetime) -> Optional[float]:
+    """Seconds left of spec.activeDeadlineSeconds, counted from the job's start (None: no deadline)."""
+    if tj.spec.activeDeadlineSeconds is None:
+        return None
+    if not tj.status.startTime:
+        return float(tj.spec.activeDeadlineSeconds)
+    started = datetime.fromisoformat(tj.status.startTime.replace("Z", "+00:00"))
+    return tj.spec.activeDeadlineSeconds - (now - started).total_seconds()
+
+
+def restart_change(tj: TrainingJob, state: WorkloadState, max_restarts: int,
+                   left: Optional[float]) -> Optional[StatusChange]:
+    """The operator's own group restart (engine Job, several pods) after a failed attempt, or None
+    when the job has failed for good: the restarts are used up, or its deadline has passed."""
+    done = tj.status.restarts or 0
+    if state.outcome is not False or state.deadline_exceeded or done >= max_restarts or (left is not None and left < 1):
+        return None
+    resume = (f"; each attempt resumes from {live_sealing.RESUME_ENV}" if tj.publishes_live
+              else "; the workers find their own checkpoints in CHECKPOINT_OUTPUT_DIR")
+    return StatusChange(reason="Restarting", event="Warning", fields=TrainingJobStatus(restarts=done + 1),
+                        message=f"{_failed_first(tj, state.attempt) or state.failure or 'a worker failed'}; "
+                                f"every worker was stopped; "
+                                f"restarting the group (restart {done + 1} of {max_restarts}){resume}")
+
+
+def group_outcome(tj: TrainingJob, state: WorkloadState, failure: str) -> str:
+    """What the finished group's message says: the workload's failure, the worker that failed
+    first, the restarts it had."""
+    if state.outcome:
+        return "succeeded"
+    parts = [failure, _failed_first(tj, state.attempt)]
+    restarts = tj.status.restarts or 0
+    if restarts:
+        parts.append(f"after {restarts} group restart(s)")
+    return "; ".join(p for p in parts if p)
 
 
 def may_wait_on_a_volume(problem: PodProblem) -> bool:

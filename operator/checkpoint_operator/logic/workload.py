@@ -1,8 +1,10 @@
-"""Build the Kubernetes objects of a TrainingJob: output PVC, batch/v1 Job, agent pods.
+"""Build the Kubernetes objects of a TrainingJob: output PVC, the workload (a batch/v1 Job or a
+JobSet: logic/engines.py), the rendezvous Service, agent pods.
 
 Pure functions: typed objects in, manifests out. The user's pod template is copied and only
-gains volumes, mounts and environment variables. What differs between stores (input volumes,
-agent commands) is passed in by the caller, so this module knows no store.
+gains volumes, mounts and environment variables (and, for a distributed job, its pods' subdomain).
+What differs between stores (input volumes, agent commands) is passed in by the caller, so this
+module knows no store.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from checkpoint_operator import API_VERSION
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobHead
 from checkpoint_operator.config import OperatorConfig
-from checkpoint_operator.logic import agent_commands, import_sources
+from checkpoint_operator.logic import agent_commands, engines, import_sources, kueue, rendezvous
 from checkpoint_operator.logic import live_sealing
 from checkpoint_operator.logic.agent_pods import (AGENT_DATA_MOUNT, AGENT_OUTPUT_MOUNT, INPUT_VOLUME_PREFIX,
                                                   OUTPUT_VOLUME, STAGING_VOLUME, InputVolumes, agent_container,
                                                   agent_pod)
 from checkpoint_operator.logic.inputs import ResolvedInput
 from checkpoint_operator.logic.naming import MAX_LABEL_NAME, bounded_name, child_name
+from checkpoint_operator.logic.rendezvous import Rendezvous
 from checkpoint_operator.logic.security_context import fit_injected_container, trainer_identity
 
 LABEL_TRAINING_JOB = "ckpt.dev/trainingjob"
@@ -78,10 +81,10 @@ def checkpoint_labels(checkpoint: Checkpoint, component: str) -> dict[str, str]:
             LABEL_CHECKPOINT: bounded_name(checkpoint.metadata.name, MAX_LABEL_NAME)}
 
 
-
 def job_name(tj: TrainingJob) -> str:
-    # A Job's name becomes a label value of its pods, so it must fit 63 characters.
-    return bounded_name(tj.metadata.name, MAX_LABEL_NAME)
+    """The Job's or JobSet's name (logic/rendezvous.py: a label value, and a Service's name when the
+    workers need one)."""
+    return rendezvous.workload_name(tj)
 
 
 def output_claim_name(tj: TrainingJob) -> str:
@@ -126,18 +129,24 @@ def contract_env(tj: TrainingJob, inputs: list[ResolvedInput], live: bool = Fals
     return env
 
 
-def merge_env(container: dict[str, Any], contract: dict[str, str]) -> list[str]:
-    """Put the contract variables into the container; ours win. Returns a warning per conflict."""
+def merge_env(container: dict[str, Any], contract: dict[str, str],
+              extra: tuple[dict[str, Any], ...] = ()) -> list[str]:
+    """Put the contract variables (and `extra` env entries: the rendezvous, some from the downward
+    API) into the container; ours win. Returns a warning per conflict."""
+    ours = {name: {"name": name, "value": value} for name, value in sorted(contract.items())}
+    ours.update({entry["name"]: entry for entry in extra})
     warnings = []
     kept = []
     for var in container.get("env", []) or []:
-        if var.get("name") in contract:
-            if var.get("value") != contract[var["name"]]:
+        if var.get("name") in ours:
+            if var != ours[var["name"]]:
+                wanted = ours[var["name"]]
+                shown = repr(wanted["value"]) if "value" in wanted else "the pod's index"
                 warnings.append(f"container {container.get('name')}: env {var['name']} is set by the operator "
-                                f"to {contract[var['name']]!r}; the template's value is ignored")
+                                f"to {shown}; the template's value is ignored")
             continue
         kept.append(var)
-    container["env"] = kept + [{"name": k, "value": v} for k, v in sorted(contract.items())]
+    container["env"] = kept + [copy.deepcopy(entry) for entry in ours.values()]
     return warnings
 
 
@@ -196,14 +205,23 @@ def build_output_claim(tj: TrainingJob, config: OperatorConfig) -> dict[str, Any
             "spec": claim_spec}
 
 
-def build_job(tj: TrainingJob, inputs: list[ResolvedInput], staged: InputVolumes,
-              sidecar: Optional[tuple[dict[str, Any], dict[str, Any]]] = None) -> BuiltJob:
-    """`staged`: how the store makes the inputs visible (Store.input_volumes); `sidecar`: the live
-    sealing sidecar and its volume (logic/live_sealing.py), with publish: Continuous."""
+def build_pod_template(tj: TrainingJob, inputs: list[ResolvedInput], staged: InputVolumes,
+                       sidecar: Optional[tuple[dict[str, Any], dict[str, Any]]] = None,
+                       rendezvous_at: Optional[Rendezvous] = None) -> tuple[dict[str, Any], list[str]]:
+    """The user's pod template with the inputs, the output, the contract's variables (and, for a
+    distributed job, the launchers' variables pointing at `rendezvous_at` and the pods' subdomain).
+    `staged`: how the store makes the inputs visible (Store.input_volumes); `sidecar`: the live
+    sealing sidecar and its volume (logic/live_sealing.py), with publish: Continuous. Returns it
+    and a warning per variable of the template the operator's value replaces."""
     spec = tj.spec
     template = copy.deepcopy(spec.template.to_wire())
     pod_spec = template.setdefault("spec", {})
     check_user_mounts(pod_spec, tj)
+    if rendezvous.needs_service(tj):
+        refusal = rendezvous.check_template(pod_spec)
+        if refusal:
+            raise InvalidSpec(refusal)
+        pod_spec["subdomain"] = rendezvous.service_name(tj)
 
     volumes, mounts, init_containers = list(staged.volumes), list(staged.mounts), list(staged.init_containers)
     if tj.output_enabled:
@@ -211,10 +229,13 @@ def build_job(tj: TrainingJob, inputs: list[ResolvedInput], staged: InputVolumes
         mounts.append({"name": OUTPUT_VOLUME, "mountPath": spec.outputDir})
 
     env = contract_env(tj, inputs, live=sidecar is not None)
+    launchers: tuple[dict[str, Any], ...] = ()
+    if rendezvous.is_distributed(tj):
+        launchers = tuple(rendezvous.variables(rendezvous_at or rendezvous.rendezvous_of(tj)))
     warnings: list[str] = []
     for kind in ("initContainers", "containers"):
         for container in pod_spec.get(kind, []) or []:
-            warnings += merge_env(container, env)
+            warnings += merge_env(container, env, launchers)
             container["volumeMounts"] = (container.get("volumeMounts") or []) + copy.deepcopy(mounts)
     # The input downloads keep "restricted" and still start under the user's pod-level settings.
     init_containers = [fit_injected_container(c, pod_spec) for c in init_containers]
@@ -230,23 +251,35 @@ def build_job(tj: TrainingJob, inputs: list[ResolvedInput], staged: InputVolumes
 
     metadata = template.setdefault("metadata", {})
     metadata["labels"] = {**(metadata.get("labels") or {}), **training_job_labels(tj, "worker")}
+    return template, warnings
 
-    job_spec: dict[str, Any] = {"completions": spec.replicas, "parallelism": spec.replicas, "template": template}
-    if spec.replicas > 1:
-        job_spec["completionMode"] = "Indexed"
-    if spec.backoffLimit is not None:
-        job_spec["backoffLimit"] = spec.backoffLimit
-    if spec.activeDeadlineSeconds is not None:
-        job_spec["activeDeadlineSeconds"] = spec.activeDeadlineSeconds
-    job = {"metadata": {"name": job_name(tj), "namespace": tj.metadata.namespace,
-                        "labels": training_job_labels(tj, "worker"), "ownerReferences": [owner_reference(tj)]},
-           "spec": job_spec}
-    return BuiltJob(job, warnings)
+
+def build_workload(tj: TrainingJob, inputs: list[ResolvedInput], staged: InputVolumes,
+                   sidecar: Optional[tuple[dict[str, Any], dict[str, Any]]] = None, *,
+                   rendezvous_at: Optional[Rendezvous] = None, attempt: int = 0,
+                   deadline: Optional[int] = None) -> BuiltJob:
+    """The Job or JobSet of `spec.engine` (logic/engines.py) running the pod template above.
+    `attempt`: the group's restart attempt; `deadline`: activeDeadlineSeconds (what is left of the
+    job's, for a restarted group)."""
+    template, warnings = build_pod_template(tj, inputs, staged, sidecar, rendezvous_at)
+    meta = {"name": job_name(tj), "namespace": tj.metadata.namespace,
+            "labels": {**kueue.kueue_labels(tj.metadata.labels), **training_job_labels(tj, "worker")},
+            "ownerReferences": [owner_reference(tj)]}
+    if deadline is None:
+        deadline = tj.spec.activeDeadlineSeconds
+    workload = engines.engine_of(tj).build(tj, template, meta, attempt, deadline)
+    return BuiltJob(workload, warnings)
+
+
+def build_rendezvous_service(tj: TrainingJob) -> dict[str, Any]:
+    """The headless Service that names a distributed Job's workers (logic/rendezvous.py)."""
+    selector = {LABEL_TRAINING_JOB_UID: tj.metadata.uid, LABEL_COMPONENT: "worker"}
+    return rendezvous.build_service(tj, training_job_labels(tj, "rendezvous"), selector, owner_reference(tj))
 
 
 def build_live_sidecar(tj: TrainingJob, config: OperatorConfig, upload_to: Optional[str],
                        env: list[dict[str, Any]], sync: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The sealing sidecar of a publish: Continuous job (logic/live_sealing.py), for build_job.
+    """The sealing sidecar of a publish: Continuous job (logic/live_sealing.py), for build_workload.
     `sync`: it syncs the filesystem once a directory is sealed (a volume snapshot of it follows)."""
     command = agent_commands.watch(tj.spec.outputDir, interval=config.live_watch_interval,
                                    annotations_file=live_sealing.annotations_file(), upload_to=upload_to,
@@ -268,11 +301,18 @@ def restored_input_volumes(volumes: list[dict[str, Any]]) -> int:
     return sum(1 for v in volumes if _restored(v))
 
 
-def restored_input_claims(job: Optional[dict[str, Any]], pod: str) -> list[str]:
-    """The claims of a Job's pod's volumes restored from snapshots: generic ephemeral volumes, whose
-    claims are named <pod>-<volume>."""
-    volumes = (((job or {}).get("spec") or {}).get("template") or {}).get("spec", {}).get("volumes") or []
-    return [f"{pod}-{v['name']}" for v in volumes if _restored(v)]
+def workload_pod_spec(obj: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """The pod spec of a Job's template, or of a JobSet's (one) replicated job's template."""
+    job_spec = (obj or {}).get("spec") or {}
+    if "replicatedJobs" in job_spec:
+        job_spec = ((job_spec.get("replicatedJobs") or [{}])[0].get("template") or {}).get("spec") or {}
+    return ((job_spec.get("template") or {}).get("spec")) or {}
+
+
+def restored_input_claims(obj: Optional[dict[str, Any]], pod: str) -> list[str]:
+    """The claims of a workload's pod's volumes restored from snapshots: generic ephemeral volumes,
+    whose claims are named <pod>-<volume>."""
+    return [f"{pod}-{v['name']}" for v in workload_pod_spec(obj).get("volumes") or [] if _restored(v)]
 
 
 def build_snapshot_pod(tj: TrainingJob, command: list[str], env: list[dict[str, Any]],

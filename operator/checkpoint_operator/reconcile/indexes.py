@@ -8,30 +8,23 @@ small frozen summaries, so 10,000 Checkpoints cost a few MB.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Collection, Iterable, Mapping, NamedTuple, Optional, TypeVar, Union
 
 from checkpoint_operator.api.checkpoint import IMPORT_KINDS
-from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator.api.wire import (CheckpointSourceWire, CheckpointSpecWire, CheckpointStatusWire, MetadataWire,
                                           TrainingJobSpecWire, VolumeSourceWire, checkpoint_wire, object_wire,
                                           training_job_wire)
 from checkpoint_operator.logic import data_holds
-from checkpoint_operator.logic.agent_pods import PodProblem, pod_problem
 from checkpoint_operator.logic.claim_guard import MAX_TEMPLATE_CLAIMS, claim_references, distinct_claims
 from checkpoint_operator.logic.inputs import CheckpointInfo, TrainingJobInfo
 from checkpoint_operator.logic.protection import used_uids
+from checkpoint_operator.logic.workers import WorkerPod, worker_pod
 from checkpoint_operator.logic.workload import (LABEL_COMPONENT, LABEL_TRAINING_JOB_UID, import_claim_name_for,
                                                 output_claim_name_for)
 
 CLAIM_OWNING_SOURCES = (*IMPORT_KINDS, "upload")  # Checkpoints whose data lands on a claim of their own
 
-
-@dataclass(frozen=True, slots=True)
-class PodState:
-    name: str
-    phase: PodPhase
-    problem: Optional[PodProblem]
+PodState = WorkerPod  # the pod index's values (logic/workers.py)
 
 
 class JobUse(NamedTuple):
@@ -139,9 +132,8 @@ def worker_pod_keys(body: Mapping[str, Any]) -> dict[IndexKey, IndexValue]:
     labels = (object_wire(body).get("metadata") or MetadataWire()).get("labels") or {}
     if labels.get(LABEL_COMPONENT) != "worker" or not labels.get(LABEL_TRAINING_JOB_UID):
         return {}
-    namespace, name = _ns_name(body)
-    state = PodState(name, PodPhase.of(body), pod_problem(body))
-    return {("pods", namespace, labels[LABEL_TRAINING_JOB_UID]): state}
+    namespace, _ = _ns_name(body)
+    return {("pods", namespace, labels[LABEL_TRAINING_JOB_UID]): worker_pod(body)}
 
 
 class Indexes:
@@ -225,8 +217,8 @@ class Indexes:
         """Unfinished TrainingJobs whose pod template names the claim."""
         return self._all(self._training_jobs, ("template-claim", namespace, claim), str)
 
-    def worker_pods(self, namespace: str, training_job_uid: str) -> list[PodState]:
-        return self._all(self._pods, ("pods", namespace, training_job_uid), PodState)
+    def worker_pods(self, namespace: str, training_job_uid: str) -> list[WorkerPod]:
+        return self._all(self._pods, ("pods", namespace, training_job_uid), WorkerPod)
 
     def resync_keys(self) -> Iterable[tuple[str, str, str]]:
         """Every object whose work may not be over: the safety net's pass."""

@@ -9,7 +9,7 @@ running a step twice (say, after an operator restart) creates nothing twice.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Optional
 
@@ -19,18 +19,20 @@ from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead, Check
 from checkpoint_operator.api.clustercheckpoint import ClusterCheckpointHead
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobHead, TrainingJobPhase, TrainingJobStatus
 from checkpoint_operator.reconcile import (agent_runs, catalog_copies, claim_holds, live_sealing, publish,
-                                           template_claims, volumes)
+                                           template_claims, volumes, workloads)
 from checkpoint_operator.reconcile import volume_snapshots as volume_snapshot_steps
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.objects import InvalidObject, parse, parse_head
 from checkpoint_operator.reconcile import status_writer
 from checkpoint_operator.reconcile.status_writer import write_status
-from checkpoint_operator.kube import CHECKPOINTS, CLUSTER_CHECKPOINTS, JOBS, PODS, PVCS, TRAINING_JOBS, ApiError, Conflict
+from checkpoint_operator.kube import CHECKPOINTS, CLUSTER_CHECKPOINTS, PODS, PVCS, TRAINING_JOBS, ApiError, Conflict
+from checkpoint_operator.logic import engines, kueue, rendezvous, workers
 from checkpoint_operator.logic import trainingjob_flow as flow
 from checkpoint_operator.logic import volume_snapshots, workload
 from checkpoint_operator.logic.agent_pods import AGENT_OUTPUT_MOUNT, downloaded_input, last_error_line, pod_failure
 from checkpoint_operator.logic.conditions import now_rfc3339, seconds_since
-from checkpoint_operator.logic.inputs import CheckpointInfo, InputWait, ResolvedInput, check_live_input, resolve_inputs
+from checkpoint_operator.logic.inputs import (Candidate, CheckpointInfo, InputWait, ResolvedInput, check_live_input,
+                                              resolve_inputs)
 from checkpoint_operator.logic.protection import label_patch, used_uids
 from checkpoint_operator.logic.results import Advance, Done, Fail, Result, Wait
 from checkpoint_operator.logic.snapshot import (ScanResult, SnapshotPlan, not_stored, parse_scan_output, plan_snapshot,
@@ -98,32 +100,47 @@ def start(ctx: Context, tj: TrainingJob) -> Result:
 
     # Record the use on the job itself first, then read each input live (logic/protection.py).
     tj = _set_uses_labels(ctx, tj, [c.uid for c in resolution.candidates])
-    bodies = [ctx.kube.get(CLUSTER_CHECKPOINTS, "", c.name) if c.cluster else
-              ctx.kube.get(CHECKPOINTS, tj.metadata.namespace, c.name) for c in resolution.candidates]
-    live = [_input_head(c.cluster, b) for c, b in zip(resolution.candidates, bodies)]
-    checked = [check_live_input(c, checkpoint) for c, checkpoint in zip(resolution.candidates, live)]
-    logger.debug("TrainingJob %s/%s: inputs read live at %s: %s", tj.metadata.namespace, tj.metadata.name,
-                 [c.metadata.resourceVersion if c else None for c in live], checked)
+    checked, bodies = _check_live(ctx, tj, resolution.candidates)
     waits = [c for c in checked if isinstance(c, InputWait)]
     if waits:
         _release_inputs(ctx, tj)
         return flow.input_wait(waits)
-    inputs = [c for c in checked if isinstance(c, ResolvedInput)]
-    # A catalog entry on the volume store: the namespace's own verified copy (made once; the job holds the
-    # entry meanwhile, its uses label stays, so the entry cannot go while it is copied).
+    copied = _namespace_copies(ctx, tj, [c for c in checked if isinstance(c, ResolvedInput)], bodies)
+    if not isinstance(copied, list):
+        return copied
+    inputs = copied
+    if inputs:  # pinned before any pod exists: a restart finds the same inputs, downloads check these digests
+        tj = write_status(ctx, tj, StatusChange(fields=TrainingJobStatus(inputs=[i.pinned() for i in inputs],
+                                                                         inputCount=len(inputs))))
+    return _create_workload(ctx, tj, inputs)
+
+
+def _check_live(ctx: Context, tj: TrainingJob, candidates: list[Candidate]
+                ) -> tuple[list[ResolvedInput | InputWait], list[Optional[dict[str, Any]]]]:
+    """Each input read live (a Checkpoint, or a catalog entry) and checked; and the bodies read."""
+    bodies = [ctx.kube.get(CLUSTER_CHECKPOINTS, "", c.name) if c.cluster else
+              ctx.kube.get(CHECKPOINTS, tj.metadata.namespace, c.name) for c in candidates]
+    live = [_input_head(c.cluster, b) for c, b in zip(candidates, bodies)]
+    checked = [check_live_input(c, checkpoint) for c, checkpoint in zip(candidates, live)]
+    logger.debug("TrainingJob %s/%s: inputs read live at %s: %s", tj.metadata.namespace, tj.metadata.name,
+                 [c.metadata.resourceVersion if c else None for c in live], checked)
+    return checked, bodies
+
+
+def _namespace_copies(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput],
+                      bodies: list[Optional[dict[str, Any]]]) -> "list[ResolvedInput] | Result":
+    """A catalog entry on the volume store: the namespace's own verified copy (made once; the job holds the
+    entry meanwhile, its uses label stays, so the entry cannot go while it is copied). `inputs` are every
+    input resolved, in the order of `bodies`."""
     copied = [catalog_copies.namespace_copy(ctx, tj, body or {}, i) if i.cluster else i
-              for i, body in zip(inputs, bodies)]  # (no waits: every input resolved, in order)
+              for i, body in zip(inputs, bodies)]
     stopped = next((c for c in copied if isinstance(c, (Fail, Wait))), None)
     if stopped is not None:
         return stopped
     copying = [c for c in copied if isinstance(c, InputWait)]
     if copying:
         return flow.input_wait(copying)
-    inputs = [c for c in copied if isinstance(c, ResolvedInput)]
-    if inputs:  # pinned before any pod exists: a restart finds the same inputs, downloads check these digests
-        tj = write_status(ctx, tj, StatusChange(fields=TrainingJobStatus(inputs=[i.pinned() for i in inputs],
-                                                                         inputCount=len(inputs))))
-    return _create_workload(ctx, tj, inputs)
+    return [c for c in copied if isinstance(c, ResolvedInput)]
 
 
 def _input_head(cluster: bool, body: Optional[dict[str, Any]]) -> Optional[CheckpointHead | ClusterCheckpointHead]:
@@ -141,14 +158,50 @@ def _create_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput])
         squatted = template_claims.squatted(ctx, tj.metadata.namespace, workload.output_claim_name(tj))
         if squatted:
             return Wait("ClaimNamedByTrainingJob", squatted, requeue_after=template_claims.SQUAT_RECHECK)
+    made = _make_workload(ctx, tj, inputs, attempt=0, deadline=None)
+    if not isinstance(made, _Made):
+        return made
+    write_status(ctx, tj, flow.running_change(made.name, [i.name for i in inputs],
+                                              workload.output_claim_name(tj) if tj.output_enabled else None,
+                                              now_rfc3339(), made.publish, pinned=tj.status.inputs is not None,
+                                              kind=made.kind, queue=kueue.queue_name(tj.metadata.labels),
+                                              rendezvous=made.rendezvous).with_fields(made.restored_fields()))
+    return Advance()
+
+
+@dataclass(frozen=True)
+class _Made:
+    """A workload created (or found, after a crash): what the status records of it."""
+
+    name: str
+    kind: str
+    publish: Optional[str]
+    rendezvous: Optional[str]
+    restored: int  # volumes of each pod restored from snapshots (its inputs)
+
+    def restored_fields(self) -> TrainingJobStatus:
+        return TrainingJobStatus(restoredInputs=self.restored) if self.restored else TrainingJobStatus()
+
+
+def _make_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput], attempt: int,
+                   deadline: Optional[int]) -> "_Made | Result":
+    """Create the output volume, the rendezvous Service and the Job or JobSet of `attempt`."""
+    if not workloads.engine_installed(ctx, tj):
+        return Wait("EngineNotInstalled", "spec.engine is JobSet, but this cluster does not serve "
+                                          "jobset.x-k8s.io/v1alpha2 JobSets: install JobSet "
+                                          "(https://jobset.sigs.k8s.io), or use engine: Job; the job starts once "
+                                          "it is installed", requeue_after=ctx.config.engine_check_interval,
+                    stalled=True)
     store = store_for(ctx.config)
     publish_mode = flow.publish_mode(tj, ctx.config.default_publish)
+    at = workloads.rendezvous_for(ctx, tj) if rendezvous.is_distributed(tj) else None
     try:
         sidecar = workload.build_live_sidecar(tj, ctx.config, store.live_upload_prefix(tj), store.agent_env(),
                                               sync=store.syncs_before_snapshots) \
             if publish_mode == "Continuous" else None
         staged = store.input_volumes(tj, inputs)
-        built = workload.build_job(tj, inputs, staged, sidecar)
+        built = workload.build_workload(tj, inputs, staged, sidecar, rendezvous_at=at, attempt=attempt,
+                                        deadline=deadline)
     except (workload.InvalidSpec, volume_snapshots.SnapshotNotReady) as exc:
         return Fail("InvalidSpec", str(exc))
     for warning in built.warnings:
@@ -157,36 +210,35 @@ def _create_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput])
     try:
         if tj.output_enabled:
             _ensure_owned(tj, ctx.kube.ensure(PVCS, namespace, workload.build_output_claim(tj, ctx.config)))
-        _ensure_owned(tj, ctx.kube.ensure(JOBS, namespace, built.job))
+        if rendezvous.needs_service(tj):
+            _ensure_owned(tj, workloads.ensure_service(ctx, tj))
+        _ensure_owned(tj, workloads.ensure(ctx, tj, built.job))
     except NameConflict as exc:  # usually an earlier run's Job that garbage collection is removing
         return Wait("NameConflict", str(exc), requeue_after=RETRY_SOON)
     except ApiError as exc:
         if exc.status in (400, 422):
-            return Fail("InvalidSpec", f"the API server refused the Job or its volume: {exc.message}")
-        return Wait("CreateRefused", f"creating the Job or its volume failed: {exc}", requeue_after=RETRY_SOON)
-    change = flow.running_change(built.job["metadata"]["name"], [i.name for i in inputs],
-                                 workload.output_claim_name(tj) if tj.output_enabled else None,
-                                 now_rfc3339(), publish_mode, pinned=tj.status.inputs is not None)
-    restored = workload.restored_input_volumes(staged.volumes)
-    if restored:  # their pods are deleted when the Job is over (release_restored_inputs)
-        change = change.with_fields(TrainingJobStatus(restoredInputs=restored))
-    write_status(ctx, tj, change)
-    return Advance()
+            return Fail("InvalidSpec", f"the API server refused the {built.job['kind']} or its volume: {exc.message}")
+        return Wait("CreateRefused", f"creating the {built.job['kind']} or its volume failed: {exc}",
+                    requeue_after=RETRY_SOON)
+    # The pods of a workload with inputs restored from snapshots are deleted when it is over
+    # (_release_restored_inputs): the status counts those volumes.
+    return _Made(built.job["metadata"]["name"], built.job["kind"], publish_mode, at.endpoint if at else None,
+                 workload.restored_input_volumes(staged.volumes))
 
 
 def _adopt_started_job(ctx: Context, tj: TrainingJob) -> Optional[Result]:
     """After a crash between creating the Job and recording it: the Job runs on the pinned
     inputs (whose labels are still set), so go on with it instead of resolving again."""
-    job = ctx.kube.get(JOBS, tj.metadata.namespace, workload.job_name(tj))
+    job = workloads.get(ctx, tj, workload.job_name(tj))
     if job is None or not _owns(tj, job):
         return None
     names = [p.name for p in tj.status.inputs or []]
+    queued = kueue.queue_name(tj.metadata.labels) if engines.engine_of(tj).read(job).suspended else None
     change = flow.running_change(job["metadata"]["name"], names,
                                  workload.output_claim_name(tj) if tj.output_enabled else None,
-                                 now_rfc3339(), flow.publish_mode_of_job(job))
-    restored = workload.restored_input_volumes(((job.get("spec") or {}).get("template") or {}).get("spec", {})
-                                               .get("volumes") or [])
-    if restored:  # as _create_workload records it: its pods are released when the Job is over
+                                 now_rfc3339(), flow.publish_mode_of_job(job), kind=job.get("kind", "Job"), queue=queued)
+    restored = workload.restored_input_volumes(workload.workload_pod_spec(job).get("volumes") or [])
+    if restored:  # as _create_workload records it: its pods are released when the workload is over
         change = change.with_fields(TrainingJobStatus(restoredInputs=restored))
     write_status(ctx, tj, change)
     return Advance()
@@ -230,36 +282,126 @@ def _release_inputs(ctx: Context, tj: TrainingJob) -> TrainingJob:
 # --- Running: wait for the Job ----------------------------------------------------------------------
 
 def follow_job(ctx: Context, tj: TrainingJob) -> Result:
-    job = ctx.kube.get(JOBS, tj.metadata.namespace, tj.status.jobName or workload.job_name(tj))
-    succeeded = flow.job_outcome(job)
+    """Running or Queued: follow the workload to its end. A group restart, a preemption and an
+    admission are steps on the way (logic/trainingjob_flow.py decides each)."""
+    engine = engines.engine_of(tj)
+    name = tj.status.jobName or workload.job_name(tj)
+    obj = workloads.get(ctx, tj, name)
+    if obj is not None and not _owns(tj, obj):
+        obj = None  # a namesake: this job's workload is gone
+    state = engine.read(obj) if obj is not None else None
     if tj.publishes_live:  # also once the Job is over: the sidecars' last lines
         tj = live_sealing.collect(ctx, tj)
-    if succeeded is None:
-        pods = ctx.indexes.worker_pods(tj.metadata.namespace, tj.metadata.uid)
-        problems = [p.problem for p in pods if p.problem]
-        awaiting_pods = job is not None and not pods and not (job.get("spec") or {}).get("suspend")
-        if job is not None and awaiting_pods:  # admission may refuse them: only the Job's Events say so
-            refused = volumes.refused_pods(ctx, tj.metadata.namespace, job["metadata"]["name"])
-            if refused is not None:
-                return replace(flow.running_wait(tj, [refused]), requeue_after=volumes.PODS_RECHECK)
-        pending = [p for p in pods if p.phase == PodPhase.PENDING]
-        if pending and all(flow.may_wait_on_a_volume(p) for p in problems):
-            claims = [tj.status.outputClaim or workload.output_claim_name(tj)] if tj.output_enabled else []
-            # A volume restored from a snapshot (one per pod) may not be provisioned either (its
-            # snapshot deleted, too small a claim): its own Events say why. Only the first pending pod's.
-            if tj.status.restoredInputs:
-                claims += workload.restored_input_claims(job, pending[0].name)
-            for name in claims:
-                claim = volumes.unbound_claim(ctx, tj.metadata.namespace, name)
-                if claim is not None:  # the claim's own reason says more than the scheduler's
-                    return replace(flow.running_wait(tj, [claim]), requeue_after=volumes.CLAIM_RECHECK)
-        wait = flow.running_wait(tj, problems)
-        # The sidecars' logs bring no event: read again after the poll interval.
-        if tj.publishes_live:
-            return replace(wait, requeue_after=ctx.config.live_poll_interval)
-        # Nor does a refused pod (an Event of the Job only): looked for again while there is none.
-        return replace(wait, requeue_after=volumes.PODS_RECHECK) if awaiting_pods else wait
-    outcome = "succeeded" if succeeded else "; ".join([flow.job_failure_message(job), *_pod_failures(ctx, tj)])
+    pods = ctx.indexes.worker_pods(tj.metadata.namespace, tj.metadata.uid)
+    if state is not None:
+        change = flow.worker_failure_change(tj, state, pods)
+        if change is not None:
+            tj = write_status(ctx, tj, change)
+
+    if engines.operator_restarts(tj) and (state is None or state.attempt < (tj.status.restarts or 0)):
+        return _next_attempt(ctx, tj, name, obj, state)
+    if state is None:
+        return _finish(ctx, tj, False, "failed: " + flow.job_failure_message(None))
+
+    change = flow.suspension_change(tj, state, kueue.queue_name(tj.metadata.labels), now_rfc3339())
+    if change is not None:
+        tj = write_status(ctx, tj, change)
+    if state.suspended:
+        return Wait(requeue_after=ctx.config.live_poll_interval if tj.publishes_live else None)
+    change = flow.engine_restarts_change(tj, state, engine.max_restarts(tj))
+    if change is not None:
+        tj = write_status(ctx, tj, change)
+
+    if state.outcome is None:
+        return _running(ctx, tj, pods, state, obj)
+    stopping = workers.live(pods)
+    if stopping:  # the workload is over, some worker still stops: nothing may write the output then
+        return flow.stopping_wait(stopping)
+    if not state.outcome and engines.operator_restarts(tj):
+        change = flow.restart_change(tj, state, engine.max_restarts(tj),
+                                     flow.deadline_left(tj, datetime.now(timezone.utc)))
+        if change is not None:
+            tj = write_status(ctx, tj, change)
+            ctx.warn(tj, "GroupRestart", change.message)
+            return _next_attempt(ctx, tj, name, obj, state)
+    if state.outcome:
+        return _finish(ctx, tj, True, "succeeded")
+    failure = flow.job_failure_message(obj)
+    if flow.is_group(tj):
+        outcome = flow.group_outcome(tj, state, failure)
+        if tj.status.workerFailure is None or tj.status.workerFailure.attempt != state.attempt:
+            outcome = "; ".join([outcome, *_pod_failures(ctx, tj)])
+    else:
+        outcome = "; ".join([failure, *_pod_failures(ctx, tj)])
+    return _finish(ctx, tj, False, outcome)
+
+
+def _running(ctx: Context, tj: TrainingJob, pods: list[workers.WorkerPod], state: engines.WorkloadState,
+             obj: Optional[dict[str, Any]]) -> Result:
+    problems = [p.problem for p in pods if p.problem]
+    kind = state.kind
+    awaiting_pods = not pods and not state.suspended
+    if awaiting_pods:  # admission may refuse them: only the Job's Events say so
+        refused = volumes.refused_pods(ctx, tj.metadata.namespace, engines.engine_of(tj).pod_job_name(state.name))
+        if refused is not None:
+            return replace(flow.running_wait(tj, [refused], kind), requeue_after=volumes.PODS_RECHECK)
+    pending = [p for p in pods if p.phase == PodPhase.PENDING]
+    if pending and all(flow.may_wait_on_a_volume(p) for p in problems):
+        claims = [tj.status.outputClaim or workload.output_claim_name(tj)] if tj.output_enabled else []
+        # A volume restored from a snapshot (one per pod) may not be provisioned either (its
+        # snapshot deleted, too small a claim): its own Events say why. Only the first pending pod's.
+        if tj.status.restoredInputs:
+            claims += workload.restored_input_claims(obj, pending[0].name)
+        for claim_name in claims:
+            claim = volumes.unbound_claim(ctx, tj.metadata.namespace, claim_name)
+            if claim is not None:  # the claim's own reason says more than the scheduler's
+                return replace(flow.running_wait(tj, [claim], kind), requeue_after=volumes.CLAIM_RECHECK)
+    wait = flow.running_wait(tj, problems, kind)
+    # The sidecars' logs bring no event: read again after the poll interval.
+    if tj.publishes_live:
+        return replace(wait, requeue_after=ctx.config.live_poll_interval)
+    # Nor does a refused pod (an Event of the Job only): looked for again while there is none.
+    return replace(wait, requeue_after=volumes.PODS_RECHECK) if awaiting_pods else wait
+
+
+def _next_attempt(ctx: Context, tj: TrainingJob, name: str, obj: Optional[dict[str, Any]],
+                  state: Optional[engines.WorkloadState]) -> Result:
+    """The operator's group restart (engine Job, several pods): remove the failed attempt's Job
+    (its workers have all stopped), then create the next one under the same name. Its deletion is
+    an event of the Job watch, which brings the job back here."""
+    if obj is not None and state is not None:
+        if not state.deleting:
+            workloads.delete_attempt(ctx, tj, name, obj["metadata"]["uid"])
+        return Wait()
+    inputs = _inputs_again(ctx, tj)
+    if not isinstance(inputs, list):
+        return inputs
+    attempt = tj.status.restarts or 0
+    left = flow.deadline_left(tj, datetime.now(timezone.utc))
+    made = _make_workload(ctx, tj, inputs, attempt=attempt, deadline=max(1, int(left)) if left is not None else None)
+    if not isinstance(made, _Made):
+        return made
+    write_status(ctx, tj, flow.attempt_started_change(tj, made.kind, made.name, made.rendezvous,
+                                                      kueue.queue_name(tj.metadata.labels))
+                 .with_fields(made.restored_fields()))
+    ctx.info(tj, "GroupStarted", f"attempt {attempt + 1}: {made.kind} {made.name} created again")
+    return Wait()
+
+
+def _inputs_again(ctx: Context, tj: TrainingJob) -> "list[ResolvedInput] | Result":
+    """The pinned inputs, read live again as at the start (a catalog entry: the namespace's copy), for
+    the pods of a restarted group (they are still held by this job's uses labels, so they exist)."""
+    resolution = resolve_inputs(tj, ctx.indexes)
+    if resolution.waits:
+        return flow.input_wait(resolution.waits)
+    checked, bodies = _check_live(ctx, tj, resolution.candidates)
+    waits = [c for c in checked if isinstance(c, InputWait)]
+    if waits:
+        return flow.input_wait(waits)
+    return _namespace_copies(ctx, tj, [c for c in checked if isinstance(c, ResolvedInput)], bodies)
+
+
+def _finish(ctx: Context, tj: TrainingJob, succeeded: bool, outcome: str) -> Result:
     change, snapshot_follows = flow.after_job(tj, succeeded, outcome, now_rfc3339(), workload.snapshot_pod_name(tj))
     tj = write_status(ctx, tj, change)
     live_sealing.forget(ctx, tj)  # the sidecars' last lines were read above
@@ -569,5 +711,5 @@ def _deleting(ctx: Context, tj: TrainingJob) -> Optional[float]:
     return None
 
 
-STEPS = {TrainingJobPhase.PENDING: start, TrainingJobPhase.RUNNING: follow_job,
+STEPS = {TrainingJobPhase.PENDING: start, TrainingJobPhase.QUEUED: follow_job, TrainingJobPhase.RUNNING: follow_job,
          TrainingJobPhase.SNAPSHOTTING: snapshot}

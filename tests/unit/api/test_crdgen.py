@@ -297,7 +297,7 @@ EXAMPLE_DOCS = example_documents()
 def test_examples_exist() -> None:
     names = {name.split("#")[0] for name, _ in EXAMPLE_DOCS}
     assert {"checkpoint-s3.yaml", "checkpoint-http.yaml", "checkpoint-volume.yaml", "trainingjob.yaml",
-            "trainingjob-two-inputs.yaml"} <= names
+            "trainingjob-two-inputs.yaml", "trainingjob-distributed.yaml"} <= names
     kinds = {doc["kind"] for _, doc in EXAMPLE_DOCS}
     assert kinds == {"Checkpoint", "TrainingJob", "ClusterCheckpoint"}
 

@@ -185,6 +185,7 @@ INPUT_DIR = "spec.inputDir must be"
 OUTPUT_DIR = "spec.outputDir must be"
 NESTED = "spec.inputDir and spec.outputDir"
 REPLICAS = "spec.replicas"
+NAMED_PODS = "spec.template.spec.hostname and subdomain"
 CONTAINERS = "spec.template.spec.containers"
 
 LONG_OK = ("a" * 63 + ".") * 3 + "a" * 61          # 253 characters, a valid subdomain
@@ -435,6 +436,14 @@ CASES: list[Case] = [
     Case("replicas-4", training_job(replicas=4)),
     Case("replicas-0", training_job(replicas=0), (REPLICAS,)),
     Case("replicas-negative", training_job(replicas=-1), (REPLICAS,)),
+    # a distributed job's pods are named by the operator
+    Case("one-pod-named", training_job(template={"spec": {"hostname": "h", "subdomain": "s", "containers": [
+        {"name": "t", "image": "x"}]}})),
+    Case("two-pods-hostname", training_job(replicas=2, template={"spec": {"hostname": "h", "containers": [
+        {"name": "t", "image": "x"}]}}), (NAMED_PODS,)),
+    Case("two-pods-subdomain", training_job(replicas=2, engine="JobSet", template={"spec": {
+        "subdomain": "s", "containers": [{"name": "t", "image": "x"}]}}), (NAMED_PODS,)),
+    Case("two-pods", training_job(replicas=2, nprocPerNode=8, engine="JobSet")),
     # inputDir / outputDir
     Case("dirs-custom", training_job(inputDir="/data/in", outputDir="/data/out")),
     Case("dirs-prefix-not-nested", training_job(inputDir="/ab", outputDir="/a")),

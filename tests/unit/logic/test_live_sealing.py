@@ -37,7 +37,7 @@ def test_a_continuous_job_gets_the_sidecar_its_volume_and_the_resume_path():
                                                          "runAsUser": 1000, "runAsGroup": 1000}}]}}))
     config = OperatorConfig(agent_image="op:1")
     sidecar = workload.build_live_sidecar(tj, config, None, [])
-    built = workload.build_job(tj, [], store_for(config).input_volumes(tj, []), sidecar).job
+    built = workload.build_workload(tj, [], store_for(config).input_volumes(tj, []), sidecar).job
     spec = built["spec"]["template"]["spec"]
     side = spec["initContainers"][0]
     assert (side["name"], side["restartPolicy"], side["image"]) == ("ckpt-live", "Always", "op:1")
@@ -50,7 +50,7 @@ def test_a_continuous_job_gets_the_sidecar_its_volume_and_the_resume_path():
     assert {m["mountPath"] for m in side["volumeMounts"]} == {"/output-checkpoint", "/ckpt-live-meta"}
     assert {"name": "ckpt-live-meta", "downwardAPI": {"items": [
         {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}}]}} in spec["volumes"]
-    env = {e["name"]: e["value"] for e in spec["containers"][0]["env"]}
+    env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
     assert env["CHECKPOINT_RESUME_PATH"] == "/output-checkpoint/.ckpt-live/resume"
 
 

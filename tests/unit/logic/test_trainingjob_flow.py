@@ -1,6 +1,7 @@
 """The TrainingJob's decisions (logic/trainingjob_flow.py, logic/protection.py), without an API."""
 
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobStatus
+from checkpoint_operator.logic import engines
 from checkpoint_operator.logic import trainingjob_flow as flow
 from checkpoint_operator.logic.agent_pods import PodProblem, downloaded_input, pod_failure, pod_problem
 from checkpoint_operator.logic.inputs import InputWait
@@ -22,13 +23,14 @@ def job(**status):
 
 
 def test_job_outcome_waits_for_the_final_condition_and_no_running_pod():
-    assert flow.job_outcome(job(active=1)) is None
-    assert flow.job_outcome(job(conditions=[{"type": "FailureTarget", "status": "True"}])) is None
-    assert flow.job_outcome(job(terminating=1, conditions=[{"type": "Failed", "status": "True"}])) is None
-    assert flow.job_outcome(job(conditions=[{"type": "Complete", "status": "True"}])) is True
-    assert flow.job_outcome(job(conditions=[{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}])) \
-        is False
-    assert flow.job_outcome(None) is False and flow.job_failure_message(None) == "was deleted before it finished"
+    def outcome(**status):
+        return engines.JOB.read(job(**status)).outcome
+    assert outcome(active=1) is None
+    assert outcome(conditions=[{"type": "FailureTarget", "status": "True"}]) is None
+    assert outcome(terminating=1, conditions=[{"type": "Failed", "status": "True"}]) is None
+    assert outcome(conditions=[{"type": "Complete", "status": "True"}]) is True
+    assert outcome(conditions=[{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]) is False
+    assert flow.job_failure_message(None) == "was deleted before it finished"
 
 
 def test_after_the_job_a_snapshot_follows_unless_there_is_no_output():

@@ -14,7 +14,7 @@ CONFIG = OperatorConfig()
 # The builders take typed objects and the store's parts, as the handlers call them.
 def build_job(tj: dict, inputs: list, config: OperatorConfig = CONFIG) -> workload.BuiltJob:
     typed = TrainingJob.model_validate(tj)
-    return workload.build_job(typed, inputs, store_for(config).input_volumes(typed, inputs))
+    return workload.build_workload(typed, inputs, store_for(config).input_volumes(typed, inputs))
 
 
 def output_claim(tj: dict, config: OperatorConfig = CONFIG) -> dict:
@@ -108,10 +108,13 @@ def test_replicas_make_an_indexed_job_and_a_shared_volume():
     tj = training_job(replicas=4, backoffLimit=2, activeDeadlineSeconds=600)
     job = build_job(tj, [], CONFIG).job["spec"]
     assert (job["completions"], job["parallelism"], job["completionMode"]) == (4, 4, "Indexed")
-    assert (job["backoffLimit"], job["activeDeadlineSeconds"]) == (2, 600)
+    # The first failed worker fails the attempt (the Job stops the others); the operator restarts
+    # the group up to spec.backoffLimit times (logic/engines.py).
+    assert (job["backoffLimit"], job["activeDeadlineSeconds"]) == (0, 600)
     assert output_claim(tj, CONFIG)["spec"]["accessModes"] == ["ReadWriteMany"]
-    single = training_job()
+    single = training_job(backoffLimit=2)
     assert "completionMode" not in build_job(single, [], CONFIG).job["spec"]
+    assert build_job(single, [], CONFIG).job["spec"]["backoffLimit"] == 2  # one pod: the Job retries it
     assert output_claim(single, CONFIG)["spec"]["accessModes"] == ["ReadWriteOnce"]
 
 

@@ -69,7 +69,7 @@ def test_inputs_in_snapshots_get_a_restored_volume_per_snapshot_and_claims_stay_
         ("ckpt-in-0", "/input-checkpoint/final/config.json", "config.json", True),
         ("ckpt-in-0", "/input-checkpoint/final/model.safetensors", "model.safetensors", True),
         ("ckpt-in-1", "/input-checkpoint/adopted", "models/base", True)]
-    built = workload.build_job(job, inputs, parts)
+    built = workload.build_workload(job, inputs, parts)
     assert workload.restored_input_volumes(built.job["spec"]["template"]["spec"]["volumes"]) == 1
     kubernetes_validate.validate({"apiVersion": "batch/v1", "kind": "Job", **built.job}, "1.34.0", strict=True)
 
@@ -138,8 +138,21 @@ def test_the_restored_claims_of_a_pod_are_named_after_its_restored_volumes() -> 
     job = tj(name="consumer")
     inputs = [on_claim("adopted", "team-data", "m"), in_snapshot("a", "snap-1", "step-1"),
               in_snapshot("b", "snap-2", "step-2")]
-    built = workload.build_job(job, inputs, VolumeStore(OperatorConfig()).input_volumes(job, inputs)).job
+    built = workload.build_workload(job, inputs, VolumeStore(OperatorConfig()).input_volumes(job, inputs)).job
     assert workload.restored_input_volumes(built["spec"]["template"]["spec"]["volumes"]) == 2
     assert workload.restored_input_claims(built, "consumer-x7k2p") == ["consumer-x7k2p-ckpt-in-1",
                                                                         "consumer-x7k2p-ckpt-in-2"]
     assert workload.restored_input_claims(None, "p") == []
+
+
+def test_the_restored_claims_of_a_jobset_pod_and_of_a_restarted_attempt_are_found_in_its_template() -> None:
+    # A JobSet's pod template is its replicated job's: the release of restored inputs, the claim the
+    # job waits on and the count recorded after a crash all read it there (before: only a Job's).
+    inputs = [in_snapshot("a", "snap-1", "step-1"), on_claim("adopted", "team-data", "m")]
+    for engine, attempt in (("JobSet", 0), ("Job", 2)):
+        job = tj(name="consumer", replicas=2, engine=engine)
+        built = workload.build_workload(job, inputs, VolumeStore(OperatorConfig()).input_volumes(job, inputs),
+                                        attempt=attempt).job
+        assert built["kind"] == engine
+        assert workload.restored_input_volumes(workload.workload_pod_spec(built)["volumes"]) == 1
+        assert workload.restored_input_claims(built, "consumer-0-x7k2p") == ["consumer-0-x7k2p-ckpt-in-0"]

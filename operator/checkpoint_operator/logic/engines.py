@@ -1,0 +1,196 @@
+"""What runs a TrainingJob's pods: a batch/v1 Job or a JobSet, behind one interface (pure).
+
+`engine_of(tj)` gives an `Engine`: `build` makes the workload object from the injected pod
+template, `read` turns the object the API returns into a `WorkloadState`, so that the reconcile
+(reconcile/trainingjob.py) decides once for both. What differs:
+
+- **Job** (`spec.engine: Job`, the default). One pod: a plain Job whose own `backoffLimit` retries
+  the pod. Several (`replicas > 1`): an Indexed Job with `backoffLimit: 0`, so that the first
+  worker that fails fails the attempt and the Job controller stops the others (a worker left
+  alone would hang in a collective until a timeout); the operator then restarts the group itself,
+  as JobSet does: it deletes that Job (every worker has stopped by then) and creates it again under
+  the same name with the next `ckpt.dev/restart-attempt`, up to `spec.backoffLimit` restarts (6 when
+  unset, the Job's default). The pods carry the attempt too, so a pod of an earlier attempt is
+  never taken for one of this attempt.
+- **JobSet** (`spec.engine: JobSet`, jobset.x-k8s.io/v1alpha2). One replicated job `node` of one
+  Indexed Job with `backoffLimit: 0`; JobSet restarts the group (`failurePolicy.maxRestarts` =
+  backoffLimit, `restartStrategy: BlockingRecreate`: every child Job of an attempt is gone before
+  the next starts; a child Job that exceeds its deadline fails the whole set instead),
+  `successPolicy: All`, DNS hostnames on (JobSet makes the headless Service, named like the JobSet)
+  and the coordinator (worker 0) named in the pods' labels. Its `status.restarts` is the attempt.
+
+Either is created suspended when the TrainingJob is queued in Kueue (logic/kueue.py).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Optional, Protocol
+
+from checkpoint_operator.api.trainingjob import TrainingJob
+from checkpoint_operator.logic import kueue, rendezvous
+from checkpoint_operator.logic.workers import ATTEMPT_LABEL
+
+DEFAULT_BACKOFF_LIMIT = 6  # the Job API's default, also the group's restarts when spec.backoffLimit is unset
+JOBSET_API_VERSION = "jobset.x-k8s.io/v1alpha2"
+DEADLINE_EXCEEDED = "DeadlineExceeded"
+
+
+@dataclass(frozen=True)
+class WorkloadState:
+    """What a Job or JobSet says about the workers it runs."""
+
+    kind: str                     # Job | JobSet
+    name: str
+    attempt: int                  # the group's restart attempt it runs (0: the first run)
+    suspended: bool               # spec.suspend (Kueue has not admitted it, or preempted it)
+    outcome: Optional[bool]       # True: every worker succeeded; False: failed for good; None: not yet
+    stopped: bool                 # by its own counts no pod of it runs or terminates (JobSet: not counted)
+    failure: str = ""             # its Failed condition: "<reason>: <message>"
+    deadline_exceeded: bool = False
+    deleting: bool = False
+
+
+def _conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c.get("type", ""): c for c in (obj.get("status") or {}).get("conditions") or []
+            if c.get("status") == "True"}
+
+
+def _failure(condition: Optional[dict[str, Any]]) -> str:
+    if not condition:
+        return ""
+    return f"{condition.get('reason', '')}: {condition.get('message', '')}".strip(": ")
+
+
+def _int(value: object, default: int = 0) -> int:
+    try:
+        return int(str(value))
+    except (TypeError, ValueError):
+        return default
+
+
+class Engine(Protocol):
+    kind: str
+    api_version: str
+
+    def build(self, tj: TrainingJob, template: dict[str, Any], meta: dict[str, Any], attempt: int,
+              deadline: Optional[int]) -> dict[str, Any]: ...
+
+    def read(self, obj: dict[str, Any]) -> WorkloadState: ...
+
+    def max_restarts(self, tj: TrainingJob) -> int: ...
+
+    def pod_job_name(self, name: str) -> str:
+        """The Job that creates the pods (whose FailedCreate events say why they are refused)."""
+        ...
+
+
+def max_restarts(tj: TrainingJob) -> int:
+    return DEFAULT_BACKOFF_LIMIT if tj.spec.backoffLimit is None else tj.spec.backoffLimit
+
+
+def operator_restarts(tj: TrainingJob) -> bool:
+    """The operator restarts the group (engine Job, several pods); else the Job retries its one pod,
+    or JobSet restarts the group."""
+    return tj.spec.engine == "Job" and tj.spec.replicas > 1
+
+
+def _suspend(tj: TrainingJob) -> bool:
+    return kueue.queue_name(tj.metadata.labels) is not None
+
+
+class JobEngine:
+    kind = "Job"
+    api_version = "batch/v1"
+
+    def build(self, tj: TrainingJob, template: dict[str, Any], meta: dict[str, Any], attempt: int,
+              deadline: Optional[int]) -> dict[str, Any]:
+        spec = tj.spec
+        job_spec: dict[str, Any] = {"completions": spec.replicas, "parallelism": spec.replicas, "template": template}
+        if spec.replicas > 1:
+            job_spec["completionMode"] = "Indexed"
+            job_spec["backoffLimit"] = 0  # the first failure ends the attempt; the operator restarts the group
+        elif spec.backoffLimit is not None:
+            job_spec["backoffLimit"] = spec.backoffLimit
+        if deadline is not None:
+            job_spec["activeDeadlineSeconds"] = deadline
+        if _suspend(tj):
+            job_spec["suspend"] = True
+        meta = copy.deepcopy(meta)
+        if spec.replicas > 1:
+            meta["labels"][ATTEMPT_LABEL] = str(attempt)
+            template.setdefault("metadata", {}).setdefault("labels", {})[ATTEMPT_LABEL] = str(attempt)
+        return {"apiVersion": self.api_version, "kind": self.kind, "metadata": meta, "spec": job_spec}
+
+    def read(self, obj: dict[str, Any]) -> WorkloadState:
+        """Only the final conditions count, once no pod runs or terminates: FailureTarget and
+        SuccessCriteriaMet are set while pods may still be writing (a deadline's SIGTERM grace
+        period, say), and a snapshot taken then would freeze half-written files."""
+        meta, status = obj.get("metadata", {}), obj.get("status") or {}
+        conditions = _conditions(obj)
+        stopped = not status.get("active") and not status.get("terminating")
+        outcome = None
+        if stopped and "Complete" in conditions:
+            outcome = True
+        elif stopped and "Failed" in conditions:
+            outcome = False
+        failed = conditions.get("Failed")
+        return WorkloadState(kind=self.kind, name=meta.get("name", ""),
+                             attempt=_int((meta.get("labels") or {}).get(ATTEMPT_LABEL)),
+                             suspended=bool((obj.get("spec") or {}).get("suspend")), outcome=outcome, stopped=stopped,
+                             failure=_failure(failed),
+                             deadline_exceeded=bool(failed and failed.get("reason") == DEADLINE_EXCEEDED),
+                             deleting=bool(meta.get("deletionTimestamp")))
+
+    def max_restarts(self, tj: TrainingJob) -> int:
+        return max_restarts(tj) if operator_restarts(tj) else 0
+
+    def pod_job_name(self, name: str) -> str:
+        return name
+
+
+class JobSetEngine:
+    kind = "JobSet"
+    api_version = JOBSET_API_VERSION
+
+    def build(self, tj: TrainingJob, template: dict[str, Any], meta: dict[str, Any], attempt: int,
+              deadline: Optional[int]) -> dict[str, Any]:
+        spec = tj.spec
+        job_spec: dict[str, Any] = {"completions": spec.replicas, "parallelism": spec.replicas,
+                                    "completionMode": "Indexed", "backoffLimit": 0, "template": template}
+        if deadline is not None:
+            job_spec["activeDeadlineSeconds"] = deadline
+        js_spec: dict[str, Any] = {
+            "replicatedJobs": [{"name": rendezvous.REPLICATED_JOB, "replicas": 1,
+                                "template": {"metadata": {"labels": dict(meta["labels"])}, "spec": job_spec}}],
+            "network": {"enableDNSHostnames": True, "publishNotReadyAddresses": True},
+            "coordinator": {"replicatedJob": rendezvous.REPLICATED_JOB, "jobIndex": 0, "podIndex": 0},
+            "failurePolicy": {"maxRestarts": max_restarts(tj), "restartStrategy": "BlockingRecreate", "rules": [
+                {"name": "deadline-fails-the-set", "action": "FailJobSet", "onJobFailureReasons": [DEADLINE_EXCEEDED]}]},
+            "successPolicy": {"operator": "All"},
+        }
+        if _suspend(tj):
+            js_spec["suspend"] = True
+        return {"apiVersion": self.api_version, "kind": self.kind, "metadata": copy.deepcopy(meta), "spec": js_spec}
+
+    def read(self, obj: dict[str, Any]) -> WorkloadState:
+        meta, status = obj.get("metadata", {}), obj.get("status") or {}
+        conditions = _conditions(obj)
+        outcome = True if "Completed" in conditions else False if "Failed" in conditions else None
+        return WorkloadState(kind=self.kind, name=meta.get("name", ""), attempt=_int(status.get("restarts")),
+                             suspended=bool((obj.get("spec") or {}).get("suspend")), outcome=outcome, stopped=True,
+                             failure=_failure(conditions.get("Failed")), deleting=bool(meta.get("deletionTimestamp")))
+
+    def max_restarts(self, tj: TrainingJob) -> int:
+        return max_restarts(tj)
+
+    def pod_job_name(self, name: str) -> str:
+        return f"{name}-{rendezvous.REPLICATED_JOB}-0"  # JobSet's child Job of the one replicated job
+
+
+JOB, JOBSET = JobEngine(), JobSetEngine()
+
+
+def engine_of(tj: TrainingJob) -> Engine:
+    return JOBSET if tj.spec.engine == "JobSet" else JOB

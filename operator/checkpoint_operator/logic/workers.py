@@ -1,0 +1,85 @@
+"""A TrainingJob's worker pods as the operator's index keeps them, and what a group of them says
+(pure functions on pod bodies: which attempt a pod belongs to, whether every worker has stopped,
+which worker failed first)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Optional
+
+from checkpoint_operator.api.common import PodPhase
+from checkpoint_operator.logic.agent_pods import PodProblem, pod_failure, pod_problem
+
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+ATTEMPT_LABEL = "ckpt.dev/restart-attempt"             # the operator's group restarts (engine Job)
+JOBSET_ATTEMPT_LABEL = "jobset.sigs.k8s.io/restart-attempt"  # JobSet's restarts (engine JobSet)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerPod:
+    name: str
+    phase: PodPhase
+    problem: Optional[PodProblem] = None
+    index: Optional[int] = None         # the completion index (Indexed Jobs)
+    attempt: Optional[int] = None       # the group's restart attempt the pod belongs to
+    failure: Optional[str] = None       # why a Failed pod failed (exit code, OOMKilled, evicted, ...)
+    finished_at: str = ""               # when its last container ended (RFC 3339), for a failed pod
+    deleting: bool = False              # deleted (stopped by its controller, or by someone)
+
+    @property
+    def is_live(self) -> bool:
+        """Running, or still to run: Pending, or a deleted pod whose containers have not stopped yet."""
+        return self.phase.is_live
+
+
+def _int(value: object) -> Optional[int]:
+    try:
+        return int(str(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def _finished_at(status: Mapping[str, Any]) -> str:
+    times = [((c.get("state") or {}).get("terminated") or {}).get("finishedAt") or ""
+             for kind in ("initContainerStatuses", "containerStatuses") for c in status.get(kind) or []]
+    return max(times, default="")
+
+
+def worker_pod(body: Mapping[str, Any]) -> WorkerPod:
+    meta, status = body.get("metadata", {}), body.get("status") or {}
+    labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
+    phase = PodPhase.of(dict(body))
+    attempt = labels.get(ATTEMPT_LABEL, labels.get(JOBSET_ATTEMPT_LABEL))
+    index = _int(annotations.get(COMPLETION_INDEX, labels.get(COMPLETION_INDEX)))
+    failed = phase == PodPhase.FAILED
+    what = f"worker {index}" if index is not None else "worker"
+    return WorkerPod(name=meta.get("name", ""), phase=phase, problem=pod_problem(dict(body)), index=index,
+                     attempt=_int(attempt) if attempt is not None else None,
+                     failure=pod_failure(dict(body), what).message if failed else None,
+                     finished_at=_finished_at(status) if failed else "",
+                     deleting=bool(meta.get("deletionTimestamp")))
+
+
+def of_attempt(pods: Iterable[WorkerPod], attempt: int) -> list[WorkerPod]:
+    """The pods of one attempt (a pod without the label belongs to the first)."""
+    return [p for p in pods if (p.attempt or 0) == attempt]
+
+
+def live(pods: Iterable[WorkerPod]) -> list[WorkerPod]:
+    return [p for p in pods if p.is_live]
+
+
+def first_failure(pods: Iterable[WorkerPod], attempt: int) -> Optional[WorkerPod]:
+    """The worker of `attempt` that failed first. Those that failed on their own come before those
+    that were deleted (the group stops the others when one fails: their exit is a consequence),
+    then the earliest end, then the lowest index."""
+    failed = [p for p in of_attempt(pods, attempt) if p.phase == PodPhase.FAILED]
+    if not failed:
+        return None
+    return min(failed, key=lambda p: (p.deleting, p.finished_at or "~", p.index if p.index is not None else 1 << 30,
+                                      p.name))
+
+
+def describe(pod: WorkerPod) -> str:
+    """`worker 1 pod x-1-abcde: container trainer failed (Error, exit code 1)`."""
+    return pod.failure or f"worker pod {pod.name} failed"

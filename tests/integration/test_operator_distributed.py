@@ -1,0 +1,221 @@
+"""Multi-worker TrainingJobs through the real operator and the local cluster: rendezvous, group
+failure and restarts, JobSet, Kueue. The workers' commands run for real (host processes)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from conftest import NS, TJ, training_job
+
+pytestmark = pytest.mark.timeout(120)
+
+
+async def wait_phase(api, wait_for, name, phases, timeout=60):
+    phases = (phases,) if isinstance(phases, str) else phases
+
+    async def reached():
+        obj = await api.get(TJ, NS, name)
+        return obj if obj and obj.get("status", {}).get("phase") in phases else None
+    return await wait_for(reached, timeout=timeout)
+
+
+def python(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+async def test_two_workers_that_exit_1_fail_the_job(api, operator, cluster, wait_for):
+    """Issue 18.7: replicas 2, backoffLimit 0, both workers exit 1 a second after start. The job
+    fails at once (before: Running until its timeout, the Job Failed with `terminating: 1`)."""
+    await api.create(TJ, NS, training_job("pair", replicas=2, backoffLimit=0, output={"enabled": False},
+                                          command=python("import time, sys; time.sleep(1); sys.exit(1)")))
+    tj = await wait_phase(api, wait_for, "pair", ("Succeeded", "Failed"), timeout=30)
+    assert tj["status"]["phase"] == "Failed"
+    assert "exit code 1" in tj["status"]["message"]
+
+
+GROUP_WORKER = """
+import os, sys, time
+out, index, attempt = os.environ["CHECKPOINT_OUTPUT_DIR"], os.environ["JOB_COMPLETION_INDEX"], int(os.environ["ATTEMPT"])
+log = os.path.join(out, "workers.log")
+with open(log, "a") as f:
+    f.write(f"start {index} attempt {attempt} rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']} "
+            f"at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} host {os.environ['HOSTNAME']}\\n")
+if attempt == 0 and index == "1":
+    time.sleep(1)
+    sys.exit(3)  # worker 1 fails in the first attempt
+if attempt == 0:
+    time.sleep(60)  # worker 0 would wait in a collective: the group must stop it
+with open(log, "a") as f:
+    f.write(f"done {index} attempt {attempt}\\n")
+"""
+
+
+def group_job(name: str, engine: str = "Job", **spec) -> dict:
+    """A job of GROUP_WORKER workers; each knows its attempt from its pod's label (downward API):
+    a worker whose pod of an earlier attempt was stopped before it ran still knows."""
+    label = "ckpt.dev/restart-attempt" if engine == "Job" else "jobset.sigs.k8s.io/restart-attempt"
+    body = training_job(name, engine=engine, command=python(GROUP_WORKER), **spec)
+    body["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "ATTEMPT", "valueFrom": {"fieldRef": {
+        "fieldPath": f"metadata.labels['{label}']"}}}]
+    return body
+
+
+async def events_of(api, name):
+    return [e for e in await api.list("v1/events", NS) if e.get("involvedObject", {}).get("name") == name]
+
+
+async def test_a_failed_worker_stops_and_restarts_the_whole_group(api, operator, cluster, wait_for):
+    await api.create(TJ, NS, group_job("group", replicas=2, backoffLimit=1))
+    tj = await wait_phase(api, wait_for, "group", ("Succeeded", "Failed"), timeout=90)
+    status = tj["status"]
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["restarts"] == 1
+    assert status["workerFailure"]["attempt"] == 0 and status["workerFailure"]["index"] == 1
+    assert "exit code 3" in status["workerFailure"]["message"]
+    claim = cluster.claim_dir(NS, status["outputClaim"])
+    lines = (claim / "workers.log").read_text().splitlines()
+    # worker 0 of the first attempt was stopped (it never finished its sleep); both ran again
+    assert sorted(line for line in lines if line.startswith("done")) == ["done 0 attempt 1", "done 1 attempt 1"]
+    starts = [line for line in lines if line.startswith("start")]
+    assert 3 <= len(starts) <= 4  # worker 0's first pod may be stopped before it ran
+    port = status["rendezvous"].rsplit(":", 1)[1]
+    assert all("of 2 at 127.0.0.1:" in line for line in starts)
+    assert any(f"start 0 attempt 1 rank 0 of 2 at 127.0.0.1:{port} host group-0" in line for line in starts)
+    assert any("start 1 attempt 1 rank 1" in line and "host group-1" in line for line in starts)
+    restarts = [e for e in await events_of(api, "group") if e["reason"] == "GroupRestart"]
+    assert len(restarts) == 1 and "worker 1" in restarts[0]["message"] and "restart 1 of 1" in restarts[0]["message"]
+    service = await api.get("v1/services", NS, "group")
+    assert service["spec"]["clusterIP"] == "None"
+
+
+async def test_the_group_fails_when_its_restarts_are_used_up(api, operator, cluster, wait_for):
+    code = "import os, sys, time; time.sleep(1); sys.exit(5 if os.environ['JOB_COMPLETION_INDEX'] == '1' else 0)"
+    await api.create(TJ, NS, training_job("doomed", replicas=2, backoffLimit=1, output={"enabled": False},
+                                          command=python(code)))
+    tj = await wait_phase(api, wait_for, "doomed", ("Succeeded", "Failed"), timeout=90)
+    status = tj["status"]
+    assert status["phase"] == "Failed" and status["restarts"] == 1
+    assert "exit code 5" in status["message"] and "after 1 group restart(s)" in status["message"]
+    assert status["workerFailure"]["attempt"] == 1
+
+
+async def test_engine_jobset_restarts_the_group_and_follows_the_jobset(api, operator, cluster, wait_for):
+    await api.create(TJ, NS, group_job("jsgroup", engine="JobSet", replicas=2, backoffLimit=2))
+    tj = await wait_phase(api, wait_for, "jsgroup", ("Succeeded", "Failed"), timeout=90)
+    status = tj["status"]
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["jobName"] == "jsgroup" and status["restarts"] == 1
+    assert status["workerFailure"]["attempt"] == 0 and status["workerFailure"]["index"] == 1
+    js = await api.get("jobset.x-k8s.io/v1alpha2/jobsets", NS, "jsgroup")
+    assert js["status"]["restarts"] == 1 and js["status"]["terminalState"] == "Completed"
+    lines = (cluster.claim_dir(NS, status["outputClaim"]) / "workers.log").read_text().splitlines()
+    assert sorted(line for line in lines if line.startswith("done")) == ["done 0 attempt 1", "done 1 attempt 1"]
+    assert any("start 0 attempt 1 rank 0 of 2" in line and "host jsgroup-node-0-0" in line for line in lines)
+    restarts = [e for e in await events_of(api, "jsgroup") if e["reason"] == "Restarting"]
+    assert restarts and "JobSet jsgroup restarted the group (restart 1 of 2)" in restarts[0]["message"]
+    assert "worker 1" in restarts[0]["message"]
+    assert (await api.get("v1/services", NS, "jsgroup"))["spec"]["selector"] == {
+        "jobset.sigs.k8s.io/jobset-name": "jsgroup"}
+
+
+@pytest.mark.parametrize("jobset_installed", [False])
+async def test_engine_jobset_without_jobset_installed_says_so_and_does_not_start(api, operator, cluster, wait_for):
+    await api.create(TJ, NS, training_job("nojs", replicas=2, engine="JobSet", command=python("pass")))
+
+    async def stalled():
+        obj = await api.get(TJ, NS, "nojs")
+        ready = next((c for c in obj.get("status", {}).get("conditions") or [] if c["type"] == "Ready"), None)
+        return obj if ready and ready["reason"] == "EngineNotInstalled" else None
+    tj = await wait_for(stalled, timeout=30)
+    assert tj["status"]["phase"] == "Pending"
+    assert "does not serve jobset.x-k8s.io/v1alpha2 JobSets" in tj["status"]["message"]
+    assert any(c["type"] == "Stalled" and c["status"] == "True" for c in tj["status"]["conditions"])
+    assert await api.list("v1/pods", NS) == [] and await api.list("batch/v1/jobs", NS) == []
+
+
+PREEMPTIBLE = r"""
+import json, os, signal, struct, sys, time
+out, index = os.environ["CHECKPOINT_OUTPUT_DIR"], os.environ["JOB_COMPLETION_INDEX"]
+header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+weights = struct.pack("<Q", len(header)) + header + struct.pack("<f", 1.0)  # a valid safetensors file
+def save(step, **extra):
+    if index != "0":
+        return  # rank 0 saves (the others' shards are not needed here)
+    d = os.path.join(out, f"checkpoint-{step}")
+    os.makedirs(d, exist_ok=True)
+    open(os.path.join(d, "model.safetensors"), "wb").write(weights)
+    for name, data in {"config.json": "{}", **extra}.items():
+        open(os.path.join(d, name), "w").write(data)
+    open(os.path.join(d, "trainer_state.json"), "w").write(json.dumps({"global_step": step}))
+resume = os.environ["CHECKPOINT_RESUME_PATH"]
+if os.path.exists(resume):  # admitted again: resume, train on, finish
+    save(3, resumed_from=os.path.basename(os.path.realpath(resume)))
+    sys.exit(0)
+def on_term(*_):
+    save(2)  # the emergency checkpoint, written in the grace period
+    sys.exit(143)
+signal.signal(signal.SIGTERM, on_term)
+save(1)
+while True:
+    time.sleep(0.05)
+"""
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("engine", ["Job", "JobSet"])
+async def test_a_kueue_preemption_stops_the_workers_and_readmission_resumes_from_the_latest(
+        api, operator, cluster, wait_for, engine):
+    name = f"kq-{engine.lower()}"
+    body = training_job(name, replicas=2, engine=engine, output={"publish": "Continuous"}, command=python(PREEMPTIBLE))
+    body["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a"}
+    await api.create(TJ, NS, body)
+
+    async def sealed(checkpoint):
+        obj = await api.get("ckpt.dev/v1alpha1/checkpoints", NS, checkpoint)
+        return obj if obj and obj.get("status", {}).get("phase") == "Ready" else None
+    await wait_for(lambda: sealed(f"{name}-checkpoint-1"), timeout=60)
+    resource = "batch/v1/jobs" if engine == "Job" else "jobset.x-k8s.io/v1alpha2/jobsets"
+    workload = await api.get(resource, NS, name)
+    assert workload["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    await cluster.preempt(resource, NS, name, hold=2.0)
+    tj = await wait_phase(api, wait_for, name, ("Succeeded", "Failed"), timeout=120)
+    status = tj["status"]
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["preemptions"] == 1 and status.get("restarts", 0) == 0
+    assert status["outputCheckpoints"] == [f"{name}-checkpoint-1", f"{name}-checkpoint-2", f"{name}-checkpoint-3"]
+    claim = cluster.claim_dir(NS, status["outputClaim"])
+    assert (claim / "checkpoint-3" / "resumed_from").read_text() == "checkpoint-2"
+    reasons = [e["reason"] for e in sorted(await events_of(api, name), key=lambda e: e["metadata"]["name"])]
+    assert "Queued" in reasons and "Preempted" in reasons
+    preempted = next(e for e in await events_of(api, name) if e["reason"] == "Preempted")
+    assert "preempted by Kueue (LocalQueue team-a)" in preempted["message"]
+    queued = next(e for e in await events_of(api, name) if e["reason"] == "Queued")
+    assert f"{engine} {name} is queued in Kueue (LocalQueue team-a)" in queued["message"]
+
+
+async def test_a_group_restart_queued_in_kueue_is_queued_again_not_preempted(api, operator, cluster, wait_for):
+    """Engine Job: the restart's new Job is created suspended and Kueue admits it like a new one.
+    While it waits (held here, as a queue without quota), the job is Queued for its next attempt;
+    before, the operator took the suspended Job for a preemption (reason Preempted, counted)."""
+    body = group_job("kgroup", replicas=2, backoffLimit=1)
+    body["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a"}
+    await api.create(TJ, NS, body)
+    await wait_phase(api, wait_for, "kgroup", "Running")
+    cluster.hold("batch/v1/jobs", NS, "kgroup", 6.0)  # the first Job runs; the next one waits 6 s
+
+    async def queued_again():
+        obj = await api.get(TJ, NS, "kgroup")
+        status = obj.get("status", {})
+        return obj if status.get("phase") == "Queued" and status.get("restarts") == 1 else None
+    tj = await wait_for(queued_again, timeout=60)
+    assert "attempt 2: Job kgroup is queued in Kueue (LocalQueue team-a) again" in tj["status"]["message"]
+    job = await api.get("batch/v1/jobs", NS, "kgroup")
+    assert job["spec"]["suspend"] is True and job["metadata"]["labels"]["ckpt.dev/restart-attempt"] == "1"
+    tj = await wait_phase(api, wait_for, "kgroup", ("Succeeded", "Failed"), timeout=90)
+    status = tj["status"]
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["restarts"] == 1 and not status.get("preemptions")
+    reasons = [e["reason"] for e in await events_of(api, "kgroup")]
+    assert "GroupRestart" in reasons and "Preempted" not in reasons
