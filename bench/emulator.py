@@ -96,7 +96,7 @@ def training_job(ns: str, name: str, rv: int) -> dict:
         "status": {"phase": "Succeeded", "message": "kept 2 checkpoints", "jobName": f"{name}-run",
                    "outputClaim": f"{name}-output", "inputs": [{"name": "base", "uid": str(uuid.uuid4()),
                                                                 "digest": "sha256:" + uuid.uuid4().hex * 2}],
-                   "inputCount": 1, "outputCheckpoints": [f"{name}-step-1", f"{name}-step-2"], "outputCount": 2,
+                   "inputCount": 1, "outputCheckpoints": [f"{name}.step-1", f"{name}.step-2"], "outputCount": 2,
                    "jobSucceeded": True, "startTime": "2025-01-01T00:00:00Z",
                    "completionTime": "2025-01-01T00:10:00Z", "observedGeneration": 1,
                    "conditions": [{"type": "Ready", "status": "True", "reason": "Succeeded", "message": "done",

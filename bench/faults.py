@@ -12,7 +12,7 @@ and plays the training containers; the operator's agent pods run for real). Faul
 - SeaweedFS killed while an agent uploads, downloads, imports or the operator deletes, and restarted;
 - agent and training pods exiting 1, OOM-killed (137, OOMKilled), evicted, or stuck Pending
   (unschedulable, image pull back-off: the bench's kubelet does not start them);
-- items of issue 8 driven end to end;
+- items of issues 8 and 18 driven end to end (issue 18: deep output, cycles of waits, a name held by another job);
 - volume snapshots (storage.volume.snapshotClassName, on three nodes and the block StorageClass):
   the operator SIGKILLed right after it took, handed over or released something, and the local
   cluster's CSI side (snapshot controller, provisioner) stopped in the middle of a snapshot's or a
@@ -217,11 +217,15 @@ def tree_digest(root: Path) -> str | None:
     from checkpoint_operator.agent.manifest import RESERVED_ROOT_NAMES, FileEntry, digest_of
     if not root.is_dir():
         return None
+    from checkpoint_operator.agent import fstree  # Path.rglob recurses once per level (issue 18 item 5)
     entries = []
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and not path.is_symlink() and path.relative_to(root).as_posix() not in RESERVED_ROOT_NAMES:
-            entries.append(FileEntry(path=path.relative_to(root).as_posix(), size=path.stat().st_size,
-                                     sha256=hashlib.sha256(path.read_bytes()).hexdigest()))
+    for top, _, names in fstree.walk(str(root)):
+        for name in names:
+            path = Path(top) / name
+            if path.is_file() and not path.is_symlink() and path.relative_to(root).as_posix() not in RESERVED_ROOT_NAMES:
+                entries.append(FileEntry(path=path.relative_to(root).as_posix(), size=path.stat().st_size,
+                                         sha256=hashlib.sha256(path.read_bytes()).hexdigest()))
+    entries.sort(key=lambda e: e.path)
     try:
         return digest_of(entries)
     except UnicodeEncodeError:  # a name that is not UTF-8: no Checkpoint can have this digest
@@ -404,7 +408,8 @@ class Harness:
         if os.environ.get("BENCH_KEEP"):
             print(f"kept {self.work}", file=sys.stderr)
         else:
-            shutil.rmtree(self.work, ignore_errors=True)
+            from checkpoint_operator.agent import fstree  # shutil.rmtree recurses once per level
+            fstree.remove_tree(str(self.work), ignore_errors=True, make_writable=True)
 
     # -- objects ---------------------------------------------------------------------------------
 
@@ -660,7 +665,7 @@ async def producer_and_consumer(h: Harness, *, crash: dict | None = None, n: int
     await finished(h, "pre")
     if crash is not None:
         faults(h.url, {"crash_after": crash})
-    await h.create_job("job", inputs=[{"name": "pre-step-1"}], train=steps(n))
+    await h.create_job("job", inputs=[{"name": "pre.step-1"}], train=steps(n))
     if crash is not None and not await h.kill_operator_when_frozen():
         raise CaseError(f"the crash point {crash} was never reached")
     await finished(h, "job")
@@ -683,7 +688,7 @@ KILL_POINTS = {
     "1-of-3-checkpoints": tj_write(r"/checkpoints$", method="POST"),
     "2-of-3-checkpoints": tj_write(r"/checkpoints$", method="POST", count=2),
     "handover": tj_write(r"/persistentvolumeclaims/job-"),
-    "1-of-3-ready": tj_write(r"/checkpoints/job-step-\d+/status$", '"Ready"'),
+    "1-of-3-ready": tj_write(r"/checkpoints/job\.step-\d+/status$", '"Ready"'),
     "final-status": tj_write(r"/trainingjobs/job/status$", '"Succeeded"'),
     "snapshot-pod-deleted": tj_write(r"/pods/job-snapshot$", method="DELETE"),
 }
@@ -734,18 +739,18 @@ async def delete_with_kill(h: Harness, crash: dict) -> list[Expect]:
     await h.create_job("pre", train=steps(2))
     await finished(h, "pre")
     faults(h.url, {"crash_after": crash})
-    await h.api.delete(CKPT, NS, "pre-step-1")
+    await h.api.delete(CKPT, NS, "pre.step-1")
     if not await h.kill_operator_when_frozen():
         raise CaseError(f"the crash point {crash} was never reached")
-    if not await h.gone(CKPT, "pre-step-1"):
-        raise CaseError("pre-step-1 was not deleted")
+    if not await h.gone(CKPT, "pre.step-1"):
+        raise CaseError("pre.step-1 was not deleted")
     h.runner.written["pre"].pop("step-1")  # deleted on purpose
-    return [Expect("pre-step-1", "Gone", (), resource=CKPT), Expect("pre", "Succeeded", ("succeeded",))]
+    return [Expect("pre.step-1", "Gone", (), resource=CKPT), Expect("pre", "Succeeded", ("succeeded",))]
 
 
 # The deletion's live check of users (a LIST of TrainingJobs by label), and its finalizer's removal.
 for _name, _crash in (("users-check", tj_write(r"/trainingjobs$", method="GET")),
-                      ("finalizer-removed", tj_write(r"/checkpoints/pre-step-1$", '"finalizers"'))):
+                      ("finalizer-removed", tj_write(r"/checkpoints/pre\.step-1$", '"finalizers"'))):
     case(f"kill-during-delete-{_name}", "kill")(lambda h, crash=_crash: delete_with_kill(h, crash))
     case(f"s3-kill-during-delete-{_name}", "kill", s3=True)(lambda h, crash=_crash: delete_with_kill(h, crash))
 
@@ -914,9 +919,9 @@ async def _(h):
     h.runner.rules.append(on_pod(is_download, exits(1), times=99))
     await h.create_job("pre", train=steps(1))
     await finished(h, "pre")
-    await h.create_job("job", inputs=[{"name": "pre-step-1"}], train=steps(1))
+    await h.create_job("job", inputs=[{"name": "pre.step-1"}], train=steps(1))
     await finished(h, "job")
-    return [Expect("job", "Failed", ("input pre-step-1 could not be downloaded",))]
+    return [Expect("job", "Failed", ("input pre.step-1 could not be downloaded",))]
 
 
 async def external_import(h: Harness, name: str = "imported") -> None:
@@ -960,7 +965,7 @@ async def _(h):
     h.runner.rules.append(on_pod(is_download, outage()))
     await h.create_job("pre", train=steps(1, size=3 * 1024 * 1024))
     await finished(h, "pre")
-    await h.create_job("job", inputs=[{"name": "pre-step-1"}], train=steps(1))
+    await h.create_job("job", inputs=[{"name": "pre.step-1"}], train=steps(1))
     await finished(h, "job")
     return [Expect("job", "Succeeded", ("succeeded", "1 checkpoint(s)"))]
 
@@ -978,12 +983,12 @@ async def _(h):
     await h.create_job("pre", train=steps(2))
     await finished(h, "pre")
     restart = h.store.outage(3.0)
-    await h.api.delete(CKPT, NS, "pre-step-1")
+    await h.api.delete(CKPT, NS, "pre.step-1")
     await restart
-    if not await h.gone(CKPT, "pre-step-1"):
-        raise CaseError("pre-step-1 was not deleted after the store came back")
+    if not await h.gone(CKPT, "pre.step-1"):
+        raise CaseError("pre.step-1 was not deleted after the store came back")
     h.runner.written["pre"].pop("step-1")  # deleted on purpose
-    return [Expect("pre-step-1", "Gone", (), resource=CKPT)]
+    return [Expect("pre.step-1", "Gone", (), resource=CKPT)]
 
 
 # -- items of issue 8, end to end ----------------------------------------------------------------------
@@ -992,9 +997,10 @@ def writes(files: dict[str, bytes | str], exit_code: int = 0) -> Callable[[dict]
     """Training code that writes these files (a str value: a symbolic link to it) and exits."""
     def train(env: dict) -> int:
         out = Path(env["CHECKPOINT_OUTPUT_DIR"])
+        from checkpoint_operator.agent import fstree  # Path.mkdir(parents=True) recurses once per level
         for rel, data in files.items():
             path = out / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
+            fstree.make_dirs(str(path.parent))
             if isinstance(data, str):
                 os.symlink(data, path)
             else:
@@ -1179,6 +1185,83 @@ async def _(h):
     return expects
 
 
+# -- items of issue 18, end to end ---------------------------------------------------------------------
+
+DEEP = "/".join(["d"] * 1000)
+
+
+@case("issue18-5-deep-output", "issue18", quick=True)
+async def _(h):
+    """An output nested 1,000 directories deep: snapshotted on the first attempt, and a consumer reads
+    it through the kubelet's read-only copy (both raised RecursionError before)."""
+    await h.create_job("job", train=writes({"step-1/model.safetensors": os.urandom(100),
+                                            f"step-1/{DEEP}/leaf.bin": b"deep leaf"}))
+    producer = await finished(h, "job")
+    seen: dict[str, bytes] = {}
+
+    def read(env: dict) -> int:
+        leaf = Path(env["CHECKPOINT_INPUT_PATH"]) / DEEP / "leaf.bin"
+        seen["leaf"] = leaf.read_bytes()
+        return 0
+    await h.create_job("reader", inputs=[{"name": "job.step-1"}], train=read)
+    reader = await finished(h, "reader")
+    if seen.get("leaf") != b"deep leaf":
+        h.events.append(f"the reader saw {seen.get('leaf')!r}")
+    return [Expect("job", "Succeeded", ("succeeded", "1 checkpoint(s)"), seen=producer),
+            Expect("reader", "Succeeded", ("succeeded",), seen=reader)] + \
+        ([] if seen.get("leaf") == b"deep leaf" else [Expect("reader-saw-the-leaf", "read", ("no",))])
+
+
+@case("issue18-6-wait-cycle", "issue18")
+async def _(h):
+    """Jobs on each other's latest: both Stalled naming the cycle (they waited forever before); a job
+    that takes itself is refused at creation, naming the field."""
+    await h.create_job("ping", inputs=[{"fromTrainingJob": "pong", "select": "latest"}])
+    await h.create_job("pong", inputs=[{"fromTrainingJob": "ping", "select": "latest"}])
+
+    def stalled(o: dict) -> bool:
+        return any(c.get("type") == "Stalled" and c.get("status") == "True"
+                   for c in (o.get("status") or {}).get("conditions") or [])
+    ping, pong = await h.until(TJ, "ping", stalled), await h.until(TJ, "pong", stalled)
+    if ping is None or pong is None:
+        raise CaseError("the jobs of the cycle were not Stalled")
+    expects = [Expect("ping", "Pending", ("ping -> pong -> ping",), condition="Stalled", seen=ping),
+               Expect("pong", "Pending", ("pong -> ping -> pong",), condition="Stalled", seen=pong)]
+    try:
+        await h.create_job("self", inputs=[{"fromTrainingJob": "self"}])
+        expects.append(Expect("self-reference", "refused", ("accepted",)))
+    except Exception as exc:  # noqa: BLE001 - the API's refusal is what is checked
+        if "fromTrainingJob" not in str(exc) or getattr(exc, "status", 0) != 422:
+            expects.append(Expect("self-reference", "refused", (str(exc)[:100],)))
+    return expects
+
+
+@case("issue18-11-name-conflict", "issue18")
+async def _(h):
+    """Job `other` with namePrefix `job` made job.step-1; job `job` then derives the same name: it
+    waits naming the holder (never another name), its data on its volume; once the holder is
+    deleted it finishes under the derived names."""
+    await h.create_job("other", train=steps(1), output={"namePrefix": "job"})
+    await finished(h, "other")
+    await h.create_job("job", train=steps(2))
+
+    def conflicted(o: dict) -> bool:
+        return any(c.get("type") == "Ready" and c.get("reason") == "NameConflict"
+                   for c in (o.get("status") or {}).get("conditions") or [])
+    waiting = await h.until(TJ, "job", conflicted)
+    if waiting is None:
+        raise CaseError("job never reported the NameConflict")
+    await h.api.delete(CKPT, NS, "job.step-1")
+    if not await h.gone(CKPT, "job.step-1"):
+        raise CaseError("other's job.step-1 was not deleted")
+    h.runner.written["other"].pop("step-1")  # deleted on purpose
+    done = await finished(h, "job")
+    names = sorted(done["status"].get("outputCheckpoints") or [])
+    return [Expect("job", "Snapshotting", ("Checkpoint job.step-1, which exists",), condition="Ready", seen=waiting),
+            Expect("job", "Succeeded", ("succeeded", "2 checkpoint(s)"), seen=done)] + \
+        ([] if names == ["job.step-1", "job.step-2"] else [Expect("derived-names", "named", (str(names),))])
+
+
 # -- the counters' own check: defects made on purpose must be counted ----------------------------------
 
 async def self_check() -> str | None:
@@ -1188,7 +1271,7 @@ async def self_check() -> str | None:
     async with Harness("self-check", None) as h:
         await h.create_job("job", train=steps(2))
         await finished(h, "job")
-        ckpt = await h.api.get(CKPT, NS, "job-step-1")
+        ckpt = await h.api.get(CKPT, NS, "job.step-1")
         volume = ckpt["status"]["location"]["volume"]
         target = Path(h.cluster.claim_dir(NS, volume["claimName"])) / volume["path"].lstrip("/") / "model.safetensors"
         target.write_bytes(b"not what was written")
@@ -1258,8 +1341,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--serve-emulator", metavar="URL_FILE", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="one case of each kind")
-    parser.add_argument("--only", help="comma-separated groups (kill, api, pods, store, issue8, snapshots) or case-name "
-                                       "prefixes")
+    parser.add_argument("--only", help="comma-separated groups (kill, api, pods, store, issue8, issue18, snapshots) or "
+                                       "case-name prefixes")
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     args = parser.parse_args()
     if args.serve_emulator:

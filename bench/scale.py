@@ -305,7 +305,7 @@ async def hot(jobs: int, timeout: float) -> dict:
             await watch.until(["src"], ("Succeeded",), 120)
             names = [f"hot-{i:05d}" for i in range(jobs)]
             started = time.monotonic()
-            await create_all(bench.api, [training_job(n, checkpoints=0, inputs=[{"name": "src-step-1"}])
+            await create_all(bench.api, [training_job(n, checkpoints=0, inputs=[{"name": "src.step-1"}])
                                          for n in names])
             done = await watch.until(names, ("Succeeded", "Failed"), timeout)
             elapsed = time.monotonic() - started
@@ -389,7 +389,7 @@ async def latency(jobs: int, at_once: int) -> dict:
                 await training.until(group, ("Succeeded", "Failed"), 120)
             for name in names:
                 ready = [t for (ckpt, phase), t in checkpoints.reached.items()
-                         if phase == "Ready" and ckpt in (f"{name}-step-1", f"{name}-step-2")]
+                         if phase == "Ready" and ckpt in (f"{name}.step-1", f"{name}.step-2")]
                 if name in bench.trainer.finished and len(ready) == 2:
                     delays.append(max(ready) - bench.trainer.finished[name])
         delays.sort()

@@ -100,6 +100,6 @@ def test_local_run_with_podman_reaches_the_same_checkpoints_as_processes(tmp_pat
     def digests(report):
         return {c["name"]: (c["phase"], c["digest"], c["step"]) for c in report["checkpoints"]}
     assert digests(in_containers) == digests(as_processes)
-    assert sorted(digests(in_containers)) == ["finetune-step-350", "finetune-step-400", "live-step-100",
-                                              "live-step-400", "live-step-500", "pretrain-step-200",
-                                              "pretrain-step-300"]
+    assert sorted(digests(in_containers)) == ["finetune.step-350", "finetune.step-400", "live.step-100",
+                                              "live.step-400", "live.step-500", "pretrain.step-200",
+                                              "pretrain.step-300"]

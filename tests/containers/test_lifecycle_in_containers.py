@@ -75,9 +75,9 @@ async def test_volume_store_lifecycle_in_containers(api, operator, cluster, wait
     await api.create(TJ, NS, python_job("pretrain", PRETRAIN))
     tj = await wait_phase(api, wait_for, TJ, "pretrain", ("Succeeded", "Failed"))
     assert tj["status"]["phase"] == "Succeeded", tj["status"]
-    assert sorted(tj["status"]["outputCheckpoints"]) == ["pretrain-step-100", "pretrain-step-200"]
+    assert sorted(tj["status"]["outputCheckpoints"]) == ["pretrain.step-100", "pretrain.step-200"]
     assert (await trainer_log(api, "pretrain")).strip() == "uid 1000"  # runAsUser honoured
-    step200 = await api.get(CKPT, NS, "pretrain-step-200")
+    step200 = await api.get(CKPT, NS, "pretrain.step-200")
     assert step200["status"]["fileCount"] == 2
     assert step200["status"]["sizeBytes"] == len(weights(b"w" * 200)) + len(torch_file())
 
@@ -89,32 +89,32 @@ async def test_volume_store_lifecycle_in_containers(api, operator, cluster, wait
         pods = await api.list("v1/pods", NS, label_selector="job-name=finetune")
         return pods and pods[0]["status"].get("phase") == "Running" and pods[0]
     await wait_for(consumer_output, timeout=60)
-    await api.delete(CKPT, NS, "pretrain-step-200")
+    await api.delete(CKPT, NS, "pretrain.step-200")
 
     async def blocked():
-        obj = await api.get(CKPT, NS, "pretrain-step-200")
+        obj = await api.get(CKPT, NS, "pretrain.step-200")
         return obj and any(c.get("reason") == "DeletionBlocked" for c in obj["status"].get("conditions", []))
     await wait_for(blocked, timeout=30)
     (control / "release").write_text("go")
     done = await wait_phase(api, wait_for, TJ, "finetune", ("Succeeded", "Failed"))
     assert done["status"]["phase"] == "Succeeded", done["status"]
     seen = json.loads((await trainer_log(api, "finetune")).splitlines()[0])
-    assert seen == {"uid": 1000, "inputs": ["pretrain-step-200"], "files": ["model.safetensors", "optimizer.pt"],
+    assert seen == {"uid": 1000, "inputs": ["pretrain.step-200"], "files": ["model.safetensors", "optimizer.pt"],
                     "size": len(weights(b"w" * 200))}
-    assert done["status"]["outputCheckpoints"] == ["finetune-step-300"]
-    await wait_for(lambda: _gone(api, CKPT, "pretrain-step-200"), timeout=30)  # released, then deleted
+    assert done["status"]["outputCheckpoints"] == ["finetune.step-300"]
+    await wait_for(lambda: _gone(api, CKPT, "pretrain.step-200"), timeout=30)  # released, then deleted
 
 
 async def test_job_that_writes_into_its_input_fails(api, operator, cluster, wait_for):
     await api.create(TJ, NS, python_job("producer", PRETRAIN))
     await wait_phase(api, wait_for, TJ, "producer", "Succeeded")
     await api.create(TJ, NS, python_job("writer", WRITE_INPUT, backoffLimit=0,
-                                        checkpoints=[{"name": "producer-step-100"}]))
+                                        checkpoints=[{"name": "producer.step-100"}]))
     failed = await wait_phase(api, wait_for, TJ, "writer", ("Succeeded", "Failed"))
     assert failed["status"]["phase"] == "Failed"
     log = await trainer_log(api, "writer")
     assert "OSError: [Errno 30] Read-only file system" in log, log
-    claim = (await api.get(CKPT, NS, "producer-step-100"))["status"]["location"]["volume"]["claimName"]
+    claim = (await api.get(CKPT, NS, "producer.step-100"))["status"]["location"]["volume"]["claimName"]
     assert (cluster.claim_dir(NS, claim) / "step-100" / "model.safetensors").read_bytes() == weights(b"w" * 100)
 
 
@@ -136,7 +136,7 @@ async def test_s3_store_lifecycle_in_containers(api, s3, s3_operator_config, api
         await api.create(TJ, NS, python_job("pre", PRETRAIN))
         tj = await wait_phase(api, wait_for, TJ, "pre", ("Succeeded", "Failed"))
         assert tj["status"]["phase"] == "Succeeded", tj["status"]
-        step200 = await api.get(CKPT, NS, "pre-step-200")
+        step200 = await api.get(CKPT, NS, "pre.step-200")
         uri = step200["status"]["location"]["s3"]["uri"]
         assert manifest_exists(uri)  # uploaded by the snapshot pod, in the operator's image
 
@@ -148,8 +148,8 @@ async def test_s3_store_lifecycle_in_containers(api, s3, s3_operator_config, api
         # The download also leaves its manifest beside the files (the volume store's inputs have none).
         assert json.loads(await trainer_log(api, "tune")) == [".checkpoint-manifest.json", "model.safetensors",
                                                                "optimizer.pt"]
-        await api.delete(CKPT, NS, "pre-step-200")
-        await wait_for(lambda: _gone(api, CKPT, "pre-step-200"), timeout=30)
+        await api.delete(CKPT, NS, "pre.step-200")
+        await wait_for(lambda: _gone(api, CKPT, "pre.step-200"), timeout=30)
         assert not manifest_exists(uri)
     finally:
         await op.stop()

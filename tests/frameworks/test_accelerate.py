@@ -6,7 +6,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
 
-from checkpoint_operator.logic.naming import assign_checkpoint_names
+from checkpoint_operator.logic.naming import checkpoint_name
 from frameworks_support import agent_scan, materialize, summary
 
 
@@ -40,8 +40,9 @@ def test_automatic_naming_makes_one_checkpoint_per_checkpoint_n(tmp_path):
     for n, path in enumerate(paths):
         assert summary(found[path]) == ("safetensors", n, True, True)
         assert "random_states_0.pkl" in found[path]["completeReason"]
-    assert assign_checkpoint_names("job", paths, set()) == {
-        p: f"job-checkpoints-checkpoint-{n}" for n, p in enumerate(paths)}
+    names = [checkpoint_name("job", p) for p in paths]
+    assert all(name.startswith(f"job.checkpoints-checkpoint-{n}.") for n, name in enumerate(names))
+    assert len(set(names)) == len(paths)
 
     mounted = materialize(found[paths[2]], out / paths[2], tmp_path / "input" / "ckpt")
     second = Accelerator(cpu=True)

@@ -265,12 +265,12 @@ def test_local_mode_a_second_job_resumes_from_a_continuously_published_trainer_r
     report = json.loads(proc.stdout)
     jobs = {j["name"]: j for j in report["trainingJobs"]}
     checkpoints = {c["name"]: c for c in report["checkpoints"]}
-    assert sorted(jobs["hf-live"]["outputCheckpoints"]) == ["hf-live-checkpoint-10", "hf-live-checkpoint-5"]
-    assert (checkpoints["hf-live-checkpoint-10"]["format"], checkpoints["hf-live-checkpoint-10"]["resumable"]) == (
+    assert sorted(jobs["hf-live"]["outputCheckpoints"]) == ["hf-live.checkpoint-10", "hf-live.checkpoint-5"]
+    assert (checkpoints["hf-live.checkpoint-10"]["format"], checkpoints["hf-live.checkpoint-10"]["resumable"]) == (
         "huggingface", True)
-    assert [i["name"] for i in jobs["hf-resume"]["inputs"]] == ["hf-live-checkpoint-10"]
-    resumed = checkpoints["hf-resume-checkpoint-15"]
+    assert [i["name"] for i in jobs["hf-resume"]["inputs"]] == ["hf-live.checkpoint-10"]
+    resumed = checkpoints["hf-resume.checkpoint-15"]
     assert (resumed["format"], resumed["step"], resumed["resumable"]) == ("huggingface", 15, True)
-    assert [p["name"] for p in resumed["parents"]] == ["hf-live-checkpoint-10"]
+    assert [p["name"] for p in resumed["parents"]] == ["hf-live.checkpoint-10"]
     # It resumed at step 10 (only checkpoint-15 is new), rather than training from scratch (5, 10, 15).
-    assert sorted(c for c in checkpoints if c.startswith("hf-resume-")) == ["hf-resume-checkpoint-15"]
+    assert sorted(c for c in checkpoints if c.startswith("hf-resume.")) == ["hf-resume.checkpoint-15"]

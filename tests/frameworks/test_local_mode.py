@@ -117,30 +117,30 @@ def test_local_mode_loads_the_final_model_and_resumes_from_the_latest_checkpoint
                                                          "hf-resume": "Succeeded"}, jobs
 
     assert sorted(jobs["hf-train"]["outputCheckpoints"]) == [
-        "hf-train-checkpoint-10", "hf-train-checkpoint-5", "hf-train-final"]
+        "hf-train", "hf-train.checkpoint-10", "hf-train.checkpoint-5"]
     summary = lambda name: (checkpoints[name]["phase"], checkpoints[name]["format"],  # noqa: E731
                             checkpoints[name]["step"], checkpoints[name]["resumable"])
-    assert summary("hf-train-checkpoint-10") == ("Ready", "huggingface", 10, True)
-    assert summary("hf-train-final") == ("Ready", "huggingface", None, False)
+    assert summary("hf-train.checkpoint-10") == ("Ready", "huggingface", 10, True)
+    assert summary("hf-train") == ("Ready", "huggingface", None, False)
     trained = json.loads((seen / "train.json").read_text())
 
     # select: final mounts the root's files (single-file subPaths in a pod) as one directory.
-    assert [i["name"] for i in jobs["hf-load"]["inputs"]] == ["hf-train-final"]
+    assert [i["name"] for i in jobs["hf-load"]["inputs"]] == ["hf-train"]
     loaded = json.loads((seen / "load.json").read_text())
-    assert (loaded["inputDir"], loaded["inputPath"], loaded["cls"]) == (["hf-train-final"], "hf-train-final",
+    assert (loaded["inputDir"], loaded["inputPath"], loaded["cls"]) == (["hf-train"], "hf-train",
                                                                         "GPT2Model")
     # Exactly the Checkpoint's files: not the producer's whole volume with its checkpoint-N siblings.
     assert {"config.json", "model.safetensors"} <= set(loaded["files"])
-    assert len(loaded["files"]) == checkpoints["hf-train-final"]["fileCount"], loaded["files"]
+    assert len(loaded["files"]) == checkpoints["hf-train"]["fileCount"], loaded["files"]
     assert loaded["wte"] == trained["wte"]  # the trained weights, not a fresh initialisation
 
     # select: latest is the highest step, never the root's final model; the Trainer resumes from it.
-    assert [i["name"] for i in jobs["hf-resume"]["inputs"]] == ["hf-train-checkpoint-10"]
+    assert [i["name"] for i in jobs["hf-resume"]["inputs"]] == ["hf-train.checkpoint-10"]
     resumed = json.loads((seen / "resume.json").read_text())
-    assert (resumed["inputDir"], resumed["inputPath"]) == (["hf-train-checkpoint-10"], "hf-train-checkpoint-10")
+    assert (resumed["inputDir"], resumed["inputPath"]) == (["hf-train.checkpoint-10"], "hf-train.checkpoint-10")
     assert {"trainer_state.json", "optimizer.pt"} <= set(resumed["files"])
-    assert len(resumed["files"]) == checkpoints["hf-train-checkpoint-10"]["fileCount"], resumed["files"]
+    assert len(resumed["files"]) == checkpoints["hf-train.checkpoint-10"]["fileCount"], resumed["files"]
     assert (resumed["global_step"], resumed["steps_run"]) == (15, 5)  # resumed at step 10, not from scratch
-    assert jobs["hf-resume"]["outputCheckpoints"] == ["hf-resume-checkpoint-15"]
-    assert summary("hf-resume-checkpoint-15") == ("Ready", "huggingface", 15, True)
-    assert [p["name"] for p in checkpoints["hf-resume-checkpoint-15"]["parents"]] == ["hf-train-checkpoint-10"]
+    assert jobs["hf-resume"]["outputCheckpoints"] == ["hf-resume.checkpoint-15"]
+    assert summary("hf-resume.checkpoint-15") == ("Ready", "huggingface", 15, True)
+    assert [p["name"] for p in checkpoints["hf-resume.checkpoint-15"]["parents"]] == ["hf-train.checkpoint-10"]

@@ -105,8 +105,8 @@ async def test_the_operator_from_the_image_reconciles_a_training_job(api, operat
         tj = await wait_for(succeeded, timeout=90)
     except AssertionError:
         raise AssertionError(operator_container["logs"]()[-4000:])
-    assert tj["status"]["outputCheckpoints"] == ["boxed-step-7"]
-    checkpoint = await api.get(CKPT, NS, "boxed-step-7")
+    assert tj["status"]["outputCheckpoints"] == ["boxed.step-7"]
+    checkpoint = await api.get(CKPT, NS, "boxed.step-7")
     assert checkpoint["status"]["phase"] == "Ready"
     assert checkpoint["status"]["fileCount"] == 1 and checkpoint["status"]["sizeBytes"] == 1000
 

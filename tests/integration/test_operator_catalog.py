@@ -106,7 +106,7 @@ async def test_a_catalog_entry_is_imported_once_and_used_by_every_namespace(api,
         copy = await api.get("v1/persistentvolumeclaims", team, f"catalog-tiny-gpt2-{imported['metadata']['uid'][:5]}-copy")
         assert copy["metadata"]["annotations"][catalog.COPIED_DIGEST_ANNOTATION] == status["digest"]
         assert copy["metadata"]["ownerReferences"][0]["kind"] == "ClusterCheckpoint"
-        produced = await api.get("ckpt.dev/v1alpha1/checkpoints", team, f"{team}-tune-step-1")
+        produced = await api.get("ckpt.dev/v1alpha1/checkpoints", team, f"{team}-tune.step-1")
         assert produced["status"]["parents"][0]["kind"] == "ClusterCheckpoint"
     copy_pods = [p for p in await api.list("v1/pods", "team-a")
                  if p["metadata"]["labels"].get("ckpt.dev/clustercheckpoint") == "tiny-gpt2"]
@@ -121,7 +121,7 @@ async def test_a_catalog_entry_is_imported_once_and_used_by_every_namespace(api,
     assert row.split()[:3] == ["tiny-gpt2", "Ready", "huggingface"] and LICENSE in row
     everything = await ckpt("ls", "-A")
     assert any(line.split()[:3] == ["(catalog)", "tiny-gpt2", "Ready"] for line in everything.out.splitlines())
-    assert any(line.split()[:2] == ["team-b", "team-b-tune-step-1"] for line in everything.out.splitlines())
+    assert any(line.split()[:2] == ["team-b", "team-b-tune.step-1"] for line in everything.out.splitlines())
     du = await ckpt("du", "-o", "json")
     assert du.code == 0, du.err
     (team_a,) = json.loads(du.out)["namespaces"]

@@ -79,10 +79,10 @@ async def test_train_then_consume_latest_with_lineage(api, operator, cluster, tr
     await api.create(TJ, NS, training_job("pretrain"))
 
     tj = await wait_phase(api, wait_for, TJ, "pretrain", "Succeeded")
-    assert sorted(tj["status"]["outputCheckpoints"]) == ["pretrain-final", "pretrain-step-100", "pretrain-step-200"]
+    assert sorted(tj["status"]["outputCheckpoints"]) == ["pretrain", "pretrain.step-100", "pretrain.step-200"]
     assert ready_condition(tj)["status"] == "True"
 
-    step200 = await api.get(CKPT, NS, "pretrain-step-200")
+    step200 = await api.get(CKPT, NS, "pretrain.step-200")
     status = step200["status"]
     assert status["phase"] == "Ready" and status["step"] == 200 and status["resumable"] is True
     size = len(weights(b"w" * 200)) + len(torch_file()) + 2
@@ -95,7 +95,7 @@ async def test_train_then_consume_latest_with_lineage(api, operator, cluster, tr
     assert status["digest"] == sha256sum_digest(os.path.join(claim_dir, "step-200"))
     assert status["location"] == {"volume": {"claimName": claim_name, "path": "step-200"}}
     assert "ckpt.dev/in-use-protection" in step200["metadata"]["finalizers"]
-    final = await api.get(CKPT, NS, "pretrain-final")
+    final = await api.get(CKPT, NS, "pretrain")
     assert final["status"]["location"]["volume"]["items"] == ["config.json", "model.safetensors"]
 
     # The output volume now belongs to the Checkpoints, not to the job.
@@ -104,24 +104,24 @@ async def test_train_then_consume_latest_with_lineage(api, operator, cluster, tr
     assert len(claim["metadata"]["ownerReferences"]) == 3
 
     done = await wait_phase(api, wait_for, TJ, "finetune", "Succeeded")
-    assert done["status"]["inputs"] == [{"name": "pretrain-step-200", "uid": step200["metadata"]["uid"],
+    assert done["status"]["inputs"] == [{"name": "pretrain.step-200", "uid": step200["metadata"]["uid"],
                                          "digest": status["digest"], "sizeBytes": size}]
     assert seen["read"] == weights(b"w" * 200)
-    assert seen["CHECKPOINT_INPUT_NAMES"] == "pretrain-step-200"
+    assert seen["CHECKPOINT_INPUT_NAMES"] == "pretrain.step-200"
     assert seen["CHECKPOINT_INPUT_PATH"] == seen["ML_CHECKPOINT_PATH"]
     assert seen["CHECKPOINT_OUTPUT_DIR"] == seen["FLEXAI_OUTPUT_CHECKPOINT_DIR"]
-    child = await api.get(CKPT, NS, "finetune-step-300")
-    assert child["status"]["parents"][0]["name"] == "pretrain-step-200"
+    child = await api.get(CKPT, NS, "finetune.step-300")
+    assert child["status"]["parents"][0]["name"] == "pretrain.step-200"
     # The waiting job said why it waited.
     assert "pretrain" in ready_condition(waiting)["message"]
 
     job = await api.get("batch/v1/jobs", NS, "finetune")
     mounts = job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
-    input_mount = next(m for m in mounts if m["mountPath"] == "/input-checkpoint/pretrain-step-200")
+    input_mount = next(m for m in mounts if m["mountPath"] == "/input-checkpoint/pretrain.step-200")
     assert input_mount["readOnly"] is True and input_mount["subPath"] == "step-200"
     # Released: nothing uses the input any more (usedBy is written debounced, so it trails the job).
     async def released():
-        ckpt = await api.get(CKPT, NS, "pretrain-step-200")
+        ckpt = await api.get(CKPT, NS, "pretrain.step-200")
         return ckpt if not ckpt["status"].get("usedBy") and not ckpt["status"].get("usedByCount") else None
     await wait_for(released, timeout=10)
 
@@ -134,31 +134,31 @@ async def test_delete_while_in_use_is_blocked_then_released(api, operator, train
 
     await api.create(TJ, NS, training_job("producer"))
     await wait_phase(api, wait_for, TJ, "producer", "Succeeded")
-    await api.create(TJ, NS, training_job("consumer", checkpoints=[{"name": "producer-step-1"}]))
+    await api.create(TJ, NS, training_job("consumer", checkpoints=[{"name": "producer.step-1"}]))
     await wait_phase(api, wait_for, TJ, "consumer", "Running")
     async def used_by_consumer():  # written debounced from the index: it may trail the job's Running
-        used = await api.get(CKPT, NS, "producer-step-1")
+        used = await api.get(CKPT, NS, "producer.step-1")
         return [u["name"] for u in used["status"].get("usedBy") or []] == ["consumer"] \
             and used["status"]["usedByCount"] == 1
     await wait_for(used_by_consumer, timeout=10)
 
-    await api.delete(CKPT, NS, "producer-step-1")
+    await api.delete(CKPT, NS, "producer.step-1")
 
     async def blocked():
-        obj = await api.get(CKPT, NS, "producer-step-1")
+        obj = await api.get(CKPT, NS, "producer.step-1")
         if obj and any(c.get("reason") == "DeletionBlocked" for c in obj["status"].get("conditions", [])):
             return obj
     obj = await wait_for(blocked, timeout=15)
     assert obj["metadata"].get("deletionTimestamp")
     assert "consumer" in ready_condition(obj)["message"]
-    warnings = await wait_event(api, wait_for, "producer-step-1", lambda e: e.get("reason") == "DeletionBlocked")
+    warnings = await wait_event(api, wait_for, "producer.step-1", lambda e: e.get("reason") == "DeletionBlocked")
     assert warnings[0]["type"] == "Warning" and "consumer" in warnings[0]["message"]
     await asyncio.sleep(1.0)
-    assert await api.get(CKPT, NS, "producer-step-1") is not None  # still there
+    assert await api.get(CKPT, NS, "producer.step-1") is not None  # still there
 
     release.set()
     await wait_phase(api, wait_for, TJ, "consumer", "Succeeded")
-    await wait_for(lambda: _gone(api, CKPT, "producer-step-1"), timeout=15)
+    await wait_for(lambda: _gone(api, CKPT, "producer.step-1"), timeout=15)
 
 
 async def _gone(api, resource, name):
@@ -173,7 +173,7 @@ async def test_failed_job_still_snapshots_its_partial_checkpoints(api, operator,
     trainer.behaviours["crashy"] = crash
     await api.create(TJ, NS, training_job("crashy", backoffLimit=0))
     tj = await wait_phase(api, wait_for, TJ, "crashy", "Failed")
-    assert tj["status"]["outputCheckpoints"] == ["crashy-step-50"]
+    assert tj["status"]["outputCheckpoints"] == ["crashy.step-50"]
     # The message names the pod's own failure, not only the Job's BackoffLimitExceeded.
     assert "container trainer failed (Error, exit code 1)" in tj["status"]["message"]
     # step-60.tmp was skipped: the volume that holds it is kept (by the Checkpoint here), and said so.
@@ -182,7 +182,7 @@ async def test_failed_job_still_snapshots_its_partial_checkpoints(api, operator,
     retained = next(c for c in tj["status"]["conditions"] if c["type"] == "OutputRetained")
     assert "step-60.tmp" in retained["message"] and "ckpt.dev/release-output" in retained["message"]
     assert tj["status"]["skippedCount"] == 1
-    assert (await phase_of(api, CKPT, "crashy-step-50")) == "Ready"
+    assert (await phase_of(api, CKPT, "crashy.step-50")) == "Ready"
     await wait_event(api, wait_for, "crashy", lambda e: e.get("reason") == "Skipped" and "step-60.tmp" in e["message"])
 
 
@@ -198,14 +198,15 @@ async def test_retried_pod_resumes_from_its_own_earlier_checkpoints(api, operato
     trainer.behaviours["flaky"] = flaky
     await api.create(TJ, NS, training_job("flaky", backoffLimit=2))
     tj = await wait_phase(api, wait_for, TJ, "flaky", "Succeeded")
-    assert sorted(tj["status"]["outputCheckpoints"]) == ["flaky-step-1", "flaky-step-2"]
+    assert sorted(tj["status"]["outputCheckpoints"]) == ["flaky.step-1", "flaky.step-2"]
     assert len(trainer.envs["flaky"]) == 2
 
 
 async def test_keep_names_and_collisions(api, operator, trainer, wait_for):
-    # A foreign object already has one of the names the snapshot would use.
+    # A foreign object already has one of the names the snapshot derives: the snapshot waits
+    # (NameConflict, naming it) and never uses another name; once it is gone, the names are made.
     await api.create(CKPT, NS, {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint",
-                                "metadata": {"name": "multi-step-3", "namespace": NS},
+                                "metadata": {"name": "multi.step-3", "namespace": NS},
                                 "spec": {"source": {"http": {"url": "http://127.0.0.1:9/none"}}}})
 
     def many(attempt, env):
@@ -217,19 +218,28 @@ async def test_keep_names_and_collisions(api, operator, trainer, wait_for):
         return 0
     trainer.behaviours["multi"] = many
     await api.create(TJ, NS, training_job("multi", output={"keep": 3}))
-    tj = await wait_phase(api, wait_for, TJ, "multi", "Succeeded")
+
+    async def conflicted():
+        tj = await api.get(TJ, NS, "multi")
+        ready = next((c for c in tj.get("status", {}).get("conditions") or [] if c["type"] == "Ready"), {})
+        return tj if ready.get("reason") == "NameConflict" else None
+    waiting = await wait_for(conflicted, timeout=30)
+    assert waiting["status"]["phase"] == "Snapshotting"
+    assert "output 'step-3' would be Checkpoint multi.step-3, which exists" in ready_condition(waiting)["message"]
+    assert not [c for c in await api.list(CKPT, NS) if c["metadata"]["name"].startswith("multi.step-4")]
+    await api.delete(CKPT, NS, "multi.step-3")
+
+    tj = await wait_phase(api, wait_for, TJ, "multi", "Succeeded", timeout=60)
     names = sorted(tj["status"]["outputCheckpoints"])
     # keep 3 highest steps: Step_4, step-4 (both step 4) and step-3; "ümlaut dir" has no step, so it is kept
-    assert "multi-step-4" in names
-    step3 = [n for n in names if n.startswith("multi-step-3")]
-    assert len(step3) == 1 and step3[0] != "multi-step-3"            # foreign name avoided with a hash
-    hashed4 = [n for n in names if n.startswith("multi-step-4-")]
-    assert len(hashed4) == 1                                           # Step_4 told apart from step-4
-    assert any(n.startswith("multi-mlaut-dir") for n in names)
+    assert "multi.step-4" in names and "multi.step-3" in names                # the derived names, never others
+    assert [n for n in names if n.startswith("multi.step-4.")]              # Step_4: readable part and a hash
+    assert [n for n in names if n.startswith("multi.mlaut-dir.")]
     assert not any("step-1" in n or "step-2" in n or "hidden" in n or "empty" in n for n in names)
     assert len(names) == 4
     for name in names:
         assert (await phase_of(api, CKPT, name)) == "Ready"
+    assert (await api.get(CKPT, NS, "multi.step-3"))["spec"]["source"]["trainingJob"]["directory"] == "step-3"
 
 
 async def test_missing_input_waits_then_proceeds_when_created(api, operator, cluster, trainer, wait_for, tmp_path):
@@ -292,13 +302,13 @@ async def test_deleting_a_job_deletes_its_job_and_releases_inputs(api, operator,
     trainer.behaviours["user"] = held_until(hold, timeout=20)
     await api.create(TJ, NS, training_job("src"))
     await wait_phase(api, wait_for, TJ, "src", "Succeeded")
-    await api.create(TJ, NS, training_job("user", checkpoints=[{"name": "src-s-1"}]))
+    await api.create(TJ, NS, training_job("user", checkpoints=[{"name": "src.s-1"}]))
     await wait_phase(api, wait_for, TJ, "user", "Running")
     await api.delete(TJ, NS, "user")
     await wait_for(lambda: _gone(api, TJ, "user"))
     await wait_for(lambda: _gone(api, "batch/v1/jobs", "user"))
     async def released():
-        return not (await api.get(CKPT, NS, "src-s-1"))["status"].get("usedBy")
+        return not (await api.get(CKPT, NS, "src.s-1"))["status"].get("usedBy")
     await wait_for(released, timeout=10)
     hold.set()
 
@@ -322,3 +332,51 @@ async def test_an_output_volume_that_never_binds_is_named_with_its_reason(api, o
                                'storageclass.storage.k8s.io "no-such-class" not found'
     assert (await api.get(TJ, NS, "stuck"))["status"]["phase"] == "Running" and "stuck" not in trainer.envs
     await wait_event(api, wait_for, "stuck", lambda e: e["reason"] == "VolumeNotBound" and e["type"] == "Warning")
+
+
+async def test_jobs_waiting_on_each_other_are_stalled_naming_the_cycle(api, operator, trainer, wait_for):
+    """Before: both stayed Pending with "has not finished (phase Pending)" forever (issue 18 item 6)."""
+    await api.create(TJ, NS, training_job("ping", checkpoints=[{"fromTrainingJob": "pong", "select": "latest"}]))
+    await api.create(TJ, NS, training_job("pong", checkpoints=[{"fromTrainingJob": "ping", "select": "latest"}]))
+
+    def stalled_on_cycle(name, arrows):
+        async def check():
+            tj = await api.get(TJ, NS, name)
+            conditions = {c["type"]: c for c in tj.get("status", {}).get("conditions") or []}
+            stalled = conditions.get("Stalled", {})
+            ready = conditions.get("Ready", {})
+            if stalled.get("status") == "True" and ready.get("reason") == "InputCycle" and arrows in ready["message"]:
+                return tj
+            return None
+        return check
+    ping = await wait_for(stalled_on_cycle("ping", "ping -> pong -> ping"), timeout=20)
+    pong = await wait_for(stalled_on_cycle("pong", "pong -> ping -> pong"), timeout=20)
+    assert ping["status"]["phase"] == pong["status"]["phase"] == "Pending"
+    assert await api.get("batch/v1/jobs", NS, "ping") is None  # nothing started
+
+    await api.delete(TJ, NS, "pong")  # the cycle is broken: ping waits for a job that does not exist
+
+    async def not_found():
+        tj = await api.get(TJ, NS, "ping")
+        ready = next((c for c in tj["status"].get("conditions") or [] if c["type"] == "Ready"), {})
+        return tj if ready.get("reason") == "InputNotFound" else None
+    await wait_for(not_found, timeout=20)
+
+
+async def test_a_detached_child_of_the_trainer_cannot_rewrite_a_sealed_checkpoint(api, operator, cluster, wait_for):
+    """The trainer runs as a real process (no stand-in) and leaves a detached child that rewrites
+    its checkpoint a few seconds after the container ended. Before: the child outlived the pod and
+    the Ready Checkpoint's bytes were no longer its digest (issue 18 item 8a)."""
+    code = ("import os, subprocess, sys; d = os.path.join(os.environ['CHECKPOINT_OUTPUT_DIR'], 'step-1'); "
+            "os.makedirs(d); open(os.path.join(d, 'model.bin'), 'w').write('sealed bytes'); "
+            "subprocess.Popen([sys.executable, '-c', 'import sys, time; time.sleep(3); "
+            "open(sys.argv[1], \"w\").write(\"rewritten later\")', os.path.join(d, 'model.bin')], "
+            "start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)")
+    await api.create(TJ, NS, training_job("detacher", command=["python", "-c", code]))
+    tj = await wait_phase(api, wait_for, TJ, "detacher", ("Succeeded", "Failed"), timeout=60)
+    assert tj["status"]["phase"] == "Succeeded", tj["status"]
+    status = (await api.get(CKPT, NS, "detacher.step-1"))["status"]
+    directory = os.path.join(cluster.claim_dir(NS, tj["status"]["outputClaim"]), "step-1")
+    await asyncio.sleep(4)
+    assert open(os.path.join(directory, "model.bin")).read() == "sealed bytes"
+    assert status["phase"] == "Ready" and status["digest"] == sha256sum_digest(directory)

@@ -63,7 +63,7 @@ async def test_checkpoints_are_ready_while_the_job_runs_and_retention_frees_the_
     trainer.behaviours["live"] = train
     await api.create(TJ, NS, training_job("live", output={**LIVE, "keep": 1}))
 
-    first = await wait_for(lambda: ready(api, "live-checkpoint-10"), timeout=60)
+    first = await wait_for(lambda: ready(api, "live.checkpoint-10"), timeout=60)
     assert (await api.get(TJ, NS, "live"))["status"]["phase"] == "Running"
     status = first["status"]
     assert (status["format"], status["step"], status["resumable"], status["complete"]) == ("huggingface", 10, True, True)
@@ -76,29 +76,29 @@ async def test_checkpoints_are_ready_while_the_job_runs_and_retention_frees_the_
     assert os.readlink(os.path.join(volume["out"], ".ckpt-live", "resume")).endswith("checkpoint-10")
     first_seen.set()
 
-    await wait_for(lambda: ready(api, "live-checkpoint-20"), timeout=60)
+    await wait_for(lambda: ready(api, "live.checkpoint-20"), timeout=60)
 
     async def retired_and_removed():
-        gone = await checkpoint(api, "live-checkpoint-10") is None
+        gone = await checkpoint(api, "live.checkpoint-10") is None
         return gone and not os.path.exists(os.path.join(volume["out"], "checkpoint-10"))
     await wait_for(retired_and_removed, timeout=60)
     assert (await api.get(TJ, NS, "live"))["status"]["phase"] == "Running"
     second_seen.set()
 
     tj = await wait_phase(api, wait_for, TJ, "live", "Succeeded", timeout=60)
-    assert tj["status"]["outputCheckpoints"] == ["live-checkpoint-20"]
+    assert tj["status"]["outputCheckpoints"] == ["live.checkpoint-20"]
     assert tj["status"]["live"]["sealedCount"] == 2
     assert "retired" not in tj["status"]["live"], "the removal was acknowledged"
-    assert await job_checkpoints(api, "live") == ["live-checkpoint-20"], "the snapshot created nothing twice"
+    assert await job_checkpoints(api, "live") == ["live.checkpoint-20"], "the snapshot created nothing twice"
     assert not any(c["type"] == "OutputRetained" and c["status"] == "True" for c in tj["status"]["conditions"])
     assert volume["resume"].endswith("/.ckpt-live/resume")
-    sealed = [e for e in await events_for(api, "live-checkpoint-20") if e["reason"] == "Sealed"]
+    sealed = [e for e in await events_for(api, "live.checkpoint-20") if e["reason"] == "Sealed"]
     assert sealed and "complete: trainer_state.json" in sealed[0]["message"]
 
 
 async def test_retention_keeps_a_directory_an_adopter_points_into_until_the_adopter_goes(
         api, operator, cluster, trainer, wait_for):
-    """hostile1 D13: with keep: 1, retention deleted live-checkpoint-10 and the sidecar removed
+    """hostile1 D13: with keep: 1, retention deleted live.checkpoint-10 and the sidecar removed
     its directory although Checkpoint `kept` (source.volume on the output) pointed into it:
     `kept` stayed Ready on nothing (failed before: checkpoint-10 removed, kept Ready). Now the
     directory stays while `kept` exists, and goes once `kept` is deleted (the job still runs)."""
@@ -116,7 +116,7 @@ async def test_retention_keeps_a_directory_an_adopter_points_into_until_the_adop
         return 0
     trainer.behaviours["live"] = train
     await api.create(TJ, NS, training_job("live", output={**LIVE, "keep": 1}))
-    first = await wait_for(lambda: ready(api, "live-checkpoint-10"), timeout=60)
+    first = await wait_for(lambda: ready(api, "live.checkpoint-10"), timeout=60)
     claim = first["status"]["location"]["volume"]["claimName"]
     await api.create(CKPT, NS, {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint", "metadata": {"name": "kept"},
                                 "spec": {"source": {"volume": {"claimName": claim, "path": "/checkpoint-10"}}}})
@@ -124,10 +124,10 @@ async def test_retention_keeps_a_directory_an_adopter_points_into_until_the_adop
     assert adopted["status"]["digest"] == first["status"]["digest"]
     first_seen.set()
 
-    await wait_for(lambda: ready(api, "live-checkpoint-20"), timeout=60)
+    await wait_for(lambda: ready(api, "live.checkpoint-20"), timeout=60)
 
     async def retired():
-        return await checkpoint(api, "live-checkpoint-10") is None or None
+        return await checkpoint(api, "live.checkpoint-10") is None or None
     await wait_for(retired, timeout=60)
     kept_event = await wait_event(api, wait_for, "live", lambda e: e["reason"] == "RetiredKept")
     assert kept_event[0]["message"] == ("retention released checkpoint-10, but Checkpoint kept points into it: it "
@@ -166,20 +166,20 @@ async def test_a_consumer_takes_the_latest_of_a_running_producer_or_waits_for_it
         return 0
     trainer.behaviours.update(producer=produce, evaluate=evaluate, after=after)
     await api.create(TJ, NS, training_job("producer", output=LIVE))
-    await wait_for(lambda: ready(api, "producer-checkpoint-5"), timeout=60)
+    await wait_for(lambda: ready(api, "producer.checkpoint-5"), timeout=60)
     await api.create(TJ, NS, training_job("evaluate", checkpoints=[{"fromTrainingJob": "producer"}],
                                           output={"enabled": False}))
     await api.create(TJ, NS, training_job("after", checkpoints=[{"fromTrainingJob": "producer", "wait": "Finished"}],
                                           output={"enabled": False}))
     evaluated = await wait_phase(api, wait_for, TJ, "evaluate", "Succeeded", timeout=60)
-    assert evaluated["status"]["inputs"][0]["name"] == "producer-checkpoint-5"
+    assert evaluated["status"]["inputs"][0]["name"] == "producer.checkpoint-5"
     assert consumed["evaluate"] == ["config.json", "model.safetensors", "optimizer.pt", "trainer_state.json"]
     assert (await api.get(TJ, NS, "producer"))["status"]["phase"] == "Running"
     waiting = await api.get(TJ, NS, "after")
     assert waiting["status"]["phase"] == "Pending" and "has not finished" in waiting["status"]["message"]
     release.set()
     await wait_phase(api, wait_for, TJ, "after", "Succeeded", timeout=90)
-    assert consumed["after"] == "producer-checkpoint-6"
+    assert consumed["after"] == "producer.checkpoint-6"
 
 
 async def test_a_retried_pod_resumes_from_the_latest_sealed_checkpoint(api, operator, cluster, trainer, wait_for):
@@ -200,7 +200,7 @@ async def test_a_retried_pod_resumes_from_the_latest_sealed_checkpoint(api, oper
     tj = await wait_phase(api, wait_for, TJ, "resumer", "Succeeded", timeout=90)
     assert seen[0][0] is False, "no resume path on the first attempt"
     assert seen[1] == (True, "checkpoint-2"), "the retry finds the latest checkpoint sealed by the first pod"
-    assert tj["status"]["outputCheckpoints"] == ["resumer-checkpoint-1", "resumer-checkpoint-2", "resumer-checkpoint-3"]
+    assert tj["status"]["outputCheckpoints"] == ["resumer.checkpoint-1", "resumer.checkpoint-2", "resumer.checkpoint-3"]
 
 
 PREEMPTED = r"""
@@ -234,15 +234,15 @@ async def test_a_preempted_pod_s_emergency_checkpoint_is_sealed_and_its_replacem
         api, operator, cluster, wait_for):
     await api.create(TJ, NS, training_job("preempted", output=LIVE, backoffLimit=3,
                                           command=["python", "-c", PREEMPTED]))
-    await wait_for(lambda: ready(api, "preempted-checkpoint-1"), timeout=60)
+    await wait_for(lambda: ready(api, "preempted.checkpoint-1"), timeout=60)
     pods = [p for p in await api.list("v1/pods", NS) if p["metadata"]["labels"].get("ckpt.dev/trainingjob") == "preempted"
             and p["metadata"]["labels"].get("ckpt.dev/component") == "worker"]
     await api.delete("v1/pods", NS, pods[0]["metadata"]["name"])  # preemption: SIGTERM, then the grace period
     tj = await wait_phase(api, wait_for, TJ, "preempted", "Succeeded", timeout=90)
-    assert tj["status"]["outputCheckpoints"] == ["preempted-checkpoint-1", "preempted-checkpoint-2",
-                                                 "preempted-checkpoint-3"]
+    assert tj["status"]["outputCheckpoints"] == ["preempted.checkpoint-1", "preempted.checkpoint-2",
+                                                 "preempted.checkpoint-3"]
     assert tj["status"]["live"]["sealedCount"] == 3, "all three sealed by the sidecars, none left to the snapshot"
-    sealed = [e for e in await events_for(api, "preempted-checkpoint-2") if e["reason"] == "Sealed"]
+    sealed = [e for e in await events_for(api, "preempted.checkpoint-2") if e["reason"] == "Sealed"]
     assert sealed, "sealed by the sidecar (in the grace period, or once the trainer had exited)"
     claim = cluster.claim_dir(NS, tj["status"]["outputClaim"])
     assert (claim / "checkpoint-3" / "resumed_from").read_text() == "checkpoint-2"
@@ -262,15 +262,15 @@ async def test_a_sealed_directory_changed_afterwards_fails_its_checkpoint(api, o
         return 0
     trainer.behaviours["mutating"] = train
     await api.create(TJ, NS, training_job("mutating", output=LIVE))
-    before = await wait_for(lambda: ready(api, "mutating-checkpoint-7"), timeout=60)
+    before = await wait_for(lambda: ready(api, "mutating.checkpoint-7"), timeout=60)
     assert before["status"]["digest"].startswith("sha256:")
     seen.set()
     await wait_phase(api, wait_for, TJ, "mutating", ("Succeeded", "Failed"), timeout=90)
-    after = await checkpoint(api, "mutating-checkpoint-7")
+    after = await checkpoint(api, "mutating.checkpoint-7")
     assert after["status"]["phase"] == "Failed"
     assert next(c for c in after["status"]["conditions"] if c["type"] == "Ready")["reason"] == "ChangedAfterSealing"
     assert after["status"]["digest"] == before["status"]["digest"], "its digest is never rewritten"
-    assert await job_checkpoints(api, "mutating") == ["mutating-checkpoint-7"]
+    assert await job_checkpoints(api, "mutating") == ["mutating.checkpoint-7"]
 
 
 async def test_retention_never_takes_a_checkpoint_a_running_consumer_uses(api, operator, cluster, trainer, wait_for):
@@ -294,14 +294,14 @@ async def test_retention_never_takes_a_checkpoint_a_running_consumer_uses(api, o
         return 0
     trainer.behaviours.update(held=produce, user=consume)
     await api.create(TJ, NS, training_job("held", output={**LIVE, "keep": 1}))
-    await wait_for(lambda: ready(api, "held-checkpoint-10"), timeout=60)
+    await wait_for(lambda: ready(api, "held.checkpoint-10"), timeout=60)
     await api.create(TJ, NS, training_job("user", checkpoints=[{"fromTrainingJob": "held"}],
                                           output={"enabled": False}))
     await wait_for(lambda: consumer_started.is_set(), timeout=60)
-    await wait_for(lambda: ready(api, "held-checkpoint-20"), timeout=60)
+    await wait_for(lambda: ready(api, "held.checkpoint-20"), timeout=60)
 
     async def blocked():
-        obj = await checkpoint(api, "held-checkpoint-10")
+        obj = await checkpoint(api, "held.checkpoint-10")
         reason = next((c["reason"] for c in (obj or {}).get("status", {}).get("conditions") or []
                        if c["type"] == "Ready"), None)
         return obj if obj and obj["metadata"].get("deletionTimestamp") and reason == "DeletionBlocked" else None
@@ -313,13 +313,13 @@ async def test_retention_never_takes_a_checkpoint_a_running_consumer_uses(api, o
     await wait_phase(api, wait_for, TJ, "user", "Succeeded", timeout=60)
 
     async def released_and_removed():
-        return await checkpoint(api, "held-checkpoint-10") is None and \
+        return await checkpoint(api, "held.checkpoint-10") is None and \
             not os.path.exists(os.path.join(volume["out"], "checkpoint-10"))
     await wait_for(released_and_removed, timeout=60)
     assert (await api.get(TJ, NS, "held"))["status"]["phase"] == "Running"
     producer_done.set()
     tj = await wait_phase(api, wait_for, TJ, "held", "Succeeded", timeout=60)
-    assert tj["status"]["outputCheckpoints"] == ["held-checkpoint-20"]
+    assert tj["status"]["outputCheckpoints"] == ["held.checkpoint-20"]
 
 
 async def test_a_checkpoint_labelled_keep_survives_retention_while_newer_ones_seal(
@@ -341,35 +341,35 @@ async def test_a_checkpoint_labelled_keep_survives_retention_while_newer_ones_se
         return 0
     trainer.behaviours["kept"] = train
     await api.create(TJ, NS, training_job("kept", output={**LIVE, "retention": {"keepLatest": 1}}))
-    await wait_for(lambda: ready(api, "kept-checkpoint-10"), timeout=60)
-    await api.patch(CKPT, NS, "kept-checkpoint-10", {"metadata": {"labels": {"ckpt.dev/keep": "true"}}})
+    await wait_for(lambda: ready(api, "kept.checkpoint-10"), timeout=60)
+    await api.patch(CKPT, NS, "kept.checkpoint-10", {"metadata": {"labels": {"ckpt.dev/keep": "true"}}})
 
     async def label_seen_by_the_operator():
-        info = operator.ctx.indexes.checkpoint(NS, "kept-checkpoint-10")
+        info = operator.ctx.indexes.checkpoint(NS, "kept.checkpoint-10")
         return info is not None and info.exempt
     await wait_for(label_seen_by_the_operator, timeout=30)
     labelled.set()
 
-    await wait_for(lambda: ready(api, "kept-checkpoint-20"), timeout=60)
+    await wait_for(lambda: ready(api, "kept.checkpoint-20"), timeout=60)
     twenty_seen.set()
-    await wait_for(lambda: ready(api, "kept-checkpoint-30"), timeout=60)
+    await wait_for(lambda: ready(api, "kept.checkpoint-30"), timeout=60)
 
     async def twenty_retired_and_removed():
-        return await checkpoint(api, "kept-checkpoint-20") is None and \
+        return await checkpoint(api, "kept.checkpoint-20") is None and \
             not os.path.exists(os.path.join(volume["out"], "checkpoint-20"))
     await wait_for(twenty_retired_and_removed, timeout=60)
     assert (await api.get(TJ, NS, "kept"))["status"]["phase"] == "Running"
-    kept = await ready(api, "kept-checkpoint-10")
+    kept = await ready(api, "kept.checkpoint-10")
     assert kept is not None and not kept["metadata"].get("deletionTimestamp"), "the labelled one is never retired"
     assert os.path.isdir(os.path.join(volume["out"], "checkpoint-10"))
     retired = await wait_event(api, wait_for, "kept", lambda e: e["reason"] == "Retired")
-    assert [e["message"] for e in retired] == ["retention: deleting Checkpoint kept-checkpoint-20 (step 20)"]
+    assert [e["message"] for e in retired] == ["retention: deleting Checkpoint kept.checkpoint-20 (step 20)"]
     thirty_seen.set()
 
     tj = await wait_phase(api, wait_for, TJ, "kept", "Succeeded", timeout=60)
-    assert tj["status"]["outputCheckpoints"] == ["kept-checkpoint-10", "kept-checkpoint-30"], \
+    assert tj["status"]["outputCheckpoints"] == ["kept.checkpoint-10", "kept.checkpoint-30"], \
         "the end-of-job retention keeps the labelled one too"
-    assert await job_checkpoints(api, "kept") == ["kept-checkpoint-10", "kept-checkpoint-30"]
+    assert await job_checkpoints(api, "kept") == ["kept.checkpoint-10", "kept.checkpoint-30"]
     assert os.path.isdir(os.path.join(volume["out"], "checkpoint-10"))
 
 
@@ -385,7 +385,7 @@ async def test_nothing_of_a_live_sealing_job_stays_in_the_operator_s_memory(api,
         return 0
     trainer.behaviours["mem"] = train
     await api.create(TJ, NS, training_job("mem", output=LIVE))
-    await wait_for(lambda: ready(api, "mem-checkpoint-10"), timeout=60)
+    await wait_for(lambda: ready(api, "mem.checkpoint-10"), timeout=60)
     assert operator.ctx.live, "remembered while it runs"
     sealed.set()
     await wait_phase(api, wait_for, TJ, "mem", "Succeeded", timeout=60)
@@ -417,9 +417,9 @@ async def test_every_sealed_checkpoint_owns_the_output_volume_while_the_job_runs
         return 0
     trainer.behaviours["own"] = train
     await api.create(TJ, NS, training_job("own", output=LIVE))
-    first = await wait_for(lambda: ready(api, "own-checkpoint-10"), timeout=60)
+    first = await wait_for(lambda: ready(api, "own.checkpoint-10"), timeout=60)
     second.set()
-    later = await wait_for(lambda: ready(api, "own-checkpoint-20"), timeout=60)
+    later = await wait_for(lambda: ready(api, "own.checkpoint-20"), timeout=60)
     claim_name = first["status"]["location"]["volume"]["claimName"]
 
     async def owners():

@@ -83,8 +83,8 @@ async def test_process_reconciles_and_exposes_metrics(api, operator_process, wai
         tj = await wait_for(succeeded, timeout=60)
     except AssertionError:
         raise AssertionError(operator_process["log"].read_text()[-4000:])
-    assert tj["status"]["outputCheckpoints"] == ["proc-step-7"]
-    checkpoint = await api.get(CKPT, NS, "proc-step-7")
+    assert tj["status"]["outputCheckpoints"] == ["proc.step-7"]
+    checkpoint = await api.get(CKPT, NS, "proc.step-7")
     assert checkpoint["status"]["format"] == "safetensors" and checkpoint["status"]["step"] == 7
 
     after = scrape(operator_process["metrics"])

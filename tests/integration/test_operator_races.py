@@ -114,7 +114,7 @@ async def test_operator_restart_in_the_middle_of_a_snapshot(api, operator, train
         return obj if obj["status"].get("phase") == "Succeeded" else None
     tj = await wait_for(done, timeout=30)
     names = sorted(c["metadata"]["name"] for c in await api.list(CKPT, NS))
-    assert names == ["resumable-step-1", "resumable-step-2", "resumable-step-3"]  # none missing, none twice
+    assert names == ["resumable.step-1", "resumable.step-2", "resumable.step-3"]  # none missing, none twice
     assert sorted(tj["status"]["outputCheckpoints"]) == names
     for name in names:
         checkpoint = await api.get(CKPT, NS, name)
@@ -147,7 +147,7 @@ async def test_a_recreated_job_of_the_same_name_never_touches_the_earlier_run(ap
     assert second["metadata"]["uid"] != first["metadata"]["uid"]
     assert second["status"]["outputClaim"] != first["status"]["outputClaim"]
     assert runs == [[], []]  # the second run started on an empty volume of its own
-    old = await api.get(CKPT, NS, "again-step-5")
+    old = await api.get(CKPT, NS, "again.step-5")
     assert old["status"]["phase"] == "Ready" and old["status"]["producedBy"]["uid"] == first["metadata"]["uid"]
 
     # `latest` means the latest of this TrainingJob, not of an earlier one with the same name.
@@ -155,7 +155,7 @@ async def test_a_recreated_job_of_the_same_name_never_touches_the_earlier_run(ap
     await api.create(TJ, NS, training_job("next", checkpoints=[{"fromTrainingJob": "again", "select": "latest"}],
                                           output={"enabled": False}))
     done = await wait_for(lambda: succeeded("next"), timeout=30)
-    assert done["status"]["inputs"][0]["name"] == "again-step-3"
+    assert done["status"]["inputs"][0]["name"] == "again.step-3"
 
 
 async def _absent(api, resource, name):
@@ -171,7 +171,7 @@ async def test_a_hot_input_used_by_many_jobs_at_once(api, operator, cluster, tra
     count = 30
     for i in range(count):
         trainer.behaviours[f"hot-{i:02d}"] = held_until(hold)
-    await asyncio.gather(*(api.create(TJ, NS, training_job(f"hot-{i:02d}", checkpoints=[{"name": "src-s-1"}],
+    await asyncio.gather(*(api.create(TJ, NS, training_job(f"hot-{i:02d}", checkpoints=[{"name": "src.s-1"}],
                                                            output={"enabled": False})) for i in range(count)))
 
     async def all_running():
@@ -180,19 +180,19 @@ async def test_a_hot_input_used_by_many_jobs_at_once(api, operator, cluster, tra
     await wait_for(all_running, timeout=60)
 
     async def used_by_all():
-        ckpt = await api.get(CKPT, NS, "src-s-1")
+        ckpt = await api.get(CKPT, NS, "src.s-1")
         return ckpt if ckpt["status"].get("usedByCount") == count else None
     ckpt = await wait_for(used_by_all, timeout=20)
     assert len(ckpt["status"]["usedBy"]) == min(count, 20)  # bounded; the count says how many
     assert ckpt["status"]["usedBy"][0]["name"] == "hot-00"
-    await api.delete(CKPT, NS, "src-s-1")
+    await api.delete(CKPT, NS, "src.s-1")
     hold.set()
 
     async def all_succeeded():
         jobs = [j for j in await api.list(TJ, NS) if j["metadata"]["name"].startswith("hot-")]
         return all(j.get("status", {}).get("phase") == "Succeeded" for j in jobs)
     await wait_for(all_succeeded, timeout=60)
-    await wait_for(lambda: _absent(api, CKPT, "src-s-1"), timeout=20)  # the deletion went through after them
+    await wait_for(lambda: _absent(api, CKPT, "src.s-1"), timeout=20)  # the deletion went through after them
 
 
 async def test_a_job_never_starts_on_an_input_whose_deletion_began(api, operator, cluster, trainer, wait_for):
@@ -203,14 +203,14 @@ async def test_a_job_never_starts_on_an_input_whose_deletion_began(api, operator
     trainer.behaviours["first"] = held_until(hold)
     trainer.behaviours["late"] = lambda a, env: 0
     await api.create(TJ, NS, training_job("src"))
-    await api.create(TJ, NS, training_job("first", checkpoints=[{"name": "src-s-1"}], output={"enabled": False}))
+    await api.create(TJ, NS, training_job("first", checkpoints=[{"name": "src.s-1"}], output={"enabled": False}))
 
     async def running():
         tj = await api.get(TJ, NS, "first")
         return (tj or {}).get("status", {}).get("phase") == "Running"
     await wait_for(running, timeout=30)
-    await api.delete(CKPT, NS, "src-s-1")
-    await api.create(TJ, NS, training_job("late", checkpoints=[{"name": "src-s-1"}], output={"enabled": False}))
+    await api.delete(CKPT, NS, "src.s-1")
+    await api.create(TJ, NS, training_job("late", checkpoints=[{"name": "src.s-1"}], output={"enabled": False}))
 
     async def late_waits():
         tj = await api.get(TJ, NS, "late")
@@ -221,5 +221,5 @@ async def test_a_job_never_starts_on_an_input_whose_deletion_began(api, operator
     assert not any(k.startswith("uses.ckpt.dev/") for k in (late["metadata"].get("labels") or {}))
     assert await api.get("batch/v1/jobs", NS, "late") is None
     hold.set()
-    await wait_for(lambda: _absent(api, CKPT, "src-s-1"), timeout=30)
+    await wait_for(lambda: _absent(api, CKPT, "src.s-1"), timeout=30)
     assert await api.get("batch/v1/jobs", NS, "late") is None  # never started on it

@@ -62,8 +62,8 @@ async def test_s3_store_lifecycle(api, store_secret, operator, trainer, wait_for
 
     await api.create(TJ, NS, training_job("pre"))
     tj = await wait_phase(api, wait_for, TJ, "pre", "Succeeded")
-    assert sorted(tj["status"]["outputCheckpoints"]) == ["pre-step-10", "pre-step-20"]
-    step20 = await api.get(CKPT, NS, "pre-step-20")
+    assert sorted(tj["status"]["outputCheckpoints"]) == ["pre.step-10", "pre.step-20"]
+    step20 = await api.get(CKPT, NS, "pre.step-20")
     uri = step20["status"]["location"]["s3"]["uri"]
     assert uri.startswith(f"s3://{s3.bucket}/{s3.root}") and step20["status"]["owned"] is True
     assert manifest_exists(uri) and read_manifest(uri).digest == step20["status"]["digest"]
@@ -80,10 +80,10 @@ async def test_s3_store_lifecycle(api, store_secret, operator, trainer, wait_for
     assert init["command"][:3] == ["checkpoint-operator", "agent", "download"]
 
     # Deleting an owned checkpoint deletes its data in the store (and nothing else).
-    await api.delete(CKPT, NS, "pre-step-20")
-    await wait_for(lambda: _gone(api, CKPT, "pre-step-20"), timeout=20)
+    await api.delete(CKPT, NS, "pre.step-20")
+    await wait_for(lambda: _gone(api, CKPT, "pre.step-20"), timeout=20)
     assert not manifest_exists(uri)
-    other = (await api.get(CKPT, NS, "pre-step-10"))["status"]["location"]["s3"]["uri"]
+    other = (await api.get(CKPT, NS, "pre.step-10"))["status"]["location"]["s3"]["uri"]
     assert manifest_exists(other)
 
 
@@ -116,7 +116,7 @@ async def test_a_consumer_download_is_pinned_to_the_digest(api, store_secret, op
     trainer.behaviours["victim"] = lambda a, env: ran.append(env) or 0
     await api.create(TJ, NS, training_job("pre"))
     await wait_phase(api, wait_for, TJ, "pre", "Succeeded")
-    pinned = (await api.get(CKPT, NS, "pre-step-1"))["status"]
+    pinned = (await api.get(CKPT, NS, "pre.step-1"))["status"]
     uri, digest = pinned["location"]["s3"]["uri"], pinned["digest"]
 
     write_checkpoint(str(tmp_path / "evil"), ".", {"model.safetensors": b"forged weights"})
@@ -125,11 +125,11 @@ async def test_a_consumer_download_is_pinned_to_the_digest(api, store_secret, op
     assert swap.returncode == 0, swap.stderr
     assert read_manifest(uri).digest != digest  # the prefix now holds other, self-consistent bytes
 
-    await api.create(TJ, NS, training_job("victim", checkpoints=[{"name": "pre-step-1"}], backoffLimit=0,
+    await api.create(TJ, NS, training_job("victim", checkpoints=[{"name": "pre.step-1"}], backoffLimit=0,
                                           output={"enabled": False}))
     failed = await wait_phase(api, wait_for, TJ, "victim", "Failed")
     message = condition(failed, "Ready")["message"]
-    assert "input pre-step-1 could not be downloaded" in message, message
+    assert "input pre.step-1 could not be downloaded" in message, message
     assert f"not the pinned {digest}" in message and uri in message, message  # the agent's own line
     assert failed["status"]["inputs"][0]["digest"] == digest
     assert ran == []  # the training code never saw the forged bytes
@@ -151,8 +151,8 @@ async def test_a_retained_output_volume_stays_on_the_s3_store_until_released(api
     await api.create(TJ, NS, training_job("nothing", backoffLimit=0))
 
     partly_tj = await wait_phase(api, wait_for, TJ, "partly", "Failed")
-    assert partly_tj["status"]["outputCheckpoints"] == ["partly-step-50"]
-    stored = (await api.get(CKPT, NS, "partly-step-50"))["status"]["location"]["s3"]["uri"]
+    assert partly_tj["status"]["outputCheckpoints"] == ["partly.step-50"]
+    stored = (await api.get(CKPT, NS, "partly.step-50"))["status"]["location"]["s3"]["uri"]
     assert manifest_exists(stored)
     retained = condition(partly_tj, "OutputRetained")
     assert retained["status"] == "True" and "step-60.tmp" in retained["message"]
@@ -198,8 +198,8 @@ async def test_a_refused_final_status_does_not_wedge_the_snapshot(api, store_sec
     emulator_server.call(lambda: emulator[kmock.method.PATCH, final_status][:1] << 500)
     await api.create(TJ, NS, training_job("pre"))
     tj = await wait_phase(api, wait_for, TJ, "pre", "Succeeded", timeout=90)
-    assert tj["status"]["outputCheckpoints"] == ["pre-step-1"]
-    assert (await api.get(CKPT, NS, "pre-step-1"))["status"]["phase"] == "Ready"
+    assert tj["status"]["outputCheckpoints"] == ["pre.step-1"]
+    assert (await api.get(CKPT, NS, "pre.step-1"))["status"]["phase"] == "Ready"
     await wait_for(lambda: _gone(api, "v1/pods", tj["status"]["snapshotPod"]), timeout=30)
 
 
@@ -226,7 +226,7 @@ async def test_live_sealing_on_the_s3_store_uploads_each_checkpoint_once(api, st
     async def ready(name):
         obj = await api.get(CKPT, NS, name)
         return obj if obj and obj.get("status", {}).get("phase") == "Ready" else None
-    first = await wait_for(lambda: ready("s3live-step-1"), timeout=90)
+    first = await wait_for(lambda: ready("s3live.step-1"), timeout=90)
     assert (await api.get(TJ, NS, "s3live"))["status"]["phase"] == "Running"
     uri = first["status"]["location"]["s3"]["uri"]
     assert "/sealed/step-1/" in uri and uri.rstrip("/").endswith(first["status"]["digest"].split(":")[1])
@@ -235,12 +235,12 @@ async def test_live_sealing_on_the_s3_store_uploads_each_checkpoint_once(api, st
     release.set()
 
     tj = await wait_phase(api, wait_for, TJ, "s3live", "Succeeded", timeout=90)
-    assert tj["status"]["outputCheckpoints"] == ["s3live-step-2"]
-    second = await api.get(CKPT, NS, "s3live-step-2")
+    assert tj["status"]["outputCheckpoints"] == ["s3live.step-2"]
+    second = await api.get(CKPT, NS, "s3live.step-2")
     assert "/sealed/step-2/" in second["status"]["location"]["s3"]["uri"]
     keys = [o["Key"] for o in s3.server.client().list_objects_v2(Bucket=s3.bucket, Prefix=s3.root).get("Contents", [])]
     assert not any("/dirs/" in k for k in keys), f"uploaded again, or left in the store unowned: {keys}"
 
     async def step1_data_gone():
-        return await api.get(CKPT, NS, "s3live-step-1") is None and not manifest_exists(uri, endpoint_url=s3.endpoint)
+        return await api.get(CKPT, NS, "s3live.step-1") is None and not manifest_exists(uri, endpoint_url=s3.endpoint)
     await wait_for(step1_data_gone, timeout=60)

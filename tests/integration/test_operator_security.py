@@ -4,7 +4,7 @@
   runs, is snapshotted and consumed (every operator pod admitted); one whose template does not is
   refused by admission, and the TrainingJob says so in the API server's words;
 - a template that mounts (or copies) a claim the operator manages is refused (item 4): the issue's
-  attack on producer-step-1 fails and its bytes stay; an import's claim holds its Checkpoint's
+  attack on producer.step-1 fails and its bytes stay; an import's claim holds its Checkpoint's
   uid, so no template, orphaned Job or pod can have named it before (hostile1 D1, D2), and one
   named once the Checkpoint exists is refused;
 - a Checkpoint that adopts a path of a producer's output keeps that volume alive after the
@@ -63,8 +63,8 @@ async def test_restricted_namespace_runs_compliant_jobs_and_names_the_refusal_of
         status = await status_of(api, TJ, name)
         return status if status.get("phase") == "Succeeded" else None
     done = await wait_for(lambda: succeeded("producer"), timeout=60)
-    assert done["outputCheckpoints"] == ["producer-step-1"]
-    await api.create(TJ, NS, restricted_job("consumer", checkpoints=[{"name": "producer-step-1"}]))
+    assert done["outputCheckpoints"] == ["producer.step-1"]
+    await api.create(TJ, NS, restricted_job("consumer", checkpoints=[{"name": "producer.step-1"}]))
     await wait_for(lambda: succeeded("consumer"), timeout=60)
 
     # The same job, but the template sets nothing: every pod of its Job is refused by admission.
@@ -79,7 +79,7 @@ async def test_restricted_namespace_runs_compliant_jobs_and_names_the_refusal_of
     assert 'container "trainer" must set securityContext.allowPrivilegeEscalation=false' in condition["message"]
     assert (await status_of(api, TJ, "loose"))["phase"] == "Running"
     assert not [p for p in await api.list("v1/pods", NS) if p["metadata"]["name"].startswith("loose")]
-    assert (await api.get(CKPT, NS, "producer-step-1"))["status"]["phase"] == "Ready"
+    assert (await api.get(CKPT, NS, "producer.step-1"))["status"]["phase"] == "Ready"
 
 
 # --- item 4: a template cannot reach another job's (or an import's) claim --------------------------
@@ -99,7 +99,7 @@ async def test_a_template_that_mounts_a_producer_s_output_is_refused_and_the_che
     await api.create(TJ, NS, training_job("producer"))
 
     async def ready():
-        body = await api.get(CKPT, NS, "producer-step-1")
+        body = await api.get(CKPT, NS, "producer.step-1")
         return body if (body or {}).get("status", {}).get("phase") == "Ready" else None
     step = await wait_for(ready, timeout=60)
     claim = step["status"]["location"]["volume"]["claimName"]
@@ -124,7 +124,7 @@ async def test_a_template_that_mounts_a_producer_s_output_is_refused_and_the_che
         assert f"PersistentVolumeClaim {claim} is managed by the checkpoint operator" in ready_condition["message"]
         assert not [p for p in await api.list("v1/pods", NS) if p["metadata"]["name"].startswith(name)]
     assert "attacker" not in trainer.envs
-    step = await api.get(CKPT, NS, "producer-step-1")
+    step = await api.get(CKPT, NS, "producer.step-1")
     assert step["status"]["phase"] == "Ready"
     data = cluster.claim_dir(NS, claim)
     with open(f"{data}/step-1/model.safetensors", "rb") as f:
@@ -259,7 +259,7 @@ async def test_an_adopted_output_outlives_its_producer_and_goes_with_the_adopter
     async def ready(name):
         body = await api.get(CKPT, NS, name)
         return body if (body or {}).get("status", {}).get("phase") == "Ready" else None
-    step = await wait_for(lambda: ready("producer-step-1"), timeout=60)
+    step = await wait_for(lambda: ready("producer.step-1"), timeout=60)
     claim = step["status"]["location"]["volume"]["claimName"]
     await api.create(CKPT, NS, {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint", "metadata": {"name": "kept"},
                                 "spec": {"source": {"volume": {"claimName": claim, "path": "/step-1"}}}})
@@ -268,13 +268,13 @@ async def test_an_adopted_output_outlives_its_producer_and_goes_with_the_adopter
     assert "kept" in [o["name"] for o in owners]
 
     # The producer goes, with every Checkpoint it made: the adopter alone still points into the volume.
-    for name in ("producer-step-1", "producer-step-2"):
+    for name in ("producer.step-1", "producer.step-2"):
         await api.delete(CKPT, NS, name)
     await api.delete(TJ, NS, "producer")
 
     async def gone():
         names = [c["metadata"]["name"] for c in await api.list(CKPT, NS)]
-        return not {"producer-step-1", "producer-step-2"} & set(names) \
+        return not {"producer.step-1", "producer.step-2"} & set(names) \
             and await api.get(TJ, NS, "producer") is None or None
     await wait_for(gone, timeout=30)
     await cluster.reconcile_once()  # the garbage collector's pass over every claim

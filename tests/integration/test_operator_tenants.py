@@ -132,10 +132,10 @@ async def test_one_tenant_cannot_write_or_read_another_tenants_checkpoints(api, 
         await api.create(TJ, team, in_namespace(training_job(f"{team}-train"), team))
     ready = {team: await wait_phase(api, wait_for, team, f"{team}-train", "Succeeded") for team in TEAMS}
     # Each namespace's snapshot pod uploaded with that namespace's credentials, into its own prefix.
-    b_ckpt = (await api.get(CKPT, "team-b", "team-b-train-step-1"))["status"]
+    b_ckpt = (await api.get(CKPT, "team-b", "team-b-train.step-1"))["status"]
     b_uri, b_digest = b_ckpt["location"]["s3"]["uri"], b_ckpt["digest"]
     assert b_uri.startswith(f"s3://{BUCKET}/{PREFIX}/team-b/")
-    a_uri = (await api.get(CKPT, "team-a", "team-a-train-step-1"))["status"]["location"]["s3"]["uri"]
+    a_uri = (await api.get(CKPT, "team-a", "team-a-train.step-1"))["status"]["location"]["s3"]["uri"]
     assert a_uri.startswith(f"s3://{BUCKET}/{PREFIX}/team-a/")
     assert all(tj["status"]["outputCount"] == 1 for tj in ready.values())
 
@@ -183,16 +183,16 @@ async def test_one_tenant_cannot_write_or_read_another_tenants_checkpoints(api, 
     seen = {}
     trainer.behaviours["team-b-use"] = lambda a, env: seen.update(
         data=open(os.path.join(env["CHECKPOINT_INPUT_PATH"], "model.safetensors"), "rb").read()) or 0
-    await api.create(TJ, "team-b", in_namespace(training_job("team-b-use", checkpoints=[{"name": "team-b-train-step-1"}],
+    await api.create(TJ, "team-b", in_namespace(training_job("team-b-use", checkpoints=[{"name": "team-b-train.step-1"}],
                                                              output={"enabled": False}), "team-b"))
     await wait_phase(api, wait_for, "team-b", "team-b-use", "Succeeded")
     assert seen["data"] == b"team-b weights"
 
     # Deleting B's Checkpoint deletes its data with the operator's identity (the tenants' cannot).
-    await api.delete(CKPT, "team-b", "team-b-train-step-1")
+    await api.delete(CKPT, "team-b", "team-b-train.step-1")
 
     async def gone():
-        return await api.get(CKPT, "team-b", "team-b-train-step-1") is None
+        return await api.get(CKPT, "team-b", "team-b-train.step-1") is None
     await wait_for(gone, timeout=30)
     operator_client = client_as(scoped_store, *OPERATOR_KEYS)
     left = operator_client.list_objects_v2(Bucket=BUCKET, Prefix=b_uri[len(f"s3://{BUCKET}/"):]).get("KeyCount")

@@ -180,16 +180,16 @@ async def test_lineage_across_two_jobs_and_ls(ckpt, api, operator, cluster, trai
         "tune", checkpoints=[{"fromTrainingJob": "pre", "select": "latest"}]))
     await _finished(api, wait_for, "tune")
 
-    up = await ckpt("lineage", "tune-step-20")
+    up = await ckpt("lineage", "tune.step-20")
     assert up.code == 0, up.err
     lines = up.out.splitlines()
-    assert lines[0].startswith("tune-step-20  Ready  sha256:") and "tj/tune" in lines[0]
-    assert lines[2].startswith("└── pre-step-10  Ready  sha256:") and "tj/pre" in lines[2]
+    assert lines[0].startswith("tune.step-20  Ready  sha256:") and "tj/tune" in lines[0]
+    assert lines[2].startswith("└── pre.step-10  Ready  sha256:") and "tj/pre" in lines[2]
     assert lines[3].startswith("    └── base  Ready  sha256:") and "upload" in lines[3]
     down = json.loads((await ckpt("lineage", "base", "-o", "json")).out)
     assert down["parents"] == []
-    assert [d["name"] for d in down["descendants"]] == ["pre-step-10"]
-    assert [d["name"] for d in down["descendants"][0]["children"]] == ["tune-step-20"]
+    assert [d["name"] for d in down["descendants"]] == ["pre.step-10"]
+    assert [d["name"] for d in down["descendants"][0]["children"]] == ["tune.step-20"]
     base = await api.get(CKPT, NS, "base")
     assert down["checkpoint"]["digest"] == base["status"]["digest"]
 
@@ -198,9 +198,9 @@ async def test_lineage_across_two_jobs_and_ls(ckpt, api, operator, cluster, trai
     assert header.split() == ["NAME", "PHASE", "FORMAT", "STEP", "SIZE", "USED-BY", "PRODUCER", "AGE"]
     by_name = {r.split()[0]: r.split() for r in rows}
     assert by_name["base"][1:3] == ["Ready", "huggingface"] and by_name["base"][-2] == "upload"
-    assert by_name["pre-step-10"][3] == "10" and by_name["pre-step-10"][-2] == "tj/pre"
+    assert by_name["pre.step-10"][3] == "10" and by_name["pre.step-10"][-2] == "tj/pre"
     only = await ckpt("ls", "--job", "tune", "-o", "json")
-    assert [i["metadata"]["name"] for i in json.loads(only.out)["items"]] == ["tune-step-20"]
+    assert [i["metadata"]["name"] for i in json.loads(only.out)["items"]] == ["tune.step-20"]
     wide = (await ckpt("ls", "-o", "wide")).out.splitlines()[0].split()
     assert wide[-5:] == ["COMPLETE", "RESUMABLE", "FILES", "VERIFIED", "DIGEST"]
     gone = await ckpt("lineage", "nope")
@@ -230,11 +230,11 @@ async def test_root_files_of_an_output_verify_and_pull_without_a_stored_manifest
     trainer.behaviours["rooted"] = train
     await api.create("ckpt.dev/v1alpha1/trainingjobs", NS, training_job("rooted"))
     await _finished(api, wait_for, "rooted")
-    final = await api.get(CKPT, NS, "rooted-final")
+    final = await api.get(CKPT, NS, "rooted")
     assert sorted(final["status"]["location"]["volume"]["items"]) == ["config.json", "model.safetensors"]
 
-    assert (await ckpt("verify", "rooted-final")).code == 0
-    pulled = await ckpt("pull", "rooted-final", str(tmp_path / "final"))
+    assert (await ckpt("verify", "rooted")).code == 0
+    pulled = await ckpt("pull", "rooted", str(tmp_path / "final"))
     assert pulled.code == 0, pulled.err
     assert {k: (tmp_path / "final" / k).read_bytes() for k in files} == files
     assert sorted(p.name for p in (tmp_path / "final").iterdir()) == [".checkpoint-manifest.json", "config.json",
@@ -242,10 +242,10 @@ async def test_root_files_of_an_output_verify_and_pull_without_a_stored_manifest
 
     claim = cluster.claim_dir(NS, final["status"]["location"]["volume"]["claimName"])
     (claim / "config.json").write_bytes(b'{"model_type": "gpt3"}')
-    tampered = await ckpt("verify", "rooted-final")
+    tampered = await ckpt("verify", "rooted")
     assert tampered.code == 1 and "no manifest of that digest is stored with it, so the file that differs cannot be " \
         "named" in tampered.out
-    refused = await ckpt("pull", "rooted-final", str(tmp_path / "again"))
+    refused = await ckpt("pull", "rooted", str(tmp_path / "again"))
     assert refused.code == 1 and "not the recorded" in refused.err and "nothing kept" in refused.err
     assert not any((tmp_path / "again").rglob("*.json"))
 
@@ -276,12 +276,12 @@ async def test_a_manifest_that_came_with_the_data_is_never_trusted(ckpt, api, op
     trainer.behaviours["copier"] = train
     await api.create("ckpt.dev/v1alpha1/trainingjobs", NS, training_job("copier"))
     await _finished(api, wait_for, "copier")
-    ready = (await api.get(CKPT, NS, "copier-step-9"))["status"]
+    ready = (await api.get(CKPT, NS, "copier.step-9"))["status"]
     assert ready["phase"] == "Ready" and ready["digest"] != json.loads(stale)["digest"]
 
-    verified = await ckpt("verify", "copier-step-9")
+    verified = await ckpt("verify", "copier.step-9")
     assert verified.code == 0, verified.out + verified.err
-    pulled = await ckpt("pull", "copier-step-9", str(tmp_path / "back"))
+    pulled = await ckpt("pull", "copier.step-9", str(tmp_path / "back"))
     assert pulled.code == 0, pulled.err
     assert (tmp_path / "back" / "config.json").read_bytes() == b'{"edited": true}'
     assert f"digest {ready['digest']}" in pulled.out

@@ -491,13 +491,13 @@ async def test_pod_sees_its_inputs_exactly_as_mounted(api: ApiClient, cluster: L
     (source / "config.json").write_text("{}")
     (source / "model.safetensors").write_text("final weights")
     input_mounts = [
-        {"name": "in", "mountPath": "/input-checkpoint/pre-step-2", "subPath": "step-2", "readOnly": True},
-        {"name": "in", "mountPath": "/input-checkpoint/pre-final/config.json", "subPath": "config.json",
+        {"name": "in", "mountPath": "/input-checkpoint/pre.step-2", "subPath": "step-2", "readOnly": True},
+        {"name": "in", "mountPath": "/input-checkpoint/pre/config.json", "subPath": "config.json",
          "readOnly": True},
-        {"name": "in", "mountPath": "/input-checkpoint/pre-final/model.safetensors", "subPath": "model.safetensors",
+        {"name": "in", "mountPath": "/input-checkpoint/pre/model.safetensors", "subPath": "model.safetensors",
          "readOnly": True}]
     env = [{"name": "CHECKPOINT_INPUT_DIR", "value": "/input-checkpoint"},
-           {"name": "CHECKPOINT_INPUT_PATH", "value": "/input-checkpoint/pre-step-2"},
+           {"name": "CHECKPOINT_INPUT_PATH", "value": "/input-checkpoint/pre.step-2"},
            {"name": "CHECKPOINT_OUTPUT_DIR", "value": "/output-checkpoint"}]
     await api.create("batch/v1/jobs", NS, job("consumer", [python_container(
         "main", VIEW_PROBE, env=env, volumeMounts=[*input_mounts, {"name": "out", "mountPath": "/output-checkpoint"}])],
@@ -508,11 +508,11 @@ async def test_pod_sees_its_inputs_exactly_as_mounted(api: ApiClient, cluster: L
     log = await api.read_log(NS, pod["metadata"]["name"])
     assert condition_types(done) == COMPLETE, log
     seen = json.loads(log)
-    assert seen["input_dir"] == ["pre-final", "pre-step-2"]  # exactly the mounted inputs
-    assert seen["listing"] == {"pre-final": ["config.json", "model.safetensors"],
-                               "pre-step-2": ["model.safetensors", "optimizer.pt"]}
-    assert seen["input_path_name"] == "pre-step-2"  # named after the Checkpoint, not the source directory
-    assert seen["input_parent"] == ["pre-final", "pre-step-2"]  # no sibling steps of the producer
+    assert seen["input_dir"] == ["pre", "pre.step-2"]  # exactly the mounted inputs
+    assert seen["listing"] == {"pre": ["config.json", "model.safetensors"],
+                               "pre.step-2": ["model.safetensors", "optimizer.pt"]}
+    assert seen["input_path_name"] == "pre.step-2"  # named after the Checkpoint, not the source directory
+    assert seen["input_parent"] == ["pre", "pre.step-2"]  # no sibling steps of the producer
     assert seen["weights"] == "weights of step-2"
     import os
     # Read-only: a non-root process cannot write; root bypasses permission bits in the process
@@ -544,6 +544,22 @@ def test_read_only_copy_keeps_the_source_intact(tmp_path: Path) -> None:
     assert (tmp_path / "src" / "nested" / "f").stat().st_mode & 0o200  # the source keeps its modes
     remove_tree(tmp_path / "copy")
     assert not (tmp_path / "copy").exists()
+
+
+async def test_a_pod_is_running_once_its_containers_processes_run(api: ApiClient, cluster: LocalCluster,
+                                                                  wait_for) -> None:
+    """As a kubelet reports it: an exec or a log read that follows "Running" finds each container
+    started (before, Running was written first and the processes started after it)."""
+    await api.create("v1/pods", NS, {"metadata": {"name": "two"}, "spec": {"restartPolicy": "Never", "containers": [
+        python_container("a", "import time; time.sleep(30)"), python_container("b", "import time; time.sleep(30)")]}})
+
+    async def running() -> dict | None:
+        pod = await api.get("v1/pods", NS, "two")
+        return pod if pod.get("status", {}).get("phase") == "Running" else None
+    pod = await wait_for(running, timeout=20, interval=0.005)
+    worker = cluster.kubelet.workers[pod["metadata"]["uid"]]
+    assert set(worker.processes) == {"a", "b"}
+    await api.delete("v1/pods", NS, "two")
 
 
 async def test_a_namespaced_claim_owned_by_a_cluster_scoped_object_lives_as_long_as_its_owner(

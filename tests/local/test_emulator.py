@@ -601,3 +601,25 @@ async def test_a_pod_deleted_with_a_finalizer_keeps_its_grace_period(api: ApiCli
     await api.create(CKPTS, NS, {**checkpoint("c"), "metadata": {"name": "c", "finalizers": ["example.com/hold"]}})
     await api.delete(CKPTS, NS, "c")
     assert (await api.get(CKPTS, NS, "c"))["metadata"]["deletionGracePeriodSeconds"] == 0
+
+
+@pytest.mark.parametrize("method, content_type", [("POST", "application/json"), ("PUT", "application/json"),
+                                                  ("PATCH", "application/merge-patch+json")])
+async def test_a_body_nested_deeper_than_the_decoder_goes_is_a_bad_request(api: ApiClient, api_url: str,
+                                                                           method: str, content_type: str) -> None:
+    """Issue 18 item 5 (no recursion on user-controlled depth): 100,000 nested arrays, or an
+    object nested 5,000 deep that the merge patch would walk, are one 400 line, not a 500
+    RecursionError with its traceback; the stored object is unchanged."""
+    await api.create(CKPTS, NS, checkpoint("deep"))
+    path = f"{api_url}/apis/ckpt.dev/v1alpha1/namespaces/{NS}/checkpoints" + ("" if method == "POST" else "/deep")
+    for nested in ("[" * 100_000 + "]" * 100_000, '{"a":' * 5000 + "1" + "}" * 5000):
+        body = '{"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint", "metadata": {"name": "deep"}, ' \
+               '"spec": {"description": ' + nested + "}}"
+        async with aiohttp.ClientSession() as session:
+            async with session.request(method, path, data=body, headers={"Content-Type": content_type}) as response:
+                status, answer = response.status, await response.json()
+        assert status == 400, answer
+        assert answer["reason"] == "BadRequest"
+        assert "nested too deeply" in answer["message"] and "\n" not in answer["message"]
+        assert "traceback" not in json.dumps(answer).lower()
+    assert (await api.get(CKPTS, NS, "deep"))["spec"]["description"] == "d"

@@ -28,23 +28,23 @@ def test_examples_run_locally_and_state_persists(tmp_path):
     report = json.loads(first.stdout)
     jobs = {j["name"]: j for j in report["trainingJobs"]}
     assert jobs["pretrain"]["phase"] == "Succeeded" and jobs["finetune"]["phase"] == "Succeeded"
-    assert sorted(jobs["pretrain"]["outputCheckpoints"]) == ["pretrain-step-200", "pretrain-step-300"]  # keep: 2
+    assert sorted(jobs["pretrain"]["outputCheckpoints"]) == ["pretrain.step-200", "pretrain.step-300"]  # keep: 2
     ckpts = {c["name"]: c for c in report["checkpoints"]}
-    latest = ckpts["pretrain-step-300"]
-    assert jobs["finetune"]["inputs"] == [{"name": "pretrain-step-300", "digest": latest["digest"]}]
-    resumed = ckpts["finetune-step-400"]
+    latest = ckpts["pretrain.step-300"]
+    assert jobs["finetune"]["inputs"] == [{"name": "pretrain.step-300", "digest": latest["digest"]}]
+    resumed = ckpts["finetune.step-400"]
     assert resumed["step"] == 400 and resumed["format"] == "safetensors" and resumed["resumable"] is True
-    assert [p["name"] for p in resumed["parents"]] == ["pretrain-step-300"]
+    assert [p["name"] for p in resumed["parents"]] == ["pretrain.step-300"]
     assert resumed["producedBy"]["name"] == "finetune"
 
     # A second run sees the first run's Checkpoints and can build on them by name.
     extra = tmp_path / "3-from-200.yaml"
     extra.write_text((ROOT / "examples/local/2-finetune.yaml").read_text()
                      .replace("name: finetune", "name: branch")
-                     .replace("- fromTrainingJob: pretrain\n      select: latest", "- name: pretrain-step-200"))
+                     .replace("- fromTrainingJob: pretrain\n      select: latest", "- name: pretrain.step-200"))
     second = local_run("-f", str(extra), "-o", "table", "--runtime", "process", state_dir=state)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "branch-step-250" in second.stdout and "pretrain-step-300" in second.stdout
+    assert "branch.step-250" in second.stdout and "pretrain.step-300" in second.stdout
 
 
 def test_bad_manifest_is_refused_with_the_field_named(tmp_path):
@@ -103,9 +103,9 @@ def test_examples_run_on_three_nodes_with_block_storage_and_volume_snapshots(tmp
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     jobs = {j["name"]: j for j in report["trainingJobs"]}
-    assert sorted(jobs["pretrain"]["outputCheckpoints"]) == ["pretrain-step-200", "pretrain-step-300"]
+    assert sorted(jobs["pretrain"]["outputCheckpoints"]) == ["pretrain.step-200", "pretrain.step-300"]
     assert jobs["finetune"]["phase"] == "Succeeded"
-    assert [i["name"] for i in jobs["finetune"]["inputs"]] == ["pretrain-step-300"]
+    assert [i["name"] for i in jobs["finetune"]["inputs"]] == ["pretrain.step-300"]
     copies = list((state / "cluster" / "snapshots").iterdir())
     assert len(copies) == 2  # pretrain's output and finetune's: one end-of-job snapshot each
     assert any((c / "step-300").is_dir() for c in copies)
@@ -129,3 +129,98 @@ def test_storage_flags_that_cannot_work_are_refused_in_one_line(tmp_path, flags,
 def test_nodes_must_be_a_count(tmp_path):
     result = local_run("-f", "examples/local/1-pretrain.yaml", "--nodes", "0", state_dir=tmp_path / "state")
     assert result.returncode == 2 and "--nodes 0: a whole number from 1 to 64" in result.stderr
+
+
+def job(name: str, code: str = "print(1)", **spec: object) -> str:
+    """A TrainingJob manifest whose one container runs `python -c code`."""
+    import yaml
+    body = {"apiVersion": "ckpt.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name},
+            "spec": {**spec, "template": {"spec": {"containers": [
+                {"name": "trainer", "image": "ignored", "command": ["python", "-c", code]}]}}}}
+    return yaml.safe_dump(body)
+
+
+# step-1: a plain file (no format's rule finds it incomplete); checkpoint-5: a Trainer checkpoint without
+# its trainer_state.json (written last: its absence means cut short), so incomplete.
+WRITES = ("import os; out = os.environ['CHECKPOINT_OUTPUT_DIR']\n"
+          "os.makedirs(f'{out}/step-1'); open(f'{out}/step-1/notes.txt', 'w').write('notes')\n"
+          "os.makedirs(f'{out}/checkpoint-5')\n"
+          "for f in ('config.json', 'model.safetensors', 'optimizer.pt'):\n"
+          "    open(f'{out}/checkpoint-5/{f}', 'w').write('{}')\n")
+CRASHES = "for i in range(30): print('line', i)\nprint('\\x1b[31mred\\x1b[0m')\nraise ValueError('boom')\n"
+
+
+def test_what_can_never_finish_is_named_at_once_and_a_failed_pod_shows_its_log(tmp_path):
+    """Before: a job waiting on an input that nothing applied can make kept `local run` waiting,
+    silently, for the whole --timeout (600 s); a failed pod's log was nowhere to be seen; the table
+    had no completeness (issue 18 items 8b, 8d, 8f)."""
+    manifests = tmp_path / "jobs.yaml"
+    manifests.write_text("---\n".join([
+        job("orphan", checkpoints=[{"fromTrainingJob": "nosuchjob"}]),
+        job("byname", checkpoints=[{"name": "ghost.step-1"}]),
+        job("waiter", checkpoints=[{"fromTrainingJob": "orphan"}]),
+        job("crasher", CRASHES, backoffLimit=0),
+        job("good", WRITES)]))
+    state = tmp_path / "state"
+    result = local_run("-f", str(manifests), "--runtime", "process", state_dir=state)  # the default --timeout: 600 s
+    assert result.returncode == 1, result.stderr[-3000:]
+    err = result.stderr
+    assert "not everything settled" not in err
+    assert "error: TrainingJob orphan can never finish: input latest checkpoint of TrainingJob nosuchjob: " \
+           "no TrainingJob nosuchjob exists, and none was applied" in err
+    assert "error: TrainingJob byname can never finish: input Checkpoint ghost.step-1 does not exist" in err
+    assert "error: TrainingJob waiter can never finish: it takes from TrainingJob orphan" in err
+    # the failed pod: why, the end of its log (escaped), and where the whole of it is
+    assert "failed: container trainer exited with code 1 (Error)" in err
+    assert "  | ValueError: boom\n" in err and "  | \\x1b[31mred\\x1b[0m\n" in err and "  | line 29\n" in err
+    assert "  | line 9\n" not in err  # the tail only
+    [full] = list((state / "logs" / "default").glob("crasher-*/trainer.log"))
+    assert f"full log: {full}" in err and "line 0\nline 1\n" in full.read_text()
+    # completeness, as agent scan shows it
+    assert "\nincomplete (1):\n  good.checkpoint-5  " in result.stdout
+    rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith("good.")}
+    assert "  NO  " in rows["good.checkpoint-5"] and "  NO  " not in rows["good.step-1"]
+
+
+def test_an_earlier_runs_objects_are_named_and_fresh_starts_clean(tmp_path):
+    """Before: a job stuck in the state directory from an earlier run made every later run wait
+    for the whole timeout, without saying why (issue 18 item 8c)."""
+    state = tmp_path / "state"
+    first = tmp_path / "first.yaml"
+    first.write_text(job("orphan", checkpoints=[{"fromTrainingJob": "nosuchjob"}]))
+    assert local_run("-f", str(first), "--runtime", "process", state_dir=state).returncode == 1
+    second = tmp_path / "second.yaml"
+    second.write_text(job("good", WRITES))
+    again = local_run("-f", str(second), "-o", "json", "--runtime", "process", state_dir=state)
+    assert again.returncode == 0, again.stderr[-3000:]  # the earlier run's job is not this run's failure
+    assert "holds objects from an earlier run, which stay and take part in this one: 1 TrainingJob (orphan); " \
+           "start clean with --fresh" in again.stderr
+    assert "warning: TrainingJob orphan (from an earlier run: start clean with --fresh) can never finish" in again.stderr
+    report = json.loads(again.stdout)
+    by_name = {c["name"]: c for c in report["checkpoints"]}
+    assert (by_name["good.checkpoint-5"]["complete"], by_name["good.checkpoint-5"]["terminating"]) == (False, False)
+    assert by_name["good.step-1"]["complete"] is not False  # no rule for a plain file: not found incomplete
+    assert by_name["good.checkpoint-5"]["completeReason"]  # why it is incomplete, as agent scan says it
+
+    fresh = local_run("-f", str(second), "-o", "json", "--runtime", "process", "--fresh", state_dir=state)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert "earlier run" not in fresh.stderr
+    assert [j["name"] for j in json.loads(fresh.stdout)["trainingJobs"]] == ["good"]
+
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("years of work")
+    refused = local_run("-f", str(second), "--fresh", state_dir=foreign)
+    assert refused.returncode == 2 and (foreign / "thesis.tex").read_text() == "years of work"
+    assert "does not look like a local mode state directory (it holds thesis.tex)" in refused.stderr
+
+
+def test_a_manifest_that_cannot_be_one_is_one_line(tmp_path):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("apiVersion: ckpt.dev/v1alpha1\nkind: TrainingJob\nmetadata: {name: x}\nspec: "
+                    + "[" * 3000 + "]" * 3000 + "\n")
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- a\n- b\n")
+    for path, message in ((deep, "nested too deeply to be a manifest"), (listed, "a document is a list, not a Kubernetes object")):
+        result = local_run("-f", str(path), state_dir=tmp_path / "state")
+        assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr

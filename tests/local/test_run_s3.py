@@ -42,22 +42,22 @@ def test_the_examples_give_the_same_checkpoints_on_both_stores(tmp_path):
         for key in ("phase", "digest", "format", "complete", "step", "fileCount", "sizeBytes", "resumable"):
             assert checkpoint[key] == on_volume[name][key], (name, key)
     jobs = {j["name"]: j for j in json.loads(s3.stdout)["trainingJobs"]}
-    assert jobs["finetune"]["inputs"] == [{"name": "pretrain-step-300", "digest": on_s3["pretrain-step-300"]["digest"]}]
+    assert jobs["finetune"]["inputs"] == [{"name": "pretrain.step-300", "digest": on_s3["pretrain.step-300"]["digest"]}]
 
     # A second run (a new SeaweedFS process, new ports) finds the first run's data in the state dir.
     branch = tmp_path / "branch.yaml"
     branch.write_text((ROOT / "examples/local/2-finetune.yaml").read_text()
                       .replace("name: finetune", "name: branch")
-                      .replace("- fromTrainingJob: pretrain\n      select: latest", "- name: pretrain-step-200"))
+                      .replace("- fromTrainingJob: pretrain\n      select: latest", "- name: pretrain.step-200"))
     again = local_run("-f", str(branch), "--store", "s3", state_dir=tmp_path / "s3")
     assert again.returncode == 0, again.stderr[-3000:]
     branched = by_name(json.loads(again.stdout))
-    assert branched["branch-step-250"]["parents"][0]["digest"] == on_s3["pretrain-step-200"]["digest"]
-    assert branched["branch-step-250"]["store"] == "s3"
+    assert branched["branch.step-250"]["parents"][0]["digest"] == on_s3["pretrain.step-200"]["digest"]
+    assert branched["branch.step-250"]["store"] == "s3"
     # --fresh starts over: nothing of the earlier runs is left.
     fresh = local_run("-f", str(branch), "--store", "s3", "--fresh", "--timeout", "5", state_dir=tmp_path / "s3")
     assert fresh.returncode == 1, fresh.stderr[-3000:]
-    assert "input Checkpoint pretrain-step-200 does not exist" in fresh.stderr  # the earlier runs' data is gone
+    assert "input Checkpoint pretrain.step-200 does not exist" in fresh.stderr  # the earlier runs' data is gone
     assert [c["name"] for c in json.loads(fresh.stdout)["checkpoints"]] == []
 
 

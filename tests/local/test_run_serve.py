@@ -54,9 +54,9 @@ def test_serve_keeps_the_cluster_for_kubectl_ckpt(tmp_path):
         assert pushed.returncode == 0, pushed.stderr
         listed = ckpt("ls", kubeconfig=kubeconfig)
         assert [line.split()[:2] for line in listed.stdout.splitlines()[1:]] == [["mine", "Ready"],
-                                                                                ["tiny-step-1", "Ready"]]
+                                                                                ["tiny.step-1", "Ready"]]
     finally:
         os.killpg(run.pid, signal.SIGTERM)
         out, _ = run.communicate(timeout=60)
     assert run.returncode == 0
-    assert "tiny-step-1" in out  # the report, printed before serving
+    assert "tiny.step-1" in out  # the report, printed before serving

@@ -271,3 +271,22 @@ async def test_a_copy_cut_short_by_a_restart_is_made_again(api_url: str, api: Ap
         copy = second.snapshot_controller.copy_dir(done["status"]["boundVolumeSnapshotContentName"])
         assert (copy / "step-1" / "w.bin").read_text() == "weights"
         assert [p.name for p in copy.parent.iterdir()] == [copy.name]  # the partial copy is gone
+
+
+def test_a_volume_nested_1000_deep_is_snapshotted_measured_and_restored(tmp_path: Path) -> None:
+    """Issue 18's class on the CSI side: the snapshot's copy, its size and a restore's copy go to any
+    depth (shutil.copytree and Path.rglob recurse per level: RecursionError near 1,000 before)."""
+    from checkpoint_operator.agent import fstree
+    from checkpoint_operator.local import storage as local_storage
+    deep = "/".join(["d"] * 1000)
+    volume = tmp_path / "v"
+    fstree.make_dirs(str(volume / deep))
+    (volume / deep / "leaf.bin").write_bytes(b"leaf")
+    (volume / "top.bin").write_bytes(b"12345")
+    copy = tmp_path / "snapshots" / "content-1"
+    local_snapshots._copy_volume(volume, copy)
+    assert (copy / deep / "leaf.bin").read_bytes() == b"leaf"
+    assert local_snapshots._tree_bytes(copy) == 9
+    restored = tmp_path / "volumes" / "restored"
+    local_storage._make_volume_directory(restored, copy)
+    assert (restored / deep / "leaf.bin").read_bytes() == b"leaf"

@@ -32,6 +32,7 @@ import tarfile
 import zipfile
 from typing import Optional
 
+from checkpoint_operator.agent import fstree
 from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.manifest import RESERVED_ROOT_NAMES
 from checkpoint_operator.agent.names import path_problem, printable
@@ -110,8 +111,8 @@ class _Limits:
 
 
 def _inside(root_real: str, path: str) -> bool:
-    real = os.path.realpath(path)
-    return real == root_real or real.startswith(root_real + os.sep)
+    """`path`, every link resolved (within 40 hops, as the kernel), lies in the root."""
+    return fstree.is_inside(root_real, path)
 
 
 def _prepare_target(root: str, root_real: str, rel: str, archive: str, name: str, is_dir: bool = False) -> str:
@@ -122,7 +123,7 @@ def _prepare_target(root: str, root_real: str, rel: str, archive: str, name: str
     target = os.path.join(root, *rel.split("/"))
     parent = os.path.dirname(target)
     try:
-        os.makedirs(parent, exist_ok=True)
+        fstree.make_dirs(parent)
     except (FileExistsError, NotADirectoryError):
         blocker = _first_non_directory(root, rel.split("/")[:-1])
         raise UnsafeArchive(f"{archive}: member {name!r} needs '{printable(blocker)}' to be a directory, but the "
@@ -265,8 +266,7 @@ def _extract_tar_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str
                                 f"extracted before it; archive refused")
     target = _prepare_target(dest, root_real, rel, archive, name, is_dir=member.isdir())
     if member.issym():
-        real = os.path.realpath(os.path.join(os.path.dirname(target), member.linkname))
-        if not (real == root_real or real.startswith(root_real + os.sep)):
+        if not _inside(root_real, os.path.join(os.path.dirname(target), member.linkname)):
             raise UnsafeArchive(f"{archive}: symlink {name!r} -> {member.linkname!r} leads outside the "
                                 f"destination; archive refused")
     # Second layer: the standard library's own rules for untrusted archives (PEP 706; absent
@@ -297,7 +297,7 @@ def _extract_tar_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str
     # Directories and links are made here rather than by tar.extract, so that no mode, owner or
     # time from the archive applies (and no `filter=` argument is needed on older Pythons).
     if member.isdir():
-        os.makedirs(target, exist_ok=True)
+        fstree.make_dirs(target)
     elif member.issym():
         os.symlink(member.linkname, target)
     else:  # a hard link to a regular file extracted before it (checked above)
@@ -344,11 +344,10 @@ def extract_zip(path: str, dest: str, *, max_size: int = DEFAULT_MAX_SIZE,
                     continue
                 target = _prepare_target(dest, root_real, rel, archive, info.filename, is_dir=info.is_dir())
                 if info.is_dir():
-                    os.makedirs(target, exist_ok=True)
+                    fstree.make_dirs(target)
                     continue
                 if planned_link is not None:
-                    real = os.path.realpath(os.path.join(os.path.dirname(target), planned_link))
-                    if not (real == root_real or real.startswith(root_real + os.sep)):
+                    if not _inside(root_real, os.path.join(os.path.dirname(target), planned_link)):
                         raise UnsafeArchive(f"{archive}: symlink {info.filename!r} -> {planned_link!r} leads "
                                             f"outside the destination; archive refused")
                     os.symlink(planned_link, target)

@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from checkpoint_operator.agent import fstree
 from checkpoint_operator.agent.hashing import hash_files
 from checkpoint_operator.agent.manifest import MANIFEST_NAME, FileEntry, Manifest, manifest_problem
 from checkpoint_operator.agent.names import TEMP_PREFIX, printable
@@ -282,7 +283,7 @@ class Downloader:
         for entry in manifest.files:
             self._check_dir(os.path.dirname(entry.path), create=False)
             self._check_final(entry)
-        os.makedirs(self.dest, exist_ok=True)
+        fstree.make_dirs(self.dest)
         marker = os.path.join(self.dest, MANIFEST_NAME)
         if self.write_manifest and os.path.lexists(marker):
             os.unlink(marker)  # withdrawn until every file is verified again
@@ -348,24 +349,27 @@ class Downloader:
         never a symlink, so nothing is written through a link already in DIR."""
         if rel_dir in self._dirs_ok or not rel_dir:
             return
-        parent = os.path.dirname(rel_dir)
-        self._check_dir(parent, create)
-        path = os.path.join(self.dest, *rel_dir.split("/"))
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            if not create:
-                return  # created once everything is checked
-            os.mkdir(path)
-            st = os.lstat(path)
-        except NotADirectoryError:
-            return  # a parent is missing (checked above): nothing below it exists yet
-        if stat.S_ISLNK(st.st_mode):
-            raise AgentError(f"{path}: is a symlink; download does not write through links (remove it)")
-        if not stat.S_ISDIR(st.st_mode):
-            raise AgentError(f"{path}: exists and is not a directory, but the checkpoint has files under "
-                             f"'{printable(rel_dir)}/'")
-        self._dirs_ok.add(rel_dir)
+        parts = rel_dir.split("/")  # from the top down, in a loop: the depth is the checkpoint's
+        for depth in range(1, len(parts) + 1):
+            prefix = "/".join(parts[:depth])
+            if prefix in self._dirs_ok:
+                continue
+            path = os.path.join(self.dest, *parts[:depth])
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                if not create:
+                    return  # created once everything is checked
+                os.mkdir(path)
+                st = os.lstat(path)
+            except NotADirectoryError:
+                return  # a parent is missing (checked above): nothing below it exists yet
+            if stat.S_ISLNK(st.st_mode):
+                raise AgentError(f"{path}: is a symlink; download does not write through links (remove it)")
+            if not stat.S_ISDIR(st.st_mode):
+                raise AgentError(f"{path}: exists and is not a directory, but the checkpoint has files under "
+                                 f"'{printable(prefix)}/'")
+            self._dirs_ok.add(prefix)
 
     def _check_final(self, entry: FileEntry) -> None:
         path = self._final(entry)
@@ -429,7 +433,7 @@ class Downloader:
                                                                                   entry.sha256):
                 return []
             ranges = [(int(s), int(e)) for s, e in record.get("done", [])]
-        except (OSError, ValueError, TypeError, AttributeError):
+        except (OSError, ValueError, TypeError, AttributeError, RecursionError):
             return []
         return _merge([(max(0, s), min(entry.size, e)) for s, e in ranges if s < e])
 

@@ -21,7 +21,6 @@ import hashlib
 import http.client
 import json
 import os
-import shutil
 import signal
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Optional
 
+from checkpoint_operator.agent import fstree
 from checkpoint_operator.agent.archive import DEFAULT_MAX_MEMBERS, DEFAULT_MAX_SIZE, archive_kind, extract_archive
 from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.manifest import RESERVED_ROOT_NAMES, paths_problem
@@ -93,7 +93,7 @@ class Staging:
         self._lock_fd = -1
         try:
             if not self.into_existing:
-                os.makedirs(base, exist_ok=True)
+                fstree.make_dirs(base)
                 self._remove_stale(base)
             self.root = tempfile.mkdtemp(prefix=self.prefix, dir=base)
             self._lock_fd = os.open(os.path.join(self.root, _LOCK), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
@@ -127,13 +127,13 @@ class Staging:
                     os.close(fd)
                     continue  # a live import holds it
                 raise
-            shutil.rmtree(path, ignore_errors=True)
+            fstree.remove_tree(path, ignore_errors=True)
             if fd >= 0:
                 os.close(fd)
             print(f"import: removed {path}, left by an interrupted import", file=sys.stderr)
 
     def commit(self) -> None:
-        shutil.rmtree(self.downloads, ignore_errors=True)
+        fstree.remove_tree(self.downloads, ignore_errors=True)
         with _no_sigterm():
             if self.into_existing:
                 for name in os.listdir(self.tree):
@@ -161,7 +161,7 @@ class Staging:
         return exc
 
     def discard(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        fstree.remove_tree(self.root, ignore_errors=True)
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
@@ -303,7 +303,7 @@ def fetch_s3_tree(uri: str, tree: str, *, max_size: int = DEFAULT_MAX_SIZE, max_
         def one(item: tuple[str, dict]) -> None:
             rel, obj = item
             target = os.path.join(tree, *rel.split("/"))
-            os.makedirs(os.path.dirname(target), exist_ok=True)
+            fstree.make_dirs(os.path.dirname(target))
             try:
                 transfer.download_file(prefix.bucket, obj["Key"], target, callback=progress.add)
             except Exception as exc:  # noqa: BLE001
@@ -417,7 +417,7 @@ def _checked_totals(staging: Staging, source: str, max_size: int, empty: str) ->
 
 def _tree_totals(root: str) -> tuple[int, int]:
     size = count = 0
-    for dirpath, _, filenames in os.walk(root):
+    for dirpath, _, filenames in fstree.walk(root):
         for name in filenames:
             path = os.path.join(dirpath, name)
             if os.path.isfile(path) and not os.path.islink(path):

@@ -39,7 +39,6 @@ import argparse
 import concurrent.futures
 import json
 import os
-import shutil
 import signal
 import stat
 import sys
@@ -49,7 +48,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from checkpoint_operator.agent import live_sealing
+from checkpoint_operator.agent import fstree, live_sealing
 from checkpoint_operator.agent.durability import sync_filesystem
 from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.hashing import FileChanged
@@ -103,7 +102,7 @@ class Sealed:
             if (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) != (size, mtime, ctime, ino):
                 return f"{rel} changed"
         try:
-            for root, _, names in os.walk(directory):
+            for root, _, names in fstree.walk(directory):
                 for name in names:
                     rel = os.path.relpath(os.path.join(root, name), directory).replace(os.sep, "/")
                     if rel not in seen:
@@ -207,7 +206,7 @@ class Watcher:
 
     def _save_state(self) -> None:
         try:
-            os.makedirs(self.state_dir, exist_ok=True)
+            fstree.make_dirs(self.state_dir)
             tmp = os.path.join(self.state_dir, STATE_FILE + ".tmp")
             with open(tmp, "w", encoding="utf-8") as f:
                 json.dump([asdict(s) for s in self.sealed.values()], f)
@@ -375,7 +374,7 @@ class Watcher:
         """chmod a-w every file and directory under it (files first); the old modes, to undo."""
         modes: dict[str, Any] = {"paths": {}, "ok": True}
         entries = []
-        for root, dirs, files in os.walk(directory):
+        for root, dirs, files in fstree.walk(directory):
             entries += [os.path.join(root, f) for f in files]
             entries += [os.path.join(root, d) for d in dirs]
         entries.append(directory)
@@ -442,8 +441,7 @@ class Watcher:
                 return
         elif sealed.digest != digest:
             return  # not ours to remove: other data now lives under that name
-        _make_writable(directory)
-        shutil.rmtree(directory, ignore_errors=True)
+        fstree.remove_tree(directory, ignore_errors=True, make_writable=True)
         if os.path.lexists(directory):
             self.warn(f"could not remove {path} (retention released it): check the permissions of the output")
             return
@@ -503,17 +501,8 @@ class Watcher:
 
 
 def _inside(root: str, path: str) -> bool:
-    root_real, path_real = os.path.realpath(root), os.path.realpath(path)
-    return path_real.startswith(root_real + os.sep)
-
-
-def _make_writable(directory: str) -> None:
-    for root, dirs, _ in os.walk(directory):
-        for d in [root, *(os.path.join(root, x) for x in dirs)]:
-            try:
-                os.chmod(d, stat.S_IMODE(os.lstat(d).st_mode) | 0o200)
-            except OSError:
-                pass
+    root_real, path_real = fstree.real_path(root), fstree.real_path(path)
+    return root_real is not None and path_real is not None and path_real.startswith(root_real.rstrip("/") + "/")
 
 
 def _print_line(line: dict) -> None:

@@ -150,6 +150,8 @@ def parse_manifest(body, where: str) -> Manifest:
             body = json.loads(body)
         except ValueError as exc:
             raise AgentError(f"invalid manifest at {where}: not JSON ({exc})") from None
+        except RecursionError:  # the JSON decoder recurses once per level of nesting
+            raise AgentError(f"invalid manifest at {where}: nested too deeply to be a manifest") from None
     if not isinstance(body, dict):
         raise AgentError(f"invalid manifest at {where}: not a JSON object")
     try:

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 from dataclasses import dataclass
 from typing import Optional
 
+from checkpoint_operator.agent import fstree
 from checkpoint_operator.agent.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest
 from checkpoint_operator.agent.names import TEMP_PREFIX, printable
 from checkpoint_operator.agent.tree import EntryBudget, entry_limit
@@ -56,7 +56,7 @@ def _manifest_digest(path: str) -> Optional[str]:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
         with os.fdopen(fd, "rb") as f:
             data = json.loads(f.read(MAX_MANIFEST_BYTES + 1))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     digest = data.get("digest") if isinstance(data, dict) else None
     return digest if isinstance(digest, str) else None
@@ -142,7 +142,7 @@ def remove_foreign(directory: str, manifest: Optional[Manifest], digest: Optiona
         for item in found.foreign:
             path = os.path.join(directory, *item.rel.split("/"))
             if item.is_dir:
-                shutil.rmtree(path)
+                fstree.remove_tree(path)  # at any depth, never through a link
             else:
                 os.unlink(path)
             removed.append(item)
@@ -165,7 +165,7 @@ def pulled_into(directory: str, manifest: Optional[Manifest]) -> bool:
         if stat.S_ISREG(st.st_mode) and st.st_size == entry.size:
             return True
     budget = EntryBudget(entry_limit(), what=directory)
-    for root, dirs, names in os.walk(directory):
+    for root, dirs, names in fstree.walk(directory):  # os.walk recurses once per level
         for name in names + dirs:
             budget.take(os.path.join(root, name))
             if name.startswith(TEMP_PREFIX):

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+from checkpoint_operator.agent import fstree
 from checkpoint_operator.agent.download import temp_name
 from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.hashing import hash_files
@@ -118,7 +119,7 @@ class StreamReceiver:
 
     def run(self, source: ByteSource) -> Unpacked:
         """A push takes the lock of DIR first (take_push_lock)."""
-        os.makedirs(self.dir, exist_ok=True)
+        fstree.make_dirs(self.dir)
         if not self.pulled:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(commit_marker(self.dir))  # what DIR holds is no longer committed
@@ -252,21 +253,26 @@ class StreamReceiver:
         return tmp, digest.hexdigest()
 
     def _make_dirs(self, rel_dir: str) -> None:
-        """Every component a real directory made here or found as one: never a symlink."""
+        """Every component a real directory made here or found as one: never a symlink. A loop
+        from the top down, not a recursion: the depth is the sender's choice."""
         if not rel_dir or rel_dir in self._dirs_ok:
             return
-        self._make_dirs(os.path.dirname(rel_dir))
-        path = os.path.join(self.dir, *rel_dir.split("/"))
-        try:
-            os.mkdir(path)
-            self._made_dirs.append(path)
-        except FileExistsError:
-            pass
-        st = os.lstat(path)
-        if not stat.S_ISDIR(st.st_mode):
-            what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a directory"
-            raise AgentError(f"{path}: is {what}, but the checkpoint has files under '{printable(rel_dir)}/'")
-        self._dirs_ok.add(rel_dir)
+        parts = rel_dir.split("/")
+        for depth in range(1, len(parts) + 1):
+            prefix = "/".join(parts[:depth])
+            if prefix in self._dirs_ok:
+                continue
+            path = os.path.join(self.dir, *parts[:depth])
+            try:
+                os.mkdir(path)
+                self._made_dirs.append(path)
+            except FileExistsError:
+                pass
+            st = os.lstat(path)
+            if not stat.S_ISDIR(st.st_mode):
+                what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a directory"
+                raise AgentError(f"{path}: is {what}, but the checkpoint has files under '{printable(prefix)}/'")
+            self._dirs_ok.add(prefix)
 
     def _check_kept(self, manifest: Manifest, arrived: set[str], done: Unpacked) -> None:
         """The files the push did not send must be in DIR already, as the manifest lists them."""
@@ -332,7 +338,7 @@ def wait_for_commit(directory: str, idle_seconds: float) -> Optional[dict]:
                     return json.loads(f.read(64 * 1024) or b"{}")
             except FileNotFoundError:
                 pass
-            except ValueError:
+            except (ValueError, RecursionError):
                 return {}
         if under_way:
             idle_since = time.monotonic()
@@ -407,7 +413,7 @@ def pull_session(session_dir: Optional[str]) -> Iterator[None]:
         yield
         return
     sessions = os.path.join(session_dir, "sessions")
-    os.makedirs(sessions, exist_ok=True)
+    fstree.make_dirs(sessions)
     fd = os.open(os.path.join(sessions, f"{os.getpid()}-{time.monotonic_ns()}"),
                  os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
     fcntl.flock(fd, fcntl.LOCK_EX)  # released by the process's end, never by hand
@@ -455,7 +461,7 @@ def _max_size(args: argparse.Namespace) -> Optional[int]:
 
 def main_unpack(args: argparse.Namespace) -> int:
     stdin = os.fdopen(os.dup(0), "rb", buffering=COPY_CHUNK)
-    os.makedirs(args.dir, exist_ok=True)
+    fstree.make_dirs(args.dir)
     take_push_lock(args.dir)  # held until this process ends: `agent receive` waits for that
     done = StreamReceiver(args.dir, max_size=_max_size(args), name=args.name or "").run(stdin)
     print(json.dumps({"dir": args.dir, "receivedFiles": done.received_files, "receivedBytes": done.received_bytes,
@@ -464,7 +470,7 @@ def main_unpack(args: argparse.Namespace) -> int:
 
 
 def main_receive(args: argparse.Namespace) -> int:
-    os.makedirs(args.dir, exist_ok=True)
+    fstree.make_dirs(args.dir)
     print(f"receive: waiting for a push into {args.dir} (kubectl ckpt push)", file=sys.stderr, flush=True)
     commit = wait_for_commit(args.dir, args.idle)
     if commit is None:
@@ -496,7 +502,7 @@ def main_pack(args: argparse.Namespace) -> int:
 
 
 def main_hold(args: argparse.Namespace) -> int:
-    os.makedirs(args.session_dir, exist_ok=True)
+    fstree.make_dirs(args.session_dir)
     print(f"hold: {hold(args.session_dir, args.idle)}", file=sys.stderr, flush=True)
     return 0
 

@@ -239,7 +239,7 @@ class Uploader:
         try:
             body = self.client.get_object(Bucket=self.prefix.bucket, Key=key)["Body"].read(MAX_MANIFEST_BYTES + 1)
             self.journal = json.loads(body).get("files", {})
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             self.journal = {}
         except Exception as exc:  # noqa: BLE001
             if not is_not_found(exc):
@@ -538,6 +538,8 @@ def load_manifest_file(path: str) -> Manifest:
         data = json.loads(text)
     except ValueError as exc:
         raise AgentError(f"invalid manifest at {path}: not JSON ({exc})") from None
+    except RecursionError:  # the JSON decoder recurses once per level of nesting
+        raise AgentError(f"invalid manifest at {path}: nested too deeply to be a manifest") from None
     if isinstance(data, list):
         if len(data) != 1:
             raise AgentError(f"{path}: holds {len(data)} manifests; give the one of this checkpoint")

@@ -27,8 +27,8 @@ from pydantic import BaseModel
 from checkpoint_operator import GROUP, VERSION
 from checkpoint_operator.api.checkpoint import CheckpointSpec, CheckpointStatus
 from checkpoint_operator.api.clustercheckpoint import ClusterCheckpointSpec, ClusterCheckpointStatus
-from checkpoint_operator.api.rules import ApiModel
-from checkpoint_operator.api.trainingjob import TrainingJobSpec, TrainingJobStatus
+from checkpoint_operator.api.rules import ApiModel, Rule
+from checkpoint_operator.api.trainingjob import TRAINING_JOB_RULES, TrainingJobSpec, TrainingJobStatus
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 CHART_CRD_TEMPLATE = Path("templates") / "crds.yaml"
@@ -44,6 +44,7 @@ class CrdDefinition:
     status_model: type[ApiModel]
     description: str
     printer_columns: list[dict[str, Any]] = field(default_factory=list)
+    root_rules: tuple[Rule, ...] = ()  # on the whole object: CEL reads metadata.name only there
     scope: str = "Namespaced"  # or "Cluster"
 
     @property
@@ -97,6 +98,7 @@ TRAINING_JOB = CrdDefinition(
         _column("Job", ".status.jobName", description="The batch/v1 Job or JobSet", priority=1),
         AGE,
     ],
+    root_rules=TRAINING_JOB_RULES,
 )
 
 CLUSTER_CHECKPOINT = CrdDefinition(
@@ -318,7 +320,7 @@ def build_crd(definition: CrdDefinition, *, check_bounds: bool = True) -> dict[s
     """The CRD document; raises UnboundedFieldsError when a string, list or map lacks its bound."""
     spec_schema = model_schema(definition.spec_model)
     status_schema = model_schema(definition.status_model, keep_defaults=False)
-    open_api = {
+    open_api: dict[str, Any] = {
         "type": "object",
         "description": definition.description,
         "properties": {
@@ -330,6 +332,8 @@ def build_crd(definition: CrdDefinition, *, check_bounds: bool = True) -> dict[s
         },
         "required": ["spec"],
     }
+    if definition.root_rules:
+        open_api["x-kubernetes-validations"] = [r.to_crd() for r in definition.root_rules]
     if check_bounds:
         problems = unbounded_fields(definition.kind, open_api, {"spec": definition.spec_model,
                                                                "status": definition.status_model})

@@ -84,7 +84,7 @@ class CheckpointRef(ApiModel):
         None, description="Which output of fromTrainingJob: latest (default) = the highest step, then the newest, "
                           "of the Ready checkpoints found complete (status.complete true), or when none was, of those "
                           "not checked (complete absent); never one found incomplete; latestResumable = the same "
-                          "among those with optimizer state; final = the root-files checkpoint <prefix>-final; "
+                          "among those with optimizer state; final = the root-files checkpoint (named <prefix> alone); "
                           "best = the best by the producer's spec.output.retention.keepBest metric (complete ones "
                           "first, in the same way).")
     wait: Optional[WaitPolicy] = Field(
@@ -315,6 +315,27 @@ class TrainingJobStatus(ApiModel):
     observedGeneration: Optional[Count] = Field(None, description="The .metadata.generation last reconciled.")
 
 
+def _takes_itself(obj: dict[str, Any]) -> bool:
+    name = (obj.get("metadata") or {}).get("name")
+    return any(ref.get("fromTrainingJob") == name for ref in (obj.get("spec") or {}).get("checkpoints") or [])
+
+
+# Rules on the whole object (the root of the CRD's schema: the one place where CEL can read
+# metadata.name).
+NAME_WITHOUT_DOT = Rule(
+    "!self.metadata.name.contains('.')",
+    "metadata.name of a TrainingJob must not contain '.': it is the prefix of its Checkpoints' names "
+    "(<name>.<directory>, see docs) and names its Service; use '-'",
+    lambda o: "." not in str((o.get("metadata") or {}).get("name") or ""))
+NOT_ITS_OWN_INPUT = Rule(
+    "!has(self.spec.checkpoints) || self.spec.checkpoints.all(c, !has(c.fromTrainingJob) || "
+    "c.fromTrainingJob != self.metadata.name)",
+    "spec.checkpoints[].fromTrainingJob must not name the TrainingJob itself: a job cannot take its own "
+    "output as its input (it would wait for itself forever)",
+    lambda o: not _takes_itself(o), field_path=".spec.checkpoints")
+TRAINING_JOB_RULES = (NAME_WITHOUT_DOT, NOT_ITS_OWN_INPUT)
+
+
 class TrainingJobHead(ApiObject):
     """A TrainingJob without its spec: what can still be read, failed or deleted when the spec
     does not parse (stored before a CRD upgrade tightened a rule; reconcile/objects.py)."""
@@ -335,6 +356,11 @@ class TrainingJobHead(ApiObject):
 
 
 class TrainingJob(TrainingJobHead):
+    # The operator refuses a job that takes itself (one stored before the CRD had the rule fails
+    # with its message instead of waiting forever); a name with a '.' only at creation (the API
+    # server's rule), so a job stored before that rule keeps running under its name.
+    cel_rules = (NOT_ITS_OWN_INPUT,)
+
     spec: TrainingJobSpec
 
     @property

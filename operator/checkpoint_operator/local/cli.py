@@ -21,7 +21,8 @@ def add_local_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument("-f", "--filename", action="append", required=True, metavar="FILE",
                      help="manifest file or directory (repeatable; applied in order)")
     run.add_argument("--state-dir", default=".local-state",
-                     help="keeps objects and data between runs (default: ./.local-state)")
+                     help="keeps objects, volumes and the logs of failed pods between runs (default: ./.local-state; "
+                          "see --fresh)")
     run.add_argument("-o", "--output", choices=["table", "json"], default="table")
     run.add_argument("--runtime", choices=["process", "podman", "docker"], default=None,
                      help="how pods run (default: podman or docker when one is installed and runs the agent image, "
@@ -37,9 +38,14 @@ def add_local_parser(sub: argparse._SubParsersAction) -> None:
                           "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)")
     run.add_argument("--s3-bucket", default=None, metavar="NAME",
                      help="--store s3: the bucket (default: checkpoints; made when missing)")
+    run.add_argument("--timeout", type=_seconds, default=600, metavar="SECONDS",
+                     help="how long to wait for every TrainingJob to finish and every Checkpoint to settle (default "
+                          "600); past it, the tables show where each one is and the exit code is 1. A job that can "
+                          "never finish (an input nothing makes, a cycle, ...) is reported at once and does not hold "
+                          "the run")
     run.add_argument("--fresh", action="store_true",
-                     help="start from an empty state: delete what an earlier run kept in --state-dir first")
-    run.add_argument("--timeout", type=float, default=600, help="seconds to wait for everything to settle")
+                     help="start clean: remove what earlier runs left in the state directory (objects, volumes, "
+                          "logs) first; refused for a directory that holds anything else")
     run.add_argument("--nodes", type=_node_count, default=1, metavar="N",
                      help="nodes of the local cluster (default 1): pods are scheduled onto them, and a ReadWriteOnce "
                           "volume of the block StorageClasses is attached to one node at a time, as on EKS, GKE, AKS")
@@ -65,6 +71,16 @@ def _node_count(text: str) -> int:
     if not 1 <= count <= 64:
         raise argparse.ArgumentTypeError(f"--nodes {text}: a whole number from 1 to 64")
     return count
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return value
 
 
 # What `pip install 'checkpoint-operator[local]'` adds (pyproject.toml), by import name.

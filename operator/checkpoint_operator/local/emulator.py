@@ -413,6 +413,9 @@ class Emulator(kmock.KubernetesEmulator):
                 raw_response = exc.args[0]
                 raise exc.__cause__ or exc
         except Exception as exc:  # noqa: BLE001 - answered as a Status, as kmock does
+            if isinstance(exc, RecursionError):  # the body's decoding or its merge patch: one line
+                exc = bad_request("the request body is nested too deeply for the local API server to read "
+                                  "(no Kubernetes object nests this deep)")
             if self._errors:
                 self._cap(self._errors[-1])
                 self._errors[-1].append(exc)

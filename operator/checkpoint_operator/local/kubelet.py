@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from checkpoint_operator.agent import fstree
 from checkpoint_operator.local.podview import Mount, normalise_mount_path, remove_tree
 from checkpoint_operator.local.runtime import (
     ContainerProcess, ContainerRun, HostProcess, ProcessRuntime, Security, StartError, expand_variables,
@@ -225,9 +226,19 @@ class PodWorker:
                 await self._stop_sidecars(sidecars)
                 await self._finish("Failed", statuses=[waiting_status(c, "PodInitializing") for c in containers])
                 return
-            await self._patch_status({"phase": "Running", **start, "initContainerStatuses": self._init_report(),
-                                      "containerStatuses": [running_status(c) for c in containers]})
-            statuses = await asyncio.gather(*(self._run_to_end(c) for c in containers))
+            # Running once every container's process runs (or could not start), as a kubelet reports
+            # it: an exec or a log read that follows "Running" finds the container there.
+            started = [asyncio.Event() for _ in containers]
+            runs = [asyncio.ensure_future(self._run_to_end(c, on_start=e.set)) for c, e in zip(containers, started)]
+            try:
+                await asyncio.wait([asyncio.ensure_future(_either(e, r)) for e, r in zip(started, runs)])
+                await self._patch_status({"phase": "Running", **start, "initContainerStatuses": self._init_report(),
+                                          "containerStatuses": [running_status(c) for c in containers]})
+            except BaseException:
+                for run in runs:
+                    run.cancel()
+                raise
+            statuses = await asyncio.gather(*runs)
             await self._stop_sidecars(sidecars)
             succeeded = all(s["state"].get("terminated", {}).get("exitCode") == 0 for s in statuses)
             await self._finish("Succeeded" if succeeded else "Failed", statuses=list(statuses))
@@ -274,6 +285,8 @@ class PodWorker:
         if runner is not None:
             command = await host_command_for(run, self.kubelet.workdir)
             mounts = {m.path: str(m.source) for m in run.mounts}
+            if on_start is not None:
+                on_start()  # a stand-in plays the container from here on (or hands it to the runtime at once)
             played = await runner(self.pod, container, command.env, mounts)
             if isinstance(played, tuple):  # (exit code, reason): e.g. (137, "OOMKilled")
                 return terminated_status(container, played[0], started, restarts, reason=played[1])
@@ -350,7 +363,7 @@ class PodWorker:
             if mount.get("subPath"):
                 source = source / mount["subPath"]
                 if not source.exists():
-                    source.mkdir(parents=True)  # as the kubelet does for a missing subPath
+                    fstree.make_dirs(str(source))  # as the kubelet does for a missing subPath
             read_only = bool(mount.get("readOnly")) or mount["name"] in self.read_only_volumes
             mounts.append(Mount(normalise_mount_path(mount["mountPath"]), source, read_only,
                                 live=mount["name"] in self.live_volumes))
@@ -454,6 +467,15 @@ class PodWorker:
         await self.kubelet.remove_finalizer(meta(self.pod)["namespace"], meta(self.pod)["name"], meta(self.pod)["uid"])
 
 
+async def _either(event: asyncio.Event, run: "asyncio.Future[Any]") -> None:
+    """Until the container's process runs, or its run is over (it could not start)."""
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait([waiter, run], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+
+
 def _downward_value(pod: Mapping[str, Any], field_path: str) -> str:
     match = re.fullmatch(r"metadata\.(labels|annotations)", field_path)
     if match:  # as the kubelet formats a map: key="value" lines, sorted, values quoted (Go's %q)
@@ -472,7 +494,7 @@ def write_downward_files(directory: Path, pod: Mapping[str, Any], items: list[di
         text = _downward_value(pod, field_path)
         if target.exists() and target.read_text() == text:
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
+        fstree.make_dirs(str(target.parent))
         tmp = target.with_name(f".{target.name}.tmp")
         tmp.write_text(text)
         os.replace(tmp, target)

@@ -18,7 +18,6 @@ same names, the same parents and the same listings as in a pod.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
@@ -28,6 +27,8 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from checkpoint_operator.agent import fstree
 
 FICLONE = 0x40049409  # ioctl: share the data blocks (btrfs, xfs, bcachefs); copy-on-write
 NOT_WRITABLE = ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
@@ -70,10 +71,11 @@ def _copy_range(src: int, dst: int) -> None:
 
 
 def read_only_copy(source: Path, target: Path) -> None:
-    """Copy a file or a tree (symlinks kept as links), then remove every write bit."""
+    """Copy a file or a tree (symlinks kept as links), then remove every write bit. At any depth
+    (agent/fstree.py: a checkpoint's depth is its writer's choice)."""
     if source.is_dir():
-        shutil.copytree(source, target, symlinks=True, copy_function=clone_or_copy)
-        for directory, _dirs, files in os.walk(target, topdown=False):
+        fstree.copy_tree(str(source), str(target), copy_function=clone_or_copy)
+        for directory, _dirs, files in fstree.walk(str(target), topdown=False):
             for name in files:
                 path = os.path.join(directory, name)
                 if not os.path.islink(path):
@@ -85,18 +87,8 @@ def read_only_copy(source: Path, target: Path) -> None:
 
 
 def remove_tree(path: Path) -> None:
-    """Remove a view (or any tree), read-only directories included."""
-    def make_writable_and_retry(function, failed_path, _exc_info) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(failed_path), 0o700)
-            if os.path.isdir(failed_path) and not os.path.islink(failed_path):
-                os.chmod(failed_path, 0o700)
-        with contextlib.suppress(FileNotFoundError):
-            function(failed_path)
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.exists():
-        shutil.rmtree(path, onerror=make_writable_and_retry)
+    """Remove a view (or any tree), read-only directories included, at any depth."""
+    fstree.remove_tree(str(path), make_writable=True)
 
 
 class ViewError(RuntimeError):
@@ -117,11 +109,11 @@ class PodView:
         """Lay the mounts out (again: an earlier container's leftovers are replaced)."""
         if self.root.exists():
             remove_tree(self.root)
-        self.root.mkdir(parents=True)
+        fstree.make_dirs(str(self.root))
         for mount in self.mounts:
             target = self.host_path(mount.path)
             self._check_not_inside_a_volume(mount, target)
-            target.parent.mkdir(parents=True, exist_ok=True)
+            fstree.make_dirs(str(target.parent))
             if target.exists() or target.is_symlink():
                 remove_tree(target)  # a single-file mount replaces a directory made for its parent
             if mount.read_only and not mount.live:

@@ -10,19 +10,24 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, Optional
 
 import pydantic
 import yaml
 
 from checkpoint_operator import API_VERSION
 from checkpoint_operator.agent.errors import one_line, yaml_problem
+from checkpoint_operator.api.checkpoint import Checkpoint
+from checkpoint_operator.api.trainingjob import TrainingJob
+from checkpoint_operator.local.report import build_report, render_table
+from checkpoint_operator.local.stuck import stuck_jobs
 
 NAMESPACE = "default"
 # Where catalog entries (ClusterCheckpoints) are imported, as the chart's release namespace.
 CATALOG_NAMESPACE = "ckpt-system"
 STORE_SECRET = "ckpt-local-store"  # --store s3: the agent pods' credentials, a Secret in each namespace
-STATE_ENTRIES = ("api-objects.jsonl", "api-objects.json", "cluster", "s3", "kubeconfig")  # what --fresh deletes
+# What local mode writes in its state directory (--fresh removes a directory holding only these).
+STATE_ENTRIES = {"api-objects.jsonl", "api-objects.json", "cluster", "s3", "kubeconfig", "logs"}
 SETTLED_CHECKPOINT = ("Ready", "Failed")
 FINISHED_JOB = ("Succeeded", "Failed")
 
@@ -58,6 +63,8 @@ def load_manifests(paths: Iterable[str]) -> list[dict]:
     for file in manifest_files(paths):
         try:
             docs = list(yaml.safe_load_all(file.read_text()))
+        except RecursionError:  # PyYAML's composer recurses once per level of nesting
+            raise ManifestError(f"{file}: nested too deeply to be a manifest") from None
         except yaml.YAMLError as exc:
             raise ManifestError(f"{file}: {yaml_problem(exc)}") from None
         except (OSError, UnicodeDecodeError) as exc:
@@ -67,13 +74,16 @@ def load_manifests(paths: Iterable[str]) -> list[dict]:
                 continue
             if not isinstance(doc, dict):
                 raise ManifestError(f"{file}: a document is a {type(doc).__name__}, not a Kubernetes object")
+            if not isinstance(doc.get("metadata") or {}, dict):
+                raise ManifestError(f"{file}: metadata must be a mapping (name, namespace, labels)")
             kind = doc.get("kind")
             if doc.get("apiVersion") != API_VERSION or kind not in models:
                 raise ManifestError(f"{file}: only {API_VERSION} Checkpoint, TrainingJob and ClusterCheckpoint are "
                                     f"supported in local mode, not {doc.get('apiVersion')} {kind}")
             name = (doc.get("metadata") or {}).get("name")
-            if not name:
-                raise ManifestError(f"{file}: {kind} without metadata.name")
+            if not name or not isinstance(name, str):
+                raise ManifestError(f"{file}: {kind} without metadata.name" if not name else
+                                    f"{file}: {kind}: metadata.name must be a string, not {name!r}")
             try:
                 doc["spec"] = models[kind].model_validate(doc.get("spec") or {}).to_wire()
             except pydantic.ValidationError as exc:
@@ -118,6 +128,12 @@ def local_run(args: argparse.Namespace) -> int:
     except ManifestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    state_dir = Path(args.state_dir).resolve()
+    if getattr(args, "fresh", False):
+        problem = clear_state_dir(state_dir)
+        if problem:
+            print(f"error: --fresh: {problem}", file=sys.stderr)
+            return 2
 
     import kopf
     from checkpoint_operator import main
@@ -137,9 +153,6 @@ def local_run(args: argparse.Namespace) -> int:
     print(why, file=sys.stderr, flush=True)
     containers = isinstance(runtime, ContainerEngineRuntime)
 
-    state_dir = Path(args.state_dir).resolve()
-    if getattr(args, "fresh", False):
-        forget_state(state_dir)
     from checkpoint_operator.local import s3store
     try:
         store, weed = open_store(args, state_dir)
@@ -173,6 +186,9 @@ def local_run(args: argparse.Namespace) -> int:
     handle = run_kopf_in_thread(kopf.get_default_registry(), settings, namespaces, url,
                                 memo=main.make_memo(Context(kube, config, namespaces=namespaces)))
     try:
+        earlier = earlier_objects(kube.list(TRAINING_JOBS, NAMESPACE), kube.list(CHECKPOINTS, NAMESPACE), objects)
+        if earlier:
+            print(earlier_note(earlier, args.state_dir), file=sys.stderr, flush=True)
         for obj in objects:
             resource = {"Checkpoint": CHECKPOINTS, "TrainingJob": TRAINING_JOBS,
                         "ClusterCheckpoint": CLUSTER_CHECKPOINTS}[obj["kind"]]
@@ -183,14 +199,16 @@ def local_run(args: argparse.Namespace) -> int:
             except Conflict:
                 existing = kube.get(resource, NAMESPACE, name) or {}
                 same = existing.get("spec") == obj["spec"]
-                print(f"{obj['kind'].lower()}.ckpt.dev/{name} {'unchanged' if same else 'exists with another spec (kept; delete the state dir to start over)'}",
+                print(f"{obj['kind'].lower()}.ckpt.dev/{name} "
+                      f"{'unchanged' if same else 'exists with another spec (kept; start over with --fresh)'}",
                       file=sys.stderr)
             except ApiError as exc:  # refused as the API server would (name, schema, CEL rules)
                 if exc.status != 422:
                     raise
                 print(f"error: {exc.message}", file=sys.stderr)
                 return 2
-        settled = wait_until_settled(kube, args.timeout)
+        watcher = Watcher(kube, state_dir / "logs", {n for k, n in earlier if k == "TrainingJob"})
+        settled = watcher.wait(args.timeout)
         checkpoints = kube.list(CHECKPOINTS, NAMESPACE)
         jobs = kube.list(TRAINING_JOBS, NAMESPACE)
         entries = kube.list(CLUSTER_CHECKPOINTS, None)
@@ -207,21 +225,17 @@ def local_run(args: argparse.Namespace) -> int:
     report = build_report(checkpoints, jobs, entries)
     if not getattr(args, "serve", False):  # --serve printed it before serving
         print(json.dumps(report, indent=2) if args.output == "json" else render_table(report))
-    if not settled:
-        print(f"error: not everything settled within {args.timeout:.0f} s (see the phases above)", file=sys.stderr)
+    mine = {o["metadata"]["name"] for o in objects if o["kind"] == "TrainingJob"}
+    for stuck in watcher.stuck.values():
+        print(watcher.describe(stuck), file=sys.stderr)
+    if any(name in mine for name in watcher.stuck):
         return 1
-    return 1 if any(j["phase"] == "Failed" for j in report["trainingJobs"]) else 0
-
-
-def forget_state(state_dir: Path) -> None:
-    """--fresh: delete what earlier runs kept (only the entries local mode writes, never the directory itself)."""
-    import shutil
-    for name in STATE_ENTRIES:
-        path = state_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    if not settled:
+        print(f"error: not everything settled within {args.timeout:g} s (see the phases above; --timeout sets "
+              f"how long to wait)", file=sys.stderr)
+        return 1
+    # An earlier run's failed job was reported by that run; this one answers for its own.
+    return 1 if any(j["phase"] == "Failed" and j["name"] in mine for j in report["trainingJobs"]) else 0
 
 
 def open_store(args: argparse.Namespace, state_dir: Path):
@@ -289,20 +303,63 @@ def serve_until_interrupted(url: str, state_dir: Path) -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
-def wait_until_settled(kube, timeout: float) -> bool:
-    from checkpoint_operator.kube import CHECKPOINTS, CLUSTER_CHECKPOINTS, TRAINING_JOBS
-    deadline = time.monotonic() + timeout
-    reported: set[str] = set()
-    while time.monotonic() < deadline:
-        jobs = kube.list(TRAINING_JOBS, NAMESPACE)
-        checkpoints = kube.list(CHECKPOINTS, NAMESPACE)
-        entries = kube.list(CLUSTER_CHECKPOINTS, None)
-        report_new_checkpoints(checkpoints, jobs, reported)
-        if all(j.get("status", {}).get("phase") in FINISHED_JOB for j in jobs) and \
-                all(c.get("status", {}).get("phase") in SETTLED_CHECKPOINT for c in [*checkpoints, *entries]):
+class Watcher:
+    """Follows the run until everything has settled: reports Checkpoints as they become Ready or
+    go, failed pods with the end of their logs (pod_logs.py), and jobs that can never finish
+    (stuck.py) at once; those do not hold the run."""
+
+    def __init__(self, kube: Any, logs_dir: Path, earlier_jobs: set[str]) -> None:
+        from checkpoint_operator.local.pod_logs import PodFailureReporter
+        self.kube = kube
+        self.earlier_jobs = earlier_jobs
+        self.stuck: dict[str, Any] = {}  # job name -> StuckJob
+        self.pods = PodFailureReporter(lambda ns, pod, c: kube.read_log(ns, pod, c), logs_dir)
+        # What earlier runs left is not news: their Ready Checkpoints and failed pods are not told again.
+        from checkpoint_operator.kube import CHECKPOINTS, PODS
+        self.reported = {c["metadata"]["name"] for c in kube.list(CHECKPOINTS, NAMESPACE)
+                         if c.get("status", {}).get("phase") == "Ready"}
+        self.pods.seen.update(p["metadata"].get("uid", "") for p in kube.list(PODS, NAMESPACE)
+                              if p.get("status", {}).get("phase") == "Failed")
+
+    def describe(self, stuck: Any) -> str:
+        """`error: ...` for a job of this run; `warning: ...` for one an earlier run left."""
+        if stuck.name in self.earlier_jobs:
+            return (f"warning: TrainingJob {stuck.name} (from an earlier run: start clean with --fresh) can never "
+                    f"finish: {stuck.why}")
+        return f"error: TrainingJob {stuck.name} can never finish: {stuck.why}"
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.poll():
+                return True
+            time.sleep(0.2)
+        return False
+
+    def poll(self) -> bool:
+        """One look: True when every job has finished or can never finish, and every Checkpoint has settled."""
+        from checkpoint_operator.kube import CHECKPOINTS, CLUSTER_CHECKPOINTS, PODS, TRAINING_JOBS
+        jobs = self.kube.list(TRAINING_JOBS, NAMESPACE)
+        checkpoints = self.kube.list(CHECKPOINTS, NAMESPACE)
+        entries = self.kube.list(CLUSTER_CHECKPOINTS, None)
+        report_new_checkpoints(checkpoints, jobs, self.reported)
+        self.pods.report(self.kube.list(PODS, NAMESPACE))
+        for stuck in stuck_jobs(_parsed(TrainingJob, jobs), _parsed(Checkpoint, checkpoints)):
+            if stuck.name not in self.stuck:
+                self.stuck[stuck.name] = stuck
+                print(f"{self.describe(stuck)}; the run goes on with the rest", file=sys.stderr, flush=True)
+        return all(j.get("status", {}).get("phase") in FINISHED_JOB or j["metadata"]["name"] in self.stuck
+                   for j in jobs) and all(self._settled(c) for c in [*checkpoints, *entries])
+
+    def _settled(self, checkpoint: dict) -> bool:
+        status = checkpoint.get("status", {})
+        if status.get("phase") not in SETTLED_CHECKPOINT:
+            return False
+        if not checkpoint["metadata"].get("deletionTimestamp"):
             return True
-        time.sleep(0.2)
-    return False
+        # Its deletion waits for the jobs that use it: it will not end while they can never finish.
+        users = [u.get("name") for u in status.get("usedBy") or []]
+        return bool(users) and all(u in self.stuck for u in users)
 
 
 def report_new_checkpoints(checkpoints: list[dict], jobs: list[dict], reported: set[str]) -> None:
@@ -324,53 +381,48 @@ def report_new_checkpoints(checkpoints: list[dict], jobs: list[dict], reported: 
         print(f"checkpoint.ckpt.dev/{name} deleted", file=sys.stderr, flush=True)
 
 
-def build_report(checkpoints: list[dict], jobs: list[dict], entries: Iterable[dict] = ()) -> dict:
-    def ckpt(c: dict) -> dict:
-        s = c.get("status", {})
-        return {"name": c["metadata"]["name"], "phase": s.get("phase"), "format": s.get("format"),
-                "step": s.get("step"), "resumable": s.get("resumable"), "sizeBytes": s.get("sizeBytes"),
-                "fileCount": s.get("fileCount"), "digest": s.get("digest"), "parents": s.get("parents") or [],
-                "producedBy": s.get("producedBy"), "complete": s.get("complete"),
-                "store": next(iter(s.get("location") or {}), None)}
-
-    def job(j: dict) -> dict:
-        s = j.get("status", {})
-        return {"name": j["metadata"]["name"], "phase": s.get("phase"),
-                "inputs": [{"name": i["name"], "digest": i.get("digest")} for i in s.get("inputs") or []],
-                "outputCheckpoints": s.get("outputCheckpoints") or [], "message": s.get("message")}
-    def entry(e: dict) -> dict:
-        s = e.get("status", {})
-        source = s.get("source") or {}
-        return {**ckpt(e), "license": s.get("license"), "source": source.get("uri"),
-                "commit": source.get("resolvedRevision")}
-    by_name = lambda o: o["metadata"]["name"]  # noqa: E731
-    report = {"checkpoints": [ckpt(c) for c in sorted(checkpoints, key=by_name)],
-              "trainingJobs": [job(j) for j in sorted(jobs, key=by_name)]}
-    if entries:
-        report["clusterCheckpoints"] = [entry(e) for e in sorted(entries, key=by_name)]
-    return report
+def _parsed(model: Any, bodies: list[dict]) -> list[Any]:
+    parsed = []
+    for body in bodies:
+        try:
+            parsed.append(model.model_validate(body))
+        except pydantic.ValidationError:
+            continue  # the API server admitted it; a model that disagrees is not for this report
+    return parsed
 
 
-def _table(headers: list[str], rows: list[list]) -> str:
-    cells = [headers] + [["" if v is None else str(v) for v in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    return "\n".join("   ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells)
+def earlier_objects(jobs: list[dict], checkpoints: list[dict], applied: list[dict]) -> list[tuple[str, str]]:
+    """(kind, name) of what the state directory holds that this run's manifests do not name."""
+    named = {(o["kind"], o["metadata"]["name"]) for o in applied}
+    found = [("TrainingJob", j["metadata"]["name"]) for j in jobs] + \
+            [("Checkpoint", c["metadata"]["name"]) for c in checkpoints]
+    return [k for k in found if k not in named]
 
 
-def render_table(report: dict) -> str:
-    from checkpoint_operator.logic.quantity import format_size
-    ckpts = _table(["CHECKPOINT", "PHASE", "FORMAT", "STEP", "RESUMABLE", "SIZE", "FILES", "PARENTS", "DIGEST"],
-                   [[c["name"], c["phase"], c["format"], c["step"], c["resumable"],
-                     format_size(c["sizeBytes"]) if c["sizeBytes"] is not None else None, c["fileCount"],
-                     ",".join(p["name"] for p in c["parents"]) or "-",
-                     (c["digest"] or "")[:19]] for c in report["checkpoints"]])
-    jobs = _table(["TRAININGJOB", "PHASE", "INPUTS", "OUTPUTS"],
-                  [[j["name"], j["phase"], ",".join(i["name"] for i in j["inputs"]) or "-",
-                    ",".join(j["outputCheckpoints"]) or "-"] for j in report["trainingJobs"]])
-    if not report.get("clusterCheckpoints"):
-        return f"{jobs}\n\n{ckpts}"
-    catalog = _table(["CLUSTERCHECKPOINT", "PHASE", "FORMAT", "SIZE", "FILES", "LICENSE", "DIGEST"],
-                     [[e["name"], e["phase"], e["format"],
-                       format_size(e["sizeBytes"]) if e["sizeBytes"] is not None else None, e["fileCount"],
-                       e["license"] or "-", (e["digest"] or "")[:19]] for e in report["clusterCheckpoints"]])
-    return f"{jobs}\n\n{ckpts}\n\n{catalog}"
+def earlier_note(earlier: list[tuple[str, str]], state_dir: str, shown: int = 5) -> str:
+    parts = []
+    for kind in ("TrainingJob", "Checkpoint"):
+        names = sorted(n for k, n in earlier if k == kind)
+        if names:
+            more = f" and {len(names) - shown} more" if len(names) > shown else ""
+            parts.append(f"{len(names)} {kind}{'s' if len(names) > 1 else ''} ({', '.join(names[:shown])}{more})")
+    return (f"note: {state_dir} holds objects from an earlier run, which stay and take part in this one: "
+            f"{'; '.join(parts)}; start clean with --fresh")
+
+
+def clear_state_dir(state_dir: Path) -> Optional[str]:
+    """--fresh: remove the state directory of earlier runs; refuse (a message) a directory that
+    holds anything local mode does not write there, so a mistyped --state-dir deletes nothing else."""
+    from checkpoint_operator.agent import fstree
+    if not state_dir.exists():
+        return None
+    if not state_dir.is_dir() or state_dir.is_symlink():
+        return f"{state_dir} is not a directory"
+    foreign = sorted(e.name for e in state_dir.iterdir()
+                     if e.name not in STATE_ENTRIES and not e.name.startswith("api-objects"))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        return (f"{state_dir} does not look like a local mode state directory (it holds {shown}); "
+                "remove it yourself, or choose another --state-dir")
+    fstree.remove_tree(str(state_dir), make_writable=True)  # sealed checkpoints are read-only
+    return None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -24,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from checkpoint_operator.agent import fstree
+from checkpoint_operator.local import reaper
 from checkpoint_operator.local.podview import Mount, PodView
 from checkpoint_operator.local.zygote import Zygote
 
@@ -144,6 +147,8 @@ class HostProcess:
         self._exited = exited  # awaitable -> exit code
         self.on_stdout: Any = None  # set by the kubelet to follow the output while it runs
         self._output = asyncio.gather(read_bounded(stdout_fd, on_chunk=self._stdout_chunk), read_bounded(stderr_fd))
+        # A pod cancelled mid-run (the kubelet stops) never awaits its output: nothing to report then.
+        self._output.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     def _stdout_chunk(self, data: bytes) -> None:
         if self.on_stdout is not None:
@@ -211,7 +216,7 @@ class ProcessRuntime:
             raise StartError("CreateContainerError", f"container {run.name!r} has no command: the process runtime "
                                                      f"ignores images, so it cannot run the image's entrypoint")
         command = await host_command_for(run, self.workdir)
-        Path(command.cwd).mkdir(parents=True, exist_ok=True)
+        fstree.make_dirs(str(command.cwd))
         out_read, out_write = os.pipe()
         err_read, err_write = os.pipe()
         try:
@@ -219,23 +224,76 @@ class ProcessRuntime:
                 child = await self.zygote.spawn(command.argv, command.env, command.cwd, out_write, err_write)
                 pid, exited = child.pid, child.wait()
             else:
-                process = await asyncio.create_subprocess_exec(
-                    *host_command(command.argv), env=command.env, cwd=str(command.cwd),
-                    stdin=asyncio.subprocess.DEVNULL, stdout=out_write, stderr=err_write, start_new_session=True)
-                pid, exited = process.pid, _exit_code(process)
+                return await _start_under_reaper(command, out_read, out_write, err_read, err_write)
         except BaseException as exc:
             for fd in (out_read, err_read):
-                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.close(fd)
             if isinstance(exc, OSError):
                 raise StartError("StartError", f"cannot run {command.argv[0]!r}: {exc}") from None
             raise
         finally:
-            os.close(out_write)
-            os.close(err_write)
+            for fd in (out_write, err_write):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
         return HostProcess(pid, exited, out_read, err_read)
 
     async def close(self) -> None:
         await self.zygote.stop()
+
+
+# The reaper runs without site-packages' start-up cost (-S) and without the container's PYTHON*
+# variables (-E); it finds this package where this process found it.
+_REAPER = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
+           "from checkpoint_operator.local.reaper import main; main()")
+_PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
+
+
+class ReapedProcess(HostProcess):
+    """A container's command under its reaper (local/reaper.py): signals go to the reaper, which
+    forwards them to the command's process group; SIGKILL becomes "end everything" (SIGUSR1),
+    since an init process cannot be told SIGKILL and still clean up after itself."""
+
+    def __init__(self, pid: int, exited: Any, stdout_fd: int, stderr_fd: int) -> None:
+        super().__init__(pid, exited, stdout_fd, stderr_fd)
+        self.ended = False
+
+    async def wait(self) -> tuple[int, str]:
+        code = await self._exited
+        self.ended = True  # the reaper ended every process of the container before it exited
+        stdout, stderr = await self._output
+        return code, stdout.decode(errors="replace") + stderr.decode(errors="replace")
+
+    def send_signal(self, signum: int) -> None:
+        if self.ended:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(self.pid, reaper.KILL_ALL if signum == signal.SIGKILL else signum)
+
+
+async def _start_under_reaper(command: HostCommand, out_read: int, out_write: int, err_read: int,
+                              err_write: int) -> ContainerProcess:
+    status_read, status_write = os.pipe()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-S", "-E", "-c", _REAPER, _PACKAGE_PARENT, "--status-fd", str(status_write), "--",
+            *host_command(command.argv), env=command.env, cwd=str(command.cwd), stdin=asyncio.subprocess.DEVNULL,
+            stdout=out_write, stderr=err_write, start_new_session=True, pass_fds=(status_write,))
+    finally:
+        os.close(status_write)
+    with os.fdopen(status_read, "rb") as status:
+        line = await asyncio.to_thread(status.readline)
+    try:
+        started = json.loads(line) if line.strip() else {}
+    except ValueError:
+        started = {}
+    if "pid" not in started:
+        await process.wait()
+        for fd in (out_read, err_read):
+            os.close(fd)
+        message = started.get("message") or f"cannot run {command.argv[0]!r}: the process runtime could not start it"
+        raise StartError("StartError", message)
+    return ReapedProcess(process.pid, _exit_code(process), out_read, err_read)
 
 
 async def _exit_code(process: asyncio.subprocess.Process) -> int:

@@ -48,8 +48,9 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import os
 import secrets
-import shutil
+import stat
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -57,6 +58,7 @@ from typing import Any
 
 import yaml
 
+from checkpoint_operator.agent import fstree
 from checkpoint_operator.local.events import NORMAL, WARNING, EventRecorder
 from checkpoint_operator.local.kubelet import meta
 from checkpoint_operator.local.podview import clone_or_copy, remove_tree
@@ -418,9 +420,15 @@ def _copy_volume(source: Path, target: Path) -> None:
     if target.exists():
         remove_tree(target)
     partial = target.with_name(f".{target.name}.partial-{secrets.token_hex(4)}")
-    shutil.copytree(source, partial, symlinks=True, copy_function=clone_or_copy)
+    fstree.copy_tree(str(source), str(partial), copy_function=clone_or_copy)  # at any depth
     partial.rename(target)
 
 
 def _tree_bytes(root: Path) -> int:
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+    """The bytes of the regular files under `root`, at any depth (Path.rglob recurses per level)."""
+    total = 0
+    for directory, _, others in fstree.walk(str(root)):
+        for name in others:
+            st = os.lstat(os.path.join(directory, name))
+            total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+    return total

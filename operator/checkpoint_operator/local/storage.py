@@ -38,12 +38,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from checkpoint_operator.agent import fstree
 from checkpoint_operator.api.common import parse_quantity
 from checkpoint_operator.local.events import NORMAL, WARNING, EventRecorder
 from checkpoint_operator.local.kubelet import TERMINAL_PHASES, meta, pod_phase
@@ -469,6 +469,6 @@ def _make_volume_directory(directory: Path, source: Path | None) -> None:
         for leftover in directory.parent.glob(f".{directory.name}.partial-*"):  # a copy a crash cut short
             remove_tree(leftover)
         partial = directory.with_name(f".{directory.name}.partial-{secrets.token_hex(4)}")
-        shutil.copytree(source, partial, symlinks=True, copy_function=clone_or_copy)
+        fstree.copy_tree(str(source), str(partial), copy_function=clone_or_copy)  # at any depth
         partial.rename(directory)
     directory.chmod(0o777)  # any container user may write, as on a local-path volume

@@ -33,6 +33,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from checkpoint_operator.local import reaper
+
 # Imported once in the zygote, so children start with them loaded.
 # The program a child becomes: the `checkpoint-operator` console script (what `python -m
 # checkpoint_operator` runs). Named, not imported: the command line sits above local/ in the layers.
@@ -61,8 +63,10 @@ def exit_code_of(status: int) -> int:
 # --- the zygote process ----------------------------------------------------------------------------
 
 def _run_child(request: dict[str, Any], stdout_fd: int, stderr_fd: int) -> int:
-    """In the forked child: become the command, run it, return its exit code."""
+    """In the forked child: become the command, run it, return its exit code. It is a child
+    subreaper and ends every process it started before it exits (local/reaper.py)."""
     os.setsid()
+    reaper.become_subreaper()
     signal.set_wakeup_fd(-1)
     for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
         signal.signal(signum, signal.SIG_DFL)
@@ -91,6 +95,7 @@ def _run_child(request: dict[str, Any], stdout_fd: int, stderr_fd: int) -> int:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
+        reaper.end_descendants()
 
 
 def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
@@ -103,6 +108,9 @@ def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
 
 
 def serve(socket_path: str) -> None:
+    # A command killed before it could end its own processes leaves them to the zygote, not to
+    # the host's init: they are ended as soon as they arrive (_end_orphans).
+    reaper.become_subreaper()
     for module in PRELOAD:
         with contextlib.suppress(ImportError):
             importlib.import_module(module)
@@ -151,6 +159,7 @@ def serve(socket_path: str) -> None:
                     for pid in children:
                         with contextlib.suppress(ProcessLookupError):
                             os.killpg(pid, signal.SIGKILL)
+                    reaper.end_descendants()
                     return
             else:  # the client hung up before its command ended: stop the command
                 with contextlib.suppress(ProcessLookupError):
@@ -168,12 +177,23 @@ def _reap(children: dict[int, socket.socket], selector: selectors.BaseSelector) 
             return
         conn = children.pop(pid, None)
         if conn is None:
-            continue
+            continue  # an orphan ended below
+        _end_orphans(children)
         with contextlib.suppress(KeyError, ValueError):
             selector.unregister(conn)
         with contextlib.suppress(OSError):
             conn.sendall(json.dumps({"exit": exit_code_of(status)}).encode() + b"\n")
         conn.close()
+
+
+def _end_orphans(children: dict[int, socket.socket]) -> None:
+    """Children of the zygote that are not commands were left by a command that died (SIGKILL):
+    end them with everything below them, as their container's end would."""
+    for pid in reaper.children_of(os.getpid()):
+        if pid not in children:
+            for doomed in [pid, *reaper.descendants(pid)]:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(doomed, signal.SIGKILL)
 
 
 # --- the client (in the kubelet) -------------------------------------------------------------------

@@ -21,6 +21,7 @@ from checkpoint_operator.api.wire import (CheckpointSourceWire, CheckpointSpecWi
                                           training_job_wire)
 from checkpoint_operator.logic.naming import ROOT_DIRECTORY
 from checkpoint_operator.logic.retention import KEEP_LABEL
+from checkpoint_operator.logic.wait_cycles import find_wait_cycle
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +79,7 @@ class TrainingJobInfo:
     phase: TrainingJobPhase
     publishes_live: bool = False                # status.publish == Continuous: Checkpoints appear while it runs
     best: Optional[tuple[str, str]] = None      # spec.output.retention.keepBest (metric, mode): select: best
+    waits_on: tuple[str, ...] = ()              # not started yet: the TrainingJobs it takes fromTrainingJob
 
     @classmethod
     def from_body(cls, raw: Mapping[str, Any]) -> "TrainingJobInfo":
@@ -88,11 +90,15 @@ class TrainingJobInfo:
             phase = TrainingJobPhase(status.get("phase") or "Pending")
         except ValueError:
             phase = TrainingJobPhase.PENDING
-        output = (body.get("spec") or TrainingJobSpecWire()).get("output") or OutputWire()
+        spec = body.get("spec") or TrainingJobSpecWire()
+        output = spec.get("output") or OutputWire()
         best = (output.get("retention") or RetentionWire()).get("keepBest") or KeepBestWire()
         metric = best.get("metric")
+        waits_on = tuple(sorted({str(r["fromTrainingJob"]) for r in spec.get("checkpoints") or []
+                                 if isinstance(r, Mapping) and r.get("fromTrainingJob")}))[:MAX_WAITS_ON] \
+            if phase == TrainingJobPhase.PENDING else ()
         return cls(meta.get("name", ""), meta.get("uid", ""), phase, status.get("publish") == "Continuous",
-                   (metric, best.get("mode", "min")) if metric else None)
+                   (metric, best.get("mode", "min")) if metric else None, waits_on)
 
 
 class Lookup(Protocol):
@@ -144,7 +150,8 @@ class ResolvedInput:
 
 
 # Waits that will not end by themselves: the job reports Stalled (GitOps shows Degraded).
-TERMINAL_WAITS = ("InputFailed", "DuplicateInput", "NoBestMetric")
+TERMINAL_WAITS = ("InputFailed", "DuplicateInput", "NoBestMetric", "InputCycle")
+MAX_WAITS_ON = 64  # spec.checkpoints has at most 64 entries (api/trainingjob.py MAX_INPUTS)
 
 
 @dataclass(frozen=True)
@@ -313,11 +320,29 @@ def resolve_inputs(tj: TrainingJob, lookup: Lookup) -> Resolution:
         results = [resolve_ref(ref, namespace, lookup) for ref in refs]
     candidates = [r for r in results if isinstance(r, Candidate)]
     waits = [r for r in results if isinstance(r, InputWait)]
+    if any(w.reason == "WaitingForTrainingJob" for w in waits):
+        cycle = _wait_cycle(tj, lookup)
+        if cycle is not None:  # waiting would never end: say so, naming the cycle
+            waits = [w for w in waits if w.reason != "WaitingForTrainingJob"] + [InputWait("InputCycle", cycle)]
     mount_names = [c.mount_name for c in candidates]
     for dup in sorted({m for m in mount_names if mount_names.count(m) > 1}):
         waits.append(InputWait("DuplicateInput", f"two inputs would be mounted at the same directory {dup!r}; "
                                                  "set spec.checkpoints[].mountName to tell them apart"))
     return Resolution(candidates, waits)
+
+
+def _wait_cycle(tj: TrainingJob, lookup: Lookup) -> Optional[str]:
+    """The message of a cycle of waits this job is in or waits on (logic/wait_cycles.py)."""
+    namespace, name = tj.metadata.namespace, tj.metadata.name
+    own = tuple(sorted({ref.fromTrainingJob for ref in tj.spec.checkpoints if ref.fromTrainingJob}))
+
+    def waits_on(job: str) -> tuple[str, ...]:
+        if job == name:
+            return own
+        info = lookup.training_job(namespace, job)
+        return info.waits_on if info is not None else ()
+    cycle = find_wait_cycle(name, waits_on)
+    return cycle.message() if cycle is not None else None
 
 
 def check_live_input(candidate: Candidate, checkpoint: Optional[CheckpointHead | ClusterCheckpointHead]

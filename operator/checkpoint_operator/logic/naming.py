@@ -8,7 +8,8 @@ import re
 MAX_NAME = 253       # DNS-1123 subdomain: Checkpoints, PVCs, Pods
 MAX_LABEL_NAME = 63  # DNS-1123 label: Jobs (their name becomes a pod label value)
 ROOT_DIRECTORY = "."
-ROOT_SUFFIX = "final"  # the files at the root of the output: Transformers' final/best model
+NAME_HASH_LENGTH = 10  # hex digits (40 bits) telling apart directories whose names are not clean
+CLEAN_DIRECTORY = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")  # a DNS label: named as it is
 
 
 def short_hash(text: str, length: int = 6) -> str:
@@ -44,36 +45,27 @@ def without_extension(file_name: str) -> str:
     return stem or file_name
 
 
-def checkpoint_name(prefix: str, directory: str, force_hash: bool = False, is_file: bool = False) -> str:
-    """`<prefix>-<directory>` lower-cased into a valid name (a file entry without its extension).
-    A short hash of the directory is added only where needed: when the name would be too long
-    or empty, or when `force_hash` (another entry of the same output, or a foreign object,
-    already has the plain name)."""
-    part = ROOT_SUFFIX if directory == ROOT_DIRECTORY else sanitize(without_extension(directory) if is_file else directory)
-    plain = f"{prefix}-{part}" if part else prefix
-    if not (force_hash or not part or len(plain) > MAX_NAME):
-        return plain
-    suffix = short_hash(directory)
-    head = plain[:MAX_NAME - len(suffix) - 1].rstrip("-.")
-    return f"{head}-{suffix}"
+def checkpoint_name(prefix: str, directory: str, is_file: bool = False) -> str:
+    """The name of the Checkpoint of one output entry: an injective function of (prefix,
+    directory) that depends on nothing else (not on what exists, not on timing), so a name means
+    the same data in every run. `prefix` is the job's namePrefix or name: a DNS label, never a '.'.
 
+    - the root's files: `<prefix>` (no '.');
+    - a directory already in clean DNS-label form (`step-100`): `<prefix>.<directory>` (one '.');
+    - anything else (`Step_1`, `model.v2`, a file's name, too long): `<prefix>.<readable>.<hash>`
+      (two '.'), the hash over the prefix and the directory, the readable part sanitized (a
+      file's without its extension) and cut so the name fits 253 characters.
 
-def assign_checkpoint_names(prefix: str, directories: list[str], taken_by_others: set[str],
-                            files: bool = False) -> dict[str, str]:
-    """Names for all entries of one output, deterministic and unique. `files`: the entries are
-    files (`layout: files`), named without their extension.
-
-    Entries whose sanitized names clash are told apart by a hash, except the one whose
-    directory is already the clean form (so `step-1` keeps its name beside `Step_1`)."""
-    plain = {d: checkpoint_name(prefix, d, is_file=files) for d in directories}
-    clashes: dict[str, list[str]] = {}
-    for directory, name in plain.items():
-        clashes.setdefault(name, []).append(directory)
-    names = {}
-    for name, group in clashes.items():
-        for directory in group:
-            is_clean = directory == name[len(prefix) + 1:] or (directory == ROOT_DIRECTORY and len(group) == 1)
-            unique_in_output = len(group) == 1 or is_clean
-            names[directory] = name if unique_in_output and name not in taken_by_others else \
-                checkpoint_name(prefix, directory, force_hash=True, is_file=files)
-    return names
+    The number of dots tells the three forms apart, and within each form the prefix and the
+    directory can be read back (or are hashed), so no two (prefix, directory) share a name.
+    `is_file` only shapes the readable part (a `layout: files` entry)."""
+    if directory == ROOT_DIRECTORY:
+        return prefix
+    if CLEAN_DIRECTORY.fullmatch(directory) and len(prefix) + 1 + len(directory) <= MAX_NAME:
+        return f"{prefix}.{directory}"
+    readable = sanitize(without_extension(directory) if is_file else directory) or "x"
+    digest = short_hash(f"{prefix}\0{directory}", NAME_HASH_LENGTH)
+    room = MAX_NAME - len(digest) - 2  # for prefix, readable and their '.'
+    readable = readable[:max(1, room - len(prefix) - 1)].rstrip("-") or "x"
+    head = prefix[:room - len(readable) - 1].rstrip("-") or "x"
+    return f"{head}.{readable}.{digest}"

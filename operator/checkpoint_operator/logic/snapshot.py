@@ -15,8 +15,9 @@ from checkpoint_operator.api.common import ObjectRef, PinnedCheckpoint
 from checkpoint_operator.api.rules import MAX_METRIC, bounded_count
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.logic.inputs import CheckpointInfo
-from checkpoint_operator.logic.naming import MAX_LABEL_NAME, assign_checkpoint_names, bounded_name, checkpoint_name
+from checkpoint_operator.logic.naming import MAX_LABEL_NAME, bounded_name, checkpoint_name
 from checkpoint_operator.logic.quantity import format_size
+from checkpoint_operator.logic.results import Wait
 from checkpoint_operator.logic import retention
 from checkpoint_operator.logic.status import ConditionChange, StatusChange
 from checkpoint_operator.logic.workload import LABEL_MANAGED_BY, LABEL_TRAINING_JOB, LABEL_TRAINING_JOB_UID, MANAGER
@@ -50,6 +51,43 @@ class PlannedCheckpoint:
     ready: StatusChange    # what to write into its status once created
 
 
+@dataclass(frozen=True)
+class NameConflict:
+    """The name an output directory derives is held by a Checkpoint that is not this job's
+    Checkpoint of that directory: never another name (a name means the same data in every run)."""
+
+    directory: str
+    name: str
+    holder: CheckpointInfo
+
+    @property
+    def message(self) -> str:
+        holder = self.holder
+        by = (f"written by TrainingJob {holder.producer_name} (uid {holder.producer_uid}) from "
+              f"{holder.directory!r}" if holder.producer_name else "not written by this job")
+        fix = ("it is being deleted" if holder.deleting else
+               "delete it, or give this job another spec.output.namePrefix")
+        return f"output {self.directory!r} would be Checkpoint {self.name}, which exists ({by}): {fix}"
+
+
+CONFLICT_RECHECK_SECONDS = 10.0  # a conflict ends when its holder is deleted: looked at again this often
+
+
+def conflicts_message(conflicts: Sequence[NameConflict]) -> str:
+    shown = "; ".join(c.message for c in conflicts[:SKIPPED_SHOWN])
+    more = f"; and {len(conflicts) - SKIPPED_SHOWN} more" if len(conflicts) > SKIPPED_SHOWN else ""
+    return f"{shown}{more}"
+
+
+def conflict_wait(conflicts: Sequence[NameConflict]) -> Optional[Wait]:
+    """The end-of-job snapshot waits, creating nothing, while a name it derives is held by
+    another object: Stalled unless every holder is already being deleted."""
+    if not conflicts:
+        return None
+    return Wait("NameConflict", conflicts_message(conflicts), requeue_after=CONFLICT_RECHECK_SECONDS,
+                stalled=not all(c.holder.deleting for c in conflicts))
+
+
 @dataclass
 class SnapshotPlan:
     checkpoints: list[PlannedCheckpoint]
@@ -60,6 +98,7 @@ class SnapshotPlan:
     dropped_manifests: list[Manifest] = field(default_factory=list)
     gone: list[str] = field(default_factory=list)      # directories retention retired before: not made again
     missing: list[CheckpointInfo] = field(default_factory=list)  # this job's Ready ones whose directory went away
+    conflicts: list[NameConflict] = field(default_factory=list)  # not planned: their name is someone else's
 
 
 def parse_scan_output(log: str) -> ScanResult:
@@ -83,11 +122,6 @@ def parse_scan_output(log: str) -> ScanResult:
 def is_produced_by(checkpoint: dict[str, Any], job_uid: str, directory: str) -> bool:
     source = checkpoint.get("spec", {}).get("source", {}).get("trainingJob") or {}
     return source.get("uid") == job_uid and source.get("directory") == directory
-
-
-def candidate_names(prefix: str, directories: list[str], files: bool = False) -> set[str]:
-    """Every name the plan could give these directories (plain and hashed forms)."""
-    return {checkpoint_name(prefix, d, force_hash=h, is_file=files) for d in directories for h in (False, True)}
 
 
 def _entry(key: str, step: Optional[int], metrics: Optional[Iterable[tuple[str, float]] | Mapping[str, float]],
@@ -141,9 +175,12 @@ def plan_snapshot(tj: TrainingJob, scan: ScanResult, lookup: Callable[[str], Opt
     kept_new = [m for m in new if m.path not in dropped_keys]
     retire = [c for c in existing if c.is_usable and c.directory in dropped_keys]
 
-    names = _names(meta.uid, prefix, [m.path for m in kept_new], by_directory, lookup, files=output.layout == "files")
+    names, conflicts = _names(meta.uid, prefix, [m.path for m in kept_new], by_directory, lookup,
+                              files=output.layout == "files")
     planned = []
     for manifest in kept_new:
+        if manifest.path not in names:
+            continue  # its name is held by another object (conflicts)
         name = names[manifest.path]
         body = {"apiVersion": API_VERSION, "kind": "Checkpoint",
                 # Born with the finalizer: protected before any job can see it Ready.
@@ -162,22 +199,28 @@ def plan_snapshot(tj: TrainingJob, scan: ScanResult, lookup: Callable[[str], Opt
     scanned = {m.path for m in scan.checkpoints}
     missing = [c for c in existing if c.is_usable and c.directory not in scanned]
     return SnapshotPlan(planned, [m.path for m in dropped_new], scan.skipped, retire=retire, changed=changed,
-                        dropped_manifests=dropped_new, gone=not_again, missing=missing)
+                        dropped_manifests=dropped_new, gone=not_again, missing=missing, conflicts=conflicts)
 
 
 def _names(uid: str, prefix: str, directories: list[str], by_directory: Mapping[str, CheckpointInfo],
-           lookup: Callable[[str], Optional[CheckpointInfo]], files: bool) -> dict[str, str]:
-    """The existing name of each directory that has a Checkpoint of this job, deterministic new
-    names for the others (taking every name that is not theirs as taken)."""
+           lookup: Callable[[str], Optional[CheckpointInfo]], files: bool
+           ) -> tuple[dict[str, str], list[NameConflict]]:
+    """The existing name of each directory that has a Checkpoint of this job (one an earlier
+    operator version named keeps its name), the derived name (logic/naming.py) of the others;
+    a derived name held by anything but this job's Checkpoint of that directory is a conflict."""
     names = {d: by_directory[d].name for d in directories if d in by_directory}
-    fresh = [d for d in directories if d not in names]
-    taken = set(names.values()) | {c.name for c in by_directory.values()}
-    for name in candidate_names(prefix, fresh, files):
-        found = lookup(name)
-        if found is not None and not (found.producer_uid == uid and found.directory in fresh):
-            taken.add(name)
-    names.update(assign_checkpoint_names(prefix, fresh, taken, files=files))
-    return names
+    taken = {c.name: c for c in by_directory.values()}
+    conflicts = []
+    for directory in sorted(d for d in directories if d not in names):
+        name = checkpoint_name(prefix, directory, is_file=files)
+        holder = taken.get(name) or lookup(name)
+        if holder is not None and not (holder.producer_uid == uid and holder.directory == directory):
+            conflicts.append(NameConflict(directory, name, holder))
+            continue
+        names[directory] = name
+        taken[name] = holder or CheckpointInfo(name=name, uid="", phase=CheckpointPhase.PENDING, producer_uid=uid,
+                                               directory=directory)
+    return names, conflicts
 
 
 @dataclass(frozen=True)

@@ -221,7 +221,7 @@ class ExecSession:
         elif channel == ERROR:
             try:
                 self.status = json.loads(payload)
-            except ValueError:
+            except (ValueError, RecursionError):
                 self.status = {"status": "Failure", "message": payload.decode(errors="replace")}
 
     def _read_until_closed(self) -> None:

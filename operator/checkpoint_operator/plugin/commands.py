@@ -619,7 +619,7 @@ def remote_inventory(cluster: Cluster, pod: str) -> dict[str, tuple[int, str]]:
         scan = json.loads(output.decode().strip().splitlines()[-1])
         files = scan["checkpoints"][0]["files"] if scan.get("checkpoints") else []
         return {f["path"]: (f["size"], f["sha256"]) for f in files}
-    except (ValueError, KeyError, IndexError, TypeError):
+    except (ValueError, KeyError, IndexError, TypeError, RecursionError):
         return {}
 
 

@@ -111,6 +111,10 @@ def _publish(ctx: Context, tj: TrainingJob, events: live_sealing.LogEvents) -> T
                              lambda m: store.live_location(tj, claim, m, events.uris, taken.get(m.path)),
                              existing=existing, retired=retired)
     plan = plan_now()
+    for conflict in plan.conflicts:  # reported once; the end-of-job snapshot waits on it
+        if ("conflict", conflict.directory, conflict.name) not in memory.reported:
+            memory.reported.add(("conflict", conflict.directory, conflict.name))
+            ctx.warn(tj, "NameConflict", conflict.message)
     if _take_snapshots(ctx, tj, store, claim, plan, {m.path: m.digest for m in fresh}, events, taken, memory):
         plan = plan_now()  # the same decisions, now with the snapshots' locations
     for info, manifest in plan.changed:

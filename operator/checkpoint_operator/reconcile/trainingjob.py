@@ -35,8 +35,8 @@ from checkpoint_operator.logic.inputs import (Candidate, CheckpointInfo, InputWa
                                               resolve_inputs)
 from checkpoint_operator.logic.protection import label_patch, used_uids
 from checkpoint_operator.logic.results import Advance, Done, Fail, Result, Wait
-from checkpoint_operator.logic.snapshot import (ScanResult, SnapshotPlan, not_stored, parse_scan_output, plan_snapshot,
-                                                skipped_message)
+from checkpoint_operator.logic.snapshot import (ScanResult, SnapshotPlan, conflict_wait, not_stored, parse_scan_output,
+                                                plan_snapshot, skipped_message)
 from checkpoint_operator.logic.volume_snapshots import TakenSnapshot
 from checkpoint_operator.logic.status import StatusChange
 from checkpoint_operator.storage import MissingUpload, Store, store_for
@@ -547,8 +547,12 @@ def _locate_output(ctx: Context, tj: TrainingJob, store: Store, claim: str, pod:
         if missing is not None:
             agent_runs.finish(ctx, pod)
             return Fail("SnapshotFailed", f"pod {pod['metadata']['name']}: {missing}")
-        return _plan(ctx, tj, store, claim, scan, existing, None), None
     plan = _plan(ctx, tj, store, claim, scan, existing, None)
+    conflict = conflict_wait(plan.conflicts)
+    if conflict is not None:  # nothing is created under another name (nor snapshotted): the data waits on the volume
+        return conflict
+    if request is None:
+        return plan, None
     if not any(_unpublished(ctx, tj.metadata.namespace, p.name) for p in plan.checkpoints):
         return plan, None  # (all published at an earlier pass, in their snapshots)
     if not volume_snapshots.is_synced(scan.synced):

@@ -105,7 +105,9 @@ def training_job_event(ctx: Context, event_type: Optional[str], raw: Mapping[str
     gone = event_type == "DELETED"
     if not gone and not _own_write(ctx, "TrainingJob", meta) and _training_job_has_work(meta, info):
         ctx.queue.add(_tj(namespace, name))
-    if gone or info.phase.is_finished:
+    # Its consumers look again when it is gone or done, and when it appears: a consumer that
+    # waited for it to exist now waits on it, or finds the two of them in a cycle (logic/wait_cycles.py).
+    if gone or info.phase.is_finished or event_type == "ADDED":
         ctx.queue.add_all(_tj(namespace, n) for n in _pending(ctx, namespace,
                                                               ctx.indexes.jobs_waiting_on(namespace, "producer", name)))
     if gone:  # its Pending snapshot Checkpoints will never be made Ready now: they fail

@@ -6,7 +6,7 @@ import pytest
 
 from checkpoint_operator.agent.containers import Entry, Split, split_container
 from checkpoint_operator.agent.scan import scan_directory
-from checkpoint_operator.logic.naming import assign_checkpoint_names
+from checkpoint_operator.logic.naming import checkpoint_name
 from formats_files import safetensors_bytes, torch_zip_bytes, write
 
 
@@ -54,8 +54,8 @@ def test_scan_makes_one_checkpoint_per_step_child_and_names_them(tmp_path):
     assert (found["ds"].format, found["ds"].step, found["ds"].complete) == ("deepspeed", 1, True)
     assert {s.path: s.reason for s in result.skipped} == {
         "checkpoints/checkpoint_3.tmp": "name marks an unfinished write ('tmp')"}
-    names = assign_checkpoint_names("job", list(found), set())
-    assert names["checkpoints/checkpoint_1"] == "job-checkpoints-checkpoint-1" and names["ds"] == "job-ds"
+    assert checkpoint_name("job", "checkpoints/checkpoint_1").startswith("job.checkpoints-checkpoint-1.")
+    assert checkpoint_name("job", "ds") == "job.ds"
 
 
 def test_layout_directories_splits_containers_too_and_files_layout_never_looks_inside(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 from checkpoint_operator.agent.formats import FORMATS, format_table_markdown
 from checkpoint_operator.agent.manifest import FileEntry, Manifest
 from checkpoint_operator.api.checkpoint import CheckpointFormat
-from checkpoint_operator.logic.naming import assign_checkpoint_names, without_extension
+from checkpoint_operator.logic.naming import checkpoint_name, without_extension
 from checkpoint_operator.api.checkpoint import Location, VolumeLocation
 from checkpoint_operator.logic.snapshot import ready_change
 
@@ -54,12 +54,12 @@ def test_without_extension(name, expected):
 
 
 def test_file_checkpoints_are_named_without_their_extension_and_stay_unique():
-    names = assign_checkpoint_names("tfiles", ["step-100.pt", "final.pt", "final.safetensors"], set(), files=True)
-    assert names["step-100.pt"] == "tfiles-step-100"
-    assert re.fullmatch(r"tfiles-final-[0-9a-f]{6}", names["final.pt"])
-    assert re.fullmatch(r"tfiles-final-[0-9a-f]{6}", names["final.safetensors"])
+    names = {f: checkpoint_name("tfiles", f, is_file=True) for f in ["step-100.pt", "final.pt", "final.safetensors"]}
+    assert re.fullmatch(r"tfiles\.step-100\.[0-9a-f]{10}", names["step-100.pt"])
+    assert re.fullmatch(r"tfiles\.final\.[0-9a-f]{10}", names["final.pt"])
+    assert re.fullmatch(r"tfiles\.final\.[0-9a-f]{10}", names["final.safetensors"])
     assert names["final.pt"] != names["final.safetensors"]
-    assert assign_checkpoint_names("j", ["step-1.pt"], set()) == {"step-1.pt": "j-step-1-pt"}  # directories keep dots
+    assert re.fullmatch(r"j\.step-1-pt\.[0-9a-f]{10}", checkpoint_name("j", "step-1.pt"))  # a directory keeps its dot
 
 
 def test_documented_format_table_is_the_rule_table():

@@ -25,7 +25,7 @@ def crd_messages(case: Case) -> list[str]:
             if "oldSelf" not in rule["rule"] and any(rule["message"].startswith(p) for p in case.rejected_by)]
 
 
-REFUSED = [c for c in CASES if c.rejected_by and c.old is None]
+REFUSED = [c for c in CASES if c.rejected_by and c.old is None and not c.api_server_only]
 ACCEPTED = [c for c in CASES if not c.rejected_by]
 
 

@@ -126,6 +126,8 @@ def model_rules() -> dict[tuple[str, str], Rule]:
     for definition in crdgen.CRDS:
         visit(definition.spec_model)
         visit(definition.status_model)
+        for rule in definition.root_rules:
+            found[(rule.cel, rule.message)] = rule
     return found
 
 
@@ -157,6 +159,7 @@ class Case:
     rejected_by: tuple[str, ...] = ()  # message prefixes of the rules that must say no; others say yes
     old: Optional[dict] = None         # for transition rules: the stored object
     openapi_valid: bool = True         # False: the OpenAPI part of the schema refuses it too (maxLength, ...)
+    api_server_only: bool = False      # refused at creation only: the operator still reads such a stored object
     kind: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -175,7 +178,9 @@ IMMUTABLE = "spec is immutable"
 REF_ONE = "spec.checkpoints[] must set exactly one"
 SELECT = "spec.checkpoints[].select"
 REF_NAME = "spec.checkpoints[].name"
-REF_JOB = "spec.checkpoints[].fromTrainingJob"
+REF_JOB = "spec.checkpoints[].fromTrainingJob must be"
+SELF_REF = "spec.checkpoints[].fromTrainingJob must not name the TrainingJob itself"
+NAME_DOT = "metadata.name of a TrainingJob must not contain"
 REF_MOUNT = "spec.checkpoints[].mountName"
 KEEP = "spec.output.keep"
 KEEP_ALIAS = "spec.output.keep is the short form"
@@ -475,6 +480,16 @@ CASES: list[Case] = [
     Case("template-no-containers", training_job(template={"spec": {"restartPolicy": "Never"}}), (CONTAINERS,)),
     Case("template-empty-containers", training_job(template={"spec": {"containers": []}}), (CONTAINERS,)),
     Case("template-no-spec", training_job(template={"metadata": {}}), (CONTAINERS,), openapi_valid=False),
+    # the whole object (issue 18 items 6 and 11): a job never takes its own output; its name, the
+    # prefix of its Checkpoints' names (<name>.<directory>), has no '.'
+    Case("takes-another-job", inputs({"fromTrainingJob": "pretrain"})),
+    Case("takes-itself", inputs({"fromTrainingJob": "tj"}), (SELF_REF,)),
+    Case("takes-itself-among-others", inputs({"name": "base"}, {"fromTrainingJob": "tj", "select": "final"}),
+         (SELF_REF,)),
+    Case("takes-a-checkpoint-named-like-itself", inputs({"name": "tj"})),
+    Case("name-with-dot", {**training_job(), "metadata": {"name": "tj.v2"}}, (NAME_DOT,), api_server_only=True),
+    Case("name-with-dot-takes-itself", {**inputs({"fromTrainingJob": "tj.v2"}), "metadata": {"name": "tj.v2"}},
+         (NAME_DOT, SELF_REF)),
 ]
 
 
@@ -536,7 +551,8 @@ def test_every_crd_rule_is_declared_on_a_model() -> None:
 def test_messages_name_their_field() -> None:
     for kind in CRD_FILES:
         for path, _, rule in iter_schema_rules(open_api_schema(load_crd(kind))):
-            assert "spec." in rule["message"], f"{kind} {path}: message {rule['message']!r} names no spec. field"
+            assert "spec." in rule["message"] or (not path and rule["message"].startswith("metadata.name")), \
+                f"{kind} {path}: message {rule['message']!r} names no spec. field"
             # the message starts with the path of the node the rule sits on (list items as [])
             assert rule["message"].startswith(path), f"{kind}: {rule['message']!r} does not start with {path}"
 
@@ -577,9 +593,11 @@ def test_rules_only_read_declared_fields(kind: str) -> None:
     for path, node, rule in iter_schema_rules(open_api_schema(load_crd(kind))):
         for match in re.finditer(r"\b(?:self|oldSelf)((?:\.[A-Za-z_][A-Za-z0-9_]*)+)", rule["rule"]):
             chain = [c for c in match.group(1).split(".") if c]
-            methods = {"startsWith", "endsWith", "matches", "contains", "size", "filter"}
+            methods = {"startsWith", "endsWith", "matches", "contains", "size", "filter", "all", "exists"}
             while chain and chain[-1] in methods:
                 chain.pop()
+            if not path and chain in (["metadata", "name"], ["metadata", "generateName"]):
+                continue  # at the root, CEL may read these two fields of metadata (and no other)
             assert _resolve_field(node, chain) is not None, \
                 f"{kind} {path}: {rule['rule']!r} reads self.{'.'.join(chain)}, which the schema does not declare"
         if "fieldPath" in rule:

@@ -1,51 +1,107 @@
+"""Names derived from a job's output (issue 18 item 11): an injective, deterministic function of
+(prefix, directory) that depends on nothing else (logic/naming.py)."""
+
+import itertools
+import random
 import re
 
 import pytest
 
-from checkpoint_operator.logic.naming import (MAX_NAME, assign_checkpoint_names, bounded_name, checkpoint_name,
-                                              sanitize)
+from checkpoint_operator.logic.naming import MAX_NAME, NAME_HASH_LENGTH, bounded_name, checkpoint_name, sanitize
 
-DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def is_valid(name: str) -> bool:
+    return len(name) <= MAX_NAME and DNS1123_SUBDOMAIN.match(name) is not None
 
 
 @pytest.mark.parametrize("directory,expected", [
-    ("step-2000", "job-step-2000"),
-    ("checkpoint-100", "job-checkpoint-100"),
-    ("Step_2000", "job-step-2000"),
-    ("global_step20", "job-global-step20"),
-    ("model.v2", "job-model-v2"),
+    ("step-2000", "job.step-2000"),
+    ("checkpoint-100", "job.checkpoint-100"),
+    ("best", "job.best"),
+    ("0", "job.0"),
 ])
-def test_plain_names_are_lowercased_and_valid(directory, expected):
+def test_a_clean_directory_is_named_as_it_is(directory, expected):
     assert checkpoint_name("job", directory) == expected
 
 
-def test_root_files_are_named_final():
-    assert assign_checkpoint_names("job", ["."], set()) == {".": "job-final"}
+def test_the_root_files_are_named_by_the_prefix_alone():
+    assert checkpoint_name("job", ".") == "job"
+    assert checkpoint_name("llama-sft", ".") == "llama-sft"
 
 
-def test_names_are_deterministic_and_unique_when_sanitized_forms_clash():
-    dirs = ["step-1", "Step_1", "STEP.1"]
-    first = assign_checkpoint_names("job", dirs, set())
-    assert first == assign_checkpoint_names("job", list(reversed(dirs)), set())
-    assert first["step-1"] == "job-step-1"  # the clean one keeps the plain name
-    assert len(set(first.values())) == 3
-    assert all(DNS1123.match(n) for n in first.values())
+@pytest.mark.parametrize("directory,readable", [
+    ("Step_2000", "step-2000"),
+    ("global_step20", "global-step20"),
+    ("model.v2", "model-v2"),
+    ("step-1-", "step-1"),
+    ("-step-1", "step-1"),
+    ("ümlaut dir", "mlaut-dir"),
+    ("___", "x"),
+    ("模型", "x"),
+])
+def test_any_other_directory_gets_a_readable_part_and_a_hash(directory, readable):
+    name = checkpoint_name("job", directory)
+    head, part, digest = name.split(".")
+    assert (head, part) == ("job", readable)
+    assert re.fullmatch(f"[0-9a-f]{{{NAME_HASH_LENGTH}}}", digest)
+    assert is_valid(name)
 
 
-def test_name_taken_by_a_foreign_object_gets_a_hash():
-    names = assign_checkpoint_names("job", ["step-1"], {"job-step-1"})
-    assert names["step-1"].startswith("job-step-1-") and names["step-1"] != "job-step-1"
+def test_the_example_of_the_issue_no_longer_collides():
+    # prefix x + directory a-b and prefix x-a + directory b both derived x-a-b before.
+    assert checkpoint_name("x", "a-b") == "x.a-b"
+    assert checkpoint_name("x-a", "b") == "x-a.b"
 
 
-def test_unrepresentable_directory_gets_a_hash_not_an_empty_part():
-    name = checkpoint_name("job", "___")
-    assert DNS1123.match(name) and name.startswith("job-") and len(name) == len("job-") + 6
+def test_names_do_not_depend_on_what_exists_or_on_order():
+    dirs = ["step-1", "Step_1", "STEP.1", "step_1"]
+    first = [checkpoint_name("job", d) for d in dirs]
+    assert first == [checkpoint_name("job", d) for d in dirs]  # the same in every run
+    assert len(set(first)) == len(dirs)
+    assert first[0] == "job.step-1"  # the clean one keeps its plain name whatever else is there
 
 
-def test_long_names_are_bounded_and_still_distinct():
+def test_a_layout_files_entry_reads_without_its_extension_and_stays_distinct():
+    pt, binary = checkpoint_name("job", "step-100.pt", is_file=True), checkpoint_name("job", "step-100.bin", is_file=True)
+    assert pt.startswith("job.step-100.") and binary.startswith("job.step-100.") and pt != binary
+    assert checkpoint_name("job", "step-100", is_file=True) == "job.step-100"  # a file without extension: clean
+
+
+def test_long_names_are_bounded_keep_the_hash_and_stay_distinct():
+    prefix = "p" * 253  # a TrainingJob's name may be this long
+    names = {checkpoint_name(prefix, d) for d in ("step-1", "step-2", "Step_1", ".")}
+    assert len(names) == 4 and all(is_valid(n) for n in names)
+    assert checkpoint_name(prefix, ".") == prefix
     a = checkpoint_name("p" * 240, "step-" + "1" * 30)
     b = checkpoint_name("p" * 240, "step-" + "1" * 29 + "2")
-    assert len(a) <= MAX_NAME and len(b) <= MAX_NAME and a != b
+    assert a != b and is_valid(a) and is_valid(b) and a.count(".") == 2
+    # two long prefixes that share their first 240 characters still differ (the hash covers the prefix)
+    assert checkpoint_name("q" * 241 + "a", "Step_1") != checkpoint_name("q" * 241 + "b", "Step_1")
+
+
+def test_the_three_forms_are_told_apart_by_their_dots():
+    assert checkpoint_name("job", ".").count(".") == 0
+    assert checkpoint_name("job", "a-b").count(".") == 1
+    assert checkpoint_name("job", "A.B").count(".") == 2
+    # a clean directory that looks like a hash is still the one-dot form, never the two-dot one
+    digest = checkpoint_name("job", "Step_1").split(".")[-1]
+    assert checkpoint_name("job", digest) == f"job.{digest}"
+
+
+def test_injective_over_many_prefixes_and_directories():
+    rng = random.Random(18)
+    alphabet = "ab-_.A1é"
+    prefixes = ["x", "x-a", "a", "a-b", "x-a-b", "p" * 250, "p" * 249, "job"]
+    directories = {"."} | {"".join(rng.choice(alphabet) for _ in range(rng.randint(1, 6))) for _ in range(3000)}
+    directories = {d for d in directories if d not in ("..",) and not d.startswith(".") or d == "."}
+    seen: dict[str, tuple[str, str]] = {}
+    for prefix, directory in itertools.product(prefixes, sorted(directories)):
+        name = checkpoint_name(prefix, directory)
+        assert is_valid(name), (prefix, directory, name)
+        assert seen.setdefault(name, (prefix, directory)) == (prefix, directory), name
+    assert len(seen) == len(prefixes) * len(directories)
 
 
 def test_bounded_name_keeps_short_names_and_shortens_long_ones():
@@ -56,3 +112,13 @@ def test_bounded_name_keeps_short_names_and_shortens_long_ones():
 
 def test_sanitize():
     assert sanitize("--A b__C--") == "a-b-c"
+
+
+def test_the_docs_examples_are_the_names_the_code_makes():
+    """docs/concepts.md's table of names: each full example there is what checkpoint_name gives."""
+    from pathlib import Path
+    page = (Path(__file__).resolve().parents[3] / "docs" / "concepts.md").read_text()
+    examples = re.findall(r"`([A-Za-z0-9_.-]+)` → `(pretrain\.[a-z0-9.-]+)`", page)
+    assert ("Step_300", "pretrain.step-300.b47a04cb4b") in examples
+    for directory, name in examples:
+        assert checkpoint_name("pretrain", directory) == name, directory

@@ -7,8 +7,8 @@ from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.api.checkpoint import Location
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.logic.inputs import CheckpointInfo
-from checkpoint_operator.logic.snapshot import (ScanOutputError, ScanResult, not_stored, parse_scan_output,
-                                                plan_snapshot, ready_change, skipped_message)
+from checkpoint_operator.logic.snapshot import (ScanOutputError, ScanResult, conflict_wait, not_stored,
+                                                parse_scan_output, plan_snapshot, ready_change, skipped_message)
 from checkpoint_operator.storage.volume import VolumeStore
 from factories import training_job
 
@@ -44,7 +44,7 @@ def test_plan_names_lineage_and_keep():
     scan = ScanResult([manifest("step-100", 100), manifest("step-300", 300), manifest("step-200", 200),
                        manifest(".", None, files=("config.json",))], [])
     result = plan(tj, scan)
-    assert [p.name for p in result.checkpoints] == ["train-step-300", "train-step-200", "train-final"]
+    assert [p.name for p in result.checkpoints] == ["train.step-300", "train.step-200", "train"]
     assert result.dropped == ["step-100"]
     first = result.checkpoints[0]
     assert first.body["spec"]["source"]["trainingJob"] == {"name": "train", "uid": "u-train", "directory": "step-300"}
@@ -67,10 +67,41 @@ def test_plan_is_idempotent_against_its_own_earlier_checkpoints_and_avoids_forei
     first = plan(tj, scan)
     ours = {**first.checkpoints[0].body, "metadata": {**first.checkpoints[0].body["metadata"], "uid": "x"}}
     again = plan(tj, scan, [ours])
-    assert again.checkpoints[0].name == "train-step-1"
-    foreign = {"metadata": {"name": "train-step-1"}, "spec": {"source": {"volume": {"claimName": "c"}}}}
-    other = plan(tj, scan, [foreign])
-    assert other.checkpoints[0].name.startswith("train-step-1-")
+    assert again.checkpoints[0].name == "train.step-1" and not again.conflicts
+
+
+def test_a_name_held_by_another_object_is_a_conflict_never_another_name():
+    """Before, the plan gave a hashed name when the plain one was taken at that moment, so a
+    name could mean different data in different runs (issue 18 item 11)."""
+    tj = training_job("train")
+    scan = ScanResult([manifest("step-1", 1), manifest("step-2", 2)], [])
+    foreign = {"metadata": {"name": "train.step-1"}, "spec": {"source": {"volume": {"claimName": "c"}}}}
+    result = plan(tj, scan, [foreign])
+    assert [p.name for p in result.checkpoints] == ["train.step-2"]
+    [conflict] = result.conflicts
+    assert (conflict.directory, conflict.name) == ("step-1", "train.step-1")
+    assert "output 'step-1' would be Checkpoint train.step-1, which exists" in conflict.message
+    assert "delete it, or give this job another spec.output.namePrefix" in conflict.message
+    wait = conflict_wait(result.conflicts)
+    assert wait.reason == "NameConflict" and wait.stalled and wait.requeue_after
+    assert "train.step-1" in wait.message
+
+
+def test_a_rerun_under_the_same_name_conflicts_with_the_first_runs_checkpoints():
+    tj = training_job("train")
+    first_run = {"metadata": {"name": "train.step-1", "uid": "u-old"},
+                 "spec": {"source": {"trainingJob": {"name": "train", "uid": "u-old-job", "directory": "step-1"}}},
+                 "status": {"phase": "Ready"}}
+    [conflict] = plan(tj, ScanResult([manifest("step-1", 1)], []), [first_run]).conflicts
+    assert "written by TrainingJob train (uid u-old-job) from 'step-1'" in conflict.message
+    deleting = {**first_run, "metadata": {**first_run["metadata"], "deletionTimestamp": "2026-01-01T00:00:00Z"}}
+    result = plan(tj, ScanResult([manifest("step-1", 1)], []), [deleting])
+    assert "it is being deleted" in result.conflicts[0].message
+    assert not conflict_wait(result.conflicts).stalled  # it ends by itself
+
+
+def test_no_conflict_no_wait():
+    assert conflict_wait([]) is None
 
 
 def test_the_end_of_job_retention_keeps_a_sealed_checkpoint_labelled_keep_that_it_finds_again():
@@ -81,18 +112,18 @@ def test_the_end_of_job_retention_keeps_a_sealed_checkpoint_labelled_keep_that_i
 
     def sealed(m, **labels):
         return CheckpointInfo.from_body({
-            "metadata": {"name": f"train-{m.path}", "uid": f"u-{m.path}", "labels": labels},
+            "metadata": {"name": f"train.{m.path}", "uid": f"u-{m.path}", "labels": labels},
             "spec": {"source": {"trainingJob": {"name": "train", "uid": "u-train", "directory": m.path}}},
             "status": {"phase": "Ready", "step": m.step, "digest": m.digest}})
     existing = [sealed(found[0], **{"ckpt.dev/keep": "true"}), sealed(found[1])]
     result = plan_snapshot(tj, ScanResult(found, []), lambda n: None, location, existing=existing)
-    assert [c.name for c in result.retire] == ["train-step-2"]
+    assert [c.name for c in result.retire] == ["train.step-2"]
     assert sorted(p.directory for p in result.checkpoints) == ["step-1", "step-3"]
 
 
 def test_name_prefix():
     tj = training_job("train", output={"namePrefix": "llama"})
-    assert plan(tj, ScanResult([manifest("step-1", 1)], [])).checkpoints[0].name == "llama-step-1"
+    assert plan(tj, ScanResult([manifest("step-1", 1)], [])).checkpoints[0].name == "llama.step-1"
 
 
 def test_completeness_from_the_manifest_contract_2():

@@ -112,6 +112,19 @@ def test_a_pending_snapshot_checkpoint_waits_for_its_live_producer_alone():
     assert ("Checkpoint", "default", "src-s-1") in ctx.queue.added
 
 
+def test_a_new_training_job_wakes_the_pending_jobs_that_take_from_it():
+    """A consumer that waited for its producer to exist looks again when it appears (and may then
+    find the two of them in a cycle, logic/wait_cycles.py); a plain change does not wake it."""
+    consumer = training_job("consumer", checkpoints=[{"fromTrainingJob": "producer"}])
+    producer = training_job("producer", checkpoints=[{"fromTrainingJob": "consumer"}])
+    ctx = context(jobs=[consumer, producer])
+    wakeups.training_job_event(ctx, "ADDED", producer)
+    assert ("TrainingJob", "default", "consumer") in ctx.queue.added
+    ctx = context(jobs=[consumer, producer])
+    wakeups.training_job_event(ctx, "MODIFIED", {**producer, "metadata": {**producer["metadata"], "resourceVersion": "2"}})
+    assert ("TrainingJob", "default", "consumer") not in ctx.queue.added
+
+
 def catalog_entry(name: str, uid: str, phase: str = "Ready") -> dict:
     return {"apiVersion": "ckpt.dev/v1alpha1", "kind": "ClusterCheckpoint",
             "metadata": {"name": name, "uid": uid, "finalizers": ["ckpt.dev/in-use-protection"]},

@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
+from checkpoint_operator.agent import fstree
 from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.manifest import paths_problem
 from checkpoint_operator.agent.names import component_problem, printable
@@ -112,7 +113,7 @@ def file_name(label: str, path: str) -> str:
 def target_path(tree: str, rel: str) -> str:
     """Where the checked relative path `rel` lands in `tree` (parents made)."""
     target = os.path.join(tree, *rel.split("/"))
-    os.makedirs(os.path.dirname(target), exist_ok=True)
+    fstree.make_dirs(os.path.dirname(target))
     return target
 
 

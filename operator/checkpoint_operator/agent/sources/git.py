@@ -34,6 +34,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import IO, Iterator, Optional
 
+from checkpoint_operator.agent import fstree
 from checkpoint_operator.agent.archive import _link_stays_inside
 from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.names import printable
@@ -328,7 +329,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 def _du(path: str) -> int:
     total = 0
-    for dirpath, _, files in os.walk(path):
+    for dirpath, _, files in fstree.walk(path):
         for name in files:
             try:
                 total += os.lstat(os.path.join(dirpath, name)).st_size
