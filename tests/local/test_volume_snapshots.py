@@ -276,17 +276,19 @@ async def test_a_copy_cut_short_by_a_restart_is_made_again(api_url: str, api: Ap
 def test_a_volume_nested_1000_deep_is_snapshotted_measured_and_restored(tmp_path: Path) -> None:
     """Issue 18's class on the CSI side: the snapshot's copy, its size and a restore's copy go to any
     depth (shutil.copytree and Path.rglob recurse per level: RecursionError near 1,000 before)."""
+    from deep_trees import build_deep_tree, files_of
+
     from checkpoint_operator.agent import fstree
     from checkpoint_operator.local import storage as local_storage
-    deep = "/".join(["d"] * 1000)
-    volume = tmp_path / "v"
-    fstree.make_dirs(str(volume / deep))
-    (volume / deep / "leaf.bin").write_bytes(b"leaf")
-    (volume / "top.bin").write_bytes(b"12345")
-    copy = tmp_path / "snapshots" / "content-1"
-    local_snapshots._copy_volume(volume, copy)
-    assert (copy / deep / "leaf.bin").read_bytes() == b"leaf"
-    assert local_snapshots._tree_bytes(copy) == 9
-    restored = tmp_path / "volumes" / "restored"
-    local_storage._make_volume_directory(restored, copy)
-    assert (restored / deep / "leaf.bin").read_bytes() == b"leaf"
+    try:
+        volume = build_deep_tree(tmp_path / "v")
+        written = files_of(volume)
+        copy = tmp_path / "snapshots" / "content-1"
+        local_snapshots._copy_volume(volume, copy)
+        assert files_of(copy) == written
+        assert local_snapshots._tree_bytes(copy) == sum(len(data) for data in written.values())
+        restored = tmp_path / "volumes" / "restored"
+        local_storage._make_volume_directory(restored, copy)
+        assert files_of(restored) == written
+    finally:  # pytest's own clean-up of old temporary directories recurses
+        fstree.remove_tree(str(tmp_path), ignore_errors=True, make_writable=True)
