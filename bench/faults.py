@@ -1291,7 +1291,7 @@ async def self_check_snapshots() -> str | None:
     async with Harness("self-check-snapshots", None, snapshots=True) as h:
         await h.create_job("job", train=steps(2))
         await finished(h, "job")
-        ckpt = await h.api.get(CKPT, NS, "job-step-1")
+        ckpt = await h.api.get(CKPT, NS, "job.step-1")
         snapshot = ckpt["status"]["location"]["snapshot"]
         copy = Path(h.cluster.snapshot_dir(NS, snapshot["volumeSnapshotName"]))
         target = copy / snapshot["path"] / "model.safetensors"
