@@ -10,9 +10,10 @@ Layers, each usable alone (function scope: every test gets a fresh, empty API):
   (``await api.create("v1/pods", "default", body)``, ``get``, ``list``, ``patch``, ``replace``,
   ``delete``, ``read_log``); HTTP errors raise ``ApiError`` with ``.status`` and ``.reason``;
 - ``container_runner`` -> None: override it in a module to play the training code;
-- ``cluster`` -> ``LocalCluster``: PVC binder, Job and JobSet controllers (JobSet's published CRD
-  installed: ``jobset_installed`` -> False leaves both out), Kueue stand-in, kubelet and GC, running
-  in the test's loop against ``api_url`` with data under ``tmp_path / "cluster"``;
+- ``cluster`` -> ``LocalCluster``: scheduler, storage, snapshot controller, Job and JobSet controllers
+  (JobSet's published CRD installed: ``jobset_installed`` -> False leaves both out), Kueue stand-in,
+  kubelets and GC, running in the test's loop against ``api_url`` with data under
+  ``tmp_path / "cluster"``, on ``cluster_nodes`` nodes (1 unless a test overrides that fixture);
 - ``wait_for`` -> ``async wait_for(predicate, timeout=10, interval=0.05)``: polls a sync or async
   predicate until it returns something truthy and returns that value.
 
@@ -71,16 +72,23 @@ def published_jobset_crd() -> dict:
 
 
 @pytest.fixture
+def cluster_nodes() -> int:
+    """Nodes of the ``cluster``: 1 keeps most tests fast; override it (a module's fixture, or
+    ``@pytest.mark.parametrize("cluster_nodes", [3])``) for tests of scheduling and attachment."""
+    return 1
+
+
+@pytest.fixture
 def jobset_installed() -> bool:
     """Whether the local cluster has JobSet (its CRD and controller). Override to test without."""
     return True
 
 
 @pytest.fixture
-async def cluster(api_url: str, tmp_path: Any, container_runner: Any, jobset_installed: bool
+async def cluster(api_url: str, tmp_path: Any, container_runner: Any, cluster_nodes: int, jobset_installed: bool
                   ) -> AsyncIterator[LocalCluster]:
-    async with LocalCluster(api_url, tmp_path / "cluster", container_runner=container_runner, jobset=jobset_installed,
-                            jobset_crd=copy.deepcopy(published_jobset_crd())) as local_cluster:
+    async with LocalCluster(api_url, tmp_path / "cluster", container_runner=container_runner, nodes=cluster_nodes,
+                            jobset=jobset_installed, jobset_crd=copy.deepcopy(published_jobset_crd())) as local_cluster:
         yield local_cluster
 
 
