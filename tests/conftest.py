@@ -127,3 +127,27 @@ def credential_watch(request) -> Iterator[Any]:
         credentials.stop(handler)
     leaks = witness.leaks(credentials.SECRETS)
     assert not leaks, "credentials found in what the code wrote:\n" + "\n".join(leaks[:20])
+
+
+# --- deep trees: tests build 1,000-deep directories; pytest's own cleanup of old numbered tmp
+# directories uses a recursive rmtree that fails on them (RecursionError at exit), so every
+# subtree past DEEP levels under this session's basetemp is removed without recursion here.
+DEEP = 200
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    import os
+
+    from checkpoint_operator.agent import fstree
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    basetemp = getattr(factory, "_basetemp", None)
+    if basetemp is None or not os.path.isdir(basetemp):
+        return
+    base_depth = str(basetemp).rstrip(os.sep).count(os.sep)
+    deep: list[str] = []
+    for directory, subdirs, _files in fstree.walk(str(basetemp)):
+        if directory.count(os.sep) - base_depth >= DEEP:
+            deep.append(directory)
+            subdirs[:] = []  # remove_tree takes the whole subtree
+    for directory in deep:
+        fstree.remove_tree(directory, ignore_errors=True, make_writable=True)
