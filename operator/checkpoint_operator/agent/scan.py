@@ -317,8 +317,12 @@ def main(args: argparse.Namespace) -> int:
         raise AgentError(f"{args.dir}: not a directory (scan takes the directory that holds the checkpoints)")
     result = scan_directory(Path(args.dir), layout=args.layout, single=args.single, workers=args.workers,
                             max_entries=entry_limit(args.max_entries))
+    extra = {}
+    if getattr(args, "sync", False):  # a volume snapshot follows: the bytes must be on the disk first
+        from checkpoint_operator.agent.durability import sync_filesystem
+        extra["synced"] = sync_filesystem(args.dir)
     if args.json:
-        sys.stdout.write(json.dumps(result.model_dump(mode="json")) + "\n")
+        sys.stdout.write(json.dumps({**result.model_dump(mode="json"), **extra}) + "\n")
     else:
         print(format_table(result))
     return 0

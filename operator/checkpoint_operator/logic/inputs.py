@@ -154,7 +154,10 @@ def input_on_other_store(inputs: list[ResolvedInput], store: str) -> Optional[st
     its data is on the other one (the operator's store was changed under existing Checkpoints, or a
     local state dir run with another --store; hostile3 F9), or None."""
     for item in inputs:
-        where = "volume" if item.location.volume is not None else "s3" if item.location.s3 is not None else None
+        location = item.location
+        where = ("s3" if location.s3 is not None
+                 else "volume" if location.volume is not None or location.snapshot is not None  # (its snapshots)
+                 else None)
         if where != store:
             kind = CLUSTER_KIND if item.cluster else "Checkpoint"
             on = f"on the {where} store" if where else "nowhere this operator can read (its status has no location)"

@@ -35,6 +35,7 @@ class ScanResult:
     skipped: list[dict[str, Any]]
     uploads: dict[str, str] = field(default_factory=dict)  # s3 store: directory -> uri of its committed upload
     skipped_count: Optional[int] = None                   # the agent may report more than it lists
+    synced: Optional[str] = None                           # "syncfs": the scanned filesystem was synced
 
     @property
     def total_skipped(self) -> int:
@@ -113,7 +114,8 @@ def parse_scan_output(log: str) -> ScanResult:
         if isinstance(data, dict) and "checkpoints" in data:
             return ScanResult(checkpoints=[Manifest.model_validate(c) for c in data["checkpoints"]],
                               skipped=list(data.get("skipped", [])), uploads=dict(data.get("uploads", {})),
-                              skipped_count=data.get("skippedCount"))
+                              skipped_count=data.get("skippedCount"),
+                              synced=data["synced"] if isinstance(data.get("synced"), str) else None)
     raise ScanOutputError("the snapshot pod's log holds no scan result (a JSON line with 'checkpoints')")
 
 

@@ -166,6 +166,11 @@ def test_an_input_on_the_other_store_is_named_not_raised():
                           location=Location(s3=S3Location(uri="s3://b/default/x/")))
     on_volume = ResolvedInput(name="base", uid="v", digest="sha256:" + "b" * 64, mount_name="b",
                               location=Location(volume=VolumeLocation(claimName="c", path=".")))
+    from checkpoint_operator.api.checkpoint import SnapshotLocation
+    in_snapshot = ResolvedInput(name="snap", uid="s", digest="sha256:" + "d" * 64, mount_name="s",
+                                location=Location(snapshot=SnapshotLocation.model_validate(
+                                    {"volumeSnapshotName": "vs", "path": "."})))
+    assert input_on_other_store([on_volume, in_snapshot], "volume") is None  # the volume store's snapshots
     assert input_on_other_store([on_volume], "volume") is None
     assert input_on_other_store([on_s3], "s3") is None
     assert input_on_other_store([on_volume, on_s3], "volume") == (
