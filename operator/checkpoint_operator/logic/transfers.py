@@ -87,8 +87,8 @@ def upload_request(checkpoint: Checkpoint) -> Union[UploadRequest, str, None]:
     size = meta.annotation(IMPORT_SIZE_ANNOTATION)
     try:
         size_bytes = parse_quantity(size) if size else None
-    except ValueError:
-        size_bytes = None
+    except ValueError as exc:
+        return f"annotation {IMPORT_SIZE_ANNOTATION}: {exc} (kubectl ckpt push sets it to the data's size)"
     return UploadRequest(value, digest, size_bytes)
 
 

@@ -32,7 +32,7 @@ from checkpoint_operator.logic import volume_snapshots, workload
 from checkpoint_operator.logic.agent_pods import AGENT_OUTPUT_MOUNT, downloaded_input, last_error_line, pod_failure
 from checkpoint_operator.logic.conditions import now_rfc3339, seconds_since
 from checkpoint_operator.logic.inputs import (Candidate, CheckpointInfo, InputWait, ResolvedInput, check_live_input,
-                                              resolve_inputs)
+                                              input_on_other_store, resolve_inputs)
 from checkpoint_operator.logic.protection import label_patch, used_uids
 from checkpoint_operator.logic.results import Advance, Done, Fail, Result, Wait
 from checkpoint_operator.logic.snapshot import (ScanResult, SnapshotPlan, conflict_wait, not_stored, parse_scan_output,
@@ -193,6 +193,9 @@ def _make_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput], a
                                           "it is installed", requeue_after=ctx.config.engine_check_interval,
                     stalled=True)
     store = store_for(ctx.config)
+    elsewhere = input_on_other_store(inputs, store.name)
+    if elsewhere:
+        return Fail("InputOnOtherStore", elsewhere)
     publish_mode = flow.publish_mode(tj, ctx.config.default_publish)
     at = workloads.rendezvous_for(ctx, tj) if rendezvous.is_distributed(tj) else None
     try:
