@@ -176,7 +176,7 @@ async def test_a_kueue_preemption_stops_the_workers_and_readmission_resumes_from
     async def sealed(checkpoint):
         obj = await api.get("ckpt.dev/v1alpha1/checkpoints", NS, checkpoint)
         return obj if obj and obj.get("status", {}).get("phase") == "Ready" else None
-    await wait_for(lambda: sealed(f"{name}-checkpoint-1"), timeout=60)
+    await wait_for(lambda: sealed(f"{name}.checkpoint-1"), timeout=60)
     resource = "batch/v1/jobs" if engine == "Job" else "jobset.x-k8s.io/v1alpha2/jobsets"
     workload = await api.get(resource, NS, name)
     assert workload["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
@@ -185,7 +185,7 @@ async def test_a_kueue_preemption_stops_the_workers_and_readmission_resumes_from
     status = tj["status"]
     assert status["phase"] == "Succeeded", status.get("message")
     assert status["preemptions"] == 1 and status.get("restarts", 0) == 0
-    assert status["outputCheckpoints"] == [f"{name}-checkpoint-1", f"{name}-checkpoint-2", f"{name}-checkpoint-3"]
+    assert status["outputCheckpoints"] == [f"{name}.checkpoint-1", f"{name}.checkpoint-2", f"{name}.checkpoint-3"]
     claim = cluster.claim_dir(NS, status["outputClaim"])
     assert (claim / "checkpoint-3" / "resumed_from").read_text() == "checkpoint-2"
     reasons = [e["reason"] for e in sorted(await events_of(api, name), key=lambda e: e["metadata"]["name"])]

@@ -325,8 +325,11 @@ def main(args: argparse.Namespace) -> int:
     else:
         result = scan_directory(Path(args.dir), layout=args.layout, single=args.single, workers=args.workers,
                                 max_entries=entry_limit(args.max_entries))
+    extra: dict = {"sources": sources} if sources is not None else {}
+    if getattr(args, "sync", False):  # a volume snapshot follows: the bytes must be on the disk first
+        from checkpoint_operator.agent.durability import sync_filesystem
+        extra["synced"] = sync_filesystem(args.dir)
     if args.json:
-        extra = {"sources": sources} if sources is not None else {}
         sys.stdout.write(json.dumps({**result.model_dump(mode="json"), **extra}) + "\n")
     else:
         print(format_table(result))

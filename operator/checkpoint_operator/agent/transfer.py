@@ -477,7 +477,11 @@ def main_receive(args: argparse.Namespace) -> int:
         print(json.dumps({"checkpoints": [], "skipped": [], "received": False,
                           "reason": f"no push within {args.idle:.0f} s"}), flush=True)
         return 0
-    print(json.dumps(received_result(args.dir, args.digest, commit, _max_size(args))), flush=True)
+    result = received_result(args.dir, args.digest, commit, _max_size(args))
+    if getattr(args, "sync", False):  # a volume snapshot of it follows: its bytes must be on the disk
+        from checkpoint_operator.agent.durability import sync_filesystem
+        result["synced"] = sync_filesystem(args.dir)
+    print(json.dumps(result), flush=True)
     return 0
 
 

@@ -16,12 +16,13 @@ def _parts(parts: Optional[int], per_worker: bool) -> list[str]:
     return [*(["--parts", str(parts)] if parts else []), *(["--per-worker"] if parts and per_worker else [])]
 
 
-def scan(directory: str, *, layout: Layout = "auto", single: bool = False, parts: Optional[int] = None,
-         per_worker: bool = False) -> list[str]:
+def scan(directory: str, *, layout: Layout = "auto", single: bool = False, sync: bool = False,
+         parts: Optional[int] = None, per_worker: bool = False) -> list[str]:
     """Print the scan of DIR as one JSON line (volume store snapshots, adoption of a volume path).
+    `sync`: then syncfs the filesystem (a volume snapshot of it follows), reported in the JSON.
     `parts`: DIR/worker-<i> are that many workers' outputs (agent/parts.py)."""
     return [*AGENT, "scan", directory, *(["--single"] if single else ["--layout", layout]),
-            *_parts(parts, per_worker), "--json"]
+            *_parts(parts, per_worker), "--json", *(["--sync"] if sync else [])]
 
 
 def snapshot(directory: str, upload_to: str, *, layout: Layout = "auto", single: bool = False,
@@ -54,10 +55,12 @@ def verify(location: str, *, digest: Optional[str] = None, max_size: Optional[in
             *(["--max-size", str(max_size)] if max_size is not None else []), "--json"]
 
 
-def receive(directory: str, *, digest: str, idle: float, max_size: Optional[int] = None) -> list[str]:
-    """An upload receiver: wait for a push into DIR (agent unpack, run by exec), then check it."""
+def receive(directory: str, *, digest: str, idle: float, max_size: Optional[int] = None,
+            sync: bool = False) -> list[str]:
+    """An upload receiver: wait for a push into DIR (agent unpack, run by exec), then check it.
+    `sync`: then syncfs DIR's filesystem (a volume snapshot of it follows), reported in its result."""
     return [*AGENT, "receive", directory, "--digest", digest, "--idle", f"{idle:g}",
-            *(["--max-size", str(max_size)] if max_size is not None else [])]
+            *(["--max-size", str(max_size)] if max_size is not None else []), *(["--sync"] if sync else [])]
 
 
 def unpack(directory: str, *, max_size: Optional[int] = None, name: Optional[str] = None) -> list[str]:
@@ -79,10 +82,12 @@ def hold(session_dir: str, *, idle: float) -> list[str]:
 
 
 def watch(output_dir: str, *, interval: float, annotations_file: Optional[str] = None,
-          upload_to: Optional[str] = None, shared: bool = False, upload_concurrency: Optional[int] = None) -> list[str]:
-    """The live-sealing sidecar: seal checkpoints in OUTPUT_DIR as they complete (one JSON line each)."""
+          upload_to: Optional[str] = None, shared: bool = False, upload_concurrency: Optional[int] = None,
+          sync: bool = False) -> list[str]:
+    """The live-sealing sidecar: seal checkpoints in OUTPUT_DIR as they complete (one JSON line each).
+    `sync`: syncfs once a directory is sealed, before it is announced (a volume snapshot follows)."""
     return [*AGENT, "watch", output_dir, "--interval", f"{interval:g}",
             *(["--annotations-file", annotations_file] if annotations_file else []),
             *(["--upload-to", upload_to] if upload_to else []),
             *(["--upload-concurrency", str(upload_concurrency)] if upload_concurrency else []),
-            *(["--shared"] if shared else [])]
+            *(["--shared"] if shared else []), *(["--sync"] if sync else [])]

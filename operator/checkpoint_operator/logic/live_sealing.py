@@ -73,6 +73,7 @@ class LiveMemory:
 
     annotated: dict[str, str] = field(default_factory=dict)       # pod -> the removal annotation it has
     reported: set[tuple[Optional[str], ...]] = field(default_factory=set)  # warnings already posted as events
+    snapshot_next_look: dict[str, float] = field(default_factory=dict)  # VolumeSnapshot -> when to read it again
 
 
 @dataclass
@@ -83,6 +84,7 @@ class LogEvents:
     not_read_only: dict[str, str] = field(default_factory=dict)
     removed: set[tuple[str, str]] = field(default_factory=set)
     changed: dict[str, dict[str, Any]] = field(default_factory=dict)   # path -> the line
+    synced: set[tuple[str, str]] = field(default_factory=set)  # (path, digest) whose sealed line says "syncfs"
     warnings: list[str] = field(default_factory=list)
     last_timestamp: Optional[str] = None
 
@@ -142,6 +144,8 @@ def parse_log(text: str, *, sealed_prefix: Optional[str] = None) -> LogEvents:
             problem = line["checkpoint"].get("readOnlyProblem")
             if problem:
                 events.not_read_only[manifest.path] = str(problem)[:300]
+            if line["checkpoint"].get("synced") == "syncfs":
+                events.synced.add((manifest.path, manifest.digest))
         elif kind == "removed" and _valid_path(line.get("path")):
             events.removed.add((line["path"], str(line.get("digest", ""))))
             events.sealed = [m for m in events.sealed if (m.path, m.digest) not in events.removed]
@@ -158,6 +162,7 @@ def merge(into: LogEvents, more: LogEvents) -> LogEvents:
     into.uris.update(more.uris)
     into.reasons.update(more.reasons)
     into.not_read_only.update(more.not_read_only)
+    into.synced |= more.synced
     into.removed |= more.removed
     # Removed is final, whichever pod's log said it (a retried pod announces what an earlier sealed).
     into.sealed = [m for m in into.sealed if (m.path, m.digest) not in into.removed]

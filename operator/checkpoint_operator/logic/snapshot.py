@@ -37,6 +37,7 @@ class ScanResult:
     uploads: dict[str, str] = field(default_factory=dict)  # s3 store: directory -> uri of its committed upload
     skipped_count: Optional[int] = None                   # the agent may report more than it lists
     sources: dict[str, list[int]] = field(default_factory=dict)  # a volume per worker: the worker of each file
+    synced: Optional[str] = None                           # "syncfs": the scanned filesystem was synced
 
     @property
     def total_skipped(self) -> int:
@@ -116,7 +117,8 @@ def parse_scan_output(log: str) -> ScanResult:
             return ScanResult(checkpoints=[Manifest.model_validate(c) for c in data["checkpoints"]],
                               skipped=list(data.get("skipped", [])), uploads=dict(data.get("uploads", {})),
                               skipped_count=data.get("skippedCount"),
-                              sources={str(k): [int(w) for w in v] for k, v in (data.get("sources") or {}).items()})
+                              sources={str(k): [int(w) for w in v] for k, v in (data.get("sources") or {}).items()},
+                              synced=data["synced"] if isinstance(data.get("synced"), str) else None)
     raise ScanOutputError("the snapshot pod's log holds no scan result (a JSON line with 'checkpoints')")
 
 

@@ -32,6 +32,7 @@ from checkpoint_operator.logic.import_sources import ImportSpec, import_spec, im
 from checkpoint_operator.logic.workload import import_data_dir
 from checkpoint_operator.logic.catalog import CATALOG_DIRECTORY
 from checkpoint_operator.logic.transfers import UploadRequest, build_upload_check_pod
+from checkpoint_operator.logic.volume_snapshots import TakenSnapshot
 from checkpoint_operator.storage.base import ForeignLocation, MissingUpload, PodParts, Store, UploadPod
 
 
@@ -45,6 +46,7 @@ class S3Store(Store):
     name = "s3"
     keeps_output_claim = False
     import_needs_claim = False
+    later_writes_reach_checkpoints = False
 
     def agent_env(self) -> list[dict[str, Any]]:
         config = self.config
@@ -106,14 +108,16 @@ class S3Store(Store):
     def live_sealed_prefix(self, tj: TrainingJob) -> str:
         return self.live_upload_prefix(tj) + "sealed/"
 
-    def live_location(self, tj: TrainingJob, claim: str, manifest: Manifest, uploads: dict[str, str]) -> Location:
+    def live_location(self, tj: TrainingJob, claim: str, manifest: Manifest, uploads: dict[str, str],
+                      taken: Optional[TakenSnapshot] = None) -> Location:
         if manifest.path not in uploads:
             raise MissingUpload(f"the sealing sidecar did not upload {manifest.path!r}")
         # The sidecar runs in the user's pod: its lines are believed only under the job's own prefix.
         return self._uploaded(uploads[manifest.path], self.live_sealed_prefix(tj), repr(manifest.path))
 
     def snapshot_location(self, tj: TrainingJob, claim: str, manifest: Manifest, layout: str,
-                          uploads: dict[str, str], sources: Optional[list[int]] = None) -> Location:
+                          uploads: dict[str, str], taken: Optional[TakenSnapshot] = None,
+                          sources: Optional[list[int]] = None) -> Location:
         """One prefix per checkpoint, also a union of workers' parts (uploaded as one)."""
         if manifest.path not in uploads:
             raise MissingUpload(f"the snapshot pod did not upload {manifest.path!r}")
@@ -170,7 +174,8 @@ class S3Store(Store):
         volumes = [{"name": "data", "emptyDir": {"sizeLimit": staging_size_limit(None, max_size)}}, *source.volumes]
         return [fetch], [upload], volumes
 
-    def import_location(self, checkpoint: Checkpoint, claim: str, uploads: dict[str, str]) -> Location:
+    def import_location(self, checkpoint: Checkpoint, claim: str, uploads: dict[str, str],
+                        taken: Optional[TakenSnapshot] = None) -> Location:
         if "." not in uploads:
             raise MissingUpload("the import pod did not upload the checkpoint")
         meta = checkpoint.metadata
