@@ -139,21 +139,23 @@ def test_grouped_items_mount_a_directory_once_when_one_worker_holds_all_of_it():
 def test_a_union_lives_in_parts_each_worker_s_items_from_its_own_claim():
     tj = typed(2)
     m = manifest("step-100", [(".metadata", "a"), ("__0_0.distcp", "b"), ("__1_0.distcp", "c"), ("config.json", "d")])
-    location = store_for(CONFIG).snapshot_location(tj, "unused", m, "auto", {}, [0, 0, 1, 0])
+    location = store_for(CONFIG).snapshot_location(tj, "unused", m, "auto", {}, sources=[0, 0, 1, 0])
     assert location.volume is None
     assert location.volumeParts == [
         VolumeLocation(claimName=workload.worker_claim_name(tj, 0), path="step-100",
                        items=[".metadata", "__0_0.distcp", "config.json"]),
         VolumeLocation(claimName=workload.worker_claim_name(tj, 1), path="step-100", items=["__1_0.distcp"])]
     # Held by one worker alone: its whole directory.
-    alone = store_for(CONFIG).snapshot_location(tj, "unused", manifest("final", [("w", "a")]), "auto", {}, [1])
+    alone = store_for(CONFIG).snapshot_location(tj, "unused", manifest("final", [("w", "a")]), "auto", {},
+                                               sources=[1])
     assert alone.volumeParts == [VolumeLocation(claimName=workload.worker_claim_name(tj, 1), path="final")]
     # Per worker: the directory inside the worker's own volume.
     per = typed(2, perWorker=True)
     own = store_for(CONFIG).snapshot_location(per, "unused", manifest("worker-1/step-100", [("w", "a")]), "auto",
-                                              {}, [1])
+                                              {}, sources=[1])
     assert own.volumeParts == [VolumeLocation(claimName=workload.worker_claim_name(per, 1), path="step-100")]
-    root = store_for(CONFIG).snapshot_location(per, "unused", manifest("worker-0", [("a.pt", "a")]), "auto", {}, [0])
+    root = store_for(CONFIG).snapshot_location(per, "unused", manifest("worker-0", [("a.pt", "a")]), "auto", {},
+                                               sources=[0])
     assert root.volumeParts == [VolumeLocation(claimName=workload.worker_claim_name(per, 0), path=".", items=["a.pt"])]
 
 
@@ -193,7 +195,8 @@ def test_the_agent_s_sources_reach_the_plan_and_per_worker_checkpoints_are_named
     assert scan.sources == {"worker-0/step-100": [0], "worker-1/step-100": [1], "worker-1": [1]}
     store = store_for(CONFIG)
     plan = plan_snapshot(tj, scan, lambda name: None,
-                         lambda m: store.snapshot_location(tj, "unused", m, "auto", {}, scan.sources.get(m.path)))
+                         lambda m: store.snapshot_location(tj, "unused", m, "auto", {},
+                                                           sources=scan.sources.get(m.path)))
     assert {p.directory: p.name for p in plan.checkpoints} == {
         "worker-0/step-100": "llama-worker-0.step-100", "worker-1/step-100": "llama-worker-1.step-100",
         "worker-1": "llama-worker-1"}
@@ -219,7 +222,7 @@ def test_verify_and_pull_pods_see_the_parts_as_one_directory():
     parts_location = [VolumeLocation(claimName="c-0", path="step-1", items=[".metadata", "__0_0.distcp"]),
                       VolumeLocation(claimName="c-1", path="step-1", items=["__1_0.distcp"]),
                       VolumeLocation(claimName="c-0", path="step-1/more")]
-    volumes, mounts = transfers.location_volumes(parts_location)
+    volumes, mounts = transfers.location_volumes(Location(volumeParts=parts_location))
     assert volumes == [{"name": "data", "persistentVolumeClaim": {"claimName": "c-0", "readOnly": True}},
                        {"name": "data-1", "persistentVolumeClaim": {"claimName": "c-1", "readOnly": True}}]
     assert [(m["name"], m["mountPath"], m["subPath"]) for m in mounts] == [
@@ -228,7 +231,7 @@ def test_verify_and_pull_pods_see_the_parts_as_one_directory():
         ("data-1", f"{AGENT_DATA_MOUNT}/__1_0.distcp", "step-1/__1_0.distcp"),
         ("data", AGENT_DATA_MOUNT, "step-1/more")]
     # One location: what it always was.
-    assert transfers.location_volumes(VolumeLocation(claimName="c", path="step-1")) == (
+    assert transfers.location_volumes(Location(volume=VolumeLocation(claimName="c", path="step-1"))) == (
         [{"name": "data", "persistentVolumeClaim": {"claimName": "c", "readOnly": True}}],
         [{"name": "data", "readOnly": True, "mountPath": AGENT_DATA_MOUNT, "subPath": "step-1"}])
     assert transfers.describe_location(Location(volumeParts=parts_location)) == "3 volumes (c-0:step-1, ...)"
