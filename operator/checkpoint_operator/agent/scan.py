@@ -181,12 +181,13 @@ def _root_candidates(root: str, layout: str, skips: _Skips, budget: EntryBudget)
 
 
 def describe_checkpoint(top: str, paths: list[str], name: str, sizes: Optional[dict[str, int]] = None,
-                        lost: Optional[dict[str, str]] = None) -> dict:
+                        lost: Optional[dict[str, str]] = None, tops: Optional[dict[str, str]] = None) -> dict:
     """What the files say about a checkpoint: format, step, resumable, complete (the Manifest
     fields beyond the files), by agent/formats.py. `top` is the directory the `paths` are
     relative to, `name` the name the step is read from ("" for none); `sizes` (path -> bytes)
     when known, else read with stat; `lost`: entries of the directory that are not part of the
-    checkpoint (path -> why). Shared by scan and upload.
+    checkpoint (path -> why); `tops`: the directory of each file, when not `top` (a checkpoint
+    assembled from workers' parts). Shared by scan, upload and agent/parts.py.
 
     Whatever the files hold, the answer is about this checkpoint only: a reader that fails in a
     way no rule foresaw makes it "not checked", with the reason, and the scan goes on."""
@@ -194,11 +195,11 @@ def describe_checkpoint(top: str, paths: list[str], name: str, sizes: Optional[d
         sizes = {}
         for p in paths:
             try:
-                sizes[p] = os.stat(os.path.join(top, *p.split("/"))).st_size
+                sizes[p] = os.stat(os.path.join((tops or {}).get(p, top), *p.split("/"))).st_size
             except OSError:
                 sizes[p] = 0
     try:
-        d = formats.describe_checkpoint(Path(top), sizes, name, lost)
+        d = formats.describe_checkpoint(Path(top), sizes, name, lost, **({"tops": tops} if tops else {}))
     except Exception as exc:  # noqa: BLE001 - one checkpoint's hostile metadata never fails the scan
         reason = f"not checked: its files could not be read safely ({type(exc).__name__})"
         return {"format": formats.detect_format(sorted(sizes), name), "step": None, "resumable": False,
@@ -315,9 +316,16 @@ def main(args: argparse.Namespace) -> int:
         raise AgentError(f"{args.dir}: no such directory")
     if not os.path.isdir(args.dir):
         raise AgentError(f"{args.dir}: not a directory (scan takes the directory that holds the checkpoints)")
-    result = scan_directory(Path(args.dir), layout=args.layout, single=args.single, workers=args.workers,
-                            max_entries=entry_limit(args.max_entries))
-    extra = {}
+    sources = None
+    if getattr(args, "parts", None):
+        from checkpoint_operator.agent.parts import scan_parts
+        parts = scan_parts(args.dir, args.parts, args.layout, args.per_worker, workers=args.workers,
+                           max_entries=entry_limit(args.max_entries))
+        result, sources = parts.result, parts.sources
+    else:
+        result = scan_directory(Path(args.dir), layout=args.layout, single=args.single, workers=args.workers,
+                                max_entries=entry_limit(args.max_entries))
+    extra: dict = {"sources": sources} if sources is not None else {}
     if getattr(args, "sync", False):  # a volume snapshot follows: the bytes must be on the disk first
         from checkpoint_operator.agent.durability import sync_filesystem
         extra["synced"] = sync_filesystem(args.dir)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from checkpoint_operator.agent.errors import AgentError
+from checkpoint_operator.agent.parts import scan_parts
 from checkpoint_operator.agent.scan import scan_directory
 from checkpoint_operator.agent.tree import entry_limit
 from checkpoint_operator.agent.upload import upload_dir
@@ -53,9 +54,28 @@ def snapshot(directory: str, layout: str, upload_to: str, single: bool = False, 
     return {**result.model_dump(mode="json"), "uploads": uploads}
 
 
+def snapshot_parts(directory: str, count: int, layout: str, upload_to: str, per_worker: bool = False,
+                   concurrency=None, endpoint_url=None, max_entries: Optional[int] = None) -> dict:
+    """`snapshot` of several workers' outputs (agent/parts.py): each checkpoint, a union of parts
+    or one worker's own, is uploaded from where its files lie into one prefix."""
+    parts = scan_parts(directory, count, layout, per_worker, max_entries=entry_limit(max_entries))
+    uploads = {}
+    for manifest in parts.result.checkpoints:
+        uri = upload_uri(upload_to, manifest.path, False)
+        upload_dir(directory, uri, manifest=manifest, concurrency=concurrency, endpoint_url=endpoint_url,
+                   tops=parts.tops[manifest.path])
+        uploads[manifest.path] = uri
+    return {**parts.result.model_dump(mode="json"), "uploads": uploads, "sources": parts.sources}
+
+
 def main(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.dir):
         raise AgentError(f"{args.dir}: not a directory (snapshot takes the directory that holds the checkpoints)")
+    if getattr(args, "parts", None):
+        print(json.dumps(snapshot_parts(args.dir, args.parts, args.layout, args.upload_to, args.per_worker,
+                                        concurrency=args.concurrency, endpoint_url=args.endpoint_url,
+                                        max_entries=args.max_entries)), flush=True)
+        return 0
     output = snapshot(args.dir, args.layout, args.upload_to, single=args.single, concurrency=args.concurrency,
                       endpoint_url=args.endpoint_url, max_entries=args.max_entries,
                       reuse_sealed=getattr(args, "reuse_sealed", False))

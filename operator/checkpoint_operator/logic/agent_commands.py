@@ -12,19 +12,25 @@ AGENT = ("checkpoint-operator", "agent")
 Layout = str  # "auto" | "directories" | "files" (api.trainingjob.OutputSpec.layout)
 
 
-def scan(directory: str, *, layout: Layout = "auto", single: bool = False, sync: bool = False) -> list[str]:
+def _parts(parts: Optional[int], per_worker: bool) -> list[str]:
+    return [*(["--parts", str(parts)] if parts else []), *(["--per-worker"] if parts and per_worker else [])]
+
+
+def scan(directory: str, *, layout: Layout = "auto", single: bool = False, sync: bool = False,
+         parts: Optional[int] = None, per_worker: bool = False) -> list[str]:
     """Print the scan of DIR as one JSON line (volume store snapshots, adoption of a volume path).
-    `sync`: then syncfs the filesystem (a volume snapshot of it follows), reported in the JSON."""
-    return [*AGENT, "scan", directory, *(["--single"] if single else ["--layout", layout]), "--json",
-            *(["--sync"] if sync else [])]
+    `sync`: then syncfs the filesystem (a volume snapshot of it follows), reported in the JSON.
+    `parts`: DIR/worker-<i> are that many workers' outputs (agent/parts.py)."""
+    return [*AGENT, "scan", directory, *(["--single"] if single else ["--layout", layout]),
+            *_parts(parts, per_worker), "--json", *(["--sync"] if sync else [])]
 
 
 def snapshot(directory: str, upload_to: str, *, layout: Layout = "auto", single: bool = False,
-             reuse_sealed: bool = False) -> list[str]:
+             reuse_sealed: bool = False, parts: Optional[int] = None, per_worker: bool = False) -> list[str]:
     """Scan DIR and upload each checkpoint under UPLOAD_TO (s3 store); prints the scan JSON.
     `reuse_sealed`: a checkpoint the sealing sidecar uploaded already (same digest) is not sent again."""
     return [*AGENT, "snapshot", directory, *(["--single"] if single else ["--layout", layout]),
-            "--upload-to", upload_to, *(["--reuse-sealed"] if reuse_sealed else [])]
+            "--upload-to", upload_to, *(["--reuse-sealed"] if reuse_sealed else []), *_parts(parts, per_worker)]
 
 
 def download(uri: str, directory: str, *, digest: str) -> list[str]:

@@ -157,6 +157,7 @@ def input_on_other_store(inputs: list[ResolvedInput], store: str) -> Optional[st
         location = item.location
         where = ("s3" if location.s3 is not None
                  else "volume" if location.volume is not None or location.snapshot is not None  # (its snapshots)
+                 or location.volumeParts  # (its workers' volumes)
                  else None)
         if where != store:
             kind = CLUSTER_KIND if item.cluster else "Checkpoint"

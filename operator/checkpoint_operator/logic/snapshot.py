@@ -15,7 +15,8 @@ from checkpoint_operator.api.common import ObjectRef, PinnedCheckpoint
 from checkpoint_operator.api.rules import MAX_METRIC, bounded_count
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.logic.inputs import CheckpointInfo
-from checkpoint_operator.logic.naming import MAX_LABEL_NAME, bounded_name, checkpoint_name
+from checkpoint_operator.logic.naming import (MAX_LABEL_NAME, bounded_name, checkpoint_name,
+                                             per_worker_checkpoint_name)
 from checkpoint_operator.logic.quantity import format_size
 from checkpoint_operator.logic.results import Wait
 from checkpoint_operator.logic import retention
@@ -35,6 +36,7 @@ class ScanResult:
     skipped: list[dict[str, Any]]
     uploads: dict[str, str] = field(default_factory=dict)  # s3 store: directory -> uri of its committed upload
     skipped_count: Optional[int] = None                   # the agent may report more than it lists
+    sources: dict[str, list[int]] = field(default_factory=dict)  # a volume per worker: the worker of each file
     synced: Optional[str] = None                           # "syncfs": the scanned filesystem was synced
 
     @property
@@ -115,6 +117,7 @@ def parse_scan_output(log: str) -> ScanResult:
             return ScanResult(checkpoints=[Manifest.model_validate(c) for c in data["checkpoints"]],
                               skipped=list(data.get("skipped", [])), uploads=dict(data.get("uploads", {})),
                               skipped_count=data.get("skippedCount"),
+                              sources={str(k): [int(w) for w in v] for k, v in (data.get("sources") or {}).items()},
                               synced=data["synced"] if isinstance(data.get("synced"), str) else None)
     raise ScanOutputError("the snapshot pod's log holds no scan result (a JSON line with 'checkpoints')")
 
@@ -176,6 +179,7 @@ def plan_snapshot(tj: TrainingJob, scan: ScanResult, lookup: Callable[[str], Opt
     retire = [c for c in existing if c.is_usable and c.directory in dropped_keys]
 
     names, conflicts = _names(meta.uid, prefix, [m.path for m in kept_new], by_directory, lookup,
+                              per_worker=bool(output.perWorker),
                               files=output.layout == "files")
     planned = []
     for manifest in kept_new:
@@ -203,7 +207,7 @@ def plan_snapshot(tj: TrainingJob, scan: ScanResult, lookup: Callable[[str], Opt
 
 
 def _names(uid: str, prefix: str, directories: list[str], by_directory: Mapping[str, CheckpointInfo],
-           lookup: Callable[[str], Optional[CheckpointInfo]], files: bool
+           lookup: Callable[[str], Optional[CheckpointInfo]], files: bool, per_worker: bool = False
            ) -> tuple[dict[str, str], list[NameConflict]]:
     """The existing name of each directory that has a Checkpoint of this job (one an earlier
     operator version named keeps its name), the derived name (logic/naming.py) of the others;
@@ -212,7 +216,8 @@ def _names(uid: str, prefix: str, directories: list[str], by_directory: Mapping[
     taken = {c.name: c for c in by_directory.values()}
     conflicts = []
     for directory in sorted(d for d in directories if d not in names):
-        name = checkpoint_name(prefix, directory, is_file=files)
+        name = per_worker_checkpoint_name(prefix, directory, is_file=files) if per_worker else \
+            checkpoint_name(prefix, directory, is_file=files)
         holder = taken.get(name) or lookup(name)
         if holder is not None and not (holder.producer_uid == uid and holder.directory == directory):
             conflicts.append(NameConflict(directory, name, holder))

@@ -130,28 +130,36 @@ def location_volumes(location: Location, *, read_only: bool = True, restore_acce
                      labels: Optional[dict[str, str]] = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(volumes, mounts) that show a volume location's files at AGENT_DATA_MOUNT, and only them
     (the root files of an output, listed as items, are mounted one by one). A location in a volume
-    snapshot is a volume of the pod's own restored from it (logic/volume_snapshots.py), with `labels`."""
+    snapshot is a volume of the pod's own restored from it (logic/volume_snapshots.py), with `labels`.
+    A checkpoint assembled across workers (logic/parts.py): its parts side by side in that one directory."""
     volumes: list[dict[str, Any]]
+    shown: list[tuple[str, str, Optional[list[str]]]]  # (volume, path in it, items)
     if location.snapshot is not None:
         snapshot = location.snapshot
         volumes = [volume_snapshots.restored_volume("data", snapshot, restore_access_mode, labels or {})]
-        path, items = snapshot.path, snapshot.items
-    elif location.volume is not None:
-        volume = location.volume
-        volumes = [{"name": "data", "persistentVolumeClaim": {"claimName": volume.claimName, "readOnly": read_only}}]
-        path, items = volume.path, volume.items
+        shown = [("data", snapshot.path, snapshot.items)]
+    elif location.volumeParts or location.volume is not None:
+        claims: dict[str, str] = {}
+        volumes, shown = [], []
+        for volume in location.volumeParts or ([location.volume] if location.volume is not None else []):
+            if volume.claimName not in claims:
+                claims[volume.claimName] = "data" if not claims else f"data-{len(claims)}"
+                volumes.append({"name": claims[volume.claimName],
+                                "persistentVolumeClaim": {"claimName": volume.claimName, "readOnly": read_only}})
+            shown.append((claims[volume.claimName], volume.path, volume.items))
     else:
         raise ValueError("the location is neither on a volume nor in a volume snapshot")
-    sub_path = posixpath.normpath(path.lstrip("/") or ".")
     mounts = []
-    rels: list[Optional[str]] = [*items] if items else [None]
-    for rel in rels:
-        path = sub_path if rel is None else posixpath.normpath(posixpath.join(sub_path, rel))
-        mount = {"name": "data", "readOnly": read_only,
-                 "mountPath": AGENT_DATA_MOUNT if rel is None else posixpath.join(AGENT_DATA_MOUNT, rel)}
-        if path != ".":
-            mount["subPath"] = path
-        mounts.append(mount)
+    for name, where, items in shown:
+        sub_path = posixpath.normpath(where.lstrip("/") or ".")
+        rels: list[Optional[str]] = [*items] if items else [None]
+        for rel in rels:
+            path = sub_path if rel is None else posixpath.normpath(posixpath.join(sub_path, rel))
+            mount = {"name": name, "readOnly": read_only,
+                     "mountPath": AGENT_DATA_MOUNT if rel is None else posixpath.join(AGENT_DATA_MOUNT, rel)}
+            if path != ".":
+                mount["subPath"] = path
+            mounts.append(mount)
     return volumes, mounts
 
 
@@ -185,9 +193,9 @@ def build_pull_pod(checkpoint: Checkpoint, config: OperatorConfig, value: str) -
 
 
 def _located(checkpoint: Checkpoint) -> Location:
-    """The Checkpoint's location on a volume or in a volume snapshot."""
+    """The Checkpoint's location on a volume (or its workers' volumes) or in a volume snapshot."""
     location = checkpoint.status.location
-    if location is None or (location.volume is None and location.snapshot is None):
+    if location is None or (location.volume is None and location.snapshot is None and not location.volumeParts):
         raise ValueError(f"Checkpoint {checkpoint.metadata.name} has no volume location")
     return location
 
@@ -293,5 +301,8 @@ def describe_location(location: Optional[Location]) -> str:
         return location.s3.uri
     if location is not None and location.snapshot is not None:
         return f"VolumeSnapshot {location.snapshot.volumeSnapshotName}:{location.snapshot.path}"
+    if location is not None and location.volumeParts:
+        first = location.volumeParts[0]
+        return f"{len(location.volumeParts)} volumes ({first.claimName}:{first.path}, ...)"
     volume = location.volume if location is not None else None
     return f"volume {volume.claimName}:{volume.path}" if volume is not None else "volume None:."

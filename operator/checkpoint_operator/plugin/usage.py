@@ -165,9 +165,10 @@ def referenced(checkpoints: Iterable[dict]) -> dict[str, Usage]:
             prefix = catalog_prefix(uri) if namespace == CATALOG_ROW else namespace_prefix(uri, namespace)
             if prefix and prefix not in usage.s3_prefixes:
                 usage.s3_prefixes.append(prefix)
-        claim = (location.get("volume") or {}).get("claimName")
-        if claim and claim not in usage.claims:
-            usage.claims.append(claim)
+        parts = [location.get("volume") or {}, *(location.get("volumeParts") or [])]  # parts: one per worker
+        for claim in (part.get("claimName") for part in parts if isinstance(part, dict)):
+            if claim and claim not in usage.claims:
+                usage.claims.append(claim)
     return found
 
 

@@ -71,9 +71,11 @@ class Store(ABC):
 
     @abstractmethod
     def snapshot_location(self, tj: TrainingJob, claim: str, manifest: Manifest, layout: str,
-                          uploads: dict[str, str], taken: Optional[TakenSnapshot] = None) -> Location:
+                          uploads: dict[str, str], taken: Optional[TakenSnapshot] = None,
+                          sources: Optional[list[int]] = None) -> Location:
         """status.location of a checkpoint of the end-of-job snapshot. `taken`: the volume snapshot
-        of the output (stores that keep checkpoints in volume snapshots; see `output_snapshot`)."""
+        of the output (stores that keep checkpoints in volume snapshots; see `output_snapshot`).
+        `sources`: with a volume per worker, the worker each file was read from (agent/parts.py)."""
 
     @abstractmethod
     def import_containers(self, checkpoint: Checkpoint, max_size: int) -> PodParts:

@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 from checkpoint_operator.agent.manifest import Manifest
 from checkpoint_operator.api.checkpoint import Checkpoint, Location, VolumeLocation
+from checkpoint_operator.logic.parts import parts_count, volume_parts
 from checkpoint_operator.api.upload import UploadStatus
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.logic import agent_commands, volume_snapshots
@@ -43,44 +44,54 @@ class VolumeStore(Store):
         """Each input read-only, with subPath at <inputDir>/<name>; one volume per claim, or per
         snapshot (a volume of each pod's own, restored from it: logic/volume_snapshots.py)."""
         volumes: dict[str, dict[str, Any]] = {}
-        mounts = []
+        mounts: list[dict[str, Any]] = []
         for item in inputs:
             location = item.location
-            if location.snapshot is not None:
+            parts: list[tuple[str, Optional[str], str, Optional[list[str]]]]  # (key, claim, path, items)
+            if location.volumeParts:  # a checkpoint assembled across workers: its parts side by side
+                parts = [(f"claim/{p.claimName}", p.claimName, p.path, p.items) for p in location.volumeParts]
+            elif location.snapshot is not None:
                 source = location.snapshot
                 key = f"snapshot/{source.volumeSnapshotName}"
                 if key not in volumes:
                     volumes[key] = volume_snapshots.restored_volume(
                         f"{INPUT_VOLUME_PREFIX}{len(volumes)}", source, self.config.volume_restore_access_mode,
                         training_job_labels(tj, volume_snapshots.COMPONENT_RESTORED))
-                path, items = source.path, source.items
+                parts = [(key, None, source.path, source.items)]
             elif location.volume is not None:
-                claim = location.volume.claimName
-                key = f"claim/{claim}"
-                volumes.setdefault(key, {"name": f"{INPUT_VOLUME_PREFIX}{len(volumes)}",
-                                         "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
-                path, items = location.volume.path, location.volume.items
+                volume = location.volume
+                parts = [(f"claim/{volume.claimName}", volume.claimName, volume.path, volume.items)]
             else:
                 raise ValueError(f"input {item.name} is neither on a volume nor in a volume snapshot "
                                  "(status.location has neither)")
-            volume_name = volumes[key]["name"]
             base = posixpath.join(tj.spec.inputDir, item.mount_name)
-            sub_path = posixpath.normpath(path.lstrip("/") or ".")
-            rels: list[Optional[str]] = [*items] if items else [None]
-            for rel in rels:  # items: only these files (e.g. the root files)
-                full = sub_path if rel is None else posixpath.join(sub_path, rel)
-                mounts.append({"name": volume_name, "readOnly": True,
-                               "mountPath": base if rel is None else posixpath.join(base, rel),
-                               "subPath": "" if full == "." else posixpath.normpath(full)})
+            for key, claim, path, items in parts:
+                if claim is not None:
+                    volumes.setdefault(key, {"name": f"{INPUT_VOLUME_PREFIX}{len(volumes)}",
+                                             "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+                volume_name = volumes[key]["name"]
+                sub_path = posixpath.normpath(path.lstrip("/") or ".")
+                rels: list[Optional[str]] = [*items] if items else [None]
+                for rel in rels:  # items: only these files (e.g. the root files)
+                    full = sub_path if rel is None else posixpath.join(sub_path, rel)
+                    mounts.append({"name": volume_name, "readOnly": True,
+                                   "mountPath": base if rel is None else posixpath.join(base, rel),
+                                   "subPath": "" if full == "." else posixpath.normpath(full)})
         return InputVolumes(volumes=list(volumes.values()), mounts=mounts)
 
     def snapshot_command(self, tj: TrainingJob, output_dir: str) -> list[str]:
-        return agent_commands.scan(output_dir, layout=tj.spec.output.layout, sync=self.syncs_before_snapshots)
+        output = tj.spec.output
+        return agent_commands.scan(output_dir, layout=output.layout, sync=self.syncs_before_snapshots,
+                                   parts=parts_count(tj), per_worker=bool(output.perWorker))
 
     def snapshot_location(self, tj: TrainingJob, claim: str, manifest: Manifest, layout: str,
-                          uploads: dict[str, str], taken: Optional[TakenSnapshot] = None) -> Location:
+                          uploads: dict[str, str], taken: Optional[TakenSnapshot] = None,
+                          sources: Optional[list[int]] = None) -> Location:
         """The root files (and, in the `files` layout, each file) share their directory with
-        other checkpoints, so only their own files are listed as items (mounted one by one)."""
+        other checkpoints, so only their own files are listed as items (mounted one by one).
+        `sources`: the worker each file is read from (a volume per worker): the parts' mounts."""
+        if sources is not None:
+            return Location(volumeParts=volume_parts(tj, manifest, layout, sources))
         if manifest.path == "." or layout == "files":
             return Location(volume=VolumeLocation(claimName=claim, path=".", items=[f.path for f in manifest.files]))
         return Location(volume=VolumeLocation(claimName=claim, path=manifest.path))
@@ -174,7 +185,9 @@ class SnapshotVolumeStore(VolumeStore):
         return volume_snapshots.snapshot_location(taken, path, items)
 
     def snapshot_location(self, tj: TrainingJob, claim: str, manifest: Manifest, layout: str,
-                          uploads: dict[str, str], taken: Optional[TakenSnapshot] = None) -> Location:
+                          uploads: dict[str, str], taken: Optional[TakenSnapshot] = None,
+                          sources: Optional[list[int]] = None) -> Location:
+        """`sources` (a volume per worker) never come here: such jobs are refused with snapshots."""
         if manifest.path == "." or layout == "files":
             return self._in_snapshot(taken, ".", [f.path for f in manifest.files])
         return self._in_snapshot(taken, manifest.path)

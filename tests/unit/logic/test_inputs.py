@@ -171,6 +171,11 @@ def test_an_input_on_the_other_store_is_named_not_raised():
                                 location=Location(snapshot=SnapshotLocation.model_validate(
                                     {"volumeSnapshotName": "vs", "path": "."})))
     assert input_on_other_store([on_volume, in_snapshot], "volume") is None  # the volume store's snapshots
+    in_parts = ResolvedInput(name="vpw.step-1", uid="p", digest="sha256:" + "e" * 64, mount_name="v",
+                             location=Location(volumeParts=[VolumeLocation(claimName="c-0", path="step-1"),
+                                                            VolumeLocation(claimName="c-1", path="step-1")]))
+    assert input_on_other_store([in_parts], "volume") is None  # assembled across workers' volumes
+    assert "is on the volume store; this operator runs the s3 store" in input_on_other_store([in_parts], "s3")
     assert input_on_other_store([on_volume], "volume") is None
     assert input_on_other_store([on_s3], "s3") is None
     assert input_on_other_store([on_volume, on_s3], "volume") == (
