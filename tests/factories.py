@@ -57,10 +57,12 @@ def training_job(name: str = "train", *, phase: str | None = None, checkpoints: 
     return obj
 
 
-def indexes(checkpoints: list | None = None, jobs: list | None = None, pods: list | None = None):
+def indexes(checkpoints: list | None = None, jobs: list | None = None, pods: list | None = None,
+            entries: list | None = None):
     """The operator's real `Indexes`, filled by the real index functions from these bodies (as
-    kopf fills them from the watch streams), over plain dicts."""
-    from checkpoint_operator.reconcile.indexes import Indexes, checkpoint_keys, training_job_keys, worker_pod_keys
+    kopf fills them from the watch streams), over plain dicts. `entries`: ClusterCheckpoints."""
+    from checkpoint_operator.reconcile.indexes import (Indexes, checkpoint_keys, cluster_checkpoint_keys,
+                                                       training_job_keys, worker_pod_keys)
 
     def build(bodies, keys_of):
         index: dict = {}
@@ -68,4 +70,5 @@ def indexes(checkpoints: list | None = None, jobs: list | None = None, pods: lis
             for key, value in keys_of(body).items():
                 index.setdefault(key, []).append(value)
         return index
-    return Indexes(build(checkpoints, checkpoint_keys), build(jobs, training_job_keys), build(pods, worker_pod_keys))
+    return Indexes(build(checkpoints, checkpoint_keys), build(jobs, training_job_keys), build(pods, worker_pod_keys),
+                   build(entries, cluster_checkpoint_keys))

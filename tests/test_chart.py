@@ -104,6 +104,13 @@ def one(objects: list[dict], kind: str) -> dict:
     return found[0]
 
 
+def operator_rbac(objects: list[dict], kind: str) -> list[dict]:
+    """The operator's own RBAC objects (templates/rbac.yaml), without the catalog's (`-catalog`, and the tenants'
+    roles of templates/catalog.yaml)."""
+    return [o for o in of_kind(objects, kind) if o["_template"].endswith("/rbac.yaml")
+            and not o["metadata"]["name"].endswith("-catalog")]
+
+
 def operator_container(objects: list[dict]) -> dict:
     containers = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
     assert [c["name"] for c in containers] == ["operator"]
@@ -346,7 +353,8 @@ def test_existing_service_account(chart):
     objects = render(chart, {"serviceAccount": {"create": False, "name": "platform-sa"}})
     assert not of_kind(objects, "ServiceAccount")
     assert one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "platform-sa"
-    assert one(objects, "ClusterRoleBinding")["subjects"][0]["name"] == "platform-sa"
+    (binding,) = operator_rbac(objects, "ClusterRoleBinding")
+    assert binding["subjects"][0]["name"] == "platform-sa"
 
 
 def test_liveness_probe_targets_the_kopf_health_endpoint(chart):
@@ -413,14 +421,14 @@ def test_rbac_table_has_no_wildcards_or_duplicates():
 @pytest.mark.parametrize("scenario", [s for s in SCENARIOS if "namespaced" not in s])
 def test_cluster_wide_rbac_equals_the_table(chart, scenario):
     objects = render(chart, SCENARIOS[scenario])
-    role = one(objects, "ClusterRole")
+    (role,) = operator_rbac(objects, "ClusterRole")
     granted = rbac.permissions(role["rules"])
     wanted = rbac.permissions(rbac.policy_rules(cluster_wide=True))
     assert not wanted - granted, f"missing from the chart: {sorted(wanted - granted)}"
     assert not granted - wanted, f"granted beyond rbac.py: {sorted(granted - wanted)}"
     _no_wildcards(role["rules"])
     assert not of_kind(objects, "Role") and not of_kind(objects, "RoleBinding")
-    binding = one(objects, "ClusterRoleBinding")
+    (binding,) = operator_rbac(objects, "ClusterRoleBinding")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                                   "name": role["metadata"]["name"]}
     service_account = one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
@@ -432,11 +440,11 @@ def test_namespaced_rbac_equals_the_table(chart, scenario):
     values = SCENARIOS[scenario]
     objects = render(chart, values)
     # Cluster-wide, only `get` on the watched Namespaces by name (their size-limit annotation).
-    cluster_role, cluster_binding = one(objects, "ClusterRole"), one(objects, "ClusterRoleBinding")
+    (cluster_role,), (cluster_binding,) = operator_rbac(objects, "ClusterRole"), operator_rbac(objects, "ClusterRoleBinding")
     assert cluster_role["rules"] == rbac.namespace_reader_rules(values["watchNamespaces"])
     assert cluster_binding["roleRef"]["name"] == cluster_role["metadata"]["name"]
-    roles = {r["metadata"]["namespace"]: r for r in of_kind(objects, "Role")}
-    bindings = {b["metadata"]["namespace"]: b for b in of_kind(objects, "RoleBinding")}
+    roles = {r["metadata"]["namespace"]: r for r in operator_rbac(objects, "Role")}
+    bindings = {b["metadata"]["namespace"]: b for b in operator_rbac(objects, "RoleBinding")}
     assert set(roles) == set(bindings) == set(values["watchNamespaces"])
     wanted = rbac.permissions(rbac.policy_rules(cluster_wide=False))
     service_account = one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
@@ -452,6 +460,61 @@ def test_namespaced_rbac_equals_the_table(chart, scenario):
     args = operator_container(objects)["args"]
     assert [a for a in args if a.startswith("--namespace")] == ["--namespace=team-a", "--namespace=team-b"]
     assert "--all-namespaces" not in args
+
+
+def test_the_catalog_rbac_equals_the_table(chart):
+    """Namespaced mode: the catalog's ClusterRole (ClusterCheckpoints are cluster-scoped) and, in the release
+    namespace when it is not watched, its Role; cluster-wide, the operator's ClusterRole has both."""
+    objects = render(chart, SCENARIOS["namespaced"])
+    by_name = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+    catalog_role = by_name[("ClusterRole", f"{RELEASE}-checkpoint-operator-catalog")]
+    assert rbac.permissions(catalog_role["rules"]) == rbac.permissions(rbac.catalog_cluster_rules())
+    namespace_role = by_name[("Role", f"{RELEASE}-checkpoint-operator-catalog")]
+    assert namespace_role["metadata"]["namespace"] == NAMESPACE
+    assert rbac.permissions(namespace_role["rules"]) == rbac.permissions(rbac.catalog_namespace_rules())
+    for kind in ("ClusterRoleBinding", "RoleBinding"):
+        binding = by_name[(kind, f"{RELEASE}-checkpoint-operator-catalog")]
+        assert binding["roleRef"]["name"] == f"{RELEASE}-checkpoint-operator-catalog"
+    watched = render(chart, {"watchNamespaces": ["team-a", NAMESPACE]})
+    assert not [o for o in watched if o["kind"] == "Role" and o["metadata"]["name"].endswith("-catalog")]
+
+
+def test_tenants_read_the_catalog_and_only_administrators_write_it(chart):
+    objects = render(chart)
+    by_name = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+    reader = by_name[("ClusterRole", f"{RELEASE}-checkpoint-operator-catalog-reader")]
+    assert rbac.permissions(reader["rules"]) == {("ckpt.dev", "clustercheckpoints", v) for v in ("get", "list", "watch")}
+    for role in ("view", "edit", "admin", "cluster-reader"):
+        assert reader["metadata"]["labels"][f"rbac.authorization.k8s.io/aggregate-to-{role}"] == "true"
+    binding = by_name[("ClusterRoleBinding", f"{RELEASE}-checkpoint-operator-catalog-reader")]
+    assert binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
+                                    "name": "system:authenticated"}]
+    # The editor role exists for a platform team to bind; the chart binds it to no one.
+    editor = f"{RELEASE}-checkpoint-operator-catalog-editor"
+    assert ("ClusterRole", editor) in by_name
+    assert not [o for o in objects if o.get("roleRef", {}).get("name") == editor]
+    writes = {"create", "update", "patch", "delete"}
+    for obj in objects:  # nothing but the operator's own ClusterRole may patch entries, and nothing bound creates one
+        if obj["kind"] in ("ClusterRoleBinding", "RoleBinding") and obj["metadata"]["name"] != editor:
+            role = by_name.get(("ClusterRole", obj["roleRef"]["name"])) or by_name.get(("Role", obj["roleRef"]["name"]))
+            granted = {v for g, r, v in rbac.permissions(role["rules"]) if r == "clustercheckpoints"}
+            assert not granted & (writes - {"patch"}), f"{obj['metadata']['name']} may {granted & writes}"
+    private = render(chart, {"catalog": {"tenantRead": False}})
+    assert not [o for o in private if o["metadata"]["name"].endswith("-catalog-reader") and o["kind"] != "ClusterRole"]
+
+
+def test_catalog_entries_render_as_valid_cluster_checkpoints(chart):
+    entries = [{"name": "gpt2", "source": {"huggingFace": {"repo": "openai-community/gpt2", "revision": "main"}},
+                "license": "https://huggingface.co/openai-community/gpt2/blob/main/LICENSE", "description": "GPT-2"},
+               {"name": "tiny-bert", "source": {"http": {"url": "https://example.com/tiny-bert.tar.gz"}}}]
+    objects = render(chart, {"catalog": {"entries": entries}})
+    found = {o["metadata"]["name"]: o for o in of_kind(objects, "ClusterCheckpoint")}
+    assert set(found) == {"gpt2", "tiny-bert"}
+    from checkpoint_operator.api.clustercheckpoint import ClusterCheckpoint
+    gpt2 = ClusterCheckpoint.model_validate({k: v for k, v in found["gpt2"].items() if k != "_template"})
+    assert gpt2.spec.source.huggingFace is not None and gpt2.spec.license == entries[0]["license"]
+    assert found["gpt2"]["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert "namespace" not in found["gpt2"]["metadata"]
 
 
 # --- peering --------------------------------------------------------------------------------
@@ -552,7 +615,8 @@ def chart_with_generated_crds(tmp_path_factory):
 
 def test_generated_crds_render_validate_and_are_kept(chart_with_generated_crds):
     crds = _crds(render(chart_with_generated_crds))
-    assert sorted(c["metadata"]["name"] for c in crds) == ["checkpoints.ckpt.dev", "trainingjobs.ckpt.dev"]
+    assert sorted(c["metadata"]["name"] for c in crds) == ["checkpoints.ckpt.dev", "clustercheckpoints.ckpt.dev",
+                                                           "trainingjobs.ckpt.dev"]
     for crd in crds:
         validate_object(crd)
         assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"

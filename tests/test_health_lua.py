@@ -22,13 +22,15 @@ HEALTH_CHECKS = ARGOCD_DIR / "health-checks.yaml"
 SCRIPTS = {  # argocd-cm key suffix (group_Kind) -> Lua file
     "ckpt.dev_Checkpoint": "checkpoint-health.lua",
     "ckpt.dev_TrainingJob": "trainingjob-health.lua",
+    # A catalog entry has a Checkpoint's phases and conditions (it is imported the same way).
+    "ckpt.dev_ClusterCheckpoint": "checkpoint-health.lua",
 }
 HEADER = """\
 # Generated from checkpoint-health.lua and trainingjob-health.lua by `python tests/test_health_lua.py`;
 # edit the .lua files, not this one. Argo CD health checks for checkpoint-operator's kinds:
 # merge them into the argocd-cm ConfigMap, e.g.
 #   kubectl -n argocd patch configmap argocd-cm --patch-file deploy/argocd/health-checks.yaml
-# or add the two keys to the Argo CD Helm chart's `configs.cm` values.
+# or add these keys to the Argo CD Helm chart's `configs.cm` values.
 """
 
 
@@ -120,6 +122,16 @@ def test_health_checks_yaml_is_a_valid_configmap():
     kubernetes_validate.validate(document, "1.34.0", strict=True)
     assert document["metadata"]["name"] == "argocd-cm"
     assert set(document["data"]) == {f"resource.customizations.health.{s}" for s in SCRIPTS}
+
+
+def test_a_catalog_entry_has_a_checkpoint_s_health():
+    entry = checkpoint("Ready", condition("Ready", "True", "Ready", "8 files, 12.0Mi"))
+    entry.update(kind="ClusterCheckpoint", spec={"source": {"huggingFace": {"repo": "org/tiny"}}})
+    del entry["metadata"]["namespace"]
+    assert health("ClusterCheckpoint", entry)[0] == "Healthy"
+    failed = checkpoint("Failed", condition("Ready", "False", "ImportFailed", "hf://org/tiny: 404"))
+    failed["kind"] = "ClusterCheckpoint"
+    assert health("ClusterCheckpoint", failed) == ("Degraded", "hf://org/tiny: 404")
 
 
 # --- Checkpoint -----------------------------------------------------------------------------

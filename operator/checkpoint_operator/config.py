@@ -48,6 +48,8 @@ class OperatorConfig(BaseModel):
     live_upload_concurrency: int = Field(2, ge=1, description="parallel transfers of the sidecar's uploads (s3 store)")
     live_sidecar_resources: dict = Field(default_factory=lambda: {
         "requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}})
+    # Where ClusterCheckpoints are imported: the operator's own namespace (the chart sets it; else POD_NAMESPACE).
+    catalog_namespace: str = "default"
     max_checkpoint_size: str = Field(
         "500Gi", pattern=QUANTITY_PATTERN,
         description="largest import (a quantity); a Namespace annotation ckpt.dev/max-checkpoint-size may lower it")
@@ -72,4 +74,7 @@ class OperatorConfig(BaseModel):
             if raw is None or raw == "":
                 continue
             values[name] = json.loads(raw) if field.annotation is dict else raw
+        pod_namespace = environ.get("POD_NAMESPACE") if environ is not None else None
+        if "catalog_namespace" not in values and pod_namespace:
+            values["catalog_namespace"] = pod_namespace
         return cls.model_validate(values)

@@ -29,10 +29,12 @@ class Resource:
     kind: str
     namespaced: bool = True
 
-    def path(self, namespace: str, name: Optional[str] = None, subresource: Optional[str] = None) -> str:
-        """`namespace` is ignored for cluster-scoped resources (pass "")."""
+    def path(self, namespace: Optional[str], name: Optional[str] = None, subresource: Optional[str] = None) -> str:
+        """`namespace` is ignored for cluster-scoped resources (pass ""); None lists a namespaced
+        resource in every namespace."""
         base = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
-        path = f"{base}/namespaces/{quote(namespace)}/{self.plural}" if self.namespaced else f"{base}/{self.plural}"
+        in_namespace = self.namespaced and namespace is not None
+        path = f"{base}/namespaces/{quote(namespace or '')}/{self.plural}" if in_namespace else f"{base}/{self.plural}"
         if name:
             path += f"/{quote(name)}"
         if subresource:
@@ -51,6 +53,7 @@ PODS = Resource("", "v1", "pods", "Pod")
 PVCS = Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
 EVENTS = Resource("", "v1", "events", "Event")
 NAMESPACES = Resource("", "v1", "namespaces", "Namespace", namespaced=False)
+CLUSTER_CHECKPOINTS = Resource(GROUP, VERSION, "clustercheckpoints", "ClusterCheckpoint", namespaced=False)
 
 
 class ApiError(Exception):
@@ -120,8 +123,8 @@ class Kube:
         except NotFound:
             return None
 
-    def list(self, resource: Resource, namespace: str, label_selector: Optional[str] = None,
-             field_selector: Optional[str] = None) -> list[dict[str, Any]]:
+    def list(self, resource: Resource, namespace: Optional[str], label_selector: Optional[str] = None,
+             field_selector: Optional[str] = None) -> builtins.list[dict[str, Any]]:
         query = {"labelSelector": label_selector, "fieldSelector": field_selector}
         return self._call("GET", resource.path(namespace), query=query).get("items", [])
 
@@ -171,10 +174,11 @@ class Kube:
     def read_log(self, namespace: str, pod: str, container: Optional[str] = None) -> str:
         return self._call("GET", PODS.path(namespace, pod, "log"), query={"container": container}, raw=True)
 
-    def list_live(self, resource: Resource, namespace: str,
+    def list_live(self, resource: Resource, namespace: Optional[str],
                   label_selector: str) -> builtins.list[dict[str, Any]]:
         """A LIST served from etcd, never from a watch cache (resourceVersion unset = a quorum
-        read on a real API server): what the in-use protection decides on."""
+        read on a real API server): what the in-use protection decides on. `namespace` None: every
+        namespace (a ClusterCheckpoint's users)."""
         return self.list(resource, namespace, label_selector=label_selector)
 
 

@@ -19,10 +19,10 @@ import kopf
 
 from checkpoint_operator import GROUP, kopf_startup, kube, metrics
 from checkpoint_operator.config import OperatorConfig
-from checkpoint_operator.reconcile import checkpoint, trainingjob, wakeups
+from checkpoint_operator.reconcile import checkpoint, clustercheckpoint, trainingjob, wakeups
 from checkpoint_operator.reconcile.context import Context
-from checkpoint_operator.reconcile.indexes import (IndexKey, IndexValue, Indexes, checkpoint_keys, training_job_keys,
-                                                   worker_pod_keys)
+from checkpoint_operator.reconcile.indexes import (IndexKey, IndexValue, Indexes, checkpoint_keys,
+                                                   cluster_checkpoint_keys, training_job_keys, worker_pod_keys)
 from checkpoint_operator.reconcile.work_queue import WorkQueue
 from checkpoint_operator.logic.workload import LABEL_MANAGED_BY, MANAGER
 
@@ -33,6 +33,8 @@ PEERING_NAME = "checkpoint-operator"
 # kopf names a resource by (group, version, plural); kube.py defines each resource once.
 CHECKPOINTS = (kube.CHECKPOINTS.group, kube.CHECKPOINTS.version, kube.CHECKPOINTS.plural)
 TRAINING_JOBS = (kube.TRAINING_JOBS.group, kube.TRAINING_JOBS.version, kube.TRAINING_JOBS.plural)
+CLUSTER_CHECKPOINTS = (kube.CLUSTER_CHECKPOINTS.group, kube.CLUSTER_CHECKPOINTS.version,
+                       kube.CLUSTER_CHECKPOINTS.plural)
 MANAGED = {LABEL_MANAGED_BY: MANAGER}
 # Read at import by callers that configure local runs (local/run.py).
 INTERVAL = OperatorConfig.from_env().reconcile_interval
@@ -55,6 +57,11 @@ async def training_job_index(body: kopf.Body, **_: Any) -> dict[IndexKey, IndexV
     return training_job_keys(body)
 
 
+@kopf.index(*CLUSTER_CHECKPOINTS)
+async def cluster_checkpoint_index(body: kopf.Body, **_: Any) -> dict[IndexKey, IndexValue]:
+    return cluster_checkpoint_keys(body)
+
+
 @kopf.index("v1", "pods", labels=MANAGED)
 async def worker_pod_index(body: kopf.Body, **_: Any) -> dict[IndexKey, IndexValue]:
     return worker_pod_keys(body)
@@ -74,6 +81,12 @@ async def checkpoint_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.M
     wakeups.checkpoint_event(_ctx(memo), event.get("type"), body)
 
 
+@kopf.on.event(*CLUSTER_CHECKPOINTS)
+async def cluster_checkpoint_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: object) -> None:
+    metrics.observe_phase(dict(event), body)
+    wakeups.cluster_checkpoint_event(_ctx(memo), event.get("type"), body)
+
+
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
 @kopf.on.event("v1", "pods", labels=MANAGED)
 @kopf.on.event("v1", "persistentvolumeclaims")
@@ -87,7 +100,8 @@ async def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 async def start_queue(memo: kopf.Memo, **indexes: Any) -> None:
     """kopf passes each index as a keyword argument named after its function (above)."""
     ctx = _ctx(memo)
-    ctx.indexes = Indexes(indexes["checkpoint_index"], indexes["training_job_index"], indexes["worker_pod_index"])
+    ctx.indexes = Indexes(indexes["checkpoint_index"], indexes["training_job_index"], indexes["worker_pod_index"],
+                          indexes["cluster_checkpoint_index"])
     ctx.queue = WorkQueue(lambda key: reconcile(ctx, key), workers=ctx.config.workers,
                           base_backoff=ctx.config.reconcile_interval,
                           on_error=lambda key, _: metrics.RECONCILE_ERRORS.labels(key[0]).inc())
@@ -107,6 +121,8 @@ async def stop_queue(memo: kopf.Memo, **_: Any) -> None:
 
 def reconcile(ctx: Context, key: tuple[str, str, str]) -> Optional[float]:
     kind, namespace, name = key
+    if kind == "ClusterCheckpoint":
+        return clustercheckpoint.reconcile(ctx, name)
     handler = trainingjob.reconcile if kind == "TrainingJob" else checkpoint.reconcile
     return handler(ctx, namespace, name)
 
@@ -155,7 +171,7 @@ def run_operator(args: argparse.Namespace) -> int:
     settings = kopf.OperatorSettings()
     configure_settings(settings, peering_priority=peering_priority_for(os.environ.get("POD_NAME", os.uname().nodename)))
     namespaces = args.namespace or []
-    ctx = Context(kube=Kube.from_environment(), config=config)
+    ctx = Context(kube=Kube.from_environment(), config=config, namespaces=list(namespaces))
     metrics.REGISTRY.register(metrics.ApiRequests(ctx.kube.requests))
     asyncio.run(kopf.operator(
         settings=settings, clusterwide=not namespaces, namespaces=namespaces, standalone=args.standalone,

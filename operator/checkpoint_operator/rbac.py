@@ -33,6 +33,9 @@ class PermissionRule:
     resources: tuple[str, ...]
     reasons: tuple[tuple[str, str], ...]  # (verb, why it remains: the code or kopf needs it for ...)
     cluster_only: bool = False
+    # On a cluster-scoped kind of ours (ClusterCheckpoints): no Role can grant it, so a ClusterRole does in
+    # both modes (in namespaced mode, one with these rules only).
+    cluster_scoped: bool = False
 
     @property
     def verbs(self) -> tuple[str, ...]:
@@ -109,6 +112,48 @@ RULES: tuple[PermissionRule, ...] = (
 )
 
 
+CATALOG_RULES: tuple[PermissionRule, ...] = (
+    PermissionRule((GROUP,), ("clustercheckpoints",), (
+        ("get", "read a catalog entry live (an input at start, a deletion, a status write)"),
+        ("list", KOPF_WATCH), ("watch", KOPF_WATCH),
+        ("patch", "the in-use protection finalizer of a catalog entry")), cluster_scoped=True),
+    PermissionRule((GROUP,), ("clustercheckpoints/status",), (
+        ("patch", "a catalog entry's phase, conditions and usedBy (conditional merge patches)"),), cluster_scoped=True),
+    PermissionRule((GROUP,), ("clustercheckpoints/finalizers",), (
+        ("update", "Kubernetes asks it of whoever sets an owner reference with blockOwnerDeletion to a catalog entry "
+                   "(its import pod and claims, each namespace's copy)"),), cluster_scoped=True),
+)
+
+# Namespaced mode: the catalog namespace (the operator's own, where entries are imported) gets a Role with
+# these, unless it is also a watched namespace (whose Role has them already).
+CATALOG_NAMESPACE_RULES: tuple[PermissionRule, ...] = (
+    PermissionRule(("",), ("pods",), (
+        ("get", "read a catalog import pod's state"),
+        ("create", "the import pod of a catalog entry" + NARROWED + "only import pods owned by a ClusterCheckpoint "
+                   "in the catalog namespace"),
+        ("delete", "the import pod once its result is recorded" + NARROWED + "only its agent pods"))),
+    PermissionRule(("",), ("pods/log",), (("get", "a catalog import pod's result"),)),
+    PermissionRule(("",), ("persistentvolumeclaims",), (
+        ("get", "the catalog's copy: its state (volume store)"),
+        ("create", "the catalog's copy of an entry (volume store)" + NARROWED + "only claims owned by a "
+                   "ClusterCheckpoint in the catalog namespace"))),
+    PermissionRule(("",), ("events",), (
+        ("create", "a catalog entry's Events (a cluster-scoped object's go to the catalog namespace)" + NARROWED
+                   + "only Events about ClusterCheckpoints there"),
+        ("list", "why the catalog's claim does not bind: its own Events"))),
+)
+
+
+def catalog_cluster_rules() -> list[dict[str, list[str]]]:
+    """Namespaced mode: the ClusterRole of the catalog (ClusterCheckpoints are cluster-scoped)."""
+    return [rule.to_policy_rule() for rule in CATALOG_RULES]
+
+
+def catalog_namespace_rules() -> list[dict[str, list[str]]]:
+    """Namespaced mode: the Role in the catalog namespace, when it is not a watched one."""
+    return [rule.to_policy_rule() for rule in CATALOG_NAMESPACE_RULES]
+
+
 NAMESPACE_READER = PermissionRule(("",), ("namespaces",), (
     ("get", "read a watched Namespace's ckpt.dev/max-checkpoint-size annotation"),))
 
@@ -119,8 +164,9 @@ def namespace_reader_rules(namespaces: list[str]) -> list[dict[str, list[str]]]:
 
 
 def policy_rules(*, cluster_wide: bool) -> list[dict[str, list[str]]]:
-    """The rules of the operator's ClusterRole (cluster_wide) or of each per-namespace Role."""
-    return [rule.to_policy_rule() for rule in RULES if cluster_wide or not rule.cluster_only]
+    """The rules of the operator's ClusterRole (cluster_wide: with the catalog's) or of each per-namespace Role."""
+    rules = [rule.to_policy_rule() for rule in RULES if cluster_wide or not rule.cluster_only]
+    return rules + (catalog_cluster_rules() if cluster_wide else [])
 
 
 def permissions(rules: list[dict[str, list[str]]]) -> set[tuple[str, str, str]]:

@@ -240,7 +240,7 @@ def test_every_reader_gives_a_reason_not_an_exception(tmp_path, case):
     ("keras config.json / deep arrays", "m.keras: config.json: nested"),
     ("megatron tracker / 5000 digits", "latest_checkpointed_iteration.txt"),
     ("deepspeed tag / 20 digits", "beyond int64"),
-    ("torch.save data.pkl / 5000-digit LONG", "ckpt.pt: not a readable pickle"),
+    ("torch.save data.pkl / 5000-digit LONG", "ckpt.pt: member ckpt/data.pkl: not a readable pickle"),
     ("torch.save data.pkl / ints beyond int64", "is beyond int64: not used as the step"),
     ("DCP .metadata / truncated", ".metadata is not a readable torch DCP metadata pickle"),
     ("DCP offsets beyond int64", ".metadata: a storage entry has no valid relative_path, offset or length"),

@@ -87,6 +87,27 @@ def test_http(web, tmp_path):  # noqa: F811
         assert AWS_SECRET not in line
 
 
+@pytest.mark.parametrize("member", [".checkpoint-manifest.json", "./.checkpoint-manifest.json",
+                                    ".checkpoint-upload-journal.json"])
+def test_an_archive_holding_the_agent_s_own_names_is_refused(web, tmp_path, member):  # noqa: F811
+    """hostile1 D9: a tar of a pulled (then edited) checkpoint carried its .checkpoint-manifest.json;
+    the import left it in DEST silently and verify and pull later took it as the manifest. Every
+    writer of DEST now refuses the reserved names, archives as Git and the Hub do (failed before:
+    imported, rc 0)."""
+    (web.root / "m.tar").write_bytes(tar_of(("config.json", b"{}"), (member, b'{"digest": "sha256:00"}')))
+    dest = tmp_path / "d"
+    one_line(run_agent("import", web.url("m.tar"), str(dest)), dest, "m.tar", "is reserved for the agent's own use")
+
+
+def test_a_dest_that_cannot_be_written_names_dest_not_the_staging_directory(web):  # noqa: F811
+    """hostile1 D11: the line named `/proc/.ckpt-import-<hash>-<random>`, a path the user never sees."""
+    (web.root / "m.tar").write_bytes(tar_of(("config.json", b"{}")))
+    run = run_agent("import", web.url("m.tar"), "/proc/ckpt-dest")
+    assert run.error == ("error: /proc/ckpt-dest: cannot import there: No such file or directory (creating the "
+                         "import's staging directory in /proc)")
+    assert ".ckpt-import-" not in run.stderr
+
+
 def test_ftp(ftp_server, tmp_path):  # noqa: F811
     (ftp_server.root / "m.tar").write_bytes(tar_of(("config.json", b"{}")))
     login = tmp_path / "login"
@@ -107,6 +128,33 @@ def test_ftp(ftp_server, tmp_path):  # noqa: F811
         dest = tmp_path / f"d{i}"
         line = one_line(run_agent("import", url, str(dest), env=env), dest, *words)
         assert PASSWORD not in line
+
+
+@pytest.mark.parametrize("user, password", [
+    (USER, "pa\\ss-word-0123"),                        # printable() doubled the backslash: not the password
+    (USER, "tab\tin-password"),                         # a tab became \x09
+    (USER, "quote'in\"password"),
+    ("u" * 240, "longsecretpassword-0123456789"),      # the reply was cut at 300 characters inside it
+    (USER, "pässwörd-ünïcode-0123"),
+    (USER, "esc\x1b[31m-red-0123"),
+])
+def test_an_echoed_password_never_leaks_escaped_or_cut(ftp_server, tmp_path, user, password):  # noqa: F811
+    """hostile1 D10: the agent masked the credential in the line it wrote, but only after escaping
+    and cutting the server's reply; a backslash, a control character or a cut made the credential
+    another string (failed before: `pa\\\\ss-word-0123`, `tab\\x09in-password`,
+    `longsecretpassword-012345678` in the line)."""
+    login = tmp_path / "login"
+    login.mkdir()
+    (login / "username").write_text(user)
+    (login / "password").write_text(password)
+    dest = tmp_path / "d"
+    run = run_agent("import", ftp_server.echo_url("m.tar"), str(dest), env={"CKPT_SOURCE_SECRET_DIR": str(login)})
+    line = one_line(run, dest, "the server refused", "***")
+    unescaped = line.replace("\\\\", "\\")
+    server_words = "550 Login of refused: password is not accepted here"
+    for n in range(6, len(password) + 1):  # no piece of it of 6 characters or more, escaped or not
+        for piece in {password[:n], password[-n:]} - {w for w in [password[-n:]] if w in server_words}:
+            assert piece not in run.stderr and piece not in unescaped, (piece, line)
 
 
 def test_s3(s3, tmp_path):  # noqa: F811
@@ -172,6 +220,27 @@ def test_hugging_face(mini_hub, tmp_path):  # noqa: F811
         dest = tmp_path / f"d{i}"
         line = one_line(run_agent("import", uri, str(dest), *args, env=env), dest, *words)
         assert AWS_SECRET not in line
+
+
+TWINS = {"config.json": b"{}", "model.bin": b"1", "model\u200b.bin": b"2"}  # shows as model.bin twice
+
+
+def test_invisible_twins_are_refused_by_every_source(web, git_http, mini_hub, tmp_path):  # noqa: F811
+    """hostile1 D12: a zero-width space made a second `model.bin` in tables and events; tar, zip,
+    Git and the Hub imported both (failed before: rc 0 each)."""
+    (web.root / "twins.tar").write_bytes(tar_of(*TWINS.items()))
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w") as z:
+        for name, data in TWINS.items():
+            z.writestr(name, data)
+    (web.root / "twins.zip").write_bytes(zipped.getvalue())
+    git_http.add_repo("twins", TWINS)
+    mini_hub.add_repo("org/twins", TWINS)
+    for i, (uri, args) in enumerate([(web.url("twins.tar"), []), (web.url("twins.zip"), []),
+                                     (f"git+{git_http.url('twins')}", []),
+                                     ("hf://org/twins", ["--endpoint-url", mini_hub.endpoint])]):
+        dest = tmp_path / f"d{i}"
+        one_line(run_agent("import", uri, str(dest), *args), dest, "model\\u200b.bin", "invisible character U+200B")
 
 
 def test_one_line_whatever_the_message(tmp_path):

@@ -219,7 +219,7 @@ def test_a_pull_with_a_stored_manifest_pins_its_digest_first_and_keeps_other_fil
     manifest = checkpoint(tmp_path / "vol", FILES)
     (tmp_path / "vol" / MANIFEST_NAME).write_text(manifest.to_json())
     buf = io.BytesIO()
-    pack(str(tmp_path / "vol"), buf)
+    pack(str(tmp_path / "vol"), buf, manifest.digest)
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")
     buf.seek(0)
@@ -250,3 +250,24 @@ def test_hold_ends_once_the_pulls_are_over(tmp_path):
     thread.join(20)
     assert results == ["served"]
     assert hold(str(tmp_path / "never"), 0.2) == "idle"
+
+
+def test_a_pull_never_sends_a_stored_manifest_of_another_digest(tmp_path):
+    """hostile1 D9: DIR holds a manifest that came with the data (another checkpoint's): pack sends
+    DIR's files as they are, and the puller checks their digest (failed before: the stale manifest
+    went first and the pull was refused)."""
+    manifest = checkpoint(tmp_path / "vol", FILES)
+    stale = checkpoint(tmp_path / "other", {**FILES, "config.json": b'{"a": 2}'})  # before an edit
+    (tmp_path / "vol" / MANIFEST_NAME).write_text(stale.to_json())
+    for given in (manifest.digest, None):
+        buf = io.BytesIO()
+        pack(str(tmp_path / "vol"), buf, given)
+        buf.seek(0)
+        target = tmp_path / f"back-{given is None}"
+        StreamReceiver(str(target), pulled=True, digest=manifest.digest).run(buf)
+        assert (target / "config.json").read_bytes() == b'{"a": 1}'
+    buf = io.BytesIO()
+    pack(str(tmp_path / "vol"), buf, stale.digest)  # recorded as the stale one's: trusted, and each file checked
+    buf.seek(0)
+    with pytest.raises(AgentError, match="config.json"):
+        StreamReceiver(str(tmp_path / "lied"), pulled=True, digest=stale.digest).run(buf)

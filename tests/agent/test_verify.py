@@ -40,10 +40,25 @@ def test_a_directory_with_its_manifest_names_every_difference(tmp_path):
         f"'a.bin': sha256 {__import__('hashlib').sha256(b'aaaX').hexdigest()}, the manifest says "
         f"{manifest.files[0].sha256}",
         "'c.bin': missing", "'sub/b.bin': size 1 bytes, the manifest says 2", "'extra.txt': not in the manifest"]
+    # A stored manifest of another digest is not this checkpoint's (it came with the data: hostile1
+    # D9): it is not trusted, the files are read as they are and compared with the recorded digest.
     replaced = verify_directory(str(tmp_path), "sha256:" + "9" * 64)
     assert [p.problem for p in replaced.problems] == [
-        f"the manifest at {tmp_path / MANIFEST_NAME} has digest {manifest.digest}, not the recorded sha256:{'9' * 64} "
-        f"(the data there was replaced)"]
+        f"the data has digest {replaced.manifest.digest} (3 files, 8 bytes), not the recorded sha256:{'9' * 64}; no "
+        f"manifest of that digest is stored with it, so the file that differs cannot be named"]
+
+
+def test_a_manifest_that_came_with_the_data_is_not_trusted(tmp_path):
+    """A pulled checkpoint's manifest left in a directory whose files were then edited: verify of the
+    recorded digest (the edited files' own) passes instead of crying 'replaced' (failed before)."""
+    root = tmp_path / "ckpt"
+    stale = make(root, {"config.json": b'{"a": 1}', "model.safetensors": b"w" * 64})
+    (root / MANIFEST_NAME).write_text(stale.to_json())
+    (root / "config.json").write_bytes(b'{"a": 2}')
+    edited = verify_directory(str(root))  # no recorded digest: the stored manifest is all there is
+    assert not edited.verified
+    recorded = make(tmp_path / "copy", {"config.json": b'{"a": 2}', "model.safetensors": b"w" * 64}).digest
+    assert verify_directory(str(root), recorded).verified
 
 
 def test_a_directory_without_a_manifest_compares_the_digest(tmp_path):
@@ -51,8 +66,8 @@ def test_a_directory_without_a_manifest_compares_the_digest(tmp_path):
     assert verify_directory(str(tmp_path), manifest.digest).verified
     (tmp_path / "w.bin").write_bytes(b"Weights")
     bad = verify_directory(str(tmp_path), manifest.digest)
-    assert not bad.verified and "no manifest is stored with it, so the file that differs cannot be named" in \
-        bad.problems[0].problem
+    assert not bad.verified and "no manifest of that digest is stored with it, so the file that differs cannot be " \
+        "named" in bad.problems[0].problem
     with pytest.raises(AgentError, match="not a directory"):
         verify_directory(str(tmp_path / "nope"))
 

@@ -41,7 +41,7 @@ class Operator:
     async def start(self) -> None:
         settings = kopf.OperatorSettings()
         main.configure_settings(settings)
-        ctx = self.ctx = Context(kube=Kube.from_url(self.api_url), config=self.config)
+        ctx = self.ctx = Context(kube=Kube.from_url(self.api_url), config=self.config, namespaces=list(self.namespaces))
         self.handle = await asyncio.to_thread(run_kopf_in_thread, kopf.get_default_registry(), settings, self.namespaces,
                                               self.api_url, memo=main.make_memo(ctx))
 

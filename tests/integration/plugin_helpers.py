@@ -70,3 +70,38 @@ def tree_digest(directory: Path) -> dict[str, str]:
         if path.is_file() and path.name != ".checkpoint-manifest.json":
             out[str(path.relative_to(directory))] = hashlib.sha256(path.read_bytes()).hexdigest()
     return out
+
+
+async def push_of_a_file_changed_after_hashing(ckpt: "Plugin", api, tmp_path: Path, monkeypatch, name: str) -> None:
+    """hostile1 D11: a file changed between hashing and sending (a trainer still writing). Nothing
+    becomes Ready, and the line no longer says 'rerun to resume' (the rerun was then refused: the
+    Checkpoint expects the first digest): it says what to do. The advice is then followed."""
+    from checkpoint_operator.plugin import commands
+    directory = tmp_path / name
+    directory.mkdir()
+    (directory / "config.json").write_bytes(b"{}")
+    (directory / "model.safetensors").write_bytes(b"A" * 1000)
+    original = commands.local_manifest
+
+    def racing(path, io):
+        manifest = original(path, io)
+        (directory / "model.safetensors").write_bytes(b"B" * 1000)  # same size, other bytes
+        return manifest
+    monkeypatch.setattr(commands, "local_manifest", racing)
+    first = await ckpt("push", str(directory), "--name", name)
+    monkeypatch.setattr(commands, "local_manifest", original)
+    assert first.code == 1, first.err
+    line = first.err.strip().splitlines()[-1]
+    assert "rerun to resume" not in line, line
+    assert f"changed since it was hashed ('model.safetensors'): Checkpoint {name} expects digest" in line, line
+    assert f"delete it (kubectl delete checkpoint {name} -n" in line, line
+    assert (await api.get("ckpt.dev/v1alpha1/checkpoints", "default", name))["status"].get("phase") != "Ready"
+    rerun = await ckpt("push", str(directory), "--name", name)
+    assert rerun.code == 1 and "expects data with digest" in rerun.err
+    await api.delete("ckpt.dev/v1alpha1/checkpoints", "default", name)
+    for _ in range(100):
+        if await api.get("ckpt.dev/v1alpha1/checkpoints", "default", name) is None:
+            break
+        await asyncio.sleep(0.2)
+    again = await ckpt("push", str(directory), "--name", name)
+    assert again.code == 0, again.err

@@ -58,8 +58,9 @@ async def test_http_archive_import_on_the_volume_store(api, operator, wait_for, 
     assert status["phase"] == "Ready", status
     assert status["owned"] is True and status["fileCount"] == 3 and status["format"] == "huggingface"
     assert status["resumable"] is True
-    assert status["location"] == {"volume": {"claimName": "from-web-data", "path": "data"}}
-    claim = await api.get("v1/persistentvolumeclaims", NS, "from-web-data")
+    name = f"from-web-data-{ckpt['metadata']['uid'][:8]}"
+    assert status["location"] == {"volume": {"claimName": name, "path": "data"}}
+    claim = await api.get("v1/persistentvolumeclaims", NS, name)
     assert claim["metadata"]["ownerReferences"][0]["name"] == "from-web"
 
 
@@ -111,10 +112,10 @@ async def test_the_namespace_annotation_lowers_the_import_size_limit(api, operat
 
 
 async def _foreign_claim(api, wait_for, cluster, name: str):
-    """A user's own PVC whose name is the claim a Checkpoint called `name` would make, with data."""
-    await api.create("v1/persistentvolumeclaims", NS, {"metadata": {"name": f"{name}-data"}, "spec": {
+    """A user's own PVC called `name`, with data."""
+    await api.create("v1/persistentvolumeclaims", NS, {"metadata": {"name": name}, "spec": {
         "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
-    claim_dir = await wait_for(lambda: cluster.claim_dir(NS, f"{name}-data"))
+    claim_dir = await wait_for(lambda: cluster.claim_dir(NS, name))
     (claim_dir / "team.txt").write_bytes(b"the team's data")
     return claim_dir
 
@@ -127,29 +128,58 @@ async def _waits_on_the_claim(api, wait_for, name: str) -> dict:
     return await wait_for(waiting, timeout=40)
 
 
+async def _held_by_an_invalid_limit(api, wait_for, body: dict) -> str:
+    """Create the Checkpoint while the Namespace's limit annotation is invalid: it waits before its
+    claim is made (InvalidLimit). Returns the name its claim will have."""
+    await api.patch("v1/namespaces", None, NS, {"metadata": {"annotations": {"ckpt.dev/max-checkpoint-size": "big"}}})
+    created = await api.create(CKPT, NS, body)
+
+    async def held():
+        obj = await api.get(CKPT, NS, created["metadata"]["name"])
+        ready = next((c for c in obj.get("status", {}).get("conditions") or [] if c["type"] == "Ready"), None)
+        return ready if ready and ready["reason"] == "InvalidLimit" else None
+    await wait_for(held, timeout=30)
+    return f"{created['metadata']['name']}-data-{created['metadata']['uid'][:8]}"
+
+
+async def _release_the_limit(api, name: str) -> None:
+    await api.patch("v1/namespaces", None, NS, {"metadata": {"annotations": {"ckpt.dev/max-checkpoint-size": None}}})
+    # A Namespace is not watched: a change of the Checkpoint wakes it now rather than at its recheck.
+    await api.patch(CKPT, NS, name, {"metadata": {"labels": {"touched": "yes"}}})
+
+
 async def test_an_import_never_takes_over_a_claim_it_does_not_own(api, operator, cluster, wait_for, web):
     """Issue 23 item 5: a Checkpoint named so that its claim is a user's PVC waited on nothing,
-    mounted that PVC read-write and wrote into it. Now it waits, naming the claim, and no pod
-    mounts it (failed before: Ready, owned: true, `import/` written into the team's volume)."""
-    claim_dir = await _foreign_claim(api, wait_for, cluster, "teamdata2")
-    await api.create(CKPT, NS, http_checkpoint("teamdata2", f"{web}/model.tar.gz"))
+    mounted that PVC read-write and wrote into it. The claim's name now holds the Checkpoint's uid
+    (a PVC named like the old `<name>-data` is simply not its claim); one made under the exact
+    name once the Checkpoint exists is never mounted: the import waits, naming it."""
+    team_dir = await _foreign_claim(api, wait_for, cluster, "teamdata1-data")
+    await api.create(CKPT, NS, http_checkpoint("teamdata1", f"{web}/model.tar.gz"))
+    ready = await settled(api, wait_for, "teamdata1")
+    assert ready["status"]["phase"] == "Ready" and ready["status"]["location"]["volume"]["claimName"] != "teamdata1-data"
+    assert sorted(p.name for p in team_dir.iterdir()) == ["team.txt"]
+
+    claim = await _held_by_an_invalid_limit(api, wait_for, http_checkpoint("teamdata2", f"{web}/model.tar.gz"))
+    claim_dir = await _foreign_claim(api, wait_for, cluster, claim)
+    await _release_the_limit(api, "teamdata2")
     ready = await _waits_on_the_claim(api, wait_for, "teamdata2")
-    assert "PersistentVolumeClaim teamdata2-data exists and does not belong to Checkpoint teamdata2" in ready["message"]
+    assert f"PersistentVolumeClaim {claim} exists and does not belong to Checkpoint teamdata2" in ready["message"]
     obj = await api.get(CKPT, NS, "teamdata2")
     assert obj["status"]["phase"] == "Pending" and "owned" not in obj["status"], obj["status"]
     pods = (await api.list("v1/pods", NS))
-    assert not [p for p in pods if any((v.get("persistentVolumeClaim") or {}).get("claimName") == "teamdata2-data"
+    assert not [p for p in pods if any((v.get("persistentVolumeClaim") or {}).get("claimName") == claim
                                        for v in p["spec"].get("volumes") or [])]
     assert sorted(p.name for p in claim_dir.iterdir()) == ["team.txt"]
 
 
 async def test_an_upload_never_takes_over_a_claim_it_does_not_own(api, operator, cluster, wait_for):
-    claim_dir = await _foreign_claim(api, wait_for, cluster, "teamdata3")
-    await api.create(CKPT, NS, {"metadata": {"name": "teamdata3", "annotations": {
+    claim = await _held_by_an_invalid_limit(api, wait_for, {"metadata": {"name": "teamdata3", "annotations": {
         "ckpt.dev/upload-digest": "sha256:" + "0" * 64, "ckpt.dev/upload-requested": "now"}},
         "spec": {"source": {"upload": {}}}})
+    claim_dir = await _foreign_claim(api, wait_for, cluster, claim)
+    await _release_the_limit(api, "teamdata3")
     ready = await _waits_on_the_claim(api, wait_for, "teamdata3")
-    assert "teamdata3-data exists and does not belong to Checkpoint teamdata3" in ready["message"]
+    assert f"{claim} exists and does not belong to Checkpoint teamdata3" in ready["message"]
     assert await api.get("v1/pods", NS, "teamdata3-upload") is None
     assert sorted(p.name for p in claim_dir.iterdir()) == ["team.txt"]
 
@@ -158,9 +188,19 @@ async def test_an_upload_never_takes_over_a_claim_it_does_not_own(api, operator,
     ({"s3": {"uri": "s3://AKIAEXAMPLE:wJalrXUtnFEMI-example-secret@bucket/x/"}},
      "spec.source.s3.uri must not carry credentials"),
     ({"s3": {"uri": "s3://bucket/x/", "endpoint": "https://AKIAEXAMPLE:wJalrXUtnFEMI-example-secret@minio:9000"}},
-     "spec.source.s3.endpoint must be an http:// or https:// URL without credentials"),
+     "spec.source.s3.endpoint must not carry credentials"),
     ({"http": {"url": "ftp://ftp.example.com/dir%0D%0APASS%20x/m.tar"}},
      "spec.source.http.url must not hold control characters"),
+    # hostile1 D3, D4, D12: each was accepted, then crashed the agent or was quoted in statuses and events
+    ({"azureBlob": {"uri": "https://acct.blob.core.windows.net/models/llama/?sv=2020&sig=wJalrXUtnFEMI-example-secret"}},
+     "spec.source.azureBlob.uri must not carry credentials"),
+    ({"http": {"url": "http://127.0.0.1:9/x.tar?X-Amz-Credential=AKIA&X-Amz-Signature=wJalrXUtnFEMI-example-secret"}},
+     "spec.source.http.url must not carry credentials"),
+    ({"http": {"url": "http://[::1/x.tar"}}, "spec.source.http.url must be scheme://host[:port]/..."),
+    ({"http": {"url": "http://\uff55\uff20127.0.0.1:9/x.tar"}}, "spec.source.http.url must be scheme://host[:port]/..."),
+    ({"git": {"url": "https://h/r%E2%80%AE.git"}}, "spec.source.git.url must not hold control characters"),
+    ({"volume": {"claimName": "c", "path": "/a\nb"}}, "spec.source.volume.path must not hold control characters"),
+    ({"volume": {"claimName": "c", "path": "/\u202ex"}}, "spec.source.volume.path must not hold control characters"),
 ])
 async def test_the_api_refuses_credentials_and_control_characters_in_urls(api, source, words):
     """Issues 18 item 9 and 23 item 8: the CRD's rules, as local mode's admission (and a real API

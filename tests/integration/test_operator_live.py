@@ -96,6 +96,57 @@ async def test_checkpoints_are_ready_while_the_job_runs_and_retention_frees_the_
     assert sealed and "complete: trainer_state.json" in sealed[0]["message"]
 
 
+async def test_retention_keeps_a_directory_an_adopter_points_into_until_the_adopter_goes(
+        api, operator, cluster, trainer, wait_for):
+    """hostile1 D13: with keep: 1, retention deleted live-checkpoint-10 and the sidecar removed
+    its directory although Checkpoint `kept` (source.volume on the output) pointed into it:
+    `kept` stayed Ready on nothing (failed before: checkpoint-10 removed, kept Ready). Now the
+    directory stays while `kept` exists, and goes once `kept` is deleted (the job still runs)."""
+    first_seen, second_seen, done = gate(), gate(), gate()
+    volume = {}
+
+    def train(attempt, env):
+        out = env["CHECKPOINT_OUTPUT_DIR"]
+        volume["out"] = os.path.realpath(out)
+        trainer_checkpoint(out, 10)
+        assert first_seen.wait(90)
+        trainer_checkpoint(out, 20)
+        assert second_seen.wait(90)
+        assert done.wait(90)
+        return 0
+    trainer.behaviours["live"] = train
+    await api.create(TJ, NS, training_job("live", output={**LIVE, "keep": 1}))
+    first = await wait_for(lambda: ready(api, "live-checkpoint-10"), timeout=60)
+    claim = first["status"]["location"]["volume"]["claimName"]
+    await api.create(CKPT, NS, {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint", "metadata": {"name": "kept"},
+                                "spec": {"source": {"volume": {"claimName": claim, "path": "/checkpoint-10"}}}})
+    adopted = await wait_for(lambda: ready(api, "kept"), timeout=60)
+    assert adopted["status"]["digest"] == first["status"]["digest"]
+    first_seen.set()
+
+    await wait_for(lambda: ready(api, "live-checkpoint-20"), timeout=60)
+
+    async def retired():
+        return await checkpoint(api, "live-checkpoint-10") is None or None
+    await wait_for(retired, timeout=60)
+    kept_event = await wait_event(api, wait_for, "live", lambda e: e["reason"] == "RetiredKept")
+    assert kept_event[0]["message"] == ("retention released checkpoint-10, but Checkpoint kept points into it: it "
+                                        "stays while they do")
+    second_seen.set()
+    assert os.path.exists(os.path.join(volume["out"], "checkpoint-10", "model.safetensors"))
+    kept = await checkpoint(api, "kept")
+    assert kept["status"]["phase"] == "Ready" and kept["status"]["digest"] == first["status"]["digest"]
+
+    await api.delete(CKPT, NS, "kept")
+
+    async def removed():
+        return not os.path.exists(os.path.join(volume["out"], "checkpoint-10")) or None
+    await wait_for(removed, timeout=60)
+    assert (await api.get(TJ, NS, "live"))["status"]["phase"] == "Running"
+    done.set()
+    await wait_phase(api, wait_for, TJ, "live", "Succeeded", timeout=60)
+
+
 async def test_a_consumer_takes_the_latest_of_a_running_producer_or_waits_for_it_to_finish(
         api, operator, cluster, trainer, wait_for):
     consumed, release = {}, gate()

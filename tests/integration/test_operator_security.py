@@ -4,8 +4,9 @@
   runs, is snapshotted and consumed (every operator pod admitted); one whose template does not is
   refused by admission, and the TrainingJob says so in the API server's words;
 - a template that mounts (or copies) a claim the operator manages is refused (item 4): the issue's
-  attack on producer-step-1 fails and its bytes stay; an import's claim that a running template
-  already names is not created under it;
+  attack on producer-step-1 fails and its bytes stay; an import's claim holds its Checkpoint's
+  uid, so no template, orphaned Job or pod can have named it before (hostile1 D1, D2), and one
+  named once the Checkpoint exists is refused;
 - a Checkpoint that adopts a path of a producer's output keeps that volume alive after the
   producer and all its Checkpoints are gone (item 6), and lets it go with itself.
 """
@@ -13,11 +14,16 @@
 from __future__ import annotations
 
 import copy
+import io
+import os
+import tarfile
+import time
 
 import pytest
 
 from checkpoint_operator.local.pod_security import ENFORCE_LABEL
 from conftest import CKPT, NS, TJ, training_job, write_checkpoint
+from webserver import web  # noqa: F401
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -125,27 +131,118 @@ async def test_a_template_that_mounts_a_producer_s_output_is_refused_and_the_che
         assert f.read() == b"original"
 
 
-async def test_a_claim_a_running_template_names_is_not_created_under_it(api, operator, cluster, trainer, wait_for):
-    """The other order: the template names an import's claim before the import exists."""
-    trainer.behaviours["squatter"] = lambda attempt, env: 0
-    body = training_job("squatter")
-    body["spec"]["template"]["spec"]["volumes"] = [{"name": "w", "persistentVolumeClaim": {"claimName": "future-data"}}]
-    await api.create(TJ, NS, body)
+def _import_archive(web_root) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in {"config.json": b"{}", "model.safetensors": b"w" * 64}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    (web_root / "model.tar.gz").write_bytes(buffer.getvalue())
 
-    async def running():
-        return (await status_of(api, TJ, "squatter")).get("phase") == "Running" or None
-    await wait_for(running, timeout=30)
-    await api.create(CKPT, NS, {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint",
-                                "metadata": {"name": "future"},
-                                "spec": {"source": {"http": {"url": "http://127.0.0.1:9/model.tar"}}}})
 
-    async def held():
-        status = await status_of(api, CKPT, "future")
-        ready = next((c for c in status.get("conditions") or [] if c["type"] == "Ready"), {})
-        return ready if ready.get("reason") == "ClaimNamedByTrainingJob" else None
-    condition = await wait_for(held, timeout=30)
-    assert "TrainingJob squatter" in condition["message"]
-    assert await api.get("v1/persistentvolumeclaims", NS, "future-data") is None
+def tamper_when_imported(attempt, env):
+    """A squatter's trainer: wait for an import's data on the claim it mounts, then rewrite it."""
+    target = os.path.join(env["STEAL_DIR"], "data", "model.safetensors")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if os.path.exists(target):
+            with open(target, "wb") as f:
+                f.write(b"TAMPERED")
+            return 0
+        time.sleep(0.1)
+    return 3
+
+
+def squatter(name: str, volumes: list[dict]) -> dict:
+    body = training_job(name)
+    spec = body["spec"]["template"]["spec"]
+    spec["volumes"] = volumes
+    spec["containers"][0]["volumeMounts"] = [{"name": volumes[-1]["name"], "mountPath": "/steal"}]
+    spec["containers"][0]["env"] = [{"name": "STEAL_DIR", "value": "/steal"}]
+    return body
+
+
+async def running(api, wait_for, name: str) -> None:
+    async def is_running():
+        return (await status_of(api, TJ, name)).get("phase") == "Running" or None
+    await wait_for(is_running, timeout=30)
+
+
+async def imported_untouched(api, cluster, wait_for, name: str, named: str) -> None:
+    """The import `name` is Ready on a claim of its own (not `named`, which a squatter mounts)
+    holding the archive's bytes."""
+    async def settled():
+        body = await api.get(CKPT, NS, name)
+        return body if (body or {}).get("status", {}).get("phase") in ("Ready", "Failed") else None
+    body = await wait_for(settled, timeout=60)
+    status = body["status"]
+    assert status["phase"] == "Ready", status
+    claim = status["location"]["volume"]["claimName"]
+    assert claim != named and body["metadata"]["uid"][:8] in claim
+    with open(f"{cluster.claim_dir(NS, claim)}/data/model.safetensors", "rb") as f:
+        assert f.read() == b"w" * 64
+    assert await api.get("v1/persistentvolumeclaims", NS, named) is None
+
+
+async def test_a_template_s_129th_volume_cannot_wait_for_an_import_s_claim(
+        api, operator, cluster, trainer, wait_for, web):
+    """hostile1 D1: 128 volumes naming one claim, then a 129th naming `future-data` (the import
+    claim's name before it held the uid): the squat index kept only the first 128 references, so
+    the import's claim was created under the running job, which rewrote the data after the
+    Checkpoint was Ready (failed before: Ready, the claim's file `TAMPERED`)."""
+    _import_archive(web.root)
+    await api.create("v1/persistentvolumeclaims", NS, {"metadata": {"name": "a"}, "spec": {
+        "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
+    trainer.behaviours["squatter"] = tamper_when_imported
+    volumes = [{"name": f"v{i}", "persistentVolumeClaim": {"claimName": "a"}} for i in range(128)]
+    await api.create(TJ, NS, squatter("squatter", [
+        *volumes, {"name": "steal", "persistentVolumeClaim": {"claimName": "future-data"}}]))
+    await running(api, wait_for, "squatter")
+    await api.create(CKPT, NS, {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint", "metadata": {"name": "future"},
+                                "spec": {"source": {"http": {"url": web.url("model.tar.gz")}}}})
+    await imported_untouched(api, cluster, wait_for, "future", "future-data")
+
+
+async def test_a_job_orphaned_by_its_trainingjob_cannot_wait_for_an_import_s_claim(
+        api, operator, cluster, trainer, wait_for, web):
+    """hostile1 D2: `kubectl delete tj --cascade=orphan` left a Job (and its waiting pod) naming
+    `later-data`, which the squat check (TrainingJobs only) did not see (failed before: the
+    orphaned pod started on the import's claim and rewrote it behind a Ready digest)."""
+    _import_archive(web.root)
+    trainer.behaviours["orphan"] = tamper_when_imported
+    await api.create(TJ, NS, squatter("orphan", [{"name": "steal", "persistentVolumeClaim": {"claimName": "later-data"}}]))
+    await running(api, wait_for, "orphan")
+    await api.delete(TJ, NS, "orphan", propagation_policy="Orphan")
+
+    async def orphaned():
+        jobs = [j["metadata"]["name"] for j in await api.list("batch/v1/jobs", NS)]
+        return await api.get(TJ, NS, "orphan") is None and jobs or None
+    assert await wait_for(orphaned, timeout=30)
+    await api.create(CKPT, NS, {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint", "metadata": {"name": "later"},
+                                "spec": {"source": {"http": {"url": web.url("model.tar.gz")}}}})
+    await imported_untouched(api, cluster, wait_for, "later", "later-data")
+    assert "orphan" not in trainer.envs  # its pod never found a claim to start on
+
+
+async def test_a_template_naming_an_existing_import_s_claim_is_refused(api, operator, cluster, trainer, wait_for, web):
+    """Once the Checkpoint exists its claim's name is known; a template naming it is refused by
+    name, before the claim or its data exist (ManagedClaim)."""
+    await api.patch("v1/namespaces", None, NS, {"metadata": {"annotations": {"ckpt.dev/max-checkpoint-size": "big"}}})
+    await api.create(CKPT, NS, {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint", "metadata": {"name": "held"},
+                                "spec": {"source": {"http": {"url": web.url("model.tar.gz")}}}})
+    uid = (await api.get(CKPT, NS, "held"))["metadata"]["uid"]
+    claim = f"held-data-{uid[:8]}"
+    trainer.behaviours["late"] = tamper_when_imported
+    await api.create(TJ, NS, squatter("late", [{"name": "steal", "persistentVolumeClaim": {"claimName": claim}}]))
+
+    async def failed():
+        status = await status_of(api, TJ, "late")
+        return status if status.get("phase") == "Failed" else None
+    status = await wait_for(failed, timeout=30)
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "ManagedClaim" and "the data volume of Checkpoint held" in ready["message"]
+    assert "late" not in trainer.envs
 
 
 # --- item 6: adopted data is not deleted behind a Ready Checkpoint --------------------------------------

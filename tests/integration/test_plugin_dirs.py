@@ -90,6 +90,37 @@ async def test_a_cache_snapshot_is_pushed_whole_and_pulled_back(ckpt, api, store
     assert again.code == 0, again.err
 
 
+async def test_clean_empties_only_a_directory_a_pull_wrote(ckpt, api, store, store_secret, operator, cluster,
+                                                           tmp_path):
+    """hostile1's note: `kubectl ckpt pull x ~ --clean` removed everything in a home directory that
+    is not the checkpoint. --clean now empties only a directory a pull wrote (a pull's manifest at
+    its root, or an interrupted pull's parts or files); a home directory is refused, untouched."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "config.json").write_bytes(CONFIG)
+    (source / "model.safetensors").write_bytes(b"w" * 100)
+    assert (await ckpt("push", str(source), "--name", "small")).code == 0
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_bytes(b"key")
+    (home / "notes.txt").write_bytes(b"mine")
+    refused = await ckpt("pull", "small", str(home), "--clean")
+    assert refused.code == 1, refused.err
+    error = [line for line in refused.err.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1 and "--clean empties only a directory a pull wrote" in error[0], refused.err
+    assert (home / ".ssh" / "id_ed25519").read_bytes() == b"key" and (home / "notes.txt").exists()
+    assert not (home / "model.safetensors").exists()
+
+    interrupted = tmp_path / "interrupted"  # one file of the checkpoint arrived, then some junk
+    interrupted.mkdir()
+    (interrupted / "config.json").write_bytes(CONFIG)
+    (interrupted / "junk.txt").write_bytes(b"x")
+    cleaned = await ckpt("pull", "small", str(interrupted), "--clean")
+    assert cleaned.code == 0, cleaned.err
+    assert sorted(p.name for p in interrupted.iterdir()) == [".checkpoint-manifest.json", "config.json",
+                                                             "model.safetensors"]
+
+
 async def test_a_pull_into_another_checkpoint_is_refused(ckpt, api, store, store_secret, operator, cluster, tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     for directory, weights in ((first, b"1" * 100), (second, b"2" * 100)):

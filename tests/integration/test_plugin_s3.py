@@ -143,3 +143,9 @@ async def test_a_resumed_push_skips_what_arrived_and_a_bad_upload_fails(ckpt, ap
 
 async def _gone(api, name):
     return await api.get(CKPT, NS, name) is None
+
+
+async def test_a_push_of_a_file_that_changed_says_what_to_do(ckpt, api, store_secret, operator, cluster, s3,  # noqa: F811
+                                                              tmp_path, monkeypatch):
+    from plugin_helpers import push_of_a_file_changed_after_hashing
+    await push_of_a_file_changed_after_hashing(ckpt, api, tmp_path, monkeypatch, "racy")

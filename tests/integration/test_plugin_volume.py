@@ -88,7 +88,7 @@ async def test_an_interrupted_push_resumes_and_sends_only_the_rest(ckpt, api, op
         return session.finish(), session.last_error()
     code, error = await asyncio.to_thread(cut_off_push)
     assert code == 1 and "'config.json' was neither sent nor is it in" in error
-    claim_dir = cluster.claim_dir(NS, "resumed-data")
+    claim_dir = cluster.claim_dir(NS, f"resumed-data-{body['metadata']['uid'][:8]}")
     assert (claim_dir / "data" / "model.safetensors").exists()  # kept: verified before it got its name
     assert not (claim_dir / ".ckpt-upload-data.commit").exists()
     assert (await api.get(CKPT, NS, "resumed"))["status"]["phase"] == "Importing"  # nothing partial is Ready
@@ -157,9 +157,10 @@ async def test_an_upload_checkpoint_waits_and_says_what_to_do(api, operator, clu
     body = await wait_for(waiting, timeout=20)
     assert body["status"]["phase"] == "Pending"
     assert "kubectl ckpt push DIR --name later -n default" in body["status"]["message"]
-    assert body["status"]["upload"] == {"store": "volume", "claimName": "later-data"}
+    claim = f"later-data-{body['metadata']['uid'][:8]}"
+    assert body["status"]["upload"] == {"store": "volume", "claimName": claim}
     # nothing is provisioned until a push asks for it
-    assert await api.get("v1/persistentvolumeclaims", NS, "later-data") is None
+    assert await api.get("v1/persistentvolumeclaims", NS, claim) is None
 
 
 async def test_lineage_across_two_jobs_and_ls(ckpt, api, operator, cluster, trainer, wait_for, tmp_path):
@@ -242,8 +243,50 @@ async def test_root_files_of_an_output_verify_and_pull_without_a_stored_manifest
     claim = cluster.claim_dir(NS, final["status"]["location"]["volume"]["claimName"])
     (claim / "config.json").write_bytes(b'{"model_type": "gpt3"}')
     tampered = await ckpt("verify", "rooted-final")
-    assert tampered.code == 1 and "no manifest is stored with it, so the file that differs cannot be named" in \
-        tampered.out
+    assert tampered.code == 1 and "no manifest of that digest is stored with it, so the file that differs cannot be " \
+        "named" in tampered.out
     refused = await ckpt("pull", "rooted-final", str(tmp_path / "again"))
     assert refused.code == 1 and "not the recorded" in refused.err and "nothing kept" in refused.err
     assert not any((tmp_path / "again").rglob("*.json"))
+
+
+async def test_a_manifest_that_came_with_the_data_is_never_trusted(ckpt, api, operator, cluster, trainer, wait_for,
+                                                                   tmp_path):
+    """hostile1 D9: a trainer copied a downloaded checkpoint's directory into its output (the
+    download left its .checkpoint-manifest.json) and changed a file. The scan left the manifest out
+    (it is the agent's own name), but verify and the pull took it as THE manifest: Ready, then
+    'the data there was replaced' on verify and every pull refused (failed before: both rc 1). Now
+    a stored manifest is used only when it has the recorded digest."""
+    source = make_model_dir(tmp_path)
+    proc = await asyncio.create_subprocess_exec("checkpoint-operator", "agent", "scan", str(source), "--single",
+                                                "--json", stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    stale = json.dumps(json.loads(out)["checkpoints"][0]).encode()
+
+    def train(attempt, env):  # the download's directory copied whole (its manifest too), then edited
+        target = os.path.join(env["CHECKPOINT_OUTPUT_DIR"], "step-9")
+        for path in source.rglob("*"):
+            if path.is_file():
+                rel = path.relative_to(source).as_posix()
+                write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-9", {rel: path.read_bytes()})
+        write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-9", {".checkpoint-manifest.json": stale,
+                                                                  "config.json": b'{"edited": true}'})
+        assert os.path.isdir(target)
+        return 0
+    trainer.behaviours["copier"] = train
+    await api.create("ckpt.dev/v1alpha1/trainingjobs", NS, training_job("copier"))
+    await _finished(api, wait_for, "copier")
+    ready = (await api.get(CKPT, NS, "copier-step-9"))["status"]
+    assert ready["phase"] == "Ready" and ready["digest"] != json.loads(stale)["digest"]
+
+    verified = await ckpt("verify", "copier-step-9")
+    assert verified.code == 0, verified.out + verified.err
+    pulled = await ckpt("pull", "copier-step-9", str(tmp_path / "back"))
+    assert pulled.code == 0, pulled.err
+    assert (tmp_path / "back" / "config.json").read_bytes() == b'{"edited": true}'
+    assert f"digest {ready['digest']}" in pulled.out
+
+
+async def test_a_push_of_a_file_that_changed_says_what_to_do(ckpt, api, operator, cluster, tmp_path, monkeypatch):
+    from plugin_helpers import push_of_a_file_changed_after_hashing
+    await push_of_a_file_changed_after_hashing(ckpt, api, tmp_path, monkeypatch, "racy")

@@ -12,6 +12,7 @@ import pytest
 
 from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.trainingjob import TrainingJob
+from checkpoint_operator.api.clustercheckpoint import ClusterCheckpoint
 from checkpoint_operator.local.server import ApiClient, ApiError
 from unit.api.test_rules import CASES, IMMUTABLE, LONG_BAD, LONG_OK, Case
 from unit.api.test_crdgen import EXAMPLE_DOCS
@@ -19,7 +20,13 @@ from unit.api.test_crdgen import EXAMPLE_DOCS
 NS = "default"
 CKPTS = "ckpt.dev/v1alpha1/checkpoints"
 TJS = "ckpt.dev/v1alpha1/trainingjobs"
-RESOURCE_OF = {"Checkpoint": CKPTS, "TrainingJob": TJS}
+CCKPTS = "ckpt.dev/v1alpha1/clustercheckpoints"
+RESOURCE_OF = {"Checkpoint": CKPTS, "TrainingJob": TJS, "ClusterCheckpoint": CCKPTS}
+
+
+def ns_of(kind: str) -> str | None:
+    """Where an object of the kind lives: a ClusterCheckpoint in no namespace."""
+    return None if kind == "ClusterCheckpoint" else NS
 
 
 def checkpoint(name: str) -> dict:
@@ -114,28 +121,28 @@ async def test_invalid_metadata_is_refused(api: ApiClient, metadata: dict, probl
 @pytest.mark.parametrize("case", [c for c in CASES if c.old is None], ids=lambda c: c.id)
 async def test_cel_cases_on_create(api: ApiClient, case: Case) -> None:
     """Each case of tests/unit/api/test_rules.py, created through the API: refused exactly when the CRD refuses it."""
-    resource = RESOURCE_OF[case.kind]
+    resource, ns = RESOURCE_OF[case.kind], ns_of(case.kind)
     if not case.rejected_by and case.openapi_valid:
-        created = await api.create(resource, NS, copy.deepcopy(case.obj))
+        created = await api.create(resource, ns, copy.deepcopy(case.obj))
         assert created["metadata"]["name"] == case.obj["metadata"]["name"]
         return
-    error = await refused(api.create(resource, NS, copy.deepcopy(case.obj)))
+    error = await refused(api.create(resource, ns, copy.deepcopy(case.obj)))
     for rule_message in case.rejected_by:
         assert rule_message in error.body["message"], error.body["message"]
-    assert await api.list(resource, NS) == []
+    assert await api.list(resource, ns) == []
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.old is not None], ids=lambda c: c.id)
 async def test_cel_transition_cases_on_update(api: ApiClient, case: Case) -> None:
-    resource = RESOURCE_OF[case.kind]
-    stored = await api.create(resource, NS, copy.deepcopy(case.old))
+    resource, ns = RESOURCE_OF[case.kind], ns_of(case.kind)
+    stored = await api.create(resource, ns, copy.deepcopy(case.old))
     update = {**copy.deepcopy(case.obj), "metadata": stored["metadata"]}
     if IMMUTABLE not in case.rejected_by:
-        assert (await api.replace(resource, NS, stored["metadata"]["name"], update))["spec"] == stored["spec"]
+        assert (await api.replace(resource, ns, stored["metadata"]["name"], update))["spec"] == stored["spec"]
         return
-    error = await refused(api.replace(resource, NS, stored["metadata"]["name"], update))
+    error = await refused(api.replace(resource, ns, stored["metadata"]["name"], update))
     assert f'is invalid: spec: Invalid value: "object": {IMMUTABLE}' in error.body["message"]
-    assert (await api.get(resource, NS, stored["metadata"]["name"]))["spec"] == stored["spec"]
+    assert (await api.get(resource, ns, stored["metadata"]["name"]))["spec"] == stored["spec"]
 
 
 async def test_a_training_job_spec_edit_is_refused_but_metadata_and_status_change(api: ApiClient) -> None:
@@ -222,9 +229,22 @@ async def test_defaults_are_stored_as_the_models_read_them(api: ApiClient) -> No
 
 @pytest.mark.parametrize("name, doc", EXAMPLE_DOCS, ids=[n for n, _ in EXAMPLE_DOCS])
 async def test_the_examples_are_accepted(api: ApiClient, name: str, doc: dict) -> None:
-    created = await api.create(RESOURCE_OF[doc["kind"]], NS, copy.deepcopy(doc))
-    model = {"Checkpoint": Checkpoint, "TrainingJob": TrainingJob}[doc["kind"]]
+    created = await api.create(RESOURCE_OF[doc["kind"]], ns_of(doc["kind"]), copy.deepcopy(doc))
+    model = {"Checkpoint": Checkpoint, "TrainingJob": TrainingJob, "ClusterCheckpoint": ClusterCheckpoint}[doc["kind"]]
     assert created["spec"] == model.model_validate(doc).to_wire()["spec"]
+
+
+async def test_a_cluster_checkpoint_is_cluster_scoped(api: ApiClient) -> None:
+    """Stored without a namespace, listed at the cluster's scope, its status written through its subresource, and
+    not reachable under a namespace (a path the API server does not serve for a cluster-scoped kind)."""
+    doc = next(d for _, d in EXAMPLE_DOCS if d["kind"] == "ClusterCheckpoint")
+    created = await api.create(CCKPTS, None, copy.deepcopy(doc))
+    assert "namespace" not in created["metadata"] and created["metadata"]["uid"]
+    assert [o["metadata"]["name"] for o in await api.list(CCKPTS, None)] == [doc["metadata"]["name"]]
+    patched = await api.patch(CCKPTS, None, doc["metadata"]["name"], {"status": {"phase": "Importing"}},
+                              subresource="status")
+    assert patched["status"]["phase"] == "Importing"
+    assert await api.get(CCKPTS, NS, doc["metadata"]["name"]) is None  # 404
 
 
 # --- CRDs created through the API are served with their schema ---------------------------------------------

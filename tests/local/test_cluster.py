@@ -482,3 +482,27 @@ def test_read_only_copy_keeps_the_source_intact(tmp_path: Path) -> None:
     assert (tmp_path / "src" / "nested" / "f").stat().st_mode & 0o200  # the source keeps its modes
     remove_tree(tmp_path / "copy")
     assert not (tmp_path / "copy").exists()
+
+
+async def test_a_namespaced_claim_owned_by_a_cluster_scoped_object_lives_as_long_as_its_owner(
+        api: ApiClient, cluster: LocalCluster, wait_for) -> None:
+    """As the Kubernetes garbage collector: a namespaced dependent may name a cluster-scoped owner (a catalog
+    entry owns each namespace's copy), looked up without the dependent's namespace. (The collector used to look
+    for it in the claim's namespace, found nothing and deleted the claim at once.)"""
+    entry = await api.create("ckpt.dev/v1alpha1/clustercheckpoints", None, {
+        "apiVersion": "ckpt.dev/v1alpha1", "kind": "ClusterCheckpoint", "metadata": {"name": "gpt2"},
+        "spec": {"source": {"huggingFace": {"repo": "org/gpt2"}}}})
+    owner = {"apiVersion": "ckpt.dev/v1alpha1", "kind": "ClusterCheckpoint", "name": "gpt2",
+             "uid": entry["metadata"]["uid"], "controller": True}
+    await api.create("v1/persistentvolumeclaims", NS, {"metadata": {"name": "copy", "ownerReferences": [owner]},
+                                                        "spec": {"accessModes": ["ReadWriteOnce"],
+                                                                 "resources": {"requests": {"storage": "1Gi"}}}})
+    await wait_for(lambda: cluster.claim_dir(NS, "copy"), timeout=10)
+    await cluster.gc.reconcile("v1/persistentvolumeclaims", await api.get("v1/persistentvolumeclaims", NS, "copy"))
+    assert await api.get("v1/persistentvolumeclaims", NS, "copy") is not None
+    await api.delete("ckpt.dev/v1alpha1/clustercheckpoints", None, "gpt2")
+    await cluster.gc.reconcile("v1/persistentvolumeclaims", await api.get("v1/persistentvolumeclaims", NS, "copy"))
+
+    async def gone():
+        return await api.get("v1/persistentvolumeclaims", NS, "copy") is None
+    await wait_for(gone, timeout=10)

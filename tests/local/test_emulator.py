@@ -386,7 +386,7 @@ async def test_per_request_cost_does_not_grow_with_requests_served(api: ApiClien
     kept = emulator_server.call(records)
     assert kept["requests"] <= 2 * emulator.request_history and kept["errors"] <= 2 * emulator.request_history
     assert kept["per reaction"] <= 2 * emulator.request_history
-    assert kept["objects"] == 4  # c0, the default namespace, the project's two CRDs: no past versions
+    assert kept["objects"] == 5  # c0, the default namespace, the project's three CRDs: no past versions
     assert kept["watch window"] <= emulator.watches.window
 
 

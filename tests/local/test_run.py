@@ -56,6 +56,22 @@ def test_bad_manifest_is_refused_with_the_field_named(tmp_path):
     assert "spec.replicas must be at least 1" in result.stderr
 
 
+@pytest.mark.parametrize("text, words", [
+    (": [\n", "not valid YAML (expected <block end>, but found ':' at line 1, column 1)"),
+    ("- a\n- b\n", "a document is a list, not a Kubernetes object"),
+    (b"\xff\xfe".decode("latin-1"), "cannot be read as UTF-8 text"),
+])
+def test_a_file_that_is_no_manifest_is_one_line_naming_it(tmp_path, text, words):
+    """hostile1 D11: `local run -f` of a file that is not YAML printed the parser's five lines
+    without the file's name (or a traceback for a list)."""
+    bad = tmp_path / "notyaml.yaml"
+    bad.write_bytes(text.encode("latin-1"))
+    result = local_run("-f", str(bad), state_dir=tmp_path / "state")
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: {bad}: {words}"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_runtime_choice_says_why(monkeypatch):
     """Without --runtime: the first engine that runs the agent image, else processes, with the reasons."""
     from checkpoint_operator.local import engine

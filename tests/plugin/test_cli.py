@@ -91,3 +91,9 @@ def test_usage_errors_exit_2_and_a_bad_kubeconfig_or_server_exits_1(tmp_path):
     assert dead.returncode == 1 and "cannot reach the API server at http://127.0.0.1:9" in dead.stderr
     other_context = run("ls", "--kubeconfig", unreachable, "--context", "missing")
     assert other_context.returncode == 1 and "cannot load the kubeconfig" in other_context.stderr
+    # hostile1 D11: a kubeconfig that is not YAML was a 63-line traceback, one that is not a mapping too
+    for text, words in ((": [\n", "not valid YAML (expected <block end>, but found ':' at line 1, column 1)"),
+                        ("- a\n", "not a kubeconfig (a YAML mapping with clusters, contexts and users)")):
+        (tmp_path / "odd").write_text(text)
+        odd = run("ls", "--kubeconfig", str(tmp_path / "odd"))
+        assert odd.returncode == 1 and odd.stderr == f"error: cannot load the kubeconfig {tmp_path / 'odd'}: {words}\n"

@@ -62,7 +62,7 @@ def test_everything_that_would_be_left_out_refuses_the_push_and_is_listed(tmp_pa
     directory = tmp_path / "ckpt"
     (directory / "sub").mkdir(parents=True)
     (directory / "config.json").write_bytes(CONFIG)
-    for name in ("line\nbreak.bin", "back\\slash.bin", "tab\there.bin", "bidi\u202etxt.bin"):
+    for name in ("line\nbreak.bin", "back\\slash.bin", "tab\there.bin", "bidi\u202etxt.bin", "model\u200b.bin"):
         (directory / name).write_bytes(b"x")
     (directory / "caf\u00e9").write_bytes(b"1")
     (directory / "cafe\u0301").write_bytes(b"2")
@@ -77,16 +77,31 @@ def test_everything_that_would_be_left_out_refuses_the_push_and_is_listed(tmp_pa
     with pytest.raises(PluginError) as refused:
         local_manifest(str(directory), io_)
     message = str(refused.value)
-    assert "12 entries would not be part of the checkpoint" in message and "nothing pushed" in message, message
+    assert "13 entries would not be part of the checkpoint" in message and "nothing pushed" in message, message
     assert "\n" not in message
     listed = err.getvalue()
     for shown, why in [("line\\nbreak.bin", "control character U+000A"), ("back\\\\slash.bin", "backslash"),
                        ("tab\\x09here.bin", "control character U+0009"), ("bidi\\u202etxt.bin", "bidirectional"),
+                       ("model\\u200b.bin", "invisible character U+200B"),
                        ("caf\\u00e9", "Unicode normalization"), ("cafe\\u0301", "Unicode normalization"),
                        ("broken", "broken symlink"), ("loop-a", "symlink loop"), ("loop-b", "symlink loop"),
                        ("sub/cycle", "a cycle"), ("pipe", "fifo"), ("sock", "socket")]:
         assert any(line.strip().startswith(f"{shown}: ") and why in line for line in listed.splitlines()), (shown, listed)
     sock.close()
+
+
+def test_too_many_entries_advise_what_a_push_can_set(tmp_path, monkeypatch):
+    """hostile1 D11: the refusal said 'raise --max-entries', a flag `kubectl ckpt push` has not."""
+    for i in range(5):
+        (tmp_path / f"f{i}").write_bytes(b"x")
+    monkeypatch.setenv("CKPT_SCAN_MAX_ENTRIES", "3")
+    with pytest.raises(Exception) as refused:
+        local_manifest(str(tmp_path), quiet()[0])
+    message = str(refused.value)
+    assert "more than 3 entries" in message and "CKPT_SCAN_MAX_ENTRIES, read by every command" in message
+    assert "raise --max-entries" not in message and "\n" not in message
+    monkeypatch.setenv("CKPT_SCAN_MAX_ENTRIES", "10")
+    assert local_manifest(str(tmp_path), quiet()[0]).fileCount == 5
 
 
 def test_an_empty_directory_is_refused_with_a_hint(tmp_path):
@@ -103,3 +118,22 @@ def test_the_s3_push_sends_the_targets_bytes(s3, tmp_path):  # noqa: F811
     result = download_prefix(s3.uri("pushed/"), str(back), digest=manifest.digest, log=lambda m: None)
     assert result.manifest.digest == manifest.digest
     assert (back / "model.safetensors").read_bytes() == WEIGHTS and not (back / "model.safetensors").is_symlink()
+
+
+def test_a_pull_of_case_twins_onto_a_case_insensitive_filesystem_is_refused(tmp_path, monkeypatch):
+    """The pull (both stores) asks pull_target before a byte is written: a checkpoint holding
+    `A.bin` and `a.bin` is refused in one line where the filesystem folds case (simulated: Linux
+    does not), and pulled where it does not."""
+    from checkpoint_operator.agent import pull_target
+    from checkpoint_operator.plugin.commands import make_room
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "A.bin").write_bytes(b"upper")
+    (source / "a.bin").write_bytes(b"lower")
+    manifest = local_manifest(str(source), Io(out=io.StringIO(), err=io.StringIO()))
+    make_room(str(tmp_path / "dest"), manifest, None, False, Io(out=io.StringIO(), err=io.StringIO()))
+    monkeypatch.setattr(pull_target, "case_insensitive", lambda directory: True)
+    with pytest.raises(PluginError) as refused:
+        make_room(str(tmp_path / "dest"), manifest, None, False, Io(out=io.StringIO(), err=io.StringIO()))
+    assert "case-insensitive filesystem" in str(refused.value) and "'A.bin' and 'a.bin'" in str(refused.value)
+    assert not (tmp_path / "dest").exists()

@@ -60,8 +60,10 @@ def test_the_data_claim_of_an_import_or_a_push_is_refused(ctx, source):
     imported = checkpoint("model", phase="Importing")
     imported["spec"]["source"] = source
     ctx.indexes = indexes(checkpoints=[imported])
-    message = template_claims.refused(ctx, job_with(ephemeral_clone("copy", "model-data")))
-    assert "PersistentVolumeClaim model-data is managed" in message and "the data volume of Checkpoint model" in message
+    claim = workload.import_claim_name_for("model", imported["metadata"]["uid"])
+    assert claim == f"model-data-{imported['metadata']['uid'][:8]}"
+    message = template_claims.refused(ctx, job_with(ephemeral_clone("copy", claim)))
+    assert f"PersistentVolumeClaim {claim} is managed" in message and "the data volume of Checkpoint model" in message
     assert message.startswith("spec.template.spec.volumes[0].ephemeral.volumeClaimTemplate.spec.dataSource:")
 
 
@@ -102,3 +104,13 @@ def test_a_claim_named_by_a_running_job_s_template_is_not_created_for_it(ctx):
         "it read-write: it is created once that job is finished or deleted")
     assert template_claims.squatted(ctx, NS, "later-data") is None  # a finished job mounts nothing any more
     assert template_claims.squatted(ctx, "other", "future-data") is None
+
+
+def test_every_distinct_claim_of_a_template_is_in_the_squat_index(ctx):
+    """hostile1 D1: 128 volumes naming one claim and a 129th naming another passed the bound (2
+    distinct claims) but the index kept only the first 128 references, so the 129th was never
+    found (failed before: squatted() was None)."""
+    volumes = [pvc_volume(f"v{i}", "a") for i in range(MAX_TEMPLATE_CLAIMS)] + [pvc_volume("steal", "future")]
+    ctx.indexes = indexes(jobs=[training_job("squatter", phase="Running", volumes=volumes)])
+    assert template_claims.squatted(ctx, NS, "future") is not None
+    assert template_claims.squatted(ctx, NS, "a") is not None

@@ -33,6 +33,8 @@ KOPF_AND_KUBERNETES = {
     ("kopf.dev", "kopfpeerings", "patch"),
     # ownerReferences with blockOwnerDeletion=true need `update` on the owner's finalizers
     ("ckpt.dev", "checkpoints/finalizers", "update"), ("ckpt.dev", "trainingjobs/finalizers", "update"),
+    ("ckpt.dev", "clustercheckpoints/finalizers", "update"),
+    ("ckpt.dev", "clustercheckpoints", "list"), ("ckpt.dev", "clustercheckpoints", "watch"),
 }
 CLUSTER_ONLY = {
     ("kopf.dev", "clusterkopfpeerings", v) for v in ("get", "list", "watch", "patch")} | {
@@ -75,9 +77,16 @@ def test_the_code_makes_the_calls_this_test_knows_of():
 
 
 def namespaced_grants() -> set[tuple[str, str, str]]:
-    """A namespaced install: the Role in each namespace, and `get` on those Namespaces by name."""
+    """A namespaced install: the Role in each namespace, `get` on those Namespaces by name, and the catalog's
+    ClusterRole (ClusterCheckpoints are cluster-scoped)."""
     return rbac.permissions(rbac.policy_rules(cluster_wide=False)) | \
-        rbac.permissions(rbac.namespace_reader_rules(["team-a"]))
+        rbac.permissions(rbac.namespace_reader_rules(["team-a"])) | rbac.permissions(rbac.catalog_cluster_rules())
+
+
+def test_the_catalog_namespace_role_is_part_of_the_namespace_role():
+    """What the catalog namespace needs (its import pod, claim and Events) is what a watched namespace's Role
+    grants already: the chart adds that Role only where none is."""
+    assert rbac.permissions(rbac.catalog_namespace_rules()) <= rbac.permissions(rbac.policy_rules(cluster_wide=False))
 
 
 def test_every_call_is_granted():
@@ -92,6 +101,7 @@ def test_nothing_is_granted_that_nobody_uses():
     assert not unused, f"granted but never used: {sorted(unused)}"
     cluster = rbac.permissions(rbac.policy_rules(cluster_wide=True)) - namespaced
     assert cluster == CLUSTER_ONLY - {("", "namespaces", "get")}
+    assert rbac.permissions(rbac.catalog_cluster_rules()) <= rbac.permissions(rbac.policy_rules(cluster_wide=True))
 
 
 # --- why each verb remains, and what narrows the dangerous ones ---------------------------------------
@@ -100,7 +110,7 @@ WRITES = {"create": "CREATE", "patch": "UPDATE", "update": "UPDATE", "delete": "
 
 
 def test_every_verb_says_why_it_remains():
-    for rule in (*rbac.RULES, rbac.NAMESPACE_READER):
+    for rule in (*rbac.RULES, *rbac.CATALOG_RULES, *rbac.CATALOG_NAMESPACE_RULES, rbac.NAMESPACE_READER):
         verbs = rule.verbs
         assert len(verbs) == len(set(verbs)), f"{rule.resources}: a verb twice"
         for verb, why in rule.reasons:

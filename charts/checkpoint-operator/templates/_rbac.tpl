@@ -49,3 +49,34 @@ tests/test_chart.py fails when these rules and that table differ in either direc
   resources: ["customresourcedefinitions"]
   verbs: ["get", "list", "watch"]
 {{- end }}
+
+{{/* The catalog's rules (rbac.py CATALOG_RULES): ClusterCheckpoints are cluster-scoped, so a ClusterRole grants
+them in both modes. */}}
+{{- define "checkpoint-operator.rules.catalog" -}}
+- apiGroups: ["ckpt.dev"]
+  resources: ["clustercheckpoints"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["ckpt.dev"]
+  resources: ["clustercheckpoints/status"]
+  verbs: ["patch"]
+- apiGroups: ["ckpt.dev"]
+  resources: ["clustercheckpoints/finalizers"]
+  verbs: ["update"]
+{{- end }}
+
+{{/* Namespaced mode: what the catalog namespace (the release's) needs when it is not watched (rbac.py
+CATALOG_NAMESPACE_RULES): the import pods and claims of catalog entries, their Events. */}}
+{{- define "checkpoint-operator.rules.catalogNamespace" -}}
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "create", "delete"]
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["get", "create"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "list"]
+{{- end }}

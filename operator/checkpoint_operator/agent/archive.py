@@ -33,6 +33,7 @@ import zipfile
 from typing import Optional
 
 from checkpoint_operator.agent.errors import AgentError
+from checkpoint_operator.agent.manifest import RESERVED_ROOT_NAMES
 from checkpoint_operator.agent.names import path_problem, printable
 from checkpoint_operator.agent.tree import UnsafeTree, check_written_tree
 
@@ -75,6 +76,9 @@ def _member_path(name: str, archive: str) -> str:
     problem = path_problem(rel) if rel else None
     if problem:
         raise UnsafeArchive(f"{archive}: member '{printable(name)}': file name {problem}; archive refused")
+    if rel in RESERVED_ROOT_NAMES:  # a pulled checkpoint's manifest, say: never data, never trusted
+        raise UnsafeArchive(f"{archive}: member '{printable(name)}': file name {rel!r} is reserved for the agent's own "
+                            f"use (the manifest the agent writes beside a checkpoint); remove it from the archive")
     return rel
 
 

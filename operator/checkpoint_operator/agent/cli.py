@@ -155,6 +155,8 @@ def _add_transfer_parsers(cmds: argparse._SubParsersAction) -> None:
                                        "stream on stdout.")
     pack.add_argument("dir")
     pack.add_argument("--session-dir", default=None, help="where `agent hold` sees this pull (the pull pod's)")
+    pack.add_argument("--digest", default=None, help="the recorded digest: DIR's stored manifest is sent (and gives "
+                                                     "the files) only when it has this digest")
     pack.set_defaults(func=lambda a: _call("transfer", a))
 
     hold = cmds.add_parser("hold", help="a pull pod: wait until the pulls run in the pod are over",

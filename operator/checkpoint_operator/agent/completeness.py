@@ -13,6 +13,7 @@ is true only when something was checked and everything that could matter was.
 
 from __future__ import annotations
 
+import itertools
 import posixpath
 import re
 from dataclasses import dataclass
@@ -154,9 +155,75 @@ def weight_indexes(files: CheckpointFiles) -> Optional[Verdict]:
             path = _join(directory, shard)
             if not files.has(path):
                 return _broken(f"{index} names {quoted(shard)}, which is {files.missing(path)}")
+        problem = _shards_hold_their_tensors(files, index, directory, weight_map)
+        if problem is not None:
+            return problem
     if not indexes:
         return None
     return _ok(f"{_plural(len(indexes), 'weight index', 'weight indexes')} and its {_plural(shards, 'shard')} present")
+
+
+def _shards_hold_their_tensors(files: CheckpointFiles, index: str, directory: str,
+                               weight_map: dict) -> Optional[Verdict]:
+    """Every tensor the index names is held by its shards (their headers' names: a safetensors
+    header, or a torch.save shard's state-dict keys): a shard of another save under the index's
+    name is found without reading a weight. Where in the shards a tensor lies is not required
+    (transformers and accelerate load every tensor of every shard the index lists, so swapped
+    shards load). A shard whose names could not be read is left to the weight-file check."""
+    held: set[str] = set()
+    for shard in sorted(set(weight_map.values())):
+        names = _tensor_names(files, _join(directory, shard))
+        if names is None:
+            return None
+        held |= names
+    missing = [(t, s) for t, s in weight_map.items() if t not in held]
+    if missing:
+        tensor, shard = missing[0]
+        more = f" (and {_plural(len(missing) - 1, 'more tensor')})" if len(missing) > 1 else ""
+        return _broken(f"{_join(directory, shard)} lacks the tensor {quoted(tensor)}{more} that {index} assigns to "
+                       "it, and no other shard holds it (a shard of another save?)")
+    return None
+
+
+def _tensor_names(files: CheckpointFiles, path: str) -> Optional[frozenset[str]]:
+    if path.endswith(".safetensors"):
+        return files.structure(path, file_checks.safetensors_tensor_names)
+    if file_checks.kind_of(path) == "torch":
+        try:
+            state = files.torch_pickle(path)
+        except Unreadable:
+            return None
+        return frozenset(k for k in state if isinstance(k, str)) if isinstance(state, dict) else None
+    return None
+
+
+# Transformers' (and mlx, diffusers, gguf-split's) numbered shards: `<prefix>-00002-of-00005.<ext>`.
+_NUMBERED_SHARD = re.compile(r"^(?P<prefix>.+)-(?P<k>\d{5})-of-(?P<n>\d{5})\.(?P<ext>safetensors|bin|gguf)$")
+
+
+def numbered_shards(files: CheckpointFiles) -> Optional[Verdict]:
+    """Shards named `<prefix>-0000k-of-0000N.<ext>` say how many there are: all N must be there
+    (a save killed after k of them leaves the rest missing), and sharded safetensors/.bin need
+    the `<prefix>.<ext>.index.json` save_pretrained writes after them (from_pretrained reads it)."""
+    groups: dict[tuple[str, str, str, int], set[int]] = {}
+    for path in files.paths:
+        m = _NUMBERED_SHARD.match(_base(path))
+        if m:
+            key = (posixpath.dirname(path), m["prefix"], m["ext"], int(m["n"]))
+            groups.setdefault(key, set()).add(int(m["k"]))
+    for (directory, prefix, ext, n), present in sorted(groups.items()):
+        for k in range(1, n + 1):
+            if k not in present:
+                name = _join(directory, f"{prefix}-{k:05d}-of-{n:05d}.{ext}")
+                return _broken(f"{name} is {files.missing(name)} (shards 1-{n} of {prefix} are named; "
+                               f"{_plural(len(present & set(range(1, n + 1))), 'is', 'are')} present)")
+        index = _join(directory, f"{prefix}.{ext}.index.json")
+        if ext != "gguf" and n > 1 and not files.has(index):
+            return _broken(f"{index} is {files.missing(index)}: its {n} shards are there, but the index "
+                           "(written after them) is not")
+    if not groups:
+        return None
+    return _ok(f"all {_plural(sum(k[3] for k in groups), 'numbered shard')} present")
 
 
 def huggingface(files: CheckpointFiles) -> Optional[Verdict]:
@@ -220,6 +287,8 @@ def torch_dcp(files: CheckpointFiles) -> Optional[Verdict]:
                 if not has_data:
                     continue  # a `.metadata` of something else
                 why = files.problems.get(meta) or "not torch DCP metadata"
+                if meta in files.not_read:
+                    return _unchecked(f"not checked: {meta}: {why}")
                 return _broken(f"{meta} is not a readable torch DCP metadata pickle ({why})")
             storage = md.dcp_storage(metadata)
             if storage is None:
@@ -255,6 +324,80 @@ def _orbax_items(files: CheckpointFiles, meta: object) -> Optional[Verdict]:
         if not _files_under(files, item):
             return _broken(f"{ORBAX_CHECKPOINT_METADATA} names the item {quoted(item)}, whose directory is "
                            f"{files.missing(item, directory=True)}")
+    return None
+
+
+MAX_ZARR_CHUNKS = 1_000_000  # chunk names looked up per checkpoint; beyond: not checked
+_ARRAY_VALUES = ("jax.Array", "np.ndarray")  # what Orbax writes as an array of its own
+
+
+def _orbax_item_data(files: CheckpointFiles, item: str) -> Optional[Verdict]:
+    """An item's data is where its `_METADATA` says: with `use_ocdbt` false, each array of the
+    tree has its zarr directory (`<key>.<key>/` with its `.zarray` or `zarr.json`); with OCDBT,
+    the item's `manifest.ocdbt` has data files in `d/` beside it (the B-tree nodes it refers to;
+    which ones it names is inside the zstd-compressed manifest, not read here)."""
+    where = f"{item}/" if item else ""
+    try:
+        meta = files.json(_join(item, "_METADATA"))
+    except Unreadable:
+        return None
+    if not isinstance(meta, dict):
+        return None
+    under = _files_under(files, item) if item else files.paths
+    if meta.get("use_ocdbt") is False:
+        tree = meta.get("tree_metadata")
+        for entry in tree.values() if isinstance(tree, dict) else []:
+            keys = entry.get("key_metadata") if isinstance(entry, dict) else None
+            value = entry.get("value_metadata") if isinstance(entry, dict) else None
+            if not isinstance(keys, list) or not isinstance(value, dict) or value.get("skip_deserialize") is True \
+                    or value.get("value_type") not in _ARRAY_VALUES:
+                continue
+            names = [k["key"] for k in keys if isinstance(k, dict) and isinstance(k.get("key"), str)]
+            if not names or len(names) != len(keys):
+                continue
+            directory = _join(item, ".".join(names))
+            if not any(files.has(_join(directory, m)) for m in _ZARR_ARRAY):
+                return _broken(f"{where}_METADATA names the array {quoted('.'.join(names))}, whose "
+                               f"{quoted(_base(directory) + '/')} is {files.missing(directory, directory=True)}")
+    manifest = _join(item, "manifest.ocdbt")
+    d = _join(item, "d") + "/"
+    if files.has(manifest) and not any(p.startswith(d) for p in under):
+        # Restore opens this manifest, whose B-tree root is a file in d/. (A process's own
+        # `ocdbt.process_N/d/` may go: the root's merged tree is what restore reads.)
+        return _broken(f"{manifest} has no data files in {d} (its B-tree nodes are missing)")
+    return None
+
+
+def _zarr_chunks(files: CheckpointFiles, array: str, meta: dict, left: list[int]) -> Optional[Verdict]:
+    """Every chunk of a zarr array is present where no chunk may be left out: zarr v2 without a
+    fill value (a missing chunk has nothing to read as). Where a fill value stands in for a
+    missing chunk (zarr v3, v2 with one) its absence is what the writer meant, so nothing is
+    required. At most MAX_ZARR_CHUNKS names are looked up per checkpoint."""
+    if _base(array) != ".zarray" or meta.get("fill_value", 0) is not None:
+        return None
+    shape, chunks = meta.get("shape"), meta.get("chunks")
+    if not (isinstance(shape, list) and isinstance(chunks, list) and len(shape) == len(chunks)
+            and all(bounded_int(n) is not None for n in shape)
+            and all(bounded_int(n) is not None and n > 0 for n in chunks)):
+        return _broken(f"{array}: its shape and chunks are not lists of counts")
+    grid = [-(-n // c) for n, c in zip(shape, chunks)]
+    total = 1
+    for n in grid:
+        total *= n
+    if total > left[0]:
+        return _unchecked(f"not checked: {array}: more than {MAX_ZARR_CHUNKS} chunks to look for")
+    left[0] -= total
+    separator = meta.get("dimension_separator", ".")
+    separator = separator if separator in (".", "/") else "."
+    directory = posixpath.dirname(array)
+    if not grid:
+        keys: Iterable[str] = ["0"]
+    else:
+        keys = (separator.join(map(str, index)) for index in itertools.product(*(range(n) for n in grid)))
+    for key in keys:
+        if not files.has(_join(directory, key)):
+            return _broken(f"{_join(directory, key)} is {files.missing(_join(directory, key))} (a chunk of "
+                           f"{quoted(directory)}, which has no fill value to stand in for it)")
     return None
 
 
@@ -299,6 +442,11 @@ def orbax(files: CheckpointFiles) -> Optional[Verdict]:
             manifest = _join(_join(item, process), "manifest.ocdbt")
             if not files.has(manifest):
                 return _broken(f"{manifest} is {files.missing(manifest)} (each process's OCDBT part needs it)")
+    for item in items:
+        problem = _orbax_item_data(files, item)
+        if problem:
+            return problem
+    chunks_left = [MAX_ZARR_CHUNKS]
     for array in (p for p in files.paths if _base(p) in _ZARR_ARRAY):
         try:
             data = files.json(array)
@@ -306,6 +454,9 @@ def orbax(files: CheckpointFiles) -> Optional[Verdict]:
             return _broken(f"{array}: {e}")
         if not isinstance(data, dict) or "shape" not in data:
             return _broken(f"{array} is not zarr array metadata (no shape)")
+        problem = _zarr_chunks(files, array, data, chunks_left)
+        if problem:
+            return problem
     what = f"the _METADATA of {_plural(len(items), 'item')} parse{'s' if len(items) == 1 else ''}"
     if marker:
         return _ok(f"committed ({marker}); {what}")
@@ -469,6 +620,7 @@ def verdict(files: CheckpointFiles, format_rule: Optional[Rule]) -> Verdict:
     layouts = [] if format_rule is torch_dcp else [torch_dcp(files)]
     if format_rule is not huggingface:
         layouts.append(accelerate(files))
+    layouts.append(numbered_shards(files))
     weights = weight_files(files)
     verdicts = [v for v in (primary, *layouts, weights) if v is not None]
     for v in verdicts:

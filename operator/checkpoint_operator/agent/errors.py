@@ -22,3 +22,11 @@ def one_line(text: str) -> str:
     if "\n" not in text and "\r" not in text:
         return text
     return "; ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def yaml_problem(exc: BaseException) -> str:
+    """A YAML parser's error (several lines, quoting the text) as one line: what and where."""
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or type(exc).__name__
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"not valid YAML ({one_line(str(problem))}{where})"

@@ -37,13 +37,14 @@ from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.manifest import RESERVED_ROOT_NAMES, paths_problem
 from checkpoint_operator.agent.names import component_problem, printable
 from checkpoint_operator.agent.progress import Progress, human_bytes
+from checkpoint_operator.agent.redact import quoted
 from checkpoint_operator.agent.s3 import (
     describe_error, list_objects, make_client, manifest_exists, parse_s3_uri, parse_size, resolve_endpoint,
 )
 from checkpoint_operator.agent.sources import Limits, Options, Source, open_source
 from checkpoint_operator.agent.sources.base import http_error
 from checkpoint_operator.agent.tree import check_written_tree
-from checkpoint_operator.agent.urls import check_url, shown
+from checkpoint_operator.agent.urls import check_url, scheme_of, shown
 
 COPY_CHUNK = 8 * 1024 * 1024
 HTTP_TIMEOUT = 60
@@ -88,15 +89,24 @@ class Staging:
         else:
             self.into_existing = False
             base = os.path.dirname(self.dest)
-            os.makedirs(base, exist_ok=True)
-            self._remove_stale(base)
-        self.root = tempfile.mkdtemp(prefix=self.prefix, dir=base)
-        self._lock_fd = os.open(os.path.join(self.root, _LOCK), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-        self.tree = os.path.join(self.root, "tree")  # what becomes DEST
-        os.mkdir(self.tree)
-        self.downloads = os.path.join(self.root, "download")  # archives before extraction
-        os.mkdir(self.downloads)
+        self.root = ""
+        self._lock_fd = -1
+        try:
+            if not self.into_existing:
+                os.makedirs(base, exist_ok=True)
+                self._remove_stale(base)
+            self.root = tempfile.mkdtemp(prefix=self.prefix, dir=base)
+            self._lock_fd = os.open(os.path.join(self.root, _LOCK), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            self.tree = os.path.join(self.root, "tree")  # what becomes DEST
+            os.mkdir(self.tree)
+            self.downloads = os.path.join(self.root, "download")  # archives before extraction
+            os.mkdir(self.downloads)
+        except OSError as exc:  # the staging directory's own (random) name says nothing to the user
+            if self.root:
+                self.discard()
+            raise AgentError(f"{dest}: cannot import there: {exc.strerror or exc} (creating the import's staging "
+                             f"directory in {base})") from None
 
     def _remove_stale(self, base: str) -> None:
         for name in os.listdir(base):
@@ -168,8 +178,9 @@ def _name_from_url(url: str) -> str:
 
 class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, req, fp, code, msg, headers, newurl):
-        if urllib.parse.urlparse(newurl).scheme not in ("http", "https"):
-            raise AgentError(f"{req.full_url}: redirected to {newurl!r}: only http(s) redirects are followed")
+        if scheme_of(newurl) not in ("http", "https"):
+            raise AgentError(f"{shown(req.full_url)}: redirected to '{shown(newurl)}': only http(s) redirects are "
+                             "followed")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
@@ -210,14 +221,14 @@ def fetch_http(url: str, target: str, max_size: int = DEFAULT_MAX_SIZE, ca_file:
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, AgentError):
             raise exc.reason from None
-        raise AgentError(f"{url}: cannot fetch: {printable(str(exc.reason))[:300]}") from None
+        raise AgentError(f"{url}: cannot fetch: {quoted(str(exc.reason))}") from None
     except http.client.IncompleteRead as exc:
         raise AgentError(f"{url}: connection closed mid-transfer, after {size + len(exc.partial)} bytes") from None
     except (http.client.BadStatusLine, http.client.LineTooLong, http.client.HTTPException) as exc:
         if isinstance(exc, ConnectionError):  # RemoteDisconnected: closed before any answer
             raise AgentError(f"{url}: connection closed without an answer") from None
         raise AgentError(f"{url}: not a valid HTTP response ({type(exc).__name__}: "
-                         f"{printable(str(exc))[:200]})") from None
+                         f"{quoted(str(exc), 200)})") from None
     except (ConnectionError, TimeoutError) as exc:
         raise AgentError(f"{url}: connection closed mid-transfer, after {size} bytes ({exc})") from None
     except OSError as exc:

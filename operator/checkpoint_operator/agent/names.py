@@ -10,6 +10,11 @@ A path is '/'-separated and relative to the checkpoint's root. It is valid when:
 - it holds no bidirectional control character (U+061C, U+200E, U+200F, U+202A-U+202E,
   U+2066-U+2069): they reorder how the name is shown, so `model.safetensors` can display
   where another name is stored (the "Trojan Source" trick) in listings, events and reviews;
+- it holds no invisible character: Unicode's Default_Ignorable_Code_Point (zero-width space
+  and joiners, soft hyphen, word joiner, combining grapheme joiner, variation selectors, the
+  BOM, Hangul fillers, tags): each displays as nothing, so `model\u200b.bin` shows exactly as
+  `model.bin` beside it (hostile1 D12). The price: names that need one (a Persian name with a
+  zero-width non-joiner, an emoji written with U+FE0F or a joiner sequence) are refused too;
 - no component is empty, `.` or `..` (it must name one place, inside the root);
 - each component is at most 255 bytes and the whole path at most 4096 bytes (NAME_MAX and
   PATH_MAX of Linux filesystems: what cannot be written back cannot be downloaded);
@@ -20,7 +25,8 @@ And the names of one checkpoint are distinct after Unicode normalization (NFC): 
 composed `é` and `café` with `e` + U+0301 are one name on macOS (APFS and HFS+ compare
 normalized names), in many tools and to a reader, so two such files, or two such directories,
 are refused rather than taken as two (`collisions`, `NameSpace`). Case is not folded: Linux
-filesystems and S3 keep `A` and `a` apart, and checkpoints rely on it.
+filesystems and S3 keep `A` and `a` apart, and checkpoints may rely on it; a pull onto a
+case-insensitive filesystem, where the two are one file, is refused instead (pull_target.py).
 """
 
 from __future__ import annotations
@@ -32,6 +38,13 @@ from checkpoint_operator.agent.errors import AgentError
 
 # Bidi_Control (Unicode PropList): each reorders the text around it when it is displayed.
 BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Default_Ignorable_Code_Point (Unicode 15.1 DerivedCoreProperties.txt), as inclusive ranges; the
+# bidi controls among them are reported as such. api/sources.py refuses the same in URLs and paths
+# (a test keeps the two tables equal).
+DEFAULT_IGNORABLE = ((0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160), (0x17B4, 0x17B5),
+                     (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x3164, 0x3164),
+                     (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3),
+                     (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF))
 MAX_COMPONENT_BYTES = 255
 MAX_PATH_BYTES = 4096
 TEMP_PREFIX = ".ckpt-download-"
@@ -57,7 +70,13 @@ def char_problem(ch: str) -> Optional[str]:
         return f"has a control character U+{o:04X}"
     if category in ("Zl", "Zp"):
         return f"has a line separator U+{o:04X}"
+    if is_default_ignorable(o):
+        return f"has an invisible character U+{o:04X} (it displays as nothing, so the name looks like another)"
     return None
+
+
+def is_default_ignorable(code_point: int) -> bool:
+    return any(low <= code_point <= high for low, high in DEFAULT_IGNORABLE)
 
 
 def component_problem(name: str) -> Optional[str]:

@@ -10,6 +10,11 @@ if DIR holds nothing else. So DIR may hold only what a pull of this same checkpo
 Anything else (a file the checkpoint does not have, a symlink, another directory, the manifest of
 another checkpoint) is foreign: the pull is refused, naming it, unless the user asks for it to
 be removed (`--clean`). Nothing is followed through a link, nothing is removed unasked.
+
+`--clean` removes only in a directory a pull wrote (`pulled_into`): one whose root holds a pull's
+manifest (of any checkpoint: the next version pulled over the last), or the parts or files of an
+interrupted pull of this checkpoint. `kubectl ckpt pull x ~ --clean` (a typo for ./x) would
+otherwise empty a home directory: there it is refused, and what to do said (hostile1's note).
 """
 
 from __future__ import annotations
@@ -141,3 +146,75 @@ def remove_foreign(directory: str, manifest: Optional[Manifest], digest: Optiona
             else:
                 os.unlink(path)
             removed.append(item)
+
+
+def pulled_into(directory: str, manifest: Optional[Manifest]) -> bool:
+    """Whether `directory` is one a pull wrote, so that --clean may empty it of what is not the
+    checkpoint: it is missing or empty, its root holds a manifest a pull left, or it holds an
+    interrupted pull's parts (`.ckpt-download-*`) or, with `manifest`, one of its files at its path
+    and size. Reads at most one entry per file of the manifest and the directory's entries."""
+    if not os.path.isdir(directory) or os.path.islink(directory):
+        return not os.path.lexists(directory)
+    if not os.listdir(directory) or os.path.isfile(os.path.join(directory, MANIFEST_NAME)):
+        return True
+    for entry in manifest.files if manifest is not None else []:
+        try:
+            st = os.lstat(os.path.join(directory, *entry.path.split("/")))
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_size == entry.size:
+            return True
+    budget = EntryBudget(entry_limit(), what=directory)
+    for root, dirs, names in os.walk(directory):
+        for name in names + dirs:
+            budget.take(os.path.join(root, name))
+            if name.startswith(TEMP_PREFIX):
+                return True
+    return False
+
+
+# --- case twins --------------------------------------------------------------------------------
+# A checkpoint may hold `A.bin` and `a.bin` (Linux filesystems and S3 keep them apart; names.py
+# does not fold case). On a case-insensitive filesystem (macOS's default APFS, Windows) the two
+# are one file: the second would replace the first, verified, and the pull would end "every file
+# verified" one file short. So such a pull is refused before a byte is written.
+
+def case_twins(manifest: Manifest) -> Optional[tuple[str, str]]:
+    """The first two paths of `manifest` that differ only by case, or None (the usual case)."""
+    seen: dict[str, str] = {}
+    for entry in manifest.files:
+        folded = entry.path.casefold()
+        if folded in seen:
+            return seen[folded], entry.path
+        seen[folded] = entry.path
+    return None
+
+
+def case_insensitive(directory: str) -> bool:
+    """Whether names in `directory` (or, while it does not exist, in its nearest existing parent)
+    are compared ignoring case: a probe file is made there and looked up by its upper-case name."""
+    import tempfile
+    where = os.path.abspath(directory)
+    while not os.path.isdir(where) and os.path.dirname(where) != where:
+        where = os.path.dirname(where)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=TEMP_PREFIX + "case-", dir=where)
+    except OSError:
+        return False  # nothing can be written there: the pull itself says so, naming DIR
+    os.close(fd)
+    try:
+        upper = os.path.join(where, os.path.basename(probe).upper())
+        return upper != probe and os.path.lexists(upper)
+    finally:
+        os.unlink(probe)
+
+
+def case_refusal(directory: str, manifest: Manifest) -> Optional[str]:
+    """Why the checkpoint cannot be pulled into `directory` (it holds case twins and the
+    filesystem there folds case), or None. Probes the filesystem only for a checkpoint with twins."""
+    twins = case_twins(manifest)
+    if twins is None or not case_insensitive(directory):
+        return None
+    return (f"{directory}: is on a case-insensitive filesystem, and the checkpoint holds both "
+            f"'{printable(twins[0])}' and '{printable(twins[1])}', which would be one file there: pull onto a "
+            f"case-sensitive filesystem (Linux, or a case-sensitive APFS volume on macOS)")

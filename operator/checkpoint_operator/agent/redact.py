@@ -7,15 +7,24 @@ Git or Hub answer. Rather than trust each message, every agent command writes st
 `RedactingStream`, which replaces each credential of the environment (and its percent-encoded
 form) with `***`. A credential shorter than MIN_SECRET characters is not looked for: it would
 mangle ordinary words, and such a credential protects nothing.
+
+Masking must come before anything that changes the text: a reply escaped for one line (a
+backslash doubled, a tab as `\x09`) or cut to a length no longer holds the credential as it was
+sent (hostile1 D10). So text from outside is quoted through `quoted` (mask, then escape, then
+cut), and the stream also masks the escaped forms of each credential (as `printable`, JSON and
+Python's repr write them), for text escaped elsewhere.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import urllib.parse
 from typing import Iterator, Mapping, Optional, TextIO
+
+from checkpoint_operator.agent.names import printable
 
 MIN_SECRET = 4
 MASK = "***"
@@ -72,10 +81,25 @@ def known_secrets(environ: Optional[Mapping[str, str]] = None) -> list[str]:
             found.add(value)
     variants = set()
     for secret in found:
-        variants.add(secret)
-        variants.add(urllib.parse.quote(secret, safe=""))
-        variants.add(urllib.parse.quote_plus(secret))
+        variants.update(_written_forms(secret))
     return sorted((s for s in variants if len(s) >= MIN_SECRET), key=len, reverse=True)
+
+
+def _written_forms(secret: str) -> set[str]:
+    """The ways a message may carry `secret`: as it is, percent-encoded, and escaped for one line
+    (agent/names.printable, JSON, Python's repr)."""
+    forms = {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret), printable(secret),
+             json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1], repr(secret)[1:-1],
+             secret.encode("unicode_escape").decode("ascii")}
+    return {f for f in forms if f}
+
+
+def quoted(text: str, limit: int = 300, secrets: Optional[list[str]] = None) -> str:
+    """Text from outside the agent (a server's reply, an exception's message) for a one-line error:
+    the environment's credentials masked first, then what would break a line escaped, then cut to
+    `limit` characters (a cut then only ever shortens a mask, never a credential)."""
+    text = printable(redact(text, known_secrets() if secrets is None else secrets))
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def redact(text: str, secrets: list[str]) -> str:

@@ -20,6 +20,10 @@ class NotAPickle(ValueError):
     pass
 
 
+class TooBig(NotAPickle):
+    """Beyond a cap (opcodes, objects): not read, which says nothing of whether it is whole."""
+
+
 class Opaque:
     """Something the pickle would build by calling code: `what` names it (`module.name`),
     `state` is what BUILD would have set on it (dataclasses: their fields), `args` the call's
@@ -49,11 +53,20 @@ _MARK = object()
 # A dict key is kept only when hashing it is cheap and cannot recurse: a plain value, an Opaque,
 # or a tuple of those at most this deep (a pickle can nest tuples millions deep).
 MAX_KEY_DEPTH = 4
+MAX_KEY_ITEMS = 64  # torch DCP's MetadataIndex keys are (fqn, offsets, index): a handful of items
 # `walk` descends at most this deep: a key path is copied per node, so depth costs quadratically.
 MAX_WALK_DEPTH = 64
 # Each opcode builds at most one object: this bounds memory (a few hundred MB at worst) whatever
 # the pickle. torch DCP metadata of a large sharded model is a few million opcodes.
 MAX_OPCODES = 3_000_000
+# Objects one pickle may build (containers, stand-ins, values): 50-100 bytes each, so this bounds
+# a parse's memory (an opcode of one byte, `}`, builds a 64-byte dict). torch DCP metadata builds
+# about 50 per tensor entry.
+MAX_OBJECTS = 1_500_000
+# Opcodes that build no new object (memo traffic, marks, framing, filling containers).
+_NO_OBJECT = frozenset({"MEMOIZE", "BINPUT", "LONG_BINPUT", "PUT", "BINGET", "LONG_BINGET", "GET", "MARK", "PROTO",
+                        "FRAME", "POP", "POP_MARK", "DUP", "BUILD", "STOP", "NONE", "NEWTRUE", "NEWFALSE",
+                        "EMPTY_TUPLE", "READONLY_BUFFER", "ADDITEMS"})
 # Builders whose result is a plain dict when called without arguments.
 _DICT_TYPES = {"collections.OrderedDict", "builtins.dict", "__builtin__.dict", "collections.defaultdict"}
 _VALUES = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False}
@@ -70,10 +83,22 @@ def _called(func: Any, args: Any) -> Any:
     return Opaque("call", args)
 
 
-def _plain_key(key: Any, depth: int = 0) -> bool:
-    if isinstance(key, (str, bytes, int, float, bool, Opaque, _Global)) or key is None:
-        return True
-    return isinstance(key, tuple) and depth < MAX_KEY_DEPTH and all(_plain_key(k, depth + 1) for k in key)
+def _plain_key(key: Any) -> bool:
+    """A key that is cheap to hash: a plain value or stand-in, or a tuple of them at most
+    MAX_KEY_DEPTH deep and MAX_KEY_ITEMS items in all (a pickle can use one tuple of a million
+    items as the key of a million entries: checking and hashing it each time was quadratic)."""
+    stack, items = [(key, 0)], 0
+    while stack:
+        k, depth = stack.pop()
+        if isinstance(k, (str, bytes, int, float, bool, Opaque, _Global)) or k is None:
+            continue
+        if not isinstance(k, tuple) or depth >= MAX_KEY_DEPTH:
+            return False
+        items += len(k)
+        if items > MAX_KEY_ITEMS:
+            return False
+        stack.extend((member, depth + 1) for member in k)
+    return True
 
 
 class _Machine:
@@ -202,27 +227,43 @@ def loads(data: bytes) -> Any:
 
 
 def load_prefix(data: bytes, start: int = 0, persistent: Optional[list] = None,
-                budget: Optional[WorkBudget] = None) -> tuple[Any, int]:
+                budget: Optional[WorkBudget] = None, *, kept: bool = False) -> tuple[Any, int]:
     """The pickle that begins at `start` in `data` and where it ends (the offset after its STOP),
     for files that are several pickles in a row (torch.save's legacy format). `persistent`, when
     given, receives every persistent id the pickle refers to. `budget`: charged one step per
-    opcode (work_limit.OverBudget when it runs out)."""
+    opcode (work_limit.OverBudget when it runs out); with `kept` (the caller keeps the result),
+    the objects it builds are held against the budget's memory bound too. At most MAX_OPCODES
+    opcodes and MAX_OBJECTS objects per pickle (NotAPickle beyond)."""
     machine = _Machine()
     stream = io.BytesIO(data)
     stream.seek(start)
+    objects = 0
+    no_object = _NO_OBJECT
     try:
         for count, (opcode, arg, pos) in enumerate(pickletools.genops(stream)):
-            if count >= MAX_OPCODES:
-                raise NotAPickle(f"more than {MAX_OPCODES} opcodes: not read")
-            if budget is not None and count % 1024 == 1023:
-                budget.spend(1024)
-            if opcode.name == "STOP":
+            name = opcode.name
+            if name not in no_object:
+                objects += 1
+            if count % 1024 == 1023:
+                if count >= MAX_OPCODES:
+                    raise TooBig(f"more than {MAX_OPCODES} opcodes: not read")
+                if objects > MAX_OBJECTS:
+                    raise TooBig(f"builds more than {MAX_OBJECTS} objects: not read")
+                if budget is not None:
+                    budget.spend(1024)
+                    if kept:
+                        budget.check_hold(objects)
+            if name == "STOP":
                 if len(machine.stack) != 1:
                     raise NotAPickle("stack is not one value at STOP")
+                if objects > MAX_OBJECTS:
+                    raise TooBig(f"builds more than {MAX_OBJECTS} objects: not read")
+                if budget is not None and kept:
+                    budget.hold(objects)
                 if persistent is not None:
                     persistent.extend(machine.persistent)
                 return machine.stack[0], (pos or 0) + 1
-            machine.step(opcode.name, arg)
+            machine.step(name, arg)
     except NotAPickle:
         raise
     except (ValueError, IndexError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as e:

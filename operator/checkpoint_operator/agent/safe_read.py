@@ -46,6 +46,10 @@ class Unreadable(Exception):
     """The file cannot be read as what it claims to be; the message says why, for a user."""
 
 
+class NotRead(Unreadable):
+    """Beyond a cap or the checkpoint's work or memory bound: not read, so nothing is concluded."""
+
+
 class OutOfRange:
     """A JSON number no reader uses: an integer of more than MAX_INT_DIGITS digits, a float that
     is not finite (`1e999`), `NaN` or `Infinity`. Neither an int nor a float, so a reader that
@@ -213,15 +217,48 @@ def zip_entries(path: str) -> dict[str, zipfile.ZipInfo]:
                 raise Unreadable(f"central directory of {entries} entries, {cd_size} bytes: beyond the caps, "
                                  "not listed")
             infos = zipfile.ZipFile(f).infolist()
+            _check_local_headers(f, infos, cd_offset)
     except OSError as e:
         raise Unreadable(f"unreadable ({e.strerror})") from None
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, NotImplementedError, struct.error,
             OverflowError) as e:  # zipfile refuses some headers with NotImplementedError ("zip file version 10.2")
         raise Unreadable(f"not a valid zip: {quoted(str(e))}") from None
-    for info in infos:
-        if info.header_offset + info.compress_size > cd_offset:
-            raise Unreadable(f"entry {quoted(info.filename)} extends past the data (cut short)")
     return {info.filename: info for info in infos}
+
+
+_LOCAL_HEADER = struct.Struct("<4s22xHH")
+_MIN_DATA_DESCRIPTOR = 12  # CRC and two 4-byte sizes (a signature and zip64 sizes make it longer)  # signature, then (after 22 bytes) name and extra lengths: 30 bytes
+
+
+def _check_local_headers(f: IO[bytes], infos: list[zipfile.ZipInfo], cd_offset: int) -> None:
+    """Every entry the central directory lists has its local header where it says, under the
+    same name, and its data ends before the next entry begins (or the central directory): a
+    member removed, cut or rewritten shorter after the directory was written is found here.
+    One 30-byte read and the name per entry; no member data is read."""
+    ordered = sorted(infos, key=lambda i: i.header_offset)
+    for info, following in zip(ordered, [*ordered[1:], None]):
+        what = f"entry {quoted(info.filename)}"
+        f.seek(info.header_offset)
+        header = f.read(_LOCAL_HEADER.size)
+        if len(header) != _LOCAL_HEADER.size or info.header_offset + _LOCAL_HEADER.size > cd_offset:
+            raise Unreadable(f"{what}: its local header is past the data (cut short)")
+        signature, name_len, extra_len = _LOCAL_HEADER.unpack(header)
+        if signature != b"PK\x03\x04":
+            raise Unreadable(f"{what}: no local header at offset {info.header_offset} (the member is missing "
+                             "or was overwritten)")
+        name = f.read(name_len)
+        encoding = "utf-8" if info.flag_bits & 0x800 else "cp437"
+        if name.decode(encoding, "replace") != info.orig_filename:
+            raise Unreadable(f"{what}: the local header at offset {info.header_offset} names "
+                             f"{quoted(name.decode(encoding, 'replace'))} (the member is missing)")
+        end = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len + info.compress_size
+        if info.flag_bits & 0x8:
+            end += _MIN_DATA_DESCRIPTOR  # sizes and CRC written after the data (torch's miniz does)
+        limit = following.header_offset if following is not None else cd_offset
+        if end > limit:
+            raise Unreadable(f"{what}: its {info.compress_size} bytes of data end at {end}, past "
+                             f"{'the next entry' if following is not None else 'the end of the data'} at {limit} "
+                             "(cut short)")
 
 
 def zip_member(path: str, name: str, limit: int = MAX_METADATA_BYTES) -> bytes:
@@ -273,6 +310,8 @@ class CheckpointFiles:
     skipped: Mapping[str, str] = field(default_factory=dict)
     _cache: dict = field(default_factory=dict, repr=False)
     problems: dict[str, str] = field(default_factory=dict)
+    # Files left unread because the checkpoint's work or memory bound was reached: no verdict on them.
+    not_read: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.paths = sorted(self.sizes)
@@ -304,6 +343,9 @@ class CheckpointFiles:
             try:
                 self._cache[key] = compute()
             except Unreadable as e:
+                # Kept without its traceback and context: they hold the frames of the failed parse,
+                # and with them everything it built.
+                e.__traceback__ = e.__context__ = e.__cause__ = None
                 self._cache[key] = e
         value = self._cache[key]
         if isinstance(value, Unreadable):
@@ -315,11 +357,13 @@ class CheckpointFiles:
             try:
                 return compute()
             except OverBudget as e:
-                raise Unreadable(f"not read: {e}") from None
+                raise NotRead(f"not read: {e}") from None
         try:
             return self._cached(key, bounded)
         except Unreadable as e:
             self.note(rel, str(e))
+            if isinstance(e, NotRead):
+                self.not_read.add(rel)
             raise
 
     def bytes(self, rel: str) -> bytes:
@@ -370,9 +414,10 @@ def _budgeted_json(data: bytes, budget: WorkBudget) -> Any:
 
 def _unpickled(data: bytes, budget: Optional[WorkBudget] = None) -> Any:
     try:
-        return safe_pickle.load_prefix(data, budget=budget)[0]
+        return safe_pickle.load_prefix(data, budget=budget, kept=True)[0]
     except safe_pickle.NotAPickle as e:
-        raise Unreadable(str(e)) from None
+        why, error = str(e), NotRead if isinstance(e, safe_pickle.TooBig) else Unreadable
+    raise error(why)  # outside the except: the failed parse's frames are not kept as its context
 
 
 def list_files(root: Path) -> dict[str, int]:

@@ -376,16 +376,16 @@ def received_result(directory: str, digest: Optional[str], commit: dict, max_siz
 
 # --- pack and hold -------------------------------------------------------------------------------
 
-def pack(directory: str, out: ByteSink) -> int:
-    """Write the checkpoint in DIR to `out`; returns the bytes of file data written."""
-    stored = os.path.join(directory, MANIFEST_NAME)
+def pack(directory: str, out: ByteSink, digest: Optional[str] = None) -> int:
+    """Write the checkpoint in DIR to `out`; returns the bytes of file data written. DIR's stored
+    manifest goes first, and gives the files, only when it has the recorded `digest` (verify.py
+    trusted_manifest); else DIR's files are read as they are, and the puller checks their digest."""
+    from checkpoint_operator.agent.verify import trusted_manifest
     writer = TarWriter(out)
     total = 0
-    if os.path.isfile(stored):
-        with open(stored, "rb") as f:
-            raw = f.read(MAX_MANIFEST_BYTES + 1)
-        manifest = parse_manifest(raw, stored)
-        writer.add_bytes(MANIFEST_NAME, raw)
+    manifest = trusted_manifest(directory, digest) if digest else None
+    if manifest is not None:
+        writer.add_bytes(MANIFEST_NAME, manifest.to_json().encode())
         files = [(e.path, locate_file(directory, e.path)[0], e.size) for e in manifest.files]
     else:
         tree = walk_checkpoint(directory, EntryBudget(entry_limit(), what=directory))
@@ -481,7 +481,7 @@ def main_pack(args: argparse.Namespace) -> int:
     out = os.fdopen(os.dup(1), "wb", buffering=COPY_CHUNK)
     with pull_session(args.session_dir):
         try:
-            pack(args.dir, out)
+            pack(args.dir, out, args.digest)
             out.flush()
         except BrokenPipeError:
             raise AgentError("pack: the reader went away before the end") from None

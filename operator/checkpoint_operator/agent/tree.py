@@ -71,7 +71,9 @@ class EntryBudget:
         self.used += 1
         if self.used > self.limit:
             raise TooManyEntries(f"{self.what or 'the tree'}: more than {self.limit} entries (at '{printable(where)}'); "
-                                 f"refusing to go on (raise --max-entries if this is intended)")
+                                 f"refusing to go on (if this is intended, raise the limit: the environment "
+                                 f"variable CKPT_SCAN_MAX_ENTRIES, read by every command, or --max-entries of agent "
+                                 f"scan, snapshot and watch)")
 
 
 @dataclass

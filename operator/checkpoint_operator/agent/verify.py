@@ -109,13 +109,10 @@ def verify_directory(root: str, digest: Optional[str] = None, *, max_size: Optio
         found[f.rel] = FileEntry.model_construct(path=f.rel, size=outcome[0], sha256=outcome[1])
         result.checked_bytes += outcome[0]
     result.problems += [Problem(printable(rel), f"skipped: {reason}") for rel, reason in sorted(tree.skipped)]
-    stored = os.path.join(root, MANIFEST_NAME)
-    if os.path.isfile(stored):
-        with open(stored, "rb") as stream:
-            manifest = parse_manifest(stream.read(MAX_MANIFEST_BYTES + 1), stored)
+    manifest = trusted_manifest(root, digest)
+    if manifest is not None:
         result.manifest = manifest
-        pinned = pinned_problem(manifest, digest, stored)
-        result.problems = [pinned] if pinned else result.problems + compare(manifest, found)
+        result.problems += compare(manifest, found)
     else:
         result.manifest = _manifest_of(root, found)
         if result.manifest is None:
@@ -123,10 +120,26 @@ def verify_directory(root: str, digest: Optional[str] = None, *, max_size: Optio
         elif digest and result.manifest.digest != digest:
             m = result.manifest
             result.problems.append(Problem(".", f"the data has digest {m.digest} ({m.fileCount} files, {m.sizeBytes} "
-                                                f"bytes), not the recorded {digest}; no manifest is stored with it, so "
-                                                f"the file that differs cannot be named"))
+                                                f"bytes), not the recorded {digest}; no manifest of that digest is stored "
+                                                f"with it, so the file that differs cannot be named"))
     _check_size(result, max_size)
     return result
+
+
+def trusted_manifest(root: str, digest: Optional[str]) -> Optional[Manifest]:
+    """The manifest stored in DIR when it may be taken as the checkpoint's file list: its digest is
+    the recorded one (a push's receiver wrote it, and the digest pins every byte of it). One that
+    came with the data (an archive or a trainer's output holding a pulled checkpoint's manifest)
+    describes other bytes: it is never trusted, and DIR is read as it is (hostile1 D9). Without a
+    recorded digest the stored manifest is all there is to compare with."""
+    stored = os.path.join(root, MANIFEST_NAME)
+    if not os.path.isfile(stored):
+        return None
+    with open(stored, "rb") as f:
+        manifest = parse_manifest(f.read(MAX_MANIFEST_BYTES + 1), stored)
+    if digest and manifest.digest != digest:
+        return None
+    return manifest
 
 
 def _manifest_of(root: str, found: dict[str, FileEntry]) -> Optional[Manifest]:

@@ -13,9 +13,9 @@ from checkpoint_operator.api.rules import (ApiModel, Count, Description, Digest,
                                            Rule, Short, Uid, Uri, has_exactly_one, path_has_dotdot)
 from checkpoint_operator.api.upload import UploadSource, UploadStatus
 from checkpoint_operator.api.sources import (
-    USERINFO, AzureBlobSource, CaConfigMap, GcsSource, GitSource, HuggingFaceSource, LocalSecret, SourceStatus, cel_string,
-    cel_matches, endpoint_rule, no_control_rule, no_userinfo_rule,
+    AzureBlobSource, CaConfigMap, GcsSource, GitSource, HuggingFaceSource, LocalSecret, SourceStatus, endpoint_rule,
 )
+from checkpoint_operator.api.urls import NAME_FORBIDDEN_CHAR, cel_matches, cel_string, url_rules
 
 
 class CheckpointPhase(Phase):
@@ -54,10 +54,9 @@ class S3Source(ApiModel):
                       "spec.source.s3.uri must start with s3:// (for example s3://bucket/prefix/)",
                       lambda s: s["uri"].startswith("s3://"), field_path=".uri"),
                  # issue 23 item 8: s3://AKIA...:SECRET@bucket/ reached status.message and Events
-                 no_userinfo_rule("uri", "s3", "an access key"),
-                 no_control_rule("uri", "s3"),
+                 *url_rules("uri", "s3"),
                  endpoint_rule("s3"),
-                 no_control_rule("endpoint", "s3", optional=True))
+                 *url_rules("endpoint", "s3", optional=True))
 
     uri: Uri = Field(description="s3://bucket/key for one object (archives are extracted) or s3://bucket/prefix/ for a tree.")
     endpoint: Optional[Uri] = Field(None, description="Endpoint URL of an S3-compatible store; empty for AWS.")
@@ -72,11 +71,7 @@ class HttpSource(ApiModel):
                       "self.url.startsWith('ftp://') || self.url.startsWith('ftps://')",
                       "spec.source.http.url must start with http://, https://, ftp:// or ftps://",
                       lambda s: s["url"].startswith(WEB_SCHEMES), field_path=".url"),
-                 Rule(f"!self.url.matches({cel_string(USERINFO)})",
-                      "spec.source.http.url must not carry credentials (user:password@): for ftp:// and ftps:// put "
-                      "them in a Secret named by secretRef",
-                      lambda s: not cel_matches(USERINFO, s["url"]), field_path=".url"),
-                 no_control_rule("url", "http"),
+                 *url_rules("url", "http"),
                  Rule("!has(self.secretRef) || self.url.startsWith('ftp://') || self.url.startsWith('ftps://')",
                       "spec.source.http.secretRef is the login of an ftp:// or ftps:// URL; http(s) URLs take none",
                       lambda s: "secretRef" not in s or s["url"].startswith(("ftp://", "ftps://")),
@@ -95,7 +90,14 @@ class VolumeSource(ApiModel):
 
     cel_rules = (Rule("!self.path.matches('(^|/)[.][.](/|$)')",
                       "spec.source.volume.path must stay inside the volume: '..' is not allowed",
-                      lambda s: not path_has_dotdot(s.get("path", "")), field_path=".path"),)
+                      lambda s: not path_has_dotdot(s.get("path", "")), field_path=".path"),
+                 # The names rule (agent/names.py): the path is quoted in statuses and events and
+                 # becomes location.volume.path (hostile1 D12: a newline, a bidi control, a ZWSP).
+                 Rule(f"!self.path.matches({cel_string(NAME_FORBIDDEN_CHAR)})",
+                      "spec.source.volume.path must not hold control characters, invisible ones (a newline, a "
+                      "bidirectional control, a zero-width space...) or a backslash: the names rule of checkpoint "
+                      "files",
+                      lambda s: not cel_matches(NAME_FORBIDDEN_CHAR, s.get("path", "")), field_path=".path"))
 
     claimName: str = Field(description="Name of the PersistentVolumeClaim.", min_length=1, max_length=253)
     path: Path = Field("/", description="Directory inside the volume that holds the checkpoint.")

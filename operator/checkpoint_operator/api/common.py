@@ -38,6 +38,8 @@ class PinnedCheckpoint(ApiModel):
     digest: Optional[Digest] = Field(None, description="Digest (sha256 of the manifest) of the Checkpoint's data.")
     sizeBytes: Optional[Count] = Field(None, description="Size of the Checkpoint's data (sizes staging volumes and "
                                                          "deadlines).")
+    kind: Optional[Literal["ClusterCheckpoint"]] = Field(
+        None, description="ClusterCheckpoint for a catalog entry (cluster-scoped); empty for a Checkpoint of the namespace.")
 
 
 def ready_reason(conditions: Optional[list[Condition]]) -> Optional[str]:

@@ -26,6 +26,7 @@ from pydantic import BaseModel
 
 from checkpoint_operator import GROUP, VERSION
 from checkpoint_operator.api.checkpoint import CheckpointSpec, CheckpointStatus
+from checkpoint_operator.api.clustercheckpoint import ClusterCheckpointSpec, ClusterCheckpointStatus
 from checkpoint_operator.api.rules import ApiModel
 from checkpoint_operator.api.trainingjob import TrainingJobSpec, TrainingJobStatus
 
@@ -43,6 +44,7 @@ class CrdDefinition:
     status_model: type[ApiModel]
     description: str
     printer_columns: list[dict[str, Any]] = field(default_factory=list)
+    scope: str = "Namespaced"  # or "Cluster"
 
     @property
     def name(self) -> str:
@@ -96,7 +98,24 @@ TRAINING_JOB = CrdDefinition(
     ],
 )
 
-CRDS = (CHECKPOINT, TRAINING_JOB)
+CLUSTER_CHECKPOINT = CrdDefinition(
+    kind="ClusterCheckpoint", plural="clustercheckpoints", short_names=["cckpt"],
+    spec_model=ClusterCheckpointSpec, status_model=ClusterCheckpointStatus, scope="Cluster",
+    description="A catalog entry: a public checkpoint imported once by the platform team, used read-only by the "
+                "TrainingJobs of every namespace ({clusterCheckpoint: NAME}).",
+    printer_columns=[
+        _column("Phase", ".status.phase", description="Pending, Importing, Ready or Failed"),
+        _column("Format", ".status.format", description="Detected format"),
+        _column("Size", ".status.size", description="Total size of the files"),
+        _column("Used-By", ".status.usedByCount", "integer", "Live TrainingJobs of any namespace using it"),
+        _column("Source", ".status.source.uri", description="What was imported"),
+        _column("License", ".status.license", description="The license's URL", priority=1),
+        _column("Digest", ".status.digest", description="sha256 of the manifest", priority=1),
+        AGE,
+    ],
+)
+
+CRDS = (CHECKPOINT, TRAINING_JOB, CLUSTER_CHECKPOINT)
 
 
 # --- JSON Schema -> structural OpenAPI v3 ---------------------------------------------------
@@ -329,7 +348,7 @@ def build_crd(definition: CrdDefinition, *, check_bounds: bool = True) -> dict[s
                 "shortNames": definition.short_names,
                 "categories": ["ml"],
             },
-            "scope": "Namespaced",
+            "scope": definition.scope,
             "versions": [{
                 "name": VERSION,
                 "served": True,

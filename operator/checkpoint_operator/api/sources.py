@@ -2,19 +2,20 @@
 provenance an import records (status.source).
 
 Each URL-like field is refused by a CEL rule (with its Python twin) when it does not name what
-the field is for, or when it carries credentials: those go in a Secret named by `secretRef`,
-never in the spec (anyone who can read the Checkpoint can read its spec, and the operator
-quotes the source in events and conditions).
+the field is for, and by the one URL rule of api/urls.py (the agent's too) when it holds control
+or invisible characters, carries credentials (those go in a Secret named by `secretRef`, never in
+the spec: anyone who can read the Checkpoint can read its spec, and the operator quotes the
+source in events and conditions) or is not scheme://host[:port]/....
 """
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal, Optional
 
 from pydantic import Field
 
 from checkpoint_operator.api.rules import ApiModel, Rule
+from checkpoint_operator.api.urls import cel_matches, cel_string, url_rules
 
 MAX_URI = 4096
 MAX_NAME = 253
@@ -23,8 +24,6 @@ MAX_GLOB = 1024
 MAX_GLOBS = 64
 MAX_KEY = 253  # a ConfigMap/Secret key
 
-# No `user:password@` (or `token@`) before the host: credentials belong in a Secret.
-USERINFO = r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@"
 HTTP_URL = r"^https?://[^/?#\s]+([/?#]\S*)?$"
 # org/name as the Hub allows it: letters, digits, '-', '_', '.', each part at most 96 characters
 # and not starting or ending with '.' or '-'.
@@ -37,25 +36,6 @@ GS_URI = r"^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/.*)?$"
 AZURE_URI = (r"^(az://[a-z0-9]{3,24}|https://[a-z0-9]{3,24}\.blob\.[a-z0-9.-]+[a-z0-9])"
              r"/[a-z0-9][a-z0-9-]{1,61}[a-z0-9](/.*)?$")
 GIT_URL = r"^(https?|git)://[^/?#\s]+/\S+$"
-# Control characters (C0, DEL, C1) as they are or percent-encoded (%0D%0A, %00, %7F, %C2%85): a URL
-# is quoted in statuses, events and logs, and its decoded path becomes protocol commands (FTP) and
-# file names. The agent refuses the same, and line separators and bidi controls too (agent/urls.py).
-CONTROL = r"[\x00-\x1f\x7f-\x9f]|%[01][0-9A-Fa-f]|%7[Ff]|%[Cc]2%[89][0-9A-Fa-f]"
-
-
-def cel_matches(pattern: str, value: str) -> bool:
-    """CEL's `matches` (RE2, a search) in Python. An anchored pattern is matched with fullmatch on
-    what lies between the anchors: Python's `$` also matches before a trailing newline, RE2's not."""
-    if pattern.startswith("^") and pattern.endswith("$") and not pattern.endswith("\\$"):
-        return re.fullmatch(pattern[1:-1], value) is not None
-    return re.search(pattern, value) is not None
-
-
-def cel_string(pattern: str) -> str:
-    """A pattern as a CEL string literal (single-quoted: backslashes doubled)."""
-    return "'" + pattern.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def revision_ok(revision: str) -> bool:
     return cel_matches(REVISION, revision) and ".." not in revision
 
@@ -67,30 +47,10 @@ def _revision_rule(field_path: str) -> Rule:
                 lambda s: "revision" not in s or revision_ok(s["revision"]), field_path=".revision")
 
 
-def no_userinfo_rule(field: str, field_path: str, what: str, optional: bool = False) -> Rule:
-    guard = f"!has(self.{field}) || " if optional else ""
-    return Rule(f"{guard}!self.{field}.matches({cel_string(USERINFO)})",
-                f"spec.source.{field_path}.{field} must not carry credentials ({what}@): put them in a Secret "
-                "named by secretRef",
-                lambda s: field not in s or not cel_matches(USERINFO, s[field]), field_path=f".{field}")
-
-
-def no_control_rule(field: str, field_path: str, optional: bool = False) -> Rule:
-    """Every URL field of a spec: no control character, raw or percent-encoded (CONTROL)."""
-    guard = f"!has(self.{field}) || " if optional else ""
-    return Rule(f"{guard}!self.{field}.matches({cel_string(CONTROL)})",
-                f"spec.source.{field_path}.{field} must not hold control characters (a newline, a NUL, ...), as they "
-                "are or percent-encoded (%0D%0A)",
-                lambda s: field not in s or not cel_matches(CONTROL, s[field]), field_path=f".{field}")
-
-
 def endpoint_rule(field_path: str) -> Rule:
-    return Rule(f"!has(self.endpoint) || (self.endpoint.matches({cel_string(HTTP_URL)}) "
-                f"&& !self.endpoint.matches({cel_string(USERINFO)}))",
-                f"spec.source.{field_path}.endpoint must be an http:// or https:// URL without credentials",
-                lambda s: "endpoint" not in s or (cel_matches(HTTP_URL, s["endpoint"])
-                                                  and not cel_matches(USERINFO, s["endpoint"])),
-                field_path=".endpoint")
+    return Rule(f"!has(self.endpoint) || self.endpoint.matches({cel_string(HTTP_URL)})",
+                f"spec.source.{field_path}.endpoint must be an http:// or https:// URL",
+                lambda s: "endpoint" not in s or cel_matches(HTTP_URL, s["endpoint"]), field_path=".endpoint")
 
 
 class LocalSecret(ApiModel):
@@ -124,7 +84,7 @@ class HuggingFaceSource(ApiModel):
              lambda s: cel_matches(HF_REPO, s["repo"]), field_path=".repo"),
         _revision_rule("huggingFace"),
         endpoint_rule("huggingFace"),
-        no_control_rule("endpoint", "huggingFace", optional=True),
+        *url_rules("endpoint", "huggingFace", optional=True),
     )
 
     repo: str = Field(max_length=193, description="Repository id, organization/name (for example openai-community/gpt2).")
@@ -147,10 +107,9 @@ class GcsSource(ApiModel):
         Rule(f"self.uri.matches({cel_string(GS_URI)})",
              "spec.source.gcs.uri must be gs://bucket/prefix/ (a tree) or gs://bucket/object (one file or archive)",
              lambda s: cel_matches(GS_URI, s["uri"]), field_path=".uri"),
-        no_userinfo_rule("uri", "gcs", "an HMAC key"),
-        no_control_rule("uri", "gcs"),
+        *url_rules("uri", "gcs"),
         endpoint_rule("gcs"),
-        no_control_rule("endpoint", "gcs", optional=True),
+        *url_rules("endpoint", "gcs", optional=True),
     )
 
     uri: str = Field(max_length=MAX_URI, description="gs://bucket/prefix/ for a tree, gs://bucket/object for one file or archive.")
@@ -169,8 +128,7 @@ class AzureBlobSource(ApiModel):
              "spec.source.azureBlob.uri must be https://ACCOUNT.blob.core.windows.net/CONTAINER/prefix/ or "
              "az://ACCOUNT/CONTAINER/prefix/ (a blob name instead of prefix/ for one file or archive)",
              lambda s: cel_matches(AZURE_URI, s["uri"]), field_path=".uri"),
-        no_userinfo_rule("uri", "azureBlob", "a key or SAS token"),
-        no_control_rule("uri", "azureBlob"),
+        *url_rules("uri", "azureBlob"),
     )
 
     uri: str = Field(max_length=MAX_URI, description="https://ACCOUNT.blob.core.windows.net/CONTAINER/prefix/ or "
@@ -187,8 +145,7 @@ class GitSource(ApiModel):
         Rule(f"self.url.matches({cel_string(GIT_URL)})",
              "spec.source.git.url must be an https://, http:// or git:// URL of a repository",
              lambda s: cel_matches(GIT_URL, s["url"]), field_path=".url"),
-        no_userinfo_rule("url", "git", "user:token"),
-        no_control_rule("url", "git"),
+        *url_rules("url", "git"),
         _revision_rule("git"),
     )
 

@@ -48,12 +48,14 @@ def _dns_rule(field: str, where: str) -> Rule:
 
 
 class CheckpointRef(ApiModel):
-    """An input: a Checkpoint by name or uid, or the latest Checkpoint produced by a TrainingJob."""
+    """An input: a Checkpoint by name or uid, the latest Checkpoint produced by a TrainingJob, or a
+    ClusterCheckpoint of the catalog."""
 
     cel_rules = (
-        Rule("[has(self.name), has(self.uid), has(self.fromTrainingJob)].filter(x, x).size() == 1",
-             "spec.checkpoints[] must set exactly one of name, uid, fromTrainingJob",
-             lambda s: has_exactly_one(s, ("name", "uid", "fromTrainingJob"))),
+        Rule("[has(self.name), has(self.uid), has(self.fromTrainingJob), has(self.clusterCheckpoint)]"
+             ".filter(x, x).size() == 1",
+             "spec.checkpoints[] must set exactly one of name, uid, fromTrainingJob, clusterCheckpoint",
+             lambda s: has_exactly_one(s, ("name", "uid", "fromTrainingJob", "clusterCheckpoint"))),
         Rule("!has(self.select) || has(self.fromTrainingJob)",
              "spec.checkpoints[].select is only allowed with fromTrainingJob",
              lambda s: "select" not in s or "fromTrainingJob" in s, field_path=".select"),
@@ -62,6 +64,7 @@ class CheckpointRef(ApiModel):
              lambda s: "wait" not in s or "fromTrainingJob" in s, field_path=".wait"),
         _dns_rule("name", "spec.checkpoints[]"),
         _dns_rule("fromTrainingJob", "spec.checkpoints[]"),
+        _dns_rule("clusterCheckpoint", "spec.checkpoints[]"),
         _dns_rule("mountName", "spec.checkpoints[]"),
     )
 
@@ -70,6 +73,8 @@ class CheckpointRef(ApiModel):
     name: Optional[str] = Field(None, max_length=253, description="Name of a Checkpoint in the same namespace.")
     uid: Optional[str] = Field(None, max_length=128, description="UID of a Checkpoint in the same namespace.")
     fromTrainingJob: Optional[str] = Field(None, max_length=253, description="Name of a TrainingJob whose output to use.")
+    clusterCheckpoint: Optional[str] = Field(
+        None, max_length=253, description="Name of a ClusterCheckpoint (a catalog entry of the cluster), used read-only.")
     select: Optional[SelectPolicy] = Field(
         None, description="Which output of fromTrainingJob: latest (default) = the highest step, then the newest, "
                           "of the Ready checkpoints found complete (status.complete true), or when none was, of those "

@@ -85,6 +85,7 @@ class CheckpointRefWire(TypedDict, total=False):
     name: str
     uid: str
     fromTrainingJob: str
+    clusterCheckpoint: str
 
 
 class KeepBestWire(TypedDict, total=False):

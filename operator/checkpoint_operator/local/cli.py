@@ -29,6 +29,16 @@ def add_local_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--agent-image", default=None, metavar="IMAGE",
                      help="image of the operator's agent pods with a container engine "
                           "(default: localhost/checkpoint-operator:dev, built by e2e/image/build.sh)")
+    run.add_argument("--store", choices=["volume", "s3"], default="volume",
+                     help="where checkpoints live: volume (claims, default) or s3 (SeaweedFS started on 127.0.0.1 "
+                          "with its data in <state-dir>/s3/, when `weed` is on PATH; or --s3-endpoint/--s3-bucket)")
+    run.add_argument("--s3-endpoint", default=None, metavar="URL",
+                     help="--store s3: use this S3-compatible store instead of starting SeaweedFS (credentials: "
+                          "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)")
+    run.add_argument("--s3-bucket", default=None, metavar="NAME",
+                     help="--store s3: the bucket (default: checkpoints; made when missing)")
+    run.add_argument("--fresh", action="store_true",
+                     help="start from an empty state: delete what an earlier run kept in --state-dir first")
     run.add_argument("--timeout", type=float, default=600, help="seconds to wait for everything to settle")
     run.add_argument("--serve", action="store_true",
                      help="then keep the cluster and the operator running (until Ctrl-C), reachable with kubectl and "

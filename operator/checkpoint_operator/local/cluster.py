@@ -86,6 +86,15 @@ def owner_uids(obj: Mapping[str, Any]) -> list[str]:
     return [ref["uid"] for ref in meta(obj).get("ownerReferences") or [] if ref.get("uid")]
 
 
+# Owner kinds without a namespace: a namespaced dependent may name one (a catalog entry owns each
+# namespace's copy), and it is looked up without the dependent's namespace.
+CLUSTER_SCOPED_KINDS = {"ClusterCheckpoint", "Namespace", "Node", "PersistentVolume"}
+
+
+def owner_namespace(ref: Mapping[str, Any], namespace: str) -> str | None:
+    return None if ref.get("kind") in CLUSTER_SCOPED_KINDS else namespace
+
+
 def owner_resource(ref: Mapping[str, Any]) -> str:
     """``batch/v1/jobs`` for an ownerReference to a Job; CRD kinds: ``group/version/<kind>s``."""
     if ref.get("kind") in KIND_TO_RESOURCE and ref.get("apiVersion") in ("v1", "batch/v1"):
@@ -358,12 +367,14 @@ class GarbageCollector:
             return
         namespace = meta(obj)["namespace"]
         for ref in refs:  # the caches first: a live owner there ends it without a request
+            if owner_namespace(ref, namespace) is None:
+                continue  # the caches are per namespace: asked below
             cache = await self.owner_cache(owner_resource(ref))
             owner = cache.get((namespace, ref.get("name"))) if cache is not None else None
             if owner is not None and uid_of(owner) == ref.get("uid"):
                 return
         for ref in refs:  # gone from the caches: confirm with the API (a cache may lag behind)
-            owner = await self.api.get(owner_resource(ref), namespace, ref["name"])
+            owner = await self.api.get(owner_resource(ref), owner_namespace(ref, namespace), ref["name"])
             if owner is not None and uid_of(owner) == ref.get("uid"):
                 return
         # As the Kubernetes garbage collector (1.20+): conditional on the version it judged, so an

@@ -16,8 +16,13 @@ import pydantic
 import yaml
 
 from checkpoint_operator import API_VERSION
+from checkpoint_operator.agent.errors import one_line, yaml_problem
 
 NAMESPACE = "default"
+# Where catalog entries (ClusterCheckpoints) are imported, as the chart's release namespace.
+CATALOG_NAMESPACE = "ckpt-system"
+STORE_SECRET = "ckpt-local-store"  # --store s3: the agent pods' credentials, a Secret in each namespace
+STATE_ENTRIES = ("api-objects.jsonl", "api-objects.json", "cluster", "s3", "kubeconfig")  # what --fresh deletes
 SETTLED_CHECKPOINT = ("Ready", "Failed")
 FINISHED_JOB = ("Succeeded", "Failed")
 
@@ -44,18 +49,28 @@ def load_manifests(paths: Iterable[str]) -> list[dict]:
     """Parse and validate like the API server would (the CRD schema and CEL rules live in the
     pydantic models), so a bad manifest fails here with the field named."""
     from checkpoint_operator.api.checkpoint import CheckpointSpec
+    from checkpoint_operator.api.clustercheckpoint import ClusterCheckpointSpec
     from checkpoint_operator.api.rules import ApiModel
     from checkpoint_operator.api.trainingjob import TrainingJobSpec
-    models: dict[str, type[ApiModel]] = {"Checkpoint": CheckpointSpec, "TrainingJob": TrainingJobSpec}
+    models: dict[str, type[ApiModel]] = {"Checkpoint": CheckpointSpec, "TrainingJob": TrainingJobSpec,
+                                         "ClusterCheckpoint": ClusterCheckpointSpec}
     objects = []
     for file in manifest_files(paths):
-        for doc in yaml.safe_load_all(file.read_text()):
+        try:
+            docs = list(yaml.safe_load_all(file.read_text()))
+        except yaml.YAMLError as exc:
+            raise ManifestError(f"{file}: {yaml_problem(exc)}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ManifestError(f"{file}: cannot be read as UTF-8 text ({one_line(str(exc))})") from None
+        for doc in docs:
             if not doc:
                 continue
+            if not isinstance(doc, dict):
+                raise ManifestError(f"{file}: a document is a {type(doc).__name__}, not a Kubernetes object")
             kind = doc.get("kind")
             if doc.get("apiVersion") != API_VERSION or kind not in models:
-                raise ManifestError(f"{file}: only {API_VERSION} Checkpoint and TrainingJob are supported in local "
-                                    f"mode, not {doc.get('apiVersion')} {kind}")
+                raise ManifestError(f"{file}: only {API_VERSION} Checkpoint, TrainingJob and ClusterCheckpoint are "
+                                    f"supported in local mode, not {doc.get('apiVersion')} {kind}")
             name = (doc.get("metadata") or {}).get("name")
             if not name:
                 raise ManifestError(f"{file}: {kind} without metadata.name")
@@ -64,7 +79,10 @@ def load_manifests(paths: Iterable[str]) -> list[dict]:
             except pydantic.ValidationError as exc:
                 details = "; ".join(f"spec.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
                 raise ManifestError(f"{file}: {kind} {name}: {details}") from None
-            doc["metadata"] = {**doc["metadata"], "namespace": NAMESPACE}
+            if kind == "ClusterCheckpoint":  # cluster-scoped: a namespace would be refused
+                doc["metadata"] = {k: v for k, v in doc["metadata"].items() if k != "namespace"}
+            else:
+                doc["metadata"] = {**doc["metadata"], "namespace": NAMESPACE}
             objects.append(doc)
     return objects
 
@@ -76,7 +94,7 @@ def local_run(args: argparse.Namespace) -> int:
     logging.getLogger("kopf._core.reactor.running").setLevel(logging.ERROR)  # "OS signals are ignored" in a thread
     try:
         objects = load_manifests(args.filename)
-    except (ManifestError, yaml.YAMLError) as exc:
+    except ManifestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -84,7 +102,7 @@ def local_run(args: argparse.Namespace) -> int:
     from checkpoint_operator import main
     from checkpoint_operator.config import OperatorConfig
     from checkpoint_operator.reconcile.context import Context
-    from checkpoint_operator.kube import CHECKPOINTS, TRAINING_JOBS, ApiError, Conflict, Kube
+    from checkpoint_operator.kube import CHECKPOINTS, CLUSTER_CHECKPOINTS, TRAINING_JOBS, ApiError, Conflict, Kube
     from checkpoint_operator.local.cluster import LocalCluster
     from checkpoint_operator.local.server import EmulatorServer, run_kopf_in_thread
 
@@ -99,22 +117,36 @@ def local_run(args: argparse.Namespace) -> int:
     containers = isinstance(runtime, ContainerEngineRuntime)
 
     state_dir = Path(args.state_dir).resolve()
+    if getattr(args, "fresh", False):
+        forget_state(state_dir)
+    from checkpoint_operator.local import s3store
+    try:
+        store, weed = open_store(args, state_dir)
+    except s3store.LocalStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    namespaces = [NAMESPACE, CATALOG_NAMESPACE]
     server = EmulatorServer(state_dir=state_dir)
     url = server.start()
-    cluster = LocalCluster(url, state_dir / "cluster", namespaces=[NAMESPACE], workdir=os.getcwd(), runtime=runtime)
+    kube = Kube.from_url(url)
+    if store is not None:
+        provide_store_secret(kube, namespaces, store)
+        os.environ.update(store.env())  # the operator's own identity (commit checks, deleting owned data)
+    cluster = LocalCluster(url, state_dir / "cluster", namespaces=namespaces, workdir=os.getcwd(), runtime=runtime)
     cluster.start_in_thread()
     settings = kopf.OperatorSettings()
     main.configure_settings(settings)
     settings.posting.enabled = True
-    kube = Kube.from_url(url)
     # Agent pods run the operator's image in a container engine; the process runtime ignores images.
-    config = OperatorConfig(reconcile_interval=main.INTERVAL,
-                            agent_image=agent_image if containers else "checkpoint-operator:local")
-    handle = run_kopf_in_thread(kopf.get_default_registry(), settings, [NAMESPACE], url,
-                                memo=main.make_memo(Context(kube, config)))
+    config = OperatorConfig(reconcile_interval=main.INTERVAL, catalog_namespace=CATALOG_NAMESPACE,
+                            agent_image=agent_image if containers else "checkpoint-operator:local",
+                            **(store_config(store) if store is not None else {}))
+    handle = run_kopf_in_thread(kopf.get_default_registry(), settings, namespaces, url,
+                                memo=main.make_memo(Context(kube, config, namespaces=namespaces)))
     try:
         for obj in objects:
-            resource = CHECKPOINTS if obj["kind"] == "Checkpoint" else TRAINING_JOBS
+            resource = {"Checkpoint": CHECKPOINTS, "TrainingJob": TRAINING_JOBS,
+                        "ClusterCheckpoint": CLUSTER_CHECKPOINTS}[obj["kind"]]
             name = obj["metadata"]["name"]
             try:
                 kube.create(resource, NAMESPACE, obj)
@@ -132,21 +164,76 @@ def local_run(args: argparse.Namespace) -> int:
         settled = wait_until_settled(kube, args.timeout)
         checkpoints = kube.list(CHECKPOINTS, NAMESPACE)
         jobs = kube.list(TRAINING_JOBS, NAMESPACE)
+        entries = kube.list(CLUSTER_CHECKPOINTS, None)
         if getattr(args, "serve", False):
-            report = build_report(checkpoints, jobs)
+            report = build_report(checkpoints, jobs, entries)
             print(json.dumps(report, indent=2) if args.output == "json" else render_table(report), flush=True)
             serve_until_interrupted(url, state_dir)
     finally:
         handle.stop()
         cluster.stop_thread()
         server.stop()
-    report = build_report(checkpoints, jobs)
+        if weed is not None:
+            weed.stop()
+    report = build_report(checkpoints, jobs, entries)
     if not getattr(args, "serve", False):  # --serve printed it before serving
         print(json.dumps(report, indent=2) if args.output == "json" else render_table(report))
     if not settled:
         print(f"error: not everything settled within {args.timeout:.0f} s (see the phases above)", file=sys.stderr)
         return 1
     return 1 if any(j["phase"] == "Failed" for j in report["trainingJobs"]) else 0
+
+
+def forget_state(state_dir: Path) -> None:
+    """--fresh: delete what earlier runs kept (only the entries local mode writes, never the directory itself)."""
+    import shutil
+    for name in STATE_ENTRIES:
+        path = state_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def open_store(args: argparse.Namespace, state_dir: Path):
+    """(S3Settings or None for the volume store, the SeaweedFS to stop or None)."""
+    from checkpoint_operator.local import s3store
+    if getattr(args, "store", "volume") != "s3":
+        if getattr(args, "s3_endpoint", None) or getattr(args, "s3_bucket", None):
+            raise s3store.LocalStoreError("--s3-endpoint and --s3-bucket go with --store s3")
+        return None, None
+    bucket = args.s3_bucket or s3store.DEFAULT_BUCKET
+    if args.s3_endpoint:
+        settings = s3store.from_environment(args.s3_endpoint, bucket, os.environ)
+        s3store.ensure_bucket(settings)
+        print(f"store: s3 at {settings.endpoint}, bucket {bucket}", file=sys.stderr, flush=True)
+        return settings, None
+    weed = s3store.LocalSeaweedFS(state_dir / "s3")
+    settings = weed.start(bucket)
+    print(f"store: s3, SeaweedFS on {settings.endpoint} (127.0.0.1 only, telemetry off), data in {weed.data_dir}",
+          file=sys.stderr, flush=True)
+    return settings, weed
+
+
+def store_config(store) -> dict:
+    return {"storage_type": "s3", "s3_endpoint": store.endpoint, "s3_bucket": store.bucket,
+            "s3_region": store.region, "s3_secret_name": STORE_SECRET}
+
+
+def provide_store_secret(kube, namespaces: list[str], store) -> None:
+    """What a platform provisions in each namespace (docs/storage.md): here one identity for all of them."""
+    import base64
+
+    from checkpoint_operator.kube import Conflict, Resource
+    secrets = Resource("", "v1", "secrets", "Secret")
+    data = {k: base64.b64encode(v.encode()).decode() for k, v in
+            (("AWS_ACCESS_KEY_ID", store.access_key), ("AWS_SECRET_ACCESS_KEY", store.secret_key))}
+    for namespace in namespaces:
+        body = {"metadata": {"name": STORE_SECRET, "namespace": namespace}, "type": "Opaque", "data": data}
+        try:
+            kube.create(secrets, namespace, body)
+        except Conflict:  # kept from an earlier run: the credentials may be new (another endpoint)
+            kube.patch(secrets, namespace, STORE_SECRET, {"data": data})
 
 
 def serve_until_interrupted(url: str, state_dir: Path) -> None:
@@ -174,15 +261,16 @@ def serve_until_interrupted(url: str, state_dir: Path) -> None:
 
 
 def wait_until_settled(kube, timeout: float) -> bool:
-    from checkpoint_operator.kube import CHECKPOINTS, TRAINING_JOBS
+    from checkpoint_operator.kube import CHECKPOINTS, CLUSTER_CHECKPOINTS, TRAINING_JOBS
     deadline = time.monotonic() + timeout
     reported: set[str] = set()
     while time.monotonic() < deadline:
         jobs = kube.list(TRAINING_JOBS, NAMESPACE)
         checkpoints = kube.list(CHECKPOINTS, NAMESPACE)
+        entries = kube.list(CLUSTER_CHECKPOINTS, None)
         report_new_checkpoints(checkpoints, jobs, reported)
         if all(j.get("status", {}).get("phase") in FINISHED_JOB for j in jobs) and \
-                all(c.get("status", {}).get("phase") in SETTLED_CHECKPOINT for c in checkpoints):
+                all(c.get("status", {}).get("phase") in SETTLED_CHECKPOINT for c in [*checkpoints, *entries]):
             return True
         time.sleep(0.2)
     return False
@@ -207,22 +295,31 @@ def report_new_checkpoints(checkpoints: list[dict], jobs: list[dict], reported: 
         print(f"checkpoint.ckpt.dev/{name} deleted", file=sys.stderr, flush=True)
 
 
-def build_report(checkpoints: list[dict], jobs: list[dict]) -> dict:
+def build_report(checkpoints: list[dict], jobs: list[dict], entries: Iterable[dict] = ()) -> dict:
     def ckpt(c: dict) -> dict:
         s = c.get("status", {})
         return {"name": c["metadata"]["name"], "phase": s.get("phase"), "format": s.get("format"),
                 "step": s.get("step"), "resumable": s.get("resumable"), "sizeBytes": s.get("sizeBytes"),
                 "fileCount": s.get("fileCount"), "digest": s.get("digest"), "parents": s.get("parents") or [],
-                "producedBy": s.get("producedBy")}
+                "producedBy": s.get("producedBy"), "complete": s.get("complete"),
+                "store": next(iter(s.get("location") or {}), None)}
 
     def job(j: dict) -> dict:
         s = j.get("status", {})
         return {"name": j["metadata"]["name"], "phase": s.get("phase"),
                 "inputs": [{"name": i["name"], "digest": i.get("digest")} for i in s.get("inputs") or []],
                 "outputCheckpoints": s.get("outputCheckpoints") or [], "message": s.get("message")}
+    def entry(e: dict) -> dict:
+        s = e.get("status", {})
+        source = s.get("source") or {}
+        return {**ckpt(e), "license": s.get("license"), "source": source.get("uri"),
+                "commit": source.get("resolvedRevision")}
     by_name = lambda o: o["metadata"]["name"]  # noqa: E731
-    return {"checkpoints": [ckpt(c) for c in sorted(checkpoints, key=by_name)],
-            "trainingJobs": [job(j) for j in sorted(jobs, key=by_name)]}
+    report = {"checkpoints": [ckpt(c) for c in sorted(checkpoints, key=by_name)],
+              "trainingJobs": [job(j) for j in sorted(jobs, key=by_name)]}
+    if entries:
+        report["clusterCheckpoints"] = [entry(e) for e in sorted(entries, key=by_name)]
+    return report
 
 
 def _table(headers: list[str], rows: list[list]) -> str:
@@ -241,4 +338,10 @@ def render_table(report: dict) -> str:
     jobs = _table(["TRAININGJOB", "PHASE", "INPUTS", "OUTPUTS"],
                   [[j["name"], j["phase"], ",".join(i["name"] for i in j["inputs"]) or "-",
                     ",".join(j["outputCheckpoints"]) or "-"] for j in report["trainingJobs"]])
-    return f"{jobs}\n\n{ckpts}"
+    if not report.get("clusterCheckpoints"):
+        return f"{jobs}\n\n{ckpts}"
+    catalog = _table(["CLUSTERCHECKPOINT", "PHASE", "FORMAT", "SIZE", "FILES", "LICENSE", "DIGEST"],
+                     [[e["name"], e["phase"], e["format"],
+                       format_size(e["sizeBytes"]) if e["sizeBytes"] is not None else None, e["fileCount"],
+                       e["license"] or "-", (e["digest"] or "")[:19]] for e in report["clusterCheckpoints"]])
+    return f"{jobs}\n\n{ckpts}\n\n{catalog}"

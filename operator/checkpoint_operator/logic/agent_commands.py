@@ -59,9 +59,11 @@ def unpack(directory: str, *, max_size: Optional[int] = None, name: Optional[str
             *(["--name", name] if name else [])]
 
 
-def pack(directory: str, *, session_dir: Optional[str] = None) -> list[str]:
-    """Write the checkpoint in DIR as a tar stream on stdout (what `kubectl ckpt pull` execs)."""
-    return [*AGENT, "pack", directory, *(["--session-dir", session_dir] if session_dir else [])]
+def pack(directory: str, *, session_dir: Optional[str] = None, digest: Optional[str] = None) -> list[str]:
+    """Write the checkpoint in DIR as a tar stream on stdout (what `kubectl ckpt pull` execs); its
+    stored manifest only when it has the recorded `digest`."""
+    return [*AGENT, "pack", directory, *(["--session-dir", session_dir] if session_dir else []),
+            *(["--digest", digest] if digest else [])]
 
 
 def hold(session_dir: str, *, idle: float) -> list[str]:

@@ -21,6 +21,11 @@ STAGING_MOUNT = "/checkpoint-inputs"
 INPUT_VOLUME_PREFIX = "ckpt-in-"
 DOWNLOAD_CONTAINER_PREFIX = "download-input-"  # + the input's index in status.inputs (s3 store)
 GIB = 1024 ** 3
+# Service meshes inject a proxy container into every pod of a namespace (Istio in every Kubeflow
+# profile namespace, Linkerd): an agent pod talks to no service, and the admission policy refuses a
+# container that does not run the operator's image, so agent pods opt out of injection.
+MESH_OPT_OUT_ANNOTATIONS = {"sidecar.istio.io/inject": "false", "linkerd.io/inject": "disabled"}
+MESH_OPT_OUT_LABELS = {"sidecar.istio.io/inject": "false"}  # Istio's newer form (the annotation is older)
 
 
 @dataclass
@@ -66,6 +71,8 @@ def agent_pod(metadata: dict[str, Any], config: OperatorConfig, containers: list
         spec["initContainers"] = init_containers
     if config.agent_service_account:
         spec["serviceAccountName"] = config.agent_service_account
+    metadata = {**metadata, "labels": {**metadata.get("labels", {}), **MESH_OPT_OUT_LABELS},
+                "annotations": {**metadata.get("annotations", {}), **MESH_OPT_OUT_ANNOTATIONS}}
     return {"metadata": metadata, "spec": spec}
 
 

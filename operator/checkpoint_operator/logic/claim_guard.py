@@ -12,9 +12,12 @@ refused when it is managed:
   of the namespace (`MANAGED_NAMES`: their output and import claims, from the indexes), so a
   template cannot wait for such a claim to appear.
 
-The other direction, a template that names a claim before the operator creates it, is closed
-where claims are created (`squatting_message`): an unfinished job whose template names the
-claim holds its creation back. Inputs are mounted with `spec.checkpoints`, read-only.
+The other direction, a template that names a claim before the operator creates it: import and
+upload claims hold their Checkpoint's uid (workload.import_claim_name), which nobody knows before
+the Checkpoint exists, so nothing (a template, a Job that outlived its TrainingJob, a pod) can
+have named one earlier; and where claims are created an unfinished job whose template names the
+claim holds its creation back (`squatting_message`), every distinct claim of the template
+indexed. Inputs are mounted with `spec.checkpoints`, read-only.
 """
 
 from __future__ import annotations
@@ -72,8 +75,14 @@ def refusal(reference: ClaimReference, why: str) -> str:
             f"digest: use spec.checkpoints to read a Checkpoint (mounted read-only)")
 
 
+def distinct_claims(references: list[ClaimReference]) -> list[str]:
+    """Each claim once, in the template's order: what the squat index keeps (a template may name one
+    claim in many volumes; the bound below is on distinct claims, so the index must be too)."""
+    return list(dict.fromkeys(r.claim for r in references))
+
+
 def too_many(references: list[ClaimReference]) -> Optional[str]:
-    claims = {r.claim for r in references}
+    claims = distinct_claims(references)
     if len(claims) <= MAX_TEMPLATE_CLAIMS:
         return None
     return (f"spec.template.spec.volumes names {len(claims)} PersistentVolumeClaims: at most {MAX_TEMPLATE_CLAIMS} "

@@ -5,6 +5,19 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Optional
 
+from checkpoint_operator.agent.names import char_problem
+
+
+def one_line_message(text: str) -> str:
+    """A message for a condition, a status or an Event: one line whatever it quotes (a path, a
+    server's words). What would break the line or hide in it (control, line-separating, bidi and
+    invisible characters) is shown by its code point (hostile1 D11: `scanning c:/a` then `b` on a
+    second line); a backslash is left as it is."""
+    if (text.isascii() and text.isprintable()) or all(ch == "\\" or not char_problem(ch) for ch in text):
+        return text
+    return "".join("\\n" if ch == "\n" else ch if ch == "\\" or not char_problem(ch)
+                   else (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}") for ch in text)
+
 
 def now_rfc3339() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")

@@ -14,9 +14,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from checkpoint_operator.api.checkpoint import Checkpoint, HttpSource, S3Source
+from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointSource, HttpSource, S3Source
+from checkpoint_operator.api.clustercheckpoint import ClusterCheckpointSource
 from checkpoint_operator.api.sources import (AzureBlobSource, CaConfigMap, GcsSource, GitSource, HuggingFaceSource,
                                              SourceStatus)
+
+# What an import reads: a Checkpoint's source, or a catalog entry's (the same import kinds).
+ImportSource = CheckpointSource | ClusterCheckpointSource
 
 # Where an import pod mounts what it is given (the local kubelet rewrites these paths too).
 SOURCE_SECRET_VOLUME = "ckpt-source-secret"
@@ -41,6 +45,7 @@ class ImportSpec:
     mounts: list[dict[str, Any]] = field(default_factory=list)
     revision: Optional[str] = None  # the revision asked for (huggingFace, git)
     pins_commit: bool = False  # the agent reports the commit it fetched; an import without it fails
+    secret: Optional[str] = None  # the source's Secret (secretRef): the only one its pod may read
 
 
 def _secret_env(secret: str, keys: tuple[str, ...], optional: bool = False) -> list[dict[str, Any]]:
@@ -51,6 +56,7 @@ def _secret_env(secret: str, keys: tuple[str, ...], optional: bool = False) -> l
 
 def _mounted_secret(spec: ImportSpec, secret: str) -> None:
     """The Secret as files (username, password) at SOURCE_SECRET_MOUNT, for Git and FTP."""
+    spec.secret = secret
     spec.volumes.append({"name": SOURCE_SECRET_VOLUME, "secret": {"secretName": secret, "defaultMode": 0o400}})
     spec.mounts.append({"name": SOURCE_SECRET_VOLUME, "mountPath": SOURCE_SECRET_MOUNT, "readOnly": True})
     spec.env.append({"name": SECRET_DIR_ENV, "value": SOURCE_SECRET_MOUNT})
@@ -69,6 +75,7 @@ def _s3(s3: S3Source) -> ImportSpec:
     if s3.region:
         spec.env.append({"name": "AWS_DEFAULT_REGION", "value": s3.region})
     if s3.secretRef:
+        spec.secret = s3.secretRef.name
         spec.env += _secret_env(s3.secretRef.name, ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"))
     return spec
 
@@ -100,6 +107,7 @@ def _hugging_face(hf: HuggingFaceSource) -> ImportSpec:
     if hf.endpoint:
         spec.args += ["--endpoint-url", hf.endpoint]
     if hf.secretRef:
+        spec.secret = hf.secretRef.name
         spec.env += _secret_env(hf.secretRef.name, ("HF_TOKEN",))
     return spec
 
@@ -109,6 +117,7 @@ def _gcs(gcs: GcsSource) -> ImportSpec:
     if gcs.endpoint:
         spec.args += ["--endpoint-url", gcs.endpoint]
     if gcs.secretRef:
+        spec.secret = gcs.secretRef.name
         spec.env += _secret_env(gcs.secretRef.name, ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"))
     return spec
 
@@ -128,6 +137,7 @@ def _azure_blob(azure: AzureBlobSource) -> ImportSpec:
     if endpoint and endpoint.split(".", 1)[1] != "blob.core.windows.net":
         spec.args += ["--endpoint-url", endpoint]  # another cloud's (or a private endpoint's) suffix
     if azure.secretRef:  # whichever of the three keys the Secret has
+        spec.secret = azure.secretRef.name
         spec.env += _secret_env(azure.secretRef.name, AZURE_KEYS, optional=True)
     return spec
 
@@ -145,9 +155,22 @@ def _git(git: GitSource) -> ImportSpec:
     return spec
 
 
+def shown_uri(uri: str) -> str:
+    """A source's URI as statuses and events show it: credentials before the host (the CRD refuses
+    them) masked, and the query left out ("?..."): it may carry a credential under a name the URL
+    rule does not know (a signed URL's own parameter); the spec keeps it whole."""
+    hidden = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@", r"\1***@", uri)
+    base, mark, _ = hidden.partition("?")
+    return base + ("?..." if mark else "")
+
+
 def import_spec(checkpoint: Checkpoint) -> ImportSpec:
     """ValueError for a source that is not imported (volume, trainingJob, upload)."""
-    source = checkpoint.spec.source
+    return import_spec_of(checkpoint.spec.source)
+
+
+def import_spec_of(source: ImportSource) -> ImportSpec:
+    """A Checkpoint's or a catalog entry's source (the same import kinds)."""
     if source.s3 is not None:
         return _s3(source.s3)
     if source.http is not None:
@@ -161,6 +184,15 @@ def import_spec(checkpoint: Checkpoint) -> ImportSpec:
     if source.git is not None:
         return _git(source.git)
     raise ValueError(f"spec.source.{source.kind} is not imported")
+
+
+def pinned_source(source: ClusterCheckpointSource, resolved_revision: Optional[str]) -> ClusterCheckpointSource:
+    """The source at the commit its first import fetched (the Hub, Git): a later copy of a catalog entry
+    fetches the same files, whatever the branch says by then (the digest check catches any other change)."""
+    if not resolved_revision or source.kind not in ("huggingFace", "git"):
+        return source
+    pinned = getattr(source, source.kind).model_copy(update={"revision": resolved_revision})
+    return source.model_copy(update={source.kind: pinned})
 
 
 # --- provenance --------------------------------------------------------------------------------
@@ -186,5 +218,5 @@ def source_status(spec: ImportSpec, provenance: Optional[dict[str, Any]]) -> Sou
     resolved = (provenance or {}).get("resolvedRevision")
     if spec.pins_commit and (not isinstance(resolved, str) or not _COMMIT.fullmatch(resolved)):
         return "the import did not report the commit it fetched (resolvedRevision)"
-    return SourceStatus(kind=spec.kind, uri=spec.uri[:MAX_URI], revision=spec.revision or None,
+    return SourceStatus(kind=spec.kind, uri=shown_uri(spec.uri)[:MAX_URI], revision=spec.revision or None,
                         resolvedRevision=resolved if spec.pins_commit else None)

@@ -8,10 +8,11 @@ cached "Ready" is never enough to start pods on a checkpoint that is being delet
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Protocol
+from typing import Any, Literal, Mapping, Optional, Protocol
 
 from checkpoint_operator import PROTECTION_FINALIZER
 from checkpoint_operator.api.checkpoint import CheckpointHead, CheckpointPhase, Location
+from checkpoint_operator.api.clustercheckpoint import ClusterCheckpointHead
 from checkpoint_operator.api.common import PinnedCheckpoint
 from checkpoint_operator.api.trainingjob import CheckpointRef, TrainingJob, TrainingJobPhase
 from checkpoint_operator.api.wire import (CheckpointSourceWire, CheckpointSpecWire, CheckpointStatusWire, KeepBestWire,
@@ -105,6 +106,13 @@ class Lookup(Protocol):
 
     def training_job(self, namespace: str, name: str) -> Optional[TrainingJobInfo]: ...
 
+    def cluster_checkpoint(self, name: str) -> Optional[CheckpointInfo]: ...
+
+    def cluster_checkpoint_by_uid(self, uid: str) -> Optional[CheckpointInfo]: ...
+
+
+CLUSTER_KIND: Literal["ClusterCheckpoint"] = "ClusterCheckpoint"
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -113,6 +121,11 @@ class Candidate:
     name: str
     uid: str
     mount_name: str
+    cluster: bool = False  # a ClusterCheckpoint of the catalog (cluster-scoped), not a Checkpoint of the namespace
+
+    @property
+    def kind(self) -> str:
+        return CLUSTER_KIND if self.cluster else "Checkpoint"
 
 
 @dataclass(frozen=True)
@@ -123,9 +136,11 @@ class ResolvedInput:
     mount_name: str
     location: Location
     size_bytes: Optional[int] = None
+    cluster: bool = False
 
     def pinned(self) -> PinnedCheckpoint:
-        return PinnedCheckpoint(name=self.name, uid=self.uid, digest=self.digest, sizeBytes=self.size_bytes)
+        return PinnedCheckpoint(name=self.name, uid=self.uid, digest=self.digest, sizeBytes=self.size_bytes,
+                                kind=CLUSTER_KIND if self.cluster else None)
 
 
 # Waits that will not end by themselves: the job reports Stalled (GitOps shows Degraded).
@@ -212,21 +227,35 @@ def _incomplete_ones(outputs: list[CheckpointInfo]) -> str:
 def _describe(ref: CheckpointRef) -> str:
     if ref.fromTrainingJob:
         return f"{ref.select or 'latest'} checkpoint of TrainingJob {ref.fromTrainingJob}"
+    if ref.clusterCheckpoint:
+        return f"{CLUSTER_KIND} {ref.clusterCheckpoint}"
     return f"Checkpoint {ref.name}" if ref.name else f"Checkpoint with uid {ref.uid}"
 
 
-def _state_wait(checkpoint: CheckpointInfo) -> Optional[InputWait]:
+def _state_wait(checkpoint: CheckpointInfo, kind: str = "Checkpoint") -> Optional[InputWait]:
     name = checkpoint.name
     if checkpoint.deleting:
-        return InputWait("InputDeleting", f"input Checkpoint {name} is being deleted")
+        return InputWait("InputDeleting", f"input {kind} {name} is being deleted")
     if checkpoint.phase == CheckpointPhase.FAILED:
-        return InputWait("InputFailed", f"input Checkpoint {name} has failed")
+        return InputWait("InputFailed", f"input {kind} {name} has failed")
     if checkpoint.phase != CheckpointPhase.READY:
-        return InputWait("InputNotReady", f"input Checkpoint {name} is not Ready (phase {checkpoint.phase})")
+        return InputWait("InputNotReady", f"input {kind} {name} is not Ready (phase {checkpoint.phase})")
     return None
 
 
+def _resolve_cluster(ref: CheckpointRef, lookup: Lookup) -> Candidate | InputWait:
+    """A catalog entry: cluster-scoped, so the same for every namespace."""
+    name = ref.clusterCheckpoint or ""
+    entry = lookup.cluster_checkpoint(name)
+    if entry is None:
+        return InputWait("InputNotFound", f"input {CLUSTER_KIND} {name} does not exist (kubectl ckpt ls --catalog "
+                                          "lists the catalog)")
+    return _state_wait(entry, CLUSTER_KIND) or Candidate(entry.name, entry.uid, ref.mountName or entry.name, True)
+
+
 def resolve_ref(ref: CheckpointRef, namespace: str, lookup: Lookup) -> Candidate | InputWait:
+    if ref.clusterCheckpoint:
+        return _resolve_cluster(ref, lookup)
     if ref.fromTrainingJob:
         job_name = ref.fromTrainingJob
         producer = lookup.training_job(namespace, job_name)
@@ -265,6 +294,11 @@ def takes_from_running(ref: CheckpointRef, producer: TrainingJobInfo) -> bool:
 def resolve_pinned(pinned: PinnedCheckpoint, ref: CheckpointRef, namespace: str,
                    lookup: Lookup) -> Candidate | InputWait:
     """An input pinned at an earlier pass is kept by uid, so a restart cannot switch `latest`."""
+    if pinned.kind == CLUSTER_KIND:
+        entry = lookup.cluster_checkpoint_by_uid(pinned.uid)
+        if entry is None:
+            return InputWait("InputNotFound", f"input {CLUSTER_KIND} {pinned.name} (uid {pinned.uid}) no longer exists")
+        return _state_wait(entry, CLUSTER_KIND) or Candidate(entry.name, entry.uid, ref.mountName or entry.name, True)
     checkpoint = lookup.checkpoint_by_uid(namespace, pinned.uid)
     if checkpoint is None:
         return InputWait("InputNotFound", f"input Checkpoint {pinned.name} (uid {pinned.uid}) no longer exists")
@@ -286,20 +320,21 @@ def resolve_inputs(tj: TrainingJob, lookup: Lookup) -> Resolution:
     return Resolution(candidates, waits)
 
 
-def check_live_input(candidate: Candidate, checkpoint: Optional[CheckpointHead]) -> ResolvedInput | InputWait:
+def check_live_input(candidate: Candidate, checkpoint: Optional[CheckpointHead | ClusterCheckpointHead]
+                     ) -> ResolvedInput | InputWait:
     """The decision on a fresh read of the input, made after the job recorded its use (see
     logic/protection.py): gone, replaced, deleting or unprotected means back off."""
-    name = candidate.name
+    name, kind = candidate.name, candidate.kind
     if checkpoint is None or checkpoint.metadata.uid != candidate.uid:
-        return InputWait("InputNotFound", f"input Checkpoint {name} no longer exists")
+        return InputWait("InputNotFound", f"input {kind} {name} no longer exists")
     meta, status = checkpoint.metadata, checkpoint.status
     if meta.deleting:
-        return InputWait("InputDeleting", f"input Checkpoint {name} is being deleted")
+        return InputWait("InputDeleting", f"input {kind} {name} is being deleted")
     if not meta.has_finalizer(PROTECTION_FINALIZER):
         # Without the finalizer a deletion would not wait for us: never start on it.
-        return InputWait("InputNotProtected", f"input Checkpoint {name} does not carry the "
+        return InputWait("InputNotProtected", f"input {kind} {name} does not carry the "
                                               f"{PROTECTION_FINALIZER} finalizer yet")
     if status.phase != CheckpointPhase.READY or status.location is None or not status.digest:
-        return InputWait("InputNotReady", f"input Checkpoint {name} is not Ready")  # (a Ready one has a digest to pin)
+        return InputWait("InputNotReady", f"input {kind} {name} is not Ready")  # (a Ready one has a digest to pin)
     return ResolvedInput(name=name, uid=candidate.uid, digest=status.digest, mount_name=candidate.mount_name,
-                         location=status.location, size_bytes=status.sizeBytes)
+                         location=status.location, size_bytes=status.sizeBytes, cluster=candidate.cluster)

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Union
 
 from checkpoint_operator.api.checkpoint import CheckpointStatus
+from checkpoint_operator.api.clustercheckpoint import ClusterCheckpointStatus
 from checkpoint_operator.api.trainingjob import TrainingJobStatus
-from checkpoint_operator.logic.conditions import get_condition, kstatus_conditions, set_condition
+from checkpoint_operator.logic.conditions import get_condition, kstatus_conditions, one_line_message, set_condition
 from checkpoint_operator.logic.results import Fail, Wait
 
 # The status fields a change sets: validated when the change is made, so a misspelt or
 # mistyped field fails where it is written (and mypy checks the names).
-StatusFields = Union[CheckpointStatus, TrainingJobStatus]
+StatusFields = Union[CheckpointStatus, TrainingJobStatus, ClusterCheckpointStatus]
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,9 @@ class ConditionChange:
     status: str      # "True" | "False" | "Unknown"
     reason: str
     message: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "message", one_line_message(self.message))
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,9 @@ class StatusChange:
     event: Optional[str] = None          # "Normal" | "Warning": posted when reason or message changed
     fields: Optional[StatusFields] = None
     conditions: tuple[ConditionChange, ...] = ()
+
+    def __post_init__(self) -> None:  # every message of a status is one line (and so its event)
+        object.__setattr__(self, "message", one_line_message(self.message))
 
     def with_fields(self, more: StatusFields) -> StatusChange:
         """This change, also setting (or removing) the fields `more` names."""

@@ -177,9 +177,9 @@ def _volume_of(checkpoint: Checkpoint) -> VolumeLocation:
     return location.volume
 
 
-def pull_command() -> list[str]:
-    """What `kubectl ckpt pull` runs in the pull pod."""
-    return agent_commands.pack(AGENT_DATA_MOUNT, session_dir=PULL_WORK_DIR)
+def pull_command(digest: Optional[str] = None) -> list[str]:
+    """What `kubectl ckpt pull` runs in the pull pod (`digest`: the Checkpoint's recorded one)."""
+    return agent_commands.pack(AGENT_DATA_MOUNT, session_dir=PULL_WORK_DIR, digest=digest)
 
 
 def push_command(max_size: Optional[int], name: Optional[str]) -> list[str]:

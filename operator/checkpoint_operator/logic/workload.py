@@ -280,20 +280,24 @@ def build_volume_scan_pod(checkpoint: Checkpoint, config: OperatorConfig) -> dic
 # --- imports (Checkpoints with source s3, http, huggingFace, gcs, azureBlob, git) ----------------
 
 IMPORT_SIZE_ANNOTATION = "ckpt.dev/volume-size"
+SOURCE_SECRET_ANNOTATION = "ckpt.dev/source-secret"  # an import pod's source Secret (the admission policy reads it)
 
 
 def import_claim_name(checkpoint: Checkpoint) -> str:
-    return import_claim_name_for(checkpoint.metadata.name)
+    return import_claim_name_for(checkpoint.metadata.name, checkpoint.metadata.uid)
 
 
-def import_claim_name_for(name: str) -> str:
-    """The claim of an import or a push (volume store)."""
-    return child_name(name, "data")
+def import_claim_name_for(name: str, uid: str) -> str:
+    """The claim of an import or a push (volume store). It holds the Checkpoint's uid, which the
+    API server assigns when the Checkpoint is created: no pod template, Job or pod could name the
+    claim before its Checkpoint existed (and from then on a template naming it is refused by name,
+    docs/guarantees.md)."""
+    return child_name(name, f"data-{uid[:8]}")
 
 
 def import_origin(checkpoint: Checkpoint) -> str:
-    """What an import fetches, as the agent is told (logic/import_sources.py)."""
-    return import_sources.import_spec(checkpoint).uri
+    """What an import fetches, as messages show it (logic/import_sources.py: no query, no userinfo)."""
+    return import_sources.shown_uri(import_sources.import_spec(checkpoint).uri)
 
 
 def build_import_claim(checkpoint: Checkpoint, config: OperatorConfig) -> dict[str, Any]:
@@ -322,6 +326,10 @@ def build_import_pod(checkpoint: Checkpoint, config: OperatorConfig,
     """Fetch the source into the store: `parts` = (init containers, containers, volumes) from
     Store.import_containers; either way the pod prints the scan as JSON."""
     init_containers, containers, volumes = parts
-    metadata = {"name": import_pod_name(checkpoint), "namespace": checkpoint.metadata.namespace,
-                "labels": _checkpoint_labels(checkpoint, "import"), "ownerReferences": [owner_reference(checkpoint)]}
+    metadata: dict[str, Any] = {"name": import_pod_name(checkpoint), "namespace": checkpoint.metadata.namespace,
+                      "labels": _checkpoint_labels(checkpoint, "import"),
+                      "ownerReferences": [owner_reference(checkpoint)]}
+    secret = import_sources.import_spec(checkpoint).secret
+    if secret:  # the admission policy holds every Secret reference of the pod to this one
+        metadata["annotations"] = {SOURCE_SECRET_ANNOTATION: secret}
     return agent_pod(metadata, config, containers, volumes, init_containers)

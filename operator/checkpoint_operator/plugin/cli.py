@@ -10,8 +10,9 @@ import argparse
 import sys
 from typing import Optional, TextIO
 
-DESCRIPTION = ("Checkpoints from the command line: list them, trace their lineage, verify their data where it "
-               "lives, pull them to a directory, push a directory as a new Checkpoint.")
+DESCRIPTION = ("Checkpoints from the command line: list them (and the catalog), trace their lineage, verify their "
+               "data where it lives, pull them to a directory, push a directory as a new Checkpoint, see what they "
+               "cost (du).")
 
 
 def _common_flags() -> argparse.ArgumentParser:
@@ -36,6 +37,20 @@ def add_commands(parser: argparse.ArgumentParser, common: argparse.ArgumentParse
                                      "jobs using them (USED-BY), what made them (PRODUCER) and age.")
     ls.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
     ls.add_argument("--job", metavar="NAME", help="only the Checkpoints written by this TrainingJob")
+    ls.add_argument("--catalog", action="store_true",
+                    help="the catalog: the ClusterCheckpoints every namespace may use ({clusterCheckpoint: NAME}), "
+                         "with license and source (-A lists them too, after every namespace's Checkpoints)")
+
+    du = cmds.add_parser("du", parents=[common], help="bytes stored against bytes referenced, per namespace",
+                         description="For the namespace (-A: each namespace): REFERENCED, the total size of its Ready "
+                                     "Checkpoints; STORED, what the store holds for it (s3: a listing of the "
+                                     "namespace's prefix with your credentials; volumes: the capacity of the claims "
+                                     "holding its Checkpoints and its copies of catalog entries); SAVED, the "
+                                     "difference (files stored once for several Checkpoints). --catalog adds the "
+                                     "catalog's row.")
+    du.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace, and the catalog")
+    du.add_argument("--catalog", action="store_true", help="add the catalog (ClusterCheckpoints)")
+    du.add_argument("--endpoint-url", default=None, help="s3 store: the S3 endpoint (default AWS_ENDPOINT_URL)")
 
     lineage = cmds.add_parser("lineage", parents=[common], help="the parents and descendants of a Checkpoint",
                               description="The tree of parents (the inputs of the job that wrote it, recursively) "
@@ -65,7 +80,8 @@ def add_commands(parser: argparse.ArgumentParser, common: argparse.ArgumentParse
     pull.add_argument("--timeout", type=float, default=600, help="seconds to wait for the operator's pod")
     pull.add_argument("--clean", action="store_true",
                       help="remove what DIR holds that is not part of this checkpoint (other files, directories, "
-                           "links) before pulling; without it a pull into such a directory is refused, naming them")
+                           "links) before pulling, only in a directory a pull wrote (its manifest, parts or files); "
+                           "without it a pull into such a directory is refused, naming them")
 
     push = cmds.add_parser("push", parents=[common], help="push a directory as a new Checkpoint (an upload)",
                            description="Create the upload Checkpoint NAME (or take the one waiting for this data), "
@@ -85,7 +101,7 @@ def add_commands(parser: argparse.ArgumentParser, common: argparse.ArgumentParse
 
 def add_ckpt_parser(sub: argparse._SubParsersAction) -> None:
     common = _common_flags()
-    ckpt = sub.add_parser("ckpt", parents=[common], help="kubectl ckpt: ls, lineage, verify, pull, push",
+    ckpt = sub.add_parser("ckpt", parents=[common], help="kubectl ckpt: ls, lineage, verify, pull, push, du",
                           description=DESCRIPTION)
     add_commands(ckpt, common)
     ckpt.set_defaults(func=run)

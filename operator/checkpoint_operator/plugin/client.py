@@ -15,7 +15,9 @@ from typing import Any, Callable, Optional
 
 import kubernetes
 import urllib3
+import yaml
 
+from checkpoint_operator.agent.errors import one_line, yaml_problem
 from checkpoint_operator.api.rules import is_dns1123
 from checkpoint_operator.kube import CHECKPOINTS, PODS, ApiError, Kube
 
@@ -47,13 +49,14 @@ class Cluster:
     def api(self) -> Kube:
         return Kube(self.api_client)
 
-    def call(self, what: str, fn: Callable[[], Any]) -> Any:
-        """Run one API call; its failure becomes a PluginError naming `what`."""
+    def call(self, what: str, fn: Callable[[], Any], served: str = "checkpoints.ckpt.dev") -> Any:
+        """Run one API call; its failure becomes a PluginError naming `what` (`served`: the resource a 404
+        without an object says is missing)."""
         try:
             return fn()
         except ApiError as exc:
             if exc.status == 404 and "the server could not find the requested resource" in exc.message.lower():
-                raise PluginError(f"{what}: the API server at {self.server} does not serve checkpoints.ckpt.dev: "
+                raise PluginError(f"{what}: the API server at {self.server} does not serve {served}: "
                                   f"install the CRDs (kubectl apply -f crds/)") from None
             raise PluginError(f"{what}: {exc.status} {exc.reason}: {exc.message}".replace(":  ", ": ")) from None
         except kubernetes.client.ApiException as exc:
@@ -121,8 +124,13 @@ def connect(kubeconfig: Optional[str] = None, context: Optional[str] = None,
             contexts, active = kubernetes.config.list_kube_config_contexts(config_file=kubeconfig)
             chosen = next((c for c in contexts if c["name"] == context), active) if context else active
             default_namespace = ((chosen or {}).get("context") or {}).get("namespace") or "default"
-    except (kubernetes.config.ConfigException, OSError, ValueError, TypeError) as exc:
-        raise PluginError(f"cannot load the kubeconfig {kubeconfig or path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise PluginError(f"cannot load the kubeconfig {kubeconfig or path}: {yaml_problem(exc)}") from None
+    except (TypeError, AttributeError):  # YAML, but not a mapping: the client digs into it without checking
+        raise PluginError(f"cannot load the kubeconfig {kubeconfig or path}: not a kubeconfig (a YAML mapping with "
+                          "clusters, contexts and users)") from None
+    except (kubernetes.config.ConfigException, OSError, ValueError) as exc:
+        raise PluginError(f"cannot load the kubeconfig {kubeconfig or path}: {one_line(str(exc))}") from None
     cluster = Cluster(api_client, namespace or default_namespace, api_client.configuration.host)
     check_name("namespace", cluster.namespace)
     return cluster

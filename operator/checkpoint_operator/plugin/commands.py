@@ -24,20 +24,22 @@ from typing import Any, Callable, Optional, TextIO, TypeVar, get_args
 
 import yaml
 
-from checkpoint_operator import API_VERSION, GROUP, VERSION
+from checkpoint_operator import API_VERSION
 from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.manifest import MANIFEST_NAME, Manifest
+from checkpoint_operator.agent.names import printable
 from checkpoint_operator.agent.progress import Progress, human_bytes
 from checkpoint_operator.api.checkpoint import (Checkpoint, CheckpointFormat, CheckpointHead, CheckpointPhase,
                                                CheckpointSpec, CheckpointStatus)
 from checkpoint_operator.api.upload import (PULL_REQUEST_ANNOTATION, UPLOAD_DIGEST_ANNOTATION,
                                             UPLOAD_REQUEST_ANNOTATION, VERIFY_REQUEST_ANNOTATION, UploadStatus)
-from checkpoint_operator.kube import CHECKPOINTS
+from checkpoint_operator.kube import CHECKPOINTS, CLUSTER_CHECKPOINTS, PVCS
 from checkpoint_operator.logic import transfers
 from checkpoint_operator.logic.agent_pods import pod_problem
 from checkpoint_operator.logic.quantity import format_size
 from checkpoint_operator.logic.workload import IMPORT_SIZE_ANNOTATION
-from checkpoint_operator.plugin import views
+from checkpoint_operator.logic.catalog import LABEL_CLUSTER_CHECKPOINT
+from checkpoint_operator.plugin import usage, views
 from checkpoint_operator.plugin.client import Cluster, ExecSession, PluginError, check_name
 
 FORMATS = get_args(CheckpointFormat)
@@ -100,10 +102,7 @@ def require_ready(checkpoint: CheckpointHead, doing: str) -> CheckpointStatus:
 
 def list_checkpoints(cluster: Cluster, all_namespaces: bool = False) -> list[dict[str, Any]]:
     if all_namespaces:
-        import kubernetes
-        api = kubernetes.client.CustomObjectsApi(cluster.api_client)
-        return cluster.call("list Checkpoints in all namespaces", lambda: api.list_cluster_custom_object(
-            GROUP, VERSION, "checkpoints", _request_timeout=30)).get("items", [])
+        return cluster.call("list Checkpoints in all namespaces", lambda: cluster.api.list(CHECKPOINTS, None))
     items = cluster.call(f"list Checkpoints in namespace {cluster.namespace}",
                          lambda: cluster.api.list(CHECKPOINTS, cluster.namespace))
     if not items:
@@ -111,25 +110,133 @@ def list_checkpoints(cluster: Cluster, all_namespaces: bool = False) -> list[dic
     return items
 
 
+def list_catalog(cluster: Cluster) -> list[dict[str, Any]]:
+    return cluster.call("list ClusterCheckpoints (the catalog)", lambda: cluster.api.list(CLUSTER_CHECKPOINTS, None),
+                        served="clustercheckpoints.ckpt.dev")
+
+
+def catalog_if_readable(cluster: Cluster, io: Io) -> list[dict[str, Any]]:
+    """The catalog where it only adds to the answer (ls -A, du -A, lineage): a cluster without the
+    ClusterCheckpoint CRD (an older operator) or a user who may not list it still gets the rest, with a note."""
+    try:
+        return list_catalog(cluster)
+    except PluginError as exc:
+        io.note(f"warning: {exc} (the catalog is left out)")
+        return []
+
+
 def cmd_ls(cluster: Cluster, args: argparse.Namespace, io: Io) -> int:
+    if args.catalog:
+        return _ls_catalog(cluster, args, io)
     items = list_checkpoints(cluster, args.all_namespaces)
     if args.job:
         items = [b for b in items if views.producer(views.read_checkpoint(b)) == f"tj/{args.job}"]
+    # -A: the catalog too (cluster-scoped entries every namespace may use), in rows of their own.
+    entries = catalog_if_readable(cluster, io) if args.all_namespaces and not args.job else []
     if args.output in ("json", "yaml"):
-        print_object({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items}, args.output, io)
+        print_object({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items + entries}, args.output, io)
         return 0
-    if not items:
+    if not items and not entries:
         where = "any namespace" if args.all_namespaces else f"namespace {cluster.namespace}"
         io.note(f"No Checkpoints found in {where}" + (f" written by TrainingJob {args.job}." if args.job else "."))
         return 0
-    io.out.write(views.ls_table([views.read_checkpoint(b) for b in items], wide=args.output == "wide",
-                                namespaces=args.all_namespaces) + "\n")
+    shown = [views.read_checkpoint(b) for b in items] + [views.as_catalog_row(e) for e in entries]
+    io.out.write(views.ls_table(shown, wide=args.output == "wide", namespaces=args.all_namespaces) + "\n")
     return 0
+
+
+def _ls_catalog(cluster: Cluster, args: argparse.Namespace, io: Io) -> int:
+    entries = list_catalog(cluster)
+    if args.output in ("json", "yaml"):
+        print_object({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": entries}, args.output, io)
+        return 0
+    if not entries:
+        io.note("The catalog is empty: no ClusterCheckpoints (a cluster administrator creates them, docs/catalog.md).")
+        return 0
+    io.out.write(views.catalog_table(map(views.read_catalog_entry, entries), wide=args.output == "wide") + "\n")
+    return 0
+
+
+# --- du -------------------------------------------------------------------------------------------
+
+MAX_LISTED_OBJECTS = 10_000_000  # a listing is summed as it goes (memory bounded); this bounds its time
+
+
+def cmd_du(cluster: Cluster, args: argparse.Namespace, io: Io) -> int:
+    checkpoints = list_checkpoints(cluster, args.all_namespaces)
+    rows = usage.referenced(checkpoints)
+    if not args.all_namespaces:
+        rows.setdefault(cluster.namespace, usage.Usage(cluster.namespace))
+    if args.catalog or args.all_namespaces:
+        entries = list_catalog(cluster) if args.catalog else catalog_if_readable(cluster, io)
+        for namespace, found in usage.referenced(entries).items():
+            rows[namespace] = found
+    claims = cluster.call("list PersistentVolumeClaims", lambda: cluster.api.list(
+        PVCS, None if args.all_namespaces else cluster.namespace))
+    for claim in claims:
+        meta = claim.get("metadata") or {}
+        row = rows.get(meta.get("namespace", ""))
+        if row is None:
+            continue
+        is_copy = LABEL_CLUSTER_CHECKPOINT in (meta.get("labels") or {})  # a copy of a catalog entry
+        if is_copy and meta.get("name") not in row.claims:
+            row.claims.append(meta["name"])
+    for row in rows.values():
+        _measure_claims(row, claims)
+        _measure_prefixes(row, args.endpoint_url)
+    ordered = sorted(rows.values(), key=lambda r: (r.namespace == usage.CATALOG_ROW, r.namespace))
+    if args.output in ("json", "yaml"):
+        print_object({"namespaces": [r.to_json() for r in ordered]}, args.output, io)
+    else:
+        io.out.write(usage.du_table(ordered) + "\n")
+    for row in ordered:
+        for problem in row.problems:
+            io.note(f"warning: {row.namespace}: {problem}")
+    return 0
+
+
+def _measure_claims(row: usage.Usage, claims: list[dict[str, Any]]) -> None:
+    if not row.claims:
+        return
+    by_name = {(c["metadata"].get("namespace"), c["metadata"]["name"]): c for c in claims}
+    total = 0
+    for name in row.claims:
+        claim = by_name.get((row.namespace, name))
+        capacity = usage.claim_capacity(claim) if claim else None
+        if capacity is None:
+            row.problems.append(f"PersistentVolumeClaim {name}: {'gone' if claim is None else 'no capacity'}")
+            continue
+        total += capacity
+    row.claim_bytes = total
+
+
+def _measure_prefixes(row: usage.Usage, endpoint_url: Optional[str]) -> None:
+    """The objects under the namespace's prefix, with the user's credentials: summed as listed."""
+    if not row.s3_prefixes:
+        return
+    from checkpoint_operator.agent.s3 import describe_error, list_objects, make_client, parse_s3_uri
+    client = make_client(endpoint_url)
+    total, count = 0, 0
+    for prefix in row.s3_prefixes:
+        try:
+            for obj in list_objects(client, parse_s3_uri(prefix)):
+                total += int(obj.get("Size") or 0)
+                count += 1
+                if count >= MAX_LISTED_OBJECTS:
+                    row.problems.append(f"stopped after {count} objects: the figure is a lower bound")
+                    break
+        except Exception as exc:  # noqa: BLE001 - one line naming the prefix, the rest of the report stands
+            row.problems.append(f"cannot list {prefix}: {describe_error(exc, prefix, endpoint_url)}")
+            return
+    row.stored_s3, row.s3_objects = total, count
 
 
 def cmd_lineage(cluster: Cluster, args: argparse.Namespace, io: Io) -> int:
     check_name("Checkpoint", args.name)
-    lineage = views.build_lineage(map(views.read_checkpoint, list_checkpoints(cluster)), args.name)
+    items = [views.read_checkpoint(b) for b in list_checkpoints(cluster)]
+    from_catalog = any(p.kind == "ClusterCheckpoint" for c in items for p in c.status.parents or [])
+    entries = map(views.read_catalog_entry, catalog_if_readable(cluster, io)) if from_catalog else ()
+    lineage = views.build_lineage(items, args.name, entries)
     if lineage is None:
         cluster.get_checkpoint(args.name)  # says why (not found, no such namespace)
         raise PluginError(f'Checkpoint "{args.name}" not found in namespace {cluster.namespace}')
@@ -226,6 +333,8 @@ def make_room(directory: str, manifest: Optional[Manifest], digest: Optional[str
     before its stream begins (the file list comes with the stream): only a root manifest of
     another checkpoint is refused here, so that no pod is started for nothing."""
     from checkpoint_operator.agent import pull_target
+    if manifest is not None and (refusal := pull_target.case_refusal(directory, manifest)):
+        raise PluginError(refusal)
     if early and clean:
         return  # removed once the stream says what the checkpoint holds
     found = pull_target.examine(directory, manifest, digest)
@@ -234,6 +343,11 @@ def make_room(directory: str, manifest: Optional[Manifest], digest: Optional[str
         found.count = len(found.foreign)
     if not found.count:
         return
+    if clean and not pull_target.pulled_into(directory, manifest):
+        raise PluginError(f"{directory}: --clean empties only a directory a pull wrote, and this one holds no pull "
+                          f"(no {MANIFEST_NAME}, none of the checkpoint's files) but {found.count} entries of its own "
+                          f"(first {found.foreign[0].line()}): pull into a new or empty directory, or remove them "
+                          f"yourself")
     if clean:
         removed = pull_target.remove_foreign(directory, manifest, digest)
         for item in removed[:pull_target.MAX_LISTED]:
@@ -255,7 +369,7 @@ def _pull_through_pod(cluster: Cluster, checkpoint: CheckpointHead, args: argpar
     value = request_value()
     cluster.annotate(name, {PULL_REQUEST_ANNOTATION: value})
     pod = wait_for_pod(cluster, transfers.pull_pod_name(name), value, checkpoint.metadata.uid, args.timeout, io)
-    session = start_exec(cluster, pod, "hold", transfers.pull_command(), stdin=False)
+    session = start_exec(cluster, pod, "hold", transfers.pull_command(checkpoint.status.digest), stdin=False)
     receiver_name = os.path.basename(os.path.abspath(args.dir))
     clean = getattr(args, "clean", False)
     try:
@@ -291,7 +405,7 @@ def cmd_push(cluster: Cluster, args: argparse.Namespace, io: Io) -> int:
                       f"the operator to say where {name}'s data goes (status.upload)")
     value = request_value()
     if upload.store == "s3":
-        _push_to_s3(name, args, manifest, upload, io)
+        _push_to_s3(cluster, name, args, manifest, upload, io)
         cluster.annotate(name, {UPLOAD_REQUEST_ANNOTATION: value})
     else:
         cluster.annotate(name, {UPLOAD_REQUEST_ANNOTATION: value})
@@ -427,7 +541,7 @@ def new_upload_checkpoint(name: str, namespace: str, manifest: Manifest, format_
             "spec": spec}
 
 
-def _push_to_s3(name: str, args: argparse.Namespace, manifest: Manifest, upload: UploadStatus, io: Io) -> None:
+def _push_to_s3(cluster: Cluster, name: str, args: argparse.Namespace, manifest: Manifest, upload: UploadStatus, io: Io) -> None:
     """Straight into the bucket with the user's credentials: the agent's resumable upload."""
     from checkpoint_operator.agent.s3 import resolve_endpoint
     from checkpoint_operator.agent.upload import upload_dir
@@ -438,7 +552,7 @@ def _push_to_s3(name: str, args: argparse.Namespace, manifest: Manifest, upload:
     try:
         upload_dir(args.dir, upload.uri, manifest=manifest, endpoint_url=endpoint, follow_links=True, log=io.note)
     except AgentError as exc:
-        raise PluginError(f"push of {name}: {exc} (rerun to resume)") from None
+        raise PluginError(f"push of {name}: {exc} ({rerun_advice(cluster, name, args.dir, manifest)})") from None
 
 
 def _push_through_pod(cluster: Cluster, checkpoint: CheckpointHead, args: argparse.Namespace, manifest: Manifest,
@@ -471,7 +585,28 @@ def _push_through_pod(cluster: Cluster, checkpoint: CheckpointHead, args: argpar
         raise PluginError(f"push of {name}: {exc}") from None
     code = session.finish(timeout=args.timeout)
     if code != 0:
-        raise PluginError(f"push of {name} into pod {pod}: {session.last_error()} (rerun to resume)")
+        raise PluginError(f"push of {name} into pod {pod}: {session.last_error()} "
+                          f"({rerun_advice(cluster, name, args.dir, manifest)})")
+
+
+def rerun_advice(cluster: Cluster, name: str, directory: str, manifest: Manifest) -> str:
+    """What to do after a push that failed: rerun it (what arrived is kept), unless DIR no longer
+    holds what was hashed. Then a rerun is refused (the Checkpoint expects the first digest: hostile1
+    D11), and the way on is a new Checkpoint once DIR stops changing. Re-reads DIR's files once."""
+    from checkpoint_operator.agent.hashing import hash_files
+    from checkpoint_operator.agent.tree import locate_file
+    try:
+        paths = [locate_file(directory, e.path, follow_links=True)[0] for e in manifest.files]
+    except (AgentError, OSError):
+        paths = []
+    now = hash_files(paths, sizes=[e.size for e in manifest.files]) if paths else []
+    changed = [e.path for e, got in zip(manifest.files, now) if got != (e.size, e.sha256)]
+    if paths and not changed:
+        return "rerun to resume"
+    first = f" ('{printable(changed[0])}'{f' and {len(changed) - 1} more' if len(changed) > 1 else ''})" if changed else ""
+    return (f"{directory} changed since it was hashed{first}: Checkpoint {name} expects digest {manifest.digest}, so a "
+            f"rerun is refused; once the files stop changing, delete it (kubectl delete checkpoint {name} -n "
+            f"{cluster.namespace}) and push again")
 
 
 def remote_inventory(cluster: Cluster, pod: str) -> dict[str, tuple[int, str]]:
@@ -527,6 +662,7 @@ def start_exec(cluster: Cluster, pod: str, container: str, command: list[str], *
             time.sleep(POLL)
 
 
-COMMANDS = {"ls": cmd_ls, "lineage": cmd_lineage, "verify": cmd_verify, "pull": cmd_pull, "push": cmd_push}
+COMMANDS = {"ls": cmd_ls, "lineage": cmd_lineage, "verify": cmd_verify, "pull": cmd_pull, "push": cmd_push,
+            "du": cmd_du}
 
 __all__ = ["COMMANDS", "FORMATS", "Io", "PluginError"]

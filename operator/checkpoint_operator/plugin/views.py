@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping, Optional
 import pydantic
 
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead, CheckpointStatus
+from checkpoint_operator.api.clustercheckpoint import ClusterCheckpoint, ClusterCheckpointHead
 
 MAX_DEPTH = 64
 MAX_CHILDREN_SHOWN = 200
@@ -102,6 +103,54 @@ def ls_table(items: list[CheckpointHead], *, wide: bool = False, namespaces: boo
     return table(headers, rows)
 
 
+def read_catalog_entry(body: Mapping[str, Any]) -> ClusterCheckpointHead:
+    """A ClusterCheckpoint as the API returned it, read as tolerantly as `read_checkpoint`."""
+    try:
+        return ClusterCheckpoint.model_validate(body, extra="ignore")
+    except pydantic.ValidationError:
+        pass
+    try:
+        return ClusterCheckpointHead.model_validate({k: v for k, v in body.items() if k != "spec"}, extra="ignore")
+    except pydantic.ValidationError:
+        return ClusterCheckpointHead.model_validate({"metadata": body.get("metadata") or {}}, extra="ignore")
+
+
+def as_catalog_row(body: Mapping[str, Any]) -> CheckpointHead:
+    """A ClusterCheckpoint as a row of `ls -A`: no namespace of its own (shown as the catalog's), its source
+    kind as producer, its users named with their namespaces."""
+    status = dict(body.get("status") or {})
+    status["usedBy"] = [{"name": f"{u.get('namespace', '?')}/{u.get('name', '?')}", "uid": u.get("uid", "")}
+                        for u in status.get("usedBy") or [] if isinstance(u, Mapping)]
+    status.pop("license", None)
+    row = {"metadata": {**(body.get("metadata") or {}), "namespace": "(catalog)"}, "status": status}
+    spec = body.get("spec")
+    source = spec.get("source") if isinstance(spec, Mapping) else None
+    if source is not None:
+        row["spec"] = {"source": source}
+    return read_checkpoint(row)
+
+
+def catalog_table(items: Iterable[ClusterCheckpointHead], *, wide: bool = False,
+                  now: Optional[datetime] = None) -> str:
+    """`ls --catalog`: what every namespace may use as {clusterCheckpoint: NAME}, with its license and source."""
+    headers = ["NAME", "PHASE", "FORMAT", "SIZE", "USED-BY", "LICENSE", "SOURCE", "AGE"]
+    if wide:
+        headers += ["FILES", "COMMIT", "DIGEST"]
+    rows = []
+    for entry in sorted(items, key=lambda e: e.metadata.name):
+        meta, status = entry.metadata, entry.status
+        source = status.source
+        kind = entry.spec.source.kind if isinstance(entry, ClusterCheckpoint) else None
+        row = [meta.name, str(entry.phase), _text(status.format), _text(status.size),
+               _text(status.usedByCount or None), _text(status.license),
+               _text((source.uri if source else None) or kind), age(meta.creationTimestamp, now)]
+        if wide:
+            commit = (source.resolvedRevision if source else None) or ""
+            row += [_text(status.fileCount), _text(commit[:12] or None), _text(status.digest)]
+        rows.append(row)
+    return table(headers, rows)
+
+
 def table(headers: list[str], rows: list[list[str]]) -> str:
     cells = [headers, *rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
@@ -153,9 +202,12 @@ def _node(checkpoint: CheckpointHead) -> Node:
     return Node(meta.name, meta.uid, status.digest, str(checkpoint.phase), status.step, producer(checkpoint))
 
 
-def build_lineage(items: Iterable[CheckpointHead], name: str) -> Optional[Lineage]:
-    """The lineage of `name` among `items` (one namespace's Checkpoints); None if it is not there."""
+def build_lineage(items: Iterable[CheckpointHead], name: str,
+                  entries: Iterable[ClusterCheckpointHead] = ()) -> Optional[Lineage]:
+    """The lineage of `name` among `items` (one namespace's Checkpoints); None if it is not there. A parent
+    that is a catalog entry is found among `entries` (the ClusterCheckpoints): a root of the tree."""
     by_uid = {c.metadata.uid: c for c in items}
+    catalog = {e.metadata.uid: e for e in entries}
     root = next((c for c in by_uid.values() if c.metadata.name == name), None)
     if root is None:
         return None
@@ -168,6 +220,15 @@ def build_lineage(items: Iterable[CheckpointHead], name: str) -> Optional[Lineag
         nodes = []
         for pinned in checkpoint.status.parents or []:
             uid = pinned.uid
+            if pinned.kind == "ClusterCheckpoint":
+                entry = catalog.get(uid)
+                if entry is None:
+                    nodes.append(Node(pinned.name, uid, pinned.digest, gone=True, producer="catalog"))
+                else:
+                    status = entry.status
+                    nodes.append(Node(entry.metadata.name, uid, status.digest, str(entry.phase), status.step,
+                                      "catalog"))
+                continue
             found = by_uid.get(uid)
             if found is None:
                 nodes.append(Node(pinned.name, uid, pinned.digest, gone=True))

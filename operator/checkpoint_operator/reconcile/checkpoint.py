@@ -18,6 +18,7 @@ from checkpoint_operator.reconcile.objects import InvalidObject, parse, parse_he
 from checkpoint_operator.reconcile import status_writer
 from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.kube import CHECKPOINTS, TRAINING_JOBS, Conflict
+from checkpoint_operator.logic import data_holds
 from checkpoint_operator.logic.protection import (blocking_users, deletion_blocked_message, used_by_status,
                                                   uses_selector)
 from checkpoint_operator.logic.results import Fail, Result
@@ -94,13 +95,7 @@ def guard_deletion(ctx: Context, checkpoint: CheckpointHead) -> Optional[float]:
         return None
     if isinstance(checkpoint, Checkpoint):  # a running job sealed it: it must not publish it again
         live_sealing.checkpoint_released(ctx, checkpoint)
-    try:
-        deleted = store_for(ctx.config).delete_owned_data(checkpoint.status, meta.namespace)
-    except ForeignLocation as exc:
-        ctx.warn(checkpoint, "DataNotDeleted", str(exc))
-    else:
-        if deleted:
-            ctx.info(checkpoint, "DataDeleted", f"deleted {deleted}")
+    _delete_owned_data(ctx, checkpoint)
     remaining = [f for f in meta.finalizers or [] if f != PROTECTION_FINALIZER]
     try:
         ctx.kube.patch(CHECKPOINTS, meta.namespace, meta.name, {"metadata": {
@@ -108,3 +103,23 @@ def guard_deletion(ctx: Context, checkpoint: CheckpointHead) -> Optional[float]:
     except Conflict:
         return 0.0  # changed meanwhile: decide again on a fresh read
     return None
+
+
+def _delete_owned_data(ctx: Context, checkpoint: CheckpointHead) -> None:
+    """The store's bytes of an owned Checkpoint, unless another Checkpoint's location points into
+    them (logic/data_holds.py): then they stay, and say so."""
+    meta, status = checkpoint.metadata, checkpoint.status
+    uri = (status.location.s3.uri if status.location and status.location.s3 else None) \
+        or (status.upload.uri if status.upload else None)
+    keeping = data_holds.holders(uri, ctx.indexes.pointers_in_store(meta.namespace), s3=True, exclude=meta.name) \
+        if status.owned and uri else []
+    if keeping and uri:
+        ctx.warn(checkpoint, "DataKept", data_holds.kept_message(uri, keeping, "deleting this Checkpoint releases"))
+        return
+    try:
+        deleted = store_for(ctx.config).delete_owned_data(status, meta.namespace)
+    except ForeignLocation as exc:
+        ctx.warn(checkpoint, "DataNotDeleted", str(exc))
+    else:
+        if deleted:
+            ctx.info(checkpoint, "DataDeleted", f"deleted {deleted}")

@@ -11,7 +11,8 @@ from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator.api.checkpoint import (Checkpoint, CheckpointPhase, CheckpointStatus, Location,
                                                TrainingJobSource, VolumeLocation, VolumeSource)
 from checkpoint_operator.api.sources import SourceStatus
-from checkpoint_operator.reconcile import agent_runs, checkpoint_upload, claim_holds, template_claims, volumes
+from checkpoint_operator.reconcile import (agent_runs, checkpoint_upload, claim_holds, live_sealing, template_claims,
+                                          volumes)
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.kube import NAMESPACES, PVCS, ApiError
@@ -53,6 +54,9 @@ def adopt_volume(ctx: Context, checkpoint: Checkpoint, source: VolumeSource) -> 
     if claim is None or claim.get("status", {}).get("phase") != "Bound":
         state = "does not exist" if claim is None else f"is not Bound (phase {claim.get('status', {}).get('phase')})"
         return Wait("WaitingForVolume", f"spec.source.volume.claimName: PersistentVolumeClaim {source.claimName} {state}")
+    retired = live_sealing.retired_refusal(ctx, claim, source.path)  # a directory the sidecar is removing
+    if retired:
+        return Fail("RetiredDirectory", retired)
     held = claim_holds.hold_for_adopter(ctx, checkpoint, claim)  # never Ready on a claim that may go first
     if held is not None:
         return held

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 from checkpoint_operator.api.checkpoint import CheckpointHead
+from checkpoint_operator.api.clustercheckpoint import ClusterCheckpointHead
 from checkpoint_operator.api.trainingjob import TrainingJobHead, TrainingJobPhase
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.kube import EVENTS, ApiError, Kube
-from checkpoint_operator.logic.conditions import now_rfc3339
+from checkpoint_operator.logic.conditions import now_rfc3339, one_line_message
 from checkpoint_operator.logic.inputs import TrainingJobInfo
 from checkpoint_operator.logic.live_sealing import LiveMemory
 from checkpoint_operator.reconcile.indexes import Indexes
@@ -47,6 +48,8 @@ class Context:
     # (reconcile/live_sealing.py)
     live: dict[tuple[str, str], LiveMemory] = field(default_factory=dict)
     resync: Optional[asyncio.Task[None]] = None
+    # The namespaces the operator serves (empty: every namespace): a ClusterCheckpoint's users are listed there.
+    namespaces: list[str] = field(default_factory=list)
 
     @property
     def indexes(self) -> Indexes:
@@ -72,19 +75,24 @@ class Context:
     def has_queue(self) -> bool:
         return self._queue is not None
 
-    def event(self, obj: CheckpointHead | TrainingJobHead | Mapping[str, Any], type_: str, reason: str,
+    def event(self, obj: CheckpointHead | TrainingJobHead | ClusterCheckpointHead | Mapping[str, Any], type_: str, reason: str,
               message: str) -> None:
         """A Kubernetes Event on `obj` (an api model or a body) and a log line."""
         ref = _reference(obj)
+        message = one_line_message(message)  # an Event is one line, whatever it quotes
         log = logger.warning if type_ == "Warning" else logger.info
         log("%s %s/%s: %s: %s", ref["kind"], ref["namespace"], ref["name"], reason, message)
         now = now_rfc3339()
-        body = {"metadata": {"generateName": f"{ref['name'][:200]}.", "namespace": ref["namespace"]},
-                "involvedObject": ref, "type": type_, "reason": reason, "message": message[:MAX_EVENT_MESSAGE],
+        # A cluster-scoped object's Events go to the catalog namespace (the operator's): `kubectl describe`
+        # finds them in any namespace, and the operator writes nothing in a namespace it does not serve.
+        namespace = ref["namespace"] or self.config.catalog_namespace
+        body = {"metadata": {"generateName": f"{ref['name'][:200]}.", "namespace": namespace},
+                "involvedObject": {k: v for k, v in ref.items() if v or k != "namespace"},  # none: cluster-scoped
+                "type": type_, "reason": reason, "message": message[:MAX_EVENT_MESSAGE],
                 "source": {"component": COMPONENT}, "reportingComponent": COMPONENT, "count": 1,
                 "firstTimestamp": now, "lastTimestamp": now}
         try:
-            self.kube.create(EVENTS, ref["namespace"], body)
+            self.kube.create(EVENTS, namespace, body)
         except (ApiError, OSError) as exc:  # an event is a courtesy: never fail a reconcile for it
             logger.warning("could not post event %s on %s/%s: %s", reason, ref["namespace"], ref["name"], exc)
 
@@ -117,16 +125,18 @@ class Context:
             self.live.pop(live, None)
         return len(gone_writes) + len(gone_uses) + len(gone_live)
 
-    def warn(self, obj: CheckpointHead | TrainingJobHead | Mapping[str, Any], reason: str, message: str) -> None:
+    def warn(self, obj: CheckpointHead | TrainingJobHead | ClusterCheckpointHead | Mapping[str, Any], reason: str, message: str) -> None:
         self.event(obj, "Warning", reason, message)
 
-    def info(self, obj: CheckpointHead | TrainingJobHead | Mapping[str, Any], reason: str, message: str) -> None:
+    def info(self, obj: CheckpointHead | TrainingJobHead | ClusterCheckpointHead | Mapping[str, Any], reason: str, message: str) -> None:
         self.event(obj, "Normal", reason, message)
 
 
 def _indexed(indexes: Indexes, kind: str, namespace: str, name: str) -> bool:
     if kind == "TrainingJob":
         return indexes.training_job(namespace, name) is not None
+    if kind == "ClusterCheckpoint":
+        return indexes.cluster_checkpoint(name) is not None
     return indexes.checkpoint(namespace, name) is not None
 
 
@@ -134,8 +144,8 @@ def _running(job: Optional[TrainingJobInfo]) -> bool:
     return job is not None and job.phase == TrainingJobPhase.RUNNING
 
 
-def _reference(obj: CheckpointHead | TrainingJobHead | Mapping[str, Any]) -> dict[str, str]:
-    if isinstance(obj, (CheckpointHead, TrainingJobHead)):
+def _reference(obj: CheckpointHead | TrainingJobHead | ClusterCheckpointHead | Mapping[str, Any]) -> dict[str, str]:
+    if isinstance(obj, (CheckpointHead, TrainingJobHead, ClusterCheckpointHead)):
         meta = obj.metadata
         return {"apiVersion": obj.apiVersion, "kind": obj.kind, "name": meta.name, "namespace": meta.namespace,
                 "uid": meta.uid}

@@ -1,6 +1,6 @@
 """The operator's look-ups, kept by kopf's indexes from the watch streams (no API request).
 
-main.py declares three `kopf.index`es whose functions are below; kopf keeps them current on
+main.py declares four `kopf.index`es whose functions are below; kopf keeps them current on
 every event. `Indexes` answers logic/inputs.py's `Lookup` and the wake-up questions (which
 jobs wait on this Checkpoint, which Checkpoints does this job use) from them. Values are
 small frozen summaries, so 10,000 Checkpoints cost a few MB.
@@ -13,10 +13,12 @@ from typing import Any, Collection, Iterable, Mapping, NamedTuple, Optional, Typ
 
 from checkpoint_operator.api.checkpoint import IMPORT_KINDS
 from checkpoint_operator.api.common import PodPhase
-from checkpoint_operator.api.wire import (CheckpointSourceWire, CheckpointSpecWire, MetadataWire, TrainingJobSpecWire,
-                                          VolumeSourceWire, checkpoint_wire, object_wire, training_job_wire)
+from checkpoint_operator.api.wire import (CheckpointSourceWire, CheckpointSpecWire, CheckpointStatusWire, MetadataWire,
+                                          TrainingJobSpecWire, VolumeSourceWire, checkpoint_wire, object_wire,
+                                          training_job_wire)
+from checkpoint_operator.logic import data_holds
 from checkpoint_operator.logic.agent_pods import PodProblem, pod_problem
-from checkpoint_operator.logic.claim_guard import MAX_TEMPLATE_CLAIMS, claim_references
+from checkpoint_operator.logic.claim_guard import MAX_TEMPLATE_CLAIMS, claim_references, distinct_claims
 from checkpoint_operator.logic.inputs import CheckpointInfo, TrainingJobInfo
 from checkpoint_operator.logic.protection import used_uids
 from checkpoint_operator.logic.workload import (LABEL_COMPONENT, LABEL_TRAINING_JOB_UID, import_claim_name_for,
@@ -39,6 +41,21 @@ class JobUse(NamedTuple):
     uid: str
 
 
+class CatalogUse(NamedTuple):
+    """A TrainingJob of some namespace labelled as using a ClusterCheckpoint."""
+
+    namespace: str
+    name: str
+    uid: str
+
+
+class NamespacedJob(NamedTuple):
+    """A TrainingJob of some namespace whose spec names a ClusterCheckpoint."""
+
+    namespace: str
+    name: str
+
+
 class ClaimOwner(NamedTuple):
     """The object the operator makes a claim for (a TrainingJob's output, a Checkpoint's import)."""
 
@@ -49,10 +66,12 @@ class ClaimOwner(NamedTuple):
 # A key is (what, namespace, ...): ("name", ns, name), ("wants", ns, kind, value), ...; each
 # kind of key holds one kind of value, and the accessors of `Indexes` read each as its type.
 IndexKey = tuple[str, ...]
-IndexValue = Union[CheckpointInfo, TrainingJobInfo, PodState, JobUse, ClaimOwner, str]
+IndexValue = Union[CheckpointInfo, TrainingJobInfo, PodState, JobUse, CatalogUse, NamespacedJob, ClaimOwner,
+                   data_holds.Pointer, str]
 # What kopf keeps (kopf.Index: a mapping of keys to the collection of values of every object).
 Index = Mapping[IndexKey, Collection[IndexValue]]
-V = TypeVar("V", CheckpointInfo, TrainingJobInfo, PodState, JobUse, ClaimOwner, str)
+V = TypeVar("V", CheckpointInfo, TrainingJobInfo, PodState, JobUse, CatalogUse, NamespacedJob, ClaimOwner,
+            data_holds.Pointer, str)
 
 
 def _ns_name(body: Mapping[str, Any]) -> tuple[str, str]:
@@ -71,8 +90,16 @@ def checkpoint_keys(raw: Mapping[str, Any]) -> dict[IndexKey, IndexValue]:
     claim = (source.get("volume") or VolumeSourceWire()).get("claimName")
     if claim:
         keys[("claim", namespace, claim)] = info.name
+    status = body.get("status") or CheckpointStatusWire()
+    on_claim = data_holds.volume_pointer(info.name, source, status)
+    if on_claim is not None:
+        keys[("on-claim", namespace, on_claim[0])] = on_claim[1]
+    s3_uri = ((status.get("location") or {}).get("s3") or {}).get("uri")
+    if isinstance(s3_uri, str) and s3_uri:
+        keys[("on-s3", namespace)] = data_holds.Pointer(info.name, (s3_uri,))
     if any(source.get(kind) is not None for kind in CLAIM_OWNING_SOURCES):
-        keys[("managed-claim", namespace, import_claim_name_for(info.name))] = ClaimOwner("Checkpoint", info.name)
+        keys[("managed-claim", namespace, import_claim_name_for(info.name, info.uid))] = ClaimOwner("Checkpoint",
+                                                                                                   info.name)
     return keys
 
 
@@ -87,16 +114,25 @@ def training_job_keys(raw: Mapping[str, Any]) -> dict[IndexKey, IndexValue]:
         return keys
     spec = body.get("spec") or TrainingJobSpecWire()
     template = (spec.get("template") or {}).get("spec") or {}
-    for reference in claim_references(template)[:MAX_TEMPLATE_CLAIMS]:
-        keys[("template-claim", namespace, reference.claim)] = name
+    for claim in distinct_claims(claim_references(template))[:MAX_TEMPLATE_CLAIMS]:
+        keys[("template-claim", namespace, claim)] = name
     for ref in spec.get("checkpoints") or []:
-        wanted = (("name", ref.get("name")), ("uid", ref.get("uid")), ("producer", ref.get("fromTrainingJob")))
+        wanted = (("name", ref.get("name")), ("uid", ref.get("uid")), ("producer", ref.get("fromTrainingJob")),
+                  ("cluster", ref.get("clusterCheckpoint")))
         for kind, value in wanted:
             if value:
                 keys[("wants", namespace, kind, value)] = name
+                if kind == "cluster":  # a catalog entry's events wake its waiting jobs in every namespace
+                    keys[("wants-cluster", value)] = NamespacedJob(namespace, name)
     for uid in used_uids((body.get("metadata") or MetadataWire()).get("labels")):
         keys[("uses", namespace, uid)] = JobUse(name, info.uid)
+        keys[("uses-any", uid)] = CatalogUse(namespace, name, info.uid)  # a ClusterCheckpoint's users, any namespace
     return keys
+
+
+def cluster_checkpoint_keys(body: Mapping[str, Any]) -> dict[IndexKey, IndexValue]:
+    info = CheckpointInfo.from_body(body)
+    return {("name", info.name): info, ("uid", info.uid): info}
 
 
 def worker_pod_keys(body: Mapping[str, Any]) -> dict[IndexKey, IndexValue]:
@@ -115,8 +151,10 @@ class Indexes:
     copies one store with a single `list()` (a C-level copy of a dict's values, atomic under
     the GIL), so it never iterates a dict that changes."""
 
-    def __init__(self, checkpoints: Index, training_jobs: Index, pods: Index):
+    def __init__(self, checkpoints: Index, training_jobs: Index, pods: Index,
+                 cluster_checkpoints: Optional[Index] = None):
         self._checkpoints, self._training_jobs, self._pods = checkpoints, training_jobs, pods
+        self._cluster_checkpoints: Index = cluster_checkpoints if cluster_checkpoints is not None else {}
 
     @staticmethod
     def _all(index: Index, key: IndexKey, kind: type[V]) -> list[V]:
@@ -140,6 +178,20 @@ class Indexes:
     def training_job(self, namespace: str, name: str) -> Optional[TrainingJobInfo]:
         return self._one(self._training_jobs, ("name", namespace, name), TrainingJobInfo)
 
+    def cluster_checkpoint(self, name: str) -> Optional[CheckpointInfo]:
+        return self._one(self._cluster_checkpoints, ("name", name), CheckpointInfo)
+
+    def cluster_checkpoint_by_uid(self, uid: str) -> Optional[CheckpointInfo]:
+        return self._one(self._cluster_checkpoints, ("uid", uid), CheckpointInfo)
+
+    def users_of_cluster_checkpoint(self, uid: str) -> list[CatalogUse]:
+        """The unfinished TrainingJobs of any namespace labelled as using the catalog entry."""
+        return self._all(self._training_jobs, ("uses-any", uid), CatalogUse)
+
+    def jobs_waiting_on_cluster_checkpoint(self, name: str) -> list[NamespacedJob]:
+        """The unfinished TrainingJobs whose spec names the catalog entry."""
+        return self._all(self._training_jobs, ("wants-cluster", name), NamespacedJob)
+
     # --- wake-ups ------------------------------------------------------------------------
     def training_job_by_uid(self, namespace: str, uid: str) -> Optional[TrainingJobInfo]:
         return self._one(self._training_jobs, ("uid", namespace, uid), TrainingJobInfo)
@@ -155,6 +207,14 @@ class Indexes:
 
     def checkpoints_on_claim(self, namespace: str, claim: str) -> list[str]:
         return self._all(self._checkpoints, ("claim", namespace, claim), str)
+
+    def pointers_on_claim(self, namespace: str, claim: str) -> list[data_holds.Pointer]:
+        """Where each Checkpoint on the claim points (adopted paths and locations)."""
+        return self._all(self._checkpoints, ("on-claim", namespace, claim), data_holds.Pointer)
+
+    def pointers_in_store(self, namespace: str) -> list[data_holds.Pointer]:
+        """The s3 prefix of each Checkpoint of the namespace whose data is in the store."""
+        return self._all(self._checkpoints, ("on-s3", namespace), data_holds.Pointer)
 
     def managed_claim(self, namespace: str, claim: str) -> Optional[ClaimOwner]:
         """The TrainingJob or Checkpoint the operator makes (or made) this claim for."""
@@ -180,3 +240,8 @@ class Indexes:
                 checkpoint = self._one(self._checkpoints, key, CheckpointInfo)
                 if checkpoint is not None and (not checkpoint.phase.is_settled or checkpoint.deleting):
                     yield ("Checkpoint", key[1], key[2])
+        for key in list(self._cluster_checkpoints):
+            if key[0] == "name":
+                entry = self._one(self._cluster_checkpoints, key, CheckpointInfo)
+                if entry is not None and (not entry.phase.is_settled or entry.deleting):
+                    yield ("ClusterCheckpoint", "", key[1])

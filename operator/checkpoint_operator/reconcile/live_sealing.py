@@ -22,6 +22,7 @@ checkpoint again when it starts (a retried pod), and the end-of-job snapshot sca
 from __future__ import annotations
 
 import logging
+from typing import Any, Optional
 
 from checkpoint_operator.agent.manifest import Manifest
 from checkpoint_operator.api.checkpoint import Checkpoint
@@ -32,7 +33,7 @@ from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.reconcile.objects import InvalidObject, parse
 from checkpoint_operator.kube import CHECKPOINTS, PODS, TRAINING_JOBS, ApiError
-from checkpoint_operator.logic import live_sealing, workload
+from checkpoint_operator.logic import data_holds, live_sealing, workload
 from checkpoint_operator.logic.conditions import now_rfc3339
 from checkpoint_operator.logic.snapshot import ScanResult, plan_snapshot
 from checkpoint_operator.logic.status import StatusChange
@@ -162,11 +163,24 @@ def _forget_removed(ctx: Context, tj: TrainingJob, events: live_sealing.LogEvent
 
 
 def _ask_removals(ctx: Context, tj: TrainingJob, running: list[str]) -> None:
-    """The retired directories whose Checkpoint is gone, to the running pods' sidecars."""
+    """The retired directories whose Checkpoint is gone, to the running pods' sidecars; a directory
+    another Checkpoint points into (an adopter of it, logic/data_holds.py) stays while it does."""
     retired = [(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []]
     if not running:
         return
-    still = {(c.directory, c.digest) for c in ctx.indexes.checkpoints_of(tj.metadata.namespace, tj.metadata.uid)}
+    namespace = tj.metadata.namespace
+    own = ctx.indexes.checkpoints_of(namespace, tj.metadata.uid)
+    still = {(c.directory, c.digest) for c in own}
+    others = [p for p in ctx.indexes.pointers_on_claim(namespace, workload.output_claim_name(tj))
+              if p.checkpoint not in {c.name for c in own}]
+    reported = _memory(ctx, tj).reported
+    for path, digest in retired:
+        keeping = data_holds.holders(path, others)
+        if keeping:
+            still.add((path, digest))
+            if ("kept", path, *keeping) not in reported:
+                reported.add(("kept", path, *keeping))
+                ctx.info(tj, "RetiredKept", data_holds.kept_message(path, keeping, "retention released"))
     value = live_sealing.removal_annotation(retired, still)
     annotated = _memory(ctx, tj).annotated
     for pod in running:
@@ -198,6 +212,30 @@ def checkpoint_released(ctx: Context, checkpoint: Checkpoint) -> None:
     if tj.metadata.uid != source.uid or tj.is_finished or not tj.publishes_live:
         return
     _record_live(ctx, tj, sealed=0, retire=[(source.directory, digest)])
+
+
+def retired_refusal(ctx: Context, claim: dict[str, Any], path: str) -> Optional[str]:
+    """An adoption of `path` on the output claim of a running live-sealing job that overlaps a
+    directory its retention released (being removed by the sidecar): why it is refused, or None.
+    Retirement is recorded in the job's status before any removal is asked, and removals skip
+    every directory an indexed adopter points into, so one of the two checks sees every adopter."""
+    namespace = claim["metadata"].get("namespace", "")
+    for owner in claim["metadata"].get("ownerReferences") or []:
+        if owner.get("kind") != "TrainingJob" or not str(owner.get("apiVersion", "")).startswith("ckpt.dev/"):
+            continue
+        body = ctx.kube.get(TRAINING_JOBS, namespace, owner.get("name", ""))
+        if body is None:
+            continue
+        try:
+            tj = parse(TrainingJob, body)
+        except InvalidObject:
+            continue  # a job whose spec no longer parses publishes (and retires) nothing
+        if tj.metadata.uid != owner.get("uid") or tj.is_finished or not tj.publishes_live or tj.status.live is None:
+            continue
+        refusal = data_holds.retired_refusal(path, tj.metadata.name, [r.path for r in tj.status.live.retired or []])
+        if refusal:
+            return refusal
+    return None
 
 
 def _located(ctx: Context, tj: TrainingJob, store: Store, claim: str, manifest: Manifest, uris: dict[str, str],

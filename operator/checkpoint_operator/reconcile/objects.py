@@ -15,10 +15,11 @@ import pydantic
 from pydantic_core import ErrorDetails
 
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead
+from checkpoint_operator.api.clustercheckpoint import ClusterCheckpoint, ClusterCheckpointHead
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobHead
 
-Obj = TypeVar("Obj", TrainingJob, Checkpoint)
-Head = TypeVar("Head", TrainingJobHead, CheckpointHead)
+Obj = TypeVar("Obj", TrainingJob, Checkpoint, ClusterCheckpoint)
+Head = TypeVar("Head", TrainingJobHead, CheckpointHead, ClusterCheckpointHead)
 
 
 @dataclass

@@ -12,16 +12,18 @@ from __future__ import annotations
 from typing import Any, Callable, Optional, TypeVar
 
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead, CheckpointPhase
+from checkpoint_operator.api.clustercheckpoint import ClusterCheckpoint, ClusterCheckpointHead
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobHead, TrainingJobPhase
 from checkpoint_operator.reconcile.context import Context
-from checkpoint_operator.kube import CHECKPOINTS, TRAINING_JOBS, Conflict
+from checkpoint_operator.kube import CHECKPOINTS, CLUSTER_CHECKPOINTS, TRAINING_JOBS, Conflict
 from checkpoint_operator.logic.conditions import now_rfc3339
 from checkpoint_operator.logic.results import Fail, Result, Wait
 from checkpoint_operator.logic.status import StatusChange, apply_change, should_post_event, status_patch, wait_change
 
 MAX_ATTEMPTS = 10
 # The heads too: an object whose spec no longer parses can still be failed (reconcile/objects.py).
-Obj = TypeVar("Obj", TrainingJob, Checkpoint, TrainingJobHead, CheckpointHead)
+Obj = TypeVar("Obj", TrainingJob, Checkpoint, ClusterCheckpoint, TrainingJobHead, CheckpointHead,
+              ClusterCheckpointHead)
 
 
 class StatusConflict(RuntimeError):
@@ -85,6 +87,8 @@ def _patch_status(ctx: Context, obj: Obj, patch: dict[str, Any]) -> dict[str, An
     meta = obj.metadata
     if obj.kind == "TrainingJob":
         return ctx.kube.patch_status(TRAINING_JOBS, meta.namespace, meta.name, patch, meta.resourceVersion)
+    if obj.kind == "ClusterCheckpoint":
+        return ctx.kube.patch_status(CLUSTER_CHECKPOINTS, "", meta.name, patch, meta.resourceVersion)
     return ctx.kube.patch_status(CHECKPOINTS, meta.namespace, meta.name, patch, meta.resourceVersion)
 
 
@@ -92,4 +96,6 @@ def _get(ctx: Context, obj: Obj) -> dict[str, Any] | None:
     meta = obj.metadata
     if obj.kind == "TrainingJob":
         return ctx.kube.get(TRAINING_JOBS, meta.namespace, meta.name)
+    if obj.kind == "ClusterCheckpoint":
+        return ctx.kube.get(CLUSTER_CHECKPOINTS, "", meta.name)
     return ctx.kube.get(CHECKPOINTS, meta.namespace, meta.name)

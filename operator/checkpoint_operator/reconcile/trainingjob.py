@@ -16,13 +16,15 @@ from typing import Any, Optional
 from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator import PROTECTION_FINALIZER
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead
+from checkpoint_operator.api.clustercheckpoint import ClusterCheckpointHead
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobHead, TrainingJobPhase, TrainingJobStatus
-from checkpoint_operator.reconcile import agent_runs, claim_holds, live_sealing, publish, template_claims, volumes
+from checkpoint_operator.reconcile import (agent_runs, catalog_copies, claim_holds, live_sealing, publish,
+                                           template_claims, volumes)
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.objects import InvalidObject, parse, parse_head
 from checkpoint_operator.reconcile import status_writer
 from checkpoint_operator.reconcile.status_writer import write_status
-from checkpoint_operator.kube import CHECKPOINTS, JOBS, PODS, PVCS, TRAINING_JOBS, ApiError, Conflict
+from checkpoint_operator.kube import CHECKPOINTS, CLUSTER_CHECKPOINTS, JOBS, PODS, PVCS, TRAINING_JOBS, ApiError, Conflict
 from checkpoint_operator.logic import trainingjob_flow as flow
 from checkpoint_operator.logic import workload
 from checkpoint_operator.logic.agent_pods import AGENT_OUTPUT_MOUNT, downloaded_input, last_error_line, pod_failure
@@ -94,8 +96,9 @@ def start(ctx: Context, tj: TrainingJob) -> Result:
 
     # Record the use on the job itself first, then read each input live (logic/protection.py).
     tj = _set_uses_labels(ctx, tj, [c.uid for c in resolution.candidates])
-    bodies = [ctx.kube.get(CHECKPOINTS, tj.metadata.namespace, c.name) for c in resolution.candidates]
-    live = [parse_head(CheckpointHead, b) if b is not None else None for b in bodies]
+    bodies = [ctx.kube.get(CLUSTER_CHECKPOINTS, "", c.name) if c.cluster else
+              ctx.kube.get(CHECKPOINTS, tj.metadata.namespace, c.name) for c in resolution.candidates]
+    live = [_input_head(c.cluster, b) for c, b in zip(resolution.candidates, bodies)]
     checked = [check_live_input(c, checkpoint) for c, checkpoint in zip(resolution.candidates, live)]
     logger.debug("TrainingJob %s/%s: inputs read live at %s: %s", tj.metadata.namespace, tj.metadata.name,
                  [c.metadata.resourceVersion if c else None for c in live], checked)
@@ -104,10 +107,28 @@ def start(ctx: Context, tj: TrainingJob) -> Result:
         _release_inputs(ctx, tj)
         return flow.input_wait(waits)
     inputs = [c for c in checked if isinstance(c, ResolvedInput)]
+    # A catalog entry on the volume store: the namespace's own verified copy (made once; the job holds the
+    # entry meanwhile, its uses label stays, so the entry cannot go while it is copied).
+    copied = [catalog_copies.namespace_copy(ctx, tj, body or {}, i) if i.cluster else i
+              for i, body in zip(inputs, bodies)]  # (no waits: every input resolved, in order)
+    stopped = next((c for c in copied if isinstance(c, (Fail, Wait))), None)
+    if stopped is not None:
+        return stopped
+    copying = [c for c in copied if isinstance(c, InputWait)]
+    if copying:
+        return flow.input_wait(copying)
+    inputs = [c for c in copied if isinstance(c, ResolvedInput)]
     if inputs:  # pinned before any pod exists: a restart finds the same inputs, downloads check these digests
         tj = write_status(ctx, tj, StatusChange(fields=TrainingJobStatus(inputs=[i.pinned() for i in inputs],
                                                                          inputCount=len(inputs))))
     return _create_workload(ctx, tj, inputs)
+
+
+def _input_head(cluster: bool, body: Optional[dict[str, Any]]) -> Optional[CheckpointHead | ClusterCheckpointHead]:
+    """An input's metadata and status as read live (a Checkpoint, or a catalog entry)."""
+    if body is None:
+        return None
+    return parse_head(ClusterCheckpointHead, body) if cluster else parse_head(CheckpointHead, body)
 
 
 def _create_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput]) -> Result:

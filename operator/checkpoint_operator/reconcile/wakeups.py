@@ -51,6 +51,7 @@ from checkpoint_operator.api.wire import (CheckpointStatusWire, CheckpointWire, 
                                           checkpoint_wire, object_wire, training_job_wire)
 from checkpoint_operator.api.trainingjob import TrainingJobPhase
 from checkpoint_operator.reconcile.context import Context, ObjectKey
+from checkpoint_operator.logic.catalog import used_by_status as catalog_used_by
 from checkpoint_operator.logic.inputs import CheckpointInfo, TrainingJobInfo
 from checkpoint_operator.logic.protection import used_by_status, used_uids
 from checkpoint_operator.logic.status import set_fields
@@ -91,6 +92,10 @@ def _ckpt(namespace: str, name: str) -> ObjectKey:
     return ("Checkpoint", namespace, name)
 
 
+def _cckpt(name: str) -> ObjectKey:
+    return ("ClusterCheckpoint", "", name)
+
+
 @_never_lost("TrainingJob")
 def training_job_event(ctx: Context, event_type: Optional[str], raw: Mapping[str, Any]) -> None:
     body = training_job_wire(raw)
@@ -115,6 +120,9 @@ def training_job_event(ctx: Context, event_type: Optional[str], raw: Mapping[str
         checkpoint = ctx.indexes.checkpoint_by_uid(namespace, uid)
         if checkpoint is not None:
             ctx.queue.add(_ckpt(namespace, checkpoint.name), after=DEBOUNCE)
+        entry = ctx.indexes.cluster_checkpoint_by_uid(uid)
+        if entry is not None:  # a catalog entry: its usedBy, a deletion it blocks
+            ctx.queue.add(_cckpt(entry.name), after=DEBOUNCE)
     if gone:
         ctx.forget("TrainingJob", namespace, name, info.uid)
 
@@ -153,6 +161,27 @@ def checkpoint_event(ctx: Context, event_type: Optional[str], raw: Mapping[str, 
     ctx.queue.add_all(_tj(namespace, n) for n in pending)
 
 
+@_never_lost("ClusterCheckpoint")
+def cluster_checkpoint_event(ctx: Context, event_type: Optional[str], raw: Mapping[str, Any]) -> None:
+    """A catalog entry changed: itself (unless settled and up to date), and the Pending jobs of every
+    namespace that name it."""
+    body = object_wire(raw)
+    meta = body.get("metadata") or MetadataWire()
+    status = raw.get("status") or {}
+    info = CheckpointInfo.from_body(raw)
+    if event_type == "DELETED":
+        ctx.forget("ClusterCheckpoint", "", info.name, info.uid)
+    elif not _own_write(ctx, "ClusterCheckpoint", meta):
+        finalized = PROTECTION_FINALIZER in (meta.get("finalizers") or [])
+        wanted = set_fields(catalog_used_by(ctx.indexes.users_of_cluster_checkpoint(info.uid)))
+        current = {"usedBy": status.get("usedBy") or [], "usedByCount": status.get("usedByCount") or 0}
+        if info.deleting or not finalized or not info.phase.is_settled or wanted != current:
+            ctx.queue.add(_cckpt(info.name))
+    for namespace, name in ctx.indexes.jobs_waiting_on_cluster_checkpoint(info.name):
+        if name in _pending(ctx, namespace, [name]):
+            ctx.queue.add(_tj(namespace, name))
+
+
 def _own_write(ctx: Context, kind: str, meta: MetadataWire) -> bool:
     """The event of our own last write of this object: the writer already acted on that state
     (the dependents' wake-ups still happen)."""
@@ -189,6 +218,10 @@ def child_event(ctx: Context, raw: Mapping[str, Any]) -> None:
     for owner in meta.get("ownerReferences") or []:
         if owner.get("kind") == "TrainingJob":
             ctx.queue.add(_tj(namespace, owner.get("name", "")))
+        elif owner.get("kind") == "ClusterCheckpoint":  # its import pod, or a namespace's copy and its pod
+            ctx.queue.add(_cckpt(owner.get("name", "")))
+            ctx.queue.add_all(_tj(namespace, n) for n in _pending(
+                ctx, namespace, ctx.indexes.jobs_waiting_on(namespace, "cluster", owner.get("name", ""))))
         elif owner.get("kind") == "Checkpoint":
             info = ctx.indexes.checkpoint(namespace, owner.get("name", ""))
             serves_request = (meta.get("labels") or {}).get(LABEL_COMPONENT) in ("verify", "pull")

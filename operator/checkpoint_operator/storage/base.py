@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from checkpoint_operator.agent.manifest import Manifest
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointStatus, Location, VolumeLocation
+from checkpoint_operator.api.clustercheckpoint import ClusterCheckpoint, ClusterCheckpointStatus
 from checkpoint_operator.api.upload import UploadStatus
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.config import OperatorConfig
@@ -100,6 +101,31 @@ class Store(ABC):
         """Uploads of the snapshot that became no Checkpoint (dropped by retention, retired while
         the job ran): deleted, so nothing is left in the store that no object owns."""
         return []
+
+    # --- the catalog (ClusterCheckpoints: docs/catalog.md) ------------------------------------------
+    # volume: the catalog's copy is a claim of the operator's namespace and each namespace that uses an
+    # entry gets a verified copy of its own (`copy_containers`); s3: one copy under the catalog prefix,
+    # which every namespace's credentials read.
+
+    @property
+    def copies_per_namespace(self) -> bool:
+        return self.keeps_output_claim
+
+    @abstractmethod
+    def catalog_import_containers(self, entry: ClusterCheckpoint, max_size: int) -> PodParts:
+        """(init containers, containers, volumes) of the pod that imports a catalog entry (operator's namespace)."""
+
+    @abstractmethod
+    def catalog_import_location(self, entry: ClusterCheckpoint, claim: str, uploads: dict[str, str]) -> Location: ...
+
+    def copy_containers(self, entry: ClusterCheckpoint, claim: str, max_size: int) -> PodParts:
+        """The pod parts that copy an entry into a namespace's claim (stores with copies_per_namespace)."""
+        raise NotImplementedError(f"the {self.name} store reads catalog entries where they are")
+
+    def delete_catalog_data(self, status: ClusterCheckpointStatus) -> Optional[str]:
+        """Delete a deleted entry's data that the operator owns (volume: its claims go with it, by owner
+        references); return where it was."""
+        return None
 
     def delete_owned_data(self, status: CheckpointStatus, namespace: str) -> Optional[str]:
         """Delete the data of a deleted Checkpoint (of `namespace`) that the operator owns; return

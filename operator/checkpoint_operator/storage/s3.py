@@ -26,8 +26,10 @@ from checkpoint_operator.logic import agent_commands
 from checkpoint_operator.logic.agent_pods import (STAGING_MOUNT, STAGING_VOLUME, InputVolumes, agent_container,
                                                   download_container, staging_size_limit)
 from checkpoint_operator.logic.inputs import ResolvedInput
-from checkpoint_operator.logic.import_sources import import_spec
+from checkpoint_operator.api.clustercheckpoint import ClusterCheckpoint, ClusterCheckpointStatus
+from checkpoint_operator.logic.import_sources import ImportSpec, import_spec, import_spec_of
 from checkpoint_operator.logic.workload import import_data_dir
+from checkpoint_operator.logic.catalog import CATALOG_DIRECTORY
 from checkpoint_operator.logic.transfers import UploadRequest, build_upload_check_pod
 from checkpoint_operator.storage.base import ForeignLocation, MissingUpload, PodParts, Store, UploadPod
 
@@ -117,17 +119,50 @@ class S3Store(Store):
                               repr(manifest.path))
 
     def import_containers(self, checkpoint: Checkpoint, max_size: int) -> PodParts:
+        meta = checkpoint.metadata
+        return self._import_parts(import_spec(checkpoint), self.prefix_for(meta.namespace, meta.name, meta.uid),
+                                  max_size)
+
+    # --- the catalog (ClusterCheckpoints) --------------------------------------------------------
+
+    def catalog_prefix(self) -> str:
+        """s3://<bucket>/<prefix>/_catalog/: every namespace's credentials may read it, none may write it
+        (`_catalog` is no namespace's name: a namespace name has no '_'). The catalog's import pod, in the
+        operator's namespace, writes it with that namespace's store Secret."""
+        parts = [p for p in (self.config.s3_prefix.strip("/"), CATALOG_DIRECTORY) if p]
+        return f"s3://{self.config.s3_bucket}/" + "/".join(parts) + "/"
+
+    def catalog_entry_prefix(self, entry: ClusterCheckpoint) -> str:
+        return self.catalog_prefix() + f"{entry.metadata.name}-{entry.metadata.uid[:8]}/"
+
+    def catalog_import_containers(self, entry: ClusterCheckpoint, max_size: int) -> PodParts:
+        return self._import_parts(import_spec_of(entry.spec.source), self.catalog_entry_prefix(entry), max_size)
+
+    def catalog_import_location(self, entry: ClusterCheckpoint, claim: str, uploads: dict[str, str]) -> Location:
+        if "." not in uploads:
+            raise MissingUpload("the import pod did not upload the catalog entry")
+        return self._uploaded(uploads["."], self.catalog_entry_prefix(entry), "the catalog entry")
+
+    def delete_catalog_data(self, status: ClusterCheckpointStatus) -> Optional[str]:
+        """A deleted entry's data, never outside the catalog prefix (whatever its status says)."""
+        uri = status.location.s3.uri if status.location and status.location.s3 else None
+        if not (status.owned and uri):
+            return None
+        if not _under(uri, self.catalog_prefix()):
+            raise ForeignLocation(f"{uri} is outside the catalog prefix {self.catalog_prefix()}: not deleted")
+        from checkpoint_operator.agent.s3 import delete_prefix
+        delete_prefix(uri, endpoint_url=self.config.s3_endpoint)
+        return uri
+
+    def _import_parts(self, source: ImportSpec, upload_to: str, max_size: int) -> PodParts:
         """Fetch with the source's credentials (init container), upload with the store's; the
         staging emptyDir is capped at the size limit."""
-        meta = checkpoint.metadata
-        source = import_spec(checkpoint)
         data_dir = import_data_dir()
         mount = [{"name": "data", "mountPath": posixpath.dirname(data_dir)}]
         fetch = agent_container("import", agent_commands.import_(source.uri, data_dir, max_size=max_size,
                                                                  source_args=source.args),
                                 self.config, mounts=mount + source.mounts, env=source.env)
-        upload = agent_container("upload", agent_commands.snapshot(
-            data_dir, self.prefix_for(meta.namespace, meta.name, meta.uid), single=True),
+        upload = agent_container("upload", agent_commands.snapshot(data_dir, upload_to, single=True),
             self.config, mounts=mount, env=self.agent_env())
         volumes = [{"name": "data", "emptyDir": {"sizeLimit": staging_size_limit(None, max_size)}}, *source.volumes]
         return [fetch], [upload], volumes

@@ -16,7 +16,9 @@ from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.logic import agent_commands
 from checkpoint_operator.logic.agent_pods import INPUT_VOLUME_PREFIX, InputVolumes, agent_container
 from checkpoint_operator.logic.inputs import ResolvedInput
-from checkpoint_operator.logic.import_sources import import_spec
+from checkpoint_operator.api.clustercheckpoint import ClusterCheckpoint
+from checkpoint_operator.logic.catalog import catalog_claim_name
+from checkpoint_operator.logic.import_sources import ImportSpec, import_spec, import_spec_of, pinned_source
 from checkpoint_operator.logic.workload import IMPORT_DIR, import_claim_name, import_data_dir
 from checkpoint_operator.logic.transfers import UploadRequest, build_receiver_pod
 from checkpoint_operator.storage.base import PodParts, Store, UploadPod
@@ -61,8 +63,26 @@ class VolumeStore(Store):
         return Location(volume=VolumeLocation(claimName=claim, path=manifest.path))
 
     def import_containers(self, checkpoint: Checkpoint, max_size: int) -> PodParts:
+        return self._import_parts(import_spec(checkpoint), import_claim_name(checkpoint), max_size)
+
+    # --- the catalog (ClusterCheckpoints) --------------------------------------------------------
+
+    def catalog_import_containers(self, entry: ClusterCheckpoint, max_size: int) -> PodParts:
+        """The catalog's copy, on a claim of the operator's namespace (the digest every use is checked against)."""
+        return self._import_parts(import_spec_of(entry.spec.source), catalog_claim_name(entry), max_size)
+
+    def catalog_import_location(self, entry: ClusterCheckpoint, claim: str, uploads: dict[str, str]) -> Location:
+        return Location(volume=VolumeLocation(claimName=claim, path=IMPORT_DIR))
+
+    def copy_containers(self, entry: ClusterCheckpoint, claim: str, max_size: int) -> PodParts:
+        """A namespace's copy: a claim cannot be mounted from another namespace, so the source is fetched
+        again at the commit the catalog's import recorded, and the scan's digest must equal the entry's."""
+        source = pinned_source(entry.spec.source, (entry.status.source.resolvedRevision
+                                                   if entry.status.source else None))
+        return self._import_parts(import_spec_of(source), claim, max_size)
+
+    def _import_parts(self, source: ImportSpec, claim: str, max_size: int) -> PodParts:
         data_dir = import_data_dir()
-        source = import_spec(checkpoint)
         mount = [{"name": "data", "mountPath": posixpath.dirname(data_dir)}]
         fetch = agent_commands.import_(source.uri, data_dir, max_size=max_size, source_args=source.args)
         scan = agent_commands.scan(data_dir, single=True)
@@ -72,7 +92,7 @@ class VolumeStore(Store):
         script = f'{" ".join(fetch[:3])} "$@" && {" ".join(scan[:3])} "$0" --single --json'
         container = agent_container("import", ["sh", "-c", script, data_dir, *fetch[3:]], self.config,
                                     mounts=mount + source.mounts, env=source.env)
-        volumes = [{"name": "data", "persistentVolumeClaim": {"claimName": import_claim_name(checkpoint)}}, *source.volumes]
+        volumes = [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}, *source.volumes]
         return [], [container], volumes
 
     def import_location(self, checkpoint: Checkpoint, claim: str, uploads: dict[str, str]) -> Location:

@@ -370,14 +370,14 @@ def test_a_model_directory_whose_weights_are_not_weights_is_incomplete(tmp_path,
 def test_a_cut_shard_of_an_index_and_a_garbled_config(tmp_path):
     root = tmp_path / "final"
     write(root / "config.json", "{}")
-    shard = safetensors_bytes({"a": 64})
+    shard, second = safetensors_bytes({"a": 64}), safetensors_bytes({"b": 64})
     write(root / "model-00001-of-00002.safetensors", shard)
-    write(root / "model-00002-of-00002.safetensors", shard[:-1])
+    write(root / "model-00002-of-00002.safetensors", second[:-1])
     write(root / "model.safetensors.index.json", json.dumps({"weight_map": {
         "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
     assert describe(root).completeReason == \
         "model-00002-of-00002.safetensors: its header's tensors need 134 bytes, the file has 133 (cut short)"
-    write(root / "model-00002-of-00002.safetensors", shard)
+    write(root / "model-00002-of-00002.safetensors", second)
     assert describe(root).complete is True
     write(root / "config.json", '{"model_type": ')
     assert describe(root).completeReason.startswith("config.json: not valid JSON")

@@ -18,7 +18,7 @@ from checkpoint_operator.agent.names import (
 @pytest.mark.parametrize("rel", [
     "a.bin", "sub/dir/model.safetensors", ".hidden", "dir/.hidden/x", "données/模型权重.json",
     "rng state.pt", "é" * 127, "a" * MAX_COMPONENT_BYTES, "/".join(["d" * 200] * 20),
-    "x..y", "...", "-rf", "ZWNJ\u200cname",
+    "x..y", "...", "-rf", "\u00a0nbsp", "emoji-\U0001f642",
 ])
 def test_valid_names(rel):
     assert path_problem(rel) is None
@@ -44,6 +44,16 @@ def test_valid_names(rel):
     ("a" * (MAX_COMPONENT_BYTES + 1), "longer than 255 bytes"),
     ("é" * 128, "longer than 255 bytes"),
     ("/".join(["d" * 200] * 21), "longer than 4096 bytes"),
+    # hostile1 D12: invisible characters (Default_Ignorable_Code_Point) make display twins of names
+    ("model\u200b.safetensors", "invisible character U+200B"),
+    ("model\u00ad.bin", "invisible character U+00AD"),
+    ("model\u2060.bin", "invisible character U+2060"),
+    ("model\u034f.bin", "invisible character U+034F"),
+    ("model\ufe0f.bin", "invisible character U+FE0F"),
+    ("\ufeffmodel.bin", "invisible character U+FEFF"),
+    ("ZWNJ\u200cname", "invisible character U+200C"),
+    ("tag\U000e0041", "invisible character U+E0041"),
+    ("hangul\u3164filler", "invisible character U+3164"),
     (".ckpt-download-0123abcd", "reserved"),
     ("sub/.ckpt-download-x.parts", "reserved"),
 ])
@@ -138,9 +148,13 @@ def test_bidirectional_controls_are_refused_and_shown_escaped(ch):
     assert ch not in printable(name) and f"\\u{ord(ch):04x}" in printable(name)
 
 
-def test_other_format_characters_stay_valid():
-    # ZWNJ and ZWJ are parts of ordinary words and emoji; only the reordering controls are refused.
-    assert path_problem("ZWNJ\u200cname/ZWJ\u200d") is None
+def test_invisible_characters_are_refused_and_shown_by_code_point():
+    """hostile1 D12: `model\u200b.bin` displayed exactly as `model.bin` beside it. Every
+    Default_Ignorable_Code_Point is refused, ZWNJ and ZWJ too (the price: a Persian name that needs a
+    ZWNJ, an emoji joined by a ZWJ); a format character that shows (U+0600) stays valid."""
+    assert "invisible character U+200D" in path_problem("ZWJ\u200d")
+    assert printable("model\u200b.bin") == "model\\u200b.bin"
+    assert path_problem("arabic-number-sign-\u0600") is None
 
 
 NFC_E, NFD_E, KELVIN = "caf\u00e9", "cafe\u0301", "\u212a"

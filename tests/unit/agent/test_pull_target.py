@@ -7,7 +7,8 @@ import hashlib
 import os
 
 from checkpoint_operator.agent.manifest import MANIFEST_NAME, FileEntry, Manifest, digest_of
-from checkpoint_operator.agent.pull_target import examine, remove_foreign
+from checkpoint_operator.agent import pull_target
+from checkpoint_operator.agent.pull_target import case_refusal, case_twins, examine, pulled_into, remove_foreign
 
 
 def manifest_of(files: dict[str, bytes]) -> Manifest:
@@ -64,3 +65,43 @@ def test_without_a_file_list_only_temporaries_may_be_there(tmp_path):
     assert examine(str(tmp_path), None, "sha256:" + "0" * 64).count == 0
     (tmp_path / "w.bin").write_bytes(b"w")
     assert [f.rel for f in examine(str(tmp_path), None, "sha256:" + "0" * 64).foreign] == ["w.bin"]
+
+
+def test_clean_is_allowed_only_where_a_pull_wrote(tmp_path):
+    """hostile1's note (`pull x ~ --clean`): a directory showing no trace of a pull is the user's."""
+    manifest = manifest_of(FILES)
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id").write_bytes(b"key")
+    (home / "config.json").write_bytes(b"a different size")  # a namesake is not the checkpoint's file
+    assert not pulled_into(str(home), manifest)
+    assert not pulled_into(str(home), None)
+    link = tmp_path / "link"
+    link.symlink_to(home)
+    assert not pulled_into(str(link), manifest)
+    assert pulled_into(str(tmp_path / "new"), manifest)
+    (tmp_path / "empty").mkdir()
+    assert pulled_into(str(tmp_path / "empty"), manifest)
+    for trace in (MANIFEST_NAME, ".ckpt-download-0123", "sub/w.bin"):
+        one = tmp_path / trace.replace("/", "_").lstrip(".")
+        os.makedirs(os.path.dirname(one / trace), exist_ok=True)
+        (one / trace).write_bytes(FILES.get(trace, b"x"))
+        (one / "junk").write_bytes(b"j")
+        assert pulled_into(str(one), manifest), trace
+
+
+def test_case_twins_are_refused_only_where_the_filesystem_folds_case(tmp_path, monkeypatch):
+    """hostile1 D12's case-twin decision: names keep their case (Linux and S3 tell `A` from `a`),
+    so a pull onto a case-insensitive filesystem (macOS, Windows) would write one file over its
+    twin, verified each, and end one file short: refused there before a byte is written."""
+    twins = manifest_of({"A.bin": b"1", "sub/x": b"2", "a.bin": b"3"})
+    assert case_twins(twins) == ("A.bin", "a.bin")
+    assert case_twins(manifest_of(FILES)) is None
+    assert not pull_target.case_insensitive(str(tmp_path / "new" / "deeper"))  # Linux: the nearest parent probed
+    assert os.listdir(tmp_path) == []  # the probe file is gone
+    assert case_refusal(str(tmp_path), twins) is None
+    monkeypatch.setattr(pull_target, "case_insensitive", lambda directory: True)
+    assert case_refusal(str(tmp_path), manifest_of(FILES)) is None
+    refusal = case_refusal(str(tmp_path), twins)
+    assert refusal is not None and "\n" not in refusal
+    assert "case-insensitive filesystem" in refusal and "'A.bin' and 'a.bin'" in refusal

@@ -18,10 +18,11 @@ import yaml
 from checkpoint_operator.api import crdgen
 from checkpoint_operator.api.checkpoint import SOURCE_KINDS, Checkpoint, CheckpointSpec
 from checkpoint_operator.api.rules import Description
+from checkpoint_operator.api.clustercheckpoint import ClusterCheckpoint
 from checkpoint_operator.api.trainingjob import TrainingJob
 from .test_rules import CASES, CRD_FILES, ROOT, apply_defaults, evaluate_rules, load_crd, open_api_schema
 
-MODELS = {"Checkpoint": Checkpoint, "TrainingJob": TrainingJob}
+MODELS = {"Checkpoint": Checkpoint, "TrainingJob": TrainingJob, "ClusterCheckpoint": ClusterCheckpoint}
 EXAMPLES = ROOT / "examples"
 
 
@@ -298,7 +299,7 @@ def test_examples_exist() -> None:
     assert {"checkpoint-s3.yaml", "checkpoint-http.yaml", "checkpoint-volume.yaml", "trainingjob.yaml",
             "trainingjob-two-inputs.yaml"} <= names
     kinds = {doc["kind"] for _, doc in EXAMPLE_DOCS}
-    assert kinds == {"Checkpoint", "TrainingJob"}
+    assert kinds == {"Checkpoint", "TrainingJob", "ClusterCheckpoint"}
 
 
 def test_every_source_a_user_writes_has_an_example() -> None:
@@ -312,7 +313,7 @@ def test_every_source_a_user_writes_has_an_example() -> None:
 
 @pytest.mark.parametrize("name, doc", EXAMPLE_DOCS, ids=[n for n, _ in EXAMPLE_DOCS])
 def test_example_is_accepted_by_the_crd_and_the_models(name: str, doc: dict) -> None:
-    assert doc["apiVersion"] == "ckpt.dev/v1alpha1" and doc["kind"] in MODELS
+    assert doc["apiVersion"] == "ckpt.dev/v1alpha1" and doc["kind"] in MODELS, doc["kind"]
     assert "namespace" not in doc.get("metadata", {}), "examples are namespace-less"
     schema = open_api_schema(load_crd(doc["kind"]))
     defaulted = apply_defaults(schema, copy.deepcopy(doc))

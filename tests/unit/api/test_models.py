@@ -9,12 +9,13 @@ import pydantic
 import pytest
 
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointSpec, VolumeSource
+from checkpoint_operator.api.clustercheckpoint import ClusterCheckpoint
 from checkpoint_operator.api.trainingjob import OutputSpec, TrainingJob, TrainingJobSpec
 from .test_rules import (CASES, Case, apply_defaults, checkpoint, iter_schema_rules, load_crd, open_api_schema,
                              training_job)
 from .test_crdgen import to_json_schema
 
-MODELS = {"Checkpoint": Checkpoint, "TrainingJob": TrainingJob}
+MODELS = {"Checkpoint": Checkpoint, "TrainingJob": TrainingJob, "ClusterCheckpoint": ClusterCheckpoint}
 
 
 def crd_messages(case: Case) -> list[str]:
@@ -63,7 +64,7 @@ def test_models_accept_and_default_like_the_crd() -> None:
 def test_immutability_is_left_to_the_api_server() -> None:
     # A transition rule needs the stored object: the model accepts each version on its own.
     for case in [c for c in CASES if c.old is not None]:
-        model = Checkpoint if case.kind == "Checkpoint" else TrainingJob
+        model = MODELS[case.kind]
         model.model_validate(case.obj)
         model.model_validate(case.old)
 

@@ -28,7 +28,8 @@ from checkpoint_operator.api.rules import Rule
 
 ROOT = Path(__file__).resolve().parents[3]
 CRD_FILES = {"Checkpoint": ROOT / "crds" / "ckpt.dev_checkpoints.yaml",
-             "TrainingJob": ROOT / "crds" / "ckpt.dev_trainingjobs.yaml"}
+             "TrainingJob": ROOT / "crds" / "ckpt.dev_trainingjobs.yaml",
+             "ClusterCheckpoint": ROOT / "crds" / "ckpt.dev_clustercheckpoints.yaml"}
 
 
 # --- schema helpers (shared) ------------------------------------------------------------------
@@ -138,6 +139,11 @@ def checkpoint(**spec: Any) -> dict:
 def training_job(**spec: Any) -> dict:
     spec.setdefault("template", {"spec": {"containers": [{"name": "trainer", "image": "trainer:1"}]}})
     return {"apiVersion": "ckpt.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "tj"}, "spec": spec}
+
+
+def cluster_checkpoint(**spec: Any) -> dict:
+    spec.setdefault("source", {"huggingFace": {"repo": "org/tiny"}})
+    return {"apiVersion": "ckpt.dev/v1alpha1", "kind": "ClusterCheckpoint", "metadata": {"name": "tiny"}, "spec": spec}
 
 
 def inputs(*refs: dict) -> dict:
@@ -258,7 +264,7 @@ CASES: list[Case] = [
     Case("s3-access-key-in-uri", checkpoint(source={"s3": {"uri": "s3://AKIAEXAMPLE:SECRET@bucket/x/"}}),
          ("spec.source.s3.uri must not carry credentials",)),
     Case("s3-endpoint-credentials", checkpoint(source={"s3": {**S3, "endpoint": "https://AKIA:SECRET@minio:9000"}}),
-         ("spec.source.s3.endpoint must be",)),
+         ("spec.source.s3.endpoint must not carry credentials",)),
     Case("s3-endpoint-not-http", checkpoint(source={"s3": {**S3, "endpoint": "minio:9000"}}),
          ("spec.source.s3.endpoint must be",)),
     Case("s3-uri-crlf-encoded", checkpoint(source={"s3": {"uri": "s3://bucket/a%0D%0Ab/"}}),
@@ -289,6 +295,47 @@ CASES: list[Case] = [
          (AZURE_URI,)),
     Case("git-url-control", checkpoint(source={"git": {"url": "https://e.com/r%0A.git"}}),
          ("spec.source.git.url must not hold control characters",)),
+    # hostile1 D3, D4, D12: one URL rule with the agent's (api/urls.py; tests/unit/api/test_url_rule.py)
+    Case("http-fullwidth-at", checkpoint(source={"http": {"url": "http://\uff55\uff20127.0.0.1:9/x.tar"}}),
+         ("spec.source.http.url must be scheme://host",)),
+    Case("http-unclosed-ipv6", checkpoint(source={"http": {"url": "http://[::1/x.tar"}}),
+         ("spec.source.http.url must be scheme://host",)),
+    Case("http-empty-label", checkpoint(source={"http": {"url": "http://a..b/x.tar"}}),
+         ("spec.source.http.url must be scheme://host",)),
+    Case("s3-uri-unclosed-ipv6", checkpoint(source={"s3": {"uri": "s3://[::1/x/"}}),
+         ("spec.source.s3.uri must be scheme://host",)),
+    Case("hf-endpoint-empty-label", checkpoint(source={"huggingFace": {"repo": "a/b", "endpoint": "https://a..b"}}),
+         ("spec.source.huggingFace.endpoint must be scheme://host",)),
+    Case("gcs-endpoint-token", checkpoint(source={"gcs": {"uri": "gs://bucket/x/",
+                                                          "endpoint": "https://storage.local/?access_token=x"}}),
+         ("spec.source.gcs.endpoint must not carry credentials",)),
+    Case("azure-empty-label", checkpoint(source={"azureBlob": {"uri": "https://acct.blob.core..windows.net/models/x/"}}),
+         ("spec.source.azureBlob.uri must be scheme://host",)),
+    Case("http-ipv6", checkpoint(source={"http": {"url": "http://[fe80::1:2]:8080/x.tar"}})),
+    Case("s3-endpoint-unclosed-ipv6", checkpoint(source={"s3": {**S3, "endpoint": "http://[::1:9000"}}),
+         ("spec.source.s3.endpoint must be scheme://host",)),
+    Case("git-fullwidth-at", checkpoint(source={"git": {"url": "https://\uff55\uff20h/r.git"}}),
+         ("spec.source.git.url must be scheme://host",)),
+    Case("azure-sas-in-query", checkpoint(source={"azureBlob": {
+        "uri": "https://acct.blob.core.windows.net/models/llama/?sv=2020-08-04&sig=SECRETSIG"}}),
+         ("spec.source.azureBlob.uri must not carry credentials",)),
+    Case("http-presigned", checkpoint(source={"http": {
+        "url": "https://h/x.tar?X-Amz-Credential=AKIA%2F1&X-Amz-Signature=abc"}}),
+         ("spec.source.http.url must not carry credentials",)),
+    Case("http-encoded-token", checkpoint(source={"http": {"url": "https://h/x.tar?%74oken=abc"}}),
+         ("spec.source.http.url must not carry credentials",)),
+    Case("http-harmless-query", checkpoint(source={"http": {"url": "https://h/x.tar?download=true&signature_v=2"}})),
+    Case("http-bidi-encoded", checkpoint(source={"http": {"url": "https://h/m%E2%80%AE.tar"}}),
+         ("spec.source.http.url must not hold control characters",)),
+    Case("gcs-zwsp", checkpoint(source={"gcs": {"uri": "gs://bucket/model\u200b/"}}),
+         ("spec.source.gcs.uri must not hold control characters",)),
+    Case("volume-path-newline", checkpoint(source={"volume": {"claimName": "data", "path": "/a\nb"}}),
+         ("spec.source.volume.path must not hold control characters",)),
+    Case("volume-path-bidi", checkpoint(source={"volume": {"claimName": "data", "path": "/\u202ex"}}),
+         ("spec.source.volume.path must not hold control characters",)),
+    Case("volume-path-zwsp", checkpoint(source={"volume": {"claimName": "data", "path": "/runs/7\u200b"}}),
+         ("spec.source.volume.path must not hold control characters",)),
+    Case("volume-path-percent-is-a-name", checkpoint(source={"volume": {"claimName": "data", "path": "/a%0Ab/caf\u00e9"}})),
     Case("http-plain", checkpoint(source={"http": {"url": "http://example.com/m.zip"}})),
     Case("http-ftp", checkpoint(source={"http": {"url": "ftp://example.com/m.zip"}})),
     Case("http-no-scheme", checkpoint(source={"http": {"url": "example.com/m.zip"}}), (HTTP_URL,)),
@@ -342,6 +389,22 @@ CASES: list[Case] = [
     Case("job-underscore", inputs({"fromTrainingJob": "sft_1"}), (REF_JOB,)),
     Case("job-leading-dash", inputs({"fromTrainingJob": "-sft"}), (REF_JOB,)),
     Case("job-too-long", inputs({"fromTrainingJob": LONG_BAD}), (REF_JOB,), openapi_valid=False),
+    Case("cluster-ref", inputs({"clusterCheckpoint": "gpt2-tiny", "mountName": "base"})),
+    Case("cluster-ref-uppercase", inputs({"clusterCheckpoint": "GPT2"}), ("spec.checkpoints[].clusterCheckpoint",)),
+    Case("cluster-ref-and-name", inputs({"clusterCheckpoint": "a", "name": "b"}), (REF_ONE,)),
+    Case("catalog-hf", cluster_checkpoint(license="https://www.apache.org/licenses/LICENSE-2.0")),
+    Case("catalog-two-sources", cluster_checkpoint(source={"huggingFace": {"repo": "org/tiny"},
+                                                           "http": {"url": "https://example.com/m.tgz"}}), (SOURCE,)),
+    Case("catalog-no-source", cluster_checkpoint(source={}), (SOURCE,)),
+    Case("catalog-license-not-a-url", cluster_checkpoint(license="Apache-2.0"), ("spec.license",)),
+    Case("catalog-license-with-credentials", cluster_checkpoint(license="https://u:p@example.com/l"),
+         ("spec.license",)),
+    Case("catalog-license-control", cluster_checkpoint(license="https://example.com/l%0D%0AX-Evil: 1"),
+         ("spec.license",)),
+    Case("catalog-bad-repo", cluster_checkpoint(source={"huggingFace": {"repo": "no-slash"}}), (HF_REPO,)),
+    Case("catalog-spec-same", cluster_checkpoint(), old=cluster_checkpoint()),
+    Case("catalog-spec-changed", cluster_checkpoint(license="https://a.example/l"),
+         (IMMUTABLE,), old=cluster_checkpoint(license="https://b.example/l")),
     Case("mount-uppercase", inputs({"name": "a", "mountName": "Policy"}), (REF_MOUNT,)),
     Case("mount-slash", inputs({"name": "a", "mountName": "a/b"}), (REF_MOUNT,)),
     Case("mount-leading-dash", inputs({"name": "a", "mountName": "-p"}), (REF_MOUNT,)),

@@ -135,3 +135,15 @@ def test_provenance_from_the_import_output():
     s3 = import_spec(ckpt(SOURCES["s3"]))
     assert source_status(s3, None).to_wire() == {"kind": "s3", "uri": "s3://ext/llama/"}
     assert parse_import_result("no json here\n{not json\n") is None
+
+
+def test_statuses_and_events_never_show_a_url_s_query():
+    """hostile1 D4: `importing <url>` quoted the whole URL, a signed one's signature included. The
+    CRD refuses the known credential parameters; what a query may hold besides is left out of
+    every message and of status.source (the spec keeps the URL whole)."""
+    checkpoint = ckpt({"http": {"url": "https://e.example/m.tar?download=1&X-Custom-Auth=abc"}})
+    assert workload.import_origin(checkpoint) == "https://e.example/m.tar?..."
+    shown = source_status(import_spec(checkpoint), None)
+    assert not isinstance(shown, str) and shown.to_wire() == {"kind": "http", "uri": "https://e.example/m.tar?..."}
+    plain = ckpt({"http": {"url": "https://e.example/m.tar"}})
+    assert workload.import_origin(plain) == "https://e.example/m.tar"

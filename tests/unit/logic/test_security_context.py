@@ -43,10 +43,57 @@ def test_a_restricted_template_stays_restricted_with_what_the_operator_injects(n
     assert violations("restricted", pod) == []
 
 
+_C = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+_RD = {"type": "RuntimeDefault"}
+# hostile1's odd templates that meet "restricted" themselves (tests/h1_podsec_probe.py): each stays
+# restricted with what the operator injects, and so does the snapshot pod that reads its output.
+ODD_TEMPLATES = {
+    "container-level only, uid": {"containers": [{"name": "trainer", "image": "t", "securityContext": {
+        **_C, "runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": _RD}}]},
+    "container-level only, no uid": {"containers": [{"name": "trainer", "image": "t", "securityContext": {
+        **_C, "runAsNonRoot": True, "seccompProfile": _RD}}]},
+    "hostUsers false, pod uid 0": {"hostUsers": False, "securityContext": {"runAsUser": 0, "seccompProfile": _RD},
+                                   "containers": [{"name": "trainer", "image": "t", "securityContext": dict(_C)}]},
+    "hostUsers false, container uid 0": {"hostUsers": False, "securityContext": {"seccompProfile": _RD}, "containers": [
+        {"name": "trainer", "image": "t", "securityContext": {**_C, "runAsUser": 0, "runAsNonRoot": False}}]},
+    "Localhost seccomp": {"securityContext": {"runAsNonRoot": True, "runAsUser": 5, "seccompProfile": {
+        "type": "Localhost", "localhostProfile": "p.json"}}, "containers": [{"name": "trainer", "image": "t",
+                                                                            "securityContext": dict(_C)}]},
+    "logger first": {"securityContext": {"runAsNonRoot": True, "seccompProfile": _RD}, "containers": [
+        {"name": "logger", "image": "l", "securityContext": {**_C, "runAsUser": 3000}},
+        {"name": "trainer", "image": "t", "securityContext": {**_C, "runAsUser": 1000}}]},
+    "groups 0": {"securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 0, "fsGroup": 0,
+                                     "supplementalGroups": [0], "seccompProfile": _RD},
+                 "containers": [{"name": "trainer", "image": "t", "securityContext": dict(_C)}]},
+    "NET_BIND_SERVICE": {"securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": _RD},
+                         "containers": [{"name": "trainer", "image": "t", "securityContext": {
+                             **_C, "capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]}}}]},
+    "a native sidecar": {"securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": _RD},
+                         "initContainers": [{"name": "side", "image": "p", "restartPolicy": "Always",
+                                             "securityContext": dict(_C)}],
+                         "containers": [{"name": "trainer", "image": "t", "securityContext": dict(_C)}]},
+}
+
+
+@pytest.mark.parametrize("label", sorted(ODD_TEMPLATES))
+@pytest.mark.parametrize("store", ["volume", "s3"])
+@pytest.mark.parametrize("publish", ["OnCompletion", "Continuous"])
+def test_odd_restricted_templates_stay_restricted(label, store, publish):
+    template = {"spec": ODD_TEMPLATES[label]}
+    assert violations("restricted", {"metadata": {}, "spec": template["spec"]}) == []
+    pod = pod_shapes.job_pod(pod_shapes.built_job(store, template, publish=publish))
+    assert violations("restricted", pod) == []
+    cfg = pod_shapes.config(store)
+    tj = pod_shapes.training_job(template)
+    snapshot = workload.build_snapshot_pod(tj, ["checkpoint-operator", "agent", "scan", "/checkpoint-output"], [], cfg)
+    assert violations("restricted", snapshot) == []
+
+
 def test_the_catalogue_covers_every_kind_of_pod():
     assert {n.split("/")[1] for n in AGENT_PODS} == {"snapshot", "import", "scan", "upload-receiver", "verify",
-                                                     "pull", "upload-check"}
+                                                     "pull", "upload-check", "catalog-import", "catalog-copy"}
     assert len([n for n in AGENT_PODS if "/import/" in n]) == 2 * len(pod_shapes.SOURCES)
+    assert len([n for n in AGENT_PODS if "/catalog-import/" in n]) == 2 * len(pod_shapes.SOURCES)
     names = {c["name"] for pod in TRAINING_PODS.values() for c in containers(pod)}
     assert {"ckpt-live", "download-input-0", "trainer"} <= names
 
@@ -83,7 +130,8 @@ def test_only_pods_that_write_a_claim_get_an_fs_group():
     kubelet to re-own the trainer's files, so the readers never get one."""
     writers = {n for n, p in AGENT_PODS.items() if "fsGroup" in p["spec"]["securityContext"]}
     assert writers == {n for n, p in AGENT_PODS.items() if writes_a_claim(p["spec"]["volumes"])}
-    assert writers == {"volume/upload-receiver", *[n for n in AGENT_PODS if n.startswith("volume/import/")]}
+    assert writers == {"volume/upload-receiver", "volume/catalog-copy",
+                       *[n for n in AGENT_PODS if n.startswith(("volume/import/", "volume/catalog-import/"))]}
     for name in writers:
         assert AGENT_PODS[name]["spec"]["securityContext"]["fsGroup"] == security_context.AGENT_UID
 

@@ -41,9 +41,9 @@ def test_the_receiver_pod_mounts_the_checkpoints_own_claim_and_carries_its_reque
     request = transfers.UploadRequest("r1", DIGEST, 10 * 1024 ** 3)
     pod = transfers.build_receiver_pod(checkpoint(), CONFIG, request, 5000)
     meta, spec = pod["metadata"], pod["spec"]
-    assert meta["name"] == "c-upload" and meta["annotations"] == {"ckpt.dev/request": "r1"}
+    assert meta["name"] == "c-upload" and meta["annotations"]["ckpt.dev/request"] == "r1"
     assert meta["labels"]["ckpt.dev/component"] == "upload" and meta["ownerReferences"][0]["uid"] == "uid-1"
-    assert spec["volumes"] == [{"name": "data", "persistentVolumeClaim": {"claimName": "c-data"}}]
+    assert spec["volumes"] == [{"name": "data", "persistentVolumeClaim": {"claimName": "c-data-uid-1"}}]
     args = parse(spec["containers"][0]["command"])
     assert (args.agent_command, args.dir, args.digest, args.max_size) == ("receive", transfers.UPLOAD_DIR, DIGEST,
                                                                           "5000")

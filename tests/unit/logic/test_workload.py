@@ -174,7 +174,7 @@ def test_imports_fetch_with_the_source_credentials_and_store_with_the_store_ones
     # sh -c SCRIPT DEST SOURCE DEST FLAGS...: the arguments are passed to the script, never inside it
     assert fetch["command"][3:6] == ["/checkpoint-data/data", "s3://ext/llama/", "/checkpoint-data/data"]
     assert fetch["command"][6:8] == ["--max-size", "536870912000"] and '"$@"' in fetch["command"][2]
-    assert volume_pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "llama-data"
+    assert volume_pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "llama-data-abcdef01"
     env = {e["name"]: e for e in fetch["env"]}
     assert env["AWS_ENDPOINT_URL"]["value"] == "http://ext:9000"
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "ext-creds"

@@ -82,3 +82,20 @@ def test_lineage_ends_loops_in_a_malformed_history():
     lineage = views.build_lineage(items, "a")
     assert lineage.parents[0].name == "b" and lineage.parents[0].children[0].repeated
     assert [d.name for d in lineage.descendants] == ["b"] and lineage.descendants[0].children[0].repeated
+
+
+def test_a_catalog_parent_is_found_in_the_catalog_not_reported_deleted():
+    entry = {"metadata": {"name": "gpt2", "uid": "u-gpt2"}, "status": {"phase": "Ready", "digest": "sha256:" + "c" * 64}}
+    child = {"metadata": {"name": "tuned", "uid": "u-tuned", "namespace": "team-a"},
+             "status": {"phase": "Ready", "digest": "sha256:" + "d" * 64,
+                        "parents": [{"name": "gpt2", "uid": "u-gpt2", "digest": "sha256:" + "c" * 64,
+                                     "kind": "ClusterCheckpoint"}]}}
+    lineage = views.build_lineage([views.read_checkpoint(child)], "tuned", [views.read_catalog_entry(entry)])
+    (parent,) = lineage.parents
+    assert (parent.name, parent.gone, parent.producer) == ("gpt2", False, "catalog")
+    assert "gpt2  Ready  sha256:cccccccccccc  catalog" in views.render_lineage(lineage)
+    gone = views.build_lineage([views.read_checkpoint(child)], "tuned", [])
+    assert gone.parents[0].gone and "(deleted; pinned" in views.render_lineage(gone)
+    # A Checkpoint of the namespace with the entry's uid is never taken for it.
+    namesake = {**entry, "metadata": {**entry["metadata"], "namespace": "team-a"}}
+    assert views.build_lineage(map(views.read_checkpoint, [child, namesake]), "tuned", []).parents[0].gone

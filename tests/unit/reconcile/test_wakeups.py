@@ -112,6 +112,43 @@ def test_a_pending_snapshot_checkpoint_waits_for_its_live_producer_alone():
     assert ("Checkpoint", "default", "src-s-1") in ctx.queue.added
 
 
+def catalog_entry(name: str, uid: str, phase: str = "Ready") -> dict:
+    return {"apiVersion": "ckpt.dev/v1alpha1", "kind": "ClusterCheckpoint",
+            "metadata": {"name": name, "uid": uid, "finalizers": ["ckpt.dev/in-use-protection"]},
+            "spec": {"source": {"huggingFace": {"repo": "org/m"}}}, "status": {"phase": phase}}
+
+
+def test_a_catalog_entry_wakes_the_pending_jobs_of_every_namespace_that_name_it():
+    entry = catalog_entry("gpt2", "u-gpt2")
+    team_a = training_job("a", checkpoints=[{"clusterCheckpoint": "gpt2"}])
+    team_b = training_job("b", checkpoints=[{"clusterCheckpoint": "gpt2"}])
+    team_b["metadata"]["namespace"] = "team-b"
+    running = training_job("r", phase="Running", checkpoints=[{"clusterCheckpoint": "gpt2"}])
+    other = training_job("o", checkpoints=[{"clusterCheckpoint": "bert"}])
+    ctx = context(jobs=[team_a, team_b, running, other], entries=[entry])
+    wakeups.cluster_checkpoint_event(ctx, "MODIFIED", entry)
+    woken = {(k[1], k[2]) for k in ctx.queue.added if k[0] == "TrainingJob"}
+    assert woken == {("default", "a"), ("team-b", "b")}
+    # Settled and up to date: the entry itself needs no reconcile.
+    assert ("ClusterCheckpoint", "", "gpt2") not in ctx.queue.added
+
+
+def test_a_job_using_a_catalog_entry_wakes_it_and_a_copy_pod_wakes_the_job():
+    entry = catalog_entry("gpt2", "u-gpt2")
+    job = training_job("user", checkpoints=[{"clusterCheckpoint": "gpt2"}])
+    job["metadata"]["labels"] = {uses_label("u-gpt2"): "true"}
+    ctx = context(jobs=[job], entries=[entry])
+    wakeups.training_job_event(ctx, "MODIFIED", job)
+    assert ("ClusterCheckpoint", "", "gpt2") in ctx.queue.added  # its usedBy, a deletion it blocks
+    ctx.queue.added.clear()
+    copy_pod = {"kind": "Pod", "metadata": {"name": "catalog-gpt2-u-gpt-copy", "namespace": "default",
+                                            "ownerReferences": [{"kind": "ClusterCheckpoint", "name": "gpt2",
+                                                                 "uid": "u-gpt2"}]}}
+    wakeups.child_event(ctx, copy_pod)
+    assert ("TrainingJob", "default", "user") in ctx.queue.added
+    assert ("ClusterCheckpoint", "", "gpt2") in ctx.queue.added
+
+
 def test_what_is_kept_of_an_object_goes_with_its_deleted_event():
     """A long-running operator sees thousands of objects come and go: nothing it keeps of one
     outlives it (issue 21 item 6)."""
@@ -146,3 +183,17 @@ def test_the_resync_drops_what_is_kept_of_objects_the_indexes_no_longer_hold():
     assert ctx.forget_gone() == 5
     assert set(ctx.own_writes) == {("TrainingJob", "default", "kept"), ("Checkpoint", "default", "here")}
     assert set(ctx.last_uses) == {("default", "kept")} and set(ctx.live) == {("default", "u-kept")}
+
+
+def test_what_is_kept_of_a_catalog_entry_goes_with_it():
+    """A ClusterCheckpoint's own-write record goes with its DELETED event, or with the resync once the index no
+    longer holds it; a live entry's stays (its next event is still recognised as our own write)."""
+    entry, gone = catalog_entry("gpt2", "u-gpt2"), catalog_entry("bert", "u-bert")
+    entry["metadata"]["resourceVersion"] = gone["metadata"]["resourceVersion"] = "7"
+    ctx = context(entries=[entry])
+    ctx.wrote(entry)
+    ctx.wrote(gone)
+    assert ctx.forget_gone() == 1  # bert is not in the index
+    assert set(ctx.own_writes) == {("ClusterCheckpoint", "", "gpt2")}
+    wakeups.cluster_checkpoint_event(ctx, "DELETED", entry)
+    assert ctx.own_writes == {}

@@ -22,6 +22,7 @@ from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.manifest import RESERVED_ROOT_NAMES
 from checkpoint_operator.agent.names import printable
 from checkpoint_operator.agent.progress import Progress
+from checkpoint_operator.agent.redact import quoted
 from checkpoint_operator.agent.sources.base import (
     Cancelled, Fetched, Limits, Options, Source, check_count, check_listing, copy_stream, file_name, over_limit,
     run_parallel, target_path,
@@ -96,11 +97,11 @@ class AzureBlobSource(Source):
         if isinstance(exc, ResourceModifiedError) or code == "ConditionNotMet":
             return AgentError(f"{what}: replaced while it was being imported (its ETag changed); import again")
         if isinstance(exc, ServiceRequestError):
-            return AgentError(f"cannot reach the Azure Blob endpoint{where} for {self.uri}: {printable(str(exc))[:200]}")
+            return AgentError(f"cannot reach the Azure Blob endpoint{where} for {self.uri}: {quoted(str(exc), 200)}")
         if isinstance(exc, HttpResponseError):
             return AgentError(f"Azure Blob error on {what}{where}: {code or exc.status_code}: "
-                              f"{printable(str(exc.message or exc)).splitlines()[0][:200]}")
-        return AgentError(f"{what}: {type(exc).__name__}: {printable(str(exc))[:200]}")
+                              f"{quoted(_first_line(str(exc.message or exc)), 200)}")
+        return AgentError(f"{what}: {type(exc).__name__}: {quoted(str(exc), 200)}")
 
     def fetch(self, tree: str, downloads: str, limits: Limits) -> Fetched:
         service = self._service()
@@ -165,3 +166,8 @@ class AzureBlobSource(Source):
 
 
 SOURCE = AzureBlobSource
+
+
+def _first_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else "(no message)"

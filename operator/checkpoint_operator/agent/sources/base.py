@@ -14,6 +14,8 @@ from typing import Callable, Iterable, Optional
 from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.manifest import paths_problem
 from checkpoint_operator.agent.names import component_problem, printable
+from checkpoint_operator.agent.redact import quoted
+from checkpoint_operator.agent.urls import shown
 
 COPY_CHUNK = 8 * 1024 * 1024
 # A Secret mounted as files (username, password), for the sources whose login is not a
@@ -58,12 +60,6 @@ class Source(ABC):
     def fetch(self, tree: str, downloads: str, limits: Limits) -> Fetched: ...
 
 
-def redact(uri: str) -> str:
-    """`uri` with any `user:password@` replaced by `***@`, for messages about a URI that held one."""
-    import re
-    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@", r"\1***@", uri)
-
-
 def http_error(label: str, exc) -> AgentError:
     """An HTTP error answer (urllib's HTTPError) as one line. urllib gives up on a redirect loop
     (more than 10 redirects, or the same URL twice) with a reason of three lines, and refuses a
@@ -74,9 +70,9 @@ def http_error(label: str, exc) -> AgentError:
                           f"{urllib.request.HTTPRedirectHandler.max_redirections} and never the same URL twice; last "
                           f"answer HTTP {exc.code})")
     if 300 <= exc.code < 400 and "not allowed" in reason:
-        return AgentError(f"{label}: redirected to '{printable(str(exc.filename))[:300]}': only http(s) redirects are "
+        return AgentError(f"{label}: redirected to '{shown(str(exc.filename))}': only http(s) redirects are "
                           f"followed")
-    return AgentError(f"{label}: HTTP {exc.code} {printable(reason).strip()[:200]}")
+    return AgentError(f"{label}: HTTP {exc.code} {quoted(reason.strip(), 200)}")
 
 
 def over_limit(label: str, size: int, limits: Limits, how: str = "") -> AgentError:

@@ -17,10 +17,11 @@ import ssl
 import urllib.parse
 
 from checkpoint_operator.agent.errors import AgentError
-from checkpoint_operator.agent.names import printable
+from checkpoint_operator.agent.redact import quoted
 from checkpoint_operator.agent.progress import Progress
+from checkpoint_operator.agent.urls import parse_url, shown
 from checkpoint_operator.agent.sources.base import (
-    Fetched, Limits, Options, Source, file_name, over_limit, read_secret_dir, redact, ssl_context,
+    Fetched, Limits, Options, Source, file_name, over_limit, read_secret_dir, ssl_context,
 )
 
 FTP_TIMEOUT = 60
@@ -33,21 +34,16 @@ class _Stop(Exception):
 class FtpSource(Source):
     def __init__(self, uri: str, options: Options) -> None:
         self.uri = uri
-        parts = urllib.parse.urlsplit(uri)
+        parts = parse_url(uri, "the import source")  # one line, never a parser's exception
+        self.label = shown(uri)
         self.tls = parts.scheme == "ftps"
-        if "@" in parts.netloc:
-            raise AgentError(f"{redact(uri)}: credentials in the URL are refused: mount a Secret (username, password) and "
-                             f"set CKPT_SOURCE_SECRET_DIR")
         if not parts.hostname:
-            raise AgentError(f"{uri}: no host (expected ftp://host/path/file or ftps://host/path/file)")
-        try:
-            self.port = parts.port or 21
-        except ValueError:
-            raise AgentError(f"{uri}: not a valid port") from None
+            raise AgentError(f"{self.label}: no host (expected ftp://host/path/file or ftps://host/path/file)")
+        self.port = parts.port or 21
         self.host = parts.hostname
         self.path = urllib.parse.unquote(parts.path)
         if not self.path or self.path.endswith("/"):
-            raise AgentError(f"{uri}: give a file (an archive for a tree); FTP directories are not imported")
+            raise AgentError(f"{self.label}: give a file (an archive for a tree); FTP directories are not imported")
         self.name = file_name(uri, self.path)
         self.ca_file = options.ca_file
 
@@ -69,19 +65,19 @@ class FtpSource(Source):
             ftp.voidcmd("TYPE I")
             return ftp
         except ssl.SSLCertVerificationError as exc:
-            raise AgentError(f"{self.uri}: the server's certificate is not trusted ({exc.verify_message}): give its "
+            raise AgentError(f"{self.label}: the server's certificate is not trusted ({exc.verify_message}): give its "
                              f"CA (caConfigMap, --ca-file)") from None
         except ftplib.error_perm as exc:
             code = str(exc)[:3]
             if code == "530":
-                raise AgentError(f"{self.uri}: login refused by the server (530): "
+                raise AgentError(f"{self.label}: login refused by the server (530): "
                                  + ("check username/password in the Secret" if login[0] != "anonymous"
                                     else "it needs a login (a Secret with username and password: secretRef)")) from None
             if code in ("534", "504", "502", "500") and self.tls:
-                raise AgentError(f"{self.uri}: the server does not offer FTPS (AUTH TLS refused: {_line(exc)})") from None
-            raise AgentError(f"{self.uri}: the server refused: {_line(exc)}") from None
+                raise AgentError(f"{self.label}: the server does not offer FTPS (AUTH TLS refused: {_line(exc)})") from None
+            raise AgentError(f"{self.label}: the server refused: {_line(exc)}") from None
         except (OSError, EOFError, ftplib.Error) as exc:
-            raise AgentError(f"{self.uri}: cannot connect to {self.host}:{self.port}: {_line(exc)}") from None
+            raise AgentError(f"{self.label}: cannot connect to {self.host}:{self.port}: {_line(exc)}") from None
 
     def fetch(self, tree: str, downloads: str, limits: Limits) -> Fetched:
         ftp = self._connect()
@@ -92,10 +88,10 @@ class FtpSource(Source):
                 size = ftp.size(self.path)
             except ftplib.error_perm as exc:
                 if str(exc)[:3] == "550":
-                    raise AgentError(f"{self.uri}: no such file on the server (550)") from None
+                    raise AgentError(f"{self.label}: no such file on the server (550)") from None
                 size = None  # SIZE not supported: bounded while the bytes move
             if size is not None and size > limits.max_size:
-                raise over_limit(self.uri, size, limits, " (its SIZE)")
+                raise over_limit(self.label, size, limits, " (its SIZE)")
             with Progress("import", size or 0) as progress, open(target, "wb") as out:
                 def write(chunk: bytes) -> None:
                     nonlocal written
@@ -107,28 +103,29 @@ class FtpSource(Source):
                 try:
                     ftp.retrbinary(f"RETR {self.path}", write, blocksize=1024 * 1024)
                 except _Stop:
-                    raise AgentError(f"{self.uri}: larger than the size limit of {limits.max_size} (see --max-size): "
+                    raise AgentError(f"{self.label}: larger than the size limit of {limits.max_size} (see --max-size): "
                                      f"stopped reading after {written} bytes") from None
         except ftplib.error_perm as exc:
             if str(exc)[:3] == "550":
-                raise AgentError(f"{self.uri}: no such file or not readable (550)") from None
-            raise AgentError(f"{self.uri}: the server refused: {_line(exc)}") from None
+                raise AgentError(f"{self.label}: no such file or not readable (550)") from None
+            raise AgentError(f"{self.label}: the server refused: {_line(exc)}") from None
         except (ssl.SSLError, OSError, EOFError, ftplib.Error) as exc:
             if isinstance(exc, AgentError):
                 raise
-            raise AgentError(f"{self.uri}: transfer failed after {written} bytes: {_line(exc)}") from None
+            raise AgentError(f"{self.label}: transfer failed after {written} bytes: {_line(exc)}") from None
         finally:
             try:
                 ftp.close()
             except (OSError, socket.error):
                 pass
         if size is not None and written != size:
-            raise AgentError(f"{self.uri}: connection closed after {written} of {size} bytes")
+            raise AgentError(f"{self.label}: connection closed after {written} of {size} bytes")
         return Fetched(provenance={"uri": self.uri}, file=target, name=self.name)
 
 
 def _line(exc: BaseException) -> str:
-    return printable(str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__)[:300]
+    text = str(exc).strip()
+    return quoted(text.splitlines()[-1] if text else type(exc).__name__)
 
 
 SOURCE = FtpSource

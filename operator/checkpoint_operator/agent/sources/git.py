@@ -38,8 +38,10 @@ from checkpoint_operator.agent.archive import _link_stays_inside
 from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.names import printable
 from checkpoint_operator.agent.progress import Progress
+from checkpoint_operator.agent.redact import quoted
+from checkpoint_operator.agent.urls import parse_url, shown
 from checkpoint_operator.agent.sources.base import (
-    SECRET_DIR_ENV, Fetched, Limits, Options, Source, check_listing, copy_stream, redact, target_path,
+    SECRET_DIR_ENV, Fetched, Limits, Options, Source, check_listing, copy_stream, target_path,
 )
 
 LFS_POINTER = re.compile(rb"^version https://git-lfs\.github\.com/spec/v1\noid sha256:([0-9a-f]{64})\nsize ([0-9]+)\n")
@@ -67,13 +69,10 @@ def parse_git_uri(uri: str) -> tuple[str, Optional[str]]:
     """(the URL git fetches, the revision or None). The revision follows the first '@' after the
     host (a URL never holds credentials here, so an '@' is always the revision's)."""
     url = uri[len("git+"):] if uri.startswith("git+") else uri
-    parts = urllib.parse.urlsplit(url)
+    parts = parse_url(url, "the import source")  # credentials and a malformed host: one line
     if parts.scheme not in ("https", "http", "git") or not parts.netloc or parts.query or parts.fragment:
-        raise AgentError(f"{uri}: not a Git repository URL (expected git+https://host/repo[@revision], "
+        raise AgentError(f"{shown(uri)}: not a Git repository URL (expected git+https://host/repo[@revision], "
                          f"git+http://host/repo[@revision] or git://host/repo[@revision])")
-    if "@" in parts.netloc:
-        raise AgentError(f"{redact(uri)}: credentials in the URL are refused: mount a Secret (username, password) and set "
-                         f"{SECRET_DIR_ENV}")
     path, revision = parts.path, None
     if "@" in path:
         path, _, revision = path.partition("@")
@@ -340,7 +339,7 @@ def _du(path: str) -> int:
 
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return printable(lines[-1])[:300] if lines else "(no message)"
+    return quoted(lines[-1]) if lines else "(no message)"
 
 
 SOURCE = GitSource

@@ -31,7 +31,8 @@ from typing import Optional
 from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.names import printable
 from checkpoint_operator.agent.progress import Progress
-from checkpoint_operator.agent.urls import check_url
+from checkpoint_operator.agent.redact import quoted
+from checkpoint_operator.agent.urls import check_url, scheme_of, shown
 from checkpoint_operator.agent.sources.base import (
     Fetched, Limits, Options, Source, check_count, check_listing, copy_stream, git_blob_hasher, http_error, run_parallel,
     target_path,
@@ -43,8 +44,12 @@ PARALLEL_FILES = 4
 
 
 def _origin(url: str) -> tuple[str, str, int]:
-    parts = urllib.parse.urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    """(scheme, host, port) of a URL; a server's malformed one (a redirect) is nobody's origin."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return "", "", 0
     return parts.scheme, (parts.hostname or "").lower(), port
 
 
@@ -57,8 +62,9 @@ class _TokenStaysHome(urllib.request.HTTPRedirectHandler):
         self.token = token
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):
-        if urllib.parse.urlsplit(newurl).scheme not in ("http", "https"):
-            raise AgentError(f"{req.full_url}: redirected to {newurl!r}: only http(s) redirects are followed")
+        if scheme_of(newurl) not in ("http", "https"):
+            raise AgentError(f"{shown(req.full_url)}: redirected to '{shown(newurl)}': only http(s) redirects are "
+                             "followed")
         new = super().redirect_request(req, fp, code, msg, headers, newurl)
         if new is not None and self.token and _origin(newurl) == self.home:
             new.add_unredirected_header("Authorization", f"Bearer {self.token}")
@@ -113,7 +119,7 @@ class HuggingFaceSource(Source):
             if status == 403:
                 return AgentError(f"{self.label}: access denied{where} (HTTP 403): the token may not read this repository")
             return AgentError(f"{self.label}: the Hub answered HTTP {status}{where}")
-        text = printable(str(exc))[:300]
+        text = quoted(str(exc))
         return AgentError(f"{self.label}: cannot reach the Hub at {self.endpoint}: {type(exc).__name__}: {text}")
 
     def _listing(self, api, token: Optional[str], limits: Limits) -> tuple[str, list]:
