@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from pydantic import BaseModel
 
 from checkpoint_operator.agent import containers, formats
 from checkpoint_operator.agent.errors import AgentError
@@ -36,15 +35,24 @@ ROOT = "."
 MAX_SKIPPED_LISTED = 1000
 
 
-class Skipped(BaseModel):
+@dataclass
+class Skipped:
     path: str  # relative to the scanned directory, '/'-separated, with unsafe characters escaped
     reason: str
 
 
-class ScanResult(BaseModel):
+@dataclass
+class ScanResult:
+    """What `agent scan --json` prints (a dataclass: the agent only writes it; logic/snapshot.py reads it)."""
+
     checkpoints: list[Manifest]
     skipped: list[Skipped]  # the first MAX_SKIPPED_LISTED, by path
     skippedCount: int = 0  # all of them
+
+    def model_dump(self, mode: str = "json") -> dict:
+        return {"checkpoints": [m.model_dump(mode="json") for m in self.checkpoints],
+                "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
+                "skippedCount": self.skippedCount}
 
 
 @dataclass
