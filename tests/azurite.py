@@ -29,6 +29,7 @@ from typing import Optional
 
 import pytest
 
+from processes import die_with_parent
 from required import unavailable
 
 VERSION = "3.37.0"
@@ -99,7 +100,8 @@ def start_azurite() -> Azurite:
     log = open(os.path.join(workdir, "azurite.log"), "ab")
     proc = subprocess.Popen([str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", workdir,
                              "--silent", "--skipApiVersionCheck", "--disableTelemetry"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=workdir)
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=workdir,
+                            preexec_fn=die_with_parent())
     log.close()
     server = Azurite(port, proc, workdir)
     deadline = time.monotonic() + 60
