@@ -1,6 +1,6 @@
 """Azurite, Microsoft's Azure Storage emulator (npm), serving Blob on 127.0.0.1, telemetry off.
 
-    from azurite import azurite, azure_blob  # noqa: F401  (fixtures)
+Its fixtures are registered for the whole run by tests/conftest.py (pytest_plugins): ask for them by name.
 
 `azurite` (session-scoped) installs Azurite with npm into a cache directory the first time
 (`$CKPT_TEST_CACHE`, default ~/.cache/checkpoint-operator-tests; .ci/run installs it first with

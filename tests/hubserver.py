@@ -1,6 +1,6 @@
 """Hugging Face Hub servers for the tests, on 127.0.0.1 only.
 
-    from hubserver import olah_hub, mini_hub  # noqa: F401  (fixtures)
+    (registered for the whole run by tests/conftest.py: ask for `olah_hub` or `mini_hub` by name)
 
 - `olah_hub` (session-scoped): **olah** (PyPI), a self-hosted Hub mirror, in offline mode serving
   local Git repositories from its `mirrors-path` (models/<org>/<name>), its upstream pointed at a

@@ -1,8 +1,8 @@
 """A real S3 server for the tests: SeaweedFS (`weed mini`) on 127.0.0.1 only, telemetry off.
 
-Use from a test module (tests/ is on sys.path through pytest's rootdir insertion):
-
-    from s3server import seaweedfs, s3  # noqa: F401  (fixtures)
+tests/conftest.py registers this module's fixtures for the whole run (pytest_plugins): a test asks
+for `seaweedfs` or `s3` by name. Importing them into a test module would make them that module's
+own fixtures, and start a server per module.
 
 `seaweedfs` (session-scoped) yields a `SeaweedFS` with `endpoint`, `access_key`, `secret_key`,
 `env()` and `kill()`/`start()` for interruption tests; `s3` (function-scoped) sets the AWS
