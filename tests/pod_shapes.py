@@ -1,5 +1,6 @@
 """Every pod the operator creates, and every pod template it hands to a Job, built by the real
-builders (logic/, storage/) for both stores and every source kind: the shapes that
+builders (logic/, storage/) for every store (volume, s3, and volume with volume snapshots) and every
+source kind: the shapes that
 test_pod_security.py checks against Pod Security "restricted" and test_admission_policy.py
 against the chart's ValidatingAdmissionPolicy.
 
@@ -54,8 +55,14 @@ RESTRICTED_TEMPLATE = {"metadata": {"labels": {"team": "ml"}}, "spec": {
                     "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}]}}
 
 
+SNAPSHOT_CLASS = "ebs-snapshots"
+STORES = ("volume", "s3", "snapshots")  # snapshots: the volume store with volume snapshots (storage.volume.snapshotClassName)
+
+
 def config(store: str, **overrides: Any) -> OperatorConfig:
     values: dict[str, Any] = {"agent_image": IMAGE, "agent_service_account": AGENT_SERVICE_ACCOUNT}
+    if store == "snapshots":
+        values.update(volume_snapshot_class=SNAPSHOT_CLASS, default_storage_class="gp3")
     if store == "s3":
         values.update(storage_type="s3", s3_bucket="ckpts", s3_endpoint=S3_ENDPOINT, s3_secret_name=STORE_SECRET)
     return OperatorConfig(**{**values, **overrides})
@@ -121,7 +128,7 @@ def as_created(pod: dict[str, Any]) -> dict[str, Any]:
 
 def agent_pods() -> dict[str, dict[str, Any]]:
     pods: dict[str, dict[str, Any]] = {}
-    for store_name in ("volume", "s3"):
+    for store_name in STORES:
         cfg = config(store_name)
         store = store_for(cfg)
         tj = training_job()
@@ -133,7 +140,17 @@ def agent_pods() -> dict[str, dict[str, Any]]:
                 ckpt, cfg, store.import_containers(ckpt, LIMIT))
         upload = checkpoint({"upload": {}}, name="pushed")
         request = transfers.UploadRequest("2026-01-01T00:00:00Z", DIGEST, size_bytes=1024)
-        if store_name == "volume":
+        if store_name == "snapshots":  # a Checkpoint kept in a volume snapshot: verify and pull restore it
+            ready = checkpoint({"trainingJob": {"name": "train", "uid": "0123456789-uid", "directory": "."}},
+                               status={"phase": "Ready", "digest": DIGEST, "sizeBytes": 10, "location": {"snapshot": {
+                                   "volumeSnapshotName": "train-output-01234-snap-0123456789", "path": ".",
+                                   "items": ["config.json", "model.safetensors"], "restoreSize": "10Gi",
+                                   "storageClassName": "gp3"}}})
+            pods["snapshots/verify"] = transfers.build_verify_pod(ready, cfg, "now", [])
+            pods["snapshots/pull"] = transfers.build_pull_pod(ready, cfg, "now")
+            pods["snapshots/upload-receiver"] = transfers.build_receiver_pod(upload, cfg, request, LIMIT,
+                                                                             sync=store.syncs_before_snapshots)
+        elif store_name == "volume":
             pods["volume/scan"] = workload.build_volume_scan_pod(
                 checkpoint({"volume": {"claimName": "team-data", "path": "/runs/7"}}), cfg)
             pods["volume/upload-receiver"] = transfers.build_receiver_pod(upload, cfg, request, LIMIT)
@@ -156,6 +173,9 @@ def agent_pods() -> dict[str, dict[str, Any]]:
 def _inputs(store_name: str) -> list[ResolvedInput]:
     if store_name == "s3":
         location = {"s3": {"uri": "s3://ckpts/checkpoints/team-a/base-uid/"}}
+    elif store_name == "snapshots":
+        location = {"snapshot": {"volumeSnapshotName": "producer-output-abcde-snap-0123456789", "path": "step-1",
+                                 "restoreSize": "10Gi", "storageClassName": "gp3"}}
     else:
         location = {"volume": {"claimName": "producer-output-abcde", "path": "step-1"}}
     return [ResolvedInput(name="base", uid="u-base", digest=DIGEST, mount_name="base",
@@ -169,8 +189,8 @@ def built_job(store_name: str, template: Optional[dict] = None, *, publish: str 
     store = store_for(cfg)
     tj = training_job(template, publish=publish, replicas=replicas, engine=engine, labels=labels)
     inputs = _inputs(store_name)
-    sidecar = workload.build_live_sidecar(tj, cfg, store.live_upload_prefix(tj), store.agent_env()) \
-        if publish == "Continuous" else None
+    sidecar = workload.build_live_sidecar(tj, cfg, store.live_upload_prefix(tj), store.agent_env(),
+                                          sync=store.syncs_before_snapshots) if publish == "Continuous" else None
     return workload.build_workload(tj, inputs, store.input_volumes(tj, inputs), sidecar, attempt=attempt).job
 
 
@@ -192,7 +212,7 @@ def job_pod(job: dict[str, Any]) -> dict[str, Any]:
 
 def training_pods(template: Optional[dict] = None) -> dict[str, dict[str, Any]]:
     pods = {}
-    for store_name in ("volume", "s3"):
+    for store_name in STORES:
         for publish in ("OnCompletion", "Continuous"):
             for replicas in (1, 2):
                 name = f"{store_name}/training/{publish}/replicas-{replicas}"

@@ -323,24 +323,10 @@ async def test_deleting_a_job_deletes_its_job_and_releases_inputs(api, operator,
 
 async def test_an_output_volume_that_never_binds_is_named_with_its_reason(api, operator, cluster, trainer, wait_for,
                                                                            monkeypatch):
-    """No provisioner runs here, so the local binder plays one that knows no StorageClass
-    `no-such-class`: it never binds the claim and says why in an Event, as the PV controller does."""
+    """The local provisioner knows no StorageClass `no-such-class`: it never binds the claim and says
+    why in an Event (ProvisioningFailed), as the PV controller does."""
     from checkpoint_operator.reconcile import volumes
-    from checkpoint_operator.local.cluster import PvcBinder
     monkeypatch.setattr(volumes, "CLAIM_RECHECK", 0.5)
-    bind = PvcBinder._bind
-
-    async def provisioner(self, claim):
-        if claim.get("spec", {}).get("storageClassName") != "no-such-class":
-            return await bind(self, claim)
-        meta = claim["metadata"]
-        await self.api.create("v1/events", meta["namespace"], {
-            "metadata": {"generateName": meta["name"] + "."}, "type": "Warning", "reason": "ProvisioningFailed",
-            "message": 'storageclass.storage.k8s.io "no-such-class" not found',
-            "involvedObject": {"kind": "PersistentVolumeClaim", "name": meta["name"], "namespace": meta["namespace"],
-                               "uid": meta["uid"]}, "lastTimestamp": "2026-01-01T00:00:00Z"})
-        return False
-    monkeypatch.setattr(PvcBinder, "_bind", provisioner)
     trainer.behaviours["stuck"] = lambda a, env: 0
     await api.create(TJ, NS, training_job("stuck", output={"storageClassName": "no-such-class"}))
 

@@ -231,6 +231,46 @@ async def test_gc_deletes_a_claim_whose_owner_is_gone(api: ApiClient, cluster: L
     await wait_for(lambda: not directory.exists())
 
 
+async def test_gc_drops_the_reference_to_a_deleted_owner_and_keeps_the_object_of_its_other_owners(
+        api: ApiClient, cluster: LocalCluster, wait_for) -> None:
+    """As the Kubernetes garbage collector: a dependent with owners left is not deleted, and the
+    reference to the owner that is gone is removed (it stayed before)."""
+    refs = []
+    for name in ("a", "b"):
+        owner = await api.create("ckpt.dev/v1alpha1/trainingjobs", NS, {"metadata": {"name": name}, "spec": {
+            "template": {"spec": {"containers": [{"name": "main", "image": "x"}]}}}})
+        refs.append({"apiVersion": "ckpt.dev/v1alpha1", "kind": "TrainingJob", "name": name,
+                     "uid": owner["metadata"]["uid"]})
+    body = claim("shared")
+    body["metadata"]["ownerReferences"] = refs
+    await api.create("v1/persistentvolumeclaims", NS, body)
+    await api.delete("ckpt.dev/v1alpha1/trainingjobs", NS, "a")
+
+    async def owners() -> list[str] | None:
+        obj = await api.get("v1/persistentvolumeclaims", NS, "shared")
+        names = [r["name"] for r in obj["metadata"]["ownerReferences"]]
+        return names if names == ["b"] else None
+    await wait_for(owners)
+    await api.delete("ckpt.dev/v1alpha1/trainingjobs", NS, "b")
+    await wait_for(lambda: _gone(api, "v1/persistentvolumeclaims", "shared"))
+
+
+def test_a_writes_answer_that_removed_the_object_does_not_put_it_back_into_the_cache() -> None:
+    """Removing the last finalizer of a deleting object removes it; the write's answer (the object with
+    its deletionTimestamp and no finalizer) may come after the watch's DELETED event: it must not bring
+    the object back. It did, and a VolumeSnapshot waited forever on a content the cache still had."""
+    from checkpoint_operator.local.informer import Informer
+    changes: list = []
+    informer = Informer(None, "v1/persistentvolumeclaims", "default", lambda old, new: changes.append((old, new)))
+    live = {"metadata": {"name": "c", "namespace": "default", "uid": "u", "resourceVersion": "5",
+                         "deletionTimestamp": "2026-01-01T00:00:00Z", "finalizers": ["x"]}}
+    informer.observe(live)
+    informer._apply("DELETED", {**live, "metadata": {**live["metadata"], "resourceVersion": "6", "finalizers": []}})
+    informer.observe({**live, "metadata": {**live["metadata"], "resourceVersion": "6", "finalizers": []}})
+    assert informer.get("default", "c") is None
+    assert [new is None for _, new in changes] == [False, True]
+
+
 async def test_gc_deletes_pods_of_a_deleted_job(api: ApiClient, cluster: LocalCluster, wait_for) -> None:
     await api.create("batch/v1/jobs", NS, job("gone", [python_container("main", "import time; time.sleep(30)")]))
     await wait_for(lambda: _running_pods(api, "gone"))

@@ -30,6 +30,9 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     scan.add_argument("--manifests-dir", default=None, metavar="DIR",
                       help="write each checkpoint's full manifest to DIR/sha256-<hex>.json as its files are hashed "
                            "(the volume store keeps them at the volume's root, in .ckpt-manifests/)")
+    scan.add_argument("--sync", action="store_true",
+                      help="then syncfs(2) the directory's filesystem and say so in the result (\"synced\": \"syncfs\"): "
+                           "a volume snapshot of it follows")
     scan.add_argument("--workers", type=_positive_int, default=None, help="hashing threads (default: number of cores)")
     scan.add_argument("--max-entries", type=_positive_int, default=None, metavar="N",
                       help="fail past this many directory entries in all (default 1000000, 2000000 with --result; "
@@ -95,6 +98,9 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     watch.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
     watch.add_argument("--manifests-dir", default=None, metavar="DIR",
                        help="volume store: write each sealed checkpoint's full manifest to DIR/sha256-<hex>.json")
+    watch.add_argument("--sync", action="store_true",
+                       help="syncfs(2) the output's filesystem once a directory is sealed, before it is announced "
+                            "(\"synced\": \"syncfs\" in its line): a volume snapshot of it follows")
     watch.set_defaults(func=lambda a: _call("live_watch", a, sigterm_finishes=True))
 
     imp = cmds.add_parser("import", help="import a checkpoint (s3, http(s), ftp(s), Hugging Face, Git, GCS, Azure) into DEST",
@@ -151,6 +157,8 @@ def _add_transfer_parsers(cmds: argparse._SubParsersAction) -> None:
                                           "verdict against the pushed manifest and --digest.")
     receive.add_argument("dir")
     receive.add_argument("--digest", default=None, metavar="sha256:HEX", help="the digest the data must have")
+    receive.add_argument("--sync", action="store_true",
+                         help="then syncfs(2) DIR's filesystem and say so (\"synced\": \"syncfs\"): a volume snapshot follows")
     receive.add_argument("--idle", type=float, default=900, metavar="SECONDS",
                          help="give up after this long without a push under way (prints received: false)")
     receive.add_argument("--max-size", default=None, metavar="BYTES", help="refuse more than this")

@@ -583,6 +583,12 @@ def format_table(result: ScanResult) -> str:
     return "\n".join(lines)
 
 
+def _synced(directory: str) -> str:
+    """A volume snapshot follows: the bytes must be on the disk first (agent/durability.py)."""
+    from checkpoint_operator.agent.durability import sync_filesystem
+    return sync_filesystem(directory)
+
+
 def main(args: argparse.Namespace) -> int:
     if not os.path.exists(args.dir):
         raise AgentError(f"{args.dir}: no such directory")
@@ -593,12 +599,18 @@ def main(args: argparse.Namespace) -> int:
                                 max_entries=entry_limit(args.max_entries, STREAMING_MAX_ENTRIES), keep_files=False,
                                 manifests_dir=args.manifests_dir, max_checkpoints=results.MAX_CHECKPOINTS,
                                 max_skipped=results.MAX_SKIPPED_REPORTED)
-        channel.write(report_of(scan))
+        report = report_of(scan)
+        if getattr(args, "sync", False):  # after the manifests it wrote: the snapshot holds them too
+            report = report.model_copy(update={"synced": _synced(args.dir)})
+        channel.write(report)
         return 0
     result = scan_directory(Path(args.dir), layout=args.layout, single=args.single, workers=args.workers,
                             max_entries=entry_limit(args.max_entries))
+    extra = {}
+    if getattr(args, "sync", False):
+        extra["synced"] = _synced(args.dir)
     if args.json:
-        sys.stdout.write(json.dumps(result.model_dump(mode="json")) + "\n")
+        sys.stdout.write(json.dumps({**result.model_dump(mode="json"), **extra}) + "\n")
     else:
         print(format_table(result))
     return 0

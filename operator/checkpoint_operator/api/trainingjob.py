@@ -299,6 +299,9 @@ class TrainingJobStatus(ApiModel):
                           "controls (a JobSet: its child Jobs) are this job's workers.")
     inputs: Optional[list[PinnedCheckpoint]] = Field(None, description="Inputs as resolved and pinned at start.")
     inputCount: Optional[Count] = Field(None, description="Number of inputs (for kubectl get).")
+    restoredInputs: Optional[Count] = Field(
+        None, description="Volumes restored from VolumeSnapshots for each pod (inputs kept in snapshots): the pods "
+                          "that hold them are deleted when the job's pods are over, and the volumes with them.")
     outputCheckpoints: Optional[list[Name]] = Field(None, description="Checkpoints created from the output.")
     outputCount: Optional[Count] = Field(None, description="Number of output checkpoints (for kubectl get).")
     jobSucceeded: Optional[bool] = Field(None, description="Whether the pods succeeded (recorded before the snapshot).")

@@ -97,6 +97,24 @@ def load_manifests(paths: Iterable[str]) -> list[dict]:
     return objects
 
 
+def check_storage_flags(storage_class: str | None, snapshot_class: str | None) -> None:
+    """--storage-class names one of the local cluster's classes; --volume-snapshot-class one of its
+    VolumeSnapshotClasses, of the output class's driver (the standard class takes no snapshots)."""
+    from checkpoint_operator.local.storage import DEFAULT_CLASSES
+    classes = {c.name: c for c in DEFAULT_CLASSES}
+    if storage_class is not None and storage_class not in classes:
+        raise ManifestError(f"--storage-class {storage_class}: the local cluster's classes are {', '.join(classes)}")
+    if snapshot_class is None:
+        return
+    output = classes[storage_class] if storage_class else next(c for c in DEFAULT_CLASSES if c.default)
+    if output.snapshot_class != snapshot_class:
+        takes = [c.name for c in DEFAULT_CLASSES if c.snapshot_class == snapshot_class]
+        raise ManifestError(f"--volume-snapshot-class {snapshot_class}: "
+                            + (f"it snapshots the volumes of {', '.join(takes)}; add --storage-class {takes[0]}"
+                               if takes else "the local cluster's VolumeSnapshotClass is block-snapshots "
+                                             "(with --storage-class block or block-multireader)"))
+
+
 def local_run(args: argparse.Namespace) -> int:
     # The operator's timers read their interval at import: make local mode react quickly.
     os.environ.setdefault("CKPT_RECONCILE_INTERVAL", "0.3")
@@ -104,6 +122,9 @@ def local_run(args: argparse.Namespace) -> int:
     logging.getLogger("kopf._core.reactor.running").setLevel(logging.ERROR)  # "OS signals are ignored" in a thread
     try:
         objects = load_manifests(args.filename)
+        check_storage_flags(getattr(args, "storage_class", None), getattr(args, "volume_snapshot_class", None))
+        if getattr(args, "volume_snapshot_class", None) and getattr(args, "store", "volume") == "s3":
+            raise ManifestError("--volume-snapshot-class is for the volume store (--store volume), not --store s3")
     except ManifestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -146,6 +167,7 @@ def local_run(args: argparse.Namespace) -> int:
         provide_store_secret(kube, namespaces, store)
         os.environ.update(store.env())  # the operator's own identity (commit checks, deleting owned data)
     cluster = LocalCluster(url, state_dir / "cluster", namespaces=namespaces, workdir=os.getcwd(), runtime=runtime,
+                           nodes=getattr(args, "nodes", 1),
                            report=lambda line: print(line, file=sys.stderr, flush=True))
     print("engines: batch/v1 Jobs and jobset.x-k8s.io/v1alpha2 JobSets, run by local controllers; Kueue: a local "
           "stand-in that admits a queued workload at once", file=sys.stderr, flush=True)
@@ -158,6 +180,8 @@ def local_run(args: argparse.Namespace) -> int:
     config = OperatorConfig(reconcile_interval=main.INTERVAL, catalog_namespace=CATALOG_NAMESPACE,
                             rendezvous_address="127.0.0.1", rendezvous_port=0,
                             agent_image=agent_image if containers else "checkpoint-operator:local",
+                            default_storage_class=getattr(args, "storage_class", None),
+                            volume_snapshot_class=getattr(args, "volume_snapshot_class", None),
                             **(store_config(store) if store is not None else {}))
     handle = run_kopf_in_thread(kopf.get_default_registry(), settings, namespaces, url,
                                 memo=main.make_memo(Context(kube, config, namespaces=namespaces)))

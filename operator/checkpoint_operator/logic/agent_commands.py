@@ -13,12 +13,14 @@ Layout = str  # "auto" | "directories" | "files" (api.trainingjob.OutputSpec.lay
 
 
 def scan(directory: str, *, layout: Layout = "auto", single: bool = False, result: bool = True,
-         manifests_dir: Optional[str] = None) -> list[str]:
+         manifests_dir: Optional[str] = None, sync: bool = False) -> list[str]:
     """The scan of DIR (volume store snapshots, adoption of a volume path): `result`, the bounded
     result line the operator reads (protocol/results.py), else every manifest as JSON; the full
-    manifests written to `manifests_dir` (beside the data, never inside a checkpoint)."""
+    manifests written to `manifests_dir` (beside the data, never inside a checkpoint). `sync`:
+    then syncfs the filesystem (a volume snapshot of it follows), reported in the result."""
     return [*AGENT, "scan", directory, *(["--single"] if single else ["--layout", layout]),
-            "--result" if result else "--json", *(["--manifests-dir", manifests_dir] if manifests_dir else [])]
+            "--result" if result else "--json", *(["--manifests-dir", manifests_dir] if manifests_dir else []),
+            *(["--sync"] if sync else [])]
 
 
 def snapshot(directory: str, upload_to: str, *, layout: Layout = "auto", single: bool = False,
@@ -54,10 +56,12 @@ def verify(location: str, *, digest: Optional[str] = None, max_size: Optional[in
             *(["--manifest", manifest] if manifest else []), "--result"]
 
 
-def receive(directory: str, *, digest: str, idle: float, max_size: Optional[int] = None) -> list[str]:
-    """An upload receiver: wait for a push into DIR (agent unpack, run by exec), then check it."""
+def receive(directory: str, *, digest: str, idle: float, max_size: Optional[int] = None,
+            sync: bool = False) -> list[str]:
+    """An upload receiver: wait for a push into DIR (agent unpack, run by exec), then check it.
+    `sync`: then syncfs DIR's filesystem (a volume snapshot of it follows), reported in its result."""
     return [*AGENT, "receive", directory, "--digest", digest, "--idle", f"{idle:g}",
-            *(["--max-size", str(max_size)] if max_size is not None else [])]
+            *(["--max-size", str(max_size)] if max_size is not None else []), *(["--sync"] if sync else [])]
 
 
 def unpack(directory: str, *, max_size: Optional[int] = None, name: Optional[str] = None) -> list[str]:
@@ -82,11 +86,12 @@ def hold(session_dir: str, *, idle: float) -> list[str]:
 
 def watch(output_dir: str, *, interval: float, annotations_file: Optional[str] = None,
           upload_to: Optional[str] = None, shared: bool = False, upload_concurrency: Optional[int] = None,
-          manifests_dir: Optional[str] = None) -> list[str]:
-    """The live-sealing sidecar: seal checkpoints in OUTPUT_DIR as they complete (one result line each)."""
+          manifests_dir: Optional[str] = None, sync: bool = False) -> list[str]:
+    """The live-sealing sidecar: seal checkpoints in OUTPUT_DIR as they complete (one result line each).
+    `sync`: syncfs once a directory is sealed, before it is announced (a volume snapshot follows)."""
     return [*AGENT, "watch", output_dir, "--interval", f"{interval:g}",
             *(["--annotations-file", annotations_file] if annotations_file else []),
             *(["--upload-to", upload_to] if upload_to else []),
             *(["--manifests-dir", manifests_dir] if manifests_dir else []),
             *(["--upload-concurrency", str(upload_concurrency)] if upload_concurrency else []),
-            *(["--shared"] if shared else [])]
+            *(["--shared"] if shared else []), *(["--sync"] if sync else [])]

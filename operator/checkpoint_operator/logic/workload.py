@@ -69,13 +69,15 @@ def foreign_claim_message(claim: str, kind: str, name: str, uid: str) -> str:
             f"is someone's data, delete this {kind} and use another name")
 
 
-def _labels(tj: TrainingJob, component: str) -> dict[str, Any]:
+def training_job_labels(tj: TrainingJob, component: str) -> dict[str, str]:
+    """The labels of an object the operator makes for a TrainingJob (`component`: what it is)."""
     return {LABEL_MANAGED_BY: MANAGER, LABEL_COMPONENT: component,
             LABEL_TRAINING_JOB: bounded_name(tj.metadata.name, MAX_LABEL_NAME),
             LABEL_TRAINING_JOB_UID: tj.metadata.uid}
 
 
-def _checkpoint_labels(checkpoint: Checkpoint, component: str) -> dict[str, Any]:
+def checkpoint_labels(checkpoint: Checkpoint, component: str) -> dict[str, str]:
+    """The labels of an object the operator makes for a Checkpoint."""
     return {LABEL_MANAGED_BY: MANAGER, LABEL_COMPONENT: component,
             LABEL_CHECKPOINT: bounded_name(checkpoint.metadata.name, MAX_LABEL_NAME)}
 
@@ -185,17 +187,22 @@ def check_user_mounts(template_spec: dict[str, Any], tj: TrainingJob) -> None:
 
 # --- objects -----------------------------------------------------------------------------------
 
+def output_storage_class(tj: TrainingJob, config: OperatorConfig) -> Optional[str]:
+    """The StorageClass of a job's output volume (None: the cluster's default class)."""
+    return tj.spec.output.storageClassName or config.default_storage_class
+
+
 def build_output_claim(tj: TrainingJob, config: OperatorConfig) -> dict[str, Any]:
     output = tj.spec.output
     claim_spec: dict[str, Any] = {
         "accessModes": ["ReadWriteMany" if tj.spec.replicas > 1 else "ReadWriteOnce"],
         "resources": {"requests": {"storage": output.size or config.default_output_size}},
     }
-    storage_class = output.storageClassName or config.default_storage_class
+    storage_class = output_storage_class(tj, config)
     if storage_class:
         claim_spec["storageClassName"] = storage_class
     return {"metadata": {"name": output_claim_name(tj), "namespace": tj.metadata.namespace,
-                         "labels": _labels(tj, "output"), "ownerReferences": [owner_reference(tj)]},
+                         "labels": training_job_labels(tj, "output"), "ownerReferences": [owner_reference(tj)]},
             "spec": claim_spec}
 
 
@@ -244,7 +251,7 @@ def build_pod_template(tj: TrainingJob, inputs: list[ResolvedInput], staged: Inp
     pod_spec.setdefault("restartPolicy", "Never")
 
     metadata = template.setdefault("metadata", {})
-    metadata["labels"] = {**(metadata.get("labels") or {}), **_labels(tj, "worker")}
+    metadata["labels"] = {**(metadata.get("labels") or {}), **training_job_labels(tj, "worker")}
     return template, warnings
 
 
@@ -257,7 +264,7 @@ def build_workload(tj: TrainingJob, inputs: list[ResolvedInput], staged: InputVo
     job's, for a restarted group)."""
     template, warnings = build_pod_template(tj, inputs, staged, sidecar, rendezvous_at)
     meta = {"name": job_name(tj), "namespace": tj.metadata.namespace,
-            "labels": {**kueue.kueue_labels(tj.metadata.labels), **_labels(tj, "worker")},
+            "labels": {**kueue.kueue_labels(tj.metadata.labels), **training_job_labels(tj, "worker")},
             "ownerReferences": [owner_reference(tj)]}
     if deadline is None:
         deadline = tj.spec.activeDeadlineSeconds
@@ -268,21 +275,47 @@ def build_workload(tj: TrainingJob, inputs: list[ResolvedInput], staged: InputVo
 def build_rendezvous_service(tj: TrainingJob) -> dict[str, Any]:
     """The headless Service that names a distributed Job's workers (logic/rendezvous.py)."""
     selector = {LABEL_TRAINING_JOB_UID: tj.metadata.uid, LABEL_COMPONENT: "worker"}
-    return rendezvous.build_service(tj, _labels(tj, "rendezvous"), selector, owner_reference(tj))
+    return rendezvous.build_service(tj, training_job_labels(tj, "rendezvous"), selector, owner_reference(tj))
 
 
 def build_live_sidecar(tj: TrainingJob, config: OperatorConfig, upload_to: Optional[str],
-                       env: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The sealing sidecar of a publish: Continuous job (logic/live_sealing.py), for build_job."""
+                       env: list[dict[str, Any]], sync: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The sealing sidecar of a publish: Continuous job (logic/live_sealing.py), for build_workload.
+    `sync`: it syncs the filesystem once a directory is sealed (a volume snapshot of it follows)."""
     command = agent_commands.watch(tj.spec.outputDir, interval=config.live_watch_interval,
                                    annotations_file=live_sealing.annotations_file(), upload_to=upload_to,
                                    shared=tj.spec.replicas > 1,
                                    upload_concurrency=config.live_upload_concurrency if upload_to else None,
                                    # volume store: the sealed manifests beside the data (the store is the volume)
-                                   manifests_dir=None if upload_to else posixpath.join(tj.spec.outputDir, MANIFESTS_DIR))
+                                   manifests_dir=None if upload_to else posixpath.join(tj.spec.outputDir, MANIFESTS_DIR),
+                                   sync=sync)
     return live_sealing.sidecar_parts(tj, command, config.agent_image, config.agent_image_pull_policy,
                                     copy.deepcopy(config.live_sidecar_resources), env, OUTPUT_VOLUME,
                                     tj.spec.template.spec)
+
+
+def _restored(volume: dict[str, Any]) -> bool:
+    return bool((volume.get("ephemeral") or {}).get("volumeClaimTemplate", {}).get("spec", {})
+                .get("dataSource", {}).get("kind") == "VolumeSnapshot")
+
+
+def restored_input_volumes(volumes: list[dict[str, Any]]) -> int:
+    """How many of a pod's volumes are restored from snapshots (a claim of each pod's own)."""
+    return sum(1 for v in volumes if _restored(v))
+
+
+def workload_pod_spec(obj: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """The pod spec of a Job's template, or of a JobSet's (one) replicated job's template."""
+    job_spec = (obj or {}).get("spec") or {}
+    if "replicatedJobs" in job_spec:
+        job_spec = ((job_spec.get("replicatedJobs") or [{}])[0].get("template") or {}).get("spec") or {}
+    return ((job_spec.get("template") or {}).get("spec")) or {}
+
+
+def restored_input_claims(obj: Optional[dict[str, Any]], pod: str) -> list[str]:
+    """The claims of a workload's pod's volumes restored from snapshots: generic ephemeral volumes,
+    whose claims are named <pod>-<volume>."""
+    return [f"{pod}-{v['name']}" for v in workload_pod_spec(obj).get("volumes") or [] if _restored(v)]
 
 
 def build_snapshot_pod(tj: TrainingJob, command: list[str], env: list[dict[str, Any]], config: OperatorConfig,
@@ -295,7 +328,7 @@ def build_snapshot_pod(tj: TrainingJob, command: list[str], env: list[dict[str, 
                                 mounts=[{"name": OUTPUT_VOLUME, "mountPath": AGENT_OUTPUT_MOUNT, "readOnly": read_only}],
                                 env=env)
     metadata = {"name": snapshot_pod_name(tj), "namespace": tj.metadata.namespace,
-                "labels": _labels(tj, "snapshot"), "ownerReferences": [owner_reference(tj)]}
+                "labels": training_job_labels(tj, "snapshot"), "ownerReferences": [owner_reference(tj)]}
     return agent_pod(metadata, config, [container], [{"name": OUTPUT_VOLUME, "persistentVolumeClaim": {
         "claimName": output_claim_name(tj), "readOnly": read_only}}], identity=trainer_identity(tj.spec.template.spec))
 
@@ -310,7 +343,7 @@ def build_volume_scan_pod(checkpoint: Checkpoint, config: OperatorConfig) -> dic
         mount["subPath"] = sub_path
     container = agent_container("scan", agent_commands.scan(AGENT_DATA_MOUNT, single=True), config, mounts=[mount])
     metadata = {"name": scan_pod_name(checkpoint), "namespace": checkpoint.metadata.namespace,
-                "labels": _checkpoint_labels(checkpoint, "scan"), "ownerReferences": [owner_reference(checkpoint)]}
+                "labels": checkpoint_labels(checkpoint, "scan"), "ownerReferences": [owner_reference(checkpoint)]}
     return agent_pod(metadata, config, [container], [{"name": "data", "persistentVolumeClaim": {
         "claimName": source.claimName, "readOnly": True}}])
 
@@ -344,7 +377,7 @@ def build_import_claim(checkpoint: Checkpoint, config: OperatorConfig) -> dict[s
     if config.default_storage_class:
         claim_spec["storageClassName"] = config.default_storage_class
     return {"metadata": {"name": import_claim_name(checkpoint), "namespace": checkpoint.metadata.namespace,
-                         "labels": _checkpoint_labels(checkpoint, "import"),
+                         "labels": checkpoint_labels(checkpoint, "import"),
                          "ownerReferences": [owner_reference(checkpoint)]},
             "spec": claim_spec}
 
@@ -365,8 +398,8 @@ def build_import_pod(checkpoint: Checkpoint, config: OperatorConfig,
     Store.import_containers; either way the pod prints the scan as JSON."""
     init_containers, containers, volumes = parts
     metadata: dict[str, Any] = {"name": import_pod_name(checkpoint), "namespace": checkpoint.metadata.namespace,
-                      "labels": _checkpoint_labels(checkpoint, "import"),
-                      "ownerReferences": [owner_reference(checkpoint)]}
+                                "labels": checkpoint_labels(checkpoint, "import"),
+                                "ownerReferences": [owner_reference(checkpoint)]}
     secret = import_sources.import_spec(checkpoint).secret
     if secret:  # the admission policy holds every Secret reference of the pod to this one
         metadata["annotations"] = {SOURCE_SECRET_ANNOTATION: secret}

@@ -53,6 +53,9 @@ DIGEST = r"^sha256:[0-9a-f]{64}$"
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
 ReportedPath = Annotated[str, Field(max_length=MAX_REPORTED_PATH)]
 Count = Annotated[int, Field(ge=0, le=MAX_INT)]
+# How the agent made the bytes it reports durable before a volume snapshot of them ("syncfs",
+# agent/durability.py); None: not synced (nothing asked it, or the kernel refused).
+Synced = Optional[Annotated[str, Field(max_length=32)]]
 
 
 def cut(text: str, limit: int = MAX_TEXT) -> str:
@@ -144,6 +147,7 @@ class ScanReport(Report):
     # volume store: why the manifests could not be stored beside the data (the checkpoints are
     # still what was found; their manifestStored is False).
     manifestsProblem: Optional[Text] = None
+    synced: Synced = None  # agent scan --sync: the scanned filesystem was synced (a volume snapshot follows)
 
     @property
     def total_skipped(self) -> int:
@@ -161,6 +165,7 @@ class TransferReport(Report):
     problems: Annotated[list[Problem], Field(max_length=MAX_PROBLEMS_REPORTED)] = []
     problemCount: Count = 0
     reason: Text = ""
+    synced: Synced = None  # agent receive --sync: the receiving filesystem was synced
 
     def problems_text(self, shown: int = 3) -> str:
         lines = [p.line() for p in self.problems[:shown]]
@@ -197,6 +202,7 @@ class SealedCheckpoint(CheckpointSummary):
     skipped: Count = 0
     sealedAt: float = 0.0
     announced: bool = False  # said again by a restarted sidecar (the operator creates nothing twice)
+    synced: Synced = None    # agent watch --sync: the filesystem was synced once it was sealed
 
 
 class SealedEvent(Report):

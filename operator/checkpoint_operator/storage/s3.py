@@ -31,6 +31,7 @@ from checkpoint_operator.logic.import_sources import ImportSpec, import_spec, im
 from checkpoint_operator.logic.workload import import_data_dir
 from checkpoint_operator.logic.catalog import CATALOG_DIRECTORY
 from checkpoint_operator.logic.transfers import UploadRequest, build_upload_check_pod
+from checkpoint_operator.logic.volume_snapshots import TakenSnapshot
 from checkpoint_operator.storage.base import ForeignLocation, MissingUpload, PodParts, Store, UploadPod
 
 
@@ -45,6 +46,7 @@ class S3Store(Store):
     keeps_output_claim = False
     import_needs_claim = False
     snapshot_writes_output = False
+    later_writes_reach_checkpoints = False
 
     def agent_env(self) -> list[dict[str, Any]]:
         config = self.config
@@ -105,13 +107,15 @@ class S3Store(Store):
     def live_sealed_prefix(self, tj: TrainingJob) -> str:
         return self.live_upload_prefix(tj) + "sealed/"
 
-    def live_location(self, tj: TrainingJob, claim: str, manifest: CheckpointSummary) -> Location:
+    def live_location(self, tj: TrainingJob, claim: str, manifest: CheckpointSummary,
+                      taken: Optional[TakenSnapshot] = None) -> Location:
         if not manifest.uri:
             raise MissingUpload(f"the sealing sidecar did not upload {manifest.path!r}")
         # The sidecar runs in the user's pod: its lines are believed only under the job's own prefix.
         return self._uploaded(manifest.uri, self.live_sealed_prefix(tj), repr(manifest.path))
 
-    def snapshot_location(self, tj: TrainingJob, claim: str, manifest: CheckpointSummary, layout: str) -> Location:
+    def snapshot_location(self, tj: TrainingJob, claim: str, manifest: CheckpointSummary, layout: str,
+                          taken: Optional[TakenSnapshot] = None) -> Location:
         if not manifest.uri:
             raise MissingUpload(f"the snapshot pod did not upload {manifest.path!r}")
         meta = tj.metadata
@@ -166,7 +170,8 @@ class S3Store(Store):
         volumes = [{"name": "data", "emptyDir": {"sizeLimit": staging_size_limit(None, max_size)}}, *source.volumes]
         return [fetch], [upload], volumes
 
-    def import_location(self, checkpoint: Checkpoint, claim: str, manifest: CheckpointSummary) -> Location:
+    def import_location(self, checkpoint: Checkpoint, claim: str, manifest: CheckpointSummary,
+                        taken: Optional[TakenSnapshot] = None) -> Location:
         if not manifest.uri:
             raise MissingUpload("the import pod did not upload the checkpoint")
         meta = checkpoint.metadata
