@@ -125,6 +125,9 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("--exclude", action="append", metavar="GLOB",
                      help="hf://: no file matching this glob (repeatable)")
     imp.add_argument("--lfs", action="store_true", help="git: fetch the commit's Git LFS files")
+    imp.add_argument("--replace-earlier-import", action="store_true",
+                     help="an earlier import's output in DEST (marked beside DEST when it was committed) is removed "
+                          "first; anything else in DEST is still refused (the operator's import pods)")
     imp.add_argument("--ca-file", default=None, metavar="PEM",
                      help="https://, ftps:// and git over https: trust these CA certificates instead of the system's")
     imp.set_defaults(func=lambda a: _call("importer", a))

@@ -38,11 +38,14 @@ def download(uri: str, directory: str, *, digest: str) -> list[str]:
 
 
 def import_(source: str, dest: str, *, max_size: Optional[int] = None, max_files: Optional[int] = None,
-            source_args: Sequence[str] = ()) -> list[str]:
+            source_args: Sequence[str] = (), replace_earlier: bool = False) -> list[str]:
     """Copy SOURCE into DEST, refusing more than `max_size` bytes or `max_files` files.
-    `source_args`: the source's own flags (logic/import_sources.py: --include, --lfs, --ca-file...)."""
+    `source_args`: the source's own flags (logic/import_sources.py: --include, --lfs, --ca-file...).
+    `replace_earlier`: an earlier import's output in DEST is removed first (DEST on the
+    Checkpoint's own claim: a pod deleted unread after a restart may have committed there)."""
     return [*AGENT, "import", source, dest, *(["--max-size", str(max_size)] if max_size is not None else []),
-            *(["--max-files", str(max_files)] if max_files is not None else []), *source_args]
+            *(["--max-files", str(max_files)] if max_files is not None else []), *source_args,
+            *(["--replace-earlier-import"] if replace_earlier else [])]
 
 
 # --- verify, and push/pull over exec (agent/transfer.py) -----------------------------------------

@@ -111,7 +111,9 @@ class VolumeStore(Store):
     def _import_parts(self, source: ImportSpec, claim: str, max_size: int) -> PodParts:
         data_dir = import_data_dir()
         mount = [{"name": "data", "mountPath": posixpath.dirname(data_dir)}]
-        fetch = agent_commands.import_(source.uri, data_dir, max_size=max_size, source_args=source.args)
+        # The claim is the Checkpoint's own: only an earlier import (a pod deleted unread) wrote there.
+        fetch = agent_commands.import_(source.uri, data_dir, max_size=max_size, source_args=source.args,
+                                       replace_earlier=True)
         scan = agent_commands.scan(data_dir, single=True, sync=self.syncs_before_snapshots)
         # Import onto the Checkpoint's own PVC, then scan it: one container. Every argument is
         # passed to the script (never written into it: a glob or a URL is not shell text), so
