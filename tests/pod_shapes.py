@@ -112,12 +112,12 @@ def catalog_pods(store_name: str) -> dict[str, dict[str, Any]]:
 
 
 def training_job(template: Optional[dict] = None, *, publish: str = "OnCompletion", replicas: int = 1,
-                 engine: str = "Job", labels: Optional[dict] = None) -> TrainingJob:
+                 engine: str = "Job", labels: Optional[dict] = None, output: Optional[dict] = None) -> TrainingJob:
     return TrainingJob.model_validate({
         "apiVersion": "ckpt.dev/v1alpha1", "kind": "TrainingJob",
         "metadata": {"name": "train", "namespace": NAMESPACE, "uid": "0123456789-uid", "labels": labels or {}},
         "spec": {"checkpoints": [{"name": "base"}], "replicas": replicas, "engine": engine,
-                 "output": {"enabled": True, "size": "10Gi", "publish": publish},
+                 "output": {"enabled": True, "size": "10Gi", "publish": publish, **(output or {})},
                  "template": copy.deepcopy(template or RESTRICTED_TEMPLATE)}})
 
 
@@ -134,6 +134,9 @@ def agent_pods() -> dict[str, dict[str, Any]]:
         tj = training_job()
         pods[f"{store_name}/snapshot"] = workload.build_snapshot_pod(
             tj, store.snapshot_command(tj, AGENT_OUTPUT_MOUNT), store.agent_env(), cfg)
+        parts = training_job(replicas=2, engine="JobSet", output={"volumePerWorker": True})
+        pods[f"{store_name}/snapshot-volume-per-worker"] = workload.build_snapshot_pod(
+            parts, store.snapshot_command(parts, AGENT_OUTPUT_MOUNT), store.agent_env(), cfg)
         for kind, source in SOURCES.items():
             ckpt = checkpoint(source)
             pods[f"{store_name}/import/{kind}"] = workload.build_import_pod(
@@ -160,6 +163,12 @@ def agent_pods() -> dict[str, dict[str, Any]]:
                                         "items": ["config.json", "model.safetensors"]}}})
             pods["volume/verify"] = transfers.build_verify_pod(ready, cfg, "now", [])
             pods["volume/pull"] = transfers.build_pull_pod(ready, cfg, "now")
+            assembled = checkpoint({"volume": {"claimName": "team-data", "path": "/"}}, status={
+                "phase": "Ready", "digest": DIGEST, "sizeBytes": 10, "location": {"volumeParts": [
+                    {"claimName": "train-output-01234-0", "path": "step-1", "items": [".metadata", "__0_0.distcp"]},
+                    {"claimName": "train-output-01234-1", "path": "step-1", "items": ["__1_0.distcp"]}]}})
+            pods["volume/verify/assembled-across-workers"] = transfers.build_verify_pod(assembled, cfg, "now", [])
+            pods["volume/pull/assembled-across-workers"] = transfers.build_pull_pod(assembled, cfg, "now")
         else:
             pods["s3/upload-check"] = transfers.build_upload_check_pod(
                 upload, cfg, request, "s3://ckpts/checkpoints/team-a/pushed-uid-push/", store.agent_env(), LIMIT)
@@ -173,6 +182,10 @@ def agent_pods() -> dict[str, dict[str, Any]]:
 def _inputs(store_name: str) -> list[ResolvedInput]:
     if store_name == "s3":
         location = {"s3": {"uri": "s3://ckpts/checkpoints/team-a/base-uid/"}}
+    elif store_name == "volume-parts":  # assembled across two workers' volumes
+        location = {"volumeParts": [
+            {"claimName": "producer-output-abcde-0", "path": "step-1", "items": [".metadata", "__0_0.distcp"]},
+            {"claimName": "producer-output-abcde-1", "path": "step-1", "items": ["__1_0.distcp"]}]}
     elif store_name == "snapshots":
         location = {"snapshot": {"volumeSnapshotName": "producer-output-abcde-snap-0123456789", "path": "step-1",
                                  "restoreSize": "10Gi", "storageClassName": "gp3"}}
@@ -183,12 +196,13 @@ def _inputs(store_name: str) -> list[ResolvedInput]:
 
 
 def built_job(store_name: str, template: Optional[dict] = None, *, publish: str = "OnCompletion",
-              replicas: int = 1, engine: str = "Job", labels: Optional[dict] = None, attempt: int = 0) -> dict[str, Any]:
+              replicas: int = 1, engine: str = "Job", labels: Optional[dict] = None, attempt: int = 0,
+              output: Optional[dict] = None, inputs_from: Optional[str] = None) -> dict[str, Any]:
     """The Job (or, with engine JobSet, the JobSet) the operator creates for the TrainingJob."""
     cfg = config(store_name)
     store = store_for(cfg)
-    tj = training_job(template, publish=publish, replicas=replicas, engine=engine, labels=labels)
-    inputs = _inputs(store_name)
+    tj = training_job(template, publish=publish, replicas=replicas, engine=engine, labels=labels, output=output)
+    inputs = _inputs(inputs_from or store_name)
     sidecar = workload.build_live_sidecar(tj, cfg, store.live_upload_prefix(tj), store.agent_env(),
                                           sync=store.syncs_before_snapshots) if publish == "Continuous" else None
     return workload.build_workload(tj, inputs, store.input_volumes(tj, inputs), sidecar, attempt=attempt).job
@@ -199,10 +213,11 @@ def built_service(replicas: int = 2) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Service", **workload.build_rendezvous_service(training_job(replicas=replicas))}
 
 
-def job_pod(job: dict[str, Any]) -> dict[str, Any]:
-    """The pod the Job controller creates from the Job's template (a JobSet's: its child Job's)."""
+def job_pod(job: dict[str, Any], replicated: int = 0) -> dict[str, Any]:
+    """The pod the Job controller creates from the Job's template (a JobSet's: its child Job's, of
+    replicated job `replicated`)."""
     if job["kind"] == "JobSet":
-        template = copy.deepcopy(job["spec"]["replicatedJobs"][0]["template"]["spec"]["template"])
+        template = copy.deepcopy(job["spec"]["replicatedJobs"][replicated]["template"]["spec"]["template"])
     else:
         template = copy.deepcopy(job["spec"]["template"])
     metadata = {**template.get("metadata", {}), "name": f"{job['metadata']['name']}-x7k2p",
@@ -219,4 +234,8 @@ def training_pods(template: Optional[dict] = None) -> dict[str, dict[str, Any]]:
                 pods[name] = job_pod(built_job(store_name, template, publish=publish, replicas=replicas))
             pods[f"{store_name}/training/{publish}/jobset"] = job_pod(
                 built_job(store_name, template, publish=publish, replicas=2, engine="JobSet"))
+        pods[f"{store_name}/training/volume-per-worker"] = job_pod(
+            built_job(store_name, template, replicas=2, engine="JobSet", output={"volumePerWorker": True}), 1)
+    pods["volume/training/input-assembled-across-workers"] = job_pod(built_job("volume", template,
+                                                                               inputs_from="volume-parts"))
     return pods

@@ -108,7 +108,8 @@ RULES: tuple[PermissionRule, ...] = (
                    "TrainingJob or Checkpoint, copying no other claim"),
         ("patch", "owner references: moved from a TrainingJob to its Checkpoints, added by an adopting Checkpoint"
                   + NARROWED + "only owner references, only of its own claims, only to its kinds"),
-        ("delete", "the s3 store releases an output volume once uploaded (or on request)" + NARROWED
+        ("delete", "the s3 store releases an output volume once uploaded (or on request); a namespace's catalog "
+                   "copy that did not verify is deleted so that the next copy starts empty" + NARROWED
                    + "only its own claims"))),
     PermissionRule(("",), ("events",), (
         ("create", "every wait, refusal and failure becomes an Event (posted through the core API)" + NARROWED

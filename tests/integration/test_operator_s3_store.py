@@ -244,3 +244,38 @@ async def test_live_sealing_on_the_s3_store_uploads_each_checkpoint_once(api, st
     async def step1_data_gone():
         return await api.get(CKPT, NS, "s3live.step-1") is None and not manifest_exists(uri, endpoint_url=s3.endpoint)
     await wait_for(step1_data_gone, timeout=60)
+
+
+PART_WRITER = """
+import json, os
+out, rank = os.environ["CHECKPOINT_OUTPUT_DIR"], int(os.environ["RANK"])
+for step in ("step-1", "step-2"):
+    os.makedirs(os.path.join(out, step), exist_ok=True)
+    with open(os.path.join(out, step, f"shard-{rank}.bin"), "wb") as f:
+        f.write(bytes([rank]) * 16)
+    with open(os.path.join(out, step, "config.json"), "w") as f:  # step-2: each rank its own bytes
+        json.dump({"rank": rank} if step == "step-2" else {"layers": 2}, f)
+"""
+
+
+async def test_a_volume_per_worker_uploads_the_union_and_keeps_every_volume_of_a_conflict(  # noqa: F811
+        api, store_secret, operator, wait_for, s3):  # noqa: F811
+    """s3 store, output.volumePerWorker: step-1 (both ranks' shards) is uploaded as ONE checkpoint
+    from both workers' volumes; step-2 (config.json differs) is not stored, so both volumes are
+    kept (owned by the job) until the release annotation, which releases both."""
+    await api.create(TJ, NS, training_job("vpw", replicas=2, engine="JobSet", backoffLimit=0,
+                                          output={"volumePerWorker": True},
+                                          command=[sys.executable, "-c", PART_WRITER]))
+    tj = await wait_phase(api, wait_for, TJ, "vpw", "Succeeded", timeout=90)
+    assert tj["status"]["outputCheckpoints"] == ["vpw.step-1"]
+    uri = (await api.get(CKPT, NS, "vpw.step-1"))["status"]["location"]["s3"]["uri"]
+    assert sorted(f.path for f in read_manifest(uri).files) == ["config.json", "shard-0.bin", "shard-1.bin"]
+    retained = condition(tj, "OutputRetained")
+    assert retained["status"] == "True" and "'config.json' differs between worker 0" in retained["message"]
+    claims = [f"vpw-output-{tj['metadata']['uid'][:5]}-{i}" for i in range(2)]
+    for name in claims:
+        claim = await api.get("v1/persistentvolumeclaims", NS, name)
+        assert [o["kind"] for o in claim["metadata"]["ownerReferences"]] == ["TrainingJob"]
+    await api.patch(TJ, NS, "vpw", {"metadata": {"annotations": {"ckpt.dev/release-output": "true"}}})
+    for name in claims:
+        await wait_for(lambda name=name: _gone(api, "v1/persistentvolumeclaims", name), timeout=20)

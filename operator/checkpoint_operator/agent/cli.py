@@ -37,6 +37,14 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     scan.add_argument("--max-entries", type=_positive_int, default=None, metavar="N",
                       help="fail past this many directory entries in all (default 1000000, 2000000 with --result; "
                            "or CKPT_SCAN_MAX_ENTRIES)")
+    scan.add_argument("--parts", type=_positive_int, default=None, metavar="N",
+                      help="DIR/worker-0 .. DIR/worker-<N-1> are N workers' outputs: a directory of the same name "
+                           "in several of them is one checkpoint, the union of their files (agent/parts.py)")
+    scan.add_argument("--per-worker", action="store_true",
+                      help="with --parts: each worker's checkpoints stay its own, at worker-<i>/<directory>")
+    scan.add_argument("--part-manifests", action="store_true",
+                      help="with --parts --result: write each checkpoint's full manifest to .ckpt-manifests/ at the "
+                           "root of the first worker's directory that provides its files")
     scan.set_defaults(func=lambda a: _call("scan", a))
 
     snap = cmds.add_parser("snapshot", help="scan an output directory and upload each checkpoint (s3 store)",
@@ -55,6 +63,11 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     snap.add_argument("--reuse-sealed", action="store_true",
                       help="a checkpoint `agent watch` sealed and uploaded (UPLOAD_TO/sealed/<path>/<digest>/) is not "
                            "uploaded again: its sealed copy is reported")
+    snap.add_argument("--parts", type=_positive_int, default=None, metavar="N",
+                      help="DIR/worker-0 .. DIR/worker-<N-1> are N workers' outputs: a directory of the same name "
+                           "in several of them is one checkpoint, the union of their files (agent/parts.py)")
+    snap.add_argument("--per-worker", action="store_true",
+                      help="with --parts: each worker's checkpoints stay its own, at worker-<i>/<directory>")
     snap.set_defaults(func=lambda a: _call("snapshot", a))
 
     upload = cmds.add_parser("upload", help="upload a checkpoint directory to s3://bucket/prefix/",

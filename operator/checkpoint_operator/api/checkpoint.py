@@ -151,6 +151,9 @@ class CheckpointSpec(ApiModel):
                     "namespace's limit.")
 
 
+MAX_VOLUME_PARTS = 100000  # one per worker at most (api.trainingjob.MAX_REPLICAS)
+
+
 class VolumeLocation(ApiModel):
     claimName: Name = Field(description="PersistentVolumeClaim holding the data.")
     path: Path = Field(description="Directory inside the volume ('.' for its root).")
@@ -186,6 +189,11 @@ class Location(ApiModel):
     """Where the bytes are."""
 
     volume: Optional[VolumeLocation] = Field(None, description="On a PersistentVolumeClaim.")
+    volumeParts: Optional[list[VolumeLocation]] = Field(
+        None, max_length=MAX_VOLUME_PARTS,
+        description="Assembled from several workers' volumes (output.volumePerWorker): each part's claim, the "
+                    "checkpoint's directory in it and the items (files or directories) it provides; consumers "
+                    "mount them side by side into one directory.")
     s3: Optional[S3Location] = Field(None, description="In object storage.")
     snapshot: Optional[SnapshotLocation] = Field(
         None, description="In a VolumeSnapshot of the volume it was written to (storage.volume.snapshotClassName).")

@@ -12,23 +12,31 @@ AGENT = ("checkpoint-operator", "agent")
 Layout = str  # "auto" | "directories" | "files" (api.trainingjob.OutputSpec.layout)
 
 
+def _parts(parts: Optional[int], per_worker: bool) -> list[str]:
+    return [*(["--parts", str(parts)] if parts else []), *(["--per-worker"] if parts and per_worker else [])]
+
+
 def scan(directory: str, *, layout: Layout = "auto", single: bool = False, result: bool = True,
-         manifests_dir: Optional[str] = None, sync: bool = False) -> list[str]:
+         manifests_dir: Optional[str] = None, sync: bool = False, parts: Optional[int] = None,
+         per_worker: bool = False) -> list[str]:
     """The scan of DIR (volume store snapshots, adoption of a volume path): `result`, the bounded
     result line the operator reads (protocol/results.py), else every manifest as JSON; the full
-    manifests written to `manifests_dir` (beside the data, never inside a checkpoint). `sync`:
-    then syncfs the filesystem (a volume snapshot of it follows), reported in the result."""
+    manifests written to `manifests_dir` (beside the data, never inside a checkpoint; with `parts`,
+    to MANIFESTS_DIR of a worker's own directory: --part-manifests). `sync`: then syncfs the filesystem (a volume snapshot of
+    it follows), reported in the result. `parts`: DIR/worker-<i> are that many workers' outputs
+    (agent/parts.py)."""
     return [*AGENT, "scan", directory, *(["--single"] if single else ["--layout", layout]),
-            "--result" if result else "--json", *(["--manifests-dir", manifests_dir] if manifests_dir else []),
+            *_parts(parts, per_worker), "--result" if result else "--json",
+            *((["--part-manifests"] if parts else ["--manifests-dir", manifests_dir]) if manifests_dir else []),
             *(["--sync"] if sync else [])]
 
 
 def snapshot(directory: str, upload_to: str, *, layout: Layout = "auto", single: bool = False,
-             reuse_sealed: bool = False) -> list[str]:
+             reuse_sealed: bool = False, parts: Optional[int] = None, per_worker: bool = False) -> list[str]:
     """Scan DIR and upload each checkpoint under UPLOAD_TO (s3 store); writes the scan's result line.
     `reuse_sealed`: a checkpoint the sealing sidecar uploaded already (same digest) is not sent again."""
     return [*AGENT, "snapshot", directory, *(["--single"] if single else ["--layout", layout]),
-            "--upload-to", upload_to, *(["--reuse-sealed"] if reuse_sealed else [])]
+            "--upload-to", upload_to, *(["--reuse-sealed"] if reuse_sealed else []), *_parts(parts, per_worker)]
 
 
 def download(uri: str, directory: str, *, digest: str) -> list[str]:

@@ -87,8 +87,8 @@ def upload_request(checkpoint: Checkpoint) -> Union[UploadRequest, str, None]:
     size = meta.annotation(IMPORT_SIZE_ANNOTATION)
     try:
         size_bytes = parse_quantity(size) if size else None
-    except ValueError:
-        size_bytes = None
+    except ValueError as exc:
+        return f"annotation {IMPORT_SIZE_ANNOTATION}: {exc} (kubectl ckpt push sets it to the data's size)"
     return UploadRequest(value, digest, size_bytes)
 
 
@@ -132,38 +132,52 @@ def location_volumes(location: Location, *, read_only: bool = True, restore_acce
     (the root files of an output, listed as items, are mounted one by one), and a volume's stored
     manifest, alone, at MANIFEST_MOUNT (it lives outside the checkpoint's directory). A location in
     a volume snapshot is a volume of the pod's own restored from it (logic/volume_snapshots.py),
-    with `labels`; it names no stored manifest (the agent then reads the data alone)."""
+    with `labels`; it names no stored manifest (the agent then reads the data alone). A checkpoint
+    assembled across workers (logic/parts.py): its parts side by side in that one directory."""
     volumes: list[dict[str, Any]]
-    manifest: Optional[str] = None
+    shown: list[tuple[str, str, Optional[list[str]]]]  # (volume, path in it, items)
+    manifest: Optional[tuple[str, str]] = None  # (volume, path in it)
     if location.snapshot is not None:
         snapshot = location.snapshot
         volumes = [volume_snapshots.restored_volume("data", snapshot, restore_access_mode, labels or {})]
-        path, items = snapshot.path, snapshot.items
-    elif location.volume is not None:
-        volume = location.volume
-        volumes = [{"name": "data", "persistentVolumeClaim": {"claimName": volume.claimName, "readOnly": read_only}}]
-        path, items, manifest = volume.path, volume.items, volume.manifest
+        shown = [("data", snapshot.path, snapshot.items)]
+    elif location.volumeParts or location.volume is not None:
+        claims: dict[str, str] = {}
+        volumes, shown = [], []
+        for volume in location.volumeParts or ([location.volume] if location.volume is not None else []):
+            if volume.claimName not in claims:
+                claims[volume.claimName] = "data" if not claims else f"data-{len(claims)}"
+                volumes.append({"name": claims[volume.claimName],
+                                "persistentVolumeClaim": {"claimName": volume.claimName, "readOnly": read_only}})
+            shown.append((claims[volume.claimName], volume.path, volume.items))
+            if volume.manifest and manifest is None:
+                manifest = (claims[volume.claimName], volume.manifest)
     else:
         raise ValueError("the location is neither on a volume nor in a volume snapshot")
-    sub_path = posixpath.normpath(path.lstrip("/") or ".")
     mounts = []
-    rels: list[Optional[str]] = [*items] if items else [None]
-    for rel in rels:
-        path = sub_path if rel is None else posixpath.normpath(posixpath.join(sub_path, rel))
-        mount = {"name": "data", "readOnly": read_only,
-                 "mountPath": AGENT_DATA_MOUNT if rel is None else posixpath.join(AGENT_DATA_MOUNT, rel)}
-        if path != ".":
-            mount["subPath"] = path
-        mounts.append(mount)
+    for name, where, items in shown:
+        sub_path = posixpath.normpath(where.lstrip("/") or ".")
+        rels: list[Optional[str]] = [*items] if items else [None]
+        for rel in rels:
+            path = sub_path if rel is None else posixpath.normpath(posixpath.join(sub_path, rel))
+            mount = {"name": name, "readOnly": read_only,
+                     "mountPath": AGENT_DATA_MOUNT if rel is None else posixpath.join(AGENT_DATA_MOUNT, rel)}
+            if path != ".":
+                mount["subPath"] = path
+            mounts.append(mount)
     if manifest:
-        mounts.append({"name": "data", "readOnly": True, "mountPath": MANIFEST_MOUNT,
-                       "subPath": posixpath.normpath(manifest)})
+        mounts.append({"name": manifest[0], "readOnly": True, "mountPath": MANIFEST_MOUNT,
+                       "subPath": posixpath.normpath(manifest[1])})
     return volumes, mounts
 
 
-def stored_manifest(volume: Optional[VolumeLocation]) -> Optional[str]:
-    """Where a volume location's pod sees its stored manifest (None: none is stored)."""
-    return MANIFEST_MOUNT if volume is not None and volume.manifest else None
+def stored_manifest(located: Union[Location, VolumeLocation, None]) -> Optional[str]:
+    """Where a volume location's pod sees its stored manifest (None: none is stored); a location
+    in workers' parts has it in one of them (location_volumes mounts it)."""
+    if isinstance(located, Location):
+        volumes = located.volumeParts or ([located.volume] if located.volume is not None else [])
+        return MANIFEST_MOUNT if any(v.manifest for v in volumes) else None
+    return MANIFEST_MOUNT if located is not None and located.manifest else None
 
 
 def build_verify_pod(checkpoint: Checkpoint, config: OperatorConfig, value: str,
@@ -180,7 +194,7 @@ def build_verify_pod(checkpoint: Checkpoint, config: OperatorConfig, value: str,
         volumes, mounts = location_volumes(located, restore_access_mode=config.volume_restore_access_mode,
                                            labels=checkpoint_labels(checkpoint, "verify"))
         container = agent_container("verify", agent_commands.verify(AGENT_DATA_MOUNT, digest=status.digest,
-                                                                    manifest=stored_manifest(located.volume)),
+                                                                    manifest=stored_manifest(located)),
                                     config, mounts=mounts)
     return _serving_pod(checkpoint, config, "verify", verify_pod_name(checkpoint.metadata.name), value, [container],
                         volumes, size_bytes=status.sizeBytes)
@@ -198,14 +212,14 @@ def build_pull_pod(checkpoint: Checkpoint, config: OperatorConfig, value: str) -
 
 
 def _located(checkpoint: Checkpoint) -> Location:
-    """The Checkpoint's location on a volume or in a volume snapshot."""
+    """The Checkpoint's location on a volume (or its workers' volumes) or in a volume snapshot."""
     location = checkpoint.status.location
-    if location is None or (location.volume is None and location.snapshot is None):
+    if location is None or (location.volume is None and location.snapshot is None and not location.volumeParts):
         raise ValueError(f"Checkpoint {checkpoint.metadata.name} has no volume location")
     return location
 
 
-def pull_command(volume: Optional[VolumeLocation] = None, digest: Optional[str] = None) -> list[str]:
+def pull_command(volume: Union[Location, VolumeLocation, None] = None, digest: Optional[str] = None) -> list[str]:
     """What `kubectl ckpt pull` runs in the pull pod (`digest`: the Checkpoint's recorded one; its
     stored manifest goes first when it has that digest)."""
     return agent_commands.pack(AGENT_DATA_MOUNT, session_dir=PULL_WORK_DIR, digest=digest,
@@ -265,5 +279,8 @@ def describe_location(location: Optional[Location]) -> str:
         return location.s3.uri
     if location is not None and location.snapshot is not None:
         return f"VolumeSnapshot {location.snapshot.volumeSnapshotName}:{location.snapshot.path}"
+    if location is not None and location.volumeParts:
+        first = location.volumeParts[0]
+        return f"{len(location.volumeParts)} volumes ({first.claimName}:{first.path}, ...)"
     volume = location.volume if location is not None else None
     return f"volume {volume.claimName}:{volume.path}" if volume is not None else "volume None:."

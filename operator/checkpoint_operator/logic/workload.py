@@ -28,6 +28,7 @@ from checkpoint_operator.logic.inputs import ResolvedInput
 from checkpoint_operator.logic.naming import MAX_LABEL_NAME, bounded_name, child_name
 from checkpoint_operator.logic.rendezvous import Rendezvous
 from checkpoint_operator.logic.security_context import fit_injected_container, trainer_identity
+from checkpoint_operator.logic.workers import WORKER_INDEX_LABEL
 
 LABEL_TRAINING_JOB = "ckpt.dev/trainingjob"
 LABEL_TRAINING_JOB_UID = "ckpt.dev/trainingjob-uid"
@@ -96,6 +97,20 @@ def output_claim_name(tj: TrainingJob) -> str:
 
 def output_claim_name_for(name: str, uid: str) -> str:
     return child_name(name, f"output-{uid[:5]}")
+
+
+def worker_claim_name(tj: TrainingJob, index: int) -> str:
+    """Worker `index`'s own output volume (output.volumePerWorker / perWorker)."""
+    return child_name(tj.metadata.name, f"output-{tj.metadata.uid[:5]}-{index}")
+
+
+def output_claim_names(tj: TrainingJob) -> list[str]:
+    """Every output volume of the job: one per worker with volumePerWorker/perWorker, else the one shared."""
+    if tj.spec.output.parts_per_worker:
+        return [worker_claim_name(tj, i) for i in range(tj.spec.replicas)]
+    return [output_claim_name(tj)]
+
+
 
 
 def snapshot_pod_name(tj: TrainingJob) -> str:
@@ -187,6 +202,20 @@ def check_user_mounts(template_spec: dict[str, Any], tj: TrainingJob) -> None:
 
 # --- objects -----------------------------------------------------------------------------------
 
+def build_output_claims(tj: TrainingJob, config: OperatorConfig) -> list[dict[str, Any]]:
+    """The output volume, or one per worker (ReadWriteOnce: each is written by one pod)."""
+    if not tj.spec.output.parts_per_worker:
+        return [build_output_claim(tj, config)]
+    claims = []
+    for index, name in enumerate(output_claim_names(tj)):
+        claim = build_output_claim(tj, config)
+        claim["metadata"]["name"] = name
+        claim["metadata"]["labels"][WORKER_INDEX_LABEL] = str(index)
+        claim["spec"]["accessModes"] = ["ReadWriteOnce"]
+        claims.append(claim)
+    return claims
+
+
 def output_storage_class(tj: TrainingJob, config: OperatorConfig) -> Optional[str]:
     """The StorageClass of a job's output volume (None: the cluster's default class)."""
     return tj.spec.output.storageClassName or config.default_storage_class
@@ -268,8 +297,35 @@ def build_workload(tj: TrainingJob, inputs: list[ResolvedInput], staged: InputVo
             "ownerReferences": [owner_reference(tj)]}
     if deadline is None:
         deadline = tj.spec.activeDeadlineSeconds
-    workload = engines.engine_of(tj).build(tj, template, meta, attempt, deadline)
+    per_worker = [worker_template(tj, template, i) for i in range(tj.spec.replicas)] \
+        if tj.output_enabled and tj.spec.output.parts_per_worker else None
+    workload = engines.engine_of(tj).build(tj, template, meta, attempt, deadline, per_worker)
     return BuiltJob(workload, warnings)
+
+
+COMPLETION_INDEX_VARIABLE = "JOB_COMPLETION_INDEX"
+
+
+def worker_template(tj: TrainingJob, template: dict[str, Any], index: int) -> dict[str, Any]:
+    """Worker `index`'s pod template when each worker has its own volume: its claim, and its rank as
+    a value (each worker is its own replicated job, whose completion index is 0), also as
+    JOB_COMPLETION_INDEX, which code written for an Indexed Job reads."""
+    ours = copy.deepcopy(template)
+    spec = ours["spec"]
+    for volume in spec.get("volumes") or []:
+        if volume.get("name") == OUTPUT_VOLUME:
+            volume["persistentVolumeClaim"]["claimName"] = worker_claim_name(tj, index)
+    for kind in ("initContainers", "containers"):
+        for container in spec.get(kind) or []:
+            for var in container.get("env") or []:
+                if var.get("name") in rendezvous.INDEX_VARIABLES:
+                    var.pop("valueFrom", None)
+                    var["value"] = str(index)
+            # The Job controller sets JOB_COMPLETION_INDEX (0 here) unless the container has it.
+            env = [v for v in container.get("env") or [] if v.get("name") != COMPLETION_INDEX_VARIABLE]
+            container["env"] = [*env, {"name": COMPLETION_INDEX_VARIABLE, "value": str(index)}]
+    ours.setdefault("metadata", {}).setdefault("labels", {})[WORKER_INDEX_LABEL] = str(index)
+    return ours
 
 
 def build_rendezvous_service(tj: TrainingJob) -> dict[str, Any]:
@@ -320,17 +376,25 @@ def restored_input_claims(obj: Optional[dict[str, Any]], pod: str) -> list[str]:
 
 def build_snapshot_pod(tj: TrainingJob, command: list[str], env: list[dict[str, Any]], config: OperatorConfig,
                        read_only: bool = True) -> dict[str, Any]:
-    """The pod that scans the output volume and writes the checkpoints found as its result line
-    (on the s3 store `command` uploads them first). Read-only unless the store keeps the full
-    manifests on the volume (`read_only` False: the agent writes only .ckpt-manifests/ at its root).
-    Its deadline is the base one: the output's size is what it finds out."""
-    container = agent_container("snapshot", command, config,
-                                mounts=[{"name": OUTPUT_VOLUME, "mountPath": AGENT_OUTPUT_MOUNT, "readOnly": read_only}],
-                                env=env)
+    """The pod that scans the output volume (every worker's, with a volume per worker) and writes
+    the checkpoints found as its result line (on the s3 store `command` uploads them first).
+    Read-only unless the store keeps the full manifests on the volume (`read_only` False: the agent
+    writes only .ckpt-manifests/ at its root). Its deadline is the base one: the output's size is
+    what it finds out."""
     metadata = {"name": snapshot_pod_name(tj), "namespace": tj.metadata.namespace,
                 "labels": training_job_labels(tj, "snapshot"), "ownerReferences": [owner_reference(tj)]}
-    return agent_pod(metadata, config, [container], [{"name": OUTPUT_VOLUME, "persistentVolumeClaim": {
-        "claimName": output_claim_name(tj), "readOnly": read_only}}], identity=trainer_identity(tj.spec.template.spec))
+    if tj.spec.output.parts_per_worker:  # every worker's volume, at <mount>/worker-<i> (agent/parts.py)
+        names = [f"{OUTPUT_VOLUME}-{i}" for i in range(tj.spec.replicas)]
+        mounts = [{"name": n, "mountPath": posixpath.join(AGENT_OUTPUT_MOUNT, f"worker-{i}"), "readOnly": read_only}
+                  for i, n in enumerate(names)]
+        volumes = [{"name": n, "persistentVolumeClaim": {"claimName": c, "readOnly": read_only}}
+                   for n, c in zip(names, output_claim_names(tj))]
+    else:
+        mounts = [{"name": OUTPUT_VOLUME, "mountPath": AGENT_OUTPUT_MOUNT, "readOnly": read_only}]
+        volumes = [{"name": OUTPUT_VOLUME, "persistentVolumeClaim": {"claimName": output_claim_name(tj),
+                                                                     "readOnly": read_only}}]
+    container = agent_container("snapshot", command, config, mounts=mounts, env=env)
+    return agent_pod(metadata, config, [container], volumes, identity=trainer_identity(tj.spec.template.spec))
 
 
 def build_volume_scan_pod(checkpoint: Checkpoint, config: OperatorConfig) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from checkpoint_operator.logic import volume_snapshots, workload
 from checkpoint_operator.logic.agent_pods import AGENT_OUTPUT_MOUNT, downloaded_input, last_error_line, pod_failure
 from checkpoint_operator.logic.conditions import now_rfc3339, seconds_since
 from checkpoint_operator.logic.inputs import (Candidate, CheckpointInfo, InputWait, ResolvedInput, check_live_input,
-                                              resolve_inputs)
+                                              input_on_other_store, resolve_inputs)
 from checkpoint_operator.logic.protection import label_patch, used_uids
 from checkpoint_operator.logic.results import Advance, Done, Fail, Result, Wait
 from checkpoint_operator.logic.snapshot import (SnapshotPlan, conflict_wait, not_stored, plan_snapshot, skipped_message,
@@ -156,14 +156,15 @@ def _create_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput])
     if refused:
         return Fail("ManagedClaim", refused)
     if tj.output_enabled:
-        squatted = template_claims.squatted(ctx, tj.metadata.namespace, workload.output_claim_name(tj))
+        squatted = next(filter(None, (template_claims.squatted(ctx, tj.metadata.namespace, claim)
+                                      for claim in workload.output_claim_names(tj))), None)
         if squatted:
             return Wait("ClaimNamedByTrainingJob", squatted, requeue_after=template_claims.SQUAT_RECHECK)
     made = _make_workload(ctx, tj, inputs, attempt=0, deadline=None)
     if not isinstance(made, _Made):
         return made
     write_status(ctx, tj, flow.running_change(made.name, [i.name for i in inputs],
-                                              workload.output_claim_name(tj) if tj.output_enabled else None,
+                                              workload.output_claim_names(tj)[0] if tj.output_enabled else None,
                                               now_rfc3339(), made.publish, pinned=tj.status.inputs is not None,
                                               kind=made.kind, queue=kueue.queue_name(tj.metadata.labels),
                                               rendezvous=made.rendezvous, job_uid=made.uid)
@@ -196,6 +197,13 @@ def _make_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput], a
                                           "it is installed", requeue_after=ctx.config.engine_check_interval,
                     stalled=True)
     store = store_for(ctx.config)
+    elsewhere = input_on_other_store(inputs, store.name)
+    if elsewhere:
+        return Fail("InputOnOtherStore", elsewhere)
+    if tj.output_enabled and tj.spec.output.parts_per_worker and store.syncs_before_snapshots:
+        return Fail("InvalidSpec", "spec.output.volumePerWorker and perWorker are not supported yet with volume "
+                                   "snapshots (the operator's storage.volume.snapshotClassName): use the volume store "
+                                   "without snapshots or the s3 store")
     publish_mode = flow.publish_mode(tj, ctx.config.default_publish)
     at = workloads.rendezvous_for(ctx, tj) if rendezvous.is_distributed(tj) else None
     try:
@@ -212,7 +220,8 @@ def _make_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput], a
     namespace = tj.metadata.namespace
     try:
         if tj.output_enabled:
-            _ensure_owned(tj, ctx.kube.ensure(PVCS, namespace, workload.build_output_claim(tj, ctx.config)))
+            for claim in workload.build_output_claims(tj, ctx.config):
+                _ensure_owned(tj, ctx.kube.ensure(PVCS, namespace, claim))
         if rendezvous.needs_service(tj):
             _ensure_owned(tj, workloads.ensure_service(ctx, tj))
         made = _ensure_owned(tj, workloads.ensure(ctx, tj, built.job))
@@ -238,7 +247,7 @@ def _adopt_started_job(ctx: Context, tj: TrainingJob) -> Optional[Result]:
     names = [p.name for p in tj.status.inputs or []]
     queued = kueue.queue_name(tj.metadata.labels) if engines.engine_of(tj).read(job).suspended else None
     change = flow.running_change(job["metadata"]["name"], names,
-                                 workload.output_claim_name(tj) if tj.output_enabled else None,
+                                 workload.output_claim_names(tj)[0] if tj.output_enabled else None,
                                  now_rfc3339(), flow.publish_mode_of_job(job), kind=job.get("kind", "Job"), queue=queued,
                                  job_uid=job["metadata"].get("uid"))
     restored = workload.restored_input_volumes(workload.workload_pod_spec(job).get("volumes") or [])
@@ -693,12 +702,14 @@ def _hand_over_output_claim(ctx: Context, tj: TrainingJob, store: Store, claim: 
     with the last of them (and not with the job). s3 store: the data was uploaded; release the
     volume, unless something in it was not stored (then it stays, owned by the job)."""
     if not store.keeps_output_claim:
-        if not keep:
-            _, keeping = claim_holds.delete_unless_held(ctx, tj.metadata.namespace, claim)
+        for each in workload.output_claim_names(tj) if tj.spec.output.parts_per_worker and not keep else \
+                [] if keep else [claim]:
+            _, keeping = claim_holds.delete_unless_held(ctx, tj.metadata.namespace, each)
             if keeping:  # a source.volume Checkpoint adopted a path of it: it goes with the last of them
-                ctx.info(tj, "OutputKept", f"volume {claim} is kept: Checkpoint {', '.join(keeping)} points into it")
-    elif owners:
-        publish.own_output_claim(ctx, tj, claim, [publish.checkpoint_owner(b) for b in owners], keep_job=False)
+                ctx.info(tj, "OutputKept", f"volume {each} is kept: Checkpoint {', '.join(keeping)} points into it")
+    elif owners:  # with a volume per worker, every worker's volume (a checkpoint may read from any)
+        for each in workload.output_claim_names(tj) if tj.spec.output.parts_per_worker else [claim]:
+            publish.own_output_claim(ctx, tj, each, [publish.checkpoint_owner(b) for b in owners], keep_job=False)
 
 
 # --- finished, deleting -----------------------------------------------------------------------------
@@ -713,13 +724,19 @@ def _finished(ctx: Context, tj: TrainingJob) -> Optional[float]:
     if tj.status.restoredInputs:  # the operator stopped between the Job's end and their release
         tj = _release_restored_inputs(ctx, tj)
     if flow.wants_output_released(tj):
-        claim = tj.status.outputClaim or workload.output_claim_name(tj)
-        pvc = ctx.kube.get(PVCS, tj.metadata.namespace, claim)
-        deleted, keeping = claim_holds.delete_unless_held(ctx, tj.metadata.namespace, claim) \
-            if pvc is not None and _owns(tj, pvc) else (False, [])
-        tj = write_status(ctx, tj, flow.released_change(claim, deleted, keeping))
-        ctx.info(tj, "OutputReleased", f"volume {claim} released on request")
+        # With a volume per worker, every worker's volume; the condition names the first.
+        claims = workload.output_claim_names(tj) if tj.spec.output.parts_per_worker else \
+            [tj.status.outputClaim or workload.output_claim_name(tj)]
+        released = [_release_claim(ctx, tj, claim) for claim in claims]
+        tj = write_status(ctx, tj, flow.released_change(claims[0], *released[0]))
+        ctx.info(tj, "OutputReleased", f"volume {', '.join(claims)} released on request")
     return None
+
+
+def _release_claim(ctx: Context, tj: TrainingJob, claim: str) -> tuple[bool, list[str]]:
+    pvc = ctx.kube.get(PVCS, tj.metadata.namespace, claim)
+    return claim_holds.delete_unless_held(ctx, tj.metadata.namespace, claim) \
+        if pvc is not None and _owns(tj, pvc) else (False, [])
 
 
 def _deleting(ctx: Context, tj: TrainingJob) -> Optional[float]:

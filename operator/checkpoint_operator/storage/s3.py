@@ -26,6 +26,7 @@ from checkpoint_operator.logic import agent_commands
 from checkpoint_operator.logic.agent_pods import (STAGING_MOUNT, STAGING_VOLUME, InputVolumes, agent_container,
                                                   download_container, staging_size_limit)
 from checkpoint_operator.logic.inputs import ResolvedInput
+from checkpoint_operator.logic.parts import parts_count
 from checkpoint_operator.api.clustercheckpoint import ClusterCheckpoint, ClusterCheckpointStatus
 from checkpoint_operator.logic.import_sources import ImportSpec, import_spec, import_spec_of
 from checkpoint_operator.logic.workload import import_data_dir
@@ -98,7 +99,8 @@ class S3Store(Store):
     def snapshot_command(self, tj: TrainingJob, output_dir: str) -> list[str]:
         meta = tj.metadata
         return agent_commands.snapshot(output_dir, self.prefix_for(meta.namespace, meta.name, meta.uid),
-                                       layout=tj.spec.output.layout, reuse_sealed=tj.publishes_live)
+                                       layout=tj.spec.output.layout, reuse_sealed=tj.publishes_live,
+                                       parts=parts_count(tj), per_worker=bool(tj.spec.output.perWorker))
 
     def live_upload_prefix(self, tj: TrainingJob) -> str:
         meta = tj.metadata

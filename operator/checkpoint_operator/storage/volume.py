@@ -20,6 +20,7 @@ from typing import Any, Optional
 from checkpoint_operator.protocol.manifest import MANIFEST_NAME, MANIFESTS_DIR
 from checkpoint_operator.protocol.results import MAX_ITEMS, CheckpointSummary
 from checkpoint_operator.api.checkpoint import Checkpoint, Location, VolumeLocation
+from checkpoint_operator.logic.parts import parts_count, volume_parts
 from checkpoint_operator.api.upload import UploadStatus
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.logic import agent_commands, volume_snapshots
@@ -46,46 +47,56 @@ class VolumeStore(Store):
         """Each input read-only, with subPath at <inputDir>/<name>; one volume per claim, or per
         snapshot (a volume of each pod's own, restored from it: logic/volume_snapshots.py)."""
         volumes: dict[str, dict[str, Any]] = {}
-        mounts = []
+        mounts: list[dict[str, Any]] = []
         for item in inputs:
             location = item.location
-            if location.snapshot is not None:
+            parts: list[tuple[str, Optional[str], str, Optional[list[str]]]]  # (key, claim, path, items)
+            if location.volumeParts:  # a checkpoint assembled across workers: its parts side by side
+                parts = [(f"claim/{p.claimName}", p.claimName, p.path, p.items) for p in location.volumeParts]
+            elif location.snapshot is not None:
                 source = location.snapshot
                 key = f"snapshot/{source.volumeSnapshotName}"
                 if key not in volumes:
                     volumes[key] = volume_snapshots.restored_volume(
                         f"{INPUT_VOLUME_PREFIX}{len(volumes)}", source, self.config.volume_restore_access_mode,
                         training_job_labels(tj, volume_snapshots.COMPONENT_RESTORED))
-                path, items = source.path, source.items
+                parts = [(key, None, source.path, source.items)]
             elif location.volume is not None:
-                claim = location.volume.claimName
-                key = f"claim/{claim}"
-                volumes.setdefault(key, {"name": f"{INPUT_VOLUME_PREFIX}{len(volumes)}",
-                                         "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
-                path, items = location.volume.path, location.volume.items
+                volume = location.volume
+                parts = [(f"claim/{volume.claimName}", volume.claimName, volume.path, volume.items)]
             else:
                 raise ValueError(f"input {item.name} is neither on a volume nor in a volume snapshot "
                                  "(status.location has neither)")
-            volume_name = volumes[key]["name"]
             base = posixpath.join(tj.spec.inputDir, item.mount_name)
-            sub_path = posixpath.normpath(path.lstrip("/") or ".")
-            rels: list[Optional[str]] = [*items] if items else [None]
-            for rel in rels:  # items: only these files (e.g. the root files)
-                full = sub_path if rel is None else posixpath.join(sub_path, rel)
-                mounts.append({"name": volume_name, "readOnly": True,
-                               "mountPath": base if rel is None else posixpath.join(base, rel),
-                               "subPath": "" if full == "." else posixpath.normpath(full)})
+            for key, claim, path, items in parts:
+                if claim is not None:
+                    volumes.setdefault(key, {"name": f"{INPUT_VOLUME_PREFIX}{len(volumes)}",
+                                             "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+                volume_name = volumes[key]["name"]
+                sub_path = posixpath.normpath(path.lstrip("/") or ".")
+                rels: list[Optional[str]] = [*items] if items else [None]
+                for rel in rels:  # items: only these files (e.g. the root files)
+                    full = sub_path if rel is None else posixpath.join(sub_path, rel)
+                    mounts.append({"name": volume_name, "readOnly": True,
+                                   "mountPath": base if rel is None else posixpath.join(base, rel),
+                                   "subPath": "" if full == "." else posixpath.normpath(full)})
         return InputVolumes(volumes=list(volumes.values()), mounts=mounts)
 
     def snapshot_command(self, tj: TrainingJob, output_dir: str) -> list[str]:
-        """The scan of the output, its manifests written beside the data (never into a checkpoint)."""
-        return agent_commands.scan(output_dir, layout=tj.spec.output.layout, result=True,
+        """The scan of the output, its manifests written beside the data (never into a checkpoint;
+        with a volume per worker, in each worker's volume: agent/parts.py)."""
+        output = tj.spec.output
+        parts = parts_count(tj)
+        return agent_commands.scan(output_dir, layout=output.layout, result=True,
                                    manifests_dir=posixpath.join(output_dir, MANIFESTS_DIR),
-                                   sync=self.syncs_before_snapshots)
+                                   sync=self.syncs_before_snapshots, parts=parts, per_worker=bool(output.perWorker))
 
     def snapshot_location(self, tj: TrainingJob, claim: str, manifest: CheckpointSummary, layout: str,
                           taken: Optional[TakenSnapshot] = None) -> Location:
-        """Where the checkpoint lies on the output claim (see `output_place`)."""
+        """Where the checkpoint lies on the output claim (see `output_place`), or on its workers'
+        claims side by side (a volume per worker: logic/parts.py)."""
+        if manifest.parts is not None or parts_count(tj):  # none reported for such a job: NotStorable there
+            return Location(volumeParts=volume_parts(tj, manifest, layout))
         path, items = output_place(manifest, layout)
         return volume_location(claim, path, manifest, items=items)
 
@@ -201,6 +212,10 @@ class SnapshotVolumeStore(VolumeStore):
 
     def snapshot_location(self, tj: TrainingJob, claim: str, manifest: CheckpointSummary, layout: str,
                           taken: Optional[TakenSnapshot] = None) -> Location:
+        """A volume per worker never comes here: such jobs are refused with snapshots."""
+        if manifest.parts is not None:
+            raise NotStorable(f"{manifest.path!r} is assembled across workers' volumes: a volume per worker is not "
+                              "kept in volume snapshots")
         path, items = output_place(manifest, layout)  # NotStorable before any snapshot is taken
         return self._in_snapshot(taken, path, items)
 
