@@ -12,7 +12,11 @@ and plays the training containers; the operator's agent pods run for real). Faul
 - SeaweedFS killed while an agent uploads, downloads, imports or the operator deletes, and restarted;
 - agent and training pods exiting 1, OOM-killed (137, OOMKilled), evicted, or stuck Pending
   (unschedulable, image pull back-off: the bench's kubelet does not start them);
-- items of issues 8 and 18 driven end to end (issue 18: deep output, cycles of waits, a name held by another job).
+- items of issues 8 and 18 driven end to end (issue 18: deep output, cycles of waits, a name held by another job);
+- volume snapshots (storage.volume.snapshotClassName, on three nodes and the block StorageClass):
+  the operator SIGKILLed right after it took, handed over or released something, and the local
+  cluster's CSI side (snapshot controller, provisioner) stopped in the middle of a snapshot's or a
+  restore's copy and started again, as local mode killed there would.
 
 The fault layer lives only in this file's emulator process (`FaultLayer`, in front of the
 emulator's handler, off unless a case asks for it); it affects only the operator's requests
@@ -21,7 +25,9 @@ emulator's handler, off unless a case asks for it); it affects only the operator
 Every case is then counted: checkpoints lost (a directory the job wrote that is neither in a Ready
 Checkpoint with the same bytes nor kept on a retained volume), duplicated (two Checkpoints for one
 output directory), orphaned (agent pods, PVCs, Jobs without a live owner; S3 objects under the
-store's prefix outside every Checkpoint's location), Ready while partial (the bytes in the store or
+store's prefix outside every Checkpoint's location; VolumeSnapshots no live object owns, contents
+without their snapshot, snapshot copies without their content, restored claims left after their
+job), Ready while partial (the bytes in the store or
 on the volume not matching the Checkpoint's digest or what the job wrote), and whether the object
 reached the right phase with a message naming the cause. No timed assertions: waits have generous
 limits, and a limit reached is a failed case, not a figure.
@@ -61,6 +67,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from scale import CKPT, NS, TJ, Emulator, Operator  # noqa: E402
 
 PODS, PVCS, JOBS = "v1/pods", "v1/persistentvolumeclaims", "batch/v1/jobs"
+SNAPSHOTS = "snapshot.storage.k8s.io/v1/volumesnapshots"
+CONTENTS = "snapshot.storage.k8s.io/v1/volumesnapshotcontents"
 OPERATOR_AGENTS = ("kopf/", "OpenAPI-Generator")  # kopf's and the kubernetes client's User-Agent
 WAIT = float(os.environ.get("FAULTS_WAIT", 240))  # seconds: the most any phase of a case may take (a limit reached fails the case)
 
@@ -180,6 +188,18 @@ class Store:
             if not page.get("IsTruncated"):
                 return keys
             token = page["NextContinuationToken"]
+
+    def named_blobs(self, prefixes: list[str]) -> set[str]:
+        """The sha256 of every file the manifests at these prefixes list (blobs in their namespace)."""
+        from checkpoint_operator.protocol.manifest import MANIFEST_NAME
+        client, named = self.server.client(), set()
+        for prefix in prefixes:
+            try:
+                body = client.get_object(Bucket=self.bucket, Key=prefix + MANIFEST_NAME)["Body"].read()
+            except client.exceptions.NoSuchKey:
+                continue
+            named |= {f["sha256"] for f in json.loads(body)["files"]}
+        return named
 
     def outage(self, seconds: float) -> asyncio.Task:
         """Kill the server now (SIGKILL), start it again after `seconds`."""
@@ -307,8 +327,9 @@ class Harness:
     """A fresh emulator (with the fault layer), the local cluster with the Runner, one operator at a
     time (restartable), and when the case uses the s3 store a prefix of its own in the shared store."""
 
-    def __init__(self, name: str, store: Store | None, s3_store: bool = True) -> None:
+    def __init__(self, name: str, store: Store | None, s3_store: bool = True, snapshots: bool = False) -> None:
         self.name, self.store, self.s3_store = name, store, s3_store and store is not None
+        self.snapshots = snapshots  # the volume store with volume snapshots, on three nodes
         self.work = Path(tempfile.mkdtemp(prefix=f"bench-faults-{name}-"))
         self.emulator = Emulator(self.work, script=__file__)
         self.url = self.emulator.url
@@ -320,6 +341,8 @@ class Harness:
 
     def operator_env(self) -> dict:
         env = {"CKPT_RECONCILE_INTERVAL": "0.5"}
+        if self.snapshots:
+            env.update(CKPT_DEFAULT_STORAGE_CLASS="block", CKPT_VOLUME_SNAPSHOT_CLASS="block-snapshots")
         if self.s3_store:
             env.update(self.store.env(), CKPT_STORAGE_TYPE="s3", CKPT_S3_ENDPOINT=self.store.server.endpoint,
                        CKPT_S3_BUCKET=self.store.bucket, CKPT_S3_PREFIX=self.prefix,
@@ -330,22 +353,13 @@ class Harness:
         from checkpoint_operator.local.cluster import LocalCluster
         from checkpoint_operator.local.server import ApiClient
         self.api = ApiClient(self.url)
-        self.cluster = LocalCluster(self.url, self.work / "cluster", [NS], container_runner=self.runner)
+        self.cluster = LocalCluster(self.url, self.work / "cluster", [NS], container_runner=self.runner,
+                                    nodes=3 if self.snapshots else 1)
         await self.cluster.__aenter__()
         # Pods the bench's scheduler/kubelet does not start: component -> the status it reports instead.
         self.stuck: dict[str, dict] = {}
-        reported: set[str] = set()
-        kubelet_reconcile = self.cluster.kubelet.reconcile
-
-        def reconcile(pod, uid, **kw):
-            status = self.stuck.get(component(pod)) if pod else None
-            if status is None or pod["metadata"].get("deletionTimestamp") or uid in self.cluster.kubelet.workers:
-                return kubelet_reconcile(pod, uid, **kw)
-            if uid in reported:
-                return None
-            reported.add(uid)
-            return self.api.patch(PODS, NS, pod["metadata"]["name"], {"status": status}, subresource="status")
-        self.cluster.kubelet.reconcile = reconcile
+        self._stuck_reported: set[str] = set()
+        self.hold_stuck_pods()
         if self.store is not None:
             b64 = lambda text: base64.b64encode(text.encode()).decode()  # noqa: E731
             await self.api.create("v1/secrets", NS, {"metadata": {"name": "store-credentials"}, "data": {
@@ -353,6 +367,20 @@ class Harness:
                 "AWS_SECRET_ACCESS_KEY": b64(self.store.server.secret_key)}})
         await asyncio.to_thread(self.start_operator)
         return self
+
+    def hold_stuck_pods(self) -> None:
+        """Every node's kubelet leaves the pods of a `stuck` component unstarted and reports their
+        status instead (the cluster's kubelets, one per node: each is wrapped)."""
+        for kubelet in self.cluster.kubelets.values():
+            def reconcile(pod, uid, _kubelet=kubelet, _reconcile=kubelet.reconcile, **kw):
+                status = self.stuck.get(component(pod)) if pod else None
+                if status is None or pod["metadata"].get("deletionTimestamp") or uid in _kubelet.workers:
+                    return _reconcile(pod, uid, **kw)
+                if uid in self._stuck_reported:
+                    return None
+                self._stuck_reported.add(uid)
+                return self.api.patch(PODS, NS, pod["metadata"]["name"], {"status": status}, subresource="status")
+            kubelet.reconcile = reconcile
 
     def start_operator(self) -> None:
         self.starts += 1
@@ -372,6 +400,16 @@ class Harness:
         faults(self.url, {})
         await asyncio.to_thread(self.start_operator)
         return True
+
+    async def restart_cluster(self) -> None:
+        """Stop the local cluster (its controllers and kubelets; a copy under way is cut short) and
+        start a new one on the same data, as a killed local mode is started again."""
+        from checkpoint_operator.local.cluster import LocalCluster
+        await self.cluster.__aexit__(None, None, None)
+        self.cluster = LocalCluster(self.url, self.work / "cluster", [NS], container_runner=self.runner,
+                                    nodes=3 if self.snapshots else 1)
+        await self.cluster.__aenter__()
+        self.hold_stuck_pods()
 
     async def __aexit__(self, *exc: object) -> None:
         if self.operator is not None:
@@ -452,9 +490,25 @@ class Verdict:
         return self.clear and not (self.lost or self.duplicated or self.orphaned or self.partial)
 
 
+def items_digest(root: Path, items: list[str] | None) -> str | None:
+    """The digest of a location's files: the whole directory, or only its listed items."""
+    if not items:
+        return tree_digest(root)
+    from checkpoint_operator.agent.manifest import FileEntry, digest_of
+    files = [root / i for i in items]
+    if not all(f.is_file() for f in files):
+        return None
+    return digest_of([FileEntry(path=i, size=f.stat().st_size, sha256=hashlib.sha256(f.read_bytes()).hexdigest())
+                      for i, f in zip(items, files)])
+
+
 async def stored_digest(h: Harness, ckpt: dict) -> str | None:
     """The digest of the bytes a Ready Checkpoint's location holds (None: unreadable)."""
     location = (ckpt.get("status") or {}).get("location") or {}
+    if "snapshot" in location:  # the snapshot's copy (local/snapshots.py): what a restore gets
+        snapshot = location["snapshot"]
+        copy = h.cluster.snapshot_dir(NS, snapshot["volumeSnapshotName"])
+        return items_digest(Path(copy) / snapshot["path"].lstrip("/"), snapshot.get("items")) if copy else None
     if "volume" in location:
         claim = h.cluster.claim_dir(NS, location["volume"]["claimName"])
         return tree_digest(Path(claim) / location["volume"]["path"].lstrip("/")) if claim else None
@@ -530,14 +584,45 @@ async def assess(h: Harness, verdict: Verdict, expects: list[Expect], *, check_d
         if not owners_alive(obj, alive):
             verdict.orphaned += 1
             notes.append(f"{kind} {obj['metadata']['name']} has no live owner")
+    if h.snapshots:
+        snapshots = await h.api.list(SNAPSHOTS, NS)
+        for obj in snapshots:
+            if not owners_alive(obj, alive):
+                verdict.orphaned += 1
+                notes.append(f"volumesnapshot {obj['metadata']['name']} has no live owner")
+        contents = await h.api.list(CONTENTS, None)
+        snapshot_uids = {o["metadata"]["uid"] for o in snapshots}
+        for obj in contents:
+            if obj["spec"]["volumeSnapshotRef"].get("uid") not in snapshot_uids:
+                verdict.orphaned += 1
+                notes.append(f"volumesnapshotcontent {obj['metadata']['name']} has no snapshot")
+        copies = h.work / "cluster" / "snapshots"
+        names = {o["metadata"]["name"] for o in contents}
+        for copy in sorted(copies.iterdir()) if copies.is_dir() else []:
+            if copy.name not in names:
+                verdict.orphaned += 1
+                notes.append(f"snapshot copy {copy.name} has no content")
     if h.s3_store:
         locations = [((c.get("status") or {}).get("location") or {}).get("s3", {}).get("uri", "") for c in checkpoints]
         prefixes = [u.split("/", 3)[3] for u in locations if u.startswith("s3://")]
         await h.store.back()
-        stray = {k.rsplit("/", 1)[0] for k in await asyncio.to_thread(h.store.keys, h.prefix + "/")
-                 if not any(k.startswith(p) for p in prefixes)}
+        keys = await asyncio.to_thread(h.store.keys, h.prefix + "/")
+        named = await asyncio.to_thread(h.store.named_blobs, prefixes)
+        stray = set()
+        for key in keys:
+            if any(key.startswith(p) for p in prefixes):
+                continue
+            directory, _, name = key.rpartition("/")
+            if directory.endswith("/blobs/gc"):
+                continue  # the blob collector's markers (objectstore/blobs.py)
+            if directory.endswith("/blobs/sha256"):
+                if name not in named:  # a file's bytes no Checkpoint's manifest names
+                    stray.add(key)
+                continue
+            stray.add(directory)
         verdict.orphaned += len(stray)
-        notes += [f"s3 {s}/ has no Checkpoint" for s in sorted(stray)]
+        notes += [f"s3 {s} is named by no Checkpoint" if "/blobs/sha256/" in s else f"s3 {s}/ has no Checkpoint"
+                  for s in sorted(stray)]
     # The phase and the message.
     clear = True
     for expect in expects:
@@ -574,14 +659,16 @@ class Case:
     s3: bool = False
     quick: bool = False
     origin: bool = False  # imports from an S3 origin (SeaweedFS) into the volume store
+    snapshots: bool = False  # the volume store with volume snapshots, on three nodes
 
 
 CASES: list[Case] = []
 
 
-def case(name: str, group: str, *, s3: bool = False, quick: bool = False, origin: bool = False):
+def case(name: str, group: str, *, s3: bool = False, quick: bool = False, origin: bool = False,
+         snapshots: bool = False):
     def register(fn):
-        CASES.append(Case(name, group, fn, s3, quick, origin))
+        CASES.append(Case(name, group, fn, s3, quick, origin, snapshots))
         return fn
     return register
 
@@ -1026,6 +1113,103 @@ async def _(h):
     return [Expect("imported", "Failed", ("past the size limit of 1024",), resource=CKPT)]
 
 
+# -- volume snapshots: kills while snapshots are taken, handed over, restored --------------------------
+
+SNAPSHOT_KILL_POINTS = {
+    # the end-of-job VolumeSnapshot was just created (the operator dies before it is ready)
+    "snapshot-created": tj_write(r"/volumesnapshots$", method="POST"),
+    # the first of the job's Checkpoints was created, in the ready snapshot, not yet its owner
+    "1-of-3-checkpoints": tj_write(r"/checkpoints$", method="POST"),
+    # the snapshot was handed over to the Checkpoints (the job's reference dropped)
+    "snapshot-handed-over": tj_write(r"/volumesnapshots/job-output-", method="PATCH"),
+    # the output volume was deleted (its checkpoints are in the snapshot)
+    "output-volume-deleted": tj_write(r"/persistentvolumeclaims/job-output-", method="DELETE"),
+    # the consumer's Job was created: its pods' volumes are being restored from the input's snapshot
+    "restore-under-way": tj_write(r"/jobs$", method="POST"),
+    # a finished pod holding a restored volume was deleted (the release of the restored inputs)
+    "inputs-released": tj_write(r"/pods/job-", method="DELETE"),
+}
+
+for _point, _crash in SNAPSHOT_KILL_POINTS.items():
+    case(f"snapshots-kill-after-{_point}", "snapshots", snapshots=True, quick=_point == "snapshot-handed-over")(
+        lambda h, crash=_crash: producer_and_consumer(h, crash=crash))
+
+
+def cut_copy_short(module: Any, function_name: str, started: asyncio.Event) -> Callable[[], None]:
+    """Make the next copy of `module.function_name` (run through asyncio.to_thread) leave a partial
+    tree and hang, as a process killed in the middle of it would; returns the undo."""
+    original = getattr(module, function_name)
+    real_to_thread = module.asyncio.to_thread
+
+    async def to_thread(function, *args, **kwargs):
+        if function is original and not started.is_set():
+            target = Path(args[1] if function_name == "_copy_volume" else args[0])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f".{target.name}.partial-cut")
+            partial.mkdir(exist_ok=True)
+            (partial / "half-a-file").write_bytes(os.urandom(1000))
+            started.set()
+            await asyncio.Event().wait()
+        return await real_to_thread(function, *args, **kwargs)
+    module.asyncio.to_thread = to_thread
+    return lambda: setattr(module.asyncio, "to_thread", real_to_thread)
+
+
+async def csi_killed_during(h: Harness, module: Any, function_name: str) -> list[Expect]:
+    """The local cluster (the snapshot controller and the provisioner) stops in the middle of a copy and
+    starts again; the operator never notices but by waiting longer."""
+    started = asyncio.Event()
+    undo = cut_copy_short(module, function_name, started)
+    try:
+        task = asyncio.create_task(producer_and_consumer(h))
+        await asyncio.wait_for(started.wait(), WAIT)
+        await h.restart_cluster()
+        h.events.append(f"local cluster restarted in the middle of {function_name}")
+    finally:
+        undo()
+    return await task
+
+
+@case("snapshots-csi-killed-during-snapshot-copy", "snapshots", snapshots=True, quick=True)
+async def _(h):
+    from checkpoint_operator.local import snapshots as local_snapshots
+    return await csi_killed_during(h, local_snapshots, "_copy_volume")
+
+
+@case("snapshots-csi-killed-during-restore-copy", "snapshots", snapshots=True)
+async def _(h):
+    from checkpoint_operator.local import storage as local_storage
+
+    original = local_storage._make_volume_directory  # only a restore copies: an empty volume is a mkdir
+    started = asyncio.Event()
+    real_to_thread = local_storage.asyncio.to_thread
+
+    async def to_thread(function, *args, **kwargs):
+        if function is original and args[1] is not None and not started.is_set():
+            directory = Path(args[0])
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            partial = directory.with_name(f".{directory.name}.partial-cut")
+            partial.mkdir(exist_ok=True)
+            (partial / "half-a-file").write_bytes(os.urandom(1000))
+            started.set()
+            await asyncio.Event().wait()
+        return await real_to_thread(function, *args, **kwargs)
+    local_storage.asyncio.to_thread = to_thread
+    try:
+        task = asyncio.create_task(producer_and_consumer(h))
+        await asyncio.wait_for(started.wait(), WAIT)
+        await h.restart_cluster()
+        h.events.append("local cluster restarted in the middle of a restore")
+    finally:
+        local_storage.asyncio.to_thread = real_to_thread
+    expects = await task
+    volumes = h.work / "cluster" / "volumes" / NS
+    leftovers = [p.name for p in volumes.iterdir() if ".partial-" in p.name] if volumes.is_dir() else []
+    if leftovers:
+        expects.append(Expect("partial-restores", "removed", (f"left: {leftovers}",)))
+    return expects
+
+
 # -- items of issue 18, end to end ---------------------------------------------------------------------
 
 DEEP = "/".join(["d"] * 1000)
@@ -1126,6 +1310,29 @@ async def self_check() -> str | None:
     return f"missed {', '.join(missed)} ({v})" if missed else None
 
 
+async def self_check_snapshots() -> str | None:
+    """With volume snapshots: a Ready Checkpoint's bytes changed in its snapshot's copy, a VolumeSnapshot
+    no object owns, a snapshot copy without its content. None when each is counted."""
+    async with Harness("self-check-snapshots", None, snapshots=True) as h:
+        await h.create_job("job", train=steps(2))
+        await finished(h, "job")
+        ckpt = await h.api.get(CKPT, NS, "job.step-1")
+        snapshot = ckpt["status"]["location"]["snapshot"]
+        copy = Path(h.cluster.snapshot_dir(NS, snapshot["volumeSnapshotName"]))
+        target = copy / snapshot["path"] / "model.safetensors"
+        target.chmod(0o644)
+        target.write_bytes(b"not what was written")
+        await h.api.create(SNAPSHOTS, NS, {"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+                                           "metadata": {"name": "stray"}, "spec": {
+                                               "volumeSnapshotClassName": "block-snapshots",
+                                               "source": {"persistentVolumeClaimName": "nothing"}}})
+        (copy.parent / "snapcontent-stray").mkdir()
+        v = await assess(h, Verdict("self-check-snapshots", "check"), [Expect("job", "Succeeded", ("succeeded",))])
+    missed = [what for what, caught in (("the changed snapshot bytes", v.partial == 1),
+                                        ("the stray snapshot and copy", v.orphaned == 2)) if not caught]
+    return f"missed {', '.join(missed)} ({v})" if missed else None
+
+
 # --- main ---------------------------------------------------------------------------------------------
 
 async def run_case(c: Case, store: Store | None) -> Verdict:
@@ -1133,7 +1340,7 @@ async def run_case(c: Case, store: Store | None) -> Verdict:
     verdict = Verdict(c.name, c.group)
     started = time.monotonic()
     try:
-        async with Harness(c.name, store if c.s3 or c.origin else None, s3_store=c.s3) as h:
+        async with Harness(c.name, store if c.s3 or c.origin else None, s3_store=c.s3, snapshots=c.snapshots) as h:
             CURRENT = h
             try:
                 expects = await c.run(h)
@@ -1159,7 +1366,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--serve-emulator", metavar="URL_FILE", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="one case of each kind")
-    parser.add_argument("--only", help="comma-separated groups (kill, api, pods, store, issue8, issue18) or case-name prefixes")
+    parser.add_argument("--only", help="comma-separated groups (kill, api, pods, store, issue8, issue18, snapshots) or "
+                                       "case-name prefixes")
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     args = parser.parse_args()
     if args.serve_emulator:
@@ -1168,12 +1376,15 @@ def main() -> int:
     cases = select(args.only, args.quick)
     if args.list:
         for c in cases:
-            print(f"{c.group:8} {c.name}{'  (s3 store)' if c.s3 else '  (s3 origin)' if c.origin else ''}")
+            kind = '  (s3 store)' if c.s3 else '  (s3 origin)' if c.origin else '  (volume snapshots)' if c.snapshots else ''
+            print(f"{c.group:8} {c.name}{kind}")
         return 0
     if not cases:
         print(f"faults: no case matches --only {args.only}", file=sys.stderr)
         return 2
     problem = asyncio.run(self_check())
+    if not problem and any(c.snapshots for c in cases):
+        problem = asyncio.run(self_check_snapshots())
     print(f"faults: self-check: {problem or 'the counters count defects made on purpose'}", flush=True)
     if problem:
         return 1
@@ -1189,9 +1400,9 @@ def main() -> int:
         if store is not None:
             store.close()
     print()
-    print(f"{'case':40} {'group':6} {'lost':>4} {'dup':>4} {'orph':>4} {'part':>4} {'msg':>5}  note")
+    print(f"{'case':44} {'group':9} {'lost':>4} {'dup':>4} {'orph':>4} {'part':>4} {'msg':>5}  note")
     for v in verdicts:
-        print(f"{v.case:40} {v.group:6} {v.lost:>4} {v.duplicated:>4} {v.orphaned:>4} {v.partial:>4} "
+        print(f"{v.case:44} {v.group:9} {v.lost:>4} {v.duplicated:>4} {v.orphaned:>4} {v.partial:>4} "
               f"{'clear' if v.clear else 'NO':>5}  {v.note[:120]}")
     total = {k: sum(getattr(v, k) for v in verdicts) for k in ("lost", "duplicated", "orphaned", "partial")}
     clear = sum(v.clear for v in verdicts)

@@ -45,6 +45,9 @@ How it keeps the comparison fair (each point was wrong in an earlier version of 
   ru_maxrss: a child starts with the RSS its parent had at fork and keeps it across exec). CPU: user+sys of the process and every child it waited for (wait4).
   `srv` is SeaweedFS's CPU over the same interval: all of it shares the same cores.
 
+Per shape it also prints the download's client CPU per 10^9 bytes against its bound: the
+fastest peer's plus sha256 of every byte (hashlib in memory on one core, measured in the run).
+
 The last lines are `transfer ratio vs best peer: <shape> upload X.XX download Y.YY`, one per
 shape (agent MB/s / fastest other tool's MB/s, medians of the same run).
 """
@@ -547,8 +550,36 @@ def report(shape: Shape, tools: list[str], results: dict, runs: int) -> Optional
     for d in ("upload", "download"):
         best = max((med(p, d, "rate") or 0.0, p) for p in peers)
         ratio[d] = (med("agent", d, "rate") / best[0], best[1]) if best[0] else (float("nan"), "-")
+    # The verified download's CPU bound: what the fastest peer spends per 10^9 bytes (no
+    # verification) plus what sha256 of every byte costs on this machine (in memory, one core).
+    fastest = ratio["download"][1]
+    agent_cpu, peer_cpu = med("agent", "download", "cpu"), med(fastest, "download", "cpu")
+    if agent_cpu is not None and peer_cpu is not None:
+        bound = peer_cpu + sha256_seconds
+        cheapest = min((med(p, "download", "cpu") or float("inf"), p) for p in peers)
+        print(f"download client CPU per 10^9 bytes: agent {agent_cpu:.2f} s; fastest peer {fastest} {peer_cpu:.2f} s "
+              f"+ sha256 of every byte {sha256_seconds:.2f} s = bound {bound:.2f} s; agent / bound "
+              f"{agent_cpu / bound:.2f} (least CPU: {cheapest[1]} {cheapest[0]:.2f} s)")
     return (f"transfer ratio vs best peer: {shape.name} upload {ratio['upload'][0]:.2f} download "
             f"{ratio['download'][0]:.2f}   (best peer: upload {ratio['upload'][1]}, download {ratio['download'][1]})")
+
+
+def sha256_seconds_per_gb(seconds: float = 0.5) -> float:
+    """CPU seconds hashlib's sha256 takes per 10^9 bytes in memory on one core (median of 3)."""
+    data = memoryview(bytes(64 * MiB))
+    chunk = 256 * 1024  # the agent's streaming buffer (agent/download.py STREAM_CHUNK)
+    costs = []
+    for _ in range(3):
+        digest, done, start = hashlib.sha256(), 0, time.process_time()
+        while time.process_time() - start < seconds:
+            for i in range(0, len(data), chunk):
+                digest.update(data[i:i + chunk])
+            done += len(data)
+        costs.append((time.process_time() - start) / done * 1e9)
+    return statistics.median(costs)
+
+
+sha256_seconds = 0.0  # set by main() before the runs
 
 
 def sweep(bench: Bench, shape: Shape, tools: list[str], runs: int) -> None:
@@ -616,6 +647,9 @@ def main() -> int:
             else:
                 tools.append(tool)
         bench = Bench(server, tools_, work)
+        global sha256_seconds
+        sha256_seconds = sha256_seconds_per_gb()
+        print(f"sha256 of 10^9 bytes in memory, one core: {sha256_seconds:.2f} s CPU", flush=True)
         load = os.getloadavg()
         print(f"SeaweedFS at {server.endpoint}; {runs} run(s) per tool; {os.cpu_count()} cores; load average "
               f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the start", flush=True)

@@ -10,9 +10,10 @@ Layers, each usable alone (function scope: every test gets a fresh, empty API):
   (``await api.create("v1/pods", "default", body)``, ``get``, ``list``, ``patch``, ``replace``,
   ``delete``, ``read_log``); HTTP errors raise ``ApiError`` with ``.status`` and ``.reason``;
 - ``container_runner`` -> None: override it in a module to play the training code;
-- ``cluster`` -> ``LocalCluster``: PVC binder, Job and JobSet controllers (JobSet's published CRD
-  installed: ``jobset_installed`` -> False leaves both out), Kueue stand-in, kubelet and GC, running
-  in the test's loop against ``api_url`` with data under ``tmp_path / "cluster"``;
+- ``cluster`` -> ``LocalCluster``: scheduler, storage, snapshot controller, Job and JobSet controllers
+  (JobSet's published CRD installed: ``jobset_installed`` -> False leaves both out), Kueue stand-in,
+  kubelets and GC, running in the test's loop against ``api_url`` with data under
+  ``tmp_path / "cluster"``, on ``cluster_nodes`` nodes (1 unless a test overrides that fixture);
 - ``wait_for`` -> ``async wait_for(predicate, timeout=10, interval=0.05)``: polls a sync or async
   predicate until it returns something truthy and returns that value.
 
@@ -36,6 +37,10 @@ import yaml
 
 from checkpoint_operator.local.cluster import LocalCluster
 from checkpoint_operator.local.server import ApiClient, EmulatorServer
+
+# The servers' fixtures, registered once for the whole run: a session-scoped fixture imported into
+# a test module is a fixture of that module, so each module started its own SeaweedFS and Azurite.
+pytest_plugins = ["s3server", "azurite", "hubserver"]
 
 
 @pytest.fixture
@@ -71,16 +76,23 @@ def published_jobset_crd() -> dict:
 
 
 @pytest.fixture
+def cluster_nodes() -> int:
+    """Nodes of the ``cluster``: 1 keeps most tests fast; override it (a module's fixture, or
+    ``@pytest.mark.parametrize("cluster_nodes", [3])``) for tests of scheduling and attachment."""
+    return 1
+
+
+@pytest.fixture
 def jobset_installed() -> bool:
     """Whether the local cluster has JobSet (its CRD and controller). Override to test without."""
     return True
 
 
 @pytest.fixture
-async def cluster(api_url: str, tmp_path: Any, container_runner: Any, jobset_installed: bool
+async def cluster(api_url: str, tmp_path: Any, container_runner: Any, cluster_nodes: int, jobset_installed: bool
                   ) -> AsyncIterator[LocalCluster]:
-    async with LocalCluster(api_url, tmp_path / "cluster", container_runner=container_runner, jobset=jobset_installed,
-                            jobset_crd=copy.deepcopy(published_jobset_crd())) as local_cluster:
+    async with LocalCluster(api_url, tmp_path / "cluster", container_runner=container_runner, nodes=cluster_nodes,
+                            jobset=jobset_installed, jobset_crd=copy.deepcopy(published_jobset_crd())) as local_cluster:
         yield local_cluster
 
 
@@ -119,3 +131,27 @@ def credential_watch(request) -> Iterator[Any]:
         credentials.stop(handler)
     leaks = witness.leaks(credentials.SECRETS)
     assert not leaks, "credentials found in what the code wrote:\n" + "\n".join(leaks[:20])
+
+
+# --- deep trees: tests build 1,000-deep directories; pytest's own cleanup of old numbered tmp
+# directories uses a recursive rmtree that fails on them (RecursionError at exit), so every
+# subtree past DEEP levels under this session's basetemp is removed without recursion here.
+DEEP = 200
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    import os
+
+    from checkpoint_operator.agent import fstree
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    basetemp = getattr(factory, "_basetemp", None)
+    if basetemp is None or not os.path.isdir(basetemp):
+        return
+    base_depth = str(basetemp).rstrip(os.sep).count(os.sep)
+    deep: list[str] = []
+    for directory, subdirs, _files in fstree.walk(str(basetemp)):
+        if directory.count(os.sep) - base_depth >= DEEP:
+            deep.append(directory)
+            subdirs[:] = []  # remove_tree takes the whole subtree
+    for directory in deep:
+        fstree.remove_tree(directory, ignore_errors=True, make_writable=True)

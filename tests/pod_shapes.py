@@ -1,5 +1,6 @@
 """Every pod the operator creates, and every pod template it hands to a Job, built by the real
-builders (logic/, storage/) for both stores and every source kind: the shapes that
+builders (logic/, storage/) for every store (volume, s3, and volume with volume snapshots) and every
+source kind: the shapes that
 test_pod_security.py checks against Pod Security "restricted" and test_admission_policy.py
 against the chart's ValidatingAdmissionPolicy.
 
@@ -54,8 +55,14 @@ RESTRICTED_TEMPLATE = {"metadata": {"labels": {"team": "ml"}}, "spec": {
                     "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}]}}
 
 
+SNAPSHOT_CLASS = "ebs-snapshots"
+STORES = ("volume", "s3", "snapshots")  # snapshots: the volume store with volume snapshots (storage.volume.snapshotClassName)
+
+
 def config(store: str, **overrides: Any) -> OperatorConfig:
     values: dict[str, Any] = {"agent_image": IMAGE, "agent_service_account": AGENT_SERVICE_ACCOUNT}
+    if store == "snapshots":
+        values.update(volume_snapshot_class=SNAPSHOT_CLASS, default_storage_class="gp3")
     if store == "s3":
         values.update(storage_type="s3", s3_bucket="ckpts", s3_endpoint=S3_ENDPOINT, s3_secret_name=STORE_SECRET)
     return OperatorConfig(**{**values, **overrides})
@@ -105,12 +112,12 @@ def catalog_pods(store_name: str) -> dict[str, dict[str, Any]]:
 
 
 def training_job(template: Optional[dict] = None, *, publish: str = "OnCompletion", replicas: int = 1,
-                 engine: str = "Job", labels: Optional[dict] = None) -> TrainingJob:
+                 engine: str = "Job", labels: Optional[dict] = None, output: Optional[dict] = None) -> TrainingJob:
     return TrainingJob.model_validate({
         "apiVersion": "ckpt.dev/v1alpha1", "kind": "TrainingJob",
         "metadata": {"name": "train", "namespace": NAMESPACE, "uid": "0123456789-uid", "labels": labels or {}},
         "spec": {"checkpoints": [{"name": "base"}], "replicas": replicas, "engine": engine,
-                 "output": {"enabled": True, "size": "10Gi", "publish": publish},
+                 "output": {"enabled": True, "size": "10Gi", "publish": publish, **(output or {})},
                  "template": copy.deepcopy(template or RESTRICTED_TEMPLATE)}})
 
 
@@ -121,19 +128,32 @@ def as_created(pod: dict[str, Any]) -> dict[str, Any]:
 
 def agent_pods() -> dict[str, dict[str, Any]]:
     pods: dict[str, dict[str, Any]] = {}
-    for store_name in ("volume", "s3"):
+    for store_name in STORES:
         cfg = config(store_name)
         store = store_for(cfg)
         tj = training_job()
         pods[f"{store_name}/snapshot"] = workload.build_snapshot_pod(
             tj, store.snapshot_command(tj, AGENT_OUTPUT_MOUNT), store.agent_env(), cfg)
+        parts = training_job(replicas=2, engine="JobSet", output={"volumePerWorker": True})
+        pods[f"{store_name}/snapshot-volume-per-worker"] = workload.build_snapshot_pod(
+            parts, store.snapshot_command(parts, AGENT_OUTPUT_MOUNT), store.agent_env(), cfg)
         for kind, source in SOURCES.items():
             ckpt = checkpoint(source)
             pods[f"{store_name}/import/{kind}"] = workload.build_import_pod(
                 ckpt, cfg, store.import_containers(ckpt, LIMIT))
         upload = checkpoint({"upload": {}}, name="pushed")
         request = transfers.UploadRequest("2026-01-01T00:00:00Z", DIGEST, size_bytes=1024)
-        if store_name == "volume":
+        if store_name == "snapshots":  # a Checkpoint kept in a volume snapshot: verify and pull restore it
+            ready = checkpoint({"trainingJob": {"name": "train", "uid": "0123456789-uid", "directory": "."}},
+                               status={"phase": "Ready", "digest": DIGEST, "sizeBytes": 10, "location": {"snapshot": {
+                                   "volumeSnapshotName": "train-output-01234-snap-0123456789", "path": ".",
+                                   "items": ["config.json", "model.safetensors"], "restoreSize": "10Gi",
+                                   "storageClassName": "gp3"}}})
+            pods["snapshots/verify"] = transfers.build_verify_pod(ready, cfg, "now", [])
+            pods["snapshots/pull"] = transfers.build_pull_pod(ready, cfg, "now")
+            pods["snapshots/upload-receiver"] = transfers.build_receiver_pod(upload, cfg, request, LIMIT,
+                                                                             sync=store.syncs_before_snapshots)
+        elif store_name == "volume":
             pods["volume/scan"] = workload.build_volume_scan_pod(
                 checkpoint({"volume": {"claimName": "team-data", "path": "/runs/7"}}), cfg)
             pods["volume/upload-receiver"] = transfers.build_receiver_pod(upload, cfg, request, LIMIT)
@@ -143,6 +163,12 @@ def agent_pods() -> dict[str, dict[str, Any]]:
                                         "items": ["config.json", "model.safetensors"]}}})
             pods["volume/verify"] = transfers.build_verify_pod(ready, cfg, "now", [])
             pods["volume/pull"] = transfers.build_pull_pod(ready, cfg, "now")
+            assembled = checkpoint({"volume": {"claimName": "team-data", "path": "/"}}, status={
+                "phase": "Ready", "digest": DIGEST, "sizeBytes": 10, "location": {"volumeParts": [
+                    {"claimName": "train-output-01234-0", "path": "step-1", "items": [".metadata", "__0_0.distcp"]},
+                    {"claimName": "train-output-01234-1", "path": "step-1", "items": ["__1_0.distcp"]}]}})
+            pods["volume/verify/assembled-across-workers"] = transfers.build_verify_pod(assembled, cfg, "now", [])
+            pods["volume/pull/assembled-across-workers"] = transfers.build_pull_pod(assembled, cfg, "now")
         else:
             pods["s3/upload-check"] = transfers.build_upload_check_pod(
                 upload, cfg, request, "s3://ckpts/checkpoints/team-a/pushed-uid-push/", store.agent_env(), LIMIT)
@@ -156,6 +182,13 @@ def agent_pods() -> dict[str, dict[str, Any]]:
 def _inputs(store_name: str) -> list[ResolvedInput]:
     if store_name == "s3":
         location = {"s3": {"uri": "s3://ckpts/checkpoints/team-a/base-uid/"}}
+    elif store_name == "volume-parts":  # assembled across two workers' volumes
+        location = {"volumeParts": [
+            {"claimName": "producer-output-abcde-0", "path": "step-1", "items": [".metadata", "__0_0.distcp"]},
+            {"claimName": "producer-output-abcde-1", "path": "step-1", "items": ["__1_0.distcp"]}]}
+    elif store_name == "snapshots":
+        location = {"snapshot": {"volumeSnapshotName": "producer-output-abcde-snap-0123456789", "path": "step-1",
+                                 "restoreSize": "10Gi", "storageClassName": "gp3"}}
     else:
         location = {"volume": {"claimName": "producer-output-abcde", "path": "step-1"}}
     return [ResolvedInput(name="base", uid="u-base", digest=DIGEST, mount_name="base",
@@ -163,14 +196,15 @@ def _inputs(store_name: str) -> list[ResolvedInput]:
 
 
 def built_job(store_name: str, template: Optional[dict] = None, *, publish: str = "OnCompletion",
-              replicas: int = 1, engine: str = "Job", labels: Optional[dict] = None, attempt: int = 0) -> dict[str, Any]:
+              replicas: int = 1, engine: str = "Job", labels: Optional[dict] = None, attempt: int = 0,
+              output: Optional[dict] = None, inputs_from: Optional[str] = None) -> dict[str, Any]:
     """The Job (or, with engine JobSet, the JobSet) the operator creates for the TrainingJob."""
     cfg = config(store_name)
     store = store_for(cfg)
-    tj = training_job(template, publish=publish, replicas=replicas, engine=engine, labels=labels)
-    inputs = _inputs(store_name)
-    sidecar = workload.build_live_sidecar(tj, cfg, store.live_upload_prefix(tj), store.agent_env()) \
-        if publish == "Continuous" else None
+    tj = training_job(template, publish=publish, replicas=replicas, engine=engine, labels=labels, output=output)
+    inputs = _inputs(inputs_from or store_name)
+    sidecar = workload.build_live_sidecar(tj, cfg, store.live_upload_prefix(tj), store.agent_env(),
+                                          sync=store.syncs_before_snapshots) if publish == "Continuous" else None
     return workload.build_workload(tj, inputs, store.input_volumes(tj, inputs), sidecar, attempt=attempt).job
 
 
@@ -179,10 +213,11 @@ def built_service(replicas: int = 2) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Service", **workload.build_rendezvous_service(training_job(replicas=replicas))}
 
 
-def job_pod(job: dict[str, Any]) -> dict[str, Any]:
-    """The pod the Job controller creates from the Job's template (a JobSet's: its child Job's)."""
+def job_pod(job: dict[str, Any], replicated: int = 0) -> dict[str, Any]:
+    """The pod the Job controller creates from the Job's template (a JobSet's: its child Job's, of
+    replicated job `replicated`)."""
     if job["kind"] == "JobSet":
-        template = copy.deepcopy(job["spec"]["replicatedJobs"][0]["template"]["spec"]["template"])
+        template = copy.deepcopy(job["spec"]["replicatedJobs"][replicated]["template"]["spec"]["template"])
     else:
         template = copy.deepcopy(job["spec"]["template"])
     metadata = {**template.get("metadata", {}), "name": f"{job['metadata']['name']}-x7k2p",
@@ -192,11 +227,15 @@ def job_pod(job: dict[str, Any]) -> dict[str, Any]:
 
 def training_pods(template: Optional[dict] = None) -> dict[str, dict[str, Any]]:
     pods = {}
-    for store_name in ("volume", "s3"):
+    for store_name in STORES:
         for publish in ("OnCompletion", "Continuous"):
             for replicas in (1, 2):
                 name = f"{store_name}/training/{publish}/replicas-{replicas}"
                 pods[name] = job_pod(built_job(store_name, template, publish=publish, replicas=replicas))
             pods[f"{store_name}/training/{publish}/jobset"] = job_pod(
                 built_job(store_name, template, publish=publish, replicas=2, engine="JobSet"))
+        pods[f"{store_name}/training/volume-per-worker"] = job_pod(
+            built_job(store_name, template, replicas=2, engine="JobSet", output={"volumePerWorker": True}), 1)
+    pods["volume/training/input-assembled-across-workers"] = job_pod(built_job("volume", template,
+                                                                               inputs_from="volume-parts"))
     return pods

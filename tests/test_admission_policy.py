@@ -21,6 +21,7 @@ import pod_shapes
 from admission_policy import OPERATOR_NAMESPACE, Request, evaluate
 from checkpoint_operator.logic import catalog, live_sealing, workload
 from checkpoint_operator.reconcile.context import Context
+from checkpoint_operator.storage import store_for
 from test_chart import CHART_DIR, NAMESPACE, RELEASE, of_kind, one, render
 
 assert NAMESPACE == OPERATOR_NAMESPACE and RELEASE == "ckpt"
@@ -31,6 +32,7 @@ VALUES = {
 }
 VALUES["s3"] = {**VALUES["volume"], "storage": {"type": "s3", "s3": {
     "bucket": "ckpts", "endpoint": pod_shapes.S3_ENDPOINT, "namespaceSecret": pod_shapes.STORE_SECRET}}}
+VALUES["snapshots"] = {**VALUES["volume"], "storage": {"volume": {"snapshotClassName": pod_shapes.SNAPSHOT_CLASS}}}
 assert pod_shapes.IMAGE == "registry.example/checkpoint-operator:1.2.3"
 
 
@@ -140,9 +142,10 @@ def test_an_s3_pod_needs_the_s3_policy():
 
 def jobs() -> dict[str, dict]:
     built = {f"{store}/{publish}/{replicas}": pod_shapes.built_job(store, publish=publish, replicas=replicas)
-             for store in ("volume", "s3") for publish in ("OnCompletion", "Continuous") for replicas in (1, 2)}
+             for store in pod_shapes.STORES for publish in ("OnCompletion", "Continuous") for replicas in (1, 2)}
     queued = {"kueue.x-k8s.io/queue-name": "team-a"}
     built["volume/restarted-attempt-3"] = pod_shapes.built_job("volume", replicas=4, attempt=3)
+    built["snapshots/restarted-attempt-3"] = pod_shapes.built_job("snapshots", replicas=4, attempt=3)
     built["volume/kueue"] = pod_shapes.built_job("volume", replicas=2, labels=queued)
     return built
 
@@ -150,7 +153,7 @@ def jobs() -> dict[str, dict]:
 def jobsets() -> dict[str, dict]:
     return {f"{store}/{publish}": pod_shapes.built_job(store, publish=publish, replicas=2, engine="JobSet",
                                                         labels={"kueue.x-k8s.io/queue-name": "team-a"})
-            for store in ("volume", "s3") for publish in ("OnCompletion", "Continuous")}
+            for store in pod_shapes.STORES for publish in ("OnCompletion", "Continuous")}
 
 
 @pytest.mark.parametrize("name", sorted(jobs()))
@@ -609,6 +612,80 @@ def test_hostile_claims_are_refused(policies):
     refused(policies["volume"], Request("UPDATE", "PersistentVolumeClaim", NS, owned, users), update_message)
     refused(policies["volume"], Request("DELETE", "PersistentVolumeClaim", NS, old_object=users),
             "the checkpoint operator may delete only its own claims")
+
+
+# --- volume snapshots (storage.volume.snapshotClassName) ----------------------------------------------
+
+def finished(pod: dict) -> dict:
+    return {**copy.deepcopy(pod), "status": {"phase": "Succeeded"}}
+
+
+def test_a_finished_worker_pod_with_restored_inputs_may_be_deleted_a_running_one_not(policies):
+    pod = pod_shapes.job_pod(pod_shapes.built_job("snapshots"))
+    assert any(v.get("ephemeral") for v in pod["spec"]["volumes"])  # the volumes restored for its inputs
+    allowed(policies["snapshots"], Request("DELETE", "Pod", NS, old_object=finished(pod)))
+    running = {**copy.deepcopy(pod), "status": {"phase": "Running"}}
+    refused(policies["snapshots"], Request("DELETE", "Pod", NS, old_object=running),
+            "the checkpoint operator may delete only its agent pods, and its worker pods once they have finished")
+    users = finished({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": NS,
+                                                                      "labels": {"app": "web"}}, "spec": {}})
+    refused(policies["snapshots"], Request("DELETE", "Pod", NS, old_object=users), "the checkpoint operator may delete")
+
+
+def volume_snapshots() -> dict[str, dict]:
+    """The VolumeSnapshots the snapshot store builds, as the API server receives them."""
+    store = store_for(pod_shapes.config("snapshots"))
+    tj = pod_shapes.training_job()
+    output = store.output_snapshot(tj, workload.output_claim_name(tj), "final")
+    ckpt = pod_shapes.checkpoint(pod_shapes.SOURCES["http"])
+    imported = store.import_snapshot(ckpt, workload.import_claim_name(ckpt))
+    assert output is not None and imported is not None
+    return {"output": copy.deepcopy(output.body), "import": copy.deepcopy(imported.body)}
+
+
+@pytest.mark.parametrize("name", ["output", "import"])
+def test_its_volume_snapshots_are_accepted_handed_over_and_deleted(policies, name):
+    snapshot = volume_snapshots()[name]
+    allowed(policies["snapshots"], create("VolumeSnapshot", snapshot))
+    handed_over = copy.deepcopy(snapshot)
+    handed_over["metadata"]["ownerReferences"] = [checkpoint_owner("train-step-1"), checkpoint_owner("train-step-2")]
+    allowed(policies["snapshots"], Request("UPDATE", "VolumeSnapshot", NS, handed_over, snapshot))
+    allowed(policies["snapshots"], Request("DELETE", "VolumeSnapshot", NS, old_object=handed_over))
+
+
+def test_hostile_volume_snapshots_are_refused(policies):
+    snapshot = volume_snapshots()["output"]
+    create_message = "the checkpoint operator may create only its own VolumeSnapshots"
+    unlabelled = copy.deepcopy(snapshot)
+    unlabelled["metadata"]["labels"] = {}
+    refused(policies["snapshots"], create("VolumeSnapshot", unlabelled), create_message)
+    bound = copy.deepcopy(snapshot)  # binding to an existing content: someone else's snapshot
+    bound["spec"]["source"] = {"volumeSnapshotContentName": "snapcontent-of-another-namespace"}
+    refused(policies["snapshots"], create("VolumeSnapshot", bound), create_message)
+    orphan = copy.deepcopy(snapshot)
+    orphan["metadata"]["ownerReferences"][0].update(kind="Deployment", apiVersion="apps/v1")
+    refused(policies["snapshots"], create("VolumeSnapshot", orphan), create_message)
+    update_message = "the checkpoint operator may change only the owner references of its own VolumeSnapshots"
+    resourced = copy.deepcopy(snapshot)
+    resourced["spec"]["source"]["persistentVolumeClaimName"] = "team-data"
+    refused(policies["snapshots"], Request("UPDATE", "VolumeSnapshot", NS, resourced, snapshot), update_message)
+    users = {"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+             "metadata": {"name": "nightly", "namespace": NS}, "spec": {"source": {"persistentVolumeClaimName": "db"}}}
+    refused(policies["snapshots"], Request("DELETE", "VolumeSnapshot", NS, old_object=users),
+            "the checkpoint operator may delete only its own VolumeSnapshots")
+
+
+def test_a_restored_volume_is_allowed_only_in_verify_and_pull_pods_and_only_from_a_snapshot(policies):
+    verify = AGENT_PODS["snapshots/verify"]
+    restored = next(v for v in verify["spec"]["volumes"] if v.get("ephemeral"))
+    message = "an agent pod mounts only PersistentVolumeClaims and emptyDirs"
+    clone = copy.deepcopy(verify)
+    template = next(v for v in clone["spec"]["volumes"] if v.get("ephemeral"))["ephemeral"]["volumeClaimTemplate"]
+    template["spec"]["dataSource"] = {"kind": "PersistentVolumeClaim", "name": "team-data"}
+    refused(policies["snapshots"], create("Pod", clone), message)
+    in_a_snapshot_pod = copy.deepcopy(AGENT_PODS["snapshots/snapshot"])
+    in_a_snapshot_pod["spec"]["volumes"].append(copy.deepcopy(restored))
+    refused(policies["snapshots"], create("Pod", in_a_snapshot_pod), message)
 
 
 def test_hostile_events_are_refused(policies):

@@ -51,6 +51,11 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "replicas-2": {"replicas": 2},
     "namespaced-replicas-2": {"replicas": 2, "watchNamespaces": ["team-a", "team-b"]},
     "no-crds": {"crds": {"install": False}},
+    "volume-snapshots": {"storage": {"storageClassName": "gp3", "volume": {"snapshotClassName": "ebs-snapshots",
+                                                                          "restoreAccessMode": "ReadWriteOnce"}}},
+    "namespaced-volume-snapshots": {"watchNamespaces": ["team-a", "team-b"],
+                                    "storage": {"volume": {"snapshotClassName": "pd-snapshots",
+                                                           "restoreAccessMode": "ReadOnlyMany"}}},
     "everything-set": {
         "image": {"tag": "1.2.3", "pullPolicy": "Always"},
         "imagePullSecrets": [{"name": "regcred"}],
@@ -423,7 +428,7 @@ def test_cluster_wide_rbac_equals_the_table(chart, scenario):
     objects = render(chart, SCENARIOS[scenario])
     (role,) = operator_rbac(objects, "ClusterRole")
     granted = rbac.permissions(role["rules"])
-    wanted = rbac.permissions(rbac.policy_rules(cluster_wide=True))
+    wanted = rbac.permissions(rbac.policy_rules(cluster_wide=True, volume_snapshots=_snapshots(SCENARIOS[scenario])))
     assert not wanted - granted, f"missing from the chart: {sorted(wanted - granted)}"
     assert not granted - wanted, f"granted beyond rbac.py: {sorted(granted - wanted)}"
     _no_wildcards(role["rules"])
@@ -435,7 +440,13 @@ def test_cluster_wide_rbac_equals_the_table(chart, scenario):
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": service_account, "namespace": NAMESPACE}]
 
 
-@pytest.mark.parametrize("scenario", ["namespaced", "namespaced-replicas-2"])
+def _snapshots(values: dict[str, Any]) -> bool:
+    """Whether the values keep checkpoints in VolumeSnapshots (the rules with_volume_snapshots are granted)."""
+    storage = values.get("storage") or {}
+    return storage.get("type", "volume") == "volume" and bool((storage.get("volume") or {}).get("snapshotClassName"))
+
+
+@pytest.mark.parametrize("scenario", ["namespaced", "namespaced-replicas-2", "namespaced-volume-snapshots"])
 def test_namespaced_rbac_equals_the_table(chart, scenario):
     values = SCENARIOS[scenario]
     objects = render(chart, values)
@@ -446,7 +457,7 @@ def test_namespaced_rbac_equals_the_table(chart, scenario):
     roles = {r["metadata"]["namespace"]: r for r in operator_rbac(objects, "Role")}
     bindings = {b["metadata"]["namespace"]: b for b in operator_rbac(objects, "RoleBinding")}
     assert set(roles) == set(bindings) == set(values["watchNamespaces"])
-    wanted = rbac.permissions(rbac.policy_rules(cluster_wide=False))
+    wanted = rbac.permissions(rbac.policy_rules(cluster_wide=False, volume_snapshots=_snapshots(values)))
     service_account = one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
     for namespace, role in roles.items():
         granted = rbac.permissions(role["rules"])
@@ -458,7 +469,7 @@ def test_namespaced_rbac_equals_the_table(chart, scenario):
             {"kind": "ServiceAccount", "name": service_account, "namespace": NAMESPACE}]
     assert cluster_binding["subjects"] == [{"kind": "ServiceAccount", "name": service_account, "namespace": NAMESPACE}]
     args = operator_container(objects)["args"]
-    assert [a for a in args if a.startswith("--namespace")] == ["--namespace=team-a", "--namespace=team-b"]
+    assert [a for a in args if a.startswith("--namespace")] == [f"--namespace={n}" for n in values["watchNamespaces"]]
     assert "--all-namespaces" not in args
 
 

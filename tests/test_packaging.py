@@ -74,6 +74,8 @@ class OnlyBaseDependencies(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname: str, path: Sequence[str] | None = None,
                   target: types.ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
         top = fullname.split(".")[0]
+        if top.startswith("_sysconfigdata"):  # the interpreter's own build data (sysconfig), named per platform
+            top = "sysconfig"
         local = fullname == "checkpoint_operator.local" or fullname.startswith("checkpoint_operator.local.")
         if (top not in self.allowed and top not in sys.stdlib_module_names and top != "checkpoint_operator") \
                 or (local and self.without_local_package):

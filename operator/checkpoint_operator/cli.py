@@ -8,15 +8,28 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from typing import Callable, Optional
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
+    """The whole command line, or with `only` (a command's name) just that command's part: an
+    agent pod parses its own arguments without building (and importing) local mode's and the
+    plugin's, which cost more than the agent's whole parser (bench/scan.py: start-up)."""
     parser = argparse.ArgumentParser(
         prog="checkpoint-operator",
         description="Kubernetes operator that makes ML training checkpoints immutable cluster objects.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, add in _COMMANDS.items():
+        if only is None or only == name:
+            add(sub)
+    if not sub.choices:  # `only` is not in this install (the image has no local mode): the error lists all
+        for add in _COMMANDS.values():
+            add(sub)
+    return parser
 
+
+def _add_crds_parser(sub: argparse._SubParsersAction) -> None:
     crds = sub.add_parser("crds", help="generate the CRD YAML from the API models",
                           description="Write crds/*.yaml (and the Helm chart's copy) from the pydantic models.")
     crds.add_argument("--output-dir", default=None,
@@ -28,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="write nothing; exit 1 and name each file that differs from what the models generate")
     crds.set_defaults(func=_run_crds)
 
+
+def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="run the operator (kopf) against the current cluster",
                          description="Run the operator. Settings come from CKPT_* environment variables "
                                      "(see docs/install.md); flags override them.")
@@ -41,9 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--standalone", action="store_true", help="no peering: do not coordinate with standby replicas")
     run.set_defaults(func=_run_operator)
 
+
+def _add_agent_parser(sub: argparse._SubParsersAction) -> None:
     from checkpoint_operator.agent.cli import add_agent_parser
     add_agent_parser(sub)
 
+
+def _add_local_parser(sub: argparse._SubParsersAction) -> None:
     try:
         from checkpoint_operator.local.cli import add_local_parser
     except ModuleNotFoundError as absent:
@@ -53,9 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         add_local_parser(sub)
 
+
+def _add_ckpt_parser(sub: argparse._SubParsersAction) -> None:
     from checkpoint_operator.plugin.cli import add_ckpt_parser
     add_ckpt_parser(sub)
-    return parser
+
+
+# Each top-level command, in --help's order, and what adds its parser.
+_COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
+    "crds": _add_crds_parser, "run": _add_run_parser, "agent": _add_agent_parser, "local": _add_local_parser,
+    "ckpt": _add_ckpt_parser,
+}
 
 
 def _run_crds(args: argparse.Namespace) -> int:
@@ -69,7 +96,10 @@ def _run_operator(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # The top level has no options but -h: a known first word is the command (others get the whole parser).
+    only = argv[0] if argv and argv[0] in _COMMANDS else None
+    args = build_parser(only).parse_args(argv)
     if args.command != "agent":  # agent commands take SIGTERM once their handler is set (agent/cli.py)
         accept_sigterm()
     return int(args.func(args) or 0)

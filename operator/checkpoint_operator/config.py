@@ -26,6 +26,14 @@ class OperatorConfig(BaseModel):
                           "scoped to s3://<bucket>/<prefix>/<namespace>/ (the operator's own credentials are its "
                           "environment and never go into a pod)")
     default_storage_class: Optional[str] = None
+    volume_snapshot_class: Optional[str] = Field(
+        None, description="volume store: take a CSI VolumeSnapshot of each output (and import) volume with this "
+                          "VolumeSnapshotClass once its data is written; consumers get volumes restored from it, so "
+                          "ReadWriteOnce block storage serves readers on any node (Helm storage.volume.snapshotClassName)")
+    volume_restore_access_mode: Literal["ReadWriteOnce", "ReadOnlyMany"] = Field(
+        "ReadWriteOnce", description="access mode of the volumes restored from snapshots (one per consumer pod, mounted "
+                                     "read-only): ReadOnlyMany where the CSI driver supports it (GCE PD), which "
+                                     "attaches it read-only (Helm storage.volume.restoreAccessMode)")
     default_output_size: str = "10Gi"
     agent_image: str = DEFAULT_IMAGE
     agent_image_pull_policy: str = "IfNotPresent"
@@ -70,6 +78,9 @@ class OperatorConfig(BaseModel):
     def _s3_store_needs_a_bucket(self):
         if self.storage_type == "s3" and not self.s3_bucket:
             raise ValueError("CKPT_S3_BUCKET must be set when CKPT_STORAGE_TYPE is s3")
+        if self.storage_type != "volume" and self.volume_snapshot_class:
+            raise ValueError("CKPT_VOLUME_SNAPSHOT_CLASS (storage.volume.snapshotClassName) is for the volume store; "
+                             f"CKPT_STORAGE_TYPE is {self.storage_type}")
         return self
 
     @classmethod

@@ -7,6 +7,9 @@ is not granted. RBAC says which verbs on which resources; what the operator may 
 dangerous ones (create, patch and delete pods, claims, Jobs, Events) the chart's
 ValidatingAdmissionPolicy narrows further, as each reason says (tests/test_admission_policy.py).
 
+`with_volume_snapshots` rules exist only when the volume store keeps checkpoints in VolumeSnapshots
+(storage.volume.snapshotClassName): the chart grants them then, and only then.
+
 `cluster_only` rules exist only for cluster-wide mode (`checkpoint-operator run` without
 `--namespace`): kopf then discovers namespaces and CRDs itself and peers through a
 cluster-scoped ClusterKopfPeering. In namespaced mode the chart grants the other rules through
@@ -33,6 +36,7 @@ class PermissionRule:
     resources: tuple[str, ...]
     reasons: tuple[tuple[str, str], ...]  # (verb, why it remains: the code or kopf needs it for ...)
     cluster_only: bool = False
+    with_volume_snapshots: bool = False
     # On a cluster-scoped kind of ours (ClusterCheckpoints): no Role can grant it, so a ClusterRole does in
     # both modes (in namespaced mode, one with these rules only).
     cluster_scoped: bool = False
@@ -91,8 +95,9 @@ RULES: tuple[PermissionRule, ...] = (
                      "service-account token, no Secret but the store's and an import's source credentials"),
         ("patch", "the ckpt.dev/live-remove annotation a live-sealing sidecar reads (downward API)" + NARROWED
                   + "only that annotation, only on the operator's own pods"),
-        ("delete", "an agent pod once its result is recorded, a stale serving pod" + NARROWED
-                   + "only its agent pods"))),
+        ("delete", "an agent pod once its result is recorded, a stale serving pod; with volume snapshots, a "
+                   "finished worker pod, whose restored input volumes go with it" + NARROWED
+                   + "only its agent pods, and its worker pods once they have finished"))),
     PermissionRule(("",), ("pods/log",), (
         ("get", "an agent pod's result, a live-sealing sidecar's lines, a failed container's last line (a read: "
                 "no admission policy sees it, see docs/guarantees.md)"),)),
@@ -103,7 +108,8 @@ RULES: tuple[PermissionRule, ...] = (
                    "TrainingJob or Checkpoint, copying no other claim"),
         ("patch", "owner references: moved from a TrainingJob to its Checkpoints, added by an adopting Checkpoint"
                   + NARROWED + "only owner references, only of its own claims, only to its kinds"),
-        ("delete", "the s3 store releases an output volume once uploaded (or on request)" + NARROWED
+        ("delete", "the s3 store releases an output volume once uploaded (or on request); a namespace's catalog "
+                   "copy that did not verify is deleted so that the next copy starts empty" + NARROWED
                    + "only its own claims"))),
     PermissionRule(("",), ("events",), (
         ("create", "every wait, refusal and failure becomes an Event (posted through the core API)" + NARROWED
@@ -113,6 +119,15 @@ RULES: tuple[PermissionRule, ...] = (
     PermissionRule(("kopf.dev",), ("kopfpeerings",), tuple(
         (verb, "kopf peering between the active replica and standbys in namespaced mode")
         for verb in ("get", "list", "watch", "patch"))),
+    PermissionRule(("snapshot.storage.k8s.io",), ("volumesnapshots",), (
+        ("get", "read a VolumeSnapshot it took until it is readyToUse (polled: snapshots are not watched)"),
+        ("list", "at a job's end, its output's snapshots (by label), to delete those no Checkpoint points into"),
+        ("create", "a VolumeSnapshot of an output or import volume once its bytes are on the disk" + NARROWED
+                   + "only snapshots labelled as its own, owned by their TrainingJob or Checkpoint"),
+        ("patch", "owner references: moved from the TrainingJob to the Checkpoints that point into it" + NARROWED
+                  + "only owner references, only of its own snapshots, only to its kinds"),
+        ("delete", "a job's output snapshot that no Checkpoint points into" + NARROWED + "only its own snapshots")),
+        with_volume_snapshots=True),
     PermissionRule(("kopf.dev",), ("clusterkopfpeerings",), tuple(
         (verb, "kopf peering between the active replica and standbys in cluster-wide mode")
         for verb in ("get", "list", "watch", "patch")), cluster_only=True),
@@ -177,9 +192,11 @@ def namespace_reader_rules(namespaces: list[str]) -> list[dict[str, list[str]]]:
     return [{**NAMESPACE_READER.to_policy_rule(), "resourceNames": sorted(namespaces)}]
 
 
-def policy_rules(*, cluster_wide: bool) -> list[dict[str, list[str]]]:
-    """The rules of the operator's ClusterRole (cluster_wide: with the catalog's) or of each per-namespace Role."""
-    rules = [rule.to_policy_rule() for rule in RULES if cluster_wide or not rule.cluster_only]
+def policy_rules(*, cluster_wide: bool, volume_snapshots: bool = False) -> list[dict[str, list[str]]]:
+    """The rules of the operator's ClusterRole (cluster_wide: with the catalog's) or of each per-namespace Role;
+    `volume_snapshots`: storage.volume.snapshotClassName is set."""
+    rules = [rule.to_policy_rule() for rule in RULES
+             if (cluster_wide or not rule.cluster_only) and (volume_snapshots or not rule.with_volume_snapshots)]
     return rules + (catalog_cluster_rules() if cluster_wide else [])
 
 

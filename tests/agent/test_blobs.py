@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from s3server import seaweedfs, s3  # noqa: F401  (fixtures)
-
 from checkpoint_operator.agent.download import download_prefix
 from checkpoint_operator.agent.upload import Uploader, upload_dir
 from checkpoint_operator.agent.verify import verify_s3

@@ -88,3 +88,41 @@ def test_agent_commands_load_neither_the_operator_nor_the_plugin(tmp_path):
              "('kopf', 'kubernetes', 'boto3', 's3transfer') or m.startswith('checkpoint_operator.plugin.commands'))))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert json.loads(out.splitlines()[-1]) == []
+
+
+# What `agent scan` may load besides the standard library: every agent pod pays each module's
+# import (bench/scan.py, start-up). A module added here should be one the scan really uses.
+SCAN_MODULES = {
+    "checkpoint_operator", "checkpoint_operator.cli", "checkpoint_operator.agent", "checkpoint_operator.agent.cli",
+    "checkpoint_operator.agent.redact", "checkpoint_operator.agent.errors", "checkpoint_operator.agent.scan",
+    "checkpoint_operator.agent.manifest", "checkpoint_operator.agent.names", "checkpoint_operator.agent.tree",
+    "checkpoint_operator.agent.hashing", "checkpoint_operator.agent.live_sealing",
+    "checkpoint_operator.agent.containers", "checkpoint_operator.agent.formats",
+    "checkpoint_operator.agent.completeness", "checkpoint_operator.agent.file_checks",
+    "checkpoint_operator.agent.metadata", "checkpoint_operator.agent.metrics_files",
+    "checkpoint_operator.agent.safe_read", "checkpoint_operator.agent.safe_pickle",
+    "checkpoint_operator.agent.work_limit",
+    # what the agent shares with the operator (protocol/): the manifest and names, never the results' models
+    "checkpoint_operator.protocol", "checkpoint_operator.protocol.errors", "checkpoint_operator.protocol.manifest",
+    "checkpoint_operator.protocol.names",
+}
+
+
+def test_agent_scan_imports_the_standard_library_and_its_own_modules_only(tmp_path):
+    """No third-party package (pydantic's import and schemas were two thirds of the agent's start),
+    and of the project only the modules a scan uses: not the local mode's or the plugin's parsers."""
+    import json
+    import subprocess
+    import sys
+    (tmp_path / "step-1").mkdir()
+    (tmp_path / "step-1" / "model.safetensors").write_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00{}")
+    probe = ("import json, sys\nbefore = set(sys.modules)\nfrom checkpoint_operator.cli import main\n"
+             f"main(['agent', 'scan', {str(tmp_path)!r}, '--json'])\n"
+             "print(json.dumps(sorted(set(sys.modules) - before)))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out.splitlines()[0])["checkpoints"][0]["format"] == "safetensors"
+    loaded = json.loads(out.splitlines()[-1])
+    third_party = sorted({m.split(".")[0] for m in loaded if not m.startswith("_sysconfigdata")}  # stdlib's too
+                         - set(sys.stdlib_module_names) - {"checkpoint_operator"})
+    assert third_party == []
+    assert sorted(m for m in loaded if m.startswith("checkpoint_operator") and m not in SCAN_MODULES) == []

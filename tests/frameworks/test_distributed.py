@@ -148,13 +148,13 @@ def test_ddp_saves_dcp_from_both_ranks_and_a_second_job_resumes_from_latest(tmp_
     trained = json.loads((tmp_path / "train.json").read_text())
     assert (trained["world"], trained["master"], trained["start"]) == (2, "127.0.0.1", 0)
     for step in (2, 4, 6):
-        dcp_files(stored[f"ddp-train-step-{step}"])
-        assert stored[f"ddp-train-step-{step}"]["status"]["step"] == step
+        dcp_files(stored[f"ddp-train.step-{step}"])
+        assert stored[f"ddp-train.step-{step}"]["status"]["step"] == step
     resumed = json.loads((tmp_path / "resume.json").read_text())
-    assert (resumed["source"], resumed["start"], resumed["world"]) == ("ddp-train-step-6", 6, 2)
+    assert (resumed["source"], resumed["start"], resumed["world"]) == ("ddp-train.step-6", 6, 2)
     assert resumed["weights_at_start"] == trained["weights"]  # dcp.load gave the trained weights back
-    dcp_files(stored["ddp-resume-step-8"])
-    assert [p["name"] for p in stored["ddp-resume-step-8"]["status"]["parents"]] == ["ddp-train-step-6"]
+    dcp_files(stored["ddp-resume.step-8"])
+    assert [p["name"] for p in stored["ddp-resume.step-8"]["status"]["parents"]] == ["ddp-train.step-6"]
     assert stored["ddp-train"]["status"]["jobName"] == "ddp-train"
 
 
@@ -168,9 +168,9 @@ def test_a_killed_worker_restarts_the_group_which_resumes_from_the_latest(tmp_pa
     assert tj["restarts"] == 1 and tj["workerFailure"]["attempt"] == 0 and tj["workerFailure"]["index"] == 1
     final = json.loads((tmp_path / "kill.json").read_text())
     assert (final["attempt"], final["source"], final["start"]) == (1, "step-4", 4)  # resumed from the latest
-    assert sorted(tj["outputCheckpoints"]) == [f"ddp-kill-step-{s}" for s in (2, 4, 6, 8)]
+    assert sorted(tj["outputCheckpoints"]) == [f"ddp-kill.step-{s}" for s in (2, 4, 6, 8)]
     for step in (2, 4, 6, 8):
-        dcp_files(stored[f"ddp-kill-step-{step}"])
+        dcp_files(stored[f"ddp-kill.step-{step}"])
 
 
 def test_two_jax_processes_save_one_orbax_checkpoint(tmp_path):
@@ -179,5 +179,5 @@ def test_two_jax_processes_save_one_orbax_checkpoint(tmp_path):
     report, stored = local_run(tmp_path, [jax_job])
     saved = json.loads((tmp_path / "jax.json").read_text())
     assert saved == {"processes": 2, "sum": 28.0}
-    status = stored["jax-save-step-1"]["status"]
+    status = stored["jax-save.step-1"]["status"]
     assert (status["phase"], status["format"], status.get("complete")) == ("Ready", "orbax", True), status

@@ -22,6 +22,7 @@ from checkpoint_operator.protocol.results import CheckpointSummary, ScanReport
 from conftest import TJ, Operator, held_until, training_job, write_checkpoint
 from hubserver import mini_hub  # noqa: F401  (fixture)
 from layouts import tiny_model
+from webserver import web  # noqa: F401  (fixture)
 from plugin_helpers import Plugin, write_kubeconfig
 
 pytestmark = pytest.mark.timeout(300)
@@ -65,6 +66,7 @@ async def phase_of(api, wait_for, namespace, name, phase, timeout=90):
     return await wait_for(reached, timeout=timeout, interval=0.1)
 
 
+@pytest.mark.slow
 async def test_a_catalog_entry_is_imported_once_and_used_by_every_namespace(api, api_url, operator, trainer, wait_for,
                                                                             mini_hub, tmp_path):  # noqa: F811
     model = tiny_model()
@@ -141,6 +143,16 @@ async def test_a_catalog_entry_is_imported_once_and_used_by_every_namespace(api,
     copy_claim = await api.get("v1/persistentvolumeclaims", "team-a", copy_name)
     assert copy_claim["spec"]["resources"]["requests"]["storage"] == str(int(status["sizeBytes"] * 1.1) + 64 * 1024 ** 2)
     assert team_a["storedBytes"] == team_a["volumes"]["bytes"] > team_a["referencedBytes"]
+    # The catalog's own claim is measured where the catalog lives (hostile3 F3: it was "gone", 0 B, SAVED 100%).
+    catalog_claim = await api.get("v1/persistentvolumeclaims", CATALOG_NS, location["claimName"])
+    for argv in (("du", "--catalog", "-o", "json"), ("du", "-A", "-o", "json")):
+        report = await ckpt(*argv)
+        assert report.code == 0 and "gone" not in report.err and "not found" not in report.err, report.err
+        rows = {r["namespace"]: r for r in json.loads(report.out)["namespaces"]}
+        from checkpoint_operator.plugin.usage import claim_capacity
+        assert rows["(catalog)"]["storedBytes"] == claim_capacity(catalog_claim) > 0, rows["(catalog)"]
+        assert rows["(catalog)"]["volumes"]["claims"] == [location["claimName"]]
+    assert {"team-a", "team-b"} <= set(rows)  # -A: every namespace holding a copy
 
     # A later job of team-a mounts the same copy: no second copy pod, and nothing fetched again from the Hub.
     fetched = len(mini_hub.seen_by("hub"))
@@ -163,9 +175,13 @@ async def test_a_catalog_entry_is_imported_once_and_used_by_every_namespace(api,
         obj = await api.get(CCKPT, None, "tiny-gpt2")
         return obj if obj and obj["status"].get("message", "").startswith("deletion waits") else None
     held = await wait_for(blocked, timeout=30)
-    assert "team-b/team-b-long" in held["status"]["message"]
+    # Every tenant reads the entry: its status counts the users and names none (hostile3 F7) ...
+    assert held["status"]["message"].startswith("deletion waits: in use by 1 TrainingJob(s) in 1 namespace(s)")
+    assert "team-b" not in json.dumps(held["status"]) and "usedBy" not in held["status"]
+    # ... the operator namespace's Events, which only administrators read, name them.
     events = [e for e in await api.list("v1/events", CATALOG_NS) if e["reason"] == "DeletionBlocked"]
     assert events and "team-b/team-b-long" in events[0]["message"]
+    assert not [e for e in await api.list("v1/events", "team-b") if e["reason"] == "DeletionBlocked"]
     assert events[0]["involvedObject"]["kind"] == "ClusterCheckpoint" and "namespace" not in events[0]["involvedObject"]
     # A new job may not start on an entry being deleted.
     await api.create(TJ, "team-a", job_in("team-a", "team-a-late", checkpoints=[{"clusterCheckpoint": "tiny-gpt2"}]))
@@ -291,3 +307,43 @@ async def test_a_copy_pod_made_by_a_tenant_under_the_copy_s_name_and_owner_is_no
     assert seen == model, done["status"]
     copy = await api.get("v1/persistentvolumeclaims", "team-a", f"catalog-tiny-gpt2-{imported['metadata']['uid'][:5]}-copy")
     assert copy["metadata"]["annotations"][catalog.COPY_POD_ANNOTATION] != impostor["metadata"]["uid"]
+
+
+async def test_a_copy_that_did_not_verify_is_discarded(api, operator, trainer, wait_for, web):  # noqa: F811
+    """hostile3 F4: the source changed once (the copy's digest differs): that job fails, but the copy's
+    claim is deleted, so once the source is back as imported the namespace's next job gets a verified
+    copy. Failed before: the claim kept the wrong bytes and every later job of the namespace failed
+    "exists and is not empty; import into a new or empty directory"."""
+    imported = tiny_model()["model.safetensors"]
+    (web.root / "model.safetensors").write_bytes(imported)
+    await api.create(CCKPT, None, entry("web-model", {"http": {"url": web.url("model.safetensors")}}))
+
+    async def ready():
+        obj = await api.get(CCKPT, None, "web-model")
+        return obj if obj.get("status", {}).get("phase") in ("Ready", "Failed") else None
+    made = await wait_for(ready, timeout=120, interval=0.2)
+    assert made["status"]["phase"] == "Ready", made["status"]
+    copy_name = f"catalog-web-model-{made['metadata']['uid'][:5]}-copy"
+    trainer.behaviours["after"] = lambda attempt, env: 0
+
+    (web.root / "model.safetensors").write_bytes(tiny_model(weights=1024)["model.safetensors"])
+    await api.create(TJ, "team-a", job_in("team-a", "during", checkpoints=[{"clusterCheckpoint": "web-model"}]))
+    failed = await phase_of(api, wait_for, "team-a", "during", "Failed", timeout=120)
+    message = failed["status"]["message"]
+    assert "the source changed since it was imported" in message and "is deleted" in message, message
+
+    async def claim_gone():
+        return (await api.get("v1/persistentvolumeclaims", "team-a", copy_name)) is None or None
+    await wait_for(claim_gone, timeout=30)
+
+    (web.root / "model.safetensors").write_bytes(imported)
+    await api.create(TJ, "team-a", job_in("team-a", "after", checkpoints=[{"clusterCheckpoint": "web-model"}]))
+    done = await wait_for(lambda: _settled(api, "team-a", "after"), timeout=120, interval=0.2)
+    assert done["status"]["phase"] == "Succeeded", done["status"]
+    claim = await api.get("v1/persistentvolumeclaims", "team-a", copy_name)
+    assert claim["metadata"]["annotations"][catalog.COPIED_DIGEST_ANNOTATION] == made["status"]["digest"]
+
+
+async def _settled(api, namespace, name):
+    obj = await api.get(TJ, namespace, name)
+    return obj if (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed") else None

@@ -3,11 +3,12 @@ failure and restarts, JobSet, Kueue. The workers' commands run for real (host pr
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
 
-from conftest import NS, TJ, training_job
+from conftest import CKPT, NS, TJ, training_job
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -195,6 +196,7 @@ async def test_a_kueue_preemption_stops_the_workers_and_readmission_resumes_from
     assert f"{engine} {name} is queued in Kueue (LocalQueue team-a)" in queued["message"]
 
 
+@pytest.mark.slow
 async def test_a_group_restart_queued_in_kueue_is_queued_again_not_preempted(api, operator, cluster, wait_for):
     """Engine Job: the restart's new Job is created suspended and Kueue admits it like a new one.
     While it waits (held here, as a queue without quota), the job is Queued for its next attempt;
@@ -273,3 +275,90 @@ async def test_only_pods_of_the_workload_the_operator_created_are_workers_across
         js = await api.get("jobset.x-k8s.io/v1alpha2/jobsets", NS, name)
         assert status["jobUid"] == js["metadata"]["uid"] == first_uid
     assert (await impostor_running()) is not None  # still running: the job never waited for it
+
+
+PART_WRITER = """
+import json, os
+out, rank = os.environ["CHECKPOINT_OUTPUT_DIR"], int(os.environ["RANK"])
+# Each worker is its own one-pod Job: code written for an Indexed Job still reads its index here.
+assert os.environ["JOB_COMPLETION_INDEX"] == os.environ["PET_NODE_RANK"] == str(rank), dict(os.environ)
+for step in ("step-1", "step-2"):
+    os.makedirs(os.path.join(out, step), exist_ok=True)
+    with open(os.path.join(out, step, f"shard-{rank}.bin"), "wb") as f:
+        f.write(bytes([rank]) * 16)
+    with open(os.path.join(out, step, "config.json"), "w") as f:  # step-2: each rank its own bytes
+        json.dump({"rank": rank} if step == "step-2" else {"layers": 2}, f)
+"""
+
+PART_READER = """
+import os
+root = os.environ["CHECKPOINT_INPUT_PATH"]
+listing = sorted(f"{name}={open(os.path.join(root, name), 'rb').read().hex()}" for name in os.listdir(root))
+with open(os.path.join(os.environ["CHECKPOINT_OUTPUT_DIR"], "seen.txt"), "w") as f:
+    f.write("\\n".join(listing))
+"""
+
+
+async def test_a_volume_per_worker_makes_one_checkpoint_of_each_directory_and_names_a_conflict(
+        api, operator, cluster, wait_for):
+    """output.volumePerWorker (issue 19.5): each worker writes its own claim; step-1 (each rank's
+    shard, the same config.json) is one Checkpoint of 3 files; step-2 (config.json differs) is
+    refused, the event naming the file and both workers; a consumer sees step-1 as one directory."""
+    await api.create(TJ, NS, training_job("vpw", replicas=2, engine="JobSet", backoffLimit=0,
+                                          output={"volumePerWorker": True}, command=python(PART_WRITER)))
+    tj = await wait_phase(api, wait_for, "vpw", ("Succeeded", "Failed"), timeout=90)
+    status = tj["status"]
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["outputCheckpoints"] == ["vpw.step-1"]
+    step = await api.get(CKPT, NS, "vpw.step-1")
+    assert step["status"]["fileCount"] == 3 and step["status"]["phase"] == "Ready"
+    parts = step["status"]["location"]["volumeParts"]
+    assert [p["items"] for p in parts] == [["config.json", "shard-0.bin"], ["shard-1.bin"]]
+    for index, part in enumerate(parts):  # each worker's files are in its own claim only
+        assert sorted(p.name for p in (cluster.claim_dir(NS, part["claimName"]) / "step-1").iterdir()) == \
+            ["config.json", f"shard-{index}.bin"]
+    # the union's full manifest beside the data in the first part's claim, outside step-1 (never in a status)
+    stored = cluster.claim_dir(NS, parts[0]["claimName"]) / parts[0]["manifest"]
+    assert parts[0]["manifest"].startswith(".ckpt-manifests/") and "manifest" not in parts[1]
+    assert json.loads(stored.read_text())["digest"] == step["status"]["digest"]
+    skipped = [e for e in await events_of(api, "vpw") if e["reason"] == "Skipped"]
+    assert len(skipped) == 1 and "'step-2': conflicting parts, not made into a Checkpoint: 'config.json' " \
+                                 "differs between worker 0" in skipped[0]["message"]
+    assert "and worker 1" in skipped[0]["message"]
+
+    await api.create(TJ, NS, training_job("reader", checkpoints=[{"name": "vpw.step-1"}],
+                                          command=python(PART_READER)))
+    tj = await wait_phase(api, wait_for, "reader", ("Succeeded", "Failed"), timeout=60)
+    assert tj["status"]["phase"] == "Succeeded", tj["status"].get("message")
+    seen = (cluster.claim_dir(NS, tj["status"]["outputClaim"]) / "seen.txt").read_text().splitlines()
+    config = json.dumps({"layers": 2}).encode().hex()
+    assert seen == [f"config.json={config}", f"shard-0.bin={'00' * 16}", f"shard-1.bin={'01' * 16}"]
+
+
+async def test_a_volume_per_worker_group_restarts_every_worker_and_names_the_failed_one(
+        api, operator, cluster, wait_for):
+    """Each worker its own replicated job: JobSet restarts them all when one fails; the failure
+    names worker 1 (its label; every one-pod Job's completion index is 0); each worker's volume
+    keeps what it wrote across the restart (its own lines only)."""
+    await api.create(TJ, NS, group_job("vpwgroup", engine="JobSet", replicas=2, backoffLimit=2,
+                                       output={"volumePerWorker": True}))
+    tj = await wait_phase(api, wait_for, "vpwgroup", ("Succeeded", "Failed"), timeout=90)
+    status = tj["status"]
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["restarts"] == 1
+    restarts = [e["message"] for e in await events_of(api, "vpwgroup") if e["reason"] == "Restarting"]
+    # A one-pod Job fails with its pod and JobSet deletes it at once: the failure is named when a
+    # pass sees the pod before it goes (nearly always), else the restart says the pod is gone.
+    if "workerFailure" in status:
+        assert status["workerFailure"]["attempt"] == 0 and status["workerFailure"]["index"] == 1
+        assert "exit code 3" in status["workerFailure"]["message"]
+        assert "worker 1" in restarts[0]
+    else:
+        assert "a worker failed (its pod is gone)" in restarts[0], restarts
+    for index in (0, 1):
+        claim = f"vpwgroup-output-{tj['metadata']['uid'][:5]}-{index}"
+        lines = (cluster.claim_dir(NS, claim) / "workers.log").read_text().splitlines()
+        assert {line.split()[1] for line in lines} == {str(index)}, lines
+        assert f"done {index} attempt 1" in lines
+        assert any(f"start {index} attempt 1 rank {index} of 2" in line and f"host vpwgroup-node-{index}-0-0" in line
+                   for line in lines), lines

@@ -112,6 +112,34 @@ async def test_the_namespace_annotation_lowers_the_import_size_limit(api, operat
     assert conditions["Stalled"]["status"] == "True"
 
 
+async def test_a_size_beyond_int64_is_a_status_not_a_retry_loop(api, operator, wait_for, web):
+    """hostile3 F6: a 400-digit Namespace limit or push size was float('inf'), an OverflowError in a
+    retry loop, and the Checkpoint got no status at all. Failed before (status None)."""
+    huge = "9" * 400
+    await api.patch("v1/namespaces", None, NS, {"metadata": {"annotations": {"ckpt.dev/max-checkpoint-size": huge}}})
+    await api.create(CKPT, NS, http_checkpoint("huge-limit", f"{web}/model.tar.gz"))
+
+    async def reason(name: str, wanted: str):
+        obj = await api.get(CKPT, NS, name)
+        ready = {c["type"]: c for c in obj.get("status", {}).get("conditions", [])}.get("Ready") or {}
+        return ready if ready.get("reason") == wanted else None
+    limit = await wait_for(lambda: reason("huge-limit", "InvalidLimit"), timeout=30)
+    assert "annotation ckpt.dev/max-checkpoint-size='9999" in limit["message"] and len(limit["message"]) < 300
+    await api.patch("v1/namespaces", None, NS, {"metadata": {"annotations": {"ckpt.dev/max-checkpoint-size": None}}})
+
+    await api.create(CKPT, NS, {"metadata": {"name": "huge-push", "annotations": {
+        "ckpt.dev/upload-digest": "sha256:" + "a" * 64, "ckpt.dev/upload-requested": "r1",
+        "ckpt.dev/volume-size": huge}}, "spec": {"source": {"upload": {}}}})
+
+    async def refused():
+        obj = await api.get(CKPT, NS, "huge-push")
+        message = (obj.get("status") or {}).get("message") or ""
+        return message if "annotation ckpt.dev/volume-size: '9999" in message else None
+    message = await wait_for(refused, timeout=30)
+    assert "is not a size" in message and len(message) < 400, message
+    assert await api.get("v1/pods", NS, "huge-push-upload") is None
+
+
 async def _foreign_claim(api, wait_for, cluster, name: str):
     """A user's own PVC called `name`, with data."""
     await api.create("v1/persistentvolumeclaims", NS, {"metadata": {"name": name}, "spec": {

@@ -210,6 +210,7 @@ async def test_retried_pod_resumes_from_its_own_earlier_checkpoints(api, operato
     assert len(trainer.envs["flaky"]) == 2
 
 
+@pytest.mark.slow
 async def test_keep_names_and_collisions(api, operator, trainer, wait_for):
     # A foreign object already has one of the names the snapshot derives: the snapshot waits
     # (NameConflict, naming it) and never uses another name; once it is gone, the names are made.
@@ -323,24 +324,10 @@ async def test_deleting_a_job_deletes_its_job_and_releases_inputs(api, operator,
 
 async def test_an_output_volume_that_never_binds_is_named_with_its_reason(api, operator, cluster, trainer, wait_for,
                                                                            monkeypatch):
-    """No provisioner runs here, so the local binder plays one that knows no StorageClass
-    `no-such-class`: it never binds the claim and says why in an Event, as the PV controller does."""
+    """The local provisioner knows no StorageClass `no-such-class`: it never binds the claim and says
+    why in an Event (ProvisioningFailed), as the PV controller does."""
     from checkpoint_operator.reconcile import volumes
-    from checkpoint_operator.local.cluster import PvcBinder
     monkeypatch.setattr(volumes, "CLAIM_RECHECK", 0.5)
-    bind = PvcBinder._bind
-
-    async def provisioner(self, claim):
-        if claim.get("spec", {}).get("storageClassName") != "no-such-class":
-            return await bind(self, claim)
-        meta = claim["metadata"]
-        await self.api.create("v1/events", meta["namespace"], {
-            "metadata": {"generateName": meta["name"] + "."}, "type": "Warning", "reason": "ProvisioningFailed",
-            "message": 'storageclass.storage.k8s.io "no-such-class" not found',
-            "involvedObject": {"kind": "PersistentVolumeClaim", "name": meta["name"], "namespace": meta["namespace"],
-                               "uid": meta["uid"]}, "lastTimestamp": "2026-01-01T00:00:00Z"})
-        return False
-    monkeypatch.setattr(PvcBinder, "_bind", provisioner)
     trainer.behaviours["stuck"] = lambda a, env: 0
     await api.create(TJ, NS, training_job("stuck", output={"storageClassName": "no-such-class"}))
 
@@ -385,6 +372,7 @@ async def test_jobs_waiting_on_each_other_are_stalled_naming_the_cycle(api, oper
     await wait_for(not_found, timeout=20)
 
 
+@pytest.mark.slow
 async def test_a_detached_child_of_the_trainer_cannot_rewrite_a_sealed_checkpoint(api, operator, cluster, wait_for):
     """The trainer runs as a real process (no stand-in) and leaves a detached child that rewrites
     its checkpoint a few seconds after the container ended. Before: the child outlived the pod and

@@ -16,7 +16,6 @@ from checkpoint_operator.objectstore.s3 import manifest_exists, read_manifest
 from checkpoint_operator.config import OperatorConfig
 from conftest import CKPT, NS, TJ, training_job, write_checkpoint
 from formats_files import safetensors_bytes, torch_file, weights
-from s3server import s3, seaweedfs  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -297,3 +296,46 @@ async def test_checkpoints_share_blobs_and_deletion_collects_only_unused_ones(ap
     kept = (await api.get(CKPT, NS, "ft.step-10"))["status"]
     got = download_prefix(kept["location"]["s3"]["uri"], str(tmp_path / "dl"), digest=kept["digest"])
     assert got.manifest.fileCount == 3
+
+
+PART_WRITER = """
+import json, os
+out, rank = os.environ["CHECKPOINT_OUTPUT_DIR"], int(os.environ["RANK"])
+for step in ("step-1", "step-2"):
+    os.makedirs(os.path.join(out, step), exist_ok=True)
+    with open(os.path.join(out, step, f"shard-{rank}.bin"), "wb") as f:
+        f.write(bytes([rank]) * 16)
+    with open(os.path.join(out, step, "config.json"), "w") as f:  # step-2: each rank its own bytes
+        json.dump({"rank": rank} if step == "step-2" else {"layers": 2}, f)
+"""
+
+
+async def test_a_volume_per_worker_uploads_the_union_and_keeps_every_volume_of_a_conflict(  # noqa: F811
+        api, store_secret, operator, wait_for, s3):  # noqa: F811
+    """s3 store, output.volumePerWorker: step-1 (both ranks' shards) is uploaded as ONE checkpoint
+    from both workers' volumes; step-2 (config.json differs) is not stored, so both volumes are
+    kept (owned by the job) until the release annotation, which releases both."""
+    await api.create(TJ, NS, training_job("vpw", replicas=2, engine="JobSet", backoffLimit=0,
+                                          output={"volumePerWorker": True},
+                                          command=[sys.executable, "-c", PART_WRITER]))
+    tj = await wait_phase(api, wait_for, TJ, "vpw", "Succeeded", timeout=90)
+    assert tj["status"]["outputCheckpoints"] == ["vpw.step-1"]
+    uri = (await api.get(CKPT, NS, "vpw.step-1"))["status"]["location"]["s3"]["uri"]
+    union = read_manifest(uri)
+    assert sorted(f.path for f in union.files) == ["config.json", "shard-0.bin", "shard-1.bin"]
+    # the union's files are blobs, as any checkpoint's on the s3 store
+    assert union.blobs is not None
+    blob_prefix = f"{s3.key()}{NS}/blobs/sha256/"
+    client = s3.client()
+    stored = {o["Key"][len(blob_prefix):] for o in
+              client.list_objects_v2(Bucket=s3.bucket, Prefix=blob_prefix).get("Contents", [])}
+    assert {f.sha256 for f in union.files} <= stored
+    retained = condition(tj, "OutputRetained")
+    assert retained["status"] == "True" and "'config.json' differs between worker 0" in retained["message"]
+    claims = [f"vpw-output-{tj['metadata']['uid'][:5]}-{i}" for i in range(2)]
+    for name in claims:
+        claim = await api.get("v1/persistentvolumeclaims", NS, name)
+        assert [o["kind"] for o in claim["metadata"]["ownerReferences"]] == ["TrainingJob"]
+    await api.patch(TJ, NS, "vpw", {"metadata": {"annotations": {"ckpt.dev/release-output": "true"}}})
+    for name in claims:
+        await wait_for(lambda name=name: _gone(api, "v1/persistentvolumeclaims", name), timeout=20)

@@ -293,6 +293,30 @@ async def test_a_crd_whose_rule_does_not_compile_is_refused(api: ApiClient) -> N
     assert "compilation failed" in error.body["message"]
 
 
+async def test_rules_see_escaped_property_names_as_the_api_server_spells_them(api: ApiClient) -> None:
+    """A property named with a CEL keyword is `__namespace__` in rules, and `-`, `.`, `/`, `__` inside a
+    name are escaped (apiserver/pkg/cel/escaping.go); keys of a map (additionalProperties) are not.
+    External-snapshotter's VolumeSnapshotContent says `has(self.__namespace__)`: every content was
+    refused before."""
+    crd = copy.deepcopy(WIDGET_CRD)
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    spec.pop("required", None)
+    spec["properties"] = {"namespace": {"type": "string"}, "max-size": {"type": "integer"},
+                          "tags": {"type": "object", "additionalProperties": {"type": "string"}}}
+    spec["x-kubernetes-validations"] = [
+        {"rule": "has(self.__namespace__)", "message": "namespace is required"},
+        {"rule": "!has(self.max__dash__size) || self.max__dash__size < 10", "message": "max-size below 10"},
+        {"rule": "!has(self.tags) || !('a-b' in self.tags) || self.tags['a-b'] == 'ok'", "message": "tag a-b is ok"}]
+    await api.create("apiextensions.k8s.io/v1/customresourcedefinitions", None, crd)
+    widgets = "example.com/v1/widgets"
+    await api.create(widgets, NS, {"metadata": {"name": "w"},
+                                   "spec": {"namespace": "x", "max-size": 3, "tags": {"a-b": "ok"}}})
+    for bad, problem in (({}, "namespace is required"), ({"namespace": "x", "max-size": 12}, "max-size below 10"),
+                         ({"namespace": "x", "tags": {"a-b": "no"}}, "tag a-b is ok")):
+        error = await refused(api.create(widgets, NS, {"metadata": {"name": "bad"}, "spec": bad}))
+        assert problem in error.body["message"]
+
+
 def test_local_run_refuses_an_invalid_name_in_one_line(tmp_path) -> None:
     """The pydantic models do not check names; the emulated API does, as a cluster would."""
     import subprocess

@@ -19,6 +19,7 @@ def local_run(*args: str, state_dir: Path) -> subprocess.CompletedProcess:
                            *args], cwd=ROOT, capture_output=True, text=True, timeout=200)
 
 
+@pytest.mark.slow
 def test_examples_run_locally_and_state_persists(tmp_path):
     state = tmp_path / "state"
     # The process runtime whatever this machine has (tests/containers runs the same with Podman).
@@ -93,6 +94,45 @@ def test_missing_engine_for_an_explicit_runtime_is_a_usage_error(tmp_path):
     assert result.stderr.startswith("error: --runtime docker: docker ")
 
 
+@pytest.mark.slow
+def test_examples_run_on_three_nodes_with_block_storage_and_volume_snapshots(tmp_path):
+    """--nodes 3 --storage-class block --volume-snapshot-class block-snapshots: the examples give the same
+    results; the checkpoints are in snapshot copies and the output volumes are released."""
+    state = tmp_path / "state"
+    result = local_run("-f", "examples/local/1-pretrain.yaml", "-f", "examples/local/2-finetune.yaml", "-o", "json",
+                       "--runtime", "process", "--nodes", "3", "--storage-class", "block",
+                       "--volume-snapshot-class", "block-snapshots", state_dir=state)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    jobs = {j["name"]: j for j in report["trainingJobs"]}
+    assert sorted(jobs["pretrain"]["outputCheckpoints"]) == ["pretrain.step-200", "pretrain.step-300"]
+    assert jobs["finetune"]["phase"] == "Succeeded"
+    assert [i["name"] for i in jobs["finetune"]["inputs"]] == ["pretrain.step-300"]
+    copies = list((state / "cluster" / "snapshots").iterdir())
+    assert len(copies) == 2  # pretrain's output and finetune's: one end-of-job snapshot each
+    assert any((c / "step-300").is_dir() for c in copies)
+    volumes = state / "cluster" / "volumes" / "default"
+    assert not any(p.name.startswith(("pretrain-output-", "finetune-output-")) for p in volumes.iterdir())
+
+
+@pytest.mark.parametrize("flags, problem", [
+    (["--volume-snapshot-class", "block-snapshots"], "it snapshots the volumes of block, block-multireader; "
+                                                     "add --storage-class block"),
+    (["--storage-class", "gp3"], "--storage-class gp3: the local cluster's classes are standard, block, "
+                                 "block-multireader"),
+    (["--storage-class", "block", "--volume-snapshot-class", "ebs"], "the local cluster's VolumeSnapshotClass is "
+                                                                     "block-snapshots"),
+])
+def test_storage_flags_that_cannot_work_are_refused_in_one_line(tmp_path, flags, problem):
+    result = local_run("-f", "examples/local/1-pretrain.yaml", *flags, state_dir=tmp_path / "state")
+    assert result.returncode == 2 and problem in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_nodes_must_be_a_count(tmp_path):
+    result = local_run("-f", "examples/local/1-pretrain.yaml", "--nodes", "0", state_dir=tmp_path / "state")
+    assert result.returncode == 2 and "--nodes 0: a whole number from 1 to 64" in result.stderr
+
+
 def job(name: str, code: str = "print(1)", **spec: object) -> str:
     """A TrainingJob manifest whose one container runs `python -c code`."""
     import yaml
@@ -114,6 +154,7 @@ WRITES = ("import os; out = os.environ['CHECKPOINT_OUTPUT_DIR']\n"
 CRASHES = "for i in range(30): print('line', i)\nprint('\\x1b[31mred\\x1b[0m', flush=True)\nraise ValueError('boom')\n"
 
 
+@pytest.mark.slow
 def test_what_can_never_finish_is_named_at_once_and_a_failed_pod_shows_its_log(tmp_path):
     """Before: a job waiting on an input that nothing applied can make kept `local run` waiting,
     silently, for the whole --timeout (600 s); a failed pod's log was nowhere to be seen; the table
@@ -146,6 +187,7 @@ def test_what_can_never_finish_is_named_at_once_and_a_failed_pod_shows_its_log(t
     assert "  NO  " in rows["good.checkpoint-5"] and "  NO  " not in rows["good.step-1"]
 
 
+@pytest.mark.slow
 def test_an_earlier_runs_objects_are_named_and_fresh_starts_clean(tmp_path):
     """Before: a job stuck in the state directory from an earlier run made every later run wait
     for the whole timeout, without saying why (issue 18 item 8c)."""

@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 
 from checkpoint_operator.local import s3store
-from s3server import seaweedfs  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.timeout(420)
+pytestmark = [pytest.mark.timeout(420), pytest.mark.slow]  # whole `local run`s: the slow tier
 
 
 def local_run(*args: str, state_dir: Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -89,3 +88,140 @@ def test_seaweedfs_is_started_on_loopback_with_every_port_given_and_telemetry_of
     access, secret = weed.credentials()
     assert weed.credentials() == (access, secret)  # made once, kept with the data
     assert oct((tmp_path / "credentials.json").stat().st_mode & 0o777) == "0o600"
+
+
+def weeds_serving(data_dir: Path) -> list[int]:
+    """The pids of weed processes serving `data_dir` (from /proc: whoever started them)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            state = Path(f"/proc/{entry}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != b"Z" and args and os.path.basename(args[0]) == b"weed" and f"-dir={data_dir}".encode() in args:
+            found.append(int(entry))
+    return found
+
+
+def wait_gone(data_dir: Path, timeout: float = 20) -> list[int]:
+    import time
+    deadline = time.monotonic() + timeout
+    while (left := weeds_serving(data_dir)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGHUP", "SIGKILL"])
+def test_seaweedfs_never_outlives_its_run(tmp_path, how):
+    """hostile3 F2: weed ran in its own session and was stopped only by the run's `finally`, which
+    SIGTERM/SIGHUP/SIGKILL skipped: the orphan wedged the state dir. Failed before (all three)."""
+    import signal
+    import time
+    state = tmp_path / "st"
+    proc = subprocess.Popen([sys.executable, "-m", "checkpoint_operator", "local", "run", "--state-dir", str(state),
+                             "--runtime", "process", "-f", "examples/local/1-pretrain.yaml", "--store", "s3"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        seen = ""
+        while "store: s3, SeaweedFS on" not in seen and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            assert line, seen
+            seen += line
+        assert weeds_serving(state / "s3" / "data"), seen
+        proc.send_signal(getattr(signal, how))
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    left = wait_gone(state / "s3" / "data")
+    for pid in left:  # never leave one behind, even when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"weed {left} outlived its run ({how})"
+    if how != "SIGKILL":
+        assert not (state / "s3" / s3store.PID_FILE).exists()  # stopped, and said so
+
+
+def test_a_leftover_seaweedfs_is_stopped_and_an_early_exit_says_why(tmp_path):
+    """hostile3 F2: an orphan from an earlier run (its run gone) is stopped at the next start; a weed
+    the pid file does not know holds the data's lock, and the start says SeaweedFS exited, with its
+    log's fatal line and the log's path, not "Could not connect to the endpoint URL"."""
+    import signal
+    data = tmp_path / "s3"
+    first = s3store.LocalSeaweedFS(data)
+    first.ports = dict(zip(s3store.PORT_FLAGS, s3store._free_ports(len(s3store.PORT_FLAGS))))
+    (data / "data").mkdir(parents=True)
+    orphan = subprocess.Popen(first.command("weed"), cwd=data, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        import time
+        time.sleep(3)  # it takes the data's lock
+        (data / s3store.PID_FILE).write_text(json.dumps({"pid": orphan.pid, "parent": 2 ** 22 + 1}))  # a run long gone
+        again = s3store.LocalSeaweedFS(data)
+        try:
+            again.start()
+            assert orphan.poll() is not None  # the leftover was stopped, and this start serves the data
+        finally:
+            again.stop()
+        assert not weeds_serving(data / "data")
+
+        stranger = subprocess.Popen(first.command("weed"), cwd=data, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            time.sleep(3)
+            with pytest.raises(s3store.LocalStoreError) as refused:
+                s3store.LocalSeaweedFS(data).start()
+            message = str(refused.value)
+            assert message.startswith("SeaweedFS exited (code ") and f"its log: {data / 'weed.log'}" in message, message
+            assert "\n" not in message
+        finally:
+            stranger.kill()
+            stranger.wait()
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+        orphan.wait()
+    for pid in weeds_serving(data / "data"):
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_the_store_s_files_and_apis_are_no_one_else_s(tmp_path):
+    """hostile3 F1: the data directory was 0755, credentials.json written then chmod-ed, the filer's and
+    volume server's HTTP APIs read and wrote every object without credentials, and the unix sockets
+    stayed in /tmp. Now: 0700/0600, JWT-signed HTTP APIs (401 unsigned), sockets under the state dir or
+    removed. Failed before."""
+    import glob
+    import stat
+    import urllib.error
+    import urllib.request
+
+    def status(url: str, data: bytes | None = None) -> int:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, data=data, method="PUT" if data else "GET"),
+                                        timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+    weed = s3store.LocalSeaweedFS(tmp_path / "s3")
+    try:
+        settings = weed.start()
+        client = s3store.client(settings)
+        client.put_object(Bucket=settings.bucket, Key="_catalog/x-12345678/secret.txt", Body=b"catalog-bytes")
+        assert client.get_object(Bucket=settings.bucket, Key="_catalog/x-12345678/secret.txt")["Body"].read() == \
+            b"catalog-bytes"  # the S3 API, with the credentials, works
+        filer = f"http://127.0.0.1:{weed.ports['filer.port']}/buckets/{settings.bucket}/_catalog/x-12345678/"
+        assert status(filer + "secret.txt") == 401
+        assert status(filer + "planted.txt", b"evil") == 401
+        assert (tmp_path / "s3" / "sock" / "filer.sock").exists()
+        ports = list(weed.ports.values())
+    finally:
+        weed.stop()
+    for directory in (tmp_path / "s3", tmp_path / "s3" / "data"):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
+    for secret in ("credentials.json", "security.toml"):
+        assert stat.S_IMODE((tmp_path / "s3" / secret).stat().st_mode) == 0o600, secret
+    assert not [p for port in ports for p in glob.glob(f"/tmp/seaweedfs-*-{port}.sock")]

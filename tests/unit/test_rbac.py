@@ -79,10 +79,11 @@ def test_the_code_makes_the_calls_this_test_knows_of():
     assert ("batch", "jobs", "create") in calls and ("", "persistentvolumeclaims", "patch") in calls
 
 
-def namespaced_grants() -> set[tuple[str, str, str]]:
-    """A namespaced install: the Role in each namespace, `get` on those Namespaces by name, and the catalog's
-    ClusterRole (ClusterCheckpoints are cluster-scoped)."""
-    return rbac.permissions(rbac.policy_rules(cluster_wide=False)) | \
+def namespaced_grants(volume_snapshots: bool = True) -> set[tuple[str, str, str]]:
+    """A namespaced install (with storage.volume.snapshotClassName unless told otherwise): the Role in
+    each namespace, `get` on those Namespaces by name, and the catalog's ClusterRole (ClusterCheckpoints
+    are cluster-scoped)."""
+    return rbac.permissions(rbac.policy_rules(cluster_wide=False, volume_snapshots=volume_snapshots)) | \
         rbac.permissions(rbac.namespace_reader_rules(["team-a"])) | rbac.permissions(rbac.catalog_cluster_rules())
 
 
@@ -102,9 +103,17 @@ def test_nothing_is_granted_that_nobody_uses():
     namespaced = namespaced_grants()
     unused = namespaced - code_permissions() - KOPF_AND_KUBERNETES
     assert not unused, f"granted but never used: {sorted(unused)}"
-    cluster = rbac.permissions(rbac.policy_rules(cluster_wide=True)) - namespaced
+    cluster = rbac.permissions(rbac.policy_rules(cluster_wide=True, volume_snapshots=True)) - namespaced
     assert cluster == CLUSTER_ONLY - {("", "namespaces", "get")}
     assert rbac.permissions(rbac.catalog_cluster_rules()) <= rbac.permissions(rbac.policy_rules(cluster_wide=True))
+
+
+def test_volume_snapshot_permissions_come_only_with_a_snapshot_class():
+    """Least privilege: without storage.volume.snapshotClassName nothing of snapshot.storage.k8s.io is granted."""
+    snapshots = namespaced_grants() - namespaced_grants(volume_snapshots=False)
+    assert snapshots == {("snapshot.storage.k8s.io", "volumesnapshots", verb)
+                         for verb in ("get", "list", "create", "patch", "delete")}
+    assert snapshots <= code_permissions()
 
 
 # --- why each verb remains, and what narrows the dangerous ones ---------------------------------------
@@ -132,9 +141,12 @@ def test_every_write_on_pods_claims_jobs_and_events_is_narrowed_by_the_admission
                for rule in policy["spec"]["matchConstraints"]["resourceRules"]
                for group in rule["apiGroups"] for resource in rule["resources"] for operation in rule["operations"]}
     writes = [(rule, verb, why) for rule in rbac.RULES for verb, why in rule.reasons
-              if verb in WRITES and rule.api_groups[0] in ("", "batch") and not rule.cluster_only]
+              if verb in WRITES and rule.api_groups[0] in ("", "batch", "snapshot.storage.k8s.io")
+              and not rule.cluster_only]
     assert {(r.resources[0], v) for r, v, _ in writes} >= {("pods", "create"), ("pods", "patch"), ("pods", "delete"),
-                                                           ("persistentvolumeclaims", "delete"), ("jobs", "create")}
+                                                           ("persistentvolumeclaims", "delete"), ("jobs", "create"),
+                                                           ("volumesnapshots", "create"), ("volumesnapshots", "patch"),
+                                                           ("volumesnapshots", "delete")}
     for rule, verb, why in writes:
         for group in rule.api_groups:
             for resource in rule.resources:

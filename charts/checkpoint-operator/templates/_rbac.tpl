@@ -41,6 +41,11 @@ tests/test_chart.py fails when these rules and that table differ in either direc
 - apiGroups: ["kopf.dev"]
   resources: ["kopfpeerings"]
   verbs: ["get", "list", "watch", "patch"]
+{{- if and (eq .Values.storage.type "volume") .Values.storage.volume.snapshotClassName }}
+- apiGroups: ["snapshot.storage.k8s.io"]
+  resources: ["volumesnapshots"]
+  verbs: ["get", "list", "create", "patch", "delete"]
+{{- end }}
 {{- end }}
 
 {{/* Rules only cluster-wide mode needs: kopf's namespace and CRD discovery and cluster peering. */}}

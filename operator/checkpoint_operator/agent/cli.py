@@ -30,10 +30,21 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     scan.add_argument("--manifests-dir", default=None, metavar="DIR",
                       help="write each checkpoint's full manifest to DIR/sha256-<hex>.json as its files are hashed "
                            "(the volume store keeps them at the volume's root, in .ckpt-manifests/)")
+    scan.add_argument("--sync", action="store_true",
+                      help="then syncfs(2) the directory's filesystem and say so in the result (\"synced\": \"syncfs\"): "
+                           "a volume snapshot of it follows")
     scan.add_argument("--workers", type=_positive_int, default=None, help="hashing threads (default: number of cores)")
     scan.add_argument("--max-entries", type=_positive_int, default=None, metavar="N",
                       help="fail past this many directory entries in all (default 1000000, 2000000 with --result; "
                            "or CKPT_SCAN_MAX_ENTRIES)")
+    scan.add_argument("--parts", type=_positive_int, default=None, metavar="N",
+                      help="DIR/worker-0 .. DIR/worker-<N-1> are N workers' outputs: a directory of the same name "
+                           "in several of them is one checkpoint, the union of their files (agent/parts.py)")
+    scan.add_argument("--per-worker", action="store_true",
+                      help="with --parts: each worker's checkpoints stay its own, at worker-<i>/<directory>")
+    scan.add_argument("--part-manifests", action="store_true",
+                      help="with --parts --result: write each checkpoint's full manifest to .ckpt-manifests/ at the "
+                           "root of the first worker's directory that provides its files")
     scan.set_defaults(func=lambda a: _call("scan", a))
 
     snap = cmds.add_parser("snapshot", help="scan an output directory and upload each checkpoint (s3 store)",
@@ -52,6 +63,11 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     snap.add_argument("--reuse-sealed", action="store_true",
                       help="a checkpoint `agent watch` sealed and uploaded (UPLOAD_TO/sealed/<path>/<digest>/) is not "
                            "uploaded again: its sealed copy is reported")
+    snap.add_argument("--parts", type=_positive_int, default=None, metavar="N",
+                      help="DIR/worker-0 .. DIR/worker-<N-1> are N workers' outputs: a directory of the same name "
+                           "in several of them is one checkpoint, the union of their files (agent/parts.py)")
+    snap.add_argument("--per-worker", action="store_true",
+                      help="with --parts: each worker's checkpoints stay its own, at worker-<i>/<directory>")
     snap.set_defaults(func=lambda a: _call("snapshot", a))
 
     upload = cmds.add_parser("upload", help="upload a checkpoint directory to s3://bucket/prefix/",
@@ -98,6 +114,9 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     watch.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
     watch.add_argument("--manifests-dir", default=None, metavar="DIR",
                        help="volume store: write each sealed checkpoint's full manifest to DIR/sha256-<hex>.json")
+    watch.add_argument("--sync", action="store_true",
+                       help="syncfs(2) the output's filesystem once a directory is sealed, before it is announced "
+                            "(\"synced\": \"syncfs\" in its line): a volume snapshot of it follows")
     watch.set_defaults(func=lambda a: _call("live_watch", a, sigterm_finishes=True))
 
     imp = cmds.add_parser("import", help="import a checkpoint (s3, http(s), ftp(s), Hugging Face, Git, GCS, Azure) into DEST",
@@ -122,6 +141,9 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("--exclude", action="append", metavar="GLOB",
                      help="hf://: no file matching this glob (repeatable)")
     imp.add_argument("--lfs", action="store_true", help="git: fetch the commit's Git LFS files")
+    imp.add_argument("--replace-earlier-import", action="store_true",
+                     help="an earlier import's output in DEST (marked beside DEST when it was committed) is removed "
+                          "first; anything else in DEST is still refused (the operator's import pods)")
     imp.add_argument("--ca-file", default=None, metavar="PEM",
                      help="https://, ftps:// and git over https: trust these CA certificates instead of the system's")
     imp.set_defaults(func=lambda a: _call("importer", a))
@@ -154,6 +176,8 @@ def _add_transfer_parsers(cmds: argparse._SubParsersAction) -> None:
                                           "verdict against the pushed manifest and --digest.")
     receive.add_argument("dir")
     receive.add_argument("--digest", default=None, metavar="sha256:HEX", help="the digest the data must have")
+    receive.add_argument("--sync", action="store_true",
+                         help="then syncfs(2) DIR's filesystem and say so (\"synced\": \"syncfs\"): a volume snapshot follows")
     receive.add_argument("--idle", type=float, default=900, metavar="SECONDS",
                          help="give up after this long without a push under way (prints received: false)")
     receive.add_argument("--max-size", default=None, metavar="BYTES", help="refuse more than this")

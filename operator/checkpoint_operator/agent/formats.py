@@ -300,13 +300,15 @@ def _not_checked(fmt: str) -> str:
 
 
 def describe_checkpoint(root: Path, sizes: Mapping[str, int], name: str = "",
-                        skipped: Optional[Mapping[str, str]] = None) -> Description:
+                        skipped: Optional[Mapping[str, str]] = None,
+                        tops: Optional[Mapping[str, str]] = None) -> Description:
     """Format, step, resumable, completeness and metrics of the checkpoint at `root` made of
     these files (relative path -> size). `name` is its directory's name ("" for the root files).
     `skipped`: entries of its directory that are not part of it (path -> why), which the format
     may need. Completeness is decided on the files alone; the format is the writer's, so it is
-    detected on what was written (files and skipped entries)."""
-    files = CheckpointFiles(Path(root), sizes, name, skipped=dict(skipped or {}))
+    detected on what was written (files and skipped entries). `tops`: a checkpoint assembled from
+    workers' parts, the directory each file is in (agent/parts.py)."""
+    files = CheckpointFiles(Path(root), sizes, name, skipped=dict(skipped or {}), tops=dict(tops or {}))
     written = sorted({*files.paths, *files.skipped})
     rule = rule_for(written, name)
     fmt = rule.refine(files) if rule.refine else rule.name

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from checkpoint_operator.agent import fstree, live_sealing
+from checkpoint_operator.agent.durability import sync_filesystem
 from checkpoint_operator.protocol.errors import AgentError
 from checkpoint_operator.agent.hashing import FileChanged
 from checkpoint_operator.protocol import channel, results
@@ -156,8 +157,9 @@ class Watcher:
                  annotations_file: Optional[str] = None, shared: bool = False, max_entries: Optional[int] = None,
                  upload_concurrency: int = 2, endpoint_url: Optional[str] = None,
                  manifests_dir: Optional[str] = None,
-                 emit: Optional[Callable[[results.Report], None]] = None) -> None:
+                 emit: Optional[Callable[[results.Report], None]] = None, sync: bool = False) -> None:
         self.root = root
+        self.sync = sync  # syncfs before announcing a sealed directory (a volume snapshot of it follows)
         self.store = store
         self.upload_to = upload_to
         self.annotations_file = annotations_file
@@ -329,6 +331,11 @@ class Watcher:
         sealed = Sealed(manifest.path, manifest.digest, manifest.step, manifest.complete, manifest.resumable, stats)
         extra = {"sealReason": results.cut(reason), "skipped": result.skippedCount, "readOnly": read_only,
                  "sealedAt": round(time.time(), 3)}
+        if self.sync:
+            try:
+                extra["synced"] = sync_filesystem(directory)
+            except OSError as exc:  # announced without it: the operator leaves it to the end-of-job snapshot
+                self.warn(f"{listed.path}: {exc}; sealed, but its bytes may not be on the disk yet")
         if modes is not None and not read_only:
             extra["readOnlyProblem"] = results.cut(str(modes.get("problem")))
         if self.store == "s3":
@@ -549,7 +556,7 @@ def main(args: argparse.Namespace) -> int:
     watcher = Watcher(args.dir, store="s3" if args.upload_to else "volume", upload_to=args.upload_to,
                       annotations_file=args.annotations_file, shared=args.shared, max_entries=args.max_entries,
                       upload_concurrency=args.upload_concurrency, endpoint_url=args.endpoint_url,
-                      manifests_dir=getattr(args, "manifests_dir", None))
+                      manifests_dir=getattr(args, "manifests_dir", None), sync=getattr(args, "sync", False))
     watcher.announce()
     interval = max(MIN_INTERVAL, args.interval)
     while not stop.is_set():

@@ -12,8 +12,8 @@ another checkpoint) is foreign: the pull is refused, naming it, unless the user 
 be removed (`--clean`). Nothing is followed through a link, nothing is removed unasked.
 
 `--clean` removes only in a directory a pull wrote (`pulled_into`): one whose root holds a pull's
-manifest (of any checkpoint: the next version pulled over the last), or the parts or files of an
-interrupted pull of this checkpoint. `kubectl ckpt pull x ~ --clean` (a typo for ./x) would
+manifest (of any checkpoint: the next version pulled over the last), or the parts of an
+interrupted pull where this checkpoint's files go, or one of its files with its sha256. `kubectl ckpt pull x ~ --clean` (a typo for ./x) would
 otherwise empty a home directory: there it is refused, and what to do said (hostile1's note).
 """
 
@@ -148,28 +148,103 @@ def remove_foreign(directory: str, manifest: Optional[Manifest], digest: Optiona
             removed.append(item)
 
 
+def _sha256_of(path: str) -> Optional[str]:
+    """The sha256 of the regular file at `path` (opened without following a link), or None."""
+    import hashlib
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    digest = hashlib.sha256()
+    with os.fdopen(fd, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _holds_parts(directory: str) -> bool:
+    """Whether `directory` itself (not below) holds a download's part file (`.ckpt-download-*`)."""
+    try:
+        with os.scandir(directory) as it:
+            for entry in it:
+                if entry.name.startswith(TEMP_PREFIX) and entry.is_file(follow_symlinks=False):
+                    return True
+    except OSError:
+        return False
+    return False
+
+
+def _parents(path: str) -> list[str]:
+    """The directories on the way to `path` ('a/b/c' -> ['a', 'a/b'])."""
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _places(directory: str, manifest: Optional[Manifest]) -> set[str]:
+    """Where the checkpoint's files go inside `directory` ('' its root, then the manifest's
+    directories, '/'-separated) that exist there as real directories, not through a link."""
+    wanted = {""}
+    for entry in manifest.files if manifest is not None else []:
+        wanted.update(_parents(entry.path))
+    places = {""}
+    for place in sorted(wanted - {""}):  # a parent sorts before its children
+        parent = place.rpartition("/")[0]
+        path = os.path.join(directory, *place.split("/"))
+        if parent in places and os.path.isdir(path) and not os.path.islink(path):
+            places.add(place)
+    return places
+
+
+# A repository's own directory: --clean never removes one (hostile3 F5: a clone whose
+# `.gitattributes` is the checkpoint's would otherwise lose its history).
+REPOSITORY_DIRS = (".git", ".hg", ".svn")
+
+
+def repository_in(directory: str, manifest: Optional[Manifest]) -> Optional[str]:
+    """The first version-control directory (`.git`...) at the root of `directory` or in one of
+    the checkpoint's directories there, '/'-separated, or None."""
+    own = {p for e in (manifest.files if manifest is not None else []) for p in _parents(e.path)}
+    for place in sorted(_places(directory, manifest)):
+        for name in REPOSITORY_DIRS:
+            rel = f"{place}/{name}" if place else name
+            if rel not in own and os.path.lexists(os.path.join(directory, *rel.split("/"))):
+                return rel
+    return None
+
+
 def pulled_into(directory: str, manifest: Optional[Manifest]) -> bool:
     """Whether `directory` is one a pull wrote, so that --clean may empty it of what is not the
-    checkpoint: it is missing or empty, its root holds a manifest a pull left, or it holds an
-    interrupted pull's parts (`.ckpt-download-*`) or, with `manifest`, one of its files at its path
-    and size. Reads at most one entry per file of the manifest and the directory's entries."""
+    checkpoint. Only a pull's own traces count (hostile3 F5): the directory is missing or empty,
+    its root holds a pull's manifest (a regular file that reads as one), a download's part files
+    lie where this checkpoint's files go (the root or one of the manifest's directories, never
+    anywhere below), or one of the checkpoint's files is at its path with its sha256 (not merely
+    its size: every clone of a Hub repo has a `.gitattributes` of the same size). Reads the entries
+    of the checkpoint's directories and hashes at most the same-size files, smallest first."""
     if not os.path.isdir(directory) or os.path.islink(directory):
         return not os.path.lexists(directory)
-    if not os.listdir(directory) or os.path.isfile(os.path.join(directory, MANIFEST_NAME)):
+    if not os.listdir(directory):
         return True
+    root_manifest = os.path.join(directory, MANIFEST_NAME)
+    if os.path.isfile(root_manifest) and not os.path.islink(root_manifest) and _manifest_digest(root_manifest):
+        return True
+    places = _places(directory, manifest)
+    for place in sorted(places):
+        if _holds_parts(os.path.join(directory, *place.split("/")) if place else directory):
+            return True
+    same_size = []
     for entry in manifest.files if manifest is not None else []:
+        if os.path.dirname(entry.path) not in places:
+            continue  # under a link or a missing directory
+        path = os.path.join(directory, *entry.path.split("/"))
         try:
-            st = os.lstat(os.path.join(directory, *entry.path.split("/")))
+            st = os.lstat(path)
         except OSError:
             continue
         if stat.S_ISREG(st.st_mode) and st.st_size == entry.size:
+            same_size.append((entry.size, path, entry.sha256))
+    for _, path, sha256 in sorted(same_size):
+        if _sha256_of(path) == sha256:
             return True
-    budget = EntryBudget(entry_limit(), what=directory)
-    for root, dirs, names in fstree.walk(directory):  # os.walk recurses once per level
-        for name in names + dirs:
-            budget.take(os.path.join(root, name))
-            if name.startswith(TEMP_PREFIX):
-                return True
     return False
 
 

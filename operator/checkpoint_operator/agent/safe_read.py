@@ -312,6 +312,9 @@ class CheckpointFiles:
     problems: dict[str, str] = field(default_factory=dict)
     # Files left unread because the checkpoint's work or memory bound was reached: no verdict on them.
     not_read: set[str] = field(default_factory=set)
+    # A checkpoint assembled from workers' parts (agent/parts.py): the directory each file is in
+    # (relative path -> top), where it differs from `root`.
+    tops: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.paths = sorted(self.sizes)
@@ -322,7 +325,7 @@ class CheckpointFiles:
         return rel in self.sizes
 
     def path_of(self, rel: str) -> str:
-        return os.path.join(self.root, *rel.split("/"))
+        return os.path.join(self.tops.get(rel, self.root), *rel.split("/"))
 
     def missing(self, rel: str, *, directory: bool = False) -> str:
         """Why `rel` is not among the files, for a reason: missing (a directory: not in this

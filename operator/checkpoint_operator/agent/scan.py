@@ -26,22 +26,22 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterator, Mapping, Optional, Union
+from typing import IO, TYPE_CHECKING, Callable, Iterator, Mapping, Optional, Union
 
-from pydantic import BaseModel
 
 from checkpoint_operator.agent import containers, formats
-from checkpoint_operator.protocol import channel
 from checkpoint_operator.protocol.errors import AgentError
 from checkpoint_operator.agent.hashing import CHANGED_WHILE_READ, FileChanged, default_workers, sha256_file
 from checkpoint_operator.protocol.manifest import MANIFESTS_DIR, Manifest, ManifestBuilder, stored_manifest_name
 from checkpoint_operator.protocol.names import collision_problem, collisions, component_problem, printable, spelled
-from checkpoint_operator.protocol import results
 from checkpoint_operator.agent.live_sealing import LIVE_DIR
 from checkpoint_operator.agent.tree import (
     DEFAULT_MAX_ENTRIES, LEAVES_CHECKPOINT, STREAMING_MAX_ENTRIES, EntryBudget, TreeFile, entry_limit, iter_checkpoint,
     resolve_link, special_kind,
 )
+
+if TYPE_CHECKING:  # pydantic's models: imported where a result is written (`agent scan --json` never loads them)
+    from checkpoint_operator.protocol import results
 
 __all__ = ["LEAVES_CHECKPOINT", "OutputScan", "ScanResult", "Scanned", "Skipped", "describe_checkpoint",
            "format_table", "report_of", "scan_checkpoints", "scan_directory"]
@@ -60,17 +60,29 @@ BIG_FILE = 16 * 1024 * 1024
 # Names of the output's root the scan never looks at: the sidecar's state, the stored manifests.
 AGENT_DIRS = (LIVE_DIR, MANIFESTS_DIR)
 STALE_TEMP_SECONDS = 3600  # a temporary file of a killed scan in the manifests directory
+# The root files' names reported for a volume location to mount one by one: protocol/results.py's
+# MAX_ITEMS (not imported: the scan's start-up loads no pydantic; tests/unit/agent checks they agree).
+MAX_ITEMS = 256
 
 
-class Skipped(BaseModel):
+@dataclass
+class Skipped:
     path: str  # relative to the scanned directory, '/'-separated, with unsafe characters escaped
     reason: str
 
 
-class ScanResult(BaseModel):
+@dataclass
+class ScanResult:
+    """What `agent scan --json` prints (a dataclass: the agent only writes it; logic/snapshot.py reads it)."""
+
     checkpoints: list[Manifest]
     skipped: list[Skipped]  # the first MAX_SKIPPED_LISTED, by path
     skippedCount: int = 0  # all of them
+
+    def model_dump(self, mode: str = "json") -> dict:
+        return {"checkpoints": [m.model_dump(mode="json") for m in self.checkpoints],
+                "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
+                "skippedCount": self.skippedCount}
 
 
 @dataclass
@@ -78,6 +90,8 @@ class Scanned:
     manifest: Manifest              # its files listed only when the scan kept them
     stored: bool = False            # its full manifest was written to the manifests directory
     items: Optional[list[str]] = None  # the root files ('.'): their names, when few enough to mount one by one
+    # a volume per worker (agent/parts.py): (worker, items or None for its whole directory) per worker
+    parts: Optional[list[tuple[int, Optional[list[str]]]]] = None
 
 
 @dataclass
@@ -224,12 +238,13 @@ def _root_candidates(root: str, layout: str, skips: _Skips, budget: EntryBudget)
 
 
 def describe_checkpoint(top: str, paths: list[str], name: str, sizes: Optional[Mapping[str, int]] = None,
-                        lost: Optional[dict[str, str]] = None) -> dict:
+                        lost: Optional[dict[str, str]] = None, tops: Optional[dict[str, str]] = None) -> dict:
     """What the files say about a checkpoint: format, step, resumable, complete (the Manifest
     fields beyond the files), by agent/formats.py. `top` is the directory the `paths` are
     relative to, `name` the name the step is read from ("" for none); `sizes` (path -> bytes)
     when known, else read with stat; `lost`: entries of the directory that are not part of the
-    checkpoint (path -> why). Shared by scan and upload.
+    checkpoint (path -> why); `tops`: the directory of each file, when not `top` (a checkpoint
+    assembled from workers' parts). Shared by scan, upload and agent/parts.py.
 
     Whatever the files hold, the answer is about this checkpoint only: a reader that fails in a
     way no rule foresaw makes it "not checked", with the reason, and the scan goes on."""
@@ -237,12 +252,12 @@ def describe_checkpoint(top: str, paths: list[str], name: str, sizes: Optional[M
         found = {}
         for p in paths:
             try:
-                found[p] = os.stat(os.path.join(top, *p.split("/"))).st_size
+                found[p] = os.stat(os.path.join((tops or {}).get(p, top), *p.split("/"))).st_size
             except OSError:
                 found[p] = 0
         sizes = found
     try:
-        d = formats.describe_checkpoint(Path(top), sizes, name, lost)
+        d = formats.describe_checkpoint(Path(top), sizes, name, lost, **({"tops": tops} if tops else {}))
     except Exception as exc:  # noqa: BLE001 - one checkpoint's hostile metadata never fails the scan
         reason = f"not checked: its files could not be read safely ({type(exc).__name__})"
         return {"format": formats.detect_format(sorted(sizes), name), "step": None, "resumable": False,
@@ -363,7 +378,7 @@ def create_exclusive(path: str, mode: int = 0o644) -> IO[bytes]:
     return os.fdopen(fd, "w+b", buffering=1 << 20)
 
 
-class _Manifests:
+class StoredManifests:
     """Where the full manifests go (`--manifests-dir`): written as the files are hashed, then
     renamed into place (`sha256-<hex>.json`). A directory that cannot be written is one problem
     for the result (the checkpoints are still reported, without stored manifests)."""
@@ -416,12 +431,23 @@ class _Manifests:
         """Write the manifest as `sha256-<hex>.json`; False (and the problem noted) when it cannot be."""
         if spool is None or not self.usable:
             return False
+        # relative to its own root, as on s3
+        return self._write(manifest.digest, lambda out: builder.write(out, manifest.model_copy(update={"path": ROOT})))
+
+    def store_whole(self, manifest: Manifest) -> bool:
+        """`store` of a manifest whose files are all in memory (a union of workers' parts)."""
+        if not self.usable:
+            return False
+        text = manifest.model_copy(update={"path": ROOT}).to_json().encode("utf-8")
+        return self._write(manifest.digest, lambda out: out.write(text))
+
+    def _write(self, digest: str, write: Callable[[IO[bytes]], object]) -> bool:
         assert self.directory is not None
-        final = os.path.join(self.directory, stored_manifest_name(manifest.digest))
+        final = os.path.join(self.directory, stored_manifest_name(digest))
         tmp = os.path.join(self.directory, f".tmp-{os.getpid()}-{time.monotonic_ns()}.json")
         try:
             with create_exclusive(tmp) as out:
-                builder.write(out, manifest.model_copy(update={"path": ROOT}))  # relative to its own root, as on s3
+                write(out)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, final)
@@ -479,7 +505,7 @@ def scan_checkpoints(root: Path, layout: str = "auto", single: bool = False, wor
         raise AgentError(f"{top}: {len(candidates)} checkpoints (directories and root files), more than the "
                          f"{max_checkpoints} one snapshot reports; write fewer step directories (retention can "
                          f"only drop checkpoints a snapshot has found)")
-    stored = _Manifests(manifests_dir)
+    stored = StoredManifests(manifests_dir)
     found: list[Scanned] = []
     builder: Optional[ManifestBuilder] = None
     sizes = SortedSizes()
@@ -516,11 +542,11 @@ def scan_checkpoints(root: Path, layout: str = "auto", single: bool = False, wor
     return OutputScan(found, skips.items(), skips.count, stored.problem)
 
 
-def _finish(candidate: _Candidate, builder: ManifestBuilder, sizes: SortedSizes, stored: _Manifests,
+def _finish(candidate: _Candidate, builder: ManifestBuilder, sizes: SortedSizes, stored: StoredManifests,
             spool: Optional[IO[bytes]], single: bool) -> Scanned:
     info = describe_checkpoint(candidate.top, [], candidate.step_name, sizes, candidate.lost)
     manifest = builder.manifest(**info)
-    items = list(sizes) if candidate.path == ROOT and not single and len(sizes) <= results.MAX_ITEMS else None
+    items = list(sizes) if candidate.path == ROOT and not single and len(sizes) <= MAX_ITEMS else None
     return Scanned(manifest, stored=stored.store(builder, manifest, spool), items=items)
 
 
@@ -533,12 +559,15 @@ def scan_directory(root: Path, layout: str = "auto", single: bool = False,
                       skippedCount=scan.skipped_count)
 
 
-def report_of(scan: OutputScan, uris: Optional[Mapping[str, str]] = None) -> results.ScanReport:
+def report_of(scan: OutputScan, uris: Optional[Mapping[str, str]] = None) -> "results.ScanReport":
     """The bounded result the operator reads (protocol/results.py)."""
+    from checkpoint_operator.protocol import results
     uris = uris or {}
     return results.ScanReport(
-        checkpoints=[results.CheckpointSummary.of(s.manifest, uri=uris.get(s.manifest.path), manifest_stored=s.stored,
-                                                  items=s.items) for s in scan.checkpoints],
+        checkpoints=[results.CheckpointSummary.of(
+            s.manifest, uri=uris.get(s.manifest.path), manifest_stored=s.stored, items=s.items,
+            parts=None if s.parts is None else [results.PartSummary(worker=w, items=i) for w, i in s.parts])
+            for s in scan.checkpoints],
         skipped=[results.Skipped(path=results.cut(s.path, results.MAX_REPORTED_PATH), reason=results.cut(s.reason))
                  for s in scan.skipped[:results.MAX_SKIPPED_REPORTED]],
         skippedCount=scan.skipped_count,
@@ -583,22 +612,49 @@ def format_table(result: ScanResult) -> str:
     return "\n".join(lines)
 
 
+def _synced(directory: str) -> str:
+    """A volume snapshot follows: the bytes must be on the disk first (agent/durability.py)."""
+    from checkpoint_operator.agent.durability import sync_filesystem
+    return sync_filesystem(directory)
+
+
 def main(args: argparse.Namespace) -> int:
     if not os.path.exists(args.dir):
         raise AgentError(f"{args.dir}: no such directory")
     if not os.path.isdir(args.dir):
         raise AgentError(f"{args.dir}: not a directory (scan takes the directory that holds the checkpoints)")
     if getattr(args, "result", False):
-        scan = scan_checkpoints(Path(args.dir), layout=args.layout, single=args.single, workers=args.workers,
-                                max_entries=entry_limit(args.max_entries, STREAMING_MAX_ENTRIES), keep_files=False,
-                                manifests_dir=args.manifests_dir, max_checkpoints=results.MAX_CHECKPOINTS,
-                                max_skipped=results.MAX_SKIPPED_REPORTED)
-        channel.write(report_of(scan))
+        from checkpoint_operator.protocol import channel, results
+        if getattr(args, "parts", None):
+            from checkpoint_operator.agent.parts import parts_output, scan_parts
+            scan = parts_output(scan_parts(args.dir, args.parts, args.layout, args.per_worker, workers=args.workers,
+                                           max_entries=entry_limit(args.max_entries)),
+                                args.dir, args.layout, args.per_worker,
+                                manifests=getattr(args, "part_manifests", False))
+        else:
+            scan = scan_checkpoints(Path(args.dir), layout=args.layout, single=args.single, workers=args.workers,
+                                    max_entries=entry_limit(args.max_entries, STREAMING_MAX_ENTRIES), keep_files=False,
+                                    manifests_dir=args.manifests_dir, max_checkpoints=results.MAX_CHECKPOINTS,
+                                    max_skipped=results.MAX_SKIPPED_REPORTED)
+        report = report_of(scan)
+        if getattr(args, "sync", False):  # after the manifests it wrote: the snapshot holds them too
+            report = report.model_copy(update={"synced": _synced(args.dir)})
+        channel.write(report)
         return 0
-    result = scan_directory(Path(args.dir), layout=args.layout, single=args.single, workers=args.workers,
-                            max_entries=entry_limit(args.max_entries))
+    sources = None
+    if getattr(args, "parts", None):
+        from checkpoint_operator.agent.parts import scan_parts
+        parts = scan_parts(args.dir, args.parts, args.layout, args.per_worker, workers=args.workers,
+                           max_entries=entry_limit(args.max_entries))
+        result, sources = parts.result, parts.sources
+    else:
+        result = scan_directory(Path(args.dir), layout=args.layout, single=args.single, workers=args.workers,
+                                max_entries=entry_limit(args.max_entries))
+    extra: dict = {"sources": sources} if sources is not None else {}
+    if getattr(args, "sync", False):  # a volume snapshot follows: the bytes must be on the disk first
+        extra["synced"] = _synced(args.dir)
     if args.json:
-        sys.stdout.write(json.dumps(result.model_dump(mode="json")) + "\n")
+        sys.stdout.write(json.dumps({**result.model_dump(mode="json"), **extra}) + "\n")
     else:
         print(format_table(result))
     return 0

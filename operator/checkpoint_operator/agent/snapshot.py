@@ -14,6 +14,7 @@ from typing import Optional
 
 from checkpoint_operator.protocol import channel, results
 from checkpoint_operator.protocol.errors import AgentError
+from checkpoint_operator.agent.parts import parts_output, scan_parts
 from checkpoint_operator.agent.scan import report_of, scan_checkpoints
 from checkpoint_operator.agent.tree import entry_limit
 from checkpoint_operator.agent.upload import upload_dir
@@ -57,9 +58,29 @@ def snapshot(directory: str, layout: str, upload_to: str, single: bool = False, 
     return report_of(scan, uploads)
 
 
+def snapshot_parts(directory: str, count: int, layout: str, upload_to: str, per_worker: bool = False,
+                   concurrency=None, endpoint_url=None, max_entries: Optional[int] = None) -> results.ScanReport:
+    """`snapshot` of several workers' outputs (agent/parts.py): each checkpoint, a union of parts
+    or one worker's own, is uploaded from where its files lie into one prefix (the s3 store needs
+    no parts in the result: the union is one manifest, its files blobs as any checkpoint's)."""
+    parts = scan_parts(directory, count, layout, per_worker, max_entries=entry_limit(max_entries))
+    uploads = {}
+    for manifest in parts.result.checkpoints:
+        uri = upload_uri(upload_to, manifest.path, False)
+        upload_dir(directory, uri, manifest=manifest, concurrency=concurrency, endpoint_url=endpoint_url,
+                   tops=parts.tops[manifest.path], blobs=blob_root_of(upload_to))
+        uploads[manifest.path] = uri
+    return report_of(parts_output(parts, directory, layout, per_worker, mounts=False), uploads)
+
+
 def main(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.dir):
         raise AgentError(f"{args.dir}: not a directory (snapshot takes the directory that holds the checkpoints)")
+    if getattr(args, "parts", None):
+        channel.write(snapshot_parts(args.dir, args.parts, args.layout, args.upload_to, args.per_worker,
+                                     concurrency=args.concurrency, endpoint_url=args.endpoint_url,
+                                     max_entries=args.max_entries))
+        return 0
     report = snapshot(args.dir, args.layout, args.upload_to, single=args.single, concurrency=args.concurrency,
                       endpoint_url=args.endpoint_url, max_entries=args.max_entries,
                       reuse_sealed=getattr(args, "reuse_sealed", False))

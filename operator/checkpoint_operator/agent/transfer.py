@@ -483,7 +483,11 @@ def main_receive(args: argparse.Namespace) -> int:
     if commit is None:
         channel.write(results.TransferReport(received=False, reason=f"no push within {args.idle:.0f} s"))
         return 0
-    channel.write(received_result(args.dir, args.digest, commit, _max_size(args)))
+    result = received_result(args.dir, args.digest, commit, _max_size(args))
+    if getattr(args, "sync", False):  # a volume snapshot of it follows: its bytes must be on the disk
+        from checkpoint_operator.agent.durability import sync_filesystem
+        result = result.model_copy(update={"synced": sync_filesystem(args.dir)})
+    channel.write(result)
     return 0
 
 

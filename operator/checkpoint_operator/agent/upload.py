@@ -20,7 +20,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from checkpoint_operator.protocol.manifest import (
     MANIFEST_NAME, MAX_MANIFEST_BYTES, UPLOAD_JOURNAL_NAME, FileEntry, Manifest, digest_of, parse_manifest,
@@ -83,13 +83,15 @@ def collect_files(root: str) -> tuple[list[LocalFile], list[str]]:
     return files, [f"{rel}: {reason}" for rel, reason in sorted(tree.skipped)]
 
 
-def files_from_manifest(root: str, manifest: Manifest, follow_links: bool = False) -> list[LocalFile]:
+def files_from_manifest(root: str, manifest: Manifest, follow_links: bool = False,
+                        tops: Optional[Mapping[str, str]] = None) -> list[LocalFile]:
     """The files a manifest lists, located by the same rules (never through a link that
     leaves the checkpoint, nor a directory reached through a link; `follow_links`: as `cp -L`,
-    for a push of the user's own directory)."""
+    for a push of the user's own directory). `tops`: a checkpoint assembled from workers' parts,
+    the directory each file is in (agent/parts.py)."""
     files = []
     for entry in manifest.files:
-        path, st = locate_file(root, entry.path, follow_links=follow_links)
+        path, st = locate_file((tops or {}).get(entry.path, root), entry.path, follow_links=follow_links)
         if st.st_size != entry.size:
             raise AgentError(f"{path}: changed since it was scanned (size {st.st_size}, manifest says {entry.size})")
         files.append(LocalFile(entry.path, path, st.st_size, expected_sha256=entry.sha256))
@@ -102,8 +104,10 @@ class Uploader:
                  part_size: Optional[int] = None, follow_links: bool = False,
                  on_object_done: Optional[Callable[[str], None]] = None,
                  blobs: Optional[str] = None, before_commit: Optional[Callable[[], None]] = None,
-                 log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> None:
+                 log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
+                 tops: Optional[Mapping[str, str]] = None) -> None:
         self.root = root
+        self.tops = tops  # with a manifest only: a checkpoint assembled from workers' parts
         self.prefix = parse_s3_uri(uri).as_prefix()
         if not self.prefix.key:
             raise AgentError(f"{uri}: give a prefix (s3://bucket/prefix/), not a whole bucket")
@@ -141,7 +145,7 @@ class Uploader:
     def run(self) -> UploadResult:
         started = time.monotonic()
         if self.given_manifest is not None:
-            files = files_from_manifest(self.root, self.given_manifest, self.follow_links)
+            files = files_from_manifest(self.root, self.given_manifest, self.follow_links, self.tops)
         else:
             files, skipped = collect_files(self.root)
             for reason in skipped:
@@ -162,7 +166,9 @@ class Uploader:
                  + (f" (blobs in {self.blobs.uri})" if self.blobs is not None else ""))
         self._transfer(files, remote, total)
 
-        entries = [FileEntry(path=f.rel, size=f.size, sha256=f.sha256) for f in files]
+        # Every file was hashed on its way up (FileEntry does not check its fields: protocol/manifest.py).
+        assert all(f.sha256 is not None for f in files), "a file was uploaded without its sha256"
+        entries = [FileEntry(path=f.rel, size=f.size, sha256=f.sha256 or "") for f in files]
         manifest = self._build_manifest(entries)
         if self.before_commit is not None:
             self.before_commit()

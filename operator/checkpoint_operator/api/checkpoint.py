@@ -151,6 +151,9 @@ class CheckpointSpec(ApiModel):
                     "namespace's limit.")
 
 
+MAX_VOLUME_PARTS = 100000  # one per worker at most (api.trainingjob.MAX_REPLICAS)
+
+
 class VolumeLocation(ApiModel):
     claimName: Name = Field(description="PersistentVolumeClaim holding the data.")
     path: Path = Field(description="Directory inside the volume ('.' for its root).")
@@ -166,11 +169,34 @@ class S3Location(ApiModel):
     uri: Uri = Field(description="s3://bucket/prefix/ holding the data and its manifest.")
 
 
+class SnapshotLocation(ApiModel):
+    """In a CSI VolumeSnapshot (snapshot.storage.k8s.io/v1) of the volume that was written: each pod
+    that reads it gets a volume of its own restored from the snapshot."""
+
+    volumeSnapshotName: Name = Field(description="VolumeSnapshot in the Checkpoint's namespace holding the data.")
+    path: Path = Field(description="Directory inside the snapshot's volume ('.' for its root).")
+    items: Optional[list[FileName]] = Field(
+        None, description="When set, only these files of the directory belong to the checkpoint (mounted one by one).")
+    restoreSize: Optional[str] = Field(
+        None, pattern=QUANTITY_PATTERN, max_length=64,
+        description="Smallest volume the snapshot restores into (its status.restoreSize): what a restored claim asks for.")
+    storageClassName: Optional[Name] = Field(
+        None, description="StorageClass of the volume the snapshot was taken of (restores use it; empty: the "
+                          "cluster's default class).")
+
+
 class Location(ApiModel):
     """Where the bytes are."""
 
     volume: Optional[VolumeLocation] = Field(None, description="On a PersistentVolumeClaim.")
+    volumeParts: Optional[list[VolumeLocation]] = Field(
+        None, max_length=MAX_VOLUME_PARTS,
+        description="Assembled from several workers' volumes (output.volumePerWorker): each part's claim, the "
+                    "checkpoint's directory in it and the items (files or directories) it provides; consumers "
+                    "mount them side by side into one directory.")
     s3: Optional[S3Location] = Field(None, description="In object storage.")
+    snapshot: Optional[SnapshotLocation] = Field(
+        None, description="In a VolumeSnapshot of the volume it was written to (storage.volume.snapshotClassName).")
 
 
 class CheckpointStatus(ApiModel):

@@ -116,8 +116,9 @@ class ClusterCheckpointStatus(ApiModel):
                           "that name with another UID is not trusted.")
     usedBy: Optional[list[NamespacedRef]] = Field(
         None, max_length=MAX_USED_BY_LISTED,
-        description=f"Live TrainingJobs that use it, of any namespace (the first {MAX_USED_BY_LISTED}; informational: "
-                    "the in-use protection asks the API server at deletion time).")
+        description="No longer written: every authenticated identity may read a catalog entry, so its status names "
+                    "no job nor namespace (usedByCount counts them; the operator namespace's Events name them); "
+                    "kept so that a status an earlier version wrote still validates, and removed at the next write.")
     usedByCount: Optional[Count] = Field(None, description="Number of live TrainingJobs that use it (for kubectl get).")
     conditions: Optional[list[Condition]] = Field(None, description="Standard conditions (Ready, Complete).")
     observedGeneration: Optional[Count] = Field(None, description="The .metadata.generation last reconciled.")

@@ -82,9 +82,24 @@ _SUFFIXES = {"": 1, "k": 10 ** 3, "M": 10 ** 6, "G": 10 ** 9, "T": 10 ** 12, "P"
              "Ki": 2 ** 10, "Mi": 2 ** 20, "Gi": 2 ** 30, "Ti": 2 ** 40, "Pi": 2 ** 50, "Ei": 2 ** 60}
 
 
+MAX_QUANTITY_BYTES = 2 ** 63 - 1  # Kubernetes' int64: anything larger is no size
+_MAX_QUANTITY_CHARS = 64  # as the CRD's size fields (maxLength): parsing stays bounded whatever the input
+
+
 def parse_quantity(text: str) -> int:
-    """`500Gi` -> bytes; a plain number is bytes. ValueError names what is allowed."""
-    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?", text.strip())
-    if not match:
-        raise ValueError(f"{text!r} is not a size: use a number of bytes or a quantity such as 500Gi or 10G")
-    return int(float(match.group(1)) * _SUFFIXES[match.group(2) or ""])
+    """`500Gi` -> bytes; a plain number is bytes. Exact (integer arithmetic, never a float: hostile3
+    F6's 400-digit size was `inf`), bounded in length and in value (int64). ValueError names what is
+    allowed, in one line, with the text shortened."""
+    stripped = text.strip()
+    match = re.fullmatch(r"([0-9]+)(?:\.([0-9]+))?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?", stripped) \
+        if len(stripped) <= _MAX_QUANTITY_CHARS else None
+    value: Optional[int] = None
+    if match:
+        whole, fraction, unit = match.group(1), match.group(2) or "", _SUFFIXES[match.group(3) or ""]
+        value = (int(whole) * 10 ** len(fraction) + int(fraction or "0")) * unit // 10 ** len(fraction)
+    if value is None or value > MAX_QUANTITY_BYTES:
+        shown = repr(text[:60])
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise ValueError(f"{shown} is not a size: use a number of bytes or a quantity such as 500Gi or 10G "
+                         f"(below 8Ei)")
+    return value

@@ -37,6 +37,7 @@ SelectPolicy = Literal["latest", "latestResumable", "final", "best"]
 Engine = Literal["Job", "JobSet"]
 MAX_REPLICAS = 100000  # the Job API's limit of completions of an Indexed Job
 MAX_NPROC_PER_NODE = 1024
+MAX_WORKER_VOLUMES = 128  # volumePerWorker: one replicated job (a pod template) per worker in one JobSet
 WaitPolicy = Literal["Available", "Finished"]
 PublishMode = Literal["OnCompletion", "Continuous"]
 METRIC_PATTERN = r"^[A-Za-z0-9_.\-/]{1,63}$"  # agent/metrics_files.py METRIC_NAME
@@ -154,6 +155,19 @@ class OutputSpec(ApiModel):
                           "the job runs (needs Kubernetes 1.29+, native sidecars). Default: the operator's setting "
                           "(OnCompletion unless CKPT_DEFAULT_PUBLISH says otherwise).")
     namePrefix: Optional[Name] = Field(None, description="Prefix of the new Checkpoints' names (default: the job's name).")
+    volumePerWorker: Optional[bool] = Field(
+        None, description="Each worker gets its own output volume (<job>-output-<uid5>-<i>, ReadWriteOnce: block "
+                           "storage across nodes; needs engine JobSet). A directory of the same name written by "
+                           "several workers (DCP, DeepSpeed, Orbax multi-host) becomes one Checkpoint, the union of "
+                           "their files; the same path with different bytes in two workers is refused by name.")
+    perWorker: Optional[bool] = Field(
+        None, description="Each worker's output becomes its own Checkpoints, <prefix>-worker-<i>-<directory> "
+                           "(a volume per worker, as volumePerWorker; needs engine JobSet).")
+
+    @property
+    def parts_per_worker(self) -> bool:
+        """Each worker writes its own volume (volumePerWorker or perWorker)."""
+        return bool(self.volumePerWorker or self.perWorker)
 
 
 class PodTemplate(ApiModel):
@@ -218,6 +232,25 @@ class TrainingJobSpec(ApiModel):
              "(worker i is <job>-<i>.<service>): remove them",
              lambda s: s["replicas"] <= 1 or not ({"hostname", "subdomain"} & set(s["template"].get("spec") or {})),
              field_path=".template.spec"),
+        Rule("!has(self.output) || !((has(self.output.volumePerWorker) && self.output.volumePerWorker) || "
+             "(has(self.output.perWorker) && self.output.perWorker)) || self.engine == 'JobSet'",
+             "spec.output.volumePerWorker and perWorker need spec.engine: JobSet (each worker is its own replicated "
+             "job with its own volume; an Indexed Job's pods share one template, so one claim)",
+             lambda s: not ((s.get("output") or {}).get("volumePerWorker") or (s.get("output") or {}).get("perWorker"))
+             or s.get("engine", "Job") == "JobSet", field_path=".output"),
+        Rule("!has(self.output) || !((has(self.output.volumePerWorker) && self.output.volumePerWorker) || "
+             "(has(self.output.perWorker) && self.output.perWorker)) || !has(self.output.publish) || "
+             "self.output.publish != 'Continuous'",
+             "spec.output.volumePerWorker and perWorker are published OnCompletion: live sealing of checkpoints "
+             "assembled across workers is not supported yet (set output.publish: OnCompletion)",
+             lambda s: not ((s.get("output") or {}).get("volumePerWorker") or (s.get("output") or {}).get("perWorker"))
+             or (s.get("output") or {}).get("publish") != "Continuous", field_path=".output.publish"),
+        Rule("!has(self.output) || !((has(self.output.volumePerWorker) && self.output.volumePerWorker) || "
+             f"(has(self.output.perWorker) && self.output.perWorker)) || self.replicas <= {MAX_WORKER_VOLUMES}",
+             f"spec.replicas must be at most {MAX_WORKER_VOLUMES} with spec.output.volumePerWorker or perWorker "
+             "(each worker is a replicated job of the one JobSet object, with its own pod template)",
+             lambda s: not ((s.get("output") or {}).get("volumePerWorker") or (s.get("output") or {}).get("perWorker"))
+             or s.get("replicas", 1) <= MAX_WORKER_VOLUMES, field_path=".replicas"),
     )
 
     checkpoints: list[CheckpointRef] = Field(
@@ -299,6 +332,9 @@ class TrainingJobStatus(ApiModel):
                           "controls (a JobSet: its child Jobs) are this job's workers.")
     inputs: Optional[list[PinnedCheckpoint]] = Field(None, description="Inputs as resolved and pinned at start.")
     inputCount: Optional[Count] = Field(None, description="Number of inputs (for kubectl get).")
+    restoredInputs: Optional[Count] = Field(
+        None, description="Volumes restored from VolumeSnapshots for each pod (inputs kept in snapshots): the pods "
+                          "that hold them are deleted when the job's pods are over, and the volumes with them.")
     outputCheckpoints: Optional[list[Name]] = Field(None, description="Checkpoints created from the output.")
     outputCount: Optional[Count] = Field(None, description="Number of output checkpoints (for kubectl get).")
     jobSucceeded: Optional[bool] = Field(None, description="Whether the pods succeeded (recorded before the snapshot).")

@@ -413,12 +413,52 @@ def _array_problems(schema: Mapping[str, Any], value: list[Any], path: str) -> l
     return errors
 
 
+# Property names CEL cannot spell as they are, and how the API server spells them in rules
+# (apiserver/pkg/cel/escaping.go): a keyword becomes __keyword__ (`self.__namespace__`), and
+# `__`, `.`, `-`, `/` inside a name become __underscores__, __dot__, __dash__, __slash__.
+CEL_RESERVED = frozenset({"true", "false", "null", "in", "as", "break", "const", "continue", "else", "for", "function",
+                          "if", "import", "let", "loop", "package", "namespace", "return", "var", "void", "while"})
+_CEL_ESCAPES = (("__", "__underscores__"), (".", "__dot__"), ("-", "__dash__"), ("/", "__slash__"))
+
+
+def cel_property_name(name: str) -> str:
+    """A property's name as CEL rules see it."""
+    if name in CEL_RESERVED:
+        return f"__{name}__"
+    for plain, escaped in _CEL_ESCAPES:
+        name = name.replace(plain, escaped)
+    return name
+
+
+def _needs_escaping(name: str) -> bool:
+    return name in CEL_RESERVED or any(plain in name for plain, _ in _CEL_ESCAPES)
+
+
+def cel_view(schema: Mapping[str, Any], value: Any) -> Any:
+    """`value` with the names of its schema's declared properties as CEL rules spell them (map keys,
+    `additionalProperties`, stay as they are: rules index them, `self['a.b']`). The same object
+    when nothing needs escaping."""
+    if isinstance(value, Mapping):
+        properties = schema.get("properties") or {}
+        extra = schema.get("additionalProperties") if isinstance(schema.get("additionalProperties"), Mapping) else {}
+        items = {k: cel_view(properties.get(k) or extra or {}, v) for k, v in value.items()}
+        renamed = any(k in properties and _needs_escaping(k) for k in items)
+        if not renamed and all(items[k] is value[k] for k in items):
+            return value
+        return {(cel_property_name(k) if k in properties else k): v for k, v in items.items()}
+    if isinstance(value, list) and isinstance(schema.get("items"), Mapping):
+        viewed = [cel_view(schema["items"], v) for v in value]
+        return viewed if any(a is not b for a, b in zip(viewed, value)) else value
+    return value
+
+
 def _evaluate_rules(schema: Mapping[str, Any], value: Any, old: Any, path: str, *, quiet: bool = False
                     ) -> list[FieldError]:
     rules = schema.get("x-kubernetes-validations")
     if not rules:
         return []
-    variables = {"self": value} if old is _NO_VALUE else {"self": value, "oldSelf": old}
+    value = cel_view(schema, value)
+    variables = {"self": value} if old is _NO_VALUE else {"self": value, "oldSelf": cel_view(schema, old)}
     context = cel.Context(variables)  # converted once for all the rules of this node
     errors: list[FieldError] = []
     for rule in rules:

@@ -46,10 +46,31 @@ def add_local_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--fresh", action="store_true",
                      help="start clean: remove what earlier runs left in the state directory (objects, volumes, "
                           "logs) first; refused for a directory that holds anything else")
+    run.add_argument("--nodes", type=_node_count, default=1, metavar="N",
+                     help="nodes of the local cluster (default 1): pods are scheduled onto them, and a ReadWriteOnce "
+                          "volume of the block StorageClasses is attached to one node at a time, as on EKS, GKE, AKS")
+    run.add_argument("--storage-class", default=None, metavar="NAME",
+                     help="StorageClass of output and import volumes (the operator's storage.storageClassName): "
+                          "standard (the default: a shared filesystem, every access mode), block (ReadWriteOnce "
+                          "block devices with volume snapshots) or block-multireader (ReadOnlyMany too)")
+    run.add_argument("--volume-snapshot-class", default=None, metavar="NAME",
+                     help="take a VolumeSnapshot of each output with this VolumeSnapshotClass and give each consumer a "
+                          "volume restored from it (the operator's storage.volume.snapshotClassName; the local "
+                          "cluster's class is block-snapshots, for the block StorageClasses)")
     run.add_argument("--serve", action="store_true",
                      help="then keep the cluster and the operator running (until Ctrl-C), reachable with kubectl and "
                           "kubectl ckpt through <state-dir>/kubeconfig")
     run.set_defaults(func=_run_local)
+
+
+def _node_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= 64:
+        raise argparse.ArgumentTypeError(f"--nodes {text}: a whole number from 1 to 64")
+    return count
 
 
 def _seconds(text: str) -> float:

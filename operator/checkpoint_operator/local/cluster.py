@@ -1,18 +1,27 @@
-"""A tiny "cluster" beside the emulated API: PVC binder, Job and JobSet controllers, a stand-in for
-Kueue's admission, kubelet and garbage collector.
+"""A tiny "cluster" beside the emulated API: nodes, scheduler, storage, snapshot controller, Job and
+JobSet controllers, a stand-in for Kueue's admission, kubelets and garbage collector.
 
-``LocalCluster`` talks to the API only over HTTP. It watches PVCs, Jobs, JobSets, Services and Pods (``informer.py``:
-one list + watch each, kept in memory) and reconciles only what an event concerns: the object
-itself and the objects that depend on it (a pod's event wakes its Job and the claims it mounts; a
-claim bound wakes the pods waiting for it; an owner deleted wakes its dependents for the garbage
-collector). Every controller is level-based and idempotent, reading the current state from the
-caches; its own writes go into the caches at once (so it never acts twice on a stale view), and a
-full resync every ``poll_interval`` seconds is the safety net for anything missed.
+``LocalCluster`` talks to the API only over HTTP. It watches Pods, Jobs, JobSets, Services, PVCs,
+PersistentVolumes, VolumeSnapshots and their contents and classes (``informer.py``: one list + watch
+each, kept in memory) and reconciles only what an event concerns: the object itself and the objects
+that depend on it (a pod's event wakes its Job and the claims it mounts, and once it has finished
+the pods waiting to attach its volumes; a child Job's event wakes its JobSet; a claim bound wakes
+the pods waiting for it; a snapshot ready wakes the claims restored from it; an owner deleted wakes
+its dependents for the garbage collector). Every controller is level-based and idempotent, reading
+the current state from the caches; its own writes go into the caches at once (so it never acts
+twice on a stale view), and a full resync every ``poll_interval`` seconds is the safety net for
+anything missed.
 
-- ``PvcBinder``: a new PersistentVolumeClaim becomes ``Bound`` to a fresh host directory
-  ``<data_dir>/volumes/<namespace>/<claim>-<uid8>`` (mode 0777, as local-path provisioners make
-  them); deleting the claim deletes the directory. Claims get the ``kubernetes.io/pvc-protection``
-  finalizer: a claim that a running pod uses is deleted only after that pod has finished.
+- Nodes (``nodes``: ``local``, or ``local-0`` ... ``local-<N-1>``), each with its ``Kubelet``
+  (``kubelet.py``: runs the pods scheduled on it with a runtime, ``runtime.py`` host processes in a
+  view of the pod's mounts or ``engine.py`` containers of their images with Podman or Docker), its
+  ``ExecServer`` (``podexec.py``: the kubelet's exec endpoint, which the emulator proxies
+  ``pods/exec`` to) and its own directory ``<data_dir>/nodes/<node>/``.
+- ``Scheduler``, ``EphemeralVolumes`` and ``AttachRules`` (``scheduler.py``): nodes for pods, the
+  claims of ephemeral volumes, the multi-attach rule.
+- ``VolumeProvisioner`` (``storage.py``): StorageClasses, PersistentVolumes, claims bound to host
+  directories under ``<data_dir>/volumes/``, restores and clones; ``kubernetes.io/pvc-protection``.
+- ``SnapshotController`` (``snapshots.py``): VolumeSnapshots as copies under ``<data_dir>/snapshots/``.
 - ``JobController`` (``jobs.py``, batch/v1): pods from ``spec.template``; completions, parallelism,
   completionMode Indexed (hostnames ``<job>-<index>``), backoffLimit, activeDeadlineSeconds, suspend;
   terminal conditions only once every pod has stopped, as Kubernetes 1.31+.
@@ -21,14 +30,11 @@ full resync every ``poll_interval`` seconds is the safety net for anything misse
   CRD is installed first (``jobset_crd``: a minimal one unless given, e.g. JobSet's published CRD).
 - ``KueueStandIn`` (``kueue.py``): admits a suspended Job or JobSet labelled with a Kueue queue name at
   once, and can preempt it (``kueue=True``, the default); ``report`` gets a line for each.
-- ``Kubelet`` (``kubelet.py``): runs pods with a runtime (``runtime.py``: host processes in a view
-  of the pod's mounts; ``engine.py``: containers of their images with Podman or Docker).
-- ``ExecServer`` (``podexec.py``): the kubelet's exec endpoint, registered as the node ``local``; the
-  emulator proxies ``pods/exec`` to it.
-- ``GarbageCollector``: deletes Pods, Jobs and PVCs all of whose ownerReferences point to objects
-  that no longer exist (or exist with another uid), confirmed by a live read before deleting, and
-  deleting with the resourceVersion it judged, as the Kubernetes garbage collector does. Owners of
-  other kinds are watched as they are referred to.
+- ``GarbageCollector``: deletes Pods, Jobs, JobSets, Services, PVCs and VolumeSnapshots all of whose
+  ownerReferences point to objects that no longer exist (or exist with another uid), confirmed by a
+  live read before deleting, and deleting with the resourceVersion it judged, as the Kubernetes
+  garbage collector does; from one with owners left it removes the references to the gone ones.
+  Owners of other kinds are watched as they are referred to.
 
 A test can play the training code with ``container_runner``:
 ``async def runner(pod, container, env, mounts) -> int | None`` is called for every container with the
@@ -44,12 +50,13 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from checkpoint_operator.agent import fstree
+from checkpoint_operator.local.events import EventRecorder
 from checkpoint_operator.local.informer import Informer, Key, WorkQueue, key_of
 from checkpoint_operator.local.jobs import (  # noqa: F401 - re-exported for callers of the old module
     JobController, build_job_pod, job_condition, job_is_finished, parse_rfc3339, pod_completion_index, random_suffix,
@@ -60,16 +67,23 @@ from checkpoint_operator.local.kubelet import (  # noqa: F401 - re-exported for 
     TERMINAL_PHASES, ContainerRunner, Kubelet, claim_names_of_pod, expand_variables, meta, now_rfc3339, pod_phase,
 )
 from checkpoint_operator.local.podexec import ExecServer, register_node
+from checkpoint_operator.local.scheduler import AttachRules, EphemeralVolumes, LocalNode, Scheduler, node_labels
+from checkpoint_operator.local.snapshots import CONTENTS as SNAPSHOT_CONTENTS
+from checkpoint_operator.local.snapshots import SNAPSHOT_CLASSES, SNAPSHOTS as VOLUME_SNAPSHOTS
+from checkpoint_operator.local.snapshots import SnapshotController, install_crds
+from checkpoint_operator.local.storage import (  # noqa: F401 - PVC_PROTECTION re-exported
+    DEFAULT_CLASSES, PVC_PROTECTION, VOLUMES, StorageClassModel, VolumeProvisioner,
+)
 from checkpoint_operator.local.runtime import host_command  # noqa: F401 - re-exported
 from checkpoint_operator.local.server import ApiClient, ApiError
 
 logger = logging.getLogger(__name__)
 
 PODS, JOBS, CLAIMS = "v1/pods", "batch/v1/jobs", "v1/persistentvolumeclaims"
-PVC_PROTECTION = "kubernetes.io/pvc-protection"
 DEFAULT_RESYNC_SECONDS = 10.0
 OWNER_SYNC_TIMEOUT = 5.0  # seconds the GC waits for a new owner kind's cache before asking the API
 CRDS = "apiextensions.k8s.io/v1/customresourcedefinitions"
+CLUSTER_SCOPED = {VOLUMES, SNAPSHOT_CONTENTS, SNAPSHOT_CLASSES}  # resources of the caches without a namespace
 KIND_TO_RESOURCE = {
     "Pod": PODS, "PersistentVolumeClaim": CLAIMS, "Secret": "v1/secrets", "ConfigMap": "v1/configmaps", "Job": JOBS,
     "Service": SERVICES,
@@ -145,75 +159,14 @@ class Cache:
             yield from informer
 
 
-# --- PVC binder --------------------------------------------------------------------------------------
-
-class PvcBinder:
-    """Binds claims to host directories and deletes a directory with its claim."""
-
-    def __init__(self, api: ApiClient, data_dir: Path, claims: Cache) -> None:
-        self.api = api
-        self.volumes_dir = data_dir / "volumes"
-        self.claims = claims
-        self._bound: dict[Key, tuple[str, Path]] = {}  # (ns, name) -> (uid, directory)
-
-    def directory_for(self, claim: Mapping[str, Any]) -> Path:
-        # A file name has at most 255 bytes and a claim's name up to 253: the name is cut (the uid
-        # keeps the directory unique), else a long name fails every bind (issue 8.10).
-        return self.volumes_dir / meta(claim)["namespace"] / f"{meta(claim)['name'][:200]}-{uid_of(claim)[:8]}"
-
-    def claim_dir(self, namespace: str, name: str) -> Path | None:
-        bound = self._bound.get((namespace, name))
-        return bound[1] if bound else None
-
-    async def reconcile(self, claim: dict, users: Iterable[dict]) -> bool:
-        """Bind a claim or release a deleted one; True when it just became usable."""
-        if is_deleting(claim):
-            await self._release_when_unused(claim, users)
-            return False
-        return await self._bind(claim)
-
-    def forget(self, claim: Mapping[str, Any]) -> None:
-        """The claim is gone from the API: so is its directory."""
-        key = (meta(claim)["namespace"], meta(claim)["name"])
-        bound = self._bound.get(key)
-        if bound and bound[0] == uid_of(claim):
-            del self._bound[key]
-            fstree.remove_tree(str(bound[1]), ignore_errors=True, make_writable=True)
-
-    async def _bind(self, claim: dict) -> bool:
-        key = (meta(claim)["namespace"], meta(claim)["name"])
-        newly = self._bound.get(key, ("",))[0] != uid_of(claim)
-        if newly:
-            directory = self.directory_for(claim)
-            directory.mkdir(parents=True, exist_ok=True)
-            directory.chmod(0o777)  # any container user may write, as on a local-path volume
-            self._bound[key] = (uid_of(claim), directory)
-        if PVC_PROTECTION not in (meta(claim).get("finalizers") or []):
-            finalizers = [*(meta(claim).get("finalizers") or []), PVC_PROTECTION]
-            self.claims.observe(await self.api.patch(CLAIMS, *key, {"metadata": {"finalizers": finalizers}}))
-        if claim.get("status", {}).get("phase") != "Bound":
-            spec = claim.get("spec", {})
-            self.claims.observe(await self.api.patch(CLAIMS, *key, {"status": {
-                "phase": "Bound", "accessModes": spec.get("accessModes", ["ReadWriteOnce"]),
-                "capacity": spec.get("resources", {}).get("requests", {})}}, subresource="status"))
-        return newly
-
-    async def _release_when_unused(self, claim: dict, users: Iterable[dict]) -> None:
-        in_use = any(pod_phase(pod) not in TERMINAL_PHASES for pod in users)
-        finalizers = meta(claim).get("finalizers") or []
-        if not in_use and PVC_PROTECTION in finalizers:
-            namespace, name = meta(claim)["namespace"], meta(claim)["name"]
-            answer = await self.api.patch(CLAIMS, namespace, name, [
-                {"op": "test", "path": "/metadata/resourceVersion", "value": meta(claim)["resourceVersion"]},
-                {"op": "replace", "path": "/metadata/finalizers", "value": [f for f in finalizers if f != PVC_PROTECTION]},
-            ])
-            self.claims.observe(answer)
 
 
 # --- garbage collector -------------------------------------------------------------------------------
 
 class GarbageCollector:
-    """Deletes dependents whose owners are all gone (Background propagation)."""
+    """Deletes dependents whose owners are all gone (Background propagation), and removes the
+    references to owners that are gone from dependents that still have others, as the Kubernetes
+    garbage collector does."""
 
     def __init__(self, api: ApiClient, owner_cache: Any) -> None:
         self.api = api
@@ -224,17 +177,25 @@ class GarbageCollector:
         if not refs or is_deleting(obj):
             return
         namespace = meta(obj)["namespace"]
-        for ref in refs:  # the caches first: a live owner there ends it without a request
-            if owner_namespace(ref, namespace) is None:
-                continue  # the caches are per namespace: asked below
-            cache = await self.owner_cache(owner_resource(ref))
-            owner = cache.get((namespace, ref.get("name"))) if cache is not None else None
-            if owner is not None and uid_of(owner) == ref.get("uid"):
-                return
-        for ref in refs:  # gone from the caches: confirm with the API (a cache may lag behind)
-            owner = await self.api.get(owner_resource(ref), owner_namespace(ref, namespace), ref["name"])
-            if owner is not None and uid_of(owner) == ref.get("uid"):
-                return
+        live: list[dict] = []
+        dangling: list[dict] = []
+        for ref in refs:
+            owner = None
+            scope = owner_namespace(ref, namespace)
+            if scope is not None:  # the caches first (they are per namespace): a live owner there costs no request
+                cache = await self.owner_cache(owner_resource(ref))
+                owner = cache.get((namespace, ref.get("name"))) if cache is not None else None
+            if owner is None or uid_of(owner) != ref.get("uid"):
+                # gone from the cache: confirm with the API (a cache may lag behind)
+                owner = await self.api.get(owner_resource(ref), scope, ref["name"])
+            (live if owner is not None and uid_of(owner) == ref.get("uid") else dangling).append(ref)
+        if not dangling:
+            return
+        if live:
+            await self.api.patch(resource, namespace, meta(obj)["name"], [
+                {"op": "test", "path": "/metadata/resourceVersion", "value": meta(obj)["resourceVersion"]},
+                {"op": "replace", "path": "/metadata/ownerReferences", "value": live}])
+            return
         # As the Kubernetes garbage collector (1.20+): conditional on the version it judged, so an
         # owner added meanwhile (an adopting Checkpoint) makes the delete fail and the object is judged again.
         await self.api.delete(resource, namespace, meta(obj)["name"],
@@ -243,18 +204,31 @@ class GarbageCollector:
 
 # --- the whole cluster -------------------------------------------------------------------------------
 
+def node_names(count: int) -> list[str]:
+    """``local`` for a one-node cluster (as before nodes were counted), else ``local-0`` ... ``local-<N-1>``."""
+    if count < 1:
+        raise ValueError(f"a local cluster needs at least one node, not {count}")
+    return ["local"] if count == 1 else [f"local-{i}" for i in range(count)]
+
+
 class LocalCluster:
-    """Binder, Job controller, kubelet and garbage collector against the API at ``api_url``.
+    """Nodes, scheduler, storage, snapshot controller, Job and JobSet controllers, the Kueue stand-in,
+    kubelets and garbage collector against the API at ``api_url``.
 
     ``namespaces``: where to act (empty or None: everywhere). ``poll_interval``: seconds between
     full resyncs (the safety net; events drive everything else). ``runtime``: how containers run
-    (default: host processes, ``runtime.ProcessRuntime``). Use ``async with LocalCluster(...)``
-    in a running loop, or ``start_in_thread()`` / ``stop_thread()`` from synchronous code.
+    (default: host processes, ``runtime.ProcessRuntime``). ``nodes``: how many nodes (each with its
+    kubelet, its exec endpoint and its own directory ``<data_dir>/nodes/<node>/``).
+    ``storage_classes``: the StorageClasses and what their drivers can do (``storage.DEFAULT_CLASSES``).
+    ``jobset``, ``jobset_crd``, ``kueue``, ``report``: JobSet and the Kueue stand-in (the module's docstring).
+    Use ``async with LocalCluster(...)`` in a running loop, or ``start_in_thread()`` /
+    ``stop_thread()`` from synchronous code.
     """
 
     def __init__(self, api_url: str, data_dir: str | os.PathLike, namespaces: Iterable[str] | None = None,
                  container_runner: ContainerRunner | None = None, *, poll_interval: float = DEFAULT_RESYNC_SECONDS,
-                 workdir: str | os.PathLike | None = None, runtime: Any = None, jobset: bool = True,
+                 workdir: str | os.PathLike | None = None, runtime: Any = None, nodes: int = 1,
+                 storage_classes: Sequence[StorageClassModel] = DEFAULT_CLASSES, jobset: bool = True,
                  jobset_crd: dict | None = None, kueue: bool = True,
                  report: Callable[[str], None] | None = None) -> None:
         self.jobset_enabled, self.jobset_crd, self.kueue_enabled = jobset, jobset_crd, kueue
@@ -266,9 +240,13 @@ class LocalCluster:
         self.container_runner = container_runner
         self.poll_interval = poll_interval
         self.runtime = runtime
+        self.node_names = node_names(nodes)
+        self.storage_classes = {c.name: c for c in storage_classes}
         self.api: ApiClient | None = None
-        self.binder: PvcBinder | None = None
-        self.kubelet: Kubelet | None = None
+        self.binder: VolumeProvisioner | None = None
+        self.snapshot_controller: SnapshotController | None = None
+        self.kubelets: dict[str, Kubelet] = {}
+        self.exec_servers: list[ExecServer] = []
         self._tasks: list[asyncio.Task] = []
         self._queues: list[WorkQueue] = []
         self._owner_caches: dict[str, Cache] = {}
@@ -278,55 +256,93 @@ class LocalCluster:
         self._pods_of_owner: dict[str, set[Key]] = defaultdict(set)  # owner uid -> pod keys
         self._dependents: dict[str, set[tuple[str, Key]]] = defaultdict(set)  # owner uid -> (resource, key)
         self._pods_of_claim: dict[Key, set[Key]] = defaultdict(set)  # claim key -> pod keys
+        self._claims_of_snapshot: dict[Key, set[Key]] = defaultdict(set)  # snapshot key -> claims restored from it
         self._job_by_uid: dict[str, Key] = {}
         self._jobset_by_uid: dict[str, Key] = {}
         self._jobs_of_jobset: dict[str, set[Key]] = defaultdict(set)  # jobset uid -> child Job keys
 
-    def _own_caches(self) -> list[Cache]:
-        caches = [self.pods, self.jobs, self.claims, self.services]
-        return caches + ([self.jobsets] if self.jobsets is not None else [])
+    @property
+    def kubelet(self) -> Kubelet | None:
+        """The first node's kubelet (the only one of a one-node cluster)."""
+        return self.kubelets.get(self.node_names[0])
 
-    def _caches_by_resource(self) -> dict[str, Cache]:
-        return {cache.resource: cache for cache in self._own_caches()}
+    def node_dir(self, node: str) -> Path:
+        """A node's own directory (node-local state: its pods' emptyDirs under ``pods/``)."""
+        return self.data_dir / "nodes" / node
 
     def claim_dir(self, namespace: str, name: str) -> Path | None:
         """The host directory bound to a claim, or None while it is not bound."""
         return self.binder.claim_dir(namespace, name) if self.binder else None
 
+    def snapshot_dir(self, namespace: str, name: str) -> Path | None:
+        """The copy behind a ready VolumeSnapshot, or None."""
+        if self.snapshot_controller is None:
+            return None
+        source = self.snapshot_controller.restore_source(namespace, name)
+        return None if isinstance(source, str) else source.directory
+
     def set_container_runner(self, runner: ContainerRunner | None) -> None:
         """Let a test play the training code from now on (see the module's docstring)."""
         self.container_runner = runner
-        if self.kubelet is not None:
-            self.kubelet.container_runner = runner
+        for kubelet in self.kubelets.values():
+            kubelet.container_runner = runner
 
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def start(self) -> None:
         self.api = ApiClient(self.api_url)
+        await install_crds(self.api)
         if self.jobset_enabled:  # installed first, as a cluster admin installs JobSet before it is used
             with contextlib.suppress(ApiError):
                 await self.api.create(CRDS, None, self.jobset_crd or minimal_crd())
+        for model in self.storage_classes.values():
+            for resource, body in model.manifests():
+                if await self.api.get(resource, None, body["metadata"]["name"]) is None:
+                    with contextlib.suppress(ApiError):
+                        await self.api.create(resource, None, body)
         self.pods = Cache(self.api, PODS, self.namespaces, self._on_pod)
         self.jobs = Cache(self.api, JOBS, self.namespaces, self._on_job)
         self.claims = Cache(self.api, CLAIMS, self.namespaces, self._on_claim)
         self.services = Cache(self.api, SERVICES, self.namespaces, self._on_service)
         self.jobsets = Cache(self.api, JOBSETS, self.namespaces, self._on_jobset) if self.jobset_enabled else None
-        self.binder = PvcBinder(self.api, self.data_dir, self.claims)
+        self.volumes = Cache(self.api, VOLUMES, [], self._on_volume)
+        self.volume_snapshots = Cache(self.api, VOLUME_SNAPSHOTS, self.namespaces, self._on_volume_snapshot)
+        self.snapshot_contents = Cache(self.api, SNAPSHOT_CONTENTS, [], self._on_snapshot_content)
+        self.snapshot_classes = Cache(self.api, SNAPSHOT_CLASSES, [], lambda old, new: None)
+        self.events = EventRecorder(self.api, "local-cluster")
+        self.binder = VolumeProvisioner(self.api, self.data_dir, self.claims, self.volumes, self.storage_classes,
+                                        EventRecorder(self.api, "local-volume-provisioner"))
+        self.snapshot_controller = SnapshotController(
+            self.api, self.data_dir, self.volume_snapshots, self.snapshot_contents, self.snapshot_classes,
+            self.claims, self.binder, EventRecorder(self.api, "snapshot-controller"))
+        self.binder.snapshots = self.snapshot_controller
         self.job_controller = JobController(self.api, self.jobs, self.pods)
         self.jobset_controller = JobSetController(self.api, self.jobsets, self.jobs, self.services) \
             if self.jobsets is not None else None
-        self.kueue = KueueStandIn(self.api, self.report, lambda resource, obj: self._caches_by_resource()[
+        self.kueue = KueueStandIn(self.api, self.report, lambda resource, obj: self._own_caches()[
             resource].observe(obj)) if self.kueue_enabled else None
-        self.kubelet = Kubelet(self.api, self.data_dir, self.claim_dir, self.pods.observe, runtime=self.runtime,
-                               container_runner=self.container_runner, workdir=self.workdir)
+        nodes = [LocalNode(name, node_labels(name)) for name in self.node_names]
+        self.binder.nodes = {node.name: node.labels for node in nodes}
+        self.scheduler = Scheduler(self.api, nodes, self.pods, self.claims, self.binder,
+                                   EventRecorder(self.api, "default-scheduler"))
+        self.ephemeral = EphemeralVolumes(self.api, self.claims, EventRecorder(self.api, "ephemeral_volume"))
+        self.attach_rules = AttachRules(self.binder, self._running_pods, self.pods)
+        attach_events = EventRecorder(self.api, "attachdetach-controller")
+        for node in nodes:
+            kubelet = Kubelet(self.api, self.node_dir(node.name), self.claim_dir, self.pods.observe,
+                              runtime=self.runtime, container_runner=self.container_runner, workdir=self.workdir,
+                              node_name=node.name, attach_blocked=self.attach_rules.blocking, events=attach_events)
+            self.kubelets[node.name] = kubelet
+            exec_server = ExecServer(kubelet)  # pods/exec: the emulator proxies to it (podexec.py)
+            self.exec_servers.append(exec_server)
+            await register_node(self.api, await exec_server.start(), node.name, labels=dict(node.labels))
         self.gc = GarbageCollector(self.api, self._owner_cache_for)
-        self.exec_server = ExecServer(self.kubelet)  # pods/exec: the emulator proxies to it (podexec.py)
-        await register_node(self.api, await self.exec_server.start())
-        for cache in self._own_caches():
+        for cache in self._own_caches().values():
             cache.start()
-        await asyncio.gather(*(cache.wait_synced() for cache in self._own_caches()))
+        await asyncio.gather(*(cache.wait_synced() for cache in self._own_caches().values()))
         for pod in self.pods:  # pods an earlier kubelet left running have lost their processes
-            adopted = self.kubelet.reconcile(pod, uid_of(pod), adopt=True)
+            runs_it = self.kubelets.get((pod.get("spec") or {}).get("nodeName") or "")
+            adopted = runs_it.reconcile(pod, uid_of(pod), adopt=True) if runs_it is not None else None
             if adopted is not None:
                 await adopted
         self.claim_queue = WorkQueue("claim", self._reconcile_claim)
@@ -335,8 +351,10 @@ class LocalCluster:
         self.gc_queue = WorkQueue("gc", self._collect_garbage)
         self.jobset_queue = WorkQueue("jobset", self._reconcile_jobset)
         self.kueue_queue = WorkQueue("kueue", self._admit)
+        self.snapshot_queue = WorkQueue("volumesnapshot", self._reconcile_volume_snapshot)
+        self.content_queue = WorkQueue("volumesnapshotcontent", self._reconcile_snapshot_content)
         self._queues = [self.claim_queue, self.job_queue, self.pod_queue, self.gc_queue, self.jobset_queue,
-                        self.kueue_queue]
+                        self.kueue_queue, self.snapshot_queue, self.content_queue]
         self._started = True
         self._tasks.append(asyncio.create_task(self._resync_forever(), name="local cluster resync"))
         self.resync()
@@ -348,13 +366,13 @@ class LocalCluster:
         self._tasks.clear()
         for queue in self._queues:
             await queue.stop()
-        if getattr(self, "exec_server", None) is not None:
-            await self.exec_server.stop()
-        if self.kubelet is not None:
-            await self.kubelet.stop()
-        for cache in [*self._own_caches(), *self._owner_caches.values()] if self.api else []:
-            await cache.stop()
+        for exec_server in self.exec_servers:
+            await exec_server.stop()
+        for kubelet in self.kubelets.values():
+            await kubelet.stop()
         if self.api is not None:
+            for cache in [*self._own_caches().values(), *self._owner_caches.values()]:
+                await cache.stop()
             await self.api.close()
 
     async def __aenter__(self) -> "LocalCluster":
@@ -386,6 +404,11 @@ class LocalCluster:
             self._thread.join(timeout)
             self._thread = None
 
+    def _running_pods(self) -> Iterator[tuple[str, dict]]:
+        for node, kubelet in self.kubelets.items():
+            for pod in kubelet.running_pods():
+                yield node, pod
+
     # -- events -> work ---------------------------------------------------------------------------
 
     def _on_pod(self, old: dict | None, new: dict | None) -> None:
@@ -400,8 +423,8 @@ class LocalCluster:
                 self._dependents[owner].discard((PODS, key))
             for claim in claims:
                 self._pods_of_claim[claim].discard(key)
-            if self.kubelet is not None:
-                self.kubelet.reconcile(None, uid_of(obj))
+            for kubelet in self.kubelets.values():
+                kubelet.reconcile(None, uid_of(obj))
         else:
             for owner in owners:
                 self._pods_of_owner[owner].add(key)
@@ -419,6 +442,12 @@ class LocalCluster:
                 self.job_queue.add(self._job_by_uid[owner])
         for claim in claims:
             self.claim_queue.add(claim)
+        if new is None or (pod_phase(new) in TERMINAL_PHASES and pod_phase(old or {}) not in TERMINAL_PHASES):
+            for claim in claims:  # its volumes are detached: pods waiting to attach them on another node may start
+                for waiting in self._pods_of_claim.get(claim, ()):
+                    self.pod_queue.add(waiting)
+        if new is None:
+            self._owner_changed(obj, None)  # its ephemeral volumes' claims go with it
 
     def _on_job(self, old: dict | None, new: dict | None) -> None:
         obj = new or old
@@ -464,13 +493,56 @@ class LocalCluster:
     def _on_claim(self, old: dict | None, new: dict | None) -> None:
         obj = new or old
         assert obj is not None
+        key = key_of(obj)
         self._index_dependent(CLAIMS, old, new)
+        old_source, new_source = _restored_from(old), _restored_from(new)
+        if old_source is not None:
+            self._claims_of_snapshot[(key[0], old_source)].discard(key)
+        if new_source is not None:
+            self._claims_of_snapshot[(key[0], new_source)].add(key)
         if new is None and self.binder is not None:
             self.binder.forget(obj)
         if getattr(self, "_started", False):
             if new is not None:
-                self.claim_queue.add(key_of(obj))
+                self.claim_queue.add(key)
+                if old is None:  # a claim a pod waits for (an ephemeral volume's) is there
+                    for pod in self._pods_of_claim.get(key, ()):
+                        self.pod_queue.add(pod)
+            snapshot = _restored_from(obj)
+            if snapshot is not None:  # a restore that ends may let its snapshot's deletion go on
+                self.snapshot_queue.add((key[0], snapshot))
             self._owner_changed(obj, new)
+
+    def _on_volume(self, old: dict | None, new: dict | None) -> None:
+        ref = ((new or old or {}).get("spec") or {}).get("claimRef") or {}
+        if ref.get("name") and getattr(self, "_started", False):
+            self.claim_queue.add((ref.get("namespace", ""), ref["name"]))
+
+    def _on_volume_snapshot(self, old: dict | None, new: dict | None) -> None:
+        obj = new or old
+        assert obj is not None
+        key = key_of(obj)
+        self._index_dependent(VOLUME_SNAPSHOTS, old, new)
+        if getattr(self, "_started", False):
+            if new is not None:
+                self.snapshot_queue.add(key)
+                content = (new.get("status") or {}).get("boundVolumeSnapshotContentName")
+                if content:
+                    self.content_queue.add(("", content))
+            for claim in self._claims_of_snapshot.get(key, ()):  # restores waiting for it to be ready
+                self.claim_queue.add(claim)
+            self._owner_changed(obj, new)
+
+    def _on_snapshot_content(self, old: dict | None, new: dict | None) -> None:
+        obj = new or old
+        assert obj is not None
+        if not getattr(self, "_started", False):
+            return
+        if new is not None:
+            self.content_queue.add(key_of(obj))
+        ref = (obj.get("spec") or {}).get("volumeSnapshotRef") or {}
+        if ref.get("name"):
+            self.snapshot_queue.add((ref.get("namespace", ""), ref["name"]))
 
     def _on_owner(self, old: dict | None, new: dict | None) -> None:
         if new is None and old is not None and getattr(self, "_started", False):
@@ -494,13 +566,23 @@ class LocalCluster:
 
     async def _owner_cache_for(self, resource: str) -> Cache | None:
         """The cache of an owner kind, watched from the first time a dependent refers to it."""
-        cache = self._caches_by_resource().get(resource) or self._owner_caches.get(resource)
+        cache = self._own_caches().get(resource) or self._owner_caches.get(resource)
         if cache is None:
             if self.api is None:
                 raise RuntimeError("the local cluster has not started")
             cache = self._owner_caches[resource] = Cache(self.api, resource, self.namespaces, self._on_owner)
             cache.start()
         return cache if await cache.wait_synced(OWNER_SYNC_TIMEOUT) else None
+
+    def _own_caches(self) -> dict[str, Cache]:
+        """Every cache the cluster keeps from its start, by resource."""
+        caches = [self.pods, self.jobs, self.claims, self.services, self.volumes, self.volume_snapshots,
+                  self.snapshot_contents, self.snapshot_classes, *([self.jobsets] if self.jobsets is not None else [])]
+        return {cache.resource: cache for cache in caches}
+
+    def _collected_caches(self) -> dict[str, Cache]:
+        """The caches of namespaced objects, the ones the garbage collector looks at."""
+        return {resource: cache for resource, cache in self._own_caches().items() if resource not in CLUSTER_SCOPED}
 
     # -- reconcilers ------------------------------------------------------------------------------
 
@@ -509,9 +591,10 @@ class LocalCluster:
         if claim is None or self.binder is None:  # (the binder exists once the cluster started)
             return
         users = [p for p in (self.pods.get(k) for k in self._pods_of_claim.get(key, ())) if p is not None]
+        assert self.binder is not None
         if await self.binder.reconcile(claim, users):
-            for pod_key in users:
-                self.pod_queue.add(key_of(pod_key))
+            for pod in users:
+                self.pod_queue.add(key_of(pod))
 
     async def _reconcile_job(self, key: Key) -> None:
         job = self.jobs.get(key)
@@ -534,7 +617,7 @@ class LocalCluster:
 
     async def _admit(self, item: tuple[str, Key]) -> None:
         resource, key = item
-        cache = self._caches_by_resource().get(resource)
+        cache = self._own_caches().get(resource)
         obj = cache.get(key) if cache is not None else None
         if obj is not None and self.kueue is not None:
             look_again = await self.kueue.reconcile(resource, obj)
@@ -557,14 +640,37 @@ class LocalCluster:
 
     async def _reconcile_pod(self, key: Key) -> None:
         pod = self.pods.get(key)
-        if pod is not None and self.kubelet is not None:  # (the kubelet exists once the cluster started)
-            pending = self.kubelet.reconcile(pod, uid_of(pod))
-            if pending is not None:
-                await pending
+        if pod is None:
+            return
+        await self.ephemeral.reconcile(pod)
+        node = (pod.get("spec") or {}).get("nodeName")
+        if not node:
+            look_again = await self.scheduler.reconcile(pod, time.monotonic())
+            if look_again is not None:
+                self.pod_queue.add_later(key, look_again)
+            return
+        kubelet = self.kubelets.get(node)
+        pending = kubelet.reconcile(pod, uid_of(pod)) if kubelet is not None else None
+        if pending is not None:
+            await pending
+
+    async def _reconcile_volume_snapshot(self, key: Key) -> None:
+        snapshot = self.volume_snapshots.get(key)
+        if snapshot is not None and self.snapshot_controller is not None:
+            look_again = await self.snapshot_controller.reconcile_snapshot(snapshot)
+            if look_again is not None:
+                self.snapshot_queue.add_later(key, look_again)
+
+    async def _reconcile_snapshot_content(self, key: Key) -> None:
+        content = self.snapshot_contents.get(key)
+        if content is not None and self.snapshot_controller is not None:
+            look_again = await self.snapshot_controller.reconcile_content(content)
+            if look_again is not None:
+                self.content_queue.add_later(key, look_again)
 
     async def _collect_garbage(self, item: tuple[str, Key]) -> None:
         resource, key = item
-        obj = self._caches_by_resource()[resource].get(key)
+        obj = self._own_caches()[resource].get(key)
         if obj is not None:
             await self.gc.reconcile(resource, obj)
 
@@ -580,7 +686,11 @@ class LocalCluster:
         for jobset in self.jobsets or []:
             self.jobset_queue.add(key_of(jobset))
             self.kueue_queue.add((JOBSETS, key_of(jobset)))
-        for resource, cache in self._caches_by_resource().items():
+        for snapshot in self.volume_snapshots:
+            self.snapshot_queue.add(key_of(snapshot))
+        for content in self.snapshot_contents:
+            self.content_queue.add(key_of(content))
+        for resource, cache in self._collected_caches().items():
             for obj in cache:
                 if resource == PODS:
                     self.pod_queue.add(key_of(obj))
@@ -606,10 +716,24 @@ class LocalCluster:
         for pod in list(self.pods):
             with _racing_with_the_api(f"pod {meta(pod)['name']}"):
                 await self._reconcile_pod(key_of(pod))
-        for resource, cache in self._caches_by_resource().items():
+        for snapshot in list(self.volume_snapshots):
+            with _racing_with_the_api(f"volumesnapshot {meta(snapshot)['name']}"):
+                await self._reconcile_volume_snapshot(key_of(snapshot))
+        for content in list(self.snapshot_contents):
+            with _racing_with_the_api(f"volumesnapshotcontent {meta(content)['name']}"):
+                await self._reconcile_snapshot_content(key_of(content))
+        for resource, cache in self._collected_caches().items():
             for obj in list(cache):
                 with _racing_with_the_api(f"{resource} {meta(obj)['name']}"):
                     await self._collect_garbage((resource, key_of(obj)))
+
+
+def _restored_from(claim: Mapping[str, Any] | None) -> str | None:
+    """The VolumeSnapshot a claim is restored from, if any."""
+    source = ((claim or {}).get("spec") or {}).get("dataSource") or {}
+    if source.get("kind") == "VolumeSnapshot" and source.get("apiGroup") == "snapshot.storage.k8s.io":
+        return source.get("name")
+    return None
 
 
 @contextlib.contextmanager

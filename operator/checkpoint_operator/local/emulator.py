@@ -115,6 +115,8 @@ PODS = Resource("", "v1", "pods")
 NAMESPACES = Resource("", "v1", "namespaces")
 JOBS = Resource("batch", "v1", "jobs")
 NODES = Resource("", "v1", "nodes")
+CLAIMS = Resource("", "v1", "persistentvolumeclaims")
+VOLUMES = Resource("", "v1", "persistentvolumes")
 CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 
 ALL_VERBS = {"get", "list", "watch", "create", "patch", "update", "delete", "deletecollection"}
@@ -568,7 +570,7 @@ class Emulator(kmock.KubernetesEmulator):
         meta.pop("deletionTimestamp", None)
         if "status" in info.subresources:
             obj.pop("status", None)
-        if resource == PODS:
+        if resource in (PODS, CLAIMS, VOLUMES):  # the API server's defaults
             obj["status"] = {"phase": "Pending"}
         key = (resource, meta.get("namespace"), meta["name"])
         stored = self.store.put(key, obj)

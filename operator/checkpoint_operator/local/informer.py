@@ -82,9 +82,13 @@ class Informer:
 
     def observe(self, obj: dict | None) -> None:
         """Take an object the API just returned (a write's answer) if it is newer than the cache:
-        a controller's next decision then already sees its own last write."""
+        a controller's next decision then already sees its own last write. An answer with a
+        deletionTimestamp and no finalizer left is the object the write removed (the API deletes it
+        then): taken as its deletion, never put back into the cache after the watch's DELETED event."""
         if obj and obj.get("metadata", {}).get("name"):
-            self._apply("MODIFIED", obj)
+            meta = obj["metadata"]
+            removed = bool(meta.get("deletionTimestamp")) and not meta.get("finalizers")
+            self._apply("DELETED" if removed else "MODIFIED", obj)
 
     def forget(self, namespace: str, name: str) -> None:
         """The object was deleted for good (a DELETE answered 404 or removed it)."""

@@ -238,7 +238,9 @@ def build_job_pod(job: Mapping[str, Any], index: int | None) -> dict[str, Any]:
         annotations[COMPLETION_INDEX] = str(index)
         spec["hostname"] = f"{job_name}-{index}"  # as the Job controller sets it: <job>-<index>.<subdomain>
         for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
-            container["env"] = [*(container.get("env") or []), {"name": "JOB_COMPLETION_INDEX", "value": str(index)}]
+            env = container.get("env") or []
+            if not any(e.get("name") == "JOB_COMPLETION_INDEX" for e in env):  # a container's own wins, as there
+                container["env"] = [*env, {"name": "JOB_COMPLETION_INDEX", "value": str(index)}]
     return {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": meta(job)["namespace"], "labels": labels, "annotations": annotations,

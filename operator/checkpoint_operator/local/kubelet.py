@@ -39,6 +39,7 @@ import os
 import re
 import signal
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,9 +85,27 @@ def grace_seconds(pod: Mapping[str, Any]) -> float:
     return float(DEFAULT_GRACE_SECONDS if value is None else value)
 
 
+@dataclass(frozen=True)
+class PodClaim:
+    volume: str
+    claim: str
+    ephemeral: bool
+
+
+def pod_claims(pod: Mapping[str, Any]) -> list[PodClaim]:
+    """The claims a pod's volumes use: persistentVolumeClaim volumes, and ``<pod>-<volume>`` for
+    each ephemeral volume (the claim the ephemeral volume controller creates for it)."""
+    claims = []
+    for volume in (pod.get("spec") or {}).get("volumes") or []:
+        if volume.get("persistentVolumeClaim"):
+            claims.append(PodClaim(volume["name"], volume["persistentVolumeClaim"]["claimName"], False))
+        elif volume.get("ephemeral"):
+            claims.append(PodClaim(volume["name"], f"{meta(pod)['name']}-{volume['name']}", True))
+    return claims
+
+
 def claim_names_of_pod(pod: Mapping[str, Any]) -> list[str]:
-    return [volume["persistentVolumeClaim"]["claimName"] for volume in pod.get("spec", {}).get("volumes") or []
-            if volume.get("persistentVolumeClaim")]
+    return [item.claim for item in pod_claims(pod)]
 
 
 def pod_field(pod: Mapping[str, Any], path: str) -> str:
@@ -97,7 +116,7 @@ def pod_field(pod: Mapping[str, Any], path: str) -> str:
     if path in ("status.podIP", "status.hostIP"):
         return "127.0.0.1"
     if path == "spec.nodeName":
-        return "local"
+        return (pod.get("spec") or {}).get("nodeName") or ""
     value: Any = pod
     for part in path.split("."):
         value = value.get(part, "") if isinstance(value, Mapping) else ""
@@ -267,8 +286,12 @@ class PodWorker:
         if runner is not None:
             command = await host_command_for(run, self.kubelet.workdir)
             mounts = {m.path: str(m.source) for m in run.mounts}
-            if on_start is not None:
-                on_start()  # a stand-in plays the container from here on (or hands it to the runtime at once)
+            if on_start is not None and not is_sidecar(container):
+                # A stand-in plays the container from here on (or hands it to the runtime at once).
+                # A sidecar counts as started only once its process runs: the containers after it
+                # wait for that, and a sidecar whose process came after the others had ended
+                # would miss its SIGTERM and be killed at the end of the grace period.
+                on_start()
             played = await runner(self.pod, container, command.env, mounts)
             if isinstance(played, tuple):  # (exit code, reason): e.g. (137, "OOMKilled")
                 return terminated_status(container, played[0], started, restarts, reason=played[1])
@@ -283,6 +306,8 @@ class PodWorker:
         if on_start is not None:
             on_start()
         if self.terminating and container["name"] not in self.sidecar_names:  # deleted while it was being created
+            process.send_signal(signal.SIGTERM)
+        if self.sidecars_stopping and is_sidecar(container):  # the others ended while it was being created
             process.send_signal(signal.SIGTERM)
         follower = None
         if is_sidecar(container) and isinstance(process, HostProcess):  # its output is followed as it runs
@@ -359,15 +384,16 @@ class PodWorker:
 
     async def _prepare_volumes(self) -> None:
         namespace = meta(self.pod)["namespace"]
+        claims = {item.volume: item.claim for item in pod_claims(self.pod)}
         for volume in self.pod.get("spec", {}).get("volumes") or []:
             name = volume["name"]
-            if volume.get("persistentVolumeClaim"):
-                claim = volume["persistentVolumeClaim"]["claimName"]
+            if volume.get("persistentVolumeClaim") or volume.get("ephemeral"):
+                claim = claims[name]
                 directory = self.kubelet.claim_dir(namespace, claim)
                 if directory is None:  # bound when the pod started; released since
                     raise RuntimeError(f"volume {name}: PersistentVolumeClaim {claim} is not bound")
                 self.volumes[name] = directory
-                if volume["persistentVolumeClaim"].get("readOnly"):
+                if (volume.get("persistentVolumeClaim") or {}).get("readOnly"):
                     self.read_only_volumes.add(name)
             elif volume.get("hostPath"):
                 self.volumes[name] = Path(volume["hostPath"]["path"])
@@ -516,10 +542,20 @@ class Kubelet:
 
     def __init__(self, api: ApiClient, data_dir: Path, claim_dir: Callable[[str, str], Path | None],
                  observe: Callable[[dict], None], *, runtime: Any = None,
-                 container_runner: ContainerRunner | None = None, workdir: Path | None = None) -> None:
+                 container_runner: ContainerRunner | None = None, workdir: Path | None = None,
+                 node_name: str = "local", attach_blocked: Callable[[dict, str], str | None] | None = None,
+                 events: Any = None) -> None:
+        """`data_dir`: this node's own directory (its pods' volumes live under ``pods/``).
+        `attach_blocked(pod, node)`: why a volume of the pod cannot be attached to this node
+        now (the attach/detach controller's multi-attach rule), or None."""
         self.api = api
+        self.node_name = node_name
+        self.node_dir = data_dir
         self.pods_dir = data_dir / "pods"
         self.claim_dir = claim_dir
+        self.attach_blocked = attach_blocked
+        self.events = events
+        self._attach_waits: dict[str, str] = {}  # pod uid -> the Multi-Attach message it waits on
         self.observe = observe  # hands the API's answers to the pod cache
         self.runtime = runtime if runtime is not None else ProcessRuntime(workdir)
         self.container_runner = container_runner
@@ -533,6 +569,7 @@ class Kubelet:
         if pod is None:
             self.workers.pop(uid, None)
             self._finished.discard(uid)
+            self._attach_waits.pop(uid, None)
             if worker is not None:
                 worker.task.cancel()  # gone without a graceful deletion: stop at once
                 worker.task.add_done_callback(lambda _: remove_tree(self.pods_dir / uid))
@@ -557,10 +594,39 @@ class Kubelet:
             if adopt:  # started by an earlier kubelet (an earlier local run): its processes are gone
                 return self._node_lost(pod)
             return None
+        if (pod.get("spec") or {}).get("nodeName") != self.node_name:
+            return None  # not scheduled here (yet)
         if all(self.claim_dir(meta(pod)["namespace"], claim) for claim in claim_names_of_pod(pod)):
+            blocked = self.attach_blocked(pod, self.node_name) if self.attach_blocked is not None else None
+            if blocked is not None:
+                return self._wait_for_attach(pod, blocked)
+            self._attach_waits.pop(uid, None)
             self.workers[uid] = PodWorker(self, pod)
             self.workers[uid].task.add_done_callback(lambda _: self._finished.add(uid))
         return None
+
+    def running_pods(self) -> list[dict]:
+        """The pods this kubelet has started and whose worker has not ended."""
+        return [w.pod for w in self.workers.values() if not w.task.done()]
+
+    async def _wait_for_attach(self, pod: dict, message: str) -> None:
+        """A volume is attached to another node: the pod waits in ContainerCreating with the attach/detach
+        controller's FailedAttachVolume event (once per message)."""
+        uid = meta(pod)["uid"]
+        if self._attach_waits.get(uid) == message:
+            return
+        self._attach_waits[uid] = message
+        if self.events is not None:
+            await self.events.post(pod, "Warning", "FailedAttachVolume", message)
+        spec = pod.get("spec") or {}
+        status: dict[str, Any] = {"phase": "Pending", "hostIP": "127.0.0.1", "containerStatuses": [
+            waiting_status(c, "PodInitializing" if spec.get("initContainers") else "ContainerCreating")
+            for c in spec.get("containers") or []]}
+        if spec.get("initContainers"):
+            status["initContainerStatuses"] = [waiting_status(c, "PodInitializing") for c in spec["initContainers"]]
+        with contextlib.suppress(ApiError):
+            self.observe(await self.api.patch("v1/pods", meta(pod)["namespace"], meta(pod)["name"], {"status": status},
+                                              subresource="status"))
 
     async def _node_lost(self, pod: dict) -> None:
         self._finished.add(meta(pod)["uid"])

@@ -246,11 +246,14 @@ def _exit_code(process: asyncio.subprocess.Process) -> int:
     return 128 - code if code < 0 else code
 
 
-async def register_node(api: Any, port: int, name: str = NODE_NAME) -> None:
-    """The node of the local kubelet, with its exec endpoint (what the emulator proxies to)."""
-    body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}}}
+async def register_node(api: Any, port: int, name: str = NODE_NAME, labels: dict | None = None) -> None:
+    """The node of a local kubelet, with its exec endpoint (what the emulator proxies to)."""
+    labels = labels or {"kubernetes.io/hostname": name}
+    body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}}
     if await api.get("v1/nodes", None, name) is None:
         await api.create("v1/nodes", None, body)
+    else:
+        await api.patch("v1/nodes", None, name, {"metadata": {"labels": labels}})
     await api.patch("v1/nodes", None, name, {"status": {
         "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": name}],
         "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},

@@ -4,13 +4,16 @@ this machine, and report the resulting Checkpoints and TrainingJobs."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import pydantic
 import yaml
@@ -27,7 +30,7 @@ NAMESPACE = "default"
 CATALOG_NAMESPACE = "ckpt-system"
 STORE_SECRET = "ckpt-local-store"  # --store s3: the agent pods' credentials, a Secret in each namespace
 # What local mode writes in its state directory (--fresh removes a directory holding only these).
-STATE_ENTRIES = {"api-objects.jsonl", "api-objects.json", "cluster", "s3", "kubeconfig", "logs"}
+STATE_ENTRIES = {"api-objects.jsonl", "api-objects.json", "cluster", "s3", "kubeconfig", "logs", "store.json"}
 SETTLED_CHECKPOINT = ("Ready", "Failed")
 FINISHED_JOB = ("Succeeded", "Failed")
 
@@ -55,6 +58,7 @@ def load_manifests(paths: Iterable[str]) -> list[dict]:
     pydantic models), so a bad manifest fails here with the field named."""
     from checkpoint_operator.api.checkpoint import CheckpointSpec
     from checkpoint_operator.api.clustercheckpoint import ClusterCheckpointSpec
+    from checkpoint_operator.api.messages import describe
     from checkpoint_operator.api.rules import ApiModel
     from checkpoint_operator.api.trainingjob import TrainingJobSpec
     models: dict[str, type[ApiModel]] = {"Checkpoint": CheckpointSpec, "TrainingJob": TrainingJobSpec,
@@ -87,14 +91,31 @@ def load_manifests(paths: Iterable[str]) -> list[dict]:
             try:
                 doc["spec"] = models[kind].model_validate(doc.get("spec") or {}).to_wire()
             except pydantic.ValidationError as exc:
-                details = "; ".join(f"spec.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-                raise ManifestError(f"{file}: {kind} {name}: {details}") from None
+                raise ManifestError(f"{file}: {kind} {name}: {describe(exc, models[kind], 'spec')}") from None
             if kind == "ClusterCheckpoint":  # cluster-scoped: a namespace would be refused
                 doc["metadata"] = {k: v for k, v in doc["metadata"].items() if k != "namespace"}
             else:
                 doc["metadata"] = {**doc["metadata"], "namespace": NAMESPACE}
             objects.append(doc)
     return objects
+
+
+def check_storage_flags(storage_class: str | None, snapshot_class: str | None) -> None:
+    """--storage-class names one of the local cluster's classes; --volume-snapshot-class one of its
+    VolumeSnapshotClasses, of the output class's driver (the standard class takes no snapshots)."""
+    from checkpoint_operator.local.storage import DEFAULT_CLASSES
+    classes = {c.name: c for c in DEFAULT_CLASSES}
+    if storage_class is not None and storage_class not in classes:
+        raise ManifestError(f"--storage-class {storage_class}: the local cluster's classes are {', '.join(classes)}")
+    if snapshot_class is None:
+        return
+    output = classes[storage_class] if storage_class else next(c for c in DEFAULT_CLASSES if c.default)
+    if output.snapshot_class != snapshot_class:
+        takes = [c.name for c in DEFAULT_CLASSES if c.snapshot_class == snapshot_class]
+        raise ManifestError(f"--volume-snapshot-class {snapshot_class}: "
+                            + (f"it snapshots the volumes of {', '.join(takes)}; add --storage-class {takes[0]}"
+                               if takes else "the local cluster's VolumeSnapshotClass is block-snapshots "
+                                             "(with --storage-class block or block-multireader)"))
 
 
 def local_run(args: argparse.Namespace) -> int:
@@ -104,6 +125,9 @@ def local_run(args: argparse.Namespace) -> int:
     logging.getLogger("kopf._core.reactor.running").setLevel(logging.ERROR)  # "OS signals are ignored" in a thread
     try:
         objects = load_manifests(args.filename)
+        check_storage_flags(getattr(args, "storage_class", None), getattr(args, "volume_snapshot_class", None))
+        if getattr(args, "volume_snapshot_class", None) and getattr(args, "store", "volume") == "s3":
+            raise ManifestError("--volume-snapshot-class is for the volume store (--store volume), not --store s3")
     except ManifestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -134,70 +158,88 @@ def local_run(args: argparse.Namespace) -> int:
 
     from checkpoint_operator.local import s3store
     try:
-        store, weed = open_store(args, state_dir)
+        check_state_store(state_dir, args)
     except s3store.LocalStoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     namespaces = [NAMESPACE, CATALOG_NAMESPACE]
-    server = EmulatorServer(state_dir=state_dir)
-    url = server.start()
-    kube = Kube.from_url(url)
-    if store is not None:
-        provide_store_secret(kube, namespaces, store)
-        os.environ.update(store.env())  # the operator's own identity (commit checks, deleting owned data)
-    cluster = LocalCluster(url, state_dir / "cluster", namespaces=namespaces, workdir=os.getcwd(), runtime=runtime,
-                           report=lambda line: print(line, file=sys.stderr, flush=True))
-    print("engines: batch/v1 Jobs and jobset.x-k8s.io/v1alpha2 JobSets, run by local controllers; Kueue: a local "
-          "stand-in that admits a queued workload at once", file=sys.stderr, flush=True)
-    cluster.start_in_thread()
-    settings = kopf.OperatorSettings()
-    main.configure_settings(settings)
-    settings.posting.enabled = True
-    # Agent pods run the operator's image in a container engine; the process runtime ignores images.
-    # Every worker of a distributed job runs on this host: they meet at 127.0.0.1, on a free port per job.
-    config = OperatorConfig(reconcile_interval=main.INTERVAL, catalog_namespace=CATALOG_NAMESPACE,
-                            rendezvous_address="127.0.0.1", rendezvous_port=0,
-                            agent_image=agent_image if containers else "checkpoint-operator:local",
-                            **(store_config(store) if store is not None else {}))
-    handle = run_kopf_in_thread(kopf.get_default_registry(), settings, namespaces, url,
-                                memo=main.make_memo(Context(kube, config, namespaces=namespaces)))
-    try:
-        earlier = earlier_objects(kube.list(TRAINING_JOBS, NAMESPACE), kube.list(CHECKPOINTS, NAMESPACE), objects)
-        if earlier:
-            print(earlier_note(earlier, args.state_dir), file=sys.stderr, flush=True)
-        for obj in objects:
-            resource = {"Checkpoint": CHECKPOINTS, "TrainingJob": TRAINING_JOBS,
-                        "ClusterCheckpoint": CLUSTER_CHECKPOINTS}[obj["kind"]]
-            name = obj["metadata"]["name"]
+    weed = server = cluster = handle = None
+    # SIGTERM and SIGHUP end the run as Ctrl-C does: through the `finally` that stops what it started
+    # (weed runs in its own session: no terminal signal reaches it; hostile3 F2).
+    with exit_on_signals(signal.SIGTERM, signal.SIGHUP):
+        try:
+            weed = s3store.LocalSeaweedFS(state_dir / "s3") if wants_local_seaweedfs(args) else None
             try:
-                kube.create(resource, NAMESPACE, obj)
-                print(f"{obj['kind'].lower()}.ckpt.dev/{name} created", file=sys.stderr)
-            except Conflict:
-                existing = kube.get(resource, NAMESPACE, name) or {}
-                same = existing.get("spec") == obj["spec"]
-                print(f"{obj['kind'].lower()}.ckpt.dev/{name} "
-                      f"{'unchanged' if same else 'exists with another spec (kept; start over with --fresh)'}",
-                      file=sys.stderr)
-            except ApiError as exc:  # refused as the API server would (name, schema, CEL rules)
-                if exc.status != 422:
-                    raise
-                print(f"error: {exc.message}", file=sys.stderr)
+                store = open_store(args, weed)
+            except s3store.LocalStoreError as exc:
+                print(f"error: {exc}", file=sys.stderr)
                 return 2
-        watcher = Watcher(kube, state_dir / "logs", {n for k, n in earlier if k == "TrainingJob"})
-        settled = watcher.wait(args.timeout)
-        checkpoints = kube.list(CHECKPOINTS, NAMESPACE)
-        jobs = kube.list(TRAINING_JOBS, NAMESPACE)
-        entries = kube.list(CLUSTER_CHECKPOINTS, None)
-        if getattr(args, "serve", False):
-            report = build_report(checkpoints, jobs, entries)
-            print(json.dumps(report, indent=2) if args.output == "json" else render_table(report), flush=True)
-            serve_until_interrupted(url, state_dir)
-    finally:
-        handle.stop()
-        cluster.stop_thread()
-        server.stop()
-        if weed is not None:
-            weed.stop()
+            record_state_store(state_dir, args)
+            server = EmulatorServer(state_dir=state_dir)
+            url = server.start()
+            kube = Kube.from_url(url)
+            if store is not None:
+                provide_store_secret(kube, namespaces, store)
+                os.environ.update(store.env())  # the operator's own identity (commit checks, deleting owned data)
+            cluster = LocalCluster(url, state_dir / "cluster", namespaces=namespaces, workdir=os.getcwd(),
+                                   runtime=runtime, nodes=getattr(args, "nodes", 1),
+                                   report=lambda line: print(line, file=sys.stderr, flush=True))
+            print("engines: batch/v1 Jobs and jobset.x-k8s.io/v1alpha2 JobSets, run by local controllers; Kueue: a "
+                  "local stand-in that admits a queued workload at once", file=sys.stderr, flush=True)
+            cluster.start_in_thread()
+            settings = kopf.OperatorSettings()
+            main.configure_settings(settings)
+            settings.posting.enabled = True
+            # Agent pods run the operator's image in a container engine; the process runtime ignores images.
+            # Every worker of a distributed job runs on this host: they meet at 127.0.0.1, on a free port per job.
+            config = OperatorConfig(reconcile_interval=main.INTERVAL, catalog_namespace=CATALOG_NAMESPACE,
+                                    rendezvous_address="127.0.0.1", rendezvous_port=0,
+                                    agent_image=agent_image if containers else "checkpoint-operator:local",
+                                    default_storage_class=getattr(args, "storage_class", None),
+                                    volume_snapshot_class=getattr(args, "volume_snapshot_class", None),
+                                    **(store_config(store) if store is not None else {}))
+            handle = run_kopf_in_thread(kopf.get_default_registry(), settings, namespaces, url,
+                                        memo=main.make_memo(Context(kube, config, namespaces=namespaces)))
+            earlier = earlier_objects(kube.list(TRAINING_JOBS, NAMESPACE), kube.list(CHECKPOINTS, NAMESPACE),
+                                      objects)
+            if earlier:
+                print(earlier_note(earlier, args.state_dir), file=sys.stderr, flush=True)
+            for obj in objects:
+                resource = {"Checkpoint": CHECKPOINTS, "TrainingJob": TRAINING_JOBS,
+                            "ClusterCheckpoint": CLUSTER_CHECKPOINTS}[obj["kind"]]
+                name = obj["metadata"]["name"]
+                try:
+                    kube.create(resource, NAMESPACE, obj)
+                    print(f"{obj['kind'].lower()}.ckpt.dev/{name} created", file=sys.stderr)
+                except Conflict:
+                    existing = kube.get(resource, NAMESPACE, name) or {}
+                    same = existing.get("spec") == obj["spec"]
+                    print(f"{obj['kind'].lower()}.ckpt.dev/{name} "
+                          f"{'unchanged' if same else 'exists with another spec (kept; start over with --fresh)'}",
+                          file=sys.stderr)
+                except ApiError as exc:  # refused as the API server would (name, schema, CEL rules)
+                    if exc.status != 422:
+                        raise
+                    print(f"error: {exc.message}", file=sys.stderr)
+                    return 2
+            watcher = Watcher(kube, state_dir / "logs", {n for k, n in earlier if k == "TrainingJob"})
+            settled = watcher.wait(args.timeout)
+            checkpoints = kube.list(CHECKPOINTS, NAMESPACE)
+            jobs = kube.list(TRAINING_JOBS, NAMESPACE)
+            entries = kube.list(CLUSTER_CHECKPOINTS, None)
+            if getattr(args, "serve", False):
+                report = build_report(checkpoints, jobs, entries)
+                print(json.dumps(report, indent=2) if args.output == "json" else render_table(report), flush=True)
+                serve_until_interrupted(url, state_dir)
+        finally:
+            if handle is not None:
+                handle.stop()
+            if cluster is not None:
+                cluster.stop_thread()
+            if server is not None:
+                server.stop()
+            if weed is not None:
+                weed.stop()
     report = build_report(checkpoints, jobs, entries)
     if not getattr(args, "serve", False):  # --serve printed it before serving
         print(json.dumps(report, indent=2) if args.output == "json" else render_table(report))
@@ -214,24 +256,103 @@ def local_run(args: argparse.Namespace) -> int:
     return 1 if any(j["phase"] == "Failed" and j["name"] in mine for j in report["trainingJobs"]) else 0
 
 
-def open_store(args: argparse.Namespace, state_dir: Path):
-    """(S3Settings or None for the volume store, the SeaweedFS to stop or None)."""
+def wants_local_seaweedfs(args: argparse.Namespace) -> bool:
+    return getattr(args, "store", "volume") == "s3" and not getattr(args, "s3_endpoint", None)
+
+
+def open_store(args: argparse.Namespace, weed):
+    """The S3Settings, or None for the volume store; `weed`: the SeaweedFS to start (stopped by the
+    caller, whatever happens after it was asked to start)."""
     from checkpoint_operator.local import s3store
     if getattr(args, "store", "volume") != "s3":
         if getattr(args, "s3_endpoint", None) or getattr(args, "s3_bucket", None):
             raise s3store.LocalStoreError("--s3-endpoint and --s3-bucket go with --store s3")
-        return None, None
+        return None
     bucket = args.s3_bucket or s3store.DEFAULT_BUCKET
     if args.s3_endpoint:
         settings = s3store.from_environment(args.s3_endpoint, bucket, os.environ)
         s3store.ensure_bucket(settings)
         print(f"store: s3 at {settings.endpoint}, bucket {bucket}", file=sys.stderr, flush=True)
-        return settings, None
-    weed = s3store.LocalSeaweedFS(state_dir / "s3")
+        return settings
     settings = weed.start(bucket)
     print(f"store: s3, SeaweedFS on {settings.endpoint} (127.0.0.1 only, telemetry off), data in {weed.data_dir}",
           file=sys.stderr, flush=True)
-    return settings, weed
+    return settings
+
+
+@contextlib.contextmanager
+def exit_on_signals(*signums: int) -> Iterator[None]:
+    """Within: each of `signums` raises SystemExit(128 + signum), so `finally` blocks run (Python's
+    default for SIGTERM/SIGHUP is to die at once). Only the main thread may set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def leave(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+    previous = {signum: signal.signal(signum, leave) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+# --- the store a state dir was made with (hostile3 F9) --------------------------------------------
+STORE_FILE = "store.json"  # {"store": "volume" | "s3", "endpoint": ..., "bucket": ...}
+
+
+def _store_of(args: argparse.Namespace) -> dict:
+    if getattr(args, "store", "volume") != "s3":
+        return {"store": "volume"}
+    return {"store": "s3", "endpoint": getattr(args, "s3_endpoint", None) or "local SeaweedFS",
+            "bucket": getattr(args, "s3_bucket", None) or "checkpoints"}
+
+
+def _describe_store(store: dict) -> str:
+    if store.get("store") != "s3":
+        return "the volume store"
+    if "endpoint" not in store:
+        return "the s3 store"
+    return f"the s3 store ({store.get('endpoint')}, bucket {store.get('bucket')})"
+
+
+def _store_flags(store: dict) -> str:
+    if store.get("store") != "s3":
+        return "without --store s3"
+    flags = "--store s3"
+    if store.get("endpoint", "local SeaweedFS") != "local SeaweedFS":
+        flags += f" --s3-endpoint {store.get('endpoint')}"
+    if store.get("bucket", "checkpoints") != "checkpoints":
+        flags += f" --s3-bucket {store.get('bucket')}"
+    return flags
+
+
+def check_state_store(state_dir: Path, args: argparse.Namespace) -> None:
+    """A state dir holds Checkpoints on the store it was made with: a run on another store would find
+    them nowhere (every input refused), so it is refused in one line."""
+    from checkpoint_operator.local import s3store
+    path = state_dir / STORE_FILE
+    try:
+        recorded = json.loads(path.read_text())
+    except FileNotFoundError:  # made before the store was recorded: its own SeaweedFS data says s3
+        if not (state_dir / "s3" / "data").is_dir():
+            return
+        recorded = {"store": "s3"}
+    except (OSError, ValueError) as exc:
+        raise s3store.LocalStoreError(f"{path}: unreadable ({exc}); --fresh starts over") from None
+    wanted = _store_of(args)
+    if not isinstance(recorded, dict) or recorded == wanted or set(recorded) == {"store"} and (
+            recorded.get("store") == wanted["store"]):
+        return
+    raise s3store.LocalStoreError(f"{state_dir} holds Checkpoints on {_describe_store(recorded)}, and this run "
+                                  f"uses {_describe_store(wanted)}: run {_store_flags(recorded)}, or add --fresh "
+                                  f"to start over (its data is deleted), or use another --state-dir")
+
+
+def record_state_store(state_dir: Path, args: argparse.Namespace) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / STORE_FILE).write_text(json.dumps(_store_of(args)))
 
 
 def store_config(store) -> dict:

@@ -117,8 +117,10 @@ def pod_problem(pod: Mapping[str, Any]) -> Optional[PodProblem]:
     return None
 
 
-# A claim waiting for its first pod to be scheduled is not stuck (the pod's own problem says why).
-NOT_STUCK_CLAIM_REASONS = ("WaitForFirstConsumer",)
+# A claim waiting for its first pod to be scheduled, or being provisioned (the provisioner's Normal
+# progress events, which a restore from a volume snapshot takes a while in), is not stuck.
+NOT_STUCK_CLAIM_REASONS = ("WaitForFirstConsumer", "WaitForPodScheduled", "ExternalProvisioning", "Provisioning",
+                           "ProvisioningSucceeded")
 
 
 def claim_events_selector(claim_name: str) -> str:

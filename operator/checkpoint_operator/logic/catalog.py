@@ -20,8 +20,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 from checkpoint_operator import API_VERSION
 from checkpoint_operator.api.checkpoint import Location, VolumeLocation
-from checkpoint_operator.api.clustercheckpoint import (MAX_USED_BY_LISTED, ClusterCheckpoint, ClusterCheckpointStatus,
-                                                       NamespacedRef)
+from checkpoint_operator.api.clustercheckpoint import ClusterCheckpoint, ClusterCheckpointStatus
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic.agent_pods import agent_pod
 from checkpoint_operator.logic.naming import MAX_LABEL_NAME, bounded_name, child_name
@@ -134,6 +133,19 @@ def copy_is_verified(claim: Optional[Mapping[str, Any]], entry: ClusterCheckpoin
     return owned and (meta.get("annotations") or {}).get(COPIED_DIGEST_ANNOTATION) == entry.status.digest
 
 
+def copy_discardable(claim: Optional[Mapping[str, Any]], entry: ClusterCheckpoint) -> bool:
+    """A namespace's copy that did not verify may be deleted (hostile3 F4: kept, its bytes made every
+    later copy into it fail): the entry is its only owner (a Checkpoint that adopted a path of it
+    owns it too: then it stays), it carries no verified digest, and it is not already going."""
+    if claim is None:
+        return False
+    meta = claim.get("metadata") or {}
+    owners = meta.get("ownerReferences") or []
+    return (bool(owners) and all(o.get("uid") == entry.metadata.uid for o in owners)
+            and COPIED_DIGEST_ANNOTATION not in (meta.get("annotations") or {})
+            and not meta.get("deletionTimestamp"))
+
+
 def copy_refusal(entry: ClusterCheckpoint) -> Optional[str]:
     """Why no namespace can get a copy of this entry on the volume store, or None."""
     if entry.spec.source.needs_secret:
@@ -151,15 +163,21 @@ def copy_mismatch(entry: ClusterCheckpoint, digest: str) -> str:
 # --- users, of every namespace --------------------------------------------------------------------
 
 def used_by_status(users: Iterable[tuple[str, str, str]]) -> ClusterCheckpointStatus:
-    """status.usedBy/usedByCount from (namespace, name, uid) of the live users: bounded, sorted."""
-    ordered = sorted(set(users))
-    return ClusterCheckpointStatus(
-        usedBy=[NamespacedRef(namespace=ns, name=n, uid=u) for ns, n, u in ordered[:MAX_USED_BY_LISTED]],
-        usedByCount=len(ordered))
+    """status.usedByCount from (namespace, name, uid) of the live users. The entry is readable by every
+    authenticated identity, so its status names no job nor namespace (hostile3 F7): `usedBy` is
+    removed (an earlier version listed them there); who uses it goes where only administrators read."""
+    return ClusterCheckpointStatus(usedBy=None, usedByCount=len(set(users)))
 
 
 def deletion_blocked_message(users: list[tuple[str, str]]) -> str:
-    """`users`: (namespace, name) of the unfinished TrainingJobs that use the entry."""
-    names = [f"{ns}/{name}" for ns, name in sorted(users)]
+    """The entry's status message while its deletion waits: counts only (every tenant reads it)."""
+    namespaces = len({ns for ns, _ in users})
+    return (f"deletion waits: in use by {len(set(users))} TrainingJob(s) in {namespaces} namespace(s); it "
+            f"completes by itself when they finish (the Events of the operator's namespace name them)")
+
+
+def deletion_blocked_by(users: list[tuple[str, str]]) -> str:
+    """The same, naming the jobs: an Event in the operator's namespace, which only administrators read."""
+    names = [f"{ns}/{name}" for ns, name in sorted(set(users))]
     shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
     return f"deletion waits: in use by TrainingJob(s) {shown}; it completes by itself when they finish"

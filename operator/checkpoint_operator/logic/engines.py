@@ -76,7 +76,7 @@ class Engine(Protocol):
     api_version: str
 
     def build(self, tj: TrainingJob, template: dict[str, Any], meta: dict[str, Any], attempt: int,
-              deadline: Optional[int]) -> dict[str, Any]: ...
+              deadline: Optional[int], per_worker: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]: ...
 
     def read(self, obj: dict[str, Any]) -> WorkloadState: ...
 
@@ -106,7 +106,9 @@ class JobEngine:
     api_version = "batch/v1"
 
     def build(self, tj: TrainingJob, template: dict[str, Any], meta: dict[str, Any], attempt: int,
-              deadline: Optional[int]) -> dict[str, Any]:
+              deadline: Optional[int], per_worker: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
+        if per_worker is not None:
+            raise ValueError("a volume per worker needs engine JobSet (the CRD refuses it with engine Job)")
         spec = tj.spec
         job_spec: dict[str, Any] = {"completions": spec.replicas, "parallelism": spec.replicas, "template": template}
         if spec.replicas > 1:
@@ -156,17 +158,30 @@ class JobSetEngine:
     api_version = JOBSET_API_VERSION
 
     def build(self, tj: TrainingJob, template: dict[str, Any], meta: dict[str, Any], attempt: int,
-              deadline: Optional[int]) -> dict[str, Any]:
+              deadline: Optional[int], per_worker: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
+        """`per_worker`: each worker's own pod template (its own volume): one replicated job each,
+        `node-<i>`, as JobSet's per-job volume claims do (a template is shared by a job's pods)."""
         spec = tj.spec
-        job_spec: dict[str, Any] = {"completions": spec.replicas, "parallelism": spec.replicas,
-                                    "completionMode": "Indexed", "backoffLimit": 0, "template": template}
-        if deadline is not None:
-            job_spec["activeDeadlineSeconds"] = deadline
+
+        def job_spec(pods: int, pod_template: dict[str, Any]) -> dict[str, Any]:
+            built: dict[str, Any] = {"completions": pods, "parallelism": pods, "completionMode": "Indexed",
+                                     "backoffLimit": 0, "template": pod_template}
+            if deadline is not None:
+                built["activeDeadlineSeconds"] = deadline
+            return built
+
+        labels = dict(meta["labels"])
+        if per_worker is None:
+            replicated = [{"name": rendezvous.REPLICATED_JOB, "replicas": 1,
+                           "template": {"metadata": {"labels": labels}, "spec": job_spec(spec.replicas, template)}}]
+        else:
+            replicated = [{"name": rendezvous.worker_replicated_job(i), "replicas": 1,
+                           "template": {"metadata": {"labels": dict(labels)}, "spec": job_spec(1, t)}}
+                          for i, t in enumerate(per_worker)]
         js_spec: dict[str, Any] = {
-            "replicatedJobs": [{"name": rendezvous.REPLICATED_JOB, "replicas": 1,
-                                "template": {"metadata": {"labels": dict(meta["labels"])}, "spec": job_spec}}],
+            "replicatedJobs": replicated,
             "network": {"enableDNSHostnames": True, "publishNotReadyAddresses": True},
-            "coordinator": {"replicatedJob": rendezvous.REPLICATED_JOB, "jobIndex": 0, "podIndex": 0},
+            "coordinator": {"replicatedJob": replicated[0]["name"], "jobIndex": 0, "podIndex": 0},
             "failurePolicy": {"maxRestarts": max_restarts(tj), "restartStrategy": "BlockingRecreate", "rules": [
                 {"name": "deadline-fails-the-set", "action": "FailJobSet", "onJobFailureReasons": [DEADLINE_EXCEEDED]}]},
             "successPolicy": {"operator": "All"},

@@ -149,6 +149,24 @@ class ResolvedInput:
                                 kind=CLUSTER_KIND if self.cluster else None)
 
 
+def input_on_other_store(inputs: list[ResolvedInput], store: str) -> Optional[str]:
+    """Why the first input cannot be read by an operator running the `store` store ("volume" or "s3"):
+    its data is on the other one (the operator's store was changed under existing Checkpoints, or a
+    local state dir run with another --store; hostile3 F9), or None."""
+    for item in inputs:
+        location = item.location
+        where = ("s3" if location.s3 is not None
+                 else "volume" if location.volume is not None or location.snapshot is not None  # (its snapshots)
+                 or location.volumeParts  # (its workers' volumes)
+                 else None)
+        if where != store:
+            kind = CLUSTER_KIND if item.cluster else "Checkpoint"
+            on = f"on the {where} store" if where else "nowhere this operator can read (its status has no location)"
+            return (f"input {kind} {item.name} is {on}; this operator runs the {store} store and reads only "
+                    f"Checkpoints stored there")
+    return None
+
+
 # Waits that will not end by themselves: the job reports Stalled (GitOps shows Degraded).
 TERMINAL_WAITS = ("InputFailed", "DuplicateInput", "NoBestMetric", "InputCycle")
 MAX_WAITS_ON = 64  # spec.checkpoints has at most 64 entries (api/trainingjob.py MAX_INPUTS)

@@ -5,9 +5,10 @@ lower it, never raise it."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping, Optional
 
-from checkpoint_operator.api.common import parse_quantity
+from checkpoint_operator.api.common import QUANTITY_PATTERN, parse_quantity
 
 NAMESPACE_LIMIT_ANNOTATION = "ckpt.dev/max-checkpoint-size"
 
@@ -25,8 +26,15 @@ def import_limit(operator_limit: int, namespace: Optional[Mapping[str, Any]], ma
         try:
             limit = min(limit, parse_quantity(raw.strip()))
         except (ValueError, TypeError):
-            raise InvalidLimit(f"Namespace {meta.get('name', '?')}: annotation {NAMESPACE_LIMIT_ANNOTATION}={raw!r} "
-                               "is not a quantity (e.g. 50Gi)") from None
+            shown = repr(raw[:60] if isinstance(raw, str) else raw)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise InvalidLimit(f"Namespace {meta.get('name', '?')}: annotation {NAMESPACE_LIMIT_ANNOTATION}="
+                               f"{shown} is not a quantity (e.g. 50Gi; below 8Ei)") from None
     if max_size:
-        limit = min(limit, parse_quantity(max_size))
+        try:
+            limit = min(limit, parse_quantity(max_size))
+        except ValueError as exc:
+            if not re.fullmatch(QUANTITY_PATTERN, max_size.strip()):
+                raise InvalidLimit(f"spec.maxSize: {exc}") from None
+            # A quantity beyond int64 (the schema's pattern allows it): above every limit, it lowers none.
     return limit

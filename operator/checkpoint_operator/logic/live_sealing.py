@@ -81,6 +81,7 @@ class LogEvents:
     not_read_only: dict[str, str] = field(default_factory=dict)
     removed: set[tuple[str, str]] = field(default_factory=set)
     changed: dict[str, ChangedEvent] = field(default_factory=dict)   # path -> the event
+    synced: set[tuple[str, str]] = field(default_factory=set)  # (path, digest) whose sealed line says "syncfs"
     warnings: list[str] = field(default_factory=list)
     last_timestamp: Optional[str] = None
     refused: int = 0  # event lines the protocol refused (a newer version, an invalid field)
@@ -135,6 +136,8 @@ def parse_log(text: str, *, sealed_prefix: Optional[str] = None, into: Optional[
             events.reasons[sealed.path] = sealed.sealReason[:300]
             if sealed.readOnlyProblem:
                 events.not_read_only[sealed.path] = sealed.readOnlyProblem[:300]
+            if sealed.synced == "syncfs":
+                events.synced.add((sealed.path, sealed.digest))
         elif isinstance(event, RemovedEvent) and _valid_path(event.path):
             events.removed.add((event.path, event.digest))
             events.sealed = [m for m in events.sealed if (m.path, m.digest) not in events.removed]
@@ -150,6 +153,7 @@ def merge(into: LogEvents, more: LogEvents) -> LogEvents:
         into.sealed = [m for m in into.sealed if m.path != manifest.path] + [manifest]
     into.reasons.update(more.reasons)
     into.not_read_only.update(more.not_read_only)
+    into.synced |= more.synced
     into.removed |= more.removed
     # Removed is final, whichever pod's log said it (a retried pod announces what an earlier sealed).
     into.sealed = [m for m in into.sealed if (m.path, m.digest) not in into.removed]
@@ -251,6 +255,7 @@ class LiveMemory:
     pending: LogEvents = field(default_factory=LogEvents)        # read, not yet acted on
     annotated: dict[str, str] = field(default_factory=dict)       # pod -> the removal annotation it has
     reported: set[tuple[Optional[str], ...]] = field(default_factory=set)  # warnings already posted as events
+    snapshot_next_look: dict[str, float] = field(default_factory=dict)  # VolumeSnapshot -> when to read it again
 
 
 # --- operator -> sidecar ----------------------------------------------------------------------------

@@ -69,3 +69,16 @@ def checkpoint_name(prefix: str, directory: str, is_file: bool = False) -> str:
     readable = readable[:max(1, room - len(prefix) - 1)].rstrip("-") or "x"
     head = prefix[:room - len(readable) - 1].rstrip("-") or "x"
     return f"{head}.{readable}.{digest}"
+
+
+WORKER_PART = re.compile(r"worker-(0|[1-9][0-9]*)(?:/(.+))?")  # agent/parts.py: worker-<i>[/<entry>]
+
+
+def per_worker_checkpoint_name(prefix: str, directory: str, is_file: bool = False) -> str:
+    """output.perWorker: worker i's entry `worker-<i>/<entry>` is named by the rule above with the
+    prefix `<prefix>-worker-<i>`: `<prefix>-worker-<i>.<entry>`, its root files `<prefix>-worker-<i>`.
+    Anything else (never reported in that mode) is named as it is."""
+    match = WORKER_PART.fullmatch(directory)
+    if match is None:
+        return checkpoint_name(prefix, directory, is_file)
+    return checkpoint_name(f"{prefix}-worker-{match.group(1)}", match.group(2) or ROOT_DIRECTORY, is_file)

@@ -36,6 +36,7 @@ from checkpoint_operator.logic.naming import MAX_LABEL_NAME, bounded_name, sanit
 DEFAULT_PORT = 29500
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 INDEX_FIELD = f"metadata.annotations['{COMPLETION_INDEX}']"
+INDEX_VARIABLES = ("PET_NODE_RANK", "RANK", "JAX_PROCESS_ID")  # the worker's index (downward API)
 REPLICATED_JOB = "node"  # the JobSet's one replicated job, as Kubeflow Trainer names it
 POD_SUFFIX = 6  # "-" and the 5 random characters of a pod's name
 VARIABLES = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT",
@@ -66,12 +67,23 @@ def _digits(n: int) -> int:
     return len(str(max(n - 1, 0)))
 
 
+def worker_replicated_job(index: int) -> str:
+    """Worker `index`'s replicated job when each worker has its own volume (logic/engines.py)."""
+    return f"{REPLICATED_JOB}-{index}"
+
+
+def _per_worker(tj: TrainingJob) -> bool:
+    return tj.spec.engine == "JobSet" and tj.spec.output.enabled and tj.spec.output.parts_per_worker
+
+
 def workload_name(tj: TrainingJob) -> str:
     """The Job's or JobSet's name. A single-pod Job keeps the job's name (cut to a label's 63
     characters). Otherwise the name is also a Service's (DNS-1035), and short enough that every pod
     name fits: `<job>-<i>` (the hostname) with the Job engine, `<jobset>-node-0-<i>-xxxxx` with
     JobSet (what JobSet's webhook checks)."""
     name, replicas = tj.metadata.name, tj.spec.replicas
+    if _per_worker(tj):  # pods <jobset>-node-<i>-0-0-xxxxx
+        return dns1035_label(name, MAX_LABEL_NAME - len(f"-{REPLICATED_JOB}--0-0") - _digits(replicas) - POD_SUFFIX)
     if tj.spec.engine == "JobSet":
         return dns1035_label(name, MAX_LABEL_NAME - len(f"-{REPLICATED_JOB}-0-") - _digits(replicas) - POD_SUFFIX)
     if replicas > 1:
@@ -87,6 +99,8 @@ def service_name(tj: TrainingJob) -> str:
 def worker_host(tj: TrainingJob, index: int) -> str:
     """Worker `index`'s DNS name within the namespace (`<host>.<subdomain>`)."""
     name = workload_name(tj)
+    if _per_worker(tj):
+        return f"{name}-{worker_replicated_job(index)}-0-0.{name}"
     if tj.spec.engine == "JobSet":
         return f"{name}-{REPLICATED_JOB}-0-{index}.{name}"
     return f"{name}-{index}.{name}"

@@ -17,7 +17,8 @@ from checkpoint_operator.api.common import ObjectRef, PinnedCheckpoint
 from checkpoint_operator.api.rules import MAX_METRIC, bounded_count
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.logic.inputs import CheckpointInfo
-from checkpoint_operator.logic.naming import MAX_LABEL_NAME, bounded_name, checkpoint_name
+from checkpoint_operator.logic.naming import (MAX_LABEL_NAME, bounded_name, checkpoint_name,
+                                             per_worker_checkpoint_name)
 from checkpoint_operator.logic.quantity import format_size
 from checkpoint_operator.logic.results import Wait
 from checkpoint_operator.logic import retention
@@ -167,6 +168,7 @@ def plan_snapshot(tj: TrainingJob, scan: ScanReport, lookup: Callable[[str], Opt
     retire = [c for c in existing if c.is_usable and c.directory in dropped_keys]
 
     names, conflicts = _names(meta.uid, prefix, [m.path for m in kept_new], by_directory, lookup,
+                              per_worker=bool(output.perWorker),
                               files=output.layout == "files")
     planned = []
     for manifest in kept_new:
@@ -194,7 +196,7 @@ def plan_snapshot(tj: TrainingJob, scan: ScanReport, lookup: Callable[[str], Opt
 
 
 def _names(uid: str, prefix: str, directories: list[str], by_directory: Mapping[str, CheckpointInfo],
-           lookup: Callable[[str], Optional[CheckpointInfo]], files: bool
+           lookup: Callable[[str], Optional[CheckpointInfo]], files: bool, per_worker: bool = False
            ) -> tuple[dict[str, str], list[NameConflict]]:
     """The existing name of each directory that has a Checkpoint of this job (one an earlier
     operator version named keeps its name), the derived name (logic/naming.py) of the others;
@@ -203,7 +205,8 @@ def _names(uid: str, prefix: str, directories: list[str], by_directory: Mapping[
     taken = {c.name: c for c in by_directory.values()}
     conflicts = []
     for directory in sorted(d for d in directories if d not in names):
-        name = checkpoint_name(prefix, directory, is_file=files)
+        name = per_worker_checkpoint_name(prefix, directory, is_file=files) if per_worker else \
+            checkpoint_name(prefix, directory, is_file=files)
         holder = taken.get(name) or lookup(name)
         if holder is not None and not (holder.producer_uid == uid and holder.directory == directory):
             conflicts.append(NameConflict(directory, name, holder))

@@ -67,6 +67,8 @@ def publish_mode(tj: TrainingJob, default: str) -> Optional[str]:
     """spec.output.publish, else the operator's default; None without an output."""
     if not tj.output_enabled:
         return None
+    if tj.spec.output.parts_per_worker:  # live sealing of parts is not supported (the CRD refuses Continuous)
+        return "OnCompletion"
     return tj.spec.output.publish or default
 
 
@@ -131,10 +133,14 @@ def worker_failure_change(tj: TrainingJob, state: WorkloadState,
     recorded = tj.status.workerFailure
     if not is_group(tj) or (recorded is not None and recorded.attempt == state.attempt):
         return None
-    first = workers.first_failure(pods, state.attempt)
+    attempt, first = state.attempt, workers.first_failure(pods, state.attempt)
+    if first is None and state.attempt > 0 and (recorded is None or recorded.attempt < state.attempt - 1):
+        # The engine restarted the group before this pass saw the failure (JobSet, one-pod Jobs
+        # of a volume per worker: the failed Job ends at once): the last attempt's pods, if still there.
+        attempt, first = state.attempt - 1, workers.first_failure(pods, state.attempt - 1)
     if first is None:
         return None
-    failure = WorkerFailure(attempt=state.attempt, index=first.index, pod=first.name, message=workers.describe(first))
+    failure = WorkerFailure(attempt=attempt, index=first.index, pod=first.name, message=workers.describe(first))
     return StatusChange(fields=TrainingJobStatus(workerFailure=failure))
 
 

@@ -28,14 +28,14 @@ from checkpoint_operator.api.common import parse_quantity
 from checkpoint_operator.api.upload import (DIGEST_PATTERN, PULL_REQUEST_ANNOTATION, UPLOAD_DIGEST_ANNOTATION,
                                             UPLOAD_REQUEST_ANNOTATION, VERIFY_REQUEST_ANNOTATION, UploadStatus)
 from checkpoint_operator.config import OperatorConfig
-from checkpoint_operator.logic import agent_commands
+from checkpoint_operator.logic import agent_commands, volume_snapshots
 from checkpoint_operator.logic.agent_pods import AGENT_DATA_MOUNT, agent_container, agent_pod
 from checkpoint_operator.logic.naming import MAX_LABEL_NAME, bounded_name, child_name
 from checkpoint_operator.logic.quantity import format_size
 from checkpoint_operator.logic.status import ConditionChange
 from checkpoint_operator.logic.workload import (IMPORT_SIZE_ANNOTATION, LABEL_CHECKPOINT, LABEL_COMPONENT,
-                                                LABEL_MANAGED_BY, MANAGER, import_claim_name, import_data_dir,
-                                                owner_reference)
+                                                LABEL_MANAGED_BY, MANAGER, checkpoint_labels, import_claim_name,
+                                                import_data_dir, owner_reference)
 
 REQUEST_ANNOTATION = "ckpt.dev/request"      # on a serving pod: the request it serves
 UPLOAD_DIR = import_data_dir()               # where a push lands on the volume store (status.location path "data")
@@ -87,8 +87,8 @@ def upload_request(checkpoint: Checkpoint) -> Union[UploadRequest, str, None]:
     size = meta.annotation(IMPORT_SIZE_ANNOTATION)
     try:
         size_bytes = parse_quantity(size) if size else None
-    except ValueError:
-        size_bytes = None
+    except ValueError as exc:
+        return f"annotation {IMPORT_SIZE_ANNOTATION}: {exc} (kubectl ckpt push sets it to the data's size)"
     return UploadRequest(value, digest, size_bytes)
 
 
@@ -103,10 +103,12 @@ def waiting_message(checkpoint: Checkpoint, target: UploadStatus) -> str:
 
 
 def build_receiver_pod(checkpoint: Checkpoint, config: OperatorConfig, request: UploadRequest,
-                       max_size: int) -> dict[str, Any]:
-    """volume store: the pod a push streams into (agent unpack by exec); it checks what arrived."""
+                       max_size: int, sync: bool = False) -> dict[str, Any]:
+    """volume store: the pod a push streams into (agent unpack by exec); it checks what arrived.
+    `sync`: it syncs the filesystem after the check (a volume snapshot of the data follows)."""
     mount = [{"name": "data", "mountPath": AGENT_DATA_MOUNT}]
-    command = agent_commands.receive(UPLOAD_DIR, digest=request.digest, idle=IDLE_SECONDS, max_size=max_size)
+    command = agent_commands.receive(UPLOAD_DIR, digest=request.digest, idle=IDLE_SECONDS, max_size=max_size,
+                                     sync=sync)
     volumes = [{"name": "data", "persistentVolumeClaim": {"claimName": import_claim_name(checkpoint)}}]
     return _serving_pod(checkpoint, config, "upload", upload_pod_name(checkpoint.metadata.name), request.value,
                         [agent_container("receive", command, config, mounts=mount)], volumes,
@@ -124,32 +126,58 @@ def build_upload_check_pod(checkpoint: Checkpoint, config: OperatorConfig, reque
 
 # --- verify and pull -----------------------------------------------------------------------------------
 
-def location_volumes(volume: VolumeLocation, *,
-                     read_only: bool = True) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def location_volumes(location: Location, *, read_only: bool = True, restore_access_mode: str = "ReadWriteOnce",
+                     labels: Optional[dict[str, str]] = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(volumes, mounts) that show a volume location's files at AGENT_DATA_MOUNT, and only them
-    (the root files of an output, listed as items, are mounted one by one), and its stored
-    manifest, alone, at MANIFEST_MOUNT (it lives outside the checkpoint's directory)."""
-    sub_path = posixpath.normpath(volume.path.lstrip("/") or ".")
-    volumes: list[dict[str, Any]] = [
-        {"name": "data", "persistentVolumeClaim": {"claimName": volume.claimName, "readOnly": read_only}}]
+    (the root files of an output, listed as items, are mounted one by one), and a volume's stored
+    manifest, alone, at MANIFEST_MOUNT (it lives outside the checkpoint's directory). A location in
+    a volume snapshot is a volume of the pod's own restored from it (logic/volume_snapshots.py),
+    with `labels`; it names no stored manifest (the agent then reads the data alone). A checkpoint
+    assembled across workers (logic/parts.py): its parts side by side in that one directory."""
+    volumes: list[dict[str, Any]]
+    shown: list[tuple[str, str, Optional[list[str]]]]  # (volume, path in it, items)
+    manifest: Optional[tuple[str, str]] = None  # (volume, path in it)
+    if location.snapshot is not None:
+        snapshot = location.snapshot
+        volumes = [volume_snapshots.restored_volume("data", snapshot, restore_access_mode, labels or {})]
+        shown = [("data", snapshot.path, snapshot.items)]
+    elif location.volumeParts or location.volume is not None:
+        claims: dict[str, str] = {}
+        volumes, shown = [], []
+        for volume in location.volumeParts or ([location.volume] if location.volume is not None else []):
+            if volume.claimName not in claims:
+                claims[volume.claimName] = "data" if not claims else f"data-{len(claims)}"
+                volumes.append({"name": claims[volume.claimName],
+                                "persistentVolumeClaim": {"claimName": volume.claimName, "readOnly": read_only}})
+            shown.append((claims[volume.claimName], volume.path, volume.items))
+            if volume.manifest and manifest is None:
+                manifest = (claims[volume.claimName], volume.manifest)
+    else:
+        raise ValueError("the location is neither on a volume nor in a volume snapshot")
     mounts = []
-    items: list[Optional[str]] = [*volume.items] if volume.items else [None]
-    for rel in items:
-        path = sub_path if rel is None else posixpath.normpath(posixpath.join(sub_path, rel))
-        mount = {"name": "data", "readOnly": read_only,
-                 "mountPath": AGENT_DATA_MOUNT if rel is None else posixpath.join(AGENT_DATA_MOUNT, rel)}
-        if path != ".":
-            mount["subPath"] = path
-        mounts.append(mount)
-    if volume.manifest:
-        mounts.append({"name": "data", "readOnly": True, "mountPath": MANIFEST_MOUNT,
-                       "subPath": posixpath.normpath(volume.manifest)})
+    for name, where, items in shown:
+        sub_path = posixpath.normpath(where.lstrip("/") or ".")
+        rels: list[Optional[str]] = [*items] if items else [None]
+        for rel in rels:
+            path = sub_path if rel is None else posixpath.normpath(posixpath.join(sub_path, rel))
+            mount = {"name": name, "readOnly": read_only,
+                     "mountPath": AGENT_DATA_MOUNT if rel is None else posixpath.join(AGENT_DATA_MOUNT, rel)}
+            if path != ".":
+                mount["subPath"] = path
+            mounts.append(mount)
+    if manifest:
+        mounts.append({"name": manifest[0], "readOnly": True, "mountPath": MANIFEST_MOUNT,
+                       "subPath": posixpath.normpath(manifest[1])})
     return volumes, mounts
 
 
-def stored_manifest(volume: Optional[VolumeLocation]) -> Optional[str]:
-    """Where a volume location's pod sees its stored manifest (None: none is stored)."""
-    return MANIFEST_MOUNT if volume is not None and volume.manifest else None
+def stored_manifest(located: Union[Location, VolumeLocation, None]) -> Optional[str]:
+    """Where a volume location's pod sees its stored manifest (None: none is stored); a location
+    in workers' parts has it in one of them (location_volumes mounts it)."""
+    if isinstance(located, Location):
+        volumes = located.volumeParts or ([located.volume] if located.volume is not None else [])
+        return MANIFEST_MOUNT if any(v.manifest for v in volumes) else None
+    return MANIFEST_MOUNT if located is not None and located.manifest else None
 
 
 def build_verify_pod(checkpoint: Checkpoint, config: OperatorConfig, value: str,
@@ -162,10 +190,11 @@ def build_verify_pod(checkpoint: Checkpoint, config: OperatorConfig, value: str,
                                     config, mounts=[], env=s3_env)
         volumes: list[dict[str, Any]] = []
     else:
-        volume = _volume_of(checkpoint)
-        volumes, mounts = location_volumes(volume)
+        located = _located(checkpoint)
+        volumes, mounts = location_volumes(located, restore_access_mode=config.volume_restore_access_mode,
+                                           labels=checkpoint_labels(checkpoint, "verify"))
         container = agent_container("verify", agent_commands.verify(AGENT_DATA_MOUNT, digest=status.digest,
-                                                                    manifest=stored_manifest(volume)),
+                                                                    manifest=stored_manifest(located)),
                                     config, mounts=mounts)
     return _serving_pod(checkpoint, config, "verify", verify_pod_name(checkpoint.metadata.name), value, [container],
                         volumes, size_bytes=status.sizeBytes)
@@ -173,7 +202,8 @@ def build_verify_pod(checkpoint: Checkpoint, config: OperatorConfig, value: str,
 
 def build_pull_pod(checkpoint: Checkpoint, config: OperatorConfig, value: str) -> dict[str, Any]:
     """volume store: mounts the data read-only and holds while pulls stream it out."""
-    volumes, mounts = location_volumes(_volume_of(checkpoint))
+    volumes, mounts = location_volumes(_located(checkpoint), restore_access_mode=config.volume_restore_access_mode,
+                                       labels=checkpoint_labels(checkpoint, "pull"))
     volumes.append({"name": "work", "emptyDir": {"sizeLimit": "16Mi"}})
     mounts.append({"name": "work", "mountPath": PULL_WORK_DIR})
     container = agent_container("hold", agent_commands.hold(PULL_WORK_DIR, idle=IDLE_SECONDS), config, mounts=mounts)
@@ -181,14 +211,15 @@ def build_pull_pod(checkpoint: Checkpoint, config: OperatorConfig, value: str) -
                         volumes, size_bytes=checkpoint.status.sizeBytes)
 
 
-def _volume_of(checkpoint: Checkpoint) -> VolumeLocation:
+def _located(checkpoint: Checkpoint) -> Location:
+    """The Checkpoint's location on a volume (or its workers' volumes) or in a volume snapshot."""
     location = checkpoint.status.location
-    if location is None or location.volume is None:
+    if location is None or (location.volume is None and location.snapshot is None and not location.volumeParts):
         raise ValueError(f"Checkpoint {checkpoint.metadata.name} has no volume location")
-    return location.volume
+    return location
 
 
-def pull_command(volume: Optional[VolumeLocation] = None, digest: Optional[str] = None) -> list[str]:
+def pull_command(volume: Union[Location, VolumeLocation, None] = None, digest: Optional[str] = None) -> list[str]:
     """What `kubectl ckpt pull` runs in the pull pod (`digest`: the Checkpoint's recorded one; its
     stored manifest goes first when it has that digest)."""
     return agent_commands.pack(AGENT_DATA_MOUNT, session_dir=PULL_WORK_DIR, digest=digest,
@@ -246,5 +277,10 @@ def verify_error_condition(message: str) -> ConditionChange:
 def describe_location(location: Optional[Location]) -> str:
     if location is not None and location.s3 is not None:
         return location.s3.uri
+    if location is not None and location.snapshot is not None:
+        return f"VolumeSnapshot {location.snapshot.volumeSnapshotName}:{location.snapshot.path}"
+    if location is not None and location.volumeParts:
+        first = location.volumeParts[0]
+        return f"{len(location.volumeParts)} volumes ({first.claimName}:{first.path}, ...)"
     volume = location.volume if location is not None else None
     return f"volume {volume.claimName}:{volume.path}" if volume is not None else "volume None:."

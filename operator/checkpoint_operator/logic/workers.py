@@ -11,6 +11,7 @@ from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator.logic.agent_pods import PodProblem, pod_failure, pod_problem
 
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+WORKER_INDEX_LABEL = "ckpt.dev/worker-index"  # logic/workload.py sets it on a volume-per-worker pod
 ATTEMPT_LABEL = "ckpt.dev/restart-attempt"             # the operator's group restarts (engine Job)
 JOBSET_ATTEMPT_LABEL = "jobset.sigs.k8s.io/restart-attempt"  # JobSet's restarts (engine JobSet)
 
@@ -51,7 +52,8 @@ def worker_pod(body: Mapping[str, Any]) -> WorkerPod:
     labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
     phase = PodPhase.of(dict(body))
     attempt = labels.get(ATTEMPT_LABEL, labels.get(JOBSET_ATTEMPT_LABEL))
-    index = _int(annotations.get(COMPLETION_INDEX, labels.get(COMPLETION_INDEX)))
+    # A worker with its own volume is its own one-pod Job (completion index 0): its label says which.
+    index = _int(labels.get(WORKER_INDEX_LABEL, annotations.get(COMPLETION_INDEX, labels.get(COMPLETION_INDEX))))
     failed = phase == PodPhase.FAILED
     what = f"worker {index}" if index is not None else "worker"
     return WorkerPod(name=meta.get("name", ""), phase=phase, problem=pod_problem(dict(body)), index=index,

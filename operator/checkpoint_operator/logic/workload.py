@@ -28,6 +28,7 @@ from checkpoint_operator.logic.inputs import ResolvedInput
 from checkpoint_operator.logic.naming import MAX_LABEL_NAME, bounded_name, child_name
 from checkpoint_operator.logic.rendezvous import Rendezvous
 from checkpoint_operator.logic.security_context import fit_injected_container, trainer_identity
+from checkpoint_operator.logic.workers import WORKER_INDEX_LABEL
 
 LABEL_TRAINING_JOB = "ckpt.dev/trainingjob"
 LABEL_TRAINING_JOB_UID = "ckpt.dev/trainingjob-uid"
@@ -69,13 +70,15 @@ def foreign_claim_message(claim: str, kind: str, name: str, uid: str) -> str:
             f"is someone's data, delete this {kind} and use another name")
 
 
-def _labels(tj: TrainingJob, component: str) -> dict[str, Any]:
+def training_job_labels(tj: TrainingJob, component: str) -> dict[str, str]:
+    """The labels of an object the operator makes for a TrainingJob (`component`: what it is)."""
     return {LABEL_MANAGED_BY: MANAGER, LABEL_COMPONENT: component,
             LABEL_TRAINING_JOB: bounded_name(tj.metadata.name, MAX_LABEL_NAME),
             LABEL_TRAINING_JOB_UID: tj.metadata.uid}
 
 
-def _checkpoint_labels(checkpoint: Checkpoint, component: str) -> dict[str, Any]:
+def checkpoint_labels(checkpoint: Checkpoint, component: str) -> dict[str, str]:
+    """The labels of an object the operator makes for a Checkpoint."""
     return {LABEL_MANAGED_BY: MANAGER, LABEL_COMPONENT: component,
             LABEL_CHECKPOINT: bounded_name(checkpoint.metadata.name, MAX_LABEL_NAME)}
 
@@ -94,6 +97,20 @@ def output_claim_name(tj: TrainingJob) -> str:
 
 def output_claim_name_for(name: str, uid: str) -> str:
     return child_name(name, f"output-{uid[:5]}")
+
+
+def worker_claim_name(tj: TrainingJob, index: int) -> str:
+    """Worker `index`'s own output volume (output.volumePerWorker / perWorker)."""
+    return child_name(tj.metadata.name, f"output-{tj.metadata.uid[:5]}-{index}")
+
+
+def output_claim_names(tj: TrainingJob) -> list[str]:
+    """Every output volume of the job: one per worker with volumePerWorker/perWorker, else the one shared."""
+    if tj.spec.output.parts_per_worker:
+        return [worker_claim_name(tj, i) for i in range(tj.spec.replicas)]
+    return [output_claim_name(tj)]
+
+
 
 
 def snapshot_pod_name(tj: TrainingJob) -> str:
@@ -185,17 +202,36 @@ def check_user_mounts(template_spec: dict[str, Any], tj: TrainingJob) -> None:
 
 # --- objects -----------------------------------------------------------------------------------
 
+def build_output_claims(tj: TrainingJob, config: OperatorConfig) -> list[dict[str, Any]]:
+    """The output volume, or one per worker (ReadWriteOnce: each is written by one pod)."""
+    if not tj.spec.output.parts_per_worker:
+        return [build_output_claim(tj, config)]
+    claims = []
+    for index, name in enumerate(output_claim_names(tj)):
+        claim = build_output_claim(tj, config)
+        claim["metadata"]["name"] = name
+        claim["metadata"]["labels"][WORKER_INDEX_LABEL] = str(index)
+        claim["spec"]["accessModes"] = ["ReadWriteOnce"]
+        claims.append(claim)
+    return claims
+
+
+def output_storage_class(tj: TrainingJob, config: OperatorConfig) -> Optional[str]:
+    """The StorageClass of a job's output volume (None: the cluster's default class)."""
+    return tj.spec.output.storageClassName or config.default_storage_class
+
+
 def build_output_claim(tj: TrainingJob, config: OperatorConfig) -> dict[str, Any]:
     output = tj.spec.output
     claim_spec: dict[str, Any] = {
         "accessModes": ["ReadWriteMany" if tj.spec.replicas > 1 else "ReadWriteOnce"],
         "resources": {"requests": {"storage": output.size or config.default_output_size}},
     }
-    storage_class = output.storageClassName or config.default_storage_class
+    storage_class = output_storage_class(tj, config)
     if storage_class:
         claim_spec["storageClassName"] = storage_class
     return {"metadata": {"name": output_claim_name(tj), "namespace": tj.metadata.namespace,
-                         "labels": _labels(tj, "output"), "ownerReferences": [owner_reference(tj)]},
+                         "labels": training_job_labels(tj, "output"), "ownerReferences": [owner_reference(tj)]},
             "spec": claim_spec}
 
 
@@ -244,7 +280,7 @@ def build_pod_template(tj: TrainingJob, inputs: list[ResolvedInput], staged: Inp
     pod_spec.setdefault("restartPolicy", "Never")
 
     metadata = template.setdefault("metadata", {})
-    metadata["labels"] = {**(metadata.get("labels") or {}), **_labels(tj, "worker")}
+    metadata["labels"] = {**(metadata.get("labels") or {}), **training_job_labels(tj, "worker")}
     return template, warnings
 
 
@@ -257,47 +293,108 @@ def build_workload(tj: TrainingJob, inputs: list[ResolvedInput], staged: InputVo
     job's, for a restarted group)."""
     template, warnings = build_pod_template(tj, inputs, staged, sidecar, rendezvous_at)
     meta = {"name": job_name(tj), "namespace": tj.metadata.namespace,
-            "labels": {**kueue.kueue_labels(tj.metadata.labels), **_labels(tj, "worker")},
+            "labels": {**kueue.kueue_labels(tj.metadata.labels), **training_job_labels(tj, "worker")},
             "ownerReferences": [owner_reference(tj)]}
     if deadline is None:
         deadline = tj.spec.activeDeadlineSeconds
-    workload = engines.engine_of(tj).build(tj, template, meta, attempt, deadline)
+    per_worker = [worker_template(tj, template, i) for i in range(tj.spec.replicas)] \
+        if tj.output_enabled and tj.spec.output.parts_per_worker else None
+    workload = engines.engine_of(tj).build(tj, template, meta, attempt, deadline, per_worker)
     return BuiltJob(workload, warnings)
+
+
+COMPLETION_INDEX_VARIABLE = "JOB_COMPLETION_INDEX"
+
+
+def worker_template(tj: TrainingJob, template: dict[str, Any], index: int) -> dict[str, Any]:
+    """Worker `index`'s pod template when each worker has its own volume: its claim, and its rank as
+    a value (each worker is its own replicated job, whose completion index is 0), also as
+    JOB_COMPLETION_INDEX, which code written for an Indexed Job reads."""
+    ours = copy.deepcopy(template)
+    spec = ours["spec"]
+    for volume in spec.get("volumes") or []:
+        if volume.get("name") == OUTPUT_VOLUME:
+            volume["persistentVolumeClaim"]["claimName"] = worker_claim_name(tj, index)
+    for kind in ("initContainers", "containers"):
+        for container in spec.get(kind) or []:
+            for var in container.get("env") or []:
+                if var.get("name") in rendezvous.INDEX_VARIABLES:
+                    var.pop("valueFrom", None)
+                    var["value"] = str(index)
+            # The Job controller sets JOB_COMPLETION_INDEX (0 here) unless the container has it.
+            env = [v for v in container.get("env") or [] if v.get("name") != COMPLETION_INDEX_VARIABLE]
+            container["env"] = [*env, {"name": COMPLETION_INDEX_VARIABLE, "value": str(index)}]
+    ours.setdefault("metadata", {}).setdefault("labels", {})[WORKER_INDEX_LABEL] = str(index)
+    return ours
 
 
 def build_rendezvous_service(tj: TrainingJob) -> dict[str, Any]:
     """The headless Service that names a distributed Job's workers (logic/rendezvous.py)."""
     selector = {LABEL_TRAINING_JOB_UID: tj.metadata.uid, LABEL_COMPONENT: "worker"}
-    return rendezvous.build_service(tj, _labels(tj, "rendezvous"), selector, owner_reference(tj))
+    return rendezvous.build_service(tj, training_job_labels(tj, "rendezvous"), selector, owner_reference(tj))
 
 
 def build_live_sidecar(tj: TrainingJob, config: OperatorConfig, upload_to: Optional[str],
-                       env: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The sealing sidecar of a publish: Continuous job (logic/live_sealing.py), for build_job."""
+                       env: list[dict[str, Any]], sync: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The sealing sidecar of a publish: Continuous job (logic/live_sealing.py), for build_workload.
+    `sync`: it syncs the filesystem once a directory is sealed (a volume snapshot of it follows)."""
     command = agent_commands.watch(tj.spec.outputDir, interval=config.live_watch_interval,
                                    annotations_file=live_sealing.annotations_file(), upload_to=upload_to,
                                    shared=tj.spec.replicas > 1,
                                    upload_concurrency=config.live_upload_concurrency if upload_to else None,
                                    # volume store: the sealed manifests beside the data (the store is the volume)
-                                   manifests_dir=None if upload_to else posixpath.join(tj.spec.outputDir, MANIFESTS_DIR))
+                                   manifests_dir=None if upload_to else posixpath.join(tj.spec.outputDir, MANIFESTS_DIR),
+                                   sync=sync)
     return live_sealing.sidecar_parts(tj, command, config.agent_image, config.agent_image_pull_policy,
                                     copy.deepcopy(config.live_sidecar_resources), env, OUTPUT_VOLUME,
                                     tj.spec.template.spec)
 
 
+def _restored(volume: dict[str, Any]) -> bool:
+    return bool((volume.get("ephemeral") or {}).get("volumeClaimTemplate", {}).get("spec", {})
+                .get("dataSource", {}).get("kind") == "VolumeSnapshot")
+
+
+def restored_input_volumes(volumes: list[dict[str, Any]]) -> int:
+    """How many of a pod's volumes are restored from snapshots (a claim of each pod's own)."""
+    return sum(1 for v in volumes if _restored(v))
+
+
+def workload_pod_spec(obj: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """The pod spec of a Job's template, or of a JobSet's (one) replicated job's template."""
+    job_spec = (obj or {}).get("spec") or {}
+    if "replicatedJobs" in job_spec:
+        job_spec = ((job_spec.get("replicatedJobs") or [{}])[0].get("template") or {}).get("spec") or {}
+    return ((job_spec.get("template") or {}).get("spec")) or {}
+
+
+def restored_input_claims(obj: Optional[dict[str, Any]], pod: str) -> list[str]:
+    """The claims of a workload's pod's volumes restored from snapshots: generic ephemeral volumes,
+    whose claims are named <pod>-<volume>."""
+    return [f"{pod}-{v['name']}" for v in workload_pod_spec(obj).get("volumes") or [] if _restored(v)]
+
+
 def build_snapshot_pod(tj: TrainingJob, command: list[str], env: list[dict[str, Any]], config: OperatorConfig,
                        read_only: bool = True) -> dict[str, Any]:
-    """The pod that scans the output volume and writes the checkpoints found as its result line
-    (on the s3 store `command` uploads them first). Read-only unless the store keeps the full
-    manifests on the volume (`read_only` False: the agent writes only .ckpt-manifests/ at its root).
-    Its deadline is the base one: the output's size is what it finds out."""
-    container = agent_container("snapshot", command, config,
-                                mounts=[{"name": OUTPUT_VOLUME, "mountPath": AGENT_OUTPUT_MOUNT, "readOnly": read_only}],
-                                env=env)
+    """The pod that scans the output volume (every worker's, with a volume per worker) and writes
+    the checkpoints found as its result line (on the s3 store `command` uploads them first).
+    Read-only unless the store keeps the full manifests on the volume (`read_only` False: the agent
+    writes only .ckpt-manifests/ at its root). Its deadline is the base one: the output's size is
+    what it finds out."""
     metadata = {"name": snapshot_pod_name(tj), "namespace": tj.metadata.namespace,
-                "labels": _labels(tj, "snapshot"), "ownerReferences": [owner_reference(tj)]}
-    return agent_pod(metadata, config, [container], [{"name": OUTPUT_VOLUME, "persistentVolumeClaim": {
-        "claimName": output_claim_name(tj), "readOnly": read_only}}], identity=trainer_identity(tj.spec.template.spec))
+                "labels": training_job_labels(tj, "snapshot"), "ownerReferences": [owner_reference(tj)]}
+    if tj.spec.output.parts_per_worker:  # every worker's volume, at <mount>/worker-<i> (agent/parts.py)
+        names = [f"{OUTPUT_VOLUME}-{i}" for i in range(tj.spec.replicas)]
+        mounts = [{"name": n, "mountPath": posixpath.join(AGENT_OUTPUT_MOUNT, f"worker-{i}"), "readOnly": read_only}
+                  for i, n in enumerate(names)]
+        volumes = [{"name": n, "persistentVolumeClaim": {"claimName": c, "readOnly": read_only}}
+                   for n, c in zip(names, output_claim_names(tj))]
+    else:
+        mounts = [{"name": OUTPUT_VOLUME, "mountPath": AGENT_OUTPUT_MOUNT, "readOnly": read_only}]
+        volumes = [{"name": OUTPUT_VOLUME, "persistentVolumeClaim": {"claimName": output_claim_name(tj),
+                                                                     "readOnly": read_only}}]
+    container = agent_container("snapshot", command, config, mounts=mounts, env=env)
+    return agent_pod(metadata, config, [container], volumes, identity=trainer_identity(tj.spec.template.spec))
 
 
 def build_volume_scan_pod(checkpoint: Checkpoint, config: OperatorConfig) -> dict[str, Any]:
@@ -310,7 +407,7 @@ def build_volume_scan_pod(checkpoint: Checkpoint, config: OperatorConfig) -> dic
         mount["subPath"] = sub_path
     container = agent_container("scan", agent_commands.scan(AGENT_DATA_MOUNT, single=True), config, mounts=[mount])
     metadata = {"name": scan_pod_name(checkpoint), "namespace": checkpoint.metadata.namespace,
-                "labels": _checkpoint_labels(checkpoint, "scan"), "ownerReferences": [owner_reference(checkpoint)]}
+                "labels": checkpoint_labels(checkpoint, "scan"), "ownerReferences": [owner_reference(checkpoint)]}
     return agent_pod(metadata, config, [container], [{"name": "data", "persistentVolumeClaim": {
         "claimName": source.claimName, "readOnly": True}}])
 
@@ -344,7 +441,7 @@ def build_import_claim(checkpoint: Checkpoint, config: OperatorConfig) -> dict[s
     if config.default_storage_class:
         claim_spec["storageClassName"] = config.default_storage_class
     return {"metadata": {"name": import_claim_name(checkpoint), "namespace": checkpoint.metadata.namespace,
-                         "labels": _checkpoint_labels(checkpoint, "import"),
+                         "labels": checkpoint_labels(checkpoint, "import"),
                          "ownerReferences": [owner_reference(checkpoint)]},
             "spec": claim_spec}
 
@@ -365,8 +462,8 @@ def build_import_pod(checkpoint: Checkpoint, config: OperatorConfig,
     Store.import_containers; either way the pod prints the scan as JSON."""
     init_containers, containers, volumes = parts
     metadata: dict[str, Any] = {"name": import_pod_name(checkpoint), "namespace": checkpoint.metadata.namespace,
-                      "labels": _checkpoint_labels(checkpoint, "import"),
-                      "ownerReferences": [owner_reference(checkpoint)]}
+                                "labels": checkpoint_labels(checkpoint, "import"),
+                                "ownerReferences": [owner_reference(checkpoint)]}
     secret = import_sources.import_spec(checkpoint).secret
     if secret:  # the admission policy holds every Secret reference of the pod to this one
         metadata["annotations"] = {SOURCE_SECRET_ANNOTATION: secret}

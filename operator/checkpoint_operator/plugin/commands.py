@@ -173,16 +173,16 @@ def cmd_du(cluster: Cluster, args: argparse.Namespace, io: Io) -> int:
             rows[namespace] = found
     claims = cluster.call("list PersistentVolumeClaims", lambda: cluster.api.list(
         PVCS, None if args.all_namespaces else cluster.namespace))
-    for claim in claims:
-        meta = claim.get("metadata") or {}
-        row = rows.get(meta.get("namespace", ""))
-        if row is None:
-            continue
-        is_copy = LABEL_CLUSTER_CHECKPOINT in (meta.get("labels") or {})  # a copy of a catalog entry
-        if is_copy and meta.get("name") not in row.claims:
-            row.claims.append(meta["name"])
+    catalog_claims: list[dict[str, Any]] = []
+    catalog_row = rows.get(usage.CATALOG_ROW)
+    if catalog_row is not None and catalog_row.claims:  # the catalog's own claims: in the operator's namespace
+        catalog_claims = claims if args.all_namespaces else _catalog_claims(cluster, catalog_row)
+        catalog_claims = [c for c in catalog_claims if LABEL_CLUSTER_CHECKPOINT in
+                          ((c.get("metadata") or {}).get("labels") or {})]
+    usage.attach_copies(rows, claims, LABEL_CLUSTER_CHECKPOINT, args.all_namespaces)
+    index = usage.ClaimIndex.of(claims, catalog_claims)
     for row in rows.values():
-        _measure_claims(row, claims)
+        usage.measure_claims(row, index)
         _measure_prefixes(row, args.endpoint_url)
     ordered = sorted(rows.values(), key=lambda r: (r.namespace == usage.CATALOG_ROW, r.namespace))
     if args.output in ("json", "yaml"):
@@ -195,19 +195,16 @@ def cmd_du(cluster: Cluster, args: argparse.Namespace, io: Io) -> int:
     return 0
 
 
-def _measure_claims(row: usage.Usage, claims: list[dict[str, Any]]) -> None:
-    if not row.claims:
-        return
-    by_name = {(c["metadata"].get("namespace"), c["metadata"]["name"]): c for c in claims}
-    total = 0
-    for name in row.claims:
-        claim = by_name.get((row.namespace, name))
-        capacity = usage.claim_capacity(claim) if claim else None
-        if capacity is None:
-            row.problems.append(f"PersistentVolumeClaim {name}: {'gone' if claim is None else 'no capacity'}")
-            continue
-        total += capacity
-    row.claim_bytes = total
+def _catalog_claims(cluster: Cluster, row: usage.Usage) -> list[dict[str, Any]]:
+    """The catalog entries' claims, of whatever namespace the operator runs in (a cluster-wide list by
+    label); a user not allowed it gets the catalog's STORED as unknown, saying why."""
+    try:
+        return list(cluster.call("list the catalog's PersistentVolumeClaims in all namespaces",
+                                 lambda: cluster.api.list(PVCS, None, label_selector=LABEL_CLUSTER_CHECKPOINT)))
+    except PluginError as exc:
+        row.problems.append(str(exc))
+        row.unmeasured = True
+        return []
 
 
 def _measure_prefixes(row: usage.Usage, endpoint_url: Optional[str]) -> None:
@@ -227,6 +224,7 @@ def _measure_prefixes(row: usage.Usage, endpoint_url: Optional[str]) -> None:
                     break
         except Exception as exc:  # noqa: BLE001 - one line naming the prefix, the rest of the report stands
             row.problems.append(f"cannot list {prefix}: {describe_error(exc, prefix, endpoint_url)}")
+            row.unmeasured = True
             return
     row.stored_s3, row.s3_objects = total, count
 
@@ -345,9 +343,13 @@ def make_room(directory: str, manifest: Optional[Manifest], digest: Optional[str
         return
     if clean and not pull_target.pulled_into(directory, manifest):
         raise PluginError(f"{directory}: --clean empties only a directory a pull wrote, and this one holds no pull "
-                          f"(no {MANIFEST_NAME}, none of the checkpoint's files) but {found.count} entries of its own "
+                          f"(no {MANIFEST_NAME} at its root, no download parts or file of the checkpoint where its "
+                          f"files go) but {found.count} entries of its own "
                           f"(first {found.foreign[0].line()}): pull into a new or empty directory, or remove them "
                           f"yourself")
+    if clean and (repository := pull_target.repository_in(directory, manifest)) is not None:
+        raise PluginError(f"{directory}: holds {printable(repository)}/, a repository: --clean never removes one; "
+                          f"pull into a new or empty directory")
     if clean:
         removed = pull_target.remove_foreign(directory, manifest, digest)
         for item in removed[:pull_target.MAX_LISTED]:
@@ -369,8 +371,8 @@ def _pull_through_pod(cluster: Cluster, checkpoint: CheckpointHead, args: argpar
     value = request_value()
     cluster.annotate(name, {PULL_REQUEST_ANNOTATION: value})
     pod = wait_for_pod(cluster, transfers.pull_pod_name(name), value, checkpoint.metadata.uid, args.timeout, io)
-    volume = status.location.volume if status.location is not None else None
-    session = start_exec(cluster, pod, "hold", transfers.pull_command(volume, checkpoint.status.digest), stdin=False)
+    session = start_exec(cluster, pod, "hold", transfers.pull_command(status.location, checkpoint.status.digest),
+                         stdin=False)
     receiver_name = os.path.basename(os.path.abspath(args.dir))
     clean = getattr(args, "clean", False)
     try:

@@ -35,9 +35,12 @@ class Usage:
     claim_bytes: Optional[int] = None      # capacity of the claims holding its Checkpoints (None: none)
     claims: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    unmeasured: bool = False               # a claim or prefix it holds could not be measured: STORED unknown
 
     @property
     def stored(self) -> Optional[int]:
+        if self.unmeasured:
+            return None  # a part missing would make STORED smaller and SAVED larger than they are (hostile3 F3)
         parts = [p for p in (self.stored_s3, self.claim_bytes) if p is not None]
         return sum(parts) if parts else None
 
@@ -87,6 +90,64 @@ def claim_capacity(claim: dict) -> Optional[int]:
         return None
 
 
+@dataclass
+class ClaimIndex:
+    """The claims listed, indexed once (hostile3 F10: rebuilt per namespace, `du -A` was quadratic)."""
+
+    by_namespace: dict[tuple[str, str], dict] = field(default_factory=dict)
+    catalog: dict[str, dict] = field(default_factory=dict)  # claims of catalog entries, any namespace, by name
+
+    @classmethod
+    def of(cls, claims: Iterable[dict], catalog_claims: Iterable[dict] = ()) -> "ClaimIndex":
+        index = cls()
+        for claim in claims:
+            meta = claim.get("metadata") or {}
+            index.by_namespace[(meta.get("namespace") or "", meta.get("name") or "")] = claim
+        for claim in catalog_claims:
+            meta = claim.get("metadata") or {}
+            index.catalog.setdefault(meta.get("name") or "", claim)
+        return index
+
+
+def attach_copies(rows: dict[str, Usage], claims: Iterable[dict], label: str, all_namespaces: bool) -> None:
+    """A namespace's copies of catalog entries (claims labelled `label`, not the catalog's own) count as
+    stored by it; with `all_namespaces` a namespace holding only copies gets a row of its own."""
+    catalog_row = rows.get(CATALOG_ROW)
+    catalog_own = set(catalog_row.claims) if catalog_row else set()
+    for claim in claims:
+        meta = claim.get("metadata") or {}
+        name, namespace = meta.get("name") or "", meta.get("namespace") or ""
+        if label not in (meta.get("labels") or {}) or name in catalog_own:
+            continue
+        row = rows.get(namespace)
+        if row is None:
+            if not all_namespaces:
+                continue
+            row = rows[namespace] = Usage(namespace)
+        if name not in row.claims:
+            row.claims.append(name)
+
+
+def measure_claims(row: Usage, index: ClaimIndex) -> None:
+    """The capacity of the claims `row` holds: a namespace's in that namespace, the catalog's wherever the
+    catalog namespace is (found by name among the catalog's claims). One that cannot be measured makes
+    STORED unknown ("-"), never 0."""
+    if not row.claims or row.unmeasured:  # the claims could not even be listed: said once already
+        return
+    total = 0
+    for name in row.claims:
+        claim = index.catalog.get(name) if row.namespace == CATALOG_ROW else index.by_namespace.get((row.namespace,
+                                                                                                     name))
+        capacity = claim_capacity(claim) if claim else None
+        if capacity is None:
+            row.problems.append(f"PersistentVolumeClaim {name}: "
+                                f"{'not found (or not readable)' if claim is None else 'no capacity'}")
+            row.unmeasured = True
+            continue
+        total += capacity
+    row.claim_bytes = total
+
+
 def referenced(checkpoints: Iterable[dict]) -> dict[str, Usage]:
     """Per namespace: the Ready Checkpoints, their total size, and where their data is (prefixes, claims)."""
     found: dict[str, Usage] = {}
@@ -104,9 +165,10 @@ def referenced(checkpoints: Iterable[dict]) -> dict[str, Usage]:
             prefix = catalog_prefix(uri) if namespace == CATALOG_ROW else namespace_prefix(uri, namespace)
             if prefix and prefix not in usage.s3_prefixes:
                 usage.s3_prefixes.append(prefix)
-        claim = (location.get("volume") or {}).get("claimName")
-        if claim and claim not in usage.claims:
-            usage.claims.append(claim)
+        parts = [location.get("volume") or {}, *(location.get("volumeParts") or [])]  # parts: one per worker
+        for claim in (part.get("claimName") for part in parts if isinstance(part, dict)):
+            if claim and claim not in usage.claims:
+                usage.claims.append(claim)
     return found
 
 

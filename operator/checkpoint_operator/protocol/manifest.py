@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import IO, Any, Iterable, Optional, Union
-
-from pydantic import (BaseModel, Field, SerializerFunctionWrapHandler, ValidationError, field_validator,
-                      model_serializer)
+import re
+from dataclasses import dataclass, replace
+from typing import IO, Any, ClassVar, Iterable, Optional, Union
 
 from checkpoint_operator.protocol.errors import AgentError
 from checkpoint_operator.protocol.names import NameSpace, collision_problem, path_problem, printable, spelled
@@ -46,21 +45,45 @@ def stored_manifest_name(digest: str) -> str:
     return digest.replace(":", "-", 1) + ".json"
 
 
-class FileEntry(BaseModel):
-    path: str = Field(description="path relative to the checkpoint root, '/'-separated")
-    size: int = Field(ge=0)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+class ManifestInvalid(ValueError):
+    """A manifest (or one of its files) that is not what the model allows: one line, field first."""
 
 
-class Manifest(BaseModel):
+# Plain dataclasses, not pydantic models: every agent pod starts by importing this module, and
+# pydantic's import plus these two models' schemas cost more than the rest of the agent's start
+# (docs/performance.md, start-up). They keep the part of pydantic's interface their callers use
+# (model_validate, model_dump, model_construct, model_copy, model_fields), and validate as
+# strictly: JSON types as declared (no "5" for 5, no true for 1), constraints as before.
+@dataclass(eq=True)
+class FileEntry:
+    path: str  # relative to the checkpoint root, '/'-separated
+    size: int  # >= 0
+    sha256: str  # 64 lowercase hex digits
+
+    @classmethod
+    def model_validate(cls, value: object, where: str = "") -> "FileEntry":
+        data = _object(value, where or "file")
+        return cls(path=_field(data, "path", str, where), size=_count(data, "size", where),
+                   sha256=_sha256(data, where))
+
+    @classmethod
+    def model_construct(cls, **values: Any) -> "FileEntry":
+        return cls(**values)
+
+    def model_dump(self, mode: str = "python") -> dict[str, Any]:
+        return {"path": self.path, "size": self.size, "sha256": self.sha256}
+
+
+@dataclass(eq=True)
+class Manifest:
     """One checkpoint as `agent scan` reports it and as it is stored beside the data."""
 
-    version: int = MANIFEST_VERSION
-    path: str = Field(description="directory relative to the scanned dir, '.' for the root files")
+    path: str  # directory relative to the scanned dir, '.' for the root files
     files: list[FileEntry]
     sizeBytes: int
     fileCount: int
     digest: str
+    version: int = MANIFEST_VERSION
     format: str = "unknown"
     step: Optional[int] = None
     resumable: bool = False
@@ -76,25 +99,138 @@ class Manifest(BaseModel):
     # (each stored under its sha256), relative to the checkpoint's prefix. None: each file is
     # stored under the prefix at its path (the older layout, and every other store). Not part
     # of the digest: it says where the bytes are, and they are checked against their sha256.
-    blobs: Optional[str] = Field(default=None, max_length=1024)
+    blobs: Optional[str] = None
 
-    @field_validator("step", mode="before")
+    model_fields: ClassVar[tuple[str, ...]] = ()  # set below: the field names, as pydantic's mapping's keys
+
+    def __post_init__(self) -> None:
+        # Built from another manifest's model_dump (files as objects): entries, as pydantic made them.
+        if not all(isinstance(f, FileEntry) for f in self.files):
+            self.files = [f if isinstance(f, FileEntry) else FileEntry.model_validate(f, f"files[{i}]")
+                          for i, f in enumerate(self.files)]
+
     @classmethod
-    def _step_within_int64(cls, value: object) -> object:
+    def model_validate(cls, value: object) -> "Manifest":
+        """A manifest from parsed JSON; ManifestInvalid naming the first wrong field otherwise.
+        Unknown fields are ignored (a newer agent's additions)."""
+        data = _object(value, "manifest")
+        # in the fields' order, so the first wrong one is named (as pydantic did)
+        version, path = _field(data, "version", int, "", MANIFEST_VERSION), _field(data, "path", str, "")
+        files = data.get("files")
+        if "files" not in data:
+            raise ManifestInvalid("files: Field required")
+        if not isinstance(files, list):
+            raise ManifestInvalid("files: a list is required")
+        step = data.get("step")
         # A step the status's int64 cannot hold is no step (whoever wrote the manifest).
-        if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= MAX_STEP:
-            return None
-        return value
+        if isinstance(step, int) and not isinstance(step, bool) and not 0 <= step <= MAX_STEP:
+            step = None
+        metrics = data.get("metrics")
+        if metrics is not None and not (isinstance(metrics, dict) and all(
+                isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+                for k, v in metrics.items())):
+            raise ManifestInvalid("metrics: an object of numbers is required")
+        return cls(
+            version=version, path=path,
+            files=[FileEntry.model_validate(f, f"files[{i}]") for i, f in enumerate(files)],
+            sizeBytes=_field(data, "sizeBytes", int, ""), fileCount=_field(data, "fileCount", int, ""),
+            digest=_field(data, "digest", str, ""), format=_field(data, "format", str, "", "unknown"),
+            step=_optional(step, "step", int), resumable=_field(data, "resumable", bool, "", False),
+            complete=_optional(data.get("complete"), "complete", bool),
+            completeReason=_optional(data.get("completeReason"), "completeReason", str),
+            metrics={k: float(v) for k, v in metrics.items()} if metrics is not None else None,
+            blobs=_blobs(data.get("blobs")))
 
-    @model_serializer(mode="wrap")
-    def _without_absent_blobs(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        if data.get("blobs") is None:
-            data.pop("blobs", None)  # manifests without blobs stay byte for byte as before
+    @classmethod
+    def model_validate_json(cls, text: "str | bytes") -> "Manifest":
+        return cls.model_validate(json.loads(text))
+
+    @classmethod
+    def model_construct(cls, **values: Any) -> "Manifest":
+        return cls(**values)
+
+    def model_copy(self, update: Optional[dict[str, Any]] = None) -> "Manifest":
+        return replace(self, **(update or {}))
+
+    def model_dump(self, mode: str = "python", exclude: Optional[set[str]] = None) -> dict[str, Any]:
+        """The fields as JSON values (mode is accepted for pydantic's signature: both give JSON types)."""
+        data = {name: getattr(self, name) for name in _MANIFEST_FIELDS if not exclude or name not in exclude}
+        if "files" in data:
+            data["files"] = [f.model_dump() for f in self.files]
+        if data.get("metrics") is not None:
+            data["metrics"] = dict(data["metrics"])
+        if data.get("blobs", "") is None:
+            del data["blobs"]  # manifests without blobs stay byte for byte as before
         return data
+
+    def model_dump_json(self) -> str:
+        return json.dumps(self.model_dump(), separators=(",", ":"))
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=None, separators=(",", ":"), sort_keys=True)
+
+
+# pydantic's order of the fields (what model_dump and the stored JSON list first)
+_MANIFEST_FIELDS = ("version", "path", "files", "sizeBytes", "fileCount", "digest", "format", "step", "resumable",
+                    "complete", "completeReason", "metrics", "blobs")
+Manifest.model_fields = _MANIFEST_FIELDS
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+MAX_BLOBS_CHARS = 1024  # the blobs directory's reference (objectstore/blobs.py reads up to this)
+_BLOBS_REF = re.compile(r'[ !#-\[\]-~]{1,%d}' % MAX_BLOBS_CHARS)
+_JSON_TYPE = {str: "a string", int: "a whole number", bool: "true or false"}
+
+
+def _object(value: object, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ManifestInvalid(f"{where}: an object is required")
+    return value
+
+
+def _typed(value: object, name: str, kind: type) -> Any:
+    # bool is an int to Python, not to JSON
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ManifestInvalid(f"{name}: {_JSON_TYPE[kind]} is required")
+    return value
+
+
+_REQUIRED = object()
+
+
+def _field(data: dict[str, Any], name: str, kind: type, where: str, default: Any = _REQUIRED) -> Any:
+    label = f"{where}.{name}" if where else name
+    if name not in data:
+        if default is _REQUIRED:
+            raise ManifestInvalid(f"{label}: Field required")  # pydantic's words, which users saw before
+        return default
+    return _typed(data[name], label, kind)
+
+
+def _optional(value: object, name: str, kind: type) -> Any:
+    return None if value is None else _typed(value, name, kind)
+
+
+def _blobs(value: object) -> Optional[str]:
+    blobs: Optional[str] = _optional(value, "blobs", str)
+    # what the collector's scan of stored manifests reads unescaped (objectstore/blobs.py): printable
+    # ASCII without quote or backslash, so no manifest names blobs the collector would not see
+    if blobs is not None and not _BLOBS_REF.fullmatch(blobs):
+        raise ManifestInvalid(f"blobs: 1 to {MAX_BLOBS_CHARS} printable ASCII characters other than '\"' and "
+                              "'\\' are required")
+    return blobs
+
+
+def _count(data: dict[str, Any], name: str, where: str) -> int:
+    value: int = _field(data, name, int, where)
+    if value < 0:
+        raise ManifestInvalid(f"{where}.{name}: must be 0 or more")
+    return value
+
+
+def _sha256(data: dict[str, Any], where: str) -> str:
+    value: str = _field(data, "sha256", str, where)
+    if not _SHA256.fullmatch(value):
+        raise ManifestInvalid(f"{where}.sha256: 64 lowercase hex digits are required")
+    return value
 
 
 def sha256sum_text(files: list[FileEntry]) -> str:
@@ -155,16 +291,6 @@ def manifest_problem(manifest: Manifest) -> Optional[str]:
     return None
 
 
-def _first_validation_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ""
-    for part in err.get("loc", ()):
-        where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
-    count = exc.error_count()
-    more = f" (and {count - 1} more)" if count > 1 else ""
-    return f"{where or 'manifest'}: {err.get('msg', 'invalid')}{more}"
-
-
 def parse_manifest(body: Union[bytes, bytearray, str, dict[str, Any]], where: str) -> Manifest:
     """A manifest from its JSON text (or already parsed JSON), checked for consistency;
     AgentError (one line naming `where`) otherwise."""
@@ -179,8 +305,8 @@ def parse_manifest(body: Union[bytes, bytearray, str, dict[str, Any]], where: st
         raise AgentError(f"invalid manifest at {where}: not a JSON object")
     try:
         manifest = Manifest.model_validate(body)
-    except ValidationError as exc:
-        raise AgentError(f"invalid manifest at {where}: {_first_validation_error(exc)}") from None
+    except ManifestInvalid as exc:
+        raise AgentError(f"invalid manifest at {where}: {exc}") from None
     problem = manifest_problem(manifest)
     if problem:
         raise AgentError(f"invalid manifest at {where}: {problem}")

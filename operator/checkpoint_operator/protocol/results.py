@@ -39,6 +39,7 @@ MAX_RESULT_BYTES = 6 * 1024 * 1024
 # The root files of an output ('.') are mounted one by one on the volume store (a volumeMount
 # each), so their names travel with the result, at most this many; past it `items` is None.
 MAX_ITEMS = 256
+MAX_ITEM = 255  # an item's name or path (what status.location's items hold)
 MAX_SKIPPED_REPORTED = 20     # skipped entries named in a result; skippedCount counts all
 MAX_PROBLEMS_REPORTED = 20    # problems named in a transfer result; problemCount counts all
 MAX_TEXT = 1000               # a reason or message in a result (cut with '...')
@@ -53,6 +54,9 @@ DIGEST = r"^sha256:[0-9a-f]{64}$"
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
 ReportedPath = Annotated[str, Field(max_length=MAX_REPORTED_PATH)]
 Count = Annotated[int, Field(ge=0, le=MAX_INT)]
+# How the agent made the bytes it reports durable before a volume snapshot of them ("syncfs",
+# agent/durability.py); None: not synced (nothing asked it, or the kernel refused).
+Synced = Optional[Annotated[str, Field(max_length=32)]]
 
 
 def cut(text: str, limit: int = MAX_TEXT) -> str:
@@ -68,6 +72,23 @@ class Report(BaseModel):
 
     kind: str
     version: int = RESULT_VERSION
+
+
+# A checkpoint assembled across workers' volumes (output.volumePerWorker) names at most this many
+# workers (the CRD's bound on such jobs is 128).
+MAX_PARTS = 128
+
+
+class PartSummary(BaseModel):
+    """One worker's share of a checkpoint assembled across workers' volumes (agent/parts.py): what
+    the volume store mounts from that worker's claim (protocol/parts.py)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    worker: Annotated[int, Field(ge=0, lt=MAX_PARTS)]
+    # the files or whole directories it provides, relative to the checkpoint's directory; None: the
+    # checkpoint's whole directory (one worker provides every file)
+    items: Optional[Annotated[list[Annotated[str, Field(max_length=MAX_ITEM)]], Field(max_length=MAX_ITEMS)]] = None
 
 
 class CheckpointSummary(BaseModel):
@@ -92,7 +113,10 @@ class CheckpointSummary(BaseModel):
     # volume store: the full manifest was written to <scanned root>/.ckpt-manifests/ (protocol/manifest.py).
     manifestStored: bool = False
     # the root files ('.'): their names, when at most MAX_ITEMS (a volume location mounts them one by one).
-    items: Optional[Annotated[list[Annotated[str, Field(max_length=255)]], Field(max_length=MAX_ITEMS)]] = None
+    items: Optional[Annotated[list[Annotated[str, Field(max_length=MAX_ITEM)]], Field(max_length=MAX_ITEMS)]] = None
+    # volume store, a volume per worker: where each worker's part lies (its full manifest, when
+    # stored, is in the first part's worker's volume). None: one volume holds it all.
+    parts: Optional[Annotated[list[PartSummary], Field(min_length=1, max_length=MAX_PARTS)]] = None
 
     @field_validator("metrics")
     @classmethod
@@ -106,7 +130,7 @@ class CheckpointSummary(BaseModel):
 
     @classmethod
     def of(cls, manifest: Manifest, *, uri: Optional[str] = None, manifest_stored: bool = False,
-           items: Optional[list[str]] = None) -> "CheckpointSummary":
+           items: Optional[list[str]] = None, parts: Optional[list[PartSummary]] = None) -> "CheckpointSummary":
         """The summary of a scanned checkpoint; values a status cannot hold are left out, not
         refused: a step past int64 is no step, a long reason is cut."""
         step = manifest.step if manifest.step is not None and 0 <= manifest.step <= MAX_INT else None
@@ -114,7 +138,7 @@ class CheckpointSummary(BaseModel):
         return cls(path=manifest.path, digest=manifest.digest, sizeBytes=manifest.sizeBytes,
                    fileCount=manifest.fileCount, format=manifest.format, step=step, resumable=manifest.resumable,
                    complete=manifest.complete, completeReason=reason, metrics=manifest.metrics, uri=uri,
-                   manifestStored=manifest_stored, items=items)
+                   manifestStored=manifest_stored, items=items, parts=parts)
 
 
 class Skipped(BaseModel):
@@ -144,6 +168,7 @@ class ScanReport(Report):
     # volume store: why the manifests could not be stored beside the data (the checkpoints are
     # still what was found; their manifestStored is False).
     manifestsProblem: Optional[Text] = None
+    synced: Synced = None  # agent scan --sync: the scanned filesystem was synced (a volume snapshot follows)
 
     @property
     def total_skipped(self) -> int:
@@ -161,6 +186,7 @@ class TransferReport(Report):
     problems: Annotated[list[Problem], Field(max_length=MAX_PROBLEMS_REPORTED)] = []
     problemCount: Count = 0
     reason: Text = ""
+    synced: Synced = None  # agent receive --sync: the receiving filesystem was synced
 
     def problems_text(self, shown: int = 3) -> str:
         lines = [p.line() for p in self.problems[:shown]]
@@ -197,6 +223,7 @@ class SealedCheckpoint(CheckpointSummary):
     skipped: Count = 0
     sealedAt: float = 0.0
     announced: bool = False  # said again by a restarted sidecar (the operator creates nothing twice)
+    synced: Synced = None    # agent watch --sync: the filesystem was synced once it was sealed
 
 
 class SealedEvent(Report):

@@ -73,7 +73,8 @@ def serve_pull(ctx: Context, checkpoint: Checkpoint) -> Optional[float]:
     location = checkpoint.status.location
     if not value:
         return None
-    if location is None or location.volume is None:  # the s3 store: the plugin downloads from the store itself
+    # the s3 store: the plugin downloads from the store itself
+    if location is None or (location.volume is None and location.snapshot is None and not location.volumeParts):
         ctx.warn(checkpoint, "PullRefused", f"{PULL_REQUEST_ANNOTATION}: {checkpoint.metadata.name} is in object "
                                             "storage; kubectl ckpt pull downloads it from there (no pod needed)")
         drop_request(ctx, checkpoint, PULL_REQUEST_ANNOTATION, value)

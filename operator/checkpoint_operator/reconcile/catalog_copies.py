@@ -3,7 +3,8 @@
 Made once per namespace, on the first job there that uses the entry: a claim owned by the entry and an
 import pod (also owned by the entry) that fetches the source at the recorded commit and scans it; the
 copy is used only once its digest equals the entry's (the claim then carries it in an annotation), and
-later jobs of the namespace mount it directly. The copy pod is kept once it succeeded: a second job
+later jobs of the namespace mount it directly. A copy that failed or did not verify is deleted (its
+claim is the operator's, never mounted by a job), so that the next job copies into an empty claim. The copy pod is kept once it succeeded: a second job
 that reads the result again finds the same pod (one name, created once), never starts a second copy
 into the same claim. Both go with the entry (owner references).
 """
@@ -15,7 +16,7 @@ from typing import Any, Optional
 
 from checkpoint_operator.api.clustercheckpoint import ClusterCheckpoint
 from checkpoint_operator.api.trainingjob import TrainingJob
-from checkpoint_operator.kube import PVCS, ApiError
+from checkpoint_operator.kube import PODS, PVCS, ApiError
 from checkpoint_operator.logic import catalog
 from checkpoint_operator.logic.inputs import InputWait, ResolvedInput
 from checkpoint_operator.logic.results import Fail, Wait
@@ -51,6 +52,12 @@ def namespace_copy(ctx: Context, tj: TrainingJob, entry_body: dict[str, Any],
     refusal = catalog.copy_refusal(entry)
     if refusal:
         return Fail("InputNotCopyable", refusal)
+    describe = f"copying ClusterCheckpoint {entry.metadata.name} into namespace {namespace} (once for the namespace)"
+    if claim is not None and owned_by(claim, entry.metadata.uid) and (claim.get("metadata") or {}).get(
+            "deletionTimestamp"):
+        _finish_copy_pod(ctx, namespace, entry)  # a crash between the claim's deletion and its pod's
+        return Wait("CopyDiscarded", f"{describe}: the earlier copy, which did not verify, is being deleted; a new "
+                    f"one follows", requeue_after=CLAIM_RECHECK)
     if claim is None:
         squatted = template_claims.squatted(ctx, namespace, name)  # a template that would mount it read-write
         if squatted:
@@ -61,7 +68,6 @@ def namespace_copy(ctx: Context, tj: TrainingJob, entry_body: dict[str, Any],
                     requeue_after=CLAIM_RECHECK)
     parts = store.copy_containers(entry, name, ctx.config.max_checkpoint_bytes)
     pod = catalog.build_copy_pod(entry, ctx.config, namespace, parts)
-    describe = f"copying ClusterCheckpoint {entry.metadata.name} into namespace {namespace} (once for the namespace)"
     pin = agent_runs.PodPin(recorded=(claim["metadata"].get("annotations") or {}).get(catalog.COPY_POD_ANNOTATION),
                             record=lambda uid: _record_copy_pod(ctx, namespace, name, uid))
     run = agent_runs.follow(ctx, entry, pod, COPY, pin=pin)
@@ -71,15 +77,19 @@ def namespace_copy(ctx: Context, tj: TrainingJob, entry_body: dict[str, Any],
         if run.problem is not None:
             return InputWait(run.problem.reason, f"{describe}: {run.problem.message}")
         return InputWait("CopyingInput", describe)
+    # A copy that did not verify: its claim first (a crash in between leaves a claim being deleted,
+    # whose wait finishes the pod), then its pod; the next job of the namespace copies into a new claim.
     if isinstance(run, agent_runs.PodFailed):
-        agent_runs.finish(ctx, pod)  # the next job of the namespace tries again
-        return Fail("InputCopyFailed", f"{describe}: {run.message}")
+        discarded = _discard(ctx, namespace, name, entry)
+        agent_runs.finish(ctx, pod)
+        return Fail("InputCopyFailed", f"{describe}: {run.message}{discarded}")
     assert run.result is not None
     manifests = run.result.checkpoints
     digest = manifests[0].digest if len(manifests) == 1 else "(no files)"
     if digest != entry.status.digest:
+        discarded = _discard(ctx, namespace, name, entry)
         agent_runs.finish(ctx, pod)
-        return Fail("InputCopyMismatch", catalog.copy_mismatch(entry, digest))
+        return Fail("InputCopyMismatch", f"{catalog.copy_mismatch(entry, digest)}{discarded}")
     marked = _mark_verified(ctx, namespace, claim, digest)
     if marked is not None:
         return marked
@@ -88,6 +98,29 @@ def namespace_copy(ctx: Context, tj: TrainingJob, entry_body: dict[str, Any],
 
 def _record_copy_pod(ctx: Context, namespace: str, claim: str, uid: str) -> None:
     ctx.kube.patch(PVCS, namespace, claim, {"metadata": {"annotations": {catalog.COPY_POD_ANNOTATION: uid}}})
+
+
+def _finish_copy_pod(ctx: Context, namespace: str, entry: ClusterCheckpoint) -> None:
+    """Delete the entry's copy pod in `namespace`, if there is one and it is the entry's."""
+    pod = ctx.kube.get(PODS, namespace, catalog.copy_pod_name(entry))
+    if pod is not None and owned_by(pod, entry.metadata.uid):
+        agent_runs.finish(ctx, pod)
+
+
+def _discard(ctx: Context, namespace: str, name: str, entry: ClusterCheckpoint) -> str:
+    """Delete a copy that did not verify (the operator's own claim, never mounted by a job: only a
+    verified copy is), so that the namespace's next job copies into an empty one; what happened, for
+    the message. Conditional on the claim as just read: an adopter added meanwhile keeps it."""
+    claim = ctx.kube.get(PVCS, namespace, name)
+    if not catalog.copy_discardable(claim, entry):
+        return ""
+    assert claim is not None
+    meta = claim["metadata"]
+    try:
+        ctx.kube.delete(PVCS, namespace, name, uid=meta.get("uid"), resource_version=meta.get("resourceVersion"))
+    except ApiError as exc:
+        return f" (the copy that did not verify, PersistentVolumeClaim {name}, could not be deleted: {exc})"
+    return "; the copy that did not verify is deleted: the namespace's next job copies again"
 
 
 def _mark_verified(ctx: Context, namespace: str, claim: dict[str, Any], digest: str) -> Optional[InputWait]:

@@ -13,10 +13,11 @@ from checkpoint_operator.api.checkpoint import (Checkpoint, CheckpointPhase, Che
 from checkpoint_operator.api.sources import SourceStatus
 from checkpoint_operator.reconcile import (agent_runs, checkpoint_upload, claim_holds, live_sealing, template_claims,
                                           volumes)
+from checkpoint_operator.reconcile import volume_snapshots as volume_snapshot_steps
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.kube import NAMESPACES, PVCS, ApiError
-from checkpoint_operator.logic import import_sources, limits, workload
+from checkpoint_operator.logic import import_sources, limits, volume_snapshots, workload
 from checkpoint_operator.logic.limits import NAMESPACE_LIMIT_ANNOTATION
 from checkpoint_operator.logic.results import Done, Fail, Result, Wait
 from checkpoint_operator.logic.snapshot import ready_change
@@ -111,8 +112,21 @@ def import_checkpoint(ctx: Context, checkpoint: Checkpoint) -> Result:
     if not isinstance(result, ScanReport):
         return result
     manifest = result.checkpoints[0]
+    claim = workload.import_claim_name(checkpoint)
+    taken = None
+    request = store.import_snapshot(checkpoint, claim)
+    if request is not None:  # kept in a volume snapshot of the import's volume (logic/volume_snapshots.py)
+        if not volume_snapshots.is_synced(result.synced):
+            agent_runs.finish(ctx, pod)
+            return Fail("ImportFailed", f"import of {origin}: the import pod did not report its volume's filesystem "
+                                        "synced (syncfs): no volume snapshot is taken of bytes that may not be on "
+                                        "the disk")
+        got = volume_snapshot_steps.take(ctx, request)
+        if isinstance(got, Wait):
+            return got
+        taken = got
     try:
-        location = store.import_location(checkpoint, workload.import_claim_name(checkpoint), manifest)
+        location = store.import_location(checkpoint, claim, manifest, taken)
         if not store.is_committed(location):
             raise MissingUpload("the upload into the store did not complete (no manifest)")
     except MissingUpload as exc:
@@ -126,6 +140,8 @@ def import_checkpoint(ctx: Context, checkpoint: Checkpoint) -> Result:
     change = ready_change(manifest, location, owned=True)
     write_status(ctx, checkpoint, change.with_fields(CheckpointStatus(source=provenance)))
     agent_runs.finish(ctx, pod)
+    if taken is not None:  # the data is in the snapshot: the import's volume is released
+        volume_snapshot_steps.release_claim(ctx, checkpoint, claim, taken.name)
     return Done()
 
 

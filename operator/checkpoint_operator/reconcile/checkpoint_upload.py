@@ -19,10 +19,11 @@ from typing import Any
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointPhase, CheckpointStatus
 from checkpoint_operator.api.upload import UPLOAD_REQUEST_ANNOTATION, UploadStatus
 from checkpoint_operator.reconcile import agent_runs, template_claims, volumes
+from checkpoint_operator.reconcile import volume_snapshots as volume_snapshot_steps
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.annotation_requests import clear_stale_pod, drop_request
 from checkpoint_operator.reconcile.status_writer import write_status
-from checkpoint_operator.logic import transfers, workload
+from checkpoint_operator.logic import transfers, volume_snapshots, workload
 from checkpoint_operator.logic.results import Done, Fail, Result, Wait
 from checkpoint_operator.logic.snapshot import ready_change
 from checkpoint_operator.logic.status import StatusChange
@@ -79,11 +80,26 @@ def await_upload(ctx: Context, checkpoint: Checkpoint) -> Result:
     manifest = result.checkpoint
     if checkpoint.spec.format:  # the pusher's hint wins over detection (spec.format)
         manifest = manifest.model_copy(update={"format": checkpoint.spec.format})
-    ready = ready_change(manifest, serving.location, owned=True)
+    claim = workload.import_claim_name(checkpoint)
+    snapshot_request = store.import_snapshot(checkpoint, claim)
+    location, taken = serving.location, None
+    if snapshot_request is not None:  # kept in a volume snapshot of the push's volume (logic/volume_snapshots.py)
+        if not volume_snapshots.is_synced(result.synced):
+            agent_runs.finish(ctx, pod)
+            return Fail("UploadFailed", "the receiver pod did not report its volume's filesystem synced (syncfs): no "
+                                        "volume snapshot is taken of bytes that may not be on the disk")
+        got = volume_snapshot_steps.take(ctx, snapshot_request)
+        if isinstance(got, Wait):
+            return got
+        taken = got
+        location = store.import_location(checkpoint, claim, manifest, taken)
+    ready = ready_change(manifest, location, owned=True)
     write_status(ctx, checkpoint, ready.with_fields(CheckpointStatus(upload=None)))
     metrics.TRANSFERRED_BYTES.labels("import").inc(manifest.sizeBytes)
     agent_runs.finish(ctx, pod)
     drop_request(ctx, checkpoint, UPLOAD_REQUEST_ANNOTATION, request.value)
+    if taken is not None:  # the data is in the snapshot: the push's volume is released
+        volume_snapshot_steps.release_claim(ctx, checkpoint, claim, taken.name)
     return Done()
 
 

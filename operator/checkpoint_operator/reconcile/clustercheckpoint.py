@@ -81,8 +81,8 @@ def _add_finalizer(ctx: Context, entry: ClusterCheckpoint) -> None:
 
 
 def sync_used_by(ctx: Context, entry: ClusterCheckpoint) -> None:
-    wanted = catalog.used_by_status(ctx.indexes.users_of_cluster_checkpoint(entry.metadata.uid))
-    if (entry.status.usedBy or [], entry.status.usedByCount or 0) != (wanted.usedBy, wanted.usedByCount):
+    wanted = catalog.used_by_status(ctx.indexes.users_of_cluster_checkpoint(entry.metadata.uid, entry.metadata.name))
+    if (entry.status.usedBy or [], entry.status.usedByCount or 0) != ([], wanted.usedByCount):
         write_status(ctx, entry, StatusChange(fields=wanted))
 
 
@@ -171,11 +171,15 @@ def entry_fields(change: StatusChange, provenance: SourceStatus, license: Option
 
 # --- deletion: the in-use protection, across namespaces --------------------------------------------
 
-def blocking_users(training_jobs: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """(namespace, name) of the listed TrainingJobs that have not finished."""
+def blocking_users(training_jobs: list[dict[str, Any]], entry: str) -> list[tuple[str, str]]:
+    """(namespace, name) of the listed TrainingJobs that have not finished and whose spec names the
+    entry: the label alone, which a tenant may put on any job, holds nothing (hostile3 F8)."""
     users = []
     for body in training_jobs:
         meta, status = body.get("metadata", {}), body.get("status") or {}
+        refs = (body.get("spec") or {}).get("checkpoints") or []
+        if not any(isinstance(ref, dict) and ref.get("clusterCheckpoint") == entry for ref in refs):
+            continue
         try:
             finished = TrainingJobPhase(status.get("phase") or "Pending").is_finished
         except ValueError:
@@ -199,12 +203,14 @@ def guard_deletion(ctx: Context, entry: ClusterCheckpointHead) -> Optional[float
     meta = entry.metadata
     if not meta.has_finalizer(PROTECTION_FINALIZER):
         return None
-    users = blocking_users(live_users(ctx, meta.uid))
+    users = blocking_users(live_users(ctx, meta.uid), meta.name)
     if users:
         first_time = entry.ready_reason() != "DeletionBlocked"
+        message = catalog.deletion_blocked_message(users)
+        if first_time or entry.status.message != message:  # who blocks it: for administrators only
+            ctx.warn(entry, "DeletionBlocked", catalog.deletion_blocked_by(users))
         write_status(ctx, entry, StatusChange(
-            reason="DeletionBlocked", message=catalog.deletion_blocked_message(users),
-            ready=entry.phase == CheckpointPhase.READY, event="Warning"))
+            reason="DeletionBlocked", message=message, ready=entry.phase == CheckpointPhase.READY))
         if first_time:
             metrics.BLOCKED_DELETIONS.inc()
         return None

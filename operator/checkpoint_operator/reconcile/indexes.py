@@ -176,9 +176,12 @@ class Indexes:
     def cluster_checkpoint_by_uid(self, uid: str) -> Optional[CheckpointInfo]:
         return self._one(self._cluster_checkpoints, ("uid", uid), CheckpointInfo)
 
-    def users_of_cluster_checkpoint(self, uid: str) -> list[CatalogUse]:
-        """The unfinished TrainingJobs of any namespace labelled as using the catalog entry."""
-        return self._all(self._training_jobs, ("uses-any", uid), CatalogUse)
+    def users_of_cluster_checkpoint(self, uid: str, name: str) -> list[CatalogUse]:
+        """The unfinished TrainingJobs of any namespace labelled as using the catalog entry `uid` whose
+        spec names it (`name`): a label alone, which a tenant may set on any job, is no use."""
+        naming = {(j.namespace, j.name) for j in self._all(self._training_jobs, ("wants-cluster", name), NamespacedJob)}
+        return [u for u in self._all(self._training_jobs, ("uses-any", uid), CatalogUse)
+                if (u.namespace, u.name) in naming]
 
     def jobs_waiting_on_cluster_checkpoint(self, name: str) -> list[NamespacedJob]:
         """The unfinished TrainingJobs whose spec names the catalog entry."""

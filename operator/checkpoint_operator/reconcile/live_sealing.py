@@ -24,19 +24,22 @@ its start (a piece per pass), and the end-of-job snapshot scans everything.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Collection, Optional
 
 from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.trainingjob import (LiveStatus, RetiredCheckpoint, TrainingJob, TrainingJobHead,
                                                  TrainingJobStatus)
 from checkpoint_operator.reconcile import publish
+from checkpoint_operator.reconcile import volume_snapshots as volume_snapshot_steps
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.reconcile.objects import InvalidObject, parse
 from checkpoint_operator.kube import CHECKPOINTS, PODS, TRAINING_JOBS, ApiError
 from checkpoint_operator.logic import data_holds, live_sealing, workload
 from checkpoint_operator.logic.conditions import now_rfc3339
-from checkpoint_operator.logic.snapshot import plan_snapshot
+from checkpoint_operator.logic.snapshot import SnapshotPlan, plan_snapshot
+from checkpoint_operator.logic.volume_snapshots import TakenSnapshot
 from checkpoint_operator.protocol.results import CheckpointSummary, ScanReport, SealedCheckpoint
 from checkpoint_operator.logic.status import StatusChange
 from checkpoint_operator.storage import MissingUpload, Store, store_for
@@ -128,31 +131,42 @@ def _publish(ctx: Context, tj: TrainingJob, events: live_sealing.LogEvents) -> T
         if info is not None and ("changed", path, info.digest or "") not in memory.reported:
             memory.reported.add(("changed", path, info.digest or ""))
             publish.mark_changed(ctx, tj, info, line.message or f"{path} changed after it was sealed",
-                                 bytes_in_place=store.keeps_output_claim)
+                                 bytes_in_place=store.later_writes_reach_checkpoints)
 
     fresh: list[CheckpointSummary] = [m for m in events.sealed if (m.path, m.digest) not in known and
                                       (m.path, m.digest) not in retired and _located(ctx, tj, store, claim, m, memory)]
-    plan = plan_snapshot(tj, ScanReport(checkpoints=fresh), lambda n: ctx.indexes.checkpoint(namespace, n),
-                         lambda m: store.live_location(tj, claim, m), existing=existing, retired=retired)
+    taken: dict[str, TakenSnapshot] = {}
+
+    def plan_now() -> SnapshotPlan:
+        return plan_snapshot(tj, ScanReport(checkpoints=fresh), lambda n: ctx.indexes.checkpoint(namespace, n),
+                             lambda m: store.live_location(tj, claim, m, taken.get(m.path)),
+                             existing=existing, retired=retired)
+    plan = plan_now()
     for conflict in plan.conflicts:  # reported once; the end-of-job snapshot waits on it
         if ("conflict", conflict.directory, conflict.name) not in memory.reported:
             memory.reported.add(("conflict", conflict.directory, conflict.name))
             ctx.warn(tj, "NameConflict", conflict.message)
+    if _take_snapshots(ctx, tj, store, claim, plan, {m.path: m.digest for m in fresh}, events, taken, memory):
+        plan = plan_now()  # the same decisions, now with the snapshots' locations
     for info, manifest in plan.changed:
         if ("changed", info.directory or "", info.digest or "") not in memory.reported:
             memory.reported.add(("changed", info.directory or "", info.digest or ""))
             publish.mark_changed(ctx, tj, info, f"{info.directory} was sealed again with digest {manifest.digest}",
-                                 bytes_in_place=store.keeps_output_claim)
+                                 bytes_in_place=store.later_writes_reach_checkpoints)
 
     bodies = []
     for planned in plan.checkpoints:
         if not store.is_committed(planned.location):
-            continue  # announced before its upload was committed: published at a later pass
+            continue  # announced before its upload (or its volume snapshot) was done: published at a later pass
         body = publish.create_checkpoint(ctx, tj, planned)
         if body is not None:  # None: the name was taken meanwhile; planned again at the next pass
             bodies.append((body, planned))
     if bodies and store.keeps_output_claim:  # owned before Ready: deleting the job never takes their bytes
         publish.own_output_claim(ctx, tj, claim, [publish.checkpoint_owner(b) for b, _ in bodies], keep_job=True)
+    for body, planned in bodies:  # volume snapshots: owned by the Checkpoint before it is Ready
+        if planned.directory in taken:
+            volume_snapshot_steps.hand_over(ctx, namespace, taken[planned.directory].name,
+                                            [publish.checkpoint_owner(body)], tj.metadata.uid)
     created = []
     for body, planned in bodies:
         checkpoint = publish.mark_ready(ctx, body, planned)
@@ -249,6 +263,41 @@ def checkpoint_released(ctx: Context, checkpoint: Checkpoint) -> None:
     _record_live(ctx, tj, sealed=0, retire=[(source.directory, digest)])
 
 
+def _take_snapshots(ctx: Context, tj: TrainingJob, store: Store, claim: str, plan: SnapshotPlan,
+                    digests: dict[str, str], events: live_sealing.LogEvents, taken: dict[str, TakenSnapshot],
+                    memory: live_sealing.LiveMemory) -> bool:
+    """With volume snapshots: one of the output volume per sealed directory to publish (the
+    sidecar synced the filesystem first), read until it is ready; `taken` gets the ready ones.
+    Whether any is. A directory whose line does not say it was synced is left to the end-of-job
+    snapshot (one warning). A snapshot being cut is read again only after the wait `take` says
+    (not at every pass: a cloud snapshot may take minutes)."""
+    next_look = memory.snapshot_next_look
+    now = time.monotonic()
+    for planned in plan.checkpoints:
+        digest = digests.get(planned.directory, "")
+        request = store.output_snapshot(tj, claim, f"{planned.directory}@{digest}")
+        if request is None:
+            return False  # this store locates sealed checkpoints without volume snapshots
+        if (planned.directory, digest) not in events.synced:
+            if ("unsynced", planned.directory, digest) not in memory.reported:
+                memory.reported.add(("unsynced", planned.directory, digest))
+                ctx.warn(tj, "SealNotSynced", f"{planned.directory}: the sealing sidecar did not report its bytes "
+                                              "on the disk (syncfs); left to the snapshot at the end of the job")
+            continue
+        if next_look.get(request.name, 0.0) > now:
+            continue
+        result = volume_snapshot_steps.take(ctx, request)
+        if isinstance(result, TakenSnapshot):
+            taken[planned.directory] = result
+            next_look.pop(request.name, None)
+            continue
+        next_look[request.name] = now + (result.requeue_after or 0.0)
+        if result.stalled and ("snapshot", result.reason) not in memory.reported:
+            memory.reported.add(("snapshot", result.reason))
+            ctx.warn(tj, result.reason or "VolumeSnapshotFailed", result.message)
+    return bool(taken)
+
+
 def retired_refusal(ctx: Context, claim: dict[str, Any], path: str) -> Optional[str]:
     """An adoption of `path` on the output claim of a running live-sealing job that overlaps a
     directory its retention released (being removed by the sidecar): why it is refused, or None.
@@ -271,6 +320,7 @@ def retired_refusal(ctx: Context, claim: dict[str, Any], path: str) -> Optional[
         if refusal:
             return refusal
     return None
+
 
 def _located(ctx: Context, tj: TrainingJob, store: Store, claim: str, manifest: SealedCheckpoint,
              memory: live_sealing.LiveMemory) -> bool:

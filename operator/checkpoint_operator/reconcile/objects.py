@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pydantic
-from pydantic_core import ErrorDetails
 
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead
 from checkpoint_operator.api.clustercheckpoint import ClusterCheckpoint, ClusterCheckpointHead
+from checkpoint_operator.api.messages import describe
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobHead
 
 Obj = TypeVar("Obj", TrainingJob, Checkpoint, ClusterCheckpoint)
@@ -27,20 +27,17 @@ class InvalidObject(Exception):
     body: dict[str, Any]
     error: pydantic.ValidationError
 
+    model: type[pydantic.BaseModel] = pydantic.BaseModel  # what it was validated as: names the allowed fields
+
     def message(self) -> str:
-        def one(error: ErrorDetails) -> str:
-            message = error["msg"].removeprefix("Value error, ")
-            if message.startswith("spec."):  # our CEL-twin messages already name the field
-                return message
-            return f"{'.'.join(str(p) for p in error['loc'])}: {message}" if error["loc"] else message
-        return "; ".join(one(e) for e in self.error.errors())
+        return describe(self.error, self.model)
 
 
 def parse(model: type[Obj], body: dict[str, Any]) -> Obj:
     try:
         return model.model_validate(body)
     except pydantic.ValidationError as error:
-        raise InvalidObject(body, error) from None
+        raise InvalidObject(body, error, model) from None
 
 
 def parse_head(model: type[Head], body: dict[str, Any]) -> Head:

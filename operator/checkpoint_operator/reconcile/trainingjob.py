@@ -15,11 +15,12 @@ from typing import Any, Optional
 
 from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator import PROTECTION_FINALIZER
-from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead
+from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead, CheckpointPhase
 from checkpoint_operator.api.clustercheckpoint import ClusterCheckpointHead
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobHead, TrainingJobPhase, TrainingJobStatus
 from checkpoint_operator.reconcile import (agent_runs, catalog_copies, claim_holds, live_sealing, publish,
                                            template_claims, volumes, workloads)
+from checkpoint_operator.reconcile import volume_snapshots as volume_snapshot_steps
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.objects import InvalidObject, parse, parse_head
 from checkpoint_operator.reconcile import status_writer
@@ -27,15 +28,16 @@ from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.kube import CHECKPOINTS, CLUSTER_CHECKPOINTS, PODS, PVCS, TRAINING_JOBS, ApiError, Conflict
 from checkpoint_operator.logic import engines, kueue, rendezvous, workers
 from checkpoint_operator.logic import trainingjob_flow as flow
-from checkpoint_operator.logic import workload
+from checkpoint_operator.logic import volume_snapshots, workload
 from checkpoint_operator.logic.agent_pods import AGENT_OUTPUT_MOUNT, downloaded_input, last_error_line, pod_failure
 from checkpoint_operator.logic.conditions import now_rfc3339, seconds_since
 from checkpoint_operator.logic.inputs import (Candidate, CheckpointInfo, InputWait, ResolvedInput, check_live_input,
-                                              resolve_inputs)
+                                              input_on_other_store, resolve_inputs)
 from checkpoint_operator.logic.protection import label_patch, used_uids
 from checkpoint_operator.logic.results import Advance, Done, Fail, Result, Wait
 from checkpoint_operator.logic.snapshot import (SnapshotPlan, conflict_wait, not_stored, plan_snapshot, skipped_message,
                                                 storable)
+from checkpoint_operator.logic.volume_snapshots import TakenSnapshot
 from checkpoint_operator.protocol.results import ScanReport
 from checkpoint_operator.logic.status import StatusChange
 from checkpoint_operator.storage import MissingUpload, Store, store_for
@@ -154,17 +156,19 @@ def _create_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput])
     if refused:
         return Fail("ManagedClaim", refused)
     if tj.output_enabled:
-        squatted = template_claims.squatted(ctx, tj.metadata.namespace, workload.output_claim_name(tj))
+        squatted = next(filter(None, (template_claims.squatted(ctx, tj.metadata.namespace, claim)
+                                      for claim in workload.output_claim_names(tj))), None)
         if squatted:
             return Wait("ClaimNamedByTrainingJob", squatted, requeue_after=template_claims.SQUAT_RECHECK)
     made = _make_workload(ctx, tj, inputs, attempt=0, deadline=None)
     if not isinstance(made, _Made):
         return made
     write_status(ctx, tj, flow.running_change(made.name, [i.name for i in inputs],
-                                              workload.output_claim_name(tj) if tj.output_enabled else None,
+                                              workload.output_claim_names(tj)[0] if tj.output_enabled else None,
                                               now_rfc3339(), made.publish, pinned=tj.status.inputs is not None,
                                               kind=made.kind, queue=kueue.queue_name(tj.metadata.labels),
-                                              rendezvous=made.rendezvous, job_uid=made.uid))
+                                              rendezvous=made.rendezvous, job_uid=made.uid)
+                 .with_fields(made.restored_fields()))
     return Advance()
 
 
@@ -177,6 +181,10 @@ class _Made:
     publish: Optional[str]
     rendezvous: Optional[str]
     uid: Optional[str]  # status.jobUid: only pods it controls are the job's workers
+    restored: int  # volumes of each pod restored from snapshots (its inputs)
+
+    def restored_fields(self) -> TrainingJobStatus:
+        return TrainingJobStatus(restoredInputs=self.restored) if self.restored else TrainingJobStatus()
 
 
 def _make_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput], attempt: int,
@@ -189,21 +197,31 @@ def _make_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput], a
                                           "it is installed", requeue_after=ctx.config.engine_check_interval,
                     stalled=True)
     store = store_for(ctx.config)
+    elsewhere = input_on_other_store(inputs, store.name)
+    if elsewhere:
+        return Fail("InputOnOtherStore", elsewhere)
+    if tj.output_enabled and tj.spec.output.parts_per_worker and store.syncs_before_snapshots:
+        return Fail("InvalidSpec", "spec.output.volumePerWorker and perWorker are not supported yet with volume "
+                                   "snapshots (the operator's storage.volume.snapshotClassName): use the volume store "
+                                   "without snapshots or the s3 store")
     publish_mode = flow.publish_mode(tj, ctx.config.default_publish)
     at = workloads.rendezvous_for(ctx, tj) if rendezvous.is_distributed(tj) else None
     try:
-        sidecar = workload.build_live_sidecar(tj, ctx.config, store.live_upload_prefix(tj), store.agent_env()) \
+        sidecar = workload.build_live_sidecar(tj, ctx.config, store.live_upload_prefix(tj), store.agent_env(),
+                                              sync=store.syncs_before_snapshots) \
             if publish_mode == "Continuous" else None
-        built = workload.build_workload(tj, inputs, store.input_volumes(tj, inputs), sidecar, rendezvous_at=at,
-                                        attempt=attempt, deadline=deadline)
-    except workload.InvalidSpec as exc:
+        staged = store.input_volumes(tj, inputs)
+        built = workload.build_workload(tj, inputs, staged, sidecar, rendezvous_at=at, attempt=attempt,
+                                        deadline=deadline)
+    except (workload.InvalidSpec, volume_snapshots.SnapshotNotReady) as exc:
         return Fail("InvalidSpec", str(exc))
     for warning in built.warnings:
         ctx.warn(tj, "EnvOverridden", warning)
     namespace = tj.metadata.namespace
     try:
         if tj.output_enabled:
-            _ensure_owned(tj, ctx.kube.ensure(PVCS, namespace, workload.build_output_claim(tj, ctx.config)))
+            for claim in workload.build_output_claims(tj, ctx.config):
+                _ensure_owned(tj, ctx.kube.ensure(PVCS, namespace, claim))
         if rendezvous.needs_service(tj):
             _ensure_owned(tj, workloads.ensure_service(ctx, tj))
         made = _ensure_owned(tj, workloads.ensure(ctx, tj, built.job))
@@ -214,8 +232,10 @@ def _make_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput], a
             return Fail("InvalidSpec", f"the API server refused the {built.job['kind']} or its volume: {exc.message}")
         return Wait("CreateRefused", f"creating the {built.job['kind']} or its volume failed: {exc}",
                     requeue_after=RETRY_SOON)
+    # The pods of a workload with inputs restored from snapshots are deleted when it is over
+    # (_release_restored_inputs): the status counts those volumes.
     return _Made(built.job["metadata"]["name"], built.job["kind"], publish_mode, at.endpoint if at else None,
-                 made["metadata"].get("uid"))
+                 made["metadata"].get("uid"), workload.restored_input_volumes(staged.volumes))
 
 
 def _adopt_started_job(ctx: Context, tj: TrainingJob) -> Optional[Result]:
@@ -226,10 +246,14 @@ def _adopt_started_job(ctx: Context, tj: TrainingJob) -> Optional[Result]:
         return None
     names = [p.name for p in tj.status.inputs or []]
     queued = kueue.queue_name(tj.metadata.labels) if engines.engine_of(tj).read(job).suspended else None
-    write_status(ctx, tj, flow.running_change(job["metadata"]["name"], names,
-                                              workload.output_claim_name(tj) if tj.output_enabled else None,
-                                              now_rfc3339(), flow.publish_mode_of_job(job), kind=job.get("kind", "Job"),
-                                              queue=queued, job_uid=job["metadata"].get("uid")))
+    change = flow.running_change(job["metadata"]["name"], names,
+                                 workload.output_claim_names(tj)[0] if tj.output_enabled else None,
+                                 now_rfc3339(), flow.publish_mode_of_job(job), kind=job.get("kind", "Job"), queue=queued,
+                                 job_uid=job["metadata"].get("uid"))
+    restored = workload.restored_input_volumes(workload.workload_pod_spec(job).get("volumes") or [])
+    if restored:  # as _create_workload records it: its pods are released when the workload is over
+        change = change.with_fields(TrainingJobStatus(restoredInputs=restored))
+    write_status(ctx, tj, change)
     return Advance()
 
 
@@ -308,7 +332,7 @@ def follow_job(ctx: Context, tj: TrainingJob) -> Result:
         tj = write_status(ctx, tj, change)
 
     if state.outcome is None:
-        return _running(ctx, tj, pods, state)
+        return _running(ctx, tj, pods, state, obj)
     stopping = workers.live(pods)
     if stopping:  # the workload is over, some worker still stops: nothing may write the output then
         return flow.stopping_wait(stopping)
@@ -331,7 +355,8 @@ def follow_job(ctx: Context, tj: TrainingJob) -> Result:
     return _finish(ctx, tj, False, outcome)
 
 
-def _running(ctx: Context, tj: TrainingJob, pods: list[workers.WorkerPod], state: engines.WorkloadState) -> Result:
+def _running(ctx: Context, tj: TrainingJob, pods: list[workers.WorkerPod], state: engines.WorkloadState,
+             obj: Optional[dict[str, Any]]) -> Result:
     problems = [p.problem for p in pods if p.problem]
     kind = state.kind
     awaiting_pods = not pods and not state.suspended
@@ -339,12 +364,17 @@ def _running(ctx: Context, tj: TrainingJob, pods: list[workers.WorkerPod], state
         refused = volumes.refused_pods(ctx, tj.metadata.namespace, engines.engine_of(tj).pod_job_name(state.name))
         if refused is not None:
             return replace(flow.running_wait(tj, [refused], kind), requeue_after=volumes.PODS_RECHECK)
-    if tj.output_enabled and any(p.phase == PodPhase.PENDING for p in pods) and \
-            all(flow.may_wait_on_a_volume(p) for p in problems):
-        claim = volumes.unbound_claim(ctx, tj.metadata.namespace,
-                                      tj.status.outputClaim or workload.output_claim_name(tj))
-        if claim is not None:  # the claim's own reason says more than the scheduler's
-            return replace(flow.running_wait(tj, [claim], kind), requeue_after=volumes.CLAIM_RECHECK)
+    pending = [p for p in pods if p.phase == PodPhase.PENDING]
+    if pending and all(flow.may_wait_on_a_volume(p) for p in problems):
+        claims = [tj.status.outputClaim or workload.output_claim_name(tj)] if tj.output_enabled else []
+        # A volume restored from a snapshot (one per pod) may not be provisioned either (its
+        # snapshot deleted, too small a claim): its own Events say why. Only the first pending pod's.
+        if tj.status.restoredInputs:
+            claims += workload.restored_input_claims(obj, pending[0].name)
+        for claim_name in claims:
+            claim = volumes.unbound_claim(ctx, tj.metadata.namespace, claim_name)
+            if claim is not None:  # the claim's own reason says more than the scheduler's
+                return replace(flow.running_wait(tj, [claim], kind), requeue_after=volumes.CLAIM_RECHECK)
     wait = flow.running_wait(tj, problems, kind)
     # The sidecars' logs bring no event: read again after the poll interval.
     if tj.publishes_live:
@@ -371,7 +401,8 @@ def _next_attempt(ctx: Context, tj: TrainingJob, name: str, obj: Optional[dict[s
     if not isinstance(made, _Made):
         return made
     write_status(ctx, tj, flow.attempt_started_change(tj, made.kind, made.name, made.rendezvous,
-                                                      kueue.queue_name(tj.metadata.labels), made.uid))
+                                                      kueue.queue_name(tj.metadata.labels), made.uid)
+                 .with_fields(made.restored_fields()))
     ctx.info(tj, "GroupStarted", f"attempt {attempt + 1}: {made.kind} {made.name} created again")
     return Wait()
 
@@ -393,10 +424,28 @@ def _finish(ctx: Context, tj: TrainingJob, succeeded: bool, outcome: str) -> Res
     change, snapshot_follows = flow.after_job(tj, succeeded, outcome, now_rfc3339(), workload.snapshot_pod_name(tj))
     tj = write_status(ctx, tj, change)
     live_sealing.forget(ctx, tj)  # the sidecars' last lines were read above; the snapshot takes over
+    tj = _release_restored_inputs(ctx, tj)
     if not snapshot_follows:
         _release_inputs(ctx, tj)
         return Done()
     return Advance()
+
+
+def _release_restored_inputs(ctx: Context, tj: TrainingJob) -> TrainingJob:
+    """The job's pods are over: the pods that hold volumes restored from snapshots are deleted,
+    and their volumes with them (each is owned by its pod: a generic ephemeral volume). Their
+    outcome is recorded already; their logs go with them."""
+    if not tj.status.restoredInputs:
+        return tj
+    # Only the pods of the workload the operator recorded (status.jobUid): one that merely carries
+    # the job's label is not deleted on its word.
+    pods = ctx.indexes.worker_pods(tj.metadata.namespace, tj.metadata.uid, workloads.worker_controllers(ctx, tj))
+    for pod in pods:
+        ctx.kube.delete(PODS, tj.metadata.namespace, pod.name)
+    if pods:
+        ctx.info(tj, "InputsReleased", f"deleted {len(pods)} finished pod(s) and the {tj.status.restoredInputs} "
+                                       "volume(s) each restored from snapshots for its inputs")
+    return write_status(ctx, tj, StatusChange(fields=TrainingJobStatus(restoredInputs=None)))
 
 
 def _pod_failures(ctx: Context, tj: TrainingJob) -> list[str]:
@@ -466,16 +515,20 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: Sc
     store, claim = store_for(ctx.config), workload.output_claim_name(tj)
     if scan.manifestsProblem:  # the checkpoints stand; verify and pull read their files again instead
         ctx.warn(tj, "ManifestsNotStored", scan.manifestsProblem)
-    stored = _storable_and_committed(tj, store, claim, scan)
+    # Checked against the store only where it was uploaded; with volume snapshots the snapshot
+    # is taken below (the checkpoints are located in it once it is ready).
+    committed = store.output_snapshot(tj, claim, FINAL_SNAPSHOT) is None
+    stored = _storable_and_committed(tj, store, claim, scan, check_committed=committed)
     if isinstance(stored, str):
         agent_runs.finish(ctx, pod)
         return Fail("SnapshotFailed", f"pod {pod['metadata']['name']}: {stored}")
     scan = stored
     existing = ctx.indexes.checkpoints_of(tj.metadata.namespace, tj.metadata.uid)
-    plan = _plan(ctx, tj, store, claim, scan, existing)
-    conflict = conflict_wait(plan.conflicts)
-    if conflict is not None:
-        return conflict  # nothing is created under another name: the data waits on the output volume
+    located = _locate_output(ctx, tj, store, claim, pod, scan, existing)
+    if not isinstance(located, tuple):
+        return located
+    plan, taken = located
+    unpublished = {p.name for p in plan.checkpoints if _unpublished(ctx, tj.metadata.namespace, p.name)}
     created = _create_checkpoints(ctx, tj, plan)
     if created is None:
         return Wait("NameConflict", "a Checkpoint name was taken meanwhile; planning again", requeue_after=0.5)
@@ -483,12 +536,17 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: Sc
     retained = not_stored(scan, len(created) + len(plan.dropped) + len(plan.gone)) or \
         _changed_not_stored(plan, store.keeps_output_claim)
     # The Checkpoints own the data before any of them is Ready: deleting the job from here on
-    # can no longer take the volume away from under them.
+    # can no longer take the volume (or its snapshot) away from under them.
+    if taken is not None:
+        in_snapshot = [b for b, p in zip(created, plan.checkpoints) if p.name in unpublished]
+        volume_snapshot_steps.hand_over(ctx, tj.metadata.namespace, taken.name,
+                                        [publish.checkpoint_owner(b) for b in in_snapshot], tj.metadata.uid)
     _hand_over_output_claim(ctx, tj, store, claim, created + _still_owning(ctx, tj, plan, existing),
                             keep=retained is not None)
     ready = [publish.mark_ready(ctx, c, p) for c, p in zip(created, plan.checkpoints)]
     _retire(ctx, tj, plan)
     _delete_unused_uploads(ctx, tj, store, plan, scan)
+    _delete_unused_snapshots(ctx, tj, store, claim)
     _report_snapshot(ctx, tj, plan, scan, [c for c in ready if c.metadata.name not in {e.name for e in existing}])
     _observe_snapshot(ctx, tj, ready)
     kept = [c.metadata.name for c in ready if c.metadata.name not in {r.name for r in plan.retire}]
@@ -502,16 +560,51 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: Sc
     return Done()
 
 
-def _storable_and_committed(tj: TrainingJob, store: Store, claim: str, scan: ScanReport) -> ScanReport | str:
-    """The scan without the checkpoints the store cannot keep (counted as skipped); every other
-    checkpoint must have reached the store, committed: else what did not."""
+FINAL_SNAPSHOT = "final"  # the key of the end-of-job volume snapshot (logic/volume_snapshots.py)
+
+
+def _unpublished(ctx: Context, namespace: str, name: str) -> bool:
+    """A planned Checkpoint that does not exist yet, or is not Ready yet: its location is to be written."""
+    info = ctx.indexes.checkpoint(namespace, name)
+    return info is None or info.phase == CheckpointPhase.PENDING
+
+
+def _locate_output(ctx: Context, tj: TrainingJob, store: Store, claim: str, pod: dict[str, Any], scan: ScanReport,
+                   existing: list[CheckpointInfo]) -> tuple[SnapshotPlan, Optional[TakenSnapshot]] | Result:
+    """The plan, with the location of each checkpoint to publish: where it was uploaded (checked
+    before), or (with volume snapshots) in the output's snapshot, taken once the scan said the
+    bytes are on the disk."""
+    request = store.output_snapshot(tj, claim, FINAL_SNAPSHOT)
+    plan = _plan(ctx, tj, store, claim, scan, existing, None)
+    conflict = conflict_wait(plan.conflicts)
+    if conflict is not None:  # nothing is created under another name (nor snapshotted): the data waits on the volume
+        return conflict
+    if request is None:
+        return plan, None
+    if not any(_unpublished(ctx, tj.metadata.namespace, p.name) for p in plan.checkpoints):
+        return plan, None  # (all published at an earlier pass, in their snapshots)
+    if not volume_snapshots.is_synced(scan.synced):
+        agent_runs.finish(ctx, pod)
+        return Fail("SnapshotFailed", f"pod {pod['metadata']['name']} did not report the output volume's "
+                                      "filesystem synced (syncfs): no volume snapshot is taken of bytes that "
+                                      "may not be on the disk")
+    taken = volume_snapshot_steps.take(ctx, request)
+    if isinstance(taken, Wait):
+        return taken
+    return _plan(ctx, tj, store, claim, scan, existing, taken), taken
+
+
+def _storable_and_committed(tj: TrainingJob, store: Store, claim: str, scan: ScanReport, *,
+                            check_committed: bool = True) -> ScanReport | str:
+    """The scan without the checkpoints the store cannot keep (counted as skipped); with
+    `check_committed`, every other checkpoint must have reached the store, committed: else what did not."""
     layout = tj.spec.output.layout
     # Retired by live retention: no Checkpoint is made of them, and their sealed copy may be deleted
     # between the snapshot pod's look and this one (the pod then reported a prefix now gone).
     retired = {(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []}
     try:
         scan = storable(scan, lambda m: store.snapshot_location(tj, claim, m, layout))
-        for manifest in scan.checkpoints:
+        for manifest in scan.checkpoints if check_committed else []:
             if (manifest.path, manifest.digest) in retired:
                 continue
             if not store.is_committed(store.snapshot_location(tj, claim, manifest, layout)):
@@ -522,12 +615,12 @@ def _storable_and_committed(tj: TrainingJob, store: Store, claim: str, scan: Sca
 
 
 def _plan(ctx: Context, tj: TrainingJob, store: Store, claim: str, scan: ScanReport,
-          existing: list[CheckpointInfo]) -> SnapshotPlan:
+          existing: list[CheckpointInfo], taken: Optional[TakenSnapshot]) -> SnapshotPlan:
     namespace, layout = tj.metadata.namespace, tj.spec.output.layout
     retired = [(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []]
     return plan_snapshot(tj, scan, lambda n: ctx.indexes.checkpoint(namespace, n),
-                         lambda m: store.snapshot_location(tj, claim, m, layout), existing=existing,
-                         retired=retired)
+                         lambda m: store.snapshot_location(tj, claim, m, layout, taken),
+                         existing=existing, retired=retired)
 
 
 def _create_checkpoints(ctx: Context, tj: TrainingJob, plan: SnapshotPlan) -> Optional[list[dict[str, Any]]]:
@@ -539,12 +632,12 @@ def _create_checkpoints(ctx: Context, tj: TrainingJob, plan: SnapshotPlan) -> Op
 
 
 def _report_changed_since_sealing(ctx: Context, tj: TrainingJob, plan: SnapshotPlan, store: Store) -> None:
-    """Live sealing: a sealed directory whose bytes changed since, or (s3 store, which keeps the
-    sealed copy) that was removed since."""
+    """Live sealing: a sealed directory whose bytes changed since, or (when later writes reach the
+    Checkpoints' bytes; not the s3 store, which keeps the sealed copy) that was removed since."""
     for info, manifest in plan.changed:
         publish.mark_changed(ctx, tj, info, f"{info.directory} changed after it was sealed (digest now "
-                                            f"{manifest.digest})", bytes_in_place=store.keeps_output_claim)
-    if store.keeps_output_claim:
+                                            f"{manifest.digest})", bytes_in_place=store.later_writes_reach_checkpoints)
+    if store.later_writes_reach_checkpoints:
         for info in plan.missing:
             publish.mark_changed(ctx, tj, info, f"{info.directory} was removed after it was sealed",
                                  bytes_in_place=True)
@@ -571,6 +664,15 @@ def _delete_unused_uploads(ctx: Context, tj: TrainingJob, store: Store, plan: Sn
     unused = [uploads[d] for d in [*plan.dropped, *plan.gone] if d in uploads]
     for uri in store.delete_unused_uploads(tj, unused):
         ctx.info(tj, "DataDeleted", f"deleted {uri} (not kept as a Checkpoint)")
+
+
+def _delete_unused_snapshots(ctx: Context, tj: TrainingJob, store: Store, claim: str) -> None:
+    """With volume snapshots: the job's snapshots no Checkpoint points into (retention's drops,
+    live snapshots of directories retired since)."""
+    if store.output_snapshot(tj, claim, FINAL_SNAPSHOT) is None:
+        return
+    for name in volume_snapshot_steps.delete_unused(ctx, tj.metadata.namespace, tj.metadata.uid):
+        ctx.info(tj, "DataDeleted", f"deleted VolumeSnapshot {name} (no Checkpoint points into it)")
 
 
 def _observe_snapshot(ctx: Context, tj: TrainingJob, ready: list[Checkpoint]) -> None:
@@ -605,12 +707,14 @@ def _hand_over_output_claim(ctx: Context, tj: TrainingJob, store: Store, claim: 
     with the last of them (and not with the job). s3 store: the data was uploaded; release the
     volume, unless something in it was not stored (then it stays, owned by the job)."""
     if not store.keeps_output_claim:
-        if not keep:
-            _, keeping = claim_holds.delete_unless_held(ctx, tj.metadata.namespace, claim)
+        for each in workload.output_claim_names(tj) if tj.spec.output.parts_per_worker and not keep else \
+                [] if keep else [claim]:
+            _, keeping = claim_holds.delete_unless_held(ctx, tj.metadata.namespace, each)
             if keeping:  # a source.volume Checkpoint adopted a path of it: it goes with the last of them
-                ctx.info(tj, "OutputKept", f"volume {claim} is kept: Checkpoint {', '.join(keeping)} points into it")
-    elif owners:
-        publish.own_output_claim(ctx, tj, claim, [publish.checkpoint_owner(b) for b in owners], keep_job=False)
+                ctx.info(tj, "OutputKept", f"volume {each} is kept: Checkpoint {', '.join(keeping)} points into it")
+    elif owners:  # with a volume per worker, every worker's volume (a checkpoint may read from any)
+        for each in workload.output_claim_names(tj) if tj.spec.output.parts_per_worker else [claim]:
+            publish.own_output_claim(ctx, tj, each, [publish.checkpoint_owner(b) for b in owners], keep_job=False)
 
 
 # --- finished, deleting -----------------------------------------------------------------------------
@@ -622,14 +726,22 @@ def _finished(ctx: Context, tj: TrainingJob) -> Optional[float]:
         ctx.kube.delete(PODS, tj.metadata.namespace, tj.status.snapshotPod)
     if used_uids(tj.metadata.labels):
         tj = _release_inputs(ctx, tj)
+    if tj.status.restoredInputs:  # the operator stopped between the Job's end and their release
+        tj = _release_restored_inputs(ctx, tj)
     if flow.wants_output_released(tj):
-        claim = tj.status.outputClaim or workload.output_claim_name(tj)
-        pvc = ctx.kube.get(PVCS, tj.metadata.namespace, claim)
-        deleted, keeping = claim_holds.delete_unless_held(ctx, tj.metadata.namespace, claim) \
-            if pvc is not None and _owns(tj, pvc) else (False, [])
-        tj = write_status(ctx, tj, flow.released_change(claim, deleted, keeping))
-        ctx.info(tj, "OutputReleased", f"volume {claim} released on request")
+        # With a volume per worker, every worker's volume; the condition names the first.
+        claims = workload.output_claim_names(tj) if tj.spec.output.parts_per_worker else \
+            [tj.status.outputClaim or workload.output_claim_name(tj)]
+        released = [_release_claim(ctx, tj, claim) for claim in claims]
+        tj = write_status(ctx, tj, flow.released_change(claims[0], *released[0]))
+        ctx.info(tj, "OutputReleased", f"volume {', '.join(claims)} released on request")
     return None
+
+
+def _release_claim(ctx: Context, tj: TrainingJob, claim: str) -> tuple[bool, list[str]]:
+    pvc = ctx.kube.get(PVCS, tj.metadata.namespace, claim)
+    return claim_holds.delete_unless_held(ctx, tj.metadata.namespace, claim) \
+        if pvc is not None and _owns(tj, pvc) else (False, [])
 
 
 def _deleting(ctx: Context, tj: TrainingJob) -> Optional[float]:

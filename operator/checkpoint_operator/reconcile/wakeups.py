@@ -175,8 +175,8 @@ def cluster_checkpoint_event(ctx: Context, event_type: Optional[str], raw: Mappi
         ctx.forget("ClusterCheckpoint", "", info.name, info.uid)
     elif not _own_write(ctx, "ClusterCheckpoint", meta):
         finalized = PROTECTION_FINALIZER in (meta.get("finalizers") or [])
-        wanted = set_fields(catalog_used_by(ctx.indexes.users_of_cluster_checkpoint(info.uid)))
-        current = {"usedBy": status.get("usedBy") or [], "usedByCount": status.get("usedByCount") or 0}
+        wanted = set_fields(catalog_used_by(ctx.indexes.users_of_cluster_checkpoint(info.uid, info.name)))
+        current = {"usedBy": status.get("usedBy") or None, "usedByCount": status.get("usedByCount") or 0}
         if info.deleting or not finalized or not info.phase.is_settled or wanted != current:
             ctx.queue.add(_cckpt(info.name))
     for namespace, name in ctx.indexes.jobs_waiting_on_cluster_checkpoint(info.name):

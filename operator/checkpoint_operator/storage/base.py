@@ -19,6 +19,7 @@ from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic.agent_pods import InputVolumes
 from checkpoint_operator.logic.inputs import ResolvedInput
 from checkpoint_operator.logic.transfers import UploadRequest
+from checkpoint_operator.logic.volume_snapshots import SnapshotRequest, TakenSnapshot
 
 
 # (init containers, containers, volumes) of a pod a store builds
@@ -55,6 +56,12 @@ class Store(ABC):
     keeps_output_claim: bool   # volume: the output PVC becomes the Checkpoints' storage
     import_needs_claim: bool   # volume: an import lands on a PVC of its own
     snapshot_writes_output: bool  # volume: the snapshot writes the full manifests beside the data
+    # A write to a sealed directory after its sealing may reach its Checkpoint's bytes (volume: they
+    # are those bytes; with volume snapshots, a snapshot cut after the write holds it), so such a
+    # Checkpoint fails; s3: the sealed copy was uploaded, the Checkpoint keeps it.
+    later_writes_reach_checkpoints: bool = True
+    # The agents sync the filesystem they scanned or sealed (a volume snapshot of it follows).
+    syncs_before_snapshots: bool = False
 
     def __init__(self, config: OperatorConfig):
         self.config = config
@@ -70,16 +77,19 @@ class Store(ABC):
     def snapshot_command(self, tj: TrainingJob, output_dir: str) -> list[str]: ...
 
     @abstractmethod
-    def snapshot_location(self, tj: TrainingJob, claim: str, manifest: CheckpointSummary, layout: str) -> Location:
+    def snapshot_location(self, tj: TrainingJob, claim: str, manifest: CheckpointSummary, layout: str,
+                          taken: Optional[TakenSnapshot] = None) -> Location:
         """status.location of a checkpoint the snapshot found; MissingUpload when its data was not
-        stored, logic.snapshot.NotStorable when it cannot be."""
+        stored, logic.snapshot.NotStorable when it cannot be. `taken`: the volume snapshot of the
+        output (stores that keep checkpoints in volume snapshots; see `output_snapshot`)."""
 
     @abstractmethod
     def import_containers(self, checkpoint: Checkpoint, max_size: int) -> PodParts:
         """(init containers, containers, volumes) of the pod that imports `checkpoint`."""
 
     @abstractmethod
-    def import_location(self, checkpoint: Checkpoint, claim: str, manifest: CheckpointSummary) -> Location: ...
+    def import_location(self, checkpoint: Checkpoint, claim: str, manifest: CheckpointSummary,
+                        taken: Optional[TakenSnapshot] = None) -> Location: ...
 
     @abstractmethod
     def upload_target(self, checkpoint: Checkpoint) -> UploadStatus:
@@ -89,6 +99,16 @@ class Store(ABC):
     def upload_pod(self, checkpoint: Checkpoint, request: UploadRequest, max_size: int) -> UploadPod:
         """The pod that serves a push request: it takes (volume) or checks (s3) the pushed data."""
 
+    def output_snapshot(self, tj: TrainingJob, claim: str, key: str) -> Optional[SnapshotRequest]:
+        """The VolumeSnapshot of a job's output volume to take before its checkpoints are located
+        there (`key`: "final", or a sealed directory's path and digest); None: this store locates
+        them where they are written, or where they were uploaded."""
+        return None
+
+    def import_snapshot(self, checkpoint: Checkpoint, claim: str) -> Optional[SnapshotRequest]:
+        """The VolumeSnapshot of an import's volume to take before the Checkpoint is Ready (None: none)."""
+        return None
+
     def live_upload_prefix(self, tj: TrainingJob) -> Optional[str]:
         """The sealing sidecar's --upload-to (None: the volume is the store, nothing is uploaded)."""
         return None
@@ -97,7 +117,8 @@ class Store(ABC):
         """Where the sealing sidecar uploads (None: it uploads nothing, the volume is the store)."""
         return None
 
-    def live_location(self, tj: TrainingJob, claim: str, manifest: CheckpointSummary) -> Location:
+    def live_location(self, tj: TrainingJob, claim: str, manifest: CheckpointSummary,
+                      taken: Optional[TakenSnapshot] = None) -> Location:
         """status.location of a checkpoint sealed while the job runs."""
         return volume_location(claim, manifest.path, manifest)
 

@@ -26,11 +26,13 @@ from checkpoint_operator.logic import agent_commands
 from checkpoint_operator.logic.agent_pods import (STAGING_MOUNT, STAGING_VOLUME, InputVolumes, agent_container,
                                                   download_container, staging_size_limit)
 from checkpoint_operator.logic.inputs import ResolvedInput
+from checkpoint_operator.logic.parts import parts_count
 from checkpoint_operator.api.clustercheckpoint import ClusterCheckpoint, ClusterCheckpointStatus
 from checkpoint_operator.logic.import_sources import ImportSpec, import_spec, import_spec_of
 from checkpoint_operator.logic.workload import import_data_dir
 from checkpoint_operator.logic.catalog import CATALOG_DIRECTORY
 from checkpoint_operator.logic.transfers import UploadRequest, build_upload_check_pod
+from checkpoint_operator.logic.volume_snapshots import TakenSnapshot
 from checkpoint_operator.storage.base import ForeignLocation, MissingUpload, PodParts, Store, UploadPod
 
 
@@ -45,6 +47,7 @@ class S3Store(Store):
     keeps_output_claim = False
     import_needs_claim = False
     snapshot_writes_output = False
+    later_writes_reach_checkpoints = False
 
     def agent_env(self) -> list[dict[str, Any]]:
         config = self.config
@@ -96,7 +99,8 @@ class S3Store(Store):
     def snapshot_command(self, tj: TrainingJob, output_dir: str) -> list[str]:
         meta = tj.metadata
         return agent_commands.snapshot(output_dir, self.prefix_for(meta.namespace, meta.name, meta.uid),
-                                       layout=tj.spec.output.layout, reuse_sealed=tj.publishes_live)
+                                       layout=tj.spec.output.layout, reuse_sealed=tj.publishes_live,
+                                       parts=parts_count(tj), per_worker=bool(tj.spec.output.perWorker))
 
     def live_upload_prefix(self, tj: TrainingJob) -> str:
         meta = tj.metadata
@@ -105,13 +109,15 @@ class S3Store(Store):
     def live_sealed_prefix(self, tj: TrainingJob) -> str:
         return self.live_upload_prefix(tj) + "sealed/"
 
-    def live_location(self, tj: TrainingJob, claim: str, manifest: CheckpointSummary) -> Location:
+    def live_location(self, tj: TrainingJob, claim: str, manifest: CheckpointSummary,
+                      taken: Optional[TakenSnapshot] = None) -> Location:
         if not manifest.uri:
             raise MissingUpload(f"the sealing sidecar did not upload {manifest.path!r}")
         # The sidecar runs in the user's pod: its lines are believed only under the job's own prefix.
         return self._uploaded(manifest.uri, self.live_sealed_prefix(tj), repr(manifest.path))
 
-    def snapshot_location(self, tj: TrainingJob, claim: str, manifest: CheckpointSummary, layout: str) -> Location:
+    def snapshot_location(self, tj: TrainingJob, claim: str, manifest: CheckpointSummary, layout: str,
+                          taken: Optional[TakenSnapshot] = None) -> Location:
         if not manifest.uri:
             raise MissingUpload(f"the snapshot pod did not upload {manifest.path!r}")
         meta = tj.metadata
@@ -205,7 +211,8 @@ class S3Store(Store):
         volumes = [{"name": "data", "emptyDir": {"sizeLimit": staging_size_limit(None, max_size)}}, *source.volumes]
         return [fetch], [upload], volumes
 
-    def import_location(self, checkpoint: Checkpoint, claim: str, manifest: CheckpointSummary) -> Location:
+    def import_location(self, checkpoint: Checkpoint, claim: str, manifest: CheckpointSummary,
+                        taken: Optional[TakenSnapshot] = None) -> Location:
         if not manifest.uri:
             raise MissingUpload("the import pod did not upload the checkpoint")
         meta = checkpoint.metadata

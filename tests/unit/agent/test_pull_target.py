@@ -82,12 +82,101 @@ def test_clean_is_allowed_only_where_a_pull_wrote(tmp_path):
     assert pulled_into(str(tmp_path / "new"), manifest)
     (tmp_path / "empty").mkdir()
     assert pulled_into(str(tmp_path / "empty"), manifest)
-    for trace in (MANIFEST_NAME, ".ckpt-download-0123", "sub/w.bin"):
+    traces = {MANIFEST_NAME: manifest_of({"older": b"1"}).to_json().encode(), ".ckpt-download-0123": b"x",
+              "sub/.ckpt-download-0123": b"x", "sub/w.bin": b"w"}
+    for trace, data in traces.items():
         one = tmp_path / trace.replace("/", "_").lstrip(".")
         os.makedirs(os.path.dirname(one / trace), exist_ok=True)
-        (one / trace).write_bytes(FILES.get(trace, b"x"))
+        (one / trace).write_bytes(data)
         (one / "junk").write_bytes(b"j")
         assert pulled_into(str(one), manifest), trace
+
+
+def git_clone(root, gitattributes: bytes) -> None:
+    """A clone of a model repository: history, code, notes, and the Hub's standard .gitattributes."""
+    (root / ".git" / "objects").mkdir(parents=True)
+    (root / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (root / "src").mkdir()
+    (root / "src" / "train.py").write_text("print('my work')\n")
+    (root / "notes.md").write_text("months of notes\n")
+    (root / ".gitattributes").write_bytes(gitattributes)
+
+
+HUB_GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n" * 30
+
+
+def test_a_namesake_of_the_same_size_is_no_proof(tmp_path):
+    """hostile3 F5: every Hub clone has a .gitattributes the size of the checkpoint's; only the
+    same bytes (sha256) say a pull put it there. Failed before: size alone was proof."""
+    manifest = manifest_of({".gitattributes": HUB_GITATTRIBUTES, "config.json": b"{}"})
+    git_clone(tmp_path, b"x" * len(HUB_GITATTRIBUTES))
+    assert not pulled_into(str(tmp_path), manifest)
+    (tmp_path / "config.json").write_bytes(b"[]")  # same size, other bytes
+    assert not pulled_into(str(tmp_path), manifest)
+    (tmp_path / "config.json").write_bytes(b"{}")
+    assert pulled_into(str(tmp_path), manifest)
+
+
+def test_parts_count_only_where_the_checkpoint_s_files_go(tmp_path):
+    """hostile3 F5: one interrupted pull anywhere below a home directory made all of it a pull's
+    (the whole tree was walked). Failed before."""
+    manifest = manifest_of(FILES)
+    home = tmp_path / "home"
+    (home / "old" / "models" / "a").mkdir(parents=True)
+    (home / "old" / "models" / "a" / ".ckpt-download-123").write_bytes(b"")
+    (home / ".ssh").mkdir()
+    (home / ".ssh" / "id").write_bytes(b"key")
+    (home / "sub").mkdir()
+    (home / "sub" / "deeper").mkdir()
+    (home / "sub" / "deeper" / ".ckpt-download-9").write_bytes(b"")  # not a directory of the checkpoint
+    assert not pulled_into(str(home), manifest)
+    assert not pulled_into(str(home), None)
+    (home / "sub" / ".ckpt-download-9").write_bytes(b"")  # sub/ is where w.bin goes
+    assert pulled_into(str(home), manifest)
+    assert not pulled_into(str(home), None)  # without the file list: only the root counts
+
+
+def test_parts_behind_a_link_are_no_proof(tmp_path):
+    manifest = manifest_of(FILES)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / ".ckpt-download-1").write_bytes(b"")
+    (elsewhere / "w.bin").write_bytes(b"w")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "mine").write_bytes(b"m")
+    (home / "sub").symlink_to(elsewhere)
+    assert not pulled_into(str(home), manifest)
+
+
+def test_a_root_manifest_counts_only_when_it_reads_as_one(tmp_path):
+    (tmp_path / MANIFEST_NAME).write_bytes(b"my own notes")
+    (tmp_path / "mine").write_bytes(b"m")
+    assert not pulled_into(str(tmp_path), manifest_of(FILES))
+
+
+def test_clean_never_removes_a_repository(tmp_path):
+    """hostile3 F5's probe, through the command: a clone holding the very .gitattributes of the
+    checkpoint keeps .git/, src/ and notes; a home with an old interrupted pull below is refused."""
+    import io as _io
+    import pytest
+    from checkpoint_operator.plugin import commands
+    from checkpoint_operator.plugin.client import PluginError
+    manifest = manifest_of({".gitattributes": HUB_GITATTRIBUTES, "model.safetensors": b"m" * 100})
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    git_clone(clone, HUB_GITATTRIBUTES)
+    out = commands.Io(out=_io.StringIO(), err=_io.StringIO())
+    with pytest.raises(PluginError, match=r"holds \.git/, a repository: --clean never removes one"):
+        commands.make_room(str(clone), manifest, None, True, out)
+    assert sorted(p.name for p in clone.iterdir()) == [".git", ".gitattributes", "notes.md", "src"]
+    home = tmp_path / "home"
+    (home / "old" / "a").mkdir(parents=True)
+    (home / "old" / "a" / ".ckpt-download-123").write_bytes(b"")
+    (home / "notes.md").write_text("mine")
+    with pytest.raises(PluginError, match="--clean empties only a directory a pull wrote"):
+        commands.make_room(str(home), manifest, None, True, out)
+    assert sorted(p.name for p in home.iterdir()) == ["notes.md", "old"]
 
 
 def test_case_twins_are_refused_only_where_the_filesystem_folds_case(tmp_path, monkeypatch):

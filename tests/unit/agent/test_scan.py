@@ -566,6 +566,18 @@ def test_result_names_each_checkpoint_never_its_files_and_manifests_go_beside_th
     assert [c.digest for c in again.checkpoints] == [c.digest for c in report.checkpoints] and again.skippedCount == 0
 
 
+def test_result_says_the_filesystem_was_synced_after_the_manifests_with_sync(output):
+    """agent scan --result --sync (a volume snapshot of the output follows): the typed result
+    carries "synced" (what the operator requires before it takes the snapshot); without --sync, None."""
+    from checkpoint_operator.protocol import channel
+    from checkpoint_operator.protocol.results import ScanReport
+    synced = channel.find_result(_cli(str(output), "--result", "--manifests-dir", str(output / ".ckpt-manifests"),
+                                      "--sync").stdout, (ScanReport,), limit_bytes=1 << 20)
+    assert synced.synced == "syncfs" and synced.checkpoints
+    plain = channel.find_result(_cli(str(output), "--result").stdout, (ScanReport,), limit_bytes=1 << 20)
+    assert plain.synced is None
+
+
 def test_manifests_that_cannot_be_written_are_one_problem_not_a_failed_scan(output):
     from checkpoint_operator.agent.scan import scan_checkpoints
     (output / "blocked").write_text("a file where the directory would go")

@@ -126,3 +126,32 @@ def test_models_refuse_what_the_openapi_schema_refuses(obj: dict) -> None:
     assert errors, "the CRD accepts it: this case tests nothing"
     with pytest.raises(pydantic.ValidationError):
         MODELS[obj["kind"]].model_validate(obj)
+
+
+def test_refusals_are_one_clean_line_that_says_what_is_allowed() -> None:
+    """hostile3 F11: local mode's refusals of ClusterCheckpoints read `spec.: Value error, spec.license ...`
+    and `spec.source.volume: Extra inputs are not permitted`. Failed before (local/run.py's formatter)."""
+    import pydantic
+    import pytest
+    from checkpoint_operator.api.clustercheckpoint import ClusterCheckpoint, ClusterCheckpointSpec
+    from checkpoint_operator.api.messages import describe
+    from checkpoint_operator.reconcile.objects import InvalidObject, parse
+
+    def refusal(spec: dict) -> str:
+        with pytest.raises(pydantic.ValidationError) as refused:
+            ClusterCheckpointSpec.model_validate(spec)
+        return describe(refused.value, ClusterCheckpointSpec, "spec")
+    http = {"http": {"url": "https://h/x.tar"}}
+    assert refusal({"license": "ftp://x/LICENSE", "source": http}).startswith("spec.license must be an http://")
+    for kind, verb in (("volume", "adopted"), ("upload", "pushed"), ("trainingJob", "produced")):
+        message = refusal({"source": {kind: {}}})
+        assert message.startswith(f"spec.source.{kind}: a ClusterCheckpoint is imported: set one of huggingFace, "
+                                  f"s3, http, git, gcs, azureBlob; a catalog entry is never {verb}"), message
+    assert refusal({"source": http, "colour": "red"}).startswith("spec.colour: is not a field here (allowed: source,")
+    for message in (refusal({"license": "ftp://x", "source": http}), refusal({"source": {"volume": {}}})):
+        assert "Value error" not in message and "spec.:" not in message and "\n" not in message
+    # The operator's status for a stored object that does not validate reads the same.
+    with pytest.raises(InvalidObject) as invalid:
+        parse(ClusterCheckpoint, {"apiVersion": "ckpt.dev/v1alpha1", "kind": "ClusterCheckpoint",
+                                  "metadata": {"name": "x"}, "spec": {"source": {"upload": {}}}})
+    assert invalid.value.message().startswith("spec.source.upload: a ClusterCheckpoint is imported")

@@ -192,6 +192,9 @@ NESTED = "spec.inputDir and spec.outputDir"
 REPLICAS = "spec.replicas"
 NAMED_PODS = "spec.template.spec.hostname and subdomain"
 CONTAINERS = "spec.template.spec.containers"
+PARTS_ENGINE = "spec.output.volumePerWorker and perWorker need spec.engine: JobSet"
+PARTS_LIVE = "spec.output.volumePerWorker and perWorker are published OnCompletion"
+PARTS_REPLICAS = "spec.replicas must be at most 128 with spec.output.volumePerWorker"
 
 LONG_OK = ("a" * 63 + ".") * 3 + "a" * 61          # 253 characters, a valid subdomain
 LONG_BAD = LONG_OK + "a"                          # 254
@@ -449,6 +452,18 @@ CASES: list[Case] = [
     Case("two-pods-subdomain", training_job(replicas=2, engine="JobSet", template={"spec": {
         "subdomain": "s", "containers": [{"name": "t", "image": "x"}]}}), (NAMED_PODS,)),
     Case("two-pods", training_job(replicas=2, nprocPerNode=8, engine="JobSet")),
+    # a volume per worker: JobSet (one replicated job per worker), OnCompletion, at most 128 workers
+    Case("volume-per-worker", training_job(replicas=2, engine="JobSet", output={"volumePerWorker": True})),
+    Case("per-worker", training_job(replicas=128, engine="JobSet", output={"perWorker": True,
+                                                                             "publish": "OnCompletion"})),
+    Case("volume-per-worker-off", training_job(replicas=200, output={"volumePerWorker": False,
+                                                                     "publish": "Continuous"})),
+    Case("volume-per-worker-job", training_job(replicas=2, output={"volumePerWorker": True}), (PARTS_ENGINE,)),
+    Case("per-worker-job", training_job(replicas=2, engine="Job", output={"perWorker": True}), (PARTS_ENGINE,)),
+    Case("volume-per-worker-live", training_job(replicas=2, engine="JobSet", output={
+        "volumePerWorker": True, "publish": "Continuous"}), (PARTS_LIVE,)),
+    Case("per-worker-too-many", training_job(replicas=129, engine="JobSet", output={"perWorker": True}),
+         (PARTS_REPLICAS,)),
     # inputDir / outputDir
     Case("dirs-custom", training_job(inputDir="/data/in", outputDir="/data/out")),
     Case("dirs-prefix-not-nested", training_job(inputDir="/ab", outputDir="/a")),

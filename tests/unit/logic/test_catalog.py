@@ -100,6 +100,27 @@ def test_a_namespace_copy_is_verified_only_for_this_entry_and_its_digest():
     assert claim["spec"]["resources"]["requests"]["storage"] == str(int(4096 * 1.1) + catalog.COPY_MARGIN)
 
 
+def test_only_an_unverified_copy_the_entry_alone_owns_is_discarded():
+    """hostile3 F4: a copy that failed or did not verify is deleted so that the next job copies into
+    an empty claim; never a verified one, one a Checkpoint adopted, a namesake, or one already going."""
+    entry = cluster_checkpoint({"huggingFace": {"repo": "org/model"}}, status=READY_ENTRY_STATUS)
+    claim = catalog.build_copy_claim(entry, OperatorConfig(), "team-a")
+    assert catalog.copy_discardable(claim, entry)
+    verified = copy.deepcopy(claim)
+    verified["metadata"]["annotations"] = {catalog.COPIED_DIGEST_ANNOTATION: "sha256:" + "b" * 64}
+    assert not catalog.copy_discardable(verified, entry)
+    adopted = copy.deepcopy(claim)
+    adopted["metadata"]["ownerReferences"].append({"kind": "Checkpoint", "name": "adopted", "uid": "ckpt-uid"})
+    assert not catalog.copy_discardable(adopted, entry)
+    namesake = copy.deepcopy(claim)
+    namesake["metadata"]["ownerReferences"] = []
+    assert not catalog.copy_discardable(namesake, entry)
+    going = copy.deepcopy(claim)
+    going["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    assert not catalog.copy_discardable(going, entry)
+    assert not catalog.copy_discardable(None, entry)
+
+
 def test_a_copy_fetches_the_commit_the_entry_recorded():
     entry = cluster_checkpoint({"huggingFace": {"repo": "org/model", "revision": "main"}}, status=READY_ENTRY_STATUS)
     pinned = pinned_source(entry.spec.source, COMMIT)
@@ -117,13 +138,33 @@ def test_an_entry_that_needs_a_secret_is_not_copied():
     assert catalog.copy_refusal(cluster_checkpoint({"huggingFace": {"repo": "org/model"}})) is None
 
 
-def test_users_of_every_namespace_are_listed_and_named():
+def test_the_readable_status_counts_users_and_names_none():
+    """hostile3 F7: every authenticated identity reads the entry; its status named other tenants' jobs
+    (usedBy, the deletion message). Now counts only; the names go to an Event of the operator's
+    namespace. Failed before (usedBy listed them)."""
     users = [("team-b", "train", "u2"), ("team-a", "train", "u1"), ("team-a", "train", "u1")]
-    assert catalog.used_by_status(users).to_wire() == {
-        "usedBy": [{"namespace": "team-a", "name": "train", "uid": "u1"},
-                   {"namespace": "team-b", "name": "train", "uid": "u2"}],
-        "usedByCount": 2}
-    many = catalog.used_by_status([(f"ns-{i:02}", "j", f"u{i}") for i in range(30)])
-    assert len(many.usedBy or []) == 20 and many.usedByCount == 30
-    message = catalog.deletion_blocked_message([("team-b", "train"), ("team-a", "eval")])
-    assert message.startswith("deletion waits: in use by TrainingJob(s) team-a/eval, team-b/train")
+    assert catalog.used_by_status(users).to_wire() == {"usedByCount": 2}
+    assert "usedBy" in catalog.used_by_status(users).model_fields_set  # set to None: a written list is removed
+    message = catalog.deletion_blocked_message([("team-b", "train"), ("team-a", "eval"), ("team-a", "x")])
+    assert message.startswith("deletion waits: in use by 3 TrainingJob(s) in 2 namespace(s);"), message
+    assert "team-" not in message and "train" not in message
+    named = catalog.deletion_blocked_by([("team-b", "train"), ("team-a", "eval")])
+    assert named.startswith("deletion waits: in use by TrainingJob(s) team-a/eval, team-b/train")
+
+
+def test_only_a_job_whose_spec_names_the_entry_uses_it():
+    """hostile3 F8: a tenant's label `uses.ckpt.dev/<uid>` on any job held the entry's deletion forever.
+    Failed before (the label was all that was counted and checked)."""
+    from checkpoint_operator.reconcile.clustercheckpoint import blocking_users
+    label = {"uses.ckpt.dev/uid-gpt2": "true"}
+    naming = training_job("real", checkpoints=[{"clusterCheckpoint": "gpt2"}])
+    squatter = training_job("holder", checkpoints=[{"name": "never"}])
+    finished = training_job("done", phase="Succeeded", checkpoints=[{"clusterCheckpoint": "gpt2"}])
+    for body in (naming, squatter, finished):
+        body["metadata"]["labels"] = dict(label)
+    squatter["metadata"]["namespace"] = "team-x"
+    found = indexes(jobs=[naming, squatter, finished])
+    assert [(u.namespace, u.name) for u in found.users_of_cluster_checkpoint("uid-gpt2", "gpt2")] == [
+        ("default", "real")]
+    assert blocking_users([naming, squatter, finished], "gpt2") == [("default", "real")]
+    assert blocking_users([squatter], "gpt2") == []

@@ -299,6 +299,24 @@ def test_the_first_failure_is_recorded_once_per_attempt():
     assert flow.worker_failure_change(typed(), state(), pods) is None  # one pod: not a group
 
 
+def test_a_failure_the_engine_restarted_before_it_was_seen_is_recorded_for_its_attempt():
+    """JobSet restarted the group (attempt 1) before a pass saw attempt 0's failed pod, which is
+    still in the index: it is recorded for attempt 0 (the restart's message names it), once."""
+    tj = with_status(typed(replicas=2, engine="JobSet"), phase="Running")
+    pods = [workers.worker_pod(pod("w-1", 1, "Failed", finished="2026-01-01T00:00:06Z", jobset=True)),
+            workers.worker_pod(pod("w-0b", 0, "Running", attempt=1, jobset=True))]
+    change = flow.worker_failure_change(tj, state(attempt=1), pods)
+    assert change is not None
+    assert {k: set_fields(change.fields)["workerFailure"][k] for k in ("attempt", "index")} == {"attempt": 0, "index": 1}
+    recorded = with_status(tj, workerFailure=set_fields(change.fields)["workerFailure"])
+    assert flow.worker_failure_change(recorded, state(attempt=1), pods) is None
+    # An attempt's own failure still comes first.
+    pods.append(workers.worker_pod(pod("w-0c", 0, "Failed", attempt=1, finished="2026-01-01T00:00:09Z",
+                                       jobset=True)))
+    later = flow.worker_failure_change(recorded, state(attempt=1), pods)
+    assert later is not None and set_fields(later.fields)["workerFailure"]["attempt"] == 1
+
+
 def test_preemption_queues_a_running_job_and_admission_runs_it_again():
     running = with_status(typed(replicas=2, labels={"kueue.x-k8s.io/queue-name": "q"}), phase="Running",
                           startTime="2026-01-01T00:00:00Z")

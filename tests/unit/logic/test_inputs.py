@@ -155,3 +155,32 @@ def test_an_input_with_only_incomplete_outputs_says_so():
     assert wait.message.endswith("produced no such Ready checkpoint (1 Ready one was found incomplete, such as "
                                  "pretrain-step-9: its Complete condition says why; name it in "
                                  "spec.checkpoints[].name to use it anyway)")
+
+
+def test_an_input_on_the_other_store_is_named_not_raised():
+    """hostile3 F9: a state dir made with --store s3 run without it (or a store switched under existing
+    Checkpoints): the volume store raised ValueError in a retry loop, the job had no status."""
+    from checkpoint_operator.api.checkpoint import Location, S3Location, VolumeLocation
+    from checkpoint_operator.logic.inputs import input_on_other_store
+    on_s3 = ResolvedInput(name="pretrain-step-300", uid="u", digest="sha256:" + "a" * 64, mount_name="p",
+                          location=Location(s3=S3Location(uri="s3://b/default/x/")))
+    on_volume = ResolvedInput(name="base", uid="v", digest="sha256:" + "b" * 64, mount_name="b",
+                              location=Location(volume=VolumeLocation(claimName="c", path=".")))
+    from checkpoint_operator.api.checkpoint import SnapshotLocation
+    in_snapshot = ResolvedInput(name="snap", uid="s", digest="sha256:" + "d" * 64, mount_name="s",
+                                location=Location(snapshot=SnapshotLocation.model_validate(
+                                    {"volumeSnapshotName": "vs", "path": "."})))
+    assert input_on_other_store([on_volume, in_snapshot], "volume") is None  # the volume store's snapshots
+    in_parts = ResolvedInput(name="vpw.step-1", uid="p", digest="sha256:" + "e" * 64, mount_name="v",
+                             location=Location(volumeParts=[VolumeLocation(claimName="c-0", path="step-1"),
+                                                            VolumeLocation(claimName="c-1", path="step-1")]))
+    assert input_on_other_store([in_parts], "volume") is None  # assembled across workers' volumes
+    assert "is on the volume store; this operator runs the s3 store" in input_on_other_store([in_parts], "s3")
+    assert input_on_other_store([on_volume], "volume") is None
+    assert input_on_other_store([on_s3], "s3") is None
+    assert input_on_other_store([on_volume, on_s3], "volume") == (
+        "input Checkpoint pretrain-step-300 is on the s3 store; this operator runs the volume store and reads only "
+        "Checkpoints stored there")
+    assert "is on the volume store; this operator runs the s3 store" in input_on_other_store([on_volume], "s3")
+    nowhere = ResolvedInput(name="n", uid="w", digest="sha256:" + "c" * 64, mount_name="n", location=Location())
+    assert "nowhere this operator can read" in input_on_other_store([nowhere], "volume")

@@ -173,3 +173,11 @@ def test_latest_of_a_running_producer_depends_on_how_it_publishes_and_on_wait():
     assert final.reason == "WaitingForTrainingJob"
     no_metric = resolve_ref(CheckpointRef(fromTrainingJob="p", select="best"), "ns", Lookup(live_producer, outputs))
     assert no_metric.reason == "NoBestMetric" and no_metric.terminal
+
+
+def test_a_sealed_line_that_says_synced_is_recorded_with_its_digest():
+    """agent watch --sync: the sealed checkpoint says "synced"; only those are snapshotted while the job runs."""
+    events = live_sealing.parse_log(sealed_line("step-1", synced="syncfs") + "\n" + sealed_line("step-2"))
+    assert events.synced == {("step-1", DIGEST)}
+    merged = live_sealing.merge(live_sealing.LogEvents(), events)
+    assert merged.synced == {("step-1", DIGEST)}

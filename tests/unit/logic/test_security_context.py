@@ -2,7 +2,7 @@
 injects, and whose identity each takes (logic/security_context.py).
 
 The shapes (tests/pod_shapes.py) are built by the real builders: the operator's agent pods of
-both stores and every source kind, and the pods a Job makes from the template it built (inputs
+every store (volume, s3, volume with volume snapshots) and every source kind, and the pods a Job makes from the template it built (inputs
 on both stores, with and without the live-sealing sidecar, one and two workers); each is checked
 with local/pod_security.py, which follows k8s.io/pod-security-admission/policy."""
 
@@ -91,9 +91,10 @@ def test_odd_restricted_templates_stay_restricted(label, store, publish):
 
 def test_the_catalogue_covers_every_kind_of_pod():
     assert {n.split("/")[1] for n in AGENT_PODS} == {"snapshot", "import", "scan", "upload-receiver", "verify",
-                                                     "pull", "upload-check", "catalog-import", "catalog-copy"}
-    assert len([n for n in AGENT_PODS if "/import/" in n]) == 2 * len(pod_shapes.SOURCES)
-    assert len([n for n in AGENT_PODS if "/catalog-import/" in n]) == 2 * len(pod_shapes.SOURCES)
+                                                     "pull", "upload-check", "catalog-import", "catalog-copy",
+                                                     "snapshot-volume-per-worker"}
+    assert len([n for n in AGENT_PODS if "/import/" in n]) == len(pod_shapes.STORES) * len(pod_shapes.SOURCES)
+    assert len([n for n in AGENT_PODS if "/catalog-import/" in n]) == len(pod_shapes.STORES) * len(pod_shapes.SOURCES)
     names = {c["name"] for pod in TRAINING_PODS.values() for c in containers(pod)}
     assert {"ckpt-live", "download-input-0", "trainer"} <= names
 
@@ -130,8 +131,10 @@ def test_only_pods_that_write_a_claim_get_an_fs_group():
     kubelet to re-own the trainer's files, so the readers never get one."""
     writers = {n for n, p in AGENT_PODS.items() if "fsGroup" in p["spec"]["securityContext"]}
     assert writers == {n for n, p in AGENT_PODS.items() if writes_a_claim(p["spec"]["volumes"])}
-    assert writers == {"volume/upload-receiver", "volume/catalog-copy",
-                       *[n for n in AGENT_PODS if n.startswith(("volume/import/", "volume/catalog-import/"))]}
+    assert writers == {"volume/upload-receiver", "snapshots/upload-receiver", "volume/catalog-copy",
+                       "snapshots/catalog-copy",
+                       *[n for n in AGENT_PODS if n.startswith(("volume/import/", "snapshots/import/",
+                                                                "volume/catalog-import/", "snapshots/catalog-import/"))]}
     for name in writers:
         assert AGENT_PODS[name]["spec"]["securityContext"]["fsGroup"] == security_context.AGENT_UID
 

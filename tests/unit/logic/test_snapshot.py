@@ -28,8 +28,11 @@ def manifest(path, step=None, files=("model.pt",)) -> CheckpointSummary:
     return CheckpointSummary.of(full, items=list(files) if path == "." else None)
 
 
+ONE_VOLUME = TrainingJob.model_validate(training_job("train"))
+
+
 def location(m):
-    return VolumeStore(OperatorConfig()).snapshot_location(None, "train-output", m, "auto")
+    return VolumeStore(OperatorConfig()).snapshot_location(ONE_VOLUME, "train-output", m, "auto")
 
 
 def test_plan_names_lineage_and_keep():

@@ -167,6 +167,18 @@ def test_an_unbound_claim_is_explained_by_its_latest_warning_event():
     assert claim_problem({**claim, "status": {"phase": "Bound"}}, events) is None and claim_problem(None, []) is None
 
 
+def test_a_claim_being_provisioned_is_not_stuck():
+    """A WaitForFirstConsumer claim gets its volume once its pod is scheduled; the provisioner's progress
+    events (Normal) say it is under way, which a restore from a volume snapshot may take minutes in.
+    It was reported as VolumeNotBound (a Warning) before."""
+    from checkpoint_operator.logic.agent_pods import claim_problem
+    claim = {"metadata": {"name": "out"}, "spec": {"storageClassName": "gp3"}, "status": {"phase": "Pending"}}
+    for reason in ("ExternalProvisioning", "Provisioning", "WaitForPodScheduled"):
+        events = [{"type": "Normal", "reason": "WaitForFirstConsumer", "message": "m", "lastTimestamp": "2026-01-01T00:00:01Z"},
+                  {"type": "Normal", "reason": reason, "message": "m", "lastTimestamp": "2026-01-01T00:00:02Z"}]
+        assert claim_problem(claim, events) is None, reason
+
+
 def test_a_nested_key_left_out_is_removed_by_the_patch():
     """A merge patch merges objects: status.upload without its `pod` must say pod: null."""
     before = {"upload": {"store": "volume", "claimName": "c", "pod": "c-upload"}, "phase": "Importing"}

@@ -1,0 +1,177 @@
+"""Checkpoints written by several workers, each into its own volume (output.volumePerWorker).
+
+The snapshot pod mounts worker i's volume at DIR/worker-<i>. Each part is scanned by the
+snapshot rules (agent/scan.py), then:
+
+- union (the default): the directories of the same name become ONE checkpoint whose files are
+  the union of the parts' (torch DCP, DeepSpeed ZeRO and Orbax multi-host write one directory
+  with every rank's shards). A file at the same path in two parts with the same sha256 (every
+  rank writes config.json) is one file; with different bytes it is a conflict: the directory is
+  not made into a checkpoint, and a skipped entry names the file and the two workers. Format,
+  step and completeness are decided over the union (DCP: `.metadata` from rank 0 and every
+  rank's shard), reading each file where it lies.
+- per worker (output.perWorker, proxiML's mode): each part's checkpoints stay its own, at
+  `worker-<i>/<directory>` (the root files: `worker-<i>`).
+
+Besides the scan's fields the result has `sources`: for each checkpoint, the worker each of its
+files is read from, in the manifest's file order. The operator's bounded result (`--result`,
+`parts_output`) carries instead each worker's share as the few items the volume store mounts
+(protocol/parts.py), and writes each checkpoint's full manifest into the manifests directory of
+the first worker that provides its files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from checkpoint_operator.protocol.errors import AgentError
+from checkpoint_operator.protocol.manifest import MANIFESTS_DIR, FileEntry, Manifest, digest_of
+from checkpoint_operator.protocol.parts import shares
+from checkpoint_operator.agent.scan import (MAX_ITEMS, MAX_SKIPPED_LISTED, ROOT, OutputScan, Scanned, ScanResult,
+                                            Skipped, StoredManifests, describe_checkpoint, scan_directory)
+from checkpoint_operator.agent.tree import DEFAULT_MAX_ENTRIES
+
+PART_PREFIX = "worker-"
+CONFLICTS_SHOWN = 3  # conflicting files quoted in a directory's one skipped entry
+
+
+def part_directory(index: int) -> str:
+    """Where worker `index`'s volume is mounted, relative to the snapshot's directory."""
+    return f"{PART_PREFIX}{index}"
+
+
+@dataclass
+class PartsScan:
+    result: ScanResult
+    sources: dict[str, list[int]]                       # checkpoint path -> worker of each file
+    tops: dict[str, dict[str, str]] = field(default_factory=dict)  # checkpoint path -> file -> its directory
+
+
+def _top(part: str, path: str, layout: str) -> str:
+    """The directory a part's checkpoint's file paths are relative to."""
+    return part if path == ROOT or layout == "files" else os.path.join(part, *path.split("/"))
+
+
+def _name(path: str) -> str:
+    return "" if path == ROOT else path.rsplit("/", 1)[-1]
+
+
+def scan_parts(directory: str, count: int, layout: str = "auto", per_worker: bool = False,
+               workers: Optional[int] = None, max_entries: int = DEFAULT_MAX_ENTRIES) -> PartsScan:
+    """Scan DIR/worker-0 .. DIR/worker-<count-1> and assemble their checkpoints (see above).
+    `max_entries` bounds each part's scan."""
+    parts = [os.path.join(directory, part_directory(i)) for i in range(count)]
+    scans = [scan_directory(Path(p), layout=layout, workers=workers, max_entries=max_entries) for p in parts]
+    skipped = [Skipped(path=f"{part_directory(i)}/{s.path}", reason=s.reason)
+               for i, scan in enumerate(scans) for s in scan.skipped]
+    skipped_count = sum(scan.skippedCount for scan in scans)
+    manifests: list[Manifest] = []
+    sources: dict[str, list[int]] = {}
+    tops: dict[str, dict[str, str]] = {}
+    if per_worker:
+        for i, scan in enumerate(scans):
+            for m in scan.checkpoints:
+                path = part_directory(i) if m.path == ROOT else f"{part_directory(i)}/{m.path}"
+                manifests.append(m.model_copy(update={"path": path}))
+                sources[path] = [i] * len(m.files)
+                top = _top(parts[i], m.path, layout)
+                tops[path] = {f.path: top for f in m.files}
+    else:
+        by_path: dict[str, list[tuple[int, Manifest]]] = {}
+        for i, scan in enumerate(scans):
+            for m in scan.checkpoints:
+                by_path.setdefault(m.path, []).append((i, m))
+        for path, pieces in by_path.items():
+            union = _union(path, pieces, [_top(parts[i], path, layout) for i, _ in pieces])
+            if isinstance(union, Skipped):
+                skipped.append(union)
+                skipped_count += 1
+                continue
+            manifest, workers_of, file_tops = union
+            manifests.append(manifest)
+            sources[path] = workers_of
+            tops[path] = file_tops
+    manifests.sort(key=lambda m: m.path.encode())
+    skipped.sort(key=lambda s: s.path.encode())
+    result = ScanResult(checkpoints=manifests, skipped=skipped[:MAX_SKIPPED_LISTED], skippedCount=skipped_count)
+    return PartsScan(result, sources, tops)
+
+
+def _union(path: str, pieces: list[tuple[int, Manifest]], part_tops: list[str]
+           ) -> "tuple[Manifest, list[int], dict[str, str]] | Skipped":
+    """One checkpoint from the parts of one directory, or why it is not made (a conflict)."""
+    chosen: dict[str, tuple[FileEntry, int, str]] = {}
+    conflicts: list[str] = []
+    for (worker, manifest), top in zip(pieces, part_tops):
+        for entry in manifest.files:
+            first = chosen.get(entry.path)
+            if first is None:
+                chosen[entry.path] = (entry, worker, top)
+            elif first[0].sha256 != entry.sha256:
+                conflicts.append(f"{entry.path!r} differs between worker {first[1]} (sha256 {first[0].sha256[:12]}) "
+                                 f"and worker {worker} (sha256 {entry.sha256[:12]})")
+    if conflicts:
+        more = f"; and {len(conflicts) - CONFLICTS_SHOWN} more" if len(conflicts) > CONFLICTS_SHOWN else ""
+        return Skipped(path=path, reason=f"conflicting parts, not made into a Checkpoint: "
+                                         f"{'; '.join(conflicts[:CONFLICTS_SHOWN])}{more}")
+    ordered = sorted(chosen, key=lambda p: p.encode())
+    entries = [chosen[p][0] for p in ordered]
+    file_tops = {p: chosen[p][2] for p in ordered}
+    description = describe_checkpoint(part_tops[0], ordered, _name(path), {e.path: e.size for e in entries},
+                                      tops=file_tops)
+    manifest = Manifest(path=path, files=entries, sizeBytes=sum(e.size for e in entries), fileCount=len(entries),
+                        digest=digest_of(entries), **description)
+    return manifest, [chosen[p][1] for p in ordered], file_tops
+
+
+# Checkpoints of one result (protocol/results.py MAX_CHECKPOINTS; not imported: pydantic's).
+MAX_CHECKPOINTS = 10_000
+MAX_PART_ITEM = 255  # an item's length in the result and the status (protocol/results.py MAX_ITEM)
+
+
+def parts_output(scan: PartsScan, directory: str, layout: str, per_worker: bool = False,
+                 manifests: bool = False, mounts: bool = True) -> OutputScan:
+    """The scan of the parts as the operator's result takes it (agent/scan.py report_of): each
+    checkpoint's share per worker, and (`manifests`) its full manifest stored in MANIFESTS_DIR of
+    the first providing worker's directory (the root of that worker's volume). A checkpoint whose
+    share cannot be mounted within the bounds is skipped with the reason. `mounts` False (the s3
+    store, which uploaded each union as one checkpoint): no shares."""
+    if len(scan.result.checkpoints) > MAX_CHECKPOINTS:
+        raise AgentError(f"{directory}: {len(scan.result.checkpoints)} checkpoints across the workers' volumes, more "
+                         f"than the {MAX_CHECKPOINTS} one snapshot reports; write fewer step directories")
+    stores: dict[int, StoredManifests] = {}
+    found: list[Scanned] = []
+    skipped = list(scan.result.skipped)
+    skipped_count = scan.result.skippedCount
+    problem: Optional[str] = None
+    for manifest in scan.result.checkpoints:
+        if not mounts:
+            found.append(Scanned(manifest.model_copy(update={"files": []})))
+            continue
+        files = list(zip((f.path for f in manifest.files), scan.sources[manifest.path]))
+        # the checkpoint's directory inside a worker's volume (per worker: without worker-<i>/)
+        inside = (manifest.path.partition("/")[2] or ROOT) if per_worker else manifest.path
+        share = shares(files, whole_directory=inside != ROOT and layout != "files")
+        too_many = [w for w, items in share if items is not None and
+                    (len(items) > MAX_ITEMS or any(len(i) > MAX_PART_ITEM for i in items))]
+        if too_many:
+            skipped.append(Skipped(path=manifest.path, reason=(
+                f"worker {too_many[0]} provides more than {MAX_ITEMS} separate files and directories of it, or one "
+                f"named by a path of more than {MAX_PART_ITEM} characters: a volume location mounts each one; write "
+                f"each worker's files into its own subdirectory")))
+            skipped_count += 1
+            continue
+        stored = False
+        if manifests:
+            first = share[0][0]
+            if first not in stores:
+                stores[first] = StoredManifests(os.path.join(directory, part_directory(first), MANIFESTS_DIR))
+            stored = stores[first].store_whole(manifest)
+            problem = problem or stores[first].problem
+        found.append(Scanned(manifest.model_copy(update={"files": []}), stored=stored, parts=share))
+    skipped.sort(key=lambda s: s.path.encode())
+    return OutputScan(found, skipped[:MAX_SKIPPED_LISTED], skipped_count, problem)
+

@@ -1,0 +1,166 @@
+"""CSI VolumeSnapshots of the volumes the operator writes (storage.volume.snapshotClassName), as pure functions.
+
+ReadWriteOnce block storage (the default StorageClass of EKS, GKE and AKS) attaches a volume to one
+node at a time, so a checkpoint left on the volume its job wrote can be read on that node only.
+With a VolumeSnapshotClass configured, the volume store (storage/volume.py, SnapshotVolumeStore)
+keeps each checkpoint in a VolumeSnapshot (``snapshot.storage.k8s.io/v1``, as external-snapshotter
+defines it) of the volume it was written to, and every pod that reads it gets a volume of its own
+restored from that snapshot, on any node:
+
+- when its bytes are known to be on the disk: the end-of-job snapshot pod scans the output volume
+  after every writer has stopped and calls syncfs(2) on it (its result says ``"synced": "syncfs"``);
+  with live sealing, the sidecar calls syncfs once it has sealed a directory (its ``sealed`` line
+  says so). Only then is a VolumeSnapshot taken (``build_volume_snapshot``): a CSI snapshot is
+  crash-consistent, it holds what is on the disk, not what is still in a node's page cache;
+- the Checkpoints are created once it is ``readyToUse`` (``read_state``), with the location
+  ``{snapshot: {volumeSnapshotName, path, items, restoreSize, storageClassName}}``
+  (``snapshot_location``); then they become its owners (non-controller, blockOwnerDeletion) and the
+  job's reference goes, so Kubernetes' garbage collector deletes it with the last of them: a
+  snapshot is deleted when no Checkpoint points into it (``keep: N`` frees space), and its
+  VolumeSnapshotContent and the storage's snapshot go with it under ``deletionPolicy: Delete``;
+- a consumer's pod mounts a generic ephemeral volume (``restored_volume``): a claim per pod,
+  ``<pod>-<volume>``, restored from the snapshot (``dataSource``), of ``restoreSize``, ReadOnlyMany
+  where the driver supports it, else ReadWriteOnce, mounted read-only; the claim is labelled as
+  the operator's (``ckpt.dev/component: restored-input``) and goes with its pod.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+from checkpoint_operator.api.checkpoint import Location, SnapshotLocation
+from checkpoint_operator.logic.naming import child_name, short_hash
+
+GROUP = "snapshot.storage.k8s.io"
+API_VERSION = f"{GROUP}/v1"
+KIND = "VolumeSnapshot"
+COMPONENT_OUTPUT = "output-snapshot"     # ckpt.dev/component of a snapshot of a job's output
+COMPONENT_IMPORT = "import-snapshot"     # ... of an import's (or a push's) volume
+COMPONENT_RESTORED = "restored-input"    # ... of a claim restored for a consumer pod
+SYNCED = "syncfs"                        # what the agent reports once the filesystem is synced
+POLL_MIN, POLL_MAX = 1.0, 10.0           # seconds between two reads of a snapshot being cut
+
+
+class SnapshotNotReady(ValueError):
+    """A location in a snapshot was asked for before the snapshot was ready."""
+
+
+def volume_snapshot_name(claim: str, key: str) -> str:
+    """Deterministic: the same claim and key always name the same snapshot (a restarted operator
+    finds the one it took). `key`: what the snapshot is for ("final", or a sealed directory's
+    path and digest)."""
+    return child_name(claim, f"snap-{short_hash(f'{claim}/{key}', 10)}")
+
+
+@dataclass(frozen=True)
+class SnapshotRequest:
+    """A VolumeSnapshot to take of a claim."""
+
+    body: dict[str, Any]
+    storage_class: Optional[str]   # of the claim it is taken of: restores use the same
+
+    @property
+    def name(self) -> str:
+        return str(self.body["metadata"]["name"])
+
+    @property
+    def namespace(self) -> str:
+        return str(self.body["metadata"]["namespace"])
+
+
+def build_volume_snapshot(namespace: str, claim: str, key: str, snapshot_class: str, labels: Mapping[str, str],
+                          owner: Mapping[str, Any], storage_class: Optional[str]) -> SnapshotRequest:
+    """The VolumeSnapshot of `claim`, owned by `owner` (the job or the Checkpoint that wrote it)
+    until the Checkpoints that point into it take it over."""
+    body = {"apiVersion": API_VERSION, "kind": KIND,
+            "metadata": {"name": volume_snapshot_name(claim, key), "namespace": namespace, "labels": dict(labels),
+                         "ownerReferences": [dict(owner)]},
+            "spec": {"volumeSnapshotClassName": snapshot_class, "source": {"persistentVolumeClaimName": claim}}}
+    return SnapshotRequest(body, storage_class)
+
+
+@dataclass(frozen=True)
+class TakenSnapshot:
+    """A ready snapshot, as a location in it says."""
+
+    name: str
+    restore_size: Optional[str]
+    storage_class: Optional[str]
+
+
+@dataclass(frozen=True)
+class SnapshotState:
+    exists: bool
+    ready: bool = False
+    error: Optional[str] = None
+    restore_size: Optional[str] = None
+    deleting: bool = False
+    source_claim: Optional[str] = None
+
+
+def read_state(body: Optional[Mapping[str, Any]]) -> SnapshotState:
+    """What the snapshot controller says of a VolumeSnapshot (status.readyToUse, restoreSize, error)."""
+    if body is None:
+        return SnapshotState(exists=False)
+    status = body.get("status") or {}
+    error = (status.get("error") or {}).get("message")
+    source = ((body.get("spec") or {}).get("source") or {}).get("persistentVolumeClaimName")
+    return SnapshotState(exists=True, ready=status.get("readyToUse") is True, error=str(error) if error else None,
+                         restore_size=str(status["restoreSize"]) if status.get("restoreSize") is not None else None,
+                         deleting=bool((body.get("metadata") or {}).get("deletionTimestamp")),
+                         source_claim=str(source) if source else None)
+
+
+def poll_after(age_seconds: float) -> float:
+    """Seconds until a snapshot being cut is read again: soon at first, then every POLL_MAX
+    seconds (a cloud snapshot may take minutes; the snapshot's changes are not watched)."""
+    return min(POLL_MAX, max(POLL_MIN, math.ceil(age_seconds / 10)))
+
+
+def waiting_message(name: str, state: SnapshotState) -> str:
+    if state.error:
+        return f"VolumeSnapshot {name} is not ready: {state.error}"
+    return f"VolumeSnapshot {name} is being taken (waiting for readyToUse)"
+
+
+def snapshot_location(taken: TakenSnapshot, path: str, items: Optional[list[str]] = None) -> Location:
+    """status.location of a checkpoint in a snapshot."""
+    return Location(snapshot=SnapshotLocation(
+        volumeSnapshotName=taken.name, path=path, items=items, restoreSize=taken.restore_size,
+        storageClassName=taken.storage_class))
+
+
+def restored_volume(volume_name: str, location: SnapshotLocation, access_mode: str,
+                    labels: Mapping[str, str]) -> dict[str, Any]:
+    """A pod volume whose claim (one per pod) is restored from the snapshot of `location`."""
+    if not location.restoreSize:
+        raise SnapshotNotReady(f"VolumeSnapshot {location.volumeSnapshotName} has no restoreSize in the location")
+    spec: dict[str, Any] = {"accessModes": [access_mode], "resources": {"requests": {"storage": location.restoreSize}},
+                            "dataSource": {"apiGroup": GROUP, "kind": KIND, "name": location.volumeSnapshotName}}
+    if location.storageClassName:
+        spec["storageClassName"] = location.storageClassName
+    return {"name": volume_name, "ephemeral": {"volumeClaimTemplate": {
+        "metadata": {"labels": {**labels, "ckpt.dev/component": COMPONENT_RESTORED}}, "spec": spec}}}
+
+
+def owners_of(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [dict(o) for o in (body.get("metadata") or {}).get("ownerReferences") or []]
+
+
+def hand_over_owners(current: list[dict[str, Any]], checkpoints: list[dict[str, Any]],
+                     job_uid: Optional[str]) -> list[dict[str, Any]]:
+    """The owner references once `checkpoints` (owner references to Checkpoints) point into the
+    snapshot: every Checkpoint already an owner stays, the new ones are added, and the job's own
+    reference (`job_uid`) goes once any Checkpoint owns it."""
+    owners = [o for o in current if not (job_uid and o.get("uid") == job_uid)]
+    for owner in checkpoints:
+        if all(o.get("uid") != owner.get("uid") for o in owners):
+            owners.append(dict(owner))
+    return owners if any(o.get("kind") == "Checkpoint" for o in owners) else current
+
+
+def is_synced(report: Optional[str]) -> bool:
+    """Whether an agent's result says its filesystem was synced (what a snapshot needs)."""
+    return report == SYNCED

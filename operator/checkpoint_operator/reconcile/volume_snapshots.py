@@ -1,0 +1,135 @@
+"""Taking VolumeSnapshots, handing them to the Checkpoints that point into them, and deleting the ones
+none does (logic/volume_snapshots.py has the design; storage/volume.py's SnapshotVolumeStore asks
+for them).
+
+`take` is called on every pass of the step that needs the snapshot: it creates it once (its name is
+deterministic) and reads it until the snapshot controller says ``readyToUse``. Its changes are not
+watched: a snapshot being cut is read again after `logic.volume_snapshots.poll_after` seconds.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Optional, Union
+
+from checkpoint_operator.api.checkpoint import Checkpoint
+from checkpoint_operator.kube import PVCS, VOLUME_SNAPSHOTS, ApiError, Conflict
+from checkpoint_operator.logic import volume_snapshots
+from checkpoint_operator.logic.results import Wait
+from checkpoint_operator.logic.volume_snapshots import SnapshotRequest, TakenSnapshot
+from checkpoint_operator.logic.workload import LABEL_COMPONENT, LABEL_TRAINING_JOB_UID
+from checkpoint_operator.reconcile.context import Context
+
+API_MISSING_RECHECK = 60.0  # seconds: the snapshot API appears only when an administrator installs it
+ATTEMPTS = 3                # owner patches: each conflict is a fresh read and a new decision
+
+
+def take(ctx: Context, request: SnapshotRequest) -> Union[TakenSnapshot, Wait]:
+    """The ready snapshot of `request`, or the wait until it is."""
+    namespace, name = request.namespace, request.name
+    claim = request.body["spec"]["source"]["persistentVolumeClaimName"]
+    body = ctx.kube.get(VOLUME_SNAPSHOTS, namespace, name)
+    if body is None:
+        try:
+            ctx.kube.create(VOLUME_SNAPSHOTS, namespace, request.body)
+        except Conflict:
+            return Wait(requeue_after=0.2)  # taken meanwhile (another pass): read it again
+        except ApiError as exc:
+            if exc.status == 404:
+                return Wait("VolumeSnapshotsUnavailable", (
+                    f"storage.volume.snapshotClassName is {ctx.config.volume_snapshot_class!r}, but the API serves no "
+                    f"{VOLUME_SNAPSHOTS.api_version} VolumeSnapshots: install external-snapshotter's CRDs and "
+                    "snapshot controller, or unset storage.volume.snapshotClassName"),
+                    stalled=True, requeue_after=API_MISSING_RECHECK)
+            if exc.status in (400, 422):
+                return Wait("VolumeSnapshotRefused", f"the API server refused VolumeSnapshot {name}: {exc.message}",
+                            stalled=True, requeue_after=API_MISSING_RECHECK)
+            raise
+        return Wait("TakingVolumeSnapshot", f"taking VolumeSnapshot {name} of volume {claim}", warning=False,
+                    requeue_after=volume_snapshots.POLL_MIN)
+    if not _is_ours(body, request):
+        return Wait("NameConflict", f"VolumeSnapshot {name} exists and was not taken for this object; delete it",
+                    stalled=True, requeue_after=API_MISSING_RECHECK)
+    state = volume_snapshots.read_state(body)
+    if state.deleting:
+        return Wait("VolumeSnapshotDeleting", f"VolumeSnapshot {name} is being deleted; it is taken again once it "
+                                              "is gone", requeue_after=volume_snapshots.POLL_MAX)
+    if not state.ready or not state.restore_size:
+        return Wait("TakingVolumeSnapshot", volume_snapshots.waiting_message(name, state),
+                    warning=state.error is not None, requeue_after=volume_snapshots.poll_after(_age(body)))
+    return TakenSnapshot(name, state.restore_size, request.storage_class)
+
+
+def _is_ours(body: dict[str, Any], request: SnapshotRequest) -> bool:
+    """Taken for the same object: its labels (the job's uid, or the Checkpoint's name) and source."""
+    labels = (body.get("metadata") or {}).get("labels") or {}
+    wanted = request.body["metadata"]["labels"]
+    source = ((body.get("spec") or {}).get("source") or {}).get("persistentVolumeClaimName")
+    return all(labels.get(k) == v for k, v in wanted.items()) and \
+        source == request.body["spec"]["source"]["persistentVolumeClaimName"]
+
+
+def _age(body: dict[str, Any]) -> float:
+    created = (body.get("metadata") or {}).get("creationTimestamp")
+    if not created:
+        return 0.0
+    return (datetime.now(timezone.utc) - datetime.fromisoformat(created.replace("Z", "+00:00"))).total_seconds()
+
+
+def hand_over(ctx: Context, namespace: str, name: str, checkpoints: list[dict[str, Any]],
+              job_uid: Optional[str]) -> None:
+    """The Checkpoints that point into the snapshot (owner references to them) become its owners,
+    and the job's own reference goes: Kubernetes deletes it with the last of them. Conditional on
+    the version read (a concurrent change is read again)."""
+    for _ in range(ATTEMPTS):
+        body = ctx.kube.get(VOLUME_SNAPSHOTS, namespace, name)
+        if body is None:
+            return
+        current = volume_snapshots.owners_of(body)
+        owners = volume_snapshots.hand_over_owners(current, checkpoints, job_uid)
+        if [o.get("uid") for o in owners] == [o.get("uid") for o in current]:
+            return
+        try:
+            ctx.kube.patch(VOLUME_SNAPSHOTS, namespace, name, {"metadata": {
+                "ownerReferences": owners, "resourceVersion": body["metadata"].get("resourceVersion")}})
+            return
+        except Conflict:
+            continue
+    raise Conflict(409, "Conflict", f"VolumeSnapshot {name} kept changing while its owners were set")
+
+
+def delete_unused(ctx: Context, namespace: str, job_uid: str) -> list[str]:
+    """A job's output snapshots that no Checkpoint owns (taken for a sealed directory that the
+    end-of-job snapshot published instead, or for directories retention dropped): deleted, so
+    nothing is left that no object points into. One LIST, when the job's snapshot is done."""
+    selector = f"{LABEL_TRAINING_JOB_UID}={job_uid},{LABEL_COMPONENT}={volume_snapshots.COMPONENT_OUTPUT}"
+    deleted = []
+    for body in ctx.kube.list(VOLUME_SNAPSHOTS, namespace, label_selector=selector):
+        owners = volume_snapshots.owners_of(body)
+        if any(o.get("kind") == "Checkpoint" for o in owners) or (body.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        try:  # conditional: a hand-over since the LIST keeps it
+            if ctx.kube.delete(VOLUME_SNAPSHOTS, namespace, body["metadata"]["name"],
+                               resource_version=body["metadata"].get("resourceVersion")):
+                deleted.append(body["metadata"]["name"])
+        except Conflict:
+            continue
+    return deleted
+
+
+def release_claim(ctx: Context, checkpoint: Checkpoint, claim: str, snapshot: str) -> None:
+    """An import's (or a push's) volume, once its data is in the ready snapshot: deleted unless
+    another object holds it too (a Checkpoint that adopted a path of it), conditional on the
+    version read (an adopter that adds itself meanwhile keeps it: logic/claim_ownership.py)."""
+    body = ctx.kube.get(PVCS, checkpoint.metadata.namespace, claim)
+    if body is None:
+        return
+    owners = (body.get("metadata") or {}).get("ownerReferences") or []
+    if not all(o.get("uid") == checkpoint.metadata.uid for o in owners):
+        return
+    try:
+        ctx.kube.delete(PVCS, checkpoint.metadata.namespace, claim,
+                        resource_version=body["metadata"].get("resourceVersion"))
+    except Conflict:
+        return
+    ctx.info(checkpoint, "VolumeReleased", f"volume {claim} deleted: the checkpoint is kept in VolumeSnapshot {snapshot}")

@@ -1,0 +1,187 @@
+"""Checkpoints assembled across workers' volumes (agent/parts.py), on real files: the union is
+what one shared directory holding every worker's files would be (same digest, format, step and
+completeness as a scan of that directory), a conflict is refused by name, and identical
+duplicates are one file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from checkpoint_operator.agent.parts import scan_parts
+from checkpoint_operator.agent.scan import scan_directory
+from formats_files import dcp_metadata_bytes
+
+CONFIG = b'{"model": "tiny"}'
+
+
+def write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def dcp_rank(output: Path, directory: str, rank: int, ranks: int = 2, size: int = 64,
+             config: bytes = CONFIG) -> Path:
+    """Rank `rank`'s part of a torch DCP save in worker `rank`'s output: its shard (and rank 0 the
+    `.metadata` naming every rank's), plus a config.json every rank writes."""
+    root = output / f"worker-{rank}" / directory
+    if rank == 0:
+        storage = [(f"__{r}_0.distcp", 0, size) for r in range(ranks)]
+        write(root / ".metadata", dcp_metadata_bytes(["model.w", "optim.state.w.exp_avg"], storage))
+    write(root / f"__{rank}_0.distcp", bytes([rank]) * size)
+    write(root / "config.json", config)
+    return root
+
+
+def merged(output: Path, tmp: Path) -> Path:
+    """One directory holding every worker's files, as a shared volume would."""
+    shared = tmp / "shared"
+    for part in sorted(output.iterdir()):
+        shutil.copytree(part, shared, dirs_exist_ok=True)
+    return shared
+
+
+def test_a_directory_written_by_two_workers_is_one_checkpoint_the_union(tmp_path):
+    output = tmp_path / "out"
+    for rank in (0, 1):
+        dcp_rank(output, "step-100", rank)
+    result = scan_parts(str(output), 2)
+    [m] = result.result.checkpoints
+    assert m.path == "step-100"
+    assert [f.path for f in m.files] == [".metadata", "__0_0.distcp", "__1_0.distcp", "config.json"]
+    assert (m.format, m.step, m.complete, m.resumable) == ("torch-dcp", 100, True, True)
+    # The worker each file is read from: config.json (the same bytes in both) from the first.
+    assert result.sources["step-100"] == [0, 0, 1, 0]
+    # Exactly what one shared directory with every worker's files would be.
+    [shared] = scan_directory(merged(output, tmp_path)).checkpoints
+    assert (m.digest, m.sizeBytes, m.fileCount, m.completeReason) == \
+        (shared.digest, shared.sizeBytes, shared.fileCount, shared.completeReason)
+    assert result.result.skipped == []
+
+
+def test_completeness_is_decided_over_the_union_and_a_missing_rank_shard_is_named(tmp_path):
+    output = tmp_path / "out"
+    dcp_rank(output, "step-100", 0)
+    (output / "worker-1").mkdir(parents=True)  # rank 1 wrote nothing
+    [m] = scan_parts(str(output), 2).result.checkpoints
+    assert m.complete is False
+    assert m.completeReason == "__1_0.distcp is named by .metadata but missing"
+    # Rank 1 alone (its shard, no .metadata) is not a checkpoint of its own either: it is a part.
+    dcp_rank(output, "step-200", 0)
+    dcp_rank(output, "step-200", 1)
+    by_path = {c.path: c for c in scan_parts(str(output), 2).result.checkpoints}
+    assert by_path["step-200"].complete is True and set(by_path) == {"step-100", "step-200"}
+
+
+def test_the_same_path_with_different_bytes_is_refused_by_name_and_the_others_are_made(tmp_path):
+    output = tmp_path / "out"
+    dcp_rank(output, "step-100", 0)
+    dcp_rank(output, "step-100", 1, config=b'{"model": "other"}')
+    for rank in (0, 1):
+        dcp_rank(output, "step-200", rank)
+    result = scan_parts(str(output), 2)
+    assert [c.path for c in result.result.checkpoints] == ["step-200"]
+    [skipped] = result.result.skipped
+    assert skipped.path == "step-100"
+    assert skipped.reason.startswith("conflicting parts, not made into a Checkpoint: 'config.json' differs "
+                                     "between worker 0 (sha256 ")
+    assert "and worker 1 (sha256 " in skipped.reason
+    assert result.result.skippedCount == 1
+
+
+def test_many_conflicts_are_one_bounded_entry(tmp_path):
+    output = tmp_path / "out"
+    for i in range(50):
+        write(output / "worker-0" / "d" / f"f{i}", b"a")
+        write(output / "worker-1" / "d" / f"f{i}", b"b")
+    [skipped] = scan_parts(str(output), 2).result.skipped
+    assert skipped.reason.count("differs between") == 3 and skipped.reason.endswith("; and 47 more")
+
+
+def test_per_worker_keeps_each_worker_s_checkpoints_its_own(tmp_path):
+    output = tmp_path / "out"
+    dcp_rank(output, "step-100", 0)
+    dcp_rank(output, "step-100", 1)
+    write(output / "worker-1" / "final.safetensors", b"x")
+    result = scan_parts(str(output), 2, per_worker=True)
+    by_path = {c.path: c for c in result.result.checkpoints}
+    assert set(by_path) == {"worker-0/step-100", "worker-1/step-100", "worker-1"}
+    # Each worker's part alone, as perWorker asks: rank 1's shard is in worker 1's part, and that
+    # part has no .metadata.
+    assert by_path["worker-0/step-100"].completeReason == "__1_0.distcp is named by .metadata but missing"
+    assert by_path["worker-1/step-100"].completeReason == \
+        "no .metadata beside the .distcp files (torch DCP writes it last)"
+    assert result.sources["worker-1/step-100"] == [1, 1]
+    assert [f.path for f in by_path["worker-1"].files] == ["final.safetensors"]
+
+
+def test_skipped_entries_of_a_part_name_the_worker(tmp_path):
+    output = tmp_path / "out"
+    write(output / "worker-0" / "step-1" / "w.bin", b"x")
+    (output / "worker-1" / "step-1.tmp").mkdir(parents=True)
+    write(output / "worker-1" / "step-1.tmp" / "w.bin", b"x")
+    result = scan_parts(str(output), 2)
+    assert [c.path for c in result.result.checkpoints] == ["step-1"]
+    assert [s.path for s in result.result.skipped] == ["worker-1/step-1.tmp"]
+
+
+def test_the_agent_command_prints_the_union_and_the_sources(tmp_path):
+    output = tmp_path / "out"
+    for rank in (0, 1):
+        dcp_rank(output, "step-100", rank)
+    printed = subprocess.run([sys.executable, "-m", "checkpoint_operator", "agent", "scan", str(output),
+                              "--parts", "2", "--json"], capture_output=True, text=True, check=True).stdout
+    data = json.loads(printed.strip().splitlines()[-1])
+    assert [c["path"] for c in data["checkpoints"]] == ["step-100"]
+    assert data["sources"] == {"step-100": [0, 0, 1, 0]}
+
+
+def test_the_operator_s_result_carries_each_worker_s_share_and_the_manifest_beside_the_data(tmp_path):
+    """`agent scan --parts --result --part-manifests`: the bounded result names, per checkpoint, the
+    items each worker's volume provides (never its files), and the union's full manifest is written
+    to the first providing worker's volume, outside the checkpoint's directory."""
+    from checkpoint_operator.protocol import channel
+    from checkpoint_operator.protocol.manifest import parse_manifest, stored_manifest_name
+    from checkpoint_operator.protocol.results import ScanReport
+    output = tmp_path / "out"
+    for rank in (0, 1):
+        dcp_rank(output, "step-100", rank)
+    write(output / "worker-1" / "final" / "w.bin", b"w")
+    before = {p: p.read_bytes() for p in output.rglob("*") if p.is_file()}
+    printed = subprocess.run([sys.executable, "-m", "checkpoint_operator", "agent", "scan", str(output), "--parts", "2",
+                              "--result", "--part-manifests"],
+                             capture_output=True, text=True, check=True).stdout
+    report = channel.find_result(printed, (ScanReport,), limit_bytes=1 << 20)
+    by_path = {c.path: c for c in report.checkpoints}
+    step = by_path["step-100"]
+    assert [(p.worker, p.items) for p in step.parts] == [(0, [".metadata", "__0_0.distcp", "config.json"]),
+                                                        (1, ["__1_0.distcp"])]
+    assert [(p.worker, p.items) for p in by_path["final"].parts] == [(1, None)]  # one worker's whole directory
+    assert step.manifestStored and by_path["final"].manifestStored
+    stored = parse_manifest((output / "worker-0" / ".ckpt-manifests" / stored_manifest_name(step.digest)).read_bytes(),
+                            "stored")
+    assert stored.digest == step.digest and [f.path for f in stored.files] == [
+        ".metadata", "__0_0.distcp", "__1_0.distcp", "config.json"]
+    assert (output / "worker-1" / ".ckpt-manifests" / stored_manifest_name(by_path["final"].digest)).is_file()
+    assert {p: p.read_bytes() for p in before} == before  # every checkpoint's bytes as written
+
+
+def test_a_share_too_many_mounts_is_skipped_with_the_reason(tmp_path):
+    from checkpoint_operator.agent.parts import MAX_ITEMS, parts_output
+    output = tmp_path / "out"
+    for i in range(2 * MAX_ITEMS + 2):  # interleaved flat files: each one a mount, MAX_ITEMS + 1 each
+        write(output / f"worker-{i % 2}" / "flat" / f"f{i:04d}", b"x")
+    write(output / "worker-0" / "ok" / "a", b"a")
+    scan = parts_output(scan_parts(str(output), 2), str(output), "auto")
+    assert [c.manifest.path for c in scan.checkpoints] == ["ok"]
+    assert scan.skipped[0].path == "flat" and f"more than {MAX_ITEMS} separate files" in scan.skipped[0].reason
+
+
+def test_the_scan_s_item_bounds_are_the_protocol_s():
+    from checkpoint_operator.agent import parts, scan
+    from checkpoint_operator.protocol import results
+    assert scan.MAX_ITEMS == parts.MAX_ITEMS == results.MAX_ITEMS
+    assert parts.MAX_PART_ITEM == results.MAX_ITEM and parts.MAX_CHECKPOINTS == results.MAX_CHECKPOINTS

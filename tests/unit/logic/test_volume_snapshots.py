@@ -1,0 +1,149 @@
+"""logic/volume_snapshots.py: the VolumeSnapshots the operator builds (validated against external-snapshotter's
+own CRD, schema and CEL rules: tests/schemas/external-snapshotter/), what it reads of them, the locations in
+them, and the volumes restored from them (validated against Kubernetes' Pod schema)."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from checkpoint_operator.api.checkpoint import Location, SnapshotLocation
+from checkpoint_operator.local.admission import CustomResourceSchema
+from checkpoint_operator.logic import volume_snapshots as vs
+from checkpoint_operator.logic.naming import MAX_NAME
+
+SCHEMAS = Path(__file__).parents[2] / "schemas" / "external-snapshotter"
+SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+JOB_OWNER = {"apiVersion": "ckpt.dev/v1alpha1", "kind": "TrainingJob", "name": "train", "uid": "u-job",
+             "controller": True, "blockOwnerDeletion": True}
+
+
+def crd_schema(kind: str) -> CustomResourceSchema:
+    name = {"VolumeSnapshot": "volumesnapshots", "VolumeSnapshotContent": "volumesnapshotcontents"}[kind]
+    crd = yaml.safe_load((SCHEMAS / f"snapshot.storage.k8s.io_{name}.yaml").read_text())
+    [version] = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    return CustomResourceSchema(version["schema"]["openAPIV3Schema"])
+
+
+def request(claim: str = "train-output-ab12c", key: str = "final", storage_class: str | None = "gp3"):
+    return vs.build_volume_snapshot("team-a", claim, key, "ebs-snapshots",
+                                    {"ckpt.dev/trainingjob-uid": "u-job", "ckpt.dev/component": vs.COMPONENT_OUTPUT},
+                                    JOB_OWNER, storage_class)
+
+
+def test_the_volume_snapshot_is_valid_for_external_snapshotters_crd() -> None:
+    built = request()
+    body = copy.deepcopy(built.body)
+    assert crd_schema("VolumeSnapshot").admit(body, None) == []
+    assert body == built.body  # nothing pruned or defaulted: every field is one the CRD has
+    assert body["apiVersion"] == "snapshot.storage.k8s.io/v1" and body["kind"] == "VolumeSnapshot"
+    assert body["spec"] == {"volumeSnapshotClassName": "ebs-snapshots",
+                            "source": {"persistentVolumeClaimName": "train-output-ab12c"}}
+    assert body["metadata"]["ownerReferences"] == [JOB_OWNER]
+    assert built.namespace == "team-a" and built.storage_class == "gp3"
+
+
+def test_the_crd_refuses_what_it_should_so_the_check_above_means_something() -> None:
+    bad = copy.deepcopy(request().body)
+    bad["spec"]["source"]["volumeSnapshotContentName"] = "x"  # both sources: its CEL rule refuses it
+    assert any("exactly one of volumeSnapshotContentName and persistentVolumeClaimName" in str(e)
+               for e in crd_schema("VolumeSnapshot").admit(bad, None))
+    empty_class = copy.deepcopy(request().body)
+    empty_class["spec"]["volumeSnapshotClassName"] = ""
+    assert crd_schema("VolumeSnapshot").admit(empty_class, None)
+
+
+def test_snapshot_names_are_deterministic_valid_and_differ_by_purpose() -> None:
+    assert vs.volume_snapshot_name("c", "final") == vs.volume_snapshot_name("c", "final")
+    names = {vs.volume_snapshot_name("c", key) for key in ("final", "step-1@sha256:a", "step-1@sha256:b", "import")}
+    assert len(names) == 4
+    longest = vs.volume_snapshot_name("c" * 253, "final")
+    assert len(longest) <= MAX_NAME and SUBDOMAIN.match(longest)
+    assert vs.volume_snapshot_name("c" * 253, "final") != vs.volume_snapshot_name("c" * 252 + "d", "final")
+
+
+@pytest.mark.parametrize("body, state", [
+    (None, vs.SnapshotState(exists=False)),
+    ({"metadata": {"name": "s"}, "spec": {"source": {"persistentVolumeClaimName": "c"}}},
+     vs.SnapshotState(exists=True, source_claim="c")),
+    ({"metadata": {"name": "s"}, "spec": {}, "status": {"readyToUse": False, "error": {"message": "quota"}}},
+     vs.SnapshotState(exists=True, error="quota")),
+    ({"metadata": {"name": "s"}, "spec": {}, "status": {"readyToUse": True, "restoreSize": "10Gi",
+                                                        "boundVolumeSnapshotContentName": "snapcontent-1"}},
+     vs.SnapshotState(exists=True, ready=True, restore_size="10Gi")),
+    ({"metadata": {"name": "s", "deletionTimestamp": "2026-01-01T00:00:00Z"}, "spec": {},
+      "status": {"readyToUse": True, "restoreSize": "1Gi"}},
+     vs.SnapshotState(exists=True, ready=True, restore_size="1Gi", deleting=True)),
+])
+def test_read_state(body, state) -> None:
+    assert vs.read_state(body) == state
+
+
+def test_a_snapshot_being_cut_is_read_soon_then_every_ten_seconds() -> None:
+    assert vs.poll_after(0) == vs.POLL_MIN
+    assert vs.poll_after(35) == 4
+    assert vs.poll_after(3600) == vs.POLL_MAX
+
+
+def test_a_location_in_a_snapshot_reads_back_through_the_model() -> None:
+    taken = vs.TakenSnapshot("train-output-ab12c-snap-1", "10Gi", "gp3")
+    location = vs.snapshot_location(taken, ".", ["config.json", "model.safetensors"])
+    wire = location.to_wire()
+    assert wire == {"snapshot": {"volumeSnapshotName": "train-output-ab12c-snap-1", "path": ".",
+                                 "items": ["config.json", "model.safetensors"], "restoreSize": "10Gi",
+                                 "storageClassName": "gp3"}}
+    assert Location.model_validate(wire) == location
+    assert Location.model_validate({"volume": {"claimName": "c", "path": "."}}).snapshot is None
+
+
+def pod_with(volume: dict) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "consumer"},
+            "spec": {"containers": [{"name": "main", "image": "x", "volumeMounts": [
+                {"name": volume["name"], "mountPath": "/input-checkpoint/base", "subPath": "step-100",
+                 "readOnly": True}]}], "volumes": [volume]}}
+
+
+@pytest.mark.parametrize("mode", ["ReadWriteOnce", "ReadOnlyMany"])
+def test_a_restored_volume_is_a_claim_of_each_pods_own_from_the_snapshot(mode: str) -> None:
+    location = SnapshotLocation(volumeSnapshotName="snap", path="step-100", restoreSize="10Gi",
+                                storageClassName="gp3")
+    volume = vs.restored_volume("ckpt-in-0", location, mode, {"app.kubernetes.io/managed-by": "checkpoint-operator"})
+    template = volume["ephemeral"]["volumeClaimTemplate"]
+    assert template["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "checkpoint-operator",
+                                              "ckpt.dev/component": vs.COMPONENT_RESTORED}
+    assert template["spec"] == {"accessModes": [mode], "resources": {"requests": {"storage": "10Gi"}},
+                                "storageClassName": "gp3", "dataSource": {
+                                    "apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "snap"}}
+    kubernetes_validate.validate(pod_with(volume), "1.34.0", strict=True)
+
+
+def test_a_restored_volume_needs_the_snapshots_restore_size() -> None:
+    with pytest.raises(vs.SnapshotNotReady, match="snap"):
+        vs.restored_volume("v", SnapshotLocation(volumeSnapshotName="snap", path="."), "ReadWriteOnce", {})
+    without_class = vs.restored_volume("v", SnapshotLocation(volumeSnapshotName="s", path=".", restoreSize="1Gi"),
+                                       "ReadWriteOnce", {})
+    assert "storageClassName" not in without_class["ephemeral"]["volumeClaimTemplate"]["spec"]  # the default class
+
+
+def checkpoint_owner(name: str, uid: str) -> dict:
+    return {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint", "name": name, "uid": uid, "controller": False,
+            "blockOwnerDeletion": True}
+
+
+def test_hand_over_moves_the_snapshot_from_the_job_to_its_checkpoints() -> None:
+    a, b = checkpoint_owner("a", "u-a"), checkpoint_owner("b", "u-b")
+    assert vs.hand_over_owners([JOB_OWNER], [a, b], "u-job") == [a, b]
+    # A Checkpoint of an earlier pass stays; one given twice is there once.
+    assert vs.hand_over_owners([JOB_OWNER, a], [a, b], "u-job") == [a, b]
+    # Nothing to hand over to: the job keeps it (never an object without an owner, which the GC would ignore
+    # but a user would have to clean up).
+    assert vs.hand_over_owners([JOB_OWNER], [], "u-job") == [JOB_OWNER]
+
+
+def test_only_a_synced_report_allows_a_snapshot() -> None:
+    assert vs.is_synced("syncfs") and not vs.is_synced(None) and not vs.is_synced("sync")
