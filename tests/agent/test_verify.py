@@ -135,3 +135,18 @@ def test_json_ends_with_one_json_line_when_the_check_cannot_be_made(tmp_path):
     assert run.returncode == 1 and run.stderr.startswith("error: ")
     out = json.loads(run.stdout.splitlines()[-1])
     assert out["verified"] is False and "not a directory" in out["problems"][0]["problem"]
+
+
+def test_entries_the_manifest_does_not_list_are_flagged_even_a_skipped_link(tmp_path):
+    """hostile4 D14: what a consumer mounts may hold entries the manifest does not list (a link
+    leaving the checkpoint, skipped by the scan, inside a directory mounted whole): verify names
+    each one (the behaviour docs/distributed.md describes)."""
+    manifest = make(tmp_path / "c", {"r1/shard": b"s"})
+    stored = tmp_path / "manifest.json"
+    stored.write_text(manifest.to_json())
+    (tmp_path / "c" / "r1" / "evil").symlink_to("/etc/hostname")
+    (tmp_path / "c" / "r1" / "extra").write_bytes(b"x")
+    result = verify_directory(str(tmp_path / "c"), manifest.digest, manifest_path=str(stored))
+    assert not result.verified
+    assert [p.line() for p in result.problems] == ["'r1/evil': skipped: symlink leaves the checkpoint",
+                                                   "'r1/extra': not in the manifest"]
