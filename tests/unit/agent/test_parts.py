@@ -12,6 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from checkpoint_operator.agent.parts import scan_parts
 from checkpoint_operator.agent.scan import scan_directory
 from formats_files import dcp_metadata_bytes
@@ -304,3 +307,30 @@ def test_the_entry_limit_is_for_all_parts_together(tmp_path):
     assert line.startswith(f"error: {output} (all 2 workers' volumes): more than 100 entries (at ") and \
         "--max-entries" in line, line
     assert len(scan_parts(str(output), 2, max_entries=130).result.checkpoints[0].files) == 60 + 60
+
+
+def _leaves(paths: list[str]) -> list[str]:
+    """The paths no other one is under (the files of one tree, or what its walk skipped)."""
+    return [p for p in dict.fromkeys(paths) if not any(q.startswith(p + "/") for q in paths)]
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(st.lists(st.tuples(st.integers(0, 2), st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=3)
+                          .map("/".join), st.booleans()), max_size=10))
+def test_skipped_in_one_worker_and_provided_by_another_is_found_as_pair_by_pair(entries):
+    """_skipped_elsewhere (one sorted pass) finds a conflict exactly when some file one worker
+    provides is, is under, or is above an entry another worker's scan skipped."""
+    from checkpoint_operator.agent.parts import _skipped_elsewhere
+    provided: dict[str, int] = {}
+    lost: list[tuple[int, str, str]] = []
+    for worker in range(3):  # each worker's entries form one tree's leaves, as its walk yields them
+        mine = _leaves([p for w, p, _ in entries if w == worker])
+        skipped = {p for w, p, s in entries if w == worker and s}
+        for path in mine:
+            if path in skipped:
+                lost.append((worker, path, "fifo"))
+            elif not any(q == path or q.startswith(path + "/") or path.startswith(q + "/") for q in provided):
+                provided[path] = worker  # the union: no file above or under another (paths_clash)
+    expected = any(wp != wl and (p == gone or p.startswith(gone + "/") or gone.startswith(p + "/"))
+                   for p, wp in provided.items() for wl, gone, _ in lost)
+    assert bool(_skipped_elsewhere(provided, lost)) == expected, (provided, lost)
