@@ -71,7 +71,7 @@ def scan_parts(directory: str, count: int, layout: str = "auto", per_worker: boo
     """Scan DIR/worker-0 .. DIR/worker-<count-1> and assemble their checkpoints (see above).
     `max_entries` bounds the entries of all parts together (hostile4 D6: it was each part's, so N
     workers could hold N times as many), so memory is bounded as one volume's scan: every file
-    listed is held once in its part's manifest and once in the union (~1.5 KB in all each,
+    listed is held once in its part's manifest and once in the union (about 0.9 KB a file in all,
     docs/performance.md)."""
     parts = [os.path.join(directory, part_directory(i)) for i in range(count)]
     budget = EntryBudget(max_entries, what=f"{directory} (all {count} workers' volumes)")
