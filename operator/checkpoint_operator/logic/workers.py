@@ -9,6 +9,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator.logic.agent_pods import PodProblem, pod_failure, pod_problem
+from checkpoint_operator.logic.node_cache import FillReport, read_fill_reports
 
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 WORKER_INDEX_LABEL = "ckpt.dev/worker-index"  # logic/workload.py sets it on a volume-per-worker pod
@@ -26,6 +27,8 @@ class WorkerPod:
     failure: Optional[str] = None       # why a Failed pod failed (exit code, OOMKilled, evicted, ...)
     finished_at: str = ""               # when its last container ended (RFC 3339), for a failed pod
     deleting: bool = False              # deleted (stopped by its controller, or by someone)
+    uid: str = ""
+    cache_fills: tuple[FillReport, ...] = ()  # what its node-cache fills reported (logic/node_cache.py)
 
     @property
     def is_live(self) -> bool:
@@ -59,7 +62,8 @@ def worker_pod(body: Mapping[str, Any]) -> WorkerPod:
                      attempt=_int(attempt) if attempt is not None else None,
                      failure=pod_failure(dict(body), what).message if failed else None,
                      finished_at=_finished_at(status) if failed else "",
-                     deleting=bool(meta.get("deletionTimestamp")))
+                     deleting=bool(meta.get("deletionTimestamp")), uid=meta.get("uid", ""),
+                     cache_fills=tuple(read_fill_reports(body)))
 
 
 def of_attempt(pods: Iterable[WorkerPod], attempt: int) -> list[WorkerPod]:

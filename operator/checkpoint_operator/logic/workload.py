@@ -18,7 +18,7 @@ from checkpoint_operator import API_VERSION
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobHead
 from checkpoint_operator.config import OperatorConfig
-from checkpoint_operator.logic import agent_commands, engines, import_sources, kueue, rendezvous
+from checkpoint_operator.logic import node_cache, agent_commands, engines, import_sources, kueue, rendezvous
 from checkpoint_operator.logic import live_sealing
 from checkpoint_operator.logic.agent_pods import (AGENT_DATA_MOUNT, AGENT_OUTPUT_MOUNT, INPUT_VOLUME_PREFIX,
                                                   OUTPUT_VOLUME, STAGING_VOLUME, InputVolumes, agent_container,
@@ -187,16 +187,18 @@ def check_user_mounts(template_spec: dict[str, Any], tj: TrainingJob) -> None:
                             f"{mount.get('name')!r} at {mount.get('mountPath')!r} is at or inside {field_name} "
                             f"{directory!r}, which the operator mounts; move it elsewhere")
     user_volumes = {v.get("name") for v in template_spec.get("volumes", []) or []}
-    ours = [v for v in user_volumes if v and (v == OUTPUT_VOLUME or v == STAGING_VOLUME or v == live_sealing.META_VOLUME
-                                              or v.startswith(INPUT_VOLUME_PREFIX))]
+    ours = [v for v in user_volumes if v and (v in (OUTPUT_VOLUME, STAGING_VOLUME, live_sealing.META_VOLUME,
+                                                    node_cache.CACHE_VOLUME) or v.startswith(INPUT_VOLUME_PREFIX))]
     if ours:
         raise InvalidSpec(f"spec.template.spec.volumes {sorted(ours)} use names reserved by the operator "
-                          f"({OUTPUT_VOLUME}, {STAGING_VOLUME}, {live_sealing.META_VOLUME}, {INPUT_VOLUME_PREFIX}*); "
-                          f"rename them")
+                          f"({OUTPUT_VOLUME}, {STAGING_VOLUME}, {live_sealing.META_VOLUME}, {node_cache.CACHE_VOLUME}, "
+                          f"{INPUT_VOLUME_PREFIX}*); rename them")
     for kind in ("initContainers", "containers"):
-        if any(c.get("name") == live_sealing.SIDECAR for c in template_spec.get(kind, []) or []):
-            raise InvalidSpec(f"spec.template.spec.{kind} has a container named {live_sealing.SIDECAR!r}, a name "
-                              f"reserved for the operator's sealing sidecar; rename it")
+        for reserved_name, what in ((live_sealing.SIDECAR, "sealing sidecar"),
+                                    (node_cache.HOLD_CONTAINER, "node-cache sidecar")):
+            if any(c.get("name") == reserved_name for c in template_spec.get(kind, []) or []):
+                raise InvalidSpec(f"spec.template.spec.{kind} has a container named {reserved_name!r}, a name "
+                                  f"reserved for the operator's {what}; rename it")
 
 
 # --- objects -----------------------------------------------------------------------------------
