@@ -105,6 +105,9 @@ class OperatorConfig(BaseModel):
     def _s3_store_needs_a_bucket(self):
         if self.storage_type == "s3" and not self.s3_bucket:
             raise ValueError("CKPT_S3_BUCKET must be set when CKPT_STORAGE_TYPE is s3")
+        if self.cache_enabled and self.storage_type != "s3":
+            raise ValueError("CKPT_CACHE_ENABLED (cache.enabled) caches inputs of the s3 store; CKPT_STORAGE_TYPE is "
+                             f"{self.storage_type}")
         if self.storage_type != "volume" and self.volume_snapshot_class:
             raise ValueError("CKPT_VOLUME_SNAPSHOT_CLASS (storage.volume.snapshotClassName) is for the volume store; "
                              f"CKPT_STORAGE_TYPE is {self.storage_type}")
