@@ -194,3 +194,26 @@ def test_the_fill_waits_for_the_hold_and_the_hold_keeps_the_entry(s3, tmp_path):
 def test_keys_outside_the_rule_are_refused(tmp_path, key):
     with pytest.raises(AgentError, match="--key"):
         cache_at(tmp_path).entry_dir(key)
+
+
+def test_an_abandoned_fill_gives_its_reservation_back_when_room_is_needed(s3, tmp_path):
+    uri, key, size = stored(s3, tmp_path, "i", {"w.bin": os.urandom(MiB)})
+    cache = cache_at(tmp_path, capacity=size + 10)
+    abandoned = "team-b/" + "d" * 64  # a filler killed before it committed, its pod never retried on this node
+    cache.reserve(abandoned, size)
+    (Path(cache.staging_dir(abandoned)) / "data").mkdir()
+    with cache.using(abandoned):  # a pod holding the key does not keep a fill no process runs
+        report = fill(cache, key, uri, size, wait_for_hold=False, full_retry=0.01, deadline=time.monotonic() + 5)
+    assert report.outcome == "miss" and not Path(cache.staging_dir(abandoned)).exists()
+    # A fill under way (its fill lock held) keeps its reservation: the new one waits instead.
+    uri2, key2, _ = stored(s3, tmp_path, "j", {"w.bin": os.urandom(MiB)})
+    cache.reserve(abandoned, size)
+    filling = cache.lock(abandoned, "fill")
+    filling.take(__import__("fcntl").LOCK_EX)
+    try:
+        with cache.using(key):
+            with pytest.raises(CacheFull):
+                fill(cache, key2, uri2, size, wait_for_hold=False, full_retry=0.01, deadline=time.monotonic() + 0.1)
+    finally:
+        filling.close()
+    assert Path(cache.staging_dir(abandoned)).exists()

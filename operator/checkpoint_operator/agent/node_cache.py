@@ -269,6 +269,8 @@ class NodeCache:
             evicted: list[Evicted] = []
             if used + size > self.capacity:
                 used -= self._drop_trash()
+            if used + size > self.capacity:
+                used -= self._drop_abandoned_fills(key)
             for candidate in self._by_last_use():
                 if used + size <= self.capacity:
                     break
@@ -330,6 +332,26 @@ class NodeCache:
                     freed += size
             finally:
                 use.close()
+        return freed
+
+    def _drop_abandoned_fills(self, own: str) -> int:
+        """Staging directories whose fill no process runs (its pod was killed and not retried here): their
+        reservations are given back. A fill under way holds its fill lock, and is left alone."""
+        freed = 0
+        staging = os.path.join(self.root, "staging")
+        for flat in _listdir(staging):
+            namespace, _, hexdigest = flat.partition(".")
+            key = f"{namespace}/{hexdigest}"
+            if key == own or not KEY.match(key):
+                continue
+            fill = self.lock(key, "fill")
+            try:
+                if fill.take(fcntl.LOCK_EX, wait=False):
+                    freed += _reserved(os.path.join(staging, flat))
+                    fstree.remove_tree(os.path.join(staging, flat), ignore_errors=True)
+                    self.log(f"cache: removed the abandoned fill of {key} (no process fills it)")
+            finally:
+                fill.close()
         return freed
 
     # -- commit --------------------------------------------------------------------------------------
