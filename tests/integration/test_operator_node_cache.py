@@ -30,7 +30,8 @@ def cluster_nodes() -> int:
 def operator_config(s3) -> OperatorConfig:  # noqa: F811
     return OperatorConfig(reconcile_interval=0.2, agent_image="checkpoint-operator:test", storage_type="s3",
                           s3_endpoint=s3.endpoint, s3_bucket=s3.bucket, s3_prefix=s3.root.rstrip("/"),
-                          s3_secret_name="store-credentials", cache_enabled=True, cache_capacity="1Gi")
+                          s3_secret_name="store-credentials", cache_enabled=True,
+                          cache_capacity="5Mi")  # one 3 MiB entry per node
 
 
 def _metric(name: str, **labels: str) -> float:
@@ -106,3 +107,31 @@ async def test_consumers_on_three_nodes_read_three_copies_from_the_store(api, st
         entry = cluster.node_dir(node) / "local-volumes/var/lib/checkpoint-operator/cache/entries" / NS
         (digest_dir,) = list(entry.iterdir())
         assert (digest_dir / "data" / "model.bin").read_bytes() == weights
+
+
+@pytest.mark.parametrize("cluster_nodes", [1])
+async def test_an_eviction_takes_the_node_out_of_cached_on(api, store_secret, operator, trainer, wait_for,  # noqa: F811
+                                                          cluster, cluster_nodes):
+    """A cache for one entry: the job on B evicts A (its pod is over), so A is cached nowhere and B on the node.
+    On one node too the cache is the node's own directory, never the host's path."""
+    def pretrain(attempt, env):
+        for step in ("a", "b"):
+            write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], step, {"model.bin": os.urandom(3 * 1024 * 1024)})
+        return 0
+    trainer.behaviours["pre"] = pretrain
+    await api.create(TJ, NS, training_job("pre"))
+    await wait_phase(api, wait_for, TJ, "pre", "Succeeded")
+    for name, step in (("on-a", "pre.a"), ("on-b", "pre.b")):
+        trainer.behaviours[name] = lambda attempt, env: 0
+        await api.create(TJ, NS, training_job(name, checkpoints=[{"name": step}]))
+        await wait_phase(api, wait_for, TJ, name, "Succeeded")
+
+    async def cached(name, nodes):
+        return (await api.get(CKPT, NS, name))["status"].get("cachedOn") == nodes
+    await wait_for(lambda: cached("pre.b", ["local"]), timeout=30)
+    await wait_for(lambda: cached("pre.a", None), timeout=30)
+    assert _metric("node_cache_evictions_total") >= 1
+    entries = cluster.node_dir("local") / "local-volumes/var/lib/checkpoint-operator/cache/entries" / NS
+    b_digest = (await api.get(CKPT, NS, "pre.b"))["status"]["digest"].removeprefix("sha256:")
+    assert [p.name for p in entries.iterdir()] == [b_digest]
+    assert not os.path.exists("/var/lib/checkpoint-operator/cache/entries")

@@ -388,22 +388,24 @@ def fill(cache: NodeCache, key: str, uri: str, size: int, *, full_check: bool = 
             if not fill_lock.take(fcntl.LOCK_EX, wait=False):
                 cache.log(f"cache: {key} is being filled by another pod on this node; waiting for it")
                 fill_lock.take(fcntl.LOCK_EX)
+            waited = time.monotonic() - started
             problem = ""
             if cache.committed(key):
                 problem = cache.check(key, full=full_check) or ""
                 if not problem:
                     cache.touch(key)
-                    return FillReport(key, "hit", _entry_size(cache.entry_dir(key)),
-                                      waited_seconds=time.monotonic() - started)
+                    return FillReport(key, "hit", _entry_size(cache.entry_dir(key)), waited_seconds=waited)
                 cache.log(f"cache: entry {key} is corrupted ({problem}); set aside and fetched again")
                 cache.quarantine(key)
+            reserving = time.monotonic()
             evicted = _reserve_waiting(cache, key, size, full_retry, deadline)
+            waited += time.monotonic() - reserving
             result = download_prefix(uri, os.path.join(cache.staging_dir(key), "data"), digest=digest,
                                      endpoint_url=endpoint_url)
             cache.commit(key, result.manifest)
             cache.touch(key)
             return FillReport(key, "refetched" if problem else "miss", result.manifest.sizeBytes,
-                              fetched_bytes=result.fetched_bytes, waited_seconds=0.0, problem=problem,
+                              fetched_bytes=result.fetched_bytes, waited_seconds=waited, problem=problem,
                               evicted=evicted)
         finally:
             fill_lock.close()

@@ -128,8 +128,9 @@ class BoundVolume:
     driver: str = ""
     capacity_bytes: int = 0
     node_affinity: Mapping[str, Any] | None = None
-    # A local volume whose node affinity takes several nodes (a node cache, as KServe's LocalModelCache
-    # lays it out): each node mounts its own disk at the path, so its directory is per node.
+    # A local volume whose node affinity takes a class of nodes, not one node by name (a node cache, as
+    # KServe's LocalModelCache lays it out): each node mounts its own disk at the path, so its directory
+    # is per node (<node>/local-volumes/<path>), whatever the number of nodes.
     per_node: bool = False
 
     def directory_on(self, node_dir: Path) -> Path:
@@ -408,8 +409,7 @@ class VolumeProvisioner:
         per_node = False
         if host:
             directory = Path(host["path"])
-            per_node = bool(spec.get("local")) and sum(
-                volume_fits_node(spec.get("nodeAffinity"), labels, node) for node, labels in self.nodes.items()) > 1
+            per_node = bool(spec.get("local")) and not _one_named_node(spec.get("nodeAffinity"))
         else:
             directory = self.volumes_dir / csi.get("volumeHandle", "")
         if not per_node:
@@ -469,6 +469,17 @@ class VolumeProvisioner:
                                                       subresource="status"))
         except Exception as exc:  # noqa: BLE001
             logger.warning("local cluster: could not release PersistentVolume %s: %s", name, exc)
+
+
+def _one_named_node(affinity: Mapping[str, Any] | None) -> bool:
+    """A local volume's node affinity names one node by hostname (a disk of that node, whose path local mode
+    takes on the host, as it always did); otherwise (a class of nodes: a node cache) each node has its own."""
+    terms = ((affinity or {}).get("required") or {}).get("nodeSelectorTerms") or []
+    if len(terms) != 1:
+        return False
+    expressions = terms[0].get("matchExpressions") or []
+    return any(e.get("key") == "kubernetes.io/hostname" and e.get("operator") == "In" and len(e.get("values") or []) == 1
+               for e in expressions)
 
 
 def _capacity(claim: Mapping[str, Any]) -> str:

@@ -4,20 +4,24 @@ inputs' `status.cachedOn`)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from typing import Any
 
+from pydantic import ValidationError
+
 from checkpoint_operator import metrics
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointStatus
 from checkpoint_operator.api.trainingjob import TrainingJob
-from checkpoint_operator.kube import CHECKPOINTS, PERSISTENT_VOLUMES, PVCS
+from checkpoint_operator.kube import CHECKPOINTS, PERSISTENT_VOLUMES, PVCS, ApiError
 from checkpoint_operator.logic import node_cache
 from checkpoint_operator.logic.status import StatusChange
 from checkpoint_operator.logic.workers import WorkerPod
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.status_writer import write_status
 
+logger = logging.getLogger("checkpoint_operator.node_cache")
 SEEN_LIMIT = 100_000  # pod uids whose fills were counted: bounded memory, whatever the number of pods
 
 
@@ -82,8 +86,12 @@ def record_fills(ctx: Context, tj: TrainingJob, pods: list[WorkerPod]) -> None:
         digest = (body.get("status") or {}).get("digest")
         if digest not in filled | evicted:
             continue
-        checkpoint = Checkpoint.model_validate(body)
-        current = checkpoint.status.cachedOn or []
-        wanted = node_cache.cached_on(current, digest, reports)
-        if wanted != current:
-            write_status(ctx, checkpoint, StatusChange(fields=CheckpointStatus(cachedOn=wanted or None)))
+        try:
+            checkpoint = Checkpoint.model_validate(body)
+            current = checkpoint.status.cachedOn or []
+            wanted = node_cache.cached_on(current, digest, reports)
+            if wanted != current:
+                write_status(ctx, checkpoint, StatusChange(fields=CheckpointStatus(cachedOn=wanted or None)))
+        except (ValidationError, ApiError) as exc:  # informational: never what stops a job
+            logger.warning("Checkpoint %s/%s: status.cachedOn not updated: %s", namespace,
+                           (body.get("metadata") or {}).get("name"), exc)
