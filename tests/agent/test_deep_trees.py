@@ -22,7 +22,6 @@ from agentrun import run_agent
 from deep_trees import DEEP_DIRS, DEEP_FILE, DEPTH, LEAF, build_deep_tree, files_of
 from deep_trees import deep, remove_deep_trees  # noqa: F401  (fixtures)
 from gitserver import git, git_daemon  # noqa: F401  (fixture)
-from s3server import seaweedfs, s3  # noqa: F401  (fixtures)
 
 
 # --- each path over a deep tree ------------------------------------------------------------------

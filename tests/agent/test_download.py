@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from s3server import seaweedfs, s3  # noqa: F401  (fixtures)
 from test_upload_download import agent, local_digest, one_error_line
 
 from checkpoint_operator.agent.download import Downloader, download_prefix, temp_name

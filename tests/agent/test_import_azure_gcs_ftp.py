@@ -7,10 +7,8 @@ from __future__ import annotations
 import pytest
 
 from agentrun import run_agent
-from azurite import azure_blob, azurite  # noqa: F401  (fixtures)
 from ftpserver import PASSWORD, USER, ftp_server  # noqa: F401  (fixture)
 from layouts import read_tree, tar_gz, tiny_model
-from s3server import s3, seaweedfs  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("credential_watch")]
 

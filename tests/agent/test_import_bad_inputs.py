@@ -17,12 +17,10 @@ import zipfile
 import pytest
 
 from agentrun import run_agent
-from azurite import azure_blob, azurite  # noqa: F401  (fixtures)
 from ftpserver import PASSWORD, USER, ftp_server  # noqa: F401  (fixtures)
 from gitserver import git_http  # noqa: F401  (fixture)
 from hubserver import mini_hub  # noqa: F401  (fixture)
 from layouts import tiny_model
-from s3server import s3, seaweedfs  # noqa: F401  (fixtures)
 from webserver import web  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("credential_watch")]

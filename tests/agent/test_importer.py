@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from s3server import seaweedfs, s3  # noqa: F401  (fixtures)
 from test_archive import http_dir  # noqa: F401  (fixture)
 
 from checkpoint_operator.agent.importer import import_checkpoint

@@ -15,7 +15,6 @@ from botocore.credentials import Credentials
 
 from checkpoint_operator.agent.s3 import fast_data_path, make_client
 from checkpoint_operator.agent.s3http import FastS3, sign_headers
-from s3server import s3, seaweedfs  # noqa: F401  (fixtures)
 
 WHEN = datetime.datetime(2026, 12, 1, 10, 4, 27)
 

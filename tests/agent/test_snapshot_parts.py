@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from s3server import seaweedfs, s3  # noqa: F401  (fixtures)
 
 from checkpoint_operator.agent.manifest import MANIFEST_NAME, Manifest
 from checkpoint_operator.agent.s3 import manifest_exists

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from s3server import seaweedfs, s3  # noqa: F401  (fixtures)
 
 from checkpoint_operator.agent.download import download_prefix, temp_name
 from checkpoint_operator.agent.manifest import MANIFEST_NAME, FileEntry, Manifest, digest_of

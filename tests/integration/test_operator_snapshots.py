@@ -293,7 +293,9 @@ class TestVolumeSnapshots:
         async def explained():
             tj = await api.get(TJ, NS, "reader")
             ready = next((c for c in (tj or {}).get("status", {}).get("conditions", []) if c["type"] == "Ready"), {})
-            return ready if ready.get("reason") == "VolumeNotBound" else None
+            # The first pass may say "no event says why yet": the provisioner's event comes after.
+            explains = ready.get("reason") == "VolumeNotBound" and "ProvisioningFailed" in ready.get("message", "")
+            return ready if explains else None
         ready = await wait_for(explained, timeout=30)
         assert "-ckpt-in-0 is Pending: ProvisioningFailed" in ready["message"]
         assert f'volumesnapshots.snapshot.storage.k8s.io "{snapshot}" not found' in ready["message"]

@@ -15,7 +15,6 @@ import pytest
 from checkpoint_operator.config import OperatorConfig
 from conftest import CKPT, NS
 from plugin_helpers import Plugin, tree_digest, write_kubeconfig
-from s3server import s3, seaweedfs  # noqa: F401  (fixtures)
 from layouts import CONFIG, WEIGHTS, hf_cache_snapshot
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("credential_watch")]

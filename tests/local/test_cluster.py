@@ -396,6 +396,30 @@ async def test_native_sidecar_runs_beside_the_containers_and_is_stopped_after_th
     assert after["state"]["terminated"]["exitCode"] == 0
 
 
+async def test_a_sidecar_is_stopped_with_sigterm_when_a_played_container_ends_at_once(
+        api: ApiClient, cluster: LocalCluster, wait_for, tmp_path: Path) -> None:
+    """A container played by a stand-in (the integration tests' trainer) that ends before the
+    sidecar's process is up: the sidecar still gets its SIGTERM (it was killed at the end of the
+    grace period, so the live agent's last pass never ran and every such pod took 30 s)."""
+    volumes, mounts = host_dir(tmp_path)
+
+    async def played(pod: dict, container: dict, env: dict, mounts: dict) -> int | None:
+        return 0 if container["name"] == "main" else None
+
+    cluster.set_container_runner(played)
+    await api.create("v1/pods", NS, {"metadata": {"name": "played"}, "spec": {
+        "terminationGracePeriodSeconds": 600, "volumes": volumes,
+        "initContainers": [python_container("agent", SIDECAR, args=["/marks", "3"], restartPolicy="Always",
+                                            volumeMounts=mounts)],
+        "containers": [python_container("main", "raise SystemExit(9)", volumeMounts=mounts)]}})
+    pod = await wait_for(lambda: _phase_is(api, "v1/pods", "played", "Succeeded"), timeout=60)
+    [sidecar] = pod["status"]["initContainerStatuses"]
+    # 3: its handler ran; 143: the SIGTERM came before Python had set the handler (as a kubelet may
+    # send it: a sidecar without a startup probe counts as started once its process runs). Never
+    # 137, the SIGKILL at the end of the grace period.
+    assert sidecar["state"]["terminated"]["exitCode"] in (3, 143), "stopped by its SIGTERM, not killed"
+
+
 async def test_sidecar_that_ignores_sigterm_is_killed_after_the_grace_period(
         api: ApiClient, cluster: LocalCluster, wait_for, tmp_path: Path) -> None:
     volumes, mounts = host_dir(tmp_path)

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from checkpoint_operator.local import s3store
-from s3server import seaweedfs  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(420)

@@ -11,7 +11,6 @@ from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.storage import ForeignLocation, MissingUpload, store_for
 from factories import training_job
-from s3server import s3, seaweedfs  # noqa: F401  (fixtures)
 
 
 def test_committed_only_with_a_manifest_and_only_owned_data_is_deleted(s3):  # noqa: F811

@@ -288,8 +288,12 @@ class PodWorker:
         if runner is not None:
             command = await host_command_for(run, self.kubelet.workdir)
             mounts = {m.path: str(m.source) for m in run.mounts}
-            if on_start is not None:
-                on_start()  # a stand-in plays the container from here on (or hands it to the runtime at once)
+            if on_start is not None and not is_sidecar(container):
+                # A stand-in plays the container from here on (or hands it to the runtime at once).
+                # A sidecar counts as started only once its process runs: the containers after it
+                # wait for that, and a sidecar whose process came after the others had ended
+                # would miss its SIGTERM and be killed at the end of the grace period.
+                on_start()
             played = await runner(self.pod, container, command.env, mounts)
             if isinstance(played, tuple):  # (exit code, reason): e.g. (137, "OOMKilled")
                 return terminated_status(container, played[0], started, restarts, reason=played[1])
@@ -304,6 +308,8 @@ class PodWorker:
         if on_start is not None:
             on_start()
         if self.terminating and container["name"] not in self.sidecar_names:  # deleted while it was being created
+            process.send_signal(signal.SIGTERM)
+        if self.sidecars_stopping and is_sidecar(container):  # the others ended while it was being created
             process.send_signal(signal.SIGTERM)
         follower = None
         if is_sidecar(container) and isinstance(process, HostProcess):  # its output is followed as it runs
