@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from s3server import seaweedfs, s3  # noqa: F401  (fixtures)
 
 from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.manifest import MANIFEST_NAME

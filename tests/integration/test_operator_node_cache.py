@@ -14,7 +14,6 @@ from prometheus_client import REGISTRY
 
 from checkpoint_operator.config import OperatorConfig
 from conftest import CKPT, NS, TJ, training_job, write_checkpoint
-from s3server import s3, seaweedfs  # noqa: F401  (fixtures)
 from test_operator_s3_store import store_secret, wait_phase  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.timeout(240)
