@@ -1407,14 +1407,17 @@ async def _(h):
                     if status["name"] == "download-input-0":
                         return status.get("state") or {}
         return {}
+    step2 = (await h.api.get(CKPT, NS, "pre.step-2"))["status"]["digest"].removeprefix("sha256:")
+    holder_pod = next(p for p in await h.api.list(PODS, NS) if p["metadata"]["name"].startswith("holder"))
+    root = node_cache_dir(h, holder_pod)
     deadline = time.monotonic() + WAIT
-    while "running" not in await fill_state():
+    while not (root / "staging" / f"{NS}.{step2}").is_dir():  # the fill has come to reserve room
         if time.monotonic() > deadline:
-            raise CaseError("the waiter's fill never started")
+            raise CaseError("the waiter's fill never came to reserve room")
         await asyncio.sleep(0.1)
-    await asyncio.sleep(3)  # the fill has had time to find the cache full
-    if "terminated" in await fill_state():
-        raise CaseError("the waiter's fill ended while the only entry was in use")
+    await asyncio.sleep(3)  # and has had time to find the cache full
+    if "terminated" in await fill_state() or (root / "entries" / NS / step2).exists():
+        raise CaseError("the waiter's fill went on while the only entry was in use")
     h.events.append("the second pod waited in its fill while the first held the only entry")
     release.set()
     await finished(h, "holder")

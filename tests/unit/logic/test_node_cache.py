@@ -141,3 +141,15 @@ def test_cached_on_adds_filled_nodes_and_drops_evicting_ones():
     assert node_cache.cached_on([], other, [evicting]) == ["n3"]
     many = [node_cache.parse_fill_report(f"node-{i:03}", _line("miss")) for i in range(100)]
     assert len(node_cache.cached_on([], DIGEST, [r for r in many if r])) == node_cache.MAX_CACHED_ON
+
+
+@pytest.mark.parametrize("template, refusal", [
+    ({"containers": [{"name": "t", "image": "i"}], "volumes": [{"name": "ckpt-node-cache", "emptyDir": {}}]},
+     "use names reserved by the operator"),
+    ({"containers": [{"name": "t", "image": "i"}], "initContainers": [{"name": "ckpt-cache-hold", "image": "i"}]},
+     "reserved for the operator's node-cache sidecar"),
+])
+def test_a_template_may_not_take_the_cache_s_names(template, refusal):
+    from checkpoint_operator.logic import workload
+    with pytest.raises(workload.InvalidSpec, match=refusal):
+        workload.check_user_mounts(template, pod_shapes.training_job())
