@@ -216,3 +216,17 @@ def test_an_abandoned_fill_gives_its_reservation_back_when_room_is_needed(s3, tm
     finally:
         filling.close()
     assert Path(cache.staging_dir(abandoned)).exists()
+
+
+def test_samples_reach_every_file_of_a_many_file_entry_and_a_stray_directory_is_set_aside(s3, tmp_path):
+    files = {f"shard-{i:02d}.bin": os.urandom(1000 + i) for i in range(40)}
+    uri, key, size = stored(s3, tmp_path, "k", files)
+    cache = cache_at(tmp_path)
+    Path(cache.data_dir(key)).mkdir(parents=True)  # an entry directory without entry.json (not committed)
+    (Path(cache.data_dir(key)) / "junk").write_text("x")
+    assert fill(cache, key, uri, size, wait_for_hold=False).outcome == "miss"
+    assert not (Path(cache.data_dir(key)) / "junk").exists()
+    with open(Path(cache.data_dir(key)) / "shard-39.bin", "r+b") as fh:  # the last block of the entry
+        fh.write(b"\0\0")
+    assert cache.check(key, sample=40) == "shard-39.bin: block 0 (bytes 0-) differs from when it was filled"
+    assert cache.check(key, sample=39) in (None, "shard-39.bin: block 0 (bytes 0-) differs from when it was filled")

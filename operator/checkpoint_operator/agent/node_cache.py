@@ -24,10 +24,12 @@ pods of that namespace are given its path (the cache does not share bytes across
 from __future__ import annotations
 
 import argparse
+import bisect
 import contextlib
 import errno
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -39,7 +41,7 @@ from typing import Callable, Iterator, Optional
 
 from checkpoint_operator.agent import fstree
 from checkpoint_operator.agent.errors import AgentError
-from checkpoint_operator.agent.manifest import MANIFEST_NAME, Manifest, digest_of, parse_manifest
+from checkpoint_operator.agent.manifest import MAX_MANIFEST_BYTES, MANIFEST_NAME, Manifest, digest_of, parse_manifest
 
 BLOCK = 4 * 1024 * 1024  # bytes per sampled block
 BLOCK_HASH = 16          # bytes of sha256 kept per block
@@ -185,7 +187,10 @@ class NodeCache:
         data = self.data_dir(key)
         try:
             with open(os.path.join(data, MANIFEST_NAME), "rb") as fh:
-                manifest = parse_manifest(fh.read(), "the cached manifest")
+                body = fh.read(MAX_MANIFEST_BYTES + 1)
+            if len(body) > MAX_MANIFEST_BYTES:
+                return f"manifest larger than {MAX_MANIFEST_BYTES} bytes"
+            manifest = parse_manifest(body, "the cached manifest")
         except (OSError, AgentError, ValueError) as exc:
             return f"manifest unreadable: {exc}"
         if manifest.digest != f"sha256:{hexdigest}" or digest_of(manifest.files) != manifest.digest:
@@ -205,16 +210,20 @@ class NodeCache:
         return self._check_sample(key, manifest, sample)
 
     def _check_sample(self, key: str, manifest: Manifest, sample: int) -> Optional[str]:
-        blocks = [(entry, index) for entry in manifest.files for index in range(_blocks_of(entry.size))]
+        # Block n of the entry is block n - ends[i-1] of file i, where ends are the files' cumulative block
+        # counts: one int per file, whatever the size.
+        ends = list(itertools.accumulate(_blocks_of(entry.size) for entry in manifest.files))
+        total = ends[-1] if ends else 0
         try:
             index = open(os.path.join(self.entry_dir(key), BLOCKS_FILE), "rb")
         except OSError:
             return "block index missing"
         with index:
-            if os.fstat(index.fileno()).st_size != len(blocks) * BLOCK_HASH:
+            if os.fstat(index.fileno()).st_size != total * BLOCK_HASH:
                 return "block index has the wrong size"
-            for number in sorted(random.sample(range(len(blocks)), min(sample, len(blocks)))):
-                entry, block = blocks[number]
+            for number in sorted(random.sample(range(total), min(sample, total))):
+                position = bisect.bisect_right(ends, number)
+                entry, block = manifest.files[position], number - (ends[position - 1] if position else 0)
                 index.seek(number * BLOCK_HASH)
                 expected = index.read(BLOCK_HASH)
                 with open(os.path.join(self.data_dir(key), entry.path), "rb") as fh:
@@ -366,6 +375,8 @@ class NodeCache:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(staging, RESERVED_FILE))
         fstree.make_dirs(os.path.dirname(self.entry_dir(key)), mode=0o755)
+        if os.path.lexists(self.entry_dir(key)):  # not an entry (no entry.json): whatever it is, out of the way
+            os.rename(self.entry_dir(key), os.path.join(self.root, "trash", f"{_flat(key)}.{time.time_ns()}"))
         os.rename(staging, self.entry_dir(key))
 
 
