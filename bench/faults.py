@@ -1429,14 +1429,18 @@ async def _(h):
     return [Expect("holder", "Succeeded", ("succeeded",)), Expect("waiter", "Succeeded", ("succeeded",))]
 
 
-@case("cache-eviction-under-load", "cache", cache="20Mi")
+@case("cache-eviction-under-load", "cache", cache="15Mi")
 async def _(h):
     inputs = await cache_input(h, size=6 * 1024 * 1024, n=3)  # two entries fit, three do not
-    names = [f"use-{i}" for i in range(6)]
+    names = [f"use-{i}" for i in range(9)]
+
+    def trains_a_while(env: dict) -> int:
+        time.sleep(0.3)  # the pods overlap: entries are in use while others need room
+        return steps(1)(env)
     for i, name in enumerate(names):
         step = f"step-{i % 3 + 1}"
         await h.create_job(name, inputs=[{"name": f"pre.{step}"}],
-                           train=reads_input({"model.safetensors": inputs[step]}, steps(1)))
+                           train=reads_input({"model.safetensors": inputs[step]}, trains_a_while))
     for name in names:
         await finished(h, name)
     reports = fills_of(await h.api.list(PODS, NS))
