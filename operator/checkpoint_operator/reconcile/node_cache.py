@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Optional
 
 from pydantic import ValidationError
 
@@ -22,11 +22,11 @@ from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.status_writer import write_status
 
 logger = logging.getLogger("checkpoint_operator.node_cache")
-SEEN_LIMIT = 100_000  # pod uids whose fills were counted: bounded memory, whatever the number of pods
+SEEN_LIMIT = 100_000  # fills counted (pod uid and key): bounded memory, whatever the number of pods
 
 
 class _Seen:
-    """Pods whose fill reports were counted already (a pod's reports are final once its fills ended)."""
+    """Fill reports counted already, by pod uid and input key (bounded, oldest forgotten first)."""
 
     def __init__(self) -> None:
         self._uids: OrderedDict[str, None] = OrderedDict()
@@ -45,6 +45,12 @@ class _Seen:
 _SEEN = _Seen()
 
 
+def new_reports(pods: list[WorkerPod], seen: Optional[_Seen] = None) -> list[node_cache.FillReport]:
+    """The fills not counted yet: each once, by pod and input (a pod's fills end one after the other)."""
+    seen = seen or _SEEN
+    return [r for pod in pods if pod.uid for r in pod.cache_fills if seen.first_time(f"{pod.uid}/{r.key}")]
+
+
 def uses_cache(volumes: list[dict[str, Any]]) -> bool:
     return any((v.get("persistentVolumeClaim") or {}).get("claimName") == node_cache.CACHE_CLAIM for v in volumes)
 
@@ -59,8 +65,7 @@ def ensure_cache_claim(ctx: Context, namespace: str) -> None:
 def record_fills(ctx: Context, tj: TrainingJob, pods: list[WorkerPod]) -> None:
     """Count each pod's fills once, and bring the Checkpoints they concern up to date: the node of a fill
     holds its input; the node of an eviction no longer holds what it evicted."""
-    reports = [r for pod in pods if pod.cache_fills and pod.uid and _SEEN.first_time(pod.uid)
-               for r in pod.cache_fills]
+    reports = new_reports(pods)
     if not reports:
         return
     for report in reports:

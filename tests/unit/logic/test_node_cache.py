@@ -153,3 +153,15 @@ def test_a_template_may_not_take_the_cache_s_names(template, refusal):
     from checkpoint_operator.logic import workload
     with pytest.raises(workload.InvalidSpec, match=refusal):
         workload.check_user_mounts(template, pod_shapes.training_job())
+
+
+def test_each_fill_is_counted_once_also_when_a_pod_s_fills_end_one_after_the_other():
+    from checkpoint_operator.reconcile.node_cache import _Seen, new_reports
+    first = _pod(_line("miss"))
+    both = copy.deepcopy(first)
+    both["status"]["initContainerStatuses"].append(
+        {"name": "download-input-1", "state": {"terminated": {"exitCode": 0, "message": _line("hit", key="team-a/" + "c" * 64)}}})
+    seen = _Seen()
+    assert [r.outcome for r in new_reports([worker_pod(first)], seen)] == ["miss"]
+    assert [r.outcome for r in new_reports([worker_pod(both)], seen)] == ["hit"]  # the second input's, once
+    assert new_reports([worker_pod(both)], seen) == []
