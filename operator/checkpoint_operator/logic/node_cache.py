@@ -78,6 +78,18 @@ def build_cache_claim(namespace: str, config: OperatorConfig) -> dict[str, Any]:
                      "resources": {"requests": {"storage": config.cache_capacity}}}}
 
 
+VERIFY_ANNOTATION = "ckpt.dev/cache-verify"  # on a TrainingJob: "full" checks every byte of its cached inputs
+
+
+def verify_mode(annotations: Optional[Mapping[str, str]], config: OperatorConfig) -> str:
+    """How a job's fills check a cached entry: its annotation asks for `full` (or `sample`) on demand,
+    else the install's `cache.verify`; any other value is the install's (the annotation only adds checks
+    when it says full)."""
+    asked = (annotations or {}).get(VERIFY_ANNOTATION)
+    return asked if asked in ("sample", "full") and (asked == "full" or config.cache_verify == "sample") \
+        else config.cache_verify
+
+
 def cacheable(item: ResolvedInput, config: OperatorConfig) -> bool:
     """An input the cache can hold: on the s3 store, pinned to a digest, of a known size that fits."""
     return (config.cache_enabled and item.location.s3 is not None and item.digest.startswith("sha256:")
@@ -94,7 +106,7 @@ def _cache_container(name: str, command: list[str], config: OperatorConfig, env:
 
 
 def cache_parts(namespace: str, input_dir: str, inputs: list[tuple[int, ResolvedInput]], config: OperatorConfig,
-                env: list[dict[str, Any]]) -> InputVolumes:
+                env: list[dict[str, Any]], verify: Optional[str] = None) -> InputVolumes:
     """What a training pod needs to read `inputs` ((index in status.inputs, input)) from the node cache."""
     result = InputVolumes()
     if not inputs:
@@ -109,7 +121,7 @@ def cache_parts(namespace: str, input_dir: str, inputs: list[tuple[int, Resolved
     for (index, item), key in zip(inputs, keys):
         assert item.location.s3 is not None and item.size_bytes is not None  # cacheable()
         command = agent_commands.cache_fill(item.location.s3.uri, CACHE_MOUNT, key=key, size=item.size_bytes,
-                                            capacity=config.cache_capacity_bytes, verify=config.cache_verify,
+                                            capacity=config.cache_capacity_bytes, verify=verify or config.cache_verify,
                                             result_file=TERMINATION_LOG)
         fill = _cache_container(download_container(index), command, config, env)
         fill["terminationMessagePath"] = TERMINATION_LOG

@@ -81,7 +81,7 @@ class S3Store(Store):
         pod's own emptyDir."""
         cached = [(index, item) for index, item in enumerate(inputs) if node_cache.cacheable(item, self.config)]
         result = node_cache.cache_parts(tj.metadata.namespace, tj.spec.inputDir, cached, self.config,
-                                        self.agent_env())
+                                        self.agent_env(), node_cache.verify_mode(tj.metadata.annotations, self.config))
         private = [(index, item) for index, item in enumerate(inputs) if not node_cache.cacheable(item, self.config)]
         if not private:
             return result

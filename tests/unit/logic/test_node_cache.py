@@ -165,3 +165,16 @@ def test_each_fill_is_counted_once_also_when_a_pod_s_fills_end_one_after_the_oth
     assert [r.outcome for r in new_reports([worker_pod(first)], seen)] == ["miss"]
     assert [r.outcome for r in new_reports([worker_pod(both)], seen)] == ["hit"]  # the second input's, once
     assert new_reports([worker_pod(both)], seen) == []
+
+
+def test_a_job_asks_for_a_full_check_of_its_cached_inputs_on_demand():
+    from checkpoint_operator.storage import store_for
+    sample, full = cache_config(), cache_config(cache_verify="full")
+    assert node_cache.verify_mode({"ckpt.dev/cache-verify": "full"}, sample) == "full"
+    assert node_cache.verify_mode({"ckpt.dev/cache-verify": "sample"}, full) == "full"  # never fewer checks
+    assert node_cache.verify_mode({"ckpt.dev/cache-verify": "everything"}, sample) == "sample"
+    assert node_cache.verify_mode(None, full) == "full"
+    tj = pod_shapes.training_job()
+    tj.metadata.annotations = {"ckpt.dev/cache-verify": "full"}
+    fill = store_for(sample).input_volumes(tj, [item()]).init_containers[1]
+    assert fill["command"][fill["command"].index("--verify") + 1] == "full"
