@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from typing import Any, Optional
 
@@ -55,11 +56,21 @@ def uses_cache(volumes: list[dict[str, Any]]) -> bool:
     return any((v.get("persistentVolumeClaim") or {}).get("claimName") == node_cache.CACHE_CLAIM for v in volumes)
 
 
-def ensure_cache_claim(ctx: Context, namespace: str) -> None:
+ENSURED_FOR_SECONDS = 300.0  # a namespace's volume and claim are looked for again after this (one deleted by hand)
+
+
+def ensure_cache_claim(ctx: Context, namespace: str, now: Optional[float] = None) -> bool:
     """The namespace's local PersistentVolume and its claim (idempotent creates; both stay: the cache
-    outlives jobs, and holds only copies of what the store has)."""
+    outlives jobs, and holds only copies of what the store has). Made or found once per namespace every
+    ENSURED_FOR_SECONDS, not at every job's start (requests per lifecycle). True when it asked the API."""
+    now = time.monotonic() if now is None else now
+    last = ctx.cache_claims_ensured.get(namespace)
+    if last is not None and now - last < ENSURED_FOR_SECONDS:
+        return False
     ctx.kube.ensure(PERSISTENT_VOLUMES, "", node_cache.build_cache_volume(namespace, ctx.config))
     ctx.kube.ensure(PVCS, namespace, node_cache.build_cache_claim(namespace, ctx.config))
+    ctx.cache_claims_ensured[namespace] = now  # a plain dict write: atomic under the GIL
+    return True
 
 
 def record_fills(ctx: Context, tj: TrainingJob, pods: list[WorkerPod]) -> None:
