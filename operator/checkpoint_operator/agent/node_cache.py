@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
 from checkpoint_operator.agent import fstree
-from checkpoint_operator.agent.errors import AgentError
-from checkpoint_operator.agent.manifest import MAX_MANIFEST_BYTES, MANIFEST_NAME, Manifest, digest_of, parse_manifest
+from checkpoint_operator.protocol.errors import AgentError
+from checkpoint_operator.protocol.manifest import MAX_MANIFEST_BYTES, MANIFEST_NAME, Manifest, digest_of, parse_manifest
 
 BLOCK = 4 * 1024 * 1024  # bytes per sampled block
 BLOCK_HASH = 16          # bytes of sha256 kept per block
@@ -49,7 +49,6 @@ SAMPLE_BLOCKS = 16       # blocks re-read and checked on each use (plus every fi
 ENTRY_FILE = "entry.json"
 BLOCKS_FILE = "blocks.bin"
 RESERVED_FILE = "reserved"
-MAX_REPORTED_EVICTIONS = 8  # the report is a termination message: at most 4,096 bytes
 HOLD_WAIT_SECONDS = 60.0
 FULL_RETRY_SECONDS = 2.0
 KEY = re.compile(r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)/([0-9a-f]{64})$")
@@ -90,15 +89,15 @@ class FillReport:
     evicted: list[Evicted] = field(default_factory=list)
 
     def as_json(self) -> str:
-        shown = self.evicted[:MAX_REPORTED_EVICTIONS]
-        body = {"cache": self.outcome, "key": self.key, "sizeBytes": self.size_bytes,
-                "fetchedBytes": self.fetched_bytes, "waitedSeconds": round(self.waited_seconds, 3),
-                "evicted": [{"key": e.key, "sizeBytes": e.size_bytes} for e in shown],
-                "evictedCount": len(self.evicted),
-                "evictedBytes": sum(e.size_bytes for e in self.evicted)}
-        if self.problem:
-            body["problem"] = self.problem[:300]
-        return json.dumps(body, separators=(",", ":"))
+        """The report as its one result line (protocol/results.py CacheFillReport, within the 4,096 bytes of a
+        termination message: a few evictions named, all counted). pydantic is imported here, not by the hold."""
+        from checkpoint_operator.protocol.channel import encode
+        from checkpoint_operator.protocol.results import MAX_EVICTIONS_REPORTED, MAX_INT, CacheEviction, CacheFillReport
+        return encode(CacheFillReport(
+            cache=self.outcome, key=self.key, sizeBytes=self.size_bytes, fetchedBytes=self.fetched_bytes,
+            waitedSeconds=round(self.waited_seconds, 3), problem=self.problem[:300] or None,
+            evicted=[CacheEviction(key=e.key, sizeBytes=e.size_bytes) for e in self.evicted[:MAX_EVICTIONS_REPORTED]],
+            evictedCount=len(self.evicted), evictedBytes=min(sum(e.size_bytes for e in self.evicted), MAX_INT)))
 
 
 class _Lock:
@@ -524,7 +523,7 @@ def main(args: argparse.Namespace) -> int:
             parse_key(key)
         hold(cache, args.key, stop=args.stop.is_set)
         return 0
-    from checkpoint_operator.agent.s3 import parse_size
+    from checkpoint_operator.objectstore.s3 import parse_size
     cache = NodeCache(args.root, capacity_bytes=parse_size(args.capacity))
     deadline = time.monotonic() + args.wait_seconds if args.wait_seconds else None
     report = fill(cache, args.key, args.uri, int(args.size), full_check=args.verify == "full",

@@ -10,13 +10,13 @@ holds its entries for the pod's life, its init containers `download-input-<i>` r
 (download once per node, verify, evict what no pod holds), and the training containers mount
 `entries/<namespace>/<hex>/data` read-only, where they saw the downloaded copy before.
 
-Each fill reports one JSON line as its termination message (bounded at 4,096 bytes by the kubelet):
-`read_fill_reports` turns the pods' init container states into typed `FillReport`s, from which
+Each fill reports its result line (protocol/results.py `CacheFillReport`) as its termination message
+(bounded at 4,096 bytes by the kubelet): `read_fill_reports` parses the pods' init container states
+with that model into `FillReport`s, from which
 come the Checkpoints' `status.cachedOn` and the hit/miss/bytes-saved/eviction metrics."""
 
 from __future__ import annotations
 
-import json
 import posixpath
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
@@ -26,6 +26,8 @@ from checkpoint_operator.logic import agent_commands
 from checkpoint_operator.logic.agent_pods import DOWNLOAD_CONTAINER_PREFIX, InputVolumes, agent_container, download_container
 from checkpoint_operator.logic.inputs import ResolvedInput
 from checkpoint_operator.logic.security_context import AGENT_UID
+from checkpoint_operator.protocol.channel import ResultError, decode
+from checkpoint_operator.protocol.results import TERMINATION_MESSAGE_BYTES, CacheFillReport
 
 CACHE_CLAIM = "ckpt-node-cache"
 CACHE_VOLUME = "ckpt-node-cache"
@@ -143,7 +145,7 @@ class CacheEviction:
 
 @dataclass(frozen=True)
 class FillReport:
-    """One `agent cache-fill` line, read from a pod's init container state (typed at the edge)."""
+    """One `agent cache-fill` result (protocol/results.py CacheFillReport) and the node it ran on."""
 
     node: str
     key: str
@@ -164,29 +166,20 @@ class FillReport:
         return self.size_bytes if self.outcome == "hit" else 0
 
 
-OUTCOMES = ("hit", "miss", "refetched")
-
-
-def _int(value: object) -> Optional[int]:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-
 def parse_fill_report(node: str, message: str) -> Optional[FillReport]:
-    """A fill's termination message, or None when it is not one (bounded: the kubelet keeps 4,096 bytes)."""
+    """A fill's termination message, parsed with the agent's own model (bounded: the kubelet keeps 4,096
+    bytes); None when it is not one."""
+    if len(message) > TERMINATION_MESSAGE_BYTES:
+        return None
     try:
-        body = json.loads(message[:4096])
-    except ValueError:
+        report = decode(message.strip(), (CacheFillReport,))
+    except ResultError:
         return None
-    if not isinstance(body, dict) or body.get("cache") not in OUTCOMES or not isinstance(body.get("key"), str):
-        return None
-    size, fetched = _int(body.get("sizeBytes")), _int(body.get("fetchedBytes"))
-    if size is None or fetched is None:
-        return None
-    evicted = tuple(CacheEviction(e["key"], e["sizeBytes"]) for e in body.get("evicted") or []
-                    if isinstance(e, dict) and isinstance(e.get("key"), str) and _int(e.get("sizeBytes")) is not None)
-    return FillReport(node=node, key=body["key"], outcome=body["cache"], size_bytes=size, fetched_bytes=fetched,
-                      evicted=evicted, evicted_count=_int(body.get("evictedCount")) or len(evicted),
-                      evicted_bytes=_int(body.get("evictedBytes")) or sum(e.size_bytes for e in evicted))
+    evicted = tuple(CacheEviction(e.key, e.sizeBytes) for e in report.evicted)
+    return FillReport(node=node, key=report.key, outcome=report.cache, size_bytes=report.sizeBytes,
+                      fetched_bytes=report.fetchedBytes, evicted=evicted,
+                      evicted_count=max(report.evictedCount, len(evicted)),
+                      evicted_bytes=max(report.evictedBytes, sum(e.size_bytes for e in evicted)))
 
 
 def read_fill_reports(pod: Mapping[str, Any]) -> list[FillReport]:

@@ -104,7 +104,8 @@ def _pod(message: str, *, exit_code: int = 0, node: str = "n1", name: str = "dow
 
 
 def _line(outcome: str = "miss", key: str = f"team-a/{HEX}", **over) -> str:
-    body = {"cache": outcome, "key": key, "sizeBytes": 100, "fetchedBytes": 100 if outcome != "hit" else 0,
+    body = {"kind": "cache-fill", "version": 1, "cache": outcome, "key": key, "sizeBytes": 100,
+            "fetchedBytes": 100 if outcome != "hit" else 0,
             "waitedSeconds": 0.1, "evicted": [], "evictedCount": 0, "evictedBytes": 0, **over}
     return json.dumps(body)
 
@@ -119,7 +120,9 @@ def test_fill_reports_are_read_from_pod_states_into_typed_reports():
 
 
 @pytest.mark.parametrize("message", ["", "not json", "[1]", _line("maybe"), _line(sizeBytes=-1),
-                                     _line(fetchedBytes="5"), json.dumps({"cache": "hit"}), "x" * 10000])
+                                     _line(fetchedBytes="x"), json.dumps({"cache": "hit"}), "x" * 10000,
+                                     _line(version=2), _line(kind="scan"), _line(key="../" + HEX),
+                                     _line(evicted=[{"key": f"team-a/{HEX}", "sizeBytes": 1}] * 9)])
 def test_what_is_not_a_fill_report_is_ignored(message):
     assert node_cache.read_fill_reports(_pod(message)) == []
 
@@ -178,3 +181,14 @@ def test_a_job_asks_for_a_full_check_of_its_cached_inputs_on_demand():
     tj.metadata.annotations = {"ckpt.dev/cache-verify": "full"}
     fill = store_for(sample).input_volumes(tj, [item()]).init_containers[1]
     assert fill["command"][fill["command"].index("--verify") + 1] == "full"
+
+
+def test_the_largest_fill_report_fits_a_termination_message():
+    from checkpoint_operator.agent.node_cache import Evicted, FillReport as AgentReport
+    longest = "n" * 63 + "/" + HEX
+    report = AgentReport(longest, "refetched", 2**63 - 1, fetched_bytes=2**63 - 1, waited_seconds=1e8,
+                         problem="p" * 5000, evicted=[Evicted(longest, 2**63 - 1)] * 1000)
+    line = report.as_json()
+    assert len(line.encode()) <= 4096
+    parsed = node_cache.parse_fill_report("node-a", line)
+    assert parsed is not None and parsed.evicted_count == 1000 and len(parsed.evicted) == 8
