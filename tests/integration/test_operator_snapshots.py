@@ -120,6 +120,11 @@ async def ready_checkpoint(api, wait_for, job: str, directory: str, timeout: flo
     return await wait_for(ready, timeout=timeout)
 
 
+async def snapshot_ready(api, name: str) -> bool:
+    body = await api.get(SNAPSHOTS, NS, name)
+    return bool(body and (body.get("status") or {}).get("readyToUse"))
+
+
 async def gone(api, resource: str, namespace: str | None, name: str) -> bool:
     return await api.get(resource, namespace, name) is None
 
@@ -300,6 +305,56 @@ class TestVolumeSnapshots:
         assert "-ckpt-in-0 is Pending: ProvisioningFailed" in ready["message"]
         assert f'volumesnapshots.snapshot.storage.k8s.io "{snapshot}" not found' in ready["message"]
         assert "reader" not in trainer.envs
+
+    async def test_a_snapshot_made_in_advance_under_the_operator_s_name_is_never_taken(self, api, operator, cluster,
+                                                                                       trainer, wait_for):
+        """hostile4 D8: a tenant made a VolumeSnapshot of the running job's output under the name the
+        operator would use (computable from status.outputClaim), with its labels; the operator
+        adopted it: the Checkpoint was Ready with the digest of the final bytes while consumers read
+        the older bytes the early snapshot held. Only a snapshot the operator created and recorded
+        (status.volumeSnapshots, by UID) is a checkpoint's; the tenant's is left alone."""
+        from checkpoint_operator.logic.volume_snapshots import COMPONENT_OUTPUT, volume_snapshot_name
+        go = threading.Event()
+
+        def producer(attempt, env):
+            write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-1", {"w.bin": b"OLD-BYTES"})
+            assert go.wait(60)
+            write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-1", {"w.bin": b"NEW-BYTES"})
+            return 0
+        trainer.behaviours["producer"] = producer
+        await api.create(TJ, NS, training_job("producer"))
+        await wait_for(lambda: "producer" in trainer.envs, timeout=30)
+        tj = await api.get(TJ, NS, "producer")
+        claim = tj["status"]["outputClaim"]
+        squat = volume_snapshot_name(claim, "final")
+        labels = {"app.kubernetes.io/managed-by": "checkpoint-operator", "ckpt.dev/component": COMPONENT_OUTPUT,
+                  "ckpt.dev/trainingjob": "producer", "ckpt.dev/trainingjob-uid": tj["metadata"]["uid"]}
+        await api.create(SNAPSHOTS, NS, {"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+                                         "metadata": {"name": squat, "namespace": NS, "labels": labels},
+                                         "spec": {"volumeSnapshotClassName": "block-snapshots",
+                                                  "source": {"persistentVolumeClaimName": claim}}})
+        await wait_for(lambda: snapshot_ready(api, squat), timeout=30)
+        go.set()
+        await wait_phase(api, wait_for, TJ, "producer", "Succeeded")
+        step1 = await ready_checkpoint(api, wait_for, "producer", "step-1")
+        location = step1["status"]["location"]["snapshot"]
+        assert location["volumeSnapshotName"] != squat and location["volumeSnapshotName"].startswith(squat + "-")
+        taken = await api.get(SNAPSHOTS, NS, location["volumeSnapshotName"])
+        assert location["volumeSnapshotUID"] == taken["metadata"]["uid"]
+        producer = await api.get(TJ, NS, "producer")
+        assert producer["status"]["volumeSnapshots"] == [{"key": squat, "name": taken["metadata"]["name"],
+                                                          "uid": taken["metadata"]["uid"]}]
+        copy = cluster.snapshot_controller.copy_dir(taken["status"]["boundVolumeSnapshotContentName"])
+        assert (copy / "step-1" / "w.bin").read_bytes() == b"NEW-BYTES"
+        read = {}
+        trainer.behaviours["reader"] = lambda a, env: read.setdefault(
+            "w", open(os.path.join(env["CHECKPOINT_INPUT_PATH"], "w.bin"), "rb").read()) and 0
+        await api.create(TJ, NS, training_job("reader", checkpoints=[{"name": step1["metadata"]["name"]}]))
+        await wait_phase(api, wait_for, TJ, "reader", "Succeeded")
+        assert read == {"w": b"NEW-BYTES"}
+        # The tenant's snapshot is not the operator's to hand over or delete.
+        kept = await api.get(SNAPSHOTS, NS, squat)
+        assert kept is not None and not kept["metadata"].get("ownerReferences")
 
     async def test_a_restarted_group_gets_its_inputs_restored_from_the_snapshot_again(self, api, operator, cluster,
                                                                                       trainer, wait_for):

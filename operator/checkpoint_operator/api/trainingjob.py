@@ -7,7 +7,8 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field
 
-from checkpoint_operator.api.common import QUANTITY_PATTERN, Condition, Phase, PinnedCheckpoint, ready_reason
+from checkpoint_operator.api.common import (MAX_VOLUME_SNAPSHOT_RECORDS, QUANTITY_PATTERN, Condition, Phase,
+                                             PinnedCheckpoint, VolumeSnapshotRecord, ready_reason)
 from checkpoint_operator.api.meta import ApiObject
 from checkpoint_operator.api.rules import (DNS1123_MESSAGE, DNS1123_SUBDOMAIN, ApiModel, Count, Message, Name, Path, Rule,
                                            Short, Timestamp, has_exactly_one, is_dns1123)
@@ -358,6 +359,9 @@ class TrainingJobStatus(ApiModel):
     skippedCount: Optional[Count] = Field(None, description="Entries of the output the snapshot skipped (see events).")
     publish: Optional[PublishMode] = Field(None, description="How the output is published (as resolved at start).")
     live: Optional[LiveStatus] = Field(None, description="Live sealing, with publish: Continuous.")
+    volumeSnapshots: Optional[list[VolumeSnapshotRecord]] = Field(
+        None, max_length=MAX_VOLUME_SNAPSHOT_RECORDS,
+        description="VolumeSnapshots the operator created of the output (storage.volume.snapshotClassName), by UID.")
     startTime: Optional[Timestamp] = Field(None, description="When the pods were started.")
     completionTime: Optional[Timestamp] = Field(None, description="When the job finished.")
     conditions: Optional[list[Condition]] = Field(None, description="Standard conditions (Ready).")

@@ -516,7 +516,7 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: Sc
     # can no longer take the volume (or its snapshot) away from under them.
     if taken is not None:
         in_snapshot = [b for b, p in zip(created, plan.checkpoints) if p.name in unpublished]
-        volume_snapshot_steps.hand_over(ctx, tj.metadata.namespace, taken.name,
+        volume_snapshot_steps.hand_over(ctx, tj.metadata.namespace, taken,
                                         [publish.checkpoint_owner(b) for b in in_snapshot], tj.metadata.uid)
     _hand_over_output_claim(ctx, tj, store, claim, created + _still_owning(ctx, tj, plan, existing),
                             keep=retained is not None)
@@ -569,7 +569,7 @@ def _locate_output(ctx: Context, tj: TrainingJob, store: Store, claim: str, pod:
         return Fail("SnapshotFailed", f"pod {pod['metadata']['name']} did not report the output volume's "
                                       "filesystem synced (syncfs): no volume snapshot is taken of bytes that "
                                       "may not be on the disk")
-    taken = volume_snapshot_steps.take(ctx, request)
+    taken = volume_snapshot_steps.take(ctx, tj, request)
     if isinstance(taken, Wait):
         return taken
     return _plan(ctx, tj, store, claim, scan, existing, taken), taken

@@ -67,6 +67,38 @@ def test_snapshot_names_are_deterministic_valid_and_differ_by_purpose() -> None:
     assert vs.volume_snapshot_name("c" * 253, "final") != vs.volume_snapshot_name("c" * 252 + "d", "final")
 
 
+
+def test_a_snapshot_is_created_under_a_name_no_one_can_use_first() -> None:
+    """hostile4 D8: the name a snapshot is created under has a random part after its key; the
+    record (key, name, uid) of the create call's answer is what later passes take."""
+    body = request().named("0a1b2c3d4e")
+    assert body["metadata"]["name"] == request().name + "-0a1b2c3d4e"
+    assert request().body["metadata"]["name"] == request().name  # the request itself is left as it is
+    longest = vs.created_name(vs.volume_snapshot_name("c" * 253, "final"), "0a1b2c3d4e")
+    assert len(longest) <= MAX_NAME and SUBDOMAIN.match(longest)
+    assert crd_schema("VolumeSnapshot").admit(body, None) == []
+
+
+def test_records_are_kept_by_key_and_bounded() -> None:
+    from checkpoint_operator.api.common import MAX_VOLUME_SNAPSHOT_RECORDS, VolumeSnapshotRecord
+    one = VolumeSnapshotRecord(key="k", name="k-1", uid="u1")
+    again = VolumeSnapshotRecord(key="k", name="k-2", uid="u2")
+    assert vs.recorded(vs.with_record([one], again), "k") == again and vs.recorded(None, "k") is None
+    many = [VolumeSnapshotRecord(key=f"k{i}", name=f"k{i}-x", uid=f"u{i}") for i in range(MAX_VOLUME_SNAPSHOT_RECORDS)]
+    kept = vs.with_record(many, one)
+    assert len(kept) == MAX_VOLUME_SNAPSHOT_RECORDS and kept[-1] == one and vs.recorded(kept, "k0") is None
+    assert vs.without_record(kept, "k") == many[1:]
+
+
+def test_a_namesake_of_a_recorded_snapshot_is_not_it() -> None:
+    from checkpoint_operator.api.common import VolumeSnapshotRecord
+    record = VolumeSnapshotRecord(key="k", name="k-1", uid="u1")
+    body = {"metadata": {"name": "k-1", "uid": "u1"}, "spec": {"source": {"persistentVolumeClaimName": "claim"}}}
+    assert vs.not_the_recorded(record, body, "claim") is None
+    replaced = vs.not_the_recorded(record, {**body, "metadata": {"name": "k-1", "uid": "u9"}}, "claim")
+    assert replaced == "VolumeSnapshot k-1 is not the one the operator took (uid u9, not u1): it was replaced; delete it"
+    assert vs.not_the_recorded(record, body, "other-claim") is not None
+
 @pytest.mark.parametrize("body, state", [
     (None, vs.SnapshotState(exists=False)),
     ({"metadata": {"name": "s"}, "spec": {"source": {"persistentVolumeClaimName": "c"}}},
