@@ -527,3 +527,75 @@ class TestKubectlCkptOnSnapshots:
             return not [c for c in claims if c["metadata"].get("labels", {}).get("ckpt.dev/component") ==
                         "restored-input"]
         await wait_for(no_restored_claims, timeout=30)
+
+
+class TestACheckpointFollowsItsSnapshot:
+    """hostile4 D4: a Ready Checkpoint stayed Ready after its VolumeSnapshot was deleted or turned
+    readyToUse=false. The resync (one LIST of the namespace's snapshots) wakes the Checkpoint, whose
+    own reconcile reads its snapshot and fails it with the reason; nothing selects it then."""
+
+    @pytest.fixture
+    def operator_config(self) -> OperatorConfig:
+        return OperatorConfig(**SNAPSHOT_CONFIG, resync_interval=0.5)
+
+    async def test_a_lost_or_unready_snapshot_fails_its_checkpoint_and_latest_skips_it(self, api, operator, cluster,
+                                                                                      trainer, wait_for):
+        sealed = threading.Event()
+
+        def produce(attempt, env):
+            trainer_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], 10)
+            assert sealed.wait(90)
+            trainer_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], 20)
+            return 0
+        trainer.behaviours["producer"] = produce
+        await api.create(TJ, NS, training_job("producer", output={"publish": "Continuous"}))
+        c10 = await ready_checkpoint(api, wait_for, "producer", "checkpoint-10")
+        sealed.set()
+        c20 = await ready_checkpoint(api, wait_for, "producer", "checkpoint-20")
+        await wait_phase(api, wait_for, TJ, "producer", "Succeeded")
+        name20 = c20["metadata"]["name"]
+        snap20 = c20["status"]["location"]["snapshot"]["volumeSnapshotName"]
+        assert snap20 != c10["status"]["location"]["snapshot"]["volumeSnapshotName"]
+
+        async def checkpoint_reason(reason):
+            obj = await api.get(CKPT, NS, name20)
+            ready = next((c for c in obj["status"].get("conditions", []) if c["type"] == "Ready"), {})
+            return obj if ready.get("reason") == reason else None
+
+        # Not readyToUse (the CSI driver says so on the content; the snapshot follows it): Failed, naming it
+        # and the error.
+        content = (await api.get(SNAPSHOTS, NS, snap20))["status"]["boundVolumeSnapshotContentName"]
+
+        async def content_status(**status):
+            body = await api.get(CONTENTS, None, content)
+            body["status"].update(status)
+            await api.replace(CONTENTS, None, content, {k: v for k, v in body.items()}, subresource="status")
+        await content_status(readyToUse=False, error={"message": "the storage lost the snapshot"})
+        failed = await wait_for(lambda: checkpoint_reason("VolumeSnapshotNotReady"), timeout=30)
+        assert failed["status"]["phase"] == "Failed"
+        assert failed["status"]["message"] == (f"VolumeSnapshot {snap20} is not readyToUse: the storage lost the "
+                                               "snapshot")
+        # select: latest takes the newest usable one.
+        read = {}
+        trainer.behaviours["reader"] = lambda a, env: read.setdefault(
+            "w", open(os.path.join(env["CHECKPOINT_INPUT_PATH"], "model.safetensors"), "rb").read()) and 0
+        await api.create(TJ, NS, training_job("reader", checkpoints=[{"fromTrainingJob": "producer",
+                                                                      "select": "latest"}]))
+        reader = await wait_phase(api, wait_for, TJ, "reader", ("Succeeded", "Failed"))
+        assert reader["status"]["phase"] == "Succeeded" and read == {"w": weights(b"w" * 10)}
+        assert [p["name"] for p in reader["status"]["inputs"]] == [c10["metadata"]["name"]]
+
+        # readyToUse again: Ready again.
+        await content_status(readyToUse=True, error=None)
+        again = await wait_for(lambda: checkpoint_reason("Ready"), timeout=30)
+        assert again["status"]["phase"] == "Ready" and again["status"]["message"].endswith(
+            f"VolumeSnapshot {snap20} is readyToUse again")
+
+        # Deleted outside the operator: Failed for good, naming it.
+        await api.delete(SNAPSHOTS, NS, snap20)
+        lost = await wait_for(lambda: checkpoint_reason("VolumeSnapshotLost"), timeout=30)
+        assert lost["status"]["phase"] == "Failed"
+        assert lost["status"]["message"] in (  # seen while its finalizers run, or after
+            f"VolumeSnapshot {snap20} is gone (deleted outside the operator): the data of this Checkpoint is lost",
+            f"VolumeSnapshot {snap20} is being deleted outside the operator: the data of this Checkpoint is lost")
+        assert (await api.get(CKPT, NS, c10["metadata"]["name"]))["status"]["phase"] == "Ready"

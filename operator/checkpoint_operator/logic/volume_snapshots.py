@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, NamedTuple, Optional
 
 from checkpoint_operator.api.checkpoint import Location, SnapshotLocation
 from checkpoint_operator.api.common import MAX_VOLUME_SNAPSHOT_RECORDS, VolumeSnapshotRecord
@@ -156,6 +156,60 @@ def not_the_recorded(record: VolumeSnapshotRecord, body: Mapping[str, Any], clai
         return (f"VolumeSnapshot {record.name} is not the one the operator took (uid {meta.get('uid')}, not "
                 f"{record.uid}): it was replaced; delete it")
     return None
+
+
+SNAPSHOT_LOST = "VolumeSnapshotLost"          # a Ready Checkpoint's snapshot was deleted or replaced
+SNAPSHOT_NOT_READY = "VolumeSnapshotNotReady"  # ... is no longer readyToUse (it may come back)
+
+
+@dataclass(frozen=True)
+class SnapshotTrouble:
+    """Why a Checkpoint's data is not (or no longer) in its VolumeSnapshot."""
+
+    reason: str
+    message: str
+
+    @property
+    def lost(self) -> bool:
+        return self.reason == SNAPSHOT_LOST
+
+
+def trouble_of(name: str, uid: Optional[str], body: Optional[Mapping[str, Any]]) -> Optional[SnapshotTrouble]:
+    """What is wrong with the VolumeSnapshot `name` (of UID `uid`, when the location records it) a
+    Ready Checkpoint points into, read as `body` (None: not found); None when nothing is."""
+    lost = "the data of this Checkpoint is lost"
+    if body is None:
+        return SnapshotTrouble(SNAPSHOT_LOST, f"VolumeSnapshot {name} is gone (deleted outside the operator): {lost}")
+    meta = body.get("metadata") or {}
+    if uid and meta.get("uid") != uid:
+        return SnapshotTrouble(SNAPSHOT_LOST, f"VolumeSnapshot {name} was replaced by another (uid {meta.get('uid')}, "
+                                              f"not {uid}): {lost}")
+    if meta.get("deletionTimestamp"):
+        return SnapshotTrouble(SNAPSHOT_LOST, f"VolumeSnapshot {name} is being deleted outside the operator: {lost}")
+    state = read_state(body)
+    if not state.ready:
+        return SnapshotTrouble(SNAPSHOT_NOT_READY, f"VolumeSnapshot {name} is not readyToUse: "
+                                                   f"{state.error or 'the snapshot controller gives no error'}")
+    return None
+
+
+class SnapshotUse(NamedTuple):
+    """A Checkpoint whose location is in a VolumeSnapshot, as the index keeps it."""
+
+    checkpoint: str
+    snapshot: str
+    uid: Optional[str]
+    ready: bool          # phase Ready
+    waiting: bool        # failed because its snapshot was not readyToUse (it is Ready again once it is)
+
+
+def needs_check(use: SnapshotUse, body: Optional[Mapping[str, Any]]) -> bool:
+    """Whether the Checkpoint's own reconcile should read its snapshot again (the resync's LIST
+    says its state no longer matches the Checkpoint's phase)."""
+    trouble = trouble_of(use.snapshot, use.uid, body)
+    if use.ready:
+        return trouble is not None
+    return use.waiting and (trouble is None or trouble.lost)
 
 
 def poll_after(age_seconds: float) -> float:

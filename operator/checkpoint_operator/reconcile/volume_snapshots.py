@@ -14,15 +14,15 @@ import secrets
 from datetime import datetime, timezone
 from typing import Any, Callable, Optional, Union
 
-from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointStatus
+from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointPhase, CheckpointStatus
 from checkpoint_operator.api.common import VolumeSnapshotRecord
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobStatus
 from checkpoint_operator.kube import PVCS, VOLUME_SNAPSHOTS, ApiError, Conflict
 from checkpoint_operator.logic import volume_snapshots
-from checkpoint_operator.logic.results import Wait
+from checkpoint_operator.logic.results import Fail, Wait
 from checkpoint_operator.logic.volume_snapshots import SnapshotRequest, TakenSnapshot
-from checkpoint_operator.logic.workload import LABEL_COMPONENT, LABEL_TRAINING_JOB_UID
-from checkpoint_operator.logic.status import StatusChange
+from checkpoint_operator.logic.workload import LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_TRAINING_JOB_UID, MANAGER
+from checkpoint_operator.logic.status import StatusChange, fail_change
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.status_writer import write_status
 
@@ -164,3 +164,48 @@ def release_claim(ctx: Context, checkpoint: Checkpoint, claim: str, snapshot: st
     except Conflict:
         return
     ctx.info(checkpoint, "VolumeReleased", f"volume {claim} deleted: the checkpoint is kept in VolumeSnapshot {snapshot}")
+
+
+# --- Ready Checkpoints whose snapshot was deleted, replaced or is no longer readyToUse (hostile4 D4) ---
+
+def checkpoints_to_check(ctx: Context) -> list[tuple[str, str, str]]:
+    """The resync's look at the snapshots Ready Checkpoints point into: one LIST of the operator's
+    VolumeSnapshots per namespace that has such Checkpoints; the keys of those whose snapshot no
+    longer matches their phase (their own reconcile reads it again and writes the status)."""
+    keys = []
+    for namespace, uses in ctx.indexes.snapshot_uses().items():
+        found = {(b.get("metadata") or {}).get("name"): b for b in ctx.kube.list(
+            VOLUME_SNAPSHOTS, namespace, label_selector=f"{LABEL_MANAGED_BY}={MANAGER}")}
+        keys += [("Checkpoint", namespace, use.checkpoint) for use in uses
+                 if volume_snapshots.needs_check(use, found.get(use.snapshot))]
+    return keys
+
+
+def check_checkpoint(ctx: Context, checkpoint: Checkpoint) -> bool:
+    """A settled Checkpoint whose data is in a VolumeSnapshot: Failed with a one-line reason naming
+    it once it is gone, replaced or not readyToUse (nothing selects it then), Ready again when a
+    snapshot that was not readyToUse is again. The Checkpoint's own reconcile is the only writer
+    of its status; one GET, only for a Ready or waiting Checkpoint in a snapshot. Whether it wrote."""
+    location = checkpoint.status.location.snapshot if checkpoint.status.location else None
+    if location is None:
+        return False
+    ready_condition = next((c for c in checkpoint.status.conditions or [] if c.type == "Ready"), None)
+    waiting = ready_condition is not None and ready_condition.reason == volume_snapshots.SNAPSHOT_NOT_READY
+    if checkpoint.phase != CheckpointPhase.READY and not waiting:
+        return False
+    body = ctx.kube.get(VOLUME_SNAPSHOTS, checkpoint.metadata.namespace, location.volumeSnapshotName)
+    trouble = volume_snapshots.trouble_of(location.volumeSnapshotName, location.volumeSnapshotUID, body)
+    if trouble is not None and (checkpoint.phase == CheckpointPhase.READY or trouble.lost):
+        if ready_condition is not None and ready_condition.reason == trouble.reason \
+                and ready_condition.message == trouble.message:
+            return False
+        write_status(ctx, checkpoint, fail_change(CheckpointPhase.FAILED.value, Fail(trouble.reason, trouble.message)))
+        return True
+    if trouble is None and waiting:
+        status = checkpoint.status
+        write_status(ctx, checkpoint, StatusChange(
+            phase=CheckpointPhase.READY.value, reason="Ready", ready=True, event="Normal",
+            message=f"{status.fileCount} files, {status.size}, digest {status.digest}; VolumeSnapshot "
+                    f"{location.volumeSnapshotName} is readyToUse again"))
+        return True
+    return False

@@ -179,3 +179,41 @@ def test_hand_over_moves_the_snapshot_from_the_job_to_its_checkpoints() -> None:
 
 def test_only_a_synced_report_allows_a_snapshot() -> None:
     assert vs.is_synced("syncfs") and not vs.is_synced(None) and not vs.is_synced("sync")
+
+
+READY_SNAPSHOT = {"metadata": {"name": "s", "uid": "u1"}, "status": {"readyToUse": True, "restoreSize": "1Gi"}}
+
+
+@pytest.mark.parametrize("body, reason, message", [
+    (READY_SNAPSHOT, None, None),
+    (None, vs.SNAPSHOT_LOST, "VolumeSnapshot s is gone (deleted outside the operator): the data of this Checkpoint "
+                             "is lost"),
+    ({**READY_SNAPSHOT, "metadata": {"name": "s", "uid": "u2"}}, vs.SNAPSHOT_LOST,
+     "VolumeSnapshot s was replaced by another (uid u2, not u1): the data of this Checkpoint is lost"),
+    ({**READY_SNAPSHOT, "metadata": {"name": "s", "uid": "u1", "deletionTimestamp": "2026-01-01T00:00:00Z"}},
+     vs.SNAPSHOT_LOST, "VolumeSnapshot s is being deleted outside the operator: the data of this Checkpoint is lost"),
+    ({**READY_SNAPSHOT, "status": {"readyToUse": False, "error": {"message": "disk gone"}}}, vs.SNAPSHOT_NOT_READY,
+     "VolumeSnapshot s is not readyToUse: disk gone"),
+    ({**READY_SNAPSHOT, "status": {}}, vs.SNAPSHOT_NOT_READY,
+     "VolumeSnapshot s is not readyToUse: the snapshot controller gives no error"),
+])
+def test_what_is_wrong_with_a_ready_checkpoint_s_snapshot(body, reason, message) -> None:
+    """hostile4 D4: a Ready Checkpoint's snapshot deleted, replaced or not readyToUse, one line each."""
+    trouble = vs.trouble_of("s", "u1", body)
+    assert (trouble.reason, trouble.message) == (reason, message) if reason else trouble is None
+
+
+def test_a_location_without_uid_is_checked_by_name() -> None:
+    assert vs.trouble_of("s", None, {**READY_SNAPSHOT, "metadata": {"name": "s", "uid": "other"}}) is None
+
+
+@pytest.mark.parametrize("ready, waiting, body, check", [
+    (True, False, READY_SNAPSHOT, False),
+    (True, False, None, True),
+    (True, False, {**READY_SNAPSHOT, "status": {"readyToUse": False}}, True),
+    (False, True, {**READY_SNAPSHOT, "status": {"readyToUse": False}}, False),   # still waiting: nothing new
+    (False, True, READY_SNAPSHOT, True),                                         # ready again
+    (False, True, None, True),                                                   # now gone
+])
+def test_the_resync_wakes_a_checkpoint_whose_snapshot_no_longer_matches_its_phase(ready, waiting, body, check) -> None:
+    assert vs.needs_check(vs.SnapshotUse("c", "s", "u1", ready, waiting), body) is check
