@@ -80,11 +80,21 @@ class TestTheVolumeStoreOnReadWriteOnceBlockStorage:
         volume = (await api.get(CLAIMS, NS, claim))["spec"]["volumeName"]
         assert event["message"] == (f'Multi-Attach error for volume "{volume}" Volume is already used by pod(s) '
                                     f'{pod_b["metadata"]["name"]}')
-        await asyncio.sleep(1.0)
         assert "reader-c" not in trainer.envs  # still waiting: its volume is attached to local-1
-        assert (await api.get(TJ, NS, "reader-c"))["status"]["phase"] == "Running"
+
+        # hostile4 D9: its TrainingJob says so (it said Running and nothing else), naming the claim.
+        async def attach_wait():
+            tj = await api.get(TJ, NS, "reader-c")
+            ready = next((c for c in tj["status"].get("conditions", []) if c["type"] == "Ready"), {})
+            return (tj, ready) if ready.get("reason") == "VolumeAttachWait" else None
+        tj, ready = await wait_for(attach_wait, timeout=30)
+        assert tj["status"]["phase"] == "Running"
+        assert ready["message"] == (f"pod {pod_c['metadata']['name']} waits to attach PersistentVolumeClaim {claim}: "
+                                    f"{event['message']}")
+        assert "reader-c" not in trainer.envs
         release.set()
         await wait_phase(api, wait_for, TJ, "reader-c", "Succeeded")
+        assert await events_for(api, "reader-c", "VolumeAttachWait")  # a Warning, as the condition was set
 
 
 # --- with volume snapshots ----------------------------------------------------------------------
