@@ -11,9 +11,11 @@ restored from that snapshot, on any node:
   after every writer has stopped and calls syncfs(2) on it (its result says ``"synced": "syncfs"``);
   with live sealing, the sidecar calls syncfs once it has sealed a directory (its ``sealed`` line
   says so). Only then is a VolumeSnapshot taken (``build_volume_snapshot``): a CSI snapshot is
-  crash-consistent, it holds what is on the disk, not what is still in a node's page cache;
+  crash-consistent, it holds what is on the disk, not what is still in a node's page cache. It is
+  created under a name with a random part (``created_name``) and recorded, name and UID, in the
+  status of the object it is for (``with_record``); only a recorded one is ever taken;
 - the Checkpoints are created once it is ``readyToUse`` (``read_state``), with the location
-  ``{snapshot: {volumeSnapshotName, path, items, restoreSize, storageClassName}}``
+  ``{snapshot: {volumeSnapshotName, volumeSnapshotUID, path, items, restoreSize, storageClassName}}``
   (``snapshot_location``); then they become its owners (non-controller, blockOwnerDeletion) and the
   job's reference goes, so Kubernetes' garbage collector deletes it with the last of them: a
   snapshot is deleted when no Checkpoint points into it (``keep: N`` frees space), and its
@@ -21,7 +23,9 @@ restored from that snapshot, on any node:
 - a consumer's pod mounts a generic ephemeral volume (``restored_volume``): a claim per pod,
   ``<pod>-<volume>``, restored from the snapshot (``dataSource``), of ``restoreSize``, ReadOnlyMany
   where the driver supports it, else ReadWriteOnce, mounted read-only; the claim is labelled as
-  the operator's (``ckpt.dev/component: restored-input``) and goes with its pod.
+  the operator's (``ckpt.dev/component: restored-input``) and goes with its pod;
+- a Ready Checkpoint follows its snapshot (``trouble_of``, ``needs_check``): deleted, replaced or
+  no longer readyToUse, it is Failed with the reason, and Ready again when readyToUse again.
 """
 
 from __future__ import annotations
