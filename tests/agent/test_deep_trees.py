@@ -78,6 +78,7 @@ def deep_tar(path: Path, with_directories: bool) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("with_directories", [True, False], ids=["directory-members", "file-members-only"])
 def test_archive_import_of_a_deep_tar(s3, tmp_path: Path, with_directories: bool):  # noqa: F811
     archive = deep_tar(tmp_path / "deep.tar.gz", with_directories)

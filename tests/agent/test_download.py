@@ -188,6 +188,7 @@ def _big_source(tmp_path: Path) -> Path:
     return src
 
 
+@pytest.mark.slow
 def test_server_killed_and_restarted_mid_download_is_retried_per_part(s3, seaweedfs, tmp_path, monkeypatch):
     src = _big_source(tmp_path)
     uri = s3.uri("flaky/")

@@ -63,6 +63,7 @@ async def phase_of(api, wait_for, namespace, name, phase, timeout=90):
     return await wait_for(reached, timeout=timeout, interval=0.1)
 
 
+@pytest.mark.slow
 async def test_a_catalog_entry_is_imported_once_and_used_by_every_namespace(api, api_url, operator, trainer, wait_for,
                                                                             mini_hub, tmp_path):  # noqa: F811
     model = tiny_model()

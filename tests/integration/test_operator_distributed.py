@@ -196,6 +196,7 @@ async def test_a_kueue_preemption_stops_the_workers_and_readmission_resumes_from
     assert f"{engine} {name} is queued in Kueue (LocalQueue team-a)" in queued["message"]
 
 
+@pytest.mark.slow
 async def test_a_group_restart_queued_in_kueue_is_queued_again_not_preempted(api, operator, cluster, wait_for):
     """Engine Job: the restart's new Job is created suspended and Kueue admits it like a new one.
     While it waits (held here, as a queue without quota), the job is Queued for its next attempt;

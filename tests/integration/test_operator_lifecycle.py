@@ -202,6 +202,7 @@ async def test_retried_pod_resumes_from_its_own_earlier_checkpoints(api, operato
     assert len(trainer.envs["flaky"]) == 2
 
 
+@pytest.mark.slow
 async def test_keep_names_and_collisions(api, operator, trainer, wait_for):
     # A foreign object already has one of the names the snapshot derives: the snapshot waits
     # (NameConflict, naming it) and never uses another name; once it is gone, the names are made.
@@ -363,6 +364,7 @@ async def test_jobs_waiting_on_each_other_are_stalled_naming_the_cycle(api, oper
     await wait_for(not_found, timeout=20)
 
 
+@pytest.mark.slow
 async def test_a_detached_child_of_the_trainer_cannot_rewrite_a_sealed_checkpoint(api, operator, cluster, wait_for):
     """The trainer runs as a real process (no stand-in) and leaves a detached child that rewrites
     its checkpoint a few seconds after the container ended. Before: the child outlived the pod and

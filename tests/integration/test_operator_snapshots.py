@@ -154,6 +154,7 @@ class TestVolumeSnapshots:
     def operator_config(self) -> OperatorConfig:
         return OperatorConfig(**SNAPSHOT_CONFIG)
 
+    @pytest.mark.slow
     async def test_two_consumers_on_other_nodes_read_at_once_and_keep_frees_the_snapshots(
             self, api, operator, cluster, trainer, wait_for):
         first_seen, second_seen = threading.Event(), threading.Event()
@@ -500,6 +501,7 @@ class TestKubectlCkptOnSnapshots:
     def operator_config(self) -> OperatorConfig:
         return OperatorConfig(**SNAPSHOT_CONFIG)
 
+    @pytest.mark.slow
     async def test_verify_pull_and_push(self, api, operator, cluster, trainer, wait_for, tmp_path):
         from plugin_helpers import Plugin, tree_digest, write_kubeconfig
         ckpt = Plugin(write_kubeconfig(tmp_path / "kubeconfig", cluster.api_url))

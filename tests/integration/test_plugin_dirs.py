@@ -120,6 +120,7 @@ async def test_clean_empties_only_a_directory_a_pull_wrote(ckpt, api, store, sto
                                                              "model.safetensors"]
 
 
+@pytest.mark.slow
 async def test_a_pull_into_another_checkpoint_is_refused(ckpt, api, store, store_secret, operator, cluster, tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     for directory, weights in ((first, b"1" * 100), (second, b"2" * 100)):

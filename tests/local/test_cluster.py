@@ -434,6 +434,7 @@ async def test_sidecar_that_ignores_sigterm_is_killed_after_the_grace_period(
     assert pod["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 128 + 9  # SIGKILL
 
 
+@pytest.mark.slow
 async def test_sidecar_that_exits_is_restarted(api: ApiClient, cluster: LocalCluster, wait_for, tmp_path: Path) -> None:
     volumes, mounts = host_dir(tmp_path)
     count = "import pathlib, sys; p = pathlib.Path(sys.argv[1]) / 'starts'; p.write_text(p.read_text() + 'x' if p.exists() else 'x')"

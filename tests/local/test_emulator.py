@@ -356,6 +356,7 @@ async def _traffic(api: ApiClient, count: int, tag: str) -> None:
         await asyncio.gather(*(one(i) for i in range(start, min(count, start + 8))))
 
 
+@pytest.mark.slow
 async def test_per_request_cost_does_not_grow_with_requests_served(api: ApiClient, emulator_server: EmulatorServer,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     emulator = emulator_server.emulator
