@@ -243,6 +243,7 @@ spec:
 """
 
 
+@pytest.mark.slow
 def test_a_fifo_in_the_output_is_left_out_and_the_run_ends(tmp_path):
     """hostile4 D13: the snapshot pod's view of the output opened the FIFO to copy it and blocked
     for good: the job stayed Snapshotting and the run never exited, --timeout or not."""
@@ -265,6 +266,7 @@ exit_even_if_blocked(3)
 """
 
 
+@pytest.mark.slow
 def test_the_run_exits_with_its_code_while_a_thread_is_blocked_in_a_system_call(tmp_path):
     """hostile4 D13: `local run` printed its --timeout error, then the interpreter waited for good
     on a kubelet thread blocked in open() of a FIFO (Python joins non-daemon threads at exit)."""
