@@ -367,6 +367,25 @@ class TestVolumeSnapshots:
         kept = await api.get(SNAPSHOTS, NS, squat)
         assert kept is not None and not kept["metadata"].get("ownerReferences")
 
+    async def test_a_template_mount_of_the_restored_input_volume_is_refused(self, api, operator, cluster, trainer,
+                                                                            wait_for):
+        """hostile4 D3: a consumer's own mount naming `ckpt-in-0` got the restored claim read-write (an
+        ephemeral volume has no volume-level readOnly). The job fails in one line; no pod runs."""
+        trainer.behaviours["producer"] = lambda a, env: write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-1",
+                                                                          {"w.bin": b"w"}) or 0
+        await api.create(TJ, NS, training_job("producer"))
+        await wait_phase(api, wait_for, TJ, "producer", "Succeeded")
+        step1 = await ready_checkpoint(api, wait_for, "producer", "step-1")
+        trainer.behaviours["rw"] = lambda a, env: 0
+        body = training_job("rw", checkpoints=[{"name": step1["metadata"]["name"]}])
+        body["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] = [{"name": "ckpt-in-0", "mountPath": "/rw"}]
+        await api.create(TJ, NS, body)
+        tj = await wait_phase(api, wait_for, TJ, "rw", ("Running", "Succeeded", "Failed"))
+        assert tj["status"]["phase"] == "Failed"
+        assert tj["status"]["message"].startswith("spec.template.spec.containers[trainer].volumeMounts 'ckpt-in-0' "
+                                                  "names a volume the operator adds")
+        assert "rw" not in trainer.envs and not await worker_pods(api, "rw")
+
     async def test_a_restarted_group_gets_its_inputs_restored_from_the_snapshot_again(self, api, operator, cluster,
                                                                                       trainer, wait_for):
         """A 2-worker consumer (engine Job) whose worker 1 fails: the operator's group restart stages the
