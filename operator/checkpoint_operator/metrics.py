@@ -22,6 +22,10 @@ CHECKPOINTS_CREATED = Counter(f"{PREFIX}_checkpoints_created_total", "Checkpoint
 BLOCKED_DELETIONS = Counter(
     f"{PREFIX}_blocked_deletions_total", "Checkpoint deletions refused because a live TrainingJob uses them.")
 RECONCILE_ERRORS = Counter(f"{PREFIX}_reconcile_errors_total", "Reconciliations that raised an error.", ["kind"])
+AGENT_RESULT_BYTES = Histogram(
+    f"{PREFIX}_agent_result_bytes", "Size of the result line an agent pod wrote (read bounded; a few hundred bytes "
+    "per checkpoint, whatever the number of files).", ["task"],
+    buckets=(1_000, 10_000, 100_000, 1_000_000, 2_000_000, 4_000_000, 6_500_000))
 
 
 class PhaseTracker(Collector):

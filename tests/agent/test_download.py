@@ -15,9 +15,9 @@ import pytest
 from test_upload_download import agent, local_digest, one_error_line
 
 from checkpoint_operator.agent.download import Downloader, download_prefix, temp_name
-from checkpoint_operator.agent.errors import AgentError
-from checkpoint_operator.agent.manifest import MANIFEST_NAME, FileEntry, Manifest, digest_of
-from checkpoint_operator.agent.names import TEMP_PREFIX
+from checkpoint_operator.protocol.errors import AgentError
+from checkpoint_operator.protocol.manifest import MANIFEST_NAME, FileEntry, Manifest, digest_of
+from checkpoint_operator.protocol.names import TEMP_PREFIX
 from checkpoint_operator.agent.upload import upload_dir
 
 MiB = 1024 * 1024

@@ -146,7 +146,7 @@ def test_gcs_bad_input(s3, tmp_path, case, words):
 
 
 def test_anonymous_requests_are_unsigned(s3, monkeypatch):
-    from checkpoint_operator.agent.s3 import make_client
+    from checkpoint_operator.objectstore.s3 import make_client
     monkeypatch.setenv("CKPT_S3_UNSIGNED", "1")
     client = make_client(s3.endpoint)
     from botocore import UNSIGNED

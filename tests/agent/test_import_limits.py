@@ -19,7 +19,7 @@ import pytest
 
 
 from checkpoint_operator.agent import importer
-from checkpoint_operator.agent.errors import AgentError
+from checkpoint_operator.protocol.errors import AgentError
 from checkpoint_operator.agent.importer import import_checkpoint
 from checkpoint_operator.agent.upload import upload_dir
 

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from checkpoint_operator.agent.s3 import manifest_exists
+from checkpoint_operator.objectstore.s3 import manifest_exists
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.local.engine import OPERATOR_IMAGE
 from containers_support import CKPT, NS, TJ, Operator, python_job

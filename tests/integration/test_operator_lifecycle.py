@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 
+from checkpoint_operator.protocol.manifest import parse_manifest
 from conftest import CKPT, NS, TJ, held_until, training_job, write_checkpoint
 from formats_files import torch_file, weights
 
@@ -93,7 +94,14 @@ async def test_train_then_consume_latest_with_lineage(api, operator, cluster, tr
     assert claim_name.startswith("pretrain-output-")  # unique per run
     claim_dir = cluster.claim_dir(NS, claim_name)
     assert status["digest"] == sha256sum_digest(os.path.join(claim_dir, "step-200"))
-    assert status["location"] == {"volume": {"claimName": claim_name, "path": "step-200"}}
+    # The full manifest is stored beside the data, outside the checkpoint's directory (which stays
+    # exactly what the job wrote), and named in the location; the status carries nothing per file.
+    stored = f".ckpt-manifests/{status['digest'].replace(':', '-')}.json"
+    assert status["location"] == {"volume": {"claimName": claim_name, "path": "step-200", "manifest": stored}}
+    with open(os.path.join(claim_dir, stored), "rb") as f:
+        manifest = parse_manifest(f.read(), stored)
+    assert manifest.digest == status["digest"] and [e.path for e in manifest.files] == [
+        "model.safetensors", "nested/config.json", "optimizer.pt"]
     assert "ckpt.dev/in-use-protection" in step200["metadata"]["finalizers"]
     final = await api.get(CKPT, NS, "pretrain")
     assert final["status"]["location"]["volume"]["items"] == ["config.json", "model.safetensors"]

@@ -12,8 +12,8 @@ import json
 
 import pytest
 
-from checkpoint_operator.agent.manifest import MANIFEST_NAME
-from checkpoint_operator.agent.s3 import manifest_exists, parse_s3_uri
+from checkpoint_operator.protocol.manifest import MANIFEST_NAME
+from checkpoint_operator.objectstore.s3 import manifest_exists, parse_s3_uri
 from checkpoint_operator.config import OperatorConfig
 from conftest import CKPT, NS
 from plugin_helpers import Plugin, make_model_dir, tree_digest, write_kubeconfig

@@ -103,13 +103,13 @@ async def test_job_writes_into_its_claim_and_completes(api: ApiClient, cluster: 
 
 async def test_failing_pods_are_retried_up_to_the_backoff_limit(api: ApiClient, cluster: LocalCluster, wait_for) -> None:
     await api.create("batch/v1/jobs", NS, job("flaky", [python_container(
-        "main", "import sys; print('out'); print('boom', file=sys.stderr); sys.exit(3)")], backoffLimit=2))
+        "main", "import sys; print('out', flush=True); print('boom', file=sys.stderr); sys.exit(3)")], backoffLimit=2))
     done = await finished_job(api, wait_for, "flaky")
     assert condition_types(done) == [("FailureTarget", "BackoffLimitExceeded"), ("Failed", "BackoffLimitExceeded")]
     pods = await job_pods(api, "flaky")
     assert len(pods) == 3 and done["status"]["failed"] == 3
     assert {p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] for p in pods} == {3}
-    assert await api.read_log(NS, pods[0]["metadata"]["name"]) == "out\nboom\n"  # stdout, then stderr
+    assert await api.read_log(NS, pods[0]["metadata"]["name"]) == "out\nboom\n"  # both streams, as written
 
 
 async def test_a_failed_indexed_job_is_failed_only_once_every_pod_has_stopped(api: ApiClient, cluster: LocalCluster,

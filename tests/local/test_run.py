@@ -149,7 +149,9 @@ WRITES = ("import os; out = os.environ['CHECKPOINT_OUTPUT_DIR']\n"
           "os.makedirs(f'{out}/checkpoint-5')\n"
           "for f in ('config.json', 'model.safetensors', 'optimizer.pt'):\n"
           "    open(f'{out}/checkpoint-5/{f}', 'w').write('{}')\n")
-CRASHES = "for i in range(30): print('line', i)\nprint('\\x1b[31mred\\x1b[0m')\nraise ValueError('boom')\n"
+# Flushed before it raises: a container's log holds stdout and stderr interleaved as written (one
+# pipe, as a kubelet's), and Python flushes a piped stdout only after printing the traceback.
+CRASHES = "for i in range(30): print('line', i)\nprint('\\x1b[31mred\\x1b[0m', flush=True)\nraise ValueError('boom')\n"
 
 
 @pytest.mark.slow

@@ -22,8 +22,9 @@ when they end). The emulated API deletes a pod at once, so the
 kubelet holds a finalizer (``LOCAL_KUBELET_FINALIZER``) while a pod runs: a deleted running pod
 stays visible with its deletionTimestamp (terminating) until its containers have stopped.
 
-A container's log is its stdout followed by its stderr (a real kubelet interleaves them; keeping
-stdout whole keeps a one-line JSON result of the agent parseable).
+A container's log is its stdout and stderr interleaved as written (one pipe for both, as a
+kubelet merges the two streams into one log), so the agent's result line, written last, is the
+log's last line; the emulated API keeps and serves it as a kubelet does (local/podlogs.py).
 """
 
 from __future__ import annotations
@@ -317,8 +318,11 @@ class PodWorker:
         finally:
             self.processes.pop(container["name"], None)
         if follower is not None:
-            await follower.close()
-        await self._write_log(container, log)
+            await follower.close()  # its lines are in the log already, stamped as they came: only the rest
+            if follower.pending:
+                await self._write_log(container, follower.pending.decode(errors="replace"), append=True)
+        else:
+            await self._write_log(container, log)
         return terminated_status(container, exit_code, started, restarts)
 
     async def _start_sidecar(self, container: dict) -> asyncio.Task:
