@@ -120,8 +120,10 @@ RULES: tuple[PermissionRule, ...] = (
         (verb, "kopf peering between the active replica and standbys in namespaced mode")
         for verb in ("get", "list", "watch", "patch"))),
     PermissionRule(("snapshot.storage.k8s.io",), ("volumesnapshots",), (
-        ("get", "read a VolumeSnapshot it took until it is readyToUse (polled: snapshots are not watched)"),
-        ("list", "at a job's end, its output's snapshots (by label), to delete those no Checkpoint points into"),
+        ("get", "read a VolumeSnapshot it took until it is readyToUse (polled: snapshots are not watched), and "
+                "a Ready Checkpoint's when the resync finds it changed"),
+        ("list", "at a job's end, its output's snapshots (by label), to delete those no Checkpoint points into; "
+                 "at each resync, its snapshots (by label) that Ready Checkpoints point into"),
         ("create", "a VolumeSnapshot of an output or import volume once its bytes are on the disk" + NARROWED
                    + "only snapshots labelled as its own, owned by their TrainingJob or Checkpoint"),
         ("patch", "owner references: moved from the TrainingJob to the Checkpoints that point into it" + NARROWED
