@@ -241,6 +241,10 @@ class CheckpointStatus(ApiModel):
         description=f"Live TrainingJobs that use it (the first {MAX_USED_BY_LISTED} by name; informational: the "
                     "in-use protection asks the API server at deletion time).")
     usedByCount: Optional[Count] = Field(None, description="Number of live TrainingJobs that use it (for kubectl get).")
+    cachedOn: Optional[list[Annotated[str, Field(max_length=253)]]] = Field(
+        None, max_length=64, description="Nodes whose node-local input cache holds a verified copy, as last reported by "
+                                         "the pods that read it there (s3 store with cache.enabled; the first 64 by "
+                                         "name; an eviction reported by a later pod removes its node).")
     volumeSnapshots: Optional[list[VolumeSnapshotRecord]] = Field(
         None, max_length=MAX_VOLUME_SNAPSHOT_RECORDS,
         description="VolumeSnapshots the operator created for it (an import's or a push's volume), by UID.")

@@ -18,7 +18,7 @@ from checkpoint_operator import API_VERSION
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobHead
 from checkpoint_operator.config import OperatorConfig
-from checkpoint_operator.logic import agent_commands, engines, import_sources, kueue, rendezvous
+from checkpoint_operator.logic import node_cache, agent_commands, engines, import_sources, kueue, rendezvous
 from checkpoint_operator.protocol.manifest import MANIFESTS_DIR
 from checkpoint_operator.logic import live_sealing
 from checkpoint_operator.logic.agent_pods import (AGENT_DATA_MOUNT, AGENT_OUTPUT_MOUNT, INPUT_VOLUME_PREFIX,
@@ -176,11 +176,12 @@ def _is_at_or_inside(path: str, directory: str) -> bool:
 def is_operator_volume(name: Optional[str]) -> bool:
     """A volume name the operator adds to a workload's pods (its output, the inputs, the s3 store's
     staging, the live-sealing sidecar's): a template may neither declare nor mount one."""
-    return bool(name) and (name in (OUTPUT_VOLUME, STAGING_VOLUME, live_sealing.META_VOLUME)
+    return bool(name) and (name in (OUTPUT_VOLUME, STAGING_VOLUME, live_sealing.META_VOLUME, node_cache.CACHE_VOLUME)
                            or str(name).startswith(INPUT_VOLUME_PREFIX))
 
 
-OPERATOR_VOLUMES = f"{OUTPUT_VOLUME}, {STAGING_VOLUME}, {live_sealing.META_VOLUME}, {INPUT_VOLUME_PREFIX}*"
+OPERATOR_VOLUMES = (f"{OUTPUT_VOLUME}, {STAGING_VOLUME}, {live_sealing.META_VOLUME}, {node_cache.CACHE_VOLUME}, "
+                    f"{INPUT_VOLUME_PREFIX}*")
 CONTAINER_KINDS = ("initContainers", "containers", "ephemeralContainers")
 
 
@@ -211,9 +212,11 @@ def check_user_mounts(template_spec: dict[str, Any], tj: TrainingJob) -> None:
         raise InvalidSpec(f"spec.template.spec.volumes {sorted(ours)} use names reserved by the operator "
                           f"({OPERATOR_VOLUMES}); rename them")
     for kind in ("initContainers", "containers"):
-        if any(c.get("name") == live_sealing.SIDECAR for c in template_spec.get(kind, []) or []):
-            raise InvalidSpec(f"spec.template.spec.{kind} has a container named {live_sealing.SIDECAR!r}, a name "
-                              f"reserved for the operator's sealing sidecar; rename it")
+        for reserved_name, what in ((live_sealing.SIDECAR, "sealing sidecar"),
+                                    (node_cache.HOLD_CONTAINER, "node-cache sidecar")):
+            if any(c.get("name") == reserved_name for c in template_spec.get(kind, []) or []):
+                raise InvalidSpec(f"spec.template.spec.{kind} has a container named {reserved_name!r}, a name "
+                                  f"reserved for the operator's {what}; rename it")
 
 
 # --- objects -----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from checkpoint_operator import PROTECTION_FINALIZER
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead, CheckpointPhase
 from checkpoint_operator.api.clustercheckpoint import ClusterCheckpointHead
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobHead, TrainingJobPhase, TrainingJobStatus
+from checkpoint_operator.reconcile import node_cache as node_cache_steps
 from checkpoint_operator.reconcile import (agent_runs, catalog_copies, claim_holds, live_sealing, publish,
                                            template_claims, volumes, workloads)
 from checkpoint_operator.reconcile import volume_snapshots as volume_snapshot_steps
@@ -222,6 +223,8 @@ def _make_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput], a
         if tj.output_enabled:
             for claim in workload.build_output_claims(tj, ctx.config):
                 _ensure_owned(tj, ctx.kube.ensure(PVCS, namespace, claim))
+        if node_cache_steps.uses_cache(staged.volumes):
+            node_cache_steps.ensure_cache_claim(ctx, namespace)
         if rendezvous.needs_service(tj):
             _ensure_owned(tj, workloads.ensure_service(ctx, tj))
         made = _ensure_owned(tj, workloads.ensure(ctx, tj, built.job))
@@ -312,6 +315,8 @@ def follow_job(ctx: Context, tj: TrainingJob) -> Result:
     if tj.publishes_live:  # also once the Job is over: the sidecars' last lines
         tj = live_sealing.collect(ctx, tj, controllers)
     pods = ctx.indexes.worker_pods(tj.metadata.namespace, tj.metadata.uid, controllers)
+    if ctx.config.cache_enabled:
+        node_cache_steps.record_fills(ctx, tj, pods)
     if state is not None:
         change = flow.worker_failure_change(tj, state, pods)
         if change is not None:
