@@ -339,3 +339,41 @@ async def test_a_volume_per_worker_uploads_the_union_and_keeps_every_volume_of_a
     await api.patch(TJ, NS, "vpw", {"metadata": {"annotations": {"ckpt.dev/release-output": "true"}}})
     for name in claims:
         await wait_for(lambda name=name: _gone(api, "v1/persistentvolumeclaims", name), timeout=20)
+
+
+CLASH_WRITER = """
+import os
+out, rank = os.environ["CHECKPOINT_OUTPUT_DIR"], int(os.environ["RANK"])
+def w(rel, data):
+    path = os.path.join(out, rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+w(f"step-ok/shard-{rank}.bin", bytes([rank]) * 8)
+if rank == 0:
+    w("stepb/x", b"a file in worker 0")
+    w("stepa/caf\\u00e9", b"nfc")
+else:
+    w("stepb/x/y", b"a directory in worker 1")
+    w("stepa/cafe\\u0301", b"nfd")
+"""
+
+
+async def test_a_volume_per_worker_union_that_breaks_the_names_rule_is_not_uploaded(  # noqa: F811
+        api, store_secret, operator, wait_for, s3):  # noqa: F811
+    """hostile4 D2 on the s3 store: the unions `stepb` (file `x` and `x/y`) and `stepa` (NFC/NFD
+    twins) were uploaded and Ready, and every download refused their manifests (failed before).
+    Now neither is uploaded nor a Checkpoint; the conflict names the file and both workers."""
+    await api.create(TJ, NS, training_job("hs", replicas=2, engine="JobSet", backoffLimit=0,
+                                          output={"volumePerWorker": True},
+                                          command=[sys.executable, "-c", CLASH_WRITER]))
+    tj = await wait_phase(api, wait_for, TJ, "hs", "Succeeded", timeout=90)
+    assert tj["status"]["outputCheckpoints"] == ["hs.step-ok"]
+    assert sorted(c["metadata"]["name"] for c in await api.list(CKPT, NS)) == ["hs.step-ok"]
+    uri = (await api.get(CKPT, NS, "hs.step-ok"))["status"]["location"]["s3"]["uri"]
+    assert sorted(f.path for f in read_manifest(uri).files) == ["shard-0.bin", "shard-1.bin"]
+    assert not manifest_exists(uri.replace("/dirs/step-ok/", "/dirs/stepb/"), endpoint_url=s3.endpoint)
+    assert not manifest_exists(uri.replace("/dirs/step-ok/", "/dirs/stepa/"), endpoint_url=s3.endpoint)
+    retained = condition(tj, "OutputRetained")
+    assert retained["status"] == "True" and "'x' is a file in worker 0 and a directory in worker 1" in \
+        retained["message"], retained["message"]

@@ -13,6 +13,7 @@ from typing import Optional
 from checkpoint_operator import PROTECTION_FINALIZER
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead, CheckpointPhase
 from checkpoint_operator.reconcile import annotation_requests, checkpoint_import, live_sealing
+from checkpoint_operator.reconcile import volume_snapshots as volume_snapshot_steps
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.objects import InvalidObject, parse, parse_head
 from checkpoint_operator.reconcile import status_writer
@@ -47,6 +48,8 @@ def reconcile(ctx: Context, namespace: str, name: str) -> Optional[float]:
             _add_finalizer(ctx, checkpoint)
             continue
         if checkpoint.phase.is_settled:
+            if volume_snapshot_steps.check_checkpoint(ctx, checkpoint):
+                continue  # its status changed: read it again
             sync_used_by(ctx, checkpoint)
             return annotation_requests.serve(ctx, checkpoint)  # verify and pull requests (reconcile/annotation_requests.py)
         return record(ctx, checkpoint, checkpoint_import.step(ctx, checkpoint))

@@ -41,13 +41,16 @@ def _settled(kind: str) -> Callable[[Optional[str]], bool]:
     return is_settled
 
 
-def write_status(ctx: Context, obj: Obj, change: StatusChange) -> Obj:
-    """Apply `change` to `obj`'s status; return the object as written (or as read, if no-op)."""
+def write_status(ctx: Context, obj: Obj, change: StatusChange | Callable[[Obj], StatusChange]) -> Obj:
+    """Apply `change` to `obj`'s status; return the object as written (or as read, if no-op).
+    A callable change is made from the object as last read (a list grown from its current value
+    keeps what a concurrent write added)."""
     model = type(obj)
     meta = obj.metadata
     for _ in range(MAX_ATTEMPTS):
+        current = change(obj) if callable(change) else change
         before = obj.status.to_wire()
-        after = apply_change(before, change, generation=obj.metadata.generation, now=now_rfc3339(),
+        after = apply_change(before, current, generation=obj.metadata.generation, now=now_rfc3339(),
                              is_settled=_settled(obj.kind))
         patch = status_patch(before, after)
         if not patch:
@@ -64,8 +67,8 @@ def write_status(ctx: Context, obj: Obj, change: StatusChange) -> Obj:
             continue
         ctx.wrote(written)
         updated = model.model_validate(written)
-        if should_post_event(before, change):
-            ctx.event(updated, change.event or "Normal", change.reason or "", change.message)
+        if should_post_event(before, current):
+            ctx.event(updated, current.event or "Normal", current.reason or "", current.message)
         return updated
     raise StatusConflict(f"{obj.kind} {meta.namespace}/{meta.name}: status kept changing; will retry")
 

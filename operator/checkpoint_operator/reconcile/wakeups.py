@@ -50,6 +50,7 @@ from checkpoint_operator.api.checkpoint import CheckpointPhase
 from checkpoint_operator.api.wire import (CheckpointStatusWire, CheckpointWire, MetadataWire, TrainingJobStatusWire,
                                           checkpoint_wire, object_wire, training_job_wire)
 from checkpoint_operator.api.trainingjob import TrainingJobPhase
+from checkpoint_operator.reconcile import volume_snapshots as volume_snapshot_steps
 from checkpoint_operator.reconcile.context import Context, ObjectKey
 from checkpoint_operator.logic.catalog import used_by_status as catalog_used_by
 from checkpoint_operator.logic.inputs import CheckpointInfo, TrainingJobInfo
@@ -250,6 +251,8 @@ def start_resync(ctx: Context) -> asyncio.Task[None]:
             try:
                 ctx.forget_gone()
                 ctx.queue.add_all(ctx.indexes.resync_keys())
+                if ctx.config.volume_snapshot_class:
+                    ctx.queue.add_all(await asyncio.to_thread(volume_snapshot_steps.checkpoints_to_check, ctx))
             except Exception:  # noqa: BLE001 - the next pass tries again
                 logger.exception("resync failed")
     return asyncio.create_task(resync(), name="resync")

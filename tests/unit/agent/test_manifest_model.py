@@ -50,7 +50,10 @@ def test_unknown_fields_are_ignored_and_defaults_filled():
     ({"files": [{"path": "a.bin", "size": 1}]}, "files[0].sha256: Field required"),
     ({"resumable": "yes"}, "resumable: true or false is required"),
     ({"complete": 1}, "complete: true or false is required"),
-    ({"metrics": {"loss": "low"}}, "metrics: an object of numbers is required"),
+    ({"metrics": {"loss": "low"}}, "metrics.loss: a number is required"),  # the metric named (hostile4 D15)
+    ({"metrics": {"loss": "0.5"}}, "metrics.loss: a number is required"),
+    ({"metrics": {"ok": 1, "best": True}}, "metrics.best: a number is required"),
+    ({"metrics": {"loss": 10 ** 400}}, "metrics.loss: a number within float range is required"),  # hostile4 D1
     ({"metrics": [1]}, "metrics: an object of numbers is required"),
 ])
 def test_wrong_types_and_values_are_refused_with_the_field_named(over, words):
@@ -100,3 +103,19 @@ def test_blobs_the_collector_could_not_read_is_refused(blobs):
     # a value it would not see would leave the manifest's blobs unreferenced, so collectable
     with pytest.raises(ManifestInvalid, match="^blobs: "):
         Manifest.model_validate(body(blobs=blobs))
+
+
+def test_a_huge_integer_metric_in_a_stored_manifest_is_one_line_from_the_agent_command(tmp_path):
+    """hostile4 D1: 10**400 is valid JSON but no float; `agent verify --json` printed a traceback
+    (OverflowError) and no JSON. Now the one-line refusal names the metric, and --json ends with
+    one JSON line."""
+    import subprocess
+    import sys
+    (tmp_path / "a.bin").write_bytes(b"a")
+    (tmp_path / ".checkpoint-manifest.json").write_text(json.dumps(body(metrics={"loss": 10 ** 400})))
+    proc = subprocess.run([sys.executable, "-m", "checkpoint_operator", "agent", "verify", str(tmp_path), "--json"],
+                          capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    summary = json.loads(proc.stdout.splitlines()[-1])
+    assert summary["verified"] is False
+    assert "metrics.loss: a number within float range is required" in summary["problems"][0]["problem"]
