@@ -220,8 +220,19 @@ def verify_s3(uri: str, digest: Optional[str] = None, *, max_size: Optional[int]
         result.problems.append(pinned)
         return result
     _check_size(result, max_size)
+    from checkpoint_operator.objectstore.blobs import manifest_blob_root
+    try:
+        blob_root = manifest_blob_root(prefix.uri, manifest)  # both layouts: blobs by sha256, or files by path
+    except AgentError as exc:
+        result.problems.append(Problem(".", str(exc)))
+        return result
+    where = parse_s3_uri(blob_root) if blob_root else prefix
+
+    def check(entry: FileEntry) -> tuple[Optional[str], int]:
+        return _check_object(client, where, entry, progress, endpoint, by_sha=blob_root is not None)
+
     with Progress("verify", manifest.sizeBytes) as progress, ThreadPoolExecutor(workers) as pool:
-        outcomes = list(pool.map(lambda e: _check_object(client, prefix, e, progress, endpoint), manifest.files))
+        outcomes = list(pool.map(check, manifest.files))
     for entry, (problem, read) in zip(manifest.files, outcomes):
         result.checked_bytes += read
         if problem:
@@ -229,11 +240,12 @@ def verify_s3(uri: str, digest: Optional[str] = None, *, max_size: Optional[int]
     return result
 
 
-def _check_object(client, prefix, entry: FileEntry, progress: Progress, endpoint: Optional[str]
-                  ) -> tuple[Optional[str], int]:
-    """(what is wrong with the object of `entry`, or None; bytes read)."""
+def _check_object(client, prefix, entry: FileEntry, progress: Progress, endpoint: Optional[str],
+                  by_sha: bool = False) -> tuple[Optional[str], int]:
+    """(what is wrong with the object of `entry`, or None; bytes read). `by_sha`: `prefix` is the
+    blob directory, the object is named by the file's sha256."""
     from checkpoint_operator.objectstore.s3 import describe_error, is_not_found, is_transient
-    loc = prefix.child(entry.path)
+    loc = prefix.child(entry.sha256 if by_sha else entry.path)
     for attempt in range(1, OBJECT_ATTEMPTS + 1):
         read = 0
         try:

@@ -95,6 +95,11 @@ class Manifest:
     # A few named numbers the checkpoint records about itself (agent/metrics_files.py), for
     # retention.keepBest and select: best. Not part of the digest.
     metrics: Optional[dict[str, float]] = None
+    # s3 store, content-addressed layout (objectstore/blobs.py): the directory of the files' blobs
+    # (each stored under its sha256), relative to the checkpoint's prefix. None: each file is
+    # stored under the prefix at its path (the older layout, and every other store). Not part
+    # of the digest: it says where the bytes are, and they are checked against their sha256.
+    blobs: Optional[str] = None
 
     model_fields: ClassVar[tuple[str, ...]] = ()  # set below: the field names, as pydantic's mapping's keys
 
@@ -129,7 +134,7 @@ class Manifest:
             step=_optional(step, "step", int), resumable=_field(data, "resumable", bool, "", False),
             complete=_optional(data.get("complete"), "complete", bool),
             completeReason=_optional(data.get("completeReason"), "completeReason", str),
-            metrics=metrics)
+            metrics=metrics, blobs=_blobs(data.get("blobs")))
 
     @classmethod
     def model_validate_json(cls, text: "str | bytes") -> "Manifest":
@@ -149,6 +154,8 @@ class Manifest:
             data["files"] = [f.model_dump() for f in self.files]
         if data.get("metrics") is not None:
             data["metrics"] = dict(data["metrics"])
+        if data.get("blobs", "") is None:
+            del data["blobs"]  # manifests without blobs stay byte for byte as before
         return data
 
     def model_dump_json(self) -> str:
@@ -160,9 +167,11 @@ class Manifest:
 
 # pydantic's order of the fields (what model_dump and the stored JSON list first)
 _MANIFEST_FIELDS = ("version", "path", "files", "sizeBytes", "fileCount", "digest", "format", "step", "resumable",
-                    "complete", "completeReason", "metrics")
+                    "complete", "completeReason", "metrics", "blobs")
 Manifest.model_fields = _MANIFEST_FIELDS
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+MAX_BLOBS_CHARS = 1024  # the blobs directory's reference (objectstore/blobs.py reads up to this)
+_BLOBS_REF = re.compile(r'[ !#-\[\]-~]{1,%d}' % MAX_BLOBS_CHARS)
 _JSON_TYPE = {str: "a string", int: "a whole number", bool: "true or false"}
 
 
@@ -193,6 +202,16 @@ def _field(data: dict[str, Any], name: str, kind: type, where: str, default: Any
 
 def _optional(value: object, name: str, kind: type) -> Any:
     return None if value is None else _typed(value, name, kind)
+
+
+def _blobs(value: object) -> Optional[str]:
+    blobs: Optional[str] = _optional(value, "blobs", str)
+    # what the collector's scan of stored manifests reads unescaped (objectstore/blobs.py): printable
+    # ASCII without quote or backslash, so no manifest names blobs the collector would not see
+    if blobs is not None and not _BLOBS_REF.fullmatch(blobs):
+        raise ManifestInvalid(f"blobs: 1 to {MAX_BLOBS_CHARS} printable ASCII characters other than '\"' and "
+                              "'\\' are required")
+    return blobs
 
 
 def _metrics(value: object) -> Optional[dict[str, float]]:
@@ -413,7 +432,8 @@ class ManifestBuilder:
         fields: dict[str, Any] = {
             "version": MANIFEST_VERSION, "path": self.path, "files": self.kept if self.kept is not None else [],
             "sizeBytes": self.size_bytes, "fileCount": self.file_count, "digest": self.digest, "format": "unknown",
-            "step": None, "resumable": False, "complete": None, "completeReason": None, "metrics": None, **info}
+            "step": None, "resumable": False, "complete": None, "completeReason": None, "metrics": None,
+            "blobs": None, **info}
         return Manifest.model_construct(**fields)
 
     def write(self, out: IO[bytes], manifest: Manifest) -> None:
