@@ -72,6 +72,7 @@ class Listing:
     checkpoints: dict[str, Listed] = field(default_factory=dict)
     unfinished: dict[tuple[int, int], str] = field(default_factory=dict)  # inode -> path under an unfinished name
     steps_seen: dict[str, list[int]] = field(default_factory=dict)       # parent -> steps of every entry in it
+    unreadable: dict[str, str] = field(default_factory=dict)  # directory that could not be listed -> why
 
 
 def unfinished_step(name: str) -> Optional[int]:
@@ -108,7 +109,11 @@ def list_output(root: str, budget: EntryBudget, skip: set[str] | frozenset = fro
         if formats.unfinished_marker(name):
             _note_unfinished(listing, "", name, entry)
             continue
-        children = _dir_entries(entry.path, budget)
+        try:
+            children = _dir_entries(entry.path, budget)
+        except OSError as exc:  # one unreadable directory (its owner's chmod) stops no other's sealing
+            listing.unreadable[name] = exc.strerror or str(exc)
+            continue
         split = containers.split_container(name, (containers.Entry(c.name, _kind(c)) for c in children))
         if split is None:
             _note_step(listing, "", formats.step_from_name(name))

@@ -298,7 +298,11 @@ class Watcher:
             return
         except OSError as exc:
             self.warn(f"cannot list {self.root}: {exc.strerror}")
+            self.check_some(CHECKS_PER_TICK)  # sealed directories are checked whatever the listing
             return
+        for path, sealed in list(self.sealed.items()):  # sealed, and now unlistable: a change, reported at once
+            if any(path == u or path.startswith(u + "/") for u in listing.unreadable):
+                self._check(sealed)
         previous = self.previous or live_sealing.Listing()
         self._ticks += 1
         for inode, path in listing.unfinished.items():

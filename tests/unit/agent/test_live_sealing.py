@@ -479,3 +479,31 @@ def test_sealed_change_decisions():
 def test_paths_of_state_records(path, ok):
     from checkpoint_operator.agent.live_sealing import record_path_problem
     assert (record_path_problem(path) is None) is ok
+
+
+def test_an_unlistable_sealed_directory_is_reported_at_the_next_look_and_stops_no_other_seal(tmp_path, monkeypatch):
+    """hostile5 H2 as the run showed it: the output's listing failed as a whole on the unlistable
+    step directory (`cannot list OUTPUT: Permission denied` at every look), so neither the stat
+    checks (after the listing) nor any other directory's seal ran until the job ended, and a
+    consumer read the added file meanwhile. Failed before."""
+    out = tmp_path / "out"
+    write(out / "step-1" / "model.safetensors", safetensors_bytes({"w": 64}))
+    w, lines = watcher(out)
+    w.finish()
+    w = Watcher(str(out), emit=w._emit)  # the same run, looking on
+    hidden = str(out / "step-1")
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) == hidden:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+    monkeypatch.setattr(os, "scandir", scandir)
+    write(out / "step-2" / "model.safetensors", safetensors_bytes({"w": 32}))
+    write(out / "step-3" / "model.safetensors", safetensors_bytes({"w": 16}))  # step-2 is sealed by a newer step
+    w.tick()
+    assert [c["path"] for c in lines.of("changed")] == ["step-1"]
+    assert not [line for line in lines.of("warning") if "cannot list" in line["message"]]
+    w.tick()
+    w.tick()
+    assert "step-2" in lines.sealed_paths()
