@@ -267,7 +267,10 @@ class Watcher:
         store its copy checked or sent again) and announced only when its bytes still have that
         digest; other bytes are a change of the recorded digest, and a directory that cannot be
         read is left to the ticks (sealed anew, if ever) and to the end-of-job snapshot."""
-        recorded = sorted(self.sealed.values(), key=lambda s: s.path)
+        # The resume link's choice first (the order only: every record is hashed again), so the
+        # link, rewritten after each one, never points back while the training code may read it.
+        recorded = sorted(self.sealed.values(), key=lambda s: (s.complete is True, s.complete is None, s.resumable,
+                                                               s.step is not None, s.step or -1, s.path), reverse=True)
         self.sealed = {s.path: s for s in recorded if s.changed}  # reported already: nothing to announce
         for record in recorded:
             if record.changed:

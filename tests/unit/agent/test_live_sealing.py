@@ -507,3 +507,20 @@ def test_an_unlistable_sealed_directory_is_reported_at_the_next_look_and_stops_n
     w.tick()
     w.tick()
     assert "step-2" in lines.sealed_paths()
+
+
+def test_a_restarted_watcher_never_points_the_resume_link_back_while_it_hashes_again(tmp_path):
+    """Records are sealed again one by one at start (H1): the one the resume link names comes
+    first, so a retried trainer reading the link meanwhile never gets an older step."""
+    out = tmp_path / "out"
+    for step in (100, 200, 300):
+        write(out / f"step-{step}" / "model.safetensors", safetensors_bytes({"w": 8}))
+        write(out / f"step-{step}" / "optimizer.pt", torch_zip_bytes({"state": {}, "param_groups": []}))
+    w, _ = watcher(out)
+    w.finish()
+    link = out / LIVE_DIR / "resume"
+    assert os.readlink(link).endswith("step-300")
+    seen = []
+    again = Watcher(str(out), emit=lambda event: seen.append(os.readlink(link)))
+    again.announce()
+    assert len(seen) == 3 and all(target.endswith("step-300") for target in seen), seen
