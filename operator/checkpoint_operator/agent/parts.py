@@ -124,29 +124,36 @@ class PartsStream:
         for i, listing in enumerate(listings):
             for path in listing.candidates:
                 by_path.setdefault(path, []).append(i)
-        twins = _twin_directories(by_path)
+        twins = twin_directories(by_path)
         for path in sorted(by_path, key=lambda p: p.encode()):
-            if path in twins:
-                self._skip(Skipped(path=spelled(path), reason=twins[path]))
-                continue
-            pieces: list[tuple[int, Manifest]] = []
-            lost: list[tuple[int, str, str]] = []
-            for i in range(len(parts)):
-                scanned, part_lost = scan_listed(listings[i], path, self.budget, self.workers)
-                if scanned is not None:
-                    pieces.append((i, scanned.manifest))
-                lost += [(i, rel, why) for rel, why in part_lost.items()]
-            if not pieces:
-                continue  # empty in every part that has it: each part's listing says so
-            union = _union(path, pieces, [_top(parts[i], path, self.layout) for i, _ in pieces], lost)
+            union = Skipped(path=spelled(path), reason=twins[path]) if path in twins else \
+                union_of(parts, listings, path, self.layout, self.budget, self.workers)
             if isinstance(union, Skipped):
                 self._skip(union)
-                continue
-            yield Assembled(*union)
+            elif union is not None:
+                yield union
 
     def _skip(self, skipped: Skipped) -> None:
         self.skipped.append(skipped)
         self.skipped_count += 1
+
+
+def union_of(parts: list[str], listings: list[Listing], path: str, layout: str, budget: EntryBudget,
+             workers: Optional[int] = None) -> "Assembled | Skipped | None":
+    """The checkpoint `path` of the listed parts, walked and hashed in each part that has it and
+    assembled; Skipped for a conflict; None when it has no file in any part (each part's listing
+    says so)."""
+    pieces: list[tuple[int, Manifest]] = []
+    lost: list[tuple[int, str, str]] = []
+    for i in range(len(parts)):
+        scanned, part_lost = scan_listed(listings[i], path, budget, workers)
+        if scanned is not None:
+            pieces.append((i, scanned.manifest))
+        lost += [(i, rel, why) for rel, why in part_lost.items()]
+    if not pieces:
+        return None
+    union = _union(path, pieces, [_top(parts[i], path, layout) for i, _ in pieces], lost)
+    return union if isinstance(union, Skipped) else Assembled(*union)
 
 
 def scan_parts(directory: str, count: int, layout: str = "auto", per_worker: bool = False,
@@ -167,7 +174,7 @@ def scan_parts(directory: str, count: int, layout: str = "auto", per_worker: boo
     return PartsScan(result, sources, tops)
 
 
-def _twin_directories(by_path: dict[str, list[int]]) -> dict[str, str]:
+def twin_directories(by_path: dict[str, list[int]]) -> dict[str, str]:
     """The checkpoint paths to skip because their directory's name is another's twin after
     Unicode normalization in another worker's part (one part's twins its scan skipped already),
     each with the reason one volume's scan gives (agent/scan.py), and the workers."""

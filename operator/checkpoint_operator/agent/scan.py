@@ -57,8 +57,11 @@ HASH_WINDOW = 2048
 # once: those that may be reached twice, and big ones; at most this many.
 MAX_REMEMBERED = 100_000
 BIG_FILE = 16 * 1024 * 1024
-# Names of the output's root the scan never looks at: the sidecar's state, the stored manifests.
-AGENT_DIRS = (LIVE_DIR, MANIFESTS_DIR)
+# A worker's copy of the union a restarted group resumes from (agent/resume_parts.py).
+RESUME_DIR = ".ckpt-resume"
+# Names of the output's root the scan never looks at: the sidecar's state, the stored manifests,
+# the resume copy.
+AGENT_DIRS = (LIVE_DIR, MANIFESTS_DIR, RESUME_DIR)
 STALE_TEMP_SECONDS = 3600  # a temporary file of a killed scan in the manifests directory
 # The root files' names reported for a volume location to mount one by one: protocol/results.py's
 # MAX_ITEMS (not imported: the scan's start-up loads no pydantic; tests/unit/agent checks they agree).
