@@ -43,11 +43,6 @@ LATEST = "latest"
 COPY_CHUNK = 1024 * 1024
 
 
-def resume_path(output_dir: str) -> str:
-    """A worker's CHECKPOINT_RESUME_PATH: absent until a union was written into its volume."""
-    return os.path.join(output_dir, RESUME_DIR, LATEST)
-
-
 def _newest_first(paths: list[str]) -> list[str]:
     """Directory names by the step their name gives, highest first (no step: after every step)."""
     def key(path: str) -> tuple[int, int, bytes]:
