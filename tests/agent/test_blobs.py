@@ -91,6 +91,53 @@ def test_a_blob_replaced_in_the_bucket_is_a_refused_download_naming_the_file(s3,
     assert [p.path for p in problems] == ["weights.bin"] and "sha256" in problems[0].line()
 
 
+def _overwrite(s3, key: str, data: bytes, *, multipart: bool = False) -> None:
+    """Other bytes under a blob's name, written as a tenant with the namespace's credentials could:
+    with their own (correct) SHA-256 checksum, so the store accepts them."""
+    client = s3.client()
+    if not multipart:
+        client.put_object(Bucket=s3.bucket, Key=key, Body=data,
+                          ChecksumSHA256=blobs.hex_to_checksum(sha(data)))
+        return
+    upload = client.create_multipart_upload(Bucket=s3.bucket, Key=key, ChecksumAlgorithm="SHA256")
+    parts = []
+    for number, start in enumerate(range(0, len(data), 5 * MiB), 1):
+        body = data[start:start + 5 * MiB]
+        checksum = blobs.digest_to_checksum(hashlib.sha256(body).digest())
+        etag = client.upload_part(Bucket=s3.bucket, Key=key, UploadId=upload["UploadId"], PartNumber=number,
+                                  Body=body, ChecksumSHA256=checksum)["ETag"]
+        parts.append({"PartNumber": number, "ETag": etag, "ChecksumSHA256": checksum})
+    client.complete_multipart_upload(Bucket=s3.bucket, Key=key, UploadId=upload["UploadId"],
+                                     MultipartUpload={"Parts": parts})
+
+
+@pytest.mark.parametrize("how", ["small, with its checksum", "small, without a checksum", "multipart, same layout"])
+def test_a_blob_changed_behind_the_operator_is_sent_again_not_trusted_by_its_name(s3, tmp_path, shard, how):
+    """hostile5 F1: a later upload of the same bytes skipped a blob by its name after one HEAD, so a
+    new Checkpoint became Ready on bytes the store did not hold (and its output volume, the only good
+    copy, was released). Now the store's SHA-256 checksum must vouch for the blob, or it is sent again."""
+    data = shard if how.startswith("multipart") else b"w" * 1000
+    src = tree(tmp_path / "ck", {"weights.bin": data, "config.json": b"{}"})
+    ns = s3.uri("ns/")
+    upload_dir(str(src), ns + "first-aaaaaaaa/", blobs=blobs.blob_root_of(ns + "first-aaaaaaaa/"))
+    key = s3.key(f"ns/blobs/sha256/{sha(data)}")
+    altered = data[:-1] + bytes([data[-1] ^ 1])
+    if how == "small, without a checksum":
+        s3.client().put_object(Bucket=s3.bucket, Key=key, Body=altered)
+    else:
+        _overwrite(s3, key, altered, multipart=how.startswith("multipart"))
+
+    again = upload_dir(str(src), ns + "second-bbbbbbbb/", blobs=blobs.blob_root_of(ns + "second-bbbbbbbb/"))
+    assert again.uploaded_files == 1 and again.skipped_files == 1  # the weights sent again, config.json trusted
+    got = download_prefix(ns + "second-bbbbbbbb/", str(tmp_path / "dl"), digest=again.manifest.digest)
+    assert (tmp_path / "dl" / "weights.bin").read_bytes() == data  # and the store holds the real bytes again
+    assert verify_s3(ns + "first-aaaaaaaa/").verified  # which repaired the first Checkpoint too
+    assert got.manifest.digest == again.manifest.digest
+    # now vouched for: a third upload sends nothing
+    third = upload_dir(str(src), ns + "third-cccccccc/", blobs=blobs.blob_root_of(ns + "third-cccccccc/"))
+    assert third.uploaded_files == 0
+
+
 def test_a_manifest_naming_blobs_outside_the_bucket_is_refused(s3, tmp_path):
     src = tree(tmp_path / "ck", {"a": b"a"})
     uri = s3.uri("ns/ck-dddddddd/")

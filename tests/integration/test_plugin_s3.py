@@ -115,7 +115,9 @@ async def test_a_resumed_push_skips_what_arrived_and_a_bad_upload_fails(ckpt, ap
     blob_dir = parse_s3_uri(blob_root_of(prefix.uri))
     for rel in ("config.json", "trainer_state.json"):
         data = (source / rel).read_bytes()
-        s3.client().put_object(Bucket=blob_dir.bucket, Key=blob_dir.key + hashlib.sha256(data).hexdigest(), Body=data)
+        # as the agent writes them: with their SHA-256 checksum, which the store checks and keeps
+        s3.client().put_object(Bucket=blob_dir.bucket, Key=blob_dir.key + hashlib.sha256(data).hexdigest(), Body=data,
+                               ChecksumSHA256=base64.b64encode(hashlib.sha256(data).digest()).decode())
     resumed = await ckpt("push", str(source), "--name", "resumed")
     assert resumed.code == 0, resumed.err
     assert "skipped 2 files already uploaded" in resumed.err

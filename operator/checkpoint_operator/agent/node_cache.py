@@ -10,6 +10,9 @@ it, so a killed pod never leaves a wedged entry.
     ROOT/entries/<ns>/<hex>/data/       the checkpoint's files (and its manifest), as downloaded
     ROOT/entries/<ns>/<hex>/entry.json  size, file count, block size; its mtime is the last use (LRU)
     ROOT/entries/<ns>/<hex>/blocks.bin  16 bytes of sha256 per BLOCK of every file, in manifest order
+    ROOT/entries/<ns>/<hex>/checked     its mtime: the last check of every byte (the fill's download, or
+                                        a full check); a sampled use older than FULL_CHECK_EVERY checks
+                                        every byte instead, so rot is found within that interval
     ROOT/staging/<ns>.<hex>/            a fill under way (resumed by the next fill if its pod died)
     ROOT/trash/<ns>.<hex>.<n>/          a corrupted entry set aside until no pod uses its key
     ROOT/locks/<ns>.<hex>.fill          exclusive: one download per key per node, others wait
@@ -47,6 +50,10 @@ BLOCK = 4 * 1024 * 1024  # bytes per sampled block
 BLOCK_HASH = 16          # bytes of sha256 kept per block
 SAMPLE_BLOCKS = 16       # blocks re-read and checked on each use (plus every file's size)
 ENTRY_FILE = "entry.json"
+CHECKED_FILE = "checked"
+# A sample of blocks finds a changed block only by chance (16 of a 140 GB entry's ~35,000 blocks): every
+# byte is checked again by the first use after this long (env CKPT_CACHE_FULL_CHECK_EVERY, seconds).
+FULL_CHECK_EVERY = 24 * 3600.0
 BLOCKS_FILE = "blocks.bin"
 RESERVED_FILE = "reserved"
 HOLD_WAIT_SECONDS = 60.0
@@ -101,19 +108,46 @@ class FillReport:
 
 
 class _Lock:
-    """A flock(2) on a file under ROOT/locks (created if missing, world-readable)."""
+    """A flock(2) on a file under ROOT/locks (created if missing, world-readable).
+
+    A key's lock files are removed with its entry (`remove`, only by a holder of the exclusive lock),
+    so a lock counts only when it is on the file the path names *now*: one opened before a removal
+    is found stale after flock and taken again on the path's current file."""
 
     def __init__(self, path: str) -> None:
-        self.fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self.path = path
+        self.fd = self._open()
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+    def _stale(self) -> bool:
+        try:
+            current = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        mine = os.fstat(self.fd)
+        return (current.st_dev, current.st_ino) != (mine.st_dev, mine.st_ino)
 
     def take(self, how: int, wait: bool = True) -> bool:
-        try:
-            fcntl.flock(self.fd, how | (0 if wait else fcntl.LOCK_NB))
-            return True
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                return False
-            raise
+        while True:
+            try:
+                fcntl.flock(self.fd, how | (0 if wait else fcntl.LOCK_NB))
+                taken = True
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+                taken = False
+            if not self._stale():
+                return taken
+            os.close(self.fd)  # the file was removed meanwhile: its lock means nothing
+            self.fd = self._open()
+
+    def remove(self) -> None:
+        """Unlink the lock file; call only while holding it exclusively (nobody else holds it then,
+        and whoever opened it meanwhile finds it stale)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
 
     def close(self) -> None:
         os.close(self.fd)  # releases the lock
@@ -175,6 +209,17 @@ class NodeCache:
 
     def touch(self, key: str) -> None:
         os.utime(os.path.join(self.entry_dir(key), ENTRY_FILE))
+
+    def fully_checked_ago(self, key: str, now: Optional[float] = None) -> float:
+        """Seconds since every byte of the entry was last checked (infinite when never recorded)."""
+        try:
+            checked = os.stat(os.path.join(self.entry_dir(key), CHECKED_FILE)).st_mtime
+        except OSError:
+            return float("inf")
+        return max(0.0, (time.time() if now is None else now) - checked)
+
+    def mark_fully_checked(self, key: str) -> None:
+        _write_atomic(os.path.join(self.entry_dir(key), CHECKED_FILE), b"")
 
     # -- verification --------------------------------------------------------------------------------
 
@@ -318,6 +363,8 @@ class NodeCache:
                 target = os.path.join(self.root, "trash", f"{_flat(key)}.evicted.{time.time_ns()}")
                 os.rename(self.entry_dir(key), target)
                 fstree.remove_tree(target, ignore_errors=True)
+                fill.remove()
+                use.remove()  # an evicted key leaves no file behind (locks/ would grow with every key)
                 self.log(f"cache: evicted {key} ({size} bytes, least recently used, no pod uses it)")
                 return size
             finally:
@@ -337,6 +384,7 @@ class NodeCache:
                 if use.take(fcntl.LOCK_EX, wait=False):
                     size = _entry_size(os.path.join(trash, name))
                     fstree.remove_tree(os.path.join(trash, name), ignore_errors=True)
+                    use.remove()
                     freed += size
             finally:
                 use.close()
@@ -357,6 +405,7 @@ class NodeCache:
                 if fill.take(fcntl.LOCK_EX, wait=False):
                     freed += _reserved(os.path.join(staging, flat))
                     fstree.remove_tree(os.path.join(staging, flat), ignore_errors=True)
+                    fill.remove()
                     self.log(f"cache: removed the abandoned fill of {key} (no process fills it)")
             finally:
                 fill.close()
@@ -368,6 +417,7 @@ class NodeCache:
         """The staging directory (its data verified by the download) becomes the entry, by one rename."""
         staging = self.staging_dir(key)
         _write_block_index(os.path.join(staging, "data"), manifest, os.path.join(staging, BLOCKS_FILE))
+        _write_atomic(os.path.join(staging, CHECKED_FILE), b"")  # the download checked every byte
         _write_atomic(os.path.join(staging, ENTRY_FILE), json.dumps({
             "key": key, "digest": manifest.digest, "sizeBytes": manifest.sizeBytes, "fileCount": manifest.fileCount,
             "blockSize": BLOCK, "filledAt": time.time()}).encode())
@@ -381,7 +431,12 @@ class NodeCache:
 
 # -- fill ------------------------------------------------------------------------------------------
 
-def fill(cache: NodeCache, key: str, uri: str, size: int, *, full_check: bool = False, wait_for_hold: bool = True,
+def full_check_every() -> float:
+    return float(os.environ.get("CKPT_CACHE_FULL_CHECK_EVERY", FULL_CHECK_EVERY))
+
+
+def fill(cache: NodeCache, key: str, uri: str, size: int, *, full_check: bool = False,
+         full_check_every: float = FULL_CHECK_EVERY, wait_for_hold: bool = True,
          endpoint_url: Optional[str] = None, full_retry: float = FULL_RETRY_SECONDS,
          deadline: Optional[float] = None) -> FillReport:
     """Make `key` a verified entry of the cache (see the module's docstring)."""
@@ -401,8 +456,11 @@ def fill(cache: NodeCache, key: str, uri: str, size: int, *, full_check: bool = 
             waited = time.monotonic() - started
             problem = ""
             if cache.committed(key):
-                problem = cache.check(key, full=full_check) or ""
+                full = full_check or cache.fully_checked_ago(key) > full_check_every
+                problem = cache.check(key, full=full) or ""
                 if not problem:
+                    if full:
+                        cache.mark_fully_checked(key)
                     cache.touch(key)
                     return FillReport(key, "hit", _entry_size(cache.entry_dir(key)), waited_seconds=waited)
                 cache.log(f"cache: entry {key} is corrupted ({problem}); set aside and fetched again")
@@ -527,6 +585,7 @@ def main(args: argparse.Namespace) -> int:
     cache = NodeCache(args.root, capacity_bytes=parse_size(args.capacity))
     deadline = time.monotonic() + args.wait_seconds if args.wait_seconds else None
     report = fill(cache, args.key, args.uri, int(args.size), full_check=args.verify == "full",
+                  full_check_every=full_check_every(),
                   wait_for_hold=not args.no_hold, endpoint_url=args.endpoint_url, deadline=deadline)
     line = report.as_json()
     print(line, flush=True)

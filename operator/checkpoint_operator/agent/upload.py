@@ -235,8 +235,10 @@ class Uploader:
         self._transfer(missing, {}, sum(f.size for f in missing))
         self.result.repaired_files += len(missing)
 
-    def _blob_head(self, loc: S3Location) -> Optional[dict]:
+    def _blob_head(self, loc: S3Location, checksum: bool = False) -> Optional[dict]:
         try:
+            if checksum:
+                return self.client.head_object(Bucket=loc.bucket, Key=loc.key, ChecksumMode="ENABLED")
             return self.client.head_object(Bucket=loc.bucket, Key=loc.key)
         except Exception as exc:  # noqa: BLE001
             if is_not_found(exc):
@@ -244,15 +246,41 @@ class Uploader:
             raise _tag(exc, loc.uri)
 
     def _blob_present(self, f: LocalFile, sha256: str) -> bool:
-        """One HEAD: the blob is there with the file's size (never downloaded: its name is its sha256,
-        and every download checks the bytes against it). Identical files of this upload go once."""
+        """The blob is there and the store vouches that it holds exactly these bytes: one HEAD for its
+        SHA-256 checksum, which the store computed and checked when the blob was written (we send it
+        with every blob). A name alone proves nothing: anyone holding the namespace's credentials (or a
+        faulty disk) can put other bytes under it, and a Checkpoint made Ready on such a blob would
+        lose the only good copy when its output volume is released. A blob without a checksum, or
+        with another one, is sent again (which also repairs it). Identical files of this upload go once."""
         assert self.blobs is not None
         with self._count_lock:
             if sha256 in self._claimed:
                 return True
             self._claimed.add(sha256)
-        head = self._blob_head(self.blobs.child(sha256))
-        return head is not None and head.get("ContentLength") == f.size
+        head = self._blob_head(self.blobs.child(sha256), checksum=True)
+        if head is None or head.get("ContentLength") != f.size:
+            return False
+        stored = str(head.get("ChecksumSHA256") or "")
+        part_size = part_size_for(f.size, self.part_size)
+        parts = max(1, -(-f.size // part_size))
+        verdict = blobstore.checksum_verdict(stored, sha256, parts if f.size > self.part_size else 1)
+        if verdict == blobstore.ChecksumVerdict.NEEDS_PART_DIGESTS:
+            # A multipart blob's checksum is the sha256 of its parts' digests: hash the local file part
+            # by part (a local read instead of sending it) and compare.
+            whole, digests = _hash_parts(f.path, part_size, self.latch)
+            if whole != sha256:
+                raise AgentError(f"{f.path}: changed while uploading (sha256 {whole}, expected {sha256})")
+            verdict = (blobstore.ChecksumVerdict.MATCHES if stored == blobstore.composite_checksum(digests)
+                       else blobstore.ChecksumVerdict.DIFFERS)
+        if verdict == blobstore.ChecksumVerdict.MATCHES:
+            return True
+        self.log(f"upload: {self.blobs.child(sha256).uri}: "
+                 + ("the store keeps no SHA-256 checksum for it" if verdict == blobstore.ChecksumVerdict.MISSING
+                    else "its stored checksum is not this file's bytes (changed behind the operator?)")
+                 + "; sending it again")
+        with self._count_lock:
+            self._claimed.discard(sha256)
+        return False
 
     def _error(self) -> AgentError:
         exc = self.latch.error
@@ -434,7 +462,8 @@ class Uploader:
                 if self.blobs is not None and self._blob_present(f, digest):
                     self._count(skipped=f)
                     return
-                self._send(loc, view[:n], metadata={"sha256": digest})
+                checksum = blobstore.hex_to_checksum(digest) if self.blobs is not None else None
+                self._send(loc, view[:n], metadata={"sha256": digest}, checksum=checksum)
             finally:
                 pool.give(buf)
             self._count(uploaded=f)
@@ -444,19 +473,22 @@ class Uploader:
         # the reader moves on; completion is observed through the latch and the pool's shutdown
 
     def _send(self, loc: S3Location, body: memoryview, *, metadata: Optional[dict] = None,
-              part: Optional[tuple[str, int]] = None) -> str:
+              part: Optional[tuple[str, int]] = None, checksum: Optional[str] = None) -> str:
         """PUT of an object or a part (fast path, else botocore), retried on a transient failure
-        (the body is in memory); its ETag."""
+        (the body is in memory); its ETag. `checksum`: the body's SHA-256 (base64), which the store
+        checks and keeps (blobs)."""
         attempt = 1
+        extra: dict[str, Any] = {"ChecksumSHA256": checksum} if checksum else {}
         while True:
             try:
                 if self.fast is not None:
-                    return self.fast.put(loc.bucket, loc.key, body, metadata=metadata, part=part)
+                    return self.fast.put(loc.bucket, loc.key, body, metadata=metadata, part=part,
+                                         checksum_sha256=checksum)
                 if part is not None:
                     return self.client.upload_part(Bucket=loc.bucket, Key=loc.key, UploadId=part[0],
-                                                   PartNumber=part[1], Body=bytes(body))["ETag"]
+                                                   PartNumber=part[1], Body=bytes(body), **extra)["ETag"]
                 return self.client.put_object(Bucket=loc.bucket, Key=loc.key, Body=bytes(body),
-                                              Metadata=metadata or {}).get("ETag", "")
+                                              Metadata=metadata or {}, **extra).get("ETag", "")
             except Exception as exc:  # noqa: BLE001
                 # botocore retried inside already; the fast path retries here, as botocore would
                 if self.fast is None or not is_transient(exc) or attempt >= self.attempts or self.latch.failed:
@@ -478,11 +510,13 @@ class Uploader:
         create_args: dict[str, Any] = {"Bucket": loc.bucket, "Key": loc.key}
         if f.expected_sha256:
             create_args["Metadata"] = {"sha256": f.expected_sha256}
+        if self.blobs is not None:
+            create_args["ChecksumAlgorithm"] = "SHA256"  # each part's checked by the store, kept as one
         try:
             upload_id = self.client.create_multipart_upload(**create_args)["UploadId"]
         except Exception as exc:  # noqa: BLE001
             raise _tag(exc, loc.uri)
-        parts: dict[int, str] = {}
+        parts: dict[int, tuple[str, Optional[str]]] = {}  # number -> (ETag, SHA-256 checksum of a blob's part)
         futures: list[Future] = []
         hasher = hashlib.sha256()
         read = 0
@@ -520,7 +554,7 @@ class Uploader:
             try:
                 resp = self.client.complete_multipart_upload(
                     Bucket=loc.bucket, Key=loc.key, UploadId=upload_id,
-                    MultipartUpload={"Parts": [{"PartNumber": n, "ETag": parts[n]} for n in sorted(parts)]})
+                    MultipartUpload={"Parts": [_completed_part(n, *parts[n]) for n in sorted(parts)]})
             except Exception as exc:  # noqa: BLE001
                 raise _tag(exc, loc.uri)
             completed = True
@@ -535,9 +569,13 @@ class Uploader:
                     pass
 
     def _put_part(self, loc: S3Location, upload_id: str, number: int, buf: bytearray, n: int,
-                  parts: dict[int, str]) -> None:
+                  parts: dict[int, tuple[str, Optional[str]]]) -> None:
         try:
-            parts[number] = self._send(loc, memoryview(buf)[:n], part=(upload_id, number))
+            body = memoryview(buf)[:n]
+            # A blob's part carries its SHA-256 (hashed here, in the sending thread: hashlib lets go of
+            # the GIL, so the parts' hashes run beside the reader's whole-file hash).
+            checksum = blobstore.digest_to_checksum(hashlib.sha256(body).digest()) if self.blobs is not None else None
+            parts[number] = (self._send(loc, body, part=(upload_id, number), checksum=checksum), checksum)
         finally:
             self.buffers.give(buf)
         self.progress.add(n)
@@ -579,6 +617,34 @@ class Uploader:
                                    ContentType="application/json")
         except Exception as exc:  # noqa: BLE001
             raise describe_error(exc, loc.uri, self.endpoint) from exc
+
+
+def _completed_part(number: int, etag: str, checksum: Optional[str]) -> dict[str, Any]:
+    part: dict[str, Any] = {"PartNumber": number, "ETag": etag}
+    if checksum:
+        part["ChecksumSHA256"] = checksum
+    return part
+
+
+def _hash_parts(path: str, part_size: int, latch: FailureLatch) -> tuple[str, list[bytes]]:
+    """One read of a file: its sha256 (hex) and the sha256 digest of each part of `part_size` bytes."""
+    whole, digests = hashlib.sha256(), []
+    with open(path, "rb", buffering=0) as fh:
+        while not latch.failed:
+            part, left = hashlib.sha256(), part_size
+            while left:
+                chunk = fh.read(min(READ_CHUNK, left))
+                if not chunk:
+                    break
+                whole.update(chunk)
+                part.update(chunk)
+                left -= len(chunk)
+            if left == part_size:
+                break
+            digests.append(part.digest())
+            if left:
+                break
+    return whole.hexdigest(), digests
 
 
 def _tag(exc: BaseException, uri: str) -> BaseException:

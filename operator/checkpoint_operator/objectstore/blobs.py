@@ -27,6 +27,9 @@ flight are safe by two rules:
 
 from __future__ import annotations
 
+import base64
+import enum
+import hashlib
 import os
 import posixpath
 import re
@@ -102,6 +105,45 @@ def resolve_ref(checkpoint_prefix: str, ref: str) -> str:
     if joined == ".." or joined.startswith("../") or joined == ".":
         raise AgentError(f"manifest at {checkpoint_prefix}: blobs {ref!r} leaves the bucket")
     return f"s3://{bucket}/{joined}/"
+
+
+# ---- trusting a blob that is already there ---------------------------------------------------------
+# A blob is written with its SHA-256 checksum (x-amz-checksum-sha256), which the store checks against
+# the bytes it receives and keeps: for one PUT the blob's own sha256 (its name), for a multipart
+# upload the sha256 of its parts' digests, suffixed `-<parts>` (S3's composite checksum). An upload
+# skips a blob only when that stored checksum is its name's (or, multipart, its local parts').
+
+class ChecksumVerdict(enum.Enum):
+    MATCHES = "matches"
+    DIFFERS = "differs"
+    MISSING = "missing"                       # the store keeps none (an older blob, or a store without checksums)
+    NEEDS_PART_DIGESTS = "needs part digests"  # a composite of as many parts as the local layout: compare those
+
+
+def hex_to_checksum(sha256_hex: str) -> str:
+    return digest_to_checksum(bytes.fromhex(sha256_hex))
+
+
+def digest_to_checksum(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
+
+
+def composite_checksum(part_digests: list[bytes]) -> str:
+    """S3's checksum of a multipart object: sha256 over the parts' digests, `-<number of parts>`."""
+    return f"{digest_to_checksum(hashlib.sha256(b''.join(part_digests)).digest())}-{len(part_digests)}"
+
+
+def checksum_verdict(stored: str, sha256_hex: str, local_parts: int) -> ChecksumVerdict:
+    """What a blob's stored checksum says of the file it would stand for (`local_parts`: the parts
+    this upload would send it in; 1 for one PUT)."""
+    if not stored:
+        return ChecksumVerdict.MISSING
+    whole, dash, count = stored.partition("-")
+    if not dash:
+        return ChecksumVerdict.MATCHES if whole == hex_to_checksum(sha256_hex) else ChecksumVerdict.DIFFERS
+    if count.isdigit() and int(count) == local_parts and local_parts > 1:
+        return ChecksumVerdict.NEEDS_PART_DIGESTS
+    return ChecksumVerdict.DIFFERS  # another layout: not comparable without the store's part sizes
 
 
 def blob_key(blob_root_key: str, sha256: str) -> str:

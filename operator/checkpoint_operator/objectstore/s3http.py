@@ -290,9 +290,12 @@ class FastS3:
         return Response(conn, resp, f"s3://{bucket}/{key}")
 
     def put(self, bucket: str, key: str, body, *, metadata: Optional[dict] = None,
-            part: Optional[tuple[str, int]] = None) -> str:
-        """PUT of an object, or of part `part = (upload id, number)` of a multipart upload; the ETag."""
+            part: Optional[tuple[str, int]] = None, checksum_sha256: Optional[str] = None) -> str:
+        """PUT of an object, or of part `part = (upload id, number)` of a multipart upload; the ETag.
+        `checksum_sha256` (base64): the store checks the body against it and keeps it."""
         headers = {"content-length": str(len(body))}
+        if checksum_sha256:
+            headers["x-amz-checksum-sha256"] = checksum_sha256
         for name, value in (metadata or {}).items():
             headers[f"x-amz-meta-{name.lower()}"] = value
         query = ""

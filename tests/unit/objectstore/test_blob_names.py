@@ -90,3 +90,22 @@ def test_a_long_blobs_reference_cut_by_a_chunk_is_found(monkeypatch: pytest.Monk
     for chunk in (50, 500, 999):
         monkeypatch.setattr(blobs, "_CHUNK", chunk)
         assert blobs.manifest_refs(Chunky(body, chunk))[:2] == (ref, names)
+
+
+def test_a_stored_checksum_vouches_for_a_blob_only_when_it_is_the_blob_s_own() -> None:
+    import hashlib
+    data = b"weights"
+    name = hashlib.sha256(data).hexdigest()
+    own = blobs.hex_to_checksum(name)
+    verdict = blobs.checksum_verdict
+    assert verdict(own, name, 1) is blobs.ChecksumVerdict.MATCHES
+    assert verdict(blobs.hex_to_checksum(hashlib.sha256(b"other").hexdigest()), name, 1) is blobs.ChecksumVerdict.DIFFERS
+    assert verdict("", name, 1) is blobs.ChecksumVerdict.MISSING  # an older blob, or a store without checksums
+    # multipart: comparable only with the local parts, and only in the same number of parts
+    assert verdict("abc=-3", name, 3) is blobs.ChecksumVerdict.NEEDS_PART_DIGESTS
+    assert verdict("abc=-2", name, 3) is blobs.ChecksumVerdict.DIFFERS
+    assert verdict("abc=-1", name, 1) is blobs.ChecksumVerdict.DIFFERS
+    assert verdict("abc=-x", name, 3) is blobs.ChecksumVerdict.DIFFERS
+    # S3's composite: sha256 of the parts' digests, then the count
+    parts = [hashlib.sha256(b"a").digest(), hashlib.sha256(b"b").digest()]
+    assert blobs.composite_checksum(parts) == blobs.digest_to_checksum(hashlib.sha256(parts[0] + parts[1]).digest()) + "-2"
