@@ -344,7 +344,7 @@ def sealed_change(recorded: list[RecordedStat], observed: Observed) -> Optional[
     None. A directory that cannot be listed any more is a change at once: a file added in it
     would not be seen (the walk's error is never taken for "nothing there")."""
     if observed.unlistable is not None:
-        return Change(f"{observed.unlistable} (a file may have been added or changed there)", final=True)
+        return Change(f"{observed.unlistable}: a file may have been added or changed there", final=True)
     seen = set()
     for rel, size, mtime, ctime, ino in recorded:
         seen.add(rel)
