@@ -375,6 +375,25 @@ def test_a_deleted_checkpoints_own_blobs_go_at_once_whatever_the_grace(s3, tmp_p
     assert blobs.released_blobs(client, a) == set()  # gone: nothing to release
 
 
+def test_a_collector_that_ran_too_long_deletes_nothing(s3, tmp_path, monkeypatch):
+    """hostile6 S1: uploads take a running marker older than STALE_RUN_SECONDS for a dead collector and
+    stop waiting for it, but a live collector that slow still deleted what it had decided from a manifest
+    listing older than their commits: a Checkpoint was reported on a blob the store no longer held.
+    A collector past MAX_RUN_SECONDS (half of it) now leaves the rest for the next collection."""
+    ns = s3.uri("ns/")
+    a = ns + "a-17171717/"
+    upload_dir(str(tree(tmp_path / "a", {"own.bin": b"a" * 500})), a, blobs=blobs.blob_root_of(a))
+    client = make_client()
+    released = blobs.released_blobs(client, a)
+    delete_prefix(a)
+    monkeypatch.setattr(blobs, "MAX_RUN_SECONDS", 0.2)
+    slow = blobs.collect(client, ns, released=released, before_delete=lambda doomed: time.sleep(0.5))
+    assert slow.deleted == [] and "ran longer than" in slow.problems[0]
+    assert f"ns/blobs/sha256/{sha(b'a' * 500)}" in keys(s3)  # left for the next collection
+    monkeypatch.setattr(blobs, "MAX_RUN_SECONDS", 1800.0)
+    assert blobs.collect(client, ns, released=released).deleted == [s3.uri(f"ns/blobs/sha256/{sha(b'a' * 500)}")]
+
+
 def test_a_collector_that_fails_after_deleting_still_marks_its_run(s3, tmp_path, shard, monkeypatch):
     """Its `done` is written on the way out, so the upload in flight repairs what it took."""
     ns = s3.uri("ns/")
