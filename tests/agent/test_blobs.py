@@ -138,6 +138,21 @@ def test_a_blob_changed_behind_the_operator_is_sent_again_not_trusted_by_its_nam
     assert third.uploaded_files == 0
 
 
+def test_a_multipart_blob_stored_in_another_part_layout_is_still_vouched_for(s3, tmp_path):
+    """hostile6 S2: a blob stored with another part size (another agent's setting, an upgrade) was sent
+    again on every upload, with a warning that it may have been changed behind the operator. The blob's
+    own layout is read from its first part (one HEAD) and the local file hashed in it."""
+    data = os.urandom(13 * MiB)
+    src = tree(tmp_path / "ck", {"big.bin": data})
+    ns = s3.uri("ns/")
+    upload_dir(str(src), ns + "five-aaaaaaaa/", blobs=blobs.blob_root_of(ns + "five-aaaaaaaa/"), part_size=5 * MiB)
+    said: list[str] = []
+    again = upload_dir(str(src), ns + "six-bbbbbbbb/", blobs=blobs.blob_root_of(ns + "six-bbbbbbbb/"),
+                       part_size=6 * MiB, log=said.append)
+    assert again.uploaded_files == 0 and again.skipped_files == 1
+    assert not [line for line in said if "changed behind" in line], said
+
+
 def test_a_manifest_naming_blobs_outside_the_bucket_is_refused(s3, tmp_path):
     src = tree(tmp_path / "ck", {"a": b"a"})
     uri = s3.uri("ns/ck-dddddddd/")

@@ -137,17 +137,29 @@ def composite_checksum(part_digests: list[bytes]) -> str:
     return f"{digest_to_checksum(hashlib.sha256(b''.join(part_digests)).digest())}-{len(part_digests)}"
 
 
-def checksum_verdict(stored: str, sha256_hex: str, local_parts: int) -> ChecksumVerdict:
-    """What a blob's stored checksum says of the file it would stand for (`local_parts`: the parts
-    this upload would send it in; 1 for one PUT)."""
+def checksum_verdict(stored: str, sha256_hex: str) -> ChecksumVerdict:
+    """What a blob's stored checksum says of the file it would stand for. A multipart blob's
+    (NEEDS_PART_DIGESTS) is compared by hashing the local file in the blob's parts (composite_parts)."""
     if not stored:
         return ChecksumVerdict.MISSING
-    whole, dash, count = stored.partition("-")
+    whole, dash, _ = stored.partition("-")
     if not dash:
         return ChecksumVerdict.MATCHES if whole == hex_to_checksum(sha256_hex) else ChecksumVerdict.DIFFERS
-    if count.isdigit() and int(count) == local_parts and local_parts > 1:
-        return ChecksumVerdict.NEEDS_PART_DIGESTS
-    return ChecksumVerdict.DIFFERS  # another layout: not comparable without the store's part sizes
+    return ChecksumVerdict.NEEDS_PART_DIGESTS if composite_parts(stored) else ChecksumVerdict.DIFFERS
+
+
+def composite_parts(stored: str) -> Optional[int]:
+    """The number of parts a composite checksum (`<base64>-<parts>`) was made of; None if it is not one."""
+    _, dash, count = stored.partition("-")
+    return int(count) if dash and count.isdigit() and 0 < int(count) <= 10000 else None
+
+
+def uniform_part_size(size: int, parts: int, first_part: int) -> Optional[int]:
+    """The part size of a blob stored in `parts` parts whose first is `first_part` bytes, when every part
+    but the last has that size (as every S3 client cuts them); None when no such layout gives `size`."""
+    if first_part <= 0 or parts <= 0:
+        return None
+    return first_part if -(-size // first_part) == parts and (parts == 1 or first_part < size) else None
 
 
 def blob_key(blob_root_key: str, sha256: str) -> str:
