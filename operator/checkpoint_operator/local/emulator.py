@@ -69,7 +69,8 @@ objects through the API, ``get_object()`` or ``export_state()``.
 
 Not emulated: the schemas of built-in resources (a Pod's spec is stored as sent, neither validated
 nor pruned; on create, the restart policy and the containers' names of a Pod's or a Job's pod
-template, and a claim's storage request, are checked as the API server does: ``admission.py``), namespace existence (objects may be created in a namespace that was never created),
+spec that lists containers, and a claim's storage request, are checked as the API server does:
+``admission.py``), namespace existence (objects may be created in a namespace that was never created),
 admission webhooks, quotas and limit ranges, server-side apply, strategic-merge list semantics (a
 strategic merge patch is a JSON merge patch: lists are replaced), field managers, list pagination
 (``limit`` is ignored: every list is complete), namespace termination, graceful pod deletion,
