@@ -334,7 +334,7 @@ def job(name: str, **pod_spec) -> dict:
     ({"restartPolicy": "Never", "containers": [{"name": "c" * 64, "image": "x"}]},
      f'spec.template.spec.containers[0].name: Invalid value: "{"c" * 64}": must be no more than 63 characters'),
     ({"restartPolicy": "Never", "initContainers": [{"name": "a", "image": "x"}],
-      "containers": [{"name": "a", "image": "x"}]}, 'spec.template.spec.containers[0].name: Duplicate value: "a"'),
+      "containers": [{"name": "a", "image": "x"}]}, 'spec.template.spec.initContainers[0].name: Duplicate value: "a"'),
     ({"restartPolicy": "Never", "containers": [{"image": "x"}]},
      "spec.template.spec.containers[0].name: Required value"),
     ({"restartPolicy": "Never", "containers": []}, "spec.template.spec.containers: Required value"),

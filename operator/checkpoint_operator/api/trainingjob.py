@@ -47,7 +47,7 @@ METRIC_PATTERN = r"^[A-Za-z0-9_.\-/]{1,63}$"  # agent/metrics_files.py METRIC_NA
 MAX_RETIRED_LISTED = 1000
 DNS1123_CEL = DNS1123_SUBDOMAIN.replace("\\", "\\\\")
 MAX_INPUTS = 64  # maxItems of spec.checkpoints: bounds the CEL cost of the per-item rules
-MAX_CONTAINERS = 64  # maxItems of spec.template.spec.containers, which a CEL rule reads
+MAX_CONTAINERS = 64  # maxItems of spec.template.spec.containers and initContainers, which CEL rules read
 JOB_RESTART_POLICIES = ("OnFailure", "Never")  # what batch/v1 accepts in a Job's pod template (JobSet's Jobs too)
 # Directories of a container that its runtime or its image owns: a volume mounted at or under one
 # (spec.inputDir, spec.outputDir) hides what the runtime mounts there (/proc, /sys, /dev, /dev/shm,
@@ -196,6 +196,22 @@ class OutputSpec(ApiModel):
         return bool(self.volumePerWorker or self.perWorker)
 
 
+def _container_names_rule(kind: str) -> Rule:
+    return Rule(f"!has(self.spec) || !has(self.spec.{kind}) || self.spec.{kind}.all(c, has(c.name) && "
+                f"size(c.name) <= 63 && c.name.matches('{DNS1123_LABEL}'))",
+                f"spec.template.spec.{kind}[].name must be a DNS-1123 label (lowercase a-z, 0-9 and '-', starting "
+                "and ending alphanumeric, at most 63 characters), as the API server requires of a container's name",
+                lambda s: all(is_dns1123_label(c.get("name")) for c in (s.get("spec") or {}).get(kind) or []),
+                field_path=f".spec.{kind}")
+
+
+def _containers_schema(what: str) -> dict[str, Any]:
+    """A list of core/v1 Containers as the CRD declares it: opaque but for the name, which a rule reads."""
+    return {"type": "array", "description": f"{what} of the pod (core/v1 Container).", "maxItems": MAX_CONTAINERS,
+            "items": {"type": "object", "additionalProperties": True, "properties": {
+                "name": {"type": "string", "maxLength": MAX_NAME, "description": "The container's name."}}}}
+
+
 class PodTemplate(ApiModel):
     """A PodTemplateSpec; the operator only adds volumes, mounts and environment variables."""
 
@@ -213,21 +229,18 @@ class PodTemplate(ApiModel):
              "a Job never runs pods with restartPolicy Always",
              lambda s: (s.get("spec") or {}).get("restartPolicy", "Never") in JOB_RESTART_POLICIES,
              field_path=".spec.restartPolicy"),
-        Rule("!has(self.spec) || !has(self.spec.containers) || self.spec.containers.all(c, has(c.name) && "
-             f"size(c.name) <= 63 && c.name.matches('{DNS1123_LABEL}'))",
-             "spec.template.spec.containers[].name must be a DNS-1123 label (lowercase a-z, 0-9 and '-', starting "
-             "and ending alphanumeric, at most 63 characters), as the API server requires of a container's name",
-             lambda s: all(is_dns1123_label(c.get("name")) for c in (s.get("spec") or {}).get("containers") or []),
-             field_path=".spec.containers"),
+        _container_names_rule("containers"),
+        # Init containers too: with engine JobSet a refused child Job leaves the JobSet without pods
+        # (the JobSet controller only logs it), where engine Job fails the TrainingJob with the line.
+        _container_names_rule("initContainers"),
     )
 
     metadata: Optional[dict[str, Any]] = Field(None, description="Labels and annotations of the pods.")
     # `containers` is declared so that the CEL rule may read it: the API server hides fields
     # kept only by x-kubernetes-preserve-unknown-fields from CEL (the rule would not compile).
-    spec: dict[str, Any] = Field(description="A PodSpec.", json_schema_extra={"properties": {"containers": {
-        "type": "array", "description": "Containers of the pod (core/v1 Container).", "maxItems": MAX_CONTAINERS,
-        "items": {"type": "object", "additionalProperties": True, "properties": {
-            "name": {"type": "string", "maxLength": MAX_NAME, "description": "The container's name."}}}},
+    spec: dict[str, Any] = Field(description="A PodSpec.", json_schema_extra={"properties": {
+        "containers": _containers_schema("Containers"),
+        "initContainers": _containers_schema("Init containers"),
         # Declared for the rule that a Job's pods restart OnFailure or Never.
         "restartPolicy": {"type": "string", "maxLength": 64,
                           "description": "OnFailure or Never (the default): a Job's pods never restart Always."},

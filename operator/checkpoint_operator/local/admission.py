@@ -516,7 +516,7 @@ def _supported(values: tuple[str, ...]) -> str:
 def pod_spec_problems(spec: Any, path: str, restart_policies: tuple[str, ...]) -> list[FieldError]:
     """ValidatePodSpec for the fields checked here: the restart policy (defaulted to Always, as the API
     server defaults it before validating) and the containers' names (required, DNS-1123 labels,
-    unique across init and regular containers)."""
+    unique across regular and init containers)."""
     if not isinstance(spec, Mapping) or "containers" not in spec:
         return []  # a stub without containers (the emulator's own tests): stored as sent, as the rest of a spec
     errors: list[FieldError] = []
@@ -524,7 +524,7 @@ def pod_spec_problems(spec: Any, path: str, restart_policies: tuple[str, ...]) -
     if policy not in restart_policies:
         errors.append(FieldError(f"{path}.restartPolicy", "Unsupported value", _supported(restart_policies), policy))
     seen: set[str] = set()
-    for kind in ("initContainers", "containers"):
+    for kind in ("containers", "initContainers"):  # as ValidatePodSpec: an init container's name is the duplicate
         containers = spec.get(kind) or []
         if kind == "containers" and not containers:
             errors.append(FieldError(f"{path}.containers", "Required value"))

@@ -193,6 +193,7 @@ SYSTEM_INPUT_DIR = "spec.inputDir must not be at or under a system directory"
 SYSTEM_OUTPUT_DIR = "spec.outputDir must not be at or under a system directory"
 RESTART_POLICY = "spec.template.spec.restartPolicy"
 CONTAINER_NAME = "spec.template.spec.containers[].name"
+INIT_CONTAINER_NAME = "spec.template.spec.initContainers[].name"
 OUTPUT_SIZE = "spec.output.size must be greater than zero"
 REPLICAS = "spec.replicas"
 NAMED_PODS = "spec.template.spec.hostname and subdomain"
@@ -536,6 +537,11 @@ CASES: list[Case] = [
         {"name": "ok", "image": "x"}, {"image": "y"}]}}), (CONTAINER_NAME,)),
     Case("container-name-newline", training_job(template={"spec": {"containers": [{"name": "t\n", "image": "x"}]}}),
          (CONTAINER_NAME,)),
+    Case("init-container-name-underscore", training_job(template={"spec": {
+        "initContainers": [{"name": "Bad_Init", "image": "x"}], "containers": [{"name": "t", "image": "x"}]}}),
+         (INIT_CONTAINER_NAME,)),
+    Case("init-container-name-ok", training_job(template={"spec": {
+        "initContainers": [{"name": "fetch-1", "image": "x"}], "containers": [{"name": "t", "image": "x"}]}})),
     Case("output-size-zero", training_job(output={"size": "0"}), (OUTPUT_SIZE,)),
     Case("output-size-zero-gi", training_job(output={"size": "0Gi"}), (OUTPUT_SIZE,)),
     Case("output-size-zero-fraction", training_job(output={"size": "00.000M"}), (OUTPUT_SIZE,)),
