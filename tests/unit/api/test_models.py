@@ -118,7 +118,14 @@ def test_defaults_match_the_crd() -> None:
     training_job(checkpoints=[{"name": f"c{i}"} for i in range(65)]),
     checkpoint(format="onnx"),
     checkpoint(source={"volume": {"claimName": ""}}),
-], ids=["replicas-float", "keep-float", "size", "layout", "too-many-inputs", "format", "empty-claim"])
+    # hostile6 R4: names and keys the API server refuses in the import pod, refused where they are given
+    checkpoint(source={"http": {"url": "ftp://example.com/m.tgz", "secretRef": {"name": "../x"}}}),
+    checkpoint(source={"http": {"url": "https://example.com/m.tgz", "caConfigMap": {"name": "My CA"}}}),
+    checkpoint(source={"http": {"url": "https://example.com/m.tgz",
+                                "caConfigMap": {"name": "ca", "key": "../../var/run/secrets/token"}}}),
+    checkpoint(source={"http": {"url": "https://example.com/m.tgz", "caConfigMap": {"name": "ca", "key": ".."}}}),
+], ids=["replicas-float", "keep-float", "size", "layout", "too-many-inputs", "format", "empty-claim",
+        "secret-name-path", "configmap-name-space", "ca-key-path", "ca-key-dots"])
 def test_models_refuse_what_the_openapi_schema_refuses(obj: dict) -> None:
     schema = open_api_schema(load_crd(obj["kind"]))
     errors = list(jsonschema.Draft202012Validator(to_json_schema(schema)).iter_errors(

@@ -420,6 +420,8 @@ CASES: list[Case] = [
     Case("catalog-license-control", cluster_checkpoint(license="https://example.com/l%0D%0AX-Evil: 1"),
          ("spec.license",)),
     Case("catalog-bad-repo", cluster_checkpoint(source={"huggingFace": {"repo": "no-slash"}}), (HF_REPO,)),
+    Case("catalog-max-size", cluster_checkpoint(maxSize="500Gi")),
+    Case("catalog-max-size-zero", cluster_checkpoint(maxSize="0Gi"), ("spec.maxSize",)),
     Case("catalog-spec-same", cluster_checkpoint(), old=cluster_checkpoint()),
     Case("catalog-spec-changed", cluster_checkpoint(license="https://a.example/l"),
          (IMMUTABLE,), old=cluster_checkpoint(license="https://b.example/l")),
