@@ -305,6 +305,22 @@ async def test_bad_template_mount_and_env_conflict_are_reported(api, operator, t
     await wait_event(api, wait_for, "env", lambda e: e["reason"] == "EnvOverridden" and e["type"] == "Warning")
 
 
+async def test_a_template_a_cluster_refuses_in_the_job_fails_with_the_api_server_line(api, operator, trainer, wait_for):
+    """hostile5 F3: what the CRD does not check (an init container named as a container) but kube-apiserver
+    refuses in the Job: local mode's API refuses the Job as a cluster does, and the job fails naming the field
+    (it ran before)."""
+    bad = training_job("dupname")
+    bad["spec"]["template"]["spec"]["initContainers"] = [{"name": "trainer", "image": "x", "command": ["true"]}]
+    await api.create(TJ, NS, bad)
+    tj = await wait_phase(api, wait_for, TJ, "dupname", "Failed")
+    cond = ready_condition(tj)
+    assert cond["reason"] == "InvalidSpec" and cond["message"].startswith(
+        'the API server refused the Job or its volume: Job.batch "dupname" is invalid: '
+        'spec.template.spec.initContainers['), cond
+    assert cond["message"].endswith('].name: Duplicate value: "trainer"'), cond
+    assert await api.get("batch/v1/jobs", NS, "dupname") is None
+
+
 async def test_deleting_a_job_deletes_its_job_and_releases_inputs(api, operator, trainer, wait_for):
     trainer.behaviours["src"] = lambda a, env: write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "s-1", {"a": b"1"}) or 0
     hold = asyncio.Event()

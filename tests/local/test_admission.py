@@ -46,7 +46,8 @@ BODIES = {
     "v1/persistentvolumeclaims": lambda name: {"metadata": {"name": name}, "spec": {}},
     "v1/secrets": lambda name: {"metadata": {"name": name}, "data": {}},
     "v1/configmaps": lambda name: {"metadata": {"name": name}, "data": {}},
-    "batch/v1/jobs": lambda name: {"metadata": {"name": name}, "spec": {}},
+    "batch/v1/jobs": lambda name: {"metadata": {"name": name}, "spec": {"template": {"spec": {
+        "restartPolicy": "Never", "containers": [{"name": "main", "image": "x"}]}}}},
 }
 
 
@@ -315,6 +316,52 @@ async def test_rules_see_escaped_property_names_as_the_api_server_spells_them(ap
                          ({"namespace": "x", "tags": {"a-b": "no"}}, "tag a-b is ok")):
         error = await refused(api.create(widgets, NS, {"metadata": {"name": "bad"}, "spec": bad}))
         assert problem in error.body["message"]
+
+
+# --- built-in resources: what a TrainingJob's pod template carries (hostile5 F3) -------------------
+
+def job(name: str, **pod_spec) -> dict:
+    pod_spec.setdefault("containers", [{"name": "main", "image": "x"}])
+    return {"metadata": {"name": name}, "spec": {"template": {"spec": pod_spec}}}
+
+
+@pytest.mark.parametrize("pod_spec, message", [
+    ({"restartPolicy": "Always"}, 'spec.template.spec.restartPolicy: Unsupported value: "Always": supported values: '
+                                  '"OnFailure", "Never"'),
+    ({}, 'spec.template.spec.restartPolicy: Unsupported value: "Always": supported values: "OnFailure", "Never"'),
+    ({"restartPolicy": "Never", "containers": [{"name": "Bad Name", "image": "x"}]},
+     'spec.template.spec.containers[0].name: Invalid value: "Bad Name": a lowercase RFC 1123 label must consist of'),
+    ({"restartPolicy": "Never", "containers": [{"name": "c" * 64, "image": "x"}]},
+     f'spec.template.spec.containers[0].name: Invalid value: "{"c" * 64}": must be no more than 63 characters'),
+    ({"restartPolicy": "Never", "initContainers": [{"name": "a", "image": "x"}],
+      "containers": [{"name": "a", "image": "x"}]}, 'spec.template.spec.initContainers[0].name: Duplicate value: "a"'),
+    ({"restartPolicy": "Never", "containers": [{"image": "x"}]},
+     "spec.template.spec.containers[0].name: Required value"),
+    ({"restartPolicy": "Never", "containers": []}, "spec.template.spec.containers: Required value"),
+])
+async def test_a_job_is_refused_as_the_api_server_refuses_its_pod_template(api: ApiClient, pod_spec: dict,
+                                                                            message: str) -> None:
+    error = await refused(api.create("batch/v1/jobs", NS, job("j", **pod_spec)))
+    assert error.body["message"].startswith(f'Job.batch "j" is invalid: {message}'), str(error)
+    assert await api.list("batch/v1/jobs", NS) == []
+
+
+async def test_pods_and_claims_are_refused_as_the_api_server_refuses_them(api: ApiClient) -> None:
+    error = await refused(api.create("v1/pods", NS, {"metadata": {"name": "p"}, "spec": {
+        "restartPolicy": "Sometimes", "containers": [{"name": "under_score", "image": "x"}]}}))
+    assert 'spec.restartPolicy: Unsupported value: "Sometimes": supported values: "Always", "OnFailure", "Never"' \
+        in str(error) and 'spec.containers[0].name: Invalid value: "under_score"' in str(error)
+    for size in ("0", "0Gi", "0.0", "-1Gi"):
+        error = await refused(api.create("v1/persistentvolumeclaims", NS, {"metadata": {"name": "c"}, "spec": {
+            "resources": {"requests": {"storage": size}}}}))
+        assert str(error).endswith(f'spec.resources[storage]: Invalid value: "{size}": must be greater than zero')
+    # what a cluster accepts is accepted: a pod restarting Always, a job OnFailure, a claim of 0.5Gi or 100m
+    await api.create("v1/pods", NS, {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "x"}],
+                                                                        "initContainers": [{"name": "b", "image": "x"}]}})
+    await api.create("batch/v1/jobs", NS, job("j", restartPolicy="OnFailure"))
+    for name, size in (("half", "0.5Gi"), ("milli", "100m")):
+        await api.create("v1/persistentvolumeclaims", NS, {"metadata": {"name": name}, "spec": {
+            "resources": {"requests": {"storage": size}}}})
 
 
 def test_local_run_refuses_an_invalid_name_in_one_line(tmp_path) -> None:

@@ -55,6 +55,12 @@ def test_serve_keeps_the_cluster_for_kubectl_ckpt(tmp_path):
         listed = ckpt("ls", kubeconfig=kubeconfig)
         assert [line.split()[:2] for line in listed.stdout.splitlines()[1:]] == [["mine", "Ready"],
                                                                                 ["tiny.step-1", "Ready"]]
+        # hostile5 F4: the official client reads the served pods (it refused container statuses without imageID)
+        from kubernetes import client, config
+        pods = client.CoreV1Api(config.new_client_from_config(str(kubeconfig))).list_namespaced_pod("default")
+        statuses = [s for pod in pods.items for s in pod.status.container_statuses or []]
+        assert statuses and all(s.image_id.startswith("sha256:") for s in statuses)
+        assert all(s.container_id.startswith("process://") for s in statuses)
     finally:
         os.killpg(run.pid, signal.SIGTERM)
         out, _ = run.communicate(timeout=60)

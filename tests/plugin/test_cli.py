@@ -97,3 +97,48 @@ def test_usage_errors_exit_2_and_a_bad_kubeconfig_or_server_exits_1(tmp_path):
         (tmp_path / "odd").write_text(text)
         odd = run("ls", "--kubeconfig", str(tmp_path / "odd"))
         assert odd.returncode == 1 and odd.stderr == f"error: cannot load the kubeconfig {tmp_path / 'odd'}: {words}\n"
+
+
+async def test_verify_local_and_pull_give_up_on_an_unreachable_endpoint_after_a_few_attempts(api, kubeconfig, tmp_path):
+    """hostile5 F5: verify --local on an endpoint that does not answer retried 10 times with backoff (more than
+    a minute): a command at the terminal tries INTERACTIVE_S3_ATTEMPTS times, then says so in one line."""
+    import socket
+    import threading
+
+    from checkpoint_operator.plugin.cli import INTERACTIVE_S3_ATTEMPTS
+    await api.create(CKPT, "default", {"metadata": {"name": "gamma"}, "spec": {"source": {"upload": {}}}})
+    await api.patch(CKPT, "default", "gamma", {"status": {"phase": "Ready", "digest": "sha256:" + "c" * 64, "location": {
+        "s3": {"uri": "s3://checkpoints/gamma/"}}}}, subresource="status")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    connections = []
+
+    def accept() -> None:  # an endpoint that takes the connection and closes it: nothing answers
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            connections.append(1)
+            conn.close()
+
+    threading.Thread(target=accept, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    # the user's environment: credentials, no CKPT_S3_MAX_ATTEMPTS (the default is what is tested)
+    env = {k: v for k, v in os.environ.items() if k != "CKPT_S3_MAX_ATTEMPTS"} | {
+        "AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b", "KUBECONFIG": ""}
+    try:
+        for argv in (("pull", "gamma", str(tmp_path / "d")), ("verify", "gamma", "--local")):
+            connections.clear()
+            result = subprocess.run([sys.executable, "-m", "checkpoint_operator", "ckpt", *argv, "--endpoint-url",
+                                     endpoint, "--kubeconfig", kubeconfig], capture_output=True, text=True,
+                                    timeout=120, env=env)
+            assert result.returncode == 1, (argv, result.stderr)
+            assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
+            assert endpoint in result.stderr, result.stderr
+            # one connection more than attempts against a peer that closes at once (seen: 4 for 3); the
+            # agents' default of 10 attempts made 11
+            assert 1 <= len(connections) <= INTERACTIVE_S3_ATTEMPTS + 1, (argv, len(connections))
+    finally:
+        listener.close()

@@ -77,6 +77,13 @@ class PodPhase(Phase):
 
 
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+# A quantity of QUANTITY_PATTERN that is zero (0, 0Gi, 00.000M): the API server refuses a volume of
+# that size ("must be greater than zero"). Written without backslashes: the same text is a CEL literal.
+ZERO_QUANTITY = r"^0+([.]0+)?[A-Za-z]*$"
+
+
+def is_zero_quantity(text: str) -> bool:
+    return re.fullmatch(ZERO_QUANTITY, text) is not None
 
 _SUFFIXES = {"": 1, "k": 10 ** 3, "M": 10 ** 6, "G": 10 ** 9, "T": 10 ** 12, "P": 10 ** 15, "E": 10 ** 18,
              "Ki": 2 ** 10, "Mi": 2 ** 20, "Gi": 2 ** 30, "Ti": 2 ** 40, "Pi": 2 ** 50, "Ei": 2 ** 60}

@@ -23,6 +23,13 @@ def is_dns1123(value: str) -> bool:
     return len(value) <= 253 and re.fullmatch(DNS1123_SUBDOMAIN, value) is not None
 
 
+DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"  # a container's name, a port's name: no '.', at most 63
+
+
+def is_dns1123_label(value: object) -> bool:
+    return isinstance(value, str) and len(value) <= 63 and re.fullmatch(DNS1123_LABEL, value) is not None
+
+
 @dataclass(frozen=True)
 class Rule:
     cel: str

@@ -53,17 +53,28 @@ def endpoint_rule(field_path: str) -> Rule:
                 lambda s: "endpoint" not in s or cel_matches(HTTP_URL, s["endpoint"]), field_path=".endpoint")
 
 
+# What the API server accepts as a Secret's or ConfigMap's name (a DNS-1123 subdomain) and as a key in
+# one (not '.' or '..': at least one character that is not a dot). Refused here, where the field is
+# named, rather than when the import pod that mounts them is refused (hostile6 R4: '../x' was taken,
+# and a key became the agent's --ca-file path).
+OBJECT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+KEY_PATTERN = r"^[-._a-zA-Z0-9]*[-_a-zA-Z0-9][-._a-zA-Z0-9]*$"
+
+
 class LocalSecret(ApiModel):
     """A Secret in the Checkpoint's namespace; the source says which keys it reads."""
 
-    name: str = Field(min_length=1, max_length=MAX_NAME, description="Name of the Secret.")
+    name: str = Field(min_length=1, max_length=MAX_NAME, pattern=OBJECT_NAME_PATTERN,
+                      description="Name of the Secret (a DNS-1123 subdomain).")
 
 
 class CaConfigMap(ApiModel):
     """A ConfigMap key holding the PEM certificates of the CA(s) to trust, instead of the system's."""
 
-    name: str = Field(min_length=1, max_length=MAX_NAME, description="Name of the ConfigMap.")
-    key: str = Field("ca.crt", min_length=1, max_length=MAX_KEY, description="Key holding the PEM bundle.")
+    name: str = Field(min_length=1, max_length=MAX_NAME, pattern=OBJECT_NAME_PATTERN,
+                      description="Name of the ConfigMap (a DNS-1123 subdomain).")
+    key: str = Field("ca.crt", min_length=1, max_length=MAX_KEY, pattern=KEY_PATTERN,
+                     description="Key holding the PEM bundle (letters, digits, '-', '_', '.').")
 
 
 Glob = Annotated[str, Field(min_length=1, max_length=MAX_GLOB)]

@@ -7,11 +7,13 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field
 
-from checkpoint_operator.api.common import (MAX_VOLUME_SNAPSHOT_RECORDS, QUANTITY_PATTERN, Condition, Phase,
-                                             PinnedCheckpoint, VolumeSnapshotRecord, ready_reason)
+from checkpoint_operator.api.common import (MAX_VOLUME_SNAPSHOT_RECORDS, QUANTITY_PATTERN, ZERO_QUANTITY, Condition,
+                                             Phase, PinnedCheckpoint, VolumeSnapshotRecord, is_zero_quantity,
+                                             ready_reason)
 from checkpoint_operator.api.meta import ApiObject
-from checkpoint_operator.api.rules import (DNS1123_MESSAGE, DNS1123_SUBDOMAIN, ApiModel, Count, Message, Name, Path, Rule,
-                                           Short, Timestamp, Uid, has_exactly_one, is_dns1123)
+from checkpoint_operator.api.rules import (DNS1123_LABEL, DNS1123_MESSAGE, DNS1123_SUBDOMAIN, INT64_MAX, MAX_NAME, ApiModel,
+                                           Count, Message, Name, Path, Rule, Short, Timestamp, Uid, has_exactly_one,
+                                           is_dns1123, is_dns1123_label)
 
 
 
@@ -45,7 +47,16 @@ METRIC_PATTERN = r"^[A-Za-z0-9_.\-/]{1,63}$"  # agent/metrics_files.py METRIC_NA
 MAX_RETIRED_LISTED = 1000
 DNS1123_CEL = DNS1123_SUBDOMAIN.replace("\\", "\\\\")
 MAX_INPUTS = 64  # maxItems of spec.checkpoints: bounds the CEL cost of the per-item rules
-MAX_CONTAINERS = 64  # maxItems of spec.template.spec.containers, which a CEL rule reads
+MAX_CONTAINERS = 64  # maxItems of spec.template.spec.containers and initContainers, which CEL rules read
+JOB_RESTART_POLICIES = ("OnFailure", "Never")  # what batch/v1 accepts in a Job's pod template (JobSet's Jobs too)
+# Directories of a container that its runtime or its image owns: a volume mounted at or under one
+# (spec.inputDir, spec.outputDir) hides what the runtime mounts there (/proc, /sys, /dev, /dev/shm,
+# /etc/hosts, /etc/resolv.conf, /etc/hostname, /run and /var/run/secrets: the service account token)
+# or the image's programs, libraries and configuration (/bin, /sbin, /lib*, /usr, /etc), so the
+# container fails to start or a Checkpoint is made of the runtime's stubs (hostile5 F2). /boot is the
+# host's kernel in many base images. docs/training-code.md lists them.
+SYSTEM_DIRS = ("/proc", "/sys", "/dev", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/usr",
+               "/run", "/var/run", "/boot")
 
 
 def _dns_rule(field: str, where: str) -> Rule:
@@ -123,6 +134,10 @@ class OutputSpec(ApiModel):
     """What happens to the output directory."""
 
     cel_rules = (
+        Rule(f"!has(self.size) || !self.size.matches('{ZERO_QUANTITY}')",
+             "spec.output.size must be greater than zero (a quantity such as 10Gi), as a PersistentVolumeClaim's "
+             "storage request",
+             lambda s: "size" not in s or not is_zero_quantity(s["size"]), field_path=".size"),
         Rule("!has(self.keep) || self.keep >= 1", "spec.output.keep must be at least 1 (or unset to keep all)",
              lambda s: s.get("keep") is None or s["keep"] >= 1, field_path=".keep"),
         Rule("!has(self.keep) || !has(self.retention) || !has(self.retention.keepLatest)",
@@ -181,21 +196,54 @@ class OutputSpec(ApiModel):
         return bool(self.volumePerWorker or self.perWorker)
 
 
+def _container_names_rule(kind: str) -> Rule:
+    return Rule(f"!has(self.spec) || !has(self.spec.{kind}) || self.spec.{kind}.all(c, has(c.name) && "
+                f"size(c.name) <= 63 && c.name.matches('{DNS1123_LABEL}'))",
+                f"spec.template.spec.{kind}[].name must be a DNS-1123 label (lowercase a-z, 0-9 and '-', starting "
+                "and ending alphanumeric, at most 63 characters), as the API server requires of a container's name",
+                lambda s: all(is_dns1123_label(c.get("name")) for c in (s.get("spec") or {}).get(kind) or []),
+                field_path=f".spec.{kind}")
+
+
+def _containers_schema(what: str) -> dict[str, Any]:
+    """A list of core/v1 Containers as the CRD declares it: opaque but for the name, which a rule reads."""
+    return {"type": "array", "description": f"{what} of the pod (core/v1 Container).", "maxItems": MAX_CONTAINERS,
+            "items": {"type": "object", "additionalProperties": True, "properties": {
+                "name": {"type": "string", "maxLength": MAX_NAME, "description": "The container's name."}}}}
+
+
 class PodTemplate(ApiModel):
     """A PodTemplateSpec; the operator only adds volumes, mounts and environment variables."""
 
     model_config = ApiModel.model_config | {"extra": "allow", "json_schema_extra": {
         "x-kubernetes-preserve-unknown-fields": True}}
-    cel_rules = (Rule("has(self.spec) && has(self.spec.containers) && size(self.spec.containers) > 0",
-                      "spec.template.spec.containers must list at least one container",
-                      lambda s: bool(s.get("spec", {}).get("containers"))),)
+    cel_rules = (
+        Rule("has(self.spec) && has(self.spec.containers) && size(self.spec.containers) > 0",
+             "spec.template.spec.containers must list at least one container",
+             lambda s: bool(s.get("spec", {}).get("containers"))),
+        # hostile5 F3: what kube-apiserver refuses in the Job (or JobSet) the operator would build is
+        # refused here, when the TrainingJob is created, rather than by the cluster later.
+        Rule("!has(self.spec) || !has(self.spec.restartPolicy) || self.spec.restartPolicy in "
+             f"{list(JOB_RESTART_POLICIES)}",
+             "spec.template.spec.restartPolicy must be OnFailure or Never (the default), as in a Job's pod template: "
+             "a Job never runs pods with restartPolicy Always",
+             lambda s: (s.get("spec") or {}).get("restartPolicy", "Never") in JOB_RESTART_POLICIES,
+             field_path=".spec.restartPolicy"),
+        _container_names_rule("containers"),
+        # Init containers too: with engine JobSet a refused child Job leaves the JobSet without pods
+        # (the JobSet controller only logs it), where engine Job fails the TrainingJob with the line.
+        _container_names_rule("initContainers"),
+    )
 
     metadata: Optional[dict[str, Any]] = Field(None, description="Labels and annotations of the pods.")
     # `containers` is declared so that the CEL rule may read it: the API server hides fields
     # kept only by x-kubernetes-preserve-unknown-fields from CEL (the rule would not compile).
-    spec: dict[str, Any] = Field(description="A PodSpec.", json_schema_extra={"properties": {"containers": {
-        "type": "array", "description": "Containers of the pod (core/v1 Container).", "maxItems": MAX_CONTAINERS,
-        "items": {"type": "object", "additionalProperties": True}},
+    spec: dict[str, Any] = Field(description="A PodSpec.", json_schema_extra={"properties": {
+        "containers": _containers_schema("Containers"),
+        "initContainers": _containers_schema("Init containers"),
+        # Declared for the rule that a Job's pods restart OnFailure or Never.
+        "restartPolicy": {"type": "string", "maxLength": 64,
+                          "description": "OnFailure or Never (the default): a Job's pods never restart Always."},
         # Declared for the rule that a distributed job's pods are named by the operator.
         "hostname": {"type": "string", "maxLength": 63, "description": "The pods' host name (one replica only)."},
         "subdomain": {"type": "string", "maxLength": 63,
@@ -208,6 +256,19 @@ def _absolute(field: str) -> Rule:
                 f"spec.{field} must be an absolute, normalized path (start with /, no '.' or '..', "
                 "no // or trailing /)",
                 lambda s: _is_clean_absolute(s.get(field, "/x")), field_path=f".{field}")
+
+
+def _outside_system_dirs(field: str) -> Rule:
+    return Rule(f"!{list(SYSTEM_DIRS)}.exists(d, self.{field} == d || self.{field}.startsWith(d + '/'))",
+                f"spec.{field} must not be at or under a system directory ({', '.join(SYSTEM_DIRS)}): the container "
+                "runtime mounts there or the image keeps its programs there; use a directory of its own, such as "
+                f"the default /{'input' if field == 'inputDir' else 'output'}-checkpoint",
+                lambda s: not in_system_dir(s.get(field, "/x")), field_path=f".{field}")
+
+
+def in_system_dir(path: str) -> bool:
+    """At or under one of SYSTEM_DIRS (exactly the CEL expression: the path rules refuse unnormalized paths)."""
+    return any(path == d or path.startswith(d + "/") for d in SYSTEM_DIRS)
 
 
 def _is_clean_absolute(path: str) -> bool:
@@ -231,6 +292,8 @@ class TrainingJobSpec(ApiModel):
                                 "delete and re-create the TrainingJob to change it", None),
         _absolute("inputDir"),
         _absolute("outputDir"),
+        _outside_system_dirs("inputDir"),
+        _outside_system_dirs("outputDir"),
         Rule("self.inputDir != self.outputDir && !self.inputDir.startsWith(self.outputDir + '/') "
              "&& !self.outputDir.startsWith(self.inputDir + '/') && self.inputDir != '/' && self.outputDir != '/'",
              "spec.inputDir and spec.outputDir must differ and neither may be inside the other (nor be /)",
@@ -295,7 +358,7 @@ class TrainingJobSpec(ApiModel):
     backoffLimit: Optional[int] = Field(None, ge=0, le=10000, description=(
         "Retries before the job counts as failed (default 6, as a Job's). With more than one replica, or with "
         "engine JobSet, each retry restarts the whole group: every worker is stopped and all start again."))
-    activeDeadlineSeconds: Optional[int] = Field(None, ge=1, description=(
+    activeDeadlineSeconds: Optional[int] = Field(None, ge=1, le=INT64_MAX, description=(
         "Time limit in seconds: of the whole job with engine Job (a restarted group gets what is left), of each "
         "attempt with engine JobSet."))
     template: PodTemplate = Field(description="Pod template of the training workers.")

@@ -495,3 +495,77 @@ def iter_rules(schema: Mapping[str, Any], path: str = "") -> Iterator[tuple[str,
     for key in ("items", "additionalProperties"):
         if isinstance(schema.get(key), Mapping):
             yield from iter_rules(schema[key], f"{path}[]")
+
+
+# --- built-in resources: the pod spec fields users' templates carry ------------------------------
+# The schemas of built-in resources are not emulated (a Pod's spec is stored as sent), except for what
+# a TrainingJob's pod template carries into the Job, JobSet child Jobs and Pods the operator creates
+# and the claims it sizes: local mode refuses them as a cluster would, in the API server's words
+# (hostile5 F3: a Job with restartPolicy Always, or a container named "Bad Name", ran here and would
+# be refused by a cluster).
+
+POD_RESTART_POLICIES = ("Always", "OnFailure", "Never")
+JOB_RESTART_POLICIES = ("OnFailure", "Never")
+_ZERO_QUANTITY = re.compile(r"\+?(0+(\.0*)?|\.0+)([eE][-+]?[0-9]+|[A-Za-z]+)?")
+
+
+def _supported(values: tuple[str, ...]) -> str:
+    return "supported values: " + ", ".join(_show(v) for v in values)
+
+
+def pod_spec_problems(spec: Any, path: str, restart_policies: tuple[str, ...]) -> list[FieldError]:
+    """ValidatePodSpec for the fields checked here: the restart policy (defaulted to Always, as the API
+    server defaults it before validating) and the containers' names (required, DNS-1123 labels,
+    unique across regular and init containers)."""
+    if not isinstance(spec, Mapping) or "containers" not in spec:
+        return []  # a stub without containers (the emulator's own tests): stored as sent, as the rest of a spec
+    errors: list[FieldError] = []
+    policy = spec.get("restartPolicy") or "Always"
+    if policy not in restart_policies:
+        errors.append(FieldError(f"{path}.restartPolicy", "Unsupported value", _supported(restart_policies), policy))
+    seen: set[str] = set()
+    for kind in ("containers", "initContainers"):  # as ValidatePodSpec: an init container's name is the duplicate
+        containers = spec.get(kind) or []
+        if kind == "containers" and not containers:
+            errors.append(FieldError(f"{path}.containers", "Required value"))
+        for index, container in enumerate(containers if isinstance(containers, list) else []):
+            where = f"{path}.{kind}[{index}].name"
+            name = container.get("name") if isinstance(container, Mapping) else None
+            if not name:
+                errors.append(FieldError(where, "Required value"))
+                continue
+            if not isinstance(name, str):
+                errors.append(FieldError(where, "Invalid value", "must be a string", name))
+                continue
+            errors += [FieldError(where, "Invalid value", p, name) for p in _dns_label(name)]
+            if name in seen:
+                errors.append(FieldError(where, "Duplicate value", value=name))
+            seen.add(name)
+    return errors
+
+
+def _storage_problems(claim: Mapping[str, Any]) -> list[FieldError]:
+    requests = ((claim.get("spec") or {}).get("resources") or {}).get("requests") or {}
+    storage = requests.get("storage") if isinstance(requests, Mapping) else None
+    if storage is None:
+        return []
+    text = str(storage).strip()
+    if text.startswith("-") or _ZERO_QUANTITY.fullmatch(text):
+        return [FieldError("spec.resources[storage]", "Invalid value", "must be greater than zero", text)]
+    return []
+
+
+def builtin_problems(plural: str, group: str, obj: Mapping[str, Any]) -> list[FieldError]:
+    """What the API server refuses on create of a Pod, a Job or a PersistentVolumeClaim, for the fields above."""
+    spec = obj.get("spec") or {}
+    if not isinstance(spec, Mapping):
+        return []
+    if group == "" and plural == "pods":
+        return pod_spec_problems(spec, "spec", POD_RESTART_POLICIES)
+    if group == "batch" and plural == "jobs":
+        template = spec.get("template") or {}
+        return pod_spec_problems(template.get("spec") if isinstance(template, Mapping) else None,
+                                 "spec.template.spec", JOB_RESTART_POLICIES)
+    if group == "" and plural == "persistentvolumeclaims":
+        return _storage_problems(obj)
+    return []

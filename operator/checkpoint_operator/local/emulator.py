@@ -68,7 +68,9 @@ kmock's ``objects`` view is not kept (its per-object histories grow with every c
 objects through the API, ``get_object()`` or ``export_state()``.
 
 Not emulated: the schemas of built-in resources (a Pod's spec is stored as sent, neither validated
-nor pruned), namespace existence (objects may be created in a namespace that was never created),
+nor pruned; on create, the restart policy and the containers' names of a Pod's or a Job's pod
+spec that lists containers, and a claim's storage request, are checked as the API server does:
+``admission.py``), namespace existence (objects may be created in a namespace that was never created),
 admission webhooks, quotas and limit ranges, server-side apply, strategic-merge list semantics (a
 strategic merge patch is a JSON merge patch: lists are replaced), field managers, list pagination
 (``limit`` is ignored: every list is complete), namespace termination, graceful pod deletion,
@@ -529,6 +531,8 @@ class Emulator(kmock.KubernetesEmulator):
             admission.metadata_problems(meta)
         if resource == CRDS:
             errors += self._crd_problems(obj)
+        if not errors:
+            errors += admission.builtin_problems(resource.plural or "", resource.group or "", obj)
         schema = self._schemas.get(resource)
         if "status" in info.subresources:
             obj.pop("status", None)

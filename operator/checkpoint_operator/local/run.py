@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
 
 import pydantic
 import yaml
@@ -24,6 +24,9 @@ from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.local.report import build_report, render_table
 from checkpoint_operator.local.stuck import stuck_jobs
+
+if TYPE_CHECKING:
+    from checkpoint_operator.local.s3store import S3Settings
 
 NAMESPACE = "default"
 # Where catalog entries (ClusterCheckpoints) are imported, as the chart's release namespace.
@@ -230,7 +233,7 @@ def local_run(args: argparse.Namespace) -> int:
             if getattr(args, "serve", False):
                 report = build_report(checkpoints, jobs, entries)
                 print(json.dumps(report, indent=2) if args.output == "json" else render_table(report), flush=True)
-                serve_until_interrupted(url, state_dir)
+                serve_until_interrupted(url, state_dir, store, own_store=weed is not None)
         finally:
             if handle is not None:
                 handle.stop()
@@ -376,7 +379,41 @@ def provide_store_secret(kube, namespaces: list[str], store) -> None:
             kube.patch(secrets, namespace, STORE_SECRET, {"data": data})
 
 
-def serve_until_interrupted(url: str, state_dir: Path) -> None:
+STORE_ENV_FILE = "s3.env"  # --serve --store s3: the exports that `kubectl ckpt pull`/`verify --local` need
+
+
+def store_env_text(store: "S3Settings") -> str:
+    """The shell exports of the s3 store's endpoint and credentials (S3Settings.env), quoted for sh."""
+    import shlex
+    return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in sorted(store.env().items()))
+
+
+def serve_hints(kubeconfig: Path, store: Optional["S3Settings"], env_file: Optional[Path], own_store: bool
+                ) -> list[str]:
+    """What --serve tells the user to type: the kubeconfig, and with --store s3 where the store is
+    (hostile5 F5: without it `kubectl ckpt pull` went to AWS). The local SeaweedFS's credentials are
+    in a file of mode 0600, never printed; a store of --s3-endpoint is reached with the user's own."""
+    lines = [f"  export KUBECONFIG={kubeconfig}"]
+    if store is not None and own_store and env_file is not None:
+        lines.append(f"  . {env_file}   # AWS_ENDPOINT_URL and the credentials of the local store, for kubectl "
+                     f"ckpt pull, push and verify --local")
+    elif store is not None:
+        lines.append(f"  export AWS_ENDPOINT_URL={store.endpoint}   # with your AWS_* credentials of bucket "
+                     f"{store.bucket}, for kubectl ckpt pull, push and verify --local")
+    return lines + ["  kubectl ckpt ls"]
+
+
+def write_private(path: Path, text: str) -> None:
+    """`text` into `path`, created 0600 (replaced when it exists: the endpoint's port changes per run)."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def serve_until_interrupted(url: str, state_dir: Path, store: Optional["S3Settings"] = None, *,
+                            own_store: bool = False) -> None:
     """--serve: keep the cluster and the operator running for kubectl (and kubectl ckpt) through a
     kubeconfig, until Ctrl-C or SIGTERM."""
     import signal
@@ -388,8 +425,12 @@ def serve_until_interrupted(url: str, state_dir: Path) -> None:
         "apiVersion": "v1", "kind": "Config", "current-context": "local",
         "clusters": [{"name": "local", "cluster": {"server": url}}], "users": [{"name": "local", "user": {}}],
         "contexts": [{"name": "local", "context": {"cluster": "local", "user": "local", "namespace": NAMESPACE}}]}))
-    print(f"serving the local cluster at {url} until Ctrl-C; try:\n  export KUBECONFIG={kubeconfig}\n"
-          f"  kubectl ckpt ls", file=sys.stderr, flush=True)
+    env_file = None
+    if store is not None and own_store:
+        env_file = state_dir / "s3" / STORE_ENV_FILE
+        write_private(env_file, store_env_text(store))
+    hints = "\n".join(serve_hints(kubeconfig, store, env_file, own_store))
+    print(f"serving the local cluster at {url} until Ctrl-C; try:\n{hints}", file=sys.stderr, flush=True)
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:

@@ -80,11 +80,15 @@ class Scheduler:
         self.events = events
         self._turn = itertools.count()
         self._unbound_since: dict[str, float] = {}  # pod uid -> when an unbound Immediate claim was first seen
+        # pod uid -> the node chosen for it, until the pod cache shows it bound (kube-scheduler's "assumed"
+        # pods): pods scheduled at once must each count on their node before the binding's answer is back
+        self._assumed: dict[str, str] = {}
 
     async def reconcile(self, pod: dict[str, Any], now: float) -> float | None:
         spec = pod.get("spec") or {}
         if spec.get("nodeName") or meta(pod).get("deletionTimestamp") or pod_phase(pod) in TERMINAL_PHASES:
             self._unbound_since.pop(meta(pod)["uid"], None)
+            self._assumed.pop(meta(pod)["uid"], None)
             return None
         namespace = meta(pod)["namespace"]
         claims = []
@@ -114,6 +118,7 @@ class Scheduler:
             return await self._unschedulable(pod, "; ".join(f"{n} {r}" for r, n in reasons.items()) or
                                              "no nodes registered")
         node = self._choose(pod, candidates)
+        self._assumed[meta(pod)["uid"]] = node.name
         waiting = False
         for claim in unbound:  # WaitForFirstConsumer: provisioned for the chosen node, then the pod is bound
             waiting = True
@@ -180,10 +185,17 @@ class Scheduler:
 
     def _choose(self, pod: Mapping[str, Any], candidates: list[LocalNode]) -> LocalNode:
         load = {n.name: 0 for n in candidates}
+        uid = meta(pod)["uid"]
+        present = set()
         for other in self.pods:
-            node = (other.get("spec") or {}).get("nodeName")
+            present.add(meta(other)["uid"])
+            if meta(other)["uid"] == uid:
+                continue
+            node = (other.get("spec") or {}).get("nodeName") or self._assumed.get(meta(other)["uid"])
             if node in load and pod_phase(other) not in TERMINAL_PHASES:
                 load[node] += 1
+        for gone in set(self._assumed) - present:  # deleted before their binding was seen
+            del self._assumed[gone]
         fewest = min(load.values())
         least = [n for n in candidates if load[n.name] == fewest]
         return least[next(self._turn) % len(least)]

@@ -149,6 +149,23 @@ def test_an_unbounded_field_is_named_with_how_to_bound_it(tmp_path: Path, monkey
     assert not (tmp_path / "crds").exists()
 
 
+def test_a_spec_integer_without_a_maximum_is_refused() -> None:
+    """hostile5 F3: activeDeadlineSeconds had no maximum; 99999999999999999999 passed local admission."""
+    from checkpoint_operator.api.trainingjob import TrainingJobSpec
+    spec = pydantic.create_model("TrainingJobSpec", __base__=TrainingJobSpec,
+                                 timeoutSeconds=(Optional[int], pydantic.Field(None, ge=1, description="Timeout.")))
+    changed = dataclasses.replace(crdgen.TRAINING_JOB, spec_model=spec)
+    with pytest.raises(crdgen.UnboundedFieldsError) as refused:
+        crdgen.build_crd(changed)
+    assert [str(p) for p in refused.value.problems] == [
+        "TrainingJob spec.timeoutSeconds (model field TrainingJobSpec.timeoutSeconds): a spec number without maximum "
+        "(a spec's numbers have the maximum of what they mirror: an int64, an int32 of a Job's field, or less); give "
+        "the field Field(le=N): INT64_MAX of checkpoint_operator.api.rules at most, less where the Kubernetes field "
+        "it is copied to is smaller"]
+    deadline = open_api_schema(load_crd("TrainingJob"))["properties"]["spec"]["properties"]["activeDeadlineSeconds"]
+    assert deadline["maximum"] == 2 ** 63 - 1
+
+
 def test_enum_strings_are_bounded_by_their_longest_value() -> None:
     layout = open_api_schema(load_crd("TrainingJob"))["properties"]["spec"]["properties"]["output"]["properties"][
         "layout"]

@@ -73,9 +73,9 @@ def test_immutability_is_left_to_the_api_server() -> None:
     (CheckpointSpec, {"source": {"s3": {"uri": "s3://b/"}}, "sorce": {}}, "sorce"),
     (CheckpointSpec, {"source": {"s3": {"uri": "s3://b/", "bucket": "b"}}}, "bucket"),
     (CheckpointSpec, {"source": {"volume": {"claimName": "c", "subPath": "x"}}}, "subPath"),
-    (TrainingJobSpec, {"template": {"spec": {"containers": [{}]}}, "input_dir": "/in"}, "input_dir"),
-    (TrainingJobSpec, {"template": {"spec": {"containers": [{}]}}, "output": {"keepLast": 2}}, "keepLast"),
-    (TrainingJobSpec, {"template": {"spec": {"containers": [{}]}}, "checkpoints": [{"name": "a", "tag": "x"}]},
+    (TrainingJobSpec, {"template": {"spec": {"containers": [{"name": "t"}]}}, "input_dir": "/in"}, "input_dir"),
+    (TrainingJobSpec, {"template": {"spec": {"containers": [{"name": "t"}]}}, "output": {"keepLast": 2}}, "keepLast"),
+    (TrainingJobSpec, {"template": {"spec": {"containers": [{"name": "t"}]}}, "checkpoints": [{"name": "a", "tag": "x"}]},
      "tag"),
 ])
 def test_unknown_fields_are_refused(model, data, where) -> None:
@@ -93,7 +93,7 @@ def test_pod_template_keeps_unknown_fields() -> None:
 
 def test_defaults_match_the_crd() -> None:
     spec = open_api_schema(load_crd("TrainingJob"))["properties"]["spec"]
-    wire = TrainingJobSpec.model_validate({"template": {"spec": {"containers": [{}]}}}).to_wire()
+    wire = TrainingJobSpec.model_validate({"template": {"spec": {"containers": [{"name": "t"}]}}}).to_wire()
     assert wire["inputDir"] == spec["properties"]["inputDir"]["default"] == "/input-checkpoint"
     assert wire["outputDir"] == spec["properties"]["outputDir"]["default"] == "/output-checkpoint"
     assert wire["replicas"] == spec["properties"]["replicas"]["default"] == 1
@@ -103,7 +103,7 @@ def test_defaults_match_the_crd() -> None:
     assert wire["output"] == OutputSpec().to_wire() == {"enabled": True, "layout": "auto"}
     assert wire["output"] == {k: v["default"] for k, v in output["properties"].items() if "default" in v}
     # the CRD defaults `output` to {}, so an omitted output gets the same fields from the API server
-    assert apply_defaults(spec, {"template": {"spec": {"containers": [{}]}}})["output"] == wire["output"]
+    assert apply_defaults(spec, {"template": {"spec": {"containers": [{"name": "t"}]}}})["output"] == wire["output"]
     volume = open_api_schema(load_crd("Checkpoint"))["properties"]["spec"]["properties"]["source"][
         "properties"]["volume"]
     assert VolumeSource(claimName="c").path == volume["properties"]["path"]["default"] == "/"
@@ -118,7 +118,14 @@ def test_defaults_match_the_crd() -> None:
     training_job(checkpoints=[{"name": f"c{i}"} for i in range(65)]),
     checkpoint(format="onnx"),
     checkpoint(source={"volume": {"claimName": ""}}),
-], ids=["replicas-float", "keep-float", "size", "layout", "too-many-inputs", "format", "empty-claim"])
+    # hostile6 R4: names and keys the API server refuses in the import pod, refused where they are given
+    checkpoint(source={"http": {"url": "ftp://example.com/m.tgz", "secretRef": {"name": "../x"}}}),
+    checkpoint(source={"http": {"url": "https://example.com/m.tgz", "caConfigMap": {"name": "My CA"}}}),
+    checkpoint(source={"http": {"url": "https://example.com/m.tgz",
+                                "caConfigMap": {"name": "ca", "key": "../../var/run/secrets/token"}}}),
+    checkpoint(source={"http": {"url": "https://example.com/m.tgz", "caConfigMap": {"name": "ca", "key": ".."}}}),
+], ids=["replicas-float", "keep-float", "size", "layout", "too-many-inputs", "format", "empty-claim",
+        "secret-name-path", "configmap-name-space", "ca-key-path", "ca-key-dots"])
 def test_models_refuse_what_the_openapi_schema_refuses(obj: dict) -> None:
     schema = open_api_schema(load_crd(obj["kind"]))
     errors = list(jsonschema.Draft202012Validator(to_json_schema(schema)).iter_errors(

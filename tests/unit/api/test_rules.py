@@ -189,6 +189,12 @@ PREFIX = "spec.output.namePrefix"
 INPUT_DIR = "spec.inputDir must be"
 OUTPUT_DIR = "spec.outputDir must be"
 NESTED = "spec.inputDir and spec.outputDir"
+SYSTEM_INPUT_DIR = "spec.inputDir must not be at or under a system directory"
+SYSTEM_OUTPUT_DIR = "spec.outputDir must not be at or under a system directory"
+RESTART_POLICY = "spec.template.spec.restartPolicy"
+CONTAINER_NAME = "spec.template.spec.containers[].name"
+INIT_CONTAINER_NAME = "spec.template.spec.initContainers[].name"
+OUTPUT_SIZE = "spec.output.size must be greater than zero"
 REPLICAS = "spec.replicas"
 NAMED_PODS = "spec.template.spec.hostname and subdomain"
 CONTAINERS = "spec.template.spec.containers"
@@ -414,6 +420,8 @@ CASES: list[Case] = [
     Case("catalog-license-control", cluster_checkpoint(license="https://example.com/l%0D%0AX-Evil: 1"),
          ("spec.license",)),
     Case("catalog-bad-repo", cluster_checkpoint(source={"huggingFace": {"repo": "no-slash"}}), (HF_REPO,)),
+    Case("catalog-max-size", cluster_checkpoint(maxSize="500Gi")),
+    Case("catalog-max-size-zero", cluster_checkpoint(maxSize="0Gi"), ("spec.maxSize",)),
     Case("catalog-spec-same", cluster_checkpoint(), old=cluster_checkpoint()),
     Case("catalog-spec-changed", cluster_checkpoint(license="https://a.example/l"),
          (IMMUTABLE,), old=cluster_checkpoint(license="https://b.example/l")),
@@ -498,6 +506,49 @@ CASES: list[Case] = [
     Case("dirs-dotdot", training_job(outputDir="/a/../out"), (OUTPUT_DIR,)),
     Case("dirs-double-slash", training_job(inputDir="/a//in"), (INPUT_DIR,)),
     Case("dirs-double-slash-alias", training_job(inputDir="//out", outputDir="/out"), (INPUT_DIR,)),
+    # hostile5 F2: not over a directory the container runtime or the image owns
+    Case("dirs-output-etc", training_job(outputDir="/etc"), (SYSTEM_OUTPUT_DIR,)),
+    Case("dirs-output-proc", training_job(outputDir="/proc"), (SYSTEM_OUTPUT_DIR,)),
+    Case("dirs-output-dev-shm", training_job(outputDir="/dev/shm"), (SYSTEM_OUTPUT_DIR,)),
+    Case("dirs-output-var-run-secrets", training_job(outputDir="/var/run/secrets"), (SYSTEM_OUTPUT_DIR,)),
+    Case("dirs-output-usr-local", training_job(outputDir="/usr/local/out"), (SYSTEM_OUTPUT_DIR,)),
+    Case("dirs-input-lib64", training_job(inputDir="/lib64"), (SYSTEM_INPUT_DIR,)),
+    Case("dirs-input-sys", training_job(inputDir="/sys/fs/in"), (SYSTEM_INPUT_DIR,)),
+    Case("dirs-both-system", training_job(inputDir="/run/in", outputDir="/boot/out"),
+         (SYSTEM_INPUT_DIR, SYSTEM_OUTPUT_DIR)),
+    Case("dirs-system-name-prefix", training_job(inputDir="/etcetera", outputDir="/devices/out")),
+    Case("dirs-var-not-var-run", training_job(inputDir="/var/in", outputDir="/var/runs/out")),
+    Case("dirs-tmp-home", training_job(inputDir="/tmp/in", outputDir="/home/user/out")),
+    # hostile5 F3: what kube-apiserver refuses in the Job the operator builds
+    Case("restart-never", training_job(template={"spec": {"restartPolicy": "Never", "containers": [
+        {"name": "t", "image": "x"}]}})),
+    Case("restart-on-failure", training_job(template={"spec": {"restartPolicy": "OnFailure", "containers": [
+        {"name": "t", "image": "x"}]}})),
+    Case("restart-always", training_job(template={"spec": {"restartPolicy": "Always", "containers": [
+        {"name": "t", "image": "x"}]}}), (RESTART_POLICY,)),
+    Case("restart-lowercase", training_job(template={"spec": {"restartPolicy": "never", "containers": [
+        {"name": "t", "image": "x"}]}}), (RESTART_POLICY,)),
+    Case("container-name-space", training_job(template={"spec": {"containers": [{"name": "Bad Name", "image": "x"}]}}),
+         (CONTAINER_NAME,)),
+    Case("container-name-dot", training_job(template={"spec": {"containers": [{"name": "t.1", "image": "x"}]}}),
+         (CONTAINER_NAME,)),
+    Case("container-name-64", training_job(template={"spec": {"containers": [{"name": "c" * 64, "image": "x"}]}}),
+         (CONTAINER_NAME,)),
+    Case("container-name-63", training_job(template={"spec": {"containers": [{"name": "c" * 63, "image": "x"}]}})),
+    Case("container-name-missing", training_job(template={"spec": {"containers": [
+        {"name": "ok", "image": "x"}, {"image": "y"}]}}), (CONTAINER_NAME,)),
+    Case("container-name-newline", training_job(template={"spec": {"containers": [{"name": "t\n", "image": "x"}]}}),
+         (CONTAINER_NAME,)),
+    Case("init-container-name-underscore", training_job(template={"spec": {
+        "initContainers": [{"name": "Bad_Init", "image": "x"}], "containers": [{"name": "t", "image": "x"}]}}),
+         (INIT_CONTAINER_NAME,)),
+    Case("init-container-name-ok", training_job(template={"spec": {
+        "initContainers": [{"name": "fetch-1", "image": "x"}], "containers": [{"name": "t", "image": "x"}]}})),
+    Case("output-size-zero", training_job(output={"size": "0"}), (OUTPUT_SIZE,)),
+    Case("output-size-zero-gi", training_job(output={"size": "0Gi"}), (OUTPUT_SIZE,)),
+    Case("output-size-zero-fraction", training_job(output={"size": "00.000M"}), (OUTPUT_SIZE,)),
+    Case("output-size-small", training_job(output={"size": "0.5Gi"})),
+    Case("output-size-ten", training_job(output={"size": "10"})),
     # template
     Case("template-full-pod", training_job(template={
         "metadata": {"labels": {"team": "nlp"}, "annotations": {"a": "b"}},
