@@ -225,3 +225,50 @@ def test_the_store_s_files_and_apis_are_no_one_else_s(tmp_path):
     for secret in ("credentials.json", "security.toml"):
         assert stat.S_IMODE((tmp_path / "s3" / secret).stat().st_mode) == 0o600, secret
     assert not [p for port in ports for p in glob.glob(f"/tmp/seaweedfs-*-{port}.sock")]
+
+
+ROOT_FILE_CONTINUOUS = """
+apiVersion: ckpt.dev/v1alpha1
+kind: TrainingJob
+metadata: {name: rootfile}
+spec:
+  output: {size: 1Gi, publish: Continuous}
+  template:
+    spec:
+      containers:
+        - name: trainer
+          image: localhost/ckpt-train:dev
+          command: ["python", "-c"]
+          args:
+            - |
+              import os, json, struct, time
+              out = os.environ["CHECKPOINT_OUTPUT_DIR"]
+              def st(p, v):
+                  data = bytes([v]) * 4096
+                  h = json.dumps({"w": {"dtype": "U8", "shape": [4096], "data_offsets": [0, 4096]}}).encode()
+                  h += b" " * (-len(h) % 8)
+                  open(p, "wb").write(struct.pack("<Q", len(h)) + h + data)
+              os.makedirs(f"{out}/step-1.tmp")
+              st(f"{out}/step-1.tmp/model.safetensors", 1)
+              os.rename(f"{out}/step-1.tmp", f"{out}/step-1")
+              deadline = time.monotonic() + 60
+              while not os.path.exists(f"{out}/.ckpt-live/resume") and time.monotonic() < deadline:
+                  time.sleep(0.1)   # step-1 sealed (and uploaded) while the job runs
+              st(f"{out}/model.safetensors", 2)   # the final model at the root, as save_model writes it
+"""
+
+
+def test_continuous_with_files_at_the_output_root_on_the_s3_store(tmp_path):
+    """hostile5 H5: the end-of-job snapshot looked for a sealed copy of the root files' checkpoint
+    (path ".") under `sealed/./<digest>/`; SeaweedFS answers 400 to a `.` key segment, the snapshot
+    failed three times and the job Failed. Failed before."""
+    manifest = tmp_path / "rootfile.yaml"
+    manifest.write_text(ROOT_FILE_CONTINUOUS)
+    result = local_run("-f", str(manifest), "--store", "s3", state_dir=tmp_path / "state")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert [(j["name"], j["phase"]) for j in report["trainingJobs"]] == [("rootfile", "Succeeded")]
+    checkpoints = by_name(report)
+    assert set(checkpoints) == {"rootfile", "rootfile.step-1"}
+    assert all(c["phase"] == "Ready" and c["store"] == "s3" for c in checkpoints.values())
+    assert "400" not in result.stderr and "SnapshotRetry" not in result.stderr

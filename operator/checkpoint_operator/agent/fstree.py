@@ -28,10 +28,12 @@ MAX_LINK_HOPS = 40  # Linux's MAXSYMLINKS: a path needing more does not open eit
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def walk(top: str, *, topdown: bool = True) -> Iterator[tuple[str, list[str], list[str]]]:
+def walk(top: str, *, topdown: bool = True,
+         onerror: Optional[Callable[[OSError], None]] = None) -> Iterator[tuple[str, list[str], list[str]]]:
     """`os.walk(top, topdown)` without recursion: (directory, its subdirectory names, its other
     names). As os.walk: links to directories are listed among the directories but not entered,
-    unreadable directories are left out, and with `topdown` the caller may prune `dirnames`."""
+    unreadable directories are left out (`onerror`, when given, is called with the error and may
+    raise it), and with `topdown` the caller may prune `dirnames`."""
     stack: list[tuple[str, Optional[tuple[list[str], list[str]]]]] = [(top, None)]
     while stack:
         directory, listed = stack.pop()
@@ -41,7 +43,9 @@ def walk(top: str, *, topdown: bool = True) -> Iterator[tuple[str, list[str], li
         try:
             with os.scandir(directory) as it:
                 entries = list(it)
-        except OSError:
+        except OSError as exc:
+            if onerror is not None:
+                onerror(exc)
             continue
         dirs: list[str] = []
         others: list[str] = []

@@ -72,6 +72,7 @@ class Listing:
     checkpoints: dict[str, Listed] = field(default_factory=dict)
     unfinished: dict[tuple[int, int], str] = field(default_factory=dict)  # inode -> path under an unfinished name
     steps_seen: dict[str, list[int]] = field(default_factory=dict)       # parent -> steps of every entry in it
+    unreadable: dict[str, str] = field(default_factory=dict)  # directory that could not be listed -> why
 
 
 def unfinished_step(name: str) -> Optional[int]:
@@ -108,7 +109,11 @@ def list_output(root: str, budget: EntryBudget, skip: set[str] | frozenset = fro
         if formats.unfinished_marker(name):
             _note_unfinished(listing, "", name, entry)
             continue
-        children = _dir_entries(entry.path, budget)
+        try:
+            children = _dir_entries(entry.path, budget)
+        except OSError as exc:  # one unreadable directory (its owner's chmod) stops no other's sealing
+            listing.unreadable[name] = exc.strerror or str(exc)
+            continue
         split = containers.split_container(name, (containers.Entry(c.name, _kind(c)) for c in children))
         if split is None:
             _note_step(listing, "", formats.step_from_name(name))
@@ -155,6 +160,26 @@ def _add(listing: Listing, path: str, name: str, directory: str, budget: EntryBu
     renamed = _renamed_by_ctime(directory, st, files)
     listing.checkpoints[path] = Listed(path, name, directory, (st.st_dev, st.st_ino), tuple(sorted(files)),
                                        renamed_by_ctime=renamed)
+
+
+def list_one(root: str, path: str, budget: EntryBudget) -> Optional[Listed]:
+    """One checkpoint directory of the output as `list_output` lists it (a restarted watcher's
+    record of it is looked at again); None when it is gone or cannot be read."""
+    listing = Listing()
+    _add(listing, path, path.rsplit("/", 1)[-1], os.path.join(root, path), budget)
+    return listing.checkpoints.get(path)
+
+
+def record_path_problem(path: str) -> Optional[str]:
+    """Why a path read from the watcher's state file (tenant-writable) is not one `list_output`
+    could have sealed: one component, or a container's step (two), none hidden or odd."""
+    parts = path.split("/")
+    if not path or len(parts) > 2:
+        return f"{path!r} is not a checkpoint directory of the output"
+    for part in parts:
+        if part.startswith(".") or component_problem(part):
+            return f"{path!r} is not a checkpoint directory of the output"
+    return None
 
 
 RENAME_TICK_NS = 20_000_000  # timestamps come from a coarse clock: a tick is up to 10 ms
@@ -288,3 +313,47 @@ def decide(listed: Listed, before: Optional[Listed], found: Evidence, *, renamed
     if newer is not None:
         return Seal(f"a newer step ({newer}) appeared beside it")
     return Hold("no sign yet that the writer is done (no completion marker, rename or newer step)")
+
+
+# --- sealed directories, looked at again ------------------------------------------------------------
+
+RecordedStat = tuple[str, int, int, int, int]   # (path inside the checkpoint, size, mtime_ns, ctime_ns, inode)
+StatNow = tuple[int, int, int, int]             # (size, mtime_ns, ctime_ns, inode)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """A sealed directory as one cheap look (stats and a listing, no hashing) finds it."""
+
+    stats: dict[str, Optional[StatNow]]  # each recorded file -> its stat now (None: cannot be stat'ed)
+    listed: frozenset[str]               # every file the listing found
+    unlistable: Optional[str] = None     # a directory in it that could not be listed, and why
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a look found different from when the directory was sealed. `final`: hashing cannot
+    show the bytes are the same (what cannot be listed cannot be hashed whole)."""
+
+    message: str
+    final: bool
+
+
+def sealed_change(recorded: list[RecordedStat], observed: Observed) -> Optional[Change]:
+    """The first difference between a sealed directory's recorded stats and a look at it now, or
+    None. A directory that cannot be listed any more is a change at once: a file added in it
+    would not be seen (the walk's error is never taken for "nothing there")."""
+    if observed.unlistable is not None:
+        return Change(f"{observed.unlistable}: a file may have been added or changed there", final=True)
+    seen = set()
+    for rel, size, mtime, ctime, ino in recorded:
+        seen.add(rel)
+        now = observed.stats.get(rel)
+        if now is None:
+            return Change(f"{rel} is missing", final=False)
+        if now != (size, mtime, ctime, ino):
+            return Change(f"{rel} changed", final=False)
+    added = sorted(observed.listed - seen)
+    if added:
+        return Change(f"{added[0]} was added", final=False)
+    return None

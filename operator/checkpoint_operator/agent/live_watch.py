@@ -94,26 +94,33 @@ class Sealed:
     changed: bool = False
     summary: dict = field(default_factory=dict)  # the sealed line's checkpoint (announced again at a restart)
 
-    def stat_problem(self, directory: str) -> Optional[str]:
-        """The first file whose stat differs from when it was sealed (cheap: no hashing), or None."""
-        seen = set()
-        for rel, size, mtime, ctime, ino in self.stats:
-            seen.add(rel)
-            try:
-                st = os.stat(os.path.join(directory, rel))
-            except OSError:
-                return f"{rel} is missing"
-            if (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) != (size, mtime, ctime, ino):
-                return f"{rel} changed"
+    def change(self, directory: str) -> Optional[live_sealing.Change]:
+        """What differs from when it was sealed (cheap: no hashing), or None."""
+        return live_sealing.sealed_change([tuple(r) for r in self.stats], observe(directory, self.stats))
+
+
+def observe(directory: str, recorded: list) -> live_sealing.Observed:
+    """Stat each recorded file and list every file of a sealed directory. A directory that cannot
+    be listed stops the walk and is reported: it is never taken for an empty one."""
+    stats: dict[str, Optional[live_sealing.StatNow]] = {}
+    for rel, *_ in recorded:
         try:
-            for root, _, names in fstree.walk(directory):
-                for name in names:
-                    rel = os.path.relpath(os.path.join(root, name), directory).replace(os.sep, "/")
-                    if rel not in seen:
-                        return f"{rel} was added"
+            st = os.stat(os.path.join(directory, rel))
+            stats[rel] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
         except OSError:
-            pass
-        return None
+            stats[rel] = None
+    listed: set[str] = set()
+
+    def stop(exc: OSError) -> None:
+        raise exc
+    try:
+        for root, _, names in fstree.walk(directory, onerror=stop):
+            listed.update(os.path.relpath(os.path.join(root, name), directory).replace(os.sep, "/") for name in names)
+    except OSError as exc:
+        where = os.path.relpath(exc.filename, directory).replace(os.sep, "/") if isinstance(exc.filename, str) else "."
+        what = "its directory" if where == "." else where
+        return live_sealing.Observed(stats, frozenset(listed), f"{what} cannot be listed ({exc.strerror or exc})")
+    return live_sealing.Observed(stats, frozenset(listed))
 
 
 def _file_stats(directory: str, manifest: Manifest) -> list:
@@ -124,11 +131,18 @@ def _file_stats(directory: str, manifest: Manifest) -> list:
     return out
 
 
+# The key segment of the output's root files (path "."): a key segment "." is refused by S3
+# stores (SeaweedFS and MinIO answer 400) or normalized away by clients. No checkpoint directory
+# can be named so: a name starting with "." is never a checkpoint (the scan and `list_output` pass
+# over hidden directories; the operator refuses such a path in a sealed line).
+ROOT_SEGMENT = ".root"
+
+
 def sealed_uri(upload_to: str, path: str, digest: str) -> str:
     """Where a sealed checkpoint goes on the s3 store: named by its digest, so nothing written
     later (a changed directory, the end-of-job snapshot) can ever replace its bytes."""
     prefix = upload_to if upload_to.endswith("/") else upload_to + "/"
-    return f"{prefix}sealed/{path}/{digest.split(':', 1)[-1]}/"
+    return f"{prefix}sealed/{ROOT_SEGMENT if path == '.' else path}/{digest.split(':', 1)[-1]}/"
 
 
 def read_annotation_file(path: str) -> dict[str, str]:
@@ -207,7 +221,8 @@ class Watcher:
                 sealed = Sealed(**record)
             except TypeError:
                 continue
-            if os.path.isdir(os.path.join(self.root, sealed.path)):
+            if live_sealing.record_path_problem(sealed.path) is None and \
+                    os.path.isdir(os.path.join(self.root, sealed.path)):
                 self.sealed[sealed.path] = sealed
 
     def _save_state(self) -> None:
@@ -244,16 +259,30 @@ class Watcher:
         os.replace(tmp, link)
 
     def announce(self) -> None:
-        """At start: the checkpoints sealed by an earlier run of this watcher (the operator may
-        have missed their lines: it creates nothing twice), after checking they did not change."""
-        for sealed in sorted(self.sealed.values(), key=lambda s: s.path):
-            self._check(sealed)
-            if not sealed.changed and sealed.summary:
-                try:
-                    checkpoint = results.SealedCheckpoint.model_validate({**sealed.summary, "announced": True})
-                except ValueError:
-                    continue  # an older sidecar's record: the end-of-job snapshot finds the directory
-                self.emit(results.SealedEvent(checkpoint=checkpoint))
+        """At start: the checkpoints an earlier run of this watcher sealed (the operator may have
+        missed their lines: it creates nothing twice). The state file is on the output volume,
+        which the training containers can write, so nothing in it decides a digest: a record
+        only says which directory to look at and the digest it was sealed with. Each is sealed
+        again as any directory is (read-only, hashed whole under the scan's budgets; on the s3
+        store its copy checked or sent again) and announced only when its bytes still have that
+        digest; other bytes are a change of the recorded digest, and a directory that cannot be
+        read is left to the ticks (sealed anew, if ever) and to the end-of-job snapshot."""
+        # The resume link's choice first (the order only: every record is hashed again), so the
+        # link, rewritten after each one, never points back while the training code may read it.
+        recorded = sorted(self.sealed.values(), key=lambda s: (s.complete is True, s.complete is None, s.resumable,
+                                                               s.step is not None, s.step or -1, s.path), reverse=True)
+        self.sealed = {s.path: s for s in recorded if s.changed}  # reported already: nothing to announce
+        for record in recorded:
+            if record.changed:
+                continue
+            try:
+                listed = live_sealing.list_one(self.root, record.path, EntryBudget(self.max_entries, what=record.path))
+            except (OSError, AgentError) as exc:
+                self.warn(f"{record.path}: cannot be read again at start ({exc}); it is sealed anew when it can be")
+                continue
+            if listed is not None and listed.files:
+                self.seal(listed, "sealed by an earlier run of this sidecar, hashed again at its start",
+                          expected=record)
         self._update_resume_link_quietly()
 
     def _update_resume_link_quietly(self) -> None:
@@ -272,7 +301,11 @@ class Watcher:
             return
         except OSError as exc:
             self.warn(f"cannot list {self.root}: {exc.strerror}")
+            self.check_some(CHECKS_PER_TICK)  # sealed directories are checked whatever the listing
             return
+        for path, sealed in list(self.sealed.items()):  # sealed, and now unlistable: a change, reported at once
+            if any(path == u or path.startswith(u + "/") for u in listing.unreadable):
+                self._check(sealed)
         previous = self.previous or live_sealing.Listing()
         self._ticks += 1
         for inode, path in listing.unfinished.items():
@@ -301,7 +334,9 @@ class Watcher:
         self.process_removals()
         self.check_some(CHECKS_PER_TICK)
 
-    def seal(self, listed: live_sealing.Listed, reason: str) -> Optional[Sealed]:
+    def seal(self, listed: live_sealing.Listed, reason: str, *, expected: Optional[Sealed] = None) -> Optional[Sealed]:
+        """Seal a directory; `expected`: an earlier run's record of it (announce), whose digest its
+        bytes must still have."""
         directory = listed.directory
         modes = self._freeze(directory) if self.store == "volume" else None
         try:
@@ -317,6 +352,11 @@ class Watcher:
             return None
         manifest = result.checkpoints[0]
         manifest.path = listed.path
+        if expected is not None and manifest.digest != expected.digest:
+            self._thaw(modes)
+            self._report_changed(expected, manifest.digest, "its bytes no longer have the digest it was sealed "
+                                                            "with: found when this sidecar started")
+            return None
         if {f.path for f in manifest.files} != {rel for rel, _, _ in listed.files} and not changed:
             self._thaw(modes)
             self.holds[listed.path] = "its files changed between the listing and the hashing"
@@ -331,6 +371,8 @@ class Watcher:
         sealed = Sealed(manifest.path, manifest.digest, manifest.step, manifest.complete, manifest.resumable, stats)
         extra = {"sealReason": results.cut(reason), "skipped": result.skippedCount, "readOnly": read_only,
                  "sealedAt": round(time.time(), 3)}
+        if expected is not None:
+            extra["announced"] = True
         if self.sync:
             try:
                 extra["synced"] = sync_filesystem(directory)
@@ -495,11 +537,11 @@ class Watcher:
         if sealed.changed:
             return
         directory = os.path.join(self.root, sealed.path)
-        problem = sealed.stat_problem(directory)
-        if problem is None:
+        change = sealed.change(directory)
+        if change is None:
             return
         found = None
-        if os.path.isdir(directory):
+        if not change.final and os.path.isdir(directory):
             try:
                 result = scan_directory(Path(directory), single=True)
                 found = result.checkpoints[0].digest if result.checkpoints else None
@@ -509,7 +551,11 @@ class Watcher:
                     return
             except (OSError, AgentError, FileChanged):
                 found = None
+        self._report_changed(sealed, found, change.message)
+
+    def _report_changed(self, sealed: Sealed, found: Optional[str], problem: str) -> None:
         sealed.changed = True
+        self.sealed[sealed.path] = sealed
         self._save_state()
         self.emit(results.ChangedEvent(path=sealed.path, digest=sealed.digest, found=found,
                                        message=results.cut(f"{sealed.path} changed after it was sealed ({problem})")))

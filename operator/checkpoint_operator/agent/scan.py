@@ -483,6 +483,15 @@ def _candidate_files(candidates: list[_Candidate], budget: EntryBudget, skips: _
         yield index, _End(index)
 
 
+def that_fit(checkpoints: list[tuple[str, Optional[int]]], limit: int) -> list[str]:
+    """The paths of the `limit` checkpoints a snapshot takes when there are more: the root files,
+    those without a step (retention always keeps both), then the highest steps."""
+    def rank(item: tuple[str, Optional[int]]) -> tuple[int, int, str]:
+        path, step = item
+        return (0 if path == ROOT else 1 if step is None else 2, -(step or 0), path)
+    return [path for path, _ in sorted(checkpoints, key=rank)[:limit]]
+
+
 def scan_checkpoints(root: Path, layout: str = "auto", single: bool = False, workers: Optional[int] = None,
                      max_entries: int = DEFAULT_MAX_ENTRIES, *, keep_files: bool = True,
                      manifests_dir: Optional[str] = None, max_checkpoints: Optional[int] = None,
@@ -516,9 +525,15 @@ def scan_checkpoints(root: Path, layout: str = "auto", single: bool = False, wor
         candidates = _root_candidates(top, layout, skips, budget, lost)
     candidates.sort(key=lambda c: c.path.encode())
     if max_checkpoints is not None and len(candidates) > max_checkpoints:
-        raise AgentError(f"{top}: {len(candidates)} checkpoints (directories and root files), more than the "
-                         f"{max_checkpoints} one snapshot reports; write fewer step directories (retention can "
-                         f"only drop checkpoints a snapshot has found)")
+        # Not a failure: retention (keep, keepLatest) wants the newest, and the rest stay on the
+        # output volume, which is kept for them (skipped entries), one line naming them.
+        kept = set(that_fit([(c.path, formats.step_from_name(c.step_name)) for c in candidates], max_checkpoints))
+        reason = (f"not scanned: {len(candidates)} checkpoints (directories and root files), more than the "
+                  f"{max_checkpoints} one snapshot reports; the root files and the newest were taken")
+        for candidate in candidates:
+            if candidate.path not in kept:
+                skips.add(ROOT, "" if candidate.path == ROOT else printable(candidate.path), reason)
+        candidates = [c for c in candidates if c.path in kept]
     stored = StoredManifests(manifests_dir)
     found = list(_scanned(candidates, budget, skips, workers, follow_links, stored, keep_files, single))
     if lost is not None:

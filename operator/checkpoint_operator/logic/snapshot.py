@@ -109,6 +109,15 @@ class SnapshotPlan:
     conflicts: list[NameConflict] = field(default_factory=list)  # not planned: their name is someone else's
 
 
+def missing_message(directory: str, skipped: Sequence[Skipped]) -> str:
+    """Why a sealed directory the end-of-job scan did not find as a checkpoint is no longer its
+    bytes: what the scan said of it (unreadable, a file it refused), else that it is gone."""
+    said = next((s for s in skipped if s.path == directory or s.path.startswith(directory + "/")), None)
+    if said is not None:
+        return f"{directory} changed after it was sealed: {said.path}: {said.reason}"
+    return f"{directory} was removed after it was sealed (or its files can no longer be found)"
+
+
 def is_produced_by(checkpoint: dict[str, Any], job_uid: str, directory: str) -> bool:
     source = checkpoint.get("spec", {}).get("source", {}).get("trainingJob") or {}
     return source.get("uid") == job_uid and source.get("directory") == directory

@@ -36,8 +36,8 @@ from checkpoint_operator.logic.inputs import (Candidate, CheckpointInfo, InputWa
                                               input_on_other_store, resolve_inputs)
 from checkpoint_operator.logic.protection import label_patch, used_uids
 from checkpoint_operator.logic.results import Advance, Done, Fail, Result, Wait
-from checkpoint_operator.logic.snapshot import (SnapshotPlan, conflict_wait, not_stored, plan_snapshot, skipped_message,
-                                                storable)
+from checkpoint_operator.logic.snapshot import (SnapshotPlan, conflict_wait, missing_message, not_stored,
+                                                plan_snapshot, skipped_message, storable)
 from checkpoint_operator.logic.volume_snapshots import TakenSnapshot
 from checkpoint_operator.protocol.results import ScanReport
 from checkpoint_operator.logic.status import StatusChange
@@ -649,7 +649,7 @@ def _report_changed_since_sealing(ctx: Context, tj: TrainingJob, plan: SnapshotP
                                             f"{manifest.digest})", bytes_in_place=store.later_writes_reach_checkpoints)
     if store.later_writes_reach_checkpoints:
         for info in plan.missing:
-            publish.mark_changed(ctx, tj, info, f"{info.directory} was removed after it was sealed",
+            publish.mark_changed(ctx, tj, info, missing_message(info.directory or "", plan.skipped),
                                  bytes_in_place=True)
 
 

@@ -362,3 +362,165 @@ def test_a_sigterm_while_the_watcher_is_starting_still_seals_what_is_there(tmp_p
     sealed = [line["checkpoint"] for line in lines if line["kind"] == "sealed"]
     assert [s["path"] for s in sealed] == ["checkpoint-10"]
     assert sealed[0]["sealReason"] == "the training containers exited"
+
+
+def test_sealed_uri_of_the_root_files_has_no_dot_segment():
+    """The root files' checkpoint (path "."): a `/./` key segment is refused by S3 stores (hostile5 H5)."""
+    uri = sealed_uri("s3://b/p/ns/job-1234/", ".", "sha256:abc")
+    assert uri == "s3://b/p/ns/job-1234/sealed/.root/abc/"
+    assert "/./" not in uri and "//" not in uri.split("://", 1)[1]
+
+
+def _forge_record(out: Path, source: str, path: str) -> None:
+    """What a trainer can do to the watcher's state file on its own output volume (hostile5 H1):
+    add a copy of a sealed checkpoint's record under another path, with that path's file stats."""
+    state = out / LIVE_DIR / "sealed.json"
+    records = json.loads(state.read_text())
+    forged = json.loads(json.dumps(next(r for r in records if r["path"] == source)))
+    forged["path"], forged["step"] = path, 99
+    forged["summary"]["path"], forged["summary"]["step"] = path, 99
+    forged["stats"] = []
+    for rel, *_ in next(r for r in records if r["path"] == source)["stats"]:
+        st = os.stat(out / path / rel)
+        forged["stats"].append([rel, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
+    state.write_text(json.dumps(records + [forged]))
+
+
+def test_a_forged_state_record_is_never_announced_with_a_digest_its_bytes_do_not_have(tmp_path):
+    """hostile5 H1: a record the trainer wrote into `.ckpt-live/sealed.json` (step-1's digest under
+    path step-99, which holds other bytes) made a restarted watcher announce step-99 as sealed with
+    step-1's digest. Every record is hashed again at start: step-99 is reported as changed (its bytes
+    are not that digest), step-1 is announced again with the digest of its bytes."""
+    out = tmp_path / "out"
+    write(out / "step-1" / "model.safetensors", safetensors_bytes({"w": 64}))
+    w, lines = watcher(out)
+    w.finish()
+    step1 = lines.of("sealed")[0]["checkpoint"]
+    evil = safetensors_bytes({"w": 64}).replace(b"\0" * 8, b"EVILEVIL")
+    assert len(evil) == (out / "step-1" / "model.safetensors").stat().st_size
+    write(out / "step-99" / "model.safetensors", evil)
+    _forge_record(out, "step-1", "step-99")
+
+    again, lines2 = watcher(out)
+    again.announce()
+    announced = {line["checkpoint"]["path"]: line["checkpoint"] for line in lines2.of("sealed")}
+    assert set(announced) == {"step-1"}, announced
+    assert announced["step-1"]["digest"] == step1["digest"] and announced["step-1"]["announced"] is True
+    changed = lines2.of("changed")
+    assert [(c["path"], c["digest"]) for c in changed] == [("step-99", step1["digest"])]
+    assert changed[0]["found"] == scan_directory(out / "step-99", single=True).checkpoints[0].digest
+    again.finish()
+    assert all(line["checkpoint"]["digest"] != step1["digest"] for line in lines2.of("sealed")
+               if line["checkpoint"]["path"] == "step-99")
+
+
+def test_a_state_record_naming_a_path_outside_the_output_is_ignored(tmp_path):
+    out = tmp_path / "out"
+    write(out / "step-1" / "model.safetensors", safetensors_bytes({"w": 64}))
+    write(tmp_path / "elsewhere" / "model.safetensors", safetensors_bytes({"w": 64}))
+    w, lines = watcher(out)
+    w.finish()
+    state = out / LIVE_DIR / "sealed.json"
+    records = json.loads(state.read_text())
+    for path in ("../elsewhere", ".ckpt-live", "a/b/c"):
+        records.append({**records[0], "path": path})
+    state.write_text(json.dumps(records))
+    again, lines2 = watcher(out)
+    assert set(again.sealed) == {"step-1"}
+    again.announce()
+    assert [line["checkpoint"]["path"] for line in lines2.of("sealed")] == ["step-1"]
+    assert stat.S_IMODE((tmp_path / "elsewhere").stat().st_mode) & 0o200, "never made read-only"
+
+
+def test_a_sealed_directory_that_cannot_be_listed_is_a_change_at_once(tmp_path, monkeypatch):
+    """hostile5 H2: the trainer (its owner) made a sealed directory unlistable (chmod 0o311) and
+    added a file to it; the per-look check found the sealed files' stats unchanged and took the
+    walk's PermissionError for "nothing added". Root ignores the mode bits, so the kernel's answer
+    to the training container's user is given here by os.scandir for that directory."""
+    out = tmp_path / "out"
+    write(out / "step-1" / "model.safetensors", safetensors_bytes({"w": 64}))
+    w, lines = watcher(out)
+    w.finish()
+    assert lines.sealed_paths() == ["step-1"] and lines.of("changed") == []
+    hidden = str(out / "step-1")
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) == hidden:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+    monkeypatch.setattr(os, "scandir", scandir)
+    w.check_all()
+    changed = lines.of("changed")
+    assert [c["path"] for c in changed] == ["step-1"]
+    assert "its directory cannot be listed (Permission denied)" in changed[0]["message"]
+    assert "removed" not in changed[0]["message"]
+
+
+def test_sealed_change_decisions():
+    from checkpoint_operator.agent.live_sealing import Observed, sealed_change
+    recorded = [("a.bin", 10, 1, 2, 3), ("sub/b.bin", 5, 1, 2, 4)]
+    same = {"a.bin": (10, 1, 2, 3), "sub/b.bin": (5, 1, 2, 4)}
+    assert sealed_change(recorded, Observed(same, frozenset(same))) is None
+    added = sealed_change(recorded, Observed(same, frozenset(same) | {"sub/c.json"}))
+    assert added is not None and added.message == "sub/c.json was added" and not added.final
+    moved = sealed_change(recorded, Observed({**same, "a.bin": (10, 9, 2, 3)}, frozenset(same)))
+    assert moved is not None and moved.message == "a.bin changed" and not moved.final
+    gone = sealed_change(recorded, Observed({**same, "a.bin": None}, frozenset(same)))
+    assert gone is not None and gone.message == "a.bin is missing"
+    # Unlistable: a change whatever the stats say, and final (hashing cannot clear it).
+    hidden = sealed_change(recorded, Observed(same, frozenset(), unlistable="sub cannot be listed (Permission denied)"))
+    assert hidden is not None and hidden.final and hidden.message.startswith("sub cannot be listed")
+
+
+@pytest.mark.parametrize("path, ok", [("step-1", True), ("ckpts/step-1", True), ("", False), (".", False),
+                                      ("..", False), ("../x", False), (".ckpt-live", False), ("a/b/c", False),
+                                      ("ckpts/.hidden", False), ("a//b", False)])
+def test_paths_of_state_records(path, ok):
+    from checkpoint_operator.agent.live_sealing import record_path_problem
+    assert (record_path_problem(path) is None) is ok
+
+
+def test_an_unlistable_sealed_directory_is_reported_at_the_next_look_and_stops_no_other_seal(tmp_path, monkeypatch):
+    """hostile5 H2 as the run showed it: the output's listing failed as a whole on the unlistable
+    step directory (`cannot list OUTPUT: Permission denied` at every look), so neither the stat
+    checks (after the listing) nor any other directory's seal ran until the job ended, and a
+    consumer read the added file meanwhile. Failed before."""
+    out = tmp_path / "out"
+    write(out / "step-1" / "model.safetensors", safetensors_bytes({"w": 64}))
+    w, lines = watcher(out)
+    w.finish()
+    w = Watcher(str(out), emit=w._emit)  # the same run, looking on
+    hidden = str(out / "step-1")
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) == hidden:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+    monkeypatch.setattr(os, "scandir", scandir)
+    write(out / "step-2" / "model.safetensors", safetensors_bytes({"w": 32}))
+    write(out / "step-3" / "model.safetensors", safetensors_bytes({"w": 16}))  # step-2 is sealed by a newer step
+    w.tick()
+    assert [c["path"] for c in lines.of("changed")] == ["step-1"]
+    assert not [line for line in lines.of("warning") if "cannot list" in line["message"]]
+    w.tick()
+    w.tick()
+    assert "step-2" in lines.sealed_paths()
+
+
+def test_a_restarted_watcher_never_points_the_resume_link_back_while_it_hashes_again(tmp_path):
+    """Records are sealed again one by one at start (H1): the one the resume link names comes
+    first, so a retried trainer reading the link meanwhile never gets an older step."""
+    out = tmp_path / "out"
+    for step in (100, 200, 300):
+        write(out / f"step-{step}" / "model.safetensors", safetensors_bytes({"w": 8}))
+        write(out / f"step-{step}" / "optimizer.pt", torch_zip_bytes({"state": {}, "param_groups": []}))
+    w, _ = watcher(out)
+    w.finish()
+    link = out / LIVE_DIR / "resume"
+    assert os.readlink(link).endswith("step-300")
+    seen = []
+    again = Watcher(str(out), emit=lambda event: seen.append(os.readlink(link)))
+    again.announce()
+    assert len(seen) == 3 and all(target.endswith("step-300") for target in seen), seen

@@ -587,14 +587,28 @@ def test_manifests_that_cannot_be_written_are_one_problem_not_a_failed_scan(outp
     assert all(s.manifest.files == [] and s.manifest.digest.startswith("sha256:") for s in scan.checkpoints)
 
 
-def test_more_checkpoints_than_a_result_reports_fail_at_once_naming_the_limit(tmp_path):
+def test_more_checkpoints_than_a_result_reports_keeps_the_newest_and_names_the_rest(tmp_path):
+    """hostile5 L3: 10,001 step directories failed the whole snapshot (retried, the same error each
+    time), even with keep: 2; no Checkpoint was made. The root files, those without a step and the
+    highest steps that fit are taken; the rest are skipped entries, one reason (the output volume
+    is then kept). Failed before (AgentError)."""
     from checkpoint_operator.agent.scan import scan_checkpoints
-    from checkpoint_operator.protocol.errors import AgentError
     for i in range(6):
         write(tmp_path / f"step-{i}" / "w.bin")
-    with pytest.raises(AgentError, match="6 checkpoints .*more than the 5 one snapshot reports"):
-        scan_checkpoints(tmp_path, max_checkpoints=5)
-    assert len(scan_checkpoints(tmp_path, max_checkpoints=6).checkpoints) == 6
+    write(tmp_path / "best" / "w.bin")
+    write(tmp_path / "final.safetensors", b"x")
+    scan = scan_checkpoints(tmp_path, max_checkpoints=5)
+    assert [s.manifest.path for s in scan.checkpoints] == [".", "best", "step-3", "step-4", "step-5"]
+    assert [s.path for s in scan.skipped] == ["step-0", "step-1", "step-2"] and scan.skipped_count == 3
+    assert all("more than the 5 one snapshot reports" in s.reason for s in scan.skipped)
+    assert len(scan_checkpoints(tmp_path, max_checkpoints=8).checkpoints) == 8
+
+
+def test_that_fit_order():
+    from checkpoint_operator.agent.scan import that_fit
+    items = [("step-9", 9), ("step-10", 10), (".", None), ("best", None), ("step-2", 2)]
+    assert that_fit(items, 3) == [".", "best", "step-10"]
+    assert that_fit(items, 10) == [".", "best", "step-10", "step-9", "step-2"]
 
 
 def test_root_files_too_many_to_mount_one_by_one_are_reported_without_their_names(tmp_path):

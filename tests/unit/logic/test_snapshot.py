@@ -170,3 +170,15 @@ def test_a_stored_manifest_is_named_in_the_volume_location():
     volume = location(stored).to_wire()["volume"]
     assert volume == {"claimName": "train-output", "path": "step-1",
                       "manifest": f".ckpt-manifests/{stored.digest.replace(':', '-')}.json"}
+
+
+def test_a_sealed_directory_the_final_scan_could_not_read_is_not_called_removed():
+    """hostile5 H2: an unreadable sealed directory was reported as "removed after it was sealed"."""
+    from checkpoint_operator.logic.snapshot import missing_message
+    from checkpoint_operator.protocol.results import Skipped
+    skipped = [Skipped(path="step-10", reason="x"), Skipped(path="step-1", reason="cannot be listed: Permission denied")]
+    assert missing_message("step-1", skipped) == \
+        "step-1 changed after it was sealed: step-1: cannot be listed: Permission denied"
+    assert missing_message("ckpts/step-2", [Skipped(path="ckpts/step-2/x.bin", reason="a fifo")]) == \
+        "ckpts/step-2 changed after it was sealed: ckpts/step-2/x.bin: a fifo"
+    assert "was removed" in missing_message("step-2", skipped)
