@@ -13,7 +13,7 @@ from helm_python import chart as helm_chart
 
 from admission_policy import Request, evaluate
 from checkpoint_operator.api.checkpoint import Location, VolumeLocation
-from checkpoint_operator.logic import transfers
+from checkpoint_operator.logic import exec_fence, transfers
 from checkpoint_operator.logic.naming import AGENT_POD_COMPONENTS, agent_pod_name
 from test_chart import CHART_DIR, of_kind, render
 
@@ -80,7 +80,7 @@ ONLY = "only kubectl ckpt push"
 WATCHER = ["python", "-c", "open('/checkpoint-data/data/a.bin', 'r+b').write(b'EVIL')"]
 
 
-@pytest.mark.parametrize("pod, command", [
+HOSTILE = [
     (UPLOAD_POD, WATCHER),                                                   # hostile5 H3: the watcher
     (UPLOAD_POD, ["sh", "-c", " ".join(transfers.push_command(None, "x"))]),
     (UPLOAD_POD, [*transfers.push_command(None, "x"), "--name", "y"]),       # a flag twice
@@ -99,7 +99,10 @@ WATCHER = ["python", "-c", "open('/checkpoint-data/data/a.bin', 'r+b').write(b'E
     (agent_pod_name("catalog-x-12345", "copy"), ["sh"]),
     (agent_pod_name("x" * 260, "upload"), WATCHER),                          # a long name keeps its suffix
     (UPLOAD_POD, []),
-], ids=lambda v: v if isinstance(v, str) else " ".join(v)[:40])
+]
+
+
+@pytest.mark.parametrize("pod, command", HOSTILE, ids=lambda v: v if isinstance(v, str) else " ".join(v)[:40])
 def test_any_other_exec_into_an_agent_pod_is_refused(fence, pod, command):
     refused(fence, exec_request(pod, command), ONLY)
 
@@ -152,3 +155,22 @@ def test_the_binding_denies():
                     if o["metadata"]["name"].endswith("-agent-exec")]
     assert len(bindings) == 1 and bindings[0]["spec"]["validationActions"] == ["Deny"]
     assert bindings[0]["spec"]["policyName"] == bindings[0]["metadata"]["name"]
+
+
+# --- local mode's emulator applies the same rule (logic/exec_fence.py) ------------------------------
+
+@pytest.mark.parametrize("pod, command", [*PLUGIN_COMMANDS.values(), *HOSTILE, ("web-0", WATCHER),
+                                          ("llama-ft-upload-1", WATCHER)],
+                         ids=lambda v: v if isinstance(v, str) else " ".join(v)[:40])
+def test_local_modes_fence_decides_as_the_charts(fence, pod, command):
+    decision = evaluate(fence, exec_request(pod, command))
+    charts = "not matched" if not decision.matched else ("accepted" if decision.allowed else decision.refusals[0])
+    local = exec_fence.refusal(pod, "exec", command)
+    assert (local if local is not None else ("accepted" if exec_fence.is_agent_pod(pod) else "not matched")) \
+        == charts
+
+
+def test_local_modes_fence_refuses_attach_as_the_charts(fence):
+    request = Request("CONNECT", "PodAttachOptions", NS, subresource="attach", name=UPLOAD_POD, username=USER,
+                      object={"kind": "PodAttachOptions", "apiVersion": "v1"})
+    assert evaluate(fence, request).refusals == [exec_fence.refusal(UPLOAD_POD, "attach", [])]
