@@ -111,6 +111,31 @@ def test_a_corrupted_entry_is_detected_and_fetched_again(s3, tmp_path):
     assert "tok.json: 10 bytes" in (cache.check(key) or "")
 
 
+def test_rot_a_sample_misses_is_found_by_the_first_use_after_the_full_check_interval(s3, tmp_path, monkeypatch):
+    """hostile5 M1: 16 sampled blocks find one rotten block of a 140 GB entry with p = 0.05% per use, so
+    under `verify: sample` rot reached every pod. Every byte is now checked again by the first use
+    after FULL_CHECK_EVERY (the fill's download counts as one)."""
+    uri, key, size = stored(s3, tmp_path, "rot", {"model.bin": os.urandom(BLOCK + 5)})
+    cache = cache_at(tmp_path)
+    fill(cache, key, uri, size, wait_for_hold=False)
+    assert cache.fully_checked_ago(key) < 60  # the download checked every byte
+    target = Path(cache.data_dir(key)) / "model.bin"
+    target.chmod(0o644)
+    with open(target, "r+b") as fh:
+        fh.seek(7)
+        byte = fh.read(1)
+        fh.seek(7)
+        fh.write(bytes([byte[0] ^ 1]))
+    monkeypatch.setattr(NodeCache, "_check_sample", lambda self, key, manifest, sample: None)  # a sample that missed
+    assert fill(cache, key, uri, size, wait_for_hold=False, full_check_every=3600).outcome == "hit"  # within the interval
+    checked = Path(cache.entry_dir(key)) / "checked"
+    os.utime(checked, (time.time() - 7200, time.time() - 7200))  # the last full check is two hours old
+    report = fill(cache, key, uri, size, wait_for_hold=False, full_check_every=3600)
+    assert report.outcome == "refetched" and "model.bin: sha256 differs" in report.problem
+    assert cache.fully_checked_ago(key) < 60 and target.read_bytes() != b""
+    assert cache.check(key, full=True) is None
+
+
 def test_full_verification_catches_what_a_sample_may_miss(s3, tmp_path):
     uri, key, size = stored(s3, tmp_path, "e", {"big.bin": os.urandom(40 * BLOCK)})
     cache = cache_at(tmp_path)

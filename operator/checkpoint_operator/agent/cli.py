@@ -69,6 +69,20 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     snap.add_argument("--per-worker", action="store_true",
                       help="with --parts: each worker's checkpoints stay its own, at worker-<i>/<directory>")
     snap.set_defaults(func=lambda a: _call("snapshot", a))
+    resume = cmds.add_parser("resume-parts",
+                             help="copy the latest checkpoint complete over N workers' volumes into each of them",
+                             description="DIR/worker-0 .. DIR/worker-<N-1> are N workers' volumes (output."
+                                         "volumePerWorker), every worker stopped: find the newest directory whose "
+                                         "union over them is complete, and write that union into "
+                                         "DIR/worker-<i>/.ckpt-resume/latest of every worker, each file checked "
+                                         "against its sha256 (agent/resume_parts.py).")
+    resume.add_argument("dir")
+    resume.add_argument("--parts", type=_positive_int, required=True, metavar="N")
+    resume.add_argument("--layout", choices=["auto", "directories", "files"], default="auto")
+    resume.add_argument("--workers", type=_positive_int, default=None, help="hashing threads (default: number of cores)")
+    resume.add_argument("--max-entries", type=_positive_int, default=None, metavar="N",
+                        help="fail past this many directory entries in all (default 1000000, or CKPT_SCAN_MAX_ENTRIES)")
+    resume.set_defaults(func=lambda a: _call("resume_parts", a))
 
     upload = cmds.add_parser("upload", help="upload a checkpoint directory to s3://bucket/prefix/",
                              description="Upload DIR to an S3 prefix; the manifest is written last as the commit marker.")

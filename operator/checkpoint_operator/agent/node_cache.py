@@ -10,6 +10,9 @@ it, so a killed pod never leaves a wedged entry.
     ROOT/entries/<ns>/<hex>/data/       the checkpoint's files (and its manifest), as downloaded
     ROOT/entries/<ns>/<hex>/entry.json  size, file count, block size; its mtime is the last use (LRU)
     ROOT/entries/<ns>/<hex>/blocks.bin  16 bytes of sha256 per BLOCK of every file, in manifest order
+    ROOT/entries/<ns>/<hex>/checked     its mtime: the last check of every byte (the fill's download, or
+                                        a full check); a sampled use older than FULL_CHECK_EVERY checks
+                                        every byte instead, so rot is found within that interval
     ROOT/staging/<ns>.<hex>/            a fill under way (resumed by the next fill if its pod died)
     ROOT/trash/<ns>.<hex>.<n>/          a corrupted entry set aside until no pod uses its key
     ROOT/locks/<ns>.<hex>.fill          exclusive: one download per key per node, others wait
@@ -47,6 +50,10 @@ BLOCK = 4 * 1024 * 1024  # bytes per sampled block
 BLOCK_HASH = 16          # bytes of sha256 kept per block
 SAMPLE_BLOCKS = 16       # blocks re-read and checked on each use (plus every file's size)
 ENTRY_FILE = "entry.json"
+CHECKED_FILE = "checked"
+# A sample of blocks finds a changed block only by chance (16 of a 140 GB entry's ~35,000 blocks): every
+# byte is checked again by the first use after this long (env CKPT_CACHE_FULL_CHECK_EVERY, seconds).
+FULL_CHECK_EVERY = 24 * 3600.0
 BLOCKS_FILE = "blocks.bin"
 RESERVED_FILE = "reserved"
 HOLD_WAIT_SECONDS = 60.0
@@ -202,6 +209,17 @@ class NodeCache:
 
     def touch(self, key: str) -> None:
         os.utime(os.path.join(self.entry_dir(key), ENTRY_FILE))
+
+    def fully_checked_ago(self, key: str, now: Optional[float] = None) -> float:
+        """Seconds since every byte of the entry was last checked (infinite when never recorded)."""
+        try:
+            checked = os.stat(os.path.join(self.entry_dir(key), CHECKED_FILE)).st_mtime
+        except OSError:
+            return float("inf")
+        return max(0.0, (time.time() if now is None else now) - checked)
+
+    def mark_fully_checked(self, key: str) -> None:
+        _write_atomic(os.path.join(self.entry_dir(key), CHECKED_FILE), b"")
 
     # -- verification --------------------------------------------------------------------------------
 
@@ -399,6 +417,7 @@ class NodeCache:
         """The staging directory (its data verified by the download) becomes the entry, by one rename."""
         staging = self.staging_dir(key)
         _write_block_index(os.path.join(staging, "data"), manifest, os.path.join(staging, BLOCKS_FILE))
+        _write_atomic(os.path.join(staging, CHECKED_FILE), b"")  # the download checked every byte
         _write_atomic(os.path.join(staging, ENTRY_FILE), json.dumps({
             "key": key, "digest": manifest.digest, "sizeBytes": manifest.sizeBytes, "fileCount": manifest.fileCount,
             "blockSize": BLOCK, "filledAt": time.time()}).encode())
@@ -412,7 +431,12 @@ class NodeCache:
 
 # -- fill ------------------------------------------------------------------------------------------
 
-def fill(cache: NodeCache, key: str, uri: str, size: int, *, full_check: bool = False, wait_for_hold: bool = True,
+def full_check_every() -> float:
+    return float(os.environ.get("CKPT_CACHE_FULL_CHECK_EVERY", FULL_CHECK_EVERY))
+
+
+def fill(cache: NodeCache, key: str, uri: str, size: int, *, full_check: bool = False,
+         full_check_every: float = FULL_CHECK_EVERY, wait_for_hold: bool = True,
          endpoint_url: Optional[str] = None, full_retry: float = FULL_RETRY_SECONDS,
          deadline: Optional[float] = None) -> FillReport:
     """Make `key` a verified entry of the cache (see the module's docstring)."""
@@ -432,8 +456,11 @@ def fill(cache: NodeCache, key: str, uri: str, size: int, *, full_check: bool = 
             waited = time.monotonic() - started
             problem = ""
             if cache.committed(key):
-                problem = cache.check(key, full=full_check) or ""
+                full = full_check or cache.fully_checked_ago(key) > full_check_every
+                problem = cache.check(key, full=full) or ""
                 if not problem:
+                    if full:
+                        cache.mark_fully_checked(key)
                     cache.touch(key)
                     return FillReport(key, "hit", _entry_size(cache.entry_dir(key)), waited_seconds=waited)
                 cache.log(f"cache: entry {key} is corrupted ({problem}); set aside and fetched again")
@@ -558,6 +585,7 @@ def main(args: argparse.Namespace) -> int:
     cache = NodeCache(args.root, capacity_bytes=parse_size(args.capacity))
     deadline = time.monotonic() + args.wait_seconds if args.wait_seconds else None
     report = fill(cache, args.key, args.uri, int(args.size), full_check=args.verify == "full",
+                  full_check_every=full_check_every(),
                   wait_for_hold=not args.no_hold, endpoint_url=args.endpoint_url, deadline=deadline)
     line = report.as_json()
     print(line, flush=True)

@@ -31,14 +31,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
 from checkpoint_operator.protocol.errors import AgentError
 from checkpoint_operator.protocol.manifest import MANIFESTS_DIR, FileEntry, Manifest, PathsClash, digest_of, paths_clash
 from checkpoint_operator.protocol.names import collision_problem, collisions, printable, spelled
 from checkpoint_operator.protocol.parts import shares
-from checkpoint_operator.agent.scan import (MAX_ITEMS, MAX_SKIPPED_LISTED, ROOT, OutputScan, Scanned, ScanResult,
-                                            Skipped, StoredManifests, describe_checkpoint, scan_checkpoints)
+from checkpoint_operator.agent.scan import (MAX_ITEMS, MAX_SKIPPED_LISTED, ROOT, Listing, OutputScan, Scanned,
+                                            ScanResult, Skipped, StoredManifests, describe_checkpoint,
+                                            list_checkpoints, scan_listed)
 from checkpoint_operator.agent.tree import DEFAULT_MAX_ENTRIES, EntryBudget
 
 PART_PREFIX = "worker-"
@@ -57,6 +58,15 @@ class PartsScan:
     tops: dict[str, dict[str, str]] = field(default_factory=dict)  # checkpoint path -> file -> its directory
 
 
+@dataclass
+class Assembled:
+    """One checkpoint of the parts: a union, or (per worker) one worker's own."""
+
+    manifest: Manifest                # with its files
+    sources: list[int]                # the worker each file is read from, in the manifest's order
+    tops: dict[str, str]              # file -> the directory it is relative to
+
+
 def _top(part: str, path: str, layout: str) -> str:
     """The directory a part's checkpoint's file paths are relative to."""
     return part if path == ROOT or layout == "files" else os.path.join(part, *path.split("/"))
@@ -66,64 +76,110 @@ def _name(path: str) -> str:
     return "" if path == ROOT else path.rsplit("/", 1)[-1]
 
 
+class PartsStream:
+    """The checkpoints of DIR/worker-0 .. DIR/worker-<count-1> (see above), one at a time in path
+    order: every part is listed first (names only), then each directory name is walked and hashed
+    in every part that has it, assembled, and handed on before the next is walked. So memory
+    holds one checkpoint's manifests (its parts' and the union's), not all of them, as one
+    volume's streaming scan (hostile: the union held every part's manifest until the end).
+    `max_entries` bounds the entries of all parts together (hostile4 D6: it was each part's, so
+    N workers could hold N times as many). `skipped` and `skipped_count` are complete once the
+    iteration has ended."""
+
+    def __init__(self, directory: str, count: int, layout: str = "auto", per_worker: bool = False,
+                 workers: Optional[int] = None, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+        self.directory, self.count, self.layout, self.per_worker, self.workers = \
+            directory, count, layout, per_worker, workers
+        self.budget = EntryBudget(max_entries, what=f"{directory} (all {count} workers' volumes)")
+        self.skipped: list[Skipped] = []
+        self.skipped_count = 0
+
+    def __iter__(self) -> Iterator[Assembled]:
+        parts = [os.path.join(self.directory, part_directory(i)) for i in range(self.count)]
+        listings = [list_checkpoints(Path(p), self.layout, self.budget) for p in parts]
+        if self.per_worker:
+            yield from self._own(parts, listings)
+        else:
+            yield from self._unions(parts, listings)
+        for i, listing in enumerate(listings):
+            self.skipped += [Skipped(path=f"{part_directory(i)}/{s.path}", reason=s.reason)
+                             for s in listing.skips.items()]
+            self.skipped_count += listing.skips.count
+        self.skipped.sort(key=lambda s: s.path.encode())
+
+    def _own(self, parts: list[str], listings: list[Listing]) -> Iterator[Assembled]:
+        for i in sorted(range(len(parts)), key=lambda i: part_directory(i).encode()):
+            for path in sorted(listings[i].candidates, key=lambda p: p.encode()):
+                scanned, _ = scan_listed(listings[i], path, self.budget, self.workers)
+                if scanned is None:
+                    continue
+                m = scanned.manifest
+                top = _top(parts[i], m.path, self.layout)
+                renamed = part_directory(i) if m.path == ROOT else f"{part_directory(i)}/{m.path}"
+                yield Assembled(m.model_copy(update={"path": renamed}), [i] * len(m.files),
+                                {f.path: top for f in m.files})
+
+    def _unions(self, parts: list[str], listings: list[Listing]) -> Iterator[Assembled]:
+        by_path: dict[str, list[int]] = {}
+        for i, listing in enumerate(listings):
+            for path in listing.candidates:
+                by_path.setdefault(path, []).append(i)
+        twins = twin_directories(by_path)
+        for path in sorted(by_path, key=lambda p: p.encode()):
+            union = Skipped(path=spelled(path), reason=twins[path]) if path in twins else \
+                union_of(parts, listings, path, self.layout, self.budget, self.workers)
+            if isinstance(union, Skipped):
+                self._skip(union)
+            elif union is not None:
+                yield union
+
+    def _skip(self, skipped: Skipped) -> None:
+        self.skipped.append(skipped)
+        self.skipped_count += 1
+
+
+def union_of(parts: list[str], listings: list[Listing], path: str, layout: str, budget: EntryBudget,
+             workers: Optional[int] = None) -> "Assembled | Skipped | None":
+    """The checkpoint `path` of the listed parts, walked and hashed in each part that has it and
+    assembled; Skipped for a conflict; None when it has no file in any part (each part's listing
+    says so)."""
+    pieces: list[tuple[int, Manifest]] = []
+    lost: list[tuple[int, str, str]] = []
+    for i in range(len(parts)):
+        scanned, part_lost = scan_listed(listings[i], path, budget, workers)
+        if scanned is not None:
+            pieces.append((i, scanned.manifest))
+        lost += [(i, rel, why) for rel, why in part_lost.items()]
+    if not pieces:
+        return None
+    union = _union(path, pieces, [_top(parts[i], path, layout) for i, _ in pieces], lost)
+    return union if isinstance(union, Skipped) else Assembled(*union)
+
+
 def scan_parts(directory: str, count: int, layout: str = "auto", per_worker: bool = False,
                workers: Optional[int] = None, max_entries: int = DEFAULT_MAX_ENTRIES) -> PartsScan:
-    """Scan DIR/worker-0 .. DIR/worker-<count-1> and assemble their checkpoints (see above).
-    `max_entries` bounds the entries of all parts together (hostile4 D6: it was each part's, so N
-    workers could hold N times as many), so memory is bounded as one volume's scan: every file
-    listed is held once in its part's manifest and once in the union (about 0.9 KB a file in all,
-    docs/performance.md)."""
-    parts = [os.path.join(directory, part_directory(i)) for i in range(count)]
-    budget = EntryBudget(max_entries, what=f"{directory} (all {count} workers' volumes)")
-    losts: list[dict[str, dict[str, str]]] = [{} for _ in parts]
-    scans = [scan_checkpoints(Path(p), layout=layout, workers=workers, budget=budget, lost=lost)
-             for p, lost in zip(parts, losts)]
-    skipped = [Skipped(path=f"{part_directory(i)}/{s.path}", reason=s.reason)
-               for i, scan in enumerate(scans) for s in scan.skipped]
-    skipped_count = sum(scan.skipped_count for scan in scans)
+    """Every checkpoint of the parts with its files (`agent scan --parts --json`, which prints them
+    all): PartsStream held whole, about 0.9 KB per file listed (docs/performance.md)."""
+    stream = PartsStream(directory, count, layout, per_worker, workers, max_entries)
     manifests: list[Manifest] = []
     sources: dict[str, list[int]] = {}
     tops: dict[str, dict[str, str]] = {}
-    if per_worker:
-        for i, scan in enumerate(scans):
-            for m in (c.manifest for c in scan.checkpoints):
-                path = part_directory(i) if m.path == ROOT else f"{part_directory(i)}/{m.path}"
-                manifests.append(m.model_copy(update={"path": path}))
-                sources[path] = [i] * len(m.files)
-                top = _top(parts[i], m.path, layout)
-                tops[path] = {f.path: top for f in m.files}
-    else:
-        by_path: dict[str, list[tuple[int, Manifest]]] = {}
-        for i, scan in enumerate(scans):
-            for m in (c.manifest for c in scan.checkpoints):
-                by_path.setdefault(m.path, []).append((i, m))
-        for path, reason in _twin_directories(by_path).items():
-            del by_path[path]
-            skipped.append(Skipped(path=spelled(path), reason=reason))
-            skipped_count += 1
-        for path, pieces in by_path.items():
-            lost = [(i, rel, why) for i, part_lost in enumerate(losts) for rel, why in part_lost.get(path, {}).items()]
-            union = _union(path, pieces, [_top(parts[i], path, layout) for i, _ in pieces], lost)
-            if isinstance(union, Skipped):
-                skipped.append(union)
-                skipped_count += 1
-                continue
-            manifest, workers_of, file_tops = union
-            manifests.append(manifest)
-            sources[path] = workers_of
-            tops[path] = file_tops
+    for assembled in stream:
+        manifests.append(assembled.manifest)
+        sources[assembled.manifest.path] = assembled.sources
+        tops[assembled.manifest.path] = assembled.tops
     manifests.sort(key=lambda m: m.path.encode())
-    skipped.sort(key=lambda s: s.path.encode())
-    result = ScanResult(checkpoints=manifests, skipped=skipped[:MAX_SKIPPED_LISTED], skippedCount=skipped_count)
+    result = ScanResult(checkpoints=manifests, skipped=stream.skipped[:MAX_SKIPPED_LISTED],
+                        skippedCount=stream.skipped_count)
     return PartsScan(result, sources, tops)
 
 
-def _twin_directories(by_path: dict[str, list[tuple[int, Manifest]]]) -> dict[str, str]:
+def twin_directories(by_path: dict[str, list[int]]) -> dict[str, str]:
     """The checkpoint paths to skip because their directory's name is another's twin after
     Unicode normalization in another worker's part (one part's twins its scan skipped already),
     each with the reason one volume's scan gives (agent/scan.py), and the workers."""
     def workers(path: str) -> str:
-        return ", ".join(str(w) for w, _ in by_path[path])
+        return ", ".join(str(w) for w in by_path[path])
     reasons: dict[str, str] = {}
     tops: dict[str, list[str]] = {}
     for path in by_path:
@@ -215,26 +271,29 @@ MAX_CHECKPOINTS = 10_000
 MAX_PART_ITEM = 255  # an item's length in the result and the status (protocol/results.py MAX_ITEM)
 
 
-def parts_output(scan: PartsScan, directory: str, layout: str, per_worker: bool = False,
-                 manifests: bool = False, mounts: bool = True) -> OutputScan:
+def parts_output(stream: PartsStream, directory: str, layout: str, per_worker: bool = False,
+                 manifests: bool = False, mounts: bool = True,
+                 each: Optional[Callable[[Assembled], Manifest]] = None) -> OutputScan:
     """The scan of the parts as the operator's result takes it (agent/scan.py report_of): each
     checkpoint's share per worker, and (`manifests`) its full manifest stored in MANIFESTS_DIR of
     the first providing worker's directory (the root of that worker's volume). A checkpoint whose
     share cannot be mounted within the bounds is skipped with the reason. `mounts` False (the s3
-    store, which uploaded each union as one checkpoint): no shares."""
-    if len(scan.result.checkpoints) > MAX_CHECKPOINTS:
-        raise AgentError(f"{directory}: {len(scan.result.checkpoints)} checkpoints across the workers' volumes, more "
-                         f"than the {MAX_CHECKPOINTS} one snapshot reports; write fewer step directories")
+    store, which uploaded each union as one checkpoint): no shares. `each`: called with each
+    checkpoint as it comes (the s3 store uploads it), returning the manifest to go on with. Only
+    the checkpoint at hand keeps its files: the result lists none."""
     stores: dict[int, StoredManifests] = {}
     found: list[Scanned] = []
-    skipped = list(scan.result.skipped)
-    skipped_count = scan.result.skippedCount
+    skipped: list[Skipped] = []
     problem: Optional[str] = None
-    for manifest in scan.result.checkpoints:
+    for assembled in stream:
+        if len(found) >= MAX_CHECKPOINTS:
+            raise AgentError(f"{directory}: more than {MAX_CHECKPOINTS} checkpoints across the workers' volumes, more "
+                             f"than one snapshot reports; write fewer step directories")
+        manifest = each(assembled) if each is not None else assembled.manifest
         if not mounts:
             found.append(Scanned(manifest.model_copy(update={"files": []})))
             continue
-        files = list(zip((f.path for f in manifest.files), scan.sources[manifest.path]))
+        files = list(zip((f.path for f in manifest.files), assembled.sources))
         # the checkpoint's directory inside a worker's volume (per worker: without worker-<i>/)
         inside = (manifest.path.partition("/")[2] or ROOT) if per_worker else manifest.path
         share = shares(files, whole_directory=inside != ROOT and layout != "files")
@@ -245,7 +304,6 @@ def parts_output(scan: PartsScan, directory: str, layout: str, per_worker: bool 
                 f"worker {too_many[0]} provides more than {MAX_ITEMS} separate files and directories of it, or one "
                 f"named by a path of more than {MAX_PART_ITEM} characters: a volume location mounts each one; write "
                 f"each worker's files into its own subdirectory")))
-            skipped_count += 1
             continue
         stored = False
         if manifests:
@@ -255,6 +313,7 @@ def parts_output(scan: PartsScan, directory: str, layout: str, per_worker: bool 
             stored = stores[first].store_whole(manifest)
             problem = problem or stores[first].problem
         found.append(Scanned(manifest.model_copy(update={"files": []}), stored=stored, parts=share))
-    skipped.sort(key=lambda s: s.path.encode())
+    skipped_count = stream.skipped_count + len(skipped)
+    skipped = sorted(stream.skipped + skipped, key=lambda s: s.path.encode())
+    found.sort(key=lambda s: s.manifest.path.encode())
     return OutputScan(found, skipped[:MAX_SKIPPED_LISTED], skipped_count, problem)
-

@@ -57,8 +57,11 @@ HASH_WINDOW = 2048
 # once: those that may be reached twice, and big ones; at most this many.
 MAX_REMEMBERED = 100_000
 BIG_FILE = 16 * 1024 * 1024
-# Names of the output's root the scan never looks at: the sidecar's state, the stored manifests.
-AGENT_DIRS = (LIVE_DIR, MANIFESTS_DIR)
+# A worker's copy of the union a restarted group resumes from (agent/resume_parts.py).
+RESUME_DIR = ".ckpt-resume"
+# Names of the output's root the scan never looks at: the sidecar's state, the stored manifests,
+# the resume copy.
+AGENT_DIRS = (LIVE_DIR, MANIFESTS_DIR, RESUME_DIR)
 STALE_TEMP_SECONDS = 3600  # a temporary file of a killed scan in the manifests directory
 # The root files' names reported for a volume location to mount one by one: protocol/results.py's
 # MAX_ITEMS (not imported: the scan's start-up loads no pydantic; tests/unit/agent checks they agree).
@@ -517,7 +520,16 @@ def scan_checkpoints(root: Path, layout: str = "auto", single: bool = False, wor
                          f"{max_checkpoints} one snapshot reports; write fewer step directories (retention can "
                          f"only drop checkpoints a snapshot has found)")
     stored = StoredManifests(manifests_dir)
-    found: list[Scanned] = []
+    found = list(_scanned(candidates, budget, skips, workers, follow_links, stored, keep_files, single))
+    if lost is not None:
+        lost.update((candidate.path, candidate.lost) for candidate in candidates if candidate.lost)
+    return OutputScan(found, skips.items(), skips.count, stored.problem)
+
+
+def _scanned(candidates: list[_Candidate], budget: EntryBudget, skips: _Skips, workers: Optional[int],
+             follow_links: bool, stored: StoredManifests, keep_files: bool, single: bool = False) -> Iterator[Scanned]:
+    """Each candidate's checkpoint, walked and hashed in order, as soon as its last file is done
+    (an empty one is skipped): only one manifest is being built at a time."""
     builder: Optional[ManifestBuilder] = None
     sizes = SortedSizes()
     spool: Optional[IO[bytes]] = None
@@ -540,19 +552,50 @@ def scan_checkpoints(root: Path, layout: str = "auto", single: bool = False, wor
                 builder.add(item.rel, outcome[0], outcome[1])
                 sizes.append(item.rel, outcome[0])
                 continue
-            if builder.file_count == 0:
+            scanned = _finish(candidate, builder, sizes, stored, spool, single) if builder.file_count else None
+            if scanned is None:
                 skips.add(ROOT, candidate.path, "empty directory: no regular files")
-            else:
-                found.append(_finish(candidate, builder, sizes, stored, spool, single))
             if spool is not None:
                 spool.close()
             builder, spool = None, None
+            if scanned is not None:
+                yield scanned
     finally:
         if spool is not None:
             spool.close()
-    if lost is not None:
-        lost.update((candidate.path, candidate.lost) for candidate in candidates if candidate.lost)
-    return OutputScan(found, skips.items(), skips.count, stored.problem)
+
+
+@dataclass
+class Listing:
+    """One volume's checkpoints as listed, not yet walked: agent/parts.py walks several volumes'
+    directory of one name at a time, so only that directory's manifests are held."""
+
+    candidates: dict[str, _Candidate]  # checkpoint path -> what to walk
+    skips: _Skips
+    root_lost: dict[str, str]  # the root's lost entries when no root file makes a checkpoint
+
+
+def list_checkpoints(root: Path, layout: str, budget: EntryBudget) -> Listing:
+    """The checkpoints under `root` (as scan_checkpoints finds them), listed only. Raises
+    NotADirectoryError / FileNotFoundError when `root` is not a directory."""
+    top = os.fspath(root)
+    if not os.path.isdir(top):
+        raise (NotADirectoryError if os.path.exists(top) else FileNotFoundError)(top)
+    skips = _Skips(MAX_SKIPPED_LISTED)
+    lost: dict[str, dict[str, str]] = {}
+    candidates = _root_candidates(top, layout, skips, budget, lost)
+    return Listing({c.path: c for c in candidates}, skips, lost.get(ROOT, {}))
+
+
+def scan_listed(listing: Listing, path: str, budget: EntryBudget, workers: Optional[int] = None
+                ) -> tuple[Optional[Scanned], dict[str, str]]:
+    """The listed checkpoint `path` walked and hashed (its manifest with its files; None when it
+    has no regular file, skipped as such), and its entries that are not part of it."""
+    candidate = listing.candidates.get(path)
+    if candidate is None:
+        return None, listing.root_lost if path == ROOT else {}
+    found = list(_scanned([candidate], budget, listing.skips, workers, False, StoredManifests(None), True))
+    return (found[0] if found else None), candidate.lost
 
 
 def _finish(candidate: _Candidate, builder: ManifestBuilder, sizes: SortedSizes, stored: StoredManifests,
@@ -639,9 +682,9 @@ def main(args: argparse.Namespace) -> int:
     if getattr(args, "result", False):
         from checkpoint_operator.protocol import channel, results
         if getattr(args, "parts", None):
-            from checkpoint_operator.agent.parts import parts_output, scan_parts
-            scan = parts_output(scan_parts(args.dir, args.parts, args.layout, args.per_worker, workers=args.workers,
-                                           max_entries=entry_limit(args.max_entries)),
+            from checkpoint_operator.agent.parts import PartsStream, parts_output
+            scan = parts_output(PartsStream(args.dir, args.parts, args.layout, args.per_worker, workers=args.workers,
+                                            max_entries=entry_limit(args.max_entries)),
                                 args.dir, args.layout, args.per_worker,
                                 manifests=getattr(args, "part_manifests", False))
         else:

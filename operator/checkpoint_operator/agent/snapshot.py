@@ -14,7 +14,8 @@ from typing import Optional
 
 from checkpoint_operator.protocol import channel, results
 from checkpoint_operator.protocol.errors import AgentError
-from checkpoint_operator.agent.parts import parts_output, scan_parts
+from checkpoint_operator.agent.parts import Assembled, PartsStream, parts_output
+from checkpoint_operator.protocol.manifest import Manifest
 from checkpoint_operator.agent.scan import report_of, scan_checkpoints
 from checkpoint_operator.agent.tree import entry_limit
 from checkpoint_operator.agent.upload import upload_dir
@@ -63,14 +64,18 @@ def snapshot_parts(directory: str, count: int, layout: str, upload_to: str, per_
     """`snapshot` of several workers' outputs (agent/parts.py): each checkpoint, a union of parts
     or one worker's own, is uploaded from where its files lie into one prefix (the s3 store needs
     no parts in the result: the union is one manifest, its files blobs as any checkpoint's)."""
-    parts = scan_parts(directory, count, layout, per_worker, max_entries=entry_limit(max_entries))
     uploads = {}
-    for manifest in parts.result.checkpoints:
+
+    def upload(assembled: Assembled) -> Manifest:  # each union as it comes: one held at a time
+        manifest = assembled.manifest
         uri = upload_uri(upload_to, manifest.path, False)
         upload_dir(directory, uri, manifest=manifest, concurrency=concurrency, endpoint_url=endpoint_url,
-                   tops=parts.tops[manifest.path], blobs=blob_root_of(upload_to))
+                   tops=assembled.tops, blobs=blob_root_of(upload_to))
         uploads[manifest.path] = uri
-    return report_of(parts_output(parts, directory, layout, per_worker, mounts=False), uploads)
+        return manifest
+
+    stream = PartsStream(directory, count, layout, per_worker, max_entries=entry_limit(max_entries))
+    return report_of(parts_output(stream, directory, layout, per_worker, mounts=False, each=upload), uploads)
 
 
 def main(args: argparse.Namespace) -> int:

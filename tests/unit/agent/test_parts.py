@@ -174,12 +174,12 @@ def test_the_operator_s_result_carries_each_worker_s_share_and_the_manifest_besi
 
 
 def test_a_share_too_many_mounts_is_skipped_with_the_reason(tmp_path):
-    from checkpoint_operator.agent.parts import MAX_ITEMS, parts_output
+    from checkpoint_operator.agent.parts import MAX_ITEMS, PartsStream, parts_output
     output = tmp_path / "out"
     for i in range(2 * MAX_ITEMS + 2):  # interleaved flat files: each one a mount, MAX_ITEMS + 1 each
         write(output / f"worker-{i % 2}" / "flat" / f"f{i:04d}", b"x")
     write(output / "worker-0" / "ok" / "a", b"a")
-    scan = parts_output(scan_parts(str(output), 2), str(output), "auto")
+    scan = parts_output(PartsStream(str(output), 2), str(output), "auto")
     assert [c.manifest.path for c in scan.checkpoints] == ["ok"]
     assert scan.skipped[0].path == "flat" and f"more than {MAX_ITEMS} separate files" in scan.skipped[0].reason
 
@@ -334,3 +334,34 @@ def test_skipped_in_one_worker_and_provided_by_another_is_found_as_pair_by_pair(
     expected = any(wp != wl and (p == gone or p.startswith(gone + "/") or gone.startswith(p + "/"))
                    for p, wp in provided.items() for wl, gone, _ in lost)
     assert bool(_skipped_elsewhere(provided, lost)) == expected, (provided, lost)
+
+
+def _peak_of_the_operator_s_result(output: Path) -> int:
+    import tracemalloc
+    from checkpoint_operator.agent.parts import PartsStream, parts_output
+    tracemalloc.start()
+    try:
+        scan = parts_output(PartsStream(str(output), 2, workers=1), str(output), "auto")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert all(not c.manifest.files for c in scan.checkpoints)  # the result lists no files
+    return peak
+
+
+def test_the_union_scan_holds_one_checkpoint_s_manifests_at_a_time(tmp_path):
+    """The snapshot of the workers' volumes streams as one volume's does: its memory follows the
+    largest checkpoint directory, not the whole output (it held every part's manifests and every
+    union to the end: 30 directories took 12 times the memory of one, 9.0 MB; failed before)."""
+    def output(directories: int) -> Path:
+        root = tmp_path / f"out{directories}"
+        for worker in (0, 1):
+            for d in range(directories):
+                rank = root / f"worker-{worker}" / f"step-{d:03d}" / f"rank-{worker}"
+                rank.mkdir(parents=True)
+                for i in range(300):
+                    (rank / f"f{i:03d}").write_bytes(b"")
+        return root
+    _peak_of_the_operator_s_result(output(2))  # what the first run allocates once (lazy imports, caches)
+    one, thirty = _peak_of_the_operator_s_result(output(1)), _peak_of_the_operator_s_result(output(30))
+    assert thirty < 3 * one, (one, thirty)

@@ -1,0 +1,108 @@
+"""A group restarted with a volume per worker resumes from the latest checkpoint complete over the
+workers' parts (agent/resume_parts.py), on real files: the union is copied into every worker's
+volume under `.ckpt-resume/latest`, each file checked against its sha256; a newer step that is
+incomplete or conflicting is passed over by name; the workers' own files are never touched."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from checkpoint_operator.agent import resume_parts
+from checkpoint_operator.agent.parts import scan_parts
+from checkpoint_operator.protocol.errors import AgentError
+from .test_parts import dcp_rank, write
+
+
+def files_of(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def own_files(output: Path) -> dict[str, bytes]:
+    return {k: v for k, v in files_of(output).items() if "/.ckpt-resume/" not in k}
+
+
+def resume(output: Path, parts: int = 2) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "checkpoint_operator", "agent", "resume-parts", str(output),
+                           "--parts", str(parts)], capture_output=True, text=True, timeout=120)
+
+
+def test_every_worker_gets_the_latest_union_complete_over_the_parts(tmp_path):
+    output = tmp_path / "out"
+    for step in (1, 2, 3):
+        for rank in (0, 1):
+            dcp_rank(output, f"step-{step}", rank, size=64 + step)
+    (output / "worker-1" / "step-3" / "__1_0.distcp").unlink()  # step 3: rank 1's shard lost
+    before = own_files(output)
+    proc = resume(output)
+    assert proc.returncode == 0, proc.stderr
+    assert "passed over step-3: not complete over the workers' parts: __1_0.distcp" in proc.stdout, proc.stdout
+    assert "resume: step-2 (step 2, 4 files" in proc.stdout
+    union = {**files_of(output / "worker-0" / "step-2"), **files_of(output / "worker-1" / "step-2")}
+    assert sorted(union) == [".metadata", "__0_0.distcp", "__1_0.distcp", "config.json"]
+    for worker in (0, 1):
+        latest = output / f"worker-{worker}" / ".ckpt-resume" / "latest"
+        assert latest.is_symlink() and files_of(latest.resolve()) == union
+    assert own_files(output) == before  # the workers' own files as they wrote them
+    # the copies are the operator's, not checkpoints: the snapshot's scan neither lists nor skips them
+    result = scan_parts(str(output), 2).result
+    assert [c.path for c in result.checkpoints] == ["step-1", "step-2", "step-3"]
+    assert not [s for s in result.skipped if "ckpt-resume" in s.path]
+
+
+def test_a_conflicting_newer_step_is_passed_over_by_name_and_a_later_run_moves_latest_on(tmp_path):
+    output = tmp_path / "out"
+    for rank in (0, 1):
+        dcp_rank(output, "step-10", rank)
+        dcp_rank(output, "step-20", rank, config=b'{"writer": %d}' % rank)  # every rank its own config.json
+    proc = resume(output)
+    assert proc.returncode == 0, proc.stderr
+    assert "passed over step-20: conflicting parts, not made into a Checkpoint: 'config.json' differs between " \
+           "worker 0" in proc.stdout, proc.stdout
+    first = (output / "worker-0" / ".ckpt-resume" / "latest").resolve()
+    assert (first / "__1_0.distcp").read_bytes() == bytes([1]) * 64
+    for rank in (0, 1):
+        dcp_rank(output, "step-30", rank, size=99)
+    assert resume(output).returncode == 0
+    for worker in (0, 1):
+        resume_dir = output / f"worker-{worker}" / ".ckpt-resume"
+        latest = (resume_dir / "latest").resolve()
+        assert (latest / "__0_0.distcp").read_bytes() == bytes([0]) * 99
+        assert sorted(p.name for p in resume_dir.iterdir()) == sorted(["latest", latest.name])  # the old copy gone
+
+
+def test_no_complete_union_writes_nothing(tmp_path):
+    output = tmp_path / "out"
+    dcp_rank(output, "step-1", 0)  # rank 1 never wrote its part
+    (output / "worker-1").mkdir()
+    proc = resume(output)
+    assert proc.returncode == 0 and "nothing written" in proc.stdout, proc.stdout
+    assert not list(output.rglob(".ckpt-resume"))
+    (output / "worker-1").rmdir()
+    proc = resume(output)
+    assert proc.returncode == 1 and proc.stderr == f"error: {output}/worker-1: not a directory (worker 1's volume " \
+                                                   f"is mounted there)\n", proc.stderr
+
+
+def test_a_file_that_changed_since_it_was_hashed_fails_and_latest_stays(tmp_path, monkeypatch):
+    output = tmp_path / "out"
+    for rank in (0, 1):
+        dcp_rank(output, "step-1", rank)
+    union, _ = resume_parts.latest_union(str(output), 2)
+    assert union is not None
+    resume_parts.write_union(str(output), 2, union)
+    old = (output / "worker-1" / ".ckpt-resume" / "latest").resolve()
+    for rank in (0, 1):
+        dcp_rank(output, "step-2", rank)
+    union, _ = resume_parts.latest_union(str(output), 2)
+    assert union is not None and union.manifest.path == "step-2"
+    write(output / "worker-1" / "step-2" / "__1_0.distcp", b"rewritten after the hash")
+    with pytest.raises(AgentError, match=r"step-2/__1_0.distcp \(worker 1\): changed since it was hashed"):
+        resume_parts.write_union(str(output), 2, union)
+    for worker in (0, 1):  # worker 0's copy was whole, but no worker moves on alone: all stay on step-1
+        resume_dir = output / f"worker-{worker}" / ".ckpt-resume"
+        assert (resume_dir / "latest").resolve().name == old.name
+        assert sorted(p.name for p in resume_dir.iterdir()) == sorted(["latest", old.name])
