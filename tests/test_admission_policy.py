@@ -22,7 +22,7 @@ from admission_policy import OPERATOR_NAMESPACE, Request, evaluate
 from checkpoint_operator.logic import catalog, live_sealing, workload
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.storage import store_for
-from test_chart import CHART_DIR, NAMESPACE, RELEASE, of_kind, one, render
+from test_chart import CHART_DIR, NAMESPACE, RELEASE, of_kind, one, operator_policy, render
 
 assert NAMESPACE == OPERATOR_NAMESPACE and RELEASE == "ckpt"
 NS = pod_shapes.NAMESPACE
@@ -40,11 +40,6 @@ assert pod_shapes.IMAGE == "registry.example/checkpoint-operator:1.2.3"
 def policies() -> dict[str, dict]:
     with helm_chart.Chart.load(CHART_DIR) as chart:
         return {store: operator_policy(render(chart, values)) for store, values in VALUES.items()}
-
-
-def operator_policy(objects: list[dict], kind: str = "ValidatingAdmissionPolicy") -> dict:
-    """The policy that fences the operator's own writes (the exec fence is another: -agent-exec)."""
-    return one([o for o in objects if not o["metadata"]["name"].endswith("-agent-exec")], kind)
 
 
 def store_of(name: str) -> str:
