@@ -21,7 +21,10 @@ RESOURCES = {"Pod": ("", "v1", "pods"), "PersistentVolumeClaim": ("", "v1", "per
              "PersistentVolume": ("", "v1", "persistentvolumes"),
              "Job": ("batch", "v1", "jobs"), "Event": ("", "v1", "events"), "Secret": ("", "v1", "secrets"),
              "VolumeSnapshot": ("snapshot.storage.k8s.io", "v1", "volumesnapshots"),
-             "JobSet": ("jobset.x-k8s.io", "v1alpha2", "jobsets"), "Service": ("", "v1", "services")}
+             "JobSet": ("jobset.x-k8s.io", "v1alpha2", "jobsets"), "Service": ("", "v1", "services"),
+             # CONNECT requests (subresource exec, attach, portforward): the object is the options
+             "PodExecOptions": ("", "v1", "pods"), "PodAttachOptions": ("", "v1", "pods"),
+             "PodPortForwardOptions": ("", "v1", "pods")}
 
 
 @functools.lru_cache(maxsize=None)
@@ -31,19 +34,23 @@ def _program(expression: str) -> cel.Program:
 
 @dataclass
 class Request:
-    operation: str                     # CREATE, UPDATE, DELETE
+    operation: str                     # CREATE, UPDATE, DELETE, CONNECT
     kind: str                          # a key of RESOURCES
     namespace: str
     object: Optional[dict] = None      # null on DELETE
     old_object: Optional[dict] = None  # null on CREATE
     username: str = OPERATOR_USER
+    subresource: str = ""              # exec, attach, portforward, ephemeralcontainers
+    name: Optional[str] = None         # else the object's name (a CONNECT names the pod, its object does not)
+    groups: tuple[str, ...] = ("system:serviceaccounts",)
 
     def as_cel(self) -> dict[str, Any]:
         group, version, resource = RESOURCES[self.kind]
         named = self.object or self.old_object or {}
         return {"operation": self.operation, "namespace": self.namespace,
-                "name": (named.get("metadata") or {}).get("name", ""),
-                "userInfo": {"username": self.username, "groups": ["system:serviceaccounts"]},
+                "name": self.name if self.name is not None else (named.get("metadata") or {}).get("name", ""),
+                "subResource": self.subresource,
+                "userInfo": {"username": self.username, "groups": list(self.groups)},
                 "resource": {"group": group, "version": version, "resource": resource},
                 "kind": {"group": group, "version": version, "kind": self.kind}, "dryRun": False}
 
@@ -64,7 +71,8 @@ def _rule_matches(rule: dict, request: Request) -> bool:
     def has(values: list[str], value: str) -> bool:
         return "*" in values or value in values
     return has(rule.get("operations", []), request.operation) and has(rule.get("apiGroups", []), group) \
-        and has(rule.get("apiVersions", []), version) and has(rule.get("resources", []), resource)
+        and has(rule.get("apiVersions", []), version) \
+        and has(rule.get("resources", []), f"{resource}/{request.subresource}" if request.subresource else resource)
 
 
 def evaluate(policy: dict, request: Request) -> Decision:

@@ -22,7 +22,7 @@ from admission_policy import OPERATOR_NAMESPACE, Request, evaluate
 from checkpoint_operator.logic import catalog, live_sealing, workload
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.storage import store_for
-from test_chart import CHART_DIR, NAMESPACE, RELEASE, of_kind, one, render
+from test_chart import CHART_DIR, NAMESPACE, RELEASE, of_kind, one, operator_policy, render
 
 assert NAMESPACE == OPERATOR_NAMESPACE and RELEASE == "ckpt"
 NS = pod_shapes.NAMESPACE
@@ -39,7 +39,7 @@ assert pod_shapes.IMAGE == "registry.example/checkpoint-operator:1.2.3"
 @pytest.fixture(scope="module")
 def policies() -> dict[str, dict]:
     with helm_chart.Chart.load(CHART_DIR) as chart:
-        return {store: one(render(chart, values), "ValidatingAdmissionPolicy") for store, values in VALUES.items()}
+        return {store: operator_policy(render(chart, values)) for store, values in VALUES.items()}
 
 
 def store_of(name: str) -> str:
@@ -136,7 +136,7 @@ def test_events_about_a_catalog_entry_go_to_the_operator_namespace(policies):
 def test_an_s3_pod_needs_the_s3_policy():
     """The store Secret is a chart value: a policy rendered for the volume store refuses it."""
     with helm_chart.Chart.load(CHART_DIR) as chart:
-        volume = one(render(chart, VALUES["volume"]), "ValidatingAdmissionPolicy")
+        volume = operator_policy(render(chart, VALUES["volume"]))
     refused(volume, create("Pod", AGENT_PODS["s3/snapshot"]), "an agent container sets only")
 
 
@@ -705,7 +705,7 @@ def test_hostile_events_are_refused(policies):
 def test_the_policy_binds_to_the_operator_alone_and_denies(policies):
     with helm_chart.Chart.load(CHART_DIR) as chart:
         objects = render(chart, VALUES["volume"])
-    binding = one(objects, "ValidatingAdmissionPolicyBinding")
+    binding = operator_policy(objects, "ValidatingAdmissionPolicyBinding")
     assert binding["spec"] == {"policyName": policies["volume"]["metadata"]["name"], "validationActions": ["Deny"]}
     assert policies["volume"]["spec"]["failurePolicy"] == "Fail"
     service_account = one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
@@ -725,7 +725,7 @@ def test_a_watched_namespace_cannot_be_protected():
         with pytest.raises(HelmRenderError, match="kube-system"):
             render(chart, {"watchNamespaces": ["team-a", "kube-system"]})
         objects = render(chart, {"watchNamespaces": ["team-a", NAMESPACE]})
-    protected = one(objects, "ValidatingAdmissionPolicy")["spec"]["variables"]
+    protected = operator_policy(objects)["spec"]["variables"]
     assert next(v for v in protected if v["name"] == "protectedNamespaces")["expression"] == \
         '["kube-system","kube-public","kube-node-lease"]'
 
@@ -779,7 +779,7 @@ def test_the_cluster_s_own_defaults_are_allowed_when_the_chart_is_told(policies)
         "tolerations": [{"key": "pool", "operator": "Equal", "value": "batch", "effect": "NoSchedule"}],
         "imagePullSecrets": [{"name": "registry"}]}}}
     with helm_chart.Chart.load(CHART_DIR) as chart:
-        told = one(render(chart, values), "ValidatingAdmissionPolicy")
+        told = operator_policy(render(chart, values))
     pod["spec"]["tolerations"].append({"key": "pool", "operator": "Equal", "value": "batch", "effect": "NoSchedule"})
     pod["spec"]["imagePullSecrets"] = [{"name": "registry"}]
     allowed(told, create("Pod", pod))
@@ -859,7 +859,7 @@ CACHE_VOLUME = "the checkpoint operator may only create the node cache's local P
 @pytest.fixture(scope="module")
 def cache_policy() -> dict:
     with helm_chart.Chart.load(CHART_DIR) as chart:
-        return one(render(chart, CACHE_VALUES), "ValidatingAdmissionPolicy")
+        return operator_policy(render(chart, CACHE_VALUES))
 
 
 def cache_objects() -> tuple[dict, dict]:

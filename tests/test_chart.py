@@ -115,6 +115,12 @@ def one(objects: list[dict], kind: str) -> dict:
     return found[0]
 
 
+def operator_policy(objects: list[dict], kind: str = "ValidatingAdmissionPolicy") -> dict:
+    """The admission policy (or binding) that fences the operator's own writes, not the exec fence
+    (templates/exec-fence.yaml, `-agent-exec`)."""
+    return one([o for o in objects if not o["metadata"]["name"].endswith("-agent-exec")], kind)
+
+
 def operator_rbac(objects: list[dict], kind: str) -> list[dict]:
     """The operator's own RBAC objects (templates/rbac.yaml), without the catalog's (`-catalog`, and the tenants'
     roles of templates/catalog.yaml)."""

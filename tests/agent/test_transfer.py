@@ -191,6 +191,23 @@ def test_receive_reports_the_scan_and_what_differs_from_the_push(tmp_path):
     assert "past the size limit of 100" in bad.problems[3].problem
 
 
+def test_after_the_commit_the_receiver_keeps_the_lock_so_a_second_unpack_changes_nothing(tmp_path):
+    """hostile5 H3: a second `agent unpack` exec'd into the receiver while it hashes what the push
+    committed is refused at once; it no longer writes files under the scan."""
+    import subprocess
+    import sys
+    manifest = checkpoint(tmp_path / "src", FILES)
+    dest = tmp_path / "pvc" / "data"
+    StreamReceiver(str(dest), name="checkpoint-900").run(stream_of(manifest, tmp_path / "src"))
+    assert wait_for_commit(str(dest), 1) is not None
+    evil = checkpoint(tmp_path / "src", {**FILES, "config.json": b'{"a": 666}'})
+    second = subprocess.run([sys.executable, "-m", "checkpoint_operator", "agent", "unpack", str(dest)],
+                            input=stream_of(evil, tmp_path / "src").read(), capture_output=True)
+    assert second.returncode != 0
+    assert b"another push into it is under way" in second.stderr
+    assert (dest / "config.json").read_bytes() == FILES["config.json"]
+
+
 def test_wait_for_commit_gives_up_when_idle_but_not_while_a_push_runs(tmp_path):
     dest = tmp_path / "data"
     dest.mkdir()

@@ -293,3 +293,35 @@ async def test_a_manifest_that_came_with_the_data_is_never_trusted(ckpt, api, op
 async def test_a_push_of_a_file_that_changed_says_what_to_do(ckpt, api, operator, cluster, tmp_path, monkeypatch):
     from plugin_helpers import push_of_a_file_changed_after_hashing
     await push_of_a_file_changed_after_hashing(ckpt, api, tmp_path, monkeypatch, "racy")
+
+
+async def test_only_the_plugins_commands_run_in_the_receiver(ckpt, api, operator, cluster, tmp_path):
+    """hostile5 H3: a user with pods/exec execs a process of their own into the receiver to change
+    what the push wrote after it was hashed: local mode's API refuses it as the chart's exec fence
+    does (logic/exec_fence.py); the push's own commands run, and the push becomes Ready."""
+    from checkpoint_operator.logic import transfers
+    from checkpoint_operator.plugin import commands
+    from checkpoint_operator.plugin.client import connect
+
+    source = make_model_dir(tmp_path, "step-8")
+    cluster_api = connect(ckpt.kubeconfig)
+    io = commands.Io(open(os.devnull, "w"), open(os.devnull, "w"))
+    manifest = commands.local_manifest(str(source), io)
+    body = await api.create(CKPT, NS, commands.new_upload_checkpoint("fenced", NS, manifest, None, None))
+    await api.patch(CKPT, NS, "fenced", {"metadata": {"annotations": {"ckpt.dev/upload-requested": "r1"}}})
+    pod = await asyncio.to_thread(commands.wait_for_pod, cluster_api, transfers.upload_pod_name("fenced"), "r1",
+                                  body["metadata"]["uid"], 60, io)
+    watcher = ["python", "-c", "open('/checkpoint-data/data/config.json', 'w').write('EVIL')"]
+    with pytest.raises(commands.PluginError, match="denied request: exec into the checkpoint operator's agent pod "
+                                                   "fenced-upload is refused"):
+        await asyncio.to_thread(commands.start_exec, cluster_api, pod, "receive", watcher, stdin=False)
+
+    def inventory() -> int:  # the plugin's own scan runs
+        session = commands.start_exec(cluster_api, pod, "receive", transfers.inventory_command(), stdin=False)
+        session.read()
+        return session.finish()
+    assert await asyncio.to_thread(inventory) == 0
+    pushed = await ckpt("push", str(source), "--name", "fenced")
+    assert pushed.code == 0, pushed.err
+    ready = await api.get(CKPT, NS, "fenced")
+    assert ready["status"]["phase"] == "Ready" and ready["status"]["digest"] == manifest.digest

@@ -130,6 +130,21 @@ async def test_refusals_are_statuses_naming_what_is_wrong(api, cluster, wait_for
             assert plain.status == 400 and "Upgrade request required" in (await plain.json())["message"]
 
 
+async def test_the_exec_fence_refuses_a_process_of_ones_own_in_an_agent_pod(api, cluster, wait_for, api_url):
+    """hostile5 H4: a pod named as an import pod runs nothing but what the chart's exec fence
+    allows there (nothing); a pod of another name is not fenced (logic/exec_fence.py)."""
+    for name in ("imp1-import", "imp1-importer"):
+        await api.create("v1/pods", NS, holder_pod(name))
+        await running(api, wait_for, name)
+    with pytest.raises(kubernetes.client.ApiException) as refused:
+        await asyncio.to_thread(run_exec, api_url, "imp1-import", ["python", "-c", "print('in')"])
+    assert "Handshake status 403" in str(refused.value)
+    assert "denied request: exec into the checkpoint operator's agent pod imp1-import is refused" \
+        in str(refused.value)
+    out, _, code = await asyncio.to_thread(run_exec, api_url, "imp1-importer", ["python", "-c", "print('in')"])
+    assert (out, code) == (b"in\n", 0)
+
+
 async def _phase(api, name, phase):
     pod = await api.get("v1/pods", NS, name)
     return pod and pod.get("status", {}).get("phase") == phase

@@ -144,9 +144,9 @@ def test_every_write_on_pods_claims_jobs_and_events_is_narrowed_by_the_admission
     outside its own API group (tests/test_admission_policy.py evaluates what it allows)."""
     from helm_python import chart as helm_chart
 
-    from test_chart import CHART_DIR, one, render
+    from test_chart import CHART_DIR, operator_policy, render
     with helm_chart.Chart.load(CHART_DIR) as chart:
-        policy = one(render(chart), "ValidatingAdmissionPolicy")
+        policy = operator_policy(render(chart))
     matched = {(group, resource, operation)
                for rule in policy["spec"]["matchConstraints"]["resourceRules"]
                for group in rule["apiGroups"] for resource in rule["resources"] for operation in rule["operations"]}

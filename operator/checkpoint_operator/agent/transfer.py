@@ -326,26 +326,34 @@ def _write_atomically(path: str, data: bytes) -> None:
 # --- receive -----------------------------------------------------------------------------------
 
 def wait_for_commit(directory: str, idle_seconds: float) -> Optional[dict]:
-    """The commit marker's content once an unpack committed and ended (it holds the lock until it
-    has said its last word: this container's end would end it too), or None after
-    `idle_seconds` with no push under way."""
+    """The commit marker's content once an unpack committed and ended, or None after
+    `idle_seconds` with no push under way. The push lock is then this process's for good
+    (hostile5 H3): an unpack started after the commit (a second exec into the pod) is refused at
+    once instead of changing files while they are hashed; it is released when the pod ends."""
     marker = commit_marker(directory)
     idle_since = time.monotonic()
     while True:
-        under_way = push_under_way(directory)
-        if not under_way:
+        lock = _try_push_lock(directory)
+        if lock is not None:
             try:
                 with open(marker, "rb") as f:
-                    return json.loads(f.read(64 * 1024) or b"{}")
+                    return json.loads(f.read(64 * 1024) or b"{}")  # the lock stays held (never closed)
             except FileNotFoundError:
-                pass
+                os.close(lock)  # nothing committed yet: a push may begin
             except (ValueError, RecursionError):
                 return {}
-        if under_way:
+            if time.monotonic() - idle_since >= idle_seconds:
+                return None
+        else:  # an unpack holds it: a push is under way
             idle_since = time.monotonic()
-        elif time.monotonic() - idle_since >= idle_seconds:
-            return None
         time.sleep(POLL_SECONDS)
+
+
+def _try_push_lock(directory: str) -> Optional[int]:
+    try:
+        return take_push_lock(directory)
+    except AgentError:
+        return None
 
 
 def received_result(directory: str, digest: Optional[str], commit: dict,

@@ -32,6 +32,7 @@ import aiohttp.web
 from multidict import CIMultiDict
 
 from checkpoint_operator.local.podview import PodView
+from checkpoint_operator.logic import exec_fence
 from checkpoint_operator.local.runtime import HOST_ENV_PASSED, host_command
 
 logger = logging.getLogger(__name__)
@@ -266,6 +267,7 @@ async def proxy_exec(emulator: Any, request: Any) -> aiohttp.web.StreamResponse:
     """``GET .../pods/NAME/exec`` on the emulator: check, then proxy the websocket to the kubelet."""
     raw = request._raw_request  # kmock keeps the aiohttp request: the upgrade needs it
     try:
+        _admit(request.name, raw.query.getall("command", []))
         pod, container = _exec_target(emulator, request)
         if raw.headers.get("Upgrade", "").lower() != "websocket":
             raise ExecError(400, "Upgrade request required: exec speaks the websocket protocol "
@@ -291,6 +293,15 @@ async def proxy_exec(emulator: Any, request: Any) -> aiohttp.web.StreamResponse:
             await ws.prepare(raw)
             await _relay(ws, upstream)
     return ws
+
+
+def _admit(pod_name: str, command: list[str]) -> None:
+    """The chart's exec fence, on by default (logic/exec_fence.py): admission runs before the pod is
+    looked up, as for a real CONNECT."""
+    why = exec_fence.refusal(pod_name, "exec", command)
+    if why is not None:
+        raise ExecError(403, f"ValidatingAdmissionPolicy '{exec_fence.POLICY_NAME}' with binding "
+                             f"'{exec_fence.POLICY_NAME}' denied request: {why}", "Forbidden")
 
 
 def _exec_target(emulator: Any, request: Any) -> tuple[dict, str]:

@@ -23,7 +23,7 @@ from checkpoint_operator.api.checkpoint import Location, VolumeLocation
 from checkpoint_operator.api.clustercheckpoint import ClusterCheckpoint, ClusterCheckpointStatus
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic.agent_pods import agent_pod
-from checkpoint_operator.logic.naming import MAX_LABEL_NAME, bounded_name, child_name
+from checkpoint_operator.logic.naming import MAX_LABEL_NAME, agent_pod_name, bounded_name, child_name
 from checkpoint_operator.logic.import_sources import import_spec_of
 from checkpoint_operator.logic.workload import (IMPORT_DIR, LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGER,
                                                 SOURCE_SECRET_ANNOTATION)
@@ -51,7 +51,7 @@ def catalog_claim_name(entry: ClusterCheckpoint) -> str:
 
 
 def import_pod_name(entry: ClusterCheckpoint) -> str:
-    return child_name(_base(entry), "import")
+    return agent_pod_name(_base(entry), "import")
 
 
 def copy_claim_name(entry: ClusterCheckpoint) -> str:
@@ -60,7 +60,7 @@ def copy_claim_name(entry: ClusterCheckpoint) -> str:
 
 
 def copy_pod_name(entry: ClusterCheckpoint) -> str:
-    return child_name(_base(entry), "copy")
+    return agent_pod_name(_base(entry), "copy")
 
 
 def owner_reference(entry: ClusterCheckpoint) -> dict[str, Any]:

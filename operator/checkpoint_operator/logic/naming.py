@@ -29,6 +29,22 @@ def bounded_name(base: str, limit: int, salt: str = "") -> str:
     return f"{base[:limit - len(suffix) - 1].rstrip('-.')}-{suffix}"
 
 
+# The components of agent pods, the last part of every agent pod's name (agent_pod_name): the chart's
+# exec fence (charts/checkpoint-operator/templates/exec-fence.yaml) recognizes them by it, since a
+# pods/exec request carries the pod's name but not its labels.
+AGENT_POD_COMPONENTS = ("snapshot", "scan", "import", "copy", "upload", "verify", "pull")
+
+
+def agent_pod_name(parent: str, component: str) -> str:
+    """`<parent>-<component>`; a long parent is cut and hashed before the suffix, never the suffix
+    itself, so the name always ends with `-<component>` (what the exec fence matches)."""
+    assert component in AGENT_POD_COMPONENTS, component
+    suffix = f"-{component}"
+    if len(parent) + len(suffix) <= MAX_NAME:
+        return parent + suffix
+    return bounded_name(parent, MAX_NAME - len(suffix), salt=suffix) + suffix
+
+
 def child_name(parent: str, suffix: str, limit: int = MAX_NAME) -> str:
     """Name of an object the operator creates for `parent` (e.g. `job-output`), within `limit`."""
     return bounded_name(f"{parent}-{suffix}", limit)

@@ -30,7 +30,7 @@ from checkpoint_operator.api.upload import (DIGEST_PATTERN, PULL_REQUEST_ANNOTAT
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic import agent_commands, volume_snapshots
 from checkpoint_operator.logic.agent_pods import AGENT_DATA_MOUNT, agent_container, agent_pod
-from checkpoint_operator.logic.naming import MAX_LABEL_NAME, bounded_name, child_name
+from checkpoint_operator.logic.naming import MAX_LABEL_NAME, agent_pod_name, bounded_name
 from checkpoint_operator.logic.quantity import format_size
 from checkpoint_operator.logic.status import ConditionChange
 from checkpoint_operator.logic.workload import (IMPORT_SIZE_ANNOTATION, LABEL_CHECKPOINT, LABEL_COMPONENT,
@@ -48,15 +48,15 @@ MAX_PROBLEMS_SHOWN = 3
 
 
 def upload_pod_name(checkpoint_name: str) -> str:
-    return child_name(checkpoint_name, "upload")
+    return agent_pod_name(checkpoint_name, "upload")
 
 
 def verify_pod_name(checkpoint_name: str) -> str:
-    return child_name(checkpoint_name, "verify")
+    return agent_pod_name(checkpoint_name, "verify")
 
 
 def pull_pod_name(checkpoint_name: str) -> str:
-    return child_name(checkpoint_name, "pull")
+    return agent_pod_name(checkpoint_name, "pull")
 
 
 def has_ready_request(annotations: Optional[dict[str, Any]]) -> bool:

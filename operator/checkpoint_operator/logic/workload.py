@@ -25,7 +25,7 @@ from checkpoint_operator.logic.agent_pods import (AGENT_DATA_MOUNT, AGENT_OUTPUT
                                                   OUTPUT_VOLUME, STAGING_VOLUME, InputVolumes, agent_container,
                                                   agent_pod)
 from checkpoint_operator.logic.inputs import ResolvedInput
-from checkpoint_operator.logic.naming import MAX_LABEL_NAME, bounded_name, child_name
+from checkpoint_operator.logic.naming import MAX_LABEL_NAME, agent_pod_name, bounded_name, child_name
 from checkpoint_operator.logic.rendezvous import Rendezvous
 from checkpoint_operator.logic.security_context import fit_injected_container, trainer_identity
 from checkpoint_operator.logic.workers import WORKER_INDEX_LABEL
@@ -114,15 +114,15 @@ def output_claim_names(tj: TrainingJob) -> list[str]:
 
 
 def snapshot_pod_name(tj: TrainingJob) -> str:
-    return child_name(tj.metadata.name, "snapshot")
+    return agent_pod_name(tj.metadata.name, "snapshot")
 
 
 def scan_pod_name(checkpoint: Checkpoint) -> str:
-    return child_name(checkpoint.metadata.name, "scan")
+    return agent_pod_name(checkpoint.metadata.name, "scan")
 
 
 def import_pod_name(checkpoint: Checkpoint) -> str:
-    return child_name(checkpoint.metadata.name, "import")
+    return agent_pod_name(checkpoint.metadata.name, "import")
 
 
 # --- environment -------------------------------------------------------------------------------

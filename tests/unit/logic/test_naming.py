@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from checkpoint_operator.logic.naming import MAX_NAME, NAME_HASH_LENGTH, bounded_name, checkpoint_name, sanitize
+from checkpoint_operator.logic.naming import (AGENT_POD_COMPONENTS, MAX_NAME, NAME_HASH_LENGTH, agent_pod_name, bounded_name,
+                                             checkpoint_name, sanitize)
 
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
@@ -122,3 +123,22 @@ def test_the_docs_examples_are_the_names_the_code_makes():
     assert ("Step_300", "pretrain.step-300.b47a04cb4b") in examples
     for directory, name in examples:
         assert checkpoint_name("pretrain", directory) == name, directory
+
+
+@pytest.mark.parametrize("component", AGENT_POD_COMPONENTS)
+def test_an_agent_pod_name_always_ends_with_its_component(component):
+    """The chart's exec fence knows agent pods by that suffix alone (a pods/exec request has the
+    pod's name, not its labels): a long Checkpoint name must not cut it off (hostile5 H3/H4)."""
+    assert agent_pod_name("ckpt-a", component) == f"ckpt-a-{component}"
+    names = {agent_pod_name(parent, component) for parent in ("x" * 253, "x" * 252 + "y", "y" * 240)}
+    assert len(names) == 3
+    for name in names:
+        assert len(name) <= MAX_NAME and name.endswith(f"-{component}")
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", name)
+
+
+def test_the_pods_a_push_verify_or_pull_is_served_by_keep_their_suffix():
+    from checkpoint_operator.logic import transfers
+    long = "a" * 250
+    assert [transfers.upload_pod_name(long)[-7:], transfers.verify_pod_name(long)[-7:],
+            transfers.pull_pod_name(long)[-5:]] == ["-upload", "-verify", "-pull"]

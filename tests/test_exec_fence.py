@@ -1,0 +1,176 @@
+"""The chart's exec fence (templates/exec-fence.yaml; hostile5 H3, H4), evaluated with the `cel`
+package as the API server would (tests/admission_policy.py): in the operator's agent pods only the
+commands kubectl ckpt push and pull really run are accepted, with the arguments the plugin builds
+(logic/transfers.py); any other exec, an attach, a port-forward, an ephemeral container is refused;
+pods of other names and exempt groups are not its business."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from helm_python import chart as helm_chart
+
+from admission_policy import Request, evaluate
+from checkpoint_operator.api.checkpoint import Location, VolumeLocation
+from checkpoint_operator.logic import exec_fence, transfers
+from checkpoint_operator.logic.naming import AGENT_POD_COMPONENTS, agent_pod_name
+from test_chart import CHART_DIR, of_kind, render
+
+NS = "team-a"
+USER = "alice@example.com"
+DIGEST = "sha256:" + "ab" * 32
+UPLOAD_POD = transfers.upload_pod_name("llama-ft")
+PULL_POD = transfers.pull_pod_name("llama-ft")
+
+
+def fence_of(values: dict | None = None) -> dict | None:
+    with helm_chart.Chart.load(CHART_DIR) as chart:
+        found = [o for o in of_kind(render(chart, values or {}), "ValidatingAdmissionPolicy")
+                 if o["metadata"]["name"].endswith("-agent-exec")]
+    assert len(found) <= 1
+    return found[0] if found else None
+
+
+@pytest.fixture(scope="module")
+def fence() -> dict:
+    policy = fence_of()
+    assert policy is not None, "the exec fence is on by default"
+    return policy
+
+
+def exec_request(pod: str, command: list[str], groups: tuple[str, ...] = ("system:authenticated",)) -> Request:
+    return Request("CONNECT", "PodExecOptions", NS, subresource="exec", name=pod, username=USER, groups=groups,
+                   object={"kind": "PodExecOptions", "apiVersion": "v1", "stdin": True, "stdout": True,
+                           "stderr": True, "command": command})
+
+
+def accepted(fence: dict, request: Request) -> None:
+    decision = evaluate(fence, request)
+    assert decision.matched and decision.refusals == []
+
+
+def refused(fence: dict, request: Request, message: str) -> None:
+    decision = evaluate(fence, request)
+    assert decision.matched, "an agent pod's exec must be checked"
+    assert any(message in m for m in decision.refusals), decision.refusals
+
+
+# --- what kubectl ckpt really runs is accepted -------------------------------------------------------
+
+PLUGIN_COMMANDS = {
+    "push": (UPLOAD_POD, transfers.push_command(None, "step-900")),
+    "push with a size": (UPLOAD_POD, transfers.push_command(5 << 30, "checkpoint.v2")),
+    "push inventory": (UPLOAD_POD, transfers.inventory_command()),
+    "pull": (PULL_POD, transfers.pull_command(None, None)),
+    "pull with its manifest": (PULL_POD, transfers.pull_command(
+        Location(volume=VolumeLocation(claimName="c", path="data", manifest=".ckpt-manifests/x.json")), DIGEST)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PLUGIN_COMMANDS))
+def test_the_plugins_own_commands_are_accepted(fence, case):
+    pod, command = PLUGIN_COMMANDS[case]
+    accepted(fence, exec_request(pod, command))
+
+
+# --- anything else in an agent pod is refused ---------------------------------------------------------
+
+ONLY = "only kubectl ckpt push"
+WATCHER = ["python", "-c", "open('/checkpoint-data/data/a.bin', 'r+b').write(b'EVIL')"]
+
+
+HOSTILE = [
+    (UPLOAD_POD, WATCHER),                                                   # hostile5 H3: the watcher
+    (UPLOAD_POD, ["sh", "-c", " ".join(transfers.push_command(None, "x"))]),
+    (UPLOAD_POD, [*transfers.push_command(None, "x"), "--name", "y"]),       # a flag twice
+    (UPLOAD_POD, [*transfers.push_command(None, "x"), "--max-size"]),        # a flag without its value
+    (UPLOAD_POD, [*transfers.push_command(None, "x"), "/elsewhere"]),        # another positional
+    (UPLOAD_POD, ["checkpoint-operator", "agent", "unpack", "/checkpoint-data"]),  # beside the data
+    (UPLOAD_POD, ["checkpoint-operator", "agent", "receive", "/checkpoint-data/data", "--digest", DIGEST]),
+    (UPLOAD_POD, transfers.pull_command(None, None)),                        # pull's command in a receiver
+    (PULL_POD, transfers.push_command(None, "x")),                           # push's in a pull pod
+    (PULL_POD, [*transfers.pull_command(None, None), "--session-dir", "/tmp"]),
+    (agent_pod_name("imp1", "import"), WATCHER),                            # hostile5 H4: an import pod
+    (agent_pod_name("imp1", "import"), transfers.push_command(None, "x")),
+    (agent_pod_name("c", "verify"), ["sh"]),                                 # could forge Verified
+    (agent_pod_name("c", "scan"), ["sh"]),
+    (agent_pod_name("tj", "snapshot"), ["sh"]),
+    (agent_pod_name("catalog-x-12345", "copy"), ["sh"]),
+    (agent_pod_name("x" * 260, "upload"), WATCHER),                          # a long name keeps its suffix
+    (UPLOAD_POD, []),
+]
+
+
+@pytest.mark.parametrize("pod, command", HOSTILE, ids=lambda v: v if isinstance(v, str) else " ".join(v)[:40])
+def test_any_other_exec_into_an_agent_pod_is_refused(fence, pod, command):
+    refused(fence, exec_request(pod, command), ONLY)
+
+
+@pytest.mark.parametrize("kind, subresource", [("PodAttachOptions", "attach"),
+                                               ("PodPortForwardOptions", "portforward")])
+def test_attach_and_port_forward_are_refused_even_into_the_receiver(fence, kind, subresource):
+    request = Request("CONNECT", kind, NS, subresource=subresource, name=UPLOAD_POD, username=USER,
+                      object={"kind": kind, "apiVersion": "v1"})
+    refused(fence, request, f"pods/{subresource} is refused in the checkpoint operator's agent pod {UPLOAD_POD}")
+
+
+def test_an_ephemeral_container_is_refused(fence):
+    pod = {"metadata": {"name": agent_pod_name("imp1", "import"), "namespace": NS},
+           "spec": {"ephemeralContainers": [{"name": "debug", "image": "busybox", "targetContainerName": "import"}]}}
+    request = Request("UPDATE", "Pod", NS, subresource="ephemeralcontainers", username=USER,
+                      object=pod, old_object={**pod, "spec": {}})
+    refused(fence, request, "pods/ephemeralcontainers is refused")
+
+
+# --- what is not its business ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("pod", ["web-0", "llama-ft-upload-1", "uploader", "my-importer"])
+def test_other_pods_are_not_matched(fence, pod):
+    assert not evaluate(fence, exec_request(pod, WATCHER)).matched
+
+
+def test_an_exempt_group_is_not_held(fence):
+    assert not evaluate(fence, exec_request(UPLOAD_POD, WATCHER, groups=("system:masters",))).matched
+    policy = fence_of({"admissionPolicy": {"execFence": {"exemptGroups": ["ops"]}}})
+    assert policy is not None
+    assert not evaluate(policy, exec_request(UPLOAD_POD, WATCHER, groups=("ops",))).matched
+    refused(policy, exec_request(UPLOAD_POD, WATCHER, groups=("system:masters",)), ONLY)
+
+
+def test_it_can_be_turned_off():
+    assert fence_of({"admissionPolicy": {"execFence": {"enabled": False}}}) is None
+
+
+def test_it_knows_every_agent_pod_by_its_name(fence):
+    """The fence's name pattern lists exactly the components agent pods are named with (logic/naming.py)."""
+    pattern = next(c["expression"] for c in fence["spec"]["matchConditions"] if c["name"] == "an-agent-pod")
+    listed = re.search(r"-\(([a-z|]+)\)\$", pattern)
+    assert listed is not None and set(listed.group(1).split("|")) == set(AGENT_POD_COMPONENTS)
+
+
+def test_the_binding_denies():
+    with helm_chart.Chart.load(CHART_DIR) as chart:
+        bindings = [o for o in of_kind(render(chart, {}), "ValidatingAdmissionPolicyBinding")
+                    if o["metadata"]["name"].endswith("-agent-exec")]
+    assert len(bindings) == 1 and bindings[0]["spec"]["validationActions"] == ["Deny"]
+    assert bindings[0]["spec"]["policyName"] == bindings[0]["metadata"]["name"]
+
+
+# --- local mode's emulator applies the same rule (logic/exec_fence.py) ------------------------------
+
+@pytest.mark.parametrize("pod, command", [*PLUGIN_COMMANDS.values(), *HOSTILE, ("web-0", WATCHER),
+                                          ("llama-ft-upload-1", WATCHER)],
+                         ids=lambda v: v if isinstance(v, str) else " ".join(v)[:40])
+def test_local_modes_fence_decides_as_the_charts(fence, pod, command):
+    decision = evaluate(fence, exec_request(pod, command))
+    charts = "not matched" if not decision.matched else ("accepted" if decision.allowed else decision.refusals[0])
+    local = exec_fence.refusal(pod, "exec", command)
+    assert (local if local is not None else ("accepted" if exec_fence.is_agent_pod(pod) else "not matched")) \
+        == charts
+
+
+def test_local_modes_fence_refuses_attach_as_the_charts(fence):
+    request = Request("CONNECT", "PodAttachOptions", NS, subresource="attach", name=UPLOAD_POD, username=USER,
+                      object={"kind": "PodAttachOptions", "apiVersion": "v1"})
+    assert evaluate(fence, request).refusals == [exec_fence.refusal(UPLOAD_POD, "attach", [])]
