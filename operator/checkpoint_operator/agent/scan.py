@@ -18,6 +18,7 @@ import errno
 import heapq
 import json
 import os
+import re
 import stat
 import sys
 import time
@@ -62,6 +63,15 @@ RESUME_DIR = ".ckpt-resume"
 # Names of the output's root the scan never looks at: the sidecar's state, the stored manifests,
 # the resume copy.
 AGENT_DIRS = (LIVE_DIR, MANIFESTS_DIR, RESUME_DIR)
+# What the agent itself writes in each (anything else there is the training code's: hostile6 O1, a
+# trainer saving beside its CHECKPOINT_RESUME_PATH wrote into .ckpt-live and every such checkpoint
+# went with the output volume, unmentioned): the sealing sidecar's state and resume link, stored
+# manifests (and a scan's temporary files), the resume step's copies and link.
+AGENT_OWN_NAMES = {
+    LIVE_DIR: re.compile(r"^(sealed[.]json|resume)([.]tmp)?$"),
+    MANIFESTS_DIR: re.compile(r"^(sha256-[0-9a-f]{64}[.]json|[.]tmp-[0-9]+-[0-9]+[.](files|json))$"),
+    RESUME_DIR: re.compile(r"^([.]?[0-9a-f]{64}([.](partial|old)-[0-9]+)?|latest|[.]latest[.][0-9]+)$"),
+}
 STALE_TEMP_SECONDS = 3600  # a temporary file of a killed scan in the manifests directory
 # The root files' names reported for a volume location to mount one by one: protocol/results.py's
 # MAX_ITEMS (not imported: the scan's start-up loads no pydantic; tests/unit/agent checks they agree).
@@ -174,6 +184,22 @@ def _directory_candidates(name: str, path: str, skips: _Skips, budget: EntryBudg
             for child in split.checkpoints]
 
 
+def _agent_dir_strays(path: str, name: str, skips: _Skips, budget: EntryBudget) -> None:
+    """Entries of an agent directory at the output's root that the agent does not write there."""
+    try:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            skips.add(ROOT, name, "name reserved for the agent's own files (not a directory of its own)")
+            return
+        with os.scandir(path) as it:
+            for entry in it:
+                budget.take(entry.path)
+                if not AGENT_OWN_NAMES[name].match(entry.name):
+                    skips.add(ROOT, f"{name}/{printable(entry.name)}",
+                              "in a directory the agent reserves for its own files (not made into a Checkpoint)")
+    except OSError as exc:
+        skips.add(ROOT, name, f"unreadable: {exc.strerror}")
+
+
 def _root_candidates(root: str, layout: str, skips: _Skips, budget: EntryBudget,
                      lost: Optional[dict[str, dict[str, str]]] = None) -> list[_Candidate]:
     """The checkpoints the top-level entries of `root` make, per the layout; files not yet walked.
@@ -194,7 +220,10 @@ def _root_candidates(root: str, layout: str, skips: _Skips, budget: EntryBudget,
             skips.add(ROOT, spelled(name), f"name {collision_problem(twins[name])}")
             continue
         if name in AGENT_DIRS:
-            continue  # the agent's own: the sealing sidecar's state, the stored manifests
+            # the agent's own (the sealing sidecar's state, the stored manifests, the resume copies): not a
+            # checkpoint; what the training code put there is skipped by name, so its volume is kept
+            _agent_dir_strays(entry.path, name, skips, budget)
+            continue
         if name.startswith("."):
             skips.add(ROOT, name, "hidden name")
             continue

@@ -662,3 +662,22 @@ def test_a_manifests_directory_planted_as_a_link_is_never_written_through(output
     assert sorted(p.name for p in (output / "checkpoint-500").iterdir()) == before
     assert scan.manifests_problem and "a link or a file, not a directory" in scan.manifests_problem
     assert [s.stored for s in scan.checkpoints] == [False, False, False]
+
+
+def test_what_the_training_code_puts_in_an_agent_directory_is_skipped_by_name(tmp_path):
+    """hostile6 O1: files the trainer wrote under .ckpt-live/, .ckpt-resume/ or .ckpt-manifests/ were
+    dropped without a skipped entry, so the output volume was released with them (the only copy). The
+    agent's own files there are neither checkpoints nor skipped; anything else is skipped by name."""
+    out = tmp_path / "out"
+    write(out / "step-1" / "model.bin", b"w")
+    write(out / ".ckpt-live" / "sealed.json", "[]")
+    os.symlink("../step-1", out / ".ckpt-live" / "resume")
+    write(out / ".ckpt-live" / "step-3" / "model.bin", b"saved beside the resume link")
+    write(out / ".ckpt-resume" / ("a" * 64) / "model.bin", b"a copy")
+    write(out / ".ckpt-resume" / "step-2" / "model.bin", b"the trainer's")
+    write(out / ".ckpt-manifests" / f"sha256-{'b' * 64}.json", "{}")
+    write(out / ".ckpt-manifests" / "notes.txt", "mine")
+    result = scan_directory(str(out))
+    assert sorted(by_path(result)) == ["step-1"]
+    assert sorted(skipped(result)) == [".ckpt-live/step-3", ".ckpt-manifests/notes.txt", ".ckpt-resume/step-2"]
+    assert "reserves for its own files" in skipped(result)[".ckpt-live/step-3"]
