@@ -47,6 +47,9 @@ class Context:
     # (namespace, uid) of a running live-sealing TrainingJob -> what was reported and annotated
     # (reconcile/live_sealing.py)
     live: dict[tuple[str, str], LiveMemory] = field(default_factory=dict)
+    # (namespace, name) of a finished agent pod -> (its uid, its parsed result): its owner may wait
+    # on something else before it deletes the pod (reconcile/agent_runs.py); goes with the pod.
+    agent_results: dict[tuple[str, str], tuple[str, Any]] = field(default_factory=dict)
     resync: Optional[asyncio.Task[None]] = None
     # The namespaces the operator serves (empty: every namespace): a ClusterCheckpoint's users are listed there.
     namespaces: list[str] = field(default_factory=list)
