@@ -214,7 +214,7 @@ class Store:
 
 def tree_digest(root: Path) -> str | None:
     """digest_of the regular files under root, as the agent computes it (None: no such directory)."""
-    from checkpoint_operator.agent.manifest import RESERVED_ROOT_NAMES, FileEntry, digest_of
+    from checkpoint_operator.protocol.manifest import RESERVED_ROOT_NAMES, FileEntry, digest_of
     if not root.is_dir():
         return None
     from checkpoint_operator.agent import fstree  # Path.rglob recurses once per level (issue 18 item 5)

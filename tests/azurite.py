@@ -1,6 +1,6 @@
 """Azurite, Microsoft's Azure Storage emulator (npm), serving Blob on 127.0.0.1, telemetry off.
 
-    from azurite import azurite, azure_blob  # noqa: F401  (fixtures)
+Its fixtures are registered for the whole run by tests/conftest.py (pytest_plugins): ask for them by name.
 
 `azurite` (session-scoped) installs Azurite with npm into a cache directory the first time
 (`$CKPT_TEST_CACHE`, default ~/.cache/checkpoint-operator-tests; .ci/run installs it first with
@@ -29,6 +29,7 @@ from typing import Optional
 
 import pytest
 
+from processes import die_with_parent
 from required import unavailable
 
 VERSION = "3.37.0"
@@ -87,6 +88,10 @@ class Azurite:
         from azure.storage.blob import BlobServiceClient
         return BlobServiceClient.from_connection_string(self.connection_string)
 
+    def service_without_retries(self):
+        from azure.storage.blob import BlobServiceClient
+        return BlobServiceClient.from_connection_string(self.connection_string, retry_total=0)
+
 
 def start_azurite() -> Azurite:
     binary, why = install()
@@ -99,13 +104,18 @@ def start_azurite() -> Azurite:
     log = open(os.path.join(workdir, "azurite.log"), "ab")
     proc = subprocess.Popen([str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", workdir,
                              "--silent", "--skipApiVersionCheck", "--disableTelemetry"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=workdir)
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=workdir,
+                            preexec_fn=die_with_parent())
     log.close()
     server = Azurite(port, proc, workdir)
     deadline = time.monotonic() + 60
     while True:
         try:
-            list(server.service().list_containers(results_per_page=1))
+            # The port first, then one request without the SDK's retries: its backoff made every
+            # start take 16-19 s whatever Azurite's own start-up took.
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                pass
+            list(server.service_without_retries().list_containers(results_per_page=1))
             return server
         except Exception:  # noqa: BLE001 - not up yet
             if proc.poll() is not None or time.monotonic() > deadline:

@@ -38,6 +38,10 @@ import yaml
 from checkpoint_operator.local.cluster import LocalCluster
 from checkpoint_operator.local.server import ApiClient, EmulatorServer
 
+# The servers' fixtures, registered once for the whole run: a session-scoped fixture imported into
+# a test module is a fixture of that module, so each module started its own SeaweedFS and Azurite.
+pytest_plugins = ["s3server", "azurite", "hubserver"]
+
 
 @pytest.fixture
 def emulator_server() -> Iterator[EmulatorServer]:

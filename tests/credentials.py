@@ -103,37 +103,10 @@ def stop(handler: logging.Handler) -> None:
     current = None
 
 
-class _RecordingLog(dict):
-    """One pod's logs by container: every text written is also seen by the witness."""
-
-    def __init__(self, witness: Witness, where: str, *args) -> None:
-        super().__init__(*args)
-        self.witness, self.where = witness, where
-
-    def __setitem__(self, container, text) -> None:
-        self.witness.saw(f"{self.where} {container}".strip(), text)
-        super().__setitem__(container, text)
-
-
-class _RecordingLogs(dict):
-    """The emulator's pod logs ((namespace, name) -> container -> text), each write recorded."""
-
-    def __init__(self, witness: Witness, logs: dict) -> None:
-        super().__init__()
-        self.witness = witness
-        for key, value in logs.items():
-            self.setdefault(key, value)
-
-    def setdefault(self, key, default=None):
-        if key not in self:
-            super().__setitem__(key, _RecordingLog(self.witness, f"pod log {key[0]}/{key[1]}", default or {}))
-        return self[key]
-
-
 def watch_emulator(witness: Witness, emulator) -> None:
-    """Record every pod log the emulator is given from now on (the emulator writes each log
-    through `_pod_logs.setdefault(...)[container] = text`)."""
-    emulator._pod_logs = _RecordingLogs(witness, emulator._pod_logs)
+    """Record every text written to a pod's log from now on (the emulator's `on_pod_log`)."""
+    emulator.on_pod_log = lambda namespace, name, container, text: witness.saw(
+        f"pod log {namespace}/{name} {container}".strip(), text)
 
 
 def emulator_objects(witness: Witness, state: dict) -> None:

@@ -30,6 +30,8 @@ from typing import Optional
 
 import pytest
 
+from processes import die_with_parent
+
 GIT_ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@e", "GIT_TERMINAL_PROMPT": "0"}
 
@@ -237,7 +239,8 @@ def git_daemon(tmp_path):
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("GIT_")}, **GIT_ENV}
     proc = subprocess.Popen(["git", "daemon", "--listen=127.0.0.1", f"--port={port}", f"--base-path={root}",
                              "--export-all", "--reuseaddr", "--informative-errors", "--enable=upload-pack", str(root)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=die_with_parent())
     deadline = time.monotonic() + 10
     while True:
         try:

@@ -1,6 +1,6 @@
 """Hugging Face Hub servers for the tests, on 127.0.0.1 only.
 
-    from hubserver import olah_hub, mini_hub  # noqa: F401  (fixtures)
+    (registered for the whole run by tests/conftest.py: ask for `olah_hub` or `mini_hub` by name)
 
 - `olah_hub` (session-scoped): **olah** (PyPI), a self-hosted Hub mirror, in offline mode serving
   local Git repositories from its `mirrors-path` (models/<org>/<name>), its upstream pointed at a
@@ -37,6 +37,7 @@ from typing import Optional
 import pytest
 
 from gitserver import git
+from processes import die_with_parent
 from required import unavailable
 
 # huggingface_hub reads HF_HOME (where a login's token file is) once, when it is first imported:
@@ -109,7 +110,8 @@ offline = true
 """)
     log = open(workdir / "olah.log", "ab")
     proc = subprocess.Popen([cli, "--config", str(config)], cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                            start_new_session=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                            preexec_fn=die_with_parent())
     log.close()
     hub = OlahHub(port, mirrors, proc, workdir)
     deadline = time.monotonic() + 60

@@ -1,8 +1,8 @@
 """A real S3 server for the tests: SeaweedFS (`weed mini`) on 127.0.0.1 only, telemetry off.
 
-Use from a test module (tests/ is on sys.path through pytest's rootdir insertion):
-
-    from s3server import seaweedfs, s3  # noqa: F401  (fixtures)
+tests/conftest.py registers this module's fixtures for the whole run (pytest_plugins): a test asks
+for `seaweedfs` or `s3` by name. Importing them into a test module would make them that module's
+own fixtures, and start a server per module.
 
 `seaweedfs` (session-scoped) yields a `SeaweedFS` with `endpoint`, `access_key`, `secret_key`,
 `env()` and `kill()`/`start()` for interruption tests; `s3` (function-scoped) sets the AWS
@@ -12,18 +12,18 @@ afterwards when a test killed it.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Optional
+
+from processes import die_with_parent
 
 import pytest
 
@@ -40,21 +40,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _die_with_parent():
-    """A preexec_fn making weed die with the test process (Linux prctl PR_SET_PDEATHSIG): a killed or
-    timed-out pytest leaves no SeaweedFS behind (a shared machine had dozens of orphans). The signal is
-    tied to the starting thread, so only a start from the main thread asks for it."""
-    if not os.path.exists("/proc/self") or threading.current_thread() is not threading.main_thread():
-        return None
-    parent = os.getpid()
-
-    def preexec() -> None:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-    return preexec
 
 
 def _free_ports(n: int) -> list[int]:
@@ -115,7 +100,7 @@ class SeaweedFS:
         self.log_path = os.path.join(self.data_dir, "weed.log")
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.command(), cwd=self.data_dir, env=env, stdout=log,
-                                     stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent())
+                                     stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent())
         log.close()
         self._wait_ready(timeout)
 

@@ -104,6 +104,9 @@ def test_a_catalog_copy_may_be_marked_verified_and_nothing_more(policies):
     marked = copy.deepcopy(claim)
     marked["metadata"]["annotations"] = {catalog.COPIED_DIGEST_ANNOTATION: pod_shapes.DIGEST}
     allowed(policies["volume"], Request("UPDATE", "PersistentVolumeClaim", NS, marked, claim))
+    pinned = copy.deepcopy(claim)  # the copy pod's UID, recorded when the operator creates it
+    pinned["metadata"]["annotations"] = {catalog.COPY_POD_ANNOTATION: "3f1c2a9e-0000-4000-8000-000000000001"}
+    allowed(policies["volume"], Request("UPDATE", "PersistentVolumeClaim", NS, pinned, claim))
     other = copy.deepcopy(claim)
     other["metadata"]["annotations"] = {"volume.kubernetes.io/selected-node": "node-1"}
     refused(policies["volume"], Request("UPDATE", "PersistentVolumeClaim", NS, other, claim),
@@ -112,6 +115,9 @@ def test_a_catalog_copy_may_be_marked_verified_and_nothing_more(policies):
     output = claims()["output"]
     stamped = copy.deepcopy(output)
     stamped["metadata"]["annotations"] = {catalog.COPIED_DIGEST_ANNOTATION: pod_shapes.DIGEST}
+    refused(policies["volume"], Request("UPDATE", "PersistentVolumeClaim", NS, stamped, output),
+            "the checkpoint operator may change only the owner references of its own claims")
+    stamped["metadata"]["annotations"] = {catalog.COPY_POD_ANNOTATION: "3f1c2a9e-0000-4000-8000-000000000001"}
     refused(policies["volume"], Request("UPDATE", "PersistentVolumeClaim", NS, stamped, output),
             "the checkpoint operator may change only the owner references of its own claims")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import builtins
 import collections
 import copy
+import contextlib
 import json
 import threading
 from dataclasses import dataclass
@@ -162,7 +163,7 @@ class Kube:
     # --- transport ---------------------------------------------------------------------------
 
     def _call(self, method: str, path: str, body: Any = None, query: Optional[dict[str, Any]] = None,
-              content_type: str = "application/json", raw: bool = False) -> Any:
+              content_type: str = "application/json", raw: bool = False, max_bytes: Optional[int] = None) -> Any:
         headers = {"Accept": "application/json", "Content-Type": content_type}
         query_params = [(k, v) for k, v in (query or {}).items() if v is not None]
         method, url, headers, body, _ = self.api.param_serialize(
@@ -173,10 +174,10 @@ class Kube:
             self.requests_by_target[(method, request_target(path))] += 1
         try:
             response = self.api.call_api(method, url, header_params=headers, body=body, _request_timeout=30)
-            response.read()
+            data = _read_capped(response, max_bytes) if max_bytes is not None else response.read()
         except kubernetes.client.ApiException as exc:  # some transports raise instead of returning
             raise _error(exc.status, exc.body or "") from None
-        text = response.data.decode() if isinstance(response.data, bytes) else (response.data or "")
+        text = data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
         if response.status >= 400:
             raise _error(response.status, text)
         if raw:
@@ -243,9 +244,9 @@ class Kube:
 
     def delete(self, resource: Resource, namespace: str, name: str, propagation: str = "Background",
                resource_version: Optional[str] = None, uid: Optional[str] = None) -> bool:
-        """Delete; False when it was already gone (deletes are idempotent). With `resource_version`
-        the delete is conditional: a Conflict when the object changed since it was read; with `uid`,
-        only that object (a Conflict when the name is another's by now)."""
+        """Delete; False when it was already gone (deletes are idempotent). Preconditions make it
+        conditional, a Conflict otherwise: `resource_version` (the object changed since it was
+        read), `uid` (another object of the same name)."""
         options: dict = {"propagationPolicy": propagation}
         preconditions = {k: v for k, v in (("resourceVersion", resource_version), ("uid", uid)) if v is not None}
         if preconditions:
@@ -269,8 +270,19 @@ class Kube:
             return False
         return any(r.get("name") == resource.plural for r in document.get("resources") or [])
 
-    def read_log(self, namespace: str, pod: str, container: Optional[str] = None) -> str:
-        return self._call("GET", PODS.path(namespace, pod, "log"), query={"container": container}, raw=True)
+    def read_log(self, namespace: str, pod: str, container: Optional[str] = None, *, limit_bytes: int,
+                 tail_lines: Optional[int] = None, since_time: Optional[str] = None, timestamps: bool = False) -> str:
+        """A bounded read of a container's log (a tenant controls what its pods print): at most
+        `limit_bytes` (the kubelet cuts there, mid-line), of the last `tail_lines` lines and/or
+        from `since_time` (RFC 3339; the API server passes it on in whole seconds), each line
+        prefixed with its RFC 3339 timestamp when `timestamps`."""
+        if limit_bytes < 1:
+            raise ValueError("a log read needs a byte limit of at least 1")
+        query = {"container": container, "limitBytes": str(limit_bytes),
+                 "tailLines": str(tail_lines) if tail_lines is not None else None, "sinceTime": since_time,
+                 "timestamps": "true" if timestamps else None}
+        # A server that ignored limitBytes would still get no more than the bound into memory.
+        return self._call("GET", PODS.path(namespace, pod, "log"), query=query, raw=True, max_bytes=limit_bytes)
 
     def list_live(self, resource: Resource, namespace: Optional[str],
                   label_selector: str) -> builtins.list[dict[str, Any]]:
@@ -293,6 +305,19 @@ def request_target(path: str) -> str:
     if len(rest) == 1:
         return f"{plural} (collection)"
     return f"{plural}/{rest[2]}" if len(rest) > 2 else plural
+def _read_capped(response: Any, max_bytes: int) -> bytes | str:
+    """At most `max_bytes` of the response body; a connection with more left is closed, not reused."""
+    raw = getattr(response, "response", None)
+    if raw is None or not hasattr(raw, "read"):  # a transport that buffered the body already
+        data = response.read()
+        return data[:max_bytes] if isinstance(data, (bytes, str)) else data
+    data = raw.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raw.close()
+        return data[:max_bytes]
+    with contextlib.suppress(Exception):
+        raw.release_conn()
+    return data
 
 
 def _error(status: int, text: str) -> ApiError:

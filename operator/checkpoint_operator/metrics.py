@@ -24,6 +24,10 @@ BLOCKED_DELETIONS = Counter(
 RECONCILE_ERRORS = Counter(f"{PREFIX}_reconcile_errors_total", "Reconciliations that raised an error.", ["kind"])
 WATCH_EVENTS = Counter(f"{PREFIX}_watch_events_total", "Watch events the operator handled (kopf's per-event cost).",
                        ["kind"])
+AGENT_RESULT_BYTES = Histogram(
+    f"{PREFIX}_agent_result_bytes", "Size of the result line an agent pod wrote (read bounded; a few hundred bytes "
+    "per checkpoint, whatever the number of files).", ["task"],
+    buckets=(1_000, 10_000, 100_000, 1_000_000, 2_000_000, 4_000_000, 6_500_000))
 
 
 class PhaseTracker(Collector):

@@ -72,7 +72,8 @@ RULES: tuple[PermissionRule, ...] = (
         ("update", "Kubernetes asks it of whoever sets an owner reference with blockOwnerDeletion on our kinds"),)),
     PermissionRule(("batch",), ("jobs",), (
         ("get", "follow the Job of a TrainingJob to its end"),
-        ("list", KOPF_WATCH), ("watch", KOPF_WATCH),
+        ("list", KOPF_WATCH + "; a JobSet's child Jobs, whose pods are the only ones trusted as its workers"),
+        ("watch", KOPF_WATCH),
         ("create", "the batch/v1 Job that runs a TrainingJob's pod template" + NARROWED
                    + "only Jobs labelled as a TrainingJob's workers and owned by it, never a change"),
         ("delete", "a distributed job's failed attempt, once every worker has stopped, before the group starts "

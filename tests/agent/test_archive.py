@@ -18,7 +18,7 @@ import pytest
 
 from checkpoint_operator.agent.archive import UnsafeArchive, extract_archive
 from checkpoint_operator.agent.importer import import_checkpoint
-from checkpoint_operator.agent.s3 import AgentError
+from checkpoint_operator.objectstore.s3 import AgentError
 
 
 # ---- archive builders ----

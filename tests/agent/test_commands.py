@@ -62,7 +62,11 @@ def test_builders_put_the_values_where_the_parser_reads_them():
     args = parse(agent_commands.snapshot("/o", "s3://b/p/", layout="files"))
     assert (args.dir, args.upload_to, args.layout, args.single) == ("/o", "s3://b/p/", "files", False)
     args = parse(agent_commands.scan("/o", single=True))
-    assert args.single and args.json
+    assert args.single and args.result and not args.json and args.manifests_dir is None
+    args = parse(agent_commands.scan("/o", single=True, result=False, manifests_dir="/m"))
+    assert args.json and not args.result and args.manifests_dir == "/m"
+    assert parse(agent_commands.verify("/d", manifest="/m.json")).manifest == "/m.json"
+    assert parse(agent_commands.pack("/d", manifest="/m.json")).manifest == "/m.json"
 
 
 def test_download_is_always_pinned_to_the_digest():
@@ -98,6 +102,9 @@ SCAN_MODULES = {
     "checkpoint_operator.agent.metadata", "checkpoint_operator.agent.metrics_files",
     "checkpoint_operator.agent.safe_read", "checkpoint_operator.agent.safe_pickle",
     "checkpoint_operator.agent.work_limit",
+    # what the agent shares with the operator (protocol/): the manifest and names, never the results' models
+    "checkpoint_operator.protocol", "checkpoint_operator.protocol.errors", "checkpoint_operator.protocol.manifest",
+    "checkpoint_operator.protocol.names",
 }
 
 

@@ -22,7 +22,6 @@ from agentrun import run_agent
 from deep_trees import DEEP_DIRS, DEEP_FILE, DEPTH, LEAF, build_deep_tree, files_of
 from deep_trees import deep, remove_deep_trees  # noqa: F401  (fixtures)
 from gitserver import git, git_daemon  # noqa: F401  (fixture)
-from s3server import seaweedfs, s3  # noqa: F401  (fixtures)
 
 
 # --- each path over a deep tree ------------------------------------------------------------------
@@ -79,6 +78,7 @@ def deep_tar(path: Path, with_directories: bool) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("with_directories", [True, False], ids=["directory-members", "file-members-only"])
 def test_archive_import_of_a_deep_tar(s3, tmp_path: Path, with_directories: bool):  # noqa: F811
     archive = deep_tar(tmp_path / "deep.tar.gz", with_directories)

@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from s3server import seaweedfs, s3  # noqa: F401  (fixtures)
 from test_upload_download import agent, local_digest, one_error_line
 
 from checkpoint_operator.agent.download import Downloader, download_prefix, temp_name
-from checkpoint_operator.agent.errors import AgentError
-from checkpoint_operator.agent.manifest import MANIFEST_NAME, FileEntry, Manifest, digest_of
-from checkpoint_operator.agent.names import TEMP_PREFIX
+from checkpoint_operator.protocol.errors import AgentError
+from checkpoint_operator.protocol.manifest import MANIFEST_NAME, FileEntry, Manifest, digest_of
+from checkpoint_operator.protocol.names import TEMP_PREFIX
 from checkpoint_operator.agent.upload import upload_dir
 
 MiB = 1024 * 1024
@@ -189,6 +188,7 @@ def _big_source(tmp_path: Path) -> Path:
     return src
 
 
+@pytest.mark.slow
 def test_server_killed_and_restarted_mid_download_is_retried_per_part(s3, seaweedfs, tmp_path, monkeypatch):
     src = _big_source(tmp_path)
     uri = s3.uri("flaky/")

@@ -7,10 +7,8 @@ from __future__ import annotations
 import pytest
 
 from agentrun import run_agent
-from azurite import azure_blob, azurite  # noqa: F401  (fixtures)
 from ftpserver import PASSWORD, USER, ftp_server  # noqa: F401  (fixture)
 from layouts import read_tree, tar_gz, tiny_model
-from s3server import s3, seaweedfs  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("credential_watch")]
 
@@ -148,7 +146,7 @@ def test_gcs_bad_input(s3, tmp_path, case, words):
 
 
 def test_anonymous_requests_are_unsigned(s3, monkeypatch):
-    from checkpoint_operator.agent.s3 import make_client
+    from checkpoint_operator.objectstore.s3 import make_client
     monkeypatch.setenv("CKPT_S3_UNSIGNED", "1")
     client = make_client(s3.endpoint)
     from botocore import UNSIGNED

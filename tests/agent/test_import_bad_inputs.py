@@ -17,12 +17,10 @@ import zipfile
 import pytest
 
 from agentrun import run_agent
-from azurite import azure_blob, azurite  # noqa: F401  (fixtures)
 from ftpserver import PASSWORD, USER, ftp_server  # noqa: F401  (fixtures)
 from gitserver import git_http  # noqa: F401  (fixture)
 from hubserver import mini_hub  # noqa: F401  (fixture)
 from layouts import tiny_model
-from s3server import s3, seaweedfs  # noqa: F401  (fixtures)
 from webserver import web  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("credential_watch")]
@@ -246,6 +244,6 @@ def test_invisible_twins_are_refused_by_every_source(web, git_http, mini_hub, tm
 def test_one_line_whatever_the_message(tmp_path):
     """The agent's last guard: a failure whose text has line breaks (a server's reply) is still
     printed as one line."""
-    from checkpoint_operator.agent.errors import one_line as join
+    from checkpoint_operator.protocol.errors import one_line as join
     assert join("The HTTP server returned a redirect error\nThe last 30x error message was:\r\nFound") == \
         "The HTTP server returned a redirect error; The last 30x error message was:; Found"

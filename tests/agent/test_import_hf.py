@@ -15,7 +15,7 @@ import pytest
 import credentials
 
 from agentrun import AgentRun, run_agent
-from hubserver import mini_hub, olah_hub  # noqa: F401  (fixtures)
+from hubserver import mini_hub  # noqa: F401  (fixtures)
 from layouts import read_tree, tiny_model
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("credential_watch")]

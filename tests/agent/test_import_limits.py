@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from s3server import seaweedfs, s3  # noqa: F401  (fixtures)
 
 from checkpoint_operator.agent import importer
-from checkpoint_operator.agent.errors import AgentError
+from checkpoint_operator.protocol.errors import AgentError
 from checkpoint_operator.agent.importer import import_checkpoint
 from checkpoint_operator.agent.upload import upload_dir
 

@@ -22,12 +22,10 @@ from pathlib import Path
 import pytest
 
 from agentrun import run_agent
-from azurite import azure_blob, azurite  # noqa: F401  (fixtures)
 from ftpserver import ftp_server  # noqa: F401  (fixture)
 from gitserver import git_http  # noqa: F401  (fixture)
 from hubserver import mini_hub  # noqa: F401  (fixture)
 from layouts import read_tree, tiny_model
-from s3server import s3, seaweedfs  # noqa: F401  (fixtures)
 from webserver import web  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("credential_watch")]

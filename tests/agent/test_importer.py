@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from s3server import seaweedfs, s3  # noqa: F401  (fixtures)
 from test_archive import http_dir  # noqa: F401  (fixture)
 
 from checkpoint_operator.agent.importer import import_checkpoint
-from checkpoint_operator.agent.s3 import AgentError
+from checkpoint_operator.objectstore.s3 import AgentError
 from checkpoint_operator.agent.upload import upload_dir
 
 pytestmark = pytest.mark.usefixtures("credential_watch")
@@ -122,6 +121,37 @@ def test_tree_from_s3_prefix_with_manifest_is_verified(s3, tmp_path):
     assert not dest.exists()
     s3.client().put_object(Bucket=s3.bucket, Key=s3.key("uploaded/config.json"), Body=FILES["config.json"])
     import_checkpoint(s3.uri("uploaded/"), str(dest))
+    assert_imported(dest)
+
+
+def test_an_earlier_imports_output_is_replaced_only_with_the_flag_and_its_marker(s3, tmp_path):
+    """The operator's import pod deleted unread after a restart may have committed its output on
+    the Checkpoint's own claim: the next import (--replace-earlier-import) starts afresh instead of
+    failing 'exists and is not empty' for good. Only an import's own output (its marker beside
+    DEST) is removed; without the flag, or in a DEST nobody's import made, the refusal stands."""
+    from checkpoint_operator.agent.importer import imported_marker, replace_earlier_import
+    archive = build_archive(tmp_path / "a.tar.gz")
+    s3.client().upload_file(str(archive), s3.bucket, s3.key("a.tar.gz"))
+    claim = tmp_path / "claim"
+    claim.mkdir()
+    dest = claim / "data"
+    import_checkpoint(s3.uri("a.tar.gz"), str(dest))
+    assert os.path.isfile(imported_marker(str(dest)))
+    with pytest.raises(AgentError, match="exists and is not empty"):
+        import_checkpoint(s3.uri("a.tar.gz"), str(dest))
+    assert replace_earlier_import(str(dest)) and not dest.exists()
+    import_checkpoint(s3.uri("a.tar.gz"), str(dest))
+    assert_imported(dest)
+    # Someone else's directory: no marker, nothing removed.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.bin").write_bytes(b"theirs")
+    assert not replace_earlier_import(str(other / "."))
+    assert not replace_earlier_import(str(other)) and (other / "keep.bin").read_bytes() == b"theirs"
+    proc = subprocess.run([sys.executable, "-m", "checkpoint_operator", "agent", "import", s3.uri("a.tar.gz"),
+                           str(dest), "--replace-earlier-import"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "removed an earlier import's output" in proc.stderr
     assert_imported(dest)
 
 

@@ -1,4 +1,4 @@
-"""The fast data path (agent/s3http.py): its signatures are botocore's, and its requests work
+"""The fast data path (objectstore/s3http.py): its signatures are botocore's, and its requests work
 against a real S3 server (SeaweedFS) with the same failures botocore would raise."""
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 
-from checkpoint_operator.agent.s3 import fast_data_path, make_client
-from checkpoint_operator.agent.s3http import FastS3, sign_headers
-from s3server import s3, seaweedfs  # noqa: F401  (fixtures)
+from checkpoint_operator.objectstore.s3 import fast_data_path, make_client
+from checkpoint_operator.objectstore.s3http import FastS3, sign_headers
 
 WHEN = datetime.datetime(2026, 12, 1, 10, 4, 27)
 
@@ -100,7 +99,7 @@ def test_round_trip_and_tamper_on_every_data_path(s3, monkeypatch, tmp_path, pat
     """Upload and download take the same bytes whichever way the requests go, and a tampered
     object is refused on each."""
     from checkpoint_operator.agent.download import Downloader, download_prefix
-    from checkpoint_operator.agent.s3 import AgentError
+    from checkpoint_operator.objectstore.s3 import AgentError
     from checkpoint_operator.agent.upload import upload_dir
 
     if path == "fast from botocore's client":
@@ -141,7 +140,7 @@ def test_https_endpoint_verified_with_the_ca_bundle(tmp_path, monkeypatch):
     import subprocess
     import threading
 
-    from checkpoint_operator.agent.s3 import fast_for_endpoint
+    from checkpoint_operator.objectstore.s3 import fast_for_endpoint
 
     openssl = shutil.which("openssl")
     assert openssl, "the openssl binary (Debian package openssl) is needed to make a test certificate"

@@ -5,17 +5,17 @@ directory is not uploaded at all."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from s3server import seaweedfs, s3  # noqa: F401  (fixtures)
 
 from checkpoint_operator.agent.manifest import MANIFEST_NAME, Manifest
 from checkpoint_operator.agent.s3 import manifest_exists
 from checkpoint_operator.agent.scan import scan_directory
+from checkpoint_operator.protocol import channel
+from checkpoint_operator.protocol.results import ScanReport
 from formats_files import dcp_metadata_bytes
 
 
@@ -37,22 +37,23 @@ def test_the_union_is_uploaded_as_one_checkpoint_and_downloads_into_one_director
                            "--upload-to", prefix, "--parts", "2"], capture_output=True, text=True, timeout=120,
                           env=os.environ.copy())
     assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert [c["path"] for c in result["checkpoints"]] == ["step-10"]
-    assert result["uploads"] == {"step-10": prefix + "dirs/step-10/"}
-    assert result["sources"] == {"step-10": [0, 0, 1, 0]}
-    assert [s["path"] for s in result["skipped"]] == ["step-20"]
+    result = channel.find_result(proc.stdout, (ScanReport,), limit_bytes=1 << 20)  # the operator's bounded result
+    assert [c.path for c in result.checkpoints] == ["step-10"]
+    [step] = result.checkpoints
+    assert step.uri == prefix + "dirs/step-10/" and step.fileCount == 4
+    assert step.parts is None  # the s3 store keeps the union as one prefix: no worker's share is needed
+    assert [s.path for s in result.skipped] == ["step-20"]
     assert not manifest_exists(prefix + "dirs/step-20/")
 
     dst = tmp_path / "dst"
     down = subprocess.run([sys.executable, "-m", "checkpoint_operator", "agent", "download",
-                           result["uploads"]["step-10"], str(dst), "--digest", result["checkpoints"][0]["digest"]],
+                           step.uri, str(dst), "--digest", step.digest],
                           capture_output=True, text=True, timeout=120, env=os.environ.copy())
     assert down.returncode == 0, down.stderr
     assert sorted(p.name for p in dst.iterdir() if p.name != MANIFEST_NAME) == \
         [".metadata", "__0_0.distcp", "__1_0.distcp", "config.json"]
     assert (dst / "__1_0.distcp").read_bytes() == b"\x01" * 32
     [again] = scan_directory(dst, single=True).checkpoints  # the downloaded union, scanned as one
-    assert again.digest == result["checkpoints"][0]["digest"]
+    assert again.digest == step.digest
     assert (again.format, again.complete) == ("torch-dcp", True)
     assert Manifest.model_validate_json((dst / MANIFEST_NAME).read_text()).digest == again.digest

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from checkpoint_operator.agent.errors import AgentError
-from checkpoint_operator.agent.manifest import MANIFEST_NAME, Manifest
+from checkpoint_operator.protocol.errors import AgentError
+from checkpoint_operator.protocol.manifest import MANIFEST_NAME, Manifest
 from checkpoint_operator.agent.scan import scan_directory
 from checkpoint_operator.agent.tarstream import MAX_HEADER_BYTES, TarStreamError, TarWriter, iter_files
 from checkpoint_operator.agent.transfer import (StreamReceiver, commit_marker, hold, pack, push_under_way,
@@ -178,17 +178,17 @@ def test_receive_reports_the_scan_and_what_differs_from_the_push(tmp_path):
     commit = wait_for_commit(str(dest), 1)
     assert commit["digest"] == manifest.digest and commit["name"] == "checkpoint-900"
     good = received_result(str(dest), manifest.digest, commit, None)
-    assert good["verified"] and good["received"] and good["problems"] == []
-    assert good["checkpoints"][0]["digest"] == manifest.digest
-    assert good["checkpoints"][0]["step"] == 900  # read from the pushed directory's name
+    assert good.verified and good.received and good.problems == []
+    assert good.checkpoint.digest == manifest.digest
+    assert good.checkpoint.step == 900  # read from the pushed directory's name
     (dest / "config.json").write_bytes(b'{"a": 3}')  # someone with exec changed it after the commit
     os.mkfifo(dest / "pipe")
     bad = received_result(str(dest), manifest.digest, commit, 100)
-    problems = [(p["path"], p["problem"].split(" ")[0]) for p in bad["problems"]]
-    assert not bad["verified"] and bad["problemCount"] == 4
+    problems = [(p.path, p.problem.split(" ")[0]) for p in bad.problems]
+    assert not bad.verified and bad.problemCount == 4
     assert problems == [("pipe", "skipped:"), ("config.json", "sha256"), (".", "the"), (".", "300024")]
-    assert "not the declared" in bad["problems"][2]["problem"]
-    assert "past the size limit of 100" in bad["problems"][3]["problem"]
+    assert "not the declared" in bad.problems[2].problem
+    assert "past the size limit of 100" in bad.problems[3].problem
 
 
 def test_wait_for_commit_gives_up_when_idle_but_not_while_a_push_runs(tmp_path):

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from s3server import seaweedfs, s3  # noqa: F401  (fixtures)
 
 from checkpoint_operator.agent.download import download_prefix, temp_name
-from checkpoint_operator.agent.manifest import MANIFEST_NAME, FileEntry, Manifest, digest_of
-from checkpoint_operator.agent.s3 import AgentError, delete_prefix, manifest_exists, read_manifest
+from checkpoint_operator.protocol.manifest import MANIFEST_NAME, FileEntry, Manifest, digest_of
+from checkpoint_operator.objectstore.s3 import AgentError, delete_prefix, manifest_exists, read_manifest
 from checkpoint_operator.agent.upload import JOURNAL_NAME, upload_dir
 
 MiB = 1024 * 1024

@@ -10,12 +10,11 @@ import sys
 
 import pytest
 
-from checkpoint_operator.agent.errors import AgentError
-from checkpoint_operator.agent.manifest import MANIFEST_NAME
+from checkpoint_operator.protocol.errors import AgentError
+from checkpoint_operator.protocol.manifest import MANIFEST_NAME
 from checkpoint_operator.agent.scan import scan_directory
 from checkpoint_operator.agent.upload import upload_dir
 from checkpoint_operator.agent.verify import MAX_PROBLEMS, verify_directory, verify_location, verify_s3
-from s3server import s3, seaweedfs  # noqa: F401  (fixtures)
 
 
 def make(root, files):

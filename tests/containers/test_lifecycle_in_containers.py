@@ -11,12 +11,11 @@ import json
 
 import pytest
 
-from checkpoint_operator.agent.s3 import manifest_exists
+from checkpoint_operator.objectstore.s3 import manifest_exists
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.local.engine import OPERATOR_IMAGE
 from containers_support import CKPT, NS, TJ, Operator, python_job
 from formats_files import torch_file, weights
-from s3server import s3, seaweedfs  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -24,7 +24,6 @@ from pathlib import Path
 import pytest
 
 from image_helpers import CLUSTER_FLAGS, ROOT, USER, Image, podman, require_engine
-from s3server import s3, seaweedfs  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.image
 require_engine()

@@ -14,8 +14,11 @@ import os
 
 import pytest
 
+from checkpoint_operator.api.clustercheckpoint import ClusterCheckpoint
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic import catalog
+from checkpoint_operator.protocol import channel
+from checkpoint_operator.protocol.results import CheckpointSummary, ScanReport
 from conftest import TJ, Operator, held_until, training_job, write_checkpoint
 from hubserver import mini_hub  # noqa: F401  (fixture)
 from layouts import tiny_model
@@ -63,6 +66,7 @@ async def phase_of(api, wait_for, namespace, name, phase, timeout=90):
     return await wait_for(reached, timeout=timeout, interval=0.1)
 
 
+@pytest.mark.slow
 async def test_a_catalog_entry_is_imported_once_and_used_by_every_namespace(api, api_url, operator, trainer, wait_for,
                                                                             mini_hub, tmp_path):  # noqa: F811
     model = tiny_model()
@@ -112,6 +116,11 @@ async def test_a_catalog_entry_is_imported_once_and_used_by_every_namespace(api,
     copy_pods = [p for p in await api.list("v1/pods", "team-a")
                  if p["metadata"]["labels"].get("ckpt.dev/clustercheckpoint") == "tiny-gpt2"]
     assert len(copy_pods) == 1  # one copy for the namespace
+    copy = await api.get("v1/persistentvolumeclaims", "team-a",
+                         f"catalog-tiny-gpt2-{imported['metadata']['uid'][:5]}-copy")
+    # the pods' UIDs were recorded before their results were read (issue 23 item 9)
+    assert copy["metadata"]["annotations"][catalog.COPY_POD_ANNOTATION] == copy_pods[0]["metadata"]["uid"]
+    assert (await api.get(CCKPT, None, "tiny-gpt2"))["status"]["agentPodUid"]
 
     # What a tenant sees: the catalog, and what its namespace stores (its copy's claim) against what it references.
     ckpt = Plugin(write_kubeconfig(tmp_path / "kubeconfig", api_url, namespace="team-a"))
@@ -254,6 +263,50 @@ async def test_a_tenant_cannot_plant_or_mount_a_namespace_copy(api, operator, tr
     await api.create(TJ, "team-b", thief)
     failed = await phase_of(api, wait_for, "team-b", "thief", "Failed")
     assert "is managed by the checkpoint operator" in failed["status"]["message"], failed["status"]
+
+
+async def test_a_copy_pod_made_by_a_tenant_under_the_copy_s_name_and_owner_is_not_read(
+        api, operator, trainer, wait_for, mini_hub):  # noqa: F811
+    """Issue 23 item 9 for the catalog: a tenant makes the copy pod first (the expected name, the
+    entry as owner, a result that claims the entry's digest over an empty claim). The operator reads
+    only the pod whose UID it recorded on the copy's claim: the impostor is deleted unread and the
+    real copy is made (before, the empty copy was marked verified and mounted)."""
+    model = tiny_model()
+    mini_hub.add_repo("community/tiny-gpt2", model)
+    await api.create(CCKPT, None, entry("tiny-gpt2", {"huggingFace": {"repo": "community/tiny-gpt2",
+                                                                      "endpoint": mini_hub.endpoint}}))
+
+    async def ready():
+        obj = await api.get(CCKPT, None, "tiny-gpt2")
+        return obj if obj.get("status", {}).get("phase") == "Ready" else None
+    imported = await wait_for(ready, timeout=120, interval=0.2)
+    name = catalog.copy_pod_name(ClusterCheckpoint.model_validate(imported))
+    forged = channel.encode(ScanReport(checkpoints=[CheckpointSummary(
+        path=".", digest=imported["status"]["digest"], sizeBytes=1, fileCount=1)]))
+    await api.create("v1/pods", "team-a", {"metadata": {
+        "name": name, "namespace": "team-a", "labels": {"ckpt.dev/clustercheckpoint": "tiny-gpt2"},
+        "ownerReferences": [catalog.owner_reference(ClusterCheckpoint.model_validate(imported))]},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "copy", "image": "x", "command": [
+            "python", "-c", f"print({forged!r})"]}]}})
+
+    async def impostor_done():
+        pod = await api.get("v1/pods", "team-a", name)
+        return pod if pod and pod.get("status", {}).get("phase") == "Succeeded" else None
+    impostor = await wait_for(impostor_done, timeout=30)
+
+    seen: dict[str, bytes] = {}
+
+    def reads(attempt, env):
+        path = env["CHECKPOINT_INPUT_PATH"]
+        seen.update({rel: open(os.path.join(path, rel), "rb").read() for rel in model})
+        return 0
+    trainer.behaviours["reader"] = reads
+    await api.create(TJ, "team-a", job_in("team-a", "reader", output={"enabled": False},
+                                          checkpoints=[{"clusterCheckpoint": "tiny-gpt2"}]))
+    done = await phase_of(api, wait_for, "team-a", "reader", ("Succeeded"), timeout=120)
+    assert seen == model, done["status"]
+    copy = await api.get("v1/persistentvolumeclaims", "team-a", f"catalog-tiny-gpt2-{imported['metadata']['uid'][:5]}-copy")
+    assert copy["metadata"]["annotations"][catalog.COPY_POD_ANNOTATION] != impostor["metadata"]["uid"]
 
 
 async def test_a_copy_that_did_not_verify_is_discarded(api, operator, trainer, wait_for, web):  # noqa: F811

@@ -50,6 +50,7 @@ async def test_a_deep_output_snapshots_and_is_read_by_a_consumer(api, operator, 
     assert seen[DEEP_FILE] == LEAF
 
 
+@pytest.mark.slow
 async def test_push_pull_and_verify_of_a_deep_checkpoint(api_url, api, operator, cluster, tmp_path):
     ckpt = Plugin(write_kubeconfig(tmp_path / "kubeconfig", api_url))
     source = build_deep_tree(tmp_path / "deep")

@@ -196,6 +196,7 @@ async def test_a_kueue_preemption_stops_the_workers_and_readmission_resumes_from
     assert f"{engine} {name} is queued in Kueue (LocalQueue team-a)" in queued["message"]
 
 
+@pytest.mark.slow
 async def test_a_group_restart_queued_in_kueue_is_queued_again_not_preempted(api, operator, cluster, wait_for):
     """Engine Job: the restart's new Job is created suspended and Kueue admits it like a new one.
     While it waits (held here, as a queue without quota), the job is Queued for its next attempt;
@@ -220,6 +221,60 @@ async def test_a_group_restart_queued_in_kueue_is_queued_again_not_preempted(api
     assert status["restarts"] == 1 and not status.get("preemptions")
     reasons = [e["reason"] for e in await events_of(api, "kgroup")]
     assert "GroupRestart" in reasons and "Preempted" not in reasons
+
+
+GATED_WORKER = """
+import os, sys, time
+for _ in range(900):
+    if os.path.exists(os.environ["GATE"]):
+        break
+    time.sleep(0.1)
+if os.environ["JOB_COMPLETION_INDEX"] == "1":
+    sys.exit(5)  # worker 1 fails in every attempt
+time.sleep(60)  # worker 0 waits, as in a collective: the group stops it
+"""
+
+
+@pytest.mark.parametrize("engine", ["Job", "JobSet"])
+async def test_only_pods_of_the_workload_the_operator_created_are_workers_across_restarts(
+        api, operator, cluster, wait_for, tmp_path, engine):
+    """Issue 23 item 9 with both engines: a pod carrying every label of the job's workers but
+    controlled by another Job is never taken for a worker (were it, the job would wait for it to
+    stop); the pods of a group restart's new Job (engine Job) or new child Job (JobSet) are."""
+    gate = tmp_path / "gate"
+    name = f"trust-{engine.lower()}"
+    body = training_job(name, engine=engine, replicas=2, backoffLimit=1, output={"enabled": False},
+                        command=python(GATED_WORKER))
+    body["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "GATE", "value": str(gate)}]
+    await api.create(TJ, NS, body)
+    tj = await wait_phase(api, wait_for, name, "Running")
+    first_uid = tj["status"]["jobUid"]
+    labels = {"app.kubernetes.io/managed-by": "checkpoint-operator", "ckpt.dev/component": "worker",
+              "ckpt.dev/trainingjob": name, "ckpt.dev/trainingjob-uid": tj["metadata"]["uid"],
+              "ckpt.dev/restart-attempt": "1", "jobset.sigs.k8s.io/restart-attempt": "1"}
+    await api.create("batch/v1/jobs", NS, {"metadata": {"name": f"{name}-other", "namespace": NS}, "spec": {
+        "template": {"metadata": {"labels": labels}, "spec": {"restartPolicy": "Never", "containers": [
+            {"name": "trainer", "image": "x", "command": python("import time; time.sleep(120)")}]}}}})
+
+    async def impostor_running():
+        pods = [p for p in await api.list("v1/pods", NS)
+                if (p["metadata"].get("ownerReferences") or [{}])[0].get("name") == f"{name}-other"]
+        return pods if pods and pods[0].get("status", {}).get("phase") == "Running" else None
+    await wait_for(impostor_running, timeout=30)
+    gate.write_text("go")
+
+    tj = await wait_phase(api, wait_for, name, ("Succeeded", "Failed"), timeout=90)
+    status = tj["status"]
+    assert status["phase"] == "Failed" and status["restarts"] == 1, status.get("message")
+    # the second attempt's worker 1 is a worker: its failure is the one named
+    assert status["workerFailure"]["attempt"] == 1 and "exit code 5" in status["workerFailure"]["message"]
+    if engine == "Job":  # a new Job per attempt: its UID recorded with the attempt
+        job = await api.get("batch/v1/jobs", NS, name)
+        assert status["jobUid"] == job["metadata"]["uid"] != first_uid
+    else:  # the JobSet stays; its child Jobs are created again
+        js = await api.get("jobset.x-k8s.io/v1alpha2/jobsets", NS, name)
+        assert status["jobUid"] == js["metadata"]["uid"] == first_uid
+    assert (await impostor_running()) is not None  # still running: the job never waited for it
 
 
 PART_WRITER = """
@@ -262,6 +317,10 @@ async def test_a_volume_per_worker_makes_one_checkpoint_of_each_directory_and_na
     for index, part in enumerate(parts):  # each worker's files are in its own claim only
         assert sorted(p.name for p in (cluster.claim_dir(NS, part["claimName"]) / "step-1").iterdir()) == \
             ["config.json", f"shard-{index}.bin"]
+    # the union's full manifest beside the data in the first part's claim, outside step-1 (never in a status)
+    stored = cluster.claim_dir(NS, parts[0]["claimName"]) / parts[0]["manifest"]
+    assert parts[0]["manifest"].startswith(".ckpt-manifests/") and "manifest" not in parts[1]
+    assert json.loads(stored.read_text())["digest"] == step["status"]["digest"]
     skipped = [e for e in await events_of(api, "vpw") if e["reason"] == "Skipped"]
     assert len(skipped) == 1 and "'step-2': conflicting parts, not made into a Checkpoint: 'config.json' " \
                                  "differs between worker 0" in skipped[0]["message"]

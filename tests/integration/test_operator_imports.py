@@ -59,7 +59,8 @@ async def test_http_archive_import_on_the_volume_store(api, operator, wait_for, 
     assert status["owned"] is True and status["fileCount"] == 3 and status["format"] == "huggingface"
     assert status["resumable"] is True
     name = f"from-web-data-{ckpt['metadata']['uid'][:8]}"
-    assert status["location"] == {"volume": {"claimName": name, "path": "data"}}
+    assert status["location"] == {"volume": {"claimName": name, "path": "data",
+                                             "manifest": f".ckpt-manifests/{status['digest'].replace(':', '-')}.json"}}
     claim = await api.get("v1/persistentvolumeclaims", NS, name)
     assert claim["metadata"]["ownerReferences"][0]["name"] == "from-web"
 

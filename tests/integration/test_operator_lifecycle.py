@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 
+from checkpoint_operator.protocol.manifest import parse_manifest
 from conftest import CKPT, NS, TJ, held_until, training_job, write_checkpoint
 from formats_files import torch_file, weights
 
@@ -93,7 +94,14 @@ async def test_train_then_consume_latest_with_lineage(api, operator, cluster, tr
     assert claim_name.startswith("pretrain-output-")  # unique per run
     claim_dir = cluster.claim_dir(NS, claim_name)
     assert status["digest"] == sha256sum_digest(os.path.join(claim_dir, "step-200"))
-    assert status["location"] == {"volume": {"claimName": claim_name, "path": "step-200"}}
+    # The full manifest is stored beside the data, outside the checkpoint's directory (which stays
+    # exactly what the job wrote), and named in the location; the status carries nothing per file.
+    stored = f".ckpt-manifests/{status['digest'].replace(':', '-')}.json"
+    assert status["location"] == {"volume": {"claimName": claim_name, "path": "step-200", "manifest": stored}}
+    with open(os.path.join(claim_dir, stored), "rb") as f:
+        manifest = parse_manifest(f.read(), stored)
+    assert manifest.digest == status["digest"] and [e.path for e in manifest.files] == [
+        "model.safetensors", "nested/config.json", "optimizer.pt"]
     assert "ckpt.dev/in-use-protection" in step200["metadata"]["finalizers"]
     final = await api.get(CKPT, NS, "pretrain")
     assert final["status"]["location"]["volume"]["items"] == ["config.json", "model.safetensors"]
@@ -202,6 +210,7 @@ async def test_retried_pod_resumes_from_its_own_earlier_checkpoints(api, operato
     assert len(trainer.envs["flaky"]) == 2
 
 
+@pytest.mark.slow
 async def test_keep_names_and_collisions(api, operator, trainer, wait_for):
     # A foreign object already has one of the names the snapshot derives: the snapshot waits
     # (NameConflict, naming it) and never uses another name; once it is gone, the names are made.
@@ -363,6 +372,7 @@ async def test_jobs_waiting_on_each_other_are_stalled_naming_the_cycle(api, oper
     await wait_for(not_found, timeout=20)
 
 
+@pytest.mark.slow
 async def test_a_detached_child_of_the_trainer_cannot_rewrite_a_sealed_checkpoint(api, operator, cluster, wait_for):
     """The trainer runs as a real process (no stand-in) and leaves a detached child that rewrites
     its checkpoint a few seconds after the container ended. Before: the child outlived the pod and

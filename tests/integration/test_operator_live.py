@@ -67,8 +67,11 @@ async def test_checkpoints_are_ready_while_the_job_runs_and_retention_frees_the_
     assert (await api.get(TJ, NS, "live"))["status"]["phase"] == "Running"
     status = first["status"]
     assert (status["format"], status["step"], status["resumable"], status["complete"]) == ("huggingface", 10, True, True)
+    # The sidecar stores the full manifest beside the data (never in the sealed directory).
     assert status["location"] == {"volume": {"claimName": (await api.get(TJ, NS, "live"))["status"]["outputClaim"],
-                                             "path": "checkpoint-10"}}
+                                             "path": "checkpoint-10",
+                                             "manifest": f".ckpt-manifests/{status['digest'].replace(':', '-')}.json"}}
+    assert os.path.isfile(os.path.join(volume["out"], status["location"]["volume"]["manifest"]))
     assert status["metrics"] == {"loss": 1.0}
     # The Checkpoint owns the output volume with the job: deleting the job would not take its bytes.
     claim = await api.get("v1/persistentvolumeclaims", NS, status["location"]["volume"]["claimName"])

@@ -11,11 +11,10 @@ import sys
 
 import pytest
 
-from checkpoint_operator.agent.s3 import manifest_exists, read_manifest
+from checkpoint_operator.objectstore.s3 import manifest_exists, read_manifest
 from checkpoint_operator.config import OperatorConfig
 from conftest import CKPT, NS, TJ, training_job, write_checkpoint
 from formats_files import safetensors_bytes, torch_file, weights
-from s3server import s3, seaweedfs  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.timeout(180)
 

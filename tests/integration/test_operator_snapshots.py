@@ -139,6 +139,7 @@ class TestVolumeSnapshots:
     def operator_config(self) -> OperatorConfig:
         return OperatorConfig(**SNAPSHOT_CONFIG)
 
+    @pytest.mark.slow
     async def test_two_consumers_on_other_nodes_read_at_once_and_keep_frees_the_snapshots(
             self, api, operator, cluster, trainer, wait_for):
         first_seen, second_seen = threading.Event(), threading.Event()
@@ -293,7 +294,9 @@ class TestVolumeSnapshots:
         async def explained():
             tj = await api.get(TJ, NS, "reader")
             ready = next((c for c in (tj or {}).get("status", {}).get("conditions", []) if c["type"] == "Ready"), {})
-            return ready if ready.get("reason") == "VolumeNotBound" else None
+            # The first pass may say "no event says why yet": the provisioner's event comes after.
+            explains = ready.get("reason") == "VolumeNotBound" and "ProvisioningFailed" in ready.get("message", "")
+            return ready if explains else None
         ready = await wait_for(explained, timeout=30)
         assert "-ckpt-in-0 is Pending: ProvisioningFailed" in ready["message"]
         assert f'volumesnapshots.snapshot.storage.k8s.io "{snapshot}" not found' in ready["message"]
@@ -433,6 +436,7 @@ class TestKubectlCkptOnSnapshots:
     def operator_config(self) -> OperatorConfig:
         return OperatorConfig(**SNAPSHOT_CONFIG)
 
+    @pytest.mark.slow
     async def test_verify_pull_and_push(self, api, operator, cluster, trainer, wait_for, tmp_path):
         from plugin_helpers import Plugin, tree_digest, write_kubeconfig
         ckpt = Plugin(write_kubeconfig(tmp_path / "kubeconfig", cluster.api_url))

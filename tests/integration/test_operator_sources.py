@@ -19,15 +19,13 @@ from pathlib import Path
 import pytest
 
 import credentials
-from azurite import azure_blob, azurite  # noqa: F401  (fixtures)
 from checkpoint_operator.agent.scan import scan_directory
 from checkpoint_operator.config import OperatorConfig
 from conftest import CKPT, NS
 from ftpserver import PASSWORD, USER, ftp_server  # noqa: F401  (fixture)
 from gitserver import git_http  # noqa: F401  (fixture)
-from hubserver import mini_hub, olah_hub  # noqa: F401  (fixtures)
+from hubserver import mini_hub  # noqa: F401  (fixtures)
 from layouts import tar_gz, tiny_model
-from s3server import s3, seaweedfs  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("credential_watch")]
 HF_TOKEN = "hf_operator_test_token_42"

@@ -17,7 +17,7 @@ import tempfile
 
 import pytest
 
-from checkpoint_operator.agent.s3 import read_manifest
+from checkpoint_operator.objectstore.s3 import read_manifest
 from checkpoint_operator.config import OperatorConfig
 from conftest import CKPT, TJ, Operator, training_job, write_checkpoint
 from s3server import SeaweedFS

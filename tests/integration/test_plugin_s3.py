@@ -12,12 +12,11 @@ import json
 
 import pytest
 
-from checkpoint_operator.agent.manifest import MANIFEST_NAME
-from checkpoint_operator.agent.s3 import manifest_exists, parse_s3_uri
+from checkpoint_operator.protocol.manifest import MANIFEST_NAME
+from checkpoint_operator.objectstore.s3 import manifest_exists, parse_s3_uri
 from checkpoint_operator.config import OperatorConfig
 from conftest import CKPT, NS
 from plugin_helpers import Plugin, make_model_dir, tree_digest, write_kubeconfig
-from s3server import s3, seaweedfs  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("credential_watch")]
 

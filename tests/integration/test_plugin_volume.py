@@ -32,7 +32,9 @@ async def test_push_ready_pull_identical_verify_and_tamper(ckpt, api, operator, 
     assert status["phase"] == "Ready" and status["format"] == "huggingface" and status["step"] == 120
     assert status["owned"] is True and "upload" not in status
     claim = status["location"]["volume"]["claimName"]
-    assert status["location"]["volume"] == {"claimName": claim, "path": "data"}
+    # The push's own manifest, beside the data it describes, is where verify and pull read it.
+    assert status["location"]["volume"] == {"claimName": claim, "path": "data",
+                                            "manifest": "data/.checkpoint-manifest.json"}
     assert "ckpt.dev/upload-requested" not in body["metadata"]["annotations"]  # served, then dropped
 
     pulled = await ckpt("pull", "laptop-model", str(tmp_path / "back"))
@@ -61,7 +63,7 @@ async def test_push_ready_pull_identical_verify_and_tamper(ckpt, api, operator, 
 async def test_an_interrupted_push_resumes_and_sends_only_the_rest(ckpt, api, operator, cluster, tmp_path, wait_for):
     """A push cut off after one file: that file stays on the receiver's volume (verified, under its
     name), nothing is committed, and the next push sends only the others."""
-    from checkpoint_operator.agent.manifest import MANIFEST_NAME
+    from checkpoint_operator.protocol.manifest import MANIFEST_NAME
     from checkpoint_operator.agent.tarstream import TarWriter
     from checkpoint_operator.logic import transfers
     from checkpoint_operator.plugin import commands
@@ -217,10 +219,11 @@ async def _finished(api, wait_for, name):
 
 
 
-async def test_root_files_of_an_output_verify_and_pull_without_a_stored_manifest(ckpt, api, operator, cluster,
-                                                                                 trainer, wait_for, tmp_path):
-    """A snapshot keeps no manifest beside the data: verify compares the digest (and cannot name
-    the file), pull checks the digest of everything it received before keeping any of it."""
+async def test_root_files_of_an_output_verify_and_pull_with_the_stored_manifest(ckpt, api, operator, cluster,
+                                                                              trainer, wait_for, tmp_path):
+    """A snapshot stores each full manifest beside the data (.ckpt-manifests/ at the output's
+    root, outside every checkpoint): verify and pull read it there, so a changed file is named;
+    a pull keeps nothing of a file that is not what the manifest says."""
     files = {"model.safetensors": os.urandom(200_000), "config.json": b'{"model_type": "gpt2"}'}
 
     def train(attempt, env):
@@ -232,6 +235,7 @@ async def test_root_files_of_an_output_verify_and_pull_without_a_stored_manifest
     await _finished(api, wait_for, "rooted")
     final = await api.get(CKPT, NS, "rooted")
     assert sorted(final["status"]["location"]["volume"]["items"]) == ["config.json", "model.safetensors"]
+    assert final["status"]["location"]["volume"]["manifest"].startswith(".ckpt-manifests/sha256-")
 
     assert (await ckpt("verify", "rooted")).code == 0
     pulled = await ckpt("pull", "rooted", str(tmp_path / "final"))
@@ -243,10 +247,9 @@ async def test_root_files_of_an_output_verify_and_pull_without_a_stored_manifest
     claim = cluster.claim_dir(NS, final["status"]["location"]["volume"]["claimName"])
     (claim / "config.json").write_bytes(b'{"model_type": "gpt3"}')
     tampered = await ckpt("verify", "rooted")
-    assert tampered.code == 1 and "no manifest of that digest is stored with it, so the file that differs cannot be " \
-        "named" in tampered.out
+    assert tampered.code == 1 and "'config.json': sha256" in tampered.out and "the manifest says" in tampered.out
     refused = await ckpt("pull", "rooted", str(tmp_path / "again"))
-    assert refused.code == 1 and "not the recorded" in refused.err and "nothing kept" in refused.err
+    assert refused.code == 1 and "config.json" in refused.err and "the manifest says" in refused.err
     assert not any((tmp_path / "again").rglob("*.json"))
 
 

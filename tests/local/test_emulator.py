@@ -204,6 +204,81 @@ async def test_pod_log(api: ApiClient, emulator_server: EmulatorServer) -> None:
     assert caught.value.status == 404
 
 
+async def test_pod_logs_are_served_bounded_as_a_kubelet_serves_them(api: ApiClient, api_url: str) -> None:
+    """limitBytes, tailLines, timestamps and sinceTime (in whole seconds, as the API server passes
+    it to the kubelet); a log past 1 MiB is written in pieces (a single PUT was refused)."""
+    from checkpoint_operator.kube import Kube
+    await api.create("v1/pods", NS, pod("p1"))
+    big = "".join(f"line {i:07d} " + "x" * 100 + "\n" for i in range(30_000))  # 3.3 MB
+    await api.write_log(NS, "p1", "main", big)
+    assert await api.read_log(NS, "p1") == big
+    kube = Kube.from_url(api_url)
+
+    def read(**params):
+        return kube.read_log(NS, "p1", "main", **params)
+    assert await asyncio.to_thread(read, limit_bytes=50) == big[:50]
+    assert await asyncio.to_thread(read, limit_bytes=1 << 20, tail_lines=2) == "".join(big.splitlines(True)[-2:])
+    stamped = (await asyncio.to_thread(read, limit_bytes=1 << 20, tail_lines=1, timestamps=True)).split(" ", 1)
+    assert stamped[1] == big.splitlines(True)[-1] and stamped[0].endswith("Z") and "T" in stamped[0]
+    second = stamped[0].split(".")[0] + "Z"  # the last line's whole second: it and later lines come back
+    since = await asyncio.to_thread(read, limit_bytes=8 << 20, since_time=second)
+    assert since.endswith(big.splitlines(True)[-1]) and big.endswith(since)
+    assert await asyncio.to_thread(read, limit_bytes=1 << 20, since_time="2999-01-01T00:00:00Z") == ""
+    with pytest.raises(Exception, match="limitBytes: must be greater than 0"):
+        await api.request("GET", "/api/v1/namespaces/default/pods/p1/log", params={"limitBytes": "0"})
+
+
+def test_since_time_counts_in_whole_seconds_as_the_api_server_passes_it(monkeypatch) -> None:
+    from checkpoint_operator.local import podlogs
+    clock = iter([1_700_000_000_100_000_000, 1_700_000_000_900_000_000, 1_700_000_001_000_000_001])
+    monkeypatch.setattr(podlogs.time, "time_ns", lambda: next(clock))
+    log = podlogs.ContainerLog()
+    log.append("a\nb\nc\n")
+    assert log.read({"sinceTime": "2023-11-14T22:13:20.500Z"}) == "a\nb\nc\n"  # cut to 22:13:20
+    assert log.read({"sinceTime": "2023-11-14T22:13:21Z"}) == "c\n"
+    assert log.read({"sinceTime": "2023-11-14T22:13:21Z", "timestamps": "true"}) == \
+        "2023-11-14T22:13:21.000000001Z c\n"
+    assert log.read({"tailLines": "2", "limitBytes": "3"}) == "b\nc"
+
+
+async def test_a_pod_log_keeps_its_last_10_mib_as_a_kubelet_rotates(api: ApiClient) -> None:
+    from checkpoint_operator.local.podlogs import MAX_LOG_BYTES
+    await api.create("v1/pods", NS, pod("p1"))
+    chunk = "y" * 1023 + "\n"
+    for _ in range(12):
+        await api.write_log(NS, "p1", "main", chunk * 1024, append=True)  # 1 MiB each
+    kept = await api.read_log(NS, "p1")
+    assert MAX_LOG_BYTES - 1024 <= len(kept) <= MAX_LOG_BYTES and kept.endswith(chunk)
+
+
+def test_a_log_read_never_takes_more_than_its_limit_into_memory_whatever_the_server_sends() -> None:
+    import http.server
+    import threading
+    from checkpoint_operator.kube import Kube
+
+    class Flood(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # ignores limitBytes
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(50 * 1024 * 1024))
+            self.end_headers()
+            try:
+                for _ in range(50):
+                    self.wfile.write(b"z" * (1024 * 1024))
+            except OSError:
+                pass  # the client went away after its bound: as it should
+
+        def log_message(self, *args) -> None:
+            pass
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flood)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        text = Kube.from_url(f"http://127.0.0.1:{server.server_port}").read_log(NS, "p", limit_bytes=4096)
+        assert text == "z" * 4096
+    finally:
+        server.shutdown()
+
+
 async def test_finalizers_hold_deletion_until_removed(api: ApiClient) -> None:
     await api.create(CKPTS, NS, {**checkpoint("c1"), "metadata": {"name": "c1", "finalizers": ["example.com/x"]}})
     await api.delete(CKPTS, NS, "c1")
@@ -356,6 +431,7 @@ async def _traffic(api: ApiClient, count: int, tag: str) -> None:
         await asyncio.gather(*(one(i) for i in range(start, min(count, start + 8))))
 
 
+@pytest.mark.slow
 async def test_per_request_cost_does_not_grow_with_requests_served(api: ApiClient, emulator_server: EmulatorServer,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     emulator = emulator_server.emulator

@@ -19,6 +19,7 @@ def local_run(*args: str, state_dir: Path) -> subprocess.CompletedProcess:
                            *args], cwd=ROOT, capture_output=True, text=True, timeout=200)
 
 
+@pytest.mark.slow
 def test_examples_run_locally_and_state_persists(tmp_path):
     state = tmp_path / "state"
     # The process runtime whatever this machine has (tests/containers runs the same with Podman).
@@ -93,6 +94,7 @@ def test_missing_engine_for_an_explicit_runtime_is_a_usage_error(tmp_path):
     assert result.stderr.startswith("error: --runtime docker: docker ")
 
 
+@pytest.mark.slow
 def test_examples_run_on_three_nodes_with_block_storage_and_volume_snapshots(tmp_path):
     """--nodes 3 --storage-class block --volume-snapshot-class block-snapshots: the examples give the same
     results; the checkpoints are in snapshot copies and the output volumes are released."""
@@ -147,9 +149,12 @@ WRITES = ("import os; out = os.environ['CHECKPOINT_OUTPUT_DIR']\n"
           "os.makedirs(f'{out}/checkpoint-5')\n"
           "for f in ('config.json', 'model.safetensors', 'optimizer.pt'):\n"
           "    open(f'{out}/checkpoint-5/{f}', 'w').write('{}')\n")
-CRASHES = "for i in range(30): print('line', i)\nprint('\\x1b[31mred\\x1b[0m')\nraise ValueError('boom')\n"
+# Flushed before it raises: a container's log holds stdout and stderr interleaved as written (one
+# pipe, as a kubelet's), and Python flushes a piped stdout only after printing the traceback.
+CRASHES = "for i in range(30): print('line', i)\nprint('\\x1b[31mred\\x1b[0m', flush=True)\nraise ValueError('boom')\n"
 
 
+@pytest.mark.slow
 def test_what_can_never_finish_is_named_at_once_and_a_failed_pod_shows_its_log(tmp_path):
     """Before: a job waiting on an input that nothing applied can make kept `local run` waiting,
     silently, for the whole --timeout (600 s); a failed pod's log was nowhere to be seen; the table
@@ -182,6 +187,7 @@ def test_what_can_never_finish_is_named_at_once_and_a_failed_pod_shows_its_log(t
     assert "  NO  " in rows["good.checkpoint-5"] and "  NO  " not in rows["good.step-1"]
 
 
+@pytest.mark.slow
 def test_an_earlier_runs_objects_are_named_and_fresh_starts_clean(tmp_path):
     """Before: a job stuck in the state directory from an earlier run made every later run wait
     for the whole timeout, without saying why (issue 18 item 8c)."""

@@ -18,7 +18,7 @@ from layouts import tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "catalog"
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]  # whole `local run`s: the slow tier
 
 
 @pytest.mark.parametrize("store", ["volume", "s3"])

@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 
 from checkpoint_operator.local import s3store
-from s3server import seaweedfs  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.timeout(420)
+pytestmark = [pytest.mark.timeout(420), pytest.mark.slow]  # whole `local run`s: the slow tier
 
 
 def local_run(*args: str, state_dir: Path, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]  # whole `local run`s: the slow tier
 JOB = """apiVersion: ckpt.dev/v1alpha1
 kind: TrainingJob
 metadata: {name: tiny}

@@ -78,5 +78,5 @@ async def test_a_sigterm_sent_as_a_command_starts_waits_for_the_command_s_own_ha
     (watch_code, watch_out, watch_err), (other_code, _, _) = results
     assert watch_code == 0, watch_err
     sealed = [json.loads(line) for line in watch_out.splitlines()]
-    assert [(s["event"], s["checkpoint"]["path"]) for s in sealed] == [("sealed", "checkpoint-1")]
+    assert [(s["kind"], s["checkpoint"]["path"]) for s in sealed] == [("sealed", "checkpoint-1")]
     assert other_code == 143

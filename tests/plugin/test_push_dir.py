@@ -16,7 +16,6 @@ from checkpoint_operator.agent.download import download_prefix
 from checkpoint_operator.agent.upload import upload_dir
 from checkpoint_operator.plugin.commands import Io, PluginError, local_manifest
 from layouts import CONFIG, WEIGHTS, hf_cache_snapshot
-from s3server import s3, seaweedfs  # noqa: F401  (fixtures)
 
 def quiet() -> tuple[Io, io.StringIO]:
     err = io.StringIO()

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from checkpoint_operator.agent.manifest import MANIFEST_NAME
+from checkpoint_operator.protocol.manifest import MANIFEST_NAME
 from checkpoint_operator.api.checkpoint import CheckpointStatus, Location, S3Location, VolumeLocation
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.storage import ForeignLocation, MissingUpload, store_for
 from factories import training_job
-from s3server import s3, seaweedfs  # noqa: F401  (fixtures)
 
 
 def test_committed_only_with_a_manifest_and_only_owned_data_is_deleted(s3):  # noqa: F811
@@ -44,13 +43,15 @@ def test_an_upload_is_accepted_only_under_the_prefix_the_operator_gave():
     tj = TrainingJob.model_validate(training_job("train"))
     own = store.prefix_for("default", "train", tj.metadata.uid)
     assert own == f"s3://b/ckpts/default/train-{tj.metadata.uid[:8]}/"
-    from checkpoint_operator.agent.manifest import Manifest
-    m = Manifest(path="step-1", files=[], sizeBytes=0, fileCount=0, digest="sha256:" + "0" * 64)
-    assert store.snapshot_location(tj, "c", m, "auto", {"step-1": own + "dirs/step-1/"}) == \
+    from checkpoint_operator.protocol.results import CheckpointSummary
+    m = CheckpointSummary(path="step-1", sizeBytes=0, fileCount=0, digest="sha256:" + "0" * 64)
+    assert store.snapshot_location(tj, "c", m.model_copy(update={"uri": own + "dirs/step-1/"}), "auto") == \
         Location(s3=S3Location(uri=own + "dirs/step-1/"))
     for elsewhere in ("s3://b/ckpts/team-b/x/dirs/step-1/", own + "../../team-b/x/"):
         with pytest.raises(MissingUpload, match="outside"):
-            store.snapshot_location(tj, "c", m, "auto", {"step-1": elsewhere})
+            store.snapshot_location(tj, "c", m.model_copy(update={"uri": elsewhere}), "auto")
+    with pytest.raises(MissingUpload, match="did not upload"):
+        store.snapshot_location(tj, "c", m, "auto")
 
 
 def test_volume_store_deletes_nothing_itself():

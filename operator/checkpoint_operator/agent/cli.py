@@ -24,22 +24,33 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     scan.add_argument("--single", action="store_true",
                       help="treat DIR itself as one checkpoint (used to adopt an existing volume path)")
     scan.add_argument("--json", action="store_true", help="print JSON (default: a human-readable table)")
+    scan.add_argument("--result", action="store_true",
+                      help="print the operator's bounded result line instead (per checkpoint its digest and "
+                           "totals, never its files: protocol/results.py)")
+    scan.add_argument("--manifests-dir", default=None, metavar="DIR",
+                      help="write each checkpoint's full manifest to DIR/sha256-<hex>.json as its files are hashed "
+                           "(the volume store keeps them at the volume's root, in .ckpt-manifests/)")
     scan.add_argument("--sync", action="store_true",
-                      help="then syncfs(2) the directory's filesystem and say so in the JSON (\"synced\": \"syncfs\"): "
+                      help="then syncfs(2) the directory's filesystem and say so in the result (\"synced\": \"syncfs\"): "
                            "a volume snapshot of it follows")
     scan.add_argument("--workers", type=_positive_int, default=None, help="hashing threads (default: number of cores)")
     scan.add_argument("--max-entries", type=_positive_int, default=None, metavar="N",
-                      help="fail past this many directory entries in all (default 1000000, or CKPT_SCAN_MAX_ENTRIES)")
+                      help="fail past this many directory entries in all (default 1000000, 2000000 with --result; "
+                           "or CKPT_SCAN_MAX_ENTRIES)")
     scan.add_argument("--parts", type=_positive_int, default=None, metavar="N",
                       help="DIR/worker-0 .. DIR/worker-<N-1> are N workers' outputs: a directory of the same name "
                            "in several of them is one checkpoint, the union of their files (agent/parts.py)")
     scan.add_argument("--per-worker", action="store_true",
                       help="with --parts: each worker's checkpoints stay its own, at worker-<i>/<directory>")
+    scan.add_argument("--part-manifests", action="store_true",
+                      help="with --parts --result: write each checkpoint's full manifest to .ckpt-manifests/ at the "
+                           "root of the first worker's directory that provides its files")
     scan.set_defaults(func=lambda a: _call("scan", a))
 
     snap = cmds.add_parser("snapshot", help="scan an output directory and upload each checkpoint (s3 store)",
                            description="Scan DIR like `scan`, upload every checkpoint found under --upload-to "
-                                       "(manifest last), and print the scan JSON plus the uploaded URIs.")
+                                       "(manifest last), and print the operator's result line (each checkpoint's "
+                                       "digest, totals and upload URI).")
     snap.add_argument("dir")
     snap.add_argument("--upload-to", required=True, metavar="S3_PREFIX", help="s3://bucket/prefix/ for this output")
     snap.add_argument("--layout", choices=["auto", "directories", "files"], default="auto")
@@ -98,6 +109,8 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     watch.add_argument("--max-entries", type=_positive_int, default=None, metavar="N",
                        help="directory entries looked at per pass (default 1000000, or CKPT_SCAN_MAX_ENTRIES)")
     watch.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
+    watch.add_argument("--manifests-dir", default=None, metavar="DIR",
+                       help="volume store: write each sealed checkpoint's full manifest to DIR/sha256-<hex>.json")
     watch.add_argument("--sync", action="store_true",
                        help="syncfs(2) the output's filesystem once a directory is sealed, before it is announced "
                             "(\"synced\": \"syncfs\" in its line): a volume snapshot of it follows")
@@ -125,6 +138,9 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("--exclude", action="append", metavar="GLOB",
                      help="hf://: no file matching this glob (repeatable)")
     imp.add_argument("--lfs", action="store_true", help="git: fetch the commit's Git LFS files")
+    imp.add_argument("--replace-earlier-import", action="store_true",
+                     help="an earlier import's output in DEST (marked beside DEST when it was committed) is removed "
+                          "first; anything else in DEST is still refused (the operator's import pods)")
     imp.add_argument("--ca-file", default=None, metavar="PEM",
                      help="https://, ftps:// and git over https: trust these CA certificates instead of the system's")
     imp.set_defaults(func=lambda a: _call("importer", a))
@@ -143,6 +159,10 @@ def _add_transfer_parsers(cmds: argparse._SubParsersAction) -> None:
                         help="the digest recorded for the checkpoint (required for a directory without a manifest)")
     verify.add_argument("--max-size", default=None, metavar="BYTES", help="a checkpoint larger than this is a problem")
     verify.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    verify.add_argument("--result", action="store_true",
+                        help="print the operator's bounded result line (protocol/results.py) instead")
+    verify.add_argument("--manifest", default=None, metavar="FILE",
+                        help="a directory's manifest stored elsewhere (the volume store's .ckpt-manifests/<digest>.json)")
     verify.add_argument("--concurrency", type=_positive_int, default=None, help="parallel reads (S3)")
     verify.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
     verify.set_defaults(func=lambda a: _call("verify", a))
@@ -173,6 +193,8 @@ def _add_transfer_parsers(cmds: argparse._SubParsersAction) -> None:
                                        "stream on stdout.")
     pack.add_argument("dir")
     pack.add_argument("--session-dir", default=None, help="where `agent hold` sees this pull (the pull pod's)")
+    pack.add_argument("--manifest", default=None, metavar="FILE",
+                      help="the checkpoint's manifest stored elsewhere (the volume store's .ckpt-manifests/)")
     pack.add_argument("--digest", default=None, help="the recorded digest: DIR's stored manifest is sent (and gives "
                                                      "the files) only when it has this digest")
     pack.set_defaults(func=lambda a: _call("transfer", a))
@@ -206,7 +228,7 @@ def _positive_float(text: str) -> float:
 
 
 def _terminate(signum, frame) -> None:
-    from checkpoint_operator.agent.errors import Terminated
+    from checkpoint_operator.protocol.errors import Terminated
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
     raise Terminated()
 
@@ -226,7 +248,7 @@ def _run_command(module: str, args: argparse.Namespace, sigterm_finishes: bool) 
     import gc
     import importlib
 
-    from checkpoint_operator.agent.errors import AgentError, one_line
+    from checkpoint_operator.protocol.errors import AgentError, one_line
     if sigterm_finishes:
         args.stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda signum, frame: args.stop.set())

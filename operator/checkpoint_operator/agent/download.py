@@ -1,7 +1,7 @@
 """`agent download s3://bucket/prefix/ DIR [--digest sha256:...]`: fetch a checkpoint and verify
 it against its manifest.
 
-Before any byte moves: the manifest must be consistent with itself (agent/manifest.py), have
+Before any byte moves: the manifest must be consistent with itself (protocol/manifest.py), have
 the pinned digest when one is given, fit the limits and the free space of DIR, and every
 directory on the way to a file must be a real directory of DIR (never a symlink: nothing is
 written through a link).
@@ -37,10 +37,10 @@ from typing import Callable, Optional
 
 from checkpoint_operator.agent import fstree
 from checkpoint_operator.agent.hashing import hash_files
-from checkpoint_operator.agent.manifest import MANIFEST_NAME, FileEntry, Manifest, manifest_problem
-from checkpoint_operator.agent.names import TEMP_PREFIX, printable
+from checkpoint_operator.protocol.manifest import MANIFEST_NAME, FileEntry, Manifest, manifest_problem
+from checkpoint_operator.protocol.names import TEMP_PREFIX, printable
 from checkpoint_operator.agent.progress import Progress, human_bytes
-from checkpoint_operator.agent.s3 import (
+from checkpoint_operator.objectstore.s3 import (
     DEFAULT_CONCURRENCY, DEFAULT_PART_SIZE, AgentError, ByteBudget, FailureLatch, S3Location,
     describe_error, env_size, fast_data_path, fast_for_endpoint, is_transient, make_client, parse_s3_uri,
     read_manifest, resolve_endpoint,

@@ -1,32 +1,12 @@
-"""The agent's one exception type: a failure the user sees as one line (what, and why).
+"""Moved to checkpoint_operator.protocol.errors (shared with the operator, which must not import the agent).
 
-Kept apart from s3.py so that commands which never touch S3 (scan) do not import boto3.
+This name stays an alias of that module (the same module object, so monkeypatching either
+works) for code written against the old place; new code imports checkpoint_operator.protocol.errors.
 """
 
-from __future__ import annotations
+import sys
 
+from checkpoint_operator.protocol import errors as _moved
+from checkpoint_operator.protocol.errors import *  # noqa: F401,F403 (what type checkers see)
 
-class AgentError(Exception):
-    """A failure the user must see as one line: what (URI or file) and why."""
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a pod being stopped): unwinds like Ctrl-C, so every command cleans up the same way."""
-
-    exit_code = 143
-
-
-def one_line(text: str) -> str:
-    """`text` as the one line a failure is (a pod's last line becomes the status message): line
-    breaks a message may carry (a server's reply, an exception's text) joined with '; '."""
-    if "\n" not in text and "\r" not in text:
-        return text
-    return "; ".join(part.strip() for part in text.splitlines() if part.strip())
-
-
-def yaml_problem(exc: BaseException) -> str:
-    """A YAML parser's error (several lines, quoting the text) as one line: what and where."""
-    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or type(exc).__name__
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    return f"not valid YAML ({one_line(str(problem))}{where})"
+sys.modules[__name__] = _moved

@@ -19,7 +19,6 @@ import errno
 import fcntl
 import hashlib
 import http.client
-import json
 import os
 import signal
 import sys
@@ -33,22 +32,26 @@ from typing import Optional
 
 from checkpoint_operator.agent import fstree
 from checkpoint_operator.agent.archive import DEFAULT_MAX_MEMBERS, DEFAULT_MAX_SIZE, archive_kind, extract_archive
-from checkpoint_operator.agent.errors import AgentError
-from checkpoint_operator.agent.manifest import RESERVED_ROOT_NAMES, paths_problem
-from checkpoint_operator.agent.names import component_problem, printable
+from checkpoint_operator.protocol.errors import AgentError
+from checkpoint_operator.protocol.manifest import RESERVED_ROOT_NAMES, paths_problem
+from checkpoint_operator.protocol.names import component_problem, printable
 from checkpoint_operator.agent.progress import Progress, human_bytes
 from checkpoint_operator.agent.redact import quoted
-from checkpoint_operator.agent.s3 import (
+from checkpoint_operator.objectstore.s3 import (
     describe_error, list_objects, make_client, manifest_exists, parse_s3_uri, parse_size, resolve_endpoint,
 )
 from checkpoint_operator.agent.sources import Limits, Options, Source, open_source
 from checkpoint_operator.agent.sources.base import http_error
 from checkpoint_operator.agent.tree import check_written_tree
-from checkpoint_operator.agent.urls import check_url, scheme_of, shown
+from checkpoint_operator.protocol import channel, results
+from checkpoint_operator.protocol.urls import check_url, scheme_of, shown
 
 COPY_CHUNK = 8 * 1024 * 1024
 HTTP_TIMEOUT = 60
 STAGING_PREFIX = ".ckpt-import-"
+# Beside a DEST an import created and filled (never inside it): what `replace_earlier_import`
+# takes as proof that DEST holds an import's output and nothing of anyone else's.
+IMPORTED_PREFIX = ".ckpt-imported-"
 _LOCK = "lock"
 
 
@@ -135,6 +138,8 @@ class Staging:
     def commit(self) -> None:
         fstree.remove_tree(self.downloads, ignore_errors=True)
         with _no_sigterm():
+            if not self.into_existing:  # marked first: a DEST this import made is never unmarked
+                _write_marker(imported_marker(self.dest))
             if self.into_existing:
                 for name in os.listdir(self.tree):
                     os.rename(os.path.join(self.tree, name), os.path.join(self.dest, name))
@@ -426,7 +431,36 @@ def _tree_totals(root: str) -> tuple[int, int]:
     return size, count
 
 
+def imported_marker(dest: str) -> str:
+    dest = os.path.abspath(dest)
+    tag = hashlib.sha256(os.fsencode(os.path.basename(dest))).hexdigest()[:16]
+    return os.path.join(os.path.dirname(dest), f"{IMPORTED_PREFIX}{tag}")
+
+
+def _write_marker(path: str) -> None:
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    os.close(fd)
+
+
+def replace_earlier_import(dest: str) -> bool:
+    """--replace-earlier-import (the operator's import pods, on the Checkpoint's own claim): a DEST
+    that an earlier import created and filled (its marker beside DEST), e.g. one whose pod was
+    deleted unread after an operator restart, is removed so that this import starts afresh. A DEST
+    without the marker is left as it is (and refused when not empty). Whether one was removed."""
+    marker = imported_marker(dest)
+    if not os.path.isfile(marker) or os.path.islink(marker):
+        return False
+    if os.path.lexists(dest):
+        if os.path.islink(dest) or not os.path.isdir(dest):
+            return False
+        fstree.remove_tree(dest, make_writable=True)
+    os.unlink(marker)  # last: a kill before it leaves the marker for the next try
+    return True
+
+
 def main(args: argparse.Namespace) -> int:
+    if getattr(args, "replace_earlier_import", False) and replace_earlier_import(args.dest):
+        print(f"import: removed an earlier import's output from {args.dest}", file=sys.stderr)
     try:
         max_size = parse_size(args.max_size) if args.max_size else DEFAULT_MAX_SIZE
     except ValueError as exc:
@@ -445,7 +479,22 @@ def main(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as exc:
         print(f"error: import of {shown(args.source)} interrupted; nothing was left in {args.dest}", file=sys.stderr)
         return getattr(exc, "exit_code", 130)
-    print(json.dumps(result), flush=True)
     print(f"import: {result['fileCount']} files, {human_bytes(result['sizeBytes'])} in {result['dest']}",
           file=sys.stderr)
+    channel.write(report_of(result))
     return 0
+
+
+def report_of(result: dict) -> results.ImportReport:
+    """The bounded result the operator reads (protocol/results.py): status.source comes from it."""
+    provenance = result.get("provenance") or {"uri": result["source"]}
+    return results.ImportReport(sizeBytes=result["sizeBytes"], fileCount=result["fileCount"],
+                                extracted=bool(result.get("extracted")),
+                                provenance=results.Provenance(
+                                    uri=results.cut(str(provenance.get("uri") or result["source"]), results.MAX_URI),
+                                    revision=_short(provenance.get("revision"), 256),
+                                    resolvedRevision=_short(provenance.get("resolvedRevision"), 128)))
+
+
+def _short(value: object, limit: int) -> Optional[str]:
+    return results.cut(str(value), limit) if value is not None else None

@@ -34,7 +34,7 @@ from typing import Optional
 
 from checkpoint_operator.agent import completeness, containers, formats
 from checkpoint_operator.agent import metadata as md
-from checkpoint_operator.agent.names import component_problem
+from checkpoint_operator.protocol.names import component_problem
 from checkpoint_operator.agent.safe_read import CheckpointFiles, Unreadable
 from checkpoint_operator.agent.tree import EntryBudget, walk_checkpoint
 

@@ -13,8 +13,11 @@ seals each directory the rules find complete:
 - on the s3 store it is uploaded at once to `UPLOAD_TO/sealed/<path>/<digest hex>/` (one
   checkpoint at a time, `--upload-concurrency` parallel transfers, so training I/O keeps most
   of the bandwidth); the upload verifies every byte against the manifest;
-- one JSON line goes to stdout: `{"event": "sealed", "checkpoint": {...}}`. The operator reads
-  this container's log (the pod's service account needs no API permission at all).
+- on the volume store its full manifest goes to `--manifests-dir` (`.ckpt-manifests/` at the
+  output's root, outside every checkpoint directory), where verify and pull read it;
+- one line goes to stdout, typed (protocol/results.py SealedEvent: `{"kind":"sealed",
+  "version":1,"checkpoint":{...}}`, the checkpoint's summary, never its files). The operator
+  reads this container's log (the pod's service account needs no API permission at all).
 
 Other lines: `removed` (a directory the operator asked to remove, because retention deleted its
 Checkpoint: the pod annotation `ckpt.dev/live-remove`, read from a downwardAPI file), `changed`
@@ -37,11 +40,11 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import json
 import os
 import signal
 import stat
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -50,9 +53,10 @@ from typing import Any, Callable, Optional
 
 from checkpoint_operator.agent import fstree, live_sealing
 from checkpoint_operator.agent.durability import sync_filesystem
-from checkpoint_operator.agent.errors import AgentError
+from checkpoint_operator.protocol.errors import AgentError
 from checkpoint_operator.agent.hashing import FileChanged
-from checkpoint_operator.agent.manifest import Manifest
+from checkpoint_operator.protocol import channel, results
+from checkpoint_operator.protocol.manifest import Manifest, stored_manifest_name
 from checkpoint_operator.agent.safe_read import Unreadable, parse_json, read_capped
 from checkpoint_operator.agent.scan import scan_directory
 from checkpoint_operator.agent.tree import EntryBudget, TooManyEntries, entry_limit
@@ -152,7 +156,8 @@ class Watcher:
     def __init__(self, root: str, *, store: str = "volume", upload_to: Optional[str] = None,
                  annotations_file: Optional[str] = None, shared: bool = False, max_entries: Optional[int] = None,
                  upload_concurrency: int = 2, endpoint_url: Optional[str] = None,
-                 emit: Optional[Callable[[dict[str, Any]], None]] = None, sync: bool = False) -> None:
+                 manifests_dir: Optional[str] = None,
+                 emit: Optional[Callable[[results.Report], None]] = None, sync: bool = False) -> None:
         self.root = root
         self.sync = sync  # syncfs before announcing a sealed directory (a volume snapshot of it follows)
         self.store = store
@@ -163,6 +168,7 @@ class Watcher:
         self.upload_concurrency = upload_concurrency
         self.endpoint_url = endpoint_url
         self._emit = emit or _print_line
+        self.manifests_dir = manifests_dir
         self._lock = threading.Lock()
         self.sealed: dict[str, Sealed] = {}
         self.uploading: set[str] = set()
@@ -179,12 +185,12 @@ class Watcher:
         self._load_state()
 
     # --- output -----------------------------------------------------------------------------
-    def emit(self, line: dict) -> None:
+    def emit(self, event: results.Report) -> None:
         with self._lock:
-            self._emit(line)
+            self._emit(event)
 
     def warn(self, message: str) -> None:
-        self.emit({"event": "warning", "message": message})
+        self.emit(results.WarningEvent(message=results.cut(message)))
 
     # --- state ------------------------------------------------------------------------------
     def _load_state(self) -> None:
@@ -243,7 +249,11 @@ class Watcher:
         for sealed in sorted(self.sealed.values(), key=lambda s: s.path):
             self._check(sealed)
             if not sealed.changed and sealed.summary:
-                self.emit({"event": "sealed", "checkpoint": {**sealed.summary, "announced": True}})
+                try:
+                    checkpoint = results.SealedCheckpoint.model_validate({**sealed.summary, "announced": True})
+                except ValueError:
+                    continue  # an older sidecar's record: the end-of-job snapshot finds the directory
+                self.emit(results.SealedEvent(checkpoint=checkpoint))
         self._update_resume_link_quietly()
 
     def _update_resume_link_quietly(self) -> None:
@@ -319,7 +329,7 @@ class Watcher:
             return None
         read_only = modes is not None and modes.get("ok", False)
         sealed = Sealed(manifest.path, manifest.digest, manifest.step, manifest.complete, manifest.resumable, stats)
-        extra = {"sealReason": reason, "skipped": len(result.skipped), "readOnly": read_only,
+        extra = {"sealReason": results.cut(reason), "skipped": result.skippedCount, "readOnly": read_only,
                  "sealedAt": round(time.time(), 3)}
         if self.sync:
             try:
@@ -327,7 +337,7 @@ class Watcher:
             except OSError as exc:  # announced without it: the operator leaves it to the end-of-job snapshot
                 self.warn(f"{listed.path}: {exc}; sealed, but its bytes may not be on the disk yet")
         if modes is not None and not read_only:
-            extra["readOnlyProblem"] = modes.get("problem")
+            extra["readOnlyProblem"] = results.cut(str(modes.get("problem")))
         if self.store == "s3":
             self.uploading.add(listed.path)
             assert self._uploads is not None
@@ -337,10 +347,34 @@ class Watcher:
         return sealed
 
     def _record(self, sealed: Sealed, manifest: Manifest, extra: dict) -> None:
-        sealed.summary = {**self._line_of(sealed, manifest), **extra}
+        summary = results.CheckpointSummary.of(manifest, uri=sealed.uri, manifest_stored=self._store_manifest(manifest))
+        checkpoint = results.SealedCheckpoint.model_validate({**summary.model_dump(), **extra})
+        sealed.summary = checkpoint.model_dump(mode="json", exclude_none=True)
         self.sealed[sealed.path] = sealed
         self._save_state()
-        self.emit({"event": "sealed", "checkpoint": sealed.summary})
+        self.emit(results.SealedEvent(checkpoint=checkpoint))
+
+    def _store_manifest(self, manifest: Manifest) -> bool:
+        """Volume store: the full manifest beside the data (never inside a checkpoint directory)."""
+        if not self.manifests_dir:
+            return False
+        final = os.path.join(self.manifests_dir, stored_manifest_name(manifest.digest))
+        tmp = os.path.join(self.manifests_dir, f".tmp-{os.getpid()}-{time.monotonic_ns()}.json")
+        from checkpoint_operator.agent.scan import create_exclusive, manifests_directory
+        try:
+            manifests_directory(self.manifests_dir)
+            with create_exclusive(tmp) as out:
+                out.write(manifest.model_copy(update={"path": "."}).to_json().encode())
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, final)
+            return True
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            self.warn(f"cannot store the manifest of {manifest.path} in {self.manifests_dir}: {exc.strerror} "
+                      f"(verify and pull then read its files again)")
+            return False
 
     def _upload(self, directory: str, manifest: Manifest, sealed: Sealed, extra: dict) -> None:
         from checkpoint_operator.agent.upload import upload_dir
@@ -362,12 +396,6 @@ class Watcher:
         with self._lock:
             self.uploading.discard(manifest.path)
         self._record(sealed, manifest, extra)
-
-    @staticmethod
-    def _line_of(sealed: Sealed, manifest: Manifest) -> dict:
-        line = manifest.model_dump(mode="json", exclude={"files", "version"})
-        line["uri"] = sealed.uri
-        return line
 
     # --- read-only ----------------------------------------------------------------------------
     def _freeze(self, directory: str) -> dict:
@@ -429,7 +457,7 @@ class Watcher:
             return
         if not os.path.lexists(directory):
             self.sealed.pop(path, None)
-            self.emit({"event": "removed", "path": path, "digest": digest})
+            self.emit(results.RemovedEvent(path=path, digest=digest))
             return
         sealed = self.sealed.get(path)
         if sealed is None:  # sealed by an earlier pod whose state was lost: the bytes decide
@@ -447,7 +475,7 @@ class Watcher:
             return
         self.sealed.pop(path, None)
         self._save_state()
-        self.emit({"event": "removed", "path": path, "digest": digest})
+        self.emit(results.RemovedEvent(path=path, digest=digest))
 
     # --- checks of sealed directories -----------------------------------------------------------
     def check_some(self, count: int) -> None:
@@ -482,8 +510,8 @@ class Watcher:
                 found = None
         sealed.changed = True
         self._save_state()
-        self.emit({"event": "changed", "path": sealed.path, "digest": sealed.digest, "found": found,
-                   "message": f"{sealed.path} changed after it was sealed ({problem})"})
+        self.emit(results.ChangedEvent(path=sealed.path, digest=sealed.digest, found=found,
+                                       message=results.cut(f"{sealed.path} changed after it was sealed ({problem})")))
 
     # --- the whole run ------------------------------------------------------------------------------
     def finish(self, interval: float = 0.0) -> None:
@@ -505,9 +533,8 @@ def _inside(root: str, path: str) -> bool:
     return root_real is not None and path_real is not None and path_real.startswith(root_real.rstrip("/") + "/")
 
 
-def _print_line(line: dict) -> None:
-    sys.stdout.write(json.dumps(line, separators=(",", ":"), sort_keys=True) + "\n")
-    sys.stdout.flush()
+def _print_line(event: results.Report) -> None:
+    channel.write(event)
 
 
 def is_passive() -> bool:
@@ -528,7 +555,7 @@ def main(args: argparse.Namespace) -> int:
     watcher = Watcher(args.dir, store="s3" if args.upload_to else "volume", upload_to=args.upload_to,
                       annotations_file=args.annotations_file, shared=args.shared, max_entries=args.max_entries,
                       upload_concurrency=args.upload_concurrency, endpoint_url=args.endpoint_url,
-                      sync=getattr(args, "sync", False))
+                      manifests_dir=getattr(args, "manifests_dir", None), sync=getattr(args, "sync", False))
     watcher.announce()
     interval = max(MIN_INTERVAL, args.interval)
     while not stop.is_set():

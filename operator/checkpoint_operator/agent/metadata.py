@@ -13,7 +13,7 @@ import re
 from typing import Any, Iterator, Optional
 
 from checkpoint_operator.agent import safe_pickle
-from checkpoint_operator.agent.names import component_problem
+from checkpoint_operator.protocol.names import component_problem
 from checkpoint_operator.agent.safe_read import (MAX_INT_DIGITS, CheckpointFiles, Unreadable, bounded_int, is_too_big,
                                                  quoted)
 

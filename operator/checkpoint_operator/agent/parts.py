@@ -14,7 +14,10 @@ snapshot rules (agent/scan.py), then:
   `worker-<i>/<directory>` (the root files: `worker-<i>`).
 
 Besides the scan's fields the result has `sources`: for each checkpoint, the worker each of its
-files is read from, in the manifest's file order (the volume store mounts them from there).
+files is read from, in the manifest's file order. The operator's bounded result (`--result`,
+`parts_output`) carries instead each worker's share as the few items the volume store mounts
+(protocol/parts.py), and writes each checkpoint's full manifest into the manifests directory of
+the first worker that provides its files.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from checkpoint_operator.agent.manifest import FileEntry, Manifest, digest_of
-from checkpoint_operator.agent.scan import (MAX_SKIPPED_LISTED, ROOT, ScanResult, Skipped, describe_checkpoint,
-                                            scan_directory)
+from checkpoint_operator.protocol.errors import AgentError
+from checkpoint_operator.protocol.manifest import MANIFESTS_DIR, FileEntry, Manifest, digest_of
+from checkpoint_operator.protocol.parts import shares
+from checkpoint_operator.agent.scan import (MAX_ITEMS, MAX_SKIPPED_LISTED, ROOT, OutputScan, Scanned, ScanResult,
+                                            Skipped, StoredManifests, describe_checkpoint, scan_directory)
 from checkpoint_operator.agent.tree import DEFAULT_MAX_ENTRIES
 
 PART_PREFIX = "worker-"
@@ -120,3 +125,53 @@ def _union(path: str, pieces: list[tuple[int, Manifest]], part_tops: list[str]
     manifest = Manifest(path=path, files=entries, sizeBytes=sum(e.size for e in entries), fileCount=len(entries),
                         digest=digest_of(entries), **description)
     return manifest, [chosen[p][1] for p in ordered], file_tops
+
+
+# Checkpoints of one result (protocol/results.py MAX_CHECKPOINTS; not imported: pydantic's).
+MAX_CHECKPOINTS = 10_000
+MAX_PART_ITEM = 255  # an item's length in the result and the status (protocol/results.py MAX_ITEM)
+
+
+def parts_output(scan: PartsScan, directory: str, layout: str, per_worker: bool = False,
+                 manifests: bool = False, mounts: bool = True) -> OutputScan:
+    """The scan of the parts as the operator's result takes it (agent/scan.py report_of): each
+    checkpoint's share per worker, and (`manifests`) its full manifest stored in MANIFESTS_DIR of
+    the first providing worker's directory (the root of that worker's volume). A checkpoint whose
+    share cannot be mounted within the bounds is skipped with the reason. `mounts` False (the s3
+    store, which uploaded each union as one checkpoint): no shares."""
+    if len(scan.result.checkpoints) > MAX_CHECKPOINTS:
+        raise AgentError(f"{directory}: {len(scan.result.checkpoints)} checkpoints across the workers' volumes, more "
+                         f"than the {MAX_CHECKPOINTS} one snapshot reports; write fewer step directories")
+    stores: dict[int, StoredManifests] = {}
+    found: list[Scanned] = []
+    skipped = list(scan.result.skipped)
+    skipped_count = scan.result.skippedCount
+    problem: Optional[str] = None
+    for manifest in scan.result.checkpoints:
+        if not mounts:
+            found.append(Scanned(manifest.model_copy(update={"files": []})))
+            continue
+        files = list(zip((f.path for f in manifest.files), scan.sources[manifest.path]))
+        # the checkpoint's directory inside a worker's volume (per worker: without worker-<i>/)
+        inside = (manifest.path.partition("/")[2] or ROOT) if per_worker else manifest.path
+        share = shares(files, whole_directory=inside != ROOT and layout != "files")
+        too_many = [w for w, items in share if items is not None and
+                    (len(items) > MAX_ITEMS or any(len(i) > MAX_PART_ITEM for i in items))]
+        if too_many:
+            skipped.append(Skipped(path=manifest.path, reason=(
+                f"worker {too_many[0]} provides more than {MAX_ITEMS} separate files and directories of it, or one "
+                f"named by a path of more than {MAX_PART_ITEM} characters: a volume location mounts each one; write "
+                f"each worker's files into its own subdirectory")))
+            skipped_count += 1
+            continue
+        stored = False
+        if manifests:
+            first = share[0][0]
+            if first not in stores:
+                stores[first] = StoredManifests(os.path.join(directory, part_directory(first), MANIFESTS_DIR))
+            stored = stores[first].store_whole(manifest)
+            problem = problem or stores[first].problem
+        found.append(Scanned(manifest.model_copy(update={"files": []}), stored=stored, parts=share))
+    skipped.sort(key=lambda s: s.path.encode())
+    return OutputScan(found, skipped[:MAX_SKIPPED_LISTED], skipped_count, problem)
+

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from checkpoint_operator.agent import fstree
-from checkpoint_operator.agent.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest
-from checkpoint_operator.agent.names import TEMP_PREFIX, printable
+from checkpoint_operator.protocol.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest
+from checkpoint_operator.protocol.names import TEMP_PREFIX, printable
 from checkpoint_operator.agent.tree import EntryBudget, entry_limit
 
 # Foreign entries named one by one (all are counted).
@@ -64,8 +64,8 @@ def _manifest_digest(path: str) -> Optional[str]:
 
 def _earlier_pull(directory: str, digest: str) -> Optional[Manifest]:
     """The manifest an earlier complete pull of the checkpoint `digest` left in DIR, if any."""
-    from checkpoint_operator.agent.errors import AgentError
-    from checkpoint_operator.agent.manifest import parse_manifest
+    from checkpoint_operator.protocol.errors import AgentError
+    from checkpoint_operator.protocol.manifest import parse_manifest
     path = os.path.join(directory, MANIFEST_NAME)
     if _manifest_digest(path) != digest:
         return None

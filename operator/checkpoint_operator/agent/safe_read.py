@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, Mapping, Optional, TypeVar
 
 from checkpoint_operator.agent import safe_pickle
-from checkpoint_operator.agent.names import printable
+from checkpoint_operator.protocol.names import printable
 from checkpoint_operator.agent.work_limit import OverBudget, WorkBudget
 
 MAX_METADATA_BYTES = 16 * 1024 * 1024  # cap of any one metadata read (json, pickle, header)

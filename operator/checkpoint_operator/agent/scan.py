@@ -1,38 +1,68 @@
 """`checkpoint-operator agent scan DIR`: the checkpoints in an output directory, with manifests.
 
-The snapshot rules of DESIGN.md §3. `scan_directory` does the work and returns a typed
-result; `main` only checks the argument and prints.
+The snapshot rules of DESIGN.md §3. `scan_checkpoints` does the work: it walks each checkpoint
+in canonical order (agent/tree.py), hashes its files on every core a bounded window ahead of
+the walk, and builds its manifest file by file (protocol/manifest.py), so memory does not grow
+with the tree: the manifests go to `--manifests-dir` (or are kept for callers that use the
+files), and what the format rules need is each path and size. `main` checks the argument and
+prints: a table, `--json` (every manifest, for people and `agent upload --manifest`), or
+`--result` (the bounded typed result the operator reads: protocol/results.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
+import contextlib
+import errno
+import heapq
 import json
 import os
 import stat
 import sys
+import time
+from array import array
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import IO, TYPE_CHECKING, Callable, Iterator, Mapping, Optional, Union
 
 
 from checkpoint_operator.agent import containers, formats
-from checkpoint_operator.agent.errors import AgentError
-from checkpoint_operator.agent.hashing import CHANGED_WHILE_READ, FileChanged, hash_files
-from checkpoint_operator.agent.manifest import FileEntry, Manifest, digest_of
-from checkpoint_operator.agent.names import collision_problem, collisions, component_problem, printable, spelled
+from checkpoint_operator.protocol.errors import AgentError
+from checkpoint_operator.agent.hashing import CHANGED_WHILE_READ, FileChanged, default_workers, sha256_file
+from checkpoint_operator.protocol.manifest import MANIFESTS_DIR, Manifest, ManifestBuilder, stored_manifest_name
+from checkpoint_operator.protocol.names import collision_problem, collisions, component_problem, printable, spelled
 from checkpoint_operator.agent.live_sealing import LIVE_DIR
 from checkpoint_operator.agent.tree import (
-    DEFAULT_MAX_ENTRIES, LEAVES_CHECKPOINT, EntryBudget, Tree, TreeFile, entry_limit, resolve_link, special_kind,
-    walk_checkpoint,
+    DEFAULT_MAX_ENTRIES, LEAVES_CHECKPOINT, STREAMING_MAX_ENTRIES, EntryBudget, TreeFile, entry_limit, iter_checkpoint,
+    resolve_link, special_kind,
 )
 
-__all__ = ["LEAVES_CHECKPOINT", "ScanResult", "Skipped", "describe_checkpoint", "format_table", "scan_directory"]
+if TYPE_CHECKING:  # pydantic's models: imported where a result is written (`agent scan --json` never loads them)
+    from checkpoint_operator.protocol import results
+
+__all__ = ["LEAVES_CHECKPOINT", "OutputScan", "ScanResult", "Scanned", "Skipped", "describe_checkpoint",
+           "format_table", "report_of", "scan_checkpoints", "scan_directory"]
 
 LAYOUTS = ("auto", "directories", "files")
 ROOT = "."
 # `skipped` lists at most this many entries (the first in path order); `skippedCount` counts all.
 MAX_SKIPPED_LISTED = 1000
+# Files hashed ahead of the one whose result is written next: keeps every core busy past a slow
+# file, at a few hundred bytes each.
+HASH_WINDOW = 2048
+# Files whose hash is remembered, so a file reached twice (a hard link, a link to a file) is read
+# once: those that may be reached twice, and big ones; at most this many.
+MAX_REMEMBERED = 100_000
+BIG_FILE = 16 * 1024 * 1024
+# Names of the output's root the scan never looks at: the sidecar's state, the stored manifests.
+AGENT_DIRS = (LIVE_DIR, MANIFESTS_DIR)
+STALE_TEMP_SECONDS = 3600  # a temporary file of a killed scan in the manifests directory
+# The root files' names reported for a volume location to mount one by one: protocol/results.py's
+# MAX_ITEMS (not imported: the scan's start-up loads no pydantic; tests/unit/agent checks they agree).
+MAX_ITEMS = 256
 
 
 @dataclass
@@ -56,28 +86,55 @@ class ScanResult:
 
 
 @dataclass
+class Scanned:
+    manifest: Manifest              # its files listed only when the scan kept them
+    stored: bool = False            # its full manifest was written to the manifests directory
+    items: Optional[list[str]] = None  # the root files ('.'): their names, when few enough to mount one by one
+    # a volume per worker (agent/parts.py): (worker, items or None for its whole directory) per worker
+    parts: Optional[list[tuple[int, Optional[list[str]]]]] = None
+
+
+@dataclass
+class OutputScan:
+    checkpoints: list[Scanned]
+    skipped: list[Skipped]          # the first `max_skipped` by path
+    skipped_count: int
+    manifests_problem: Optional[str] = None
+
+
+@dataclass
 class _Candidate:
     path: str  # checkpoint path relative to the scanned directory, or "."
     top: str  # the directory its file paths are relative to
     step_name: str  # the name the step is read from
-    files: list[TreeFile] = field(default_factory=list)
+    files: Optional[list[TreeFile]] = None  # known at listing time (root files), else walked later
     is_file: bool = False  # layout 'files': the checkpoint is this one root file
     # Entries of its directory that are not part of it (relative path -> why): the format may need them.
     lost: dict[str, str] = field(default_factory=dict)
 
 
 class _Skips:
-    def __init__(self) -> None:
-        self.items: list[Skipped] = []
+    """What was left out: the first `limit` by path (kept in a heap), and a count of all."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+        self._heap: list[tuple[bytes, str, str]] = []  # (-ordered key, path, reason): a max-heap by path
 
     def add(self, checkpoint: str, rel: str, reason: str) -> None:
         """`rel` is printable already (escaped) unless it comes straight from a valid name."""
         path = rel if checkpoint == ROOT else (f"{checkpoint}/{rel}" if rel else checkpoint)
-        self.items.append(Skipped(path=path or ROOT, reason=reason))
+        path = path or ROOT
+        self.count += 1
+        key = bytes(255 - b for b in path.encode("utf-8", "surrogateescape")) + b"\xff"  # larger path: smaller key
+        if len(self._heap) < self.limit:
+            heapq.heappush(self._heap, (key, path, reason))
+        elif self.limit and key > self._heap[0][0]:
+            heapq.heapreplace(self._heap, (key, path, reason))
 
-    def add_tree(self, checkpoint: str, tree: Tree) -> None:
-        for rel, reason in tree.skipped:
-            self.add(checkpoint, rel, reason)
+    def items(self) -> list[Skipped]:
+        ordered = sorted(self._heap, key=lambda item: item[1].encode("utf-8", "surrogateescape"))
+        return [Skipped(path=path, reason=reason) for _, path, reason in ordered]
 
 
 def _name_bytes(name: str) -> bytes:
@@ -95,7 +152,7 @@ def _entry_kind(entry: os.DirEntry) -> str:
 
 def _directory_candidates(name: str, path: str, skips: _Skips, budget: EntryBudget) -> list[_Candidate]:
     """One checkpoint for a top-level directory, or one per step subdirectory when it is a
-    container of step checkpoints (agent/containers.py decides)."""
+    container of step checkpoints (agent/containers.py decides). Their files are walked later."""
     def entries(it):
         for e in it:
             budget.take(e.path)  # what a split keeps is bounded like everything the scan looks at
@@ -107,26 +164,17 @@ def _directory_candidates(name: str, path: str, skips: _Skips, budget: EntryBudg
     except OSError:
         split = None  # the walk reports the unreadable directory
     if split is None:
-        split_paths = [(name, path, name)]
-    else:
-        for child, reason in split.skipped:
-            skips.add(ROOT, f"{name}/{child}", reason)
-        split_paths = [(f"{name}/{child}", os.path.join(path, child), child) for child in split.checkpoints]
-    found = []
-    for rel, directory, step_name in split_paths:
-        candidate = _Candidate(path=rel, top=directory, step_name=step_name)
-        tree = walk_checkpoint(directory, budget)
-        candidate.files = tree.files
-        candidate.lost = dict(tree.skipped)
-        skips.add_tree(rel, tree)
-        found.append(candidate)
-    return found
+        return [_Candidate(path=name, top=path, step_name=name)]
+    for child, reason in split.skipped:
+        skips.add(ROOT, f"{name}/{child}", reason)
+    return [_Candidate(path=f"{name}/{child}", top=os.path.join(path, child), step_name=child)
+            for child in split.checkpoints]
 
 
 def _root_candidates(root: str, layout: str, skips: _Skips, budget: EntryBudget) -> list[_Candidate]:
     """The checkpoints the top-level entries of `root` make, per the layout; files not yet walked."""
     candidates: list[_Candidate] = []
-    root_files = _Candidate(path=ROOT, top=root, step_name="")
+    root_files = _Candidate(path=ROOT, top=root, step_name="", files=[])
     with os.scandir(root) as it:
         entries = sorted(it, key=lambda e: _name_bytes(e.name))
     twins = collisions([entry.name for entry in entries])
@@ -140,8 +188,8 @@ def _root_candidates(root: str, layout: str, skips: _Skips, budget: EntryBudget)
         if name in twins:
             skips.add(ROOT, spelled(name), f"name {collision_problem(twins[name])}")
             continue
-        if name == LIVE_DIR:
-            continue  # the live-sealing watcher's own state (agent/live_sealing.py), not output
+        if name in AGENT_DIRS:
+            continue  # the agent's own: the sealing sidecar's state, the stored manifests
         if name.startswith("."):
             skips.add(ROOT, name, "hidden name")
             continue
@@ -154,7 +202,7 @@ def _root_candidates(root: str, layout: str, skips: _Skips, budget: EntryBudget)
         except OSError as exc:
             skips.add(ROOT, name, f"unreadable: {exc.strerror}")
             continue
-        open_path = entry.path
+        open_path, shared = entry.path, st.st_nlink > 1
         if stat.S_ISLNK(st.st_mode):
             real, target, reason = resolve_link(root, [], name)
             if real is None:
@@ -167,19 +215,20 @@ def _root_candidates(root: str, layout: str, skips: _Skips, budget: EntryBudget)
                 # the link would only make a second checkpoint of the same bytes.
                 skips.add(ROOT, name, "symlink to a directory: only real directories are checkpoints")
                 continue
-            open_path, st = real, target
+            open_path, st, shared = real, target, True
         if stat.S_ISDIR(st.st_mode):
             if layout == "files":
                 skips.add(ROOT, name, "directory: layout 'files' takes only the files at the root")
                 continue
             candidates.extend(_directory_candidates(name, entry.path, skips, budget))
         elif stat.S_ISREG(st.st_mode):
-            file = TreeFile(name, open_path, (st.st_dev, st.st_ino), st.st_size)
+            file = TreeFile(name, open_path, (st.st_dev, st.st_ino), st.st_size, shared)
             if layout == "directories":
                 skips.add(ROOT, name, "file at the root: layout 'directories' takes only subdirectories")
             elif layout == "files":
                 candidates.append(_Candidate(path=name, top=root, step_name=name, files=[file], is_file=True))
             else:
+                assert root_files.files is not None
                 root_files.files.append(file)
         else:
             skips.add(ROOT, name, special_kind(st.st_mode))
@@ -188,7 +237,7 @@ def _root_candidates(root: str, layout: str, skips: _Skips, budget: EntryBudget)
     return candidates
 
 
-def describe_checkpoint(top: str, paths: list[str], name: str, sizes: Optional[dict[str, int]] = None,
+def describe_checkpoint(top: str, paths: list[str], name: str, sizes: Optional[Mapping[str, int]] = None,
                         lost: Optional[dict[str, str]] = None, tops: Optional[dict[str, str]] = None) -> dict:
     """What the files say about a checkpoint: format, step, resumable, complete (the Manifest
     fields beyond the files), by agent/formats.py. `top` is the directory the `paths` are
@@ -200,12 +249,13 @@ def describe_checkpoint(top: str, paths: list[str], name: str, sizes: Optional[d
     Whatever the files hold, the answer is about this checkpoint only: a reader that fails in a
     way no rule foresaw makes it "not checked", with the reason, and the scan goes on."""
     if sizes is None:
-        sizes = {}
+        found = {}
         for p in paths:
             try:
-                sizes[p] = os.stat(os.path.join((tops or {}).get(p, top), *p.split("/"))).st_size
+                found[p] = os.stat(os.path.join((tops or {}).get(p, top), *p.split("/"))).st_size
             except OSError:
-                sizes[p] = 0
+                found[p] = 0
+        sizes = found
     try:
         d = formats.describe_checkpoint(Path(top), sizes, name, lost, **({"tops": tops} if tops else {}))
     except Exception as exc:  # noqa: BLE001 - one checkpoint's hostile metadata never fails the scan
@@ -216,14 +266,226 @@ def describe_checkpoint(top: str, paths: list[str], name: str, sizes: Optional[d
             "completeReason": d.completeReason, "metrics": d.metrics}
 
 
-def scan_directory(root: Path, layout: str = "auto", single: bool = False,
-                   workers: Optional[int] = None, max_entries: int = DEFAULT_MAX_ENTRIES,
-                   follow_links: bool = False) -> ScanResult:
+class SortedSizes(Mapping[str, int]):
+    """path -> size of one checkpoint's files, added in path order: a sorted list and an array,
+    about a third of a dict's memory for the million-file checkpoint the format rules look at."""
+
+    def __init__(self) -> None:
+        self._paths: list[str] = []
+        self._sizes = array("q")
+
+    def append(self, path: str, size: int) -> None:
+        self._paths.append(path)
+        self._sizes.append(size)
+
+    def _index(self, path: object) -> int:
+        if not isinstance(path, str):
+            return -1
+        i = bisect.bisect_left(self._paths, path)
+        return i if i < len(self._paths) and self._paths[i] == path else -1
+
+    def __getitem__(self, path: str) -> int:
+        i = self._index(path)
+        if i < 0:
+            raise KeyError(path)
+        return self._sizes[i]
+
+    def __contains__(self, path: object) -> bool:
+        return self._index(path) >= 0
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+
+# --- hashing, in the walk's order ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _End:
+    """Marks the end of a candidate's files in the stream of files to hash."""
+
+    index: int
+
+
+HashOutcome = Union[tuple[int, str], OSError]
+
+
+def _hash_one(path: str) -> HashOutcome:
+    try:
+        return sha256_file(path)
+    except OSError as exc:
+        return exc
+
+
+def _hashed_in_order(items: Iterator[tuple[int, Union[TreeFile, _End]]], workers: int
+                     ) -> Iterator[tuple[int, Union[TreeFile, _End], Optional[HashOutcome]]]:
+    """Each item with its file's hash (None for an end marker), in the order given, the files
+    hashed by `workers` threads at most HASH_WINDOW ahead. A file reached again (same inode)
+    is read once when it is one that may be (shared or big)."""
+    remembered: dict[tuple[int, int], Future] = {}
+    pending: deque = deque()
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sha256") if workers > 1 else None
+
+    def submit(f: TreeFile) -> Future:
+        future = remembered.get(f.inode)
+        if future is not None:
+            return future
+        if pool is not None:
+            future = pool.submit(_hash_one, f.open_path)
+        else:
+            future = Future()
+            future.set_result(_hash_one(f.open_path))
+        if (f.shared or f.size >= BIG_FILE) and len(remembered) < MAX_REMEMBERED:
+            remembered[f.inode] = future
+        return future
+
+    try:
+        for index, item in items:
+            pending.append((index, item, submit(item) if isinstance(item, TreeFile) else None))
+            while len(pending) > HASH_WINDOW:
+                index0, item0, future0 = pending.popleft()
+                yield index0, item0, future0.result() if future0 is not None else None
+        while pending:
+            index0, item0, future0 = pending.popleft()
+            yield index0, item0, future0.result() if future0 is not None else None
+    finally:
+        if pool is not None:
+            for _, _, future in pending:
+                if future is not None:
+                    future.cancel()
+            pool.shutdown(wait=True)
+
+
+# --- the scan ----------------------------------------------------------------------------------
+
+def manifests_directory(path: str) -> None:
+    """Make (or find) the directory of the stored manifests: a real directory, never a link (an
+    output could hold `.ckpt-manifests -> step-100` to have the agent write into a checkpoint)."""
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        pass
+    if not stat.S_ISDIR(os.lstat(path).st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, "a link or a file, not a directory: nothing is written through it",
+                                 path)
+
+
+def create_exclusive(path: str, mode: int = 0o644) -> IO[bytes]:
+    """A new file (never an existing one, never through a link) open for writing and reading."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0), mode)
+    return os.fdopen(fd, "w+b", buffering=1 << 20)
+
+
+class StoredManifests:
+    """Where the full manifests go (`--manifests-dir`): written as the files are hashed, then
+    renamed into place (`sha256-<hex>.json`). A directory that cannot be written is one problem
+    for the result (the checkpoints are still reported, without stored manifests)."""
+
+    def __init__(self, directory: Optional[str]) -> None:
+        self.directory = directory
+        self.problem: Optional[str] = None
+        if directory is None:
+            return
+        try:
+            manifests_directory(directory)
+            self._remove_stale()
+        except OSError as exc:
+            self._failed(exc)
+
+    def _failed(self, exc: OSError) -> None:
+        if self.problem is None:
+            self.problem = f"cannot write the manifests to {self.directory}: {exc.strerror or exc}"
+
+    @property
+    def usable(self) -> bool:
+        return self.directory is not None and self.problem is None
+
+    def _remove_stale(self) -> None:
+        assert self.directory is not None
+        now = time.time()
+        for name in os.listdir(self.directory):
+            if name.startswith(".tmp-"):
+                with contextlib.suppress(OSError):
+                    path = os.path.join(self.directory, name)
+                    if now - os.lstat(path).st_mtime > STALE_TEMP_SECONDS:
+                        os.unlink(path)
+
+    def spool(self) -> Optional[IO[bytes]]:
+        """A file for one manifest's entries while its files are hashed, unlinked at once (a
+        killed scan leaves nothing behind)."""
+        if not self.usable:
+            return None
+        assert self.directory is not None
+        path = os.path.join(self.directory, f".tmp-{os.getpid()}-{time.monotonic_ns()}.files")
+        try:
+            spool = create_exclusive(path, 0o600)
+            os.unlink(path)
+        except OSError as exc:
+            self._failed(exc)
+            return None
+        return spool
+
+    def store(self, builder: ManifestBuilder, manifest: Manifest, spool: Optional[IO[bytes]]) -> bool:
+        """Write the manifest as `sha256-<hex>.json`; False (and the problem noted) when it cannot be."""
+        if spool is None or not self.usable:
+            return False
+        # relative to its own root, as on s3
+        return self._write(manifest.digest, lambda out: builder.write(out, manifest.model_copy(update={"path": ROOT})))
+
+    def store_whole(self, manifest: Manifest) -> bool:
+        """`store` of a manifest whose files are all in memory (a union of workers' parts)."""
+        if not self.usable:
+            return False
+        text = manifest.model_copy(update={"path": ROOT}).to_json().encode("utf-8")
+        return self._write(manifest.digest, lambda out: out.write(text))
+
+    def _write(self, digest: str, write: Callable[[IO[bytes]], object]) -> bool:
+        assert self.directory is not None
+        final = os.path.join(self.directory, stored_manifest_name(digest))
+        tmp = os.path.join(self.directory, f".tmp-{os.getpid()}-{time.monotonic_ns()}.json")
+        try:
+            with create_exclusive(tmp) as out:
+                write(out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, final)
+            return True
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            self._failed(exc)
+            return False
+
+
+def _candidate_files(candidates: list[_Candidate], budget: EntryBudget, skips: _Skips, follow_links: bool
+                     ) -> Iterator[tuple[int, Union[TreeFile, _End]]]:
+    for index, candidate in enumerate(candidates):
+        if candidate.files is not None:
+            for f in sorted(candidate.files, key=lambda f: f.rel.encode()):
+                yield index, f
+        else:
+            def skip(shown: str, reason: str, candidate: _Candidate = candidate) -> None:
+                skips.add(candidate.path, shown, reason)
+                candidate.lost[shown] = reason  # the format may need it (bounded by the entry budget)
+            for f in iter_checkpoint(candidate.top, budget, skip, follow_links=follow_links):
+                yield index, f
+        yield index, _End(index)
+
+
+def scan_checkpoints(root: Path, layout: str = "auto", single: bool = False, workers: Optional[int] = None,
+                     max_entries: int = DEFAULT_MAX_ENTRIES, *, keep_files: bool = True,
+                     manifests_dir: Optional[str] = None, max_checkpoints: Optional[int] = None,
+                     max_skipped: int = MAX_SKIPPED_LISTED, follow_links: bool = False) -> OutputScan:
     """The checkpoints under `root` per the snapshot rules, each with its manifest.
 
     `single`: `root` itself is one checkpoint, path ".", whatever its name (hidden and
-    unfinished-name rules do not apply; the rules of agent/tree.py do). `follow_links` (with
-    `single`; a push of the user's own directory): links followed as `cp -L` does (agent/tree.py).
+    unfinished-name rules do not apply; the rules of agent/tree.py do). `keep_files`: each
+    manifest lists its files (else only its totals and digest); `manifests_dir`: the full
+    manifests are written there. `max_checkpoints`: more candidates than this fail at once.
+    `follow_links` (with `single`; a push of the user's own directory): links followed as
+    `cp -L` does (agent/tree.py).
     Raises NotADirectoryError / FileNotFoundError when `root` is not a directory, TooManyEntries
     past `max_entries` directory entries.
     """
@@ -232,53 +494,84 @@ def scan_directory(root: Path, layout: str = "auto", single: bool = False,
     top = os.fspath(root)
     if not os.path.isdir(top):
         raise (NotADirectoryError if os.path.exists(top) else FileNotFoundError)(top)
-    skips = _Skips()
+    skips = _Skips(max_skipped)
     budget = EntryBudget(max_entries, what=top)
     if single:
-        candidate = _Candidate(path=ROOT, top=top, step_name=Path(os.path.realpath(top)).name)
-        tree = walk_checkpoint(top, budget, follow_links=follow_links)
-        candidate.files = tree.files
-        candidate.lost = dict(tree.skipped)
-        skips.add_tree(ROOT, tree)
-        candidates = [candidate]
+        candidates = [_Candidate(path=ROOT, top=top, step_name=Path(os.path.realpath(top)).name)]
     else:
         candidates = _root_candidates(top, layout, skips, budget)
-
-    # Hash every distinct file once, across all checkpoints at once, so that many small
-    # checkpoints keep every core busy as well as a few big ones.
-    unique: dict[tuple[int, int], TreeFile] = {}
-    for candidate in candidates:
-        for f in candidate.files:
-            unique.setdefault(f.inode, f)
-    keys = list(unique)
-    hashed = dict(zip(keys, hash_files([unique[k].open_path for k in keys], workers,
-                                       sizes=[unique[k].size for k in keys])))
-
-    manifests: list[Manifest] = []
-    for candidate in candidates:
-        entries: list[FileEntry] = []
-        for f in candidate.files:
-            result = hashed[f.inode]
-            if isinstance(result, OSError):
-                reason = (result.strerror or CHANGED_WHILE_READ) if isinstance(result, FileChanged) \
-                    else f"unreadable: {result.strerror}"
-                skips.add(candidate.path, "" if candidate.is_file else f.rel, reason)
-                candidate.lost[f.rel] = reason
+    candidates.sort(key=lambda c: c.path.encode())
+    if max_checkpoints is not None and len(candidates) > max_checkpoints:
+        raise AgentError(f"{top}: {len(candidates)} checkpoints (directories and root files), more than the "
+                         f"{max_checkpoints} one snapshot reports; write fewer step directories (retention can "
+                         f"only drop checkpoints a snapshot has found)")
+    stored = StoredManifests(manifests_dir)
+    found: list[Scanned] = []
+    builder: Optional[ManifestBuilder] = None
+    sizes = SortedSizes()
+    spool: Optional[IO[bytes]] = None
+    try:
+        for index, item, outcome in _hashed_in_order(_candidate_files(candidates, budget, skips, follow_links),
+                                                     workers or default_workers()):
+            candidate = candidates[index]
+            if builder is None:
+                spool = stored.spool()
+                builder = ManifestBuilder(candidate.path, spool=spool, keep=keep_files)
+                sizes = SortedSizes()
+            if isinstance(item, TreeFile):
+                if isinstance(outcome, OSError):
+                    reason = (outcome.strerror or CHANGED_WHILE_READ) if isinstance(outcome, FileChanged) \
+                        else f"unreadable: {outcome.strerror or outcome}"
+                    skips.add(candidate.path, "" if candidate.is_file else printable(item.rel), reason)
+                    candidate.lost[item.rel] = reason
+                    continue
+                assert outcome is not None
+                builder.add(item.rel, outcome[0], outcome[1])
+                sizes.append(item.rel, outcome[0])
                 continue
-            size, sha = result
-            entries.append(FileEntry.model_construct(path=f.rel, size=size, sha256=sha))
-        if not entries:
-            skips.add(ROOT, candidate.path, "empty directory: no regular files")
-            continue
-        entries.sort(key=lambda e: e.path.encode())
-        manifests.append(Manifest(
-            path=candidate.path, files=entries, sizeBytes=sum(e.size for e in entries), fileCount=len(entries),
-            digest=digest_of(entries),
-            **describe_checkpoint(candidate.top, [e.path for e in entries], candidate.step_name,
-                                  {e.path: e.size for e in entries}, candidate.lost)))
-    manifests.sort(key=lambda m: m.path.encode())
-    skipped = sorted(skips.items, key=lambda s: s.path.encode())
-    return ScanResult(checkpoints=manifests, skipped=skipped[:MAX_SKIPPED_LISTED], skippedCount=len(skipped))
+            if builder.file_count == 0:
+                skips.add(ROOT, candidate.path, "empty directory: no regular files")
+            else:
+                found.append(_finish(candidate, builder, sizes, stored, spool, single))
+            if spool is not None:
+                spool.close()
+            builder, spool = None, None
+    finally:
+        if spool is not None:
+            spool.close()
+    return OutputScan(found, skips.items(), skips.count, stored.problem)
+
+
+def _finish(candidate: _Candidate, builder: ManifestBuilder, sizes: SortedSizes, stored: StoredManifests,
+            spool: Optional[IO[bytes]], single: bool) -> Scanned:
+    info = describe_checkpoint(candidate.top, [], candidate.step_name, sizes, candidate.lost)
+    manifest = builder.manifest(**info)
+    items = list(sizes) if candidate.path == ROOT and not single and len(sizes) <= MAX_ITEMS else None
+    return Scanned(manifest, stored=stored.store(builder, manifest, spool), items=items)
+
+
+def scan_directory(root: Path, layout: str = "auto", single: bool = False,
+                   workers: Optional[int] = None, max_entries: int = DEFAULT_MAX_ENTRIES,
+                   follow_links: bool = False) -> ScanResult:
+    """The checkpoints under `root` with their manifests (files listed): see scan_checkpoints."""
+    scan = scan_checkpoints(root, layout, single, workers, max_entries, follow_links=follow_links)
+    return ScanResult(checkpoints=[s.manifest for s in scan.checkpoints], skipped=scan.skipped,
+                      skippedCount=scan.skipped_count)
+
+
+def report_of(scan: OutputScan, uris: Optional[Mapping[str, str]] = None) -> "results.ScanReport":
+    """The bounded result the operator reads (protocol/results.py)."""
+    from checkpoint_operator.protocol import results
+    uris = uris or {}
+    return results.ScanReport(
+        checkpoints=[results.CheckpointSummary.of(
+            s.manifest, uri=uris.get(s.manifest.path), manifest_stored=s.stored, items=s.items,
+            parts=None if s.parts is None else [results.PartSummary(worker=w, items=i) for w, i in s.parts])
+            for s in scan.checkpoints],
+        skipped=[results.Skipped(path=results.cut(s.path, results.MAX_REPORTED_PATH), reason=results.cut(s.reason))
+                 for s in scan.skipped[:results.MAX_SKIPPED_REPORTED]],
+        skippedCount=scan.skipped_count,
+        manifestsProblem=results.cut(scan.manifests_problem) if scan.manifests_problem else None)
 
 
 def _human_size(n: int) -> str:
@@ -319,11 +612,35 @@ def format_table(result: ScanResult) -> str:
     return "\n".join(lines)
 
 
+def _synced(directory: str) -> str:
+    """A volume snapshot follows: the bytes must be on the disk first (agent/durability.py)."""
+    from checkpoint_operator.agent.durability import sync_filesystem
+    return sync_filesystem(directory)
+
+
 def main(args: argparse.Namespace) -> int:
     if not os.path.exists(args.dir):
         raise AgentError(f"{args.dir}: no such directory")
     if not os.path.isdir(args.dir):
         raise AgentError(f"{args.dir}: not a directory (scan takes the directory that holds the checkpoints)")
+    if getattr(args, "result", False):
+        from checkpoint_operator.protocol import channel, results
+        if getattr(args, "parts", None):
+            from checkpoint_operator.agent.parts import parts_output, scan_parts
+            scan = parts_output(scan_parts(args.dir, args.parts, args.layout, args.per_worker, workers=args.workers,
+                                           max_entries=entry_limit(args.max_entries)),
+                                args.dir, args.layout, args.per_worker,
+                                manifests=getattr(args, "part_manifests", False))
+        else:
+            scan = scan_checkpoints(Path(args.dir), layout=args.layout, single=args.single, workers=args.workers,
+                                    max_entries=entry_limit(args.max_entries, STREAMING_MAX_ENTRIES), keep_files=False,
+                                    manifests_dir=args.manifests_dir, max_checkpoints=results.MAX_CHECKPOINTS,
+                                    max_skipped=results.MAX_SKIPPED_REPORTED)
+        report = report_of(scan)
+        if getattr(args, "sync", False):  # after the manifests it wrote: the snapshot holds them too
+            report = report.model_copy(update={"synced": _synced(args.dir)})
+        channel.write(report)
+        return 0
     sources = None
     if getattr(args, "parts", None):
         from checkpoint_operator.agent.parts import scan_parts
@@ -335,8 +652,7 @@ def main(args: argparse.Namespace) -> int:
                                 max_entries=entry_limit(args.max_entries))
     extra: dict = {"sources": sources} if sources is not None else {}
     if getattr(args, "sync", False):  # a volume snapshot follows: the bytes must be on the disk first
-        from checkpoint_operator.agent.durability import sync_filesystem
-        extra["synced"] = sync_filesystem(args.dir)
+        extra["synced"] = _synced(args.dir)
     if args.json:
         sys.stdout.write(json.dumps({**result.model_dump(mode="json"), **extra}) + "\n")
     else:

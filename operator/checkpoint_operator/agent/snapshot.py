@@ -1,21 +1,21 @@
 """`agent snapshot`: scan an output directory and upload each checkpoint found (s3 store).
 
 Each checkpoint's manifest object is written last by the upload, so a checkpoint whose upload
-was cut off has no manifest and is never reported. The result is the scan's JSON plus
-`uploads` ({checkpoint path: s3 uri}), printed as one line on stdout.
+was cut off has no manifest and is never reported. The result is the operator's bounded scan
+result (protocol/results.py): per checkpoint its digest, totals and the prefix it went to.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 from typing import Optional
 
-from checkpoint_operator.agent.errors import AgentError
-from checkpoint_operator.agent.parts import scan_parts
-from checkpoint_operator.agent.scan import scan_directory
+from checkpoint_operator.protocol import channel, results
+from checkpoint_operator.protocol.errors import AgentError
+from checkpoint_operator.agent.parts import parts_output, scan_parts
+from checkpoint_operator.agent.scan import report_of, scan_checkpoints
 from checkpoint_operator.agent.tree import entry_limit
 from checkpoint_operator.agent.upload import upload_dir
 
@@ -35,13 +35,15 @@ def checkpoint_root(directory: str, path: str, layout: str, single: bool) -> str
 
 
 def snapshot(directory: str, layout: str, upload_to: str, single: bool = False, concurrency=None,
-             endpoint_url=None, max_entries: Optional[int] = None, reuse_sealed: bool = False) -> dict:
-    result = scan_directory(Path(directory), layout=layout, single=single, max_entries=entry_limit(max_entries))
+             endpoint_url=None, max_entries: Optional[int] = None, reuse_sealed: bool = False) -> results.ScanReport:
+    scan = scan_checkpoints(Path(directory), layout=layout, single=single, max_entries=entry_limit(max_entries),
+                            max_checkpoints=results.MAX_CHECKPOINTS, max_skipped=results.MAX_SKIPPED_REPORTED)
     uploads = {}
-    for manifest in result.checkpoints:
+    for scanned in scan.checkpoints:
+        manifest = scanned.manifest
         if reuse_sealed and not single:
             # Sealed while the job ran (agent watch): the copy named by this very digest is there.
-            from checkpoint_operator.agent.s3 import manifest_exists
+            from checkpoint_operator.objectstore.s3 import manifest_exists
             from checkpoint_operator.agent.live_watch import sealed_uri
             sealed = sealed_uri(upload_to, manifest.path, manifest.digest)
             if manifest_exists(sealed, endpoint_url=endpoint_url):
@@ -51,13 +53,15 @@ def snapshot(directory: str, layout: str, upload_to: str, single: bool = False, 
         upload_dir(checkpoint_root(directory, manifest.path, layout, single), uri, manifest=manifest,
                    concurrency=concurrency, endpoint_url=endpoint_url)
         uploads[manifest.path] = uri
-    return {**result.model_dump(mode="json"), "uploads": uploads}
+        scanned.manifest = manifest.model_copy(update={"files": []})  # uploaded: its files are no longer needed
+    return report_of(scan, uploads)
 
 
 def snapshot_parts(directory: str, count: int, layout: str, upload_to: str, per_worker: bool = False,
-                   concurrency=None, endpoint_url=None, max_entries: Optional[int] = None) -> dict:
+                   concurrency=None, endpoint_url=None, max_entries: Optional[int] = None) -> results.ScanReport:
     """`snapshot` of several workers' outputs (agent/parts.py): each checkpoint, a union of parts
-    or one worker's own, is uploaded from where its files lie into one prefix."""
+    or one worker's own, is uploaded from where its files lie into one prefix (the s3 store needs
+    no parts in the result: the union is one prefix)."""
     parts = scan_parts(directory, count, layout, per_worker, max_entries=entry_limit(max_entries))
     uploads = {}
     for manifest in parts.result.checkpoints:
@@ -65,19 +69,19 @@ def snapshot_parts(directory: str, count: int, layout: str, upload_to: str, per_
         upload_dir(directory, uri, manifest=manifest, concurrency=concurrency, endpoint_url=endpoint_url,
                    tops=parts.tops[manifest.path])
         uploads[manifest.path] = uri
-    return {**parts.result.model_dump(mode="json"), "uploads": uploads, "sources": parts.sources}
+    return report_of(parts_output(parts, directory, layout, per_worker, mounts=False), uploads)
 
 
 def main(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.dir):
         raise AgentError(f"{args.dir}: not a directory (snapshot takes the directory that holds the checkpoints)")
     if getattr(args, "parts", None):
-        print(json.dumps(snapshot_parts(args.dir, args.parts, args.layout, args.upload_to, args.per_worker,
-                                        concurrency=args.concurrency, endpoint_url=args.endpoint_url,
-                                        max_entries=args.max_entries)), flush=True)
+        channel.write(snapshot_parts(args.dir, args.parts, args.layout, args.upload_to, args.per_worker,
+                                     concurrency=args.concurrency, endpoint_url=args.endpoint_url,
+                                     max_entries=args.max_entries))
         return 0
-    output = snapshot(args.dir, args.layout, args.upload_to, single=args.single, concurrency=args.concurrency,
+    report = snapshot(args.dir, args.layout, args.upload_to, single=args.single, concurrency=args.concurrency,
                       endpoint_url=args.endpoint_url, max_entries=args.max_entries,
                       reuse_sealed=getattr(args, "reuse_sealed", False))
-    print(json.dumps(output), flush=True)
+    channel.write(report)
     return 0

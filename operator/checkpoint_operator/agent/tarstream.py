@@ -14,7 +14,7 @@ import tarfile
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Protocol
 
-from checkpoint_operator.agent.errors import AgentError
+from checkpoint_operator.protocol.errors import AgentError
 
 BLOCK = 512
 MAX_HEADER_BYTES = 1 << 20  # a pax header holds a path (at most 4096 bytes) and a few numbers

@@ -4,16 +4,16 @@
 - `agent receive DIR --digest D` is the main container of an upload's receiver pod: it waits
   until an `agent unpack` run in the same pod (by `kubectl ckpt push`, with exec) has committed
   an upload into DIR, then scans DIR itself (the operator trusts this scan, not the pusher) and
-  prints one JSON line: the scan as `agent scan --json` prints it, plus `received`, `verified`
-  and `problems` (the files that differ from the manifest the push sent, a digest other than
-  D, anything the scan skipped). With no push for `--idle` seconds it prints `received: false`.
+  writes its result line (protocol/results.py TransferReport): the checkpoint's summary,
+  `verified`, and `problems` (the files that differ from the manifest the push sent, a digest
+  other than D, anything the scan skipped). With no push for `--idle` seconds: `received: false`.
 - `agent unpack DIR` reads a tar stream on stdin: first the manifest of the checkpoint
   (`.checkpoint-manifest.json`), then files it lists. Each file lands under a temporary name and
   gets its real name only once its size and sha256 match the manifest. Files already in DIR
   from an interrupted push stay (the pusher sends only the rest); files the manifest does not
   list go. Then the manifest is written into DIR and the commit marker beside DIR.
-- `agent pack DIR` writes the checkpoint in DIR as a tar stream on stdout (its stored manifest
-  first, when it has one); `agent hold` is the main container of a pull pod: it ends once the
+- `agent pack DIR [--manifest FILE]` writes the checkpoint in DIR as a tar stream on stdout (its
+  stored manifest first, when it has one: FILE, or DIR's own); `agent hold` is the main container of a pull pod: it ends once the
   pulls run in the pod are over, or after `--idle` seconds without one.
 
 Memory is bounded by the tar reader (agent/tarstream.py); nothing is written through a symlink
@@ -38,13 +38,14 @@ from typing import Callable, Iterator, Optional
 
 from checkpoint_operator.agent import fstree
 from checkpoint_operator.agent.download import temp_name
-from checkpoint_operator.agent.errors import AgentError
+from checkpoint_operator.protocol.errors import AgentError
 from checkpoint_operator.agent.hashing import hash_files
-from checkpoint_operator.agent.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, FileEntry, Manifest, parse_manifest
-from checkpoint_operator.agent.names import TEMP_PREFIX, printable
+from checkpoint_operator.protocol.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, FileEntry, Manifest, parse_manifest
+from checkpoint_operator.protocol.names import TEMP_PREFIX, printable
 from checkpoint_operator.agent.tarstream import COPY_CHUNK, ByteSink, ByteSource, TarWriter, iter_files
 from checkpoint_operator.agent.tree import EntryBudget, entry_limit, locate_file, walk_checkpoint
-from checkpoint_operator.agent.verify import MAX_PROBLEMS, Problem, compare
+from checkpoint_operator.agent.verify import Problem, compare
+from checkpoint_operator.protocol import channel, results
 
 _OPEN_FLAGS = getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
 POLL_SECONDS = 0.5
@@ -189,8 +190,8 @@ class StreamReceiver:
 
     def _files_without_manifest(self, first, members, done: Unpacked) -> Manifest:
         """A pull of a checkpoint stored without a manifest: all files staged, then the digest decides."""
-        from checkpoint_operator.agent.manifest import digest_of, paths_problem
-        from checkpoint_operator.agent.names import check_path
+        from checkpoint_operator.protocol.manifest import digest_of, paths_problem
+        from checkpoint_operator.protocol.names import check_path
         staged: list[tuple[FileEntry, str]] = []
         seen: set[str] = set()
         try:
@@ -347,7 +348,8 @@ def wait_for_commit(directory: str, idle_seconds: float) -> Optional[dict]:
         time.sleep(POLL_SECONDS)
 
 
-def received_result(directory: str, digest: Optional[str], commit: dict, max_size: Optional[int]) -> dict:
+def received_result(directory: str, digest: Optional[str], commit: dict,
+                    max_size: Optional[int]) -> results.TransferReport:
     """The scan of DIR by this agent, checked against the manifest the push committed and the
     declared digest: the one result the operator uses."""
     from checkpoint_operator.agent.scan import describe_checkpoint, scan_directory
@@ -373,23 +375,28 @@ def received_result(directory: str, digest: Optional[str], commit: dict, max_siz
         problems.append(Problem(".", f"the data received has digest {found.digest}, not the declared {digest}"))
     if found is not None and max_size is not None and found.sizeBytes > max_size:
         problems.append(Problem(".", f"{found.sizeBytes} bytes, past the size limit of {max_size}"))
-    out = scan.model_dump(mode="json")
-    out["checkpoints"] = [found.model_dump(mode="json")] if found is not None else []
-    out.update(received=True, verified=not problems, problemCount=len(problems),
-               problems=[{"path": p.path, "problem": p.problem} for p in problems[:MAX_PROBLEMS]])
-    return out
+    return results.TransferReport(
+        received=True, verified=not problems, checkpoint=results.CheckpointSummary.of(found) if found else None,
+        problems=reported_problems(problems), problemCount=len(problems))
+
+
+def reported_problems(problems: list[Problem]) -> list[results.Problem]:
+    """The first problems, each within the result's bounds."""
+    return [results.Problem(path=results.cut(p.path, results.MAX_REPORTED_PATH), problem=results.cut(p.problem))
+            for p in problems[:results.MAX_PROBLEMS_REPORTED]]
 
 
 # --- pack and hold -------------------------------------------------------------------------------
 
-def pack(directory: str, out: ByteSink, digest: Optional[str] = None) -> int:
-    """Write the checkpoint in DIR to `out`; returns the bytes of file data written. DIR's stored
-    manifest goes first, and gives the files, only when it has the recorded `digest` (verify.py
-    trusted_manifest); else DIR's files are read as they are, and the puller checks their digest."""
+def pack(directory: str, out: ByteSink, digest: Optional[str] = None, manifest_path: Optional[str] = None) -> int:
+    """Write the checkpoint in DIR to `out`; returns the bytes of file data written. Its stored
+    manifest (`manifest_path`, stored beside the data; else DIR's own) goes first, and gives the
+    files, only when it has the recorded `digest` (verify.py trusted_manifest); else DIR's files
+    are read as they are, and the puller checks their digest."""
     from checkpoint_operator.agent.verify import trusted_manifest
     writer = TarWriter(out)
     total = 0
-    manifest = trusted_manifest(directory, digest) if digest else None
+    manifest = trusted_manifest(directory, digest, manifest_path) if digest or manifest_path else None
     if manifest is not None:
         writer.add_bytes(MANIFEST_NAME, manifest.to_json().encode())
         files = [(e.path, locate_file(directory, e.path)[0], e.size) for e in manifest.files]
@@ -455,7 +462,7 @@ def hold(session_dir: str, idle_seconds: float) -> str:
 # --- entry points --------------------------------------------------------------------------------
 
 def _max_size(args: argparse.Namespace) -> Optional[int]:
-    from checkpoint_operator.agent.s3 import parse_size
+    from checkpoint_operator.objectstore.s3 import parse_size
     return parse_size(args.max_size) if getattr(args, "max_size", None) else None
 
 
@@ -474,14 +481,13 @@ def main_receive(args: argparse.Namespace) -> int:
     print(f"receive: waiting for a push into {args.dir} (kubectl ckpt push)", file=sys.stderr, flush=True)
     commit = wait_for_commit(args.dir, args.idle)
     if commit is None:
-        print(json.dumps({"checkpoints": [], "skipped": [], "received": False,
-                          "reason": f"no push within {args.idle:.0f} s"}), flush=True)
+        channel.write(results.TransferReport(received=False, reason=f"no push within {args.idle:.0f} s"))
         return 0
     result = received_result(args.dir, args.digest, commit, _max_size(args))
     if getattr(args, "sync", False):  # a volume snapshot of it follows: its bytes must be on the disk
         from checkpoint_operator.agent.durability import sync_filesystem
-        result["synced"] = sync_filesystem(args.dir)
-    print(json.dumps(result), flush=True)
+        result = result.model_copy(update={"synced": sync_filesystem(args.dir)})
+    channel.write(result)
     return 0
 
 
@@ -491,7 +497,7 @@ def main_pack(args: argparse.Namespace) -> int:
     out = os.fdopen(os.dup(1), "wb", buffering=COPY_CHUNK)
     with pull_session(args.session_dir):
         try:
-            pack(args.dir, out, args.digest)
+            pack(args.dir, out, args.digest, getattr(args, "manifest", None))
             out.flush()
         except BrokenPipeError:
             raise AgentError("pack: the reader went away before the end") from None

@@ -1,7 +1,7 @@
 """The files of a checkpoint: one walker for scan, upload and download.
 
 A checkpoint is a directory tree; its files are every regular file under it, with these rules:
-- names must pass agent/names.py; an entry whose name does not is skipped with the rule, and
+- names must pass protocol/names.py; an entry whose name does not is skipped with the rule, and
   so are both entries of a directory whose names are the same after Unicode normalization;
 - hidden names are content (only the manifest at the root is not: it describes, it is not
   content; other names the agent reserves at the root are skipped);
@@ -28,15 +28,18 @@ import errno
 import os
 import stat
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
-from checkpoint_operator.agent.errors import AgentError
-from checkpoint_operator.agent.manifest import MANIFEST_NAME, RESERVED_ROOT_NAMES
-from checkpoint_operator.agent.names import (
+from checkpoint_operator.protocol.errors import AgentError
+from checkpoint_operator.protocol.manifest import MANIFEST_NAME, RESERVED_ROOT_NAMES
+from checkpoint_operator.protocol.names import (
     MAX_PATH_BYTES, collision_problem, collisions, component_problem, printable, spelled,
 )
 
 DEFAULT_MAX_ENTRIES = 1_000_000
+# The scan that streams its manifests (scan --result: the volume store's snapshot) holds about
+# 100 bytes per file, not a tree: a million files and their directories fit.
+STREAMING_MAX_ENTRIES = 2_000_000
 MAX_LINK_HOPS = 40  # Linux's MAXSYMLINKS
 # Components looked at while resolving one link (bounds the work of links to long paths of links).
 MAX_RESOLVE_STEPS = 4096
@@ -49,10 +52,10 @@ BROKEN_SYMLINK = "broken symlink"
 DIRECTORY_CYCLE = "symlink to a directory that contains it (a cycle)"
 
 
-def entry_limit(given: Optional[int] = None) -> int:
+def entry_limit(given: Optional[int] = None, default: int = DEFAULT_MAX_ENTRIES) -> int:
     """--max-entries, else CKPT_SCAN_MAX_ENTRIES, else the default."""
     value = os.environ.get("CKPT_SCAN_MAX_ENTRIES", "")
-    return given or (int(value) if value.isdigit() and int(value) > 0 else DEFAULT_MAX_ENTRIES)
+    return given or (int(value) if value.isdigit() and int(value) > 0 else default)
 
 
 class TooManyEntries(AgentError):
@@ -76,12 +79,13 @@ class EntryBudget:
                                  f"scan, snapshot and watch)")
 
 
-@dataclass
+@dataclass(slots=True)
 class TreeFile:
     rel: str  # path inside the checkpoint, '/'-separated
     open_path: str  # the real file to read (symlinks resolved: no link in it)
     inode: tuple[int, int]  # (st_dev, st_ino): each distinct file is read once
     size: int
+    shared: bool = False  # other paths may reach the same file (hard links, or reached through a symlink)
 
 
 @dataclass
@@ -155,43 +159,27 @@ def resolve_link(top: str, dir_parts: list[str], name: str) -> tuple[Optional[st
 
 def walk_checkpoint(top: str, budget: Optional[EntryBudget] = None, *, follow_links: bool = False) -> Tree:
     """Every file of the checkpoint rooted at `top` (see the module doc), and what was skipped."""
-    budget = budget or EntryBudget(what=top)
     tree = Tree()
-    # (directory on disk, its components inside the checkpoint, the (st_dev, st_ino) of the
-    # directories on its way: only kept when links are followed, to refuse a cycle)
-    stack: list[tuple[str, list[str], frozenset]] = [(top, [], _identity(top) if follow_links else frozenset())]
-    while stack:
-        directory, parts, ancestors = stack.pop()
-        rel_dir = "/".join(parts)
-        try:
-            with os.scandir(directory) as it:
-                entries = list(it)
-        except OSError as exc:
-            tree.skip(rel_dir or ".", f"unreadable directory: {exc.strerror}")
-            continue
-        twins = collisions([entry.name for entry in entries])
-        for entry in entries:
-            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-            budget.take(os.path.join(directory, entry.name))
-            if not parts and entry.name in RESERVED_ROOT_NAMES:
-                if entry.name != MANIFEST_NAME:  # a manifest written by an earlier download describes
-                    tree.skip(rel, "name reserved for the agent's own files")
-                continue
-            problem = component_problem(entry.name)
-            if problem:
-                tree.skip(rel, f"name {problem}")
-                continue
-            if entry.name in twins:  # neither is taken: which one is meant cannot be told
-                tree.skipped.append((spelled(rel), f"name {collision_problem(twins[entry.name])}"))
-                continue
-            if len(rel.encode("utf-8")) > MAX_PATH_BYTES:
-                tree.skip(rel, f"path is longer than {MAX_PATH_BYTES} bytes")
-                continue
-            if follow_links:
-                add_followed_entry(tree, stack, parts, ancestors, entry, rel)
-            else:
-                add_entry(tree, stack, top, parts, entry, rel)
+    tree.files = list(iter_checkpoint(top, budget, lambda shown, reason: tree.skipped.append((shown, reason)),
+                                      follow_links=follow_links))
     return tree
+
+
+def _listing(directory: str, follow_links: bool) -> tuple[list[bytes], dict[str, str]]:
+    """The names in `directory` as sort keys: the name's bytes, with '/' after a directory's
+    (a link to one too, when links are followed), so that a depth-first walk in this order visits
+    paths in the order of their bytes; and the names that are twins after normalization."""
+    keys, names = [], []
+    with os.scandir(directory) as it:
+        for entry in it:
+            try:
+                is_dir = entry.is_dir(follow_symlinks=follow_links)
+            except OSError:
+                is_dir = False
+            keys.append(os.fsencode(entry.name) + (b"/" if is_dir else b""))
+            names.append(entry.name)
+    keys.sort()
+    return keys, collisions(names)
 
 
 def _identity(path: str) -> frozenset:
@@ -202,56 +190,127 @@ def _identity(path: str) -> frozenset:
     return frozenset({(st.st_dev, st.st_ino)})
 
 
-def add_followed_entry(tree: Tree, stack: list, parts: list[str], ancestors: frozenset, entry: os.DirEntry,
-                       rel: str) -> None:
-    """One directory entry, links followed wherever they point (`cp -L`)."""
+def iter_checkpoint(top: str, budget: Optional[EntryBudget] = None,
+                    skip: Optional[Callable[[str, str], None]] = None, *,
+                    follow_links: bool = False) -> Iterator[TreeFile]:
+    """Every file of the checkpoint rooted at `top` (see the module doc), in the canonical
+    order: by the bytes of their paths, as the digest sorts them (protocol/manifest.py), so a
+    manifest can be written as the files are hashed. `skip(shown, reason)` hears what is left
+    out (`shown`: the path as a message shows it, escaped).
+
+    Memory is one directory's names per level of the walk, never the tree's: sorting a name
+    with '/' appended when it is a directory makes the depth-first order the byte order of the
+    whole paths ('a-b' < 'a.b' < 'a/x', as '-' < '.' < '/')."""
+    budget = budget or EntryBudget(what=top)
+    tell = skip or (lambda shown, reason: None)
+    # (directory on disk, its components inside the checkpoint, its sorted keys, the next index,
+    # its twins, the (st_dev, st_ino) of the directories on its way: kept when links are followed,
+    # to refuse a cycle)
+    stack: list[tuple[str, list[str], list[bytes], int, dict[str, str], frozenset]] = []
     try:
-        st = os.stat(entry.path)  # follows every link on the way
+        keys, twins = _listing(top, follow_links)
+        stack.append((top, [], keys, 0, twins, _identity(top) if follow_links else frozenset()))
+    except OSError as exc:
+        tell(".", f"unreadable directory: {exc.strerror}")
+    while stack:
+        directory, parts, keys, index, twins, ancestors = stack[-1]
+        if index == len(keys):
+            stack.pop()
+            continue
+        stack[-1] = (directory, parts, keys, index + 1, twins, ancestors)
+        key = keys[index]
+        listed_as_dir = key.endswith(b"/")
+        name = os.fsdecode(key[:-1] if listed_as_dir else key)
+        rel_dir = "/".join(parts)
+        rel = f"{rel_dir}/{name}" if rel_dir else name
+        path = os.path.join(directory, name)
+        budget.take(path)
+        if not parts and name in RESERVED_ROOT_NAMES:
+            if name != MANIFEST_NAME:  # a manifest written by an earlier download describes
+                tell(printable(rel), "name reserved for the agent's own files")
+            continue
+        problem = component_problem(name)
+        if problem:
+            tell(printable(rel), f"name {problem}")
+            continue
+        if name in twins:  # neither is taken: which one is meant cannot be told
+            tell(spelled(rel), f"name {collision_problem(twins[name])}")
+            continue
+        if len(rel.encode("utf-8")) > MAX_PATH_BYTES:
+            tell(printable(rel), f"path is longer than {MAX_PATH_BYTES} bytes")
+            continue
+        entry = _followed(path, rel, ancestors, tell) if follow_links else _entry(top, parts, name, path, rel, tell)
+        if entry is None:
+            continue
+        found, identity = entry
+        if isinstance(found, TreeFile):
+            if listed_as_dir:  # replaced between the listing and now: its place in the order is lost
+                tell(printable(rel), "changed while the directory was read (a directory became a file)")
+                continue
+            yield found
+            continue
+        if not listed_as_dir:
+            tell(printable(rel), "changed while the directory was read (a file became a directory)")
+            continue
+        try:
+            child_keys, child_twins = _listing(path, follow_links)
+        except OSError as exc:
+            tell(printable(rel), f"unreadable directory: {exc.strerror}")
+            continue
+        stack.append((path, [*parts, name], child_keys, 0, child_twins, ancestors | identity))
+
+
+def _entry(top: str, parts: list[str], name: str, path: str, rel: str, tell: Callable[[str, str], None]
+           ) -> Optional[tuple[Optional[TreeFile], frozenset]]:
+    """One entry, links resolved inside the root: (its file, or None for a directory to walk), or
+    None when it is skipped."""
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        tell(printable(rel), _os_reason(exc))
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return None, frozenset()
+    open_path, shared = path, st.st_nlink > 1
+    if stat.S_ISLNK(st.st_mode):
+        real, target_st, reason = resolve_link(top, parts, name)
+        if real is None:
+            tell(printable(rel), reason)
+            return None
+        assert target_st is not None
+        if stat.S_ISDIR(target_st.st_mode):
+            tell(printable(rel), LINK_TO_DIRECTORY)
+            return None
+        open_path, st, shared = real, target_st, True
+    if stat.S_ISREG(st.st_mode):
+        return TreeFile(rel, open_path, (st.st_dev, st.st_ino), st.st_size, shared), frozenset()
+    tell(printable(rel), special_kind(st.st_mode))
+    return None
+
+
+def _followed(path: str, rel: str, ancestors: frozenset, tell: Callable[[str, str], None]
+              ) -> Optional[tuple[Optional[TreeFile], frozenset]]:
+    """One entry, links followed wherever they point (`cp -L`)."""
+    try:
+        st = os.stat(path)  # follows every link on the way
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            tree.skip(rel, SYMLINK_LOOP)
+            tell(printable(rel), SYMLINK_LOOP)
         elif exc.errno in (errno.ENOENT, errno.ENOTDIR):
-            tree.skip(rel, BROKEN_SYMLINK)
+            tell(printable(rel), BROKEN_SYMLINK)
         else:
-            tree.skip(rel, _os_reason(exc))
-        return
+            tell(printable(rel), _os_reason(exc))
+        return None
     if stat.S_ISDIR(st.st_mode):
         key = (st.st_dev, st.st_ino)
         if key in ancestors:
-            tree.skip(rel, DIRECTORY_CYCLE)
-            return
-        stack.append((entry.path, [*parts, entry.name], ancestors | {key}))
-    elif stat.S_ISREG(st.st_mode):
-        tree.files.append(TreeFile(rel, entry.path, (st.st_dev, st.st_ino), st.st_size))
-    else:
-        tree.skip(rel, special_kind(st.st_mode))
-
-
-def add_entry(tree: Tree, stack: list, top: str, parts: list[str], entry: os.DirEntry, rel: str) -> None:
-    """One directory entry: a file into `tree.files`, a directory onto `stack`, else a skip."""
-    try:
-        st = entry.stat(follow_symlinks=False)
-    except OSError as exc:
-        tree.skip(rel, _os_reason(exc))
-        return
-    open_path = entry.path
-    if stat.S_ISLNK(st.st_mode):
-        real, target_st, reason = resolve_link(top, parts, entry.name)
-        if real is None:
-            tree.skip(rel, reason)
-            return
-        assert target_st is not None
-        if stat.S_ISDIR(target_st.st_mode):
-            tree.skip(rel, LINK_TO_DIRECTORY)
-            return
-        open_path, st = real, target_st
-    elif stat.S_ISDIR(st.st_mode):
-        stack.append((entry.path, [*parts, entry.name], frozenset()))
-        return
+            tell(printable(rel), DIRECTORY_CYCLE)
+            return None
+        return None, frozenset({key})
     if stat.S_ISREG(st.st_mode):
-        tree.files.append(TreeFile(rel, open_path, (st.st_dev, st.st_ino), st.st_size))
-    else:
-        tree.skip(rel, special_kind(st.st_mode))
+        return TreeFile(rel, path, (st.st_dev, st.st_ino), st.st_size, True), frozenset()
+    tell(printable(rel), special_kind(st.st_mode))
+    return None
 
 
 def locate_file(top: str, rel: str, *, follow_links: bool = False) -> tuple[str, os.stat_result]:

@@ -22,12 +22,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
-from checkpoint_operator.agent.manifest import (
+from checkpoint_operator.protocol.manifest import (
     MANIFEST_NAME, MAX_MANIFEST_BYTES, UPLOAD_JOURNAL_NAME, FileEntry, Manifest, digest_of, parse_manifest,
 )
-from checkpoint_operator.agent.names import printable
+from checkpoint_operator.protocol.names import printable
 from checkpoint_operator.agent.progress import Progress, human_bytes
-from checkpoint_operator.agent.s3 import (
+from checkpoint_operator.objectstore.s3 import (
     DEFAULT_CONCURRENCY, DEFAULT_UPLOAD_PART_SIZE, AgentError, ByteBudget, FailureLatch, S3Location,
     describe_error, env_size, fast_data_path, is_not_found, is_transient, list_objects, make_client,
     parse_s3_uri, part_size_for, resolve_endpoint,

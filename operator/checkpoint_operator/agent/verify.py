@@ -4,15 +4,16 @@ every file against its manifest.
 LOCATION is
 - an S3 prefix: the manifest stored beside the data is read (and must have the pinned digest),
   then every object it lists is streamed and hashed; nothing is written to disk;
-- a directory (a volume): with a manifest at its root (`.checkpoint-manifest.json`, which
-  downloads and pushes write) every file is checked against it, and files it does not list
-  are reported; without one, the directory is scanned as `agent scan --single` does and its
-  digest compared with the pinned one (a difference can then not be traced to a file).
+- a directory (a volume): with its manifest (`--manifest FILE`: the volume store keeps them in
+  `.ckpt-manifests/` at the volume's root; else `.checkpoint-manifest.json` at the directory's
+  root, which downloads and pushes write) every file is checked against it, and files it does
+  not list are reported; without one, the directory is scanned as `agent scan --single` does
+  and its digest compared with the pinned one (a difference can then not be traced to a file).
 
-Prints one JSON line: `{"verified": bool, "digest", "fileCount", "sizeBytes", "checkedBytes",
-"problems": [{"path", "problem"}] (the first MAX_PROBLEMS), "problemCount", "checkpoints":
-[manifest]}` (`checkpoints` as `agent scan` prints it, so the operator reads it with the
-same parser). Exits 0 when the check could be made, whatever its verdict; 1 when it could not
+`--json` prints one JSON line: `{"verified": bool, "digest", "fileCount", "sizeBytes",
+"checkedBytes", "problems": [{"path", "problem"}] (the first MAX_PROBLEMS), "problemCount",
+"checkpoints": [manifest]}`; `--result` the operator's bounded result line (protocol/results.py
+TransferReport). Exits 0 when the check could be made, whatever its verdict; 1 when it could not
 (the store unreachable, access denied), with one `error:` line.
 """
 
@@ -27,12 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from checkpoint_operator.agent.errors import AgentError
+from checkpoint_operator.protocol.errors import AgentError
 from checkpoint_operator.agent.hashing import hash_files
-from checkpoint_operator.agent.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, FileEntry, Manifest, parse_manifest
-from checkpoint_operator.agent.names import printable
+from checkpoint_operator.protocol.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, FileEntry, Manifest, parse_manifest
+from checkpoint_operator.protocol.names import printable
 from checkpoint_operator.agent.progress import Progress
 from checkpoint_operator.agent.tree import EntryBudget, entry_limit, walk_checkpoint
+from checkpoint_operator.protocol import channel, results
 
 MAX_PROBLEMS = 20       # problems listed; problemCount counts all of them
 READ_CHUNK = 1 << 20
@@ -95,7 +97,8 @@ def pinned_problem(manifest: Manifest, digest: Optional[str], where: str) -> Opt
 
 # --- a directory -------------------------------------------------------------------------------
 
-def verify_directory(root: str, digest: Optional[str] = None, *, max_size: Optional[int] = None) -> Verification:
+def verify_directory(root: str, digest: Optional[str] = None, *, max_size: Optional[int] = None,
+                     manifest_path: Optional[str] = None) -> Verification:
     if not os.path.isdir(root):
         raise AgentError(f"{root}: not a directory")
     result = Verification(root)
@@ -109,7 +112,13 @@ def verify_directory(root: str, digest: Optional[str] = None, *, max_size: Optio
         found[f.rel] = FileEntry.model_construct(path=f.rel, size=outcome[0], sha256=outcome[1])
         result.checked_bytes += outcome[0]
     result.problems += [Problem(printable(rel), f"skipped: {reason}") for rel, reason in sorted(tree.skipped)]
-    manifest = trusted_manifest(root, digest)
+    try:
+        manifest = trusted_manifest(root, digest, manifest_path)
+    except AgentError as exc:
+        if not manifest_path:
+            raise
+        result.problems = [Problem(".", str(exc))]  # a stored manifest that contradicts itself is a finding
+        return result
     if manifest is not None:
         result.manifest = manifest
         result.problems += compare(manifest, found)
@@ -126,17 +135,22 @@ def verify_directory(root: str, digest: Optional[str] = None, *, max_size: Optio
     return result
 
 
-def trusted_manifest(root: str, digest: Optional[str]) -> Optional[Manifest]:
-    """The manifest stored in DIR when it may be taken as the checkpoint's file list: its digest is
-    the recorded one (a push's receiver wrote it, and the digest pins every byte of it). One that
-    came with the data (an archive or a trainer's output holding a pulled checkpoint's manifest)
+def trusted_manifest(root: str, digest: Optional[str], manifest_path: Optional[str] = None) -> Optional[Manifest]:
+    """The manifest stored in DIR (or at `manifest_path`: the volume store's .ckpt-manifests/, beside
+    the data) when it may be taken as the checkpoint's file list: its digest is the recorded one (a
+    push's receiver or the snapshot wrote it, and the digest pins every byte of it). One that came
+    with the data (an archive or a trainer's output holding a pulled checkpoint's manifest)
     describes other bytes: it is never trusted, and DIR is read as it is (hostile1 D9). Without a
     recorded digest the stored manifest is all there is to compare with."""
-    stored = os.path.join(root, MANIFEST_NAME)
-    if not os.path.isfile(stored):
+    stored = manifest_path or os.path.join(root, MANIFEST_NAME)
+    if not manifest_path and not os.path.isfile(stored):
         return None
-    with open(stored, "rb") as f:
-        manifest = parse_manifest(f.read(MAX_MANIFEST_BYTES + 1), stored)
+    try:
+        with open(stored, "rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as exc:
+        raise AgentError(f"{stored}: the checkpoint's manifest cannot be read ({exc.strerror})") from None
+    manifest = parse_manifest(raw, stored)
     if digest and manifest.digest != digest:
         return None
     return manifest
@@ -145,7 +159,7 @@ def trusted_manifest(root: str, digest: Optional[str]) -> Optional[Manifest]:
 def _manifest_of(root: str, found: dict[str, FileEntry]) -> Optional[Manifest]:
     if not found:
         return None
-    from checkpoint_operator.agent.manifest import digest_of
+    from checkpoint_operator.protocol.manifest import digest_of
     from checkpoint_operator.agent.scan import describe_checkpoint
     entries = sorted(found.values(), key=lambda e: e.path.encode())
     info = describe_checkpoint(root, [e.path for e in entries], Path(os.path.realpath(root)).name,
@@ -163,7 +177,7 @@ def _check_size(result: Verification, max_size: Optional[int]) -> None:
 
 def verify_s3(uri: str, digest: Optional[str] = None, *, max_size: Optional[int] = None,
               concurrency: Optional[int] = None, endpoint_url: Optional[str] = None) -> Verification:
-    from checkpoint_operator.agent.s3 import (DEFAULT_CONCURRENCY, make_client, manifest_exists, parse_s3_uri,
+    from checkpoint_operator.objectstore.s3 import (DEFAULT_CONCURRENCY, make_client, manifest_exists, parse_s3_uri,
                                               read_manifest, resolve_endpoint)
     prefix = parse_s3_uri(uri).as_prefix()
     result = Verification(prefix.uri)
@@ -199,7 +213,7 @@ def verify_s3(uri: str, digest: Optional[str] = None, *, max_size: Optional[int]
 def _check_object(client, prefix, entry: FileEntry, progress: Progress, endpoint: Optional[str]
                   ) -> tuple[Optional[str], int]:
     """(what is wrong with the object of `entry`, or None; bytes read)."""
-    from checkpoint_operator.agent.s3 import describe_error, is_not_found, is_transient
+    from checkpoint_operator.objectstore.s3 import describe_error, is_not_found, is_transient
     loc = prefix.child(entry.path)
     for attempt in range(1, OBJECT_ATTEMPTS + 1):
         read = 0
@@ -231,17 +245,31 @@ def _check_object(client, prefix, entry: FileEntry, progress: Progress, endpoint
     raise AgentError(f"{loc.uri}: could not be read to its end in {OBJECT_ATTEMPTS} attempts")
 
 
-def verify_location(location: str, digest: Optional[str] = None, **kwargs) -> Verification:
+def verify_location(location: str, digest: Optional[str] = None, *, manifest_path: Optional[str] = None,
+                    **kwargs) -> Verification:
     if location.startswith("s3://"):
         return verify_s3(location, digest, **kwargs)
-    return verify_directory(location, digest, max_size=kwargs.get("max_size"))
+    return verify_directory(location, digest, max_size=kwargs.get("max_size"), manifest_path=manifest_path)
+
+
+def report_of(verification: Verification) -> results.TransferReport:
+    """The bounded result the operator reads (protocol/results.py)."""
+    m = verification.manifest
+    return results.TransferReport(
+        verified=verification.verified, checkpoint=results.CheckpointSummary.of(m) if m is not None else None,
+        problems=[results.Problem(path=results.cut(p.path, results.MAX_REPORTED_PATH), problem=results.cut(p.problem))
+                  for p in verification.problems[:results.MAX_PROBLEMS_REPORTED]],
+        problemCount=len(verification.problems))
 
 
 def main(args: argparse.Namespace) -> int:
-    from checkpoint_operator.agent.s3 import parse_size
+    from checkpoint_operator.objectstore.s3 import parse_size
     max_size = parse_size(args.max_size) if args.max_size else None
     result = verify_location(args.location, args.digest, max_size=max_size, concurrency=args.concurrency,
-                             endpoint_url=args.endpoint_url)
+                             endpoint_url=args.endpoint_url, manifest_path=getattr(args, "manifest", None))
+    if getattr(args, "result", False):
+        channel.write(report_of(result))
+        return 0
     if args.json:
         print(json.dumps(result.summary()), flush=True)
     elif result.verified and result.manifest is not None:  # (verified: a manifest and no problems)

@@ -161,7 +161,11 @@ class VolumeLocation(ApiModel):
     claimName: Name = Field(description="PersistentVolumeClaim holding the data.")
     path: Path = Field(description="Directory inside the volume ('.' for its root).")
     items: Optional[list[FileName]] = Field(
-        None, description="When set, only these files of the directory belong to the checkpoint (mounted one by one).")
+        None, max_length=256,
+        description="When set, only these files of the directory belong to the checkpoint (mounted one by one).")
+    manifest: Optional[Path] = Field(
+        None, description="Where the checkpoint's full manifest (every file's size and sha256) is stored in the "
+                          "volume, outside the checkpoint's directory; absent when none is (an adopted volume).")
 
 
 class S3Location(ApiModel):
@@ -250,6 +254,11 @@ class CheckpointStatus(ApiModel):
                           "check). The Complete condition says why: True/Complete, False/Incomplete or "
                           "Unknown/NotChecked.")
     upload: Optional[UploadStatus] = Field(None, description="upload source: where the data is to be pushed.")
+    agentPodUid: Optional[Uid] = Field(
+        None, description="UID of the import, scan or upload pod the operator created, recorded before its result is "
+                          "read: a pod of that name with another UID is not trusted.")
+    verifyPodUid: Optional[Uid] = Field(None, description="UID of the verify pod the operator created (likewise).")
+    pullPodUid: Optional[Uid] = Field(None, description="UID of the pull pod the operator created (likewise).")
     metrics: Optional[dict[str, Annotated[Metric, Field(description="The metric's value.")]]] = Field(
         None, max_length=16, description="A few numbers the checkpoint records about itself (metrics.json, or a "
                                          "trainer_state.json's log_history at its step): retention.keepBest, "

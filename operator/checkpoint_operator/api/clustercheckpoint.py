@@ -15,8 +15,8 @@ from pydantic import Field
 from checkpoint_operator.api.checkpoint import CheckpointFormat, CheckpointPhase, HttpSource, Location, S3Source
 from checkpoint_operator.api.common import QUANTITY_PATTERN, Condition, ready_reason
 from checkpoint_operator.api.meta import ApiObject
-from checkpoint_operator.api.rules import (ApiModel, Count, Description, Digest, Message, Metric, Name, Rule, Short, Uri,
-                                           has_exactly_one)
+from checkpoint_operator.api.rules import (ApiModel, Count, Description, Digest, Message, Metric, Name, Rule, Short,
+                                           Uid, Uri, has_exactly_one)
 from checkpoint_operator.api.sources import (HTTP_URL, AzureBlobSource, GcsSource, GitSource, HuggingFaceSource,
                                              SourceStatus)
 from checkpoint_operator.api.urls import FORBIDDEN_CHAR, QUERY_CREDENTIAL, URL, USERINFO, cel_matches, cel_string
@@ -111,6 +111,9 @@ class ClusterCheckpointStatus(ApiModel):
         None, max_length=16, description="A few numbers the checkpoint records about itself.")
     source: Optional[SourceStatus] = Field(None, description="What was fetched and, for Git and the Hub, the commit.")
     license: Optional[Uri] = Field(None, description="spec.license, as recorded when the data was imported.")
+    agentPodUid: Optional[Uid] = Field(
+        None, description="UID of the import pod the operator created, recorded before its result is read: a pod of "
+                          "that name with another UID is not trusted.")
     usedBy: Optional[list[NamespacedRef]] = Field(
         None, max_length=MAX_USED_BY_LISTED,
         description="No longer written: every authenticated identity may read a catalog entry, so its status names "

@@ -10,7 +10,7 @@ from pydantic import Field
 from checkpoint_operator.api.common import QUANTITY_PATTERN, Condition, Phase, PinnedCheckpoint, ready_reason
 from checkpoint_operator.api.meta import ApiObject
 from checkpoint_operator.api.rules import (DNS1123_MESSAGE, DNS1123_SUBDOMAIN, ApiModel, Count, Message, Name, Path, Rule,
-                                           Short, Timestamp, has_exactly_one, is_dns1123)
+                                           Short, Timestamp, Uid, has_exactly_one, is_dns1123)
 
 
 
@@ -324,6 +324,12 @@ class TrainingJobStatus(ApiModel):
                                                                      "failed attempt, and why.")
     outputClaim: Optional[Name] = Field(None, description="The PersistentVolumeClaim of the output directory.")
     snapshotPod: Optional[Name] = Field(None, description="The pod that scans the output.")
+    snapshotPodUid: Optional[Uid] = Field(
+        None, description="UID of the snapshot pod the operator created, recorded before its result is read: a pod of "
+                          "that name with another UID is not trusted.")
+    jobUid: Optional[Uid] = Field(
+        None, description="UID of the Job (of the current attempt) or JobSet the operator created: only pods it "
+                          "controls (a JobSet: its child Jobs) are this job's workers.")
     inputs: Optional[list[PinnedCheckpoint]] = Field(None, description="Inputs as resolved and pinned at start.")
     inputCount: Optional[Count] = Field(None, description="Number of inputs (for kubectl get).")
     restoredInputs: Optional[Count] = Field(

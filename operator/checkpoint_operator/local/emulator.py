@@ -40,10 +40,11 @@ here (``Emulator`` subclasses kmock's class; the one patched internal is ``_patc
 - discovery: kmock's bundled built-in resources plus every served CRD;
 - ``GET /api/v1/namespaces`` (and ``/api/v1/namespaces/NAME``): kmock 0.8 fails to parse these paths
   (500); fixed, so kopf can run with namespace scanning; the ``default`` namespace exists;
-- pod logs: ``GET .../pods/NAME/log`` answers ``text/plain``; the log is set by the local kubelet with
-  ``PUT .../pods/NAME/log`` (an extension of this emulator; ``?append=true`` adds to it, as a
-  running container's output grows) or ``Emulator.set_pod_log``; ``sinceTime``/``timestamps``
-  are not implemented (the whole log is served, which readers of the real API must accept);
+- pod logs: ``GET .../pods/NAME/log`` answers ``text/plain``, honouring ``limitBytes``, ``tailLines``,
+  ``sinceTime``/``sinceSeconds`` and ``timestamps`` as a kubelet does (local/podlogs.py: each line
+  stamped as it arrives, at most 10 MiB kept, as a kubelet rotates); the log is set by the local
+  kubelet with ``PUT .../pods/NAME/log`` (an extension of this emulator; ``?append=true`` adds to it,
+  as a running container's output grows) or ``Emulator.set_pod_log``;
 - ``pods/exec`` over websockets (``v5.channel.k8s.io``, ``v4.channel.k8s.io``), proxied to the kubelet
   of the pod's node as a real API server does (``local/podexec.py``);
 - deletion: ``propagationPolicy`` (query or DeleteOptions body). ``Orphan`` strips the owner's
@@ -86,7 +87,7 @@ import secrets
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, Optional
 
 import aiohttp.web
 import attrs
@@ -96,6 +97,7 @@ import kmock
 from kmock._internal import dsl, k8s, parsing, references, rendering
 
 from checkpoint_operator.local import admission, pod_security
+from checkpoint_operator.local.podlogs import ContainerLog, LogQueryError
 from checkpoint_operator.local.selectors import ObjectFilter, bad_request
 from checkpoint_operator.local.store import ObjectKey, ObjectStore, Stored, dumps
 from checkpoint_operator.local.watches import WATCH_QUEUE_LIMIT, Change, Watcher, WatchHub, event_line
@@ -356,7 +358,9 @@ class Emulator(kmock.KubernetesEmulator):
     _schemas: dict[Resource, admission.CustomResourceSchema] = attrs.field(factory=dict, init=False)
     _resource_versions: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
     _current_rv: int = attrs.field(default=0, init=False)
-    _pod_logs: dict[tuple[str, str], dict[str, str]] = attrs.field(factory=dict, init=False)
+    _pod_logs: dict[tuple[str, str], dict[str, ContainerLog]] = attrs.field(factory=dict, init=False)
+    # Sees every text written to a pod's log: (namespace, pod, container, text) (tests/credentials.py watches them).
+    on_pod_log: Optional[Callable[[str, str, str, str], None]] = attrs.field(default=None, init=False)
     _own_reactions: dict[int, Callable[[rendering.Request], Any]] = attrs.field(factory=dict, init=False)
     _slice_counts: dict[int, int] = attrs.field(factory=dict, init=False)
     _builtin_crds: set[str] = attrs.field(factory=set, init=False)
@@ -870,15 +874,24 @@ class Emulator(kmock.KubernetesEmulator):
         if stored is None:
             raise self._object_not_found(key)
         container = request.params.get("container") or _default_container(stored.load())
+        namespace = namespace or ""
         if request.method == kmock.method.PUT:
             if request.params.get("append") == "true":  # a running container's new output (the local kubelet)
-                text = self.pod_log(namespace or "", name, container) + request.text
+                self._container_log(namespace, name, container).append(request.text)
+                self._saw_log(namespace, name, container, request.text)
             else:
-                text = request.text
-            self.set_pod_log(namespace or "", name, text, container=container)
+                self.set_pod_log(namespace, name, request.text, container=container)
             return aiohttp.web.Response(status=204)
-        return aiohttp.web.Response(text=self.pod_log(namespace or "", name, container),
-                                    content_type="text/plain")
+        log = self._pod_logs.get((namespace, name), {}).get(container or "")
+        try:
+            body = log.read(request.params) if log is not None else ""
+        except LogQueryError as exc:
+            return self._json(dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "BadRequest",
+                                     "message": str(exc), "code": 400}), status=400)
+        return aiohttp.web.Response(text=body, content_type="text/plain")
+
+    def _container_log(self, namespace: str, name: str, container: Optional[str]) -> ContainerLog:
+        return self._pod_logs.setdefault((namespace, name), {}).setdefault(container or "", ContainerLog())
 
     def set_pod_log(self, namespace: str, name: str, text: str, container: str | None = None) -> None:
         """Replace the log of one container of a pod (what ``GET .../pods/NAME/log`` serves).
@@ -889,12 +902,18 @@ class Emulator(kmock.KubernetesEmulator):
         if stored is None:
             return  # the pod is gone (or never was): its log goes with it
         container = container or _default_container(stored.load()) or ""
-        self._pod_logs.setdefault((namespace, name), {})[container] = text
+        self._container_log(namespace, name, container).replace(text)
+        self._saw_log(namespace, name, container, text)
+
+    def _saw_log(self, namespace: str, name: str, container: Optional[str], text: str) -> None:
+        if self.on_pod_log is not None:
+            self.on_pod_log(namespace, name, container or "", text)
 
     def pod_log(self, namespace: str, name: str, container: str | None = None) -> str:
         stored = self.store.get((PODS, namespace, name))
         container = container or (_default_container(stored.load()) if stored else None) or ""
-        return self._pod_logs.get((namespace, name), {}).get(container, "")
+        log = self._pod_logs.get((namespace, name), {}).get(container)
+        return log.text if log is not None else ""
 
     async def _serve_exec(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         """``pods/exec``: proxied to the kubelet of the pod's node (local/podexec.py)."""
@@ -938,8 +957,8 @@ class Emulator(kmock.KubernetesEmulator):
         """The state as JSON Lines (what local mode saves): a header with the resourceVersion and the pod
         logs, then each object as stored (not serialized again), so saving holds no second copy."""
         yield dumps({"format": self.STATE_FORMAT, "resourceVersion": self._current_rv, "podLogs": [
-            {"namespace": ns, "name": name, "container": container, "text": text}
-            for (ns, name), logs in self._pod_logs.items() for container, text in logs.items()]}) + b"\n"
+            {"namespace": ns, "name": name, "container": container, "text": log.text}
+            for (ns, name), logs in self._pod_logs.items() for container, log in logs.items()]}) + b"\n"
         for (resource, _, name), stored in self.store.items():
             if not (resource == CRDS and name in self._builtin_crds):  # those are always this version's
                 yield b'{"resource":' + dumps(resource_key(resource)) + b',"object":' + stored.raw + b"}\n"
@@ -970,8 +989,8 @@ class Emulator(kmock.KubernetesEmulator):
             self.store.put((resource, meta.get("namespace"), meta["name"]), obj)
             if resource == CRDS:
                 self._register_crd(obj)
-        for log in state.get("podLogs", []):
-            self._pod_logs.setdefault((log["namespace"], log["name"]), {})[log.get("container", "")] = log["text"]
+        for log in state.get("podLogs", []):  # restamped as of now (a saved state keeps the text only)
+            self._container_log(log["namespace"], log["name"], log.get("container", "")).replace(log["text"])
         rv = int(state.get("resourceVersion", 0))
         self._current_rv = max(self._current_rv, rv)
         self._resource_versions = itertools.count(self._current_rv + 1)

@@ -115,9 +115,8 @@ def probe(engine_name: str, image: str) -> tuple[Engine | None, str]:
 class ContainerProcessOfEngine(HostProcess):
     """``podman run`` in the foreground: its exit code and output are the container's."""
 
-    def __init__(self, runtime: "ContainerEngineRuntime", name: str, pid: int, exited, stdout_fd: int,
-                 stderr_fd: int) -> None:
-        super().__init__(pid, exited, stdout_fd, stderr_fd)
+    def __init__(self, runtime: "ContainerEngineRuntime", name: str, pid: int, exited, output_fd: int) -> None:
+        super().__init__(pid, exited, output_fd)
         self.runtime = runtime
         self.container_name = name
 
@@ -126,8 +125,8 @@ class ContainerProcessOfEngine(HostProcess):
 
     async def wait(self) -> tuple[int, str]:
         code = await self._exited
-        stdout, stderr = await self._output
-        return code, stdout.decode(errors="replace") + stderr.decode(errors="replace")
+        output = await self._output
+        return code, output.decode(errors="replace")
 
 
 class ContainerEngineRuntime:
@@ -147,16 +146,14 @@ class ContainerEngineRuntime:
         await self._check_user(run)
         name = f"ckpt-{run.pod['metadata']['uid'][:8]}-{run.name}-{next(self._names)}"[:63]
         argv = self.engine.command(*self.run_args(run, name))
-        out_read, out_write = os.pipe()
-        err_read, err_write = os.pipe()
+        out_read, out_write = os.pipe()  # stdout and stderr both: one log, interleaved as written
         try:
             process = await asyncio.create_subprocess_exec(
-                *argv, env=self.engine.env, stdin=asyncio.subprocess.DEVNULL, stdout=out_write, stderr=err_write,
+                *argv, env=self.engine.env, stdin=asyncio.subprocess.DEVNULL, stdout=out_write, stderr=out_write,
                 start_new_session=True)
         finally:
             os.close(out_write)
-            os.close(err_write)
-        return ContainerProcessOfEngine(self, name, process.pid, _exit_code(process), out_read, err_read)
+        return ContainerProcessOfEngine(self, name, process.pid, _exit_code(process), out_read)
 
     def run_args(self, run: ContainerRun, name: str) -> list[str]:
         """The ``run`` arguments of one container (everything but the global flags)."""

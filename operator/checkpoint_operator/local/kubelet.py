@@ -22,8 +22,9 @@ when they end). The emulated API deletes a pod at once, so the
 kubelet holds a finalizer (``LOCAL_KUBELET_FINALIZER``) while a pod runs: a deleted running pod
 stays visible with its deletionTimestamp (terminating) until its containers have stopped.
 
-A container's log is its stdout followed by its stderr (a real kubelet interleaves them; keeping
-stdout whole keeps a one-line JSON result of the agent parseable).
+A container's log is its stdout and stderr interleaved as written (one pipe for both, as a
+kubelet merges the two streams into one log), so the agent's result line, written last, is the
+log's last line; the emulated API keeps and serves it as a kubelet does (local/podlogs.py).
 """
 
 from __future__ import annotations
@@ -285,8 +286,12 @@ class PodWorker:
         if runner is not None:
             command = await host_command_for(run, self.kubelet.workdir)
             mounts = {m.path: str(m.source) for m in run.mounts}
-            if on_start is not None:
-                on_start()  # a stand-in plays the container from here on (or hands it to the runtime at once)
+            if on_start is not None and not is_sidecar(container):
+                # A stand-in plays the container from here on (or hands it to the runtime at once).
+                # A sidecar counts as started only once its process runs: the containers after it
+                # wait for that, and a sidecar whose process came after the others had ended
+                # would miss its SIGTERM and be killed at the end of the grace period.
+                on_start()
             played = await runner(self.pod, container, command.env, mounts)
             if isinstance(played, tuple):  # (exit code, reason): e.g. (137, "OOMKilled")
                 return terminated_status(container, played[0], started, restarts, reason=played[1])
@@ -302,6 +307,8 @@ class PodWorker:
             on_start()
         if self.terminating and container["name"] not in self.sidecar_names:  # deleted while it was being created
             process.send_signal(signal.SIGTERM)
+        if self.sidecars_stopping and is_sidecar(container):  # the others ended while it was being created
+            process.send_signal(signal.SIGTERM)
         follower = None
         if is_sidecar(container) and isinstance(process, HostProcess):  # its output is followed as it runs
             follower = LogFollower(self, container)
@@ -311,8 +318,11 @@ class PodWorker:
         finally:
             self.processes.pop(container["name"], None)
         if follower is not None:
-            await follower.close()
-        await self._write_log(container, log)
+            await follower.close()  # its lines are in the log already, stamped as they came: only the rest
+            if follower.pending:
+                await self._write_log(container, follower.pending.decode(errors="replace"), append=True)
+        else:
+            await self._write_log(container, log)
         return terminated_status(container, exit_code, started, restarts)
 
     async def _start_sidecar(self, container: dict) -> asyncio.Task:

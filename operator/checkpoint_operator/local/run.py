@@ -407,10 +407,12 @@ class Watcher:
 
     def __init__(self, kube: Any, logs_dir: Path, earlier_jobs: set[str]) -> None:
         from checkpoint_operator.local.pod_logs import PodFailureReporter
+        from checkpoint_operator.local.podlogs import MAX_LOG_BYTES  # all a container's log keeps
         self.kube = kube
         self.earlier_jobs = earlier_jobs
         self.stuck: dict[str, Any] = {}  # job name -> StuckJob
-        self.pods = PodFailureReporter(lambda ns, pod, c: kube.read_log(ns, pod, c), logs_dir)
+        self.pods = PodFailureReporter(lambda ns, pod, c: kube.read_log(ns, pod, c, limit_bytes=MAX_LOG_BYTES),
+                                       logs_dir)
         # What earlier runs left is not news: their Ready Checkpoints and failed pods are not told again.
         from checkpoint_operator.kube import CHECKPOINTS, PODS
         self.reported = {c["metadata"]["name"] for c in kube.list(CHECKPOINTS, NAMESPACE)

@@ -140,13 +140,14 @@ async def read_bounded(fd: int, limit: int = LOG_LIMIT, on_chunk: Any = None) ->
 
 
 class HostProcess:
-    """A container's main process on this host (a subprocess, or a child of the zygote)."""
+    """A container's main process on this host (a subprocess, or a child of the zygote). Its
+    stdout and stderr are one pipe (`output_fd`): the log holds them interleaved as written."""
 
-    def __init__(self, pid: int, exited: Any, stdout_fd: int, stderr_fd: int) -> None:
+    def __init__(self, pid: int, exited: Any, output_fd: int) -> None:
         self.pid = pid
         self._exited = exited  # awaitable -> exit code
         self.on_stdout: Any = None  # set by the kubelet to follow the output while it runs
-        self._output = asyncio.gather(read_bounded(stdout_fd, on_chunk=self._stdout_chunk), read_bounded(stderr_fd))
+        self._output = asyncio.ensure_future(read_bounded(output_fd, on_chunk=self._stdout_chunk))  # drained from now on
         # A pod cancelled mid-run (the kubelet stops) never awaits its output: nothing to report then.
         self._output.add_done_callback(lambda f: f.cancelled() or f.exception())
 
@@ -159,9 +160,8 @@ class HostProcess:
             code = await self._exited
         finally:
             self.send_signal(signal.SIGKILL)  # the container ends with its main process: so do its children
-        stdout, stderr = await self._output
-        # stdout whole, then stderr: keeps a one-line JSON result on stdout parseable.
-        return code, stdout.decode(errors="replace") + stderr.decode(errors="replace")
+        output = await self._output
+        return code, output.decode(errors="replace")
 
     def send_signal(self, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -217,26 +217,23 @@ class ProcessRuntime:
                                                      f"ignores images, so it cannot run the image's entrypoint")
         command = await host_command_for(run, self.workdir)
         fstree.make_dirs(str(command.cwd))
-        out_read, out_write = os.pipe()
-        err_read, err_write = os.pipe()
+        out_read, out_write = os.pipe()  # stdout and stderr both: one log, interleaved as written
         try:
             if os.path.basename(command.argv[0]) == "checkpoint-operator":
-                child = await self.zygote.spawn(command.argv, command.env, command.cwd, out_write, err_write)
+                child = await self.zygote.spawn(command.argv, command.env, command.cwd, out_write, out_write)
                 pid, exited = child.pid, child.wait()
             else:
-                return await _start_under_reaper(command, out_read, out_write, err_read, err_write)
+                return await _start_under_reaper(command, out_read, out_write)
         except BaseException as exc:
-            for fd in (out_read, err_read):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+            with contextlib.suppress(OSError):
+                os.close(out_read)
             if isinstance(exc, OSError):
                 raise StartError("StartError", f"cannot run {command.argv[0]!r}: {exc}") from None
             raise
         finally:
-            for fd in (out_write, err_write):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        return HostProcess(pid, exited, out_read, err_read)
+            with contextlib.suppress(OSError):
+                os.close(out_write)
+        return HostProcess(pid, exited, out_read)
 
     async def close(self) -> None:
         await self.zygote.stop()
@@ -254,15 +251,15 @@ class ReapedProcess(HostProcess):
     forwards them to the command's process group; SIGKILL becomes "end everything" (SIGUSR1),
     since an init process cannot be told SIGKILL and still clean up after itself."""
 
-    def __init__(self, pid: int, exited: Any, stdout_fd: int, stderr_fd: int) -> None:
-        super().__init__(pid, exited, stdout_fd, stderr_fd)
+    def __init__(self, pid: int, exited: Any, output_fd: int) -> None:
+        super().__init__(pid, exited, output_fd)
         self.ended = False
 
     async def wait(self) -> tuple[int, str]:
         code = await self._exited
         self.ended = True  # the reaper ended every process of the container before it exited
-        stdout, stderr = await self._output
-        return code, stdout.decode(errors="replace") + stderr.decode(errors="replace")
+        output = await self._output
+        return code, output.decode(errors="replace")
 
     def send_signal(self, signum: int) -> None:
         if self.ended:
@@ -271,14 +268,13 @@ class ReapedProcess(HostProcess):
             os.kill(self.pid, reaper.KILL_ALL if signum == signal.SIGKILL else signum)
 
 
-async def _start_under_reaper(command: HostCommand, out_read: int, out_write: int, err_read: int,
-                              err_write: int) -> ContainerProcess:
+async def _start_under_reaper(command: HostCommand, out_read: int, out_write: int) -> ContainerProcess:
     status_read, status_write = os.pipe()
     try:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-S", "-E", "-c", _REAPER, _PACKAGE_PARENT, "--status-fd", str(status_write), "--",
             *host_command(command.argv), env=command.env, cwd=str(command.cwd), stdin=asyncio.subprocess.DEVNULL,
-            stdout=out_write, stderr=err_write, start_new_session=True, pass_fds=(status_write,))
+            stdout=out_write, stderr=out_write, start_new_session=True, pass_fds=(status_write,))
     finally:
         os.close(status_write)
     with os.fdopen(status_read, "rb") as status:
@@ -289,11 +285,10 @@ async def _start_under_reaper(command: HostCommand, out_read: int, out_write: in
         started = {}
     if "pid" not in started:
         await process.wait()
-        for fd in (out_read, err_read):
-            os.close(fd)
+        os.close(out_read)
         message = started.get("message") or f"cannot run {command.argv[0]!r}: the process runtime could not start it"
         raise StartError("StartError", message)
-    return ReapedProcess(process.pid, _exit_code(process), out_read, err_read)
+    return ReapedProcess(process.pid, _exit_code(process), out_read)
 
 
 async def _exit_code(process: asyncio.subprocess.Process) -> int:

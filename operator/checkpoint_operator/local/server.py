@@ -41,6 +41,7 @@ STATE_FILE_NAME = "api-objects.jsonl"  # JSON Lines: a header, then one object p
 OLD_STATE_FILE_NAME = "api-objects.json"  # format 1 (one JSON document), still read
 SAVE_INTERVAL = 0.5  # seconds between saves of a changed state in local mode, at least
 SAVE_SHARE = 0.05  # and at most this share of the time is spent saving (a large state is saved less often)
+LOG_PIECE = 256 * 1024  # characters of a log per PUT (at most 4 bytes each: under the 1 MiB body limit)
 
 
 class EmulatorServer:
@@ -398,6 +399,10 @@ class ApiClient:
         return await self.request("GET", resource_path("v1/pods", namespace, name, "log"), params=params)
 
     async def write_log(self, namespace: str, name: str, container: str, text: str, append: bool = False) -> None:
-        """Set (or extend) a container's log (an extension of the emulator, used by the local kubelet)."""
-        params = {"container": container, **({"append": "true"} if append else {})}
-        await self.request("PUT", resource_path("v1/pods", namespace, name, "log"), params=params, text=text)
+        """Set (or extend) a container's log (an extension of the emulator, used by the local kubelet),
+        in pieces of at most LOG_PIECE characters (a request body past 1 MiB is refused by the server)."""
+        path = resource_path("v1/pods", namespace, name, "log")
+        pieces = [text[i:i + LOG_PIECE] for i in range(0, len(text), LOG_PIECE)] or [""]
+        for index, piece in enumerate(pieces):
+            params = {"container": container, **({"append": "true"} if append or index else {})}
+            await self.request("PUT", path, params=params, text=piece)

@@ -49,7 +49,7 @@ def _entry_point():
 PRELOAD = ("checkpoint_operator.cli", "checkpoint_operator.agent.cli", "checkpoint_operator.agent.scan",
            "checkpoint_operator.agent.snapshot", "checkpoint_operator.agent.upload",
            "checkpoint_operator.agent.download", "checkpoint_operator.agent.importer",
-           "checkpoint_operator.agent.s3", "boto3", "botocore.session")
+           "checkpoint_operator.objectstore.s3", "boto3", "botocore.session")
 MAX_REQUEST = 4 * 1024 * 1024
 
 

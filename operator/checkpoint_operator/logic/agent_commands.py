@@ -16,18 +16,24 @@ def _parts(parts: Optional[int], per_worker: bool) -> list[str]:
     return [*(["--parts", str(parts)] if parts else []), *(["--per-worker"] if parts and per_worker else [])]
 
 
-def scan(directory: str, *, layout: Layout = "auto", single: bool = False, sync: bool = False,
-         parts: Optional[int] = None, per_worker: bool = False) -> list[str]:
-    """Print the scan of DIR as one JSON line (volume store snapshots, adoption of a volume path).
-    `sync`: then syncfs the filesystem (a volume snapshot of it follows), reported in the JSON.
-    `parts`: DIR/worker-<i> are that many workers' outputs (agent/parts.py)."""
+def scan(directory: str, *, layout: Layout = "auto", single: bool = False, result: bool = True,
+         manifests_dir: Optional[str] = None, sync: bool = False, parts: Optional[int] = None,
+         per_worker: bool = False) -> list[str]:
+    """The scan of DIR (volume store snapshots, adoption of a volume path): `result`, the bounded
+    result line the operator reads (protocol/results.py), else every manifest as JSON; the full
+    manifests written to `manifests_dir` (beside the data, never inside a checkpoint; with `parts`,
+    to MANIFESTS_DIR of a worker's own directory: --part-manifests). `sync`: then syncfs the filesystem (a volume snapshot of
+    it follows), reported in the result. `parts`: DIR/worker-<i> are that many workers' outputs
+    (agent/parts.py)."""
     return [*AGENT, "scan", directory, *(["--single"] if single else ["--layout", layout]),
-            *_parts(parts, per_worker), "--json", *(["--sync"] if sync else [])]
+            *_parts(parts, per_worker), "--result" if result else "--json",
+            *((["--part-manifests"] if parts else ["--manifests-dir", manifests_dir]) if manifests_dir else []),
+            *(["--sync"] if sync else [])]
 
 
 def snapshot(directory: str, upload_to: str, *, layout: Layout = "auto", single: bool = False,
              reuse_sealed: bool = False, parts: Optional[int] = None, per_worker: bool = False) -> list[str]:
-    """Scan DIR and upload each checkpoint under UPLOAD_TO (s3 store); prints the scan JSON.
+    """Scan DIR and upload each checkpoint under UPLOAD_TO (s3 store); writes the scan's result line.
     `reuse_sealed`: a checkpoint the sealing sidecar uploaded already (same digest) is not sent again."""
     return [*AGENT, "snapshot", directory, *(["--single"] if single else ["--layout", layout]),
             "--upload-to", upload_to, *(["--reuse-sealed"] if reuse_sealed else []), *_parts(parts, per_worker)]
@@ -40,19 +46,25 @@ def download(uri: str, directory: str, *, digest: str) -> list[str]:
 
 
 def import_(source: str, dest: str, *, max_size: Optional[int] = None, max_files: Optional[int] = None,
-            source_args: Sequence[str] = ()) -> list[str]:
+            source_args: Sequence[str] = (), replace_earlier: bool = False) -> list[str]:
     """Copy SOURCE into DEST, refusing more than `max_size` bytes or `max_files` files.
-    `source_args`: the source's own flags (logic/import_sources.py: --include, --lfs, --ca-file...)."""
+    `source_args`: the source's own flags (logic/import_sources.py: --include, --lfs, --ca-file...).
+    `replace_earlier`: an earlier import's output in DEST is removed first (DEST on the
+    Checkpoint's own claim: a pod deleted unread after a restart may have committed there)."""
     return [*AGENT, "import", source, dest, *(["--max-size", str(max_size)] if max_size is not None else []),
-            *(["--max-files", str(max_files)] if max_files is not None else []), *source_args]
+            *(["--max-files", str(max_files)] if max_files is not None else []), *source_args,
+            *(["--replace-earlier-import"] if replace_earlier else [])]
 
 
 # --- verify, and push/pull over exec (agent/transfer.py) -----------------------------------------
 
-def verify(location: str, *, digest: Optional[str] = None, max_size: Optional[int] = None) -> list[str]:
-    """Re-read a checkpoint (s3://prefix/ or a directory) and check it against its manifest; one JSON line."""
+def verify(location: str, *, digest: Optional[str] = None, max_size: Optional[int] = None,
+           manifest: Optional[str] = None) -> list[str]:
+    """Re-read a checkpoint (s3://prefix/ or a directory) and check it against its manifest
+    (`manifest`: a directory's, stored elsewhere); writes the result line the operator reads."""
     return [*AGENT, "verify", location, *(["--digest", digest] if digest else []),
-            *(["--max-size", str(max_size)] if max_size is not None else []), "--json"]
+            *(["--max-size", str(max_size)] if max_size is not None else []),
+            *(["--manifest", manifest] if manifest else []), "--result"]
 
 
 def receive(directory: str, *, digest: str, idle: float, max_size: Optional[int] = None,
@@ -69,11 +81,13 @@ def unpack(directory: str, *, max_size: Optional[int] = None, name: Optional[str
             *(["--name", name] if name else [])]
 
 
-def pack(directory: str, *, session_dir: Optional[str] = None, digest: Optional[str] = None) -> list[str]:
+def pack(directory: str, *, session_dir: Optional[str] = None, digest: Optional[str] = None,
+         manifest: Optional[str] = None) -> list[str]:
     """Write the checkpoint in DIR as a tar stream on stdout (what `kubectl ckpt pull` execs); its
-    stored manifest only when it has the recorded `digest`."""
+    stored manifest (`manifest`: stored beside the data, else DIR's own) only when it has the
+    recorded `digest`."""
     return [*AGENT, "pack", directory, *(["--session-dir", session_dir] if session_dir else []),
-            *(["--digest", digest] if digest else [])]
+            *(["--digest", digest] if digest else []), *(["--manifest", manifest] if manifest else [])]
 
 
 def hold(session_dir: str, *, idle: float) -> list[str]:
@@ -83,11 +97,12 @@ def hold(session_dir: str, *, idle: float) -> list[str]:
 
 def watch(output_dir: str, *, interval: float, annotations_file: Optional[str] = None,
           upload_to: Optional[str] = None, shared: bool = False, upload_concurrency: Optional[int] = None,
-          sync: bool = False) -> list[str]:
-    """The live-sealing sidecar: seal checkpoints in OUTPUT_DIR as they complete (one JSON line each).
+          manifests_dir: Optional[str] = None, sync: bool = False) -> list[str]:
+    """The live-sealing sidecar: seal checkpoints in OUTPUT_DIR as they complete (one result line each).
     `sync`: syncfs once a directory is sealed, before it is announced (a volume snapshot follows)."""
     return [*AGENT, "watch", output_dir, "--interval", f"{interval:g}",
             *(["--annotations-file", annotations_file] if annotations_file else []),
             *(["--upload-to", upload_to] if upload_to else []),
+            *(["--manifests-dir", manifests_dir] if manifests_dir else []),
             *(["--upload-concurrency", str(upload_concurrency)] if upload_concurrency else []),
             *(["--shared"] if shared else []), *(["--sync"] if sync else [])]

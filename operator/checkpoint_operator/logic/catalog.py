@@ -33,6 +33,8 @@ LABEL_CLUSTER_CHECKPOINT = "ckpt.dev/clustercheckpoint"
 LABEL_CLUSTER_CHECKPOINT_UID = "ckpt.dev/clustercheckpoint-uid"
 # On a namespace's copy: the digest its copy pod found, equal to the entry's (written once verified).
 COPIED_DIGEST_ANNOTATION = "ckpt.dev/copied-digest"
+# On a namespace's copy: the UID of the copy pod the operator created (only its result is read).
+COPY_POD_ANNOTATION = "ckpt.dev/copy-pod-uid"
 IMPORT_SIZE_ANNOTATION = "ckpt.dev/volume-size"  # as on a Checkpoint: the size of the catalog's claim
 COPY_MARGIN = 64 * 1024 * 1024
 # (init containers, containers, volumes) of an agent pod, as a store builds them (storage/base.py PodParts).

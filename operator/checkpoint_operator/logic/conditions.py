@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from checkpoint_operator.agent.names import char_problem
+from checkpoint_operator.protocol.names import char_problem
 
 
 def one_line_message(text: str) -> str:

@@ -35,6 +35,7 @@ from checkpoint_operator.logic.workers import ATTEMPT_LABEL
 DEFAULT_BACKOFF_LIMIT = 6  # the Job API's default, also the group's restarts when spec.backoffLimit is unset
 JOBSET_API_VERSION = "jobset.x-k8s.io/v1alpha2"
 DEADLINE_EXCEEDED = "DeadlineExceeded"
+JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"  # JobSet puts it on its child Jobs (and their pods)
 
 
 @dataclass(frozen=True)

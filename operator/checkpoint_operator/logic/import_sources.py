@@ -4,12 +4,11 @@ and the environment and volumes that carry the source's credentials and CA (cont
 One function per kind; pure (typed spec in, pod parts out). Credentials reach the agent only
 as references to the Secret the user named (secretKeyRef, or the Secret mounted as files):
 never as values in the pod spec, the URI, the status or an event. Also here: reading the
-import's provenance from its log (`parse_import_result`) and the status.source it becomes.
+import's provenance (what `agent import` reported: protocol/results.py) and the status.source it becomes.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -18,6 +17,7 @@ from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointSource, Htt
 from checkpoint_operator.api.clustercheckpoint import ClusterCheckpointSource
 from checkpoint_operator.api.sources import (AzureBlobSource, CaConfigMap, GcsSource, GitSource, HuggingFaceSource,
                                              SourceStatus)
+from checkpoint_operator.protocol.results import Provenance
 
 # What an import reads: a Checkpoint's source, or a catalog entry's (the same import kinds).
 ImportSource = CheckpointSource | ClusterCheckpointSource
@@ -197,25 +197,11 @@ def pinned_source(source: ClusterCheckpointSource, resolved_revision: Optional[s
 
 # --- provenance --------------------------------------------------------------------------------
 
-def parse_import_result(log: str) -> Optional[dict[str, Any]]:
-    """The provenance that `agent import` printed (its one JSON line on stdout), or None."""
-    for line in reversed(log.splitlines()):
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            data = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(data, dict) and isinstance(provenance := data.get("provenance"), dict) and "dest" in data:
-            return provenance
-    return None
-
-
-def source_status(spec: ImportSpec, provenance: Optional[dict[str, Any]]) -> SourceStatus | str:
+def source_status(spec: ImportSpec, provenance: Optional[Provenance]) -> SourceStatus | str:
     """status.source, or why the import cannot be recorded: a source that pins a commit must
-    report one (a 40 or 64 digit hex commit id)."""
-    resolved = (provenance or {}).get("resolvedRevision")
+    report one (a 40 or 64 digit hex commit id). `provenance`: what `agent import` reported
+    (protocol/results.py ImportReport), None when it reported nothing."""
+    resolved = provenance.resolvedRevision if provenance is not None else None
     if spec.pins_commit and (not isinstance(resolved, str) or not _COMMIT.fullmatch(resolved)):
         return "the import did not report the commit it fetched (resolvedRevision)"
     return SourceStatus(kind=spec.kind, uri=shown_uri(spec.uri)[:MAX_URI], revision=spec.revision or None,

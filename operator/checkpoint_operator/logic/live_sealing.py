@@ -5,9 +5,11 @@
   image, the output volume at the same path as the training containers), a downwardAPI volume
   of the pod's annotations (the operator -> sidecar channel: which retired directories to
   remove), and CHECKPOINT_RESUME_PATH for the training containers.
-- `parse_log`: the sidecar -> operator channel: its log, one JSON line per event. Lines are
-  checked before use (a path inside the output, a digest, an s3 location under this job's own
-  prefix); anything else is ignored, so nothing the pod prints can name data outside its job.
+- `parse_log`: the sidecar -> operator channel: its log, one typed line per event
+  (protocol/results.py LIVE_EVENTS). Lines are checked before use (a path inside the output, a
+  digest, an s3 location under this job's own prefix); anything else is ignored, so nothing the
+  pod prints can name data outside its job. The log is read a bounded piece at a time from
+  where the last read ended (`LogCursor`: `sinceTime` with timestamps), never whole.
 - `removal_annotation`: the retired directories whose Checkpoint is gone, for the sidecar.
 """
 
@@ -17,12 +19,15 @@ import json
 import posixpath
 import re
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Iterable, Optional
 
-from checkpoint_operator.agent.manifest import Manifest
-from checkpoint_operator.agent.names import path_problem
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.logic.security_context import sidecar_context
+from checkpoint_operator.protocol import channel
+from checkpoint_operator.protocol.names import path_problem
+from checkpoint_operator.protocol.results import (LIVE_EVENTS, ChangedEvent, RemovedEvent, SealedCheckpoint,
+                                                  SealedEvent, WarningEvent)
 
 SIDECAR = "ckpt-live"
 META_VOLUME = "ckpt-live-meta"
@@ -33,7 +38,10 @@ LIVE_DIR = ".ckpt-live"                      # agent/live_sealing.py LIVE_DIR
 RESUME_ENV = "CHECKPOINT_RESUME_PATH"
 MAX_REMOVALS_ANNOTATED = 100                 # per pod annotation (the rest follow as these are done)
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-_TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z) (.*)$")
+_TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d) (.*)$", re.DOTALL)
+# Bytes of one pod's sidecar log read per pass: far more than the sidecar writes between two
+# passes (a sealed line is under 2 KB), and a bound on what a pass costs whatever the log holds.
+LOG_READ_BYTES = 1024 * 1024
 
 
 def resume_path(output_dir: str) -> str:
@@ -67,26 +75,21 @@ def annotations_file() -> str:
 # --- the sidecar's log ----------------------------------------------------------------------------
 
 @dataclass
-class LiveMemory:
-    """What the operator remembers of a running job between passes (in memory only: lost on a
-    restart, which costs a repeated warning or annotation, never a duplicate Checkpoint)."""
-
-    annotated: dict[str, str] = field(default_factory=dict)       # pod -> the removal annotation it has
-    reported: set[tuple[Optional[str], ...]] = field(default_factory=set)  # warnings already posted as events
-    snapshot_next_look: dict[str, float] = field(default_factory=dict)  # VolumeSnapshot -> when to read it again
-
-
-@dataclass
 class LogEvents:
-    sealed: list[Manifest] = field(default_factory=list)    # files left out: the Checkpoint needs only the totals
-    uris: dict[str, str] = field(default_factory=dict)       # s3 store: path -> where the sealed copy is
+    sealed: list[SealedCheckpoint] = field(default_factory=list)  # their summaries: never their files
     reasons: dict[str, str] = field(default_factory=dict)    # path -> why it was sealed then
     not_read_only: dict[str, str] = field(default_factory=dict)
     removed: set[tuple[str, str]] = field(default_factory=set)
-    changed: dict[str, dict[str, Any]] = field(default_factory=dict)   # path -> the line
+    changed: dict[str, ChangedEvent] = field(default_factory=dict)   # path -> the event
     synced: set[tuple[str, str]] = field(default_factory=set)  # (path, digest) whose sealed line says "syncfs"
     warnings: list[str] = field(default_factory=list)
     last_timestamp: Optional[str] = None
+    refused: int = 0  # event lines the protocol refused (a newer version, an invalid field)
+
+    @property
+    def uris(self) -> dict[str, str]:
+        """s3 store: path -> where the sealed copy is."""
+        return {m.path: m.uri for m in self.sealed if m.uri}
 
 
 def _valid_path(path: Any) -> bool:
@@ -95,71 +98,59 @@ def _valid_path(path: Any) -> bool:
         and not path.startswith(".")
 
 
-def _sealed(line: dict[str, Any]) -> Optional[Manifest]:
-    checkpoint = line.get("checkpoint")
-    if not isinstance(checkpoint, dict) or not _valid_path(checkpoint.get("path")) \
-            or not _DIGEST.match(str(checkpoint.get("digest", ""))):
-        return None
-    try:
-        return Manifest.model_validate({**{k: v for k, v in checkpoint.items() if k in Manifest.model_fields},
-                                        "files": []})
-    except ValueError:
-        return None
+def _sealed(checkpoint: SealedCheckpoint, sealed_prefix: Optional[str]) -> bool:
+    """Believed only for a directory of the output and, on the s3 store, a copy under this job's
+    own prefix, named by the digest."""
+    if not _valid_path(checkpoint.path):
+        return False
+    if sealed_prefix is not None:
+        return checkpoint.uri == f"{sealed_prefix}{checkpoint.path}/{checkpoint.digest.split(':', 1)[1]}/"
+    return True
 
 
-def parse_log(text: str, *, sealed_prefix: Optional[str] = None) -> LogEvents:
-    """The events in a sidecar's log (with or without the API's `timestamps=true` prefixes).
-    `sealed_prefix`: the s3 store's `<job prefix>sealed/`; a location elsewhere is refused."""
-    events = LogEvents()
+def parse_log(text: str, *, sealed_prefix: Optional[str] = None, into: Optional[LogEvents] = None) -> LogEvents:
+    """The events in (a piece of) a sidecar's log, with or without the API's `timestamps=true`
+    prefixes, added to `into`. `sealed_prefix`: the s3 store's `<job prefix>sealed/`; a
+    location elsewhere is refused."""
+    events = into if into is not None else LogEvents()
+    prefixes = tuple(f'{channel.LINE_START}{m.model_fields["kind"].default}"' for m in LIVE_EVENTS)
     for raw in text.splitlines():
-        match = _TIMESTAMP.match(raw)
-        if match:
-            events.last_timestamp, raw = match.group(1), match.group(3)
+        stamped = _TIMESTAMP.match(raw)
+        if stamped:
+            events.last_timestamp, raw = _stamp_text(stamped), stamped.group(4)
         raw = raw.strip()
-        if not raw.startswith("{"):
+        if not raw.startswith(prefixes):
             continue
         try:
-            line = json.loads(raw)
-        except ValueError:
+            event = channel.decode(raw, LIVE_EVENTS)
+        except channel.ResultError:
+            events.refused += 1
             continue
-        if not isinstance(line, dict):
-            continue
-        kind = line.get("event")
-        if kind == "sealed":
-            manifest = _sealed(line)
-            if manifest is None:
+        if isinstance(event, SealedEvent):
+            sealed = event.checkpoint
+            if not _sealed(sealed, sealed_prefix):
                 continue
-            if manifest.sizeBytes is None or manifest.fileCount is None:
+            if sealed.announced and sealed.path in {m.path for m in events.sealed}:
                 continue
-            uri = line["checkpoint"].get("uri")
-            if sealed_prefix is not None:
-                expected = f"{sealed_prefix}{manifest.path}/{manifest.digest.split(':', 1)[1]}/"
-                if uri != expected:
-                    continue
-                events.uris[manifest.path] = uri
-            if line["checkpoint"].get("announced") and manifest.path in {m.path for m in events.sealed}:
-                continue
-            events.sealed = [m for m in events.sealed if m.path != manifest.path] + [manifest]
-            events.reasons[manifest.path] = str(line["checkpoint"].get("sealReason") or "")[:300]
-            problem = line["checkpoint"].get("readOnlyProblem")
-            if problem:
-                events.not_read_only[manifest.path] = str(problem)[:300]
-            if line["checkpoint"].get("synced") == "syncfs":
-                events.synced.add((manifest.path, manifest.digest))
-        elif kind == "removed" and _valid_path(line.get("path")):
-            events.removed.add((line["path"], str(line.get("digest", ""))))
+            events.sealed = [m for m in events.sealed if m.path != sealed.path] + [sealed]
+            events.reasons[sealed.path] = sealed.sealReason[:300]
+            if sealed.readOnlyProblem:
+                events.not_read_only[sealed.path] = sealed.readOnlyProblem[:300]
+            if sealed.synced == "syncfs":
+                events.synced.add((sealed.path, sealed.digest))
+        elif isinstance(event, RemovedEvent) and _valid_path(event.path):
+            events.removed.add((event.path, event.digest))
             events.sealed = [m for m in events.sealed if (m.path, m.digest) not in events.removed]
-        elif kind == "changed" and _valid_path(line.get("path")):
-            events.changed[line["path"]] = line
-        elif kind == "warning":
-            events.warnings.append(str(line.get("message", ""))[:500])
+        elif isinstance(event, ChangedEvent) and _valid_path(event.path):
+            events.changed[event.path] = event
+        elif isinstance(event, WarningEvent):
+            events.warnings.append(event.message[:500])
     return events
 
 
 def merge(into: LogEvents, more: LogEvents) -> LogEvents:
     for manifest in more.sealed:
         into.sealed = [m for m in into.sealed if m.path != manifest.path] + [manifest]
-    into.uris.update(more.uris)
     into.reasons.update(more.reasons)
     into.not_read_only.update(more.not_read_only)
     into.synced |= more.synced
@@ -168,7 +159,103 @@ def merge(into: LogEvents, more: LogEvents) -> LogEvents:
     into.sealed = [m for m in into.sealed if (m.path, m.digest) not in into.removed]
     into.changed.update(more.changed)
     into.warnings += more.warnings
+    into.refused += more.refused
     return into
+
+
+# --- reading the log a piece at a time ------------------------------------------------------------
+
+Stamp = tuple[int, int]  # (whole seconds since the epoch, nanoseconds)
+
+
+def _stamp_text(match: re.Match[str]) -> str:
+    return f"{match.group(1)}{'.' + match.group(2) if match.group(2) else ''}{match.group(3)}"
+
+
+def _stamp(match: re.Match[str]) -> Stamp:
+    moment = datetime.fromisoformat(match.group(1) + ("+00:00" if match.group(3) == "Z" else match.group(3)))
+    return int(moment.timestamp()), int((match.group(2) or "0").ljust(9, "0"))
+
+
+def _rfc3339(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class LogCursor:
+    """Where the reads of one pod's sidecar log have got to: the timestamp of the last line
+    taken and how many lines of exactly that timestamp were taken (the API server passes
+    `sinceTime` to the kubelet in whole seconds, so a read starts at most a second back and
+    the lines already taken are skipped)."""
+
+    stamp: Optional[Stamp] = None
+    taken_at_stamp: int = 0
+
+    def since_time(self) -> Optional[str]:
+        return _rfc3339(self.stamp[0]) if self.stamp is not None else None
+
+
+@dataclass
+class LogPiece:
+    text: str                 # the new lines, timestamps removed
+    cursor: LogCursor         # where the next read starts
+    warning: Optional[str] = None
+
+
+def new_lines(text: str, cursor: LogCursor, *, limit_bytes: int, what: str = "the sidecar's log") -> LogPiece:
+    """The lines of a read (`timestamps=true`, `sinceTime=cursor.since_time()`, at most
+    `limit_bytes`) that the cursor has not taken yet, and the cursor after them. A last line
+    the byte limit cut is left for the next read; a read that could not move the cursor (more
+    than `limit_bytes` of lines within one second) moves it to the next second, with a warning:
+    the lines skipped are what the end-of-job snapshot finds again."""
+    lines = text.split("\n")
+    tail = lines.pop()
+    cut = len(text.encode("utf-8", "replace")) >= limit_bytes
+    if tail and not cut:
+        lines.append(tail)
+    taken: list[str] = []
+    stamp, same = cursor.stamp, cursor.taken_at_stamp
+    seen_at_old = 0
+    for line in lines:
+        match = _TIMESTAMP.match(line)
+        if match is None:
+            taken.append(line)  # a line without a timestamp cannot be placed: taken as it comes
+            continue
+        line_stamp = _stamp(match)
+        if cursor.stamp is not None and line_stamp < cursor.stamp:
+            continue
+        if cursor.stamp is not None and line_stamp == cursor.stamp:
+            seen_at_old += 1
+            if seen_at_old <= cursor.taken_at_stamp:
+                continue
+        if line_stamp == stamp:
+            same += 1
+        else:
+            stamp, same = line_stamp, 1
+        taken.append(match.group(4))
+    if cut and not taken:
+        first = _TIMESTAMP.match(text.split("\n", 1)[0] + " ")  # the stamp of a line the limit cut
+        stuck = cursor.stamp or (_stamp(first) if first else None)
+        if stuck is not None:
+            return LogPiece("", LogCursor((stuck[0] + 1, 0), 0),
+                            f"{what}: more than {limit_bytes} bytes were written within one second at "
+                            f"{_rfc3339(stuck[0])}; those lines are skipped (the end-of-job snapshot finds the "
+                            f"checkpoints they announced)")
+    return LogPiece("\n".join(taken), LogCursor(stamp, same))
+
+
+
+@dataclass
+class LiveMemory:
+    """What the operator remembers of a running job between passes (in memory only: lost on a
+    restart, which costs a re-read of the sidecars' logs, a repeated warning or annotation, never
+    a duplicate Checkpoint)."""
+
+    cursors: dict[str, LogCursor] = field(default_factory=dict)  # pod -> where its log was read to
+    pending: LogEvents = field(default_factory=LogEvents)        # read, not yet acted on
+    annotated: dict[str, str] = field(default_factory=dict)       # pod -> the removal annotation it has
+    reported: set[tuple[Optional[str], ...]] = field(default_factory=set)  # warnings already posted as events
+    snapshot_next_look: dict[str, float] = field(default_factory=dict)  # VolumeSnapshot -> when to read it again
 
 
 # --- operator -> sidecar ----------------------------------------------------------------------------

@@ -14,10 +14,15 @@ from __future__ import annotations
 
 from typing import Optional
 
-from checkpoint_operator.agent.manifest import Manifest
+from checkpoint_operator.protocol.manifest import MANIFESTS_DIR, stored_manifest_name
+from checkpoint_operator.protocol.parts import grouped_items
+from checkpoint_operator.protocol.results import CheckpointSummary
 from checkpoint_operator.api.checkpoint import VolumeLocation
 from checkpoint_operator.api.trainingjob import TrainingJob
+from checkpoint_operator.logic.snapshot import NotStorable
 from checkpoint_operator.logic.workload import worker_claim_name
+
+__all__ = ["grouped_items", "parts_count", "volume_parts"]
 
 
 def parts_count(tj: TrainingJob) -> Optional[int]:
@@ -25,47 +30,25 @@ def parts_count(tj: TrainingJob) -> Optional[int]:
     return tj.spec.replicas if tj.output_enabled and tj.spec.output.parts_per_worker else None
 
 
-def grouped_items(files: list[tuple[str, int]]) -> list[tuple[str, int]]:
-    """(item, worker) covering `files` ((path, worker) each): a directory whose files all come
-    from one worker is one item, else its entries are looked at one level down."""
-    groups: dict[str, list[tuple[str, int]]] = {}
-    direct: dict[str, int] = {}
-    for path, worker in files:
-        head, _, rest = path.partition("/")
-        if rest:
-            groups.setdefault(head, []).append((rest, worker))
-        else:
-            direct[head] = worker
-    items = [(name, worker) for name, worker in direct.items()]
-    for head, inside in groups.items():
-        workers = {w for _, w in inside}
-        if len(workers) == 1 and head not in direct:
-            items.append((head, inside[0][1]))
-        else:
-            items += [(f"{head}/{rel}", w) for rel, w in grouped_items(inside)]
-    return sorted(items, key=lambda i: i[0].encode())
-
-
-def volume_parts(tj: TrainingJob, manifest: Manifest, layout: str, sources: list[int]) -> list[VolumeLocation]:
+def volume_parts(tj: TrainingJob, checkpoint: CheckpointSummary, layout: str) -> list[VolumeLocation]:
     """status.location.volumeParts of one checkpoint: per worker that provides files, its claim,
-    the checkpoint's directory there and its items. `sources`: the worker of each manifest file
-    (the agent's report, agent/parts.py), in the manifest's order."""
-    if len(sources) != len(manifest.files):
-        raise ValueError(f"{manifest.path!r}: the snapshot reported the workers of {len(sources)} files, "
-                         f"the manifest lists {len(manifest.files)}")
-    directory = _directory_in_part(tj, manifest.path, layout)
-    by_worker: dict[int, list[str]] = {}
-    for item, worker in grouped_items([(f.path, w) for f, w in zip(manifest.files, sources)]):
-        by_worker.setdefault(worker, []).append(item)
-    parts = []
-    for worker in sorted(by_worker):
-        if not 0 <= worker < tj.spec.replicas:
-            raise ValueError(f"{manifest.path!r}: the snapshot named worker {worker}, the job has "
-                             f"{tj.spec.replicas}")
-        whole = len(by_worker) == 1 and directory != "." and layout != "files"
-        parts.append(VolumeLocation(claimName=worker_claim_name(tj, worker), path=directory,
-                                    items=None if whole else by_worker[worker]))
-    return parts
+    the checkpoint's directory there and its items (the agent's report of the parts, agent/parts.py).
+    The full manifest, when stored, is in the first part's volume. NotStorable when the report
+    does not fit the job."""
+    if not checkpoint.parts:
+        raise NotStorable(f"{checkpoint.path!r}: the snapshot reported no workers' parts for it")
+    directory = _directory_in_part(tj, checkpoint.path, layout)
+    stored = f"{MANIFESTS_DIR}/{stored_manifest_name(checkpoint.digest)}" if checkpoint.manifestStored else None
+    locations: list[VolumeLocation] = []
+    for part in checkpoint.parts:
+        if not 0 <= part.worker < tj.spec.replicas:
+            raise NotStorable(f"{checkpoint.path!r}: the snapshot named worker {part.worker}, the job has "
+                              f"{tj.spec.replicas}")
+        if part.items is None and (len(checkpoint.parts) != 1 or directory == "."):
+            raise NotStorable(f"{checkpoint.path!r}: the snapshot named no files of worker {part.worker}")
+        locations.append(VolumeLocation(claimName=worker_claim_name(tj, part.worker), path=directory,
+                                        items=part.items, manifest=stored if not locations else None))
+    return locations
 
 
 def _directory_in_part(tj: TrainingJob, path: str, layout: str) -> str:

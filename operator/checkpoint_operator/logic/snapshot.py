@@ -1,15 +1,17 @@
 """From the snapshot pod's scan result to the Checkpoints to create (pure and deterministic,
-so a snapshot that is run again, e.g. after an operator restart, finds the same names)."""
+so a snapshot that is run again, e.g. after an operator restart, finds the same names).
+
+The scan result is protocol/results.py's ScanReport, read by reconcile/agent_runs.py: per
+checkpoint only what its status needs (never its files)."""
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from checkpoint_operator import API_VERSION, PROTECTION_FINALIZER
-from checkpoint_operator.agent.manifest import Manifest
+from checkpoint_operator.protocol.results import MAX_SKIPPED_REPORTED, CheckpointSummary, ScanReport, Skipped, cut
 from checkpoint_operator.api.checkpoint import CheckpointPhase, CheckpointStatus, Location, SealedData
 from checkpoint_operator.api.common import ObjectRef, PinnedCheckpoint
 from checkpoint_operator.api.rules import MAX_METRIC, bounded_count
@@ -26,22 +28,26 @@ from checkpoint_operator.logic.workload import LABEL_MANAGED_BY, LABEL_TRAINING_
 SKIPPED_SHOWN = 5  # entries quoted in the one aggregated Skipped event
 
 
-class ScanOutputError(ValueError):
-    pass
+class NotStorable(ValueError):
+    """A checkpoint the store cannot keep where it is (the volume store: more root files than a
+    location mounts one by one); it is left out like a skipped entry, and the output is kept."""
 
 
-@dataclass
-class ScanResult:
-    checkpoints: list[Manifest]
-    skipped: list[dict[str, Any]]
-    uploads: dict[str, str] = field(default_factory=dict)  # s3 store: directory -> uri of its committed upload
-    skipped_count: Optional[int] = None                   # the agent may report more than it lists
-    sources: dict[str, list[int]] = field(default_factory=dict)  # a volume per worker: the worker of each file
-    synced: Optional[str] = None                           # "syncfs": the scanned filesystem was synced
-
-    @property
-    def total_skipped(self) -> int:
-        return max(self.skipped_count or 0, len(self.skipped))
+def storable(scan: ScanReport, location_of: Callable[[CheckpointSummary], Location]) -> ScanReport:
+    """The scan without the checkpoints the store cannot keep, each then counted as skipped
+    with the store's reason (first in the list: the one a user must act on)."""
+    kept: list[CheckpointSummary] = []
+    refused: list[Skipped] = []
+    for manifest in scan.checkpoints:
+        try:
+            location_of(manifest)
+            kept.append(manifest)
+        except NotStorable as exc:
+            refused.append(Skipped(path=manifest.path, reason=cut(str(exc))))
+    if not refused:
+        return scan
+    return scan.model_copy(update={"checkpoints": kept, "skipped": [*refused, *scan.skipped][:MAX_SKIPPED_REPORTED],
+                                   "skippedCount": scan.total_skipped + len(refused)})
 
 
 @dataclass
@@ -99,32 +105,13 @@ def conflict_wait(conflicts: Sequence[NameConflict]) -> Optional[Wait]:
 class SnapshotPlan:
     checkpoints: list[PlannedCheckpoint]
     dropped: list[str]  # directories left out by output.keep / output.retention
-    skipped: list[dict[str, Any]]
+    skipped: list[Skipped]
     retire: list[CheckpointInfo] = field(default_factory=list)   # this job's Checkpoints retention now drops
-    changed: list[tuple[CheckpointInfo, Manifest]] = field(default_factory=list)  # its bytes are not its digest
-    dropped_manifests: list[Manifest] = field(default_factory=list)
+    changed: list[tuple[CheckpointInfo, CheckpointSummary]] = field(default_factory=list)  # bytes not its digest
+    dropped_manifests: list[CheckpointSummary] = field(default_factory=list)
     gone: list[str] = field(default_factory=list)      # directories retention retired before: not made again
     missing: list[CheckpointInfo] = field(default_factory=list)  # this job's Ready ones whose directory went away
     conflicts: list[NameConflict] = field(default_factory=list)  # not planned: their name is someone else's
-
-
-def parse_scan_output(log: str) -> ScanResult:
-    """The agent prints its result as one JSON line on stdout; anything else in the log is ignored."""
-    for line in reversed(log.splitlines()):
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            data = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(data, dict) and "checkpoints" in data:
-            return ScanResult(checkpoints=[Manifest.model_validate(c) for c in data["checkpoints"]],
-                              skipped=list(data.get("skipped", [])), uploads=dict(data.get("uploads", {})),
-                              skipped_count=data.get("skippedCount"),
-                              sources={str(k): [int(w) for w in v] for k, v in (data.get("sources") or {}).items()},
-                              synced=data["synced"] if isinstance(data.get("synced"), str) else None)
-    raise ScanOutputError("the snapshot pod's log holds no scan result (a JSON line with 'checkpoints')")
 
 
 def is_produced_by(checkpoint: dict[str, Any], job_uid: str, directory: str) -> bool:
@@ -138,8 +125,8 @@ def _entry(key: str, step: Optional[int], metrics: Optional[Iterable[tuple[str, 
     return retention.Entry(key, step, dict(metrics) if metrics else None, exempt, order, complete, bool(resumable))
 
 
-def plan_snapshot(tj: TrainingJob, scan: ScanResult, lookup: Callable[[str], Optional[CheckpointInfo]],
-                  location_of: Callable[[Manifest], Location], *, existing: Sequence[CheckpointInfo] = (),
+def plan_snapshot(tj: TrainingJob, scan: ScanReport, lookup: Callable[[str], Optional[CheckpointInfo]],
+                  location_of: Callable[[CheckpointSummary], Location], *, existing: Sequence[CheckpointInfo] = (),
                   retired: Iterable[tuple[str, str]] = ()) -> SnapshotPlan:
     """`lookup(name)`: the Checkpoint of that name in the job's namespace (from the index), so
     only the candidate names are looked at, never the whole namespace. `location_of(manifest)`
@@ -156,7 +143,9 @@ def plan_snapshot(tj: TrainingJob, scan: ScanResult, lookup: Callable[[str], Opt
     by_directory = {c.directory: c for c in existing if c.directory is not None}
     gone = set(retired) | {(c.directory, c.digest) for c in existing if c.deleting}
     gone_directories = {c.directory for c in existing if c.deleting}
-    new, changed, not_again = [], [], []
+    new: list[CheckpointSummary] = []
+    changed: list[tuple[CheckpointInfo, CheckpointSummary]] = []
+    not_again: list[str] = []
     for manifest in scan.checkpoints:
         if (manifest.path, manifest.digest) in gone or manifest.path in gone_directories:
             not_again.append(manifest.path)
@@ -250,7 +239,7 @@ class Completeness:
         return ConditionChange("Complete", status, word, self.reason)
 
 
-def completeness(manifest: Manifest) -> Completeness:
+def completeness(manifest: CheckpointSummary) -> Completeness:
     """The manifest's verdict as it is: true, false, or None (nothing could be checked: never
     counted as complete), with its reason."""
     complete = manifest.complete
@@ -273,7 +262,7 @@ def finite_metrics(metrics: Optional[Mapping[str, float]]) -> Optional[dict[str,
 MAX_REASON = 4096  # a completeness reason kept in a Checkpoint's spec (the agent's own is short)
 
 
-def sealed_data(manifest: Manifest, location: Location,
+def sealed_data(manifest: CheckpointSummary, location: Location,
                 parents: Optional[list[PinnedCheckpoint]] = None) -> SealedData:
     """What a status shows of stored, verified data, from its manifest: every number one the
     schema accepts (an integer beyond int64 is left out, metrics are finite)."""
@@ -285,8 +274,9 @@ def sealed_data(manifest: Manifest, location: Location,
                       location=location, parents=parents or None)
 
 
-def ready_change(manifest: Manifest, location: Location, *, owned: bool, produced_by: Optional[ObjectRef] = None,
-                 parents: Optional[list[PinnedCheckpoint]] = None, event: Optional[str] = "Normal") -> StatusChange:
+def ready_change(manifest: CheckpointSummary, location: Location, *, owned: bool,
+                 produced_by: Optional[ObjectRef] = None, parents: Optional[list[PinnedCheckpoint]] = None,
+                 event: Optional[str] = "Normal") -> StatusChange:
     """The status of a Checkpoint whose data is stored and verified: Ready, with the manifest's
     totals, digest, format, step, and the Complete condition (contract 2)."""
     return sealed_ready_change(sealed_data(manifest, location, parents), owned=owned, produced_by=produced_by,
@@ -315,19 +305,19 @@ def sealed_ready_change(sealed: SealedData, *, owned: bool, produced_by: Optiona
                         fields=fields, conditions=(verdict.condition,))
 
 
-def skipped_message(skipped: list[dict[str, Any]], total: Optional[int] = None) -> str:
+def skipped_message(skipped: Sequence[Skipped], total: Optional[int] = None) -> str:
     """One line for all skipped entries: the count and the first few paths with their reasons."""
     total = max(total or 0, len(skipped))
-    shown = "; ".join(f"{s.get('path')!r}: {s.get('reason')}" for s in skipped[:SKIPPED_SHOWN])
+    shown = "; ".join(f"{s.path!r}: {s.reason}" for s in skipped[:SKIPPED_SHOWN])
     more = f"; and {total - SKIPPED_SHOWN} more" if total > SKIPPED_SHOWN else ""
     return f"{total} output entr{'y' if total == 1 else 'ies'} skipped: {shown}{more}"
 
 
-def not_stored(scan: ScanResult, created: int) -> Optional[str]:
+def not_stored(scan: ScanReport, created: int) -> Optional[str]:
     """What of the output was not stored as Checkpoints (None: everything that was there).
     `keep` drops are the user's choice and do not count."""
     if scan.total_skipped:
-        return skipped_message(scan.skipped, scan.skipped_count)
+        return skipped_message(scan.skipped, scan.skippedCount)
     if created == 0 and scan.checkpoints:
         return "no checkpoint was created from a non-empty output"
     return None

@@ -42,11 +42,16 @@ def fail_change(fail: Fail, now: str) -> StatusChange:
 
 def running_change(job_name: str, inputs: list[str], output_claim: Optional[str], now: str,
                    publish: Optional[str] = None, pinned: bool = True, *, kind: str = "Job",
-                   queue: Optional[str] = None, rendezvous: Optional[str] = None) -> StatusChange:
+                   queue: Optional[str] = None, rendezvous: Optional[str] = None,
+                   job_uid: Optional[str] = None) -> StatusChange:
     """`pinned`: status.inputs was written before the Job (with inputs); else none, recorded here.
-    `queue`: the workload was created suspended for Kueue's LocalQueue `queue`: Queued until admitted."""
+    `queue`: the workload was created suspended for Kueue's LocalQueue `queue`: Queued until admitted.
+    `job_uid`: the workload's UID (only pods it controls are trusted as the job's workers)."""
     names = ", ".join(inputs) or "no inputs"
     fields = TrainingJobStatus(jobName=job_name, outputClaim=output_claim, publish=publish, rendezvous=rendezvous)
+    if job_uid is not None:
+        fields = TrainingJobStatus(jobName=job_name, outputClaim=output_claim, publish=publish, rendezvous=rendezvous,
+                                   jobUid=job_uid)
     if queue is not None:
         change = StatusChange(phase=TrainingJobPhase.QUEUED, reason="Queued", event="Normal", fields=fields,
                               message=f"{kind} {job_name} is queued in Kueue (LocalQueue {queue}): it starts when "
@@ -167,10 +172,12 @@ def suspension_change(tj: TrainingJob, state: WorkloadState, queue: Optional[str
 
 
 def attempt_started_change(tj: TrainingJob, kind: str, name: str, rendezvous: Optional[str],
-                           queue: Optional[str]) -> StatusChange:
+                           queue: Optional[str], job_uid: Optional[str] = None) -> StatusChange:
     """The operator created the workload of the next attempt (engine Job). Queued in Kueue, it waits
-    to be admitted like a new one (Kueue makes a new Workload for it): Queued, not Preempted."""
-    fields = TrainingJobStatus(rendezvous=rendezvous)
+    to be admitted like a new one (Kueue makes a new Workload for it): Queued, not Preempted.
+    `job_uid`: the new workload's UID, recorded with the attempt (its pods are the workers now)."""
+    fields = TrainingJobStatus(rendezvous=rendezvous) if job_uid is None else \
+        TrainingJobStatus(rendezvous=rendezvous, jobUid=job_uid)
     if queue is None:
         return StatusChange(fields=fields)
     attempt = (tj.status.restarts or 0) + 1
@@ -275,9 +282,16 @@ def snapshot_retry(attempts: int, message: str) -> Optional[Fail]:
     return None
 
 
+# A message names this many checkpoints (status.outputCheckpoints lists them all): 5,000 names
+# would pass the 32 KiB a message may have.
+NAMES_IN_MESSAGE = 20
+
+
 def snapshot_done(tj: TrainingJob, names: list[str], now: str, retained: Optional[str],
                   claim: Optional[str], skipped: int) -> StatusChange:
-    summary = f"{len(names)} checkpoint(s): {', '.join(names)}" if names else "no checkpoints in the output"
+    shown = ", ".join(names[:NAMES_IN_MESSAGE]) + (f" and {len(names) - NAMES_IN_MESSAGE} more"
+                                                   if len(names) > NAMES_IN_MESSAGE else "")
+    summary = f"{len(names)} checkpoint(s): {shown}" if names else "no checkpoints in the output"
     fields = TrainingJobStatus(outputCheckpoints=names, outputCount=len(names), completionTime=now,
                                skippedCount=skipped)
     conditions: tuple[ConditionChange, ...] = ()

@@ -17,14 +17,13 @@ patch `test`): a newer request made meanwhile is served next, never dropped.
 
 from __future__ import annotations
 
-import json
 import posixpath
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional, Union
 
-from checkpoint_operator.agent.manifest import Manifest
-from checkpoint_operator.api.checkpoint import Checkpoint, Location
+from checkpoint_operator.protocol.results import TransferReport
+from checkpoint_operator.api.checkpoint import Checkpoint, Location, VolumeLocation
 from checkpoint_operator.api.common import parse_quantity
 from checkpoint_operator.api.upload import (DIGEST_PATTERN, PULL_REQUEST_ANNOTATION, UPLOAD_DIGEST_ANNOTATION,
                                             UPLOAD_REQUEST_ANNOTATION, VERIFY_REQUEST_ANNOTATION, UploadStatus)
@@ -41,6 +40,7 @@ from checkpoint_operator.logic.workload import (IMPORT_SIZE_ANNOTATION, LABEL_CH
 REQUEST_ANNOTATION = "ckpt.dev/request"      # on a serving pod: the request it serves
 UPLOAD_DIR = import_data_dir()               # where a push lands on the volume store (status.location path "data")
 PULL_WORK_DIR = "/checkpoint-work"           # a pull pod's emptyDir, where agent hold sees the pulls
+MANIFEST_MOUNT = "/checkpoint-manifest.json"  # volume store: the checkpoint's stored manifest, mounted alone
 IDLE_SECONDS = 900.0                         # a receiver or pull pod without activity this long ends
 COMPONENTS = {"upload": "upload", "verify": "verify", "pull": "pull"}
 SERVED_WHEN_READY = (VERIFY_REQUEST_ANNOTATION, PULL_REQUEST_ANNOTATION)
@@ -129,11 +129,14 @@ def build_upload_check_pod(checkpoint: Checkpoint, config: OperatorConfig, reque
 def location_volumes(location: Location, *, read_only: bool = True, restore_access_mode: str = "ReadWriteOnce",
                      labels: Optional[dict[str, str]] = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(volumes, mounts) that show a volume location's files at AGENT_DATA_MOUNT, and only them
-    (the root files of an output, listed as items, are mounted one by one). A location in a volume
-    snapshot is a volume of the pod's own restored from it (logic/volume_snapshots.py), with `labels`.
-    A checkpoint assembled across workers (logic/parts.py): its parts side by side in that one directory."""
+    (the root files of an output, listed as items, are mounted one by one), and a volume's stored
+    manifest, alone, at MANIFEST_MOUNT (it lives outside the checkpoint's directory). A location in
+    a volume snapshot is a volume of the pod's own restored from it (logic/volume_snapshots.py),
+    with `labels`; it names no stored manifest (the agent then reads the data alone). A checkpoint
+    assembled across workers (logic/parts.py): its parts side by side in that one directory."""
     volumes: list[dict[str, Any]]
     shown: list[tuple[str, str, Optional[list[str]]]]  # (volume, path in it, items)
+    manifest: Optional[tuple[str, str]] = None  # (volume, path in it)
     if location.snapshot is not None:
         snapshot = location.snapshot
         volumes = [volume_snapshots.restored_volume("data", snapshot, restore_access_mode, labels or {})]
@@ -147,6 +150,8 @@ def location_volumes(location: Location, *, read_only: bool = True, restore_acce
                 volumes.append({"name": claims[volume.claimName],
                                 "persistentVolumeClaim": {"claimName": volume.claimName, "readOnly": read_only}})
             shown.append((claims[volume.claimName], volume.path, volume.items))
+            if volume.manifest and manifest is None:
+                manifest = (claims[volume.claimName], volume.manifest)
     else:
         raise ValueError("the location is neither on a volume nor in a volume snapshot")
     mounts = []
@@ -160,7 +165,19 @@ def location_volumes(location: Location, *, read_only: bool = True, restore_acce
             if path != ".":
                 mount["subPath"] = path
             mounts.append(mount)
+    if manifest:
+        mounts.append({"name": manifest[0], "readOnly": True, "mountPath": MANIFEST_MOUNT,
+                       "subPath": posixpath.normpath(manifest[1])})
     return volumes, mounts
+
+
+def stored_manifest(located: Union[Location, VolumeLocation, None]) -> Optional[str]:
+    """Where a volume location's pod sees its stored manifest (None: none is stored); a location
+    in workers' parts has it in one of them (location_volumes mounts it)."""
+    if isinstance(located, Location):
+        volumes = located.volumeParts or ([located.volume] if located.volume is not None else [])
+        return MANIFEST_MOUNT if any(v.manifest for v in volumes) else None
+    return MANIFEST_MOUNT if located is not None and located.manifest else None
 
 
 def build_verify_pod(checkpoint: Checkpoint, config: OperatorConfig, value: str,
@@ -173,10 +190,12 @@ def build_verify_pod(checkpoint: Checkpoint, config: OperatorConfig, value: str,
                                     config, mounts=[], env=s3_env)
         volumes: list[dict[str, Any]] = []
     else:
-        volumes, mounts = location_volumes(_located(checkpoint), restore_access_mode=config.volume_restore_access_mode,
+        located = _located(checkpoint)
+        volumes, mounts = location_volumes(located, restore_access_mode=config.volume_restore_access_mode,
                                            labels=checkpoint_labels(checkpoint, "verify"))
-        container = agent_container("verify", agent_commands.verify(AGENT_DATA_MOUNT, digest=status.digest), config,
-                                    mounts=mounts)
+        container = agent_container("verify", agent_commands.verify(AGENT_DATA_MOUNT, digest=status.digest,
+                                                                    manifest=stored_manifest(located)),
+                                    config, mounts=mounts)
     return _serving_pod(checkpoint, config, "verify", verify_pod_name(checkpoint.metadata.name), value, [container],
                         volumes, size_bytes=status.sizeBytes)
 
@@ -200,9 +219,11 @@ def _located(checkpoint: Checkpoint) -> Location:
     return location
 
 
-def pull_command(digest: Optional[str] = None) -> list[str]:
-    """What `kubectl ckpt pull` runs in the pull pod (`digest`: the Checkpoint's recorded one)."""
-    return agent_commands.pack(AGENT_DATA_MOUNT, session_dir=PULL_WORK_DIR, digest=digest)
+def pull_command(volume: Union[Location, VolumeLocation, None] = None, digest: Optional[str] = None) -> list[str]:
+    """What `kubectl ckpt pull` runs in the pull pod (`digest`: the Checkpoint's recorded one; its
+    stored manifest goes first when it has that digest)."""
+    return agent_commands.pack(AGENT_DATA_MOUNT, session_dir=PULL_WORK_DIR, digest=digest,
+                               manifest=stored_manifest(volume))
 
 
 def push_command(max_size: Optional[int], name: Optional[str]) -> list[str]:
@@ -211,8 +232,9 @@ def push_command(max_size: Optional[int], name: Optional[str]) -> list[str]:
 
 
 def inventory_command() -> list[str]:
-    """What a push runs first in the receiver pod: what an interrupted push left there."""
-    return agent_commands.scan(UPLOAD_DIR, single=True)
+    """What a push runs first in the receiver pod: what an interrupted push left there (every
+    file, as JSON: the plugin sends only the others)."""
+    return agent_commands.scan(UPLOAD_DIR, single=True, result=False)
 
 
 def _serving_pod(checkpoint: Checkpoint, config: OperatorConfig, component: str, name: str, request: str,
@@ -232,60 +254,16 @@ def served_request(pod: dict[str, Any]) -> Optional[str]:
 
 # --- results ---------------------------------------------------------------------------------------
 
-class TransferOutputError(ValueError):
-    pass
-
-
-@dataclass
-class TransferResult:
-    """What `agent verify --json` or `agent receive` printed."""
-
-    manifest: Optional[Manifest]
-    received: bool
-    verified: bool
-    problems: list[dict[str, Any]] = field(default_factory=list)
-    problem_count: int = 0
-    reason: str = ""
-    skipped: list[dict[str, Any]] = field(default_factory=list)
-    synced: Optional[str] = None   # "syncfs": the receiver synced the filesystem (agent receive --sync)
-
-    def problems_text(self) -> str:
-        shown = [f"'{p['path']}': {p['problem']}" if p.get("path") not in (None, ".") else p.get("problem", "")
-                 for p in self.problems[:MAX_PROBLEMS_SHOWN]]
-        more = self.problem_count - len(shown)
-        return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
-
-
-def parse_transfer_output(log: str) -> TransferResult:
-    for line in reversed(log.splitlines()):
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            data = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(data, dict) and "checkpoints" in data:
-            checkpoints = data["checkpoints"] or []
-            manifest = Manifest.model_validate(checkpoints[0]) if checkpoints else None
-            problems = [p for p in data.get("problems") or [] if isinstance(p, dict)]
-            return TransferResult(manifest=manifest, received=bool(data.get("received", manifest is not None)),
-                                  verified=bool(data.get("verified", False)), problems=problems,
-                                  problem_count=int(data.get("problemCount", len(problems))),
-                                  reason=str(data.get("reason", "")), skipped=list(data.get("skipped") or []),
-                                  synced=data["synced"] if isinstance(data.get("synced"), str) else None)
-    raise TransferOutputError("the pod's log holds no result (a JSON line with 'checkpoints')")
-
-
-def verified_condition(result: TransferResult, where: str) -> ConditionChange:
-    if result.verified and result.manifest is not None:
-        m = result.manifest
+def verified_condition(result: TransferReport, where: str) -> ConditionChange:
+    if result.verified and result.checkpoint is not None:
+        m = result.checkpoint
         return ConditionChange("Verified", "True", "Verified",
                                f"all {m.fileCount} files ({format_size(m.sizeBytes)}) read again at {where} match "
                                f"the manifest, digest {m.digest}")
-    count = result.problem_count or len(result.problems)
+    count = result.problemCount or len(result.problems)
     return ConditionChange("Verified", "False", "DataMismatch",
-                           f"{count} problem{'s' if count != 1 else ''} at {where}: {result.problems_text()}")
+                           f"{count} problem{'s' if count != 1 else ''} at {where}: "
+                           f"{result.problems_text(MAX_PROBLEMS_SHOWN)}")
 
 
 def verifying_condition(where: str, request: str) -> ConditionChange:

@@ -26,6 +26,7 @@ class WorkerPod:
     failure: Optional[str] = None       # why a Failed pod failed (exit code, OOMKilled, evicted, ...)
     finished_at: str = ""               # when its last container ended (RFC 3339), for a failed pod
     deleting: bool = False              # deleted (stopped by its controller, or by someone)
+    controller_uid: Optional[str] = None  # the object that controls it (its Job): whether it is trusted
 
     @property
     def is_live(self) -> bool:
@@ -59,7 +60,16 @@ def worker_pod(body: Mapping[str, Any]) -> WorkerPod:
                      attempt=_int(attempt) if attempt is not None else None,
                      failure=pod_failure(dict(body), what).message if failed else None,
                      finished_at=_finished_at(status) if failed else "",
-                     deleting=bool(meta.get("deletionTimestamp")))
+                     deleting=bool(meta.get("deletionTimestamp")), controller_uid=controller_uid(body))
+
+
+def controller_uid(body: Mapping[str, Any]) -> Optional[str]:
+    """The UID of the object that controls this one (its controller ownerReference), or None."""
+    for ref in (body.get("metadata") or {}).get("ownerReferences") or []:
+        if isinstance(ref, dict) and ref.get("controller") is True:
+            uid = ref.get("uid")
+            return uid if isinstance(uid, str) else None
+    return None
 
 
 def of_attempt(pods: Iterable[WorkerPod], attempt: int) -> list[WorkerPod]:

@@ -19,6 +19,7 @@ from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobHead
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic import agent_commands, engines, import_sources, kueue, rendezvous
+from checkpoint_operator.protocol.manifest import MANIFESTS_DIR
 from checkpoint_operator.logic import live_sealing
 from checkpoint_operator.logic.agent_pods import (AGENT_DATA_MOUNT, AGENT_OUTPUT_MOUNT, INPUT_VOLUME_PREFIX,
                                                   OUTPUT_VOLUME, STAGING_VOLUME, InputVolumes, agent_container,
@@ -341,6 +342,8 @@ def build_live_sidecar(tj: TrainingJob, config: OperatorConfig, upload_to: Optio
                                    annotations_file=live_sealing.annotations_file(), upload_to=upload_to,
                                    shared=tj.spec.replicas > 1,
                                    upload_concurrency=config.live_upload_concurrency if upload_to else None,
+                                   # volume store: the sealed manifests beside the data (the store is the volume)
+                                   manifests_dir=None if upload_to else posixpath.join(tj.spec.outputDir, MANIFESTS_DIR),
                                    sync=sync)
     return live_sealing.sidecar_parts(tj, command, config.agent_image, config.agent_image_pull_policy,
                                     copy.deepcopy(config.live_sidecar_resources), env, OUTPUT_VOLUME,
@@ -371,23 +374,25 @@ def restored_input_claims(obj: Optional[dict[str, Any]], pod: str) -> list[str]:
     return [f"{pod}-{v['name']}" for v in workload_pod_spec(obj).get("volumes") or [] if _restored(v)]
 
 
-def build_snapshot_pod(tj: TrainingJob, command: list[str], env: list[dict[str, Any]],
-                       config: OperatorConfig) -> dict[str, Any]:
-    """The pod that scans the output volume (read-only) and prints the checkpoints as JSON
-    (on the s3 store `command` uploads them first). Its deadline is the base one: the output's
-    size is what it finds out."""
+def build_snapshot_pod(tj: TrainingJob, command: list[str], env: list[dict[str, Any]], config: OperatorConfig,
+                       read_only: bool = True) -> dict[str, Any]:
+    """The pod that scans the output volume (every worker's, with a volume per worker) and writes
+    the checkpoints found as its result line (on the s3 store `command` uploads them first).
+    Read-only unless the store keeps the full manifests on the volume (`read_only` False: the agent
+    writes only .ckpt-manifests/ at its root). Its deadline is the base one: the output's size is
+    what it finds out."""
     metadata = {"name": snapshot_pod_name(tj), "namespace": tj.metadata.namespace,
                 "labels": training_job_labels(tj, "snapshot"), "ownerReferences": [owner_reference(tj)]}
     if tj.spec.output.parts_per_worker:  # every worker's volume, at <mount>/worker-<i> (agent/parts.py)
         names = [f"{OUTPUT_VOLUME}-{i}" for i in range(tj.spec.replicas)]
-        mounts = [{"name": n, "mountPath": posixpath.join(AGENT_OUTPUT_MOUNT, f"worker-{i}"), "readOnly": True}
+        mounts = [{"name": n, "mountPath": posixpath.join(AGENT_OUTPUT_MOUNT, f"worker-{i}"), "readOnly": read_only}
                   for i, n in enumerate(names)]
-        volumes = [{"name": n, "persistentVolumeClaim": {"claimName": c, "readOnly": True}}
+        volumes = [{"name": n, "persistentVolumeClaim": {"claimName": c, "readOnly": read_only}}
                    for n, c in zip(names, output_claim_names(tj))]
     else:
-        mounts = [{"name": OUTPUT_VOLUME, "mountPath": AGENT_OUTPUT_MOUNT, "readOnly": True}]
+        mounts = [{"name": OUTPUT_VOLUME, "mountPath": AGENT_OUTPUT_MOUNT, "readOnly": read_only}]
         volumes = [{"name": OUTPUT_VOLUME, "persistentVolumeClaim": {"claimName": output_claim_name(tj),
-                                                                     "readOnly": True}}]
+                                                                     "readOnly": read_only}}]
     container = agent_container("snapshot", command, config, mounts=mounts, env=env)
     return agent_pod(metadata, config, [container], volumes, identity=trainer_identity(tj.spec.template.spec))
 

@@ -115,7 +115,7 @@ def build_kubectl_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> int:
-    from checkpoint_operator.agent.errors import AgentError
+    from checkpoint_operator.protocol.errors import AgentError
     from checkpoint_operator.plugin.client import PluginError, connect
     from checkpoint_operator.plugin.commands import COMMANDS, Io
     io = Io(out or sys.stdout, err or sys.stderr)

@@ -25,9 +25,9 @@ from typing import Any, Callable, Optional, TextIO, TypeVar, get_args
 import yaml
 
 from checkpoint_operator import API_VERSION
-from checkpoint_operator.agent.errors import AgentError
-from checkpoint_operator.agent.manifest import MANIFEST_NAME, Manifest
-from checkpoint_operator.agent.names import printable
+from checkpoint_operator.protocol.errors import AgentError
+from checkpoint_operator.protocol.manifest import MANIFEST_NAME, Manifest
+from checkpoint_operator.protocol.names import printable
 from checkpoint_operator.agent.progress import Progress, human_bytes
 from checkpoint_operator.api.checkpoint import (Checkpoint, CheckpointFormat, CheckpointHead, CheckpointPhase,
                                                CheckpointSpec, CheckpointStatus)
@@ -211,7 +211,7 @@ def _measure_prefixes(row: usage.Usage, endpoint_url: Optional[str]) -> None:
     """The objects under the namespace's prefix, with the user's credentials: summed as listed."""
     if not row.s3_prefixes:
         return
-    from checkpoint_operator.agent.s3 import describe_error, list_objects, make_client, parse_s3_uri
+    from checkpoint_operator.objectstore.s3 import describe_error, list_objects, make_client, parse_s3_uri
     client = make_client(endpoint_url)
     total, count = 0, 0
     for prefix in row.s3_prefixes:
@@ -301,7 +301,7 @@ def cmd_pull(cluster: Cluster, args: argparse.Namespace, io: Io) -> int:
     clean = getattr(args, "clean", False)
     if status.location is not None and status.location.s3 is not None:
         from checkpoint_operator.agent.download import download_prefix
-        from checkpoint_operator.agent.s3 import read_manifest
+        from checkpoint_operator.objectstore.s3 import read_manifest
         uri = status.location.s3.uri
         manifest = read_manifest(uri, endpoint_url=args.endpoint_url)
         if status.digest and manifest.digest != status.digest:
@@ -371,7 +371,8 @@ def _pull_through_pod(cluster: Cluster, checkpoint: CheckpointHead, args: argpar
     value = request_value()
     cluster.annotate(name, {PULL_REQUEST_ANNOTATION: value})
     pod = wait_for_pod(cluster, transfers.pull_pod_name(name), value, checkpoint.metadata.uid, args.timeout, io)
-    session = start_exec(cluster, pod, "hold", transfers.pull_command(checkpoint.status.digest), stdin=False)
+    session = start_exec(cluster, pod, "hold", transfers.pull_command(status.location, checkpoint.status.digest),
+                         stdin=False)
     receiver_name = os.path.basename(os.path.abspath(args.dir))
     clean = getattr(args, "clean", False)
     try:
@@ -545,7 +546,7 @@ def new_upload_checkpoint(name: str, namespace: str, manifest: Manifest, format_
 
 def _push_to_s3(cluster: Cluster, name: str, args: argparse.Namespace, manifest: Manifest, upload: UploadStatus, io: Io) -> None:
     """Straight into the bucket with the user's credentials: the agent's resumable upload."""
-    from checkpoint_operator.agent.s3 import resolve_endpoint
+    from checkpoint_operator.objectstore.s3 import resolve_endpoint
     from checkpoint_operator.agent.upload import upload_dir
     if not upload.uri:
         raise PluginError(f"Checkpoint {name}: status.upload names the s3 store but no uri")

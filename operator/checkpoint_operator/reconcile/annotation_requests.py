@@ -20,8 +20,12 @@ from checkpoint_operator.kube import CHECKPOINTS, PODS, ApiError
 from checkpoint_operator.logic import transfers
 from checkpoint_operator.logic.status import ConditionChange, StatusChange
 from checkpoint_operator.storage import store_for
+from checkpoint_operator.protocol.results import TransferReport
 
 NOT_OURS_RETRY = 5.0
+# Their UIDs recorded before anything of theirs is used (a pull pod's result is its end).
+VERIFY = agent_runs.AgentTask("verify", "verifyPodUid", (TransferReport,))
+PULL: agent_runs.AgentTask[TransferReport] = agent_runs.AgentTask("pull", "pullPodUid", ())
 
 
 def serve(ctx: Context, checkpoint: Checkpoint) -> Optional[float]:
@@ -42,20 +46,19 @@ def serve_verify(ctx: Context, checkpoint: Checkpoint) -> Optional[float]:
     pod = transfers.build_verify_pod(checkpoint, ctx.config, value, env)
     if clear_stale_pod(ctx, pod, value):
         return None
-    run = agent_runs.run_agent_pod(ctx, checkpoint.metadata.uid, pod, "verify", parse=transfers.parse_transfer_output)
-    if isinstance(run, agent_runs.Started):
-        record_condition(ctx, checkpoint, transfers.verifying_condition(where, value))
-        return None
-    if isinstance(run, agent_runs.Running):
+    run = agent_runs.follow(ctx, checkpoint, pod, VERIFY,
+                            StatusChange(conditions=(transfers.verifying_condition(where, value),)))
+    if isinstance(run, agent_runs.Waiting):
+        if run.conflict:
+            return NOT_OURS_RETRY
         if run.problem:
             record_condition(ctx, checkpoint, transfers.verify_error_condition(run.problem.message))
         return run.retry_after
-    if isinstance(run, agent_runs.NotOurs):
-        return NOT_OURS_RETRY
     if isinstance(run, agent_runs.PodFailed):
         condition = transfers.verify_error_condition(f"could not verify: {run.message}")
     else:
-        condition = transfers.verified_condition(run.scan, where)
+        assert run.result is not None
+        condition = transfers.verified_condition(run.result, where)
     # Recorded (written now: the pass's one write) before the pod and the request go.
     updated = status_writer.commit(ctx, record_condition(ctx, checkpoint, condition))
     if condition.status == "True":
@@ -81,11 +84,9 @@ def serve_pull(ctx: Context, checkpoint: Checkpoint) -> Optional[float]:
     pod = transfers.build_pull_pod(checkpoint, ctx.config, value)
     if clear_stale_pod(ctx, pod, value):
         return None
-    run = agent_runs.run_agent_pod(ctx, checkpoint.metadata.uid, pod, "pull", parse=lambda log: None)
-    if isinstance(run, agent_runs.NotOurs):
-        return NOT_OURS_RETRY
-    if isinstance(run, agent_runs.Running) and run.retry_after:
-        return run.retry_after  # refused: the plugin's wait names the pod that never came
+    run = agent_runs.follow(ctx, checkpoint, pod, PULL)
+    if isinstance(run, agent_runs.Waiting):  # refused: the plugin's wait names the pod that never came
+        return NOT_OURS_RETRY if run.conflict else run.retry_after
     if isinstance(run, (agent_runs.Finished, agent_runs.PodFailed)):  # the pulls are over (or it gave up)
         agent_runs.finish(ctx, pod)
         drop_request(ctx, checkpoint, PULL_REQUEST_ANNOTATION, value)

@@ -20,13 +20,18 @@ from checkpoint_operator.kube import PODS, PVCS, ApiError
 from checkpoint_operator.logic import catalog
 from checkpoint_operator.logic.inputs import InputWait, ResolvedInput
 from checkpoint_operator.logic.results import Fail, Wait
-from checkpoint_operator.logic.snapshot import parse_scan_output
+from checkpoint_operator.protocol.results import ScanReport
 from checkpoint_operator.logic.workload import foreign_claim_message, owned_by
 from checkpoint_operator.reconcile import agent_runs, template_claims
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.volumes import CLAIM_RECHECK
 from checkpoint_operator.reconcile.objects import InvalidObject, parse
 from checkpoint_operator.storage import store_for
+
+
+# A namespace's copy of a catalog entry: its owner, the ClusterCheckpoint, has one status for every
+# namespace, so the copy pod's UID is recorded on the copy's claim (which the entry owns).
+COPY = agent_runs.AgentTask("copy", None, (ScanReport,))
 
 
 def namespace_copy(ctx: Context, tj: TrainingJob, entry_body: dict[str, Any],
@@ -63,21 +68,23 @@ def namespace_copy(ctx: Context, tj: TrainingJob, entry_body: dict[str, Any],
                     requeue_after=CLAIM_RECHECK)
     parts = store.copy_containers(entry, name, ctx.config.max_checkpoint_bytes)
     pod = catalog.build_copy_pod(entry, ctx.config, namespace, parts)
-    run = agent_runs.run_agent_pod(ctx, entry.metadata.uid, pod, "copy", parse=parse_scan_output)
-    if isinstance(run, (agent_runs.Started, agent_runs.Running)):
-        problem = run.problem if isinstance(run, agent_runs.Running) else None
-        if problem is not None:
-            return InputWait(problem.reason, f"{describe}: {problem.message}")
+    pin = agent_runs.PodPin(recorded=(claim["metadata"].get("annotations") or {}).get(catalog.COPY_POD_ANNOTATION),
+                            record=lambda uid: _record_copy_pod(ctx, namespace, name, uid))
+    run = agent_runs.follow(ctx, entry, pod, COPY, pin=pin)
+    if isinstance(run, agent_runs.Waiting):
+        if run.conflict:
+            return InputWait("NameConflict", run.conflict)
+        if run.problem is not None:
+            return InputWait(run.problem.reason, f"{describe}: {run.problem.message}")
         return InputWait("CopyingInput", describe)
-    if isinstance(run, agent_runs.NotOurs):
-        return InputWait("NameConflict", run.message)
     # A copy that did not verify: its claim first (a crash in between leaves a claim being deleted,
     # whose wait finishes the pod), then its pod; the next job of the namespace copies into a new claim.
     if isinstance(run, agent_runs.PodFailed):
         discarded = _discard(ctx, namespace, name, entry)
         agent_runs.finish(ctx, pod)
         return Fail("InputCopyFailed", f"{describe}: {run.message}{discarded}")
-    manifests = run.scan.checkpoints
+    assert run.result is not None
+    manifests = run.result.checkpoints
     digest = manifests[0].digest if len(manifests) == 1 else "(no files)"
     if digest != entry.status.digest:
         discarded = _discard(ctx, namespace, name, entry)
@@ -87,6 +94,10 @@ def namespace_copy(ctx: Context, tj: TrainingJob, entry_body: dict[str, Any],
     if marked is not None:
         return marked
     return replace(resolved, location=catalog.copy_location(name))
+
+
+def _record_copy_pod(ctx: Context, namespace: str, claim: str, uid: str) -> None:
+    ctx.kube.patch(PVCS, namespace, claim, {"metadata": {"annotations": {catalog.COPY_POD_ANNOTATION: uid}}})
 
 
 def _finish_copy_pod(ctx: Context, namespace: str, entry: ClusterCheckpoint) -> None:

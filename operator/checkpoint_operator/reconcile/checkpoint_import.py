@@ -5,7 +5,7 @@ snapshot."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator.api.checkpoint import (Checkpoint, CheckpointPhase, CheckpointStatus, Location,
@@ -20,8 +20,10 @@ from checkpoint_operator.kube import NAMESPACES, PVCS, ApiError
 from checkpoint_operator.logic import import_sources, limits, volume_snapshots, workload
 from checkpoint_operator.logic.limits import NAMESPACE_LIMIT_ANNOTATION
 from checkpoint_operator.logic.results import Done, Fail, Result, Wait
-from checkpoint_operator.logic.snapshot import ScanResult, parse_scan_output, ready_change
+from checkpoint_operator.logic.snapshot import ready_change
 from checkpoint_operator.logic.status import StatusChange
+from checkpoint_operator.protocol import channel
+from checkpoint_operator.protocol.results import ImportReport, Provenance, ScanReport
 from checkpoint_operator.storage import MissingUpload, store_for
 from checkpoint_operator import metrics
 
@@ -62,8 +64,8 @@ def adopt_volume(ctx: Context, checkpoint: Checkpoint, source: VolumeSource) -> 
     if held is not None:
         return held
     pod = workload.build_volume_scan_pod(checkpoint, ctx.config)
-    result = _run(ctx, checkpoint, pod, "scan", CheckpointPhase.PENDING, "Scanning", f"scanning {where}", "ScanFailed")
-    if not isinstance(result, ScanResult):
+    result = _run(ctx, checkpoint, pod, SCAN, CheckpointPhase.PENDING, "Scanning", f"scanning {where}", "ScanFailed")
+    if not isinstance(result, ScanReport):
         return result
     path = source.path.strip("/") or "."
     location = Location(volume=VolumeLocation(claimName=source.claimName, path=path))
@@ -105,9 +107,9 @@ def import_checkpoint(ctx: Context, checkpoint: Checkpoint) -> Result:
         if foreign is not None:
             return foreign
     pod = workload.build_import_pod(checkpoint, ctx.config, store.import_containers(checkpoint, limit))
-    result = _run(ctx, checkpoint, pod, "import", CheckpointPhase.IMPORTING, "Importing", f"importing {origin}",
+    result = _run(ctx, checkpoint, pod, IMPORT, CheckpointPhase.IMPORTING, "Importing", f"importing {origin}",
                   "ImportFailed")
-    if not isinstance(result, ScanResult):
+    if not isinstance(result, ScanReport):
         return result
     manifest = result.checkpoints[0]
     claim = workload.import_claim_name(checkpoint)
@@ -124,7 +126,7 @@ def import_checkpoint(ctx: Context, checkpoint: Checkpoint) -> Result:
             return got
         taken = got
     try:
-        location = store.import_location(checkpoint, claim, result.uploads, taken)
+        location = store.import_location(checkpoint, claim, manifest, taken)
         if not store.is_committed(location):
             raise MissingUpload("the upload into the store did not complete (no manifest)")
     except MissingUpload as exc:
@@ -144,40 +146,42 @@ def import_checkpoint(ctx: Context, checkpoint: Checkpoint) -> Result:
 
 
 def _provenance(ctx: Context, checkpoint: Checkpoint, pod: dict[str, Any]) -> SourceStatus | str:
-    """status.source from what the pod's `import` container printed (the commit, for the Hub and
+    """status.source from what the pod's `import` container reported (the commit, for the Hub and
     Git), or why it cannot be recorded."""
+    provenance: Optional[Provenance]
     try:
-        log = ctx.kube.read_log(pod["metadata"]["namespace"], pod["metadata"]["name"], "import")
-    except ApiError:
-        log = ""
-    return import_sources.source_status(import_sources.import_spec(checkpoint), import_sources.parse_import_result(log))
+        provenance = agent_runs.read_result(ctx, pod, (ImportReport,), "import").provenance
+    except (channel.ResultError, ApiError):
+        provenance = None
+    return import_sources.source_status(import_sources.import_spec(checkpoint), provenance)
 
 
-def _run(ctx: Context, checkpoint: Checkpoint, pod: dict[str, Any], what: str, phase: CheckpointPhase, reason: str,
-         describe: str, failure_reason: str) -> Result | ScanResult:
+# The pod of an adoption (a scan in place) or an import: one at a time, so one recorded UID.
+SCAN = agent_runs.AgentTask("scan", "agentPodUid", (ScanReport,))
+IMPORT = agent_runs.AgentTask("import", "agentPodUid", (ScanReport,))
+
+
+def _run(ctx: Context, checkpoint: Checkpoint, pod: dict[str, Any], task: agent_runs.AgentTask[ScanReport],
+         phase: CheckpointPhase, reason: str, describe: str, failure_reason: str) -> Result | ScanReport:
     """The agent pod of an adoption or import: its scan once it succeeded, else the wait or failure."""
-    run = agent_runs.run_agent_pod(ctx, checkpoint.metadata.uid, pod, what, parse=parse_scan_output)
-    if isinstance(run, agent_runs.Started):
-        write_status(ctx, checkpoint, StatusChange(phase=phase, reason=reason, message=describe, event="Normal"))
-        return Wait()
-    if isinstance(run, agent_runs.Running):
-        if run.problem:
-            return Wait(run.problem.reason, f"{describe}: {run.problem.message}", requeue_after=run.retry_after)
+    started = StatusChange(phase=phase, reason=reason, message=describe, event="Normal")
+    run = agent_runs.follow(ctx, checkpoint, pod, task, started)
+    if isinstance(run, agent_runs.Waiting):
         claim = _claim_of(pod)
         problem = volumes.unbound_claim(ctx, checkpoint.metadata.namespace, claim) \
-            if claim and run.phase == PodPhase.PENDING else None
+            if claim and not run.problem and not run.conflict and run.phase == PodPhase.PENDING else None
         if problem:
             return Wait(problem.reason, f"{describe}: {problem.message}", requeue_after=volumes.CLAIM_RECHECK)
-        return Wait() if checkpoint.ready_reason() == reason else Wait(reason, describe, warning=False)
-    if isinstance(run, agent_runs.NotOurs):
-        return Wait("NameConflict", run.message, requeue_after=5.0)
+        return agent_runs.wait_for(run, reason=reason, message=describe, current_reason=checkpoint.ready_reason(),
+                                   problem_prefix=describe)
     if isinstance(run, agent_runs.PodFailed):
         agent_runs.finish(ctx, pod)
         return Fail(failure_reason, f"{describe}: {run.message}")
-    if len(run.scan.checkpoints) != 1:
+    assert run.result is not None
+    if len(run.result.checkpoints) != 1:
         agent_runs.finish(ctx, pod)
         return Fail(failure_reason, f"{describe}: no files found")
-    return run.scan
+    return run.result
 
 
 def _claim_of(pod: dict[str, Any]) -> str | None:

@@ -28,7 +28,12 @@ from checkpoint_operator.logic.results import Done, Fail, Result, Wait
 from checkpoint_operator.logic.snapshot import ready_change
 from checkpoint_operator.logic.status import StatusChange
 from checkpoint_operator.storage import store_for
+from checkpoint_operator.protocol.results import TransferReport
 from checkpoint_operator import metrics
+
+
+# The receiver (volume store) or the checker (s3 store) of a push: its UID recorded before its result is read.
+UPLOAD = agent_runs.AgentTask("upload", "agentPodUid", (TransferReport,))
 
 
 def await_upload(ctx: Context, checkpoint: Checkpoint) -> Result:
@@ -55,28 +60,24 @@ def await_upload(ctx: Context, checkpoint: Checkpoint) -> Result:
     pod = serving.pod
     if clear_stale_pod(ctx, pod, request.value):
         return Wait()
-    run = agent_runs.run_agent_pod(ctx, checkpoint.metadata.uid, pod, "upload", parse=transfers.parse_transfer_output)
-    if isinstance(run, agent_runs.Started):
-        write_status(ctx, checkpoint, StatusChange(phase=CheckpointPhase.IMPORTING, reason="Receiving",
-                                                   message=serving.describe, event="Normal",
-                                                   fields=CheckpointStatus(upload=serving.target, owned=True)))
-        return Wait()
-    if isinstance(run, agent_runs.Running):
-        return Wait(run.problem.reason, f"{serving.describe}: {run.problem.message}",
-                    requeue_after=run.retry_after) if run.problem else Wait()
-    if isinstance(run, agent_runs.NotOurs):
-        return Wait("NameConflict", run.message, requeue_after=5.0)
+    started = StatusChange(phase=CheckpointPhase.IMPORTING, reason="Receiving", message=serving.describe,
+                           event="Normal", fields=CheckpointStatus(upload=serving.target, owned=True))
+    run = agent_runs.follow(ctx, checkpoint, pod, UPLOAD, started)
+    if isinstance(run, agent_runs.Waiting):
+        return agent_runs.wait_for(run, reason=None, message=serving.describe,
+                                   current_reason=checkpoint.ready_reason(), problem_prefix=serving.describe)
     if isinstance(run, agent_runs.PodFailed):
         return _retry(ctx, checkpoint, pod, request, target, f"the last push attempt failed: {run.message}")
-    result = run.scan
+    result = run.result
+    assert result is not None
     if not result.received:
         why = result.reason or result.problems_text() or "no data arrived"
         return _retry(ctx, checkpoint, pod, request, target, f"the last push request ended without data ({why})")
-    if not result.verified or result.manifest is None:
+    if not result.verified or result.checkpoint is None:
         agent_runs.finish(ctx, pod)
         return Fail("UploadMismatch", f"the pushed data does not match its manifest and digest {request.digest}: "
                                       f"{result.problems_text()}")
-    manifest = result.manifest
+    manifest = result.checkpoint
     if checkpoint.spec.format:  # the pusher's hint wins over detection (spec.format)
         manifest = manifest.model_copy(update={"format": checkpoint.spec.format})
     claim = workload.import_claim_name(checkpoint)
@@ -91,7 +92,7 @@ def await_upload(ctx: Context, checkpoint: Checkpoint) -> Result:
         if isinstance(got, Wait):
             return got
         taken = got
-        location = store.import_location(checkpoint, claim, {}, taken)
+        location = store.import_location(checkpoint, claim, manifest, taken)
     ready = ready_change(manifest, location, owned=True)
     write_status(ctx, checkpoint, ready.with_fields(CheckpointStatus(upload=None)))
     metrics.TRANSFERRED_BYTES.labels("import").inc(manifest.sizeBytes)

@@ -22,7 +22,7 @@ from checkpoint_operator.logic import catalog, import_sources, limits
 from checkpoint_operator.logic.protection import uses_selector
 from checkpoint_operator.logic.results import Done, Fail, Result, Wait
 from checkpoint_operator.api.sources import SourceStatus
-from checkpoint_operator.logic.snapshot import ScanResult, parse_scan_output, ready_change
+from checkpoint_operator.logic.snapshot import ready_change
 from checkpoint_operator.logic.status import StatusChange, fail_change
 from checkpoint_operator.logic.workload import foreign_claim_message, owned_by
 from checkpoint_operator.reconcile import agent_runs, status_writer, volumes
@@ -30,7 +30,12 @@ from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.objects import InvalidObject, parse, parse_head
 from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.storage import ForeignLocation, MissingUpload, store_for
+from checkpoint_operator.protocol import channel
+from checkpoint_operator.protocol.results import ImportReport, Provenance, ScanReport
 
+# The catalog's import pod (its owner the ClusterCheckpoint: trusted by that ownerReference, its UID
+# not recorded yet).
+IMPORT = agent_runs.AgentTask("import", "agentPodUid", (ScanReport,))
 CATALOG_POLL = 2.0  # seconds: the import pod's namespace may be one the operator does not watch
 # ready_change's fields that a catalog entry does not have (it is imported, never produced by a job).
 NOT_OF_AN_ENTRY = ("parents", "producedBy")
@@ -106,16 +111,17 @@ def import_entry(ctx: Context, entry: ClusterCheckpoint) -> Result:
                 return Wait("ClaimNotOwned", foreign_claim_message(claim, entry.kind, entry.metadata.name,
                                                                    entry.metadata.uid), requeue_after=volumes.CLAIM_RECHECK)
         pod = catalog.build_import_pod(entry, ctx.config, namespace, store.catalog_import_containers(entry, limit))
-        run = agent_runs.run_agent_pod(ctx, entry.metadata.uid, pod, "import", parse=parse_scan_output)
+        describe = f"importing {source.uri} in namespace {namespace}"
+        started = StatusChange(phase=CheckpointPhase.IMPORTING, reason="Importing", message=describe, event="Normal")
+        run = agent_runs.follow(ctx, entry, pod, IMPORT, started)
     except ApiError as exc:  # the catalog namespace is missing, or the operator may not act there
         return Wait("CatalogNamespaceUnusable", f"importing {source.uri} in namespace {namespace} (the catalog "
                                                 f"namespace): {exc}", requeue_after=30.0)
-    describe = f"importing {source.uri} in namespace {namespace}"
-    if isinstance(run, agent_runs.Started):
-        write_status(ctx, entry, StatusChange(phase=CheckpointPhase.IMPORTING, reason="Importing", message=describe,
-                                              event="Normal"))
-        return Wait(requeue_after=CATALOG_POLL)
-    if isinstance(run, agent_runs.Running):
+    if isinstance(run, agent_runs.Waiting):
+        if run.started:
+            return Wait(requeue_after=CATALOG_POLL)
+        if run.conflict:
+            return Wait("NameConflict", run.conflict, requeue_after=5.0)
         if run.problem:
             return Wait(run.problem.reason, f"{describe}: {run.problem.message}",
                         requeue_after=run.retry_after or CATALOG_POLL)
@@ -124,15 +130,14 @@ def import_entry(ctx: Context, entry: ClusterCheckpoint) -> Result:
         if problem:
             return Wait(problem.reason, f"{describe}: {problem.message}", requeue_after=volumes.CLAIM_RECHECK)
         return Wait(requeue_after=CATALOG_POLL)
-    if isinstance(run, agent_runs.NotOurs):
-        return Wait("NameConflict", run.message, requeue_after=5.0)
     if isinstance(run, agent_runs.PodFailed):
         agent_runs.finish(ctx, pod)
         return Fail("ImportFailed", f"{describe}: {run.message}")
-    return _record_import(ctx, entry, pod, run.scan, claim, describe)
+    assert run.result is not None
+    return _record_import(ctx, entry, pod, run.result, claim, describe)
 
 
-def _record_import(ctx: Context, entry: ClusterCheckpoint, pod: dict[str, Any], scan: ScanResult, claim: str,
+def _record_import(ctx: Context, entry: ClusterCheckpoint, pod: dict[str, Any], scan: ScanReport, claim: str,
                    describe: str) -> Result:
     store = store_for(ctx.config)
 
@@ -143,18 +148,18 @@ def _record_import(ctx: Context, entry: ClusterCheckpoint, pod: dict[str, Any], 
         return Fail("ImportFailed", f"{describe}: no files found")
     manifest = scan.checkpoints[0]
     try:
-        location = store.catalog_import_location(entry, claim, scan.uploads)
+        location = store.catalog_import_location(entry, claim, manifest)
         if not store.is_committed(location):
             raise MissingUpload("the upload into the store did not complete (no manifest)")
     except MissingUpload as exc:
         agent_runs_finish()
         return Fail("ImportFailed", f"{describe}: {exc}")
+    reported: Optional[Provenance]
     try:
-        log = ctx.kube.read_log(pod["metadata"]["namespace"], pod["metadata"]["name"], "import")
-    except ApiError:
-        log = ""
-    provenance = import_sources.source_status(import_sources.import_spec_of(entry.spec.source),
-                                              import_sources.parse_import_result(log))
+        reported = agent_runs.read_result(ctx, pod, (ImportReport,), "import").provenance
+    except (channel.ResultError, ApiError):
+        reported = None
+    provenance = import_sources.source_status(import_sources.import_spec_of(entry.spec.source), reported)
     if isinstance(provenance, str):
         agent_runs_finish()
         return Fail("ImportFailed", f"{describe}: {provenance}")

@@ -220,8 +220,15 @@ class Indexes:
         """Unfinished TrainingJobs whose pod template names the claim."""
         return self._all(self._training_jobs, ("template-claim", namespace, claim), str)
 
-    def worker_pods(self, namespace: str, training_job_uid: str) -> list[WorkerPod]:
-        return self._all(self._pods, ("pods", namespace, training_job_uid), WorkerPod)
+    def worker_pods(self, namespace: str, training_job_uid: str, controllers: Collection[str]) -> list[WorkerPod]:
+        """The pods of the job's workers: those the label names AND an object the operator created
+        controls (`controllers`: the UIDs reconcile/workloads.worker_controllers gives). A pod that
+        merely carries the label is not one (issue 23 item 9): its log is never read, its state never
+        decides anything."""
+        if not controllers:
+            return []
+        return [p for p in self._all(self._pods, ("pods", namespace, training_job_uid), WorkerPod)
+                if p.controller_uid in controllers]
 
     def resync_keys(self) -> Iterable[tuple[str, str, str]]:
         """Every object whose work may not be over: the safety net's pass."""

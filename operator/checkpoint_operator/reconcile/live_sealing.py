@@ -2,7 +2,8 @@
 
 `collect` runs in the Running step of a TrainingJob, every `live_poll_interval` seconds and
 once more when the Job has finished: it reads the sealing sidecar's log of each of the job's
-pods (the only channel from the pod: its service account needs no permission), then
+pods (the only channel from the pod: its service account needs no permission; only pods the
+Job the operator created controls), a bounded piece from where the last read ended, then
 
 1. publishes each sealed checkpoint as a Ready Checkpoint, planned exactly as the end-of-job
    snapshot plans (logic/snapshot.py: same names, manifest fields, lineage), so the snapshot
@@ -16,16 +17,16 @@ pods (the only channel from the pod: its service account needs no permission), t
    store it keeps the sealed copy and the change is reported).
 
 What survives an operator restart or a rotated log: the sidecar announces every sealed
-checkpoint again when it starts (a retried pod), and the end-of-job snapshot scans everything.
+checkpoint again when it starts (a retried pod), a restarted operator reads each log again from
+its start (a piece per pass), and the end-of-job snapshot scans everything.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Optional
+from typing import Any, Collection, Optional
 
-from checkpoint_operator.agent.manifest import Manifest
 from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.trainingjob import (LiveStatus, RetiredCheckpoint, TrainingJob, TrainingJobHead,
                                                  TrainingJobStatus)
@@ -37,8 +38,9 @@ from checkpoint_operator.reconcile.objects import InvalidObject, parse
 from checkpoint_operator.kube import CHECKPOINTS, PODS, TRAINING_JOBS, ApiError
 from checkpoint_operator.logic import data_holds, live_sealing, workload
 from checkpoint_operator.logic.conditions import now_rfc3339
-from checkpoint_operator.logic.snapshot import ScanResult, SnapshotPlan, plan_snapshot
+from checkpoint_operator.logic.snapshot import SnapshotPlan, plan_snapshot
 from checkpoint_operator.logic.volume_snapshots import TakenSnapshot
+from checkpoint_operator.protocol.results import CheckpointSummary, ScanReport, SealedCheckpoint
 from checkpoint_operator.logic.status import StatusChange
 from checkpoint_operator.storage import MissingUpload, Store, store_for
 
@@ -51,29 +53,41 @@ def _memory(ctx: Context, tj: TrainingJob) -> live_sealing.LiveMemory:
 
 def forget(ctx: Context, tj: TrainingJobHead) -> None:
     """The job's sealing is over (it left Running): its memory goes (a long-running operator
-    sees thousands of jobs)."""
+    sees thousands of jobs; the snapshot takes over)."""
     ctx.live.pop((tj.metadata.namespace, tj.metadata.uid), None)
 
 
-def read_events(ctx: Context, tj: TrainingJob) -> tuple[live_sealing.LogEvents, list[str]]:
-    """The events in the sidecar logs of the job's pods; and the pods still running."""
+def read_events(ctx: Context, tj: TrainingJob,
+                controllers: Collection[str]) -> tuple[live_sealing.LogEvents, list[str]]:
+    """The events of the sidecar logs of the job's pods not acted on yet (each log read from where
+    the last read ended, at most LOG_READ_BYTES a pass); and the pods still running. Only pods
+    that `controllers` (reconcile/workloads.worker_controllers) control are read."""
     namespace = tj.metadata.namespace
     store = store_for(ctx.config)
     sealed_prefix = store.live_sealed_prefix(tj)
-    events, running = live_sealing.LogEvents(), []
-    for pod in ctx.indexes.worker_pods(namespace, tj.metadata.uid):
+    memory = _memory(ctx, tj)
+    running = []
+    for pod in ctx.indexes.worker_pods(namespace, tj.metadata.uid, controllers):
         if pod.phase.is_live:
             running.append(pod.name)
+        cursor = memory.cursors.get(pod.name, live_sealing.LogCursor())
         try:
-            text = ctx.kube.read_log(namespace, pod.name, live_sealing.SIDECAR)
+            text = ctx.kube.read_log(namespace, pod.name, live_sealing.SIDECAR, limit_bytes=live_sealing.LOG_READ_BYTES,
+                                     since_time=cursor.since_time(), timestamps=True)
         except ApiError:
             continue  # not started yet, or gone
-        live_sealing.merge(events, live_sealing.parse_log(text, sealed_prefix=sealed_prefix))
-    return events, running
+        piece = live_sealing.new_lines(text, cursor, limit_bytes=live_sealing.LOG_READ_BYTES,
+                                       what=f"the sealing sidecar's log of pod {pod.name}")
+        memory.cursors[pod.name] = piece.cursor
+        events = live_sealing.parse_log(piece.text, sealed_prefix=sealed_prefix)
+        if piece.warning:
+            events.warnings.append(piece.warning)
+        live_sealing.merge(memory.pending, events)
+    return memory.pending, running
 
 
-def collect(ctx: Context, tj: TrainingJob) -> TrainingJob:
-    events, running = read_events(ctx, tj)
+def collect(ctx: Context, tj: TrainingJob, controllers: Collection[str]) -> TrainingJob:
+    events, running = read_events(ctx, tj, controllers)
     tj = _publish(ctx, tj, events)
     tj = _forget_removed(ctx, tj, events)
     _ask_removals(ctx, tj, running)
@@ -82,7 +96,25 @@ def collect(ctx: Context, tj: TrainingJob) -> TrainingJob:
         if ("warning", warning) not in memory.reported:
             memory.reported.add(("warning", warning))
             ctx.warn(tj, "SealingWarning", warning)
+    if events.refused and ("refused-lines",) not in memory.reported:
+        memory.reported.add(("refused-lines",))
+        ctx.warn(tj, "SealingWarning", f"{events.refused} line(s) of the sealing sidecar's log were refused (not "
+                                       f"lines of this operator's protocol version); the end-of-job snapshot finds "
+                                       f"what they announced")
+    _prune(ctx, tj, events)
     return tj
+
+
+def _prune(ctx: Context, tj: TrainingJob, events: live_sealing.LogEvents) -> None:
+    """What is acted on no longer waits in memory: published or retired seals, reported warnings."""
+    done = {(c.directory, c.digest) for c in ctx.indexes.checkpoints_of(tj.metadata.namespace, tj.metadata.uid)}
+    done |= {(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []}
+    events.sealed = [m for m in events.sealed if (m.path, m.digest) not in done]
+    waiting = {m.path for m in events.sealed}
+    events.reasons = {p: r for p, r in events.reasons.items() if p in waiting}
+    events.not_read_only = {p: r for p, r in events.not_read_only.items() if p in waiting}
+    events.warnings = []
+    events.refused = 0
 
 
 def _publish(ctx: Context, tj: TrainingJob, events: live_sealing.LogEvents) -> TrainingJob:
@@ -95,20 +127,19 @@ def _publish(ctx: Context, tj: TrainingJob, events: live_sealing.LogEvents) -> T
     retired = {(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []}
 
     for path, line in events.changed.items():
-        info = next((c for c in existing if c.directory == path and c.digest == line.get("digest")), None)
-        if info is not None and ("changed", path, info.digest) not in memory.reported:
-            memory.reported.add(("changed", path, info.digest))
-            publish.mark_changed(ctx, tj, info, str(line.get("message") or f"{path} changed after it was sealed"),
+        info = next((c for c in existing if c.directory == path and c.digest == line.digest), None)
+        if info is not None and ("changed", path, info.digest or "") not in memory.reported:
+            memory.reported.add(("changed", path, info.digest or ""))
+            publish.mark_changed(ctx, tj, info, line.message or f"{path} changed after it was sealed",
                                  bytes_in_place=store.later_writes_reach_checkpoints)
 
-    fresh = [m for m in events.sealed if (m.path, m.digest) not in known and (m.path, m.digest) not in retired]
-    fresh = [m for m in fresh if _located(ctx, tj, store, claim, m, events.uris, memory)]
+    fresh: list[CheckpointSummary] = [m for m in events.sealed if (m.path, m.digest) not in known and
+                                      (m.path, m.digest) not in retired and _located(ctx, tj, store, claim, m, memory)]
     taken: dict[str, TakenSnapshot] = {}
 
     def plan_now() -> SnapshotPlan:
-        return plan_snapshot(tj, ScanResult(checkpoints=fresh, skipped=[], uploads=events.uris),
-                             lambda n: ctx.indexes.checkpoint(namespace, n),
-                             lambda m: store.live_location(tj, claim, m, events.uris, taken.get(m.path)),
+        return plan_snapshot(tj, ScanReport(checkpoints=fresh), lambda n: ctx.indexes.checkpoint(namespace, n),
+                             lambda m: store.live_location(tj, claim, m, taken.get(m.path)),
                              existing=existing, retired=retired)
     plan = plan_now()
     for conflict in plan.conflicts:  # reported once; the end-of-job snapshot waits on it
@@ -118,8 +149,8 @@ def _publish(ctx: Context, tj: TrainingJob, events: live_sealing.LogEvents) -> T
     if _take_snapshots(ctx, tj, store, claim, plan, {m.path: m.digest for m in fresh}, events, taken, memory):
         plan = plan_now()  # the same decisions, now with the snapshots' locations
     for info, manifest in plan.changed:
-        if ("changed", info.directory, info.digest) not in memory.reported:
-            memory.reported.add(("changed", info.directory, info.digest))
+        if ("changed", info.directory or "", info.digest or "") not in memory.reported:
+            memory.reported.add(("changed", info.directory or "", info.digest or ""))
             publish.mark_changed(ctx, tj, info, f"{info.directory} was sealed again with digest {manifest.digest}",
                                  bytes_in_place=store.later_writes_reach_checkpoints)
 
@@ -302,12 +333,12 @@ def retired_refusal(ctx: Context, claim: dict[str, Any], path: str) -> Optional[
     return None
 
 
-def _located(ctx: Context, tj: TrainingJob, store: Store, claim: str, manifest: Manifest, uris: dict[str, str],
+def _located(ctx: Context, tj: TrainingJob, store: Store, claim: str, manifest: SealedCheckpoint,
              memory: live_sealing.LiveMemory) -> bool:
     """Whether the sidecar's upload of a sealed directory is one the operator accepts (under the
     job's own prefix); if not, one warning, and the directory waits for the final snapshot."""
     try:
-        store.live_location(tj, claim, manifest, uris)
+        store.live_location(tj, claim, manifest)
         return True
     except MissingUpload as exc:
         if ("refused", manifest.path, manifest.digest) not in memory.reported:

@@ -35,9 +35,10 @@ from checkpoint_operator.logic.inputs import (Candidate, CheckpointInfo, InputWa
                                               input_on_other_store, resolve_inputs)
 from checkpoint_operator.logic.protection import label_patch, used_uids
 from checkpoint_operator.logic.results import Advance, Done, Fail, Result, Wait
-from checkpoint_operator.logic.snapshot import (PlannedCheckpoint, ScanResult, SnapshotPlan, conflict_wait, not_stored,
-                                                parse_scan_output, plan_snapshot, skipped_message)
+from checkpoint_operator.logic.snapshot import (PlannedCheckpoint, SnapshotPlan, conflict_wait, not_stored,
+                                                plan_snapshot, skipped_message, storable)
 from checkpoint_operator.logic.volume_snapshots import TakenSnapshot
+from checkpoint_operator.protocol.results import ScanReport
 from checkpoint_operator.logic.status import StatusChange
 from checkpoint_operator.storage import MissingUpload, Store, store_for
 from checkpoint_operator import metrics
@@ -184,7 +185,8 @@ def _create_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput])
                                               workload.output_claim_names(tj)[0] if tj.output_enabled else None,
                                               now_rfc3339(), made.publish, pinned=tj.status.inputs is not None,
                                               kind=made.kind, queue=kueue.queue_name(tj.metadata.labels),
-                                              rendezvous=made.rendezvous).with_fields(made.restored_fields()))
+                                              rendezvous=made.rendezvous, job_uid=made.uid)
+                 .with_fields(made.restored_fields()))
     return Advance()
 
 
@@ -196,6 +198,7 @@ class _Made:
     kind: str
     publish: Optional[str]
     rendezvous: Optional[str]
+    uid: Optional[str]  # status.jobUid: only pods it controls are the job's workers
     restored: int  # volumes of each pod restored from snapshots (its inputs)
 
     def restored_fields(self) -> TrainingJobStatus:
@@ -239,7 +242,7 @@ def _make_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput], a
                 _ensure_owned(tj, ctx.kube.ensure(PVCS, namespace, claim))
         if rendezvous.needs_service(tj):
             _ensure_owned(tj, workloads.ensure_service(ctx, tj))
-        _ensure_owned(tj, workloads.ensure(ctx, tj, built.job))
+        made = _ensure_owned(tj, workloads.ensure(ctx, tj, built.job))
     except NameConflict as exc:  # usually an earlier run's Job that garbage collection is removing
         return Wait("NameConflict", str(exc), requeue_after=RETRY_SOON)
     except ApiError as exc:
@@ -250,7 +253,7 @@ def _make_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput], a
     # The pods of a workload with inputs restored from snapshots are deleted when it is over
     # (_release_restored_inputs): the status counts those volumes.
     return _Made(built.job["metadata"]["name"], built.job["kind"], publish_mode, at.endpoint if at else None,
-                 workload.restored_input_volumes(staged.volumes))
+                 made["metadata"].get("uid"), workload.restored_input_volumes(staged.volumes))
 
 
 def _adopt_started_job(ctx: Context, tj: TrainingJob) -> Optional[Result]:
@@ -263,7 +266,8 @@ def _adopt_started_job(ctx: Context, tj: TrainingJob) -> Optional[Result]:
     queued = kueue.queue_name(tj.metadata.labels) if engines.engine_of(tj).read(job).suspended else None
     change = flow.running_change(job["metadata"]["name"], names,
                                  workload.output_claim_names(tj)[0] if tj.output_enabled else None,
-                                 now_rfc3339(), flow.publish_mode_of_job(job), kind=job.get("kind", "Job"), queue=queued)
+                                 now_rfc3339(), flow.publish_mode_of_job(job), kind=job.get("kind", "Job"), queue=queued,
+                                 job_uid=job["metadata"].get("uid"))
     restored = workload.restored_input_volumes(workload.workload_pod_spec(job).get("volumes") or [])
     if restored:  # as _create_workload records it: its pods are released when the workload is over
         change = change.with_fields(TrainingJobStatus(restoredInputs=restored))
@@ -316,10 +320,16 @@ def follow_job(ctx: Context, tj: TrainingJob) -> Result:
     obj = workloads.get(ctx, tj, name)
     if obj is not None and not _owns(tj, obj):
         obj = None  # a namesake: this job's workload is gone
+    if obj is not None and obj["metadata"].get("uid") != tj.status.jobUid:
+        # Created by this job (its controller is it) but not recorded: an operator that stopped
+        # between creating it (a first start or a group restart) and the status write, or one that
+        # did not record UIDs. Its pods are the workers from now on.
+        tj = write_status(ctx, tj, StatusChange(fields=TrainingJobStatus(jobUid=obj["metadata"].get("uid"))))
     state = engine.read(obj) if obj is not None else None
+    controllers = workloads.worker_controllers(ctx, tj)
     if tj.publishes_live:  # also once the Job is over: the sidecars' last lines
-        tj = live_sealing.collect(ctx, tj)
-    pods = ctx.indexes.worker_pods(tj.metadata.namespace, tj.metadata.uid)
+        tj = live_sealing.collect(ctx, tj, controllers)
+    pods = ctx.indexes.worker_pods(tj.metadata.namespace, tj.metadata.uid, controllers)
     if state is not None:
         change = flow.worker_failure_change(tj, state, pods)
         if change is not None:
@@ -416,7 +426,7 @@ def _next_attempt(ctx: Context, tj: TrainingJob, name: str, obj: Optional[dict[s
     if not isinstance(made, _Made):
         return made
     write_status(ctx, tj, flow.attempt_started_change(tj, made.kind, made.name, made.rendezvous,
-                                                      kueue.queue_name(tj.metadata.labels))
+                                                      kueue.queue_name(tj.metadata.labels), made.uid)
                  .with_fields(made.restored_fields()))
     ctx.info(tj, "GroupStarted", f"attempt {attempt + 1}: {made.kind} {made.name} created again")
     return Wait()
@@ -450,7 +460,9 @@ def _release_restored_inputs(ctx: Context, tj: TrainingJob) -> TrainingJob:
     outcome is recorded already; their logs go with them."""
     if not tj.status.restoredInputs:
         return tj
-    pods = ctx.indexes.worker_pods(tj.metadata.namespace, tj.metadata.uid)
+    # Only the pods of the workload the operator recorded (status.jobUid): one that merely carries
+    # the job's label is not deleted on its word.
+    pods = ctx.indexes.worker_pods(tj.metadata.namespace, tj.metadata.uid, workloads.worker_controllers(ctx, tj))
     for pod in pods:
         ctx.kube.delete(PODS, tj.metadata.namespace, pod.name)
     if pods:
@@ -466,7 +478,7 @@ def _pod_failures(ctx: Context, tj: TrainingJob) -> list[str]:
     namespace, names = tj.metadata.namespace, [p.name for p in tj.status.inputs or []]
     found: dict[str, str] = {}
     others: list[str] = []
-    for state in ctx.indexes.worker_pods(namespace, tj.metadata.uid):
+    for state in ctx.indexes.worker_pods(namespace, tj.metadata.uid, workloads.worker_controllers(ctx, tj)):
         pod = ctx.kube.get(PODS, namespace, state.name) if state.phase == PodPhase.FAILED else None
         if pod is None:
             continue
@@ -477,7 +489,9 @@ def _pod_failures(ctx: Context, tj: TrainingJob) -> list[str]:
         if name is None or name in found:
             continue
         try:
-            line = last_error_line(ctx.kube.read_log(namespace, state.name, failure.container))
+            line = last_error_line(ctx.kube.read_log(namespace, state.name, failure.container,
+                                                     tail_lines=agent_runs.FAILURE_LOG_LINES,
+                                                     limit_bytes=agent_runs.FAILURE_LOG_BYTES))
         except ApiError:
             line = ""
         found[name] = flow.input_download_failure(name, line or failure.message)
@@ -486,6 +500,9 @@ def _pod_failures(ctx: Context, tj: TrainingJob) -> list[str]:
 
 # --- Snapshotting: scan the output, create Checkpoints -------------------------------------------------
 
+SNAPSHOT = agent_runs.AgentTask("snapshot", "snapshotPodUid", (ScanReport,))
+
+
 def snapshot(ctx: Context, tj: TrainingJob) -> Result:
     store = store_for(ctx.config)
     tj = _release_restored_inputs(ctx, tj)  # the outcome was recorded by the pass before (_finish)
@@ -493,19 +510,15 @@ def snapshot(ctx: Context, tj: TrainingJob) -> Result:
     if backoff is not None and ctx.kube.get(PODS, tj.metadata.namespace, workload.snapshot_pod_name(tj)) is None:
         return Wait(requeue_after=backoff)  # after a failed attempt (SnapshotRetry said when)
     pod = workload.build_snapshot_pod(tj, store.snapshot_command(tj, AGENT_OUTPUT_MOUNT), store.agent_env(),
-                                      ctx.config)
-    run = agent_runs.run_agent_pod(ctx, tj.metadata.uid, pod, "snapshot", parse=parse_scan_output)
-    if isinstance(run, agent_runs.Started):
-        return Wait()  # status.snapshotPod was written with the Snapshotting phase
-    if isinstance(run, agent_runs.Running):
-        if run.problem:
-            return Wait(run.problem.reason, run.problem.message, requeue_after=run.retry_after)
-        return Wait() if tj.ready_reason() == "Snapshotting" else Wait("Snapshotting", tj.status.message or "", warning=False)
-    if isinstance(run, agent_runs.NotOurs):
-        return Wait("NameConflict", run.message, requeue_after=RETRY_SOON)
+                                      ctx.config, read_only=not store.snapshot_writes_output)
+    run = agent_runs.follow(ctx, tj, pod, SNAPSHOT)
+    if isinstance(run, agent_runs.Waiting):  # status.snapshotPod was written with the Snapshotting phase
+        return agent_runs.wait_for(run, reason="Snapshotting", message=tj.status.message or "",
+                                   current_reason=tj.ready_reason())
     if isinstance(run, agent_runs.PodFailed):
         return _snapshot_pod_failed(ctx, tj, pod, run.message)
-    return _store_snapshot(ctx, tj, pod, run.scan)
+    assert run.result is not None
+    return _store_snapshot(ctx, tj, pod, run.result)
 
 
 def _snapshot_pod_failed(ctx: Context, tj: TrainingJob, pod: dict[str, Any], message: str) -> Result:
@@ -520,11 +533,25 @@ def _snapshot_pod_failed(ctx: Context, tj: TrainingJob, pod: dict[str, Any], mes
     return Wait(requeue_after=delay)
 
 
-def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: ScanResult) -> Result:
+def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: ScanReport) -> Result:
     """The snapshot pod succeeded: its checkpoints become Ready Checkpoints, in this order (a
     crash at any step repeats it and the ones after it, never an earlier one's effect twice)."""
     store, claim = store_for(ctx.config), workload.output_claim_name(tj)
+    if scan.manifestsProblem:  # the checkpoints stand; verify and pull read their files again instead
+        ctx.warn(tj, "ManifestsNotStored", scan.manifestsProblem)
+    # Checked against the store only where it was uploaded; with volume snapshots the snapshot
+    # is taken below (the checkpoints are located in it once it is ready).
+    committed = store.output_snapshot(tj, claim, FINAL_SNAPSHOT) is None
     existing = ctx.indexes.checkpoints_of(tj.metadata.namespace, tj.metadata.uid)
+    # Not what a Checkpoint of the job holds already (checked when it was made) nor what retention
+    # retired (its data may be gone by now, rightly).
+    retired = {(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []}
+    stored = _storable_and_committed(tj, store, claim, scan, check_committed=committed,
+                                     skip=retired | {(c.directory, c.digest) for c in existing})
+    if isinstance(stored, str):
+        agent_runs.finish(ctx, pod)
+        return Fail("SnapshotFailed", f"pod {pod['metadata']['name']}: {stored}")
+    scan = stored
     located = _locate_output(ctx, tj, store, claim, pod, scan, existing)
     if not isinstance(located, tuple):
         return located
@@ -577,19 +604,12 @@ def _unpublished(ctx: Context, namespace: str, name: str) -> bool:
     return info is None or info.phase == CheckpointPhase.PENDING
 
 
-def _locate_output(ctx: Context, tj: TrainingJob, store: Store, claim: str, pod: dict[str, Any], scan: ScanResult,
+def _locate_output(ctx: Context, tj: TrainingJob, store: Store, claim: str, pod: dict[str, Any], scan: ScanReport,
                    existing: list[CheckpointInfo]) -> tuple[SnapshotPlan, Optional[TakenSnapshot]] | Result:
-    """The plan, with the location of each checkpoint to publish: where it was uploaded, or (with
-    volume snapshots) in the output's snapshot, taken once the scan said the bytes are on the disk."""
+    """The plan, with the location of each checkpoint to publish: where it was uploaded (checked
+    before), or (with volume snapshots) in the output's snapshot, taken once the scan said the
+    bytes are on the disk."""
     request = store.output_snapshot(tj, claim, FINAL_SNAPSHOT)
-    if request is None:
-        # Not what a Checkpoint of the job holds already (checked when it was made) nor what
-        # retention retired (its data may be gone by now, rightly).
-        retired = {(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []}
-        missing = _first_uncommitted(tj, store, claim, scan, retired | {(c.directory, c.digest) for c in existing})
-        if missing is not None:
-            agent_runs.finish(ctx, pod)
-            return Fail("SnapshotFailed", f"pod {pod['metadata']['name']}: {missing}")
     plan = _plan(ctx, tj, store, claim, scan, existing, None)
     conflict = conflict_wait(plan.conflicts)
     if conflict is not None:  # nothing is created under another name (nor snapshotted): the data waits on the volume
@@ -609,35 +629,32 @@ def _locate_output(ctx: Context, tj: TrainingJob, store: Store, claim: str, pod:
     return _plan(ctx, tj, store, claim, scan, existing, taken), taken
 
 
-def _first_uncommitted(tj: TrainingJob, store: Store, claim: str, scan: ScanResult,
-                       skip: set[tuple[Optional[str], Optional[str]]]) -> Optional[str]:
-    """Every checkpoint (but the (directory, digest) in `skip`) must have reached the store,
-    committed; else what did not."""
+def _storable_and_committed(tj: TrainingJob, store: Store, claim: str, scan: ScanReport, *,
+                            check_committed: bool = True,
+                            skip: Optional[set[tuple[Optional[str], Optional[str]]]] = None) -> ScanReport | str:
+    """The scan without the checkpoints the store cannot keep (counted as skipped); with
+    `check_committed`, every other checkpoint (but the (directory, digest) in `skip`) must have
+    reached the store, committed: else what did not."""
+    layout = tj.spec.output.layout
     try:
-        for manifest in scan.checkpoints:
-            if (manifest.path, manifest.digest) in skip:
+        scan = storable(scan, lambda m: store.snapshot_location(tj, claim, m, layout))
+        for manifest in scan.checkpoints if check_committed else []:
+            if (manifest.path, manifest.digest) in (skip or set()):
                 continue
-            if not store.is_committed(store.snapshot_location(tj, claim, manifest, tj.spec.output.layout,
-                                                              scan.uploads, sources=_sources(tj, scan, manifest.path))):
+            if not store.is_committed(store.snapshot_location(tj, claim, manifest, layout)):
                 return f"{manifest.path!r} has no manifest in the store: the upload did not complete"
     except MissingUpload as exc:
         return str(exc)
-    return None
+    return scan
 
 
-def _plan(ctx: Context, tj: TrainingJob, store: Store, claim: str, scan: ScanResult,
+def _plan(ctx: Context, tj: TrainingJob, store: Store, claim: str, scan: ScanReport,
           existing: list[CheckpointInfo], taken: Optional[TakenSnapshot]) -> SnapshotPlan:
     namespace, layout = tj.metadata.namespace, tj.spec.output.layout
     retired = [(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []]
     return plan_snapshot(tj, scan, lambda n: ctx.indexes.checkpoint(namespace, n),
-                         lambda m: store.snapshot_location(tj, claim, m, layout, scan.uploads, taken,
-                                                           sources=_sources(tj, scan, m.path)),
+                         lambda m: store.snapshot_location(tj, claim, m, layout, taken),
                          existing=existing, retired=retired)
-
-
-def _sources(tj: TrainingJob, scan: ScanResult, path: str) -> Optional[list[int]]:
-    """With a volume per worker, the worker of each file of `path` (none reported: refused there)."""
-    return scan.sources.get(path, []) if tj.spec.output.parts_per_worker else None
 
 
 def _create_checkpoints(ctx: Context, tj: TrainingJob, plan: SnapshotPlan) -> Optional[list[dict[str, Any]]]:
@@ -675,9 +692,10 @@ def _retire(ctx: Context, tj: TrainingJob, plan: SnapshotPlan) -> None:
         ctx.kube.delete(CHECKPOINTS, tj.metadata.namespace, info.name)
 
 
-def _delete_unused_uploads(ctx: Context, tj: TrainingJob, store: Store, plan: SnapshotPlan, scan: ScanResult) -> None:
+def _delete_unused_uploads(ctx: Context, tj: TrainingJob, store: Store, plan: SnapshotPlan, scan: ScanReport) -> None:
     """Uploads that became no Checkpoint (retention's drops, directories retired before)."""
-    unused = [scan.uploads[d] for d in [*plan.dropped, *plan.gone] if d in scan.uploads]
+    uploads = {m.path: m.uri for m in scan.checkpoints if m.uri}
+    unused = [uploads[d] for d in [*plan.dropped, *plan.gone] if d in uploads]
     for uri in store.delete_unused_uploads(tj, unused):
         ctx.info(tj, "DataDeleted", f"deleted {uri} (not kept as a Checkpoint)")
 
@@ -705,10 +723,10 @@ def _changed_not_stored(plan: SnapshotPlan, bytes_in_place: bool) -> Optional[st
     return "changed after sealing, not stored: " + ", ".join(info.directory or "" for info, _ in plan.changed[:5])
 
 
-def _report_snapshot(ctx: Context, tj: TrainingJob, plan: SnapshotPlan, scan: ScanResult,
+def _report_snapshot(ctx: Context, tj: TrainingJob, plan: SnapshotPlan, scan: ScanReport,
                      created: list[tuple[dict[str, Any], PlannedCheckpoint]]) -> None:
     if scan.total_skipped:  # one event for all of them (3,000 skipped links are one line)
-        ctx.warn(tj, "Skipped", skipped_message(scan.skipped, scan.skipped_count))
+        ctx.warn(tj, "Skipped", skipped_message(scan.skipped, scan.skippedCount))
     if plan.dropped:
         ctx.info(tj, "NotKept", f"retention: not kept as Checkpoints: {', '.join(plan.dropped)}")
     # No event per Checkpoint: the job's outcome event names them all (one POST, whatever their number),

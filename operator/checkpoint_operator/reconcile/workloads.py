@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.kube import JOBS, JOBSETS, SERVICES
-from checkpoint_operator.logic import rendezvous, workload
+from checkpoint_operator.logic import engines, rendezvous, workers, workload
 from checkpoint_operator.logic.rendezvous import Rendezvous
 from checkpoint_operator.reconcile.context import Context
 
@@ -37,6 +37,22 @@ def delete_attempt(ctx: Context, tj: TrainingJob, name: str, uid: str) -> bool:
     child Jobs); its pods first (Foreground, as JobSet deletes its child Jobs), so that the next
     attempt never overlaps it."""
     return ctx.kube.delete(JOBS, tj.metadata.namespace, name, propagation="Foreground", uid=uid)
+
+
+def worker_controllers(ctx: Context, tj: TrainingJob) -> frozenset[str]:
+    """The UIDs of the objects whose pods are this job's workers (issue 23 item 9): the Job the
+    operator created, its UID recorded in status.jobUid (a group restart records the new Job's);
+    with engine JobSet, the JobSet's child Jobs (JobSet creates them again on each restart), each
+    trusted only while its controller is the JobSet whose UID is recorded. None recorded: none."""
+    recorded = tj.status.jobUid
+    if not recorded:
+        return frozenset()
+    if tj.spec.engine != "JobSet":
+        return frozenset({recorded})
+    name = tj.status.jobName or workload.job_name(tj)
+    children = ctx.kube.list(JOBS, tj.metadata.namespace, label_selector=f"{engines.JOBSET_NAME_LABEL}={name}")
+    return frozenset(uid for child in children
+                     if workers.controller_uid(child) == recorded and isinstance(uid := child["metadata"].get("uid"), str))
 
 
 def ensure_service(ctx: Context, tj: TrainingJob) -> dict[str, Any]:

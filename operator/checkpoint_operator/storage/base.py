@@ -9,7 +9,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from checkpoint_operator.agent.manifest import Manifest
+from checkpoint_operator.protocol.manifest import MANIFESTS_DIR, stored_manifest_name
+from checkpoint_operator.protocol.results import CheckpointSummary
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointStatus, Location, VolumeLocation
 from checkpoint_operator.api.clustercheckpoint import ClusterCheckpoint, ClusterCheckpointStatus
 from checkpoint_operator.api.upload import UploadStatus
@@ -29,6 +30,13 @@ class MissingUpload(ValueError):
     pass
 
 
+def volume_location(claim: str, path: str, manifest: CheckpointSummary, items: Optional[list[str]] = None) -> Location:
+    """A location on a volume; with the path of the full manifest when the agent stored it
+    beside the data (`.ckpt-manifests/` at the volume's root: protocol/manifest.py)."""
+    stored = f"{MANIFESTS_DIR}/{stored_manifest_name(manifest.digest)}" if manifest.manifestStored else None
+    return Location(volume=VolumeLocation(claimName=claim, path=path, items=items, manifest=stored))
+
+
 @dataclass(frozen=True)
 class UploadPod:
     """How a store serves a push request (reconcile/checkpoint_upload.py)."""
@@ -37,8 +45,6 @@ class UploadPod:
     target: UploadStatus     # status.upload while it runs
     location: Location       # status.location once the data is verified
     describe: str            # what it does, for the Ready condition
-
-
 class ForeignLocation(ValueError):
     """A Checkpoint's recorded location lies outside its namespace's part of the store: its data
     is not deleted (the operator's own credentials reach every namespace; a status written by
@@ -49,6 +55,7 @@ class Store(ABC):
     name: str
     keeps_output_claim: bool   # volume: the output PVC becomes the Checkpoints' storage
     import_needs_claim: bool   # volume: an import lands on a PVC of its own
+    snapshot_writes_output: bool  # volume: the snapshot writes the full manifests beside the data
     # A write to a sealed directory after its sealing may reach its Checkpoint's bytes (volume: they
     # are those bytes; with volume snapshots, a snapshot cut after the write holds it), so such a
     # Checkpoint fails; s3: the sealed copy was uploaded, the Checkpoint keeps it.
@@ -70,19 +77,18 @@ class Store(ABC):
     def snapshot_command(self, tj: TrainingJob, output_dir: str) -> list[str]: ...
 
     @abstractmethod
-    def snapshot_location(self, tj: TrainingJob, claim: str, manifest: Manifest, layout: str,
-                          uploads: dict[str, str], taken: Optional[TakenSnapshot] = None,
-                          sources: Optional[list[int]] = None) -> Location:
-        """status.location of a checkpoint of the end-of-job snapshot. `taken`: the volume snapshot
-        of the output (stores that keep checkpoints in volume snapshots; see `output_snapshot`).
-        `sources`: with a volume per worker, the worker each file was read from (agent/parts.py)."""
+    def snapshot_location(self, tj: TrainingJob, claim: str, manifest: CheckpointSummary, layout: str,
+                          taken: Optional[TakenSnapshot] = None) -> Location:
+        """status.location of a checkpoint the snapshot found; MissingUpload when its data was not
+        stored, logic.snapshot.NotStorable when it cannot be. `taken`: the volume snapshot of the
+        output (stores that keep checkpoints in volume snapshots; see `output_snapshot`)."""
 
     @abstractmethod
     def import_containers(self, checkpoint: Checkpoint, max_size: int) -> PodParts:
         """(init containers, containers, volumes) of the pod that imports `checkpoint`."""
 
     @abstractmethod
-    def import_location(self, checkpoint: Checkpoint, claim: str, uploads: dict[str, str],
+    def import_location(self, checkpoint: Checkpoint, claim: str, manifest: CheckpointSummary,
                         taken: Optional[TakenSnapshot] = None) -> Location: ...
 
     @abstractmethod
@@ -111,10 +117,10 @@ class Store(ABC):
         """Where the sealing sidecar uploads (None: it uploads nothing, the volume is the store)."""
         return None
 
-    def live_location(self, tj: TrainingJob, claim: str, manifest: Manifest, uploads: dict[str, str],
+    def live_location(self, tj: TrainingJob, claim: str, manifest: CheckpointSummary,
                       taken: Optional[TakenSnapshot] = None) -> Location:
         """status.location of a checkpoint sealed while the job runs."""
-        return Location(volume=VolumeLocation(claimName=claim, path=manifest.path))
+        return volume_location(claim, manifest.path, manifest)
 
     def is_committed(self, location: Location) -> bool:
         """Is the data at `location` complete? Checked before a Checkpoint is marked Ready."""
@@ -146,7 +152,7 @@ class Store(ABC):
         """(init containers, containers, volumes) of the pod that imports a catalog entry (operator's namespace)."""
 
     @abstractmethod
-    def catalog_import_location(self, entry: ClusterCheckpoint, claim: str, uploads: dict[str, str]) -> Location: ...
+    def catalog_import_location(self, entry: ClusterCheckpoint, claim: str, manifest: CheckpointSummary) -> Location: ...
 
     def copy_containers(self, entry: ClusterCheckpoint, claim: str, max_size: int) -> PodParts:
         """The pod parts that copy an entry into a namespace's claim (stores with copies_per_namespace)."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import posixpath
 from typing import Any, Optional
 
-from checkpoint_operator.agent.manifest import Manifest
+from checkpoint_operator.protocol.results import CheckpointSummary
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointStatus, Location, S3Location
 from checkpoint_operator.api.upload import UploadStatus
 from checkpoint_operator.api.trainingjob import TrainingJob
@@ -46,6 +46,7 @@ class S3Store(Store):
     name = "s3"
     keeps_output_claim = False
     import_needs_claim = False
+    snapshot_writes_output = False
     later_writes_reach_checkpoints = False
 
     def agent_env(self) -> list[dict[str, Any]]:
@@ -108,22 +109,19 @@ class S3Store(Store):
     def live_sealed_prefix(self, tj: TrainingJob) -> str:
         return self.live_upload_prefix(tj) + "sealed/"
 
-    def live_location(self, tj: TrainingJob, claim: str, manifest: Manifest, uploads: dict[str, str],
+    def live_location(self, tj: TrainingJob, claim: str, manifest: CheckpointSummary,
                       taken: Optional[TakenSnapshot] = None) -> Location:
-        if manifest.path not in uploads:
+        if not manifest.uri:
             raise MissingUpload(f"the sealing sidecar did not upload {manifest.path!r}")
         # The sidecar runs in the user's pod: its lines are believed only under the job's own prefix.
-        return self._uploaded(uploads[manifest.path], self.live_sealed_prefix(tj), repr(manifest.path))
+        return self._uploaded(manifest.uri, self.live_sealed_prefix(tj), repr(manifest.path))
 
-    def snapshot_location(self, tj: TrainingJob, claim: str, manifest: Manifest, layout: str,
-                          uploads: dict[str, str], taken: Optional[TakenSnapshot] = None,
-                          sources: Optional[list[int]] = None) -> Location:
-        """One prefix per checkpoint, also a union of workers' parts (uploaded as one)."""
-        if manifest.path not in uploads:
+    def snapshot_location(self, tj: TrainingJob, claim: str, manifest: CheckpointSummary, layout: str,
+                          taken: Optional[TakenSnapshot] = None) -> Location:
+        if not manifest.uri:
             raise MissingUpload(f"the snapshot pod did not upload {manifest.path!r}")
         meta = tj.metadata
-        return self._uploaded(uploads[manifest.path], self.prefix_for(meta.namespace, meta.name, meta.uid),
-                              repr(manifest.path))
+        return self._uploaded(manifest.uri, self.prefix_for(meta.namespace, meta.name, meta.uid), repr(manifest.path))
 
     def import_containers(self, checkpoint: Checkpoint, max_size: int) -> PodParts:
         meta = checkpoint.metadata
@@ -145,10 +143,10 @@ class S3Store(Store):
     def catalog_import_containers(self, entry: ClusterCheckpoint, max_size: int) -> PodParts:
         return self._import_parts(import_spec_of(entry.spec.source), self.catalog_entry_prefix(entry), max_size)
 
-    def catalog_import_location(self, entry: ClusterCheckpoint, claim: str, uploads: dict[str, str]) -> Location:
-        if "." not in uploads:
+    def catalog_import_location(self, entry: ClusterCheckpoint, claim: str, manifest: CheckpointSummary) -> Location:
+        if not manifest.uri:
             raise MissingUpload("the import pod did not upload the catalog entry")
-        return self._uploaded(uploads["."], self.catalog_entry_prefix(entry), "the catalog entry")
+        return self._uploaded(manifest.uri, self.catalog_entry_prefix(entry), "the catalog entry")
 
     def delete_catalog_data(self, status: ClusterCheckpointStatus) -> Optional[str]:
         """A deleted entry's data, never outside the catalog prefix (whatever its status says)."""
@@ -157,7 +155,7 @@ class S3Store(Store):
             return None
         if not _under(uri, self.catalog_prefix()):
             raise ForeignLocation(f"{uri} is outside the catalog prefix {self.catalog_prefix()}: not deleted")
-        from checkpoint_operator.agent.s3 import delete_prefix
+        from checkpoint_operator.objectstore.s3 import delete_prefix
         delete_prefix(uri, endpoint_url=self.config.s3_endpoint)
         return uri
 
@@ -174,12 +172,12 @@ class S3Store(Store):
         volumes = [{"name": "data", "emptyDir": {"sizeLimit": staging_size_limit(None, max_size)}}, *source.volumes]
         return [fetch], [upload], volumes
 
-    def import_location(self, checkpoint: Checkpoint, claim: str, uploads: dict[str, str],
+    def import_location(self, checkpoint: Checkpoint, claim: str, manifest: CheckpointSummary,
                         taken: Optional[TakenSnapshot] = None) -> Location:
-        if "." not in uploads:
+        if not manifest.uri:
             raise MissingUpload("the import pod did not upload the checkpoint")
         meta = checkpoint.metadata
-        return self._uploaded(uploads["."], self.prefix_for(meta.namespace, meta.name, meta.uid), "the checkpoint")
+        return self._uploaded(manifest.uri, self.prefix_for(meta.namespace, meta.name, meta.uid), "the checkpoint")
 
     def upload_target(self, checkpoint: Checkpoint) -> UploadStatus:
         """A prefix of the store, owned by the Checkpoint from the moment it is assigned."""
@@ -196,7 +194,7 @@ class S3Store(Store):
 
     def is_committed(self, location: Location) -> bool:
         """The manifest is written last: without it the upload does not exist."""
-        from checkpoint_operator.agent.s3 import manifest_exists
+        from checkpoint_operator.objectstore.s3 import manifest_exists
         if location.s3 is None:
             return False
         return manifest_exists(location.s3.uri, endpoint_url=self.config.s3_endpoint)
@@ -213,7 +211,7 @@ class S3Store(Store):
         return None
 
     def delete_unused_uploads(self, tj: TrainingJob, uris: list[str]) -> list[str]:
-        from checkpoint_operator.agent.s3 import delete_prefix
+        from checkpoint_operator.objectstore.s3 import delete_prefix
         own = self.live_upload_prefix(tj) + "dirs/"  # only the snapshot's own uploads, never a sealed copy
         deleted = []
         for uri in uris:
@@ -233,6 +231,6 @@ class S3Store(Store):
         if not _under(uri, self.namespace_prefix(namespace)):
             raise ForeignLocation(f"{uri} is outside {self.namespace_prefix(namespace)}, where this namespace's "
                                   "data lives: not deleted")
-        from checkpoint_operator.agent.s3 import delete_prefix
+        from checkpoint_operator.objectstore.s3 import delete_prefix
         delete_prefix(uri, endpoint_url=self.config.s3_endpoint)
         return uri

@@ -17,7 +17,8 @@ from __future__ import annotations
 import posixpath
 from typing import Any, Optional
 
-from checkpoint_operator.agent.manifest import Manifest
+from checkpoint_operator.protocol.manifest import MANIFEST_NAME, MANIFESTS_DIR
+from checkpoint_operator.protocol.results import MAX_ITEMS, CheckpointSummary
 from checkpoint_operator.api.checkpoint import Checkpoint, Location, VolumeLocation
 from checkpoint_operator.logic.parts import parts_count, volume_parts
 from checkpoint_operator.api.upload import UploadStatus
@@ -28,17 +29,19 @@ from checkpoint_operator.logic.inputs import ResolvedInput
 from checkpoint_operator.api.clustercheckpoint import ClusterCheckpoint
 from checkpoint_operator.logic.catalog import catalog_claim_name
 from checkpoint_operator.logic.import_sources import ImportSpec, import_spec, import_spec_of, pinned_source
+from checkpoint_operator.logic.snapshot import NotStorable
 from checkpoint_operator.logic.transfers import UploadRequest, build_receiver_pod
 from checkpoint_operator.logic.volume_snapshots import SnapshotRequest, TakenSnapshot
 from checkpoint_operator.logic.workload import (IMPORT_DIR, checkpoint_labels, import_claim_name, import_data_dir,
                                                 output_storage_class, owner_reference, training_job_labels)
-from checkpoint_operator.storage.base import MissingUpload, PodParts, Store, UploadPod
+from checkpoint_operator.storage.base import MissingUpload, PodParts, Store, UploadPod, volume_location
 
 
 class VolumeStore(Store):
     name = "volume"
     keeps_output_claim = True
     import_needs_claim = True
+    snapshot_writes_output = True  # the full manifests, in .ckpt-manifests/ at the output's root
 
     def input_volumes(self, tj: TrainingJob, inputs: list[ResolvedInput]) -> InputVolumes:
         """Each input read-only, with subPath at <inputDir>/<name>; one volume per claim, or per
@@ -80,21 +83,22 @@ class VolumeStore(Store):
         return InputVolumes(volumes=list(volumes.values()), mounts=mounts)
 
     def snapshot_command(self, tj: TrainingJob, output_dir: str) -> list[str]:
+        """The scan of the output, its manifests written beside the data (never into a checkpoint;
+        with a volume per worker, in each worker's volume: agent/parts.py)."""
         output = tj.spec.output
-        return agent_commands.scan(output_dir, layout=output.layout, sync=self.syncs_before_snapshots,
-                                   parts=parts_count(tj), per_worker=bool(output.perWorker))
+        parts = parts_count(tj)
+        return agent_commands.scan(output_dir, layout=output.layout, result=True,
+                                   manifests_dir=posixpath.join(output_dir, MANIFESTS_DIR),
+                                   sync=self.syncs_before_snapshots, parts=parts, per_worker=bool(output.perWorker))
 
-    def snapshot_location(self, tj: TrainingJob, claim: str, manifest: Manifest, layout: str,
-                          uploads: dict[str, str], taken: Optional[TakenSnapshot] = None,
-                          sources: Optional[list[int]] = None) -> Location:
-        """The root files (and, in the `files` layout, each file) share their directory with
-        other checkpoints, so only their own files are listed as items (mounted one by one).
-        `sources`: the worker each file is read from (a volume per worker): the parts' mounts."""
-        if sources is not None:
-            return Location(volumeParts=volume_parts(tj, manifest, layout, sources))
-        if manifest.path == "." or layout == "files":
-            return Location(volume=VolumeLocation(claimName=claim, path=".", items=[f.path for f in manifest.files]))
-        return Location(volume=VolumeLocation(claimName=claim, path=manifest.path))
+    def snapshot_location(self, tj: TrainingJob, claim: str, manifest: CheckpointSummary, layout: str,
+                          taken: Optional[TakenSnapshot] = None) -> Location:
+        """Where the checkpoint lies on the output claim (see `output_place`), or on its workers'
+        claims side by side (a volume per worker: logic/parts.py)."""
+        if manifest.parts is not None or parts_count(tj):  # none reported for such a job: NotStorable there
+            return Location(volumeParts=volume_parts(tj, manifest, layout))
+        path, items = output_place(manifest, layout)
+        return volume_location(claim, path, manifest, items=items)
 
     def import_containers(self, checkpoint: Checkpoint, max_size: int) -> PodParts:
         return self._import_parts(import_spec(checkpoint), import_claim_name(checkpoint), max_size)
@@ -105,8 +109,8 @@ class VolumeStore(Store):
         """The catalog's copy, on a claim of the operator's namespace (the digest every use is checked against)."""
         return self._import_parts(import_spec_of(entry.spec.source), catalog_claim_name(entry), max_size)
 
-    def catalog_import_location(self, entry: ClusterCheckpoint, claim: str, uploads: dict[str, str]) -> Location:
-        return Location(volume=VolumeLocation(claimName=claim, path=IMPORT_DIR))
+    def catalog_import_location(self, entry: ClusterCheckpoint, claim: str, manifest: CheckpointSummary) -> Location:
+        return volume_location(claim, IMPORT_DIR, manifest)
 
     def copy_containers(self, entry: ClusterCheckpoint, claim: str, max_size: int) -> PodParts:
         """A namespace's copy: a claim cannot be mounted from another namespace, so the source is fetched
@@ -118,38 +122,60 @@ class VolumeStore(Store):
     def _import_parts(self, source: ImportSpec, claim: str, max_size: int) -> PodParts:
         data_dir = import_data_dir()
         mount = [{"name": "data", "mountPath": posixpath.dirname(data_dir)}]
-        fetch = agent_commands.import_(source.uri, data_dir, max_size=max_size, source_args=source.args)
+        # The claim is the Checkpoint's own: only an earlier import (a pod deleted unread) wrote there.
+        fetch = agent_commands.import_(source.uri, data_dir, max_size=max_size, source_args=source.args,
+                                       replace_earlier=True)
         scan = agent_commands.scan(data_dir, single=True, sync=self.syncs_before_snapshots)
         # Import onto the Checkpoint's own PVC, then scan it: one container. Every argument is
         # passed to the script (never written into it: a glob or a URL is not shell text), so
-        # every runtime can rewrite the paths: $0 is DEST, "$@" the import's arguments.
-        flags = " ".join(scan[4:])  # --single --json [--sync]: fixed words of ours
-        script = f'{" ".join(fetch[:3])} "$@" && {" ".join(scan[:3])} "$0" {flags}'
+        # every runtime can rewrite the paths: $0 is DEST, "$@" the import's arguments. The
+        # manifest goes beside DEST (.ckpt-manifests/ at the claim's root).
+        sync = " --sync" if self.syncs_before_snapshots else ""  # a fixed word of ours
+        script = (f'{" ".join(fetch[:3])} "$@" && {" ".join(scan[:3])} "$0" --single --result '
+                  f'--manifests-dir "${{0%/*}}/{MANIFESTS_DIR}"{sync}')
         container = agent_container("import", ["sh", "-c", script, data_dir, *fetch[3:]], self.config,
                                     mounts=mount + source.mounts, env=source.env)
         volumes = [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}, *source.volumes]
         return [], [container], volumes
 
-    def import_location(self, checkpoint: Checkpoint, claim: str, uploads: dict[str, str],
+    def import_location(self, checkpoint: Checkpoint, claim: str, manifest: CheckpointSummary,
                         taken: Optional[TakenSnapshot] = None) -> Location:
-        return Location(volume=VolumeLocation(claimName=claim, path=IMPORT_DIR))
+        return volume_location(claim, IMPORT_DIR, manifest)
 
     def upload_target(self, checkpoint: Checkpoint) -> UploadStatus:
         return UploadStatus(store="volume", claimName=import_claim_name(checkpoint))
 
     def upload_pod(self, checkpoint: Checkpoint, request: UploadRequest, max_size: int) -> UploadPod:
         """A receiver pod on the Checkpoint's own PVC takes the pushed stream and checks it (and
-        syncs its filesystem when a volume snapshot of it follows)."""
+        syncs its filesystem when a volume snapshot of it follows); the push's own manifest stays
+        beside the data it describes (agent unpack writes it there)."""
         pod = build_receiver_pod(checkpoint, self.config, request, max_size, sync=self.syncs_before_snapshots)
         name = pod["metadata"]["name"]
         claim = import_claim_name(checkpoint)
+        location = Location(volume=VolumeLocation(claimName=claim, path=IMPORT_DIR,
+                                                  manifest=f"{IMPORT_DIR}/{MANIFEST_NAME}"))
         return UploadPod(pod, UploadStatus(store="volume", claimName=claim, pod=name),
-                         Location(volume=VolumeLocation(claimName=claim, path=IMPORT_DIR)),
-                         f"pod {name} is ready to receive the push")
+                         location, f"pod {name} is ready to receive the push")
+
+
+def output_place(manifest: CheckpointSummary, layout: str) -> tuple[str, Optional[list[str]]]:
+    """(directory, items) of a checkpoint of the output: the root files (and, in the `files`
+    layout, each file) share their directory with other checkpoints, so only their own files are
+    listed as items (mounted one by one, at most MAX_ITEMS: else NotStorable)."""
+    if layout == "files":
+        return ".", [manifest.path]
+    if manifest.path == ".":
+        if manifest.items is None:
+            raise NotStorable(f"{manifest.fileCount} files at the root of the output: a volume location mounts "
+                              f"root files one by one, at most {MAX_ITEMS}; write them into a directory")
+        return ".", manifest.items
+    return manifest.path, None
 
 
 class SnapshotVolumeStore(VolumeStore):
-    """The volume store with a VolumeSnapshotClass (see the module's docstring)."""
+    """The volume store with a VolumeSnapshotClass (see the module's docstring). The full manifests
+    are written beside the data as on the volume store, so they are in the snapshots too; a
+    snapshot location does not name them (verify and pull then read the data alone)."""
 
     keeps_output_claim = False
     syncs_before_snapshots = True
@@ -184,19 +210,20 @@ class SnapshotVolumeStore(VolumeStore):
             return Location()  # not located yet: is_committed says so, and nothing is made Ready with it
         return volume_snapshots.snapshot_location(taken, path, items)
 
-    def snapshot_location(self, tj: TrainingJob, claim: str, manifest: Manifest, layout: str,
-                          uploads: dict[str, str], taken: Optional[TakenSnapshot] = None,
-                          sources: Optional[list[int]] = None) -> Location:
-        """`sources` (a volume per worker) never come here: such jobs are refused with snapshots."""
-        if manifest.path == "." or layout == "files":
-            return self._in_snapshot(taken, ".", [f.path for f in manifest.files])
-        return self._in_snapshot(taken, manifest.path)
+    def snapshot_location(self, tj: TrainingJob, claim: str, manifest: CheckpointSummary, layout: str,
+                          taken: Optional[TakenSnapshot] = None) -> Location:
+        """A volume per worker never comes here: such jobs are refused with snapshots."""
+        if manifest.parts is not None:
+            raise NotStorable(f"{manifest.path!r} is assembled across workers' volumes: a volume per worker is not "
+                              "kept in volume snapshots")
+        path, items = output_place(manifest, layout)  # NotStorable before any snapshot is taken
+        return self._in_snapshot(taken, path, items)
 
-    def live_location(self, tj: TrainingJob, claim: str, manifest: Manifest, uploads: dict[str, str],
+    def live_location(self, tj: TrainingJob, claim: str, manifest: CheckpointSummary,
                       taken: Optional[TakenSnapshot] = None) -> Location:
         return self._in_snapshot(taken, manifest.path)
 
-    def import_location(self, checkpoint: Checkpoint, claim: str, uploads: dict[str, str],
+    def import_location(self, checkpoint: Checkpoint, claim: str, manifest: CheckpointSummary,
                         taken: Optional[TakenSnapshot] = None) -> Location:
         if taken is None:
             raise MissingUpload("the import's volume snapshot is not taken yet")

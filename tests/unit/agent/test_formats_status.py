@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from checkpoint_operator.agent.formats import FORMATS, format_table_markdown
-from checkpoint_operator.agent.manifest import FileEntry, Manifest
+from checkpoint_operator.protocol.manifest import FileEntry, Manifest
 from checkpoint_operator.api.checkpoint import CheckpointFormat
 from checkpoint_operator.logic.naming import checkpoint_name, without_extension
 from checkpoint_operator.api.checkpoint import Location, VolumeLocation

@@ -27,8 +27,13 @@ class Lines(list):
 
 
 def watcher(root: Path, **kwargs) -> tuple[Watcher, Lines]:
+    """A watcher whose typed events (protocol/results.py) are kept as the dicts of their lines."""
     lines = Lines()
-    return Watcher(str(root), emit=lines.append, **kwargs), lines
+
+    def keep(event) -> None:
+        lines.append({"event": event.kind, **event.model_dump(mode="json", exclude={"kind", "version"},
+                                                              exclude_none=True)})
+    return Watcher(str(root), emit=keep, **kwargs), lines
 
 
 def ticks(w: Watcher, n: int = 2) -> None:
@@ -354,6 +359,6 @@ def test_a_sigterm_while_the_watcher_is_starting_still_seals_what_is_there(tmp_p
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
-    sealed = [line["checkpoint"] for line in lines if line["event"] == "sealed"]
+    sealed = [line["checkpoint"] for line in lines if line["kind"] == "sealed"]
     assert [s["path"] for s in sealed] == ["checkpoint-10"]
     assert sealed[0]["sealReason"] == "the training containers exited"

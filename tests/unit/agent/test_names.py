@@ -1,4 +1,4 @@
-"""The one rule for the file names of a checkpoint (agent/names.py), and the manifest's self-checks."""
+"""The one rule for the file names of a checkpoint (protocol/names.py), and the manifest's self-checks."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import hashlib
 
 import pytest
 
-from checkpoint_operator.agent.errors import AgentError
-from checkpoint_operator.agent.manifest import (
+from checkpoint_operator.protocol.errors import AgentError
+from checkpoint_operator.protocol.manifest import (
     MANIFEST_NAME, FileEntry, Manifest, digest_of, manifest_problem, parse_manifest, paths_problem,
 )
-from checkpoint_operator.agent.names import (
+from checkpoint_operator.protocol.names import (
     BIDI_CONTROLS, MAX_COMPONENT_BYTES, MAX_PATH_BYTES, check_path, path_problem, printable,
 )
 

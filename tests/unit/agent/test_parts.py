@@ -137,3 +137,51 @@ def test_the_agent_command_prints_the_union_and_the_sources(tmp_path):
     data = json.loads(printed.strip().splitlines()[-1])
     assert [c["path"] for c in data["checkpoints"]] == ["step-100"]
     assert data["sources"] == {"step-100": [0, 0, 1, 0]}
+
+
+def test_the_operator_s_result_carries_each_worker_s_share_and_the_manifest_beside_the_data(tmp_path):
+    """`agent scan --parts --result --part-manifests`: the bounded result names, per checkpoint, the
+    items each worker's volume provides (never its files), and the union's full manifest is written
+    to the first providing worker's volume, outside the checkpoint's directory."""
+    from checkpoint_operator.protocol import channel
+    from checkpoint_operator.protocol.manifest import parse_manifest, stored_manifest_name
+    from checkpoint_operator.protocol.results import ScanReport
+    output = tmp_path / "out"
+    for rank in (0, 1):
+        dcp_rank(output, "step-100", rank)
+    write(output / "worker-1" / "final" / "w.bin", b"w")
+    before = {p: p.read_bytes() for p in output.rglob("*") if p.is_file()}
+    printed = subprocess.run([sys.executable, "-m", "checkpoint_operator", "agent", "scan", str(output), "--parts", "2",
+                              "--result", "--part-manifests"],
+                             capture_output=True, text=True, check=True).stdout
+    report = channel.find_result(printed, (ScanReport,), limit_bytes=1 << 20)
+    by_path = {c.path: c for c in report.checkpoints}
+    step = by_path["step-100"]
+    assert [(p.worker, p.items) for p in step.parts] == [(0, [".metadata", "__0_0.distcp", "config.json"]),
+                                                        (1, ["__1_0.distcp"])]
+    assert [(p.worker, p.items) for p in by_path["final"].parts] == [(1, None)]  # one worker's whole directory
+    assert step.manifestStored and by_path["final"].manifestStored
+    stored = parse_manifest((output / "worker-0" / ".ckpt-manifests" / stored_manifest_name(step.digest)).read_bytes(),
+                            "stored")
+    assert stored.digest == step.digest and [f.path for f in stored.files] == [
+        ".metadata", "__0_0.distcp", "__1_0.distcp", "config.json"]
+    assert (output / "worker-1" / ".ckpt-manifests" / stored_manifest_name(by_path["final"].digest)).is_file()
+    assert {p: p.read_bytes() for p in before} == before  # every checkpoint's bytes as written
+
+
+def test_a_share_too_many_mounts_is_skipped_with_the_reason(tmp_path):
+    from checkpoint_operator.agent.parts import MAX_ITEMS, parts_output
+    output = tmp_path / "out"
+    for i in range(2 * MAX_ITEMS + 2):  # interleaved flat files: each one a mount, MAX_ITEMS + 1 each
+        write(output / f"worker-{i % 2}" / "flat" / f"f{i:04d}", b"x")
+    write(output / "worker-0" / "ok" / "a", b"a")
+    scan = parts_output(scan_parts(str(output), 2), str(output), "auto")
+    assert [c.manifest.path for c in scan.checkpoints] == ["ok"]
+    assert scan.skipped[0].path == "flat" and f"more than {MAX_ITEMS} separate files" in scan.skipped[0].reason
+
+
+def test_the_scan_s_item_bounds_are_the_protocol_s():
+    from checkpoint_operator.agent import parts, scan
+    from checkpoint_operator.protocol import results
+    assert scan.MAX_ITEMS == parts.MAX_ITEMS == results.MAX_ITEMS
+    assert parts.MAX_PART_ITEM == results.MAX_ITEM and parts.MAX_CHECKPOINTS == results.MAX_CHECKPOINTS

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 
-from checkpoint_operator.agent.manifest import MANIFEST_NAME, FileEntry, Manifest, digest_of
+from checkpoint_operator.protocol.manifest import MANIFEST_NAME, FileEntry, Manifest, digest_of
 from checkpoint_operator.agent import pull_target
 from checkpoint_operator.agent.pull_target import case_refusal, case_twins, examine, pulled_into, remove_foreign
 

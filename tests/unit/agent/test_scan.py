@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from checkpoint_operator.agent.hashing import hash_files, sha256_file
-from checkpoint_operator.agent.manifest import MANIFEST_NAME, Manifest
+from checkpoint_operator.protocol.manifest import MANIFEST_NAME, Manifest
 from checkpoint_operator.agent.scan import LEAVES_CHECKPOINT, ScanResult, format_table, scan_directory
 from checkpoint_operator.agent.tree import LINK_TO_DIRECTORY, SYMLINK_LOOP, TooManyEntries
 
@@ -440,17 +440,19 @@ def test_hard_links_and_duplicate_paths_are_reported_per_path(tmp_path):
 def test_file_that_cannot_be_read_is_skipped_not_fatal(tmp_path, monkeypatch):
     from checkpoint_operator.agent import scan
     write(tmp_path / "s-1" / "ok")
-    gone = write(tmp_path / "s-1" / "gone")
+    write(tmp_path / "s-1" / "gone")
     write(tmp_path / "s-2" / "gone-too")
 
-    def vanish_then_hash(paths, workers=None, sizes=None):
+    real_sha256_file = scan.sha256_file
+
+    def vanish_then_hash(path):
         # Root reads every file whatever its mode: make the read fail by removing the files
         # between the walk and the hashing.
-        gone.unlink()
-        (tmp_path / "s-2" / "gone-too").unlink()
-        return hash_files(paths, workers, sizes)
+        if os.path.basename(path) in ("gone", "gone-too"):
+            os.unlink(path)
+        return real_sha256_file(path)
 
-    monkeypatch.setattr(scan, "hash_files", vanish_then_hash)
+    monkeypatch.setattr(scan, "sha256_file", vanish_then_hash)
     result = scan.scan_directory(tmp_path)
     assert [(m.path, file_paths(m)) for m in result.checkpoints] == [("s-1", ["ok"])]
     reasons = skipped(result)
@@ -537,3 +539,112 @@ def test_cli_missing_directory_fails_naming_it(tmp_path):
     assert proc.stdout == ""
     proc = _cli(str(write(tmp_path / "a-file")))
     assert proc.returncode != 0 and "not a directory" in proc.stderr
+
+
+# --- the operator's result (--result) and the manifests beside the data (--manifests-dir) ----------
+
+def test_result_names_each_checkpoint_never_its_files_and_manifests_go_beside_the_data(output):
+    from checkpoint_operator.protocol import channel
+    from checkpoint_operator.protocol.manifest import parse_manifest
+    from checkpoint_operator.protocol.results import ScanReport
+    before = {p: p.read_bytes() for p in output.rglob("*") if p.is_file()}
+    proc = _cli(str(output), "--result", "--manifests-dir", str(output / ".ckpt-manifests"))
+    assert proc.returncode == 0, proc.stderr
+    report = channel.find_result(proc.stdout, (ScanReport,), limit_bytes=1 << 20)
+    assert [c.path for c in report.checkpoints] == [".", "checkpoint-1000", "checkpoint-500"]
+    assert all(c.manifestStored for c in report.checkpoints)
+    assert report.checkpoints[0].items == ["config.json", "model.safetensors"]
+    assert "sha256\"" not in proc.stdout.replace('"sha256:', "")  # no file's hash travels in the result
+    full = {m.path: m for m in scan_directory(output).checkpoints}
+    for c in report.checkpoints:
+        stored = output / ".ckpt-manifests" / (c.digest.replace(":", "-") + ".json")
+        manifest = parse_manifest(stored.read_bytes(), str(stored))
+        assert manifest.digest == c.digest == full[c.path].digest and manifest.files == full[c.path].files
+    # Each checkpoint directory is byte for byte what was written; a second scan skips the manifests.
+    assert {p: p.read_bytes() for p in output.rglob("*") if p.is_file() and ".ckpt-manifests" not in p.parts} == before
+    again = channel.find_result(_cli(str(output), "--result").stdout, (ScanReport,), limit_bytes=1 << 20)
+    assert [c.digest for c in again.checkpoints] == [c.digest for c in report.checkpoints] and again.skippedCount == 0
+
+
+def test_result_says_the_filesystem_was_synced_after_the_manifests_with_sync(output):
+    """agent scan --result --sync (a volume snapshot of the output follows): the typed result
+    carries "synced" (what the operator requires before it takes the snapshot); without --sync, None."""
+    from checkpoint_operator.protocol import channel
+    from checkpoint_operator.protocol.results import ScanReport
+    synced = channel.find_result(_cli(str(output), "--result", "--manifests-dir", str(output / ".ckpt-manifests"),
+                                      "--sync").stdout, (ScanReport,), limit_bytes=1 << 20)
+    assert synced.synced == "syncfs" and synced.checkpoints
+    plain = channel.find_result(_cli(str(output), "--result").stdout, (ScanReport,), limit_bytes=1 << 20)
+    assert plain.synced is None
+
+
+def test_manifests_that_cannot_be_written_are_one_problem_not_a_failed_scan(output):
+    from checkpoint_operator.agent.scan import scan_checkpoints
+    (output / "blocked").write_text("a file where the directory would go")
+    scan = scan_checkpoints(output, keep_files=False, manifests_dir=str(output / "blocked" / "manifests"))
+    assert [s.stored for s in scan.checkpoints] == [False, False, False]
+    assert "cannot write the manifests to" in scan.manifests_problem
+    assert all(s.manifest.files == [] and s.manifest.digest.startswith("sha256:") for s in scan.checkpoints)
+
+
+def test_more_checkpoints_than_a_result_reports_fail_at_once_naming_the_limit(tmp_path):
+    from checkpoint_operator.agent.scan import scan_checkpoints
+    from checkpoint_operator.protocol.errors import AgentError
+    for i in range(6):
+        write(tmp_path / f"step-{i}" / "w.bin")
+    with pytest.raises(AgentError, match="6 checkpoints .*more than the 5 one snapshot reports"):
+        scan_checkpoints(tmp_path, max_checkpoints=5)
+    assert len(scan_checkpoints(tmp_path, max_checkpoints=6).checkpoints) == 6
+
+
+def test_root_files_too_many_to_mount_one_by_one_are_reported_without_their_names(tmp_path):
+    from checkpoint_operator.agent.scan import scan_checkpoints
+    from checkpoint_operator.protocol.results import MAX_ITEMS
+    for i in range(MAX_ITEMS + 1):
+        write(tmp_path / f"f-{i:04d}.bin")
+    (root,) = scan_checkpoints(tmp_path, keep_files=False).checkpoints
+    assert root.manifest.path == "." and root.manifest.fileCount == MAX_ITEMS + 1 and root.items is None
+    (tmp_path / "f-0000.bin").unlink()
+    assert len(scan_checkpoints(tmp_path, keep_files=False).checkpoints[0].items) == MAX_ITEMS
+
+
+def test_skipped_entries_keep_the_first_by_path_and_count_them_all(tmp_path):
+    from checkpoint_operator.agent.scan import scan_checkpoints
+    write(tmp_path / "step-1" / "w.bin")
+    for i in range(50):
+        os.symlink("/etc/passwd", tmp_path / "step-1" / f"leak-{i:02d}")
+    scan = scan_checkpoints(tmp_path, max_skipped=5)
+    assert scan.skipped_count == 50
+    assert [s.path for s in scan.skipped] == [f"step-1/leak-{i:02d}" for i in range(5)]
+
+
+def test_the_streaming_scan_takes_a_million_files_and_their_directories_by_default(monkeypatch):
+    """scan --result (the volume store's snapshot) holds ~100 bytes a file: its default entry
+    budget fits a million files with their directories; the scans that hold a tree keep 1,000,000."""
+    import argparse
+
+    from checkpoint_operator.agent import scan
+    from checkpoint_operator.agent.tree import DEFAULT_MAX_ENTRIES, STREAMING_MAX_ENTRIES
+    seen = {}
+    monkeypatch.delenv("CKPT_SCAN_MAX_ENTRIES", raising=False)
+    monkeypatch.setattr(scan, "scan_checkpoints", lambda *a, **k: seen.update(k) or scan.OutputScan([], [], 0))
+    monkeypatch.setattr(scan, "scan_directory", lambda *a, **k: seen.update(k) or scan.ScanResult(checkpoints=[],
+                                                                                                  skipped=[]))
+    args = argparse.Namespace(dir=".", layout="auto", single=False, workers=None, max_entries=None, json=False,
+                              result=True, manifests_dir=None)
+    scan.main(args)
+    assert seen["max_entries"] == STREAMING_MAX_ENTRIES >= 1_000_000 + 1_000_000 // 100
+    scan.main(argparse.Namespace(**{**vars(args), "result": False, "json": True}))
+    assert seen["max_entries"] == DEFAULT_MAX_ENTRIES
+
+
+def test_a_manifests_directory_planted_as_a_link_is_never_written_through(output):
+    """An output holding `.ckpt-manifests -> checkpoint-500` would have had the scan write the
+    manifests into a checkpoint after hashing it (its bytes no longer its digest)."""
+    from checkpoint_operator.agent.scan import scan_checkpoints
+    before = sorted(p.name for p in (output / "checkpoint-500").iterdir())
+    os.symlink("checkpoint-500", output / ".ckpt-manifests")
+    scan = scan_checkpoints(output, keep_files=False, manifests_dir=str(output / ".ckpt-manifests"))
+    assert sorted(p.name for p in (output / "checkpoint-500").iterdir()) == before
+    assert scan.manifests_problem and "a link or a file, not a directory" in scan.manifests_problem
+    assert [s.stored for s in scan.checkpoints] == [False, False, False]

@@ -385,3 +385,25 @@ def test_what_a_workload_created_before_a_crash_publishes_is_read_from_either_en
 
 def test_the_pods_of_a_jobset_are_made_by_its_child_job():
     assert engines.JOBSET.pod_job_name("ddp") == "ddp-node-0" and engines.JOB.pod_job_name("ddp") == "ddp"
+
+
+def test_each_attempt_records_the_uid_of_its_new_workload():
+    """Issue 23 item 9: only pods the recorded workload controls are workers, and a group restart
+    (engine Job) creates a new Job: its UID is recorded in the status write of the attempt."""
+    started = flow.running_change("ddp", [], None, "now", kind="Job", job_uid="uid-attempt-0")
+    assert set_fields(started.fields)["jobUid"] == "uid-attempt-0"
+    running = with_status(typed(replicas=2), phase="Running", restarts=1, jobUid="uid-attempt-0")
+    again = flow.attempt_started_change(running, "Job", "ddp", "ddp-0.ddp:29500", None, "uid-attempt-1")
+    assert set_fields(again.fields) == {"rendezvous": "ddp-0.ddp:29500", "jobUid": "uid-attempt-1"}
+    unknown = flow.attempt_started_change(running, "Job", "ddp", None, None)
+    assert "jobUid" not in set_fields(unknown.fields)  # never erased by a write that does not know it
+
+
+def test_a_worker_pod_carries_the_uid_of_its_controller_only():
+    body = pod("w-0", 0, "Running")
+    body["metadata"]["ownerReferences"] = [{"kind": "ConfigMap", "uid": "not-a-controller"},
+                                           {"kind": "Job", "uid": "job-uid", "controller": True}]
+    assert workers.worker_pod(body).controller_uid == "job-uid"
+    body["metadata"]["ownerReferences"] = [{"kind": "Job", "uid": "job-uid"}]  # an owner, not the controller
+    assert workers.worker_pod(body).controller_uid is None
+    assert workers.worker_pod(pod("w-1", 1, "Running")).controller_uid is None

@@ -14,9 +14,11 @@ from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic import agent_commands, workload
 from checkpoint_operator.logic.import_sources import (
-    SOURCE_CA_MOUNT, SOURCE_SECRET_MOUNT, azure_uri, hf_uri, import_spec, parse_import_result, source_status,
+    SOURCE_CA_MOUNT, SOURCE_SECRET_MOUNT, azure_uri, hf_uri, import_spec, source_status,
 )
 from checkpoint_operator.storage import store_for
+from checkpoint_operator.protocol import channel
+from checkpoint_operator.protocol.results import ImportReport, Provenance
 
 
 def ckpt(source: dict) -> Checkpoint:
@@ -123,18 +125,17 @@ def test_shell_text_holds_no_argument():
 
 
 def test_provenance_from_the_import_output():
-    line = json.dumps({"source": "hf://o/m@main", "dest": "/d", "provenance": {
-        "uri": "hf://o/m@main", "revision": "main", "resolvedRevision": "a" * 40}})
-    log = "import: done\n" + line + '\n{"checkpoints": []}\n'
-    provenance = parse_import_result(log)
+    line = json.dumps({"kind": "import", "version": 1, "sizeBytes": 3, "fileCount": 1, "provenance": {
+        "uri": "hf://o/m@main", "revision": "main", "resolvedRevision": "a" * 40}}, separators=(",", ":"))
+    log = "import: done\n" + line + '\n{"kind":"scan","version":1,"checkpoints":[]}\n'
+    provenance = channel.find_result(log, (ImportReport,), limit_bytes=1 << 20).provenance
     spec = import_spec(ckpt({"huggingFace": {"repo": "o/m"}}))
     assert source_status(spec, provenance).to_wire() == {"kind": "huggingFace", "uri": "hf://o/m@main",
                                                          "revision": "main", "resolvedRevision": "a" * 40}
     assert "did not report the commit" in source_status(spec, None)
-    assert "did not report the commit" in source_status(spec, {"resolvedRevision": "main"})
+    assert "did not report the commit" in source_status(spec, Provenance(uri="hf://o/m", resolvedRevision="main"))
     s3 = import_spec(ckpt(SOURCES["s3"]))
     assert source_status(s3, None).to_wire() == {"kind": "s3", "uri": "s3://ext/llama/"}
-    assert parse_import_result("no json here\n{not json\n") is None
 
 
 def test_statuses_and_events_never_show_a_url_s_query():

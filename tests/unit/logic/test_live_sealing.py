@@ -18,10 +18,14 @@ from factories import training_job
 DIGEST = "sha256:" + "ab" * 32
 
 
+def line(kind, **fields):
+    """One line of the sidecar's log, as the agent writes it (protocol/channel.py: kind and version first)."""
+    return json.dumps({"kind": kind, "version": 1, **fields}, separators=(",", ":"))
+
+
 def sealed_line(path="step-1", digest=DIGEST, **extra):
-    return json.dumps({"event": "sealed", "checkpoint": {"path": path, "digest": digest, "sizeBytes": 3,
-                                                         "fileCount": 1, "format": "unknown", "step": 1,
-                                                         "resumable": False, **extra}})
+    return line("sealed", checkpoint={"path": path, "digest": digest, "sizeBytes": 3, "fileCount": 1,
+                                      "format": "unknown", "step": 1, "resumable": False, **extra})
 
 
 def test_the_constants_the_sidecar_and_the_operator_share_agree():
@@ -74,21 +78,55 @@ def test_log_lines_are_checked_before_they_are_trusted():
         sealed_line(path="../escape", uri=good_uri),
         sealed_line(path="step-2", digest="sha256:short"),
         sealed_line(path="step-3", uri="s3://other-bucket/anything/"),
-        "2026-01-01T00:00:00.123Z " + json.dumps({"event": "warning", "message": "hello"}),
-        json.dumps({"event": "changed", "path": "step-1", "digest": DIGEST}),
+        "2026-01-01T00:00:00.123Z " + line("warning", message="hello"),
+        line("changed", path="step-1", digest=DIGEST),
+        json.dumps({"event": "sealed", "checkpoint": {"path": "step-4", "digest": DIGEST}}),  # no kind: not a line
+        sealed_line(path="step-5", uri=f"{prefix}step-5/{'ab' * 32}/").replace('"version":1', '"version":2'),
     ])
     events = live_sealing.parse_log(text, sealed_prefix=prefix)
     assert [m.path for m in events.sealed] == ["step-1"]
     assert events.uris == {"step-1": good_uri} and events.reasons["step-1"] == "complete: x"
     assert events.warnings == ["hello"] and events.last_timestamp == "2026-01-01T00:00:00.123Z"
     assert set(events.changed) == {"step-1"}
+    assert events.refused == 2  # the short digest (the model refuses it) and the newer version
 
 
 def test_a_removal_is_final_across_pods():
     first = live_sealing.parse_log(sealed_line())
-    second = live_sealing.parse_log(json.dumps({"event": "removed", "path": "step-1", "digest": DIGEST}))
+    second = live_sealing.parse_log(line("removed", path="step-1", digest=DIGEST))
     merged = live_sealing.merge(live_sealing.merge(live_sealing.LogEvents(), first), second)
     assert merged.sealed == [] and merged.removed == {("step-1", DIGEST)}
+
+
+def stamped(second, nanos, text):
+    return f"2026-01-01T00:00:{second:02d}.{nanos:09d}Z {text}".replace(".000000000Z", "Z")
+
+
+def test_the_log_is_read_in_pieces_from_where_the_last_read_ended():
+    """sinceTime goes to the kubelet in whole seconds: a read repeats up to a second of lines, and
+    the cursor skips those already taken, however their timestamps are written."""
+    log = [stamped(1, 0, "a"), stamped(1, 500_000_000, "b"), stamped(1, 500_000_000, "c"), stamped(2, 10, "d")]
+    first = live_sealing.new_lines("\n".join(log[:2]) + "\n", live_sealing.LogCursor(), limit_bytes=1 << 20)
+    assert first.text == "a\nb" and first.cursor.since_time() == "2026-01-01T00:00:01Z"
+    # The next read starts at the whole second: a, b again, then what is new (c has b's very timestamp).
+    second = live_sealing.new_lines("\n".join(log) + "\n", first.cursor, limit_bytes=1 << 20)
+    assert second.text == "c\nd" and second.cursor.since_time() == "2026-01-01T00:00:02Z"
+    third = live_sealing.new_lines(log[3] + "\n", second.cursor, limit_bytes=1 << 20)
+    assert third.text == "" and third.cursor == second.cursor
+
+
+def test_a_line_the_byte_limit_cuts_is_read_next_time_and_a_flood_cannot_stall_the_reader():
+    text = stamped(1, 0, "a") + "\n" + stamped(1, 1, "partial li")
+    piece = live_sealing.new_lines(text, live_sealing.LogCursor(), limit_bytes=len(text))
+    assert piece.text == "a" and piece.warning is None
+    # More than the limit within one second: nothing new fits in a read, so the reader moves on
+    # a second (what it skips the end-of-job snapshot finds) instead of reading it forever.
+    flood = stamped(1, 0, "a") + "\n" + stamped(1, 0, "x" * 100)
+    stuck = live_sealing.new_lines(flood, piece.cursor, limit_bytes=len(flood))
+    assert stuck.text == "" and stuck.cursor.since_time() == "2026-01-01T00:00:02Z"
+    assert "more than" in stuck.warning and "within one second" in stuck.warning
+    first_read = live_sealing.new_lines(stamped(5, 0, "y" * 100), live_sealing.LogCursor(), limit_bytes=60)
+    assert first_read.cursor.since_time() == "2026-01-01T00:00:06Z"
 
 
 def test_removal_annotation_asks_only_for_directories_whose_checkpoint_is_gone():
@@ -135,3 +173,11 @@ def test_latest_of_a_running_producer_depends_on_how_it_publishes_and_on_wait():
     assert final.reason == "WaitingForTrainingJob"
     no_metric = resolve_ref(CheckpointRef(fromTrainingJob="p", select="best"), "ns", Lookup(live_producer, outputs))
     assert no_metric.reason == "NoBestMetric" and no_metric.terminal
+
+
+def test_a_sealed_line_that_says_synced_is_recorded_with_its_digest():
+    """agent watch --sync: the sealed checkpoint says "synced"; only those are snapshotted while the job runs."""
+    events = live_sealing.parse_log(sealed_line("step-1", synced="syncfs") + "\n" + sealed_line("step-2"))
+    assert events.synced == {("step-1", DIGEST)}
+    merged = live_sealing.merge(live_sealing.LogEvents(), events)
+    assert merged.synced == {("step-1", DIGEST)}

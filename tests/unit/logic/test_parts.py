@@ -10,21 +10,22 @@ import copy
 import kubernetes_validate
 import pytest
 
-from checkpoint_operator.agent.manifest import FileEntry, Manifest
+from checkpoint_operator.protocol import channel
+from checkpoint_operator.protocol.results import CheckpointSummary, PartSummary, ScanReport
 from checkpoint_operator.api.checkpoint import Location, VolumeLocation
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic import parts, rendezvous, workers, workload
 from checkpoint_operator.logic.agent_pods import AGENT_OUTPUT_MOUNT
 from checkpoint_operator.logic.inputs import ResolvedInput
-from checkpoint_operator.logic.snapshot import ScanResult, parse_scan_output, plan_snapshot
+from checkpoint_operator.logic.snapshot import NotStorable, plan_snapshot
 from checkpoint_operator.storage import store_for
 from factories import training_job
 from test_jobset_schema import validate_jobset
 
 CONFIG = OperatorConfig()
 S3 = OperatorConfig(storage_type="s3", s3_bucket="b", s3_endpoint="http://s3:9000", s3_secret_name="creds")
-SHA = {c: c * 64 for c in "abcdef"}
+DIGEST = "sha256:" + "0" * 64
 
 
 def typed(replicas: int = 2, **output) -> TrainingJob:
@@ -32,9 +33,10 @@ def typed(replicas: int = 2, **output) -> TrainingJob:
     return TrainingJob.model_validate(body)
 
 
-def manifest(path: str, files: list[tuple[str, str]]) -> Manifest:
-    entries = [FileEntry(path=p, size=1, sha256=SHA[c]) for p, c in files]
-    return Manifest(path=path, files=entries, sizeBytes=len(entries), fileCount=len(entries), digest="sha256:" + "0" * 64)
+def summary(path: str, *parts: tuple[int, "list[str] | None"], stored: bool = False) -> CheckpointSummary:
+    """A checkpoint of the scan's result, with each worker's share as the agent reports it."""
+    return CheckpointSummary(path=path, digest=DIGEST, sizeBytes=1, fileCount=1, manifestStored=stored,
+                             parts=[PartSummary(worker=w, items=items) for w, items in parts] or None)
 
 
 def validate_kubernetes(obj: dict) -> None:
@@ -136,36 +138,46 @@ def test_grouped_items_mount_a_directory_once_when_one_worker_holds_all_of_it():
         ("mixed/x", 0), ("mixed/y", 1), ("ocdbt.process_0", 0), ("ocdbt.process_1", 1)]
 
 
+def test_a_worker_s_share_is_its_items_or_its_whole_directory():
+    from checkpoint_operator.protocol.parts import shares
+    files = [(".metadata", 0), ("__0_0.distcp", 0), ("__1_0.distcp", 1), ("config.json", 0)]
+    assert shares(files, whole_directory=True) == [(0, [".metadata", "__0_0.distcp", "config.json"]),
+                                                   (1, ["__1_0.distcp"])]
+    assert shares([("w", 1)], whole_directory=True) == [(1, None)]
+    assert shares([("a.pt", 0)], whole_directory=False) == [(0, ["a.pt"])]  # root files: one by one
+
+
 def test_a_union_lives_in_parts_each_worker_s_items_from_its_own_claim():
     tj = typed(2)
-    m = manifest("step-100", [(".metadata", "a"), ("__0_0.distcp", "b"), ("__1_0.distcp", "c"), ("config.json", "d")])
-    location = store_for(CONFIG).snapshot_location(tj, "unused", m, "auto", {}, sources=[0, 0, 1, 0])
+    m = summary("step-100", (0, [".metadata", "__0_0.distcp", "config.json"]), (1, ["__1_0.distcp"]), stored=True)
+    location = store_for(CONFIG).snapshot_location(tj, "unused", m, "auto")
     assert location.volume is None
     assert location.volumeParts == [
         VolumeLocation(claimName=workload.worker_claim_name(tj, 0), path="step-100",
-                       items=[".metadata", "__0_0.distcp", "config.json"]),
+                       items=[".metadata", "__0_0.distcp", "config.json"],
+                       manifest=".ckpt-manifests/sha256-" + "0" * 64 + ".json"),  # in the first part's claim
         VolumeLocation(claimName=workload.worker_claim_name(tj, 1), path="step-100", items=["__1_0.distcp"])]
     # Held by one worker alone: its whole directory.
-    alone = store_for(CONFIG).snapshot_location(tj, "unused", manifest("final", [("w", "a")]), "auto", {},
-                                               sources=[1])
+    alone = store_for(CONFIG).snapshot_location(tj, "unused", summary("final", (1, None)), "auto")
     assert alone.volumeParts == [VolumeLocation(claimName=workload.worker_claim_name(tj, 1), path="final")]
     # Per worker: the directory inside the worker's own volume.
     per = typed(2, perWorker=True)
-    own = store_for(CONFIG).snapshot_location(per, "unused", manifest("worker-1/step-100", [("w", "a")]), "auto",
-                                              {}, sources=[1])
+    own = store_for(CONFIG).snapshot_location(per, "unused", summary("worker-1/step-100", (1, None)), "auto")
     assert own.volumeParts == [VolumeLocation(claimName=workload.worker_claim_name(per, 1), path="step-100")]
-    root = store_for(CONFIG).snapshot_location(per, "unused", manifest("worker-0", [("a.pt", "a")]), "auto", {},
-                                               sources=[0])
+    root = store_for(CONFIG).snapshot_location(per, "unused", summary("worker-0", (0, ["a.pt"])), "auto")
     assert root.volumeParts == [VolumeLocation(claimName=workload.worker_claim_name(per, 0), path=".", items=["a.pt"])]
 
 
-def test_a_report_that_does_not_match_the_manifest_or_the_job_is_refused():
+def test_a_report_that_does_not_match_the_job_is_not_storable():
     tj = typed(2)
-    m = manifest("step-1", [("a", "a"), ("b", "b")])
-    with pytest.raises(ValueError, match="the workers of 1 files, the manifest lists 2"):
-        parts.volume_parts(tj, m, "auto", [0])
-    with pytest.raises(ValueError, match="named worker 5, the job has 2"):
-        parts.volume_parts(tj, m, "auto", [0, 5])
+    with pytest.raises(NotStorable, match="reported no workers' parts"):
+        parts.volume_parts(tj, summary("step-1"), "auto")
+    with pytest.raises(NotStorable, match="named worker 5, the job has 2"):
+        parts.volume_parts(tj, summary("step-1", (0, ["a"]), (5, ["b"])), "auto")
+    with pytest.raises(NotStorable, match="named no files of worker 1"):
+        parts.volume_parts(tj, summary("step-1", (0, ["a"]), (1, None)), "auto")
+    with pytest.raises(NotStorable, match="reported no workers' parts"):  # a volume per worker, parts not reported
+        store_for(CONFIG).snapshot_location(tj, "unused", summary("step-1"), "auto")
 
 
 def test_a_consumer_mounts_the_parts_side_by_side_into_one_directory():
@@ -186,17 +198,14 @@ def test_a_consumer_mounts_the_parts_side_by_side_into_one_directory():
 
 # --- the plan -------------------------------------------------------------------------------------------
 
-def test_the_agent_s_sources_reach_the_plan_and_per_worker_checkpoints_are_named_per_worker():
+def test_the_agent_s_parts_reach_the_plan_and_per_worker_checkpoints_are_named_per_worker():
     tj = typed(2, perWorker=True)
-    line = ('{"checkpoints": [' + ",".join(manifest(p, [("w", "a")]).to_json()
-                                           for p in ("worker-0/step-100", "worker-1/step-100", "worker-1")) +
-            '], "skipped": [], "sources": {"worker-0/step-100": [0], "worker-1/step-100": [1], "worker-1": [1]}}')
-    scan = parse_scan_output(line)
-    assert scan.sources == {"worker-0/step-100": [0], "worker-1/step-100": [1], "worker-1": [1]}
+    line = channel.encode(ScanReport(checkpoints=[
+        summary("worker-0/step-100", (0, None)), summary("worker-1/step-100", (1, None)),
+        summary("worker-1", (1, ["w"]))]))
+    scan = channel.find_result(line, (ScanReport,), limit_bytes=len(line) + 1)
     store = store_for(CONFIG)
-    plan = plan_snapshot(tj, scan, lambda name: None,
-                         lambda m: store.snapshot_location(tj, "unused", m, "auto", {},
-                                                           sources=scan.sources.get(m.path)))
+    plan = plan_snapshot(tj, scan, lambda name: None, lambda m: store.snapshot_location(tj, "unused", m, "auto"))
     assert {p.directory: p.name for p in plan.checkpoints} == {
         "worker-0/step-100": "llama-worker-0.step-100", "worker-1/step-100": "llama-worker-1.step-100",
         "worker-1": "llama-worker-1"}
@@ -213,7 +222,6 @@ def test_per_worker_names_follow_the_naming_rule_with_the_worker_in_the_prefix()
     assert per_worker_checkpoint_name("llama", "worker-0/m.pt", is_file=True) == \
         checkpoint_name("llama-worker-0", "m.pt", is_file=True)
     assert per_worker_checkpoint_name("llama", "worker-01/x") == checkpoint_name("llama", "worker-01/x")
-    assert ScanResult(checkpoints=[], skipped=[]).sources == {}
 
 
 def test_verify_and_pull_pods_see_the_parts_as_one_directory():
@@ -235,3 +243,15 @@ def test_verify_and_pull_pods_see_the_parts_as_one_directory():
         [{"name": "data", "persistentVolumeClaim": {"claimName": "c", "readOnly": True}}],
         [{"name": "data", "readOnly": True, "mountPath": AGENT_DATA_MOUNT, "subPath": "step-1"}])
     assert transfers.describe_location(Location(volumeParts=parts_location)) == "3 volumes (c-0:step-1, ...)"
+
+
+def test_verify_and_pull_read_the_union_s_stored_manifest_from_the_part_that_holds_it():
+    from checkpoint_operator.logic import transfers
+    parts_location = Location(volumeParts=[
+        VolumeLocation(claimName="c-0", path="step-1", items=["a"]),
+        VolumeLocation(claimName="c-1", path="step-1", items=["b"], manifest=".ckpt-manifests/sha256-x.json")])
+    _, mounts = transfers.location_volumes(parts_location)
+    assert mounts[-1] == {"name": "data-1", "readOnly": True, "mountPath": transfers.MANIFEST_MOUNT,
+                          "subPath": ".ckpt-manifests/sha256-x.json"}
+    assert transfers.stored_manifest(parts_location) == transfers.MANIFEST_MOUNT
+    assert transfers.stored_manifest(Location(volumeParts=[VolumeLocation(claimName="c", path="s")])) is None

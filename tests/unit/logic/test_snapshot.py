@@ -1,43 +1,39 @@
-import json
-
-import pytest
-
-from checkpoint_operator.agent.manifest import FileEntry, Manifest, digest_of
+from checkpoint_operator.protocol.manifest import FileEntry, Manifest, digest_of
+from checkpoint_operator.protocol.results import CheckpointSummary, ScanReport, Skipped
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.api.checkpoint import Location, SealedData
 from checkpoint_operator.api.common import ObjectRef
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.logic.inputs import CheckpointInfo
-from checkpoint_operator.logic.snapshot import (ScanOutputError, ScanResult, conflict_wait, not_stored,
-                                                parse_scan_output, plan_snapshot, ready_change, sealed_ready_change,
-                                                skipped_message)
+from checkpoint_operator.logic.snapshot import (conflict_wait, not_stored, plan_snapshot, ready_change,
+                                                sealed_ready_change, skipped_message, storable)
 from checkpoint_operator.storage.volume import VolumeStore
 from factories import training_job
 
 
-def plan(tj: dict, scan: ScanResult, existing: list[dict] = ()):
+def ScanResult(found: list[CheckpointSummary], skipped: list[Skipped]) -> ScanReport:  # noqa: N802 (the old name)
+    return ScanReport(checkpoints=found, skipped=skipped, skippedCount=len(skipped))
+
+
+def plan(tj: dict, scan: ScanReport, existing: list[dict] = ()):
     """plan_snapshot with a look-up over `existing` bodies, as the index answers it."""
     by_name = {c["metadata"]["name"]: CheckpointInfo.from_body(c) for c in existing}
     return plan_snapshot(TrainingJob.model_validate(tj), scan, by_name.get, location)
 
 
-def manifest(path, step=None, files=("model.pt",)):
+def manifest(path, step=None, files=("model.pt",)) -> CheckpointSummary:
+    """A checkpoint as the scan reports it: its summary (the root files name their items)."""
     entries = [FileEntry(path=f, size=1, sha256="0" * 64) for f in files]
-    return Manifest(path=path, files=entries, sizeBytes=len(entries), fileCount=len(entries),
+    full = Manifest(path=path, files=entries, sizeBytes=len(entries), fileCount=len(entries),
                     digest=digest_of(entries), format="torch", step=step, resumable=False)
+    return CheckpointSummary.of(full, items=list(files) if path == "." else None)
+
+
+ONE_VOLUME = TrainingJob.model_validate(training_job("train"))
 
 
 def location(m):
-    return VolumeStore(OperatorConfig()).snapshot_location(None, "train-output", m, "auto", {})
-
-
-def test_parse_scan_output_finds_the_json_line_among_log_noise():
-    result = {"checkpoints": [manifest("step-1", 1).model_dump()], "skipped": [{"path": ".tmp", "reason": "hidden"}]}
-    log = "starting\n" + json.dumps(result) + "\nINFO done\n"
-    scan = parse_scan_output(log)
-    assert scan.checkpoints[0].path == "step-1" and scan.skipped[0]["reason"] == "hidden"
-    with pytest.raises(ScanOutputError):
-        parse_scan_output("no json here\n{broken")
+    return VolumeStore(OperatorConfig()).snapshot_location(ONE_VOLUME, "train-output", m, "auto")
 
 
 def test_plan_names_lineage_and_keep():
@@ -140,10 +136,10 @@ def test_completeness_from_the_manifest_contract_2():
     unchecked = ready_change(m, Location(), owned=True)  # no verdict: not checked, never complete
     assert unchecked.fields.complete is None and unchecked.conditions[0].status == "Unknown"
     assert unchecked.message.endswith("; not checked: no completeness check applies (format torch)")
-    complete = Manifest(**{**m.model_dump(), "complete": True, "completeReason": "trainer_state.json is present"})
+    complete = m.model_copy(update={"complete": True, "completeReason": "trainer_state.json is present"})
     assert ready_change(complete, Location(), owned=True).fields.complete is True
 
-    incomplete = Manifest(**{**m.model_dump(), "complete": False, "completeReason": "missing trainer_state.json"})
+    incomplete = m.model_copy(update={"complete": False, "completeReason": "missing trainer_state.json"})
     change = ready_change(incomplete, Location(), owned=True)
     assert change.fields.complete is False and "incomplete" in change.message
     (condition,) = change.conditions
@@ -152,7 +148,7 @@ def test_completeness_from_the_manifest_contract_2():
 
 
 def test_one_aggregated_message_for_all_skipped_entries():
-    skipped = [{"path": f"link-{i}", "reason": "symlink leaves the output"} for i in range(3000)]
+    skipped = [Skipped(path=f"link-{i}", reason="symlink leaves the output") for i in range(3000)]
     message = skipped_message(skipped)
     assert message.startswith("3000 output entries skipped: 'link-0': symlink leaves the output")
     assert message.endswith("and 2995 more") and message.count("link-") == 5
@@ -160,6 +156,25 @@ def test_one_aggregated_message_for_all_skipped_entries():
 
 def test_what_was_not_stored_keeps_the_volume():
     assert not_stored(ScanResult([manifest("step-1", 1)], []), created=1) is None
-    assert "1 output entry skipped" in not_stored(ScanResult([], [{"path": "x.tmp", "reason": "temporary"}]), 0)
+    assert "1 output entry skipped" in not_stored(ScanResult([], [Skipped(path="x.tmp", reason="temporary")]), 0)
     assert not_stored(ScanResult([manifest("step-1", 1)], []), created=0) == \
         "no checkpoint was created from a non-empty output"
+
+
+def test_root_files_too_many_to_mount_one_by_one_are_not_stored_and_say_why():
+    """The volume store mounts the root files one by one (status.location.volume.items): more
+    than the result's bound of names is not a checkpoint there; the rest of the output is."""
+    root = manifest(".", files=("a", "b")).model_copy(update={"items": None, "fileCount": 300})
+    scan = ScanResult([manifest("step-1", 1), root], [Skipped(path="x.tmp", reason="temporary")])
+    kept = storable(scan, location)
+    assert [m.path for m in kept.checkpoints] == ["step-1"]
+    assert kept.skippedCount == 2 and kept.skipped[0].path == "."
+    assert "300 files at the root of the output" in kept.skipped[0].reason and "at most 256" in kept.skipped[0].reason
+    assert storable(ScanResult([manifest("step-1", 1)], []), location).skippedCount == 0
+
+
+def test_a_stored_manifest_is_named_in_the_volume_location():
+    stored = manifest("step-1", 1).model_copy(update={"manifestStored": True})
+    volume = location(stored).to_wire()["volume"]
+    assert volume == {"claimName": "train-output", "path": "step-1",
+                      "manifest": f".ckpt-manifests/{stored.digest.replace(':', '-')}.json"}

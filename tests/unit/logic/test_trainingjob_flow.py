@@ -198,3 +198,12 @@ def test_a_failed_snapshot_attempt_waits_before_the_next():
     assert flow.snapshot_wait(first, datetime(2026, 1, 1, 0, 0, 10, tzinfo=timezone.utc)) is None
     assert flow.snapshot_wait(None, now) is None
 
+
+def test_the_message_of_a_snapshot_of_thousands_of_checkpoints_names_a_few_and_counts_the_rest():
+    """5,000 names made a message past the 32 KiB a status message may have: the status write failed."""
+    from checkpoint_operator.api.trainingjob import TrainingJobStatus
+    names = [f"train-checkpoint-{i * 100}" for i in range(5000)]
+    done = flow.snapshot_done(tj(status={"phase": "Snapshotting", "jobSucceeded": True}), names, "now", None, "c", 0)
+    assert done.message.startswith("Job succeeded; 5000 checkpoint(s): train-checkpoint-0, train-checkpoint-100, ")
+    assert done.message.endswith(" and 4980 more") and done.fields.outputCheckpoints == names
+    TrainingJobStatus.model_validate({**done.fields.to_wire(), "message": done.message})

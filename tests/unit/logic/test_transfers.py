@@ -3,13 +3,14 @@ the pods that serve them (their commands parsed by the agent's real parser), res
 
 from __future__ import annotations
 
-import json
 
 from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.cli import build_parser
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic import transfers
 from checkpoint_operator.logic.agent_pods import AGENT_DATA_MOUNT
+from checkpoint_operator.protocol import channel
+from checkpoint_operator.protocol.results import CheckpointSummary, Problem, TransferReport
 
 CONFIG = OperatorConfig()
 DIGEST = "sha256:" + "a" * 64
@@ -58,7 +59,7 @@ def test_the_s3_upload_check_reads_the_assigned_prefix_with_the_stores_credentia
                                            env, 99)
     container = pod["spec"]["containers"][0]
     args = parse(container["command"])
-    assert (args.agent_command, args.location, args.digest, args.json) == ("verify", "s3://b/p/", DIGEST, True)
+    assert (args.agent_command, args.location, args.digest, args.result) == ("verify", "s3://b/p/", DIGEST, True)
     assert container["env"] == env and pod["spec"]["volumes"] == []
 
 
@@ -82,6 +83,7 @@ def test_verify_and_pull_pods_see_exactly_the_checkpoints_files_read_only():
                                        "subPath": "step-10"}
     assert parse(main["command"]).agent_command == "hold"
     assert parse(transfers.pull_command()).session_dir == transfers.PULL_WORK_DIR
+    assert parse(transfers.pull_command()).manifest is None
     assert pull["metadata"]["labels"]["ckpt.dev/component"] == "pull"
     s3 = checkpoint(status={"phase": "Ready", "digest": DIGEST, "location": {"s3": {"uri": "s3://b/x/"}}})
     assert parse(transfers.build_verify_pod(s3, CONFIG, "v", [])["spec"]["containers"][0]["command"]).location == \
@@ -89,27 +91,34 @@ def test_verify_and_pull_pods_see_exactly_the_checkpoints_files_read_only():
 
 
 def test_results_read_back_and_become_the_verified_condition():
-    ok_line = json.dumps({"verified": True, "checkpoints": [{"path": ".", "files": [], "sizeBytes": 0,
-                                                             "fileCount": 0, "digest": DIGEST}]})
-    result = transfers.parse_transfer_output("receive: waiting\n" + ok_line + "\n")
-    assert result.verified and result.received and result.manifest.digest == DIGEST
+    ok = TransferReport(verified=True, checkpoint=CheckpointSummary(path=".", sizeBytes=0, fileCount=0, digest=DIGEST))
+    result = channel.find_result("receive: waiting\n" + channel.encode(ok) + "\n", (TransferReport,),
+                                 limit_bytes=1 << 20)
+    assert result.verified and result.received and result.checkpoint.digest == DIGEST
     condition = transfers.verified_condition(result, "s3://b/x/")
     assert (condition.status, condition.reason) == ("True", "Verified") and DIGEST in condition.message
-    bad = transfers.parse_transfer_output(json.dumps({"verified": False, "checkpoints": [], "problemCount": 5,
-                                                      "problems": [{"path": "a", "problem": "missing"},
-                                                                   {"path": ".", "problem": "digest differs"}]}))
-    assert not bad.received
+    bad = TransferReport(verified=False, problemCount=5, problems=[Problem(path="a", problem="missing"),
+                                                                   Problem(path=".", problem="digest differs")])
     condition = transfers.verified_condition(bad, "volume out:step")
     assert condition.status == "False" and condition.message == \
         "5 problems at volume out:step: 'a': missing; digest differs; and 3 more"
-    idle = transfers.parse_transfer_output('{"checkpoints": [], "received": false, "reason": "no push within 900 s"}')
-    assert not idle.received and idle.reason == "no push within 900 s"
-    try:
-        transfers.parse_transfer_output("nothing useful")
-    except transfers.TransferOutputError as exc:
-        assert "no result" in str(exc)
-    else:
-        raise AssertionError("no result must be an error")
+
+
+def test_a_stored_manifest_is_mounted_alone_and_given_to_verify_and_pull():
+    """The volume store keeps a checkpoint's full manifest beside its directory (.ckpt-manifests/
+    at the volume's root): verify and pull pods mount that one file, read-only, and are told."""
+    stored = ".ckpt-manifests/sha256-" + "a" * 64 + ".json"
+    ready = checkpoint(status={"phase": "Ready", "digest": DIGEST, "location": {"volume": {
+        "claimName": "out", "path": "step-10", "manifest": stored}}})
+    pod = transfers.build_verify_pod(ready, CONFIG, "v1", [])
+    container = pod["spec"]["containers"][0]
+    assert {"name": "data", "readOnly": True, "mountPath": transfers.MANIFEST_MOUNT,
+            "subPath": stored} in container["volumeMounts"]
+    assert parse(container["command"]).manifest == transfers.MANIFEST_MOUNT
+    volume = ready.status.location.volume
+    assert parse(transfers.pull_command(volume)).manifest == transfers.MANIFEST_MOUNT
+    pull = transfers.build_pull_pod(ready, CONFIG, "p1")
+    assert transfers.MANIFEST_MOUNT in {m["mountPath"] for m in pull["spec"]["containers"][0]["volumeMounts"]}
 
 
 def test_ready_requests_wake_a_settled_checkpoint():

@@ -6,6 +6,7 @@ from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic import workload
 from checkpoint_operator.logic.inputs import ResolvedInput
 from checkpoint_operator.storage import store_for
+from checkpoint_operator.cli import build_parser
 from factories import training_job
 
 CONFIG = OperatorConfig()
@@ -24,7 +25,7 @@ def output_claim(tj: dict, config: OperatorConfig = CONFIG) -> dict:
 def snapshot_pod(tj: dict, config: OperatorConfig = CONFIG) -> dict:
     typed, store = TrainingJob.model_validate(tj), store_for(config)
     return workload.build_snapshot_pod(typed, store.snapshot_command(typed, "/checkpoint-output"), store.agent_env(),
-                                       config)
+                                       config, read_only=not store.snapshot_writes_output)
 
 
 def import_pod(checkpoint: dict, config: OperatorConfig = CONFIG) -> dict:
@@ -132,14 +133,21 @@ def test_long_job_names_fit_the_label_limit():
     assert len(build_job(tj, [], CONFIG).job["metadata"]["name"]) <= 63
 
 
-def test_snapshot_pod_mounts_the_output_read_only_and_runs_the_agent_scan():
+def test_snapshot_pod_runs_the_agent_scan_writing_the_manifests_beside_the_data():
+    """Volume store: the scan writes each full manifest to .ckpt-manifests/ at the output's root
+    (outside every checkpoint directory), so it mounts the output read-write; its result line is
+    the bounded one. The s3 store's snapshot pod only reads the output."""
     pod = snapshot_pod(training_job(output={"layout": "directories"}), CONFIG)
     container = pod["spec"]["containers"][0]
     assert container["command"][:3] == ["checkpoint-operator", "agent", "scan"]
-    assert "--json" in container["command"] and "directories" in container["command"]
-    assert container["volumeMounts"][0]["readOnly"] is True
-    assert pod["spec"]["volumes"][0]["persistentVolumeClaim"]["readOnly"] is True
+    args = build_parser().parse_args(container["command"][1:])
+    assert (args.result, args.json, args.layout) == (True, False, "directories")
+    assert args.manifests_dir == "/checkpoint-output/.ckpt-manifests"
+    assert container["volumeMounts"][0]["readOnly"] is False
+    assert pod["spec"]["volumes"][0]["persistentVolumeClaim"]["readOnly"] is False
     assert container["image"] == CONFIG.agent_image
+    s3 = snapshot_pod(training_job(), OperatorConfig(storage_type="s3", s3_bucket="b"))
+    assert s3["spec"]["containers"][0]["volumeMounts"][0]["readOnly"] is True
 
 
 def test_s3_store_downloads_inputs_in_an_init_container():

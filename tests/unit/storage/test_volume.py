@@ -7,16 +7,17 @@ import kubernetes_validate
 import pytest
 from pydantic import ValidationError
 
-from checkpoint_operator.agent.manifest import FileEntry, Manifest
 from checkpoint_operator.api.checkpoint import Checkpoint, Location, VolumeLocation
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic import volume_snapshots, workload
 from checkpoint_operator.logic.inputs import ResolvedInput
+from checkpoint_operator.logic.snapshot import NotStorable
 from checkpoint_operator.logic.volume_snapshots import TakenSnapshot
 from checkpoint_operator.storage import store_for
 from checkpoint_operator.storage.base import MissingUpload
 from checkpoint_operator.storage.volume import SnapshotVolumeStore, VolumeStore
+from checkpoint_operator.protocol.results import CheckpointSummary
 from factories import training_job
 
 SNAPSHOTS = OperatorConfig(volume_snapshot_class="ebs-snapshots", default_storage_class="gp3")
@@ -36,9 +37,10 @@ def on_claim(name: str, claim: str, path: str) -> ResolvedInput:
                          location=Location(volume=VolumeLocation(claimName=claim, path=path)))
 
 
-def manifest(path: str, files: tuple[str, ...] = ("w.bin",)) -> Manifest:
-    return Manifest(path=path, digest="sha256:" + "0" * 64, sizeBytes=1, fileCount=len(files),
-                    files=[FileEntry(path=f, size=1, sha256="0" * 64) for f in files])
+def manifest(path: str, files: tuple[str, ...] = ("w.bin",), items: bool = True) -> CheckpointSummary:
+    """A scanned checkpoint as the result names it (the root's files as items, unless too many)."""
+    return CheckpointSummary(path=path, digest="sha256:" + "0" * 64, sizeBytes=1, fileCount=len(files),
+                             items=list(files) if path == "." and items else None)
 
 
 def test_the_store_is_chosen_by_the_snapshot_class() -> None:
@@ -81,7 +83,7 @@ def test_the_snapshot_store_syncs_before_it_snapshots() -> None:
     container = store.import_containers(Checkpoint.model_validate({
         "metadata": {"name": "base", "namespace": "default", "uid": "u-base"},
         "spec": {"source": {"http": {"url": "https://example.com/m.tar"}}}}), 1 << 30)[1][0]
-    assert container["command"][2].endswith('"$0" --single --json --sync')
+    assert container["command"][2].endswith('"$0" --single --result --manifests-dir "${0%/*}/.ckpt-manifests" --sync')
     sidecar, _ = workload.build_live_sidecar(tj(), SNAPSHOTS, None, [], sync=store.syncs_before_snapshots)
     assert sidecar["command"][-1] == "--sync"
 
@@ -102,20 +104,22 @@ def test_the_output_snapshot_belongs_to_the_job_until_its_checkpoints_take_it() 
 def test_locations_are_in_the_snapshot_once_it_is_taken() -> None:
     store = SnapshotVolumeStore(SNAPSHOTS)
     job = tj()
-    not_yet = store.snapshot_location(job, "c", manifest("step-1"), "auto", {})
+    not_yet = store.snapshot_location(job, "c", manifest("step-1"), "auto")
     assert not_yet == Location() and not store.is_committed(not_yet)  # nothing is made Ready with it
     taken = TakenSnapshot("c-snap-1", "10Gi", "gp3")
-    directory = store.snapshot_location(job, "c", manifest("step-1"), "auto", {}, taken)
+    directory = store.snapshot_location(job, "c", manifest("step-1"), "auto", taken)
     assert directory.snapshot is not None and directory.snapshot.path == "step-1" and store.is_committed(directory)
-    root = store.snapshot_location(job, "c", manifest(".", ("config.json", "w.bin")), "auto", {}, taken)
+    root = store.snapshot_location(job, "c", manifest(".", ("config.json", "w.bin")), "auto", taken)
     assert root.snapshot is not None and root.snapshot.path == "." and root.snapshot.items == ["config.json", "w.bin"]
-    live = store.live_location(job, "c", manifest("step-2"), {}, taken)
+    with pytest.raises(NotStorable):  # as on the volume store, before any snapshot is taken
+        store.snapshot_location(job, "c", manifest(".", ("config.json", "w.bin"), items=False), "auto")
+    live = store.live_location(job, "c", manifest("step-2"), taken)
     assert live.snapshot is not None and live.snapshot.volumeSnapshotName == "c-snap-1"
     checkpoint = Checkpoint.model_validate({"metadata": {"name": "base", "namespace": "default", "uid": "u-b"},
                                             "spec": {"source": {"http": {"url": "https://example.com/m"}}}})
     with pytest.raises(MissingUpload):
-        store.import_location(checkpoint, "base-data", {})
-    assert store.import_location(checkpoint, "base-data", {}, taken).to_wire()["snapshot"]["path"] == "data"
+        store.import_location(checkpoint, "base-data", manifest("data"))
+    assert store.import_location(checkpoint, "base-data", manifest("data"), taken).to_wire()["snapshot"]["path"] == "data"
     import_request = store.import_snapshot(checkpoint, "base-data")
     assert import_request is not None
     assert import_request.body["metadata"]["ownerReferences"][0] == {
@@ -125,7 +129,7 @@ def test_locations_are_in_the_snapshot_once_it_is_taken() -> None:
 
 def test_without_snapshots_locations_stay_on_the_volume() -> None:
     store = VolumeStore(OperatorConfig())
-    assert store.snapshot_location(tj(), "c", manifest("step-1"), "auto", {}).to_wire() == {
+    assert store.snapshot_location(tj(), "c", manifest("step-1"), "auto").to_wire() == {
         "volume": {"claimName": "c", "path": "step-1"}}
     assert store.keeps_output_claim and store.later_writes_reach_checkpoints and not store.syncs_before_snapshots
     snapshots = SnapshotVolumeStore(SNAPSHOTS)

@@ -4,7 +4,7 @@
 importer.py fetches itself). A source fetches into the import's staging directory: a tree
 source writes the checkpoint's files into `tree`; a one-file source writes one file into
 `downloads` and returns it (the importer extracts it when it is an archive). Every source
-checks the names (agent/names.py) and the limits on what it lists before any byte moves, and
+checks the names (protocol/names.py) and the limits on what it lists before any byte moves, and
 bounds what it writes while bytes move; the importer commits the staging directory only on
 success. Provider libraries are imported by the module that needs them, when it is used.
 

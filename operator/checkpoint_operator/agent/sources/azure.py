@@ -18,9 +18,9 @@ import os
 import threading
 from typing import Optional
 
-from checkpoint_operator.agent.errors import AgentError
-from checkpoint_operator.agent.manifest import RESERVED_ROOT_NAMES
-from checkpoint_operator.agent.names import printable
+from checkpoint_operator.protocol.errors import AgentError
+from checkpoint_operator.protocol.manifest import RESERVED_ROOT_NAMES
+from checkpoint_operator.protocol.names import printable
 from checkpoint_operator.agent.progress import Progress
 from checkpoint_operator.agent.redact import quoted
 from checkpoint_operator.agent.sources.base import (

@@ -17,7 +17,7 @@ import os
 from contextlib import contextmanager
 from typing import Iterator
 
-from checkpoint_operator.agent.errors import AgentError
+from checkpoint_operator.protocol.errors import AgentError
 from checkpoint_operator.agent.sources.base import Fetched, Limits, Options, Source, file_name
 
 DEFAULT_ENDPOINT = "https://storage.googleapis.com"

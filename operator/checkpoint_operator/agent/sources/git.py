@@ -36,8 +36,8 @@ from typing import IO, Iterator, Optional
 
 from checkpoint_operator.agent import fstree
 from checkpoint_operator.agent.archive import _link_stays_inside
-from checkpoint_operator.agent.errors import AgentError
-from checkpoint_operator.agent.names import printable
+from checkpoint_operator.protocol.errors import AgentError
+from checkpoint_operator.protocol.names import printable
 from checkpoint_operator.agent.progress import Progress
 from checkpoint_operator.agent.redact import quoted
 from checkpoint_operator.agent.urls import parse_url, shown

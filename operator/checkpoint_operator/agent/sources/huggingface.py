@@ -28,8 +28,8 @@ import urllib.parse
 import urllib.request
 from typing import Optional
 
-from checkpoint_operator.agent.errors import AgentError
-from checkpoint_operator.agent.names import printable
+from checkpoint_operator.protocol.errors import AgentError
+from checkpoint_operator.protocol.names import printable
 from checkpoint_operator.agent.progress import Progress
 from checkpoint_operator.agent.redact import quoted
 from checkpoint_operator.agent.urls import check_url, scheme_of, shown
