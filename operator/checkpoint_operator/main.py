@@ -139,17 +139,22 @@ def reconcile(ctx: Context, key: tuple[str, str, str]) -> Optional[float]:
 
 # --- settings and process ------------------------------------------------------------------------
 
+EMPTY_ESSENCE: dict[str, Any] = {}
+
+
 class NoDiffBase(kopf.AnnotationsDiffBaseStorage):
     """kopf builds an object's "essence" (a deep copy of the body without its status) on every
     event, to diff it for change handlers, and clears its progress from it: this operator has none
     (only event handlers and indexes; reconciles decide from the object itself), so nothing is
     built, stored or read (a tenth of the operator's CPU under load, bench/scale.py)."""
 
+    # An empty essence, not None: with None, kopf takes every object for one never handled and
+    # keeps more of each (the operator's RSS with 10,000 Checkpoints went from 120 to 259 MB).
     def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
-        return None
+        return EMPTY_ESSENCE
 
     def fetch(self, *, body: kopf.Body) -> Any:
-        return None
+        return EMPTY_ESSENCE
 
     def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: Any) -> None:
         return None
