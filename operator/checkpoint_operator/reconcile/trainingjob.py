@@ -575,7 +575,9 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: Sc
     # bytes; the job is Succeeded only then (a finished job's outputs are usable to whoever reads them).
     # Until then it waits quietly: their Ready events wake it (wakeups.checkpoint_event); the pod and
     # its result stay (agent_runs keeps the parsed result: the log is read once).
-    if any(_unpublished(ctx, tj.metadata.namespace, p.name) for p in plan.checkpoints):
+    if any(_unpublished(ctx, tj.metadata.namespace, p.name) for p in plan.checkpoints) or \
+            (store.later_writes_reach_checkpoints and any(_not_failed_yet(ctx, tj.metadata.namespace, info.name)
+                                                          for info, _ in plan.changed)):
         return Wait(requeue_after=PUBLISH_RECHECK)
     published = list(zip(created, plan.checkpoints))
     _retire(ctx, tj, plan)
@@ -596,6 +598,12 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: Sc
 
 
 FINAL_SNAPSHOT = "final"  # the key of the end-of-job volume snapshot (logic/volume_snapshots.py)
+
+
+def _not_failed_yet(ctx: Context, namespace: str, name: str) -> bool:
+    """A Checkpoint the job asked to fail (changed after sealing) that its reconcile has not failed yet."""
+    info = ctx.indexes.checkpoint(namespace, name)
+    return info is not None and not info.deleting and info.phase != CheckpointPhase.FAILED
 
 
 def _unpublished(ctx: Context, namespace: str, name: str) -> bool:
