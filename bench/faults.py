@@ -53,6 +53,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import urllib.request
@@ -315,9 +316,11 @@ class Harness:
     """A fresh emulator (with the fault layer), the local cluster with the Runner, one operator at a
     time (restartable), and when the case uses the s3 store a prefix of its own in the shared store."""
 
-    def __init__(self, name: str, store: Store | None, s3_store: bool = True, snapshots: bool = False) -> None:
+    def __init__(self, name: str, store: Store | None, s3_store: bool = True, snapshots: bool = False,
+                 cache: str = "") -> None:
         self.name, self.store, self.s3_store = name, store, s3_store and store is not None
         self.snapshots = snapshots  # the volume store with volume snapshots, on three nodes
+        self.cache = cache  # the node-local input cache's capacity (cache.enabled), or "" without it
         self.work = Path(tempfile.mkdtemp(prefix=f"bench-faults-{name}-"))
         self.emulator = Emulator(self.work, script=__file__)
         self.url = self.emulator.url
@@ -335,6 +338,8 @@ class Harness:
             env.update(self.store.env(), CKPT_STORAGE_TYPE="s3", CKPT_S3_ENDPOINT=self.store.server.endpoint,
                        CKPT_S3_BUCKET=self.store.bucket, CKPT_S3_PREFIX=self.prefix,
                        CKPT_S3_SECRET_NAME="store-credentials")
+        if self.cache:
+            env.update(CKPT_CACHE_ENABLED="true", CKPT_CACHE_CAPACITY=self.cache)
         return env
 
     async def __aenter__(self) -> "Harness":
@@ -569,6 +574,8 @@ async def assess(h: Harness, verdict: Verdict, expects: list[Expect], *, check_d
             verdict.orphaned += 1
             notes.append(f"pod {pod['metadata']['name']} left")
     for obj, kind in [(p, "pvc") for p in await h.api.list(PVCS, NS)] + [(j, "job") for j in batch]:
+        if component(obj) == "node-cache":
+            continue  # the namespace's node-cache claim has no owner: it outlives jobs (docs/node-cache.md)
         if not owners_alive(obj, alive):
             verdict.orphaned += 1
             notes.append(f"{kind} {obj['metadata']['name']} has no live owner")
@@ -635,15 +642,16 @@ class Case:
     quick: bool = False
     origin: bool = False  # imports from an S3 origin (SeaweedFS) into the volume store
     snapshots: bool = False  # the volume store with volume snapshots, on three nodes
+    cache: str = ""  # the s3 store with the node-local input cache of this capacity
 
 
 CASES: list[Case] = []
 
 
 def case(name: str, group: str, *, s3: bool = False, quick: bool = False, origin: bool = False,
-         snapshots: bool = False):
+         snapshots: bool = False, cache: str = ""):
     def register(fn):
-        CASES.append(Case(name, group, fn, s3, quick, origin, snapshots))
+        CASES.append(Case(name, group, fn, s3 or bool(cache), quick, origin, snapshots, cache))
         return fn
     return register
 
@@ -1264,6 +1272,185 @@ async def _(h):
 
 # -- the counters' own check: defects made on purpose must be counted ----------------------------------
 
+# -- the node-local input cache (cache.enabled, one node) ---------------------------------------------------
+
+CACHE_ROOT = "/var/lib/checkpoint-operator/cache"  # cache.localPath's default: the PV's path on the node
+
+
+def node_cache_dir(h: Harness, pod: dict) -> Path:
+    """The node's cache directory, as local mode lays a multi-node local volume out (one per node)."""
+    return h.cluster.node_dir(pod["spec"]["nodeName"]) / "local-volumes" / CACHE_ROOT.lstrip("/")
+
+
+def reads_input(expected: dict[str, bytes], then: Callable[[dict], int]) -> Callable[[dict], int]:
+    """Training code that checks the bytes of its input (exit 3 when they differ), then `then`."""
+    def train(env: dict) -> int:
+        src = Path(env["CHECKPOINT_INPUT_PATH"])
+        if any((src / name).read_bytes() != data for name, data in expected.items()):
+            return 3
+        return then(env)
+    return train
+
+
+def fills_of(pods: list[dict]) -> list[dict]:
+    """The node-cache fills' reports (termination messages) of the pods."""
+    reports = []
+    for pod in pods:
+        for status in (pod.get("status") or {}).get("initContainerStatuses") or []:
+            message = ((status.get("state") or {}).get("terminated") or {}).get("message")
+            if status["name"].startswith("download-input-") and message:
+                reports.append(json.loads(message))
+    return reports
+
+
+async def cache_input(h: Harness, size: int = 8 * 1024 * 1024, n: int = 1) -> dict[str, bytes]:
+    """`pre` writes n checkpoints of `size` random bytes (step-1 ... step-n); returns what step-1 holds."""
+    blobs = {f"step-{i}": os.urandom(size) for i in range(1, n + 1)}
+
+    def train(env: dict) -> int:
+        for step, data in blobs.items():
+            directory = Path(env["CHECKPOINT_OUTPUT_DIR"]) / step
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / "model.safetensors").write_bytes(data)
+        return 0
+    await h.create_job("pre", train=train)
+    await finished(h, "pre")
+    return {step: data for step, data in blobs.items()}
+
+
+def kill_fill_midway(started_fills: list[str]):
+    """A rule: the first fill runs for real as a process of its own (what the container would run, on the
+    node's cache directory), and is SIGKILLed once its download is under way: the container ends 137."""
+    async def rule(pod, container, env):
+        if not is_download(pod, container) or started_fills:
+            return None
+        started_fills.append(pod["metadata"]["name"])
+        root = node_cache_dir(CURRENT, pod)
+        argv = [a for a in container["command"] if a not in ("--result-file", "/dev/termination-log")]
+        argv = [str(root) if a == "/checkpoint-node-cache" else a for a in argv]
+        key = argv[argv.index("--key") + 1]
+        staging = root / "staging" / key.replace("/", ".") / "data"
+        proc = await asyncio.create_subprocess_exec(*argv, "--no-hold", env={**os.environ, **env,
+                                                                                "CKPT_S3_CONCURRENCY": "1"},
+                                                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while proc.returncode is None and time.monotonic() < deadline:
+            if staging.is_dir() and any(staging.iterdir()):
+                proc.kill()
+                CURRENT.events.append("the first fill SIGKILLed with its download under way")
+                break
+            await asyncio.sleep(0.002)
+        await proc.wait()
+        return (137, "OOMKilled")
+    return rule
+
+
+@case("cache-fill-killed", "cache", cache="1Gi", quick=True)
+async def _(h):
+    inputs = await cache_input(h, size=48 * 1024 * 1024)
+    started: list[str] = []
+    h.runner.rules.append(kill_fill_midway(started))
+    await h.create_job("job", inputs=[{"name": "pre.step-1"}], backoffLimit=1,
+                       train=reads_input({"model.safetensors": inputs["step-1"]}, steps(1)))
+    await finished(h, "job")
+    outcomes = [r["cache"] for r in fills_of(await h.api.list(PODS, NS))]
+    if outcomes != ["miss"]:  # the retried pod's fill resumed and committed
+        raise CaseError(f"the retried pod's fill reported {outcomes}, expected one miss")
+    return [Expect("job", "Succeeded", ("succeeded", "1 checkpoint(s)"))]
+
+
+@case("cache-entry-corrupted", "cache", cache="1Gi")
+async def _(h):
+    inputs = await cache_input(h)
+    expected = {"model.safetensors": inputs["step-1"]}
+    await h.create_job("first", inputs=[{"name": "pre.step-1"}], train=reads_input(expected, steps(1)))
+    await finished(h, "first")
+    first_pod = next(p for p in await h.api.list(PODS, NS) if p["metadata"]["name"].startswith("first"))
+    (entry,) = (node_cache_dir(h, first_pod) / "entries" / NS).iterdir()
+    cached = entry / "data" / "model.safetensors"
+    cached.chmod(0o644)
+    with open(cached, "r+b") as fh:  # a flipped byte: the sampled check of the next use sees it
+        fh.seek(5)
+        byte = fh.read(1)
+        fh.seek(5)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    h.events.append("a byte of the cached entry flipped")
+    await h.create_job("second", inputs=[{"name": "pre.step-1"}], train=reads_input(expected, steps(1)))
+    await finished(h, "second")
+    second = [p for p in await h.api.list(PODS, NS) if p["metadata"]["name"].startswith("second")]
+    outcomes = [r["cache"] for r in fills_of(second)]
+    if outcomes != ["refetched"]:
+        raise CaseError(f"the second job's fill reported {outcomes}, expected refetched")
+    return [Expect("first", "Succeeded", ("succeeded",)), Expect("second", "Succeeded", ("succeeded",))]
+
+
+@case("cache-full-all-in-use", "cache", cache="10Mi")
+async def _(h):
+    inputs = await cache_input(h, size=6 * 1024 * 1024, n=2)  # one entry fits in 10Mi, two do not
+    holding, release = threading.Event(), threading.Event()
+
+    def holds(env: dict) -> int:
+        holding.set()
+        release.wait(WAIT)
+        return steps(1)(env)
+    await h.create_job("holder", inputs=[{"name": "pre.step-1"}],
+                       train=reads_input({"model.safetensors": inputs["step-1"]}, holds))
+    if not await asyncio.to_thread(holding.wait, WAIT):
+        raise CaseError("the holder never ran")
+    await h.create_job("waiter", inputs=[{"name": "pre.step-2"}],
+                       train=reads_input({"model.safetensors": inputs["step-2"]}, steps(1)))
+
+    async def fill_state() -> dict:
+        for pod in await h.api.list(PODS, NS):
+            if pod["metadata"]["name"].startswith("waiter"):
+                for status in (pod.get("status") or {}).get("initContainerStatuses") or []:
+                    if status["name"] == "download-input-0":
+                        return status.get("state") or {}
+        return {}
+    step2 = (await h.api.get(CKPT, NS, "pre.step-2"))["status"]["digest"].removeprefix("sha256:")
+    holder_pod = next(p for p in await h.api.list(PODS, NS) if p["metadata"]["name"].startswith("holder"))
+    root = node_cache_dir(h, holder_pod)
+    deadline = time.monotonic() + WAIT
+    while not (root / "staging" / f"{NS}.{step2}").is_dir():  # the fill has come to reserve room
+        if time.monotonic() > deadline:
+            raise CaseError("the waiter's fill never came to reserve room")
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(3)  # and has had time to find the cache full
+    if "terminated" in await fill_state() or (root / "entries" / NS / step2).exists():
+        raise CaseError("the waiter's fill went on while the only entry was in use")
+    h.events.append("the second pod waited in its fill while the first held the only entry")
+    release.set()
+    await finished(h, "holder")
+    await finished(h, "waiter")
+    waiter = [p for p in await h.api.list(PODS, NS) if p["metadata"]["name"].startswith("waiter")]
+    reports = fills_of(waiter)
+    if [r["evictedCount"] for r in reports] != [1]:
+        raise CaseError(f"the waiter's fill reported {reports}, expected one eviction")
+    return [Expect("holder", "Succeeded", ("succeeded",)), Expect("waiter", "Succeeded", ("succeeded",))]
+
+
+@case("cache-eviction-under-load", "cache", cache="15Mi")
+async def _(h):
+    inputs = await cache_input(h, size=6 * 1024 * 1024, n=3)  # two entries fit, three do not
+    names = [f"use-{i}" for i in range(9)]
+
+    def trains_a_while(env: dict) -> int:
+        time.sleep(0.3)  # the pods overlap: entries are in use while others need room
+        return steps(1)(env)
+    for i, name in enumerate(names):
+        step = f"step-{i % 3 + 1}"
+        await h.create_job(name, inputs=[{"name": f"pre.{step}"}],
+                           train=reads_input({"model.safetensors": inputs[step]}, trains_a_while))
+    for name in names:
+        await finished(h, name)
+    reports = fills_of(await h.api.list(PODS, NS))
+    if not sum(r["evictedCount"] for r in reports):
+        raise CaseError(f"no fill evicted anything: {[r['cache'] for r in reports]}")
+    h.events.append(f"{sum(r['evictedCount'] for r in reports)} evictions, outcomes "
+                    f"{sorted(Counter(r['cache'] for r in reports).items())}")
+    return [Expect(name, "Succeeded", ("succeeded",)) for name in names]
+
+
 async def self_check() -> str | None:
     """A finished job, then: one Ready Checkpoint's bytes changed on its volume, a directory the job
     "wrote" that no Checkpoint has, a PVC without an owner, a wrong expected message. None when each is
@@ -1315,7 +1502,8 @@ async def run_case(c: Case, store: Store | None) -> Verdict:
     verdict = Verdict(c.name, c.group)
     started = time.monotonic()
     try:
-        async with Harness(c.name, store if c.s3 or c.origin else None, s3_store=c.s3, snapshots=c.snapshots) as h:
+        async with Harness(c.name, store if c.s3 or c.origin else None, s3_store=c.s3, snapshots=c.snapshots,
+                           cache=c.cache) as h:
             CURRENT = h
             try:
                 expects = await c.run(h)
@@ -1341,7 +1529,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--serve-emulator", metavar="URL_FILE", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="one case of each kind")
-    parser.add_argument("--only", help="comma-separated groups (kill, api, pods, store, issue8, issue18, snapshots) or "
+    parser.add_argument("--only", help="comma-separated groups (kill, api, pods, store, issue8, issue18, snapshots, cache) or "
                                        "case-name prefixes")
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     args = parser.parse_args()

@@ -18,6 +18,7 @@ import cel
 OPERATOR_NAMESPACE = "ckpt-system"
 OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:ckpt-checkpoint-operator"
 RESOURCES = {"Pod": ("", "v1", "pods"), "PersistentVolumeClaim": ("", "v1", "persistentvolumeclaims"),
+             "PersistentVolume": ("", "v1", "persistentvolumes"),
              "Job": ("batch", "v1", "jobs"), "Event": ("", "v1", "events"), "Secret": ("", "v1", "secrets"),
              "VolumeSnapshot": ("snapshot.storage.k8s.io", "v1", "volumesnapshots"),
              "JobSet": ("jobset.x-k8s.io", "v1alpha2", "jobsets"), "Service": ("", "v1", "services")}

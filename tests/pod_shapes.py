@@ -63,8 +63,10 @@ def config(store: str, **overrides: Any) -> OperatorConfig:
     values: dict[str, Any] = {"agent_image": IMAGE, "agent_service_account": AGENT_SERVICE_ACCOUNT}
     if store == "snapshots":
         values.update(volume_snapshot_class=SNAPSHOT_CLASS, default_storage_class="gp3")
-    if store == "s3":
+    if store in ("s3", "s3-cache"):
         values.update(storage_type="s3", s3_bucket="ckpts", s3_endpoint=S3_ENDPOINT, s3_secret_name=STORE_SECRET)
+    if store == "s3-cache":  # the node-local input cache (logic/node_cache.py)
+        values.update(cache_enabled=True, cache_capacity="200Gi")
     return OperatorConfig(**{**values, **overrides})
 
 
@@ -180,7 +182,7 @@ def agent_pods() -> dict[str, dict[str, Any]]:
 
 
 def _inputs(store_name: str) -> list[ResolvedInput]:
-    if store_name == "s3":
+    if store_name in ("s3", "s3-cache"):
         location = {"s3": {"uri": "s3://ckpts/checkpoints/team-a/base-uid/"}}
     elif store_name == "volume-parts":  # assembled across two workers' volumes
         location = {"volumeParts": [
@@ -236,6 +238,9 @@ def training_pods(template: Optional[dict] = None) -> dict[str, dict[str, Any]]:
                 built_job(store_name, template, publish=publish, replicas=2, engine="JobSet"))
         pods[f"{store_name}/training/volume-per-worker"] = job_pod(
             built_job(store_name, template, replicas=2, engine="JobSet", output={"volumePerWorker": True}), 1)
+    for publish in ("OnCompletion", "Continuous"):  # inputs from the node cache: its sidecar and fills
+        pods[f"s3-cache/training/{publish}"] = job_pod(built_job("s3-cache", template, publish=publish))
+    pods["s3-cache/training/jobset"] = job_pod(built_job("s3-cache", template, replicas=2, engine="JobSet"))
     pods["volume/training/input-assembled-across-workers"] = job_pod(built_job("volume", template,
                                                                                inputs_from="volume-parts"))
     return pods

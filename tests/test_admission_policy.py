@@ -846,3 +846,80 @@ def test_a_claim_bound_to_a_chosen_volume_or_another_namespace_is_refused(polici
     claim["spec"].pop(field)
     claim["spec"]["volumeMode"] = "Filesystem"  # the API server's default
     allowed(policies["volume"], create("PersistentVolumeClaim", claim))
+
+
+# --- the node-local input cache (cache.enabled): its local PersistentVolume and claim per namespace -----
+
+CACHE_VALUES = {**VALUES["s3"], "cache": {"enabled": True, "localPath": "/mnt/nvme/ckpt-cache",
+                                          "storageClassName": "local-nvme"}}
+CACHE_CLAIM = "the checkpoint operator's node-cache claim is ckpt-node-cache"
+CACHE_VOLUME = "the checkpoint operator may only create the node cache's local PersistentVolumes"
+
+
+@pytest.fixture(scope="module")
+def cache_policy() -> dict:
+    with helm_chart.Chart.load(CHART_DIR) as chart:
+        return one(render(chart, CACHE_VALUES), "ValidatingAdmissionPolicy")
+
+
+def cache_objects() -> tuple[dict, dict]:
+    from checkpoint_operator.logic import node_cache
+    config = pod_shapes.config("s3-cache", cache_local_path="/mnt/nvme/ckpt-cache", cache_storage_class="local-nvme")
+    return node_cache.build_cache_volume(NS, config), node_cache.build_cache_claim(NS, config)
+
+
+def test_the_node_cache_volume_and_claim_are_accepted_only_with_the_cache(cache_policy, policies):
+    pv, claim = cache_objects()
+    allowed(cache_policy, create("PersistentVolume", pv, namespace=""))
+    allowed(cache_policy, create("PersistentVolumeClaim", claim))
+    refused(policies["s3"], create("PersistentVolume", pv, namespace=""), CACHE_VOLUME)
+    refused(policies["s3"], create("PersistentVolumeClaim", claim), CACHE_CLAIM)
+
+
+def _pv_change(path: str, value: Any) -> Callable[[dict], None]:
+    def change(pv: dict) -> None:
+        *parents, last = path.split(".")
+        target = pv
+        for part in parents:
+            target = target.setdefault(part, {})
+        if value is None:
+            target.pop(last, None)
+        else:
+            target[last] = value
+    return change
+
+
+@pytest.mark.parametrize("change", [
+    _pv_change("spec.local", None), _pv_change("spec.local.path", "/"),
+    _pv_change("spec.hostPath", {"path": "/mnt/nvme/ckpt-cache"}),
+    _pv_change("spec.storageClassName", "gold"), _pv_change("spec.persistentVolumeReclaimPolicy", "Delete"),
+    _pv_change("spec.claimRef.name", "team-data"), _pv_change("spec.claimRef.namespace", "team-b"),
+    _pv_change("spec.claimRef.namespace", "kube-system"), _pv_change("metadata.labels", {}),
+], ids=["no-local", "root-path", "host-path", "other-class", "delete-policy", "other-claim", "other-namespace",
+        "protected-namespace", "unlabelled"])
+def test_hostile_node_cache_volumes_are_refused(cache_policy, change):
+    pv, _ = cache_objects()
+    change(pv)
+    if "hostPath" in pv["spec"]:
+        pv["spec"].pop("local")
+    refused(cache_policy, create("PersistentVolume", pv, namespace=""), CACHE_VOLUME)
+
+
+def test_node_cache_volumes_are_never_changed_or_deleted(cache_policy):
+    pv, _ = cache_objects()
+    retargeted = copy.deepcopy(pv)
+    retargeted["spec"]["claimRef"]["namespace"] = "team-b"
+    refused(cache_policy, Request("UPDATE", "PersistentVolume", "", retargeted, pv), CACHE_VOLUME)
+    refused(cache_policy, Request("DELETE", "PersistentVolume", "", old_object=pv), CACHE_VOLUME)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("metadata.name", "team-data"), ("spec.volumeName", "ckpt-node-cache-team-b"), ("spec.storageClassName", "gold"),
+    ("spec.dataSource", {"kind": "PersistentVolumeClaim", "name": "team-data"}),
+    ("spec.selector", {"matchLabels": {"a": "b"}}),
+    ("metadata.ownerReferences", [{"apiVersion": "v1", "kind": "Pod", "name": "p", "uid": "u"}]),
+])
+def test_hostile_node_cache_claims_are_refused(cache_policy, field, value):
+    _, claim = cache_objects()
+    _pv_change(field, value)(claim)
+    refused(cache_policy, create("PersistentVolumeClaim", claim), CACHE_CLAIM)

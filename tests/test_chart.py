@@ -56,6 +56,12 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "namespaced-volume-snapshots": {"watchNamespaces": ["team-a", "team-b"],
                                     "storage": {"volume": {"snapshotClassName": "pd-snapshots",
                                                            "restoreAccessMode": "ReadOnlyMany"}}},
+    "s3-cache": {"storage": {"type": "s3", "s3": {"bucket": "ckpts", "namespaceSecret": "ckpt-s3"}},
+                 "cache": {"enabled": True, "capacityPerNode": "800Gi", "localPath": "/mnt/nvme/ckpt-cache",
+                           "storageClassName": "local-nvme", "nodeSelector": {"nvme": "true"}, "verify": "full"}},
+    "namespaced-s3-cache": {"watchNamespaces": ["team-a", "team-b"],
+                            "storage": {"type": "s3", "s3": {"bucket": "ckpts", "namespaceSecret": "ckpt-s3"}},
+                            "cache": {"enabled": True}},
     "everything-set": {
         "image": {"tag": "1.2.3", "pullPolicy": "Always"},
         "imagePullSecrets": [{"name": "regcred"}],
@@ -113,7 +119,7 @@ def operator_rbac(objects: list[dict], kind: str) -> list[dict]:
     """The operator's own RBAC objects (templates/rbac.yaml), without the catalog's (`-catalog`, and the tenants'
     roles of templates/catalog.yaml)."""
     return [o for o in of_kind(objects, kind) if o["_template"].endswith("/rbac.yaml")
-            and not o["metadata"]["name"].endswith("-catalog")]
+            and not o["metadata"]["name"].endswith(("-catalog", "-node-cache"))]
 
 
 def operator_container(objects: list[dict]) -> dict:
@@ -428,7 +434,8 @@ def test_cluster_wide_rbac_equals_the_table(chart, scenario):
     objects = render(chart, SCENARIOS[scenario])
     (role,) = operator_rbac(objects, "ClusterRole")
     granted = rbac.permissions(role["rules"])
-    wanted = rbac.permissions(rbac.policy_rules(cluster_wide=True, volume_snapshots=_snapshots(SCENARIOS[scenario])))
+    wanted = rbac.permissions(rbac.policy_rules(cluster_wide=True, volume_snapshots=_snapshots(SCENARIOS[scenario]),
+                                                node_cache=_node_cache(SCENARIOS[scenario])))
     assert not wanted - granted, f"missing from the chart: {sorted(wanted - granted)}"
     assert not granted - wanted, f"granted beyond rbac.py: {sorted(granted - wanted)}"
     _no_wildcards(role["rules"])
@@ -440,13 +447,41 @@ def test_cluster_wide_rbac_equals_the_table(chart, scenario):
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": service_account, "namespace": NAMESPACE}]
 
 
+def _node_cache(values: dict[str, Any]) -> bool:
+    return bool((values.get("cache") or {}).get("enabled"))
+
+
+def test_the_node_cache_settings_reach_the_operator_and_its_volumes_get_a_cluster_role(chart):
+    values = SCENARIOS["s3-cache"]
+    env = {e["name"]: e.get("value") for e in operator_container(render(chart, values))["env"]}
+    config = OperatorConfig.from_env({k: v for k, v in env.items() if k.startswith("CKPT_") and v is not None})
+    assert (config.cache_enabled, config.cache_capacity, config.cache_local_path, config.cache_storage_class,
+            config.cache_node_selector, config.cache_verify) == (True, "800Gi", "/mnt/nvme/ckpt-cache", "local-nvme",
+                                                                 {"nvme": "true"}, "full")
+    assert not [k for k in env if k.startswith("CKPT_CACHE_")] or _node_cache(values)
+    assert not [k for k in (e["name"] for e in operator_container(render(chart))["env"]) if k.startswith("CKPT_CACHE")]
+    objects = render(chart, SCENARIOS["namespaced-s3-cache"])
+    by_name = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+    role = by_name[("ClusterRole", f"{RELEASE}-checkpoint-operator-node-cache")]
+    assert rbac.permissions(role["rules"]) == rbac.permissions(rbac.node_cache_rules())
+    binding = by_name[("ClusterRoleBinding", f"{RELEASE}-checkpoint-operator-node-cache")]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert not [o for o in render(chart, SCENARIOS["namespaced"]) if o["metadata"]["name"].endswith("-node-cache")]
+
+
+def test_the_node_cache_is_refused_on_the_volume_store(chart):
+    with pytest.raises(Exception, match="cache.enabled caches inputs of the s3 store"):
+        render(chart, {"cache": {"enabled": True}})
+
+
 def _snapshots(values: dict[str, Any]) -> bool:
     """Whether the values keep checkpoints in VolumeSnapshots (the rules with_volume_snapshots are granted)."""
     storage = values.get("storage") or {}
     return storage.get("type", "volume") == "volume" and bool((storage.get("volume") or {}).get("snapshotClassName"))
 
 
-@pytest.mark.parametrize("scenario", ["namespaced", "namespaced-replicas-2", "namespaced-volume-snapshots"])
+@pytest.mark.parametrize("scenario", ["namespaced", "namespaced-replicas-2", "namespaced-volume-snapshots",
+                                      "namespaced-s3-cache"])
 def test_namespaced_rbac_equals_the_table(chart, scenario):
     values = SCENARIOS[scenario]
     objects = render(chart, values)

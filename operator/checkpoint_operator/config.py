@@ -70,6 +70,33 @@ class OperatorConfig(BaseModel):
         "500Gi", pattern=QUANTITY_PATTERN,
         description="largest import (a quantity); a Namespace annotation ckpt.dev/max-checkpoint-size may lower it")
 
+    cache_enabled: bool = Field(
+        False, description="s3 store: a node-local cache of inputs (docs/node-cache.md): the first pod on a node "
+                           "downloads an input into the node's cache volume, later pods there mount it read-only "
+                           "(Helm cache.enabled)")
+    cache_capacity: str = Field(
+        "100Gi", pattern=QUANTITY_PATTERN,
+        description="bytes each node's cache may hold, over every namespace; least recently used entries no pod "
+                    "uses are evicted to make room (Helm cache.capacityPerNode)")
+    cache_local_path: str = Field(
+        "/var/lib/checkpoint-operator/cache", pattern=r"^/[^:]*$",
+        description="the directory on every cache node that holds the cache (a local PersistentVolume's path; "
+                    "it must exist, writable by uid 65532: Helm cache.localPath)")
+    cache_storage_class: str = Field(
+        "ckpt-node-cache", min_length=1, max_length=253,
+        description="storageClassName of the cache's local PersistentVolumes and their claims (a class without a "
+                    "provisioner; Helm cache.storageClassName)")
+    cache_node_selector: dict = Field(
+        default_factory=dict, description="labels of the nodes that have the cache directory (default: every Linux "
+                                          "node; Helm cache.nodeSelector): cached inputs' pods run only there")
+    cache_verify: Literal["sample", "full"] = Field(
+        "sample", description="how a cached entry is checked on each use: sizes and a sample of blocks, or every "
+                              "byte (Helm cache.verify)")
+
+    @property
+    def cache_capacity_bytes(self) -> int:
+        return parse_quantity(self.cache_capacity)
+
     @property
     def max_checkpoint_bytes(self) -> int:
         return parse_quantity(self.max_checkpoint_size)
@@ -78,6 +105,9 @@ class OperatorConfig(BaseModel):
     def _s3_store_needs_a_bucket(self):
         if self.storage_type == "s3" and not self.s3_bucket:
             raise ValueError("CKPT_S3_BUCKET must be set when CKPT_STORAGE_TYPE is s3")
+        if self.cache_enabled and self.storage_type != "s3":
+            raise ValueError("CKPT_CACHE_ENABLED (cache.enabled) caches inputs of the s3 store; CKPT_STORAGE_TYPE is "
+                             f"{self.storage_type}")
         if self.storage_type != "volume" and self.volume_snapshot_class:
             raise ValueError("CKPT_VOLUME_SNAPSHOT_CLASS (storage.volume.snapshotClassName) is for the volume store; "
                              f"CKPT_STORAGE_TYPE is {self.storage_type}")

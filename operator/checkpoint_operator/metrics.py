@@ -21,6 +21,17 @@ TRANSFERRED_BYTES = Counter(
 CHECKPOINTS_CREATED = Counter(f"{PREFIX}_checkpoints_created_total", "Checkpoints created from job outputs.")
 BLOCKED_DELETIONS = Counter(
     f"{PREFIX}_blocked_deletions_total", "Checkpoint deletions refused because a live TrainingJob uses them.")
+NODE_CACHE_FILLS = Counter(
+    f"{PREFIX}_node_cache_fills_total", "Inputs made ready in a node-local cache by training pods, by outcome: hit "
+    "(read from the node), miss (downloaded), refetched (a corrupted entry downloaded again).", ["outcome"])
+NODE_CACHE_SAVED_BYTES = Counter(
+    f"{PREFIX}_node_cache_saved_bytes_total", "Input bytes pods read from a node cache instead of the store.")
+NODE_CACHE_FETCHED_BYTES = Counter(
+    f"{PREFIX}_node_cache_fetched_bytes_total", "Input bytes node caches downloaded from the store.")
+NODE_CACHE_EVICTIONS = Counter(
+    f"{PREFIX}_node_cache_evictions_total", "Entries evicted from node caches (least recently used, unused).")
+NODE_CACHE_EVICTED_BYTES = Counter(
+    f"{PREFIX}_node_cache_evicted_bytes_total", "Bytes evicted from node caches.")
 RECONCILE_ERRORS = Counter(f"{PREFIX}_reconcile_errors_total", "Reconciliations that raised an error.", ["kind"])
 WATCH_EVENTS = Counter(f"{PREFIX}_watch_events_total", "Watch events the operator handled (kopf's per-event cost).",
                        ["kind"])

@@ -58,8 +58,8 @@ RULES: tuple[PermissionRule, ...] = (
         ("list", KOPF_WATCH), ("watch", KOPF_WATCH),
         ("create", "a snapshot and live sealing create the job's Checkpoints"),
         ("patch", "the in-use finalizer, kopf's annotations, request annotations removed once served; a job "
-                  "asks its Checkpoint to fail through the changed-after-sealing annotation (only the "
-                  "Checkpoint's reconcile writes its status)"),
+                  "asks its Checkpoint to fail through the changed-after-sealing annotation, and for status.cachedOn "
+                  "through the cached-on annotation (only the Checkpoint's reconcile writes its status)"),
         ("delete", "output.keep retention deletes the Checkpoints it drops"))),
     PermissionRule((GROUP,), ("trainingjobs",), (
         ("get", "read a TrainingJob live (a step, the producer of a sealed Checkpoint)"),
@@ -122,8 +122,10 @@ RULES: tuple[PermissionRule, ...] = (
         (verb, "kopf peering between the active replica and standbys in namespaced mode")
         for verb in ("get", "list", "watch", "patch"))),
     PermissionRule(("snapshot.storage.k8s.io",), ("volumesnapshots",), (
-        ("get", "read a VolumeSnapshot it took until it is readyToUse (polled: snapshots are not watched)"),
-        ("list", "at a job's end, its output's snapshots (by label), to delete those no Checkpoint points into"),
+        ("get", "read a VolumeSnapshot it took until it is readyToUse (polled: snapshots are not watched), and "
+                "a Ready Checkpoint's when the resync finds it changed"),
+        ("list", "at a job's end, its output's snapshots (by label), to delete those no Checkpoint points into; "
+                 "at each resync, its snapshots (by label) that Ready Checkpoints point into"),
         ("create", "a VolumeSnapshot of an output or import volume once its bytes are on the disk" + NARROWED
                    + "only snapshots labelled as its own, owned by their TrainingJob or Checkpoint"),
         ("patch", "owner references: moved from the TrainingJob to the Checkpoints that point into it" + NARROWED
@@ -154,6 +156,22 @@ CATALOG_RULES: tuple[PermissionRule, ...] = (
         ("update", "Kubernetes asks it of whoever sets an owner reference with blockOwnerDeletion to a catalog entry "
                    "(its import pod and claims, each namespace's copy)"),), cluster_scoped=True),
 )
+
+# cache.enabled (the node-local input cache, logic/node_cache.py): a local PersistentVolume per namespace.
+# PersistentVolumes are cluster-scoped: a ClusterRole grants these in both modes, and only with the cache.
+NODE_CACHE_RULES: tuple[PermissionRule, ...] = (
+    PermissionRule(("",), ("persistentvolumes",), (
+        ("get", "the namespace's node-cache volume, found again (its create is idempotent)"),
+        ("create", "the node cache's local PersistentVolume of a namespace, before its first cached pod" + NARROWED
+                   + "only volumes labelled as the node cache's, of its path and class, reserved (claimRef) for "
+                     "the cache claim of the namespace its name says; never a change or a delete")),
+        cluster_scoped=True),
+)
+
+
+def node_cache_rules() -> list[dict[str, list[str]]]:
+    return [rule.to_policy_rule() for rule in NODE_CACHE_RULES]
+
 
 # Namespaced mode: the catalog namespace (the operator's own, where entries are imported) gets a Role with
 # these, unless it is also a watched namespace (whose Role has them already).
@@ -194,12 +212,13 @@ def namespace_reader_rules(namespaces: list[str]) -> list[dict[str, list[str]]]:
     return [{**NAMESPACE_READER.to_policy_rule(), "resourceNames": sorted(namespaces)}]
 
 
-def policy_rules(*, cluster_wide: bool, volume_snapshots: bool = False) -> list[dict[str, list[str]]]:
-    """The rules of the operator's ClusterRole (cluster_wide: with the catalog's) or of each per-namespace Role;
-    `volume_snapshots`: storage.volume.snapshotClassName is set."""
+def policy_rules(*, cluster_wide: bool, volume_snapshots: bool = False,
+                 node_cache: bool = False) -> list[dict[str, list[str]]]:
+    """The rules of the operator's ClusterRole (cluster_wide: with the catalog's, and the node cache's when
+    `node_cache`) or of each per-namespace Role; `volume_snapshots`: storage.volume.snapshotClassName is set."""
     rules = [rule.to_policy_rule() for rule in RULES
              if (cluster_wide or not rule.cluster_only) and (volume_snapshots or not rule.with_volume_snapshots)]
-    return rules + (catalog_cluster_rules() if cluster_wide else [])
+    return rules + (catalog_cluster_rules() + (node_cache_rules() if node_cache else []) if cluster_wide else [])
 
 
 def permissions(rules: list[dict[str, list[str]]]) -> set[tuple[str, str, str]]:

@@ -80,11 +80,21 @@ class TestTheVolumeStoreOnReadWriteOnceBlockStorage:
         volume = (await api.get(CLAIMS, NS, claim))["spec"]["volumeName"]
         assert event["message"] == (f'Multi-Attach error for volume "{volume}" Volume is already used by pod(s) '
                                     f'{pod_b["metadata"]["name"]}')
-        await asyncio.sleep(1.0)
         assert "reader-c" not in trainer.envs  # still waiting: its volume is attached to local-1
-        assert (await api.get(TJ, NS, "reader-c"))["status"]["phase"] == "Running"
+
+        # hostile4 D9: its TrainingJob says so (it said Running and nothing else), naming the claim.
+        async def attach_wait():
+            tj = await api.get(TJ, NS, "reader-c")
+            ready = next((c for c in tj["status"].get("conditions", []) if c["type"] == "Ready"), {})
+            return (tj, ready) if ready.get("reason") == "VolumeAttachWait" else None
+        tj, ready = await wait_for(attach_wait, timeout=30)
+        assert tj["status"]["phase"] == "Running"
+        assert ready["message"] == (f"pod {pod_c['metadata']['name']} waits to attach PersistentVolumeClaim {claim}: "
+                                    f"{event['message']}")
+        assert "reader-c" not in trainer.envs
         release.set()
         await wait_phase(api, wait_for, TJ, "reader-c", "Succeeded")
+        assert await events_for(api, "reader-c", "VolumeAttachWait")  # a Warning, as the condition was set
 
 
 # --- with volume snapshots ----------------------------------------------------------------------
@@ -118,6 +128,11 @@ async def ready_checkpoint(api, wait_for, job: str, directory: str, timeout: flo
         obj = await checkpoint_of(api, job, directory)
         return obj if obj and obj.get("status", {}).get("phase") == "Ready" else None
     return await wait_for(ready, timeout=timeout)
+
+
+async def snapshot_ready(api, name: str) -> bool:
+    body = await api.get(SNAPSHOTS, NS, name)
+    return bool(body and (body.get("status") or {}).get("readyToUse"))
 
 
 async def gone(api, resource: str, namespace: str | None, name: str) -> bool:
@@ -302,6 +317,75 @@ class TestVolumeSnapshots:
         assert f'volumesnapshots.snapshot.storage.k8s.io "{snapshot}" not found' in ready["message"]
         assert "reader" not in trainer.envs
 
+    async def test_a_snapshot_made_in_advance_under_the_operator_s_name_is_never_taken(self, api, operator, cluster,
+                                                                                       trainer, wait_for):
+        """hostile4 D8: a tenant made a VolumeSnapshot of the running job's output under the name the
+        operator would use (computable from status.outputClaim), with its labels; the operator
+        adopted it: the Checkpoint was Ready with the digest of the final bytes while consumers read
+        the older bytes the early snapshot held. Only a snapshot the operator created and recorded
+        (status.volumeSnapshots, by UID) is a checkpoint's; the tenant's is left alone."""
+        from checkpoint_operator.logic.volume_snapshots import COMPONENT_OUTPUT, volume_snapshot_name
+        go = threading.Event()
+
+        def producer(attempt, env):
+            write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-1", {"w.bin": b"OLD-BYTES"})
+            assert go.wait(60)
+            write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-1", {"w.bin": b"NEW-BYTES"})
+            return 0
+        trainer.behaviours["producer"] = producer
+        await api.create(TJ, NS, training_job("producer"))
+        await wait_for(lambda: "producer" in trainer.envs, timeout=30)
+        tj = await api.get(TJ, NS, "producer")
+        claim = tj["status"]["outputClaim"]
+        squat = volume_snapshot_name(claim, "final")
+        labels = {"app.kubernetes.io/managed-by": "checkpoint-operator", "ckpt.dev/component": COMPONENT_OUTPUT,
+                  "ckpt.dev/trainingjob": "producer", "ckpt.dev/trainingjob-uid": tj["metadata"]["uid"]}
+        await api.create(SNAPSHOTS, NS, {"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+                                         "metadata": {"name": squat, "namespace": NS, "labels": labels},
+                                         "spec": {"volumeSnapshotClassName": "block-snapshots",
+                                                  "source": {"persistentVolumeClaimName": claim}}})
+        await wait_for(lambda: snapshot_ready(api, squat), timeout=30)
+        go.set()
+        await wait_phase(api, wait_for, TJ, "producer", "Succeeded")
+        step1 = await ready_checkpoint(api, wait_for, "producer", "step-1")
+        location = step1["status"]["location"]["snapshot"]
+        assert location["volumeSnapshotName"] != squat and location["volumeSnapshotName"].startswith(squat + "-")
+        taken = await api.get(SNAPSHOTS, NS, location["volumeSnapshotName"])
+        assert location["volumeSnapshotUID"] == taken["metadata"]["uid"]
+        producer = await api.get(TJ, NS, "producer")
+        assert producer["status"]["volumeSnapshots"] == [{"key": squat, "name": taken["metadata"]["name"],
+                                                          "uid": taken["metadata"]["uid"]}]
+        copy = cluster.snapshot_controller.copy_dir(taken["status"]["boundVolumeSnapshotContentName"])
+        assert (copy / "step-1" / "w.bin").read_bytes() == b"NEW-BYTES"
+        read = {}
+        trainer.behaviours["reader"] = lambda a, env: read.setdefault(
+            "w", open(os.path.join(env["CHECKPOINT_INPUT_PATH"], "w.bin"), "rb").read()) and 0
+        await api.create(TJ, NS, training_job("reader", checkpoints=[{"name": step1["metadata"]["name"]}]))
+        await wait_phase(api, wait_for, TJ, "reader", "Succeeded")
+        assert read == {"w": b"NEW-BYTES"}
+        # The tenant's snapshot is not the operator's to hand over or delete.
+        kept = await api.get(SNAPSHOTS, NS, squat)
+        assert kept is not None and not kept["metadata"].get("ownerReferences")
+
+    async def test_a_template_mount_of_the_restored_input_volume_is_refused(self, api, operator, cluster, trainer,
+                                                                            wait_for):
+        """hostile4 D3: a consumer's own mount naming `ckpt-in-0` got the restored claim read-write (an
+        ephemeral volume has no volume-level readOnly). The job fails in one line; no pod runs."""
+        trainer.behaviours["producer"] = lambda a, env: write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-1",
+                                                                          {"w.bin": b"w"}) or 0
+        await api.create(TJ, NS, training_job("producer"))
+        await wait_phase(api, wait_for, TJ, "producer", "Succeeded")
+        step1 = await ready_checkpoint(api, wait_for, "producer", "step-1")
+        trainer.behaviours["rw"] = lambda a, env: 0
+        body = training_job("rw", checkpoints=[{"name": step1["metadata"]["name"]}])
+        body["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] = [{"name": "ckpt-in-0", "mountPath": "/rw"}]
+        await api.create(TJ, NS, body)
+        tj = await wait_phase(api, wait_for, TJ, "rw", ("Running", "Succeeded", "Failed"))
+        assert tj["status"]["phase"] == "Failed"
+        assert tj["status"]["message"].startswith("spec.template.spec.containers[trainer].volumeMounts 'ckpt-in-0' "
+                                                  "names a volume the operator adds")
+        assert "rw" not in trainer.envs and not await worker_pods(api, "rw")
+
     async def test_a_restarted_group_gets_its_inputs_restored_from_the_snapshot_again(self, api, operator, cluster,
                                                                                       trainer, wait_for):
         """A 2-worker consumer (engine Job) whose worker 1 fails: the operator's group restart stages the
@@ -474,3 +558,75 @@ class TestKubectlCkptOnSnapshots:
             return not [c for c in claims if c["metadata"].get("labels", {}).get("ckpt.dev/component") ==
                         "restored-input"]
         await wait_for(no_restored_claims, timeout=30)
+
+
+class TestACheckpointFollowsItsSnapshot:
+    """hostile4 D4: a Ready Checkpoint stayed Ready after its VolumeSnapshot was deleted or turned
+    readyToUse=false. The resync (one LIST of the namespace's snapshots) wakes the Checkpoint, whose
+    own reconcile reads its snapshot and fails it with the reason; nothing selects it then."""
+
+    @pytest.fixture
+    def operator_config(self) -> OperatorConfig:
+        return OperatorConfig(**SNAPSHOT_CONFIG, resync_interval=0.5)
+
+    async def test_a_lost_or_unready_snapshot_fails_its_checkpoint_and_latest_skips_it(self, api, operator, cluster,
+                                                                                      trainer, wait_for):
+        sealed = threading.Event()
+
+        def produce(attempt, env):
+            trainer_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], 10)
+            assert sealed.wait(90)
+            trainer_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], 20)
+            return 0
+        trainer.behaviours["producer"] = produce
+        await api.create(TJ, NS, training_job("producer", output={"publish": "Continuous"}))
+        c10 = await ready_checkpoint(api, wait_for, "producer", "checkpoint-10")
+        sealed.set()
+        c20 = await ready_checkpoint(api, wait_for, "producer", "checkpoint-20")
+        await wait_phase(api, wait_for, TJ, "producer", "Succeeded")
+        name20 = c20["metadata"]["name"]
+        snap20 = c20["status"]["location"]["snapshot"]["volumeSnapshotName"]
+        assert snap20 != c10["status"]["location"]["snapshot"]["volumeSnapshotName"]
+
+        async def checkpoint_reason(reason):
+            obj = await api.get(CKPT, NS, name20)
+            ready = next((c for c in obj["status"].get("conditions", []) if c["type"] == "Ready"), {})
+            return obj if ready.get("reason") == reason else None
+
+        # Not readyToUse (the CSI driver says so on the content; the snapshot follows it): Failed, naming it
+        # and the error.
+        content = (await api.get(SNAPSHOTS, NS, snap20))["status"]["boundVolumeSnapshotContentName"]
+
+        async def content_status(**status):
+            body = await api.get(CONTENTS, None, content)
+            body["status"].update(status)
+            await api.replace(CONTENTS, None, content, {k: v for k, v in body.items()}, subresource="status")
+        await content_status(readyToUse=False, error={"message": "the storage lost the snapshot"})
+        failed = await wait_for(lambda: checkpoint_reason("VolumeSnapshotNotReady"), timeout=30)
+        assert failed["status"]["phase"] == "Failed"
+        assert failed["status"]["message"] == (f"VolumeSnapshot {snap20} is not readyToUse: the storage lost the "
+                                               "snapshot")
+        # select: latest takes the newest usable one.
+        read = {}
+        trainer.behaviours["reader"] = lambda a, env: read.setdefault(
+            "w", open(os.path.join(env["CHECKPOINT_INPUT_PATH"], "model.safetensors"), "rb").read()) and 0
+        await api.create(TJ, NS, training_job("reader", checkpoints=[{"fromTrainingJob": "producer",
+                                                                      "select": "latest"}]))
+        reader = await wait_phase(api, wait_for, TJ, "reader", ("Succeeded", "Failed"))
+        assert reader["status"]["phase"] == "Succeeded" and read == {"w": weights(b"w" * 10)}
+        assert [p["name"] for p in reader["status"]["inputs"]] == [c10["metadata"]["name"]]
+
+        # readyToUse again: Ready again.
+        await content_status(readyToUse=True, error=None)
+        again = await wait_for(lambda: checkpoint_reason("Ready"), timeout=30)
+        assert again["status"]["phase"] == "Ready" and again["status"]["message"].endswith(
+            f"VolumeSnapshot {snap20} is readyToUse again")
+
+        # Deleted outside the operator: Failed for good, naming it.
+        await api.delete(SNAPSHOTS, NS, snap20)
+        lost = await wait_for(lambda: checkpoint_reason("VolumeSnapshotLost"), timeout=30)
+        assert lost["status"]["phase"] == "Failed"
+        assert lost["status"]["message"] in (  # seen while its finalizers run, or after
+            f"VolumeSnapshot {snap20} is gone (deleted outside the operator): the data of this Checkpoint is lost",
+            f"VolumeSnapshot {snap20} is being deleted outside the operator: the data of this Checkpoint is lost")
+        assert (await api.get(CKPT, NS, c10["metadata"]["name"]))["status"]["phase"] == "Ready"

@@ -571,6 +571,41 @@ def test_read_only_copy_keeps_the_source_intact(tmp_path: Path) -> None:
     assert not (tmp_path / "copy").exists()
 
 
+def test_read_only_copy_leaves_fifos_sockets_out_and_never_blocks(tmp_path: Path) -> None:
+    """hostile4 D13: opening a FIFO to copy it blocked for good (the snapshot pod's view of an
+    output holding one was never laid out, and `local run` hung). Special files are left out, as
+    the agent's scan leaves them out of a checkpoint; regular files are copied."""
+    import os
+    import socket
+    import threading
+    from checkpoint_operator.local.podview import clone_or_copy, read_only_copy
+    (tmp_path / "src" / "step-1").mkdir(parents=True)
+    (tmp_path / "src" / "step-1" / "w").write_bytes(b"x")
+    os.mkfifo(tmp_path / "src" / "step-1" / "pipe")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "src" / "step-1" / "sock"))
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def copy() -> None:
+        try:
+            read_only_copy(tmp_path / "src", tmp_path / "copy")
+            assert clone_or_copy(str(tmp_path / "src" / "step-1" / "pipe"), str(tmp_path / "one")) is False
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        done.set()
+    threading.Thread(target=copy, daemon=True).start()
+    finished = done.wait(10)
+    if not finished:  # unblock the copy stuck in open(): a writer end
+        os.close(os.open(tmp_path / "src" / "step-1" / "pipe", os.O_WRONLY | os.O_NONBLOCK))
+    sock.close()
+    assert finished, "the copy blocked on the FIFO"
+    assert errors == []
+    assert sorted(p.name for p in (tmp_path / "copy" / "step-1").iterdir()) == ["w"]
+    assert (tmp_path / "copy" / "step-1" / "w").read_bytes() == b"x"
+    assert not (tmp_path / "one").exists()
+
+
 async def test_a_pod_is_running_once_its_containers_processes_run(api: ApiClient, cluster: LocalCluster,
                                                                   wait_for) -> None:
     """As a kubelet reports it: an exec or a log read that follows "Running" finds each container

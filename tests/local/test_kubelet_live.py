@@ -58,11 +58,13 @@ async def test_a_deleted_pod_s_sidecar_is_stopped_after_its_containers(api: ApiC
 WATCH_ANNOTATIONS = """
 import pathlib, sys, time
 marks, path = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-first = path.read_text()
-(marks / "first").write_text(first)
+def mark(name, text):  # whole or not at all: the test reads the mark once it exists
+    (marks / (name + ".tmp")).write_text(text)
+    (marks / (name + ".tmp")).rename(marks / name)
+mark("first", path.read_text())
 while 'ckpt.dev/live-remove="[1,2]"' not in path.read_text():
     time.sleep(0.05)
-(marks / "second").write_text(path.read_text())
+mark("second", path.read_text())
 """
 
 

@@ -230,3 +230,49 @@ def test_a_manifest_that_cannot_be_one_is_one_line(tmp_path):
     for path, message in ((deep, "nested too deeply to be a manifest"), (listed, "a document is a list, not a Kubernetes object")):
         result = local_run("-f", str(path), state_dir=tmp_path / "state")
         assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+
+
+FIFO_JOB = """apiVersion: ckpt.dev/v1alpha1
+kind: TrainingJob
+metadata: {name: fifo-job}
+spec:
+  template:
+    spec:
+      containers:
+        - name: trainer
+          image: python:3.11
+          command: [python, -c, "import os; d=os.path.join(os.environ['CHECKPOINT_OUTPUT_DIR'],'step-1'); os.makedirs(d); open(os.path.join(d,'w'),'w').write('x'); os.mkfifo(os.path.join(d,'pipe'))"]
+"""
+
+
+@pytest.mark.slow
+def test_a_fifo_in_the_output_is_left_out_and_the_run_ends(tmp_path):
+    """hostile4 D13: the snapshot pod's view of the output opened the FIFO to copy it and blocked
+    for good: the job stayed Snapshotting and the run never exited, --timeout or not."""
+    (tmp_path / "job.yaml").write_text(FIFO_JOB)
+    result = local_run("-f", str(tmp_path / "job.yaml"), "-o", "json", "--runtime", "process", "--timeout", "90",
+                       state_dir=tmp_path / "state")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert [(j["name"], j["phase"]) for j in report["trainingJobs"]] == [("fifo-job", "Succeeded")]
+    assert [(c["name"], c["phase"], c["fileCount"]) for c in report["checkpoints"]] == [("fifo-job.step-1", "Ready", 1)]
+
+
+BLOCKED = """
+import os, sys, threading
+from checkpoint_operator.local.cli import exit_even_if_blocked
+os.mkfifo(sys.argv[1])
+threading.Thread(target=lambda: open(sys.argv[1], "rb"), name="kubelet-view").start()
+print("ended", flush=True)
+exit_even_if_blocked(3)
+"""
+
+
+@pytest.mark.slow
+def test_the_run_exits_with_its_code_while_a_thread_is_blocked_in_a_system_call(tmp_path):
+    """hostile4 D13: `local run` printed its --timeout error, then the interpreter waited for good
+    on a kubelet thread blocked in open() of a FIFO (Python joins non-daemon threads at exit)."""
+    result = subprocess.run([sys.executable, "-c", BLOCKED, str(tmp_path / "pipe")], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 3 and result.stdout == "ended\n"
+    assert "warning: 1 thread(s) still blocked (kubelet-view): exiting anyway" in result.stderr

@@ -79,12 +79,13 @@ def test_the_code_makes_the_calls_this_test_knows_of():
     assert ("batch", "jobs", "create") in calls and ("", "persistentvolumeclaims", "patch") in calls
 
 
-def namespaced_grants(volume_snapshots: bool = True) -> set[tuple[str, str, str]]:
+def namespaced_grants(volume_snapshots: bool = True, node_cache: bool = True) -> set[tuple[str, str, str]]:
     """A namespaced install (with storage.volume.snapshotClassName unless told otherwise): the Role in
     each namespace, `get` on those Namespaces by name, and the catalog's ClusterRole (ClusterCheckpoints
     are cluster-scoped)."""
     return rbac.permissions(rbac.policy_rules(cluster_wide=False, volume_snapshots=volume_snapshots)) | \
-        rbac.permissions(rbac.namespace_reader_rules(["team-a"])) | rbac.permissions(rbac.catalog_cluster_rules())
+        rbac.permissions(rbac.namespace_reader_rules(["team-a"])) | rbac.permissions(rbac.catalog_cluster_rules()) | \
+        (rbac.permissions(rbac.node_cache_rules()) if node_cache else set())
 
 
 def test_the_catalog_namespace_role_is_part_of_the_namespace_role():
@@ -103,7 +104,7 @@ def test_nothing_is_granted_that_nobody_uses():
     namespaced = namespaced_grants()
     unused = namespaced - code_permissions() - KOPF_AND_KUBERNETES
     assert not unused, f"granted but never used: {sorted(unused)}"
-    cluster = rbac.permissions(rbac.policy_rules(cluster_wide=True, volume_snapshots=True)) - namespaced
+    cluster = rbac.permissions(rbac.policy_rules(cluster_wide=True, volume_snapshots=True, node_cache=True)) - namespaced
     assert cluster == CLUSTER_ONLY - {("", "namespaces", "get")}
     assert rbac.permissions(rbac.catalog_cluster_rules()) <= rbac.permissions(rbac.policy_rules(cluster_wide=True))
 
@@ -116,13 +117,22 @@ def test_volume_snapshot_permissions_come_only_with_a_snapshot_class():
     assert snapshots <= code_permissions()
 
 
+def test_persistent_volume_permissions_come_only_with_the_node_cache():
+    """Least privilege: PersistentVolumes (cluster-scoped) only with cache.enabled, get and create only."""
+    cache = namespaced_grants() - namespaced_grants(node_cache=False)
+    assert cache == {("", "persistentvolumes", "get"), ("", "persistentvolumes", "create")}
+    assert cache <= code_permissions()
+    assert not rbac.permissions(rbac.policy_rules(cluster_wide=True)) & cache
+
+
 # --- why each verb remains, and what narrows the dangerous ones ---------------------------------------
 
 WRITES = {"create": "CREATE", "patch": "UPDATE", "update": "UPDATE", "delete": "DELETE"}
 
 
 def test_every_verb_says_why_it_remains():
-    for rule in (*rbac.RULES, *rbac.CATALOG_RULES, *rbac.CATALOG_NAMESPACE_RULES, rbac.NAMESPACE_READER):
+    for rule in (*rbac.RULES, *rbac.CATALOG_RULES, *rbac.CATALOG_NAMESPACE_RULES, *rbac.NODE_CACHE_RULES,
+                 rbac.NAMESPACE_READER):
         verbs = rule.verbs
         assert len(verbs) == len(set(verbs)), f"{rule.resources}: a verb twice"
         for verb, why in rule.reasons:
@@ -140,7 +150,7 @@ def test_every_write_on_pods_claims_jobs_and_events_is_narrowed_by_the_admission
     matched = {(group, resource, operation)
                for rule in policy["spec"]["matchConstraints"]["resourceRules"]
                for group in rule["apiGroups"] for resource in rule["resources"] for operation in rule["operations"]}
-    writes = [(rule, verb, why) for rule in rbac.RULES for verb, why in rule.reasons
+    writes = [(rule, verb, why) for rule in (*rbac.RULES, *rbac.NODE_CACHE_RULES) for verb, why in rule.reasons
               if verb in WRITES and rule.api_groups[0] in ("", "batch", "snapshot.storage.k8s.io")
               and not rule.cluster_only]
     assert {(r.resources[0], v) for r, v, _ in writes} >= {("pods", "create"), ("pods", "patch"), ("pods", "delete"),

@@ -75,6 +75,14 @@ them in both modes. */}}
   verbs: ["update"]
 {{- end }}
 
+{{/* cache.enabled: the node cache's local PersistentVolumes (rbac.py NODE_CACHE_RULES), cluster-scoped: a ClusterRole
+grants them in both modes. */}}
+{{- define "checkpoint-operator.rules.nodeCache" -}}
+- apiGroups: [""]
+  resources: ["persistentvolumes"]
+  verbs: ["get", "create"]
+{{- end }}
+
 {{/* Namespaced mode: what the catalog namespace (the release's) needs when it is not watched (rbac.py
 CATALOG_NAMESPACE_RULES): the import pods and claims of catalog entries, their Events. */}}
 {{- define "checkpoint-operator.rules.catalogNamespace" -}}

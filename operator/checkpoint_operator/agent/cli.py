@@ -145,6 +145,39 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
                      help="https://, ftps:// and git over https: trust these CA certificates instead of the system's")
     imp.set_defaults(func=lambda a: _call("importer", a))
     _add_transfer_parsers(cmds)
+    _add_cache_parsers(cmds)
+
+
+def _add_cache_parsers(cmds: argparse._SubParsersAction) -> None:
+    """The node-local input cache (agent/node_cache.py, docs/node-cache.md)."""
+    fill = cmds.add_parser("cache-fill", help="make an input a verified entry of the node's cache (s3 store)",
+                           description="Ensure the checkpoint at S3_PREFIX is in the node cache at ROOT as "
+                                       "entries/<namespace>/<hex>/data: a hit is checked (sizes and a sample of "
+                                       "blocks, or every byte with --verify full), a miss or a corrupted entry is "
+                                       "downloaded once per node (other pods wait for it), evicting least recently "
+                                       "used entries no pod holds. Prints one JSON line.")
+    fill.add_argument("uri", metavar="S3_PREFIX")
+    fill.add_argument("root", metavar="ROOT", help="where the node's cache volume is mounted")
+    fill.add_argument("--key", required=True, metavar="NAMESPACE/HEX", help="the entry: namespace and digest hex")
+    fill.add_argument("--size", required=True, type=int, metavar="BYTES", help="the checkpoint's size (reserved)")
+    fill.add_argument("--capacity", required=True, metavar="BYTES", help="the node cache's capacity (e.g. 500Gi)")
+    fill.add_argument("--verify", choices=["sample", "full"], default="sample",
+                      help="how a cached entry is checked before use (default: sizes and a sample of blocks)")
+    fill.add_argument("--no-hold", action="store_true",
+                      help="do not wait for a cache-hold process to hold the entry (by hand, or in tests)")
+    fill.add_argument("--wait-seconds", type=_positive_float, default=None,
+                      help="give up waiting for room in a full cache after this long (default: wait)")
+    fill.add_argument("--result-file", default=None, metavar="FILE",
+                      help="also write the JSON line here (the container's terminationMessagePath)")
+    fill.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
+    fill.set_defaults(func=lambda a: _call("node_cache", a))
+
+    hold = cmds.add_parser("cache-hold", help="hold node-cache entries for the pod's life (its native sidecar)",
+                           description="Take a shared lock on each KEY's entry of the node cache at ROOT and keep it "
+                                       "until SIGTERM: no fill evicts an entry a running pod holds.")
+    hold.add_argument("root", metavar="ROOT")
+    hold.add_argument("--key", action="append", required=True, metavar="NAMESPACE/HEX")
+    hold.set_defaults(func=lambda a: _call("node_cache", a, sigterm_finishes=True))
 
 
 def _add_transfer_parsers(cmds: argparse._SubParsersAction) -> None:

@@ -6,8 +6,8 @@ from typing import Annotated, Literal, Optional
 
 from pydantic import Field, WithJsonSchema
 
-from checkpoint_operator.api.common import (QUANTITY_PATTERN, Condition, ObjectRef, Phase, PinnedCheckpoint,
-                                            ready_reason)
+from checkpoint_operator.api.common import (MAX_VOLUME_SNAPSHOT_RECORDS, QUANTITY_PATTERN, Condition, ObjectRef, Phase,
+                                            PinnedCheckpoint, VolumeSnapshotRecord, ready_reason)
 from checkpoint_operator.api.meta import ApiObject
 from checkpoint_operator.api.rules import (ApiModel, Count, Description, Digest, FileName, Message, Metric, Name, Path,
                                            Rule, Short, Uid, Uri, has_exactly_one, path_has_dotdot)
@@ -177,6 +177,8 @@ class SnapshotLocation(ApiModel):
     that reads it gets a volume of its own restored from the snapshot."""
 
     volumeSnapshotName: Name = Field(description="VolumeSnapshot in the Checkpoint's namespace holding the data.")
+    volumeSnapshotUID: Optional[Uid] = Field(
+        None, description="Its UID, as the operator created it: a namesake made after it is not this checkpoint's data.")
     path: Path = Field(description="Directory inside the snapshot's volume ('.' for its root).")
     items: Optional[list[FileName]] = Field(
         None, description="When set, only these files of the directory belong to the checkpoint (mounted one by one).")
@@ -272,6 +274,13 @@ class CheckpointStatus(ApiModel):
         description=f"Live TrainingJobs that use it (the first {MAX_USED_BY_LISTED} by name; informational: the "
                     "in-use protection asks the API server at deletion time).")
     usedByCount: Optional[Count] = Field(None, description="Number of live TrainingJobs that use it (for kubectl get).")
+    cachedOn: Optional[list[Annotated[str, Field(max_length=253)]]] = Field(
+        None, max_length=64, description="Nodes whose node-local input cache holds a verified copy, as last reported by "
+                                         "the pods that read it there (s3 store with cache.enabled; the first 64 by "
+                                         "name; an eviction reported by a later pod removes its node).")
+    volumeSnapshots: Optional[list[VolumeSnapshotRecord]] = Field(
+        None, max_length=MAX_VOLUME_SNAPSHOT_RECORDS,
+        description="VolumeSnapshots the operator created for it (an import's or a push's volume), by UID.")
     conditions: Optional[list[Condition]] = Field(None, description="Standard conditions (Ready, Complete, Verified).")
     observedGeneration: Optional[Count] = Field(None, description="The .metadata.generation last reconciled.")
 

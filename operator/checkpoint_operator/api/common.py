@@ -103,3 +103,17 @@ def parse_quantity(text: str) -> int:
         raise ValueError(f"{shown} is not a size: use a number of bytes or a quantity such as 500Gi or 10G "
                          f"(below 8Ei)")
     return value
+
+
+MAX_VOLUME_SNAPSHOT_RECORDS = 32  # the newest; an older one is long handed over (or its snapshot is taken again)
+
+
+class VolumeSnapshotRecord(ApiModel):
+    """A VolumeSnapshot the operator created, as its create call answered: only such a snapshot is
+    taken as a checkpoint's (one made by anyone else under a name the operator would use is not)."""
+
+    key: Name = Field(description="What it was taken for: the volume and the purpose, as a name "
+                                  "(logic/volume_snapshots.py, volume_snapshot_name).")
+    name: Name = Field(description="The VolumeSnapshot's name (the key and a random part).")
+    uid: Uid = Field(description="The VolumeSnapshot's UID, so that a re-created namesake is told apart.")
+

@@ -7,7 +7,8 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field
 
-from checkpoint_operator.api.common import QUANTITY_PATTERN, Condition, Phase, PinnedCheckpoint, ready_reason
+from checkpoint_operator.api.common import (MAX_VOLUME_SNAPSHOT_RECORDS, QUANTITY_PATTERN, Condition, Phase,
+                                             PinnedCheckpoint, VolumeSnapshotRecord, ready_reason)
 from checkpoint_operator.api.meta import ApiObject
 from checkpoint_operator.api.rules import (DNS1123_MESSAGE, DNS1123_SUBDOMAIN, ApiModel, Count, Message, Name, Path, Rule,
                                            Short, Timestamp, Uid, has_exactly_one, is_dns1123)
@@ -134,6 +135,16 @@ class OutputSpec(ApiModel):
              lambda s: "namePrefix" not in s or (len(s["namePrefix"]) <= 200 and is_dns1123(s["namePrefix"])
                                                 and "." not in s["namePrefix"]),
              field_path=".namePrefix"),
+        Rule("!(has(self.volumePerWorker) && self.volumePerWorker && has(self.perWorker) && self.perWorker)",
+             "spec.output.volumePerWorker and perWorker are exclusive: volumePerWorker assembles one Checkpoint per "
+             "directory across workers, perWorker keeps each worker's own",
+             lambda s: not (s.get("volumePerWorker") and s.get("perWorker")), field_path=".perWorker"),
+        Rule("!has(self.enabled) || self.enabled || !((has(self.volumePerWorker) && self.volumePerWorker) || "
+             "(has(self.perWorker) && self.perWorker))",
+             "spec.output.volumePerWorker and perWorker need spec.output.enabled: with no output there is no volume "
+             "per worker (leave them out)",
+             lambda s: s.get("enabled", True) is not False or not (s.get("volumePerWorker") or s.get("perWorker")),
+             field_path=".enabled"),
     )
 
     enabled: bool = Field(True, description="Create an output volume and snapshot it into Checkpoints.")
@@ -251,6 +262,12 @@ class TrainingJobSpec(ApiModel):
              "(each worker is a replicated job of the one JobSet object, with its own pod template)",
              lambda s: not ((s.get("output") or {}).get("volumePerWorker") or (s.get("output") or {}).get("perWorker"))
              or s.get("replicas", 1) <= MAX_WORKER_VOLUMES, field_path=".replicas"),
+        Rule("!has(self.output) || !has(self.output.volumePerWorker) || !self.output.volumePerWorker || "
+             "self.replicas >= 2",
+             "spec.output.volumePerWorker needs spec.replicas of 2 or more: one worker has nothing to assemble "
+             "(leave it out)",
+             lambda s: not (s.get("output") or {}).get("volumePerWorker") or s.get("replicas", 1) >= 2,
+             field_path=".output.volumePerWorker"),
     )
 
     checkpoints: list[CheckpointRef] = Field(
@@ -348,6 +365,9 @@ class TrainingJobStatus(ApiModel):
     skippedCount: Optional[Count] = Field(None, description="Entries of the output the snapshot skipped (see events).")
     publish: Optional[PublishMode] = Field(None, description="How the output is published (as resolved at start).")
     live: Optional[LiveStatus] = Field(None, description="Live sealing, with publish: Continuous.")
+    volumeSnapshots: Optional[list[VolumeSnapshotRecord]] = Field(
+        None, max_length=MAX_VOLUME_SNAPSHOT_RECORDS,
+        description="VolumeSnapshots the operator created of the output (storage.volume.snapshotClassName), by UID.")
     startTime: Optional[Timestamp] = Field(None, description="When the pods were started.")
     completionTime: Optional[Timestamp] = Field(None, description="When the job finished.")
     conditions: Optional[list[Condition]] = Field(None, description="Standard conditions (Ready).")

@@ -80,6 +80,7 @@ class CheckpointStatusWire(TypedDict, total=False):
     producedBy: ObjectRefWire
     usedBy: list[ObjectRefWire]
     usedByCount: int
+    cachedOn: list[str]
 
 
 class CheckpointWire(TypedDict, total=False):

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
+import threading
+import time
 
 
 def add_local_parser(sub: argparse._SubParsersAction) -> None:
@@ -96,4 +99,27 @@ def _run_local(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     from checkpoint_operator.local.run import local_run
-    return local_run(args)
+    code = local_run(args)
+    exit_even_if_blocked(code)
+    return code
+
+
+BLOCKED_THREADS_GRACE = 5.0  # seconds the run's threads get to end once it has stopped what it started
+
+
+def exit_even_if_blocked(code: int) -> None:
+    """The run has stopped what it started and said why it ended (--timeout included); a thread
+    still blocked in a system call (a kubelet thread in open() of a FIFO, hostile4 D13) would keep
+    the interpreter from exiting for good: after a short grace, the process exits anyway."""
+    deadline = time.monotonic() + BLOCKED_THREADS_GRACE
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    blocked = [t.name for t in threading.enumerate()
+               if t is not threading.current_thread() and not t.daemon and t.is_alive()]
+    if blocked:
+        print(f"warning: {len(blocked)} thread(s) still blocked ({', '.join(blocked[:5])}): exiting anyway",
+              file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

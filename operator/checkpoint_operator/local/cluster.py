@@ -274,6 +274,12 @@ class LocalCluster:
         """The host directory bound to a claim, or None while it is not bound."""
         return self.binder.claim_dir(namespace, name) if self.binder else None
 
+    def _claim_dir_on(self, node_dir: Path) -> Callable[[str, str], Path | None]:
+        """A kubelet's view of claims: a per-node local volume is its own node's directory."""
+        def claim_dir(namespace: str, name: str) -> Path | None:
+            return self.binder.claim_dir_on(node_dir, namespace, name) if self.binder else None
+        return claim_dir
+
     def snapshot_dir(self, namespace: str, name: str) -> Path | None:
         """The copy behind a ready VolumeSnapshot, or None."""
         if self.snapshot_controller is None:
@@ -329,7 +335,8 @@ class LocalCluster:
         self.attach_rules = AttachRules(self.binder, self._running_pods, self.pods)
         attach_events = EventRecorder(self.api, "attachdetach-controller")
         for node in nodes:
-            kubelet = Kubelet(self.api, self.node_dir(node.name), self.claim_dir, self.pods.observe,
+            kubelet = Kubelet(self.api, self.node_dir(node.name), self._claim_dir_on(self.node_dir(node.name)),
+                              self.pods.observe,
                               runtime=self.runtime, container_runner=self.container_runner, workdir=self.workdir,
                               node_name=node.name, attach_blocked=self.attach_rules.blocking, events=attach_events)
             self.kubelets[node.name] = kubelet

@@ -62,6 +62,9 @@ SIDECAR_RESTART_DELAYS = (0.1, 1.0, 5.0)
 READ_ONLY_VOLUME_KINDS = ("secret", "configMap", "downwardAPI", "projected")
 
 
+TERMINATION_MESSAGE_LIMIT = 4096  # bytes of a container's termination message the kubelet keeps
+
+
 def now_rfc3339() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -323,7 +326,11 @@ class PodWorker:
                 await self._write_log(container, follower.pending.decode(errors="replace"), append=True)
         else:
             await self._write_log(container, log)
-        return terminated_status(container, exit_code, started, restarts)
+        status = terminated_status(container, exit_code, started, restarts)
+        message = self._termination_message(container)
+        if message:
+            status["state"]["terminated"]["message"] = message
+        return status
 
     async def _start_sidecar(self, container: dict) -> asyncio.Task:
         """Start a native sidecar and keep it running (restarted with a backoff) until stopped."""
@@ -364,6 +371,24 @@ class PodWorker:
         await asyncio.gather(*sidecars, return_exceptions=True)
         kill.cancel()
 
+    def _termination_message_file(self, container: dict) -> Path | None:
+        """The host file behind a container's terminationMessagePath (only when its spec names one: the
+        process runtime mounts nothing the container did not ask for), emptied for this run."""
+        if not container.get("terminationMessagePath"):
+            return None
+        path = self.pod_dir / "termination" / container["name"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+        return path
+
+    def _termination_message(self, container: dict) -> str:
+        """What the container wrote there: at most 4,096 bytes, as the kubelet keeps."""
+        path = self.pod_dir / "termination" / container["name"]
+        if not container.get("terminationMessagePath") or not path.is_file():
+            return ""
+        with open(path, "rb") as fh:
+            return fh.read(TERMINATION_MESSAGE_LIMIT).decode("utf-8", "replace")
+
     async def _container_run(self, container: dict) -> ContainerRun:
         env = await self._container_env(container)
         argv = [*(container.get("command") or []), *(container.get("args") or [])]
@@ -377,6 +402,9 @@ class PodWorker:
             read_only = bool(mount.get("readOnly")) or mount["name"] in self.read_only_volumes
             mounts.append(Mount(normalise_mount_path(mount["mountPath"]), source, read_only,
                                 live=mount["name"] in self.live_volumes))
+        message = self._termination_message_file(container)
+        if message is not None:
+            mounts.append(Mount(normalise_mount_path(container["terminationMessagePath"]), message, False))
         return ContainerRun(pod=self.pod, container=container, argv=argv, env=env, mounts=mounts,
                             pod_dir=self.pod_dir, security=Security.of(self.pod, container))
 

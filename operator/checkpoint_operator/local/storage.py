@@ -128,6 +128,18 @@ class BoundVolume:
     driver: str = ""
     capacity_bytes: int = 0
     node_affinity: Mapping[str, Any] | None = None
+    # A local volume whose node affinity takes a class of nodes, not one node by name (a node cache, as
+    # KServe's LocalModelCache lays it out): each node mounts its own disk at the path, so its directory
+    # is per node (<node>/local-volumes/<path>), whatever the number of nodes.
+    per_node: bool = False
+
+    def directory_on(self, node_dir: Path) -> Path:
+        """The volume's directory as the kubelet of the node whose own directory is `node_dir` mounts it."""
+        if not self.per_node:
+            return self.directory
+        directory = node_dir / "local-volumes" / str(self.directory).lstrip("/")
+        directory.mkdir(parents=True, exist_ok=True)  # a real local volume needs it made (docs/node-cache.md)
+        return directory
 
     @property
     def multi_node(self) -> bool:
@@ -185,6 +197,11 @@ class VolumeProvisioner:
     def claim_dir(self, namespace: str, name: str) -> Path | None:
         bound = self._bound.get((namespace, name))
         return bound.directory if bound else None
+
+    def claim_dir_on(self, node_dir: Path, namespace: str, name: str) -> Path | None:
+        """The claim's directory as a node's kubelet mounts it (a per-node local volume: that node's own)."""
+        bound = self._bound.get((namespace, name))
+        return bound.directory_on(node_dir) if bound else None
 
     def volume_of(self, namespace: str, name: str) -> BoundVolume | None:
         return self._bound.get((namespace, name))
@@ -389,16 +406,19 @@ class VolumeProvisioner:
         csi = spec.get("csi") or {}
         model = self.classes.get(spec.get("storageClassName") or "")
         host = spec.get("local") or spec.get("hostPath")
+        per_node = False
         if host:
             directory = Path(host["path"])
+            per_node = bool(spec.get("local")) and not _one_named_node(spec.get("nodeAffinity"))
         else:
             directory = self.volumes_dir / csi.get("volumeHandle", "")
-        directory.mkdir(parents=True, exist_ok=True)
+        if not per_node:
+            directory.mkdir(parents=True, exist_ok=True)
         capacity = parse_quantity(str((spec.get("capacity") or {}).get("storage") or "0"))
         self._bound[(meta(claim)["namespace"], meta(claim)["name"])] = BoundVolume(
             meta(claim)["uid"], meta(pv)["name"], directory, tuple(spec.get("accessModes") or ()),
             model.attach_required if model else False, csi.get("driver", model.provisioner if model else ""),
-            capacity, spec.get("nodeAffinity"))
+            capacity, spec.get("nodeAffinity"), per_node)
 
     async def _patch_claim(self, claim: dict[str, Any], patch: dict[str, Any], status: bool = False) -> dict[str, Any]:
         answer = await self.api.patch(CLAIMS, meta(claim)["namespace"], meta(claim)["name"], patch,
@@ -449,6 +469,17 @@ class VolumeProvisioner:
                                                       subresource="status"))
         except Exception as exc:  # noqa: BLE001
             logger.warning("local cluster: could not release PersistentVolume %s: %s", name, exc)
+
+
+def _one_named_node(affinity: Mapping[str, Any] | None) -> bool:
+    """A local volume's node affinity names one node by hostname (a disk of that node, whose path local mode
+    takes on the host, as it always did); otherwise (a class of nodes: a node cache) each node has its own."""
+    terms = ((affinity or {}).get("required") or {}).get("nodeSelectorTerms") or []
+    if len(terms) != 1:
+        return False
+    expressions = terms[0].get("matchExpressions") or []
+    return any(e.get("key") == "kubernetes.io/hostname" and e.get("operator") == "In" and len(e.get("values") or []) == 1
+               for e in expressions)
 
 
 def _capacity(claim: Mapping[str, Any]) -> str:

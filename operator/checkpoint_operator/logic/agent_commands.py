@@ -45,6 +45,18 @@ def download(uri: str, directory: str, *, digest: str) -> list[str]:
     return [*AGENT, "download", uri, directory, "--digest", digest]
 
 
+def cache_fill(uri: str, root: str, *, key: str, size: int, capacity: int, verify: str, result_file: str) -> list[str]:
+    """Make the input at `uri` a verified entry `key` of the node cache mounted at `root` (downloaded
+    once per node, pinned to the key's digest), reporting to `result_file` (the termination message)."""
+    return [*AGENT, "cache-fill", uri, root, "--key", key, "--size", str(size), "--capacity", str(capacity),
+            "--verify", verify, "--result-file", result_file]
+
+
+def cache_hold(root: str, keys: list[str]) -> list[str]:
+    """The pod's native sidecar: hold its cache entries until SIGTERM (never evicted while it runs)."""
+    return [*AGENT, "cache-hold", root, *[arg for key in keys for arg in ("--key", key)]]
+
+
 def import_(source: str, dest: str, *, max_size: Optional[int] = None, max_files: Optional[int] = None,
             source_args: Sequence[str] = (), replace_earlier: bool = False) -> list[str]:
     """Copy SOURCE into DEST, refusing more than `max_size` bytes or `max_files` files.

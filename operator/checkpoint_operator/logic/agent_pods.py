@@ -154,6 +154,46 @@ def claim_problem(claim: Optional[dict[str, Any]], events: list[dict[str, Any]])
     return PodProblem("VolumeNotBound", f"PersistentVolumeClaim {name} is {phase}: {cause}")
 
 
+def pod_events_selector(pod_name: str) -> str:
+    """fieldSelector of the Events about one Pod (a list of that object only)."""
+    return f"involvedObject.kind=Pod,involvedObject.name={pod_name}"
+
+
+ATTACH_FAILED = "FailedAttachVolume"  # the attach/detach controller's Warning (Multi-Attach, attach limits, ...)
+MAX_ATTACH_MESSAGE = 500
+
+
+def failed_attach(events: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
+    """The latest FailedAttachVolume event of a pod, or None."""
+    failed = [e for e in events if e.get("reason") == ATTACH_FAILED]
+    if not failed:
+        return None
+    return max(failed, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or e.get("firstTimestamp") or "")
+
+
+def attach_problem(pod_name: str, event: Mapping[str, Any], claims_by_volume: Mapping[str, str]) -> PodProblem:
+    """A Pending pod waiting for a volume held by another node (ReadWriteOnce block storage: a
+    Multi-Attach error) or refused by the node's attach limit: the claim whose volume the event
+    names (`claims_by_volume`: PersistentVolume -> claim, of the pod's claims) and the message."""
+    message = str(event.get("message") or "")
+    claim = next((c for volume, c in sorted(claims_by_volume.items()) if f'"{volume}"' in message), None)
+    what = f"PersistentVolumeClaim {claim}" if claim else "a volume"
+    return PodProblem("VolumeAttachWait",
+                      f"pod {pod_name} waits to attach {what}: {message[:MAX_ATTACH_MESSAGE]}".strip())
+
+
+def pod_claims(pod: Mapping[str, Any]) -> list[str]:
+    """The claims a pod mounts: its persistentVolumeClaim volumes and its ephemeral ones' (<pod>-<volume>)."""
+    name = (pod.get("metadata") or {}).get("name", "")
+    claims = []
+    for volume in (pod.get("spec") or {}).get("volumes") or []:
+        if (volume.get("persistentVolumeClaim") or {}).get("claimName"):
+            claims.append(str(volume["persistentVolumeClaim"]["claimName"]))
+        elif volume.get("ephemeral"):
+            claims.append(f"{name}-{volume.get('name')}")
+    return claims
+
+
 def job_events_selector(job_name: str) -> str:
     """fieldSelector of the Events about one batch/v1 Job."""
     return f"involvedObject.kind=Job,involvedObject.name={job_name}"

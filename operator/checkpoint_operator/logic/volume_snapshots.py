@@ -11,9 +11,11 @@ restored from that snapshot, on any node:
   after every writer has stopped and calls syncfs(2) on it (its result says ``"synced": "syncfs"``);
   with live sealing, the sidecar calls syncfs once it has sealed a directory (its ``sealed`` line
   says so). Only then is a VolumeSnapshot taken (``build_volume_snapshot``): a CSI snapshot is
-  crash-consistent, it holds what is on the disk, not what is still in a node's page cache;
+  crash-consistent, it holds what is on the disk, not what is still in a node's page cache. It is
+  created under a name with a random part (``created_name``) and recorded, name and UID, in the
+  status of the object it is for (``with_record``); only a recorded one is ever taken;
 - the Checkpoints are created once it is ``readyToUse`` (``read_state``), with the location
-  ``{snapshot: {volumeSnapshotName, path, items, restoreSize, storageClassName}}``
+  ``{snapshot: {volumeSnapshotName, volumeSnapshotUID, path, items, restoreSize, storageClassName}}``
   (``snapshot_location``); then they become its owners (non-controller, blockOwnerDeletion) and the
   job's reference goes, so Kubernetes' garbage collector deletes it with the last of them: a
   snapshot is deleted when no Checkpoint points into it (``keep: N`` frees space), and its
@@ -21,17 +23,20 @@ restored from that snapshot, on any node:
 - a consumer's pod mounts a generic ephemeral volume (``restored_volume``): a claim per pod,
   ``<pod>-<volume>``, restored from the snapshot (``dataSource``), of ``restoreSize``, ReadOnlyMany
   where the driver supports it, else ReadWriteOnce, mounted read-only; the claim is labelled as
-  the operator's (``ckpt.dev/component: restored-input``) and goes with its pod.
+  the operator's (``ckpt.dev/component: restored-input``) and goes with its pod;
+- a Ready Checkpoint follows its snapshot (``trouble_of``, ``needs_check``): deleted, replaced or
+  no longer readyToUse, it is Failed with the reason, and Ready again when readyToUse again.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, NamedTuple, Optional
 
 from checkpoint_operator.api.checkpoint import Location, SnapshotLocation
-from checkpoint_operator.logic.naming import child_name, short_hash
+from checkpoint_operator.api.common import MAX_VOLUME_SNAPSHOT_RECORDS, VolumeSnapshotRecord
+from checkpoint_operator.logic.naming import MAX_NAME, bounded_name, child_name, short_hash
 
 GROUP = "snapshot.storage.k8s.io"
 API_VERSION = f"{GROUP}/v1"
@@ -48,22 +53,39 @@ class SnapshotNotReady(ValueError):
 
 
 def volume_snapshot_name(claim: str, key: str) -> str:
-    """Deterministic: the same claim and key always name the same snapshot (a restarted operator
-    finds the one it took). `key`: what the snapshot is for ("final", or a sealed directory's
-    path and digest)."""
+    """Deterministic: the same claim and key always give the same name, the key of the snapshot's
+    record (`VolumeSnapshotRecord.key`). `key`: what the snapshot is for ("final", or a sealed
+    directory's path and digest). The snapshot itself is named with a random part after it
+    (`created_name`)."""
     return child_name(claim, f"snap-{short_hash(f'{claim}/{key}', 10)}")
+
+
+NONCE_BYTES = 5  # 40 random bits in a created snapshot's name
+
+
+def created_name(key_name: str, nonce: str) -> str:
+    """The name a snapshot is created under: its key and a random part no one can name in advance
+    (hostile4 D8: a snapshot made beforehand under a deterministic name was adopted). A crash
+    between the creation and its record leaves a snapshot no record names: the next pass takes
+    another, and the job's cleanup (delete_unused) deletes the stray one."""
+    return bounded_name(f"{key_name}-{nonce}", MAX_NAME)
 
 
 @dataclass(frozen=True)
 class SnapshotRequest:
-    """A VolumeSnapshot to take of a claim."""
+    """A VolumeSnapshot to take of a claim (its body's name is the key: `named` gives the one to create)."""
 
     body: dict[str, Any]
     storage_class: Optional[str]   # of the claim it is taken of: restores use the same
 
     @property
     def name(self) -> str:
+        """The key of its record (volume_snapshot_name)."""
         return str(self.body["metadata"]["name"])
+
+    def named(self, nonce: str) -> dict[str, Any]:
+        """The body to create, under `created_name`."""
+        return {**self.body, "metadata": {**self.body["metadata"], "name": created_name(self.name, nonce)}}
 
     @property
     def namespace(self) -> str:
@@ -88,6 +110,7 @@ class TakenSnapshot:
     name: str
     restore_size: Optional[str]
     storage_class: Optional[str]
+    uid: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +136,86 @@ def read_state(body: Optional[Mapping[str, Any]]) -> SnapshotState:
                          source_claim=str(source) if source else None)
 
 
+def recorded(records: Optional[list[VolumeSnapshotRecord]], key: str) -> Optional[VolumeSnapshotRecord]:
+    """The snapshot the operator created for `key`, as recorded."""
+    return next((r for r in records or [] if r.key == key), None)
+
+
+def with_record(records: Optional[list[VolumeSnapshotRecord]], record: VolumeSnapshotRecord) -> list[VolumeSnapshotRecord]:
+    """The records once `record` is added (it replaces one of the same key), the newest kept."""
+    kept = [r for r in records or [] if r.key != record.key] + [record]
+    return kept[-MAX_VOLUME_SNAPSHOT_RECORDS:]
+
+
+def without_record(records: Optional[list[VolumeSnapshotRecord]], key: str) -> list[VolumeSnapshotRecord]:
+    return [r for r in records or [] if r.key != key]
+
+
+def not_the_recorded(record: VolumeSnapshotRecord, body: Mapping[str, Any], claim: str) -> Optional[str]:
+    """Why the VolumeSnapshot read under a recorded name is not the one the operator created
+    (another made after it was deleted), or None."""
+    meta = body.get("metadata") or {}
+    source = ((body.get("spec") or {}).get("source") or {}).get("persistentVolumeClaimName")
+    if meta.get("uid") != record.uid or source != claim:
+        return (f"VolumeSnapshot {record.name} is not the one the operator took (uid {meta.get('uid')}, not "
+                f"{record.uid}): it was replaced; delete it")
+    return None
+
+
+SNAPSHOT_LOST = "VolumeSnapshotLost"          # a Ready Checkpoint's snapshot was deleted or replaced
+SNAPSHOT_NOT_READY = "VolumeSnapshotNotReady"  # ... is no longer readyToUse (it may come back)
+
+
+@dataclass(frozen=True)
+class SnapshotTrouble:
+    """Why a Checkpoint's data is not (or no longer) in its VolumeSnapshot."""
+
+    reason: str
+    message: str
+
+    @property
+    def lost(self) -> bool:
+        return self.reason == SNAPSHOT_LOST
+
+
+def trouble_of(name: str, uid: Optional[str], body: Optional[Mapping[str, Any]]) -> Optional[SnapshotTrouble]:
+    """What is wrong with the VolumeSnapshot `name` (of UID `uid`, when the location records it) a
+    Ready Checkpoint points into, read as `body` (None: not found); None when nothing is."""
+    lost = "the data of this Checkpoint is lost"
+    if body is None:
+        return SnapshotTrouble(SNAPSHOT_LOST, f"VolumeSnapshot {name} is gone (deleted outside the operator): {lost}")
+    meta = body.get("metadata") or {}
+    if uid and meta.get("uid") != uid:
+        return SnapshotTrouble(SNAPSHOT_LOST, f"VolumeSnapshot {name} was replaced by another (uid {meta.get('uid')}, "
+                                              f"not {uid}): {lost}")
+    if meta.get("deletionTimestamp"):
+        return SnapshotTrouble(SNAPSHOT_LOST, f"VolumeSnapshot {name} is being deleted outside the operator: {lost}")
+    state = read_state(body)
+    if not state.ready:
+        return SnapshotTrouble(SNAPSHOT_NOT_READY, f"VolumeSnapshot {name} is not readyToUse: "
+                                                   f"{state.error or 'the snapshot controller gives no error'}")
+    return None
+
+
+class SnapshotUse(NamedTuple):
+    """A Checkpoint whose location is in a VolumeSnapshot, as the index keeps it."""
+
+    checkpoint: str
+    snapshot: str
+    uid: Optional[str]
+    ready: bool          # phase Ready
+    waiting: bool        # failed because its snapshot was not readyToUse (it is Ready again once it is)
+
+
+def needs_check(use: SnapshotUse, body: Optional[Mapping[str, Any]]) -> bool:
+    """Whether the Checkpoint's own reconcile should read its snapshot again (the resync's LIST
+    says its state no longer matches the Checkpoint's phase)."""
+    trouble = trouble_of(use.snapshot, use.uid, body)
+    if use.ready:
+        return trouble is not None
+    return use.waiting and (trouble is None or trouble.lost)
+
+
 def poll_after(age_seconds: float) -> float:
     """Seconds until a snapshot being cut is read again: soon at first, then every POLL_MAX
     seconds (a cloud snapshot may take minutes; the snapshot's changes are not watched)."""
@@ -128,8 +231,8 @@ def waiting_message(name: str, state: SnapshotState) -> str:
 def snapshot_location(taken: TakenSnapshot, path: str, items: Optional[list[str]] = None) -> Location:
     """status.location of a checkpoint in a snapshot."""
     return Location(snapshot=SnapshotLocation(
-        volumeSnapshotName=taken.name, path=path, items=items, restoreSize=taken.restore_size,
-        storageClassName=taken.storage_class))
+        volumeSnapshotName=taken.name, volumeSnapshotUID=taken.uid, path=path, items=items,
+        restoreSize=taken.restore_size, storageClassName=taken.storage_class))
 
 
 def restored_volume(volume_name: str, location: SnapshotLocation, access_mode: str,

@@ -9,6 +9,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator.logic.agent_pods import PodProblem, pod_failure, pod_problem
+from checkpoint_operator.logic.node_cache import FillReport, read_fill_reports
 
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 WORKER_INDEX_LABEL = "ckpt.dev/worker-index"  # logic/workload.py sets it on a volume-per-worker pod
@@ -27,6 +28,8 @@ class WorkerPod:
     finished_at: str = ""               # when its last container ended (RFC 3339), for a failed pod
     deleting: bool = False              # deleted (stopped by its controller, or by someone)
     controller_uid: Optional[str] = None  # the object that controls it (its Job): whether it is trusted
+    uid: str = ""
+    cache_fills: tuple[FillReport, ...] = ()  # what its node-cache fills reported (logic/node_cache.py)
 
     @property
     def is_live(self) -> bool:
@@ -60,7 +63,8 @@ def worker_pod(body: Mapping[str, Any]) -> WorkerPod:
                      attempt=_int(attempt) if attempt is not None else None,
                      failure=pod_failure(dict(body), what).message if failed else None,
                      finished_at=_finished_at(status) if failed else "",
-                     deleting=bool(meta.get("deletionTimestamp")), controller_uid=controller_uid(body))
+                     deleting=bool(meta.get("deletionTimestamp")), controller_uid=controller_uid(body),
+                     uid=meta.get("uid", ""), cache_fills=tuple(read_fill_reports(body)))
 
 
 def controller_uid(body: Mapping[str, Any]) -> Optional[str]:

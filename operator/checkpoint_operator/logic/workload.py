@@ -18,7 +18,7 @@ from checkpoint_operator import API_VERSION
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobHead
 from checkpoint_operator.config import OperatorConfig
-from checkpoint_operator.logic import agent_commands, engines, import_sources, kueue, rendezvous
+from checkpoint_operator.logic import node_cache, agent_commands, engines, import_sources, kueue, rendezvous
 from checkpoint_operator.protocol.manifest import MANIFESTS_DIR
 from checkpoint_operator.logic import live_sealing
 from checkpoint_operator.logic.agent_pods import (AGENT_DATA_MOUNT, AGENT_OUTPUT_MOUNT, INPUT_VOLUME_PREFIX,
@@ -173,14 +173,33 @@ def _is_at_or_inside(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
+def is_operator_volume(name: Optional[str]) -> bool:
+    """A volume name the operator adds to a workload's pods (its output, the inputs, the s3 store's
+    staging, the live-sealing sidecar's): a template may neither declare nor mount one."""
+    return bool(name) and (name in (OUTPUT_VOLUME, STAGING_VOLUME, live_sealing.META_VOLUME, node_cache.CACHE_VOLUME)
+                           or str(name).startswith(INPUT_VOLUME_PREFIX))
+
+
+OPERATOR_VOLUMES = (f"{OUTPUT_VOLUME}, {STAGING_VOLUME}, {live_sealing.META_VOLUME}, {node_cache.CACHE_VOLUME}, "
+                    f"{INPUT_VOLUME_PREFIX}*")
+CONTAINER_KINDS = ("initContainers", "containers", "ephemeralContainers")
+
+
 def check_user_mounts(template_spec: dict[str, Any], tj: TrainingJob) -> None:
-    """Refuse user mounts at or inside the operator's directories: the operator's would hide them or vice versa."""
+    """Refuse user mounts at or inside the operator's directories (the operator's would hide them
+    or vice versa), and user mounts of the operator's own volumes by name: a snapshot input is an
+    ephemeral claim with no volume-level readOnly, so such a mount would write the pinned input."""
     reserved = {"spec.inputDir": tj.spec.inputDir}
     if tj.output_enabled:
         reserved["spec.outputDir"] = tj.spec.outputDir
-    for kind in ("initContainers", "containers"):
+    for kind in CONTAINER_KINDS:
         for container in template_spec.get(kind, []) or []:
             for mount in container.get("volumeMounts", []) or []:
+                if is_operator_volume(mount.get("name")):
+                    raise InvalidSpec(
+                        f"spec.template.spec.{kind}[{container.get('name')}].volumeMounts {mount.get('name')!r} names "
+                        f"a volume the operator adds ({OPERATOR_VOLUMES}); mount inputs through spec.checkpoints "
+                        f"and write the output to spec.outputDir")
                 for field_name, directory in reserved.items():
                     if _is_at_or_inside(mount.get("mountPath", ""), directory):
                         raise InvalidSpec(
@@ -188,16 +207,16 @@ def check_user_mounts(template_spec: dict[str, Any], tj: TrainingJob) -> None:
                             f"{mount.get('name')!r} at {mount.get('mountPath')!r} is at or inside {field_name} "
                             f"{directory!r}, which the operator mounts; move it elsewhere")
     user_volumes = {v.get("name") for v in template_spec.get("volumes", []) or []}
-    ours = [v for v in user_volumes if v and (v == OUTPUT_VOLUME or v == STAGING_VOLUME or v == live_sealing.META_VOLUME
-                                              or v.startswith(INPUT_VOLUME_PREFIX))]
+    ours = [v for v in user_volumes if is_operator_volume(v)]
     if ours:
         raise InvalidSpec(f"spec.template.spec.volumes {sorted(ours)} use names reserved by the operator "
-                          f"({OUTPUT_VOLUME}, {STAGING_VOLUME}, {live_sealing.META_VOLUME}, {INPUT_VOLUME_PREFIX}*); "
-                          f"rename them")
+                          f"({OPERATOR_VOLUMES}); rename them")
     for kind in ("initContainers", "containers"):
-        if any(c.get("name") == live_sealing.SIDECAR for c in template_spec.get(kind, []) or []):
-            raise InvalidSpec(f"spec.template.spec.{kind} has a container named {live_sealing.SIDECAR!r}, a name "
-                              f"reserved for the operator's sealing sidecar; rename it")
+        for reserved_name, what in ((live_sealing.SIDECAR, "sealing sidecar"),
+                                    (node_cache.HOLD_CONTAINER, "node-cache sidecar")):
+            if any(c.get("name") == reserved_name for c in template_spec.get(kind, []) or []):
+                raise InvalidSpec(f"spec.template.spec.{kind} has a container named {reserved_name!r}, a name "
+                                  f"reserved for the operator's {what}; rename it")
 
 
 # --- objects -----------------------------------------------------------------------------------

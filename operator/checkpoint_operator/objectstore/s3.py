@@ -45,9 +45,9 @@ class S3Location:
 
 def parse_s3_uri(uri: str) -> S3Location:
     from checkpoint_operator.protocol.urls import check_url
-    check_url(uri, "S3 URI")
-    if not uri.startswith("s3://"):
+    if not uri.startswith("s3://"):  # first: a local path given for a URI is the likely mistake
         raise AgentError(f"not an S3 URI: {uri!r} (expected s3://bucket/prefix/)")
+    check_url(uri, "S3 URI")
     rest = uri[len("s3://"):]
     bucket, _, key = rest.partition("/")
     if not bucket:

@@ -254,9 +254,43 @@ class WarningEvent(Report):
     message: Text
 
 
+# The node-local input cache (agent/node_cache.py): a fill's report is its container's termination
+# message, which the kubelet keeps to 4,096 bytes: a few evictions named, all counted.
+MAX_EVICTIONS_REPORTED = 8
+TERMINATION_MESSAGE_BYTES = 4096
+CACHE_KEY = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[0-9a-f]{64}$"  # <namespace>/<hex of the digest>
+CacheKey = Annotated[str, Field(pattern=CACHE_KEY, max_length=128)]
+
+
+class CacheEviction(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    key: CacheKey
+    sizeBytes: Count
+
+
+class CacheFillReport(Report):
+    """`agent cache-fill`: how an input became a verified entry of the node's cache."""
+
+    kind: Literal["cache-fill"] = "cache-fill"
+    cache: Literal["hit", "miss", "refetched"]  # refetched: a corrupted entry downloaded again
+    key: CacheKey
+    sizeBytes: Count
+    fetchedBytes: Count = 0          # from the store by this fill
+    waitedSeconds: Annotated[float, Field(ge=0, le=1e9)] = 0.0  # for another pod's fill, or for room
+    problem: Optional[Annotated[str, Field(max_length=300)]] = None  # why a refetched entry was refused
+    evicted: Annotated[list[CacheEviction], Field(max_length=MAX_EVICTIONS_REPORTED)] = []
+    evictedCount: Count = 0
+    evictedBytes: Count = 0
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.key.rpartition("/")[2]
+
+
 LiveEvent = Union[SealedEvent, RemovedEvent, ChangedEvent, WarningEvent]
 LIVE_EVENTS: tuple[type[Report], ...] = (SealedEvent, RemovedEvent, ChangedEvent, WarningEvent)
 KINDS: dict[str, type[Report]] = {
-    "scan": ScanReport, "transfer": TransferReport, "import": ImportReport,
+    "scan": ScanReport, "transfer": TransferReport, "import": ImportReport, "cache-fill": CacheFillReport,
     **{model.model_fields["kind"].default: model for model in LIVE_EVENTS},
 }

@@ -14,6 +14,8 @@ from typing import Any, Optional
 from checkpoint_operator import PROTECTION_FINALIZER
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead, CheckpointPhase
 from checkpoint_operator.reconcile import annotation_requests, checkpoint_import, live_sealing, sealed_checkpoints
+from checkpoint_operator.reconcile import node_cache as node_cache_steps
+from checkpoint_operator.reconcile import volume_snapshots as volume_snapshot_steps
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.objects import InvalidObject, parse, parse_head
 from checkpoint_operator.reconcile import status_writer
@@ -28,7 +30,7 @@ from checkpoint_operator.storage import ForeignLocation, store_for
 from checkpoint_operator import metrics
 
 
-AGAIN = -1.0  # a pass that changed the object's metadata (its finalizer): the next one reads it again
+AGAIN = -1.0  # a pass that changed the object (its finalizer, its snapshot's state): the next one reads it again
 
 
 def reconcile(ctx: Context, namespace: str, name: str) -> Optional[float]:
@@ -62,7 +64,10 @@ def _pass(ctx: Context, body: dict[str, Any]) -> Optional[float]:
     if sealed_checkpoints.changed_after_sealing(ctx, checkpoint):  # its job asks: the bytes in place changed
         return None
     if checkpoint.phase.is_settled:
+        if volume_snapshot_steps.check_checkpoint(ctx, checkpoint):
+            return AGAIN  # its status changed (its snapshot's state): the next pass reads it as written
         sync_used_by(ctx, checkpoint)
+        node_cache_steps.sync_cached_on(ctx, checkpoint)  # as the jobs that read it asked
         return annotation_requests.serve(ctx, checkpoint)  # verify and pull requests (reconcile/annotation_requests.py)
     return record(ctx, checkpoint, checkpoint_import.step(ctx, checkpoint))
 

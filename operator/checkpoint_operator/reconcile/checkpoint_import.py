@@ -121,7 +121,7 @@ def import_checkpoint(ctx: Context, checkpoint: Checkpoint) -> Result:
             return Fail("ImportFailed", f"import of {origin}: the import pod did not report its volume's filesystem "
                                         "synced (syncfs): no volume snapshot is taken of bytes that may not be on "
                                         "the disk")
-        got = volume_snapshot_steps.take(ctx, request)
+        got = volume_snapshot_steps.take(ctx, checkpoint, request)
         if isinstance(got, Wait):
             return got
         taken = got

@@ -88,7 +88,7 @@ def await_upload(ctx: Context, checkpoint: Checkpoint) -> Result:
             agent_runs.finish(ctx, pod)
             return Fail("UploadFailed", "the receiver pod did not report its volume's filesystem synced (syncfs): no "
                                         "volume snapshot is taken of bytes that may not be on the disk")
-        got = volume_snapshot_steps.take(ctx, snapshot_request)
+        got = volume_snapshot_steps.take(ctx, checkpoint, snapshot_request)
         if isinstance(got, Wait):
             return got
         taken = got

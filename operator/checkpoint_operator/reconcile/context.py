@@ -51,6 +51,8 @@ class Context:
     # on something else before it deletes the pod (reconcile/agent_runs.py); goes with the pod.
     agent_results: dict[tuple[str, str], tuple[str, Any]] = field(default_factory=dict)
     resync: Optional[asyncio.Task[None]] = None
+    # namespace -> when its node-cache volume and claim were last made or found (reconcile/node_cache.py)
+    cache_claims_ensured: dict[str, float] = field(default_factory=dict)
     # The namespaces the operator serves (empty: every namespace): a ClusterCheckpoint's users are listed there.
     namespaces: list[str] = field(default_factory=list)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Collection, Iterable, Mapping, NamedTuple, Optional, TypeVar, Union
 
-from checkpoint_operator.api.checkpoint import IMPORT_KINDS
+from checkpoint_operator.api.checkpoint import IMPORT_KINDS, CheckpointPhase
 from checkpoint_operator.api.wire import (CheckpointSourceWire, CheckpointSpecWire, CheckpointStatusWire, MetadataWire,
                                           TrainingJobSpecWire, VolumeSourceWire, checkpoint_wire, object_wire,
                                           training_job_wire)
@@ -18,6 +18,7 @@ from checkpoint_operator.logic import data_holds
 from checkpoint_operator.logic.claim_guard import MAX_TEMPLATE_CLAIMS, claim_references, distinct_claims
 from checkpoint_operator.logic.inputs import CheckpointInfo, TrainingJobInfo
 from checkpoint_operator.logic.protection import used_uids
+from checkpoint_operator.logic.volume_snapshots import SNAPSHOT_NOT_READY, SnapshotUse
 from checkpoint_operator.logic.workers import WorkerPod, worker_pod
 from checkpoint_operator.logic.workload import (LABEL_COMPONENT, LABEL_TRAINING_JOB_UID, import_claim_name_for,
                                                 output_claim_name_for)
@@ -60,11 +61,11 @@ class ClaimOwner(NamedTuple):
 # kind of key holds one kind of value, and the accessors of `Indexes` read each as its type.
 IndexKey = tuple[str, ...]
 IndexValue = Union[CheckpointInfo, TrainingJobInfo, PodState, JobUse, CatalogUse, NamespacedJob, ClaimOwner,
-                   data_holds.Pointer, str]
+                   data_holds.Pointer, SnapshotUse, str]
 # What kopf keeps (kopf.Index: a mapping of keys to the collection of values of every object).
 Index = Mapping[IndexKey, Collection[IndexValue]]
 V = TypeVar("V", CheckpointInfo, TrainingJobInfo, PodState, JobUse, CatalogUse, NamespacedJob, ClaimOwner,
-            data_holds.Pointer, str)
+            data_holds.Pointer, SnapshotUse, str)
 
 
 def _ns_name(body: Mapping[str, Any]) -> tuple[str, str]:
@@ -93,7 +94,27 @@ def checkpoint_keys(raw: Mapping[str, Any]) -> dict[IndexKey, IndexValue]:
     if any(source.get(kind) is not None for kind in CLAIM_OWNING_SOURCES):
         keys[("managed-claim", namespace, import_claim_name_for(info.name, info.uid))] = ClaimOwner("Checkpoint",
                                                                                                    info.name)
+    in_snapshot = snapshot_use(info, raw)
+    if in_snapshot is not None:
+        keys[("in-snapshot", namespace)] = in_snapshot
     return keys
+
+
+def snapshot_use(info: CheckpointInfo, raw: Mapping[str, Any]) -> Optional[SnapshotUse]:
+    """A Ready Checkpoint in a VolumeSnapshot (or one failed while its snapshot was not readyToUse):
+    what the resync compares with one LIST of the namespace's snapshots."""
+    status = raw.get("status") or {}
+    snapshot = ((status.get("location") or {}).get("snapshot") or {}) if isinstance(status, Mapping) else {}
+    name = snapshot.get("volumeSnapshotName") if isinstance(snapshot, Mapping) else None
+    if not isinstance(name, str) or not name or info.deleting:
+        return None
+    waiting = any(isinstance(c, Mapping) and c.get("type") == "Ready" and c.get("reason") == SNAPSHOT_NOT_READY
+                  for c in status.get("conditions") or [])
+    ready = info.phase == CheckpointPhase.READY
+    if not ready and not waiting:
+        return None
+    uid = snapshot.get("volumeSnapshotUID")
+    return SnapshotUse(info.name, name, uid if isinstance(uid, str) else None, ready, waiting)
 
 
 def training_job_keys(raw: Mapping[str, Any]) -> dict[IndexKey, IndexValue]:
@@ -229,6 +250,14 @@ class Indexes:
             return []
         return [p for p in self._all(self._pods, ("pods", namespace, training_job_uid), WorkerPod)
                 if p.controller_uid in controllers]
+
+    def snapshot_uses(self) -> dict[str, list[SnapshotUse]]:
+        """Checkpoints in VolumeSnapshots (Ready, or waiting for theirs), by namespace."""
+        uses: dict[str, list[SnapshotUse]] = {}
+        for key in list(self._checkpoints):
+            if key[0] == "in-snapshot":
+                uses.setdefault(str(key[1]), []).extend(self._all(self._checkpoints, key, SnapshotUse))
+        return uses
 
     def resync_keys(self) -> Iterable[tuple[str, str, str]]:
         """Every object whose work may not be over: the safety net's pass."""

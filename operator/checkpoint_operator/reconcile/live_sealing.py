@@ -165,7 +165,7 @@ def _publish(ctx: Context, tj: TrainingJob, events: live_sealing.LogEvents) -> T
         publish.own_output_claim(ctx, tj, claim, [publish.checkpoint_owner(b) for b, _ in bodies], keep_job=True)
     for body, planned in bodies:  # volume snapshots: owned by the Checkpoint before it is Ready
         if planned.directory in taken:
-            volume_snapshot_steps.hand_over(ctx, namespace, taken[planned.directory].name,
+            volume_snapshot_steps.hand_over(ctx, namespace, taken[planned.directory],
                                             [publish.checkpoint_owner(body)], tj.metadata.uid)
     created = []
     for body, planned in bodies:  # each is made Ready by its own reconcile, from the sealed data in its spec
@@ -297,7 +297,7 @@ def _take_snapshots(ctx: Context, tj: TrainingJob, store: Store, claim: str, pla
             continue
         if next_look.get(request.name, 0.0) > now:
             continue
-        result = volume_snapshot_steps.take(ctx, request)
+        result = volume_snapshot_steps.take(ctx, tj, request)
         if isinstance(result, TakenSnapshot):
             taken[planned.directory] = result
             next_look.pop(request.name, None)

@@ -62,7 +62,12 @@ def _held(ctx: Context, checkpoint: Checkpoint, source: TrainingJobSource, seale
         (f"PersistentVolumeClaim {c}", ctx.kube.cached_get(PVCS, namespace, c), None) for c in dict.fromkeys(claims)]
     if location.snapshot is not None:  # its owners change with no event of ours: looked at again
         name = location.snapshot.volumeSnapshotName
-        named.append((f"VolumeSnapshot {name}", ctx.kube.get(VOLUME_SNAPSHOTS, namespace, name), HAND_OVER_RECHECK))
+        body = ctx.kube.get(VOLUME_SNAPSHOTS, namespace, name)
+        uid = location.snapshot.volumeSnapshotUID
+        if body is not None and uid and (body.get("metadata") or {}).get("uid") != uid:  # a namesake made since
+            return Fail("DataNotHeld", f"spec.source.trainingJob.sealed.location: VolumeSnapshot {name} is not the "
+                                       f"one its job took (uid {uid})")
+        named.append((f"VolumeSnapshot {name}", body, HAND_OVER_RECHECK))
     for what, body, recheck in named:
         problem = _not_held(body, source.uid, checkpoint.metadata.uid)
         if problem == "gone":

@@ -38,6 +38,8 @@ MAX_ATTEMPTS = 10
 Obj = TypeVar("Obj", TrainingJob, Checkpoint, ClusterCheckpoint, TrainingJobHead, CheckpointHead,
               ClusterCheckpointHead)
 AnyObj = TrainingJob | Checkpoint | ClusterCheckpoint | TrainingJobHead | CheckpointHead | ClusterCheckpointHead
+# A change, or a function making it from the object as last read (with the pass's earlier changes).
+AnyChange = StatusChange | Callable[[Any], StatusChange]
 
 
 class StatusConflict(RuntimeError):
@@ -55,7 +57,7 @@ class StatusPass:
     owner: ObjectKey
     pass_id: int
     stored: Optional[AnyObj] = None          # the object as the API last returned it (no staged change)
-    changes: list[StatusChange] = field(default_factory=list)
+    changes: list[AnyChange] = field(default_factory=list)
     written: Optional[dict[str, Any]] = None  # the body the pass's one write returned
 
 
@@ -83,12 +85,14 @@ def status_pass(ctx: Context, kind: str, namespace: str, name: str) -> Iterator[
         flush(ctx, current)
 
 
-def write_status(ctx: Context, obj: Obj, change: StatusChange) -> Obj:
+def write_status(ctx: Context, obj: Obj, change: StatusChange | Callable[[Obj], StatusChange]) -> Obj:
     """In a pass of `obj`: stage `change` and return `obj` with it applied (written when the pass
-    ends). Outside a pass: write it now and return the object as written (or as read, if a no-op)."""
+    ends). Outside a pass: write it now and return the object as written (or as read, if a no-op).
+    A callable change is made from the object as last read, with the pass's earlier changes
+    applied (a list grown from its current value keeps what a concurrent write added)."""
     current = _current.get()
     if current is None:
-        return cast(Obj, _write(ctx, None, obj, [change]))
+        return cast(Obj, _write(ctx, None, obj, [cast(AnyChange, change)]))
     if key_of(obj) != current.owner:
         raise NotTheOwner(f"a pass of {'/'.join(current.owner)} tried to write the status of "
                           f"{'/'.join(key_of(obj))}: only its own reconcile writes it")
@@ -96,8 +100,8 @@ def write_status(ctx: Context, obj: Obj, change: StatusChange) -> Obj:
     # staged (same version), or as another write returned it (a newer one: what the write starts from).
     if current.stored is None or current.stored.metadata.resourceVersion != obj.metadata.resourceVersion:
         current.stored = obj
-    current.changes.append(change)
-    return _applied(obj, change)
+    current.changes.append(cast(AnyChange, change))
+    return _applied(obj, change(obj) if callable(change) else change)
 
 
 def with_staged(obj: Obj) -> Obj:
@@ -108,7 +112,7 @@ def with_staged(obj: Obj) -> Obj:
         return obj
     current.stored = obj
     for change in current.changes:
-        obj = _applied(obj, change)
+        obj = _applied(obj, change(obj) if callable(change) else change)
     return obj
 
 
@@ -144,7 +148,11 @@ def flush(ctx: Context, current: StatusPass) -> None:
 def _applied(obj: Obj, change: StatusChange) -> Obj:
     after = apply_change(obj.status.to_wire(), change, generation=obj.metadata.generation, now=now_rfc3339(),
                          is_settled=_settled(obj.kind))
-    return obj.model_copy(update={"status": type(obj.status).model_validate(after)})
+    return _with_status(obj, after)
+
+
+def _with_status(obj: Obj, status: dict[str, Any]) -> Obj:
+    return obj.model_copy(update={"status": type(obj.status).model_validate(status)})
 
 
 def _settled(kind: str) -> Callable[[Optional[str]], bool]:
@@ -158,14 +166,17 @@ def _settled(kind: str) -> Callable[[Optional[str]], bool]:
     return is_settled
 
 
-def _write(ctx: Context, current: Optional[StatusPass], obj: AnyObj, changes: list[StatusChange]) -> AnyObj:
-    """Apply `changes` in order to `obj`'s status and write the result once."""
+def _write(ctx: Context, current: Optional[StatusPass], obj: AnyObj, changes: list[AnyChange]) -> AnyObj:
+    """Apply `changes` in order to `obj`'s status and write the result once (a callable change is
+    made again from the object as read after a conflict, with the changes before it applied)."""
     model = type(obj)
     meta = obj.metadata
     for _ in range(MAX_ATTEMPTS):
         before = obj.status.to_wire()
         after, events = before, []
-        for change in changes:
+        for staged in changes:
+            change = staged(obj.model_copy(update={"status": type(obj.status).model_validate(after)})) \
+                if callable(staged) else staged
             if should_post_event(after, change):
                 events.append(change)
             after = apply_change(after, change, generation=obj.metadata.generation, now=now_rfc3339(),

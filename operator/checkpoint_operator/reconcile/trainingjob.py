@@ -18,6 +18,7 @@ from checkpoint_operator import PROTECTION_FINALIZER
 from checkpoint_operator.api.checkpoint import CheckpointHead, CheckpointPhase
 from checkpoint_operator.api.clustercheckpoint import ClusterCheckpointHead
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobHead, TrainingJobPhase, TrainingJobStatus
+from checkpoint_operator.reconcile import node_cache as node_cache_steps
 from checkpoint_operator.reconcile import (agent_runs, catalog_copies, claim_holds, live_sealing, publish,
                                            template_claims, volumes, workloads)
 from checkpoint_operator.reconcile import volume_snapshots as volume_snapshot_steps
@@ -240,6 +241,8 @@ def _make_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput], a
         if tj.output_enabled:
             for claim in workload.build_output_claims(tj, ctx.config):
                 _ensure_owned(tj, ctx.kube.ensure(PVCS, namespace, claim))
+        if node_cache_steps.uses_cache(staged.volumes):
+            node_cache_steps.ensure_cache_claim(ctx, namespace)
         if rendezvous.needs_service(tj):
             _ensure_owned(tj, workloads.ensure_service(ctx, tj))
         made = _ensure_owned(tj, workloads.ensure(ctx, tj, built.job))
@@ -330,6 +333,8 @@ def follow_job(ctx: Context, tj: TrainingJob) -> Result:
     if tj.publishes_live:  # also once the Job is over: the sidecars' last lines
         tj = live_sealing.collect(ctx, tj, controllers)
     pods = ctx.indexes.worker_pods(tj.metadata.namespace, tj.metadata.uid, controllers)
+    if ctx.config.cache_enabled:
+        node_cache_steps.record_fills(ctx, tj, pods)
     if state is not None:
         change = flow.worker_failure_change(tj, state, pods)
         if change is not None:
@@ -400,12 +405,17 @@ def _running(ctx: Context, tj: TrainingJob, pods: list[workers.WorkerPod], state
                 return replace(flow.running_wait(tj, problems, kind), requeue_after=volumes.PODS_GRACE)
             if claim is not None:  # the claim's own reason says more than the scheduler's
                 return replace(flow.running_wait(tj, [claim], kind), requeue_after=volumes.CLAIM_RECHECK)
+    if pending and not problems:  # scheduled, its volumes bound, and still not started: attached?
+        attach = volumes.attach_wait(ctx, tj.metadata.namespace, pending[0].name)
+        if attach is not None:
+            return replace(flow.running_wait(tj, [attach], kind), requeue_after=volumes.CLAIM_RECHECK)
     wait = flow.running_wait(tj, problems, kind)
     # The sidecars' logs bring no event: read again after the poll interval.
     if tj.publishes_live:
         return replace(wait, requeue_after=ctx.config.live_poll_interval)
-    # Nor does a refused pod (an Event of the Job only): looked for again while there is none.
-    return replace(wait, requeue_after=volumes.PODS_RECHECK) if awaiting_pods else wait
+    # Nor does a refused pod (an Event of the Job only), nor a failed attach (an Event of the pod):
+    # looked for again while there is none.
+    return replace(wait, requeue_after=volumes.PODS_RECHECK) if awaiting_pods or pending else wait
 
 
 def _next_attempt(ctx: Context, tj: TrainingJob, name: str, obj: Optional[dict[str, Any]],
@@ -567,7 +577,7 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: Sc
     # can no longer take the volume (or its snapshot) away from under them.
     if taken is not None:
         in_snapshot = [b for b, p in zip(created, plan.checkpoints) if p.name in unpublished]
-        volume_snapshot_steps.hand_over(ctx, tj.metadata.namespace, taken.name,
+        volume_snapshot_steps.hand_over(ctx, tj.metadata.namespace, taken,
                                         [publish.checkpoint_owner(b) for b in in_snapshot], tj.metadata.uid)
     _hand_over_output_claim(ctx, tj, store, claim, created + _still_owning(ctx, tj, plan, existing),
                             keep=retained is not None)
@@ -631,7 +641,7 @@ def _locate_output(ctx: Context, tj: TrainingJob, store: Store, claim: str, pod:
         return Fail("SnapshotFailed", f"pod {pod['metadata']['name']} did not report the output volume's "
                                       "filesystem synced (syncfs): no volume snapshot is taken of bytes that "
                                       "may not be on the disk")
-    taken = volume_snapshot_steps.take(ctx, request)
+    taken = volume_snapshot_steps.take(ctx, tj, request)
     if isinstance(taken, Wait):
         return taken
     return _plan(ctx, tj, store, claim, scan, existing, taken), taken

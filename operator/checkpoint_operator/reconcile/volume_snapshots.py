@@ -2,54 +2,53 @@
 none does (logic/volume_snapshots.py has the design; storage/volume.py's SnapshotVolumeStore asks
 for them).
 
-`take` is called on every pass of the step that needs the snapshot: it creates it once (its name is
-deterministic) and reads it until the snapshot controller says ``readyToUse``. Its changes are not
+`take` is called on every pass of the step that needs the snapshot: it creates it once, under a
+name with a random part, records it (name and UID) in the status of the object it is taken for,
+and reads that one until the snapshot controller says ``readyToUse``. Its changes are not
 watched: a snapshot being cut is read again after `logic.volume_snapshots.poll_after` seconds.
 """
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime, timezone
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
-from checkpoint_operator.api.checkpoint import Checkpoint
+from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointPhase, CheckpointStatus
+from checkpoint_operator.api.common import VolumeSnapshotRecord
+from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobStatus
 from checkpoint_operator.kube import PVCS, VOLUME_SNAPSHOTS, ApiError, Conflict
 from checkpoint_operator.logic import volume_snapshots
-from checkpoint_operator.logic.results import Wait
+from checkpoint_operator.logic.results import Fail, Wait
 from checkpoint_operator.logic.volume_snapshots import SnapshotRequest, TakenSnapshot
-from checkpoint_operator.logic.workload import LABEL_COMPONENT, LABEL_TRAINING_JOB_UID
+from checkpoint_operator.logic.workload import LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_TRAINING_JOB_UID, MANAGER
+from checkpoint_operator.logic.status import StatusChange, fail_change
 from checkpoint_operator.reconcile.context import Context
+from checkpoint_operator.reconcile.status_writer import write_status
 
+SnapshotOwner = Union[TrainingJob, Checkpoint]  # whose status records the snapshots it created
 API_MISSING_RECHECK = 60.0  # seconds: the snapshot API appears only when an administrator installs it
 ATTEMPTS = 3                # owner patches: each conflict is a fresh read and a new decision
 
 
-def take(ctx: Context, request: SnapshotRequest) -> Union[TakenSnapshot, Wait]:
-    """The ready snapshot of `request`, or the wait until it is."""
-    namespace, name = request.namespace, request.name
+def take(ctx: Context, owner: SnapshotOwner, request: SnapshotRequest) -> Union[TakenSnapshot, Wait]:
+    """The ready snapshot of `request`, or the wait until it is. Only a snapshot this operator
+    created and recorded in `owner`'s status (status.volumeSnapshots, by UID) is taken: nothing
+    made by anyone else is ever a checkpoint's (hostile4 D8)."""
+    namespace, key = request.namespace, request.name
     claim = request.body["spec"]["source"]["persistentVolumeClaimName"]
-    body = ctx.kube.get(VOLUME_SNAPSHOTS, namespace, name)
-    if body is None:
-        try:
-            ctx.kube.create(VOLUME_SNAPSHOTS, namespace, request.body)
-        except Conflict:
-            return Wait(requeue_after=0.2)  # taken meanwhile (another pass): read it again
-        except ApiError as exc:
-            if exc.status == 404:
-                return Wait("VolumeSnapshotsUnavailable", (
-                    f"storage.volume.snapshotClassName is {ctx.config.volume_snapshot_class!r}, but the API serves no "
-                    f"{VOLUME_SNAPSHOTS.api_version} VolumeSnapshots: install external-snapshotter's CRDs and "
-                    "snapshot controller, or unset storage.volume.snapshotClassName"),
-                    stalled=True, requeue_after=API_MISSING_RECHECK)
-            if exc.status in (400, 422):
-                return Wait("VolumeSnapshotRefused", f"the API server refused VolumeSnapshot {name}: {exc.message}",
-                            stalled=True, requeue_after=API_MISSING_RECHECK)
-            raise
-        return Wait("TakingVolumeSnapshot", f"taking VolumeSnapshot {name} of volume {claim}", warning=False,
-                    requeue_after=volume_snapshots.POLL_MIN)
-    if not _is_ours(body, request):
-        return Wait("NameConflict", f"VolumeSnapshot {name} exists and was not taken for this object; delete it",
-                    stalled=True, requeue_after=API_MISSING_RECHECK)
+    record = volume_snapshots.recorded(owner.status.volumeSnapshots, key)
+    if record is None:
+        return _create(ctx, owner, request, claim)
+    body = ctx.kube.get(VOLUME_SNAPSHOTS, namespace, record.name)
+    if body is None:  # deleted before any Checkpoint pointed into it: the data is still on the volume
+        _set_records(ctx, owner, lambda records: volume_snapshots.without_record(records, key))
+        return Wait("TakingVolumeSnapshot", f"VolumeSnapshot {record.name} of volume {claim} is gone; taking another",
+                    warning=False, requeue_after=volume_snapshots.POLL_MIN)
+    replaced = volume_snapshots.not_the_recorded(record, body, claim)
+    if replaced is not None:
+        return Wait("NameConflict", replaced, stalled=True, requeue_after=API_MISSING_RECHECK)
+    name = record.name
     state = volume_snapshots.read_state(body)
     if state.deleting:
         return Wait("VolumeSnapshotDeleting", f"VolumeSnapshot {name} is being deleted; it is taken again once it "
@@ -57,16 +56,45 @@ def take(ctx: Context, request: SnapshotRequest) -> Union[TakenSnapshot, Wait]:
     if not state.ready or not state.restore_size:
         return Wait("TakingVolumeSnapshot", volume_snapshots.waiting_message(name, state),
                     warning=state.error is not None, requeue_after=volume_snapshots.poll_after(_age(body)))
-    return TakenSnapshot(name, state.restore_size, request.storage_class)
+    return TakenSnapshot(name, state.restore_size, request.storage_class, record.uid)
 
 
-def _is_ours(body: dict[str, Any], request: SnapshotRequest) -> bool:
-    """Taken for the same object: its labels (the job's uid, or the Checkpoint's name) and source."""
-    labels = (body.get("metadata") or {}).get("labels") or {}
-    wanted = request.body["metadata"]["labels"]
-    source = ((body.get("spec") or {}).get("source") or {}).get("persistentVolumeClaimName")
-    return all(labels.get(k) == v for k, v in wanted.items()) and \
-        source == request.body["spec"]["source"]["persistentVolumeClaimName"]
+def _create(ctx: Context, owner: SnapshotOwner, request: SnapshotRequest, claim: str) -> Wait:
+    """Create the snapshot under a name no one could use before (a random part), then record it.
+    A crash between the two leaves a snapshot no record names: another is taken, and the stray
+    one goes with the job's cleanup (delete_unused) or its owner."""
+    body = request.named(secrets.token_hex(volume_snapshots.NONCE_BYTES))
+    name = body["metadata"]["name"]
+    try:
+        created = ctx.kube.create(VOLUME_SNAPSHOTS, request.namespace, body)
+    except Conflict:
+        return Wait(requeue_after=0.2)  # someone took that name meanwhile: another random part, at once
+    except ApiError as exc:
+        if exc.status == 404:
+            return Wait("VolumeSnapshotsUnavailable", (
+                f"storage.volume.snapshotClassName is {ctx.config.volume_snapshot_class!r}, but the API serves no "
+                f"{VOLUME_SNAPSHOTS.api_version} VolumeSnapshots: install external-snapshotter's CRDs and "
+                "snapshot controller, or unset storage.volume.snapshotClassName"),
+                stalled=True, requeue_after=API_MISSING_RECHECK)
+        if exc.status in (400, 422):
+            return Wait("VolumeSnapshotRefused", f"the API server refused VolumeSnapshot {name}: {exc.message}",
+                        stalled=True, requeue_after=API_MISSING_RECHECK)
+        raise
+    record = VolumeSnapshotRecord(key=request.name, name=name, uid=created["metadata"]["uid"])
+    _set_records(ctx, owner, lambda records: volume_snapshots.with_record(records, record))
+    return Wait("TakingVolumeSnapshot", f"taking VolumeSnapshot {name} of volume {claim}", warning=False,
+                requeue_after=volume_snapshots.POLL_MIN)
+
+
+def _set_records(ctx: Context, owner: SnapshotOwner,
+                 change: Callable[[Optional[list[VolumeSnapshotRecord]]], list[VolumeSnapshotRecord]]) -> None:
+    """status.volumeSnapshots as `change` makes it of the owner's current records (re-read on a conflict)."""
+    if isinstance(owner, TrainingJob):
+        write_status(ctx, owner, lambda current: StatusChange(
+            fields=TrainingJobStatus(volumeSnapshots=change(current.status.volumeSnapshots) or None)))
+    else:
+        write_status(ctx, owner, lambda current: StatusChange(
+            fields=CheckpointStatus(volumeSnapshots=change(current.status.volumeSnapshots) or None)))
 
 
 def _age(body: dict[str, Any]) -> float:
@@ -76,14 +104,15 @@ def _age(body: dict[str, Any]) -> float:
     return (datetime.now(timezone.utc) - datetime.fromisoformat(created.replace("Z", "+00:00"))).total_seconds()
 
 
-def hand_over(ctx: Context, namespace: str, name: str, checkpoints: list[dict[str, Any]],
+def hand_over(ctx: Context, namespace: str, taken: TakenSnapshot, checkpoints: list[dict[str, Any]],
               job_uid: Optional[str]) -> None:
     """The Checkpoints that point into the snapshot (owner references to them) become its owners,
     and the job's own reference goes: Kubernetes deletes it with the last of them. Conditional on
-    the version read (a concurrent change is read again)."""
+    the version read (a concurrent change is read again); a namesake made since is left alone."""
+    name = taken.name
     for _ in range(ATTEMPTS):
         body = ctx.kube.get(VOLUME_SNAPSHOTS, namespace, name)
-        if body is None:
+        if body is None or (taken.uid and (body.get("metadata") or {}).get("uid") != taken.uid):
             return
         current = volume_snapshots.owners_of(body)
         owners = volume_snapshots.hand_over_owners(current, checkpoints, job_uid)
@@ -100,13 +129,15 @@ def hand_over(ctx: Context, namespace: str, name: str, checkpoints: list[dict[st
 
 def delete_unused(ctx: Context, namespace: str, job_uid: str) -> list[str]:
     """A job's output snapshots that no Checkpoint owns (taken for a sealed directory that the
-    end-of-job snapshot published instead, or for directories retention dropped): deleted, so
-    nothing is left that no object points into. One LIST, when the job's snapshot is done."""
+    end-of-job snapshot published instead, for directories retention dropped, or a creation a
+    crash kept from being recorded): deleted, so nothing is left that no object points into. One
+    LIST, when the job's snapshot is done. Only those the job owns: labels alone are anyone's."""
     selector = f"{LABEL_TRAINING_JOB_UID}={job_uid},{LABEL_COMPONENT}={volume_snapshots.COMPONENT_OUTPUT}"
     deleted = []
     for body in ctx.kube.list(VOLUME_SNAPSHOTS, namespace, label_selector=selector):
         owners = volume_snapshots.owners_of(body)
-        if any(o.get("kind") == "Checkpoint" for o in owners) or (body.get("metadata") or {}).get("deletionTimestamp"):
+        if any(o.get("kind") == "Checkpoint" for o in owners) or (body.get("metadata") or {}).get("deletionTimestamp") \
+                or all(o.get("uid") != job_uid for o in owners):
             continue
         try:  # conditional: a hand-over since the LIST keeps it
             if ctx.kube.delete(VOLUME_SNAPSHOTS, namespace, body["metadata"]["name"],
@@ -133,3 +164,48 @@ def release_claim(ctx: Context, checkpoint: Checkpoint, claim: str, snapshot: st
     except Conflict:
         return
     ctx.info(checkpoint, "VolumeReleased", f"volume {claim} deleted: the checkpoint is kept in VolumeSnapshot {snapshot}")
+
+
+# --- Ready Checkpoints whose snapshot was deleted, replaced or is no longer readyToUse (hostile4 D4) ---
+
+def checkpoints_to_check(ctx: Context) -> list[tuple[str, str, str]]:
+    """The resync's look at the snapshots Ready Checkpoints point into: one LIST of the operator's
+    VolumeSnapshots per namespace that has such Checkpoints; the keys of those whose snapshot no
+    longer matches their phase (their own reconcile reads it again and writes the status)."""
+    keys = []
+    for namespace, uses in ctx.indexes.snapshot_uses().items():
+        found = {(b.get("metadata") or {}).get("name"): b for b in ctx.kube.list(
+            VOLUME_SNAPSHOTS, namespace, label_selector=f"{LABEL_MANAGED_BY}={MANAGER}")}
+        keys += [("Checkpoint", namespace, use.checkpoint) for use in uses
+                 if volume_snapshots.needs_check(use, found.get(use.snapshot))]
+    return keys
+
+
+def check_checkpoint(ctx: Context, checkpoint: Checkpoint) -> bool:
+    """A settled Checkpoint whose data is in a VolumeSnapshot: Failed with a one-line reason naming
+    it once it is gone, replaced or not readyToUse (nothing selects it then), Ready again when a
+    snapshot that was not readyToUse is again. The Checkpoint's own reconcile is the only writer
+    of its status; one GET, only for a Ready or waiting Checkpoint in a snapshot. Whether it wrote."""
+    location = checkpoint.status.location.snapshot if checkpoint.status.location else None
+    if location is None:
+        return False
+    ready_condition = next((c for c in checkpoint.status.conditions or [] if c.type == "Ready"), None)
+    waiting = ready_condition is not None and ready_condition.reason == volume_snapshots.SNAPSHOT_NOT_READY
+    if checkpoint.phase != CheckpointPhase.READY and not waiting:
+        return False
+    body = ctx.kube.get(VOLUME_SNAPSHOTS, checkpoint.metadata.namespace, location.volumeSnapshotName)
+    trouble = volume_snapshots.trouble_of(location.volumeSnapshotName, location.volumeSnapshotUID, body)
+    if trouble is not None and (checkpoint.phase == CheckpointPhase.READY or trouble.lost):
+        if ready_condition is not None and ready_condition.reason == trouble.reason \
+                and ready_condition.message == trouble.message:
+            return False
+        write_status(ctx, checkpoint, fail_change(CheckpointPhase.FAILED.value, Fail(trouble.reason, trouble.message)))
+        return True
+    if trouble is None and waiting:
+        status = checkpoint.status
+        write_status(ctx, checkpoint, StatusChange(
+            phase=CheckpointPhase.READY.value, reason="Ready", ready=True, event="Normal",
+            message=f"{status.fileCount} files, {status.size}, digest {status.digest}; VolumeSnapshot "
+                    f"{location.volumeSnapshotName} is readyToUse again"))
+        return True
+    return False

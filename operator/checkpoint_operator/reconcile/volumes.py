@@ -4,8 +4,9 @@
 A claim of that name that is not the object's (a user's own PVC whose name a Checkpoint's name
 happens to make, an earlier object's claim being garbage-collected) is never mounted.
 
-`unbound_claim`, `refused_pods`: a volume a pod waits for is not bound (the claim's status and
-its own Events), or its Job cannot create it (the Job's Events).
+`unbound_claim`, `attach_wait`, `refused_pods`: a volume a pod waits for is not bound (the claim's
+status and its own Events), or cannot be attached to the pod's node (the pod's Events: a
+Multi-Attach error, an attach limit), or its Job cannot create it (the Job's Events).
 
 Read only while a pod that needs the claim is Pending: one GET, and a LIST of that claim's
 Events alone (a field selector, never the namespace's). The provisioner's Events change no
@@ -17,10 +18,11 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from checkpoint_operator.reconcile.context import Context
-from checkpoint_operator.kube import EVENTS, PVCS
+from checkpoint_operator.kube import EVENTS, PODS, PVCS
 from checkpoint_operator.api.checkpoint import Checkpoint
-from checkpoint_operator.logic.agent_pods import (PodProblem, claim_events_selector, claim_problem,
-                                                  job_creation_problem, job_events_selector)
+from checkpoint_operator.logic.agent_pods import (PodProblem, attach_problem, claim_events_selector, claim_problem,
+                                                  failed_attach, job_creation_problem, job_events_selector, pod_claims,
+                                                  pod_events_selector)
 from checkpoint_operator.logic.conditions import seconds_since
 from checkpoint_operator.logic.results import Wait
 from checkpoint_operator.logic.workload import foreign_claim_message, owned_by
@@ -28,6 +30,7 @@ from checkpoint_operator.logic.workload import foreign_claim_message, owned_by
 CLAIM_RECHECK = 30.0  # seconds
 PODS_RECHECK = 10.0   # seconds: a running Job without pods (refused ones bring no event of ours)
 PODS_GRACE = 5.0      # seconds: a Job this young without pods is not refused yet, its pods are coming
+MAX_NAMED_CLAIMS = 16  # claims of a pod read to name the one an attach error is about
 
 
 class Young(Exception):
@@ -66,3 +69,19 @@ def ensure_owned_claim(ctx: Context, owner: Checkpoint, body: dict[str, Any]) ->
 def refused_pods(ctx: Context, namespace: str, job_name: str) -> Optional[PodProblem]:
     """A Job without pods: what its `FailedCreate` Events say (a LIST of that Job's Events alone)."""
     return job_creation_problem(job_name, ctx.kube.list(EVENTS, namespace, field_selector=job_events_selector(job_name)))
+
+
+def attach_wait(ctx: Context, namespace: str, pod_name: str) -> Optional[PodProblem]:
+    """A Pending pod that waits to attach a volume (FailedAttachVolume: a Multi-Attach error while
+    another node holds a ReadWriteOnce volume, a node's attach limit): one LIST of that pod's
+    Events; only when there is such an event, the pod and its claims, to name the claim."""
+    event = failed_attach(ctx.kube.list(EVENTS, namespace, field_selector=pod_events_selector(pod_name)))
+    if event is None:
+        return None
+    pod = ctx.kube.get(PODS, namespace, pod_name) or {}
+    claims_by_volume = {}
+    for name in pod_claims(pod)[:MAX_NAMED_CLAIMS]:
+        volume = ((ctx.kube.get(PVCS, namespace, name) or {}).get("spec") or {}).get("volumeName")
+        if volume:
+            claims_by_volume[str(volume)] = name
+    return attach_problem(pod_name, event, claims_by_volume)

@@ -50,8 +50,10 @@ from checkpoint_operator.api.checkpoint import CheckpointPhase
 from checkpoint_operator.api.wire import (CheckpointStatusWire, CheckpointWire, MetadataWire, TrainingJobStatusWire,
                                           checkpoint_wire, object_wire, training_job_wire)
 from checkpoint_operator.api.trainingjob import TrainingJobPhase
+from checkpoint_operator.reconcile import volume_snapshots as volume_snapshot_steps
 from checkpoint_operator.reconcile.context import Context, ObjectKey
 from checkpoint_operator.logic.catalog import used_by_status as catalog_used_by
+from checkpoint_operator.logic.node_cache import CACHED_ON_ANNOTATION, requested_cached_on
 from checkpoint_operator.logic.sealing_changes import CHANGED_AFTER_SEALING_ANNOTATION
 from checkpoint_operator.logic.inputs import CheckpointInfo, TrainingJobInfo
 from checkpoint_operator.logic.protection import used_by_status, used_uids
@@ -220,6 +222,9 @@ def _checkpoint_has_work(ctx: Context, body: CheckpointWire, info: CheckpointInf
         return True
     if not info.phase.is_settled:
         return not _made_by_a_live_job(ctx, meta.get("namespace", ""), info)
+    asked = requested_cached_on((meta.get("annotations") or {}).get(CACHED_ON_ANNOTATION))
+    if asked is not None and asked != (status.get("cachedOn") or []):  # a job's fills ask for status.cachedOn
+        return True
     wanted = set_fields(used_by_status(ctx.indexes.users_of(meta.get("namespace", ""), info.uid)))
     return wanted != {"usedBy": status.get("usedBy") or [], "usedByCount": status.get("usedByCount") or 0}
 
@@ -274,6 +279,8 @@ def start_resync(ctx: Context) -> asyncio.Task[None]:
             try:
                 ctx.forget_gone()
                 ctx.queue.add_all(ctx.indexes.resync_keys())
+                if ctx.config.volume_snapshot_class:
+                    ctx.queue.add_all(await asyncio.to_thread(volume_snapshot_steps.checkpoints_to_check, ctx))
             except Exception:  # noqa: BLE001 - the next pass tries again
                 logger.exception("resync failed")
     return asyncio.create_task(resync(), name="resync")

@@ -22,7 +22,7 @@ from checkpoint_operator.protocol.results import CheckpointSummary
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointStatus, Location, S3Location
 from checkpoint_operator.api.upload import UploadStatus
 from checkpoint_operator.api.trainingjob import TrainingJob
-from checkpoint_operator.logic import agent_commands
+from checkpoint_operator.logic import agent_commands, node_cache
 from checkpoint_operator.logic.agent_pods import (STAGING_MOUNT, STAGING_VOLUME, InputVolumes, agent_container,
                                                   download_container, staging_size_limit)
 from checkpoint_operator.logic.inputs import ResolvedInput
@@ -78,13 +78,19 @@ class S3Store(Store):
         return Location(s3=S3Location(uri=uri))
 
     def input_volumes(self, tj: TrainingJob, inputs: list[ResolvedInput]) -> InputVolumes:
-        if not inputs:
-            return InputVolumes()
-        sizes = [i.size_bytes for i in inputs]
+        """Each input from the node cache where it can be (logic/node_cache.py), else downloaded into the
+        pod's own emptyDir."""
+        cached = [(index, item) for index, item in enumerate(inputs) if node_cache.cacheable(item, self.config)]
+        result = node_cache.cache_parts(tj.metadata.namespace, tj.spec.inputDir, cached, self.config,
+                                        self.agent_env(), node_cache.verify_mode(tj.metadata.annotations, self.config))
+        private = [(index, item) for index, item in enumerate(inputs) if not node_cache.cacheable(item, self.config)]
+        if not private:
+            return result
+        sizes = [i.size_bytes for _, i in private]
         total = None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)
-        limit = staging_size_limit(total, self.config.max_checkpoint_bytes * len(inputs))
-        result = InputVolumes(volumes=[{"name": STAGING_VOLUME, "emptyDir": {"sizeLimit": limit}}])
-        for index, item in enumerate(inputs):
+        limit = staging_size_limit(total, self.config.max_checkpoint_bytes * len(private))
+        result.volumes.append({"name": STAGING_VOLUME, "emptyDir": {"sizeLimit": limit}})
+        for index, item in private:
             result.mounts.append({"name": STAGING_VOLUME, "readOnly": True, "subPath": item.mount_name,
                                   "mountPath": posixpath.join(tj.spec.inputDir, item.mount_name)})
             if item.location.s3 is None:

@@ -195,6 +195,9 @@ CONTAINERS = "spec.template.spec.containers"
 PARTS_ENGINE = "spec.output.volumePerWorker and perWorker need spec.engine: JobSet"
 PARTS_LIVE = "spec.output.volumePerWorker and perWorker are published OnCompletion"
 PARTS_REPLICAS = "spec.replicas must be at most 128 with spec.output.volumePerWorker"
+PARTS_EXCLUSIVE = "spec.output.volumePerWorker and perWorker are exclusive"
+PARTS_NO_OUTPUT = "spec.output.volumePerWorker and perWorker need spec.output.enabled"
+PARTS_ONE_WORKER = "spec.output.volumePerWorker needs spec.replicas of 2 or more"
 
 LONG_OK = ("a" * 63 + ".") * 3 + "a" * 61          # 253 characters, a valid subdomain
 LONG_BAD = LONG_OK + "a"                          # 254
@@ -464,6 +467,18 @@ CASES: list[Case] = [
         "volumePerWorker": True, "publish": "Continuous"}), (PARTS_LIVE,)),
     Case("per-worker-too-many", training_job(replicas=129, engine="JobSet", output={"perWorker": True}),
          (PARTS_REPLICAS,)),
+    # hostile4 D11: both at once, or where a volume per worker means nothing, were accepted silently
+    Case("volume-per-worker-and-per-worker", training_job(replicas=2, engine="JobSet", output={
+        "volumePerWorker": True, "perWorker": True}), (PARTS_EXCLUSIVE,)),
+    Case("volume-per-worker-one-of-them-off", training_job(replicas=2, engine="JobSet", output={
+        "volumePerWorker": True, "perWorker": False})),
+    Case("volume-per-worker-one-worker", training_job(replicas=1, engine="JobSet", output={"volumePerWorker": True}),
+         (PARTS_ONE_WORKER,)),
+    Case("per-worker-one-worker", training_job(replicas=1, engine="JobSet", output={"perWorker": True})),
+    Case("volume-per-worker-no-output", training_job(replicas=2, engine="JobSet", output={
+        "volumePerWorker": True, "enabled": False}), (PARTS_NO_OUTPUT,)),
+    Case("per-worker-no-output", training_job(replicas=2, engine="JobSet", output={
+        "perWorker": True, "enabled": False}), (PARTS_NO_OUTPUT,)),
     # inputDir / outputDir
     Case("dirs-custom", training_job(inputDir="/data/in", outputDir="/data/out")),
     Case("dirs-prefix-not-nested", training_job(inputDir="/ab", outputDir="/a")),

@@ -96,7 +96,7 @@ def test_the_catalogue_covers_every_kind_of_pod():
     assert len([n for n in AGENT_PODS if "/import/" in n]) == len(pod_shapes.STORES) * len(pod_shapes.SOURCES)
     assert len([n for n in AGENT_PODS if "/catalog-import/" in n]) == len(pod_shapes.STORES) * len(pod_shapes.SOURCES)
     names = {c["name"] for pod in TRAINING_PODS.values() for c in containers(pod)}
-    assert {"ckpt-live", "download-input-0", "trainer"} <= names
+    assert {"ckpt-live", "ckpt-cache-hold", "download-input-0", "trainer"} <= names
 
 
 @pytest.mark.parametrize("name", sorted(AGENT_PODS))

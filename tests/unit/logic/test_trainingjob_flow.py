@@ -207,3 +207,25 @@ def test_the_message_of_a_snapshot_of_thousands_of_checkpoints_names_a_few_and_c
     assert done.message.startswith("Job succeeded; 5000 checkpoint(s): train-checkpoint-0, train-checkpoint-100, ")
     assert done.message.endswith(" and 4980 more") and done.fields.outputCheckpoints == names
     TrainingJobStatus.model_validate({**done.fields.to_wire(), "message": done.message})
+
+
+def test_a_pod_waiting_to_attach_a_volume_names_the_claim_and_the_controller_s_message():
+    """hostile4 D9: a consumer held in ContainerCreating by a Multi-Attach error said nothing."""
+    from checkpoint_operator.logic.agent_pods import attach_problem, failed_attach, pod_claims
+    events = [{"reason": "FailedAttachVolume", "lastTimestamp": "2026-01-01T00:00:01Z", "message": "old"},
+              {"reason": "Scheduled", "lastTimestamp": "2026-01-01T00:00:03Z", "message": "assigned"},
+              {"reason": "FailedAttachVolume", "lastTimestamp": "2026-01-01T00:00:02Z",
+               "message": 'Multi-Attach error for volume "pvc-2" Volume is already used by pod(s) reader-b-x'}]
+    event = failed_attach(events)
+    assert event is events[2] and failed_attach(events[1:2]) is None
+    problem = attach_problem("reader-c-y", event, {"pvc-1": "other", "pvc-2": "producer-output-ab12c"})
+    assert (problem.reason, problem.message) == ("VolumeAttachWait", (
+        'pod reader-c-y waits to attach PersistentVolumeClaim producer-output-ab12c: Multi-Attach error for volume '
+        '"pvc-2" Volume is already used by pod(s) reader-b-x'))
+    limit = attach_problem("p", {"message": "AttachVolume.Attach failed: " + "x" * 5000}, {})
+    assert limit.message.startswith("pod p waits to attach a volume: AttachVolume.Attach failed") \
+        and len(limit.message) < 600
+    pod = {"metadata": {"name": "p"}, "spec": {"volumes": [
+        {"name": "ckpt-in-0", "ephemeral": {"volumeClaimTemplate": {}}},
+        {"name": "ckpt-output", "persistentVolumeClaim": {"claimName": "out"}}, {"name": "tmp", "emptyDir": {}}]}}
+    assert pod_claims(pod) == ["p-ckpt-in-0", "out"]

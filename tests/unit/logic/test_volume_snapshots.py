@@ -67,6 +67,38 @@ def test_snapshot_names_are_deterministic_valid_and_differ_by_purpose() -> None:
     assert vs.volume_snapshot_name("c" * 253, "final") != vs.volume_snapshot_name("c" * 252 + "d", "final")
 
 
+
+def test_a_snapshot_is_created_under_a_name_no_one_can_use_first() -> None:
+    """hostile4 D8: the name a snapshot is created under has a random part after its key; the
+    record (key, name, uid) of the create call's answer is what later passes take."""
+    body = request().named("0a1b2c3d4e")
+    assert body["metadata"]["name"] == request().name + "-0a1b2c3d4e"
+    assert request().body["metadata"]["name"] == request().name  # the request itself is left as it is
+    longest = vs.created_name(vs.volume_snapshot_name("c" * 253, "final"), "0a1b2c3d4e")
+    assert len(longest) <= MAX_NAME and SUBDOMAIN.match(longest)
+    assert crd_schema("VolumeSnapshot").admit(body, None) == []
+
+
+def test_records_are_kept_by_key_and_bounded() -> None:
+    from checkpoint_operator.api.common import MAX_VOLUME_SNAPSHOT_RECORDS, VolumeSnapshotRecord
+    one = VolumeSnapshotRecord(key="k", name="k-1", uid="u1")
+    again = VolumeSnapshotRecord(key="k", name="k-2", uid="u2")
+    assert vs.recorded(vs.with_record([one], again), "k") == again and vs.recorded(None, "k") is None
+    many = [VolumeSnapshotRecord(key=f"k{i}", name=f"k{i}-x", uid=f"u{i}") for i in range(MAX_VOLUME_SNAPSHOT_RECORDS)]
+    kept = vs.with_record(many, one)
+    assert len(kept) == MAX_VOLUME_SNAPSHOT_RECORDS and kept[-1] == one and vs.recorded(kept, "k0") is None
+    assert vs.without_record(kept, "k") == many[1:]
+
+
+def test_a_namesake_of_a_recorded_snapshot_is_not_it() -> None:
+    from checkpoint_operator.api.common import VolumeSnapshotRecord
+    record = VolumeSnapshotRecord(key="k", name="k-1", uid="u1")
+    body = {"metadata": {"name": "k-1", "uid": "u1"}, "spec": {"source": {"persistentVolumeClaimName": "claim"}}}
+    assert vs.not_the_recorded(record, body, "claim") is None
+    replaced = vs.not_the_recorded(record, {**body, "metadata": {"name": "k-1", "uid": "u9"}}, "claim")
+    assert replaced == "VolumeSnapshot k-1 is not the one the operator took (uid u9, not u1): it was replaced; delete it"
+    assert vs.not_the_recorded(record, body, "other-claim") is not None
+
 @pytest.mark.parametrize("body, state", [
     (None, vs.SnapshotState(exists=False)),
     ({"metadata": {"name": "s"}, "spec": {"source": {"persistentVolumeClaimName": "c"}}},
@@ -147,3 +179,41 @@ def test_hand_over_moves_the_snapshot_from_the_job_to_its_checkpoints() -> None:
 
 def test_only_a_synced_report_allows_a_snapshot() -> None:
     assert vs.is_synced("syncfs") and not vs.is_synced(None) and not vs.is_synced("sync")
+
+
+READY_SNAPSHOT = {"metadata": {"name": "s", "uid": "u1"}, "status": {"readyToUse": True, "restoreSize": "1Gi"}}
+
+
+@pytest.mark.parametrize("body, reason, message", [
+    (READY_SNAPSHOT, None, None),
+    (None, vs.SNAPSHOT_LOST, "VolumeSnapshot s is gone (deleted outside the operator): the data of this Checkpoint "
+                             "is lost"),
+    ({**READY_SNAPSHOT, "metadata": {"name": "s", "uid": "u2"}}, vs.SNAPSHOT_LOST,
+     "VolumeSnapshot s was replaced by another (uid u2, not u1): the data of this Checkpoint is lost"),
+    ({**READY_SNAPSHOT, "metadata": {"name": "s", "uid": "u1", "deletionTimestamp": "2026-01-01T00:00:00Z"}},
+     vs.SNAPSHOT_LOST, "VolumeSnapshot s is being deleted outside the operator: the data of this Checkpoint is lost"),
+    ({**READY_SNAPSHOT, "status": {"readyToUse": False, "error": {"message": "disk gone"}}}, vs.SNAPSHOT_NOT_READY,
+     "VolumeSnapshot s is not readyToUse: disk gone"),
+    ({**READY_SNAPSHOT, "status": {}}, vs.SNAPSHOT_NOT_READY,
+     "VolumeSnapshot s is not readyToUse: the snapshot controller gives no error"),
+])
+def test_what_is_wrong_with_a_ready_checkpoint_s_snapshot(body, reason, message) -> None:
+    """hostile4 D4: a Ready Checkpoint's snapshot deleted, replaced or not readyToUse, one line each."""
+    trouble = vs.trouble_of("s", "u1", body)
+    assert (trouble.reason, trouble.message) == (reason, message) if reason else trouble is None
+
+
+def test_a_location_without_uid_is_checked_by_name() -> None:
+    assert vs.trouble_of("s", None, {**READY_SNAPSHOT, "metadata": {"name": "s", "uid": "other"}}) is None
+
+
+@pytest.mark.parametrize("ready, waiting, body, check", [
+    (True, False, READY_SNAPSHOT, False),
+    (True, False, None, True),
+    (True, False, {**READY_SNAPSHOT, "status": {"readyToUse": False}}, True),
+    (False, True, {**READY_SNAPSHOT, "status": {"readyToUse": False}}, False),   # still waiting: nothing new
+    (False, True, READY_SNAPSHOT, True),                                         # ready again
+    (False, True, None, True),                                                   # now gone
+])
+def test_the_resync_wakes_a_checkpoint_whose_snapshot_no_longer_matches_its_phase(ready, waiting, body, check) -> None:
+    assert vs.needs_check(vs.SnapshotUse("c", "s", "u1", ready, waiting), body) is check

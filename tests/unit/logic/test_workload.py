@@ -199,3 +199,26 @@ def test_imports_fetch_with_the_source_credentials_and_store_with_the_store_ones
     # the staging volume is capped at the size limit (500Gi by default)
     assert s3_pod["spec"]["volumes"] == [{"name": "data", "emptyDir": {"sizeLimit": "536870912000"}}]
     assert "--max-size" in init["command"] and init["command"][init["command"].index("--max-size") + 1] == "536870912000"
+
+
+@pytest.mark.parametrize("kind", ["containers", "initContainers", "ephemeralContainers"])
+@pytest.mark.parametrize("volume", ["ckpt-in-0", "ckpt-inputs", "ckpt-output", "ckpt-live-meta", "ckpt-in-17"])
+def test_a_user_mount_naming_an_operator_volume_is_refused(kind, volume):
+    """hostile4 D3: a mount naming `ckpt-in-0` got a snapshot input's restored claim read-write
+    (an ephemeral volume has no volume-level readOnly); `ckpt-inputs`, the s3 store's verified
+    downloads. Refused in one line naming the container and the volume, wherever the container is."""
+    spec = {"containers": [{"name": "trainer", "image": "x"}]}
+    spec.setdefault(kind, []).append({"name": "side", "image": "x", "volumeMounts": [{"name": volume, "mountPath": "/rw"}]})
+    tj = training_job(containers=spec["containers"])
+    tj["spec"]["template"]["spec"].update({k: v for k, v in spec.items() if k != "containers"})
+    with pytest.raises(workload.InvalidSpec) as refused:
+        build_job(tj, [_input("a")], CONFIG)
+    assert str(refused.value).startswith(f"spec.template.spec.{kind}[side].volumeMounts {volume!r} names a volume "
+                                         "the operator adds")
+    assert "\n" not in str(refused.value)
+
+
+def test_a_user_mount_of_a_similar_name_is_fine():
+    tj = training_job(containers=[{"name": "t", "image": "x", "volumeMounts": [{"name": "ckpt-cache", "mountPath": "/c"}]}],
+                      volumes=[{"name": "ckpt-cache", "emptyDir": {}}])
+    build_job(tj, [], CONFIG)

@@ -210,3 +210,23 @@ def test_what_is_kept_of_a_catalog_entry_goes_with_it():
     assert set(ctx.own_writes) == {("ClusterCheckpoint", "", "gpt2")}
     wakeups.cluster_checkpoint_event(ctx, "DELETED", entry)
     assert ctx.own_writes == {}
+
+
+def test_the_index_keeps_checkpoints_in_snapshots_for_the_resync() -> None:
+    """hostile4 D4: Ready Checkpoints in a VolumeSnapshot (and those failed while it was not
+    readyToUse) are what the resync compares with one LIST of the namespace's snapshots."""
+    from checkpoint_operator.logic.volume_snapshots import SNAPSHOT_NOT_READY, SnapshotUse
+    from checkpoint_operator.reconcile.indexes import checkpoint_keys
+
+    def body(phase, reason="Ready", snapshot=True):
+        location = {"snapshot": {"volumeSnapshotName": "s", "volumeSnapshotUID": "u1", "path": "."}} if snapshot \
+            else {"volume": {"claimName": "c", "path": "."}}
+        return {"metadata": {"name": "c1", "namespace": "ns", "uid": "cu"}, "spec": {"source": {}},
+                "status": {"phase": phase, "location": location,
+                           "conditions": [{"type": "Ready", "status": "False", "reason": reason}]}}
+    assert checkpoint_keys(body("Ready"))[("in-snapshot", "ns")] == SnapshotUse("c1", "s", "u1", True, False)
+    assert checkpoint_keys(body("Failed", SNAPSHOT_NOT_READY))[("in-snapshot", "ns")] == SnapshotUse(
+        "c1", "s", "u1", False, True)
+    assert ("in-snapshot", "ns") not in checkpoint_keys(body("Failed", "VolumeSnapshotLost"))
+    assert ("in-snapshot", "ns") not in checkpoint_keys(body("Ready", snapshot=False))
+    assert ("in-snapshot", "ns") not in checkpoint_keys(body("Pending"))
