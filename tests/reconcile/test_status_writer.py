@@ -5,6 +5,7 @@ import pydantic
 import pytest
 
 from checkpoint_operator.api.checkpoint import CheckpointStatus
+from checkpoint_operator.api.common import VolumeSnapshotRecord
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobStatus
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.reconcile.context import Context
@@ -103,3 +104,25 @@ def test_commit_writes_before_an_effect_and_a_failing_pass_keeps_what_it_decided
             write_status(ctx, written, StatusChange(fields=TrainingJobStatus(inputCount=2)))
             raise RuntimeError("boom")
     assert ctx.kube.get(TRAINING_JOBS, "default", "w")["status"]["inputCount"] == 2
+
+
+def record(name: str) -> VolumeSnapshotRecord:
+    return VolumeSnapshotRecord(key=name, name=f"{name}-0a1b", uid=f"uid-{name}")
+
+
+def test_a_staged_function_of_the_object_is_made_again_from_a_fresh_read(ctx):
+    """A list grown from its current value (status.volumeSnapshots) keeps what a concurrent write
+    added, with the pass's earlier staged changes applied before it."""
+    tj = created(ctx)
+
+    def grown(current):
+        return StatusChange(fields=TrainingJobStatus(volumeSnapshots=[*(current.status.volumeSnapshots or []),
+                                                                      record("mine")]))
+    with status_writer.status_pass(ctx, "TrainingJob", "default", "w"):
+        write_status(ctx, tj, StatusChange(fields=TrainingJobStatus(inputCount=1)))
+        staged = write_status(ctx, tj, grown)
+        assert [r.key for r in staged.status.volumeSnapshots] == ["mine"]
+        # someone else records one meanwhile: the pass's write meets a 409 and reads again
+        ctx.kube.patch_status(TRAINING_JOBS, "default", "w", {"volumeSnapshots": [record("theirs").to_wire()]})
+    stored = ctx.kube.get(TRAINING_JOBS, "default", "w")["status"]
+    assert [r["key"] for r in stored["volumeSnapshots"]] == ["theirs", "mine"] and stored["inputCount"] == 1
