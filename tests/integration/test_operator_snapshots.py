@@ -433,7 +433,11 @@ class TestVolumeSnapshots:
         release.set()
         done = await wait_phase(api, wait_for, TJ, "group", ("Succeeded", "Failed"))
         assert done["status"]["phase"] == "Succeeded", done["status"].get("message")
-        assert "restoredInputs" not in done["status"]
+
+        async def released():  # the outcome is written first, then the pods go, then the count
+            tj = await api.get(TJ, NS, "group")
+            return "restoredInputs" not in tj["status"]
+        await wait_for(released, timeout=30)
         for name in restored:
             await wait_for(lambda name=name: gone(api, CLAIMS, NS, name), timeout=30)
         assert {data for _, _, data in reads} == {b"w1"}
