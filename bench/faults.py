@@ -190,6 +190,18 @@ class Store:
                 return keys
             token = page["NextContinuationToken"]
 
+    def named_blobs(self, prefixes: list[str]) -> set[str]:
+        """The sha256 of every file the manifests at these prefixes list (blobs in their namespace)."""
+        from checkpoint_operator.protocol.manifest import MANIFEST_NAME
+        client, named = self.server.client(), set()
+        for prefix in prefixes:
+            try:
+                body = client.get_object(Bucket=self.bucket, Key=prefix + MANIFEST_NAME)["Body"].read()
+            except client.exceptions.NoSuchKey:
+                continue
+            named |= {f["sha256"] for f in json.loads(body)["files"]}
+        return named
+
     def outage(self, seconds: float) -> asyncio.Task:
         """Kill the server now (SIGKILL), start it again after `seconds`."""
         self.server.kill()
@@ -601,10 +613,23 @@ async def assess(h: Harness, verdict: Verdict, expects: list[Expect], *, check_d
         locations = [((c.get("status") or {}).get("location") or {}).get("s3", {}).get("uri", "") for c in checkpoints]
         prefixes = [u.split("/", 3)[3] for u in locations if u.startswith("s3://")]
         await h.store.back()
-        stray = {k.rsplit("/", 1)[0] for k in await asyncio.to_thread(h.store.keys, h.prefix + "/")
-                 if not any(k.startswith(p) for p in prefixes)}
+        keys = await asyncio.to_thread(h.store.keys, h.prefix + "/")
+        named = await asyncio.to_thread(h.store.named_blobs, prefixes)
+        stray = set()
+        for key in keys:
+            if any(key.startswith(p) for p in prefixes):
+                continue
+            directory, _, name = key.rpartition("/")
+            if directory.endswith("/blobs/gc"):
+                continue  # the blob collector's markers (objectstore/blobs.py)
+            if directory.endswith("/blobs/sha256"):
+                if name not in named:  # a file's bytes no Checkpoint's manifest names
+                    stray.add(key)
+                continue
+            stray.add(directory)
         verdict.orphaned += len(stray)
-        notes += [f"s3 {s}/ has no Checkpoint" for s in sorted(stray)]
+        notes += [f"s3 {s} is named by no Checkpoint" if "/blobs/sha256/" in s else f"s3 {s}/ has no Checkpoint"
+                  for s in sorted(stray)]
     # The phase and the message.
     clear = True
     for expect in expects:

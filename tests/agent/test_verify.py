@@ -100,3 +100,53 @@ def test_s3_objects_are_read_again_and_checked(s3, tmp_path):  # noqa: F811
     none = verify_s3(s3.uri("nothing/"), manifest.digest)
     assert not none.verified and none.problems[0].problem.startswith(f"no manifest at {s3.uri('nothing/')}")
     assert none.summary()["checkpoints"] == [] and MAX_PROBLEMS >= 2
+
+
+@pytest.mark.parametrize("planted", [
+    "[" * 100_000,  # nested too deeply
+    '{"version": 1, "path": ".", "files": [], "sizeBytes": 0, "fileCount": 0, "digest": "x", '
+    '"metrics": {"loss": 1' + "0" * 400 + '}}',  # a metric no float holds (hostile4 D1)
+    "not json",
+], ids=["deep", "huge-metric", "not-json"])
+def test_an_unparseable_manifest_left_in_the_data_is_ignored_when_the_digest_is_given(tmp_path, planted):
+    """hostile4 D10: training code left a `.checkpoint-manifest.json` the scan never takes; `verify
+    DIR --digest D --json` failed outright (no JSON, exit 1, or a traceback). Now it is ignored with
+    a note and the files are checked against the recorded digest (failed before)."""
+    manifest = make(tmp_path / "c", {"w": b"a"})
+    (tmp_path / "c" / MANIFEST_NAME).write_text(planted)
+    run = subprocess.run([sys.executable, "-m", "checkpoint_operator", "agent", "verify", str(tmp_path / "c"),
+                          "--digest", manifest.digest, "--json"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    out = json.loads(run.stdout.splitlines()[-1])
+    assert out["verified"] is True and out["digest"] == manifest.digest, out
+    [note] = out["notes"]
+    assert note.startswith(f"invalid manifest at {tmp_path / 'c' / MANIFEST_NAME}: ") and "ignored" in note
+    # without a recorded digest the stored manifest is all there is: not verified, the problem named, one JSON line
+    alone = subprocess.run([sys.executable, "-m", "checkpoint_operator", "agent", "verify", str(tmp_path / "c"),
+                            "--json"], capture_output=True, text=True, timeout=60)
+    out = json.loads(alone.stdout.splitlines()[-1])
+    assert alone.returncode == 0 and out["verified"] is False
+    assert out["problems"][0]["problem"].startswith("invalid manifest at ")
+
+
+def test_json_ends_with_one_json_line_when_the_check_cannot_be_made(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "checkpoint_operator", "agent", "verify", str(tmp_path / "nope"),
+                          "--json"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and run.stderr.startswith("error: ")
+    out = json.loads(run.stdout.splitlines()[-1])
+    assert out["verified"] is False and "not a directory" in out["problems"][0]["problem"]
+
+
+def test_entries_the_manifest_does_not_list_are_flagged_even_a_skipped_link(tmp_path):
+    """hostile4 D14: what a consumer mounts may hold entries the manifest does not list (a link
+    leaving the checkpoint, skipped by the scan, inside a directory mounted whole): verify names
+    each one (the behaviour docs/distributed.md describes)."""
+    manifest = make(tmp_path / "c", {"r1/shard": b"s"})
+    stored = tmp_path / "manifest.json"
+    stored.write_text(manifest.to_json())
+    (tmp_path / "c" / "r1" / "evil").symlink_to("/etc/hostname")
+    (tmp_path / "c" / "r1" / "extra").write_bytes(b"x")
+    result = verify_directory(str(tmp_path / "c"), manifest.digest, manifest_path=str(stored))
+    assert not result.verified
+    assert [p.line() for p in result.problems] == ["'r1/evil': skipped: symlink leaves the checkpoint",
+                                                   "'r1/extra': not in the manifest"]

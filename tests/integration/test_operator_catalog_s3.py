@@ -16,6 +16,7 @@ import pytest
 
 from checkpoint_operator.agent.s3 import manifest_exists, read_manifest
 from checkpoint_operator.config import OperatorConfig
+from checkpoint_operator.objectstore.blobs import object_uri
 from conftest import TJ, Operator, training_job
 from hubserver import mini_hub  # noqa: F401  (fixture)
 from layouts import tiny_model
@@ -115,7 +116,11 @@ async def test_the_catalog_prefix_is_read_by_every_namespace_and_written_by_none
             path = env["CHECKPOINT_INPUT_PATH"]
             attempts[team] = {"files": {rel: open(os.path.join(path, rel), "rb").read() for rel in model}}
             client = client_as(catalog_store, env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"])
-            key = uri[len(f"s3://{BUCKET}/"):] + "model.safetensors"
+            # the file's blob (content-addressed: the catalog's blobs beside its entries)
+            manifest = read_manifest(uri, endpoint_url=catalog_store.endpoint)
+            entry = next(e for e in manifest.files if e.path == "model.safetensors")
+            key = object_uri(uri, manifest, entry.path, entry.sha256)[len(f"s3://{BUCKET}/"):]
+            assert key.startswith(f"{PREFIX}/_catalog/blobs/sha256/")
             for name, call in (("overwrite", lambda: client.put_object(Bucket=BUCKET, Key=key, Body=b"forged")),
                                ("delete", lambda: client.delete_object(Bucket=BUCKET, Key=key)),
                                ("read", lambda: client.get_object(Bucket=BUCKET, Key=key)["Body"].read())):

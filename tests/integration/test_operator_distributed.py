@@ -362,3 +362,44 @@ async def test_a_volume_per_worker_group_restarts_every_worker_and_names_the_fai
         assert f"done {index} attempt 1" in lines
         assert any(f"start {index} attempt 1 rank {index} of 2" in line and f"host vpwgroup-node-{index}-0-0" in line
                    for line in lines), lines
+
+
+CLASH_WRITER = """
+import os
+out, rank = os.environ["CHECKPOINT_OUTPUT_DIR"], int(os.environ["RANK"])
+def w(rel, data):
+    path = os.path.join(out, rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+w(f"step-ok/shard-{rank}.bin", bytes([rank]) * 8)
+if rank == 0:
+    w("stepb/x", b"a file in worker 0")
+    w("stepa/caf\\u00e9", b"nfc")  # composed
+else:
+    w("stepb/x/y", b"a directory in worker 1")
+    w("stepa/cafe\\u0301", b"nfd")  # e + combining acute: the same name after NFC
+"""
+
+
+async def test_a_volume_per_worker_union_that_breaks_the_names_rule_is_a_conflict_not_a_checkpoint(
+        api, operator, cluster, wait_for):
+    """hostile4 D2: worker 0's file `x` and worker 1's `x/y`, and `café` spelled NFC/NFD by the two,
+    were Ready Checkpoints no consumer could mount or read (failed before: hv.stepa and hv.stepb
+    Ready). Each is a conflict naming the file and both workers; the volumes are kept."""
+    await api.create(TJ, NS, training_job("hv", replicas=2, engine="JobSet", backoffLimit=0,
+                                          output={"volumePerWorker": True}, command=python(CLASH_WRITER)))
+    tj = await wait_phase(api, wait_for, "hv", ("Succeeded", "Failed"), timeout=90)
+    assert tj["status"]["phase"] == "Succeeded", tj["status"].get("message")
+    assert tj["status"]["outputCheckpoints"] == ["hv.step-ok"]
+    assert sorted(c["metadata"]["name"] for c in await api.list(CKPT, NS)) == ["hv.step-ok"]
+    messages = " | ".join(e["message"] for e in await events_of(api, "hv") if e["reason"] == "Skipped")
+    assert "'stepb': conflicting parts, not made into a Checkpoint: 'x' is a file in worker 0 and a directory in " \
+           "worker 1 ('x/y')" in messages, messages
+    assert "'stepa': conflicting parts, not made into a Checkpoint: file name 'cafe\\u0301' is the same name as " \
+           "'caf\\u00e9' after Unicode normalization (NFC)" in messages, messages
+    retained = next(c for c in tj["status"]["conditions"] if c["type"] == "OutputRetained")
+    assert retained["status"] == "True"
+    for i in (0, 1):  # the output is retained: each worker's files still where it wrote them
+        claim = cluster.claim_dir(NS, f"hv-output-{tj['metadata']['uid'][:5]}-{i}")
+        assert (claim / "stepb" / "x").exists() and (claim / "stepa").is_dir()

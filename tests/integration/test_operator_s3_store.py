@@ -5,6 +5,7 @@ removes owned data, imports land in the store. Agent pods get credentials only f
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
 import sys
@@ -245,6 +246,58 @@ async def test_live_sealing_on_the_s3_store_uploads_each_checkpoint_once(api, st
     await wait_for(step1_data_gone, timeout=60)
 
 
+async def test_checkpoints_share_blobs_and_deletion_collects_only_unused_ones(api, api_url, store_secret, operator,
+                                                                             trainer, wait_for, s3,  # noqa: F811
+                                                                             tmp_path):
+    """Content-addressed storage through the real operator: two checkpoints of a run with a frozen
+    base shard store it once; deleting one Checkpoint deletes its own blob, never the shared one."""
+    import hashlib
+
+    from checkpoint_operator.agent.download import download_prefix
+    # the default grace period (an hour): the deleted Checkpoint's own blobs go at once all the same
+    base = weights(os.urandom(3 * 1024 * 1024))
+    heads = {10: weights(os.urandom(1000)), 20: weights(os.urandom(2000))}
+
+    def run(attempt, env):
+        for step, head in heads.items():
+            write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], f"step-{step}", {
+                "base.safetensors": base, "head.safetensors": head,
+                "trainer_state.json": b'{"global_step": %d}' % step})
+        return 0
+    trainer.behaviours["ft"] = run
+    await api.create(TJ, NS, training_job("ft"))
+    await wait_phase(api, wait_for, TJ, "ft", "Succeeded")
+    client = s3.client()
+    blob_prefix = f"{s3.key()}{NS}/blobs/sha256/"
+
+    def blob_names() -> set[str]:
+        listing = client.list_objects_v2(Bucket=s3.bucket, Prefix=blob_prefix).get("Contents", [])
+        return {o["Key"][len(blob_prefix):] for o in listing}
+
+    def sha(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()
+    before = blob_names()
+    assert sha(base) in before and sha(heads[10]) in before and sha(heads[20]) in before
+    stored = sum(o["Size"] for o in client.list_objects_v2(Bucket=s3.bucket, Prefix=blob_prefix)["Contents"])
+    assert stored < 2 * len(base)  # the base once
+    # kubectl ckpt du: stored (a listing of the namespace's prefix) below referenced, by about the base's size
+    from plugin_helpers import Plugin, write_kubeconfig
+    du = await Plugin(write_kubeconfig(tmp_path / "kubeconfig", api_url))("du", "-o", "json", "--endpoint-url",
+                                                                         s3.endpoint)
+    assert du.code == 0, du.err
+    row = next(r for r in json.loads(du.out)["namespaces"] if r["namespace"] == NS)
+    assert row["checkpoints"] == 2 and row["referencedBytes"] >= 2 * len(base)
+    assert row["storedBytes"] < row["referencedBytes"] and row["savedBytes"] >= len(base) - 10_000
+
+    await api.delete(CKPT, NS, "ft.step-20")
+    await wait_for(lambda: _gone(api, CKPT, "ft.step-20"), timeout=20)
+    after = blob_names()
+    assert sha(heads[20]) not in after and sha(base) in after and sha(heads[10]) in after
+    kept = (await api.get(CKPT, NS, "ft.step-10"))["status"]
+    got = download_prefix(kept["location"]["s3"]["uri"], str(tmp_path / "dl"), digest=kept["digest"])
+    assert got.manifest.fileCount == 3
+
+
 PART_WRITER = """
 import json, os
 out, rank = os.environ["CHECKPOINT_OUTPUT_DIR"], int(os.environ["RANK"])
@@ -268,7 +321,15 @@ async def test_a_volume_per_worker_uploads_the_union_and_keeps_every_volume_of_a
     tj = await wait_phase(api, wait_for, TJ, "vpw", "Succeeded", timeout=90)
     assert tj["status"]["outputCheckpoints"] == ["vpw.step-1"]
     uri = (await api.get(CKPT, NS, "vpw.step-1"))["status"]["location"]["s3"]["uri"]
-    assert sorted(f.path for f in read_manifest(uri).files) == ["config.json", "shard-0.bin", "shard-1.bin"]
+    union = read_manifest(uri)
+    assert sorted(f.path for f in union.files) == ["config.json", "shard-0.bin", "shard-1.bin"]
+    # the union's files are blobs, as any checkpoint's on the s3 store
+    assert union.blobs is not None
+    blob_prefix = f"{s3.key()}{NS}/blobs/sha256/"
+    client = s3.client()
+    stored = {o["Key"][len(blob_prefix):] for o in
+              client.list_objects_v2(Bucket=s3.bucket, Prefix=blob_prefix).get("Contents", [])}
+    assert {f.sha256 for f in union.files} <= stored
     retained = condition(tj, "OutputRetained")
     assert retained["status"] == "True" and "'config.json' differs between worker 0" in retained["message"]
     claims = [f"vpw-output-{tj['metadata']['uid'][:5]}-{i}" for i in range(2)]
@@ -278,3 +339,41 @@ async def test_a_volume_per_worker_uploads_the_union_and_keeps_every_volume_of_a
     await api.patch(TJ, NS, "vpw", {"metadata": {"annotations": {"ckpt.dev/release-output": "true"}}})
     for name in claims:
         await wait_for(lambda name=name: _gone(api, "v1/persistentvolumeclaims", name), timeout=20)
+
+
+CLASH_WRITER = """
+import os
+out, rank = os.environ["CHECKPOINT_OUTPUT_DIR"], int(os.environ["RANK"])
+def w(rel, data):
+    path = os.path.join(out, rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+w(f"step-ok/shard-{rank}.bin", bytes([rank]) * 8)
+if rank == 0:
+    w("stepb/x", b"a file in worker 0")
+    w("stepa/caf\\u00e9", b"nfc")
+else:
+    w("stepb/x/y", b"a directory in worker 1")
+    w("stepa/cafe\\u0301", b"nfd")
+"""
+
+
+async def test_a_volume_per_worker_union_that_breaks_the_names_rule_is_not_uploaded(  # noqa: F811
+        api, store_secret, operator, wait_for, s3):  # noqa: F811
+    """hostile4 D2 on the s3 store: the unions `stepb` (file `x` and `x/y`) and `stepa` (NFC/NFD
+    twins) were uploaded and Ready, and every download refused their manifests (failed before).
+    Now neither is uploaded nor a Checkpoint; the conflict names the file and both workers."""
+    await api.create(TJ, NS, training_job("hs", replicas=2, engine="JobSet", backoffLimit=0,
+                                          output={"volumePerWorker": True},
+                                          command=[sys.executable, "-c", CLASH_WRITER]))
+    tj = await wait_phase(api, wait_for, TJ, "hs", "Succeeded", timeout=90)
+    assert tj["status"]["outputCheckpoints"] == ["hs.step-ok"]
+    assert sorted(c["metadata"]["name"] for c in await api.list(CKPT, NS)) == ["hs.step-ok"]
+    uri = (await api.get(CKPT, NS, "hs.step-ok"))["status"]["location"]["s3"]["uri"]
+    assert sorted(f.path for f in read_manifest(uri).files) == ["shard-0.bin", "shard-1.bin"]
+    assert not manifest_exists(uri.replace("/dirs/step-ok/", "/dirs/stepb/"), endpoint_url=s3.endpoint)
+    assert not manifest_exists(uri.replace("/dirs/step-ok/", "/dirs/stepa/"), endpoint_url=s3.endpoint)
+    retained = condition(tj, "OutputRetained")
+    assert retained["status"] == "True" and "'x' is a file in worker 0 and a directory in worker 1" in \
+        retained["message"], retained["message"]

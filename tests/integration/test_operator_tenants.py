@@ -154,6 +154,17 @@ async def test_one_tenant_cannot_write_or_read_another_tenants_checkpoints(api, 
         attempts["upload over B"] = agent("upload", str(evil), b_uri, env=agent_env)
         attempts["upload own"] = agent("upload", str(evil), f"s3://{BUCKET}/{PREFIX}/team-a/scratch/", env=agent_env)
         attempts["download B"] = agent("download", b_uri, str(tmp_path / "stolen"), env=agent_env)
+        # B's files are blobs under B's prefix: neither A's upload into them nor A's manifest naming them reaches them
+        b_blobs = f"s3://{BUCKET}/{PREFIX}/team-b/blobs/sha256/"
+        attempts["upload into B's blobs"] = agent("upload", str(evil), f"s3://{BUCKET}/{PREFIX}/team-a/scratch2/",
+                                                  "--blobs", b_blobs, env=agent_env)
+        own = f"s3://{BUCKET}/{PREFIX}/team-a/scratch/"  # A's own upload (above), its manifest made to name B's blobs
+        a_client = client_as(scoped_store, creds["AWS_ACCESS_KEY_ID"], creds["AWS_SECRET_ACCESS_KEY"])
+        manifest_key = own[len(f"s3://{BUCKET}/"):] + ".checkpoint-manifest.json"
+        forged = json.loads(a_client.get_object(Bucket=BUCKET, Key=manifest_key)["Body"].read())
+        forged["blobs"] = "../../team-b/blobs/sha256/"
+        a_client.put_object(Bucket=BUCKET, Key=manifest_key, Body=json.dumps(forged).encode())
+        attempts["download B's blobs"] = agent("download", own, str(tmp_path / "stolen2"), env=agent_env)
         client = client_as(scoped_store, creds["AWS_ACCESS_KEY_ID"], creds["AWS_SECRET_ACCESS_KEY"])
         key = b_uri[len(f"s3://{BUCKET}/"):]
         for name, call in (("delete B", lambda: client.delete_object(Bucket=BUCKET, Key=key + ".checkpoint-manifest.json")),
@@ -178,6 +189,8 @@ async def test_one_tenant_cannot_write_or_read_another_tenants_checkpoints(api, 
     assert attempts["download B"].returncode == 1 and "denied" in attempts["download B"].stderr.lower(), \
         attempts["download B"].stderr  # no reading either
     assert attempts["delete B"] == "AccessDenied" and attempts["list B"] == "AccessDenied", attempts
+    for name in ("upload into B's blobs", "download B's blobs"):
+        assert attempts[name].returncode == 1 and "denied" in attempts[name].stderr.lower(), attempts[name].stderr
     # Tenant B's checkpoint is untouched, and B's own consumers still get exactly its bytes.
     assert read_manifest(b_uri, endpoint_url=scoped_store.endpoint).digest == b_digest  # the operator's identity
     seen = {}

@@ -13,7 +13,8 @@ import json
 import pytest
 
 from checkpoint_operator.protocol.manifest import MANIFEST_NAME
-from checkpoint_operator.objectstore.s3 import manifest_exists, parse_s3_uri
+from checkpoint_operator.objectstore.blobs import blob_root_of, object_uri
+from checkpoint_operator.objectstore.s3 import manifest_exists, parse_s3_uri, read_manifest
 from checkpoint_operator.config import OperatorConfig
 from conftest import CKPT, NS
 from plugin_helpers import Plugin, make_model_dir, tree_digest, write_kubeconfig
@@ -64,7 +65,10 @@ async def test_push_pull_verify_tamper_and_delete_on_s3(ckpt, api, store_secret,
     local = await ckpt("verify", "s3-model", "--local")
     assert local.code == 0 and "read locally; not recorded" in local.out, local.err
 
-    loc = parse_s3_uri(uri).as_prefix().child("config.json")
+    manifest = read_manifest(uri)
+    entry = next(e for e in manifest.files if e.path == "config.json")
+    loc = parse_s3_uri(object_uri(uri, manifest, entry.path, entry.sha256))  # its blob
+    assert manifest.blobs and "/blobs/sha256/" in loc.key
     original = s3.client().get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read()
     s3.client().put_object(Bucket=loc.bucket, Key=loc.key, Body=original.replace(b"64", b"65"))
     tampered = await ckpt("verify", "s3-model")
@@ -107,11 +111,11 @@ async def test_a_resumed_push_skips_what_arrived_and_a_bad_upload_fails(ckpt, ap
     async def assigned():
         return ((await api.get(CKPT, NS, "resumed")).get("status") or {}).get("upload")
     prefix = parse_s3_uri((await wait_for(assigned, timeout=20))["uri"]).as_prefix()
-    # an interrupted push: two objects there (with their sha256, as the agent's upload writes them), no manifest
+    # an interrupted push: two blobs there (beside the Checkpoint's prefix, named by their sha256), no manifest
+    blob_dir = parse_s3_uri(blob_root_of(prefix.uri))
     for rel in ("config.json", "trainer_state.json"):
         data = (source / rel).read_bytes()
-        s3.client().put_object(Bucket=prefix.bucket, Key=prefix.key + rel, Body=data,
-                               Metadata={"sha256": hashlib.sha256(data).hexdigest()})
+        s3.client().put_object(Bucket=blob_dir.bucket, Key=blob_dir.key + hashlib.sha256(data).hexdigest(), Body=data)
     resumed = await ckpt("push", str(source), "--name", "resumed")
     assert resumed.code == 0, resumed.err
     assert "skipped 2 files already uploaded" in resumed.err

@@ -76,6 +76,9 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     upload.add_argument("uri", help="s3://bucket/prefix/")
     upload.add_argument("--manifest", default=None, help="a manifest JSON already computed by `scan` (skips hashing twice)")
     upload.add_argument("--concurrency", type=_positive_int, default=None, help="parallel transfers")
+    upload.add_argument("--blobs", default=None, metavar="S3_PREFIX",
+                        help="content-addressed layout: each file stored once under S3_PREFIX<sha256> (the store "
+                             "uses <namespace prefix>/blobs/sha256/), the manifest at URI naming them")
     upload.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
     upload.set_defaults(func=lambda a: _call("upload", a))
 

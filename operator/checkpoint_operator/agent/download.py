@@ -269,6 +269,7 @@ class Downloader:
         self._jobs_lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._dirs_ok: set[str] = set()
+        self._blob_root: Optional[S3Location] = None  # the manifest's blobs (content-addressed layout)
 
     @property
     def client(self):
@@ -342,6 +343,9 @@ class Downloader:
         if self.max_size is not None and manifest.sizeBytes > self.max_size:
             raise AgentError(f"{uri}: {manifest.sizeBytes} bytes, past the size limit of {self.max_size} "
                              f"(see --max-size)")
+        from checkpoint_operator.objectstore.blobs import manifest_blob_root
+        root = manifest_blob_root(uri, manifest)  # both layouts: blobs by sha256, or files by path
+        self._blob_root = parse_s3_uri(root).as_prefix() if root else None
         return manifest
 
     def _check_dir(self, rel_dir: str, create: bool) -> None:
@@ -495,7 +499,8 @@ class Downloader:
     def _job(self, entry: FileEntry) -> FileJob:
         final = self._final(entry)
         nparts = max(1, -(-entry.size // self.part_size))
-        return FileJob(entry, self.prefix.child(entry.path), final, temp_name(final), nparts, self.part_size)
+        loc = self._blob_root.child(entry.sha256) if self._blob_root is not None else self.prefix.child(entry.path)
+        return FileJob(entry, loc, final, temp_name(final), nparts, self.part_size)
 
     def _open_job(self, entry: FileEntry, resumed: list[tuple[int, int]], net: ThreadPoolExecutor) -> FileJob:
         """A big file: its temporary file open at full size, the parts already on disk known."""
@@ -765,7 +770,14 @@ class Downloader:
     def _error(self) -> AgentError:
         exc = self.latch.error
         assert exc is not None
-        error = describe_error(exc, getattr(exc, "ckpt_uri", self.prefix.uri), self.endpoint)
+        where = getattr(exc, "ckpt_uri", self.prefix.uri)
+        error = describe_error(exc, where, self.endpoint)
+        if self._blob_root is not None and where.startswith(self._blob_root.uri):
+            # a blob is named by its sha256: say which file of the checkpoint it holds
+            sha = where[len(self._blob_root.uri):]
+            named = next((e.path for e in self.result.manifest.files if e.sha256 == sha), None)
+            if named is not None:
+                error = AgentError(f"{printable(named)}: {error}")
         attempts = getattr(exc, "ckpt_attempts", None)
         if attempts is None:
             return error

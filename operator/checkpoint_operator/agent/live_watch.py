@@ -380,8 +380,9 @@ class Watcher:
         from checkpoint_operator.agent.upload import upload_dir
         uri = sealed_uri(self.upload_to or "", manifest.path, manifest.digest)
         try:
+            from checkpoint_operator.objectstore.blobs import blob_root_of
             upload_dir(directory, uri, manifest=manifest, concurrency=self.upload_concurrency,
-                       endpoint_url=self.endpoint_url, log=lambda m: None)
+                       endpoint_url=self.endpoint_url, blobs=blob_root_of(self.upload_to or ""), log=lambda m: None)
         except (AgentError, OSError) as exc:
             self.warn(f"upload of {manifest.path} failed: {exc}; it is sealed again at a later tick")
             with self._lock:

@@ -7,9 +7,15 @@ snapshot rules (agent/scan.py), then:
   the union of the parts' (torch DCP, DeepSpeed ZeRO and Orbax multi-host write one directory
   with every rank's shards). A file at the same path in two parts with the same sha256 (every
   rank writes config.json) is one file; with different bytes it is a conflict: the directory is
-  not made into a checkpoint, and a skipped entry names the file and the two workers. Format,
-  step and completeness are decided over the union (DCP: `.metadata` from rank 0 and every
-  rank's shard), reading each file where it lies.
+  not made into a checkpoint, and a skipped entry names the file and the two workers. So is
+  every other way the parts contradict each other, as one volume could not (hostile4 D2, D12):
+  a file in one part where another has a directory, names that are one after Unicode
+  normalization (the names rule of one volume, protocol/manifest.py paths_clash, run over the
+  union), and a path one part provides where another has something the scan skipped (a fifo, a
+  link leaving the checkpoint, an unreadable file). Directories whose names are twins after
+  normalization across parts are skipped both, as in one volume (hostile4 D7). Format, step and
+  completeness are decided over the union (DCP: `.metadata` from rank 0 and every rank's
+  shard), reading each file where it lies.
 - per worker (output.perWorker, proxiML's mode): each part's checkpoints stay its own, at
   `worker-<i>/<directory>` (the root files: `worker-<i>`).
 
@@ -28,11 +34,12 @@ from pathlib import Path
 from typing import Optional
 
 from checkpoint_operator.protocol.errors import AgentError
-from checkpoint_operator.protocol.manifest import MANIFESTS_DIR, FileEntry, Manifest, digest_of
+from checkpoint_operator.protocol.manifest import MANIFESTS_DIR, FileEntry, Manifest, PathsClash, digest_of, paths_clash
+from checkpoint_operator.protocol.names import collision_problem, collisions, printable, spelled
 from checkpoint_operator.protocol.parts import shares
 from checkpoint_operator.agent.scan import (MAX_ITEMS, MAX_SKIPPED_LISTED, ROOT, OutputScan, Scanned, ScanResult,
-                                            Skipped, StoredManifests, describe_checkpoint, scan_directory)
-from checkpoint_operator.agent.tree import DEFAULT_MAX_ENTRIES
+                                            Skipped, StoredManifests, describe_checkpoint, scan_checkpoints)
+from checkpoint_operator.agent.tree import DEFAULT_MAX_ENTRIES, EntryBudget
 
 PART_PREFIX = "worker-"
 CONFLICTS_SHOWN = 3  # conflicting files quoted in a directory's one skipped entry
@@ -62,18 +69,24 @@ def _name(path: str) -> str:
 def scan_parts(directory: str, count: int, layout: str = "auto", per_worker: bool = False,
                workers: Optional[int] = None, max_entries: int = DEFAULT_MAX_ENTRIES) -> PartsScan:
     """Scan DIR/worker-0 .. DIR/worker-<count-1> and assemble their checkpoints (see above).
-    `max_entries` bounds each part's scan."""
+    `max_entries` bounds the entries of all parts together (hostile4 D6: it was each part's, so N
+    workers could hold N times as many), so memory is bounded as one volume's scan: every file
+    listed is held once in its part's manifest and once in the union (about 0.9 KB a file in all,
+    docs/performance.md)."""
     parts = [os.path.join(directory, part_directory(i)) for i in range(count)]
-    scans = [scan_directory(Path(p), layout=layout, workers=workers, max_entries=max_entries) for p in parts]
+    budget = EntryBudget(max_entries, what=f"{directory} (all {count} workers' volumes)")
+    losts: list[dict[str, dict[str, str]]] = [{} for _ in parts]
+    scans = [scan_checkpoints(Path(p), layout=layout, workers=workers, budget=budget, lost=lost)
+             for p, lost in zip(parts, losts)]
     skipped = [Skipped(path=f"{part_directory(i)}/{s.path}", reason=s.reason)
                for i, scan in enumerate(scans) for s in scan.skipped]
-    skipped_count = sum(scan.skippedCount for scan in scans)
+    skipped_count = sum(scan.skipped_count for scan in scans)
     manifests: list[Manifest] = []
     sources: dict[str, list[int]] = {}
     tops: dict[str, dict[str, str]] = {}
     if per_worker:
         for i, scan in enumerate(scans):
-            for m in scan.checkpoints:
+            for m in (c.manifest for c in scan.checkpoints):
                 path = part_directory(i) if m.path == ROOT else f"{part_directory(i)}/{m.path}"
                 manifests.append(m.model_copy(update={"path": path}))
                 sources[path] = [i] * len(m.files)
@@ -82,10 +95,15 @@ def scan_parts(directory: str, count: int, layout: str = "auto", per_worker: boo
     else:
         by_path: dict[str, list[tuple[int, Manifest]]] = {}
         for i, scan in enumerate(scans):
-            for m in scan.checkpoints:
+            for m in (c.manifest for c in scan.checkpoints):
                 by_path.setdefault(m.path, []).append((i, m))
+        for path, reason in _twin_directories(by_path).items():
+            del by_path[path]
+            skipped.append(Skipped(path=spelled(path), reason=reason))
+            skipped_count += 1
         for path, pieces in by_path.items():
-            union = _union(path, pieces, [_top(parts[i], path, layout) for i, _ in pieces])
+            lost = [(i, rel, why) for i, part_lost in enumerate(losts) for rel, why in part_lost.get(path, {}).items()]
+            union = _union(path, pieces, [_top(parts[i], path, layout) for i, _ in pieces], lost)
             if isinstance(union, Skipped):
                 skipped.append(union)
                 skipped_count += 1
@@ -100,9 +118,31 @@ def scan_parts(directory: str, count: int, layout: str = "auto", per_worker: boo
     return PartsScan(result, sources, tops)
 
 
-def _union(path: str, pieces: list[tuple[int, Manifest]], part_tops: list[str]
-           ) -> "tuple[Manifest, list[int], dict[str, str]] | Skipped":
-    """One checkpoint from the parts of one directory, or why it is not made (a conflict)."""
+def _twin_directories(by_path: dict[str, list[tuple[int, Manifest]]]) -> dict[str, str]:
+    """The checkpoint paths to skip because their directory's name is another's twin after
+    Unicode normalization in another worker's part (one part's twins its scan skipped already),
+    each with the reason one volume's scan gives (agent/scan.py), and the workers."""
+    def workers(path: str) -> str:
+        return ", ".join(str(w) for w, _ in by_path[path])
+    reasons: dict[str, str] = {}
+    tops: dict[str, list[str]] = {}
+    for path in by_path:
+        if path != ROOT:
+            tops.setdefault(path.split("/", 1)[0], []).append(path)
+    for name, other in collisions(list(tops)).items():  # top-level names (a container's twin too)
+        for path in tops[name]:
+            reasons[path] = (f"name {collision_problem(other)} (worker {workers(tops[name][0])} has "
+                             f"'{spelled(name)}', worker {workers(tops[other][0])} the other)")
+    for path, other in collisions([p for p in by_path if p not in reasons]).items():  # children of containers
+        reasons[path] = (f"name {collision_problem(other)} (worker {workers(path)} has '{spelled(path)}', "
+                         f"worker {workers(other)} the other)")
+    return reasons
+
+
+def _union(path: str, pieces: list[tuple[int, Manifest]], part_tops: list[str],
+           lost: Optional[list[tuple[int, str, str]]] = None) -> "tuple[Manifest, list[int], dict[str, str]] | Skipped":
+    """One checkpoint from the parts of one directory, or why it is not made (a conflict).
+    `lost`: (worker, path, why) of the entries of that directory each part's scan skipped."""
     chosen: dict[str, tuple[FileEntry, int, str]] = {}
     conflicts: list[str] = []
     for (worker, manifest), top in zip(pieces, part_tops):
@@ -113,6 +153,11 @@ def _union(path: str, pieces: list[tuple[int, Manifest]], part_tops: list[str]
             elif first[0].sha256 != entry.sha256:
                 conflicts.append(f"{entry.path!r} differs between worker {first[1]} (sha256 {first[0].sha256[:12]}) "
                                  f"and worker {worker} (sha256 {entry.sha256[:12]})")
+    conflicts += _skipped_elsewhere({p: c[1] for p, c in chosen.items()}, lost or [])
+    if not conflicts:  # one volume's names rule over the union (each part passed it alone)
+        clash = paths_clash(chosen)
+        if clash is not None:
+            conflicts.append(_clash_line(clash, {p: c[1] for p, c in chosen.items()}))
     if conflicts:
         more = f"; and {len(conflicts) - CONFLICTS_SHOWN} more" if len(conflicts) > CONFLICTS_SHOWN else ""
         return Skipped(path=path, reason=f"conflicting parts, not made into a Checkpoint: "
@@ -125,6 +170,44 @@ def _union(path: str, pieces: list[tuple[int, Manifest]], part_tops: list[str]
     manifest = Manifest(path=path, files=entries, sizeBytes=sum(e.size for e in entries), fileCount=len(entries),
                         digest=digest_of(entries), **description)
     return manifest, [chosen[p][1] for p in ordered], file_tops
+
+
+def _clash_line(clash: PathsClash, worker_of: dict[str, int]) -> str:
+    """The names rule's finding over a union, with the worker each path comes from."""
+    if clash.other is None:
+        return clash.problem
+    first, second = worker_of[clash.path], worker_of[clash.other]
+    if clash.other.startswith(clash.path + "/"):
+        return (f"'{printable(clash.path)}' is a file in worker {first} and a directory in worker {second} "
+                f"('{printable(clash.other)}')")
+    return f"{clash.problem} ('{spelled(clash.path)}' is worker {first}'s, '{spelled(clash.other)}' worker {second}'s)"
+
+
+def _skipped_elsewhere(worker_of: dict[str, int], lost: list[tuple[int, str, str]]) -> list[str]:
+    """The union's files that one worker provides where another's scan skipped that path, or a
+    directory on its way, or something under it (a fifo, a link leaving the checkpoint, an
+    unreadable file): the other worker put something else there, so taking the file would fill
+    the place silently (hostile4 D12). In the order where what is under a path follows it (as
+    paths_clash), each entry is compared with the chain of entries above it, which holds at
+    most one provided file and one skipped entry per worker: a part's scan looks under none of
+    its skipped entries."""
+    marks = sorted([(p.replace("/", "\0"), p, w, "") for p, w in worker_of.items()] +
+                   [(p.replace("/", "\0"), p, w, why) for w, p, why in lost])
+    found: list[str] = []
+    chain: list[tuple[str, int, str]] = []
+    for _, path, worker, why in marks:
+        while chain and not (path == chain[-1][0] or path.startswith(chain[-1][0] + "/")):
+            chain.pop()
+        for above, above_worker, above_why in chain:
+            if above_worker != worker and bool(above_why) != bool(why):
+                (given, giver), (gone, loser, reason) = ((above, above_worker), (path, worker, why)) if why \
+                    else ((path, worker), (above, above_worker, above_why))
+                where = "" if gone == given else f" ('{printable(gone)}')"
+                found.append(f"'{printable(given)}' is provided by worker {giver} and skipped in worker {loser}{where} "
+                             f"({reason})")
+                break
+        chain.append((path, worker, why))
+    return found
 
 
 # Checkpoints of one result (protocol/results.py MAX_CHECKPOINTS; not imported: pydantic's).

@@ -171,8 +171,10 @@ def _directory_candidates(name: str, path: str, skips: _Skips, budget: EntryBudg
             for child in split.checkpoints]
 
 
-def _root_candidates(root: str, layout: str, skips: _Skips, budget: EntryBudget) -> list[_Candidate]:
-    """The checkpoints the top-level entries of `root` make, per the layout; files not yet walked."""
+def _root_candidates(root: str, layout: str, skips: _Skips, budget: EntryBudget,
+                     lost: Optional[dict[str, dict[str, str]]] = None) -> list[_Candidate]:
+    """The checkpoints the top-level entries of `root` make, per the layout; files not yet walked.
+    `lost`: gets the root's lost entries when no root file makes a checkpoint of them."""
     candidates: list[_Candidate] = []
     root_files = _Candidate(path=ROOT, top=root, step_name="", files=[])
     with os.scandir(root) as it:
@@ -201,6 +203,7 @@ def _root_candidates(root: str, layout: str, skips: _Skips, budget: EntryBudget)
             st = entry.stat(follow_symlinks=False)
         except OSError as exc:
             skips.add(ROOT, name, f"unreadable: {exc.strerror}")
+            root_files.lost[name] = f"unreadable: {exc.strerror}"
             continue
         open_path, shared = entry.path, st.st_nlink > 1
         if stat.S_ISLNK(st.st_mode):
@@ -232,8 +235,11 @@ def _root_candidates(root: str, layout: str, skips: _Skips, budget: EntryBudget)
                 root_files.files.append(file)
         else:
             skips.add(ROOT, name, special_kind(st.st_mode))
+            root_files.lost[name] = special_kind(st.st_mode)
     if root_files.files:
         candidates.append(root_files)
+    elif lost is not None and root_files.lost:
+        lost[ROOT] = root_files.lost
     return candidates
 
 
@@ -477,7 +483,9 @@ def _candidate_files(candidates: list[_Candidate], budget: EntryBudget, skips: _
 def scan_checkpoints(root: Path, layout: str = "auto", single: bool = False, workers: Optional[int] = None,
                      max_entries: int = DEFAULT_MAX_ENTRIES, *, keep_files: bool = True,
                      manifests_dir: Optional[str] = None, max_checkpoints: Optional[int] = None,
-                     max_skipped: int = MAX_SKIPPED_LISTED, follow_links: bool = False) -> OutputScan:
+                     max_skipped: int = MAX_SKIPPED_LISTED, follow_links: bool = False,
+                     budget: Optional[EntryBudget] = None, lost: Optional[dict[str, dict[str, str]]] = None
+                     ) -> OutputScan:
     """The checkpoints under `root` per the snapshot rules, each with its manifest.
 
     `single`: `root` itself is one checkpoint, path ".", whatever its name (hidden and
@@ -485,7 +493,10 @@ def scan_checkpoints(root: Path, layout: str = "auto", single: bool = False, wor
     manifest lists its files (else only its totals and digest); `manifests_dir`: the full
     manifests are written there. `max_checkpoints`: more candidates than this fail at once.
     `follow_links` (with `single`; a push of the user's own directory): links followed as
-    `cp -L` does (agent/tree.py).
+    `cp -L` does (agent/tree.py). `budget`: the entries counted against one shared with other
+    scans (agent/parts.py: all workers' parts), instead of `max_entries` of this one's own.
+    `lost`: filled with each checkpoint path's entries that are not part of it (relative path ->
+    why: a fifo, a link leaving it, an unreadable file; bounded by the entry budget).
     Raises NotADirectoryError / FileNotFoundError when `root` is not a directory, TooManyEntries
     past `max_entries` directory entries.
     """
@@ -495,11 +506,11 @@ def scan_checkpoints(root: Path, layout: str = "auto", single: bool = False, wor
     if not os.path.isdir(top):
         raise (NotADirectoryError if os.path.exists(top) else FileNotFoundError)(top)
     skips = _Skips(max_skipped)
-    budget = EntryBudget(max_entries, what=top)
+    budget = budget or EntryBudget(max_entries, what=top)
     if single:
         candidates = [_Candidate(path=ROOT, top=top, step_name=Path(os.path.realpath(top)).name)]
     else:
-        candidates = _root_candidates(top, layout, skips, budget)
+        candidates = _root_candidates(top, layout, skips, budget, lost)
     candidates.sort(key=lambda c: c.path.encode())
     if max_checkpoints is not None and len(candidates) > max_checkpoints:
         raise AgentError(f"{top}: {len(candidates)} checkpoints (directories and root files), more than the "
@@ -539,6 +550,8 @@ def scan_checkpoints(root: Path, layout: str = "auto", single: bool = False, wor
     finally:
         if spool is not None:
             spool.close()
+    if lost is not None:
+        lost.update((candidate.path, candidate.lost) for candidate in candidates if candidate.lost)
     return OutputScan(found, skips.items(), skips.count, stored.problem)
 
 

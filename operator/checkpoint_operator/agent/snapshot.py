@@ -18,6 +18,7 @@ from checkpoint_operator.agent.parts import parts_output, scan_parts
 from checkpoint_operator.agent.scan import report_of, scan_checkpoints
 from checkpoint_operator.agent.tree import entry_limit
 from checkpoint_operator.agent.upload import upload_dir
+from checkpoint_operator.objectstore.blobs import blob_root_of
 
 
 def upload_uri(prefix: str, path: str, single: bool) -> str:
@@ -51,7 +52,7 @@ def snapshot(directory: str, layout: str, upload_to: str, single: bool = False, 
                 continue
         uri = upload_uri(upload_to, manifest.path, single)
         upload_dir(checkpoint_root(directory, manifest.path, layout, single), uri, manifest=manifest,
-                   concurrency=concurrency, endpoint_url=endpoint_url)
+                   concurrency=concurrency, endpoint_url=endpoint_url, blobs=blob_root_of(upload_to))
         uploads[manifest.path] = uri
         scanned.manifest = manifest.model_copy(update={"files": []})  # uploaded: its files are no longer needed
     return report_of(scan, uploads)
@@ -61,13 +62,13 @@ def snapshot_parts(directory: str, count: int, layout: str, upload_to: str, per_
                    concurrency=None, endpoint_url=None, max_entries: Optional[int] = None) -> results.ScanReport:
     """`snapshot` of several workers' outputs (agent/parts.py): each checkpoint, a union of parts
     or one worker's own, is uploaded from where its files lie into one prefix (the s3 store needs
-    no parts in the result: the union is one prefix)."""
+    no parts in the result: the union is one manifest, its files blobs as any checkpoint's)."""
     parts = scan_parts(directory, count, layout, per_worker, max_entries=entry_limit(max_entries))
     uploads = {}
     for manifest in parts.result.checkpoints:
         uri = upload_uri(upload_to, manifest.path, False)
         upload_dir(directory, uri, manifest=manifest, concurrency=concurrency, endpoint_url=endpoint_url,
-                   tops=parts.tops[manifest.path])
+                   tops=parts.tops[manifest.path], blobs=blob_root_of(upload_to))
         uploads[manifest.path] = uri
     return report_of(parts_output(parts, directory, layout, per_worker, mounts=False), uploads)
 

@@ -33,6 +33,7 @@ from checkpoint_operator.objectstore.s3 import (
     parse_s3_uri, part_size_for, resolve_endpoint,
 )
 from checkpoint_operator.agent.tree import EntryBudget, entry_limit, locate_file, walk_checkpoint
+from checkpoint_operator.objectstore import blobs as blobstore
 
 # Beside the data while an upload is under way: sha256 of the multipart objects (keyed by ETag),
 # which have no room for it in their metadata when it is only known after the last part, so
@@ -62,6 +63,8 @@ class UploadResult:
     skipped_files: int = 0
     skipped_bytes: int = 0
     seconds: float = 0.0
+    # Blob layout: blobs found missing after the commit (a collection ran meanwhile) and sent again.
+    repaired_files: int = 0
 
     def summary(self) -> dict[str, Any]:
         if self.manifest is None:
@@ -100,6 +103,7 @@ class Uploader:
                  concurrency: Optional[int] = None, endpoint_url: Optional[str] = None,
                  part_size: Optional[int] = None, follow_links: bool = False,
                  on_object_done: Optional[Callable[[str], None]] = None,
+                 blobs: Optional[str] = None, before_commit: Optional[Callable[[], None]] = None,
                  log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
                  tops: Optional[Mapping[str, str]] = None) -> None:
         self.root = root
@@ -107,6 +111,13 @@ class Uploader:
         self.prefix = parse_s3_uri(uri).as_prefix()
         if not self.prefix.key:
             raise AgentError(f"{uri}: give a prefix (s3://bucket/prefix/), not a whole bucket")
+        # Content-addressed layout (objectstore/blobs.py): each file goes to <blobs><sha256>, once
+        # per namespace; the manifest names the directory. None: each file under the prefix.
+        self.blobs = parse_s3_uri(blobs).as_prefix() if blobs else None
+        if self.blobs is not None and self.blobs.bucket != self.prefix.bucket:
+            raise AgentError(f"{blobs}: blobs must be in the bucket of {uri}")
+        self.before_commit = before_commit  # tests: what happens between the last blob and the commit
+        self._claimed: set[str] = set()  # blobs this upload has taken care of (identical files go once)
         self.given_manifest = manifest
         self.follow_links = follow_links  # with a manifest only: the files a push scanned (plugin)
         self.concurrency = max(1, concurrency or int(os.environ.get("CKPT_S3_CONCURRENCY", DEFAULT_CONCURRENCY)))
@@ -139,15 +150,42 @@ class Uploader:
             files, skipped = collect_files(self.root)
             for reason in skipped:
                 self.log(f"upload: skipped {reason}")
-        self._check_keys(files)
+        if self.blobs is None:
+            self._check_keys(files)
         remote = self._remote_inventory()
-        self._load_journal(remote)
+        gc_before = None
+        if self.blobs is None:
+            self._load_journal(remote)
+        else:
+            gc_before = self._gc_state()
         self._uncommit(remote)
 
         total = sum(f.size for f in files)
         self.result = UploadResult(uri=self.prefix.uri)
-        self.log(f"upload: {len(files)} files, {human_bytes(total)} from {self.root} to {self.prefix.uri}")
-        readers = min(len(files), max(2, self.concurrency // 2)) or 1
+        self.log(f"upload: {len(files)} files, {human_bytes(total)} from {self.root} to {self.prefix.uri}"
+                 + (f" (blobs in {self.blobs.uri})" if self.blobs is not None else ""))
+        self._transfer(files, remote, total)
+
+        # Every file was hashed on its way up (FileEntry does not check its fields: protocol/manifest.py).
+        assert all(f.sha256 is not None for f in files), "a file was uploaded without its sha256"
+        entries = [FileEntry(path=f.rel, size=f.size, sha256=f.sha256 or "") for f in files]
+        manifest = self._build_manifest(entries)
+        if self.before_commit is not None:
+            self.before_commit()
+        self._put_manifest(manifest)
+        if gc_before is not None:
+            self._confirm_blobs(files, gc_before)
+        self._remove_journal(remote)
+        self.result.manifest = manifest
+        self.result.seconds = time.monotonic() - started
+        r = self.result
+        self.log(f"upload: uploaded {r.uploaded_files} files ({human_bytes(r.uploaded_bytes)}), skipped "
+                 f"{r.skipped_files} files already uploaded ({human_bytes(r.skipped_bytes)}) in {r.seconds:.1f}s")
+        return r
+
+    def _transfer(self, files: list[LocalFile], remote: dict, total: int) -> None:
+        # Blob layout: a reader may wait on a HEAD (a file whose sha256 is known), so as many as connections.
+        readers = min(len(files), self.concurrency if self.blobs is not None else max(2, self.concurrency // 2)) or 1
         with Progress("upload", total) as self.progress, \
                 ThreadPoolExecutor(self.concurrency, thread_name_prefix="s3-put") as net, \
                 ThreadPoolExecutor(readers, thread_name_prefix="read") as read_pool:
@@ -161,18 +199,60 @@ class Uploader:
         if self.latch.failed:
             raise self._error()
 
-        # Every file was hashed on its way up (FileEntry no longer checks its fields: agent/manifest.py).
-        assert all(f.sha256 is not None for f in files), "a file was uploaded without its sha256"
-        entries = [FileEntry(path=f.rel, size=f.size, sha256=f.sha256 or "") for f in files]
-        manifest = self._build_manifest(entries)
-        self._put_manifest(manifest)
-        self._remove_journal(remote)
-        self.result.manifest = manifest
-        self.result.seconds = time.monotonic() - started
-        r = self.result
-        self.log(f"upload: uploaded {r.uploaded_files} files ({human_bytes(r.uploaded_bytes)}), skipped "
-                 f"{r.skipped_files} files already uploaded ({human_bytes(r.skipped_bytes)}) in {r.seconds:.1f}s")
-        return r
+    # ---- blobs: what a collection running meanwhile may have taken ----
+    def _gc_state(self) -> blobstore.GcState:
+        assert self.blobs is not None
+        try:
+            return blobstore.gc_state(self.client, self.blobs.uri)
+        except Exception as exc:  # noqa: BLE001
+            raise describe_error(exc, blobstore.gc_root(self.blobs.uri), self.endpoint) from exc
+
+    def _confirm_blobs(self, files: list[LocalFile], before: blobstore.GcState) -> None:
+        """After the commit: if a collection ran or runs since the upload started, wait for it to
+        end, then check every blob the manifest names and send again those it took (their blobs
+        were old and unreferenced when it listed them). A collection that starts later lists this
+        manifest and keeps them (objectstore/blobs.py, rule 2)."""
+        assert self.blobs is not None
+        after = self._gc_state()
+        if not after.ran_since(before):
+            return
+        self.log(f"upload: a collection of unused blobs ran during the upload; checking the "
+                 f"{len(files)} blobs the manifest names")
+        blobstore.wait_for_runs(self.client, self.blobs.uri, after)
+        missing, seen = [], set()
+        for f in files:
+            if f.sha256 in seen:
+                continue
+            seen.add(f.sha256 or "")
+            if self._blob_head(self.blobs.child(f.sha256 or "")) is None:
+                missing.append(f)
+        if not missing:
+            return
+        self.log(f"upload: {len(missing)} blobs were collected meanwhile; sending them again")
+        self._claimed.clear()
+        for f in missing:
+            f.expected_sha256 = f.sha256
+        self._transfer(missing, {}, sum(f.size for f in missing))
+        self.result.repaired_files += len(missing)
+
+    def _blob_head(self, loc: S3Location) -> Optional[dict]:
+        try:
+            return self.client.head_object(Bucket=loc.bucket, Key=loc.key)
+        except Exception as exc:  # noqa: BLE001
+            if is_not_found(exc):
+                return None
+            raise _tag(exc, loc.uri)
+
+    def _blob_present(self, f: LocalFile, sha256: str) -> bool:
+        """One HEAD: the blob is there with the file's size (never downloaded: its name is its sha256,
+        and every download checks the bytes against it). Identical files of this upload go once."""
+        assert self.blobs is not None
+        with self._count_lock:
+            if sha256 in self._claimed:
+                return True
+            self._claimed.add(sha256)
+        head = self._blob_head(self.blobs.child(sha256))
+        return head is not None and head.get("ContentLength") == f.size
 
     def _error(self) -> AgentError:
         exc = self.latch.error
@@ -275,6 +355,9 @@ class Uploader:
 
     # ---- one file ----
     def _upload_file(self, f: LocalFile, remote_obj: Optional[dict]) -> None:
+        if self.blobs is not None:
+            self._upload_blob(f)
+            return
         if remote_obj is not None and remote_obj.get("Size") == f.size:
             remote_sha = self._remote_sha256(f, remote_obj)
             if remote_sha:
@@ -287,6 +370,33 @@ class Uploader:
             self._put_small(f)
         else:
             self._put_multipart(f)
+
+    def _upload_blob(self, f: LocalFile) -> None:
+        """Blob layout: the key is the sha256, so it is known before the first byte is sent: small
+        files are read and hashed in memory (_put_small), big ones hashed first when no manifest
+        gave their sha256 (read twice; the snapshot's scan gives it), then HEAD, then sent or not."""
+        assert self.blobs is not None
+        known = f.expected_sha256
+        if f.size <= self.part_size and known is None:
+            self._put_small(f)  # hashed in memory, then HEAD in the sending thread
+            return
+        if f.size <= self.part_size and known is not None:
+            # sha256 known (the snapshot's scan): HEAD first, the file is read only when it is sent
+            if self._blob_present(f, known):
+                f.sha256 = known
+                self._count(skipped=f)
+            else:
+                with self._count_lock:
+                    self._claimed.discard(known)  # _put_small claims it again, after reading
+                self._put_small(f)
+            return
+        sha256 = f.expected_sha256 or _hash_file(f.path, self.latch)
+        if self._blob_present(f, sha256):
+            f.sha256 = sha256
+            self._count(skipped=f)
+            return
+        f.expected_sha256 = sha256  # checked again as the parts are read (_check_changed)
+        self._put_multipart(f)
 
     def _check_changed(self, f: LocalFile, digest: str, read: int) -> None:
         if read != f.size:
@@ -317,10 +427,13 @@ class Uploader:
             pool.give(buf)
             raise
         f.sha256 = digest
-        loc = self.prefix.child(f.rel)
+        loc = self.prefix.child(f.rel) if self.blobs is None else self.blobs.child(digest)
 
         def put() -> None:
             try:
+                if self.blobs is not None and self._blob_present(f, digest):
+                    self._count(skipped=f)
+                    return
                 self._send(loc, view[:n], metadata={"sha256": digest})
             finally:
                 pool.give(buf)
@@ -356,7 +469,11 @@ class Uploader:
                 attempt += 1
 
     def _put_multipart(self, f: LocalFile) -> None:
-        loc = self.prefix.child(f.rel)
+        if self.blobs is not None:
+            assert f.expected_sha256 is not None
+            loc = self.blobs.child(f.expected_sha256)
+        else:
+            loc = self.prefix.child(f.rel)
         part_size = part_size_for(f.size, self.part_size)
         create_args: dict[str, Any] = {"Bucket": loc.bucket, "Key": loc.key}
         if f.expected_sha256:
@@ -449,6 +566,8 @@ class Uploader:
             from checkpoint_operator.agent.scan import describe_checkpoint
             info = describe_checkpoint(self.root, [e.path for e in entries],
                                        os.path.basename(os.path.realpath(self.root)))
+        if self.blobs is not None:
+            info["blobs"] = blobstore.relative_ref(self.prefix.uri, self.blobs.uri)
         return Manifest(path=".", files=sorted(entries, key=lambda e: e.path.encode()),
                         sizeBytes=sum(e.size for e in entries), fileCount=len(entries),
                         digest=digest_of(entries), **info)
@@ -563,7 +682,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         manifest = load_manifest_file(args.manifest) if args.manifest else None
         result = upload_dir(args.dir, args.uri, manifest=manifest, concurrency=args.concurrency,
-                            endpoint_url=args.endpoint_url)
+                            endpoint_url=args.endpoint_url, blobs=getattr(args, "blobs", None))
     except KeyboardInterrupt:
         print("error: upload interrupted; no manifest written, rerun to resume", file=sys.stderr)
         return 130

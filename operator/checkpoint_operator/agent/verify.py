@@ -12,9 +12,11 @@ LOCATION is
 
 `--json` prints one JSON line: `{"verified": bool, "digest", "fileCount", "sizeBytes",
 "checkedBytes", "problems": [{"path", "problem"}] (the first MAX_PROBLEMS), "problemCount",
-"checkpoints": [manifest]}`; `--result` the operator's bounded result line (protocol/results.py
-TransferReport). Exits 0 when the check could be made, whatever its verdict; 1 when it could not
-(the store unreachable, access denied), with one `error:` line.
+"checkpoints": [manifest], "notes": [what was ignored, e.g. a stored manifest that is not the
+recorded digest's]}`, also when the check could not be made (then after it, exit 1); `--result` the
+operator's bounded result line (protocol/results.py TransferReport). Exits 0 when the check could
+be made, whatever its verdict; 1 when it could not (the store unreachable, access denied), with one
+`error:` line.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from checkpoint_operator.protocol.errors import AgentError
+from checkpoint_operator.protocol.errors import AgentError, one_line
 from checkpoint_operator.agent.hashing import hash_files
 from checkpoint_operator.protocol.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, FileEntry, Manifest, parse_manifest
 from checkpoint_operator.protocol.names import printable
@@ -56,6 +58,7 @@ class Verification:
     manifest: Optional[Manifest] = None
     problems: list[Problem] = field(default_factory=list)
     checked_bytes: int = 0
+    notes: list[str] = field(default_factory=list)  # what was ignored and why (not problems)
 
     @property
     def verified(self) -> bool:
@@ -68,7 +71,7 @@ class Verification:
                 "checkedBytes": self.checked_bytes,
                 "problems": [{"path": p.path, "problem": p.problem} for p in self.problems[:MAX_PROBLEMS]],
                 "problemCount": len(self.problems),
-                "checkpoints": [m.model_dump(mode="json")] if m else [], "skipped": []}
+                "checkpoints": [m.model_dump(mode="json")] if m else [], "skipped": [], "notes": self.notes}
 
 
 def compare(expected: Manifest, found: dict[str, FileEntry]) -> list[Problem]:
@@ -113,10 +116,8 @@ def verify_directory(root: str, digest: Optional[str] = None, *, max_size: Optio
         result.checked_bytes += outcome[0]
     result.problems += [Problem(printable(rel), f"skipped: {reason}") for rel, reason in sorted(tree.skipped)]
     try:
-        manifest = trusted_manifest(root, digest, manifest_path)
+        manifest = trusted_manifest(root, digest, manifest_path, result.notes)
     except AgentError as exc:
-        if not manifest_path:
-            raise
         result.problems = [Problem(".", str(exc))]  # a stored manifest that contradicts itself is a finding
         return result
     if manifest is not None:
@@ -135,13 +136,16 @@ def verify_directory(root: str, digest: Optional[str] = None, *, max_size: Optio
     return result
 
 
-def trusted_manifest(root: str, digest: Optional[str], manifest_path: Optional[str] = None) -> Optional[Manifest]:
+def trusted_manifest(root: str, digest: Optional[str], manifest_path: Optional[str] = None,
+                     notes: Optional[list[str]] = None) -> Optional[Manifest]:
     """The manifest stored in DIR (or at `manifest_path`: the volume store's .ckpt-manifests/, beside
     the data) when it may be taken as the checkpoint's file list: its digest is the recorded one (a
     push's receiver or the snapshot wrote it, and the digest pins every byte of it). One that came
     with the data (an archive or a trainer's output holding a pulled checkpoint's manifest)
-    describes other bytes: it is never trusted, and DIR is read as it is (hostile1 D9). Without a
-    recorded digest the stored manifest is all there is to compare with."""
+    describes other bytes: it is never trusted, and DIR is read as it is (hostile1 D9), also when
+    it does not even parse (hostile4 D10: it decided the outcome, or crashed it); `notes` gets
+    one line saying it was ignored. Without a recorded digest the stored manifest is all there is
+    to compare with: one that does not parse is an AgentError."""
     stored = manifest_path or os.path.join(root, MANIFEST_NAME)
     if not manifest_path and not os.path.isfile(stored):
         return None
@@ -150,10 +154,25 @@ def trusted_manifest(root: str, digest: Optional[str], manifest_path: Optional[s
             raw = f.read(MAX_MANIFEST_BYTES + 1)
     except OSError as exc:
         raise AgentError(f"{stored}: the checkpoint's manifest cannot be read ({exc.strerror})") from None
-    manifest = parse_manifest(raw, stored)
+    try:
+        manifest = parse_manifest(raw, stored)
+    except AgentError as exc:
+        if not digest or manifest_path:
+            raise
+        _note(notes, f"{one_line(str(exc))}; ignored: the files are read as they are and checked against the "
+                     f"recorded digest")
+        return None
     if digest and manifest.digest != digest:
+        if not manifest_path:
+            _note(notes, f"{stored} has digest {manifest.digest}, not the recorded {digest}; ignored: the files are "
+                         f"read as they are")
         return None
     return manifest
+
+
+def _note(notes: Optional[list[str]], line: str) -> None:
+    if notes is not None:
+        notes.append(line)
 
 
 def _manifest_of(root: str, found: dict[str, FileEntry]) -> Optional[Manifest]:
@@ -201,8 +220,19 @@ def verify_s3(uri: str, digest: Optional[str] = None, *, max_size: Optional[int]
         result.problems.append(pinned)
         return result
     _check_size(result, max_size)
+    from checkpoint_operator.objectstore.blobs import manifest_blob_root
+    try:
+        blob_root = manifest_blob_root(prefix.uri, manifest)  # both layouts: blobs by sha256, or files by path
+    except AgentError as exc:
+        result.problems.append(Problem(".", str(exc)))
+        return result
+    where = parse_s3_uri(blob_root) if blob_root else prefix
+
+    def check(entry: FileEntry) -> tuple[Optional[str], int]:
+        return _check_object(client, where, entry, progress, endpoint, by_sha=blob_root is not None)
+
     with Progress("verify", manifest.sizeBytes) as progress, ThreadPoolExecutor(workers) as pool:
-        outcomes = list(pool.map(lambda e: _check_object(client, prefix, e, progress, endpoint), manifest.files))
+        outcomes = list(pool.map(check, manifest.files))
     for entry, (problem, read) in zip(manifest.files, outcomes):
         result.checked_bytes += read
         if problem:
@@ -210,11 +240,12 @@ def verify_s3(uri: str, digest: Optional[str] = None, *, max_size: Optional[int]
     return result
 
 
-def _check_object(client, prefix, entry: FileEntry, progress: Progress, endpoint: Optional[str]
-                  ) -> tuple[Optional[str], int]:
-    """(what is wrong with the object of `entry`, or None; bytes read)."""
+def _check_object(client, prefix, entry: FileEntry, progress: Progress, endpoint: Optional[str],
+                  by_sha: bool = False) -> tuple[Optional[str], int]:
+    """(what is wrong with the object of `entry`, or None; bytes read). `by_sha`: `prefix` is the
+    blob directory, the object is named by the file's sha256."""
     from checkpoint_operator.objectstore.s3 import describe_error, is_not_found, is_transient
-    loc = prefix.child(entry.path)
+    loc = prefix.child(entry.sha256 if by_sha else entry.path)
     for attempt in range(1, OBJECT_ATTEMPTS + 1):
         read = 0
         try:
@@ -265,8 +296,14 @@ def report_of(verification: Verification) -> results.TransferReport:
 def main(args: argparse.Namespace) -> int:
     from checkpoint_operator.objectstore.s3 import parse_size
     max_size = parse_size(args.max_size) if args.max_size else None
-    result = verify_location(args.location, args.digest, max_size=max_size, concurrency=args.concurrency,
-                             endpoint_url=args.endpoint_url, manifest_path=getattr(args, "manifest", None))
+    try:
+        result = verify_location(args.location, args.digest, max_size=max_size, concurrency=args.concurrency,
+                                 endpoint_url=args.endpoint_url, manifest_path=getattr(args, "manifest", None))
+    except AgentError as exc:
+        if args.json:  # --json ends with one JSON line whatever happened; the error line and exit 1 follow
+            failed = Verification(args.location, problems=[Problem(".", one_line(str(exc)))])
+            print(json.dumps(failed.summary()), flush=True)
+        raise
     if getattr(args, "result", False):
         channel.write(report_of(result))
         return 0
@@ -280,4 +317,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"NOT verified: {result.location}: {len(result.problems)} problems")
         for problem in result.problems[:MAX_PROBLEMS]:
             print(f"  {problem.line()}")
+    if not args.json:
+        for note in result.notes:
+            print(f"note: {note}")
     return 0 if result.verified or args.json else 1

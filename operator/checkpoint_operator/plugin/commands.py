@@ -553,7 +553,10 @@ def _push_to_s3(cluster: Cluster, name: str, args: argparse.Namespace, manifest:
     endpoint = args.endpoint_url or resolve_endpoint() or upload.endpoint
     io.note(f"uploading to {upload.uri}" + (f" (endpoint {endpoint})" if endpoint else ""))
     try:
-        upload_dir(args.dir, upload.uri, manifest=manifest, endpoint_url=endpoint, follow_links=True, log=io.note)
+        # The store's layout: blobs beside the Checkpoint's prefix, shared with the namespace's other data.
+        from checkpoint_operator.objectstore.blobs import blob_root_of
+        upload_dir(args.dir, upload.uri, manifest=manifest, endpoint_url=endpoint, follow_links=True, log=io.note,
+                   blobs=blob_root_of(upload.uri))
     except AgentError as exc:
         raise PluginError(f"push of {name}: {exc} ({rerun_advice(cluster, name, args.dir, manifest)})") from None
 

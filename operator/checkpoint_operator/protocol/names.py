@@ -24,13 +24,14 @@ A path is '/'-separated and relative to the checkpoint's root. It is valid when:
 And the names of one checkpoint are distinct after Unicode normalization (NFC): `café` with a
 composed `é` and `café` with `e` + U+0301 are one name on macOS (APFS and HFS+ compare
 normalized names), in many tools and to a reader, so two such files, or two such directories,
-are refused rather than taken as two (`collisions`, `NameSpace`). Case is not folded: Linux
+are refused rather than taken as two (`collisions`; protocol/manifest.py paths_clash). Case is not folded: Linux
 filesystems and S3 keep `A` and `a` apart, and checkpoints may rely on it; a pull onto a
 case-insensitive filesystem, where the two are one file, is refused instead (pull_target.py).
 """
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from typing import Optional
 
@@ -79,16 +80,25 @@ def is_default_ignorable(code_point: int) -> bool:
     return any(low <= code_point <= high for low, high in DEFAULT_IGNORABLE)
 
 
-def component_problem(name: str) -> Optional[str]:
-    """Why one path component (a file or directory name) is not valid, or None."""
+# What char_problem refuses among ASCII characters: controls, DEL and the backslash.
+_ASCII_REFUSED = re.compile(r"[\x00-\x1f\x7f\\]")
+# An ASCII path's components that component_problem refuses for their shape: empty, '.' or
+# '..', longer than MAX_COMPONENT_BYTES, starting with TEMP_PREFIX.
+_ASCII_SHAPE = re.compile(r"(?:^|/)(?:/|$|\.\.?(?:/|$)|" + re.escape(TEMP_PREFIX) + r")|[^/]{%d}" % (MAX_COMPONENT_BYTES + 1))
+
+
+def component_problem(name: str, chars_checked: bool = False) -> Optional[str]:
+    """Why one path component (a file or directory name) is not valid, or None. `chars_checked`:
+    its characters are known to be valid (path_problem checked the whole path at once)."""
     if name == "":
         return "has an empty component"
     if name in (".", ".."):
         return "has a '.' or '..' component"
-    for ch in name:
-        problem = char_problem(ch)
-        if problem:
-            return problem
+    if not chars_checked:
+        for ch in name:
+            problem = char_problem(ch)
+            if problem:
+                return problem
     if len(name.encode("utf-8")) > MAX_COMPONENT_BYTES:  # UTF-8 is checked above
         return f"has a component longer than {MAX_COMPONENT_BYTES} bytes"
     if name.startswith(TEMP_PREFIX):
@@ -104,8 +114,14 @@ def path_problem(rel: str) -> Optional[str]:
         return "is absolute"
     if len(rel) > MAX_PATH_BYTES or len(rel.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
         return f"is longer than {MAX_PATH_BYTES} bytes"
+    # An ASCII path checked at once (regular expressions, not a call per character and per
+    # component: a manifest's 4 KB paths are read by every download); the loop below names the
+    # first problem of one that fails them.
+    ascii_valid = rel.isascii() and not _ASCII_REFUSED.search(rel)
+    if ascii_valid and not _ASCII_SHAPE.search(rel):
+        return None
     for part in rel.split("/"):
-        problem = component_problem(part)
+        problem = component_problem(part, chars_checked=ascii_valid)
         if problem:
             return problem
     return None
@@ -174,31 +190,3 @@ def collisions(names: list[str]) -> dict[str, str]:
 def collision_problem(other: str) -> str:
     """Why a name that collides with `other` is refused (after "name '...'")."""
     return f"is the same name as '{spelled(other)}' after Unicode normalization (NFC); rename one of them"
-
-
-class NameSpace:
-    """The paths of one checkpoint added one by one ('/'-separated, valid): `add` says when a
-    path, or a directory on its way, is another one's twin after normalization. Memory: every
-    path and directory added (a manifest's paths are in memory anyway)."""
-
-    def __init__(self) -> None:
-        self.nodes: set[str] = set()
-        self.canonical: dict[str, str] = {}  # normalized form -> the non-NFC original that has it
-
-    def add(self, path: str) -> Optional[tuple[str, str]]:
-        """None, or (this path's colliding prefix, the one already there)."""
-        parts = path.split("/")
-        for i in range(1, len(parts) + 1):
-            node = "/".join(parts[:i]) if i < len(parts) else path
-            if node in self.nodes:
-                continue
-            key = normalized(node)
-            if key != node and key in self.nodes:
-                return node, key
-            other = self.canonical.get(key)
-            if other is not None and other != node:
-                return node, other
-            self.nodes.add(node)
-            if key != node:
-                self.canonical[key] = node
-        return None

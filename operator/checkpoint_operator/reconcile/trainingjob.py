@@ -654,10 +654,13 @@ def _storable_and_committed(tj: TrainingJob, store: Store, claim: str, scan: Sca
     `check_committed`, every other checkpoint (but the (directory, digest) in `skip`) must have
     reached the store, committed: else what did not."""
     layout = tj.spec.output.layout
+    # Retired by live retention: no Checkpoint is made of them, and their sealed copy may be deleted
+    # between the snapshot pod's look and this one (the pod then reported a prefix now gone).
+    retired = {(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []}
     try:
         scan = storable(scan, lambda m: store.snapshot_location(tj, claim, m, layout))
         for manifest in scan.checkpoints if check_committed else []:
-            if (manifest.path, manifest.digest) in (skip or set()):
+            if (manifest.path, manifest.digest) in retired | (skip or set()):
                 continue
             if not store.is_committed(store.snapshot_location(tj, claim, manifest, layout)):
                 return f"{manifest.path!r} has no manifest in the store: the upload did not complete"

@@ -162,8 +162,47 @@ class S3Store(Store):
         if not _under(uri, self.catalog_prefix()):
             raise ForeignLocation(f"{uri} is outside the catalog prefix {self.catalog_prefix()}: not deleted")
         from checkpoint_operator.objectstore.s3 import delete_prefix
-        delete_prefix(uri, endpoint_url=self.config.s3_endpoint)
+        released = self._released(uri)
+        delete_prefix(uri, endpoint_url=self.config.s3_endpoint, client=self._client())
+        self.collect_blobs(self.catalog_prefix(), released)
         return uri
+
+    def _client(self) -> Any:
+        """One botocore client for the store's deletions (made once: a client costs most of a second
+        to make, which delayed a deletion's first request behind it)."""
+        client = getattr(self, "_s3_client", None)
+        if client is None:
+            from checkpoint_operator.objectstore.s3 import make_client
+            client = self._s3_client = make_client(self.config.s3_endpoint)
+        return client
+
+    def _released(self, uri: str) -> set[bytes]:
+        """The blobs the manifest at `uri` names, read before the prefix goes (best effort)."""
+        from checkpoint_operator.objectstore.blobs import released_blobs
+        try:
+            return released_blobs(self._client(), uri)
+        except Exception:  # noqa: BLE001 - they then wait for the grace period
+            return set()
+
+    def collect_blobs(self, prefix: str, released: Optional[set[bytes]] = None) -> None:
+        """The blobs under `prefix` (a namespace's, or the catalog's) that no manifest there names any
+        more and that are past the grace period (objectstore/blobs.py: why uploads in flight are safe).
+        A manifest it cannot read stops it (nothing deleted), with one line in the operator's log."""
+        import logging
+
+        from checkpoint_operator.objectstore.blobs import collect
+        from checkpoint_operator.objectstore.s3 import describe_error
+        try:
+            done = collect(self._client(), prefix, released=released or set())
+        except Exception as exc:  # noqa: BLE001 - the Checkpoint's own data is gone; blobs wait for the next deletion
+            logging.getLogger(__name__).warning("unused blobs under %s not collected: %s", prefix,
+                                                describe_error(exc, prefix, self.config.s3_endpoint))
+            return
+        for problem in done.problems:
+            logging.getLogger(__name__).warning("unused blobs under %s: %s", prefix, problem)
+        if done.deleted:
+            logging.getLogger(__name__).info("deleted %d unused blobs under %s (%d kept: referenced or young)",
+                                             len(done.deleted), prefix, done.blobs - len(done.deleted))
 
     def _import_parts(self, source: ImportSpec, upload_to: str, max_size: int) -> PodParts:
         """Fetch with the source's credentials (init container), upload with the store's; the
@@ -219,16 +258,21 @@ class S3Store(Store):
     def delete_unused_uploads(self, tj: TrainingJob, uris: list[str]) -> list[str]:
         from checkpoint_operator.objectstore.s3 import delete_prefix
         own = self.live_upload_prefix(tj) + "dirs/"  # only the snapshot's own uploads, never a sealed copy
-        deleted = []
+        deleted: list[str] = []
+        released: set[bytes] = set()
         for uri in uris:
             if uri.startswith(own):
-                delete_prefix(uri, endpoint_url=self.config.s3_endpoint)
+                released |= self._released(uri)
+                delete_prefix(uri, endpoint_url=self.config.s3_endpoint, client=self._client())
                 deleted.append(uri)
+        if deleted:
+            self.collect_blobs(self.namespace_prefix(tj.metadata.namespace), released)
         return deleted
 
     def delete_owned_data(self, status: CheckpointStatus, namespace: str) -> Optional[str]:
-        """Everything under the Checkpoint's prefix (a second delete of gone data succeeds), with
-        the operator's own credentials: so never outside the Checkpoint's namespace's prefix."""
+        """Everything under the Checkpoint's prefix (a second delete of gone data succeeds), then the
+        namespace's blobs no other manifest names, with the operator's own credentials: so never
+        outside the Checkpoint's namespace's prefix."""
         # An upload's prefix is the operator's from the moment it is assigned (status.upload).
         uri = (status.location.s3.uri if status.location and status.location.s3 else None) \
             or (status.upload.uri if status.upload else None)
@@ -238,5 +282,8 @@ class S3Store(Store):
             raise ForeignLocation(f"{uri} is outside {self.namespace_prefix(namespace)}, where this namespace's "
                                   "data lives: not deleted")
         from checkpoint_operator.objectstore.s3 import delete_prefix
-        delete_prefix(uri, endpoint_url=self.config.s3_endpoint)
+        released = self._released(uri)
+        delete_prefix(uri, endpoint_url=self.config.s3_endpoint, client=self._client())
+        # Its files' blobs are shared with the namespace's other checkpoints: only those nothing names go.
+        self.collect_blobs(self.namespace_prefix(namespace), released)
         return uri

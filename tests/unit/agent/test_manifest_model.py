@@ -26,7 +26,10 @@ def test_a_manifest_round_trips_through_its_json():
     assert manifest.metrics == {"loss": 1.0} and isinstance(manifest.metrics["loss"], float)
     again = Manifest.model_validate_json(manifest.model_dump_json())
     assert again == manifest
-    assert list(manifest.model_dump()) == list(Manifest.model_fields)  # version first, as the stored JSON had it
+    # version first, as the stored JSON had it; an absent blobs (every store but s3's blob layout) left out
+    assert list(manifest.model_dump()) == [f for f in Manifest.model_fields if f != "blobs"]
+    named = manifest.model_copy(update={"blobs": "../blobs/sha256/"})
+    assert list(named.model_dump()) == list(Manifest.model_fields)
     assert parse_manifest(manifest.to_json(), "X") == manifest
 
 
@@ -47,7 +50,10 @@ def test_unknown_fields_are_ignored_and_defaults_filled():
     ({"files": [{"path": "a.bin", "size": 1}]}, "files[0].sha256: Field required"),
     ({"resumable": "yes"}, "resumable: true or false is required"),
     ({"complete": 1}, "complete: true or false is required"),
-    ({"metrics": {"loss": "low"}}, "metrics: an object of numbers is required"),
+    ({"metrics": {"loss": "low"}}, "metrics.loss: a number is required"),  # the metric named (hostile4 D15)
+    ({"metrics": {"loss": "0.5"}}, "metrics.loss: a number is required"),
+    ({"metrics": {"ok": 1, "best": True}}, "metrics.best: a number is required"),
+    ({"metrics": {"loss": 10 ** 400}}, "metrics.loss: a number within float range is required"),  # hostile4 D1
     ({"metrics": [1]}, "metrics: an object of numbers is required"),
 ])
 def test_wrong_types_and_values_are_refused_with_the_field_named(over, words):
@@ -78,3 +84,38 @@ def test_built_from_a_dump_the_files_are_entries_again_and_checked():
         Manifest(**{**manifest.model_dump(), "files": [{"path": "a", "size": -5, "sha256": SHA}]})
     assert manifest.model_copy(update={"format": "gguf"}).format == "gguf" and manifest.format == "unknown"
     assert "files" not in manifest.model_dump(exclude={"files", "version"})
+
+
+def test_blobs_round_trips_and_is_left_out_when_absent():
+    """The s3 store's content-addressed layout names its blob directory; a manifest without one is
+    stored byte for byte as before (no `"blobs": null`)."""
+    plain = Manifest.model_validate(body())
+    assert plain.blobs is None and "blobs" not in plain.model_dump() and '"blobs"' not in plain.to_json()
+    named = Manifest.model_validate(body(blobs="../../blobs/sha256/"))
+    assert named.blobs == "../../blobs/sha256/" and '"blobs":"../../blobs/sha256/"' in named.to_json()
+    assert parse_manifest(named.to_json(), "X") == named
+    assert named.digest == plain.digest  # where the bytes are is not part of what they are
+
+
+@pytest.mark.parametrize("blobs", [5, True, "", "x" * 1025, 'a"b/', "a\\b/", "é/", "a\nb/"])
+def test_blobs_the_collector_could_not_read_is_refused(blobs):
+    # the collector finds a manifest's blobs by scanning its stored JSON unescaped (objectstore/blobs.py):
+    # a value it would not see would leave the manifest's blobs unreferenced, so collectable
+    with pytest.raises(ManifestInvalid, match="^blobs: "):
+        Manifest.model_validate(body(blobs=blobs))
+
+
+def test_a_huge_integer_metric_in_a_stored_manifest_is_one_line_from_the_agent_command(tmp_path):
+    """hostile4 D1: 10**400 is valid JSON but no float; `agent verify --json` printed a traceback
+    (OverflowError) and no JSON. Now the one-line refusal names the metric, and --json ends with
+    one JSON line."""
+    import subprocess
+    import sys
+    (tmp_path / "a.bin").write_bytes(b"a")
+    (tmp_path / ".checkpoint-manifest.json").write_text(json.dumps(body(metrics={"loss": 10 ** 400})))
+    proc = subprocess.run([sys.executable, "-m", "checkpoint_operator", "agent", "verify", str(tmp_path), "--json"],
+                          capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    summary = json.loads(proc.stdout.splitlines()[-1])
+    assert summary["verified"] is False
+    assert "metrics.loss: a number within float range is required" in summary["problems"][0]["problem"]

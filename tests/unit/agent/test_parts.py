@@ -6,10 +6,14 @@ duplicates are one file."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from checkpoint_operator.agent.parts import scan_parts
 from checkpoint_operator.agent.scan import scan_directory
@@ -185,3 +189,148 @@ def test_the_scan_s_item_bounds_are_the_protocol_s():
     from checkpoint_operator.protocol import results
     assert scan.MAX_ITEMS == parts.MAX_ITEMS == results.MAX_ITEMS
     assert parts.MAX_PART_ITEM == results.MAX_ITEM and parts.MAX_CHECKPOINTS == results.MAX_CHECKPOINTS
+
+
+# ---- the parts contradict each other as one volume could not (hostile4 D2, D7, D12, D6) ----
+
+NFC, NFD = "caf\u00e9", "cafe\u0301"
+
+
+def skipped_reasons(result) -> dict[str, str]:
+    return {s.path: s.reason for s in result.result.skipped}
+
+
+def test_a_file_in_one_part_and_a_directory_in_another_is_a_conflict_naming_both_workers(tmp_path):
+    """hostile4 D2: worker 0's file `x` and worker 1's `x/y` were one Ready checkpoint no consumer
+    could mount (failed before: both files listed)."""
+    output = tmp_path / "out"
+    write(output / "worker-0" / "stepb" / "x", b"file")
+    write(output / "worker-1" / "stepb" / "x" / "y", b"dir")
+    write(output / "worker-0" / "ok" / "a", b"a")
+    result = scan_parts(str(output), 2)
+    assert [m.path for m in result.result.checkpoints] == ["ok"]
+    assert skipped_reasons(result)["stepb"] == (
+        "conflicting parts, not made into a Checkpoint: 'x' is a file in worker 0 and a directory in worker 1 ('x/y')")
+
+
+def test_names_that_are_one_after_unicode_normalization_across_parts_are_a_conflict(tmp_path):
+    """hostile4 D2: `café` (NFC) from worker 0 and `café` (NFD) from worker 1, the pair one volume's
+    scan refuses, were two files of one checkpoint (failed before)."""
+    output = tmp_path / "out"
+    write(output / "worker-0" / "stepa" / NFC, b"nfc")
+    write(output / "worker-1" / "stepa" / NFD, b"nfd")
+    write(output / "worker-0" / "stepd" / NFC / "a", b"1")  # two directories on the way
+    write(output / "worker-1" / "stepd" / NFD / "b", b"2")
+    result = scan_parts(str(output), 2)
+    assert result.result.checkpoints == []
+    reasons = skipped_reasons(result)
+    for step in ("stepa", "stepd"):
+        assert reasons[step].startswith("conflicting parts, not made into a Checkpoint: file name 'cafe\\u0301") and \
+            "after Unicode normalization (NFC)" in reasons[step] and "worker 1's" in reasons[step] and \
+            "worker 0's" in reasons[step], reasons[step]
+
+
+def test_a_path_skipped_in_one_part_and_provided_by_another_is_a_conflict(tmp_path):
+    """hostile4 D12: worker 1's fifo or link leaving the checkpoint at `config.json`/`c` was filled
+    with worker 0's file (failed before: both checkpoints made)."""
+    output = tmp_path / "out"
+    write(output / "worker-0" / "s" / "config.json", b"A")
+    (output / "worker-1" / "s").mkdir(parents=True)
+    os.mkfifo(output / "worker-1" / "s" / "config.json")
+    write(output / "worker-1" / "s" / "shard1", b"B")
+    write(output / "worker-0" / "t" / "c", b"A")
+    write(tmp_path / "outside", b"A2")
+    (output / "worker-1" / "t").mkdir(parents=True)
+    (output / "worker-1" / "t" / "c").symlink_to(tmp_path / "outside")
+    write(output / "worker-0" / "u" / "d" / "a", b"under a link")  # worker 1's `d` is a link: what is under it
+    (output / "worker-1" / "u").mkdir(parents=True)
+    (output / "worker-1" / "u" / "d").symlink_to("/etc")
+    write(output / "worker-0" / "v" / "fine", b"v")  # a skipped entry nobody provides is no conflict
+    (output / "worker-1" / "v").mkdir(parents=True)
+    os.mkfifo(output / "worker-1" / "v" / "pipe")
+    result = scan_parts(str(output), 2)
+    assert [m.path for m in result.result.checkpoints] == ["v"]
+    reasons = skipped_reasons(result)
+    prefix = "conflicting parts, not made into a Checkpoint: "
+    assert reasons["s"] == prefix + "'config.json' is provided by worker 0 and skipped in worker 1 (fifo)"
+    assert reasons["t"] == prefix + "'c' is provided by worker 0 and skipped in worker 1 (symlink leaves the checkpoint)"
+    assert reasons["u"] == prefix + ("'d/a' is provided by worker 0 and skipped in worker 1 ('d') "
+                                     "(symlink leaves the checkpoint)")
+
+
+def test_root_files_skipped_in_one_part_and_provided_by_another_are_a_conflict(tmp_path):
+    output = tmp_path / "out"
+    write(output / "worker-0" / "config.json", b"A")
+    (output / "worker-1").mkdir(parents=True)
+    os.mkfifo(output / "worker-1" / "config.json")
+    result = scan_parts(str(output), 2)
+    assert result.result.checkpoints == []
+    assert skipped_reasons(result)["."] == ("conflicting parts, not made into a Checkpoint: 'config.json' is "
+                                            "provided by worker 0 and skipped in worker 1 (fifo)")
+
+
+def test_directories_that_are_twins_across_parts_are_both_skipped_as_in_one_volume(tmp_path):
+    """hostile4 D7: `gé` (NFC) in worker 0 and `gé` (NFD) in worker 1 were two silently partial
+    checkpoints (failed before); one volume skips both."""
+    output = tmp_path / "out"
+    write(output / "worker-0" / "g\u00e9" / "a", b"a")
+    write(output / "worker-1" / "ge\u0301" / "b", b"b")
+    write(output / "worker-0" / "runs" / "\u212a" / "a", b"a")  # not a container: K and KELVIN SIGN in one union
+    write(output / "worker-1" / "runs" / "K" / "b", b"b")
+    write(output / "worker-1" / "ok" / "c", b"c")
+    result = scan_parts(str(output), 2)
+    reasons = skipped_reasons(result)
+    assert reasons["g\\u00e9"] == ("name is the same name as 'ge\\u0301' after Unicode normalization (NFC); rename "
+                                   "one of them (worker 0 has 'g\\u00e9', worker 1 the other)")
+    assert reasons["ge\\u0301"].startswith("name is the same name as 'g\\u00e9' after Unicode normalization")
+    assert reasons["runs"] == ("conflicting parts, not made into a Checkpoint: file name 'K' is the same name as "
+                               "'\\u212a' after Unicode normalization (NFC); rename one of them ('K/b' is worker 1's, "
+                               "'\\u212a/a' worker 0's)")
+    assert [m.path for m in result.result.checkpoints] == ["ok"]
+    # the same two directories in one volume: both skipped with the same words
+    shared = scan_directory(merged(output, tmp_path))
+    assert {s.path: s.reason.split(" (worker")[0] for s in shared.skipped if s.path.startswith("g")} == \
+        {p: r.split(" (worker")[0] for p, r in reasons.items() if p.startswith("g")}
+
+
+def test_the_entry_limit_is_for_all_parts_together(tmp_path):
+    """hostile4 D6: `--max-entries` bounded each part, so N workers held N times as many entries
+    (failed before: 2 x 60 files passed a limit of 100)."""
+    output = tmp_path / "out"
+    for worker in (0, 1):
+        for i in range(60):
+            write(output / f"worker-{worker}" / "step-1" / f"w{worker}-{i:03d}", b"x")
+    proc = subprocess.run([sys.executable, "-m", "checkpoint_operator", "agent", "scan", str(output), "--parts", "2",
+                           "--json", "--max-entries", "100"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and proc.stdout == ""
+    [line] = proc.stderr.splitlines()
+    assert line.startswith(f"error: {output} (all 2 workers' volumes): more than 100 entries (at ") and \
+        "--max-entries" in line, line
+    assert len(scan_parts(str(output), 2, max_entries=130).result.checkpoints[0].files) == 60 + 60
+
+
+def _leaves(paths: list[str]) -> list[str]:
+    """The paths no other one is under (the files of one tree, or what its walk skipped)."""
+    return [p for p in dict.fromkeys(paths) if not any(q.startswith(p + "/") for q in paths)]
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(st.lists(st.tuples(st.integers(0, 2), st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=3)
+                          .map("/".join), st.booleans()), max_size=10))
+def test_skipped_in_one_worker_and_provided_by_another_is_found_as_pair_by_pair(entries):
+    """_skipped_elsewhere (one sorted pass) finds a conflict exactly when some file one worker
+    provides is, is under, or is above an entry another worker's scan skipped."""
+    from checkpoint_operator.agent.parts import _skipped_elsewhere
+    provided: dict[str, int] = {}
+    lost: list[tuple[int, str, str]] = []
+    for worker in range(3):  # each worker's entries form one tree's leaves, as its walk yields them
+        mine = _leaves([p for w, p, _ in entries if w == worker])
+        skipped = {p for w, p, s in entries if w == worker and s}
+        for path in mine:
+            if path in skipped:
+                lost.append((worker, path, "fifo"))
+            elif not any(q == path or q.startswith(path + "/") or path.startswith(q + "/") for q in provided):
+                provided[path] = worker  # the union: no file above or under another (paths_clash)
+    expected = any(wp != wl and (p == gone or p.startswith(gone + "/") or gone.startswith(p + "/"))
+                   for p, wp in provided.items() for wl, gone, _ in lost)
+    assert bool(_skipped_elsewhere(provided, lost)) == expected, (provided, lost)
