@@ -89,22 +89,32 @@ class ObjectCache:
     managed-by); anything else is read live. The newest version wins (resourceVersions compared as
     numbers when both are, as etcd's revisions are). A stale read is harmless by construction: every
     write a decision depends on is conditional on the version it was decided on (a 409 reads live),
-    and a watch event updates the cache before it wakes the object that depends on it."""
+    and a watch event updates the cache before it wakes the object that depends on it.
+
+    Only where a watch keeps it fresh: a write's response is kept only for a kind and namespace a
+    watch stream has shown an event of. Elsewhere (a namespaced install's catalog namespace, one
+    the operator does not watch, or one whose watch has not started) nothing would ever update it:
+    such objects are read live, always (a pod kept as Pending forever held its owner forever)."""
 
     def __init__(self) -> None:
         self._bodies: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self._watched: set[tuple[str, str]] = set()  # (kind, namespace) a watch stream has shown an event of
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._bodies)
 
-    def observe(self, body: Optional[dict[str, Any]], deleted: bool = False) -> None:
-        """A watch event's object, or what a write returned."""
+    def observe(self, body: Optional[dict[str, Any]], deleted: bool = False, *, from_watch: bool = False) -> None:
+        """A watch event's object (`from_watch`), or what a write or a live read returned."""
         if not body or body.get("kind") not in CACHED_KINDS:
             return
         meta = body.get("metadata") or {}
         key = (str(body.get("kind")), meta.get("namespace") or "", meta.get("name") or "")
         with self._lock:
+            if from_watch:
+                self._watched.add(key[:2])
+            elif key[:2] not in self._watched:
+                return  # no watch would ever tell of its changes
             if deleted or not _worth_keeping(body):
                 self._bodies.pop(key, None)
                 return

@@ -74,7 +74,7 @@ def _cache(memo: kopf.Memo, event: kopf.RawEvent) -> Context:
     ctx = _ctx(memo)
     body = dict(event.get("object") or {})
     metrics.WATCH_EVENTS.labels(body.get("kind") or "").inc()
-    ctx.kube.cache.observe(body, deleted=event.get("type") == "DELETED")
+    ctx.kube.cache.observe(body, deleted=event.get("type") == "DELETED", from_watch=True)
     return ctx
 
 
