@@ -584,11 +584,19 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: Sc
     # Each is made Ready by its own reconcile, from the sealed data in its spec, now that it holds its
     # bytes; the job is Succeeded only then (a finished job's outputs are usable to whoever reads them).
     # Until then it waits quietly: their Ready events wake it (wakeups.checkpoint_event); the pod and
-    # its result stay (agent_runs keeps the parsed result: the log is read once).
-    if any(_unpublished(ctx, tj.metadata.namespace, p.name) for p in plan.checkpoints) or \
-            (store.later_writes_reach_checkpoints and any(_not_failed_yet(ctx, tj.metadata.namespace, info.name)
-                                                          for info, _ in plan.changed)):
-        return Wait(requeue_after=PUBLISH_RECHECK)
+    # its result stay (agent_runs keeps the parsed result: the log is read once). Bounded: one that never
+    # becomes Ready fails the job, named (flow.publish_wait).
+    namespace = tj.metadata.namespace
+    not_ready = [(p.name, "Pending") for p in plan.checkpoints if _unpublished(ctx, namespace, p.name)]  # made or found
+    if store.later_writes_reach_checkpoints:
+        not_ready += [(info.name, "changed after sealing, not Failed yet") for info, _ in plan.changed
+                      if _not_failed_yet(ctx, namespace, info.name)]
+    if not_ready:
+        waited = flow.publish_wait(not_ready, workers.finished_at(pod) or str(pod["metadata"].get("creationTimestamp")),
+                                   datetime.now(timezone.utc), PUBLISH_RECHECK)
+        if isinstance(waited, Fail):
+            agent_runs.finish(ctx, pod)
+        return waited
     published = list(zip(created, plan.checkpoints))
     _retire(ctx, tj, plan)
     _delete_unused_uploads(ctx, tj, store, plan, scan)
