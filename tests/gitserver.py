@@ -19,6 +19,7 @@ import http.server
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -237,7 +238,11 @@ def git_daemon(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("GIT_")}, **GIT_ENV}
-    proc = subprocess.Popen(["git", "daemon", "--listen=127.0.0.1", f"--port={port}", f"--base-path={root}",
+    # git-daemon itself, not `git daemon` (a wrapper whose child outlived it: every run left two
+    # daemons behind), in a group of its own that the teardown ends whole.
+    daemon = os.path.join(subprocess.run(["git", "--exec-path"], capture_output=True, text=True,
+                                         check=True).stdout.strip(), "git-daemon")
+    proc = subprocess.Popen([daemon, "--listen=127.0.0.1", f"--port={port}", f"--base-path={root}",
                              "--export-all", "--reuseaddr", "--informative-errors", "--enable=upload-pack", str(root)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                             preexec_fn=die_with_parent())
@@ -248,9 +253,9 @@ def git_daemon(tmp_path):
                 break
         except OSError:
             if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
                 raise RuntimeError("git daemon did not start")
             time.sleep(0.05)
     yield GitDaemon(root, port, proc)
-    proc.kill()
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()

@@ -141,6 +141,32 @@ def test_least_recently_used_eviction_never_takes_an_entry_in_use(s3, tmp_path):
     report = fill(cache, key1, uri1, size, wait_for_hold=False)  # now nothing holds e2: the oldest goes
     assert [e.key for e in report.evicted] == [key2] and report.outcome == "miss"
     assert cache.used_bytes() <= cache.capacity
+    # An evicted key leaves no lock file behind (locks/ held one file per key ever cached before).
+    locks = sorted(os.listdir(Path(cache.root) / "locks"))
+    assert not [name for name in locks if key2.replace("/", ".") in name], locks
+
+
+def test_a_lock_opened_before_its_file_was_removed_is_taken_again_on_the_current_file(tmp_path):
+    """The removal protocol: only a holder of the exclusive lock unlinks a lock file, and a process that
+    opened the old file before (and gets its flock after) must not count as holding the lock."""
+    import fcntl
+    cache = cache_at(tmp_path)
+    key = f"{NS}/{'ab' * 32}"
+    evictor, late = cache.lock(key, "use"), cache.lock(key, "use")  # both open the same file
+    try:
+        assert evictor.take(fcntl.LOCK_EX, wait=False)
+        evictor.remove()
+        evictor.close()
+        assert late.take(fcntl.LOCK_SH)  # got the old file's lock, found it stale, took the new file's
+        current = os.stat(late.path)
+        assert (os.fstat(late.fd).st_ino, os.fstat(late.fd).st_dev) == (current.st_ino, current.st_dev)
+        other = cache.lock(key, "use")
+        try:  # so an evictor now sees the holder
+            assert not other.take(fcntl.LOCK_EX, wait=False)
+        finally:
+            other.close()
+    finally:
+        late.close()
 
 
 def test_a_full_cache_with_every_entry_in_use_makes_the_new_pod_wait(s3, tmp_path):

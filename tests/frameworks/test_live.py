@@ -28,7 +28,7 @@ WAIT_FOR_SEAL = textwrap.dedent('''
                     event = json.loads(line)
                 except ValueError:
                     continue
-                if event.get("event") == "sealed" and event["checkpoint"]["path"] == path:
+                if event.get("kind") == "sealed" and event["checkpoint"]["path"] == path:
                     return
             time.sleep(0.05)
         raise SystemExit(f"{path} was never sealed")
@@ -49,7 +49,7 @@ class Sidecar:
         _, err = self.process.communicate(timeout=120)
         assert self.process.returncode == 0, err
         lines = [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")]
-        return {e["checkpoint"]["path"]: e["checkpoint"] for e in lines if e["event"] == "sealed"}
+        return {e["checkpoint"]["path"]: e["checkpoint"] for e in lines if e.get("kind") == "sealed"}
 
 
 def run(script: str, *args: str, timeout: int = 600) -> None:

@@ -34,8 +34,9 @@ PARTS_DDP = DDP.replace(SAVE, AFTER_SAVE)
 
 
 def parts_job(name: str, command: list[str], *, env: dict | None = None, **spec) -> dict:
+    """A JobSet job; its output a volume per worker unless `output` says otherwise (perWorker)."""
     return job(name, command, env=env, engine="JobSet", backoffLimit=0,
-               output={"volumePerWorker": True, **spec.pop("output", {})}, **spec)
+               output=spec.pop("output", {"volumePerWorker": True}), **spec)
 
 
 def run(tmp_path: Path, jobs: list[dict], store: str = "volume") -> tuple[dict, dict, str]:

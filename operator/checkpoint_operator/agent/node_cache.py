@@ -101,19 +101,46 @@ class FillReport:
 
 
 class _Lock:
-    """A flock(2) on a file under ROOT/locks (created if missing, world-readable)."""
+    """A flock(2) on a file under ROOT/locks (created if missing, world-readable).
+
+    A key's lock files are removed with its entry (`remove`, only by a holder of the exclusive lock),
+    so a lock counts only when it is on the file the path names *now*: one opened before a removal
+    is found stale after flock and taken again on the path's current file."""
 
     def __init__(self, path: str) -> None:
-        self.fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self.path = path
+        self.fd = self._open()
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+    def _stale(self) -> bool:
+        try:
+            current = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        mine = os.fstat(self.fd)
+        return (current.st_dev, current.st_ino) != (mine.st_dev, mine.st_ino)
 
     def take(self, how: int, wait: bool = True) -> bool:
-        try:
-            fcntl.flock(self.fd, how | (0 if wait else fcntl.LOCK_NB))
-            return True
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                return False
-            raise
+        while True:
+            try:
+                fcntl.flock(self.fd, how | (0 if wait else fcntl.LOCK_NB))
+                taken = True
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+                taken = False
+            if not self._stale():
+                return taken
+            os.close(self.fd)  # the file was removed meanwhile: its lock means nothing
+            self.fd = self._open()
+
+    def remove(self) -> None:
+        """Unlink the lock file; call only while holding it exclusively (nobody else holds it then,
+        and whoever opened it meanwhile finds it stale)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
 
     def close(self) -> None:
         os.close(self.fd)  # releases the lock
@@ -318,6 +345,8 @@ class NodeCache:
                 target = os.path.join(self.root, "trash", f"{_flat(key)}.evicted.{time.time_ns()}")
                 os.rename(self.entry_dir(key), target)
                 fstree.remove_tree(target, ignore_errors=True)
+                fill.remove()
+                use.remove()  # an evicted key leaves no file behind (locks/ would grow with every key)
                 self.log(f"cache: evicted {key} ({size} bytes, least recently used, no pod uses it)")
                 return size
             finally:
@@ -337,6 +366,7 @@ class NodeCache:
                 if use.take(fcntl.LOCK_EX, wait=False):
                     size = _entry_size(os.path.join(trash, name))
                     fstree.remove_tree(os.path.join(trash, name), ignore_errors=True)
+                    use.remove()
                     freed += size
             finally:
                 use.close()
@@ -357,6 +387,7 @@ class NodeCache:
                 if fill.take(fcntl.LOCK_EX, wait=False):
                     freed += _reserved(os.path.join(staging, flat))
                     fstree.remove_tree(os.path.join(staging, flat), ignore_errors=True)
+                    fill.remove()
                     self.log(f"cache: removed the abandoned fill of {key} (no process fills it)")
             finally:
                 fill.close()
