@@ -23,6 +23,7 @@ from checkpoint_operator.api.clustercheckpoint import ClusterCheckpoint, Cluster
 from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobStatus
 from checkpoint_operator import metrics
+from checkpoint_operator.logic import workers
 from checkpoint_operator.kube import PODS, ApiError, Conflict
 from checkpoint_operator.logic.agent_pods import PodProblem, last_error_line, pod_failure, pod_problem
 from checkpoint_operator.logic.results import Wait
@@ -82,6 +83,7 @@ REFUSED_RETRY = 30.0  # seconds: a refused pod (Pod Security, a quota, an admiss
 @dataclass(frozen=True)
 class Finished(Generic[R]):
     result: Optional[R]  # None for a task that reads no result
+    ended: str = ""  # when the pod's containers ended (RFC 3339; its creation when none says)
 
 
 @dataclass(frozen=True)
@@ -147,17 +149,18 @@ def follow(ctx: Context, owner: Owner, body: dict[str, Any], task: AgentTask[R],
         return PodFailed(_failure_message(ctx, pod, task.what))
     if phase != PodPhase.SUCCEEDED:
         return Waiting(problem=pod_problem(pod), phase=phase)
+    ended = workers.finished_at(pod) or str(meta.get("creationTimestamp") or "")
     if not task.result:
-        return Finished(None)
+        return Finished(None, ended)
     known = ctx.agent_results.get((namespace, name))
     if known is not None and known[0] == meta.get("uid"):  # read at an earlier pass (its owner waits on something)
-        return Finished(known[1])
+        return Finished(known[1], ended)
     try:
         result = read_result(ctx, pod, task.result, task.container)
     except (channel.ResultError, ApiError) as exc:
         return PodFailed(f"{task.what} pod {name}: {exc}")
     ctx.agent_results[(namespace, name)] = (meta.get("uid", ""), result)
-    return Finished(result)
+    return Finished(result, ended)
 
 
 def _write(ctx: Context, owner: Owner, change: StatusChange) -> None:

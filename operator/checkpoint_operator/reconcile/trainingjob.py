@@ -528,7 +528,7 @@ def snapshot(ctx: Context, tj: TrainingJob) -> Result:
     if isinstance(run, agent_runs.PodFailed):
         return _snapshot_pod_failed(ctx, tj, pod, run.message)
     assert run.result is not None
-    return _store_snapshot(ctx, tj, pod, run.result)
+    return _store_snapshot(ctx, tj, pod, run.result, run.ended)
 
 
 def _snapshot_pod_failed(ctx: Context, tj: TrainingJob, pod: dict[str, Any], message: str) -> Result:
@@ -543,7 +543,7 @@ def _snapshot_pod_failed(ctx: Context, tj: TrainingJob, pod: dict[str, Any], mes
     return Wait(requeue_after=delay)
 
 
-def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: ScanReport) -> Result:
+def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: ScanReport, ended: str) -> Result:
     """The snapshot pod succeeded: its checkpoints become Ready Checkpoints, in this order (a
     crash at any step repeats it and the ones after it, never an earlier one's effect twice)."""
     store, claim = store_for(ctx.config), workload.output_claim_name(tj)
@@ -592,8 +592,7 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: Sc
         not_ready += [(info.name, "changed after sealing, not Failed yet") for info, _ in plan.changed
                       if _not_failed_yet(ctx, namespace, info.name)]
     if not_ready:
-        waited = flow.publish_wait(not_ready, workers.finished_at(pod) or str(pod["metadata"].get("creationTimestamp")),
-                                   datetime.now(timezone.utc), PUBLISH_RECHECK)
+        waited = flow.publish_wait(not_ready, ended, datetime.now(timezone.utc), PUBLISH_RECHECK)
         if isinstance(waited, Fail):
             agent_runs.finish(ctx, pod)
         return waited
