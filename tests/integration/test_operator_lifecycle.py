@@ -201,8 +201,13 @@ async def test_a_checkpoint_that_never_becomes_ready_fails_its_job_naming_it(api
     never keep it Snapshotting (before, it waited on forever)."""
     from checkpoint_operator.logic import trainingjob_flow
     from checkpoint_operator.reconcile import trainingjob
+    from datetime import datetime, timedelta, timezone
     monkeypatch.setattr(trainingjob_flow, "PUBLISH_TIMEOUT", 3.0)
     monkeypatch.setattr(trainingjob, "_hand_over_output_claim", lambda *args, **kwargs: None)
+    counted_from, publish_wait = [], trainingjob_flow.publish_wait
+    monkeypatch.setattr(trainingjob_flow, "publish_wait", lambda not_ready, since, *args: (
+        counted_from.append(since), publish_wait(not_ready, since, *args))[1])
+    started = datetime.now(timezone.utc).replace(microsecond=0)
     trainer.behaviours["unheld"] = lambda attempt, env: write_checkpoint(
         env["CHECKPOINT_OUTPUT_DIR"], "step-1", {"model.pt": b"weights"}) or 0
     await api.create(TJ, NS, training_job("unheld"))
@@ -214,6 +219,9 @@ async def test_a_checkpoint_that_never_becomes_ready_fails_its_job_naming_it(api
     held = await api.get(CKPT, NS, "unheld.step-1")  # its own reconcile still waits for its bytes, kept
     assert held is not None and held.get("status", {}).get("phase", "Pending") == "Pending"
     assert not await api.get("v1/pods", NS, tj["status"]["snapshotPod"])
+    # Counted from when the live snapshot pod ended (the pod the job built has no time: it failed at once so).
+    ended = datetime.fromisoformat(counted_from[-1].replace("Z", "+00:00"))
+    assert started <= ended <= datetime.now(timezone.utc) + timedelta(seconds=1)
 
 
 async def test_retried_pod_resumes_from_its_own_earlier_checkpoints(api, operator, trainer, wait_for):
