@@ -26,6 +26,7 @@ from checkpoint_operator.local.report import build_report, render_table
 from checkpoint_operator.local.stuck import stuck_jobs
 
 if TYPE_CHECKING:
+    from checkpoint_operator.kube import Kube
     from checkpoint_operator.local.s3store import S3Settings
 
 NAMESPACE = "default"
@@ -181,6 +182,7 @@ def local_run(args: argparse.Namespace) -> int:
             server = EmulatorServer(state_dir=state_dir)
             url = server.start()
             kube = Kube.from_url(url)
+            ensure_namespaces(kube, namespaces)
             if store is not None:
                 provide_store_secret(kube, namespaces, store)
                 os.environ.update(store.env())  # the operator's own identity (commit checks, deleting owned data)
@@ -361,6 +363,14 @@ def record_state_store(state_dir: Path, args: argparse.Namespace) -> None:
 def store_config(store) -> dict:
     return {"storage_type": "s3", "s3_endpoint": store.endpoint, "s3_bucket": store.bucket,
             "s3_region": store.region, "s3_secret_name": STORE_SECRET}
+
+
+def ensure_namespaces(kube: Kube, namespaces: list[str]) -> None:
+    """The namespaces local mode acts in exist, as in a cluster (the operator's own, the catalog's, is
+    made by its install): kopf watches only namespaces that exist."""
+    from checkpoint_operator.kube import NAMESPACES
+    for namespace in namespaces:
+        kube.ensure(NAMESPACES, "", {"metadata": {"name": namespace}})
 
 
 def provide_store_secret(kube, namespaces: list[str], store) -> None:
