@@ -36,6 +36,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -60,6 +61,12 @@ def serve_emulator(url_file: str) -> None:
     with EmulatorServer() as server:
         Path(url_file).write_text(server.url)
         sys.stdin.read()
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process (all its threads), from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -120,6 +127,13 @@ class Operator:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"the operator did not start; see {self.log}")
             time.sleep(0.2)
+        # SCALE_PROFILE=DIR: py-spy samples the operator process (the thread holding the GIL: its CPU) into
+        # DIR/operator-<name>.txt, collapsed stacks (flamegraph.pl or speedscope read them).
+        profile = os.environ.get("SCALE_PROFILE")
+        self.profiler = subprocess.Popen(
+            ["py-spy", "record", "--pid", str(self.proc.pid), "--format", "raw", "--rate", "200", "--nonblocking", "--gil",
+             "-o", str(Path(profile) / f"operator-{name or 'main'}.txt")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) if profile else None
 
     def requests(self) -> int | None:
         try:
@@ -128,6 +142,22 @@ class Operator:
             return None
         return int(sum(float(v) for v in re.findall(r'^checkpoint_operator_api_requests_total\{[^}]*\} (\S+)$',
                                                     text, re.M)))
+
+    def cpu_seconds(self) -> float:
+        """The operator process's own CPU time (user + system, all its threads): not the emulator's,
+        nor the local cluster's (this process), nor the agent pods' (forked by the local kubelet)."""
+        return process_cpu_seconds(self.proc.pid)
+
+    def watch_events(self) -> float:
+        """Watch events the operator handled (checkpoint_operator_watch_events_total, every kind)."""
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        return sum(float(v) for v in re.findall(r'^checkpoint_operator_watch_events_total\{[^}]*\} (\S+)$', text, re.M))
+
+    def requests_by_target(self) -> dict[str, float]:
+        """`METHOD target` -> requests (checkpoint_operator_api_requests_by_target)."""
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        return {f"{m} {t}": float(v) for m, t, v in re.findall(
+            r'^checkpoint_operator_api_requests_by_target_total\{method="([^"]*)",target="([^"]*)"\} (\S+)$', text, re.M)}
 
     async def settle(self, quiet: float = 2.0, timeout: float = 600) -> None:
         """Until its request count has not moved for `quiet` seconds (its start-up work is done)."""
@@ -141,6 +171,9 @@ class Operator:
             await asyncio.sleep(0.2)
 
     def stop(self) -> None:
+        if self.profiler is not None:
+            self.profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            self.profiler.wait(30)
         self.proc.terminate()
         try:
             self.proc.wait(20)
@@ -293,6 +326,10 @@ async def lifecycle(jobs: int, timeout: float) -> dict:
         failed = [n for n in names if watch.phases.get(n) != "Succeeded"]
         ready = [c for c in await bench.api.list(CKPT, NS) if (c.get("status") or {}).get("phase") == "Ready"]
         return {"jobs": jobs, "seconds": elapsed, "finished": done, "failed": len(failed), "checkpoints": len(ready),
+                "operator_cpu_ms_per_job": operator.cpu_seconds() * 1000 / jobs,
+                "emulator_cpu_ms_per_job": process_cpu_seconds(bench.emulator.proc.pid) * 1000 / jobs,
+                "cluster_cpu_ms_per_job": (resource.getrusage(resource.RUSAGE_SELF).ru_utime +
+                                           resource.getrusage(resource.RUSAGE_SELF).ru_stime) * 1000 / jobs,
                 "operator_rss_mb": rss_mb(operator.proc.pid, "VmHWM"),
                 "emulator_rss_mb": rss_mb(bench.emulator.proc.pid, "VmHWM"), "requests": operator.requests()}
 
@@ -341,18 +378,25 @@ async def preload(api, start: int, stop: int) -> float:
     return time.monotonic() - began
 
 
-async def measure_lifecycles(bench: Bench, operator: Operator, prefix: str, jobs: int) -> float:
-    """The operator's own requests per TrainingJob lifecycle (create -> Succeeded with its 2 Checkpoints),
-    jobs run a few at a time, counted once it is quiet again."""
+async def measure_lifecycles(bench: Bench, operator: Operator, prefix: str, jobs: int) -> dict:
+    """The operator's own requests and CPU per TrainingJob lifecycle (create -> Succeeded with its 2
+    Checkpoints Ready), jobs run a few at a time, counted once it is quiet again; and which requests."""
     await operator.settle()
-    before = operator.requests()
-    async with Watch(bench.emulator.url, TJ) as watch:
+    before, cpu_before, targets_before = operator.requests(), operator.cpu_seconds(), operator.requests_by_target()
+    events_before = operator.watch_events()
+    async with Watch(bench.emulator.url, TJ) as watch, Watch(bench.emulator.url, CKPT) as checkpoints:
         names = [f"{prefix}-{i:03d}" for i in range(jobs)]
         for batch in range(0, jobs, 5):
-            await create_all(bench.api, [training_job(n) for n in names[batch:batch + 5]])
-            await watch.until(names[batch:batch + 5], ("Succeeded", "Failed"), 300)
+            group = names[batch:batch + 5]
+            await create_all(bench.api, [training_job(n) for n in group])
+            await watch.until(group, ("Succeeded", "Failed"), 300)
+            await checkpoints.until([f"{n}.step-{k}" for n in group for k in (1, 2)], ("Ready",), 300)
     await operator.settle()
-    return (operator.requests() - before) / jobs
+    targets = operator.requests_by_target()
+    return {"requests": (operator.requests() - before) / jobs, "cpu_ms": (operator.cpu_seconds() - cpu_before) * 1000 / jobs,
+            "watch_events": (operator.watch_events() - events_before) / jobs,
+            "by_target": {k: (v - targets_before.get(k, 0)) / jobs for k, v in sorted(targets.items())
+                          if v > targets_before.get(k, 0)}}
 
 
 async def requests_and_rss(checkpoints: int, jobs: int) -> dict:
@@ -361,7 +405,8 @@ async def requests_and_rss(checkpoints: int, jobs: int) -> dict:
             "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
         await preload(bench.api, 0, 10)
         small = bench.start_operator("small")
-        per_small = await measure_lifecycles(bench, small, "small", jobs)
+        measured_small = await measure_lifecycles(bench, small, "small", jobs)
+        per_small = measured_small["requests"]
         small_rss = rss_mb(small.proc.pid)
         small.stop()
         preload_seconds = await preload(bench.api, 10, checkpoints)
@@ -370,8 +415,12 @@ async def requests_and_rss(checkpoints: int, jobs: int) -> dict:
         await big.settle()
         startup = time.monotonic() - started
         big_rss = rss_mb(big.proc.pid)
-        per_big = await measure_lifecycles(bench, big, "big", jobs)
+        measured_big = await measure_lifecycles(bench, big, "big", jobs)
+        per_big = measured_big["requests"]
         return {"checkpoints": checkpoints, "jobs": jobs, "per_lifecycle_small": per_small, "per_lifecycle_big": per_big,
+                "cpu_ms_small": measured_small["cpu_ms"], "cpu_ms_big": measured_big["cpu_ms"],
+                "watch_events_small": measured_small["watch_events"],
+                "by_target_small": measured_small["by_target"],
                 "rss_small_mb": small_rss, "rss_big_mb": big_rss, "rss_big_hwm_mb": rss_mb(big.proc.pid, "VmHWM"),
                 "emulator_rss_mb": rss_mb(bench.emulator.proc.pid), "preload_seconds": preload_seconds,
                 "startup_seconds": startup}
@@ -524,6 +573,8 @@ def main() -> None:
         print(f"{'trainingjobs to Succeeded (2 checkpoints each)':52} {r['jobs']:>10} in {r['seconds']:>8.1f} s   < 60 s")
         print(f"{'  of them not Succeeded':52} {r['failed']:>24}")
         print(f"{'  operator / emulator peak RSS':52} {r['operator_rss_mb']:>10.0f} / {r['emulator_rss_mb']:.0f} MB")
+        print(f"{'  cpu per job: operator / emulator / cluster':52} {r['operator_cpu_ms_per_job']:>10.1f} / "
+              f"{r['emulator_cpu_ms_per_job']:.1f} / {r['cluster_cpu_ms_per_job']:.1f} ms")
         lines.append(f"scale: {r['jobs']} trainingjobs to Succeeded in {r['seconds']:.1f} s")
     if "hot" in results:
         r = results["hot"]
@@ -536,6 +587,13 @@ def main() -> None:
         print(f"{'operator RSS with 10 / ' + str(r['checkpoints']) + ' checkpoints':52} "
               f"{r['rss_small_mb']:>10.0f} / {r['rss_big_mb']:.0f} MB   < 250 MB")
         print(f"{'  operator start-up with them (indexing)':52} {r['startup_seconds']:>22.1f} s")
+        print(f"{'operator cpu per lifecycle at 10 / ' + str(r['checkpoints']) + ' checkpoints':52} "
+              f"{r['cpu_ms_small']:>10.1f} / {r['cpu_ms_big']:<7.1f} ms   <= 10 ms")
+        print(f"{'  watch events the operator handled per lifecycle':52} {r['watch_events_small']:>24.1f}")
+        print("  requests per lifecycle, by what they touch (10 checkpoints):")
+        for target, count in sorted(r["by_target_small"].items(), key=lambda kv: -kv[1]):
+            print(f"    {target:48} {count:>8.2f}")
+        lines.append(f"scale: operator cpu per trainingjob lifecycle: {r['cpu_ms_small']:.1f} ms")
         lines.append(f"scale: requests per trainingjob lifecycle at 10 / {r['checkpoints']} checkpoints: "
                      f"{r['per_lifecycle_small']:.1f} / {r['per_lifecycle_big']:.1f}")
         lines.append(f"scale: operator rss with {r['checkpoints']} checkpoints: {r['rss_big_mb']:.0f} MB")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import collections
+import copy
 import contextlib
 import json
 import threading
@@ -75,11 +76,84 @@ class Conflict(ApiError):
     """409: the object changed since it was read (or already exists)."""
 
 
+MANAGED_BY = ("app.kubernetes.io/managed-by", "checkpoint-operator")
+SETTLED = {"TrainingJob": ("Succeeded", "Failed"), "Checkpoint": ("Ready", "Failed")}
+CACHED_KINDS = ("TrainingJob", "Checkpoint", "Job", "JobSet", "Pod", "PersistentVolumeClaim")
+
+
+class ObjectCache:
+    """The latest known body of the objects the reconciles read most, as the watch streams and the
+    operator's own writes returned them (controller-runtime's informer cache): such a read costs no
+    request. Kept while they have work ahead: a TrainingJob not finished, a Checkpoint not settled
+    (or either being deleted), and the Jobs, JobSets, pods and claims the operator made (labelled
+    managed-by); anything else is read live. The newest version wins (resourceVersions compared as
+    numbers when both are, as etcd's revisions are). A stale read is harmless by construction: every
+    write a decision depends on is conditional on the version it was decided on (a 409 reads live),
+    and a watch event updates the cache before it wakes the object that depends on it.
+
+    Only where a watch keeps it fresh: a write's response is kept only for a kind and namespace a
+    watch stream has shown an event of. Elsewhere (a namespaced install's catalog namespace, one
+    the operator does not watch, or one whose watch has not started) nothing would ever update it:
+    such objects are read live, always (a pod kept as Pending forever held its owner forever)."""
+
+    def __init__(self) -> None:
+        self._bodies: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self._watched: set[tuple[str, str]] = set()  # (kind, namespace) a watch stream has shown an event of
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._bodies)
+
+    def observe(self, body: Optional[dict[str, Any]], deleted: bool = False, *, from_watch: bool = False) -> None:
+        """A watch event's object (`from_watch`), or what a write or a live read returned."""
+        if not body or body.get("kind") not in CACHED_KINDS:
+            return
+        meta = body.get("metadata") or {}
+        key = (str(body.get("kind")), meta.get("namespace") or "", meta.get("name") or "")
+        with self._lock:
+            if from_watch:
+                self._watched.add(key[:2])
+            elif key[:2] not in self._watched:
+                return  # no watch would ever tell of its changes
+            if deleted or not _worth_keeping(body):
+                self._bodies.pop(key, None)
+                return
+            known = self._bodies.get(key)
+            if known is None or not _older(meta.get("resourceVersion"), known) or \
+                    (known.get("metadata") or {}).get("uid") != meta.get("uid"):
+                self._bodies[key] = body
+
+    def drop(self, kind: str, namespace: str, name: str) -> None:
+        with self._lock:
+            self._bodies.pop((kind, namespace, name), None)
+
+    def get(self, kind: str, namespace: str, name: str) -> Optional[dict[str, Any]]:
+        """A copy of the body (the caller may change it), or None: not known here (read it live)."""
+        with self._lock:
+            body = self._bodies.get((kind, namespace, name))
+        return copy.deepcopy(body) if body is not None else None
+
+
+def _worth_keeping(body: dict[str, Any]) -> bool:
+    kind, meta = body.get("kind"), body.get("metadata") or {}
+    if kind in SETTLED:
+        return bool(meta.get("deletionTimestamp")) or (body.get("status") or {}).get("phase") not in SETTLED[kind]
+    return (meta.get("labels") or {}).get(MANAGED_BY[0]) == MANAGED_BY[1]
+
+
+def _older(version: Optional[str], known: dict[str, Any]) -> bool:
+    have = (known.get("metadata") or {}).get("resourceVersion")
+    return bool(version and have and version.isdigit() and have.isdigit() and int(version) < int(have))
+
+
 class Kube:
     def __init__(self, api_client: kubernetes.client.ApiClient):
         self.api = api_client
-        # Requests sent, by verb: main.py exports them as a metric (bench/scale.py counts them).
+        # Requests sent, by verb, and by verb and what they touch: main.py exports them as metrics
+        # (bench/scale.py counts them, and says per lifecycle what each is for).
         self.requests: collections.Counter[str] = collections.Counter()
+        self.requests_by_target: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.cache = ObjectCache()  # fed by main.py's watch handlers and by the writes below
         self._count_lock = threading.Lock()
 
     @classmethod
@@ -108,6 +182,7 @@ class Kube:
             body=body, auth_settings=["BearerToken"])
         with self._count_lock:
             self.requests[method] += 1
+            self.requests_by_target[(method, request_target(path))] += 1
         try:
             response = self.api.call_api(method, url, header_params=headers, body=body, _request_timeout=30)
             data = _read_capped(response, max_bytes) if max_bytes is not None else response.read()
@@ -124,9 +199,24 @@ class Kube:
 
     def get(self, resource: Resource, namespace: str, name: str) -> Optional[dict[str, Any]]:
         try:
-            return self._call("GET", resource.path(namespace, name))
+            return self._observed(self._call("GET", resource.path(namespace, name)))
         except NotFound:
+            self.cache.drop(resource.kind, namespace, name)
             return None
+
+    def cached_get(self, resource: Resource, namespace: str, name: str) -> Optional[dict[str, Any]]:
+        """The object as the cache knows it (ObjectCache), else read live. Not for the reads a
+        guarantee stands on (an input at start, the in-use protection): those are live."""
+        return self.cache.get(resource.kind, namespace, name) or self.get(resource, namespace, name)
+
+    def cached(self, resource: Resource, namespace: str, name: str) -> bool:
+        """Whether the cache knows the object (it exists, as far as the watch and our writes tell): no request."""
+        return self.cache.get(resource.kind, namespace, name) is not None
+
+    def _observed(self, body: Any) -> Any:
+        if isinstance(body, dict):
+            self.cache.observe(body)
+        return body
 
     def list(self, resource: Resource, namespace: Optional[str], label_selector: Optional[str] = None,
              field_selector: Optional[str] = None) -> builtins.list[dict[str, Any]]:
@@ -135,7 +225,7 @@ class Kube:
 
     def create(self, resource: Resource, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         body = {"apiVersion": resource.api_version, "kind": resource.kind, **body}
-        return self._call("POST", resource.path(namespace), body)
+        return self._observed(self._call("POST", resource.path(namespace), body))
 
     def ensure(self, resource: Resource, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         """Create the object, or return the existing one of that name (idempotent creates)."""
@@ -147,14 +237,14 @@ class Kube:
     def patch(self, resource: Resource, namespace: str, name: str, patch: dict[str, Any],
               subresource: Optional[str] = None) -> dict[str, Any]:
         """A JSON merge patch. Put metadata.resourceVersion in it to make it conditional (409 on change)."""
-        return self._call("PATCH", resource.path(namespace, name, subresource), patch,
-                          content_type="application/merge-patch+json")
+        return self._observed(self._call("PATCH", resource.path(namespace, name, subresource), patch,
+                                         content_type="application/merge-patch+json"))
 
     def patch_json(self, resource: Resource, namespace: str, name: str,
                    operations: builtins.list[dict[str, Any]]) -> dict[str, Any]:
         """A JSON patch (RFC 6902): its `test` operations make it conditional (422, nothing changed)."""
-        return self._call("PATCH", resource.path(namespace, name), operations,
-                          content_type="application/json-patch+json")
+        return self._observed(self._call("PATCH", resource.path(namespace, name), operations,
+                                         content_type="application/json-patch+json"))
 
     def patch_status(self, resource: Resource, namespace: str, name: str, status: dict[str, Any],
                      resource_version: Optional[str] = None) -> dict[str, Any]:
@@ -172,11 +262,14 @@ class Kube:
         preconditions = {k: v for k, v in (("resourceVersion", resource_version), ("uid", uid)) if v is not None}
         if preconditions:
             options["preconditions"] = preconditions
+        # Going or gone: read live from now on (a refused DELETE raises, and the object stays known).
         try:
             self._call("DELETE", resource.path(namespace, name), options)
-            return True
         except NotFound:
+            self.cache.drop(resource.kind, namespace, name)
             return False
+        self.cache.drop(resource.kind, namespace, name)
+        return True
 
     def serves(self, resource: Resource) -> bool:
         """Discovery: whether the API server serves `resource` (a CRD that is installed). Every
@@ -210,6 +303,19 @@ class Kube:
         return self.list(resource, namespace, label_selector=label_selector)
 
 
+def request_target(path: str) -> str:
+    """What a request touches, without names: `trainingjobs/status`, `pods/log`, `checkpoints` (one
+    object), `events (collection)` (a create or a list), `apis/ckpt.dev/v1alpha1` (discovery)."""
+    parts = [p for p in path.split("?")[0].split("/") if p]
+    rest = parts[2:] if parts[:1] == ["api"] else parts[3:]
+    if rest[:1] == ["namespaces"] and len(rest) > 2:
+        rest = rest[2:]
+    if not rest:
+        return "/".join(parts)
+    plural = rest[0]
+    if len(rest) == 1:
+        return f"{plural} (collection)"
+    return f"{plural}/{rest[2]}" if len(rest) > 2 else plural
 def _read_capped(response: Any, max_bytes: int) -> bytes | str:
     """At most `max_bytes` of the response body; a connection with more left is closed, not reused."""
     raw = getattr(response, "response", None)

@@ -33,6 +33,8 @@ NODE_CACHE_EVICTIONS = Counter(
 NODE_CACHE_EVICTED_BYTES = Counter(
     f"{PREFIX}_node_cache_evicted_bytes_total", "Bytes evicted from node caches.")
 RECONCILE_ERRORS = Counter(f"{PREFIX}_reconcile_errors_total", "Reconciliations that raised an error.", ["kind"])
+WATCH_EVENTS = Counter(f"{PREFIX}_watch_events_total", "Watch events the operator handled (kopf's per-event cost).",
+                       ["kind"])
 AGENT_RESULT_BYTES = Histogram(
     f"{PREFIX}_agent_result_bytes", "Size of the result line an agent pod wrote (read bounded; a few hundred bytes "
     "per checkpoint, whatever the number of files).", ["task"],
@@ -75,14 +77,22 @@ class ApiRequests(Collector):
     """The operator's own API requests by HTTP method, read from a client's `requests` counter
     (kopf's watch streams are not among them)."""
 
-    def __init__(self, counts) -> None:
+    def __init__(self, counts, by_target=None) -> None:
         self._counts = counts
+        self._by_target = by_target
 
     def collect(self):
         family = CounterMetricFamily(f"{PREFIX}_api_requests", "API requests the reconciles sent.", labels=["method"])
         for method, count in sorted(dict(self._counts).items()):
             family.add_metric([method], count)
         yield family
+        if self._by_target is not None:
+            targets = CounterMetricFamily(f"{PREFIX}_api_requests_by_target",
+                                          "API requests the reconciles sent, by method and what they touch.",
+                                          labels=["method", "target"])
+            for (method, target), count in sorted(dict(self._by_target).items()):
+                targets.add_metric([method, target], count)
+            yield targets
 
 
 def observe_phase(event: Mapping[str, Any], body: Mapping[str, Any]) -> None:

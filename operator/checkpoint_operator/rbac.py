@@ -57,7 +57,9 @@ RULES: tuple[PermissionRule, ...] = (
         ("get", "read a Checkpoint live before deciding on it (an input at start, a deletion, a status write)"),
         ("list", KOPF_WATCH), ("watch", KOPF_WATCH),
         ("create", "a snapshot and live sealing create the job's Checkpoints"),
-        ("patch", "the in-use finalizer, kopf's annotations, request annotations removed once served"),
+        ("patch", "the in-use finalizer, kopf's annotations, request annotations removed once served; a job "
+                  "asks its Checkpoint to fail through the changed-after-sealing annotation, and for status.cachedOn "
+                  "through the cached-on annotation (only the Checkpoint's reconcile writes its status)"),
         ("delete", "output.keep retention deletes the Checkpoints it drops"))),
     PermissionRule((GROUP,), ("trainingjobs",), (
         ("get", "read a TrainingJob live (a step, the producer of a sealed Checkpoint)"),

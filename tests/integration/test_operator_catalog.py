@@ -205,6 +205,32 @@ async def _gone(api, resource, namespace, name) -> bool:
     return await api.get(resource, namespace, name) is None
 
 
+async def test_an_entry_is_imported_in_a_catalog_namespace_the_operator_does_not_watch(
+        api, api_url, cluster, operator_config, wait_for, mini_hub):  # noqa: F811
+    """A namespaced install that watches only its tenants' namespaces: no watch event tells of the import
+    pod in the catalog namespace, so what creating it returned (Pending) must not be what its later
+    passes read. Before the object cache kept only what a watch keeps fresh, the entry stayed
+    Importing forever (local mode's catalog example hung so: kopf watched no namespace not made)."""
+    commit = mini_hub.add_repo("community/tiny-gpt2", tiny_model())
+    for namespace in (TEAMS[0], CATALOG_NS):
+        await api.create("v1/namespaces", None, {"metadata": {"name": namespace}})
+    op = Operator(api_url, operator_config, namespaces=[TEAMS[0]])  # the catalog namespace is not watched
+    await op.start()
+    try:
+        await api.create(CCKPT, None, entry("tiny-gpt2", {"huggingFace": {"repo": "community/tiny-gpt2",
+                                                                          "endpoint": mini_hub.endpoint}}))
+
+        async def settled():
+            obj = await api.get(CCKPT, None, "tiny-gpt2")
+            return obj if obj.get("status", {}).get("phase") in ("Ready", "Failed") else None
+        imported = await wait_for(settled, timeout=60, interval=0.2)
+        assert imported["status"]["phase"] == "Ready", imported["status"]
+        assert imported["status"]["source"]["resolvedRevision"] == commit
+        assert not [p for p in await api.list("v1/pods", CATALOG_NS)]  # its pod deleted once the result was recorded
+    finally:
+        await op.stop()
+
+
 async def test_a_catalog_entry_that_needs_a_secret_is_not_copied_on_the_volume_store(api, operator, trainer, wait_for,
                                                                                       mini_hub):  # noqa: F811
     """Its Secret is the operator namespace's: a copy in another namespace could not read it, so a job there

@@ -86,7 +86,20 @@ async def test_a_hand_written_snapshot_checkpoint_fails_with_the_reason(api, ope
                                 "spec": {"source": {"trainingJob": {"name": "nobody", "uid": "u-1", "directory": "x"}}}})
     ckpt = await settled(api, wait_for, "forged")
     ready = next(c for c in ckpt["status"]["conditions"] if c["type"] == "Ready")
-    assert ckpt["status"]["phase"] == "Failed" and ready["reason"] == "ProducerGone" and "nobody" in ready["message"]
+    assert ckpt["status"]["phase"] == "Failed" and ready["reason"] == "NotSealed" and "nobody" in ready["message"]
+    # With sealed data that names a claim its job never made (the user's own): never Ready on it.
+    await api.create("v1/persistentvolumeclaims", NS, {"metadata": {"name": "users-data"}, "spec": {
+        "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
+    await api.create(CKPT, NS, {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint",
+                                "metadata": {"name": "forged-sealed", "namespace": NS},
+                                "spec": {"source": {"trainingJob": {
+                                    "name": "nobody", "uid": "u-1", "directory": "x", "sealed": {
+                                        "digest": "sha256:" + "0" * 64,
+                                        "location": {"volume": {"claimName": "users-data", "path": "x"}}}}}}})
+    ckpt = await settled(api, wait_for, "forged-sealed")
+    ready = next(c for c in ckpt["status"]["conditions"] if c["type"] == "Ready")
+    assert ckpt["status"]["phase"] == "Failed" and ready["reason"] == "DataNotHeld"
+    assert "was not made by TrainingJob nobody" in ready["message"]
 
 
 async def test_the_namespace_annotation_lowers_the_import_size_limit(api, operator, wait_for, web, tmp_path):

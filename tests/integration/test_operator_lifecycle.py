@@ -194,6 +194,36 @@ async def test_failed_job_still_snapshots_its_partial_checkpoints(api, operator,
     await wait_event(api, wait_for, "crashy", lambda e: e.get("reason") == "Skipped" and "step-60.tmp" in e["message"])
 
 
+async def test_a_checkpoint_that_never_becomes_ready_fails_its_job_naming_it(api, operator, trainer, wait_for,
+                                                                              monkeypatch):
+    """The job is Succeeded once its Checkpoints' own reconciles made them Ready; one held forever (here its
+    bytes are never handed over: the claim stays the job's alone) must end the job with a clear condition,
+    never keep it Snapshotting (before, it waited on forever)."""
+    from checkpoint_operator.logic import trainingjob_flow
+    from checkpoint_operator.reconcile import trainingjob
+    from datetime import datetime, timedelta, timezone
+    monkeypatch.setattr(trainingjob_flow, "PUBLISH_TIMEOUT", 3.0)
+    monkeypatch.setattr(trainingjob, "_hand_over_output_claim", lambda *args, **kwargs: None)
+    counted_from, publish_wait = [], trainingjob_flow.publish_wait
+    monkeypatch.setattr(trainingjob_flow, "publish_wait", lambda not_ready, since, *args: (
+        counted_from.append(since), publish_wait(not_ready, since, *args))[1])
+    started = datetime.now(timezone.utc).replace(microsecond=0)
+    trainer.behaviours["unheld"] = lambda attempt, env: write_checkpoint(
+        env["CHECKPOINT_OUTPUT_DIR"], "step-1", {"model.pt": b"weights"}) or 0
+    await api.create(TJ, NS, training_job("unheld"))
+    tj = await wait_phase(api, wait_for, TJ, "unheld", ("Succeeded", "Failed"))
+    assert tj["status"]["phase"] == "Failed"
+    ready = ready_condition(tj)
+    assert ready["reason"] == "CheckpointsNotReady", ready
+    assert "unheld.step-1 (Pending)" in ready["message"] and "Ready condition" in ready["message"]
+    held = await api.get(CKPT, NS, "unheld.step-1")  # its own reconcile still waits for its bytes, kept
+    assert held is not None and held.get("status", {}).get("phase", "Pending") == "Pending"
+    assert not await api.get("v1/pods", NS, tj["status"]["snapshotPod"])
+    # Counted from when the live snapshot pod ended (the pod the job built has no time: it failed at once so).
+    ended = datetime.fromisoformat(counted_from[-1].replace("Z", "+00:00"))
+    assert started <= ended <= datetime.now(timezone.utc) + timedelta(seconds=1)
+
+
 async def test_retried_pod_resumes_from_its_own_earlier_checkpoints(api, operator, trainer, wait_for):
     def flaky(attempt, env):
         out = env["CHECKPOINT_OUTPUT_DIR"]

@@ -15,7 +15,7 @@ from checkpoint_operator import kube, rbac
 PACKAGE = Path(checkpoint_operator.__file__).parent
 
 # Kube client method -> (verb, subresource)
-METHOD_VERBS = {"get": ("get", None), "list": ("list", None), "list_live": ("list", None), "create": ("create", None),
+METHOD_VERBS = {"get": ("get", None), "cached_get": ("get", None), "list": ("list", None), "list_live": ("list", None), "create": ("create", None),
                 "patch": ("patch", None), "patch_json": ("patch", None), "patch_status": ("patch", "status"),
                 "delete": ("delete", None)}
 
@@ -61,7 +61,7 @@ def code_permissions() -> set[tuple[str, str, str]]:
             if method == "read_log":
                 found.add(("", "pods/log", "get"))
                 continue
-            if method == "serves":  # discovery: granted to every authenticated client (system:discovery)
+            if method in ("serves", "cached"):  # discovery (granted to every authenticated client); the cache: no request
                 continue
             assert method in METHOD_VERBS or method == "ensure", f"{path}: unknown Kube method {method}"
             first = node.args[0]

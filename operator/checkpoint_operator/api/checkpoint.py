@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, WithJsonSchema
 
 from checkpoint_operator.api.common import (MAX_VOLUME_SNAPSHOT_RECORDS, QUANTITY_PATTERN, Condition, ObjectRef, Phase,
                                             PinnedCheckpoint, VolumeSnapshotRecord, ready_reason)
@@ -109,6 +109,9 @@ class TrainingJobSource(ApiModel):
     name: Name = Field(description="Name of the producing TrainingJob.")
     uid: Uid = Field(description="UID of the producing TrainingJob.")
     directory: FileName = Field(description="Entry of the output directory this checkpoint was made from ('.' for the root files).")
+    sealed: Optional[SealedData] = Field(
+        None, description="What the job found sealed in the directory: the Checkpoint's own reconcile makes it Ready "
+                          "from this once its data is held for it (the job never writes its status).")
 
 
 class CheckpointSource(ApiModel):
@@ -199,6 +202,36 @@ class Location(ApiModel):
     s3: Optional[S3Location] = Field(None, description="In object storage.")
     snapshot: Optional[SnapshotLocation] = Field(
         None, description="In a VolumeSnapshot of the volume it was written to (storage.volume.snapshotClassName).")
+
+
+MAX_PARENTS = 64  # a job's inputs at most (api.trainingjob.MAX_INPUTS)
+
+
+class SealedData(ApiModel):
+    """A snapshot's data as its TrainingJob found it sealed (the manifest's totals, where the bytes
+    are, the job's inputs): set once, when the job creates the Checkpoint, and immutable with the
+    spec. The Checkpoint's status is derived from it by the Checkpoint's own reconcile."""
+
+    digest: Digest = Field(description="sha256: of the canonical manifest.")
+    sizeBytes: Optional[Count] = Field(None, description="Total size of the files in bytes.")
+    fileCount: Optional[Count] = Field(None, description="Number of files.")
+    format: Optional[CheckpointFormat] = Field(None, description="Detected format.")
+    step: Optional[Count] = Field(None, description="Training step, when known.")
+    resumable: Optional[bool] = Field(None, description="Optimizer state is present.")
+    complete: Optional[bool] = Field(None, description="The completeness check's verdict (absent: not checked).")
+    completeReason: Optional[Message] = Field(None, description="Why it is (in)complete, or why it was not checked.")
+    metrics: Optional[dict[str, Annotated[Metric, Field(description="The metric's value.")]]] = Field(
+        None, max_length=16, description="A few numbers the checkpoint records about itself.")
+    # Opaque to CEL (the spec's immutability rule would otherwise cost as much as the largest
+    # location, a volume per worker): the Checkpoint's reconcile checks it instead, before Ready
+    # (the claim or snapshot is the job's and held for this Checkpoint; an upload under the job's prefix).
+    location: Annotated[Location, WithJsonSchema({"type": "object", "additionalProperties": True,
+                                                  "description": "Where the bytes are (a Location, as in status)."})]
+    parents: Optional[list[PinnedCheckpoint]] = Field(None, max_length=MAX_PARENTS,
+                                                      description="Inputs of the producing job: the lineage.")
+
+
+TrainingJobSource.model_rebuild()  # `sealed` refers to SealedData, defined after it
 
 
 class CheckpointStatus(ApiModel):

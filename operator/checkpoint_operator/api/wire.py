@@ -39,10 +39,19 @@ class ObjectRefWire(TypedDict, total=False):
     uid: str
 
 
+class SealedDataWire(TypedDict, total=False):
+    digest: str
+    step: int
+    complete: bool
+    resumable: bool
+    metrics: dict[str, float]
+
+
 class TrainingJobSourceWire(TypedDict, total=False):
     name: str
     uid: str
     directory: str
+    sealed: SealedDataWire
 
 
 class VolumeSourceWire(TypedDict, total=False):
@@ -71,6 +80,7 @@ class CheckpointStatusWire(TypedDict, total=False):
     producedBy: ObjectRefWire
     usedBy: list[ObjectRefWire]
     usedByCount: int
+    cachedOn: list[str]
 
 
 class CheckpointWire(TypedDict, total=False):

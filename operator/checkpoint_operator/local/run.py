@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
 
 import pydantic
 import yaml
@@ -24,6 +24,9 @@ from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.local.report import build_report, render_table
 from checkpoint_operator.local.stuck import stuck_jobs
+
+if TYPE_CHECKING:
+    from checkpoint_operator.kube import Kube
 
 NAMESPACE = "default"
 # Where catalog entries (ClusterCheckpoints) are imported, as the chart's release namespace.
@@ -178,6 +181,7 @@ def local_run(args: argparse.Namespace) -> int:
             server = EmulatorServer(state_dir=state_dir)
             url = server.start()
             kube = Kube.from_url(url)
+            ensure_namespaces(kube, namespaces)
             if store is not None:
                 provide_store_secret(kube, namespaces, store)
                 os.environ.update(store.env())  # the operator's own identity (commit checks, deleting owned data)
@@ -358,6 +362,14 @@ def record_state_store(state_dir: Path, args: argparse.Namespace) -> None:
 def store_config(store) -> dict:
     return {"storage_type": "s3", "s3_endpoint": store.endpoint, "s3_bucket": store.bucket,
             "s3_region": store.region, "s3_secret_name": STORE_SECRET}
+
+
+def ensure_namespaces(kube: Kube, namespaces: list[str]) -> None:
+    """The namespaces local mode acts in exist, as in a cluster (the operator's own, the catalog's, is
+    made by its install): kopf watches only namespaces that exist."""
+    from checkpoint_operator.kube import NAMESPACES
+    for namespace in namespaces:
+        kube.ensure(NAMESPACES, "", {"metadata": {"name": namespace}})
 
 
 def provide_store_secret(kube, namespaces: list[str], store) -> None:

@@ -8,13 +8,13 @@ Label selectors: ``a=b``, ``a==b``, ``a!=b``, ``a``, ``!a``, ``a in (x,y)``, ``a
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
 import kmock
 
-from checkpoint_operator.local.store import ObjectKey, Selection, Stored
+from checkpoint_operator.local.store import INDEXED_FIELDS, ObjectKey, Selection, Stored, field_value
 
 
 def bad_request(message: str) -> kmock.KubernetesError:
@@ -78,14 +78,18 @@ def parse_label_selector(text: str) -> list[SelectorTerm]:
     return terms
 
 
-def _field_value(obj: Mapping[str, Any], dotted: str) -> str | None:
-    value: Any = obj
-    for part in dotted.split("."):
-        value = value.get(part) if isinstance(value, Mapping) else None
-    return None if value is None else str(value)
+@attrs.frozen
+class FieldTerm:
+    """One term of a field selector: the value at a dotted path is (or is not) `value`."""
+    key: str
+    value: str
+    equal: bool
+
+    def __call__(self, obj: Mapping[str, Any]) -> bool:
+        return (field_value(obj, self.key) == self.value) == self.equal
 
 
-def parse_field_selector(text: str) -> list[Callable[[Mapping[str, Any]], bool]]:
+def parse_field_selector(text: str) -> list[FieldTerm]:
     """``metadata.name=x,status.phase!=Running``: equality and inequality on dotted paths only."""
     checks = []
     for raw in _split_selector(text):
@@ -93,12 +97,8 @@ def parse_field_selector(text: str) -> list[Callable[[Mapping[str, Any]], bool]]
         if match is None:
             raise bad_request(f"invalid field selector: {raw!r}")
         key, op, value = match.groups()
-        checks.append(_field_check(key, value, equal=op != "!="))
+        checks.append(FieldTerm(key, value, equal=op != "!="))
     return checks
-
-
-def _field_check(key: str, value: str, *, equal: bool) -> Callable[[Mapping[str, Any]], bool]:
-    return lambda obj: (_field_value(obj, key) == value) == equal
 
 
 @attrs.frozen
@@ -107,7 +107,7 @@ class ObjectFilter:
     namespace: str | None = None
     name: str | None = None
     labels: tuple[SelectorTerm, ...] = ()
-    fields: tuple[Callable[[Mapping[str, Any]], bool], ...] = ()
+    fields: tuple[FieldTerm, ...] = ()
 
     @classmethod
     def from_request(cls, request: kmock.Request) -> "ObjectFilter":
@@ -134,7 +134,9 @@ class ObjectFilter:
         """The same question for ``ObjectStore.select`` (within a resource and namespace)."""
         indexed = tuple((t.key, t.values if t.operator != "exists" else None)
                         for t in self.labels if t.operator in ("=", "in", "exists"))
-        return Selection(name=self.name, indexed_terms=indexed, matches_labels=self.matches_labels,
+        fields = tuple((t.key, t.value) for t in self.fields if t.equal and t.key in INDEXED_FIELDS)
+        return Selection(name=self.name, indexed_terms=indexed, indexed_fields=fields,
+                         matches_labels=self.matches_labels,
                          matches_object=self.matches_fields if self.fields else None)
 
     def matches_stored(self, key: ObjectKey, stored: Stored) -> bool:

@@ -33,6 +33,21 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+# Field paths indexed as labels are: the field selector an Event LIST names its object by (an operator
+# lists the Events of one Job, claim or pod; parsing every Event of the namespace made those LISTs grow
+# with all the Events ever posted there).
+INDEXED_FIELDS = ("involvedObject.name", "involvedObject.uid")
+FIELD = "field:"  # their keys in the label index (no label key has a colon)
+
+
+def field_value(obj: Mapping[str, Any], dotted: str) -> str | None:
+    """The value at a dotted path as a field selector compares it (None: absent)."""
+    value: Any = obj
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return None if value is None else str(value)
+
+
 @attrs.frozen(slots=True)
 class Stored:
     """One live object: its JSON and what selectors and indexes read without parsing it."""
@@ -40,12 +55,14 @@ class Stored:
     raw: bytes
     labels: Mapping[str, str]
     owners: tuple[str, ...]  # uids of its ownerReferences
+    fields: tuple[tuple[str, str], ...] = ()  # (path, value) of its INDEXED_FIELDS present
 
     @classmethod
     def of(cls, obj: Mapping[str, Any]) -> "Stored":
         meta = obj.get("metadata") or {}
         owners = tuple(ref["uid"] for ref in meta.get("ownerReferences") or () if ref.get("uid"))
-        return cls(dumps(obj), dict(meta.get("labels") or {}), owners)
+        fields = tuple((path, value) for path in INDEXED_FIELDS if (value := field_value(obj, path)) is not None)
+        return cls(dumps(obj), dict(meta.get("labels") or {}), owners, fields)
 
     def load(self) -> dict[str, Any]:
         """A fresh, private copy of the object (parsing is cheaper than a deep copy)."""
@@ -59,6 +76,8 @@ class Selection:
     name: str | None = None
     # (key, values): a term whose match requires the label `key` (to be one of `values`, unless None).
     indexed_terms: tuple[tuple[str, frozenset[str] | None], ...] = ()
+    # (path, value): a field selector's equality on one of INDEXED_FIELDS (matches_object checks it too).
+    indexed_fields: tuple[tuple[str, str], ...] = ()
     matches_labels: Callable[[Mapping[str, str]], bool] = lambda labels: True
     matches_object: Callable[[Mapping[str, Any]], bool] | None = None  # needs the parsed object
 
@@ -77,6 +96,7 @@ class ObjectStore:
         self._objects: dict[Resource, dict[str | None, dict[str, Stored]]] = {}
         # (resource, label key, label value) -> namespace -> names; value None: every object with the key
         self._labels: dict[tuple[Resource, str, str | None], dict[str | None, set[str]]] = {}
+        # (resource, "field:" path, value) -> namespace -> names (INDEXED_FIELDS; kept in _labels' shape)
         self._owned: dict[str, set[ObjectKey]] = {}
         self.visited = 0
 
@@ -148,7 +168,9 @@ class ObjectStore:
         if selection.name is not None:
             return [selection.name]
         best: set[str] | None = None
-        for key, values in selection.indexed_terms:
+        terms = [*selection.indexed_terms, *((FIELD + path, frozenset((value,))) for path, value in
+                                             selection.indexed_fields)]
+        for key, values in terms:
             found: set[str] = set()
             for value in (None,) if values is None else values:
                 found |= self._labels.get((resource, key, value), {}).get(namespace, set())
@@ -158,6 +180,8 @@ class ObjectStore:
 
     def _index(self, key: ObjectKey, stored: Stored) -> None:
         resource, namespace, name = key
+        for path, value in stored.fields:
+            self._labels.setdefault((resource, FIELD + path, value), {}).setdefault(namespace, set()).add(name)
         for label, value in stored.labels.items():
             for indexed in (value, None):
                 self._labels.setdefault((resource, label, indexed), {}).setdefault(namespace, set()).add(name)
@@ -166,18 +190,19 @@ class ObjectStore:
 
     def _unindex(self, key: ObjectKey, stored: Stored) -> None:
         resource, namespace, name = key
-        for label, value in stored.labels.items():
-            for indexed in (value, None):
-                by_namespace = self._labels.get((resource, label, indexed))
-                if by_namespace is None:
-                    continue
-                names = by_namespace.get(namespace)
-                if names is not None:
-                    names.discard(name)
-                    if not names:
-                        del by_namespace[namespace]
-                if not by_namespace:
-                    del self._labels[(resource, label, indexed)]
+        entries = [(FIELD + path, value) for path, value in stored.fields] + \
+            [(label, indexed) for label, value in stored.labels.items() for indexed in (value, None)]
+        for label, indexed in entries:
+            by_namespace = self._labels.get((resource, label, indexed))
+            if by_namespace is None:
+                continue
+            names = by_namespace.get(namespace)
+            if names is not None:
+                names.discard(name)
+                if not names:
+                    del by_namespace[namespace]
+            if not by_namespace:
+                del self._labels[(resource, label, indexed)]
         for uid in stored.owners:
             dependents = self._owned.get(uid)
             if dependents is not None:

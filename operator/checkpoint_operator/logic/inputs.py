@@ -16,7 +16,8 @@ from checkpoint_operator.api.clustercheckpoint import ClusterCheckpointHead
 from checkpoint_operator.api.common import PinnedCheckpoint
 from checkpoint_operator.api.trainingjob import CheckpointRef, TrainingJob, TrainingJobPhase
 from checkpoint_operator.api.wire import (CheckpointSourceWire, CheckpointSpecWire, CheckpointStatusWire, KeepBestWire,
-                                          MetadataWire, ObjectRefWire, OutputWire, RetentionWire, TrainingJobSourceWire,
+                                          MetadataWire, ObjectRefWire, OutputWire, RetentionWire, SealedDataWire,
+                                          TrainingJobSourceWire,
                                           TrainingJobSpecWire, TrainingJobStatusWire, checkpoint_wire,
                                           training_job_wire)
 from checkpoint_operator.logic.naming import ROOT_DIRECTORY
@@ -42,6 +43,7 @@ class CheckpointInfo:
     digest: Optional[str] = None
     metrics: tuple[tuple[str, float], ...] = ()   # status.metrics (a few named numbers)
     exempt: bool = False                          # labelled ckpt.dev/keep=true: retention never deletes it
+    sealed: bool = False                          # a snapshot's, with its sealed data in its spec
 
     @classmethod
     def from_body(cls, raw: Mapping[str, Any]) -> "CheckpointInfo":
@@ -55,14 +57,18 @@ class CheckpointInfo:
             phase = CheckpointPhase(status.get("phase") or "Pending")
         except ValueError:
             phase = CheckpointPhase.PENDING
+        # A snapshot Checkpoint knows its data from its spec before its own reconcile makes it Ready:
+        # its job plans with it (names, retention, changes) from the moment it is created.
+        sealed = source.get("sealed") or SealedDataWire()
+        known = status if status.get("digest") else sealed
         return cls(name=meta.get("name", ""), uid=meta.get("uid", ""), phase=phase,
-                   created=meta.get("creationTimestamp") or "", step=status.get("step"),
+                   created=meta.get("creationTimestamp") or "", step=known.get("step"),
                    producer_name=producer.get("name") or source.get("name"),
                    producer_uid=producer.get("uid") or source.get("uid"), directory=source.get("directory"),
-                   complete=status.get("complete"), resumable=status.get("resumable"),
-                   deleting=bool(meta.get("deletionTimestamp")), digest=status.get("digest"),
-                   metrics=tuple(sorted((status.get("metrics") or {}).items()))[:16],
-                   exempt=(meta.get("labels") or {}).get(KEEP_LABEL) == "true")
+                   complete=known.get("complete"), resumable=known.get("resumable"),
+                   deleting=bool(meta.get("deletionTimestamp")), digest=known.get("digest"),
+                   metrics=tuple(sorted((known.get("metrics") or {}).items()))[:16],
+                   exempt=(meta.get("labels") or {}).get(KEEP_LABEL) == "true", sealed=bool(sealed))
 
     def metric(self, name: str) -> Optional[float]:
         return next((v for k, v in self.metrics if k == name), None)

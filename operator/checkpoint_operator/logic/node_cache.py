@@ -17,6 +17,7 @@ come the Checkpoints' `status.cachedOn` and the hit/miss/bytes-saved/eviction me
 
 from __future__ import annotations
 
+import json
 import posixpath
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
@@ -36,6 +37,11 @@ HOLD_CONTAINER = "ckpt-cache-hold"
 COMPONENT = "node-cache"
 TERMINATION_LOG = "/dev/termination-log"
 MAX_CACHED_ON = 64  # nodes listed in a Checkpoint's status.cachedOn (the count says how many in all)
+# A TrainingJob's reconcile reads the fills' reports but never writes a Checkpoint's status: it asks
+# with this annotation (a JSON list of node names), and the Checkpoint's reconcile writes cachedOn.
+CACHED_ON_ANNOTATION = "ckpt.dev/cached-on"
+MAX_NODE_NAME = 253
+MAX_CACHED_ON_ANNOTATION = MAX_CACHED_ON * (MAX_NODE_NAME + 3) + 2  # bytes: the longest list it may hold
 LABELS = {"app.kubernetes.io/managed-by": "checkpoint-operator", "ckpt.dev/component": COMPONENT}
 
 
@@ -208,3 +214,23 @@ def cached_on(current: list[str], digest: str, reports: list[FillReport]) -> lis
         if any(e.key.rpartition("/")[2] == hexdigest for e in report.evicted):
             nodes.discard(report.node)
     return sorted(nodes)[:MAX_CACHED_ON]
+
+
+def cached_on_request(nodes: list[str]) -> str:
+    """The annotation's value asking for `nodes` as a Checkpoint's status.cachedOn."""
+    return json.dumps(sorted(set(nodes))[:MAX_CACHED_ON], separators=(",", ":"))
+
+
+def requested_cached_on(annotation: Optional[str]) -> Optional[list[str]]:
+    """The nodes the annotation asks for (sorted, at most MAX_CACHED_ON); None when there is none, or
+    when it is not a bounded JSON list of node names (anyone may write an annotation: ignored then)."""
+    if annotation is None or len(annotation) > MAX_CACHED_ON_ANNOTATION:
+        return None
+    try:
+        value = json.loads(annotation)
+    except ValueError:
+        return None
+    if not isinstance(value, list) or len(value) > MAX_CACHED_ON or \
+            not all(isinstance(n, str) and 0 < len(n) <= MAX_NODE_NAME for n in value):
+        return None
+    return sorted(set(value))

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from checkpoint_operator import API_VERSION, PROTECTION_FINALIZER
 from checkpoint_operator.protocol.results import MAX_SKIPPED_REPORTED, CheckpointSummary, ScanReport, Skipped, cut
-from checkpoint_operator.api.checkpoint import CheckpointPhase, CheckpointStatus, Location
+from checkpoint_operator.api.checkpoint import CheckpointPhase, CheckpointStatus, Location, SealedData
 from checkpoint_operator.api.common import ObjectRef, PinnedCheckpoint
 from checkpoint_operator.api.rules import MAX_METRIC, bounded_count
 from checkpoint_operator.api.trainingjob import TrainingJob
@@ -56,7 +56,12 @@ class PlannedCheckpoint:
     directory: str
     body: dict[str, Any]   # what to create (metadata + spec)
     location: Location     # where its data is
-    ready: StatusChange    # what to write into its status once created
+    ready: StatusChange    # the status its own reconcile derives from the sealed data (the message of events)
+
+    @property
+    def sealed_size(self) -> int:
+        fields = self.ready.fields
+        return (fields.sizeBytes or 0) if isinstance(fields, CheckpointStatus) else 0
 
 
 @dataclass(frozen=True)
@@ -175,6 +180,9 @@ def plan_snapshot(tj: TrainingJob, scan: ScanReport, lookup: Callable[[str], Opt
         if manifest.path not in names:
             continue  # its name is held by another object (conflicts)
         name = names[manifest.path]
+        location = location_of(manifest)
+        # What the Checkpoint's own reconcile makes it Ready from (the job never writes its status).
+        sealed = sealed_data(manifest, location, list(tj.status.inputs or []))
         body = {"apiVersion": API_VERSION, "kind": "Checkpoint",
                 # Born with the finalizer: protected before any job can see it Ready.
                 "metadata": {"name": name, "namespace": meta.namespace, "finalizers": [PROTECTION_FINALIZER],
@@ -182,12 +190,11 @@ def plan_snapshot(tj: TrainingJob, scan: ScanReport, lookup: Callable[[str], Opt
                                         LABEL_TRAINING_JOB: bounded_name(meta.name, MAX_LABEL_NAME),
                                         LABEL_TRAINING_JOB_UID: meta.uid}},
                 "spec": {"source": {"trainingJob": {"name": meta.name, "uid": meta.uid,
-                                                    "directory": manifest.path}}}}
-        location = location_of(manifest)
+                                                    "directory": manifest.path, "sealed": sealed.to_wire()}}}}
         planned.append(PlannedCheckpoint(name, manifest.path, body, location,
-                                         ready_change(manifest, location, owned=True,
-                                                      produced_by=ObjectRef(name=meta.name, uid=meta.uid),
-                                                      parents=list(tj.status.inputs or []), event=None)))
+                                         sealed_ready_change(sealed, owned=True,
+                                                             produced_by=ObjectRef(name=meta.name, uid=meta.uid),
+                                                             event=None)))
     dropped_new = [m for m in new if m.path in dropped_keys]
     scanned = {m.path for m in scan.checkpoints}
     missing = [c for c in existing if c.is_usable and c.directory not in scanned]
@@ -252,26 +259,48 @@ def finite_metrics(metrics: Optional[Mapping[str, float]]) -> Optional[dict[str,
     return dict(list(kept.items())[:16]) or None
 
 
+MAX_REASON = 4096  # a completeness reason kept in a Checkpoint's spec (the agent's own is short)
+
+
+def sealed_data(manifest: CheckpointSummary, location: Location,
+                parents: Optional[list[PinnedCheckpoint]] = None) -> SealedData:
+    """What a status shows of stored, verified data, from its manifest: every number one the
+    schema accepts (an integer beyond int64 is left out, metrics are finite)."""
+    verdict = completeness(manifest)
+    return SealedData(digest=manifest.digest, sizeBytes=bounded_count(manifest.sizeBytes),
+                      fileCount=bounded_count(manifest.fileCount), format=manifest.format,
+                      step=bounded_count(manifest.step), resumable=manifest.resumable, complete=verdict.complete,
+                      completeReason=verdict.reason[:MAX_REASON], metrics=finite_metrics(manifest.metrics),
+                      location=location, parents=parents or None)
+
+
 def ready_change(manifest: CheckpointSummary, location: Location, *, owned: bool,
                  produced_by: Optional[ObjectRef] = None, parents: Optional[list[PinnedCheckpoint]] = None,
                  event: Optional[str] = "Normal") -> StatusChange:
     """The status of a Checkpoint whose data is stored and verified: Ready, with the manifest's
-    totals, digest, format, step, and the Complete condition (contract 2). Every number is one the
-    status schema accepts: an integer beyond int64 is left out, metrics are finite."""
-    verdict = completeness(manifest)
-    size, files = bounded_count(manifest.sizeBytes), bounded_count(manifest.fileCount)
+    totals, digest, format, step, and the Complete condition (contract 2)."""
+    return sealed_ready_change(sealed_data(manifest, location, parents), owned=owned, produced_by=produced_by,
+                               event=event)
+
+
+def sealed_ready_change(sealed: SealedData, *, owned: bool, produced_by: Optional[ObjectRef] = None,
+                        event: Optional[str] = "Normal") -> StatusChange:
+    """Ready from the sealed data (a snapshot Checkpoint's spec.source.trainingJob.sealed, or an
+    import's manifest): the totals, digest, format, step, lineage and the Complete condition."""
+    verdict = Completeness(sealed.complete, sealed.completeReason or "")
+    size, files = sealed.sizeBytes, sealed.fileCount
     shown = format_size(size) if size is not None else "size unknown"
-    message = f"{files if files is not None else 'unknown'} files, {shown}, digest {manifest.digest}"
+    message = f"{files if files is not None else 'unknown'} files, {shown}, digest {sealed.digest}"
     if verdict.complete is False:
         message += f"; incomplete: {verdict.reason}"
     elif verdict.complete is None:
         message += f"; {verdict.reason}" if verdict.reason.startswith("not checked") else \
             f"; not checked: {verdict.reason}"
     fields = CheckpointStatus(
-        location=location, owned=owned, sizeBytes=size, size=format_size(size) if size is not None else None,
-        fileCount=files, digest=manifest.digest, format=manifest.format, resumable=manifest.resumable,
-        complete=verdict.complete, parents=parents or [], step=bounded_count(manifest.step), producedBy=produced_by,
-        metrics=finite_metrics(manifest.metrics))
+        location=sealed.location, owned=owned, sizeBytes=size, size=format_size(size) if size is not None else None,
+        fileCount=files, digest=sealed.digest, format=sealed.format, resumable=sealed.resumable,
+        complete=verdict.complete, parents=sealed.parents or [], step=sealed.step, producedBy=produced_by,
+        metrics=sealed.metrics)
     return StatusChange(phase=CheckpointPhase.READY.value, reason="Ready", message=message, ready=True, event=event,
                         fields=fields, conditions=(verdict.condition,))
 

@@ -282,6 +282,29 @@ def snapshot_retry(attempts: int, message: str) -> Optional[Fail]:
     return None
 
 
+# Seconds after the snapshot pod ended that a job waits for its new Checkpoints' own reconciles to make them
+# Ready (or fail them): a pass or two each, unless something holds one forever (its bytes never handed
+# over, its object deleted again and again); then the job fails and names them, never waits on.
+PUBLISH_TIMEOUT = 600.0
+
+
+def publish_wait(not_ready: list[tuple[str, str]], since: str, now: datetime, recheck: float,
+                 limit: Optional[float] = None) -> Wait | Fail:
+    """The job's wait for its Checkpoints, (name, what it is) of each not Ready (nor failed on request)
+    yet, counted from `since` (RFC 3339: when its snapshot pod ended): quiet, then a failure naming them."""
+    limit = PUBLISH_TIMEOUT if limit is None else limit
+    try:
+        waited = (now - datetime.fromisoformat(since.replace("Z", "+00:00"))).total_seconds()
+    except ValueError:
+        waited = limit  # no time to count from: nothing may hold the job forever
+    if waited < limit:
+        return Wait(requeue_after=min(recheck, max(limit - waited, 0.1)))
+    shown = ", ".join(f"{name} ({what})" for name, what in not_ready[:NAMES_IN_MESSAGE]) + \
+        (f" and {len(not_ready) - NAMES_IN_MESSAGE} more" if len(not_ready) > NAMES_IN_MESSAGE else "")
+    return Fail("CheckpointsNotReady", f"{len(not_ready)} Checkpoint(s) of this job not Ready {waited:.0f} s after "
+                                       f"its snapshot: {shown}; each one's Ready condition says what holds it")
+
+
 # A message names this many checkpoints (status.outputCheckpoints lists them all): 5,000 names
 # would pass the 32 KiB a message may have.
 NAMES_IN_MESSAGE = 20

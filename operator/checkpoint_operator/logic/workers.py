@@ -44,6 +44,11 @@ def _int(value: object) -> Optional[int]:
         return None
 
 
+def finished_at(body: Mapping[str, Any]) -> str:
+    """When the pod's last container ended (RFC 3339), or "" when none has."""
+    return _finished_at(body.get("status") or {})
+
+
 def _finished_at(status: Mapping[str, Any]) -> str:
     times = [((c.get("state") or {}).get("terminated") or {}).get("finishedAt") or ""
              for kind in ("initContainerStatuses", "containerStatuses") for c in status.get(kind) or []]

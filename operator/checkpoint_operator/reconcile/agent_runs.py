@@ -23,12 +23,14 @@ from checkpoint_operator.api.clustercheckpoint import ClusterCheckpoint, Cluster
 from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobStatus
 from checkpoint_operator import metrics
+from checkpoint_operator.logic import workers
 from checkpoint_operator.kube import PODS, ApiError, Conflict
 from checkpoint_operator.logic.agent_pods import PodProblem, last_error_line, pod_failure, pod_problem
 from checkpoint_operator.logic.results import Wait
 from checkpoint_operator.logic.status import StatusChange
 from checkpoint_operator.protocol import channel
 from checkpoint_operator.protocol.results import Report
+from checkpoint_operator.reconcile import status_writer
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.status_writer import write_status
 
@@ -81,6 +83,7 @@ REFUSED_RETRY = 30.0  # seconds: a refused pod (Pod Security, a quota, an admiss
 @dataclass(frozen=True)
 class Finished(Generic[R]):
     result: Optional[R]  # None for a task that reads no result
+    ended: str = ""  # when the pod's containers ended (RFC 3339; its creation when none says)
 
 
 @dataclass(frozen=True)
@@ -98,29 +101,34 @@ def follow(ctx: Context, owner: Owner, body: dict[str, Any], task: AgentTask[R],
     whose UID is not the recorded one (none recorded: any) is never read."""
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     owner_uid = owner.metadata.uid
-    pod = ctx.kube.get(PODS, namespace, name)
+    # As the cache knows it (its changes are events that wake the owner); unknown: created at once,
+    # and read live only when that finds one (another's, or one the watch has not shown yet).
+    pod = ctx.kube.cache.get("Pod", namespace, name)
     if pod is None:
         try:
             created = ctx.kube.create(PODS, namespace, body)
-        except Conflict:  # made by someone else between the read and the create: looked at next time
-            return Waiting(conflict=f"pod {name} appeared while this operator was creating it; looking again")
+        except Conflict:
+            pod = ctx.kube.get(PODS, namespace, name)
+            if pod is None:  # gone again meanwhile: looked at next time
+                return Waiting(conflict=f"pod {name} appeared while this operator was creating it; looking again")
         except ApiError as exc:
             if exc.status != 403:
                 raise
             # Admission said no (Pod Security, a ResourceQuota, a policy): its words, and a retry later.
             return Waiting(problem=PodProblem("PodRefused", f"creating {task.what} pod {name} was refused: "
                                                             f"{exc.message}"), retry_after=REFUSED_RETRY)
-        uid = created["metadata"]["uid"]
-        change = started
-        if pin is not None:
-            pin.record(uid)
-        elif task.uid_field is not None:
-            model = TrainingJobStatus if isinstance(owner, TrainingJob) else \
-                ClusterCheckpointStatus if isinstance(owner, ClusterCheckpoint) else CheckpointStatus
-            change = (started or StatusChange()).with_fields(model.model_validate({task.uid_field: uid}))
-        if change is not None:
-            _write(ctx, owner, change)
-        return Waiting(started=True)
+        else:
+            uid = created["metadata"]["uid"]
+            change = started
+            if pin is not None:
+                pin.record(uid)
+            elif task.uid_field is not None:
+                model = TrainingJobStatus if isinstance(owner, TrainingJob) else \
+                    ClusterCheckpointStatus if isinstance(owner, ClusterCheckpoint) else CheckpointStatus
+                change = (started or StatusChange()).with_fields(model.model_validate({task.uid_field: uid}))
+            if change is not None:
+                _write(ctx, owner, change)
+            return Waiting(started=True)
     meta = pod.get("metadata") or {}
     if not any(o.get("uid") == owner_uid for o in meta.get("ownerReferences") or []):
         return Waiting(conflict=f"pod {name} exists and does not belong to this object (uid {owner_uid}); waiting "
@@ -141,12 +149,18 @@ def follow(ctx: Context, owner: Owner, body: dict[str, Any], task: AgentTask[R],
         return PodFailed(_failure_message(ctx, pod, task.what))
     if phase != PodPhase.SUCCEEDED:
         return Waiting(problem=pod_problem(pod), phase=phase)
+    ended = workers.finished_at(pod) or str(meta.get("creationTimestamp") or "")
     if not task.result:
-        return Finished(None)
+        return Finished(None, ended)
+    known = ctx.agent_results.get((namespace, name))
+    if known is not None and known[0] == meta.get("uid"):  # read at an earlier pass (its owner waits on something)
+        return Finished(known[1], ended)
     try:
-        return Finished(read_result(ctx, pod, task.result, task.container))
+        result = read_result(ctx, pod, task.result, task.container)
     except (channel.ResultError, ApiError) as exc:
         return PodFailed(f"{task.what} pod {name}: {exc}")
+    ctx.agent_results[(namespace, name)] = (meta.get("uid", ""), result)
+    return Finished(result, ended)
 
 
 def _write(ctx: Context, owner: Owner, change: StatusChange) -> None:
@@ -211,4 +225,8 @@ def _failure_message(ctx: Context, pod: dict[str, Any], what: str) -> str:
 
 
 def finish(ctx: Context, body: dict[str, Any]) -> None:
-    ctx.kube.delete(PODS, body["metadata"]["namespace"], body["metadata"]["name"])
+    """Delete the pod once its result is recorded: what the pass staged is written first."""
+    status_writer.commit_pass(ctx)
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    ctx.agent_results.pop(key, None)
+    ctx.kube.delete(PODS, *key)

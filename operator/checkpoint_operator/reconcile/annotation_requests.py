@@ -14,6 +14,7 @@ from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointPhase
 from checkpoint_operator.api.upload import PULL_REQUEST_ANNOTATION, VERIFY_REQUEST_ANNOTATION
 from checkpoint_operator.reconcile import agent_runs
 from checkpoint_operator.reconcile.context import Context
+from checkpoint_operator.reconcile import status_writer
 from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.kube import CHECKPOINTS, PODS, ApiError
 from checkpoint_operator.logic import transfers
@@ -58,7 +59,8 @@ def serve_verify(ctx: Context, checkpoint: Checkpoint) -> Optional[float]:
     else:
         assert run.result is not None
         condition = transfers.verified_condition(run.result, where)
-    updated = record_condition(ctx, checkpoint, condition)
+    # Recorded (written now: the pass's one write) before the pod and the request go.
+    updated = status_writer.commit(ctx, record_condition(ctx, checkpoint, condition))
     if condition.status == "True":
         ctx.info(updated, "Verified", condition.message)
     else:

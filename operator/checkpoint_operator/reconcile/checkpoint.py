@@ -1,18 +1,20 @@
 """Checkpoint: protect it, adopt or import its data, keep usedBy visible, and delete it only
 when no live TrainingJob uses it (logic/protection.py has the design and its race argument).
 
-Checkpoints made by a snapshot are created and made Ready by their TrainingJob (only it writes
-their status meanwhile); the ones users create point at a volume path (scanned in place) or
-at s3/http (imported): reconcile/checkpoint_import.py.
+Checkpoints made by a snapshot are created by their TrainingJob with the sealed data in their
+spec, and made Ready here (reconcile/sealed_checkpoints.py); the ones users create point at a
+volume path (scanned in place) or at s3/http (imported): reconcile/checkpoint_import.py. Only
+this reconcile writes a Checkpoint's status, once per pass (reconcile/status_writer.py).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from checkpoint_operator import PROTECTION_FINALIZER
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead, CheckpointPhase
-from checkpoint_operator.reconcile import annotation_requests, checkpoint_import, live_sealing
+from checkpoint_operator.reconcile import annotation_requests, checkpoint_import, live_sealing, sealed_checkpoints
+from checkpoint_operator.reconcile import node_cache as node_cache_steps
 from checkpoint_operator.reconcile import volume_snapshots as volume_snapshot_steps
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.objects import InvalidObject, parse, parse_head
@@ -28,32 +30,46 @@ from checkpoint_operator.storage import ForeignLocation, store_for
 from checkpoint_operator import metrics
 
 
+AGAIN = -1.0  # a pass that changed the object (its finalizer, its snapshot's state): the next one reads it again
+
+
 def reconcile(ctx: Context, namespace: str, name: str) -> Optional[float]:
-    for _ in range(3):
-        body = ctx.kube.get(CHECKPOINTS, namespace, name)
+    for attempt in range(3):  # the first read from the cache; after a change of ours, live
+        body = ctx.kube.cached_get(CHECKPOINTS, namespace, name) if attempt == 0 else \
+            ctx.kube.get(CHECKPOINTS, namespace, name)
         if body is None:
             return None
-        try:
-            checkpoint = parse(Checkpoint, body)
-        except InvalidObject as invalid:
-            head = parse_head(CheckpointHead, invalid.body)
-            if head.metadata.deleting:
-                return guard_deletion(ctx, head)
-            if not head.phase.is_settled:
-                record(ctx, head, Fail("InvalidSpec", invalid.message()))
-            return None
-        if checkpoint.metadata.deleting:
-            return guard_deletion(ctx, checkpoint)
-        if not checkpoint.metadata.has_finalizer(PROTECTION_FINALIZER):
-            _add_finalizer(ctx, checkpoint)
-            continue
-        if checkpoint.phase.is_settled:
-            if volume_snapshot_steps.check_checkpoint(ctx, checkpoint):
-                continue  # its status changed: read it again
-            sync_used_by(ctx, checkpoint)
-            return annotation_requests.serve(ctx, checkpoint)  # verify and pull requests (reconcile/annotation_requests.py)
-        return record(ctx, checkpoint, checkpoint_import.step(ctx, checkpoint))
+        with status_writer.status_pass(ctx, "Checkpoint", namespace, name):  # its one status write
+            outcome = _pass(ctx, body)
+        if outcome != AGAIN:
+            return outcome
     return 0.0
+
+
+def _pass(ctx: Context, body: dict[str, Any]) -> Optional[float]:
+    try:
+        checkpoint = parse(Checkpoint, body)
+    except InvalidObject as invalid:
+        head = parse_head(CheckpointHead, invalid.body)
+        if head.metadata.deleting:
+            return guard_deletion(ctx, head)
+        if not head.phase.is_settled:
+            record(ctx, head, Fail("InvalidSpec", invalid.message()))
+        return None
+    if checkpoint.metadata.deleting:
+        return guard_deletion(ctx, checkpoint)
+    if not checkpoint.metadata.has_finalizer(PROTECTION_FINALIZER):
+        _add_finalizer(ctx, checkpoint)
+        return AGAIN
+    if sealed_checkpoints.changed_after_sealing(ctx, checkpoint):  # its job asks: the bytes in place changed
+        return None
+    if checkpoint.phase.is_settled:
+        if volume_snapshot_steps.check_checkpoint(ctx, checkpoint):
+            return AGAIN  # its status changed (its snapshot's state): the next pass reads it as written
+        sync_used_by(ctx, checkpoint)
+        node_cache_steps.sync_cached_on(ctx, checkpoint)  # as the jobs that read it asked
+        return annotation_requests.serve(ctx, checkpoint)  # verify and pull requests (reconcile/annotation_requests.py)
+    return record(ctx, checkpoint, checkpoint_import.step(ctx, checkpoint))
 
 
 def record(ctx: Context, checkpoint: CheckpointHead, result: Result) -> Optional[float]:
@@ -96,8 +112,9 @@ def guard_deletion(ctx: Context, checkpoint: CheckpointHead) -> Optional[float]:
         if first_time:  # one deletion, however many times it is checked
             metrics.BLOCKED_DELETIONS.inc()
         return None
-    if isinstance(checkpoint, Checkpoint):  # a running job sealed it: it must not publish it again
-        live_sealing.checkpoint_released(ctx, checkpoint)
+    # A running job sealed it: it must not publish it again (its job records it retired first).
+    if isinstance(checkpoint, Checkpoint) and live_sealing.retirement_pending(ctx, checkpoint):
+        return live_sealing.RETIREMENT_RECHECK
     _delete_owned_data(ctx, checkpoint)
     remaining = [f for f in meta.finalizers or [] if f != PROTECTION_FINALIZER]
     try:

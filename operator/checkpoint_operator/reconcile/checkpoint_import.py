@@ -11,8 +11,8 @@ from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator.api.checkpoint import (Checkpoint, CheckpointPhase, CheckpointStatus, Location,
                                                TrainingJobSource, VolumeLocation, VolumeSource)
 from checkpoint_operator.api.sources import SourceStatus
-from checkpoint_operator.reconcile import (agent_runs, checkpoint_upload, claim_holds, live_sealing, template_claims,
-                                          volumes)
+from checkpoint_operator.reconcile import (agent_runs, checkpoint_upload, claim_holds, live_sealing,
+                                          sealed_checkpoints, template_claims, volumes)
 from checkpoint_operator.reconcile import volume_snapshots as volume_snapshot_steps
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.status_writer import write_status
@@ -41,14 +41,14 @@ def step(ctx: Context, checkpoint: Checkpoint) -> Result:
 
 
 def wait_for_snapshot(ctx: Context, checkpoint: Checkpoint, source: TrainingJobSource) -> Result:
-    """Snapshot Checkpoints are made Ready by their TrainingJob; the ones whose job is gone (or
-    that a user wrote by hand) fail, as nothing will ever write them."""
-    job = ctx.indexes.training_job(checkpoint.metadata.namespace, source.name)
-    if job is None or job.uid != source.uid:
-        return Fail("ProducerGone", f"spec.source.trainingJob: TrainingJob {source.name} (uid {source.uid}) does not "
-                                    "exist, so nothing will write this checkpoint; snapshot Checkpoints are created "
-                                    "by the operator")
-    return Wait()
+    """A snapshot Checkpoint is Ready from the sealed data its job put in its spec, once its bytes are
+    held for it (reconcile/sealed_checkpoints.py). One without sealed data (a user wrote it by hand,
+    or an operator before 0.3 created it and died before making it Ready) never will be: it fails."""
+    if source.sealed is not None:
+        return sealed_checkpoints.publish(ctx, checkpoint, source, source.sealed)
+    return Fail("NotSealed", f"spec.source.trainingJob has no sealed data (TrainingJob {source.name}, uid "
+                             f"{source.uid}): snapshot Checkpoints are created by the operator with what their job "
+                             "sealed; delete this one (a job's next snapshot makes it again)")
 
 
 def adopt_volume(ctx: Context, checkpoint: Checkpoint, source: VolumeSource) -> Result:

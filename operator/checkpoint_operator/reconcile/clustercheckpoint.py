@@ -41,30 +41,40 @@ CATALOG_POLL = 2.0  # seconds: the import pod's namespace may be one the operato
 NOT_OF_AN_ENTRY = ("parents", "producedBy")
 
 
+AGAIN = -1.0  # a pass that changed the object's metadata (its finalizer): the next one reads it again
+
+
 def reconcile(ctx: Context, name: str) -> Optional[float]:
     for _ in range(3):
         body = ctx.kube.get(CLUSTER_CHECKPOINTS, "", name)
         if body is None:
             return None
-        try:
-            entry = parse(ClusterCheckpoint, body)
-        except InvalidObject as invalid:
-            head = parse_head(ClusterCheckpointHead, invalid.body)
-            if head.metadata.deleting:
-                return guard_deletion(ctx, head)
-            if not head.phase.is_settled:
-                record(ctx, head, Fail("InvalidSpec", invalid.message()))
-            return None
-        if entry.metadata.deleting:
-            return guard_deletion(ctx, entry)
-        if not entry.metadata.has_finalizer(PROTECTION_FINALIZER):
-            _add_finalizer(ctx, entry)
-            continue
-        if entry.phase.is_settled:
-            sync_used_by(ctx, entry)
-            return None
-        return record(ctx, entry, import_entry(ctx, entry))
+        with status_writer.status_pass(ctx, "ClusterCheckpoint", "", name):  # its one status write
+            outcome = _pass(ctx, body)
+        if outcome != AGAIN:
+            return outcome
     return 0.0
+
+
+def _pass(ctx: Context, body: dict[str, Any]) -> Optional[float]:
+    try:
+        entry = parse(ClusterCheckpoint, body)
+    except InvalidObject as invalid:
+        head = parse_head(ClusterCheckpointHead, invalid.body)
+        if head.metadata.deleting:
+            return guard_deletion(ctx, head)
+        if not head.phase.is_settled:
+            record(ctx, head, Fail("InvalidSpec", invalid.message()))
+        return None
+    if entry.metadata.deleting:
+        return guard_deletion(ctx, entry)
+    if not entry.metadata.has_finalizer(PROTECTION_FINALIZER):
+        _add_finalizer(ctx, entry)
+        return AGAIN
+    if entry.phase.is_settled:
+        sync_used_by(ctx, entry)
+        return None
+    return record(ctx, entry, import_entry(ctx, entry))
 
 
 def record(ctx: Context, entry: ClusterCheckpointHead, result: Result) -> Optional[float]:

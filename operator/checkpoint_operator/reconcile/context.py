@@ -47,6 +47,9 @@ class Context:
     # (namespace, uid) of a running live-sealing TrainingJob -> what was reported and annotated
     # (reconcile/live_sealing.py)
     live: dict[tuple[str, str], LiveMemory] = field(default_factory=dict)
+    # (namespace, name) of a finished agent pod -> (its uid, its parsed result): its owner may wait
+    # on something else before it deletes the pod (reconcile/agent_runs.py); goes with the pod.
+    agent_results: dict[tuple[str, str], tuple[str, Any]] = field(default_factory=dict)
     resync: Optional[asyncio.Task[None]] = None
     # namespace -> when its node-cache volume and claim were last made or found (reconcile/node_cache.py)
     cache_claims_ensured: dict[str, float] = field(default_factory=dict)

@@ -168,17 +168,19 @@ def _publish(ctx: Context, tj: TrainingJob, events: live_sealing.LogEvents) -> T
             volume_snapshot_steps.hand_over(ctx, namespace, taken[planned.directory],
                                             [publish.checkpoint_owner(body)], tj.metadata.uid)
     created = []
-    for body, planned in bodies:
-        checkpoint = publish.mark_ready(ctx, body, planned)
-        created.append(checkpoint.metadata.name)
-        ctx.info(checkpoint, "Sealed", f"sealed while {tj.metadata.name} runs ({events.reasons.get(planned.directory)}"
-                                       f"): {checkpoint.status.message}")
+    for body, planned in bodies:  # each is made Ready by its own reconcile, from the sealed data in its spec
+        created.append(planned.name)
+        ctx.info(body, "Sealed", f"sealed while {tj.metadata.name} runs ({events.reasons.get(planned.directory)}"
+                                 f"): {planned.ready.message}")
         problem = events.not_read_only.get(planned.directory)
         if problem:
-            ctx.warn(checkpoint, "NotReadOnly", problem)
+            ctx.warn(body, "NotReadOnly", problem)
 
+    # Retention's drops, and the job's Checkpoints being deleted (their deletion waits for this record:
+    # retirement_pending), so that none is published again.
+    deleting = [(c.directory or "", c.digest or "") for c in existing if c.deleting and c.directory and c.digest]
     to_retire = [(c.directory or "", c.digest or "") for c in plan.retire] + \
-                [(m.path, m.digest) for m in plan.dropped_manifests]
+                [(m.path, m.digest) for m in plan.dropped_manifests] + deleting
     tj = _record_live(ctx, tj, sealed=len(created), retire=to_retire)
     for info in plan.retire:
         ctx.info(tj, "Retired", f"retention: deleting Checkpoint {info.name} (step {info.step})")
@@ -243,24 +245,33 @@ def _ask_removals(ctx: Context, tj: TrainingJob, running: list[str]) -> None:
             logger.info("could not annotate pod %s: %s", pod, exc)
 
 
-def checkpoint_released(ctx: Context, checkpoint: Checkpoint) -> None:
-    """A Checkpoint of a running live-sealing job is about to go (its finalizer is released):
-    record its directory as retired first, so it is never published again and the sidecar
-    removes its bytes (a deletion by a user as by retention)."""
+RETIREMENT_RECHECK = 0.5  # seconds: a deleted Checkpoint waits this long for its job to record it retired
+
+
+def retirement_pending(ctx: Context, checkpoint: Checkpoint) -> bool:
+    """A Checkpoint of a running live-sealing job is about to go (its finalizer is released): its
+    directory must first be recorded as retired in the job's status, so that it is never published
+    again and the sidecar removes its bytes (a deletion by a user as by retention). Only the job's
+    reconcile writes that status (`_publish` records its deleting Checkpoints): wake it, and wait
+    while it has not. True while the deletion must wait."""
     source = checkpoint.spec.source.trainingJob
-    digest = checkpoint.status.digest
+    digest = checkpoint.status.digest or (source.sealed.digest if source and source.sealed else None)
     if source is None or not digest or source.directory == ".":
-        return
+        return False
     body = ctx.kube.get(TRAINING_JOBS, checkpoint.metadata.namespace, source.name)
     if body is None:
-        return
+        return False
     try:
         tj = parse(TrainingJob, body)
     except InvalidObject:
-        return  # a job whose spec no longer parses publishes nothing
+        return False  # a job whose spec no longer parses publishes nothing
     if tj.metadata.uid != source.uid or tj.is_finished or not tj.publishes_live:
-        return
-    _record_live(ctx, tj, sealed=0, retire=[(source.directory, digest)])
+        return False
+    if (source.directory, digest) in {(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None)
+                                      or []}:
+        return False
+    ctx.queue.add(("TrainingJob", tj.metadata.namespace, tj.metadata.name))
+    return True
 
 
 def _take_snapshots(ctx: Context, tj: TrainingJob, store: Store, claim: str, plan: SnapshotPlan,

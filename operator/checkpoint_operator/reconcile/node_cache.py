@@ -1,6 +1,6 @@
 """The node-local input cache (logic/node_cache.py), the steps that talk to the API: the namespace's
 cache volume and claim before its first cached pod, and what the fills report (metrics, and the
-inputs' `status.cachedOn`)."""
+inputs' `status.cachedOn`: asked for by the job's reconcile, written by the Checkpoint's)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from checkpoint_operator import metrics
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointStatus
 from checkpoint_operator.api.trainingjob import TrainingJob
-from checkpoint_operator.kube import CHECKPOINTS, PERSISTENT_VOLUMES, PVCS, ApiError
+from checkpoint_operator.kube import CHECKPOINTS, PERSISTENT_VOLUMES, PVCS, ApiError, Conflict
 from checkpoint_operator.logic import node_cache
 from checkpoint_operator.logic.status import StatusChange
 from checkpoint_operator.logic.workers import WorkerPod
@@ -103,11 +103,41 @@ def record_fills(ctx: Context, tj: TrainingJob, pods: list[WorkerPod]) -> None:
         if digest not in filled | evicted:
             continue
         try:
-            checkpoint = Checkpoint.model_validate(body)
-            current = checkpoint.status.cachedOn or []
-            wanted = node_cache.cached_on(current, digest, reports)
-            if wanted != current:
-                write_status(ctx, checkpoint, StatusChange(fields=CheckpointStatus(cachedOn=wanted or None)))
+            _ask_cached_on(ctx, Checkpoint.model_validate(body), digest, reports)
         except (ValidationError, ApiError) as exc:  # informational: never what stops a job
-            logger.warning("Checkpoint %s/%s: status.cachedOn not updated: %s", namespace,
+            logger.warning("Checkpoint %s/%s: status.cachedOn not asked for: %s", namespace,
                            (body.get("metadata") or {}).get("name"), exc)
+
+
+ASK_ATTEMPTS = 3  # conditional patches of the annotation: another job's fills of the same input conflict
+
+
+def _ask_cached_on(ctx: Context, checkpoint: Checkpoint, digest: str, reports: list[node_cache.FillReport]) -> None:
+    """Ask the Checkpoint's reconcile (the one writer of its status) for cachedOn after `reports`: the
+    annotation, made from what it asks already (or the status), written conditionally (two jobs'
+    fills of one input keep both nodes)."""
+    meta = checkpoint.metadata
+    for _ in range(ASK_ATTEMPTS):
+        asked = node_cache.requested_cached_on(checkpoint.metadata.annotation(node_cache.CACHED_ON_ANNOTATION))
+        current = asked if asked is not None else checkpoint.status.cachedOn or []
+        wanted = node_cache.cached_on(current, digest, reports)
+        if wanted == current:
+            return
+        try:
+            ctx.kube.patch(CHECKPOINTS, meta.namespace, meta.name, {"metadata": {
+                "annotations": {node_cache.CACHED_ON_ANNOTATION: node_cache.cached_on_request(wanted)},
+                "resourceVersion": checkpoint.metadata.resourceVersion}})
+            return
+        except Conflict:
+            body = ctx.kube.get(CHECKPOINTS, meta.namespace, meta.name)
+            if body is None:
+                return
+            checkpoint = Checkpoint.model_validate(body)
+
+
+def sync_cached_on(ctx: Context, checkpoint: Checkpoint) -> None:
+    """status.cachedOn as the jobs that read the input asked (the annotation), written only when it
+    changes; from the Checkpoint's own reconcile."""
+    asked = node_cache.requested_cached_on(checkpoint.metadata.annotation(node_cache.CACHED_ON_ANNOTATION))
+    if asked is not None and asked != (checkpoint.status.cachedOn or []):
+        write_status(ctx, checkpoint, StatusChange(fields=CheckpointStatus(cachedOn=asked or None)))

@@ -1,26 +1,27 @@
 """Making a job's Checkpoints from what its output holds: shared by the end-of-job snapshot
 (reconcile/trainingjob.py) and live sealing (reconcile/live_sealing.py). Names are deterministic
 (logic/snapshot.py), so whichever of the two gets to a directory first creates its Checkpoint
-and the other finds it."""
+and the other finds it. The job creates each Checkpoint with its sealed data in the spec and
+hands it its bytes (owners of the claim or snapshot); the Checkpoint's own reconcile makes it
+Ready (reconcile/sealed_checkpoints.py): the job never writes a Checkpoint's status."""
 
 from __future__ import annotations
 
 from typing import Any, Optional
 
 from checkpoint_operator import metrics
-from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead, CheckpointPhase
+from checkpoint_operator.api.checkpoint import CheckpointHead, CheckpointPhase
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.reconcile.context import Context
-from checkpoint_operator.reconcile.objects import parse, parse_head
-from checkpoint_operator.reconcile.status_writer import write_status
+from checkpoint_operator.reconcile.objects import parse_head
 from checkpoint_operator.kube import CHECKPOINTS, PVCS, Conflict
 from checkpoint_operator.logic import workload
 from checkpoint_operator.logic.claim_ownership import owners_after
 from checkpoint_operator.logic.inputs import CheckpointInfo
+from checkpoint_operator.logic.sealing_changes import (CHANGED_AFTER_SEALING, CHANGED_AFTER_SEALING_ANNOTATION,
+                                                       changed_request)
 from checkpoint_operator.logic.snapshot import PlannedCheckpoint, is_produced_by
-from checkpoint_operator.logic.status import StatusChange
 
-CHANGED_AFTER_SEALING = "ChangedAfterSealing"
 MAX_OWNER_ATTEMPTS = 5
 
 
@@ -28,6 +29,11 @@ def create_checkpoint(ctx: Context, tj: TrainingJob, planned: PlannedCheckpoint)
     """Create one Checkpoint, or find the one an earlier pass created (None: the name is taken
     by an object that is not this job's)."""
     namespace = tj.metadata.namespace
+    known = ctx.indexes.checkpoint(namespace, planned.name)
+    if known is not None and known.producer_uid == tj.metadata.uid and known.directory == planned.directory:
+        # Created at an earlier pass (the index has it): what its owner references need, no request.
+        return {"apiVersion": planned.body["apiVersion"], "kind": "Checkpoint",
+                "metadata": {"name": known.name, "namespace": namespace, "uid": known.uid}}
     try:
         created = ctx.kube.create(CHECKPOINTS, namespace, planned.body)
         metrics.CHECKPOINTS_CREATED.inc()
@@ -39,13 +45,6 @@ def create_checkpoint(ctx: Context, tj: TrainingJob, planned: PlannedCheckpoint)
         return found
 
 
-def mark_ready(ctx: Context, body: dict[str, Any], planned: PlannedCheckpoint) -> Checkpoint:
-    checkpoint = parse(Checkpoint, body)
-    if checkpoint.status.phase is not None and checkpoint.status.phase != CheckpointPhase.PENDING:
-        return checkpoint  # Ready already, or Failed (changed after sealing): never made Ready again
-    return write_status(ctx, checkpoint, planned.ready)
-
-
 def own_output_claim(ctx: Context, tj: TrainingJob, claim: str, owners: list[dict[str, Any]], *,
                      keep_job: bool) -> None:
     """Volume store: the output volume is owned by the job's Checkpoints (and, while it runs, by
@@ -53,8 +52,9 @@ def own_output_claim(ctx: Context, tj: TrainingJob, claim: str, owners: list[dic
     one way owners are set: `owners` added to what the claim has, conditionally (a 409 reads it
     again); `keep_job=False` hands it over (only the job's own reference goes: a Checkpoint
     sealed at an earlier pass, or one that adopted a path of the volume, keeps holding it)."""
-    for _ in range(MAX_OWNER_ATTEMPTS):
-        pvc = ctx.kube.get(PVCS, tj.metadata.namespace, claim)
+    for attempt in range(MAX_OWNER_ATTEMPTS):  # as last known first (the patch is conditional), then live
+        pvc = ctx.kube.cached_get(PVCS, tj.metadata.namespace, claim) if attempt == 0 else \
+            ctx.kube.get(PVCS, tj.metadata.namespace, claim)
         if pvc is None:
             return
         current = pvc.get("metadata", {}).get("ownerReferences") or []
@@ -76,8 +76,9 @@ def checkpoint_owner(body: dict[str, Any]) -> dict[str, Any]:
 
 def mark_changed(ctx: Context, tj: TrainingJob, info: CheckpointInfo, message: str, *, bytes_in_place: bool) -> None:
     """A sealed directory whose bytes are no longer its digest. Volume store (`bytes_in_place`):
-    the Checkpoint is those bytes, so it fails (never Ready with other bytes than its digest).
-    s3 store: the Checkpoint keeps the sealed copy in the store; the change is reported."""
+    the Checkpoint is those bytes, so it must fail (never Ready with other bytes than its digest):
+    the job asks it to, through an annotation its own reconcile turns into Failed (the job never
+    writes a Checkpoint's status). s3 store: the Checkpoint keeps the sealed copy; the change is reported."""
     body = ctx.kube.get(CHECKPOINTS, tj.metadata.namespace, info.name)
     if body is None or not is_produced_by(body, tj.metadata.uid, info.directory or ""):
         return
@@ -85,9 +86,10 @@ def mark_changed(ctx: Context, tj: TrainingJob, info: CheckpointInfo, message: s
     if checkpoint.phase == CheckpointPhase.FAILED:
         return
     if bytes_in_place:
-        write_status(ctx, checkpoint, StatusChange(
-            phase=CheckpointPhase.FAILED, reason=CHANGED_AFTER_SEALING, stalled=True, event="Warning",
-            message=f"{message}: its files are no longer the bytes of digest {info.digest}"))
+        line = changed_request(message)
+        if checkpoint.metadata.annotation(CHANGED_AFTER_SEALING_ANNOTATION) != line:
+            ctx.kube.patch(CHECKPOINTS, tj.metadata.namespace, info.name, {"metadata": {"annotations": {
+                CHANGED_AFTER_SEALING_ANNOTATION: line}}})
         ctx.warn(tj, CHANGED_AFTER_SEALING, f"Checkpoint {info.name}: {message}; it is now Failed")
     else:
         ctx.warn(checkpoint, CHANGED_AFTER_SEALING, f"{message}; the Checkpoint keeps the bytes sealed in the store")

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator import PROTECTION_FINALIZER
-from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead, CheckpointPhase
+from checkpoint_operator.api.checkpoint import CheckpointHead, CheckpointPhase
 from checkpoint_operator.api.clustercheckpoint import ClusterCheckpointHead
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobHead, TrainingJobPhase, TrainingJobStatus
 from checkpoint_operator.reconcile import node_cache as node_cache_steps
@@ -36,8 +36,8 @@ from checkpoint_operator.logic.inputs import (Candidate, CheckpointInfo, InputWa
                                               input_on_other_store, resolve_inputs)
 from checkpoint_operator.logic.protection import label_patch, used_uids
 from checkpoint_operator.logic.results import Advance, Done, Fail, Result, Wait
-from checkpoint_operator.logic.snapshot import (SnapshotPlan, conflict_wait, not_stored, plan_snapshot, skipped_message,
-                                                storable)
+from checkpoint_operator.logic.snapshot import (PlannedCheckpoint, SnapshotPlan, conflict_wait, not_stored,
+                                                plan_snapshot, skipped_message, storable)
 from checkpoint_operator.logic.volume_snapshots import TakenSnapshot
 from checkpoint_operator.protocol.results import ScanReport
 from checkpoint_operator.logic.status import StatusChange
@@ -46,27 +46,42 @@ from checkpoint_operator import metrics
 
 logger = logging.getLogger("checkpoint_operator.trainingjob")
 RETRY_SOON = 5.0  # seconds: waits on things whose end brings no event of ours (a namesake's GC)
+PUBLISH_RECHECK = 2.0  # seconds: its Checkpoints' Ready events wake the job; this bounds a missed one
+
+
+MAX_PASSES = 6  # one reconcile may take a job through several phases, one status write each
 
 
 def reconcile(ctx: Context, namespace: str, name: str) -> Optional[float]:
-    """One pass; returns when to look again without an event (None: an event will tell)."""
-    for _ in range(4):  # one pass may take a job through several phases
-        body = ctx.kube.get(TRAINING_JOBS, namespace, name)
+    """Passes until one ends without `Advance`; returns when to look again without an event (None:
+    an event will tell). Each pass reads the object (the first with a GET, the next ones from what
+    the previous pass's status write returned), runs one step and writes its status once."""
+    body = ctx.kube.cached_get(TRAINING_JOBS, namespace, name)
+    for _ in range(MAX_PASSES):
         if body is None:
             return None
-        try:
-            tj = parse(TrainingJob, body)
-        except InvalidObject as invalid:
-            _refuse_invalid(ctx, invalid)
-            return None
-        if tj.metadata.deleting:
-            return _deleting(ctx, tj)
-        if tj.is_finished:
-            return _finished(ctx, tj)
-        result = STEPS[tj.phase](ctx, tj)
-        if not isinstance(result, Advance):
-            return record(ctx, tj, result)
+        with status_writer.status_pass(ctx, "TrainingJob", namespace, name) as current:
+            outcome = _pass(ctx, body)
+        if not isinstance(outcome, Advance):
+            return outcome
+        body = current.written or ctx.kube.cached_get(TRAINING_JOBS, namespace, name)
     return 0.0
+
+
+def _pass(ctx: Context, body: dict[str, Any]) -> "Optional[float] | Advance":
+    try:
+        tj = parse(TrainingJob, body)
+    except InvalidObject as invalid:
+        _refuse_invalid(ctx, invalid)
+        return None
+    if tj.metadata.deleting:
+        return _deleting(ctx, tj)
+    if tj.is_finished:
+        return _finished(ctx, tj)
+    result = STEPS[tj.phase](ctx, tj)
+    if isinstance(result, Advance):
+        return result
+    return record(ctx, tj, result)
 
 
 def record(ctx: Context, tj: TrainingJob, result: Result) -> Optional[float]:
@@ -111,9 +126,12 @@ def start(ctx: Context, tj: TrainingJob) -> Result:
     if not isinstance(copied, list):
         return copied
     inputs = copied
-    if inputs:  # pinned before any pod exists: a restart finds the same inputs, downloads check these digests
-        tj = write_status(ctx, tj, StatusChange(fields=TrainingJobStatus(inputs=[i.pinned() for i in inputs],
-                                                                         inputCount=len(inputs))))
+    pins = [i.pinned() for i in inputs]
+    if inputs and tj.status.inputs != pins:
+        # Pinned before any pod exists (the pass ends: its write is durable before the next pass
+        # creates the workload): a restart finds the same inputs, downloads check these digests.
+        write_status(ctx, tj, StatusChange(fields=TrainingJobStatus(inputs=pins, inputCount=len(inputs))))
+        return Advance()
     return _create_workload(ctx, tj, inputs)
 
 
@@ -284,7 +302,7 @@ def _set_uses_labels(ctx: Context, tj: TrainingJob, uids: list[str]) -> Training
         return tj
     body = ctx.kube.patch(TRAINING_JOBS, tj.metadata.namespace, tj.metadata.name, {"metadata": {"labels": patch}})
     ctx.wrote(body)
-    return parse(TrainingJob, body)
+    return status_writer.with_staged(parse(TrainingJob, body))
 
 
 def _release_inputs(ctx: Context, tj: TrainingJob) -> TrainingJob:
@@ -344,10 +362,10 @@ def follow_job(ctx: Context, tj: TrainingJob) -> Result:
     if not state.outcome and engines.operator_restarts(tj):
         change = flow.restart_change(tj, state, engine.max_restarts(tj),
                                      flow.deadline_left(tj, datetime.now(timezone.utc)))
-        if change is not None:
-            tj = write_status(ctx, tj, change)
+        if change is not None:  # recorded before the attempt's Job goes: the next pass removes it
+            write_status(ctx, tj, change)
             ctx.warn(tj, "GroupRestart", change.message)
-            return _next_attempt(ctx, tj, name, obj, state)
+            return Advance()
     if state.outcome:
         return _finish(ctx, tj, True, "succeeded")
     failure = flow.job_failure_message(obj)
@@ -365,7 +383,11 @@ def _running(ctx: Context, tj: TrainingJob, pods: list[workers.WorkerPod], state
     problems = [p.problem for p in pods if p.problem]
     kind = state.kind
     awaiting_pods = not pods and not state.suspended
-    if awaiting_pods:  # admission may refuse them: only the Job's Events say so
+    # Admission may refuse them: only the Job's Events say so. A Job created a moment ago has its
+    # pods coming (their events wake the job): its Events are read once it has had the time.
+    if awaiting_pods and volumes.is_young(obj):
+        return replace(flow.running_wait(tj, [], kind), requeue_after=volumes.PODS_GRACE)
+    if awaiting_pods:
         refused = volumes.refused_pods(ctx, tj.metadata.namespace, engines.engine_of(tj).pod_job_name(state.name))
         if refused is not None:
             return replace(flow.running_wait(tj, [refused], kind), requeue_after=volumes.PODS_RECHECK)
@@ -377,7 +399,10 @@ def _running(ctx: Context, tj: TrainingJob, pods: list[workers.WorkerPod], state
         if tj.status.restoredInputs:
             claims += workload.restored_input_claims(obj, pending[0].name)
         for claim_name in claims:
-            claim = volumes.unbound_claim(ctx, tj.metadata.namespace, claim_name)
+            try:
+                claim = volumes.unbound_claim(ctx, tj.metadata.namespace, claim_name, young=True)
+            except volumes.Young:  # being bound (its event wakes the job), else looked at again then
+                return replace(flow.running_wait(tj, problems, kind), requeue_after=volumes.PODS_GRACE)
             if claim is not None:  # the claim's own reason says more than the scheduler's
                 return replace(flow.running_wait(tj, [claim], kind), requeue_after=volumes.CLAIM_RECHECK)
     if pending and not problems:  # scheduled, its volumes bound, and still not started: attached?
@@ -431,13 +456,11 @@ def _inputs_again(ctx: Context, tj: TrainingJob) -> "list[ResolvedInput] | Resul
 
 
 def _finish(ctx: Context, tj: TrainingJob, succeeded: bool, outcome: str) -> Result:
-    change, snapshot_follows = flow.after_job(tj, succeeded, outcome, now_rfc3339(), workload.snapshot_pod_name(tj))
-    tj = write_status(ctx, tj, change)
-    live_sealing.forget(ctx, tj)  # the sidecars' last lines were read above; the snapshot takes over
-    tj = _release_restored_inputs(ctx, tj)
-    if not snapshot_follows:
-        _release_inputs(ctx, tj)
-        return Done()
+    """The workload's outcome, recorded before anything of it goes: the next pass (the snapshot,
+    or `_finished`) releases its inputs and deletes the pods that hold restored volumes."""
+    change, _ = flow.after_job(tj, succeeded, outcome, now_rfc3339(), workload.snapshot_pod_name(tj))
+    write_status(ctx, tj, change)
+    live_sealing.forget(ctx, tj)  # the sidecars' last lines were read above
     return Advance()
 
 
@@ -492,6 +515,7 @@ SNAPSHOT = agent_runs.AgentTask("snapshot", "snapshotPodUid", (ScanReport,))
 
 def snapshot(ctx: Context, tj: TrainingJob) -> Result:
     store = store_for(ctx.config)
+    tj = _release_restored_inputs(ctx, tj)  # the outcome was recorded by the pass before (_finish)
     backoff = flow.snapshot_wait(tj.status.snapshotRetryAt, datetime.now(timezone.utc))
     if backoff is not None and ctx.kube.get(PODS, tj.metadata.namespace, workload.snapshot_pod_name(tj)) is None:
         return Wait(requeue_after=backoff)  # after a failed attempt (SnapshotRetry said when)
@@ -504,7 +528,7 @@ def snapshot(ctx: Context, tj: TrainingJob) -> Result:
     if isinstance(run, agent_runs.PodFailed):
         return _snapshot_pod_failed(ctx, tj, pod, run.message)
     assert run.result is not None
-    return _store_snapshot(ctx, tj, pod, run.result)
+    return _store_snapshot(ctx, tj, pod, run.result, run.ended)
 
 
 def _snapshot_pod_failed(ctx: Context, tj: TrainingJob, pod: dict[str, Any], message: str) -> Result:
@@ -519,7 +543,7 @@ def _snapshot_pod_failed(ctx: Context, tj: TrainingJob, pod: dict[str, Any], mes
     return Wait(requeue_after=delay)
 
 
-def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: ScanReport) -> Result:
+def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: ScanReport, ended: str) -> Result:
     """The snapshot pod succeeded: its checkpoints become Ready Checkpoints, in this order (a
     crash at any step repeats it and the ones after it, never an earlier one's effect twice)."""
     store, claim = store_for(ctx.config), workload.output_claim_name(tj)
@@ -528,12 +552,16 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: Sc
     # Checked against the store only where it was uploaded; with volume snapshots the snapshot
     # is taken below (the checkpoints are located in it once it is ready).
     committed = store.output_snapshot(tj, claim, FINAL_SNAPSHOT) is None
-    stored = _storable_and_committed(tj, store, claim, scan, check_committed=committed)
+    existing = ctx.indexes.checkpoints_of(tj.metadata.namespace, tj.metadata.uid)
+    # Not what a Checkpoint of the job holds already (checked when it was made) nor what retention
+    # retired (its data may be gone by now, rightly).
+    retired = {(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []}
+    stored = _storable_and_committed(tj, store, claim, scan, check_committed=committed,
+                                     skip=retired | {(c.directory, c.digest) for c in existing})
     if isinstance(stored, str):
         agent_runs.finish(ctx, pod)
         return Fail("SnapshotFailed", f"pod {pod['metadata']['name']}: {stored}")
     scan = stored
-    existing = ctx.indexes.checkpoints_of(tj.metadata.namespace, tj.metadata.uid)
     located = _locate_output(ctx, tj, store, claim, pod, scan, existing)
     if not isinstance(located, tuple):
         return located
@@ -553,16 +581,32 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: Sc
                                         [publish.checkpoint_owner(b) for b in in_snapshot], tj.metadata.uid)
     _hand_over_output_claim(ctx, tj, store, claim, created + _still_owning(ctx, tj, plan, existing),
                             keep=retained is not None)
-    ready = [publish.mark_ready(ctx, c, p) for c, p in zip(created, plan.checkpoints)]
+    # Each is made Ready by its own reconcile, from the sealed data in its spec, now that it holds its
+    # bytes; the job is Succeeded only then (a finished job's outputs are usable to whoever reads them).
+    # Until then it waits quietly: their Ready events wake it (wakeups.checkpoint_event); the pod and
+    # its result stay (agent_runs keeps the parsed result: the log is read once). Bounded: one that never
+    # becomes Ready fails the job, named (flow.publish_wait).
+    namespace = tj.metadata.namespace
+    not_ready = [(p.name, "Pending") for p in plan.checkpoints if _unpublished(ctx, namespace, p.name)]  # made or found
+    if store.later_writes_reach_checkpoints:
+        not_ready += [(info.name, "changed after sealing, not Failed yet") for info, _ in plan.changed
+                      if _not_failed_yet(ctx, namespace, info.name)]
+    if not_ready:
+        waited = flow.publish_wait(not_ready, ended, datetime.now(timezone.utc), PUBLISH_RECHECK)
+        if isinstance(waited, Fail):
+            agent_runs.finish(ctx, pod)
+        return waited
+    published = list(zip(created, plan.checkpoints))
     _retire(ctx, tj, plan)
     _delete_unused_uploads(ctx, tj, store, plan, scan)
     _delete_unused_snapshots(ctx, tj, store, claim)
-    _report_snapshot(ctx, tj, plan, scan, [c for c in ready if c.metadata.name not in {e.name for e in existing}])
-    _observe_snapshot(ctx, tj, ready)
-    kept = [c.metadata.name for c in ready if c.metadata.name not in {r.name for r in plan.retire}]
+    _report_snapshot(ctx, tj, plan, scan, [(b, p) for b, p in published if p.name not in {e.name for e in existing}])
+    _observe_snapshot(ctx, tj, [p for _, p in published])
+    kept = [p.name for _, p in published if p.name not in {r.name for r in plan.retire}]
     tj = write_status(ctx, tj, flow.snapshot_done(tj, kept, now_rfc3339(), retained, claim, scan.total_skipped))
-    # Only now that the result is recorded: a retry before this point reads the pod's result
-    # again (on the s3 store the output volume is gone: a new snapshot pod could never run).
+    # Only once the result is recorded (`finish` writes the pass's status first): a retry before
+    # this point reads the pod's result again (on the s3 store the output volume is gone: a new
+    # snapshot pod could never run).
     agent_runs.finish(ctx, pod)
     if retained:
         ctx.warn(tj, flow.OUTPUT_RETAINED, f"volume {claim} is kept: {retained}")
@@ -571,6 +615,12 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: Sc
 
 
 FINAL_SNAPSHOT = "final"  # the key of the end-of-job volume snapshot (logic/volume_snapshots.py)
+
+
+def _not_failed_yet(ctx: Context, namespace: str, name: str) -> bool:
+    """A Checkpoint the job asked to fail (changed after sealing) that its reconcile has not failed yet."""
+    info = ctx.indexes.checkpoint(namespace, name)
+    return info is not None and not info.deleting and info.phase != CheckpointPhase.FAILED
 
 
 def _unpublished(ctx: Context, namespace: str, name: str) -> bool:
@@ -605,9 +655,11 @@ def _locate_output(ctx: Context, tj: TrainingJob, store: Store, claim: str, pod:
 
 
 def _storable_and_committed(tj: TrainingJob, store: Store, claim: str, scan: ScanReport, *,
-                            check_committed: bool = True) -> ScanReport | str:
+                            check_committed: bool = True,
+                            skip: Optional[set[tuple[Optional[str], Optional[str]]]] = None) -> ScanReport | str:
     """The scan without the checkpoints the store cannot keep (counted as skipped); with
-    `check_committed`, every other checkpoint must have reached the store, committed: else what did not."""
+    `check_committed`, every other checkpoint (but the (directory, digest) in `skip`) must have
+    reached the store, committed: else what did not."""
     layout = tj.spec.output.layout
     # Retired by live retention: no Checkpoint is made of them, and their sealed copy may be deleted
     # between the snapshot pod's look and this one (the pod then reported a prefix now gone).
@@ -615,7 +667,7 @@ def _storable_and_committed(tj: TrainingJob, store: Store, claim: str, scan: Sca
     try:
         scan = storable(scan, lambda m: store.snapshot_location(tj, claim, m, layout))
         for manifest in scan.checkpoints if check_committed else []:
-            if (manifest.path, manifest.digest) in retired:
+            if (manifest.path, manifest.digest) in retired | (skip or set()):
                 continue
             if not store.is_committed(store.snapshot_location(tj, claim, manifest, layout)):
                 return f"{manifest.path!r} has no manifest in the store: the upload did not complete"
@@ -685,10 +737,10 @@ def _delete_unused_snapshots(ctx: Context, tj: TrainingJob, store: Store, claim:
         ctx.info(tj, "DataDeleted", f"deleted VolumeSnapshot {name} (no Checkpoint points into it)")
 
 
-def _observe_snapshot(ctx: Context, tj: TrainingJob, ready: list[Checkpoint]) -> None:
+def _observe_snapshot(ctx: Context, tj: TrainingJob, published: list[PlannedCheckpoint]) -> None:
     if tj.status.snapshotStartTime:
         metrics.SNAPSHOT_DURATION.labels(ctx.config.storage_type).observe(seconds_since(tj.status.snapshotStartTime))
-    metrics.TRANSFERRED_BYTES.labels("snapshot").inc(sum(c.status.sizeBytes or 0 for c in ready))
+    metrics.TRANSFERRED_BYTES.labels("snapshot").inc(sum(p.sealed_size for p in published))
 
 
 def _changed_not_stored(plan: SnapshotPlan, bytes_in_place: bool) -> Optional[str]:
@@ -700,15 +752,13 @@ def _changed_not_stored(plan: SnapshotPlan, bytes_in_place: bool) -> Optional[st
 
 
 def _report_snapshot(ctx: Context, tj: TrainingJob, plan: SnapshotPlan, scan: ScanReport,
-                     created: list[Checkpoint]) -> None:
+                     created: list[tuple[dict[str, Any], PlannedCheckpoint]]) -> None:
     if scan.total_skipped:  # one event for all of them (3,000 skipped links are one line)
         ctx.warn(tj, "Skipped", skipped_message(scan.skipped, scan.skippedCount))
     if plan.dropped:
         ctx.info(tj, "NotKept", f"retention: not kept as Checkpoints: {', '.join(plan.dropped)}")
-    for checkpoint in created:
-        source = checkpoint.spec.source.trainingJob
-        ctx.info(checkpoint, "Created", f"snapshot of {tj.metadata.name} {source.directory if source else ''!r}: "
-                                        f"{checkpoint.status.message}")
+    # No event per Checkpoint: the job's outcome event names them all (one POST, whatever their number),
+    # and each Checkpoint's Ready condition says what it holds.
 
 
 def _hand_over_output_claim(ctx: Context, tj: TrainingJob, store: Store, claim: str, owners: list[dict[str, Any]],
@@ -732,7 +782,9 @@ def _hand_over_output_claim(ctx: Context, tj: TrainingJob, store: Store, claim: 
 def _finished(ctx: Context, tj: TrainingJob) -> Optional[float]:
     """Idempotent clean-up (after a crash) and the release of a retained output volume."""
     live_sealing.forget(ctx, tj)
-    if tj.status.snapshotPod:  # left when the operator died (or the DELETE failed) right after the final status
+    # Left when the operator died (or the DELETE failed) right after the final status: its watch
+    # event (the pod exists) puts it in the cache and wakes the job. Else it is gone already.
+    if tj.status.snapshotPod and ctx.kube.cached(PODS, tj.metadata.namespace, tj.status.snapshotPod):
         ctx.kube.delete(PODS, tj.metadata.namespace, tj.status.snapshotPod)
     if used_uids(tj.metadata.labels):
         tj = _release_inputs(ctx, tj)

@@ -23,19 +23,35 @@ from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.logic.agent_pods import (PodProblem, attach_problem, claim_events_selector, claim_problem,
                                                   failed_attach, job_creation_problem, job_events_selector, pod_claims,
                                                   pod_events_selector)
+from checkpoint_operator.logic.conditions import seconds_since
 from checkpoint_operator.logic.results import Wait
 from checkpoint_operator.logic.workload import foreign_claim_message, owned_by
 
 CLAIM_RECHECK = 30.0  # seconds
 PODS_RECHECK = 10.0   # seconds: a running Job without pods (refused ones bring no event of ours)
+PODS_GRACE = 5.0      # seconds: a Job this young without pods is not refused yet, its pods are coming
 MAX_NAMED_CLAIMS = 16  # claims of a pod read to name the one an attach error is about
 
 
-def unbound_claim(ctx: Context, namespace: str, name: str) -> Optional[PodProblem]:
-    claim = ctx.kube.get(PVCS, namespace, name)
+class Young(Exception):
+    """Created a moment ago: its Events would say nothing yet (looked at after PODS_GRACE)."""
+
+
+def unbound_claim(ctx: Context, namespace: str, name: str, young: bool = False) -> Optional[PodProblem]:
+    """An unbound claim's own reason (a LIST of its Events); with `young`, Young while it is too new
+    to have one (a job's output claim: its pods' events wake the job, and it looks again after)."""
+    claim = ctx.kube.cached_get(PVCS, namespace, name)  # its binding is an event that wakes the job
     if claim is None or (claim.get("status") or {}).get("phase") == "Bound":
         return None
+    if young and is_young(claim):
+        raise Young(name)
     return claim_problem(claim, ctx.kube.list(EVENTS, namespace, field_selector=claim_events_selector(name)))
+
+
+def is_young(obj: Optional[dict[str, Any]]) -> bool:
+    """Created less than PODS_GRACE ago: what its controller does with it is still on its way."""
+    created = ((obj or {}).get("metadata") or {}).get("creationTimestamp")
+    return isinstance(created, str) and bool(created) and seconds_since(created) < PODS_GRACE
 
 
 def ensure_owned_claim(ctx: Context, owner: Checkpoint, body: dict[str, Any]) -> Optional[Wait]:

@@ -53,6 +53,8 @@ from checkpoint_operator.api.trainingjob import TrainingJobPhase
 from checkpoint_operator.reconcile import volume_snapshots as volume_snapshot_steps
 from checkpoint_operator.reconcile.context import Context, ObjectKey
 from checkpoint_operator.logic.catalog import used_by_status as catalog_used_by
+from checkpoint_operator.logic.node_cache import CACHED_ON_ANNOTATION, requested_cached_on
+from checkpoint_operator.logic.sealing_changes import CHANGED_AFTER_SEALING_ANNOTATION
 from checkpoint_operator.logic.inputs import CheckpointInfo, TrainingJobInfo
 from checkpoint_operator.logic.protection import used_by_status, used_uids
 from checkpoint_operator.logic.status import set_fields
@@ -160,6 +162,12 @@ def checkpoint_event(ctx: Context, event_type: Optional[str], raw: Mapping[str, 
     if info.producer_name:
         waiting |= set(ctx.indexes.jobs_waiting_on(namespace, "producer", info.producer_name))
     pending = _pending(ctx, namespace, sorted(waiting))
+    # Its producer is Succeeded once its Checkpoints are Ready: woken unless finished (the index may
+    # not show its Snapshotting phase yet: its own status write's event can come after this one).
+    producer = ctx.indexes.training_job_by_uid(namespace, info.producer_uid) \
+        if info.producer_uid and info.phase.is_settled else None
+    if producer is not None and not producer.phase.is_finished:
+        pending.append(producer.name)
     logger.debug("checkpoint %s %s (%s): waking %s", name, info.phase, event_type, pending)
     ctx.queue.add_all(_tj(namespace, n) for n in pending)
 
@@ -194,9 +202,10 @@ def _own_write(ctx: Context, kind: str, meta: MetadataWire) -> bool:
 
 
 def _made_by_a_live_job(ctx: Context, namespace: str, info: CheckpointInfo) -> bool:
-    """A Pending snapshot Checkpoint whose TrainingJob exists waits for that job alone, which
-    makes it Ready (its deletion wakes the Checkpoint: training_job_event)."""
-    if info.phase != CheckpointPhase.PENDING or not info.directory or not info.producer_uid:
+    """A Pending snapshot Checkpoint without its sealed data (an older operator's) whose TrainingJob
+    exists has nothing to do until that job is gone (its deletion wakes the Checkpoint:
+    training_job_event). One with its sealed data is made Ready by its own reconcile."""
+    if info.phase != CheckpointPhase.PENDING or not info.directory or not info.producer_uid or info.sealed:
         return False
     producer = ctx.indexes.training_job_by_uid(namespace, info.producer_uid)
     return producer is not None and not producer.phase.is_finished
@@ -208,19 +217,26 @@ def _checkpoint_has_work(ctx: Context, body: CheckpointWire, info: CheckpointInf
         return True
     if has_ready_request(meta.get("annotations")):  # verify, pull (logic/transfers.py)
         return True
+    if info.directory is not None and info.phase != CheckpointPhase.FAILED and \
+            CHANGED_AFTER_SEALING_ANNOTATION in (meta.get("annotations") or {}):  # its job asks it to fail
+        return True
     if not info.phase.is_settled:
         return not _made_by_a_live_job(ctx, meta.get("namespace", ""), info)
+    asked = requested_cached_on((meta.get("annotations") or {}).get(CACHED_ON_ANNOTATION))
+    if asked is not None and asked != (status.get("cachedOn") or []):  # a job's fills ask for status.cachedOn
+        return True
     wanted = set_fields(used_by_status(ctx.indexes.users_of(meta.get("namespace", ""), info.uid)))
     return wanted != {"usedBy": status.get("usedBy") or [], "usedByCount": status.get("usedByCount") or 0}
 
 
-def child_event(ctx: Context, raw: Mapping[str, Any]) -> None:
+def child_event(ctx: Context, raw: Mapping[str, Any], event_type: Optional[str] = None) -> None:
     body = object_wire(raw)
     meta = body.get("metadata") or MetadataWire()
     namespace = meta.get("namespace", "")
     for owner in meta.get("ownerReferences") or []:
         if owner.get("kind") == "TrainingJob":
-            ctx.queue.add(_tj(namespace, owner.get("name", "")))
+            if not _finished_job_unaffected(ctx, namespace, owner.get("uid", ""), body, event_type):
+                ctx.queue.add(_tj(namespace, owner.get("name", "")))
         elif owner.get("kind") == "ClusterCheckpoint":  # its import pod, or a namespace's copy and its pod
             ctx.queue.add(_cckpt(owner.get("name", "")))
             ctx.queue.add_all(_tj(namespace, n) for n in _pending(
@@ -234,13 +250,25 @@ def child_event(ctx: Context, raw: Mapping[str, Any]) -> None:
     job_uid = (meta.get("labels") or {}).get(LABEL_TRAINING_JOB_UID)
     if job_uid:
         job = ctx.indexes.training_job_by_uid(namespace, job_uid)
-        if job is not None:
+        if job is not None and not _finished_job_unaffected(ctx, namespace, job_uid, body, event_type):
             ctx.queue.add(_tj(namespace, job.name))
+    if body.get("kind") == "Pod" and event_type == "DELETED":
+        ctx.agent_results.pop((namespace, meta.get("name", "")), None)
     if body.get("kind") == "PersistentVolumeClaim":
         for name in ctx.indexes.checkpoints_on_claim(namespace, meta.get("name", "")):
             adopter = ctx.indexes.checkpoint(namespace, name)
             if adopter is not None and adopter.phase == CheckpointPhase.PENDING:
                 ctx.queue.add(_ckpt(namespace, name))
+
+
+def _finished_job_unaffected(ctx: Context, namespace: str, uid: str, child: Mapping[str, Any],
+                             event_type: Optional[str]) -> bool:
+    """A finished job has nothing left to do about a child that went, or about its claims (its
+    clean-up of a pod left behind is woken by that pod's own event): no wake-up, no read."""
+    job = ctx.indexes.training_job_by_uid(namespace, uid)
+    if job is None or not job.phase.is_finished:
+        return False
+    return event_type == "DELETED" or child.get("kind") == "PersistentVolumeClaim"
 
 
 def start_resync(ctx: Context) -> asyncio.Task[None]:

@@ -19,9 +19,10 @@ from checkpoint_operator.reconcile.context import Context
 
 
 def get(ctx: Context, tj: TrainingJob, name: str) -> Optional[dict[str, Any]]:
+    """The workload as the watch last showed it (kube.ObjectCache): its end is an event that wakes the job."""
     if tj.spec.engine == "JobSet":
-        return ctx.kube.get(JOBSETS, tj.metadata.namespace, name)
-    return ctx.kube.get(JOBS, tj.metadata.namespace, name)
+        return ctx.kube.cached_get(JOBSETS, tj.metadata.namespace, name)
+    return ctx.kube.cached_get(JOBS, tj.metadata.namespace, name)
 
 
 def ensure(ctx: Context, tj: TrainingJob, body: dict[str, Any]) -> dict[str, Any]:

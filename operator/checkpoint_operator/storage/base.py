@@ -126,6 +126,13 @@ class Store(ABC):
         """Is the data at `location` complete? Checked before a Checkpoint is marked Ready."""
         return True
 
+    def sealed_upload_refusal(self, location: Location, namespace: str, job_name: str, job_uid: str) -> Optional[str]:
+        """Why a snapshot Checkpoint's sealed location (its spec) is not a committed upload of that job
+        (None: it is, or the bytes are not uploaded: volumes, checked against the API)."""
+        if location.s3 is not None:
+            return f"the sealed location {location.s3.uri} is in object storage, but this store ({self.name}) has none"
+        return None
+
     def delete_unused_uploads(self, tj: TrainingJob, uris: list[str]) -> list[str]:
         """Uploads of the snapshot that became no Checkpoint (dropped by retention, retired while
         the job ran): deleted, so nothing is left in the store that no object owns."""

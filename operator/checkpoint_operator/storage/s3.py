@@ -244,6 +244,17 @@ class S3Store(Store):
             return False
         return manifest_exists(location.s3.uri, endpoint_url=self.config.s3_endpoint)
 
+    def sealed_upload_refusal(self, location: Location, namespace: str, job_name: str, job_uid: str) -> Optional[str]:
+        """Only a committed upload under the job's own prefix (a spec names it: never another's data)."""
+        if location.s3 is None:
+            return "the sealed location is not in object storage, where this store keeps every checkpoint"
+        prefix = self.prefix_for(namespace, job_name, job_uid)
+        if not _under(location.s3.uri, prefix):
+            return f"the sealed location {location.s3.uri} is outside the job's prefix {prefix}"
+        if not self.is_committed(location):
+            return f"{location.s3.uri} has no manifest in the store: the upload did not complete"
+        return None
+
     def delete_unused_uploads(self, tj: TrainingJob, uris: list[str]) -> list[str]:
         from checkpoint_operator.objectstore.s3 import delete_prefix
         own = self.live_upload_prefix(tj) + "dirs/"  # only the snapshot's own uploads, never a sealed copy

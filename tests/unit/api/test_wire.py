@@ -9,7 +9,7 @@ import pytest
 from pydantic import BaseModel
 
 from checkpoint_operator.api import wire
-from checkpoint_operator.api.checkpoint import (Checkpoint, CheckpointHead, CheckpointSource, CheckpointSpec,
+from checkpoint_operator.api.checkpoint import (Checkpoint, SealedData, CheckpointHead, CheckpointSource, CheckpointSpec,
                                                CheckpointStatus, TrainingJobSource, VolumeSource)
 from checkpoint_operator.api.common import ObjectRef, PinnedCheckpoint
 from checkpoint_operator.api.meta import ObjectMeta, OwnerReference
@@ -18,7 +18,7 @@ from checkpoint_operator.api.trainingjob import (CheckpointRef, KeepBest, Output
 
 MODELS: dict[type, type[BaseModel]] = {
     wire.OwnerReferenceWire: OwnerReference, wire.MetadataWire: ObjectMeta, wire.ObjectRefWire: ObjectRef,
-    wire.TrainingJobSourceWire: TrainingJobSource, wire.VolumeSourceWire: VolumeSource,
+    wire.TrainingJobSourceWire: TrainingJobSource, wire.SealedDataWire: SealedData, wire.VolumeSourceWire: VolumeSource,
     wire.CheckpointSourceWire: CheckpointSource, wire.CheckpointSpecWire: CheckpointSpec,
     wire.CheckpointStatusWire: CheckpointStatus, wire.CheckpointWire: Checkpoint,
     wire.CheckpointRefWire: CheckpointRef, wire.KeepBestWire: KeepBest, wire.RetentionWire: RetentionSpec,

@@ -1,11 +1,12 @@
 from checkpoint_operator.protocol.manifest import FileEntry, Manifest, digest_of
 from checkpoint_operator.protocol.results import CheckpointSummary, ScanReport, Skipped
 from checkpoint_operator.config import OperatorConfig
-from checkpoint_operator.api.checkpoint import Location
+from checkpoint_operator.api.checkpoint import Location, SealedData
+from checkpoint_operator.api.common import ObjectRef
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.logic.inputs import CheckpointInfo
-from checkpoint_operator.logic.snapshot import (conflict_wait, not_stored, plan_snapshot, ready_change, skipped_message,
-                                                storable)
+from checkpoint_operator.logic.snapshot import (conflict_wait, not_stored, plan_snapshot, ready_change,
+                                                sealed_ready_change, skipped_message, storable)
 from checkpoint_operator.storage.volume import VolumeStore
 from factories import training_job
 
@@ -44,7 +45,14 @@ def test_plan_names_lineage_and_keep():
     assert [p.name for p in result.checkpoints] == ["train.step-300", "train.step-200", "train"]
     assert result.dropped == ["step-100"]
     first = result.checkpoints[0]
-    assert first.body["spec"]["source"]["trainingJob"] == {"name": "train", "uid": "u-train", "directory": "step-300"}
+    source = first.body["spec"]["source"]["trainingJob"]
+    assert {k: source[k] for k in ("name", "uid", "directory")} == {"name": "train", "uid": "u-train",
+                                                                   "directory": "step-300"}
+    # The sealed data goes into the Checkpoint's spec: its own reconcile derives the same Ready status from it.
+    sealed = SealedData.model_validate(source["sealed"])
+    assert (sealed.step, sealed.location, sealed.parents[0].name) == (300, first.location, "base")
+    assert sealed_ready_change(sealed, owned=True, produced_by=ObjectRef(name="train", uid="u-train"),
+                               event=None) == first.ready
     fields = first.ready.fields.to_wire()
     assert fields["parents"] == [{"name": "base", "uid": "u-base", "digest": "sha256:b"}]
     assert fields["producedBy"] == {"name": "train", "uid": "u-train"}

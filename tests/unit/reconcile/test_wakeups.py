@@ -230,3 +230,18 @@ def test_the_index_keeps_checkpoints_in_snapshots_for_the_resync() -> None:
     assert ("in-snapshot", "ns") not in checkpoint_keys(body("Failed", "VolumeSnapshotLost"))
     assert ("in-snapshot", "ns") not in checkpoint_keys(body("Ready", snapshot=False))
     assert ("in-snapshot", "ns") not in checkpoint_keys(body("Pending"))
+
+
+def test_a_jobs_cached_on_request_wakes_the_ready_checkpoint_until_its_status_says_so():
+    ckpt = checkpoint("in")
+    ckpt["metadata"]["finalizers"] = ["ckpt.dev/in-use-protection"]
+    ctx = context(checkpoints=[ckpt])
+    wakeups.checkpoint_event(ctx, "MODIFIED", ckpt)
+    assert ("Checkpoint", "default", "in") not in ctx.queue.added  # nothing to do
+    ckpt["metadata"]["annotations"] = {"ckpt.dev/cached-on": '["node-a"]'}
+    wakeups.checkpoint_event(ctx, "MODIFIED", ckpt)
+    assert ("Checkpoint", "default", "in") in ctx.queue.added
+    ctx.queue.added.clear()
+    ckpt["status"]["cachedOn"] = ["node-a"]  # written: no more work
+    wakeups.checkpoint_event(ctx, "MODIFIED", ckpt)
+    assert ("Checkpoint", "default", "in") not in ctx.queue.added

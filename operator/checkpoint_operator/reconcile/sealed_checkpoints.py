@@ -1,0 +1,89 @@
+"""A snapshot Checkpoint, from its own reconcile: Ready from the sealed data its job put in its
+spec, once the bytes are held for it; Failed when its job asks (the directory changed after it
+was sealed). The job creates the Checkpoint and hands it its bytes (reconcile/publish.py) but
+never writes its status (reconcile/status_writer.py: one owner per status).
+
+"Held" is checked on what the spec names, since a spec is what anyone may write: a claim or a
+VolumeSnapshot must be one the producing job made (labelled with its uid) and list this
+Checkpoint among its owners (so nothing deletes it with the job); an upload must lie under the
+job's own prefix and be committed (its manifest written last).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from checkpoint_operator.api.checkpoint import Checkpoint, SealedData, TrainingJobSource
+from checkpoint_operator.api.common import ObjectRef
+from checkpoint_operator.kube import PVCS, VOLUME_SNAPSHOTS
+from checkpoint_operator.logic.results import Done, Fail, Result, Wait
+from checkpoint_operator.logic.sealing_changes import CHANGED_AFTER_SEALING_ANNOTATION, changed_failure
+from checkpoint_operator.logic.snapshot import sealed_ready_change
+from checkpoint_operator.logic.workload import LABEL_TRAINING_JOB_UID, owned_by
+from checkpoint_operator.reconcile.context import Context
+from checkpoint_operator.reconcile.status_writer import write_status
+from checkpoint_operator.storage import store_for
+
+HAND_OVER_RECHECK = 1.0  # seconds: a VolumeSnapshot's owners change with no event of ours
+
+
+def publish(ctx: Context, checkpoint: Checkpoint, source: TrainingJobSource, sealed: SealedData) -> Result:
+    """Ready once the sealed bytes are held for this Checkpoint (a Wait until its job hands them over)."""
+    meta = checkpoint.metadata
+    refused = store_for(ctx.config).sealed_upload_refusal(sealed.location, meta.namespace, source.name, source.uid)
+    if refused:
+        return Fail("DataNotHeld", f"spec.source.trainingJob.sealed: {refused}")
+    held = _held(ctx, checkpoint, source, sealed)
+    if held is not None:
+        return held
+    write_status(ctx, checkpoint, sealed_ready_change(sealed, owned=True, produced_by=ObjectRef(
+        name=source.name, uid=source.uid), event=None))  # its job posts the event that says how it was made
+    return Done()
+
+
+def changed_after_sealing(ctx: Context, checkpoint: Checkpoint) -> bool:
+    """Its job's request to fail it (the bytes in place changed after sealing): staged; whether there was one."""
+    source = checkpoint.spec.source.trainingJob
+    sealed = source.sealed if source else None
+    change = changed_failure(checkpoint.metadata.annotation(CHANGED_AFTER_SEALING_ANNOTATION),
+                             checkpoint.status.digest or (sealed.digest if sealed else None), checkpoint.phase,
+                             produced_by_job=source is not None)
+    if change is None:
+        return False
+    write_status(ctx, checkpoint, change)
+    return True
+
+
+def _held(ctx: Context, checkpoint: Checkpoint, source: TrainingJobSource, sealed: SealedData) -> Optional[Result]:
+    """None when every claim or snapshot the location names is the job's and owned by this Checkpoint."""
+    location, namespace = sealed.location, checkpoint.metadata.namespace
+    claims = [location.volume.claimName] if location.volume else [p.claimName for p in location.volumeParts or []]
+    named: list[tuple[str, Optional[dict[str, Any]], Optional[float]]] = [
+        (f"PersistentVolumeClaim {c}", ctx.kube.cached_get(PVCS, namespace, c), None) for c in dict.fromkeys(claims)]
+    if location.snapshot is not None:  # its owners change with no event of ours: looked at again
+        name = location.snapshot.volumeSnapshotName
+        body = ctx.kube.get(VOLUME_SNAPSHOTS, namespace, name)
+        uid = location.snapshot.volumeSnapshotUID
+        if body is not None and uid and (body.get("metadata") or {}).get("uid") != uid:  # a namesake made since
+            return Fail("DataNotHeld", f"spec.source.trainingJob.sealed.location: VolumeSnapshot {name} is not the "
+                                       f"one its job took (uid {uid})")
+        named.append((f"VolumeSnapshot {name}", body, HAND_OVER_RECHECK))
+    for what, body, recheck in named:
+        problem = _not_held(body, source.uid, checkpoint.metadata.uid)
+        if problem == "gone":
+            return Fail("DataNotHeld", f"spec.source.trainingJob.sealed.location: {what} does not exist (deleted "
+                                       "before its job handed it over)")
+        if problem == "foreign":
+            return Fail("DataNotHeld", f"spec.source.trainingJob.sealed.location: {what} was not made by "
+                                       f"TrainingJob {source.name} (uid {source.uid})")
+        if problem == "not yet":  # its job hands it over right after creating this Checkpoint (an event)
+            return Wait(requeue_after=recheck)
+    return None
+
+
+def _not_held(body: Optional[dict[str, Any]], job_uid: str, checkpoint_uid: str) -> Optional[str]:
+    if body is None:
+        return "gone"
+    if ((body.get("metadata") or {}).get("labels") or {}).get(LABEL_TRAINING_JOB_UID) != job_uid:
+        return "foreign"
+    return None if owned_by(body, checkpoint_uid) else "not yet"
