@@ -139,6 +139,8 @@ def agent_pods() -> dict[str, dict[str, Any]]:
         parts = training_job(replicas=2, engine="JobSet", output={"volumePerWorker": True})
         pods[f"{store_name}/snapshot-volume-per-worker"] = workload.build_snapshot_pod(
             parts, store.snapshot_command(parts, AGENT_OUTPUT_MOUNT), store.agent_env(), cfg)
+        # Between two attempts of that group: every worker's volume read-write (logic/group_resume.py).
+        pods[f"{store_name}/resume-volume-per-worker"] = workload.build_resume_pod(parts, cfg)
         for kind, source in SOURCES.items():
             ckpt = checkpoint(source)
             pods[f"{store_name}/import/{kind}"] = workload.build_import_pod(

@@ -37,7 +37,9 @@ from checkpoint_operator.agent.formats import step_from_name
 from checkpoint_operator.agent.parts import Assembled, part_directory, twin_directories, union_of
 from checkpoint_operator.agent.scan import RESUME_DIR, ROOT, list_checkpoints
 from checkpoint_operator.agent.tree import EntryBudget, entry_limit
+from checkpoint_operator.protocol import channel
 from checkpoint_operator.protocol.errors import AgentError
+from checkpoint_operator.protocol.results import MAX_PASSED_REPORTED, ResumeReport, cut
 
 LATEST = "latest"
 COPY_CHUNK = 1024 * 1024
@@ -153,11 +155,16 @@ def main(args: argparse.Namespace) -> int:
     union, passed = latest_union(args.dir, args.parts, args.layout, workers=args.workers, max_entries=args.max_entries)
     for line in passed:
         print(f"passed over {line}", flush=True)
+    shown = [cut(line) for line in passed[:MAX_PASSED_REPORTED]]
     if union is None:
         print(f"no checkpoint is complete over the {args.parts} workers' parts: nothing written", flush=True)
+        channel.write(ResumeReport(passed=shown, passedCount=len(passed)))
         return 0
     write_union(args.dir, args.parts, union)
     m = union.manifest
     print(f"resume: {m.path} (step {m.step}, {m.fileCount} files, {m.sizeBytes} bytes, {m.digest}) written into "
           f"{RESUME_DIR}/{LATEST} of each of the {args.parts} workers' volumes", flush=True)
+    # The result line the operator reads (protocol/results.py): which checkpoint the group resumes from.
+    channel.write(ResumeReport(path=m.path, digest=m.digest, step=m.step, sizeBytes=m.sizeBytes,
+                               fileCount=m.fileCount, passed=shown, passedCount=len(passed)))
     return 0

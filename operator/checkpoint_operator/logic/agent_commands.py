@@ -39,6 +39,12 @@ def snapshot(directory: str, upload_to: str, *, layout: Layout = "auto", single:
             "--upload-to", upload_to, *(["--reuse-sealed"] if reuse_sealed else []), *_parts(parts, per_worker)]
 
 
+def resume_parts(directory: str, *, parts: int, layout: Layout = "auto") -> list[str]:
+    """Between the attempts of a group with a volume per worker: copy the latest checkpoint complete over
+    the workers' volumes (DIR/worker-<i>) into each one's .ckpt-resume/latest; writes the result line."""
+    return [*AGENT, "resume-parts", directory, "--parts", str(parts), "--layout", layout]
+
+
 def download(uri: str, directory: str, *, digest: str) -> list[str]:
     """Download and verify a checkpoint pinned to `digest`: a manifest with another digest (the
     prefix was rewritten after the Checkpoint became Ready) is refused before a byte moves."""
