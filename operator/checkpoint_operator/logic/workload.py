@@ -433,7 +433,16 @@ def build_resume_pod(tj: TrainingJob, config: OperatorConfig) -> dict[str, Any]:
     volumes = [{"name": n, "persistentVolumeClaim": {"claimName": c}} for n, c in zip(names, output_claim_names(tj))]
     command = agent_commands.resume_parts(AGENT_OUTPUT_MOUNT, parts=tj.spec.replicas, layout=tj.spec.output.layout)
     container = agent_container("resume", command, config, mounts=mounts)
-    return agent_pod(metadata, config, [container], volumes, identity=trainer_identity(tj.spec.template.spec))
+    pod = agent_pod(metadata, config, [container], volumes, identity=trainer_identity(tj.spec.template.spec))
+    # It writes as the trainer, into the trainer's volumes: never the agent's fsGroup (the kubelet would
+    # re-own every file the workers wrote), only the one the workers' pods have, if any.
+    context = pod["spec"]["securityContext"]
+    context.pop("fsGroup", None)
+    context.pop("fsGroupChangePolicy", None)
+    trainer_group = (tj.spec.template.spec.get("securityContext") or {}).get("fsGroup")
+    if isinstance(trainer_group, int) and trainer_group > 0:
+        context.update(fsGroup=trainer_group, fsGroupChangePolicy="OnRootMismatch")
+    return pod
 
 
 def build_volume_scan_pod(checkpoint: Checkpoint, config: OperatorConfig) -> dict[str, Any]:
