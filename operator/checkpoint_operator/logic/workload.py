@@ -16,6 +16,7 @@ from typing import Any, Mapping, Optional
 
 from checkpoint_operator import API_VERSION
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead
+from checkpoint_operator.api.common import parse_quantity
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobHead
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic import node_cache, agent_commands, engines, import_sources, kueue, rendezvous
@@ -433,7 +434,10 @@ def build_resume_pod(tj: TrainingJob, config: OperatorConfig) -> dict[str, Any]:
     volumes = [{"name": n, "persistentVolumeClaim": {"claimName": c}} for n, c in zip(names, output_claim_names(tj))]
     command = agent_commands.resume_parts(AGENT_OUTPUT_MOUNT, parts=tj.spec.replicas, layout=tj.spec.output.layout)
     container = agent_container("resume", command, config, mounts=mounts)
-    pod = agent_pod(metadata, config, [container], volumes, identity=trainer_identity(tj.spec.template.spec))
+    # Its deadline grows with what it may copy: at most a volume's worth into each of the volumes.
+    copied = parse_quantity(tj.spec.output.size or config.default_output_size) * tj.spec.replicas
+    pod = agent_pod(metadata, config, [container], volumes, size_bytes=copied,
+                    identity=trainer_identity(tj.spec.template.spec))
     # It writes as the trainer, into the trainer's volumes: never the agent's fsGroup (the kubelet would
     # re-own every file the workers wrote), only the one the workers' pods have, if any.
     context = pod["spec"]["securityContext"]

@@ -97,6 +97,9 @@ def test_the_resume_pod_mounts_every_worker_s_volume_read_write_and_runs_resume_
     assert not any(c.get("readOnly") for c in claims)
     assert [m["mountPath"] for m in container["volumeMounts"]] == [f"/checkpoint-output/worker-{i}" for i in range(3)]
     assert not any(m.get("readOnly") for m in container["volumeMounts"])
+    # its deadline: the base plus the time to copy a volume's worth (10Gi) into each of the 3 volumes
+    assert pod["spec"]["activeDeadlineSeconds"] == int(CONFIG.agent_deadline_seconds
+                                                       + 30 * CONFIG.agent_deadline_seconds_per_gib)
 
 
 def test_the_result_is_recorded_and_the_workers_get_the_resume_path_once_a_copy_exists():
