@@ -105,6 +105,12 @@ def write_union(directory: str, count: int, union: Assembled) -> list[str]:
     sources = dict(zip((f.path for f in manifest.files), union.sources))
     resumes = [os.path.join(directory, part_directory(i), RESUME_DIR) for i in range(count)]
     partial_name = f".{name}.partial-{os.getpid()}"
+    for i, resume in enumerate(resumes):
+        # Written by this step only: a link there (the training code's own) would send the copies, and the
+        # removal of earlier copies, elsewhere (into another worker's checkpoints: every volume is mounted).
+        if os.path.islink(resume) or (os.path.lexists(resume) and not os.path.isdir(resume)):
+            raise AgentError(f"{resume}: not a directory (worker {i}'s {RESUME_DIR} is a link or a file; only the "
+                             f"resume step writes there): no resume copy is made")
     try:
         for resume in resumes:
             os.makedirs(resume, mode=0o755, exist_ok=True)

@@ -106,3 +106,24 @@ def test_a_file_that_changed_since_it_was_hashed_fails_and_latest_stays(tmp_path
         resume_dir = output / f"worker-{worker}" / ".ckpt-resume"
         assert (resume_dir / "latest").resolve().name == old.name
         assert sorted(p.name for p in resume_dir.iterdir()) == sorted(["latest", old.name])
+
+
+@pytest.mark.parametrize("planted", ["link", "file"])
+def test_a_planted_resume_directory_is_refused_and_no_worker_s_files_are_touched(tmp_path, planted):
+    """A worker's .ckpt-resume that is a link (to another worker's checkpoint: every volume is mounted
+    in the resume pod) would get the copies and the removal of 'earlier copies' there (failed before:
+    worker 1's step-1 files removed). Refused, naming it; nothing is written or removed anywhere."""
+    output = tmp_path / "out"
+    for rank in (0, 1):
+        dcp_rank(output, "step-1", rank)
+    write(output / "worker-1" / "step-1" / "notes.txt", b"worker 1's own")
+    target = output / "worker-0" / ".ckpt-resume"
+    if planted == "link":
+        target.symlink_to(output / "worker-1" / "step-1")
+    else:
+        write(target, b"not a directory")
+    before = files_of(output)
+    proc = resume(output)
+    assert proc.returncode == 1 and "worker 0's .ckpt-resume is a link or a file" in proc.stderr, proc.stderr
+    assert files_of(output) == before
+    assert not (output / "worker-1" / ".ckpt-resume").exists()
