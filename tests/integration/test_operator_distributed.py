@@ -373,6 +373,8 @@ def w(rel, data):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as f:
         f.write(data)
+if attempt == 0 and os.environ.get("PLANT_RESUME_FILE") == str(rank):
+    w(".ckpt-resume", b"the training code's own file, where only the resume step writes")
 if attempt == 0:
     # step-1: complete over the two volumes (a torch DCP save: rank 0's .metadata and shard, rank 1's
     # shard); step-2: rank 0's part only (rank 1 dies before writing it): passed over.
@@ -441,6 +443,34 @@ async def test_a_volume_per_worker_group_resumes_every_worker_from_the_union_com
         # the workers' own files as they wrote them (rank 1 never wrote step-2)
         assert sorted(p.name for p in (claim / "step-1").iterdir()) == \
             ([".metadata", "__0_0.distcp"] if index == 0 else ["__1_0.distcp"])
+
+
+async def test_a_failed_resume_step_is_said_and_the_next_attempt_starts_without_a_copy(
+        api, operator, cluster, wait_for):
+    """Worker 0 leaves a file where the resume copy goes: the resume pod fails (it names it), the
+    condition and a Warning say ResumeFailed, and the group restarts anyway, from the workers' own
+    files (no CHECKPOINT_RESUME_PATH: there is no earlier copy); nothing of the workers' is touched."""
+    body = group_job("vpwnoresume", engine="JobSet", worker=RESUME_WORKER, replicas=2, backoffLimit=1,
+                     output={"volumePerWorker": True})
+    metadata = dcp_metadata_bytes(["model.w"], [(f"__{r}_0.distcp", 0, 64) for r in (0, 1)])
+    body["spec"]["template"]["spec"]["containers"][0]["env"] += [
+        {"name": "DCP_METADATA", "value": metadata.hex()}, {"name": "PLANT_RESUME_FILE", "value": "0"}]
+    await api.create(TJ, NS, body)
+    tj = await wait_phase(api, wait_for, "vpwnoresume", ("Succeeded", "Failed"), timeout=100)
+    status = tj["status"]
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["restarts"] == 1 and status["resume"]["attempt"] == 1 and "digest" not in status["resume"]
+    failed = [e for e in await events_of(api, "vpwnoresume") if e["reason"] == "ResumeFailed"]
+    assert len(failed) == 1 and failed[0]["type"] == "Warning", failed
+    assert "attempt 1: the resume step failed: " in failed[0]["message"]
+    assert "worker 0's .ckpt-resume is a link or a file" in failed[0]["message"]
+    assert "the workers start from their own files" in failed[0]["message"]
+    for index in (0, 1):
+        claim = cluster.claim_dir(NS, f"vpwnoresume-output-{tj['metadata']['uid'][:5]}-{index}")
+        assert (claim / f"resumed-{index}.txt").read_text().splitlines()[0] == ""  # no CHECKPOINT_RESUME_PATH
+        assert not (claim / ".ckpt-resume").is_dir()
+    assert (cluster.claim_dir(NS, f"vpwnoresume-output-{tj['metadata']['uid'][:5]}-0") / ".ckpt-resume").read_bytes() \
+        .startswith(b"the training code's own file")
 
 
 CLASH_WRITER = """
