@@ -3,7 +3,7 @@ side by side in the same run, on three checkpoint shapes.
 
     python bench/transfer.py                          # shapes 1g,4g,small; 3 runs each
     python bench/transfer.py --shapes 1g --runs 5
-    python bench/transfer.py --sweep --shapes 1g,small  # each peer over a small grid of settings
+    python bench/transfer.py --sweep --shapes 1g,small  # each tool over a small grid: MB/s, client CPU
     python bench/transfer.py --quick                  # smoke: 256 MiB and 1,000 small files, 1 run
 
 Shapes (`--shapes`):
@@ -41,6 +41,9 @@ How it keeps the comparison fair (each point was wrong in an earlier version of 
   pays for the writeback of the one before. Uploads are deleted after each run and SeaweedFS
   is told to vacuum, so its volumes do not grow run after run.
 - Order: each run rotates the tools, so each tool runs in every slot.
+- Bytecode: the agent's package is compiled before the runs, as the image does (compileall); an
+  editable install run under PYTHONDONTWRITEBYTECODE compiled every module from source at each
+  start, 30-50 ms of CPU that no agent pod pays (about 0.04 s per 10^9 bytes at 1 GiB).
 - Peak RSS: the process tree's summed RSS, polled from /proc every 20 ms (not wait4's
   ru_maxrss: a child starts with the RSS its parent had at fork and keeps it across exec). CPU: user+sys of the process and every child it waited for (wait4).
   `srv` is SeaweedFS's CPU over the same interval: all of it shares the same cores.
@@ -150,7 +153,7 @@ BEST: dict[str, dict[str, dict[str, dict]]] = {
 
 # The small sweep behind BEST (`--sweep`): per shape kind and direction, the settings tried.
 GRID: dict[str, dict[str, dict[str, dict[str, list]]]] = {
-    "agent": {k: {"upload": {"concurrency": [4, 8, 16]}, "download": {"concurrency": [4, 8, 16]}}
+    "agent": {k: {"upload": {"concurrency": [4, 8, 16]}, "download": {"concurrency": [3, 4, 8, 16]}}
               for k in ("large", "small")},
     "s5cmd": {"large": {d: {"workers": [256], "concurrency": [5, 10, 20], "part_mb": [16, 50]}
                         for d in ("upload", "download")},
@@ -591,12 +594,15 @@ def sweep(bench: Bench, shape: Shape, tools: list[str], runs: int) -> None:
             for values in itertools.product(*grid.values()):
                 s = dict(zip(grid, values))
                 try:
-                    t = statistics.median(bench.once(tool, d, shape, s, 0).seconds for _ in range(runs))
+                    samples = [bench.once(tool, d, shape, s, 0) for _ in range(runs)]
                 except RuntimeError as exc:
                     print(f"  {tool:7s} {d:8s} {fmt_settings(s):45s} failed: {str(exc)[:200]}", flush=True)
                     continue
+                t = statistics.median(x.seconds for x in samples)
+                cpu = statistics.median(x.cpu for x in samples) / (shape.total / 1e9)
                 rates.append((shape.total / MB / t, s))
-                print(f"  {tool:7s} {d:8s} {fmt_settings(s):45s} {shape.total / MB / t:7.1f} MB/s", flush=True)
+                print(f"  {tool:7s} {d:8s} {fmt_settings(s):45s} {shape.total / MB / t:7.1f} MB/s  client CPU "
+                      f"{cpu:.2f} s per 10^9 bytes  (load {os.getloadavg()[0]:.1f})", flush=True)
             if rates:
                 best = max(rates, key=lambda r: r[0])
                 print(f"  best {tool} {d} on {shape.name}: {fmt_settings(best[1])} ({best[0]:.1f} MB/s)", flush=True)
@@ -647,6 +653,12 @@ def main() -> int:
             else:
                 tools.append(tool)
         bench = Bench(server, tools_, work)
+        if "agent" in tools:
+            # What an agent pod runs has its bytecode written (the image's compileall): without
+            # it every run would compile the package from source (PYTHONDONTWRITEBYTECODE),
+            # 30-50 ms of CPU no pod pays, about 0.04 s per 10^9 bytes at 1 GiB.
+            from scan import compile_bytecode
+            compile_bytecode()
         global sha256_seconds
         sha256_seconds = sha256_seconds_per_gb()
         print(f"sha256 of 10^9 bytes in memory, one core: {sha256_seconds:.2f} s CPU", flush=True)

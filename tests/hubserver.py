@@ -153,6 +153,7 @@ class MiniHub:
     cdn_port: int = 0
     requests: list = field(default_factory=list)  # (role, method, path, Authorization header)
     tamper: dict = field(default_factory=dict)  # path -> bytes served instead
+    no_oid: set = field(default_factory=set)    # paths the tree listing gives without a hash (a lax mirror)
     redirect_api: bool = False  # send the API calls to the CDN origin (a token must not follow)
     slow: float = 0.0  # seconds between 16 KiB pieces of a file's body (a slow link)
     servers: list = field(default_factory=list)
@@ -242,7 +243,8 @@ class _MiniHandler(http.server.BaseHTTPRequestHandler):
             if action == "tree":
                 items = []
                 for rel, data in sorted(repo.files.items()):
-                    item = {"type": "file", "oid": blob_id(data), "size": len(data), "path": rel}
+                    item = {"type": "file", "oid": "" if rel in hub.no_oid else blob_id(data), "size": len(data),
+                            "path": rel}
                     if rel in repo.lfs:
                         item["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 130}
                     items.append(item)

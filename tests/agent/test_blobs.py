@@ -138,6 +138,21 @@ def test_a_blob_changed_behind_the_operator_is_sent_again_not_trusted_by_its_nam
     assert third.uploaded_files == 0
 
 
+def test_a_multipart_blob_stored_in_another_part_layout_is_still_vouched_for(s3, tmp_path):
+    """hostile6 S2: a blob stored with another part size (another agent's setting, an upgrade) was sent
+    again on every upload, with a warning that it may have been changed behind the operator. The blob's
+    own layout is read from its first part (one HEAD) and the local file hashed in it."""
+    data = os.urandom(13 * MiB)
+    src = tree(tmp_path / "ck", {"big.bin": data})
+    ns = s3.uri("ns/")
+    upload_dir(str(src), ns + "five-aaaaaaaa/", blobs=blobs.blob_root_of(ns + "five-aaaaaaaa/"), part_size=5 * MiB)
+    said: list[str] = []
+    again = upload_dir(str(src), ns + "six-bbbbbbbb/", blobs=blobs.blob_root_of(ns + "six-bbbbbbbb/"),
+                       part_size=6 * MiB, log=said.append)
+    assert again.uploaded_files == 0 and again.skipped_files == 1
+    assert not [line for line in said if "changed behind" in line], said
+
+
 def test_a_manifest_naming_blobs_outside_the_bucket_is_refused(s3, tmp_path):
     src = tree(tmp_path / "ck", {"a": b"a"})
     uri = s3.uri("ns/ck-dddddddd/")
@@ -373,6 +388,25 @@ def test_a_deleted_checkpoints_own_blobs_go_at_once_whatever_the_grace(s3, tmp_p
     assert upload.result.skipped_files == 1 and upload.result.repaired_files == 1
     assert download_prefix(c, str(tmp_path / "dl")).manifest.fileCount == 1
     assert blobs.released_blobs(client, a) == set()  # gone: nothing to release
+
+
+def test_a_collector_that_ran_too_long_deletes_nothing(s3, tmp_path, monkeypatch):
+    """hostile6 S1: uploads take a running marker older than STALE_RUN_SECONDS for a dead collector and
+    stop waiting for it, but a live collector that slow still deleted what it had decided from a manifest
+    listing older than their commits: a Checkpoint was reported on a blob the store no longer held.
+    A collector past MAX_RUN_SECONDS (half of it) now leaves the rest for the next collection."""
+    ns = s3.uri("ns/")
+    a = ns + "a-17171717/"
+    upload_dir(str(tree(tmp_path / "a", {"own.bin": b"a" * 500})), a, blobs=blobs.blob_root_of(a))
+    client = make_client()
+    released = blobs.released_blobs(client, a)
+    delete_prefix(a)
+    monkeypatch.setattr(blobs, "MAX_RUN_SECONDS", 0.2)
+    slow = blobs.collect(client, ns, released=released, before_delete=lambda doomed: time.sleep(0.5))
+    assert slow.deleted == [] and "ran longer than" in slow.problems[0]
+    assert f"ns/blobs/sha256/{sha(b'a' * 500)}" in keys(s3)  # left for the next collection
+    monkeypatch.setattr(blobs, "MAX_RUN_SECONDS", 1800.0)
+    assert blobs.collect(client, ns, released=released).deleted == [s3.uri(f"ns/blobs/sha256/{sha(b'a' * 500)}")]
 
 
 def test_a_collector_that_fails_after_deleting_still_marks_its_run(s3, tmp_path, shard, monkeypatch):

@@ -142,6 +142,20 @@ def test_bytes_that_do_not_match_the_commit_are_refused(mini_hub, tmp_path):
     assert nothing_left(dest)
 
 
+def test_a_listing_without_a_file_s_hash_is_refused_before_any_byte_moves(mini_hub, tmp_path):
+    """hostile6 R6: a listing giving no oid for a file turned its check off, and a mirror serving other
+    bytes was accepted with the commit as provenance."""
+    files = tiny_model()
+    mini_hub.add_repo("org/model", files)
+    mini_hub.no_oid.add("config.json")
+    mini_hub.tamper["config.json"] = b"{}" + b" " * (len(files["config.json"]) - 2)
+    dest = tmp_path / "ckpt"
+    run = agent_import("hf://org/model", dest, "--endpoint-url", mini_hub.endpoint)
+    assert "gives no hash for 'config.json'" in run.error or "gives no hash for config.json" in run.error, run.error
+    assert not [p for _, _, p, _ in mini_hub.seen_by("hub") if "/resolve/" in p]  # nothing was fetched
+    assert nothing_left(dest)
+
+
 def test_a_server_sending_more_than_listed_is_cut_off(mini_hub, tmp_path):
     files = tiny_model()
     mini_hub.add_repo("org/model", files)

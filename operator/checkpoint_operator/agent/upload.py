@@ -235,6 +235,22 @@ class Uploader:
         self._transfer(missing, {}, sum(f.size for f in missing))
         self.result.repaired_files += len(missing)
 
+    def _stored_part_size(self, sha256: str, size: int, parts: int) -> Optional[int]:
+        """The part size a multipart blob was stored with: its first part's length (one HEAD of part 1;
+        the count alone does not tell, 13 MiB is 3 parts of 5 MiB or of 6). Negligible beside reading the
+        local file to hash it."""
+        assert self.blobs is not None
+        loc = self.blobs.child(sha256)
+        try:
+            first = self.client.head_object(Bucket=loc.bucket, Key=loc.key, PartNumber=1)
+        except Exception as exc:  # noqa: BLE001
+            if is_not_found(exc):
+                return None
+            raise _tag(exc, loc.uri)
+        if first.get("PartsCount") not in (None, parts):
+            return None
+        return blobstore.uniform_part_size(size, parts, int(first.get("ContentLength") or 0))
+
     def _blob_head(self, loc: S3Location, checksum: bool = False) -> Optional[dict]:
         try:
             if checksum:
@@ -261,23 +277,25 @@ class Uploader:
         if head is None or head.get("ContentLength") != f.size:
             return False
         stored = str(head.get("ChecksumSHA256") or "")
-        part_size = part_size_for(f.size, self.part_size)
-        parts = max(1, -(-f.size // part_size))
-        verdict = blobstore.checksum_verdict(stored, sha256, parts if f.size > self.part_size else 1)
+        verdict = blobstore.checksum_verdict(stored, sha256)
+        why = ("the store keeps no SHA-256 checksum for it" if verdict == blobstore.ChecksumVerdict.MISSING
+               else "its stored checksum is not this file's bytes (changed behind the operator?)")
         if verdict == blobstore.ChecksumVerdict.NEEDS_PART_DIGESTS:
-            # A multipart blob's checksum is the sha256 of its parts' digests: hash the local file part
-            # by part (a local read instead of sending it) and compare.
-            whole, digests = _hash_parts(f.path, part_size, self.latch)
-            if whole != sha256:
-                raise AgentError(f"{f.path}: changed while uploading (sha256 {whole}, expected {sha256})")
-            verdict = (blobstore.ChecksumVerdict.MATCHES if stored == blobstore.composite_checksum(digests)
-                       else blobstore.ChecksumVerdict.DIFFERS)
+            # A multipart blob's checksum is the sha256 of its parts' digests: hash the local file in the
+            # blob's own parts (a local read instead of sending it) and compare.
+            part_size = self._stored_part_size(sha256, f.size, blobstore.composite_parts(stored) or 0)
+            if part_size is None:
+                verdict = blobstore.ChecksumVerdict.DIFFERS
+                why = "it is stored in parts of unequal sizes, which cannot be compared without reading it"
+            else:
+                whole, digests = _hash_parts(f.path, part_size, self.latch)
+                if whole != sha256:
+                    raise AgentError(f"{f.path}: changed while uploading (sha256 {whole}, expected {sha256})")
+                verdict = (blobstore.ChecksumVerdict.MATCHES if stored == blobstore.composite_checksum(digests)
+                           else blobstore.ChecksumVerdict.DIFFERS)
         if verdict == blobstore.ChecksumVerdict.MATCHES:
             return True
-        self.log(f"upload: {self.blobs.child(sha256).uri}: "
-                 + ("the store keeps no SHA-256 checksum for it" if verdict == blobstore.ChecksumVerdict.MISSING
-                    else "its stored checksum is not this file's bytes (changed behind the operator?)")
-                 + "; sending it again")
+        self.log(f"upload: {self.blobs.child(sha256).uri}: {why}; sending it again")
         with self._count_lock:
             self._claimed.discard(sha256)
         return False

@@ -50,6 +50,10 @@ GC_RUNNING = "running-"
 DEFAULT_GRACE_SECONDS = 3600.0
 # A running marker older than this is a collector that died: nobody waits on it.
 STALE_RUN_SECONDS = 3600.0
+# So a collector older than this deletes nothing more (the next collection does): uploads judge a
+# marker's age by their own clock against the store's, which SigV4 lets differ by 15 minutes, and a
+# collector still deleting once uploads take it for dead would delete blobs they just relied on.
+MAX_RUN_SECONDS = STALE_RUN_SECONDS / 2
 # A multipart upload of a blob begun this long ago is abandoned (its uploader died): aborted.
 ABANDONED_MULTIPART_SECONDS = 86400.0
 # How long an upload waits for a running collection to end before it fails (it is retried).
@@ -133,17 +137,29 @@ def composite_checksum(part_digests: list[bytes]) -> str:
     return f"{digest_to_checksum(hashlib.sha256(b''.join(part_digests)).digest())}-{len(part_digests)}"
 
 
-def checksum_verdict(stored: str, sha256_hex: str, local_parts: int) -> ChecksumVerdict:
-    """What a blob's stored checksum says of the file it would stand for (`local_parts`: the parts
-    this upload would send it in; 1 for one PUT)."""
+def checksum_verdict(stored: str, sha256_hex: str) -> ChecksumVerdict:
+    """What a blob's stored checksum says of the file it would stand for. A multipart blob's
+    (NEEDS_PART_DIGESTS) is compared by hashing the local file in the blob's parts (composite_parts)."""
     if not stored:
         return ChecksumVerdict.MISSING
-    whole, dash, count = stored.partition("-")
+    whole, dash, _ = stored.partition("-")
     if not dash:
         return ChecksumVerdict.MATCHES if whole == hex_to_checksum(sha256_hex) else ChecksumVerdict.DIFFERS
-    if count.isdigit() and int(count) == local_parts and local_parts > 1:
-        return ChecksumVerdict.NEEDS_PART_DIGESTS
-    return ChecksumVerdict.DIFFERS  # another layout: not comparable without the store's part sizes
+    return ChecksumVerdict.NEEDS_PART_DIGESTS if composite_parts(stored) else ChecksumVerdict.DIFFERS
+
+
+def composite_parts(stored: str) -> Optional[int]:
+    """The number of parts a composite checksum (`<base64>-<parts>`) was made of; None if it is not one."""
+    _, dash, count = stored.partition("-")
+    return int(count) if dash and count.isdigit() and 0 < int(count) <= 10000 else None
+
+
+def uniform_part_size(size: int, parts: int, first_part: int) -> Optional[int]:
+    """The part size of a blob stored in `parts` parts whose first is `first_part` bytes, when every part
+    but the last has that size (as every S3 client cuts them); None when no such layout gives `size`."""
+    if first_part <= 0 or parts <= 0:
+        return None
+    return first_part if -(-size // first_part) == parts and (parts == 1 or first_part < size) else None
 
 
 def blob_key(blob_root_key: str, sha256: str) -> str:
@@ -260,6 +276,7 @@ def collect(client: Any, namespace_prefix: str, *, grace: Optional[float] = None
     result = Collection(blob_root.uri)
     counter = [0]
     run_key = gc.key + GC_RUNNING + uuid.uuid4().hex
+    begun = time.monotonic()  # before the marker exists: the run is never older than this says
     # 1. The run's marker, first: an upload that commits from now on sees it (rule 2). Its time is
     #    the server's "now", against which blobs are young or not.
     client.put_object(Bucket=ns.bucket, Key=run_key, Body=b"")
@@ -322,16 +339,22 @@ def collect(client: Any, namespace_prefix: str, *, grace: Optional[float] = None
             doomed.append(obj["Key"])
         if before_delete is not None:
             before_delete(doomed)
-        deleting = bool(doomed)
+        deleted: list[str] = []
         for start in range(0, len(doomed), 1000):
+            if time.monotonic() - begun > MAX_RUN_SECONDS:
+                result.problems.append(f"the collection ran longer than {MAX_RUN_SECONDS:.0f} s (uploads would take "
+                                       f"it for dead): {len(doomed) - start} unused blobs left for the next one")
+                break
             batch = doomed[start:start + 1000]
+            deleting = True
+            deleted += batch
             resp = client.delete_objects(Bucket=ns.bucket, Delete={"Objects": [{"Key": k} for k in batch],
                                                                    "Quiet": True})
             counter[0] += 1
             for err in resp.get("Errors", []):
                 if err.get("Code") != "NoSuchKey":
                     result.problems.append(f"could not delete s3://{ns.bucket}/{err.get('Key')}: {err.get('Code')}")
-        result.deleted = [f"s3://{ns.bucket}/{k}" for k in doomed]
+        result.deleted = [f"s3://{ns.bucket}/{k}" for k in deleted]
         _abort_abandoned_multipart(client, ns.bucket, blob_root.key, started, counter)
         if _drop_stale_runs(client, ns.bucket, gc.key, started, counter):
             deleting = True  # the dead collectors' deletions: this run's `done` stands for them

@@ -216,7 +216,11 @@ def build_lineage(items: Iterable[CheckpointHead], name: str,
         for parent in checkpoint.status.parents or []:
             children.setdefault(parent.uid, []).append(checkpoint)
 
-    def up(checkpoint: CheckpointHead, seen: set[str], depth: int) -> list[Node]:
+    # Each Checkpoint is expanded once per tree (later occurrences say "shown above"): per path, a
+    # ladder of jobs taking two inputs each doubled the tree with every layer (2^layers lines).
+    expanded: set[str] = set()
+
+    def up(checkpoint: CheckpointHead, depth: int) -> list[Node]:
         nodes = []
         for pinned in checkpoint.status.parents or []:
             uid = pinned.uid
@@ -234,10 +238,11 @@ def build_lineage(items: Iterable[CheckpointHead], name: str,
                 nodes.append(Node(pinned.name, uid, pinned.digest, gone=True))
                 continue
             node = _node(found)
-            if uid in seen or depth >= MAX_DEPTH:
-                node.repeated, node.truncated = uid in seen, 0 if uid in seen else 1
+            if uid in expanded or depth >= MAX_DEPTH:
+                node.repeated, node.truncated = uid in expanded, 0 if uid in expanded else 1
             else:
-                node.children = up(found, seen | {uid}, depth + 1)
+                expanded.add(uid)
+                node.children = up(found, depth + 1)
             nodes.append(node)
         return nodes
 
@@ -260,7 +265,8 @@ def build_lineage(items: Iterable[CheckpointHead], name: str,
 
     root_uid = root.metadata.uid
     shown.add(root_uid)
-    return Lineage(_node(root), up(root, {root_uid}, 0), down(root_uid, 0))
+    expanded.add(root_uid)
+    return Lineage(_node(root), up(root, 0), down(root_uid, 0))
 
 
 def describe_node(node: Node) -> str:

@@ -98,14 +98,17 @@ def test_a_stored_checksum_vouches_for_a_blob_only_when_it_is_the_blob_s_own() -
     name = hashlib.sha256(data).hexdigest()
     own = blobs.hex_to_checksum(name)
     verdict = blobs.checksum_verdict
-    assert verdict(own, name, 1) is blobs.ChecksumVerdict.MATCHES
-    assert verdict(blobs.hex_to_checksum(hashlib.sha256(b"other").hexdigest()), name, 1) is blobs.ChecksumVerdict.DIFFERS
-    assert verdict("", name, 1) is blobs.ChecksumVerdict.MISSING  # an older blob, or a store without checksums
-    # multipart: comparable only with the local parts, and only in the same number of parts
-    assert verdict("abc=-3", name, 3) is blobs.ChecksumVerdict.NEEDS_PART_DIGESTS
-    assert verdict("abc=-2", name, 3) is blobs.ChecksumVerdict.DIFFERS
-    assert verdict("abc=-1", name, 1) is blobs.ChecksumVerdict.DIFFERS
-    assert verdict("abc=-x", name, 3) is blobs.ChecksumVerdict.DIFFERS
+    assert verdict(own, name) is blobs.ChecksumVerdict.MATCHES
+    assert verdict(blobs.hex_to_checksum(hashlib.sha256(b"other").hexdigest()), name) is blobs.ChecksumVerdict.DIFFERS
+    assert verdict("", name) is blobs.ChecksumVerdict.MISSING  # an older blob, or a store without checksums
+    # multipart: compared by hashing the local file in the blob's own parts
+    assert verdict("abc=-3", name) is blobs.ChecksumVerdict.NEEDS_PART_DIGESTS
+    assert verdict("abc=-x", name) is blobs.ChecksumVerdict.DIFFERS and verdict("abc=-0", name) is blobs.ChecksumVerdict.DIFFERS
+    assert blobs.composite_parts("abc=-3") == 3 and blobs.composite_parts("abc=") is None
+    # the stored layout, from the first part's length: every part but the last of that size
+    assert blobs.uniform_part_size(13, 3, 5) == 5 and blobs.uniform_part_size(13, 2, 5) is None
+    assert blobs.uniform_part_size(10, 2, 5) == 5 and blobs.uniform_part_size(10, 1, 10) == 10
+    assert blobs.uniform_part_size(10, 2, 0) is None
     # S3's composite: sha256 of the parts' digests, then the count
     parts = [hashlib.sha256(b"a").digest(), hashlib.sha256(b"b").digest()]
     assert blobs.composite_checksum(parts) == blobs.digest_to_checksum(hashlib.sha256(parts[0] + parts[1]).digest()) + "-2"

@@ -99,3 +99,17 @@ def test_a_catalog_parent_is_found_in_the_catalog_not_reported_deleted():
     # A Checkpoint of the namespace with the entry's uid is never taken for it.
     namesake = {**entry, "metadata": {**entry["metadata"], "namespace": "team-a"}}
     assert views.build_lineage(map(views.read_checkpoint, [child, namesake]), "tuned", []).parents[0].gone
+
+
+def test_lineage_expands_each_parent_once_however_many_paths_reach_it():
+    """hostile6 R3: parents were expanded once per path, so a ladder of jobs each taking both Checkpoints
+    of the previous job printed 2^layers lines (17 layers: 131,074 lines, 140 MiB)."""
+    items, previous = [], []
+    for layer in range(30):
+        current = [f"l{layer}-{side}" for side in "ab"]
+        items += [ckpt(name, parents=previous) for name in current]
+        previous = current
+    lineage = views.build_lineage(items, "l29-a")
+    text = views.render_lineage(lineage)
+    assert len(text.splitlines()) < 4 * 30 + 5  # two lines a layer (one expanded, one "shown above"), not 2^30
+    assert sum(1 for line in text.splitlines() if "l0-a" in line) == 2  # once expanded, once "shown above"

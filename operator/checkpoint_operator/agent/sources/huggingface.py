@@ -26,7 +26,7 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Optional
+from typing import Any, Optional
 
 from checkpoint_operator.protocol.errors import AgentError
 from checkpoint_operator.protocol.names import printable
@@ -145,6 +145,13 @@ class HuggingFaceSource(Source):
             raise AgentError(f"{self.label}: no file of commit {commit} matches"
                              + (f" --include {self.include}" if self.include else "")
                              + (f" --exclude {self.exclude}" if self.exclude else "") + f" ({len(files)} files in all)")
+        # Every file is checked against the commit as it arrives: a listing that gives no hash for one
+        # (a mirror or proxy that drops the oid, an LFS entry without sha256) would let any bytes in.
+        unhashed = [f.path for f in selected if not _expected_hash(f)]
+        if unhashed:
+            raise AgentError(f"{self.label}: the listing of commit {commit} at {self.endpoint} gives no hash for "
+                             f"{printable(unhashed[0])}" + (f" (and {len(unhashed) - 1} more)" if len(unhashed) > 1 else "")
+                             + ": its bytes could not be checked against the commit; refused")
         return commit, selected
 
     # --- bytes ---
@@ -171,7 +178,7 @@ class HuggingFaceSource(Source):
             label = f"{self.label}: {printable(f.path)}"
             lfs = getattr(f, "lfs", None)
             hasher = hashlib.sha256() if lfs else git_blob_hasher(f.size)
-            expected_hash = (lfs.sha256 if lfs else f.blob_id) or ""
+            expected_hash = _expected_hash(f)
             try:
                 with opener.open(request, timeout=HTTP_TIMEOUT) as resp:
                     served = resp.headers.get("X-Repo-Commit")
@@ -190,7 +197,7 @@ class HuggingFaceSource(Source):
                 if isinstance(exc, AgentError):
                     raise
                 raise AgentError(f"{label}: transfer failed: {exc}") from None
-            if expected_hash and hasher.hexdigest() != expected_hash:
+            if hasher.hexdigest() != expected_hash:
                 kind = "sha256" if lfs else "git blob id"
                 raise AgentError(f"{label}: the bytes served do not match the commit ({kind} {hasher.hexdigest()}, "
                                  f"the repository lists {expected_hash}); refused")
@@ -198,6 +205,12 @@ class HuggingFaceSource(Source):
         with Progress("import", total) as progress:
             run_parallel(one, files, PARALLEL_FILES, failed)
         return Fetched(provenance={"uri": self.uri, "revision": self.revision, "resolvedRevision": commit})
+
+
+def _expected_hash(f: Any) -> str:
+    """What the commit says a listed file's bytes hash to: the LFS sha256, else the git blob id."""
+    lfs = getattr(f, "lfs", None)
+    return str((lfs.sha256 if lfs else getattr(f, "blob_id", "")) or "")
 
 
 SOURCE = HuggingFaceSource
