@@ -5,15 +5,16 @@ whole only over the union of the volumes (a DCP `.metadata` in worker 0's, each 
 own), and a restarted worker cannot mount another's ReadWriteOnce volume. Between two attempts the
 operator runs one agent pod mounting every worker's claim read-write, `agent resume-parts`
 (agent/resume_parts.py): it copies the latest checkpoint complete over the union into every
-worker's volume at `.ckpt-resume/<digest>/` and points `.ckpt-resume/latest` at it, in every volume
-or none. Its result (protocol/results.py ResumeReport) is recorded in `status.resume`; the next
-attempt's workers get `CHECKPOINT_RESUME_PATH=$CHECKPOINT_OUTPUT_DIR/.ckpt-resume/latest` once a copy
+worker's volume at `.ckpt-resume/<digest hex>/` (and points `.ckpt-resume/latest` at it, for people).
+Its result (protocol/results.py ResumeReport) is recorded in `status.resume`; the next attempt's
+workers get `CHECKPOINT_RESUME_PATH=$CHECKPOINT_OUTPUT_DIR/.ckpt-resume/<digest hex>` once a copy
 exists (a later step that finds nothing newer complete leaves that copy, and the path, as they were).
 """
 
 from __future__ import annotations
 
 import posixpath
+from typing import Optional
 from checkpoint_operator.api.trainingjob import GroupResume, TrainingJob, TrainingJobStatus
 from checkpoint_operator.logic.status import StatusChange
 from checkpoint_operator.protocol.results import ResumeReport, cut
@@ -23,9 +24,17 @@ LATEST = "latest"            # agent/resume_parts.py LATEST
 PASSED_SHOWN = 3             # newer checkpoints passed over, named in the message (status.resume counts none)
 
 
-def resume_path(output_dir: str) -> str:
-    """The workers' CHECKPOINT_RESUME_PATH: a symlink in their own volume to the copy resumed from."""
-    return posixpath.join(output_dir, RESUME_DIR, LATEST)
+def resume_path(output_dir: str, digest: str) -> str:
+    """The workers' CHECKPOINT_RESUME_PATH: the copy resumed from, in their own volume, named by its digest
+    (not `latest`: the step switches each volume's link in turn, and a failure between two would leave the
+    workers on different copies; the digest recorded in status.resume is one for all of them)."""
+    return posixpath.join(output_dir, RESUME_DIR, digest.split(":", 1)[-1])
+
+
+def kept_copy(tj: TrainingJob) -> Optional[str]:
+    """The copy the next resume step must keep beside its own: the one recorded last (the workers fall
+    back to it if that step's result is lost)."""
+    return tj.status.resume.digest if tj.status.resume is not None else None
 
 
 def has_resume_copy(tj: TrainingJob) -> bool:
@@ -49,7 +58,7 @@ def resumed_change(tj: TrainingJob, attempt: int, report: ResumeReport) -> Statu
         step = f" (step {report.step})" if report.step is not None else ""
         message = (f"attempt {attempt} resumes every worker from {report.path}{step}, {report.digest}: complete over "
                    f"the {tj.spec.replicas} workers' volumes, {report.fileCount} files copied into each "
-                   f"({RESUME_DIR}/{LATEST}){over}")
+                   f"({RESUME_DIR}/{report.digest.split(':', 1)[-1][:12]}...){over}")
         resume = GroupResume(attempt=attempt, directory=report.path, digest=report.digest, step=report.step,
                              message=message)
         return StatusChange(reason="Resuming", event="Normal", message=message,

@@ -140,7 +140,8 @@ def contract_env(tj: TrainingJob, inputs: list[ResolvedInput], live: bool = Fals
     if live:
         env[live_sealing.RESUME_ENV] = live_sealing.resume_path(output_dir)
     elif tj.output_enabled and group_resume.has_resume_copy(tj):  # a volume per worker, after a resume step
-        env[live_sealing.RESUME_ENV] = group_resume.resume_path(output_dir)
+        assert tj.status.resume is not None and tj.status.resume.digest is not None
+        env[live_sealing.RESUME_ENV] = group_resume.resume_path(output_dir, tj.status.resume.digest)
     if inputs:
         first = posixpath.join(input_dir, inputs[0].mount_name)
         env["CHECKPOINT_INPUT_PATH"] = first
@@ -432,7 +433,8 @@ def build_resume_pod(tj: TrainingJob, config: OperatorConfig) -> dict[str, Any]:
     names = [f"{OUTPUT_VOLUME}-{i}" for i in range(tj.spec.replicas)]
     mounts = [{"name": n, "mountPath": posixpath.join(AGENT_OUTPUT_MOUNT, f"worker-{i}")} for i, n in enumerate(names)]
     volumes = [{"name": n, "persistentVolumeClaim": {"claimName": c}} for n, c in zip(names, output_claim_names(tj))]
-    command = agent_commands.resume_parts(AGENT_OUTPUT_MOUNT, parts=tj.spec.replicas, layout=tj.spec.output.layout)
+    command = agent_commands.resume_parts(AGENT_OUTPUT_MOUNT, parts=tj.spec.replicas, layout=tj.spec.output.layout,
+                                          keep=group_resume.kept_copy(tj))
     container = agent_container("resume", command, config, mounts=mounts)
     # Its deadline grows with what it may copy: at most a volume's worth into each of the volumes.
     copied = parse_quantity(tj.spec.output.size or config.default_output_size) * tj.spec.replicas

@@ -293,7 +293,7 @@ MAX_PASSED_REPORTED = 20  # newer directories passed over by a resume, named in 
 
 class ResumeReport(Report):
     """`agent resume-parts`: the checkpoint a restarted group with a volume per worker resumes from,
-    copied into every worker's volume at .ckpt-resume/latest (None: no checkpoint is complete over the
+    copied into every worker's volume at .ckpt-resume/<digest hex> (None: no checkpoint is complete over the
     workers' parts; nothing was written, an earlier copy stays), and the newer ones passed over."""
 
     kind: Literal["resume"] = "resume"

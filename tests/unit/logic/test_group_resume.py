@@ -119,7 +119,11 @@ def test_the_result_is_recorded_and_the_workers_get_the_resume_path_once_a_copy_
         return env_of(js["spec"]["replicatedJobs"][1]["template"]["spec"]["template"]["spec"]["containers"][0])
     assert "CHECKPOINT_RESUME_PATH" not in worker_env(tj)  # no copy yet
     resumed = typed({"phase": "Running", "restarts": 1, "resume": resume})
-    assert worker_env(resumed)["CHECKPOINT_RESUME_PATH"] == f"/output-checkpoint/{RESUME_DIR}/latest"
+    # the copy named by its digest, one name for every worker (hostile6 R2: `latest` is switched volume by
+    # volume, and a failure between two left the workers on different steps)
+    assert worker_env(resumed)["CHECKPOINT_RESUME_PATH"] == f"/output-checkpoint/{RESUME_DIR}/{DIGEST.split(':')[1]}"
+    # the next step keeps that copy beside its own (the workers' fallback if its result is lost)
+    assert build_resume_args(resumed)[-2:] == ["--keep", DIGEST]
     assert group_resume.RESUME_DIR == RESUME_DIR and group_resume.LATEST == resume_parts.LATEST  # the agent's names
 
 
@@ -167,3 +171,8 @@ def test_the_agent_writes_the_result_the_operator_reads(tmp_path):
                            "--parts", "2"], capture_output=True, text=True, timeout=120)
     empty = channel.find_result(proc.stdout, (ResumeReport,), limit_bytes=channel.RESULT_READ_BYTES, what="stdout")
     assert empty.path is None and empty.digest is None
+
+
+def build_resume_args(tj: TrainingJob) -> list[str]:
+    from checkpoint_operator.logic.workload import build_resume_pod
+    return build_resume_pod(tj, CONFIG)["spec"]["containers"][0]["command"]

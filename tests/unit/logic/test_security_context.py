@@ -92,7 +92,8 @@ def test_odd_restricted_templates_stay_restricted(label, store, publish):
 def test_the_catalogue_covers_every_kind_of_pod():
     assert {n.split("/")[1] for n in AGENT_PODS} == {"snapshot", "import", "scan", "upload-receiver", "verify",
                                                      "pull", "upload-check", "catalog-import", "catalog-copy",
-                                                     "snapshot-volume-per-worker", "resume-volume-per-worker"}
+                                                     "snapshot-volume-per-worker", "resume-volume-per-worker",
+                                                     "resume-volume-per-worker-again"}
     assert len([n for n in AGENT_PODS if "/import/" in n]) == len(pod_shapes.STORES) * len(pod_shapes.SOURCES)
     assert len([n for n in AGENT_PODS if "/catalog-import/" in n]) == len(pod_shapes.STORES) * len(pod_shapes.SOURCES)
     names = {c["name"] for pod in TRAINING_PODS.values() for c in containers(pod)}
@@ -131,7 +132,7 @@ def test_only_pods_that_write_a_claim_get_an_fs_group():
     kubelet to re-own the trainer's files, so the readers never get one."""
     writers = {n for n, p in AGENT_PODS.items() if "fsGroup" in p["spec"]["securityContext"]}
     # The resume pod writes the workers' volumes as the trainer: their fsGroup only (below), never the agent's.
-    as_trainer = {n for n in AGENT_PODS if n.endswith("/resume-volume-per-worker")}
+    as_trainer = {n for n in AGENT_PODS if "/resume-volume-per-worker" in n}
     assert writers - as_trainer == {n for n, p in AGENT_PODS.items() if writes_a_claim(p["spec"]["volumes"])} - as_trainer
     assert writers - as_trainer == {"volume/upload-receiver", "snapshots/upload-receiver", "volume/catalog-copy",
                        "snapshots/catalog-copy",
