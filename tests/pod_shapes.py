@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.clustercheckpoint import ClusterCheckpoint
-from checkpoint_operator.api.trainingjob import TrainingJob
+from checkpoint_operator.api.trainingjob import GroupResume, TrainingJob
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic import catalog, transfers, workload
 from checkpoint_operator.logic.agent_pods import AGENT_OUTPUT_MOUNT
@@ -139,6 +139,11 @@ def agent_pods() -> dict[str, dict[str, Any]]:
         parts = training_job(replicas=2, engine="JobSet", output={"volumePerWorker": True})
         pods[f"{store_name}/snapshot-volume-per-worker"] = workload.build_snapshot_pod(
             parts, store.snapshot_command(parts, AGENT_OUTPUT_MOUNT), store.agent_env(), cfg)
+        # Between two attempts of that group: every worker's volume read-write (logic/group_resume.py).
+        pods[f"{store_name}/resume-volume-per-worker"] = workload.build_resume_pod(parts, cfg)
+        resumed = parts.model_copy(deep=True)  # a later attempt: it keeps the copy recorded last (--keep)
+        resumed.status.resume = GroupResume(attempt=1, directory="step-1", digest="sha256:" + "ab" * 32, step=1, message="m")
+        pods[f"{store_name}/resume-volume-per-worker-again"] = workload.build_resume_pod(resumed, cfg)
         for kind, source in SOURCES.items():
             ckpt = checkpoint(source)
             pods[f"{store_name}/import/{kind}"] = workload.build_import_pod(

@@ -307,7 +307,7 @@ MESSAGES = {
     "hooks": "an agent container has no lifecycle hooks",
     "command": "an agent container runs `checkpoint-operator agent <command>`",
     "volumes": "an agent pod mounts only PersistentVolumeClaims and emptyDirs",
-    "read-only": "only import and upload pods mount a PersistentVolumeClaim read-write",
+    "read-only": "only import, upload and resume pods mount a PersistentVolumeClaim read-write",
     "source-mounts": "a source's Secret and CA are mounted only by the container named import",
     "env": "an agent container sets only the agent's variables",
     "endpoint": "an agent container that talks to the store uses the store's endpoint",
@@ -321,6 +321,26 @@ MESSAGES = {
 SECRET_DIR = "/var/run/secrets/ckpt-source"
 HOSTILE_PODS: list[tuple[str, str, Change, str]] = [
     # (case, the real pod it starts from, the change, the refusal)
+    # The resume pod (a volume per worker, between two attempts): its one command, its one directory, its flags.
+    ("resume-owned-by-a-checkpoint", "volume/resume-volume-per-worker",
+     lambda p: p["metadata"]["ownerReferences"][0].update(kind="Checkpoint"), "shape"),
+    ("resume-running-a-scan", "volume/resume-volume-per-worker",
+     _in_container(lambda c: c.update(command=["checkpoint-operator", "agent", "scan", "/checkpoint-output",
+                                               "--result"]), "resume"), "command"),
+    ("resume-running-an-import", "volume/resume-volume-per-worker",
+     _in_container(lambda c: c["command"].__setitem__(2, "import"), "resume"), "command"),
+    ("resume-elsewhere", "volume/resume-volume-per-worker",
+     _in_container(lambda c: c["command"].__setitem__(3, "/etc"), "resume"), "arguments"),
+    ("resume-zero-parts", "volume/resume-volume-per-worker",
+     _in_container(lambda c: c["command"].__setitem__(5, "0"), "resume"), "arguments"),
+    ("resume-and-upload", "volume/resume-volume-per-worker",
+     _in_container(lambda c: c["command"].extend(["--upload-to", "s3://ckpts/checkpoints/team-a/x/"]), "resume"),
+     "arguments"),
+    ("resume-max-entries", "volume/resume-volume-per-worker",
+     _in_container(lambda c: c["command"].extend(["--max-entries", "1"]), "resume"), "arguments"),
+    ("snapshot-running-resume", "volume/snapshot",
+     _in_container(lambda c: c.update(command=["checkpoint-operator", "agent", "resume-parts", "/checkpoint-output",
+                                               "--parts", "2"])), "command"),
     ("not-labelled-as-ours", "volume/snapshot",
      lambda p: p["metadata"]["labels"].pop("app.kubernetes.io/managed-by"), "shape"),
     ("posing-as-a-worker", "volume/snapshot",
@@ -564,7 +584,19 @@ def test_hostile_jobsets_are_refused(policies):
     changed = copy.deepcopy(jobset)
     changed["spec"]["suspend"] = False
     refused(policies["volume"], Request("UPDATE", "JobSet", NS, changed, jobset), message)
-    refused(policies["volume"], Request("DELETE", "JobSet", NS, old_object=jobset), message)
+    # Deleted: only its own (a failed attempt of a job with a volume per worker), never another's.
+    refused(policies["volume"], Request("DELETE", "JobSet", NS, old_object=unlabelled), message)
+    foreign_owner = copy.deepcopy(jobset)
+    foreign_owner["metadata"]["ownerReferences"][0].update(kind="Deployment", apiVersion="apps/v1")
+    refused(policies["volume"], Request("DELETE", "JobSet", NS, old_object=foreign_owner), message)
+    not_workers = copy.deepcopy(jobset)
+    not_workers["metadata"]["labels"]["ckpt.dev/component"] = "rendezvous"
+    refused(policies["volume"], Request("DELETE", "JobSet", NS, old_object=not_workers), message)
+
+
+def test_a_failed_attempt_s_jobset_with_a_volume_per_worker_may_be_deleted(policies):
+    jobset = pod_shapes.built_job("volume", replicas=2, engine="JobSet", output={"volumePerWorker": True})
+    allowed(policies["volume"], Request("DELETE", "JobSet", NS, old_object=jobset))
 
 
 def test_hostile_services_are_refused(policies):

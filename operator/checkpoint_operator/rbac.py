@@ -82,8 +82,10 @@ RULES: tuple[PermissionRule, ...] = (
         ("get", "follow the JobSet of a TrainingJob with spec.engine JobSet to its end"),
         ("list", KOPF_WATCH), ("watch", KOPF_WATCH),
         ("create", "the JobSet that runs such a TrainingJob's pod template" + NARROWED
-                   + "only JobSets labelled as a TrainingJob's workers and owned by it, never a change or a "
-                     "delete (JobSet restarts its own child Jobs; garbage collection removes it with its job)"))),
+                   + "only JobSets labelled as a TrainingJob's workers and owned by it, never a change"),
+        ("delete", "with output.volumePerWorker, a failed attempt's JobSet, once every worker has stopped, before "
+                   "the resume step and the next attempt (logic/group_resume.py; otherwise JobSet restarts its own "
+                   "child Jobs)" + NARROWED + "only JobSets labelled as a TrainingJob's workers, owned by it"))),
     PermissionRule(("",), ("services",), (
         ("get", "the headless Service of a distributed job, found again after a restart (create is idempotent)"),
         ("create", "the headless Service that gives a distributed job's workers their DNS names" + NARROWED
@@ -92,7 +94,7 @@ RULES: tuple[PermissionRule, ...] = (
     PermissionRule(("",), ("pods",), (
         ("get", "read an agent pod's state; why a worker pod failed"),
         ("list", KOPF_WATCH + " (the worker pod index)"), ("watch", KOPF_WATCH),
-        ("create", "agent pods (snapshot, scan, import, upload, verify, pull)" + NARROWED
+        ("create", "agent pods (snapshot, resume, scan, import, upload, verify, pull)" + NARROWED
                    + "only agent pods of their exact shape: the operator's image and commands, unprivileged, no "
                      "service-account token, no Secret but the store's and an import's source credentials"),
         ("patch", "the ckpt.dev/live-remove annotation a live-sealing sidecar reads (downward API)" + NARROWED

@@ -4,8 +4,8 @@ output.volumePerWorker mounts them: rank 0 `.metadata` and its shard, rank 1 its
 killed (SIGKILL) after step 4; `agent resume-parts` writes the latest union complete over both
 volumes into each; the restarted ranks each `dcp.load` from their OWN volume's
 `.ckpt-resume/latest` and get the weights of step 4 back. Without the copy neither rank can load:
-each reads `.metadata` and both shards. The operator's group restart does not run this step yet
-(docs/distributed.md): this is the data path it will run between attempts."""
+each reads `.metadata` and both shards. This is the data path the operator's group restart runs
+between attempts (the whole restart through local mode: test_volume_per_worker.py)."""
 
 from __future__ import annotations
 

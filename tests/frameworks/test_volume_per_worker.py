@@ -35,7 +35,7 @@ PARTS_DDP = DDP.replace(SAVE, AFTER_SAVE)
 
 def parts_job(name: str, command: list[str], *, env: dict | None = None, **spec) -> dict:
     """A JobSet job; its output a volume per worker unless `output` says otherwise (perWorker)."""
-    return job(name, command, env=env, engine="JobSet", backoffLimit=0,
+    return job(name, command, env=env, engine="JobSet", backoffLimit=spec.pop("backoffLimit", 0),
                output=spec.pop("output", {"volumePerWorker": True}), **spec)
 
 
@@ -122,3 +122,30 @@ def test_per_worker_keeps_each_worker_s_output_its_own_checkpoints(tmp_path):
     assert "__1_0.distcp is named by .metadata but missing" in rank0["message"]
     assert (rank1["fileCount"], rank1["complete"]) == (2, False)
     assert stored["own-worker-1.step-2"]["spec"]["source"]["trainingJob"]["directory"] == "worker-1/step-2"
+
+
+def test_a_killed_rank_s_group_is_restarted_by_the_operator_and_both_ranks_load_the_union(tmp_path):
+    """The operator's group restart with a volume per worker, end to end: rank 1 is killed (SIGKILL)
+    right after step 4 is saved on both volumes (rank 0's `.metadata` and shard in its own, rank 1's
+    shard in its own); the operator deletes the failed JobSet, its resume pod copies step 4's union
+    into each volume, and the next attempt's ranks each `dcp.load` from CHECKPOINT_RESUME_PATH in
+    their OWN volume and get the weights of step 4 back (those of a run that was not killed)."""
+    kill = parts_job("vpw-kill", ["torchrun", "parts_ddp.py", "train", "8", "2", str(tmp_path / "kill.json")],
+                     env={"KILL_AT": "4"}, backoffLimit=2)
+    reference = parts_job("vpw-ref", ["torchrun", "parts_ddp.py", "train", "4", "2", str(tmp_path / "ref.json")])
+    report, stored, events = run(tmp_path, [kill, reference])
+    assert {j["name"]: j["phase"] for j in report["trainingJobs"]} == {"vpw-kill": "Succeeded",
+                                                                      "vpw-ref": "Succeeded"}, report
+    tj = stored["vpw-kill"]["status"]
+    assert tj["restarts"] == 1 and tj["workerFailure"]["attempt"] == 0 and tj["workerFailure"]["index"] == 1
+    resume = tj["resume"]
+    assert (resume["attempt"], resume["directory"], resume["step"]) == (1, "step-4", 4), resume
+    final = json.loads((tmp_path / "kill.json").read_text())
+    # resumed from the copy of step 4 in rank 0's own volume (.ckpt-resume/<digest>), at step 4
+    assert (final["attempt"], final["start"], final["world"]) == (1, 4, 2), final
+    assert final["source"] == resume["digest"].split(":")[1]
+    at_step_4 = json.loads((tmp_path / "ref.json").read_text())["weights"]
+    assert final["weights_at_start"] == at_step_4  # dcp.load of the union gave step 4's weights back
+    # the copy was of the Checkpoint the snapshot made of step 4's union
+    assert stored["vpw-kill.step-4"]["status"]["digest"] == resume["digest"]
+    assert "attempt 1 resumes every worker from step-4 (step 4)" in events

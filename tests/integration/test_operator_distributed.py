@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from conftest import CKPT, NS, TJ, training_job
+from formats_files import dcp_metadata_bytes
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -53,11 +54,13 @@ with open(log, "a") as f:
 """
 
 
-def group_job(name: str, engine: str = "Job", **spec) -> dict:
-    """A job of GROUP_WORKER workers; each knows its attempt from its pod's label (downward API):
-    a worker whose pod of an earlier attempt was stopped before it ran still knows."""
-    label = "ckpt.dev/restart-attempt" if engine == "Job" else "jobset.sigs.k8s.io/restart-attempt"
-    body = training_job(name, engine=engine, command=python(GROUP_WORKER), **spec)
+def group_job(name: str, engine: str = "Job", worker: str = GROUP_WORKER, **spec) -> dict:
+    """A job of `worker` workers; each knows its attempt from its pod's label (downward API):
+    a worker whose pod of an earlier attempt was stopped before it ran still knows. The operator's
+    label where it restarts the group (engine Job, or a volume per worker), else JobSet's."""
+    operator_restarts = engine == "Job" or (spec.get("output") or {}).get("volumePerWorker")
+    label = "ckpt.dev/restart-attempt" if operator_restarts else "jobset.sigs.k8s.io/restart-attempt"
+    body = training_job(name, engine=engine, command=python(worker), **spec)
     body["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "ATTEMPT", "valueFrom": {"fieldRef": {
         "fieldPath": f"metadata.labels['{label}']"}}}]
     return body
@@ -347,14 +350,12 @@ async def test_a_volume_per_worker_group_restarts_every_worker_and_names_the_fai
     assert status["phase"] == "Succeeded", status.get("message")
     assert status["restarts"] == 1
     restarts = [e["message"] for e in await events_of(api, "vpwgroup") if e["reason"] == "Restarting"]
-    # A one-pod Job fails with its pod and JobSet deletes it at once: the failure is named when a
-    # pass sees the pod before it goes (nearly always), else the restart says the pod is gone.
-    if "workerFailure" in status:
-        assert status["workerFailure"]["attempt"] == 0 and status["workerFailure"]["index"] == 1
-        assert "exit code 3" in status["workerFailure"]["message"]
-        assert "worker 1" in restarts[0]
-    else:
-        assert "a worker failed (its pod is gone)" in restarts[0], restarts
+    # The operator restarts this group (the failed JobSet stays until it deletes it): the failure is named.
+    assert status["workerFailure"]["attempt"] == 0 and status["workerFailure"]["index"] == 1
+    assert "exit code 3" in status["workerFailure"]["message"]
+    assert "worker 1" in restarts[0], restarts
+    # Nothing was complete over the volumes (workers.log is no checkpoint): no copy, no CHECKPOINT_RESUME_PATH.
+    assert status["resume"]["attempt"] == 1 and "directory" not in status["resume"], status["resume"]
     for index in (0, 1):
         claim = f"vpwgroup-output-{tj['metadata']['uid'][:5]}-{index}"
         lines = (cluster.claim_dir(NS, claim) / "workers.log").read_text().splitlines()
@@ -362,6 +363,114 @@ async def test_a_volume_per_worker_group_restarts_every_worker_and_names_the_fai
         assert f"done {index} attempt 1" in lines
         assert any(f"start {index} attempt 1 rank {index} of 2" in line and f"host vpwgroup-node-{index}-0-0" in line
                    for line in lines), lines
+
+
+RESUME_WORKER = """
+import os, socket, sys, time
+out, rank, attempt = os.environ["CHECKPOINT_OUTPUT_DIR"], int(os.environ["RANK"]), int(os.environ["ATTEMPT"])
+def w(rel, data):
+    path = os.path.join(out, rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+if attempt == 0 and os.environ.get("PLANT_RESUME_FILE") == str(rank):
+    w(".ckpt-resume", b"the training code's own file, where only the resume step writes")
+if attempt == 0:
+    # step-1: complete over the two volumes (a torch DCP save: rank 0's .metadata and shard, rank 1's
+    # shard); step-2: rank 0's part only (rank 1 dies before writing it): passed over.
+    if rank == 0:
+        w("step-1/.metadata", bytes.fromhex(os.environ["DCP_METADATA"]))
+        w("step-2/.metadata", bytes.fromhex(os.environ["DCP_METADATA"]))
+        w("step-2/__0_0.distcp", b"\\x07" * 64)
+    w(f"step-1/__{rank}_0.distcp", bytes([rank]) * 64)
+    port = int(os.environ["MASTER_PORT"])
+    if rank == 0:  # both parts are on disk before rank 1 fails: it waits for rank 0 to say so
+        server = socket.create_server(("127.0.0.1", port))
+        server.accept()
+        time.sleep(120)  # in a collective: the group must stop it
+    for _ in range(600):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    sys.exit(3)
+resume = os.environ.get("CHECKPOINT_RESUME_PATH", "")
+listing = sorted(f"{n}={open(os.path.join(resume, n), 'rb').read().hex()}" for n in os.listdir(resume)) \
+    if resume else []
+w(f"resumed-{rank}.txt", "\\n".join([os.path.relpath(resume, out) if resume else "", os.path.realpath(resume), *listing]).encode())
+"""
+
+
+async def test_a_volume_per_worker_group_resumes_every_worker_from_the_union_complete_over_the_volumes(
+        api, operator, cluster, wait_for):
+    """The operator restarts a group with a volume per worker itself (the JobSet's maxRestarts 0, the
+    attempt label): between the attempts one resume pod copies step-1, complete only over both workers'
+    volumes, into each (step-2 lacks rank 1's shard: passed over, named); status.resume and the event
+    say so; each worker of attempt 1 reads the whole union at CHECKPOINT_RESUME_PATH, from its own volume."""
+    body = group_job("vpwresume", engine="JobSet", worker=RESUME_WORKER, replicas=2, backoffLimit=1,
+                     output={"volumePerWorker": True})
+    metadata = dcp_metadata_bytes(["model.w"], [(f"__{r}_0.distcp", 0, 64) for r in (0, 1)])
+    body["spec"]["template"]["spec"]["containers"][0]["env"].append({"name": "DCP_METADATA", "value": metadata.hex()})
+    await api.create(TJ, NS, body)
+    tj = await wait_phase(api, wait_for, "vpwresume", ("Succeeded", "Failed"), timeout=100)
+    status = tj["status"]
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["restarts"] == 1 and status["workerFailure"]["index"] == 1
+    step = await api.get(CKPT, NS, "vpwresume.step-1")
+    resume = status["resume"]
+    assert (resume["attempt"], resume["directory"], resume["step"]) == (1, "step-1", 1), resume
+    assert resume["digest"] == step["status"]["digest"]  # the copy is the Checkpoint the snapshot made of the union
+    events = [e for e in await events_of(api, "vpwresume") if e["reason"] == "Resuming"]
+    assert len(events) == 1 and events[0]["type"] == "Normal", events
+    assert "attempt 1 resumes every worker from step-1 (step 1)" in events[0]["message"]
+    assert "passed over step-2: not complete over the workers' parts: __1_0.distcp" in events[0]["message"]
+    restarting = [e["message"] for e in await events_of(api, "vpwresume") if e["reason"] == "GroupRestart"]
+    assert "each worker resumes from the latest checkpoint complete over the workers' volumes" in restarting[0]
+    # The JobSet of the last attempt: restarted by the operator, not by JobSet.
+    jobset = await api.get("jobset.x-k8s.io/v1alpha2/jobsets", NS, status["jobName"])
+    assert jobset["spec"]["failurePolicy"]["maxRestarts"] == 0
+    assert jobset["metadata"]["labels"]["ckpt.dev/restart-attempt"] == "1"
+    assert not await api.get("v1/pods", NS, "vpwresume-resume")  # deleted once its result was recorded
+    union = {".metadata": metadata.hex(), "__0_0.distcp": "00" * 64, "__1_0.distcp": "01" * 64}
+    for index in (0, 1):
+        claim = cluster.claim_dir(NS, f"vpwresume-output-{tj['metadata']['uid'][:5]}-{index}")
+        resumed, real, *listing = (claim / f"resumed-{index}.txt").read_text().splitlines()
+        assert resumed == ".ckpt-resume/" + resume["digest"].split(":")[1], resumed  # under CHECKPOINT_OUTPUT_DIR
+        assert real.endswith("/.ckpt-resume/" + resume["digest"].split(":")[1])
+        assert listing == [f"{name}={data}" for name, data in sorted(union.items())]
+        assert (claim / ".ckpt-resume" / "latest").is_symlink()
+        # the workers' own files as they wrote them (rank 1 never wrote step-2)
+        assert sorted(p.name for p in (claim / "step-1").iterdir()) == \
+            ([".metadata", "__0_0.distcp"] if index == 0 else ["__1_0.distcp"])
+
+
+async def test_a_failed_resume_step_is_said_and_the_next_attempt_starts_without_a_copy(
+        api, operator, cluster, wait_for):
+    """Worker 0 leaves a file where the resume copy goes: the resume pod fails (it names it), the
+    condition and a Warning say ResumeFailed, and the group restarts anyway, from the workers' own
+    files (no CHECKPOINT_RESUME_PATH: there is no earlier copy); nothing of the workers' is touched."""
+    body = group_job("vpwnoresume", engine="JobSet", worker=RESUME_WORKER, replicas=2, backoffLimit=1,
+                     output={"volumePerWorker": True})
+    metadata = dcp_metadata_bytes(["model.w"], [(f"__{r}_0.distcp", 0, 64) for r in (0, 1)])
+    body["spec"]["template"]["spec"]["containers"][0]["env"] += [
+        {"name": "DCP_METADATA", "value": metadata.hex()}, {"name": "PLANT_RESUME_FILE", "value": "0"}]
+    await api.create(TJ, NS, body)
+    tj = await wait_phase(api, wait_for, "vpwnoresume", ("Succeeded", "Failed"), timeout=100)
+    status = tj["status"]
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["restarts"] == 1 and status["resume"]["attempt"] == 1 and "digest" not in status["resume"]
+    failed = [e for e in await events_of(api, "vpwnoresume") if e["reason"] == "ResumeFailed"]
+    assert len(failed) == 1 and failed[0]["type"] == "Warning", failed
+    assert "attempt 1: the resume step failed: " in failed[0]["message"]
+    assert "worker 0's .ckpt-resume is a link or a file" in failed[0]["message"]
+    assert "the workers start from their own files" in failed[0]["message"]
+    for index in (0, 1):
+        claim = cluster.claim_dir(NS, f"vpwnoresume-output-{tj['metadata']['uid'][:5]}-{index}")
+        assert (claim / f"resumed-{index}.txt").read_text().splitlines()[0] == ""  # no CHECKPOINT_RESUME_PATH
+        assert not (claim / ".ckpt-resume").is_dir()
+    assert (cluster.claim_dir(NS, f"vpwnoresume-output-{tj['metadata']['uid'][:5]}-0") / ".ckpt-resume").read_bytes() \
+        .startswith(b"the training code's own file")
 
 
 CLASH_WRITER = """

@@ -22,7 +22,7 @@ tests/test_chart.py fails when these rules and that table differ in either direc
   verbs: ["get", "list", "watch", "create", "delete"]
 - apiGroups: ["jobset.x-k8s.io"]
   resources: ["jobsets"]
-  verbs: ["get", "list", "watch", "create"]
+  verbs: ["get", "list", "watch", "create", "delete"]
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["get", "create"]

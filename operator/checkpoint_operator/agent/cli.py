@@ -74,11 +74,13 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
                              description="DIR/worker-0 .. DIR/worker-<N-1> are N workers' volumes (output."
                                          "volumePerWorker), every worker stopped: find the newest directory whose "
                                          "union over them is complete, and write that union into "
-                                         "DIR/worker-<i>/.ckpt-resume/latest of every worker, each file checked "
+                                         "DIR/worker-<i>/.ckpt-resume/<digest hex> of every worker, each file checked "
                                          "against its sha256 (agent/resume_parts.py).")
     resume.add_argument("dir")
     resume.add_argument("--parts", type=_positive_int, required=True, metavar="N")
     resume.add_argument("--layout", choices=["auto", "directories", "files"], default="auto")
+    resume.add_argument("--keep", default=None, metavar="sha256:HEX",
+                        help="also keep this earlier copy (the one the workers fall back to if this run's result is lost)")
     resume.add_argument("--workers", type=_positive_int, default=None, help="hashing threads (default: number of cores)")
     resume.add_argument("--max-entries", type=_positive_int, default=None, metavar="N",
                         help="fail past this many directory entries in all (default 1000000, or CKPT_SCAN_MAX_ENTRIES)")

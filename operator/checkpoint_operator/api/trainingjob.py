@@ -12,8 +12,8 @@ from checkpoint_operator.api.common import (MAX_VOLUME_SNAPSHOT_RECORDS, QUANTIT
                                              ready_reason)
 from checkpoint_operator.api.meta import ApiObject
 from checkpoint_operator.api.rules import (DNS1123_LABEL, DNS1123_MESSAGE, DNS1123_SUBDOMAIN, INT64_MAX, MAX_NAME, ApiModel,
-                                           Count, Message, Name, Path, Rule, Short, Timestamp, Uid, has_exactly_one,
-                                           is_dns1123, is_dns1123_label)
+                                           Count, Digest, Message, Name, Path, Rule, Short, Timestamp, Uid,
+                                           has_exactly_one, is_dns1123, is_dns1123_label)
 
 
 
@@ -388,6 +388,18 @@ class WorkerFailure(ApiModel):
     message: Message = Field(description="Why it failed (exit code, OOMKilled, evicted, ...).")
 
 
+class GroupResume(ApiModel):
+    """What the latest group restart of a job with a volume per worker resumes from: the checkpoint
+    complete over every worker's volume, copied into each (CHECKPOINT_RESUME_PATH)."""
+
+    attempt: Count = Field(description="The attempt that starts from it (1 = after the first group restart).")
+    directory: Optional[Path] = Field(None, description="The checkpoint's directory in the output (none: no "
+                                                        "checkpoint was complete over the workers' volumes).")
+    digest: Optional[Digest] = Field(None, description="Digest (sha256 of the manifest) of the copy resumed from.")
+    step: Optional[Count] = Field(None, description="Its step.")
+    message: Message = Field(description="What the resume step did.")
+
+
 class TrainingJobStatus(ApiModel):
     """Observed state of a TrainingJob, written by the operator."""
 
@@ -402,6 +414,11 @@ class TrainingJobStatus(ApiModel):
                                                                "preemption) and queued again.")
     workerFailure: Optional[WorkerFailure] = Field(None, description="The worker that failed first in the latest "
                                                                      "failed attempt, and why.")
+    resume: Optional[GroupResume] = Field(None, description="output.volumePerWorker: the checkpoint the latest "
+                                                           "group restart resumes every worker from.")
+    resumePodUid: Optional[Uid] = Field(
+        None, description="UID of the resume pod (between two attempts) the operator created, recorded before its "
+                          "result is read.")
     outputClaim: Optional[Name] = Field(None, description="The PersistentVolumeClaim of the output directory.")
     snapshotPod: Optional[Name] = Field(None, description="The pod that scans the output.")
     snapshotPodUid: Optional[Uid] = Field(

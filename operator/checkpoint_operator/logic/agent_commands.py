@@ -39,6 +39,14 @@ def snapshot(directory: str, upload_to: str, *, layout: Layout = "auto", single:
             "--upload-to", upload_to, *(["--reuse-sealed"] if reuse_sealed else []), *_parts(parts, per_worker)]
 
 
+def resume_parts(directory: str, *, parts: int, layout: Layout = "auto", keep: Optional[str] = None) -> list[str]:
+    """Between the attempts of a group with a volume per worker: copy the latest checkpoint complete over
+    the workers' volumes (DIR/worker-<i>) into each one's .ckpt-resume/<digest hex>, keeping the copy
+    `keep` (the one recorded last); writes the result line."""
+    return [*AGENT, "resume-parts", directory, "--parts", str(parts), "--layout", layout,
+            *(["--keep", keep] if keep else [])]
+
+
 def download(uri: str, directory: str, *, digest: str) -> list[str]:
     """Download and verify a checkpoint pinned to `digest`: a manifest with another digest (the
     prefix was rewritten after the Checkpoint became Ready) is refused before a byte moves."""

@@ -18,6 +18,9 @@ template, `read` turns the object the API returns into a `WorkloadState`, so tha
   the next starts; a child Job that exceeds its deadline fails the whole set instead),
   `successPolicy: All`, DNS hostnames on (JobSet makes the headless Service, named like the JobSet)
   and the coordinator (worker 0) named in the pods' labels. Its `status.restarts` is the attempt.
+  With a volume per worker the operator restarts the group instead (`maxRestarts: 0`, the attempt
+  label, the failed JobSet deleted and the next attempt's created, as for Job), so that each
+  attempt starts from the latest checkpoint complete over every worker's volume (logic/group_resume.py).
 
 Either is created suspended when the TrainingJob is queued in Kueue (logic/kueue.py).
 """
@@ -92,9 +95,18 @@ def max_restarts(tj: TrainingJob) -> int:
 
 
 def operator_restarts(tj: TrainingJob) -> bool:
-    """The operator restarts the group (engine Job, several pods); else the Job retries its one pod,
-    or JobSet restarts the group."""
-    return tj.spec.engine == "Job" and tj.spec.replicas > 1
+    """The operator restarts the group (engine Job, several pods; or a JobSet with a volume per worker,
+    whose restart first copies the latest checkpoint into every worker's volume: logic/group_resume.py);
+    else the Job retries its one pod, or JobSet restarts the group."""
+    if tj.spec.engine == "JobSet":
+        return resumes_parts(tj)
+    return tj.spec.replicas > 1
+
+
+def resumes_parts(tj: TrainingJob) -> bool:
+    """A group with a volume per worker (output.volumePerWorker, engine JobSet): between two attempts the
+    operator runs `agent resume-parts` over every worker's volume, so it restarts the group itself."""
+    return tj.spec.engine == "JobSet" and tj.output_enabled and bool(tj.spec.output.volumePerWorker)
 
 
 def _suspend(tj: TrainingJob) -> bool:
@@ -171,6 +183,11 @@ class JobSetEngine:
             return built
 
         labels = dict(meta["labels"])
+        meta = copy.deepcopy(meta)
+        if operator_restarts(tj):  # the attempt on the JobSet and every pod, as JobEngine puts it
+            meta["labels"][ATTEMPT_LABEL] = str(attempt)
+            for each in [template, *(per_worker or [])]:
+                each.setdefault("metadata", {}).setdefault("labels", {})[ATTEMPT_LABEL] = str(attempt)
         if per_worker is None:
             replicated = [{"name": rendezvous.REPLICATED_JOB, "replicas": 1,
                            "template": {"metadata": {"labels": labels}, "spec": job_spec(spec.replicas, template)}}]
@@ -182,19 +199,23 @@ class JobSetEngine:
             "replicatedJobs": replicated,
             "network": {"enableDNSHostnames": True, "publishNotReadyAddresses": True},
             "coordinator": {"replicatedJob": replicated[0]["name"], "jobIndex": 0, "podIndex": 0},
-            "failurePolicy": {"maxRestarts": max_restarts(tj), "restartStrategy": "BlockingRecreate", "rules": [
+            # 0 when the operator restarts the group: a failed worker fails the set, and the operator
+            # makes the next attempt's JobSet once the resume step has run.
+            "failurePolicy": {"maxRestarts": 0 if operator_restarts(tj) else max_restarts(tj), "restartStrategy": "BlockingRecreate", "rules": [
                 {"name": "deadline-fails-the-set", "action": "FailJobSet", "onJobFailureReasons": [DEADLINE_EXCEEDED]}]},
             "successPolicy": {"operator": "All"},
         }
         if _suspend(tj):
             js_spec["suspend"] = True
-        return {"apiVersion": self.api_version, "kind": self.kind, "metadata": copy.deepcopy(meta), "spec": js_spec}
+        return {"apiVersion": self.api_version, "kind": self.kind, "metadata": meta, "spec": js_spec}
 
     def read(self, obj: dict[str, Any]) -> WorkloadState:
         meta, status = obj.get("metadata", {}), obj.get("status") or {}
         conditions = _conditions(obj)
         outcome = True if "Completed" in conditions else False if "Failed" in conditions else None
-        return WorkloadState(kind=self.kind, name=meta.get("name", ""), attempt=_int(status.get("restarts")),
+        # The operator's attempt (its label; a volume per worker) plus JobSet's own restarts of it (none then).
+        attempt = _int((meta.get("labels") or {}).get(ATTEMPT_LABEL)) + _int(status.get("restarts"))
+        return WorkloadState(kind=self.kind, name=meta.get("name", ""), attempt=attempt,
                              suspended=bool((obj.get("spec") or {}).get("suspend")), outcome=outcome, stopped=True,
                              failure=_failure(conditions.get("Failed")), deleting=bool(meta.get("deletionTimestamp")))
 

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any, Optional
 
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobPhase, TrainingJobStatus, WorkerFailure
-from checkpoint_operator.logic import live_sealing, workers
+from checkpoint_operator.logic import engines, live_sealing, workers
 from checkpoint_operator.logic.agent_pods import PodProblem
 from checkpoint_operator.logic.engines import WorkloadState
 from checkpoint_operator.logic.inputs import InputWait
@@ -221,6 +221,8 @@ def restart_change(tj: TrainingJob, state: WorkloadState, max_restarts: int,
     if state.outcome is not False or state.deadline_exceeded or done >= max_restarts or (left is not None and left < 1):
         return None
     resume = (f"; each attempt resumes from {live_sealing.RESUME_ENV}" if tj.publishes_live
+              else "; each worker resumes from the latest checkpoint complete over the workers' volumes "
+                   f"({live_sealing.RESUME_ENV}, once the resume step has copied it into each)" if engines.resumes_parts(tj)
               else "; the workers find their own checkpoints in CHECKPOINT_OUTPUT_DIR")
     return StatusChange(reason="Restarting", event="Warning", fields=TrainingJobStatus(restarts=done + 1),
                         message=f"{_failed_first(tj, state.attempt) or state.failure or 'a worker failed'}; "

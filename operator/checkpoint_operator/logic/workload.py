@@ -16,11 +16,12 @@ from typing import Any, Mapping, Optional
 
 from checkpoint_operator import API_VERSION
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead
+from checkpoint_operator.api.common import parse_quantity
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobHead
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic import node_cache, agent_commands, engines, import_sources, kueue, rendezvous
 from checkpoint_operator.protocol.manifest import MANIFESTS_DIR
-from checkpoint_operator.logic import live_sealing
+from checkpoint_operator.logic import group_resume, live_sealing
 from checkpoint_operator.logic.agent_pods import (AGENT_DATA_MOUNT, AGENT_OUTPUT_MOUNT, INPUT_VOLUME_PREFIX,
                                                   OUTPUT_VOLUME, STAGING_VOLUME, InputVolumes, agent_container,
                                                   agent_pod)
@@ -138,6 +139,9 @@ def contract_env(tj: TrainingJob, inputs: list[ResolvedInput], live: bool = Fals
         env["FLEXAI_OUTPUT_CHECKPOINT_DIR"] = output_dir
     if live:
         env[live_sealing.RESUME_ENV] = live_sealing.resume_path(output_dir)
+    elif tj.output_enabled and group_resume.has_resume_copy(tj):  # a volume per worker, after a resume step
+        assert tj.status.resume is not None and tj.status.resume.digest is not None
+        env[live_sealing.RESUME_ENV] = group_resume.resume_path(output_dir, tj.status.resume.digest)
     if inputs:
         first = posixpath.join(input_dir, inputs[0].mount_name)
         env["CHECKPOINT_INPUT_PATH"] = first
@@ -414,6 +418,37 @@ def build_snapshot_pod(tj: TrainingJob, command: list[str], env: list[dict[str, 
                                                                      "readOnly": read_only}}]
     container = agent_container("snapshot", command, config, mounts=mounts, env=env)
     return agent_pod(metadata, config, [container], volumes, identity=trainer_identity(tj.spec.template.spec))
+
+
+def resume_pod_name(tj: TrainingJob) -> str:
+    return child_name(tj.metadata.name, "resume")
+
+
+def build_resume_pod(tj: TrainingJob, config: OperatorConfig) -> dict[str, Any]:
+    """Between two attempts of a group with a volume per worker (logic/group_resume.py): every worker's
+    volume read-write at <mount>/worker-<i>, `agent resume-parts` copying the latest checkpoint complete
+    over them into each one's .ckpt-resume/ (and nothing else: the workers' own files are only read)."""
+    metadata = {"name": resume_pod_name(tj), "namespace": tj.metadata.namespace,
+                "labels": training_job_labels(tj, "resume"), "ownerReferences": [owner_reference(tj)]}
+    names = [f"{OUTPUT_VOLUME}-{i}" for i in range(tj.spec.replicas)]
+    mounts = [{"name": n, "mountPath": posixpath.join(AGENT_OUTPUT_MOUNT, f"worker-{i}")} for i, n in enumerate(names)]
+    volumes = [{"name": n, "persistentVolumeClaim": {"claimName": c}} for n, c in zip(names, output_claim_names(tj))]
+    command = agent_commands.resume_parts(AGENT_OUTPUT_MOUNT, parts=tj.spec.replicas, layout=tj.spec.output.layout,
+                                          keep=group_resume.kept_copy(tj))
+    container = agent_container("resume", command, config, mounts=mounts)
+    # Its deadline grows with what it may copy: at most a volume's worth into each of the volumes.
+    copied = parse_quantity(tj.spec.output.size or config.default_output_size) * tj.spec.replicas
+    pod = agent_pod(metadata, config, [container], volumes, size_bytes=copied,
+                    identity=trainer_identity(tj.spec.template.spec))
+    # It writes as the trainer, into the trainer's volumes: never the agent's fsGroup (the kubelet would
+    # re-own every file the workers wrote), only the one the workers' pods have, if any.
+    context = pod["spec"]["securityContext"]
+    context.pop("fsGroup", None)
+    context.pop("fsGroupChangePolicy", None)
+    trainer_group = (tj.spec.template.spec.get("securityContext") or {}).get("fsGroup")
+    if isinstance(trainer_group, int) and trainer_group > 0:
+        context.update(fsGroup=trainer_group, fsGroupChangePolicy="OnRootMismatch")
+    return pod
 
 
 def build_volume_scan_pod(checkpoint: Checkpoint, config: OperatorConfig) -> dict[str, Any]:

@@ -13,7 +13,7 @@ without reading it whole.
 
 Kinds: `scan` (agent scan --result, agent snapshot), `transfer` (agent receive, agent verify
 --result), `import` (agent import), and the live-sealing sidecar's events `sealed`, `removed`,
-`changed` and `warning` (agent watch). Each line carries its `kind` and `version`; a version
+`changed` and `warning` (agent watch), `cache-fill` and `resume` (agent resume-parts). Each line carries its `kind` and `version`; a version
 newer than `RESULT_VERSION` is refused with one line (an agent image newer than the operator).
 """
 
@@ -288,9 +288,27 @@ class CacheFillReport(Report):
         return "sha256:" + self.key.rpartition("/")[2]
 
 
+MAX_PASSED_REPORTED = 20  # newer directories passed over by a resume, named in its result; passedCount counts all
+
+
+class ResumeReport(Report):
+    """`agent resume-parts`: the checkpoint a restarted group with a volume per worker resumes from,
+    copied into every worker's volume at .ckpt-resume/<digest hex> (None: no checkpoint is complete over the
+    workers' parts; nothing was written, an earlier copy stays), and the newer ones passed over."""
+
+    kind: Literal["resume"] = "resume"
+    path: Optional[Annotated[str, Field(max_length=MAX_CHECKPOINT_PATH)]] = None  # the checkpoint's directory
+    digest: Optional[Annotated[str, Field(pattern=DIGEST)]] = None
+    step: Optional[Count] = None
+    sizeBytes: Count = 0
+    fileCount: Count = 0
+    passed: Annotated[list[Text], Field(max_length=MAX_PASSED_REPORTED)] = []
+    passedCount: Count = 0
+
+
 LiveEvent = Union[SealedEvent, RemovedEvent, ChangedEvent, WarningEvent]
 LIVE_EVENTS: tuple[type[Report], ...] = (SealedEvent, RemovedEvent, ChangedEvent, WarningEvent)
 KINDS: dict[str, type[Report]] = {
     "scan": ScanReport, "transfer": TransferReport, "import": ImportReport, "cache-fill": CacheFillReport,
-    **{model.model_fields["kind"].default: model for model in LIVE_EVENTS},
+    "resume": ResumeReport, **{model.model_fields["kind"].default: model for model in LIVE_EVENTS},
 }

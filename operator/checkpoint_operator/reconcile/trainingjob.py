@@ -27,7 +27,7 @@ from checkpoint_operator.reconcile.objects import InvalidObject, parse, parse_he
 from checkpoint_operator.reconcile import status_writer
 from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.kube import CHECKPOINTS, CLUSTER_CHECKPOINTS, PODS, PVCS, TRAINING_JOBS, ApiError, Conflict
-from checkpoint_operator.logic import engines, kueue, rendezvous, workers
+from checkpoint_operator.logic import engines, group_resume, kueue, rendezvous, workers
 from checkpoint_operator.logic import trainingjob_flow as flow
 from checkpoint_operator.logic import volume_snapshots, workload
 from checkpoint_operator.logic.agent_pods import AGENT_OUTPUT_MOUNT, downloaded_input, last_error_line, pod_failure
@@ -40,7 +40,7 @@ from checkpoint_operator.logic.snapshot import (PlannedCheckpoint, SnapshotPlan,
                                                 not_stored,
                                                 plan_snapshot, skipped_message, storable)
 from checkpoint_operator.logic.volume_snapshots import TakenSnapshot
-from checkpoint_operator.protocol.results import ScanReport
+from checkpoint_operator.protocol.results import ResumeReport, ScanReport
 from checkpoint_operator.logic.status import StatusChange
 from checkpoint_operator.storage import MissingUpload, Store, store_for
 from checkpoint_operator import metrics
@@ -428,10 +428,14 @@ def _next_attempt(ctx: Context, tj: TrainingJob, name: str, obj: Optional[dict[s
         if not state.deleting:
             workloads.delete_attempt(ctx, tj, name, obj["metadata"]["uid"])
         return Wait()
+    attempt = tj.status.restarts or 0
+    if engines.resumes_parts(tj):
+        if group_resume.needs_resume_step(tj, attempt):
+            return _resume_step(ctx, tj, attempt)
+        _delete_resume_pod(ctx, tj)
     inputs = _inputs_again(ctx, tj)
     if not isinstance(inputs, list):
         return inputs
-    attempt = tj.status.restarts or 0
     left = flow.deadline_left(tj, datetime.now(timezone.utc))
     made = _make_workload(ctx, tj, inputs, attempt=attempt, deadline=max(1, int(left)) if left is not None else None)
     if not isinstance(made, _Made):
@@ -441,6 +445,37 @@ def _next_attempt(ctx: Context, tj: TrainingJob, name: str, obj: Optional[dict[s
                  .with_fields(made.restored_fields()))
     ctx.info(tj, "GroupStarted", f"attempt {attempt + 1}: {made.kind} {made.name} created again")
     return Wait()
+
+
+RESUME = agent_runs.AgentTask("resume", "resumePodUid", (ResumeReport,))
+
+
+def _resume_step(ctx: Context, tj: TrainingJob, attempt: int) -> Result:
+    """Between two attempts of a group with a volume per worker (every worker stopped, the failed
+    attempt's JobSet gone): one agent pod copies the latest checkpoint complete over the workers'
+    volumes into each (logic/group_resume.py); its result is recorded before the next attempt starts,
+    whose workers then resume from it. A failed pod is said, and the attempt starts from what was there."""
+    pod = workload.build_resume_pod(tj, ctx.config)
+    run = agent_runs.follow(ctx, tj, pod, RESUME)
+    if isinstance(run, agent_runs.Waiting):
+        return agent_runs.wait_for(run, reason=None, message="", current_reason=tj.ready_reason(),
+                                   problem_prefix=f"resume pod {pod['metadata']['name']}")
+    if isinstance(run, agent_runs.PodFailed):
+        change = group_resume.resume_failed_change(tj, attempt, run.message)
+    else:
+        assert run.result is not None
+        change = group_resume.resumed_change(tj, attempt, run.result)
+    write_status(ctx, tj, change)
+    agent_runs.finish(ctx, pod)  # the result is recorded first (finish commits the pass's status)
+    return Advance()
+
+
+def _delete_resume_pod(ctx: Context, tj: TrainingJob) -> None:
+    """A resume pod whose result is recorded but which was not deleted (the operator stopped in between):
+    gone before the next one, so an earlier attempt's result is never read again for a later one."""
+    name = workload.resume_pod_name(tj)
+    if ctx.kube.cached(PODS, tj.metadata.namespace, name):
+        ctx.kube.delete(PODS, tj.metadata.namespace, name)
 
 
 def _inputs_again(ctx: Context, tj: TrainingJob) -> "list[ResolvedInput] | Result":

@@ -33,9 +33,11 @@ def ensure(ctx: Context, tj: TrainingJob, body: dict[str, Any]) -> dict[str, Any
 
 
 def delete_attempt(ctx: Context, tj: TrainingJob, name: str, uid: str) -> bool:
-    """Delete a failed attempt's Job (that object only, by uid; engine Job: JobSet restarts its own
-    child Jobs); its pods first (Foreground, as JobSet deletes its child Jobs), so that the next
-    attempt never overlaps it."""
+    """Delete a failed attempt's Job, or JobSet with a volume per worker (that object only, by uid;
+    otherwise JobSet restarts its own child Jobs); its pods first (Foreground, as JobSet deletes its
+    child Jobs), so that the next attempt never overlaps it."""
+    if tj.spec.engine == "JobSet":
+        return ctx.kube.delete(JOBSETS, tj.metadata.namespace, name, propagation="Foreground", uid=uid)
     return ctx.kube.delete(JOBS, tj.metadata.namespace, name, propagation="Foreground", uid=uid)
 
 

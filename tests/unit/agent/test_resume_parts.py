@@ -106,3 +106,61 @@ def test_a_file_that_changed_since_it_was_hashed_fails_and_latest_stays(tmp_path
         resume_dir = output / f"worker-{worker}" / ".ckpt-resume"
         assert (resume_dir / "latest").resolve().name == old.name
         assert sorted(p.name for p in resume_dir.iterdir()) == sorted(["latest", old.name])
+
+
+@pytest.mark.parametrize("planted", ["link", "file"])
+def test_a_planted_resume_directory_is_refused_and_no_worker_s_files_are_touched(tmp_path, planted):
+    """A worker's .ckpt-resume that is a link (to another worker's checkpoint: every volume is mounted
+    in the resume pod) would get the copies and the removal of 'earlier copies' there (failed before:
+    worker 1's step-1 files removed). Refused, naming it; nothing is written or removed anywhere."""
+    output = tmp_path / "out"
+    for rank in (0, 1):
+        dcp_rank(output, "step-1", rank)
+    write(output / "worker-1" / "step-1" / "notes.txt", b"worker 1's own")
+    target = output / "worker-0" / ".ckpt-resume"
+    if planted == "link":
+        target.symlink_to(output / "worker-1" / "step-1")
+    else:
+        write(target, b"not a directory")
+    before = files_of(output)
+    proc = resume(output)
+    assert proc.returncode == 1 and "worker 0's .ckpt-resume is a link or a file" in proc.stderr, proc.stderr
+    assert files_of(output) == before
+    assert not (output / "worker-1" / ".ckpt-resume").exists()
+
+
+def test_only_the_step_s_own_names_are_removed_and_the_kept_copy_stays(tmp_path):
+    """hostile6 R1: the removal of earlier copies took everything in `.ckpt-resume/` that was not the new
+    copy (a file of the trainer's own went without a line). Now only the names this step writes go, the
+    copy named by --keep (the one the operator recorded last) stays, and anything else is said."""
+    output = tmp_path / "out"
+    for rank in (0, 1):
+        dcp_rank(output, "step-1", rank)
+    first = resume(output)
+    assert first.returncode == 0, first.stderr
+    earlier = (output / "worker-0" / ".ckpt-resume" / "latest").resolve().name
+    for rank in (0, 1):
+        dcp_rank(output, "step-2", rank, size=70)
+    (output / "worker-1" / ".ckpt-resume" / "notes.txt").write_text("the trainer's own")
+    stray = output / "worker-0" / ".ckpt-resume" / ("f" * 64)  # a copy of an older run: the step's name
+    stray.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "checkpoint_operator", "agent", "resume-parts", str(output),
+                           "--parts", "2", "--keep", f"sha256:{earlier}"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    newer = (output / "worker-0" / ".ckpt-resume" / "latest").resolve().name
+    assert newer != earlier
+    for worker in (0, 1):
+        names = sorted(p.name for p in (output / f"worker-{worker}" / ".ckpt-resume").iterdir())
+        assert names == sorted([earlier, newer, "latest"] + (["notes.txt"] if worker else []))
+    assert "left notes.txt in worker 1's .ckpt-resume: not written by the resume step" in proc.stdout
+
+
+def test_a_latest_that_is_not_a_link_is_refused_before_anything_is_written(tmp_path):
+    """hostile6 R2: a directory where worker 1's `latest` goes failed the step after worker 0 had switched."""
+    output = tmp_path / "out"
+    for rank in (0, 1):
+        dcp_rank(output, "step-1", rank)
+    (output / "worker-1" / ".ckpt-resume" / "latest").mkdir(parents=True)
+    proc = resume(output)
+    assert proc.returncode != 0 and "worker 1's .ckpt-resume/latest was not written by the resume step" in proc.stderr
+    assert not (output / "worker-0" / ".ckpt-resume").exists()  # nothing written anywhere

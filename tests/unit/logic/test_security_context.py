@@ -92,7 +92,8 @@ def test_odd_restricted_templates_stay_restricted(label, store, publish):
 def test_the_catalogue_covers_every_kind_of_pod():
     assert {n.split("/")[1] for n in AGENT_PODS} == {"snapshot", "import", "scan", "upload-receiver", "verify",
                                                      "pull", "upload-check", "catalog-import", "catalog-copy",
-                                                     "snapshot-volume-per-worker"}
+                                                     "snapshot-volume-per-worker", "resume-volume-per-worker",
+                                                     "resume-volume-per-worker-again"}
     assert len([n for n in AGENT_PODS if "/import/" in n]) == len(pod_shapes.STORES) * len(pod_shapes.SOURCES)
     assert len([n for n in AGENT_PODS if "/catalog-import/" in n]) == len(pod_shapes.STORES) * len(pod_shapes.SOURCES)
     names = {c["name"] for pod in TRAINING_PODS.values() for c in containers(pod)}
@@ -130,13 +131,27 @@ def test_only_pods_that_write_a_claim_get_an_fs_group():
     """fsGroup makes a fresh (root-owned) volume writable; on a read-only mount it would ask the
     kubelet to re-own the trainer's files, so the readers never get one."""
     writers = {n for n, p in AGENT_PODS.items() if "fsGroup" in p["spec"]["securityContext"]}
-    assert writers == {n for n, p in AGENT_PODS.items() if writes_a_claim(p["spec"]["volumes"])}
-    assert writers == {"volume/upload-receiver", "snapshots/upload-receiver", "volume/catalog-copy",
+    # The resume pod writes the workers' volumes as the trainer: their fsGroup only (below), never the agent's.
+    as_trainer = {n for n in AGENT_PODS if "/resume-volume-per-worker" in n}
+    assert writers - as_trainer == {n for n, p in AGENT_PODS.items() if writes_a_claim(p["spec"]["volumes"])} - as_trainer
+    assert writers - as_trainer == {"volume/upload-receiver", "snapshots/upload-receiver", "volume/catalog-copy",
                        "snapshots/catalog-copy",
                        *[n for n in AGENT_PODS if n.startswith(("volume/import/", "snapshots/import/",
                                                                 "volume/catalog-import/", "snapshots/catalog-import/"))]}
-    for name in writers:
+    for name in writers - as_trainer:
         assert AGENT_PODS[name]["spec"]["securityContext"]["fsGroup"] == security_context.AGENT_UID
+
+
+def test_the_resume_pod_writes_the_workers_volumes_as_the_trainer_with_their_fs_group_only():
+    tj = pod_shapes.training_job(replicas=2, engine="JobSet", output={"volumePerWorker": True})
+    context = workload.build_resume_pod(tj, pod_shapes.config("volume"))["spec"]["securityContext"]
+    assert (context["runAsUser"], context["runAsGroup"]) == (1000, 1000)  # RESTRICTED_TEMPLATE's user
+    assert (context["fsGroup"], context["fsGroupChangePolicy"]) == (2000, "OnRootMismatch")  # the workers' own
+    template = copy.deepcopy(pod_shapes.RESTRICTED_TEMPLATE)
+    del template["spec"]["securityContext"]["fsGroup"]
+    tj = pod_shapes.training_job(template, replicas=2, engine="JobSet", output={"volumePerWorker": True})
+    context = workload.build_resume_pod(tj, pod_shapes.config("volume"))["spec"]["securityContext"]
+    assert context["runAsUser"] == 1000 and "fsGroup" not in context  # never the agent's
 
 
 def test_the_snapshot_pod_reads_the_output_as_the_trainer():
