@@ -49,6 +49,7 @@ def trainer(api_url: str) -> Forger:
     return Forger(api_url)
 
 
+@pytest.mark.slow  # 40 s: a result line far past its bound, written and refused
 async def test_a_result_far_past_its_bound_fails_that_snapshot_with_one_clear_line(api, operator, trainer,
                                                                                    wait_for):
     trainer.oversized.add("flood")

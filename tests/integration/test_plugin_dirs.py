@@ -151,6 +151,7 @@ async def test_a_push_of_a_directory_with_a_broken_link_makes_nothing(ckpt, api,
     assert await api.get(CKPT, NS, "half") is None
 
 
+@pytest.mark.slow  # 80 s on the s3 store (10,000 objects through SeaweedFS): the slow tier runs it
 @pytest.mark.timeout(600)
 async def test_a_push_of_ten_thousand_files_becomes_ready_and_verifies(ckpt, api, store, store_secret, operator,
                                                                        tmp_path):
