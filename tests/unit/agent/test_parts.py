@@ -352,16 +352,18 @@ def _peak_of_the_operator_s_result(output: Path) -> int:
 def test_the_union_scan_holds_one_checkpoint_s_manifests_at_a_time(tmp_path):
     """The snapshot of the workers' volumes streams as one volume's does: its memory follows the
     largest checkpoint directory, not the whole output (it held every part's manifests and every
-    union to the end: 30 directories took 12 times the memory of one, 9.0 MB; failed before)."""
+    union to the end: 30 directories took 12 times the memory of one, 9.0 MB; failed before).
+    100 files a directory (was 300: a third of the time, tracemalloc slows the scan fivefold): 30
+    directories take 1.5-1.7 times the memory of one here, and took 3.2 times before the fix."""
     def output(directories: int) -> Path:
         root = tmp_path / f"out{directories}"
         for worker in (0, 1):
             for d in range(directories):
                 rank = root / f"worker-{worker}" / f"step-{d:03d}" / f"rank-{worker}"
                 rank.mkdir(parents=True)
-                for i in range(300):
+                for i in range(100):
                     (rank / f"f{i:03d}").write_bytes(b"")
         return root
     _peak_of_the_operator_s_result(output(2))  # what the first run allocates once (lazy imports, caches)
     one, thirty = _peak_of_the_operator_s_result(output(1)), _peak_of_the_operator_s_result(output(30))
-    assert thirty < 3 * one, (one, thirty)
+    assert thirty < 2.5 * one, (one, thirty)
