@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 from hypothesis import given, settings
@@ -18,6 +16,7 @@ from hypothesis import strategies as st
 from checkpoint_operator.agent.parts import scan_parts
 from checkpoint_operator.agent.scan import scan_directory
 from formats_files import dcp_metadata_bytes
+from agentrun import agent_process
 
 CONFIG = b'{"model": "tiny"}'
 
@@ -136,8 +135,7 @@ def test_the_agent_command_prints_the_union_and_the_sources(tmp_path):
     output = tmp_path / "out"
     for rank in (0, 1):
         dcp_rank(output, "step-100", rank)
-    printed = subprocess.run([sys.executable, "-m", "checkpoint_operator", "agent", "scan", str(output),
-                              "--parts", "2", "--json"], capture_output=True, text=True, check=True).stdout
+    printed = agent_process("scan", str(output), "--parts", "2", "--json", check=True).stdout
     data = json.loads(printed.strip().splitlines()[-1])
     assert [c["path"] for c in data["checkpoints"]] == ["step-100"]
     assert data["sources"] == {"step-100": [0, 0, 1, 0]}
@@ -155,9 +153,7 @@ def test_the_operator_s_result_carries_each_worker_s_share_and_the_manifest_besi
         dcp_rank(output, "step-100", rank)
     write(output / "worker-1" / "final" / "w.bin", b"w")
     before = {p: p.read_bytes() for p in output.rglob("*") if p.is_file()}
-    printed = subprocess.run([sys.executable, "-m", "checkpoint_operator", "agent", "scan", str(output), "--parts", "2",
-                              "--result", "--part-manifests"],
-                             capture_output=True, text=True, check=True).stdout
+    printed = agent_process("scan", str(output), "--parts", "2", "--result", "--part-manifests", check=True).stdout
     report = channel.find_result(printed, (ScanReport,), limit_bytes=1 << 20)
     by_path = {c.path: c for c in report.checkpoints}
     step = by_path["step-100"]
@@ -300,8 +296,7 @@ def test_the_entry_limit_is_for_all_parts_together(tmp_path):
     for worker in (0, 1):
         for i in range(60):
             write(output / f"worker-{worker}" / "step-1" / f"w{worker}-{i:03d}", b"x")
-    proc = subprocess.run([sys.executable, "-m", "checkpoint_operator", "agent", "scan", str(output), "--parts", "2",
-                           "--json", "--max-entries", "100"], capture_output=True, text=True, timeout=60)
+    proc = agent_process("scan", str(output), "--parts", "2", "--json", "--max-entries", "100")
     assert proc.returncode == 1 and proc.stdout == ""
     [line] = proc.stderr.splitlines()
     assert line.startswith(f"error: {output} (all 2 workers' volumes): more than 100 entries (at ") and \
