@@ -88,6 +88,14 @@ def _buffer() -> bytearray:
     return buf
 
 
+def _scratch() -> bytearray:
+    """A second buffer of the thread, to read back into while its chunk is in the first."""
+    buf = getattr(_buffers, "scratch", None)
+    if buf is None:
+        buf = _buffers.scratch = bytearray(STREAM_CHUNK)
+    return buf
+
+
 def _write_at(fd: int, data: memoryview, offset: int) -> None:
     """All of `data` at `offset` of the file, in WRITE_PIECE writes (short writes continued)."""
     written, n = 0, len(data)
@@ -688,15 +696,17 @@ class Downloader:
                     _write_at(job.fd, chunk, pos)
                 except OSError as exc:
                     raise AgentError(f"{job.final}: cannot write: {exc.strerror}") from None
-                if state.owner:
-                    job.hasher.update(chunk)
-                    job.hash_pos = pos + n
-                else:
+                if not state.owner:
                     with job.lock:
                         if not job.hashing and job.hash_pos == start:
                             job.hashing = state.owner = True
-                    if state.owner:  # the hash has caught up with this part: take it over
-                        self._hash_from_disk(job, pos + n, view)
+                    if state.owner and pos > start:
+                        # the hash has caught up with this part: take it over, reading back what
+                        # of the part came before this chunk (this one is hashed from memory)
+                        self._hash_from_disk(job, pos, memoryview(_scratch()))
+                if state.owner:
+                    job.hasher.update(chunk)
+                    job.hash_pos = pos + n
                 state.pos = pos + n
             body.finish()
         except BaseException:
