@@ -49,12 +49,8 @@ from checkpoint_operator.objectstore.s3 import (
 # Files up to this size come in one GET into memory; bigger ones are streamed to disk.
 SMALL_FILE = 1 << 20
 
-# The streaming buffer of each network thread. The socket copies into it, then pwrite and
-# sha256 read it while it is still in the core's L2 cache. Measured with bench/transfer.py and
-# perf on 2 cores (ext4, kernel 6.18, a VM), 1 GiB down: with 1 MiB writes the kernel's copy
-# into the page cache (copy_folio_from_iter_atomic) took 38% of all CPU samples, 1.7-1.9 s of
-# system time; with 256 KiB writes 0.75-0.9 s (128 KiB the same, 512 KiB in between; bigger
-# writes get bigger page-cache folios, slower to allocate and fill here).
+# The streaming buffer of each network thread. The socket copies into it, then pwrite (in
+# WRITE_PIECE writes) and sha256 read it while it is still in the core's L2 cache.
 STREAM_CHUNK = 256 * 1024
 
 # Each chunk is written in pieces of this size. Linux sizes a page-cache folio for a buffered
