@@ -634,3 +634,99 @@ class TestACheckpointFollowsItsSnapshot:
             f"VolumeSnapshot {snap20} is gone (deleted outside the operator): the data of this Checkpoint is lost",
             f"VolumeSnapshot {snap20} is being deleted outside the operator: the data of this Checkpoint is lost")
         assert (await api.get(CKPT, NS, c10["metadata"]["name"]))["status"]["phase"] == "Ready"
+
+
+# --- a volume per worker, kept in one VolumeSnapshot per worker volume (issue 19) -----------------
+
+PART_WRITER = """
+import json, os
+out, rank = os.environ["CHECKPOINT_OUTPUT_DIR"], int(os.environ["RANK"])
+def write(step, name, data):
+    os.makedirs(os.path.join(out, step), exist_ok=True)
+    with open(os.path.join(out, step, name), "wb") as f:
+        f.write(data)
+write("step-1", f"shard-{rank}.bin", bytes([rank]) * 16)      # each rank its own shard
+write("step-1", "config.json", json.dumps({"layers": 2}).encode())  # the same bytes from both
+if rank == 0:                                                   # step-2: rank 0 alone
+    write("step-2", "shard-0.bin", b"\\x02" * 8)
+"""
+
+PART_READER = """
+import os, sys
+root = os.environ["CHECKPOINT_INPUT_PATH"]
+listing = sorted(f"{name}={open(os.path.join(root, name), 'rb').read().hex()}" for name in os.listdir(root))
+with open(sys.argv[1], "w") as f:  # the test's own file (the job has no output)
+    f.write("\\n".join(listing))
+"""
+
+
+class TestAVolumePerWorkerInSnapshots:
+    """output.volumePerWorker with storage.volume.snapshotClassName (issue 19): once the union scan
+    is done, each worker volume that holds a part of a checkpoint is snapshotted; a union
+    Checkpoint's location names each worker's snapshot and part; a consumer restores them all and
+    sees the union; a snapshot goes with the last Checkpoint that needs it."""
+
+    @pytest.fixture
+    def operator_config(self) -> OperatorConfig:
+        return OperatorConfig(**SNAPSHOT_CONFIG)
+
+    async def test_one_snapshot_per_worker_volume_a_consumer_sees_the_union_and_each_goes_with_its_last_user(
+            self, api, operator, cluster, wait_for, tmp_path):
+        import sys
+        await api.create(TJ, NS, training_job("vps", replicas=2, engine="JobSet", backoffLimit=0,
+                                              output={"volumePerWorker": True},
+                                              command=[sys.executable, "-c", PART_WRITER]))
+        tj = await wait_phase(api, wait_for, TJ, "vps", ("Succeeded", "Failed"), timeout=120)
+        assert tj["status"]["phase"] == "Succeeded", tj["status"].get("message")
+        assert tj["status"]["outputCheckpoints"] == ["vps.step-1", "vps.step-2"]
+        step1, step2 = await api.get(CKPT, NS, "vps.step-1"), await api.get(CKPT, NS, "vps.step-2")
+        assert step1["status"]["phase"] == step2["status"]["phase"] == "Ready"
+        assert step1["status"]["fileCount"] == 3
+        parts1, parts2 = step1["status"]["location"]["snapshotParts"], step2["status"]["location"]["snapshotParts"]
+        assert [(p["worker"], p["path"], p["items"]) for p in parts1] == [
+            (0, "step-1", ["config.json", "shard-0.bin"]), (1, "step-1", ["shard-1.bin"])]
+        assert [(p["worker"], p.get("items")) for p in parts2] == [(0, None)]
+        assert "volume" not in step1["status"]["location"] and "volumeParts" not in step1["status"]["location"]
+
+        # One snapshot per worker volume, ready, of that worker's claim; each owned by every Checkpoint
+        # that needs it (worker 0's by both, worker 1's by step-1 alone), no longer by the job.
+        snaps = {p["worker"]: p["volumeSnapshotName"] for p in parts1}
+        assert parts2[0]["volumeSnapshotName"] == snaps[0]
+        assert sorted(s["metadata"]["name"] for s in await job_snapshots(api, tj)) == sorted(snaps.values())
+        for worker, name in snaps.items():
+            body = await api.get(SNAPSHOTS, NS, name)
+            assert body["status"]["readyToUse"] is True
+            assert body["spec"]["source"]["persistentVolumeClaimName"] == \
+                f"vps-output-{tj['metadata']['uid'][:5]}-{worker}"  # worker i's own volume
+            copy = cluster.snapshot_controller.copy_dir(body["status"]["boundVolumeSnapshotContentName"])
+            # what that worker wrote (config.json too: the union mounts worker 0's, the same bytes)
+            assert sorted(p.name for p in (copy / "step-1").iterdir()) == ["config.json", f"shard-{worker}.bin"]
+        assert owner_kinds(await api.get(SNAPSHOTS, NS, snaps[0])) == [("Checkpoint", "vps.step-1"),
+                                                                        ("Checkpoint", "vps.step-2")]
+        assert owner_kinds(await api.get(SNAPSHOTS, NS, snaps[1])) == [("Checkpoint", "vps.step-1")]
+        # The workers' volumes are released once their checkpoints are in ready snapshots.
+        for worker in (0, 1):
+            source = (await api.get(SNAPSHOTS, NS, snaps[worker]))["spec"]["source"]["persistentVolumeClaimName"]
+            await wait_for(lambda source=source: gone(api, CLAIMS, NS, source), timeout=30)
+
+        # A second job reads the union at its input path: a volume restored from each snapshot.
+        await api.create(TJ, NS, training_job("reader", checkpoints=[{"name": "vps.step-1"}], output={"enabled": False},
+                                              command=[sys.executable, "-c", PART_READER, str(tmp_path / "seen.txt")]))
+        reader = await wait_phase(api, wait_for, TJ, "reader", ("Succeeded", "Failed"), timeout=90)
+        assert reader["status"]["phase"] == "Succeeded", reader["status"].get("message")
+        seen = (tmp_path / "seen.txt").read_text().splitlines()
+        config = json.dumps({"layers": 2}).encode().hex()
+        assert seen == [f"config.json={config}", f"shard-0.bin={'00' * 16}", f"shard-1.bin={'01' * 16}"]
+        [released] = await wait_event_reason(api, wait_for, "reader", "InputsReleased")
+        assert "the 2 volume(s) each restored from snapshots" in released["message"]  # one per worker's snapshot
+
+        # Deleting step-1 deletes worker 1's snapshot (no one else needs it), not worker 0's (step-2's).
+        content1 = (await api.get(SNAPSHOTS, NS, snaps[1]))["status"]["boundVolumeSnapshotContentName"]
+        await api.delete(CKPT, NS, "vps.step-1")
+        await wait_for(lambda: gone(api, SNAPSHOTS, NS, snaps[1]), timeout=30)
+        await wait_for(lambda: gone(api, CONTENTS, None, content1), timeout=30)
+        body0 = await api.get(SNAPSHOTS, NS, snaps[0])
+        assert body0 is not None and owner_kinds(body0) == [("Checkpoint", "vps.step-2")]
+        assert (await api.get(CKPT, NS, "vps.step-2"))["status"]["phase"] == "Ready"
+        await api.delete(CKPT, NS, "vps.step-2")
+        await wait_for(lambda: gone(api, SNAPSHOTS, NS, snaps[0]), timeout=30)

@@ -712,10 +712,15 @@ def format_table(result: ScanResult) -> str:
     return "\n".join(lines)
 
 
-def _synced(directory: str) -> str:
-    """A volume snapshot follows: the bytes must be on the disk first (agent/durability.py)."""
+def _synced(directory: str, parts: Optional[int] = None) -> str:
+    """A volume snapshot follows: the bytes must be on the disk first (agent/durability.py). With
+    workers' parts, each worker's volume (mounted at DIR/worker-<i>: a filesystem of its own, which
+    a syncfs of DIR would not reach) is synced, and is snapshotted after."""
     from checkpoint_operator.agent.durability import sync_filesystem
-    return sync_filesystem(directory)
+    if not parts:
+        return sync_filesystem(directory)
+    done = {sync_filesystem(os.path.join(directory, f"worker-{i}")) for i in range(parts)}  # agent/parts.py's names
+    return done.pop() if len(done) == 1 else ", ".join(sorted(done))
 
 
 def main(args: argparse.Namespace) -> int:
@@ -738,7 +743,7 @@ def main(args: argparse.Namespace) -> int:
                                     max_skipped=results.MAX_SKIPPED_REPORTED)
         report = report_of(scan)
         if getattr(args, "sync", False):  # after the manifests it wrote: the snapshot holds them too
-            report = report.model_copy(update={"synced": _synced(args.dir)})
+            report = report.model_copy(update={"synced": _synced(args.dir, getattr(args, "parts", None))})
         channel.write(report)
         return 0
     sources = None
@@ -752,7 +757,7 @@ def main(args: argparse.Namespace) -> int:
                                 max_entries=entry_limit(args.max_entries))
     extra: dict = {"sources": sources} if sources is not None else {}
     if getattr(args, "sync", False):  # a volume snapshot follows: the bytes must be on the disk first
-        extra["synced"] = _synced(args.dir)
+        extra["synced"] = _synced(args.dir, getattr(args, "parts", None))
     if args.json:
         sys.stdout.write(json.dumps({**result.model_dump(mode="json"), **extra}) + "\n")
     else:
