@@ -720,6 +720,17 @@ class TestAVolumePerWorkerInSnapshots:
         [released] = await wait_event_reason(api, wait_for, "reader", "InputsReleased")
         assert "the 2 volume(s) each restored from snapshots" in released["message"]  # one per worker's snapshot
 
+        # kubectl ckpt verify's request: its pod restores both snapshots and reads the union again.
+        await api.patch(CKPT, NS, "vps.step-1", {"metadata": {"annotations": {"ckpt.dev/verify-requested": "now"}}})
+
+        async def verified():
+            body = await api.get(CKPT, NS, "vps.step-1")
+            found = next((c for c in body["status"].get("conditions", []) if c["type"] == "Verified"), {})
+            return found if found.get("status") in ("True", "False") else None
+        condition = await wait_for(verified, timeout=60)
+        assert condition["status"] == "True", condition
+        assert "all 3 files" in condition["message"] and "2 VolumeSnapshots" in condition["message"]
+
         # Deleting step-1 deletes worker 1's snapshot (no one else needs it), not worker 0's (step-2's).
         content1 = (await api.get(SNAPSHOTS, NS, snaps[1]))["status"]["boundVolumeSnapshotContentName"]
         await api.delete(CKPT, NS, "vps.step-1")
@@ -730,3 +741,31 @@ class TestAVolumePerWorkerInSnapshots:
         assert (await api.get(CKPT, NS, "vps.step-2"))["status"]["phase"] == "Ready"
         await api.delete(CKPT, NS, "vps.step-2")
         await wait_for(lambda: gone(api, SNAPSHOTS, NS, snaps[0]), timeout=30)
+
+    async def test_per_worker_checkpoints_each_need_only_their_workers_snapshot(self, api, operator, cluster,
+                                                                                wait_for):
+        """output.perWorker (proxiML's mode): each worker's checkpoints are its own; each is in the
+        snapshot of its worker's volume alone, owned by that worker's Checkpoints only."""
+        import sys
+        writer = ("import os; out, rank = os.environ['CHECKPOINT_OUTPUT_DIR'], os.environ['RANK']; "
+                  "os.makedirs(os.path.join(out, 'step-1')); "
+                  "open(os.path.join(out, 'step-1', 'w.bin'), 'wb').write(rank.encode() * 4)")
+        await api.create(TJ, NS, training_job("pw", replicas=2, engine="JobSet", backoffLimit=0,
+                                              output={"perWorker": True}, command=[sys.executable, "-c", writer]))
+        tj = await wait_phase(api, wait_for, TJ, "pw", ("Succeeded", "Failed"), timeout=120)
+        assert tj["status"]["phase"] == "Succeeded", tj["status"].get("message")
+        names = tj["status"]["outputCheckpoints"]
+        assert len(names) == 2
+        snaps = []
+        for worker in (0, 1):
+            [body] = [b for b in [await api.get(CKPT, NS, n) for n in names]
+                      if b["spec"]["source"]["trainingJob"]["directory"] == f"worker-{worker}/step-1"]
+            [part] = body["status"]["location"]["snapshotParts"]
+            assert (part["worker"], part["path"], part.get("items")) == (worker, "step-1", None)
+            snapshot = await api.get(SNAPSHOTS, NS, part["volumeSnapshotName"])
+            assert snapshot["spec"]["source"]["persistentVolumeClaimName"].endswith(f"-{worker}")
+            assert owner_kinds(snapshot) == [("Checkpoint", body["metadata"]["name"])]
+            copy = cluster.snapshot_controller.copy_dir(snapshot["status"]["boundVolumeSnapshotContentName"])
+            assert (copy / "step-1" / "w.bin").read_bytes() == str(worker).encode() * 4
+            snaps.append(part["volumeSnapshotName"])
+        assert len(set(snaps)) == 2

@@ -391,3 +391,18 @@ def test_more_checkpoints_than_a_result_reports_keeps_the_newest_and_names_the_r
     assert [c.manifest.path for c in own.checkpoints] == ["worker-0", "worker-0/step-4", "worker-0/step-5",
                                                           "worker-1/best", "worker-1/step-5"]
     assert own.skipped_count == 14 - 5 and own.skipped[0].path == "worker-0/step-0"
+
+
+def test_a_snapshot_of_the_workers_volumes_follows_a_sync_of_each(tmp_path, monkeypatch):
+    """With volume snapshots (--sync): each worker's volume is a filesystem of its own, mounted at
+    DIR/worker-<i>; a syncfs of DIR alone (before) reached none of them, so their snapshots could
+    miss bytes still in the page cache. Each is synced now."""
+    from checkpoint_operator.agent import durability, scan
+    synced: list[str] = []
+    monkeypatch.setattr(durability, "sync_filesystem", lambda path: synced.append(path) or "syncfs")
+    for rank in (0, 1):
+        dcp_rank(tmp_path, "step-1", rank)
+    assert scan._synced(str(tmp_path), 2) == "syncfs"
+    assert synced == [str(tmp_path / "worker-0"), str(tmp_path / "worker-1")]
+    synced.clear()
+    assert scan._synced(str(tmp_path)) == "syncfs" and synced == [str(tmp_path)]  # one volume: itself
