@@ -769,3 +769,47 @@ class TestAVolumePerWorkerInSnapshots:
             assert (copy / "step-1" / "w.bin").read_bytes() == str(worker).encode() * 4
             snaps.append(part["volumeSnapshotName"])
         assert len(set(snaps)) == 2
+
+
+class TestAUnionFollowsEachOfItsSnapshots:
+    """hostile4 D4 for a union in several snapshots: the resync looks at each; one not readyToUse
+    fails the Checkpoint (naming it) and only the Checkpoints that need it; readyToUse again, Ready
+    again; deleted outside the operator, Failed for good."""
+
+    @pytest.fixture
+    def operator_config(self) -> OperatorConfig:
+        return OperatorConfig(**SNAPSHOT_CONFIG, resync_interval=0.5)
+
+    async def test_one_workers_snapshot_lost_fails_the_unions_that_need_it(self, api, operator, cluster, wait_for):
+        import sys
+        await api.create(TJ, NS, training_job("vpl", replicas=2, engine="JobSet", backoffLimit=0,
+                                              output={"volumePerWorker": True},
+                                              command=[sys.executable, "-c", PART_WRITER]))
+        tj = await wait_phase(api, wait_for, TJ, "vpl", ("Succeeded", "Failed"), timeout=120)
+        assert tj["status"]["phase"] == "Succeeded", tj["status"].get("message")
+        parts = (await api.get(CKPT, NS, "vpl.step-1"))["status"]["location"]["snapshotParts"]
+        snap0, snap1 = (p["volumeSnapshotName"] for p in parts)
+
+        async def reason_of(name, reason):
+            obj = await api.get(CKPT, NS, name)
+            ready = next((c for c in obj["status"].get("conditions", []) if c["type"] == "Ready"), {})
+            return obj if ready.get("reason") == reason else None
+
+        content = (await api.get(SNAPSHOTS, NS, snap1))["status"]["boundVolumeSnapshotContentName"]
+
+        async def content_status(**status):
+            body = await api.get(CONTENTS, None, content)
+            body["status"].update(status)
+            await api.replace(CONTENTS, None, content, body, subresource="status")
+        await content_status(readyToUse=False, error={"message": "the storage lost the snapshot"})
+        failed = await wait_for(lambda: reason_of("vpl.step-1", "VolumeSnapshotNotReady"), timeout=30)
+        assert failed["status"]["phase"] == "Failed"
+        assert failed["status"]["message"] == f"VolumeSnapshot {snap1} is not readyToUse: the storage lost the snapshot"
+        assert (await api.get(CKPT, NS, "vpl.step-2"))["status"]["phase"] == "Ready"  # worker 0's alone
+        await content_status(readyToUse=True, error=None)
+        again = await wait_for(lambda: reason_of("vpl.step-1", "Ready"), timeout=30)
+        assert again["status"]["message"].endswith(f"VolumeSnapshot {snap0}, {snap1} are readyToUse again")
+        await api.delete(SNAPSHOTS, NS, snap1)
+        lost = await wait_for(lambda: reason_of("vpl.step-1", "VolumeSnapshotLost"), timeout=30)
+        assert lost["status"]["phase"] == "Failed" and snap1 in lost["status"]["message"]
+        assert (await api.get(CKPT, NS, "vpl.step-2"))["status"]["phase"] == "Ready"
