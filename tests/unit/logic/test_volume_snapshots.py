@@ -267,3 +267,18 @@ def test_a_job_with_the_most_worker_volumes_records_a_snapshot_of_each() -> None
     for i in range(MAX_WORKER_VOLUMES):
         records = vs.with_record(records, VolumeSnapshotRecord(key=f"w{i}", name=f"w{i}-x", uid=f"u{i}"))
     assert all(vs.recorded(records, f"w{i}") is not None for i in range(MAX_WORKER_VOLUMES))
+
+
+def test_the_snapshots_of_workers_volumes_are_valid_for_external_snapshotters_crd() -> None:
+    from checkpoint_operator.api.trainingjob import TrainingJob
+    from checkpoint_operator.config import OperatorConfig
+    from checkpoint_operator.storage.volume import SnapshotVolumeStore
+    from factories import training_job
+    job = TrainingJob.model_validate(training_job(name="train", replicas=3, engine="JobSet",
+                                                  output={"volumePerWorker": True}))
+    requests = SnapshotVolumeStore(OperatorConfig(volume_snapshot_class="ebs-snapshots")).output_part_snapshots(
+        job, [0, 1, 2], "final")
+    for worker, built in requests.items():
+        body = copy.deepcopy(built.named("0a1b2c3d4e"))
+        assert crd_schema("VolumeSnapshot").admit(body, None) == [] and body == built.named("0a1b2c3d4e")
+        assert body["spec"]["source"]["persistentVolumeClaimName"].endswith(f"-{worker}")
