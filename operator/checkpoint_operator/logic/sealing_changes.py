@@ -33,4 +33,5 @@ def changed_failure(request: Optional[str], digest: Optional[str], phase: Checkp
     if not request or not produced_by_job or phase == CheckpointPhase.FAILED:
         return None
     return StatusChange(phase=CheckpointPhase.FAILED, reason=CHANGED_AFTER_SEALING, stalled=True, event="Warning",
-                        message=f"{request}: its files are no longer the bytes of digest {digest or 'unknown'}")
+                        message=f"{changed_request(request)}: its files are no longer the bytes of digest "
+                                f"{digest or 'unknown'}")  # one bounded line, whoever wrote it (hostile7 C2)
