@@ -23,6 +23,7 @@ from checkpoint_operator.logic.signatures import CACHED_ON_REQUEST, CHANGED_REQU
 from checkpoint_operator.reconcile.signing import NOT_SIGNED, NOT_SIGNED_MESSAGE
 from conftest import CKPT, NS, TJ, training_job, write_checkpoint
 from test_operator_lifecycle import wait_phase
+from test_operator_live import LIVE, ready, trainer_checkpoint
 
 pytestmark = pytest.mark.timeout(180)
 CLAIMS = "v1/persistentvolumeclaims"
@@ -180,3 +181,31 @@ async def test_the_job_signs_what_it_creates_with_the_key_the_operator_made(api,
                                       source["directory"], source["sealed"])
     assert signatures.verify((key,), signatures.SEALED, fields, source["signature"])
     assert not signatures.verify((b"x" * 32,), signatures.SEALED, fields, source["signature"])
+
+
+async def test_retention_counts_only_the_job_s_own_checkpoints(api, operator, trainer, wait_for):
+    """A4: a squatter naming a live-sealing job's uid with a huge step (only `create` on Checkpoints) is no
+    Checkpoint of the job: keep: 1 keeps the job's latest, never the squatter's, and retires nothing for it."""
+    first_seen = threading.Event()
+
+    def train(attempt, env):
+        out = env["CHECKPOINT_OUTPUT_DIR"]
+        trainer_checkpoint(out, 10)
+        assert first_seen.wait(90)
+        trainer_checkpoint(out, 20)
+        return 0
+    trainer.behaviours["kept"] = train
+    await api.create(TJ, NS, training_job("kept", output={**LIVE, "keep": 1}))
+    first = await wait_for(lambda: ready(api, "kept.checkpoint-10"), timeout=60)
+    tj = await api.get(TJ, NS, "kept")
+    squatter = _forged("squat", tj, tj["status"]["outputClaim"], directory="zz-1")
+    squatter["spec"]["source"]["trainingJob"]["sealed"].update(
+        {"step": 1_000_000_001, "digest": first["status"]["digest"], "location": first["status"]["location"]})
+    await api.create(CKPT, NS, squatter)
+    await _failed(api, wait_for, "squat")
+    first_seen.set()
+    done = await wait_phase(api, wait_for, TJ, "kept", "Succeeded", timeout=90)
+    assert done["status"]["outputCheckpoints"] == ["kept.checkpoint-20"]
+    assert (await api.get(CKPT, NS, "kept.checkpoint-20"))["status"]["phase"] == "Ready"
+    retired = [r["path"] for r in done["status"]["live"].get("retired") or []]
+    assert "zz-1" not in retired and "checkpoint-20" not in retired, retired
