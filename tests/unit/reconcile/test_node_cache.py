@@ -146,14 +146,14 @@ def test_a_cached_on_annotation_the_operator_did_not_sign_is_no_request():
     body = _input_checkpoint()
     body["status"]["cachedOn"] = ["node-a"]
     other = CACHED_ON_REQUEST.signed(KEY, "default", "other", "other-uid", '["gpu-node-7"]')
-    for annotations in ({CACHED_ON_ANNOTATION: '["gpu-node-7","node-b"]'}, other,
+    for asked in ({CACHED_ON_ANNOTATION: '["gpu-node-7","node-b"]'}, other,
                         CACHED_ON_REQUEST.signed(b"x" * 32, "default", "base", body["metadata"]["uid"], '["gpu-node-7"]')):
-        body["metadata"]["annotations"] = annotations
+        body["metadata"]["annotations"] = asked
         kube = CheckpointKube(copy.deepcopy(body))
         ctx = Context(kube=kube, config=pod_shapes.config("s3-cache"), signing_keys=SigningKeys((KEY,)))  # type: ignore[arg-type]
         with status_writer.status_pass(ctx, "Checkpoint", "default", "base"):
             sync_cached_on(ctx, Checkpoint.model_validate(kube.body))
-        assert kube.status_patches == [], annotations
+        assert kube.status_patches == [], asked
     body["metadata"]["annotations"] = CACHED_ON_REQUEST.signed(KEY, "default", "base", body["metadata"]["uid"],
                                                                '["node-b"]')
     kube = CheckpointKube(body)
