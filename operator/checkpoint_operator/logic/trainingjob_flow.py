@@ -152,23 +152,49 @@ def _failed_first(tj: TrainingJob, attempt: int) -> Optional[str]:
     return None
 
 
+# status.suspendTransition of a workload admitted without a Suspended condition written yet.
+NO_SUSPEND_RECORD = ""
+
+
 def suspension_change(tj: TrainingJob, state: WorkloadState, queue: Optional[str], now: str) -> Optional[StatusChange]:
     """A running workload suspended (Kueue preempted it: its pods are stopped): Queued, reason
-    Preempted, counted. A queued one unsuspended (admitted): Running."""
+    Preempted, counted. A queued one resumed (admitted): Running, its resume recorded.
+
+    A preemption that Kueue undid before this pass looked (it suspends, then admits again at once
+    when another flavor fits) leaves no suspended workload to see, but its controller's record:
+    the Suspended condition turned True and False again, with a new lastTransitionTime. A running
+    job whose workload has a resume later than the one recorded (status.suspendTransition) was
+    preempted meanwhile: counted once, stays Running (its workers were replaced and resume from
+    their latest checkpoint)."""
     what = f"{state.kind} {state.name}"
+    by = f"preempted by Kueue (LocalQueue {queue})" if queue else "suspended (spec.suspend)"
+    count = (tj.status.preemptions or 0) + 1
     if state.suspended and tj.phase == TrainingJobPhase.RUNNING:
-        count = (tj.status.preemptions or 0) + 1
-        by = f"preempted by Kueue (LocalQueue {queue})" if queue else "suspended (spec.suspend)"
         return StatusChange(phase=TrainingJobPhase.QUEUED, reason="Preempted", event="Warning",
                             fields=TrainingJobStatus(preemptions=count),
                             message=f"{what} was {by}: its workers are stopped, its sealed checkpoints stay; it "
                                     f"resumes from its latest checkpoint when admitted again (preemption {count})")
     if not state.suspended and tj.phase == TrainingJobPhase.QUEUED:
         again = f" again after {tj.status.preemptions} preemption(s)" if tj.status.preemptions else ""
-        fields = None if tj.status.startTime else TrainingJobStatus(startTime=now)
-        return StatusChange(phase=TrainingJobPhase.RUNNING, reason="Running", event="Normal", fields=fields,
-                            message=f"{what} was admitted{again} and runs")
-    return None
+        admitted = StatusChange(phase=TrainingJobPhase.RUNNING, reason="Running", event="Normal",
+                                message=f"{what} was admitted{again} and runs")
+        if not tj.status.startTime:
+            admitted = admitted.with_fields(TrainingJobStatus(startTime=now))
+        # Recorded even when its controller wrote no Suspended condition (admitted before it looked):
+        # "" then, so that the first one it writes later is a preemption's.
+        return admitted.with_fields(TrainingJobStatus(suspendTransition=state.suspend_transition or NO_SUSPEND_RECORD))
+    seen = tj.status.suspendTransition
+    if state.suspended or tj.phase != TrainingJobPhase.RUNNING or state.suspend_transition in (None, seen):
+        return None
+    if seen is None and queue is not None:
+        # Created suspended for Kueue: its first resume is its admission, which this job did not
+        # record (it was adopted running, or recorded by an operator that did not keep resumes).
+        return StatusChange(fields=TrainingJobStatus(suspendTransition=state.suspend_transition))
+    return StatusChange(reason="Preempted", event="Warning",
+                        fields=TrainingJobStatus(preemptions=count, suspendTransition=state.suspend_transition),
+                        message=f"{what} was {by} and admitted again (resumed at {state.suspend_transition}) before "
+                                f"the operator looked: its workers were stopped and started again, its sealed "
+                                f"checkpoints stay; they resume from the latest checkpoint (preemption {count})")
 
 
 def attempt_started_change(tj: TrainingJob, kind: str, name: str, rendezvous: Optional[str],
@@ -176,8 +202,9 @@ def attempt_started_change(tj: TrainingJob, kind: str, name: str, rendezvous: Op
     """The operator created the workload of the next attempt (engine Job). Queued in Kueue, it waits
     to be admitted like a new one (Kueue makes a new Workload for it): Queued, not Preempted.
     `job_uid`: the new workload's UID, recorded with the attempt (its pods are the workers now)."""
-    fields = TrainingJobStatus(rendezvous=rendezvous) if job_uid is None else \
-        TrainingJobStatus(rendezvous=rendezvous, jobUid=job_uid)
+    # A new workload: the Suspended record of the last one is not its own.
+    fields = TrainingJobStatus(rendezvous=rendezvous, suspendTransition=None) if job_uid is None else \
+        TrainingJobStatus(rendezvous=rendezvous, jobUid=job_uid, suspendTransition=None)
     if queue is None:
         return StatusChange(fields=fields)
     attempt = (tj.status.restarts or 0) + 1
