@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from checkpoint_operator.protocol.errors import AgentError
+from checkpoint_operator.protocol.errors import Refusal
 from checkpoint_operator.protocol.manifest import MANIFESTS_DIR, FileEntry, Manifest, PathsClash, digest_of, paths_clash
 from checkpoint_operator.protocol.names import collision_problem, collisions, printable, spelled
 from checkpoint_operator.protocol.parts import shares
@@ -287,7 +287,7 @@ def parts_output(stream: PartsStream, directory: str, layout: str, per_worker: b
     problem: Optional[str] = None
     for assembled in stream:
         if len(found) >= MAX_CHECKPOINTS:
-            raise AgentError(f"{directory}: more than {MAX_CHECKPOINTS} checkpoints across the workers' volumes, more "
+            raise Refusal(f"{directory}: more than {MAX_CHECKPOINTS} checkpoints across the workers' volumes, more "
                              f"than one snapshot reports; write fewer step directories")
         manifest = each(assembled) if each is not None else assembled.manifest
         if not mounts:

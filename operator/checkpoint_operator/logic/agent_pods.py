@@ -11,6 +11,7 @@ from typing import Any, Mapping, Optional
 from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic.security_context import Identity, agent_pod_context, restricted_container
+from checkpoint_operator.protocol.errors import REFUSED_EXIT_CODE
 
 AGENT_OUTPUT_MOUNT = "/checkpoint-output"
 AGENT_DATA_MOUNT = "/checkpoint-data"
@@ -218,6 +219,7 @@ NODE_FAILURE_REASONS = ("Evicted", "NodeLost", "Shutdown", "Terminated", "NodeAf
 class PodFailure:
     message: str
     container: Optional[str] = None   # the container whose log tells why (None: the pod itself)
+    refused: bool = False             # the agent refused the data (REFUSED_EXIT_CODE): running it again refuses it again
 
 
 def pod_failure(pod: Mapping[str, Any], what: str) -> PodFailure:
@@ -234,8 +236,10 @@ def pod_failure(pod: Mapping[str, Any], what: str) -> PodFailure:
             terminated = (container.get("state") or {}).get("terminated") or {}
             if terminated and terminated.get("exitCode", 0) != 0:
                 reason = terminated.get("reason") or "Error"
-                return PodFailure(f"{what} pod {name}: container {container.get('name')} failed "
-                                  f"({reason}, exit code {terminated.get('exitCode')})", container.get("name"))
+                refused = terminated.get("exitCode") == REFUSED_EXIT_CODE and reason == "Error"
+                return PodFailure(f"{what} pod {name}: container {container.get('name')} "
+                                  f"{'refused the data' if refused else 'failed'} "
+                                  f"({reason}, exit code {terminated.get('exitCode')})", container.get("name"), refused)
     detail = status.get("message") or status.get("reason") or "no container reported why"
     return PodFailure(f"{what} pod {name} failed: {detail}")
 

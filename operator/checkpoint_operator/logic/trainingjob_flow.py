@@ -304,8 +304,14 @@ def snapshot_wait(retry_at: Optional[str], now: datetime) -> Optional[float]:
     return remaining if remaining > 0 else None
 
 
-def snapshot_retry(attempts: int, message: str) -> Optional[Fail]:
-    """A failed snapshot pod is retried; after MAX_SNAPSHOT_ATTEMPTS the job fails."""
+def snapshot_retry(attempts: int, message: str, refused: bool = False) -> Optional[Fail]:
+    """A failed snapshot pod is retried (a store that was down, a node lost, an OOM kill may not
+    happen again); after MAX_SNAPSHOT_ATTEMPTS the job fails. A refusal of the output by the agent
+    (`refused`: a name the names rule refuses, a key S3 cannot hold) fails it at once: the output
+    is the same for the next pod, which would refuse it with the same line."""
+    if refused:
+        return Fail("SnapshotFailed", f"snapshot refused the output (not retried: the same output is refused "
+                                      f"again): {message}")
     if attempts >= MAX_SNAPSHOT_ATTEMPTS:
         return Fail("SnapshotFailed", f"snapshot failed {attempts} times; last: {message}")
     return None

@@ -564,15 +564,15 @@ def snapshot(ctx: Context, tj: TrainingJob) -> Result:
         return agent_runs.wait_for(run, reason="Snapshotting", message=tj.status.message or "",
                                    current_reason=tj.ready_reason())
     if isinstance(run, agent_runs.PodFailed):
-        return _snapshot_pod_failed(ctx, tj, pod, run.message)
+        return _snapshot_pod_failed(ctx, tj, pod, run.message, run.refused)
     assert run.result is not None
     return _store_snapshot(ctx, tj, pod, run.result, run.ended)
 
 
-def _snapshot_pod_failed(ctx: Context, tj: TrainingJob, pod: dict[str, Any], message: str) -> Result:
+def _snapshot_pod_failed(ctx: Context, tj: TrainingJob, pod: dict[str, Any], message: str, refused: bool) -> Result:
     attempts = (tj.status.snapshotAttempts or 0) + 1
     agent_runs.finish(ctx, pod)
-    failed = flow.snapshot_retry(attempts, message)
+    failed = flow.snapshot_retry(attempts, message, refused)
     if failed is not None:
         return failed  # the output volume stays (s3 store: nothing was stored from it)
     retry_at, delay = flow.snapshot_retry_at(attempts, datetime.now(timezone.utc))

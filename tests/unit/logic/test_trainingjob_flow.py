@@ -7,6 +7,7 @@ from checkpoint_operator.logic.agent_pods import PodProblem, downloaded_input, p
 from checkpoint_operator.logic.inputs import InputWait
 from checkpoint_operator.logic.protection import blocking_users, label_patch, used_by_status, used_uids
 from checkpoint_operator.logic.results import Fail, Wait
+from checkpoint_operator.protocol.errors import REFUSED_EXIT_CODE
 from checkpoint_operator.logic.status import StatusChange, apply_change, should_post_event, status_patch
 from factories import training_job
 
@@ -81,6 +82,22 @@ def test_a_pod_the_node_failed_is_named_by_the_node_s_reason():
     oom = {"metadata": {"name": "p"}, "status": {"phase": "Failed", "containerStatuses": [
         {"name": "trainer", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]}}
     assert "container trainer failed (OOMKilled, exit code 137)" in pod_failure(oom, "training").message
+
+
+def test_an_agent_refusal_is_told_apart_and_fails_the_snapshot_at_once():
+    """The agent exits REFUSED_EXIT_CODE when it refuses the data for what it is: the snapshot fails at
+    once with its line (before: retried 3 times with the same result). An OOM kill, an eviction, a
+    plain failure (exit 1: a store that was down) are retried as before."""
+    def failed(code: int, reason: str = "Error") -> dict:
+        return {"metadata": {"name": "p"}, "status": {"phase": "Failed", "containerStatuses": [
+            {"name": "snapshot", "state": {"terminated": {"exitCode": code, "reason": reason}}}]}}
+    refused = pod_failure(failed(REFUSED_EXIT_CODE), "snapshot")
+    assert refused.refused and "container snapshot refused the data (Error, exit code 3)" in refused.message
+    assert not pod_failure(failed(1), "snapshot").refused
+    assert not pod_failure(failed(REFUSED_EXIT_CODE, "OOMKilled"), "snapshot").refused  # the kernel's, not the agent's
+    assert flow.snapshot_retry(1, "line", refused=True) == Fail(
+        "SnapshotFailed", "snapshot refused the output (not retried: the same output is refused again): line")
+    assert flow.snapshot_retry(1, "line") is None
 
 
 def test_a_failed_job_names_what_its_pods_say():
