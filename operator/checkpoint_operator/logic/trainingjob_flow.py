@@ -317,17 +317,13 @@ def snapshot_retry(attempts: int, message: str, refused: bool = False) -> Option
     return None
 
 
-# Seconds after the snapshot pod ended that a job waits for its new Checkpoints' own reconciles to make them
-# Ready (or fail them): a pass or two each, unless something holds one forever (its bytes never handed
-# over, its object deleted again and again); then the job fails and names them, never waits on.
-PUBLISH_TIMEOUT = 600.0
-
-
 def publish_wait(not_ready: list[tuple[str, str]], since: str, now: datetime, recheck: float,
-                 limit: Optional[float] = None) -> Wait | Fail:
+                 limit: float) -> Wait | Fail:
     """The job's wait for its Checkpoints, (name, what it is) of each not Ready (nor failed on request)
-    yet, counted from `since` (RFC 3339: when its snapshot pod ended): quiet, then a failure naming them."""
-    limit = PUBLISH_TIMEOUT if limit is None else limit
+    yet, counted from `since` (RFC 3339: when its snapshot pod ended): quiet, then a failure naming them.
+    `limit`: the operator's publish_timeout (600 s by default, CKPT_PUBLISH_TIMEOUT): a pass or two each,
+    unless something holds one forever (its bytes never handed over, its object deleted again and
+    again); then the job fails and names them, never waits on."""
     try:
         waited = (now - datetime.fromisoformat(since.replace("Z", "+00:00"))).total_seconds()
     except ValueError:

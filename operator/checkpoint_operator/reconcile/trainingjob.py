@@ -630,7 +630,8 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: Sc
         not_ready += [(info.name, "changed after sealing, not Failed yet") for info, _ in plan.changed
                       if _not_failed_yet(ctx, namespace, info.name)]
     if not_ready:
-        waited = flow.publish_wait(not_ready, ended, datetime.now(timezone.utc), PUBLISH_RECHECK)
+        waited = flow.publish_wait(not_ready, ended, datetime.now(timezone.utc), PUBLISH_RECHECK,
+                                   ctx.config.publish_timeout)
         if isinstance(waited, Fail):
             agent_runs.finish(ctx, pod)
         return waited

@@ -1,6 +1,7 @@
 """The TrainingJob's decisions (logic/trainingjob_flow.py, logic/protection.py), without an API."""
 
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobStatus
+from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic import engines
 from checkpoint_operator.logic import trainingjob_flow as flow
 from checkpoint_operator.logic.agent_pods import PodProblem, downloaded_input, pod_failure, pod_problem
@@ -250,18 +251,24 @@ def test_a_pod_waiting_to_attach_a_volume_names_the_claim_and_the_controller_s_m
 
 def test_the_wait_for_a_job_s_checkpoints_is_bounded_and_names_them():
     """A Checkpoint that never becomes Ready (its bytes never handed over, deleted again and again) must not
-    hold its job forever: quiet until PUBLISH_TIMEOUT after the snapshot pod ended, then a failure naming it."""
+    hold its job forever: quiet until the operator's publish_timeout after the snapshot pod ended, then a
+    failure naming it."""
     from datetime import datetime, timezone
     ended = "2026-01-01T00:00:00Z"
     at = lambda seconds: datetime.fromtimestamp(  # noqa: E731
         datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp() + seconds, timezone.utc)
     pending = [("t.step-1", "Pending"), ("t.step-2", "changed after sealing, not Failed yet")]
-    early = flow.publish_wait(pending, ended, at(5), recheck=2.0)
+    limit = OperatorConfig().publish_timeout
+    assert limit == 600.0
+    early = flow.publish_wait(pending, ended, at(5), recheck=2.0, limit=limit)
     assert isinstance(early, Wait) and early.requeue_after == 2.0 and not early.reason
-    assert flow.publish_wait(pending, ended, at(flow.PUBLISH_TIMEOUT - 0.5), recheck=2.0).requeue_after == 0.5
-    late = flow.publish_wait(pending, ended, at(flow.PUBLISH_TIMEOUT), recheck=2.0)
+    assert flow.publish_wait(pending, ended, at(limit - 0.5), recheck=2.0, limit=limit).requeue_after == 0.5
+    late = flow.publish_wait(pending, ended, at(limit), recheck=2.0, limit=limit)
     assert isinstance(late, Fail) and late.reason == "CheckpointsNotReady"
     assert "t.step-1 (Pending), t.step-2 (changed after sealing, not Failed yet)" in late.message and "600 s" in late.message
-    many = flow.publish_wait([(f"c{i}", "Pending") for i in range(50)], ended, at(700), recheck=2.0)
+    many = flow.publish_wait([(f"c{i}", "Pending") for i in range(50)], ended, at(700), recheck=2.0, limit=limit)
     assert isinstance(many, Fail) and "and 30 more" in many.message and "c20 " not in many.message
-    assert isinstance(flow.publish_wait(pending, "", at(0), recheck=2.0), Fail)  # nothing to count from
+    assert isinstance(flow.publish_wait(pending, "", at(0), recheck=2.0, limit=limit), Fail)  # nothing to count from
+    # Another setting, another bound.
+    assert isinstance(flow.publish_wait(pending, ended, at(61), recheck=2.0, limit=60.0), Fail)
+    assert isinstance(flow.publish_wait(pending, ended, at(59), recheck=2.0, limit=60.0), Wait)
