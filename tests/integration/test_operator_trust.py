@@ -175,7 +175,7 @@ async def test_a_snapshot_the_agent_refuses_fails_at_once_and_a_transient_failur
     status = tj["status"]
     assert status["phase"] == "Failed" and not status.get("snapshotAttempts")
     assert "snapshot refused the output (not retried" in status["message"]
-    assert "more than 3 entries (at 'step-1')" in status["message"] and "refused the data" in status["message"]
+    assert "more than 3 entries (at 'step-1')" in status["message"] and "exit code 3" in status["message"]
     assert not [e for e in await events_for(api, "refused") if e["reason"] == "SnapshotRetry"]
     tj = await wait_phase(api, wait_for, TJ, "transient", ("Failed", "Succeeded"), timeout=90)
     assert tj["status"]["phase"] == "Succeeded" and tj["status"]["snapshotAttempts"] == 1

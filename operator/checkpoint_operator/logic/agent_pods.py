@@ -219,7 +219,14 @@ NODE_FAILURE_REASONS = ("Evicted", "NodeLost", "Shutdown", "Terminated", "NodeAf
 class PodFailure:
     message: str
     container: Optional[str] = None   # the container whose log tells why (None: the pod itself)
-    refused: bool = False             # the agent refused the data (REFUSED_EXIT_CODE): running it again refuses it again
+    exit_code: Optional[int] = None   # the failed container's (None: the pod failed as a whole)
+    reason: Optional[str] = None      # its termination reason (Error, OOMKilled, ...)
+
+    @property
+    def agent_refused(self) -> bool:
+        """Of an agent pod only (a training container's codes are its own): the agent refused the data
+        (REFUSED_EXIT_CODE, protocol/errors.py Refusal), which a new pod would refuse again."""
+        return self.exit_code == REFUSED_EXIT_CODE and self.reason == "Error"
 
 
 def pod_failure(pod: Mapping[str, Any], what: str) -> PodFailure:
@@ -236,10 +243,9 @@ def pod_failure(pod: Mapping[str, Any], what: str) -> PodFailure:
             terminated = (container.get("state") or {}).get("terminated") or {}
             if terminated and terminated.get("exitCode", 0) != 0:
                 reason = terminated.get("reason") or "Error"
-                refused = terminated.get("exitCode") == REFUSED_EXIT_CODE and reason == "Error"
-                return PodFailure(f"{what} pod {name}: container {container.get('name')} "
-                                  f"{'refused the data' if refused else 'failed'} "
-                                  f"({reason}, exit code {terminated.get('exitCode')})", container.get("name"), refused)
+                return PodFailure(f"{what} pod {name}: container {container.get('name')} failed "
+                                  f"({reason}, exit code {terminated.get('exitCode')})", container.get("name"),
+                                  terminated.get("exitCode"), reason)
     detail = status.get("message") or status.get("reason") or "no container reported why"
     return PodFailure(f"{what} pod {name} failed: {detail}")
 

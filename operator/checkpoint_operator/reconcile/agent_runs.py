@@ -148,7 +148,7 @@ def follow(ctx: Context, owner: Owner, body: dict[str, Any], task: AgentTask[R],
     phase = PodPhase.of(pod)
     if phase == PodPhase.FAILED:
         failure = pod_failure(pod, task.what)
-        return PodFailed(_failure_message(ctx, pod, failure), failure.refused)
+        return PodFailed(_failure_message(ctx, pod, failure), failure.agent_refused)
     if phase != PodPhase.SUCCEEDED:
         return Waiting(problem=pod_problem(pod), phase=phase)
     ended = workers.finished_at(pod) or str(meta.get("creationTimestamp") or "")

@@ -93,9 +93,9 @@ def test_an_agent_refusal_is_told_apart_and_fails_the_snapshot_at_once():
         return {"metadata": {"name": "p"}, "status": {"phase": "Failed", "containerStatuses": [
             {"name": "snapshot", "state": {"terminated": {"exitCode": code, "reason": reason}}}]}}
     refused = pod_failure(failed(REFUSED_EXIT_CODE), "snapshot")
-    assert refused.refused and "container snapshot refused the data (Error, exit code 3)" in refused.message
-    assert not pod_failure(failed(1), "snapshot").refused
-    assert not pod_failure(failed(REFUSED_EXIT_CODE, "OOMKilled"), "snapshot").refused  # the kernel's, not the agent's
+    assert refused.agent_refused and "container snapshot failed (Error, exit code 3)" in refused.message
+    assert not pod_failure(failed(1), "snapshot").agent_refused
+    assert not pod_failure(failed(REFUSED_EXIT_CODE, "OOMKilled"), "snapshot").agent_refused  # the kernel's
     assert flow.snapshot_retry(1, "line", refused=True) == Fail(
         "SnapshotFailed", "snapshot refused the output (not retried: the same output is refused again): line")
     assert flow.snapshot_retry(1, "line") is None
