@@ -391,6 +391,15 @@ def test_a_first_admission_not_recorded_is_recorded_not_counted():
     assert later is not None and later.reason == "Preempted"
     change = flow.suspension_change(unqueued, state(suspend_transition="2026-01-01T00:00:05Z"), None, "now")
     assert change is not None and change.reason == "Preempted" and "suspended (spec.suspend)" in change.message
+    # A group with a volume per worker: counted as any preemption, so the operator makes the group again
+    # after the resume step (hostile7 R1: flow.attempt_of counts preemptions there).
+    per_worker = with_status(typed(replicas=2, engine="JobSet", output={"volumePerWorker": True},
+                                   labels={"kueue.x-k8s.io/queue-name": "q"}),
+                             phase="Running", suspendTransition="2026-01-01T00:00:05Z")
+    quick = flow.suspension_change(per_worker, state(kind="JobSet", suspend_transition="2026-01-01T00:00:09Z"), "q", "n")
+    assert quick is not None and set_fields(quick.fields)["preemptions"] == 1
+    assert "the resume step copies the latest checkpoint" in quick.message
+    assert flow.attempt_of(with_status(per_worker, preemptions=1)) == 1
 
 
 def test_the_workload_s_suspended_condition_is_read_from_jobs_and_jobsets():
