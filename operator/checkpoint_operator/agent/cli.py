@@ -321,7 +321,7 @@ def _run_command(module: str, args: argparse.Namespace, sigterm_finishes: bool) 
         return int(mod.main(args) or 0)
     except AgentError as exc:
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
-        return 1
+        return int(getattr(exc, "exit_code", 1))  # a Refusal: REFUSED_EXIT_CODE, not to be retried
     except KeyboardInterrupt as exc:
         code = getattr(exc, "exit_code", 130)
         print(f"error: agent {args.agent_command} interrupted ({'SIGTERM' if code == 143 else 'Ctrl-C'}); "

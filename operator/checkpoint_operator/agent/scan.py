@@ -31,7 +31,7 @@ from typing import IO, TYPE_CHECKING, Callable, Collection, Iterator, Mapping, O
 
 
 from checkpoint_operator.agent import containers, formats
-from checkpoint_operator.protocol.errors import AgentError
+from checkpoint_operator.protocol.errors import Refusal
 from checkpoint_operator.agent.hashing import CHANGED_WHILE_READ, FileChanged, default_workers, sha256_file
 from checkpoint_operator.protocol.manifest import MANIFESTS_DIR, Manifest, ManifestBuilder, stored_manifest_name
 from checkpoint_operator.protocol.names import collision_problem, collisions, component_problem, printable, spelled
@@ -730,9 +730,9 @@ def _synced(directory: str, parts: Optional[int] = None) -> str:
 
 def main(args: argparse.Namespace) -> int:
     if not os.path.exists(args.dir):
-        raise AgentError(f"{args.dir}: no such directory")
+        raise Refusal(f"{args.dir}: no such directory")
     if not os.path.isdir(args.dir):
-        raise AgentError(f"{args.dir}: not a directory (scan takes the directory that holds the checkpoints)")
+        raise Refusal(f"{args.dir}: not a directory (scan takes the directory that holds the checkpoints)")
     if getattr(args, "result", False):
         from checkpoint_operator.protocol import channel, results
         if getattr(args, "parts", None):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from checkpoint_operator.protocol import channel, results
-from checkpoint_operator.protocol.errors import AgentError
+from checkpoint_operator.protocol.errors import Refusal
 from checkpoint_operator.agent.parts import Assembled, PartsStream, parts_output
 from checkpoint_operator.protocol.manifest import Manifest
 from checkpoint_operator.agent.scan import report_of, scan_checkpoints
@@ -80,7 +80,7 @@ def snapshot_parts(directory: str, count: int, layout: str, upload_to: str, per_
 
 def main(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.dir):
-        raise AgentError(f"{args.dir}: not a directory (snapshot takes the directory that holds the checkpoints)")
+        raise Refusal(f"{args.dir}: not a directory (snapshot takes the directory that holds the checkpoints)")
     if getattr(args, "parts", None):
         channel.write(snapshot_parts(args.dir, args.parts, args.layout, args.upload_to, args.per_worker,
                                      concurrency=args.concurrency, endpoint_url=args.endpoint_url,

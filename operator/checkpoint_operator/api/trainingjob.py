@@ -423,6 +423,9 @@ class TrainingJobStatus(ApiModel):
                                                             "started again after one failed).")
     preemptions: Optional[Count] = Field(None, description="Times the running workload was suspended (Kueue "
                                                                "preemption) and queued again.")
+    suspendTransition: Optional[Timestamp] = Field(
+        None, description="The lastTransitionTime of the workload's Suspended condition at its latest resume seen: a "
+                          "later one is a preemption undone before the operator looked, counted once.")
     workerFailure: Optional[WorkerFailure] = Field(None, description="The worker that failed first in the latest "
                                                                      "failed attempt, and why.")
     resume: Optional[GroupResume] = Field(None, description="output.volumePerWorker: the checkpoint the latest "

@@ -331,7 +331,9 @@ def follow_job(ctx: Context, tj: TrainingJob) -> Result:
         # Created by this job (its controller is it) but not recorded: an operator that stopped
         # between creating it (a first start or a group restart) and the status write, or one that
         # did not record UIDs. Its pods are the workers from now on.
-        tj = write_status(ctx, tj, StatusChange(fields=TrainingJobStatus(jobUid=obj["metadata"].get("uid"))))
+        # Its Suspended record is its own: the last workload's resume is not compared with it.
+        tj = write_status(ctx, tj, StatusChange(fields=TrainingJobStatus(jobUid=obj["metadata"].get("uid"),
+                                                                         suspendTransition=None)))
     state = engine.read(obj) if obj is not None else None
     controllers = workloads.worker_controllers(ctx, tj)
     if tj.publishes_live:  # also once the Job is over: the sidecars' last lines
@@ -567,15 +569,15 @@ def snapshot(ctx: Context, tj: TrainingJob) -> Result:
         return agent_runs.wait_for(run, reason="Snapshotting", message=tj.status.message or "",
                                    current_reason=tj.ready_reason())
     if isinstance(run, agent_runs.PodFailed):
-        return _snapshot_pod_failed(ctx, tj, pod, run.message)
+        return _snapshot_pod_failed(ctx, tj, pod, run.message, run.refused)
     assert run.result is not None
     return _store_snapshot(ctx, tj, pod, run.result, run.ended)
 
 
-def _snapshot_pod_failed(ctx: Context, tj: TrainingJob, pod: dict[str, Any], message: str) -> Result:
+def _snapshot_pod_failed(ctx: Context, tj: TrainingJob, pod: dict[str, Any], message: str, refused: bool) -> Result:
     attempts = (tj.status.snapshotAttempts or 0) + 1
     agent_runs.finish(ctx, pod)
-    failed = flow.snapshot_retry(attempts, message)
+    failed = flow.snapshot_retry(attempts, message, refused)
     if failed is not None:
         return failed  # the output volume stays (s3 store: nothing was stored from it)
     retry_at, delay = flow.snapshot_retry_at(attempts, datetime.now(timezone.utc))
@@ -634,7 +636,8 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: Sc
                       if _not_failed_yet(ctx, namespace, info.name)]
     if not_ready:
         since = flow.publish_wait_since(ended, [b["metadata"].get("creationTimestamp") for b in created], STARTED)
-        waited = flow.publish_wait(not_ready, since, datetime.now(timezone.utc), PUBLISH_RECHECK)
+        waited = flow.publish_wait(not_ready, since, datetime.now(timezone.utc), PUBLISH_RECHECK,
+                                   ctx.config.publish_timeout)
         if isinstance(waited, Fail):
             agent_runs.finish(ctx, pod)
         return waited
