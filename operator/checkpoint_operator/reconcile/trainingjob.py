@@ -19,6 +19,7 @@ from checkpoint_operator.api.checkpoint import CheckpointHead, CheckpointPhase
 from checkpoint_operator.api.clustercheckpoint import ClusterCheckpointHead
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobHead, TrainingJobPhase, TrainingJobStatus
 from checkpoint_operator.reconcile import node_cache as node_cache_steps
+from checkpoint_operator.reconcile import live_unions
 from checkpoint_operator.reconcile import (agent_runs, catalog_copies, claim_holds, live_sealing, publish,
                                            template_claims, volumes, workloads)
 from checkpoint_operator.reconcile import volume_snapshots as volume_snapshot_steps
@@ -332,7 +333,8 @@ def follow_job(ctx: Context, tj: TrainingJob) -> Result:
     state = engine.read(obj) if obj is not None else None
     controllers = workloads.worker_controllers(ctx, tj)
     if tj.publishes_live:  # also once the Job is over: the sidecars' last lines
-        tj = live_sealing.collect(ctx, tj, controllers)
+        tj = live_unions.collect(ctx, tj, controllers) if tj.spec.output.parts_per_worker else \
+            live_sealing.collect(ctx, tj, controllers)
     pods = ctx.indexes.worker_pods(tj.metadata.namespace, tj.metadata.uid, controllers)
     if ctx.config.cache_enabled:
         node_cache_steps.record_fills(ctx, tj, pods)
@@ -497,6 +499,8 @@ def _finish(ctx: Context, tj: TrainingJob, succeeded: bool, outcome: str) -> Res
     change, _ = flow.after_job(tj, succeeded, outcome, now_rfc3339(), workload.snapshot_pod_name(tj))
     write_status(ctx, tj, change)
     live_sealing.forget(ctx, tj)  # the sidecars' last lines were read above
+    if tj.publishes_live and tj.spec.output.parts_per_worker:
+        live_unions.stop(ctx, tj)
     return Advance()
 
 
