@@ -63,7 +63,7 @@ async def test_one_checkpoint_per_step_is_published_from_both_workers_parts_whil
     await api.create(TJ, NS, training_job("lp", replicas=2, engine="JobSet", backoffLimit=0, output=LIVE_PARTS))
 
     for step, seen in ((1, first_seen), (2, second_seen)):
-        ckpt = await wait_for(lambda: ready(api, f"lp.step-{step}"), timeout=120)
+        ckpt = await wait_for(lambda step=step: ready(api, f"lp.step-{step}"), timeout=120)
         tj = await api.get(TJ, NS, "lp")
         assert tj["status"]["phase"] == "Running"  # published while both workers still run
         status = ckpt["status"]
