@@ -75,9 +75,10 @@ def snapshot_parts(directory: str, count: int, layout: str, upload_to: str, per_
     def upload(assembled: Assembled) -> Manifest:  # each union as it comes: one held at a time
         manifest = assembled.manifest
         sealed = sealed_uri(upload_to, manifest.path, manifest.digest)
-        if reuse_sealed and not per_worker and only is None:
+        if (reuse_sealed or only is not None) and not per_worker:
             from checkpoint_operator.objectstore.s3 import manifest_exists
-            if manifest_exists(sealed, endpoint_url=endpoint_url):  # published while the job ran
+            # published while the job ran (or by an earlier union pod: the prefix is named by the digest)
+            if manifest_exists(sealed, endpoint_url=endpoint_url):
                 uploads[manifest.path] = sealed
                 return manifest
         uri = sealed if only is not None else upload_uri(upload_to, manifest.path, False)
