@@ -130,3 +130,40 @@ async def test_a_rank_that_rewrites_its_sealed_shard_or_never_writes_a_step_is_n
     assert condition["message"] == "__1_0.distcp is named by .metadata but missing"
     assert await job_checkpoints(api, "hp") == ["hp.step-1", "hp.step-2"]
     assert tj["status"]["phase"] == "Succeeded", tj["status"].get("message")
+
+
+async def test_retention_deletes_a_dropped_union_and_each_worker_removes_its_part_while_they_run(
+        api, operator, cluster, trainer, wait_for):
+    """keep: 1 with a volume per worker: once step-2 is published, step-1's Checkpoint is deleted, and
+    each worker's sidecar removes its own part of step-1 from its volume (asked by the digest of its
+    part), while both still run; the retirement is then forgotten and nothing is published again."""
+    second_seen, removed = threading.Event(), threading.Event()
+    volumes: dict[int, str] = {}
+
+    def train(attempt, env):
+        rank, out = int(env["RANK"]), env["CHECKPOINT_OUTPUT_DIR"]
+        volumes[rank] = os.path.realpath(out)
+        dcp_part(out, 1, rank)
+        dcp_part(out, 2, rank)
+        assert second_seen.wait(120) and removed.wait(120)
+        return 0
+    trainer.behaviours["rp"] = train
+    await api.create(TJ, NS, training_job("rp", replicas=2, engine="JobSet", backoffLimit=0,
+                                          output={**LIVE_PARTS, "keep": 1}))
+    await wait_for(lambda: ready(api, "rp.step-2"), timeout=120)
+    second_seen.set()
+
+    async def parts_gone():
+        if await api.get(CKPT, NS, "rp.step-1") is not None:
+            return None
+        tj = await api.get(TJ, NS, "rp")
+        if (tj["status"].get("live") or {}).get("retired"):
+            return None  # forgotten only once every worker removed its part
+        return all(not os.path.exists(os.path.join(volumes[r], "step-1")) for r in (0, 1)) or None
+    await wait_for(parts_gone, timeout=120)
+    assert (await api.get(TJ, NS, "rp"))["status"]["phase"] == "Running"
+    removed.set()
+
+    tj = await wait_phase(api, wait_for, TJ, "rp", ("Succeeded", "Failed"), timeout=120)
+    assert tj["status"]["phase"] == "Succeeded", tj["status"].get("message")
+    assert await job_checkpoints(api, "rp") == ["rp.step-2"]

@@ -49,10 +49,16 @@ class PartSeals:
 
     sealed: dict[int, dict[str, str]] = field(default_factory=dict)   # worker -> directory -> part digest
     changed: dict[int, set[str]] = field(default_factory=dict)        # worker -> directories changed after sealing
+    removed: set[str] = field(default_factory=set)                    # directories a sidecar said it removed
 
     def seal(self, worker: int, path: str, digest: str) -> None:
         self.sealed.setdefault(worker, {})[path] = digest
         self.changed.get(worker, set()).discard(path)  # sealed again (a restarted sidecar): its bytes now
+
+    def remove(self, worker: int, path: str, digest: str) -> None:
+        if self.sealed.get(worker, {}).get(path) == digest:
+            del self.sealed[worker][path]
+            self.removed.add(path)
 
     def change(self, worker: int, path: str) -> None:
         self.changed.setdefault(worker, set()).add(path)
@@ -146,6 +152,22 @@ def part_line_problem(pod_worker: Optional[int], line_part: Optional[int], worke
     if line_part != pod_worker:
         return f"it names part {line_part}, its pod is worker {pod_worker}'s"
     return None
+
+
+def part_removals(worker: int, seals: PartSeals, retired: Iterable[tuple[str, str]],
+                  kept: Collection[tuple[str, str]]) -> list[tuple[str, str]]:
+    """What worker `worker`'s sidecar is asked to remove: its part of each retired union whose
+    Checkpoint is gone (`kept`: (directory, union digest) of those still there, or held by another
+    Checkpoint), named by the digest of its part (the sidecar removes a directory only if it still
+    holds those bytes: never another worker's, never a part sealed anew since)."""
+    mine = seals.sealed.get(worker, {})
+    return [(path, mine[path]) for path, digest in retired if (path, digest) not in kept and path in mine]
+
+
+def removed_everywhere(path: str, seals: PartSeals) -> bool:
+    """Every worker that sealed a part of `path` said it removed it (and one did): its retirement
+    can be forgotten, nothing of it is left to publish again."""
+    return path in seals.removed and not any(path in paths for paths in seals.sealed.values())
 
 
 def published_paths(directories: Iterable[Optional[str]], retired: Mapping[str, str] | Iterable[str]) -> set[str]:

@@ -20,7 +20,10 @@ from typing import Any, Collection, Optional
 
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.kube import CHECKPOINTS, PODS, ApiError
-from checkpoint_operator.logic import live_sealing, live_unions, workload
+from checkpoint_operator.api.trainingjob import TrainingJobStatus
+from checkpoint_operator.logic import data_holds, live_sealing, live_unions, workload
+from checkpoint_operator.logic.status import StatusChange
+from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.logic.agent_pods import AGENT_OUTPUT_MOUNT
 from checkpoint_operator.logic.inputs import CheckpointInfo
 from checkpoint_operator.logic.snapshot import plan_snapshot, storable
@@ -46,14 +49,15 @@ def _once(memory: live_sealing.LiveMemory, key: tuple[Optional[str], ...]) -> bo
     return True
 
 
-def read_parts(ctx: Context, tj: TrainingJob, controllers: Collection[str]) -> set[int]:
-    """The workers' sidecar lines not read yet, into the job's memory; the workers whose pod runs."""
+def read_parts(ctx: Context, tj: TrainingJob, controllers: Collection[str]) -> dict[int, str]:
+    """The workers' sidecar lines not read yet, into the job's memory; the workers whose pod runs
+    (worker -> its pod)."""
     namespace, workers = tj.metadata.namespace, tj.spec.replicas
     memory = _memory(ctx, tj)
-    running: set[int] = set()
+    running: dict[int, str] = {}
     for pod in ctx.indexes.worker_pods(namespace, tj.metadata.uid, controllers):
         if pod.phase.is_live and pod.index is not None:
-            running.add(pod.index)
+            running[pod.index] = pod.name
         cursor = memory.cursors.get(pod.name, live_sealing.LogCursor())
         try:
             text = ctx.kube.read_log(namespace, pod.name, live_sealing.SIDECAR, limit_bytes=live_sealing.LOG_READ_BYTES,
@@ -73,9 +77,11 @@ def read_parts(ctx: Context, tj: TrainingJob, controllers: Collection[str]) -> s
                 continue
             assert pod.index is not None
             memory.parts.seal(pod.index, sealed.path, sealed.digest)
-        for path in events.changed:
-            if pod.index is not None and 0 <= pod.index < workers:
+        if pod.index is not None and 0 <= pod.index < workers:
+            for path in events.changed:
                 memory.parts.change(pod.index, path)
+            for path, digest in events.removed:  # retention: this worker's part is gone from its volume
+                memory.parts.remove(pod.index, path, digest)
         memory.pending.warnings += events.warnings + ([piece.warning] if piece.warning else [])
     return running
 
@@ -91,6 +97,15 @@ def collect(ctx: Context, tj: TrainingJob, controllers: Collection[str]) -> Trai
     memory.pending.warnings = []
     existing = ctx.indexes.checkpoints_of(namespace, tj.metadata.uid)
     retired = [(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []]
+    # The job's Checkpoints being deleted (by a user or retention) are recorded retired first: their
+    # deletion waits for it (live_sealing.retirement_pending), and they are never published again.
+    deleting = [(c.directory, c.digest) for c in existing if c.deleting and c.directory and c.digest
+                and (c.directory, c.digest) not in retired]
+    if deleting:
+        tj = live_sealing_steps.record_live(ctx, tj, sealed=0, retire=deleting)
+        retired += deleting
+    tj = _forget_removed(ctx, tj, existing, memory)
+    _ask_removals(ctx, tj, running, existing, memory)
     _report_changed(ctx, tj, store, existing, memory)
     published = {c.directory for c in existing if c.directory} | {p for p, _ in retired}
     decisions = live_unions.decide(tj.spec.replicas, memory.parts, running, published, memory.tried)
@@ -125,6 +140,44 @@ def collect(ctx: Context, tj: TrainingJob, controllers: Collection[str]) -> Trai
         tj = _publish(ctx, tj, store, run.result, key, existing, retired)
     agent_runs.finish(ctx, pod)
     return tj
+
+
+def _forget_removed(ctx: Context, tj: TrainingJob, existing: list[CheckpointInfo],
+                    memory: live_sealing.LiveMemory) -> TrainingJob:
+    """Retired unions whose Checkpoint is gone and whose parts every worker removed: forgotten."""
+    live_status = tj.status.live
+    if live_status is None or not live_status.retired:
+        return tj
+    there = {(c.directory, c.digest) for c in existing}
+    keep = [r for r in live_status.retired if (r.path, r.digest) in there or
+            not live_unions.removed_everywhere(r.path, memory.parts)]
+    if len(keep) == len(live_status.retired):
+        return tj
+    wanted = live_status.model_copy(update={"retired": keep or None})
+    return write_status(ctx, tj, StatusChange(fields=TrainingJobStatus(live=wanted)))
+
+
+def _ask_removals(ctx: Context, tj: TrainingJob, running: dict[int, str], existing: list[CheckpointInfo],
+                  memory: live_sealing.LiveMemory) -> None:
+    """Each running worker's sidecar is asked to remove its parts of the retired unions whose
+    Checkpoint is gone (by the digest of its part); a directory another Checkpoint points into (an
+    adopter of it, logic/data_holds.py) stays while it does."""
+    retired = [(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []]
+    namespace = tj.metadata.namespace
+    own = {c.name for c in existing}
+    kept = {(c.directory or "", c.digest or "") for c in existing}
+    for worker, pod in running.items():
+        claim = workload.worker_claim_name(tj, worker)
+        others = [p for p in ctx.indexes.pointers_on_claim(namespace, claim) if p.checkpoint not in own]
+        held = kept | {(p, d) for p, d in retired if data_holds.holders(p, others)}
+        value = live_sealing.removal_annotation(live_unions.part_removals(worker, memory.parts, retired, held), [])
+        if memory.annotated.get(pod) == value:
+            continue
+        try:
+            ctx.kube.patch(PODS, namespace, pod, {"metadata": {"annotations": {live_sealing.REMOVE_ANNOTATION: value}}})
+            memory.annotated[pod] = value
+        except ApiError as exc:
+            logger.info("could not annotate pod %s: %s", pod, exc)
 
 
 def _command(pod: dict[str, Any]) -> list[str]:

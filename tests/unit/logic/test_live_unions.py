@@ -74,3 +74,21 @@ def test_a_sealed_line_counts_as_the_part_of_the_worker_its_pod_is_never_what_th
     assert part_line_problem(1, None, 2) == "it names part None, its pod is worker 1's"
     assert part_line_problem(None, 0, 2) == "its pod has no worker index of this job"
     assert part_line_problem(2, 2, 2) == "its pod has no worker index of this job"
+
+
+def test_retention_asks_each_worker_to_remove_its_own_part_by_its_part_s_digest():
+    from checkpoint_operator.logic.live_unions import part_removals, removed_everywhere
+    union = "sha256:" + "9" * 64
+    s = seals(w0={"step-1": A, "step-2": A}, w1={"step-1": B})
+    retired = [("step-1", union), ("step-2", union)]
+    assert part_removals(0, s, retired, kept=set()) == [("step-1", A), ("step-2", A)]
+    assert part_removals(1, s, retired, kept=set()) == [("step-1", B)]  # it has no part of step-2
+    assert part_removals(0, s, retired, kept={("step-1", union)}) == [("step-2", A)]  # its Checkpoint is still there
+    assert not removed_everywhere("step-1", s)
+    s.remove(0, "step-1", C)  # another digest: a part sealed anew since, not the one asked about
+    assert part_removals(0, s, retired, kept=set())[0] == ("step-1", A)
+    s.remove(0, "step-1", A)
+    assert not removed_everywhere("step-1", s)  # worker 1 still holds its part
+    s.remove(1, "step-1", B)
+    assert removed_everywhere("step-1", s) and not removed_everywhere("step-2", s)
+    assert decide(2, s, running={0, 1}, published=set(), tried=set()) == [WaitForParts("step-2", (1,))]
