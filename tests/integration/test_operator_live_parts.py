@@ -167,3 +167,28 @@ async def test_retention_deletes_a_dropped_union_and_each_worker_removes_its_par
     tj = await wait_phase(api, wait_for, TJ, "rp", ("Succeeded", "Failed"), timeout=120)
     assert tj["status"]["phase"] == "Succeeded", tj["status"].get("message")
     assert await job_checkpoints(api, "rp") == ["rp.step-2"]
+
+
+async def test_a_union_deleted_by_hand_while_the_workers_run_goes_and_is_not_published_again(
+        api, operator, cluster, trainer, wait_for):
+    """Its deletion waits for the job to record it retired (as one volume's live sealing): recorded
+    at the next pass, so it goes while the job runs; the end-of-job snapshot does not make it again."""
+    gone = threading.Event()
+
+    def train(attempt, env):
+        dcp_part(env["CHECKPOINT_OUTPUT_DIR"], 1, int(env["RANK"]))
+        assert gone.wait(120)
+        return 0
+    trainer.behaviours["dp"] = train
+    await api.create(TJ, NS, training_job("dp", replicas=2, engine="JobSet", backoffLimit=0, output=LIVE_PARTS))
+    await wait_for(lambda: ready(api, "dp.step-1"), timeout=120)
+    await api.delete(CKPT, NS, "dp.step-1")
+
+    async def deleted():
+        return await api.get(CKPT, NS, "dp.step-1") is None or None
+    await wait_for(deleted, timeout=60)
+    assert (await api.get(TJ, NS, "dp"))["status"]["phase"] == "Running"
+    gone.set()
+    tj = await wait_phase(api, wait_for, TJ, "dp", ("Succeeded", "Failed"), timeout=120)
+    assert tj["status"]["phase"] == "Succeeded", tj["status"].get("message")
+    assert await job_checkpoints(api, "dp") == []
