@@ -425,7 +425,9 @@ def build_snapshot_pod(tj: TrainingJob, command: list[str], env: list[dict[str, 
 
 
 def union_pod_name(tj: TrainingJob) -> str:
-    return child_name(tj.metadata.name, "union")
+    # An agent pod's name: the exec fence knows it by its suffix (on the volume store it writes the
+    # union's manifest into a worker's volume).
+    return agent_pod_name(tj.metadata.name, "union")
 
 
 def build_union_pod(tj: TrainingJob, command: list[str], env: list[dict[str, Any]], config: OperatorConfig,
