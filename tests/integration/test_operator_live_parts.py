@@ -172,23 +172,38 @@ async def test_retention_deletes_a_dropped_union_and_each_worker_removes_its_par
 async def test_a_union_deleted_by_hand_while_the_workers_run_goes_and_is_not_published_again(
         api, operator, cluster, trainer, wait_for):
     """Its deletion waits for the job to record it retired (as one volume's live sealing): recorded
-    at the next pass, so it goes while the job runs; the end-of-job snapshot does not make it again."""
-    gone = threading.Event()
+    at the next pass, so it goes while the job runs. Rank 1 has ended by then, so only rank 0's
+    sidecar removes its part: what is left at the end (rank 1's part, another digest) is not made
+    into a Checkpoint again by the end-of-job snapshot."""
+    published, removed = threading.Event(), threading.Event()
+    volumes: dict[int, str] = {}
 
     def train(attempt, env):
-        dcp_part(env["CHECKPOINT_OUTPUT_DIR"], 1, int(env["RANK"]))
-        assert gone.wait(120)
+        rank, out = int(env["RANK"]), env["CHECKPOINT_OUTPUT_DIR"]
+        volumes[rank] = os.path.realpath(out)
+        dcp_part(out, 1, rank)
+        assert published.wait(120)
+        assert rank == 1 or removed.wait(120)
         return 0
     trainer.behaviours["dp"] = train
     await api.create(TJ, NS, training_job("dp", replicas=2, engine="JobSet", backoffLimit=0, output=LIVE_PARTS))
     await wait_for(lambda: ready(api, "dp.step-1"), timeout=120)
+    published.set()
+
+    async def rank1_ended():
+        pods = [p for p in await api.list("v1/pods", NS) if p["metadata"].get("labels", {}).get(
+            "ckpt.dev/worker-index") == "1" and p["metadata"]["labels"].get("ckpt.dev/trainingjob") == "dp"]
+        return pods and all(p.get("status", {}).get("phase") == "Succeeded" for p in pods) or None
+    await wait_for(rank1_ended, timeout=120)
     await api.delete(CKPT, NS, "dp.step-1")
 
-    async def deleted():
-        return await api.get(CKPT, NS, "dp.step-1") is None or None
-    await wait_for(deleted, timeout=60)
+    async def deleted_and_removed():
+        gone = await api.get(CKPT, NS, "dp.step-1") is None
+        return gone and not os.path.exists(os.path.join(volumes[0], "step-1")) or None
+    await wait_for(deleted_and_removed, timeout=60)
     assert (await api.get(TJ, NS, "dp"))["status"]["phase"] == "Running"
-    gone.set()
+    assert os.path.exists(os.path.join(volumes[1], "step-1"))  # rank 1's pod has ended: its part stays
+    removed.set()
     tj = await wait_phase(api, wait_for, TJ, "dp", ("Succeeded", "Failed"), timeout=120)
     assert tj["status"]["phase"] == "Succeeded", tj["status"].get("message")
     assert await job_checkpoints(api, "dp") == []

@@ -29,6 +29,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Collection, Iterable, Mapping, Optional
 
+from checkpoint_operator.protocol.results import ScanReport
+
 EXPECT_FLAG = "--expect"
 ONLY_FLAG = "--only"
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -168,6 +170,17 @@ def removed_everywhere(path: str, seals: PartSeals) -> bool:
     """Every worker that sealed a part of `path` said it removed it (and one did): its retirement
     can be forgotten, nothing of it is left to publish again."""
     return path in seals.removed and not any(path in paths for paths in seals.sealed.values())
+
+
+def without_retired(scan: ScanReport, retired: Iterable[tuple[str, str]]) -> ScanReport:
+    """The end-of-job snapshot's result without the directories retired while the job ran, whatever
+    their digest now: a retired union's parts are removed by each worker's sidecar on its own, so
+    what is left at the end may be some workers' parts only (another digest), never a checkpoint
+    to publish again."""
+    paths = {p for p, _ in retired}
+    if not paths:
+        return scan
+    return scan.model_copy(update={"checkpoints": [c for c in scan.checkpoints if c.path not in paths]})
 
 
 def published_paths(directories: Iterable[Optional[str]], retired: Mapping[str, str] | Iterable[str]) -> set[str]:

@@ -92,3 +92,15 @@ def test_retention_asks_each_worker_to_remove_its_own_part_by_its_part_s_digest(
     s.remove(1, "step-1", B)
     assert removed_everywhere("step-1", s) and not removed_everywhere("step-2", s)
     assert decide(2, s, running={0, 1}, published=set(), tried=set()) == [WaitForParts("step-2", (1,))]
+
+
+def test_the_end_of_job_snapshot_never_publishes_a_retired_directory_again_whatever_is_left_of_it():
+    """A retired union whose parts only some workers removed before the end is some workers' parts
+    (another digest): not a checkpoint to publish again (it was, before this)."""
+    from checkpoint_operator.logic.live_unions import without_retired
+    from checkpoint_operator.protocol.results import CheckpointSummary, ScanReport
+    left = CheckpointSummary(path="step-1", digest=C, sizeBytes=1, fileCount=1)
+    kept = CheckpointSummary(path="step-2", digest=B, sizeBytes=1, fileCount=1)
+    scan = ScanReport(checkpoints=[left, kept])
+    assert without_retired(scan, [("step-1", A)]).checkpoints == [kept]
+    assert without_retired(scan, []) == scan
