@@ -116,9 +116,9 @@ def one(objects: list[dict], kind: str) -> dict:
 
 
 def operator_policy(objects: list[dict], kind: str = "ValidatingAdmissionPolicy") -> dict:
-    """The admission policy (or binding) that fences the operator's own writes, not the exec fence
-    (templates/exec-fence.yaml, `-agent-exec`)."""
-    return one([o for o in objects if not o["metadata"]["name"].endswith("-agent-exec")], kind)
+    """The admission policy (or binding) that fences the operator's own writes, not the tenants' fences
+    (templates/exec-fence.yaml: `-agent-exec`, `-live-channel`)."""
+    return one([o for o in objects if not o["metadata"]["name"].endswith(("-agent-exec", "-live-channel"))], kind)
 
 
 def operator_rbac(objects: list[dict], kind: str) -> list[dict]:

@@ -638,7 +638,8 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: Sc
         not_ready += [(info.name, "changed after sealing, not Failed yet") for info, _ in plan.changed
                       if _not_failed_yet(ctx, namespace, info.name)]
     if not_ready:
-        waited = flow.publish_wait(not_ready, ended, datetime.now(timezone.utc), PUBLISH_RECHECK)
+        since = flow.publish_wait_since(ended, [b["metadata"].get("creationTimestamp") for b in created], STARTED)
+        waited = flow.publish_wait(not_ready, since, datetime.now(timezone.utc), PUBLISH_RECHECK)
         if isinstance(waited, Fail):
             agent_runs.finish(ctx, pod)
         return waited
@@ -660,6 +661,7 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: Sc
     return Done()
 
 
+STARTED = now_rfc3339()  # this process's start: a wait for Checkpoints counts from no earlier (publish_wait_since)
 FINAL_SNAPSHOT = "final"  # the key of the end-of-job volume snapshot (logic/volume_snapshots.py)
 
 
