@@ -741,6 +741,7 @@ def test_lint_reports_bad_values():
 def test_notes_tell_the_next_step(chart):
     notes = chart.render(values={"watchNamespaces": ["team-a"]}, name=RELEASE, namespace=NAMESPACE)
     text = next(v for k, v in notes.items() if k.endswith("NOTES.txt"))
-    assert "kubectl get ckpt,tj" in text
-    assert "kubectl apply -f" in text
+    assert "kubectl get tj,ckpt" in text
+    assert "kubectl apply -f" in text and "examples/quickstart.yaml" in text  # the one needing no edit (hostile7 D1)
+    assert "kubectl wait --for=condition=Ready ckpt/quickstart.step-2" in text
     assert "team-a" in text
