@@ -112,6 +112,9 @@ class TrainingJobSource(ApiModel):
     sealed: Optional[SealedData] = Field(
         None, description="What the job found sealed in the directory: the Checkpoint's own reconcile makes it Ready "
                           "from this once its data is held for it (the job never writes its status).")
+    signature: Optional[Digest] = Field(
+        None, description="The operator's HMAC-SHA256 of this source (namespace, name, job, directory, sealed data) "
+                          "with a key only it holds: the sealed data is trusted only when it verifies.")
 
 
 class CheckpointSource(ApiModel):

@@ -25,7 +25,7 @@ from checkpoint_operator.reconcile import (agent_runs, catalog_copies, claim_hol
 from checkpoint_operator.reconcile import volume_snapshots as volume_snapshot_steps
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.objects import InvalidObject, parse, parse_head
-from checkpoint_operator.reconcile import status_writer
+from checkpoint_operator.reconcile import signing, status_writer
 from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.kube import CHECKPOINTS, CLUSTER_CHECKPOINTS, PODS, PVCS, TRAINING_JOBS, ApiError, Conflict
 from checkpoint_operator.logic import engines, group_resume, kueue, rendezvous, workers
@@ -604,7 +604,7 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: Sc
     # Checked against the store only where it was uploaded; with volume snapshots the snapshot
     # is taken below (the checkpoints are located in it once it is ready).
     committed = store.output_snapshot(tj, claim, FINAL_SNAPSHOT) is None
-    existing = ctx.indexes.checkpoints_of(tj.metadata.namespace, tj.metadata.uid)
+    existing = signing.own_checkpoints(ctx, tj.metadata.namespace, tj.metadata.uid)
     # Not what a Checkpoint of the job holds already (checked when it was made) nor what retention
     # retired (its data may be gone by now, rightly).
     retired = {(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []}
@@ -740,7 +740,7 @@ def _plan(ctx: Context, tj: TrainingJob, store: Store, claim: str, scan: ScanRep
           existing: list[CheckpointInfo], taken: Optional[Taken]) -> SnapshotPlan:
     namespace, layout = tj.metadata.namespace, tj.spec.output.layout
     retired = [(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []]
-    return plan_snapshot(tj, scan, lambda n: ctx.indexes.checkpoint(namespace, n),
+    return plan_snapshot(tj, scan, lambda n: signing.trusted_info(ctx, ctx.indexes.checkpoint(namespace, n)),
                          lambda m: store.snapshot_location(tj, claim, m, layout, taken),
                          existing=existing, retired=retired)
 

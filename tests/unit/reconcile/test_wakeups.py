@@ -238,7 +238,10 @@ def test_a_jobs_cached_on_request_wakes_the_ready_checkpoint_until_its_status_sa
     ctx = context(checkpoints=[ckpt])
     wakeups.checkpoint_event(ctx, "MODIFIED", ckpt)
     assert ("Checkpoint", "default", "in") not in ctx.queue.added  # nothing to do
-    ckpt["metadata"]["annotations"] = {"ckpt.dev/cached-on": '["node-a"]'}
+    ckpt["metadata"]["annotations"] = {"ckpt.dev/cached-on": '["node-a"]'}  # unsigned: nobody's request
+    wakeups.checkpoint_event(ctx, "MODIFIED", ckpt)
+    assert ("Checkpoint", "default", "in") not in ctx.queue.added
+    ckpt["metadata"]["annotations"]["ckpt.dev/cached-on-signature"] = "v1:" + "0" * 64  # its reconcile checks it
     wakeups.checkpoint_event(ctx, "MODIFIED", ckpt)
     assert ("Checkpoint", "default", "in") in ctx.queue.added
     ctx.queue.added.clear()
