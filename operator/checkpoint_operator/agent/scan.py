@@ -31,7 +31,7 @@ from typing import IO, TYPE_CHECKING, Callable, Collection, Iterator, Mapping, O
 
 
 from checkpoint_operator.agent import containers, formats
-from checkpoint_operator.protocol.errors import Refusal
+from checkpoint_operator.protocol.errors import AgentError, Refusal
 from checkpoint_operator.agent.hashing import CHANGED_WHILE_READ, FileChanged, default_workers, sha256_file
 from checkpoint_operator.protocol.manifest import MANIFESTS_DIR, Manifest, ManifestBuilder, stored_manifest_name
 from checkpoint_operator.protocol.names import collision_problem, collisions, component_problem, printable, spelled
