@@ -67,7 +67,7 @@ def publish_mode(tj: TrainingJob, default: str) -> Optional[str]:
     """spec.output.publish, else the operator's default; None without an output."""
     if not tj.output_enabled:
         return None
-    if tj.spec.output.parts_per_worker:  # live sealing of parts is not supported (the CRD refuses Continuous)
+    if tj.spec.output.perWorker:  # live sealing of each worker's own checkpoints: not yet (the CRD refuses it)
         return "OnCompletion"
     return tj.spec.output.publish or default
 

@@ -200,7 +200,7 @@ NAMED_PODS = "spec.template.spec.hostname and subdomain"
 SHARED_PIDS = "spec.template.spec.shareProcessNamespace must not be true"
 CONTAINERS = "spec.template.spec.containers"
 PARTS_ENGINE = "spec.output.volumePerWorker and perWorker need spec.engine: JobSet"
-PARTS_LIVE = "spec.output.volumePerWorker and perWorker are published OnCompletion"
+PARTS_LIVE = "spec.output.perWorker is published OnCompletion"
 PARTS_REPLICAS = "spec.replicas must be at most 128 with spec.output.volumePerWorker"
 PARTS_EXCLUSIVE = "spec.output.volumePerWorker and perWorker are exclusive"
 PARTS_NO_OUTPUT = "spec.output.volumePerWorker and perWorker need spec.output.enabled"
@@ -496,8 +496,11 @@ CASES: list[Case] = [
                                                                      "publish": "Continuous"})),
     Case("volume-per-worker-job", training_job(replicas=2, output={"volumePerWorker": True}), (PARTS_ENGINE,)),
     Case("per-worker-job", training_job(replicas=2, engine="Job", output={"perWorker": True}), (PARTS_ENGINE,)),
+    # live sealing of a checkpoint assembled across workers' volumes (logic/live_unions.py)
     Case("volume-per-worker-live", training_job(replicas=2, engine="JobSet", output={
-        "volumePerWorker": True, "publish": "Continuous"}), (PARTS_LIVE,)),
+        "volumePerWorker": True, "publish": "Continuous"})),
+    Case("per-worker-live", training_job(replicas=2, engine="JobSet", output={
+        "perWorker": True, "publish": "Continuous"}), (PARTS_LIVE,)),
     Case("per-worker-too-many", training_job(replicas=129, engine="JobSet", output={"perWorker": True}),
          (PARTS_REPLICAS,)),
     # hostile4 D11: both at once, or where a volume per worker means nothing, were accepted silently
