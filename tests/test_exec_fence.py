@@ -268,3 +268,7 @@ def test_only_the_operator_asks_a_sidecar_to_remove_sealed_directories():
     labelled = Request("UPDATE", "Pod", NS, username=USER, groups=("system:authenticated",),
                        object={**asked, "metadata": {**asked["metadata"], "labels": {"x": "y"}}}, old_object=asked)
     assert evaluate(policy, labelled).allowed  # unchanged: other edits of a pod that has it stay possible
+    # hostile8 P2: the pod status strategy keeps annotations, so a PATCH of pods/status could set it too
+    via_status = Request("UPDATE", "Pod", NS, username=USER, groups=("system:authenticated",), subresource="status",
+                         object=asked, old_object=before)
+    assert not evaluate(policy, via_status).allowed

@@ -488,3 +488,25 @@ def test_a_blob_relied_on_and_deleted_before_the_commit_by_another_hand_is_sent_
     assert keys(s3, "ns/blobs/gc/") == {}  # no collection ran
     got = download_prefix(second, str(tmp_path / "dl"))
     assert got.manifest.fileCount == 2 and (tmp_path / "dl" / "big.bin").read_bytes() == shard
+
+
+def test_a_blob_relied_on_and_rewritten_before_the_commit_is_sent_again(s3, tmp_path, shard):
+    """hostile8 B3: not deleted but rewritten with other bytes of the same size (a single PUT, and a
+    multipart blob rewritten whole): the check after the commit asks for the store's checksum, as the
+    skip did, and sends the file again. It failed before (existence only: reported stored)."""
+    ns = s3.uri("ns/")
+    files = {"big.bin": shard, "small.bin": b"s" * 1000}
+    src = tree(tmp_path / "ck", files)
+    first = ns + "first-31313131/"
+    upload_dir(str(src), first, blobs=blobs.blob_root_of(first))
+    second = ns + "second-32323232/"
+
+    def rewritten_behind_it() -> None:
+        for data in files.values():
+            s3.client().put_object(Bucket=s3.bucket, Key=s3.key(f"ns/blobs/sha256/{sha(data)}"),
+                                   Body=bytes(len(data)))
+    upload = Uploader(str(src), second, blobs=blobs.blob_root_of(second), before_commit=rewritten_behind_it)
+    upload.run()
+    assert upload.result.skipped_files == 2 and upload.result.repaired_files == 2
+    got = download_prefix(second, str(tmp_path / "dl"))
+    assert got.manifest.fileCount == 2 and (tmp_path / "dl" / "big.bin").read_bytes() == shard

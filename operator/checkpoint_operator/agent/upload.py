@@ -120,6 +120,7 @@ class Uploader:
         self.before_commit = before_commit  # tests: what happens between the last blob and the commit
         self._claimed: set[str] = set()  # blobs this upload has taken care of (identical files go once)
         self._relied_on: list[LocalFile] = []  # files not sent: their blobs were there (checked after the commit)
+        self._vouched: dict[str, str] = {}  # sha256 -> the checksum the store vouched with when a blob was skipped
         self.given_manifest = manifest
         self.follow_links = follow_links  # with a manifest only: the files a push scanned (plugin)
         self.concurrency = max(1, concurrency or int(os.environ.get("CKPT_S3_CONCURRENCY", DEFAULT_CONCURRENCY)))
@@ -228,9 +229,8 @@ class Uploader:
             # only copy, is released (hostile7 B2). A bucket lifecycle rule must still not cover blobs/.
             checked = self._relied_on
         unique = list({f.sha256: f for f in checked if f.sha256}.values())
-        blobs = self.blobs
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="s3-head") as pool:
-            present = list(pool.map(lambda f: self._blob_head(blobs.child(f.sha256 or "")) is not None, unique))
+            present = list(pool.map(self._still_vouched_for, unique))
         gone = {f.sha256 for f, there in zip(unique, present) if not there}
         missing = [f for f in unique if f.sha256 in gone]
         if not missing:
@@ -241,6 +241,25 @@ class Uploader:
             f.expected_sha256 = f.sha256
         self._transfer(missing, {}, sum(f.size for f in missing))
         self.result.repaired_files += len(missing)
+
+    def _still_vouched_for(self, f: LocalFile) -> bool:
+        """After the commit: the blob is there, of the file's size, and the store's checksum is still the
+        one the skip (or the write) relied on (hostile8 B3: a blob rewritten with other bytes of the same
+        size, not deleted, passed a HEAD for existence). A multipart blob's composite is compared as
+        stored, with no local read: it is the one the upload saw or wrote."""
+        assert self.blobs is not None and f.sha256 is not None
+        head = self._blob_head(self.blobs.child(f.sha256), checksum=True)
+        if head is None or head.get("ContentLength") != f.size:
+            return False
+        stored = str(head.get("ChecksumSHA256") or "")
+        verdict = blobstore.checksum_verdict(stored, f.sha256)
+        if verdict == blobstore.ChecksumVerdict.MATCHES:
+            return True
+        relied_on = self._vouched.get(f.sha256)
+        if relied_on is not None:  # skipped on the store's word: the same word still
+            return stored == relied_on
+        # Written by this upload (a collection ran meanwhile): there, and of its size.
+        return verdict != blobstore.ChecksumVerdict.DIFFERS
 
     def _stored_part_size(self, sha256: str, size: int, parts: int) -> Optional[int]:
         """The part size a multipart blob was stored with: its first part's length (one HEAD of part 1;
@@ -301,6 +320,7 @@ class Uploader:
                 verdict = (blobstore.ChecksumVerdict.MATCHES if stored == blobstore.composite_checksum(digests)
                            else blobstore.ChecksumVerdict.DIFFERS)
         if verdict == blobstore.ChecksumVerdict.MATCHES:
+            self._vouched[sha256] = stored  # checked again after the commit (_still_vouched_for)
             return True
         self.log(f"upload: {self.blobs.child(sha256).uri}: {why}; sending it again")
         with self._count_lock:

@@ -248,9 +248,11 @@ class PodTemplate(ApiModel):
         "hostname": {"type": "string", "maxLength": 63, "description": "The pods' host name (one replica only)."},
         "subdomain": {"type": "string", "maxLength": 63,
                       "description": "The pods' subdomain (one replica only: the operator sets it for more)."},
-        # Declared for the rule that live sealing's sidecar keeps its processes to itself.
+        # Declared for the rules that live sealing's sidecar keeps its processes to itself.
         "shareProcessNamespace": {"type": "boolean",
-                                  "description": "Not with publish: Continuous (the sidecar's output is its channel)."}}})
+                                  "description": "Not with publish: Continuous (the sidecar's output is its channel)."},
+        "hostPID": {"type": "boolean",
+                    "description": "Not with publish: Continuous (the sidecar's output is its channel)."}}})
 
 
 def _absolute(field: str) -> Rule:
@@ -335,6 +337,14 @@ class TrainingJobSpec(ApiModel):
              lambda s: (s.get("output") or {}).get("publish") != "Continuous"
              or not ((s.get("template") or {}).get("spec") or {}).get("shareProcessNamespace"),
              field_path=".template.spec.shareProcessNamespace"),
+        Rule("!has(self.output) || !has(self.output.publish) || self.output.publish != 'Continuous' || "
+             "!has(self.template.spec.hostPID) || !self.template.spec.hostPID",
+             "spec.template.spec.hostPID must not be true with spec.output.publish: Continuous: the training code "
+             "could then write into the live-sealing sidecar's output, the channel the operator believes about "
+             "what was sealed (docs/guarantees.md)",
+             lambda s: (s.get("output") or {}).get("publish") != "Continuous"
+             or not ((s.get("template") or {}).get("spec") or {}).get("hostPID"),
+             field_path=".template.spec.hostPID"),
         Rule("!has(self.output) || !has(self.output.volumePerWorker) || !self.output.volumePerWorker || "
              "self.replicas >= 2",
              "spec.output.volumePerWorker needs spec.replicas of 2 or more: one worker has nothing to assemble "

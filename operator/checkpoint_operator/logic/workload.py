@@ -366,8 +366,10 @@ def build_live_sidecar(tj: TrainingJob, config: OperatorConfig, upload_to: Optio
         raise InvalidSpec(f"spec.template.metadata.annotations must not have {live_sealing.REMOVE_ANNOTATION}: the "
                           f"operator alone writes it (its requests to the live-sealing sidecar to remove sealed "
                           f"directories)")
-    if tj.spec.template.spec.get("shareProcessNamespace"):  # publish: Continuous by the operator's default
-        raise InvalidSpec("spec.template.spec.shareProcessNamespace must not be true with live sealing (publish: "
+    for shared in ("shareProcessNamespace", "hostPID"):  # publish: Continuous by the operator's default
+        if not tj.spec.template.spec.get(shared):
+            continue
+        raise InvalidSpec(f"spec.template.spec.{shared} must not be true with live sealing (publish: "
                           "Continuous, the operator's default here): the training code could then write into the "
                           "live-sealing sidecar's output, the channel the operator believes about what was sealed")
     # A volume per worker: each worker's sidecar seals its own parts; the operator's union pod assembles

@@ -30,7 +30,7 @@ from typing import Any, Collection, Optional
 from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.trainingjob import (LiveStatus, RetiredCheckpoint, TrainingJob, TrainingJobHead,
                                                  TrainingJobStatus)
-from checkpoint_operator.reconcile import publish, signing
+from checkpoint_operator.reconcile import publish, signing, workloads
 from checkpoint_operator.reconcile import volume_snapshots as volume_snapshot_steps
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.status_writer import write_status
@@ -67,9 +67,16 @@ def read_events(ctx: Context, tj: TrainingJob,
     sealed_prefix = store.live_sealed_prefix(tj)
     memory = _memory(ctx, tj)
     running = []
+    built = live_sealing.built_sidecars(_workloads(ctx, tj))
     for pod in ctx.indexes.worker_pods(namespace, tj.metadata.uid, controllers):
         if pod.phase.is_live:
             running.append(pod.name)
+        body = ctx.kube.cached_get(PODS, namespace, pod.name)
+        if body is None:
+            continue
+        if live_sealing.sidecar_identity(body.get("spec") or {}) not in built:
+            memory.pending.warnings.append(live_sealing.not_its_sidecar(pod.name))
+            continue
         cursor = memory.cursors.get(pod.name, live_sealing.LogCursor())
         try:
             text = ctx.kube.read_log(namespace, pod.name, live_sealing.SIDECAR, limit_bytes=live_sealing.LOG_READ_BYTES,
@@ -84,6 +91,12 @@ def read_events(ctx: Context, tj: TrainingJob,
             events.warnings.append(piece.warning)
         live_sealing.merge(memory.pending, events)
     return memory.pending, running
+
+
+def _workloads(ctx: Context, tj: TrainingJob) -> list[dict[str, Any]]:
+    """The Job or JobSet the operator made for this job (its templates hold the sidecar it built)."""
+    obj = workloads.get(ctx, tj, tj.status.jobName or workload.job_name(tj))
+    return [obj] if obj is not None else []
 
 
 def collect(ctx: Context, tj: TrainingJob, controllers: Collection[str]) -> TrainingJob:

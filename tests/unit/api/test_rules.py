@@ -198,6 +198,7 @@ OUTPUT_SIZE = "spec.output.size must be greater than zero"
 REPLICAS = "spec.replicas"
 NAMED_PODS = "spec.template.spec.hostname and subdomain"
 SHARED_PIDS = "spec.template.spec.shareProcessNamespace must not be true"
+HOST_PIDS = "spec.template.spec.hostPID must not be true"
 CONTAINERS = "spec.template.spec.containers"
 PARTS_ENGINE = "spec.output.volumePerWorker and perWorker need spec.engine: JobSet"
 PARTS_LIVE = "spec.output.perWorker is published OnCompletion"
@@ -484,6 +485,8 @@ CASES: list[Case] = [
     # hostile7 E2, H1: the live-sealing sidecar's channels are the operator's alone
     Case("shared-pids-live", training_job(output={"publish": "Continuous"}, template={"spec": {
         "shareProcessNamespace": True, "containers": [{"name": "t", "image": "x"}]}}), (SHARED_PIDS,)),
+    Case("host-pids-live", training_job(output={"publish": "Continuous"}, template={"spec": {
+        "hostPID": True, "containers": [{"name": "t", "image": "x"}]}}), (HOST_PIDS,)),
     Case("shared-pids-on-completion", training_job(output={"publish": "OnCompletion"}, template={"spec": {
         "shareProcessNamespace": True, "containers": [{"name": "t", "image": "x"}]}})),
     Case("annotations-in-template", training_job(template={"metadata": {"annotations": {
