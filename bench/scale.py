@@ -150,8 +150,16 @@ class Operator:
 
     def watch_events(self) -> float:
         """Watch events the operator handled (checkpoint_operator_watch_events_total, every kind)."""
+        return sum(v for k, v in self.watch_events_by_kind().items() if not k.startswith("reconcile "))
+
+    def watch_events_by_kind(self) -> dict[str, float]:
+        """kind -> watch events the operator handled (checkpoint_operator_watch_events_total), and
+        `reconcile <kind>` -> the reconcile passes run (checkpoint_operator_reconciles_total)."""
         text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
-        return sum(float(v) for v in re.findall(r'^checkpoint_operator_watch_events_total\{[^}]*\} (\S+)$', text, re.M))
+        return {**{k: float(v) for k, v in re.findall(
+            r'^checkpoint_operator_watch_events_total\{kind="([^"]*)"\} (\S+)$', text, re.M)},
+            **{f"reconcile {k}": float(v) for k, v in re.findall(
+                r'^checkpoint_operator_reconciles_total\{kind="([^"]*)"\} (\S+)$', text, re.M)}}
 
     def requests_by_target(self) -> dict[str, float]:
         """`METHOD target` -> requests (checkpoint_operator_api_requests_by_target)."""
@@ -383,7 +391,7 @@ async def measure_lifecycles(bench: Bench, operator: Operator, prefix: str, jobs
     Checkpoints Ready), jobs run a few at a time, counted once it is quiet again; and which requests."""
     await operator.settle()
     before, cpu_before, targets_before = operator.requests(), operator.cpu_seconds(), operator.requests_by_target()
-    events_before = operator.watch_events()
+    events_before = operator.watch_events_by_kind()
     async with Watch(bench.emulator.url, TJ) as watch, Watch(bench.emulator.url, CKPT) as checkpoints:
         names = [f"{prefix}-{i:03d}" for i in range(jobs)]
         for batch in range(0, jobs, 5):
@@ -394,7 +402,11 @@ async def measure_lifecycles(bench: Bench, operator: Operator, prefix: str, jobs
     await operator.settle()
     targets = operator.requests_by_target()
     return {"requests": (operator.requests() - before) / jobs, "cpu_ms": (operator.cpu_seconds() - cpu_before) * 1000 / jobs,
-            "watch_events": (operator.watch_events() - events_before) / jobs,
+            "watch_events": (operator.watch_events() - sum(v for k, v in events_before.items()
+                                                           if not k.startswith("reconcile "))) / jobs,
+            "watch_events_by_kind": {k: (v - events_before.get(k, 0)) / jobs
+                                     for k, v in sorted(operator.watch_events_by_kind().items())
+                                     if v > events_before.get(k, 0)},
             "by_target": {k: (v - targets_before.get(k, 0)) / jobs for k, v in sorted(targets.items())
                           if v > targets_before.get(k, 0)}}
 
@@ -420,6 +432,7 @@ async def requests_and_rss(checkpoints: int, jobs: int) -> dict:
         return {"checkpoints": checkpoints, "jobs": jobs, "per_lifecycle_small": per_small, "per_lifecycle_big": per_big,
                 "cpu_ms_small": measured_small["cpu_ms"], "cpu_ms_big": measured_big["cpu_ms"],
                 "watch_events_small": measured_small["watch_events"],
+                "watch_events_by_kind_small": measured_small["watch_events_by_kind"],
                 "by_target_small": measured_small["by_target"],
                 "rss_small_mb": small_rss, "rss_big_mb": big_rss, "rss_big_hwm_mb": rss_mb(big.proc.pid, "VmHWM"),
                 "emulator_rss_mb": rss_mb(bench.emulator.proc.pid), "preload_seconds": preload_seconds,
@@ -590,6 +603,8 @@ def main() -> None:
         print(f"{'operator cpu per lifecycle at 10 / ' + str(r['checkpoints']) + ' checkpoints':52} "
               f"{r['cpu_ms_small']:>10.1f} / {r['cpu_ms_big']:<7.1f} ms   <= 10 ms")
         print(f"{'  watch events the operator handled per lifecycle':52} {r['watch_events_small']:>24.1f}")
+        for kind, count in sorted(r["watch_events_by_kind_small"].items(), key=lambda kv: (kv[0].startswith("r"), -kv[1])):
+            print(f"    {kind:48} {count:>8.2f}")
         print("  requests per lifecycle, by what they touch (10 checkpoints):")
         for target, count in sorted(r["by_target_small"].items(), key=lambda kv: -kv[1]):
             print(f"    {target:48} {count:>8.2f}")

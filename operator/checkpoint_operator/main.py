@@ -131,6 +131,7 @@ async def stop_queue(memo: kopf.Memo, **_: Any) -> None:
 
 def reconcile(ctx: Context, key: tuple[str, str, str]) -> Optional[float]:
     kind, namespace, name = key
+    metrics.RECONCILES.labels(kind).inc()
     if kind == "ClusterCheckpoint":
         return clustercheckpoint.reconcile(ctx, name)
     handler = trainingjob.reconcile if kind == "TrainingJob" else checkpoint.reconcile
