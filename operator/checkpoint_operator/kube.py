@@ -128,6 +128,11 @@ class ObjectCache:
         with self._lock:
             self._bodies.pop((kind, namespace, name), None)
 
+    def knows(self, kind: str, namespace: str, name: str) -> bool:
+        """Whether it holds the object (no copy made)."""
+        with self._lock:
+            return (kind, namespace, name) in self._bodies
+
     def get(self, kind: str, namespace: str, name: str) -> Optional[dict[str, Any]]:
         """A copy of the body (the caller may change it), or None: not known here (read it live)."""
         with self._lock:

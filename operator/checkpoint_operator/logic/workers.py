@@ -74,6 +74,14 @@ def worker_pod(body: Mapping[str, Any]) -> WorkerPod:
                      scheduled_at=_scheduled_at(status) or str(meta.get("creationTimestamp") or ""))
 
 
+def wake_summary(body: Mapping[str, Any]) -> tuple[WorkerPod, str]:
+    """What a TrainingJob's reconcile reads of one of its pods (a worker, or its snapshot, resume
+    or cache-fill pod): its phase, problem, failure, deletion, controller, UID, fills reported
+    and when it was scheduled (WorkerPod), and its node. An event of the pod that changes none
+    of it (a kubelet's status update inside one phase) wakes no reconcile of its job."""
+    return worker_pod(body), str((body.get("spec") or {}).get("nodeName") or "")
+
+
 def _scheduled_at(status: Mapping[str, Any]) -> str:
     """When the pod's PodScheduled condition became True (RFC 3339), or ""."""
     for condition in status.get("conditions") or []:
