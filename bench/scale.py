@@ -431,6 +431,14 @@ async def requests_and_rss(checkpoints: int, jobs: int) -> dict:
         preload_seconds = await preload(bench.api, 10, checkpoints)
         big = bench.start_operator("big")
         started = time.monotonic()
+        # Start-up is over once every listed Checkpoint's event was handled: kopf first indexes them
+        # all (no metric moves meanwhile), then runs the event handlers; settling on quiet metrics
+        # alone counted those 10,000 events into the lifecycles measured next.
+        listed = len(await bench.api.list(CKPT, NS))
+        while big.watch_events_by_kind().get("Checkpoint", 0) < listed:
+            if time.monotonic() - started > 1800:
+                raise SystemExit(f"the operator did not handle the {listed} Checkpoints' events; see {big.log}")
+            await asyncio.sleep(0.2)
         await big.settle()
         startup = time.monotonic() - started
         big_rss = rss_mb(big.proc.pid)
@@ -440,6 +448,8 @@ async def requests_and_rss(checkpoints: int, jobs: int) -> dict:
                 "cpu_ms_small": measured_small["cpu_ms"], "cpu_ms_big": measured_big["cpu_ms"],
                 "watch_events_small": measured_small["watch_events"],
                 "watch_events_by_kind_small": measured_small["watch_events_by_kind"],
+                "watch_events_big": measured_big["watch_events"],
+                "watch_events_by_kind_big": measured_big["watch_events_by_kind"],
                 "by_target_small": measured_small["by_target"],
                 "rss_small_mb": small_rss, "rss_big_mb": big_rss, "rss_big_hwm_mb": rss_mb(big.proc.pid, "VmHWM"),
                 "emulator_rss_mb": rss_mb(bench.emulator.proc.pid), "preload_seconds": preload_seconds,
@@ -606,19 +616,25 @@ def main() -> None:
               f"{r['per_lifecycle_small']:>10.1f} / {r['per_lifecycle_big']:<10.1f}   B <= 1.1 A")
         print(f"{'operator RSS with 10 / ' + str(r['checkpoints']) + ' checkpoints':52} "
               f"{r['rss_small_mb']:>10.0f} / {r['rss_big_mb']:.0f} MB   < 250 MB")
+        print(f"{'  its high-water mark (VmHWM)':52} {r['rss_big_hwm_mb']:>21.0f} MB   < 250 MB")
         print(f"{'  operator start-up with them (indexing)':52} {r['startup_seconds']:>22.1f} s")
         print(f"{'operator cpu per lifecycle at 10 / ' + str(r['checkpoints']) + ' checkpoints':52} "
               f"{r['cpu_ms_small']:>10.1f} / {r['cpu_ms_big']:<7.1f} ms   <= 10 ms")
-        print(f"{'  watch events the operator handled per lifecycle':52} {r['watch_events_small']:>24.1f}")
-        for kind, count in sorted(r["watch_events_by_kind_small"].items(), key=lambda kv: (kv[0].startswith("r"), -kv[1])):
-            print(f"    {kind:48} {count:>8.2f}")
+        print(f"{'  watch events the operator handled per lifecycle':52} {r['watch_events_small']:>10.1f} / "
+              f"{r['watch_events_big']:.1f}")
+        kinds = sorted(set(r["watch_events_by_kind_small"]) | set(r["watch_events_by_kind_big"]),
+                       key=lambda k: (k.startswith("reconcile "), -r["watch_events_by_kind_small"].get(k, 0)))
+        for kind in kinds:
+            print(f"    {kind:48} {r['watch_events_by_kind_small'].get(kind, 0):>8.2f} / "
+                  f"{r['watch_events_by_kind_big'].get(kind, 0):.2f}")
         print("  requests per lifecycle, by what they touch (10 checkpoints):")
         for target, count in sorted(r["by_target_small"].items(), key=lambda kv: -kv[1]):
             print(f"    {target:48} {count:>8.2f}")
         lines.append(f"scale: operator cpu per trainingjob lifecycle: {r['cpu_ms_small']:.1f} ms")
         lines.append(f"scale: requests per trainingjob lifecycle at 10 / {r['checkpoints']} checkpoints: "
                      f"{r['per_lifecycle_small']:.1f} / {r['per_lifecycle_big']:.1f}")
-        lines.append(f"scale: operator rss with {r['checkpoints']} checkpoints: {r['rss_big_mb']:.0f} MB")
+        lines.append(f"scale: operator rss with {r['checkpoints']} checkpoints: {r['rss_big_mb']:.0f} MB "
+                     f"(high-water {r['rss_big_hwm_mb']:.0f} MB)")
     if "latency" in results:
         r = results["latency"]
         print(f"{'pod finished to checkpoints ready p50 / p99':52} {r['p50']:>10.2f} / {r['p99']:.2f} s   p99 < 1 s")
