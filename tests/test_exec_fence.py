@@ -138,6 +138,17 @@ def test_an_exempt_group_is_not_held(fence):
     refused(policy, exec_request(UPLOAD_POD, WATCHER, groups=("system:masters",)), ONLY)
 
 
+def test_with_watched_namespaces_pods_elsewhere_are_not_its_business():
+    policy = fence_of({"watchNamespaces": [NS, "team-b"]})
+    assert policy is not None
+    refused(policy, exec_request(UPLOAD_POD, WATCHER), ONLY)
+    elsewhere = exec_request(UPLOAD_POD, WATCHER)
+    elsewhere.namespace = "databases"
+    assert not evaluate(policy, elsewhere).matched
+    elsewhere.namespace = "ckpt-system"  # the release's own: catalog imports run there
+    assert evaluate(policy, elsewhere).matched
+
+
 def test_it_can_be_turned_off():
     assert fence_of({"admissionPolicy": {"execFence": {"enabled": False}}}) is None
 
@@ -147,6 +158,19 @@ def test_it_knows_every_agent_pod_by_its_name(fence):
     pattern = next(c["expression"] for c in fence["spec"]["matchConditions"] if c["name"] == "an-agent-pod")
     listed = re.search(r"-\(([a-z|]+)\)\$", pattern)
     assert listed is not None and set(listed.group(1).split("|")) == set(AGENT_POD_COMPONENTS)
+
+
+def test_every_pod_the_operator_builds_for_its_agent_is_fenced(fence):
+    """Every agent pod (tests/pod_shapes.py builds each kind the operator creates) is matched by the
+    fence and the local emulator: hostile7 E1, the resume pod between a group's attempts (it writes
+    into every worker's volume) was named `<job>-resume` and reachable by exec."""
+    from pod_shapes import agent_pods
+    pods = agent_pods()
+    assert any(key.endswith("resume-volume-per-worker") for key in pods)
+    for key, pod in pods.items():
+        name = pod["metadata"]["name"]
+        assert evaluate(fence, exec_request(name, WATCHER)).matched, f"{key}: {name} is not fenced"
+        assert exec_fence.is_agent_pod(name), f"{key}: {name} is not fenced in local mode"
 
 
 def test_the_binding_denies():

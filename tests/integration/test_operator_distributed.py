@@ -445,6 +445,69 @@ async def test_a_volume_per_worker_group_resumes_every_worker_from_the_union_com
             ([".metadata", "__0_0.distcp"] if index == 0 else ["__1_0.distcp"])
 
 
+PREEMPTED_PARTS_WORKER = """
+import os, time
+out, rank = os.environ["CHECKPOINT_OUTPUT_DIR"], int(os.environ["RANK"])
+def w(rel, data):
+    path = os.path.join(out, rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+if not os.path.exists(os.path.join(out, "ran-before")):
+    # step-1, complete only over the three volumes (rank 0's .metadata and shard, ranks 1 and 2 theirs),
+    # then training goes on until Kueue preempts the group.
+    if rank == 0:
+        w("step-1/.metadata", bytes.fromhex(os.environ["DCP_METADATA"]))
+    w(f"step-1/__{rank}_0.distcp", bytes([rank]) * 64)
+    w("ran-before", b"1")
+    time.sleep(600)
+resume = os.environ.get("CHECKPOINT_RESUME_PATH", "")
+listing = sorted(os.listdir(resume)) if resume and os.path.isdir(resume) else []
+w(f"resumed-{rank}.txt", "\\n".join([os.path.relpath(resume, out) if resume else "", *listing]).encode())
+"""
+
+
+@pytest.mark.timeout(180)
+async def test_a_preempted_volume_per_worker_group_is_made_again_after_the_resume_step(
+        api, operator, cluster, wait_for):
+    """hostile7 R1: Kueue preempts a group with a volume per worker after step-1 (complete only over the
+    three volumes). Readmitting the same JobSet would start its workers without the union (each volume
+    holds one shard); the operator instead deletes the suspended JobSet, runs the resume step, and makes
+    the next attempt (queued again): every worker then reads the whole union from its own volume. The
+    preemption is not a group restart (backoffLimit is not spent)."""
+    replicas = 3
+    body = group_job("vpwq", engine="JobSet", worker=PREEMPTED_PARTS_WORKER, replicas=replicas, backoffLimit=0,
+                     output={"volumePerWorker": True})
+    body["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a"}
+    metadata = dcp_metadata_bytes(["model.w"], [(f"__{r}_0.distcp", 0, 64) for r in range(replicas)])
+    body["spec"]["template"]["spec"]["containers"][0]["env"].append({"name": "DCP_METADATA", "value": metadata.hex()})
+    await api.create(TJ, NS, body)
+    tj = await wait_phase(api, wait_for, "vpwq", "Running", timeout=60)
+    def claims():
+        return [cluster.claim_dir(NS, f"vpwq-output-{tj['metadata']['uid'][:5]}-{i}") for i in range(replicas)]
+
+    async def written():
+        return all(c is not None and (c / "ran-before").exists() for c in claims()) or None
+    await wait_for(written, timeout=60)
+    await cluster.preempt("jobset.x-k8s.io/v1alpha2/jobsets", NS, "vpwq", hold=1.0)
+    tj = await wait_phase(api, wait_for, "vpwq", ("Succeeded", "Failed"), timeout=120)
+    status = tj["status"]
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["preemptions"] == 1 and not status.get("restarts"), status
+    resume = status["resume"]
+    assert (resume["attempt"], resume["directory"]) == (1, "step-1"), resume
+    jobset = await api.get("jobset.x-k8s.io/v1alpha2/jobsets", NS, status["jobName"])
+    assert jobset["metadata"]["labels"]["ckpt.dev/restart-attempt"] == "1"
+    for index, claim in enumerate(claims()):
+        resumed, *listing = (claim / f"resumed-{index}.txt").read_text().splitlines()
+        assert resumed == ".ckpt-resume/" + resume["digest"].split(":")[1], resumed
+        assert listing == [".metadata"] + [f"__{r}_0.distcp" for r in range(replicas)]
+    reasons = [e["reason"] for e in await events_of(api, "vpwq")]
+    assert "Preempted" in reasons and "Resuming" in reasons and "GroupRestart" not in reasons
+    preempted = next(e for e in await events_of(api, "vpwq") if e["reason"] == "Preempted")
+    assert "the resume step copies the latest checkpoint complete over the workers' volumes" in preempted["message"]
+
+
 async def test_a_failed_resume_step_is_said_and_the_next_attempt_starts_without_a_copy(
         api, operator, cluster, wait_for):
     """Worker 0 leaves a file where the resume copy goes: the resume pod fails (it names it), the

@@ -153,6 +153,22 @@ def _failed_first(tj: TrainingJob, attempt: int) -> Optional[str]:
     return None
 
 
+def attempt_of(tj: TrainingJob) -> int:
+    """The attempt the operator's workload runs (its `ckpt.dev/restart-attempt` label): one per group
+    restart, and with a volume per worker one per preemption too, since a preempted group is made
+    again after the resume step (its workers would otherwise be admitted again with the copy of an
+    earlier attempt, or none: hostile7 R1)."""
+    restarts = tj.status.restarts or 0
+    return restarts + (tj.status.preemptions or 0) if engines.resumes_parts(tj) else restarts
+
+
+def _when_admitted_again(tj: TrainingJob) -> str:
+    if engines.resumes_parts(tj):
+        return ("the operator makes the group again once they have stopped: the resume step copies the latest "
+                "checkpoint complete over the workers' volumes into each, and it is queued again")
+    return "it resumes from its latest checkpoint when admitted again"
+
+
 def suspension_change(tj: TrainingJob, state: WorkloadState, queue: Optional[str], now: str) -> Optional[StatusChange]:
     """A running workload suspended (Kueue preempted it: its pods are stopped): Queued, reason
     Preempted, counted. A queued one unsuspended (admitted): Running."""
@@ -162,8 +178,8 @@ def suspension_change(tj: TrainingJob, state: WorkloadState, queue: Optional[str
         by = f"preempted by Kueue (LocalQueue {queue})" if queue else "suspended (spec.suspend)"
         return StatusChange(phase=TrainingJobPhase.QUEUED, reason="Preempted", event="Warning",
                             fields=TrainingJobStatus(preemptions=count),
-                            message=f"{what} was {by}: its workers are stopped, its sealed checkpoints stay; it "
-                                    f"resumes from its latest checkpoint when admitted again (preemption {count})")
+                            message=f"{what} was {by}: its workers are stopped, its sealed checkpoints stay; "
+                                    f"{_when_admitted_again(tj)} (preemption {count})")
     if not state.suspended and tj.phase == TrainingJobPhase.QUEUED:
         again = f" again after {tj.status.preemptions} preemption(s)" if tj.status.preemptions else ""
         fields = None if tj.status.startTime else TrainingJobStatus(startTime=now)
@@ -181,7 +197,7 @@ def attempt_started_change(tj: TrainingJob, kind: str, name: str, rendezvous: Op
         TrainingJobStatus(rendezvous=rendezvous, jobUid=job_uid)
     if queue is None:
         return StatusChange(fields=fields)
-    attempt = (tj.status.restarts or 0) + 1
+    attempt = attempt_of(tj) + 1
     return StatusChange(phase=TrainingJobPhase.QUEUED, reason="Queued", event="Normal", fields=fields,
                         message=f"attempt {attempt}: {kind} {name} is queued in Kueue (LocalQueue {queue}) "
                                 f"again: it starts when Kueue admits it")
@@ -190,7 +206,7 @@ def attempt_started_change(tj: TrainingJob, kind: str, name: str, rendezvous: Op
 def engine_restarts_change(tj: TrainingJob, state: WorkloadState, max_restarts: int) -> Optional[StatusChange]:
     """JobSet restarted the group (its status.restarts grew): record it, naming the worker that failed."""
     done = tj.status.restarts or 0
-    if state.kind != "JobSet" or state.attempt <= done:
+    if state.kind != "JobSet" or engines.operator_restarts(tj) or state.attempt <= done:
         return None
     failure = _failed_first(tj, state.attempt - 1) or "a worker failed (its pod is gone)"
     return StatusChange(reason="Restarting", event="Warning", fields=TrainingJobStatus(restarts=state.attempt),

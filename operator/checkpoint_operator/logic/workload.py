@@ -421,7 +421,8 @@ def build_snapshot_pod(tj: TrainingJob, command: list[str], env: list[dict[str, 
 
 
 def resume_pod_name(tj: TrainingJob) -> str:
-    return child_name(tj.metadata.name, "resume")
+    # An agent pod's name: the exec fence knows it by its suffix (it writes into every worker's volume).
+    return agent_pod_name(tj.metadata.name, "resume")
 
 
 def build_resume_pod(tj: TrainingJob, config: OperatorConfig) -> dict[str, Any]:

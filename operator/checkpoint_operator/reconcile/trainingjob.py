@@ -341,7 +341,7 @@ def follow_job(ctx: Context, tj: TrainingJob) -> Result:
         if change is not None:
             tj = write_status(ctx, tj, change)
 
-    if engines.operator_restarts(tj) and (state is None or state.attempt < (tj.status.restarts or 0)):
+    if engines.operator_restarts(tj) and (state is None or state.attempt < flow.attempt_of(tj)):
         return _next_attempt(ctx, tj, name, obj, state)
     if state is None:
         return _finish(ctx, tj, False, "failed: " + flow.job_failure_message(None))
@@ -349,6 +349,8 @@ def follow_job(ctx: Context, tj: TrainingJob) -> Result:
     change = flow.suspension_change(tj, state, kueue.queue_name(tj.metadata.labels), now_rfc3339())
     if change is not None:
         tj = write_status(ctx, tj, change)
+        if engines.resumes_parts(tj) and state.attempt < flow.attempt_of(tj):
+            return Advance()  # preempted: made again after the resume step (_next_attempt)
     if state.suspended:
         return Wait(requeue_after=ctx.config.live_poll_interval if tj.publishes_live else None)
     change = flow.engine_restarts_change(tj, state, engine.max_restarts(tj))
@@ -433,7 +435,7 @@ def _next_attempt(ctx: Context, tj: TrainingJob, name: str, obj: Optional[dict[s
         if not state.deleting:
             workloads.delete_attempt(ctx, tj, name, obj["metadata"]["uid"])
         return Wait()
-    attempt = tj.status.restarts or 0
+    attempt = flow.attempt_of(tj)
     if engines.resumes_parts(tj):
         if group_resume.needs_resume_step(tj, attempt):
             return _resume_step(ctx, tj, attempt)

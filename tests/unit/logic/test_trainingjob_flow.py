@@ -274,3 +274,22 @@ def test_the_wait_for_a_job_s_checkpoints_is_bounded_and_names_them():
     many = flow.publish_wait([(f"c{i}", "Pending") for i in range(50)], ended, at(700), recheck=2.0)
     assert isinstance(many, Fail) and "and 30 more" in many.message and "c20 " not in many.message
     assert isinstance(flow.publish_wait(pending, "", at(0), recheck=2.0), Fail)  # nothing to count from
+
+
+def test_a_preempted_group_with_a_volume_per_worker_runs_a_new_attempt_a_restart_does_not_count_it():
+    """hostile7 R1: with a volume per worker each preemption is an attempt of its own (made again after
+    the resume step); without, an attempt is a group restart only. JobSet's own restart count is not
+    read for a group the operator restarts (its attempt label is higher than status.restarts then)."""
+    parts = {"volumePerWorker": True}
+    per_worker = tj(replicas=2, engine="JobSet", output=parts, status={"restarts": 1, "preemptions": 2})
+    assert flow.attempt_of(per_worker) == 3
+    shared = tj(replicas=2, engine="JobSet", status={"restarts": 1, "preemptions": 2})
+    assert flow.attempt_of(shared) == 1
+    running = engines.WorkloadState(kind="JobSet", name="t", attempt=3, suspended=False, outcome=None, stopped=False)
+    assert flow.engine_restarts_change(per_worker, running, 6) is None
+    assert flow.engine_restarts_change(shared, running, 6).fields.restarts == 3
+    preempted = tj(replicas=2, engine="JobSet", output=parts, status={"phase": "Running"})
+    suspended = engines.WorkloadState(kind="JobSet", name="t", attempt=0, suspended=True, outcome=None, stopped=False)
+    change = flow.suspension_change(preempted, suspended, "team-a", "2026-12-07T00:00:00Z")
+    assert change is not None and change.fields.preemptions == 1
+    assert "the resume step copies the latest checkpoint complete over the workers' volumes" in change.message
