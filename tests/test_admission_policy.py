@@ -672,10 +672,13 @@ def volume_snapshots() -> dict[str, dict]:
     ckpt = pod_shapes.checkpoint(pod_shapes.SOURCES["http"])
     imported = store.import_snapshot(ckpt, workload.import_claim_name(ckpt))
     assert output is not None and imported is not None
-    return {"output": copy.deepcopy(output.body), "import": copy.deepcopy(imported.body)}
+    parts = pod_shapes.training_job(replicas=2, engine="JobSet", output={"volumePerWorker": True})
+    worker = store.output_part_snapshots(parts, [1], "final")[1]  # one per worker volume (issue 19)
+    return {"output": copy.deepcopy(output.body), "import": copy.deepcopy(imported.body),
+            "worker-volume": copy.deepcopy(worker.body)}
 
 
-@pytest.mark.parametrize("name", ["output", "import"])
+@pytest.mark.parametrize("name", ["output", "import", "worker-volume"])
 def test_its_volume_snapshots_are_accepted_handed_over_and_deleted(policies, name):
     snapshot = volume_snapshots()[name]
     allowed(policies["snapshots"], create("VolumeSnapshot", snapshot))

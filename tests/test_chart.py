@@ -116,9 +116,9 @@ def one(objects: list[dict], kind: str) -> dict:
 
 
 def operator_policy(objects: list[dict], kind: str = "ValidatingAdmissionPolicy") -> dict:
-    """The admission policy (or binding) that fences the operator's own writes, not the exec fence
-    (templates/exec-fence.yaml, `-agent-exec`)."""
-    return one([o for o in objects if not o["metadata"]["name"].endswith("-agent-exec")], kind)
+    """The admission policy (or binding) that fences the operator's own writes, not the tenants' fences
+    (templates/exec-fence.yaml: `-agent-exec`, `-live-channel`)."""
+    return one([o for o in objects if not o["metadata"]["name"].endswith(("-agent-exec", "-live-channel"))], kind)
 
 
 def operator_rbac(objects: list[dict], kind: str) -> list[dict]:
@@ -741,6 +741,7 @@ def test_lint_reports_bad_values():
 def test_notes_tell_the_next_step(chart):
     notes = chart.render(values={"watchNamespaces": ["team-a"]}, name=RELEASE, namespace=NAMESPACE)
     text = next(v for k, v in notes.items() if k.endswith("NOTES.txt"))
-    assert "kubectl get ckpt,tj" in text
-    assert "kubectl apply -f" in text
+    assert "kubectl get tj,ckpt" in text
+    assert "kubectl apply -f" in text and "examples/quickstart.yaml" in text  # the one needing no edit (hostile7 D1)
+    assert "kubectl wait --for=condition=Ready ckpt/quickstart.step-2" in text
     assert "team-a" in text

@@ -247,7 +247,10 @@ class PodTemplate(ApiModel):
         # Declared for the rule that a distributed job's pods are named by the operator.
         "hostname": {"type": "string", "maxLength": 63, "description": "The pods' host name (one replica only)."},
         "subdomain": {"type": "string", "maxLength": 63,
-                      "description": "The pods' subdomain (one replica only: the operator sets it for more)."}}})
+                      "description": "The pods' subdomain (one replica only: the operator sets it for more)."},
+        # Declared for the rule that live sealing's sidecar keeps its processes to itself.
+        "shareProcessNamespace": {"type": "boolean",
+                                  "description": "Not with publish: Continuous (the sidecar's output is its channel)."}}})
 
 
 def _absolute(field: str) -> Rule:
@@ -325,6 +328,14 @@ class TrainingJobSpec(ApiModel):
              "(each worker is a replicated job of the one JobSet object, with its own pod template)",
              lambda s: not ((s.get("output") or {}).get("volumePerWorker") or (s.get("output") or {}).get("perWorker"))
              or s.get("replicas", 1) <= MAX_WORKER_VOLUMES, field_path=".replicas"),
+        Rule("!has(self.output) || !has(self.output.publish) || self.output.publish != 'Continuous' || "
+             "!has(self.template.spec.shareProcessNamespace) || !self.template.spec.shareProcessNamespace",
+             "spec.template.spec.shareProcessNamespace must not be true with spec.output.publish: Continuous: the "
+             "training code could then write into the live-sealing sidecar's output, the channel the operator "
+             "believes about what was sealed (docs/guarantees.md)",
+             lambda s: (s.get("output") or {}).get("publish") != "Continuous"
+             or not ((s.get("template") or {}).get("spec") or {}).get("shareProcessNamespace"),
+             field_path=".template.spec.shareProcessNamespace"),
         Rule("!has(self.output) || !has(self.output.volumePerWorker) || !self.output.volumePerWorker || "
              "self.replicas >= 2",
              "spec.output.volumePerWorker needs spec.replicas of 2 or more: one worker has nothing to assemble "

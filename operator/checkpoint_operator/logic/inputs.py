@@ -162,8 +162,7 @@ def input_on_other_store(inputs: list[ResolvedInput], store: str) -> Optional[st
     for item in inputs:
         location = item.location
         where = ("s3" if location.s3 is not None
-                 else "volume" if location.volume is not None or location.snapshot is not None  # (its snapshots)
-                 or location.volumeParts  # (its workers' volumes)
+                 else "volume" if location.on_volumes  # (its claims, its workers', or their snapshots)
                  else None)
         if where != store:
             kind = CLUSTER_KIND if item.cluster else "Checkpoint"

@@ -325,10 +325,24 @@ def snapshot_retry(attempts: int, message: str) -> Optional[Fail]:
 PUBLISH_TIMEOUT = 600.0
 
 
+def publish_wait_since(ended: str, made: list[Optional[str]], started: str) -> str:
+    """What the wait for a job's Checkpoints counts from (RFC 3339): the latest of its snapshot pod's end,
+    its Checkpoints' creation and this operator process's start (hostile7 P1: a VolumeSnapshot slower
+    than the bound, or an operator down that long, must not fail a job whose Checkpoints were created a
+    moment before, nor before their own reconciles had a chance to run)."""
+    def parsed(value: Optional[str]) -> Optional[datetime]:
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+        except ValueError:
+            return None
+    times = [(t, v) for v in (ended, started, *made) if v and (t := parsed(v)) is not None]
+    return max(times)[1] if times else ended
+
+
 def publish_wait(not_ready: list[tuple[str, str]], since: str, now: datetime, recheck: float,
                  limit: Optional[float] = None) -> Wait | Fail:
     """The job's wait for its Checkpoints, (name, what it is) of each not Ready (nor failed on request)
-    yet, counted from `since` (RFC 3339: when its snapshot pod ended): quiet, then a failure naming them."""
+    yet, counted from `since` (RFC 3339: publish_wait_since): quiet, then a failure naming them."""
     limit = PUBLISH_TIMEOUT if limit is None else limit
     try:
         waited = (now - datetime.fromisoformat(since.replace("Z", "+00:00"))).total_seconds()
@@ -339,7 +353,7 @@ def publish_wait(not_ready: list[tuple[str, str]], since: str, now: datetime, re
     shown = ", ".join(f"{name} ({what})" for name, what in not_ready[:NAMES_IN_MESSAGE]) + \
         (f" and {len(not_ready) - NAMES_IN_MESSAGE} more" if len(not_ready) > NAMES_IN_MESSAGE else "")
     return Fail("CheckpointsNotReady", f"{len(not_ready)} Checkpoint(s) of this job not Ready {waited:.0f} s after "
-                                       f"its snapshot: {shown}; each one's Ready condition says what holds it")
+                                       f"they were made: {shown}; each one's Ready condition says what holds it")
 
 
 # A message names this many checkpoints (status.outputCheckpoints lists them all): 5,000 names

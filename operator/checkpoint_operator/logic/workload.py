@@ -361,6 +361,15 @@ def build_live_sidecar(tj: TrainingJob, config: OperatorConfig, upload_to: Optio
                        env: list[dict[str, Any]], sync: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """The sealing sidecar of a publish: Continuous job (logic/live_sealing.py), for build_workload.
     `sync`: it syncs the filesystem once a directory is sealed (a volume snapshot of it follows)."""
+    # Not a CRD rule: declaring the template's annotations for CEL would bound what users may put there.
+    if live_sealing.REMOVE_ANNOTATION in ((tj.spec.template.metadata or {}).get("annotations") or {}):
+        raise InvalidSpec(f"spec.template.metadata.annotations must not have {live_sealing.REMOVE_ANNOTATION}: the "
+                          f"operator alone writes it (its requests to the live-sealing sidecar to remove sealed "
+                          f"directories)")
+    if tj.spec.template.spec.get("shareProcessNamespace"):  # publish: Continuous by the operator's default
+        raise InvalidSpec("spec.template.spec.shareProcessNamespace must not be true with live sealing (publish: "
+                          "Continuous, the operator's default here): the training code could then write into the "
+                          "live-sealing sidecar's output, the channel the operator believes about what was sealed")
     command = agent_commands.watch(tj.spec.outputDir, interval=config.live_watch_interval,
                                    annotations_file=live_sealing.annotations_file(), upload_to=upload_to,
                                    shared=tj.spec.replicas > 1,

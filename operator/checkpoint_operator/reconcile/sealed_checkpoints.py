@@ -60,10 +60,12 @@ def _held(ctx: Context, checkpoint: Checkpoint, source: TrainingJobSource, seale
     claims = [location.volume.claimName] if location.volume else [p.claimName for p in location.volumeParts or []]
     named: list[tuple[str, Optional[dict[str, Any]], Optional[float]]] = [
         (f"PersistentVolumeClaim {c}", ctx.kube.cached_get(PVCS, namespace, c), None) for c in dict.fromkeys(claims)]
-    if location.snapshot is not None:  # its owners change with no event of ours: looked at again
-        name = location.snapshot.volumeSnapshotName
+    # Its snapshot, or each worker's (a volume per worker): their owners change with no event of ours:
+    # looked at again.
+    for snapshot in {s.volumeSnapshotName: s for s in location.snapshots}.values():
+        name = snapshot.volumeSnapshotName
         body = ctx.kube.get(VOLUME_SNAPSHOTS, namespace, name)
-        uid = location.snapshot.volumeSnapshotUID
+        uid = snapshot.volumeSnapshotUID
         if body is not None and uid and (body.get("metadata") or {}).get("uid") != uid:  # a namesake made since
             return Fail("DataNotHeld", f"spec.source.trainingJob.sealed.location: VolumeSnapshot {name} is not the "
                                        f"one its job took (uid {uid})")

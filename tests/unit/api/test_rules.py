@@ -197,6 +197,7 @@ INIT_CONTAINER_NAME = "spec.template.spec.initContainers[].name"
 OUTPUT_SIZE = "spec.output.size must be greater than zero"
 REPLICAS = "spec.replicas"
 NAMED_PODS = "spec.template.spec.hostname and subdomain"
+SHARED_PIDS = "spec.template.spec.shareProcessNamespace must not be true"
 CONTAINERS = "spec.template.spec.containers"
 PARTS_ENGINE = "spec.output.volumePerWorker and perWorker need spec.engine: JobSet"
 PARTS_LIVE = "spec.output.volumePerWorker and perWorker are published OnCompletion"
@@ -463,6 +464,13 @@ CASES: list[Case] = [
     Case("two-pods-subdomain", training_job(replicas=2, engine="JobSet", template={"spec": {
         "subdomain": "s", "containers": [{"name": "t", "image": "x"}]}}), (NAMED_PODS,)),
     Case("two-pods", training_job(replicas=2, nprocPerNode=8, engine="JobSet")),
+    # hostile7 E2, H1: the live-sealing sidecar's channels are the operator's alone
+    Case("shared-pids-live", training_job(output={"publish": "Continuous"}, template={"spec": {
+        "shareProcessNamespace": True, "containers": [{"name": "t", "image": "x"}]}}), (SHARED_PIDS,)),
+    Case("shared-pids-on-completion", training_job(output={"publish": "OnCompletion"}, template={"spec": {
+        "shareProcessNamespace": True, "containers": [{"name": "t", "image": "x"}]}})),
+    Case("annotations-in-template", training_job(template={"metadata": {"annotations": {
+        "team": "a"}}, "spec": {"containers": [{"name": "t", "image": "x"}]}})),
     # a volume per worker: JobSet (one replicated job per worker), OnCompletion, at most 128 workers
     Case("volume-per-worker", training_job(replicas=2, engine="JobSet", output={"volumePerWorker": True})),
     Case("per-worker", training_job(replicas=128, engine="JobSet", output={"perWorker": True,

@@ -181,3 +181,24 @@ def test_a_sealed_line_that_says_synced_is_recorded_with_its_digest():
     assert events.synced == {("step-1", DIGEST)}
     merged = live_sealing.merge(live_sealing.LogEvents(), events)
     assert merged.synced == {("step-1", DIGEST)}
+
+
+def test_live_sealing_refuses_a_template_that_could_write_the_sidecar_s_channels():
+    """hostile7 E2, H1: with its processes shared, the trainer could print into the sidecar's output (what
+    the operator believes sealed); a template carrying ckpt.dev/live-remove would ask the sidecar to remove
+    sealed directories. Refused when the sidecar is built (also when Continuous is the operator's default,
+    which the CRD cannot know), one line naming the field."""
+    import pytest
+    config = OperatorConfig(agent_image="op:1")
+    container = [{"name": "trainer", "image": "t"}]
+    shared = TrainingJob.model_validate(training_job(template={"spec": {"shareProcessNamespace": True,
+                                                                        "containers": container}}))
+    with pytest.raises(workload.InvalidSpec, match="spec.template.spec.shareProcessNamespace must not be true"):
+        workload.build_live_sidecar(shared, config, None, [])
+    asking = TrainingJob.model_validate(training_job(template={
+        "metadata": {"annotations": {live_sealing.REMOVE_ANNOTATION: "[]"}}, "spec": {"containers": container}}))
+    with pytest.raises(workload.InvalidSpec, match="must not have ckpt.dev/live-remove"):
+        workload.build_live_sidecar(asking, config, None, [])
+    plain = TrainingJob.model_validate(training_job(template={"metadata": {"annotations": {"team": "a"}},
+                                                              "spec": {"containers": container}}))
+    assert workload.build_live_sidecar(plain, config, None, [])

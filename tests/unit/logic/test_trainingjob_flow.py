@@ -293,3 +293,17 @@ def test_a_preempted_group_with_a_volume_per_worker_runs_a_new_attempt_a_restart
     change = flow.suspension_change(preempted, suspended, "team-a", "2026-12-07T00:00:00Z")
     assert change is not None and change.fields.preemptions == 1
     assert "the resume step copies the latest checkpoint complete over the workers' volumes" in change.message
+
+
+def test_the_wait_for_checkpoints_counts_from_their_creation_or_the_operator_s_start_if_later():
+    """hostile7 P1: a VolumeSnapshot ready 11 minutes after the snapshot pod ended (its Checkpoints created
+    then), or an operator down for that long, must not fail the job on its first look at them."""
+    ended, made, started = "2026-01-01T00:00:00Z", "2026-01-01T00:11:00Z", "2025-12-31T00:00:00Z"
+    assert flow.publish_wait_since(ended, [made, None, "not a time"], started) == made
+    assert flow.publish_wait_since(ended, [], "2026-01-01T00:20:00Z") == "2026-01-01T00:20:00Z"
+    assert flow.publish_wait_since(ended, [], started) == ended
+    from datetime import datetime, timezone
+    now = datetime(2026, 1, 1, 0, 11, 5, tzinfo=timezone.utc)
+    since = flow.publish_wait_since(ended, [made], started)
+    assert isinstance(flow.publish_wait([("t.step-1", "Pending")], since, now, recheck=2.0), Wait)
+    assert isinstance(flow.publish_wait([("t.step-1", "Pending")], ended, now, recheck=2.0), Fail)  # as before
