@@ -14,8 +14,9 @@ import copy
 import contextlib
 import json
 import threading
+import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 from urllib.parse import quote
 
 import kubernetes
@@ -128,6 +129,11 @@ class ObjectCache:
         with self._lock:
             self._bodies.pop((kind, namespace, name), None)
 
+    def knows(self, kind: str, namespace: str, name: str) -> bool:
+        """Whether it holds the object (no copy made)."""
+        with self._lock:
+            return (kind, namespace, name) in self._bodies
+
     def get(self, kind: str, namespace: str, name: str) -> Optional[dict[str, Any]]:
         """A copy of the body (the caller may change it), or None: not known here (read it live)."""
         with self._lock:
@@ -170,7 +176,9 @@ class Kube:
             kubernetes.config.load_incluster_config()
         except kubernetes.config.ConfigException:
             kubernetes.config.load_kube_config()
-        return cls(kubernetes.client.ApiClient())
+        client = kubernetes.client.ApiClient()
+        throttle_token_refresh(client.configuration)
+        return cls(client)
 
     # --- transport ---------------------------------------------------------------------------
 
@@ -302,6 +310,34 @@ class Kube:
         read on a real API server): what the in-use protection decides on. `namespace` None: every
         namespace (a ClusterCheckpoint's users)."""
         return self.list(resource, namespace, label_selector=label_selector)
+
+
+TOKEN_REFRESH_EVERY = 10.0  # seconds
+
+
+def throttle_token_refresh(configuration: kubernetes.client.Configuration,
+                           clock: Callable[[], float] = time.monotonic) -> None:
+    """kubernetes' config loaders (in-cluster and kubeconfig) install a hook that runs before every
+    request: it checks the token's expiry and sets host, CA and token again, and setting the host
+    reads the proxy environment (3-5% of the operator's CPU in bench/scale.py). Run it at most every
+    TOKEN_REFRESH_EVERY seconds: the loaders refresh a token well before it expires (in-cluster a
+    minute after reading it, a kubeconfig's five minutes before its expiry)."""
+    hook = configuration.refresh_api_key_hook
+    if hook is None:
+        return
+    last = float("-inf")
+
+    def refresh(config: kubernetes.client.Configuration) -> None:
+        nonlocal hook, last
+        now = clock()
+        if now - last >= TOKEN_REFRESH_EVERY:
+            last = now
+            hook(config)
+            # The loader's hook installs itself again as it runs: keep this one in front of it.
+            if config.refresh_api_key_hook is not refresh and config.refresh_api_key_hook is not None:
+                hook = config.refresh_api_key_hook
+            config.refresh_api_key_hook = refresh
+    configuration.refresh_api_key_hook = refresh
 
 
 def request_target(path: str) -> str:

@@ -18,6 +18,7 @@ from typing import Any, Optional
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobPhase, TrainingJobStatus, WorkerFailure
 from checkpoint_operator.logic import engines, live_sealing, workers
 from checkpoint_operator.logic.agent_pods import PodProblem
+from checkpoint_operator.logic.conditions import seconds_since
 from checkpoint_operator.logic.engines import WorkloadState
 from checkpoint_operator.logic.inputs import InputWait
 from checkpoint_operator.logic.results import Fail, Wait
@@ -289,6 +290,24 @@ def group_outcome(tj: TrainingJob, state: WorkloadState, failure: str) -> str:
     if restarts:
         parts.append(f"after {restarts} group restart(s)")
     return "; ".join(p for p in parts if p)
+
+
+# A scheduled pod whose containers have not started is looked at for a failed attach (a LIST of
+# its Events) only once it has waited this long: most pods start within it, and a Multi-Attach
+# error or an attach limit is there by then (the attach/detach controller reports it at once).
+ATTACH_GRACE = 5.0  # seconds
+
+
+def attach_grace_left(pod: workers.WorkerPod, now: datetime) -> float:
+    """Seconds until a Pending pod without a problem of its own has waited ATTACH_GRACE since it
+    was scheduled (0: look at its Events now; also when the time is unknown or unreadable)."""
+    if not pod.scheduled_at:
+        return 0.0
+    try:
+        waited = seconds_since(pod.scheduled_at, now)
+    except ValueError:
+        return 0.0
+    return max(0.0, ATTACH_GRACE - waited)
 
 
 def may_wait_on_a_volume(problem: PodProblem) -> bool:

@@ -419,17 +419,22 @@ def _running(ctx: Context, tj: TrainingJob, pods: list[workers.WorkerPod], state
                 return replace(flow.running_wait(tj, problems, kind), requeue_after=volumes.PODS_GRACE)
             if claim is not None:  # the claim's own reason says more than the scheduler's
                 return replace(flow.running_wait(tj, [claim], kind), requeue_after=volumes.CLAIM_RECHECK)
+    recheck = volumes.PODS_RECHECK
     if pending and not problems:  # scheduled, its volumes bound, and still not started: attached?
-        attach = volumes.attach_wait(ctx, tj.metadata.namespace, pending[0].name)
-        if attach is not None:
-            return replace(flow.running_wait(tj, [attach], kind), requeue_after=volumes.CLAIM_RECHECK)
+        grace = flow.attach_grace_left(pending[0], datetime.now(timezone.utc))
+        if grace > 0:  # most pods start before it is over: their Events are not read (a LIST)
+            recheck = min(recheck, grace)
+        else:
+            attach = volumes.attach_wait(ctx, tj.metadata.namespace, pending[0].name)
+            if attach is not None:
+                return replace(flow.running_wait(tj, [attach], kind), requeue_after=volumes.CLAIM_RECHECK)
     wait = flow.running_wait(tj, problems, kind)
     # The sidecars' logs bring no event: read again after the poll interval.
     if tj.publishes_live:
         return replace(wait, requeue_after=ctx.config.live_poll_interval)
     # Nor does a refused pod (an Event of the Job only), nor a failed attach (an Event of the pod):
     # looked for again while there is none.
-    return replace(wait, requeue_after=volumes.PODS_RECHECK) if awaiting_pods or pending else wait
+    return replace(wait, requeue_after=recheck) if awaiting_pods or pending else wait
 
 
 def _next_attempt(ctx: Context, tj: TrainingJob, name: str, obj: Optional[dict[str, Any]],
