@@ -110,6 +110,11 @@ async def test_a_sidecar_s_log_is_served_while_it_runs(api: ApiClient, cluster: 
         except Exception:  # noqa: BLE001 - not started yet
             return ""
     assert await wait_for(sidecar_log, timeout=30) == "first line\n"
-    pod = await api.get("v1/pods", NS, "logging")
-    assert pod["status"]["phase"] == "Running"
+
+    async def running() -> bool:
+        # The sidecar prints before the main container starts; the pod is Pending until it has (as a kubelet
+        # reports it): wait for the phase rather than read it once.
+        pod = await api.get("v1/pods", NS, "logging")
+        return pod["status"]["phase"] == "Running"
+    assert await wait_for(running, timeout=30)
     (tmp_path / "marks" / "go").write_text("")
