@@ -129,6 +129,33 @@ async def test_list_has_kind_api_version_and_resource_version(api: ApiClient) ->
     assert (await api.request("GET", "/api/v1/pods"))["kind"] == "PodList"
 
 
+async def test_a_list_is_paged_with_limit_and_continue_as_kube_apiserver_does(api: ApiClient) -> None:
+    """kubectl (--chunk-size 500) and the plugin page their LISTs: a page of `limit` items in (namespace, name)
+    order, metadata.continue for the next one and remainingItemCount; the last page has no token (the
+    emulator ignored limit: every list was complete)."""
+    for i in range(7):
+        await api.create(CKPTS, NS, checkpoint(f"c{i}"))
+    await api.create(CKPTS, "other", checkpoint("a0"))
+    names, token, pages = [], None, []
+    while True:
+        page = await api.request("GET", "/apis/ckpt.dev/v1alpha1/checkpoints",
+                                 params={"limit": "3", **({"continue": token} if token else {})})
+        pages.append(page)
+        names += [(o["metadata"]["namespace"], o["metadata"]["name"]) for o in page["items"]]
+        token = page["metadata"].get("continue")
+        if not token:
+            break
+    assert [len(p["items"]) for p in pages] == [3, 3, 2]
+    assert [p["metadata"].get("remainingItemCount") for p in pages] == [5, 2, None]
+    assert names == [(NS, f"c{i}") for i in range(7)] + [("other", "a0")]
+    assert len({p["metadata"]["resourceVersion"] for p in pages}) == 1  # the first page's, as there
+    everything = await api.request("GET", f"/apis/ckpt.dev/v1alpha1/namespaces/{NS}/checkpoints")
+    assert len(everything["items"]) == 7 and "continue" not in everything["metadata"]
+    with pytest.raises(ApiError) as refused:
+        await api.request("GET", "/apis/ckpt.dev/v1alpha1/checkpoints", params={"limit": "3", "continue": "x!"})
+    assert refused.value.status == 400 and "continue" in str(refused.value)
+
+
 async def _watch_events(url: str, path: str, count: int) -> list[dict]:
     events = []
     async with aiohttp.ClientSession() as session:

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping, Optional
 import pydantic
 
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead, CheckpointStatus
+from checkpoint_operator.api.meta import ObjectMeta
 from checkpoint_operator.api.clustercheckpoint import ClusterCheckpoint, ClusterCheckpointHead
 
 MAX_DEPTH = 64
@@ -82,25 +83,30 @@ def verified(status: CheckpointStatus) -> str:
     return condition.status if condition is not None and condition.status != "Unknown" else "-"
 
 
-def ls_table(items: list[CheckpointHead], *, wide: bool = False, namespaces: bool = False,
-             now: Optional[datetime] = None) -> str:
+def ls_headers(*, wide: bool = False, namespaces: bool = False) -> list[str]:
     headers = ["NAME", "PHASE", "FORMAT", "STEP", "SIZE", "USED-BY", "PRODUCER", "AGE"]
     if wide:
         headers += ["COMPLETE", "RESUMABLE", "FILES", "VERIFIED", "DIGEST"]
-    if namespaces:
-        headers = ["NAMESPACE", *headers]
-    rows = []
-    for checkpoint in sorted(items, key=lambda c: (c.metadata.namespace, c.metadata.name)):
-        meta, status = checkpoint.metadata, checkpoint.status
-        row = [meta.name, str(checkpoint.phase), _text(status.format), _text(status.step), _text(status.size),
-               used_by(status), producer(checkpoint), age(meta.creationTimestamp, now)]
-        if wide:
-            row += [_text(status.complete), _text(status.resumable), _text(status.fileCount), verified(status),
-                    _text(status.digest)]
-        if namespaces:
-            row = [meta.namespace, *row]
-        rows.append(row)
-    return table(headers, rows)
+    return ["NAMESPACE", *headers] if namespaces else headers
+
+
+def ls_row(checkpoint: CheckpointHead, *, wide: bool = False, namespaces: bool = False,
+           now: Optional[datetime] = None) -> list[str]:
+    """One Checkpoint's row of `ls` (what is kept of it while the list is paged)."""
+    meta, status = checkpoint.metadata, checkpoint.status
+    row = [meta.name, str(checkpoint.phase), _text(status.format), _text(status.step), _text(status.size),
+           used_by(status), producer(checkpoint), age(meta.creationTimestamp, now)]
+    if wide:
+        row += [_text(status.complete), _text(status.resumable), _text(status.fileCount), verified(status),
+                _text(status.digest)]
+    return [meta.namespace, *row] if namespaces else row
+
+
+def ls_table(items: list[CheckpointHead], *, wide: bool = False, namespaces: bool = False,
+             now: Optional[datetime] = None) -> str:
+    rows = [ls_row(c, wide=wide, namespaces=namespaces, now=now)
+            for c in sorted(items, key=lambda c: (c.metadata.namespace, c.metadata.name))]
+    return table(ls_headers(wide=wide, namespaces=namespaces), rows)
 
 
 def read_catalog_entry(body: Mapping[str, Any]) -> ClusterCheckpointHead:
@@ -195,6 +201,16 @@ class Lineage:
         return {"checkpoint": {k: v for k, v in self.root.to_json().items() if k != "children"},
                 "parents": [p.to_json() for p in self.parents],
                 "descendants": [d.to_json() for d in self.descendants]}
+
+
+def for_lineage(checkpoint: CheckpointHead) -> CheckpointHead:
+    """Only what a lineage follows and shows (name, uid, phase, digest, step, parents, producer): what
+    `lineage` keeps of each Checkpoint of the namespace while the list is paged."""
+    meta, status = checkpoint.metadata, checkpoint.status
+    slim_status = CheckpointStatus.model_construct(phase=status.phase, digest=status.digest, step=status.step,
+                                                   parents=status.parents, producedBy=status.producedBy)
+    slim_meta = ObjectMeta.model_construct(name=meta.name, namespace=meta.namespace, uid=meta.uid)
+    return checkpoint.model_copy(update={"metadata": slim_meta, "status": slim_status})
 
 
 def _node(checkpoint: CheckpointHead) -> Node:
