@@ -253,7 +253,7 @@ def _measure_prefixes(row: usage.Usage, endpoint_url: Optional[str]) -> None:
 def cmd_lineage(cluster: Cluster, args: argparse.Namespace, io: Io) -> int:
     check_name("Checkpoint", args.name)
     items = [views.for_lineage(views.read_checkpoint(b)) for b in each_checkpoint(cluster)]
-    from_catalog = any(p.kind == "ClusterCheckpoint" for c in items for p in c.status.parents or [])
+    from_catalog = any(p.kind == "ClusterCheckpoint" for c in items for p in c.parents)
     entries = map(views.read_catalog_entry, catalog_if_readable(cluster, io)) if from_catalog else ()
     lineage = views.build_lineage(items, args.name, entries)
     if lineage is None:
