@@ -128,6 +128,14 @@ def as_created(pod: dict[str, Any]) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Pod", **copy.deepcopy(pod)}
 
 
+# A checkpoint assembled across two workers' volumes, each kept in a VolumeSnapshot of its own.
+SNAPSHOT_PARTS = [
+    {"volumeSnapshotName": "train-output-01234-0-snap-0123456789-ab12cd34ef", "path": "step-1", "worker": 0,
+     "items": [".metadata", "__0_0.distcp"], "restoreSize": "10Gi", "storageClassName": "gp3"},
+    {"volumeSnapshotName": "train-output-01234-1-snap-9876543210-ab12cd34ef", "path": "step-1", "worker": 1,
+     "items": ["__1_0.distcp"], "restoreSize": "10Gi", "storageClassName": "gp3"}]
+
+
 def agent_pods() -> dict[str, dict[str, Any]]:
     pods: dict[str, dict[str, Any]] = {}
     for store_name in STORES:
@@ -158,6 +166,11 @@ def agent_pods() -> dict[str, dict[str, Any]]:
                                    "storageClassName": "gp3"}}})
             pods["snapshots/verify"] = transfers.build_verify_pod(ready, cfg, "now", [])
             pods["snapshots/pull"] = transfers.build_pull_pod(ready, cfg, "now")
+            assembled = checkpoint({"trainingJob": {"name": "train", "uid": "0123456789-uid", "directory": "step-1"}},
+                                   status={"phase": "Ready", "digest": DIGEST, "sizeBytes": 10,
+                                           "location": {"snapshotParts": SNAPSHOT_PARTS}})
+            pods["snapshots/verify/assembled-across-workers"] = transfers.build_verify_pod(assembled, cfg, "now", [])
+            pods["snapshots/pull/assembled-across-workers"] = transfers.build_pull_pod(assembled, cfg, "now")
             pods["snapshots/upload-receiver"] = transfers.build_receiver_pod(upload, cfg, request, LIMIT,
                                                                              sync=store.syncs_before_snapshots)
         elif store_name == "volume":
@@ -196,6 +209,8 @@ def _inputs(store_name: str) -> list[ResolvedInput]:
     elif store_name == "snapshots":
         location = {"snapshot": {"volumeSnapshotName": "producer-output-abcde-snap-0123456789", "path": "step-1",
                                  "restoreSize": "10Gi", "storageClassName": "gp3"}}
+    elif store_name == "snapshot-parts":  # assembled across two workers' volumes, each in its snapshot
+        location = {"snapshotParts": SNAPSHOT_PARTS}
     else:
         location = {"volume": {"claimName": "producer-output-abcde", "path": "step-1"}}
     return [ResolvedInput(name="base", uid="u-base", digest=DIGEST, mount_name="base",
@@ -248,4 +263,6 @@ def training_pods(template: Optional[dict] = None) -> dict[str, dict[str, Any]]:
     pods["s3-cache/training/jobset"] = job_pod(built_job("s3-cache", template, replicas=2, engine="JobSet"))
     pods["volume/training/input-assembled-across-workers"] = job_pod(built_job("volume", template,
                                                                                inputs_from="volume-parts"))
+    pods["snapshots/training/input-assembled-across-workers"] = job_pod(built_job("snapshots", template,
+                                                                                  inputs_from="snapshot-parts"))
     return pods

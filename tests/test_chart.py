@@ -23,7 +23,7 @@ from helm_python.errors import HelmRenderError
 
 from checkpoint_operator import rbac
 from checkpoint_operator.cli import build_parser
-from checkpoint_operator.config import ENV_PREFIX, OperatorConfig
+from checkpoint_operator.config import ENV_PREFIX, SIGNING_KEY_SECRET, OperatorConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART_DIR = ROOT / "charts" / "checkpoint-operator"
@@ -125,7 +125,7 @@ def operator_rbac(objects: list[dict], kind: str) -> list[dict]:
     """The operator's own RBAC objects (templates/rbac.yaml), without the catalog's (`-catalog`, and the tenants'
     roles of templates/catalog.yaml)."""
     return [o for o in of_kind(objects, kind) if o["_template"].endswith("/rbac.yaml")
-            and not o["metadata"]["name"].endswith(("-catalog", "-node-cache"))]
+            and not o["metadata"]["name"].endswith(("-catalog", "-node-cache", "-signing-key"))]
 
 
 def operator_container(objects: list[dict]) -> dict:
@@ -445,7 +445,7 @@ def test_cluster_wide_rbac_equals_the_table(chart, scenario):
     assert not wanted - granted, f"missing from the chart: {sorted(wanted - granted)}"
     assert not granted - wanted, f"granted beyond rbac.py: {sorted(granted - wanted)}"
     _no_wildcards(role["rules"])
-    assert not of_kind(objects, "Role") and not of_kind(objects, "RoleBinding")
+    assert not operator_rbac(objects, "Role") and not operator_rbac(objects, "RoleBinding")
     (binding,) = operator_rbac(objects, "ClusterRoleBinding")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                                   "name": role["metadata"]["name"]}
@@ -741,6 +741,23 @@ def test_lint_reports_bad_values():
 def test_notes_tell_the_next_step(chart):
     notes = chart.render(values={"watchNamespaces": ["team-a"]}, name=RELEASE, namespace=NAMESPACE)
     text = next(v for k, v in notes.items() if k.endswith("NOTES.txt"))
-    assert "kubectl get ckpt,tj" in text
-    assert "kubectl apply -f" in text
+    assert "kubectl get tj,ckpt" in text
+    assert "kubectl apply -f" in text and "examples/quickstart.yaml" in text  # the one needing no edit (hostile7 D1)
+    assert "kubectl wait --for=condition=Ready ckpt/quickstart.step-2" in text
     assert "team-a" in text
+
+
+@pytest.mark.parametrize("scenario", ["defaults", "namespaced"])
+def test_the_signing_key_role_equals_the_table(chart, scenario):
+    """Both modes: get on the one signing-key Secret by name, create (when missing), in the release namespace only."""
+    objects = render(chart, SCENARIOS.get(scenario, {}))
+    roles = [o for o in of_kind(objects, "Role") if o["metadata"]["name"].endswith("-signing-key")]
+    bindings = [o for o in of_kind(objects, "RoleBinding") if o["metadata"]["name"].endswith("-signing-key")]
+    assert len(roles) == len(bindings) == 1
+    (role,), (binding,) = roles, bindings
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == NAMESPACE
+    assert role["rules"] == rbac.signing_key_rules()
+    assert [r.get("resourceNames") for r in role["rules"] if "get" in r["verbs"]] == [[SIGNING_KEY_SECRET]]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    service_account = one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": service_account, "namespace": NAMESPACE}]

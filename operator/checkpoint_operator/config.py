@@ -12,6 +12,8 @@ from checkpoint_operator.api.common import QUANTITY_PATTERN, parse_quantity
 
 ENV_PREFIX = "CKPT_"
 
+# The operator's signing key (reconcile/signing_keys.py), in its own namespace (catalog_namespace).
+SIGNING_KEY_SECRET = "checkpoint-operator-signing-key"
 DEFAULT_IMAGE = "ghcr.io/ckpt-dev/checkpoint-operator:0.1.0"
 
 

@@ -61,6 +61,7 @@ NAMESPACES = Resource("", "v1", "namespaces", "Namespace", namespaced=False)
 PERSISTENT_VOLUMES = Resource("", "v1", "persistentvolumes", "PersistentVolume", namespaced=False)
 VOLUME_SNAPSHOTS = Resource("snapshot.storage.k8s.io", "v1", "volumesnapshots", "VolumeSnapshot")
 CLUSTER_CHECKPOINTS = Resource(GROUP, VERSION, "clustercheckpoints", "ClusterCheckpoint", namespaced=False)
+SECRETS = Resource("", "v1", "secrets", "Secret")  # only the operator's own signing key (reconcile/signing_keys.py)
 
 
 class ApiError(Exception):

@@ -39,15 +39,22 @@ def parts_job(name: str, command: list[str], *, env: dict | None = None, **spec)
                output=spec.pop("output", {"volumePerWorker": True}), **spec)
 
 
+# `store` as run() takes it -> local run's flags: snapshots is the volume store on block storage with
+# volume snapshots (one VolumeSnapshot per worker volume, restored for each consumer).
+STORE_FLAGS = {"volume": ["--store", "volume"], "s3": ["--store", "s3"],
+               "snapshots": ["--store", "volume", "--storage-class", "block", "--volume-snapshot-class",
+                             "block-snapshots"]}
+
+
 def run(tmp_path: Path, jobs: list[dict], store: str = "volume") -> tuple[dict, dict, str]:
-    """Run the jobs in local mode (`store`: volume, or s3 on a SeaweedFS it starts); the report,
-    every Checkpoint's and TrainingJob's stored object, and every stored object's line."""
+    """Run the jobs in local mode (`store`: volume, s3 on a SeaweedFS it starts, or snapshots); the
+    report, every Checkpoint's and TrainingJob's stored object, and every stored object's line."""
     (tmp_path / "jobs.yaml").write_text("\n---\n".join(json.dumps(j) for j in jobs) + "\n")
     (tmp_path / "parts_ddp.py").write_text(PARTS_DDP)
     state = tmp_path / "state"
     proc = subprocess.run([sys.executable, "-m", "checkpoint_operator", "local", "run", "-f", "jobs.yaml",
                            "--runtime", "process", "-o", "json", "--state-dir", str(state), "--timeout", "900",
-                           "--store", store], cwd=tmp_path, capture_output=True, text=True, timeout=1000)
+                           *STORE_FLAGS[store]], cwd=tmp_path, capture_output=True, text=True, timeout=1000)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     lines = (state / "api-objects.jsonl").read_text()
     stored = [json.loads(line) for line in lines.splitlines()[1:]]
@@ -56,7 +63,7 @@ def run(tmp_path: Path, jobs: list[dict], store: str = "volume") -> tuple[dict, 
     return json.loads(proc.stdout), objects, lines
 
 
-@pytest.mark.parametrize("store", ["volume", "s3"])
+@pytest.mark.parametrize("store", ["volume", "s3", "snapshots"])
 def test_each_step_written_across_two_workers_volumes_is_one_complete_checkpoint_and_resumes(tmp_path, store):
     assert SAVE in DDP  # the hook point of the script this test extends
     train = parts_job("parts-train", ["torchrun", "parts_ddp.py", "train", "6", "2", str(tmp_path / "train.json")],
@@ -89,6 +96,14 @@ def test_each_step_written_across_two_workers_volumes_is_one_complete_checkpoint
         assert [p["claimName"].rsplit("-", 1)[1] for p in parts] == ["0", "1"]
         assert parts[0]["items"] == [".metadata", "__0_0.distcp", "config.json"]
         assert parts[1]["items"] == ["__1_0.distcp"]
+    elif store == "snapshots":  # each part in the snapshot of its worker's volume, restored for consumers
+        parts = status["location"]["snapshotParts"]
+        assert [(p["worker"], p["items"]) for p in parts] == [(0, [".metadata", "__0_0.distcp", "config.json"]),
+                                                             (1, ["__1_0.distcp"])]
+        snapshots = {o["metadata"]["name"]: o for o in objects if o.get("kind") == "VolumeSnapshot"}
+        assert all(p["volumeSnapshotName"] in snapshots for p in parts)
+        assert [snapshots[p["volumeSnapshotName"]]["spec"]["source"]["persistentVolumeClaimName"].rsplit("-", 1)[1]
+                for p in parts] == ["0", "1"]
     else:  # the union, uploaded as one checkpoint
         assert status["location"]["s3"]["uri"].endswith("/dirs/step-6/"), status["location"]
     # step-2: rank 1's shard was lost: not complete, the reason names the shard.

@@ -112,6 +112,9 @@ class TrainingJobSource(ApiModel):
     sealed: Optional[SealedData] = Field(
         None, description="What the job found sealed in the directory: the Checkpoint's own reconcile makes it Ready "
                           "from this once its data is held for it (the job never writes its status).")
+    signature: Optional[Digest] = Field(
+        None, description="The operator's HMAC-SHA256 of this source (namespace, name, job, directory, sealed data) "
+                          "with a key only it holds: the sealed data is trusted only when it verifies.")
 
 
 class CheckpointSource(ApiModel):
@@ -155,6 +158,7 @@ class CheckpointSpec(ApiModel):
 
 
 MAX_VOLUME_PARTS = 100000  # one per worker at most (api.trainingjob.MAX_REPLICAS)
+MAX_SNAPSHOT_PARTS = 128  # one per worker volume at most (api.trainingjob.MAX_WORKER_VOLUMES; a test keeps them equal)
 
 
 class VolumeLocation(ApiModel):
@@ -188,6 +192,8 @@ class SnapshotLocation(ApiModel):
     storageClassName: Optional[Name] = Field(
         None, description="StorageClass of the volume the snapshot was taken of (restores use it; empty: the "
                           "cluster's default class).")
+    worker: Optional[Count] = Field(
+        None, description="In snapshotParts: the worker whose volume the snapshot was taken of.")
 
 
 class Location(ApiModel):
@@ -202,6 +208,22 @@ class Location(ApiModel):
     s3: Optional[S3Location] = Field(None, description="In object storage.")
     snapshot: Optional[SnapshotLocation] = Field(
         None, description="In a VolumeSnapshot of the volume it was written to (storage.volume.snapshotClassName).")
+    snapshotParts: Optional[list[SnapshotLocation]] = Field(
+        None, max_length=MAX_SNAPSHOT_PARTS,
+        description="Assembled from several workers' volumes (output.volumePerWorker or perWorker) kept in "
+                    "VolumeSnapshots (storage.volume.snapshotClassName): per worker that provides files, the "
+                    "snapshot of its volume, the checkpoint's directory in it and the items it provides; consumers "
+                    "restore every one and mount them side by side into one directory.")
+
+    @property
+    def snapshots(self) -> list[SnapshotLocation]:
+        """Every VolumeSnapshot the data is in (none: it is not in snapshots)."""
+        return [self.snapshot] if self.snapshot is not None else list(self.snapshotParts or [])
+
+    @property
+    def on_volumes(self) -> bool:
+        """On claims or in VolumeSnapshots (the volume store), not in object storage."""
+        return self.volume is not None or bool(self.volumeParts) or bool(self.snapshots)
 
 
 MAX_PARENTS = 64  # a job's inputs at most (api.trainingjob.MAX_INPUTS)

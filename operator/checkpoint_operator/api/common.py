@@ -112,7 +112,10 @@ def parse_quantity(text: str) -> int:
     return value
 
 
-MAX_VOLUME_SNAPSHOT_RECORDS = 32  # the newest; an older one is long handed over (or its snapshot is taken again)
+# The newest; an older one is long handed over (or its snapshot is taken again). A job with a volume per
+# worker records one end-of-job snapshot per worker volume (at most api.trainingjob.MAX_WORKER_VOLUMES, 128)
+# at once: the bound leaves room for them and for live snapshots besides.
+MAX_VOLUME_SNAPSHOT_RECORDS = 160
 
 
 class VolumeSnapshotRecord(ApiModel):

@@ -22,6 +22,7 @@ from checkpoint_operator.logic.conditions import now_rfc3339, one_line_message
 from checkpoint_operator.logic.inputs import TrainingJobInfo
 from checkpoint_operator.logic.live_sealing import LiveMemory
 from checkpoint_operator.reconcile.indexes import Indexes
+from checkpoint_operator.reconcile.signing_keys import SigningKeys
 from checkpoint_operator.reconcile.work_queue import WorkQueue
 
 logger = logging.getLogger("checkpoint_operator")
@@ -55,6 +56,8 @@ class Context:
     cache_claims_ensured: dict[str, float] = field(default_factory=dict)
     # The namespaces the operator serves (empty: every namespace): a ClusterCheckpoint's users are listed there.
     namespaces: list[str] = field(default_factory=list)
+    # The operator's signing keys (reconcile/signing_keys.py): read once per process, never logged.
+    signing_keys: SigningKeys = field(default_factory=SigningKeys, repr=False)
 
     @property
     def indexes(self) -> Indexes:

@@ -30,7 +30,7 @@ from typing import Any, Collection, Optional
 from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.trainingjob import (LiveStatus, RetiredCheckpoint, TrainingJob, TrainingJobHead,
                                                  TrainingJobStatus)
-from checkpoint_operator.reconcile import publish
+from checkpoint_operator.reconcile import publish, signing
 from checkpoint_operator.reconcile import volume_snapshots as volume_snapshot_steps
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.status_writer import write_status
@@ -107,7 +107,7 @@ def collect(ctx: Context, tj: TrainingJob, controllers: Collection[str]) -> Trai
 
 def _prune(ctx: Context, tj: TrainingJob, events: live_sealing.LogEvents) -> None:
     """What is acted on no longer waits in memory: published or retired seals, reported warnings."""
-    done = {(c.directory, c.digest) for c in ctx.indexes.checkpoints_of(tj.metadata.namespace, tj.metadata.uid)}
+    done = {(c.directory, c.digest) for c in signing.own_checkpoints(ctx, tj.metadata.namespace, tj.metadata.uid)}
     done |= {(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []}
     events.sealed = [m for m in events.sealed if (m.path, m.digest) not in done]
     waiting = {m.path for m in events.sealed}
@@ -122,7 +122,7 @@ def _publish(ctx: Context, tj: TrainingJob, events: live_sealing.LogEvents) -> T
     store = store_for(ctx.config)
     claim = workload.output_claim_name(tj)
     memory = _memory(ctx, tj)
-    existing = ctx.indexes.checkpoints_of(namespace, uid)
+    existing = signing.own_checkpoints(ctx, namespace, uid)
     known = {(c.directory, c.digest) for c in existing}
     retired = {(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []}
 
@@ -138,7 +138,8 @@ def _publish(ctx: Context, tj: TrainingJob, events: live_sealing.LogEvents) -> T
     taken: dict[str, TakenSnapshot] = {}
 
     def plan_now() -> SnapshotPlan:
-        return plan_snapshot(tj, ScanReport(checkpoints=fresh), lambda n: ctx.indexes.checkpoint(namespace, n),
+        return plan_snapshot(tj, ScanReport(checkpoints=fresh),
+                             lambda n: signing.trusted_info(ctx, ctx.indexes.checkpoint(namespace, n)),
                              lambda m: store.live_location(tj, claim, m, taken.get(m.path)),
                              existing=existing, retired=retired)
     plan = plan_now()
@@ -220,7 +221,7 @@ def _ask_removals(ctx: Context, tj: TrainingJob, running: list[str]) -> None:
     if not running:
         return
     namespace = tj.metadata.namespace
-    own = ctx.indexes.checkpoints_of(namespace, tj.metadata.uid)
+    own = signing.own_checkpoints(ctx, namespace, tj.metadata.uid)
     still = {(c.directory, c.digest) for c in own}
     others = [p for p in ctx.indexes.pointers_on_claim(namespace, workload.output_claim_name(tj))
               if p.checkpoint not in {c.name for c in own}]
@@ -257,6 +258,8 @@ def retirement_pending(ctx: Context, checkpoint: Checkpoint) -> bool:
     source = checkpoint.spec.source.trainingJob
     digest = checkpoint.status.digest or (source.sealed.digest if source and source.sealed else None)
     if source is None or not digest or source.directory == ".":
+        return False
+    if not signing.sealed_verifies(ctx, checkpoint, source):  # not its job's: nothing of the job to retire
         return False
     body = ctx.kube.get(TRAINING_JOBS, checkpoint.metadata.namespace, source.name)
     if body is None:

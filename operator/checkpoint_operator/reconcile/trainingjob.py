@@ -24,7 +24,7 @@ from checkpoint_operator.reconcile import (agent_runs, catalog_copies, claim_hol
 from checkpoint_operator.reconcile import volume_snapshots as volume_snapshot_steps
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.objects import InvalidObject, parse, parse_head
-from checkpoint_operator.reconcile import status_writer
+from checkpoint_operator.reconcile import signing, status_writer
 from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.kube import CHECKPOINTS, CLUSTER_CHECKPOINTS, PODS, PVCS, TRAINING_JOBS, ApiError, Conflict
 from checkpoint_operator.logic import engines, group_resume, kueue, rendezvous, workers
@@ -39,7 +39,8 @@ from checkpoint_operator.logic.results import Advance, Done, Fail, Result, Wait
 from checkpoint_operator.logic.snapshot import (PlannedCheckpoint, SnapshotPlan, conflict_wait, missing_message,
                                                 not_stored,
                                                 plan_snapshot, skipped_message, storable)
-from checkpoint_operator.logic.volume_snapshots import TakenSnapshot
+from checkpoint_operator.logic.parts import parts_count
+from checkpoint_operator.logic.volume_snapshots import Taken
 from checkpoint_operator.protocol.results import ResumeReport, ScanReport
 from checkpoint_operator.logic.status import StatusChange
 from checkpoint_operator.storage import MissingUpload, Store, store_for
@@ -220,11 +221,13 @@ def _make_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput], a
     elsewhere = input_on_other_store(inputs, store.name)
     if elsewhere:
         return Fail("InputOnOtherStore", elsewhere)
-    if tj.output_enabled and tj.spec.output.parts_per_worker and store.syncs_before_snapshots:
-        return Fail("InvalidSpec", "spec.output.volumePerWorker and perWorker are not supported yet with volume "
-                                   "snapshots (the operator's storage.volume.snapshotClassName): use the volume store "
-                                   "without snapshots or the s3 store")
     publish_mode = flow.publish_mode(tj, ctx.config.default_publish)
+    if tj.output_enabled and tj.spec.output.parts_per_worker and store.syncs_before_snapshots \
+            and publish_mode == "Continuous":  # the end-of-job snapshot takes one per worker volume
+        return Fail("InvalidSpec", "spec.output.publish Continuous with volumePerWorker or perWorker is not supported "
+                                   "yet with volume snapshots (the operator's storage.volume.snapshotClassName): use "
+                                   "publish: OnCompletion (each worker's volume is snapshotted at the end of the job), "
+                                   "the volume store without snapshots, or the s3 store")
     at = workloads.rendezvous_for(ctx, tj) if rendezvous.is_distributed(tj) else None
     try:
         sidecar = workload.build_live_sidecar(tj, ctx.config, store.live_upload_prefix(tj), store.agent_env(),
@@ -590,7 +593,7 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: Sc
     # Checked against the store only where it was uploaded; with volume snapshots the snapshot
     # is taken below (the checkpoints are located in it once it is ready).
     committed = store.output_snapshot(tj, claim, FINAL_SNAPSHOT) is None
-    existing = ctx.indexes.checkpoints_of(tj.metadata.namespace, tj.metadata.uid)
+    existing = signing.own_checkpoints(ctx, tj.metadata.namespace, tj.metadata.uid)
     # Not what a Checkpoint of the job holds already (checked when it was made) nor what retention
     # retired (its data may be gone by now, rightly).
     retired = {(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []}
@@ -614,9 +617,9 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: Sc
     # The Checkpoints own the data before any of them is Ready: deleting the job from here on
     # can no longer take the volume (or its snapshot) away from under them.
     if taken is not None:
-        in_snapshot = [b for b, p in zip(created, plan.checkpoints) if p.name in unpublished]
-        volume_snapshot_steps.hand_over(ctx, tj.metadata.namespace, taken,
-                                        [publish.checkpoint_owner(b) for b in in_snapshot], tj.metadata.uid)
+        in_snapshot = [(publish.checkpoint_owner(b), p.location) for b, p in zip(created, plan.checkpoints)
+                       if p.name in unpublished]
+        volume_snapshot_steps.hand_over_all(ctx, tj.metadata.namespace, taken, in_snapshot, tj.metadata.uid)
     _hand_over_output_claim(ctx, tj, store, claim, created + _still_owning(ctx, tj, plan, existing),
                             keep=retained is not None)
     # Each is made Ready by its own reconcile, from the sealed data in its spec, now that it holds its
@@ -670,10 +673,10 @@ def _unpublished(ctx: Context, namespace: str, name: str) -> bool:
 
 
 def _locate_output(ctx: Context, tj: TrainingJob, store: Store, claim: str, pod: dict[str, Any], scan: ScanReport,
-                   existing: list[CheckpointInfo]) -> tuple[SnapshotPlan, Optional[TakenSnapshot]] | Result:
+                   existing: list[CheckpointInfo]) -> tuple[SnapshotPlan, Optional[Taken]] | Result:
     """The plan, with the location of each checkpoint to publish: where it was uploaded (checked
-    before), or (with volume snapshots) in the output's snapshot, taken once the scan said the
-    bytes are on the disk."""
+    before), or (with volume snapshots) in the output's snapshot, or in the snapshots of the workers'
+    volumes that hold its parts (a volume per worker), taken once the scan said the bytes are on the disk."""
     request = store.output_snapshot(tj, claim, FINAL_SNAPSHOT)
     plan = _plan(ctx, tj, store, claim, scan, existing, None)
     conflict = conflict_wait(plan.conflicts)
@@ -688,7 +691,13 @@ def _locate_output(ctx: Context, tj: TrainingJob, store: Store, claim: str, pod:
         return Fail("SnapshotFailed", f"pod {pod['metadata']['name']} did not report the output volume's "
                                       "filesystem synced (syncfs): no volume snapshot is taken of bytes that "
                                       "may not be on the disk")
-    taken = volume_snapshot_steps.take(ctx, tj, request)
+    taken: "Taken | Wait"
+    if parts_count(tj):  # a volume per worker: each worker volume that holds a part of one to publish
+        unpublished = {p.directory for p in plan.checkpoints if _unpublished(ctx, tj.metadata.namespace, p.name)}
+        workers = sorted({part.worker for m in scan.checkpoints if m.path in unpublished for part in m.parts or []})
+        taken = volume_snapshot_steps.take_parts(ctx, tj, store.output_part_snapshots(tj, workers, FINAL_SNAPSHOT))
+    else:
+        taken = volume_snapshot_steps.take(ctx, tj, request)
     if isinstance(taken, Wait):
         return taken
     return _plan(ctx, tj, store, claim, scan, existing, taken), taken
@@ -717,10 +726,10 @@ def _storable_and_committed(tj: TrainingJob, store: Store, claim: str, scan: Sca
 
 
 def _plan(ctx: Context, tj: TrainingJob, store: Store, claim: str, scan: ScanReport,
-          existing: list[CheckpointInfo], taken: Optional[TakenSnapshot]) -> SnapshotPlan:
+          existing: list[CheckpointInfo], taken: Optional[Taken]) -> SnapshotPlan:
     namespace, layout = tj.metadata.namespace, tj.spec.output.layout
     retired = [(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []]
-    return plan_snapshot(tj, scan, lambda n: ctx.indexes.checkpoint(namespace, n),
+    return plan_snapshot(tj, scan, lambda n: signing.trusted_info(ctx, ctx.indexes.checkpoint(namespace, n)),
                          lambda m: store.snapshot_location(tj, claim, m, layout, taken),
                          existing=existing, retired=retired)
 

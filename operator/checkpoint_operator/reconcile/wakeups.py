@@ -54,7 +54,7 @@ from checkpoint_operator.reconcile import volume_snapshots as volume_snapshot_st
 from checkpoint_operator.reconcile.context import Context, ObjectKey
 from checkpoint_operator.logic.catalog import used_by_status as catalog_used_by
 from checkpoint_operator.logic.node_cache import CACHED_ON_ANNOTATION, requested_cached_on
-from checkpoint_operator.logic.sealing_changes import CHANGED_AFTER_SEALING_ANNOTATION
+from checkpoint_operator.logic.signatures import CACHED_ON_REQUEST, CHANGED_REQUEST
 from checkpoint_operator.logic.inputs import CheckpointInfo, TrainingJobInfo
 from checkpoint_operator.logic.protection import used_by_status, used_uids
 from checkpoint_operator.logic.status import set_fields
@@ -218,11 +218,13 @@ def _checkpoint_has_work(ctx: Context, body: CheckpointWire, info: CheckpointInf
     if has_ready_request(meta.get("annotations")):  # verify, pull (logic/transfers.py)
         return True
     if info.directory is not None and info.phase != CheckpointPhase.FAILED and \
-            CHANGED_AFTER_SEALING_ANNOTATION in (meta.get("annotations") or {}):  # its job asks it to fail
+            CHANGED_REQUEST.signature_key in (meta.get("annotations") or {}):  # its job asks it to fail (signed)
         return True
     if not info.phase.is_settled:
         return not _made_by_a_live_job(ctx, meta.get("namespace", ""), info)
-    asked = requested_cached_on((meta.get("annotations") or {}).get(CACHED_ON_ANNOTATION))
+    annotations = meta.get("annotations") or {}
+    asked = requested_cached_on(annotations.get(CACHED_ON_ANNOTATION)) \
+        if CACHED_ON_REQUEST.signature_key in annotations else None  # signed: checked by its reconcile
     if asked is not None and asked != (status.get("cachedOn") or []):  # a job's fills ask for status.cachedOn
         return True
     wanted = set_fields(used_by_status(ctx.indexes.users_of(meta.get("namespace", ""), info.uid)))

@@ -224,12 +224,12 @@ def test_the_index_keeps_checkpoints_in_snapshots_for_the_resync() -> None:
         return {"metadata": {"name": "c1", "namespace": "ns", "uid": "cu"}, "spec": {"source": {}},
                 "status": {"phase": phase, "location": location,
                            "conditions": [{"type": "Ready", "status": "False", "reason": reason}]}}
-    assert checkpoint_keys(body("Ready"))[("in-snapshot", "ns")] == SnapshotUse("c1", "s", "u1", True, False)
-    assert checkpoint_keys(body("Failed", SNAPSHOT_NOT_READY))[("in-snapshot", "ns")] == SnapshotUse(
-        "c1", "s", "u1", False, True)
-    assert ("in-snapshot", "ns") not in checkpoint_keys(body("Failed", "VolumeSnapshotLost"))
-    assert ("in-snapshot", "ns") not in checkpoint_keys(body("Ready", snapshot=False))
-    assert ("in-snapshot", "ns") not in checkpoint_keys(body("Pending"))
+    key = ("in-snapshot", "ns", "s")  # one key per snapshot it is in (a volume per worker: several)
+    assert checkpoint_keys(body("Ready"))[key] == SnapshotUse("c1", "s", "u1", True, False)
+    assert checkpoint_keys(body("Failed", SNAPSHOT_NOT_READY))[key] == SnapshotUse("c1", "s", "u1", False, True)
+    assert key not in checkpoint_keys(body("Failed", "VolumeSnapshotLost"))
+    assert key not in checkpoint_keys(body("Ready", snapshot=False))
+    assert key not in checkpoint_keys(body("Pending"))
 
 
 def test_a_jobs_cached_on_request_wakes_the_ready_checkpoint_until_its_status_says_so():
@@ -238,7 +238,10 @@ def test_a_jobs_cached_on_request_wakes_the_ready_checkpoint_until_its_status_sa
     ctx = context(checkpoints=[ckpt])
     wakeups.checkpoint_event(ctx, "MODIFIED", ckpt)
     assert ("Checkpoint", "default", "in") not in ctx.queue.added  # nothing to do
-    ckpt["metadata"]["annotations"] = {"ckpt.dev/cached-on": '["node-a"]'}
+    ckpt["metadata"]["annotations"] = {"ckpt.dev/cached-on": '["node-a"]'}  # unsigned: nobody's request
+    wakeups.checkpoint_event(ctx, "MODIFIED", ckpt)
+    assert ("Checkpoint", "default", "in") not in ctx.queue.added
+    ckpt["metadata"]["annotations"]["ckpt.dev/cached-on-signature"] = "v1:" + "0" * 64  # its reconcile checks it
     wakeups.checkpoint_event(ctx, "MODIFIED", ckpt)
     assert ("Checkpoint", "default", "in") in ctx.queue.added
     ctx.queue.added.clear()
