@@ -156,6 +156,23 @@ async def test_a_list_is_paged_with_limit_and_continue_as_kube_apiserver_does(ap
     assert refused.value.status == 400 and "continue" in str(refused.value)
 
 
+async def test_discovery_maps_pods_to_the_core_group_as_kubectl_reads_it(api: ApiClient) -> None:
+    """client-go's GetAPIGroupResources (kubectl's RESTMapper): the groups of /api (the core group first) and
+    /apis, each version's resources looked up by the groupVersion string its APIResourceList states. /api/v1
+    said "/v1", so the core group had no resources and `pods` mapped to metrics.k8s.io (kubectl get pods: none)."""
+    groups = [{"name": "", "versions": [{"groupVersion": v} for v in (await api.request("GET", "/api"))["versions"]]}]
+    groups += (await api.request("GET", "/apis"))["groups"]
+    by_group_version = {}
+    for group in groups:
+        for version in group["versions"]:
+            path = "/api/" + version["groupVersion"] if not group["name"] else "/apis/" + version["groupVersion"]
+            listing = await api.request("GET", path)
+            by_group_version[listing["groupVersion"]] = listing
+    mapped = [(group["name"], version["groupVersion"]) for group in groups for version in group["versions"][:1]
+              if any(r["name"] == "pods" for r in by_group_version.get(version["groupVersion"], {}).get("resources", []))]
+    assert mapped[0] == ("", "v1")  # the first match wins: core pods, not metrics.k8s.io's PodMetrics
+
+
 async def _watch_events(url: str, path: str, count: int) -> list[dict]:
     events = []
     async with aiohttp.ClientSession() as session:

@@ -780,6 +780,18 @@ class Emulator(kmock.KubernetesEmulator):
                 del new["metadata"]["ownerReferences"]
             self._store_change(key, obj, new)
 
+    # -- discovery -------------------------------------------------------------------------------------
+
+    async def _serve_version(self, request: rendering.Request) -> rendering.Payload:
+        """/api/v1 says its groupVersion is "v1", as kube-apiserver does: kmock said "/v1", and client-go's
+        discovery (GetAPIGroupResources) looks a version's resources up by that string, so kubectl found
+        no core resources and took `pods` for metrics.k8s.io's PodMetrics (`kubectl get pods` listed none,
+        `kubectl exec` answered NotFound)."""
+        payload = await super()._serve_version(request)
+        if isinstance(payload, dict) and str(payload.get("groupVersion", "")).startswith("/"):
+            payload["groupVersion"] = payload["groupVersion"][1:]
+        return payload
+
     # -- reading: fetch, list, watch ---------------------------------------------------------------------
 
     async def _serve_fetch(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
