@@ -18,6 +18,7 @@ from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.clustercheckpoint import ClusterCheckpoint
 from checkpoint_operator.api.trainingjob import GroupResume, TrainingJob
 from checkpoint_operator.config import OperatorConfig
+from checkpoint_operator.logic.live_unions import Assemble, union_args
 from checkpoint_operator.logic import catalog, transfers, workload
 from checkpoint_operator.logic.agent_pods import AGENT_OUTPUT_MOUNT
 from checkpoint_operator.api.checkpoint import Location
@@ -147,6 +148,11 @@ def agent_pods() -> dict[str, dict[str, Any]]:
         parts = training_job(replicas=2, engine="JobSet", output={"volumePerWorker": True})
         pods[f"{store_name}/snapshot-volume-per-worker"] = workload.build_snapshot_pod(
             parts, store.snapshot_command(parts, AGENT_OUTPUT_MOUNT), store.agent_env(), cfg)
+        # Live sealing of that group (publish: Continuous): the union of one directory's sealed parts.
+        live = training_job(replicas=2, engine="JobSet", output={"volumePerWorker": True}, publish="Continuous")
+        union = Assemble("ckpts/step-2", ((0, "sha256:" + "ab" * 32), (1, "sha256:" + "cd" * 32)))
+        pods[f"{store_name}/union-volume-per-worker"] = workload.build_union_pod(
+            live, store.snapshot_command(live, AGENT_OUTPUT_MOUNT) + union_args(union), store.agent_env(), cfg)
         # Between two attempts of that group: every worker's volume read-write (logic/group_resume.py).
         pods[f"{store_name}/resume-volume-per-worker"] = workload.build_resume_pod(parts, cfg)
         resumed = parts.model_copy(deep=True)  # a later attempt: it keeps the copy recorded last (--keep)

@@ -23,7 +23,7 @@ from helm_python.errors import HelmRenderError
 
 from checkpoint_operator import rbac
 from checkpoint_operator.cli import build_parser
-from checkpoint_operator.config import ENV_PREFIX, SIGNING_KEY_SECRET, OperatorConfig
+from checkpoint_operator.config import ENV_PREFIX, SIGNING_KEY_SECRET, ConfigError, OperatorConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART_DIR = ROOT / "charts" / "checkpoint-operator"
@@ -75,6 +75,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "priorityClassName": "system-cluster-critical",
         "logFormat": "text",
         "metrics": {"port": 9090, "service": {"type": "NodePort", "annotations": {"x": "y"}}},
+        "publishTimeoutSeconds": 1800,
     },
 }
 
@@ -745,6 +746,25 @@ def test_notes_tell_the_next_step(chart):
     assert "kubectl apply -f" in text and "examples/quickstart.yaml" in text  # the one needing no edit (hostile7 D1)
     assert "kubectl wait --for=condition=Ready ckpt/quickstart.step-2" in text
     assert "team-a" in text
+
+
+def test_the_publish_timeout_reaches_the_operator_and_is_refused_unless_above_zero(chart):
+    """publishTimeoutSeconds (CKPT_PUBLISH_TIMEOUT) bounds a finished job's wait for its Checkpoints:
+    600 s by default, any other above zero; 0 or less is refused by the chart's schema and, set by
+    hand, by the operator in one line (before: a constant)."""
+    def config_of(values: dict[str, Any] | None = None) -> OperatorConfig:
+        env = env_of(operator_container(render(chart, values)))
+        return OperatorConfig.from_env({k: v for k, v in env.items() if k.startswith(ENV_PREFIX) and isinstance(v, str)})
+    assert config_of().publish_timeout == 600.0
+    assert config_of({"publishTimeoutSeconds": 1800}).publish_timeout == 1800.0
+    assert config_of({"publishTimeoutSeconds": 2.5}).publish_timeout == 2.5
+    for bad in (0, -5):
+        with pytest.raises(HelmValuesError, match="publishTimeoutSeconds"):
+            render(chart, {"publishTimeoutSeconds": bad})
+    with pytest.raises(ConfigError) as refused:
+        OperatorConfig.from_env({"CKPT_PUBLISH_TIMEOUT": "0"})
+    assert str(refused.value).startswith("CKPT_PUBLISH_TIMEOUT=0: input should be greater than 0 (seconds a finished job")
+    assert "\n" not in str(refused.value)
 
 
 @pytest.mark.parametrize("scenario", ["defaults", "namespaced"])

@@ -164,3 +164,26 @@ def test_a_killed_rank_s_group_is_restarted_by_the_operator_and_both_ranks_load_
     # the copy was of the Checkpoint the snapshot made of step 4's union
     assert stored["vpw-kill.step-4"]["status"]["digest"] == resume["digest"]
     assert "attempt 1 resumes every worker from step-4 (step 4)" in events
+
+
+@pytest.mark.parametrize("store", ["volume", "s3"])
+def test_live_sealing_publishes_each_dcp_step_once_from_both_ranks_parts(tmp_path, store):
+    """publish: Continuous with a volume per worker, real torch DCP from 2 ranks: each rank's sidecar
+    seals its part (rank 0's by `.metadata`, rank 1's when its next step appears, or at its end), the
+    union pod assembles each step while the job runs, and the end-of-job snapshot adds no second
+    Checkpoint: one torch-dcp Checkpoint per step, complete over the union."""
+    train = parts_job("parts-live", ["torchrun", "parts_ddp.py", "train", "6", "2", str(tmp_path / "train.json")],
+                      output={"volumePerWorker": True, "publish": "Continuous"})
+    report, stored, events = run(tmp_path, [train], store)
+    assert {j["name"]: j["phase"] for j in report["trainingJobs"]} == {"parts-live": "Succeeded"}, report
+    status = stored["parts-live"]["status"]
+    assert sorted(status["outputCheckpoints"]) == ["parts-live.step-2", "parts-live.step-4", "parts-live.step-6"]
+    checkpoints = sorted(name for name, o in stored.items() if o["kind"] == "Checkpoint")
+    assert checkpoints == ["parts-live.step-2", "parts-live.step-4", "parts-live.step-6"]
+    for step in (2, 4, 6):
+        s = stored[f"parts-live.step-{step}"]["status"]
+        assert (s["phase"], s["format"], s["complete"], s["step"], s["fileCount"]) == \
+            ("Ready", "torch-dcp", True, step, 4), s
+    # At least the steps a newer step followed were assembled while both ranks still trained.
+    assert status["live"]["sealedCount"] >= 2, status["live"]
+    assert "assembled while parts-live runs from the sealed parts of worker 0, 1" in events

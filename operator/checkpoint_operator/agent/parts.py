@@ -92,10 +92,14 @@ class PartsStream:
 
     def __init__(self, directory: str, count: int, layout: str = "auto", per_worker: bool = False,
                  workers: Optional[int] = None, max_entries: int = DEFAULT_MAX_ENTRIES,
-                 max_checkpoints: Optional[int] = None) -> None:
+                 max_checkpoints: Optional[int] = None,
+                 only: Optional[str] = None, expect: Optional[dict[int, str]] = None) -> None:
         self.directory, self.count, self.layout, self.per_worker, self.workers = \
             directory, count, layout, per_worker, workers
         self.max_checkpoints = MAX_CHECKPOINTS if max_checkpoints is None else max_checkpoints
+        # A live union (output.publish: Continuous): only the directory `only`, assembled only when each
+        # worker in `expect` still has the part it sealed (worker -> the digest its sidecar sealed).
+        self.only, self.expect = only, expect
         self.budget = EntryBudget(max_entries, what=f"{directory} (all {count} workers' volumes)")
         self.skipped: list[Skipped] = []
         self.skipped_count = 0
@@ -154,11 +158,13 @@ class PartsStream:
                                                     if path in listing.candidates))
                  for path in by_path if path not in twins}
         kept = self._that_fit(steps, {ROOT})
+        if self.only is not None:
+            by_path = {self.only: by_path.get(self.only, [])}
         for path in sorted(by_path, key=lambda p: p.encode()):
             if path not in twins and path not in kept:
                 continue
             union = Skipped(path=spelled(path), reason=twins[path]) if path in twins else \
-                union_of(parts, listings, path, self.layout, self.budget, self.workers)
+                union_of(parts, listings, path, self.layout, self.budget, self.workers, self.expect)
             if isinstance(union, Skipped):
                 self._skip(union)
             elif union is not None:
@@ -170,10 +176,11 @@ class PartsStream:
 
 
 def union_of(parts: list[str], listings: list[Listing], path: str, layout: str, budget: EntryBudget,
-             workers: Optional[int] = None) -> "Assembled | Skipped | None":
+             workers: Optional[int] = None, expect: Optional[dict[int, str]] = None) -> "Assembled | Skipped | None":
     """The checkpoint `path` of the listed parts, walked and hashed in each part that has it and
     assembled; Skipped for a conflict; None when it has no file in any part (each part's listing
-    says so)."""
+    says so). `expect`: worker -> the digest of the part its sidecar sealed; a part with other
+    bytes now (or gone) makes it Skipped, named (a live union is of the sealed parts only)."""
     pieces: list[tuple[int, Manifest]] = []
     lost: list[tuple[int, str, str]] = []
     for i in range(len(parts)):
@@ -181,10 +188,24 @@ def union_of(parts: list[str], listings: list[Listing], path: str, layout: str, 
         if scanned is not None:
             pieces.append((i, scanned.manifest))
         lost += [(i, rel, why) for rel, why in part_lost.items()]
+    changed = _unlike_sealed(pieces, expect) if expect is not None else None
+    if changed:
+        return Skipped(path=path, reason=changed)
     if not pieces:
         return None
     union = _union(path, pieces, [_top(parts[i], path, layout) for i, _ in pieces], lost)
     return union if isinstance(union, Skipped) else Assembled(*union)
+
+
+def _unlike_sealed(pieces: list[tuple[int, Manifest]], expect: dict[int, str]) -> Optional[str]:
+    """Why the parts found are not the parts the workers' sidecars sealed, or None."""
+    found = {i: m.digest for i, m in pieces}
+    for worker, digest in sorted(expect.items()):
+        now = found.get(worker)
+        if now != digest:
+            what = "is gone" if now is None else f"now has {now[:19]}..."
+            return f"worker {worker}'s part changed after it was sealed (sealed as {digest[:19]}..., {what})"
+    return None
 
 
 def scan_parts(directory: str, count: int, layout: str = "auto", per_worker: bool = False,

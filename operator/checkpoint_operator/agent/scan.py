@@ -31,7 +31,7 @@ from typing import IO, TYPE_CHECKING, Callable, Collection, Iterator, Mapping, O
 
 
 from checkpoint_operator.agent import containers, formats
-from checkpoint_operator.protocol.errors import AgentError
+from checkpoint_operator.protocol.errors import AgentError, Refusal
 from checkpoint_operator.agent.hashing import CHANGED_WHILE_READ, FileChanged, default_workers, sha256_file
 from checkpoint_operator.protocol.manifest import MANIFESTS_DIR, Manifest, ManifestBuilder, stored_manifest_name
 from checkpoint_operator.protocol.names import collision_problem, collisions, component_problem, printable, spelled
@@ -728,17 +728,31 @@ def _synced(directory: str, parts: Optional[int] = None) -> str:
     return done.pop() if len(done) == 1 else ", ".join(sorted(done))
 
 
+def expected_parts(values: Optional[list[str]]) -> Optional[dict[int, str]]:
+    """`--expect WORKER=DIGEST` (repeated): the parts a live union is made of (agent/parts.py)."""
+    if not values:
+        return None
+    expect: dict[int, str] = {}
+    for value in values:
+        worker, _, digest = value.partition("=")
+        if not worker.isdigit() or not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+            raise AgentError(f"--expect {value!r}: WORKER=sha256:<64 hex digits> expected")
+        expect[int(worker)] = digest
+    return expect
+
+
 def main(args: argparse.Namespace) -> int:
     if not os.path.exists(args.dir):
-        raise AgentError(f"{args.dir}: no such directory")
+        raise Refusal(f"{args.dir}: no such directory")
     if not os.path.isdir(args.dir):
-        raise AgentError(f"{args.dir}: not a directory (scan takes the directory that holds the checkpoints)")
+        raise Refusal(f"{args.dir}: not a directory (scan takes the directory that holds the checkpoints)")
     if getattr(args, "result", False):
         from checkpoint_operator.protocol import channel, results
         if getattr(args, "parts", None):
             from checkpoint_operator.agent.parts import PartsStream, parts_output
             scan = parts_output(PartsStream(args.dir, args.parts, args.layout, args.per_worker, workers=args.workers,
-                                            max_entries=entry_limit(args.max_entries)),
+                                            max_entries=entry_limit(args.max_entries), only=getattr(args, "only", None),
+                                            expect=expected_parts(getattr(args, "expect", None))),
                                 args.dir, args.layout, args.per_worker,
                                 manifests=getattr(args, "part_manifests", False))
         else:

@@ -33,6 +33,7 @@ from checkpoint_operator.objectstore.s3 import (
     parse_s3_uri, part_size_for, resolve_endpoint,
 )
 from checkpoint_operator.agent.tree import EntryBudget, entry_limit, locate_file, walk_checkpoint
+from checkpoint_operator.protocol.errors import Refusal
 from checkpoint_operator.objectstore import blobs as blobstore
 
 # Beside the data while an upload is under way: sha256 of the multipart objects (keyed by ETag),
@@ -324,7 +325,7 @@ class Uploader:
         for f in files:
             size = len((self.prefix.key + f.rel).encode("utf-8"))
             if size > MAX_KEY_BYTES:
-                raise AgentError(f"{printable(f.rel)}: its key under {self.prefix.uri} would be {size} bytes; S3 "
+                raise Refusal(f"{printable(f.rel)}: its key under {self.prefix.uri} would be {size} bytes; S3 "
                                  f"allows {MAX_KEY_BYTES} (shorten the path or the prefix); nothing uploaded")
 
     # ---- remote state ----

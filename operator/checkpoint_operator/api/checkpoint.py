@@ -7,7 +7,8 @@ from typing import Annotated, Literal, Optional
 from pydantic import Field, WithJsonSchema
 
 from checkpoint_operator.api.common import (MAX_VOLUME_SNAPSHOT_RECORDS, QUANTITY_PATTERN, Condition, ObjectRef, Phase,
-                                            PinnedCheckpoint, VolumeSnapshotRecord, ready_reason)
+                                            PinnedCheckpoint, VolumeSnapshotRecord, description_rule, ready_reason,
+                                            size_limit_rule)
 from checkpoint_operator.api.meta import ApiObject
 from checkpoint_operator.api.rules import (ApiModel, Count, Description, Digest, FileName, Message, Metric, Name, Path,
                                            Rule, Short, Uid, Uri, has_exactly_one, path_has_dotdot)
@@ -146,7 +147,9 @@ class CheckpointSpec(ApiModel):
     # A transition rule: only the API server can check it (it needs the stored object).
     cel_rules = (Rule("self == oldSelf",
                       "spec is immutable (spec.source, spec.description, spec.format, spec.maxSize): create a new Checkpoint instead",
-                      None),)
+                      None),
+                 size_limit_rule("maxSize", "spec.maxSize"),
+                 description_rule("spec.description"))
 
     source: CheckpointSource = Field(description="Where the data comes from.")
     description: Optional[Description] = Field(None, description="Free text shown to humans.")

@@ -315,13 +315,12 @@ class TrainingJobSpec(ApiModel):
              "job with its own volume; an Indexed Job's pods share one template, so one claim)",
              lambda s: not ((s.get("output") or {}).get("volumePerWorker") or (s.get("output") or {}).get("perWorker"))
              or s.get("engine", "Job") == "JobSet", field_path=".output"),
-        Rule("!has(self.output) || !((has(self.output.volumePerWorker) && self.output.volumePerWorker) || "
-             "(has(self.output.perWorker) && self.output.perWorker)) || !has(self.output.publish) || "
-             "self.output.publish != 'Continuous'",
-             "spec.output.volumePerWorker and perWorker are published OnCompletion: live sealing of checkpoints "
-             "assembled across workers is not supported yet (set output.publish: OnCompletion)",
-             lambda s: not ((s.get("output") or {}).get("volumePerWorker") or (s.get("output") or {}).get("perWorker"))
-             or (s.get("output") or {}).get("publish") != "Continuous", field_path=".output.publish"),
+        Rule("!has(self.output) || !has(self.output.perWorker) || !self.output.perWorker || "
+             "!has(self.output.publish) || self.output.publish != 'Continuous'",
+             "spec.output.perWorker is published OnCompletion: live sealing of each worker's own checkpoints is "
+             "not supported yet (set output.publish: OnCompletion)",
+             lambda s: not (s.get("output") or {}).get("perWorker") or (s.get("output") or {}).get("publish") != "Continuous",
+             field_path=".output.publish"),
         Rule("!has(self.output) || !((has(self.output.volumePerWorker) && self.output.volumePerWorker) || "
              f"(has(self.output.perWorker) && self.output.perWorker)) || self.replicas <= {MAX_WORKER_VOLUMES}",
              f"spec.replicas must be at most {MAX_WORKER_VOLUMES} with spec.output.volumePerWorker or perWorker "
@@ -423,6 +422,9 @@ class TrainingJobStatus(ApiModel):
                                                             "started again after one failed).")
     preemptions: Optional[Count] = Field(None, description="Times the running workload was suspended (Kueue "
                                                                "preemption) and queued again.")
+    suspendTransition: Optional[Timestamp] = Field(
+        None, description="The lastTransitionTime of the workload's Suspended condition at its latest resume seen: a "
+                          "later one is a preemption undone before the operator looked, counted once.")
     workerFailure: Optional[WorkerFailure] = Field(None, description="The worker that failed first in the latest "
                                                                      "failed attempt, and why.")
     resume: Optional[GroupResume] = Field(None, description="output.volumePerWorker: the checkpoint the latest "
@@ -430,6 +432,10 @@ class TrainingJobStatus(ApiModel):
     resumePodUid: Optional[Uid] = Field(
         None, description="UID of the resume pod (between two attempts) the operator created, recorded before its "
                           "result is read.")
+    unionPodUid: Optional[Uid] = Field(
+        None, description="output.volumePerWorker with publish: Continuous: UID of the pod that assembles a "
+                          "directory from the workers' sealed parts while the job runs, recorded before its result "
+                          "is read.")
     outputClaim: Optional[Name] = Field(None, description="The PersistentVolumeClaim of the output directory.")
     snapshotPod: Optional[Name] = Field(None, description="The pod that scans the output.")
     snapshotPodUid: Optional[Uid] = Field(

@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Optional
 
 from checkpoint_operator.api.trainingjob import TrainingJob
+from checkpoint_operator.logic.live_unions import Parts, PartSeals
 from checkpoint_operator.logic.security_context import sidecar_context
 from checkpoint_operator.protocol import channel
 from checkpoint_operator.protocol.names import path_problem
@@ -256,6 +257,9 @@ class LiveMemory:
     annotated: dict[str, str] = field(default_factory=dict)       # pod -> the removal annotation it has
     reported: set[tuple[Optional[str], ...]] = field(default_factory=set)  # warnings already posted as events
     snapshot_next_look: dict[str, float] = field(default_factory=dict)  # VolumeSnapshot -> when to read it again
+    # A volume per worker (logic/live_unions.py): the workers' sealed parts, and the unions assembled
+    parts: PartSeals = field(default_factory=PartSeals)
+    tried: set[tuple[str, Parts]] = field(default_factory=set)
 
 
 # --- operator -> sidecar ----------------------------------------------------------------------------

@@ -182,14 +182,14 @@ def _publish(ctx: Context, tj: TrainingJob, events: live_sealing.LogEvents) -> T
     deleting = [(c.directory or "", c.digest or "") for c in existing if c.deleting and c.directory and c.digest]
     to_retire = [(c.directory or "", c.digest or "") for c in plan.retire] + \
                 [(m.path, m.digest) for m in plan.dropped_manifests] + deleting
-    tj = _record_live(ctx, tj, sealed=len(created), retire=to_retire)
+    tj = record_live(ctx, tj, sealed=len(created), retire=to_retire)
     for info in plan.retire:
         ctx.info(tj, "Retired", f"retention: deleting Checkpoint {info.name} (step {info.step})")
         ctx.kube.delete(CHECKPOINTS, namespace, info.name)
     return tj
 
 
-def _record_live(ctx: Context, tj: TrainingJob, *, sealed: int, retire: list[tuple[str, str]]) -> TrainingJob:
+def record_live(ctx: Context, tj: TrainingJob, *, sealed: int, retire: list[tuple[str, str]]) -> TrainingJob:
     if not sealed and not retire:
         return tj
     current = tj.status.live or LiveStatus()

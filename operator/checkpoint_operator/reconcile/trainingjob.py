@@ -19,6 +19,7 @@ from checkpoint_operator.api.checkpoint import CheckpointHead, CheckpointPhase
 from checkpoint_operator.api.clustercheckpoint import ClusterCheckpointHead
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobHead, TrainingJobPhase, TrainingJobStatus
 from checkpoint_operator.reconcile import node_cache as node_cache_steps
+from checkpoint_operator.reconcile import live_unions
 from checkpoint_operator.reconcile import (agent_runs, catalog_copies, claim_holds, live_sealing, publish,
                                            template_claims, volumes, workloads)
 from checkpoint_operator.reconcile import volume_snapshots as volume_snapshot_steps
@@ -30,6 +31,7 @@ from checkpoint_operator.kube import CHECKPOINTS, CLUSTER_CHECKPOINTS, PODS, PVC
 from checkpoint_operator.logic import engines, group_resume, kueue, rendezvous, workers
 from checkpoint_operator.logic import trainingjob_flow as flow
 from checkpoint_operator.logic import volume_snapshots, workload
+from checkpoint_operator.logic import live_unions as live_unions_logic
 from checkpoint_operator.logic.agent_pods import AGENT_OUTPUT_MOUNT, downloaded_input, last_error_line, pod_failure
 from checkpoint_operator.logic.conditions import now_rfc3339, seconds_since
 from checkpoint_operator.logic.inputs import (Candidate, CheckpointInfo, InputWait, ResolvedInput, check_live_input,
@@ -223,6 +225,9 @@ def _make_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput], a
         return Fail("InputOnOtherStore", elsewhere)
     publish_mode = flow.publish_mode(tj, ctx.config.default_publish)
     if tj.output_enabled and tj.spec.output.parts_per_worker and store.syncs_before_snapshots \
+            and tj.spec.output.publish is None:  # the operator's default: live unions are not taken in snapshots yet
+        publish_mode = "OnCompletion"
+    if tj.output_enabled and tj.spec.output.parts_per_worker and store.syncs_before_snapshots \
             and publish_mode == "Continuous":  # the end-of-job snapshot takes one per worker volume
         return Fail("InvalidSpec", "spec.output.publish Continuous with volumePerWorker or perWorker is not supported "
                                    "yet with volume snapshots (the operator's storage.volume.snapshotClassName): use "
@@ -331,11 +336,14 @@ def follow_job(ctx: Context, tj: TrainingJob) -> Result:
         # Created by this job (its controller is it) but not recorded: an operator that stopped
         # between creating it (a first start or a group restart) and the status write, or one that
         # did not record UIDs. Its pods are the workers from now on.
-        tj = write_status(ctx, tj, StatusChange(fields=TrainingJobStatus(jobUid=obj["metadata"].get("uid"))))
+        # Its Suspended record is its own: the last workload's resume is not compared with it.
+        tj = write_status(ctx, tj, StatusChange(fields=TrainingJobStatus(jobUid=obj["metadata"].get("uid"),
+                                                                         suspendTransition=None)))
     state = engine.read(obj) if obj is not None else None
     controllers = workloads.worker_controllers(ctx, tj)
     if tj.publishes_live:  # also once the Job is over: the sidecars' last lines
-        tj = live_sealing.collect(ctx, tj, controllers)
+        tj = live_unions.collect(ctx, tj, controllers) if tj.spec.output.parts_per_worker else \
+            live_sealing.collect(ctx, tj, controllers)
     pods = ctx.indexes.worker_pods(tj.metadata.namespace, tj.metadata.uid, controllers)
     if ctx.config.cache_enabled:
         node_cache_steps.record_fills(ctx, tj, pods)
@@ -502,6 +510,8 @@ def _finish(ctx: Context, tj: TrainingJob, succeeded: bool, outcome: str) -> Res
     change, _ = flow.after_job(tj, succeeded, outcome, now_rfc3339(), workload.snapshot_pod_name(tj))
     write_status(ctx, tj, change)
     live_sealing.forget(ctx, tj)  # the sidecars' last lines were read above
+    if tj.publishes_live and tj.spec.output.parts_per_worker:
+        live_unions.stop(ctx, tj)
     return Advance()
 
 
@@ -567,15 +577,15 @@ def snapshot(ctx: Context, tj: TrainingJob) -> Result:
         return agent_runs.wait_for(run, reason="Snapshotting", message=tj.status.message or "",
                                    current_reason=tj.ready_reason())
     if isinstance(run, agent_runs.PodFailed):
-        return _snapshot_pod_failed(ctx, tj, pod, run.message)
+        return _snapshot_pod_failed(ctx, tj, pod, run.message, run.refused)
     assert run.result is not None
     return _store_snapshot(ctx, tj, pod, run.result, run.ended)
 
 
-def _snapshot_pod_failed(ctx: Context, tj: TrainingJob, pod: dict[str, Any], message: str) -> Result:
+def _snapshot_pod_failed(ctx: Context, tj: TrainingJob, pod: dict[str, Any], message: str, refused: bool) -> Result:
     attempts = (tj.status.snapshotAttempts or 0) + 1
     agent_runs.finish(ctx, pod)
-    failed = flow.snapshot_retry(attempts, message)
+    failed = flow.snapshot_retry(attempts, message, refused)
     if failed is not None:
         return failed  # the output volume stays (s3 store: nothing was stored from it)
     retry_at, delay = flow.snapshot_retry_at(attempts, datetime.now(timezone.utc))
@@ -588,6 +598,9 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: Sc
     """The snapshot pod succeeded: its checkpoints become Ready Checkpoints, in this order (a
     crash at any step repeats it and the ones after it, never an earlier one's effect twice)."""
     store, claim = store_for(ctx.config), workload.output_claim_name(tj)
+    if tj.publishes_live and tj.spec.output.parts_per_worker:
+        scan = live_unions_logic.without_retired(scan, [(r.path, r.digest) for r in
+                                                        (tj.status.live.retired if tj.status.live else None) or []])
     if scan.manifestsProblem:  # the checkpoints stand; verify and pull read their files again instead
         ctx.warn(tj, "ManifestsNotStored", scan.manifestsProblem)
     # Checked against the store only where it was uploaded; with volume snapshots the snapshot
@@ -634,7 +647,8 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: Sc
                       if _not_failed_yet(ctx, namespace, info.name)]
     if not_ready:
         since = flow.publish_wait_since(ended, [b["metadata"].get("creationTimestamp") for b in created], STARTED)
-        waited = flow.publish_wait(not_ready, since, datetime.now(timezone.utc), PUBLISH_RECHECK)
+        waited = flow.publish_wait(not_ready, since, datetime.now(timezone.utc), PUBLISH_RECHECK,
+                                   ctx.config.publish_timeout)
         if isinstance(waited, Fail):
             agent_runs.finish(ctx, pod)
         return waited

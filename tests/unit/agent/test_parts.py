@@ -15,6 +15,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from checkpoint_operator.protocol.errors import REFUSED_EXIT_CODE
 from checkpoint_operator.agent.parts import scan_parts
 from checkpoint_operator.agent.scan import scan_directory
 from formats_files import dcp_metadata_bytes
@@ -302,7 +303,7 @@ def test_the_entry_limit_is_for_all_parts_together(tmp_path):
             write(output / f"worker-{worker}" / "step-1" / f"w{worker}-{i:03d}", b"x")
     proc = subprocess.run([sys.executable, "-m", "checkpoint_operator", "agent", "scan", str(output), "--parts", "2",
                            "--json", "--max-entries", "100"], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.returncode == REFUSED_EXIT_CODE and proc.stdout == ""  # a refusal: not retried
     [line] = proc.stderr.splitlines()
     assert line.startswith(f"error: {output} (all 2 workers' volumes): more than 100 entries (at ") and \
         "--max-entries" in line, line
