@@ -16,6 +16,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any, Callable, Optional
 from urllib.parse import quote
 
@@ -79,6 +80,7 @@ class Conflict(ApiError):
 
 
 MANAGED_BY = ("app.kubernetes.io/managed-by", "checkpoint-operator")
+LIST_PAGE = 500  # objects per LIST response (kubectl's --chunk-size default)
 SETTLED = {"TrainingJob": ("Succeeded", "Failed"), "Checkpoint": ("Ready", "Failed")}
 CACHED_KINDS = ("TrainingJob", "Checkpoint", "Job", "JobSet", "Pod", "PersistentVolumeClaim")
 
@@ -229,8 +231,23 @@ class Kube:
 
     def list(self, resource: Resource, namespace: Optional[str], label_selector: Optional[str] = None,
              field_selector: Optional[str] = None) -> builtins.list[dict[str, Any]]:
-        query = {"labelSelector": label_selector, "fieldSelector": field_selector}
-        return self._call("GET", resource.path(namespace), query=query).get("items", [])
+        """Every object, read in pages (`pages`): no one response holds a whole large collection."""
+        return [item for page in self.pages(resource, namespace, label_selector, field_selector) for item in page]
+
+    def pages(self, resource: Resource, namespace: Optional[str], label_selector: Optional[str] = None,
+              field_selector: Optional[str] = None, limit: Optional[int] = None) -> Iterator[builtins.list[dict[str, Any]]]:
+        """A LIST in pages of at most `limit` objects (limit + continue, as kubectl's --chunk-size 500):
+        a caller that keeps only what it needs of each page holds one page at a time. A token that
+        expired between pages (410) is raised, as kubectl does."""
+        token: Optional[str] = None
+        while True:
+            query = {"labelSelector": label_selector, "fieldSelector": field_selector, "limit": str(limit or LIST_PAGE),
+                     "continue": token}
+            answer = self._call("GET", resource.path(namespace), query=query)
+            yield answer.get("items") or []
+            token = (answer.get("metadata") or {}).get("continue") or None
+            if not token:
+                return
 
     def create(self, resource: Resource, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         body = {"apiVersion": resource.api_version, "kind": resource.kind, **body}
