@@ -5,6 +5,8 @@ side by side in the same run, on three checkpoint shapes.
     python bench/transfer.py --shapes 1g --runs 5
     python bench/transfer.py --sweep --shapes 1g,small  # each tool over a small grid: MB/s, client CPU
     python bench/transfer.py --quick                  # smoke: 256 MiB and 1,000 small files, 1 run
+    python bench/transfer.py --shapes 1g --directions download   # downloads only (the objects are
+                                                                 # still uploaded once, by the agent)
 
 Shapes (`--shapes`):
   1g     1 GiB: 3 safetensors-like shards + 21 small json files (a few large shards)
@@ -497,8 +499,11 @@ def fmt_settings(s: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in s.items()) or "defaults"
 
 
+DIRECTIONS = ["upload", "download"]  # --directions
+
+
 def directions(tool: str) -> list[str]:
-    return ["download"] if tool == "kserve" else ["upload", "download"]
+    return [d for d in DIRECTIONS if tool != "kserve" or d == "download"]
 
 
 def run_shape(bench: Bench, shape: Shape, tools: list[str], runs: int) -> dict:
@@ -564,7 +569,8 @@ def report(shape: Shape, tools: list[str], results: dict, runs: int) -> Optional
               f"+ sha256 of every byte {sha256_seconds:.2f} s = bound {bound:.2f} s; agent / bound "
               f"{agent_cpu / bound:.2f} (least CPU: {cheapest[1]} {cheapest[0]:.2f} s)")
     return (f"transfer ratio vs best peer: {shape.name} upload {ratio['upload'][0]:.2f} download "
-            f"{ratio['download'][0]:.2f}   (best peer: upload {ratio['upload'][1]}, download {ratio['download'][1]})")
+            f"{ratio['download'][0]:.2f}   (best peer: upload {ratio['upload'][1]}, download {ratio['download'][1]})"
+            + ("" if "upload" in DIRECTIONS else "   (downloads only: --directions download)"))
 
 
 def sha256_seconds_per_gb(seconds: float = 0.5) -> float:
@@ -619,6 +625,9 @@ def main() -> int:
                         help="an interpreter that can import kserve_storage and awscrt, for the kserve and crt "
                              "peers (default: this one)")
     parser.add_argument("--workdir", default=None, help="where the checkpoints and the server data go")
+    parser.add_argument("--directions", default="upload,download",
+                        help="comma-separated: upload, download (the objects every tool downloads are uploaded "
+                             "once by the agent either way)")
     parser.add_argument("--peer", nargs=5, metavar=("TOOL", "DIRECTION", "SRC", "DST", "SETTINGS"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -631,6 +640,9 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background
     runs = 1 if args.quick else args.runs
+    DIRECTIONS[:] = [d for d in ("upload", "download") if d in args.directions.split(",")]
+    if not DIRECTIONS or set(args.directions.split(",")) - {"upload", "download"}:
+        parser.error(f"--directions {args.directions!r}: expected upload, download or both, comma-separated")
     shapes = args.shapes.split(",")
     for name in shapes:
         if name not in SHAPES:

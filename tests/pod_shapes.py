@@ -18,6 +18,7 @@ from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.clustercheckpoint import ClusterCheckpoint
 from checkpoint_operator.api.trainingjob import GroupResume, TrainingJob
 from checkpoint_operator.config import OperatorConfig
+from checkpoint_operator.logic.live_unions import Assemble, union_args
 from checkpoint_operator.logic import catalog, transfers, workload
 from checkpoint_operator.logic.agent_pods import AGENT_OUTPUT_MOUNT
 from checkpoint_operator.api.checkpoint import Location
@@ -128,6 +129,14 @@ def as_created(pod: dict[str, Any]) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Pod", **copy.deepcopy(pod)}
 
 
+# A checkpoint assembled across two workers' volumes, each kept in a VolumeSnapshot of its own.
+SNAPSHOT_PARTS = [
+    {"volumeSnapshotName": "train-output-01234-0-snap-0123456789-ab12cd34ef", "path": "step-1", "worker": 0,
+     "items": [".metadata", "__0_0.distcp"], "restoreSize": "10Gi", "storageClassName": "gp3"},
+    {"volumeSnapshotName": "train-output-01234-1-snap-9876543210-ab12cd34ef", "path": "step-1", "worker": 1,
+     "items": ["__1_0.distcp"], "restoreSize": "10Gi", "storageClassName": "gp3"}]
+
+
 def agent_pods() -> dict[str, dict[str, Any]]:
     pods: dict[str, dict[str, Any]] = {}
     for store_name in STORES:
@@ -139,6 +148,11 @@ def agent_pods() -> dict[str, dict[str, Any]]:
         parts = training_job(replicas=2, engine="JobSet", output={"volumePerWorker": True})
         pods[f"{store_name}/snapshot-volume-per-worker"] = workload.build_snapshot_pod(
             parts, store.snapshot_command(parts, AGENT_OUTPUT_MOUNT), store.agent_env(), cfg)
+        # Live sealing of that group (publish: Continuous): the union of one directory's sealed parts.
+        live = training_job(replicas=2, engine="JobSet", output={"volumePerWorker": True}, publish="Continuous")
+        union = Assemble("ckpts/step-2", ((0, "sha256:" + "ab" * 32), (1, "sha256:" + "cd" * 32)))
+        pods[f"{store_name}/union-volume-per-worker"] = workload.build_union_pod(
+            live, store.snapshot_command(live, AGENT_OUTPUT_MOUNT) + union_args(union), store.agent_env(), cfg)
         # Between two attempts of that group: every worker's volume read-write (logic/group_resume.py).
         pods[f"{store_name}/resume-volume-per-worker"] = workload.build_resume_pod(parts, cfg)
         resumed = parts.model_copy(deep=True)  # a later attempt: it keeps the copy recorded last (--keep)
@@ -158,6 +172,11 @@ def agent_pods() -> dict[str, dict[str, Any]]:
                                    "storageClassName": "gp3"}}})
             pods["snapshots/verify"] = transfers.build_verify_pod(ready, cfg, "now", [])
             pods["snapshots/pull"] = transfers.build_pull_pod(ready, cfg, "now")
+            assembled = checkpoint({"trainingJob": {"name": "train", "uid": "0123456789-uid", "directory": "step-1"}},
+                                   status={"phase": "Ready", "digest": DIGEST, "sizeBytes": 10,
+                                           "location": {"snapshotParts": SNAPSHOT_PARTS}})
+            pods["snapshots/verify/assembled-across-workers"] = transfers.build_verify_pod(assembled, cfg, "now", [])
+            pods["snapshots/pull/assembled-across-workers"] = transfers.build_pull_pod(assembled, cfg, "now")
             pods["snapshots/upload-receiver"] = transfers.build_receiver_pod(upload, cfg, request, LIMIT,
                                                                              sync=store.syncs_before_snapshots)
         elif store_name == "volume":
@@ -196,6 +215,8 @@ def _inputs(store_name: str) -> list[ResolvedInput]:
     elif store_name == "snapshots":
         location = {"snapshot": {"volumeSnapshotName": "producer-output-abcde-snap-0123456789", "path": "step-1",
                                  "restoreSize": "10Gi", "storageClassName": "gp3"}}
+    elif store_name == "snapshot-parts":  # assembled across two workers' volumes, each in its snapshot
+        location = {"snapshotParts": SNAPSHOT_PARTS}
     else:
         location = {"volume": {"claimName": "producer-output-abcde", "path": "step-1"}}
     return [ResolvedInput(name="base", uid="u-base", digest=DIGEST, mount_name="base",
@@ -248,4 +269,6 @@ def training_pods(template: Optional[dict] = None) -> dict[str, dict[str, Any]]:
     pods["s3-cache/training/jobset"] = job_pod(built_job("s3-cache", template, replicas=2, engine="JobSet"))
     pods["volume/training/input-assembled-across-workers"] = job_pod(built_job("volume", template,
                                                                                inputs_from="volume-parts"))
+    pods["snapshots/training/input-assembled-across-workers"] = job_pod(built_job("snapshots", template,
+                                                                                  inputs_from="snapshot-parts"))
     return pods

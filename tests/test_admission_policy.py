@@ -246,8 +246,12 @@ def test_anyone_else_is_not_the_policy_s_business(policies):
     request = create("Pod", hostile, namespace="kube-system")
     request.username = "system:serviceaccount:team-a:default"
     assert not evaluate(policies["volume"], request).matched
-    secret = Request("CREATE", "Secret", NS, object={"metadata": {"name": "s"}})
+    secret = Request("CREATE", "Secret", NS, object={"metadata": {"name": "s"}},
+                     username="system:serviceaccount:team-a:default")
     assert not evaluate(policies["volume"], secret).matched
+    # The operator's own Secret writes are its business since it makes its signing key: all but that one refused.
+    secret = Request("CREATE", "Secret", NS, object={"metadata": {"name": "s"}})
+    assert evaluate(policies["volume"], secret).refusals
 
 
 # --- and what a compromised operator would do is refused ---------------------------------------------
@@ -338,6 +342,14 @@ HOSTILE_PODS: list[tuple[str, str, Change, str]] = [
      "arguments"),
     ("resume-max-entries", "volume/resume-volume-per-worker",
      _in_container(lambda c: c["command"].extend(["--max-entries", "1"]), "resume"), "arguments"),
+    # The union pod (live sealing with a volume per worker): one directory of the output, parts by digest.
+    ("union-of-a-hidden-directory", "volume/union-volume-per-worker",
+     _in_container(lambda c: c["command"].__setitem__(c["command"].index("--only") + 1, ".ckpt-live")), "arguments"),
+    ("union-outside-the-output", "s3/union-volume-per-worker",
+     _in_container(lambda c: c["command"].__setitem__(c["command"].index("--only") + 1, "../x")), "arguments"),
+    ("union-part-not-a-digest", "volume/union-volume-per-worker",
+     _in_container(lambda c: c["command"].__setitem__(c["command"].index("--expect") + 1, "0=/etc/passwd")),
+     "arguments"),
     ("snapshot-running-resume", "volume/snapshot",
      _in_container(lambda c: c.update(command=["checkpoint-operator", "agent", "resume-parts", "/checkpoint-output",
                                                "--parts", "2"])), "command"),
@@ -672,10 +684,13 @@ def volume_snapshots() -> dict[str, dict]:
     ckpt = pod_shapes.checkpoint(pod_shapes.SOURCES["http"])
     imported = store.import_snapshot(ckpt, workload.import_claim_name(ckpt))
     assert output is not None and imported is not None
-    return {"output": copy.deepcopy(output.body), "import": copy.deepcopy(imported.body)}
+    parts = pod_shapes.training_job(replicas=2, engine="JobSet", output={"volumePerWorker": True})
+    worker = store.output_part_snapshots(parts, [1], "final")[1]  # one per worker volume (issue 19)
+    return {"output": copy.deepcopy(output.body), "import": copy.deepcopy(imported.body),
+            "worker-volume": copy.deepcopy(worker.body)}
 
 
-@pytest.mark.parametrize("name", ["output", "import"])
+@pytest.mark.parametrize("name", ["output", "import", "worker-volume"])
 def test_its_volume_snapshots_are_accepted_handed_over_and_deleted(policies, name):
     snapshot = volume_snapshots()[name]
     allowed(policies["snapshots"], create("VolumeSnapshot", snapshot))
@@ -955,3 +970,25 @@ def test_hostile_node_cache_claims_are_refused(cache_policy, field, value):
     _, claim = cache_objects()
     _pv_change(field, value)(claim)
     refused(cache_policy, create("PersistentVolumeClaim", claim), CACHE_CLAIM)
+
+
+# --- Secrets: only its signing key, created once in its own namespace ------------------------------------
+
+def _signing_key(namespace: str = OPERATOR_NAMESPACE, name: str = "checkpoint-operator-signing-key") -> dict:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
+            "type": "Opaque", "data": {"key": "a2V5"}}
+
+
+def test_its_signing_key_may_be_created_in_its_own_namespace_and_no_other_secret_written(policies):
+    from checkpoint_operator.config import SIGNING_KEY_SECRET
+    assert _signing_key()["metadata"]["name"] == SIGNING_KEY_SECRET
+    for store in policies:
+        allowed(policies[store], create("Secret", _signing_key(), OPERATOR_NAMESPACE))
+    message = "the checkpoint operator only creates its signing key"
+    policy = policies["volume"]
+    refused(policy, create("Secret", _signing_key(NS), NS), message)              # in a tenant's namespace
+    refused(policy, create("Secret", _signing_key(name="store-credentials"), OPERATOR_NAMESPACE), message)
+    refused(policy, Request("UPDATE", "Secret", OPERATOR_NAMESPACE, object=_signing_key(),
+                            old_object=_signing_key()), message)
+    refused(policy, Request("DELETE", "Secret", OPERATOR_NAMESPACE, old_object=_signing_key()), message)
+    refused(policy, create("Secret", _signing_key("kube-system"), "kube-system"), "may not create, change or delete")

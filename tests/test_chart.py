@@ -23,7 +23,7 @@ from helm_python.errors import HelmRenderError
 
 from checkpoint_operator import rbac
 from checkpoint_operator.cli import build_parser
-from checkpoint_operator.config import ENV_PREFIX, OperatorConfig
+from checkpoint_operator.config import ENV_PREFIX, SIGNING_KEY_SECRET, ConfigError, OperatorConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART_DIR = ROOT / "charts" / "checkpoint-operator"
@@ -75,6 +75,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "priorityClassName": "system-cluster-critical",
         "logFormat": "text",
         "metrics": {"port": 9090, "service": {"type": "NodePort", "annotations": {"x": "y"}}},
+        "publishTimeoutSeconds": 1800,
     },
 }
 
@@ -116,16 +117,16 @@ def one(objects: list[dict], kind: str) -> dict:
 
 
 def operator_policy(objects: list[dict], kind: str = "ValidatingAdmissionPolicy") -> dict:
-    """The admission policy (or binding) that fences the operator's own writes, not the exec fence
-    (templates/exec-fence.yaml, `-agent-exec`)."""
-    return one([o for o in objects if not o["metadata"]["name"].endswith("-agent-exec")], kind)
+    """The admission policy (or binding) that fences the operator's own writes, not the tenants' fences
+    (templates/exec-fence.yaml: `-agent-exec`, `-live-channel`)."""
+    return one([o for o in objects if not o["metadata"]["name"].endswith(("-agent-exec", "-live-channel"))], kind)
 
 
 def operator_rbac(objects: list[dict], kind: str) -> list[dict]:
     """The operator's own RBAC objects (templates/rbac.yaml), without the catalog's (`-catalog`, and the tenants'
     roles of templates/catalog.yaml)."""
     return [o for o in of_kind(objects, kind) if o["_template"].endswith("/rbac.yaml")
-            and not o["metadata"]["name"].endswith(("-catalog", "-node-cache"))]
+            and not o["metadata"]["name"].endswith(("-catalog", "-node-cache", "-signing-key"))]
 
 
 def operator_container(objects: list[dict]) -> dict:
@@ -445,7 +446,7 @@ def test_cluster_wide_rbac_equals_the_table(chart, scenario):
     assert not wanted - granted, f"missing from the chart: {sorted(wanted - granted)}"
     assert not granted - wanted, f"granted beyond rbac.py: {sorted(granted - wanted)}"
     _no_wildcards(role["rules"])
-    assert not of_kind(objects, "Role") and not of_kind(objects, "RoleBinding")
+    assert not operator_rbac(objects, "Role") and not operator_rbac(objects, "RoleBinding")
     (binding,) = operator_rbac(objects, "ClusterRoleBinding")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                                   "name": role["metadata"]["name"]}
@@ -741,6 +742,42 @@ def test_lint_reports_bad_values():
 def test_notes_tell_the_next_step(chart):
     notes = chart.render(values={"watchNamespaces": ["team-a"]}, name=RELEASE, namespace=NAMESPACE)
     text = next(v for k, v in notes.items() if k.endswith("NOTES.txt"))
-    assert "kubectl get ckpt,tj" in text
-    assert "kubectl apply -f" in text
+    assert "kubectl get tj,ckpt" in text
+    assert "kubectl apply -f" in text and "examples/quickstart.yaml" in text  # the one needing no edit (hostile7 D1)
+    assert "kubectl wait --for=condition=Ready ckpt/quickstart.step-2" in text
     assert "team-a" in text
+
+
+def test_the_publish_timeout_reaches_the_operator_and_is_refused_unless_above_zero(chart):
+    """publishTimeoutSeconds (CKPT_PUBLISH_TIMEOUT) bounds a finished job's wait for its Checkpoints:
+    600 s by default, any other above zero; 0 or less is refused by the chart's schema and, set by
+    hand, by the operator in one line (before: a constant)."""
+    def config_of(values: dict[str, Any] | None = None) -> OperatorConfig:
+        env = env_of(operator_container(render(chart, values)))
+        return OperatorConfig.from_env({k: v for k, v in env.items() if k.startswith(ENV_PREFIX) and isinstance(v, str)})
+    assert config_of().publish_timeout == 600.0
+    assert config_of({"publishTimeoutSeconds": 1800}).publish_timeout == 1800.0
+    assert config_of({"publishTimeoutSeconds": 2.5}).publish_timeout == 2.5
+    for bad in (0, -5):
+        with pytest.raises(HelmValuesError, match="publishTimeoutSeconds"):
+            render(chart, {"publishTimeoutSeconds": bad})
+    with pytest.raises(ConfigError) as refused:
+        OperatorConfig.from_env({"CKPT_PUBLISH_TIMEOUT": "0"})
+    assert str(refused.value).startswith("CKPT_PUBLISH_TIMEOUT=0: input should be greater than 0 (seconds a finished job")
+    assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("scenario", ["defaults", "namespaced"])
+def test_the_signing_key_role_equals_the_table(chart, scenario):
+    """Both modes: get on the one signing-key Secret by name, create (when missing), in the release namespace only."""
+    objects = render(chart, SCENARIOS.get(scenario, {}))
+    roles = [o for o in of_kind(objects, "Role") if o["metadata"]["name"].endswith("-signing-key")]
+    bindings = [o for o in of_kind(objects, "RoleBinding") if o["metadata"]["name"].endswith("-signing-key")]
+    assert len(roles) == len(bindings) == 1
+    (role,), (binding,) = roles, bindings
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == NAMESPACE
+    assert role["rules"] == rbac.signing_key_rules()
+    assert [r.get("resourceNames") for r in role["rules"] if "get" in r["verbs"]] == [[SIGNING_KEY_SECRET]]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    service_account = one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": service_account, "namespace": NAMESPACE}]

@@ -39,10 +39,12 @@ def fence() -> dict:
     return policy
 
 
-def exec_request(pod: str, command: list[str], groups: tuple[str, ...] = ("system:authenticated",)) -> Request:
+def exec_request(pod: str, command: list[str], groups: tuple[str, ...] = ("system:authenticated",),
+                 container: str = "") -> Request:
+    options = {"kind": "PodExecOptions", "apiVersion": "v1", "stdin": True, "stdout": True, "stderr": True,
+               "command": command, **({"container": container} if container else {})}
     return Request("CONNECT", "PodExecOptions", NS, subresource="exec", name=pod, username=USER, groups=groups,
-                   object={"kind": "PodExecOptions", "apiVersion": "v1", "stdin": True, "stdout": True,
-                           "stderr": True, "command": command})
+                   object=options)
 
 
 def accepted(fence: dict, request: Request) -> None:
@@ -123,6 +125,35 @@ def test_an_ephemeral_container_is_refused(fence):
     refused(fence, request, "pods/ephemeralcontainers is refused")
 
 
+# --- the live-sealing sidecar of a training pod (hostile7 E2) ---------------------------------------
+
+SIDECAR = "ckpt-live"
+FORGED_LINE = ["sh", "-c", "printf '%s\\n' '{\"kind\":\"sealed\",\"path\":\"step-2\"}' > /proc/1/fd/1"]
+
+
+def test_exec_into_the_live_sealing_sidecar_of_any_pod_is_refused(fence):
+    """The sidecar's output is the channel the operator believes about what was sealed: an exec'd shell
+    there printed a `sealed` line of its choosing and the operator published a Checkpoint of it."""
+    refused(fence, exec_request("train-0-abcde", FORGED_LINE, container=SIDECAR), "live-sealing sidecar")
+    refused(fence, exec_request("train-0-abcde", ["checkpoint-operator", "agent", "scan", "/x"], container=SIDECAR),
+            "live-sealing sidecar")
+    assert exec_fence.refusal("train-0-abcde", "exec", FORGED_LINE, SIDECAR) is not None
+    # the training container itself is the user's own: not the fence's business
+    assert not evaluate(fence, exec_request("train-0-abcde", FORGED_LINE, container="trainer")).matched
+    assert not evaluate(fence, exec_request("train-0-abcde", FORGED_LINE)).matched
+    assert exec_fence.refusal("train-0-abcde", "exec", FORGED_LINE, "trainer") is None
+
+
+def test_an_ephemeral_container_sharing_the_sidecar_s_processes_is_refused(fence):
+    pod = {"metadata": {"name": "train-0-abcde", "namespace": NS},
+           "spec": {"ephemeralContainers": [{"name": "debug", "image": "busybox", "targetContainerName": SIDECAR}]}}
+    request = Request("UPDATE", "Pod", NS, subresource="ephemeralcontainers", username=USER,
+                      object=pod, old_object={**pod, "spec": {}})
+    refused(fence, request, "live-sealing sidecar")
+    pod["spec"]["ephemeralContainers"][0]["targetContainerName"] = "trainer"
+    assert not evaluate(fence, request).matched
+
+
 # --- what is not its business ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("pod", ["web-0", "llama-ft-upload-1", "uploader", "my-importer"])
@@ -155,9 +186,12 @@ def test_it_can_be_turned_off():
 
 def test_it_knows_every_agent_pod_by_its_name(fence):
     """The fence's name pattern lists exactly the components agent pods are named with (logic/naming.py)."""
-    pattern = next(c["expression"] for c in fence["spec"]["matchConditions"] if c["name"] == "an-agent-pod")
-    listed = re.search(r"-\(([a-z|]+)\)\$", pattern)
-    assert listed is not None and set(listed.group(1).split("|")) == set(AGENT_POD_COMPONENTS)
+    pattern = next(c["expression"] for c in fence["spec"]["matchConditions"]
+                   if c["name"] == "an-agent-pod-or-the-sidecar")
+    variable = next(v["expression"] for v in fence["spec"]["variables"] if v["name"] == "agentPod")
+    for expression in (pattern, variable):
+        listed = re.search(r"-\(([a-z|]+)\)\$", expression)
+        assert listed is not None and set(listed.group(1).split("|")) == set(AGENT_POD_COMPONENTS)
 
 
 def test_every_pod_the_operator_builds_for_its_agent_is_fenced(fence):
@@ -198,3 +232,43 @@ def test_local_modes_fence_refuses_attach_as_the_charts(fence):
     request = Request("CONNECT", "PodAttachOptions", NS, subresource="attach", name=UPLOAD_POD, username=USER,
                       object={"kind": "PodAttachOptions", "apiVersion": "v1"})
     assert evaluate(fence, request).refusals == [exec_fence.refusal(UPLOAD_POD, "attach", [])]
+
+
+# --- the live-sealing channel's annotation (hostile7 H1) -------------------------------------------
+
+def live_channel() -> dict:
+    with helm_chart.Chart.load(CHART_DIR) as chart:
+        found = [o for o in of_kind(render(chart, {}), "ValidatingAdmissionPolicy")
+                 if o["metadata"]["name"].endswith("-live-channel")]
+    assert len(found) == 1
+    return found[0]
+
+
+def test_only_the_operator_asks_a_sidecar_to_remove_sealed_directories():
+    """A user who may patch pods set ckpt.dev/live-remove on a running Continuous job's pod and its
+    sidecar removed a Ready Checkpoint's directory (volume store)."""
+    from admission_policy import OPERATOR_USER
+    policy = live_channel()
+    before = {"metadata": {"name": "train-0-abcde", "namespace": NS, "annotations": {"team": "a"}}, "spec": {}}
+    asked = {**before, "metadata": {**before["metadata"], "annotations": {
+        "team": "a", "ckpt.dev/live-remove": '[{"path": "step-1", "digest": "sha256:' + "ab" * 32 + '"}]'}}}
+    by_user = Request("UPDATE", "Pod", NS, username=USER, groups=("system:authenticated",),
+                      object=asked, old_object=before)
+    decision = evaluate(policy, by_user)
+    assert decision.matched and any("ckpt.dev/live-remove" in m and "written by the checkpoint operator only" in m
+                                    for m in decision.refusals), decision.refusals
+    created = Request("CREATE", "Pod", NS, username="system:serviceaccount:kube-system:job-controller",
+                      groups=("system:serviceaccounts",), object=asked)
+    assert not evaluate(policy, created).allowed
+    assert evaluate(policy, Request("UPDATE", "Pod", NS, username=OPERATOR_USER, object=asked,
+                                    old_object=before)).matched is False
+    other = {**before, "metadata": {**before["metadata"], "annotations": {"team": "b"}}}
+    assert evaluate(policy, Request("UPDATE", "Pod", NS, username=USER, groups=("system:authenticated",),
+                                    object=other, old_object=before)).allowed
+    labelled = Request("UPDATE", "Pod", NS, username=USER, groups=("system:authenticated",),
+                       object={**asked, "metadata": {**asked["metadata"], "labels": {"x": "y"}}}, old_object=asked)
+    assert evaluate(policy, labelled).allowed  # unchanged: other edits of a pod that has it stay possible
+    # hostile8 P2: the pod status strategy keeps annotations, so a PATCH of pods/status could set it too
+    via_status = Request("UPDATE", "Pod", NS, username=USER, groups=("system:authenticated",), subresource="status",
+                         object=asked, old_object=before)
+    assert not evaluate(policy, via_status).allowed

@@ -91,8 +91,13 @@ def _run_crds(args: argparse.Namespace) -> int:
 
 
 def _run_operator(args: argparse.Namespace) -> int:
-    from checkpoint_operator.main import run_operator
-    return run_operator(args)
+    from checkpoint_operator.config import ConfigError
+    try:
+        from checkpoint_operator.main import run_operator
+        return run_operator(args)
+    except ConfigError as exc:  # a setting of the chart or the environment: one line, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:

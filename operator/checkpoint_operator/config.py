@@ -6,12 +6,14 @@ import json
 import os
 from typing import Any, Literal, Mapping, Optional
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from checkpoint_operator.api.common import QUANTITY_PATTERN, parse_quantity
 
 ENV_PREFIX = "CKPT_"
 
+# The operator's signing key (reconcile/signing_keys.py), in its own namespace (catalog_namespace).
+SIGNING_KEY_SECRET = "checkpoint-operator-signing-key"
 DEFAULT_IMAGE = "ghcr.io/ckpt-dev/checkpoint-operator:0.1.0"
 
 
@@ -62,6 +64,11 @@ class OperatorConfig(BaseModel):
     rendezvous_port: int = Field(
         default=29500, ge=0, le=65535, description="MASTER_PORT of distributed jobs; 0: a free port of this host, picked "
                                            "for each workload (local mode)")
+    publish_timeout: float = Field(
+        600.0, gt=0, le=7 * 24 * 3600,
+        description="seconds a finished job waits for the Checkpoints its snapshot made to become Ready before it "
+                    "fails naming them (CheckpointsNotReady): each is a pass or two, unless something holds it (Helm "
+                    "publishTimeoutSeconds)")
     engine_check_interval: float = Field(
         default=30.0, gt=0, description="seconds between two looks for a missing engine (the JobSet CRD) of a waiting job")
     # Where ClusterCheckpoints are imported: the operator's own namespace (the chart sets it; else POD_NAMESPACE).
@@ -115,15 +122,37 @@ class OperatorConfig(BaseModel):
 
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "OperatorConfig":
-        """CKPT_<FIELD> in upper case, e.g. CKPT_STORAGE_TYPE=s3, CKPT_AGENT_RESOURCES='{"limits":...}'."""
+        """CKPT_<FIELD> in upper case, e.g. CKPT_STORAGE_TYPE=s3, CKPT_AGENT_RESOURCES='{"limits":...}'.
+        ConfigError: one line naming the first variable refused and what it allows."""
         source: Mapping[str, str] = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for name, field in cls.model_fields.items():
             raw = source.get(ENV_PREFIX + name.upper())
             if raw is None or raw == "":
                 continue
-            values[name] = json.loads(raw) if field.annotation is dict else raw
+            try:
+                values[name] = json.loads(raw) if field.annotation is dict else raw
+            except ValueError:
+                raise ConfigError(f"{ENV_PREFIX}{name.upper()}: not JSON (a JSON object is expected)") from None
         pod_namespace = environ.get("POD_NAMESPACE") if environ is not None else None
         if "catalog_namespace" not in values and pod_namespace:
             values["catalog_namespace"] = pod_namespace
-        return cls.model_validate(values)
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise ConfigError(_one_line(exc)) from None
+
+
+class ConfigError(ValueError):
+    """An operator setting refused: one line, the variable, its value and what is allowed."""
+
+
+def _one_line(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    if not error["loc"]:  # a rule across settings: its own message names them
+        return str(error["msg"]).removeprefix("Value error, ")
+    name = str(error["loc"][0])
+    field = OperatorConfig.model_fields.get(name)
+    what = f" ({field.description})" if field is not None and field.description else ""
+    value = str(error.get("input"))[:80]
+    return f"{ENV_PREFIX}{name.upper()}={value}: {error['msg'][:1].lower()}{error['msg'][1:]}{what}"[:600]

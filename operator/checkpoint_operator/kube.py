@@ -14,8 +14,10 @@ import copy
 import contextlib
 import json
 import threading
+import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from collections.abc import Iterator
+from typing import Any, Callable, Optional
 from urllib.parse import quote
 
 import kubernetes
@@ -60,6 +62,7 @@ NAMESPACES = Resource("", "v1", "namespaces", "Namespace", namespaced=False)
 PERSISTENT_VOLUMES = Resource("", "v1", "persistentvolumes", "PersistentVolume", namespaced=False)
 VOLUME_SNAPSHOTS = Resource("snapshot.storage.k8s.io", "v1", "volumesnapshots", "VolumeSnapshot")
 CLUSTER_CHECKPOINTS = Resource(GROUP, VERSION, "clustercheckpoints", "ClusterCheckpoint", namespaced=False)
+SECRETS = Resource("", "v1", "secrets", "Secret")  # only the operator's own signing key (reconcile/signing_keys.py)
 
 
 class ApiError(Exception):
@@ -77,6 +80,7 @@ class Conflict(ApiError):
 
 
 MANAGED_BY = ("app.kubernetes.io/managed-by", "checkpoint-operator")
+LIST_PAGE = 500  # objects per LIST response (kubectl's --chunk-size default)
 SETTLED = {"TrainingJob": ("Succeeded", "Failed"), "Checkpoint": ("Ready", "Failed")}
 CACHED_KINDS = ("TrainingJob", "Checkpoint", "Job", "JobSet", "Pod", "PersistentVolumeClaim")
 
@@ -127,6 +131,11 @@ class ObjectCache:
         with self._lock:
             self._bodies.pop((kind, namespace, name), None)
 
+    def knows(self, kind: str, namespace: str, name: str) -> bool:
+        """Whether it holds the object (no copy made)."""
+        with self._lock:
+            return (kind, namespace, name) in self._bodies
+
     def get(self, kind: str, namespace: str, name: str) -> Optional[dict[str, Any]]:
         """A copy of the body (the caller may change it), or None: not known here (read it live)."""
         with self._lock:
@@ -169,7 +178,9 @@ class Kube:
             kubernetes.config.load_incluster_config()
         except kubernetes.config.ConfigException:
             kubernetes.config.load_kube_config()
-        return cls(kubernetes.client.ApiClient())
+        client = kubernetes.client.ApiClient()
+        throttle_token_refresh(client.configuration)
+        return cls(client)
 
     # --- transport ---------------------------------------------------------------------------
 
@@ -220,8 +231,23 @@ class Kube:
 
     def list(self, resource: Resource, namespace: Optional[str], label_selector: Optional[str] = None,
              field_selector: Optional[str] = None) -> builtins.list[dict[str, Any]]:
-        query = {"labelSelector": label_selector, "fieldSelector": field_selector}
-        return self._call("GET", resource.path(namespace), query=query).get("items", [])
+        """Every object, read in pages (`pages`): no one response holds a whole large collection."""
+        return [item for page in self.pages(resource, namespace, label_selector, field_selector) for item in page]
+
+    def pages(self, resource: Resource, namespace: Optional[str], label_selector: Optional[str] = None,
+              field_selector: Optional[str] = None, limit: Optional[int] = None) -> Iterator[builtins.list[dict[str, Any]]]:
+        """A LIST in pages of at most `limit` objects (limit + continue, as kubectl's --chunk-size 500):
+        a caller that keeps only what it needs of each page holds one page at a time. A token that
+        expired between pages (410) is raised, as kubectl does."""
+        token: Optional[str] = None
+        while True:
+            query = {"labelSelector": label_selector, "fieldSelector": field_selector, "limit": str(limit or LIST_PAGE),
+                     "continue": token}
+            answer = self._call("GET", resource.path(namespace), query=query)
+            yield answer.get("items") or []
+            token = (answer.get("metadata") or {}).get("continue") or None
+            if not token:
+                return
 
     def create(self, resource: Resource, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         body = {"apiVersion": resource.api_version, "kind": resource.kind, **body}
@@ -301,6 +327,34 @@ class Kube:
         read on a real API server): what the in-use protection decides on. `namespace` None: every
         namespace (a ClusterCheckpoint's users)."""
         return self.list(resource, namespace, label_selector=label_selector)
+
+
+TOKEN_REFRESH_EVERY = 10.0  # seconds
+
+
+def throttle_token_refresh(configuration: kubernetes.client.Configuration,
+                           clock: Callable[[], float] = time.monotonic) -> None:
+    """kubernetes' config loaders (in-cluster and kubeconfig) install a hook that runs before every
+    request: it checks the token's expiry and sets host, CA and token again, and setting the host
+    reads the proxy environment (3-5% of the operator's CPU in bench/scale.py). Run it at most every
+    TOKEN_REFRESH_EVERY seconds: the loaders refresh a token well before it expires (in-cluster a
+    minute after reading it, a kubeconfig's five minutes before its expiry)."""
+    hook = configuration.refresh_api_key_hook
+    if hook is None:
+        return
+    last = float("-inf")
+
+    def refresh(config: kubernetes.client.Configuration) -> None:
+        nonlocal hook, last
+        now = clock()
+        if now - last >= TOKEN_REFRESH_EVERY:
+            last = now
+            hook(config)
+            # The loader's hook installs itself again as it runs: keep this one in front of it.
+            if config.refresh_api_key_hook is not refresh and config.refresh_api_key_hook is not None:
+                hook = config.refresh_api_key_hook
+            config.refresh_api_key_hook = refresh
+    configuration.refresh_api_key_hook = refresh
 
 
 def request_target(path: str) -> str:

@@ -36,6 +36,10 @@ TRAINING_JOBS = (kube.TRAINING_JOBS.group, kube.TRAINING_JOBS.version, kube.TRAI
 CLUSTER_CHECKPOINTS = (kube.CLUSTER_CHECKPOINTS.group, kube.CLUSTER_CHECKPOINTS.version,
                        kube.CLUSTER_CHECKPOINTS.plural)
 MANAGED = {LABEL_MANAGED_BY: MANAGER}
+MANAGED_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGER}"
+WATCHED_MANAGED_ONLY = (("v1", "pods"), ("batch", "v1", "jobs"),
+                        (kube.JOBSETS.group, kube.JOBSETS.version, kube.JOBSETS.plural))
+LIST_CHUNK = 500
 # Read at import by callers that configure local runs (local/run.py).
 INTERVAL = OperatorConfig.from_env().reconcile_interval
 
@@ -131,6 +135,7 @@ async def stop_queue(memo: kopf.Memo, **_: Any) -> None:
 
 def reconcile(ctx: Context, key: tuple[str, str, str]) -> Optional[float]:
     kind, namespace, name = key
+    metrics.RECONCILES.labels(kind).inc()
     if kind == "ClusterCheckpoint":
         return clustercheckpoint.reconcile(ctx, name)
     handler = trainingjob.reconcile if kind == "TrainingJob" else checkpoint.reconcile
@@ -173,6 +178,13 @@ def configure_settings(settings: kopf.OperatorSettings, *, peering_priority: Opt
     settings.execution.max_workers = 4  # kopf's own sync work only; reconciles run in the queue's pool
     settings.background.instant_exit_timeout = 2.0
     settings.watching.server_timeout = 300
+    # The API server streams only the operator's own pods, Jobs and JobSets (every handler of theirs
+    # is for those alone): a namespace's other workloads cost no watch event. Claims stream whole
+    # (a Checkpoint may adopt a user's claim), as do the custom resources.
+    for resource in WATCHED_MANAGED_ONLY:
+        settings.watching.label_selectors[resource] = MANAGED_SELECTOR
+    # The initial LIST (and a relist) in pages: 10,000 Checkpoints are not one response in memory.
+    settings.watching.chunk_size = LIST_CHUNK
     settings.networking.request_timeout = 60
 
 

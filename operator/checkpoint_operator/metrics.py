@@ -32,6 +32,8 @@ NODE_CACHE_EVICTIONS = Counter(
     f"{PREFIX}_node_cache_evictions_total", "Entries evicted from node caches (least recently used, unused).")
 NODE_CACHE_EVICTED_BYTES = Counter(
     f"{PREFIX}_node_cache_evicted_bytes_total", "Bytes evicted from node caches.")
+RECONCILES = Counter(f"{PREFIX}_reconciles_total", "Reconcile passes run (each a wake-up from the work queue).",
+                     ["kind"])
 RECONCILE_ERRORS = Counter(f"{PREFIX}_reconcile_errors_total", "Reconciliations that raised an error.", ["kind"])
 WATCH_EVENTS = Counter(f"{PREFIX}_watch_events_total", "Watch events the operator handled (kopf's per-event cost).",
                        ["kind"])

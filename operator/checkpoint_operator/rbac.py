@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from checkpoint_operator import GROUP
+from checkpoint_operator.config import SIGNING_KEY_SECRET
 
 
 # What the chart's ValidatingAdmissionPolicy (templates/admission-policy.yaml) holds a verb to:
@@ -40,6 +41,7 @@ class PermissionRule:
     # On a cluster-scoped kind of ours (ClusterCheckpoints): no Role can grant it, so a ClusterRole does in
     # both modes (in namespaced mode, one with these rules only).
     cluster_scoped: bool = False
+    resource_names: tuple[str, ...] = ()  # only these objects (RBAC cannot limit create or list so)
 
     @property
     def verbs(self) -> tuple[str, ...]:
@@ -47,7 +49,8 @@ class PermissionRule:
 
     def to_policy_rule(self) -> dict[str, list[str]]:
         """The rule as it appears in a Role or ClusterRole."""
-        return {"apiGroups": list(self.api_groups), "resources": list(self.resources), "verbs": list(self.verbs)}
+        rule = {"apiGroups": list(self.api_groups), "resources": list(self.resources), "verbs": list(self.verbs)}
+        return {**rule, "resourceNames": list(self.resource_names)} if self.resource_names else rule
 
 
 KOPF_WATCH = "kopf's watch streams (its indexes and event handlers) list, then watch"
@@ -203,6 +206,24 @@ def catalog_cluster_rules() -> list[dict[str, list[str]]]:
 def catalog_namespace_rules() -> list[dict[str, list[str]]]:
     """Namespaced mode: the Role in the catalog namespace, when it is not a watched one."""
     return [rule.to_policy_rule() for rule in CATALOG_NAMESPACE_RULES]
+
+
+# Both modes: a Role in the operator's own namespace for its signing key (reconcile/signing_keys.py), which
+# signs what one of its reconciles tells another through fields users may write (logic/signatures.py).
+SIGNING_KEY_RULES: tuple[PermissionRule, ...] = (
+    PermissionRule(("",), ("secrets",), (
+        ("get", "the operator's signing key, read once per process (and again after a signature fails to "
+                "verify): it signs the sealed data of the Checkpoints its jobs create and its own annotations"),),
+        resource_names=(SIGNING_KEY_SECRET,)),
+    PermissionRule(("",), ("secrets",), (
+        ("create", "the signing key on the operator's first start, when missing (32 random bytes; never "
+                   "updated or deleted by the operator)" + NARROWED + "only that Secret, in its own namespace"),)),
+)
+
+
+def signing_key_rules() -> list[dict[str, list[str]]]:
+    """The Role in the operator's own namespace (both modes): only that Secret."""
+    return [rule.to_policy_rule() for rule in SIGNING_KEY_RULES]
 
 
 NAMESPACE_READER = PermissionRule(("",), ("namespaces",), (

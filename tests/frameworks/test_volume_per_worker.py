@@ -39,15 +39,22 @@ def parts_job(name: str, command: list[str], *, env: dict | None = None, **spec)
                output=spec.pop("output", {"volumePerWorker": True}), **spec)
 
 
+# `store` as run() takes it -> local run's flags: snapshots is the volume store on block storage with
+# volume snapshots (one VolumeSnapshot per worker volume, restored for each consumer).
+STORE_FLAGS = {"volume": ["--store", "volume"], "s3": ["--store", "s3"],
+               "snapshots": ["--store", "volume", "--storage-class", "block", "--volume-snapshot-class",
+                             "block-snapshots"]}
+
+
 def run(tmp_path: Path, jobs: list[dict], store: str = "volume") -> tuple[dict, dict, str]:
-    """Run the jobs in local mode (`store`: volume, or s3 on a SeaweedFS it starts); the report,
-    every Checkpoint's and TrainingJob's stored object, and every stored object's line."""
+    """Run the jobs in local mode (`store`: volume, s3 on a SeaweedFS it starts, or snapshots); the
+    report, every Checkpoint's and TrainingJob's stored object, and every stored object's line."""
     (tmp_path / "jobs.yaml").write_text("\n---\n".join(json.dumps(j) for j in jobs) + "\n")
     (tmp_path / "parts_ddp.py").write_text(PARTS_DDP)
     state = tmp_path / "state"
     proc = subprocess.run([sys.executable, "-m", "checkpoint_operator", "local", "run", "-f", "jobs.yaml",
                            "--runtime", "process", "-o", "json", "--state-dir", str(state), "--timeout", "900",
-                           "--store", store], cwd=tmp_path, capture_output=True, text=True, timeout=1000)
+                           *STORE_FLAGS[store]], cwd=tmp_path, capture_output=True, text=True, timeout=1000)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     lines = (state / "api-objects.jsonl").read_text()
     stored = [json.loads(line) for line in lines.splitlines()[1:]]
@@ -56,7 +63,7 @@ def run(tmp_path: Path, jobs: list[dict], store: str = "volume") -> tuple[dict, 
     return json.loads(proc.stdout), objects, lines
 
 
-@pytest.mark.parametrize("store", ["volume", "s3"])
+@pytest.mark.parametrize("store", ["volume", "s3", "snapshots"])
 def test_each_step_written_across_two_workers_volumes_is_one_complete_checkpoint_and_resumes(tmp_path, store):
     assert SAVE in DDP  # the hook point of the script this test extends
     train = parts_job("parts-train", ["torchrun", "parts_ddp.py", "train", "6", "2", str(tmp_path / "train.json")],
@@ -89,6 +96,14 @@ def test_each_step_written_across_two_workers_volumes_is_one_complete_checkpoint
         assert [p["claimName"].rsplit("-", 1)[1] for p in parts] == ["0", "1"]
         assert parts[0]["items"] == [".metadata", "__0_0.distcp", "config.json"]
         assert parts[1]["items"] == ["__1_0.distcp"]
+    elif store == "snapshots":  # each part in the snapshot of its worker's volume, restored for consumers
+        parts = status["location"]["snapshotParts"]
+        assert [(p["worker"], p["items"]) for p in parts] == [(0, [".metadata", "__0_0.distcp", "config.json"]),
+                                                             (1, ["__1_0.distcp"])]
+        snapshots = {o["metadata"]["name"]: o for o in objects if o.get("kind") == "VolumeSnapshot"}
+        assert all(p["volumeSnapshotName"] in snapshots for p in parts)
+        assert [snapshots[p["volumeSnapshotName"]]["spec"]["source"]["persistentVolumeClaimName"].rsplit("-", 1)[1]
+                for p in parts] == ["0", "1"]
     else:  # the union, uploaded as one checkpoint
         assert status["location"]["s3"]["uri"].endswith("/dirs/step-6/"), status["location"]
     # step-2: rank 1's shard was lost: not complete, the reason names the shard.
@@ -149,3 +164,26 @@ def test_a_killed_rank_s_group_is_restarted_by_the_operator_and_both_ranks_load_
     # the copy was of the Checkpoint the snapshot made of step 4's union
     assert stored["vpw-kill.step-4"]["status"]["digest"] == resume["digest"]
     assert "attempt 1 resumes every worker from step-4 (step 4)" in events
+
+
+@pytest.mark.parametrize("store", ["volume", "s3"])
+def test_live_sealing_publishes_each_dcp_step_once_from_both_ranks_parts(tmp_path, store):
+    """publish: Continuous with a volume per worker, real torch DCP from 2 ranks: each rank's sidecar
+    seals its part (rank 0's by `.metadata`, rank 1's when its next step appears, or at its end), the
+    union pod assembles each step while the job runs, and the end-of-job snapshot adds no second
+    Checkpoint: one torch-dcp Checkpoint per step, complete over the union."""
+    train = parts_job("parts-live", ["torchrun", "parts_ddp.py", "train", "6", "2", str(tmp_path / "train.json")],
+                      output={"volumePerWorker": True, "publish": "Continuous"})
+    report, stored, events = run(tmp_path, [train], store)
+    assert {j["name"]: j["phase"] for j in report["trainingJobs"]} == {"parts-live": "Succeeded"}, report
+    status = stored["parts-live"]["status"]
+    assert sorted(status["outputCheckpoints"]) == ["parts-live.step-2", "parts-live.step-4", "parts-live.step-6"]
+    checkpoints = sorted(name for name, o in stored.items() if o["kind"] == "Checkpoint")
+    assert checkpoints == ["parts-live.step-2", "parts-live.step-4", "parts-live.step-6"]
+    for step in (2, 4, 6):
+        s = stored[f"parts-live.step-{step}"]["status"]
+        assert (s["phase"], s["format"], s["complete"], s["step"], s["fileCount"]) == \
+            ("Ready", "torch-dcp", True, step, 4), s
+    # At least the steps a newer step followed were assembled while both ranks still trained.
+    assert status["live"]["sealedCount"] >= 2, status["live"]
+    assert "assembled while parts-live runs from the sealed parts of worker 0, 1" in events

@@ -199,6 +199,57 @@ async def test_a_kueue_preemption_stops_the_workers_and_readmission_resumes_from
     assert f"{engine} {name} is queued in Kueue (LocalQueue team-a)" in queued["message"]
 
 
+WAITS_FOR_GATE = """
+import os, time
+while not os.path.exists(os.environ["GATE"]):
+    time.sleep(0.1)
+"""
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("engine", ["Job", "JobSet"])
+async def test_a_preemption_undone_before_the_operator_looked_is_counted_once(
+        api, operator, cluster, wait_for, tmp_path, engine):
+    """Kueue preempts and admits again at once (another flavor fits) while no pass looks (hostile6 R5;
+    here the operator is stopped meanwhile): the workload runs again, and only its controller's
+    Suspended condition (True, then False with a new lastTransitionTime) says what happened. The
+    preemption is counted from it once, with the Warning event; before, it left no trace."""
+    name, gate = f"kq-quick-{engine.lower()}", tmp_path / "gate"
+    body = training_job(name, engine=engine, command=python(WAITS_FOR_GATE))
+    body["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a"}
+    body["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "GATE", "value": str(gate)}]
+    await api.create(TJ, NS, body)
+    tj = await wait_phase(api, wait_for, name, "Running")
+    resource = "batch/v1/jobs" if engine == "Job" else "jobset.x-k8s.io/v1alpha2/jobsets"
+    admitted_at = tj["status"]["suspendTransition"]  # the admission's resume, recorded
+
+    await operator.stop()
+    await cluster.preempt(resource, NS, name, hold=1.0)
+
+    async def resumed_again():
+        obj = await api.get(resource, NS, name)
+        suspended = next((c for c in obj["status"].get("conditions") or [] if c["type"] == "Suspended"), None)
+        again = not obj["spec"].get("suspend") and suspended is not None and suspended["status"] == "False"
+        return suspended if again and suspended["lastTransitionTime"] != admitted_at else None
+    condition = await wait_for(resumed_again, timeout=60)
+    assert condition["reason"] == ("JobResumed" if engine == "Job" else "ResumeJobs")
+    await operator.start()
+
+    async def counted():
+        obj = await api.get(TJ, NS, name)
+        return obj if obj["status"].get("preemptions") else None
+    tj = await wait_for(counted, timeout=60)
+    assert tj["status"]["preemptions"] == 1 and tj["status"]["phase"] == "Running"
+    assert tj["status"]["suspendTransition"] == condition["lastTransitionTime"]
+    gate.write_text("go")
+    tj = await wait_phase(api, wait_for, name, ("Succeeded", "Failed"), timeout=90)
+    assert tj["status"]["phase"] == "Succeeded", tj["status"].get("message")
+    assert tj["status"]["preemptions"] == 1  # counted once, across passes and the restart
+    preempted = [e for e in await events_of(api, name) if e["reason"] == "Preempted"]
+    assert len(preempted) == 1 and preempted[0]["type"] == "Warning"
+    assert "preempted by Kueue (LocalQueue team-a) and admitted again" in preempted[0]["message"]
+
+
 @pytest.mark.slow
 async def test_a_group_restart_queued_in_kueue_is_queued_again_not_preempted(api, operator, cluster, wait_for):
     """Engine Job: the restart's new Job is created suspended and Kueue admits it like a new one.

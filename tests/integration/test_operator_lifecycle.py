@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 
+from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.protocol.manifest import parse_manifest
 from conftest import CKPT, NS, TJ, held_until, training_job, write_checkpoint
 from formats_files import torch_file, weights
@@ -194,6 +195,9 @@ async def test_failed_job_still_snapshots_its_partial_checkpoints(api, operator,
     await wait_event(api, wait_for, "crashy", lambda e: e.get("reason") == "Skipped" and "step-60.tmp" in e["message"])
 
 
+@pytest.mark.parametrize("operator_config", [OperatorConfig(
+    reconcile_interval=0.2, agent_image="checkpoint-operator:test", rendezvous_address="127.0.0.1", rendezvous_port=0,
+    publish_timeout=3.0)])  # CKPT_PUBLISH_TIMEOUT=3: the setting the operator goes by
 async def test_a_checkpoint_that_never_becomes_ready_fails_its_job_naming_it(api, operator, trainer, wait_for,
                                                                               monkeypatch):
     """The job is Succeeded once its Checkpoints' own reconciles made them Ready; one held forever (here its
@@ -202,7 +206,6 @@ async def test_a_checkpoint_that_never_becomes_ready_fails_its_job_naming_it(api
     from checkpoint_operator.logic import trainingjob_flow
     from checkpoint_operator.reconcile import trainingjob
     from datetime import datetime, timedelta, timezone
-    monkeypatch.setattr(trainingjob_flow, "PUBLISH_TIMEOUT", 3.0)
     monkeypatch.setattr(trainingjob, "_hand_over_output_claim", lambda *args, **kwargs: None)
     counted_from, publish_wait = [], trainingjob_flow.publish_wait
     monkeypatch.setattr(trainingjob_flow, "publish_wait", lambda not_ready, since, *args: (
@@ -216,6 +219,8 @@ async def test_a_checkpoint_that_never_becomes_ready_fails_its_job_naming_it(api
     ready = ready_condition(tj)
     assert ready["reason"] == "CheckpointsNotReady", ready
     assert "unheld.step-1 (Pending)" in ready["message"] and "Ready condition" in ready["message"]
+    waited = int(ready["message"].split(" not Ready ")[1].split(" s ")[0])
+    assert 3 <= waited < 600  # the setting (CKPT_PUBLISH_TIMEOUT=3), not the default
     held = await api.get(CKPT, NS, "unheld.step-1")  # its own reconcile still waits for its bytes, kept
     assert held is not None and held.get("status", {}).get("phase", "Pending") == "Pending"
     assert not await api.get("v1/pods", NS, tj["status"]["snapshotPod"])

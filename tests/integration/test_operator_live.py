@@ -436,3 +436,48 @@ async def test_every_sealed_checkpoint_owns_the_output_volume_while_the_job_runs
     await wait_phase(api, wait_for, TJ, "own", "Succeeded", timeout=60)
     after = await owners()
     assert wanted <= after and job["metadata"]["uid"] not in after  # handed over: the job no longer owns it
+
+
+async def test_a_pod_of_anyone_s_claiming_the_job_s_job_as_owner_is_not_its_sealing_sidecar(
+        api, operator, cluster, trainer, wait_for):
+    """hostile8 F1: a user who may create pods makes one with the worker's labels, a controller owner
+    reference to the job's Job and a container named ckpt-live printing a `sealed` line (a step-7 the
+    trainer never wrote, complete, with the digest of their choosing). Its sidecar is not the one the
+    operator built into the Job's template: its log is not read, one SealingWarning names the pod, and the
+    job's real checkpoint is published as before."""
+    release = gate()
+
+    def train(attempt, env):
+        trainer_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], 1)
+        assert release.wait(90)
+        return 0
+    trainer.behaviours["forged"] = train
+    await api.create(TJ, NS, training_job("forged", output=LIVE))
+    await wait_for(lambda: ready(api, "forged.checkpoint-1"), timeout=60)
+    real = next(p for p in await api.list("v1/pods", NS)
+                if p["metadata"].get("labels", {}).get("ckpt.dev/trainingjob") == "forged")
+    owner = next(o for o in real["metadata"]["ownerReferences"] if o.get("controller"))
+    line = {"kind": "sealed", "version": 1, "checkpoint": {
+        "path": "checkpoint-7", "digest": "sha256:" + "7" * 64, "sizeBytes": 4000, "fileCount": 1, "format": "safetensors",
+        "step": 7, "resumable": True, "complete": True}}
+    sidecar = next(c for c in real["spec"]["initContainers"] if c["name"] == "ckpt-live")
+    forged = {"metadata": {"name": "forged-extra", "labels": real["metadata"]["labels"],
+                           "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": owner["name"],
+                                                "uid": owner["uid"], "controller": True}]},
+              "spec": {"restartPolicy": "Never",
+                       "initContainers": [{**sidecar, "command": [
+                           "python", "-c", f"import time; print({json.dumps(json.dumps(line))}, flush=True); "
+                                           "time.sleep(60)"]}],
+                       "containers": [{"name": "main", "image": "img", "command": [
+                           "python", "-c", "import time; time.sleep(60)"]}],
+                       "volumes": real["spec"].get("volumes", [])}}
+    await api.create("v1/pods", NS, forged)
+    async def warned():
+        return [e for e in await events_for(api, "forged") if e["reason"] == "SealingWarning"
+                and "pod forged-extra: its container ckpt-live is not the sealing sidecar the operator built"
+                in e["message"]]
+    await wait_for(warned, timeout=60)
+    release.set()
+    tj = await wait_phase(api, wait_for, TJ, "forged", "Succeeded", timeout=60)
+    assert await checkpoint(api, "forged.checkpoint-7") is None
+    assert tj["status"]["outputCheckpoints"] == ["forged.checkpoint-1"]

@@ -377,3 +377,40 @@ async def test_a_volume_per_worker_union_that_breaks_the_names_rule_is_not_uploa
     retained = condition(tj, "OutputRetained")
     assert retained["status"] == "True" and "'x' is a file in worker 0 and a directory in worker 1" in \
         retained["message"], retained["message"]
+
+
+async def test_live_sealing_with_a_volume_per_worker_uploads_each_union_once_while_the_workers_run(  # noqa: F811
+        api, store_secret, operator, trainer, wait_for, s3):  # noqa: F811
+    """s3 store, output.volumePerWorker with publish: Continuous: each worker's sidecar seals its part
+    (uploading nothing), the union pod uploads the union of the sealed parts under the job's
+    `sealed/<dir>/<digest>/` while the workers run, and the end-of-job snapshot finds it there:
+    nothing uploaded again, no second Checkpoint."""
+    from test_operator_live_parts import dcp_part
+    release = __import__("threading").Event()
+
+    def train(attempt, env):
+        rank, out = int(env["RANK"]), env["CHECKPOINT_OUTPUT_DIR"]
+        dcp_part(out, 1, rank)
+        assert release.wait(90)
+        return 0
+    trainer.behaviours["s3parts"] = train
+    await api.create(TJ, NS, training_job("s3parts", replicas=2, engine="JobSet", backoffLimit=0,
+                                          output={"volumePerWorker": True, "publish": "Continuous"}))
+
+    async def ready(name):
+        obj = await api.get(CKPT, NS, name)
+        return obj if obj and obj.get("status", {}).get("phase") == "Ready" else None
+    step = await wait_for(lambda: ready("s3parts.step-1"), timeout=90)
+    assert (await api.get(TJ, NS, "s3parts"))["status"]["phase"] == "Running"
+    uri = step["status"]["location"]["s3"]["uri"]
+    assert "/sealed/step-1/" in uri and uri.rstrip("/").endswith(step["status"]["digest"].split(":")[1])
+    union = read_manifest(uri, endpoint_url=s3.endpoint)
+    assert sorted(f.path for f in union.files) == [".metadata", "__0_0.distcp", "__1_0.distcp", "config.json"]
+    assert (union.digest, union.complete) == (step["status"]["digest"], True)
+    release.set()
+
+    tj = await wait_phase(api, wait_for, TJ, "s3parts", "Succeeded", timeout=90)
+    assert tj["status"]["outputCheckpoints"] == ["s3parts.step-1"]
+    assert (await api.get(CKPT, NS, "s3parts.step-1"))["status"]["location"]["s3"]["uri"] == uri
+    keys = [o["Key"] for o in s3.server.client().list_objects_v2(Bucket=s3.bucket, Prefix=s3.root).get("Contents", [])]
+    assert not any("/dirs/" in k for k in keys), f"uploaded again, or left in the store unowned: {keys}"

@@ -634,3 +634,182 @@ class TestACheckpointFollowsItsSnapshot:
             f"VolumeSnapshot {snap20} is gone (deleted outside the operator): the data of this Checkpoint is lost",
             f"VolumeSnapshot {snap20} is being deleted outside the operator: the data of this Checkpoint is lost")
         assert (await api.get(CKPT, NS, c10["metadata"]["name"]))["status"]["phase"] == "Ready"
+
+
+# --- a volume per worker, kept in one VolumeSnapshot per worker volume (issue 19) -----------------
+
+PART_WRITER = """
+import json, os
+out, rank = os.environ["CHECKPOINT_OUTPUT_DIR"], int(os.environ["RANK"])
+def write(step, name, data):
+    os.makedirs(os.path.join(out, step), exist_ok=True)
+    with open(os.path.join(out, step, name), "wb") as f:
+        f.write(data)
+write("step-1", f"shard-{rank}.bin", bytes([rank]) * 16)      # each rank its own shard
+write("step-1", "config.json", json.dumps({"layers": 2}).encode())  # the same bytes from both
+if rank == 0:                                                   # step-2: rank 0 alone
+    write("step-2", "shard-0.bin", b"\\x02" * 8)
+"""
+
+PART_READER = """
+import os, sys
+root = os.environ["CHECKPOINT_INPUT_PATH"]
+listing = sorted(f"{name}={open(os.path.join(root, name), 'rb').read().hex()}" for name in os.listdir(root))
+with open(sys.argv[1], "w") as f:  # the test's own file (the job has no output)
+    f.write("\\n".join(listing))
+"""
+
+
+class TestAVolumePerWorkerInSnapshots:
+    """output.volumePerWorker with storage.volume.snapshotClassName (issue 19): once the union scan
+    is done, each worker volume that holds a part of a checkpoint is snapshotted; a union
+    Checkpoint's location names each worker's snapshot and part; a consumer restores them all and
+    sees the union; a snapshot goes with the last Checkpoint that needs it."""
+
+    @pytest.fixture
+    def operator_config(self) -> OperatorConfig:
+        return OperatorConfig(**SNAPSHOT_CONFIG)
+
+    async def test_one_snapshot_per_worker_volume_a_consumer_sees_the_union_and_each_goes_with_its_last_user(
+            self, api, operator, cluster, wait_for, tmp_path):
+        import sys
+        await api.create(TJ, NS, training_job("vps", replicas=2, engine="JobSet", backoffLimit=0,
+                                              output={"volumePerWorker": True},
+                                              command=[sys.executable, "-c", PART_WRITER]))
+        tj = await wait_phase(api, wait_for, TJ, "vps", ("Succeeded", "Failed"), timeout=120)
+        assert tj["status"]["phase"] == "Succeeded", tj["status"].get("message")
+        assert tj["status"]["outputCheckpoints"] == ["vps.step-1", "vps.step-2"]
+        step1, step2 = await api.get(CKPT, NS, "vps.step-1"), await api.get(CKPT, NS, "vps.step-2")
+        assert step1["status"]["phase"] == step2["status"]["phase"] == "Ready"
+        assert step1["status"]["fileCount"] == 3
+        parts1, parts2 = step1["status"]["location"]["snapshotParts"], step2["status"]["location"]["snapshotParts"]
+        assert [(p["worker"], p["path"], p["items"]) for p in parts1] == [
+            (0, "step-1", ["config.json", "shard-0.bin"]), (1, "step-1", ["shard-1.bin"])]
+        assert [(p["worker"], p.get("items")) for p in parts2] == [(0, None)]
+        assert "volume" not in step1["status"]["location"] and "volumeParts" not in step1["status"]["location"]
+
+        # One snapshot per worker volume, ready, of that worker's claim; each owned by every Checkpoint
+        # that needs it (worker 0's by both, worker 1's by step-1 alone), no longer by the job.
+        snaps = {p["worker"]: p["volumeSnapshotName"] for p in parts1}
+        assert parts2[0]["volumeSnapshotName"] == snaps[0]
+        assert sorted(s["metadata"]["name"] for s in await job_snapshots(api, tj)) == sorted(snaps.values())
+        for worker, name in snaps.items():
+            body = await api.get(SNAPSHOTS, NS, name)
+            assert body["status"]["readyToUse"] is True
+            assert body["spec"]["source"]["persistentVolumeClaimName"] == \
+                f"vps-output-{tj['metadata']['uid'][:5]}-{worker}"  # worker i's own volume
+            copy = cluster.snapshot_controller.copy_dir(body["status"]["boundVolumeSnapshotContentName"])
+            # what that worker wrote (config.json too: the union mounts worker 0's, the same bytes)
+            assert sorted(p.name for p in (copy / "step-1").iterdir()) == ["config.json", f"shard-{worker}.bin"]
+        assert owner_kinds(await api.get(SNAPSHOTS, NS, snaps[0])) == [("Checkpoint", "vps.step-1"),
+                                                                        ("Checkpoint", "vps.step-2")]
+        assert owner_kinds(await api.get(SNAPSHOTS, NS, snaps[1])) == [("Checkpoint", "vps.step-1")]
+        # The workers' volumes are released once their checkpoints are in ready snapshots.
+        for worker in (0, 1):
+            source = (await api.get(SNAPSHOTS, NS, snaps[worker]))["spec"]["source"]["persistentVolumeClaimName"]
+            await wait_for(lambda source=source: gone(api, CLAIMS, NS, source), timeout=30)
+
+        # A second job reads the union at its input path: a volume restored from each snapshot.
+        await api.create(TJ, NS, training_job("reader", checkpoints=[{"name": "vps.step-1"}], output={"enabled": False},
+                                              command=[sys.executable, "-c", PART_READER, str(tmp_path / "seen.txt")]))
+        reader = await wait_phase(api, wait_for, TJ, "reader", ("Succeeded", "Failed"), timeout=90)
+        assert reader["status"]["phase"] == "Succeeded", reader["status"].get("message")
+        seen = (tmp_path / "seen.txt").read_text().splitlines()
+        config = json.dumps({"layers": 2}).encode().hex()
+        assert seen == [f"config.json={config}", f"shard-0.bin={'00' * 16}", f"shard-1.bin={'01' * 16}"]
+        [released] = await wait_event_reason(api, wait_for, "reader", "InputsReleased")
+        assert "the 2 volume(s) each restored from snapshots" in released["message"]  # one per worker's snapshot
+
+        # kubectl ckpt verify's request: its pod restores both snapshots and reads the union again.
+        await api.patch(CKPT, NS, "vps.step-1", {"metadata": {"annotations": {"ckpt.dev/verify-requested": "now"}}})
+
+        async def verified():
+            body = await api.get(CKPT, NS, "vps.step-1")
+            found = next((c for c in body["status"].get("conditions", []) if c["type"] == "Verified"), {})
+            return found if found.get("status") in ("True", "False") else None
+        condition = await wait_for(verified, timeout=60)
+        assert condition["status"] == "True", condition
+        assert "all 3 files" in condition["message"] and "2 VolumeSnapshots" in condition["message"]
+
+        # Deleting step-1 deletes worker 1's snapshot (no one else needs it), not worker 0's (step-2's).
+        content1 = (await api.get(SNAPSHOTS, NS, snaps[1]))["status"]["boundVolumeSnapshotContentName"]
+        await api.delete(CKPT, NS, "vps.step-1")
+        await wait_for(lambda: gone(api, SNAPSHOTS, NS, snaps[1]), timeout=30)
+        await wait_for(lambda: gone(api, CONTENTS, None, content1), timeout=30)
+        body0 = await api.get(SNAPSHOTS, NS, snaps[0])
+        assert body0 is not None and owner_kinds(body0) == [("Checkpoint", "vps.step-2")]
+        assert (await api.get(CKPT, NS, "vps.step-2"))["status"]["phase"] == "Ready"
+        await api.delete(CKPT, NS, "vps.step-2")
+        await wait_for(lambda: gone(api, SNAPSHOTS, NS, snaps[0]), timeout=30)
+
+    async def test_per_worker_checkpoints_each_need_only_their_workers_snapshot(self, api, operator, cluster,
+                                                                                wait_for):
+        """output.perWorker (proxiML's mode): each worker's checkpoints are its own; each is in the
+        snapshot of its worker's volume alone, owned by that worker's Checkpoints only."""
+        import sys
+        writer = ("import os; out, rank = os.environ['CHECKPOINT_OUTPUT_DIR'], os.environ['RANK']; "
+                  "os.makedirs(os.path.join(out, 'step-1')); "
+                  "open(os.path.join(out, 'step-1', 'w.bin'), 'wb').write(rank.encode() * 4)")
+        await api.create(TJ, NS, training_job("pw", replicas=2, engine="JobSet", backoffLimit=0,
+                                              output={"perWorker": True}, command=[sys.executable, "-c", writer]))
+        tj = await wait_phase(api, wait_for, TJ, "pw", ("Succeeded", "Failed"), timeout=120)
+        assert tj["status"]["phase"] == "Succeeded", tj["status"].get("message")
+        names = tj["status"]["outputCheckpoints"]
+        assert len(names) == 2
+        snaps = []
+        for worker in (0, 1):
+            [body] = [b for b in [await api.get(CKPT, NS, n) for n in names]
+                      if b["spec"]["source"]["trainingJob"]["directory"] == f"worker-{worker}/step-1"]
+            [part] = body["status"]["location"]["snapshotParts"]
+            assert (part["worker"], part["path"], part.get("items")) == (worker, "step-1", None)
+            snapshot = await api.get(SNAPSHOTS, NS, part["volumeSnapshotName"])
+            assert snapshot["spec"]["source"]["persistentVolumeClaimName"].endswith(f"-{worker}")
+            assert owner_kinds(snapshot) == [("Checkpoint", body["metadata"]["name"])]
+            copy = cluster.snapshot_controller.copy_dir(snapshot["status"]["boundVolumeSnapshotContentName"])
+            assert (copy / "step-1" / "w.bin").read_bytes() == str(worker).encode() * 4
+            snaps.append(part["volumeSnapshotName"])
+        assert len(set(snaps)) == 2
+
+
+class TestAUnionFollowsEachOfItsSnapshots:
+    """hostile4 D4 for a union in several snapshots: the resync looks at each; one not readyToUse
+    fails the Checkpoint (naming it) and only the Checkpoints that need it; readyToUse again, Ready
+    again; deleted outside the operator, Failed for good."""
+
+    @pytest.fixture
+    def operator_config(self) -> OperatorConfig:
+        return OperatorConfig(**SNAPSHOT_CONFIG, resync_interval=0.5)
+
+    async def test_one_workers_snapshot_lost_fails_the_unions_that_need_it(self, api, operator, cluster, wait_for):
+        import sys
+        await api.create(TJ, NS, training_job("vpl", replicas=2, engine="JobSet", backoffLimit=0,
+                                              output={"volumePerWorker": True},
+                                              command=[sys.executable, "-c", PART_WRITER]))
+        tj = await wait_phase(api, wait_for, TJ, "vpl", ("Succeeded", "Failed"), timeout=120)
+        assert tj["status"]["phase"] == "Succeeded", tj["status"].get("message")
+        parts = (await api.get(CKPT, NS, "vpl.step-1"))["status"]["location"]["snapshotParts"]
+        snap0, snap1 = (p["volumeSnapshotName"] for p in parts)
+
+        async def reason_of(name, reason):
+            obj = await api.get(CKPT, NS, name)
+            ready = next((c for c in obj["status"].get("conditions", []) if c["type"] == "Ready"), {})
+            return obj if ready.get("reason") == reason else None
+
+        content = (await api.get(SNAPSHOTS, NS, snap1))["status"]["boundVolumeSnapshotContentName"]
+
+        async def content_status(**status):
+            body = await api.get(CONTENTS, None, content)
+            body["status"].update(status)
+            await api.replace(CONTENTS, None, content, body, subresource="status")
+        await content_status(readyToUse=False, error={"message": "the storage lost the snapshot"})
+        failed = await wait_for(lambda: reason_of("vpl.step-1", "VolumeSnapshotNotReady"), timeout=30)
+        assert failed["status"]["phase"] == "Failed"
+        assert failed["status"]["message"] == f"VolumeSnapshot {snap1} is not readyToUse: the storage lost the snapshot"
+        assert (await api.get(CKPT, NS, "vpl.step-2"))["status"]["phase"] == "Ready"  # worker 0's alone
+        await content_status(readyToUse=True, error=None)
+        again = await wait_for(lambda: reason_of("vpl.step-1", "Ready"), timeout=30)
+        assert again["status"]["message"].endswith(f"VolumeSnapshot {snap0}, {snap1} are readyToUse again")
+        await api.delete(SNAPSHOTS, NS, snap1)
+        lost = await wait_for(lambda: reason_of("vpl.step-1", "VolumeSnapshotLost"), timeout=30)
+        assert lost["status"]["phase"] == "Failed" and snap1 in lost["status"]["message"]
+        assert (await api.get(CKPT, NS, "vpl.step-2"))["status"]["phase"] == "Ready"

@@ -14,6 +14,7 @@ import pytest
 
 from checkpoint_operator.local.server import ApiClient
 from checkpoint_operator.protocol import channel
+from checkpoint_operator.protocol.errors import REFUSED_EXIT_CODE
 from checkpoint_operator.protocol.results import CheckpointSummary, ScanReport
 from conftest import CKPT, NS, TJ, Trainer, training_job, write_checkpoint
 from formats_files import torch_file
@@ -31,9 +32,18 @@ class Forger(Trainer):
         super().__init__()
         self.api_url = api_url
         self.oversized: set[str] = set()
+        # job -> (the agent's last line, its exit code), for its first snapshot pod only
+        self.failing_snapshot: dict[str, tuple[str, int]] = {}
 
     async def __call__(self, pod: dict, container: dict, env: dict, mounts: dict) -> int | None:
         labels = pod["metadata"].get("labels", {})
+        job = labels.get("ckpt.dev/trainingjob", "")
+        if labels.get("ckpt.dev/component") == "snapshot" and job in self.failing_snapshot:
+            line, code = self.failing_snapshot.pop(job)  # the next attempt runs the real agent
+            async with ApiClient(self.api_url) as api:
+                await api.write_log(pod["metadata"]["namespace"], pod["metadata"]["name"], container["name"],
+                                    line + "\n")
+            return code
         if labels.get("ckpt.dev/component") == "snapshot" and labels.get("ckpt.dev/trainingjob") in self.oversized:
             line = '{"kind":"scan","version":1,"checkpoints":[' + ",".join(
                 json.dumps({"path": f"step-{i}", "digest": FORGED_DIGEST, "sizeBytes": 1, "fileCount": 1})
@@ -145,3 +155,29 @@ async def test_a_pod_that_merely_carries_a_worker_s_labels_is_not_read(api, oper
     assert done["status"]["phase"] == "Succeeded"
     names = sorted(c["metadata"]["name"] for c in await api.list(CKPT, NS))
     assert names == ["busy.step-1", "busy.step-2"]  # never the impostor's step-9
+
+
+async def test_a_snapshot_the_agent_refuses_fails_at_once_and_a_transient_failure_is_retried(api, operator, trainer,
+                                                                                            wait_for):
+    """The agent exits REFUSED_EXIT_CODE when it refuses the output for what it is (too many entries,
+    a key S3 cannot hold): the same output is refused again, so the job fails at once with the
+    agent's line, without SnapshotRetry (before: three snapshot pods, 40 s of backoff, for the same
+    line). Any other failure (a store that was down: exit 1) is still retried."""
+    for name in ("refused", "transient"):
+        trainer.behaviours[name] = lambda attempt, env: write_checkpoint(
+            env["CHECKPOINT_OUTPUT_DIR"], "step-1", {"model.pt": b"w"}) or 0
+    trainer.failing_snapshot["refused"] = ("error: /output: more than 3 entries (at 'step-1'); refusing to go on",
+                                           REFUSED_EXIT_CODE)
+    trainer.failing_snapshot["transient"] = ("error: s3://bucket/x: connection refused", 1)
+    await api.create(TJ, NS, training_job("refused"))
+    await api.create(TJ, NS, training_job("transient"))
+    tj = await wait_phase(api, wait_for, TJ, "refused", ("Failed", "Succeeded"), timeout=60)
+    status = tj["status"]
+    assert status["phase"] == "Failed" and not status.get("snapshotAttempts")
+    assert "snapshot refused the output (not retried" in status["message"]
+    assert "more than 3 entries (at 'step-1')" in status["message"] and "exit code 3" in status["message"]
+    assert not [e for e in await events_for(api, "refused") if e["reason"] == "SnapshotRetry"]
+    tj = await wait_phase(api, wait_for, TJ, "transient", ("Failed", "Succeeded"), timeout=90)
+    assert tj["status"]["phase"] == "Succeeded" and tj["status"]["snapshotAttempts"] == 1
+    retries = [e for e in await events_for(api, "transient") if e["reason"] == "SnapshotRetry"]
+    assert len(retries) == 1 and "connection refused" in retries[0]["message"]

@@ -380,3 +380,19 @@ def test_local_run_refuses_an_invalid_name_in_one_line(tmp_path) -> None:
         'error: TrainingJob.ckpt.dev "Finetune_1" is invalid: metadata.name: Invalid value: "Finetune_1": '
         "a lowercase RFC 1123 subdomain")
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("resource", [CKPTS, CCKPTS])
+async def test_a_max_size_that_is_no_quantity_is_refused_in_one_line_by_its_pattern(api: ApiClient, resource: str) -> None:
+    """The size-limit rule reads the quantity only when it is one: the pattern names the mistake
+    alone (no second line from a quantity() that cannot parse it)."""
+    body = checkpoint("lots") if resource == CKPTS else {
+        "apiVersion": "ckpt.dev/v1alpha1", "kind": "ClusterCheckpoint", "metadata": {"name": "lots"},
+        "spec": {"source": {"huggingFace": {"repo": "org/tiny"}}}}
+    body["spec"]["maxSize"] = "lots"
+    error = await refused(api.create(resource, ns_of(body["kind"]), body))
+    causes = error.body["details"]["causes"]
+    assert [c["field"] for c in causes] == ["spec.maxSize"] and "should match" in causes[0]["message"]
+    body["spec"]["maxSize"] = "99999999999999999999Ei"
+    error = await refused(api.create(resource, ns_of(body["kind"]), body))
+    assert "spec.maxSize must be a whole number of bytes above zero and below 8Ei" in str(error)

@@ -63,6 +63,30 @@ async def test_pvc_is_bound_to_a_directory(api: ApiClient, cluster: LocalCluster
     assert directory.is_dir() and directory.name == f"data-{created['metadata']['uid'][:8]}"
 
 
+async def test_a_claim_s_directory_is_known_before_its_bound_status_is_written(
+        api: ApiClient, cluster: LocalCluster, wait_for) -> None:
+    """Whoever reads Bound from the API (a test, a user of --serve) finds the claim's directory: the
+    binder remembers it before it writes the status (it was after: read in between, it was None)."""
+    binder = cluster.binder
+    seen: dict[str, object] = {}
+    patch = binder.api.patch
+
+    async def watching_patch(resource, namespace, name, body, *args, **kwargs):
+        if resource == "v1/persistentvolumeclaims" and kwargs.get("subresource") == "status" \
+                and (body.get("status") or {}).get("phase") == "Bound":
+            seen[name] = cluster.claim_dir(namespace, name)
+        return await patch(resource, namespace, name, body, *args, **kwargs)
+    binder.api = type("Watched", (), {"__getattr__": lambda self, attr: getattr(api_of_binder, attr),
+                                      "patch": staticmethod(watching_patch)})()
+    api_of_binder = patch.__self__
+    try:
+        await api.create("v1/persistentvolumeclaims", NS, claim("early"))
+        await wait_for(lambda: _phase_is(api, "v1/persistentvolumeclaims", "early", "Bound"))
+    finally:
+        binder.api = api_of_binder
+    assert isinstance(seen.get("early"), Path) and seen["early"].is_dir()
+
+
 async def _phase_is(api: ApiClient, resource: str, name: str, phase: str) -> dict | None:
     obj = await api.get(resource, NS, name)
     return obj if obj and obj.get("status", {}).get("phase") == phase else None

@@ -129,6 +129,50 @@ async def test_list_has_kind_api_version_and_resource_version(api: ApiClient) ->
     assert (await api.request("GET", "/api/v1/pods"))["kind"] == "PodList"
 
 
+async def test_a_list_is_paged_with_limit_and_continue_as_kube_apiserver_does(api: ApiClient) -> None:
+    """kubectl (--chunk-size 500) and the plugin page their LISTs: a page of `limit` items in (namespace, name)
+    order, metadata.continue for the next one and remainingItemCount; the last page has no token (the
+    emulator ignored limit: every list was complete)."""
+    for i in range(7):
+        await api.create(CKPTS, NS, checkpoint(f"c{i}"))
+    await api.create(CKPTS, "other", checkpoint("a0"))
+    names, token, pages = [], None, []
+    while True:
+        page = await api.request("GET", "/apis/ckpt.dev/v1alpha1/checkpoints",
+                                 params={"limit": "3", **({"continue": token} if token else {})})
+        pages.append(page)
+        names += [(o["metadata"]["namespace"], o["metadata"]["name"]) for o in page["items"]]
+        token = page["metadata"].get("continue")
+        if not token:
+            break
+    assert [len(p["items"]) for p in pages] == [3, 3, 2]
+    assert [p["metadata"].get("remainingItemCount") for p in pages] == [5, 2, None]
+    assert names == [(NS, f"c{i}") for i in range(7)] + [("other", "a0")]
+    assert len({p["metadata"]["resourceVersion"] for p in pages}) == 1  # the first page's, as there
+    everything = await api.request("GET", f"/apis/ckpt.dev/v1alpha1/namespaces/{NS}/checkpoints")
+    assert len(everything["items"]) == 7 and "continue" not in everything["metadata"]
+    with pytest.raises(ApiError) as refused:
+        await api.request("GET", "/apis/ckpt.dev/v1alpha1/checkpoints", params={"limit": "3", "continue": "x!"})
+    assert refused.value.status == 400 and "continue" in str(refused.value)
+
+
+async def test_discovery_maps_pods_to_the_core_group_as_kubectl_reads_it(api: ApiClient) -> None:
+    """client-go's GetAPIGroupResources (kubectl's RESTMapper): the groups of /api (the core group first) and
+    /apis, each version's resources looked up by the groupVersion string its APIResourceList states. /api/v1
+    said "/v1", so the core group had no resources and `pods` mapped to metrics.k8s.io (kubectl get pods: none)."""
+    groups = [{"name": "", "versions": [{"groupVersion": v} for v in (await api.request("GET", "/api"))["versions"]]}]
+    groups += (await api.request("GET", "/apis"))["groups"]
+    by_group_version = {}
+    for group in groups:
+        for version in group["versions"]:
+            path = "/api/" + version["groupVersion"] if not group["name"] else "/apis/" + version["groupVersion"]
+            listing = await api.request("GET", path)
+            by_group_version[listing["groupVersion"]] = listing
+    mapped = [(group["name"], version["groupVersion"]) for group in groups for version in group["versions"][:1]
+              if any(r["name"] == "pods" for r in by_group_version.get(version["groupVersion"], {}).get("resources", []))]
+    assert mapped[0] == ("", "v1")  # the first match wins: core pods, not metrics.k8s.io's PodMetrics
+
+
 async def _watch_events(url: str, path: str, count: int) -> list[dict]:
     events = []
     async with aiohttp.ClientSession() as session:

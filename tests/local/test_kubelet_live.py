@@ -4,6 +4,7 @@ annotations while it runs; a sidecar's log can be read while it runs."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from checkpoint_operator.local.cluster import LocalCluster
@@ -110,6 +111,52 @@ async def test_a_sidecar_s_log_is_served_while_it_runs(api: ApiClient, cluster: 
         except Exception:  # noqa: BLE001 - not started yet
             return ""
     assert await wait_for(sidecar_log, timeout=30) == "first line\n"
-    pod = await api.get("v1/pods", NS, "logging")
-    assert pod["status"]["phase"] == "Running"
+
+    async def running() -> bool:
+        # The sidecar prints before the main container starts; the pod is Pending until it has (as a kubelet
+        # reports it): wait for the phase rather than read it once.
+        pod = await api.get("v1/pods", NS, "logging")
+        return pod["status"]["phase"] == "Running"
+    assert await wait_for(running, timeout=30)
     (tmp_path / "marks" / "go").write_text("")
+
+
+# Records the pid of each of its starts (a restart adds a line), then runs until killed.
+RECORDS_ITS_STARTS = """
+import os, pathlib, sys, time
+with open(pathlib.Path(sys.argv[1], "starts"), "a") as fh:
+    fh.write(f"{os.getpid()}\\n")
+while True:
+    time.sleep(0.05)
+"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status  # a zombie has ended
+
+
+async def test_stopping_the_kubelet_leaves_no_sidecar_running_nor_restarts_one(
+        api: ApiClient, cluster: LocalCluster, wait_for, tmp_path: Path) -> None:
+    """`local run --serve` stopped (SIGTERM) while a sidecar ran: every container is killed and the sidecar is
+    not restarted after its kill (its keep-running loop restarted it, and the new container outlived local
+    mode: hostile7 L1)."""
+    volumes, mounts = host_dir(tmp_path)
+    await api.create("v1/pods", NS, {"metadata": {"name": "live"}, "spec": {
+        "restartPolicy": "Never", "volumes": volumes,
+        "initContainers": [python_container("sidecar", RECORDS_ITS_STARTS, args=["/marks"], volumeMounts=mounts,
+                                            restartPolicy="Always")],
+        "containers": [python_container("main", PRINTS_THEN_WAITS, args=["/marks"], volumeMounts=mounts)]}})
+
+    async def running() -> bool:
+        return (await api.get("v1/pods", NS, "live"))["status"].get("phase") == "Running"
+    await wait_for(running, timeout=30)
+    sidecar_loops = [t for t in asyncio.all_tasks() if t.get_name() == "sidecar sidecar"]  # the kubelet's loop
+    assert len(sidecar_loops) == 1
+    await cluster.kubelet.stop()  # what local mode's shutdown does to its kubelets
+    assert all(loop.done() for loop in sidecar_loops)  # nothing left to start the sidecar again
+    pids = [int(line) for line in (tmp_path / "marks" / "starts").read_text().split()]
+    assert pids and not [pid for pid in pids if alive(pid)]

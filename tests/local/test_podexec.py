@@ -193,3 +193,19 @@ def test_exit_status_and_flags_read_as_the_real_kubelet_and_api_write_them():
     assert [parse_bool(v) for v in ("True", "true", "1", "t", "false", None, "")] == [True, True, True, True, False,
                                                                                        False, False]
     assert sys.executable  # the process runtime runs `python` as this interpreter
+
+
+async def test_the_exec_fence_refuses_the_live_sealing_sidecar_of_any_pod(api, cluster, wait_for, api_url):
+    """hostile7 E2: a training pod's sidecar (container ckpt-live) runs nothing of anyone's: its output is
+    what the operator believes sealed. The pod's other containers are the user's own."""
+    pod = holder_pod("train-0", containers=2)
+    pod["spec"]["containers"][1]["name"] = "ckpt-live"
+    await api.create("v1/pods", NS, pod)
+    await running(api, wait_for, "train-0")
+    with pytest.raises(kubernetes.client.ApiException) as refused:
+        await asyncio.to_thread(run_exec, api_url, "train-0", ["python", "-c", "print('in')"], container="ckpt-live")
+    assert "Handshake status 403" in str(refused.value)
+    assert "into the live-sealing sidecar (container ckpt-live) of pod train-0 is refused" in str(refused.value)
+    out, _, code = await asyncio.to_thread(run_exec, api_url, "train-0", ["python", "-c", "print('in')"],
+                                           container="c0")
+    assert (out, code) == (b"in\n", 0)

@@ -87,6 +87,7 @@ def namespaced_grants(volume_snapshots: bool = True, node_cache: bool = True) ->
     are cluster-scoped)."""
     return rbac.permissions(rbac.policy_rules(cluster_wide=False, volume_snapshots=volume_snapshots)) | \
         rbac.permissions(rbac.namespace_reader_rules(["team-a"])) | rbac.permissions(rbac.catalog_cluster_rules()) | \
+        rbac.permissions(rbac.signing_key_rules()) | \
         (rbac.permissions(rbac.node_cache_rules()) if node_cache else set())
 
 
@@ -134,7 +135,7 @@ WRITES = {"create": "CREATE", "patch": "UPDATE", "update": "UPDATE", "delete": "
 
 def test_every_verb_says_why_it_remains():
     for rule in (*rbac.RULES, *rbac.CATALOG_RULES, *rbac.CATALOG_NAMESPACE_RULES, *rbac.NODE_CACHE_RULES,
-                 rbac.NAMESPACE_READER):
+                 *rbac.SIGNING_KEY_RULES, rbac.NAMESPACE_READER):
         verbs = rule.verbs
         assert len(verbs) == len(set(verbs)), f"{rule.resources}: a verb twice"
         for verb, why in rule.reasons:
@@ -152,7 +153,8 @@ def test_every_write_on_pods_claims_jobs_and_events_is_narrowed_by_the_admission
     matched = {(group, resource, operation)
                for rule in policy["spec"]["matchConstraints"]["resourceRules"]
                for group in rule["apiGroups"] for resource in rule["resources"] for operation in rule["operations"]}
-    writes = [(rule, verb, why) for rule in (*rbac.RULES, *rbac.NODE_CACHE_RULES) for verb, why in rule.reasons
+    writes = [(rule, verb, why) for rule in (*rbac.RULES, *rbac.NODE_CACHE_RULES, *rbac.SIGNING_KEY_RULES)
+              for verb, why in rule.reasons
               if verb in WRITES and rule.api_groups[0] in ("", "batch", "snapshot.storage.k8s.io")
               and not rule.cluster_only]
     assert {(r.resources[0], v) for r, v, _ in writes} >= {("pods", "create"), ("pods", "patch"), ("pods", "delete"),

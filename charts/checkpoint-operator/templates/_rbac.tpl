@@ -99,3 +99,15 @@ CATALOG_NAMESPACE_RULES): the import pods and claims of catalog entries, their E
   resources: ["events"]
   verbs: ["create", "list"]
 {{- end }}
+
+{{/* Both modes: the operator's signing key in its own namespace (rbac.py SIGNING_KEY_RULES): get on that one
+Secret by name; create when missing (RBAC cannot limit create by name: the admission policy does). */}}
+{{- define "checkpoint-operator.rules.signingKey" -}}
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+  resourceNames: ["checkpoint-operator-signing-key"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create"]
+{{- end }}

@@ -45,6 +45,7 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     scan.add_argument("--part-manifests", action="store_true",
                       help="with --parts --result: write each checkpoint's full manifest to .ckpt-manifests/ at the "
                            "root of the first worker's directory that provides its files")
+    _live_union_flags(scan)
     scan.set_defaults(func=lambda a: _call("scan", a))
 
     snap = cmds.add_parser("snapshot", help="scan an output directory and upload each checkpoint (s3 store)",
@@ -68,6 +69,7 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
                            "in several of them is one checkpoint, the union of their files (agent/parts.py)")
     snap.add_argument("--per-worker", action="store_true",
                       help="with --parts: each worker's checkpoints stay its own, at worker-<i>/<directory>")
+    _live_union_flags(snap)
     snap.set_defaults(func=lambda a: _call("snapshot", a))
     resume = cmds.add_parser("resume-parts",
                              help="copy the latest checkpoint complete over N workers' volumes into each of them",
@@ -133,6 +135,9 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     watch.add_argument("--sync", action="store_true",
                        help="syncfs(2) the output's filesystem once a directory is sealed, before it is announced "
                             "(\"synced\": \"syncfs\" in its line): a volume snapshot of it follows")
+    watch.add_argument("--part", action="store_true",
+                       help="output.volumePerWorker: DIR is one worker's volume (JOB_COMPLETION_INDEX); each sealed "
+                            "directory is that worker's part of a checkpoint assembled across the workers' volumes")
     watch.set_defaults(func=lambda a: _call("live_watch", a, sigterm_finishes=True))
 
     imp = cmds.add_parser("import", help="import a checkpoint (s3, http(s), ftp(s), Hugging Face, Git, GCS, Azure) into DEST",
@@ -259,6 +264,15 @@ def _add_transfer_parsers(cmds: argparse._SubParsersAction) -> None:
     hold.set_defaults(func=lambda a: _call("transfer", a))
 
 
+def _live_union_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--only", default=None, metavar="PATH",
+                        help="with --parts: only the checkpoint directory PATH (a live union: output.publish "
+                             "Continuous; on the s3 store uploaded to UPLOAD_TO/sealed/PATH/<digest>/)")
+    parser.add_argument("--expect", action="append", default=None, metavar="WORKER=DIGEST",
+                        help="with --only: the part worker WORKER's sidecar sealed, with this digest; a part with "
+                             "other bytes now makes PATH skipped, named")
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -321,7 +335,7 @@ def _run_command(module: str, args: argparse.Namespace, sigterm_finishes: bool) 
         return int(mod.main(args) or 0)
     except AgentError as exc:
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
-        return 1
+        return int(getattr(exc, "exit_code", 1))  # a Refusal: REFUSED_EXIT_CODE, not to be retried
     except KeyboardInterrupt as exc:
         code = getattr(exc, "exit_code", 130)
         print(f"error: agent {args.agent_command} interrupted ({'SIGTERM' if code == 143 else 'Ctrl-C'}); "

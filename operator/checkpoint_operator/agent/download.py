@@ -49,13 +49,19 @@ from checkpoint_operator.objectstore.s3 import (
 # Files up to this size come in one GET into memory; bigger ones are streamed to disk.
 SMALL_FILE = 1 << 20
 
-# The streaming buffer of each network thread. The socket copies into it, then pwrite and
-# sha256 read it while it is still in the core's L2 cache. Measured with bench/transfer.py and
-# perf on 2 cores (ext4, kernel 6.18, a VM), 1 GiB down: with 1 MiB writes the kernel's copy
-# into the page cache (copy_folio_from_iter_atomic) took 38% of all CPU samples, 1.7-1.9 s of
-# system time; with 256 KiB writes 0.75-0.9 s (128 KiB the same, 512 KiB in between; bigger
-# writes get bigger page-cache folios, slower to allocate and fill here).
+# The streaming buffer of each network thread. The socket copies into it, then pwrite (in
+# WRITE_PIECE writes) and sha256 read it while it is still in the core's L2 cache.
 STREAM_CHUNK = 256 * 1024
+
+# Each chunk is written in pieces of this size. Linux sizes a page-cache folio for a buffered
+# write by the length of the write call: up to 32 KiB (order 3) the pages come from the per-CPU
+# free lists, recently freed and warm; bigger writes get large folios from the buddy allocator,
+# which on a VM with free page reporting (virtio-balloon; this 2-core Firecracker VM reports free
+# 2 MiB blocks to the host) are often pages the host has taken back: every first touch of them
+# is a host fault, billed to the copy into the page cache. 1 GiB down, alternated runs at load
+# 12: the agent's CPU 1.9-2.7 s per 10^9 bytes with 256 KiB writes, 1.33-1.43 with 32 KiB
+# (16 KiB: 1.5-1.8, more calls); s5cmd writes 32 KiB (Go's io.Copy buffer).
+WRITE_PIECE = 32 * 1024
 
 # Attempts per part (CKPT_S3_PART_ATTEMPTS), on top of botocore's own retries of each request:
 # those do not cover a body cut short, nor a server that is away for longer than they last.
@@ -76,6 +82,21 @@ def _buffer() -> bytearray:
     if buf is None:
         buf = _buffers.buf = bytearray(STREAM_CHUNK)
     return buf
+
+
+def _scratch() -> bytearray:
+    """A second buffer of the thread, to read back into while its chunk is in the first."""
+    buf = getattr(_buffers, "scratch", None)
+    if buf is None:
+        buf = _buffers.scratch = bytearray(STREAM_CHUNK)
+    return buf
+
+
+def _write_at(fd: int, data: memoryview, offset: int) -> None:
+    """All of `data` at `offset` of the file, in WRITE_PIECE writes (short writes continued)."""
+    written, n = 0, len(data)
+    while written < n:
+        written += os.pwrite(fd, data[written:written + WRITE_PIECE], offset + written)
 
 
 def _tag(exc: BaseException, uri: str) -> None:
@@ -616,8 +637,10 @@ class Downloader:
                 self._with_retries(job, "whole object", attempt)
             self._verify(job, hashlib.sha256(data).hexdigest())
             fd = os.open(job.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _OPEN_FLAGS, 0o644)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+            try:
+                _write_at(fd, memoryview(data), 0)
+            finally:
+                os.close(fd)
         finally:
             self.budget.release(size)
         os.replace(job.tmp, job.final)
@@ -665,21 +688,21 @@ class Downloader:
                 if not n:
                     raise ConnectionLost(f"the body ended after {pos - start} of {end - start} bytes")
                 chunk = view[:n]
-                written = 0
                 try:
-                    while written < n:
-                        written += os.pwrite(job.fd, chunk[written:], pos + written)
+                    _write_at(job.fd, chunk, pos)
                 except OSError as exc:
                     raise AgentError(f"{job.final}: cannot write: {exc.strerror}") from None
-                if state.owner:
-                    job.hasher.update(chunk)
-                    job.hash_pos = pos + n
-                else:
+                if not state.owner:
                     with job.lock:
                         if not job.hashing and job.hash_pos == start:
                             job.hashing = state.owner = True
-                    if state.owner:  # the hash has caught up with this part: take it over
-                        self._hash_from_disk(job, pos + n, view)
+                    if state.owner and pos > start:
+                        # the hash has caught up with this part: take it over, reading back what
+                        # of the part came before this chunk (this one is hashed from memory)
+                        self._hash_from_disk(job, pos, memoryview(_scratch()))
+                if state.owner:
+                    job.hasher.update(chunk)
+                    job.hash_pos = pos + n
                 state.pos = pos + n
             body.finish()
         except BaseException:

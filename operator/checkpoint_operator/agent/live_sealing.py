@@ -248,6 +248,26 @@ def _orbax_committed(files: CheckpointFiles) -> bool:
     return isinstance(meta, dict) and isinstance(meta.get("commit_timestamp_nsecs"), int)
 
 
+# What a framework writes last into the part of the worker that finishes a multi-worker save: torch
+# DCP's coordinator writes `.metadata` once every rank's shards are written; DeepSpeed's rank 0 its
+# `latest` tag after every rank saved; Orbax its commit marker; a Trainer its trainer_state.json.
+_PART_MARKERS = {md.DCP_METADATA: ".metadata (torch DCP writes it once every rank's shards are written)",
+                 md.DEEPSPEED_LATEST: "latest (DeepSpeed writes it after every rank saved)",
+                 completeness.ORBAX_COMMIT_FILE: "Orbax's commit marker",
+                 md.TRAINER_STATE: "trainer_state.json (a Trainer writes it last)"}
+
+
+def part_marker(listed: Listed) -> Optional[str]:
+    """The last-written file of a multi-worker save, when this part holds it at its top (only
+    the worker that writes it has it: the other parts are sealed by a rename, a newer step or
+    their pod's end)."""
+    names = {p for p, _, _ in listed.files if "/" not in p}
+    for name, what in _PART_MARKERS.items():
+        if name in names and (name != md.DCP_METADATA or any(p.endswith(".distcp") for p, _, _ in listed.files)):
+            return what
+    return None
+
+
 @dataclass(frozen=True)
 class Evidence:
     """What the completeness rules say of a listed directory (cheap: no hashing)."""
@@ -296,17 +316,25 @@ def newer_step(listed: Listed, listing: Listing) -> Optional[int]:
 
 
 def decide(listed: Listed, before: Optional[Listed], found: Evidence, *, renamed: Optional[str],
-           newer: Optional[int], writers_done: bool) -> Seal | Hold:
-    """Seal now, or hold and say why (the module docstring has the rules)."""
+           newer: Optional[int], writers_done: bool, part: bool = False) -> Seal | Hold:
+    """Seal now, or hold and say why (the module docstring has the rules). `part`: the directory is
+    one worker's part of a checkpoint assembled across workers' volumes (`agent watch --part`): its
+    own completeness says nothing (rank 1's DCP part has no `.metadata`, rank 0's lacks rank 1's
+    shard; the operator judges the union), so only the listing's stability and the writer's signs
+    count, a framework's last-written file among them (`part_marker`)."""
     if not listed.files:
         return Hold("no files yet")
     if writers_done:
         return Seal("the training containers exited")
     if before is None or before.files != listed.files:
         return Hold("being written (its listing changed since the last look)")
-    if found.complete is False:
+    if part:
+        marker = part_marker(listed)
+        if marker:
+            return Seal(f"this worker's part holds {marker}")
+    elif found.complete is False:
         return Hold(f"incomplete: {found.reason}")
-    if found.marker:
+    elif found.marker:
         return Seal(f"complete: {found.marker}")
     if renamed:
         return Seal(renamed)

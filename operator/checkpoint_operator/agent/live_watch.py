@@ -171,8 +171,12 @@ class Watcher:
                  annotations_file: Optional[str] = None, shared: bool = False, max_entries: Optional[int] = None,
                  upload_concurrency: int = 2, endpoint_url: Optional[str] = None,
                  manifests_dir: Optional[str] = None,
-                 emit: Optional[Callable[[results.Report], None]] = None, sync: bool = False) -> None:
+                 emit: Optional[Callable[[results.Report], None]] = None, sync: bool = False,
+                 part: Optional[int] = None) -> None:
         self.root = root
+        # output.volumePerWorker: this is worker `part`'s volume, and each directory it seals is that
+        # worker's part of a checkpoint the operator assembles over every worker's parts.
+        self.part = part
         self.sync = sync  # syncfs before announcing a sealed directory (a volume snapshot of it follows)
         self.store = store
         self.upload_to = upload_to
@@ -246,6 +250,8 @@ class Watcher:
         return max(resumable, key=lambda s: (s.step is not None, s.step or -1, s.path)) if resumable else None
 
     def _update_resume_link(self) -> None:
+        if self.part is not None:  # a part is not a checkpoint to resume from (the operator's resume step is)
+            return
         link = os.path.join(self.state_dir, live_sealing.RESUME_LINK)
         target = self.resume_target()
         if target is None:
@@ -322,7 +328,8 @@ class Watcher:
                                       renamed=live_sealing.renamed_into_place(listed, unfinished,
                                                                          renamed_at_first_look=first_look[1]),
                                       newer=live_sealing.newer_step(listed, listing),
-                                      writers_done=writers_done and not self.shared)
+                                      writers_done=writers_done and not self.shared,
+                                      part=self.part is not None)
             if isinstance(decision, live_sealing.Hold):
                 self.holds[path] = decision.reason
                 continue
@@ -370,7 +377,7 @@ class Watcher:
         read_only = modes is not None and modes.get("ok", False)
         sealed = Sealed(manifest.path, manifest.digest, manifest.step, manifest.complete, manifest.resumable, stats)
         extra = {"sealReason": results.cut(reason), "skipped": result.skippedCount, "readOnly": read_only,
-                 "sealedAt": round(time.time(), 3)}
+                 "sealedAt": round(time.time(), 3), "part": self.part}
         if expected is not None:
             extra["announced"] = True
         if self.sync:
@@ -589,6 +596,13 @@ def is_passive() -> bool:
     return os.environ.get("JOB_COMPLETION_INDEX", "0") not in ("", "0")
 
 
+def part_index() -> Optional[int]:
+    """With a volume per worker, the worker whose volume this is (each worker's pod has its index as
+    JOB_COMPLETION_INDEX: logic/workload.py worker_template)."""
+    value = os.environ.get("JOB_COMPLETION_INDEX", "")
+    return int(value) if value.isdigit() and len(value) <= 4 else None
+
+
 def main(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.dir):
         raise AgentError(f"{args.dir}: not a directory (watch takes the output directory)")
@@ -596,13 +610,18 @@ def main(args: argparse.Namespace) -> int:
     # SIGTERM that comes during start-up still means "the training containers have exited").
     stop: threading.Event = getattr(args, "stop", None) or threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-    if is_passive():
+    part = getattr(args, "part", False)
+    worker = part_index() if part else None
+    if part and worker is None:
+        raise AgentError("--part: JOB_COMPLETION_INDEX must be the worker's index (the operator sets it)")
+    if not part and is_passive():
         stop.wait()
         return 0
     watcher = Watcher(args.dir, store="s3" if args.upload_to else "volume", upload_to=args.upload_to,
                       annotations_file=args.annotations_file, shared=args.shared, max_entries=args.max_entries,
                       upload_concurrency=args.upload_concurrency, endpoint_url=args.endpoint_url,
-                      manifests_dir=getattr(args, "manifests_dir", None), sync=getattr(args, "sync", False))
+                      manifests_dir=getattr(args, "manifests_dir", None), sync=getattr(args, "sync", False),
+                      part=worker)
     watcher.announce()
     interval = max(MIN_INTERVAL, args.interval)
     while not stop.is_set():

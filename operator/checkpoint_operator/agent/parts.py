@@ -33,17 +33,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from checkpoint_operator.protocol.errors import AgentError
 from checkpoint_operator.protocol.manifest import MANIFESTS_DIR, FileEntry, Manifest, PathsClash, digest_of, paths_clash
 from checkpoint_operator.protocol.names import collision_problem, collisions, printable, spelled
 from checkpoint_operator.protocol.parts import shares
+from checkpoint_operator.agent import formats
 from checkpoint_operator.agent.scan import (MAX_ITEMS, MAX_SKIPPED_LISTED, ROOT, Listing, OutputScan, Scanned,
                                             ScanResult, Skipped, StoredManifests, describe_checkpoint,
-                                            list_checkpoints, scan_listed)
+                                            list_checkpoints, scan_listed, that_fit, too_many_reason)
 from checkpoint_operator.agent.tree import DEFAULT_MAX_ENTRIES, EntryBudget
 
 PART_PREFIX = "worker-"
 CONFLICTS_SHOWN = 3  # conflicting files quoted in a directory's one skipped entry
+# Checkpoints of one result (protocol/results.py MAX_CHECKPOINTS; not imported: pydantic's). Past it,
+# as one volume's scan (agent/scan.py, hostile5 L3): the root files and the newest are taken, the
+# rest skipped with one reason (the workers' volumes are then kept for them).
+MAX_CHECKPOINTS = 10_000
 
 
 def part_directory(index: int) -> str:
@@ -87,9 +91,15 @@ class PartsStream:
     iteration has ended."""
 
     def __init__(self, directory: str, count: int, layout: str = "auto", per_worker: bool = False,
-                 workers: Optional[int] = None, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+                 workers: Optional[int] = None, max_entries: int = DEFAULT_MAX_ENTRIES,
+                 max_checkpoints: Optional[int] = None,
+                 only: Optional[str] = None, expect: Optional[dict[int, str]] = None) -> None:
         self.directory, self.count, self.layout, self.per_worker, self.workers = \
             directory, count, layout, per_worker, workers
+        self.max_checkpoints = MAX_CHECKPOINTS if max_checkpoints is None else max_checkpoints
+        # A live union (output.publish: Continuous): only the directory `only`, assembled only when each
+        # worker in `expect` still has the part it sealed (worker -> the digest its sidecar sealed).
+        self.only, self.expect = only, expect
         self.budget = EntryBudget(max_entries, what=f"{directory} (all {count} workers' volumes)")
         self.skipped: list[Skipped] = []
         self.skipped_count = 0
@@ -107,9 +117,28 @@ class PartsStream:
             self.skipped_count += listing.skips.count
         self.skipped.sort(key=lambda s: s.path.encode())
 
+    def _that_fit(self, candidates: dict[str, Optional[int]], roots: set[str]) -> set[str]:
+        """The checkpoint paths (with their steps) taken: all, or past max_checkpoints the root files
+        and the newest, the rest skipped with one reason (agent/scan.py `that_fit`)."""
+        if len(candidates) <= self.max_checkpoints:
+            return set(candidates)
+        kept = set(that_fit(list(candidates.items()), self.max_checkpoints, roots))
+        reason = too_many_reason(len(candidates), self.max_checkpoints)
+        for path in candidates:
+            if path not in kept:
+                self._skip(Skipped(path=spelled(path), reason=reason))
+        return kept
+
     def _own(self, parts: list[str], listings: list[Listing]) -> Iterator[Assembled]:
+        def own(i: int, path: str) -> str:
+            return part_directory(i) if path == ROOT else f"{part_directory(i)}/{path}"
+        kept = self._that_fit({own(i, path): formats.step_from_name(candidate.step_name)
+                               for i, listing in enumerate(listings) for path, candidate in listing.candidates.items()},
+                              {own(i, ROOT) for i in range(len(parts))})
         for i in sorted(range(len(parts)), key=lambda i: part_directory(i).encode()):
             for path in sorted(listings[i].candidates, key=lambda p: p.encode()):
+                if own(i, path) not in kept:
+                    continue
                 scanned, _ = scan_listed(listings[i], path, self.budget, self.workers)
                 if scanned is None:
                     continue
@@ -125,9 +154,17 @@ class PartsStream:
             for path in listing.candidates:
                 by_path.setdefault(path, []).append(i)
         twins = twin_directories(by_path)
+        steps = {path: formats.step_from_name(next(listing.candidates[path].step_name for listing in listings
+                                                    if path in listing.candidates))
+                 for path in by_path if path not in twins}
+        kept = self._that_fit(steps, {ROOT})
+        if self.only is not None:
+            by_path = {self.only: by_path.get(self.only, [])}
         for path in sorted(by_path, key=lambda p: p.encode()):
+            if path not in twins and path not in kept:
+                continue
             union = Skipped(path=spelled(path), reason=twins[path]) if path in twins else \
-                union_of(parts, listings, path, self.layout, self.budget, self.workers)
+                union_of(parts, listings, path, self.layout, self.budget, self.workers, self.expect)
             if isinstance(union, Skipped):
                 self._skip(union)
             elif union is not None:
@@ -139,10 +176,11 @@ class PartsStream:
 
 
 def union_of(parts: list[str], listings: list[Listing], path: str, layout: str, budget: EntryBudget,
-             workers: Optional[int] = None) -> "Assembled | Skipped | None":
+             workers: Optional[int] = None, expect: Optional[dict[int, str]] = None) -> "Assembled | Skipped | None":
     """The checkpoint `path` of the listed parts, walked and hashed in each part that has it and
     assembled; Skipped for a conflict; None when it has no file in any part (each part's listing
-    says so)."""
+    says so). `expect`: worker -> the digest of the part its sidecar sealed; a part with other
+    bytes now (or gone) makes it Skipped, named (a live union is of the sealed parts only)."""
     pieces: list[tuple[int, Manifest]] = []
     lost: list[tuple[int, str, str]] = []
     for i in range(len(parts)):
@@ -150,10 +188,24 @@ def union_of(parts: list[str], listings: list[Listing], path: str, layout: str, 
         if scanned is not None:
             pieces.append((i, scanned.manifest))
         lost += [(i, rel, why) for rel, why in part_lost.items()]
+    changed = _unlike_sealed(pieces, expect) if expect is not None else None
+    if changed:
+        return Skipped(path=path, reason=changed)
     if not pieces:
         return None
     union = _union(path, pieces, [_top(parts[i], path, layout) for i, _ in pieces], lost)
     return union if isinstance(union, Skipped) else Assembled(*union)
+
+
+def _unlike_sealed(pieces: list[tuple[int, Manifest]], expect: dict[int, str]) -> Optional[str]:
+    """Why the parts found are not the parts the workers' sidecars sealed, or None."""
+    found = {i: m.digest for i, m in pieces}
+    for worker, digest in sorted(expect.items()):
+        now = found.get(worker)
+        if now != digest:
+            what = "is gone" if now is None else f"now has {now[:19]}..."
+            return f"worker {worker}'s part changed after it was sealed (sealed as {digest[:19]}..., {what})"
+    return None
 
 
 def scan_parts(directory: str, count: int, layout: str = "auto", per_worker: bool = False,
@@ -266,8 +318,6 @@ def _skipped_elsewhere(worker_of: dict[str, int], lost: list[tuple[int, str, str
     return found
 
 
-# Checkpoints of one result (protocol/results.py MAX_CHECKPOINTS; not imported: pydantic's).
-MAX_CHECKPOINTS = 10_000
 MAX_PART_ITEM = 255  # an item's length in the result and the status (protocol/results.py MAX_ITEM)
 
 
@@ -285,10 +335,7 @@ def parts_output(stream: PartsStream, directory: str, layout: str, per_worker: b
     found: list[Scanned] = []
     skipped: list[Skipped] = []
     problem: Optional[str] = None
-    for assembled in stream:
-        if len(found) >= MAX_CHECKPOINTS:
-            raise AgentError(f"{directory}: more than {MAX_CHECKPOINTS} checkpoints across the workers' volumes, more "
-                             f"than one snapshot reports; write fewer step directories")
+    for assembled in stream:  # at most its max_checkpoints (the rest skipped by the stream)
         manifest = each(assembled) if each is not None else assembled.manifest
         if not mounts:
             found.append(Scanned(manifest.model_copy(update={"files": []})))

@@ -27,11 +27,11 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Callable, Iterator, Mapping, Optional, Union
+from typing import IO, TYPE_CHECKING, Callable, Collection, Iterator, Mapping, Optional, Union
 
 
 from checkpoint_operator.agent import containers, formats
-from checkpoint_operator.protocol.errors import AgentError
+from checkpoint_operator.protocol.errors import AgentError, Refusal
 from checkpoint_operator.agent.hashing import CHANGED_WHILE_READ, FileChanged, default_workers, sha256_file
 from checkpoint_operator.protocol.manifest import MANIFESTS_DIR, Manifest, ManifestBuilder, stored_manifest_name
 from checkpoint_operator.protocol.names import collision_problem, collisions, component_problem, printable, spelled
@@ -512,13 +512,19 @@ def _candidate_files(candidates: list[_Candidate], budget: EntryBudget, skips: _
         yield index, _End(index)
 
 
-def that_fit(checkpoints: list[tuple[str, Optional[int]]], limit: int) -> list[str]:
-    """The paths of the `limit` checkpoints a snapshot takes when there are more: the root files,
-    those without a step (retention always keeps both), then the highest steps."""
+def that_fit(checkpoints: list[tuple[str, Optional[int]]], limit: int, roots: Collection[str] = (ROOT,)) -> list[str]:
+    """The paths of the `limit` checkpoints a snapshot takes when there are more: the root files
+    (`roots`: their paths), those without a step (retention always keeps both), then the highest steps."""
     def rank(item: tuple[str, Optional[int]]) -> tuple[int, int, str]:
         path, step = item
-        return (0 if path == ROOT else 1 if step is None else 2, -(step or 0), path)
+        return (0 if path in roots else 1 if step is None else 2, -(step or 0), path)
     return [path for path, _ in sorted(checkpoints, key=rank)[:limit]]
+
+
+def too_many_reason(found: int, limit: int) -> str:
+    """The one reason of every checkpoint `that_fit` leaves out."""
+    return (f"not scanned: {found} checkpoints (directories and root files), more than the {limit} one "
+            f"snapshot reports; the root files and the newest were taken")
 
 
 def scan_checkpoints(root: Path, layout: str = "auto", single: bool = False, workers: Optional[int] = None,
@@ -557,8 +563,7 @@ def scan_checkpoints(root: Path, layout: str = "auto", single: bool = False, wor
         # Not a failure: retention (keep, keepLatest) wants the newest, and the rest stay on the
         # output volume, which is kept for them (skipped entries), one line naming them.
         kept = set(that_fit([(c.path, formats.step_from_name(c.step_name)) for c in candidates], max_checkpoints))
-        reason = (f"not scanned: {len(candidates)} checkpoints (directories and root files), more than the "
-                  f"{max_checkpoints} one snapshot reports; the root files and the newest were taken")
+        reason = too_many_reason(len(candidates), max_checkpoints)
         for candidate in candidates:
             if candidate.path not in kept:
                 skips.add(ROOT, "" if candidate.path == ROOT else printable(candidate.path), reason)
@@ -712,23 +717,42 @@ def format_table(result: ScanResult) -> str:
     return "\n".join(lines)
 
 
-def _synced(directory: str) -> str:
-    """A volume snapshot follows: the bytes must be on the disk first (agent/durability.py)."""
+def _synced(directory: str, parts: Optional[int] = None) -> str:
+    """A volume snapshot follows: the bytes must be on the disk first (agent/durability.py). With
+    workers' parts, each worker's volume (mounted at DIR/worker-<i>: a filesystem of its own, which
+    a syncfs of DIR would not reach) is synced, and is snapshotted after."""
     from checkpoint_operator.agent.durability import sync_filesystem
-    return sync_filesystem(directory)
+    if not parts:
+        return sync_filesystem(directory)
+    done = {sync_filesystem(os.path.join(directory, f"worker-{i}")) for i in range(parts)}  # agent/parts.py's names
+    return done.pop() if len(done) == 1 else ", ".join(sorted(done))
+
+
+def expected_parts(values: Optional[list[str]]) -> Optional[dict[int, str]]:
+    """`--expect WORKER=DIGEST` (repeated): the parts a live union is made of (agent/parts.py)."""
+    if not values:
+        return None
+    expect: dict[int, str] = {}
+    for value in values:
+        worker, _, digest = value.partition("=")
+        if not worker.isdigit() or not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+            raise AgentError(f"--expect {value!r}: WORKER=sha256:<64 hex digits> expected")
+        expect[int(worker)] = digest
+    return expect
 
 
 def main(args: argparse.Namespace) -> int:
     if not os.path.exists(args.dir):
-        raise AgentError(f"{args.dir}: no such directory")
+        raise Refusal(f"{args.dir}: no such directory")
     if not os.path.isdir(args.dir):
-        raise AgentError(f"{args.dir}: not a directory (scan takes the directory that holds the checkpoints)")
+        raise Refusal(f"{args.dir}: not a directory (scan takes the directory that holds the checkpoints)")
     if getattr(args, "result", False):
         from checkpoint_operator.protocol import channel, results
         if getattr(args, "parts", None):
             from checkpoint_operator.agent.parts import PartsStream, parts_output
             scan = parts_output(PartsStream(args.dir, args.parts, args.layout, args.per_worker, workers=args.workers,
-                                            max_entries=entry_limit(args.max_entries)),
+                                            max_entries=entry_limit(args.max_entries), only=getattr(args, "only", None),
+                                            expect=expected_parts(getattr(args, "expect", None))),
                                 args.dir, args.layout, args.per_worker,
                                 manifests=getattr(args, "part_manifests", False))
         else:
@@ -738,7 +762,7 @@ def main(args: argparse.Namespace) -> int:
                                     max_skipped=results.MAX_SKIPPED_REPORTED)
         report = report_of(scan)
         if getattr(args, "sync", False):  # after the manifests it wrote: the snapshot holds them too
-            report = report.model_copy(update={"synced": _synced(args.dir)})
+            report = report.model_copy(update={"synced": _synced(args.dir, getattr(args, "parts", None))})
         channel.write(report)
         return 0
     sources = None
@@ -752,7 +776,7 @@ def main(args: argparse.Namespace) -> int:
                                 max_entries=entry_limit(args.max_entries))
     extra: dict = {"sources": sources} if sources is not None else {}
     if getattr(args, "sync", False):  # a volume snapshot follows: the bytes must be on the disk first
-        extra["synced"] = _synced(args.dir)
+        extra["synced"] = _synced(args.dir, getattr(args, "parts", None))
     if args.json:
         sys.stdout.write(json.dumps({**result.model_dump(mode="json"), **extra}) + "\n")
     else:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from checkpoint_operator.protocol import channel, results
-from checkpoint_operator.protocol.errors import AgentError
+from checkpoint_operator.protocol.errors import Refusal
 from checkpoint_operator.agent.parts import Assembled, PartsStream, parts_output
 from checkpoint_operator.protocol.manifest import Manifest
 from checkpoint_operator.agent.scan import report_of, scan_checkpoints
@@ -60,31 +60,48 @@ def snapshot(directory: str, layout: str, upload_to: str, single: bool = False, 
 
 
 def snapshot_parts(directory: str, count: int, layout: str, upload_to: str, per_worker: bool = False,
-                   concurrency=None, endpoint_url=None, max_entries: Optional[int] = None) -> results.ScanReport:
+                   concurrency=None, endpoint_url=None, max_entries: Optional[int] = None,
+                   only: Optional[str] = None, expect: Optional[dict[int, str]] = None,
+                   reuse_sealed: bool = False) -> results.ScanReport:
     """`snapshot` of several workers' outputs (agent/parts.py): each checkpoint, a union of parts
     or one worker's own, is uploaded from where its files lie into one prefix (the s3 store needs
-    no parts in the result: the union is one manifest, its files blobs as any checkpoint's)."""
+    no parts in the result: the union is one manifest, its files blobs as any checkpoint's).
+    `only` (a live union, output.publish: Continuous): that one directory, uploaded where a sealed
+    checkpoint goes (UPLOAD_TO/sealed/<path>/<digest>/, never overwritten); `reuse_sealed` (the
+    end-of-job snapshot): a union found there already is reported, not uploaded again."""
+    from checkpoint_operator.agent.live_watch import sealed_uri
     uploads = {}
 
     def upload(assembled: Assembled) -> Manifest:  # each union as it comes: one held at a time
         manifest = assembled.manifest
-        uri = upload_uri(upload_to, manifest.path, False)
+        sealed = sealed_uri(upload_to, manifest.path, manifest.digest)
+        if (reuse_sealed or only is not None) and not per_worker:
+            from checkpoint_operator.objectstore.s3 import manifest_exists
+            # published while the job ran (or by an earlier union pod: the prefix is named by the digest)
+            if manifest_exists(sealed, endpoint_url=endpoint_url):
+                uploads[manifest.path] = sealed
+                return manifest
+        uri = sealed if only is not None else upload_uri(upload_to, manifest.path, False)
         upload_dir(directory, uri, manifest=manifest, concurrency=concurrency, endpoint_url=endpoint_url,
                    tops=assembled.tops, blobs=blob_root_of(upload_to))
         uploads[manifest.path] = uri
         return manifest
 
-    stream = PartsStream(directory, count, layout, per_worker, max_entries=entry_limit(max_entries))
+    stream = PartsStream(directory, count, layout, per_worker, max_entries=entry_limit(max_entries), only=only,
+                         expect=expect)
     return report_of(parts_output(stream, directory, layout, per_worker, mounts=False, each=upload), uploads)
 
 
 def main(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.dir):
-        raise AgentError(f"{args.dir}: not a directory (snapshot takes the directory that holds the checkpoints)")
+        raise Refusal(f"{args.dir}: not a directory (snapshot takes the directory that holds the checkpoints)")
     if getattr(args, "parts", None):
+        from checkpoint_operator.agent.scan import expected_parts
         channel.write(snapshot_parts(args.dir, args.parts, args.layout, args.upload_to, args.per_worker,
                                      concurrency=args.concurrency, endpoint_url=args.endpoint_url,
-                                     max_entries=args.max_entries))
+                                     max_entries=args.max_entries, only=getattr(args, "only", None),
+                                     expect=expected_parts(getattr(args, "expect", None)),
+                                     reuse_sealed=getattr(args, "reuse_sealed", False)))
         return 0
     report = snapshot(args.dir, args.layout, args.upload_to, single=args.single, concurrency=args.concurrency,
                       endpoint_url=args.endpoint_url, max_entries=args.max_entries,

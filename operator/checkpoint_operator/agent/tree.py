@@ -30,7 +30,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
-from checkpoint_operator.protocol.errors import AgentError
+from checkpoint_operator.protocol.errors import AgentError, Refusal
 from checkpoint_operator.protocol.manifest import MANIFEST_NAME, RESERVED_ROOT_NAMES
 from checkpoint_operator.protocol.names import (
     MAX_PATH_BYTES, collision_problem, collisions, component_problem, printable, spelled,
@@ -58,8 +58,8 @@ def entry_limit(given: Optional[int] = None, default: int = DEFAULT_MAX_ENTRIES)
     return given or (int(value) if value.isdigit() and int(value) > 0 else default)
 
 
-class TooManyEntries(AgentError):
-    pass
+class TooManyEntries(Refusal):
+    """More entries than the limit: the same tree has as many the next time (not retried)."""
 
 
 class EntryBudget:

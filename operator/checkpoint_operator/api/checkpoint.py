@@ -7,7 +7,8 @@ from typing import Annotated, Literal, Optional
 from pydantic import Field, WithJsonSchema
 
 from checkpoint_operator.api.common import (MAX_VOLUME_SNAPSHOT_RECORDS, QUANTITY_PATTERN, Condition, ObjectRef, Phase,
-                                            PinnedCheckpoint, VolumeSnapshotRecord, ready_reason)
+                                            PinnedCheckpoint, VolumeSnapshotRecord, description_rule, ready_reason,
+                                            size_limit_rule)
 from checkpoint_operator.api.meta import ApiObject
 from checkpoint_operator.api.rules import (ApiModel, Count, Description, Digest, FileName, Message, Metric, Name, Path,
                                            Rule, Short, Uid, Uri, has_exactly_one, path_has_dotdot)
@@ -112,6 +113,9 @@ class TrainingJobSource(ApiModel):
     sealed: Optional[SealedData] = Field(
         None, description="What the job found sealed in the directory: the Checkpoint's own reconcile makes it Ready "
                           "from this once its data is held for it (the job never writes its status).")
+    signature: Optional[Digest] = Field(
+        None, description="The operator's HMAC-SHA256 of this source (namespace, name, job, directory, sealed data) "
+                          "with a key only it holds: the sealed data is trusted only when it verifies.")
 
 
 class CheckpointSource(ApiModel):
@@ -143,7 +147,9 @@ class CheckpointSpec(ApiModel):
     # A transition rule: only the API server can check it (it needs the stored object).
     cel_rules = (Rule("self == oldSelf",
                       "spec is immutable (spec.source, spec.description, spec.format, spec.maxSize): create a new Checkpoint instead",
-                      None),)
+                      None),
+                 size_limit_rule("maxSize", "spec.maxSize"),
+                 description_rule("spec.description"))
 
     source: CheckpointSource = Field(description="Where the data comes from.")
     description: Optional[Description] = Field(None, description="Free text shown to humans.")
@@ -155,6 +161,7 @@ class CheckpointSpec(ApiModel):
 
 
 MAX_VOLUME_PARTS = 100000  # one per worker at most (api.trainingjob.MAX_REPLICAS)
+MAX_SNAPSHOT_PARTS = 128  # one per worker volume at most (api.trainingjob.MAX_WORKER_VOLUMES; a test keeps them equal)
 
 
 class VolumeLocation(ApiModel):
@@ -188,6 +195,8 @@ class SnapshotLocation(ApiModel):
     storageClassName: Optional[Name] = Field(
         None, description="StorageClass of the volume the snapshot was taken of (restores use it; empty: the "
                           "cluster's default class).")
+    worker: Optional[Count] = Field(
+        None, description="In snapshotParts: the worker whose volume the snapshot was taken of.")
 
 
 class Location(ApiModel):
@@ -202,6 +211,22 @@ class Location(ApiModel):
     s3: Optional[S3Location] = Field(None, description="In object storage.")
     snapshot: Optional[SnapshotLocation] = Field(
         None, description="In a VolumeSnapshot of the volume it was written to (storage.volume.snapshotClassName).")
+    snapshotParts: Optional[list[SnapshotLocation]] = Field(
+        None, max_length=MAX_SNAPSHOT_PARTS,
+        description="Assembled from several workers' volumes (output.volumePerWorker or perWorker) kept in "
+                    "VolumeSnapshots (storage.volume.snapshotClassName): per worker that provides files, the "
+                    "snapshot of its volume, the checkpoint's directory in it and the items it provides; consumers "
+                    "restore every one and mount them side by side into one directory.")
+
+    @property
+    def snapshots(self) -> list[SnapshotLocation]:
+        """Every VolumeSnapshot the data is in (none: it is not in snapshots)."""
+        return [self.snapshot] if self.snapshot is not None else list(self.snapshotParts or [])
+
+    @property
+    def on_volumes(self) -> bool:
+        """On claims or in VolumeSnapshots (the volume store), not in object storage."""
+        return self.volume is not None or bool(self.volumeParts) or bool(self.snapshots)
 
 
 MAX_PARENTS = 64  # a job's inputs at most (api.trainingjob.MAX_INPUTS)

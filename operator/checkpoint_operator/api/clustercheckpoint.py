@@ -13,7 +13,8 @@ from typing import Annotated, Literal, Optional
 from pydantic import Field
 
 from checkpoint_operator.api.checkpoint import CheckpointFormat, CheckpointPhase, HttpSource, Location, S3Source
-from checkpoint_operator.api.common import QUANTITY_PATTERN, ZERO_QUANTITY, Condition, is_zero_quantity, ready_reason
+from checkpoint_operator.api.common import (QUANTITY_PATTERN, Condition, description_rule, ready_reason,
+                                            size_limit_rule)
 from checkpoint_operator.api.meta import ApiObject
 from checkpoint_operator.api.rules import (ApiModel, Count, Description, Digest, Message, Metric, Name, Rule, Short,
                                            Uid, Uri, has_exactly_one)
@@ -69,9 +70,8 @@ class ClusterCheckpointSpec(ApiModel):
                                               and not any(cel_matches(p, s["license"])
                                                           for p in (USERINFO, QUERY_CREDENTIAL, FORBIDDEN_CHAR))),
              field_path=".license"),
-        Rule(f"!has(self.maxSize) || !self.maxSize.matches('{ZERO_QUANTITY}')",
-             "spec.maxSize must be greater than zero (a quantity such as 500Gi)",
-             lambda s: "maxSize" not in s or not is_zero_quantity(s["maxSize"]), field_path=".maxSize"),
+        size_limit_rule("maxSize", "spec.maxSize"),
+        description_rule("spec.description"),
     )
 
     source: ClusterCheckpointSource = Field(description="Where the data comes from.")

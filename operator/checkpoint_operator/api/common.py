@@ -8,7 +8,10 @@ from typing import Any, Literal, Mapping, Optional
 
 from pydantic import Field
 
-from checkpoint_operator.api.rules import ApiModel, ConditionType, Count, Digest, Message, Name, Reason, Timestamp, Uid
+from checkpoint_operator.api import cel_quantity
+from checkpoint_operator.api.urls import TEXT_FORBIDDEN_CHAR, cel_matches, cel_string
+from checkpoint_operator.api.rules import (ApiModel, ConditionType, Count, Digest, Message, Name, Reason, Rule, Timestamp,
+                                           Uid)
 
 
 class Condition(ApiModel):
@@ -85,6 +88,32 @@ ZERO_QUANTITY = r"^0+([.]0+)?[A-Za-z]*$"
 def is_zero_quantity(text: str) -> bool:
     return re.fullmatch(ZERO_QUANTITY, text) is not None
 
+
+def size_limit_rule(field: str, where: str) -> Rule:
+    """A size limit (maxSize) is a whole number of bytes, above zero and within int64 (what every size
+    the operator compares it with is): Kubernetes' CEL quantity library, in the API server since 1.28
+    (api/cel_quantity.py is its Python twin for local mode). A text that is no quantity is left to
+    the field's pattern, which names it."""
+    quantity = f"quantity(self.{field})"
+    return Rule(f"!has(self.{field}) || !isQuantity(self.{field}) || ({quantity}.sign() == 1 && {quantity}.isInteger())",
+                f"{where} must be a whole number of bytes above zero and below 8Ei (2^63), such as 500Gi",
+                lambda s: field not in s or not cel_quantity.is_quantity(s[field])
+                or _positive_int64(cel_quantity.quantity(s[field])), field_path=f".{field}")
+
+
+def description_rule(where: str, field: str = "description") -> Rule:
+    """Free text shown to humans (kubectl describe, the catalog): no control character but tab and
+    newline (an escape sequence would recolour or rewrite a terminal, a carriage return overprint a
+    line) and no invisible one (a bidirectional control makes `txt.exe` of `exe.txt`)."""
+    return Rule(f"!has(self.{field}) || !self.{field}.matches({cel_string(TEXT_FORBIDDEN_CHAR)})",
+                f"{where} must not hold control characters other than tab and newline, nor invisible ones (an "
+                f"escape, a bell, a carriage return, a bidirectional control, a zero-width space...)",
+                lambda s: field not in s or not cel_matches(TEXT_FORBIDDEN_CHAR, s[field]), field_path=f".{field}")
+
+
+def _positive_int64(quantity: dict[str, str]) -> bool:
+    return cel_quantity.sign(quantity) == 1 and cel_quantity.is_integer(quantity)
+
 _SUFFIXES = {"": 1, "k": 10 ** 3, "M": 10 ** 6, "G": 10 ** 9, "T": 10 ** 12, "P": 10 ** 15, "E": 10 ** 18,
              "Ki": 2 ** 10, "Mi": 2 ** 20, "Gi": 2 ** 30, "Ti": 2 ** 40, "Pi": 2 ** 50, "Ei": 2 ** 60}
 
@@ -112,7 +141,10 @@ def parse_quantity(text: str) -> int:
     return value
 
 
-MAX_VOLUME_SNAPSHOT_RECORDS = 32  # the newest; an older one is long handed over (or its snapshot is taken again)
+# The newest; an older one is long handed over (or its snapshot is taken again). A job with a volume per
+# worker records one end-of-job snapshot per worker volume (at most api.trainingjob.MAX_WORKER_VOLUMES, 128)
+# at once: the bound leaves room for them and for live snapshots besides.
+MAX_VOLUME_SNAPSHOT_RECORDS = 160
 
 
 class VolumeSnapshotRecord(ApiModel):

@@ -247,7 +247,12 @@ class PodTemplate(ApiModel):
         # Declared for the rule that a distributed job's pods are named by the operator.
         "hostname": {"type": "string", "maxLength": 63, "description": "The pods' host name (one replica only)."},
         "subdomain": {"type": "string", "maxLength": 63,
-                      "description": "The pods' subdomain (one replica only: the operator sets it for more)."}}})
+                      "description": "The pods' subdomain (one replica only: the operator sets it for more)."},
+        # Declared for the rules that live sealing's sidecar keeps its processes to itself.
+        "shareProcessNamespace": {"type": "boolean",
+                                  "description": "Not with publish: Continuous (the sidecar's output is its channel)."},
+        "hostPID": {"type": "boolean",
+                    "description": "Not with publish: Continuous (the sidecar's output is its channel)."}}})
 
 
 def _absolute(field: str) -> Rule:
@@ -312,19 +317,34 @@ class TrainingJobSpec(ApiModel):
              "job with its own volume; an Indexed Job's pods share one template, so one claim)",
              lambda s: not ((s.get("output") or {}).get("volumePerWorker") or (s.get("output") or {}).get("perWorker"))
              or s.get("engine", "Job") == "JobSet", field_path=".output"),
-        Rule("!has(self.output) || !((has(self.output.volumePerWorker) && self.output.volumePerWorker) || "
-             "(has(self.output.perWorker) && self.output.perWorker)) || !has(self.output.publish) || "
-             "self.output.publish != 'Continuous'",
-             "spec.output.volumePerWorker and perWorker are published OnCompletion: live sealing of checkpoints "
-             "assembled across workers is not supported yet (set output.publish: OnCompletion)",
-             lambda s: not ((s.get("output") or {}).get("volumePerWorker") or (s.get("output") or {}).get("perWorker"))
-             or (s.get("output") or {}).get("publish") != "Continuous", field_path=".output.publish"),
+        Rule("!has(self.output) || !has(self.output.perWorker) || !self.output.perWorker || "
+             "!has(self.output.publish) || self.output.publish != 'Continuous'",
+             "spec.output.perWorker is published OnCompletion: live sealing of each worker's own checkpoints is "
+             "not supported yet (set output.publish: OnCompletion)",
+             lambda s: not (s.get("output") or {}).get("perWorker") or (s.get("output") or {}).get("publish") != "Continuous",
+             field_path=".output.publish"),
         Rule("!has(self.output) || !((has(self.output.volumePerWorker) && self.output.volumePerWorker) || "
              f"(has(self.output.perWorker) && self.output.perWorker)) || self.replicas <= {MAX_WORKER_VOLUMES}",
              f"spec.replicas must be at most {MAX_WORKER_VOLUMES} with spec.output.volumePerWorker or perWorker "
              "(each worker is a replicated job of the one JobSet object, with its own pod template)",
              lambda s: not ((s.get("output") or {}).get("volumePerWorker") or (s.get("output") or {}).get("perWorker"))
              or s.get("replicas", 1) <= MAX_WORKER_VOLUMES, field_path=".replicas"),
+        Rule("!has(self.output) || !has(self.output.publish) || self.output.publish != 'Continuous' || "
+             "!has(self.template.spec.shareProcessNamespace) || !self.template.spec.shareProcessNamespace",
+             "spec.template.spec.shareProcessNamespace must not be true with spec.output.publish: Continuous: the "
+             "training code could then write into the live-sealing sidecar's output, the channel the operator "
+             "believes about what was sealed (docs/guarantees.md)",
+             lambda s: (s.get("output") or {}).get("publish") != "Continuous"
+             or not ((s.get("template") or {}).get("spec") or {}).get("shareProcessNamespace"),
+             field_path=".template.spec.shareProcessNamespace"),
+        Rule("!has(self.output) || !has(self.output.publish) || self.output.publish != 'Continuous' || "
+             "!has(self.template.spec.hostPID) || !self.template.spec.hostPID",
+             "spec.template.spec.hostPID must not be true with spec.output.publish: Continuous: the training code "
+             "could then write into the live-sealing sidecar's output, the channel the operator believes about "
+             "what was sealed (docs/guarantees.md)",
+             lambda s: (s.get("output") or {}).get("publish") != "Continuous"
+             or not ((s.get("template") or {}).get("spec") or {}).get("hostPID"),
+             field_path=".template.spec.hostPID"),
         Rule("!has(self.output) || !has(self.output.volumePerWorker) || !self.output.volumePerWorker || "
              "self.replicas >= 2",
              "spec.output.volumePerWorker needs spec.replicas of 2 or more: one worker has nothing to assemble "
@@ -412,6 +432,9 @@ class TrainingJobStatus(ApiModel):
                                                             "started again after one failed).")
     preemptions: Optional[Count] = Field(None, description="Times the running workload was suspended (Kueue "
                                                                "preemption) and queued again.")
+    suspendTransition: Optional[Timestamp] = Field(
+        None, description="The lastTransitionTime of the workload's Suspended condition at its latest resume seen: a "
+                          "later one is a preemption undone before the operator looked, counted once.")
     workerFailure: Optional[WorkerFailure] = Field(None, description="The worker that failed first in the latest "
                                                                      "failed attempt, and why.")
     resume: Optional[GroupResume] = Field(None, description="output.volumePerWorker: the checkpoint the latest "
@@ -419,6 +442,10 @@ class TrainingJobStatus(ApiModel):
     resumePodUid: Optional[Uid] = Field(
         None, description="UID of the resume pod (between two attempts) the operator created, recorded before its "
                           "result is read.")
+    unionPodUid: Optional[Uid] = Field(
+        None, description="output.volumePerWorker with publish: Continuous: UID of the pod that assembles a "
+                          "directory from the workers' sealed parts while the job runs, recorded before its result "
+                          "is read.")
     outputClaim: Optional[Name] = Field(None, description="The PersistentVolumeClaim of the output directory.")
     snapshotPod: Optional[Name] = Field(None, description="The pod that scans the output.")
     snapshotPodUid: Optional[Uid] = Field(

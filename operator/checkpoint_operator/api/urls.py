@@ -92,6 +92,8 @@ def percent_encoded(ranges: Iterable[tuple[int, int]]) -> str:
 FORBIDDEN_CHAR = f"{char_class(FORBIDDEN)}|{percent_encoded(FORBIDDEN)}"
 # A file or directory name (agent/names.py): the same characters, and a backslash; a '%' is a '%'.
 NAME_FORBIDDEN_CHAR = char_class(FORBIDDEN + ((0x5C, 0x5C),))
+# Free text users write (a description): the same characters but tab and newline; no percent-decoding.
+TEXT_FORBIDDEN_CHAR = char_class(((0x00, 0x08), (0x0B, 0x1F)) + CONTROLS[1:] + DEFAULT_IGNORABLE)
 
 # --- credentials ------------------------------------------------------------------------------------
 SCHEME = r"[A-Za-z][A-Za-z0-9+.-]*"

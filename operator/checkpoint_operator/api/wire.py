@@ -52,6 +52,7 @@ class TrainingJobSourceWire(TypedDict, total=False):
     uid: str
     directory: str
     sealed: SealedDataWire
+    signature: str
 
 
 class VolumeSourceWire(TypedDict, total=False):

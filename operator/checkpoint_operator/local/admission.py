@@ -15,7 +15,8 @@
 
 Errors are field errors in the API server's words (``spec.replicas: Invalid value: 0: ...``); the
 emulator answers them as one 422 Invalid Status, as the API server does.
-CEL programs are compiled once per rule text (the compiled programs are shared by every CRD).
+CEL programs are compiled once per rule text (the compiled programs are shared by every CRD). Of
+Kubernetes' own CEL libraries, the quantity functions the CRDs use are there (api/cel_quantity.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from typing import Any
 
 import attrs
 import cel
+
+from checkpoint_operator.api import cel_quantity
 
 # --- field errors ------------------------------------------------------------------------------
 
@@ -459,7 +462,8 @@ def _evaluate_rules(schema: Mapping[str, Any], value: Any, old: Any, path: str, 
         return []
     value = cel_view(schema, value)
     variables = {"self": value} if old is _NO_VALUE else {"self": value, "oldSelf": cel_view(schema, old)}
-    context = cel.Context(variables)  # converted once for all the rules of this node
+    # Converted once for all the rules of this node; with the Kubernetes CEL functions the rules use.
+    context = cel.Context(variables, cel_quantity.FUNCTIONS)
     errors: list[FieldError] = []
     for rule in rules:
         text = rule["rule"]

@@ -72,14 +72,18 @@ nor pruned; on create, the restart policy and the containers' names of a Pod's o
 spec that lists containers, and a claim's storage request, are checked as the API server does:
 ``admission.py``), namespace existence (objects may be created in a namespace that was never created),
 admission webhooks, quotas and limit ranges, server-side apply, strategic-merge list semantics (a
-strategic merge patch is a JSON merge patch: lists are replaced), field managers, list pagination
-(``limit`` is ignored: every list is complete), namespace termination, graceful pod deletion,
+strategic merge patch is a JSON merge patch: lists are replaced), field managers, a consistent
+snapshot across the pages of a paged list (``limit``/``continue`` are honoured, each page in (namespace,
+name) order after the token's key, but later pages read the current state), namespace termination, graceful pod deletion,
 periodic watch bookmarks, CEL ``messageExpression``, authentication and authorization.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import bisect
 import copy
 import datetime
 import itertools
@@ -776,6 +780,18 @@ class Emulator(kmock.KubernetesEmulator):
                 del new["metadata"]["ownerReferences"]
             self._store_change(key, obj, new)
 
+    # -- discovery -------------------------------------------------------------------------------------
+
+    async def _serve_version(self, request: rendering.Request) -> rendering.Payload:
+        """/api/v1 says its groupVersion is "v1", as kube-apiserver does: kmock said "/v1", and client-go's
+        discovery (GetAPIGroupResources) looks a version's resources up by that string, so kubectl found
+        no core resources and took `pods` for metrics.k8s.io's PodMetrics (`kubectl get pods` listed none,
+        `kubectl exec` answered NotFound)."""
+        payload = await super()._serve_version(request)
+        if isinstance(payload, dict) and str(payload.get("groupVersion", "")).startswith("/"):
+            payload["groupVersion"] = payload["groupVersion"][1:]
+        return payload
+
     # -- reading: fetch, list, watch ---------------------------------------------------------------------
 
     async def _serve_fetch(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
@@ -792,9 +808,13 @@ class Emulator(kmock.KubernetesEmulator):
         selected = ObjectFilter.from_request(request)
         found = self.store.select(resource, request.namespace, selected.selection())
         found.sort(key=lambda item: (item[0][1] or "", item[0][2]))
-        head = dumps({"apiVersion": api_version_of(resource), "kind": f"{info.kind}List",
-                      "metadata": {"resourceVersion": str(self._current_rv)}})
-        raws = [stored.raw for _, stored in found]
+        page = list_page(request.params.get("limit"), request.params.get("continue"), self._current_rv,
+                         [(key[1] or "", key[2]) for key, _ in found])
+        list_meta: dict[str, Any] = {"resourceVersion": str(page.resource_version)}
+        if page.next_token:
+            list_meta.update({"continue": page.next_token, "remainingItemCount": len(found) - page.end})
+        head = dumps({"apiVersion": api_version_of(resource), "kind": f"{info.kind}List", "metadata": list_meta})
+        raws = [stored.raw for _, stored in found[page.start:page.end]]
         opening, closing = head[:-1] + b',"items":[', b"]}"
         if len(raws) <= LIST_CHUNK:
             return self._json(opening + b",".join(raws) + closing)
@@ -1028,6 +1048,42 @@ class Emulator(kmock.KubernetesEmulator):
     @property
     def objects(self) -> Any:  # kmock's view of every object and its history: not kept here
         raise AttributeError("Emulator keeps no kmock object histories: use get_object() or export_state()")
+
+
+@attrs.frozen
+class ListPage:
+    """Which of a list's sorted items one response holds, and the token of the next page (None: the last)."""
+
+    start: int
+    end: int
+    resource_version: int
+    next_token: Optional[str]
+
+
+def list_page(limit: Optional[str], token: Optional[str], current_rv: int,
+              keys: list[tuple[str, str]]) -> ListPage:
+    """``limit``/``continue`` as kube-apiserver reads them: a page of at most ``limit`` items (none or 0:
+    all) after the token's key, and a token naming the last one (base64 JSON, opaque to clients). A
+    token that does not parse is a 400, as there."""
+    try:
+        size = int(limit) if limit else 0
+    except ValueError:
+        raise bad_request(f"invalid limit {limit!r}: an integer is allowed")
+    if size < 0:
+        raise bad_request(f"invalid limit {size}: must be 0 or more")
+    start, rv = 0, current_rv
+    if token:
+        try:
+            decoded = json.loads(base64.urlsafe_b64decode(token.encode()))
+            rv, after = int(decoded["rv"]), (str(decoded["start"][0]), str(decoded["start"][1]))
+        except (ValueError, TypeError, KeyError, IndexError, binascii.Error):
+            raise bad_request("continue key is not valid: it is the metadata.continue of a previous page")
+        start = bisect.bisect_right(keys, after)
+    end = len(keys) if not size else min(len(keys), start + size)
+    next_token = None
+    if end < len(keys):
+        next_token = base64.urlsafe_b64encode(json.dumps({"rv": rv, "start": list(keys[end - 1])}).encode()).decode()
+    return ListPage(start, end, rv, next_token)
 
 
 def _grace_period(resource: Resource, obj: Mapping[str, Any], options: Mapping[str, Any],

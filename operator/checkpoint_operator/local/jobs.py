@@ -92,6 +92,9 @@ def _set_condition(conditions: list[dict], new: dict) -> list[dict]:
     return [*conditions, new]
 
 
+CONFLICT_RETRY = 0.2  # seconds: a status write refused as stale looks again (the newer version's event does too)
+
+
 class JobController:
     """batch/v1 Jobs: pods from the template, retries, deadlines, suspension, status and conditions."""
 
@@ -160,8 +163,17 @@ class JobController:
             del status["conditions"]
         if status != job.get("status", {}):
             removed = {key: None for key in job.get("status", {}) if key not in status}  # a merge patch's null
-            self.jobs.observe(await self.api.patch(JOBS, meta(job)["namespace"], meta(job)["name"],
-                                                   {"status": {**status, **removed}}, subresource="status"))
+            # Only over the version it was computed from, as the real controller's update: a Job resumed
+            # meanwhile (Kueue) would else be written Suspended again, a suspension that never was.
+            # The newer version's event brings the Job back here.
+            try:
+                self.jobs.observe(await self.api.patch(JOBS, meta(job)["namespace"], meta(job)["name"],
+                                                       {"metadata": {"resourceVersion": meta(job).get("resourceVersion")},
+                                                        "status": {**status, **removed}}, subresource="status"))
+            except ApiError as exc:
+                if exc.status != 409:
+                    raise
+                return CONFLICT_RETRY
         return remaining if target is None else None
 
     @staticmethod

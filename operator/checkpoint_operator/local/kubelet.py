@@ -60,6 +60,7 @@ LOCAL_KUBELET_FINALIZER = "local.ckpt.dev/kubelet"
 TERMINAL_PHASES = ("Succeeded", "Failed")
 DEFAULT_GRACE_SECONDS = 30
 SIDECAR_RESTART_DELAYS = (0.1, 1.0, 5.0)
+KILL_WAIT_SECONDS = 30.0  # for killed sidecars' loops to end (a container being created when killed)
 READ_ONLY_VOLUME_KINDS = ("secret", "configMap", "downwardAPI", "projected")
 
 
@@ -200,6 +201,8 @@ class PodWorker:
         self.downward: dict[str, list[dict]] = {}  # downwardAPI volume name -> its items
         self.live_volumes: set[str] = set()
         self.init_statuses: list[dict] = []
+        self.sidecar_tasks: list[asyncio.Task] = []  # each native sidecar's keep-running loop
+        self.killed = False  # the kubelet is stopping: every container is killed, none starts again
         self.task = asyncio.create_task(self._run(), name=f"pod {meta(pod)['name']}")
 
     @property
@@ -228,6 +231,16 @@ class PodWorker:
     def _kill_all(self) -> None:
         for process in list(self.processes.values()):
             process.send_signal(signal.SIGKILL)
+
+    async def _kill_for_good(self) -> None:
+        """Kill every container and let no sidecar start again (the kubelet stops, or the pod's run
+        failed): a sidecar's loop restarted it after the kill, and the new container outlived local mode
+        (hostile7 L1: SIGTERM of `local run --serve` left a Continuous job's ckpt-live running). Waits for
+        the sidecar loops to end, so nothing is left running when this returns."""
+        self.killed = self.sidecars_stopping = True
+        self._kill_all()
+        if self.sidecar_tasks:
+            await asyncio.wait(self.sidecar_tasks, timeout=KILL_WAIT_SECONDS)
 
     async def _run(self) -> None:
         try:
@@ -273,11 +286,11 @@ class PodWorker:
             succeeded = all(s["state"].get("terminated", {}).get("exitCode") == 0 for s in statuses)
             await self._finish("Succeeded" if succeeded else "Failed", statuses=list(statuses))
         except asyncio.CancelledError:
-            self._kill_all()
+            await self._kill_for_good()
             raise
         except Exception as exc:  # noqa: BLE001 - any failure of the harness fails the pod, visibly
             logger.exception("local kubelet: pod %s failed to run", meta(self.pod)["name"])
-            self._kill_all()
+            await self._kill_for_good()
             with contextlib.suppress(Exception):
                 await self._patch_status({"phase": "Failed", "reason": "KubeletError", "message": str(exc)})
                 await self._remove_finalizer()
@@ -332,6 +345,8 @@ class PodWorker:
             await self._write_log(container, f"local kubelet: {exc.message}\n")
             return waiting_status(container, exc.reason, exc.message)
         self.processes[container["name"]] = process
+        if self.killed:  # started while everything was being killed
+            process.send_signal(signal.SIGKILL)
         if on_start is not None:
             on_start()
         if self.terminating and container["name"] not in self.sidecar_names:  # deleted while it was being created
@@ -380,6 +395,7 @@ class PodWorker:
                 started.set()
 
         task = asyncio.create_task(keep_running(), name=f"sidecar {container['name']}")
+        self.sidecar_tasks.append(task)
         # As the kubelet orders it: the next container starts once the sidecar's process runs
         # (a sidecar without a startupProbe is "started" then).
         await started.wait()

@@ -267,7 +267,7 @@ async def proxy_exec(emulator: Any, request: Any) -> aiohttp.web.StreamResponse:
     """``GET .../pods/NAME/exec`` on the emulator: check, then proxy the websocket to the kubelet."""
     raw = request._raw_request  # kmock keeps the aiohttp request: the upgrade needs it
     try:
-        _admit(request.name, raw.query.getall("command", []))
+        _admit(request.name, raw.query.getall("command", []), raw.query.get("container", ""))
         pod, container = _exec_target(emulator, request)
         if raw.headers.get("Upgrade", "").lower() != "websocket":
             raise ExecError(400, "Upgrade request required: exec speaks the websocket protocol "
@@ -295,10 +295,10 @@ async def proxy_exec(emulator: Any, request: Any) -> aiohttp.web.StreamResponse:
     return ws
 
 
-def _admit(pod_name: str, command: list[str]) -> None:
+def _admit(pod_name: str, command: list[str], container: str) -> None:
     """The chart's exec fence, on by default (logic/exec_fence.py): admission runs before the pod is
-    looked up, as for a real CONNECT."""
-    why = exec_fence.refusal(pod_name, "exec", command)
+    looked up, as for a real CONNECT (whose PodExecOptions names the container as the request did)."""
+    why = exec_fence.refusal(pod_name, "exec", command, container)
     if why is not None:
         raise ExecError(403, f"ValidatingAdmissionPolicy '{exec_fence.POLICY_NAME}' with binding "
                              f"'{exec_fence.POLICY_NAME}' denied request: {why}", "Forbidden")

@@ -314,10 +314,9 @@ class VolumeProvisioner:
         claim = await self._patch_claim(claim, {"metadata": {"annotations": {BIND_COMPLETED: "yes",
                                                                              PROVISIONER_ANNOTATION: model.provisioner}},
                                                 "spec": {"volumeName": meta(pv)["name"]}})
-        await self._patch_claim(claim, {"status": {
-            "phase": "Bound", "accessModes": list(modes), "capacity": {"storage": _capacity(claim)}}}, status=True)
+        await self._publish_bound(claim, pv, {
+            "phase": "Bound", "accessModes": list(modes), "capacity": {"storage": _capacity(claim)}})
         await self.events.post(claim, NORMAL, "ProvisioningSucceeded", f"Successfully provisioned volume {meta(pv)['name']}")
-        self._remember(claim, pv)
         return True
 
     async def _data_source(self, claim: dict[str, Any], model: StorageClassModel) -> Path | None | str:
@@ -396,10 +395,20 @@ class VolumeProvisioner:
                                                   subresource="status"))
         modes = list(pv["spec"].get("accessModes") or claim_access_modes(claim))
         claim = await self._patch_claim(claim, {"metadata": {"annotations": {BIND_COMPLETED: "yes"}}})
-        await self._patch_claim(claim, {"status": {"phase": "Bound", "accessModes": modes,
-                                                   "capacity": pv["spec"].get("capacity") or {}}}, status=True)
-        self._remember(claim, pv)
+        await self._publish_bound(claim, pv, {"phase": "Bound", "accessModes": modes,
+                                              "capacity": pv["spec"].get("capacity") or {}})
         return True
+
+    async def _publish_bound(self, claim: dict[str, Any], pv: Mapping[str, Any], status: dict[str, Any]) -> None:
+        """Write the claim's Bound status, its directory known first: whoever sees Bound in the API
+        (a kubelet, a test, a user of --serve) finds the directory too. A failed write forgets it
+        again, so the next pass binds anew."""
+        self._remember(claim, pv)
+        try:
+            await self._patch_claim(claim, {"status": status}, status=True)
+        except BaseException:
+            self._bound.pop((meta(claim)["namespace"], meta(claim)["name"]), None)
+            raise
 
     def _remember(self, claim: Mapping[str, Any], pv: Mapping[str, Any]) -> None:
         spec = pv.get("spec") or {}

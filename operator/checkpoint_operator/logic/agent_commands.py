@@ -117,12 +117,13 @@ def hold(session_dir: str, *, idle: float) -> list[str]:
 
 def watch(output_dir: str, *, interval: float, annotations_file: Optional[str] = None,
           upload_to: Optional[str] = None, shared: bool = False, upload_concurrency: Optional[int] = None,
-          manifests_dir: Optional[str] = None, sync: bool = False) -> list[str]:
+          manifests_dir: Optional[str] = None, sync: bool = False, part: bool = False) -> list[str]:
     """The live-sealing sidecar: seal checkpoints in OUTPUT_DIR as they complete (one result line each).
-    `sync`: syncfs once a directory is sealed, before it is announced (a volume snapshot follows)."""
+    `sync`: syncfs once a directory is sealed, before it is announced (a volume snapshot follows);
+    `part`: OUTPUT_DIR is one worker's own volume (output.volumePerWorker), it seals that worker's parts."""
     return [*AGENT, "watch", output_dir, "--interval", f"{interval:g}",
             *(["--annotations-file", annotations_file] if annotations_file else []),
             *(["--upload-to", upload_to] if upload_to else []),
             *(["--manifests-dir", manifests_dir] if manifests_dir else []),
             *(["--upload-concurrency", str(upload_concurrency)] if upload_concurrency else []),
-            *(["--shared"] if shared else []), *(["--sync"] if sync else [])]
+            *(["--shared"] if shared else []), *(["--sync"] if sync else []), *(["--part"] if part else [])]

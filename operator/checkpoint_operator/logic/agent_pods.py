@@ -11,6 +11,7 @@ from typing import Any, Mapping, Optional
 from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic.security_context import Identity, agent_pod_context, restricted_container
+from checkpoint_operator.protocol.errors import REFUSED_EXIT_CODE
 
 AGENT_OUTPUT_MOUNT = "/checkpoint-output"
 AGENT_DATA_MOUNT = "/checkpoint-data"
@@ -218,6 +219,14 @@ NODE_FAILURE_REASONS = ("Evicted", "NodeLost", "Shutdown", "Terminated", "NodeAf
 class PodFailure:
     message: str
     container: Optional[str] = None   # the container whose log tells why (None: the pod itself)
+    exit_code: Optional[int] = None   # the failed container's (None: the pod failed as a whole)
+    reason: Optional[str] = None      # its termination reason (Error, OOMKilled, ...)
+
+    @property
+    def agent_refused(self) -> bool:
+        """Of an agent pod only (a training container's codes are its own): the agent refused the data
+        (REFUSED_EXIT_CODE, protocol/errors.py Refusal), which a new pod would refuse again."""
+        return self.exit_code == REFUSED_EXIT_CODE and self.reason == "Error"
 
 
 def pod_failure(pod: Mapping[str, Any], what: str) -> PodFailure:
@@ -235,7 +244,8 @@ def pod_failure(pod: Mapping[str, Any], what: str) -> PodFailure:
             if terminated and terminated.get("exitCode", 0) != 0:
                 reason = terminated.get("reason") or "Error"
                 return PodFailure(f"{what} pod {name}: container {container.get('name')} failed "
-                                  f"({reason}, exit code {terminated.get('exitCode')})", container.get("name"))
+                                  f"({reason}, exit code {terminated.get('exitCode')})", container.get("name"),
+                                  terminated.get("exitCode"), reason)
     detail = status.get("message") or status.get("reason") or "no container reported why"
     return PodFailure(f"{what} pod {name} failed: {detail}")
 

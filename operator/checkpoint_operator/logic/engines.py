@@ -48,17 +48,32 @@ class WorkloadState:
     kind: str                     # Job | JobSet
     name: str
     attempt: int                  # the group's restart attempt it runs (0: the first run)
-    suspended: bool               # spec.suspend (Kueue has not admitted it, or preempted it)
+    suspended: bool               # spec.suspend (Kueue has not admitted it, or preempted it), or its
+                                  # controller has not resumed it yet (its Suspended condition still True)
     outcome: Optional[bool]       # True: every worker succeeded; False: failed for good; None: not yet
     stopped: bool                 # by its own counts no pod of it runs or terminates (JobSet: not counted)
     failure: str = ""             # its Failed condition: "<reason>: <message>"
     deadline_exceeded: bool = False
     deleting: bool = False
+    # The lastTransitionTime of its Suspended condition (the Job and JobSet controllers set it True on
+    # a suspension, False on the resume after it): a preemption undone before the operator looked
+    # leaves this behind (logic/trainingjob_flow.py suspension_change counts it once).
+    suspend_transition: Optional[str] = None
 
 
 def _conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c.get("type", ""): c for c in (obj.get("status") or {}).get("conditions") or []
             if c.get("status") == "True"}
+
+
+def _suspension(obj: dict[str, Any]) -> tuple[bool, Optional[str]]:
+    """Whether the workload is suspended (spec.suspend, or the Suspended condition its controller has
+    not turned False yet), and the Suspended condition's lastTransitionTime (None: never suspended)."""
+    condition = next((c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") == "Suspended"),
+                     None)
+    suspended = bool((obj.get("spec") or {}).get("suspend")) or bool(condition and condition.get("status") == "True")
+    when = condition.get("lastTransitionTime") if condition else None
+    return suspended, str(when)[:64] if when else None  # a timestamp: a longer one is not one
 
 
 def _failure(condition: Optional[dict[str, Any]]) -> str:
@@ -151,9 +166,10 @@ class JobEngine:
         elif stopped and "Failed" in conditions:
             outcome = False
         failed = conditions.get("Failed")
+        suspended, transition = _suspension(obj)
         return WorkloadState(kind=self.kind, name=meta.get("name", ""),
                              attempt=_int((meta.get("labels") or {}).get(ATTEMPT_LABEL)),
-                             suspended=bool((obj.get("spec") or {}).get("suspend")), outcome=outcome, stopped=stopped,
+                             suspended=suspended, suspend_transition=transition, outcome=outcome, stopped=stopped,
                              failure=_failure(failed),
                              deadline_exceeded=bool(failed and failed.get("reason") == DEADLINE_EXCEEDED),
                              deleting=bool(meta.get("deletionTimestamp")))
@@ -215,8 +231,9 @@ class JobSetEngine:
         outcome = True if "Completed" in conditions else False if "Failed" in conditions else None
         # The operator's attempt (its label; a volume per worker) plus JobSet's own restarts of it (none then).
         attempt = _int((meta.get("labels") or {}).get(ATTEMPT_LABEL)) + _int(status.get("restarts"))
-        return WorkloadState(kind=self.kind, name=meta.get("name", ""), attempt=attempt,
-                             suspended=bool((obj.get("spec") or {}).get("suspend")), outcome=outcome, stopped=True,
+        suspended, transition = _suspension(obj)
+        return WorkloadState(kind=self.kind, name=meta.get("name", ""), attempt=attempt, suspended=suspended,
+                             suspend_transition=transition, outcome=outcome, stopped=True,
                              failure=_failure(conditions.get("Failed")), deleting=bool(meta.get("deletionTimestamp")))
 
     def max_restarts(self, tj: TrainingJob) -> int:

@@ -12,6 +12,7 @@ import re
 from typing import Optional
 
 from checkpoint_operator.logic.agent_commands import AGENT
+from checkpoint_operator.logic.live_sealing import SIDECAR
 from checkpoint_operator.logic.naming import AGENT_POD_COMPONENTS
 
 POLICY_NAME = "checkpoint-operator-agent-exec"  # the chart's <release>-agent-exec, in local mode's words
@@ -41,10 +42,15 @@ def _fits(command: list[str], fixed: tuple[str, ...], flags: dict[str, str]) -> 
                                                  for flag, value in pairs)
 
 
-def refusal(pod_name: str, subresource: str, command: list[str]) -> Optional[str]:
-    """Why the fence refuses this request into pod `pod_name` (None: it is accepted, or not its business)."""
+def refusal(pod_name: str, subresource: str, command: list[str], container: str = "") -> Optional[str]:
+    """Why the fence refuses this request into pod `pod_name`'s `container` (None: it is accepted, or not
+    its business)."""
     if not is_agent_pod(pod_name):
-        return None
+        if container != SIDECAR:
+            return None
+        return (f"pods/{subresource} into the live-sealing sidecar (container {SIDECAR}) of pod {pod_name} is "
+                f"refused: its output is what the operator believes about the checkpoints sealed there, and it "
+                f"holds the store credentials of their uploads (docs/guarantees.md)")
     if subresource != "exec":
         return (f"pods/{subresource} is refused in the checkpoint operator's agent pod {pod_name}: a process "
                 f"attached there could change the data it writes or forge its result (docs/guarantees.md)")

@@ -22,6 +22,7 @@ from checkpoint_operator.api.wire import (CheckpointSourceWire, CheckpointSpecWi
                                           training_job_wire)
 from checkpoint_operator.logic.naming import ROOT_DIRECTORY
 from checkpoint_operator.logic.retention import KEEP_LABEL
+from checkpoint_operator.logic.signatures import SEALED, message_digest, sealed_fields, verify_digest
 from checkpoint_operator.logic.wait_cycles import find_wait_cycle
 
 
@@ -44,6 +45,12 @@ class CheckpointInfo:
     metrics: tuple[tuple[str, float], ...] = ()   # status.metrics (a few named numbers)
     exempt: bool = False                          # labelled ckpt.dev/keep=true: retention never deletes it
     sealed: bool = False                          # a snapshot's, with its sealed data in its spec
+    # The producer is the operator's word only in status.producedBy (the operator writes every status) or in a
+    # spec.source.trainingJob it signed (logic/signatures.py): what is signed, and the signature, kept to check.
+    producer_in_status: bool = False
+    seal_digest: str = ""
+    seal_signature: str = ""
+    unsigned_claim: bool = False                  # its spec names a producer without the operator's signature
 
     @classmethod
     def from_body(cls, raw: Mapping[str, Any]) -> "CheckpointInfo":
@@ -61,6 +68,10 @@ class CheckpointInfo:
         # its job plans with it (names, retention, changes) from the moment it is created.
         sealed = source.get("sealed") or SealedDataWire()
         known = status if status.get("digest") else sealed
+        signature = source.get("signature") or ""
+        seal_digest = message_digest(SEALED, sealed_fields(
+            meta.get("namespace", ""), meta.get("name", ""), source.get("name", ""), source.get("uid", ""),
+            source.get("directory", ""), sealed)) if sealed and signature else ""
         return cls(name=meta.get("name", ""), uid=meta.get("uid", ""), phase=phase,
                    created=meta.get("creationTimestamp") or "", step=known.get("step"),
                    producer_name=producer.get("name") or source.get("name"),
@@ -68,7 +79,20 @@ class CheckpointInfo:
                    complete=known.get("complete"), resumable=known.get("resumable"),
                    deleting=bool(meta.get("deletionTimestamp")), digest=known.get("digest"),
                    metrics=tuple(sorted((known.get("metrics") or {}).items()))[:16],
-                   exempt=(meta.get("labels") or {}).get(KEEP_LABEL) == "true", sealed=bool(sealed))
+                   exempt=(meta.get("labels") or {}).get(KEEP_LABEL) == "true", sealed=bool(sealed),
+                   producer_in_status=bool(producer.get("uid")), seal_digest=seal_digest,
+                   seal_signature=signature[:128])
+
+    def sealed_by(self, job_uid: str, directory: str) -> bool:
+        """What its spec (or status) says: a Checkpoint of that job and directory (not proof: see producer_is_trusted)."""
+        return self.producer_uid == job_uid and self.directory == directory
+
+    def producer_is_trusted(self, keys: tuple[bytes, ...]) -> bool:
+        """Whether the operator said who produced it: its status (only the operator writes it) names the
+        producer, or its spec.source.trainingJob carries the operator's signature (with one of `keys`)."""
+        if not self.producer_uid:
+            return True  # names no producer: nothing to trust
+        return self.producer_in_status or verify_digest(keys, self.seal_digest, self.seal_signature)
 
     def metric(self, name: str) -> Optional[float]:
         return next((v for k, v in self.metrics if k == name), None)
@@ -162,8 +186,7 @@ def input_on_other_store(inputs: list[ResolvedInput], store: str) -> Optional[st
     for item in inputs:
         location = item.location
         where = ("s3" if location.s3 is not None
-                 else "volume" if location.volume is not None or location.snapshot is not None  # (its snapshots)
-                 or location.volumeParts  # (its workers' volumes)
+                 else "volume" if location.on_volumes  # (its claims, its workers', or their snapshots)
                  else None)
         if where != store:
             kind = CLUSTER_KIND if item.cluster else "Checkpoint"

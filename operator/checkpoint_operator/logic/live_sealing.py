@@ -15,14 +15,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import posixpath
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 from checkpoint_operator.api.trainingjob import TrainingJob
+from checkpoint_operator.logic.live_unions import Parts, PartSeals
 from checkpoint_operator.logic.security_context import sidecar_context
 from checkpoint_operator.protocol import channel
 from checkpoint_operator.protocol.names import path_problem
@@ -256,6 +258,9 @@ class LiveMemory:
     annotated: dict[str, str] = field(default_factory=dict)       # pod -> the removal annotation it has
     reported: set[tuple[Optional[str], ...]] = field(default_factory=set)  # warnings already posted as events
     snapshot_next_look: dict[str, float] = field(default_factory=dict)  # VolumeSnapshot -> when to read it again
+    # A volume per worker (logic/live_unions.py): the workers' sealed parts, and the unions assembled
+    parts: PartSeals = field(default_factory=PartSeals)
+    tried: set[tuple[str, Parts]] = field(default_factory=set)
 
 
 # --- operator -> sidecar ----------------------------------------------------------------------------
@@ -267,3 +272,50 @@ def removal_annotation(retired: Iterable[tuple[str, str]],
     holding = set(still_there)
     wanted = [{"path": p, "digest": d} for p, d in retired if (p, d) not in holding]
     return json.dumps(wanted[:MAX_REMOVALS_ANNOTATED], separators=(",", ":"), sort_keys=True)
+
+
+# --- whose log is the sidecar's (hostile8 F1) -------------------------------------------------------
+
+def sidecar_identity(pod_spec: Mapping[str, Any]) -> Optional[str]:
+    """What makes a pod's sealing sidecar the one the operator built: its image, command, arguments and
+    environment, and the claims it mounts where; None when the pod has no single `ckpt-live` container,
+    or shares its processes (another container could write into the sidecar's output). A pod's owner
+    references and labels are whatever its creator wrote, so a pod of anyone's with the job's Job as
+    controller and a container named ckpt-live is not proof: its log is believed only when its
+    sidecar's identity is one of the workload's templates' (which the operator built). Mounts of other
+    volumes (a ServiceAccount token an admission plugin adds) do not count."""
+    if pod_spec.get("shareProcessNamespace") or pod_spec.get("hostPID"):
+        return None
+    found = [c for c in [*(pod_spec.get("initContainers") or []), *(pod_spec.get("containers") or [])]
+             if isinstance(c, Mapping) and c.get("name") == SIDECAR]
+    if len(found) != 1:
+        return None
+    container = found[0]
+    volumes = {v.get("name"): v for v in pod_spec.get("volumes") or [] if isinstance(v, Mapping)}
+    claims = sorted((str(m.get("mountPath")), bool(m.get("readOnly")), str(m.get("subPath") or ""),
+                     str(((volumes.get(m.get("name")) or {}).get("persistentVolumeClaim") or {}).get("claimName")))
+                    for m in container.get("volumeMounts") or []
+                    if isinstance(m, Mapping) and "persistentVolumeClaim" in (volumes.get(m.get("name")) or {}))
+    body = {"image": container.get("image"), "command": container.get("command"), "args": container.get("args"),
+            "env": container.get("env"), "envFrom": container.get("envFrom"), "claims": claims}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def template_pod_specs(workload: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The pod specs of a Job's template or of each of a JobSet's replicated jobs' templates."""
+    spec = workload.get("spec") or {}
+    if "replicatedJobs" in spec:
+        return [((((r.get("template") or {}).get("spec") or {}).get("template") or {}).get("spec") or {})
+                for r in spec.get("replicatedJobs") or [] if isinstance(r, Mapping)]
+    return [((spec.get("template") or {}).get("spec") or {})]
+
+
+def built_sidecars(workloads: Iterable[Mapping[str, Any]]) -> frozenset[str]:
+    """The identities of the sidecars the operator built into these workloads' templates."""
+    return frozenset(i for w in workloads for spec in template_pod_specs(w)
+                     if (i := sidecar_identity(spec)) is not None)
+
+
+def not_its_sidecar(pod_name: str) -> str:
+    return (f"pod {pod_name}: its container {SIDECAR} is not the sealing sidecar the operator built for this job "
+            f"(image, command, environment or output claim differ, or it shares its processes): its log is not read")

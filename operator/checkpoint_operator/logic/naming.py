@@ -32,7 +32,7 @@ def bounded_name(base: str, limit: int, salt: str = "") -> str:
 # The components of agent pods, the last part of every agent pod's name (agent_pod_name): the chart's
 # exec fence (charts/checkpoint-operator/templates/exec-fence.yaml) recognizes them by it, since a
 # pods/exec request carries the pod's name but not its labels.
-AGENT_POD_COMPONENTS = ("snapshot", "scan", "import", "copy", "upload", "verify", "pull", "resume")
+AGENT_POD_COMPONENTS = ("snapshot", "scan", "import", "copy", "upload", "verify", "pull", "resume", "union")
 
 
 def agent_pod_name(parent: str, component: str) -> str:

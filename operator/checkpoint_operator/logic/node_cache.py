@@ -27,6 +27,7 @@ from checkpoint_operator.logic import agent_commands
 from checkpoint_operator.logic.agent_pods import DOWNLOAD_CONTAINER_PREFIX, InputVolumes, agent_container, download_container
 from checkpoint_operator.logic.inputs import ResolvedInput
 from checkpoint_operator.logic.security_context import AGENT_UID
+from checkpoint_operator.logic.signatures import CACHED_ON_REQUEST
 from checkpoint_operator.protocol.channel import ResultError, decode
 from checkpoint_operator.protocol.results import TERMINATION_MESSAGE_BYTES, CacheFillReport
 
@@ -39,7 +40,7 @@ TERMINATION_LOG = "/dev/termination-log"
 MAX_CACHED_ON = 64  # nodes listed in a Checkpoint's status.cachedOn (the count says how many in all)
 # A TrainingJob's reconcile reads the fills' reports but never writes a Checkpoint's status: it asks
 # with this annotation (a JSON list of node names), and the Checkpoint's reconcile writes cachedOn.
-CACHED_ON_ANNOTATION = "ckpt.dev/cached-on"
+CACHED_ON_ANNOTATION = CACHED_ON_REQUEST.key  # with its signature beside it: the jobs' word only
 MAX_NODE_NAME = 253
 MAX_CACHED_ON_ANNOTATION = MAX_CACHED_ON * (MAX_NODE_NAME + 3) + 2  # bytes: the longest list it may hold
 LABELS = {"app.kubernetes.io/managed-by": "checkpoint-operator", "ckpt.dev/component": COMPONENT}

@@ -76,8 +76,12 @@ class NameConflict:
     @property
     def message(self) -> str:
         holder = self.holder
-        by = (f"written by TrainingJob {holder.producer_name} (uid {holder.producer_uid}) from "
-              f"{holder.directory!r}" if holder.producer_name else "not written by this job")
+        if holder.unsigned_claim:
+            by = (f"its spec.source.trainingJob names TrainingJob {holder.producer_name} without the operator's "
+                  "signature: not written by this job")
+        else:
+            by = (f"written by TrainingJob {holder.producer_name} (uid {holder.producer_uid}) from "
+                  f"{holder.directory!r}" if holder.producer_name else "not written by this job")
         fix = ("it is being deleted" if holder.deleting else
                "delete it, or give this job another spec.output.namePrefix")
         return f"output {self.directory!r} would be Checkpoint {self.name}, which exists ({by}): {fix}"
@@ -121,11 +125,6 @@ def missing_message(directory: str, skipped: Sequence[Skipped]) -> str:
     if said is not None:
         return f"{directory} changed after it was sealed: {said.path}: {said.reason}"
     return f"{directory} was removed after it was sealed (or its files can no longer be found)"
-
-
-def is_produced_by(checkpoint: dict[str, Any], job_uid: str, directory: str) -> bool:
-    source = checkpoint.get("spec", {}).get("source", {}).get("trainingJob") or {}
-    return source.get("uid") == job_uid and source.get("directory") == directory
 
 
 def _entry(key: str, step: Optional[int], metrics: Optional[Iterable[tuple[str, float]] | Mapping[str, float]],

@@ -18,6 +18,7 @@ from typing import Any, Optional
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobPhase, TrainingJobStatus, WorkerFailure
 from checkpoint_operator.logic import engines, live_sealing, workers
 from checkpoint_operator.logic.agent_pods import PodProblem
+from checkpoint_operator.logic.conditions import seconds_since
 from checkpoint_operator.logic.engines import WorkloadState
 from checkpoint_operator.logic.inputs import InputWait
 from checkpoint_operator.logic.results import Fail, Wait
@@ -67,7 +68,7 @@ def publish_mode(tj: TrainingJob, default: str) -> Optional[str]:
     """spec.output.publish, else the operator's default; None without an output."""
     if not tj.output_enabled:
         return None
-    if tj.spec.output.parts_per_worker:  # live sealing of parts is not supported (the CRD refuses Continuous)
+    if tj.spec.output.perWorker:  # live sealing of each worker's own checkpoints: not yet (the CRD refuses it)
         return "OnCompletion"
     return tj.spec.output.publish or default
 
@@ -161,6 +162,12 @@ def attempt_of(tj: TrainingJob) -> int:
     return restarts + (tj.status.preemptions or 0) if engines.resumes_parts(tj) else restarts
 
 
+def _when_quickly_admitted_again(tj: TrainingJob) -> str:
+    if engines.resumes_parts(tj):  # as any preemption of such a group: a new attempt after the resume step
+        return _when_admitted_again(tj)
+    return "they were started again and resume from their latest checkpoint"
+
+
 def _when_admitted_again(tj: TrainingJob) -> str:
     if engines.resumes_parts(tj):
         return ("the operator makes the group again once they have stopped: the resume step copies the latest "
@@ -168,23 +175,49 @@ def _when_admitted_again(tj: TrainingJob) -> str:
     return "it resumes from its latest checkpoint when admitted again"
 
 
+# status.suspendTransition of a workload admitted without a Suspended condition written yet.
+NO_SUSPEND_RECORD = ""
+
+
 def suspension_change(tj: TrainingJob, state: WorkloadState, queue: Optional[str], now: str) -> Optional[StatusChange]:
     """A running workload suspended (Kueue preempted it: its pods are stopped): Queued, reason
-    Preempted, counted. A queued one unsuspended (admitted): Running."""
+    Preempted, counted. A queued one resumed (admitted): Running, its resume recorded.
+
+    A preemption that Kueue undid before this pass looked (it suspends, then admits again at once
+    when another flavor fits) leaves no suspended workload to see, but its controller's record:
+    the Suspended condition turned True and False again, with a new lastTransitionTime. A running
+    job whose workload has a resume later than the one recorded (status.suspendTransition) was
+    preempted meanwhile: counted once, stays Running (its workers were replaced and resume from
+    their latest checkpoint)."""
     what = f"{state.kind} {state.name}"
+    by = f"preempted by Kueue (LocalQueue {queue})" if queue else "suspended (spec.suspend)"
+    count = (tj.status.preemptions or 0) + 1
     if state.suspended and tj.phase == TrainingJobPhase.RUNNING:
-        count = (tj.status.preemptions or 0) + 1
-        by = f"preempted by Kueue (LocalQueue {queue})" if queue else "suspended (spec.suspend)"
         return StatusChange(phase=TrainingJobPhase.QUEUED, reason="Preempted", event="Warning",
                             fields=TrainingJobStatus(preemptions=count),
                             message=f"{what} was {by}: its workers are stopped, its sealed checkpoints stay; "
                                     f"{_when_admitted_again(tj)} (preemption {count})")
     if not state.suspended and tj.phase == TrainingJobPhase.QUEUED:
         again = f" again after {tj.status.preemptions} preemption(s)" if tj.status.preemptions else ""
-        fields = None if tj.status.startTime else TrainingJobStatus(startTime=now)
-        return StatusChange(phase=TrainingJobPhase.RUNNING, reason="Running", event="Normal", fields=fields,
-                            message=f"{what} was admitted{again} and runs")
-    return None
+        admitted = StatusChange(phase=TrainingJobPhase.RUNNING, reason="Running", event="Normal",
+                                message=f"{what} was admitted{again} and runs")
+        if not tj.status.startTime:
+            admitted = admitted.with_fields(TrainingJobStatus(startTime=now))
+        # Recorded even when its controller wrote no Suspended condition (admitted before it looked):
+        # "" then, so that the first one it writes later is a preemption's.
+        return admitted.with_fields(TrainingJobStatus(suspendTransition=state.suspend_transition or NO_SUSPEND_RECORD))
+    seen = tj.status.suspendTransition
+    if state.suspended or tj.phase != TrainingJobPhase.RUNNING or state.suspend_transition in (None, seen):
+        return None
+    if seen is None and queue is not None:
+        # Created suspended for Kueue: its first resume is its admission, which this job did not
+        # record (it was adopted running, or recorded by an operator that did not keep resumes).
+        return StatusChange(fields=TrainingJobStatus(suspendTransition=state.suspend_transition))
+    return StatusChange(reason="Preempted", event="Warning",
+                        fields=TrainingJobStatus(preemptions=count, suspendTransition=state.suspend_transition),
+                        message=f"{what} was {by} and admitted again (resumed at {state.suspend_transition}) before "
+                                f"the operator looked: its workers were stopped, its sealed checkpoints stay; "
+                                f"{_when_quickly_admitted_again(tj)} (preemption {count})")
 
 
 def attempt_started_change(tj: TrainingJob, kind: str, name: str, rendezvous: Optional[str],
@@ -192,8 +225,9 @@ def attempt_started_change(tj: TrainingJob, kind: str, name: str, rendezvous: Op
     """The operator created the workload of the next attempt (engine Job). Queued in Kueue, it waits
     to be admitted like a new one (Kueue makes a new Workload for it): Queued, not Preempted.
     `job_uid`: the new workload's UID, recorded with the attempt (its pods are the workers now)."""
-    fields = TrainingJobStatus(rendezvous=rendezvous) if job_uid is None else \
-        TrainingJobStatus(rendezvous=rendezvous, jobUid=job_uid)
+    # A new workload: the Suspended record of the last one is not its own.
+    fields = TrainingJobStatus(rendezvous=rendezvous, suspendTransition=None) if job_uid is None else \
+        TrainingJobStatus(rendezvous=rendezvous, jobUid=job_uid, suspendTransition=None)
     if queue is None:
         return StatusChange(fields=fields)
     attempt = attempt_of(tj) + 1
@@ -258,6 +292,24 @@ def group_outcome(tj: TrainingJob, state: WorkloadState, failure: str) -> str:
     return "; ".join(p for p in parts if p)
 
 
+# A scheduled pod whose containers have not started is looked at for a failed attach (a LIST of
+# its Events) only once it has waited this long: most pods start within it, and a Multi-Attach
+# error or an attach limit is there by then (the attach/detach controller reports it at once).
+ATTACH_GRACE = 5.0  # seconds
+
+
+def attach_grace_left(pod: workers.WorkerPod, now: datetime) -> float:
+    """Seconds until a Pending pod without a problem of its own has waited ATTACH_GRACE since it
+    was scheduled (0: look at its Events now; also when the time is unknown or unreadable)."""
+    if not pod.scheduled_at:
+        return 0.0
+    try:
+        waited = seconds_since(pod.scheduled_at, now)
+    except ValueError:
+        return 0.0
+    return max(0.0, ATTACH_GRACE - waited)
+
+
 def may_wait_on_a_volume(problem: PodProblem) -> bool:
     """A stuck pod whose cause may be an unbound claim (the scheduler says only that it is)."""
     return problem.reason == "Unschedulable" and "PersistentVolumeClaim" in problem.message
@@ -293,24 +345,40 @@ def snapshot_wait(retry_at: Optional[str], now: datetime) -> Optional[float]:
     return remaining if remaining > 0 else None
 
 
-def snapshot_retry(attempts: int, message: str) -> Optional[Fail]:
-    """A failed snapshot pod is retried; after MAX_SNAPSHOT_ATTEMPTS the job fails."""
+def snapshot_retry(attempts: int, message: str, refused: bool = False) -> Optional[Fail]:
+    """A failed snapshot pod is retried (a store that was down, a node lost, an OOM kill may not
+    happen again); after MAX_SNAPSHOT_ATTEMPTS the job fails. A refusal of the output by the agent
+    (`refused`: a name the names rule refuses, a key S3 cannot hold) fails it at once: the output
+    is the same for the next pod, which would refuse it with the same line."""
+    if refused:
+        return Fail("SnapshotFailed", f"snapshot refused the output (not retried: the same output is refused "
+                                      f"again): {message}")
     if attempts >= MAX_SNAPSHOT_ATTEMPTS:
         return Fail("SnapshotFailed", f"snapshot failed {attempts} times; last: {message}")
     return None
 
 
-# Seconds after the snapshot pod ended that a job waits for its new Checkpoints' own reconciles to make them
-# Ready (or fail them): a pass or two each, unless something holds one forever (its bytes never handed
-# over, its object deleted again and again); then the job fails and names them, never waits on.
-PUBLISH_TIMEOUT = 600.0
+def publish_wait_since(ended: str, made: list[Optional[str]], started: str) -> str:
+    """What the wait for a job's Checkpoints counts from (RFC 3339): the latest of its snapshot pod's end,
+    its Checkpoints' creation and this operator process's start (hostile7 P1: a VolumeSnapshot slower
+    than the bound, or an operator down that long, must not fail a job whose Checkpoints were created a
+    moment before, nor before their own reconciles had a chance to run)."""
+    def parsed(value: Optional[str]) -> Optional[datetime]:
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+        except ValueError:
+            return None
+    times = [(t, v) for v in (ended, started, *made) if v and (t := parsed(v)) is not None]
+    return max(times)[1] if times else ended
 
 
 def publish_wait(not_ready: list[tuple[str, str]], since: str, now: datetime, recheck: float,
-                 limit: Optional[float] = None) -> Wait | Fail:
+                 limit: float) -> Wait | Fail:
     """The job's wait for its Checkpoints, (name, what it is) of each not Ready (nor failed on request)
-    yet, counted from `since` (RFC 3339: when its snapshot pod ended): quiet, then a failure naming them."""
-    limit = PUBLISH_TIMEOUT if limit is None else limit
+    yet, counted from `since` (RFC 3339: publish_wait_since): quiet, then a failure naming them.
+    `limit`: the operator's publish_timeout (600 s by default, CKPT_PUBLISH_TIMEOUT): a pass or two each,
+    unless something holds one forever (its bytes never handed over, its object deleted again and
+    again); then the job fails and names them, never waits on."""
     try:
         waited = (now - datetime.fromisoformat(since.replace("Z", "+00:00"))).total_seconds()
     except ValueError:
@@ -320,7 +388,7 @@ def publish_wait(not_ready: list[tuple[str, str]], since: str, now: datetime, re
     shown = ", ".join(f"{name} ({what})" for name, what in not_ready[:NAMES_IN_MESSAGE]) + \
         (f" and {len(not_ready) - NAMES_IN_MESSAGE} more" if len(not_ready) > NAMES_IN_MESSAGE else "")
     return Fail("CheckpointsNotReady", f"{len(not_ready)} Checkpoint(s) of this job not Ready {waited:.0f} s after "
-                                       f"its snapshot: {shown}; each one's Ready condition says what holds it")
+                                       f"they were made: {shown}; each one's Ready condition says what holds it")
 
 
 # A message names this many checkpoints (status.outputCheckpoints lists them all): 5,000 names

@@ -133,14 +133,20 @@ def location_volumes(location: Location, *, read_only: bool = True, restore_acce
     manifest, alone, at MANIFEST_MOUNT (it lives outside the checkpoint's directory). A location in
     a volume snapshot is a volume of the pod's own restored from it (logic/volume_snapshots.py),
     with `labels`; it names no stored manifest (the agent then reads the data alone). A checkpoint
-    assembled across workers (logic/parts.py): its parts side by side in that one directory."""
+    assembled across workers (logic/parts.py): its parts side by side in that one directory, from
+    the workers' claims or from a volume restored from each worker's snapshot."""
     volumes: list[dict[str, Any]]
     shown: list[tuple[str, str, Optional[list[str]]]]  # (volume, path in it, items)
     manifest: Optional[tuple[str, str]] = None  # (volume, path in it)
-    if location.snapshot is not None:
-        snapshot = location.snapshot
-        volumes = [volume_snapshots.restored_volume("data", snapshot, restore_access_mode, labels or {})]
-        shown = [("data", snapshot.path, snapshot.items)]
+    if location.snapshots:  # one snapshot, or one per worker's part: each a volume restored from it
+        restored: dict[str, str] = {}
+        volumes, shown = [], []
+        for snapshot in location.snapshots:
+            if snapshot.volumeSnapshotName not in restored:
+                restored[snapshot.volumeSnapshotName] = "data" if not restored else f"data-{len(restored)}"
+                volumes.append(volume_snapshots.restored_volume(restored[snapshot.volumeSnapshotName], snapshot,
+                                                                restore_access_mode, labels or {}))
+            shown.append((restored[snapshot.volumeSnapshotName], snapshot.path, snapshot.items))
     elif location.volumeParts or location.volume is not None:
         claims: dict[str, str] = {}
         volumes, shown = [], []
@@ -214,7 +220,7 @@ def build_pull_pod(checkpoint: Checkpoint, config: OperatorConfig, value: str) -
 def _located(checkpoint: Checkpoint) -> Location:
     """The Checkpoint's location on a volume (or its workers' volumes) or in a volume snapshot."""
     location = checkpoint.status.location
-    if location is None or (location.volume is None and location.snapshot is None and not location.volumeParts):
+    if location is None or not location.on_volumes:
         raise ValueError(f"Checkpoint {checkpoint.metadata.name} has no volume location")
     return location
 
@@ -279,6 +285,9 @@ def describe_location(location: Optional[Location]) -> str:
         return location.s3.uri
     if location is not None and location.snapshot is not None:
         return f"VolumeSnapshot {location.snapshot.volumeSnapshotName}:{location.snapshot.path}"
+    if location is not None and location.snapshotParts:
+        snapshot = location.snapshotParts[0]
+        return f"{len(location.snapshotParts)} VolumeSnapshots ({snapshot.volumeSnapshotName}:{snapshot.path}, ...)"
     if location is not None and location.volumeParts:
         first = location.volumeParts[0]
         return f"{len(location.volumeParts)} volumes ({first.claimName}:{first.path}, ...)"

@@ -24,6 +24,13 @@ restored from that snapshot, on any node:
   ``<pod>-<volume>``, restored from the snapshot (``dataSource``), of ``restoreSize``, ReadOnlyMany
   where the driver supports it, else ReadWriteOnce, mounted read-only; the claim is labelled as
   the operator's (``ckpt.dev/component: restored-input``) and goes with its pod;
+- a checkpoint assembled across workers' volumes (output.volumePerWorker, perWorker: logic/parts.py)
+  is in one snapshot per worker volume that provides a part of it (``TakenParts``), all taken at the
+  end of the job, after the union scan; its location lists each (``snapshot_parts_location``:
+  ``snapshotParts``, each part's worker, snapshot, directory and items), every one of those
+  snapshots is owned by every Checkpoint that needs it (``pointing_into``), and a consumer's pod
+  restores each and mounts the parts side by side into one directory, as the plain volume store
+  mounts the workers' claims (storage/volume.py);
 - a Ready Checkpoint follows its snapshot (``trouble_of``, ``needs_check``): deleted, replaced or
   no longer readyToUse, it is Failed with the reason, and Ready again when readyToUse again.
 """
@@ -32,9 +39,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, NamedTuple, Optional
+from typing import Any, Mapping, NamedTuple, Optional, Union
 
-from checkpoint_operator.api.checkpoint import Location, SnapshotLocation
+from checkpoint_operator.api.checkpoint import Location, SnapshotLocation, VolumeLocation
 from checkpoint_operator.api.common import MAX_VOLUME_SNAPSHOT_RECORDS, VolumeSnapshotRecord
 from checkpoint_operator.logic.naming import MAX_NAME, bounded_name, child_name, short_hash
 
@@ -111,6 +118,21 @@ class TakenSnapshot:
     restore_size: Optional[str]
     storage_class: Optional[str]
     uid: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class TakenParts:
+    """The ready snapshots of a job's worker volumes (output.volumePerWorker or perWorker), by
+    worker: one per worker volume that holds a part of a checkpoint to publish."""
+
+    by_worker: Mapping[int, TakenSnapshot]
+
+    @property
+    def snapshots(self) -> list[TakenSnapshot]:
+        return [self.by_worker[w] for w in sorted(self.by_worker)]
+
+
+Taken = Union[TakenSnapshot, TakenParts]  # the output's one snapshot, or its workers' volumes'
 
 
 @dataclass(frozen=True)
@@ -233,6 +255,28 @@ def snapshot_location(taken: TakenSnapshot, path: str, items: Optional[list[str]
     return Location(snapshot=SnapshotLocation(
         volumeSnapshotName=taken.name, volumeSnapshotUID=taken.uid, path=path, items=items,
         restoreSize=taken.restore_size, storageClassName=taken.storage_class))
+
+
+def snapshot_parts_location(parts: list[tuple[int, VolumeLocation]], taken: TakenParts) -> Location:
+    """status.location of a checkpoint assembled across workers' volumes (logic/parts.py gives each
+    part: its worker, the checkpoint's directory and items there), once each of those volumes is
+    in a ready snapshot: the same parts, each in its worker's snapshot. SnapshotNotReady when one
+    is not taken (the caller takes every volume that provides a part first)."""
+    located = []
+    for worker, part in parts:
+        snapshot = taken.by_worker.get(worker)
+        if snapshot is None:
+            raise SnapshotNotReady(f"no VolumeSnapshot of worker {worker}'s volume {part.claimName} is taken")
+        located.append(SnapshotLocation(
+            volumeSnapshotName=snapshot.name, volumeSnapshotUID=snapshot.uid, path=part.path, items=part.items,
+            restoreSize=snapshot.restore_size, storageClassName=snapshot.storage_class, worker=worker))
+    return Location(snapshotParts=located)
+
+
+def pointing_into(snapshot: str, locations: list[Location]) -> list[int]:
+    """The indexes of the locations that need the VolumeSnapshot `snapshot` (its owners to be)."""
+    return [i for i, location in enumerate(locations)
+            if any(s.volumeSnapshotName == snapshot for s in location.snapshots)]
 
 
 def restored_volume(volume_name: str, location: SnapshotLocation, access_mode: str,

@@ -30,6 +30,7 @@ class WorkerPod:
     controller_uid: Optional[str] = None  # the object that controls it (its Job): whether it is trusted
     uid: str = ""
     cache_fills: tuple[FillReport, ...] = ()  # what its node-cache fills reported (logic/node_cache.py)
+    scheduled_at: str = ""              # when it was bound to a node (RFC 3339), else created; "" unknown
 
     @property
     def is_live(self) -> bool:
@@ -69,7 +70,24 @@ def worker_pod(body: Mapping[str, Any]) -> WorkerPod:
                      failure=pod_failure(dict(body), what).message if failed else None,
                      finished_at=_finished_at(status) if failed else "",
                      deleting=bool(meta.get("deletionTimestamp")), controller_uid=controller_uid(body),
-                     uid=meta.get("uid", ""), cache_fills=tuple(read_fill_reports(body)))
+                     uid=meta.get("uid", ""), cache_fills=tuple(read_fill_reports(body)),
+                     scheduled_at=_scheduled_at(status) or str(meta.get("creationTimestamp") or ""))
+
+
+def wake_summary(body: Mapping[str, Any]) -> tuple[WorkerPod, str]:
+    """What a TrainingJob's reconcile reads of one of its pods (a worker, or its snapshot, resume
+    or cache-fill pod): its phase, problem, failure, deletion, controller, UID, fills reported
+    and when it was scheduled (WorkerPod), and its node. An event of the pod that changes none
+    of it (a kubelet's status update inside one phase) wakes no reconcile of its job."""
+    return worker_pod(body), str((body.get("spec") or {}).get("nodeName") or "")
+
+
+def _scheduled_at(status: Mapping[str, Any]) -> str:
+    """When the pod's PodScheduled condition became True (RFC 3339), or ""."""
+    for condition in status.get("conditions") or []:
+        if isinstance(condition, dict) and condition.get("type") == "PodScheduled" and condition.get("status") == "True":
+            return str(condition.get("lastTransitionTime") or "")
+    return ""
 
 
 def controller_uid(body: Mapping[str, Any]) -> Optional[str]:

@@ -137,7 +137,7 @@ def contract_env(tj: TrainingJob, inputs: list[ResolvedInput], live: bool = Fals
     if tj.output_enabled:
         env["CHECKPOINT_OUTPUT_DIR"] = output_dir
         env["FLEXAI_OUTPUT_CHECKPOINT_DIR"] = output_dir
-    if live:
+    if live and not tj.spec.output.parts_per_worker:
         env[live_sealing.RESUME_ENV] = live_sealing.resume_path(output_dir)
     elif tj.output_enabled and group_resume.has_resume_copy(tj):  # a volume per worker, after a resume step
         assert tj.status.resume is not None and tj.status.resume.digest is not None
@@ -361,9 +361,24 @@ def build_live_sidecar(tj: TrainingJob, config: OperatorConfig, upload_to: Optio
                        env: list[dict[str, Any]], sync: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """The sealing sidecar of a publish: Continuous job (logic/live_sealing.py), for build_workload.
     `sync`: it syncs the filesystem once a directory is sealed (a volume snapshot of it follows)."""
+    # Not a CRD rule: declaring the template's annotations for CEL would bound what users may put there.
+    if live_sealing.REMOVE_ANNOTATION in ((tj.spec.template.metadata or {}).get("annotations") or {}):
+        raise InvalidSpec(f"spec.template.metadata.annotations must not have {live_sealing.REMOVE_ANNOTATION}: the "
+                          f"operator alone writes it (its requests to the live-sealing sidecar to remove sealed "
+                          f"directories)")
+    for shared in ("shareProcessNamespace", "hostPID"):  # publish: Continuous by the operator's default
+        if not tj.spec.template.spec.get(shared):
+            continue
+        raise InvalidSpec(f"spec.template.spec.{shared} must not be true with live sealing (publish: "
+                          "Continuous, the operator's default here): the training code could then write into the "
+                          "live-sealing sidecar's output, the channel the operator believes about what was sealed")
+    # A volume per worker: each worker's sidecar seals its own parts; the operator's union pod assembles
+    # them (and, on the s3 store, uploads the union: a part alone is not a checkpoint to upload).
+    part = tj.spec.output.parts_per_worker
+    upload_to = None if part else upload_to
     command = agent_commands.watch(tj.spec.outputDir, interval=config.live_watch_interval,
                                    annotations_file=live_sealing.annotations_file(), upload_to=upload_to,
-                                   shared=tj.spec.replicas > 1,
+                                   shared=tj.spec.replicas > 1 and not part, part=part,
                                    upload_concurrency=config.live_upload_concurrency if upload_to else None,
                                    # volume store: the sealed manifests beside the data (the store is the volume)
                                    manifests_dir=None if upload_to else posixpath.join(tj.spec.outputDir, MANIFESTS_DIR),
@@ -418,6 +433,22 @@ def build_snapshot_pod(tj: TrainingJob, command: list[str], env: list[dict[str, 
                                                                      "readOnly": read_only}}]
     container = agent_container("snapshot", command, config, mounts=mounts, env=env)
     return agent_pod(metadata, config, [container], volumes, identity=trainer_identity(tj.spec.template.spec))
+
+
+def union_pod_name(tj: TrainingJob) -> str:
+    # An agent pod's name: the exec fence knows it by its suffix (on the volume store it writes the
+    # union's manifest into a worker's volume).
+    return agent_pod_name(tj.metadata.name, "union")
+
+
+def build_union_pod(tj: TrainingJob, command: list[str], env: list[dict[str, Any]], config: OperatorConfig,
+                    read_only: bool = True) -> dict[str, Any]:
+    """Live sealing with a volume per worker (logic/live_unions.py): the snapshot pod's shape (every
+    worker's volume at <mount>/worker-<i>), run while the job runs for one directory whose parts the
+    workers' sidecars sealed (`command`: the snapshot's, with --only and --expect)."""
+    pod = build_snapshot_pod(tj, command, env, config, read_only=read_only)
+    pod["metadata"]["name"] = union_pod_name(tj)
+    return pod
 
 
 def resume_pod_name(tj: TrainingJob) -> str:

@@ -11,6 +11,7 @@ import os
 import select
 import time
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any, Callable, Optional
 
 import kubernetes
@@ -19,7 +20,7 @@ import yaml
 
 from checkpoint_operator.agent.errors import one_line, yaml_problem
 from checkpoint_operator.api.rules import is_dns1123
-from checkpoint_operator.kube import CHECKPOINTS, PODS, ApiError, Kube
+from checkpoint_operator.kube import CHECKPOINTS, PODS, ApiError, Kube, Resource
 
 STDIN, STDOUT, STDERR, ERROR, CLOSE = 0, 1, 2, 3, 255
 SEND_CHUNK = 256 * 1024
@@ -67,6 +68,17 @@ class Cluster:
             raise PluginError(f"{what}: {exc.status}: {message}") from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise PluginError(f"{what}: cannot reach the API server at {self.server} ({_root_cause(exc)})") from None
+
+    def each(self, what: str, resource: Resource, namespace: Optional[str], label_selector: Optional[str] = None,
+             served: str = "checkpoints.ckpt.dev") -> Iterator[dict[str, Any]]:
+        """The objects of a LIST, read page by page (Kube.pages): a caller that keeps only what it shows
+        of each holds one page at a time, whatever the size of the collection. Failures as `call`."""
+        pages = self.api.pages(resource, namespace, label_selector)
+        while True:
+            page = self.call(what, lambda: next(pages, None), served)
+            if page is None:
+                return
+            yield from page
 
     def get_checkpoint(self, name: str) -> dict:
         check_name("Checkpoint", name)

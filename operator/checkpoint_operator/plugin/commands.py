@@ -20,6 +20,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from collections.abc import Iterator
 from typing import Any, Callable, Optional, TextIO, TypeVar, get_args
 
 import yaml
@@ -100,14 +101,23 @@ def require_ready(checkpoint: CheckpointHead, doing: str) -> CheckpointStatus:
 
 # --- ls, lineage -----------------------------------------------------------------------------------
 
-def list_checkpoints(cluster: Cluster, all_namespaces: bool = False) -> list[dict[str, Any]]:
+def each_checkpoint(cluster: Cluster, all_namespaces: bool = False) -> Iterator[dict[str, Any]]:
+    """The Checkpoints, read in pages: each view keeps only what it shows of each (memory bounded by a
+    page and the output, not by the namespace: 100,000 Checkpoints held whole were 2 GiB)."""
     if all_namespaces:
-        return cluster.call("list Checkpoints in all namespaces", lambda: cluster.api.list(CHECKPOINTS, None))
-    items = cluster.call(f"list Checkpoints in namespace {cluster.namespace}",
-                         lambda: cluster.api.list(CHECKPOINTS, cluster.namespace))
-    if not items:
+        yield from cluster.each("list Checkpoints in all namespaces", CHECKPOINTS, None)
+        return
+    found = False
+    for body in cluster.each(f"list Checkpoints in namespace {cluster.namespace}", CHECKPOINTS, cluster.namespace):
+        found = True
+        yield body
+    if not found:
         cluster.check_namespace()
-    return items
+
+
+def list_checkpoints(cluster: Cluster, all_namespaces: bool = False) -> list[dict[str, Any]]:
+    """Every Checkpoint whole: for -o json/yaml, which prints them whole."""
+    return list(each_checkpoint(cluster, all_namespaces))
 
 
 def list_catalog(cluster: Cluster) -> list[dict[str, Any]]:
@@ -128,20 +138,32 @@ def catalog_if_readable(cluster: Cluster, io: Io) -> list[dict[str, Any]]:
 def cmd_ls(cluster: Cluster, args: argparse.Namespace, io: Io) -> int:
     if args.catalog:
         return _ls_catalog(cluster, args, io)
-    items = list_checkpoints(cluster, args.all_namespaces)
-    if args.job:
-        items = [b for b in items if views.producer(views.read_checkpoint(b)) == f"tj/{args.job}"]
+    def wanted(checkpoint: CheckpointHead) -> bool:
+        return not args.job or views.producer(checkpoint) == f"tj/{args.job}"
+    wide, now = args.output == "wide", datetime.now(timezone.utc)
+    items: list[dict[str, Any]] = []
+    rows: list[tuple[tuple[str, str], list[str]]] = []
+    if args.output in ("json", "yaml"):  # printed whole: held whole
+        items = [b for b in list_checkpoints(cluster, args.all_namespaces) if wanted(views.read_checkpoint(b))]
+    else:  # a table: each Checkpoint's row made as its page is read, the page then dropped
+        rows = [((c.metadata.namespace, c.metadata.name), views.ls_row(c, wide=wide, namespaces=args.all_namespaces,
+                                                                       now=now))
+                for c in map(views.read_checkpoint, each_checkpoint(cluster, args.all_namespaces)) if wanted(c)]
     # -A: the catalog too (cluster-scoped entries every namespace may use), in rows of their own.
     entries = catalog_if_readable(cluster, io) if args.all_namespaces and not args.job else []
     if args.output in ("json", "yaml"):
         print_object({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items + entries}, args.output, io)
         return 0
-    if not items and not entries:
+    if not rows and not entries:
         where = "any namespace" if args.all_namespaces else f"namespace {cluster.namespace}"
         io.note(f"No Checkpoints found in {where}" + (f" written by TrainingJob {args.job}." if args.job else "."))
         return 0
-    shown = [views.read_checkpoint(b) for b in items] + [views.as_catalog_row(e) for e in entries]
-    io.out.write(views.ls_table(shown, wide=args.output == "wide", namespaces=args.all_namespaces) + "\n")
+    for entry in map(views.as_catalog_row, entries):
+        rows.append(((entry.metadata.namespace, entry.metadata.name),
+                     views.ls_row(entry, wide=wide, namespaces=args.all_namespaces, now=now)))
+    rows.sort(key=lambda keyed: keyed[0])
+    io.out.write(views.table(views.ls_headers(wide=wide, namespaces=args.all_namespaces),
+                             [row for _, row in rows]) + "\n")
     return 0
 
 
@@ -163,8 +185,7 @@ MAX_LISTED_OBJECTS = 10_000_000  # a listing is summed as it goes (memory bounde
 
 
 def cmd_du(cluster: Cluster, args: argparse.Namespace, io: Io) -> int:
-    checkpoints = list_checkpoints(cluster, args.all_namespaces)
-    rows = usage.referenced(checkpoints)
+    rows = usage.referenced(each_checkpoint(cluster, args.all_namespaces))  # summed page by page
     if not args.all_namespaces:
         rows.setdefault(cluster.namespace, usage.Usage(cluster.namespace))
     if args.catalog or args.all_namespaces:
@@ -231,8 +252,8 @@ def _measure_prefixes(row: usage.Usage, endpoint_url: Optional[str]) -> None:
 
 def cmd_lineage(cluster: Cluster, args: argparse.Namespace, io: Io) -> int:
     check_name("Checkpoint", args.name)
-    items = [views.read_checkpoint(b) for b in list_checkpoints(cluster)]
-    from_catalog = any(p.kind == "ClusterCheckpoint" for c in items for p in c.status.parents or [])
+    items = [views.for_lineage(views.read_checkpoint(b)) for b in each_checkpoint(cluster)]
+    from_catalog = any(p.kind == "ClusterCheckpoint" for c in items for p in c.parents)
     entries = map(views.read_catalog_entry, catalog_if_readable(cluster, io)) if from_catalog else ()
     lineage = views.build_lineage(items, args.name, entries)
     if lineage is None:

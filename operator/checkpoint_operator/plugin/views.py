@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping, Optional
 import pydantic
 
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead, CheckpointStatus
+from checkpoint_operator.api.common import PinnedCheckpoint
 from checkpoint_operator.api.clustercheckpoint import ClusterCheckpoint, ClusterCheckpointHead
 
 MAX_DEPTH = 64
@@ -82,25 +83,30 @@ def verified(status: CheckpointStatus) -> str:
     return condition.status if condition is not None and condition.status != "Unknown" else "-"
 
 
-def ls_table(items: list[CheckpointHead], *, wide: bool = False, namespaces: bool = False,
-             now: Optional[datetime] = None) -> str:
+def ls_headers(*, wide: bool = False, namespaces: bool = False) -> list[str]:
     headers = ["NAME", "PHASE", "FORMAT", "STEP", "SIZE", "USED-BY", "PRODUCER", "AGE"]
     if wide:
         headers += ["COMPLETE", "RESUMABLE", "FILES", "VERIFIED", "DIGEST"]
-    if namespaces:
-        headers = ["NAMESPACE", *headers]
-    rows = []
-    for checkpoint in sorted(items, key=lambda c: (c.metadata.namespace, c.metadata.name)):
-        meta, status = checkpoint.metadata, checkpoint.status
-        row = [meta.name, str(checkpoint.phase), _text(status.format), _text(status.step), _text(status.size),
-               used_by(status), producer(checkpoint), age(meta.creationTimestamp, now)]
-        if wide:
-            row += [_text(status.complete), _text(status.resumable), _text(status.fileCount), verified(status),
-                    _text(status.digest)]
-        if namespaces:
-            row = [meta.namespace, *row]
-        rows.append(row)
-    return table(headers, rows)
+    return ["NAMESPACE", *headers] if namespaces else headers
+
+
+def ls_row(checkpoint: CheckpointHead, *, wide: bool = False, namespaces: bool = False,
+           now: Optional[datetime] = None) -> list[str]:
+    """One Checkpoint's row of `ls` (what is kept of it while the list is paged)."""
+    meta, status = checkpoint.metadata, checkpoint.status
+    row = [meta.name, str(checkpoint.phase), _text(status.format), _text(status.step), _text(status.size),
+           used_by(status), producer(checkpoint), age(meta.creationTimestamp, now)]
+    if wide:
+        row += [_text(status.complete), _text(status.resumable), _text(status.fileCount), verified(status),
+                _text(status.digest)]
+    return [meta.namespace, *row] if namespaces else row
+
+
+def ls_table(items: list[CheckpointHead], *, wide: bool = False, namespaces: bool = False,
+             now: Optional[datetime] = None) -> str:
+    rows = [ls_row(c, wide=wide, namespaces=namespaces, now=now)
+            for c in sorted(items, key=lambda c: (c.metadata.namespace, c.metadata.name))]
+    return table(ls_headers(wide=wide, namespaces=namespaces), rows)
 
 
 def read_catalog_entry(body: Mapping[str, Any]) -> ClusterCheckpointHead:
@@ -197,32 +203,51 @@ class Lineage:
                 "descendants": [d.to_json() for d in self.descendants]}
 
 
-def _node(checkpoint: CheckpointHead) -> Node:
+@dataclass(frozen=True, slots=True)
+class LineageItem:
+    """What a lineage follows and shows of one Checkpoint: what `lineage` keeps of each Checkpoint of the
+    namespace while the list is paged (a parsed Checkpoint is ~10 KiB of Python objects; this, ~0.3)."""
+
+    name: str
+    uid: str
+    digest: Optional[str]
+    phase: str
+    step: Optional[int]
+    producer: str
+    parents: tuple[PinnedCheckpoint, ...]
+
+
+def for_lineage(checkpoint: CheckpointHead) -> LineageItem:
     meta, status = checkpoint.metadata, checkpoint.status
-    return Node(meta.name, meta.uid, status.digest, str(checkpoint.phase), status.step, producer(checkpoint))
+    return LineageItem(meta.name, meta.uid, status.digest, str(checkpoint.phase), status.step, producer(checkpoint),
+                       tuple(status.parents or ()))
 
 
-def build_lineage(items: Iterable[CheckpointHead], name: str,
+def _node(item: LineageItem) -> Node:
+    return Node(item.name, item.uid, item.digest, item.phase, item.step, item.producer)
+
+
+def build_lineage(items: Iterable[CheckpointHead | LineageItem], name: str,
                   entries: Iterable[ClusterCheckpointHead] = ()) -> Optional[Lineage]:
     """The lineage of `name` among `items` (one namespace's Checkpoints); None if it is not there. A parent
     that is a catalog entry is found among `entries` (the ClusterCheckpoints): a root of the tree."""
-    by_uid = {c.metadata.uid: c for c in items}
+    by_uid = {i.uid: i for i in (c if isinstance(c, LineageItem) else for_lineage(c) for c in items)}
     catalog = {e.metadata.uid: e for e in entries}
-    root = next((c for c in by_uid.values() if c.metadata.name == name), None)
+    root = next((c for c in by_uid.values() if c.name == name), None)
     if root is None:
         return None
-    children: dict[str, list[CheckpointHead]] = {}
+    children: dict[str, list[LineageItem]] = {}
     for checkpoint in by_uid.values():
-        for parent in checkpoint.status.parents or []:
+        for parent in checkpoint.parents:
             children.setdefault(parent.uid, []).append(checkpoint)
 
     # Each Checkpoint is expanded once per tree (later occurrences say "shown above"): per path, a
     # ladder of jobs taking two inputs each doubled the tree with every layer (2^layers lines).
     expanded: set[str] = set()
 
-    def up(checkpoint: CheckpointHead, depth: int) -> list[Node]:
+    def up(checkpoint: LineageItem, depth: int) -> list[Node]:
         nodes = []
-        for pinned in checkpoint.status.parents or []:
+        for pinned in checkpoint.parents:
             uid = pinned.uid
             if pinned.kind == "ClusterCheckpoint":
                 entry = catalog.get(uid)
@@ -249,7 +274,7 @@ def build_lineage(items: Iterable[CheckpointHead], name: str,
     shown: set[str] = set()
 
     def down(uid: str, depth: int) -> list[Node]:
-        kids = sorted(children.get(uid, []), key=lambda c: c.metadata.name)
+        kids = sorted(children.get(uid, []), key=lambda c: c.name)
         nodes = []
         for kid in kids[:MAX_CHILDREN_SHOWN]:
             node = _node(kid)
@@ -263,7 +288,7 @@ def build_lineage(items: Iterable[CheckpointHead], name: str,
             nodes[-1].truncated = len(kids) - MAX_CHILDREN_SHOWN
         return nodes
 
-    root_uid = root.metadata.uid
+    root_uid = root.uid
     shown.add(root_uid)
     expanded.add(root_uid)
     return Lineage(_node(root), up(root, 0), down(root_uid, 0))

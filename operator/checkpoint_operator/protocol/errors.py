@@ -7,7 +7,20 @@ from __future__ import annotations
 
 
 class AgentError(Exception):
-    """A failure the user must see as one line: what (URI or file) and why."""
+    """A failure the user must see as one line: what (URI or file) and why. It may not happen again
+    (a store that was down, a network that broke): the operator may run the pod again."""
+
+
+# The agent's exit code for a Refusal (an AgentError, or any other failure, exits 1; SIGTERM 143).
+REFUSED_EXIT_CODE = 3
+
+
+class Refusal(AgentError):
+    """A refusal of the data or the request for what it is (a file the names rule refuses, a key S3
+    cannot hold, more checkpoints than a report takes): the same run on the same data refuses it
+    again, so the operator fails with this line at once instead of running the pod again."""
+
+    exit_code = REFUSED_EXIT_CODE
 
 
 class Terminated(KeyboardInterrupt):

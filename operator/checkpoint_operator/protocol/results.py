@@ -224,6 +224,9 @@ class SealedCheckpoint(CheckpointSummary):
     sealedAt: float = 0.0
     announced: bool = False  # said again by a restarted sidecar (the operator creates nothing twice)
     synced: Synced = None    # agent watch --sync: the filesystem was synced once it was sealed
+    # agent watch --part (output.volumePerWorker): the worker whose part of the directory this is;
+    # the operator assembles the union once every worker's part is sealed (logic/live_unions.py)
+    part: Optional[Annotated[int, Field(ge=0, lt=MAX_PARTS)]] = None
 
 
 class SealedEvent(Report):

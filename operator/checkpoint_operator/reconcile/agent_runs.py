@@ -25,7 +25,7 @@ from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobStatus
 from checkpoint_operator import metrics
 from checkpoint_operator.logic import workers
 from checkpoint_operator.kube import PODS, ApiError, Conflict
-from checkpoint_operator.logic.agent_pods import PodProblem, last_error_line, pod_failure, pod_problem
+from checkpoint_operator.logic.agent_pods import PodFailure, PodProblem, last_error_line, pod_failure, pod_problem
 from checkpoint_operator.logic.results import Wait
 from checkpoint_operator.logic.status import StatusChange
 from checkpoint_operator.protocol import channel
@@ -89,6 +89,7 @@ class Finished(Generic[R]):
 @dataclass(frozen=True)
 class PodFailed:
     message: str
+    refused: bool = False  # the agent refused the data: a new pod would refuse it again
 
 
 Outcome = Union[Waiting, Finished[R], PodFailed]
@@ -146,7 +147,8 @@ def follow(ctx: Context, owner: Owner, body: dict[str, Any], task: AgentTask[R],
                                 f"created (recorded uid {recorded}): deleted, its result unread; a new one follows")
     phase = PodPhase.of(pod)
     if phase == PodPhase.FAILED:
-        return PodFailed(_failure_message(ctx, pod, task.what))
+        failure = pod_failure(pod, task.what)
+        return PodFailed(_failure_message(ctx, pod, failure), failure.agent_refused)
     if phase != PodPhase.SUCCEEDED:
         return Waiting(problem=pod_problem(pod), phase=phase)
     ended = workers.finished_at(pod) or str(meta.get("creationTimestamp") or "")
@@ -210,10 +212,9 @@ def wait_for(waiting: Waiting, *, reason: Optional[str], message: str, current_r
     return Wait(reason, message, warning=False)
 
 
-def _failure_message(ctx: Context, pod: dict[str, Any], what: str) -> str:
+def _failure_message(ctx: Context, pod: dict[str, Any], failure: PodFailure) -> str:
     """The failure and the failed container's own last error line (an init container's, when
     that is the one that failed: the main container then never ran), from a bounded tail."""
-    failure = pod_failure(pod, what)
     meta = pod["metadata"]
     try:
         log = ctx.kube.read_log(meta["namespace"], meta["name"], failure.container, tail_lines=FAILURE_LOG_LINES,

@@ -76,7 +76,7 @@ def serve_pull(ctx: Context, checkpoint: Checkpoint) -> Optional[float]:
     if not value:
         return None
     # the s3 store: the plugin downloads from the store itself
-    if location is None or (location.volume is None and location.snapshot is None and not location.volumeParts):
+    if location is None or not location.on_volumes:
         ctx.warn(checkpoint, "PullRefused", f"{PULL_REQUEST_ANNOTATION}: {checkpoint.metadata.name} is in object "
                                             "storage; kubectl ckpt pull downloads it from there (no pod needed)")
         drop_request(ctx, checkpoint, PULL_REQUEST_ANNOTATION, value)

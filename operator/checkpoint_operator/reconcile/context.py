@@ -21,7 +21,9 @@ from checkpoint_operator.kube import EVENTS, ApiError, Kube
 from checkpoint_operator.logic.conditions import now_rfc3339, one_line_message
 from checkpoint_operator.logic.inputs import TrainingJobInfo
 from checkpoint_operator.logic.live_sealing import LiveMemory
+from checkpoint_operator.logic.workers import WorkerPod
 from checkpoint_operator.reconcile.indexes import Indexes
+from checkpoint_operator.reconcile.signing_keys import SigningKeys
 from checkpoint_operator.reconcile.work_queue import WorkQueue
 
 logger = logging.getLogger("checkpoint_operator")
@@ -50,11 +52,16 @@ class Context:
     # (namespace, name) of a finished agent pod -> (its uid, its parsed result): its owner may wait
     # on something else before it deletes the pod (reconcile/agent_runs.py); goes with the pod.
     agent_results: dict[tuple[str, str], tuple[str, Any]] = field(default_factory=dict)
+    # (namespace, name) of a pod of a TrainingJob -> what its job read of it at its last event that
+    # woke the job (logic/workers.py wake_summary): an event that changes none of it wakes nothing.
+    pod_seen: dict[tuple[str, str], tuple[WorkerPod, str]] = field(default_factory=dict)
     resync: Optional[asyncio.Task[None]] = None
     # namespace -> when its node-cache volume and claim were last made or found (reconcile/node_cache.py)
     cache_claims_ensured: dict[str, float] = field(default_factory=dict)
     # The namespaces the operator serves (empty: every namespace): a ClusterCheckpoint's users are listed there.
     namespaces: list[str] = field(default_factory=list)
+    # The operator's signing keys (reconcile/signing_keys.py): read once per process, never logged.
+    signing_keys: SigningKeys = field(default_factory=SigningKeys, repr=False)
 
     @property
     def indexes(self) -> Indexes:
@@ -128,7 +135,12 @@ class Context:
             self.last_uses.pop(job, None)
         for live in gone_live:
             self.live.pop(live, None)
-        return len(gone_writes) + len(gone_uses) + len(gone_live)
+        # A pod the cache no longer holds (gone, or being deleted by us): its next event wakes its job.
+        gone_pods = [key for key in list(self.pod_seen) if not self.kube.cache.knows("Pod", *key)] \
+            if self.pod_seen else []
+        for pod in gone_pods:
+            self.pod_seen.pop(pod, None)
+        return len(gone_writes) + len(gone_uses) + len(gone_live) + len(gone_pods)
 
     def warn(self, obj: CheckpointHead | TrainingJobHead | ClusterCheckpointHead | Mapping[str, Any], reason: str, message: str) -> None:
         self.event(obj, "Warning", reason, message)

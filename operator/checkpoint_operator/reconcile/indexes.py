@@ -94,27 +94,35 @@ def checkpoint_keys(raw: Mapping[str, Any]) -> dict[IndexKey, IndexValue]:
     if any(source.get(kind) is not None for kind in CLAIM_OWNING_SOURCES):
         keys[("managed-claim", namespace, import_claim_name_for(info.name, info.uid))] = ClaimOwner("Checkpoint",
                                                                                                    info.name)
-    in_snapshot = snapshot_use(info, raw)
-    if in_snapshot is not None:
-        keys[("in-snapshot", namespace)] = in_snapshot
+    for in_snapshot in snapshot_uses(info, raw):  # one key per snapshot (a volume per worker: several)
+        keys[("in-snapshot", namespace, in_snapshot.snapshot)] = in_snapshot
     return keys
 
 
-def snapshot_use(info: CheckpointInfo, raw: Mapping[str, Any]) -> Optional[SnapshotUse]:
-    """A Ready Checkpoint in a VolumeSnapshot (or one failed while its snapshot was not readyToUse):
-    what the resync compares with one LIST of the namespace's snapshots."""
+def snapshot_uses(info: CheckpointInfo, raw: Mapping[str, Any]) -> list[SnapshotUse]:
+    """A Ready Checkpoint in VolumeSnapshots (or one failed while one was not readyToUse), once per
+    snapshot (its output's, or each worker volume's): what the resync compares with one LIST of the
+    namespace's snapshots."""
     status = raw.get("status") or {}
-    snapshot = ((status.get("location") or {}).get("snapshot") or {}) if isinstance(status, Mapping) else {}
-    name = snapshot.get("volumeSnapshotName") if isinstance(snapshot, Mapping) else None
-    if not isinstance(name, str) or not name or info.deleting:
-        return None
+    location = (status.get("location") or {}) if isinstance(status, Mapping) else {}
+    if not isinstance(location, Mapping) or info.deleting:
+        return []
+    parts = location.get("snapshotParts")
+    snapshots = [location.get("snapshot")] + (list(parts) if isinstance(parts, list) else [])
     waiting = any(isinstance(c, Mapping) and c.get("type") == "Ready" and c.get("reason") == SNAPSHOT_NOT_READY
                   for c in status.get("conditions") or [])
     ready = info.phase == CheckpointPhase.READY
     if not ready and not waiting:
-        return None
-    uid = snapshot.get("volumeSnapshotUID")
-    return SnapshotUse(info.name, name, uid if isinstance(uid, str) else None, ready, waiting)
+        return []
+    uses: dict[str, SnapshotUse] = {}
+    for snapshot in snapshots:
+        if not isinstance(snapshot, Mapping):
+            continue
+        name, uid = snapshot.get("volumeSnapshotName"), snapshot.get("volumeSnapshotUID")
+        if not isinstance(name, str) or not name or name in uses:
+            continue
+        uses[name] = SnapshotUse(info.name, name, uid if isinstance(uid, str) else None, ready, waiting)
+    return list(uses.values())
 
 
 def training_job_keys(raw: Mapping[str, Any]) -> dict[IndexKey, IndexValue]:

@@ -30,7 +30,7 @@ from typing import Any, Collection, Optional
 from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.trainingjob import (LiveStatus, RetiredCheckpoint, TrainingJob, TrainingJobHead,
                                                  TrainingJobStatus)
-from checkpoint_operator.reconcile import publish
+from checkpoint_operator.reconcile import publish, signing, workloads
 from checkpoint_operator.reconcile import volume_snapshots as volume_snapshot_steps
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.status_writer import write_status
@@ -67,9 +67,16 @@ def read_events(ctx: Context, tj: TrainingJob,
     sealed_prefix = store.live_sealed_prefix(tj)
     memory = _memory(ctx, tj)
     running = []
+    built = live_sealing.built_sidecars(_workloads(ctx, tj))
     for pod in ctx.indexes.worker_pods(namespace, tj.metadata.uid, controllers):
         if pod.phase.is_live:
             running.append(pod.name)
+        body = ctx.kube.cached_get(PODS, namespace, pod.name)
+        if body is None:
+            continue
+        if live_sealing.sidecar_identity(body.get("spec") or {}) not in built:
+            memory.pending.warnings.append(live_sealing.not_its_sidecar(pod.name))
+            continue
         cursor = memory.cursors.get(pod.name, live_sealing.LogCursor())
         try:
             text = ctx.kube.read_log(namespace, pod.name, live_sealing.SIDECAR, limit_bytes=live_sealing.LOG_READ_BYTES,
@@ -84,6 +91,12 @@ def read_events(ctx: Context, tj: TrainingJob,
             events.warnings.append(piece.warning)
         live_sealing.merge(memory.pending, events)
     return memory.pending, running
+
+
+def _workloads(ctx: Context, tj: TrainingJob) -> list[dict[str, Any]]:
+    """The Job or JobSet the operator made for this job (its templates hold the sidecar it built)."""
+    obj = workloads.get(ctx, tj, tj.status.jobName or workload.job_name(tj))
+    return [obj] if obj is not None else []
 
 
 def collect(ctx: Context, tj: TrainingJob, controllers: Collection[str]) -> TrainingJob:
@@ -107,7 +120,7 @@ def collect(ctx: Context, tj: TrainingJob, controllers: Collection[str]) -> Trai
 
 def _prune(ctx: Context, tj: TrainingJob, events: live_sealing.LogEvents) -> None:
     """What is acted on no longer waits in memory: published or retired seals, reported warnings."""
-    done = {(c.directory, c.digest) for c in ctx.indexes.checkpoints_of(tj.metadata.namespace, tj.metadata.uid)}
+    done = {(c.directory, c.digest) for c in signing.own_checkpoints(ctx, tj.metadata.namespace, tj.metadata.uid)}
     done |= {(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []}
     events.sealed = [m for m in events.sealed if (m.path, m.digest) not in done]
     waiting = {m.path for m in events.sealed}
@@ -122,7 +135,7 @@ def _publish(ctx: Context, tj: TrainingJob, events: live_sealing.LogEvents) -> T
     store = store_for(ctx.config)
     claim = workload.output_claim_name(tj)
     memory = _memory(ctx, tj)
-    existing = ctx.indexes.checkpoints_of(namespace, uid)
+    existing = signing.own_checkpoints(ctx, namespace, uid)
     known = {(c.directory, c.digest) for c in existing}
     retired = {(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []}
 
@@ -138,7 +151,8 @@ def _publish(ctx: Context, tj: TrainingJob, events: live_sealing.LogEvents) -> T
     taken: dict[str, TakenSnapshot] = {}
 
     def plan_now() -> SnapshotPlan:
-        return plan_snapshot(tj, ScanReport(checkpoints=fresh), lambda n: ctx.indexes.checkpoint(namespace, n),
+        return plan_snapshot(tj, ScanReport(checkpoints=fresh),
+                             lambda n: signing.trusted_info(ctx, ctx.indexes.checkpoint(namespace, n)),
                              lambda m: store.live_location(tj, claim, m, taken.get(m.path)),
                              existing=existing, retired=retired)
     plan = plan_now()
@@ -181,14 +195,14 @@ def _publish(ctx: Context, tj: TrainingJob, events: live_sealing.LogEvents) -> T
     deleting = [(c.directory or "", c.digest or "") for c in existing if c.deleting and c.directory and c.digest]
     to_retire = [(c.directory or "", c.digest or "") for c in plan.retire] + \
                 [(m.path, m.digest) for m in plan.dropped_manifests] + deleting
-    tj = _record_live(ctx, tj, sealed=len(created), retire=to_retire)
+    tj = record_live(ctx, tj, sealed=len(created), retire=to_retire)
     for info in plan.retire:
         ctx.info(tj, "Retired", f"retention: deleting Checkpoint {info.name} (step {info.step})")
         ctx.kube.delete(CHECKPOINTS, namespace, info.name)
     return tj
 
 
-def _record_live(ctx: Context, tj: TrainingJob, *, sealed: int, retire: list[tuple[str, str]]) -> TrainingJob:
+def record_live(ctx: Context, tj: TrainingJob, *, sealed: int, retire: list[tuple[str, str]]) -> TrainingJob:
     if not sealed and not retire:
         return tj
     current = tj.status.live or LiveStatus()
@@ -220,7 +234,7 @@ def _ask_removals(ctx: Context, tj: TrainingJob, running: list[str]) -> None:
     if not running:
         return
     namespace = tj.metadata.namespace
-    own = ctx.indexes.checkpoints_of(namespace, tj.metadata.uid)
+    own = signing.own_checkpoints(ctx, namespace, tj.metadata.uid)
     still = {(c.directory, c.digest) for c in own}
     others = [p for p in ctx.indexes.pointers_on_claim(namespace, workload.output_claim_name(tj))
               if p.checkpoint not in {c.name for c in own}]
@@ -257,6 +271,8 @@ def retirement_pending(ctx: Context, checkpoint: Checkpoint) -> bool:
     source = checkpoint.spec.source.trainingJob
     digest = checkpoint.status.digest or (source.sealed.digest if source and source.sealed else None)
     if source is None or not digest or source.directory == ".":
+        return False
+    if not signing.sealed_verifies(ctx, checkpoint, source):  # not its job's: nothing of the job to retire
         return False
     body = ctx.kube.get(TRAINING_JOBS, checkpoint.metadata.namespace, source.name)
     if body is None:

@@ -17,8 +17,10 @@ from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointStatus
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.kube import CHECKPOINTS, PERSISTENT_VOLUMES, PVCS, ApiError, Conflict
 from checkpoint_operator.logic import node_cache
+from checkpoint_operator.logic.signatures import CACHED_ON_REQUEST
 from checkpoint_operator.logic.status import StatusChange
 from checkpoint_operator.logic.workers import WorkerPod
+from checkpoint_operator.reconcile import signing
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.status_writer import write_status
 
@@ -118,14 +120,15 @@ def _ask_cached_on(ctx: Context, checkpoint: Checkpoint, digest: str, reports: l
     fills of one input keep both nodes)."""
     meta = checkpoint.metadata
     for _ in range(ASK_ATTEMPTS):
-        asked = node_cache.requested_cached_on(checkpoint.metadata.annotation(node_cache.CACHED_ON_ANNOTATION))
+        asked = node_cache.requested_cached_on(signing.cached_on_request(ctx, checkpoint))
         current = asked if asked is not None else checkpoint.status.cachedOn or []
         wanted = node_cache.cached_on(current, digest, reports)
         if wanted == current:
             return
         try:
             ctx.kube.patch(CHECKPOINTS, meta.namespace, meta.name, {"metadata": {
-                "annotations": {node_cache.CACHED_ON_ANNOTATION: node_cache.cached_on_request(wanted)},
+                "annotations": signing.signed_annotations(ctx, checkpoint, CACHED_ON_REQUEST,
+                                                          node_cache.cached_on_request(wanted)),
                 "resourceVersion": checkpoint.metadata.resourceVersion}})
             return
         except Conflict:
@@ -137,7 +140,8 @@ def _ask_cached_on(ctx: Context, checkpoint: Checkpoint, digest: str, reports: l
 
 def sync_cached_on(ctx: Context, checkpoint: Checkpoint) -> None:
     """status.cachedOn as the jobs that read the input asked (the annotation), written only when it
-    changes; from the Checkpoint's own reconcile."""
-    asked = node_cache.requested_cached_on(checkpoint.metadata.annotation(node_cache.CACHED_ON_ANNOTATION))
+    changes; from the Checkpoint's own reconcile. Only a request the operator signed for this Checkpoint:
+    anyone may write an annotation."""
+    asked = node_cache.requested_cached_on(signing.cached_on_request(ctx, checkpoint))
     if asked is not None and asked != (checkpoint.status.cachedOn or []):
         write_status(ctx, checkpoint, StatusChange(fields=CheckpointStatus(cachedOn=asked or None)))

@@ -12,35 +12,41 @@ from typing import Any, Optional
 from checkpoint_operator import metrics
 from checkpoint_operator.api.checkpoint import CheckpointHead, CheckpointPhase
 from checkpoint_operator.api.trainingjob import TrainingJob
+from checkpoint_operator.reconcile import signing
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.objects import parse_head
 from checkpoint_operator.kube import CHECKPOINTS, PVCS, Conflict
 from checkpoint_operator.logic import workload
 from checkpoint_operator.logic.claim_ownership import owners_after
 from checkpoint_operator.logic.inputs import CheckpointInfo
-from checkpoint_operator.logic.sealing_changes import (CHANGED_AFTER_SEALING, CHANGED_AFTER_SEALING_ANNOTATION,
-                                                       changed_request)
-from checkpoint_operator.logic.snapshot import PlannedCheckpoint, is_produced_by
+from checkpoint_operator.logic.sealing_changes import CHANGED_AFTER_SEALING, changed_request
+from checkpoint_operator.logic.signatures import CHANGED_REQUEST
+from checkpoint_operator.logic.snapshot import PlannedCheckpoint
 
 MAX_OWNER_ATTEMPTS = 5
 
 
 def create_checkpoint(ctx: Context, tj: TrainingJob, planned: PlannedCheckpoint) -> Optional[dict[str, Any]]:
-    """Create one Checkpoint, or find the one an earlier pass created (None: the name is taken
-    by an object that is not this job's)."""
+    """Create one Checkpoint (its spec.source.trainingJob signed with the operator's key), or find
+    the one an earlier pass created (None: the name is taken by an object that is not this job's).
+    One found by name is this job's only when the operator signed it for this job, directory and
+    sealed digest: anyone may create a Checkpoint of the name a job will derive, and a job hands its
+    bytes (the output claim) to what it adopts."""
     namespace = tj.metadata.namespace
-    known = ctx.indexes.checkpoint(namespace, planned.name)
-    if known is not None and known.producer_uid == tj.metadata.uid and known.directory == planned.directory:
+    known = signing.trusted_info(ctx, ctx.indexes.checkpoint(namespace, planned.name))
+    if known is not None and known.sealed_by(tj.metadata.uid, planned.directory):
         # Created at an earlier pass (the index has it): what its owner references need, no request.
         return {"apiVersion": planned.body["apiVersion"], "kind": "Checkpoint",
                 "metadata": {"name": known.name, "namespace": namespace, "uid": known.uid}}
     try:
-        created = ctx.kube.create(CHECKPOINTS, namespace, planned.body)
+        created = ctx.kube.create(CHECKPOINTS, namespace, signing.signed_snapshot(ctx, planned.body))
         metrics.CHECKPOINTS_CREATED.inc()
         return created
     except Conflict:
         found = ctx.kube.get(CHECKPOINTS, namespace, planned.name)
-        if found is None or not is_produced_by(found, tj.metadata.uid, planned.directory):
+        planned_digest = planned.body["spec"]["source"]["trainingJob"]["sealed"]["digest"]
+        if found is None or not signing.body_is_signed_for(ctx, found, tj.metadata.uid, planned.directory,
+                                                           planned_digest):
             return None
         return found
 
@@ -80,16 +86,16 @@ def mark_changed(ctx: Context, tj: TrainingJob, info: CheckpointInfo, message: s
     the job asks it to, through an annotation its own reconcile turns into Failed (the job never
     writes a Checkpoint's status). s3 store: the Checkpoint keeps the sealed copy; the change is reported."""
     body = ctx.kube.get(CHECKPOINTS, tj.metadata.namespace, info.name)
-    if body is None or not is_produced_by(body, tj.metadata.uid, info.directory or ""):
+    if body is None or not signing.body_is_signed_for(ctx, body, tj.metadata.uid, info.directory or ""):
         return
     checkpoint = parse_head(CheckpointHead, body)
     if checkpoint.phase == CheckpointPhase.FAILED:
         return
     if bytes_in_place:
         line = changed_request(message)
-        if checkpoint.metadata.annotation(CHANGED_AFTER_SEALING_ANNOTATION) != line:
-            ctx.kube.patch(CHECKPOINTS, tj.metadata.namespace, info.name, {"metadata": {"annotations": {
-                CHANGED_AFTER_SEALING_ANNOTATION: line}}})
+        if signing.changed_request(ctx, checkpoint) != line:  # signed: only the operator's request counts
+            ctx.kube.patch(CHECKPOINTS, tj.metadata.namespace, info.name, {"metadata": {
+                "annotations": signing.signed_annotations(ctx, checkpoint, CHANGED_REQUEST, line)}})
         ctx.warn(tj, CHANGED_AFTER_SEALING, f"Checkpoint {info.name}: {message}; it is now Failed")
     else:
         ctx.warn(checkpoint, CHANGED_AFTER_SEALING, f"{message}; the Checkpoint keeps the bytes sealed in the store")

@@ -3,6 +3,8 @@ spec, once the bytes are held for it; Failed when its job asks (the directory ch
 was sealed). The job creates the Checkpoint and hands it its bytes (reconcile/publish.py) but
 never writes its status (reconcile/status_writer.py: one owner per status).
 
+The sealed data is trusted only when its signature verifies (logic/signatures.py: the job signs
+what it creates with the operator's key; a hand-written spec.source.trainingJob fails, named).
 "Held" is checked on what the spec names, since a spec is what anyone may write: a claim or a
 VolumeSnapshot must be one the producing job made (labelled with its uid) and list this
 Checkpoint among its owners (so nothing deletes it with the job); an upload must lie under the
@@ -20,6 +22,7 @@ from checkpoint_operator.logic.results import Done, Fail, Result, Wait
 from checkpoint_operator.logic.sealing_changes import CHANGED_AFTER_SEALING_ANNOTATION, changed_failure
 from checkpoint_operator.logic.snapshot import sealed_ready_change
 from checkpoint_operator.logic.workload import LABEL_TRAINING_JOB_UID, owned_by
+from checkpoint_operator.reconcile import signing
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.storage import store_for
@@ -30,6 +33,8 @@ HAND_OVER_RECHECK = 1.0  # seconds: a VolumeSnapshot's owners change with no eve
 def publish(ctx: Context, checkpoint: Checkpoint, source: TrainingJobSource, sealed: SealedData) -> Result:
     """Ready once the sealed bytes are held for this Checkpoint (a Wait until its job hands them over)."""
     meta = checkpoint.metadata
+    if not signing.sealed_verifies(ctx, checkpoint, source):  # anyone may write a spec: only the operator signs
+        return Fail(signing.NOT_SIGNED, signing.NOT_SIGNED_MESSAGE)
     refused = store_for(ctx.config).sealed_upload_refusal(sealed.location, meta.namespace, source.name, source.uid)
     if refused:
         return Fail("DataNotHeld", f"spec.source.trainingJob.sealed: {refused}")
@@ -42,10 +47,13 @@ def publish(ctx: Context, checkpoint: Checkpoint, source: TrainingJobSource, sea
 
 
 def changed_after_sealing(ctx: Context, checkpoint: Checkpoint) -> bool:
-    """Its job's request to fail it (the bytes in place changed after sealing): staged; whether there was one."""
+    """Its job's request to fail it (the bytes in place changed after sealing): staged; whether there was one.
+    Only a request the operator signed for this Checkpoint counts; the message is the operator's own text."""
     source = checkpoint.spec.source.trainingJob
     sealed = source.sealed if source else None
-    change = changed_failure(checkpoint.metadata.annotation(CHANGED_AFTER_SEALING_ANNOTATION),
+    if CHANGED_AFTER_SEALING_ANNOTATION not in (checkpoint.metadata.annotations or {}):
+        return False
+    change = changed_failure(signing.changed_request(ctx, checkpoint),
                              checkpoint.status.digest or (sealed.digest if sealed else None), checkpoint.phase,
                              produced_by_job=source is not None)
     if change is None:
@@ -60,10 +68,12 @@ def _held(ctx: Context, checkpoint: Checkpoint, source: TrainingJobSource, seale
     claims = [location.volume.claimName] if location.volume else [p.claimName for p in location.volumeParts or []]
     named: list[tuple[str, Optional[dict[str, Any]], Optional[float]]] = [
         (f"PersistentVolumeClaim {c}", ctx.kube.cached_get(PVCS, namespace, c), None) for c in dict.fromkeys(claims)]
-    if location.snapshot is not None:  # its owners change with no event of ours: looked at again
-        name = location.snapshot.volumeSnapshotName
+    # Its snapshot, or each worker's (a volume per worker): their owners change with no event of ours:
+    # looked at again.
+    for snapshot in {s.volumeSnapshotName: s for s in location.snapshots}.values():
+        name = snapshot.volumeSnapshotName
         body = ctx.kube.get(VOLUME_SNAPSHOTS, namespace, name)
-        uid = location.snapshot.volumeSnapshotUID
+        uid = snapshot.volumeSnapshotUID
         if body is not None and uid and (body.get("metadata") or {}).get("uid") != uid:  # a namesake made since
             return Fail("DataNotHeld", f"spec.source.trainingJob.sealed.location: VolumeSnapshot {name} is not the "
                                        f"one its job took (uid {uid})")

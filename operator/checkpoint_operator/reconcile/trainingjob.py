@@ -19,17 +19,19 @@ from checkpoint_operator.api.checkpoint import CheckpointHead, CheckpointPhase
 from checkpoint_operator.api.clustercheckpoint import ClusterCheckpointHead
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobHead, TrainingJobPhase, TrainingJobStatus
 from checkpoint_operator.reconcile import node_cache as node_cache_steps
+from checkpoint_operator.reconcile import live_unions
 from checkpoint_operator.reconcile import (agent_runs, catalog_copies, claim_holds, live_sealing, publish,
                                            template_claims, volumes, workloads)
 from checkpoint_operator.reconcile import volume_snapshots as volume_snapshot_steps
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.objects import InvalidObject, parse, parse_head
-from checkpoint_operator.reconcile import status_writer
+from checkpoint_operator.reconcile import signing, status_writer
 from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.kube import CHECKPOINTS, CLUSTER_CHECKPOINTS, PODS, PVCS, TRAINING_JOBS, ApiError, Conflict
 from checkpoint_operator.logic import engines, group_resume, kueue, rendezvous, workers
 from checkpoint_operator.logic import trainingjob_flow as flow
 from checkpoint_operator.logic import volume_snapshots, workload
+from checkpoint_operator.logic import live_unions as live_unions_logic
 from checkpoint_operator.logic.agent_pods import AGENT_OUTPUT_MOUNT, downloaded_input, last_error_line, pod_failure
 from checkpoint_operator.logic.conditions import now_rfc3339, seconds_since
 from checkpoint_operator.logic.inputs import (Candidate, CheckpointInfo, InputWait, ResolvedInput, check_live_input,
@@ -39,7 +41,8 @@ from checkpoint_operator.logic.results import Advance, Done, Fail, Result, Wait
 from checkpoint_operator.logic.snapshot import (PlannedCheckpoint, SnapshotPlan, conflict_wait, missing_message,
                                                 not_stored,
                                                 plan_snapshot, skipped_message, storable)
-from checkpoint_operator.logic.volume_snapshots import TakenSnapshot
+from checkpoint_operator.logic.parts import parts_count
+from checkpoint_operator.logic.volume_snapshots import Taken
 from checkpoint_operator.protocol.results import ResumeReport, ScanReport
 from checkpoint_operator.logic.status import StatusChange
 from checkpoint_operator.storage import MissingUpload, Store, store_for
@@ -220,11 +223,16 @@ def _make_workload(ctx: Context, tj: TrainingJob, inputs: list[ResolvedInput], a
     elsewhere = input_on_other_store(inputs, store.name)
     if elsewhere:
         return Fail("InputOnOtherStore", elsewhere)
-    if tj.output_enabled and tj.spec.output.parts_per_worker and store.syncs_before_snapshots:
-        return Fail("InvalidSpec", "spec.output.volumePerWorker and perWorker are not supported yet with volume "
-                                   "snapshots (the operator's storage.volume.snapshotClassName): use the volume store "
-                                   "without snapshots or the s3 store")
     publish_mode = flow.publish_mode(tj, ctx.config.default_publish)
+    if tj.output_enabled and tj.spec.output.parts_per_worker and store.syncs_before_snapshots \
+            and tj.spec.output.publish is None:  # the operator's default: live unions are not taken in snapshots yet
+        publish_mode = "OnCompletion"
+    if tj.output_enabled and tj.spec.output.parts_per_worker and store.syncs_before_snapshots \
+            and publish_mode == "Continuous":  # the end-of-job snapshot takes one per worker volume
+        return Fail("InvalidSpec", "spec.output.publish Continuous with volumePerWorker or perWorker is not supported "
+                                   "yet with volume snapshots (the operator's storage.volume.snapshotClassName): use "
+                                   "publish: OnCompletion (each worker's volume is snapshotted at the end of the job), "
+                                   "the volume store without snapshots, or the s3 store")
     at = workloads.rendezvous_for(ctx, tj) if rendezvous.is_distributed(tj) else None
     try:
         sidecar = workload.build_live_sidecar(tj, ctx.config, store.live_upload_prefix(tj), store.agent_env(),
@@ -328,11 +336,14 @@ def follow_job(ctx: Context, tj: TrainingJob) -> Result:
         # Created by this job (its controller is it) but not recorded: an operator that stopped
         # between creating it (a first start or a group restart) and the status write, or one that
         # did not record UIDs. Its pods are the workers from now on.
-        tj = write_status(ctx, tj, StatusChange(fields=TrainingJobStatus(jobUid=obj["metadata"].get("uid"))))
+        # Its Suspended record is its own: the last workload's resume is not compared with it.
+        tj = write_status(ctx, tj, StatusChange(fields=TrainingJobStatus(jobUid=obj["metadata"].get("uid"),
+                                                                         suspendTransition=None)))
     state = engine.read(obj) if obj is not None else None
     controllers = workloads.worker_controllers(ctx, tj)
     if tj.publishes_live:  # also once the Job is over: the sidecars' last lines
-        tj = live_sealing.collect(ctx, tj, controllers)
+        tj = live_unions.collect(ctx, tj, controllers) if tj.spec.output.parts_per_worker else \
+            live_sealing.collect(ctx, tj, controllers)
     pods = ctx.indexes.worker_pods(tj.metadata.namespace, tj.metadata.uid, controllers)
     if ctx.config.cache_enabled:
         node_cache_steps.record_fills(ctx, tj, pods)
@@ -408,17 +419,22 @@ def _running(ctx: Context, tj: TrainingJob, pods: list[workers.WorkerPod], state
                 return replace(flow.running_wait(tj, problems, kind), requeue_after=volumes.PODS_GRACE)
             if claim is not None:  # the claim's own reason says more than the scheduler's
                 return replace(flow.running_wait(tj, [claim], kind), requeue_after=volumes.CLAIM_RECHECK)
+    recheck = volumes.PODS_RECHECK
     if pending and not problems:  # scheduled, its volumes bound, and still not started: attached?
-        attach = volumes.attach_wait(ctx, tj.metadata.namespace, pending[0].name)
-        if attach is not None:
-            return replace(flow.running_wait(tj, [attach], kind), requeue_after=volumes.CLAIM_RECHECK)
+        grace = flow.attach_grace_left(pending[0], datetime.now(timezone.utc))
+        if grace > 0:  # most pods start before it is over: their Events are not read (a LIST)
+            recheck = min(recheck, grace)
+        else:
+            attach = volumes.attach_wait(ctx, tj.metadata.namespace, pending[0].name)
+            if attach is not None:
+                return replace(flow.running_wait(tj, [attach], kind), requeue_after=volumes.CLAIM_RECHECK)
     wait = flow.running_wait(tj, problems, kind)
     # The sidecars' logs bring no event: read again after the poll interval.
     if tj.publishes_live:
         return replace(wait, requeue_after=ctx.config.live_poll_interval)
     # Nor does a refused pod (an Event of the Job only), nor a failed attach (an Event of the pod):
     # looked for again while there is none.
-    return replace(wait, requeue_after=volumes.PODS_RECHECK) if awaiting_pods or pending else wait
+    return replace(wait, requeue_after=recheck) if awaiting_pods or pending else wait
 
 
 def _next_attempt(ctx: Context, tj: TrainingJob, name: str, obj: Optional[dict[str, Any]],
@@ -499,6 +515,8 @@ def _finish(ctx: Context, tj: TrainingJob, succeeded: bool, outcome: str) -> Res
     change, _ = flow.after_job(tj, succeeded, outcome, now_rfc3339(), workload.snapshot_pod_name(tj))
     write_status(ctx, tj, change)
     live_sealing.forget(ctx, tj)  # the sidecars' last lines were read above
+    if tj.publishes_live and tj.spec.output.parts_per_worker:
+        live_unions.stop(ctx, tj)
     return Advance()
 
 
@@ -564,15 +582,15 @@ def snapshot(ctx: Context, tj: TrainingJob) -> Result:
         return agent_runs.wait_for(run, reason="Snapshotting", message=tj.status.message or "",
                                    current_reason=tj.ready_reason())
     if isinstance(run, agent_runs.PodFailed):
-        return _snapshot_pod_failed(ctx, tj, pod, run.message)
+        return _snapshot_pod_failed(ctx, tj, pod, run.message, run.refused)
     assert run.result is not None
     return _store_snapshot(ctx, tj, pod, run.result, run.ended)
 
 
-def _snapshot_pod_failed(ctx: Context, tj: TrainingJob, pod: dict[str, Any], message: str) -> Result:
+def _snapshot_pod_failed(ctx: Context, tj: TrainingJob, pod: dict[str, Any], message: str, refused: bool) -> Result:
     attempts = (tj.status.snapshotAttempts or 0) + 1
     agent_runs.finish(ctx, pod)
-    failed = flow.snapshot_retry(attempts, message)
+    failed = flow.snapshot_retry(attempts, message, refused)
     if failed is not None:
         return failed  # the output volume stays (s3 store: nothing was stored from it)
     retry_at, delay = flow.snapshot_retry_at(attempts, datetime.now(timezone.utc))
@@ -585,12 +603,15 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: Sc
     """The snapshot pod succeeded: its checkpoints become Ready Checkpoints, in this order (a
     crash at any step repeats it and the ones after it, never an earlier one's effect twice)."""
     store, claim = store_for(ctx.config), workload.output_claim_name(tj)
+    if tj.publishes_live and tj.spec.output.parts_per_worker:
+        scan = live_unions_logic.without_retired(scan, [(r.path, r.digest) for r in
+                                                        (tj.status.live.retired if tj.status.live else None) or []])
     if scan.manifestsProblem:  # the checkpoints stand; verify and pull read their files again instead
         ctx.warn(tj, "ManifestsNotStored", scan.manifestsProblem)
     # Checked against the store only where it was uploaded; with volume snapshots the snapshot
     # is taken below (the checkpoints are located in it once it is ready).
     committed = store.output_snapshot(tj, claim, FINAL_SNAPSHOT) is None
-    existing = ctx.indexes.checkpoints_of(tj.metadata.namespace, tj.metadata.uid)
+    existing = signing.own_checkpoints(ctx, tj.metadata.namespace, tj.metadata.uid)
     # Not what a Checkpoint of the job holds already (checked when it was made) nor what retention
     # retired (its data may be gone by now, rightly).
     retired = {(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []}
@@ -614,9 +635,9 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: Sc
     # The Checkpoints own the data before any of them is Ready: deleting the job from here on
     # can no longer take the volume (or its snapshot) away from under them.
     if taken is not None:
-        in_snapshot = [b for b, p in zip(created, plan.checkpoints) if p.name in unpublished]
-        volume_snapshot_steps.hand_over(ctx, tj.metadata.namespace, taken,
-                                        [publish.checkpoint_owner(b) for b in in_snapshot], tj.metadata.uid)
+        in_snapshot = [(publish.checkpoint_owner(b), p.location) for b, p in zip(created, plan.checkpoints)
+                       if p.name in unpublished]
+        volume_snapshot_steps.hand_over_all(ctx, tj.metadata.namespace, taken, in_snapshot, tj.metadata.uid)
     _hand_over_output_claim(ctx, tj, store, claim, created + _still_owning(ctx, tj, plan, existing),
                             keep=retained is not None)
     # Each is made Ready by its own reconcile, from the sealed data in its spec, now that it holds its
@@ -630,7 +651,9 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: Sc
         not_ready += [(info.name, "changed after sealing, not Failed yet") for info, _ in plan.changed
                       if _not_failed_yet(ctx, namespace, info.name)]
     if not_ready:
-        waited = flow.publish_wait(not_ready, ended, datetime.now(timezone.utc), PUBLISH_RECHECK)
+        since = flow.publish_wait_since(ended, [b["metadata"].get("creationTimestamp") for b in created], STARTED)
+        waited = flow.publish_wait(not_ready, since, datetime.now(timezone.utc), PUBLISH_RECHECK,
+                                   ctx.config.publish_timeout)
         if isinstance(waited, Fail):
             agent_runs.finish(ctx, pod)
         return waited
@@ -652,6 +675,7 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: Sc
     return Done()
 
 
+STARTED = now_rfc3339()  # this process's start: a wait for Checkpoints counts from no earlier (publish_wait_since)
 FINAL_SNAPSHOT = "final"  # the key of the end-of-job volume snapshot (logic/volume_snapshots.py)
 
 
@@ -668,10 +692,10 @@ def _unpublished(ctx: Context, namespace: str, name: str) -> bool:
 
 
 def _locate_output(ctx: Context, tj: TrainingJob, store: Store, claim: str, pod: dict[str, Any], scan: ScanReport,
-                   existing: list[CheckpointInfo]) -> tuple[SnapshotPlan, Optional[TakenSnapshot]] | Result:
+                   existing: list[CheckpointInfo]) -> tuple[SnapshotPlan, Optional[Taken]] | Result:
     """The plan, with the location of each checkpoint to publish: where it was uploaded (checked
-    before), or (with volume snapshots) in the output's snapshot, taken once the scan said the
-    bytes are on the disk."""
+    before), or (with volume snapshots) in the output's snapshot, or in the snapshots of the workers'
+    volumes that hold its parts (a volume per worker), taken once the scan said the bytes are on the disk."""
     request = store.output_snapshot(tj, claim, FINAL_SNAPSHOT)
     plan = _plan(ctx, tj, store, claim, scan, existing, None)
     conflict = conflict_wait(plan.conflicts)
@@ -686,7 +710,13 @@ def _locate_output(ctx: Context, tj: TrainingJob, store: Store, claim: str, pod:
         return Fail("SnapshotFailed", f"pod {pod['metadata']['name']} did not report the output volume's "
                                       "filesystem synced (syncfs): no volume snapshot is taken of bytes that "
                                       "may not be on the disk")
-    taken = volume_snapshot_steps.take(ctx, tj, request)
+    taken: "Taken | Wait"
+    if parts_count(tj):  # a volume per worker: each worker volume that holds a part of one to publish
+        unpublished = {p.directory for p in plan.checkpoints if _unpublished(ctx, tj.metadata.namespace, p.name)}
+        workers = sorted({part.worker for m in scan.checkpoints if m.path in unpublished for part in m.parts or []})
+        taken = volume_snapshot_steps.take_parts(ctx, tj, store.output_part_snapshots(tj, workers, FINAL_SNAPSHOT))
+    else:
+        taken = volume_snapshot_steps.take(ctx, tj, request)
     if isinstance(taken, Wait):
         return taken
     return _plan(ctx, tj, store, claim, scan, existing, taken), taken
@@ -715,10 +745,10 @@ def _storable_and_committed(tj: TrainingJob, store: Store, claim: str, scan: Sca
 
 
 def _plan(ctx: Context, tj: TrainingJob, store: Store, claim: str, scan: ScanReport,
-          existing: list[CheckpointInfo], taken: Optional[TakenSnapshot]) -> SnapshotPlan:
+          existing: list[CheckpointInfo], taken: Optional[Taken]) -> SnapshotPlan:
     namespace, layout = tj.metadata.namespace, tj.spec.output.layout
     retired = [(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []]
-    return plan_snapshot(tj, scan, lambda n: ctx.indexes.checkpoint(namespace, n),
+    return plan_snapshot(tj, scan, lambda n: signing.trusted_info(ctx, ctx.indexes.checkpoint(namespace, n)),
                          lambda m: store.snapshot_location(tj, claim, m, layout, taken),
                          existing=existing, retired=retired)
 

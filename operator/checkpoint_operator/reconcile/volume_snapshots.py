@@ -11,16 +11,17 @@ watched: a snapshot being cut is read again after `logic.volume_snapshots.poll_a
 from __future__ import annotations
 
 import secrets
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Optional, Union
 
-from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointPhase, CheckpointStatus
+from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointPhase, CheckpointStatus, Location
 from checkpoint_operator.api.common import VolumeSnapshotRecord
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobStatus
 from checkpoint_operator.kube import PVCS, VOLUME_SNAPSHOTS, ApiError, Conflict
 from checkpoint_operator.logic import volume_snapshots
 from checkpoint_operator.logic.results import Fail, Wait
-from checkpoint_operator.logic.volume_snapshots import SnapshotRequest, TakenSnapshot
+from checkpoint_operator.logic.volume_snapshots import SnapshotRequest, Taken, TakenParts, TakenSnapshot
 from checkpoint_operator.logic.workload import LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_TRAINING_JOB_UID, MANAGER
 from checkpoint_operator.logic.status import StatusChange, fail_change
 from checkpoint_operator.reconcile.context import Context
@@ -57,6 +58,30 @@ def take(ctx: Context, owner: SnapshotOwner, request: SnapshotRequest) -> Union[
         return Wait("TakingVolumeSnapshot", volume_snapshots.waiting_message(name, state),
                     warning=state.error is not None, requeue_after=volume_snapshots.poll_after(_age(body)))
     return TakenSnapshot(name, state.restore_size, request.storage_class, record.uid)
+
+
+def take_parts(ctx: Context, owner: TrainingJob, requests: dict[int, SnapshotRequest]) -> Union[TakenParts, Wait]:
+    """The ready snapshot of each worker's volume in `requests` (by worker), or the wait until all
+    are: every one is created in the same pass (they are cut side by side), each recorded as
+    `take` records one (status.volumeSnapshots has room for one per worker volume)."""
+    taken: dict[int, TakenSnapshot] = {}
+    waits: list[Wait] = []
+    for worker, request in sorted(requests.items()):
+        one = take(ctx, owner, request)
+        if isinstance(one, Wait):
+            waits.append(one)
+        else:
+            taken[worker] = one
+    if waits:  # a stalled one says most (the API refused it), else the soonest to look again
+        stalled = next((w for w in waits if w.stalled), None)
+        if stalled is not None:
+            return stalled
+        first = min(waits, key=lambda w: w.requeue_after if w.requeue_after is not None else float("inf"))
+        if len(waits) > 1 and first.message:
+            first = replace(first, message=f"{first.message} ({len(waits)} of {len(requests)} worker volumes' "
+                                           "VolumeSnapshots not ready yet)")
+        return first
+    return TakenParts(taken)
 
 
 def _create(ctx: Context, owner: SnapshotOwner, request: SnapshotRequest, claim: str) -> Wait:
@@ -127,6 +152,19 @@ def hand_over(ctx: Context, namespace: str, taken: TakenSnapshot, checkpoints: l
     raise Conflict(409, "Conflict", f"VolumeSnapshot {name} kept changing while its owners were set")
 
 
+def hand_over_all(ctx: Context, namespace: str, taken: Taken, checkpoints: list[tuple[dict[str, Any], Location]],
+                  job_uid: Optional[str]) -> None:
+    """`hand_over` of each snapshot taken (the output's, or each worker volume's) to the Checkpoints
+    (owner references, with their locations) that point into it; one no Checkpoint needs stays the
+    job's (delete_unused deletes it)."""
+    snapshots = taken.snapshots if isinstance(taken, TakenParts) else [taken]
+    locations = [location for _, location in checkpoints]
+    for snapshot in snapshots:
+        users = [checkpoints[i][0] for i in volume_snapshots.pointing_into(snapshot.name, locations)]
+        if users:
+            hand_over(ctx, namespace, snapshot, users, job_uid)
+
+
 def delete_unused(ctx: Context, namespace: str, job_uid: str) -> list[str]:
     """A job's output snapshots that no Checkpoint owns (taken for a sealed directory that the
     end-of-job snapshot published instead, for directories retention dropped, or a creation a
@@ -178,23 +216,29 @@ def checkpoints_to_check(ctx: Context) -> list[tuple[str, str, str]]:
             VOLUME_SNAPSHOTS, namespace, label_selector=f"{LABEL_MANAGED_BY}={MANAGER}")}
         keys += [("Checkpoint", namespace, use.checkpoint) for use in uses
                  if volume_snapshots.needs_check(use, found.get(use.snapshot))]
-    return keys
+    return list(dict.fromkeys(keys))  # a Checkpoint in several snapshots (one per worker volume) once
 
 
 def check_checkpoint(ctx: Context, checkpoint: Checkpoint) -> bool:
     """A settled Checkpoint whose data is in a VolumeSnapshot: Failed with a one-line reason naming
     it once it is gone, replaced or not readyToUse (nothing selects it then), Ready again when a
     snapshot that was not readyToUse is again. The Checkpoint's own reconcile is the only writer
-    of its status; one GET, only for a Ready or waiting Checkpoint in a snapshot. Whether it wrote."""
-    location = checkpoint.status.location.snapshot if checkpoint.status.location else None
-    if location is None:
+    of its status; one GET per snapshot it is in (one per worker volume, for a checkpoint assembled
+    across workers), only for a Ready or waiting Checkpoint in snapshots. Whether it wrote."""
+    locations = checkpoint.status.location.snapshots if checkpoint.status.location else []
+    if not locations:
         return False
     ready_condition = next((c for c in checkpoint.status.conditions or [] if c.type == "Ready"), None)
     waiting = ready_condition is not None and ready_condition.reason == volume_snapshots.SNAPSHOT_NOT_READY
     if checkpoint.phase != CheckpointPhase.READY and not waiting:
         return False
-    body = ctx.kube.get(VOLUME_SNAPSHOTS, checkpoint.metadata.namespace, location.volumeSnapshotName)
-    trouble = volume_snapshots.trouble_of(location.volumeSnapshotName, location.volumeSnapshotUID, body)
+    troubles = [t for t in (volume_snapshots.trouble_of(
+        location.volumeSnapshotName, location.volumeSnapshotUID,
+        ctx.kube.get(VOLUME_SNAPSHOTS, checkpoint.metadata.namespace, location.volumeSnapshotName))
+        for location in {s.volumeSnapshotName: s for s in locations}.values()) if t is not None]
+    # A lost one says most (the data is gone for good); else the first not readyToUse.
+    trouble = next((t for t in troubles if t.lost), troubles[0] if troubles else None)
+    names = ", ".join(dict.fromkeys(s.volumeSnapshotName for s in locations))
     if trouble is not None and (checkpoint.phase == CheckpointPhase.READY or trouble.lost):
         if ready_condition is not None and ready_condition.reason == trouble.reason \
                 and ready_condition.message == trouble.message:
@@ -206,6 +250,6 @@ def check_checkpoint(ctx: Context, checkpoint: Checkpoint) -> bool:
         write_status(ctx, checkpoint, StatusChange(
             phase=CheckpointPhase.READY.value, reason="Ready", ready=True, event="Normal",
             message=f"{status.fileCount} files, {status.size}, digest {status.digest}; VolumeSnapshot "
-                    f"{location.volumeSnapshotName} is readyToUse again"))
+                    f"{names} {'are' if len(locations) > 1 else 'is'} readyToUse again"))
         return True
     return False

@@ -54,12 +54,13 @@ from checkpoint_operator.reconcile import volume_snapshots as volume_snapshot_st
 from checkpoint_operator.reconcile.context import Context, ObjectKey
 from checkpoint_operator.logic.catalog import used_by_status as catalog_used_by
 from checkpoint_operator.logic.node_cache import CACHED_ON_ANNOTATION, requested_cached_on
-from checkpoint_operator.logic.sealing_changes import CHANGED_AFTER_SEALING_ANNOTATION
+from checkpoint_operator.logic.signatures import CACHED_ON_REQUEST, CHANGED_REQUEST
 from checkpoint_operator.logic.inputs import CheckpointInfo, TrainingJobInfo
 from checkpoint_operator.logic.protection import used_by_status, used_uids
 from checkpoint_operator.logic.status import set_fields
 from checkpoint_operator.logic.trainingjob_flow import RELEASE_OUTPUT_ANNOTATION
 from checkpoint_operator.logic.transfers import has_ready_request
+from checkpoint_operator.logic import workers
 from checkpoint_operator.logic.workload import LABEL_COMPONENT, LABEL_TRAINING_JOB_UID
 
 logger = logging.getLogger("checkpoint_operator.wakeups")
@@ -218,11 +219,13 @@ def _checkpoint_has_work(ctx: Context, body: CheckpointWire, info: CheckpointInf
     if has_ready_request(meta.get("annotations")):  # verify, pull (logic/transfers.py)
         return True
     if info.directory is not None and info.phase != CheckpointPhase.FAILED and \
-            CHANGED_AFTER_SEALING_ANNOTATION in (meta.get("annotations") or {}):  # its job asks it to fail
+            CHANGED_REQUEST.signature_key in (meta.get("annotations") or {}):  # its job asks it to fail (signed)
         return True
     if not info.phase.is_settled:
         return not _made_by_a_live_job(ctx, meta.get("namespace", ""), info)
-    asked = requested_cached_on((meta.get("annotations") or {}).get(CACHED_ON_ANNOTATION))
+    annotations = meta.get("annotations") or {}
+    asked = requested_cached_on(annotations.get(CACHED_ON_ANNOTATION)) \
+        if CACHED_ON_REQUEST.signature_key in annotations else None  # signed: checked by its reconcile
     if asked is not None and asked != (status.get("cachedOn") or []):  # a job's fills ask for status.cachedOn
         return True
     wanted = set_fields(used_by_status(ctx.indexes.users_of(meta.get("namespace", ""), info.uid)))
@@ -233,9 +236,10 @@ def child_event(ctx: Context, raw: Mapping[str, Any], event_type: Optional[str] 
     body = object_wire(raw)
     meta = body.get("metadata") or MetadataWire()
     namespace = meta.get("namespace", "")
+    unchanged = _pod_unchanged(ctx, raw, event_type)
     for owner in meta.get("ownerReferences") or []:
         if owner.get("kind") == "TrainingJob":
-            if not _finished_job_unaffected(ctx, namespace, owner.get("uid", ""), body, event_type):
+            if not unchanged and not _finished_job_unaffected(ctx, namespace, owner.get("uid", ""), body, event_type):
                 ctx.queue.add(_tj(namespace, owner.get("name", "")))
         elif owner.get("kind") == "ClusterCheckpoint":  # its import pod, or a namespace's copy and its pod
             ctx.queue.add(_cckpt(owner.get("name", "")))
@@ -248,7 +252,7 @@ def child_event(ctx: Context, raw: Mapping[str, Any], event_type: Optional[str] 
                                                                    and not _made_by_a_live_job(ctx, namespace, info)):
                 ctx.queue.add(_ckpt(namespace, owner.get("name", "")))
     job_uid = (meta.get("labels") or {}).get(LABEL_TRAINING_JOB_UID)
-    if job_uid:
+    if job_uid and not unchanged:
         job = ctx.indexes.training_job_by_uid(namespace, job_uid)
         if job is not None and not _finished_job_unaffected(ctx, namespace, job_uid, body, event_type):
             ctx.queue.add(_tj(namespace, job.name))
@@ -259,6 +263,25 @@ def child_event(ctx: Context, raw: Mapping[str, Any], event_type: Optional[str] 
             adopter = ctx.indexes.checkpoint(namespace, name)
             if adopter is not None and adopter.phase == CheckpointPhase.PENDING:
                 ctx.queue.add(_ckpt(namespace, name))
+
+
+def _pod_unchanged(ctx: Context, raw: Mapping[str, Any], event_type: Optional[str]) -> bool:
+    """A pod's MODIFIED event that changes nothing its TrainingJob reads (logic/workers.py
+    wake_summary): a kubelet's status updates within one phase, about half of a pod's events. Its
+    job's reconcile after the previous event read the same (the index and the cache hold the
+    event's body before this runs, fact 1 above). Only for the wake-ups of TrainingJobs: a
+    Checkpoint's pods wake it as before."""
+    if raw.get("kind") != "Pod":
+        return False
+    meta = raw.get("metadata") or {}
+    key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+    if event_type == "DELETED":
+        ctx.pod_seen.pop(key, None)
+        return False
+    summary = workers.wake_summary(raw)
+    unchanged = event_type == "MODIFIED" and ctx.pod_seen.get(key) == summary
+    ctx.pod_seen[key] = summary
+    return unchanged
 
 
 def _finished_job_unaffected(ctx: Context, namespace: str, uid: str, child: Mapping[str, Any],

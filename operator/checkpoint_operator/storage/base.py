@@ -19,7 +19,8 @@ from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic.agent_pods import InputVolumes
 from checkpoint_operator.logic.inputs import ResolvedInput
 from checkpoint_operator.logic.transfers import UploadRequest
-from checkpoint_operator.logic.volume_snapshots import SnapshotRequest, TakenSnapshot
+from checkpoint_operator.logic.volume_snapshots import SnapshotRequest, Taken, TakenSnapshot
+from checkpoint_operator.logic.workload import worker_claim_name
 
 
 # (init containers, containers, volumes) of a pod a store builds
@@ -78,10 +79,11 @@ class Store(ABC):
 
     @abstractmethod
     def snapshot_location(self, tj: TrainingJob, claim: str, manifest: CheckpointSummary, layout: str,
-                          taken: Optional[TakenSnapshot] = None) -> Location:
+                          taken: Optional[Taken] = None) -> Location:
         """status.location of a checkpoint the snapshot found; MissingUpload when its data was not
         stored, logic.snapshot.NotStorable when it cannot be. `taken`: the volume snapshot of the
-        output (stores that keep checkpoints in volume snapshots; see `output_snapshot`)."""
+        output, or of each worker's volume (stores that keep checkpoints in volume snapshots; see
+        `output_snapshot`, `output_part_snapshots`)."""
 
     @abstractmethod
     def import_containers(self, checkpoint: Checkpoint, max_size: int) -> PodParts:
@@ -104,6 +106,12 @@ class Store(ABC):
         there (`key`: "final", or a sealed directory's path and digest); None: this store locates
         them where they are written, or where they were uploaded."""
         return None
+
+    def output_part_snapshots(self, tj: TrainingJob, workers: list[int], key: str) -> dict[int, SnapshotRequest]:
+        """The VolumeSnapshot of each of these workers' volumes (output.volumePerWorker, perWorker),
+        by worker; empty where `output_snapshot` is None."""
+        requests = {w: self.output_snapshot(tj, worker_claim_name(tj, w), key) for w in workers}
+        return {w: r for w, r in requests.items() if r is not None}
 
     def import_snapshot(self, checkpoint: Checkpoint, claim: str) -> Optional[SnapshotRequest]:
         """The VolumeSnapshot of an import's volume to take before the Checkpoint is Ready (None: none)."""

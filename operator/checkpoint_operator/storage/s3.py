@@ -32,7 +32,7 @@ from checkpoint_operator.logic.import_sources import ImportSpec, import_spec, im
 from checkpoint_operator.logic.workload import import_data_dir
 from checkpoint_operator.logic.catalog import CATALOG_DIRECTORY
 from checkpoint_operator.logic.transfers import UploadRequest, build_upload_check_pod
-from checkpoint_operator.logic.volume_snapshots import TakenSnapshot
+from checkpoint_operator.logic.volume_snapshots import Taken, TakenSnapshot
 from checkpoint_operator.storage.base import ForeignLocation, MissingUpload, PodParts, Store, UploadPod
 
 
@@ -123,7 +123,7 @@ class S3Store(Store):
         return self._uploaded(manifest.uri, self.live_sealed_prefix(tj), repr(manifest.path))
 
     def snapshot_location(self, tj: TrainingJob, claim: str, manifest: CheckpointSummary, layout: str,
-                          taken: Optional[TakenSnapshot] = None) -> Location:
+                          taken: Optional[Taken] = None) -> Location:
         if not manifest.uri:
             raise MissingUpload(f"the snapshot pod did not upload {manifest.path!r}")
         meta = tj.metadata

@@ -31,7 +31,7 @@ from checkpoint_operator.logic.catalog import catalog_claim_name
 from checkpoint_operator.logic.import_sources import ImportSpec, import_spec, import_spec_of, pinned_source
 from checkpoint_operator.logic.snapshot import NotStorable
 from checkpoint_operator.logic.transfers import UploadRequest, build_receiver_pod
-from checkpoint_operator.logic.volume_snapshots import SnapshotRequest, TakenSnapshot
+from checkpoint_operator.logic.volume_snapshots import SnapshotRequest, Taken, TakenParts, TakenSnapshot
 from checkpoint_operator.logic.workload import (IMPORT_DIR, checkpoint_labels, import_claim_name, import_data_dir,
                                                 output_storage_class, owner_reference, training_job_labels)
 from checkpoint_operator.storage.base import MissingUpload, PodParts, Store, UploadPod, volume_location
@@ -53,14 +53,15 @@ class VolumeStore(Store):
             parts: list[tuple[str, Optional[str], str, Optional[list[str]]]]  # (key, claim, path, items)
             if location.volumeParts:  # a checkpoint assembled across workers: its parts side by side
                 parts = [(f"claim/{p.claimName}", p.claimName, p.path, p.items) for p in location.volumeParts]
-            elif location.snapshot is not None:
-                source = location.snapshot
-                key = f"snapshot/{source.volumeSnapshotName}"
-                if key not in volumes:
-                    volumes[key] = volume_snapshots.restored_volume(
-                        f"{INPUT_VOLUME_PREFIX}{len(volumes)}", source, self.config.volume_restore_access_mode,
-                        training_job_labels(tj, volume_snapshots.COMPONENT_RESTORED))
-                parts = [(key, None, source.path, source.items)]
+            elif location.snapshots:  # one snapshot, or one per worker's part (mounted side by side)
+                parts = []
+                for source in location.snapshots:
+                    key = f"snapshot/{source.volumeSnapshotName}"
+                    if key not in volumes:
+                        volumes[key] = volume_snapshots.restored_volume(
+                            f"{INPUT_VOLUME_PREFIX}{len(volumes)}", source, self.config.volume_restore_access_mode,
+                            training_job_labels(tj, volume_snapshots.COMPONENT_RESTORED))
+                    parts.append((key, None, source.path, source.items))
             elif location.volume is not None:
                 volume = location.volume
                 parts = [(f"claim/{volume.claimName}", volume.claimName, volume.path, volume.items)]
@@ -92,7 +93,7 @@ class VolumeStore(Store):
                                    sync=self.syncs_before_snapshots, parts=parts, per_worker=bool(output.perWorker))
 
     def snapshot_location(self, tj: TrainingJob, claim: str, manifest: CheckpointSummary, layout: str,
-                          taken: Optional[TakenSnapshot] = None) -> Location:
+                          taken: Optional[Taken] = None) -> Location:
         """Where the checkpoint lies on the output claim (see `output_place`), or on its workers'
         claims side by side (a volume per worker: logic/parts.py)."""
         if manifest.parts is not None or parts_count(tj):  # none reported for such a job: NotStorable there
@@ -205,17 +206,29 @@ class SnapshotVolumeStore(VolumeStore):
             owner_reference(checkpoint), self.config.default_storage_class)
 
     @staticmethod
-    def _in_snapshot(taken: Optional[TakenSnapshot], path: str, items: Optional[list[str]] = None) -> Location:
+    def _in_snapshot(taken: Optional[Taken], path: str, items: Optional[list[str]] = None) -> Location:
         if taken is None:
             return Location()  # not located yet: is_committed says so, and nothing is made Ready with it
+        if not isinstance(taken, TakenSnapshot):
+            raise MissingUpload(f"{path!r} is on one volume, but the snapshots taken are of workers' volumes")
         return volume_snapshots.snapshot_location(taken, path, items)
 
     def snapshot_location(self, tj: TrainingJob, claim: str, manifest: CheckpointSummary, layout: str,
-                          taken: Optional[TakenSnapshot] = None) -> Location:
-        """A volume per worker never comes here: such jobs are refused with snapshots."""
-        if manifest.parts is not None:
-            raise NotStorable(f"{manifest.path!r} is assembled across workers' volumes: a volume per worker is not "
-                              "kept in volume snapshots")
+                          taken: Optional[Taken] = None) -> Location:
+        """In the output's snapshot; with a volume per worker, each part in the snapshot of its
+        worker's volume (logic/parts.py gives the parts, NotStorable before any snapshot is taken)."""
+        if manifest.parts is not None or parts_count(tj):
+            parts = volume_parts(tj, manifest, layout)
+            if taken is None:
+                return Location()
+            if not isinstance(taken, TakenParts):
+                raise MissingUpload(f"{manifest.path!r} is assembled across workers' volumes, but the snapshot "
+                                    "taken is of one volume")
+            try:
+                return volume_snapshots.snapshot_parts_location(
+                    [(p.worker, part) for p, part in zip(manifest.parts or [], parts)], taken)
+            except volume_snapshots.SnapshotNotReady as exc:
+                raise MissingUpload(f"{manifest.path!r}: {exc}") from exc
         path, items = output_place(manifest, layout)  # NotStorable before any snapshot is taken
         return self._in_snapshot(taken, path, items)
 
@@ -230,5 +243,5 @@ class SnapshotVolumeStore(VolumeStore):
         return self._in_snapshot(taken, IMPORT_DIR)
 
     def is_committed(self, location: Location) -> bool:
-        """Only a location in a ready snapshot: a checkpoint whose snapshot is not taken yet waits."""
-        return location.snapshot is not None
+        """Only a location in ready snapshots: a checkpoint whose snapshot is not taken yet waits."""
+        return bool(location.snapshots)

@@ -13,6 +13,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from checkpoint_operator.protocol.errors import REFUSED_EXIT_CODE
 from checkpoint_operator.agent.parts import scan_parts
 from checkpoint_operator.agent.scan import scan_directory
 from formats_files import dcp_metadata_bytes
@@ -297,7 +298,7 @@ def test_the_entry_limit_is_for_all_parts_together(tmp_path):
         for i in range(60):
             write(output / f"worker-{worker}" / "step-1" / f"w{worker}-{i:03d}", b"x")
     proc = agent_process("scan", str(output), "--parts", "2", "--json", "--max-entries", "100")
-    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.returncode == REFUSED_EXIT_CODE and proc.stdout == ""  # a refusal: not retried
     [line] = proc.stderr.splitlines()
     assert line.startswith(f"error: {output} (all 2 workers' volumes): more than 100 entries (at ") and \
         "--max-entries" in line, line
@@ -362,3 +363,44 @@ def test_the_union_scan_holds_one_checkpoint_s_manifests_at_a_time(tmp_path):
     _peak_of_the_operator_s_result(output(2))  # what the first run allocates once (lazy imports, caches)
     one, thirty = _peak_of_the_operator_s_result(output(1)), _peak_of_the_operator_s_result(output(30))
     assert thirty < 2.5 * one, (one, thirty)
+
+
+def test_more_checkpoints_than_a_result_reports_keeps_the_newest_and_names_the_rest(tmp_path, monkeypatch):
+    """As one volume's scan (hostile5 L3): past the checkpoints one result reports, the union scan
+    failed as a whole (AgentError; the snapshot retried, the same error each time, no Checkpoint was
+    made). Now the root files, those without a step and the highest steps that fit are taken, the
+    rest are skipped entries with one reason (the output volumes are then kept). Failed before."""
+    from checkpoint_operator.agent import parts
+    monkeypatch.setattr(parts, "MAX_CHECKPOINTS", 5)
+    output = tmp_path / "out"
+    for i in range(6):
+        write(output / f"worker-{i % 2}" / f"step-{i}" / "w.bin", bytes([i]))
+        write(output / f"worker-{(i + 1) % 2}" / f"step-{i}" / f"rank-{(i + 1) % 2}.bin", bytes([i]))
+    write(output / "worker-1" / "best" / "w.bin", b"b")
+    write(output / "worker-0" / "final.safetensors", b"x")
+    scan = parts.parts_output(parts.PartsStream(str(output), 2), str(output), "auto")
+    assert [c.manifest.path for c in scan.checkpoints] == [".", "best", "step-3", "step-4", "step-5"]
+    assert [c.manifest.fileCount for c in scan.checkpoints] == [1, 1, 2, 2, 2]  # each union whole
+    assert [s.path for s in scan.skipped] == ["step-0", "step-1", "step-2"] and scan.skipped_count == 3
+    assert all("8 checkpoints (directories and root files), more than the 5 one snapshot reports" in s.reason
+               for s in scan.skipped)
+    # per worker: each worker's checkpoints count, every worker's root files first
+    own = parts.parts_output(parts.PartsStream(str(output), 2, per_worker=True), str(output), "auto", per_worker=True)
+    assert [c.manifest.path for c in own.checkpoints] == ["worker-0", "worker-0/step-4", "worker-0/step-5",
+                                                          "worker-1/best", "worker-1/step-5"]
+    assert own.skipped_count == 14 - 5 and own.skipped[0].path == "worker-0/step-0"
+
+
+def test_a_snapshot_of_the_workers_volumes_follows_a_sync_of_each(tmp_path, monkeypatch):
+    """With volume snapshots (--sync): each worker's volume is a filesystem of its own, mounted at
+    DIR/worker-<i>; a syncfs of DIR alone (before) reached none of them, so their snapshots could
+    miss bytes still in the page cache. Each is synced now."""
+    from checkpoint_operator.agent import durability, scan
+    synced: list[str] = []
+    monkeypatch.setattr(durability, "sync_filesystem", lambda path: synced.append(path) or "syncfs")
+    for rank in (0, 1):
+        dcp_rank(tmp_path, "step-1", rank)
+    assert scan._synced(str(tmp_path), 2) == "syncfs"
+    assert synced == [str(tmp_path / "worker-0"), str(tmp_path / "worker-1")]
+    synced.clear()
+    assert scan._synced(str(tmp_path)) == "syncfs" and synced == [str(tmp_path)]  # one volume: itself

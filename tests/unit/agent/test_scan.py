@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from checkpoint_operator.protocol.errors import REFUSED_EXIT_CODE
 from checkpoint_operator.agent.hashing import hash_files, sha256_file
 from checkpoint_operator.protocol.manifest import MANIFEST_NAME, Manifest
 from checkpoint_operator.agent.scan import LEAVES_CHECKPOINT, ScanResult, format_table, scan_directory
@@ -216,7 +217,7 @@ def test_entry_limit_is_a_clear_error(tmp_path):
     with pytest.raises(TooManyEntries, match=r"more than 30 entries .*--max-entries"):
         scan_directory(tmp_path, max_entries=30)
     proc = _cli(str(tmp_path), "--json", "--max-entries", "10")
-    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.returncode == REFUSED_EXIT_CODE and proc.stdout == ""  # a refusal: not retried
     assert proc.stderr.startswith("error: ") and "more than 10 entries" in proc.stderr
     assert len(proc.stderr.splitlines()) == 1, proc.stderr
 
@@ -538,6 +539,19 @@ def test_cli_missing_directory_fails_naming_it(tmp_path):
     assert proc.stdout == ""
     proc = _cli(str(write(tmp_path / "a-file")))
     assert proc.returncode != 0 and "not a directory" in proc.stderr
+
+
+def test_cli_exits_with_the_refusal_code_when_the_output_is_refused_for_what_it_is(tmp_path, monkeypatch):
+    """A refusal the same output repeats (too many entries, no directory): REFUSED_EXIT_CODE, which
+    the operator does not retry (before: 1, as a store that was down, retried 3 times)."""
+    from checkpoint_operator.protocol.errors import REFUSED_EXIT_CODE
+    proc = _cli(str(tmp_path / "no-such-output"), "--result")
+    assert proc.returncode == REFUSED_EXIT_CODE, proc.stderr
+    for i in range(5):
+        write(tmp_path / "many" / f"f{i}")
+    monkeypatch.setenv("CKPT_SCAN_MAX_ENTRIES", "3")
+    proc = _cli(str(tmp_path / "many"), "--result")
+    assert proc.returncode == REFUSED_EXIT_CODE and "more than 3 entries" in proc.stderr, proc.stderr
 
 
 # --- the operator's result (--result) and the manifests beside the data (--manifests-dir) ----------

@@ -23,7 +23,7 @@ import cel
 import pytest
 import yaml
 
-from checkpoint_operator.api import crdgen
+from checkpoint_operator.api import cel_quantity, crdgen
 from checkpoint_operator.api.rules import Rule
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -82,7 +82,7 @@ def evaluate_rules(schema: dict, value: Any, old: Any = None, path: str = "") ->
         context = {"self": value}
         if old is not None:
             context["oldSelf"] = old
-        result = cel.evaluate(rule["rule"], context)
+        result = cel.evaluate(rule["rule"], cel.Context(context, cel_quantity.FUNCTIONS))
         assert isinstance(result, bool), f"{rule['rule']!r} at {path} returned {result!r}, not a bool"
         yield Evaluation(path, rule, value, old, result)
     if isinstance(value, dict):
@@ -197,9 +197,11 @@ INIT_CONTAINER_NAME = "spec.template.spec.initContainers[].name"
 OUTPUT_SIZE = "spec.output.size must be greater than zero"
 REPLICAS = "spec.replicas"
 NAMED_PODS = "spec.template.spec.hostname and subdomain"
+SHARED_PIDS = "spec.template.spec.shareProcessNamespace must not be true"
+HOST_PIDS = "spec.template.spec.hostPID must not be true"
 CONTAINERS = "spec.template.spec.containers"
 PARTS_ENGINE = "spec.output.volumePerWorker and perWorker need spec.engine: JobSet"
-PARTS_LIVE = "spec.output.volumePerWorker and perWorker are published OnCompletion"
+PARTS_LIVE = "spec.output.perWorker is published OnCompletion"
 PARTS_REPLICAS = "spec.replicas must be at most 128 with spec.output.volumePerWorker"
 PARTS_EXCLUSIVE = "spec.output.volumePerWorker and perWorker are exclusive"
 PARTS_NO_OUTPUT = "spec.output.volumePerWorker and perWorker need spec.output.enabled"
@@ -422,6 +424,23 @@ CASES: list[Case] = [
     Case("catalog-bad-repo", cluster_checkpoint(source={"huggingFace": {"repo": "no-slash"}}), (HF_REPO,)),
     Case("catalog-max-size", cluster_checkpoint(maxSize="500Gi")),
     Case("catalog-max-size-zero", cluster_checkpoint(maxSize="0Gi"), ("spec.maxSize",)),
+    # Beyond int64 (hostile6: accepted before), a fraction of a byte, the largest int64, 7Ei.
+    Case("catalog-max-size-past-int64", cluster_checkpoint(maxSize="99999999999999999999Ei"), ("spec.maxSize",)),
+    Case("catalog-max-size-8Ei", cluster_checkpoint(maxSize="8Ei"), ("spec.maxSize",)),
+    Case("catalog-max-size-fraction-of-a-byte", cluster_checkpoint(maxSize="1.5"), ("spec.maxSize",)),
+    Case("catalog-max-size-int64", cluster_checkpoint(maxSize="9223372036854775807")),
+    Case("catalog-max-size-7Ei", cluster_checkpoint(maxSize="7.5Ei")),
+    Case("catalog-description-lines", cluster_checkpoint(description="A tiny model.\n\tTrained on\tC4.")),
+    Case("catalog-description-escape", cluster_checkpoint(description="a\x1b[31mred\x07"), ("spec.description",)),
+    Case("catalog-description-carriage-return", cluster_checkpoint(description="ok\rfake"), ("spec.description",)),
+    Case("catalog-description-c1", cluster_checkpoint(description="a\x85b"), ("spec.description",)),
+    Case("catalog-description-bidi", cluster_checkpoint(description="ok \u202etxt.exe"), ("spec.description",)),
+    Case("catalog-description-zero-width", cluster_checkpoint(description="o\u200bk"), ("spec.description",)),
+    Case("checkpoint-description-lines", checkpoint(description="step 1000\nloss 1.2")),
+    Case("checkpoint-description-escape", checkpoint(description="\x1b]0;title\x07"), ("spec.description",)),
+    Case("checkpoint-max-size", checkpoint(maxSize="500Gi")),
+    Case("checkpoint-max-size-zero", checkpoint(maxSize="0"), ("spec.maxSize",)),
+    Case("checkpoint-max-size-past-int64", checkpoint(maxSize="9223372036854775808"), ("spec.maxSize",)),
     Case("catalog-spec-same", cluster_checkpoint(), old=cluster_checkpoint()),
     Case("catalog-spec-changed", cluster_checkpoint(license="https://a.example/l"),
          (IMMUTABLE,), old=cluster_checkpoint(license="https://b.example/l")),
@@ -463,6 +482,15 @@ CASES: list[Case] = [
     Case("two-pods-subdomain", training_job(replicas=2, engine="JobSet", template={"spec": {
         "subdomain": "s", "containers": [{"name": "t", "image": "x"}]}}), (NAMED_PODS,)),
     Case("two-pods", training_job(replicas=2, nprocPerNode=8, engine="JobSet")),
+    # hostile7 E2, H1: the live-sealing sidecar's channels are the operator's alone
+    Case("shared-pids-live", training_job(output={"publish": "Continuous"}, template={"spec": {
+        "shareProcessNamespace": True, "containers": [{"name": "t", "image": "x"}]}}), (SHARED_PIDS,)),
+    Case("host-pids-live", training_job(output={"publish": "Continuous"}, template={"spec": {
+        "hostPID": True, "containers": [{"name": "t", "image": "x"}]}}), (HOST_PIDS,)),
+    Case("shared-pids-on-completion", training_job(output={"publish": "OnCompletion"}, template={"spec": {
+        "shareProcessNamespace": True, "containers": [{"name": "t", "image": "x"}]}})),
+    Case("annotations-in-template", training_job(template={"metadata": {"annotations": {
+        "team": "a"}}, "spec": {"containers": [{"name": "t", "image": "x"}]}})),
     # a volume per worker: JobSet (one replicated job per worker), OnCompletion, at most 128 workers
     Case("volume-per-worker", training_job(replicas=2, engine="JobSet", output={"volumePerWorker": True})),
     Case("per-worker", training_job(replicas=128, engine="JobSet", output={"perWorker": True,
@@ -471,8 +499,11 @@ CASES: list[Case] = [
                                                                      "publish": "Continuous"})),
     Case("volume-per-worker-job", training_job(replicas=2, output={"volumePerWorker": True}), (PARTS_ENGINE,)),
     Case("per-worker-job", training_job(replicas=2, engine="Job", output={"perWorker": True}), (PARTS_ENGINE,)),
+    # live sealing of a checkpoint assembled across workers' volumes (logic/live_unions.py)
     Case("volume-per-worker-live", training_job(replicas=2, engine="JobSet", output={
-        "volumePerWorker": True, "publish": "Continuous"}), (PARTS_LIVE,)),
+        "volumePerWorker": True, "publish": "Continuous"})),
+    Case("per-worker-live", training_job(replicas=2, engine="JobSet", output={
+        "perWorker": True, "publish": "Continuous"}), (PARTS_LIVE,)),
     Case("per-worker-too-many", training_job(replicas=129, engine="JobSet", output={"perWorker": True}),
          (PARTS_REPLICAS,)),
     # hostile4 D11: both at once, or where a volume per worker means nothing, were accepted silently

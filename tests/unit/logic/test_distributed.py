@@ -328,7 +328,94 @@ def test_preemption_queues_a_running_job_and_admission_runs_it_again():
     admitted = flow.suspension_change(queued, state(), "q", "now")
     assert admitted is not None and admitted.phase == TrainingJobPhase.RUNNING and "after 1 preemption" in admitted.message
     first = flow.suspension_change(with_status(typed(), phase="Queued"), state(), "q", "now")
-    assert first is not None and set_fields(first.fields) == {"startTime": "now"}
+    assert first is not None and set_fields(first.fields) == {"startTime": "now", "suspendTransition": ""}
+
+
+def test_a_preemption_undone_before_a_look_is_counted_once_from_the_workload_s_suspended_record():
+    """Kueue suspended the running workload and admitted it again before any pass looked (hostile6
+    R5): the workload runs, but its Suspended condition has a resume later than the one recorded.
+    Counted once (Preempted, a Warning event), recorded; before, nothing was counted."""
+    queued = with_status(typed(replicas=2, labels={"kueue.x-k8s.io/queue-name": "q"}), phase="Queued")
+    admitted = flow.suspension_change(queued, state(suspend_transition="2026-01-01T00:00:05Z"), "q", "now")
+    assert admitted is not None and admitted.phase == TrainingJobPhase.RUNNING
+    assert set_fields(admitted.fields) == {"startTime": "now", "suspendTransition": "2026-01-01T00:00:05Z"}
+    running = with_status(queued, phase="Running", startTime="now", suspendTransition="2026-01-01T00:00:05Z")
+    assert flow.suspension_change(running, state(suspend_transition="2026-01-01T00:00:05Z"), "q", "now") is None
+    resumed_again = state(suspend_transition="2026-01-01T00:00:13Z")
+    change = flow.suspension_change(running, resumed_again, "q", "now")
+    assert change is not None and change.reason == "Preempted" and change.event == "Warning"
+    assert change.phase is None  # it runs again already
+    assert set_fields(change.fields) == {"preemptions": 1, "suspendTransition": "2026-01-01T00:00:13Z"}
+    assert "preempted by Kueue (LocalQueue q) and admitted again" in change.message
+    counted = with_status(running, preemptions=1, suspendTransition="2026-01-01T00:00:13Z")
+    assert flow.suspension_change(counted, resumed_again, "q", "now") is None  # once
+    # Another one later is counted again.
+    later = flow.suspension_change(counted, state(suspend_transition="2026-01-01T00:01:00Z"), "q", "now")
+    assert later is not None and set_fields(later.fields)["preemptions"] == 2
+
+
+def test_a_seen_preemption_is_not_counted_again_at_its_resume():
+    """Seen suspended (counted, Queued), then admitted: the resume is recorded, not counted again."""
+    running = with_status(typed(replicas=2, labels={"kueue.x-k8s.io/queue-name": "q"}), phase="Running",
+                          startTime="t0", suspendTransition="2026-01-01T00:00:05Z")
+    # spec.suspend set, its controller has not written the condition yet: the old resume's time.
+    preempted = flow.suspension_change(running, state(suspended=True, suspend_transition="2026-01-01T00:00:05Z"),
+                                       "q", "now")
+    assert preempted is not None and set_fields(preempted.fields) == {"preemptions": 1}
+    queued = with_status(running, phase="Queued", preemptions=1)
+    assert flow.suspension_change(queued, state(suspended=True, suspend_transition="2026-01-01T00:00:09Z"),
+                                  "q", "now") is None
+    admitted = flow.suspension_change(queued, state(suspend_transition="2026-01-01T00:00:20Z"), "q", "now")
+    assert admitted is not None and set_fields(admitted.fields) == {"suspendTransition": "2026-01-01T00:00:20Z"}
+    again = with_status(queued, phase="Running", suspendTransition="2026-01-01T00:00:20Z")
+    assert flow.suspension_change(again, state(suspend_transition="2026-01-01T00:00:20Z"), "q", "now") is None
+
+
+def test_a_first_admission_not_recorded_is_recorded_not_counted():
+    """Created suspended for Kueue and adopted running (or recorded by an earlier operator): its
+    one resume is its admission. Without a queue the workload was created running: any resume
+    follows a suspension, counted."""
+    adopted = with_status(typed(replicas=2, labels={"kueue.x-k8s.io/queue-name": "q"}), phase="Running")
+    change = flow.suspension_change(adopted, state(suspend_transition="2026-01-01T00:00:05Z"), "q", "now")
+    assert change is not None and change.reason is None
+    assert set_fields(change.fields) == {"suspendTransition": "2026-01-01T00:00:05Z"}
+    unqueued = with_status(typed(replicas=2), phase="Running")
+    assert flow.suspension_change(unqueued, state(), None, "now") is None  # never suspended
+    # Admitted before its controller wrote any Suspended condition (a JobSet admitted at once):
+    # "" recorded, and the first condition written later is a preemption's.
+    queued = with_status(typed(replicas=2, engine="JobSet", labels={"kueue.x-k8s.io/queue-name": "q"}), phase="Queued")
+    admitted = flow.suspension_change(queued, state(kind="JobSet"), "q", "now")
+    assert admitted is not None and set_fields(admitted.fields)["suspendTransition"] == ""
+    running = with_status(queued, phase="Running", suspendTransition="")
+    later = flow.suspension_change(running, state(kind="JobSet", suspend_transition="2026-01-01T00:00:05Z"), "q", "now")
+    assert later is not None and later.reason == "Preempted"
+    change = flow.suspension_change(unqueued, state(suspend_transition="2026-01-01T00:00:05Z"), None, "now")
+    assert change is not None and change.reason == "Preempted" and "suspended (spec.suspend)" in change.message
+    # A group with a volume per worker: counted as any preemption, so the operator makes the group again
+    # after the resume step (hostile7 R1: flow.attempt_of counts preemptions there).
+    per_worker = with_status(typed(replicas=2, engine="JobSet", output={"volumePerWorker": True},
+                                   labels={"kueue.x-k8s.io/queue-name": "q"}),
+                             phase="Running", suspendTransition="2026-01-01T00:00:05Z")
+    quick = flow.suspension_change(per_worker, state(kind="JobSet", suspend_transition="2026-01-01T00:00:09Z"), "q", "n")
+    assert quick is not None and set_fields(quick.fields)["preemptions"] == 1
+    assert "the resume step copies the latest checkpoint" in quick.message
+    assert flow.attempt_of(with_status(per_worker, preemptions=1)) == 1
+
+
+def test_the_workload_s_suspended_condition_is_read_from_jobs_and_jobsets():
+    """What the Job controller and JobSet's write: Suspended True on a suspension, False (JobResumed,
+    ResumeJobs) on the resume, each with its lastTransitionTime; a resume its controller has not
+    done yet (spec.suspend false, condition still True) is still suspended."""
+    for engine, kind, reason in ((engines.JOB, "Job", "JobResumed"), (engines.JOBSET, "JobSet", "ResumeJobs")):
+        resumed = {"kind": kind, "metadata": {"name": "ddp"}, "spec": {"suspend": False}, "status": {"conditions": [
+            {"type": "Suspended", "status": "False", "reason": reason, "lastTransitionTime": "2026-01-01T00:00:13Z"}]}}
+        read = engine.read(resumed)
+        assert read.suspended is False and read.suspend_transition == "2026-01-01T00:00:13Z"
+        pending = {**resumed, "status": {"conditions": [{"type": "Suspended", "status": "True",
+                                                         "lastTransitionTime": "2026-01-01T00:00:09Z"}]}}
+        assert engine.read(pending).suspended is True
+        never = {"kind": kind, "metadata": {"name": "ddp"}, "spec": {}}
+        assert engine.read(never).suspend_transition is None and engine.read(never).suspended is False
 
 
 def test_a_queued_workload_starts_queued():
@@ -346,12 +433,13 @@ def test_a_restarted_group_queued_in_kueue_is_queued_not_preempted():
     change = flow.attempt_started_change(running, "Job", "ddp", "ddp-0.ddp:29500", "q")
     assert change.phase == TrainingJobPhase.QUEUED and change.reason == "Queued"
     assert "attempt 2" in change.message and "LocalQueue q" in change.message
-    assert set_fields(change.fields) == {"rendezvous": "ddp-0.ddp:29500"}
+    assert set_fields(change.fields) == {"rendezvous": "ddp-0.ddp:29500", "suspendTransition": None}
     queued = with_status(running, phase="Queued")
     assert flow.suspension_change(queued, state(suspended=True), "q", "now") is None  # not counted as preempted
     admitted = flow.suspension_change(queued, state(), "q", "now")
     assert admitted is not None and admitted.phase == TrainingJobPhase.RUNNING
-    assert "preemption" not in admitted.message and admitted.fields is None  # startTime kept: the deadline counts on
+    assert "preemption" not in admitted.message
+    assert set_fields(admitted.fields) == {"suspendTransition": ""}  # startTime kept: the deadline counts on
     unqueued = flow.attempt_started_change(with_status(typed(replicas=2), phase="Running", restarts=1), "Job", "ddp",
                                            "ddp-0.ddp:29500", None)
     assert unqueued.phase is None and unqueued.reason is None  # runs at once: stays Running
@@ -394,7 +482,8 @@ def test_each_attempt_records_the_uid_of_its_new_workload():
     assert set_fields(started.fields)["jobUid"] == "uid-attempt-0"
     running = with_status(typed(replicas=2), phase="Running", restarts=1, jobUid="uid-attempt-0")
     again = flow.attempt_started_change(running, "Job", "ddp", "ddp-0.ddp:29500", None, "uid-attempt-1")
-    assert set_fields(again.fields) == {"rendezvous": "ddp-0.ddp:29500", "jobUid": "uid-attempt-1"}
+    assert set_fields(again.fields) == {"rendezvous": "ddp-0.ddp:29500", "jobUid": "uid-attempt-1",
+                                        "suspendTransition": None}
     unknown = flow.attempt_started_change(running, "Job", "ddp", None, None)
     assert "jobUid" not in set_fields(unknown.fields)  # never erased by a write that does not know it
 

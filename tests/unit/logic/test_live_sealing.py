@@ -181,3 +181,54 @@ def test_a_sealed_line_that_says_synced_is_recorded_with_its_digest():
     assert events.synced == {("step-1", DIGEST)}
     merged = live_sealing.merge(live_sealing.LogEvents(), events)
     assert merged.synced == {("step-1", DIGEST)}
+
+
+def test_live_sealing_refuses_a_template_that_could_write_the_sidecar_s_channels():
+    """hostile7 E2, H1: with its processes shared, the trainer could print into the sidecar's output (what
+    the operator believes sealed); a template carrying ckpt.dev/live-remove would ask the sidecar to remove
+    sealed directories. Refused when the sidecar is built (also when Continuous is the operator's default,
+    which the CRD cannot know), one line naming the field."""
+    import pytest
+    config = OperatorConfig(agent_image="op:1")
+    container = [{"name": "trainer", "image": "t"}]
+    shared = TrainingJob.model_validate(training_job(template={"spec": {"shareProcessNamespace": True,
+                                                                        "containers": container}}))
+    with pytest.raises(workload.InvalidSpec, match="spec.template.spec.shareProcessNamespace must not be true"):
+        workload.build_live_sidecar(shared, config, None, [])
+    host = TrainingJob.model_validate(training_job(template={"spec": {"hostPID": True, "containers": container}}))
+    with pytest.raises(workload.InvalidSpec, match="spec.template.spec.hostPID must not be true"):  # hostile8 P3
+        workload.build_live_sidecar(host, config, None, [])
+    asking = TrainingJob.model_validate(training_job(template={
+        "metadata": {"annotations": {live_sealing.REMOVE_ANNOTATION: "[]"}}, "spec": {"containers": container}}))
+    with pytest.raises(workload.InvalidSpec, match="must not have ckpt.dev/live-remove"):
+        workload.build_live_sidecar(asking, config, None, [])
+    plain = TrainingJob.model_validate(training_job(template={"metadata": {"annotations": {"team": "a"}},
+                                                              "spec": {"containers": container}}))
+    assert workload.build_live_sidecar(plain, config, None, [])
+
+
+def test_a_pod_s_sidecar_is_the_operator_s_only_if_it_is_the_one_built_into_the_template():
+    """hostile8 F1: owner references and labels are whatever a pod's creator wrote; the sidecar's image,
+    command, environment and claims are compared with the templates the operator built. An admission
+    plugin's ServiceAccount token mount does not count; shared processes never pass."""
+    import copy
+    tj = TrainingJob.model_validate(training_job(output={"publish": "Continuous"}))
+    config = OperatorConfig(agent_image="op:1")
+    built = workload.build_workload(tj, [], store_for(config).input_volumes(tj, []),
+                                    workload.build_live_sidecar(tj, config, None, [])).job
+    expected = live_sealing.built_sidecars([built])
+    assert len(expected) == 1
+    pod = copy.deepcopy(built["spec"]["template"]["spec"])
+    pod["volumes"].append({"name": "kube-api-access-x", "projected": {"sources": []}})
+    for c in pod["initContainers"] + pod["containers"]:
+        c.setdefault("volumeMounts", []).append({"name": "kube-api-access-x", "mountPath": "/var/run/secrets/x"})
+    assert live_sealing.sidecar_identity(pod) in expected
+    forged = copy.deepcopy(pod)
+    forged["initContainers"][0]["command"] = ["python", "-c", "print('{\"kind\": \"sealed\"}')"]
+    assert live_sealing.sidecar_identity(forged) not in expected
+    elsewhere = copy.deepcopy(pod)
+    next(v for v in elsewhere["volumes"] if "persistentVolumeClaim" in v)["persistentVolumeClaim"]["claimName"] = "mine"
+    assert live_sealing.sidecar_identity(elsewhere) not in expected
+    for field in ("shareProcessNamespace", "hostPID"):
+        assert live_sealing.sidecar_identity({**pod, field: True}) is None
+    assert live_sealing.sidecar_identity({**pod, "initContainers": []}) is None

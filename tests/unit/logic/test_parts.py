@@ -122,9 +122,47 @@ def test_the_snapshot_pod_reads_every_worker_s_volume_side_by_side(config):
     assert claims == [{"claimName": workload.worker_claim_name(tj, i), "readOnly": True} for i in range(2)]
 
 
-def test_a_volume_per_worker_is_published_on_completion_whatever_the_default():
+def test_the_operator_s_default_publish_applies_to_a_volume_per_worker_but_not_to_per_worker():
     from checkpoint_operator.logic import trainingjob_flow as flow
-    assert flow.publish_mode(typed(2), "Continuous") == "OnCompletion"
+    assert flow.publish_mode(typed(2), "Continuous") == "Continuous"  # live unions (logic/live_unions.py)
+    assert flow.publish_mode(typed(2, perWorker=True), "Continuous") == "OnCompletion"
+
+
+@pytest.mark.parametrize("config", [CONFIG, S3], ids=["volume", "s3"])
+def test_each_worker_s_sidecar_seals_its_own_part_and_uploads_nothing(config):
+    """Each worker's pod gets the sealing sidecar on its own volume, as `--part` (its index is the
+    JOB_COMPLETION_INDEX the worker's template sets); on the s3 store the union pod uploads the union,
+    not the sidecar a part. No CHECKPOINT_RESUME_PATH of live sealing: a part is nothing to resume from."""
+    tj = typed(2, volumePerWorker=True, publish="Continuous")
+    store = store_for(config)
+    sidecar = workload.build_live_sidecar(tj, config, store.live_upload_prefix(tj), store.agent_env())
+    built = workload.build_workload(tj, [], store.input_volumes(tj, []), sidecar)
+    for i, replicated in enumerate(built.job["spec"]["replicatedJobs"]):
+        spec = replicated["template"]["spec"]["template"]["spec"]
+        [watch] = [c for c in spec["initContainers"] if c["name"] == "ckpt-live"]
+        assert "--part" in watch["command"] and "--shared" not in watch["command"]
+        assert "--upload-to" not in watch["command"]
+        assert {"name": "JOB_COMPLETION_INDEX", "value": str(i)} in watch["env"]
+        [claim] = [v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"] if "persistentVolumeClaim" in v]
+        assert claim == workload.worker_claim_name(tj, i)
+        for container in spec["containers"]:
+            assert "CHECKPOINT_RESUME_PATH" not in {e["name"] for e in container.get("env") or []}
+    validate_jobset(built.job)
+
+
+@pytest.mark.parametrize("config", [CONFIG, S3], ids=["volume", "s3"])
+def test_the_union_pod_is_the_snapshot_pod_for_one_directory_of_sealed_parts(config):
+    from checkpoint_operator.logic.live_unions import Assemble, union_args, union_of_command
+    tj = typed(2, volumePerWorker=True, publish="Continuous")
+    store = store_for(config)
+    union = Assemble("step-2", ((0, DIGEST), (1, DIGEST)))
+    command = store.snapshot_command(tj, AGENT_OUTPUT_MOUNT) + union_args(union)
+    pod = workload.build_union_pod(tj, command, store.agent_env(), config)
+    snapshot = workload.build_snapshot_pod(tj, command, store.agent_env(), config)
+    assert pod["metadata"]["name"] == "llama-union" != snapshot["metadata"]["name"]
+    assert pod["spec"] == snapshot["spec"] and pod["metadata"]["labels"] == snapshot["metadata"]["labels"]
+    assert union_of_command(pod["spec"]["containers"][0]["command"]) == ("step-2", union.parts)
+    validate_kubernetes({"apiVersion": "v1", "kind": "Pod", **pod})
 
 
 # --- locations and consumers ---------------------------------------------------------------------------

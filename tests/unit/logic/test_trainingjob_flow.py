@@ -1,12 +1,14 @@
 """The TrainingJob's decisions (logic/trainingjob_flow.py, logic/protection.py), without an API."""
 
 from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobStatus
+from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic import engines
 from checkpoint_operator.logic import trainingjob_flow as flow
 from checkpoint_operator.logic.agent_pods import PodProblem, downloaded_input, pod_failure, pod_problem
 from checkpoint_operator.logic.inputs import InputWait
 from checkpoint_operator.logic.protection import blocking_users, label_patch, used_by_status, used_uids
 from checkpoint_operator.logic.results import Fail, Wait
+from checkpoint_operator.protocol.errors import REFUSED_EXIT_CODE
 from checkpoint_operator.logic.status import StatusChange, apply_change, should_post_event, status_patch
 from factories import training_job
 
@@ -81,6 +83,22 @@ def test_a_pod_the_node_failed_is_named_by_the_node_s_reason():
     oom = {"metadata": {"name": "p"}, "status": {"phase": "Failed", "containerStatuses": [
         {"name": "trainer", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]}}
     assert "container trainer failed (OOMKilled, exit code 137)" in pod_failure(oom, "training").message
+
+
+def test_an_agent_refusal_is_told_apart_and_fails_the_snapshot_at_once():
+    """The agent exits REFUSED_EXIT_CODE when it refuses the data for what it is: the snapshot fails at
+    once with its line (before: retried 3 times with the same result). An OOM kill, an eviction, a
+    plain failure (exit 1: a store that was down) are retried as before."""
+    def failed(code: int, reason: str = "Error") -> dict:
+        return {"metadata": {"name": "p"}, "status": {"phase": "Failed", "containerStatuses": [
+            {"name": "snapshot", "state": {"terminated": {"exitCode": code, "reason": reason}}}]}}
+    refused = pod_failure(failed(REFUSED_EXIT_CODE), "snapshot")
+    assert refused.agent_refused and "container snapshot failed (Error, exit code 3)" in refused.message
+    assert not pod_failure(failed(1), "snapshot").agent_refused
+    assert not pod_failure(failed(REFUSED_EXIT_CODE, "OOMKilled"), "snapshot").agent_refused  # the kernel's
+    assert flow.snapshot_retry(1, "line", refused=True) == Fail(
+        "SnapshotFailed", "snapshot refused the output (not retried: the same output is refused again): line")
+    assert flow.snapshot_retry(1, "line") is None
 
 
 def test_a_failed_job_names_what_its_pods_say():
@@ -231,23 +249,55 @@ def test_a_pod_waiting_to_attach_a_volume_names_the_claim_and_the_controller_s_m
     assert pod_claims(pod) == ["p-ckpt-in-0", "out"]
 
 
+def test_a_scheduled_pod_s_events_are_read_for_a_failed_attach_only_once_it_has_waited_the_grace():
+    """Issue 22.4: every pass of a job whose pod was ContainerCreating listed that pod's Events (3.9
+    requests per lifecycle in bench/scale.py, for pods that start in a second). Now only once the pod
+    has waited ATTACH_GRACE since it was scheduled; the pass before looks again when the grace ends,
+    so a pod that stays waiting still gets its explanation."""
+    from datetime import datetime, timezone
+    from checkpoint_operator.logic.workers import worker_pod
+    at = lambda seconds: datetime.fromtimestamp(  # noqa: E731
+        datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp() + seconds, timezone.utc)
+    scheduled = {"type": "PodScheduled", "status": "True", "lastTransitionTime": "2026-01-01T00:00:10Z"}
+    pod = worker_pod({"metadata": {"name": "w", "creationTimestamp": "2026-01-01T00:00:00Z"},
+                      "status": {"phase": "Pending", "conditions": [scheduled]}})
+    assert pod.scheduled_at == "2026-01-01T00:00:10Z"  # the binding, not the creation
+    assert flow.attach_grace_left(pod, at(11)) == flow.ATTACH_GRACE - 1
+    assert flow.attach_grace_left(pod, at(10 + flow.ATTACH_GRACE)) == 0.0
+    assert flow.attach_grace_left(pod, at(100)) == 0.0
+    unbound = worker_pod({"metadata": {"name": "w", "creationTimestamp": "2026-01-01T00:00:00Z"},
+                          "status": {"phase": "Pending", "conditions": [{**scheduled, "status": "False"}]}})
+    assert unbound.scheduled_at == "2026-01-01T00:00:00Z"  # not scheduled yet: since its creation
+    assert flow.attach_grace_left(unbound, at(2)) == flow.ATTACH_GRACE - 2
+    # Unknown or unreadable: read now (no explanation is ever held back for want of a time).
+    assert flow.attach_grace_left(worker_pod({"metadata": {"name": "w"}, "status": {"phase": "Pending"}}), at(0)) == 0.0
+    odd = worker_pod({"metadata": {"name": "w", "creationTimestamp": "yesterday"}, "status": {"phase": "Pending"}})
+    assert flow.attach_grace_left(odd, at(0)) == 0.0
+
+
 def test_the_wait_for_a_job_s_checkpoints_is_bounded_and_names_them():
     """A Checkpoint that never becomes Ready (its bytes never handed over, deleted again and again) must not
-    hold its job forever: quiet until PUBLISH_TIMEOUT after the snapshot pod ended, then a failure naming it."""
+    hold its job forever: quiet until the operator's publish_timeout after the snapshot pod ended, then a
+    failure naming it."""
     from datetime import datetime, timezone
     ended = "2026-01-01T00:00:00Z"
     at = lambda seconds: datetime.fromtimestamp(  # noqa: E731
         datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp() + seconds, timezone.utc)
     pending = [("t.step-1", "Pending"), ("t.step-2", "changed after sealing, not Failed yet")]
-    early = flow.publish_wait(pending, ended, at(5), recheck=2.0)
+    limit = OperatorConfig().publish_timeout
+    assert limit == 600.0
+    early = flow.publish_wait(pending, ended, at(5), recheck=2.0, limit=limit)
     assert isinstance(early, Wait) and early.requeue_after == 2.0 and not early.reason
-    assert flow.publish_wait(pending, ended, at(flow.PUBLISH_TIMEOUT - 0.5), recheck=2.0).requeue_after == 0.5
-    late = flow.publish_wait(pending, ended, at(flow.PUBLISH_TIMEOUT), recheck=2.0)
+    assert flow.publish_wait(pending, ended, at(limit - 0.5), recheck=2.0, limit=limit).requeue_after == 0.5
+    late = flow.publish_wait(pending, ended, at(limit), recheck=2.0, limit=limit)
     assert isinstance(late, Fail) and late.reason == "CheckpointsNotReady"
     assert "t.step-1 (Pending), t.step-2 (changed after sealing, not Failed yet)" in late.message and "600 s" in late.message
-    many = flow.publish_wait([(f"c{i}", "Pending") for i in range(50)], ended, at(700), recheck=2.0)
+    many = flow.publish_wait([(f"c{i}", "Pending") for i in range(50)], ended, at(700), recheck=2.0, limit=limit)
     assert isinstance(many, Fail) and "and 30 more" in many.message and "c20 " not in many.message
-    assert isinstance(flow.publish_wait(pending, "", at(0), recheck=2.0), Fail)  # nothing to count from
+    assert isinstance(flow.publish_wait(pending, "", at(0), recheck=2.0, limit=limit), Fail)  # nothing to count from
+    # Another setting, another bound.
+    assert isinstance(flow.publish_wait(pending, ended, at(61), recheck=2.0, limit=60.0), Fail)
+    assert isinstance(flow.publish_wait(pending, ended, at(59), recheck=2.0, limit=60.0), Wait)
 
 
 def test_a_preempted_group_with_a_volume_per_worker_runs_a_new_attempt_a_restart_does_not_count_it():
@@ -267,3 +317,17 @@ def test_a_preempted_group_with_a_volume_per_worker_runs_a_new_attempt_a_restart
     change = flow.suspension_change(preempted, suspended, "team-a", "2026-12-07T00:00:00Z")
     assert change is not None and change.fields.preemptions == 1
     assert "the resume step copies the latest checkpoint complete over the workers' volumes" in change.message
+
+
+def test_the_wait_for_checkpoints_counts_from_their_creation_or_the_operator_s_start_if_later():
+    """hostile7 P1: a VolumeSnapshot ready 11 minutes after the snapshot pod ended (its Checkpoints created
+    then), or an operator down for that long, must not fail the job on its first look at them."""
+    ended, made, started = "2026-01-01T00:00:00Z", "2026-01-01T00:11:00Z", "2025-12-31T00:00:00Z"
+    assert flow.publish_wait_since(ended, [made, None, "not a time"], started) == made
+    assert flow.publish_wait_since(ended, [], "2026-01-01T00:20:00Z") == "2026-01-01T00:20:00Z"
+    assert flow.publish_wait_since(ended, [], started) == ended
+    from datetime import datetime, timezone
+    now = datetime(2026, 1, 1, 0, 11, 5, tzinfo=timezone.utc)
+    since = flow.publish_wait_since(ended, [made], started)
+    assert isinstance(flow.publish_wait([("t.step-1", "Pending")], since, now, recheck=2.0, limit=600.0), Wait)
+    assert isinstance(flow.publish_wait([("t.step-1", "Pending")], ended, now, recheck=2.0, limit=600.0), Fail)  # as before

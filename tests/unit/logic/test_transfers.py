@@ -126,3 +126,23 @@ def test_ready_requests_wake_a_settled_checkpoint():
     assert transfers.has_ready_request({"ckpt.dev/pull-requested": "t"})
     assert not transfers.has_ready_request({"ckpt.dev/upload-requested": "t"})
     assert not transfers.has_ready_request(None)
+
+
+def test_verify_and_pull_of_a_union_in_workers_snapshots_restore_each_and_see_one_directory():
+    """issue 19: a checkpoint assembled across workers' volumes, each kept in its own VolumeSnapshot:
+    the pod restores a volume from each and mounts every part's items into the one data directory."""
+    from checkpoint_operator.api.checkpoint import Location
+    location = Location.model_validate({"snapshotParts": [
+        {"volumeSnapshotName": "w0-snap", "path": "step-1", "items": [".metadata", "__0_0.distcp"],
+         "restoreSize": "10Gi", "worker": 0},
+        {"volumeSnapshotName": "w1-snap", "path": "step-1", "items": ["__1_0.distcp"], "restoreSize": "10Gi",
+         "worker": 1}]})
+    volumes, mounts = transfers.location_volumes(location, labels={"ckpt.dev/component": "verify"})
+    assert [(v["name"], v["ephemeral"]["volumeClaimTemplate"]["spec"]["dataSource"]["name"]) for v in volumes] == [
+        ("data", "w0-snap"), ("data-1", "w1-snap")]
+    assert [(m["name"], m["mountPath"], m["subPath"], m["readOnly"]) for m in mounts] == [
+        ("data", f"{AGENT_DATA_MOUNT}/.metadata", "step-1/.metadata", True),
+        ("data", f"{AGENT_DATA_MOUNT}/__0_0.distcp", "step-1/__0_0.distcp", True),
+        ("data-1", f"{AGENT_DATA_MOUNT}/__1_0.distcp", "step-1/__1_0.distcp", True)]
+    assert transfers.stored_manifest(location) is None  # read from the data alone, as one snapshot's
+    assert transfers.describe_location(location) == "2 VolumeSnapshots (w0-snap:step-1, ...)"

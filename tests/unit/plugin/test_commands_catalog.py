@@ -24,6 +24,10 @@ class FakeKube:
     def __init__(self, catalog_error: ApiError):
         self.catalog_error = catalog_error
 
+    def pages(self, resource: Resource, namespace: Optional[str], label_selector: Optional[str] = None,
+              field_selector: Optional[str] = None, limit: Optional[int] = None) -> Any:
+        yield self.list(resource, namespace, label_selector, field_selector)  # one page: as Kube.pages of a short list
+
     def list(self, resource: Resource, namespace: Optional[str], label_selector: Optional[str] = None,
              field_selector: Optional[str] = None) -> list[dict[str, Any]]:
         if resource == CLUSTER_CHECKPOINTS:

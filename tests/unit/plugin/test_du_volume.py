@@ -45,6 +45,10 @@ class FakeKube:
         self.checkpoints, self.claims, self.entries = checkpoints, claims, entries
         self.forbid_cluster_claims = forbid_cluster_claims
 
+    def pages(self, resource: Resource, namespace: Optional[str], label_selector: Optional[str] = None,
+              field_selector: Optional[str] = None, limit: Optional[int] = None) -> Any:
+        yield self.list(resource, namespace, label_selector, field_selector)  # one page: as Kube.pages of a short list
+
     def list(self, resource: Resource, namespace: Optional[str], label_selector: Optional[str] = None,
              field_selector: Optional[str] = None) -> list[dict[str, Any]]:
         if resource == CLUSTER_CHECKPOINTS:

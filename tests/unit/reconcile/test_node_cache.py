@@ -18,7 +18,11 @@ from checkpoint_operator.logic.workers import WorkerPod
 from checkpoint_operator.api.common import PodPhase
 from checkpoint_operator.reconcile import status_writer
 from checkpoint_operator.reconcile.context import Context
+from checkpoint_operator.logic.signatures import CACHED_ON_REQUEST
 from checkpoint_operator.reconcile.node_cache import ENSURED_FOR_SECONDS, ensure_cache_claim, record_fills, sync_cached_on
+from checkpoint_operator.reconcile.signing_keys import SigningKeys
+
+KEY = b"k" * 32
 
 
 class RecordingKube:
@@ -65,7 +69,9 @@ class CheckpointKube:
         if self.conflict_once or meta.get("resourceVersion") != self.body["metadata"]["resourceVersion"]:
             if self.conflict_once:  # another job's fill asked meanwhile
                 self.conflict_once = False
-                self.body["metadata"]["annotations"] = {CACHED_ON_ANNOTATION: '["node-z"]'}
+                meta = self.body["metadata"]
+                meta["annotations"] = CACHED_ON_REQUEST.signed(KEY, meta["namespace"], meta["name"], meta["uid"],
+                                                               '["node-z"]')
                 self._bump()
             raise Conflict(409, "Conflict", "the object changed")
         self.body["metadata"].setdefault("annotations", {}).update(meta.get("annotations") or {})
@@ -106,7 +112,7 @@ def test_a_jobs_fills_ask_the_checkpoint_which_alone_writes_cached_on():
     """The TrainingJob's pass wrote the Checkpoint's status.cachedOn before (NotTheOwner under the
     one-writer rule): it now only annotates, and the Checkpoint's own pass writes the status."""
     kube = CheckpointKube(_input_checkpoint())
-    ctx = Context(kube=kube, config=pod_shapes.config("s3-cache"))  # type: ignore[arg-type]
+    ctx = Context(kube=kube, config=pod_shapes.config("s3-cache"), signing_keys=SigningKeys((KEY,)))  # type: ignore[arg-type]
     tj = _job_with_input(kube.body)
     with status_writer.status_pass(ctx, "TrainingJob", "default", "train"):
         record_fills(ctx, tj, [_fill("p1", "node-a")])
@@ -120,7 +126,7 @@ def test_a_jobs_fills_ask_the_checkpoint_which_alone_writes_cached_on():
 
 def test_two_jobs_asking_at_once_keep_both_nodes():
     kube = CheckpointKube(_input_checkpoint(), conflict_once=True)
-    ctx = Context(kube=kube, config=pod_shapes.config("s3-cache"))  # type: ignore[arg-type]
+    ctx = Context(kube=kube, config=pod_shapes.config("s3-cache"), signing_keys=SigningKeys((KEY,)))  # type: ignore[arg-type]
     with status_writer.status_pass(ctx, "TrainingJob", "default", "train"):
         record_fills(ctx, _job_with_input(kube.body), [_fill("p2", "node-a")])
     assert kube.body["metadata"]["annotations"][CACHED_ON_ANNOTATION] == '["node-a","node-z"]'
@@ -132,3 +138,26 @@ def test_a_bad_cached_on_annotation_is_ignored():
     for bad in (None, "not json", '{"a": 1}', '[1]', '[""]', '["' + "n" * 254 + '"]',
                 json.dumps([f"n{i}" for i in range(65)]), "[" + " " * 20_000 + "]"):
         assert requested_cached_on(bad) is None, bad
+
+
+def test_a_cached_on_annotation_the_operator_did_not_sign_is_no_request():
+    """Anyone who may patch a Checkpoint may write the annotation (hostile7 A3): without the operator's
+    signature for this very Checkpoint (a copy from another one does not verify) status.cachedOn stays."""
+    body = _input_checkpoint()
+    body["status"]["cachedOn"] = ["node-a"]
+    other = CACHED_ON_REQUEST.signed(KEY, "default", "other", "other-uid", '["gpu-node-7"]')
+    for asked in ({CACHED_ON_ANNOTATION: '["gpu-node-7","node-b"]'}, other,
+                        CACHED_ON_REQUEST.signed(b"x" * 32, "default", "base", body["metadata"]["uid"], '["gpu-node-7"]')):
+        body["metadata"]["annotations"] = asked
+        kube = CheckpointKube(copy.deepcopy(body))
+        ctx = Context(kube=kube, config=pod_shapes.config("s3-cache"), signing_keys=SigningKeys((KEY,)))  # type: ignore[arg-type]
+        with status_writer.status_pass(ctx, "Checkpoint", "default", "base"):
+            sync_cached_on(ctx, Checkpoint.model_validate(kube.body))
+        assert kube.status_patches == [], asked
+    body["metadata"]["annotations"] = CACHED_ON_REQUEST.signed(KEY, "default", "base", body["metadata"]["uid"],
+                                                               '["node-b"]')
+    kube = CheckpointKube(body)
+    ctx = Context(kube=kube, config=pod_shapes.config("s3-cache"), signing_keys=SigningKeys((KEY,)))  # type: ignore[arg-type]
+    with status_writer.status_pass(ctx, "Checkpoint", "default", "base"):
+        sync_cached_on(ctx, Checkpoint.model_validate(kube.body))
+    assert kube.status_patches == [{"cachedOn": ["node-b"]}]

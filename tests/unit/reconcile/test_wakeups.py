@@ -224,12 +224,12 @@ def test_the_index_keeps_checkpoints_in_snapshots_for_the_resync() -> None:
         return {"metadata": {"name": "c1", "namespace": "ns", "uid": "cu"}, "spec": {"source": {}},
                 "status": {"phase": phase, "location": location,
                            "conditions": [{"type": "Ready", "status": "False", "reason": reason}]}}
-    assert checkpoint_keys(body("Ready"))[("in-snapshot", "ns")] == SnapshotUse("c1", "s", "u1", True, False)
-    assert checkpoint_keys(body("Failed", SNAPSHOT_NOT_READY))[("in-snapshot", "ns")] == SnapshotUse(
-        "c1", "s", "u1", False, True)
-    assert ("in-snapshot", "ns") not in checkpoint_keys(body("Failed", "VolumeSnapshotLost"))
-    assert ("in-snapshot", "ns") not in checkpoint_keys(body("Ready", snapshot=False))
-    assert ("in-snapshot", "ns") not in checkpoint_keys(body("Pending"))
+    key = ("in-snapshot", "ns", "s")  # one key per snapshot it is in (a volume per worker: several)
+    assert checkpoint_keys(body("Ready"))[key] == SnapshotUse("c1", "s", "u1", True, False)
+    assert checkpoint_keys(body("Failed", SNAPSHOT_NOT_READY))[key] == SnapshotUse("c1", "s", "u1", False, True)
+    assert key not in checkpoint_keys(body("Failed", "VolumeSnapshotLost"))
+    assert key not in checkpoint_keys(body("Ready", snapshot=False))
+    assert key not in checkpoint_keys(body("Pending"))
 
 
 def test_a_jobs_cached_on_request_wakes_the_ready_checkpoint_until_its_status_says_so():
@@ -238,10 +238,76 @@ def test_a_jobs_cached_on_request_wakes_the_ready_checkpoint_until_its_status_sa
     ctx = context(checkpoints=[ckpt])
     wakeups.checkpoint_event(ctx, "MODIFIED", ckpt)
     assert ("Checkpoint", "default", "in") not in ctx.queue.added  # nothing to do
-    ckpt["metadata"]["annotations"] = {"ckpt.dev/cached-on": '["node-a"]'}
+    ckpt["metadata"]["annotations"] = {"ckpt.dev/cached-on": '["node-a"]'}  # unsigned: nobody's request
+    wakeups.checkpoint_event(ctx, "MODIFIED", ckpt)
+    assert ("Checkpoint", "default", "in") not in ctx.queue.added
+    ckpt["metadata"]["annotations"]["ckpt.dev/cached-on-signature"] = "v1:" + "0" * 64  # its reconcile checks it
     wakeups.checkpoint_event(ctx, "MODIFIED", ckpt)
     assert ("Checkpoint", "default", "in") in ctx.queue.added
     ctx.queue.added.clear()
     ckpt["status"]["cachedOn"] = ["node-a"]  # written: no more work
     wakeups.checkpoint_event(ctx, "MODIFIED", ckpt)
     assert ("Checkpoint", "default", "in") not in ctx.queue.added
+
+
+def _pod(phase, *, rv, node="", conditions=(), deleting=False, fill=None):
+    meta = {"name": "train-0", "namespace": "default", "uid": "p-1", "resourceVersion": str(rv),
+            "labels": {"ckpt.dev/trainingjob-uid": "u-train", "ckpt.dev/component": "worker"}}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:09Z"
+    status = {"phase": phase, "conditions": list(conditions)}
+    if fill:  # a node-cache fill's report, in its init container's termination message
+        status["initContainerStatuses"] = [{"name": "download-input-0", "state": {"terminated": {
+            "exitCode": 0, "message": fill}}}]
+    return {"kind": "Pod", "metadata": meta, "spec": {"nodeName": node} if node else {}, "status": status}
+
+
+def test_a_pod_event_that_changes_nothing_its_job_reads_wakes_no_reconcile():
+    """Issue 22.4: a pod's status updates within one phase (the kubelet's conditions, ContainerCreating)
+    woke its job each time: about half of a pod's 7 events. Every change the job reads still wakes it:
+    scheduling, a problem, a phase, a deletion, a fill report; and the first event of a pod after a
+    restart of the operator (nothing remembered)."""
+    import json
+    ctx = context(jobs=[training_job("train", phase="Running")])
+    woken = []
+
+    def event(body, event_type="MODIFIED"):
+        ctx.queue.added.clear()
+        wakeups.child_event(ctx, body, event_type)
+        woken.append(bool(ctx.queue.added))
+    scheduled = {"type": "PodScheduled", "status": "True", "lastTransitionTime": "2026-01-01T00:00:01Z"}
+    initialized = {"type": "Initialized", "status": "True", "lastTransitionTime": "2026-01-01T00:00:02Z"}
+    stuck = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes"}
+    event(_pod("Pending", rv=1), "ADDED")
+    event(_pod("Pending", rv=2, conditions=[stuck]))                                # a problem
+    event(_pod("Pending", rv=3, node="n1", conditions=[scheduled]))                 # scheduled
+    event(_pod("Pending", rv=4, node="n1", conditions=[scheduled, initialized]))    # the kubelet's: nothing read
+    event(_pod("Running", rv=5, node="n1", conditions=[scheduled, initialized]))
+    event(_pod("Running", rv=6, node="n1", conditions=[scheduled]))                 # nothing read
+    fill = json.dumps({"kind": "cache-fill", "version": 1, "cache": "miss", "key": "default/" + "a" * 64,
+                       "sizeBytes": 100, "fetchedBytes": 100, "waitedSeconds": 0.1, "evicted": [], "evictedCount": 0,
+                       "evictedBytes": 0})
+    event(_pod("Running", rv=7, node="n1", conditions=[scheduled], fill=fill))                  # a fill reported
+    event(_pod("Succeeded", rv=8, node="n1", conditions=[scheduled], fill=fill))
+    event(_pod("Succeeded", rv=9, node="n1", conditions=[scheduled], fill=fill))               # nothing read
+    event(_pod("Succeeded", rv=10, node="n1", conditions=[scheduled], fill=fill, deleting=True))
+    assert woken == [True, True, True, False, True, False, True, True, False, True]
+    event(_pod("Succeeded", rv=11, node="n1", conditions=[scheduled], fill=fill, deleting=True), "DELETED")
+    assert woken[-1] and ctx.pod_seen == {}  # goes with the pod
+    ctx.pod_seen.clear()
+    event(_pod("Succeeded", rv=12, node="n1", conditions=[scheduled], fill=fill, deleting=True), None)  # a relist after a restart
+    assert woken[-1]
+
+
+def test_the_resync_drops_what_is_remembered_of_pods_the_cache_no_longer_holds():
+    """A pod's DELETED event that never came: its summary goes at the next resync (memory stays flat)."""
+    from types import SimpleNamespace
+    from checkpoint_operator.kube import ObjectCache
+    ctx = context(jobs=[training_job("train", phase="Running")])
+    cache = ctx.kube = SimpleNamespace(cache=ObjectCache())
+    live = _pod("Running", rv=1, node="n1")
+    live["metadata"]["labels"]["app.kubernetes.io/managed-by"] = "checkpoint-operator"
+    cache.cache.observe(live, from_watch=True)
+    wakeups.child_event(ctx, live, "MODIFIED")
+    ctx.pod_seen[("default", "gone-0")] = ctx.pod_seen[("default", "train-0")]
+    assert ctx.forget_gone() == 1 and set(ctx.pod_seen) == {("default", "train-0")}

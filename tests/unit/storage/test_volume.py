@@ -160,3 +160,80 @@ def test_the_restored_claims_of_a_jobset_pod_and_of_a_restarted_attempt_are_foun
         assert built["kind"] == engine
         assert workload.restored_input_volumes(workload.workload_pod_spec(built)["volumes"]) == 1
         assert workload.restored_input_claims(built, "consumer-0-x7k2p") == ["consumer-0-x7k2p-ckpt-in-0"]
+
+
+# --- a volume per worker, kept in one VolumeSnapshot per worker volume (issue 19) ---------------------
+
+def parts_manifest(path: str, parts: list[tuple[int, list[str] | None]]) -> CheckpointSummary:
+    from checkpoint_operator.protocol.results import PartSummary
+    return CheckpointSummary(path=path, digest="sha256:" + "0" * 64, sizeBytes=3, fileCount=3,
+                             parts=[PartSummary(worker=w, items=items) for w, items in parts])
+
+
+def test_a_union_is_located_in_each_workers_snapshot_once_all_are_taken() -> None:
+    """Each part of a checkpoint assembled across workers' volumes lies in the snapshot of its worker's
+    volume: the same directory and items as on the plain volume store, with the snapshot, not the claim."""
+    store, plain = SnapshotVolumeStore(SNAPSHOTS), VolumeStore(OperatorConfig())
+    job = tj(name="train", replicas=2, engine="JobSet", output={"volumePerWorker": True})
+    union = parts_manifest("step-1", [(0, [".metadata", "__0_0.distcp"]), (1, ["__1_0.distcp"])])
+    assert store.snapshot_location(job, "c", union, "auto") == Location()  # not taken yet: nothing Ready with it
+    taken = volume_snapshots.TakenParts({0: TakenSnapshot("w0-snap", "10Gi", "gp3", "u0"),
+                                         1: TakenSnapshot("w1-snap", "20Gi", "gp3", "u1")})
+    located = store.snapshot_location(job, "c", union, "auto", taken)
+    assert store.is_committed(located) and located.snapshot is None and located.volumeParts is None
+    on_claims = plain.snapshot_location(job, "c", union, "auto").volumeParts
+    assert on_claims is not None
+    assert [(s.worker, s.volumeSnapshotName, s.volumeSnapshotUID, s.path, s.items, s.restoreSize)
+            for s in located.snapshotParts or []] == [
+        (0, "w0-snap", "u0", "step-1", [".metadata", "__0_0.distcp"], "10Gi"),
+        (1, "w1-snap", "u1", "step-1", ["__1_0.distcp"], "20Gi")]
+    assert [(p.path, p.items) for p in on_claims] == [(s.path, s.items) for s in located.snapshotParts or []]
+    assert Location.model_validate(located.to_wire()) == located  # reads back through the model (status)
+    with pytest.raises(MissingUpload, match="worker 1"):  # a worker's snapshot missing: never a partial location
+        store.snapshot_location(job, "c", union, "auto", volume_snapshots.TakenParts({0: taken.by_worker[0]}))
+    with pytest.raises(MissingUpload, match="one volume"):
+        store.snapshot_location(job, "c", union, "auto", TakenSnapshot("c-snap", "10Gi", "gp3"))
+
+
+def test_per_worker_checkpoints_need_only_their_workers_snapshot() -> None:
+    store = SnapshotVolumeStore(SNAPSHOTS)
+    job = tj(name="train", replicas=2, engine="JobSet", output={"perWorker": True})
+    own = parts_manifest("worker-1/step-1", [(1, None)])
+    taken = volume_snapshots.TakenParts({1: TakenSnapshot("w1-snap", "10Gi", "gp3", "u1")})
+    located = store.snapshot_location(job, "c", own, "auto", taken)
+    assert [(s.worker, s.volumeSnapshotName, s.path, s.items) for s in located.snapshotParts or []] == [
+        (1, "w1-snap", "step-1", None)]
+
+
+def test_the_part_snapshots_are_of_each_workers_own_volume() -> None:
+    store = SnapshotVolumeStore(SNAPSHOTS)
+    job = tj(name="train", replicas=3, engine="JobSet", output={"volumePerWorker": True})
+    requests = store.output_part_snapshots(job, [0, 2], "final")
+    assert sorted(requests) == [0, 2]
+    assert [r.body["spec"]["source"]["persistentVolumeClaimName"] for r in requests.values()] == [
+        workload.worker_claim_name(job, 0), workload.worker_claim_name(job, 2)]
+    assert len({r.name for r in requests.values()}) == 2  # two records, one per volume
+    assert all(r.body["metadata"]["labels"]["ckpt.dev/component"] == "output-snapshot" for r in requests.values())
+    assert VolumeStore(OperatorConfig()).output_part_snapshots(job, [0, 2], "final") == {}
+
+
+def test_an_input_assembled_in_snapshots_gets_a_restored_volume_per_snapshot_side_by_side() -> None:
+    """The consumer sees the union at its input path, as from the workers' claims: a volume restored
+    from each worker's snapshot, each part's items mounted from it."""
+    store, job = SnapshotVolumeStore(SNAPSHOTS), tj(name="consumer")
+    taken = volume_snapshots.TakenParts({0: TakenSnapshot("w0-snap", "10Gi", "gp3"),
+                                         1: TakenSnapshot("w1-snap", "10Gi", "gp3")})
+    location = volume_snapshots.snapshot_parts_location([
+        (0, VolumeLocation(claimName="o-0", path="step-1", items=[".metadata", "__0_0.distcp"])),
+        (1, VolumeLocation(claimName="o-1", path="step-1", items=["__1_0.distcp"]))], taken)
+    inputs = [ResolvedInput(name="dcp", uid="u-dcp", digest="sha256:x", mount_name="dcp", location=location)]
+    parts = store.input_volumes(job, inputs)
+    assert [v["ephemeral"]["volumeClaimTemplate"]["spec"]["dataSource"]["name"] for v in parts.volumes] == [
+        "w0-snap", "w1-snap"]
+    assert [(m["name"], m["mountPath"], m["subPath"]) for m in parts.mounts] == [
+        ("ckpt-in-0", "/input-checkpoint/dcp/.metadata", "step-1/.metadata"),
+        ("ckpt-in-0", "/input-checkpoint/dcp/__0_0.distcp", "step-1/__0_0.distcp"),
+        ("ckpt-in-1", "/input-checkpoint/dcp/__1_0.distcp", "step-1/__1_0.distcp")]
+    built = workload.build_workload(job, inputs, parts)
+    assert workload.restored_input_volumes(built.job["spec"]["template"]["spec"]["volumes"]) == 2
+    kubernetes_validate.validate({"apiVersion": "batch/v1", "kind": "Job", **built.job}, "1.34.0", strict=True)

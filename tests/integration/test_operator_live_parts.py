@@ -1,0 +1,209 @@
+"""Live sealing with a volume per worker (output.volumePerWorker, publish: Continuous) through the
+real operator and the local cluster: each worker's pod runs the sealing sidecar on its own volume
+(`agent watch --part`, for real), the operator assembles each directory once both workers sealed
+their part (the union pod, for real), and publishes ONE Checkpoint per step while the workers
+still run. The training code (the test's behaviours, one per worker) blocks on events the test
+sets once it has seen what it waits for: every check is about order, not time."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from conftest import CKPT, NS, TJ, training_job
+from formats_files import dcp_metadata_bytes
+from test_operator_lifecycle import events_for, wait_phase
+
+pytestmark = pytest.mark.timeout(240)
+LIVE_PARTS = {"publish": "Continuous", "volumePerWorker": True}
+
+
+def dcp_part(out: str, step: int, rank: int, ranks: int = 2) -> None:
+    """Rank `rank`'s part of a torch DCP save of `step` into its own volume, written under a temporary
+    name and renamed into place; rank 0 writes `.metadata` (every rank's shard named) last."""
+    tmp, final = os.path.join(out, f"step-{step}.tmp"), os.path.join(out, f"step-{step}")
+    os.makedirs(tmp)
+    with open(os.path.join(tmp, f"__{rank}_0.distcp"), "wb") as f:
+        f.write(bytes([rank, step]) * 32)
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+        f.write('{"layers": 2}')
+    if rank == 0:
+        with open(os.path.join(tmp, ".metadata"), "wb") as f:
+            f.write(dcp_metadata_bytes(["model.w"], [(f"__{r}_0.distcp", 0, 64) for r in range(ranks)]))
+    os.rename(tmp, final)
+
+
+async def ready(api, name):
+    obj = await api.get(CKPT, NS, name)
+    return obj if obj and obj.get("status", {}).get("phase") == "Ready" else None
+
+
+async def job_checkpoints(api, job):
+    return sorted(c["metadata"]["name"] for c in await api.list(CKPT, NS)
+                  if c["spec"]["source"].get("trainingJob", {}).get("name") == job)
+
+
+async def test_one_checkpoint_per_step_is_published_from_both_workers_parts_while_they_run(
+        api, operator, cluster, trainer, wait_for):
+    first_seen, second_seen = threading.Event(), threading.Event()
+    volumes: dict[int, str] = {}
+
+    def train(attempt, env):
+        rank, out = int(env["RANK"]), env["CHECKPOINT_OUTPUT_DIR"]
+        volumes[rank] = os.path.realpath(out)
+        assert "CHECKPOINT_RESUME_PATH" not in env  # a worker's part is nothing to resume from
+        dcp_part(out, 1, rank)
+        assert first_seen.wait(120)
+        dcp_part(out, 2, rank)
+        assert second_seen.wait(120)
+        return 0
+    trainer.behaviours["lp"] = train
+    await api.create(TJ, NS, training_job("lp", replicas=2, engine="JobSet", backoffLimit=0, output=LIVE_PARTS))
+
+    for step, seen in ((1, first_seen), (2, second_seen)):
+        ckpt = await wait_for(lambda step=step: ready(api, f"lp.step-{step}"), timeout=120)
+        tj = await api.get(TJ, NS, "lp")
+        assert tj["status"]["phase"] == "Running"  # published while both workers still run
+        status = ckpt["status"]
+        assert (status["format"], status["step"], status["complete"], status["fileCount"]) == ("torch-dcp", step, True, 4)
+        parts = status["location"]["volumeParts"]  # where the end-of-job union puts it: the parts side by side
+        assert [p["items"] for p in parts] == [[".metadata", "__0_0.distcp", "config.json"], ["__1_0.distcp"]]
+        assert [p["path"] for p in parts] == [f"step-{step}"] * 2
+        sealed = [e for e in await events_for(api, f"lp.step-{step}") if e["reason"] == "Sealed"]
+        assert sealed and "from the sealed parts of worker 0, 1" in sealed[0]["message"]
+        seen.set()
+
+    tj = await wait_phase(api, wait_for, TJ, "lp", ("Succeeded", "Failed"), timeout=120)
+    assert tj["status"]["phase"] == "Succeeded", tj["status"].get("message")
+    # The end-of-job snapshot found both and made nothing twice.
+    assert await job_checkpoints(api, "lp") == ["lp.step-1", "lp.step-2"]
+    assert sorted(tj["status"]["outputCheckpoints"]) == ["lp.step-1", "lp.step-2"]
+    assert tj["status"]["live"]["sealedCount"] == 2
+    for step in (1, 2):  # each worker's volume holds its own part only (nothing was copied)
+        assert sorted(os.listdir(os.path.join(volumes[1], f"step-{step}"))) == ["__1_0.distcp", "config.json"]
+    assert not [p for p in await api.list("v1/pods", NS) if p["metadata"]["name"] == "lp-union"]
+
+
+async def test_a_rank_that_rewrites_its_sealed_shard_or_never_writes_a_step_is_not_published_live(
+        api, operator, cluster, trainer, wait_for):
+    """Hostile ranks: rank 1 rewrites its step-1 shard after step-1 was published (as root, which
+    the read-only bits do not stop), and never writes step-2. step-1's Checkpoint fails
+    (ChangedAfterSealing, naming the worker); step-2 waits for rank 1 while its pod runs and is
+    judged at the end over what exists: not complete, the missing shard named."""
+    published, changed, rank1_done = threading.Event(), threading.Event(), threading.Event()
+
+    def train(attempt, env):
+        rank, out = int(env["RANK"]), env["CHECKPOINT_OUTPUT_DIR"]
+        dcp_part(out, 1, rank)
+        assert published.wait(120)
+        if rank == 1:
+            shard = os.path.join(out, "step-1", "__1_0.distcp")
+            os.chmod(shard, 0o644)
+            with open(shard, "r+b") as f:
+                f.write(b"\xff" * 8)
+            rank1_done.set()
+            assert changed.wait(120)
+            return 0
+        dcp_part(out, 2, 0)
+        assert rank1_done.wait(120) and changed.wait(120)
+        return 0
+    trainer.behaviours["hp"] = train
+    await api.create(TJ, NS, training_job("hp", replicas=2, engine="JobSet", backoffLimit=0, output=LIVE_PARTS))
+    await wait_for(lambda: ready(api, "hp.step-1"), timeout=120)
+    published.set()
+
+    async def failed():
+        obj = await api.get(CKPT, NS, "hp.step-1")
+        return obj if obj and obj["status"].get("phase") == "Failed" else None
+    step1 = await wait_for(failed, timeout=120)
+    condition = next(c for c in step1["status"]["conditions"] if c["type"] == "Ready")
+    assert condition["reason"] == "ChangedAfterSealing"
+    assert "worker 1's part changed after it was sealed" in condition["message"]
+    assert await api.get(CKPT, NS, "hp.step-2") is None  # waiting for rank 1's part while its pod runs
+    changed.set()
+    tj = await wait_phase(api, wait_for, TJ, "hp", ("Succeeded", "Failed"), timeout=120)
+    step2 = await api.get(CKPT, NS, "hp.step-2")
+    assert step2 is not None and step2["status"]["complete"] is False
+    condition = next(c for c in step2["status"]["conditions"] if c["type"] == "Complete")
+    assert condition["message"] == "__1_0.distcp is named by .metadata but missing"
+    assert await job_checkpoints(api, "hp") == ["hp.step-1", "hp.step-2"]
+    assert tj["status"]["phase"] == "Succeeded", tj["status"].get("message")
+
+
+async def test_retention_deletes_a_dropped_union_and_each_worker_removes_its_part_while_they_run(
+        api, operator, cluster, trainer, wait_for):
+    """keep: 1 with a volume per worker: once step-2 is published, step-1's Checkpoint is deleted, and
+    each worker's sidecar removes its own part of step-1 from its volume (asked by the digest of its
+    part), while both still run; the retirement is then forgotten and nothing is published again."""
+    second_seen, removed = threading.Event(), threading.Event()
+    volumes: dict[int, str] = {}
+
+    def train(attempt, env):
+        rank, out = int(env["RANK"]), env["CHECKPOINT_OUTPUT_DIR"]
+        volumes[rank] = os.path.realpath(out)
+        dcp_part(out, 1, rank)
+        dcp_part(out, 2, rank)
+        assert second_seen.wait(120) and removed.wait(120)
+        return 0
+    trainer.behaviours["rp"] = train
+    await api.create(TJ, NS, training_job("rp", replicas=2, engine="JobSet", backoffLimit=0,
+                                          output={**LIVE_PARTS, "keep": 1}))
+    await wait_for(lambda: ready(api, "rp.step-2"), timeout=120)
+    second_seen.set()
+
+    async def parts_gone():
+        if await api.get(CKPT, NS, "rp.step-1") is not None:
+            return None
+        tj = await api.get(TJ, NS, "rp")
+        if (tj["status"].get("live") or {}).get("retired"):
+            return None  # forgotten only once every worker removed its part
+        return all(not os.path.exists(os.path.join(volumes[r], "step-1")) for r in (0, 1)) or None
+    await wait_for(parts_gone, timeout=120)
+    assert (await api.get(TJ, NS, "rp"))["status"]["phase"] == "Running"
+    removed.set()
+
+    tj = await wait_phase(api, wait_for, TJ, "rp", ("Succeeded", "Failed"), timeout=120)
+    assert tj["status"]["phase"] == "Succeeded", tj["status"].get("message")
+    assert await job_checkpoints(api, "rp") == ["rp.step-2"]
+
+
+async def test_a_union_deleted_by_hand_while_the_workers_run_goes_and_is_not_published_again(
+        api, operator, cluster, trainer, wait_for):
+    """Its deletion waits for the job to record it retired (as one volume's live sealing): recorded
+    at the next pass, so it goes while the job runs. Rank 1 has ended by then, so only rank 0's
+    sidecar removes its part: what is left at the end (rank 1's part, another digest) is not made
+    into a Checkpoint again by the end-of-job snapshot."""
+    published, removed = threading.Event(), threading.Event()
+    volumes: dict[int, str] = {}
+
+    def train(attempt, env):
+        rank, out = int(env["RANK"]), env["CHECKPOINT_OUTPUT_DIR"]
+        volumes[rank] = os.path.realpath(out)
+        dcp_part(out, 1, rank)
+        assert published.wait(120)
+        assert rank == 1 or removed.wait(120)
+        return 0
+    trainer.behaviours["dp"] = train
+    await api.create(TJ, NS, training_job("dp", replicas=2, engine="JobSet", backoffLimit=0, output=LIVE_PARTS))
+    await wait_for(lambda: ready(api, "dp.step-1"), timeout=120)
+    published.set()
+
+    async def rank1_ended():
+        pods = [p for p in await api.list("v1/pods", NS) if p["metadata"].get("labels", {}).get(
+            "ckpt.dev/worker-index") == "1" and p["metadata"]["labels"].get("ckpt.dev/trainingjob") == "dp"]
+        return pods and all(p.get("status", {}).get("phase") == "Succeeded" for p in pods) or None
+    await wait_for(rank1_ended, timeout=120)
+    await api.delete(CKPT, NS, "dp.step-1")
+
+    async def deleted_and_removed():
+        gone = await api.get(CKPT, NS, "dp.step-1") is None
+        return gone and not os.path.exists(os.path.join(volumes[0], "step-1")) or None
+    await wait_for(deleted_and_removed, timeout=60)
+    assert (await api.get(TJ, NS, "dp"))["status"]["phase"] == "Running"
+    assert os.path.exists(os.path.join(volumes[1], "step-1"))  # rank 1's pod has ended: its part stays
+    removed.set()
+    tj = await wait_phase(api, wait_for, TJ, "dp", ("Succeeded", "Failed"), timeout=120)
+    assert tj["status"]["phase"] == "Succeeded", tj["status"].get("message")
+    assert await job_checkpoints(api, "dp") == []
