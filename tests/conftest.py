@@ -42,9 +42,40 @@ from checkpoint_operator.local.server import ApiClient, EmulatorServer
 # a test module is a fixture of that module, so each module started its own SeaweedFS and Azurite.
 pytest_plugins = ["s3server", "azurite", "hubserver"]
 
+UNIT_DIR = Path(__file__).parent / "unit"
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """`-m unit`, the inner loop: its tests are exactly those under tests/unit/ (marked there by
+    directory; tests/unit/test_tier.py checks that no other file asks for the marker), so the rest
+    is not even imported: importing and collecting it was 4 s of the tier's 40 s of CPU."""
+    if config.option.markexpr.strip() != "unit":
+        return None
+    if collection_path.is_relative_to(UNIT_DIR) or UNIT_DIR.is_relative_to(collection_path):
+        return None
+    return True
+
+
+@pytest.fixture(scope="session")
+def crds_built_once() -> Iterator[None]:
+    """Every emulator generates the project's CRDs from the API models (local/emulator.py
+    project_crds, 55 ms of CPU) and every local cluster parses external-snapshotter's CRDs from
+    YAML (local/snapshots.py snapshot_crds, 70 ms); ~580 tests of the default tier start an
+    emulator, ~250 a cluster. Here each is made once per run and every caller gets its own deep
+    copy (2 ms): neither the models nor the files change during a run (tests/unit/api/test_crdgen.py,
+    which changes the models, starts no emulator)."""
+    from checkpoint_operator.local import emulator, snapshots
+    makers = [(module, name, getattr(module, name)) for module, name in
+              ((emulator, "project_crds"), (snapshots, "snapshot_crds"))]
+    for module, name, make in makers:
+        setattr(module, name, functools.partial(copy.deepcopy, make()))
+    yield
+    for module, name, make in makers:
+        setattr(module, name, make)
+
 
 @pytest.fixture
-def emulator_server() -> Iterator[EmulatorServer]:
+def emulator_server(crds_built_once: None) -> Iterator[EmulatorServer]:
     server = EmulatorServer()
     server.start()
     yield server

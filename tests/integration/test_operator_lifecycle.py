@@ -379,6 +379,7 @@ async def test_an_output_volume_that_never_binds_is_named_with_its_reason(api, o
     why in an Event (ProvisioningFailed), as the PV controller does."""
     from checkpoint_operator.reconcile import volumes
     monkeypatch.setattr(volumes, "CLAIM_RECHECK", 0.5)
+    monkeypatch.setattr(volumes, "PODS_GRACE", 1.0)  # a claim younger is not explained yet: 5 s of waiting
     trainer.behaviours["stuck"] = lambda a, env: 0
     await api.create(TJ, NS, training_job("stuck", output={"storageClassName": "no-such-class"}))
 

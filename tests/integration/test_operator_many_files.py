@@ -23,7 +23,9 @@ def write_many(out: str, directory: str, count: int, per_dir: int = 1000) -> Non
             f.write(b"%d" % i)
 
 
-@pytest.mark.parametrize("count", [10_000, 50_000])
+# 50,000 files (8 s quiet, 17 s loaded): its size is its point, so the slow tier runs it; 10,000,
+# past the ~8,600 that broke the result line, stays in the default tier.
+@pytest.mark.parametrize("count", [10_000, pytest.param(50_000, marks=pytest.mark.slow)])
 async def test_an_output_of_many_files_becomes_ready(api, operator, trainer, wait_for, count):
     name = f"many-{count // 1000}k"
 

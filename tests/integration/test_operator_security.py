@@ -49,7 +49,12 @@ async def status_of(api, resource: str, name: str) -> dict:
 
 
 async def test_restricted_namespace_runs_compliant_jobs_and_names_the_refusal_of_others(
-        api, operator, cluster, trainer, wait_for):
+        api, operator, cluster, trainer, wait_for, monkeypatch):
+    from checkpoint_operator.reconcile import volumes
+    # A Job younger than PODS_GRACE is not said to be refused (its pods may be coming), and one
+    # without pods is looked at again after PODS_RECHECK: 5 s and 10 s, shortened here.
+    monkeypatch.setattr(volumes, "PODS_GRACE", 1.0)
+    monkeypatch.setattr(volumes, "PODS_RECHECK", 1.0)
     await enforce(api, "restricted")
 
     def produce(attempt, env):

@@ -8,6 +8,7 @@ import pytest
 
 from checkpoint_operator.agent.errors import AgentError
 from checkpoint_operator.agent.manifest import FileEntry, Manifest, ManifestInvalid, digest_of, parse_manifest
+from agentrun import agent_process
 
 SHA = hashlib.sha256(b"a").hexdigest()
 
@@ -109,12 +110,9 @@ def test_a_huge_integer_metric_in_a_stored_manifest_is_one_line_from_the_agent_c
     """hostile4 D1: 10**400 is valid JSON but no float; `agent verify --json` printed a traceback
     (OverflowError) and no JSON. Now the one-line refusal names the metric, and --json ends with
     one JSON line."""
-    import subprocess
-    import sys
     (tmp_path / "a.bin").write_bytes(b"a")
     (tmp_path / ".checkpoint-manifest.json").write_text(json.dumps(body(metrics={"loss": 10 ** 400})))
-    proc = subprocess.run([sys.executable, "-m", "checkpoint_operator", "agent", "verify", str(tmp_path), "--json"],
-                          capture_output=True, text=True, timeout=60)
+    proc = agent_process("verify", str(tmp_path), "--json")
     assert "Traceback" not in proc.stderr, proc.stderr
     summary = json.loads(proc.stdout.splitlines()[-1])
     assert summary["verified"] is False

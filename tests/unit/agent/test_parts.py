@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 from hypothesis import given, settings
@@ -19,6 +17,7 @@ from checkpoint_operator.protocol.errors import REFUSED_EXIT_CODE
 from checkpoint_operator.agent.parts import scan_parts
 from checkpoint_operator.agent.scan import scan_directory
 from formats_files import dcp_metadata_bytes
+from agentrun import agent_process
 
 CONFIG = b'{"model": "tiny"}'
 
@@ -137,8 +136,7 @@ def test_the_agent_command_prints_the_union_and_the_sources(tmp_path):
     output = tmp_path / "out"
     for rank in (0, 1):
         dcp_rank(output, "step-100", rank)
-    printed = subprocess.run([sys.executable, "-m", "checkpoint_operator", "agent", "scan", str(output),
-                              "--parts", "2", "--json"], capture_output=True, text=True, check=True).stdout
+    printed = agent_process("scan", str(output), "--parts", "2", "--json", check=True).stdout
     data = json.loads(printed.strip().splitlines()[-1])
     assert [c["path"] for c in data["checkpoints"]] == ["step-100"]
     assert data["sources"] == {"step-100": [0, 0, 1, 0]}
@@ -156,9 +154,7 @@ def test_the_operator_s_result_carries_each_worker_s_share_and_the_manifest_besi
         dcp_rank(output, "step-100", rank)
     write(output / "worker-1" / "final" / "w.bin", b"w")
     before = {p: p.read_bytes() for p in output.rglob("*") if p.is_file()}
-    printed = subprocess.run([sys.executable, "-m", "checkpoint_operator", "agent", "scan", str(output), "--parts", "2",
-                              "--result", "--part-manifests"],
-                             capture_output=True, text=True, check=True).stdout
+    printed = agent_process("scan", str(output), "--parts", "2", "--result", "--part-manifests", check=True).stdout
     report = channel.find_result(printed, (ScanReport,), limit_bytes=1 << 20)
     by_path = {c.path: c for c in report.checkpoints}
     step = by_path["step-100"]
@@ -301,8 +297,7 @@ def test_the_entry_limit_is_for_all_parts_together(tmp_path):
     for worker in (0, 1):
         for i in range(60):
             write(output / f"worker-{worker}" / "step-1" / f"w{worker}-{i:03d}", b"x")
-    proc = subprocess.run([sys.executable, "-m", "checkpoint_operator", "agent", "scan", str(output), "--parts", "2",
-                           "--json", "--max-entries", "100"], capture_output=True, text=True, timeout=60)
+    proc = agent_process("scan", str(output), "--parts", "2", "--json", "--max-entries", "100")
     assert proc.returncode == REFUSED_EXIT_CODE and proc.stdout == ""  # a refusal: not retried
     [line] = proc.stderr.splitlines()
     assert line.startswith(f"error: {output} (all 2 workers' volumes): more than 100 entries (at ") and \
@@ -353,19 +348,21 @@ def _peak_of_the_operator_s_result(output: Path) -> int:
 def test_the_union_scan_holds_one_checkpoint_s_manifests_at_a_time(tmp_path):
     """The snapshot of the workers' volumes streams as one volume's does: its memory follows the
     largest checkpoint directory, not the whole output (it held every part's manifests and every
-    union to the end: 30 directories took 12 times the memory of one, 9.0 MB; failed before)."""
+    union to the end: 30 directories took 12 times the memory of one, 9.0 MB; failed before).
+    100 files a directory (was 300: a third of the time, tracemalloc slows the scan fivefold): 30
+    directories take 1.5-1.7 times the memory of one here, and took 3.2 times before the fix."""
     def output(directories: int) -> Path:
         root = tmp_path / f"out{directories}"
         for worker in (0, 1):
             for d in range(directories):
                 rank = root / f"worker-{worker}" / f"step-{d:03d}" / f"rank-{worker}"
                 rank.mkdir(parents=True)
-                for i in range(300):
+                for i in range(100):
                     (rank / f"f{i:03d}").write_bytes(b"")
         return root
     _peak_of_the_operator_s_result(output(2))  # what the first run allocates once (lazy imports, caches)
     one, thirty = _peak_of_the_operator_s_result(output(1)), _peak_of_the_operator_s_result(output(30))
-    assert thirty < 3 * one, (one, thirty)
+    assert thirty < 2.5 * one, (one, thirty)
 
 
 def test_more_checkpoints_than_a_result_reports_keeps_the_newest_and_names_the_rest(tmp_path, monkeypatch):

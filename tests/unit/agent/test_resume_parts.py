@@ -6,7 +6,6 @@ incomplete or conflicting is passed over by name; the workers' own files are nev
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from checkpoint_operator.agent import resume_parts
 from checkpoint_operator.agent.parts import scan_parts
 from checkpoint_operator.protocol.errors import AgentError
+from agentrun import agent_process
 from .test_parts import dcp_rank, write
 
 
@@ -26,8 +26,7 @@ def own_files(output: Path) -> dict[str, bytes]:
 
 
 def resume(output: Path, parts: int = 2) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "checkpoint_operator", "agent", "resume-parts", str(output),
-                           "--parts", str(parts)], capture_output=True, text=True, timeout=120)
+    return agent_process("resume-parts", str(output), "--parts", str(parts))
 
 
 def test_every_worker_gets_the_latest_union_complete_over_the_parts(tmp_path):
@@ -144,8 +143,7 @@ def test_only_the_step_s_own_names_are_removed_and_the_kept_copy_stays(tmp_path)
     (output / "worker-1" / ".ckpt-resume" / "notes.txt").write_text("the trainer's own")
     stray = output / "worker-0" / ".ckpt-resume" / ("f" * 64)  # a copy of an older run: the step's name
     stray.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "checkpoint_operator", "agent", "resume-parts", str(output),
-                           "--parts", "2", "--keep", f"sha256:{earlier}"], capture_output=True, text=True, timeout=120)
+    proc = agent_process("resume-parts", str(output), "--parts", "2", "--keep", f"sha256:{earlier}")
     assert proc.returncode == 0, proc.stderr
     newer = (output / "worker-0" / ".ckpt-resume" / "latest").resolve().name
     assert newer != earlier

@@ -9,7 +9,6 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from checkpoint_operator.agent.hashing import hash_files, sha256_file
 from checkpoint_operator.protocol.manifest import MANIFEST_NAME, Manifest
 from checkpoint_operator.agent.scan import LEAVES_CHECKPOINT, ScanResult, format_table, scan_directory
 from checkpoint_operator.agent.tree import LINK_TO_DIRECTORY, SYMLINK_LOOP, TooManyEntries
+from agentrun import agent_process
 
 
 def write(path: Path, data: bytes | str = b"x") -> Path:
@@ -499,8 +499,7 @@ def test_table_lists_checkpoints_and_skips(output):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "checkpoint_operator", "agent", "scan", *args],
-                          capture_output=True, text=True, timeout=60)
+    return agent_process("scan", *args)
 
 
 def test_cli_json_matches_scan_directory(output):

@@ -4,8 +4,6 @@ reads the attempt, the resume pod, what the result records and what the workers 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 from checkpoint_operator.agent import resume_parts
 from checkpoint_operator.agent.scan import RESUME_DIR
@@ -19,6 +17,7 @@ from checkpoint_operator.protocol import channel
 from checkpoint_operator.protocol.results import ResumeReport
 from checkpoint_operator.storage import store_for
 from factories import training_job
+from agentrun import agent_process
 from unit.agent.test_parts import dcp_rank
 
 CONFIG = OperatorConfig()
@@ -156,8 +155,7 @@ def test_the_agent_writes_the_result_the_operator_reads(tmp_path):
     for rank in (0, 1):
         dcp_rank(output, "step-5", rank)
     dcp_rank(output, "step-6", 0)  # rank 1's part missing: passed over
-    proc = subprocess.run([sys.executable, "-m", "checkpoint_operator", "agent", "resume-parts", str(output),
-                           "--parts", "2"], capture_output=True, text=True, timeout=120)
+    proc = agent_process("resume-parts", str(output), "--parts", "2")
     assert proc.returncode == 0, proc.stderr
     report = channel.find_result(proc.stdout, (ResumeReport,), limit_bytes=channel.RESULT_READ_BYTES, what="stdout")
     assert (report.path, report.step, report.fileCount, report.passedCount) == ("step-5", 5, 4, 1)
@@ -167,8 +165,7 @@ def test_the_agent_writes_the_result_the_operator_reads(tmp_path):
     nothing = tmp_path / "empty"
     (nothing / "worker-0").mkdir(parents=True)
     (nothing / "worker-1").mkdir()
-    proc = subprocess.run([sys.executable, "-m", "checkpoint_operator", "agent", "resume-parts", str(nothing),
-                           "--parts", "2"], capture_output=True, text=True, timeout=120)
+    proc = agent_process("resume-parts", str(nothing), "--parts", "2")
     empty = channel.find_result(proc.stdout, (ResumeReport,), limit_bytes=channel.RESULT_READ_BYTES, what="stdout")
     assert empty.path is None and empty.digest is None
 
