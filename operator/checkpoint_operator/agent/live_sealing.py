@@ -15,9 +15,9 @@ completeness rule finds it incomplete, and one of these says the writer is done 
    name (`_renamed_by_ctime`: a chmod, chown or xattr moves the ctime but not the parent);
 3. a newer step directory appeared beside it (frameworks save steps in order), finished or not;
 4. the training containers have exited (the watcher got SIGTERM: a native sidecar is stopped
-   only after the pod's regular containers): the listing is final, sealed as it is, and a
-   checkpoint its rule finds incomplete is sealed as incomplete (as the end-of-job snapshot
-   records it).
+   only after the pod's regular containers): the listing is final, sealed as it is, except a
+   checkpoint its rule finds incomplete: left writable for a retry (hostile8 R1), and recorded as
+   incomplete by the end-of-job snapshot if it is still there then.
 
 A checkpoint whose weight files are merely whole (safetensors headers, zip ends) is not
 thereby complete: more files may follow, so that alone seals nothing. Hashing then checks the
@@ -324,6 +324,11 @@ def decide(listed: Listed, before: Optional[Listed], found: Evidence, *, renamed
     count, a framework's last-written file among them (`part_marker`)."""
     if not listed.files:
         return Hold("no files yet")
+    if writers_done and not part and found.complete is False:
+        # A save the crash (or the stop) cut short: left writable, so the retry that resumes from the
+        # latest complete one can write this step again (sealed, a non-root trainer got PermissionError
+        # on every retry: hostile8 R1); the end-of-job snapshot records it if it is still there then.
+        return Hold(f"incomplete when the training containers exited ({found.reason}): left writable for a retry")
     if writers_done:
         return Seal("the training containers exited")
     if before is None or before.files != listed.files:
