@@ -16,6 +16,7 @@ nothing twice. One union pod at a time per job, the oldest step first.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any, Collection, Optional
 
 from checkpoint_operator.api.trainingjob import TrainingJob
@@ -55,7 +56,18 @@ def read_parts(ctx: Context, tj: TrainingJob, controllers: Collection[str]) -> d
     namespace, workers = tj.metadata.namespace, tj.spec.replicas
     memory = _memory(ctx, tj)
     running: dict[int, str] = {}
-    for pod in ctx.indexes.worker_pods(namespace, tj.metadata.uid, controllers):
+    # Whose part a pod's lines are: the worker of the template whose sidecar it runs (the operator's),
+    # never the pod's own labels or owner references, which its creator wrote (hostile8 F1, F4).
+    built = live_sealing.built_sidecar_workers(live_sealing_steps.workloads_of(ctx, tj))
+    for found in ctx.indexes.worker_pods(namespace, tj.metadata.uid, controllers):
+        body = ctx.kube.cached_get(PODS, namespace, found.name)
+        if body is None:
+            continue
+        identity = live_sealing.sidecar_identity(body.get("spec") or {})
+        if identity not in built:
+            memory.pending.warnings.append(live_sealing.not_its_sidecar(found.name))
+            continue
+        pod = replace(found, index=built[identity])
         if pod.phase.is_live and pod.index is not None:
             running[pod.index] = pod.name
         cursor = memory.cursors.get(pod.name, live_sealing.LogCursor())
