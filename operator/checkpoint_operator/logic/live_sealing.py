@@ -33,6 +33,7 @@ from checkpoint_operator.protocol.results import (LIVE_EVENTS, ChangedEvent, Rem
                                                   SealedEvent, WarningEvent)
 
 SIDECAR = "ckpt-live"
+COMPLETION_INDEX = "JOB_COMPLETION_INDEX"  # the variable the Job controller sets
 META_VOLUME = "ckpt-live-meta"
 META_MOUNT = "/ckpt-live-meta"
 ANNOTATIONS_FILE = "annotations"
@@ -297,8 +298,11 @@ def sidecar_identity(pod_spec: Mapping[str, Any]) -> Optional[str]:
                      str(((volumes.get(m.get("name")) or {}).get("persistentVolumeClaim") or {}).get("claimName")))
                     for m in container.get("volumeMounts") or []
                     if isinstance(m, Mapping) and "persistentVolumeClaim" in (volumes.get(m.get("name")) or {}))
+    # The Job controller adds JOB_COMPLETION_INDEX to every container of an Indexed Job's pods (a
+    # fieldRef on a cluster, a value in local mode) unless the template has it: not part of what was built.
+    env = [v for v in container.get("env") or [] if not (isinstance(v, Mapping) and v.get("name") == COMPLETION_INDEX)]
     body = {"image": container.get("image"), "command": container.get("command"), "args": container.get("args"),
-            "env": container.get("env"), "envFrom": container.get("envFrom"), "claims": claims}
+            "env": env, "envFrom": container.get("envFrom"), "claims": claims}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
