@@ -252,3 +252,28 @@ async def test_a_worker_s_part_is_known_by_its_sidecar_not_by_its_pod_s_label(ap
     done.set()
     tj = await wait_phase(api, wait_for, TJ, name, "Succeeded", timeout=120)
     assert tj["status"]["outputCheckpoints"] == [f"{name}.step-1", f"{name}.step-2"]
+
+
+async def test_an_unsigned_checkpoint_naming_the_job_does_not_stop_a_step_being_published(
+        api, operator, cluster, trainer, wait_for):
+    """review4 F0: a Checkpoint anyone wrote whose spec names the job and a directory is not the job's
+    (unsigned): the union of that directory is still assembled and published while the workers run."""
+    seen = threading.Event()
+
+    def train(attempt, env):
+        dcp_part(env["CHECKPOINT_OUTPUT_DIR"], 1, int(env["RANK"]))
+        assert seen.wait(120)
+        return 0
+    trainer.behaviours["sq"] = train
+    await api.create(TJ, NS, training_job("sq", replicas=2, engine="JobSet", backoffLimit=0, output=LIVE_PARTS))
+    uid = (await wait_for(lambda: api.get(TJ, NS, "sq"), timeout=30))["metadata"]["uid"]
+    await api.create(CKPT, NS, {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint",
+                                "metadata": {"name": "squat", "namespace": NS},
+                                "spec": {"source": {"trainingJob": {"name": "sq", "uid": uid, "directory": "step-1"}}}})
+    ckpt = await wait_for(lambda: ready(api, "sq.step-1"), timeout=120)
+    assert (await api.get(TJ, NS, "sq"))["status"]["phase"] == "Running"
+    assert ckpt["status"]["complete"] is True
+    seen.set()
+    tj = await wait_phase(api, wait_for, TJ, "sq", ("Succeeded", "Failed"), timeout=120)
+    assert tj["status"]["phase"] == "Succeeded", tj["status"].get("message")
+    assert tj["status"]["outputCheckpoints"] == ["sq.step-1"]
