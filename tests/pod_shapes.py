@@ -144,15 +144,18 @@ def agent_pods() -> dict[str, dict[str, Any]]:
         store = store_for(cfg)
         tj = training_job()
         pods[f"{store_name}/snapshot"] = workload.build_snapshot_pod(
-            tj, store.snapshot_command(tj, AGENT_OUTPUT_MOUNT), store.agent_env(), cfg)
+            tj, store.snapshot_command(tj, AGENT_OUTPUT_MOUNT), store.agent_env(), cfg,
+            read_only=not store.snapshot_writes_output)  # as reconcile/trainingjob.py builds it
         parts = training_job(replicas=2, engine="JobSet", output={"volumePerWorker": True})
         pods[f"{store_name}/snapshot-volume-per-worker"] = workload.build_snapshot_pod(
-            parts, store.snapshot_command(parts, AGENT_OUTPUT_MOUNT), store.agent_env(), cfg)
+            parts, store.snapshot_command(parts, AGENT_OUTPUT_MOUNT), store.agent_env(), cfg,
+            read_only=not store.snapshot_writes_output)
         # Live sealing of that group (publish: Continuous): the union of one directory's sealed parts.
         live = training_job(replicas=2, engine="JobSet", output={"volumePerWorker": True}, publish="Continuous")
         union = Assemble("ckpts/step-2", ((0, "sha256:" + "ab" * 32), (1, "sha256:" + "cd" * 32)))
         pods[f"{store_name}/union-volume-per-worker"] = workload.build_union_pod(
-            live, store.snapshot_command(live, AGENT_OUTPUT_MOUNT) + union_args(union), store.agent_env(), cfg)
+            live, store.snapshot_command(live, AGENT_OUTPUT_MOUNT) + union_args(union), store.agent_env(), cfg,
+            read_only=not store.snapshot_writes_output)  # as reconcile/live_unions.py builds it
         # Between two attempts of that group: every worker's volume read-write (logic/group_resume.py).
         pods[f"{store_name}/resume-volume-per-worker"] = workload.build_resume_pod(parts, cfg)
         resumed = parts.model_copy(deep=True)  # a later attempt: it keeps the copy recorded last (--keep)

@@ -311,7 +311,7 @@ MESSAGES = {
     "hooks": "an agent container has no lifecycle hooks",
     "command": "an agent container runs `checkpoint-operator agent <command>`",
     "volumes": "an agent pod mounts only PersistentVolumeClaims and emptyDirs",
-    "read-only": "only import, upload and resume pods mount a PersistentVolumeClaim read-write",
+    "read-only": "only import, upload",  # (on the volume store: ", snapshot") "and resume pods mount a PersistentVolumeClaim read-write"
     "source-mounts": "a source's Secret and CA are mounted only by the container named import",
     "env": "an agent container sets only the agent's variables",
     "endpoint": "an agent container that talks to the store uses the store's endpoint",
@@ -382,6 +382,10 @@ HOSTILE_PODS: list[tuple[str, str, Change, str]] = [
      "volumes"),
     ("a-secret-in-a-scan-pod", "volume/scan",
      _add_volume({"name": "ckpt-source-secret", "secret": {"secretName": "db-password"}}, "scan"), "volumes"),
+    # On the s3 store a snapshot uploads: it writes nothing beside the data (on the volume store it
+    # writes .ckpt-manifests/, so mounts read-write there).
+    ("read-write-snapshot-on-s3", "s3/snapshot",
+     lambda p: p["spec"]["volumes"][0]["persistentVolumeClaim"].update(readOnly=False), "read-only"),
     ("read-write-in-a-verify-pod", "volume/verify",
      lambda p: p["spec"]["volumes"][0]["persistentVolumeClaim"].update(readOnly=False), "read-only"),
     ("source-secret-read-by-the-uploader", "s3/import/git",

@@ -3,6 +3,7 @@ failure and restarts, JobSet, Kueue. The workers' commands run for real (host pr
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 
@@ -626,3 +627,52 @@ async def test_a_volume_per_worker_union_that_breaks_the_names_rule_is_a_conflic
     for i in (0, 1):  # the output is retained: each worker's files still where it wrote them
         claim = cluster.claim_dir(NS, f"hv-output-{tj['metadata']['uid'][:5]}-{i}")
         assert (claim / "stepb" / "x").exists() and (claim / "stepa").is_dir()
+
+
+@pytest.mark.timeout(180)
+async def test_a_volume_per_worker_group_its_user_suspends_stays_suspended_until_resumed(
+        api, operator, cluster, wait_for):
+    """review4 F4: without Kueue a user suspends the JobSet of a group with a volume per worker
+    (spec.suspend). The group is made again after the resume step, as for a preemption, but SUSPENDED,
+    as its user left it (it used to run at once): Queued until the user sets spec.suspend to false on
+    the new JobSet; then every worker resumes from the union of step-1."""
+    replicas = 2
+    body = group_job("vpwus", engine="JobSet", worker=PREEMPTED_PARTS_WORKER, replicas=replicas, backoffLimit=0,
+                     output={"volumePerWorker": True})
+    metadata = dcp_metadata_bytes(["model.w"], [(f"__{r}_0.distcp", 0, 64) for r in range(replicas)])
+    body["spec"]["template"]["spec"]["containers"][0]["env"].append({"name": "DCP_METADATA", "value": metadata.hex()})
+    await api.create(TJ, NS, body)
+    tj = await wait_phase(api, wait_for, "vpwus", "Running", timeout=60)
+    first_uid = tj["status"]["jobUid"]
+    def claims():
+        return [cluster.claim_dir(NS, f"vpwus-output-{tj['metadata']['uid'][:5]}-{i}") for i in range(replicas)]
+
+    async def written():
+        return all(c is not None and (c / "ran-before").exists() for c in claims()) or None
+    await wait_for(written, timeout=60)
+    jobsets = "jobset.x-k8s.io/v1alpha2/jobsets"
+    await api.patch(jobsets, NS, "vpwus", {"spec": {"suspend": True}})
+
+    async def made_again_suspended():
+        obj = await api.get(TJ, NS, "vpwus")
+        js = await api.get(jobsets, NS, "vpwus")
+        return (obj, js) if js and js["metadata"]["uid"] != first_uid and obj["status"].get("jobUid") == \
+            js["metadata"]["uid"] else None
+    tj, jobset = await wait_for(made_again_suspended, timeout=90)
+    assert jobset["spec"]["suspend"] is True and jobset["metadata"]["labels"]["ckpt.dev/restart-attempt"] == "1"
+    assert (tj["status"]["phase"], tj["status"]["preemptions"]) == ("Queued", 1), tj["status"]
+    preempted = next(e for e in await events_of(api, "vpwus") if e["reason"] == "Preempted")
+    assert "suspended (spec.suspend)" in preempted["message"] and "set its spec.suspend to false" in preempted["message"]
+    await asyncio.sleep(2)  # nothing runs it meanwhile
+    assert (await api.get(jobsets, NS, "vpwus"))["spec"]["suspend"] is True
+    assert not [p for p in await api.list("v1/pods", NS)
+                if (p["metadata"].get("labels") or {}).get("jobset.sigs.k8s.io/jobset-uid") == jobset["metadata"]["uid"]]
+
+    await api.patch(jobsets, NS, "vpwus", {"spec": {"suspend": False}})
+    tj = await wait_phase(api, wait_for, "vpwus", ("Succeeded", "Failed"), timeout=120)
+    status = tj["status"]
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["resume"]["directory"] == "step-1", status["resume"]
+    for index, claim in enumerate(claims()):
+        resumed, *listing = (claim / f"resumed-{index}.txt").read_text().splitlines()
+        assert resumed.startswith(".ckpt-resume/") and listing == [".metadata", "__0_0.distcp", "__1_0.distcp"]

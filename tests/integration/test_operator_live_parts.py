@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import pytest
 
@@ -207,3 +208,72 @@ async def test_a_union_deleted_by_hand_while_the_workers_run_goes_and_is_not_pub
     tj = await wait_phase(api, wait_for, TJ, "dp", ("Succeeded", "Failed"), timeout=120)
     assert tj["status"]["phase"] == "Succeeded", tj["status"].get("message")
     assert await job_checkpoints(api, "dp") == []
+
+
+@pytest.mark.timeout(240)
+async def test_a_worker_s_part_is_known_by_its_sidecar_not_by_its_pod_s_label(api, operator, cluster, trainer,
+                                                                               wait_for):
+    """hostile8 F4: the label ckpt.dev/worker-index of a pod is anyone's to patch (the stock edit role); worker
+    1's pod relabelled "0" made its parts count as worker 0's, and a step was published Ready from one
+    worker's part only, incomplete. A part is the worker's whose template the pod's sidecar is."""
+    relabelled, done = threading.Event(), threading.Event()
+    name = "relabel"
+
+    def train(attempt, env):
+        rank, out = int(env["RANK"]), env["CHECKPOINT_OUTPUT_DIR"]
+        assert relabelled.wait(120)
+        dcp_part(out, 1, rank)
+        if rank == 1:
+            time.sleep(4)  # a straggler: rank 0's step-2 is sealed first
+        dcp_part(out, 2, rank)
+        assert done.wait(60)
+        return 0
+    trainer.behaviours[name] = train
+    await api.create(TJ, NS, training_job(name, replicas=2, engine="JobSet", backoffLimit=0,
+                                          output={"publish": "Continuous", "volumePerWorker": True}))
+
+    async def worker1_pod():
+        pods = [p for p in await api.list("v1/pods", NS)
+                if p["metadata"].get("labels", {}).get("ckpt.dev/trainingjob") == name
+                and p["metadata"]["labels"].get("ckpt.dev/worker-index") == "1"
+                and p.get("status", {}).get("phase") == "Running"]
+        return pods[0] if pods else None
+    pod = await wait_for(worker1_pod, timeout=120)
+    await api.patch("v1/pods", NS, pod["metadata"]["name"], {"metadata": {"labels": {"ckpt.dev/worker-index": "0"}}})
+    relabelled.set()
+
+    async def both_published():
+        found = {c["metadata"]["name"]: c for c in await api.list(CKPT, NS) if c["metadata"]["name"].startswith(name + ".")
+                 and c.get("status", {}).get("phase") == "Ready"}
+        return found if len(found) >= 2 else None
+    published = await wait_for(both_published, timeout=120)
+    for checkpoint in published.values():
+        assert checkpoint["status"]["complete"] is True, checkpoint["status"]
+    done.set()
+    tj = await wait_phase(api, wait_for, TJ, name, "Succeeded", timeout=120)
+    assert tj["status"]["outputCheckpoints"] == [f"{name}.step-1", f"{name}.step-2"]
+
+
+async def test_an_unsigned_checkpoint_naming_the_job_does_not_stop_a_step_being_published(
+        api, operator, cluster, trainer, wait_for):
+    """review4 F0: a Checkpoint anyone wrote whose spec names the job and a directory is not the job's
+    (unsigned): the union of that directory is still assembled and published while the workers run."""
+    seen = threading.Event()
+
+    def train(attempt, env):
+        dcp_part(env["CHECKPOINT_OUTPUT_DIR"], 1, int(env["RANK"]))
+        assert seen.wait(120)
+        return 0
+    trainer.behaviours["sq"] = train
+    await api.create(TJ, NS, training_job("sq", replicas=2, engine="JobSet", backoffLimit=0, output=LIVE_PARTS))
+    uid = (await wait_for(lambda: api.get(TJ, NS, "sq"), timeout=30))["metadata"]["uid"]
+    await api.create(CKPT, NS, {"apiVersion": "ckpt.dev/v1alpha1", "kind": "Checkpoint",
+                                "metadata": {"name": "squat", "namespace": NS},
+                                "spec": {"source": {"trainingJob": {"name": "sq", "uid": uid, "directory": "step-1"}}}})
+    ckpt = await wait_for(lambda: ready(api, "sq.step-1"), timeout=120)
+    assert (await api.get(TJ, NS, "sq"))["status"]["phase"] == "Running"
+    assert ckpt["status"]["complete"] is True
+    seen.set()
+    tj = await wait_phase(api, wait_for, TJ, "sq", ("Succeeded", "Failed"), timeout=120)
+    assert tj["status"]["phase"] == "Succeeded", tj["status"].get("message")
+    assert tj["status"]["outputCheckpoints"] == ["sq.step-1"]

@@ -31,7 +31,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Optional, Protocol
 
-from checkpoint_operator.api.trainingjob import TrainingJob
+from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobPhase
 from checkpoint_operator.logic import kueue, rendezvous
 from checkpoint_operator.logic.workers import ATTEMPT_LABEL
 
@@ -125,7 +125,10 @@ def resumes_parts(tj: TrainingJob) -> bool:
 
 
 def _suspend(tj: TrainingJob) -> bool:
-    return kueue.queue_name(tj.metadata.labels) is not None
+    """Created suspended: queued in Kueue (it admits it), or the next attempt of a job whose workload
+    its user suspended (spec.suspend, no Kueue: a group with a volume per worker is made again after the
+    resume step, and stays suspended until its user resumes it, as the one it replaces was)."""
+    return kueue.queue_name(tj.metadata.labels) is not None or tj.phase == TrainingJobPhase.QUEUED
 
 
 class JobEngine:

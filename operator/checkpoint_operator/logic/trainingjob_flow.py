@@ -162,17 +162,20 @@ def attempt_of(tj: TrainingJob) -> int:
     return restarts + (tj.status.preemptions or 0) if engines.resumes_parts(tj) else restarts
 
 
-def _when_quickly_admitted_again(tj: TrainingJob) -> str:
+def _when_quickly_admitted_again(tj: TrainingJob, queue: Optional[str]) -> str:
     if engines.resumes_parts(tj):  # as any preemption of such a group: a new attempt after the resume step
-        return _when_admitted_again(tj)
+        return _when_admitted_again(tj, queue, resumed=True)
     return "they were started again and resume from their latest checkpoint"
 
 
-def _when_admitted_again(tj: TrainingJob) -> str:
+def _when_admitted_again(tj: TrainingJob, queue: Optional[str], resumed: bool = False) -> str:
     if engines.resumes_parts(tj):
+        made = "it is queued again" if queue else "it runs" if resumed else \
+            "it is made suspended, as its user left it: set its spec.suspend to false to resume"
         return ("the operator makes the group again once they have stopped: the resume step copies the latest "
-                "checkpoint complete over the workers' volumes into each, and it is queued again")
-    return "it resumes from its latest checkpoint when admitted again"
+                f"checkpoint complete over the workers' volumes into each, and {made}")
+    return "it resumes from its latest checkpoint when admitted again" if queue else \
+        "it resumes from its latest checkpoint when its spec.suspend is set to false"
 
 
 # status.suspendTransition of a workload admitted without a Suspended condition written yet.
@@ -196,7 +199,7 @@ def suspension_change(tj: TrainingJob, state: WorkloadState, queue: Optional[str
         return StatusChange(phase=TrainingJobPhase.QUEUED, reason="Preempted", event="Warning",
                             fields=TrainingJobStatus(preemptions=count),
                             message=f"{what} was {by}: its workers are stopped, its sealed checkpoints stay; "
-                                    f"{_when_admitted_again(tj)} (preemption {count})")
+                                    f"{_when_admitted_again(tj, queue)} (preemption {count})")
     if not state.suspended and tj.phase == TrainingJobPhase.QUEUED:
         again = f" again after {tj.status.preemptions} preemption(s)" if tj.status.preemptions else ""
         admitted = StatusChange(phase=TrainingJobPhase.RUNNING, reason="Running", event="Normal",
@@ -217,7 +220,19 @@ def suspension_change(tj: TrainingJob, state: WorkloadState, queue: Optional[str
                         fields=TrainingJobStatus(preemptions=count, suspendTransition=state.suspend_transition),
                         message=f"{what} was {by} and admitted again (resumed at {state.suspend_transition}) before "
                                 f"the operator looked: its workers were stopped, its sealed checkpoints stay; "
-                                f"{_when_quickly_admitted_again(tj)} (preemption {count})")
+                                f"{_when_quickly_admitted_again(tj, queue)} (preemption {count})")
+
+
+def adopted_workload_change(tj: TrainingJob, state: WorkloadState, uid: Optional[str],
+                            queue: Optional[str]) -> StatusChange:
+    """This job's workload found with another UID than recorded: the operator stopped between creating
+    it and recording it. Its Suspended record is its own (the last workload's resume is not compared
+    with it). One that replaced a recorded workload is a group restart's next attempt: created
+    suspended for Kueue, it is queued as `attempt_started_change` records it, never a preemption of
+    the running attempt (review4 F4)."""
+    if tj.status.jobUid is not None and queue is not None and state.suspended:
+        return attempt_started_change(tj, state.kind, state.name, tj.status.rendezvous, queue, uid)
+    return StatusChange(fields=TrainingJobStatus(jobUid=uid, suspendTransition=None))
 
 
 def attempt_started_change(tj: TrainingJob, kind: str, name: str, rendezvous: Optional[str],

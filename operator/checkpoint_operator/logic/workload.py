@@ -432,7 +432,8 @@ def build_snapshot_pod(tj: TrainingJob, command: list[str], env: list[dict[str, 
         volumes = [{"name": OUTPUT_VOLUME, "persistentVolumeClaim": {"claimName": output_claim_name(tj),
                                                                      "readOnly": read_only}}]
     container = agent_container("snapshot", command, config, mounts=mounts, env=env)
-    return agent_pod(metadata, config, [container], volumes, identity=trainer_identity(tj.spec.template.spec))
+    pod = agent_pod(metadata, config, [container], volumes, identity=trainer_identity(tj.spec.template.spec))
+    return pod if read_only else _trainers_group_only(pod, tj)
 
 
 def union_pod_name(tj: TrainingJob) -> str:
@@ -472,8 +473,13 @@ def build_resume_pod(tj: TrainingJob, config: OperatorConfig) -> dict[str, Any]:
     copied = parse_quantity(tj.spec.output.size or config.default_output_size) * tj.spec.replicas
     pod = agent_pod(metadata, config, [container], volumes, size_bytes=copied,
                     identity=trainer_identity(tj.spec.template.spec))
-    # It writes as the trainer, into the trainer's volumes: never the agent's fsGroup (the kubelet would
-    # re-own every file the workers wrote), only the one the workers' pods have, if any.
+    return _trainers_group_only(pod, tj)
+
+
+def _trainers_group_only(pod: dict[str, Any], tj: TrainingJob) -> dict[str, Any]:
+    """An agent pod that mounts the trainer's volumes read-write writes as the trainer: never with the
+    agent's fsGroup (the kubelet would re-own every file the workers wrote), only with the one the
+    workers' pods have, if any. (A read-only mount is never re-owned.)"""
     context = pod["spec"]["securityContext"]
     context.pop("fsGroup", None)
     context.pop("fsGroupChangePolicy", None)

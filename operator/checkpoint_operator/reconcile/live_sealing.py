@@ -67,7 +67,7 @@ def read_events(ctx: Context, tj: TrainingJob,
     sealed_prefix = store.live_sealed_prefix(tj)
     memory = _memory(ctx, tj)
     running = []
-    built = live_sealing.built_sidecars(_workloads(ctx, tj))
+    built = live_sealing.built_sidecars(workloads_of(ctx, tj))
     for pod in ctx.indexes.worker_pods(namespace, tj.metadata.uid, controllers):
         if pod.phase.is_live:
             running.append(pod.name)
@@ -93,7 +93,7 @@ def read_events(ctx: Context, tj: TrainingJob,
     return memory.pending, running
 
 
-def _workloads(ctx: Context, tj: TrainingJob) -> list[dict[str, Any]]:
+def workloads_of(ctx: Context, tj: TrainingJob) -> list[dict[str, Any]]:
     """The Job or JobSet the operator made for this job (its templates hold the sidecar it built)."""
     obj = workloads.get(ctx, tj, tj.status.jobName or workload.job_name(tj))
     return [obj] if obj is not None else []

@@ -16,6 +16,7 @@ nothing twice. One union pod at a time per job, the oldest step first.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any, Collection, Optional
 
 from checkpoint_operator.api.trainingjob import TrainingJob
@@ -28,7 +29,7 @@ from checkpoint_operator.logic.agent_pods import AGENT_OUTPUT_MOUNT
 from checkpoint_operator.logic.inputs import CheckpointInfo
 from checkpoint_operator.logic.snapshot import plan_snapshot, storable
 from checkpoint_operator.protocol.results import ScanReport
-from checkpoint_operator.reconcile import agent_runs, publish
+from checkpoint_operator.reconcile import agent_runs, publish, signing
 from checkpoint_operator.reconcile import live_sealing as live_sealing_steps
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.storage import MissingUpload, Store, store_for
@@ -55,7 +56,18 @@ def read_parts(ctx: Context, tj: TrainingJob, controllers: Collection[str]) -> d
     namespace, workers = tj.metadata.namespace, tj.spec.replicas
     memory = _memory(ctx, tj)
     running: dict[int, str] = {}
-    for pod in ctx.indexes.worker_pods(namespace, tj.metadata.uid, controllers):
+    # Whose part a pod's lines are: the worker of the template whose sidecar it runs (the operator's),
+    # never the pod's own labels or owner references, which its creator wrote (hostile8 F1, F4).
+    built = live_sealing.built_sidecar_workers(live_sealing_steps.workloads_of(ctx, tj))
+    for found in ctx.indexes.worker_pods(namespace, tj.metadata.uid, controllers):
+        body = ctx.kube.cached_get(PODS, namespace, found.name)
+        if body is None:
+            continue
+        identity = live_sealing.sidecar_identity(body.get("spec") or {})
+        if identity not in built:
+            memory.pending.warnings.append(live_sealing.not_its_sidecar(found.name))
+            continue
+        pod = replace(found, index=built[identity])
         if pod.phase.is_live and pod.index is not None:
             running[pod.index] = pod.name
         cursor = memory.cursors.get(pod.name, live_sealing.LogCursor())
@@ -95,7 +107,7 @@ def collect(ctx: Context, tj: TrainingJob, controllers: Collection[str]) -> Trai
         if _once(memory, ("warning", warning)):
             ctx.warn(tj, "SealingWarning", warning)
     memory.pending.warnings = []
-    existing = ctx.indexes.checkpoints_of(namespace, tj.metadata.uid)
+    existing = signing.own_checkpoints(ctx, namespace, tj.metadata.uid)
     retired = [(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []]
     # The job's Checkpoints being deleted (by a user or retention) are recorded retired first: their
     # deletion waits for it (live_sealing.retirement_pending), and they are never published again.
@@ -210,7 +222,7 @@ def _publish(ctx: Context, tj: TrainingJob, store: Store, report: ScanReport, ke
                                         f"at the end of the job judges it again)")
     try:
         scan = storable(report, lambda m: store.snapshot_location(tj, claim, m, layout))
-        plan = plan_snapshot(tj, scan, lambda n: ctx.indexes.checkpoint(namespace, n),
+        plan = plan_snapshot(tj, scan, lambda n: signing.trusted_info(ctx, ctx.indexes.checkpoint(namespace, n)),
                              lambda m: store.snapshot_location(tj, claim, m, layout), existing=existing,
                              retired=retired)
     except MissingUpload as exc:

@@ -336,9 +336,8 @@ def follow_job(ctx: Context, tj: TrainingJob) -> Result:
         # Created by this job (its controller is it) but not recorded: an operator that stopped
         # between creating it (a first start or a group restart) and the status write, or one that
         # did not record UIDs. Its pods are the workers from now on.
-        # Its Suspended record is its own: the last workload's resume is not compared with it.
-        tj = write_status(ctx, tj, StatusChange(fields=TrainingJobStatus(jobUid=obj["metadata"].get("uid"),
-                                                                         suspendTransition=None)))
+        tj = write_status(ctx, tj, flow.adopted_workload_change(tj, engine.read(obj), obj["metadata"].get("uid"),
+                                                                kueue.queue_name(tj.metadata.labels)))
     state = engine.read(obj) if obj is not None else None
     controllers = workloads.worker_controllers(ctx, tj)
     if tj.publishes_live:  # also once the Job is over: the sidecars' last lines

@@ -232,3 +232,36 @@ def test_a_pod_s_sidecar_is_the_operator_s_only_if_it_is_the_one_built_into_the_
     for field in ("shareProcessNamespace", "hostPID"):
         assert live_sealing.sidecar_identity({**pod, field: True}) is None
     assert live_sealing.sidecar_identity({**pod, "initContainers": []}) is None
+
+
+def test_a_part_belongs_to_the_worker_of_the_template_its_sidecar_was_built_into():
+    """hostile8 F4: with a volume per worker each replicated job's sidecar watches its own claim; a pod's
+    worker is the one whose template its sidecar matches (the template's label, the operator's), never
+    the pod's own label."""
+    tj = TrainingJob.model_validate(training_job(replicas=2, engine="JobSet", output={
+        "publish": "Continuous", "volumePerWorker": True}))
+    config = OperatorConfig(agent_image="op:1")
+    built = workload.build_workload(tj, [], store_for(config).input_volumes(tj, []),
+                                    workload.build_live_sidecar(tj, config, None, [])).job
+    workers = live_sealing.built_sidecar_workers([built])
+    assert sorted(workers.values()) == [0, 1]
+    templates = live_sealing.pod_templates(built)
+    for index, template in enumerate(templates):
+        assert workers[live_sealing.sidecar_identity(template["spec"])] == index
+
+
+def test_an_indexed_job_s_pods_run_the_sidecar_built_into_its_template():
+    """review4 F1: the Job controller adds JOB_COMPLETION_INDEX to every container of an Indexed Job's
+    pods; that is not a forged sidecar (a 2-replica Continuous job's sidecars were all refused)."""
+    from checkpoint_operator.local.jobs import build_job_pod
+    tj = TrainingJob.model_validate(training_job(replicas=2, output={"publish": "Continuous"}))
+    config = OperatorConfig(agent_image="op:1")
+    built = workload.build_workload(tj, [], store_for(config).input_volumes(tj, []),
+                                    workload.build_live_sidecar(tj, config, None, [])).job
+    built["metadata"].update(name="j", namespace="ns", uid="u1")
+    expected = live_sealing.built_sidecars([built])
+    for index in (0, 1):
+        pod = build_job_pod(built, index)
+        sidecar = next(c for c in pod["spec"]["initContainers"] if c["name"] == live_sealing.SIDECAR)
+        assert {"name": "JOB_COMPLETION_INDEX", "value": str(index)} in sidecar["env"]
+        assert live_sealing.sidecar_identity(pod["spec"]) in expected

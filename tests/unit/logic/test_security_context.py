@@ -131,8 +131,13 @@ def test_only_pods_that_write_a_claim_get_an_fs_group():
     """fsGroup makes a fresh (root-owned) volume writable; on a read-only mount it would ask the
     kubelet to re-own the trainer's files, so the readers never get one."""
     writers = {n for n, p in AGENT_PODS.items() if "fsGroup" in p["spec"]["securityContext"]}
-    # The resume pod writes the workers' volumes as the trainer: their fsGroup only (below), never the agent's.
-    as_trainer = {n for n in AGENT_PODS if "/resume-volume-per-worker" in n}
+    # The resume pod writes the workers' volumes as the trainer: their fsGroup only (below), never the
+    # agent's; so do the volume store's snapshot and union pods (.ckpt-manifests/ beside the data).
+    as_trainer = {n for n in AGENT_PODS if "/resume-volume-per-worker" in n or (
+        n.startswith(("volume/", "snapshots/")) and n.split("/")[1] in (
+            "snapshot", "snapshot-volume-per-worker", "union-volume-per-worker"))}
+    for name in as_trainer:
+        assert AGENT_PODS[name]["spec"]["securityContext"]["fsGroup"] == 2000  # RESTRICTED_TEMPLATE's own
     assert writers - as_trainer == {n for n, p in AGENT_PODS.items() if writes_a_claim(p["spec"]["volumes"])} - as_trainer
     assert writers - as_trainer == {"volume/upload-receiver", "snapshots/upload-receiver", "volume/catalog-copy",
                        "snapshots/catalog-copy",
@@ -158,7 +163,9 @@ def test_the_snapshot_pod_reads_the_output_as_the_trainer():
     for name in ("volume/snapshot", "s3/snapshot"):
         context = AGENT_PODS[name]["spec"]["securityContext"]
         assert (context["runAsUser"], context["runAsGroup"], context["supplementalGroups"]) == (1000, 1000, [2000])
-        assert "fsGroup" not in context
+    # On s3 it reads only; on the volume store it writes .ckpt-manifests/ with the trainer's fsGroup only.
+    assert "fsGroup" not in AGENT_PODS["s3/snapshot"]["spec"]["securityContext"]
+    assert AGENT_PODS["volume/snapshot"]["spec"]["securityContext"]["fsGroup"] == 2000
     # A trainer of unknown or root identity: the snapshot runs as the agent (never as root).
     for template in ({"spec": {"containers": [{"name": "t", "image": "t"}]}},
                      {"spec": {"securityContext": {"runAsUser": 0}, "containers": [{"name": "t", "image": "t"}]}}):

@@ -1,6 +1,6 @@
 """The TrainingJob's decisions (logic/trainingjob_flow.py, logic/protection.py), without an API."""
 
-from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobStatus
+from checkpoint_operator.api.trainingjob import TrainingJob, TrainingJobPhase, TrainingJobStatus
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic import engines
 from checkpoint_operator.logic import trainingjob_flow as flow
@@ -331,3 +331,43 @@ def test_the_wait_for_checkpoints_counts_from_their_creation_or_the_operator_s_s
     since = flow.publish_wait_since(ended, [made], started)
     assert isinstance(flow.publish_wait([("t.step-1", "Pending")], since, now, recheck=2.0, limit=600.0), Wait)
     assert isinstance(flow.publish_wait([("t.step-1", "Pending")], ended, now, recheck=2.0, limit=600.0), Fail)  # as before
+
+
+def test_a_group_with_a_volume_per_worker_suspended_by_its_user_is_made_again_suspended():
+    """review4 F4: without Kueue, a user's spec.suspend on the JobSet of a group with a volume per worker
+    is a preemption too (the group is made again after the resume step); the new JobSet is created
+    suspended, as its user left the last one, and the message says how to resume it. Queued in
+    Kueue it is created suspended for Kueue; a running job's next attempt (a group restart) is not."""
+    parts = {"volumePerWorker": True}
+    running = tj(replicas=2, engine="JobSet", output=parts, status={"phase": "Running"})
+    suspended = engines.WorkloadState(kind="JobSet", name="t", attempt=0, suspended=True, outcome=None, stopped=False)
+    change = flow.suspension_change(running, suspended, None, "2026-12-07T00:00:00Z")
+    assert change is not None and change.phase == TrainingJobPhase.QUEUED and change.fields.preemptions == 1
+    assert "it is made suspended, as its user left it: set its spec.suspend to false to resume" in change.message
+    queued = tj(replicas=2, engine="JobSet", output=parts, status={"phase": "Queued", "preemptions": 1})
+    assert engines._suspend(queued) and not engines._suspend(running)
+    kueued = tj(replicas=2, engine="JobSet", output=parts, status={"phase": "Running"})
+    kueued.metadata.labels = {"kueue.x-k8s.io/queue-name": "q"}
+    assert engines._suspend(kueued)
+    plain = tj(replicas=2, status={"phase": "Running"})
+    change = flow.suspension_change(plain, suspended, None, "2026-12-07T00:00:00Z")
+    assert "when its spec.suspend is set to false" in change.message
+
+
+def test_a_next_attempt_found_unrecorded_and_suspended_for_kueue_is_queued_not_preempted():
+    """review4 F4: an operator that stopped between creating a restarted group's workload (suspended for
+    Kueue) and recording it finds a Running job with a suspended workload: that is the next attempt
+    queued, not a preemption of the running one. A first start (no earlier workload recorded) or a
+    workload not queued in Kueue is only recorded."""
+    running = tj(replicas=2, status={"phase": "Running", "jobUid": "old", "suspendTransition": "2026-12-07T00:00:00Z"})
+    suspended = engines.WorkloadState(kind="Job", name="t", attempt=1, suspended=True, outcome=None, stopped=False)
+    change = flow.adopted_workload_change(running, suspended, "new", "team-a")
+    assert change.phase == TrainingJobPhase.QUEUED and change.reason == "Queued" and not change.fields.preemptions
+    assert change.fields.jobUid == "new" and change.fields.suspendTransition is None
+    after = tj(replicas=2, status=apply_change(running.status.model_dump(exclude_none=True), change, generation=1,
+                                              now="t1", is_settled=lambda phase: False))
+    assert after.phase == TrainingJobPhase.QUEUED
+    assert flow.suspension_change(after, suspended, "team-a", "2026-12-07T00:01:00Z") is None  # not Preempted
+    for job, queue in ((tj(replicas=2, status={"phase": "Running"}), "team-a"), (running, None)):
+        change = flow.adopted_workload_change(job, suspended, "new", queue)
+        assert change.phase is None and change.fields.jobUid == "new"
