@@ -626,3 +626,31 @@ async def test_a_volume_per_worker_union_that_breaks_the_names_rule_is_a_conflic
     for i in (0, 1):  # the output is retained: each worker's files still where it wrote them
         claim = cluster.claim_dir(NS, f"hv-output-{tj['metadata']['uid'][:5]}-{i}")
         assert (claim / "stepb" / "x").exists() and (claim / "stepa").is_dir()
+
+
+@pytest.mark.parametrize("shape", [
+    pytest.param({"engine": "Job"}, id="job"),
+    pytest.param({"engine": "JobSet"}, id="jobset"),
+    pytest.param({"engine": "JobSet", "output": {"volumePerWorker": True}}, id="jobset-volume-per-worker")])
+async def test_a_group_whose_pods_admission_refuses_says_so_in_the_api_server_s_words(
+        api, operator, cluster, wait_for, monkeypatch, shape):
+    """F6: with a volume per worker, each worker is its own replicated job, whose Job JobSet names
+    `<jobset>-node-<i>-0`; the operator read the Events of `<jobset>-node-0`, a Job that does not
+    exist, so the refusal was never said (the other shapes said it). Every shape says it now."""
+    from checkpoint_operator.local.pod_security import ENFORCE_LABEL
+    from checkpoint_operator.reconcile import volumes
+    monkeypatch.setattr(volumes, "PODS_GRACE", 1.0)  # as tests/integration/test_operator_security.py
+    monkeypatch.setattr(volumes, "PODS_RECHECK", 1.0)
+    await api.patch("v1/namespaces", None, NS, {"metadata": {"labels": {ENFORCE_LABEL: "restricted"}}})
+    await api.create(TJ, NS, training_job("refused", replicas=2, command=python("pass"), **shape))
+
+    async def refused():
+        status = ((await api.get(TJ, NS, "refused")) or {}).get("status") or {}
+        ready = next((c for c in status.get("conditions") or [] if c["type"] == "Ready"), {})
+        return ready if ready.get("reason") == "PodsRefused" else None
+    condition = await wait_for(refused, timeout=60)
+    assert 'violates PodSecurity "restricted:latest"' in condition["message"], condition
+    assert 'container "trainer" must set securityContext.allowPrivilegeEscalation=false' in condition["message"]
+    jobs = {j["metadata"]["name"] for j in await api.list("batch/v1/jobs", NS)}
+    assert any(f"Job {job} cannot create its pods" in condition["message"] for job in jobs), (jobs, condition)
+    assert not [p for p in await api.list("v1/pods", NS) if p["metadata"]["labels"].get("ckpt.dev/component") == "worker"]
