@@ -118,7 +118,7 @@ async def test_engine_jobset_restarts_the_group_and_follows_the_jobset(api, oper
     assert sorted(line for line in lines if line.startswith("done")) == ["done 0 attempt 1", "done 1 attempt 1"]
     assert any("start 0 attempt 1 rank 0 of 2" in line and "host jsgroup-node-0-0" in line for line in lines)
     restarts = [e for e in await events_of(api, "jsgroup") if e["reason"] == "Restarting"]
-    assert restarts and "JobSet jsgroup restarted the group (restart 1 of 2)" in restarts[0]["message"]
+    assert restarts and "JobSet jsgroup restarted the group (restart 1 of 2, attempt 2)" in restarts[0]["message"]
     assert "worker 1" in restarts[0]["message"]
     assert (await api.get("v1/services", NS, "jsgroup"))["spec"]["selector"] == {
         "jobset.sigs.k8s.io/jobset-name": "jsgroup"}
@@ -474,10 +474,15 @@ async def test_a_volume_per_worker_group_resumes_every_worker_from_the_union_com
     assert resume["digest"] == step["status"]["digest"]  # the copy is the Checkpoint the snapshot made of the union
     events = [e for e in await events_of(api, "vpwresume") if e["reason"] == "Resuming"]
     assert len(events) == 1 and events[0]["type"] == "Normal", events
-    assert "attempt 1 resumes every worker from step-1 (step 1)" in events[0]["message"]
     assert "passed over step-2: not complete over the workers' parts: __1_0.distcp" in events[0]["message"]
     restarting = [e["message"] for e in await events_of(api, "vpwresume") if e["reason"] == "GroupRestart"]
     assert "each worker resumes from the latest checkpoint complete over the workers' volumes" in restarting[0]
+    # F5: every message names the second run `attempt 2`, as status counts it (restarts 1, resume.attempt
+    # 1: the index, 0 for the first run); the resume step's said `attempt 1` before.
+    started = [e["message"] for e in await events_of(api, "vpwresume") if e["reason"] == "GroupStarted"]
+    assert events[0]["message"].startswith("attempt 2 resumes every worker from step-1 (step 1)"), events
+    assert started == ["attempt 2: JobSet vpwresume created again"], started
+    assert "(restart 1 of 1, attempt 2)" in restarting[0], restarting
     # The JobSet of the last attempt: restarted by the operator, not by JobSet.
     jobset = await api.get("jobset.x-k8s.io/v1alpha2/jobsets", NS, status["jobName"])
     assert jobset["spec"]["failurePolicy"]["maxRestarts"] == 0
@@ -576,7 +581,7 @@ async def test_a_failed_resume_step_is_said_and_the_next_attempt_starts_without_
     assert status["restarts"] == 1 and status["resume"]["attempt"] == 1 and "digest" not in status["resume"]
     failed = [e for e in await events_of(api, "vpwnoresume") if e["reason"] == "ResumeFailed"]
     assert len(failed) == 1 and failed[0]["type"] == "Warning", failed
-    assert "attempt 1: the resume step failed: " in failed[0]["message"]
+    assert failed[0]["message"].startswith("attempt 2: the resume step failed: ")  # the run after one restart
     assert "worker 0's .ckpt-resume is a link or a file" in failed[0]["message"]
     assert "the workers start from their own files" in failed[0]["message"]
     for index in (0, 1):

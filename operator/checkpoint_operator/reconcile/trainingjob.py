@@ -461,7 +461,7 @@ def _next_attempt(ctx: Context, tj: TrainingJob, name: str, obj: Optional[dict[s
     write_status(ctx, tj, flow.attempt_started_change(tj, made.kind, made.name, made.rendezvous,
                                                       kueue.queue_name(tj.metadata.labels), made.uid)
                  .with_fields(made.restored_fields()))
-    ctx.info(tj, "GroupStarted", f"attempt {attempt + 1}: {made.kind} {made.name} created again")
+    ctx.info(tj, "GroupStarted", f"{workers.attempt_name(attempt)}: {made.kind} {made.name} created again")
     return Wait()
 
 
