@@ -163,7 +163,7 @@ def test_a_killed_rank_s_group_is_restarted_by_the_operator_and_both_ranks_load_
     assert final["weights_at_start"] == at_step_4  # dcp.load of the union gave step 4's weights back
     # the copy was of the Checkpoint the snapshot made of step 4's union
     assert stored["vpw-kill.step-4"]["status"]["digest"] == resume["digest"]
-    assert "attempt 1 resumes every worker from step-4 (step 4)" in events
+    assert "attempt 2 resumes every worker from step-4 (step 4)" in events
 
 
 @pytest.mark.parametrize("store", ["volume", "s3"])
