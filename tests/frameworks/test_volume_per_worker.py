@@ -169,7 +169,8 @@ def test_a_killed_rank_s_group_is_restarted_by_the_operator_and_both_ranks_load_
 @pytest.mark.parametrize("store", ["volume", "s3"])
 def test_live_sealing_publishes_each_dcp_step_once_from_both_ranks_parts(tmp_path, store):
     """publish: Continuous with a volume per worker, real torch DCP from 2 ranks: each rank's sidecar
-    seals its part (rank 0's by `.metadata`, rank 1's when its next step appears, or at its end), the
+    seals its part (rank 0's by `.metadata`, rank 1's when its next step appears; its last one, with no
+    sign of its end, is left writable at its pod's end and read by the union as it is), the
     union pod assembles each step while the job runs, and the end-of-job snapshot adds no second
     Checkpoint: one torch-dcp Checkpoint per step, complete over the union."""
     train = parts_job("parts-live", ["torchrun", "parts_ddp.py", "train", "6", "2", str(tmp_path / "train.json")],
