@@ -163,13 +163,14 @@ def test_a_killed_rank_s_group_is_restarted_by_the_operator_and_both_ranks_load_
     assert final["weights_at_start"] == at_step_4  # dcp.load of the union gave step 4's weights back
     # the copy was of the Checkpoint the snapshot made of step 4's union
     assert stored["vpw-kill.step-4"]["status"]["digest"] == resume["digest"]
-    assert "attempt 1 resumes every worker from step-4 (step 4)" in events
+    assert "attempt 2 resumes every worker from step-4 (step 4)" in events
 
 
 @pytest.mark.parametrize("store", ["volume", "s3"])
 def test_live_sealing_publishes_each_dcp_step_once_from_both_ranks_parts(tmp_path, store):
     """publish: Continuous with a volume per worker, real torch DCP from 2 ranks: each rank's sidecar
-    seals its part (rank 0's by `.metadata`, rank 1's when its next step appears, or at its end), the
+    seals its part (rank 0's by `.metadata`, rank 1's when its next step appears; its last one, with no
+    sign of its end, is left writable at its pod's end and read by the union as it is), the
     union pod assembles each step while the job runs, and the end-of-job snapshot adds no second
     Checkpoint: one torch-dcp Checkpoint per step, complete over the union."""
     train = parts_job("parts-live", ["torchrun", "parts_ddp.py", "train", "6", "2", str(tmp_path / "train.json")],

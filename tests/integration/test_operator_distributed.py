@@ -119,7 +119,7 @@ async def test_engine_jobset_restarts_the_group_and_follows_the_jobset(api, oper
     assert sorted(line for line in lines if line.startswith("done")) == ["done 0 attempt 1", "done 1 attempt 1"]
     assert any("start 0 attempt 1 rank 0 of 2" in line and "host jsgroup-node-0-0" in line for line in lines)
     restarts = [e for e in await events_of(api, "jsgroup") if e["reason"] == "Restarting"]
-    assert restarts and "JobSet jsgroup restarted the group (restart 1 of 2)" in restarts[0]["message"]
+    assert restarts and "JobSet jsgroup restarted the group (restart 1 of 2, attempt 2)" in restarts[0]["message"]
     assert "worker 1" in restarts[0]["message"]
     assert (await api.get("v1/services", NS, "jsgroup"))["spec"]["selector"] == {
         "jobset.sigs.k8s.io/jobset-name": "jsgroup"}
@@ -475,10 +475,15 @@ async def test_a_volume_per_worker_group_resumes_every_worker_from_the_union_com
     assert resume["digest"] == step["status"]["digest"]  # the copy is the Checkpoint the snapshot made of the union
     events = [e for e in await events_of(api, "vpwresume") if e["reason"] == "Resuming"]
     assert len(events) == 1 and events[0]["type"] == "Normal", events
-    assert "attempt 1 resumes every worker from step-1 (step 1)" in events[0]["message"]
     assert "passed over step-2: not complete over the workers' parts: __1_0.distcp" in events[0]["message"]
     restarting = [e["message"] for e in await events_of(api, "vpwresume") if e["reason"] == "GroupRestart"]
     assert "each worker resumes from the latest checkpoint complete over the workers' volumes" in restarting[0]
+    # F5: every message names the second run `attempt 2`, as status counts it (restarts 1, resume.attempt
+    # 1: the index, 0 for the first run); the resume step's said `attempt 1` before.
+    started = [e["message"] for e in await events_of(api, "vpwresume") if e["reason"] == "GroupStarted"]
+    assert events[0]["message"].startswith("attempt 2 resumes every worker from step-1 (step 1)"), events
+    assert started == ["attempt 2: JobSet vpwresume created again"], started
+    assert "(restart 1 of 1, attempt 2)" in restarting[0], restarting
     # The JobSet of the last attempt: restarted by the operator, not by JobSet.
     jobset = await api.get("jobset.x-k8s.io/v1alpha2/jobsets", NS, status["jobName"])
     assert jobset["spec"]["failurePolicy"]["maxRestarts"] == 0
@@ -577,7 +582,7 @@ async def test_a_failed_resume_step_is_said_and_the_next_attempt_starts_without_
     assert status["restarts"] == 1 and status["resume"]["attempt"] == 1 and "digest" not in status["resume"]
     failed = [e for e in await events_of(api, "vpwnoresume") if e["reason"] == "ResumeFailed"]
     assert len(failed) == 1 and failed[0]["type"] == "Warning", failed
-    assert "attempt 1: the resume step failed: " in failed[0]["message"]
+    assert failed[0]["message"].startswith("attempt 2: the resume step failed: ")  # the run after one restart
     assert "worker 0's .ckpt-resume is a link or a file" in failed[0]["message"]
     assert "the workers start from their own files" in failed[0]["message"]
     for index in (0, 1):
@@ -676,3 +681,31 @@ async def test_a_volume_per_worker_group_its_user_suspends_stays_suspended_until
     for index, claim in enumerate(claims()):
         resumed, *listing = (claim / f"resumed-{index}.txt").read_text().splitlines()
         assert resumed.startswith(".ckpt-resume/") and listing == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+
+
+@pytest.mark.parametrize("shape", [
+    pytest.param({"engine": "Job"}, id="job"),
+    pytest.param({"engine": "JobSet"}, id="jobset"),
+    pytest.param({"engine": "JobSet", "output": {"volumePerWorker": True}}, id="jobset-volume-per-worker")])
+async def test_a_group_whose_pods_admission_refuses_says_so_in_the_api_server_s_words(
+        api, operator, cluster, wait_for, monkeypatch, shape):
+    """F6: with a volume per worker, each worker is its own replicated job, whose Job JobSet names
+    `<jobset>-node-<i>-0`; the operator read the Events of `<jobset>-node-0`, a Job that does not
+    exist, so the refusal was never said (the other shapes said it). Every shape says it now."""
+    from checkpoint_operator.local.pod_security import ENFORCE_LABEL
+    from checkpoint_operator.reconcile import volumes
+    monkeypatch.setattr(volumes, "PODS_GRACE", 1.0)  # as tests/integration/test_operator_security.py
+    monkeypatch.setattr(volumes, "PODS_RECHECK", 1.0)
+    await api.patch("v1/namespaces", None, NS, {"metadata": {"labels": {ENFORCE_LABEL: "restricted"}}})
+    await api.create(TJ, NS, training_job("refused", replicas=2, command=python("pass"), **shape))
+
+    async def refused():
+        status = ((await api.get(TJ, NS, "refused")) or {}).get("status") or {}
+        ready = next((c for c in status.get("conditions") or [] if c["type"] == "Ready"), {})
+        return ready if ready.get("reason") == "PodsRefused" else None
+    condition = await wait_for(refused, timeout=60)
+    assert 'violates PodSecurity "restricted:latest"' in condition["message"], condition
+    assert 'container "trainer" must set securityContext.allowPrivilegeEscalation=false' in condition["message"]
+    jobs = {j["metadata"]["name"] for j in await api.list("batch/v1/jobs", NS)}
+    assert any(f"Job {job} cannot create its pods" in condition["message"] for job in jobs), (jobs, condition)
+    assert not [p for p in await api.list("v1/pods", NS) if p["metadata"]["labels"].get("ckpt.dev/component") == "worker"]

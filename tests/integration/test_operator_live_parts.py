@@ -277,3 +277,51 @@ async def test_an_unsigned_checkpoint_naming_the_job_does_not_stop_a_step_being_
     tj = await wait_phase(api, wait_for, TJ, "sq", ("Succeeded", "Failed"), timeout=120)
     assert tj["status"]["phase"] == "Succeeded", tj["status"].get("message")
     assert tj["status"]["outputCheckpoints"] == ["sq.step-1"]
+
+
+def writable(directory: str) -> bool:
+    """Every file and directory of it keeps its write bits: what a non-root trainer needs to write
+    there again (these tests run as root, whom the bits do not stop)."""
+    paths = [directory] + [os.path.join(root, n) for root, dirs, files in os.walk(directory) for n in dirs + files]
+    return all(os.stat(p).st_mode & 0o222 for p in paths)
+
+
+async def test_a_step_cut_short_stays_writable_for_the_restarted_group_that_writes_it_again(
+        api, operator, cluster, trainer, wait_for):
+    """F7: attempt 0 saves step-1 on both ranks, then step-2 in place is cut short (rank 1's shard
+    whole, rank 0 dies before DCP's `.metadata`). The operator restarts the group from step-1 (the
+    union complete over the volumes); each rank of attempt 1 writes step-2 again. Its part of step-2
+    must still be writable (sealed read-only at its pod's end, a non-root trainer got PermissionError
+    and the group failed at every attempt); step-2 is then published once, complete, from the
+    bytes attempt 1 wrote."""
+    found: dict[int, bool] = {}
+
+    def train(attempt, env):
+        rank, out = int(env["RANK"]), env["CHECKPOINT_OUTPUT_DIR"]
+        step2 = os.path.join(out, "step-2")
+        if "CHECKPOINT_RESUME_PATH" not in env:  # attempt 0
+            dcp_part(out, 1, rank)
+            os.makedirs(step2)
+            with open(os.path.join(step2, f"__{rank}_0.distcp"), "wb") as f:
+                f.write(bytes([rank, 2]) * (32 if rank == 1 else 8))  # rank 0 killed mid-shard
+            return 3
+        assert os.path.basename(os.path.realpath(env["CHECKPOINT_RESUME_PATH"])) != "step-2"
+        found[rank] = writable(step2)
+        if not found[rank]:
+            return 13  # EACCES: what a non-root trainer gets writing its sealed part again
+        with open(os.path.join(step2, f"__{rank}_0.distcp"), "wb") as f:
+            f.write(bytes([rank, 2]) * 32)
+        if rank == 0:
+            with open(os.path.join(step2, ".metadata"), "wb") as f:
+                f.write(dcp_metadata_bytes(["model.w"], [(f"__{r}_0.distcp", 0, 64) for r in range(2)]))
+        return 0
+    trainer.behaviours["cs"] = train
+    await api.create(TJ, NS, training_job("cs", replicas=2, engine="JobSet", backoffLimit=1, output=LIVE_PARTS))
+    tj = await wait_phase(api, wait_for, TJ, "cs", ("Succeeded", "Failed"), timeout=200)
+    status = tj["status"]
+    assert found == {0: True, 1: True}, found
+    assert status["phase"] == "Succeeded" and status["restarts"] == 1, status.get("message")
+    assert (status["resume"]["directory"], status["resume"]["step"]) == ("step-1", 1), status["resume"]
+    step2 = await api.get(CKPT, NS, "cs.step-2")
+    assert (step2["status"]["phase"], step2["status"]["complete"]) == ("Ready", True), step2["status"]
+    assert await job_checkpoints(api, "cs") == ["cs.step-1", "cs.step-2"]

@@ -17,7 +17,10 @@ completeness rule finds it incomplete, and one of these says the writer is done 
 4. the training containers have exited (the watcher got SIGTERM: a native sidecar is stopped
    only after the pod's regular containers): the listing is final, sealed as it is, except a
    checkpoint its rule finds incomplete: left writable for a retry (hostile8 R1), and recorded as
-   incomplete by the end-of-job snapshot if it is still there then.
+   incomplete by the end-of-job snapshot if it is still there then. A worker's part (`--part`)
+   has no rule of its own (the union is judged), so at its pod's end a part is sealed only with
+   one of the signs above (its part marker, a rename, a newer step); one without any is left
+   writable for the restarted group (F7).
 
 A checkpoint whose weight files are merely whole (safetensors headers, zip ends) is not
 thereby complete: more files may follow, so that alone seals nothing. Hashing then checks the
@@ -259,8 +262,8 @@ _PART_MARKERS = {md.DCP_METADATA: ".metadata (torch DCP writes it once every ran
 
 def part_marker(listed: Listed) -> Optional[str]:
     """The last-written file of a multi-worker save, when this part holds it at its top (only
-    the worker that writes it has it: the other parts are sealed by a rename, a newer step or
-    their pod's end)."""
+    the worker that writes it has it: the other parts are sealed by a rename or a newer step; at
+    their pod's end without either they are left writable)."""
     names = {p for p, _, _ in listed.files if "/" not in p}
     for name, what in _PART_MARKERS.items():
         if name in names and (name != md.DCP_METADATA or any(p.endswith(".distcp") for p, _, _ in listed.files)):
@@ -321,10 +324,23 @@ def decide(listed: Listed, before: Optional[Listed], found: Evidence, *, renamed
     one worker's part of a checkpoint assembled across workers' volumes (`agent watch --part`): its
     own completeness says nothing (rank 1's DCP part has no `.metadata`, rank 0's lacks rank 1's
     shard; the operator judges the union), so only the listing's stability and the writer's signs
-    count, a framework's last-written file among them (`part_marker`)."""
+    count, a framework's last-written file among them (`part_marker`); at the pod's end too: a part
+    without any of those signs is left writable (`_part_done`)."""
     if not listed.files:
         return Hold("no files yet")
-    if writers_done and not part and found.complete is False:
+    if writers_done and part:
+        # A part's own completeness says nothing (the union is judged), so a part is known finished
+        # only by its writer's signs. One without any may be a save the crash (or the stop) cut short
+        # on some rank: left writable, so the restarted group (which resumes from the latest union
+        # complete over the volumes) can write this step again (sealed, a non-root trainer got
+        # PermissionError: F7, as hostile8 R1 for one volume); the end-of-job snapshot or the union
+        # over the parts that exist reads it as it is then.
+        done = _part_done(listed, renamed, newer)
+        if done is None:
+            return Hold("no sign this worker's part was finished when the training containers exited "
+                        "(no completion marker, rename or newer step): left writable for a retry")
+        return Seal(f"the training containers exited ({done})")
+    if writers_done and found.complete is False:
         # A save the crash (or the stop) cut short: left writable, so the retry that resumes from the
         # latest complete one can write this step again (sealed, a non-root trainer got PermissionError
         # on every retry: hostile8 R1); the end-of-job snapshot records it if it is still there then.
@@ -346,6 +362,21 @@ def decide(listed: Listed, before: Optional[Listed], found: Evidence, *, renamed
     if newer is not None:
         return Seal(f"a newer step ({newer}) appeared beside it")
     return Hold("no sign yet that the writer is done (no completion marker, rename or newer step)")
+
+
+def _part_done(listed: Listed, renamed: Optional[str], newer: Optional[int]) -> Optional[str]:
+    """The sign that this worker is done writing its part, or None: the file a multi-worker save
+    writes last (in the part that holds it), a rename into place, a newer step beside it. A part
+    has no completeness of its own (a DCP rank's shard is whole while another rank's save was cut
+    short): without a sign, it is not known to be finished."""
+    marker = part_marker(listed)
+    if marker:
+        return f"this worker's part holds {marker}"
+    if renamed:
+        return renamed
+    if newer is not None:
+        return f"a newer step ({newer}) appeared beside it"
+    return None
 
 
 # --- sealed directories, looked at again ------------------------------------------------------------

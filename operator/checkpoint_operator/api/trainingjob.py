@@ -402,7 +402,9 @@ class LiveStatus(ApiModel):
 class WorkerFailure(ApiModel):
     """The worker that failed first in an attempt of a distributed job (the others were stopped)."""
 
-    attempt: Count = Field(description="The attempt (0 = the first run, then one per group restart).")
+    attempt: Count = Field(description="The attempt's index: 0 = the first run, then one per group restart (with "
+                                       "output.volumePerWorker one per preemption too); messages count attempts "
+                                       "from 1, so index 1 is `attempt 2`.")
     index: Optional[Count] = Field(None, description="The worker's index (its completion index).")
     pod: Optional[Name] = Field(None, description="The worker's pod.")
     message: Message = Field(description="Why it failed (exit code, OOMKilled, evicted, ...).")
@@ -412,7 +414,8 @@ class GroupResume(ApiModel):
     """What the latest group restart of a job with a volume per worker resumes from: the checkpoint
     complete over every worker's volume, copied into each (CHECKPOINT_RESUME_PATH)."""
 
-    attempt: Count = Field(description="The attempt that starts from it (1 = after the first group restart).")
+    attempt: Count = Field(description="The index of the attempt that starts from it, as workerFailure.attempt "
+                                       "counts (1: the second run, which messages call `attempt 2`).")
     directory: Optional[Path] = Field(None, description="The checkpoint's directory in the output (none: no "
                                                         "checkpoint was complete over the workers' volumes).")
     digest: Optional[Digest] = Field(None, description="Digest (sha256 of the manifest) of the copy resumed from.")

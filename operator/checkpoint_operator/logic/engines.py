@@ -89,6 +89,12 @@ def _int(value: object, default: int = 0) -> int:
         return default
 
 
+def jobset_child_job_name(jobset: str, replicated_job: str, index: int) -> str:
+    """The name the JobSet controller gives the `index`-th Job of a replicated job (its GenJobName:
+    `<jobset>-<replicatedJob>-<jobIndex>`)."""
+    return f"{jobset}-{replicated_job}-{index}"
+
+
 class Engine(Protocol):
     kind: str
     api_version: str
@@ -100,8 +106,9 @@ class Engine(Protocol):
 
     def max_restarts(self, tj: TrainingJob) -> int: ...
 
-    def pod_job_name(self, name: str) -> str:
-        """The Job that creates the pods (whose FailedCreate events say why they are refused)."""
+    def pod_job_names(self, obj: dict[str, Any]) -> list[str]:
+        """The Jobs that create the workload `obj`'s pods (whose FailedCreate events say why they
+        are refused), worker 0's first."""
         ...
 
 
@@ -180,8 +187,8 @@ class JobEngine:
     def max_restarts(self, tj: TrainingJob) -> int:
         return max_restarts(tj) if operator_restarts(tj) else 0
 
-    def pod_job_name(self, name: str) -> str:
-        return name
+    def pod_job_names(self, obj: dict[str, Any]) -> list[str]:
+        return [str((obj.get("metadata") or {}).get("name", ""))]
 
 
 class JobSetEngine:
@@ -242,8 +249,14 @@ class JobSetEngine:
     def max_restarts(self, tj: TrainingJob) -> int:
         return max_restarts(tj)
 
-    def pod_job_name(self, name: str) -> str:
-        return f"{name}-{rendezvous.REPLICATED_JOB}-0"  # JobSet's child Job of the one replicated job
+    def pod_job_names(self, obj: dict[str, Any]) -> list[str]:
+        """Every child Job the JobSet controller makes of `obj`: `<jobset>-node-0` for the one replicated
+        job, `<jobset>-node-<i>-0` for worker i's with a volume per worker (each replicated job in
+        order, its Jobs by index)."""
+        name = str((obj.get("metadata") or {}).get("name", ""))
+        return [jobset_child_job_name(name, str(rjob.get("name", "")), index)
+                for rjob in (obj.get("spec") or {}).get("replicatedJobs") or []
+                for index in range(_int(rjob.get("replicas"), 1))]
 
 
 JOB, JOBSET = JobEngine(), JobSetEngine()

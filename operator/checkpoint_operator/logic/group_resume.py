@@ -17,6 +17,7 @@ import posixpath
 from typing import Optional
 from checkpoint_operator.api.trainingjob import GroupResume, TrainingJob, TrainingJobStatus
 from checkpoint_operator.logic.status import StatusChange
+from checkpoint_operator.logic.workers import attempt_name
 from checkpoint_operator.protocol.results import ResumeReport, cut
 
 RESUME_DIR = ".ckpt-resume"  # agent/scan.py RESUME_DIR (scans leave it alone)
@@ -48,7 +49,8 @@ def needs_resume_step(tj: TrainingJob, attempt: int) -> bool:
 
 
 def resumed_change(tj: TrainingJob, attempt: int, report: ResumeReport) -> StatusChange:
-    """The resume step's result, recorded before the next attempt starts: which checkpoint it resumes
+    """The resume step's result for the attempt of index `attempt` (status.resume.attempt; its messages
+    name it counted from 1, workers.attempt_name), recorded before the next attempt starts: which checkpoint it resumes
     from (a Normal event), or that none is complete over the workers' volumes (a Warning: the workers
     start from an earlier copy, if any, else from their own files)."""
     passed = report.passed[:PASSED_SHOWN]
@@ -56,7 +58,7 @@ def resumed_change(tj: TrainingJob, attempt: int, report: ResumeReport) -> Statu
     over = ("; passed over " + "; ".join(passed) + (f"; and {more} more" if more > 0 else "")) if passed else ""
     if report.path is not None and report.digest is not None:
         step = f" (step {report.step})" if report.step is not None else ""
-        message = (f"attempt {attempt} resumes every worker from {report.path}{step}, {report.digest}: complete over "
+        message = (f"{attempt_name(attempt)} resumes every worker from {report.path}{step}, {report.digest}: complete over "
                    f"the {tj.spec.replicas} workers' volumes, {report.fileCount} files copied into each "
                    f"({RESUME_DIR}/{report.digest.split(':', 1)[-1][:12]}...){over}")
         resume = GroupResume(attempt=attempt, directory=report.path, digest=report.digest, step=report.step,
@@ -65,11 +67,11 @@ def resumed_change(tj: TrainingJob, attempt: int, report: ResumeReport) -> Statu
                             fields=TrainingJobStatus(resume=resume))
     earlier = tj.status.resume if has_resume_copy(tj) else None
     if earlier is not None:
-        message = (f"attempt {attempt}: no newer checkpoint is complete over the {tj.spec.replicas} workers' "
+        message = (f"{attempt_name(attempt)}: no newer checkpoint is complete over the {tj.spec.replicas} workers' "
                    f"volumes{over}; every worker resumes from the earlier copy of {earlier.directory} "
                    f"({earlier.digest})")
     else:
-        message = (f"attempt {attempt}: no checkpoint is complete over the {tj.spec.replicas} workers' volumes"
+        message = (f"{attempt_name(attempt)}: no checkpoint is complete over the {tj.spec.replicas} workers' volumes"
                    f"{over}; the workers start without {RESUME_DIR} (their own files are in CHECKPOINT_OUTPUT_DIR)")
     resume = GroupResume(attempt=attempt, directory=earlier.directory if earlier else None,
                          digest=earlier.digest if earlier else None, step=earlier.step if earlier else None,
@@ -83,7 +85,7 @@ def resume_failed_change(tj: TrainingJob, attempt: int, failure: str) -> StatusC
     earlier = tj.status.resume if has_resume_copy(tj) else None
     then = (f"every worker resumes from the earlier copy of {earlier.directory} ({earlier.digest})" if earlier
             else "the workers start from their own files")
-    message = f"attempt {attempt}: the resume step failed: {cut(failure, 2000)}; {then}"
+    message = f"{attempt_name(attempt)}: the resume step failed: {cut(failure, 2000)}; {then}"
     resume = GroupResume(attempt=attempt, directory=earlier.directory if earlier else None,
                          digest=earlier.digest if earlier else None, step=earlier.step if earlier else None,
                          message=cut(message, 4000))

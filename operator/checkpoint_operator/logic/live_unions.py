@@ -10,7 +10,8 @@ every worker that may hold a part of it has sealed its part:
 
 - expected: every worker whose pod is running (or still to run). A worker that has sealed
   nothing of a directory another worker sealed is waited for while its pod runs; once it has
-  ended (its sidecar sealed what it had at its end), the union is of the parts that exist. So a
+  ended (its sidecar sealed what showed a sign of its end, and left a part without one writable
+  for a restarted group: agent/live_sealing.py), the union is of the parts that exist. So a
   directory a rank never writes is judged when that rank's pod ends: in practice by the
   end-of-job snapshot, which assembles what exists (a DCP step without a rank's shard is then
   `complete: false`, the shard named);

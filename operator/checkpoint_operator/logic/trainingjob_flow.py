@@ -114,8 +114,10 @@ def running_wait(tj: TrainingJob, problems: list[PodProblem], kind: str = "Job")
         more = f" (and {len(problems) - 1} more pod(s))" if len(problems) > 1 else ""
         return Wait(first.reason, first.message + more)
     if tj.ready_reason() not in (None, "Running"):
-        restarts = tj.status.restarts or 0
-        after = f" (attempt {restarts + 1}, after {restarts} group restart(s))" if restarts else ""
+        attempt, restarts = attempt_of(tj), tj.status.restarts or 0
+        preempted = f" and {tj.status.preemptions} preemption(s)" if engines.resumes_parts(tj) and tj.status.preemptions \
+            else ""
+        after = f" ({workers.attempt_name(attempt)}, after {restarts} group restart(s){preempted})" if attempt else ""
         return Wait("Running", f"{kind} {tj.status.jobName} is running{after}", warning=False)
     return Wait()
 
@@ -245,9 +247,8 @@ def attempt_started_change(tj: TrainingJob, kind: str, name: str, rendezvous: Op
         TrainingJobStatus(rendezvous=rendezvous, jobUid=job_uid, suspendTransition=None)
     if queue is None:
         return StatusChange(fields=fields)
-    attempt = attempt_of(tj) + 1
     return StatusChange(phase=TrainingJobPhase.QUEUED, reason="Queued", event="Normal", fields=fields,
-                        message=f"attempt {attempt}: {kind} {name} is queued in Kueue (LocalQueue {queue}) "
+                        message=f"{workers.attempt_name(attempt_of(tj))}: {kind} {name} is queued in Kueue (LocalQueue {queue}) "
                                 f"again: it starts when Kueue admits it")
 
 
@@ -258,7 +259,8 @@ def engine_restarts_change(tj: TrainingJob, state: WorkloadState, max_restarts: 
         return None
     failure = _failed_first(tj, state.attempt - 1) or "a worker failed (its pod is gone)"
     return StatusChange(reason="Restarting", event="Warning", fields=TrainingJobStatus(restarts=state.attempt),
-                        message=f"JobSet {state.name} restarted the group (restart {state.attempt} of {max_restarts}): "
+                        message=f"JobSet {state.name} restarted the group (restart {state.attempt} of {max_restarts}, "
+                                f"{workers.attempt_name(state.attempt)}): "
                                 f"{failure}; every worker was stopped and started again")
 
 
@@ -292,7 +294,8 @@ def restart_change(tj: TrainingJob, state: WorkloadState, max_restarts: int,
     return StatusChange(reason="Restarting", event="Warning", fields=TrainingJobStatus(restarts=done + 1),
                         message=f"{_failed_first(tj, state.attempt) or state.failure or 'a worker failed'}; "
                                 f"every worker was stopped; "
-                                f"restarting the group (restart {done + 1} of {max_restarts}){resume}")
+                                f"restarting the group (restart {done + 1} of {max_restarts}, "
+                                f"{workers.attempt_name(attempt_of(tj) + 1)}){resume}")
 
 
 def group_outcome(tj: TrainingJob, state: WorkloadState, failure: str) -> str:

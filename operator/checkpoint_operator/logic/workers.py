@@ -17,6 +17,13 @@ ATTEMPT_LABEL = "ckpt.dev/restart-attempt"             # the operator's group re
 JOBSET_ATTEMPT_LABEL = "jobset.sigs.k8s.io/restart-attempt"  # JobSet's restarts (engine JobSet)
 
 
+def attempt_name(attempt: int) -> str:
+    """How every message names the attempt of index `attempt` (the attempt labels', status.workerFailure.attempt's
+    and status.resume.attempt's: 0 for the first run, then one per group restart, and with a volume per worker
+    one per preemption too): counted from 1, as people count runs. `attempt 2` is the run after one restart."""
+    return f"attempt {attempt + 1}"
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerPod:
     name: str

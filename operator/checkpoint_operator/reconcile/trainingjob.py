@@ -400,8 +400,8 @@ def _running(ctx: Context, tj: TrainingJob, pods: list[workers.WorkerPod], state
     # pods coming (their events wake the job): its Events are read once it has had the time.
     if awaiting_pods and volumes.is_young(obj):
         return replace(flow.running_wait(tj, [], kind), requeue_after=volumes.PODS_GRACE)
-    if awaiting_pods:
-        refused = volumes.refused_pods(ctx, tj.metadata.namespace, engines.engine_of(tj).pod_job_name(state.name))
+    if awaiting_pods and obj is not None:
+        refused = volumes.refused_pods(ctx, tj.metadata.namespace, engines.engine_of(tj).pod_job_names(obj))
         if refused is not None:
             return replace(flow.running_wait(tj, [refused], kind), requeue_after=volumes.PODS_RECHECK)
     pending = [p for p in pods if p.phase == PodPhase.PENDING]
@@ -460,7 +460,7 @@ def _next_attempt(ctx: Context, tj: TrainingJob, name: str, obj: Optional[dict[s
     write_status(ctx, tj, flow.attempt_started_change(tj, made.kind, made.name, made.rendezvous,
                                                       kueue.queue_name(tj.metadata.labels), made.uid)
                  .with_fields(made.restored_fields()))
-    ctx.info(tj, "GroupStarted", f"attempt {attempt + 1}: {made.kind} {made.name} created again")
+    ctx.info(tj, "GroupStarted", f"{workers.attempt_name(attempt)}: {made.kind} {made.name} created again")
     return Wait()
 
 

@@ -66,9 +66,20 @@ def ensure_owned_claim(ctx: Context, owner: Checkpoint, body: dict[str, Any]) ->
                 requeue_after=CLAIM_RECHECK)
 
 
-def refused_pods(ctx: Context, namespace: str, job_name: str) -> Optional[PodProblem]:
-    """A Job without pods: what its `FailedCreate` Events say (a LIST of that Job's Events alone)."""
-    return job_creation_problem(job_name, ctx.kube.list(EVENTS, namespace, field_selector=job_events_selector(job_name)))
+# A workload's Jobs whose Events are read on one pass while it has no pod (a JobSet with a volume per
+# worker has one Job per worker): admission refuses every worker's pods alike, worker 0's first.
+REFUSAL_JOBS_READ = 4
+
+
+def refused_pods(ctx: Context, namespace: str, job_names: list[str]) -> Optional[PodProblem]:
+    """Jobs without pods: what the first one's `FailedCreate` Events say that has any (a LIST of
+    each Job's Events alone, in order, until one names a refusal; at most REFUSAL_JOBS_READ)."""
+    for job_name in job_names[:REFUSAL_JOBS_READ]:
+        events = ctx.kube.list(EVENTS, namespace, field_selector=job_events_selector(job_name))
+        problem = job_creation_problem(job_name, events)
+        if problem is not None:
+            return problem
+    return None
 
 
 def attach_wait(ctx: Context, namespace: str, pod_name: str) -> Optional[PodProblem]:

@@ -13,8 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from formats_files import dcp_metadata_bytes, write
 
+from checkpoint_operator.agent.live_sealing import Evidence, Hold, Listed, Seal, decide
 from checkpoint_operator.agent.live_watch import Watcher
 from checkpoint_operator.agent.parts import PartsStream, scan_parts
 from checkpoint_operator.agent.scan import Skipped, scan_directory
@@ -79,6 +82,7 @@ def test_a_conflict_between_sealed_parts_is_refused_by_name(tmp_path):
     dcp_part(out / "worker-0", "step-1", 0)
     dcp_part(out / "worker-1", "step-1", 1, config=b'{"model": "other"}')
     ticks(w0, w1)
+    dcp_part(out / "worker-1", "step-2", 1)  # rank 1 moved on: its step-1 part is done
     w1.finish()  # its pod ended: the last pass seals what is there
     stream = PartsStream(str(out), 2, only="step-1", expect={0: sealed(lines0)["step-1"], 1: sealed(lines1)["step-1"]})
     assert list(stream) == []
@@ -106,6 +110,7 @@ def test_a_part_rewritten_after_its_sealing_is_refused_naming_the_worker(tmp_pat
     dcp_part(out / "worker-0", "step-1", 0)
     dcp_part(out / "worker-1", "step-1", 1)
     ticks(w0, w1)
+    dcp_part(out / "worker-1", "step-2", 1)  # rank 1 moved on: its step-1 part is done
     w1.finish()
     expect = {0: sealed(lines0)["step-1"], 1: sealed(lines1)["step-1"]}
     shard = out / "worker-1" / "step-1" / "__1_0.distcp"
@@ -118,6 +123,85 @@ def test_a_part_rewritten_after_its_sealing_is_refused_naming_the_worker(tmp_pat
         f"worker 1's part changed after it was sealed (sealed as {expect[1][:19]}..., now has {now[:19]}...)"))]
     w1.check_all()  # and the sidecar says so in its own line
     assert [e.path for e in lines1 if e.kind == "changed"] == ["step-1"]
+
+
+def writable(directory: Path) -> bool:
+    """Every file and directory of it keeps its write bits (the tests run as root, for whom
+    os.access always says writable: the bits are what a non-root trainer meets)."""
+    return all(os.stat(p).st_mode & 0o222 for p in [directory, *directory.rglob("*")])
+
+
+def test_a_part_with_no_sign_of_its_end_at_its_pod_s_end_is_left_writable_for_the_restarted_group(tmp_path):
+    """F7: a group whose step-2 save was cut short (rank 0 died before DCP's `.metadata`; rank 1's
+    shard, written in place, is whole, but the union is not) is restarted by the operator from the
+    union complete over the volumes (step-1), and each rank writes step-2 again. A part's own
+    completeness says nothing, so at the pod's end only a sign of its writer's end seals it: rank
+    1's step-1 (a newer step beside it) and rank 0's step-1 (its `.metadata`) are sealed, both
+    step-2 parts are left writable (sealed read-only, a non-root trainer got PermissionError
+    rewriting them), as one volume leaves a save found incomplete (hostile8 R1)."""
+    out = tmp_path / "out"
+    w0, lines0 = part_watcher(out / "worker-0", 0)
+    w1, lines1 = part_watcher(out / "worker-1", 1)
+    for rank in (0, 1):
+        dcp_part(out / f"worker-{rank}", "step-1", rank)
+    write(out / "worker-0" / "step-2" / "__0_0.distcp", b"\x00" * 32)  # killed mid-shard, before .metadata
+    write(out / "worker-1" / "step-2" / "__1_0.distcp", b"\x01" * 64)  # whole: rank 1 was done
+    write(out / "worker-1" / "step-2" / "config.json", CONFIG)
+    w0.finish()
+    w1.finish()
+    assert list(sealed(lines0)) == ["step-1"] and list(sealed(lines1)) == ["step-1"]
+    assert "holds .metadata" in lines0[0].checkpoint.sealReason
+    assert lines1[0].checkpoint.sealReason == "the training containers exited (a newer step (2) appeared beside it)"
+    for w, rank in ((w0, 0), (w1, 1)):
+        assert "left writable for a retry" in w.holds["step-2"]
+        assert writable(out / f"worker-{rank}" / "step-2")
+    assert not writable(out / "worker-1" / "step-1")
+    # The restarted group's rank 1 writes its part of step-2 again; a sidecar starting on the same
+    # volume then seals it by the usual signs (here: step-3 beside it).
+    (out / "worker-1" / "step-2" / "__1_0.distcp").write_bytes(b"\x02" * 64)
+    dcp_part(out / "worker-1", "step-3", 1)
+    again, lines = part_watcher(out / "worker-1", 1)
+    again.announce()
+    again.finish()
+    assert [e.checkpoint.path for e in lines if e.kind == "sealed" and not e.checkpoint.announced] == ["step-2"]
+
+
+def test_a_part_renamed_into_place_or_holding_the_save_s_last_file_is_sealed_at_its_pod_s_end(tmp_path):
+    """The signs of a part's end that the pod's end keeps: a rename into place (its own save was
+    whole), the file a multi-worker save writes last (every rank's shard was written before it)."""
+    out = tmp_path / "out"
+    w0, lines0 = part_watcher(out / "worker-0", 0)
+    w1, lines1 = part_watcher(out / "worker-1", 1)
+    w1.tick()
+    dcp_part(out / "worker-0", "step-1", 0)  # in place: its .metadata is the sign
+    write(out / "worker-1" / "step-1.tmp" / "__1_0.distcp", b"\x01" * 64)
+    w1.tick()  # the unfinished name is seen
+    os.rename(out / "worker-1" / "step-1.tmp", out / "worker-1" / "step-1")
+    w0.finish()
+    w1.finish()
+    assert list(sealed(lines0)) == ["step-1"] and list(sealed(lines1)) == ["step-1"]
+    assert "holds .metadata" in lines0[0].checkpoint.sealReason
+    assert "renamed into place from step-1.tmp" in lines1[0].checkpoint.sealReason
+    assert not writable(out / "worker-1" / "step-1")
+
+
+@pytest.mark.parametrize("files, renamed, newer, sealed_as", [
+    ((("__1_0.distcp", 64, 1),), None, None, None),                        # no sign: left writable
+    ((("__1_0.distcp", 64, 1),), None, 3, "a newer step (3) appeared beside it"),
+    ((("__1_0.distcp", 64, 1),), "renamed into place from step-2.tmp", None, "renamed into place from step-2.tmp"),
+    (((".metadata", 9, 1), ("__0_0.distcp", 64, 1)), None, None, "this worker's part holds .metadata"),
+])
+def test_at_its_pod_s_end_a_part_is_sealed_only_with_a_sign_of_its_writer_s_end(files, renamed, newer, sealed_as):
+    """The decision alone: the part's own completeness (here "complete", as a part that looks whole
+    by itself) never seals it at the pod's end; its writer's signs do."""
+    listed = Listed("step-2", "step-2", "/nowhere/step-2", (1, 2), files)
+    for found in (Evidence(True, "looks whole", None), Evidence(None, "not checked", None),
+                  Evidence(False, ".metadata missing", None)):
+        decision = decide(listed, listed, found, renamed=renamed, newer=newer, writers_done=True, part=True)
+        if sealed_as is None:
+            assert isinstance(decision, Hold) and decision.reason.endswith("left writable for a retry")
+        else:
+            assert isinstance(decision, Seal) and sealed_as in decision.reason
 
 
 def test_the_agent_commands_take_the_union_s_flags(tmp_path):

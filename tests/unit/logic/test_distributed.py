@@ -471,8 +471,33 @@ def test_what_a_workload_created_before_a_crash_publishes_is_read_from_either_en
         == "Continuous"
 
 
-def test_the_pods_of_a_jobset_are_made_by_its_child_job():
-    assert engines.JOBSET.pod_job_name("ddp") == "ddp-node-0" and engines.JOB.pod_job_name("ddp") == "ddp"
+def test_the_jobset_controller_names_each_child_job_jobset_replicated_job_index():
+    """Its GenJobName (jobset pkg/util/names, and local/jobsets.py job_name): `<jobset>-<rjob>-<index>`."""
+    from checkpoint_operator.local import jobsets
+    assert engines.jobset_child_job_name("ddp", "node-3", 0) == "ddp-node-3-0"
+    assert engines.jobset_child_job_name("ddp", "node", 2) == jobsets.job_name("ddp", "node", 2) == "ddp-node-2"
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ({"replicas": 1}, ["ddp"]),
+    ({"replicas": 3}, ["ddp"]),
+    ({"replicas": 3, "engine": "JobSet"}, ["ddp-node-0"]),
+    # F6: each worker its own replicated job `node-<i>`, so its Job is `ddp-node-<i>-0`; the one
+    # looked at was `ddp-node-0`, a Job no JobSet of this shape has.
+    ({"replicas": 3, "engine": "JobSet", "output": {"volumePerWorker": True}},
+     ["ddp-node-0-0", "ddp-node-1-0", "ddp-node-2-0"]),
+])
+def test_the_jobs_that_make_the_pods_are_the_ones_each_shape_s_controller_creates(spec, expected):
+    """The Jobs whose FailedCreate events say why the pods are refused: the Job itself, or the
+    Jobs the JobSet controller makes of every replicated job (local/jobsets.py, as JobSet does)."""
+    from checkpoint_operator.local import jobsets
+    obj = build(typed(name="ddp", **spec)).job
+    obj["metadata"]["name"] = "ddp"
+    names = engines.engine_of(typed(name="ddp", **spec)).pod_job_names(obj)
+    assert names == expected
+    if obj["kind"] == "JobSet":  # what the local JobSet controller creates, as the real one
+        made = [jobsets.job_name("ddp", r["name"], i) for r in obj["spec"]["replicatedJobs"] for i in range(r["replicas"])]
+        assert names == made
 
 
 def test_each_attempt_records_the_uid_of_its_new_workload():

@@ -108,7 +108,7 @@ def test_the_result_is_recorded_and_the_workers_get_the_resume_path_once_a_copy_
                           passedCount=1)
     change = group_resume.resumed_change(tj, 1, report)
     assert (change.reason, change.event) == ("Resuming", "Normal")
-    assert "attempt 1 resumes every worker from step-1 (step 1), " + DIGEST in change.message
+    assert "attempt 2 resumes every worker from step-1 (step 1), " + DIGEST in change.message
     assert "passed over step-2: not complete" in change.message
     resume = set_fields(change.fields)["resume"]
     assert (resume["attempt"], resume["directory"], resume["digest"], resume["step"]) == (1, "step-1", DIGEST, 1)
@@ -173,3 +173,50 @@ def test_the_agent_writes_the_result_the_operator_reads(tmp_path):
 def build_resume_args(tj: TrainingJob) -> list[str]:
     from checkpoint_operator.logic.workload import build_resume_pod
     return build_resume_pod(tj, CONFIG)["spec"]["containers"][0]["command"]
+
+
+def test_every_message_of_an_attempt_names_it_as_the_others_do_counted_from_1():
+    """F5: the resume step said `attempt 1` of the attempt the GroupStarted event and the Queued
+    message call `attempt 2` (the status index + 1), and the Running message counted only the
+    restarts (a preemption of such a group is a new attempt too). The status fields are the truth
+    (workerFailure.attempt and resume.attempt: the index, 0 for the first run; restarts;
+    preemptions); every message names the attempt of index i as `attempt i+1`."""
+    tj = typed({"phase": "Running", "restarts": 1, "preemptions": 1, "jobName": "ddp",
+                "conditions": [{"type": "Ready", "status": "False", "reason": "Resuming", "message": "m",
+                                       "lastTransitionTime": "2026-01-01T00:00:00Z"}]},
+               backoffLimit=3)
+    index = flow.attempt_of(tj)
+    assert index == 2  # one restart and one preemption: the third run
+    named = f"attempt {index + 1}"
+    report = ResumeReport(path="step-1", digest=DIGEST, step=1, fileCount=3, sizeBytes=200)
+    resumed = group_resume.resumed_change(tj, index, report)
+    assert resumed.message.startswith(f"{named} resumes every worker from step-1"), resumed.message
+    assert set_fields(resumed.fields)["resume"]["attempt"] == index
+    assert group_resume.resumed_change(tj, index, ResumeReport()).message.startswith(f"{named}: no checkpoint")
+    with_copy = typed({**tj.to_wire()["status"], "resume": set_fields(resumed.fields)["resume"]})
+    assert group_resume.resumed_change(with_copy, index, ResumeReport()).message.startswith(f"{named}: no newer")
+    assert group_resume.resume_failed_change(tj, index, "boom").message.startswith(f"{named}: the resume step failed")
+    queued = flow.attempt_started_change(tj, "JobSet", "ddp", None, "q")
+    assert queued.message.startswith(f"{named}: JobSet ddp is queued in Kueue"), queued.message
+    running = flow.running_wait(tj, [])
+    assert running.message == f"Job ddp is running ({named}, after 1 group restart(s) and 1 preemption(s))"
+    # A preempted group with no restart is in its second attempt too.
+    preempted = typed({"phase": "Running", "preemptions": 1, "jobName": "ddp",
+                       "conditions": [{"type": "Ready", "status": "False", "reason": "Resuming", "message": "m",
+                                       "lastTransitionTime": "2026-01-01T00:00:00Z"}]})
+    assert flow.running_wait(preempted, []).message == \
+        "Job ddp is running (attempt 2, after 0 group restart(s) and 1 preemption(s))"
+    # The restart names the attempt it starts: the next index (the restarts, the preemptions, + 1).
+    failed = WorkloadState(kind="JobSet", name="ddp", attempt=index, suspended=False, outcome=False, stopped=True)
+    restart = flow.restart_change(tj, failed, 3, None)
+    assert restart is not None and f"(restart 2 of 3, attempt {index + 2})" in restart.message, restart.message
+    assert set_fields(restart.fields)["restarts"] == 2
+
+
+def test_a_restart_by_jobset_itself_names_the_attempt_it_starts():
+    """A shared output: JobSet restarts the group (status.restarts = JobSet's restarts = the index)."""
+    tj = typed({"phase": "Running", "restarts": 0}, output={})
+    again = WorkloadState(kind="JobSet", name="ddp", attempt=1, suspended=False, outcome=None, stopped=True)
+    change = flow.engine_restarts_change(tj, again, 2)
+    assert change is not None and "(restart 1 of 2, attempt 2)" in change.message, change.message
+    assert set_fields(change.fields)["restarts"] == 1
