@@ -6,6 +6,7 @@ has the right name and owner, or a worker's label."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import threading
@@ -22,6 +23,7 @@ from test_operator_lifecycle import events_for, sha256sum_digest, wait_phase
 
 pytestmark = pytest.mark.timeout(240)
 FORGED_DIGEST = "sha256:" + "0" * 64
+HOLD = "test.ckpt.dev/hold"
 
 
 class Forger(Trainer):
@@ -34,15 +36,24 @@ class Forger(Trainer):
         self.oversized: set[str] = set()
         # job -> (the agent's last line, its exit code), for its first snapshot pod only
         self.failing_snapshot: dict[str, tuple[str, int]] = {}
+        self.slow_deletion: dict[str, float] = {}  # job -> seconds its failed snapshot pod stays terminating
+
+    async def _release(self, namespace: str, name: str) -> None:
+        async with ApiClient(self.api_url) as api:
+            await api.patch("v1/pods", namespace, name, {"metadata": {"finalizers": None}})
 
     async def __call__(self, pod: dict, container: dict, env: dict, mounts: dict) -> int | None:
         labels = pod["metadata"].get("labels", {})
         job = labels.get("ckpt.dev/trainingjob", "")
         if labels.get("ckpt.dev/component") == "snapshot" and job in self.failing_snapshot:
             line, code = self.failing_snapshot.pop(job)  # the next attempt runs the real agent
+            namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
             async with ApiClient(self.api_url) as api:
-                await api.write_log(pod["metadata"]["namespace"], pod["metadata"]["name"], container["name"],
-                                    line + "\n")
+                await api.write_log(namespace, name, container["name"], line + "\n")
+                if job in self.slow_deletion:  # its deletion takes a while (a kubelet under load)
+                    await api.patch("v1/pods", namespace, name, {"metadata": {"finalizers": [HOLD]}})
+                    asyncio.get_running_loop().call_later(
+                        self.slow_deletion[job], lambda: asyncio.ensure_future(self._release(namespace, name)))
             return code
         if labels.get("ckpt.dev/component") == "snapshot" and labels.get("ckpt.dev/trainingjob") in self.oversized:
             line = '{"kind":"scan","version":1,"checkpoints":[' + ",".join(
@@ -169,6 +180,9 @@ async def test_a_snapshot_the_agent_refuses_fails_at_once_and_a_transient_failur
     trainer.failing_snapshot["refused"] = ("error: /output: more than 3 entries (at 'step-1'); refusing to go on",
                                            REFUSED_EXIT_CODE)
     trainer.failing_snapshot["transient"] = ("error: s3://bucket/x: connection refused", 1)
+    # The failed pod, deleted once its failure is counted, stays terminating for 4 s: every pass
+    # meanwhile (the status write, the pod's own updates) must not count the same failure again.
+    trainer.slow_deletion["transient"] = 4.0
     await api.create(TJ, NS, training_job("refused"))
     await api.create(TJ, NS, training_job("transient"))
     tj = await wait_phase(api, wait_for, TJ, "refused", ("Failed", "Succeeded"), timeout=60)

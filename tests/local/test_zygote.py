@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from checkpoint_operator.local.runtime import read_bounded
+from checkpoint_operator.protocol.errors import REFUSED_EXIT_CODE
 from checkpoint_operator.local.zygote import Zygote, exit_code_of
 
 
@@ -43,7 +44,9 @@ async def test_a_forked_agent_command_matches_a_fresh_interpreter(tmp_path: Path
     assert first == second == (0, fresh.stdout, "")
     assert json.loads(first[1])["checkpoints"][0]["path"] == "step-1"  # relative to the command's own cwd
     assert usage[0] == 2 and "invalid choice: 'no-such-command'" in usage[2]
-    assert failing[0] == 1 and failing[2].startswith("error: ") and "Traceback" not in failing[2]
+    # A directory that is not there is refused as the fresh interpreter refuses it (exit 3: the same
+    # command would be refused again), with its one error line.
+    assert failing[0] == REFUSED_EXIT_CODE and failing[2].startswith("error: ") and "Traceback" not in failing[2]
 
 
 def test_exit_codes_are_reported_as_a_container_runtime_does() -> None:

@@ -572,8 +572,11 @@ def snapshot(ctx: Context, tj: TrainingJob) -> Result:
     store = store_for(ctx.config)
     tj = _release_restored_inputs(ctx, tj)  # the outcome was recorded by the pass before (_finish)
     backoff = flow.snapshot_wait(tj.status.snapshotRetryAt, datetime.now(timezone.utc))
-    if backoff is not None and ctx.kube.get(PODS, tj.metadata.namespace, workload.snapshot_pod_name(tj)) is None:
-        return Wait(requeue_after=backoff)  # after a failed attempt (SnapshotRetry said when)
+    if backoff is not None:  # after a failed attempt (SnapshotRetry said when)
+        left = ctx.kube.get(PODS, tj.metadata.namespace, workload.snapshot_pod_name(tj))
+        # The failed pod, still being deleted, was counted: never read again (it was counted twice).
+        if left is None or (left.get("metadata") or {}).get("uid") == tj.status.snapshotPodUid:
+            return Wait(requeue_after=backoff)
     pod = workload.build_snapshot_pod(tj, store.snapshot_command(tj, AGENT_OUTPUT_MOUNT), store.agent_env(),
                                       ctx.config, read_only=not store.snapshot_writes_output)
     run = agent_runs.follow(ctx, tj, pod, SNAPSHOT)
