@@ -278,14 +278,46 @@ def removal_annotation(retired: Iterable[tuple[str, str]],
 
 # --- whose log is the sidecar's (hostile8 F1) -------------------------------------------------------
 
+# What a cluster's mutating admission adds to every container of a pod, the sidecar included: the
+# Job controller's index, cloud workload identity (EKS IRSA and Pod Identity, Azure Workload Identity)
+# and observability agents' variables, and their token mounts under /var/run/secrets/. None of them
+# changes what the sidecar seals; anything else that differs from the template does (hostile9 H9-6).
+ADMISSION_ENV = frozenset({
+    COMPLETION_INDEX, "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_STS_REGIONAL_ENDPOINTS",
+    "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "AZURE_CLIENT_ID", "AZURE_TENANT_ID",
+    "AZURE_FEDERATED_TOKEN_FILE", "AZURE_AUTHORITY_HOST"})
+ADMISSION_ENV_PREFIXES = ("DD_", "OTEL_")
+TOKEN_MOUNTS = "/var/run/secrets/"
+_DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+
+
+def _admission_added(var: Any) -> bool:
+    name = str(var.get("name")) if isinstance(var, Mapping) else ""
+    return name in ADMISSION_ENV or name.startswith(ADMISSION_ENV_PREFIXES)
+
+
+def _image(image: Any) -> Any:
+    """`repo:tag@sha256:...` as `repo:tag`: a policy engine (Kyverno's verifyImages) pins the tag
+    the template names to its digest; a reference by digest alone stays as it is."""
+    if isinstance(image, str) and _DIGEST.search(image):
+        named = _DIGEST.sub("", image)
+        if ":" in named.rsplit("/", 1)[-1]:
+            return named
+    return image
+
+
 def sidecar_identity(pod_spec: Mapping[str, Any]) -> Optional[str]:
-    """What makes a pod's sealing sidecar the one the operator built: its image, command, arguments and
-    environment, and the claims it mounts where; None when the pod has no single `ckpt-live` container,
-    or shares its processes (another container could write into the sidecar's output). A pod's owner
+    """What makes a pod's sealing sidecar the one the operator built: its image, command, arguments,
+    working directory, hooks and environment, and every volume it mounts where (a claim by name, any
+    other volume by its whole source: a nested mount over the output or over the agent's code is not
+    the sidecar built, hostile9 H9-5); None when the pod has no single `ckpt-live` container, or
+    shares its processes (another container could write into the sidecar's output). A pod's owner
     references and labels are whatever its creator wrote, so a pod of anyone's with the job's Job as
     controller and a container named ckpt-live is not proof: its log is believed only when its
-    sidecar's identity is one of the workload's templates' (which the operator built). Mounts of other
-    volumes (a ServiceAccount token an admission plugin adds) do not count."""
+    sidecar's identity is one of the workload's templates' (which the operator built). What admission
+    adds to every container (ADMISSION_ENV, token mounts under /var/run/secrets/, a tag pinned to its
+    digest) does not count."""
     if pod_spec.get("shareProcessNamespace") or pod_spec.get("hostPID"):
         return None
     found = [c for c in [*(pod_spec.get("initContainers") or []), *(pod_spec.get("containers") or [])]
@@ -294,15 +326,23 @@ def sidecar_identity(pod_spec: Mapping[str, Any]) -> Optional[str]:
         return None
     container = found[0]
     volumes = {v.get("name"): v for v in pod_spec.get("volumes") or [] if isinstance(v, Mapping)}
-    claims = sorted((str(m.get("mountPath")), bool(m.get("readOnly")), str(m.get("subPath") or ""),
-                     str(((volumes.get(m.get("name")) or {}).get("persistentVolumeClaim") or {}).get("claimName")))
+
+    def source(name: Any) -> Any:
+        volume = volumes.get(name) or {}
+        claim = volume.get("persistentVolumeClaim")
+        if isinstance(claim, Mapping):
+            return {"claimName": claim.get("claimName")}
+        return {k: v for k, v in volume.items() if k != "name"}
+    mounts = sorted(json.dumps([str(m.get("mountPath")), bool(m.get("readOnly")), str(m.get("subPath") or ""),
+                                str(m.get("subPathExpr") or ""), str(m.get("mountPropagation") or ""),
+                                source(m.get("name"))], sort_keys=True)
                     for m in container.get("volumeMounts") or []
-                    if isinstance(m, Mapping) and "persistentVolumeClaim" in (volumes.get(m.get("name")) or {}))
-    # The Job controller adds JOB_COMPLETION_INDEX to every container of an Indexed Job's pods (a
-    # fieldRef on a cluster, a value in local mode) unless the template has it: not part of what was built.
-    env = [v for v in container.get("env") or [] if not (isinstance(v, Mapping) and v.get("name") == COMPLETION_INDEX)]
-    body = {"image": container.get("image"), "command": container.get("command"), "args": container.get("args"),
-            "env": env, "envFrom": container.get("envFrom"), "claims": claims}
+                    if isinstance(m, Mapping) and not str(m.get("mountPath") or "").startswith(TOKEN_MOUNTS))
+    env = [v for v in container.get("env") or [] if not _admission_added(v)]
+    body = {"image": _image(container.get("image")), "command": container.get("command"),
+            "args": container.get("args"), "workingDir": container.get("workingDir"),
+            "lifecycle": container.get("lifecycle"), "env": env, "envFrom": container.get("envFrom"),
+            "mounts": mounts}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 

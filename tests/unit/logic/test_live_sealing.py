@@ -265,3 +265,66 @@ def test_an_indexed_job_s_pods_run_the_sidecar_built_into_its_template():
         sidecar = next(c for c in pod["spec"]["initContainers"] if c["name"] == live_sealing.SIDECAR)
         assert {"name": "JOB_COMPLETION_INDEX", "value": str(index)} in sidecar["env"]
         assert live_sealing.sidecar_identity(pod["spec"]) in expected
+
+
+IRSA_ENV = [{"name": "AWS_STS_REGIONAL_ENDPOINTS", "value": "regional"},
+            {"name": "AWS_DEFAULT_REGION", "value": "us-east-1"}, {"name": "AWS_REGION", "value": "us-east-1"},
+            {"name": "AWS_ROLE_ARN", "value": "arn:aws:iam::111122223333:role/train"},
+            {"name": "AWS_WEB_IDENTITY_TOKEN_FILE", "value": "/var/run/secrets/eks.amazonaws.com/serviceaccount/token"}]
+
+
+def _built_live_pod():
+    import copy
+    tj = TrainingJob.model_validate(training_job(output={"publish": "Continuous"}))
+    config = OperatorConfig(agent_image="ghcr.io/ckpt-dev/checkpoint-operator:1.0")
+    built = workload.build_workload(tj, [], store_for(config).input_volumes(tj, []),
+                                    workload.build_live_sidecar(tj, config, None, [])).job
+    return live_sealing.built_sidecars([built]), copy.deepcopy(built["spec"]["template"]["spec"])
+
+
+def _sidecar(pod):
+    return next(c for c in pod["initContainers"] if c["name"] == live_sealing.SIDECAR)
+
+
+def test_what_common_mutating_admission_adds_to_every_container_is_not_a_forged_sidecar():
+    """hostile9 H9-6: EKS IRSA adds AWS_* variables and a token mount to every container, Datadog's
+    admission DD_* variables, Kyverno's verifyImages pins the tag to its digest: the operator's own
+    sidecar must still be recognised (live sealing published nothing on those clusters)."""
+    expected, pod = _built_live_pod()
+    for c in pod["initContainers"] + pod["containers"]:
+        c["env"] = [*(c.get("env") or []), *IRSA_ENV, {"name": "DD_AGENT_HOST", "valueFrom": {"fieldRef": {
+            "fieldPath": "status.hostIP"}}}]
+        c.setdefault("volumeMounts", []).append({"name": "aws-iam-token", "readOnly": True,
+                                                 "mountPath": "/var/run/secrets/eks.amazonaws.com/serviceaccount"})
+    pod["volumes"].append({"name": "aws-iam-token", "projected": {"sources": [{"serviceAccountToken": {
+        "audience": "sts.amazonaws.com", "path": "token"}}]}})
+    _sidecar(pod)["image"] += "@sha256:" + "ab" * 32
+    assert live_sealing.sidecar_identity(pod) in expected
+    preloaded = {**pod, "initContainers": [{**_sidecar(pod), "env": [*_sidecar(pod)["env"],
+                                                                      {"name": "LD_PRELOAD", "value": "/x.so"}]}]}
+    assert live_sealing.sidecar_identity(preloaded) not in expected  # anything else still counts
+    other_image = {**pod, "initContainers": [{**_sidecar(pod), "image": "evil/agent:1.0@sha256:" + "ab" * 32}]}
+    assert live_sealing.sidecar_identity(other_image) not in expected
+
+
+def test_a_sidecar_with_other_mounts_a_working_directory_or_hooks_is_not_the_one_built():
+    """hostile9 H9-5: a copy of the built sidecar with an emptyDir nested over a checkpoint directory of
+    the output or over the agent's code, its removal channel replaced, or a hook of its own, seals bytes
+    of its creator's choosing: not the sidecar built."""
+    expected, pod = _built_live_pod()
+    assert live_sealing.sidecar_identity(pod) in expected
+    forgeries = []
+    for path in ("/output-checkpoint/checkpoint-7", "/usr/local/bin"):
+        forged = {**pod, "volumes": [*pod["volumes"], {"name": "fake", "emptyDir": {}}],
+                  "initContainers": [{**_sidecar(pod), "volumeMounts": [*_sidecar(pod)["volumeMounts"],
+                                                                        {"name": "fake", "mountPath": path}]}]}
+        forgeries.append(forged)
+    channel = next((v for v in pod["volumes"] if "downwardAPI" in v), None)
+    assert channel is not None, "the sidecar's removal channel is a downwardAPI volume"
+    forgeries.append({**pod, "volumes": [v if v is not channel else {"name": v["name"], "emptyDir": {}}
+                                         for v in pod["volumes"]]})
+    forgeries.append({**pod, "initContainers": [{**_sidecar(pod), "workingDir": "/tmp"}]})
+    forgeries.append({**pod, "initContainers": [{**_sidecar(pod), "lifecycle": {
+        "postStart": {"exec": {"command": ["sh", "-c", "echo"]}}}}]})
+    for forged in forgeries:
+        assert live_sealing.sidecar_identity(forged) not in expected
