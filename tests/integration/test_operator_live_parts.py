@@ -7,6 +7,7 @@ sets once it has seen what it waits for: every check is about order, not time.""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -325,3 +326,71 @@ async def test_a_step_cut_short_stays_writable_for_the_restarted_group_that_writ
     step2 = await api.get(CKPT, NS, "cs.step-2")
     assert (step2["status"]["phase"], step2["status"]["complete"]) == ("Ready", True), step2["status"]
     assert await job_checkpoints(api, "cs") == ["cs.step-1", "cs.step-2"]
+
+
+async def test_a_step_is_not_published_without_the_part_of_a_worker_whose_pod_failed_and_is_restarted(
+        api, operator, cluster, trainer, wait_for):
+    """hostile9 H9-1: rank 1 dies (exit 1) after rank 0's part of step-1 is sealed, while rank 0's pod
+    still runs (a real cluster deletes it gracefully: here a finalizer on its Job keeps it running).
+    step-1 was published Ready from worker 0's part alone (complete: false, waiting only for running
+    workers); the restarted group's rank 1 wrote its part, but the step counted as published, the
+    end-of-job union (another digest) failed it "changed after it was sealed", and the job ended with
+    no checkpoint. Every worker of the job is waited for: step-1 is published once, from both parts."""
+    calls: dict[int, int] = {0: 0, 1: 0}
+    part0_sealed, released = threading.Event(), threading.Event()
+    lock = threading.Lock()
+
+    def train(attempt, env):
+        rank, out = int(env["RANK"]), env["CHECKPOINT_OUTPUT_DIR"]
+        with lock:
+            calls[rank] += 1
+            first = calls[rank] == 1
+        if first:
+            if rank == 1:
+                assert part0_sealed.wait(60)
+                return 1  # rank 1 dies (a node lost, OOM) before writing its part of step-1
+            dcp_part(out, 1, 0)
+            released.wait(60)  # rank 0 still runs (torchrun waiting for its peer)
+            return 1
+        if not os.path.exists(os.path.join(out, "step-1")):  # the next attempt: rank 0's part is there
+            dcp_part(out, 1, rank)
+        return 0
+    trainer.behaviours["pu"] = train
+    body = training_job("pu", replicas=2, engine="JobSet", backoffLimit=1, output=LIVE_PARTS)
+    await api.create(TJ, NS, body)
+
+    async def pods(index):
+        return [p for p in await api.list("v1/pods", NS) if p["metadata"].get("labels", {}).get(
+            "ckpt.dev/trainingjob") == "pu" and p["metadata"]["labels"].get("ckpt.dev/worker-index") == index]
+    pod0 = (await wait_for(lambda: pods("0"), timeout=30))[0]["metadata"]["name"]
+    # Local mode's GC removes a deleted pod at once: a finalizer on worker 0's Job keeps its pod running
+    # while the group is stopped, as a graceful deletion on a cluster does.
+    jobs = [j["metadata"]["name"] for j in await api.list("batch/v1/jobs", NS) if j["metadata"]["name"].startswith("pu-node-0")]
+    assert jobs
+    for job in jobs:
+        await api.patch("batch/v1/jobs", NS, job, {"metadata": {"finalizers": ["test/hold"]}})
+
+    async def sealed0():
+        return '"kind":"sealed"' in await api.read_log(NS, pod0, container="ckpt-live") or None
+    await wait_for(sealed0, timeout=60)
+    part0_sealed.set()
+
+    async def rank1_failed_rank0_runs():
+        failed = [p for p in await pods("1") if p.get("status", {}).get("phase") == "Failed"]
+        running = [p for p in await pods("0") if p.get("status", {}).get("phase") == "Running"]
+        return failed and running or None
+    await wait_for(rank1_failed_rank0_runs, timeout=60)
+    for _ in range(8):  # the operator's passes (live_poll_interval 1 s) while worker 1's pod has failed
+        assert await api.get(CKPT, NS, "pu.step-1") is None, "published without worker 1's part"
+        await asyncio.sleep(1)
+    released.set()
+    for job in jobs:
+        if await api.get("batch/v1/jobs", NS, job):
+            await api.patch("batch/v1/jobs", NS, job, {"metadata": {"finalizers": None}})
+
+    tj = await wait_phase(api, wait_for, TJ, "pu", ("Succeeded", "Failed"), timeout=180)
+    assert tj["status"]["phase"] == "Succeeded" and tj["status"]["restarts"] == 1, tj["status"].get("message")
+    step1 = await api.get(CKPT, NS, "pu.step-1")
+    assert (step1["status"]["phase"], step1["status"]["complete"], step1["status"]["fileCount"]) == \
+        ("Ready", True, 4), step1["status"]
+    assert tj["status"]["outputCheckpoints"] == ["pu.step-1"]

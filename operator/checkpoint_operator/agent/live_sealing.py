@@ -333,8 +333,8 @@ def decide(listed: Listed, before: Optional[Listed], found: Evidence, *, renamed
         # only by its writer's signs. One without any may be a save the crash (or the stop) cut short
         # on some rank: left writable, so the restarted group (which resumes from the latest union
         # complete over the volumes) can write this step again (sealed, a non-root trainer got
-        # PermissionError: F7, as hostile8 R1 for one volume); the end-of-job snapshot or the union
-        # over the parts that exist reads it as it is then.
+        # PermissionError: F7, as hostile8 R1 for one volume); the end-of-job snapshot reads it as it
+        # is then (no union is assembled live without every worker's sealed part).
         done = _part_done(listed, renamed, newer)
         if done is None:
             return Hold("no sign this worker's part was finished when the training containers exited "

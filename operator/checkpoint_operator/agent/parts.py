@@ -180,7 +180,10 @@ def union_of(parts: list[str], listings: list[Listing], path: str, layout: str, 
     """The checkpoint `path` of the listed parts, walked and hashed in each part that has it and
     assembled; Skipped for a conflict; None when it has no file in any part (each part's listing
     says so). `expect`: worker -> the digest of the part its sidecar sealed; a part with other
-    bytes now (or gone) makes it Skipped, named (a live union is of the sealed parts only)."""
+    bytes now (or gone), or a part of a worker not in it, makes it Skipped, named: a live union is
+    of the sealed parts only (hostile9 H9-4: another worker's files, never sealed nor hashed by its
+    sidecar and still writable, were taken as they were). The directory is then left to the
+    end-of-job snapshot, which reads every part as it is."""
     pieces: list[tuple[int, Manifest]] = []
     lost: list[tuple[int, str, str]] = []
     for i in range(len(parts)):
@@ -188,7 +191,7 @@ def union_of(parts: list[str], listings: list[Listing], path: str, layout: str, 
         if scanned is not None:
             pieces.append((i, scanned.manifest))
         lost += [(i, rel, why) for rel, why in part_lost.items()]
-    changed = _unlike_sealed(pieces, expect) if expect is not None else None
+    changed = _unlike_sealed(pieces, lost, expect) if expect is not None else None
     if changed:
         return Skipped(path=path, reason=changed)
     if not pieces:
@@ -197,9 +200,15 @@ def union_of(parts: list[str], listings: list[Listing], path: str, layout: str, 
     return union if isinstance(union, Skipped) else Assembled(*union)
 
 
-def _unlike_sealed(pieces: list[tuple[int, Manifest]], expect: dict[int, str]) -> Optional[str]:
-    """Why the parts found are not the parts the workers' sidecars sealed, or None."""
+def _unlike_sealed(pieces: list[tuple[int, Manifest]], lost: list[tuple[int, str, str]],
+                   expect: dict[int, str]) -> Optional[str]:
+    """Why the parts found are not the parts the workers' sidecars sealed, or None: an expected
+    part changed or gone, or a part (files, or entries its scan skipped) of a worker not expected."""
     found = {i: m.digest for i, m in pieces}
+    unexpected = sorted({i for i in found if i not in expect} | {i for i, _, _ in lost if i not in expect})
+    if unexpected:
+        return (f"worker {unexpected[0]} has a part of it that its sidecar has not sealed (a live union is of "
+                f"sealed parts only)")
     for worker, digest in sorted(expect.items()):
         now = found.get(worker)
         if now != digest:

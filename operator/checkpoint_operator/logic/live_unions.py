@@ -6,21 +6,24 @@ worker's part of a directory (its files, sizes and sha256) by the rules of one v
 in its log, a `sealed` line whose `part` is the worker. The operator publishes ONE Checkpoint per
 directory, the union of the parts, assembled by the union pod (`agent scan|snapshot --parts N
 --only DIR --expect W=DIGEST ...`: agent/parts.py, the end-of-job snapshot's own union code), once
-every worker that may hold a part of it has sealed its part:
+every worker has sealed its part:
 
-- expected: every worker whose pod is running (or still to run). A worker that has sealed
-  nothing of a directory another worker sealed is waited for while its pod runs; once it has
-  ended (its sidecar sealed what showed a sign of its end, and left a part without one writable
-  for a restarted group: agent/live_sealing.py), the union is of the parts that exist. So a
-  directory a rank never writes is judged when that rank's pod ends: in practice by the
-  end-of-job snapshot, which assembles what exists (a DCP step without a rank's shard is then
+- expected: every worker of the job (`replicas`), whether its pod runs, has ended or is still to
+  run. A worker whose pod failed is restarted with its group, and its next pod writes its part:
+  a union of the parts sealed so far, published, would count the step as published and never be
+  assembled again (hostile9 H9-1: Ready from worker 0's part alone, `complete: false`; then the
+  end-of-job union, another digest, failed it as changed after sealing). So a directory some
+  worker never seals a part of (a rank that never writes that step, or its last step's part
+  written in place, which its sidecar leaves writable: agent/live_sealing.py) is never published
+  live: the end-of-job snapshot assembles what exists (a DCP step without a rank's shard is then
   `complete: false`, the shard named);
 - a part whose sidecar says it changed after it was sealed is never assembled live: the
   directory is left to the end-of-job snapshot, and a Checkpoint published from it fails
   (volume store) or keeps the sealed copy (s3 store), as one volume's live sealing does;
 - the union pod assembles only the parts sealed (`--expect`: each worker's sealed digest; a part
-  with other bytes makes the directory skipped, named), refuses conflicts by name as the
-  end-of-job union does, and decides format and completeness over the union;
+  with other bytes, or a part of a worker not expected, makes the directory skipped, named),
+  refuses conflicts by name as the end-of-job union does, and decides format and completeness
+  over the union;
 - each (directory, parts) is assembled once: a refusal is not tried again until a part changes.
 """
 
@@ -85,7 +88,8 @@ class WaitForParts:
     @property
     def message(self) -> str:
         names = ", ".join(str(w) for w in self.workers)
-        return f"{self.path}: waiting for worker {names} to seal its part (its pod still runs)"
+        return (f"{self.path}: waiting for worker {names} to seal its part (a step a worker never writes is left "
+                f"to the snapshot at the end of the job)")
 
 
 @dataclass(frozen=True)
@@ -97,11 +101,12 @@ class LeftToSnapshot:
 Decision = Assemble | WaitForParts | LeftToSnapshot
 
 
-def decide(workers: int, seals: PartSeals, running: Collection[int], published: Collection[str],
+def decide(workers: int, seals: PartSeals, published: Collection[str],
            tried: Collection[tuple[str, Parts]]) -> list[Decision]:
-    """What to do with each directory a worker sealed a part of, in step order (the oldest first).
-    `running`: the workers whose pod runs; `published`: directories with a Checkpoint of the job
-    (or retired); `tried`: unions assembled already (published or refused)."""
+    """What to do with each directory a worker sealed a part of, in step order (the oldest first):
+    assembled once each of the `workers` has sealed its part, whatever its pod's state (see
+    above). `published`: directories with a Checkpoint of the job (or retired); `tried`: unions
+    assembled already (published or refused)."""
     paths = {p for w in range(workers) for p in seals.sealed.get(w, {})}
     decisions: list[Decision] = []
     for path in sorted(paths - set(published), key=step_key):
@@ -110,7 +115,7 @@ def decide(workers: int, seals: PartSeals, running: Collection[int], published: 
             decisions.append(LeftToSnapshot(path, f"worker {changed[0]}'s part changed after it was sealed"))
             continue
         holding = {w: seals.sealed[w][path] for w in range(workers) if path in seals.sealed.get(w, {})}
-        waiting = tuple(w for w in range(workers) if w not in holding and w in running)
+        waiting = tuple(w for w in range(workers) if w not in holding)
         if waiting:
             decisions.append(WaitForParts(path, waiting))
             continue

@@ -4,8 +4,8 @@ operator's side; logic/live_unions.py has the decisions.
 `collect` runs where one volume's live sealing runs (reconcile/live_sealing.py collect, every
 `live_poll_interval` while the job runs, and once more when it has ended): it reads each worker's
 sealing sidecar log (a bounded piece from where the last read ended, as one volume's), takes each
-sealed line as the part of the worker its pod is (the pod's label, never the line), and when every
-worker that may hold a part of a directory has sealed its part, runs the union pod for that
+sealed line as the part of the worker its pod's sidecar is (never the line), and when every worker
+of the job has sealed its part of a directory (whether its pod runs or not), runs the union pod for that
 directory: the end-of-job snapshot pod's shape and union code, restricted to that directory and to
 the parts sealed (`--only DIR --expect W=DIGEST`). Its result is published as the end-of-job
 snapshot publishes (logic/snapshot.py plan_snapshot, the store's snapshot location: the same
@@ -120,7 +120,7 @@ def collect(ctx: Context, tj: TrainingJob, controllers: Collection[str]) -> Trai
     _ask_removals(ctx, tj, running, existing, memory)
     _report_changed(ctx, tj, store, existing, memory)
     published = {c.directory for c in existing if c.directory} | {p for p, _ in retired}
-    decisions = live_unions.decide(tj.spec.replicas, memory.parts, running, published, memory.tried)
+    decisions = live_unions.decide(tj.spec.replicas, memory.parts, published, memory.tried)
     for decision in decisions:
         if isinstance(decision, live_unions.LeftToSnapshot) and _once(memory, ("left", decision.path, decision.reason)):
             ctx.warn(tj, "SealRefused", f"{decision.path}: {decision.reason}; not assembled while the job runs (the "

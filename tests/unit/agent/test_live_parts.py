@@ -103,6 +103,24 @@ def test_completeness_is_over_the_union_of_what_exists_when_a_rank_never_wrote_i
     assert union.manifest.completeReason == "__1_0.distcp is named by .metadata but missing"
 
 
+def test_a_live_union_refuses_a_directory_with_a_part_of_a_worker_it_does_not_expect(tmp_path):
+    """hostile9 H9-4: a live union (`--expect`) took the files of a worker not in `--expect` as they
+    were (never sealed nor hashed by its sidecar, still writable) into a Ready Checkpoint. It is of
+    the sealed parts only: a directory another worker has a part of is skipped, naming the worker,
+    and left to the end-of-job snapshot (which reads every part as it is then)."""
+    out = tmp_path / "out"
+    w0, lines0 = part_watcher(out / "worker-0", 0)
+    dcp_part(out / "worker-0", "step-1", 0)
+    ticks(w0)
+    dcp_part(out / "worker-1", "step-1", 1)  # worker 1's files, never sealed by its sidecar
+    stream = PartsStream(str(out), 2, only="step-1", expect={0: sealed(lines0)["step-1"]})
+    assert list(stream) == []
+    assert stream.skipped == [Skipped(path="step-1", reason=(
+        "worker 1 has a part of it that its sidecar has not sealed (a live union is of sealed parts only)"))]
+    # the end-of-job union (no --expect) takes every part
+    assert [c.path for c in scan_parts(str(out), 2).result.checkpoints] == ["step-1"]
+
+
 def test_a_part_rewritten_after_its_sealing_is_refused_naming_the_worker(tmp_path):
     out = tmp_path / "out"
     w0, lines0 = part_watcher(out / "worker-0", 0)

@@ -1,5 +1,5 @@
 """The operator's decisions for live sealing with a volume per worker (logic/live_unions.py): a
-directory is assembled once every worker that may hold a part of it has sealed its part."""
+directory is assembled once every worker of the job has sealed its part."""
 
 from __future__ import annotations
 
@@ -19,43 +19,51 @@ def seals(**by_worker: dict[str, str]) -> PartSeals:
 
 def test_every_part_sealed_assembles_the_directory_from_the_sealed_parts():
     s = seals(w0={"step-1": A}, w1={"step-1": B})
-    assert decide(2, s, running={0, 1}, published=set(), tried=set()) == [Assemble("step-1", ((0, A), (1, B)))]
+    assert decide(2, s, published=set(), tried=set()) == [Assemble("step-1", ((0, A), (1, B)))]
 
 
-def test_a_part_not_sealed_yet_by_a_running_worker_is_waited_for_by_name():
+def test_a_part_not_sealed_yet_is_waited_for_by_name():
     s = seals(w0={"step-1": A, "step-2": C}, w1={"step-1": B})
-    decisions = decide(2, s, running={0, 1}, published=set(), tried=set())
+    decisions = decide(2, s, published=set(), tried=set())
     assert decisions == [Assemble("step-1", ((0, A), (1, B))), WaitForParts("step-2", (1,))]
-    assert decisions[1].message == "step-2: waiting for worker 1 to seal its part (its pod still runs)"
+    assert decisions[1].message == ("step-2: waiting for worker 1 to seal its part (a step a worker never writes is "
+                                    "left to the snapshot at the end of the job)")
     assert next_union(decisions) == decisions[0]
 
 
-def test_a_worker_whose_pod_ended_is_not_waited_for_the_union_is_of_what_exists():
+def test_a_worker_that_has_not_sealed_its_part_is_waited_for_whether_its_pod_runs_or_not():
+    """hostile9 H9-1: a worker whose pod has ended (it failed, and the restarted group's rank writes
+    its part next; or it never writes that step) is waited for too: a union of fewer parts than the
+    job's workers is never published live (published from worker 0's part alone, complete: false,
+    the step counted as published and never assembled again once worker 1 wrote its part; the
+    end-of-job union, another digest, then failed it as changed after sealing). A step a worker
+    never writes is left to the end-of-job snapshot."""
     s = seals(w0={"step-2": C})
-    assert decide(2, s, running={0, 1}, published=set(), tried=set()) == [WaitForParts("step-2", (1,))]
-    assert decide(2, s, running={0}, published=set(), tried=set()) == [Assemble("step-2", ((0, C),))]
+    assert decide(2, s, published=set(), tried=set()) == [WaitForParts("step-2", (1,))]
+    s.seal(1, "step-2", B)  # the restarted group's worker 1 sealed its part
+    assert decide(2, s, published=set(), tried=set()) == [Assemble("step-2", ((0, C), (1, B)))]
 
 
 def test_a_part_changed_after_sealing_is_never_assembled_live():
     s = seals(w0={"step-1": A}, w1={"step-1": B})
     s.change(1, "step-1")
-    [decision] = decide(2, s, running={0, 1}, published=set(), tried=set())
+    [decision] = decide(2, s, published=set(), tried=set())
     assert decision == LeftToSnapshot("step-1", "worker 1's part changed after it was sealed")
     s.seal(1, "step-1", C)  # a restarted sidecar sealed it again: the bytes now
-    assert decide(2, s, running={0, 1}, published=set(), tried=set()) == [Assemble("step-1", ((0, A), (1, C)))]
+    assert decide(2, s, published=set(), tried=set()) == [Assemble("step-1", ((0, A), (1, C)))]
 
 
 def test_published_and_tried_unions_are_not_assembled_again_but_new_parts_are():
     s = seals(w0={"step-1": A, "step-2": A}, w1={"step-1": B, "step-2": B})
-    assert decide(2, s, running={0, 1}, published={"step-1"}, tried={("step-2", ((0, A), (1, B)))}) == []
+    assert decide(2, s, published={"step-1"}, tried={("step-2", ((0, A), (1, B)))}) == []
     s.seal(1, "step-2", C)  # that worker's part is other bytes now: a new union to try
-    assert decide(2, s, running={0, 1}, published={"step-1"}, tried={("step-2", ((0, A), (1, B)))}) == \
+    assert decide(2, s, published={"step-1"}, tried={("step-2", ((0, A), (1, B)))}) == \
         [Assemble("step-2", ((0, A), (1, C)))]
 
 
 def test_steps_are_decided_oldest_first():
     s = seals(w0={"step-10": A, "step-9": A, "final": A}, w1={"step-10": B, "step-9": B, "final": B})
-    assert [d.path for d in decide(2, s, running={0, 1}, published=set(), tried=set())] == \
+    assert [d.path for d in decide(2, s, published=set(), tried=set())] == \
         ["step-9", "step-10", "final"]
 
 
@@ -91,7 +99,7 @@ def test_retention_asks_each_worker_to_remove_its_own_part_by_its_part_s_digest(
     assert not removed_everywhere("step-1", s)  # worker 1 still holds its part
     s.remove(1, "step-1", B)
     assert removed_everywhere("step-1", s) and not removed_everywhere("step-2", s)
-    assert decide(2, s, running={0, 1}, published=set(), tried=set()) == [WaitForParts("step-2", (1,))]
+    assert decide(2, s, published=set(), tried=set()) == [WaitForParts("step-2", (1,))]
 
 
 def test_the_end_of_job_snapshot_never_publishes_a_retired_directory_again_whatever_is_left_of_it():
