@@ -152,7 +152,8 @@ def test_a_killed_rank_s_group_is_restarted_by_the_operator_and_both_ranks_load_
     assert {j["name"]: j["phase"] for j in report["trainingJobs"]} == {"vpw-kill": "Succeeded",
                                                                       "vpw-ref": "Succeeded"}, report
     tj = stored["vpw-kill"]["status"]
-    assert tj["restarts"] == 1 and tj["workerFailure"]["attempt"] == 0 and tj["workerFailure"]["index"] == 1
+    assert tj["restarts"] == 1, (tj, events)
+    assert tj["workerFailure"]["attempt"] == 0 and tj["workerFailure"]["index"] == 1
     resume = tj["resume"]
     assert (resume["attempt"], resume["directory"], resume["step"]) == (1, "step-4", 4), resume
     final = json.loads((tmp_path / "kill.json").read_text())
