@@ -48,6 +48,12 @@ def publish(ctx: Context, checkpoint: Checkpoint, source: TrainingJobSource, sea
         return held
     why = replays.refusal(source.name, source.directory, sealed.digest, _job_view(ctx, meta.namespace, source),
                           held=held is None)
+    if why and held is not None:  # a failure stands on these reads: the claim and the job, read live
+        held = _held(ctx, checkpoint, source, sealed, live=True)
+        if isinstance(held, Fail):
+            return held
+        why = replays.refusal(source.name, source.directory, sealed.digest,
+                              _job_view(ctx, meta.namespace, source, live=True), held=held is None)
     if why:  # a deleted one's saved YAML applied again: its signature verifies, but its job never made it
         return Fail(replays.REASON, why)
     if held is not None:  # its job hands its bytes over right after creating it; looked at again until the job ends
@@ -74,26 +80,29 @@ def changed_after_sealing(ctx: Context, checkpoint: Checkpoint) -> bool:
     return True
 
 
-def _job_view(ctx: Context, namespace: str, source: TrainingJobSource) -> Optional[replays.JobView]:
+def _job_view(ctx: Context, namespace: str, source: TrainingJobSource, *,
+              live: bool = False) -> Optional[replays.JobView]:
     """Its producing job as logic/replays.py reads it; None when the job of its spec's uid is gone."""
-    body = ctx.kube.cached_get(TRAINING_JOBS, namespace, source.name)
+    body = (ctx.kube.get if live else ctx.kube.cached_get)(TRAINING_JOBS, namespace, source.name)
     if body is None or (body.get("metadata") or {}).get("uid") != source.uid:
         return None
     try:
         tj = parse(TrainingJob, body)
     except InvalidObject:
         return replays.JobView(finished=False, retired=frozenset())  # unreadable: nothing concluded
-    live = tj.status.live
+    status = tj.status.live
     return replays.JobView(finished=tj.is_finished,
-                           retired=frozenset((r.path, r.digest) for r in (live.retired if live else None) or []))
+                           retired=frozenset((r.path, r.digest) for r in (status.retired if status else None) or []))
 
 
-def _held(ctx: Context, checkpoint: Checkpoint, source: TrainingJobSource, sealed: SealedData) -> Optional[Result]:
-    """None when every claim or snapshot the location names is the job's and owned by this Checkpoint."""
+def _held(ctx: Context, checkpoint: Checkpoint, source: TrainingJobSource, sealed: SealedData, *,
+          live: bool = False) -> Optional[Result]:
+    """None when every claim or snapshot the location names is the job's and owned by this Checkpoint
+    (`live`: the claims read live, not from the cache)."""
     location, namespace = sealed.location, checkpoint.metadata.namespace
     claims = [location.volume.claimName] if location.volume else [p.claimName for p in location.volumeParts or []]
     named: list[tuple[str, Optional[dict[str, Any]], Optional[float]]] = [
-        (f"PersistentVolumeClaim {c}", ctx.kube.cached_get(PVCS, namespace, c), None) for c in dict.fromkeys(claims)]
+        (f"PersistentVolumeClaim {c}", (ctx.kube.get if live else ctx.kube.cached_get)(PVCS, namespace, c), None) for c in dict.fromkeys(claims)]
     # Its snapshot, or each worker's (a volume per worker): their owners change with no event of ours:
     # looked at again.
     for snapshot in {s.volumeSnapshotName: s for s in location.snapshots}.values():
