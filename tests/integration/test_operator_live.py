@@ -13,7 +13,7 @@ import pytest
 
 from conftest import CKPT, NS, TJ, training_job, write_checkpoint
 from formats_files import torch_file, weights
-from test_operator_lifecycle import events_for, wait_event, wait_phase
+from test_operator_lifecycle import events_for, ready_condition, wait_event, wait_phase
 
 pytestmark = pytest.mark.timeout(180)
 LIVE = {"publish": "Continuous"}
@@ -481,3 +481,56 @@ async def test_a_pod_of_anyone_s_claiming_the_job_s_job_as_owner_is_not_its_seal
     tj = await wait_phase(api, wait_for, TJ, "forged", "Succeeded", timeout=60)
     assert await checkpoint(api, "forged.checkpoint-7") is None
     assert tj["status"]["outputCheckpoints"] == ["forged.checkpoint-1"]
+
+
+async def test_a_deleted_checkpoint_applied_again_from_its_saved_yaml_never_becomes_ready(
+        api, operator, cluster, trainer, wait_for):
+    """Its signature binds no uid, so a copy of a deleted snapshot Checkpoint (`kubectl apply` of saved
+    YAML, GitOps, a backup restore) verifies; its directory is gone (retired, removed by the sidecar).
+    The job never hands it the output claim, and it fails, named, instead of becoming Ready without bytes."""
+    removed, release = gate(), gate()
+    where: dict[str, str] = {}
+
+    def train(attempt, env):
+        out = env["CHECKPOINT_OUTPUT_DIR"]
+        where["out"] = os.path.realpath(out)
+        trainer_checkpoint(out, 1)
+        assert removed.wait(90)
+        trainer_checkpoint(out, 2)
+        assert release.wait(90)
+        return 0
+    trainer.behaviours["rpl"] = train
+    await api.create(TJ, NS, training_job("rpl", output=LIVE))
+    saved = await wait_for(lambda: ready(api, "rpl.checkpoint-1"), timeout=60)
+    await api.delete(CKPT, NS, "rpl.checkpoint-1")  # retired first, then the sidecar removes its directory
+
+    async def gone():
+        return await api.get(CKPT, NS, "rpl.checkpoint-1") is None and \
+            not os.path.exists(os.path.join(where["out"], "checkpoint-1")) or None
+    await wait_for(gone, timeout=60)
+
+    async def forgotten():  # the sidecar reported the removal: the job's record of it is gone too
+        tj = await api.get(TJ, NS, "rpl")
+        return not ((tj.get("status") or {}).get("live") or {}).get("retired") or None
+    await wait_for(forgotten, timeout=60)
+    removed.set()
+    await wait_for(lambda: ready(api, "rpl.checkpoint-2"), timeout=60)
+    again = {"apiVersion": saved["apiVersion"], "kind": "Checkpoint",
+             "metadata": {"name": saved["metadata"]["name"], "namespace": NS,
+                          "labels": saved["metadata"].get("labels", {})},
+             "spec": saved["spec"]}
+    await api.create(CKPT, NS, again)
+    release.set()
+    tj = await wait_phase(api, wait_for, TJ, "rpl", "Succeeded", timeout=120)
+    assert tj["status"]["outputCheckpoints"] == ["rpl.checkpoint-2"]
+
+    async def settled():
+        body = await checkpoint(api, "rpl.checkpoint-1")
+        return body if body and body.get("status", {}).get("phase") in ("Ready", "Failed") else None
+    replay = await wait_for(settled, timeout=30)
+    assert replay["metadata"]["uid"] != saved["metadata"]["uid"]
+    assert replay["status"]["phase"] == "Failed", replay["status"]
+    assert ready_condition(replay)["reason"] == "NotCreatedByJob", replay["status"]
+    message = ready_condition(replay)["message"]
+    assert "never handed checkpoint-1 to this Checkpoint" in message and "saved YAML" in message, message
+    assert "\n" not in message

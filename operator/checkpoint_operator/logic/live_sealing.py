@@ -265,6 +265,47 @@ class LiveMemory:
     tried: set[tuple[str, Parts]] = field(default_factory=set)
 
 
+# --- status.live.retired, bounded ---------------------------------------------------------------------
+
+def bounded_retired(current: list[tuple[str, str]], add: Iterable[tuple[str, str]],
+                    deleting: Iterable[tuple[str, str]], limit: int) -> tuple[list[tuple[str, str]], int]:
+    """The retired list after `add` (oldest first, no duplicates), at most `limit` long (the CRD's
+    maxItems: a longer list is refused, 422, and with it every status write of the job); and how
+    many were dropped.
+
+    An entry leaves the list when the sidecar has removed its directory; one it never can (a root
+    trainer's files, the part of a worker whose pod has ended) stays for good, so without a bound a
+    long job reaches the limit and retention and deletions stall. What is dropped is the oldest
+    entries whose Checkpoint is gone (not `deleting`: a Checkpoint still being deleted waits for its
+    entry, which `_publish` would only add again): they have waited longest, so are the likeliest
+    never to be removed. Dropping one loses no Checkpoint and no bytes: its directory merely stays on
+    the volume (not removed) and is no longer excluded from publishing, so a sidecar that starts again
+    or the end-of-job snapshot may publish it again (retention applies to it there as to any other)."""
+    merged = list(dict.fromkeys([*current, *add]))
+    over = len(merged) - limit
+    if over <= 0:
+        return merged, 0
+    waiting = set(deleting)
+    dropped: set[int] = set()
+    for i, entry in enumerate(merged):  # oldest first, none still being deleted
+        if len(dropped) == over:
+            break
+        if entry not in waiting:
+            dropped.add(i)
+    for i in range(len(merged)):  # more still being deleted than the limit: the oldest of them too
+        if len(dropped) == over:
+            break
+        dropped.add(i)
+    return [e for i, e in enumerate(merged) if i not in dropped], over
+
+
+def retired_dropped_message(dropped: int, limit: int) -> str:
+    return (f"status.live.retired holds at most {limit} directories waiting for removal: the {dropped} oldest "
+            "(their Checkpoints already deleted; the sealing sidecar could not remove them, e.g. files of a root "
+            "trainer, or the part of a worker whose pod has ended) are no longer tracked: they stay on the output "
+            "volume and may be published again by the end-of-job snapshot")
+
+
 # --- operator -> sidecar ----------------------------------------------------------------------------
 
 def removal_annotation(retired: Iterable[tuple[str, str]],

@@ -28,8 +28,8 @@ import time
 from typing import Any, Collection, Optional
 
 from checkpoint_operator.api.checkpoint import Checkpoint
-from checkpoint_operator.api.trainingjob import (LiveStatus, RetiredCheckpoint, TrainingJob, TrainingJobHead,
-                                                 TrainingJobStatus)
+from checkpoint_operator.api.trainingjob import (MAX_RETIRED_LISTED, LiveStatus, RetiredCheckpoint, TrainingJob,
+                                                 TrainingJobHead, TrainingJobStatus)
 from checkpoint_operator.reconcile import publish, signing, workloads
 from checkpoint_operator.reconcile import volume_snapshots as volume_snapshot_steps
 from checkpoint_operator.reconcile.context import Context
@@ -195,20 +195,28 @@ def _publish(ctx: Context, tj: TrainingJob, events: live_sealing.LogEvents) -> T
     deleting = [(c.directory or "", c.digest or "") for c in existing if c.deleting and c.directory and c.digest]
     to_retire = [(c.directory or "", c.digest or "") for c in plan.retire] + \
                 [(m.path, m.digest) for m in plan.dropped_manifests] + deleting
-    tj = record_live(ctx, tj, sealed=len(created), retire=to_retire)
+    tj = record_live(ctx, tj, sealed=len(created), retire=to_retire, deleting=deleting)
     for info in plan.retire:
         ctx.info(tj, "Retired", f"retention: deleting Checkpoint {info.name} (step {info.step})")
         ctx.kube.delete(CHECKPOINTS, namespace, info.name)
     return tj
 
 
-def record_live(ctx: Context, tj: TrainingJob, *, sealed: int, retire: list[tuple[str, str]]) -> TrainingJob:
+def record_live(ctx: Context, tj: TrainingJob, *, sealed: int, retire: list[tuple[str, str]],
+                deleting: Collection[tuple[str, str]] = ()) -> TrainingJob:
+    """The sealed count and the retirements, in the job's status; the retired list bounded to what the
+    CRD takes (logic/live_sealing.bounded_retired; `deleting`: Checkpoints still being deleted, kept)."""
     if not sealed and not retire:
         return tj
     current = tj.status.live or LiveStatus()
-    retired = list(current.retired or [])
-    have = {(r.path, r.digest) for r in retired}
-    retired += [RetiredCheckpoint(path=p, digest=d) for p, d in retire if (p, d) not in have]
+    listed = [(r.path, r.digest) for r in current.retired or []]
+    bounded, dropped = live_sealing.bounded_retired(listed, retire, deleting, MAX_RETIRED_LISTED)
+    if dropped:  # one warning per job and process: the list stays at the bound from here on
+        memory = _memory(ctx, tj)
+        if ("retired-bound",) not in memory.reported:
+            memory.reported.add(("retired-bound",))
+            ctx.warn(tj, "RetiredNotTracked", live_sealing.retired_dropped_message(dropped, MAX_RETIRED_LISTED))
+    retired = [RetiredCheckpoint(path=p, digest=d) for p, d in bounded]
     wanted = current.model_copy(update={"retired": retired or None})
     if sealed:
         wanted = wanted.model_copy(update={"sealedCount": (current.sealedCount or 0) + sealed,

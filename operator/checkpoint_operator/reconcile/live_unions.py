@@ -114,7 +114,7 @@ def collect(ctx: Context, tj: TrainingJob, controllers: Collection[str]) -> Trai
     deleting = [(c.directory, c.digest) for c in existing if c.deleting and c.directory and c.digest
                 and (c.directory, c.digest) not in retired]
     if deleting:
-        tj = live_sealing_steps.record_live(ctx, tj, sealed=0, retire=deleting)
+        tj = live_sealing_steps.record_live(ctx, tj, sealed=0, retire=deleting, deleting=deleting)
         retired += deleting
     tj = _forget_removed(ctx, tj, existing, memory)
     _ask_removals(ctx, tj, running, existing, memory)

@@ -13,21 +13,26 @@ job's own prefix and be committed (its manifest written last).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional
 
 from checkpoint_operator.api.checkpoint import Checkpoint, SealedData, TrainingJobSource
 from checkpoint_operator.api.common import ObjectRef
-from checkpoint_operator.kube import PVCS, VOLUME_SNAPSHOTS
+from checkpoint_operator.api.trainingjob import TrainingJob
+from checkpoint_operator.kube import PVCS, TRAINING_JOBS, VOLUME_SNAPSHOTS
+from checkpoint_operator.logic import replays
 from checkpoint_operator.logic.results import Done, Fail, Result, Wait
 from checkpoint_operator.logic.sealing_changes import CHANGED_AFTER_SEALING_ANNOTATION, changed_failure
 from checkpoint_operator.logic.snapshot import sealed_ready_change
 from checkpoint_operator.logic.workload import LABEL_TRAINING_JOB_UID, owned_by
 from checkpoint_operator.reconcile import signing
 from checkpoint_operator.reconcile.context import Context
+from checkpoint_operator.reconcile.objects import InvalidObject, parse
 from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.storage import store_for
 
 HAND_OVER_RECHECK = 1.0  # seconds: a VolumeSnapshot's owners change with no event of ours
+JOB_RECHECK = 10.0  # seconds: a Checkpoint not handed its bytes yet looks at its job again (has it ended?)
 
 
 def publish(ctx: Context, checkpoint: Checkpoint, source: TrainingJobSource, sealed: SealedData) -> Result:
@@ -39,8 +44,21 @@ def publish(ctx: Context, checkpoint: Checkpoint, source: TrainingJobSource, sea
     if refused:
         return Fail("DataNotHeld", f"spec.source.trainingJob.sealed: {refused}")
     held = _held(ctx, checkpoint, source, sealed)
-    if held is not None:
+    if isinstance(held, Fail):
         return held
+    why = replays.refusal(source.name, source.directory, sealed.digest, _job_view(ctx, meta.namespace, source),
+                          held=held is None)
+    if why and held is not None:  # a failure stands on these reads: the claim and the job, read live
+        held = _held(ctx, checkpoint, source, sealed, live=True)
+        if isinstance(held, Fail):
+            return held
+        why = replays.refusal(source.name, source.directory, sealed.digest,
+                              _job_view(ctx, meta.namespace, source, live=True), held=held is None)
+    if why:  # a deleted one's saved YAML applied again: its signature verifies, but its job never made it
+        return Fail(replays.REASON, why)
+    if held is not None:  # its job hands its bytes over right after creating it; looked at again until the job ends
+        return dataclasses.replace(held, requeue_after=held.requeue_after or JOB_RECHECK) \
+            if isinstance(held, Wait) else held
     write_status(ctx, checkpoint, sealed_ready_change(sealed, owned=True, produced_by=ObjectRef(
         name=source.name, uid=source.uid), event=None))  # its job posts the event that says how it was made
     return Done()
@@ -62,12 +80,29 @@ def changed_after_sealing(ctx: Context, checkpoint: Checkpoint) -> bool:
     return True
 
 
-def _held(ctx: Context, checkpoint: Checkpoint, source: TrainingJobSource, sealed: SealedData) -> Optional[Result]:
-    """None when every claim or snapshot the location names is the job's and owned by this Checkpoint."""
+def _job_view(ctx: Context, namespace: str, source: TrainingJobSource, *,
+              live: bool = False) -> Optional[replays.JobView]:
+    """Its producing job as logic/replays.py reads it; None when the job of its spec's uid is gone."""
+    body = (ctx.kube.get if live else ctx.kube.cached_get)(TRAINING_JOBS, namespace, source.name)
+    if body is None or (body.get("metadata") or {}).get("uid") != source.uid:
+        return None
+    try:
+        tj = parse(TrainingJob, body)
+    except InvalidObject:
+        return replays.JobView(finished=False, retired=frozenset())  # unreadable: nothing concluded
+    status = tj.status.live
+    return replays.JobView(finished=tj.is_finished,
+                           retired=frozenset((r.path, r.digest) for r in (status.retired if status else None) or []))
+
+
+def _held(ctx: Context, checkpoint: Checkpoint, source: TrainingJobSource, sealed: SealedData, *,
+          live: bool = False) -> Optional[Result]:
+    """None when every claim or snapshot the location names is the job's and owned by this Checkpoint
+    (`live`: the claims read live, not from the cache)."""
     location, namespace = sealed.location, checkpoint.metadata.namespace
     claims = [location.volume.claimName] if location.volume else [p.claimName for p in location.volumeParts or []]
     named: list[tuple[str, Optional[dict[str, Any]], Optional[float]]] = [
-        (f"PersistentVolumeClaim {c}", ctx.kube.cached_get(PVCS, namespace, c), None) for c in dict.fromkeys(claims)]
+        (f"PersistentVolumeClaim {c}", (ctx.kube.get if live else ctx.kube.cached_get)(PVCS, namespace, c), None) for c in dict.fromkeys(claims)]
     # Its snapshot, or each worker's (a volume per worker): their owners change with no event of ours:
     # looked at again.
     for snapshot in {s.volumeSnapshotName: s for s in location.snapshots}.values():

@@ -28,7 +28,7 @@ from checkpoint_operator.reconcile.objects import InvalidObject, parse, parse_he
 from checkpoint_operator.reconcile import signing, status_writer
 from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.kube import CHECKPOINTS, CLUSTER_CHECKPOINTS, PODS, PVCS, TRAINING_JOBS, ApiError, Conflict
-from checkpoint_operator.logic import engines, group_resume, kueue, rendezvous, workers
+from checkpoint_operator.logic import engines, group_resume, kueue, rendezvous, replays, workers
 from checkpoint_operator.logic import trainingjob_flow as flow
 from checkpoint_operator.logic import volume_snapshots, workload
 from checkpoint_operator.logic import live_unions as live_unions_logic
@@ -640,7 +640,7 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: Sc
         in_snapshot = [(publish.checkpoint_owner(b), p.location) for b, p in zip(created, plan.checkpoints)
                        if p.name in unpublished]
         volume_snapshot_steps.hand_over_all(ctx, tj.metadata.namespace, taken, in_snapshot, tj.metadata.uid)
-    _hand_over_output_claim(ctx, tj, store, claim, created + _still_owning(ctx, tj, plan, existing),
+    _hand_over_output_claim(ctx, tj, store, claim, created + _still_owning(ctx, tj, plan, scan, existing),
                             keep=retained is not None)
     # Each is made Ready by its own reconcile, from the sealed data in its spec, now that it holds its
     # bytes; the job is Succeeded only then (a finished job's outputs are usable to whoever reads them).
@@ -775,12 +775,20 @@ def _report_changed_since_sealing(ctx: Context, tj: TrainingJob, plan: SnapshotP
                                  bytes_in_place=True)
 
 
-def _still_owning(ctx: Context, tj: TrainingJob, plan: SnapshotPlan,
+def _still_owning(ctx: Context, tj: TrainingJob, plan: SnapshotPlan, scan: ScanReport,
                   existing: list[CheckpointInfo]) -> list[dict[str, Any]]:
-    """The job's Checkpoints from live sealing that stay (not planned again, not being deleted)."""
-    planned = {p.name for p in plan.checkpoints}
-    bodies = (ctx.kube.get(CHECKPOINTS, tj.metadata.namespace, c.name) for c in existing
-              if not c.deleting and c.name not in planned)
+    """The job's Checkpoints from live sealing that stay (logic/replays.still_owning): never one it
+    did not create, such as a deleted one's saved YAML applied again (its signature verifies)."""
+    namespace = tj.metadata.namespace
+    holders: set[str] = set()
+    for each in workload.output_claim_names(tj) if tj.spec.output.parts_per_worker else \
+            [workload.output_claim_name(tj)]:
+        pvc = ctx.kube.cached_get(PVCS, namespace, each) or {}
+        holders |= {o.get("uid", "") for o in (pvc.get("metadata") or {}).get("ownerReferences") or []}
+    retired = {(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []}
+    keep = replays.still_owning(existing, {p.name for p in plan.checkpoints}, holders,
+                                {(m.path, m.digest) for m in scan.checkpoints}, retired)
+    bodies = (ctx.kube.get(CHECKPOINTS, namespace, c.name) for c in keep)
     return [b for b in bodies if b is not None]
 
 

@@ -328,3 +328,39 @@ def test_a_sidecar_with_other_mounts_a_working_directory_or_hooks_is_not_the_one
         "postStart": {"exec": {"command": ["sh", "-c", "echo"]}}}}]})
     for forged in forgeries:
         assert live_sealing.sidecar_identity(forged) not in expected
+
+
+# --- status.live.retired, bounded (hostile9 H9-7) ----------------------------------------------------
+
+def _entries(n, start=0):
+    return [(f"checkpoint-{i}", "sha256:" + "a" * 64) for i in range(start, start + n)]
+
+
+def test_the_retired_list_never_grows_past_the_crd_s_limit_dropping_the_oldest():
+    current = _entries(1000)
+    bounded, dropped = live_sealing.bounded_retired(current, _entries(3, 1000), [], 1000)
+    assert len(bounded) == 1000 and dropped == 3
+    assert bounded[:2] == _entries(2, 3) and bounded[-3:] == _entries(3, 1000)  # the newest are all kept
+
+
+def test_under_the_limit_nothing_is_dropped_and_nothing_is_listed_twice():
+    bounded, dropped = live_sealing.bounded_retired(_entries(5), _entries(3, 3), [], 1000)
+    assert bounded == _entries(6) and dropped == 0
+
+
+def test_a_checkpoint_still_being_deleted_keeps_its_entry_past_older_ones():
+    current = _entries(10)
+    bounded, dropped = live_sealing.bounded_retired(current, _entries(2, 10), deleting=[current[0]], limit=10)
+    assert dropped == 2 and current[0] in bounded and current[1] not in bounded and current[2] not in bounded
+    assert len(bounded) == 10
+
+
+def test_more_being_deleted_than_the_limit_still_fits_the_limit():
+    bounded, dropped = live_sealing.bounded_retired(_entries(4), _entries(2, 4), deleting=_entries(6), limit=4)
+    assert bounded == _entries(4, 2) and dropped == 2
+
+
+def test_the_bound_s_warning_says_what_is_lost_in_one_line():
+    message = live_sealing.retired_dropped_message(3, 1000)
+    assert "at most 1000" in message and "3 oldest" in message and "published again" in message
+    assert "\n" not in message
