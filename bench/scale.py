@@ -1,7 +1,8 @@
 """The control plane at scale (issue 10): the real operator process against the emulated API.
 
-The emulator and the operator (`checkpoint-operator run`) each run in a process of their own, so
-each RSS is its own; this process hosts the local cluster (Job controller, kubelet, binder) and
+The emulator and the operator (`checkpoint-operator run`, started as `python -m checkpoint_operator`
+with this interpreter: run the bench with the venv of the code to measure) each run in a process
+of their own, so each RSS is its own; this process hosts the local cluster (Job controller, kubelet, binder) and
 plays the training containers in-process (each writes two tiny checkpoints and exits), so that
 the control plane is what is measured. The operator's own agent pods run for real, as commands
 forked from the local kubelet's zygote (local/zygote.py). Prints a table, then one `scale:` line
