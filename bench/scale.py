@@ -1,7 +1,8 @@
 """The control plane at scale (issue 10): the real operator process against the emulated API.
 
-The emulator and the operator (`checkpoint-operator run`) each run in a process of their own, so
-each RSS is its own; this process hosts the local cluster (Job controller, kubelet, binder) and
+The emulator and the operator (`checkpoint-operator run`, started as `python -m checkpoint_operator`
+with this interpreter: run the bench with the venv of the code to measure) each run in a process
+of their own, so each RSS is its own; this process hosts the local cluster (Job controller, kubelet, binder) and
 plays the training containers in-process (each writes two tiny checkpoints and exits), so that
 the control plane is what is measured. The operator's own agent pods run for real, as commands
 forked from the local kubelet's zygote (local/zygote.py). Prints a table, then one `scale:` line
@@ -118,8 +119,10 @@ class Operator:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CKPT_")}
         env.update(KUBECONFIG=str(kubeconfig), CKPT_AGENT_IMAGE="localhost/checkpoint-operator:dev", **(extra_env or {}))
         self.log = work / f"operator-{name}.log"
+        # The interpreter running the bench, so the operator is the code the bench runs with (the
+        # `checkpoint-operator` first on PATH may be another checkout's).
         self.proc = subprocess.Popen(
-            ["checkpoint-operator", "run", "--namespace", NS, "--standalone", "--log-format", "text",
+            [sys.executable, "-m", "checkpoint_operator", "run", "--namespace", NS, "--standalone", "--log-format", "text",
              "--metrics-port", str(self.metrics_port), "--liveness-port", "0"],
             env=env, stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"))
         deadline = time.monotonic() + 60
@@ -441,6 +444,9 @@ async def requests_and_rss(checkpoints: int, jobs: int) -> dict:
             await asyncio.sleep(0.2)
         await big.settle()
         startup = time.monotonic() - started
+        # Its steady RSS: once it has been quiet long enough to give back what the start-up freed (it
+        # trims once nothing was handled for 10 s; operator/checkpoint_operator/logic/memory_trim.py).
+        await big.settle(quiet=15.0)
         big_rss = rss_mb(big.proc.pid)
         measured_big = await measure_lifecycles(bench, big, "big", jobs)
         per_big = measured_big["requests"]

@@ -17,13 +17,14 @@ from typing import Any, Optional
 
 import kopf
 
-from checkpoint_operator import GROUP, kopf_startup, kube, metrics
+from checkpoint_operator import GROUP, kopf_startup, kube, malloc, metrics
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.reconcile import checkpoint, clustercheckpoint, trainingjob, wakeups
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.indexes import (IndexKey, IndexValue, Indexes, checkpoint_keys,
                                                    cluster_checkpoint_keys, training_job_keys, worker_pod_keys)
 from checkpoint_operator.reconcile.work_queue import WorkQueue
+from checkpoint_operator.logic.memory_trim import TrimPolicy
 from checkpoint_operator.logic.workload import LABEL_MANAGED_BY, MANAGER
 
 # kopf's own finalizer: never added (no kopf change/delete handlers here), and distinct from the
@@ -44,6 +45,11 @@ LIST_CHUNK = 500
 INTERVAL = OperatorConfig.from_env().reconcile_interval
 
 
+# Moves with every index update, event and reconcile: the memory trimmer's sign of work (malloc.py).
+ACTIVITY = malloc.Activity()
+TRIM_POLICY = TrimPolicy()  # when freed memory goes back to the system (logic/memory_trim.py)
+
+
 def _ctx(memo: kopf.Memo) -> Context:
     ctx: Context = memo["ctx"]
     return ctx
@@ -53,21 +59,25 @@ def _ctx(memo: kopf.Memo) -> Context:
 
 @kopf.index(*CHECKPOINTS)
 async def checkpoint_index(body: kopf.Body, **_: Any) -> dict[IndexKey, IndexValue]:
+    ACTIVITY.tick()
     return checkpoint_keys(body)
 
 
 @kopf.index(*TRAINING_JOBS)
 async def training_job_index(body: kopf.Body, **_: Any) -> dict[IndexKey, IndexValue]:
+    ACTIVITY.tick()
     return training_job_keys(body)
 
 
 @kopf.index(*CLUSTER_CHECKPOINTS)
 async def cluster_checkpoint_index(body: kopf.Body, **_: Any) -> dict[IndexKey, IndexValue]:
+    ACTIVITY.tick()
     return cluster_checkpoint_keys(body)
 
 
 @kopf.index("v1", "pods", labels=MANAGED)
 async def worker_pod_index(body: kopf.Body, **_: Any) -> dict[IndexKey, IndexValue]:
+    ACTIVITY.tick()
     return worker_pod_keys(body)
 
 
@@ -76,6 +86,7 @@ async def worker_pod_index(body: kopf.Body, **_: Any) -> dict[IndexKey, IndexVal
 def _cache(memo: kopf.Memo, event: kopf.RawEvent) -> Context:
     """The object cache (kube.ObjectCache) learns of the change before anything it wakes reads it."""
     ctx = _ctx(memo)
+    ACTIVITY.tick()
     body = dict(event.get("object") or {})
     metrics.WATCH_EVENTS.labels(body.get("kind") or "").inc()
     ctx.kube.cache.observe(body, deleted=event.get("type") == "DELETED", from_watch=True)
@@ -96,6 +107,7 @@ async def checkpoint_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.M
 
 @kopf.on.event(*CLUSTER_CHECKPOINTS)
 async def cluster_checkpoint_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: object) -> None:
+    ACTIVITY.tick()
     metrics.observe_phase(dict(event), body)
     wakeups.cluster_checkpoint_event(_ctx(memo), event.get("type"), body)
 
@@ -121,6 +133,7 @@ async def start_queue(memo: kopf.Memo, **indexes: Any) -> None:
                           on_error=lambda key, _: metrics.RECONCILE_ERRORS.labels(key[0]).inc())
     ctx.queue.start()
     ctx.resync = wakeups.start_resync(ctx)
+    ctx.trimmer = malloc.start_trimmer(ACTIVITY, TRIM_POLICY)
 
 
 @kopf.on.cleanup()
@@ -129,12 +142,16 @@ async def stop_queue(memo: kopf.Memo, **_: Any) -> None:
     if ctx.resync is not None:
         ctx.resync.cancel()
         ctx.resync = None
+    if ctx.trimmer is not None:
+        ctx.trimmer.cancel()
+        ctx.trimmer = None
     if ctx.has_queue:
         await ctx.queue.stop()
 
 
 def reconcile(ctx: Context, key: tuple[str, str, str]) -> Optional[float]:
     kind, namespace, name = key
+    ACTIVITY.tick()
     metrics.RECONCILES.labels(kind).inc()
     if kind == "ClusterCheckpoint":
         return clustercheckpoint.reconcile(ctx, name)

@@ -56,6 +56,8 @@ class Context:
     # woke the job (logic/workers.py wake_summary): an event that changes none of it wakes nothing.
     pod_seen: dict[tuple[str, str], tuple[WorkerPod, str]] = field(default_factory=dict)
     resync: Optional[asyncio.Task[None]] = None
+    # Gives freed memory back to the system after a burst of work (malloc.py); None without glibc.
+    trimmer: Optional[asyncio.Task[None]] = None
     # namespace -> when its node-cache volume and claim were last made or found (reconcile/node_cache.py)
     cache_claims_ensured: dict[str, float] = field(default_factory=dict)
     # The namespaces the operator serves (empty: every namespace): a ClusterCheckpoint's users are listed there.
