@@ -186,6 +186,8 @@ def test_live_sealing_publishes_each_dcp_step_once_from_both_ranks_parts(tmp_pat
         s = stored[f"parts-live.step-{step}"]["status"]
         assert (s["phase"], s["format"], s["complete"], s["step"], s["fileCount"]) == \
             ("Ready", "torch-dcp", True, step, 4), s
-    # At least the steps a newer step followed were assembled while both ranks still trained.
-    assert status["live"]["sealedCount"] >= 2, status["live"]
+    # Step 2 was assembled while both ranks still trained (rank 1's part is sealed when step 4
+    # appears, two steps before the end). Step 4's last sign comes with step 6, right before the
+    # pods end: whether its union starts before they do is a race, judged by the snapshot if not.
+    assert status["live"]["sealedCount"] >= 1, status["live"]
     assert "assembled while parts-live runs from the sealed parts of worker 0, 1" in events
