@@ -302,6 +302,63 @@ async def test_gc_deletes_pods_of_a_deleted_job(api: ApiClient, cluster: LocalCl
     await wait_for(lambda: _no_pods(api, "gone"))
 
 
+async def test_a_job_deleted_in_the_foreground_stays_until_its_pods_have_stopped(
+        api: ApiClient, cluster: LocalCluster, wait_for) -> None:
+    """The garbage collector deletes a Foreground-deleted Job's pods first and releases the Job only
+    once they are gone: a pod that takes its grace period to stop keeps its Job (H9-10: the Job went
+    at once, and an operator that waits for it to be gone started the next attempt beside the old pods)."""
+    stubborn = ("import signal, time\n"
+                "signal.signal(signal.SIGTERM, lambda *a: None)\n"  # ignores SIGTERM: killed at the grace's end
+                "time.sleep(60)")
+    await api.create("batch/v1/jobs", NS, _with_grace(job("slow-stop", [python_container("main", stubborn)]), 3))
+    await wait_for(lambda: _running_pods(api, "slow-stop"))
+    await asyncio.sleep(0.5)  # the handler is installed
+    await api.delete("batch/v1/jobs", NS, "slow-stop", propagation_policy="Foreground")
+    deleted_at = asyncio.get_running_loop().time()
+    pods = await wait_for(lambda: _terminating_pods(api, "slow-stop"))
+    assert pods
+    held = await api.get("batch/v1/jobs", NS, "slow-stop")
+    assert held is not None and "foregroundDeletion" in held["metadata"]["finalizers"]
+    await wait_for(lambda: _gone(api, "batch/v1/jobs", "slow-stop"), timeout=20)
+    assert await _no_pods(api, "slow-stop")  # never the Job gone with a pod left
+    assert asyncio.get_running_loop().time() - deleted_at >= 2.5  # it waited for the grace period
+
+
+async def test_a_jobset_deleted_in_the_foreground_goes_after_its_jobs_and_their_pods(
+        api: ApiClient, cluster: LocalCluster, wait_for) -> None:
+    """JobSet -> Job -> pod: the collector deletes the Jobs in the foreground too (they have pods), as
+    the real collector does, so the JobSet is gone only once every pod is."""
+    js = {"apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet", "metadata": {"name": "grp"},
+          "spec": {"replicatedJobs": [{"name": "node", "replicas": 2, "template": {"spec": {
+              "template": {"spec": {"restartPolicy": "Never", "containers": [
+                  python_container("main", "import time; time.sleep(60)")]}}}}}]}}
+    await api.create("jobset.x-k8s.io/v1alpha2/jobsets", NS, js)
+    await wait_for(lambda: _running_in_jobset(api, "grp", 2))
+    await api.delete("jobset.x-k8s.io/v1alpha2/jobsets", NS, "grp", propagation_policy="Foreground")
+    seen_held = False
+    while await api.get("jobset.x-k8s.io/v1alpha2/jobsets", NS, "grp") is not None:
+        remaining = await api.list("v1/pods", NS, label_selector="jobset.sigs.k8s.io/jobset-name=grp")
+        seen_held = seen_held or bool(remaining)
+        await asyncio.sleep(0.05)
+    assert seen_held
+    assert await api.list("v1/pods", NS, label_selector="jobset.sigs.k8s.io/jobset-name=grp") == []
+    assert await api.list("batch/v1/jobs", NS, label_selector="jobset.sigs.k8s.io/jobset-name=grp") == []
+
+
+def _with_grace(obj: dict, seconds: int) -> dict:
+    obj["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = seconds
+    return obj
+
+
+async def _terminating_pods(api: ApiClient, job_name: str) -> list[dict]:
+    return [p for p in await job_pods(api, job_name) if p["metadata"].get("deletionTimestamp")]
+
+
+async def _running_in_jobset(api: ApiClient, name: str, count: int) -> bool:
+    pods = await api.list("v1/pods", NS, label_selector=f"jobset.sigs.k8s.io/jobset-name={name}")
+    return len([p for p in pods if p["status"].get("phase") == "Running"]) == count
+
+
 async def test_claim_in_use_is_deleted_only_after_its_pod_finished(api: ApiClient, cluster: LocalCluster,
                                                                     wait_for) -> None:
     await api.create("v1/persistentvolumeclaims", NS, claim("busy"))

@@ -344,6 +344,31 @@ async def test_job_deletion_orphans_pods_unless_a_policy_is_given(api: ApiClient
     assert (await api.get("v1/pods", NS, "background-pod"))["metadata"]["ownerReferences"]  # left to the GC
 
 
+async def test_foreground_deletion_holds_an_owner_its_dependents_block(api: ApiClient) -> None:
+    """propagationPolicy Foreground: as kube-apiserver, the owner stays (deletionTimestamp and the
+    foregroundDeletion finalizer) for the garbage collector to release once its blocking dependents
+    are gone (H9-10: it was deleted at once, so a failed attempt's pods overlapped the next one's).
+    An owner nothing blocks goes at once, as the real collector releases it at once."""
+    jobs = {}
+    for name in ("blocked", "unblocked", "free"):
+        jobs[name] = await api.create("batch/v1/jobs", NS, {"metadata": {"name": name}, "spec": {}})
+    for name, block in (("blocked", True), ("unblocked", False)):
+        owner = {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": jobs[name]["metadata"]["uid"],
+                 "controller": True, "blockOwnerDeletion": block}
+        await api.create("v1/pods", NS, {**pod(f"{name}-pod"), "metadata": {
+            "name": f"{name}-pod", "ownerReferences": [owner]}})
+    for name in jobs:
+        await api.delete("batch/v1/jobs", NS, name, propagation_policy="Foreground")
+    held = await api.get("batch/v1/jobs", NS, "blocked")
+    assert held["metadata"]["deletionTimestamp"] and held["metadata"]["finalizers"] == ["foregroundDeletion"]
+    assert await api.get("batch/v1/jobs", NS, "unblocked") is None
+    assert await api.get("batch/v1/jobs", NS, "free") is None
+    await api.delete("batch/v1/jobs", NS, "blocked", propagation_policy="Foreground")  # again: no second finalizer
+    assert (await api.get("batch/v1/jobs", NS, "blocked"))["metadata"]["finalizers"] == ["foregroundDeletion"]
+    await api.patch("batch/v1/jobs", NS, "blocked", {"metadata": {"finalizers": None}})
+    assert await api.get("batch/v1/jobs", NS, "blocked") is None
+
+
 async def test_namespaces_can_be_listed_fetched_and_created(api: ApiClient) -> None:
     await api.create("v1/namespaces", None, {"metadata": {"name": "team-a"}})
     names = [ns["metadata"]["name"] for ns in await api.list("v1/namespaces")]

@@ -34,7 +34,10 @@ anything missed.
   ownerReferences point to objects that no longer exist (or exist with another uid), confirmed by a
   live read before deleting, and deleting with the resourceVersion it judged, as the Kubernetes
   garbage collector does; from one with owners left it removes the references to the gone ones.
-  Owners of other kinds are watched as they are referred to.
+  Owners of other kinds are watched as they are referred to. An owner deleted in the foreground
+  (``propagationPolicy: Foreground``: the emulator adds the ``foregroundDeletion`` finalizer) has its
+  dependents deleted first and stays, deleting, until none that blocks it (``blockOwnerDeletion``) is
+  left, a terminating pod until its containers have stopped; then the collector removes the finalizer.
 
 A test can play the training code with ``container_runner``:
 ``async def runner(pod, container, env, mounts) -> int | None`` is called for every container with the
@@ -96,6 +99,21 @@ def uid_of(obj: Mapping[str, Any]) -> str:
 
 def is_deleting(obj: Mapping[str, Any]) -> bool:
     return bool(meta(obj).get("deletionTimestamp"))
+
+
+FOREGROUND_DELETION = "foregroundDeletion"  # the finalizer a Foreground deletion puts on the owner
+
+
+def deleting_dependents(obj: Mapping[str, Any] | None) -> bool:
+    """Deleted with propagationPolicy Foreground and still waiting for its dependents."""
+    return obj is not None and is_deleting(obj) and FOREGROUND_DELETION in (meta(obj).get("finalizers") or [])
+
+
+def blocks_owner(dependent: Mapping[str, Any], owner_uid: str) -> bool:
+    """The dependent's reference to that owner has blockOwnerDeletion: the owner's Foreground
+    deletion waits until it is gone."""
+    return any(ref.get("uid") == owner_uid and ref.get("blockOwnerDeletion")
+               for ref in meta(dependent).get("ownerReferences") or [])
 
 
 def owner_uids(obj: Mapping[str, Any]) -> list[str]:
@@ -168,9 +186,10 @@ class GarbageCollector:
     references to owners that are gone from dependents that still have others, as the Kubernetes
     garbage collector does."""
 
-    def __init__(self, api: ApiClient, owner_cache: Any) -> None:
+    def __init__(self, api: ApiClient, owner_cache: Any, has_dependents: Any = lambda uid: False) -> None:
         self.api = api
         self.owner_cache = owner_cache  # async (resource) -> Cache | None (None: not synced)
+        self.has_dependents = has_dependents  # (uid) -> bool: the collector's graph knows dependents of it
 
     async def reconcile(self, resource: str, obj: dict) -> None:
         refs = meta(obj).get("ownerReferences") or []
@@ -179,6 +198,7 @@ class GarbageCollector:
         namespace = meta(obj)["namespace"]
         live: list[dict] = []
         dangling: list[dict] = []
+        waiting: list[dict] = []  # owners deleted in the foreground: their dependents go first
         for ref in refs:
             owner = None
             scope = owner_namespace(ref, namespace)
@@ -188,8 +208,11 @@ class GarbageCollector:
             if owner is None or uid_of(owner) != ref.get("uid"):
                 # gone from the cache: confirm with the API (a cache may lag behind)
                 owner = await self.api.get(owner_resource(ref), scope, ref["name"])
-            (live if owner is not None and uid_of(owner) == ref.get("uid") else dangling).append(ref)
-        if not dangling:
+            if owner is None or uid_of(owner) != ref.get("uid"):
+                dangling.append(ref)
+            else:
+                (waiting if deleting_dependents(owner) else live).append(ref)
+        if not dangling and not waiting:
             return
         if live:
             await self.api.patch(resource, namespace, meta(obj)["name"], [
@@ -198,8 +221,22 @@ class GarbageCollector:
             return
         # As the Kubernetes garbage collector (1.20+): conditional on the version it judged, so an
         # owner added meanwhile (an adopting Checkpoint) makes the delete fail and the object is judged again.
-        await self.api.delete(resource, namespace, meta(obj)["name"],
+        # A dependent of an owner deleted in the foreground that has dependents of its own goes in the
+        # foreground too (a JobSet's Job waits for its pods), as the real collector does.
+        # (A pod's own dependents, its ephemeral volumes' claims, go in the background: they wait for the pod.)
+        policy = "Foreground" if waiting and resource != PODS and self.has_dependents(uid_of(obj)) else "Background"
+        await self.api.delete(resource, namespace, meta(obj)["name"], propagation_policy=policy,
                               preconditions={"uid": uid_of(obj), "resourceVersion": meta(obj)["resourceVersion"]})
+
+    async def finish_foreground(self, resource: str, owner: dict, dependents: list[dict]) -> None:
+        """Remove the Foreground deletion's finalizer once no dependent blocks it (what is left of
+        the owner then goes, or waits for its other finalizers)."""
+        if not deleting_dependents(owner) or any(blocks_owner(d, uid_of(owner)) for d in dependents):
+            return
+        finalizers = [f for f in meta(owner).get("finalizers") or [] if f != FOREGROUND_DELETION]
+        await self.api.patch(resource, meta(owner).get("namespace") or None, meta(owner)["name"], [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": meta(owner)["resourceVersion"]},
+            {"op": "replace", "path": "/metadata/finalizers", "value": finalizers}])
 
 
 # --- the whole cluster -------------------------------------------------------------------------------
@@ -343,7 +380,7 @@ class LocalCluster:
             exec_server = ExecServer(kubelet)  # pods/exec: the emulator proxies to it (podexec.py)
             self.exec_servers.append(exec_server)
             await register_node(self.api, await exec_server.start(), node.name, labels=dict(node.labels))
-        self.gc = GarbageCollector(self.api, self._owner_cache_for)
+        self.gc = GarbageCollector(self.api, self._owner_cache_for, lambda uid: bool(self._dependents.get(uid)))
         for cache in self._own_caches().values():
             cache.start()
         await asyncio.gather(*(cache.wait_synced() for cache in self._own_caches().values()))
@@ -356,11 +393,13 @@ class LocalCluster:
         self.job_queue = WorkQueue("job", self._reconcile_job)
         self.pod_queue = WorkQueue("pod", self._reconcile_pod)
         self.gc_queue = WorkQueue("gc", self._collect_garbage)
+        self.foreground_queue = WorkQueue("foreground", self._finish_foreground)
         self.jobset_queue = WorkQueue("jobset", self._reconcile_jobset)
         self.kueue_queue = WorkQueue("kueue", self._admit)
         self.snapshot_queue = WorkQueue("volumesnapshot", self._reconcile_volume_snapshot)
         self.content_queue = WorkQueue("volumesnapshotcontent", self._reconcile_snapshot_content)
-        self._queues = [self.claim_queue, self.job_queue, self.pod_queue, self.gc_queue, self.jobset_queue,
+        self._queues = [self.claim_queue, self.job_queue, self.pod_queue, self.gc_queue, self.foreground_queue,
+                        self.jobset_queue,
                         self.kueue_queue, self.snapshot_queue, self.content_queue]
         self._started = True
         self._tasks.append(asyncio.create_task(self._resync_forever(), name="local cluster resync"))
@@ -424,6 +463,7 @@ class LocalCluster:
         key = key_of(obj)
         claims = {(key[0], c) for c in claim_names_of_pod(obj)}
         owners = owner_uids(obj)
+        self._dependent_left(old, new)
         if new is None:
             for owner in owners:
                 self._pods_of_owner[owner].discard(key)
@@ -477,7 +517,7 @@ class LocalCluster:
             for owner in jobset_owners:  # a child Job changed (or went): its JobSet looks again
                 if owner in self._jobset_by_uid:
                     self.jobset_queue.add(self._jobset_by_uid[owner])
-            self._owner_changed(obj, new)
+            self._owner_changed(obj, new, JOBS)
 
     def _on_jobset(self, old: dict | None, new: dict | None) -> None:
         obj = new or old
@@ -492,7 +532,7 @@ class LocalCluster:
             if new is not None:
                 self.jobset_queue.add(key)
                 self.kueue_queue.add((JOBSETS, key))
-            self._owner_changed(obj, new)
+            self._owner_changed(obj, new, JOBSETS)
 
     def _on_service(self, old: dict | None, new: dict | None) -> None:
         self._index_dependent(SERVICES, old, new)
@@ -518,7 +558,7 @@ class LocalCluster:
             snapshot = _restored_from(obj)
             if snapshot is not None:  # a restore that ends may let its snapshot's deletion go on
                 self.snapshot_queue.add((key[0], snapshot))
-            self._owner_changed(obj, new)
+            self._owner_changed(obj, new, CLAIMS)
 
     def _on_volume(self, old: dict | None, new: dict | None) -> None:
         ref = ((new or old or {}).get("spec") or {}).get("claimRef") or {}
@@ -538,7 +578,7 @@ class LocalCluster:
                     self.content_queue.add(("", content))
             for claim in self._claims_of_snapshot.get(key, ()):  # restores waiting for it to be ready
                 self.claim_queue.add(claim)
-            self._owner_changed(obj, new)
+            self._owner_changed(obj, new, VOLUME_SNAPSHOTS)
 
     def _on_snapshot_content(self, old: dict | None, new: dict | None) -> None:
         obj = new or old
@@ -551,9 +591,13 @@ class LocalCluster:
         if ref.get("name"):
             self.snapshot_queue.add((ref.get("namespace", ""), ref["name"]))
 
-    def _on_owner(self, old: dict | None, new: dict | None) -> None:
-        if new is None and old is not None and getattr(self, "_started", False):
+    def _on_owner(self, resource: str, old: dict | None, new: dict | None) -> None:
+        if not getattr(self, "_started", False):
+            return
+        if new is None and old is not None:
             self._owner_changed(old, None)
+        elif new is not None:
+            self._owner_changed(new, new, resource)
 
     def _index_dependent(self, resource: str, old: dict | None, new: dict | None) -> None:
         obj = new or old
@@ -564,12 +608,28 @@ class LocalCluster:
             self._dependents[owner].add((resource, key_of(obj)))
         if new is not None and owner_uids(new) and getattr(self, "_started", False):
             self.gc_queue.add((resource, key_of(obj)))
+        self._dependent_left(old, new)
 
-    def _owner_changed(self, owner: dict, new: dict | None) -> None:
+    def _dependent_left(self, old: dict | None, new: dict | None) -> None:
+        """A dependent is gone, or no longer refers to an owner: an owner deleted in the foreground
+        may now be free to go."""
+        if old is None or not getattr(self, "_started", False):
+            return
+        kept = set(owner_uids(new)) if new is not None else set()
+        namespace = meta(old).get("namespace") or ""
+        for ref in meta(old).get("ownerReferences") or []:
+            if ref.get("uid") and ref["uid"] not in kept and ref.get("name"):
+                self.foreground_queue.add((owner_resource(ref), (owner_namespace(ref, namespace) or "", ref["name"])))
+
+    def _owner_changed(self, owner: dict, new: dict | None, resource: str | None = None) -> None:
         if new is None:  # an owner is gone: its dependents may be garbage now
             for dependent in list(self._dependents.pop(uid_of(owner), ())):
                 self.gc_queue.add(dependent)
             self._pods_of_owner.pop(uid_of(owner), None)
+        elif resource is not None and deleting_dependents(new):  # deleted in the foreground: dependents first
+            for dependent in list(self._dependents.get(uid_of(owner), ())):
+                self.gc_queue.add(dependent)
+            self.foreground_queue.add((resource, key_of(new)))
 
     async def _owner_cache_for(self, resource: str) -> Cache | None:
         """The cache of an owner kind, watched from the first time a dependent refers to it."""
@@ -577,7 +637,8 @@ class LocalCluster:
         if cache is None:
             if self.api is None:
                 raise RuntimeError("the local cluster has not started")
-            cache = self._owner_caches[resource] = Cache(self.api, resource, self.namespaces, self._on_owner)
+            cache = self._owner_caches[resource] = Cache(
+                self.api, resource, self.namespaces, lambda old, new: self._on_owner(resource, old, new))
             cache.start()
         return cache if await cache.wait_synced(OWNER_SYNC_TIMEOUT) else None
 
@@ -681,6 +742,20 @@ class LocalCluster:
         if obj is not None:
             await self.gc.reconcile(resource, obj)
 
+    async def _finish_foreground(self, item: tuple[str, Key]) -> None:
+        resource, key = item
+        cache = self._own_caches().get(resource) or self._owner_caches.get(resource)
+        owner = cache.get(key) if cache is not None else None
+        if owner is None or not deleting_dependents(owner):
+            return
+        dependents = [obj for dep_resource, dep_key in list(self._dependents.get(uid_of(owner), ()))
+                      if (obj := self._own_caches()[dep_resource].get(dep_key)) is not None]
+        try:
+            await self.gc.finish_foreground(resource, owner, dependents)
+        except ApiError as exc:
+            if exc.status not in (404, 409, 422):  # changed or gone meanwhile: its next event brings it back
+                raise
+
     # -- safety net -------------------------------------------------------------------------------
 
     def resync(self) -> None:
@@ -703,6 +778,10 @@ class LocalCluster:
                     self.pod_queue.add(key_of(obj))
                 if owner_uids(obj):
                     self.gc_queue.add((resource, key_of(obj)))
+        for resource, cache in [*self._own_caches().items(), *self._owner_caches.items()]:
+            for obj in cache:
+                if deleting_dependents(obj):
+                    self.foreground_queue.add((resource, key_of(obj)))
 
     async def _resync_forever(self) -> None:
         while True:
@@ -733,6 +812,11 @@ class LocalCluster:
             for obj in list(cache):
                 with _racing_with_the_api(f"{resource} {meta(obj)['name']}"):
                     await self._collect_garbage((resource, key_of(obj)))
+        for resource, cache in [*self._own_caches().items(), *self._owner_caches.items()]:
+            for obj in list(cache):
+                if deleting_dependents(obj):
+                    with _racing_with_the_api(f"{resource} {meta(obj)['name']}"):
+                        await self._finish_foreground((resource, key_of(obj)))
 
 
 def _restored_from(claim: Mapping[str, Any] | None) -> str | None:

@@ -48,8 +48,11 @@ here (``Emulator`` subclasses kmock's class; the one patched internal is ``_patc
 - ``pods/exec`` over websockets (``v5.channel.k8s.io``, ``v4.channel.k8s.io``), proxied to the kubelet
   of the pod's node as a real API server does (``local/podexec.py``);
 - deletion: ``propagationPolicy`` (query or DeleteOptions body). ``Orphan`` strips the owner's
-  ownerReferences from its dependents; ``Background`` and ``Foreground`` both leave dependents to
-  the garbage collector of ``cluster.LocalCluster`` (Foreground does not block the owner here).
+  ownerReferences from its dependents; ``Background`` leaves dependents to the garbage collector of
+  ``cluster.LocalCluster``; ``Foreground`` adds the ``foregroundDeletion`` finalizer, so the owner
+  stays (deleting) until that collector has seen its blocking dependents (``blockOwnerDeletion``)
+  gone, pods until their containers have stopped, and removes the finalizer, as kube-apiserver and
+  kube-controller-manager's garbage collector do.
   As in the real API, deleting a ``batch/v1`` Job without a policy orphans its pods;
 - persistence for local mode: ``state_lines()`` / ``read_state()`` (JSON Lines, one object per line,
   written from the stored JSON and read one object at a time), ``export_state()`` / ``import_state()``
@@ -128,6 +131,10 @@ CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 ALL_VERBS = {"get", "list", "watch", "create", "patch", "update", "delete", "deletecollection"}
 
 # Server-managed metadata that a client cannot change by PATCH or PUT.
+FOREGROUND_DELETION = "foregroundDeletion"  # the finalizer of a Foreground deletion
+# The kinds local mode's garbage collector (cluster.GarbageCollector) deletes for their owners.
+FOREGROUND_COLLECTED = {("", "pods"), ("batch", "jobs"), ("", "persistentvolumeclaims"), ("", "services"),
+                        ("jobset.x-k8s.io", "jobsets"), ("snapshot.storage.k8s.io", "volumesnapshots")}
 SERVER_MANAGED_METADATA = ("uid", "creationTimestamp", "deletionTimestamp", "generation", "name", "namespace")
 
 REQUEST_HISTORY = 256  # kmock request records (and error records) kept for assertions
@@ -743,10 +750,20 @@ class Emulator(kmock.KubernetesEmulator):
         if policy is None and resource == JOBS:
             policy = "Orphan"  # the real API's default for batch/v1 Jobs (kubectl sends Background)
 
+        finalizers = list(current["metadata"].get("finalizers") or [])
+        if policy == "Foreground" and FOREGROUND_DELETION not in finalizers and self._blocked_by_dependents(current):
+            # As kube-apiserver: the owner stays, deleting, until the garbage collector has seen its
+            # blocking dependents gone and removes this finalizer (cluster.LocalCluster's collector).
+            finalizers.append(FOREGROUND_DELETION)
         if current["metadata"].get("deletionTimestamp"):
-            return self._json(stored.raw)
-        if current["metadata"].get("finalizers"):
+            if finalizers == (current["metadata"].get("finalizers") or []):
+                return self._json(stored.raw)
             new = stored.load()
+            new["metadata"]["finalizers"] = finalizers
+            return self._json(self._store_change(key, current, new))
+        if finalizers:
+            new = stored.load()
+            new["metadata"]["finalizers"] = finalizers
             new["metadata"]["deletionTimestamp"] = now_rfc3339()
             new["metadata"]["deletionGracePeriodSeconds"] = _grace_period(resource, current, options, request.params)
             return self._json(self._store_change(key, current, new))
@@ -766,6 +783,21 @@ class Emulator(kmock.KubernetesEmulator):
         if key[0] == CRDS:
             self._unregister_crd(last)
         self.watches.publish(Change(self._current_rv, key, "DELETED", None, Stored.of(last)))
+
+    def _blocked_by_dependents(self, owner: Mapping[str, Any]) -> bool:
+        """Has dependents whose reference blocks its deletion, of a kind local mode's garbage collector
+        collects. (kube-apiserver adds the finalizer in every case and its collector, which knows every
+        kind, removes it at once where nothing blocks; here an owner nothing blocks is deleted at once,
+        so that one with dependents local mode does not collect cannot wait forever.)"""
+        uid = owner["metadata"]["uid"]
+        for key in self.store.owned_by(uid):
+            if (key[0].group, key[0].plural) not in FOREGROUND_COLLECTED:
+                continue
+            stored = self.store.get(key)
+            refs = stored.load()["metadata"].get("ownerReferences") or [] if stored is not None else []
+            if any(ref.get("uid") == uid and ref.get("blockOwnerDeletion") for ref in refs):
+                return True
+        return False
 
     def _orphan_dependents(self, owner: Mapping[str, Any]) -> None:
         owner_uid = owner["metadata"]["uid"]
