@@ -71,7 +71,8 @@ RENAME_MEMORY = 20       # ticks an inode listed under an unfinished name is rem
 
 MAX_STATE_BYTES = 256 * 1024 * 1024  # the watcher's state: a few stats per sealed file
 _SEALED_TYPES: dict[str, type | tuple[type, ...]] = {"path": str, "digest": str, "step": (int, type(None)), "complete": (bool, type(None)),
-                 "resumable": bool, "stats": list, "uri": (str, type(None)), "changed": bool, "summary": dict}
+                 "resumable": bool, "stats": list, "uri": (str, type(None)), "changed": bool, "summary": dict,
+                 "modes": dict}
 
 
 def _is_sealed_record(record: Any) -> bool:
@@ -93,6 +94,10 @@ class Sealed:
     uri: Optional[str] = None
     changed: bool = False
     summary: dict = field(default_factory=dict)  # the sealed line's checkpoint (announced again at a restart)
+    # A worker's part (--part): the modes its files and directories had before the seal took their write
+    # bits (path inside it -> mode, "." the directory itself), so the resume step can give a part sealed
+    # for a union never published back to the restarted trainer as it was (agent/resume_parts.py).
+    modes: dict = field(default_factory=dict)
 
     def change(self, directory: str) -> Optional[live_sealing.Change]:
         """What differs from when it was sealed (cheap: no hashing), or None."""
@@ -376,6 +381,10 @@ class Watcher:
             return None
         read_only = modes is not None and modes.get("ok", False)
         sealed = Sealed(manifest.path, manifest.digest, manifest.step, manifest.complete, manifest.resumable, stats)
+        if self.part is not None and modes is not None:
+            # sealed again at a restart: its write bits are gone already, the earlier record has them
+            sealed.modes = {**(expected.modes if expected is not None else {}),
+                            **{os.path.relpath(p, directory).replace(os.sep, "/"): m for p, m in modes["paths"].items()}}
         extra = {"sealReason": results.cut(reason), "skipped": result.skippedCount, "readOnly": read_only,
                  "sealedAt": round(time.time(), 3), "part": self.part}
         if expected is not None:

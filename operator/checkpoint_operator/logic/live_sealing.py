@@ -263,6 +263,9 @@ class LiveMemory:
     # A volume per worker (logic/live_unions.py): the workers' sealed parts, and the unions assembled
     parts: PartSeals = field(default_factory=PartSeals)
     tried: set[tuple[str, Parts]] = field(default_factory=set)
+    # directories a union was published for by this operator (their Checkpoint created, or being created:
+    # the index may not have it yet); the resume step leaves their parts sealed (logic/group_resume.py)
+    publishing: set[str] = field(default_factory=set)
 
 
 # --- status.live.retired, bounded ---------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Any, Collection, Optional
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.kube import CHECKPOINTS, PODS, ApiError
 from checkpoint_operator.api.trainingjob import TrainingJobStatus
-from checkpoint_operator.logic import data_holds, live_sealing, live_unions, workload
+from checkpoint_operator.logic import data_holds, group_resume, live_sealing, live_unions, workload
 from checkpoint_operator.logic.status import StatusChange
 from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.logic.agent_pods import AGENT_OUTPUT_MOUNT
@@ -132,7 +132,10 @@ def collect(ctx: Context, tj: TrainingJob, controllers: Collection[str]) -> Trai
     if pod is not None and (pod.get("metadata") or {}).get("deletionTimestamp"):
         return tj  # the last one's result was used: going (its end wakes the job)
     if pod is None:
-        union = live_unions.next_union(decisions) if running else None
+        # None while a resume step runs: it gives back the parts of directories not published, and
+        # knows only of the union pod there was when it started (group_resume.kept_sealed).
+        resuming = ctx.kube.cache.get("Pod", namespace, workload.resume_pod_name(tj)) is not None
+        union = live_unions.next_union(decisions) if running and not resuming else None
         if union is None:
             return tj
         command = store.snapshot_command(tj, AGENT_OUTPUT_MOUNT) + live_unions.union_args(union)
@@ -236,6 +239,7 @@ def _publish(ctx: Context, tj: TrainingJob, store: Store, report: ScanReport, ke
     for planned in plan.checkpoints:
         if not store.is_committed(planned.location):
             continue
+        memory.publishing.add(planned.directory)  # before the create: the resume step keeps it sealed
         body = publish.create_checkpoint(ctx, tj, planned)
         if body is not None:
             bodies.append((body, planned))
@@ -254,6 +258,18 @@ def _publish(ctx: Context, tj: TrainingJob, store: Store, report: ScanReport, ke
         ctx.info(tj, "Retired", f"retention: deleting Checkpoint {info.name} (step {info.step})")
         ctx.kube.delete(CHECKPOINTS, namespace, info.name)
     return tj
+
+
+def kept_sealed(ctx: Context, tj: TrainingJob) -> list[str]:
+    """The directories whose sealed parts a resume step leaves sealed (logic/group_resume.kept_sealed):
+    the job's Checkpoints, its retired unions, what this operator is publishing, and the union pod's."""
+    namespace = tj.metadata.namespace
+    existing = signing.own_checkpoints(ctx, namespace, tj.metadata.uid)
+    retired = [r.path for r in (tj.status.live.retired if tj.status.live else None) or []]
+    pod = ctx.kube.cache.get("Pod", namespace, workload.union_pod_name(tj))
+    key = live_unions.union_of_command(_command(pod)) if pod is not None else None
+    return group_resume.kept_sealed([c.directory for c in existing], retired, _memory(ctx, tj).publishing,
+                                    key[0] if key else None)
 
 
 def stop(ctx: Context, tj: TrainingJob) -> None:

@@ -472,7 +472,10 @@ def _resume_step(ctx: Context, tj: TrainingJob, attempt: int) -> Result:
     attempt's JobSet gone): one agent pod copies the latest checkpoint complete over the workers'
     volumes into each (logic/group_resume.py); its result is recorded before the next attempt starts,
     whose workers then resume from it. A failed pod is said, and the attempt starts from what was there."""
-    pod = workload.build_resume_pod(tj, ctx.config)
+    # The parts of directories with no Checkpoint get their write bits back (H9-3): what is kept sealed
+    # is read as the pod is built (while it runs no union pod starts: live_unions.collect).
+    kept = live_unions.kept_sealed(ctx, tj) if tj.publishes_live else []
+    pod = workload.build_resume_pod(tj, ctx.config, published=kept)
     run = agent_runs.follow(ctx, tj, pod, RESUME)
     if isinstance(run, agent_runs.Waiting):
         return agent_runs.wait_for(run, reason=None, message="", current_reason=tj.ready_reason(),
