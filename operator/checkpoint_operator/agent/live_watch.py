@@ -104,6 +104,18 @@ class Sealed:
         return live_sealing.sealed_change([tuple(r) for r in self.stats], observe(directory, self.stats))
 
 
+def _not_removable(directory: str) -> str:
+    """Why a directory could not be removed, as far as its owner tells (the usual cause: another user's files)."""
+    try:
+        owner = os.lstat(directory).st_uid
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if owner != os.geteuid():
+        return (f"its files belong to uid {owner}, this sidecar runs as uid {os.geteuid()} (run it as the training "
+                f"container's user)")
+    return "check the permissions of the output"
+
+
 def observe(directory: str, recorded: list) -> live_sealing.Observed:
     """Stat each recorded file and list every file of a sealed directory. A directory that cannot
     be listed stops the walk and is reported: it is never taken for an empty one."""
@@ -530,7 +542,9 @@ class Watcher:
             return  # not ours to remove: other data now lives under that name
         fstree.remove_tree(directory, ignore_errors=True, make_writable=True)
         if os.path.lexists(directory):
-            self.warn(f"could not remove {path} (retention released it): check the permissions of the output")
+            self.emit(results.WarningEvent(
+                message=results.cut(f"could not remove {path} (retention released it): {_not_removable(directory)}"),
+                notRemoved=results.NotRemoved(path=path, digest=digest)))
             return
         self.sealed.pop(path, None)
         self._save_state()

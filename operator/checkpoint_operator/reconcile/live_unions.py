@@ -95,6 +95,7 @@ def read_parts(ctx: Context, tj: TrainingJob, controllers: Collection[str]) -> d
             for path, digest in events.removed:  # retention: this worker's part is gone from its volume
                 memory.parts.remove(pod.index, path, digest)
         memory.pending.warnings += events.warnings + ([piece.warning] if piece.warning else [])
+        memory.pending.not_removed.update(events.not_removed)
     return running
 
 
@@ -117,6 +118,7 @@ def collect(ctx: Context, tj: TrainingJob, controllers: Collection[str]) -> Trai
         tj = live_sealing_steps.record_live(ctx, tj, sealed=0, retire=deleting, deleting=deleting)
         retired += deleting
     tj = _forget_removed(ctx, tj, existing, memory)
+    _note_not_removed(ctx, tj, memory)
     _ask_removals(ctx, tj, running, existing, memory)
     _report_changed(ctx, tj, store, existing, memory)
     published = {c.directory for c in existing if c.directory} | {p for p, _ in retired}
@@ -172,6 +174,20 @@ def _forget_removed(ctx: Context, tj: TrainingJob, existing: list[CheckpointInfo
     return write_status(ctx, tj, StatusChange(fields=TrainingJobStatus(live=wanted)))
 
 
+def _note_not_removed(ctx: Context, tj: TrainingJob, memory: live_sealing.LiveMemory) -> None:
+    """Parts a worker's sidecar could not remove, counted by (directory, part digest) while their union
+    is retired (live_sealing.removal_annotation puts them behind the others), in ONE warning per pass."""
+    not_removed, memory.pending.not_removed = memory.pending.not_removed, {}
+    if not not_removed:
+        return
+    paths = {r.path for r in (tj.status.live.retired if tj.status.live else None) or []}
+    parts = [(p, d) for sealed in memory.parts.sealed.values() for p, d in sealed.items() if p in paths]
+    memory.removal_failures = live_sealing.count_removal_failures(memory.removal_failures, not_removed, parts)
+    if memory.removal_failures:
+        ctx.warn(tj, "RemovalFailed", live_sealing.not_removed_message(memory.removal_failures,
+                                                                       list(not_removed.values())[-1]))
+
+
 def _ask_removals(ctx: Context, tj: TrainingJob, running: dict[int, str], existing: list[CheckpointInfo],
                   memory: live_sealing.LiveMemory) -> None:
     """Each running worker's sidecar is asked to remove its parts of the retired unions whose
@@ -185,7 +201,8 @@ def _ask_removals(ctx: Context, tj: TrainingJob, running: dict[int, str], existi
         claim = workload.worker_claim_name(tj, worker)
         others = [p for p in ctx.indexes.pointers_on_claim(namespace, claim) if p.checkpoint not in own]
         held = kept | {(p, d) for p, d in retired if data_holds.holders(p, others)}
-        value = live_sealing.removal_annotation(live_unions.part_removals(worker, memory.parts, retired, held), [])
+        value = live_sealing.removal_annotation(live_unions.part_removals(worker, memory.parts, retired, held), [],
+                                                memory.removal_failures)
         if memory.annotated.get(pod) == value:
             continue
         try:
