@@ -442,6 +442,11 @@ def _next_attempt(ctx: Context, tj: TrainingJob, name: str, obj: Optional[dict[s
     (its workers have all stopped), then create the next one under the same name. Its deletion is
     an event of the Job watch, which brings the job back here."""
     if obj is not None and state is not None:
+        # Its user may resume (or suspend) it while it goes: the next one is made as they want it then.
+        change = flow.replaced_suspension_change(tj, state.kind, state.name, bool((obj.get("spec") or {}).get("suspend")),
+                                                 kueue.queue_name(tj.metadata.labels))
+        if change is not None:
+            tj = write_status(ctx, tj, change)
         if not state.deleting:
             workloads.delete_attempt(ctx, tj, name, obj["metadata"]["uid"])
         return Wait()

@@ -237,3 +237,25 @@ def test_the_resume_pod_names_the_directories_whose_parts_stay_sealed():
     command = workload.build_resume_pod(tj, CONFIG, published=["step-1", "step-2"])["spec"]["containers"][0]["command"]
     assert command[-4:] == ["--published", "step-1", "--published", "step-2"]
     assert "--published" not in workload.build_resume_pod(tj, CONFIG)["spec"]["containers"][0]["command"]
+
+
+def test_a_group_its_user_resumes_while_its_workload_is_replaced_is_made_again_running():
+    """H9-9: a user-suspended group with a volume per worker is replaced (deleted, resume step, made again);
+    its user resumes the old JobSet while it is being deleted. The phase follows spec.suspend then, so
+    engines._suspend makes the next one as the user wants it (it was made suspended: the resume lost)."""
+    queued = typed({"phase": "Queued", "preemptions": 1})
+    change = flow.replaced_suspension_change(queued, "JobSet", "ddp", False, None)
+    assert change is not None and change.phase == "Running" and "resumed by its user" in change.message
+    assert not engines._suspend(queued.model_copy(update={"status": queued.status.model_copy(
+        update={"phase": change.phase})}))
+    assert engines._suspend(queued)  # before it: made suspended
+    assert flow.replaced_suspension_change(queued, "JobSet", "ddp", True, None) is None  # still suspended
+    running = typed({"phase": "Running", "preemptions": 1})
+    again = flow.replaced_suspension_change(running, "JobSet", "ddp", True, None)
+    assert again is not None and again.phase == "Queued" and engines._suspend(running.model_copy(update={
+        "status": running.status.model_copy(update={"phase": again.phase})}))
+    assert flow.replaced_suspension_change(running, "JobSet", "ddp", False, None) is None  # a failure restart
+    assert flow.replaced_suspension_change(queued, "JobSet", "ddp", False, "team-a") is None  # Kueue decides
+    one_volume = TrainingJob.model_validate({**training_job("j", engine="JobSet", replicas=2),
+                                             "status": {"phase": "Queued"}})
+    assert flow.replaced_suspension_change(one_volume, "JobSet", "j", False, None) is None
