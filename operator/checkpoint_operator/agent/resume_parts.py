@@ -32,7 +32,7 @@ another worker died before its part, that step has no Checkpoint and the restart
 again, which a non-root trainer cannot do in a read-only directory (EACCES, the job failed where it
 should retry). So each worker's parts recorded in its `.ckpt-live/sealed.json` whose directory is
 not published get back the write bits they had before the seal (recorded by the sidecar; the
-owner's when no record has them), and leave the record (a restarted sidecar would seal them again
+owner's when the record, an older sidecar's, has no modes), and leave the record (a restarted sidecar would seal them again
 at its start); nothing is deleted, and parts of published directories stay as they are.
 """
 
@@ -247,8 +247,10 @@ def _real_directory(root: str, path: str) -> Optional[str]:
     return current
 
 
-def _give_back(directory: str, modes: Mapping[str, object]) -> int:
-    """The write bits of every file and directory under `directory` (links left alone); how many changed."""
+def _give_back(directory: str, modes: Optional[Mapping[str, object]]) -> int:
+    """The write bits of every file and directory under `directory` (links left alone); how many changed.
+    `modes`: what the sidecar took them from (an entry not in it lost none: the s3 store's sidecar takes
+    none); None (a record of an older sidecar, which kept no modes): the owner's write bit."""
     changed = 0
     entries = [directory]
     for root, dirs, files in fstree.walk(directory):
@@ -259,8 +261,11 @@ def _give_back(directory: str, modes: Mapping[str, object]) -> int:
             if stat.S_ISLNK(st.st_mode):
                 continue
             rel = os.path.relpath(path, directory).replace(os.sep, "/")
-            recorded = modes.get(rel)
-            mode = reopened_mode(st.st_mode, recorded if isinstance(recorded, int) else None)
+            found = modes.get(rel) if modes is not None else None
+            recorded = found if isinstance(found, int) else None
+            if modes is not None and recorded is None:
+                continue
+            mode = reopened_mode(st.st_mode, recorded)
             if mode != stat.S_IMODE(st.st_mode):
                 os.chmod(path, mode)
                 changed += 1
@@ -284,7 +289,7 @@ def reopen_unpublished(directory: str, count: int, published: Collection[str]) -
             record = next(r for r in records[worker] if r["path"] == path)
             if target is not None:
                 modes = record.get("modes")
-                _give_back(target, modes if isinstance(modes, dict) else {})
+                _give_back(target, modes if isinstance(modes, dict) else None)
                 done.append(f"worker {worker}: {path}")
             gone.add(path)
         kept = [r for r in records[worker] if r["path"] not in gone]

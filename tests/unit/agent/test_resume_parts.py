@@ -241,3 +241,27 @@ def test_a_link_in_place_of_an_unpublished_part_sends_no_chmod_elsewhere(tmp_pat
 def os_chmod_parent(path: str) -> None:
     import os
     os.chmod(os.path.dirname(path), 0o755)
+
+
+def test_only_the_write_bits_the_sidecar_took_are_given_back_and_an_older_record_gets_the_owner_s(tmp_path):
+    """The s3 store's sidecar takes no write bits (its record's modes are empty): nothing changes there;
+    a record of an older sidecar (no modes at all) gets the owner's write bit back."""
+    import json
+    out = tmp_path / "out"
+    _seal_part(out / "worker-0", "step-2", 0)
+    _seal_part(out / "worker-0", "step-3", 0)
+    state = out / "worker-0" / ".ckpt-live" / "sealed.json"
+    records = json.loads(state.read_text())
+    for record in records:
+        if record["path"] == "step-2":
+            record["modes"] = {}
+        else:
+            del record["modes"]
+    state.write_text(json.dumps(records))
+    (out / "worker-1").mkdir()
+    proc = agent_process("resume-parts", str(out), "--parts", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert all(m & 0o222 == 0 for m in modes_of(out / "worker-0" / "step-2").values())
+    assert modes_of(out / "worker-0" / "step-3") == {".": 0o755, "sub": 0o755, "model.bin": 0o644,
+                                                     "sub/opt.bin": 0o644}
+    assert json.loads(state.read_text()) == []
