@@ -289,6 +289,11 @@ def kept_sealed(ctx: Context, tj: TrainingJob) -> list[str]:
                                     key[0] if key else None)
 
 
+def reopened(ctx: Context, tj: TrainingJob, kept: Collection[str]) -> None:
+    """The resume step has run: the workers' parts of directories not `kept` are sealed no more."""
+    _memory(ctx, tj).parts.reopened(kept)
+
+
 def stop(ctx: Context, tj: TrainingJob) -> None:
     """The job left Running: a union pod still at work is not needed (the end-of-job snapshot
     assembles every directory); its result is never read."""
