@@ -66,6 +66,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from scale import CKPT, NS, TJ, Emulator, Operator  # noqa: E402
+from checkpoint_operator.local.runtime import host_command  # noqa: E402
+
+# This checkout's CLI (never the `checkpoint-operator` first on PATH, which may be another checkout's).
+OPERATOR_CLI = [sys.executable, "-m", "checkpoint_operator"]
 
 PODS, PVCS, JOBS = "v1/pods", "v1/persistentvolumeclaims", "batch/v1/jobs"
 SNAPSHOTS = "snapshot.storage.k8s.io/v1/volumesnapshots"
@@ -520,7 +524,7 @@ async def stored_digest(h: Harness, ckpt: dict) -> str | None:
     if "s3" in location:
         dest = Path(tempfile.mkdtemp(dir=h.work, prefix="verify-"))
         proc = await asyncio.create_subprocess_exec(
-            "checkpoint-operator", "agent", "download", location["s3"]["uri"], str(dest / "d"),
+            *OPERATOR_CLI, "agent", "download", location["s3"]["uri"], str(dest / "d"),
             env={**os.environ, **h.store.env()}, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
         _, err = await proc.communicate()
         if proc.returncode != 0:
@@ -1352,7 +1356,7 @@ def kill_fill_midway(started_fills: list[str]):
         started_fills.append(pod["metadata"]["name"])
         root = node_cache_dir(CURRENT, pod)
         argv = [a for a in container["command"] if a not in ("--result-file", "/dev/termination-log")]
-        argv = [str(root) if a == "/checkpoint-node-cache" else a for a in argv]
+        argv = host_command([str(root) if a == "/checkpoint-node-cache" else a for a in argv])
         key = argv[argv.index("--key") + 1]
         staging = root / "staging" / key.replace("/", ".") / "data"
         proc = await asyncio.create_subprocess_exec(*argv, "--no-hold", env={**os.environ, **env,

@@ -2,7 +2,9 @@
 
 Each Job runs one pod whose container is an agent command (``checkpoint-operator agent scan`` of a
 tiny directory, what the operator's snapshot pods run) or a shell command (``--command shell``),
-through the emulated API and ``LocalCluster``. Prints the wall time and the time per pod.
+through the emulated API and ``LocalCluster``. Prints the wall time and the time per pod. With the
+process runtime the agent command runs in this interpreter's package (the kubelet's zygote forks it:
+``local/runtime.py`` ``host_command``), never a ``checkpoint-operator`` found on PATH.
 
     python bench/local_cluster.py --jobs 120 [--command agent|shell] [--runtime process|podman]
 

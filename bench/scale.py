@@ -540,7 +540,9 @@ def localrun(jobs: int) -> dict:
             for i in range(jobs)]
     (work / "jobs.yaml").write_text("\n---\n".join(json.dumps(d) for d in docs))
     started = time.monotonic()
-    proc = subprocess.run(["checkpoint-operator", "local", "run", "-f", str(work / "jobs.yaml"), "-o", "json",
+    # This checkout's CLI, as the operator above (the `checkpoint-operator` first on PATH may be another's).
+    proc = subprocess.run([sys.executable, "-m", "checkpoint_operator", "local", "run", "-f", str(work / "jobs.yaml"),
+                           "-o", "json",
                            "--runtime", "process", "--state-dir", str(work / "state")],
                           capture_output=True, text=True, cwd=work, timeout=3600)
     elapsed = time.monotonic() - started

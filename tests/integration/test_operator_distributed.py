@@ -683,6 +683,57 @@ async def test_a_volume_per_worker_group_its_user_suspends_stays_suspended_until
         assert resumed.startswith(".ckpt-resume/") and listing == [".metadata", "__0_0.distcp", "__1_0.distcp"]
 
 
+@pytest.mark.timeout(180)
+async def test_a_volume_per_worker_group_resumed_while_its_suspended_jobset_is_deleted_is_made_again_running(
+        api, operator, cluster, wait_for):
+    """H9-9: without Kueue a user suspends the JobSet of a group with a volume per worker and resumes it
+    (spec.suspend false) while that JobSet is still being deleted (a finalizer holds it here, as a slow
+    Foreground deletion does). The new JobSet was made suspended all the same (the phase read when the
+    suspension was seen decided it): the resume was lost. It is made as the user wants it when it is
+    made: running, and every worker resumes from the union of step-1."""
+    replicas = 2
+    body = group_job("vpwres", engine="JobSet", worker=PREEMPTED_PARTS_WORKER, replicas=replicas, backoffLimit=0,
+                     output={"volumePerWorker": True})
+    metadata = dcp_metadata_bytes(["model.w"], [(f"__{r}_0.distcp", 0, 64) for r in range(replicas)])
+    body["spec"]["template"]["spec"]["containers"][0]["env"].append({"name": "DCP_METADATA", "value": metadata.hex()})
+    await api.create(TJ, NS, body)
+    tj = await wait_phase(api, wait_for, "vpwres", "Running", timeout=60)
+    first_uid = tj["status"]["jobUid"]
+
+    def claims():
+        return [cluster.claim_dir(NS, f"vpwres-output-{tj['metadata']['uid'][:5]}-{i}") for i in range(replicas)]
+
+    async def written():
+        return all(c is not None and (c / "ran-before").exists() for c in claims()) or None
+    await wait_for(written, timeout=60)
+    jobsets = "jobset.x-k8s.io/v1alpha2/jobsets"
+    await api.patch(jobsets, NS, "vpwres", {"metadata": {"finalizers": ["test/hold"]}})
+    await api.patch(jobsets, NS, "vpwres", {"spec": {"suspend": True}})
+
+    async def being_deleted():
+        js = await api.get(jobsets, NS, "vpwres")
+        obj = await api.get(TJ, NS, "vpwres")
+        return js if js and js["metadata"].get("deletionTimestamp") and obj["status"]["phase"] == "Queued" else None
+    await wait_for(being_deleted, timeout=60)
+    await api.patch(jobsets, NS, "vpwres", {"spec": {"suspend": False}})  # the user resumes it meanwhile
+
+    for _ in range(100):  # the operator's passes see the resume while the old one is held (10 s at most)
+        if (await api.get(TJ, NS, "vpwres"))["status"]["phase"] == "Running":
+            break
+        await asyncio.sleep(0.1)
+    await api.patch(jobsets, NS, "vpwres", {"metadata": {"finalizers": None}})
+
+    async def made_again():
+        js = await api.get(jobsets, NS, "vpwres")
+        return js if js and js["metadata"]["uid"] != first_uid else None
+    jobset = await wait_for(made_again, timeout=90)
+    assert not jobset["spec"].get("suspend"), "made suspended: the user's resume was lost"
+    tj = await wait_phase(api, wait_for, "vpwres", ("Succeeded", "Failed"), timeout=120)
+    status = tj["status"]
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["resume"]["directory"] == "step-1", status["resume"]
+
+
 @pytest.mark.parametrize("shape", [
     pytest.param({"engine": "Job"}, id="job"),
     pytest.param({"engine": "JobSet"}, id="jobset"),

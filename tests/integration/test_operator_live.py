@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import threading
 
 import pytest
@@ -534,3 +536,52 @@ async def test_a_deleted_checkpoint_applied_again_from_its_saved_yaml_never_beco
     message = ready_condition(replay)["message"]
     assert "never handed checkpoint-1 to this Checkpoint" in message and "saved YAML" in message, message
     assert "\n" not in message
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("chattr"), reason="makes a file immutable (chattr +i)")
+async def test_a_retired_directory_the_sidecar_cannot_remove_does_not_hold_newer_removals_back(
+        api, operator, cluster, trainer, wait_for, monkeypatch):
+    """The removal annotation names the oldest retired directories only (100; 1 here): one the sidecar
+    can never remove (a root trainer's files: EACCES; an immutable file here, which root cannot remove
+    either) stayed at its head, and every newer one was never asked for. Now a directory the sidecar
+    said it could not remove goes behind the others: checkpoint-20, retired after it, is removed while
+    the job runs, and the failures are said in one RemovalFailed warning (how many, and why)."""
+    from checkpoint_operator.logic import live_sealing as live_logic
+    monkeypatch.setattr(live_logic, "MAX_REMOVALS_ANNOTATED", 1)
+    gates = [gate() for _ in range(3)]
+    volume: dict[str, str] = {}
+
+    def train(attempt, env):
+        out = volume["out"] = os.path.realpath(env["CHECKPOINT_OUTPUT_DIR"])
+        for step, g in zip((10, 20, 30), gates):
+            trainer_checkpoint(out, step)
+            assert g.wait(90)
+        return 0
+    trainer.behaviours["stuck"] = train
+    await api.create(TJ, NS, training_job("stuck", output={**LIVE, "keep": 1}))
+    pinned = None
+    try:
+        await wait_for(lambda: ready(api, "stuck.checkpoint-10"), timeout=60)
+        pinned = os.path.join(volume["out"], "checkpoint-10", "config.json")
+        subprocess.run(["chattr", "+i", pinned], check=True)  # never removable, whoever the sidecar runs as
+        gates[0].set()
+        await wait_for(lambda: ready(api, "stuck.checkpoint-20"), timeout=60)
+        gates[1].set()
+        await wait_for(lambda: ready(api, "stuck.checkpoint-30"), timeout=60)
+
+        async def removed_20():
+            return not os.path.exists(os.path.join(volume["out"], "checkpoint-20")) or None
+        await wait_for(removed_20, timeout=60)
+        assert (await api.get(TJ, NS, "stuck"))["status"]["phase"] == "Running"
+        assert os.path.isdir(os.path.join(volume["out"], "checkpoint-10"))
+        failed = [e for e in await events_for(api, "stuck") if e["reason"] == "RemovalFailed"]
+        assert failed and failed[0]["message"].startswith("1 retired directory could not be removed by the sealing "
+                                                          "sidecar (the latest: could not remove checkpoint-10"), failed
+        assert not [e for e in await events_for(api, "stuck") if e["reason"] == "SealingWarning"
+                    and "could not remove" in e["message"]], "one aggregated warning, not one per directory"
+    finally:
+        if pinned:
+            subprocess.run(["chattr", "-i", pinned], check=False)
+        for g in gates:
+            g.set()
+    await wait_phase(api, wait_for, TJ, "stuck", ("Succeeded", "Failed"), timeout=60)

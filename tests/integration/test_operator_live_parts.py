@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import threading
 import time
 
@@ -394,3 +395,69 @@ async def test_a_step_is_not_published_without_the_part_of_a_worker_whose_pod_fa
     assert (step1["status"]["phase"], step1["status"]["complete"], step1["status"]["fileCount"]) == \
         ("Ready", True, 4), step1["status"]
     assert tj["status"]["outputCheckpoints"] == ["pu.step-1"]
+
+
+NOBODY = 65534
+# The step written again removes its old part first (EACCES in a sealed directory for a non-root user).
+RENAME_PART = 'set -e; rm -rf "step-$2" "step-$2.tmp"; mkdir "step-$2.tmp"; ' \
+              'printf "rank %s step %s" "$3" "$2" > "step-$2.tmp/rank-$3.bin"; sleep 0.3; mv "step-$2.tmp" "step-$2"'
+
+
+def rename_part_as_nobody(out: str, step: int, rank: int) -> subprocess.CompletedProcess:
+    """Rank `rank`'s part of `step`, written under a temporary name and renamed into place, by a
+    non-root user (no format marker: a rename-per-rank writer, which torch DCP is not)."""
+    # cwd: entered before the user changes (the test's temporary directories are root's, 0700)
+    return subprocess.run(["/bin/sh", "-c", RENAME_PART, "part", "", str(step), str(rank)], cwd=out, user=NOBODY,
+                          group=NOBODY, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="writes as another user (uid 65534)")
+async def test_a_part_sealed_for_a_step_never_published_is_writable_again_for_a_non_root_restarted_group(
+        api, operator, cluster, trainer, wait_for):
+    """H9-3: worker 0 (a non-root trainer) seals its part of step-1 by a rename into place, worker 1
+    dies before its part. step-1 has no Checkpoint; the group restarts. The resume step gave worker 0's
+    part back with the trainer's modes: its next attempt writes step-1 again (rmtree, rename) as the
+    same user and succeeds (it got EACCES in its sealed directory, and the job failed where it should
+    retry); step-1 is then published from both parts."""
+    part0_sealed = threading.Event()
+    rewrite: dict[int, subprocess.CompletedProcess] = {}
+    calls = {0: 0, 1: 0}
+    lock = threading.Lock()
+
+    def train(attempt, env):
+        rank, out = int(env["RANK"]), os.path.realpath(env["CHECKPOINT_OUTPUT_DIR"])
+        with lock:
+            calls[rank] += 1
+            first = calls[rank] == 1
+        os.chmod(out, 0o777)  # the trainer's user writes its volume (an fsGroup on a cluster)
+        if first:
+            if rank == 1:
+                assert part0_sealed.wait(60)
+                return 1  # rank 1 dies before writing its part of step-1
+            done = rename_part_as_nobody(out, 1, 0)
+            assert done.returncode == 0, done.stderr
+            part0_sealed.wait(60)
+            return 0
+        done = rename_part_as_nobody(out, 1, rank)
+        rewrite[rank] = done
+        return 0 if done.returncode == 0 else 13
+    trainer.behaviours["rw"] = train
+    await api.create(TJ, NS, training_job("rw", replicas=2, engine="JobSet", backoffLimit=1, output=LIVE_PARTS))
+
+    async def sealed0():
+        pods = [p["metadata"]["name"] for p in await api.list("v1/pods", NS)
+                if p["metadata"].get("labels", {}).get("ckpt.dev/trainingjob") == "rw"
+                and p["metadata"]["labels"].get("ckpt.dev/worker-index") == "0"]
+        for pod in pods:
+            if '"kind":"sealed"' in await api.read_log(NS, pod, container="ckpt-live"):
+                return True
+        return None
+    await wait_for(sealed0, timeout=60)
+    part0_sealed.set()
+    tj = await wait_phase(api, wait_for, TJ, "rw", ("Succeeded", "Failed"), timeout=180)
+    status = tj["status"]
+    assert 0 in rewrite and rewrite[0].returncode == 0, rewrite.get(0) and rewrite[0].stderr
+    assert status["phase"] == "Succeeded" and status["restarts"] == 1, status.get("message")
+    step1 = await wait_for(lambda: ready(api, "rw.step-1"), timeout=60)
+    assert step1["status"]["fileCount"] == 2, step1["status"]
+    assert await job_checkpoints(api, "rw") == ["rw.step-1"]

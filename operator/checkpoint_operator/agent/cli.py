@@ -83,6 +83,9 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     resume.add_argument("--layout", choices=["auto", "directories", "files"], default="auto")
     resume.add_argument("--keep", default=None, metavar="sha256:HEX",
                         help="also keep this earlier copy (the one the workers fall back to if this run's result is lost)")
+    resume.add_argument("--published", action="append", default=None, metavar="DIR",
+                        help="a directory with a Checkpoint (repeated): its sealed parts stay sealed; every other "
+                             "part sealed by a worker's sidecar gets its write bits back")
     resume.add_argument("--workers", type=_positive_int, default=None, help="hashing threads (default: number of cores)")
     resume.add_argument("--max-entries", type=_positive_int, default=None, metavar="N",
                         help="fail past this many directory entries in all (default 1000000, or CKPT_SCAN_MAX_ENTRIES)")

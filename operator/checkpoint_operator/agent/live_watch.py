@@ -71,7 +71,8 @@ RENAME_MEMORY = 20       # ticks an inode listed under an unfinished name is rem
 
 MAX_STATE_BYTES = 256 * 1024 * 1024  # the watcher's state: a few stats per sealed file
 _SEALED_TYPES: dict[str, type | tuple[type, ...]] = {"path": str, "digest": str, "step": (int, type(None)), "complete": (bool, type(None)),
-                 "resumable": bool, "stats": list, "uri": (str, type(None)), "changed": bool, "summary": dict}
+                 "resumable": bool, "stats": list, "uri": (str, type(None)), "changed": bool, "summary": dict,
+                 "modes": dict}
 
 
 def _is_sealed_record(record: Any) -> bool:
@@ -93,10 +94,26 @@ class Sealed:
     uri: Optional[str] = None
     changed: bool = False
     summary: dict = field(default_factory=dict)  # the sealed line's checkpoint (announced again at a restart)
+    # A worker's part (--part): the modes its files and directories had before the seal took their write
+    # bits (path inside it -> mode, "." the directory itself), so the resume step can give a part sealed
+    # for a union never published back to the restarted trainer as it was (agent/resume_parts.py).
+    modes: dict = field(default_factory=dict)
 
     def change(self, directory: str) -> Optional[live_sealing.Change]:
         """What differs from when it was sealed (cheap: no hashing), or None."""
         return live_sealing.sealed_change([tuple(r) for r in self.stats], observe(directory, self.stats))
+
+
+def _not_removable(directory: str) -> str:
+    """Why a directory could not be removed, as far as its owner tells (the usual cause: another user's files)."""
+    try:
+        owner = os.lstat(directory).st_uid
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if owner != os.geteuid():
+        return (f"its files belong to uid {owner}, this sidecar runs as uid {os.geteuid()} (run it as the training "
+                f"container's user)")
+    return "check the permissions of the output"
 
 
 def observe(directory: str, recorded: list) -> live_sealing.Observed:
@@ -376,6 +393,10 @@ class Watcher:
             return None
         read_only = modes is not None and modes.get("ok", False)
         sealed = Sealed(manifest.path, manifest.digest, manifest.step, manifest.complete, manifest.resumable, stats)
+        if self.part is not None and modes is not None:
+            # sealed again at a restart: its write bits are gone already, the earlier record has them
+            sealed.modes = {**(expected.modes if expected is not None else {}),
+                            **{os.path.relpath(p, directory).replace(os.sep, "/"): m for p, m in modes["paths"].items()}}
         extra = {"sealReason": results.cut(reason), "skipped": result.skippedCount, "readOnly": read_only,
                  "sealedAt": round(time.time(), 3), "part": self.part}
         if expected is not None:
@@ -521,7 +542,9 @@ class Watcher:
             return  # not ours to remove: other data now lives under that name
         fstree.remove_tree(directory, ignore_errors=True, make_writable=True)
         if os.path.lexists(directory):
-            self.warn(f"could not remove {path} (retention released it): check the permissions of the output")
+            self.emit(results.WarningEvent(
+                message=results.cut(f"could not remove {path} (retention released it): {_not_removable(directory)}"),
+                notRemoved=results.NotRemoved(path=path, digest=digest)))
             return
         self.sealed.pop(path, None)
         self._save_state()

@@ -24,19 +24,35 @@ ReadWriteOnce volume on another node. So the union is written into each worker's
 Every worker gets the whole union (a sharded load reads only its ranks' files, but which those
 are is the framework's business): N times the checkpoint's size written, in each volume beside
 what the worker wrote. With no complete union, nothing is written and what is there stays.
+
+Parts sealed for a union never published are given back (`--published DIR`, repeated: the
+directories the operator published, is publishing or retired; H9-3): a worker's sidecar seals its
+part by a sign of its end (a rename into place, a format's marker) and takes its write bits; when
+another worker died before its part, that step has no Checkpoint and the restarted group writes it
+again, which a non-root trainer cannot do in a read-only directory (EACCES, the job failed where it
+should retry). So each worker's parts recorded in its `.ckpt-live/sealed.json` whose directory is
+not published get back the write bits they had before the seal (recorded by the sidecar; the
+owner's when the record, an older sidecar's, has no modes), and leave the record (a restarted sidecar would seal them again
+at its start); nothing is deleted, and parts of published directories stay as they are.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import re
 import shutil
+import stat
 from pathlib import Path
-from typing import Optional
+from typing import Collection, Iterable, Mapping, Optional
 
+from checkpoint_operator.agent import fstree
 from checkpoint_operator.agent.formats import step_from_name
+from checkpoint_operator.agent.live_sealing import LIVE_DIR, record_path_problem
+from checkpoint_operator.agent.live_watch import MAX_STATE_BYTES, STATE_FILE
+from checkpoint_operator.agent.safe_read import Unreadable, parse_json, read_capped
 from checkpoint_operator.agent.parts import Assembled, part_directory, twin_directories, union_of
 from checkpoint_operator.agent.scan import RESUME_DIR, ROOT, list_checkpoints
 from checkpoint_operator.agent.tree import EntryBudget, entry_limit
@@ -187,6 +203,107 @@ def _remove(path: str) -> None:
         os.remove(path)
 
 
+# --- parts sealed for a union never published, given back (H9-3) --------------------------------------
+
+def parts_to_reopen(sealed: Mapping[int, Iterable[str]], published: Collection[str]) -> dict[int, list[str]]:
+    """Each worker's sealed parts to make writable again: those of directories with no Checkpoint
+    (`published`: what the operator published, is publishing or retired: those parts are the
+    published bytes and stay sealed), and only paths a sidecar could have sealed."""
+    kept = set(published)
+    reopen = {w: sorted({p for p in paths if p not in kept and record_path_problem(p) is None})
+              for w, paths in sealed.items()}
+    return {w: paths for w, paths in sorted(reopen.items()) if paths}
+
+
+def reopened_mode(current: int, recorded: Optional[int]) -> int:
+    """A sealed entry's mode given back: its mode now with the write bits it had before the seal (`recorded`,
+    by the sidecar), or the owner's when none was recorded; nothing else changes (no bit is taken away,
+    none but write bits is added)."""
+    bits = (recorded & 0o222) if isinstance(recorded, int) else 0o200
+    return stat.S_IMODE(current) | bits
+
+
+def _sealed_records(state_dir: str) -> list:
+    try:
+        records = parse_json(read_capped(os.path.join(state_dir, STATE_FILE), MAX_STATE_BYTES))
+    except Unreadable:
+        return []
+    return [r for r in records if isinstance(r, dict) and isinstance(r.get("path"), str)] \
+        if isinstance(records, list) else []
+
+
+def _real_directory(root: str, path: str) -> Optional[str]:
+    """`root/path` when every component of `path` is a directory and none a link (a link could send
+    the chmod into another worker's published part: every volume is mounted here)."""
+    current = root
+    for part in path.split("/"):
+        current = os.path.join(current, part)
+        try:
+            st = os.lstat(current)
+        except OSError:
+            return None
+        if not stat.S_ISDIR(st.st_mode):
+            return None
+    return current
+
+
+def _give_back(directory: str, modes: Optional[Mapping[str, object]]) -> int:
+    """The write bits of every file and directory under `directory` (links left alone); how many changed.
+    `modes`: what the sidecar took them from (an entry not in it lost none: the s3 store's sidecar takes
+    none); None (a record of an older sidecar, which kept no modes): the owner's write bit."""
+    changed = 0
+    entries = [directory]
+    for root, dirs, files in fstree.walk(directory):
+        entries += [os.path.join(root, n) for n in dirs + files]
+    for path in entries:
+        try:
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            rel = os.path.relpath(path, directory).replace(os.sep, "/")
+            found = modes.get(rel) if modes is not None else None
+            recorded = found if isinstance(found, int) else None
+            if modes is not None and recorded is None:
+                continue
+            mode = reopened_mode(st.st_mode, recorded)
+            if mode != stat.S_IMODE(st.st_mode):
+                os.chmod(path, mode)
+                changed += 1
+        except OSError as exc:
+            print(f"cannot give back the write bits of {printable(path)}: {exc.strerror}", flush=True)
+    return changed
+
+
+def reopen_unpublished(directory: str, count: int, published: Collection[str]) -> list[str]:
+    """Give every worker's sealed parts of unpublished directories their write bits back, and drop them
+    from its sidecar's record; what was reopened, as `worker <i>: <path>`."""
+    states = {i: os.path.join(directory, part_directory(i), LIVE_DIR) for i in range(count)}
+    records = {i: _sealed_records(d) if os.path.isdir(d) and not os.path.islink(d) else [] for i, d in states.items()}
+    reopen = parts_to_reopen({i: [r["path"] for r in recs] for i, recs in records.items()}, published)
+    done: list[str] = []
+    for worker, paths in reopen.items():
+        root = os.path.join(directory, part_directory(worker))
+        gone = set()
+        for path in paths:
+            target = _real_directory(root, path)
+            record = next(r for r in records[worker] if r["path"] == path)
+            if target is not None:
+                modes = record.get("modes")
+                _give_back(target, modes if isinstance(modes, dict) else None)
+                done.append(f"worker {worker}: {path}")
+            gone.add(path)
+        kept = [r for r in records[worker] if r["path"] not in gone]
+        state = os.path.join(states[worker], STATE_FILE)
+        tmp = os.path.join(states[worker], f".{STATE_FILE}.resume-{os.getpid()}")
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(kept, f)
+            os.replace(tmp, state)
+        except OSError as exc:  # its sidecar seals them again at its start: said, the copy is still made
+            print(f"cannot rewrite worker {worker}'s {LIVE_DIR}/{STATE_FILE}: {exc.strerror}", flush=True)
+    return done
+
+
 MAX_PARTS = 100000  # api.trainingjob.MAX_REPLICAS: one volume per worker
 
 
@@ -199,6 +316,8 @@ def main(args: argparse.Namespace) -> int:
         raise AgentError(f"{args.dir}: not a directory (resume-parts takes the directory holding worker-0 .. "
                          f"worker-<N-1>)")
     union, passed = latest_union(args.dir, args.parts, args.layout, workers=args.workers, max_entries=args.max_entries)
+    for line in reopen_unpublished(args.dir, args.parts, args.published or []):
+        print(f"made writable again (sealed as a part of a checkpoint never published): {printable(line)}", flush=True)
     for line in passed:
         print(f"passed over {line}", flush=True)
     shown = [cut(line) for line in passed[:MAX_PASSED_REPORTED]]

@@ -6,7 +6,7 @@ so a flag renamed on one side fails a test instead of a pod.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 AGENT = ("checkpoint-operator", "agent")
 Layout = str  # "auto" | "directories" | "files" (api.trainingjob.OutputSpec.layout)
@@ -39,12 +39,14 @@ def snapshot(directory: str, upload_to: str, *, layout: Layout = "auto", single:
             "--upload-to", upload_to, *(["--reuse-sealed"] if reuse_sealed else []), *_parts(parts, per_worker)]
 
 
-def resume_parts(directory: str, *, parts: int, layout: Layout = "auto", keep: Optional[str] = None) -> list[str]:
+def resume_parts(directory: str, *, parts: int, layout: Layout = "auto", keep: Optional[str] = None,
+                 published: Iterable[str] = ()) -> list[str]:
     """Between the attempts of a group with a volume per worker: copy the latest checkpoint complete over
     the workers' volumes (DIR/worker-<i>) into each one's .ckpt-resume/<digest hex>, keeping the copy
-    `keep` (the one recorded last); writes the result line."""
+    `keep` (the one recorded last); every part a sidecar sealed of a directory not `published` gets its
+    write bits back; writes the result line."""
     return [*AGENT, "resume-parts", directory, "--parts", str(parts), "--layout", layout,
-            *(["--keep", keep] if keep else [])]
+            *(["--keep", keep] if keep else []), *[a for p in published for a in ("--published", p)]]
 
 
 def download(uri: str, directory: str, *, digest: str) -> list[str]:

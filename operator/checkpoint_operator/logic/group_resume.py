@@ -14,7 +14,7 @@ exists (a later step that finds nothing newer complete leaves that copy, and the
 from __future__ import annotations
 
 import posixpath
-from typing import Optional
+from typing import Iterable, Optional
 from checkpoint_operator.api.trainingjob import GroupResume, TrainingJob, TrainingJobStatus
 from checkpoint_operator.logic.status import StatusChange
 from checkpoint_operator.logic.workers import attempt_name
@@ -36,6 +36,20 @@ def kept_copy(tj: TrainingJob) -> Optional[str]:
     """The copy the next resume step must keep beside its own: the one recorded last (the workers fall
     back to it if that step's result is lost)."""
     return tj.status.resume.digest if tj.status.resume is not None else None
+
+
+def kept_sealed(checkpoints: Iterable[Optional[str]], retired: Iterable[str], publishing: Iterable[str],
+                union_in_flight: Optional[str]) -> list[str]:
+    """The directories whose sealed parts the resume step leaves sealed (H9-3): those with a Checkpoint of
+    the job (`checkpoints`: their directories, as the index has them), retired ones (their parts are
+    removed by the sidecars, never written again), those this operator is publishing (`publishing`: it
+    created or is creating their Checkpoint, which the index may not show yet) and the one a union pod
+    is assembling now (`union_in_flight`: its result may be published while the resume step runs).
+    Every other sealed part was sealed only as a part: the step gives it back to the trainer."""
+    kept = {d for d in checkpoints if d} | set(retired) | set(publishing)
+    if union_in_flight:
+        kept.add(union_in_flight)
+    return sorted(kept)
 
 
 def has_resume_copy(tj: TrainingJob) -> bool:

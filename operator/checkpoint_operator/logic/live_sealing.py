@@ -87,6 +87,7 @@ class LogEvents:
     changed: dict[str, ChangedEvent] = field(default_factory=dict)   # path -> the event
     synced: set[tuple[str, str]] = field(default_factory=set)  # (path, digest) whose sealed line says "syncfs"
     warnings: list[str] = field(default_factory=list)
+    not_removed: dict[tuple[str, str], str] = field(default_factory=dict)  # asked to remove, could not: why
     last_timestamp: Optional[str] = None
     refused: int = 0  # event lines the protocol refused (a newer version, an invalid field)
 
@@ -147,6 +148,9 @@ def parse_log(text: str, *, sealed_prefix: Optional[str] = None, into: Optional[
             events.sealed = [m for m in events.sealed if (m.path, m.digest) not in events.removed]
         elif isinstance(event, ChangedEvent) and _valid_path(event.path):
             events.changed[event.path] = event
+        elif isinstance(event, WarningEvent) and event.notRemoved is not None:
+            if _valid_path(event.notRemoved.path):  # counted, and said in one warning (not_removed_message)
+                events.not_removed[(event.notRemoved.path, event.notRemoved.digest)] = event.message[:500]
         elif isinstance(event, WarningEvent):
             events.warnings.append(event.message[:500])
     return events
@@ -163,6 +167,7 @@ def merge(into: LogEvents, more: LogEvents) -> LogEvents:
     into.sealed = [m for m in into.sealed if (m.path, m.digest) not in into.removed]
     into.changed.update(more.changed)
     into.warnings += more.warnings
+    into.not_removed.update(more.not_removed)
     into.refused += more.refused
     return into
 
@@ -263,6 +268,11 @@ class LiveMemory:
     # A volume per worker (logic/live_unions.py): the workers' sealed parts, and the unions assembled
     parts: PartSeals = field(default_factory=PartSeals)
     tried: set[tuple[str, Parts]] = field(default_factory=set)
+    # directories a union was published for by this operator (their Checkpoint created, or being created:
+    # the index may not have it yet); the resume step leaves their parts sealed (logic/group_resume.py)
+    publishing: set[str] = field(default_factory=set)
+    # retired (directory, digest) -> how many times a sidecar said it could not remove it (removal_annotation)
+    removal_failures: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 # --- status.live.retired, bounded ---------------------------------------------------------------------
@@ -308,13 +318,47 @@ def retired_dropped_message(dropped: int, limit: int) -> str:
 
 # --- operator -> sidecar ----------------------------------------------------------------------------
 
+MAX_REMOVAL_FAILURES = 3  # a retired directory a sidecar could not remove this many times is asked no more
+
+
 def removal_annotation(retired: Iterable[tuple[str, str]],
-                       still_there: Iterable[tuple[Optional[str], Optional[str]]]) -> str:
+                       still_there: Iterable[tuple[Optional[str], Optional[str]]],
+                       failures: Mapping[tuple[str, str], int] | None = None) -> str:
     """The annotation value that asks the sidecar to remove the retired directories whose
-    Checkpoint is gone (`still_there`: those whose Checkpoint still exists, maybe held by a user)."""
+    Checkpoint is gone (`still_there`: those whose Checkpoint still exists, maybe held by a user),
+    at most MAX_REMOVALS_ANNOTATED of them, oldest first. `failures`: how many times a sidecar said it
+    could not remove each (a root trainer's files: EACCES). One that failed goes behind every one that
+    has not (fewest failures first), and one that failed MAX_REMOVAL_FAILURES times is not asked
+    again: the oldest 100 never removable would otherwise hold the newer ones out of the annotation
+    for good. (It stays in status.live.retired, so it is never published again; bounded_retired drops
+    it, the oldest, when the list is full.)"""
     holding = set(still_there)
-    wanted = [{"path": p, "digest": d} for p, d in retired if (p, d) not in holding]
-    return json.dumps(wanted[:MAX_REMOVALS_ANNOTATED], separators=(",", ":"), sort_keys=True)
+    failed = failures or {}
+    wanted = [(p, d) for p, d in dict.fromkeys(retired) if (p, d) not in holding
+              and failed.get((p, d), 0) < MAX_REMOVAL_FAILURES]
+    wanted.sort(key=lambda e: failed.get(e, 0))  # stable: oldest first among the same count
+    return json.dumps([{"path": p, "digest": d} for p, d in wanted[:MAX_REMOVALS_ANNOTATED]],
+                      separators=(",", ":"), sort_keys=True)
+
+
+def count_removal_failures(failures: Mapping[tuple[str, str], int], failed: Iterable[tuple[str, str]],
+                           retired: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """The failure counts after a sidecar said it could not remove `failed`, kept only for entries still
+    retired (bounded by status.live.retired: an entry removed or dropped from it is forgotten)."""
+    still = set(retired)
+    counts = {k: v for k, v in failures.items() if k in still}
+    for key in failed:
+        if key in still:
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def not_removed_message(counts: Mapping[tuple[str, str], int], reason: str) -> str:
+    """ONE warning for every retired directory a sidecar could not remove (not one per directory)."""
+    given_up = sum(1 for n in counts.values() if n >= MAX_REMOVAL_FAILURES)
+    return (f"{len(counts)} retired director{'y' if len(counts) == 1 else 'ies'} could not be removed by the sealing "
+            f"sidecar (the latest: {reason}); they stay on the output volume and are never published again; newer "
+            f"ones are asked first, and {given_up} that failed {MAX_REMOVAL_FAILURES} times are asked no more")
 
 
 # --- whose log is the sidecar's (hostile8 F1) -------------------------------------------------------

@@ -69,6 +69,15 @@ class PartSeals:
     def change(self, worker: int, path: str) -> None:
         self.changed.setdefault(worker, set()).add(path)
 
+    def reopened(self, kept: Collection[str]) -> None:
+        """A resume step gave back every sealed part of a directory not `kept` (H9-3,
+        agent/resume_parts.py): those parts are no longer sealed, and a union of them would publish
+        bytes their restarted workers may write again. Forgotten: a restarted sidecar announces again
+        what it still holds sealed, and seals anew what its worker writes."""
+        keep = set(kept)
+        self.sealed = {w: {p: d for p, d in paths.items() if p in keep} for w, paths in self.sealed.items()}
+        self.changed = {w: {p for p in paths if p in keep} for w, paths in self.changed.items()}
+
 
 @dataclass(frozen=True)
 class Assemble:

@@ -225,6 +225,27 @@ def suspension_change(tj: TrainingJob, state: WorkloadState, queue: Optional[str
                                 f"{_when_quickly_admitted_again(tj, queue)} (preemption {count})")
 
 
+def replaced_suspension_change(tj: TrainingJob, kind: str, name: str, suspend: bool,
+                               queue: Optional[str]) -> Optional[StatusChange]:
+    """The workload of a group with a volume per worker is being replaced (deleted before the resume step)
+    and its user changes its spec.suspend meanwhile (`suspend`: as it is now, H9-9): the job's phase follows
+    it, so the next workload is created as the user wants it when it is made (engines._suspend reads the
+    phase then), not as it was when the suspension was seen: a resume set on the old one while it was being
+    deleted was lost (the new one was made suspended). Not a preemption (its replacement counted one
+    already). Kueue decides for a queued job (None)."""
+    if queue is not None or not engines.resumes_parts(tj):
+        return None
+    if tj.phase == TrainingJobPhase.QUEUED and not suspend:
+        return StatusChange(phase=TrainingJobPhase.RUNNING, reason="Running", event="Normal",
+                            message=f"{kind} {name} was resumed by its user (spec.suspend false) while it is replaced: "
+                                    f"the group is made again running after the resume step")
+    if tj.phase == TrainingJobPhase.RUNNING and suspend:
+        return StatusChange(phase=TrainingJobPhase.QUEUED, reason="Suspended", event="Normal",
+                            message=f"{kind} {name} was suspended by its user (spec.suspend) while it is replaced: "
+                                    f"{_when_admitted_again(tj, queue)}")
+    return None
+
+
 def adopted_workload_change(tj: TrainingJob, state: WorkloadState, uid: Optional[str],
                             queue: Optional[str]) -> StatusChange:
     """This job's workload found with another UID than recorded: the operator stopped between creating

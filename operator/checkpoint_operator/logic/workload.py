@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import posixpath
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from checkpoint_operator import API_VERSION
 from checkpoint_operator.api.checkpoint import Checkpoint, CheckpointHead
@@ -457,17 +457,18 @@ def resume_pod_name(tj: TrainingJob) -> str:
     return agent_pod_name(tj.metadata.name, "resume")
 
 
-def build_resume_pod(tj: TrainingJob, config: OperatorConfig) -> dict[str, Any]:
+def build_resume_pod(tj: TrainingJob, config: OperatorConfig, published: Sequence[str] = ()) -> dict[str, Any]:
     """Between two attempts of a group with a volume per worker (logic/group_resume.py): every worker's
     volume read-write at <mount>/worker-<i>, `agent resume-parts` copying the latest checkpoint complete
-    over them into each one's .ckpt-resume/ (and nothing else: the workers' own files are only read)."""
+    over them into each one's .ckpt-resume/ (the workers' own files are only read, except that parts
+    sealed of a directory not `published` get their write bits back: group_resume.kept_sealed)."""
     metadata = {"name": resume_pod_name(tj), "namespace": tj.metadata.namespace,
                 "labels": training_job_labels(tj, "resume"), "ownerReferences": [owner_reference(tj)]}
     names = [f"{OUTPUT_VOLUME}-{i}" for i in range(tj.spec.replicas)]
     mounts = [{"name": n, "mountPath": posixpath.join(AGENT_OUTPUT_MOUNT, f"worker-{i}")} for i, n in enumerate(names)]
     volumes = [{"name": n, "persistentVolumeClaim": {"claimName": c}} for n, c in zip(names, output_claim_names(tj))]
     command = agent_commands.resume_parts(AGENT_OUTPUT_MOUNT, parts=tj.spec.replicas, layout=tj.spec.output.layout,
-                                          keep=group_resume.kept_copy(tj))
+                                          keep=group_resume.kept_copy(tj), published=published)
     container = agent_container("resume", command, config, mounts=mounts)
     # Its deadline grows with what it may copy: at most a volume's worth into each of the volumes.
     copied = parse_quantity(tj.spec.output.size or config.default_output_size) * tj.spec.replicas

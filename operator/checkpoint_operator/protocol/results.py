@@ -252,9 +252,19 @@ class ChangedEvent(Report):
     message: Text = ""
 
 
+class NotRemoved(BaseModel):
+    """A retired directory the operator asked to remove that the sidecar could not remove."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    path: Annotated[str, Field(max_length=MAX_CHECKPOINT_PATH)]
+    digest: Annotated[str, Field(max_length=80)] = ""
+
+
 class WarningEvent(Report):
     kind: Literal["warning"] = "warning"
     message: Text
+    notRemoved: Optional[NotRemoved] = None  # the warning is a removal that failed (the operator counts them)
 
 
 # The node-local input cache (agent/node_cache.py): a fill's report is its container's termination

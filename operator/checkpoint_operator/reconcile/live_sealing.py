@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Collection, Optional
+from typing import Any, Collection, Mapping, Optional
 
 from checkpoint_operator.api.checkpoint import Checkpoint
 from checkpoint_operator.api.trainingjob import (MAX_RETIRED_LISTED, LiveStatus, RetiredCheckpoint, TrainingJob,
@@ -103,6 +103,7 @@ def collect(ctx: Context, tj: TrainingJob, controllers: Collection[str]) -> Trai
     events, running = read_events(ctx, tj, controllers)
     tj = _publish(ctx, tj, events)
     tj = _forget_removed(ctx, tj, events)
+    note_not_removed(ctx, tj, events.not_removed)
     _ask_removals(ctx, tj, running)
     memory = _memory(ctx, tj)
     for warning in events.warnings:
@@ -127,7 +128,21 @@ def _prune(ctx: Context, tj: TrainingJob, events: live_sealing.LogEvents) -> Non
     events.reasons = {p: r for p, r in events.reasons.items() if p in waiting}
     events.not_read_only = {p: r for p, r in events.not_read_only.items() if p in waiting}
     events.warnings = []
+    events.not_removed = {}
     events.refused = 0
+
+
+def note_not_removed(ctx: Context, tj: TrainingJob, not_removed: Mapping[tuple[str, str], str]) -> None:
+    """Removals a sidecar could not do, counted per entry (live_sealing.removal_annotation puts them
+    behind the others, and gives up on them), and said in ONE warning per pass that saw any."""
+    if not not_removed:
+        return
+    memory = _memory(ctx, tj)
+    retired = [(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []]
+    memory.removal_failures = live_sealing.count_removal_failures(memory.removal_failures, not_removed, retired)
+    if memory.removal_failures:
+        reason = list(not_removed.values())[-1]
+        ctx.warn(tj, "RemovalFailed", live_sealing.not_removed_message(memory.removal_failures, reason))
 
 
 def _publish(ctx: Context, tj: TrainingJob, events: live_sealing.LogEvents) -> TrainingJob:
@@ -254,7 +269,7 @@ def _ask_removals(ctx: Context, tj: TrainingJob, running: list[str]) -> None:
             if ("kept", path, *keeping) not in reported:
                 reported.add(("kept", path, *keeping))
                 ctx.info(tj, "RetiredKept", data_holds.kept_message(path, keeping, "retention released"))
-    value = live_sealing.removal_annotation(retired, still)
+    value = live_sealing.removal_annotation(retired, still, _memory(ctx, tj).removal_failures)
     annotated = _memory(ctx, tj).annotated
     for pod in running:
         if annotated.get(pod) == value:

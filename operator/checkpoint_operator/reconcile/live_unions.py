@@ -22,7 +22,7 @@ from typing import Any, Collection, Optional
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.kube import CHECKPOINTS, PODS, ApiError
 from checkpoint_operator.api.trainingjob import TrainingJobStatus
-from checkpoint_operator.logic import data_holds, live_sealing, live_unions, workload
+from checkpoint_operator.logic import data_holds, group_resume, live_sealing, live_unions, workload
 from checkpoint_operator.logic.status import StatusChange
 from checkpoint_operator.reconcile.status_writer import write_status
 from checkpoint_operator.logic.agent_pods import AGENT_OUTPUT_MOUNT
@@ -95,6 +95,7 @@ def read_parts(ctx: Context, tj: TrainingJob, controllers: Collection[str]) -> d
             for path, digest in events.removed:  # retention: this worker's part is gone from its volume
                 memory.parts.remove(pod.index, path, digest)
         memory.pending.warnings += events.warnings + ([piece.warning] if piece.warning else [])
+        memory.pending.not_removed.update(events.not_removed)
     return running
 
 
@@ -117,6 +118,7 @@ def collect(ctx: Context, tj: TrainingJob, controllers: Collection[str]) -> Trai
         tj = live_sealing_steps.record_live(ctx, tj, sealed=0, retire=deleting, deleting=deleting)
         retired += deleting
     tj = _forget_removed(ctx, tj, existing, memory)
+    _note_not_removed(ctx, tj, memory)
     _ask_removals(ctx, tj, running, existing, memory)
     _report_changed(ctx, tj, store, existing, memory)
     published = {c.directory for c in existing if c.directory} | {p for p, _ in retired}
@@ -132,7 +134,10 @@ def collect(ctx: Context, tj: TrainingJob, controllers: Collection[str]) -> Trai
     if pod is not None and (pod.get("metadata") or {}).get("deletionTimestamp"):
         return tj  # the last one's result was used: going (its end wakes the job)
     if pod is None:
-        union = live_unions.next_union(decisions) if running else None
+        # None while a resume step runs: it gives back the parts of directories not published, and
+        # knows only of the union pod there was when it started (group_resume.kept_sealed).
+        resuming = ctx.kube.cache.get("Pod", namespace, workload.resume_pod_name(tj)) is not None
+        union = live_unions.next_union(decisions) if running and not resuming else None
         if union is None:
             return tj
         command = store.snapshot_command(tj, AGENT_OUTPUT_MOUNT) + live_unions.union_args(union)
@@ -169,6 +174,20 @@ def _forget_removed(ctx: Context, tj: TrainingJob, existing: list[CheckpointInfo
     return write_status(ctx, tj, StatusChange(fields=TrainingJobStatus(live=wanted)))
 
 
+def _note_not_removed(ctx: Context, tj: TrainingJob, memory: live_sealing.LiveMemory) -> None:
+    """Parts a worker's sidecar could not remove, counted by (directory, part digest) while their union
+    is retired (live_sealing.removal_annotation puts them behind the others), in ONE warning per pass."""
+    not_removed, memory.pending.not_removed = memory.pending.not_removed, {}
+    if not not_removed:
+        return
+    paths = {r.path for r in (tj.status.live.retired if tj.status.live else None) or []}
+    parts = [(p, d) for sealed in memory.parts.sealed.values() for p, d in sealed.items() if p in paths]
+    memory.removal_failures = live_sealing.count_removal_failures(memory.removal_failures, not_removed, parts)
+    if memory.removal_failures:
+        ctx.warn(tj, "RemovalFailed", live_sealing.not_removed_message(memory.removal_failures,
+                                                                       list(not_removed.values())[-1]))
+
+
 def _ask_removals(ctx: Context, tj: TrainingJob, running: dict[int, str], existing: list[CheckpointInfo],
                   memory: live_sealing.LiveMemory) -> None:
     """Each running worker's sidecar is asked to remove its parts of the retired unions whose
@@ -182,7 +201,8 @@ def _ask_removals(ctx: Context, tj: TrainingJob, running: dict[int, str], existi
         claim = workload.worker_claim_name(tj, worker)
         others = [p for p in ctx.indexes.pointers_on_claim(namespace, claim) if p.checkpoint not in own]
         held = kept | {(p, d) for p, d in retired if data_holds.holders(p, others)}
-        value = live_sealing.removal_annotation(live_unions.part_removals(worker, memory.parts, retired, held), [])
+        value = live_sealing.removal_annotation(live_unions.part_removals(worker, memory.parts, retired, held), [],
+                                                memory.removal_failures)
         if memory.annotated.get(pod) == value:
             continue
         try:
@@ -236,6 +256,7 @@ def _publish(ctx: Context, tj: TrainingJob, store: Store, report: ScanReport, ke
     for planned in plan.checkpoints:
         if not store.is_committed(planned.location):
             continue
+        memory.publishing.add(planned.directory)  # before the create: the resume step keeps it sealed
         body = publish.create_checkpoint(ctx, tj, planned)
         if body is not None:
             bodies.append((body, planned))
@@ -254,6 +275,23 @@ def _publish(ctx: Context, tj: TrainingJob, store: Store, report: ScanReport, ke
         ctx.info(tj, "Retired", f"retention: deleting Checkpoint {info.name} (step {info.step})")
         ctx.kube.delete(CHECKPOINTS, namespace, info.name)
     return tj
+
+
+def kept_sealed(ctx: Context, tj: TrainingJob) -> list[str]:
+    """The directories whose sealed parts a resume step leaves sealed (logic/group_resume.kept_sealed):
+    the job's Checkpoints, its retired unions, what this operator is publishing, and the union pod's."""
+    namespace = tj.metadata.namespace
+    existing = signing.own_checkpoints(ctx, namespace, tj.metadata.uid)
+    retired = [r.path for r in (tj.status.live.retired if tj.status.live else None) or []]
+    pod = ctx.kube.cache.get("Pod", namespace, workload.union_pod_name(tj))
+    key = live_unions.union_of_command(_command(pod)) if pod is not None else None
+    return group_resume.kept_sealed([c.directory for c in existing], retired, _memory(ctx, tj).publishing,
+                                    key[0] if key else None)
+
+
+def reopened(ctx: Context, tj: TrainingJob, kept: Collection[str]) -> None:
+    """The resume step has run: the workers' parts of directories not `kept` are sealed no more."""
+    _memory(ctx, tj).parts.reopened(kept)
 
 
 def stop(ctx: Context, tj: TrainingJob) -> None:

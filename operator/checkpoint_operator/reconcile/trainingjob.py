@@ -442,6 +442,11 @@ def _next_attempt(ctx: Context, tj: TrainingJob, name: str, obj: Optional[dict[s
     (its workers have all stopped), then create the next one under the same name. Its deletion is
     an event of the Job watch, which brings the job back here."""
     if obj is not None and state is not None:
+        # Its user may resume (or suspend) it while it goes: the next one is made as they want it then.
+        change = flow.replaced_suspension_change(tj, state.kind, state.name, bool((obj.get("spec") or {}).get("suspend")),
+                                                 kueue.queue_name(tj.metadata.labels))
+        if change is not None:
+            tj = write_status(ctx, tj, change)
         if not state.deleting:
             workloads.delete_attempt(ctx, tj, name, obj["metadata"]["uid"])
         return Wait()
@@ -472,7 +477,10 @@ def _resume_step(ctx: Context, tj: TrainingJob, attempt: int) -> Result:
     attempt's JobSet gone): one agent pod copies the latest checkpoint complete over the workers'
     volumes into each (logic/group_resume.py); its result is recorded before the next attempt starts,
     whose workers then resume from it. A failed pod is said, and the attempt starts from what was there."""
-    pod = workload.build_resume_pod(tj, ctx.config)
+    # The parts of directories with no Checkpoint get their write bits back (H9-3): what is kept sealed
+    # is read as the pod is built (while it runs no union pod starts: live_unions.collect).
+    kept = live_unions.kept_sealed(ctx, tj) if tj.publishes_live else []
+    pod = workload.build_resume_pod(tj, ctx.config, published=kept)
     run = agent_runs.follow(ctx, tj, pod, RESUME)
     if isinstance(run, agent_runs.Waiting):
         return agent_runs.wait_for(run, reason=None, message="", current_reason=tj.ready_reason(),
@@ -482,6 +490,8 @@ def _resume_step(ctx: Context, tj: TrainingJob, attempt: int) -> Result:
     else:
         assert run.result is not None
         change = group_resume.resumed_change(tj, attempt, run.result)
+    if tj.publishes_live:  # what it gave back (or may have, if it failed) is not a sealed part any more
+        live_unions.reopened(ctx, tj, live_unions.kept_sealed(ctx, tj))
     write_status(ctx, tj, change)
     agent_runs.finish(ctx, pod)  # the result is recorded first (finish commits the pass's status)
     return Advance()

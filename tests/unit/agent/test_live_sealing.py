@@ -530,3 +530,22 @@ def test_a_restarted_watcher_never_points_the_resume_link_back_while_it_hashes_a
     again = Watcher(str(out), emit=lambda event: seen.append(os.readlink(link)))
     again.announce()
     assert len(seen) == 3 and all(target.endswith("step-300") for target in seen), seen
+
+
+def test_a_removal_that_fails_is_said_with_the_directory_it_names(tmp_path, monkeypatch):
+    """The operator counts the removals a sidecar could not do (logic/live_sealing.removal_annotation puts
+    them behind the others): the warning names the directory and digest, not only in its text."""
+    from checkpoint_operator.agent import fstree
+    out = tmp_path / "out"
+    write(out / "step-1" / "model.bin", "1")
+    annotations = tmp_path / "meta" / "annotations"
+    w, lines = watcher(out, annotations_file=str(annotations))
+    w.finish()
+    digest = lines.of("sealed")[0]["checkpoint"]["digest"]
+    monkeypatch.setattr(fstree, "remove_tree", lambda *a, **k: None)  # as a root trainer's files: left there
+    write(annotations, f'{REMOVE_ANNOTATION}={json.dumps(json.dumps([{"path": "step-1", "digest": digest}]))}\n')
+    w.tick()
+    (warning,) = [line for line in lines.of("warning") if "step-1" in line["message"]]
+    assert warning["notRemoved"] == {"path": "step-1", "digest": digest}
+    assert warning["message"].startswith("could not remove step-1 (retention released it): ")
+    assert not lines.of("removed")

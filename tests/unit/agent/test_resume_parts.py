@@ -162,3 +162,106 @@ def test_a_latest_that_is_not_a_link_is_refused_before_anything_is_written(tmp_p
     proc = resume(output)
     assert proc.returncode != 0 and "worker 1's .ckpt-resume/latest was not written by the resume step" in proc.stderr
     assert not (output / "worker-0" / ".ckpt-resume").exists()  # nothing written anywhere
+
+
+# --- H9-3: parts sealed for a union never published are given back -----------------------------------
+
+def test_only_parts_of_directories_without_a_checkpoint_are_reopened():
+    sealed = {0: ["step-1", "step-2", "../x", ".ckpt-live"], 1: ["step-1"], 2: []}
+    assert resume_parts.parts_to_reopen(sealed, ["step-1"]) == {0: ["step-2"]}
+    assert resume_parts.parts_to_reopen(sealed, []) == {0: ["step-1", "step-2"], 1: ["step-1"]}
+    assert resume_parts.parts_to_reopen(sealed, ["step-1", "step-2"]) == {}
+
+
+def test_a_reopened_entry_gets_back_the_write_bits_it_had_and_nothing_else():
+    assert resume_parts.reopened_mode(0o100444, 0o644) == 0o644
+    assert resume_parts.reopened_mode(0o40555, 0o775) == 0o775
+    assert resume_parts.reopened_mode(0o104555, 0o4777) == 0o4777   # its setuid is its own, kept; none added
+    assert resume_parts.reopened_mode(0o100444, 0o4666) == 0o666    # only write bits come from the record
+    assert resume_parts.reopened_mode(0o100444, None) == 0o644      # no record (an older sidecar): the owner's
+    assert resume_parts.reopened_mode(0o100640, 0o600) == 0o640     # nothing is taken away
+
+
+def _seal_part(volume: Path, directory: str, worker: int, umask_modes: tuple[int, int] = (0o775, 0o664)) -> None:
+    from checkpoint_operator.agent.live_watch import Watcher
+    root = volume / directory
+    write(root / "model.bin", bytes([worker]) * 64)
+    write(root / "sub" / "opt.bin", b"o" * 32)
+    for d in (root, root / "sub"):
+        d.chmod(umask_modes[0])
+    for f in (root / "model.bin", root / "sub" / "opt.bin"):
+        f.chmod(umask_modes[1])
+    watcher = Watcher(str(volume), part=worker, emit=lambda e: None)
+    listed = __import__("checkpoint_operator.agent.live_sealing", fromlist=["list_one"]).list_one(
+        str(volume), directory, __import__("checkpoint_operator.agent.tree", fromlist=["EntryBudget"]).EntryBudget(1000))
+    assert watcher.seal(listed, "renamed into place") is not None
+
+
+def modes_of(root: Path) -> dict[str, int]:
+    return {p.relative_to(root).as_posix(): p.stat().st_mode & 0o7777 for p in [root, *sorted(root.rglob("*"))]}
+
+
+def test_the_resume_step_gives_back_unpublished_parts_as_the_trainer_had_them_and_leaves_published_ones(tmp_path):
+    """H9-3 on real files: worker 0 sealed its part of step-1 (published) and of step-2 (worker 1 died
+    before its part: no Checkpoint); the resume step gives step-2 back with the modes it had (0775/0664)
+    and drops it from the sidecar's record (a restarted sidecar would seal it again at its start);
+    step-1 stays sealed and recorded; no byte changes."""
+    out = tmp_path / "out"
+    _seal_part(out / "worker-0", "step-1", 0)
+    _seal_part(out / "worker-0", "step-2", 0)
+    _seal_part(out / "worker-1", "step-1", 1)
+    (out / "worker-1" / "step-2").mkdir()  # cut short: never sealed
+    assert all(m & 0o222 == 0 for m in modes_of(out / "worker-0" / "step-2").values())
+    before = {k: v for k, v in own_files(out).items() if "/.ckpt-live/" not in k}
+    proc = agent_process("resume-parts", str(out), "--parts", "2", "--published", "step-1")
+    assert proc.returncode == 0, proc.stderr
+    assert "worker 0: step-2" in proc.stdout
+    assert modes_of(out / "worker-0" / "step-2") == {".": 0o775, "sub": 0o775, "model.bin": 0o664,
+                                                     "sub/opt.bin": 0o664}
+    for worker in (0, 1):
+        assert all(m & 0o222 == 0 for m in modes_of(out / f"worker-{worker}" / "step-1").values())
+    assert {k: v for k, v in own_files(out).items() if "/.ckpt-live/" not in k} == before
+    import json
+    records = json.loads((out / "worker-0" / ".ckpt-live" / "sealed.json").read_text())
+    assert [r["path"] for r in records] == ["step-1"]
+
+
+def test_a_link_in_place_of_an_unpublished_part_sends_no_chmod_elsewhere(tmp_path):
+    out = tmp_path / "out"
+    _seal_part(out / "worker-0", "step-2", 0)
+    _seal_part(out / "worker-1", "step-1", 1)  # published
+    import shutil
+    shutil.rmtree(out / "worker-0" / "step-2", onerror=lambda f, p, e: (os_chmod_parent(p), f(p)))
+    (out / "worker-0" / "step-2").symlink_to(out / "worker-1" / "step-1")
+    proc = agent_process("resume-parts", str(out), "--parts", "2", "--published", "step-1")
+    assert proc.returncode == 0, proc.stderr
+    assert all(m & 0o222 == 0 for m in modes_of(out / "worker-1" / "step-1").values())
+
+
+def os_chmod_parent(path: str) -> None:
+    import os
+    os.chmod(os.path.dirname(path), 0o755)
+
+
+def test_only_the_write_bits_the_sidecar_took_are_given_back_and_an_older_record_gets_the_owner_s(tmp_path):
+    """The s3 store's sidecar takes no write bits (its record's modes are empty): nothing changes there;
+    a record of an older sidecar (no modes at all) gets the owner's write bit back."""
+    import json
+    out = tmp_path / "out"
+    _seal_part(out / "worker-0", "step-2", 0)
+    _seal_part(out / "worker-0", "step-3", 0)
+    state = out / "worker-0" / ".ckpt-live" / "sealed.json"
+    records = json.loads(state.read_text())
+    for record in records:
+        if record["path"] == "step-2":
+            record["modes"] = {}
+        else:
+            del record["modes"]
+    state.write_text(json.dumps(records))
+    (out / "worker-1").mkdir()
+    proc = agent_process("resume-parts", str(out), "--parts", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert all(m & 0o222 == 0 for m in modes_of(out / "worker-0" / "step-2").values())
+    assert modes_of(out / "worker-0" / "step-3") == {".": 0o755, "sub": 0o755, "model.bin": 0o644,
+                                                     "sub/opt.bin": 0o644}
+    assert json.loads(state.read_text()) == []

@@ -220,3 +220,42 @@ def test_a_restart_by_jobset_itself_names_the_attempt_it_starts():
     change = flow.engine_restarts_change(tj, again, 2)
     assert change is not None and "(restart 1 of 2, attempt 2)" in change.message, change.message
     assert set_fields(change.fields)["restarts"] == 1
+
+
+def test_the_resume_step_keeps_sealed_the_parts_of_every_directory_with_a_checkpoint_or_on_its_way_to_one():
+    """H9-3: what stays sealed is what is or may become published bytes: the job's Checkpoints, its
+    retired unions, what this operator is publishing (the index may not show it yet) and the directory
+    a union pod is assembling now; nothing else (a part sealed for a union never published)."""
+    kept = group_resume.kept_sealed(["step-1", None, "step-2"], ["step-0"], {"step-3"}, "step-4")
+    assert kept == ["step-0", "step-1", "step-2", "step-3", "step-4"]
+    assert group_resume.kept_sealed([], [], set(), None) == []
+    assert "step-5" not in group_resume.kept_sealed(["step-1"], [], set(), None)
+
+
+def test_the_resume_pod_names_the_directories_whose_parts_stay_sealed():
+    tj = typed(output={"volumePerWorker": True, "publish": "Continuous"}, replicas=2)
+    command = workload.build_resume_pod(tj, CONFIG, published=["step-1", "step-2"])["spec"]["containers"][0]["command"]
+    assert command[-4:] == ["--published", "step-1", "--published", "step-2"]
+    assert "--published" not in workload.build_resume_pod(tj, CONFIG)["spec"]["containers"][0]["command"]
+
+
+def test_a_group_its_user_resumes_while_its_workload_is_replaced_is_made_again_running():
+    """H9-9: a user-suspended group with a volume per worker is replaced (deleted, resume step, made again);
+    its user resumes the old JobSet while it is being deleted. The phase follows spec.suspend then, so
+    engines._suspend makes the next one as the user wants it (it was made suspended: the resume lost)."""
+    queued = typed({"phase": "Queued", "preemptions": 1})
+    change = flow.replaced_suspension_change(queued, "JobSet", "ddp", False, None)
+    assert change is not None and change.phase == "Running" and "resumed by its user" in change.message
+    assert not engines._suspend(queued.model_copy(update={"status": queued.status.model_copy(
+        update={"phase": change.phase})}))
+    assert engines._suspend(queued)  # before it: made suspended
+    assert flow.replaced_suspension_change(queued, "JobSet", "ddp", True, None) is None  # still suspended
+    running = typed({"phase": "Running", "preemptions": 1})
+    again = flow.replaced_suspension_change(running, "JobSet", "ddp", True, None)
+    assert again is not None and again.phase == "Queued" and engines._suspend(running.model_copy(update={
+        "status": running.status.model_copy(update={"phase": again.phase})}))
+    assert flow.replaced_suspension_change(running, "JobSet", "ddp", False, None) is None  # a failure restart
+    assert flow.replaced_suspension_change(queued, "JobSet", "ddp", False, "team-a") is None  # Kueue decides
+    one_volume = TrainingJob.model_validate({**training_job("j", engine="JobSet", replicas=2),
+                                             "status": {"phase": "Queued"}})
+    assert flow.replaced_suspension_change(one_volume, "JobSet", "j", False, None) is None

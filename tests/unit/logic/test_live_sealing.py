@@ -364,3 +364,41 @@ def test_the_bound_s_warning_says_what_is_lost_in_one_line():
     message = live_sealing.retired_dropped_message(3, 1000)
     assert "at most 1000" in message and "3 oldest" in message and "published again" in message
     assert "\n" not in message
+
+
+def test_a_retired_directory_that_could_not_be_removed_goes_behind_the_others_and_is_given_up_after_3(
+        monkeypatch):
+    """The annotation names the oldest retired directories (100): one never removable (a root trainer's
+    files) held every newer one out for good. One that failed goes behind those that have not, fewest
+    failures first; one that failed MAX_REMOVAL_FAILURES times is asked no more."""
+    monkeypatch.setattr(live_sealing, "MAX_REMOVALS_ANNOTATED", 2)
+    retired = [("a", "d1"), ("b", "d2"), ("c", "d3"), ("d", "d4")]
+
+    def asked(failures):
+        return [e["path"] for e in json.loads(live_sealing.removal_annotation(retired, [("d", "d4")], failures))]
+    assert asked({}) == ["a", "b"]                              # before: a and b, whatever happens to them
+    assert asked({("a", "d1"): 1, ("b", "d2"): 1}) == ["c", "a"]  # c gets its turn; then the fewest failures
+    assert asked({("a", "d1"): 2, ("b", "d2"): 1, ("c", "d3"): 1}) == ["b", "c"]
+    assert asked({("a", "d1"): 3, ("b", "d2"): 3, ("c", "d3"): 3}) == []  # given up: the annotation stops changing
+
+
+def test_removal_failures_are_counted_only_for_entries_still_retired():
+    counts = live_sealing.count_removal_failures({("gone", "d0"): 2, ("a", "d1"): 1}, [("a", "d1"), ("b", "d2"),
+                                                                                      ("x", "d9")],
+                                                 [("a", "d1"), ("b", "d2")])
+    assert counts == {("a", "d1"): 2, ("b", "d2"): 1}
+    message = live_sealing.not_removed_message({("a", "d1"): 3, ("b", "d2"): 1}, "could not remove a: EACCES")
+    assert message.startswith("2 retired directories could not be removed by the sealing sidecar (the latest: "
+                              "could not remove a: EACCES)")
+    assert "1 that failed 3 times are asked no more" in message
+
+
+def test_a_removal_that_failed_is_read_from_the_log_as_such_not_as_a_warning_of_its_own():
+    text = "\n".join([line("warning", message="could not remove step-1: uid 0", notRemoved={"path": "step-1",
+                                                                                            "digest": DIGEST}),
+                      line("warning", message="other")])
+    events = live_sealing.parse_log(text)
+    assert events.not_removed == {("step-1", DIGEST): "could not remove step-1: uid 0"}
+    assert events.warnings == ["other"]
+    merged = live_sealing.merge(live_sealing.LogEvents(), events)
+    assert merged.not_removed == events.not_removed

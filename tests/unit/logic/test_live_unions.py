@@ -112,3 +112,19 @@ def test_the_end_of_job_snapshot_never_publishes_a_retired_directory_again_whate
     scan = ScanReport(checkpoints=[left, kept])
     assert without_retired(scan, [("step-1", A)]).checkpoints == [kept]
     assert without_retired(scan, []) == scan
+
+
+def test_parts_a_resume_step_gave_back_are_forgotten_so_no_union_of_them_is_assembled():
+    """H9-3: worker 0's part of step-2 (never published: worker 1 died before its part) is writable again
+    after the resume step; a union with its old digest must not be assembled when the restarted worker 1
+    seals its part (worker 0 may be writing step-2 again): it waits for worker 0 to seal anew."""
+    seals = PartSeals()
+    seals.seal(0, "step-1", "sha256:" + "a" * 64)
+    seals.seal(1, "step-1", "sha256:" + "b" * 64)
+    seals.seal(0, "step-2", "sha256:" + "c" * 64)
+    seals.change(0, "step-2")
+    seals.reopened(["step-1"])
+    assert seals.sealed == {0: {"step-1": "sha256:" + "a" * 64}, 1: {"step-1": "sha256:" + "b" * 64}}
+    assert seals.changed == {0: set()}
+    seals.seal(1, "step-2", "sha256:" + "d" * 64)
+    assert [type(d).__name__ for d in decide(2, seals, ["step-1"], set())] == ["WaitForParts"]
