@@ -795,3 +795,25 @@ async def test_a_body_nested_deeper_than_the_decoder_goes_is_a_bad_request(api: 
         assert "nested too deeply" in answer["message"] and "\n" not in answer["message"]
         assert "traceback" not in json.dumps(answer).lower()
     assert (await api.get(CKPTS, NS, "deep"))["spec"]["description"] == "d"
+
+
+async def test_discovery_lists_subresources_as_kube_apiserver_does(api: ApiClient) -> None:
+    """A subresource has no singularName, shortNames or categories, and only its own verbs (kube-apiserver's
+    APIResourceList). kmock gave `trainingjobs/status` the CRD's short name: kubectl warned `short name "tj"
+    could also match lower priority resource trainingjobs/status.ckpt.dev` on `kubectl get tj,ckpt`."""
+    names = {r["name"]: r for r in (await api.request("GET", "/apis/ckpt.dev/v1alpha1"))["resources"]}
+    assert names["trainingjobs"]["shortNames"] == ["tj"] and names["trainingjobs"]["categories"] == ["ml"]
+    assert names["trainingjobs"]["singularName"] == "trainingjob"
+    for name in ("trainingjobs/status", "checkpoints/status", "clustercheckpoints/status"):
+        entry = names[name]
+        assert "shortNames" not in entry and "categories" not in entry, entry
+        assert entry["singularName"] == "" and sorted(entry["verbs"]) == ["get", "patch", "update"]
+        assert entry["kind"] == names[name.split("/")[0]]["kind"]
+    assert list(names) == sorted(names)  # each resource before its subresources
+    # Every short name and category is one resource's (what kubectl's shortcut expander and `get ml` read).
+    everywhere = [r for path in ("/api/v1", "/apis/batch/v1", "/apis/ckpt.dev/v1alpha1")
+                  for r in (await api.request("GET", path))["resources"]]
+    assert not [r["name"] for r in everywhere if "/" in r["name"] and (r.get("shortNames") or r.get("categories"))]
+    core = {r["name"]: r for r in everywhere}
+    assert core["pods/exec"]["kind"] == "PodExecOptions" and sorted(core["pods/exec"]["verbs"]) == ["create", "get"]
+    assert core["pods/log"]["verbs"] == ["get"] and "shortNames" not in core["jobs"]  # empty: omitted

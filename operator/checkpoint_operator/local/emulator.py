@@ -37,7 +37,8 @@ here (``Emulator`` subclasses kmock's class; the one patched internal is ``_patc
   then the initial-events-end BOOKMARK). An object that starts or stops matching a watch's selector
   arrives as ADDED or DELETED, as from the API server's watch cache. A watch whose client lags
   ``watches.WATCH_QUEUE_LIMIT`` events behind is closed (the API server drops slow watchers too);
-- discovery: kmock's bundled built-in resources plus every served CRD;
+- discovery: kmock's bundled built-in resources plus every served CRD, each subresource without the
+  short names, categories and singular name of its resource, as kube-apiserver lists it (``discovery.py``);
 - ``GET /api/v1/namespaces`` (and ``/api/v1/namespaces/NAME``): kmock 0.8 fails to parse these paths
   (500); fixed, so kopf can run with namespace scanning; the ``default`` namespace exists;
 - pod logs: ``GET .../pods/NAME/log`` answers ``text/plain``, honouring ``limitBytes``, ``tailLines``,
@@ -105,7 +106,7 @@ import jsonpointer
 import kmock
 from kmock._internal import dsl, k8s, parsing, references, rendering
 
-from checkpoint_operator.local import admission, pod_security
+from checkpoint_operator.local import admission, discovery, pod_security
 from checkpoint_operator.local.podlogs import ContainerLog, LogQueryError
 from checkpoint_operator.local.selectors import ObjectFilter, bad_request
 from checkpoint_operator.local.store import ObjectKey, ObjectStore, Stored, dumps
@@ -818,11 +819,11 @@ class Emulator(kmock.KubernetesEmulator):
         """/api/v1 says its groupVersion is "v1", as kube-apiserver does: kmock said "/v1", and client-go's
         discovery (GetAPIGroupResources) looks a version's resources up by that string, so kubectl found
         no core resources and took `pods` for metrics.k8s.io's PodMetrics (`kubectl get pods` listed none,
-        `kubectl exec` answered NotFound)."""
+        `kubectl exec` answered NotFound). Its entries as kube-apiserver states them: ``discovery.py``."""
         payload = await super()._serve_version(request)
         if isinstance(payload, dict) and str(payload.get("groupVersion", "")).startswith("/"):
             payload["groupVersion"] = payload["groupVersion"][1:]
-        return payload
+        return discovery.api_resource_list(payload) if isinstance(payload, dict) else payload
 
     # -- reading: fetch, list, watch ---------------------------------------------------------------------
 
