@@ -21,7 +21,7 @@ from typing import Any
 # What kube-apiserver 1.3x serves for the subresources kmock's bundle lists (kubectl get --raw /api/v1):
 # the subresource's kind (None: the resource's own), its group and version when not the resource's, its verbs.
 _UPDATE = ("get", "patch", "update")
-_PROXY = ("create", "delete", "get", "patch", "update")
+_PROXY: tuple[str, ...] = ("create", "delete", "get", "patch", "update")
 SUBRESOURCES: dict[str, tuple[str | None, str | None, str | None, tuple[str, ...]]] = {
     "status": (None, None, None, _UPDATE),
     "scale": ("Scale", "autoscaling", "v1", _UPDATE),
