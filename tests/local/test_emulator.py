@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
 
 import aiohttp
 import kmock
@@ -892,3 +894,26 @@ async def test_the_kubernetes_client_reads_lists_not_tables(api: ApiClient, api_
         pods = await asyncio.to_thread(client.CoreV1Api(kube).list_namespaced_pod, NS)
     assert [item["metadata"]["name"] for item in custom["items"]] == ["tj1"]
     assert [p.metadata.name for p in pods.items] == ["p1"] and pods.items[0].spec.containers[0].name == "main"
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="no kubectl on this machine")
+async def test_kubectl_get_shows_printer_columns_without_short_name_warnings(api: ApiClient, api_url: str,
+                                                                             tmp_path) -> None:
+    """With a real kubectl: `kubectl get tj,ckpt` warned `short name "tj" could also match lower priority resource
+    trainingjobs/status.ckpt.dev` (the same for ckpt) and showed NAME and AGE only."""
+    await api.create("ckpt.dev/v1alpha1/trainingjobs", NS, training_job("tj1"))
+    await api.patch("ckpt.dev/v1alpha1/trainingjobs", NS, "tj1", {"status": {"phase": "Running", "inputCount": 2}},
+                    subresource="status")
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "local",
+        "clusters": [{"name": "local", "cluster": {"server": api_url}}], "users": [{"name": "me", "user": {}}],
+        "contexts": [{"name": "local", "context": {"cluster": "local", "user": "me", "namespace": NS}}]}))
+    done = await asyncio.to_thread(subprocess.run, [
+        "kubectl", "--kubeconfig", str(kubeconfig), "--cache-dir", str(tmp_path / "cache"), "get", "tj,ckpt"],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr and "could also match" not in done.stderr, done.stderr
+    header, row = done.stdout.splitlines()[:2]
+    assert header.split() == ["NAME", "PHASE", "INPUTS", "OUTPUTS", "AGE"]
+    assert row.split()[:3] == ["trainingjob.ckpt.dev/tj1", "Running", "2"]

@@ -278,6 +278,7 @@ def test_the_run_exits_with_its_code_while_a_thread_is_blocked_in_a_system_call(
     assert "warning: 1 thread(s) still blocked (kubelet-view): exiting anyway" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_job_that_can_never_finish_is_reported_once_and_no_empty_table(tmp_path):
     """Before: the `error:` line came twice, at once during the run and again after the tables, with an
     empty CHECKPOINT table (its header alone) between them. Now once, at once (the run goes on with the rest,
