@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
 
 import aiohttp
 import kmock
@@ -795,3 +797,123 @@ async def test_a_body_nested_deeper_than_the_decoder_goes_is_a_bad_request(api: 
         assert "nested too deeply" in answer["message"] and "\n" not in answer["message"]
         assert "traceback" not in json.dumps(answer).lower()
     assert (await api.get(CKPTS, NS, "deep"))["spec"]["description"] == "d"
+
+
+async def test_discovery_lists_subresources_as_kube_apiserver_does(api: ApiClient) -> None:
+    """A subresource has no singularName, shortNames or categories, and only its own verbs (kube-apiserver's
+    APIResourceList). kmock gave `trainingjobs/status` the CRD's short name: kubectl warned `short name "tj"
+    could also match lower priority resource trainingjobs/status.ckpt.dev` on `kubectl get tj,ckpt`."""
+    names = {r["name"]: r for r in (await api.request("GET", "/apis/ckpt.dev/v1alpha1"))["resources"]}
+    assert names["trainingjobs"]["shortNames"] == ["tj"] and names["trainingjobs"]["categories"] == ["ml"]
+    assert names["trainingjobs"]["singularName"] == "trainingjob"
+    for name in ("trainingjobs/status", "checkpoints/status", "clustercheckpoints/status"):
+        entry = names[name]
+        assert "shortNames" not in entry and "categories" not in entry, entry
+        assert entry["singularName"] == "" and sorted(entry["verbs"]) == ["get", "patch", "update"]
+        assert entry["kind"] == names[name.split("/")[0]]["kind"]
+    assert list(names) == sorted(names)  # each resource before its subresources
+    # Every short name and category is one resource's (what kubectl's shortcut expander and `get ml` read).
+    everywhere = [r for path in ("/api/v1", "/apis/batch/v1", "/apis/ckpt.dev/v1alpha1")
+                  for r in (await api.request("GET", path))["resources"]]
+    assert not [r["name"] for r in everywhere if "/" in r["name"] and (r.get("shortNames") or r.get("categories"))]
+    core = {r["name"]: r for r in everywhere}
+    assert core["pods/exec"]["kind"] == "PodExecOptions" and sorted(core["pods/exec"]["verbs"]) == ["create", "get"]
+    assert core["pods/log"]["verbs"] == ["get"] and "shortNames" not in core["jobs"]  # empty: omitted
+
+
+KUBECTL_ACCEPT = ("application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,"
+                  "application/json")
+
+
+async def _get(url: str, accept: str | None, params: dict | None = None) -> tuple[str, dict]:
+    headers = {"Accept": accept} if accept is not None else {}
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url, headers=headers, params=params) as response:
+            assert response.status == 200, await response.text()
+            return response.headers["Content-Type"], json.loads(await response.read())
+
+
+async def test_kubectl_get_is_answered_with_the_crds_printer_columns(api: ApiClient, api_url: str) -> None:
+    """kubectl get asks for a meta.k8s.io Table; the emulator answered a plain list, so `kubectl get tj` showed
+    NAME and AGE only, not the CRD's additionalPrinterColumns."""
+    await api.create("ckpt.dev/v1alpha1/trainingjobs", NS, training_job("tj1"))
+    await api.patch("ckpt.dev/v1alpha1/trainingjobs", NS, "tj1",
+                    {"status": {"phase": "Running", "inputCount": 2}}, subresource="status")
+    await api.create("ckpt.dev/v1alpha1/trainingjobs", NS, training_job("tj2"))
+    crd = await api.get("apiextensions.k8s.io/v1/customresourcedefinitions", None, "trainingjobs.ckpt.dev")
+    declared = crd["spec"]["versions"][0]["additionalPrinterColumns"]
+    path = f"{api_url}/apis/ckpt.dev/v1alpha1/namespaces/{NS}/trainingjobs"
+    content_type, table = await _get(path, KUBECTL_ACCEPT)
+    assert content_type == "application/json;as=Table;v=v1;g=meta.k8s.io"
+    assert (table["kind"], table["apiVersion"]) == ("Table", "meta.k8s.io/v1")
+    assert [c["name"] for c in table["columnDefinitions"]] == ["Name"] + [c["name"] for c in declared]
+    assert [c["priority"] for c in table["columnDefinitions"][1:]] == [c.get("priority", 0) for c in declared]
+    by_name = {row["cells"][0]: dict(zip([c["name"] for c in table["columnDefinitions"]], row["cells"]))
+               for row in table["rows"]}
+    assert list(by_name) == ["tj1", "tj2"]
+    assert (by_name["tj1"]["Phase"], by_name["tj1"]["Inputs"]) == ("Running", 2)
+    assert by_name["tj2"]["Inputs"] is None  # nothing at the path: an empty cell
+    assert by_name["tj1"]["Age"].endswith("s")  # a human duration, as kubectl's AGE
+    assert table["rows"][0]["object"]["kind"] == "PartialObjectMetadata"
+    assert table["rows"][0]["object"]["metadata"]["name"] == "tj1" and "spec" not in table["rows"][0]["object"]
+    assert int(table["metadata"]["resourceVersion"]) > 0
+    # one object, and the whole object when asked
+    _, one = await _get(f"{path}/tj1", KUBECTL_ACCEPT, {"includeObject": "Object"})
+    assert [row["cells"][0] for row in one["rows"]] == ["tj1"] and one["rows"][0]["object"]["spec"]
+    # paging and selectors work as for a list
+    _, page = await _get(path, KUBECTL_ACCEPT, {"limit": "1"})
+    assert len(page["rows"]) == 1 and page["metadata"]["continue"] and page["metadata"]["remainingItemCount"] == 1
+    # a built-in resource: kube-apiserver's default table
+    await api.create("v1/pods", NS, pod("p1"))
+    _, pods = await _get(f"{api_url}/api/v1/namespaces/{NS}/pods", KUBECTL_ACCEPT)
+    assert [c["name"] for c in pods["columnDefinitions"]] == ["Name", "Created At"]
+    assert pods["rows"][0]["cells"][0] == "p1" and pods["rows"][0]["cells"][1].endswith("Z")
+
+
+@pytest.mark.parametrize("accept", [None, "application/json", "*/*", "application/json, */*"])
+async def test_every_other_client_gets_plain_objects(api: ApiClient, api_url: str, accept: str | None) -> None:
+    """Only a client that asks for a Table gets one: kopf, the kubernetes client and kubectl ckpt read lists."""
+    await api.create("ckpt.dev/v1alpha1/trainingjobs", NS, training_job("tj1"))
+    path = f"{api_url}/apis/ckpt.dev/v1alpha1/namespaces/{NS}/trainingjobs"
+    content_type, listing = await _get(path, accept)
+    assert content_type.startswith("application/json") and "as=Table" not in content_type
+    assert listing["kind"] == "TrainingJobList" and listing["items"][0]["spec"]
+    _, one = await _get(f"{path}/tj1", accept)
+    assert one["kind"] == "TrainingJob"
+
+
+async def test_the_kubernetes_client_reads_lists_not_tables(api: ApiClient, api_url: str) -> None:
+    from kubernetes import client
+    await api.create("ckpt.dev/v1alpha1/trainingjobs", NS, training_job("tj1"))
+    await api.create("v1/pods", NS, pod("p1"))
+    configuration = client.Configuration()
+    configuration.host = api_url
+    with client.ApiClient(configuration) as kube:
+        custom = await asyncio.to_thread(client.CustomObjectsApi(kube).list_namespaced_custom_object,
+                                         "ckpt.dev", "v1alpha1", NS, "trainingjobs")
+        pods = await asyncio.to_thread(client.CoreV1Api(kube).list_namespaced_pod, NS)
+    assert [item["metadata"]["name"] for item in custom["items"]] == ["tj1"]
+    assert [p.metadata.name for p in pods.items] == ["p1"] and pods.items[0].spec.containers[0].name == "main"
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="no kubectl on this machine")
+async def test_kubectl_get_shows_printer_columns_without_short_name_warnings(api: ApiClient, api_url: str,
+                                                                             tmp_path) -> None:
+    """With a real kubectl: `kubectl get tj,ckpt` warned `short name "tj" could also match lower priority resource
+    trainingjobs/status.ckpt.dev` (the same for ckpt) and showed NAME and AGE only."""
+    await api.create("ckpt.dev/v1alpha1/trainingjobs", NS, training_job("tj1"))
+    await api.patch("ckpt.dev/v1alpha1/trainingjobs", NS, "tj1", {"status": {"phase": "Running", "inputCount": 2}},
+                    subresource="status")
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "local",
+        "clusters": [{"name": "local", "cluster": {"server": api_url}}], "users": [{"name": "me", "user": {}}],
+        "contexts": [{"name": "local", "context": {"cluster": "local", "user": "me", "namespace": NS}}]}))
+    done = await asyncio.to_thread(subprocess.run, [
+        "kubectl", "--kubeconfig", str(kubeconfig), "--cache-dir", str(tmp_path / "cache"), "get", "tj,ckpt"],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr and "could also match" not in done.stderr, done.stderr
+    header, row = done.stdout.splitlines()[:2]
+    assert header.split() == ["NAME", "PHASE", "INPUTS", "OUTPUTS", "AGE"]
+    assert row.split()[:3] == ["trainingjob.ckpt.dev/tj1", "Running", "2"]

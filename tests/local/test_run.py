@@ -276,3 +276,20 @@ def test_the_run_exits_with_its_code_while_a_thread_is_blocked_in_a_system_call(
                             timeout=60)
     assert result.returncode == 3 and result.stdout == "ended\n"
     assert "warning: 1 thread(s) still blocked (kubelet-view): exiting anyway" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_job_that_can_never_finish_is_reported_once_and_no_empty_table(tmp_path):
+    """Before: the `error:` line came twice, at once during the run and again after the tables, with an
+    empty CHECKPOINT table (its header alone) between them. Now once, at once (the run goes on with the rest,
+    maybe for minutes: that is when it is worth knowing), and a table with no rows is left out."""
+    manifests = tmp_path / "jobs.yaml"
+    manifests.write_text(job("byname", checkpoints=[{"name": "ghost.step-1"}]))
+    result = local_run("-f", str(manifests), "--runtime", "process", state_dir=tmp_path / "state")
+    assert result.returncode == 1, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if "can never finish" in line]
+    assert lines == ["error: TrainingJob byname can never finish: input Checkpoint ghost.step-1 does not exist, "
+                     "and no unfinished TrainingJob would write it (none has the prefix 'ghost': a job's Checkpoints "
+                     "are named <namePrefix or job name>.<directory>); the run goes on with the rest"]
+    assert result.stdout.split()[:4] == ["TRAININGJOB", "PHASE", "INPUTS", "OUTPUTS"]
+    assert "byname" in result.stdout and "CHECKPOINT" not in result.stdout  # no Checkpoints: no table for them

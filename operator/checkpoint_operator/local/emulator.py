@@ -37,7 +37,8 @@ here (``Emulator`` subclasses kmock's class; the one patched internal is ``_patc
   then the initial-events-end BOOKMARK). An object that starts or stops matching a watch's selector
   arrives as ADDED or DELETED, as from the API server's watch cache. A watch whose client lags
   ``watches.WATCH_QUEUE_LIMIT`` events behind is closed (the API server drops slow watchers too);
-- discovery: kmock's bundled built-in resources plus every served CRD;
+- discovery: kmock's bundled built-in resources plus every served CRD, each subresource without the
+  short names, categories and singular name of its resource, as kube-apiserver lists it (``discovery.py``);
 - ``GET /api/v1/namespaces`` (and ``/api/v1/namespaces/NAME``): kmock 0.8 fails to parse these paths
   (500); fixed, so kopf can run with namespace scanning; the ``default`` namespace exists;
 - pod logs: ``GET .../pods/NAME/log`` answers ``text/plain``, honouring ``limitBytes``, ``tailLines``,
@@ -57,6 +58,9 @@ here (``Emulator`` subclasses kmock's class; the one patched internal is ``_patc
 - persistence for local mode: ``state_lines()`` / ``read_state()`` (JSON Lines, one object per line,
   written from the stored JSON and read one object at a time), ``export_state()`` / ``import_state()``
   (the same as JSON-ready dicts);
+- ``meta.k8s.io`` Tables (``local/tables.py``): a get or a list whose Accept header asks for a Table (as
+  kubectl get does) is answered with one, a CRD's ``additionalPrinterColumns`` or kube-apiserver's default
+  Name and Created At; every other request gets the plain object or list;
 - ``GET /_emulator/watches`` lists the open watch streams (an extension: lets a harness wait until an
   operator is watching before it creates objects).
 
@@ -105,7 +109,7 @@ import jsonpointer
 import kmock
 from kmock._internal import dsl, k8s, parsing, references, rendering
 
-from checkpoint_operator.local import admission, pod_security
+from checkpoint_operator.local import admission, discovery, pod_security, tables
 from checkpoint_operator.local.podlogs import ContainerLog, LogQueryError
 from checkpoint_operator.local.selectors import ObjectFilter, bad_request
 from checkpoint_operator.local.store import ObjectKey, ObjectStore, Stored, dumps
@@ -236,6 +240,11 @@ def _object_key(request: rendering.Request) -> tuple[Resource, str | None, str]:
     if request.name is None:
         raise kmock.KubernetesEndpointNotFoundError()
     return _resource(request), request.namespace, request.name
+
+
+def _accept(request: rendering.Request) -> str | None:
+    """The request's Accept header (kmock keeps the headers as sent: any case)."""
+    return next((value for name, value in request.headers.items() if name.lower() == "accept"), None)
 
 
 def _raw_request(request: rendering.Request) -> aiohttp.web.BaseRequest:
@@ -818,11 +827,29 @@ class Emulator(kmock.KubernetesEmulator):
         """/api/v1 says its groupVersion is "v1", as kube-apiserver does: kmock said "/v1", and client-go's
         discovery (GetAPIGroupResources) looks a version's resources up by that string, so kubectl found
         no core resources and took `pods` for metrics.k8s.io's PodMetrics (`kubectl get pods` listed none,
-        `kubectl exec` answered NotFound)."""
+        `kubectl exec` answered NotFound). Its entries as kube-apiserver states them: ``discovery.py``."""
         payload = await super()._serve_version(request)
         if isinstance(payload, dict) and str(payload.get("groupVersion", "")).startswith("/"):
             payload["groupVersion"] = payload["groupVersion"][1:]
-        return payload
+        return discovery.api_resource_list(payload) if isinstance(payload, dict) else payload
+
+    # -- tables: what `kubectl get` asks for (local/tables.py) -------------------------------------------
+
+    def _table(self, request: rendering.Request, resource: Resource, objects: list[Stored],
+               list_meta: Mapping[str, Any]) -> aiohttp.web.Response:
+        """A get or a list answered as the meta.k8s.io Table the Accept header asks for, with the CRD's
+        printer columns (kube-apiserver's default table for any other resource)."""
+        version = tables.table_version(_accept(request)) or "v1"
+        crd = self.store.get((CRDS, None, f"{resource.plural}.{resource.group}")) if resource.group else None
+        columns = tables.printer_columns(crd.load() if crd is not None else None, resource.version)
+        try:
+            table = tables.build_table([stored.load() for stored in objects], columns=columns, list_meta=list_meta,
+                                       version=version,
+                                       include_object=request.params.get("includeObject") or "Metadata")
+        except ValueError as exc:
+            raise bad_request(str(exc))
+        return aiohttp.web.Response(body=dumps(table), status=200,
+                                    headers={"Content-Type": f"application/json;as=Table;v={version};g=meta.k8s.io"})
 
     # -- reading: fetch, list, watch ---------------------------------------------------------------------
 
@@ -832,6 +859,9 @@ class Emulator(kmock.KubernetesEmulator):
         stored = self.store.get(key)
         if stored is None:
             raise self._object_not_found(key)
+        if tables.table_version(_accept(request)):
+            meta = stored.load()["metadata"]
+            return self._table(request, key[0], [stored], {"resourceVersion": meta.get("resourceVersion", "")})
         return self._json(stored.raw)
 
     async def _serve_list(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
@@ -845,6 +875,8 @@ class Emulator(kmock.KubernetesEmulator):
         list_meta: dict[str, Any] = {"resourceVersion": str(page.resource_version)}
         if page.next_token:
             list_meta.update({"continue": page.next_token, "remainingItemCount": len(found) - page.end})
+        if tables.table_version(_accept(request)):
+            return self._table(request, resource, [stored for _, stored in found[page.start:page.end]], list_meta)
         head = dumps({"apiVersion": api_version_of(resource), "kind": f"{info.kind}List", "metadata": list_meta})
         raws = [stored.raw for _, stored in found[page.start:page.end]]
         opening, closing = head[:-1] + b',"items":[', b"]}"

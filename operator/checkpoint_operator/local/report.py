@@ -79,7 +79,7 @@ def render_table(report: dict[str, Any]) -> str:
     jobs = _table(["TRAININGJOB", "PHASE", "INPUTS", "OUTPUTS"],
                   [[j["name"], j["phase"], ",".join(i["name"] for i in j["inputs"]) or "-",
                     ",".join(j["outputCheckpoints"]) or "-"] for j in report["trainingJobs"]])
-    lines = [jobs, "", ckpts]
+    lines = [jobs] + (["", ckpts] if report["checkpoints"] else [])  # a table without rows says nothing
     if report.get("clusterCheckpoints"):
         lines += ["", _table(["CLUSTERCHECKPOINT", "PHASE", "FORMAT", "COMPLETE", "SIZE", "FILES", "LICENSE", "DIGEST"],
                              [[e["name"], shown_phase(e), e["format"], shown_complete(e),

@@ -249,8 +249,7 @@ def local_run(args: argparse.Namespace) -> int:
     if not getattr(args, "serve", False):  # --serve printed it before serving
         print(json.dumps(report, indent=2) if args.output == "json" else render_table(report))
     mine = {o["metadata"]["name"] for o in objects if o["kind"] == "TrainingJob"}
-    for stuck in watcher.stuck.values():
-        print(watcher.describe(stuck), file=sys.stderr)
+    # A job that can never finish was reported once, at once, while the rest ran on (Watcher.poll).
     if any(name in mine for name in watcher.stuck):
         return 1
     if not settled:

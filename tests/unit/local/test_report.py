@@ -42,3 +42,11 @@ def test_a_checkpoint_being_deleted_is_terminating_not_ready():
     header, row = render_table(report).split("\n\n")[1].splitlines()
     at = header.index("PHASE")
     assert row.startswith("t.step-1") and row[at:].split()[0] == "Terminating"
+
+
+def test_no_checkpoints_no_checkpoint_table():
+    """An empty CHECKPOINT table (its header alone) stood between a job's two `can never finish` lines."""
+    job = {"metadata": {"name": "byname"}, "status": {"phase": "Pending"}}
+    table = render_table(build_report([], [job]))
+    assert table.splitlines()[0].split() == ["TRAININGJOB", "PHASE", "INPUTS", "OUTPUTS"]
+    assert "CHECKPOINT" not in table and not table.endswith("\n") and "\n\n" not in table
