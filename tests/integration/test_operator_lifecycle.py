@@ -442,3 +442,54 @@ async def test_a_detached_child_of_the_trainer_cannot_rewrite_a_sealed_checkpoin
     await asyncio.sleep(4)
     assert open(os.path.join(directory, "model.bin")).read() == "sealed bytes"
     assert status["phase"] == "Ready" and status["digest"] == sha256sum_digest(directory)
+
+
+async def _fg_gone(api, resource, name):
+    return await api.get(resource, NS, name) is None
+
+
+async def _fg_phase(api, wait_for, resource, name, phases, timeout=60):
+    async def reached():
+        obj = await api.get(resource, NS, name)
+        return obj if obj and obj.get("status", {}).get("phase") in phases else None
+    return await wait_for(reached, timeout=timeout)
+
+
+async def _fg_fg_gone(api, resource, name):
+    return await api.get(resource, NS, name) is None
+
+
+async def test_a_running_job_deleted_in_the_foreground_goes(api, operator, trainer, wait_for):
+    """`kubectl delete --cascade=foreground` on a running TrainingJob: its Job and pods go first, then
+    the job (local mode holds a Foreground deletion's owner until its dependents are gone)."""
+    hold = asyncio.Event()
+    trainer.behaviours["fg"] = held_until(hold, timeout=60)
+    await api.create(TJ, NS, training_job("fg"))
+    await _fg_phase(api, wait_for, TJ, "fg", ("Running",))
+    await api.delete(TJ, NS, "fg", propagation_policy="Foreground")
+    try:
+        await wait_for(lambda: _fg_gone(api, TJ, "fg"), timeout=40)
+    except AssertionError:
+        obj = await api.get(TJ, NS, "fg")
+        raise AssertionError(f"stuck: {obj['metadata'].get('finalizers')} {obj.get('status', {}).get('phase')}")
+    finally:
+        hold.set()
+    assert await _fg_gone(api, "batch/v1/jobs", "fg")
+    assert await api.list("v1/pods", NS, label_selector="ckpt.dev/trainingjob=fg") == []
+
+
+async def test_a_finished_job_deleted_in_the_foreground_leaves_its_checkpoint_and_bytes(api, operator, trainer,
+                                                                                         wait_for):
+    trainer.behaviours["fgdone"] = lambda a, env: write_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], "step-1",
+                                                                   {"w.bin": b"x" * 100}) or 0
+    await api.create(TJ, NS, training_job("fgdone"))
+    await _fg_phase(api, wait_for, TJ, "fgdone", ("Succeeded",))
+    await _fg_phase(api, wait_for, CKPT, "fgdone.step-1", ("Ready",))
+    claim = (await api.get(TJ, NS, "fgdone"))["status"].get("outputClaim")
+    await api.delete(TJ, NS, "fgdone", propagation_policy="Foreground")
+    await wait_for(lambda: _fg_gone(api, TJ, "fgdone"), timeout=40)
+    await asyncio.sleep(3)
+    again = await api.get(CKPT, NS, "fgdone.step-1")
+    assert again is not None and again["status"]["phase"] == "Ready", again and again.get("status")
+    pvc = await api.get("v1/persistentvolumeclaims", NS, claim)
+    assert pvc is not None and not pvc["metadata"].get("deletionTimestamp"), pvc and pvc["metadata"]

@@ -345,6 +345,79 @@ async def test_a_jobset_deleted_in_the_foreground_goes_after_its_jobs_and_their_
     assert await api.list("batch/v1/jobs", NS, label_selector="jobset.sigs.k8s.io/jobset-name=grp") == []
 
 
+SERVICES_RESOURCE = "v1/services"
+def _service(name: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+            "spec": {"ports": [{"port": 80}], "selector": {"app": name}}}
+
+
+def _ref(obj: dict, block: bool = True) -> dict:
+    return {"apiVersion": obj.get("apiVersion", "v1"), "kind": obj["kind"], "name": obj["metadata"]["name"],
+            "uid": obj["metadata"]["uid"], "blockOwnerDeletion": block}
+
+
+async def _set_owners(api: ApiClient, resource: str, name: str, owners: list[dict]) -> None:
+    await api.patch(resource, NS, name, {"metadata": {"ownerReferences": owners}})
+
+
+async def _gone_all(api: ApiClient, resource: str, *names: str) -> bool:
+    return all([await api.get(resource, NS, n) is None for n in names])
+
+
+async def test_an_ownership_cycle_deleted_in_the_foreground_goes(api: ApiClient, cluster: LocalCluster, wait_for) -> None:
+    """a owns b, b owns a, both blocking: the Kubernetes collector breaks such cycles (it unblocks the
+    dependent's references when a dependent of its own is itself deleting dependents,
+    attemptToDeleteItem), so both go. (Hostile pass 10, H10-7: each waited for the other forever.)"""
+    a = await api.create(SERVICES_RESOURCE, NS, _service("cyc-a"))
+    b = await api.create(SERVICES_RESOURCE, NS, _service("cyc-b"))
+    await _set_owners(api, SERVICES_RESOURCE, "cyc-b", [_ref(a)])
+    await _set_owners(api, SERVICES_RESOURCE, "cyc-a", [_ref(b)])
+    await asyncio.sleep(1)
+    await api.delete(SERVICES_RESOURCE, NS, "cyc-a", propagation_policy="Foreground")
+    try:
+        await wait_for(lambda: _gone_all(api, SERVICES_RESOURCE, "cyc-a", "cyc-b"), timeout=25)
+    except Exception:
+        left = {n: (o or {}).get("metadata", {}) for n in ("cyc-a", "cyc-b") if (o := await api.get(SERVICES_RESOURCE, NS, n))}
+        raise AssertionError("stuck deleting: " + repr({n: (m.get("deletionTimestamp"), m.get("finalizers"))
+                                                        for n, m in left.items()}))
+
+
+async def test_an_object_owning_itself_deleted_in_the_foreground_goes(api: ApiClient, cluster: LocalCluster,
+                                                                      wait_for) -> None:
+    """A reference to itself never blocks its own deletion (H10-7)."""
+    a = await api.create(SERVICES_RESOURCE, NS, _service("self-a"))
+    await _set_owners(api, SERVICES_RESOURCE, "self-a", [_ref(a)])
+    await asyncio.sleep(1)
+    await api.delete(SERVICES_RESOURCE, NS, "self-a", propagation_policy="Foreground")
+    try:
+        await wait_for(lambda: _gone_all(api, SERVICES_RESOURCE, "self-a"), timeout=25)
+    except Exception:
+        m = (await api.get(SERVICES_RESOURCE, NS, "self-a"))["metadata"]
+        raise AssertionError(f"stuck deleting: {m.get('deletionTimestamp')} {m.get('finalizers')}")
+
+
+async def test_a_dependent_that_stops_blocking_releases_its_owner_promptly(api: ApiClient, cluster: LocalCluster,
+                                                                         wait_for) -> None:
+    """The owner's only blocking dependent keeps its reference but sets blockOwnerDeletion false (as
+    the real collector's cycle breaking does): the owner may go. The dependent has its own finalizer
+    so it stays. (H10-8: the owner went only at the next resync.)"""
+    a = await api.create(SERVICES_RESOURCE, NS, _service("rel-a"))
+    dep = _service("rel-b")
+    dep["metadata"]["finalizers"] = ["example.com/hold"]
+    await api.create(SERVICES_RESOURCE, NS, dep)
+    await _set_owners(api, SERVICES_RESOURCE, "rel-b", [_ref(a)])
+    await asyncio.sleep(1)
+    await api.delete(SERVICES_RESOURCE, NS, "rel-a", propagation_policy="Foreground")
+    await asyncio.sleep(1)
+    held = await api.get(SERVICES_RESOURCE, NS, "rel-a")
+    assert held is not None and "foregroundDeletion" in held["metadata"]["finalizers"]
+    cluster.resync = lambda: None  # no safety net: only the dependent's own event may release the owner
+    await _set_owners(api, SERVICES_RESOURCE, "rel-b", [_ref(a, block=False)])
+    await wait_for(lambda: _gone_all(api, SERVICES_RESOURCE, "rel-a"), timeout=25)
+    await _set_owners(api, SERVICES_RESOURCE, "rel-b", [])
+    await api.patch(SERVICES_RESOURCE, NS, "rel-b", {"metadata": {"finalizers": []}})
+
+
 def _with_grace(obj: dict, seconds: int) -> dict:
     obj["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = seconds
     return obj

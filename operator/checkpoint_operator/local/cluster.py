@@ -186,10 +186,10 @@ class GarbageCollector:
     references to owners that are gone from dependents that still have others, as the Kubernetes
     garbage collector does."""
 
-    def __init__(self, api: ApiClient, owner_cache: Any, has_dependents: Any = lambda uid: False) -> None:
+    def __init__(self, api: ApiClient, owner_cache: Any, dependents_of: Any = lambda uid: []) -> None:
         self.api = api
         self.owner_cache = owner_cache  # async (resource) -> Cache | None (None: not synced)
-        self.has_dependents = has_dependents  # (uid) -> bool: the collector's graph knows dependents of it
+        self.dependents_of = dependents_of  # (uid) -> [object]: the dependents the collector's graph knows
 
     async def reconcile(self, resource: str, obj: dict) -> None:
         refs = meta(obj).get("ownerReferences") or []
@@ -224,14 +224,25 @@ class GarbageCollector:
         # A dependent of an owner deleted in the foreground that has dependents of its own goes in the
         # foreground too (a JobSet's Job waits for its pods), as the real collector does.
         # (A pod's own dependents, its ephemeral volumes' claims, go in the background: they wait for the pod.)
-        policy = "Foreground" if waiting and resource != PODS and self.has_dependents(uid_of(obj)) else "Background"
+        dependents = [d for d in self.dependents_of(uid_of(obj)) if uid_of(d) != uid_of(obj)] if waiting else []
+        if any(deleting_dependents(d) for d in dependents):
+            # A cycle (its owner waits for it, and it for a dependent that itself waits): as the real
+            # collector does, its own references stop blocking first, so that the cycle unwinds.
+            unblocked = [{**ref, "blockOwnerDeletion": False} if ref.get("blockOwnerDeletion") else ref
+                         for ref in refs]
+            obj = await self.api.patch(resource, namespace, meta(obj)["name"], [
+                {"op": "test", "path": "/metadata/resourceVersion", "value": meta(obj)["resourceVersion"]},
+                {"op": "replace", "path": "/metadata/ownerReferences", "value": unblocked}])
+        policy = "Foreground" if waiting and resource != PODS and dependents else "Background"
         await self.api.delete(resource, namespace, meta(obj)["name"], propagation_policy=policy,
                               preconditions={"uid": uid_of(obj), "resourceVersion": meta(obj)["resourceVersion"]})
 
     async def finish_foreground(self, resource: str, owner: dict, dependents: list[dict]) -> None:
         """Remove the Foreground deletion's finalizer once no dependent blocks it (what is left of
         the owner then goes, or waits for its other finalizers)."""
-        if not deleting_dependents(owner) or any(blocks_owner(d, uid_of(owner)) for d in dependents):
+        # An object that owns itself never blocks its own deletion.
+        if not deleting_dependents(owner) or any(blocks_owner(d, uid_of(owner)) for d in dependents
+                                                 if uid_of(d) != uid_of(owner)):
             return
         finalizers = [f for f in meta(owner).get("finalizers") or [] if f != FOREGROUND_DELETION]
         await self.api.patch(resource, meta(owner).get("namespace") or None, meta(owner)["name"], [
@@ -380,7 +391,7 @@ class LocalCluster:
             exec_server = ExecServer(kubelet)  # pods/exec: the emulator proxies to it (podexec.py)
             self.exec_servers.append(exec_server)
             await register_node(self.api, await exec_server.start(), node.name, labels=dict(node.labels))
-        self.gc = GarbageCollector(self.api, self._owner_cache_for, lambda uid: bool(self._dependents.get(uid)))
+        self.gc = GarbageCollector(self.api, self._owner_cache_for, self._dependent_objects)
         for cache in self._own_caches().values():
             cache.start()
         await asyncio.gather(*(cache.wait_synced() for cache in self._own_caches().values()))
@@ -611,14 +622,16 @@ class LocalCluster:
         self._dependent_left(old, new)
 
     def _dependent_left(self, old: dict | None, new: dict | None) -> None:
-        """A dependent is gone, or no longer refers to an owner: an owner deleted in the foreground
-        may now be free to go."""
+        """A dependent is gone, or no longer holds an owner (its reference gone or no longer blocking):
+        an owner deleted in the foreground may now be free to go."""
         if old is None or not getattr(self, "_started", False):
             return
-        kept = set(owner_uids(new)) if new is not None else set()
+        blocking_now = {ref.get("uid") for ref in meta(new).get("ownerReferences") or []
+                        if ref.get("blockOwnerDeletion")} if new is not None else set()
         namespace = meta(old).get("namespace") or ""
         for ref in meta(old).get("ownerReferences") or []:
-            if ref.get("uid") and ref["uid"] not in kept and ref.get("name"):
+            # gone, or kept without blockOwnerDeletion: either way it no longer holds its owner
+            if ref.get("uid") and ref.get("blockOwnerDeletion") and ref["uid"] not in blocking_now and ref.get("name"):
                 self.foreground_queue.add((owner_resource(ref), (owner_namespace(ref, namespace) or "", ref["name"])))
 
     def _owner_changed(self, owner: dict, new: dict | None, resource: str | None = None) -> None:
@@ -742,16 +755,19 @@ class LocalCluster:
         if obj is not None:
             await self.gc.reconcile(resource, obj)
 
+    def _dependent_objects(self, uid: str) -> list[dict]:
+        """The dependents of an owner, as the caches hold them now."""
+        return [obj for resource, key in list(self._dependents.get(uid, ()))
+                if (obj := self._own_caches()[resource].get(key)) is not None]
+
     async def _finish_foreground(self, item: tuple[str, Key]) -> None:
         resource, key = item
         cache = self._own_caches().get(resource) or self._owner_caches.get(resource)
         owner = cache.get(key) if cache is not None else None
         if owner is None or not deleting_dependents(owner):
             return
-        dependents = [obj for dep_resource, dep_key in list(self._dependents.get(uid_of(owner), ()))
-                      if (obj := self._own_caches()[dep_resource].get(dep_key)) is not None]
         try:
-            await self.gc.finish_foreground(resource, owner, dependents)
+            await self.gc.finish_foreground(resource, owner, self._dependent_objects(uid_of(owner)))
         except ApiError as exc:
             if exc.status not in (404, 409, 422):  # changed or gone meanwhile: its next event brings it back
                 raise
