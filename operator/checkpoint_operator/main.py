@@ -149,7 +149,9 @@ def start_informer(ctx: Context) -> Informer:
     """Pods, Jobs and JobSets of ours (the selector kopf used), every claim; in the namespaces kopf
     watches (every one when none are listed)."""
     watching = Informer(ctx.kube, targets(CHILDREN, ctx.namespaces), lambda t, body: child_changed(ctx, t, body))
-    ctx.child_wakeups = Holding(lambda t, body: child_wakeups(ctx, t, body), watching.lock)
+    loop = asyncio.get_running_loop()  # kopf's: whether it is paused (peering) is known per loop
+    ctx.child_wakeups = Holding(lambda t, body: child_wakeups(ctx, t, body), watching.lock,
+                                paused=lambda: kopf_startup.paused(loop))
     watching.start()
     return watching
 

@@ -96,3 +96,34 @@ async def test_an_expired_watch_relists_without_losing_or_ghosting_and_a_restart
     await wait_for(lambda: phase_is("Running"), timeout=30)
     release.set()
     await wait_for(lambda: phase_is("Succeeded"), timeout=30)
+
+
+async def test_while_kopf_is_frozen_a_child_s_event_wakes_nothing_and_after_it_does(api, operator, trainer, wait_for):
+    """kopf's peering freezes its watch streams while a peer of higher priority runs; the child kinds'
+    events came through those streams, so they woke nothing then. The informer follows: it keeps the
+    pod index current but holds the wake-ups until kopf resumes."""
+    from checkpoint_operator import kopf_startup
+    release = asyncio.Event()
+    trainer.behaviours["frozen"] = held_until(release)
+    await api.create(TJ, NS, training_job("frozen"))
+
+    async def phase_is(phase):
+        return await _phase(api, "frozen") == phase
+    await wait_for(lambda: phase_is("Running"), timeout=30)
+    loop = operator.ctx.queue._loop  # kopf's loop: its operator_paused is recorded per loop
+    await wait_for(lambda: loop in kopf_startup._PAUSES, timeout=10)
+    toggles = kopf_startup._PAUSES[loop]
+    freeze = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
+        toggles.make_toggle(True, name="a peer of higher priority"), loop))
+    assert kopf_startup.paused(loop)
+    uid = (await api.get(TJ, NS, "frozen"))["metadata"]["uid"]
+    release.set()  # the pod succeeds, its Job completes: events the informer sees
+
+    def pod_done():
+        pods = operator.ctx.pod_index.get(("pods", NS, uid)) or ()
+        return pods and all(p.phase.value == "Succeeded" for p in pods)
+    await wait_for(pod_done, timeout=30)
+    await asyncio.sleep(2.0)
+    assert await _phase(api, "frozen") == "Running"  # nothing woke the job
+    await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(freeze.turn_to(False), loop))
+    await wait_for(lambda: phase_is("Succeeded"), timeout=30)

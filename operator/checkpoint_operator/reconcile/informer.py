@@ -425,15 +425,22 @@ class Holding:
     calls the custom resources' event handlers only once every kopf index is filled, so the first
     of them `release`s what was held (the latest event of each object), and every later event goes
     straight on. Until then no child wakes anything, as with kopf's handlers before.
+
+    While kopf is `paused` (its peering froze it: a peer of higher priority runs), wake-ups are
+    held again: kopf's streams, the child kinds' among them before, deliver nothing then. The
+    informer keeps streaming (the pod index and the cache stay current); kopf's first handler
+    after the pause (it relists as it resumes) releases what was held.
     """
 
-    def __init__(self, deliver: Handler, lock: threading.Lock) -> None:
-        self.deliver, self.lock = deliver, lock
+    def __init__(self, deliver: Handler, lock: threading.Lock, paused: Callable[[], bool] = lambda: False) -> None:
+        self.deliver, self.lock, self.paused = deliver, lock, paused
         self.open = False
         self.held: dict[tuple[str, str, str], tuple[str, dict[str, Any]]] = {}
 
     def offer(self, event_type: str, body: dict[str, Any]) -> None:
         """Under the informer's lock."""
+        if self.open and self.paused():
+            self.open = False
         if self.open:
             self.deliver(event_type, body)
             return
@@ -444,6 +451,8 @@ class Holding:
             return
         with self.lock:
             if self.open:
+                return
+            if self.paused():  # a handler of kopf's still running as it froze: keep holding
                 return
             held, self.held = self.held, {}
             self.open = True

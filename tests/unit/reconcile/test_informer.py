@@ -133,3 +133,23 @@ def test_holding_keeps_the_latest_event_of_each_object_until_released_then_passe
     holding.release()  # once only
     holding.offer("MODIFIED", _pod("b", "4"))
     assert delivered[-1] == ("MODIFIED", "b") and len(delivered) == 3
+
+
+def test_holding_holds_again_while_kopf_is_paused_and_its_next_handler_releases():
+    """kopf's peering froze it (a peer of higher priority runs): its streams deliver nothing, so the
+    children's wake-ups wait too; kopf's first handler after the pause releases them."""
+    delivered: list[tuple[str, str]] = []
+    paused = False
+    holding = Holding(lambda t, body: delivered.append((t, body["metadata"]["name"])), threading.Lock(),
+                      paused=lambda: paused)
+    holding.release()
+    holding.offer("ADDED", _pod("a", "1"))
+    assert delivered == [("ADDED", "a")]
+    paused = True
+    holding.offer("MODIFIED", _pod("a", "2"))
+    holding.offer("ADDED", _pod("b", "3"))
+    holding.release()  # a handler of kopf's that was still running as it froze: nothing goes yet
+    assert delivered == [("ADDED", "a")] and not holding.open
+    paused = False
+    holding.release()
+    assert delivered == [("ADDED", "a"), ("MODIFIED", "a"), ("ADDED", "b")] and holding.open
