@@ -282,6 +282,7 @@ class Reflector:
         self._response = response
         self.watches += 1
         seen = 0
+        ended = False
         try:
             if self._stop.is_set():
                 return seen
@@ -299,9 +300,13 @@ class Reflector:
                 with self.lock:
                     self._apply(event_type, body)
                 self.version = version_of(body) or self.version
+            ended = True
         finally:
             self._response = None
-            _release(response)
+            if ended:  # read to its end: the connection can serve the next watch
+                _release(response)
+            else:  # left mid-stream (410, an error, stop): never reused with bytes left in it
+                _abort(response)
         return seen
 
     def _apply(self, event_type: str, body: dict[str, Any]) -> None:
