@@ -127,3 +127,35 @@ async def test_while_kopf_is_frozen_a_child_s_event_wakes_nothing_and_after_it_d
     assert await _phase(api, "frozen") == "Running"  # nothing woke the job
     await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(freeze.turn_to(False), loop))
     await wait_for(lambda: phase_is("Succeeded"), timeout=30)
+
+
+WIDGET_CRD = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+              "metadata": {"name": "widgets.example.com"},
+              "spec": {"group": "example.com", "scope": "Namespaced",
+                       "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "listKind": "WidgetList"},
+                       "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                           "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]}}
+
+
+async def test_a_kind_the_api_does_not_serve_counts_as_listed_quietly_until_it_is_installed(api, api_url, wait_for,
+                                                                                          caplog):
+    """A JobSet CRD that is not installed: the informer's start-up does not wait on it, nothing is
+    logged per attempt, and once the CRD is there its objects come (as kopf did: it retried slowly)."""
+    from checkpoint_operator.kube import Kube, Resource
+    from checkpoint_operator.reconcile.informer import Informer, Target
+    seen: list[tuple[str, str]] = []
+    widgets = Resource("example.com", "v1", "widgets", "Widget")
+    informer = Informer(Kube.from_url(api_url), [Target(widgets, NS, None, optional=True)],
+                        lambda t, body: seen.append((t, body["metadata"]["name"])), absent_retry=0.2)
+    informer.start()
+    try:
+        assert await asyncio.to_thread(informer.wait_synced, 10)
+        await asyncio.sleep(0.6)  # a few more attempts
+        assert informer.reflectors[0].lists == 0 and not [r for r in caplog.records if r.levelname == "WARNING"]
+        await api.create("apiextensions.k8s.io/v1/customresourcedefinitions", None, WIDGET_CRD)
+        await wait_for(lambda: informer.reflectors[0].watches > 0, timeout=10)
+        await api.create("example.com/v1/widgets", NS, {"apiVersion": "example.com/v1", "kind": "Widget",
+                                                         "metadata": {"name": "w"}})
+        await wait_for(lambda: ("ADDED", "w") in seen, timeout=10)
+    finally:
+        await asyncio.to_thread(informer.stop)
