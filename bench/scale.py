@@ -21,8 +21,8 @@ started a few at a time so that nothing queues), `localrun` (`checkpoint-operato
 each created, run to Succeeded with live sealing on every other job, then deleted with its
 Checkpoints, a few at a time: the operator's RSS after 1,000 and after N lifecycles, and the
 slope between, which is flat when nothing is kept of objects that are gone; issue 21 item 6).
-Requests are counted by the operator itself (`checkpoint_operator_api_requests_total`); kopf's
-watch streams are not among them.
+Requests are counted by the operator itself (`checkpoint_operator_api_requests_total`); the
+watch streams (kopf's and the operator's informer's, with their LISTs) are not among them.
 
     python bench/scale.py --memory 10000     # the operator's RSS over 10,000 lifecycles (long)
 """

@@ -1,15 +1,19 @@
 """The operator's table of contents: kopf declarations, each a line or two.
 
-kopf watches, keeps the indexes and peers; its event handlers only put keys on the work queue
-(reconcile/work_queue.py explains why a queue and not kopf daemons), mapping an event of one object
-to every object it may unblock. Reconciles run in the queue (reconcile/trainingjob.py,
-reconcile/checkpoint.py). Settings and the process entry point (`checkpoint-operator run`) are
-below.
+kopf watches the custom resources, keeps their indexes and peers; its event handlers only put keys
+on the work queue (reconcile/work_queue.py explains why a queue and not kopf daemons), mapping an
+event of one object to every object it may unblock. The child kinds the operator only watches to
+wake work (its pods, Jobs and JobSets, and claims) come through an informer of its own
+(reconcile/informer.py: LIST, WATCH, relist; no kopf machinery per event), which keeps the worker
+pod index and feeds the same cache and wake-ups. Reconciles run in the queue
+(reconcile/trainingjob.py, reconcile/checkpoint.py). Settings and the process entry point
+(`checkpoint-operator run`) are below.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import logging
 import os
@@ -19,8 +23,9 @@ import kopf
 
 from checkpoint_operator import GROUP, kopf_startup, kube, malloc, metrics
 from checkpoint_operator.config import OperatorConfig
-from checkpoint_operator.reconcile import checkpoint, clustercheckpoint, trainingjob, wakeups
+from checkpoint_operator.reconcile import checkpoint, clustercheckpoint, informer, trainingjob, wakeups
 from checkpoint_operator.reconcile.context import Context
+from checkpoint_operator.reconcile.informer import Holding, Informer, targets
 from checkpoint_operator.reconcile.indexes import (IndexKey, IndexValue, Indexes, checkpoint_keys,
                                                    cluster_checkpoint_keys, training_job_keys, worker_pod_keys)
 from checkpoint_operator.reconcile.work_queue import WorkQueue
@@ -38,9 +43,13 @@ CLUSTER_CHECKPOINTS = (kube.CLUSTER_CHECKPOINTS.group, kube.CLUSTER_CHECKPOINTS.
                        kube.CLUSTER_CHECKPOINTS.plural)
 MANAGED = {LABEL_MANAGED_BY: MANAGER}
 MANAGED_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGER}"
-WATCHED_MANAGED_ONLY = (("v1", "pods"), ("batch", "v1", "jobs"),
-                        (kube.JOBSETS.group, kube.JOBSETS.version, kube.JOBSETS.plural))
-LIST_CHUNK = 500
+# The child kinds, watched by the informer (reconcile/informer.py), not kopf: (resource, label selector,
+# may be absent). The API server streams only the operator's own pods, Jobs and JobSets (every wake-up
+# of theirs is for those alone): a namespace's other workloads cost no watch event. Claims stream
+# whole (a Checkpoint may adopt a user's claim), as do the custom resources (kopf's).
+CHILDREN = ((kube.PODS, MANAGED_SELECTOR, False), (kube.JOBS, MANAGED_SELECTOR, False),
+            (kube.JOBSETS, MANAGED_SELECTOR, True), (kube.PVCS, None, False))
+LIST_CHUNK = informer.LIST_CHUNK
 # Read at import by callers that configure local runs (local/run.py).
 INTERVAL = OperatorConfig.from_env().reconcile_interval
 
@@ -75,17 +84,12 @@ async def cluster_checkpoint_index(body: kopf.Body, **_: Any) -> dict[IndexKey, 
     return cluster_checkpoint_keys(body)
 
 
-@kopf.index("v1", "pods", labels=MANAGED)
-async def worker_pod_index(body: kopf.Body, **_: Any) -> dict[IndexKey, IndexValue]:
-    ACTIVITY.tick()
-    return worker_pod_keys(body)
-
-
 # --- events -> work queue -----------------------------------------------------------------------
 
 def _cache(memo: kopf.Memo, event: kopf.RawEvent) -> Context:
     """The object cache (kube.ObjectCache) learns of the change before anything it wakes reads it."""
     ctx = _ctx(memo)
+    _kopf_indexed(ctx)
     ACTIVITY.tick()
     body = dict(event.get("object") or {})
     metrics.WATCH_EVENTS.labels(body.get("kind") or "").inc()
@@ -107,17 +111,49 @@ async def checkpoint_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.M
 
 @kopf.on.event(*CLUSTER_CHECKPOINTS)
 async def cluster_checkpoint_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: object) -> None:
+    _kopf_indexed(_ctx(memo))
     ACTIVITY.tick()
     metrics.observe_phase(dict(event), body)
     wakeups.cluster_checkpoint_event(_ctx(memo), event.get("type"), body)
 
 
-@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
-@kopf.on.event(kube.JOBSETS.group, kube.JOBSETS.version, kube.JOBSETS.plural, labels=MANAGED)
-@kopf.on.event("v1", "pods", labels=MANAGED)
-@kopf.on.event("v1", "persistentvolumeclaims")
-async def child_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    wakeups.child_event(_cache(memo, event), body, event.get("type"))
+def _kopf_indexed(ctx: Context) -> None:
+    """kopf calls an event handler only once all its indexes are filled: the children's wake-ups
+    held until then go on (reconcile/informer.py Holding)."""
+    if ctx.child_wakeups is not None and not ctx.child_wakeups.open:
+        ctx.child_wakeups.release()
+
+
+# --- the child kinds: our own informer (reconcile/informer.py), not kopf ----------------------------
+
+def child_changed(ctx: Context, event_type: str, body: dict[str, Any]) -> None:
+    """Each event of a pod, Job, JobSet or claim, in the informer's thread, one at a time: the pod
+    index and the cache hold the body before any wake-up reads them (reconcile/wakeups.py, fact 1)."""
+    ACTIVITY.tick()
+    deleted = event_type == "DELETED"
+    if body.get("kind") == "Pod":
+        meta = body.get("metadata") or {}
+        ctx.pod_index.update((meta.get("namespace") or "", meta.get("name") or ""),
+                             {} if deleted else worker_pod_keys(body))
+    metrics.WATCH_EVENTS.labels(body.get("kind") or "").inc()
+    ctx.kube.cache.observe(body, deleted=deleted, from_watch=True)
+    if ctx.child_wakeups is not None:
+        ctx.child_wakeups.offer(event_type, body)
+
+
+def child_wakeups(ctx: Context, event_type: str, body: dict[str, Any]) -> None:
+    wakeups.child_event(ctx, body, event_type)
+
+
+def start_informer(ctx: Context) -> Informer:
+    """Pods, Jobs and JobSets of ours (the selector kopf used), every claim; in the namespaces kopf
+    watches (every one when none are listed)."""
+    watching = Informer(ctx.kube, targets(CHILDREN, ctx.namespaces), lambda t, body: child_changed(ctx, t, body))
+    loop = asyncio.get_running_loop()  # kopf's: whether it is paused (peering) is known per loop
+    ctx.child_wakeups = Holding(lambda t, body: child_wakeups(ctx, t, body), watching.lock,
+                                paused=lambda: kopf_startup.paused(loop))
+    watching.start()
+    return watching
 
 
 # --- the queue's life -----------------------------------------------------------------------------
@@ -126,7 +162,7 @@ async def child_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, 
 async def start_queue(memo: kopf.Memo, **indexes: Any) -> None:
     """kopf passes each index as a keyword argument named after its function (above)."""
     ctx = _ctx(memo)
-    ctx.indexes = Indexes(indexes["checkpoint_index"], indexes["training_job_index"], indexes["worker_pod_index"],
+    ctx.indexes = Indexes(indexes["checkpoint_index"], indexes["training_job_index"], ctx.pod_index,
                           indexes["cluster_checkpoint_index"])
     ctx.queue = WorkQueue(lambda key: reconcile(ctx, key), workers=ctx.config.workers,
                           base_backoff=ctx.config.reconcile_interval,
@@ -134,11 +170,19 @@ async def start_queue(memo: kopf.Memo, **indexes: Any) -> None:
     ctx.queue.start()
     ctx.resync = wakeups.start_resync(ctx)
     ctx.trimmer = malloc.start_trimmer(ACTIVITY, TRIM_POLICY)
+    # kopf starts watching once the startup handlers are done: the children's first LISTs are in the
+    # pod index and the cache before any reconcile can run (kopf's indexes gave the same).
+    ctx.informer = start_informer(ctx)
+    while not ctx.informer.wait_synced(0):
+        await asyncio.sleep(0.05)
 
 
 @kopf.on.cleanup()
 async def stop_queue(memo: kopf.Memo, **_: Any) -> None:
     ctx = _ctx(memo)
+    if ctx.informer is not None:
+        await asyncio.to_thread(ctx.informer.stop)
+        ctx.informer = None
     if ctx.resync is not None:
         ctx.resync.cancel()
         ctx.resync = None
@@ -195,11 +239,6 @@ def configure_settings(settings: kopf.OperatorSettings, *, peering_priority: Opt
     settings.execution.max_workers = 4  # kopf's own sync work only; reconciles run in the queue's pool
     settings.background.instant_exit_timeout = 2.0
     settings.watching.server_timeout = 300
-    # The API server streams only the operator's own pods, Jobs and JobSets (every handler of theirs
-    # is for those alone): a namespace's other workloads cost no watch event. Claims stream whole
-    # (a Checkpoint may adopt a user's claim), as do the custom resources.
-    for resource in WATCHED_MANAGED_ONLY:
-        settings.watching.label_selectors[resource] = MANAGED_SELECTOR
     # The initial LIST (and a relist) in pages: 10,000 Checkpoints are not one response in memory.
     settings.watching.chunk_size = LIST_CHUNK
     settings.networking.request_timeout = 60
@@ -218,7 +257,6 @@ def run_operator(args: argparse.Namespace) -> int:
     """`checkpoint-operator run`: the real process, in a cluster or against a kubeconfig."""
     from checkpoint_operator.kube import Kube
     from checkpoint_operator.logs import configure_logging
-    import asyncio
     from prometheus_client import start_http_server
 
     config = OperatorConfig.from_env()

@@ -77,7 +77,7 @@ REGISTRY.register(PHASES)
 
 class ApiRequests(Collector):
     """The operator's own API requests by HTTP method, read from a client's `requests` counter
-    (kopf's watch streams are not among them)."""
+    (the watch streams, kopf's and the informer's, are not among them)."""
 
     def __init__(self, counts, by_target=None) -> None:
         self._counts = counts

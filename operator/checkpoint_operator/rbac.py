@@ -54,6 +54,7 @@ class PermissionRule:
 
 
 KOPF_WATCH = "kopf's watch streams (its indexes and event handlers) list, then watch"
+INFORMER_WATCH = "the operator's informer of the child kinds (reconcile/informer.py) lists, then watches"
 
 RULES: tuple[PermissionRule, ...] = (
     PermissionRule((GROUP,), ("checkpoints",), (
@@ -75,15 +76,15 @@ RULES: tuple[PermissionRule, ...] = (
         ("update", "Kubernetes asks it of whoever sets an owner reference with blockOwnerDeletion on our kinds"),)),
     PermissionRule(("batch",), ("jobs",), (
         ("get", "follow the Job of a TrainingJob to its end"),
-        ("list", KOPF_WATCH + "; a JobSet's child Jobs, whose pods are the only ones trusted as its workers"),
-        ("watch", KOPF_WATCH),
+        ("list", INFORMER_WATCH + "; a JobSet's child Jobs, whose pods are the only ones trusted as its workers"),
+        ("watch", INFORMER_WATCH),
         ("create", "the batch/v1 Job that runs a TrainingJob's pod template" + NARROWED
                    + "only Jobs labelled as a TrainingJob's workers and owned by it, never a change"),
         ("delete", "a distributed job's failed attempt, once every worker has stopped, before the group starts "
                    "again (logic/engines.py)" + NARROWED + "only Jobs labelled as a TrainingJob's workers"))),
     PermissionRule(("jobset.x-k8s.io",), ("jobsets",), (
         ("get", "follow the JobSet of a TrainingJob with spec.engine JobSet to its end"),
-        ("list", KOPF_WATCH), ("watch", KOPF_WATCH),
+        ("list", INFORMER_WATCH), ("watch", INFORMER_WATCH),
         ("create", "the JobSet that runs such a TrainingJob's pod template" + NARROWED
                    + "only JobSets labelled as a TrainingJob's workers and owned by it, never a change"),
         ("delete", "with output.volumePerWorker, a failed attempt's JobSet, once every worker has stopped, before "
@@ -96,7 +97,7 @@ RULES: tuple[PermissionRule, ...] = (
                      "workers"))),
     PermissionRule(("",), ("pods",), (
         ("get", "read an agent pod's state; why a worker pod failed"),
-        ("list", KOPF_WATCH + " (the worker pod index)"), ("watch", KOPF_WATCH),
+        ("list", INFORMER_WATCH + " (the worker pod index)"), ("watch", INFORMER_WATCH),
         ("create", "agent pods (snapshot, resume, scan, import, upload, verify, pull)" + NARROWED
                    + "only agent pods of their exact shape: the operator's image and commands, unprivileged, no "
                      "service-account token, no Secret but the store's and an import's source credentials"),
@@ -110,7 +111,7 @@ RULES: tuple[PermissionRule, ...] = (
                 "no admission policy sees it, see docs/guarantees.md)"),)),
     PermissionRule(("",), ("persistentvolumeclaims",), (
         ("get", "a claim's state and owners (binding, ownership, adoption)"),
-        ("list", KOPF_WATCH), ("watch", KOPF_WATCH),
+        ("list", INFORMER_WATCH), ("watch", INFORMER_WATCH),
         ("create", "output and import volumes" + NARROWED + "only claims labelled as its own, owned by their "
                    "TrainingJob or Checkpoint, copying no other claim"),
         ("patch", "owner references: moved from a TrainingJob to its Checkpoints, added by an adopting Checkpoint"

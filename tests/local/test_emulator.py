@@ -658,6 +658,49 @@ async def test_watch_from_a_forgotten_resource_version_gets_410(api_url: str, em
     assert [(e["type"], e["object"]["code"], e["object"]["reason"]) for e in events] == [("ERROR", 410, "Expired")]
 
 
+async def test_a_watch_that_allows_bookmarks_gets_them_periodically_and_as_it_times_out(
+        api: ApiClient, api_url: str, monkeypatch) -> None:
+    """As kube-apiserver's watch cache: a client that allows bookmarks gets one about every minute and
+    one as its watch times out, at the current resourceVersion, so it resumes from a recent one even when
+    nothing it selects changed (the operator's informer relies on that to avoid relisting)."""
+    monkeypatch.setattr(emulator_module, "BOOKMARK_EVERY", 0.3)
+    await api.create("v1/pods", NS, pod("other", app="b"))
+    rv = (await api.request("GET", "/api/v1/namespaces/default/pods"))["metadata"]["resourceVersion"]
+    path = f"/api/v1/namespaces/default/pods?labelSelector=app%3Da&resourceVersion={rv}&allowWatchBookmarks=true"
+    watching = asyncio.create_task(_watch_events(api_url, path + "&timeoutSeconds=1", 99))
+    await asyncio.sleep(0.1)
+    await api.create("v1/pods", NS, pod("unselected", app="b"))
+    events = await asyncio.wait_for(watching, 5)
+    assert [e["type"] for e in events][-1] == "BOOKMARK" and len(events) >= 3  # periodic ones, then the last
+    assert {e["type"] for e in events} == {"BOOKMARK"}
+    assert int(events[-1]["object"]["metadata"]["resourceVersion"]) > int(rv)  # past the unselected change
+    quiet = await asyncio.wait_for(_watch_events(api_url, path.replace("&allowWatchBookmarks=true", "")
+                                                 + "&timeoutSeconds=0.5", 99), 5)
+    assert quiet == []  # not asked for: none
+
+
+async def test_restart_watches_ends_every_stream_and_a_resume_from_before_it_gets_410(
+        api: ApiClient, api_url: str, emulator_server: EmulatorServer, wait_for) -> None:
+    await api.create("v1/pods", NS, pod("p"))
+    rv = (await api.request("GET", "/api/v1/namespaces/default/pods"))["metadata"]["resourceVersion"]
+    watching = asyncio.create_task(_watch_events(api_url, f"/api/v1/pods?resourceVersion={rv}", 1))
+    await wait_for(lambda: asyncio.to_thread(open_watches, api_url))
+    await api.create("v1/pods", NS, pod("p2"))
+    assert [e["object"]["metadata"]["name"] for e in await asyncio.wait_for(watching, 5)] == ["p2"]
+    watching = asyncio.create_task(_watch_events(api_url, f"/api/v1/pods?resourceVersion={rv}", 99))
+    await wait_for(lambda: asyncio.to_thread(open_watches, api_url))
+    assert emulator_server.call(emulator_server.emulator.restart_watches) >= 1
+    assert [e["object"]["metadata"]["name"] for e in await asyncio.wait_for(watching, 5)] == ["p2"]  # then it ended
+    # Resumed from before the restart (p2 came after rv): 410, the client relists.
+    events = await asyncio.wait_for(_watch_events(api_url, f"/api/v1/pods?resourceVersion={rv}", 99), 5)
+    assert [(e["type"], e["object"]["code"]) for e in events] == [("ERROR", 410)]
+    await api.create("v1/pods", NS, pod("q"))  # after the restart: resumable from the new floor
+    floor = emulator_server.call(lambda: emulator_server.emulator.watches.floor)
+    events = await asyncio.wait_for(_watch_events(
+        api_url, f"/api/v1/pods?resourceVersion={floor}&timeoutSeconds=0.5", 99), 5)
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "q")]
+
+
 async def test_objects_entering_or_leaving_a_selection_are_added_or_deleted(api: ApiClient, api_url: str,
                                                                            wait_for) -> None:
     watching = asyncio.create_task(_watch_events(api_url, "/api/v1/namespaces/default/pods?labelSelector=app%3Da", 3))

@@ -67,3 +67,22 @@ def test_a_new_off_toggle_holds_waiters_again():
         seen.append("passed")
         return seen
     assert asyncio.run(scenario()) == ["waiting", "passed"]
+
+
+async def test_whether_kopf_is_paused_is_read_from_what_its_watch_streams_got():
+    """kopf hands its operator_paused to every watch stream's streaming_block; the wrapper keeps it
+    per loop, and `paused` reads it (from any thread)."""
+    from kopf._cogs.clients import watching
+    assert kopf_startup.apply() and getattr(watching.streaming_block, "_ckpt_recording", False)
+    loop = asyncio.get_running_loop()
+    assert not kopf_startup.paused(loop)  # no stream yet: not paused
+    operator_paused = aiotoggles.ToggleSet(any)
+    peering = await operator_paused.make_toggle(False, name="peering")
+    resource = kopf._cogs.structs.references.Resource("", "v1", "pods")
+    async with watching.streaming_block(resource=resource, namespace=None, operator_paused=operator_paused):
+        assert not kopf_startup.paused(loop)
+    await peering.turn_to(True)
+    assert kopf_startup.paused(loop)
+    assert await asyncio.to_thread(kopf_startup.paused, loop)  # read from another thread
+    await peering.turn_to(False)
+    assert not kopf_startup.paused(loop)

@@ -15,18 +15,27 @@ def _selectors(settings: kopf.OperatorSettings, group: str, version: str, plural
 
 
 def test_only_the_operator_s_own_pods_jobs_and_jobsets_stream_and_lists_come_in_pages():
-    """Every handler of pods, Jobs and JobSets is for the operator's own (labels=MANAGED); the watch
-    streamed every pod of the namespace, each event a pass through kopf (about 0.5 ms of CPU here).
-    Claims stream whole: a Checkpoint may adopt a user's claim, and its event wakes that Checkpoint."""
+    """Every wake-up of pods, Jobs and JobSets is for the operator's own; a watch of every pod of the
+    namespace cost a pass through the handlers for each. Claims stream whole: a Checkpoint may adopt a
+    user's claim, and its event wakes that Checkpoint. The child kinds are the informer's
+    (reconcile/informer.py); kopf watches the custom resources only, whole, in pages."""
+    managed = "app.kubernetes.io/managed-by=checkpoint-operator"
+    selectors = {resource.plural: (selector, optional) for resource, selector, optional in main.CHILDREN}
+    assert selectors == {"pods": (managed, False), "jobs": (managed, False), "jobsets": (managed, True),
+                         "persistentvolumeclaims": (None, False)}
     settings = kopf.OperatorSettings()
     main.configure_settings(settings)
-    managed = ["app.kubernetes.io/managed-by=checkpoint-operator"]
-    assert _selectors(settings, "", "v1", "pods", "Pod") == managed
-    assert _selectors(settings, "batch", "v1", "jobs", "Job") == managed
-    assert _selectors(settings, "jobset.x-k8s.io", "v1alpha2", "jobsets", "JobSet") == managed
-    assert _selectors(settings, "", "v1", "persistentvolumeclaims", "PersistentVolumeClaim") == []
     assert _selectors(settings, "ckpt.dev", "v1alpha1", "checkpoints", "Checkpoint") == []
     assert _selectors(settings, "ckpt.dev", "v1alpha1", "trainingjobs", "TrainingJob") == []
     assert settings.watching.chunk_size == main.LIST_CHUNK
-    # The selector is the one the handlers filter on: nothing a handler wants is filtered out.
+    # The selector is the one the wake-ups filter on: nothing a wake-up wants is filtered out.
     assert main.MANAGED_SELECTOR == ",".join(f"{k}={v}" for k, v in main.MANAGED.items())
+
+
+def test_kopf_watches_none_of_the_child_kinds():
+    """Their events go through the informer alone: a kopf handler left on one of them would bring
+    its watch stream and its per-event machinery back (and deliver every event twice)."""
+    registry = kopf.get_default_registry()
+    watched = {handler.selector.any_name if handler.selector is not None else ""
+               for handlers in (registry._indexing, registry._watching) for handler in handlers.get_all_handlers()}
+    assert watched == {"checkpoints", "trainingjobs", "clustercheckpoints"}

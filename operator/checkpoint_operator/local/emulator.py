@@ -34,7 +34,10 @@ here (``Emulator`` subclasses kmock's class; the one patched internal is ``_patc
   with a ``resourceVersion`` they resume from the last ``watches.WATCH_WINDOW`` events of their
   resource (an older one gets the real API's ``410 Expired`` ERROR event, and kopf relists), without one
   (or with ``0``) they start with the current objects as ADDED events (with ``sendInitialEvents``,
-  then the initial-events-end BOOKMARK). An object that starts or stops matching a watch's selector
+  then the initial-events-end BOOKMARK); with ``allowWatchBookmarks`` a BOOKMARK every
+  ``BOOKMARK_EVERY`` seconds and one as the watch times out, as the watch cache sends them
+  (``restart_watches`` ends every stream and forgets the window, as an API server restart). An
+  object that starts or stops matching a watch's selector
   arrives as ADDED or DELETED, as from the API server's watch cache. A watch whose client lags
   ``watches.WATCH_QUEUE_LIMIT`` events behind is closed (the API server drops slow watchers too);
 - discovery: kmock's bundled built-in resources plus every served CRD, each subresource without the
@@ -82,7 +85,7 @@ admission webhooks, quotas and limit ranges, server-side apply, strategic-merge 
 strategic merge patch is a JSON merge patch: lists are replaced), field managers, a consistent
 snapshot across the pages of a paged list (``limit``/``continue`` are honoured, each page in (namespace,
 name) order after the token's key, but later pages read the current state), namespace termination, graceful pod deletion,
-periodic watch bookmarks, CEL ``messageExpression``, authentication and authorization.
+CEL ``messageExpression``, authentication and authorization.
 """
 
 from __future__ import annotations
@@ -143,6 +146,7 @@ SERVER_MANAGED_METADATA = ("uid", "creationTimestamp", "deletionTimestamp", "gen
 
 REQUEST_HISTORY = 256  # kmock request records (and error records) kept for assertions
 LIST_CHUNK = 500  # objects per write of a long list or watch replay
+BOOKMARK_EVERY = 60.0  # seconds between the bookmarks of a watch that asked for them (kube-apiserver: a minute)
 
 
 # --- the one patched kmock internal ---------------------------------------------------------------
@@ -929,21 +933,54 @@ class Emulator(kmock.KubernetesEmulator):
             await response.prepare(_raw_request(request))
             for start in range(0, len(first), LIST_CHUNK):
                 await response.write(b"".join(first[start:start + LIST_CHUNK]))
-            deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+            loop = asyncio.get_running_loop()
+            deadline = None if timeout is None else loop.time() + timeout
+            bookmarks = request.params.get("allowWatchBookmarks") == "true" and timeout != 0
+            next_bookmark = loop.time() + BOOKMARK_EVERY
             while True:
-                remaining = None if deadline is None else deadline - asyncio.get_running_loop().time()
+                now = loop.time()
+                remaining = None if deadline is None else deadline - now
                 if remaining is not None and remaining <= 0:
                     break
-                events = await watcher.next_events(remaining)
+                if bookmarks and now >= next_bookmark:
+                    await response.write(self._bookmark(info.kind, resource))
+                    next_bookmark = now + BOOKMARK_EVERY
+                wait = remaining
+                if bookmarks:
+                    wait = next_bookmark - now if remaining is None else min(next_bookmark - now, remaining)
+                events = await watcher.next_events(wait)
                 if events is None:
-                    break
+                    if watcher.overflowed:
+                        break
+                    continue  # a bookmark or the deadline is due
                 await response.write(b"".join(events))
+            if bookmarks and not watcher.overflowed:
+                # As the API server's watch cache: a bookmark just before a watch times out, so its
+                # client resumes from the current resourceVersion (not one fallen out of the window).
+                await response.write(self._bookmark(info.kind, resource))
             await response.write_eof()
             return response
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):  # the client went away
             return response
         finally:
             self.watches.close(watcher)
+
+    def _bookmark(self, kind: str | None, resource: Resource) -> bytes:
+        """A BOOKMARK at the current resourceVersion: every change up to it that the watch selects has
+        been queued to it (publish is synchronous) and written (its queue was empty when this is called)."""
+        return event_line("BOOKMARK", dumps({"kind": kind, "apiVersion": api_version_of(resource),
+                                             "metadata": {"resourceVersion": str(self._current_rv)}}))
+
+    def restart_watches(self) -> int:
+        """An API server restart as its watch clients see it (an extension, for tests): every open
+        watch stream ends, and the watch cache starts again at the current resourceVersion (a watch
+        resumed from an older one gets 410 Expired and its client relists). In the server's loop
+        (``EmulatorServer.call``); returns how many streams ended."""
+        watchers = self.watches.all()
+        for watcher in watchers:
+            watcher.end()
+        self.watches.forget(self._current_rv)
+        return len(watchers)
 
     @property
     def open_watches(self) -> list[OpenWatch]:

@@ -56,6 +56,12 @@ class Watcher:
             self.pending.append(event)
         self.wakeup.set()
 
+    def end(self) -> None:
+        """End the stream (its server went away): as an overflow, without the events."""
+        self.overflowed = True
+        self.pending.clear()
+        self.wakeup.set()
+
     async def next_events(self, timeout: float | None) -> list[bytes] | None:
         """Every pending event (at least one), or None when the watch must end (timeout, overflow)."""
         while not self.pending and not self.overflowed:
@@ -118,6 +124,12 @@ class WatchHub:
             event = self.event_for(watcher, change)
             if event is not None:
                 watcher.offer(event)
+
+    def forget(self, rv: int) -> None:
+        """Start again at ``rv`` (a restarted API server's watch cache): nothing older can be resumed from."""
+        self._recent.clear()
+        self._forgotten.clear()
+        self.floor = rv
 
     def resumable(self, resource: Resource, rv: int) -> bool:
         return rv >= max(self._forgotten.get(resource, 0), self.floor)

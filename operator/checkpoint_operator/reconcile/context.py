@@ -22,7 +22,8 @@ from checkpoint_operator.logic.conditions import now_rfc3339, one_line_message
 from checkpoint_operator.logic.inputs import TrainingJobInfo
 from checkpoint_operator.logic.live_sealing import LiveMemory
 from checkpoint_operator.logic.workers import WorkerPod
-from checkpoint_operator.reconcile.indexes import Indexes
+from checkpoint_operator.reconcile.indexes import Indexes, ObjectIndex
+from checkpoint_operator.reconcile.informer import Holding, Informer
 from checkpoint_operator.reconcile.signing_keys import SigningKeys
 from checkpoint_operator.reconcile.work_queue import WorkQueue
 
@@ -56,6 +57,11 @@ class Context:
     # woke the job (logic/workers.py wake_summary): an event that changes none of it wakes nothing.
     pod_seen: dict[tuple[str, str], tuple[WorkerPod, str]] = field(default_factory=dict)
     resync: Optional[asyncio.Task[None]] = None
+    # The informer of the child kinds (reconcile/informer.py; main.py starts it with the queue), the
+    # worker pod index it keeps (read through `indexes`), and its wake-ups held until kopf's are ready.
+    informer: Optional[Informer] = field(default=None, repr=False)
+    pod_index: ObjectIndex = field(default_factory=ObjectIndex, repr=False)
+    child_wakeups: Optional[Holding] = field(default=None, repr=False)
     # Gives freed memory back to the system after a burst of work (malloc.py); None without glibc.
     trimmer: Optional[asyncio.Task[None]] = None
     # namespace -> when its node-cache volume and claim were last made or found (reconcile/node_cache.py)

@@ -1,14 +1,16 @@
-"""The operator's look-ups, kept by kopf's indexes from the watch streams (no API request).
+"""The operator's look-ups, kept from the watch streams (no API request).
 
-main.py declares four `kopf.index`es whose functions are below; kopf keeps them current on
-every event. `Indexes` answers logic/inputs.py's `Lookup` and the wake-up questions (which
+main.py declares three `kopf.index`es (Checkpoints, TrainingJobs, ClusterCheckpoints) whose
+functions are below; kopf keeps them current on every event. The worker pod index is kept by the
+operator's own informer of the child kinds (reconcile/informer.py, main.py `child_changed`) in an
+`ObjectIndex`, read as kopf's. `Indexes` answers logic/inputs.py's `Lookup` and the wake-up questions (which
 jobs wait on this Checkpoint, which Checkpoints does this job use) from them. Values are
 small frozen summaries, so 10,000 Checkpoints cost a few MB.
 """
 
 from __future__ import annotations
 
-from typing import Any, Collection, Iterable, Mapping, NamedTuple, Optional, TypeVar, Union
+from typing import Any, Collection, Iterable, Iterator, Mapping, NamedTuple, Optional, TypeVar, Union
 
 from checkpoint_operator.api.checkpoint import IMPORT_KINDS, CheckpointPhase
 from checkpoint_operator.api.wire import (CheckpointSourceWire, CheckpointSpecWire, CheckpointStatusWire, MetadataWire,
@@ -284,3 +286,52 @@ class Indexes:
                 entry = self._one(self._cluster_checkpoints, key, CheckpointInfo)
                 if entry is not None and (not entry.phase.is_settled or entry.deleting):
                     yield ("ClusterCheckpoint", "", key[1])
+
+
+class ObjectIndex(Mapping[IndexKey, Collection[IndexValue]]):
+    """An index kept from a watch stream of our own (reconcile/informer.py), read as kopf's: a
+    mapping of each key to the values of every object that has it.
+
+    `update` replaces an object's keys with what the index function gives for its new body ({}
+    for one deleted). One writer at a time (the informer's lock); readers in other threads get a
+    key's values as a tuple that is replaced, never changed, so a read never sees one half-made."""
+
+    def __init__(self) -> None:
+        self._values: dict[IndexKey, tuple[IndexValue, ...]] = {}
+        self._members: dict[IndexKey, dict[tuple[str, str], IndexValue]] = {}
+        self._keys_of: dict[tuple[str, str], tuple[IndexKey, ...]] = {}
+
+    def update(self, obj: tuple[str, str], keys: Mapping[IndexKey, IndexValue]) -> None:
+        for key in self._keys_of.pop(obj, ()):
+            if key in keys:
+                continue
+            members = self._members.get(key)
+            if members is not None:
+                members.pop(obj, None)
+                self._publish(key, members)
+        for key, value in keys.items():
+            members = self._members.setdefault(key, {})
+            if members.get(obj) != value:
+                members[obj] = value
+                self._publish(key, members)
+        if keys:
+            self._keys_of[obj] = tuple(keys)
+
+    def _publish(self, key: IndexKey, members: dict[tuple[str, str], IndexValue]) -> None:
+        if members:
+            self._values[key] = tuple(members.values())
+        else:
+            self._values.pop(key, None)
+            self._members.pop(key, None)
+
+    def __getitem__(self, key: IndexKey) -> Collection[IndexValue]:
+        return self._values[key]
+
+    def get(self, key: IndexKey, default: Any = None) -> Any:  # one dict read: no lock needed
+        return self._values.get(key, default)
+
+    def __iter__(self) -> Iterator[IndexKey]:
+        return iter(list(self._values))
+
+    def __len__(self) -> int:
+        return len(self._values)

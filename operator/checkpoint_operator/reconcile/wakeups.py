@@ -16,8 +16,13 @@ than any event) and kopf's indexes. Three facts close the gap between them:
 1. kopf handles the events of one object in order, and for each event it first updates every
    `kopf.index` from that event's body and only then calls the `on.event` handlers, in its
    loop (kopf 1.45 `_core/reactor/processing.py`: `index_resource`, then
-   `process_resource_causes`). So when a function below runs, the indexes already hold the
-   body it was given, and every key it adds is reconciled after the index changed.
+   `process_resource_causes`). The informer of the child kinds (reconcile/informer.py) does
+   the same for a pod: each event, in each object's order and one at a time, updates the pod
+   index and the cache, then calls `child_event` (main.py `child_changed`). So when a function
+   below runs, the indexes already hold the body it was given, and every key it adds is
+   reconciled after the index changed. At start, the informer's first LISTs are applied before
+   kopf starts watching, and a child's wake-ups wait until kopf has filled its own indexes
+   (informer.Holding): no reconcile runs on half-filled indexes, as when kopf kept them all.
 2. The queue runs a key added while it waits once, and a key added while its reconcile runs
    once more afterwards (reconcile/work_queue.py). A reconcile that began before the index changed
    is therefore always followed by one that begins after it: every reconcile that follows an
@@ -31,11 +36,13 @@ than any event) and kopf's indexes. Three facts close the gap between them:
 
 So a stale read can only make a reconcile wait once more, never wait forever: if it waits,
 what it waited on changes later, and that change is an event that wakes it. Kopf batches the
-events of one object (`batching.batch_window`) and keeps the latest, which is all a
-level-triggered reconcile needs; a broken watch is resumed or relisted, re-delivering the
-current state as events. What an event body no longer shows (a uses label just dropped) is
-remembered from the previous event (`Context.last_uses`). The resync (resync_interval) is a
-net for a bug in this mapping, not a part of the design; waits on inputs do not poll.
+events of one object (`batching.batch_window`) and keeps the latest; the informer hands on every
+event, and the queue runs a key once however many events added it meanwhile: either way the
+latest state is all a level-triggered reconcile needs. A broken watch is resumed or relisted,
+re-delivering the current state as events (the informer hands on what vanished meanwhile as
+DELETED). What an event body no longer shows (a uses label just dropped) is remembered from the
+previous event (`Context.last_uses`). The resync (resync_interval) is a net for a bug in this
+mapping, not a part of the design; waits on inputs do not poll.
 """
 
 from __future__ import annotations

@@ -1,0 +1,468 @@
+"""The operator's own informer for the child kinds it only watches to wake work: pods, batch Jobs,
+JobSets and PersistentVolumeClaims (kopf keeps watching the custom resources).
+
+Why not kopf for these: kopf's per-event machinery (per-object queue workers and batching, cause
+detection, handler kwargs, invocation) cost 0.6-0.8 ms of CPU per watch event, about half of the
+operator's CPU per TrainingJob lifecycle (docs/performance.md, "The control plane's own cost per
+lifecycle"), for handlers that only feed the object cache, the pod index and the wake-ups. Here an
+event costs a json.loads and the callback.
+
+One `Reflector` per (resource, namespace) does what client-go's reflector does:
+
+- LIST in pages (limit/continue), then WATCH from the list's resourceVersion with
+  allowWatchBookmarks and a server timeout; a stream that ends is resumed from the last
+  resourceVersion seen (an event's or a bookmark's);
+- 410 Gone (an ERROR event, or the status of a LIST or WATCH) relists; after a relist the objects
+  that vanished meanwhile are handed on as DELETED (`relist_changes`), so no index or cache keeps
+  ghosts; an object listed again unchanged is not handed on again;
+- any other failure backs off (`Backoff`: doubling to a cap, reset by a watch that worked); a
+  resource the API does not serve (a JobSet CRD not installed: 404) is retried every
+  `ABSENT_RETRY` seconds without a log line per attempt, as kopf does.
+
+Each reflector runs in a thread of its own with the kubernetes client (`_preload_content` off:
+the response is read as it streams, one json.loads per line), with the operator's credentials
+(the Kube client's configuration: token refresh included) in a connection pool of its own (a
+stream holds its connection for minutes). Every event is handed on under one lock, whatever its
+kind: the callback sees one event at a time, in each object's order, as kopf's loop did.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
+
+import kubernetes
+
+from checkpoint_operator.kube import ApiError, Kube, Resource
+
+logger = logging.getLogger("checkpoint_operator.informer")
+
+LIST_CHUNK = 500            # objects per LIST page (kopf's chunk_size was the same)
+WATCH_TIMEOUT = 300         # seconds: the server ends a watch after this; it is resumed at once
+READ_SLACK = 30             # seconds past the server timeout before a silent stream counts as dead
+CONNECT_TIMEOUT = 10.0
+QUICK_END = 1.0            # seconds: a watch ended sooner without an event backs off before the next
+ABSENT_RETRY = 60.0         # seconds between LISTs of a resource the API does not serve (kopf: 60 s)
+USER_AGENT = "checkpoint-operator-informer"
+
+ObjKey = tuple[str, str]  # (namespace, name)
+Handler = Callable[[str, dict[str, Any]], None]  # (event type, body): ADDED, MODIFIED, DELETED
+
+
+class Gone(Exception):
+    """410: the resourceVersion (or a LIST's continue token) is too old: relist."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """What one reflector keeps: a resource, in one namespace (None: every namespace)."""
+
+    resource: Resource
+    namespace: Optional[str]
+    label_selector: Optional[str] = None
+    optional: bool = False  # a CRD that may be absent: 404 is retried slowly and quietly
+
+
+def targets(resources: Iterable[tuple[Resource, Optional[str], bool]], namespaces: Iterable[str]) -> list[Target]:
+    """One target per (resource, namespace) as `kopf.operator(clusterwide=..., namespaces=...)` watched
+    them: every namespace when none are listed."""
+    spaces: list[Optional[str]] = list(dict.fromkeys(namespaces)) or [None]
+    return [Target(resource, namespace, selector, optional) for resource, selector, optional in resources
+            for namespace in spaces]
+
+
+# --- pure pieces --------------------------------------------------------------------------------
+
+def decode(line: bytes) -> Optional[tuple[str, dict[str, Any]]]:
+    """One line of a watch stream: (type, object), or None for a blank line. An ERROR event with
+    code 410 raises Gone; another ERROR raises ApiError."""
+    if not line.strip():
+        return None
+    event = json.loads(line)
+    kind, obj = event.get("type"), event.get("object") or {}
+    if kind == "ERROR":
+        code = int(obj.get("code") or 0)
+        if code == 410:
+            raise Gone(obj.get("message") or "")
+        raise ApiError(code, str(obj.get("reason") or ""), str(obj.get("message") or ""))
+    return str(kind), obj
+
+
+def split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Whole lines from a stream read in chunks of any size (a line may span chunks)."""
+    rest = b""
+    for chunk in chunks:
+        if not chunk:
+            continue
+        parts = (rest + chunk).split(b"\n")
+        rest = parts.pop()
+        yield from parts
+    if rest.strip():
+        yield rest
+
+
+def slim(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What a reflector remembers of an object (to hand on its DELETED after a relist): its kind and
+    the metadata the handlers read (owners, labels), not its spec or status."""
+    meta = body.get("metadata") or {}
+    kept = {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "labels", "ownerReferences")
+            if k in meta}
+    return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": kept}
+
+
+def key_of(body: Mapping[str, Any]) -> ObjKey:
+    meta = body.get("metadata") or {}
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+
+def version_of(body: Mapping[str, Any]) -> str:
+    return str((body.get("metadata") or {}).get("resourceVersion") or "")
+
+
+def relist_changes(known: Mapping[ObjKey, Mapping[str, Any]],
+                   listed: Iterable[Mapping[str, Any]]) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """What a LIST changes against what was known: ADDED for a new object, MODIFIED for one whose
+    resourceVersion moved (or another object under the same name), nothing for one unchanged, and
+    DELETED (with what was known of it) for every known object the list no longer has."""
+    seen: set[ObjKey] = set()
+    for body in listed:
+        key = key_of(body)
+        seen.add(key)
+        before = known.get(key)
+        if before is None:
+            yield "ADDED", body
+        elif version_of(before) != version_of(body) or \
+                (before.get("metadata") or {}).get("uid") != (body.get("metadata") or {}).get("uid"):
+            yield "MODIFIED", body
+    for key, before in list(known.items()):
+        if key not in seen:
+            yield "DELETED", before
+
+
+@dataclass
+class Backoff:
+    """Seconds to wait after the n-th failure in a row: doubling from `base` to `cap`, with jitter."""
+
+    base: float = 0.5
+    cap: float = 30.0
+    failures: int = 0
+
+    def next(self, jitter: Callable[[], float] = random.random) -> float:
+        delay = min(self.cap, self.base * 2 ** self.failures)
+        self.failures += 1
+        return float(delay * (0.5 + 0.5 * jitter()))
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+# --- the reflector --------------------------------------------------------------------------------
+
+class Reflector:
+    """LIST then WATCH one target, forever (until `stop`), handing every change to `handler`."""
+
+    def __init__(self, api: kubernetes.client.ApiClient, target: Target, handler: Handler, lock: threading.Lock,
+                 on_synced: Callable[[], None], *, watch_timeout: int = WATCH_TIMEOUT,
+                 absent_retry: float = ABSENT_RETRY) -> None:
+        self.api, self.target, self.handler, self.lock = api, target, handler, lock
+        self.on_synced = on_synced
+        self.watch_timeout, self.absent_retry = watch_timeout, absent_retry
+        self.known: dict[ObjKey, dict[str, Any]] = {}
+        self.version = ""  # the resourceVersion to resume a watch from ("": relist)
+        self.synced = False
+        self.lists = self.watches = self.events = 0  # for tests and the bench
+        self._stop = threading.Event()
+        self._response: Any = None
+        self.backoff = Backoff()
+        self.thread = threading.Thread(target=self._run, daemon=True,
+                                       name=f"informer-{target.resource.plural}-{target.namespace or 'all'}")
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        response = self._response
+        if response is not None:
+            _abort(response)
+
+    def join(self, timeout: float) -> None:
+        self.thread.join(timeout)
+
+    # --- the loop ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if not self.version:
+                    self._list()
+                started = time.monotonic()
+                if self._watch() or time.monotonic() - started >= QUICK_END:
+                    self.backoff.reset()
+                else:  # a stream that ends at once, again and again: not a busy loop
+                    self._stop.wait(self.backoff.next())
+            except Gone:
+                logger.debug("%s: resourceVersion %s expired: relisting", self._name, self.version)
+                self.version = ""
+            except ApiError as exc:
+                if exc.status == 404 and self.target.optional:
+                    if not self.synced:  # nothing of it exists: as good as listed
+                        self._mark_synced()
+                    self.version = ""
+                    self._stop.wait(self.absent_retry)
+                    continue
+                self._fail(exc)
+            except Exception as exc:  # noqa: BLE001 - a broken stream or connection: resume after a pause
+                self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._stop.is_set():
+            return
+        delay = self.backoff.next()
+        logger.warning("%s: %s; retrying in %.1f s", self._name, exc, delay)
+        self._stop.wait(delay)
+
+    @property
+    def _name(self) -> str:
+        return f"{self.target.resource.plural} in {self.target.namespace or 'every namespace'}"
+
+    def _request(self, query: dict[str, Optional[str]], read_timeout: float) -> Any:
+        headers = {"Accept": "application/json"}
+        params = [(k, v) for k, v in query.items() if v is not None]
+        method, url, headers, _, _ = self.api.param_serialize(
+            method="GET", resource_path=self.target.resource.path(self.target.namespace), query_params=params,
+            header_params=headers, auth_settings=["BearerToken"])
+        try:
+            response = self.api.call_api(method, url, header_params=headers,
+                                         _request_timeout=(CONNECT_TIMEOUT, read_timeout))
+        except kubernetes.client.ApiException as exc:
+            raise _status_error(exc.status, exc.body or "") from None
+        if response.status >= 400:
+            raise _status_error(response.status, _body(response).decode(errors="replace"))
+        return response
+
+    def _list(self) -> None:
+        listed: list[dict[str, Any]] = []
+        token: Optional[str] = None
+        version = ""
+        while True:
+            query = {"labelSelector": self.target.label_selector, "limit": str(LIST_CHUNK), "continue": token}
+            answer = json.loads(_body(self._request(query, 60)) or b"{}")
+            meta = answer.get("metadata") or {}
+            version = version or str(meta.get("resourceVersion") or "")  # the snapshot's: the first page's
+            for item in answer.get("items") or []:
+                # A LIST's items carry no kind (the API server names it once, for the list).
+                item.setdefault("apiVersion", self.target.resource.api_version)
+                item.setdefault("kind", self.target.resource.kind)
+                listed.append(item)
+            token = meta.get("continue") or None
+            if not token:
+                break
+        self.lists += 1
+        with self.lock:
+            for event_type, body in list(relist_changes(self.known, listed)):
+                self._apply(event_type, dict(body))
+        self.version = version
+        if not self.synced:
+            self._mark_synced()
+
+    def _mark_synced(self) -> None:
+        self.synced = True
+        self.on_synced()
+
+    def _watch(self) -> int:
+        """Stream from self.version until the server ends the watch; how many events it brought."""
+        query = {"watch": "true", "labelSelector": self.target.label_selector, "resourceVersion": self.version,
+                 "allowWatchBookmarks": "true", "timeoutSeconds": str(self.watch_timeout)}
+        response = self._request(query, self.watch_timeout + READ_SLACK)
+        self._response = response
+        self.watches += 1
+        seen = 0
+        ended = False
+        try:
+            if self._stop.is_set():
+                return seen
+            for line in split_lines(_chunks(response)):
+                seen += 1
+                decoded = decode(line)
+                if decoded is None:
+                    continue
+                event_type, body = decoded
+                if event_type == "BOOKMARK":
+                    self.version = version_of(body) or self.version
+                    continue
+                if event_type not in ("ADDED", "MODIFIED", "DELETED"):
+                    continue
+                with self.lock:
+                    self._apply(event_type, body)
+                self.version = version_of(body) or self.version
+            ended = True
+        finally:
+            self._response = None
+            if ended:  # read to its end: the connection can serve the next watch
+                _release(response)
+            else:  # left mid-stream (410, an error, stop): never reused with bytes left in it
+                _abort(response)
+        return seen
+
+    def _apply(self, event_type: str, body: dict[str, Any]) -> None:
+        """Under the lock: remember the object (or forget it) and hand the event on."""
+        key = key_of(body)
+        if event_type == "DELETED":
+            self.known.pop(key, None)
+        else:
+            self.known[key] = slim(body)
+        self.events += 1
+        try:
+            self.handler(event_type, body)
+        except Exception:  # noqa: BLE001 - one event's handler never stops the stream
+            logger.exception("%s: handling %s of %s/%s failed", self._name, event_type, *key)
+
+
+def _body(response: Any) -> bytes:
+    data = response.read()
+    return data.encode() if isinstance(data, str) else bytes(data or b"")
+
+
+def _chunks(response: Any) -> Iterator[bytes]:
+    raw = getattr(response, "response", None)
+    if raw is None:  # a transport that buffered the whole body
+        yield response.read()
+        return
+    while True:
+        chunk = raw.read1(65536) if hasattr(raw, "read1") else raw.read(65536)
+        if not chunk:
+            return
+        yield chunk
+
+
+def _release(response: Any) -> None:
+    raw = getattr(response, "response", None)
+    if raw is not None:
+        try:
+            raw.release_conn()
+        except Exception:  # noqa: BLE001 - a connection already gone
+            pass
+
+
+def _abort(response: Any) -> None:
+    """End a stream another thread is reading (its read returns or fails at once)."""
+    raw = getattr(response, "response", None)
+    for close in (getattr(raw, "shutdown", None), getattr(raw, "close", None)):
+        if close is not None:
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - already closed
+                pass
+
+
+def _status_error(status: int, text: str) -> Exception:
+    if status == 410:
+        return Gone(text)
+    try:
+        payload = json.loads(text)
+        reason, message = payload.get("reason", ""), payload.get("message", text)
+    except (ValueError, AttributeError):
+        reason, message = "", text
+    return ApiError(status, str(reason), str(message))
+
+
+# --- the informer ---------------------------------------------------------------------------------
+
+class Informer:
+    """The reflectors of every target, one lock between their handlers, and `synced` once every
+    target's first LIST has been handed on (an absent optional resource counts as listed)."""
+
+    def __init__(self, kube: Kube, targets: Iterable[Target], handler: Handler, **reflector_options: Any) -> None:
+        # The operator's credentials and TLS settings (kube.Kube.from_environment), a pool of its own.
+        self.api = kubernetes.client.ApiClient(kube.api.configuration)
+        self.api.user_agent = USER_AGENT
+        self.lock = threading.Lock()
+        self._synced = threading.Event()
+        self._pending_sync = 0
+        self._sync_lock = threading.Lock()
+        self.reflectors = [Reflector(self.api, target, handler, self.lock, self._one_synced, **reflector_options)
+                           for target in targets]
+        self._pending_sync = len(self.reflectors)
+        if not self.reflectors:
+            self._synced.set()
+
+    def _one_synced(self) -> None:
+        with self._sync_lock:
+            self._pending_sync -= 1
+            if self._pending_sync <= 0:
+                self._synced.set()
+
+    @property
+    def synced(self) -> bool:
+        return self._synced.is_set()
+
+    def wait_synced(self, timeout: Optional[float] = None) -> bool:
+        return self._synced.wait(timeout)
+
+    def start(self) -> None:
+        for reflector in self.reflectors:
+            reflector.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        for reflector in self.reflectors:
+            reflector.stop()
+        deadline = time.monotonic() + timeout
+        for reflector in self.reflectors:
+            reflector.join(max(0.0, deadline - time.monotonic()))
+
+    @property
+    def events(self) -> int:
+        return sum(r.events for r in self.reflectors)
+
+
+class Holding:
+    """The wake-ups of the child kinds, held until kopf has indexed the custom resources.
+
+    The informer applies its first LISTs (index, cache) before kopf starts watching (main.py
+    start_queue waits for them), so no reconcile ever reads a pod index or cache that misses a
+    listed object. But a child's wake-up reads kopf's indexes (which TrainingJob has this uid, is
+    it finished), and kopf fills those only after: a wake-up read then would miss its job. kopf
+    calls the custom resources' event handlers only once every kopf index is filled, so the first
+    of them `release`s what was held (the latest event of each object), and every later event goes
+    straight on. Until then no child wakes anything, as with kopf's handlers before.
+
+    While kopf is `paused` (its peering froze it: a peer of higher priority runs), wake-ups are
+    held again: kopf's streams, the child kinds' among them before, deliver nothing then. The
+    informer keeps streaming (the pod index and the cache stay current); kopf's first handler
+    after the pause (it relists as it resumes) releases what was held.
+    """
+
+    def __init__(self, deliver: Handler, lock: threading.Lock, paused: Callable[[], bool] = lambda: False) -> None:
+        self.deliver, self.lock, self.paused = deliver, lock, paused
+        self.open = False
+        self.held: dict[tuple[str, str, str], tuple[str, dict[str, Any]]] = {}
+
+    def offer(self, event_type: str, body: dict[str, Any]) -> None:
+        """Under the informer's lock."""
+        if self.open and self.paused():
+            self.open = False
+        if self.open:
+            self.deliver(event_type, body)
+            return
+        self.held[(str(body.get("kind") or ""), *key_of(body))] = (event_type, body)
+
+    def release(self) -> None:
+        if self.open:
+            return
+        with self.lock:
+            if self.open:
+                return
+            if self.paused():  # a handler of kopf's still running as it froze: keep holding
+                return
+            held, self.held = self.held, {}
+            self.open = True
+            for event_type, body in held.values():
+                try:
+                    self.deliver(event_type, body)
+                except Exception:  # noqa: BLE001 - as a live event's handler
+                    logger.exception("handling a held %s failed", event_type)

@@ -1,0 +1,165 @@
+"""The child kinds (pods, Jobs, JobSets, claims) through the operator's own informer
+(reconcile/informer.py), not kopf: a pod still wakes its job, and a watch that expires (410) or an
+API server that restarts its watches is relisted without losing an object or keeping a ghost."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from checkpoint_operator.local import emulator as emulator_module
+from conftest import NS, TJ, held_until, training_job
+
+pytestmark = pytest.mark.timeout(120)
+MANAGED = {"app.kubernetes.io/managed-by": "checkpoint-operator"}
+
+
+def _stray_pod(name: str, job_uid: str, controller: str) -> dict:
+    """A pod labelled as a worker of a job that does not exist, on a node that does not either (no
+    scheduler or kubelet touches it), controlled by the ConfigMap `controller` (a UID: the garbage
+    collector keeps a pod whose owner lives): the pod index files it under job_uid."""
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": NS,
+                         "labels": {**MANAGED, "ckpt.dev/component": "worker", "ckpt.dev/trainingjob-uid": job_uid},
+                         "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "stray",
+                                              "uid": controller, "controller": True}]},
+            "spec": {"nodeName": "nowhere", "restartPolicy": "Never",
+                     "containers": [{"name": "c", "image": "x", "command": ["true"]}]}}
+
+
+def _indexed(operator, job_uid: str, controller: str) -> list[str]:
+    return [p.name for p in operator.ctx.indexes.worker_pods(NS, job_uid, {controller})]
+
+
+async def _phase(api, name):
+    return ((await api.get(TJ, NS, name)) or {}).get("status", {}).get("phase")
+
+
+async def test_a_pod_event_still_wakes_its_job_and_kopf_streams_no_child_kind(api, api_url, operator, trainer,
+                                                                                 wait_for):
+    release = asyncio.Event()
+    trainer.behaviours["woken"] = held_until(release)
+    await api.create(TJ, NS, training_job("woken"))
+    assert await wait_for(lambda: _phase(api, "woken"), timeout=30) in ("Pending", "Running")
+
+    async def running():
+        return await _phase(api, "woken") == "Running"
+    await wait_for(running, timeout=30)
+    from checkpoint_operator.local.server import open_watches
+    watches = await asyncio.to_thread(open_watches, api_url)
+    by_agent = {(w["resource"], w["user_agent"].split("/")[0]) for w in watches}
+    for child in ("v1/pods", "batch/v1/jobs", "v1/persistentvolumeclaims"):
+        assert any(r == child and a == "checkpoint-operator-informer" for r, a in by_agent), (child, by_agent)
+        assert not any(r == child and a == "kopf" for r, a in by_agent), (child, by_agent)
+    release.set()  # the pod succeeds: its event (and its Job's) wakes the job
+
+    async def succeeded():
+        return await _phase(api, "woken") == "Succeeded"
+    await wait_for(succeeded, timeout=30)
+
+
+async def test_an_expired_watch_relists_without_losing_or_ghosting_and_a_restart_is_survived(
+        api, emulator_server, operator, trainer, wait_for):
+    owner = (await api.create("v1/configmaps", NS, {"metadata": {"name": "stray"}}))["metadata"]["uid"]
+    await api.create("v1/pods", NS, _stray_pod("ghost", "ghost-job", owner))
+    await wait_for(lambda: _indexed(operator, "ghost-job", owner) == ["ghost"], timeout=10)
+    assert operator.ctx.kube.cache.knows("Pod", NS, "ghost")
+    emulator = emulator_server.emulator
+
+    def restart_while_things_change() -> int:
+        """One pod goes and another comes as the API server restarts its watches (all in one step of
+        its loop: no stream writes either change): the operator's resumed watch gets 410 (its
+        resourceVersion is older than the restarted watch cache) and only a relist can show them."""
+        key = (emulator_module.PODS, NS, "ghost")
+        last = emulator.store.get(key).load()
+        last["metadata"]["resourceVersion"] = emulator._next_rv()
+        emulator._remove(key, last)
+        emulator._store_new(emulator_module.PODS, _stray_pod("newcomer", "new-job", owner), namespace=NS)
+        return emulator.restart_watches()
+
+    assert await asyncio.to_thread(emulator_server.call, restart_while_things_change) > 0
+    await wait_for(lambda: _indexed(operator, "new-job", owner) == ["newcomer"], timeout=15)
+    await wait_for(lambda: _indexed(operator, "ghost-job", owner) == [], timeout=15)  # no ghost in the index
+    assert not operator.ctx.kube.cache.knows("Pod", NS, "ghost")  # nor in the cache
+    assert operator.ctx.kube.cache.knows("Pod", NS, "newcomer")
+    pods = next(r for r in operator.ctx.informer.reflectors if r.target.resource.plural == "pods")
+    assert pods.lists == 2 and pods.synced  # the first LIST, and the relist after the 410
+
+    # The watches came back: a whole lifecycle still runs on their events.
+    release = asyncio.Event()
+    trainer.behaviours["after"] = held_until(release)
+    await api.create(TJ, NS, training_job("after"))
+
+    async def phase_is(phase):
+        return await _phase(api, "after") == phase
+    await wait_for(lambda: phase_is("Running"), timeout=30)
+    release.set()
+    await wait_for(lambda: phase_is("Succeeded"), timeout=30)
+
+
+async def test_while_kopf_is_frozen_a_child_s_event_wakes_nothing_and_after_it_does(api, operator, trainer, wait_for):
+    """kopf's peering freezes its watch streams while a peer of higher priority runs; the child kinds'
+    events came through those streams, so they woke nothing then. The informer follows: it keeps the
+    pod index current but holds the wake-ups until kopf resumes."""
+    from checkpoint_operator import kopf_startup
+    release = asyncio.Event()
+    trainer.behaviours["frozen"] = held_until(release)
+    await api.create(TJ, NS, training_job("frozen"))
+
+    async def phase_is(phase):
+        return await _phase(api, "frozen") == phase
+    await wait_for(lambda: phase_is("Running"), timeout=30)
+    loop = operator.ctx.queue._loop  # kopf's loop: its operator_paused is recorded per loop
+    await wait_for(lambda: loop in kopf_startup._PAUSES, timeout=10)
+    toggles = kopf_startup._PAUSES[loop]
+    freeze = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
+        toggles.make_toggle(True, name="a peer of higher priority"), loop))
+    assert kopf_startup.paused(loop)
+    uid = (await api.get(TJ, NS, "frozen"))["metadata"]["uid"]
+    release.set()  # the pod succeeds, its Job completes: events the informer sees
+
+    def pod_done():
+        pods = operator.ctx.pod_index.get(("pods", NS, uid)) or ()
+        return [p.name for p in pods if p.phase.value == "Succeeded"]
+    done = await wait_for(pod_done, timeout=30)
+    # The pod's events reached the index, but their wake-ups are held: nothing an event would wake
+    # runs. (A reconcile already due still runs while frozen, as it did before: a timer of the queue.)
+    holding = operator.ctx.child_wakeups
+    assert not holding.open and ("Pod", NS, done[0]) in holding.held
+    await asyncio.sleep(1.0)
+    assert ("Pod", NS, done[0]) in holding.held
+    await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(freeze.turn_to(False), loop))
+    await wait_for(lambda: phase_is("Succeeded"), timeout=30)
+
+
+WIDGET_CRD = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+              "metadata": {"name": "widgets.example.com"},
+              "spec": {"group": "example.com", "scope": "Namespaced",
+                       "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "listKind": "WidgetList"},
+                       "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                           "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]}}
+
+
+async def test_a_kind_the_api_does_not_serve_counts_as_listed_quietly_until_it_is_installed(api, api_url, wait_for,
+                                                                                          caplog):
+    """A JobSet CRD that is not installed: the informer's start-up does not wait on it, nothing is
+    logged per attempt, and once the CRD is there its objects come (as kopf did: it retried slowly)."""
+    from checkpoint_operator.kube import Kube, Resource
+    from checkpoint_operator.reconcile.informer import Informer, Target
+    seen: list[tuple[str, str]] = []
+    widgets = Resource("example.com", "v1", "widgets", "Widget")
+    informer = Informer(Kube.from_url(api_url), [Target(widgets, NS, None, optional=True)],
+                        lambda t, body: seen.append((t, body["metadata"]["name"])), absent_retry=0.2)
+    informer.start()
+    try:
+        assert await asyncio.to_thread(informer.wait_synced, 10)
+        await asyncio.sleep(0.6)  # a few more attempts
+        assert informer.reflectors[0].lists == 0 and not [r for r in caplog.records if r.levelname == "WARNING"]
+        await api.create("apiextensions.k8s.io/v1/customresourcedefinitions", None, WIDGET_CRD)
+        await wait_for(lambda: informer.reflectors[0].watches > 0, timeout=10)
+        await api.create("example.com/v1/widgets", NS, {"apiVersion": "example.com/v1", "kind": "Widget",
+                                                         "metadata": {"name": "w"}})
+        await wait_for(lambda: ("ADDED", "w") in seen, timeout=10)
+    finally:
+        await asyncio.to_thread(informer.stop)

@@ -1,0 +1,155 @@
+"""reconcile/informer.py's pure pieces and reconcile/indexes.py ObjectIndex (issue 22 item 4)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from checkpoint_operator import kube
+from checkpoint_operator.kube import ApiError
+from checkpoint_operator.reconcile.indexes import Indexes, ObjectIndex, worker_pod_keys
+from checkpoint_operator.reconcile.informer import (Backoff, Gone, Holding, Target, decode, relist_changes, slim,
+                                                    split_lines, targets)
+
+
+def _pod(name: str, rv: str, uid: str = "", **labels: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "ns", "uid": uid or f"uid-{name}", "resourceVersion": rv,
+                         "labels": labels, "ownerReferences": [{"kind": "Job", "name": "j", "uid": "job-uid"}]},
+            "spec": {"containers": [{"name": "c"}]}, "status": {"phase": "Running"}}
+
+
+# --- decoding a watch stream ---------------------------------------------------------------------------
+
+def test_decode_gives_the_type_and_object_and_skips_blank_lines():
+    assert decode(b'{"type":"ADDED","object":{"kind":"Pod"}}') == ("ADDED", {"kind": "Pod"})
+    assert decode(b"  \r") is None
+
+
+def test_decode_raises_gone_for_a_410_error_event_and_api_error_for_another():
+    with pytest.raises(Gone):
+        decode(b'{"type":"ERROR","object":{"kind":"Status","code":410,"reason":"Expired","message":"too old"}}')
+    with pytest.raises(ApiError) as raised:
+        decode(b'{"type":"ERROR","object":{"kind":"Status","code":500,"reason":"InternalError","message":"x"}}')
+    assert raised.value.status == 500 and not isinstance(raised.value, Gone)
+
+
+def test_split_lines_joins_lines_cut_across_chunks():
+    chunks = [b'{"a":', b'1}\n{"b":2}\n{"c"', b"", b':3}\n{"d":4}']
+    assert list(split_lines(chunks)) == [b'{"a":1}', b'{"b":2}', b'{"c":3}', b'{"d":4}']
+
+
+# --- relisting -----------------------------------------------------------------------------------------
+
+def test_a_relist_hands_on_the_vanished_as_deleted_and_skips_the_unchanged():
+    known = {("ns", "kept"): slim(_pod("kept", "5")), ("ns", "moved"): slim(_pod("moved", "6")),
+             ("ns", "gone"): slim(_pod("gone", "7")), ("ns", "again"): slim(_pod("again", "8", uid="old"))}
+    listed = [_pod("kept", "5"), _pod("moved", "9"), _pod("new", "10"), _pod("again", "8", uid="new")]
+    changes = [(t, b["metadata"]["name"]) for t, b in relist_changes(known, listed)]
+    assert changes == [("MODIFIED", "moved"), ("ADDED", "new"), ("MODIFIED", "again"), ("DELETED", "gone")]
+    deleted = [b for t, b in relist_changes(known, listed) if t == "DELETED"][0]
+    # What a DELETED carries is enough for every handler: the kind, the owners, the labels.
+    assert deleted["kind"] == "Pod" and deleted["metadata"]["ownerReferences"][0]["uid"] == "job-uid"
+
+
+def test_slim_keeps_only_what_a_deletion_needs():
+    kept = slim(_pod("p", "3", a="b"))
+    assert kept == {"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": "p", "namespace": "ns", "uid": "uid-p", "resourceVersion": "3", "labels": {"a": "b"},
+        "ownerReferences": [{"kind": "Job", "name": "j", "uid": "job-uid"}]}}
+
+
+# --- backoff and targets -------------------------------------------------------------------------------
+
+def test_backoff_doubles_to_its_cap_and_resets():
+    backoff = Backoff(base=0.5, cap=4.0)
+    assert [backoff.next(lambda: 1.0) for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    assert backoff.next(lambda: 0.0) == 2.0  # jitter: between half and all of it
+    backoff.reset()
+    assert backoff.next(lambda: 1.0) == 0.5
+
+
+def test_targets_are_every_namespace_or_each_listed_one_as_kopf_watched():
+    children = [(kube.PODS, "sel", False), (kube.JOBSETS, "sel", True)]
+    assert targets(children, []) == [Target(kube.PODS, None, "sel"), Target(kube.JOBSETS, None, "sel", True)]
+    assert targets(children, ["a", "b", "a"]) == [
+        Target(kube.PODS, "a", "sel"), Target(kube.PODS, "b", "sel"),
+        Target(kube.JOBSETS, "a", "sel", True), Target(kube.JOBSETS, "b", "sel", True)]
+
+
+# --- the worker pod index ------------------------------------------------------------------------------
+
+def _worker(name: str, job_uid: str, rv: str = "1") -> dict:
+    pod = _pod(name, rv, **{"ckpt.dev/component": "worker", "ckpt.dev/trainingjob-uid": job_uid})
+    pod["metadata"]["ownerReferences"] = [{"kind": "Job", "name": "j", "uid": "job-uid", "controller": True}]
+    return pod
+
+
+def test_object_index_reads_as_kopf_s_index_through_indexes():
+    index = ObjectIndex()
+    indexes = Indexes({}, {}, index)
+    for pod in (_worker("a", "tj1"), _worker("b", "tj1"), _worker("c", "tj2")):
+        index.update(("ns", pod["metadata"]["name"]), worker_pod_keys(pod))
+    assert sorted(p.name for p in indexes.worker_pods("ns", "tj1", {"job-uid"})) == ["a", "b"]
+    assert [p.name for p in indexes.worker_pods("ns", "tj2", {"job-uid"})] == ["c"]
+    index.update(("ns", "a"), {})  # deleted
+    assert [p.name for p in indexes.worker_pods("ns", "tj1", {"job-uid"})] == ["b"]
+    index.update(("ns", "b"), {})
+    assert indexes.worker_pods("ns", "tj1", {"job-uid"}) == [] and ("pods", "ns", "tj1") not in index
+    assert list(index) == [("pods", "ns", "tj2")] and len(index) == 1
+
+
+def test_object_index_moves_an_object_whose_keys_change_and_keeps_its_latest_value():
+    index = ObjectIndex()
+    index.update(("ns", "a"), {("k", "1"): "v1"})
+    index.update(("ns", "a"), {("k", "2"): "v2"})
+    assert ("k", "1") not in index and list(index[("k", "2")]) == ["v2"]
+    index.update(("ns", "a"), {("k", "2"): "v3"})
+    assert list(index[("k", "2")]) == ["v3"]
+    index.update(("ns", "b"), {("k", "2"): "w"})
+    assert sorted(index[("k", "2")]) == ["v3", "w"]
+
+
+def test_object_index_readers_hold_a_value_that_never_changes_under_them():
+    index = ObjectIndex()
+    index.update(("ns", "a"), {("k",): "a"})
+    read = index.get(("k",))
+    index.update(("ns", "b"), {("k",): "b"})
+    assert tuple(read) == ("a",) and sorted(index.get(("k",))) == ["a", "b"]
+
+
+# --- wake-ups held until kopf's indexes are ready ------------------------------------------------------
+
+def test_holding_keeps_the_latest_event_of_each_object_until_released_then_passes_through():
+    delivered: list[tuple[str, str]] = []
+    holding = Holding(lambda t, body: delivered.append((t, body["metadata"]["name"])), threading.Lock())
+    holding.offer("ADDED", _pod("a", "1"))
+    holding.offer("ADDED", _pod("b", "2"))
+    holding.offer("DELETED", _pod("a", "3"))
+    assert delivered == []
+    holding.release()
+    assert delivered == [("DELETED", "a"), ("ADDED", "b")]
+    holding.release()  # once only
+    holding.offer("MODIFIED", _pod("b", "4"))
+    assert delivered[-1] == ("MODIFIED", "b") and len(delivered) == 3
+
+
+def test_holding_holds_again_while_kopf_is_paused_and_its_next_handler_releases():
+    """kopf's peering froze it (a peer of higher priority runs): its streams deliver nothing, so the
+    children's wake-ups wait too; kopf's first handler after the pause releases them."""
+    delivered: list[tuple[str, str]] = []
+    paused = False
+    holding = Holding(lambda t, body: delivered.append((t, body["metadata"]["name"])), threading.Lock(),
+                      paused=lambda: paused)
+    holding.release()
+    holding.offer("ADDED", _pod("a", "1"))
+    assert delivered == [("ADDED", "a")]
+    paused = True
+    holding.offer("MODIFIED", _pod("a", "2"))
+    holding.offer("ADDED", _pod("b", "3"))
+    holding.release()  # a handler of kopf's that was still running as it froze: nothing goes yet
+    assert delivered == [("ADDED", "a")] and not holding.open
+    paused = False
+    holding.release()
+    assert delivered == [("ADDED", "a"), ("MODIFIED", "a"), ("ADDED", "b")] and holding.open
