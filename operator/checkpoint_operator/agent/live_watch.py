@@ -215,6 +215,7 @@ class Watcher:
         self.unfinished_seen: dict[tuple[int, int], tuple[str, int]] = {}  # inode -> (path, tick last listed)
         # path -> (inode, the ctime rule's verdict) at the first look that listed it (live_sealing.py, rule 2)
         self.first_looks: dict[str, tuple[tuple[int, int], bool]] = {}
+        self.given_back: dict[str, int] = {}  # the resume step's give-back: path -> inode (no rename sign)
         self._uploads = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="upload") if store == "s3" else None
         self.state_dir = os.path.join(root, live_sealing.LIVE_DIR)
         self._load_state()
@@ -231,6 +232,11 @@ class Watcher:
     def _load_state(self) -> None:
         # The state is in the output volume, which the training containers can write: read it as
         # any tenant-written file (bounded size and depth), and take only well-typed records.
+        try:
+            self.given_back = live_sealing.given_back_inodes(parse_json(read_capped(
+                os.path.join(self.state_dir, live_sealing.GIVEN_BACK_FILE), MAX_STATE_BYTES)))
+        except Unreadable:
+            self.given_back = {}
         try:
             records = parse_json(read_capped(os.path.join(self.state_dir, STATE_FILE), MAX_STATE_BYTES))
         except Unreadable:
@@ -340,7 +346,8 @@ class Watcher:
                             if p in listing.checkpoints and v[0] == listing.checkpoints[p].inode}
         for path, listed in listing.checkpoints.items():
             found = live_sealing.evidence(listed)
-            first_look = self.first_looks.setdefault(path, (listed.inode, listed.renamed_by_ctime))
+            first_look = self.first_looks.setdefault(
+                path, (listed.inode, live_sealing.renamed_at_first_look(listed, self.given_back)))
             decision = live_sealing.decide(listed, previous.checkpoints.get(path), found,
                                       renamed=live_sealing.renamed_into_place(listed, unfinished,
                                                                          renamed_at_first_look=first_look[1]),
