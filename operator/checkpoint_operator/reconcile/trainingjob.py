@@ -32,6 +32,7 @@ from checkpoint_operator.logic import engines, group_resume, kueue, rendezvous, 
 from checkpoint_operator.logic import trainingjob_flow as flow
 from checkpoint_operator.logic import volume_snapshots, workload
 from checkpoint_operator.logic import live_unions as live_unions_logic
+from checkpoint_operator.logic import live_sealing as live_sealing_logic
 from checkpoint_operator.logic.agent_pods import AGENT_OUTPUT_MOUNT, downloaded_input, last_error_line, pod_failure
 from checkpoint_operator.logic.conditions import now_rfc3339, seconds_since
 from checkpoint_operator.logic.inputs import (Candidate, CheckpointInfo, InputWait, ResolvedInput, check_live_input,
@@ -615,9 +616,12 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: Sc
     """The snapshot pod succeeded: its checkpoints become Ready Checkpoints, in this order (a
     crash at any step repeats it and the ones after it, never an earlier one's effect twice)."""
     store, claim = store_for(ctx.config), workload.output_claim_name(tj)
-    if tj.publishes_live and tj.spec.output.parts_per_worker:
-        scan = live_unions_logic.without_retired(scan, [(r.path, r.digest) for r in
-                                                        (tj.status.live.retired if tj.status.live else None) or []])
+    if tj.publishes_live:  # a retired directory is never published again, whatever its bytes now
+        retired_now = [(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []]
+        again = live_sealing_logic.retired_found_again(((m.path, m.digest) for m in scan.checkpoints), retired_now)
+        if again:
+            ctx.warn(tj, "NotPublishedAgain", live_sealing_logic.found_again_message(again))
+        scan = live_unions_logic.without_retired(scan, retired_now)
     if scan.manifestsProblem:  # the checkpoints stand; verify and pull read their files again instead
         ctx.warn(tj, "ManifestsNotStored", scan.manifestsProblem)
     # Checked against the store only where it was uploaded; with volume snapshots the snapshot
