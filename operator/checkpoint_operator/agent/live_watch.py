@@ -538,15 +538,22 @@ class Watcher:
             self.emit(results.RemovedEvent(path=path, digest=digest))
             return
         sealed = self.sealed.get(path)
+        # Not removed, and said with the directory it names (notRemoved): the operator counts it and asks
+        # no more after a few (logic/live_sealing.removal_annotation), so it never keeps its place at the
+        # head of the annotation. (What is there is never published again either: it is retired.)
         if sealed is None:  # sealed by an earlier pod whose state was lost: the bytes decide
             try:
                 result = scan_directory(Path(directory), single=True)
-            except (OSError, AgentError):
+            except (OSError, AgentError) as exc:
+                self._not_removed(path, digest, f"it cannot be read ({exc})")
                 return
             if not result.checkpoints or result.checkpoints[0].digest != digest:
+                self._not_removed(path, digest, "it holds other bytes than the retired ones (left as they are)")
                 return
-        elif sealed.digest != digest:
-            return  # not ours to remove: other data now lives under that name
+        elif sealed.digest != digest:  # not ours to remove: other data now lives under that name
+            self._not_removed(path, digest, f"it holds other bytes than the retired ones (sealed again as "
+                                            f"{sealed.digest}; left as they are)")
+            return
         fstree.remove_tree(directory, ignore_errors=True, make_writable=True)
         if os.path.lexists(directory):
             self.emit(results.WarningEvent(
@@ -556,6 +563,10 @@ class Watcher:
         self.sealed.pop(path, None)
         self._save_state()
         self.emit(results.RemovedEvent(path=path, digest=digest))
+
+    def _not_removed(self, path: str, digest: str, why: str) -> None:
+        self.emit(results.WarningEvent(message=results.cut(f"did not remove {path} (retention released it): {why}"),
+                                       notRemoved=results.NotRemoved(path=path, digest=digest)))
 
     # --- checks of sealed directories -----------------------------------------------------------
     def check_some(self, count: int) -> None:
