@@ -274,6 +274,17 @@ class LiveMemory:
     # retired (directory, digest) -> how many times a sidecar said it could not remove it (removal_annotation)
     removal_failures: dict[tuple[str, str], int] = field(default_factory=dict)
 
+    def creating(self, directory: str) -> None:
+        """Before a union's Checkpoint is created: the resume step keeps its parts sealed from here on."""
+        self.publishing.add(directory)
+
+    def created(self, directory: str, body: Optional[Any]) -> None:
+        """After the create: `body` None (the name was taken meanwhile: nothing was created) forgets it, so a
+        resume step gives its parts back as those of any step never published (H9-3) instead of leaving
+        them read-only for a restarted trainer that writes the step again."""
+        if body is None:
+            self.publishing.discard(directory)
+
 
 # --- status.live.retired, bounded ---------------------------------------------------------------------
 

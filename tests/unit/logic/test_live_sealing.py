@@ -416,3 +416,16 @@ def test_a_retired_directory_found_again_with_other_bytes_is_said_once_for_all()
     assert "1 directory" in message and "checkpoint-20" in message and "never published again" in message
     many = live_sealing.found_again_message([f"step-{i}" for i in range(8)], shown=5)
     assert "8 directories" in many and "step-4 and 3 more" in many and "step-5" not in many
+
+
+def test_a_union_whose_create_failed_is_no_longer_kept_sealed_for_the_resume_step():
+    """Also noticed in hostile10: LiveMemory.publishing was never cleared after a failed create (the
+    name taken meanwhile): the resume step kept that step's parts read-only though it has no Checkpoint."""
+    from checkpoint_operator.logic import group_resume
+    memory = live_sealing.LiveMemory()
+    memory.creating("step-2")
+    memory.creating("step-3")
+    memory.created("step-2", None)
+    memory.created("step-3", {"metadata": {"name": "t.step-3"}})
+    assert memory.publishing == {"step-3"}
+    assert "step-2" not in group_resume.kept_sealed([], [], memory.publishing, None)
