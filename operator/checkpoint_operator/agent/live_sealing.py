@@ -12,7 +12,9 @@ completeness rule finds it incomplete, and one of these says the writer is done 
    (`step-N.tmp`, `N.orbax-checkpoint-tmp-*`), or, when the watcher never saw that name, its
    ctime is later than its own mtime and not earlier than anything in it, its parent changed
    at that moment too, and this held already at the first look that listed it under its final
-   name (`_renamed_by_ctime`: a chmod, chown or xattr moves the ctime but not the parent);
+   name (`_renamed_by_ctime`: a chmod, chown or xattr moves the ctime but not the parent; never for
+   the inode of a part the resume step gave back, `renamed_at_first_look`: its chmod and the resume
+   copy's mkdir in the volume's root look like a rename);
 3. a newer step directory appeared beside it (frameworks save steps in order), finished or not;
 4. the training containers have exited (the watcher got SIGTERM: a native sidecar is stopped
    only after the pod's regular containers): the listing is final, sealed as it is, except a

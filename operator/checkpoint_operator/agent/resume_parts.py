@@ -25,7 +25,7 @@ Every worker gets the whole union (a sharded load reads only its ranks' files, b
 are is the framework's business): N times the checkpoint's size written, in each volume beside
 what the worker wrote. With no complete union, nothing is written and what is there stays.
 
-Parts sealed for a union never published are given back (`--published DIR`, repeated: the
+Parts sealed for a union never published are given back (`--published=DIR`, repeated: the
 directories the operator published, is publishing or retired; H9-3): a worker's sidecar seals its
 part by a sign of its end (a rename into place, a format's marker) and takes its write bits; when
 another worker died before its part, that step has no Checkpoint and the restarted group writes it
@@ -33,7 +33,11 @@ again, which a non-root trainer cannot do in a read-only directory (EACCES, the 
 should retry). So each worker's parts recorded in its `.ckpt-live/sealed.json` whose directory is
 not published get back the write bits they had before the seal (recorded by the sidecar; the
 owner's when the record, an older sidecar's, has no modes), and leave the record (a restarted sidecar would seal them again
-at its start); nothing is deleted, and parts of published directories stay as they are.
+at its start); nothing is deleted, and parts of published directories stay as they are, as does a
+record inside or containing a published directory (the record is tenant-writable) and a file with
+more than one hard link (it may be a published step's file too). What was given back is written to
+`.ckpt-live/given-back.json` (path, inode): the restarted sidecar does not take its moved ctime for
+a rename into place (agent/live_sealing.renamed_at_first_look).
 """
 
 from __future__ import annotations
