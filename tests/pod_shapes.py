@@ -161,6 +161,9 @@ def agent_pods() -> dict[str, dict[str, Any]]:
         resumed = parts.model_copy(deep=True)  # a later attempt: it keeps the copy recorded last (--keep)
         resumed.status.resume = GroupResume(attempt=1, directory="step-1", digest="sha256:" + "ab" * 32, step=1, message="m")
         pods[f"{store_name}/resume-volume-per-worker-again"] = workload.build_resume_pod(resumed, cfg)
+        # With publish: Continuous: the directories that stay sealed (H9-3), one named like an option (H10-5).
+        pods[f"{store_name}/resume-volume-per-worker-published"] = workload.build_resume_pod(
+            resumed, cfg, published=["step-1", "ckpts/step-2", "--ckpt-5", "-1"])
         for kind, source in SOURCES.items():
             ckpt = checkpoint(source)
             pods[f"{store_name}/import/{kind}"] = workload.build_import_pod(

@@ -126,3 +126,11 @@ def test_agent_scan_imports_the_standard_library_and_its_own_modules_only(tmp_pa
                          - set(sys.stdlib_module_names) - {"checkpoint_operator"})
     assert third_party == []
     assert sorted(m for m in loaded if m.startswith("checkpoint_operator") and m not in SCAN_MODULES) == []
+
+
+def test_a_published_directory_named_like_an_option_is_one_argument_of_the_resume_pod():
+    """H10-5: a Checkpoint's directory may start with '-' ('--ckpt-5', '-1': the scan takes it): the
+    resume pod's `--published DIR` must still parse (each is `--published=DIR`, one argument)."""
+    names = ["-1", "--help-me", "-x", "step-2"]
+    args = parse(agent_commands.resume_parts("/checkpoint-output", parts=2, published=names))
+    assert args.published == names

@@ -585,3 +585,49 @@ async def test_a_retired_directory_the_sidecar_cannot_remove_does_not_hold_newer
         for g in gates:
             g.set()
     await wait_phase(api, wait_for, TJ, "stuck", ("Succeeded", "Failed"), timeout=60)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("chattr"), reason="makes a file immutable (chattr +i)")
+async def test_a_deleted_checkpoint_removed_in_part_is_not_published_again_from_what_is_left(
+        api, operator, cluster, trainer, wait_for):
+    """H10-1: checkpoint-20 is Ready; its user deletes the Checkpoint; the sidecar removes all of the
+    directory but config.json (immutable here; another user's file on a cluster). At the job's end no
+    Checkpoint is made of what the removal left under the deleted one's name, and one warning names it."""
+    go_on = threading.Event()
+    volume: dict[str, str] = {}
+
+    def train(attempt, env):
+        out = volume["out"] = os.path.realpath(env["CHECKPOINT_OUTPUT_DIR"])
+        trainer_checkpoint(out, 10)
+        trainer_checkpoint(out, 20)
+        assert go_on.wait(120)
+        return 0
+    trainer.behaviours["pr"] = train
+    await api.create(TJ, NS, training_job("pr", output=LIVE))
+    pinned = None
+
+    async def ready(name):
+        obj = await api.get(CKPT, NS, name)
+        return obj if obj and obj.get("status", {}).get("phase") == "Ready" else None
+    try:
+        await wait_for(lambda: ready("pr.checkpoint-20"), timeout=60)
+        pinned = os.path.join(volume["out"], "checkpoint-20", "config.json")
+        subprocess.run(["chattr", "+i", pinned], check=True)
+        await api.delete(CKPT, NS, "pr.checkpoint-20")
+
+        async def removed_in_part():
+            d = os.path.join(volume["out"], "checkpoint-20")
+            return (os.path.isdir(d) and not os.path.exists(os.path.join(d, "model.safetensors"))) or None
+        await wait_for(removed_in_part, timeout=60)
+        go_on.set()
+        tj = await wait_phase(api, wait_for, TJ, "pr", ("Succeeded", "Failed"), timeout=120)
+        again = await api.get(CKPT, NS, "pr.checkpoint-20")
+        assert again is None, f"checkpoint-20 published again from what the removal left: {again.get('status')}"
+        assert tj["status"]["phase"] == "Succeeded", tj["status"].get("message")
+        assert await ready("pr.checkpoint-10")
+        said = await wait_event(api, wait_for, "pr", lambda e: e.get("reason") == "NotPublishedAgain")
+        assert "checkpoint-20" in said[0]["message"] and "never published again" in said[0]["message"]
+    finally:
+        if pinned:
+            subprocess.run(["chattr", "-i", pinned], check=False)
+        go_on.set()

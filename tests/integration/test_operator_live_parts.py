@@ -461,3 +461,70 @@ async def test_a_part_sealed_for_a_step_never_published_is_writable_again_for_a_
     step1 = await wait_for(lambda: ready(api, "rw.step-1"), timeout=60)
     assert step1["status"]["fileCount"] == 2, step1["status"]
     assert await job_checkpoints(api, "rw") == ["rw.step-1"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="writes as another user (uid 65534)")
+async def test_a_part_given_back_beside_a_resume_copy_is_not_sealed_again_by_the_restarted_sidecar(
+        api, operator, cluster, trainer, wait_for):
+    """H10-2: step-1 is published from both workers' DCP parts; worker 0 (uid 65534) then seals its part
+    of step-2 by a rename, worker 1 dies before its part. The group restarts from step-1: the resume step
+    writes .ckpt-resume (the first time: a mkdir in each volume's root, the parent's mtime) and gives
+    worker 0's step-2 back (a chmod, its ctime): the rename sign of the restarted sidecar must not take
+    that for a rename into place and seal it again, so the restarted worker 0 writes step-2 again."""
+    step1_ready = threading.Event()
+    part2_sealed = threading.Event()
+    rewrite: dict[int, subprocess.CompletedProcess] = {}
+    calls = {0: 0, 1: 0}
+    lock = threading.Lock()
+
+    def train(attempt, env):
+        rank, out = int(env["RANK"]), os.path.realpath(env["CHECKPOINT_OUTPUT_DIR"])
+        with lock:
+            calls[rank] += 1
+            first = calls[rank] == 1
+        os.chmod(out, 0o777)
+        if first:
+            if not os.path.exists(os.path.join(out, "step-1")):
+                dcp_part(out, 1, rank)
+            assert step1_ready.wait(90)
+            if rank == 1:
+                assert part2_sealed.wait(60)
+                return 1  # dies before its part of step-2
+            done = rename_part_as_nobody(out, 2, 0)
+            assert done.returncode == 0, done.stderr
+            part2_sealed.wait(60)
+            return 0
+        time.sleep(3)  # the restarted trainer loads step-1 and trains before it saves step-2 again
+        done = rename_part_as_nobody(out, 2, rank)
+        rewrite[rank] = done
+        return 0 if done.returncode == 0 else 13
+    trainer.behaviours["rs"] = train
+    await api.create(TJ, NS, training_job("rs", replicas=2, engine="JobSet", backoffLimit=1, output=LIVE_PARTS))
+
+    async def ready(name):
+        obj = await api.get(CKPT, NS, name)
+        return obj if obj and obj.get("status", {}).get("phase") == "Ready" else None
+    try:
+        await wait_for(lambda: ready("rs.step-1"), timeout=90)
+    finally:
+        step1_ready.set()
+
+    async def sealed2():
+        for p in await api.list("v1/pods", NS):
+            labels = p["metadata"].get("labels", {})
+            if labels.get("ckpt.dev/trainingjob") == "rs" and labels.get("ckpt.dev/worker-index") == "0":
+                log = await api.read_log(NS, p["metadata"]["name"], container="ckpt-live")
+                if any('"kind":"sealed"' in line and "step-2" in line for line in log.splitlines()):
+                    return True
+        return None
+    try:
+        await wait_for(sealed2, timeout=60)
+    finally:
+        part2_sealed.set()
+    tj = await wait_phase(api, wait_for, TJ, "rs", ("Succeeded", "Failed"), timeout=180)
+    status = tj["status"]
+    assert status.get("restarts") == 1, status
+    assert 0 in rewrite, (calls, status.get("message"))
+    assert rewrite[0].returncode == 0, f"restarted worker 0 could not write step-2 again: {rewrite[0].stderr}"
+    assert status["phase"] == "Succeeded", status.get("message")
+    await wait_for(lambda: ready("rs.step-2"), timeout=60)

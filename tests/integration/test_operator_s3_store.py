@@ -414,3 +414,53 @@ async def test_live_sealing_with_a_volume_per_worker_uploads_each_union_once_whi
     assert (await api.get(CKPT, NS, "s3parts.step-1"))["status"]["location"]["s3"]["uri"] == uri
     keys = [o["Key"] for o in s3.server.client().list_objects_v2(Bucket=s3.bucket, Prefix=s3.root).get("Contents", [])]
     assert not any("/dirs/" in k for k in keys), f"uploaded again, or left in the store unowned: {keys}"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not __import__("shutil").which("chattr"),
+                    reason="makes a file immutable (chattr +i)")
+async def test_a_deleted_checkpoint_removed_in_part_is_not_published_again_and_its_upload_goes(
+        api, store_secret, operator, trainer, wait_for, s3):  # noqa: F811
+    """H10-1 on the s3 store: checkpoint-20's Checkpoint is deleted while the job runs and the sidecar
+    removes all of its directory but config.json (immutable here). The end-of-job snapshot uploads what
+    is left: no Checkpoint is made of it under the deleted one's name, and that upload is deleted as
+    unused (nothing of checkpoint-20 stays in the store's dirs/)."""
+    import threading
+    go_on = threading.Event()
+    volume: dict[str, str] = {}
+
+    def trainer_checkpoint(out: str, step: int) -> None:
+        write_checkpoint(out, f"checkpoint-{step}", {"config.json": b"{}", "model.safetensors": weights(b"w" * step),
+                                                     "optimizer.pt": torch_file()})
+        write_checkpoint(out, f"checkpoint-{step}", {"trainer_state.json": json.dumps(
+            {"global_step": step, "log_history": [{"step": step, "loss": 1.0}]}).encode()})
+
+    def train(attempt, env):
+        out = volume["out"] = os.path.realpath(env["CHECKPOINT_OUTPUT_DIR"])
+        trainer_checkpoint(out, 10)
+        trainer_checkpoint(out, 20)
+        assert go_on.wait(120)
+        return 0
+    trainer.behaviours["s3pr"] = train
+    await api.create(TJ, NS, training_job("s3pr", output={"publish": "Continuous"}))
+    pinned = None
+    try:
+        await wait_phase(api, wait_for, CKPT, "s3pr.checkpoint-20", "Ready", timeout=90)
+        pinned = os.path.join(volume["out"], "checkpoint-20", "config.json")
+        subprocess.run(["chattr", "+i", pinned], check=True)
+        await api.delete(CKPT, NS, "s3pr.checkpoint-20")
+
+        async def removed_in_part():
+            d = os.path.join(volume["out"], "checkpoint-20")
+            return (os.path.isdir(d) and not os.path.exists(os.path.join(d, "model.safetensors"))) or None
+        await wait_for(removed_in_part, timeout=60)
+        go_on.set()
+        await wait_phase(api, wait_for, TJ, "s3pr", "Succeeded", timeout=120)
+        assert await api.get(CKPT, NS, "s3pr.checkpoint-20") is None
+        keys = [o["Key"] for o in
+                s3.server.client().list_objects_v2(Bucket=s3.bucket, Prefix=s3.root).get("Contents", [])]
+        assert not any("/dirs/" in k and "checkpoint-20" in k for k in keys), \
+            f"the leftover's upload stays in the store, owned by nothing: {keys}"
+    finally:
+        if pinned:
+            subprocess.run(["chattr", "-i", pinned], check=False)
+        go_on.set()

@@ -12,7 +12,9 @@ completeness rule finds it incomplete, and one of these says the writer is done 
    (`step-N.tmp`, `N.orbax-checkpoint-tmp-*`), or, when the watcher never saw that name, its
    ctime is later than its own mtime and not earlier than anything in it, its parent changed
    at that moment too, and this held already at the first look that listed it under its final
-   name (`_renamed_by_ctime`: a chmod, chown or xattr moves the ctime but not the parent);
+   name (`_renamed_by_ctime`: a chmod, chown or xattr moves the ctime but not the parent; never for
+   the inode of a part the resume step gave back, `renamed_at_first_look`: its chmod and the resume
+   copy's mkdir in the volume's root look like a rename);
 3. a newer step directory appeared beside it (frameworks save steps in order), finished or not;
 4. the training containers have exited (the watcher got SIGTERM: a native sidecar is stopped
    only after the pod's regular containers): the listing is final, sealed as it is, except a
@@ -33,7 +35,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 from checkpoint_operator.agent import completeness, containers, formats
 from checkpoint_operator.agent import metadata as md
@@ -308,6 +310,29 @@ def renamed_into_place(listed: Listed, unfinished_before: dict[tuple[int, int], 
     if listed.renamed_by_ctime and renamed_at_first_look:
         return "renamed into place (its ctime is later than every change in it)"
     return None
+
+
+GIVEN_BACK_FILE = "given-back.json"  # in LIVE_DIR: the parts the resume step made writable again (H9-3)
+
+
+def given_back_inodes(records: Any) -> dict[str, int]:
+    """The resume step's record of the parts it gave back (tenant-writable: only well-typed entries):
+    path -> the inode number of the directory it gave back (not the device: another node's mount of
+    the same volume may number it otherwise)."""
+    given: dict[str, int] = {}
+    for record in records if isinstance(records, list) else []:
+        if isinstance(record, dict) and isinstance(record.get("path"), str) and \
+                isinstance(record.get("inode"), int) and not isinstance(record.get("inode"), bool):
+            given[record["path"]] = record["inode"]
+    return given
+
+
+def renamed_at_first_look(listed: Listed, given_back: Mapping[str, int]) -> bool:
+    """The ctime rule's verdict at a directory's first look, except for a part the resume step gave back
+    (the same inode): its chmod moved the ctime, and the resume copy's mkdir (or anything else in the
+    volume's root) the parent's mtime: that is no rename into place, and sealing it again would make the
+    restarted trainer's write of it fail (EACCES). A directory renamed into place since is another inode."""
+    return listed.renamed_by_ctime and given_back.get(listed.path) != listed.inode[1]
 
 
 def newer_step(listed: Listed, listing: Listing) -> Optional[int]:

@@ -215,6 +215,7 @@ class Watcher:
         self.unfinished_seen: dict[tuple[int, int], tuple[str, int]] = {}  # inode -> (path, tick last listed)
         # path -> (inode, the ctime rule's verdict) at the first look that listed it (live_sealing.py, rule 2)
         self.first_looks: dict[str, tuple[tuple[int, int], bool]] = {}
+        self.given_back: dict[str, int] = {}  # the resume step's give-back: path -> inode (no rename sign)
         self._uploads = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="upload") if store == "s3" else None
         self.state_dir = os.path.join(root, live_sealing.LIVE_DIR)
         self._load_state()
@@ -231,6 +232,11 @@ class Watcher:
     def _load_state(self) -> None:
         # The state is in the output volume, which the training containers can write: read it as
         # any tenant-written file (bounded size and depth), and take only well-typed records.
+        try:
+            self.given_back = live_sealing.given_back_inodes(parse_json(read_capped(
+                os.path.join(self.state_dir, live_sealing.GIVEN_BACK_FILE), MAX_STATE_BYTES)))
+        except Unreadable:
+            self.given_back = {}
         try:
             records = parse_json(read_capped(os.path.join(self.state_dir, STATE_FILE), MAX_STATE_BYTES))
         except Unreadable:
@@ -340,7 +346,8 @@ class Watcher:
                             if p in listing.checkpoints and v[0] == listing.checkpoints[p].inode}
         for path, listed in listing.checkpoints.items():
             found = live_sealing.evidence(listed)
-            first_look = self.first_looks.setdefault(path, (listed.inode, listed.renamed_by_ctime))
+            first_look = self.first_looks.setdefault(
+                path, (listed.inode, live_sealing.renamed_at_first_look(listed, self.given_back)))
             decision = live_sealing.decide(listed, previous.checkpoints.get(path), found,
                                       renamed=live_sealing.renamed_into_place(listed, unfinished,
                                                                          renamed_at_first_look=first_look[1]),
@@ -531,15 +538,22 @@ class Watcher:
             self.emit(results.RemovedEvent(path=path, digest=digest))
             return
         sealed = self.sealed.get(path)
+        # Not removed, and said with the directory it names (notRemoved): the operator counts it and asks
+        # no more after a few (logic/live_sealing.removal_annotation), so it never keeps its place at the
+        # head of the annotation. (What is there is never published again either: it is retired.)
         if sealed is None:  # sealed by an earlier pod whose state was lost: the bytes decide
             try:
                 result = scan_directory(Path(directory), single=True)
-            except (OSError, AgentError):
+            except (OSError, AgentError) as exc:
+                self._not_removed(path, digest, f"it cannot be read ({exc})")
                 return
             if not result.checkpoints or result.checkpoints[0].digest != digest:
+                self._not_removed(path, digest, "it holds other bytes than the retired ones (left as they are)")
                 return
-        elif sealed.digest != digest:
-            return  # not ours to remove: other data now lives under that name
+        elif sealed.digest != digest:  # not ours to remove: other data now lives under that name
+            self._not_removed(path, digest, f"it holds other bytes than the retired ones (sealed again as "
+                                            f"{sealed.digest}; left as they are)")
+            return
         fstree.remove_tree(directory, ignore_errors=True, make_writable=True)
         if os.path.lexists(directory):
             self.emit(results.WarningEvent(
@@ -549,6 +563,10 @@ class Watcher:
         self.sealed.pop(path, None)
         self._save_state()
         self.emit(results.RemovedEvent(path=path, digest=digest))
+
+    def _not_removed(self, path: str, digest: str, why: str) -> None:
+        self.emit(results.WarningEvent(message=results.cut(f"did not remove {path} (retention released it): {why}"),
+                                       notRemoved=results.NotRemoved(path=path, digest=digest)))
 
     # --- checks of sealed directories -----------------------------------------------------------
     def check_some(self, count: int) -> None:

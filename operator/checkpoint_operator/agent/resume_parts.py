@@ -25,7 +25,7 @@ Every worker gets the whole union (a sharded load reads only its ranks' files, b
 are is the framework's business): N times the checkpoint's size written, in each volume beside
 what the worker wrote. With no complete union, nothing is written and what is there stays.
 
-Parts sealed for a union never published are given back (`--published DIR`, repeated: the
+Parts sealed for a union never published are given back (`--published=DIR`, repeated: the
 directories the operator published, is publishing or retired; H9-3): a worker's sidecar seals its
 part by a sign of its end (a rename into place, a format's marker) and takes its write bits; when
 another worker died before its part, that step has no Checkpoint and the restarted group writes it
@@ -33,7 +33,11 @@ again, which a non-root trainer cannot do in a read-only directory (EACCES, the 
 should retry). So each worker's parts recorded in its `.ckpt-live/sealed.json` whose directory is
 not published get back the write bits they had before the seal (recorded by the sidecar; the
 owner's when the record, an older sidecar's, has no modes), and leave the record (a restarted sidecar would seal them again
-at its start); nothing is deleted, and parts of published directories stay as they are.
+at its start); nothing is deleted, and parts of published directories stay as they are, as does a
+record inside or containing a published directory (the record is tenant-writable) and a file with
+more than one hard link (it may be a published step's file too). What was given back is written to
+`.ckpt-live/given-back.json` (path, inode): the restarted sidecar does not take its moved ctime for
+a rename into place (agent/live_sealing.renamed_at_first_look).
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ import stat
 from pathlib import Path
 from typing import Collection, Iterable, Mapping, Optional
 
-from checkpoint_operator.agent import fstree
+from checkpoint_operator.agent import fstree, live_sealing
 from checkpoint_operator.agent.formats import step_from_name
 from checkpoint_operator.agent.live_sealing import LIVE_DIR, record_path_problem
 from checkpoint_operator.agent.live_watch import MAX_STATE_BYTES, STATE_FILE
@@ -208,9 +212,16 @@ def _remove(path: str) -> None:
 def parts_to_reopen(sealed: Mapping[int, Iterable[str]], published: Collection[str]) -> dict[int, list[str]]:
     """Each worker's sealed parts to make writable again: those of directories with no Checkpoint
     (`published`: what the operator published, is publishing or retired: those parts are the
-    published bytes and stay sealed), and only paths a sidecar could have sealed."""
+    published bytes and stay sealed), and only paths a sidecar could have sealed. The record is
+    tenant-writable: a path inside a published directory, or one containing it, is never given back
+    (compared by whole components, both ways)."""
     kept = set(published)
-    reopen = {w: sorted({p for p in paths if p not in kept and record_path_problem(p) is None})
+    containing = {"/".join(parts[:i]) for q in kept for parts in [q.split("/")] for i in range(1, len(parts))}
+
+    def overlaps(path: str) -> bool:
+        parts = path.split("/")
+        return path in kept or path in containing or any("/".join(parts[:i]) in kept for i in range(1, len(parts)))
+    reopen = {w: sorted({p for p in paths if record_path_problem(p) is None and not overlaps(p)})
               for w, paths in sealed.items()}
     return {w: paths for w, paths in sorted(reopen.items()) if paths}
 
@@ -260,6 +271,12 @@ def _give_back(directory: str, modes: Optional[Mapping[str, object]]) -> int:
             st = os.lstat(path)
             if stat.S_ISLNK(st.st_mode):
                 continue
+            if not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1:
+                # A hard link: the same inode may be a file of a published checkpoint (a dedup of an
+                # unchanged shard), whose bytes must stay read-only. The trainer replaces it instead.
+                print(f"left {printable(path)} read-only: it has {st.st_nlink} hard links (one may be in a published "
+                      f"checkpoint); remove or replace it to write it again", flush=True)
+                continue
             rel = os.path.relpath(path, directory).replace(os.sep, "/")
             found = modes.get(rel) if modes is not None else None
             recorded = found if isinstance(found, int) else None
@@ -283,15 +300,26 @@ def reopen_unpublished(directory: str, count: int, published: Collection[str]) -
     done: list[str] = []
     for worker, paths in reopen.items():
         root = os.path.join(directory, part_directory(worker))
+        by_path = {r["path"]: r for r in records[worker]}  # the last record of a path (a linear lookup: H10-6)
         gone = set()
+        given_back: list[dict[str, object]] = []
         for path in paths:
             target = _real_directory(root, path)
-            record = next(r for r in records[worker] if r["path"] == path)
+            record = by_path[path]
             if target is not None:
                 modes = record.get("modes")
                 _give_back(target, modes if isinstance(modes, dict) else None)
                 done.append(f"worker {worker}: {path}")
+                try:
+                    given_back.append({"path": path, "inode": os.lstat(target).st_ino})
+                except OSError:
+                    pass
             gone.add(path)
+        # What was given back, for the restarted sidecar: the chmod moved each one's ctime (and this
+        # step's mkdir of .ckpt-resume the volume root's mtime), which its rename sign would take for a
+        # rename into place, sealing it again at once (agent/live_sealing.renamed_at_first_look).
+        _write_json(os.path.join(states[worker], live_sealing.GIVEN_BACK_FILE), given_back,
+                    f"worker {worker}'s {LIVE_DIR}/{live_sealing.GIVEN_BACK_FILE}")
         kept = [r for r in records[worker] if r["path"] not in gone]
         state = os.path.join(states[worker], STATE_FILE)
         tmp = os.path.join(states[worker], f".{STATE_FILE}.resume-{os.getpid()}")
@@ -302,6 +330,16 @@ def reopen_unpublished(directory: str, count: int, published: Collection[str]) -
         except OSError as exc:  # its sidecar seals them again at its start: said, the copy is still made
             print(f"cannot rewrite worker {worker}'s {LIVE_DIR}/{STATE_FILE}: {exc.strerror}", flush=True)
     return done
+
+
+def _write_json(path: str, value: object, what: str) -> None:
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.resume-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(value, f)
+        os.replace(tmp, path)
+    except OSError as exc:
+        print(f"cannot write {what}: {exc.strerror}", flush=True)
 
 
 MAX_PARTS = 100000  # api.trainingjob.MAX_REPLICAS: one volume per worker

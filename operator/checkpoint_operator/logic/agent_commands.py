@@ -44,9 +44,10 @@ def resume_parts(directory: str, *, parts: int, layout: Layout = "auto", keep: O
     """Between the attempts of a group with a volume per worker: copy the latest checkpoint complete over
     the workers' volumes (DIR/worker-<i>) into each one's .ckpt-resume/<digest hex>, keeping the copy
     `keep` (the one recorded last); every part a sidecar sealed of a directory not `published` gets its
-    write bits back; writes the result line."""
+    write bits back; writes the result line. A directory is passed as `--published=DIR`, one argument:
+    a name that starts with '-' (`--ckpt-5`, `-1`) is a value, never taken for a flag."""
     return [*AGENT, "resume-parts", directory, "--parts", str(parts), "--layout", layout,
-            *(["--keep", keep] if keep else []), *[a for p in published for a in ("--published", p)]]
+            *(["--keep", keep] if keep else []), *[f"--published={p}" for p in published]]
 
 
 def download(uri: str, directory: str, *, digest: str) -> list[str]:

@@ -21,7 +21,7 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.logic.live_unions import Parts, PartSeals
@@ -274,6 +274,17 @@ class LiveMemory:
     # retired (directory, digest) -> how many times a sidecar said it could not remove it (removal_annotation)
     removal_failures: dict[tuple[str, str], int] = field(default_factory=dict)
 
+    def creating(self, directory: str) -> None:
+        """Before a union's Checkpoint is created: the resume step keeps its parts sealed from here on."""
+        self.publishing.add(directory)
+
+    def created(self, directory: str, body: Optional[Any]) -> None:
+        """After the create: `body` None (the name was taken meanwhile: nothing was created) forgets it, so a
+        resume step gives its parts back as those of any step never published (H9-3) instead of leaving
+        them read-only for a restarted trainer that writes the step again."""
+        if body is None:
+            self.publishing.discard(directory)
+
 
 # --- status.live.retired, bounded ---------------------------------------------------------------------
 
@@ -359,6 +370,23 @@ def not_removed_message(counts: Mapping[tuple[str, str], int], reason: str) -> s
     return (f"{len(counts)} retired director{'y' if len(counts) == 1 else 'ies'} could not be removed by the sealing "
             f"sidecar (the latest: {reason}); they stay on the output volume and are never published again; newer "
             f"ones are asked first, and {given_up} that failed {MAX_REMOVAL_FAILURES} times are asked no more")
+
+
+def retired_found_again(found: Iterable[tuple[str, str]], retired: Iterable[tuple[str, str]]) -> list[str]:
+    """The directories `found` (path, digest) under a retired directory's name with other bytes than the
+    retired ones: what a removal that failed in part left, or a directory written again under that name.
+    Never published (a new Checkpoint would take the deleted one's name): said, sorted, once each."""
+    listed = set(retired)
+    paths = {p for p, _ in listed}
+    return sorted({p for p, d in found if p in paths and (p, d) not in listed})
+
+
+def found_again_message(paths: Sequence[str], shown: int = 5) -> str:
+    """ONE warning for every retired directory found again with other bytes (not one per directory)."""
+    names = ", ".join(paths[:shown]) + (f" and {len(paths) - shown} more" if len(paths) > shown else "")
+    return (f"{len(paths)} director{'y' if len(paths) == 1 else 'ies'} whose Checkpoint was deleted (retired) "
+            f"hold{'s' if len(paths) == 1 else ''} other bytes now ({names}): what a removal left, or a checkpoint "
+            f"written again under a retired name; never published again (a new name is needed to publish it)")
 
 
 # --- whose log is the sidecar's (hostile8 F1) -------------------------------------------------------

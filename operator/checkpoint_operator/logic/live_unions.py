@@ -119,6 +119,10 @@ def decide(workers: int, seals: PartSeals, published: Collection[str],
     paths = {p for w in range(workers) for p in seals.sealed.get(w, {})}
     decisions: list[Decision] = []
     for path in sorted(paths - set(published), key=step_key):
+        if path.startswith("-"):  # `--only -x` parses as a flag (and admission refuses it): not run
+            decisions.append(LeftToSnapshot(path, "its name starts with '-', which the union pod's `--only` "
+                                                  "cannot take"))
+            continue
         changed = [w for w in range(workers) if path in seals.changed.get(w, set())]
         if changed:
             decisions.append(LeftToSnapshot(path, f"worker {changed[0]}'s part changed after it was sealed"))

@@ -145,17 +145,17 @@ def plan_snapshot(tj: TrainingJob, scan: ScanReport, lookup: Callable[[str], Opt
     one whose bytes are no longer its digest is `changed`, and retention decides over them and
     the new entries together (`retire`: the existing ones it now drops). `retired`: (directory,
     digest) of Checkpoints retention deleted, and directories whose Checkpoint is being
-    deleted: never made again."""
+    deleted: never made again, whatever their bytes now (what a removal that failed in part left,
+    or a directory written again under a retired name: never published under the deleted one's name)."""
     meta, output = tj.metadata, tj.spec.output
     prefix = output.namePrefix or meta.name
     by_directory = {c.directory: c for c in existing if c.directory is not None}
-    gone = set(retired) | {(c.directory, c.digest) for c in existing if c.deleting}
-    gone_directories = {c.directory for c in existing if c.deleting}
+    gone_directories = {p for p, _ in retired} | {c.directory for c in existing if c.deleting}
     new: list[CheckpointSummary] = []
     changed: list[tuple[CheckpointInfo, CheckpointSummary]] = []
     not_again: list[str] = []
     for manifest in scan.checkpoints:
-        if (manifest.path, manifest.digest) in gone or manifest.path in gone_directories:
+        if manifest.path in gone_directories:
             not_again.append(manifest.path)
             continue
         mine = by_directory.get(manifest.path)

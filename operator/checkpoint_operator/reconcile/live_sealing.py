@@ -161,8 +161,16 @@ def _publish(ctx: Context, tj: TrainingJob, events: live_sealing.LogEvents) -> T
             publish.mark_changed(ctx, tj, info, line.message or f"{path} changed after it was sealed",
                                  bytes_in_place=store.later_writes_reach_checkpoints)
 
+    # A retired directory is never published again, whatever its bytes now (what a removal that failed in
+    # part left, or a checkpoint written again under its name would take the deleted Checkpoint's name).
+    again = [p for p in live_sealing.retired_found_again(((m.path, m.digest) for m in events.sealed), retired)
+             if ("found-again", p) not in memory.reported]
+    if again:
+        memory.reported.update(("found-again", p) for p in again)
+        ctx.warn(tj, "NotPublishedAgain", live_sealing.found_again_message(again))
+    retired_paths = {p for p, _ in retired}
     fresh: list[CheckpointSummary] = [m for m in events.sealed if (m.path, m.digest) not in known and
-                                      (m.path, m.digest) not in retired and _located(ctx, tj, store, claim, m, memory)]
+                                      m.path not in retired_paths and _located(ctx, tj, store, claim, m, memory)]
     taken: dict[str, TakenSnapshot] = {}
 
     def plan_now() -> SnapshotPlan:

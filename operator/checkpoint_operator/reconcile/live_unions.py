@@ -256,8 +256,9 @@ def _publish(ctx: Context, tj: TrainingJob, store: Store, report: ScanReport, ke
     for planned in plan.checkpoints:
         if not store.is_committed(planned.location):
             continue
-        memory.publishing.add(planned.directory)  # before the create: the resume step keeps it sealed
+        memory.creating(planned.directory)  # before the create: the resume step keeps it sealed
         body = publish.create_checkpoint(ctx, tj, planned)
+        memory.created(planned.directory, body)
         if body is not None:
             bodies.append((body, planned))
     if bodies and store.keeps_output_claim:  # every worker's volume: a union reads from any of them

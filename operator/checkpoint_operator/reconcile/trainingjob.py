@@ -32,6 +32,7 @@ from checkpoint_operator.logic import engines, group_resume, kueue, rendezvous, 
 from checkpoint_operator.logic import trainingjob_flow as flow
 from checkpoint_operator.logic import volume_snapshots, workload
 from checkpoint_operator.logic import live_unions as live_unions_logic
+from checkpoint_operator.logic import live_sealing as live_sealing_logic
 from checkpoint_operator.logic.agent_pods import AGENT_OUTPUT_MOUNT, downloaded_input, last_error_line, pod_failure
 from checkpoint_operator.logic.conditions import now_rfc3339, seconds_since
 from checkpoint_operator.logic.inputs import (Candidate, CheckpointInfo, InputWait, ResolvedInput, check_live_input,
@@ -615,9 +616,14 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: Sc
     """The snapshot pod succeeded: its checkpoints become Ready Checkpoints, in this order (a
     crash at any step repeats it and the ones after it, never an earlier one's effect twice)."""
     store, claim = store_for(ctx.config), workload.output_claim_name(tj)
-    if tj.publishes_live and tj.spec.output.parts_per_worker:
-        scan = live_unions_logic.without_retired(scan, [(r.path, r.digest) for r in
-                                                        (tj.status.live.retired if tj.status.live else None) or []])
+    if tj.publishes_live:  # a retired directory is never published again, whatever its bytes now
+        retired_now = [(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []]
+        again = live_sealing_logic.retired_found_again(((m.path, m.digest) for m in scan.checkpoints), retired_now)
+        if again:
+            ctx.warn(tj, "NotPublishedAgain", live_sealing_logic.found_again_message(again))
+        if tj.spec.output.parts_per_worker:
+            scan = live_unions_logic.without_retired(scan, retired_now)
+        # (one volume: plan_snapshot passes them over by path, as `gone`: their uploads are deleted as unused)
     if scan.manifestsProblem:  # the checkpoints stand; verify and pull read their files again instead
         ctx.warn(tj, "ManifestsNotStored", scan.manifestsProblem)
     # Checked against the store only where it was uploaded; with volume snapshots the snapshot
@@ -743,11 +749,12 @@ def _storable_and_committed(tj: TrainingJob, store: Store, claim: str, scan: Sca
     layout = tj.spec.output.layout
     # Retired by live retention: no Checkpoint is made of them, and their sealed copy may be deleted
     # between the snapshot pod's look and this one (the pod then reported a prefix now gone).
-    retired = {(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []}
+    # (By path: whatever its bytes now, a retired directory is never published again.)
+    retired = {r.path for r in (tj.status.live.retired if tj.status.live else None) or []}
     try:
         scan = storable(scan, lambda m: store.snapshot_location(tj, claim, m, layout))
         for manifest in scan.checkpoints if check_committed else []:
-            if (manifest.path, manifest.digest) in retired | (skip or set()):
+            if manifest.path in retired or (manifest.path, manifest.digest) in (skip or set()):
                 continue
             if not store.is_committed(store.snapshot_location(tj, claim, manifest, layout)):
                 return f"{manifest.path!r} has no manifest in the store: the upload did not complete"

@@ -549,3 +549,26 @@ def test_a_removal_that_fails_is_said_with_the_directory_it_names(tmp_path, monk
     assert warning["notRemoved"] == {"path": "step-1", "digest": digest}
     assert warning["message"].startswith("could not remove step-1 (retention released it): ")
     assert not lines.of("removed")
+
+
+def test_a_retired_name_holding_other_bytes_is_said_as_not_removed(tmp_path):
+    """Other bytes under a retired name (sealed again since, or found by a restarted sidecar): not
+    removed, and said with the directory it names, so the operator counts it and stops asking after a
+    few (before, nothing was said: it kept its place at the head of the removal annotation)."""
+    out = tmp_path / "out"
+    write(out / "step-1" / "model.bin", "1")
+    annotations = tmp_path / "meta" / "annotations"
+    w, lines = watcher(out, annotations_file=str(annotations))
+    w.finish()
+    other = "sha256:" + "0" * 64
+    write(annotations, f'{REMOVE_ANNOTATION}={json.dumps(json.dumps([{"path": "step-1", "digest": other}]))}\n')
+    w.tick()
+    (warning,) = [line for line in lines.of("warning") if "step-1" in line["message"]]
+    assert warning["notRemoved"] == {"path": "step-1", "digest": other}
+    assert "other bytes" in warning["message"] and (out / "step-1" / "model.bin").exists()
+    restarted, again = watcher(out, annotations_file=str(annotations))  # its record lost: the bytes decide
+    restarted.sealed.clear()
+    restarted.tick()
+    assert [line["notRemoved"] for line in again.of("warning") if line.get("notRemoved")] == \
+        [{"path": "step-1", "digest": other}]
+    assert (out / "step-1" / "model.bin").exists() and not again.of("removed")

@@ -265,3 +265,123 @@ def test_only_the_write_bits_the_sidecar_took_are_given_back_and_an_older_record
     assert modes_of(out / "worker-0" / "step-3") == {".": 0o755, "sub": 0o755, "model.bin": 0o644,
                                                      "sub/opt.bin": 0o644}
     assert json.loads(state.read_text()) == []
+
+
+# --- hostile10: what the give-back must never touch, and what the restarted sidecar must not take -----
+
+def _mode(p: Path) -> int:
+    import os
+    import stat
+    return stat.S_IMODE(os.lstat(p).st_mode)
+
+
+def _take_write_bits(*paths: Path) -> None:
+    for p in paths:
+        p.chmod(_mode(p) & ~0o222)
+
+
+def _record(worker: Path, records: list) -> None:
+    import json
+    (worker / ".ckpt-live").mkdir(exist_ok=True)
+    (worker / ".ckpt-live" / "sealed.json").write_text(json.dumps(records))
+
+
+def test_a_file_hard_linked_into_a_published_part_stays_read_only(tmp_path, capsys):
+    """H10-3: step-9/rank-0.bin is a hard link of published step-1/rank-0.bin (a dedup of an unchanged
+    shard), sealed first while still 0644: giving step-9 back must not make the published bytes writable."""
+    import os
+    w0 = tmp_path / "worker-0"
+    (w0 / "step-1").mkdir(parents=True)
+    (w0 / "step-9").mkdir()
+    (w0 / "step-1" / "rank-0.bin").write_bytes(b"published bytes")
+    os.link(w0 / "step-1" / "rank-0.bin", w0 / "step-9" / "rank-0.bin")
+    (w0 / "step-9" / "own.bin").write_bytes(b"step 9's own")
+    _record(w0, [{"path": "step-9", "digest": "sha256:" + "9" * 64,
+                  "modes": {".": 0o755, "rank-0.bin": 0o644, "own.bin": 0o644}},
+                 {"path": "step-1", "digest": "sha256:" + "1" * 64, "modes": {".": 0o755, "rank-0.bin": 0o444}}])
+    _take_write_bits(w0 / "step-1" / "rank-0.bin", w0 / "step-9" / "own.bin", w0 / "step-1", w0 / "step-9")
+    assert resume_parts.reopen_unpublished(str(tmp_path), 1, ["step-1"]) == ["worker 0: step-9"]
+    assert _mode(w0 / "step-1" / "rank-0.bin") & 0o222 == 0
+    assert _mode(w0 / "step-9" / "own.bin") == 0o644 and _mode(w0 / "step-9") == 0o755  # the rest is given back
+    assert "rank-0.bin read-only: it has 2 hard links" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("published, forged", [
+    ("step-1", "step-1/model"),   # a directory inside a published one
+    ("run/step-1", "run"),        # the container of a published one
+])
+def test_a_forged_record_inside_or_containing_a_published_part_is_not_given_back(tmp_path, published, forged):
+    """H10-4: sealed.json is tenant-writable; a record of a path inside a published directory, or one
+    containing it, is not string-equal to it but would walk into its files."""
+    w0 = tmp_path / "worker-0"
+    inner = w0 / published / "model"
+    inner.mkdir(parents=True)
+    f = inner / "weights.bin"
+    f.write_bytes(b"published")
+    _take_write_bits(f, inner, w0 / published)
+    _record(w0, [{"path": published, "digest": "sha256:" + "1" * 64, "modes": {}},
+                 {"path": forged, "digest": "sha256:" + "2" * 64}])  # no modes: the owner's write bit
+    assert resume_parts.reopen_unpublished(str(tmp_path), 1, [published]) == []
+    assert _mode(f) & 0o222 == 0 and _mode(inner) & 0o222 == 0
+    assert resume_parts.parts_to_reopen({0: [forged, "step-10", "run-2"]}, [published]) == {0: ["run-2", "step-10"]}
+
+
+def test_the_record_of_many_parts_is_read_once_each_not_once_per_part(tmp_path, monkeypatch):
+    """H10-6: sealed.json is tenant-writable and read up to 256 MiB: each reopened path's record is found
+    by a lookup, not by a scan of all the records (quadratic: 20,000 records took seconds). Counted:
+    how often a record's path is read."""
+    reads = [0]
+
+    class Counted(dict):
+        def __getitem__(self, key):
+            if key == "path":
+                reads[0] += 1
+            return super().__getitem__(key)
+
+    n = 2000
+    (tmp_path / "worker-0" / ".ckpt-live").mkdir(parents=True)
+    monkeypatch.setattr(resume_parts, "_sealed_records", lambda d: [Counted(path=f"s-{i}") for i in range(n)])
+    resume_parts.reopen_unpublished(str(tmp_path), 1, [])
+    assert reads[0] <= 10 * n, f"{reads[0]} reads of a record's path for {n} records (quadratic: ~{n * n // 2})"
+
+
+def _two_workers_step1_published_step2_part0_only(tmp_path: Path) -> Path:
+    import time
+    out = tmp_path / "out"
+    dcp_rank(out, "step-1", 0)
+    dcp_rank(out, "step-1", 1)
+    w0 = out / "worker-0"
+    (w0 / "step-2").mkdir()
+    (w0 / "step-2" / "rank-0.bin").write_bytes(b"worker 0's part of step 2")
+    _record(w0, [{"path": "step-1", "digest": "sha256:" + "1" * 64, "modes": {}},
+                 {"path": "step-2", "digest": "sha256:" + "2" * 64, "modes": {".": 0o755, "rank-0.bin": 0o644}}])
+    (out / "worker-1" / ".ckpt-live").mkdir()
+    time.sleep(0.2)
+    _take_write_bits(w0 / "step-2" / "rank-0.bin", w0 / "step-2")  # sealed (worker 1 died before its part)
+    time.sleep(0.2)
+    return out
+
+
+def test_a_part_given_back_by_the_resume_step_is_not_taken_for_a_rename_by_the_restarted_sidecar(tmp_path):
+    """H10-2: the resume step gives step-2 back (its chmod moves the directory's ctime) and writes the
+    resume copy (its mkdir of .ckpt-resume moves the volume root's mtime): to the ctime rule that is a
+    rename into place. The restarted sidecar must not seal step-2 again at its first look (the restarted
+    trainer writing it would get EACCES: H9-3 undone): the step records what it gave back, by inode."""
+    from checkpoint_operator.agent import live_sealing
+    from checkpoint_operator.agent.live_watch import Watcher
+    from checkpoint_operator.agent.tree import EntryBudget, entry_limit
+    out = _two_workers_step1_published_step2_part0_only(tmp_path)
+    union, _ = resume_parts.latest_union(str(out), 2)
+    assert resume_parts.reopen_unpublished(str(out), 2, ["step-1"]) == ["worker 0: step-2"]
+    assert union is not None
+    resume_parts.write_union(str(out), 2, union)
+    assert (out / "worker-0" / ".ckpt-resume").is_dir() and _mode(out / "worker-0" / "step-2") & 0o200
+    listed = live_sealing.list_one(str(out / "worker-0"), "step-2", EntryBudget(entry_limit(None), what="t"))
+    assert listed is not None and listed.renamed_by_ctime  # what the ctime rule alone says: a rename
+    watcher = Watcher(str(out / "worker-0"), part=0, emit=lambda e: None)
+    assert watcher.given_back == {"step-2": listed.inode[1]}
+    assert not live_sealing.renamed_at_first_look(listed, watcher.given_back)
+    # A directory renamed into place since is another inode: the rename sign holds for it again.
+    assert live_sealing.renamed_at_first_look(listed, {"step-2": listed.inode[1] + 1})
+    assert live_sealing.given_back_inodes([{"path": "a", "inode": 3}, {"path": "b", "inode": True},
+                                           {"path": 1, "inode": 2}, "x"]) == {"a": 3}

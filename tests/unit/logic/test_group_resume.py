@@ -235,7 +235,7 @@ def test_the_resume_step_keeps_sealed_the_parts_of_every_directory_with_a_checkp
 def test_the_resume_pod_names_the_directories_whose_parts_stay_sealed():
     tj = typed(output={"volumePerWorker": True, "publish": "Continuous"}, replicas=2)
     command = workload.build_resume_pod(tj, CONFIG, published=["step-1", "step-2"])["spec"]["containers"][0]["command"]
-    assert command[-4:] == ["--published", "step-1", "--published", "step-2"]
+    assert command[-2:] == ["--published=step-1", "--published=step-2"]
     assert "--published" not in workload.build_resume_pod(tj, CONFIG)["spec"]["containers"][0]["command"]
 
 

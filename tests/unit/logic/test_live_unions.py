@@ -128,3 +128,12 @@ def test_parts_a_resume_step_gave_back_are_forgotten_so_no_union_of_them_is_asse
     assert seals.changed == {0: set()}
     seals.seal(1, "step-2", "sha256:" + "d" * 64)
     assert [type(d).__name__ for d in decide(2, seals, ["step-1"], set())] == ["WaitForParts"]
+
+
+def test_a_directory_named_like_an_option_is_left_to_the_end_of_job_snapshot():
+    """H10-5: the scan takes a directory named '--ckpt-5' as a checkpoint; a union pod's `--only --ckpt-5`
+    would not parse (nor pass admission): it is left to the end-of-job snapshot, which needs no --only."""
+    s = seals(w0={"--ckpt-5": A, "step-6": A}, w1={"--ckpt-5": B, "step-6": B})
+    decisions = decide(2, s, published=set(), tried=set())
+    assert [type(d).__name__ for d in decisions] == ["LeftToSnapshot", "Assemble"]
+    assert decisions[0].path == "--ckpt-5" and "'-'" in decisions[0].reason

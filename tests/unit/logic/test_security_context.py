@@ -93,7 +93,8 @@ def test_the_catalogue_covers_every_kind_of_pod():
     assert {n.split("/")[1] for n in AGENT_PODS} == {"snapshot", "import", "scan", "upload-receiver", "verify",
                                                      "pull", "upload-check", "catalog-import", "catalog-copy",
                                                      "snapshot-volume-per-worker", "resume-volume-per-worker",
-                                                     "resume-volume-per-worker-again", "union-volume-per-worker"}
+                                                     "resume-volume-per-worker-again", "resume-volume-per-worker-published",
+                                                     "union-volume-per-worker"}
     assert len([n for n in AGENT_PODS if "/import/" in n]) == len(pod_shapes.STORES) * len(pod_shapes.SOURCES)
     assert len([n for n in AGENT_PODS if "/catalog-import/" in n]) == len(pod_shapes.STORES) * len(pod_shapes.SOURCES)
     names = {c["name"] for pod in TRAINING_PODS.values() for c in containers(pod)}

@@ -190,3 +190,17 @@ def test_a_sealed_directory_the_final_scan_could_not_read_is_not_called_removed(
     assert missing_message("ckpts/step-2", [Skipped(path="ckpts/step-2/x.bin", reason="a fifo")]) == \
         "ckpts/step-2 changed after it was sealed: ckpts/step-2/x.bin: a fifo"
     assert "was removed" in missing_message("step-2", skipped)
+
+
+def test_a_retired_directory_is_never_planned_again_whatever_its_bytes_now():
+    """H10-1: checkpoint-20's Checkpoint was deleted (retired) and its removal failed in part: what is
+    left (one file: another digest) must not become a new Checkpoint under the deleted one's name; nor
+    does a directory written again under a retired name. Other directories are planned as before."""
+    tj = TrainingJob.model_validate(training_job("train"))
+    was = manifest("checkpoint-20", 20, files=("config.json", "model.safetensors"))
+    left = manifest("checkpoint-20", 20, files=("config.json",))
+    assert left.digest != was.digest
+    result = plan_snapshot(tj, ScanResult([left, manifest("checkpoint-30", 30)], []), lambda n: None, location,
+                           retired=[("checkpoint-20", was.digest)])
+    assert [p.directory for p in result.checkpoints] == ["checkpoint-30"]
+    assert result.gone == ["checkpoint-20"]
