@@ -27,6 +27,7 @@ import asyncio
 import copy
 import functools
 import inspect
+import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -43,6 +44,30 @@ from checkpoint_operator.local.server import ApiClient, EmulatorServer
 pytest_plugins = ["s3server", "azurite", "hubserver"]
 
 UNIT_DIR = Path(__file__).parent / "unit"
+
+# pytest-xdist: pyproject.toml's addopts ask for `-n auto`; this hook says how many that is.
+# The default tier spends most of its wall time waiting (operator threads, agent processes,
+# polls), so a worker per CPU nearly halves it on two. In-process (no workers): the unit tier,
+# pure CPU and short, where starting workers costs more than it saves; the image, containers and
+# frameworks tiers, whose every test already uses all cores (Podman, torch's threads): two at
+# once would only race their timeouts; the slow tier, whole scenarios timed as they always ran
+# (not yet tried on workers). `-n N` on the command line, or PYTEST_XDIST_AUTO_NUM_WORKERS,
+# still decide.
+IN_PROCESS_MARKERS = {"unit", "slow", "image", "containers", "frameworks"}
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # xdist's own hook reads it
+    if config.option.markexpr.strip() in IN_PROCESS_MARKERS:
+        return 0
+    return auto_workers(len(os.sched_getaffinity(0)))
+
+
+def auto_workers(cpus: int) -> int:
+    """One worker per CPU this process may run on (not xdist's physical-core count, which is 1
+    on a 2-vCPU machine with hyper-threads), at least one."""
+    return max(1, cpus)
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:

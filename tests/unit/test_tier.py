@@ -1,9 +1,13 @@
-"""The unit tier keeps its promise: no test under tests/unit/ opens a network socket."""
+"""The unit tier keeps its promise (no test under tests/unit/ opens a network socket), and each tier
+runs on as many pytest-xdist workers as it should."""
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+import tomllib
+import types
 from pathlib import Path
 
 import pytest
@@ -33,3 +37,34 @@ def test_no_test_outside_tests_unit_asks_for_the_unit_marker() -> None:
     marked = [str(path.relative_to(tests)) for path in tests.rglob("*.py")
               if not path.is_relative_to(unit) and re.search(r"mark\.unit\b", path.read_text(encoding="utf-8"))]
     assert not marked, f"marked `unit` outside tests/unit/ (move them there): {marked}"
+
+
+@pytest.mark.parametrize("markexpr, in_process", [
+    ("unit", True), (" unit ", True), ("frameworks", True), ("image", True), ("containers", True),
+    ("slow", True), ("not image and not containers and not frameworks and not slow", False), ("", False),
+    ("unit or slow", False),
+])
+def test_xdist_workers_for_each_tier(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
+                                     markexpr: str, in_process: bool) -> None:
+    """pyproject's addopts ask for `-n auto`: tests/conftest.py makes that no worker for the unit
+    tier (starting workers costs more than its 20 s of pure CPU gain), the slow tier and the
+    Podman and ML tiers (each test uses every core), and a worker per usable CPU for the default
+    tier and any other selection."""
+    monkeypatch.delenv("PYTEST_XDIST_AUTO_NUM_WORKERS", raising=False)
+    config = types.SimpleNamespace(option=types.SimpleNamespace(markexpr=markexpr))
+    workers = request.config.hook.pytest_xdist_auto_num_workers(config=config)
+    assert workers == (0 if in_process else len(os.sched_getaffinity(0)))
+
+
+def test_xdist_workers_from_the_environment_still_win(request: pytest.FixtureRequest,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTEST_XDIST_AUTO_NUM_WORKERS", "3")
+    config = types.SimpleNamespace(option=types.SimpleNamespace(markexpr="unit"))
+    assert request.config.hook.pytest_xdist_auto_num_workers(config=config) == 3
+
+
+def test_the_default_tier_asks_for_workers() -> None:
+    """The README's command stays `python -m pytest`: the flag is in addopts, not on the command."""
+    root = Path(__file__).parents[2]
+    addopts = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["addopts"]
+    assert "-n auto" in addopts
