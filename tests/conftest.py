@@ -47,13 +47,14 @@ UNIT_DIR = Path(__file__).parent / "unit"
 
 # pytest-xdist: pyproject.toml's addopts ask for `-n auto`; this hook says how many that is.
 # The default tier spends most of its wall time waiting (operator threads, agent processes,
-# polls), so a worker per CPU nearly halves it on two. In-process (no workers): the unit tier,
-# pure CPU and short, where starting workers costs more than it saves; the image, containers and
-# frameworks tiers, whose every test already uses all cores (Podman, torch's threads): two at
-# once would only race their timeouts; the slow tier, whole scenarios timed as they always ran
-# (not yet tried on workers). `-n N` on the command line, or PYTEST_XDIST_AUTO_NUM_WORKERS,
-# still decide.
-IN_PROCESS_MARKERS = {"unit", "slow", "image", "containers", "frameworks"}
+# polls): a worker per CPU nearly halves it on two. The unit tier too, although pure CPU: its
+# 1,738 tests took 74 s in-process and 50 s on two workers, one after the other at load ~4
+# (46 s of CPU against 41 s: each worker collects tests/unit/). In-process (no workers): the
+# image, containers and frameworks tiers, whose every test already uses all cores (Podman,
+# torch's threads), where two at once would only race their timeouts; the slow tier, whole
+# scenarios timed as they always ran (not yet tried on workers). `-n N` on the command line, or
+# PYTEST_XDIST_AUTO_NUM_WORKERS, still decide.
+IN_PROCESS_MARKERS = {"slow", "image", "containers", "frameworks"}
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:

@@ -40,16 +40,15 @@ def test_no_test_outside_tests_unit_asks_for_the_unit_marker() -> None:
 
 
 @pytest.mark.parametrize("markexpr, in_process", [
-    ("unit", True), (" unit ", True), ("frameworks", True), ("image", True), ("containers", True),
-    ("slow", True), ("not image and not containers and not frameworks and not slow", False), ("", False),
+    ("frameworks", True), (" frameworks ", True), ("image", True), ("containers", True), ("slow", True),
+    ("not image and not containers and not frameworks and not slow", False), ("", False), ("unit", False),
     ("unit or slow", False),
 ])
 def test_xdist_workers_for_each_tier(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
                                      markexpr: str, in_process: bool) -> None:
-    """pyproject's addopts ask for `-n auto`: tests/conftest.py makes that no worker for the unit
-    tier (starting workers costs more than its 20 s of pure CPU gain), the slow tier and the
-    Podman and ML tiers (each test uses every core), and a worker per usable CPU for the default
-    tier and any other selection."""
+    """pyproject's addopts ask for `-n auto`: tests/conftest.py makes that no worker for the slow
+    tier and the Podman and ML tiers (each test uses every core), and a worker per usable CPU for
+    the default and unit tiers and any other selection."""
     monkeypatch.delenv("PYTEST_XDIST_AUTO_NUM_WORKERS", raising=False)
     config = types.SimpleNamespace(option=types.SimpleNamespace(markexpr=markexpr))
     workers = request.config.hook.pytest_xdist_auto_num_workers(config=config)
@@ -59,7 +58,7 @@ def test_xdist_workers_for_each_tier(request: pytest.FixtureRequest, monkeypatch
 def test_xdist_workers_from_the_environment_still_win(request: pytest.FixtureRequest,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTEST_XDIST_AUTO_NUM_WORKERS", "3")
-    config = types.SimpleNamespace(option=types.SimpleNamespace(markexpr="unit"))
+    config = types.SimpleNamespace(option=types.SimpleNamespace(markexpr="frameworks"))
     assert request.config.hook.pytest_xdist_auto_num_workers(config=config) == 3
 
 
