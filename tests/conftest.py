@@ -48,9 +48,12 @@ UNIT_DIR = Path(__file__).parent / "unit"
 
 # pytest-xdist: pyproject.toml's addopts ask for `-n auto`; this hook says how many that is.
 # The default tier spends most of its wall time waiting (operator threads, agent processes,
-# polls): a worker per CPU nearly halves it on two. The unit tier too, although pure CPU: its
-# 1,738 tests took 74 s in-process and 50 s on two workers, one after the other at load ~4
-# (46 s of CPU against 41 s: each worker collects tests/unit/). In-process (no workers): the
+# polls): 14 min 49 s -> 10 min 37 s, both under load 2-9 from other runs. The unit tier too,
+# although pure CPU (each worker collects tests/unit/ again: ~38 s of CPU against ~29 s): side
+# by side at the same load it took 50 s on workers and 74 s in-process with the modules' asserts
+# rewritten (no bytecode cache, see pytest_collection), then 47 vs 35 s and 49 vs 50 s with the
+# cache, at load ~3 where the other core is mostly busy; on a quiet machine two workers get
+# both cores. In-process (no workers): the
 # image, containers and frameworks tiers, whose every test already uses all cores (Podman,
 # torch's threads), where two at once would only race their timeouts; the slow tier, whole
 # scenarios timed as they always ran (not yet tried on workers). `-n N` on the command line, or
