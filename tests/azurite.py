@@ -4,7 +4,7 @@ Its fixtures are registered for the whole run by tests/conftest.py (pytest_plugi
 
 `azurite` (session-scoped) installs Azurite with npm into a cache directory the first time
 (`$CKPT_TEST_CACHE`, default ~/.cache/checkpoint-operator-tests; .ci/run installs it first with
-`python tests/azurite.py --install`), starts `azurite-blob` once per session and yields an
+`python tests/azurite.py --install`), starts `azurite-blob` once per session (per xdist worker) and yields an
 `Azurite`: `connection_string`, `blob_endpoint`, `account`, `key`. `azure_blob` (per test)
 gives a fresh container and clears the AZURE_STORAGE_* environment.
 

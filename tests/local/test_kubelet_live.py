@@ -154,6 +154,9 @@ async def test_stopping_the_kubelet_leaves_no_sidecar_running_nor_restarts_one(
     async def running() -> bool:
         return (await api.get("v1/pods", NS, "live"))["status"].get("phase") == "Running"
     await wait_for(running, timeout=30)
+    # Running says the processes were started, not that the sidecar's interpreter got to record its
+    # start (under load it had not: no pid to check); stopping before that would test nothing
+    await wait_for(lambda: (tmp_path / "marks" / "starts").exists(), timeout=30)
     sidecar_loops = [t for t in asyncio.all_tasks() if t.get_name() == "sidecar sidecar"]  # the kubelet's loop
     assert len(sidecar_loops) == 1
     await cluster.kubelet.stop()  # what local mode's shutdown does to its kubelets
