@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 
+from checkpoint_operator import main as main_module
 from checkpoint_operator.local import emulator as emulator_module
 from conftest import NS, TJ, held_until, training_job
 
@@ -163,3 +164,66 @@ async def test_a_kind_the_api_does_not_serve_counts_as_listed_quietly_until_it_i
         await wait_for(lambda: ("ADDED", "w") in seen, timeout=10)
     finally:
         await asyncio.to_thread(informer.stop)
+
+
+async def test_a_namespace_whose_claims_cannot_be_listed_holds_no_other_and_its_jobs_wait(
+        api, emulator_server, cluster, operator_config, trainer, wait_for, monkeypatch, caplog):
+    """hostile11 H11-1: a namespace-scoped install over two namespaces, one of which answers 403 to a
+    LIST of claims (its Role missing). Before, the informer never synced, start-up waited forever
+    and nothing was reconciled anywhere. Now: the healthy namespace's job runs to Succeeded; the
+    failing target is named (warning, gauge, /healthz probe); the other namespace's job does nothing
+    while its claims are unknown (no Job, no claim, no phase), and proceeds once the LIST works."""
+    import kmock
+    from checkpoint_operator import metrics
+    from checkpoint_operator.reconcile import informer as informer_module
+    from conftest import Operator
+    monkeypatch.setattr(main_module, "STARTUP_WAIT", 0.5, raising=False)
+    monkeypatch.setattr(informer_module, "RETRY_CAP", 1.0, raising=False)
+    emulator = emulator_server.emulator
+    forbidden = "/api/v1/namespaces/team-b/persistentvolumeclaims"
+    blocked = [True]
+    emulator_server.call(lambda: emulator[kmock.method.GET,
+                                          lambda r: blocked[0] and r.url.path == forbidden] << 403)
+    await api.create("v1/namespaces", None, {"metadata": {"name": "team-b"}})
+    op = Operator(emulator_server.url, operator_config, namespaces=[NS, "team-b"])
+    await op.start()  # before: "did not become ready" (start_queue waited for every first LIST)
+    try:
+        unsynced = op.ctx.informer.unsynced()
+        assert [(t.resource.plural, t.namespace) for t, _ in unsynced] == [("persistentvolumeclaims", "team-b")]
+        why = unsynced[0][1]
+        assert "persistentvolumeclaims" in why and "team-b" in why and "HTTP 403" in why, why
+        assert any(r.levelname == "WARNING" and "HTTP 403" in r.getMessage() and "team-b" in r.getMessage()
+                   for r in caplog.records)
+        assert metrics.REGISTRY.get_sample_value("checkpoint_operator_informer_unsynced_targets", {
+            "resource": "persistentvolumeclaims", "namespace": "team-b", "status": "403"}) == 1
+        probe = main_module.informer_probe(memo=main_module.make_memo(op.ctx))
+        assert probe["synced"] is False and probe["unsynced"] == [why]
+
+        trainer.behaviours["healthy"] = trainer.behaviours["waiting"] = lambda attempt, env: 0
+        waiting = training_job("waiting")
+        waiting["metadata"]["namespace"] = "team-b"
+        await api.create(TJ, "team-b", waiting)
+        await api.create(TJ, NS, training_job("healthy"))
+
+        async def healthy_done():
+            return await _phase(api, "healthy") in ("Succeeded", "Failed")
+        await wait_for(healthy_done, timeout=60)
+        assert await _phase(api, "healthy") == "Succeeded"
+        held = await api.get(TJ, "team-b", "waiting")
+        assert not (held.get("status") or {}).get("phase"), held.get("status")
+        assert not await api.list("batch/v1/jobs", "team-b")
+        claims = await asyncio.to_thread(emulator_server.call, lambda: [
+            k for k, _ in emulator.store.select(emulator_module.CLAIMS, "team-b")])
+        assert not claims, claims
+
+        blocked[0] = False  # the Role is made: the next LIST works and the job goes on
+
+        async def waiting_done():
+            return ((await api.get(TJ, "team-b", "waiting")).get("status") or {}).get("phase") in ("Succeeded", "Failed")
+        await wait_for(waiting_done, timeout=60)
+        assert ((await api.get(TJ, "team-b", "waiting")).get("status") or {}).get("phase") == "Succeeded"
+        assert op.ctx.informer.synced and not op.ctx.informer.unsynced()
+        assert metrics.REGISTRY.get_sample_value("checkpoint_operator_informer_unsynced_targets", {
+            "resource": "persistentvolumeclaims", "namespace": "team-b", "status": "403"}) is None
+    finally:
+        await op.stop()

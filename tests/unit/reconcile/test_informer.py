@@ -9,8 +9,9 @@ import pytest
 from checkpoint_operator import kube
 from checkpoint_operator.kube import ApiError
 from checkpoint_operator.reconcile.indexes import Indexes, ObjectIndex, worker_pod_keys
-from checkpoint_operator.reconcile.informer import (Backoff, Gone, Holding, Target, decode, relist_changes, slim,
-                                                    split_lines, targets)
+from checkpoint_operator.reconcile.informer import (Backoff, Gone, Holding, Informer, Target, decode, list_error,
+                                                    namespace_listed, relist_changes, slim, split_lines, targets,
+                                                    unsynced_namespaces)
 
 
 def _pod(name: str, rv: str, uid: str = "", **labels: str) -> dict:
@@ -153,3 +154,44 @@ def test_holding_holds_again_while_kopf_is_paused_and_its_next_handler_releases(
     paused = False
     holding.release()
     assert delivered == [("ADDED", "a"), ("MODIFIED", "a"), ("ADDED", "b")] and holding.open
+
+
+# --- a target that cannot be listed holds no other (hostile11 H11-1) -----------------------------------
+
+def test_list_error_is_one_line_naming_resource_namespace_status_and_message():
+    why = list_error(Target(kube.PVCS, "team-b"), ApiError(403, "Forbidden", "cannot list\nclaims"))
+    assert why == "cannot list persistentvolumeclaims in namespace team-b: HTTP 403 Forbidden: cannot list claims"
+    assert "HTTP 403 Forbidden: (no message)" in list_error(Target(kube.PODS, None), ApiError(403, "", ""))
+    assert "in every namespace" in list_error(Target(kube.PODS, None), ApiError(403, "", ""))
+
+
+def test_a_namespace_is_listed_unless_one_of_its_targets_is_not():
+    a_pods, b_claims, all_pods = Target(kube.PODS, "a"), Target(kube.PVCS, "b"), Target(kube.PODS, None)
+    unsynced = unsynced_namespaces([(a_pods, True), (b_claims, False)])
+    assert unsynced == {"b"}
+    assert namespace_listed(unsynced, "a") and not namespace_listed(unsynced, "b")
+    assert namespace_listed(unsynced, "")  # a cluster-scoped object: no namespaced target is about it
+    everywhere = unsynced_namespaces([(all_pods, False)])
+    assert everywhere is None and not namespace_listed(everywhere, "a") and not namespace_listed(everywhere, "")
+    assert unsynced_namespaces([(a_pods, True), (all_pods, True)]) == set()
+
+
+def test_the_informer_settles_once_every_target_listed_or_failed_and_names_what_is_not_listed():
+    """Start-up waits for `settled` (bounded), not for `synced`: before, one target whose LIST kept
+    failing held every other (the operator never became ready)."""
+    informer = Informer(kube.Kube.from_url("http://127.0.0.1:9"), [Target(kube.PODS, "a"), Target(kube.PVCS, "b")],
+                        lambda t, b: None)
+    changes: list[int] = []
+    informer.on_change = lambda: changes.append(len(informer.unsynced()))
+    pods, claims = informer.reflectors
+    pods._mark_synced()
+    assert not informer.wait_settled(0) and not informer.synced
+    claims.error = list_error(claims.target, ApiError(403, "Forbidden", "no Role"))
+    claims.on_list_failed()
+    assert informer.wait_settled(0) and not informer.synced
+    assert [(t.namespace, why) for t, why in informer.unsynced()] == [("b", claims.error)]
+    assert informer.namespace_listed("a") and not informer.namespace_listed("b")
+    assert changes == [1, 1]
+    claims.error = None
+    claims._mark_synced()
+    assert informer.synced and informer.namespace_listed("b") and informer.unsynced() == []
