@@ -195,3 +195,72 @@ def test_the_informer_settles_once_every_target_listed_or_failed_and_names_what_
     claims.error = None
     claims._mark_synced()
     assert informer.synced and informer.namespace_listed("b") and informer.unsynced() == []
+
+
+# --- the reflector's loop, with its requests played by the test --------------------------------------
+
+class _Played:
+    """A Reflector whose LIST and WATCH the test plays; its pauses are recorded, not slept; it stops
+    after `rounds` LISTs."""
+
+    def __init__(self, target: Target, rounds: int) -> None:
+        from checkpoint_operator.reconcile.informer import Reflector
+        self.events: list[tuple[str, str]] = []
+        self.waits: list[float] = []
+        self.lists = 0
+        self.reflector = Reflector(None, target, lambda t, body: self.events.append((t, body["metadata"]["name"])),
+                                   threading.Lock(), lambda: None)
+        self.reflector._stop.wait = self._wait  # type: ignore[method-assign]
+        self.rounds = rounds
+
+    def _wait(self, delay: float) -> bool:
+        self.waits.append(delay)
+        return False
+
+    def counted_list(self, apply=None):
+        def play() -> None:
+            self.lists += 1
+            if self.lists >= self.rounds:
+                self.reflector._stop.set()
+            if apply is not None:
+                apply(self.lists)
+            self.reflector.version = str(self.lists)
+            self.reflector.synced = True
+        return play
+
+
+def test_a_watch_that_always_answers_410_relists_after_a_doubling_pause():
+    """hostile11 H11-3: Gone relisted at once (34 LISTs in 3 s against a server answering every watch
+    with 410); now a relist waits as client-go's reflector does: 0.8 s doubling to 30 s."""
+    played = _Played(Target(kube.PVCS, "default"), rounds=8)
+    played.reflector._list = played.counted_list()  # type: ignore[method-assign]
+
+    def gone() -> int:
+        raise Gone("too old")
+    played.reflector._watch = gone  # type: ignore[method-assign]
+    played.reflector._run()
+    assert played.lists == 8
+    assert len(played.waits) == 8, played.waits  # a pause after every 410 (before: none at all)
+    assert all(d >= 0.4 for d in played.waits) and played.waits[-1] >= 15, played.waits  # doubling to 30 s
+    backoff = Backoff()
+    assert [backoff.next(lambda: 1.0) for _ in range(8)] == [0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 30.0, 30.0]
+
+
+def test_an_optional_kind_that_goes_away_hands_on_deleted_for_everything_known():
+    """hostile11 H11-6: a JobSet CRD removed while the watch was down: the resumed watch (or relist)
+    gets 404; before, the reflector kept its known objects forever (ghosts in the cache)."""
+    played = _Played(Target(kube.JOBSETS, "ns", optional=True), rounds=2)
+    reflector = played.reflector
+
+    def listed(n: int) -> None:
+        if n == 1:
+            reflector._apply("ADDED", {"kind": "JobSet", "metadata": {"name": "js", "namespace": "ns",
+                                                                     "resourceVersion": "1"}})
+    reflector._list = played.counted_list(listed)  # type: ignore[method-assign]
+
+    def absent() -> int:
+        raise ApiError(404, "NotFound", "the server could not find the requested resource")
+    reflector._watch = absent  # type: ignore[method-assign]
+    reflector._run()
+    assert played.events[:2] == [("ADDED", "js"), ("DELETED", "js")] and not reflector.known
+    assert played.events.count(("DELETED", "js")) == 1
