@@ -227,3 +227,38 @@ async def test_a_namespace_whose_claims_cannot_be_listed_holds_no_other_and_its_
             "resource": "persistentvolumeclaims", "namespace": "team-b", "status": "403"}) is None
     finally:
         await op.stop()
+
+
+async def test_stopping_the_operator_during_start_up_leaves_no_reflector_running(
+        api, emulator_server, cluster, operator_config, monkeypatch):
+    """hostile11 H11-2: the operator stopped while start_queue still waits for a target that cannot be
+    listed: before, kopf ran no cleanup for it and the informer's threads outlived the operator,
+    retrying forever. Now start_queue stops the informer when it is cancelled."""
+    import kmock
+    from checkpoint_operator.local.server import run_kopf_in_thread
+    from checkpoint_operator.reconcile.context import Context
+    from checkpoint_operator.kube import Kube
+    import kopf
+    monkeypatch.setattr(main_module, "STARTUP_WAIT", 3600, raising=False)  # start-up still waiting at stop
+    emulator = emulator_server.emulator
+    forbidden = "/api/v1/namespaces/team-b/persistentvolumeclaims"
+    emulator_server.call(lambda: emulator[kmock.method.GET, lambda r: r.url.path == forbidden] << 403)
+    settings = kopf.OperatorSettings()
+    main_module.configure_settings(settings)
+    ctx = Context(kube=Kube.from_url(emulator_server.url), config=operator_config, namespaces=[NS, "team-b"])
+    started: list = []
+    original = main_module.start_informer
+
+    def recording(c):
+        started.append(original(c))
+        return started[-1]
+    monkeypatch.setattr(main_module, "start_informer", recording)
+    with pytest.raises(RuntimeError, match="did not become ready"):
+        await asyncio.to_thread(run_kopf_in_thread, kopf.get_default_registry(), settings, [NS, "team-b"],
+                                emulator_server.url, memo=main_module.make_memo(ctx), ready_timeout=3)
+    assert len(started) == 1 and started[0].reflectors
+    assert [r for r in started[0].reflectors if r.target.resource.plural == "persistentvolumeclaims"
+            and r.target.namespace == "team-b" and r.lists == 0 and r.error]  # it was still failing
+    alive = [r.thread.name for r in started[0].reflectors if r.thread.is_alive()]
+    assert not alive, alive
+    assert ctx.informer is None
