@@ -148,13 +148,30 @@ def child_wakeups(ctx: Context, event_type: str, body: dict[str, Any]) -> None:
     wakeups.child_event(ctx, body, event_type)
 
 
+def held_wakeup(ctx: Context, event_type: str, body: dict[str, Any]) -> None:
+    """A wake-up held while kopf could not take it (informer.Holding keeps only `informer.held`):
+    the whole body from the cache where it holds the same object, and a pod's remembered summary is
+    forgotten (a slim body cannot say it is unchanged: it wakes its job)."""
+    meta = body.get("metadata") or {}
+    kind, namespace, name = str(body.get("kind") or ""), str(meta.get("namespace") or ""), str(meta.get("name") or "")
+    full = None if event_type == "DELETED" else ctx.kube.cache.get(kind, namespace, name)
+    if full is not None and (full.get("metadata") or {}).get("uid") != meta.get("uid"):
+        full = None
+    if kind == "Pod":
+        ctx.pod_seen.pop((namespace, name), None)
+    wakeups.child_event(ctx, full or body, event_type)
+    if kind == "Pod" and full is None:
+        ctx.pod_seen.pop((namespace, name), None)
+
+
 def start_informer(ctx: Context) -> Informer:
     """Pods, Jobs and JobSets of ours (the selector kopf used), every claim; in the namespaces kopf
     watches (every one when none are listed)."""
     watching = Informer(ctx.kube, targets(CHILDREN, ctx.namespaces), lambda t, body: child_changed(ctx, t, body))
     loop = asyncio.get_running_loop()  # kopf's: whether it is paused (peering) is known per loop
     ctx.child_wakeups = Holding(lambda t, body: child_wakeups(ctx, t, body), watching.lock,
-                                paused=lambda: kopf_startup.paused(loop))
+                                paused=lambda: kopf_startup.paused(loop),
+                                deliver_held=lambda t, body: held_wakeup(ctx, t, body))
     watching.on_change = lambda: metrics.observe_informer(watching.unsynced())
     watching.start()
     return watching

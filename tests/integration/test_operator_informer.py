@@ -262,3 +262,34 @@ async def test_stopping_the_operator_during_start_up_leaves_no_reflector_running
     alive = [r.thread.name for r in started[0].reflectors if r.thread.is_alive()]
     assert not alive, alive
     assert ctx.informer is None
+
+
+async def test_with_no_custom_resource_held_claims_are_slim_and_a_job_then_still_wakes(api, operator, trainer,
+                                                                                      wait_for):
+    """hostile11 H11-4 (real operator): with no TrainingJob or Checkpoint yet kopf calls no event
+    handler, so the child kinds' wake-ups stay held; before, each claim's whole body was (every
+    claim of the namespace, unrelated ones too). Now a slim body each, the cache and index still
+    see the whole object, and the first custom resource releases them (a job runs to Succeeded)."""
+    n = 50
+    for i in range(n):
+        await api.create("v1/persistentvolumeclaims", NS, {
+            "metadata": {"name": f"unrelated-{i}", "labels": {"team": "x"}, "annotations": {"note": "y" * 200}},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
+    holding = operator.ctx.child_wakeups
+
+    def held_claims():
+        return [body for (kind, _, name), (_, body) in list(holding.held.items())
+                if kind == "PersistentVolumeClaim" and name.startswith("unrelated-")]
+    await wait_for(lambda: len(held_claims()) == n or None, timeout=30)
+    assert not holding.open
+    for body in held_claims():
+        assert "spec" not in body and "status" not in body, body
+        assert set(body["metadata"]) <= {"name", "namespace", "uid", "resourceVersion", "labels",
+                                         "ownerReferences", "deletionTimestamp"}, body
+    trainer.behaviours["first"] = lambda attempt, env: 0
+    await api.create(TJ, NS, training_job("first"))
+
+    async def done():
+        return await _phase(api, "first") in ("Succeeded", "Failed")
+    await wait_for(done, timeout=60)
+    assert await _phase(api, "first") == "Succeeded" and holding.open and not holding.held

@@ -123,6 +123,25 @@ def slim(body: Mapping[str, Any]) -> dict[str, Any]:
     return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": kept}
 
 
+HELD_LABELS = ("ckpt.dev/", "app.kubernetes.io/managed-by")  # the labels a wake-up reads
+
+
+def held(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What a held wake-up keeps of an object (Holding): its kind, name, owners and the operator's
+    own labels: not its spec, status, annotations or managedFields (the cache and the pod index had
+    the whole body at once). An unrelated claim is a few hundred bytes, not kilobytes."""
+    meta = body.get("metadata") or {}
+    kept = {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "deletionTimestamp") if k in meta}
+    owners = [{k: ref[k] for k in ("apiVersion", "kind", "name", "uid", "controller") if k in ref}
+              for ref in meta.get("ownerReferences") or [] if isinstance(ref, dict)]
+    if owners:
+        kept["ownerReferences"] = owners
+    labels = {k: v for k, v in (meta.get("labels") or {}).items() if k.startswith(HELD_LABELS)}
+    if labels:
+        kept["labels"] = labels
+    return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": kept}
+
+
 def key_of(body: Mapping[str, Any]) -> ObjKey:
     meta = body.get("metadata") or {}
     return str(meta.get("namespace") or ""), str(meta.get("name") or "")
@@ -536,7 +555,10 @@ class Holding:
     it finished), and kopf fills those only after: a wake-up read then would miss its job. kopf
     calls the custom resources' event handlers only once every kopf index is filled, so the first
     of them `release`s what was held (the latest event of each object), and every later event goes
-    straight on. Until then no child wakes anything, as with kopf's handlers before.
+    straight on. Until then no child wakes anything, as with kopf's handlers before. What is held
+    is the latest event of each object with `held(body)` only (kind, name, owners, the operator's
+    labels): on a standby replica or before the first custom resource every claim of the cluster
+    passes here, so its whole body is not kept; `deliver_held` reads the rest from the cache.
 
     While kopf is `paused` (its peering froze it: a peer of higher priority runs), wake-ups are
     held again: kopf's streams, the child kinds' among them before, deliver nothing then. The
@@ -544,8 +566,10 @@ class Holding:
     after the pause (it relists as it resumes) releases what was held.
     """
 
-    def __init__(self, deliver: Handler, lock: threading.Lock, paused: Callable[[], bool] = lambda: False) -> None:
+    def __init__(self, deliver: Handler, lock: threading.Lock, paused: Callable[[], bool] = lambda: False,
+                 deliver_held: Optional[Handler] = None) -> None:
         self.deliver, self.lock, self.paused = deliver, lock, paused
+        self.deliver_held = deliver_held or deliver  # a held event's body is `held(body)`, not the whole
         self.open = False
         self.held: dict[tuple[str, str, str], tuple[str, dict[str, Any]]] = {}
 
@@ -556,7 +580,7 @@ class Holding:
         if self.open:
             self.deliver(event_type, body)
             return
-        self.held[(str(body.get("kind") or ""), *key_of(body))] = (event_type, body)
+        self.held[(str(body.get("kind") or ""), *key_of(body))] = (event_type, held(body))
 
     def release(self) -> None:
         if self.open:
@@ -570,6 +594,6 @@ class Holding:
             self.open = True
             for event_type, body in held.values():
                 try:
-                    self.deliver(event_type, body)
+                    self.deliver_held(event_type, body)
                 except Exception:  # noqa: BLE001 - as a live event's handler
                     logger.exception("handling a held %s failed", event_type)

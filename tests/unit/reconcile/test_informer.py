@@ -264,3 +264,64 @@ def test_an_optional_kind_that_goes_away_hands_on_deleted_for_everything_known()
     reflector._run()
     assert played.events[:2] == [("ADDED", "js"), ("DELETED", "js")] and not reflector.known
     assert played.events.count(("DELETED", "js")) == 1
+
+
+# --- held wake-ups keep only what a wake-up reads (hostile11 H11-4) ----------------------------------
+
+def _user_claim(i: int) -> dict:
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": f"user-claim-{i}", "namespace": "data", "uid": f"uid-{i:08d}",
+                         "resourceVersion": str(1000 + i), "labels": {"team": "vision", "owner": f"user{i % 50}"},
+                         "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "x" * 400},
+                         "finalizers": ["kubernetes.io/pvc-protection"],
+                         "managedFields": [{"manager": "kubectl", "operation": "Apply", "fieldsV1": {"f:spec": {}}}]},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "100Gi"}},
+                     "storageClassName": "gp3", "volumeName": f"pvc-{i:08d}"},
+            "status": {"phase": "Bound", "capacity": {"storage": "100Gi"}}}
+
+
+@pytest.mark.parametrize("paused", [True, False], ids=["standby replica (kopf paused)", "no custom resource yet"])
+def test_held_wakeups_keep_a_slim_body_of_each_object_not_the_whole(paused):
+    """Before, Holding kept the latest whole body of every event while closed (a standby replica for
+    hours, a fresh install with no TrainingJob): every claim of the cluster, about 2.5 kB each here."""
+    import json
+    import tracemalloc
+    lock = threading.Lock()
+    delivered: list[tuple[str, dict]] = []
+    holding = Holding(lambda t, b: delivered.append((t, b)), lock, paused=lambda: paused)
+    n = 2000
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    for i in range(n):
+        body = json.loads(json.dumps(_user_claim(i)))
+        with lock:
+            holding.offer("ADDED", body)
+            holding.offer("MODIFIED", body)  # the latest per object only
+    per = (tracemalloc.get_traced_memory()[0] - base) / n
+    tracemalloc.stop()
+    assert len(holding.held) == n and not delivered
+    assert per < 1000, per  # before: > 2000 B per claim
+    event_type, kept = holding.held[("PersistentVolumeClaim", "data", "user-claim-7")]
+    assert event_type == "MODIFIED" and set(kept) == {"apiVersion", "kind", "metadata"}
+    assert "labels" not in kept["metadata"] and "annotations" not in kept["metadata"]
+
+
+def test_held_keeps_kind_name_owners_and_the_operator_s_labels():
+    from checkpoint_operator.reconcile.informer import held
+    pod = _pod("p", "7", **{"ckpt.dev/trainingjob-uid": "tj", "ckpt.dev/component": "worker", "team": "x"})
+    pod["metadata"]["annotations"] = {"big": "y" * 100}
+    assert held(pod) == {"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": "p", "namespace": "ns", "uid": "uid-p", "resourceVersion": "7",
+        "ownerReferences": [{"kind": "Job", "name": "j", "uid": "job-uid"}],
+        "labels": {"ckpt.dev/trainingjob-uid": "tj", "ckpt.dev/component": "worker"}}}
+
+
+def test_a_held_event_is_released_through_deliver_held():
+    live: list[str] = []
+    released: list[tuple[str, str]] = []
+    holding = Holding(lambda t, b: live.append(t), threading.Lock(),
+                      deliver_held=lambda t, b: released.append((t, b["metadata"]["name"])))
+    holding.offer("ADDED", _pod("a", "1"))
+    holding.release()
+    holding.offer("MODIFIED", _pod("a", "2"))
+    assert released == [("ADDED", "a")] and live == ["MODIFIED"]
