@@ -158,17 +158,28 @@ def relist_changes(known: Mapping[ObjKey, Mapping[str, Any]],
     DELETED (with what was known of it) for every known object the list no longer has."""
     seen: set[ObjKey] = set()
     for body in listed:
-        key = key_of(body)
-        seen.add(key)
-        before = known.get(key)
-        if before is None:
-            yield "ADDED", body
-        elif version_of(before) != version_of(body) or \
-                (before.get("metadata") or {}).get("uid") != (body.get("metadata") or {}).get("uid"):
-            yield "MODIFIED", body
-    for key, before in list(known.items()):
-        if key not in seen:
-            yield "DELETED", before
+        seen.add(key_of(body))
+        change = listed_change(known.get(key_of(body)), body)
+        if change is not None:
+            yield change, body
+    for before in vanished(known, seen):
+        yield "DELETED", before
+
+
+def listed_change(before: Optional[Mapping[str, Any]], body: Mapping[str, Any]) -> Optional[str]:
+    """What one listed object is against what was known of it: ADDED, MODIFIED or None (unchanged)."""
+    if before is None:
+        return "ADDED"
+    if version_of(before) != version_of(body) or \
+            (before.get("metadata") or {}).get("uid") != (body.get("metadata") or {}).get("uid"):
+        return "MODIFIED"
+    return None
+
+
+def vanished(known: Mapping[ObjKey, Mapping[str, Any]], seen: Iterable[ObjKey]) -> list[Mapping[str, Any]]:
+    """What was known of every object a LIST (all its pages) no longer has."""
+    listed = seen if isinstance(seen, (set, frozenset)) else set(seen)
+    return [before for key, before in list(known.items()) if key not in listed]
 
 
 @dataclass
@@ -298,7 +309,10 @@ class Reflector:
         return response
 
     def _list(self) -> None:
-        listed: list[dict[str, Any]] = []
+        """Each page is handed on as it arrives (ADDED or MODIFIED against what was known); only the
+        keys seen are kept across pages, to hand on as DELETED what the whole list no longer has:
+        the peak is one page of objects, not the whole kind."""
+        seen: set[ObjKey] = set()
         token: Optional[str] = None
         version = ""
         while True:
@@ -306,19 +320,27 @@ class Reflector:
             answer = json.loads(_body(self._request(query, 60)) or b"{}")
             meta = answer.get("metadata") or {}
             version = version or str(meta.get("resourceVersion") or "")  # the snapshot's: the first page's
-            for item in answer.get("items") or []:
-                # A LIST's items carry no kind (the API server names it once, for the list).
-                item.setdefault("apiVersion", self.target.resource.api_version)
-                item.setdefault("kind", self.target.resource.kind)
-                listed.append(item)
             token = meta.get("continue") or None
+            items = answer.pop("items", None) or []
+            del answer
+            with self.lock:
+                for item in items:
+                    # A LIST's items carry no kind (the API server names it once, for the list).
+                    item.setdefault("apiVersion", self.target.resource.api_version)
+                    item.setdefault("kind", self.target.resource.kind)
+                    key = key_of(item)
+                    seen.add(key)
+                    change = listed_change(self.known.get(key), item)
+                    if change is not None:
+                        self._apply(change, item)
+            del items
             if not token:
                 break
         self.lists += 1
         self.error = None
         with self.lock:
-            for event_type, body in list(relist_changes(self.known, listed)):
-                self._apply(event_type, dict(body))
+            for before in vanished(self.known, seen):
+                self._apply("DELETED", dict(before))
         self.version = version
         if not self.synced:
             self._mark_synced()

@@ -325,3 +325,46 @@ def test_a_held_event_is_released_through_deliver_held():
     holding.release()
     holding.offer("MODIFIED", _pod("a", "2"))
     assert released == [("ADDED", "a")] and live == ["MODIFIED"]
+
+
+# --- a paged LIST is applied page by page (hostile11 H11-5) -------------------------------------------
+
+class _Page:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def read(self) -> bytes:
+        return self.data
+
+
+def test_a_paged_list_hands_on_each_page_before_asking_for_the_next_and_deletes_at_the_end():
+    """Before, every page's whole objects were kept until the last page (the peak of a LIST was the
+    whole kind, unrelated claims included); now a page is handed on as it arrives, and only the
+    keys are kept to find what vanished."""
+    import json
+    import tracemalloc
+    from checkpoint_operator.reconcile.informer import Reflector
+    n, page = 3000, 500
+    events: list[tuple[str, str]] = []
+    reflector = Reflector(None, Target(kube.PVCS, None), lambda t, b: events.append((t, b["metadata"]["name"])),
+                          threading.Lock(), lambda: None)
+    reflector.known[("data", "gone")] = {"kind": "PersistentVolumeClaim",
+                                         "metadata": {"name": "gone", "namespace": "data", "resourceVersion": "1"}}
+    handed_before_request: list[int] = []
+
+    def request(query, _timeout):
+        handed_before_request.append(len(events))
+        start = int(query.get("continue") or 0)
+        items = [_user_claim(i) for i in range(start, min(n, start + page))]
+        meta = {"resourceVersion": "9"} | ({"continue": str(start + page)} if start + page < n else {})
+        return _Page(json.dumps({"kind": "PersistentVolumeClaimList", "metadata": meta, "items": items}).encode())
+    reflector._request = request  # type: ignore[method-assign]
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    reflector._list()
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    assert handed_before_request == [0, 500, 1000, 1500, 2000, 2500]  # before: all 0 (nothing until the end)
+    assert len(events) == n + 1 and events[-1] == ("DELETED", "gone") and ("data", "gone") not in reflector.known
+    assert reflector.version == "9" and reflector.lists == 1
+    assert peak / n < 3000, peak / n  # before: > 4000 B per claim (every page whole at once)
