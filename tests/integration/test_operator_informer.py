@@ -293,3 +293,40 @@ async def test_with_no_custom_resource_held_claims_are_slim_and_a_job_then_still
         return await _phase(api, "first") in ("Succeeded", "Failed")
     await wait_for(done, timeout=60)
     assert await _phase(api, "first") == "Succeeded" and holding.open and not holding.held
+
+
+async def test_an_optional_kind_that_goes_away_in_a_watch_gap_leaves_no_ghost(api, emulator_server, wait_for):
+    """hostile11 H11-6: an optional kind (as JobSets) whose CRD is removed while the informer's watch
+    is down: the resumed watch or relist gets 404. Before, the objects it knew were never handed on
+    as DELETED (the cache and any index kept them); now everything known goes."""
+    from checkpoint_operator.kube import Kube, Resource
+    from checkpoint_operator.reconcile.informer import Informer, Target
+    seen: list[tuple[str, str]] = []
+    await api.create("apiextensions.k8s.io/v1/customresourcedefinitions", None, WIDGET_CRD)
+    widgets = Resource("example.com", "v1", "widgets", "Widget")
+
+    async def served():
+        try:
+            await api.list("example.com/v1/widgets", NS)
+            return True
+        except Exception:  # noqa: BLE001 - not served yet
+            return False
+    await wait_for(served, timeout=10)
+    await api.create("example.com/v1/widgets", NS, {"apiVersion": "example.com/v1", "kind": "Widget",
+                                                     "metadata": {"name": "w"}})
+    informer = Informer(Kube.from_url(emulator_server.url), [Target(widgets, NS, None, optional=True)],
+                        lambda t, body: seen.append((t, body["metadata"]["name"])), absent_retry=0.2)
+    informer.start()
+    emulator = emulator_server.emulator
+    try:
+        await wait_for(lambda: ("ADDED", "w") in seen, timeout=10)
+        await wait_for(lambda: informer.reflectors[0].watches > 0, timeout=10)
+
+        def crd_gone_in_a_gap() -> int:
+            emulator._unregister_crd(WIDGET_CRD)  # its objects go with it, as in the real API
+            return emulator.restart_watches()
+        await asyncio.to_thread(emulator_server.call, crd_gone_in_a_gap)
+        await wait_for(lambda: ("DELETED", "w") in seen, timeout=10)
+        assert not informer.reflectors[0].known and seen.count(("DELETED", "w")) == 1
+    finally:
+        await asyncio.to_thread(informer.stop)
