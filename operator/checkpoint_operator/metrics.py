@@ -43,7 +43,7 @@ def observe_informer(unsynced: list[tuple[Any, str]]) -> None:
     for target, why in unsynced:
         status = why.split("HTTP ", 1)[1].split(" ", 1)[0] if "HTTP " in why else \
             ("pending" if why.endswith("not listed yet") else "error")
-        INFORMER_UNSYNCED.labels(target.resource.plural, target.namespace or "", status).inc()
+        INFORMER_UNSYNCED.labels(target.resource.plural, target.namespace or "", status).set(1)
 
 
 RECONCILES = Counter(f"{PREFIX}_reconciles_total", "Reconcile passes run (each a wake-up from the work queue).",

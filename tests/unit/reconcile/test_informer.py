@@ -368,3 +368,17 @@ def test_a_paged_list_hands_on_each_page_before_asking_for_the_next_and_deletes_
     assert len(events) == n + 1 and events[-1] == ("DELETED", "gone") and ("data", "gone") not in reflector.known
     assert reflector.version == "9" and reflector.lists == 1
     assert peak / n < 3000, peak / n  # before: > 4000 B per claim (every page whole at once)
+
+
+def test_the_unsynced_gauge_names_each_target_not_listed_with_its_status():
+    from checkpoint_operator import metrics
+    claims, pods = Target(kube.PVCS, "team-b"), Target(kube.PODS, None)
+    why = list_error(claims, ApiError(403, "Forbidden", "no Role"))
+    for _ in range(2):  # idempotent: a gauge of 1 per target, however often observed
+        metrics.observe_informer([(claims, why), (pods, "pods in every namespace: not listed yet")])
+    value = metrics.REGISTRY.get_sample_value
+    name = "checkpoint_operator_informer_unsynced_targets"
+    assert value(name, {"resource": "persistentvolumeclaims", "namespace": "team-b", "status": "403"}) == 1
+    assert value(name, {"resource": "pods", "namespace": "", "status": "pending"}) == 1
+    metrics.observe_informer([])
+    assert value(name, {"resource": "persistentvolumeclaims", "namespace": "team-b", "status": "403"}) is None
