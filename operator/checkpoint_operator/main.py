@@ -17,6 +17,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import time
 from typing import Any, Optional
 
 import kopf
@@ -50,6 +51,8 @@ MANAGED_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGER}"
 CHILDREN = ((kube.PODS, MANAGED_SELECTOR, False), (kube.JOBS, MANAGED_SELECTOR, False),
             (kube.JOBSETS, MANAGED_SELECTOR, True), (kube.PVCS, None, False))
 LIST_CHUNK = informer.LIST_CHUNK
+STARTUP_WAIT = informer.STARTUP_WAIT  # seconds start-up waits for a target that cannot be listed
+UNLISTED_RETRY = 5.0  # seconds: a reconcile in a namespace not listed yet looks again after this
 # Read at import by callers that configure local runs (local/run.py).
 INTERVAL = OperatorConfig.from_env().reconcile_interval
 
@@ -145,15 +148,41 @@ def child_wakeups(ctx: Context, event_type: str, body: dict[str, Any]) -> None:
     wakeups.child_event(ctx, body, event_type)
 
 
+def held_wakeup(ctx: Context, event_type: str, body: dict[str, Any]) -> None:
+    """A wake-up held while kopf could not take it (informer.Holding keeps only `informer.held`):
+    the whole body from the cache where it holds the same object, and a pod's remembered summary is
+    forgotten (a slim body cannot say it is unchanged: it wakes its job)."""
+    meta = body.get("metadata") or {}
+    kind, namespace, name = str(body.get("kind") or ""), str(meta.get("namespace") or ""), str(meta.get("name") or "")
+    full = None if event_type == "DELETED" else ctx.kube.cache.get(kind, namespace, name)
+    if full is not None and (full.get("metadata") or {}).get("uid") != meta.get("uid"):
+        full = None
+    if kind == "Pod":
+        ctx.pod_seen.pop((namespace, name), None)
+    wakeups.child_event(ctx, full or body, event_type)
+    if kind == "Pod" and full is None:
+        ctx.pod_seen.pop((namespace, name), None)
+
+
 def start_informer(ctx: Context) -> Informer:
     """Pods, Jobs and JobSets of ours (the selector kopf used), every claim; in the namespaces kopf
     watches (every one when none are listed)."""
     watching = Informer(ctx.kube, targets(CHILDREN, ctx.namespaces), lambda t, body: child_changed(ctx, t, body))
     loop = asyncio.get_running_loop()  # kopf's: whether it is paused (peering) is known per loop
     ctx.child_wakeups = Holding(lambda t, body: child_wakeups(ctx, t, body), watching.lock,
-                                paused=lambda: kopf_startup.paused(loop))
+                                paused=lambda: kopf_startup.paused(loop),
+                                deliver_held=lambda t, body: held_wakeup(ctx, t, body))
+    watching.on_change = lambda: metrics.observe_informer(watching.unsynced())
     watching.start()
     return watching
+
+
+@kopf.on.probe(id="informer")
+def informer_probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
+    """In /healthz: the child kinds' targets that could not be listed, and why."""
+    watching = _ctx(memo).informer
+    unsynced = watching.unsynced() if watching is not None else []
+    return {"synced": not unsynced, "unsynced": [why for _, why in unsynced]}
 
 
 # --- the queue's life -----------------------------------------------------------------------------
@@ -172,9 +201,20 @@ async def start_queue(memo: kopf.Memo, **indexes: Any) -> None:
     ctx.trimmer = malloc.start_trimmer(ACTIVITY, TRIM_POLICY)
     # kopf starts watching once the startup handlers are done: the children's first LISTs are in the
     # pod index and the cache before any reconcile can run (kopf's indexes gave the same).
+    # A target whose LIST keeps failing (a 403: one namespace's Role missing) holds no other: it is
+    # waited for at most informer.STARTUP_WAIT seconds, and the reconciles of its namespace wait
+    # until it lists (`reconcile` below); it is named in a warning, a gauge and /healthz.
     ctx.informer = start_informer(ctx)
-    while not ctx.informer.wait_synced(0):
-        await asyncio.sleep(0.05)
+    try:
+        deadline = time.monotonic() + STARTUP_WAIT
+        while not ctx.informer.wait_synced(0):
+            if ctx.informer.wait_settled(0) and time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+    except BaseException:  # cancelled (the operator stops during start-up): no reflector outlives it
+        watching, ctx.informer = ctx.informer, None
+        await asyncio.shield(asyncio.to_thread(watching.stop))
+        raise
 
 
 @kopf.on.cleanup()
@@ -197,6 +237,10 @@ def reconcile(ctx: Context, key: tuple[str, str, str]) -> Optional[float]:
     kind, namespace, name = key
     ACTIVITY.tick()
     metrics.RECONCILES.labels(kind).inc()
+    if ctx.informer is not None and not ctx.informer.namespace_listed(namespace):
+        # Its pods, Jobs or claims could not be listed (yet): an empty cache or index here means
+        # "unknown", not "none". Acting on it could make a second Job or fail a running one; wait.
+        return UNLISTED_RETRY
     if kind == "ClusterCheckpoint":
         return clustercheckpoint.reconcile(ctx, name)
     handler = trainingjob.reconcile if kind == "TrainingJob" else checkpoint.reconcile

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Mapping
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, REGISTRY
 from prometheus_client.registry import Collector
 
@@ -32,6 +32,20 @@ NODE_CACHE_EVICTIONS = Counter(
     f"{PREFIX}_node_cache_evictions_total", "Entries evicted from node caches (least recently used, unused).")
 NODE_CACHE_EVICTED_BYTES = Counter(
     f"{PREFIX}_node_cache_evicted_bytes_total", "Bytes evicted from node caches.")
+INFORMER_UNSYNCED = Gauge(f"{PREFIX}_informer_unsynced_targets",
+                          "Child-kind informer targets (resource, namespace) not listed yet; 1 each.",
+                          ["resource", "namespace", "status"])
+
+
+def observe_informer(unsynced: list[tuple[Any, str]]) -> None:
+    """Each target not listed (its LIST failing: the status is the HTTP one, "pending" before any)."""
+    INFORMER_UNSYNCED.clear()
+    for target, why in unsynced:
+        status = why.split("HTTP ", 1)[1].split(" ", 1)[0] if "HTTP " in why else \
+            ("pending" if why.endswith("not listed yet") else "error")
+        INFORMER_UNSYNCED.labels(target.resource.plural, target.namespace or "", status).set(1)
+
+
 RECONCILES = Counter(f"{PREFIX}_reconciles_total", "Reconcile passes run (each a wake-up from the work queue).",
                      ["kind"])
 RECONCILE_ERRORS = Counter(f"{PREFIX}_reconcile_errors_total", "Reconciliations that raised an error.", ["kind"])

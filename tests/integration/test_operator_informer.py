@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 
+from checkpoint_operator import main as main_module
 from checkpoint_operator.local import emulator as emulator_module
 from conftest import NS, TJ, held_until, training_job
 
@@ -161,5 +162,171 @@ async def test_a_kind_the_api_does_not_serve_counts_as_listed_quietly_until_it_i
         await api.create("example.com/v1/widgets", NS, {"apiVersion": "example.com/v1", "kind": "Widget",
                                                          "metadata": {"name": "w"}})
         await wait_for(lambda: ("ADDED", "w") in seen, timeout=10)
+    finally:
+        await asyncio.to_thread(informer.stop)
+
+
+async def test_a_namespace_whose_claims_cannot_be_listed_holds_no_other_and_its_jobs_wait(
+        api, emulator_server, cluster, operator_config, trainer, wait_for, monkeypatch, caplog):
+    """hostile11 H11-1: a namespace-scoped install over two namespaces, one of which answers 403 to a
+    LIST of claims (its Role missing). Before, the informer never synced, start-up waited forever
+    and nothing was reconciled anywhere. Now: the healthy namespace's job runs to Succeeded; the
+    failing target is named (warning, gauge, /healthz probe); the other namespace's job does nothing
+    while its claims are unknown (no Job, no claim, no phase), and proceeds once the LIST works."""
+    import kmock
+    from checkpoint_operator import metrics
+    from checkpoint_operator.reconcile import informer as informer_module
+    from conftest import Operator
+    monkeypatch.setattr(main_module, "STARTUP_WAIT", 0.5, raising=False)
+    monkeypatch.setattr(informer_module, "RETRY_CAP", 1.0, raising=False)
+    emulator = emulator_server.emulator
+    forbidden = "/api/v1/namespaces/team-b/persistentvolumeclaims"
+    blocked = [True]
+    emulator_server.call(lambda: emulator[kmock.method.GET,
+                                          lambda r: blocked[0] and r.url.path == forbidden] << 403)
+    await api.create("v1/namespaces", None, {"metadata": {"name": "team-b"}})
+    op = Operator(emulator_server.url, operator_config, namespaces=[NS, "team-b"])
+    await op.start()  # before: "did not become ready" (start_queue waited for every first LIST)
+    try:
+        unsynced = op.ctx.informer.unsynced()
+        assert [(t.resource.plural, t.namespace) for t, _ in unsynced] == [("persistentvolumeclaims", "team-b")]
+        why = unsynced[0][1]
+        assert "persistentvolumeclaims" in why and "team-b" in why and "HTTP 403" in why, why
+        assert any(r.levelname == "WARNING" and "HTTP 403" in r.getMessage() and "team-b" in r.getMessage()
+                   for r in caplog.records)
+        assert metrics.REGISTRY.get_sample_value("checkpoint_operator_informer_unsynced_targets", {
+            "resource": "persistentvolumeclaims", "namespace": "team-b", "status": "403"}) == 1
+        probe = main_module.informer_probe(memo=main_module.make_memo(op.ctx))
+        assert probe["synced"] is False and probe["unsynced"] == [why]
+
+        trainer.behaviours["healthy"] = trainer.behaviours["waiting"] = lambda attempt, env: 0
+        waiting = training_job("waiting")
+        waiting["metadata"]["namespace"] = "team-b"
+        await api.create(TJ, "team-b", waiting)
+        await api.create(TJ, NS, training_job("healthy"))
+
+        async def healthy_done():
+            return await _phase(api, "healthy") in ("Succeeded", "Failed")
+        await wait_for(healthy_done, timeout=60)
+        assert await _phase(api, "healthy") == "Succeeded"
+        held = await api.get(TJ, "team-b", "waiting")
+        assert not (held.get("status") or {}).get("phase"), held.get("status")
+        assert not await api.list("batch/v1/jobs", "team-b")
+        claims = await asyncio.to_thread(emulator_server.call, lambda: [
+            k for k, _ in emulator.store.select(emulator_module.CLAIMS, "team-b")])
+        assert not claims, claims
+
+        blocked[0] = False  # the Role is made: the next LIST works and the job goes on
+
+        async def waiting_done():
+            return ((await api.get(TJ, "team-b", "waiting")).get("status") or {}).get("phase") in ("Succeeded", "Failed")
+        await wait_for(waiting_done, timeout=60)
+        assert ((await api.get(TJ, "team-b", "waiting")).get("status") or {}).get("phase") == "Succeeded"
+        assert op.ctx.informer.synced and not op.ctx.informer.unsynced()
+        assert metrics.REGISTRY.get_sample_value("checkpoint_operator_informer_unsynced_targets", {
+            "resource": "persistentvolumeclaims", "namespace": "team-b", "status": "403"}) is None
+    finally:
+        await op.stop()
+
+
+async def test_stopping_the_operator_during_start_up_leaves_no_reflector_running(
+        api, emulator_server, cluster, operator_config, monkeypatch):
+    """hostile11 H11-2: the operator stopped while start_queue still waits for a target that cannot be
+    listed: before, kopf ran no cleanup for it and the informer's threads outlived the operator,
+    retrying forever. Now start_queue stops the informer when it is cancelled."""
+    import kmock
+    from checkpoint_operator.local.server import run_kopf_in_thread
+    from checkpoint_operator.reconcile.context import Context
+    from checkpoint_operator.kube import Kube
+    import kopf
+    monkeypatch.setattr(main_module, "STARTUP_WAIT", 3600, raising=False)  # start-up still waiting at stop
+    emulator = emulator_server.emulator
+    forbidden = "/api/v1/namespaces/team-b/persistentvolumeclaims"
+    emulator_server.call(lambda: emulator[kmock.method.GET, lambda r: r.url.path == forbidden] << 403)
+    settings = kopf.OperatorSettings()
+    main_module.configure_settings(settings)
+    ctx = Context(kube=Kube.from_url(emulator_server.url), config=operator_config, namespaces=[NS, "team-b"])
+    started: list = []
+    original = main_module.start_informer
+
+    def recording(c):
+        started.append(original(c))
+        return started[-1]
+    monkeypatch.setattr(main_module, "start_informer", recording)
+    with pytest.raises(RuntimeError, match="did not become ready"):
+        await asyncio.to_thread(run_kopf_in_thread, kopf.get_default_registry(), settings, [NS, "team-b"],
+                                emulator_server.url, memo=main_module.make_memo(ctx), ready_timeout=3)
+    assert len(started) == 1 and started[0].reflectors
+    assert [r for r in started[0].reflectors if r.target.resource.plural == "persistentvolumeclaims"
+            and r.target.namespace == "team-b" and r.lists == 0 and r.error]  # it was still failing
+    alive = [r.thread.name for r in started[0].reflectors if r.thread.is_alive()]
+    assert not alive, alive
+    assert ctx.informer is None
+
+
+async def test_with_no_custom_resource_held_claims_are_slim_and_a_job_then_still_wakes(api, operator, trainer,
+                                                                                      wait_for):
+    """hostile11 H11-4 (real operator): with no TrainingJob or Checkpoint yet kopf calls no event
+    handler, so the child kinds' wake-ups stay held; before, each claim's whole body was (every
+    claim of the namespace, unrelated ones too). Now a slim body each, the cache and index still
+    see the whole object, and the first custom resource releases them (a job runs to Succeeded)."""
+    n = 50
+    for i in range(n):
+        await api.create("v1/persistentvolumeclaims", NS, {
+            "metadata": {"name": f"unrelated-{i}", "labels": {"team": "x"}, "annotations": {"note": "y" * 200}},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
+    holding = operator.ctx.child_wakeups
+
+    def held_claims():
+        return [body for (kind, _, name), (_, body) in list(holding.held.items())
+                if kind == "PersistentVolumeClaim" and name.startswith("unrelated-")]
+    await wait_for(lambda: len(held_claims()) == n or None, timeout=30)
+    assert not holding.open
+    for body in held_claims():
+        assert "spec" not in body and "status" not in body, body
+        assert set(body["metadata"]) <= {"name", "namespace", "uid", "resourceVersion", "labels",
+                                         "ownerReferences", "deletionTimestamp"}, body
+    trainer.behaviours["first"] = lambda attempt, env: 0
+    await api.create(TJ, NS, training_job("first"))
+
+    async def done():
+        return await _phase(api, "first") in ("Succeeded", "Failed")
+    await wait_for(done, timeout=60)
+    assert await _phase(api, "first") == "Succeeded" and holding.open and not holding.held
+
+
+async def test_an_optional_kind_that_goes_away_in_a_watch_gap_leaves_no_ghost(api, emulator_server, wait_for):
+    """hostile11 H11-6: an optional kind (as JobSets) whose CRD is removed while the informer's watch
+    is down: the resumed watch or relist gets 404. Before, the objects it knew were never handed on
+    as DELETED (the cache and any index kept them); now everything known goes."""
+    from checkpoint_operator.kube import Kube, Resource
+    from checkpoint_operator.reconcile.informer import Informer, Target
+    seen: list[tuple[str, str]] = []
+    await api.create("apiextensions.k8s.io/v1/customresourcedefinitions", None, WIDGET_CRD)
+    widgets = Resource("example.com", "v1", "widgets", "Widget")
+
+    async def served():
+        try:
+            await api.list("example.com/v1/widgets", NS)
+            return True
+        except Exception:  # noqa: BLE001 - not served yet
+            return False
+    await wait_for(served, timeout=10)
+    await api.create("example.com/v1/widgets", NS, {"apiVersion": "example.com/v1", "kind": "Widget",
+                                                     "metadata": {"name": "w"}})
+    informer = Informer(Kube.from_url(emulator_server.url), [Target(widgets, NS, None, optional=True)],
+                        lambda t, body: seen.append((t, body["metadata"]["name"])), absent_retry=0.2)
+    informer.start()
+    emulator = emulator_server.emulator
+    try:
+        await wait_for(lambda: ("ADDED", "w") in seen, timeout=10)
+        await wait_for(lambda: informer.reflectors[0].watches > 0, timeout=10)
+
+        def crd_gone_in_a_gap() -> int:
+            emulator._unregister_crd(WIDGET_CRD)  # its objects go with it, as in the real API
+            return emulator.restart_watches()
+        await asyncio.to_thread(emulator_server.call, crd_gone_in_a_gap)
+        await wait_for(lambda: ("DELETED", "w") in seen, timeout=10)
+        assert not informer.reflectors[0].known and seen.count(("DELETED", "w")) == 1
     finally:
         await asyncio.to_thread(informer.stop)

@@ -12,12 +12,17 @@ One `Reflector` per (resource, namespace) does what client-go's reflector does:
 - LIST in pages (limit/continue), then WATCH from the list's resourceVersion with
   allowWatchBookmarks and a server timeout; a stream that ends is resumed from the last
   resourceVersion seen (an event's or a bookmark's);
-- 410 Gone (an ERROR event, or the status of a LIST or WATCH) relists; after a relist the objects
+- 410 Gone (an ERROR event, or the status of a LIST or WATCH) relists, after the same backoff
+  as a failure (a server that answers every watch with 410 gets no LIST storm); after a relist the objects
   that vanished meanwhile are handed on as DELETED (`relist_changes`), so no index or cache keeps
   ghosts; an object listed again unchanged is not handed on again;
 - any other failure backs off (`Backoff`: doubling to a cap, reset by a watch that worked); a
   resource the API does not serve (a JobSet CRD not installed: 404) is retried every
-  `ABSENT_RETRY` seconds without a log line per attempt, as kopf does.
+  `ABSENT_RETRY` seconds without a log line per attempt, as kopf does; the objects known of it
+  (its CRD removed while the watch was down) are handed on as DELETED.
+- a target whose LIST fails (a 403: a Role missing in one namespace) holds no other: it counts as
+  not listed (`Informer.unsynced`: what failed, with its HTTP status), start-up waits for it only
+  `STARTUP_WAIT` seconds, and the reconciles of its namespace wait until it lists (main.py).
 
 Each reflector runs in a thread of its own with the kubernetes client (`_preload_content` off:
 the response is read as it streams, one json.loads per line), with the operator's credentials
@@ -29,6 +34,7 @@ kind: the callback sees one event at a time, in each object's order, as kopf's l
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 import logging
 import random
 import threading
@@ -46,7 +52,9 @@ LIST_CHUNK = 500            # objects per LIST page (kopf's chunk_size was the s
 WATCH_TIMEOUT = 300         # seconds: the server ends a watch after this; it is resumed at once
 READ_SLACK = 30             # seconds past the server timeout before a silent stream counts as dead
 CONNECT_TIMEOUT = 10.0
+STARTUP_WAIT = 30.0         # seconds start-up waits for a target whose first LIST keeps failing
 QUICK_END = 1.0            # seconds: a watch ended sooner without an event backs off before the next
+RETRY_CAP = 30.0            # seconds: the longest pause between retries (client-go's)
 ABSENT_RETRY = 60.0         # seconds between LISTs of a resource the API does not serve (kopf: 60 s)
 USER_AGENT = "checkpoint-operator-informer"
 
@@ -115,6 +123,25 @@ def slim(body: Mapping[str, Any]) -> dict[str, Any]:
     return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": kept}
 
 
+HELD_LABELS = ("ckpt.dev/", "app.kubernetes.io/managed-by")  # the labels a wake-up reads
+
+
+def held(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What a held wake-up keeps of an object (Holding): its kind, name, owners and the operator's
+    own labels: not its spec, status, annotations or managedFields (the cache and the pod index had
+    the whole body at once). An unrelated claim is a few hundred bytes, not kilobytes."""
+    meta = body.get("metadata") or {}
+    kept = {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "deletionTimestamp") if k in meta}
+    owners = [{k: ref[k] for k in ("apiVersion", "kind", "name", "uid", "controller") if k in ref}
+              for ref in meta.get("ownerReferences") or [] if isinstance(ref, dict)]
+    if owners:
+        kept["ownerReferences"] = owners
+    labels = {k: v for k, v in (meta.get("labels") or {}).items() if k.startswith(HELD_LABELS)}
+    if labels:
+        kept["labels"] = labels
+    return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": kept}
+
+
 def key_of(body: Mapping[str, Any]) -> ObjKey:
     meta = body.get("metadata") or {}
     return str(meta.get("namespace") or ""), str(meta.get("name") or "")
@@ -131,24 +158,35 @@ def relist_changes(known: Mapping[ObjKey, Mapping[str, Any]],
     DELETED (with what was known of it) for every known object the list no longer has."""
     seen: set[ObjKey] = set()
     for body in listed:
-        key = key_of(body)
-        seen.add(key)
-        before = known.get(key)
-        if before is None:
-            yield "ADDED", body
-        elif version_of(before) != version_of(body) or \
-                (before.get("metadata") or {}).get("uid") != (body.get("metadata") or {}).get("uid"):
-            yield "MODIFIED", body
-    for key, before in list(known.items()):
-        if key not in seen:
-            yield "DELETED", before
+        seen.add(key_of(body))
+        change = listed_change(known.get(key_of(body)), body)
+        if change is not None:
+            yield change, body
+    for before in vanished(known, seen):
+        yield "DELETED", before
+
+
+def listed_change(before: Optional[Mapping[str, Any]], body: Mapping[str, Any]) -> Optional[str]:
+    """What one listed object is against what was known of it: ADDED, MODIFIED or None (unchanged)."""
+    if before is None:
+        return "ADDED"
+    if version_of(before) != version_of(body) or \
+            (before.get("metadata") or {}).get("uid") != (body.get("metadata") or {}).get("uid"):
+        return "MODIFIED"
+    return None
+
+
+def vanished(known: Mapping[ObjKey, Mapping[str, Any]], seen: Iterable[ObjKey]) -> list[Mapping[str, Any]]:
+    """What was known of every object a LIST (all its pages) no longer has."""
+    listed = seen if isinstance(seen, (set, frozenset)) else set(seen)
+    return [before for key, before in list(known.items()) if key not in listed]
 
 
 @dataclass
 class Backoff:
     """Seconds to wait after the n-th failure in a row: doubling from `base` to `cap`, with jitter."""
 
-    base: float = 0.5
+    base: float = 0.8  # client-go's reflector: 800 ms doubling to 30 s
     cap: float = 30.0
     failures: int = 0
 
@@ -167,18 +205,20 @@ class Reflector:
     """LIST then WATCH one target, forever (until `stop`), handing every change to `handler`."""
 
     def __init__(self, api: kubernetes.client.ApiClient, target: Target, handler: Handler, lock: threading.Lock,
-                 on_synced: Callable[[], None], *, watch_timeout: int = WATCH_TIMEOUT,
+                 on_synced: Callable[[], None], *, on_list_failed: Callable[[], None] = lambda: None, watch_timeout: int = WATCH_TIMEOUT,
                  absent_retry: float = ABSENT_RETRY) -> None:
         self.api, self.target, self.handler, self.lock = api, target, handler, lock
-        self.on_synced = on_synced
+        self.on_synced, self.on_list_failed = on_synced, on_list_failed
         self.watch_timeout, self.absent_retry = watch_timeout, absent_retry
         self.known: dict[ObjKey, dict[str, Any]] = {}
         self.version = ""  # the resourceVersion to resume a watch from ("": relist)
         self.synced = False
+        self.error: Optional[str] = None  # why the last LIST failed (None: it did not)
         self.lists = self.watches = self.events = 0  # for tests and the bench
         self._stop = threading.Event()
+        self._streamed = 0  # lines the current watch brought (a 410 after some: the watch worked)
         self._response: Any = None
-        self.backoff = Backoff()
+        self.backoff = Backoff(cap=RETRY_CAP)
         self.thread = threading.Thread(target=self._run, daemon=True,
                                        name=f"informer-{target.resource.plural}-{target.namespace or 'all'}")
 
@@ -197,8 +237,11 @@ class Reflector:
     # --- the loop ---------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
+            listing = not self.version
+            self._streamed = 0
+            started = time.monotonic()
             try:
-                if not self.version:
+                if listing:
                     self._list()
                 started = time.monotonic()
                 if self._watch() or time.monotonic() - started >= QUICK_END:
@@ -206,24 +249,44 @@ class Reflector:
                 else:  # a stream that ends at once, again and again: not a busy loop
                     self._stop.wait(self.backoff.next())
             except Gone:
-                logger.debug("%s: resourceVersion %s expired: relisting", self._name, self.version)
+                if self._streamed or time.monotonic() - started >= QUICK_END:
+                    self.backoff.reset()  # a watch that worked, then expired
+                delay = self.backoff.next()
+                logger.debug("%s: resourceVersion %s expired: relisting in %.1f s", self._name, self.version, delay)
                 self.version = ""
+                self._stop.wait(delay)
             except ApiError as exc:
                 if exc.status == 404 and self.target.optional:
-                    if not self.synced:  # nothing of it exists: as good as listed
-                        self._mark_synced()
-                    self.version = ""
-                    self._stop.wait(self.absent_retry)
+                    self._absent()
                     continue
-                self._fail(exc)
+                self._fail(exc, listing)
             except Exception as exc:  # noqa: BLE001 - a broken stream or connection: resume after a pause
-                self._fail(exc)
+                self._fail(exc, listing)
 
-    def _fail(self, exc: BaseException) -> None:
+    def _absent(self) -> None:
+        """An optional kind the API does not serve (now): nothing of it exists, so whatever was
+        known of it (its CRD removed while the watch was down) is handed on as DELETED."""
+        with self.lock:
+            for body in list(self.known.values()):
+                self._apply("DELETED", dict(body))
+        self.error = None
+        if not self.synced:  # nothing of it exists: as good as listed
+            self._mark_synced()
+        self.version = ""
+        self._stop.wait(self.absent_retry)
+
+    def _fail(self, exc: BaseException, listing: bool = False) -> None:
         if self._stop.is_set():
             return
         delay = self.backoff.next()
-        logger.warning("%s: %s; retrying in %.1f s", self._name, exc, delay)
+        if listing:
+            self.error = list_error(self.target, exc)
+            logger.warning("%s; %s; retrying in %.1f s", self.error,
+                           "its namespace's reconciles wait for it" if not self.synced else "the cache keeps the last "
+                           "listed objects", delay)
+            self.on_list_failed()
+        else:
+            logger.warning("%s: %s; retrying in %.1f s", self._name, exc, delay)
         self._stop.wait(delay)
 
     @property
@@ -246,7 +309,10 @@ class Reflector:
         return response
 
     def _list(self) -> None:
-        listed: list[dict[str, Any]] = []
+        """Each page is handed on as it arrives (ADDED or MODIFIED against what was known); only the
+        keys seen are kept across pages, to hand on as DELETED what the whole list no longer has:
+        the peak is one page of objects, not the whole kind."""
+        seen: set[ObjKey] = set()
         token: Optional[str] = None
         version = ""
         while True:
@@ -254,18 +320,27 @@ class Reflector:
             answer = json.loads(_body(self._request(query, 60)) or b"{}")
             meta = answer.get("metadata") or {}
             version = version or str(meta.get("resourceVersion") or "")  # the snapshot's: the first page's
-            for item in answer.get("items") or []:
-                # A LIST's items carry no kind (the API server names it once, for the list).
-                item.setdefault("apiVersion", self.target.resource.api_version)
-                item.setdefault("kind", self.target.resource.kind)
-                listed.append(item)
             token = meta.get("continue") or None
+            items = answer.pop("items", None) or []
+            del answer
+            with self.lock:
+                for item in items:
+                    # A LIST's items carry no kind (the API server names it once, for the list).
+                    item.setdefault("apiVersion", self.target.resource.api_version)
+                    item.setdefault("kind", self.target.resource.kind)
+                    key = key_of(item)
+                    seen.add(key)
+                    change = listed_change(self.known.get(key), item)
+                    if change is not None:
+                        self._apply(change, item)
+            del items
             if not token:
                 break
         self.lists += 1
+        self.error = None
         with self.lock:
-            for event_type, body in list(relist_changes(self.known, listed)):
-                self._apply(event_type, dict(body))
+            for before in vanished(self.known, seen):
+                self._apply("DELETED", dict(before))
         self.version = version
         if not self.synced:
             self._mark_synced()
@@ -288,6 +363,7 @@ class Reflector:
                 return seen
             for line in split_lines(_chunks(response)):
                 seen += 1
+                self._streamed = seen
                 decoded = decode(line)
                 if decoded is None:
                     continue
@@ -321,6 +397,44 @@ class Reflector:
             self.handler(event_type, body)
         except Exception:  # noqa: BLE001 - one event's handler never stops the stream
             logger.exception("%s: handling %s of %s/%s failed", self._name, event_type, *key)
+
+
+def list_error(target: Target, exc: BaseException) -> str:
+    """One line naming what cannot be listed and why: resource, namespace, HTTP status, message."""
+    where = f"in namespace {target.namespace}" if target.namespace else "in every namespace"
+    if isinstance(exc, ApiError):
+        reason = exc.reason or _phrase(exc.status)
+        why = f"HTTP {exc.status} {reason}: {exc.message or '(no message)'}".replace("\n", " ")
+    else:
+        why = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+    return f"cannot list {target.resource.plural} {where}: {why}"
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def unsynced_namespaces(targets: Iterable[tuple[Target, bool]]) -> Optional[set[str]]:
+    """The namespaces whose objects are not all listed yet, from (target, synced) pairs; None when a
+    target of every namespace is not (then no namespace is)."""
+    spaces: set[str] = set()
+    for target, synced in targets:
+        if synced:
+            continue
+        if target.namespace is None:
+            return None
+        spaces.add(target.namespace)
+    return spaces
+
+
+def namespace_listed(unsynced: Optional[set[str]], namespace: str) -> bool:
+    """Whether every object of the namespace ("" for a cluster-scoped object) has been listed."""
+    if unsynced is None:
+        return False
+    return not namespace or namespace not in unsynced
 
 
 def _body(response: Any) -> bytes:
@@ -385,17 +499,51 @@ class Informer:
         self._synced = threading.Event()
         self._pending_sync = 0
         self._sync_lock = threading.Lock()
-        self.reflectors = [Reflector(self.api, target, handler, self.lock, self._one_synced, **reflector_options)
+        self._settled = threading.Event()  # every target listed or failed its LIST once
+        self.on_change: Callable[[], None] = lambda: None  # a target synced or failed (metrics)
+        self.reflectors = [Reflector(self.api, target, handler, self.lock, self._one_synced,
+                                     on_list_failed=self._one_failed, **reflector_options)
                            for target in targets]
         self._pending_sync = len(self.reflectors)
         if not self.reflectors:
             self._synced.set()
+            self._settled.set()
 
     def _one_synced(self) -> None:
         with self._sync_lock:
             self._pending_sync -= 1
             if self._pending_sync <= 0:
                 self._synced.set()
+        self._check_settled()
+
+    def _one_failed(self) -> None:
+        self._check_settled()
+
+    def _check_settled(self) -> None:
+        if all(r.synced or r.error for r in self.reflectors):
+            self._settled.set()
+        try:
+            self.on_change()
+        except Exception:  # noqa: BLE001 - a metric never stops a reflector
+            logger.exception("informer: on_change failed")
+
+    def wait_settled(self, timeout: Optional[float] = None) -> bool:
+        """Every target has listed, or failed its first LIST (it goes on retrying)."""
+        return self._settled.wait(timeout)
+
+    def unsynced(self) -> list[tuple[Target, str]]:
+        """The targets not listed yet, each with why (its last LIST's failure, or "not listed yet")."""
+        return [(r.target, r.error or f"{r.target.resource.plural} in "
+                 f"{r.target.namespace or 'every namespace'}: not listed yet")
+                for r in self.reflectors if not r.synced]
+
+    def unsynced_namespaces(self) -> Optional[set[str]]:
+        return unsynced_namespaces((r.target, r.synced) for r in self.reflectors)
+
+    def namespace_listed(self, namespace: str) -> bool:
+        if self.synced:
+            return True
+        return namespace_listed(self.unsynced_namespaces(), namespace)
 
     @property
     def synced(self) -> bool:
@@ -429,7 +577,10 @@ class Holding:
     it finished), and kopf fills those only after: a wake-up read then would miss its job. kopf
     calls the custom resources' event handlers only once every kopf index is filled, so the first
     of them `release`s what was held (the latest event of each object), and every later event goes
-    straight on. Until then no child wakes anything, as with kopf's handlers before.
+    straight on. Until then no child wakes anything, as with kopf's handlers before. What is held
+    is the latest event of each object with `held(body)` only (kind, name, owners, the operator's
+    labels): on a standby replica or before the first custom resource every claim of the cluster
+    passes here, so its whole body is not kept; `deliver_held` reads the rest from the cache.
 
     While kopf is `paused` (its peering froze it: a peer of higher priority runs), wake-ups are
     held again: kopf's streams, the child kinds' among them before, deliver nothing then. The
@@ -437,8 +588,10 @@ class Holding:
     after the pause (it relists as it resumes) releases what was held.
     """
 
-    def __init__(self, deliver: Handler, lock: threading.Lock, paused: Callable[[], bool] = lambda: False) -> None:
+    def __init__(self, deliver: Handler, lock: threading.Lock, paused: Callable[[], bool] = lambda: False,
+                 deliver_held: Optional[Handler] = None) -> None:
         self.deliver, self.lock, self.paused = deliver, lock, paused
+        self.deliver_held = deliver_held or deliver  # a held event's body is `held(body)`, not the whole
         self.open = False
         self.held: dict[tuple[str, str, str], tuple[str, dict[str, Any]]] = {}
 
@@ -449,7 +602,7 @@ class Holding:
         if self.open:
             self.deliver(event_type, body)
             return
-        self.held[(str(body.get("kind") or ""), *key_of(body))] = (event_type, body)
+        self.held[(str(body.get("kind") or ""), *key_of(body))] = (event_type, held(body))
 
     def release(self) -> None:
         if self.open:
@@ -463,6 +616,6 @@ class Holding:
             self.open = True
             for event_type, body in held.values():
                 try:
-                    self.deliver(event_type, body)
+                    self.deliver_held(event_type, body)
                 except Exception:  # noqa: BLE001 - as a live event's handler
                     logger.exception("handling a held %s failed", event_type)
