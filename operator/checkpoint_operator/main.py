@@ -164,6 +164,14 @@ def held_wakeup(ctx: Context, event_type: str, body: dict[str, Any]) -> None:
         ctx.pod_seen.pop((namespace, name), None)
 
 
+def wake_all_unfinished(ctx: Context) -> None:
+    """Too many wake-ups were held to keep them (informer.MAX_HELD): every object whose work may not
+    be over is woken instead, as the resync does, and every pod's summary forgotten (its next
+    event wakes its job)."""
+    ctx.pod_seen.clear()
+    ctx.queue.add_all(ctx.indexes.resync_keys())
+
+
 def start_informer(ctx: Context) -> Informer:
     """Pods, Jobs and JobSets of ours (the selector kopf used), every claim; in the namespaces kopf
     watches (every one when none are listed)."""
@@ -171,7 +179,8 @@ def start_informer(ctx: Context) -> Informer:
     loop = asyncio.get_running_loop()  # kopf's: whether it is paused (peering) is known per loop
     ctx.child_wakeups = Holding(lambda t, body: child_wakeups(ctx, t, body), watching.lock,
                                 paused=lambda: kopf_startup.paused(loop),
-                                deliver_held=lambda t, body: held_wakeup(ctx, t, body))
+                                deliver_held=lambda t, body: held_wakeup(ctx, t, body),
+                                on_overflow=lambda: wake_all_unfinished(ctx))
     watching.on_change = lambda: metrics.observe_informer(watching.unsynced())
     watching.start()
     return watching
@@ -207,9 +216,9 @@ async def start_queue(memo: kopf.Memo, **indexes: Any) -> None:
     ctx.informer = start_informer(ctx)
     try:
         deadline = time.monotonic() + STARTUP_WAIT
-        while not ctx.informer.wait_synced(0):
-            if ctx.informer.wait_settled(0) and time.monotonic() >= deadline:
-                break
+        # (A LIST that hangs holds no more than one that fails: past the deadline kopf starts and
+        # serves /healthz, whatever the slow target; its namespace's reconciles wait for it.)
+        while not ctx.informer.wait_synced(0) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
     except BaseException:  # cancelled (the operator stops during start-up): no reflector outlives it
         watching, ctx.informer = ctx.informer, None

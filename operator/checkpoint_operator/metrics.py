@@ -37,13 +37,17 @@ INFORMER_UNSYNCED = Gauge(f"{PREFIX}_informer_unsynced_targets",
                           ["resource", "namespace", "status"])
 
 
+_INFORMER_LOCK = threading.Lock()  # reflector threads report at once: clear-and-set is one step
+
+
 def observe_informer(unsynced: list[tuple[Any, str]]) -> None:
     """Each target not listed (its LIST failing: the status is the HTTP one, "pending" before any)."""
-    INFORMER_UNSYNCED.clear()
-    for target, why in unsynced:
-        status = why.split("HTTP ", 1)[1].split(" ", 1)[0] if "HTTP " in why else \
-            ("pending" if why.endswith("not listed yet") else "error")
-        INFORMER_UNSYNCED.labels(target.resource.plural, target.namespace or "", status).set(1)
+    with _INFORMER_LOCK:
+        INFORMER_UNSYNCED.clear()
+        for target, why in unsynced:
+            status = why.split("HTTP ", 1)[1].split(" ", 1)[0] if "HTTP " in why else \
+                ("pending" if why.endswith("not listed yet") else "error")
+            INFORMER_UNSYNCED.labels(target.resource.plural, target.namespace or "", status).set(1)
 
 
 RECONCILES = Counter(f"{PREFIX}_reconciles_total", "Reconcile passes run (each a wake-up from the work queue).",

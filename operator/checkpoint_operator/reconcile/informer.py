@@ -55,6 +55,8 @@ CONNECT_TIMEOUT = 10.0
 STARTUP_WAIT = 30.0         # seconds start-up waits for a target whose first LIST keeps failing
 QUICK_END = 1.0            # seconds: a watch ended sooner without an event backs off before the next
 RETRY_CAP = 30.0            # seconds: the longest pause between retries (client-go's)
+MAX_HELD = 10_000           # objects whose wake-up is held (one slim entry each); past it: wake all instead
+ABSENT_CONFIRM = 5.0        # seconds before a 404 of a kind with known objects is asked again
 ABSENT_RETRY = 60.0         # seconds between LISTs of a resource the API does not serve (kopf: 60 s)
 USER_AGENT = "checkpoint-operator-informer"
 
@@ -216,7 +218,8 @@ class Reflector:
         self.error: Optional[str] = None  # why the last LIST failed (None: it did not)
         self.lists = self.watches = self.events = 0  # for tests and the bench
         self._stop = threading.Event()
-        self._streamed = 0  # lines the current watch brought (a 410 after some: the watch worked)
+        self._streamed = 0  # events the current watch brought (a 410 after some: the watch worked)
+        self.absent_in_a_row = 0  # 404s of an optional kind in a row
         self._response: Any = None
         self.backoff = Backoff(cap=RETRY_CAP)
         self.thread = threading.Thread(target=self._run, daemon=True,
@@ -243,9 +246,11 @@ class Reflector:
             try:
                 if listing:
                     self._list()
+                    listing = False  # what fails from here is the watch, not the LIST
                 started = time.monotonic()
                 if self._watch() or time.monotonic() - started >= QUICK_END:
                     self.backoff.reset()
+                    self._worked()
                 else:  # a stream that ends at once, again and again: not a busy loop
                     self._stop.wait(self.backoff.next())
             except Gone:
@@ -265,11 +270,18 @@ class Reflector:
 
     def _absent(self) -> None:
         """An optional kind the API does not serve (now): nothing of it exists, so whatever was
-        known of it (its CRD removed while the watch was down) is handed on as DELETED."""
+        known of it (its CRD removed while the watch was down) is handed on as DELETED, once a
+        second 404 in a row confirms it (one may be an API server or a CRD not ready yet: handing on
+        every JobSet as deleted would make their jobs take their workloads for gone)."""
+        self.absent_in_a_row += 1
+        if self.known and self.absent_in_a_row < 2:
+            self.version = ""
+            self._stop.wait(ABSENT_CONFIRM)
+            return
         with self.lock:
             for body in list(self.known.values()):
                 self._apply("DELETED", dict(body))
-        self.error = None
+        self._worked()
         if not self.synced:  # nothing of it exists: as good as listed
             self._mark_synced()
         self.version = ""
@@ -286,8 +298,18 @@ class Reflector:
                            "listed objects", delay)
             self.on_list_failed()
         else:
-            logger.warning("%s: %s; retrying in %.1f s", self._name, exc, delay)
+            # A watch that fails after a good LIST (a Role that allows list but not watch, an API
+            # server gone): the cache keeps the last objects; said in /healthz and the gauge too.
+            self.error = list_error(self.target, exc, verb="watch")
+            logger.warning("%s; the cache keeps the last listed objects; retrying in %.1f s", self.error, delay)
+            self.on_list_failed()
         self._stop.wait(delay)
+
+    def _worked(self) -> None:
+        """A LIST or watch that worked after a failure: the target is healthy again."""
+        if self.error is not None:
+            self.error = None
+            self.on_list_failed()  # (the informer's on_change: the gauge and /healthz follow)
 
     @property
     def _name(self) -> str:
@@ -316,6 +338,8 @@ class Reflector:
         token: Optional[str] = None
         version = ""
         while True:
+            if self._stop.is_set():  # stopping: no page more (a LIST's response is not abortable)
+                return
             query = {"labelSelector": self.target.label_selector, "limit": str(LIST_CHUNK), "continue": token}
             answer = json.loads(_body(self._request(query, 60)) or b"{}")
             meta = answer.get("metadata") or {}
@@ -337,7 +361,8 @@ class Reflector:
             if not token:
                 break
         self.lists += 1
-        self.error = None
+        self._worked()
+        self.absent_in_a_row = 0
         with self.lock:
             for before in vanished(self.known, seen):
                 self._apply("DELETED", dict(before))
@@ -362,11 +387,11 @@ class Reflector:
             if self._stop.is_set():
                 return seen
             for line in split_lines(_chunks(response)):
-                seen += 1
-                self._streamed = seen
-                decoded = decode(line)
+                decoded = decode(line)  # an ERROR line raises: it is not a watch that worked
                 if decoded is None:
                     continue
+                seen += 1
+                self._streamed = seen
                 event_type, body = decoded
                 if event_type == "BOOKMARK":
                     self.version = version_of(body) or self.version
@@ -399,15 +424,15 @@ class Reflector:
             logger.exception("%s: handling %s of %s/%s failed", self._name, event_type, *key)
 
 
-def list_error(target: Target, exc: BaseException) -> str:
-    """One line naming what cannot be listed and why: resource, namespace, HTTP status, message."""
+def list_error(target: Target, exc: BaseException, verb: str = "list") -> str:
+    """One line naming what cannot be listed (or watched) and why: resource, namespace, HTTP status, message."""
     where = f"in namespace {target.namespace}" if target.namespace else "in every namespace"
     if isinstance(exc, ApiError):
         reason = exc.reason or _phrase(exc.status)
         why = f"HTTP {exc.status} {reason}: {exc.message or '(no message)'}".replace("\n", " ")
     else:
         why = f"{type(exc).__name__}: {exc}".replace("\n", " ")
-    return f"cannot list {target.resource.plural} {where}: {why}"
+    return f"cannot {verb} {target.resource.plural} {where}: {why}"
 
 
 def _phrase(status: int) -> str:
@@ -532,10 +557,11 @@ class Informer:
         return self._settled.wait(timeout)
 
     def unsynced(self) -> list[tuple[Target, str]]:
-        """The targets not listed yet, each with why (its last LIST's failure, or "not listed yet")."""
+        """The targets not listed yet, each with why (its last LIST's failure, or "not listed yet"),
+        and those listed once whose LIST or watch fails now (their cache keeps the last objects)."""
         return [(r.target, r.error or f"{r.target.resource.plural} in "
                  f"{r.target.namespace or 'every namespace'}: not listed yet")
-                for r in self.reflectors if not r.synced]
+                for r in self.reflectors if not r.synced or r.error]
 
     def unsynced_namespaces(self) -> Optional[set[str]]:
         return unsynced_namespaces((r.target, r.synced) for r in self.reflectors)
@@ -589,9 +615,14 @@ class Holding:
     """
 
     def __init__(self, deliver: Handler, lock: threading.Lock, paused: Callable[[], bool] = lambda: False,
-                 deliver_held: Optional[Handler] = None) -> None:
+                 deliver_held: Optional[Handler] = None, on_overflow: Callable[[], None] = lambda: None,
+                 limit: int = MAX_HELD) -> None:
         self.deliver, self.lock, self.paused = deliver, lock, paused
         self.deliver_held = deliver_held or deliver  # a held event's body is `held(body)`, not the whole
+        # Past `limit` objects (a standby replica under claim churn holds for as long as it stands
+        # by) nothing more is kept: the release wakes everything unfinished instead (`on_overflow`).
+        self.on_overflow, self.limit = on_overflow, limit
+        self.overflowed = False
         self.open = False
         self.held: dict[tuple[str, str, str], tuple[str, dict[str, Any]]] = {}
 
@@ -602,7 +633,14 @@ class Holding:
         if self.open:
             self.deliver(event_type, body)
             return
-        self.held[(str(body.get("kind") or ""), *key_of(body))] = (event_type, held(body))
+        if self.overflowed:
+            return
+        key = (str(body.get("kind") or ""), *key_of(body))
+        if key not in self.held and len(self.held) >= self.limit:
+            self.overflowed = True
+            self.held.clear()
+            return
+        self.held[key] = (event_type, held(body))
 
     def release(self) -> None:
         if self.open:
@@ -613,7 +651,14 @@ class Holding:
             if self.paused():  # a handler of kopf's still running as it froze: keep holding
                 return
             held, self.held = self.held, {}
+            overflowed, self.overflowed = self.overflowed, False
             self.open = True
+            if overflowed:
+                try:
+                    self.on_overflow()
+                except Exception:  # noqa: BLE001 - the resync is the safety net then
+                    logger.exception("waking every unfinished object after the held wake-ups overflowed failed")
+                return
             for event_type, body in held.values():
                 try:
                     self.deliver_held(event_type, body)

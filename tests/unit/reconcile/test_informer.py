@@ -382,3 +382,73 @@ def test_the_unsynced_gauge_names_each_target_not_listed_with_its_status():
     assert value(name, {"resource": "pods", "namespace": "", "status": "pending"}) == 1
     metrics.observe_informer([])
     assert value(name, {"resource": "persistentvolumeclaims", "namespace": "team-b", "status": "403"}) is None
+
+
+# --- the read-only review of the hostile11 fixes -------------------------------------------------------
+
+def test_a_watch_whose_stream_says_410_backs_off_more_each_time():
+    """The API server says a watch's resourceVersion expired with HTTP 200 and one ERROR line: that
+    line counted as an event, so every 410 looked like "a watch that worked", the backoff reset and
+    the relists came every 0.4-0.8 s forever. Only decoded events count now."""
+    played = _Played(Target(kube.PVCS, "default"), rounds=8)
+    played.reflector._list = played.counted_list()  # type: ignore[method-assign]
+    played.reflector._request = lambda query, timeout: _Page(  # type: ignore[method-assign]
+        b'{"type":"ERROR","object":{"kind":"Status","code":410,"reason":"Expired","message":"too old"}}\n')
+    played.reflector._run()
+    assert played.lists == 8 and len(played.waits) == 8, played.waits
+    assert played.waits[-1] >= 15, played.waits  # doubling to 30 s (before: every pause under 1 s)
+
+
+def test_a_single_404_of_an_optional_kind_with_known_objects_is_not_trusted():
+    """One 404 may be an API server or a CRD handler not ready: handing on every known JobSet as
+    DELETED would make their jobs take their workloads for gone. A second 404 in a row confirms."""
+    played = _Played(Target(kube.JOBSETS, "ns", optional=True), rounds=2)
+    reflector = played.reflector
+
+    def listed(n: int) -> None:
+        reflector.absent_in_a_row = 0  # (a LIST that works resets it, as _list does)
+        if n == 1:
+            reflector._apply("ADDED", {"kind": "JobSet", "metadata": {"name": "js", "namespace": "ns",
+                                                                     "resourceVersion": "1"}})
+    reflector._list = played.counted_list(listed)  # type: ignore[method-assign]
+    watches = iter([ApiError(404, "NotFound", "not ready"), None])
+
+    def watch() -> int:
+        answer = next(watches)
+        if answer is not None:
+            raise answer
+        return 1
+    reflector._watch = watch  # type: ignore[method-assign]
+    reflector._run()
+    assert played.events == [("ADDED", "js")] and ("ns", "js") in reflector.known
+
+
+def test_a_target_whose_watch_fails_after_it_listed_is_named_until_a_watch_works():
+    """Listed once, then its watch refused (a Role that allows list but not watch): the cache keeps
+    the last objects; before, /healthz and the gauge said nothing, and the log said "cannot list"."""
+    informer = Informer(kube.Kube.from_url("http://127.0.0.1:9"), [Target(kube.PODS, "a")], lambda t, b: None)
+    pods = informer.reflectors[0]
+    pods._mark_synced()
+    pods.version = "5"
+    pods._stop.wait = lambda delay: False  # type: ignore[method-assign]
+    pods._fail(ApiError(403, "Forbidden", "cannot watch pods"), listing=False)
+    assert [why for _, why in informer.unsynced()] == [
+        "cannot watch pods in namespace a: HTTP 403 Forbidden: cannot watch pods"]
+    assert informer.namespace_listed("a")  # its reconciles go on with the last listed objects
+    pods._worked()
+    assert informer.unsynced() == []
+
+
+def test_held_wakeups_past_the_limit_wake_everything_unfinished_instead():
+    """A standby replica under claim churn held one entry per object it ever saw, without a bound."""
+    delivered: list[str] = []
+    overflows: list[int] = []
+    holding = Holding(lambda t, body: delivered.append(body["metadata"]["name"]), threading.Lock(),
+                      on_overflow=lambda: overflows.append(1), limit=3)
+    for i in range(5):
+        holding.offer("ADDED", _pod(f"p{i}", str(i)))
+    assert holding.overflowed and holding.held == {}
+    holding.release()
+    assert overflows == [1] and delivered == []
+    holding.offer("MODIFIED", _pod("p9", "9"))
+    assert delivered == ["p9"] and not holding.overflowed
