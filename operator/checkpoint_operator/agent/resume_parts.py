@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import errno
 import json
 import os
 import re
@@ -258,6 +259,24 @@ def _real_directory(root: str, path: str) -> Optional[str]:
     return current
 
 
+def chmod_same_inode(path: str, seen: os.stat_result, mode: int) -> None:
+    """chmod the file or directory `seen` by lstat, never what replaced it since (the volume is the
+    trainer's: a path swapped for a symlink into a published checkpoint between the lstat and a
+    chmod, which follows links, would give that checkpoint's file its write bits)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    if stat.S_ISDIR(seen.st_mode):
+        flags |= os.O_DIRECTORY
+    fd = os.open(path, flags)  # ELOOP for a symlink
+    try:
+        now = os.fstat(fd)
+        if (now.st_dev, now.st_ino) != (seen.st_dev, seen.st_ino) or \
+                (not stat.S_ISDIR(now.st_mode) and now.st_nlink > 1):
+            raise OSError(errno.ESTALE, "it changed while its write bits were given back")
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
 def _give_back(directory: str, modes: Optional[Mapping[str, object]]) -> int:
     """The write bits of every file and directory under `directory` (links left alone); how many changed.
     `modes`: what the sidecar took them from (an entry not in it lost none: the s3 store's sidecar takes
@@ -269,8 +288,8 @@ def _give_back(directory: str, modes: Optional[Mapping[str, object]]) -> int:
     for path in entries:
         try:
             st = os.lstat(path)
-            if stat.S_ISLNK(st.st_mode):
-                continue
+            if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+                continue  # links, FIFOs, sockets: nothing of a checkpoint's bytes
             if not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1:
                 # A hard link: the same inode may be a file of a published checkpoint (a dedup of an
                 # unchanged shard), whose bytes must stay read-only. The trainer replaces it instead.
@@ -284,7 +303,7 @@ def _give_back(directory: str, modes: Optional[Mapping[str, object]]) -> int:
                 continue
             mode = reopened_mode(st.st_mode, recorded)
             if mode != stat.S_IMODE(st.st_mode):
-                os.chmod(path, mode)
+                chmod_same_inode(path, st, mode)
                 changed += 1
         except OSError as exc:
             print(f"cannot give back the write bits of {printable(path)}: {exc.strerror}", flush=True)

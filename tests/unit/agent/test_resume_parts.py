@@ -385,3 +385,38 @@ def test_a_part_given_back_by_the_resume_step_is_not_taken_for_a_rename_by_the_r
     assert live_sealing.renamed_at_first_look(listed, {"step-2": listed.inode[1] + 1})
     assert live_sealing.given_back_inodes([{"path": "a", "inode": 3}, {"path": "b", "inode": True},
                                            {"path": 1, "inode": 2}, "x"]) == {"a": 3}
+
+
+def test_a_path_swapped_for_a_symlink_after_its_lstat_is_not_given_back(tmp_path):
+    """The volume is the trainer's: between the lstat and the chmod, a part's file swapped for a
+    symlink into a published checkpoint gave that published file its write bits (chmod follows
+    links). Now the file is opened without following links and checked to be the one seen."""
+    import os
+    import stat
+    from checkpoint_operator.agent.resume_parts import chmod_same_inode
+    published = tmp_path / "step-1" / "rank-0.bin"
+    published.parent.mkdir()
+    published.write_bytes(b"published")
+    published.chmod(0o444)
+    part = tmp_path / "step-2" / "rank-0.bin"
+    part.parent.mkdir()
+    part.write_bytes(b"part")
+    part.chmod(0o444)
+    seen = os.lstat(part)
+    part.unlink()
+    part.symlink_to(published)  # the swap
+    with pytest.raises(OSError):
+        chmod_same_inode(str(part), seen, 0o644)
+    assert stat.S_IMODE(published.stat().st_mode) == 0o444
+    other = tmp_path / "step-2" / "other.bin"  # replaced by another file: not the inode seen
+    other.write_bytes(b"x")
+    seen_other = os.lstat(other)
+    other.rename(tmp_path / "step-2" / "kept.bin")  # (kept: its inode number is not reused)
+    other.write_bytes(b"y")
+    other.chmod(0o444)
+    with pytest.raises(OSError):
+        chmod_same_inode(str(other), seen_other, 0o644)
+    assert stat.S_IMODE(other.stat().st_mode) == 0o444
+    fresh = os.lstat(other)
+    chmod_same_inode(str(other), fresh, 0o644)
+    assert stat.S_IMODE(other.stat().st_mode) == 0o644
