@@ -156,10 +156,12 @@ async def test_stopping_the_kubelet_leaves_no_sidecar_running_nor_restarts_one(
     await wait_for(running, timeout=30)
     # Running says the processes were started, not that the sidecar's interpreter got to record its
     # start (under load it had not: no pid to check); stopping before that would test nothing
-    await wait_for(lambda: (tmp_path / "marks" / "starts").exists(), timeout=30)
+    # (the file exists from its open() on, before the pid line is written: wait for the line itself)
+    starts = tmp_path / "marks" / "starts"
+    await wait_for(lambda: starts.exists() and starts.read_text().endswith("\n"), timeout=30)
     sidecar_loops = [t for t in asyncio.all_tasks() if t.get_name() == "sidecar sidecar"]  # the kubelet's loop
     assert len(sidecar_loops) == 1
     await cluster.kubelet.stop()  # what local mode's shutdown does to its kubelets
     assert all(loop.done() for loop in sidecar_loops)  # nothing left to start the sidecar again
-    pids = [int(line) for line in (tmp_path / "marks" / "starts").read_text().split()]
+    pids = [int(line) for line in starts.read_text().split()]
     assert pids and not [pid for pid in pids if alive(pid)]
