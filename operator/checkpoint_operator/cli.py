@@ -6,6 +6,7 @@ Subcommands import their modules lazily so that `agent` pods start fast and need
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import sys
 from typing import Callable, Optional
@@ -47,14 +48,29 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
                          description="Run the operator. Settings come from CKPT_* environment variables "
                                      "(see docs/install.md); flags override them.")
     scope = run.add_mutually_exclusive_group()
-    scope.add_argument("--namespace", "-n", action="append", default=None, metavar="NS",
-                       help="watch only this namespace (repeatable)")
+    scope.add_argument("--namespace", "-n", action="append", default=None, metavar="NS", type=namespace_name,
+                       help="watch only this namespace (repeatable; a name, not a pattern)")
     scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch the whole cluster (default)")
     run.add_argument("--metrics-port", type=int, default=None, help="port of /metrics (0 disables; default 8080)")
     run.add_argument("--liveness-port", type=int, default=None, help="port of /healthz (default 8081)")
     run.add_argument("--log-format", choices=["text", "json"], default=None, help="log format (default text)")
     run.add_argument("--standalone", action="store_true", help="no peering: do not coordinate with standby replicas")
     run.set_defaults(func=_run_operator)
+
+
+NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")  # a DNS-1123 label, as the chart's watchNamespaces
+
+
+def namespace_name(value: str) -> str:
+    """A namespace as `--namespace` takes it: a name. kopf would take a glob ('team-*') or a
+    negation ('!kube-system'), but the operator's own watches (reconcile/informer.py) list each
+    namespace by name: a pattern would be watched as a namespace that does not exist, and every
+    reconcile there would wait for its first list, forever."""
+    if len(value) <= 63 and NAMESPACE.fullmatch(value):
+        return value
+    raise argparse.ArgumentTypeError(
+        f"{value!r} is not a namespace name: a lowercase DNS-1123 label (a-z, 0-9, '-', at most 63 "
+        "characters); patterns ('*', '!') are not taken: name each namespace")
 
 
 def _add_agent_parser(sub: argparse._SubParsersAction) -> None:
