@@ -264,12 +264,29 @@ async def test_stopping_the_operator_during_start_up_leaves_no_reflector_running
     assert ctx.informer is None
 
 
-async def test_with_no_custom_resource_held_claims_are_slim_and_a_job_then_still_wakes(api, operator, trainer,
-                                                                                      wait_for):
-    """hostile11 H11-4 (real operator): with no TrainingJob or Checkpoint yet kopf calls no event
-    handler, so the child kinds' wake-ups stay held; before, each claim's whole body was (every
-    claim of the namespace, unrelated ones too). Now a slim body each, the cache and index still
-    see the whole object, and the first custom resource releases them (a job runs to Succeeded)."""
+async def _freeze(operator, wait_for):
+    """What kopf's peering does when a peer of higher priority runs: its operator_paused turns on."""
+    from checkpoint_operator import kopf_startup
+    loop = operator.ctx.queue._loop  # kopf's loop: its operator_paused is recorded per loop
+    await wait_for(lambda: loop in kopf_startup._PAUSES, timeout=10)
+    toggles = kopf_startup._PAUSES[loop]
+    freeze = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
+        toggles.make_toggle(True, name="a peer of higher priority"), loop))
+    assert kopf_startup.paused(loop)
+
+    async def resume():
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(freeze.turn_to(False), loop))
+    return resume
+
+
+async def test_while_paused_claims_are_held_slim_and_a_job_created_meanwhile_runs_once_resumed(
+        api, operator, trainer, wait_for):
+    """hostile11 H11-4 (real operator), and issue 22 item 4: a replica that kopf's peering paused
+    wakes nothing. Each claim's wake-up is held with a slim body (before: its whole body; every claim
+    of the namespace, unrelated ones too), the cache and the indexes still see every object (the
+    TrainingJob created meanwhile is indexed at once: kopf's frozen index did not have it), nothing
+    reconciles it; once resumed, the custom resources are relisted and the job runs to Succeeded."""
+    resume = await _freeze(operator, wait_for)
     n = 50
     for i in range(n):
         await api.create("v1/persistentvolumeclaims", NS, {
@@ -288,11 +305,43 @@ async def test_with_no_custom_resource_held_claims_are_slim_and_a_job_then_still
                                          "ownerReferences", "deletionTimestamp"}, body
     trainer.behaviours["first"] = lambda attempt, env: 0
     await api.create(TJ, NS, training_job("first"))
+    await wait_for(lambda: operator.ctx.indexes.training_job(NS, "first"), timeout=10)
+    await asyncio.sleep(1.5)
+    assert await _phase(api, "first") is None  # paused: not reconciled
+    jobs = next(r for r in operator.ctx.informer.reflectors if r.target.resource.plural == "trainingjobs")
+    assert jobs.lists == 1
+    await resume()
 
     async def done():
         return await _phase(api, "first") in ("Succeeded", "Failed")
     await wait_for(done, timeout=60)
     assert await _phase(api, "first") == "Succeeded" and holding.open and not holding.held
+    assert jobs.lists == 2  # the custom resources were listed again as the replica resumed
+
+
+async def test_a_custom_resource_deleted_during_a_watch_outage_leaves_the_indexes_after_the_relist(
+        api, emulator_server, operator, wait_for):
+    """A TrainingJob deleted while the watch was down (the resumed watch gets 410): the relist hands
+    it on as DELETED and its index entries go, now that the informer keeps the custom resources'
+    indexes (a relist must not keep ghosts there either)."""
+    await api.create(TJ, NS, training_job("doomed", checkpoints=[{"name": "never-made"}]))
+    indexes = operator.ctx.indexes
+    await wait_for(lambda: indexes.jobs_waiting_on(NS, "name", "never-made") == ["doomed"], timeout=10)
+    emulator = emulator_server.emulator
+    jobs = emulator_module.Resource("ckpt.dev", "v1alpha1", "trainingjobs")
+
+    def delete_in_an_outage() -> int:
+        key = (jobs, NS, "doomed")
+        last = emulator.store.get(key).load()
+        last["metadata"]["resourceVersion"] = emulator._next_rv()
+        emulator._remove(key, last)
+        return emulator.restart_watches()
+
+    assert await asyncio.to_thread(emulator_server.call, delete_in_an_outage) > 0
+    await wait_for(lambda: indexes.training_job(NS, "doomed") is None, timeout=15)
+    assert indexes.jobs_waiting_on(NS, "name", "never-made") == []
+    reflector = next(r for r in operator.ctx.informer.reflectors if r.target.resource.plural == "trainingjobs")
+    assert reflector.lists == 2 and reflector.synced
 
 
 async def test_an_optional_kind_that_goes_away_in_a_watch_gap_leaves_no_ghost(api, emulator_server, wait_for):

@@ -57,11 +57,16 @@ class Context:
     # woke the job (logic/workers.py wake_summary): an event that changes none of it wakes nothing.
     pod_seen: dict[tuple[str, str], tuple[WorkerPod, str]] = field(default_factory=dict)
     resync: Optional[asyncio.Task[None]] = None
-    # The informer of the child kinds (reconcile/informer.py; main.py starts it with the queue), the
-    # worker pod index it keeps (read through `indexes`), and its wake-ups held until kopf's are ready.
+    # The informer of every watched kind (reconcile/informer.py; main.py starts it with the queue),
+    # the indexes it keeps (read through `indexes`), and the wake-ups it holds while the replica may
+    # not act (start-up, kopf's peering paused it: informer.Holding; `releaser` lets them go on).
     informer: Optional[Informer] = field(default=None, repr=False)
     pod_index: ObjectIndex = field(default_factory=ObjectIndex, repr=False)
-    child_wakeups: Optional[Holding] = field(default=None, repr=False)
+    checkpoint_index: ObjectIndex = field(default_factory=ObjectIndex, repr=False)
+    training_job_index: ObjectIndex = field(default_factory=ObjectIndex, repr=False)
+    cluster_checkpoint_index: ObjectIndex = field(default_factory=ObjectIndex, repr=False)
+    child_wakeups: Optional[Holding] = field(default=None, repr=False)  # every kind's, not only children's
+    releaser: Optional[asyncio.Task[None]] = None
     # Gives freed memory back to the system after a burst of work (malloc.py); None without glibc.
     trimmer: Optional[asyncio.Task[None]] = None
     # namespace -> when its node-cache volume and claim were last made or found (reconcile/node_cache.py)
