@@ -130,7 +130,7 @@ def held_wakeup(ctx: Context, event_type: str, body: dict[str, Any]) -> None:
     """A wake-up held while the replica could not act (informer.Holding keeps only `informer.held`):
     the whole body from the cache where it holds the same object, and a pod's remembered summary is
     forgotten (a slim body cannot say it is unchanged: it wakes its job). A custom resource's held
-    event is its DELETED: its slim body says all its wake-ups read."""
+    event is its DELETED, kept whole."""
     meta = body.get("metadata") or {}
     kind, namespace, name = str(body.get("kind") or ""), str(meta.get("namespace") or ""), str(meta.get("name") or "")
     if kind in CUSTOM_KEYS:
@@ -160,8 +160,8 @@ def start_informer(ctx: Context) -> Informer:
     cluster-wide."""
     watching = Informer(ctx.kube, targets(CUSTOM + CHILDREN, ctx.namespaces), lambda t, body: changed(ctx, t, body))
     loop = asyncio.get_running_loop()  # kopf's: whether it is paused (peering) is known per loop
-    ctx.child_wakeups = Holding(lambda t, body: wake(ctx, t, body), watching.lock,
-                                paused=lambda: kopf_startup.paused(loop),
+    ctx.paused = lambda: kopf_startup.paused(loop)
+    ctx.child_wakeups = Holding(lambda t, body: wake(ctx, t, body), watching.lock, paused=ctx.paused,
                                 deliver_held=lambda t, body: held_wakeup(ctx, t, body),
                                 on_overflow=lambda: wake_all_unfinished(ctx),
                                 replayed=CUSTOM_KEYS, on_replay=lambda: watching.relist(CUSTOM_KEYS),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from checkpoint_operator.api.checkpoint import CheckpointHead
 from checkpoint_operator.api.clustercheckpoint import ClusterCheckpointHead
@@ -67,6 +67,8 @@ class Context:
     cluster_checkpoint_index: ObjectIndex = field(default_factory=ObjectIndex, repr=False)
     child_wakeups: Optional[Holding] = field(default=None, repr=False)  # every kind's, not only children's
     releaser: Optional[asyncio.Task[None]] = None
+    # Whether kopf's peering paused this replica (a peer of higher priority runs): the resync waits.
+    paused: Callable[[], bool] = field(default=lambda: False, repr=False)
     # Gives freed memory back to the system after a burst of work (malloc.py); None without glibc.
     trimmer: Optional[asyncio.Task[None]] = None
     # namespace -> when its node-cache volume and claim were last made or found (reconcile/node_cache.py)
@@ -79,7 +81,7 @@ class Context:
     @property
     def indexes(self) -> Indexes:
         if self._indexes is None:
-            raise RuntimeError("the indexes exist once kopf has started (main.py start_queue)")
+            raise RuntimeError("the indexes exist once the operator has started (main.py start_queue)")
         return self._indexes
 
     @indexes.setter
@@ -89,7 +91,7 @@ class Context:
     @property
     def queue(self) -> WorkQueue[ObjectKey]:
         if self._queue is None:
-            raise RuntimeError("the work queue exists once kopf has started (main.py start_queue)")
+            raise RuntimeError("the work queue exists once the operator has started (main.py start_queue)")
         return self._queue
 
     @queue.setter

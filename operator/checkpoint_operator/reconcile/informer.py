@@ -641,8 +641,8 @@ class Holding:
       not kept; `deliver_held` reads the rest from the cache. `release` (once `ready`, not paused)
       hands them on.
     - Paused (kopf's peering froze the replica: a peer of higher priority runs). Nothing is
-      woken: a child's event is held as above, a custom resource's DELETED too (its slim body is
-      all its wake-ups read of a deleted object), and any other custom resource's event only
+      woken: a child's event is held as above, a custom resource's DELETED too (whole: deletions
+      are few; its wake-ups read its producer, its uses), and any other custom resource's event only
       marks that a replay is due: `release` then has the informer LIST the custom resources again
       and hand on every object (`on_replay`: Reflector.relist), the whole body of each, as kopf's
       streams did when its peering resumed them, without keeping 10,000 bodies meanwhile.
@@ -686,7 +686,8 @@ class Holding:
             self.overflowed = True
             self.held.clear()
             return
-        self.held[key] = (event_type, held(body))
+        # A custom resource's held event is its DELETED: few, and kept whole (its wake-ups read its producer).
+        self.held[key] = (event_type, body if kind in self.replayed else held(body))
 
     def release(self) -> bool:
         """Hand on what was held and let every later event through, unless start-up is not over

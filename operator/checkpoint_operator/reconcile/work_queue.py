@@ -4,8 +4,8 @@ Why a queue on top of kopf, and not kopf daemons woken by an asyncio.Event per o
 serialises the handlers of one object but cannot wake object A from an event of object B (a
 Checkpoint becoming Ready must wake the jobs waiting for it; a job finishing must wake a
 blocked deletion), and a daemon per object holds a task and a thread for each of 10,000
-Checkpoints that have nothing to do. Here kopf still watches, keeps the indexes, peers and
-posts nothing but its own errors; its event handlers only `add` keys. The queue:
+Checkpoints that have nothing to do. Here the operator's informer watches and keeps the indexes
+(reconcile/informer.py), kopf peers and posts nothing but its own errors; each event only `add`s keys. The queue:
 
 - deduplicates: a key already waiting is not added twice (a burst of 1,000 events on one hot
   Checkpoint is one reconcile), and a key added while it is being reconciled runs once more
