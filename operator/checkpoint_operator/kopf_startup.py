@@ -51,6 +51,33 @@ def _recording(orchestrator: Callable[..., Any]) -> Callable[..., Any]:
     return recording_orchestrator
 
 
+# The loops whose kopf orchestrator arranged its tasks once (adjust_tasks: the peering toggles made,
+# turned on until the peers are read when peering is mandatory; kopf's watch streams spawned after).
+_ARRANGED: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, bool]" = weakref.WeakKeyDictionary()
+
+
+def _arranging(adjust_tasks: Callable[..., Any]) -> Callable[..., Any]:
+    async def arranging_adjust_tasks(**kwargs: Any) -> None:
+        await adjust_tasks(**kwargs)
+        try:
+            _ARRANGED[asyncio.get_running_loop()] = True
+        except RuntimeError:  # no loop: nothing to record it for
+            pass
+    arranging_adjust_tasks._ckpt_recording = True  # type: ignore[attr-defined]
+    return arranging_adjust_tasks
+
+
+def may_act(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether the replica of `loop` may act (reconcile, write): kopf's orchestrator has arranged its
+    peering once and the replica is not paused. kopf's own watch streams started only there, after
+    the peering toggles (with mandatory peering: on until the peers are read), so a standby replica
+    never ran a handler; the operator's informer starts earlier (start-up), so the queue waits for
+    this instead (hostile12 H12-1). True wherever the wrappers are not applied (an unchecked kopf)."""
+    if not getattr(orchestration.adjust_tasks, "_ckpt_recording", False):
+        return True
+    return _ARRANGED.get(loop, False) and not paused(loop)
+
+
 def paused(loop: asyncio.AbstractEventLoop) -> bool:
     """Whether the kopf operator of `loop` is paused (a peer of higher priority runs). Read from any
     thread: a set of toggles that changes while it is read counts as paused (it is being paused or
@@ -74,4 +101,6 @@ def apply() -> bool:
                     CHECKED_VERSIONS)
         return False
     orchestration.orchestrator = _recording(orchestration.orchestrator)
+    if not getattr(orchestration.adjust_tasks, "_ckpt_recording", False):
+        orchestration.adjust_tasks = _arranging(orchestration.adjust_tasks)
     return True

@@ -57,7 +57,6 @@ CHILDREN = ((kube.PODS, MANAGED_SELECTOR, False), (kube.JOBS, MANAGED_SELECTOR, 
             (kube.JOBSETS, MANAGED_SELECTOR, True), (kube.PVCS, None, False))
 LIST_CHUNK = informer.LIST_CHUNK
 STARTUP_WAIT = informer.STARTUP_WAIT  # seconds start-up waits for a target that cannot be listed
-RELEASE_POLL = 0.2  # seconds: how soon held wake-ups go on after kopf's peering resumes the replica
 UNLISTED_RETRY = 5.0  # seconds: a reconcile in a namespace not listed yet looks again after this
 logger = logging.getLogger("checkpoint_operator")
 # Read at import by callers that configure local runs (local/run.py).
@@ -160,8 +159,11 @@ def start_informer(ctx: Context) -> Informer:
     cluster-wide."""
     watching = Informer(ctx.kube, targets(CUSTOM + CHILDREN, ctx.namespaces), lambda t, body: changed(ctx, t, body))
     loop = asyncio.get_running_loop()  # kopf's: whether it is paused (peering) is known per loop
-    ctx.paused = lambda: kopf_startup.paused(loop)
-    ctx.child_wakeups = Holding(lambda t, body: wake(ctx, t, body), watching.lock, paused=ctx.paused,
+    ctx.paused = lambda: not kopf_startup.may_act(loop)
+    # Held only until start-up is over (the indexes filled): a wake-up reads them. Not while paused:
+    # the indexes stay current and the queue runs nothing then (WorkQueue may_run), so the keys a
+    # paused replica's events queue wait there, deduplicated, and run once it may act.
+    ctx.child_wakeups = Holding(lambda t, body: wake(ctx, t, body), watching.lock,
                                 deliver_held=lambda t, body: held_wakeup(ctx, t, body),
                                 on_overflow=lambda: wake_all_unfinished(ctx),
                                 replayed=CUSTOM_KEYS, on_replay=lambda: watching.relist(CUSTOM_KEYS),
@@ -171,17 +173,11 @@ def start_informer(ctx: Context) -> Informer:
     return watching
 
 
-async def release_wakeups(ctx: Context, every: float = RELEASE_POLL) -> None:
-    """Once start-up is over and again after each pause of kopf's peering: the held wake-ups go on
-    (Holding.release; its lock is the informer's, so it is taken off the loop)."""
-    holding = ctx.child_wakeups
-    if holding is None:
-        return
-    loop = asyncio.get_running_loop()
-    while True:
-        if not holding.open and not kopf_startup.paused(loop):
-            await asyncio.to_thread(holding.release)
-        await asyncio.sleep(every)
+async def release_wakeups(ctx: Context) -> None:
+    """Once start-up is over: the held wake-ups go on (Holding.release; its lock is the informer's,
+    so it is taken off the loop)."""
+    if ctx.child_wakeups is not None:
+        await asyncio.to_thread(ctx.child_wakeups.release)
 
 
 @kopf.on.probe(id="informer")
@@ -200,7 +196,8 @@ async def start_queue(memo: kopf.Memo, **_: Any) -> None:
     ctx.indexes = Indexes(ctx.checkpoint_index, ctx.training_job_index, ctx.pod_index, ctx.cluster_checkpoint_index)
     ctx.queue = WorkQueue(lambda key: reconcile(ctx, key), workers=ctx.config.workers,
                           base_backoff=ctx.config.reconcile_interval,
-                          on_error=lambda key, _: metrics.RECONCILE_ERRORS.labels(key[0]).inc())
+                          on_error=lambda key, _: metrics.RECONCILE_ERRORS.labels(key[0]).inc(),
+                          may_run=lambda: not ctx.paused())  # a standby replica reconciles nothing (H12-1, H12-2)
     ctx.trimmer = malloc.start_trimmer(ACTIVITY, TRIM_POLICY)
     # The first LISTs of every kind are applied (indexes, cache) page by page before the queue runs
     # a reconcile: no reconcile reads a half-filled index (kopf called no handler before its indexes

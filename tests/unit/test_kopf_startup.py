@@ -41,3 +41,25 @@ async def test_whether_kopf_is_paused_is_read_from_what_its_orchestrator_got():
     assert await asyncio.to_thread(kopf_startup.paused, loop)  # read from another thread
     await peering.turn_to(False)
     assert not kopf_startup.paused(loop)
+
+
+async def test_the_replica_may_act_only_once_kopf_arranged_its_peering_and_while_not_paused():
+    """hostile12 H12-1: kopf makes its peering toggles (on until the peers are read, with mandatory
+    peering) in the orchestrator's first adjust_tasks, after the startup handlers: until then the
+    replica does not know whether it may act, and does not."""
+    assert kopf_startup.apply() and getattr(orchestration.adjust_tasks, "_ckpt_recording", False)
+    loop = asyncio.get_running_loop()
+    kopf_startup._PAUSES.pop(loop, None)
+    kopf_startup._ARRANGED.pop(loop, None)
+    assert not kopf_startup.may_act(loop)
+    operator_paused = aiotoggles.ToggleSet(any)
+    await kopf_startup._recording(lambda **kwargs: asyncio.sleep(0))(operator_paused=operator_paused)
+    assert not kopf_startup.may_act(loop)  # the orchestrator runs, its peering not arranged yet
+    peering = await operator_paused.make_toggle(True, name="peering, preactivated")
+
+    async def adjust_tasks(**kwargs):
+        pass
+    await kopf_startup._arranging(adjust_tasks)(ensemble=None)
+    assert not kopf_startup.may_act(loop)  # arranged, and paused
+    await peering.turn_to(False)
+    assert kopf_startup.may_act(loop)

@@ -59,7 +59,7 @@ class Context:
     resync: Optional[asyncio.Task[None]] = None
     # The informer of every watched kind (reconcile/informer.py; main.py starts it with the queue),
     # the indexes it keeps (read through `indexes`), and the wake-ups it holds while the replica may
-    # not act (start-up, kopf's peering paused it: informer.Holding; `releaser` lets them go on).
+    # not act (start-up: informer.Holding; `releaser` lets them go on once the indexes are filled).
     informer: Optional[Informer] = field(default=None, repr=False)
     pod_index: ObjectIndex = field(default_factory=ObjectIndex, repr=False)
     checkpoint_index: ObjectIndex = field(default_factory=ObjectIndex, repr=False)
@@ -67,7 +67,8 @@ class Context:
     cluster_checkpoint_index: ObjectIndex = field(default_factory=ObjectIndex, repr=False)
     child_wakeups: Optional[Holding] = field(default=None, repr=False)  # every kind's, not only children's
     releaser: Optional[asyncio.Task[None]] = None
-    # Whether kopf's peering paused this replica (a peer of higher priority runs): the resync waits.
+    # Whether this replica may not act: kopf's peering paused it (a peer of higher priority runs) or has
+    # not decided yet (kopf_startup.may_act). The queue runs nothing, the resync wakes nothing.
     paused: Callable[[], bool] = field(default=lambda: False, repr=False)
     # Gives freed memory back to the system after a burst of work (malloc.py); None without glibc.
     trimmer: Optional[asyncio.Task[None]] = None

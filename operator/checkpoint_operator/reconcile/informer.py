@@ -124,11 +124,20 @@ def split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
 
 def slim(body: Mapping[str, Any]) -> dict[str, Any]:
     """What a reflector remembers of an object (to hand on its DELETED after a relist): its kind and
-    the metadata the handlers read (owners, labels), not its spec or status."""
+    the metadata the handlers read (owners, labels), not its spec or status; of a TrainingJob also the
+    uids of the inputs its status pins (a finished job's deletion wakes those Checkpoints from them:
+    reconcile/wakeups.py; hostile12 H12-3), a few per job (the CRD bounds them)."""
     meta = body.get("metadata") or {}
     kept = {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "labels", "ownerReferences")
             if k in meta}
-    return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": kept}
+    out: dict[str, Any] = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": kept}
+    if body.get("kind") == "TrainingJob":
+        status = body.get("status")
+        inputs = status.get("inputs") if isinstance(status, dict) else None
+        pins = [{"uid": p["uid"]} for p in inputs or [] if isinstance(p, dict) and isinstance(p.get("uid"), str)]
+        if pins:
+            out["status"] = {"inputs": pins}
+    return out
 
 
 HELD_LABELS = ("ckpt.dev/", "app.kubernetes.io/managed-by")  # the labels a wake-up reads
@@ -407,7 +416,9 @@ class Reflector:
         seen = 0
         ended = False
         try:
-            if self._stop.is_set():
+            # A relist asked for while the LIST before this watch ran (its abort found no watch to end):
+            # relist now, not when this watch ends in WATCH_TIMEOUT (hostile12 H12-4).
+            if self._stop.is_set() or self._replay.is_set():
                 return seen
             for line in split_lines(_chunks(response)):
                 decoded = decode(line)  # an ERROR line raises: it is not a watch that worked
