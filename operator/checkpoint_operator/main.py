@@ -1,11 +1,13 @@
 """The operator's table of contents: kopf declarations, each a line or two.
 
-kopf watches the custom resources, keeps their indexes and peers; its event handlers only put keys
-on the work queue (reconcile/work_queue.py explains why a queue and not kopf daemons), mapping an
-event of one object to every object it may unblock. The child kinds the operator only watches to
-wake work (its pods, Jobs and JobSets, and claims) come through an informer of its own
-(reconcile/informer.py: LIST, WATCH, relist; no kopf machinery per event), which keeps the worker
-pod index and feeds the same cache and wake-ups. Reconciles run in the queue
+kopf peers (one active replica), serves the probes, runs start-up and clean-up and logs in; it
+watches nothing of the operator's. Every kind the operator reads comes through an informer of its
+own (reconcile/informer.py: LIST in pages, WATCH, relist; no kopf machinery per event): the custom
+resources (TrainingJobs, Checkpoints, ClusterCheckpoints), whose indexes it keeps
+(reconcile/indexes.py `ObjectIndex`), and the child kinds (its pods, Jobs and JobSets, and claims),
+with the worker pod index. Each event updates the indexes and the cache, then only puts keys on the
+work queue (reconcile/work_queue.py explains why a queue and not kopf daemons), mapping an event of
+one object to every object it may unblock (reconcile/wakeups.py). Reconciles run in the queue
 (reconcile/trainingjob.py, reconcile/checkpoint.py). Settings and the process entry point
 (`checkpoint-operator run`) are below.
 """
@@ -27,7 +29,7 @@ from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.reconcile import checkpoint, clustercheckpoint, informer, trainingjob, wakeups
 from checkpoint_operator.reconcile.context import Context
 from checkpoint_operator.reconcile.informer import Holding, Informer, targets
-from checkpoint_operator.reconcile.indexes import (IndexKey, IndexValue, Indexes, checkpoint_keys,
+from checkpoint_operator.reconcile.indexes import (IndexKey, IndexValue, Indexes, ObjectIndex, checkpoint_keys,
                                                    cluster_checkpoint_keys, training_job_keys, worker_pod_keys)
 from checkpoint_operator.reconcile.work_queue import WorkQueue
 from checkpoint_operator.logic.memory_trim import TrimPolicy
@@ -47,12 +49,16 @@ MANAGED_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGER}"
 # The child kinds, watched by the informer (reconcile/informer.py), not kopf: (resource, label selector,
 # may be absent). The API server streams only the operator's own pods, Jobs and JobSets (every wake-up
 # of theirs is for those alone): a namespace's other workloads cost no watch event. Claims stream
-# whole (a Checkpoint may adopt a user's claim), as do the custom resources (kopf's).
+# whole (a Checkpoint may adopt a user's claim), as do the custom resources (CUSTOM).
+# The custom resources, every object (may be absent: a CRD not installed counts as listed, and is
+# LISTed again every informer.ABSENT_RETRY seconds, as kopf rescanned).
+CUSTOM = ((kube.TRAINING_JOBS, None, True), (kube.CHECKPOINTS, None, True), (kube.CLUSTER_CHECKPOINTS, None, True))
 CHILDREN = ((kube.PODS, MANAGED_SELECTOR, False), (kube.JOBS, MANAGED_SELECTOR, False),
             (kube.JOBSETS, MANAGED_SELECTOR, True), (kube.PVCS, None, False))
 LIST_CHUNK = informer.LIST_CHUNK
 STARTUP_WAIT = informer.STARTUP_WAIT  # seconds start-up waits for a target that cannot be listed
 UNLISTED_RETRY = 5.0  # seconds: a reconcile in a namespace not listed yet looks again after this
+logger = logging.getLogger("checkpoint_operator")
 # Read at import by callers that configure local runs (local/run.py).
 INTERVAL = OperatorConfig.from_env().reconcile_interval
 
@@ -67,93 +73,68 @@ def _ctx(memo: kopf.Memo) -> Context:
     return ctx
 
 
-# --- indexes (kopf keeps them from the watch streams) ----------------------------------------------
+# --- every watched kind: our own informer (reconcile/informer.py), not kopf ---------------------------
 
-@kopf.index(*CHECKPOINTS)
-async def checkpoint_index(body: kopf.Body, **_: Any) -> dict[IndexKey, IndexValue]:
-    ACTIVITY.tick()
-    return checkpoint_keys(body)
-
-
-@kopf.index(*TRAINING_JOBS)
-async def training_job_index(body: kopf.Body, **_: Any) -> dict[IndexKey, IndexValue]:
-    ACTIVITY.tick()
-    return training_job_keys(body)
+# The custom resources: kind -> the key function of its index (reconcile/indexes.py; the index: custom_index).
+CUSTOM_KEYS = {"TrainingJob": training_job_keys, "Checkpoint": checkpoint_keys,
+               "ClusterCheckpoint": cluster_checkpoint_keys}
 
 
-@kopf.index(*CLUSTER_CHECKPOINTS)
-async def cluster_checkpoint_index(body: kopf.Body, **_: Any) -> dict[IndexKey, IndexValue]:
-    ACTIVITY.tick()
-    return cluster_checkpoint_keys(body)
+def custom_index(ctx: Context, kind: str) -> Optional[ObjectIndex]:
+    return {"TrainingJob": ctx.training_job_index, "Checkpoint": ctx.checkpoint_index,
+            "ClusterCheckpoint": ctx.cluster_checkpoint_index}.get(kind)
 
 
-# --- events -> work queue -----------------------------------------------------------------------
-
-def _cache(memo: kopf.Memo, event: kopf.RawEvent) -> Context:
-    """The object cache (kube.ObjectCache) learns of the change before anything it wakes reads it."""
-    ctx = _ctx(memo)
-    _kopf_indexed(ctx)
-    ACTIVITY.tick()
-    body = dict(event.get("object") or {})
-    metrics.WATCH_EVENTS.labels(body.get("kind") or "").inc()
-    ctx.kube.cache.observe(body, deleted=event.get("type") == "DELETED", from_watch=True)
-    return ctx
-
-
-@kopf.on.event(*TRAINING_JOBS)
-async def training_job_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    metrics.observe_phase(event, body)
-    wakeups.training_job_event(_cache(memo, event), event.get("type"), body)
-
-
-@kopf.on.event(*CHECKPOINTS)
-async def checkpoint_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    metrics.observe_phase(event, body)
-    wakeups.checkpoint_event(_cache(memo, event), event.get("type"), body)
-
-
-@kopf.on.event(*CLUSTER_CHECKPOINTS)
-async def cluster_checkpoint_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: object) -> None:
-    _kopf_indexed(_ctx(memo))
-    ACTIVITY.tick()
-    metrics.observe_phase(dict(event), body)
-    wakeups.cluster_checkpoint_event(_ctx(memo), event.get("type"), body)
-
-
-def _kopf_indexed(ctx: Context) -> None:
-    """kopf calls an event handler only once all its indexes are filled: the children's wake-ups
-    held until then go on (reconcile/informer.py Holding)."""
-    if ctx.child_wakeups is not None and not ctx.child_wakeups.open:
-        ctx.child_wakeups.release()
-
-
-# --- the child kinds: our own informer (reconcile/informer.py), not kopf ----------------------------
-
-def child_changed(ctx: Context, event_type: str, body: dict[str, Any]) -> None:
-    """Each event of a pod, Job, JobSet or claim, in the informer's thread, one at a time: the pod
-    index and the cache hold the body before any wake-up reads them (reconcile/wakeups.py, fact 1)."""
+def changed(ctx: Context, event_type: str, body: dict[str, Any]) -> None:
+    """Each event of any watched kind, in the informer's thread, one at a time, in each object's
+    order: the indexes and the cache hold the body before any wake-up reads them
+    (reconcile/wakeups.py, fact 1); then its wake-ups (held while the replica may not act: Holding)."""
     ACTIVITY.tick()
     deleted = event_type == "DELETED"
-    if body.get("kind") == "Pod":
-        meta = body.get("metadata") or {}
+    kind = str(body.get("kind") or "")
+    meta = body.get("metadata") or {}
+    index = custom_index(ctx, kind)
+    if index is not None:
+        keys: dict[IndexKey, IndexValue] = {}
+        if not deleted:
+            try:
+                keys = CUSTOM_KEYS[kind](body)
+            except Exception:  # noqa: BLE001 - a body the key function cannot read is in no index
+                logger.exception("indexing %s %s/%s failed", kind, meta.get("namespace"), meta.get("name"))
+        index.update((meta.get("namespace") or "", meta.get("name") or ""), keys)
+        metrics.observe_phase({"type": event_type}, body)
+    elif kind == "Pod":
         ctx.pod_index.update((meta.get("namespace") or "", meta.get("name") or ""),
                              {} if deleted else worker_pod_keys(body))
-    metrics.WATCH_EVENTS.labels(body.get("kind") or "").inc()
+    metrics.WATCH_EVENTS.labels(kind).inc()
     ctx.kube.cache.observe(body, deleted=deleted, from_watch=True)
     if ctx.child_wakeups is not None:
         ctx.child_wakeups.offer(event_type, body)
 
 
-def child_wakeups(ctx: Context, event_type: str, body: dict[str, Any]) -> None:
-    wakeups.child_event(ctx, body, event_type)
+def wake(ctx: Context, event_type: str, body: dict[str, Any]) -> None:
+    """What an event may unblock (reconcile/wakeups.py): only keys on the work queue."""
+    kind = body.get("kind")
+    if kind == "TrainingJob":
+        wakeups.training_job_event(ctx, event_type, body)
+    elif kind == "Checkpoint":
+        wakeups.checkpoint_event(ctx, event_type, body)
+    elif kind == "ClusterCheckpoint":
+        wakeups.cluster_checkpoint_event(ctx, event_type, body)
+    else:
+        wakeups.child_event(ctx, body, event_type)
 
 
 def held_wakeup(ctx: Context, event_type: str, body: dict[str, Any]) -> None:
-    """A wake-up held while kopf could not take it (informer.Holding keeps only `informer.held`):
+    """A wake-up held while the replica could not act (informer.Holding keeps only `informer.held`):
     the whole body from the cache where it holds the same object, and a pod's remembered summary is
-    forgotten (a slim body cannot say it is unchanged: it wakes its job)."""
+    forgotten (a slim body cannot say it is unchanged: it wakes its job). A custom resource's held
+    event is its DELETED, kept whole."""
     meta = body.get("metadata") or {}
     kind, namespace, name = str(body.get("kind") or ""), str(meta.get("namespace") or ""), str(meta.get("name") or "")
+    if kind in CUSTOM_KEYS:
+        wake(ctx, event_type, body)
+        return
     full = None if event_type == "DELETED" else ctx.kube.cache.get(kind, namespace, name)
     if full is not None and (full.get("metadata") or {}).get("uid") != meta.get("uid"):
         full = None
@@ -173,22 +154,35 @@ def wake_all_unfinished(ctx: Context) -> None:
 
 
 def start_informer(ctx: Context) -> Informer:
-    """Pods, Jobs and JobSets of ours (the selector kopf used), every claim; in the namespaces kopf
-    watches (every one when none are listed)."""
-    watching = Informer(ctx.kube, targets(CHILDREN, ctx.namespaces), lambda t, body: child_changed(ctx, t, body))
+    """The custom resources (every object), our pods, Jobs and JobSets (the selector kopf used), every
+    claim; in the namespaces the operator serves (every one when none are listed), ClusterCheckpoints
+    cluster-wide."""
+    watching = Informer(ctx.kube, targets(CUSTOM + CHILDREN, ctx.namespaces), lambda t, body: changed(ctx, t, body))
     loop = asyncio.get_running_loop()  # kopf's: whether it is paused (peering) is known per loop
-    ctx.child_wakeups = Holding(lambda t, body: child_wakeups(ctx, t, body), watching.lock,
-                                paused=lambda: kopf_startup.paused(loop),
+    ctx.paused = lambda: not kopf_startup.may_act(loop)
+    # Held only until start-up is over (the indexes filled): a wake-up reads them. Not while paused:
+    # the indexes stay current and the queue runs nothing then (WorkQueue may_run), so the keys a
+    # paused replica's events queue wait there, deduplicated, and run once it may act.
+    ctx.child_wakeups = Holding(lambda t, body: wake(ctx, t, body), watching.lock,
                                 deliver_held=lambda t, body: held_wakeup(ctx, t, body),
-                                on_overflow=lambda: wake_all_unfinished(ctx))
+                                on_overflow=lambda: wake_all_unfinished(ctx),
+                                replayed=CUSTOM_KEYS, on_replay=lambda: watching.relist(CUSTOM_KEYS),
+                                ready=False)
     watching.on_change = lambda: metrics.observe_informer(watching.unsynced())
     watching.start()
     return watching
 
 
+async def release_wakeups(ctx: Context) -> None:
+    """Once start-up is over: the held wake-ups go on (Holding.release; its lock is the informer's,
+    so it is taken off the loop)."""
+    if ctx.child_wakeups is not None:
+        await asyncio.to_thread(ctx.child_wakeups.release)
+
+
 @kopf.on.probe(id="informer")
 def informer_probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
-    """In /healthz: the child kinds' targets that could not be listed, and why."""
+    """In /healthz: the targets of any kind that could not be listed (or watched), and why."""
     watching = _ctx(memo).informer
     unsynced = watching.unsynced() if watching is not None else []
     return {"synced": not unsynced, "unsynced": [why for _, why in unsynced]}
@@ -197,22 +191,21 @@ def informer_probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
 # --- the queue's life -----------------------------------------------------------------------------
 
 @kopf.on.startup()
-async def start_queue(memo: kopf.Memo, **indexes: Any) -> None:
-    """kopf passes each index as a keyword argument named after its function (above)."""
+async def start_queue(memo: kopf.Memo, **_: Any) -> None:
     ctx = _ctx(memo)
-    ctx.indexes = Indexes(indexes["checkpoint_index"], indexes["training_job_index"], ctx.pod_index,
-                          indexes["cluster_checkpoint_index"])
+    ctx.indexes = Indexes(ctx.checkpoint_index, ctx.training_job_index, ctx.pod_index, ctx.cluster_checkpoint_index)
     ctx.queue = WorkQueue(lambda key: reconcile(ctx, key), workers=ctx.config.workers,
                           base_backoff=ctx.config.reconcile_interval,
-                          on_error=lambda key, _: metrics.RECONCILE_ERRORS.labels(key[0]).inc())
-    ctx.queue.start()
-    ctx.resync = wakeups.start_resync(ctx)
+                          on_error=lambda key, _: metrics.RECONCILE_ERRORS.labels(key[0]).inc(),
+                          may_run=lambda: not ctx.paused())  # a standby replica reconciles nothing (H12-1, H12-2)
     ctx.trimmer = malloc.start_trimmer(ACTIVITY, TRIM_POLICY)
-    # kopf starts watching once the startup handlers are done: the children's first LISTs are in the
-    # pod index and the cache before any reconcile can run (kopf's indexes gave the same).
+    # The first LISTs of every kind are applied (indexes, cache) page by page before the queue runs
+    # a reconcile: no reconcile reads a half-filled index (kopf called no handler before its indexes
+    # were filled). The wake-ups of the listed custom resources only queue keys meanwhile.
     # A target whose LIST keeps failing (a 403: one namespace's Role missing) holds no other: it is
     # waited for at most informer.STARTUP_WAIT seconds, and the reconciles of its namespace wait
-    # until it lists (`reconcile` below); it is named in a warning, a gauge and /healthz.
+    # until it lists (`reconcile` below; every reconcile, for ClusterCheckpoints); it is named in a
+    # warning, a gauge and /healthz.
     ctx.informer = start_informer(ctx)
     try:
         deadline = time.monotonic() + STARTUP_WAIT
@@ -224,6 +217,11 @@ async def start_queue(memo: kopf.Memo, **indexes: Any) -> None:
         watching, ctx.informer = ctx.informer, None
         await asyncio.shield(asyncio.to_thread(watching.stop))
         raise
+    ctx.queue.start()
+    ctx.resync = wakeups.start_resync(ctx)
+    if ctx.child_wakeups is not None:
+        ctx.child_wakeups.ready = True
+    ctx.releaser = asyncio.create_task(release_wakeups(ctx), name="held wake-ups")
 
 
 @kopf.on.cleanup()
@@ -232,6 +230,9 @@ async def stop_queue(memo: kopf.Memo, **_: Any) -> None:
     if ctx.informer is not None:
         await asyncio.to_thread(ctx.informer.stop)
         ctx.informer = None
+    if ctx.releaser is not None:
+        ctx.releaser.cancel()
+        ctx.releaser = None
     if ctx.resync is not None:
         ctx.resync.cancel()
         ctx.resync = None
@@ -280,7 +281,7 @@ class NoDiffBase(kopf.AnnotationsDiffBaseStorage):
 
 
 def configure_settings(settings: kopf.OperatorSettings, *, peering_priority: Optional[int] = None) -> None:
-    kopf_startup.apply()  # index pre-population linear in the objects (see kopf_startup.py)
+    kopf_startup.apply()  # whether peering paused the replica (see kopf_startup.py)
     settings.persistence.finalizer = KOPF_FINALIZER
     # Keep kopf's bookkeeping in annotations: the CRD schema would prune it from status.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)

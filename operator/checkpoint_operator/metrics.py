@@ -53,7 +53,7 @@ def observe_informer(unsynced: list[tuple[Any, str]]) -> None:
 RECONCILES = Counter(f"{PREFIX}_reconciles_total", "Reconcile passes run (each a wake-up from the work queue).",
                      ["kind"])
 RECONCILE_ERRORS = Counter(f"{PREFIX}_reconcile_errors_total", "Reconciliations that raised an error.", ["kind"])
-WATCH_EVENTS = Counter(f"{PREFIX}_watch_events_total", "Watch events the operator handled (kopf's per-event cost).",
+WATCH_EVENTS = Counter(f"{PREFIX}_watch_events_total", "Watch events the operator handled (its informer's, by kind).",
                        ["kind"])
 AGENT_RESULT_BYTES = Histogram(
     f"{PREFIX}_agent_result_bytes", "Size of the result line an agent pod wrote (read bounded; a few hundred bytes "
@@ -95,7 +95,7 @@ REGISTRY.register(PHASES)
 
 class ApiRequests(Collector):
     """The operator's own API requests by HTTP method, read from a client's `requests` counter
-    (the watch streams, kopf's and the informer's, are not among them)."""
+    (the watch streams, the informer's and kopf's peering, are not among them)."""
 
     def __init__(self, counts, by_target=None) -> None:
         self._counts = counts
@@ -116,7 +116,7 @@ class ApiRequests(Collector):
 
 
 def observe_phase(event: Mapping[str, Any], body: Mapping[str, Any]) -> None:
-    """Objects by phase, from every change kopf sees (also right after a restart)."""
+    """Objects by phase, from every change the informer hands on (also right after a restart)."""
     kind, uid = body.get("kind") or "", body.get("metadata", {}).get("uid", "")
     if event.get("type") == "DELETED":
         PHASES.forget(kind, uid)

@@ -5,9 +5,11 @@ API server that restarts its watches is relisted without losing an object or kee
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
+from checkpoint_operator import kopf_startup
 from checkpoint_operator import main as main_module
 from checkpoint_operator.local import emulator as emulator_module
 from conftest import NS, TJ, held_until, training_job
@@ -101,8 +103,8 @@ async def test_an_expired_watch_relists_without_losing_or_ghosting_and_a_restart
 
 async def test_while_kopf_is_frozen_a_child_s_event_wakes_nothing_and_after_it_does(api, operator, trainer, wait_for):
     """kopf's peering freezes its watch streams while a peer of higher priority runs; the child kinds'
-    events came through those streams, so they woke nothing then. The informer follows: it keeps the
-    pod index current but holds the wake-ups until kopf resumes."""
+    events came through those streams, so they woke nothing then. The informer keeps the indexes
+    current and queues the keys; the queue runs none of them until kopf resumes."""
     from checkpoint_operator import kopf_startup
     release = asyncio.Event()
     trainer.behaviours["frozen"] = held_until(release)
@@ -123,13 +125,12 @@ async def test_while_kopf_is_frozen_a_child_s_event_wakes_nothing_and_after_it_d
     def pod_done():
         pods = operator.ctx.pod_index.get(("pods", NS, uid)) or ()
         return [p.name for p in pods if p.phase.value == "Succeeded"]
-    done = await wait_for(pod_done, timeout=30)
-    # The pod's events reached the index, but their wake-ups are held: nothing an event would wake
-    # runs. (A reconcile already due still runs while frozen, as it did before: a timer of the queue.)
-    holding = operator.ctx.child_wakeups
-    assert not holding.open and ("Pod", NS, done[0]) in holding.held
-    await asyncio.sleep(1.0)
-    assert ("Pod", NS, done[0]) in holding.held
+    await wait_for(pod_done, timeout=30)
+    # The pod's events reached the index and queued the job; the queue runs nothing while the
+    # replica is paused (WorkQueue may_run), not even a reconcile already due (hostile12 H12-2).
+    await asyncio.sleep(1.5)
+    assert await _phase(api, "frozen") == "Running"
+    assert ("TrainingJob", NS, "frozen") in operator.ctx.queue._queued | set(operator.ctx.queue._due)
     await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(freeze.turn_to(False), loop))
     await wait_for(lambda: phase_is("Succeeded"), timeout=30)
 
@@ -264,35 +265,75 @@ async def test_stopping_the_operator_during_start_up_leaves_no_reflector_running
     assert ctx.informer is None
 
 
-async def test_with_no_custom_resource_held_claims_are_slim_and_a_job_then_still_wakes(api, operator, trainer,
-                                                                                      wait_for):
-    """hostile11 H11-4 (real operator): with no TrainingJob or Checkpoint yet kopf calls no event
-    handler, so the child kinds' wake-ups stay held; before, each claim's whole body was (every
-    claim of the namespace, unrelated ones too). Now a slim body each, the cache and index still
-    see the whole object, and the first custom resource releases them (a job runs to Succeeded)."""
-    n = 50
-    for i in range(n):
+async def _freeze(operator, wait_for):
+    """What kopf's peering does when a peer of higher priority runs: its operator_paused turns on."""
+    from checkpoint_operator import kopf_startup
+    loop = operator.ctx.queue._loop  # kopf's loop: its operator_paused is recorded per loop
+    await wait_for(lambda: loop in kopf_startup._PAUSES, timeout=10)
+    toggles = kopf_startup._PAUSES[loop]
+    freeze = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
+        toggles.make_toggle(True, name="a peer of higher priority"), loop))
+    assert kopf_startup.paused(loop)
+
+    async def resume():
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(freeze.turn_to(False), loop))
+    return resume
+
+
+async def test_while_paused_a_job_created_meanwhile_is_indexed_not_reconciled_and_runs_once_resumed(
+        api, operator, trainer, wait_for):
+    """issue 22 item 4, hostile12 H12-2: a replica that kopf's peering paused acts on nothing. The
+    cache and the indexes still see every object (the TrainingJob created meanwhile is indexed at
+    once: kopf's frozen index did not have it) and its key waits in the queue, which runs nothing;
+    once resumed, the job runs to Succeeded. Nothing is held (no relist either): 50 unrelated claims
+    created meanwhile leave nothing behind."""
+    resume = await _freeze(operator, wait_for)
+    for i in range(50):
         await api.create("v1/persistentvolumeclaims", NS, {
             "metadata": {"name": f"unrelated-{i}", "labels": {"team": "x"}, "annotations": {"note": "y" * 200}},
             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
-    holding = operator.ctx.child_wakeups
-
-    def held_claims():
-        return [body for (kind, _, name), (_, body) in list(holding.held.items())
-                if kind == "PersistentVolumeClaim" and name.startswith("unrelated-")]
-    await wait_for(lambda: len(held_claims()) == n or None, timeout=30)
-    assert not holding.open
-    for body in held_claims():
-        assert "spec" not in body and "status" not in body, body
-        assert set(body["metadata"]) <= {"name", "namespace", "uid", "resourceVersion", "labels",
-                                         "ownerReferences", "deletionTimestamp"}, body
     trainer.behaviours["first"] = lambda attempt, env: 0
     await api.create(TJ, NS, training_job("first"))
+    await wait_for(lambda: operator.ctx.indexes.training_job(NS, "first"), timeout=10)
+    await asyncio.sleep(1.5)
+    assert await _phase(api, "first") is None  # paused: not reconciled
+    queue = operator.ctx.queue
+    assert ("TrainingJob", NS, "first") in queue._queued
+    holding = operator.ctx.child_wakeups
+    assert holding.open and not holding.held
+    jobs = next(r for r in operator.ctx.informer.reflectors if r.target.resource.plural == "trainingjobs")
+    await resume()
 
     async def done():
         return await _phase(api, "first") in ("Succeeded", "Failed")
     await wait_for(done, timeout=60)
-    assert await _phase(api, "first") == "Succeeded" and holding.open and not holding.held
+    assert await _phase(api, "first") == "Succeeded"
+    assert jobs.lists == 1  # no relist needed: the indexes were current all along
+
+
+async def test_a_custom_resource_deleted_during_a_watch_outage_leaves_the_indexes_after_the_relist(
+        api, emulator_server, operator, wait_for):
+    """A TrainingJob deleted while the watch was down (the resumed watch gets 410): the relist hands
+    it on as DELETED and its index entries go, now that the informer keeps the custom resources'
+    indexes (a relist must not keep ghosts there either)."""
+    await api.create(TJ, NS, training_job("doomed", checkpoints=[{"name": "never-made"}]))
+    indexes = operator.ctx.indexes
+    await wait_for(lambda: indexes.jobs_waiting_on(NS, "name", "never-made") == ["doomed"], timeout=10)
+    emulator = emulator_server.emulator
+    jobs = emulator_module.Resource("ckpt.dev", "v1alpha1", "trainingjobs")
+
+    def delete_in_an_outage() -> int:
+        key = (jobs, NS, "doomed")
+        last = emulator.store.get(key).load()
+        last["metadata"]["resourceVersion"] = emulator._next_rv()
+        emulator._remove(key, last)
+        return emulator.restart_watches()
+
+    assert await asyncio.to_thread(emulator_server.call, delete_in_an_outage) > 0
+    await wait_for(lambda: indexes.training_job(NS, "doomed") is None, timeout=15)
+    assert indexes.jobs_waiting_on(NS, "name", "never-made") == []
+    reflector = next(r for r in operator.ctx.informer.reflectors if r.target.resource.plural == "trainingjobs")
+    assert reflector.lists == 2 and reflector.synced
 
 
 async def test_an_optional_kind_that_goes_away_in_a_watch_gap_leaves_no_ghost(api, emulator_server, wait_for):
@@ -330,3 +371,87 @@ async def test_an_optional_kind_that_goes_away_in_a_watch_gap_leaves_no_ghost(ap
         assert not informer.reflectors[0].known and seen.count(("DELETED", "w")) == 1
     finally:
         await asyncio.to_thread(informer.stop)
+
+
+# hostile12 H12-1, H12-2: a standby replica acts on nothing (kopf_startup.may_act, WorkQueue may_run).
+async def test_a_replica_paused_from_its_first_moment_reconciles_no_listed_job(
+        api, api_url, cluster, operator_config, trainer, monkeypatch):
+    """kopf with mandatory peering creates its peering toggle pre-activated (orchestration.py
+    spawn_missing_peerings: make_toggle(is_preactivated=settings.peering.mandatory)): the replica is
+    paused from the orchestrator's first moment until the peering says it may run. Modelled here by a
+    toggle that is on as the orchestrator starts and never turns off (a peer of higher priority runs).
+    Expected: nothing reconciled. Actual: the TrainingJob listed at start-up is reconciled (status
+    written, its Job created) before the orchestrator was ever called."""
+    from kopf._core.reactor import orchestration
+    from conftest import Operator
+
+    events: list[tuple[str, float]] = []
+    inner = orchestration.orchestrator  # kopf_startup's recording wrapper (installed by configure_settings)
+
+    async def paused_from_start(*, operator_paused, **kwargs):
+        events.append(("orchestrator", time.monotonic()))
+        await operator_paused.make_toggle(True, name="peering: a peer of higher priority runs")
+        await inner(operator_paused=operator_paused, **kwargs)
+    kopf_startup.apply()
+    monkeypatch.setattr(orchestration, "orchestrator", paused_from_start)
+    real_reconcile = main_module.reconcile
+
+    def spying_reconcile(ctx, key):
+        loop = ctx.queue._loop
+        events.append((f"reconcile {key} paused={kopf_startup.paused(loop)}", time.monotonic()))
+        return real_reconcile(ctx, key)
+    monkeypatch.setattr(main_module, "reconcile", spying_reconcile)
+
+    trainer.behaviours["standby"] = held_until(asyncio.Event(), timeout=30)
+    await api.create(TJ, NS, training_job("standby"))
+    op = Operator(api_url, operator_config)
+    await op.start()
+    try:
+        await asyncio.sleep(3)
+        phase = await _phase(api, "standby")
+        jobs = (await api.list("batch/v1/jobs", NS)) if hasattr(api, "list") else None
+        first_reconciles = [(what, t) for what, t in events if what.startswith("reconcile")]
+        orchestrated = [t for what, t in events if what == "orchestrator"]
+        print("events:", events[:10], "phase:", phase)
+        assert not first_reconciles, (
+            f"a replica paused from the start reconciled: {first_reconciles[:3]}; orchestrator called at "
+            f"{orchestrated}; TrainingJob phase now {phase!r}; Jobs: {jobs}")
+        assert phase is None
+    finally:
+        await op.stop()
+
+
+async def test_a_paused_replica_runs_nothing_its_queue_holds(api, operator, trainer, wait_for):
+    """Freeze the replica (as kopf's peering does) while a job runs; the requeued reconciles go on."""
+    from conftest import Operator  # noqa: F401
+    release = asyncio.Event()
+    trainer.behaviours["busy"] = held_until(release, timeout=60)
+    await api.create(TJ, NS, training_job("busy"))
+
+    async def running():
+        return await _phase(api, "busy") == "Running"
+    await wait_for(running, timeout=30)
+    loop = operator.ctx.queue._loop
+    await wait_for(lambda: loop in kopf_startup._PAUSES, timeout=10)
+    toggles = kopf_startup._PAUSES[loop]
+    await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
+        toggles.make_toggle(True, name="a peer of higher priority"), loop))
+    assert kopf_startup.paused(loop)
+    ran: list[tuple] = []
+    real = main_module.reconcile
+
+    def spying(ctx, key):
+        ran.append((key, kopf_startup.paused(loop)))
+        return real(ctx, key)
+    main_module.reconcile = spying
+    try:
+        await asyncio.sleep(1.0)  # let a reconcile in flight end
+        ran.clear()
+        await asyncio.sleep(4.0)
+        release.set()  # the worker succeeds while paused: does the paused replica write Succeeded?
+        await asyncio.sleep(4.0)
+        phase = await _phase(api, "busy")
+        print("reconciles while paused:", len(ran), ran[:5], "phase:", phase)
+        assert not ran, f"{len(ran)} reconciles ran on a paused replica, e.g. {ran[:3]}; phase {phase!r}"
+    finally:
+        main_module.reconcile = real

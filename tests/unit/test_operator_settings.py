@@ -18,7 +18,7 @@ def test_only_the_operator_s_own_pods_jobs_and_jobsets_stream_and_lists_come_in_
     """Every wake-up of pods, Jobs and JobSets is for the operator's own; a watch of every pod of the
     namespace cost a pass through the handlers for each. Claims stream whole: a Checkpoint may adopt a
     user's claim, and its event wakes that Checkpoint. The child kinds are the informer's
-    (reconcile/informer.py); kopf watches the custom resources only, whole, in pages."""
+    (reconcile/informer.py), as are the custom resources (whole)."""
     managed = "app.kubernetes.io/managed-by=checkpoint-operator"
     selectors = {resource.plural: (selector, optional) for resource, selector, optional in main.CHILDREN}
     assert selectors == {"pods": (managed, False), "jobs": (managed, False), "jobsets": (managed, True),
@@ -32,10 +32,15 @@ def test_only_the_operator_s_own_pods_jobs_and_jobsets_stream_and_lists_come_in_
     assert main.MANAGED_SELECTOR == ",".join(f"{k}={v}" for k, v in main.MANAGED.items())
 
 
-def test_kopf_watches_none_of_the_child_kinds():
-    """Their events go through the informer alone: a kopf handler left on one of them would bring
-    its watch stream and its per-event machinery back (and deliver every event twice)."""
+def test_kopf_watches_nothing_of_the_operator_s():
+    """Every kind's events go through the informer alone (the custom resources too, issue 22 item 4): a
+    kopf handler left on one of them would bring its watch stream and its per-event machinery back
+    (and deliver every event twice). kopf keeps peering, the probes, start-up and clean-up."""
     registry = kopf.get_default_registry()
-    watched = {handler.selector.any_name if handler.selector is not None else ""
-               for handlers in (registry._indexing, registry._watching) for handler in handlers.get_all_handlers()}
-    assert watched == {"checkpoints", "trainingjobs", "clustercheckpoints"}
+    resource_handlers = [h for handlers in (registry._indexing, registry._watching, registry._changing,
+                                            registry._spawning, registry._webhooks)
+                         for h in handlers.get_all_handlers()]
+    assert resource_handlers == []
+    assert {h.id for h in registry._activities.get_all_handlers()} >= {"start_queue", "stop_queue", "informer"}
+    custom = {(resource.plural, selector, optional) for resource, selector, optional in main.CUSTOM}
+    assert custom == {("trainingjobs", None, True), ("checkpoints", None, True), ("clustercheckpoints", None, True)}

@@ -269,19 +269,24 @@ def run_kopf_in_thread(registry: Any, settings: Any, namespaces: Collection[str]
     return handle
 
 
+# Whose watch streams mean the operator watches: kopf's, and the operator's own informer's (every
+# kind of the checkpoint operator: reconcile/informer.py; kopf then watches none).
+WATCHING_AGENTS = ("kopf/", "checkpoint-operator-informer")
+
+
 def _wait_for_kopf_watches(server_url: str, timeout: float, settle: float) -> None:
     deadline = time.monotonic() + timeout
     seen: list[Any] = []
     stable_since = time.monotonic()
     while time.monotonic() < deadline:
         current = sorted((w["resource"], w["namespace"] or "") for w in open_watches(server_url)
-                         if w["user_agent"].startswith("kopf/"))
+                         if w["user_agent"].startswith(WATCHING_AGENTS))
         if current != seen:
             seen, stable_since = current, time.monotonic()
         elif current and time.monotonic() - stable_since >= settle:
             return
         time.sleep(0.05)
-    raise RuntimeError(f"kopf opened no watch stream on {server_url} within {timeout} s")
+    raise RuntimeError(f"the operator opened no watch stream on {server_url} within {timeout} s")
 
 
 # --- a small client of the API ------------------------------------------------------------------------

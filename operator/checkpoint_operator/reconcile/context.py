@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from checkpoint_operator.api.checkpoint import CheckpointHead
 from checkpoint_operator.api.clustercheckpoint import ClusterCheckpointHead
@@ -57,11 +57,19 @@ class Context:
     # woke the job (logic/workers.py wake_summary): an event that changes none of it wakes nothing.
     pod_seen: dict[tuple[str, str], tuple[WorkerPod, str]] = field(default_factory=dict)
     resync: Optional[asyncio.Task[None]] = None
-    # The informer of the child kinds (reconcile/informer.py; main.py starts it with the queue), the
-    # worker pod index it keeps (read through `indexes`), and its wake-ups held until kopf's are ready.
+    # The informer of every watched kind (reconcile/informer.py; main.py starts it with the queue),
+    # the indexes it keeps (read through `indexes`), and the wake-ups it holds while the replica may
+    # not act (start-up: informer.Holding; `releaser` lets them go on once the indexes are filled).
     informer: Optional[Informer] = field(default=None, repr=False)
     pod_index: ObjectIndex = field(default_factory=ObjectIndex, repr=False)
-    child_wakeups: Optional[Holding] = field(default=None, repr=False)
+    checkpoint_index: ObjectIndex = field(default_factory=ObjectIndex, repr=False)
+    training_job_index: ObjectIndex = field(default_factory=ObjectIndex, repr=False)
+    cluster_checkpoint_index: ObjectIndex = field(default_factory=ObjectIndex, repr=False)
+    child_wakeups: Optional[Holding] = field(default=None, repr=False)  # every kind's, not only children's
+    releaser: Optional[asyncio.Task[None]] = None
+    # Whether this replica may not act: kopf's peering paused it (a peer of higher priority runs) or has
+    # not decided yet (kopf_startup.may_act). The queue runs nothing, the resync wakes nothing.
+    paused: Callable[[], bool] = field(default=lambda: False, repr=False)
     # Gives freed memory back to the system after a burst of work (malloc.py); None without glibc.
     trimmer: Optional[asyncio.Task[None]] = None
     # namespace -> when its node-cache volume and claim were last made or found (reconcile/node_cache.py)
@@ -74,7 +82,7 @@ class Context:
     @property
     def indexes(self) -> Indexes:
         if self._indexes is None:
-            raise RuntimeError("the indexes exist once kopf has started (main.py start_queue)")
+            raise RuntimeError("the indexes exist once the operator has started (main.py start_queue)")
         return self._indexes
 
     @indexes.setter
@@ -84,7 +92,7 @@ class Context:
     @property
     def queue(self) -> WorkQueue[ObjectKey]:
         if self._queue is None:
-            raise RuntimeError("the work queue exists once kopf has started (main.py start_queue)")
+            raise RuntimeError("the work queue exists once the operator has started (main.py start_queue)")
         return self._queue
 
     @queue.setter

@@ -1,9 +1,9 @@
 """The operator's look-ups, kept from the watch streams (no API request).
 
-main.py declares three `kopf.index`es (Checkpoints, TrainingJobs, ClusterCheckpoints) whose
-functions are below; kopf keeps them current on every event. The worker pod index is kept by the
-operator's own informer of the child kinds (reconcile/informer.py, main.py `child_changed`) in an
-`ObjectIndex`, read as kopf's. `Indexes` answers logic/inputs.py's `Lookup` and the wake-up questions (which
+The operator's informer (reconcile/informer.py, main.py `changed`) keeps four `ObjectIndex`es
+current on every event, with the key functions below: Checkpoints, TrainingJobs,
+ClusterCheckpoints (what three `kopf.index`es kept before, with the same semantics: per object,
+key -> value, its entries replaced on each event, removed with it) and the worker pods. `Indexes` answers logic/inputs.py's `Lookup` and the wake-up questions (which
 jobs wait on this Checkpoint, which Checkpoints does this job use) from them. Values are
 small frozen summaries, so 10,000 Checkpoints cost a few MB.
 """
@@ -64,7 +64,7 @@ class ClaimOwner(NamedTuple):
 IndexKey = tuple[str, ...]
 IndexValue = Union[CheckpointInfo, TrainingJobInfo, PodState, JobUse, CatalogUse, NamespacedJob, ClaimOwner,
                    data_holds.Pointer, SnapshotUse, str]
-# What kopf keeps (kopf.Index: a mapping of keys to the collection of values of every object).
+# An index: a mapping of keys to the collection of values of every object (ObjectIndex; kopf.Index was the same).
 Index = Mapping[IndexKey, Collection[IndexValue]]
 V = TypeVar("V", CheckpointInfo, TrainingJobInfo, PodState, JobUse, CatalogUse, NamespacedJob, ClaimOwner,
             data_holds.Pointer, SnapshotUse, str)
@@ -168,9 +168,9 @@ def worker_pod_keys(body: Mapping[str, Any]) -> dict[IndexKey, IndexValue]:
 
 
 class Indexes:
-    """Read access to the three indexes (kopf.Index, or plain dicts of lists in tests).
+    """Read access to the indexes (`ObjectIndex`es, or plain dicts of lists in tests).
 
-    Reads happen in worker threads while kopf updates the indexes in its loop: each read
+    Reads happen in worker threads while the informer updates the indexes in its threads: each read
     copies one store with a single `list()` (a C-level copy of a dict's values, atomic under
     the GIL), so it never iterates a dict that changes."""
 
@@ -289,7 +289,7 @@ class Indexes:
 
 
 class ObjectIndex(Mapping[IndexKey, Collection[IndexValue]]):
-    """An index kept from a watch stream of our own (reconcile/informer.py), read as kopf's: a
+    """An index kept from a watch stream of our own (reconcile/informer.py), read as kopf's were: a
     mapping of each key to the values of every object that has it.
 
     `update` replaces an object's keys with what the index function gives for its new body ({}

@@ -1,11 +1,15 @@
-"""The operator's own informer for the child kinds it only watches to wake work: pods, batch Jobs,
-JobSets and PersistentVolumeClaims (kopf keeps watching the custom resources).
+"""The operator's own informer for every kind it watches: the custom resources (TrainingJobs,
+Checkpoints, ClusterCheckpoints: their indexes, reconcile/indexes.py `ObjectIndex`) and the child
+kinds it only watches to wake work (pods, batch Jobs, JobSets, PersistentVolumeClaims). kopf
+watches none of them; it peers, serves the probes, and runs start-up and clean-up (main.py).
 
-Why not kopf for these: kopf's per-event machinery (per-object queue workers and batching, cause
-detection, handler kwargs, invocation) cost 0.6-0.8 ms of CPU per watch event, about half of the
-operator's CPU per TrainingJob lifecycle (docs/performance.md, "The control plane's own cost per
-lifecycle"), for handlers that only feed the object cache, the pod index and the wake-ups. Here an
-event costs a json.loads and the callback.
+Why not kopf: kopf's per-event machinery (per-object queue workers and batching, cause detection,
+memories, handler kwargs, invocation) cost 0.6-1 ms of CPU per watch event, most of the operator's
+CPU per TrainingJob lifecycle (docs/performance.md, "The control plane's own cost per
+lifecycle"), for handlers that only feed the indexes, the object cache and the wake-ups; and at
+start-up kopf held every listed object in flight at once until all were indexed (the RSS
+high-water mark with 10,000 Checkpoints). Here an event costs a json.loads and the callback, and a
+LIST is applied page by page.
 
 One `Reflector` per (resource, namespace) does what client-go's reflector does:
 
@@ -15,9 +19,11 @@ One `Reflector` per (resource, namespace) does what client-go's reflector does:
 - 410 Gone (an ERROR event, or the status of a LIST or WATCH) relists, after the same backoff
   as a failure (a server that answers every watch with 410 gets no LIST storm); after a relist the objects
   that vanished meanwhile are handed on as DELETED (`relist_changes`), so no index or cache keeps
-  ghosts; an object listed again unchanged is not handed on again;
+  ghosts (kopf's relist did not: an object deleted in a watch outage stayed in its indexes); an
+  object listed again unchanged is not handed on again, unless asked (`Reflector.relist`: every
+  object again, as kopf's streams did when its peering resumed the replica);
 - any other failure backs off (`Backoff`: doubling to a cap, reset by a watch that worked); a
-  resource the API does not serve (a JobSet CRD not installed: 404) is retried every
+  resource the API does not serve (a JobSet CRD, or one of the operator's own, not installed: 404) is retried every
   `ABSENT_RETRY` seconds without a log line per attempt, as kopf does; the objects known of it
   (its CRD removed while the watch was down) are handed on as DELETED.
 - a target whose LIST fails (a 403: a Role missing in one namespace) holds no other: it counts as
@@ -83,7 +89,7 @@ def targets(resources: Iterable[tuple[Resource, Optional[str], bool]], namespace
     them: every namespace when none are listed."""
     spaces: list[Optional[str]] = list(dict.fromkeys(namespaces)) or [None]
     return [Target(resource, namespace, selector, optional) for resource, selector, optional in resources
-            for namespace in spaces]
+            for namespace in (spaces if resource.namespaced else [None])]  # cluster-scoped: one target
 
 
 # --- pure pieces --------------------------------------------------------------------------------
@@ -118,11 +124,20 @@ def split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
 
 def slim(body: Mapping[str, Any]) -> dict[str, Any]:
     """What a reflector remembers of an object (to hand on its DELETED after a relist): its kind and
-    the metadata the handlers read (owners, labels), not its spec or status."""
+    the metadata the handlers read (owners, labels), not its spec or status; of a TrainingJob also the
+    uids of the inputs its status pins (a finished job's deletion wakes those Checkpoints from them:
+    reconcile/wakeups.py; hostile12 H12-3), a few per job (the CRD bounds them)."""
     meta = body.get("metadata") or {}
     kept = {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "labels", "ownerReferences")
             if k in meta}
-    return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": kept}
+    out: dict[str, Any] = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": kept}
+    if body.get("kind") == "TrainingJob":
+        status = body.get("status")
+        inputs = status.get("inputs") if isinstance(status, dict) else None
+        pins = [{"uid": p["uid"]} for p in inputs or [] if isinstance(p, dict) and isinstance(p.get("uid"), str)]
+        if pins:
+            out["status"] = {"inputs": pins}
+    return out
 
 
 HELD_LABELS = ("ckpt.dev/", "app.kubernetes.io/managed-by")  # the labels a wake-up reads
@@ -218,6 +233,7 @@ class Reflector:
         self.error: Optional[str] = None  # why the last LIST failed (None: it did not)
         self.lists = self.watches = self.events = 0  # for tests and the bench
         self._stop = threading.Event()
+        self._replay = threading.Event()  # `relist`: the next LIST hands on every object, unchanged too
         self._streamed = 0  # events the current watch brought (a 410 after some: the watch worked)
         self.absent_in_a_row = 0  # 404s of an optional kind in a row
         self._response: Any = None
@@ -237,6 +253,14 @@ class Reflector:
     def join(self, timeout: float) -> None:
         self.thread.join(timeout)
 
+    def relist(self) -> None:
+        """End the current watch and LIST again, handing on every listed object (as MODIFIED when
+        unchanged): what kopf's streams did as its peering resumed them (Holding)."""
+        self._replay.set()
+        response = self._response
+        if response is not None:
+            _abort(response)
+
     # --- the loop ---------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -244,6 +268,9 @@ class Reflector:
             self._streamed = 0
             started = time.monotonic()
             try:
+                if self._replay.is_set() and not listing:  # asked to relist (`relist`)
+                    self.version = ""
+                    continue
                 if listing:
                     self._list()
                     listing = False  # what fails from here is the watch, not the LIST
@@ -251,7 +278,7 @@ class Reflector:
                 if self._watch() or time.monotonic() - started >= QUICK_END:
                     self.backoff.reset()
                     self._worked()
-                else:  # a stream that ends at once, again and again: not a busy loop
+                elif not self._replay.is_set():  # a stream that ends at once, again and again: not a busy loop
                     self._stop.wait(self.backoff.next())
             except Gone:
                 if self._streamed or time.monotonic() - started >= QUICK_END:
@@ -289,6 +316,9 @@ class Reflector:
 
     def _fail(self, exc: BaseException, listing: bool = False) -> None:
         if self._stop.is_set():
+            return
+        if self._replay.is_set() and not listing:  # the watch `relist` ended: no failure, no pause
+            self.version = ""
             return
         delay = self.backoff.next()
         if listing:
@@ -337,6 +367,8 @@ class Reflector:
         seen: set[ObjKey] = set()
         token: Optional[str] = None
         version = ""
+        replay = self._replay.is_set()
+        self._replay.clear()
         while True:
             if self._stop.is_set():  # stopping: no page more (a LIST's response is not abortable)
                 return
@@ -354,7 +386,7 @@ class Reflector:
                     item.setdefault("kind", self.target.resource.kind)
                     key = key_of(item)
                     seen.add(key)
-                    change = listed_change(self.known.get(key), item)
+                    change = listed_change(self.known.get(key), item) or ("MODIFIED" if replay else None)
                     if change is not None:
                         self._apply(change, item)
             del items
@@ -384,7 +416,9 @@ class Reflector:
         seen = 0
         ended = False
         try:
-            if self._stop.is_set():
+            # A relist asked for while the LIST before this watch ran (its abort found no watch to end):
+            # relist now, not when this watch ends in WATCH_TIMEOUT (hostile12 H12-4).
+            if self._stop.is_set() or self._replay.is_set():
                 return seen
             for line in split_lines(_chunks(response)):
                 decoded = decode(line)  # an ERROR line raises: it is not a watch that worked
@@ -582,6 +616,13 @@ class Informer:
         for reflector in self.reflectors:
             reflector.start()
 
+    def relist(self, kinds: Iterable[str]) -> None:
+        """Every target of these kinds LISTs again and hands on every object (Reflector.relist)."""
+        wanted = set(kinds)
+        for reflector in self.reflectors:
+            if reflector.target.resource.kind in wanted:
+                reflector.relist()
+
     def stop(self, timeout: float = 5.0) -> None:
         for reflector in self.reflectors:
             reflector.stop()
@@ -595,34 +636,42 @@ class Informer:
 
 
 class Holding:
-    """The wake-ups of the child kinds, held until kopf has indexed the custom resources.
+    """Every wake-up (the custom resources' and the child kinds'), held while the replica must not act
+    on them: before start-up is over (`ready`) and while kopf's peering has it `paused`.
 
-    The informer applies its first LISTs (index, cache) before kopf starts watching (main.py
-    start_queue waits for them), so no reconcile ever reads a pod index or cache that misses a
-    listed object. But a child's wake-up reads kopf's indexes (which TrainingJob has this uid, is
-    it finished), and kopf fills those only after: a wake-up read then would miss its job. kopf
-    calls the custom resources' event handlers only once every kopf index is filled, so the first
-    of them `release`s what was held (the latest event of each object), and every later event goes
-    straight on. Until then no child wakes anything, as with kopf's handlers before. What is held
-    is the latest event of each object with `held(body)` only (kind, name, owners, the operator's
-    labels): on a standby replica or before the first custom resource every claim of the cluster
-    passes here, so its whole body is not kept; `deliver_held` reads the rest from the cache.
+    The informer updates the indexes and the cache from every event at once, whatever the state
+    here (a read never misses an object listed or changed); only what an event wakes waits.
 
-    While kopf is `paused` (its peering froze it: a peer of higher priority runs), wake-ups are
-    held again: kopf's streams, the child kinds' among them before, deliver nothing then. The
-    informer keeps streaming (the pod index and the cache stay current); kopf's first handler
-    after the pause (it relists as it resumes) releases what was held.
+    - Start-up. The queue does not run until the first LISTs of every kind are applied (main.py
+      start_queue), as kopf called no handler before all its indexes were filled. The custom
+      resources' wake-ups (`replayed` kinds) go on at once: they only add keys to a queue that does
+      not run yet, and each object's own event adds it after the objects it reads are indexed or
+      is woken by theirs (reconcile/wakeups.py, fact 3). A child's wake-up is held: what is held is
+      the latest event of each object with `held(body)` only (kind, name, owners, the operator's
+      labels): on a standby replica every claim of the cluster passes here, so its whole body is
+      not kept; `deliver_held` reads the rest from the cache. `release` (once `ready`, not paused)
+      hands them on.
+    - Paused (kopf's peering froze the replica: a peer of higher priority runs). Nothing is
+      woken: a child's event is held as above, a custom resource's DELETED too (whole: deletions
+      are few; its wake-ups read its producer, its uses), and any other custom resource's event only
+      marks that a replay is due: `release` then has the informer LIST the custom resources again
+      and hand on every object (`on_replay`: Reflector.relist), the whole body of each, as kopf's
+      streams did when its peering resumed them, without keeping 10,000 bodies meanwhile.
     """
 
     def __init__(self, deliver: Handler, lock: threading.Lock, paused: Callable[[], bool] = lambda: False,
                  deliver_held: Optional[Handler] = None, on_overflow: Callable[[], None] = lambda: None,
-                 limit: int = MAX_HELD) -> None:
+                 limit: int = MAX_HELD, replayed: Iterable[str] = (), on_replay: Callable[[], None] = lambda: None,
+                 ready: bool = True) -> None:
         self.deliver, self.lock, self.paused = deliver, lock, paused
         self.deliver_held = deliver_held or deliver  # a held event's body is `held(body)`, not the whole
         # Past `limit` objects (a standby replica under claim churn holds for as long as it stands
         # by) nothing more is kept: the release wakes everything unfinished instead (`on_overflow`).
         self.on_overflow, self.limit = on_overflow, limit
+        self.replayed, self.on_replay = frozenset(replayed), on_replay
+        self.ready = ready  # start-up is over (main.py sets it once the first LISTs are applied)
         self.overflowed = False
+        self.replay_due = False
         self.open = False
         self.held: dict[tuple[str, str, str], tuple[str, dict[str, Any]]] = {}
 
@@ -633,34 +682,51 @@ class Holding:
         if self.open:
             self.deliver(event_type, body)
             return
+        kind = str(body.get("kind") or "")
+        if kind in self.replayed:
+            if not self.paused():  # start-up: the queue does not run yet
+                self.deliver(event_type, body)
+                return
+            if event_type != "DELETED":
+                self.replay_due = True
+                return
         if self.overflowed:
             return
-        key = (str(body.get("kind") or ""), *key_of(body))
+        key = (kind, *key_of(body))
         if key not in self.held and len(self.held) >= self.limit:
             self.overflowed = True
             self.held.clear()
             return
-        self.held[key] = (event_type, held(body))
+        # A custom resource's held event is its DELETED: few, and kept whole (its wake-ups read its producer).
+        self.held[key] = (event_type, body if kind in self.replayed else held(body))
 
-    def release(self) -> None:
+    def release(self) -> bool:
+        """Hand on what was held and let every later event through, unless start-up is not over
+        or the replica is paused; whether it is open now."""
         if self.open:
-            return
+            return True
         with self.lock:
             if self.open:
-                return
-            if self.paused():  # a handler of kopf's still running as it froze: keep holding
-                return
+                return True
+            if not self.ready or self.paused():
+                return False
             held, self.held = self.held, {}
             overflowed, self.overflowed = self.overflowed, False
+            replay, self.replay_due = self.replay_due, False
             self.open = True
             if overflowed:
                 try:
                     self.on_overflow()
                 except Exception:  # noqa: BLE001 - the resync is the safety net then
                     logger.exception("waking every unfinished object after the held wake-ups overflowed failed")
-                return
             for event_type, body in held.values():
                 try:
                     self.deliver_held(event_type, body)
                 except Exception:  # noqa: BLE001 - as a live event's handler
                     logger.exception("handling a held %s failed", event_type)
+            if replay:
+                try:
+                    self.on_replay()
+                except Exception:  # noqa: BLE001 - the resync is the safety net then
+                    logger.exception("relisting the custom resources after a pause failed")
+            return True

@@ -108,7 +108,7 @@ def _refuse_invalid(ctx: Context, invalid: InvalidObject) -> None:
 
 def start(ctx: Context, tj: TrainingJob) -> Result:
     # A wait may be decided on the index alone: the event that ends it wakes this job again,
-    # after kopf has put it in the index (reconcile/wakeups.py). Starting is decided live, below.
+    # after the informer has put it in the index (reconcile/wakeups.py). Starting is decided live, below.
     resolution = resolve_inputs(tj, ctx.indexes)
     logger.debug("TrainingJob %s/%s: inputs from the index: %s", tj.metadata.namespace, tj.metadata.name, resolution)
     if resolution.waits:

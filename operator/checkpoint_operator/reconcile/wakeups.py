@@ -1,5 +1,5 @@
-"""Which objects an event may unblock: the event handlers of main.py call these, and they only
-put keys on the work queue (each key once, however many events arrive meanwhile).
+"""Which objects an event may unblock: main.py `wake` calls these for each event the informer
+hands on (reconcile/informer.py), and they only put keys on the work queue (each key once, however many events arrive meanwhile).
 
 - a TrainingJob changed: itself (unless there is nothing left to do); when it finished or went,
   the jobs waiting for its outputs; the Checkpoints it uses, used or used as of its previous
@@ -11,17 +11,17 @@ put keys on the work queue (each key once, however many events arrive meanwhile)
   PVC a Checkpoint adopts: that Checkpoint.
 
 Why no wake-up is lost. A reconcile decides to wait from what it read: live GETs (never older
-than any event) and kopf's indexes. Three facts close the gap between them:
+than any event) and the indexes. Three facts close the gap between them:
 
-1. kopf handles the events of one object in order, and for each event it first updates every
-   `kopf.index` from that event's body and only then calls the `on.event` handlers, in its
-   loop (kopf 1.45 `_core/reactor/processing.py`: `index_resource`, then
-   `process_resource_causes`). The informer of the child kinds (reconcile/informer.py) does
-   the same for a pod: each event, in each object's order and one at a time, updates the pod
-   index and the cache, then calls `child_event` (main.py `child_changed`). So when a function
-   below runs, the indexes already hold the body it was given, and every key it adds is
-   reconciled after the index changed. At start, the informer's first LISTs are applied before
-   kopf starts watching, and a child's wake-ups wait until kopf has filled its own indexes
+1. The informer (reconcile/informer.py) hands on the events of every kind one at a time, under
+   one lock, in each object's order; for each event main.py `changed` first updates the index of
+   its kind (`ObjectIndex`: the custom resources' and the worker pods') and the cache from that
+   event's body, and only then offers its wake-up (as kopf 1.45 updated every `kopf.index` before
+   calling the `on.event` handlers, when it still watched the custom resources). So when a
+   function below runs, the indexes already hold the body it was given, and every key it adds
+   is reconciled after the index changed. At start, the queue runs no reconcile until the first
+   LISTs of every kind are applied (main.py start_queue): the custom resources' wake-ups during
+   those LISTs only queue keys (fact 3 covers the order they come in), a child's wait until then
    (informer.Holding): no reconcile runs on half-filled indexes, as when kopf kept them all.
 2. The queue runs a key added while it waits once, and a key added while its reconcile runs
    once more afterwards (reconcile/work_queue.py). A reconcile that began before the index changed
@@ -35,10 +35,11 @@ than any event) and kopf's indexes. Three facts close the gap between them:
    input.
 
 So a stale read can only make a reconcile wait once more, never wait forever: if it waits,
-what it waited on changes later, and that change is an event that wakes it. Kopf batches the
-events of one object (`batching.batch_window`) and keeps the latest; the informer hands on every
-event, and the queue runs a key once however many events added it meanwhile: either way the
-latest state is all a level-triggered reconcile needs. A broken watch is resumed or relisted,
+what it waited on changes later, and that change is an event that wakes it. The informer hands
+on every event, and the queue runs a key once however many events added it meanwhile: the latest
+state is all a level-triggered reconcile needs. While kopf's peering pauses the replica nothing
+is woken, and as it resumes the custom resources are listed again and every one handed on
+(informer.Holding), as kopf's resumed streams did. A broken watch is resumed or relisted,
 re-delivering the current state as events (the informer hands on what vanished meanwhile as
 DELETED). What an event body no longer shows (a uses label just dropped) is remembered from the
 previous event (`Context.last_uses`). The resync (resync_interval) is a net for a bug in this
@@ -306,6 +307,8 @@ def start_resync(ctx: Context) -> asyncio.Task[None]:
     async def resync() -> None:
         while True:
             await asyncio.sleep(ctx.config.resync_interval)
+            if ctx.paused():  # a standby replica: its indexes are current, but a peer acts on them
+                continue
             try:
                 ctx.forget_gone()
                 ctx.queue.add_all(ctx.indexes.resync_keys())

@@ -4,15 +4,17 @@ Why a queue on top of kopf, and not kopf daemons woken by an asyncio.Event per o
 serialises the handlers of one object but cannot wake object A from an event of object B (a
 Checkpoint becoming Ready must wake the jobs waiting for it; a job finishing must wake a
 blocked deletion), and a daemon per object holds a task and a thread for each of 10,000
-Checkpoints that have nothing to do. Here kopf still watches, keeps the indexes, peers and
-posts nothing but its own errors; its event handlers only `add` keys. The queue:
+Checkpoints that have nothing to do. Here the operator's informer watches and keeps the indexes
+(reconcile/informer.py), kopf peers and posts nothing but its own errors; each event only `add`s keys. The queue:
 
 - deduplicates: a key already waiting is not added twice (a burst of 1,000 events on one hot
   Checkpoint is one reconcile), and a key added while it is being reconciled runs once more
   afterwards (never two at once);
 - delays: `add(key, after=s)` (requeue-after, debouncing); the earliest due time wins;
 - backs off per key after an error (reconcile_interval, doubled up to 60 s, reset on success);
-- runs the synchronous reconcilers in a bounded thread pool (`workers`).
+- runs the synchronous reconcilers in a bounded thread pool (`workers`);
+- runs nothing while `may_run()` says no (a standby replica: kopf's peering paused it, or has not
+  decided yet): keys wait queued, deduplicated as ever, and run once it may.
 A slow resync (resync_interval, minutes) re-adds every unfinished object: the safety net for a
 lost event, not the way work gets done.
 """
@@ -28,15 +30,19 @@ from typing import Callable, Generic, Hashable, Iterable, Optional, TypeVar
 
 logger = logging.getLogger("checkpoint_operator.queue")
 MAX_BACKOFF = 60.0
+MAY_RUN_POLL = 0.1  # seconds between looks at may_run() while the replica may not act
+MAY_RUN_SAY_AFTER = 30.0  # seconds of waiting before it is logged (once per wait)
 
 Key = TypeVar("Key", bound=Hashable)  # the operator's: (kind, namespace, name)
 
 
 class WorkQueue(Generic[Key]):
     def __init__(self, reconcile: Callable[[Key], Optional[float]], *, workers: int, base_backoff: float,
-                 on_error: Optional[Callable[[Key, BaseException], None]] = None):
-        """`reconcile(key)` returns requeue-after seconds, or None."""
+                 on_error: Optional[Callable[[Key, BaseException], None]] = None,
+                 may_run: Callable[[], bool] = lambda: True):
+        """`reconcile(key)` returns requeue-after seconds, or None; none runs while `may_run()` is False."""
         self._reconcile, self._workers, self._base_backoff = reconcile, workers, base_backoff
+        self._may_run = may_run
         self._on_error = on_error
         self._ready: asyncio.Queue[Key] = asyncio.Queue()
         self._queued: set[Key] = set()       # in _ready, not yet taken
@@ -115,9 +121,20 @@ class WorkQueue(Generic[Key]):
             except asyncio.TimeoutError:
                 pass
 
+    async def _until_it_may_run(self) -> None:
+        waited, said = 0.0, False
+        while not self._may_run():
+            await asyncio.sleep(MAY_RUN_POLL)
+            waited += MAY_RUN_POLL
+            if waited >= MAY_RUN_SAY_AFTER and not said:
+                said = True
+                logger.info("reconciles wait: this replica may not act (kopf's peering has it paused, or has "
+                            "not decided yet; %d keys queued)", len(self))
+
     async def _worker(self) -> None:
         while True:
             key = await self._ready.get()
+            await self._until_it_may_run()  # the key stays queued meanwhile: an add does not repeat it
             self._queued.discard(key)
             self._running.add(key)
             requeue: Optional[float] = None

@@ -311,3 +311,25 @@ def test_the_resync_drops_what_is_remembered_of_pods_the_cache_no_longer_holds()
     wakeups.child_event(ctx, live, "MODIFIED")
     ctx.pod_seen[("default", "gone-0")] = ctx.pod_seen[("default", "train-0")]
     assert ctx.forget_gone() == 1 and set(ctx.pod_seen) == {("default", "train-0")}
+
+
+async def test_the_resync_wakes_nothing_while_the_replica_is_paused():
+    """A standby replica's indexes are current now (the informer keeps them while kopf's peering has
+    it paused; kopf's froze): its resync must not reconcile what the active peer does."""
+    import asyncio
+    ctx = context(jobs=[training_job("unfinished", phase="Running")])
+    ctx.config = OperatorConfig(resync_interval=0.05)
+    paused = [True]
+    ctx.paused = lambda: paused[0]
+    task = wakeups.start_resync(ctx)
+    try:
+        await asyncio.sleep(0.3)
+        assert ctx.queue.added == []
+        paused[0] = False
+        for _ in range(40):
+            if ctx.queue.added:
+                break
+            await asyncio.sleep(0.05)
+        assert ("TrainingJob", "default", "unfinished") in ctx.queue.added
+    finally:
+        task.cancel()

@@ -87,3 +87,24 @@ async def test_delayed_adds_keep_the_earliest_and_an_immediate_add_wins():
         assert seen[1][0] == "x" and seen[1][1] - start < 2.0
     finally:
         await queue.stop()
+
+
+async def test_nothing_runs_while_it_may_not_and_what_waits_runs_once_after():
+    """A standby replica (kopf's peering paused it, or has not decided yet: hostile12 H12-1/2): keys
+    wait queued, deduplicated, and a delayed one too; each runs once when the replica may act."""
+    calls: list[str] = []
+    may = [False]
+    queue = WorkQueue(lambda key: calls.append(key), workers=2, base_backoff=0.01, may_run=lambda: may[0])
+    queue.start()
+    try:
+        for _ in range(5):
+            queue.add("a")
+        queue.add("b", after=0.05)
+        await asyncio.sleep(0.4)
+        assert calls == [] and len(queue) == 2
+        may[0] = True
+        await run_until(queue, lambda: sorted(calls) == ["a", "b"])
+        await asyncio.sleep(0.2)
+        assert sorted(calls) == ["a", "b"]
+    finally:
+        await queue.stop()
