@@ -25,6 +25,7 @@ Requests are counted by the operator itself (`checkpoint_operator_api_requests_t
 watch streams (kopf's and the operator's informer's, with their LISTs) are not among them.
 
     python bench/scale.py --memory 10000     # the operator's RSS over 10,000 lifecycles (long)
+    python bench/scale.py --memory 3000 --trace DIR   # ... under tracemalloc: traced totals, snapshots in DIR
 """
 
 from __future__ import annotations
