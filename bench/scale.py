@@ -25,6 +25,7 @@ Requests are counted by the operator itself (`checkpoint_operator_api_requests_t
 watch streams (kopf's and the operator's informer's, with their LISTs) are not among them.
 
     python bench/scale.py --memory 10000     # the operator's RSS over 10,000 lifecycles (long)
+    python bench/scale.py --memory 3000 --trace DIR   # ... under tracemalloc: traced totals, snapshots in DIR
 """
 
 from __future__ import annotations
@@ -188,6 +189,18 @@ class Operator:
                 return
             await asyncio.sleep(0.2)
 
+    async def snapshot(self, directory: Path, number: int, timeout: float = 300) -> float:
+        """SIGUSR2: the operator (run with CKPT_TRACEMALLOC=directory) writes tracemalloc snapshot
+        `number`; the traced total then, in MB."""
+        summary = directory / f"snapshot-{number}.json"
+        self.proc.send_signal(signal.SIGUSR2)
+        deadline = time.monotonic() + timeout
+        while not summary.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the operator wrote no {summary}; see {self.log}")
+            await asyncio.sleep(0.2)
+        return json.loads(summary.read_text())["traced"] / 1e6
+
     def stop(self) -> None:
         if self.profiler is not None:
             self.profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
@@ -314,8 +327,8 @@ class Bench:
         await self.cluster.__aenter__()
         return self
 
-    def start_operator(self, name: str = "") -> Operator:
-        self.operator = Operator(self.work, self.emulator.url, name or self.name)
+    def start_operator(self, name: str = "", extra_env: dict | None = None) -> Operator:
+        self.operator = Operator(self.work, self.emulator.url, name or self.name, extra_env)
         return self.operator
 
     async def __aexit__(self, *exc: object) -> None:
@@ -483,12 +496,16 @@ async def latency(jobs: int, at_once: int) -> dict:
                 "mean": statistics.mean(delays) if delays else float("nan")}
 
 
-async def memory(lifecycles: int, at_once: int, timeout: float) -> dict:
+async def memory(lifecycles: int, at_once: int, timeout: float, trace: str | None = None) -> dict:
     """The operator's RSS over many job lifecycles (create, Succeeded, deleted with its Checkpoints):
-    sampled every 1,000 once the first 1,000 are done (the warm-up: imports, caches, pools)."""
+    sampled every 1,000 once the first 1,000 are done (the warm-up: imports, caches, pools). With
+    `trace` (a directory), the operator runs under tracemalloc (operator/checkpoint_operator/memtrace.py)
+    and each sample also takes a snapshot there and prints the traced total (Python objects alone:
+    RSS that grows while it does not is the allocator's)."""
     async with Bench("memory") as bench:
-        operator = bench.start_operator()
+        operator = bench.start_operator(extra_env={"CKPT_TRACEMALLOC": str(Path(trace).resolve())} if trace else None)
         samples: list[tuple[int, float]] = []
+        traced: list[tuple[int, float]] = []
         failed = done = 0
         started = time.monotonic()
         async with Watch(bench.emulator.url, TJ) as jobs, Watch(bench.emulator.url, CKPT) as checkpoints:
@@ -512,14 +529,17 @@ async def memory(lifecycles: int, at_once: int, timeout: float) -> dict:
                 if done % 1000 == 0 or done == lifecycles:
                     await operator.settle(quiet=1.0)
                     samples.append((done, rss_mb(operator.proc.pid)))
+                    if trace:
+                        traced.append((done, await operator.snapshot(Path(trace).resolve(), len(traced) + 1)))
                     print(f"memory: {done} lifecycles, operator RSS {samples[-1][1]:.1f} MB, "
-                          f"{time.monotonic() - started:.0f} s", flush=True)
+                          + (f"traced {traced[-1][1]:.2f} MB, " if trace else "")
+                          + f"{time.monotonic() - started:.0f} s", flush=True)
         after = [(n, mb) for n, mb in samples if n >= min(1000, lifecycles)]
         slope = _slope(after) * 1000 if len(after) > 1 else float("nan")
         return {"lifecycles": lifecycles, "failed": failed, "seconds": time.monotonic() - started,
                 "rss_first_mb": after[0][1] if after else float("nan"), "first_at": after[0][0] if after else 0,
                 "rss_last_mb": samples[-1][1] if samples else float("nan"), "slope_mb_per_1000": slope,
-                "samples": samples, "operator_hwm_mb": rss_mb(operator.proc.pid, "VmHWM"),
+                "samples": samples, "traced": traced, "operator_hwm_mb": rss_mb(operator.proc.pid, "VmHWM"),
                 "requests": operator.requests()}
 
 
@@ -570,6 +590,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--memory", type=int, metavar="N",
                         help="the memory scenario alone: the operator's RSS over N job lifecycles (10000)")
+    parser.add_argument("--trace", metavar="DIR", help="the memory scenario under tracemalloc: a snapshot in DIR and "
+                        "the traced total at each sample (slower; RSS then holds tracemalloc's own)")
     parser.add_argument("--at-once", type=int, default=20, help="jobs per wave of the memory scenario (20)")
     args = parser.parse_args()
     if args.serve_emulator:
@@ -597,7 +619,7 @@ def main() -> None:
         results["latency"] = asyncio.run(latency(10 if quick else args.latency_jobs, 4))
         print("latency", json.dumps(results["latency"]), flush=True)
     if "memory" in only:
-        results["memory"] = asyncio.run(memory(args.memory or (200 if quick else 10000), args.at_once, 600))
+        results["memory"] = asyncio.run(memory(args.memory or (200 if quick else 10000), args.at_once, 600, args.trace))
         print("memory", json.dumps(results["memory"]), flush=True)
     if "localrun" in only:
         results["localrun"] = localrun(local_jobs)

@@ -313,6 +313,8 @@ def run_operator(args: argparse.Namespace) -> int:
     from checkpoint_operator.logs import configure_logging
     from prometheus_client import start_http_server
 
+    from checkpoint_operator import memtrace
+    memtrace.install()  # CKPT_TRACEMALLOC=DIR only (memtrace.py)
     config = OperatorConfig.from_env()
     configure_logging(args.log_format or os.environ.get("CKPT_LOG_FORMAT", "text"))
     metrics_port = args.metrics_port if args.metrics_port is not None else 8080

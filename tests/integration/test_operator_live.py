@@ -5,6 +5,7 @@ events the test sets once it has seen what it waits for, so every check is about
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -406,6 +407,39 @@ async def test_nothing_of_a_live_sealing_job_stays_in_the_operator_s_memory(api,
             [k for k in list(operator.ctx.last_uses) if k[1] == "mem"]
         return gone and not kept
     await wait_for(forgotten, timeout=60)
+
+
+async def test_nothing_of_deleted_jobs_and_checkpoints_stays_in_the_object_cache(api, operator, cluster, trainer,
+                                                                                wait_for):
+    """Jobs run to Succeeded and deleted with their Checkpoints leave no body in the operator's
+    object cache: the response of the write that removed a Checkpoint's last finalizer came back
+    after its DELETED event and was kept for good, about 500 bytes per lifecycle (docs/performance.md
+    "Memory over many job lifecycles")."""
+    names = [f"gone-{i}" for i in range(4)]
+    for i, name in enumerate(names):
+        def train(attempt, env):
+            trainer_checkpoint(env["CHECKPOINT_OUTPUT_DIR"], 10)
+            return 0
+        trainer.behaviours[name] = train
+        await api.create(TJ, NS, training_job(name, **({"output": LIVE} if i % 2 else {})))
+    for name in names:
+        await wait_phase(api, wait_for, TJ, name, "Succeeded", timeout=60)
+    made = [c for name in names for c in await job_checkpoints(api, name)]
+    assert len(made) == len(names)
+    for name in names:
+        await api.delete(TJ, NS, name)
+    for name in made:
+        await api.delete(CKPT, NS, name)
+
+    async def gone():
+        return all([await api.get(TJ, NS, n) is None for n in names]) and \
+            all([await api.get(CKPT, NS, c) is None for c in made])
+    await wait_for(gone, timeout=60)
+    await asyncio.sleep(1.0)  # the writes' late responses, if any, are observed by now
+    cache = operator.ctx.kube.cache
+    kept = [(kind, name) for kind in ("TrainingJob", "Checkpoint") for name in names + made
+            if cache.knows(kind, NS, name)]
+    assert kept == []
 
 
 async def test_every_sealed_checkpoint_owns_the_output_volume_while_the_job_runs(api, operator, cluster, trainer,

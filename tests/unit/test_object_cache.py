@@ -6,10 +6,11 @@ from checkpoint_operator.kube import ObjectCache
 MANAGED = {"app.kubernetes.io/managed-by": "checkpoint-operator"}
 
 
-def body(kind, rv, phase=None, uid="u1", labels=None, name="a", deleting=False):
+def body(kind, rv, phase=None, uid="u1", labels=None, name="a", deleting=False, finalizers=("ckpt.dev/in-use",)):
     meta = {"name": name, "namespace": "ns", "uid": uid, "resourceVersion": str(rv), "labels": labels or {}}
     if deleting:
         meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+        meta["finalizers"] = list(finalizers)
     return {"kind": kind, "metadata": meta, "status": {"phase": phase} if phase else {}}
 
 
@@ -68,3 +69,20 @@ def test_what_no_watch_keeps_fresh_is_never_served():
     cache.observe(elsewhere, from_watch=True)  # once a watch shows it, it is kept fresh
     cache.observe({**elsewhere, "metadata": {**elsewhere["metadata"], "name": "b", "resourceVersion": "3"}})
     assert cache.get("Pod", "catalog", "a") is not None and cache.get("Pod", "catalog", "b") is not None
+
+
+def test_the_response_that_removed_the_last_finalizer_after_the_deleted_event_is_not_kept():
+    """The Checkpoint reconcile removes its protection finalizer of a Checkpoint being deleted; the
+    API server deletes it then, and its DELETED event may be handled before the PATCH's response is
+    observed. That response (deletionTimestamp, no finalizers) was kept for good: about 500 bytes per
+    lifecycle in `bench/scale.py --memory` (1 MB over 2,000 lifecycles under tracemalloc)."""
+    cache = watched("Checkpoint", "TrainingJob")
+    cache.observe(body("Checkpoint", 5, "Ready", deleting=True), from_watch=True)
+    cache.observe(body("Checkpoint", 6, "Ready", deleting=True, finalizers=()), deleted=True, from_watch=True)
+    cache.observe(body("Checkpoint", 6, "Ready", deleting=True, finalizers=()))  # the PATCH's response, late
+    assert cache.get("Checkpoint", "ns", "a") is None
+    assert len(cache) == 2  # the two "seen" objects alone
+    cache.observe(body("TrainingJob", 7, "Running", name="b", deleting=True, finalizers=()), from_watch=True)
+    assert cache.get("TrainingJob", "ns", "b") is None  # a MODIFIED event of an object as it goes
+    cache.observe(body("TrainingJob", 8, "Running", name="c", deleting=True), from_watch=True)
+    assert cache.get("TrainingJob", "ns", "c") is not None  # a finalizer left: it is still there
