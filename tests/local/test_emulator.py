@@ -960,3 +960,46 @@ async def test_kubectl_get_shows_printer_columns_without_short_name_warnings(api
     header, row = done.stdout.splitlines()[:2]
     assert header.split() == ["NAME", "PHASE", "INPUTS", "OUTPUTS", "AGE"]
     assert row.split()[:3] == ["trainingjob.ckpt.dev/tj1", "Running", "2"]
+
+
+async def test_update_parses_the_stored_object_only_as_often_as_it_must(api: ApiClient, monkeypatch) -> None:
+    """A PUT of a ConfigMap (no status subresource) parses the stored object once (the current one,
+    compared with the new one); a PATCH twice (the patched copy too). A third parse, to take what the
+    request may not change, was made on every update before; it is made only when a status is kept."""
+    from checkpoint_operator.local import store as store_module
+    cms = "v1/configmaps"
+    await api.create(cms, NS, {"metadata": {"name": "cm"}, "data": {"a": "1"}})
+    loads = []
+    real = store_module.Stored.load
+    monkeypatch.setattr(store_module.Stored, "load", lambda self: loads.append(1) or real(self))
+    patched = await api.patch(cms, NS, "cm", {"data": {"a": "2"}})
+    assert len(loads) == 2 and patched["data"] == {"a": "2"} and patched["metadata"]["uid"]
+    loads.clear()
+    put = await api.request("PUT", f"/api/v1/namespaces/{NS}/configmaps/cm",
+                            json_body={"metadata": {"name": "cm", "uid": "forged"}, "data": {"a": "3"}})
+    assert len(loads) == 1 and put["data"] == {"a": "3"} and put["metadata"]["uid"] == patched["metadata"]["uid"]
+    # A Job keeps its status through a main-resource update: still taken from the stored object.
+    jobs = "batch/v1/jobs"
+    await api.create(jobs, NS, {"metadata": {"name": "j"}, "spec": {"parallelism": 1}})
+    await api.patch(jobs, NS, "j", {"status": {"active": 1}}, subresource="status")
+    job = await api.patch(jobs, NS, "j", {"spec": {"parallelism": 2}, "status": {"active": 5}})
+    assert job["status"] == {"active": 1} and job["spec"]["parallelism"] == 2
+
+
+async def test_status_merge_patch_parses_twice_and_changes_only_the_status(api: ApiClient, monkeypatch) -> None:
+    """A merge patch of the status alone is applied to a fresh copy of the stored object: that copy is
+    the new object (a third parse, to copy all but the status into it, was made before). Patches that
+    name more than the status still have the rest ignored, as on the status subresource of kube-apiserver."""
+    from checkpoint_operator.local import store as store_module
+    jobs = "batch/v1/jobs"
+    await api.create(jobs, NS, {"metadata": {"name": "j", "labels": {"a": "1"}}, "spec": {"parallelism": 1}})
+    loads = []
+    real = store_module.Stored.load
+    monkeypatch.setattr(store_module.Stored, "load", lambda self: loads.append(1) or real(self))
+    job = await api.patch(jobs, NS, "j", {"status": {"active": 1}}, subresource="status")
+    assert len(loads) == 2 and job["status"] == {"active": 1} and job["metadata"]["labels"] == {"a": "1"}
+    job = await api.patch(jobs, NS, "j", {"status": None}, subresource="status")
+    assert "status" not in job
+    job = await api.patch(jobs, NS, "j", {"status": {"active": 2}, "spec": {"parallelism": 3},
+                                          "metadata": {"labels": {"a": "2"}}}, subresource="status")
+    assert job["status"] == {"active": 2} and job["spec"]["parallelism"] == 1 and job["metadata"]["labels"] == {"a": "1"}

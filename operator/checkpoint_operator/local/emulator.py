@@ -654,7 +654,12 @@ class Emulator(kmock.KubernetesEmulator):
         current = stored.load()
         requested = self._requested_object(request, stored)
         self._check_resource_version(key, current, (requested.get("metadata") or {}).get("resourceVersion"))
-        new = self._merge_by_subresource(resource, stored, requested, request.subresource)
+        # A merge patch of the status alone (the kubelet's, the controllers', the operator's): the patched
+        # copy of the stored object is already the new object, nothing else of it changed.
+        status_only = (request.subresource == "status" and request.method != kmock.method.PUT
+                       and isinstance(request.data, Mapping) and set(request.data) <= {"status"})
+        new = requested if status_only else self._merge_by_subresource(resource, stored, requested,
+                                                                       request.subresource, current)
         errors = [] if request.subresource == "status" else admission.metadata_problems(new["metadata"])
         if resource == CRDS:
             errors += self._crd_problems(new)
@@ -694,10 +699,16 @@ class Emulator(kmock.KubernetesEmulator):
                 name=name, group=resource.group, kind=resource.plural)
 
     def _merge_by_subresource(self, resource: Resource, stored: Stored, requested: dict[str, Any],
-                              subresource: str | None) -> dict[str, Any]:
-        """The new object: the requested one, with what the request may not change taken from the stored one."""
-        current = stored.load()
+                              subresource: str | None, current: Mapping[str, Any]) -> dict[str, Any]:
+        """The new object: the requested one, with what the request may not change taken from the stored one.
+
+        ``current``: the stored object, parsed, only read here. What goes into the new object comes from a
+        fresh parse of ``stored`` (admission prunes and defaults the new object in place), made only when
+        something of the stored object is kept: on a main-resource update of a kind without a status
+        subresource, nothing (the server-managed metadata are strings), so no second parse.
+        """
         if subresource == "status":
+            current = stored.load()
             if "status" in requested:
                 current["status"] = requested["status"]
             else:
@@ -708,7 +719,7 @@ class Emulator(kmock.KubernetesEmulator):
             new["metadata"] = {}
         if "status" in self._info(resource).subresources:
             if "status" in current:
-                new["status"] = current["status"]
+                new["status"] = stored.load()["status"]
             else:
                 new.pop("status", None)
         new_meta = new["metadata"]
