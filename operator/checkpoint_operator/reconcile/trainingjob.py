@@ -491,7 +491,9 @@ def _resume_step(ctx: Context, tj: TrainingJob, attempt: int) -> Result:
     else:
         assert run.result is not None
         change = group_resume.resumed_change(tj, attempt, run.result)
-    if tj.publishes_live:  # what it gave back (or may have, if it failed) is not a sealed part any more
+    if tj.publishes_live and not group_resume.gives_back(kept):  # --keep-sealed: nothing was given back
+        ctx.warn(tj, "PartsKeptSealed", group_resume.kept_sealed_message(len(kept)))
+    elif tj.publishes_live:  # what it gave back (or may have, if it failed) is not a sealed part any more
         live_unions.reopened(ctx, tj, live_unions.kept_sealed(ctx, tj))
     write_status(ctx, tj, change)
     agent_runs.finish(ctx, pod)  # the result is recorded first (finish commits the pass's status)
