@@ -11,6 +11,8 @@ makes from the template the operator built (a user template that itself meets "r
 
 from __future__ import annotations
 
+import hashlib
+
 import copy
 from typing import Any, Optional
 
@@ -137,6 +139,9 @@ SNAPSHOT_PARTS = [
      "items": ["__1_0.distcp"], "restoreSize": "10Gi", "storageClassName": "gp3"}]
 
 
+PUBLISHED_3000 = [f"checkpoint-{50 * i}" for i in range(1, 3001)]
+
+
 def agent_pods() -> dict[str, dict[str, Any]]:
     pods: dict[str, dict[str, Any]] = {}
     for store_name in STORES:
@@ -164,6 +169,13 @@ def agent_pods() -> dict[str, dict[str, Any]]:
         # With publish: Continuous: the directories that stay sealed (H9-3), one named like an option (H10-5).
         pods[f"{store_name}/resume-volume-per-worker-published"] = workload.build_resume_pod(
             resumed, cfg, published=["step-1", "ckpts/step-2", "--ckpt-5", "-1"])
+        # A long Continuous job: 3,000 published directories, in one argument (protocol/published.py);
+        # one argument each met the policy's 300 (trust2 B).
+        pods[f"{store_name}/resume-volume-per-worker-published-3000"] = workload.build_resume_pod(
+            resumed, cfg, published=PUBLISHED_3000)
+        # More than one argument holds (protocol/published.MAX_ARGUMENT): --keep-sealed instead.
+        pods[f"{store_name}/resume-volume-per-worker-kept-sealed"] = workload.build_resume_pod(
+            resumed, cfg, published=[hashlib.sha256(str(i).encode()).hexdigest()[:40] for i in range(5000)])
         for kind, source in SOURCES.items():
             ckpt = checkpoint(source)
             pods[f"{store_name}/import/{kind}"] = workload.build_import_pod(

@@ -8,6 +8,7 @@ from checkpoint_operator.api.trainingjob import TrainingJob
 from checkpoint_operator.cli import build_parser
 from checkpoint_operator.config import OperatorConfig
 from checkpoint_operator.logic import agent_commands, workload
+from checkpoint_operator.protocol import published as published_list
 from checkpoint_operator.api.checkpoint import Location, S3Location
 from checkpoint_operator.logic.inputs import ResolvedInput
 from checkpoint_operator.storage import store_for
@@ -133,4 +134,4 @@ def test_a_published_directory_named_like_an_option_is_one_argument_of_the_resum
     resume pod's `--published DIR` must still parse (each is `--published=DIR`, one argument)."""
     names = ["-1", "--help-me", "-x", "step-2"]
     args = parse(agent_commands.resume_parts("/checkpoint-output", parts=2, published=names))
-    assert args.published == names
+    assert published_list.decode(args.published_list) == sorted(names) and not args.keep_sealed

@@ -665,3 +665,53 @@ async def test_a_deleted_checkpoint_removed_in_part_is_not_published_again_from_
         if pinned:
             subprocess.run(["chattr", "-i", pinned], check=False)
         go_on.set()
+
+
+async def test_a_step_written_again_after_its_retired_directory_was_removed_is_not_published_under_the_deleted_name(
+        api, operator, cluster, trainer, wait_for):
+    """trust2 A: its user deletes re.checkpoint-10 (as retention does) and the sidecar removes its
+    directory entirely; the operator restarts; the trainer (as after a restart from scratch) writes checkpoint-10
+    again, other bytes. Failed before: nothing remembered the removed directory, and re.checkpoint-10
+    was created again (a name that meant other bytes, a swap for whoever recorded it). Now the name is
+    remembered in status.live.retiredPaths (across the restart), the directory is not published while
+    the job runs nor by the end-of-job snapshot, and one NotPublishedAgain warning names it."""
+    removed, written_again = gate(), gate()
+    volume: dict[str, str] = {}
+
+    def train(attempt, env):
+        out = volume["out"] = os.path.realpath(env["CHECKPOINT_OUTPUT_DIR"])
+        trainer_checkpoint(out, 10)
+        trainer_checkpoint(out, 20)
+        assert removed.wait(120)
+        trainer_checkpoint(out, 10, eval_loss=0.5)  # other bytes under the removed directory's name
+        written_again.set()
+        trainer_checkpoint(out, 30)
+        return 0
+    trainer.behaviours["re"] = train
+    await api.create(TJ, NS, training_job("re", output=LIVE))
+    try:
+        await wait_for(lambda: ready(api, "re.checkpoint-20"), timeout=60)
+        await api.delete(CKPT, NS, "re.checkpoint-10")
+
+        async def retired_and_removed():
+            job = await api.get(TJ, NS, "re")
+            live = job["status"].get("live") or {}
+            gone = await checkpoint(api, "re.checkpoint-10") is None
+            return (gone and not os.path.exists(os.path.join(volume["out"], "checkpoint-10"))
+                    and not live.get("retired")) or None
+        await wait_for(retired_and_removed, timeout=60)
+        await operator.stop()  # what it remembers in memory is gone: only the job's status is left
+        await operator.start()
+        removed.set()
+        assert written_again.wait(60)
+        await wait_for(lambda: ready(api, "re.checkpoint-30"), timeout=60)  # sealed after checkpoint-10's rewrite
+        tj = await wait_phase(api, wait_for, TJ, "re", ("Succeeded", "Failed"), timeout=120)
+        again = await checkpoint(api, "re.checkpoint-10")
+        assert again is None, f"published again under the deleted Checkpoint's name: {again['spec']}"
+        assert tj["status"]["phase"] == "Succeeded", tj["status"].get("message")
+        assert tj["status"]["live"]["retiredPaths"] == ["checkpoint-10"]
+        said = await wait_event(api, wait_for, "re", lambda e: e.get("reason") == "NotPublishedAgain")
+        assert "checkpoint-10" in said[0]["message"] and "never published again" in said[0]["message"]
+        assert os.path.isdir(os.path.join(volume["out"], "checkpoint-10")), "left on the volume, not published"
+    finally:
+        removed.set()

@@ -86,6 +86,11 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     resume.add_argument("--published", action="append", default=None, metavar="DIR",
                         help="a directory with a Checkpoint (repeated): its sealed parts stay sealed; every other "
                              "part sealed by a worker's sidecar gets its write bits back")
+    resume.add_argument("--published-list", default=None, metavar="VALUE",
+                        help="the directories with a Checkpoint, encoded in one argument (protocol/published.py; "
+                             "what the operator passes, whatever their count), as --published")
+    resume.add_argument("--keep-sealed", action="store_true",
+                        help="give nothing back: every sealed part stays sealed (the operator's list did not fit)")
     resume.add_argument("--workers", type=_positive_int, default=None, help="hashing threads (default: number of cores)")
     resume.add_argument("--max-entries", type=_positive_int, default=None, metavar="N",
                         help="fail past this many directory entries in all (default 1000000, or CKPT_SCAN_MAX_ENTRIES)")

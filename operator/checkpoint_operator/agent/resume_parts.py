@@ -25,8 +25,9 @@ Every worker gets the whole union (a sharded load reads only its ranks' files, b
 are is the framework's business): N times the checkpoint's size written, in each volume beside
 what the worker wrote. With no complete union, nothing is written and what is there stays.
 
-Parts sealed for a union never published are given back (`--published=DIR`, repeated: the
-directories the operator published, is publishing or retired; H9-3): a worker's sidecar seals its
+Parts sealed for a union never published are given back (`--published-list=VALUE`: the
+directories the operator published, is publishing or retired, in one argument whatever their count,
+protocol/published.py; `--published=DIR`, repeated, by hand; `--keep-sealed`: none; H9-3): a worker's sidecar seals its
 part by a sign of its end (a rename into place, a format's marker) and takes its write bits; when
 another worker died before its part, that step has no Checkpoint and the restarted group writes it
 again, which a non-root trainer cannot do in a read-only directory (EACCES, the job failed where it
@@ -62,6 +63,7 @@ from checkpoint_operator.agent.parts import Assembled, part_directory, twin_dire
 from checkpoint_operator.agent.scan import RESUME_DIR, ROOT, list_checkpoints
 from checkpoint_operator.agent.tree import EntryBudget, entry_limit
 from checkpoint_operator.protocol import channel
+from checkpoint_operator.protocol import published as published_list
 from checkpoint_operator.protocol.errors import AgentError
 from checkpoint_operator.protocol.names import printable
 from checkpoint_operator.protocol.results import MAX_PASSED_REPORTED, ResumeReport, cut
@@ -372,9 +374,20 @@ def main(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.dir):
         raise AgentError(f"{args.dir}: not a directory (resume-parts takes the directory holding worker-0 .. "
                          f"worker-<N-1>)")
+    published = list(args.published or [])
+    if args.published_list is not None:
+        try:
+            published += published_list.decode(args.published_list)
+        except published_list.PublishedListError as exc:  # never read as "nothing published"
+            raise AgentError(str(exc)) from None
     union, passed = latest_union(args.dir, args.parts, args.layout, workers=args.workers, max_entries=args.max_entries)
-    for line in reopen_unpublished(args.dir, args.parts, args.published or []):
-        print(f"made writable again (sealed as a part of a checkpoint never published): {printable(line)}", flush=True)
+    if args.keep_sealed:
+        print("every sealed part stays sealed (--keep-sealed: the list of published directories did not fit in "
+              "the pod's arguments)", flush=True)
+    else:
+        for line in reopen_unpublished(args.dir, args.parts, published):
+            print(f"made writable again (sealed as a part of a checkpoint never published): {printable(line)}",
+                  flush=True)
     for line in passed:
         print(f"passed over {line}", flush=True)
     shown = [cut(line) for line in passed[:MAX_PASSED_REPORTED]]

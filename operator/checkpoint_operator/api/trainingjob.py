@@ -3,7 +3,7 @@ and turns what it writes into new Checkpoints."""
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import Field
 
@@ -45,6 +45,11 @@ WaitPolicy = Literal["Available", "Finished"]
 PublishMode = Literal["OnCompletion", "Continuous"]
 METRIC_PATTERN = r"^[A-Za-z0-9_.\-/]{1,63}$"  # agent/metrics_files.py METRIC_NAME
 MAX_RETIRED_LISTED = 1000
+# status.live.retiredPaths: directories whose Checkpoint was deleted and that left status.live.retired (removed
+# by the sidecar, or dropped past its bound); at most this many, and at most MAX_RETIRED_PATHS_BYTES of names
+# together (logic/live_sealing.remember_retired_paths drops the oldest past either).
+MAX_RETIRED_PATHS = 2000
+MAX_RETIRED_PATHS_BYTES = 64 * 1024
 DNS1123_CEL = DNS1123_SUBDOMAIN.replace("\\", "\\\\")
 MAX_INPUTS = 64  # maxItems of spec.checkpoints: bounds the CEL cost of the per-item rules
 MAX_CONTAINERS = 64  # maxItems of spec.template.spec.containers and initContainers, which CEL rules read
@@ -397,6 +402,13 @@ class LiveStatus(ApiModel):
     retired: Optional[list[RetiredCheckpoint]] = Field(
         None, max_length=MAX_RETIRED_LISTED,
         description="Deleted by retention, their directories not yet removed from the output volume.")
+    retiredPaths: Optional[list[Annotated[str, Field(max_length=4096)]]] = Field(
+        None, max_length=MAX_RETIRED_PATHS,
+        description="Directories whose Checkpoint was deleted and that are no longer in `retired` (removed from the "
+                    "output volume, or past its bound), oldest first: a directory written again under one of these "
+                    f"names is never published (the name was the deleted Checkpoint's). At most {MAX_RETIRED_PATHS} "
+                    f"names and {MAX_RETIRED_PATHS_BYTES // 1024} KiB of them; past that the oldest are forgotten "
+                    "(one RetiredNotTracked warning).")
 
 
 class WorkerFailure(ApiModel):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Iterable, Optional, Sequence
 
+from checkpoint_operator.protocol import published as published_list
+
 AGENT = ("checkpoint-operator", "agent")
 Layout = str  # "auto" | "directories" | "files" (api.trainingjob.OutputSpec.layout)
 
@@ -44,10 +46,11 @@ def resume_parts(directory: str, *, parts: int, layout: Layout = "auto", keep: O
     """Between the attempts of a group with a volume per worker: copy the latest checkpoint complete over
     the workers' volumes (DIR/worker-<i>) into each one's .ckpt-resume/<digest hex>, keeping the copy
     `keep` (the one recorded last); every part a sidecar sealed of a directory not `published` gets its
-    write bits back; writes the result line. A directory is passed as `--published=DIR`, one argument:
-    a name that starts with '-' (`--ckpt-5`, `-1`) is a value, never taken for a flag."""
+    write bits back; writes the result line. The directories go in ONE argument whatever their count
+    (`--published-list=VALUE`, protocol/published.py: the admission policy admits 300 arguments), a
+    name that starts with '-' (`--ckpt-5`) inside it; `--keep-sealed` instead when they do not fit."""
     return [*AGENT, "resume-parts", directory, "--parts", str(parts), "--layout", layout,
-            *(["--keep", keep] if keep else []), *[f"--published={p}" for p in published]]
+            *(["--keep", keep] if keep else []), *published_list.resume_args(published)]
 
 
 def download(uri: str, directory: str, *, digest: str) -> list[str]:

@@ -14,10 +14,11 @@ exists (a later step that finds nothing newer complete leaves that copy, and the
 from __future__ import annotations
 
 import posixpath
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 from checkpoint_operator.api.trainingjob import GroupResume, TrainingJob, TrainingJobStatus
 from checkpoint_operator.logic.status import StatusChange
 from checkpoint_operator.logic.workers import attempt_name
+from checkpoint_operator.protocol import published as published_list
 from checkpoint_operator.protocol.results import ResumeReport, cut
 
 RESUME_DIR = ".ckpt-resume"  # agent/scan.py RESUME_DIR (scans leave it alone)
@@ -50,6 +51,22 @@ def kept_sealed(checkpoints: Iterable[Optional[str]], retired: Iterable[str], pu
     if union_in_flight:
         kept.add(union_in_flight)
     return sorted(kept)
+
+
+def gives_back(kept: Sequence[str]) -> bool:
+    """Whether the resume step is told what stays sealed, so gives the other sealed parts back: the
+    directories fit in its one `--published-list` argument (protocol/published.py: about 30,000 names
+    of one job's usual shape). Past that it gets `--keep-sealed` and gives nothing back this time:
+    never a published part made writable; a trainer that writes an unpublished step again may then
+    fail on it (H9-3), which kept_sealed_message says."""
+    return published_list.KEEP_SEALED not in published_list.resume_args(kept)
+
+
+def kept_sealed_message(count: int) -> str:
+    return (f"the resume step was told to keep every sealed part sealed: the {count} directories published, being "
+            f"published or retired do not fit in its one --published-list argument ({published_list.MAX_ARGUMENT} "
+            "characters encoded); parts sealed for a checkpoint never published stay read-only this time (a trainer "
+            "that writes such a step again may fail on it)")
 
 
 def has_resume_copy(tj: TrainingJob) -> bool:

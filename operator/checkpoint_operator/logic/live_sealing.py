@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from checkpoint_operator.api.trainingjob import TrainingJob
+from checkpoint_operator.api.trainingjob import LiveStatus, TrainingJob
 from checkpoint_operator.logic.live_unions import Parts, PartSeals
 from checkpoint_operator.logic.security_context import sidecar_context
 from checkpoint_operator.logic.workers import WORKER_INDEX_LABEL
@@ -300,8 +300,8 @@ def bounded_retired(current: list[tuple[str, str]], add: Iterable[tuple[str, str
     entries whose Checkpoint is gone (not `deleting`: a Checkpoint still being deleted waits for its
     entry, which `_publish` would only add again): they have waited longest, so are the likeliest
     never to be removed. Dropping one loses no Checkpoint and no bytes: its directory merely stays on
-    the volume (not removed) and is no longer excluded from publishing, so a sidecar that starts again
-    or the end-of-job snapshot may publish it again (retention applies to it there as to any other)."""
+    the volume (not removed), and its name goes to status.live.retiredPaths (remember_retired_paths), so
+    it is still never published again."""
     merged = list(dict.fromkeys([*current, *add]))
     over = len(merged) - limit
     if over <= 0:
@@ -324,7 +324,46 @@ def retired_dropped_message(dropped: int, limit: int) -> str:
     return (f"status.live.retired holds at most {limit} directories waiting for removal: the {dropped} oldest "
             "(their Checkpoints already deleted; the sealing sidecar could not remove them, e.g. files of a root "
             "trainer, or the part of a worker whose pod has ended) are no longer tracked: they stay on the output "
-            "volume and may be published again by the end-of-job snapshot")
+            "volume, their names in status.live.retiredPaths (never published again)")
+
+
+# --- status.live.retiredPaths: the names never published again, bounded -------------------------------
+
+def never_again(live: Optional[LiveStatus]) -> list[tuple[str, str]]:
+    """(directory, digest) of every directory the job never publishes again: `retired` (its Checkpoint
+    deleted, its directory not removed yet) and `retiredPaths` (removed, or dropped from `retired`), these
+    with the digest "" (no bytes are theirs: whatever is found under the name is "found again").
+    What the publishing decisions take as `retired` (plan_snapshot, retired_found_again, without_retired);
+    never what removals are asked for (removal_annotation takes `retired` alone)."""
+    if live is None:
+        return []
+    listed = [(r.path, r.digest) for r in live.retired or []]
+    return listed + [(p, "") for p in live.retiredPaths or [] if p not in {q for q, _ in listed}]
+
+
+def remember_retired_paths(current: Sequence[str], add: Iterable[str], *, max_items: int,
+                           max_bytes: int) -> tuple[list[str], int]:
+    """status.live.retiredPaths after `add` (oldest first, no duplicates, one that is added again moves
+    to the end), and how many were dropped: at most `max_items` names (the CRD's maxItems: a longer list
+    is refused, 422, and with it every status write of the job) and `max_bytes` of them together (a
+    TrainingJob is one etcd object). The oldest go first: the lowest steps, the least likely to be
+    written again (a trainer resumes from its latest checkpoint). A dropped name is forgotten: a
+    directory written again under it would be published under the deleted Checkpoint's name
+    (retired_paths_dropped_message says so, once)."""
+    adding = list(dict.fromkeys(add))
+    merged = [p for p in current if p not in set(adding)] + adding
+    merged = list(dict.fromkeys(merged))
+    start, size = 0, sum(len(p.encode()) for p in merged)
+    while len(merged) - start > max_items or (size > max_bytes and start < len(merged)):
+        size -= len(merged[start].encode())
+        start += 1
+    return merged[start:], start
+
+
+def retired_paths_dropped_message(dropped: int, limit: int, limit_bytes: int) -> str:
+    return (f"status.live.retiredPaths remembers at most {limit} directories whose Checkpoint was deleted "
+            f"({limit_bytes // 1024} KiB of names): the {dropped} oldest are forgotten, so a directory written "
+            "again under one of those names would be published under the deleted Checkpoint's name")
 
 
 # --- operator -> sidecar ----------------------------------------------------------------------------
@@ -386,7 +425,8 @@ def found_again_message(paths: Sequence[str], shown: int = 5) -> str:
     names = ", ".join(paths[:shown]) + (f" and {len(paths) - shown} more" if len(paths) > shown else "")
     return (f"{len(paths)} director{'y' if len(paths) == 1 else 'ies'} whose Checkpoint was deleted (retired) "
             f"hold{'s' if len(paths) == 1 else ''} other bytes now ({names}): what a removal left, or a checkpoint "
-            f"written again under a retired name; never published again (a new name is needed to publish it)")
+            f"written again under a retired name; never published again (the name meant the deleted Checkpoint's bytes): "
+            f"write it under a new directory name to publish it")
 
 
 # --- whose log is the sidecar's (hostile8 F1) -------------------------------------------------------

@@ -28,8 +28,9 @@ import time
 from typing import Any, Collection, Mapping, Optional
 
 from checkpoint_operator.api.checkpoint import Checkpoint
-from checkpoint_operator.api.trainingjob import (MAX_RETIRED_LISTED, LiveStatus, RetiredCheckpoint, TrainingJob,
-                                                 TrainingJobHead, TrainingJobStatus)
+from checkpoint_operator.api.trainingjob import (MAX_RETIRED_LISTED, MAX_RETIRED_PATHS, MAX_RETIRED_PATHS_BYTES,
+                                                 LiveStatus, RetiredCheckpoint, TrainingJob, TrainingJobHead,
+                                                 TrainingJobStatus)
 from checkpoint_operator.reconcile import publish, signing, workloads
 from checkpoint_operator.reconcile import volume_snapshots as volume_snapshot_steps
 from checkpoint_operator.reconcile.context import Context
@@ -123,7 +124,8 @@ def _prune(ctx: Context, tj: TrainingJob, events: live_sealing.LogEvents) -> Non
     """What is acted on no longer waits in memory: published or retired seals, reported warnings."""
     done = {(c.directory, c.digest) for c in signing.own_checkpoints(ctx, tj.metadata.namespace, tj.metadata.uid)}
     done |= {(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []}
-    events.sealed = [m for m in events.sealed if (m.path, m.digest) not in done]
+    never = set((tj.status.live.retiredPaths if tj.status.live else None) or [])  # said (NotPublishedAgain)
+    events.sealed = [m for m in events.sealed if (m.path, m.digest) not in done and m.path not in never]
     waiting = {m.path for m in events.sealed}
     events.reasons = {p: r for p, r in events.reasons.items() if p in waiting}
     events.not_read_only = {p: r for p, r in events.not_read_only.items() if p in waiting}
@@ -152,7 +154,7 @@ def _publish(ctx: Context, tj: TrainingJob, events: live_sealing.LogEvents) -> T
     memory = _memory(ctx, tj)
     existing = signing.own_checkpoints(ctx, namespace, uid)
     known = {(c.directory, c.digest) for c in existing}
-    retired = {(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []}
+    retired = set(live_sealing.never_again(tj.status.live))  # retired, and removed since (retiredPaths)
 
     for path, line in events.changed.items():
         info = next((c for c in existing if c.directory == path and c.digest == line.digest), None)
@@ -240,7 +242,8 @@ def record_live(ctx: Context, tj: TrainingJob, *, sealed: int, retire: list[tupl
             memory.reported.add(("retired-bound",))
             ctx.warn(tj, "RetiredNotTracked", live_sealing.retired_dropped_message(dropped, MAX_RETIRED_LISTED))
     retired = [RetiredCheckpoint(path=p, digest=d) for p, d in bounded]
-    wanted = current.model_copy(update={"retired": retired or None})
+    left = {p for p, _ in dict.fromkeys([*listed, *retire])} - {p for p, _ in bounded}
+    wanted = with_retired(ctx, tj, current, retired, left)
     if sealed:
         wanted = wanted.model_copy(update={"sealedCount": (current.sealedCount or 0) + sealed,
                                            "lastSealTime": now_rfc3339()})
@@ -254,8 +257,27 @@ def _forget_removed(ctx: Context, tj: TrainingJob, events: live_sealing.LogEvent
     keep = [r for r in live_status.retired if (r.path, r.digest) not in events.removed]
     if len(keep) == len(live_status.retired):
         return tj
-    wanted = live_status.model_copy(update={"retired": keep or None})
+    removed = {r.path for r in live_status.retired} - {r.path for r in keep}
+    wanted = with_retired(ctx, tj, live_status, keep, removed)
     return write_status(ctx, tj, StatusChange(fields=TrainingJobStatus(live=wanted)))
+
+
+def with_retired(ctx: Context, tj: TrainingJob, live_status: LiveStatus, retired: list[RetiredCheckpoint],
+                 left: Collection[str]) -> LiveStatus:
+    """`live_status` with `retired` as its retired list; the directories that `left` it (removed by the
+    sidecar, or dropped past its bound) remembered in retiredPaths, so that a directory written again
+    under one of their names is never published under the deleted Checkpoint's name, after an operator
+    restart too (logic/live_sealing.remember_retired_paths bounds it; one warning when it drops)."""
+    paths = live_status.retiredPaths or []
+    if left:
+        paths, dropped = live_sealing.remember_retired_paths(
+            paths, sorted(left), max_items=MAX_RETIRED_PATHS, max_bytes=MAX_RETIRED_PATHS_BYTES)
+        memory = _memory(ctx, tj)
+        if dropped and ("retired-paths-bound",) not in memory.reported:
+            memory.reported.add(("retired-paths-bound",))
+            ctx.warn(tj, "RetiredNotTracked", live_sealing.retired_paths_dropped_message(
+                dropped, MAX_RETIRED_PATHS, MAX_RETIRED_PATHS_BYTES))
+    return live_status.model_copy(update={"retired": retired or None, "retiredPaths": paths or None})
 
 
 def _ask_removals(ctx: Context, tj: TrainingJob, running: list[str]) -> None:

@@ -121,7 +121,9 @@ def collect(ctx: Context, tj: TrainingJob, controllers: Collection[str]) -> Trai
     _note_not_removed(ctx, tj, memory)
     _ask_removals(ctx, tj, running, existing, memory)
     _report_changed(ctx, tj, store, existing, memory)
-    published = {c.directory for c in existing if c.directory} | {p for p, _ in retired}
+    # (and the directories removed since their union was retired: never published again, retiredPaths)
+    published = {c.directory for c in existing if c.directory} | {p for p, _ in retired} | \
+        set((tj.status.live.retiredPaths if tj.status.live else None) or [])
     decisions = live_unions.decide(tj.spec.replicas, memory.parts, published, memory.tried)
     for decision in decisions:
         if isinstance(decision, live_unions.LeftToSnapshot) and _once(memory, ("left", decision.path, decision.reason)):
@@ -170,7 +172,8 @@ def _forget_removed(ctx: Context, tj: TrainingJob, existing: list[CheckpointInfo
             not live_unions.removed_everywhere(r.path, memory.parts)]
     if len(keep) == len(live_status.retired):
         return tj
-    wanted = live_status.model_copy(update={"retired": keep or None})
+    removed = {r.path for r in live_status.retired} - {r.path for r in keep}
+    wanted = live_sealing_steps.with_retired(ctx, tj, live_status, keep, removed)
     return write_status(ctx, tj, StatusChange(fields=TrainingJobStatus(live=wanted)))
 
 

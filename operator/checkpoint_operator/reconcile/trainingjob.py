@@ -491,7 +491,9 @@ def _resume_step(ctx: Context, tj: TrainingJob, attempt: int) -> Result:
     else:
         assert run.result is not None
         change = group_resume.resumed_change(tj, attempt, run.result)
-    if tj.publishes_live:  # what it gave back (or may have, if it failed) is not a sealed part any more
+    if tj.publishes_live and not group_resume.gives_back(kept):  # --keep-sealed: nothing was given back
+        ctx.warn(tj, "PartsKeptSealed", group_resume.kept_sealed_message(len(kept)))
+    elif tj.publishes_live:  # what it gave back (or may have, if it failed) is not a sealed part any more
         live_unions.reopened(ctx, tj, live_unions.kept_sealed(ctx, tj))
     write_status(ctx, tj, change)
     agent_runs.finish(ctx, pod)  # the result is recorded first (finish commits the pass's status)
@@ -617,7 +619,7 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: Sc
     crash at any step repeats it and the ones after it, never an earlier one's effect twice)."""
     store, claim = store_for(ctx.config), workload.output_claim_name(tj)
     if tj.publishes_live:  # a retired directory is never published again, whatever its bytes now
-        retired_now = [(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []]
+        retired_now = live_sealing_logic.never_again(tj.status.live)  # retired, and removed since (retiredPaths)
         again = live_sealing_logic.retired_found_again(((m.path, m.digest) for m in scan.checkpoints), retired_now)
         if again:
             ctx.warn(tj, "NotPublishedAgain", live_sealing_logic.found_again_message(again))
@@ -632,7 +634,7 @@ def _store_snapshot(ctx: Context, tj: TrainingJob, pod: dict[str, Any], scan: Sc
     existing = signing.own_checkpoints(ctx, tj.metadata.namespace, tj.metadata.uid)
     # Not what a Checkpoint of the job holds already (checked when it was made) nor what retention
     # retired (its data may be gone by now, rightly).
-    retired = {(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []}
+    retired = set(live_sealing_logic.never_again(tj.status.live))
     stored = _storable_and_committed(tj, store, claim, scan, check_committed=committed,
                                      skip=retired | {(c.directory, c.digest) for c in existing})
     if isinstance(stored, str):
@@ -750,7 +752,7 @@ def _storable_and_committed(tj: TrainingJob, store: Store, claim: str, scan: Sca
     # Retired by live retention: no Checkpoint is made of them, and their sealed copy may be deleted
     # between the snapshot pod's look and this one (the pod then reported a prefix now gone).
     # (By path: whatever its bytes now, a retired directory is never published again.)
-    retired = {r.path for r in (tj.status.live.retired if tj.status.live else None) or []}
+    retired = {p for p, _ in live_sealing_logic.never_again(tj.status.live)}
     try:
         scan = storable(scan, lambda m: store.snapshot_location(tj, claim, m, layout))
         for manifest in scan.checkpoints if check_committed else []:
@@ -766,7 +768,7 @@ def _storable_and_committed(tj: TrainingJob, store: Store, claim: str, scan: Sca
 def _plan(ctx: Context, tj: TrainingJob, store: Store, claim: str, scan: ScanReport,
           existing: list[CheckpointInfo], taken: Optional[Taken]) -> SnapshotPlan:
     namespace, layout = tj.metadata.namespace, tj.spec.output.layout
-    retired = [(r.path, r.digest) for r in (tj.status.live.retired if tj.status.live else None) or []]
+    retired = live_sealing_logic.never_again(tj.status.live)  # retired, and removed since (retiredPaths)
     return plan_snapshot(tj, scan, lambda n: signing.trusted_info(ctx, ctx.indexes.checkpoint(namespace, n)),
                          lambda m: store.snapshot_location(tj, claim, m, layout, taken),
                          existing=existing, retired=retired)

@@ -420,3 +420,41 @@ def test_a_path_swapped_for_a_symlink_after_its_lstat_is_not_given_back(tmp_path
     fresh = os.lstat(other)
     chmod_same_inode(str(other), fresh, 0o644)
     assert stat.S_IMODE(other.stat().st_mode) == 0o644
+
+
+def _two_workers_one_published(tmp_path):
+    out = tmp_path / "out"
+    _seal_part(out / "worker-0", "step-1", 0)
+    _seal_part(out / "worker-0", "step-2", 0)
+    _seal_part(out / "worker-1", "step-1", 1)
+    (out / "worker-1" / "step-2").mkdir()  # cut short: never sealed
+    return out
+
+
+def test_3000_published_directories_in_the_one_argument_the_operator_passes(tmp_path):
+    """trust2 B: the command the operator builds with 3,000 published directories (one argument,
+    protocol/published.py) runs: step-1 (among them) stays sealed, step-2 (not published) is given back.
+    Failed before: 3,000 `--published=DIR` arguments, refused by the admission policy past 300."""
+    from checkpoint_operator.logic import agent_commands
+    out = _two_workers_one_published(tmp_path)
+    published = [f"step-{i}" for i in range(3, 3002)] + ["step-1"]
+    command = agent_commands.resume_parts(str(out), parts=2, published=published)
+    assert len(published) == 3000 and len(command) < 300
+    proc = agent_process(*command[command.index("resume-parts"):])
+    assert proc.returncode == 0, proc.stderr
+    assert modes_of(out / "worker-0" / "step-2")["model.bin"] == 0o664
+    for worker in (0, 1):
+        assert all(m & 0o222 == 0 for m in modes_of(out / f"worker-{worker}" / "step-1").values())
+
+
+def test_keep_sealed_gives_nothing_back_and_a_broken_list_fails_the_step(tmp_path):
+    """--keep-sealed (the list did not fit): every sealed part stays sealed. A list that does not decode is
+    never read as "nothing published" (which would give published parts back): the step fails."""
+    out = _two_workers_one_published(tmp_path)
+    proc = agent_process("resume-parts", str(out), "--parts", "2", "--keep-sealed")
+    assert proc.returncode == 0, proc.stderr
+    assert all(m & 0o222 == 0 for m in modes_of(out / "worker-0" / "step-2").values())
+    for broken in ("eNoDAAAAAAE-cut", "not-zlib", "e" * 10):
+        proc = agent_process("resume-parts", str(out), "--parts", "2", f"--published-list={broken}")
+        assert proc.returncode != 0 and "--published-list" in proc.stderr + proc.stdout, (broken, proc.stdout)
+    assert all(m & 0o222 == 0 for m in modes_of(out / "worker-0" / "step-2").values())

@@ -4,6 +4,8 @@ reads the attempt, the resume pod, what the result records and what the workers 
 
 from __future__ import annotations
 
+import hashlib
+
 
 from checkpoint_operator.agent import resume_parts
 from checkpoint_operator.agent.scan import RESUME_DIR
@@ -14,6 +16,7 @@ from checkpoint_operator.logic import trainingjob_flow as flow
 from checkpoint_operator.logic.engines import WorkloadState
 from checkpoint_operator.logic.status import set_fields
 from checkpoint_operator.protocol import channel
+from checkpoint_operator.protocol import published as published_list
 from checkpoint_operator.protocol.results import ResumeReport
 from checkpoint_operator.storage import store_for
 from factories import training_job
@@ -234,9 +237,35 @@ def test_the_resume_step_keeps_sealed_the_parts_of_every_directory_with_a_checkp
 
 def test_the_resume_pod_names_the_directories_whose_parts_stay_sealed():
     tj = typed(output={"volumePerWorker": True, "publish": "Continuous"}, replicas=2)
-    command = workload.build_resume_pod(tj, CONFIG, published=["step-1", "step-2"])["spec"]["containers"][0]["command"]
-    assert command[-2:] == ["--published=step-1", "--published=step-2"]
-    assert "--published" not in workload.build_resume_pod(tj, CONFIG)["spec"]["containers"][0]["command"]
+    command = workload.build_resume_pod(tj, CONFIG, published=["step-2", "step-1"])["spec"]["containers"][0]["command"]
+    assert command[-1].startswith("--published-list=")
+    assert published_list.decode(command[-1].split("=", 1)[1]) == ["step-1", "step-2"]
+    assert not any(a.startswith("--published") for a in
+                   workload.build_resume_pod(tj, CONFIG)["spec"]["containers"][0]["command"])
+
+
+def test_3000_published_directories_are_one_bounded_argument_of_the_resume_pod():
+    """trust2 B: one `--published=DIR` argument per directory met the admission policy's 300 arguments
+    (~290 published Checkpoints and the group could not restart). Now they are one argument, whatever
+    their count, well under Linux's 128 KiB per argument; and exactly the directories come back."""
+    tj = typed(output={"volumePerWorker": True, "publish": "Continuous"}, replicas=2)
+    names = [f"checkpoint-{50 * i}" for i in range(1, 3001)] + ["--ckpt-5", "-1", "ckpts/step-2"]
+    command = workload.build_resume_pod(tj, CONFIG, published=names)["spec"]["containers"][0]["command"]
+    assert len(command) < 20 and [a for a in command if a.startswith("--published")] == [command[-1]]
+    assert len(command[-1]) <= published_list.MAX_ARGUMENT + len("--published-list=") < 128 * 1024
+    assert published_list.decode(command[-1].split("=", 1)[1]) == sorted(names)
+    assert group_resume.gives_back(names)
+
+
+def test_a_list_longer_than_one_argument_keeps_every_part_sealed_and_says_so():
+    """Past MAX_ARGUMENT the resume step is told --keep-sealed (nothing given back: never a published part
+    made writable), and the job gets one warning saying why."""
+    names = [hashlib.sha256(str(i).encode()).hexdigest()[:40] for i in range(5000)]
+    assert published_list.resume_args(names) == ["--keep-sealed"]
+    assert not group_resume.gives_back(names)
+    message = group_resume.kept_sealed_message(5000)
+    assert "5000 directories" in message and "--published-list" in message and "\n" not in message
+    assert published_list.resume_args([]) == []
 
 
 def test_a_group_its_user_resumes_while_its_workload_is_replaced_is_made_again_running():

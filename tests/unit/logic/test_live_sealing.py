@@ -429,3 +429,38 @@ def test_a_union_whose_create_failed_is_no_longer_kept_sealed_for_the_resume_ste
     memory.created("step-3", {"metadata": {"name": "t.step-3"}})
     assert memory.publishing == {"step-3"}
     assert "step-2" not in group_resume.kept_sealed([], [], memory.publishing, None)
+
+
+def test_never_again_is_the_retired_list_and_the_removed_names_whatever_their_bytes():
+    """trust2 A: a retired directory the sidecar removed leaves `retired` for `retiredPaths`; both are
+    never published again, and anything found under a removed name is "found again" (one warning)."""
+    from checkpoint_operator.api.trainingjob import LiveStatus, RetiredCheckpoint
+    live = LiveStatus(retired=[RetiredCheckpoint(path="checkpoint-30", digest="sha256:b")],
+                      retiredPaths=["checkpoint-10", "checkpoint-30"])
+    assert live_sealing.never_again(live) == [("checkpoint-30", "sha256:b"), ("checkpoint-10", "")]
+    assert live_sealing.never_again(None) == []
+    found = [("checkpoint-10", "sha256:c"), ("checkpoint-30", "sha256:b"), ("checkpoint-40", "sha256:d")]
+    assert live_sealing.retired_found_again(found, live_sealing.never_again(live)) == ["checkpoint-10"]
+
+
+def test_the_removed_names_are_bounded_by_count_and_bytes_dropping_the_oldest():
+    """status.live.retiredPaths never outgrows the CRD's maxItems (a longer list is refused, and every
+    status write with it) nor its byte budget (one etcd object); the newest are kept."""
+    names = [f"checkpoint-{i}" for i in range(2500)]
+    kept, dropped = live_sealing.remember_retired_paths([], names, max_items=2000, max_bytes=1 << 20)
+    assert kept == names[500:] and dropped == 500
+    long = ["x" * 4000 + str(i) for i in range(40)]  # 40 names of 4 KB: 160 KB
+    kept, dropped = live_sealing.remember_retired_paths(["step-1"], long, max_items=2000, max_bytes=64 * 1024)
+    assert sum(len(p) for p in kept) <= 64 * 1024 and kept == long[-len(kept):] and dropped == 41 - len(kept)
+    kept, dropped = live_sealing.remember_retired_paths(["a", "b", "c"], ["b", "d"], max_items=10, max_bytes=100)
+    assert (kept, dropped) == (["a", "c", "b", "d"], 0), "no name twice; one added again moves to the end"
+    message = live_sealing.retired_paths_dropped_message(3, 2000, 64 * 1024)
+    assert "3 oldest" in message and "deleted Checkpoint's name" in message and "\n" not in message
+
+
+def test_the_crd_bounds_the_removed_names():
+    from checkpoint_operator.api.trainingjob import MAX_RETIRED_PATHS, LiveStatus
+    import pydantic
+    import pytest
+    with pytest.raises(pydantic.ValidationError):
+        LiveStatus(retiredPaths=[f"s-{i}" for i in range(MAX_RETIRED_PATHS + 1)])

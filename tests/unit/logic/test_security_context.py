@@ -94,7 +94,8 @@ def test_the_catalogue_covers_every_kind_of_pod():
                                                      "pull", "upload-check", "catalog-import", "catalog-copy",
                                                      "snapshot-volume-per-worker", "resume-volume-per-worker",
                                                      "resume-volume-per-worker-again", "resume-volume-per-worker-published",
-                                                     "union-volume-per-worker"}
+                                                     "resume-volume-per-worker-published-3000",
+                                                     "resume-volume-per-worker-kept-sealed", "union-volume-per-worker"}
     assert len([n for n in AGENT_PODS if "/import/" in n]) == len(pod_shapes.STORES) * len(pod_shapes.SOURCES)
     assert len([n for n in AGENT_PODS if "/catalog-import/" in n]) == len(pod_shapes.STORES) * len(pod_shapes.SOURCES)
     names = {c["name"] for pod in TRAINING_PODS.values() for c in containers(pod)}

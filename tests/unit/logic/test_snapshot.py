@@ -204,3 +204,18 @@ def test_a_retired_directory_is_never_planned_again_whatever_its_bytes_now():
                            retired=[("checkpoint-20", was.digest)])
     assert [p.directory for p in result.checkpoints] == ["checkpoint-30"]
     assert result.gone == ["checkpoint-20"]
+
+
+def test_a_directory_written_again_after_its_retired_one_was_removed_is_never_planned():
+    """trust2 A: checkpoint-20's Checkpoint was deleted and the sidecar removed its directory: it left
+    status.live.retired for status.live.retiredPaths. Failed before (nothing remembered the removed
+    name): the trainer's new checkpoint-20 was planned as Checkpoint train.checkpoint-20, the deleted
+    one's name, with other bytes. Now never_again keeps it out, whatever its bytes."""
+    from checkpoint_operator.api.trainingjob import LiveStatus
+    from checkpoint_operator.logic.live_sealing import never_again
+    tj = TrainingJob.model_validate(training_job("train"))
+    live = LiveStatus(retiredPaths=["checkpoint-20"])
+    result = plan_snapshot(tj, ScanResult([manifest("checkpoint-20", 20), manifest("checkpoint-30", 30)], []),
+                           lambda n: None, location, retired=never_again(live))
+    assert [p.name for p in result.checkpoints] == ["train.checkpoint-30"]
+    assert result.gone == ["checkpoint-20"]
