@@ -39,6 +39,7 @@ kind: the callback sees one event at a time, in each object's order, as kopf's l
 
 from __future__ import annotations
 
+import copy
 import json
 from http import HTTPStatus
 import logging
@@ -546,13 +547,22 @@ def _status_error(status: int, text: str) -> Exception:
 
 # --- the informer ---------------------------------------------------------------------------------
 
+POOL_SLACK = 2  # connections beyond one per target (a LIST while a stream of the same target closes)
+
+
 class Informer:
     """The reflectors of every target, one lock between their handlers, and `synced` once every
     target's first LIST has been handed on (an absent optional resource counts as listed)."""
 
     def __init__(self, kube: Kube, targets: Iterable[Target], handler: Handler, **reflector_options: Any) -> None:
-        # The operator's credentials and TLS settings (kube.Kube.from_environment), a pool of its own.
-        self.api = kubernetes.client.ApiClient(kube.api.configuration)
+        # The operator's credentials and TLS settings (kube.Kube.from_environment), a pool of its own
+        # with a connection per target: each holds a watch open, so a pool of the default size (5 per
+        # CPU) overflowed with 7 kinds in two namespaces, and urllib3 warned at every stream's end.
+        targets = list(targets)
+        configuration = copy.copy(kube.api.configuration)
+        configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0,
+                                                    len(targets) + POOL_SLACK)
+        self.api = kubernetes.client.ApiClient(configuration)
         self.api.user_agent = USER_AGENT
         self.lock = threading.Lock()
         self._synced = threading.Event()

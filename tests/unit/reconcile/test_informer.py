@@ -452,3 +452,16 @@ def test_held_wakeups_past_the_limit_wake_everything_unfinished_instead():
     assert overflows == [1] and delivered == []
     holding.offer("MODIFIED", _pod("p9", "9"))
     assert delivered == ["p9"] and not holding.overflowed
+
+
+def test_the_informer_s_pool_has_a_connection_per_target_each_holding_a_watch():
+    """7 kinds in two namespaces hold 14 watches open: a pool of the default size (5 per CPU) overflowed
+    and urllib3 warned 'Connection pool is full' at every stream's end (local run's last line)."""
+    from checkpoint_operator.kube import PODS, Kube
+    from checkpoint_operator.reconcile.informer import Informer, Target
+    kube = Kube.from_url("http://127.0.0.1:9")
+    kube.api.configuration.connection_pool_maxsize = 4
+    targets = [Target(PODS, f"ns-{i}", None, False) for i in range(14)]
+    informer = Informer(kube, targets, lambda t, body: None)
+    assert informer.api.rest_client.pool_manager.connection_pool_kw["maxsize"] >= 14
+    assert kube.api.configuration.connection_pool_maxsize == 4  # the operator's own client is left as it is
