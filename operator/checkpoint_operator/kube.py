@@ -119,6 +119,8 @@ class ObjectCache:
                 self._watched.add(key[:2])
             elif key[:2] not in self._watched:
                 return  # no watch would ever tell of its changes
+            if not deleted and not from_watch and _going(body):
+                return  # not stored; what the watch told stays (`_going`)
             if deleted or not _worth_keeping(body):
                 self._bodies.pop(key, None)
                 return
@@ -143,14 +145,19 @@ class ObjectCache:
         return copy.deepcopy(body) if body is not None else None
 
 
+def _going(body: dict[str, Any]) -> bool:
+    """Being deleted with no finalizer left: the API server removes it (at once, or a pod after its
+    grace period). The response to the write that removed the last finalizer (the Checkpoint's
+    protection) often comes back after the DELETED event was handled: kept, it stayed forever, about
+    500 bytes of every lifecycle (docs/performance.md "Memory over many job lifecycles"). A watch
+    event of such an object is kept (a pod in its grace period still exists; its DELETED drops it,
+    and it keeps an older write's response from being taken for the pod: hostile13 H13-2)."""
+    meta = body.get("metadata") or {}
+    return bool(meta.get("deletionTimestamp")) and not meta.get("finalizers")
+
+
 def _worth_keeping(body: dict[str, Any]) -> bool:
     kind, meta = body.get("kind"), body.get("metadata") or {}
-    if meta.get("deletionTimestamp") and not meta.get("finalizers"):
-        # Gone: the API server removes an object being deleted once its last finalizer goes. The
-        # response to the write that removed it (the Checkpoint's protection finalizer) often comes
-        # back after the DELETED event was handled, and kept it forever: about 500 bytes of every
-        # lifecycle (docs/performance.md "Memory over many job lifecycles").
-        return False
     if kind in SETTLED:
         return bool(meta.get("deletionTimestamp")) or (body.get("status") or {}).get("phase") not in SETTLED[kind]
     return (meta.get("labels") or {}).get(MANAGED_BY[0]) == MANAGED_BY[1]

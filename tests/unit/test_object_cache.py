@@ -83,6 +83,34 @@ def test_the_response_that_removed_the_last_finalizer_after_the_deleted_event_is
     assert cache.get("Checkpoint", "ns", "a") is None
     assert len(cache) == 2  # the two "seen" objects alone
     cache.observe(body("TrainingJob", 7, "Running", name="b", deleting=True, finalizers=()), from_watch=True)
-    assert cache.get("TrainingJob", "ns", "b") is None  # a MODIFIED event of an object as it goes
+    # A watch event of an object as it goes is kept until its DELETED (a pod in its grace period
+    # still exists: hostile13 H13-2); the DELETED drops it.
+    assert cache.get("TrainingJob", "ns", "b") is not None
+    cache.observe(body("TrainingJob", 8, "Running", name="b", deleting=True, finalizers=()), deleted=True,
+                  from_watch=True)
+    assert cache.get("TrainingJob", "ns", "b") is None
     cache.observe(body("TrainingJob", 8, "Running", name="c", deleting=True), from_watch=True)
     assert cache.get("TrainingJob", "ns", "c") is not None  # a finalizer left: it is still there
+
+
+# hostile13 H13-2: a pod deleted gracefully (no finalizer) still exists for its grace period; the
+# watch's deleting body is kept, so an older write's response is not taken for the live pod.
+MANAGED_BY_US = {"app.kubernetes.io/managed-by": "checkpoint-operator"}
+
+
+def _graceful_pod(rv, deleting=False):
+    meta = {"name": "job-union", "namespace": "ns", "uid": "u1", "resourceVersion": str(rv), "labels": dict(MANAGED_BY_US)}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+        meta["deletionGracePeriodSeconds"] = 30  # a real API server's graceful pod deletion: no finalizer
+    return {"kind": "Pod", "metadata": meta, "status": {"phase": "Running"}}
+
+
+def test_an_older_write_response_after_a_graceful_deletion_is_not_taken_for_the_current_pod():
+    cache = ObjectCache()
+    cache.observe(_graceful_pod(10), from_watch=True)
+    cache.observe(_graceful_pod(12, deleting=True), from_watch=True)  # the watch: terminating (still exists)
+    cache.observe(_graceful_pod(11))                                  # our PATCH's response, answered late
+    body = cache.get("Pod", "ns", "job-union")
+    assert body is None or body["metadata"].get("deletionTimestamp"), \
+        f"the cache holds rv {body['metadata']['resourceVersion']} without deletionTimestamp: the pod looks alive"

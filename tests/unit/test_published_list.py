@@ -48,3 +48,29 @@ def test_the_chart_s_policy_bounds_the_argument_as_the_operator_does():
     text = CHART_POLICY.read_text()
     assert f"size(c.command[i]) <= {len(published.FLAG) + 1 + published.MAX_ARGUMENT}" in text
     assert f"'^{published.FLAG}=[A-Za-z0-9_-]+$'" in text and f"'{published.KEEP_SEALED}': ''" in text
+
+
+# hostile13 H13-1, H13-4: what the agent builds from a value is bounded by its entries and depth, and a
+# value is one list in one encoding.
+
+def test_a_small_value_of_deep_or_countless_directories_is_refused_and_the_operator_never_passes_one():
+    deep = [f"b{i}/" + "a/" * 2040 + "a" for i in range(1000)]  # ~11,000 characters, admitted by the policy
+    many = ["aa"] * (published.MAX_ENTRIES + 1)
+    for directories in (deep, many):
+        value = published.encode(directories) if directories is deep else _raw(directories)
+        assert len(value) <= published.MAX_ARGUMENT
+        with pytest.raises(published.PublishedListError):
+            published.decode(value)
+    assert published.resume_args(deep) == [published.KEEP_SEALED]  # nothing the agent would refuse
+    assert published.resume_args([f"step-{i}" for i in range(3000)])[0].startswith(published.FLAG + "=")
+
+
+def test_nesting_and_bytes_after_the_stream_are_refused_in_one_line():
+    nested = base64.urlsafe_b64encode(zlib.compress(b"[" * 100_000 + b"]" * 100_000, 9)).decode().rstrip("=")
+    with pytest.raises(published.PublishedListError):
+        published.decode(nested)
+    value = published.encode(["step-1"])
+    packed = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)) + b"more"
+    with pytest.raises(published.PublishedListError, match="after"):
+        published.decode(base64.urlsafe_b64encode(packed).decode().rstrip("="))
+

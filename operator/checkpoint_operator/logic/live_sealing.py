@@ -338,7 +338,8 @@ def never_again(live: Optional[LiveStatus]) -> list[tuple[str, str]]:
     if live is None:
         return []
     listed = [(r.path, r.digest) for r in live.retired or []]
-    return listed + [(p, "") for p in live.retiredPaths or [] if p not in {q for q, _ in listed}]
+    paths = {q for q, _ in listed}  # once, not per name (hostile13 H13-3: quadratic at the bounds)
+    return listed + [(p, "") for p in live.retiredPaths or [] if p not in paths]
 
 
 def remember_retired_paths(current: Sequence[str], add: Iterable[str], *, max_items: int,

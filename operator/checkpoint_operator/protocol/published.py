@@ -27,8 +27,13 @@ import zlib
 from typing import Iterable
 
 MAX_ARGUMENT = 96 * 1024       # characters of the encoded value
-MAX_DECODED = 16 * 1024 * 1024  # bytes of the JSON list it may expand to
+MAX_DECODED = 4 * 1024 * 1024  # bytes of the JSON list it may expand to
 MAX_PATH = 4096
+# What the agent builds from a list is bounded by its entries and their depth, not only its bytes
+# (the resume step keeps every prefix of every directory: hostile13 H13-1, 1,000 paths 4 KB deep
+# took more than 1 GiB): the operator's lists hold directories one or two levels deep.
+MAX_ENTRIES = 50_000
+MAX_DEPTH = 16  # components of one directory
 FLAG = "--published-list"
 KEEP_SEALED = "--keep-sealed"  # the list did not fit: the resume step gives nothing back
 ALPHABET = re.compile(r"[A-Za-z0-9_-]+")
@@ -58,20 +63,30 @@ def decode(value: str) -> list[str]:
         text = inflate.decompress(packed, MAX_DECODED)
         if inflate.unconsumed_tail or not inflate.eof:
             raise PublishedListError(f"{FLAG}: expands past {MAX_DECODED} bytes, or is cut")
+        if inflate.unused_data:  # one list, one encoding (encode's): nothing after the stream
+            raise PublishedListError(f"{FLAG}: bytes after the compressed list")
         directories = json.loads(text.decode("utf-8"))
-    except (binascii.Error, zlib.error, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PublishedListError(f"{FLAG}: not an encoded list ({exc})") from None
-    if not isinstance(directories, list) or not all(
-            isinstance(d, str) and len(d.encode("utf-8")) <= MAX_PATH and DIRECTORY.fullmatch(d) for d in directories):
-        raise PublishedListError(f"{FLAG}: holds something that is not a checkpoint directory of the output")
+    except (binascii.Error, zlib.error, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise PublishedListError(f"{FLAG}: not an encoded list ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if not isinstance(directories, list) or len(directories) > MAX_ENTRIES:
+        raise PublishedListError(f"{FLAG}: not a list of at most {MAX_ENTRIES} checkpoint directories")
+    if not all(isinstance(d, str) and len(d.encode("utf-8")) <= MAX_PATH and d.count("/") < MAX_DEPTH
+               and DIRECTORY.fullmatch(d) for d in directories):
+        raise PublishedListError(f"{FLAG}: holds something that is not a checkpoint directory of the output "
+                                 f"(relative, at most {MAX_DEPTH} components and {MAX_PATH} bytes)")
     return directories
 
 
 def resume_args(directories: Iterable[str]) -> list[str]:
     """The resume step's arguments for the published directories: none for none, else the one
-    `--published-list=VALUE`, or `--keep-sealed` when VALUE would be longer than MAX_ARGUMENT."""
+    `--published-list=VALUE`, or `--keep-sealed` when the agent would not take VALUE (longer than
+    MAX_ARGUMENT, more than MAX_ENTRIES, deeper than MAX_DEPTH, past MAX_DECODED)."""
     listed = list(directories)
     if not listed:
         return []
     value = encode(listed)
-    return [f"{FLAG}={value}"] if len(value) <= MAX_ARGUMENT else [KEEP_SEALED]
+    try:
+        decode(value)  # what the agent takes (length, entries, depth, bytes), or nothing is passed
+    except PublishedListError:
+        return [KEEP_SEALED]
+    return [f"{FLAG}={value}"]
